@@ -1,0 +1,27 @@
+# Two ways in: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.fetaliqa-installed
+
+.PHONY: install demo test clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet "pip>=23"
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Opens the app on the demo sweep with the demo model. Without a display it renders
+# offscreen, writes the scores and a screenshot, and prints where they are.
+demo: install
+	$(PY) -m fetaliqa_core.cli demo
+
+test: install
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""FetalIQA desktop application (PySide6 + pyqtgraph views over fetaliqa_core)."""
