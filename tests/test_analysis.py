@@ -1,0 +1,363 @@
+"""Analysis layer: AC measurement, Hadlock GA, flags / best frames, challenge and frame metrics."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from fetaliqa_core import analysis as an
+
+H, W = 562, 744
+
+
+def drawn_ellipse(center, axes, angle, shape=(H, W), label=1) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    cv2.ellipse(m, center, axes, angle, 0, 360, label, -1)
+    return m
+
+
+def true_ac_mm(axes, spacing=0.28) -> float:
+    return an.ramanujan_circumference(*axes) * spacing
+
+
+# ---------------------------------------------------------------- AC measurement
+
+
+def test_ramanujan_exact_for_circle_and_known_ellipse():
+    assert an.ramanujan_circumference(10, 10) == pytest.approx(2 * math.pi * 10, rel=1e-12)
+    # Exact perimeter of a 2:1 ellipse with semi-axes 2, 1 is 9.688448...
+    assert an.ramanujan_circumference(2, 1) == pytest.approx(9.688448, rel=1e-5)
+
+
+@pytest.mark.parametrize("axes", [(45, 45), (60, 35), (100, 70), (170, 120), (150, 60), (200, 190)])
+@pytest.mark.parametrize("angle", [0, 33, 90, 128])
+def test_drawn_ellipse_within_one_percent(axes, angle):
+    m = an.measure_ac(drawn_ellipse((372, 300), axes, angle), 0.28, fov=None)
+    assert m is not None
+    assert m.ac_mm == pytest.approx(true_ac_mm(axes), rel=0.01)
+    assert not m.truncated
+    assert sorted(m.axes) == pytest.approx(sorted(axes), abs=1.5)
+    assert m.center == pytest.approx((372, 300), abs=1.0)
+
+
+def test_ellipse_inside_fan_untouched_by_fov_and_label_2_counts():
+    mask = drawn_ellipse((372, 250), (150, 110), 20, label=2)
+    m = an.measure_ac(mask)  # default: the ACOUSLIC FOV
+    assert m is not None and not m.truncated
+    assert m.ac_mm == pytest.approx(true_ac_mm((150, 110)), rel=0.01)
+    assert m.spacing_mm == (0.28, 0.28)
+
+
+@pytest.mark.parametrize(
+    "center,axes,angle",
+    [
+        ((150, 330), (140, 110), 0),  # left fan edge cuts ~20 % of the ellipse off
+        ((250, 120), (110, 90), 30),  # near the apex: both the fan edge and the top of the image
+        ((372, 470), (150, 120), 10),  # runs off the bottom of the frame
+    ],
+)
+def test_truncated_by_fan_edge_still_accurate(center, axes, angle):
+    mask = drawn_ellipse(center, axes, angle)
+    fov = an.acouslic_fov()
+    m = an.measure_ac(mask, 0.28)
+    assert m is not None and m.truncated
+    truth = true_ac_mm(axes)
+    assert m.ac_mm == pytest.approx(truth, rel=0.015)
+    # Fitting every outline point (the fan's straight edge included) is clearly worse, so the
+    # dropped border points are what makes the measurement right.
+    region = ((mask > 0) & fov).astype(np.uint8)
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    _, (w, h), _ = cv2.fitEllipse(max(contours, key=cv2.contourArea))
+    naive = an.ramanujan_circumference(w / 2, h / 2) * 0.28
+    assert abs(naive / truth - 1) > 0.02
+
+
+def test_anisotropic_spacing_measured_in_mm():
+    # 0.2 mm per column, 0.4 mm per row: semi-axes 150 px (x) and 60 px (y) are 30 and 24 mm.
+    mask = drawn_ellipse((372, 300), (150, 60), 0)
+    m = an.measure_ac(mask, (0.4, 0.2), fov=None)
+    assert m is not None
+    assert m.ac_mm == pytest.approx(an.ramanujan_circumference(30, 24), rel=0.01)
+    # The pixel-space ellipse for drawing is unchanged by the spacing.
+    assert sorted(m.axes) == pytest.approx([60, 150], abs=1.5)
+
+
+def test_spacing_scales_linearly():
+    mask = drawn_ellipse((372, 300), (120, 80), 45)
+    a = an.measure_ac(mask, 0.28, fov=None)
+    b = an.measure_ac(mask, 0.56, fov=None)
+    assert b.ac_mm == pytest.approx(2 * a.ac_mm, rel=1e-6)
+
+
+def test_not_measurable_cases():
+    assert an.measure_ac(np.zeros((H, W), np.uint8)) is None
+    tiny = np.zeros((H, W), np.uint8)
+    tiny[300:302, 370:372] = 1  # 2x2 blob: 4 outline points, fewer than the fit needs
+    assert an.measure_ac(tiny, min_area_px=0) is None
+    small = np.zeros((H, W), np.uint8)
+    small[300:306, 370:376] = 1  # 36 px: below the default minimum area
+    assert an.measure_ac(small) is None
+    assert an.measure_ac(small, min_area_px=0) is not None  # the challenge would measure it
+    outside = drawn_ellipse((30, 30), (20, 20), 0)  # top-left corner: outside the fan
+    assert an.measure_ac(outside, min_area_px=0) is None
+
+
+def test_largest_region_wins():
+    mask = drawn_ellipse((372, 300), (140, 100), 0)
+    cv2.circle(mask, (600, 450), 25, 1, -1)
+    m = an.measure_ac(mask, fov=None)
+    assert m.ac_mm == pytest.approx(true_ac_mm((140, 100)), rel=0.01)
+
+
+def test_fov_resized_to_other_frame_sizes():
+    full = an.acouslic_fov()
+    assert full.shape == (H, W) and full.dtype == bool
+    assert 0.6 < full.mean() < 0.68
+    half = an.acouslic_fov((281, 372))
+    assert half.shape == (281, 372)
+    assert half.mean() == pytest.approx(full.mean(), abs=0.01)
+    m = an.measure_ac(drawn_ellipse((186, 150), (70, 50), 0, shape=(281, 372)), 0.56)
+    assert m is not None and m.ac_mm == pytest.approx(true_ac_mm((70, 50), 0.56), rel=0.01)
+    with pytest.raises(ValueError):
+        an.measure_ac(np.zeros((10, 10)), fov=np.ones((5, 5), bool))
+
+
+def test_ellipse_polygon_traces_the_fitted_ellipse():
+    mask = drawn_ellipse((372, 300), (160, 90), 25)
+    m = an.measure_ac(mask, fov=None)
+    poly = an.ellipse_polygon(m, n=360)
+    redrawn = np.zeros_like(mask)
+    cv2.fillPoly(redrawn, [np.round(poly).astype(np.int32)], 1)
+    assert an.dice(redrawn, mask) > 0.98
+
+
+# ---------------------------------------------------------------- Hadlock
+
+
+def test_hadlock_values_and_range():
+    ga = an.hadlock_ga(300.0)  # 30 cm: 8.14 + 22.59 + 3.24
+    assert ga.weeks == pytest.approx(33.97, abs=1e-9)
+    assert not ga.out_of_range
+    assert an.hadlock_ga(100.0).weeks == pytest.approx(8.14 + 7.53 + 0.36)
+    assert an.hadlock_ga(50.0).out_of_range
+    assert an.hadlock_ga(400.0).out_of_range
+    lo, hi = an.HADLOCK_AC_RANGE_MM
+    assert an.hadlock_ga(lo).weeks == pytest.approx(14.0, abs=0.05)
+    assert an.hadlock_ga(hi).weeks == pytest.approx(42.0, abs=0.05)
+    bad = an.hadlock_ga(float("nan"))
+    assert math.isnan(bad.weeks) and bad.out_of_range
+
+
+# ---------------------------------------------------------------- curves, flags, best frames
+
+NAN = float("nan")
+
+
+def test_combined_score_nan_aware():
+    c = an.combined_score(np.array([0.2, NAN, 0.8, NAN]), np.array([0.6, 0.4, NAN, NAN]))
+    assert c[:3] == pytest.approx([0.4, 0.4, 0.8])
+    assert math.isnan(c[3])
+    assert an.combined_score(None, np.array([0.3])) == pytest.approx([0.3])
+
+
+def test_flag_frames_candidates_and_disagreements():
+    p_cls = np.array([0.9, 0.9, 0.1, NAN, 0.7, NAN])
+    p_seg = np.array([0.8, 0.2, 0.1, 0.6, NAN, NAN])
+    f = an.flag_frames(p_cls, p_seg)
+    assert f.cls_call.tolist() == [True, True, False, False, True, False]
+    assert f.seg_call.tolist() == [True, False, False, True, False, False]
+    assert f.disagreements.tolist() == [False, True, False, False, False, False]
+    # frame 1: mean(0.9, 0.2) = 0.55 >= 0.5
+    assert f.candidates.tolist() == [True, True, False, True, True, False]
+    # per-model thresholds: candidate threshold is their mean where both scored
+    g = an.flag_frames(p_cls, p_seg, threshold_cls=0.5, threshold_seg=0.7)
+    assert g.candidates.tolist() == [True, False, False, False, True, False]
+    assert g.disagreements.tolist() == [False, True, False, False, False, False]
+    # an explicit segmenter call (area rule) overrides p_seg >= threshold
+    h = an.flag_frames(p_cls, p_seg, seg_call=np.array([False, True, False, True, True, True]))
+    assert h.seg_call.tolist() == [False, True, False, True, False, False]
+    assert h.disagreements.tolist() == [True, False, False, False, False, False]
+
+
+def test_smooth_curve_stays_within_sweeps_and_skips_nan():
+    v = np.array([0.0, 1.0, NAN, 1.0, 10.0, 10.0])
+    s = an.smooth_curve(v, [(0, 4), (4, 6)], window=3)
+    assert s.tolist()[:4] == pytest.approx([0.5, 0.5, 1.0, 1.0])
+    assert s[4:].tolist() == [10.0, 10.0]  # no leak from sweep 0
+    assert math.isnan(an.smooth_curve(np.array([NAN, NAN]), window=3)[0])
+
+
+def test_best_frames_ranking_and_tie_break():
+    p_cls = np.array([0.9, 0.9, 0.3, NAN, 0.2, 0.2, NAN, NAN])
+    p_seg = np.array([0.7, 0.7, 0.9, NAN, 0.3, 0.4, NAN, NAN])
+    area = np.array([500, 900, 1500, -1, 10, 10, -1, -1])
+    best = an.best_frames(p_cls, p_seg, area, [(0, 4), (4, 6), (6, 8)])
+    # sweep 0: frames 0 and 1 tie at 0.8, the larger mask (frame 1) wins over frame 2 (0.6)
+    assert best[0].frame == 1 and best[0].score == pytest.approx(0.8) and best[0].passes
+    assert best[0].optimal is None and best[0].area_px == 900
+    # sweep 1: nothing passes, still the highest score is reported
+    assert best[1].frame == 5 and not best[1].passes
+    assert best[2] is None  # nothing scored
+
+
+def test_optimal_call_preferred_over_suboptimal():
+    p_cls = np.array([0.95, 0.7, 0.1])
+    p_seg = np.array([0.9, 0.7, 0.8])
+    p_opt = np.array([0.1, 0.8, 0.9])  # frame 0 suboptimal, 1 optimal, 2 optimal but not passing
+    assert an.choose_case_frame(p_cls, p_seg, p_opt=p_opt) == 1
+    assert an.choose_case_frame(p_cls, p_seg) == 0
+    best = an.best_frames(p_cls, p_seg, None, [(0, 3)], p_opt=p_opt)
+    assert best[0].frame == 1 and best[0].optimal is True
+
+
+def test_choose_case_frame_minus_one_and_across_sweeps():
+    assert an.choose_case_frame(np.array([0.1, 0.4, NAN]), None) == -1
+    assert an.choose_case_frame(np.full(3, NAN), np.full(3, NAN)) == -1
+    assert an.choose_case_frame(np.array([0.6, 0.2, 0.99, 0.7]), None) == 2
+
+
+# ---------------------------------------------------------------- per-frame metrics
+
+
+def test_binary_metrics_hand_case():
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0, 1, 0], bool)
+    p = np.array([1, 1, 0, 1, 0, 0, 0, 0, 0, 0], bool)
+    m = an.binary_metrics(y, p)
+    assert (m.tp, m.fp, m.tn, m.fn) == (2, 1, 5, 2)
+    assert m.accuracy == pytest.approx(0.7)
+    assert m.precision == pytest.approx(2 / 3)
+    assert m.recall == pytest.approx(0.5)
+    assert m.specificity == pytest.approx(5 / 6)
+    assert m.f1 == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+
+
+def test_binary_metrics_zero_divisions():
+    m = an.binary_metrics(np.zeros(4, bool), np.zeros(4, bool))
+    assert (m.accuracy, m.precision, m.recall, m.f1, m.specificity) == (1.0, 0.0, 0.0, 0.0, 1.0)
+    m = an.binary_metrics(np.ones(3, bool), np.ones(3, bool))
+    assert m.specificity == 0.0 and m.f1 == 1.0
+    assert math.isnan(an.binary_metrics(np.array([]), np.array([])).accuracy)
+
+
+def test_dice():
+    a = np.zeros((10, 10), np.uint8)
+    b = np.zeros((10, 10), np.uint8)
+    a[0:4, 0:5] = 1  # 20 px
+    b[2:6, 0:5] = 2  # 20 px, overlap 10
+    assert an.dice(a, b) == pytest.approx(0.5)
+    assert an.dice(a * 0, b * 0) == 1.0
+    assert an.dice(a * 0, b * 0, empty_value=0.0) == 0.0
+    d = an.dice_per_frame(np.stack([a, a * 0, a]), np.stack([b, b * 0, a]))
+    assert d[0] == pytest.approx(0.5) and math.isnan(d[1]) and d[2] == 1.0
+
+
+# ---------------------------------------------------------------- challenge metrics
+
+
+def small_case():
+    """40 frames of 32x32 in two sweeps of 20. Frame 5: label 1 (optimal), frame 25: label 2."""
+    gt = np.zeros((40, 32, 32), np.uint8)
+    gt[5, 8:16, 8:16] = 1  # 64 px
+    gt[25, 8:16, 8:16] = 2
+    return gt, [(0, 20), (20, 40)], [250.0, None]
+
+
+def test_wfss_rules():
+    gt, _, _ = small_case()
+    assert an.wfss(gt, 5) == 1.0
+    assert an.wfss(gt, 25) == 0.6  # suboptimal while an optimal frame exists
+    assert an.wfss(gt, 7) == 0.0
+    assert an.wfss(gt, -1) == 0.0
+    sub_only = gt.copy()
+    sub_only[5][sub_only[5] == 1] = 2
+    assert an.wfss(sub_only, 25) == 1.0  # no optimal anywhere: suboptimal is full marks
+    empty = np.zeros_like(gt)
+    assert an.wfss(empty, -1) == 0.0 and an.wfss(empty, 3) == 0.0
+    assert an.wfss(empty, -1, credit_abstention=True) == 1.0
+    assert an.wfss(empty, 3, credit_abstention=True) == 0.0
+
+
+def test_case_metrics_annotated_frame():
+    gt, ranges, ac = small_case()
+    m = an.case_metrics(gt, 5, gt[5], ac, ranges, fov=None, ac_pred_mm=200.0)
+    assert m.wfss == 1.0 and m.dsc_soft == 1.0
+    assert m.nae_ac == pytest.approx(50 / 250)
+    assert m.score == pytest.approx(0.5 * 0.8 + 0.25 + 0.25)
+    assert (m.ac_gt_mm, m.ac_pred_mm, m.dsc_reference_frame, m.dsc_distance) == (250.0, 200.0, 5, 0)
+    # NAE is symmetric in the larger value: pred 300 -> 50 / 300
+    assert an.case_metrics(gt, 5, gt[5], ac, ranges, fov=None, ac_pred_mm=300.0).nae_ac == pytest.approx(1 / 6)
+
+
+def test_case_metrics_soft_dice_nearest_annotated_frame():
+    gt, ranges, ac = small_case()
+    m = an.case_metrics(gt, 8, gt[5], ac, ranges, fov=None, ac_pred_mm=250.0)
+    assert m.wfss == 0.0 and m.nae_ac == 0.0
+    assert m.dsc_soft == pytest.approx(1 - 3 / 15) and m.dsc_reference_frame == 5
+    assert m.score == pytest.approx(0.5 + 0.25 * 0.8)
+    # frame 19: frame 25 is nearer (6) but in another sweep, so frame 5 at distance 14 counts
+    m = an.case_metrics(gt, 19, gt[5], ac, ranges, fov=None, ac_pred_mm=250.0)
+    assert m.dsc_reference_frame == 5 and m.dsc_soft == pytest.approx(1 / 15)
+    # frame 30: 5 from frame 25; prediction overlaps half the annotation -> Dice 0.5
+    half = np.zeros((32, 32), np.uint8)
+    half[12:20, 8:16] = 1
+    m = an.case_metrics(gt, 30, half, ac, ranges, fov=None, ac_pred_mm=250.0)
+    assert m.dsc_soft == pytest.approx(0.5 * (1 - 5 / 15))
+    assert m.nae_ac == 1.0  # sweep 2 has no reference AC
+    assert m.wfss == 0.0
+    # more than 15 frames from any annotation in the sweep
+    far = gt.copy()
+    far[5] = 0
+    far[0, 8:16, 8:16] = 1
+    assert an.case_metrics(far, 16, gt[5], ac, ranges, fov=None, ac_pred_mm=250.0).dsc_soft == 0.0
+
+
+def test_case_metrics_suboptimal_and_no_frame():
+    gt, ranges, ac = small_case()
+    half = np.zeros((32, 32), np.uint8)
+    half[12:20, 8:16] = 1
+    m = an.case_metrics(gt, 25, half, ac, ranges, fov=None, ac_pred_mm=250.0)
+    assert (m.wfss, m.nae_ac, m.dsc_soft) == (0.6, 1.0, pytest.approx(0.5))
+    assert m.score == pytest.approx(0.25 * 0.6 + 0.25 * 0.5)
+    m = an.case_metrics(gt, -1, None, ac, ranges, fov=None)
+    assert (m.wfss, m.nae_ac, m.dsc_soft, m.score) == (0.0, 1.0, 0.0, 0.0)
+    assert m.ac_gt_mm is None
+    empty = np.zeros_like(gt)
+    assert an.case_metrics(empty, -1, None, ac, ranges, fov=None).score == 0.0
+    credited = an.case_metrics(empty, -1, None, ac, ranges, fov=None, credit_abstention=True)
+    assert (credited.wfss, credited.dsc_soft, credited.nae_ac, credited.score) == (1.0, 1.0, 1.0, 0.5)
+    with pytest.raises(ValueError):
+        an.case_metrics(gt, 40, gt[0], ac, ranges, fov=None)
+
+
+def test_case_metrics_measures_ac_and_masks_fov():
+    gt = np.zeros((2, H, W), np.uint8)
+    gt[1] = drawn_ellipse((372, 300), (130, 100), 0)
+    truth = true_ac_mm((130, 100))
+    m = an.case_metrics(gt, 1, gt[1], [truth * 1.1], [(0, 2)])
+    assert m.ac_pred_mm == pytest.approx(truth, rel=0.01)
+    assert m.nae_ac == pytest.approx(1 - 1 / 1.1, abs=0.01)
+    assert m.dsc_soft == 1.0
+    fov = an.acouslic_fov()
+    outside_only = np.zeros((H, W), np.uint8)
+    outside_only[~fov] = 1
+    m = an.case_metrics(gt, 1, gt[1] | outside_only, [truth], [(0, 2)], ac_pred_mm=truth)
+    assert m.dsc_soft == 1.0  # predictions outside the field of view do not count
+
+
+def test_aggregate_case_metrics():
+    gt, ranges, ac = small_case()
+    cases = [
+        an.case_metrics(gt, 5, gt[5], ac, ranges, fov=None, ac_pred_mm=200.0),
+        an.case_metrics(gt, -1, None, ac, ranges, fov=None),
+    ]
+    agg = an.aggregate_case_metrics(cases)
+    assert agg["score"]["mean"] == pytest.approx((0.9 + 0.0) / 2)
+    assert agg["score"]["std"] == pytest.approx(0.45)
+    assert agg["nae_ac"]["mean"] == pytest.approx((0.2 + 1.0) / 2)
+    assert agg["wfss"]["n"] == 2
+    # the mean score equals the challenge's combination of the mean metrics
+    combo = 0.5 * (1 - agg["nae_ac"]["mean"]) + 0.25 * agg["wfss"]["mean"] + 0.25 * agg["dsc_soft"]["mean"]
+    assert agg["score"]["mean"] == pytest.approx(combo)

@@ -1,0 +1,87 @@
+"""``fetaliqa ac``: AC and GA printed for a mask file's frame."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fetaliqa_core import analysis
+from fetaliqa_core.cli import main
+
+H, W = 562, 744
+BIG = (150, 110)  # semi-axes of the frame-2 ellipse, px
+SMALL = (90, 70)
+
+
+@pytest.fixture(scope="module")
+def mask_file(tmp_path_factory):
+    masks = np.zeros((3, H, W), np.uint8)  # frame 0 empty
+    cv2.ellipse(masks[1], (372, 280), SMALL, 30, 0, 360, 2, -1)
+    cv2.ellipse(masks[2], (372, 300), BIG, 10, 0, 360, 1, -1)
+    image = sitk.GetImageFromArray(masks)
+    image.SetSpacing((0.28, 0.28, 1.0))
+    path = tmp_path_factory.mktemp("masks") / "case.mha"
+    sitk.WriteImage(image, str(path), True)
+    return path
+
+
+def ac_of(axes, spacing=0.28):
+    return analysis.ramanujan_circumference(*axes) * spacing
+
+
+def test_largest_frame_by_default(mask_file, capsys):
+    assert main(["ac", str(mask_file)]) == 0
+    out = capsys.readouterr().out.strip()
+    match = re.fullmatch(r"frame 2: AC ([\d.]+) mm \(GA ([\d.]+) weeks\)", out)
+    assert match, out
+    ac = float(match.group(1))
+    assert ac == pytest.approx(ac_of(BIG), rel=0.01)
+    assert float(match.group(2)) == pytest.approx(analysis.hadlock_ga(ac).weeks, abs=0.06)
+
+
+def test_frame_and_spacing_and_json(mask_file, capsys):
+    assert main(["ac", str(mask_file), "--frame", "1", "--spacing", "0.5", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["frame"] == 1
+    assert record["spacing_mm"] == [0.5, 0.5]
+    assert record["ac_mm"] == pytest.approx(ac_of(SMALL, 0.5), rel=0.01)
+    assert record["ga_weeks"] == pytest.approx(analysis.hadlock_ga(record["ac_mm"]).weeks, abs=1e-2)
+    assert record["truncated"] is False and record["n_points"] > 100
+
+
+def test_small_ac_flagged_outside_hadlock_range(mask_file, capsys):
+    assert main(["ac", str(mask_file), "--frame", "1"]) == 0  # ~141 mm: inside the range
+    assert "[" not in capsys.readouterr().out
+    assert main(["ac", str(mask_file), "--frame", "1", "--spacing", "0.1"]) == 0  # ~50 mm
+    assert "outside Hadlock" in capsys.readouterr().out
+
+
+def test_empty_frame_reports_no_ac(mask_file, capsys):
+    assert main(["ac", str(mask_file), "--frame", "0"]) == 1
+    assert capsys.readouterr().out.strip() == "frame 0: no AC (the frame is empty)"
+
+
+def test_frame_out_of_range(mask_file, capsys):
+    assert main(["ac", str(mask_file), "--frame", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fetaliqa: ") and "out of range" in err and "0..2" in err
+    assert "\n" not in err
+
+
+def test_bad_files(tmp_path, capsys):
+    junk = tmp_path / "junk.mha"
+    junk.write_bytes(b"not an image")
+    assert main(["ac", str(junk)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fetaliqa: ") and "junk.mha" in err and "\n" not in err
+    assert main(["ac", str(tmp_path / "missing.mha")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    empty = tmp_path / "empty.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 20, 30), np.uint8)), str(empty))
+    assert main(["ac", str(empty)]) == 2
+    assert "no frame has a label" in capsys.readouterr().err
