@@ -1,0 +1,146 @@
+"""``fetaliqa review``: export the trainers' review database.
+
+``fetaliqa review export --db DB --out report.html|report.pdf|report.csv``
+    The review report (format from the extension; PDF via Qt, no browser needed). Thumbnails
+    of flagged frames need the sweep files at the paths the database recorded (``--no-frames``
+    skips them).
+``fetaliqa review labels --db DB --out labels.csv``
+    Reviewer labels as extra training labels: columns ``uuid_or_hash, path, frame, label,
+    reviewer, time`` with label 1 optimal, 2 suboptimal, 0 not usable (ACOUSLIC convention);
+    see :mod:`fetaliqa_core.review.report` for the details.
+``fetaliqa review list --db DB``
+    The sweeps in the database with their review counts.
+
+``--db`` defaults to the app's database in the user data folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fetaliqa_core.errors import FetalIQAError
+
+HELP = "Export trainers' verdicts: a report (.html/.pdf/.csv) or labels for training."
+
+
+def _db_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, default=None, metavar="DB",
+                   help="review database (default: reviews.sqlite3 in the user data folder)")
+
+
+def _sweep_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sweep", action="append", default=None, metavar="HASH",
+                   help="only this sweep (content hash or a unique prefix, as `review list` "
+                        "shows); repeat for several")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="review_command", metavar="ACTION")
+    p = sub.add_parser("export", help="write the review report (.html, .pdf or .csv)",
+                       description="Write the review report; the format follows the extension "
+                                   "of --out (.html, .pdf, .csv).")
+    _db_argument(p)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="report.html, report.pdf or report.csv")
+    _sweep_argument(p)
+    p.add_argument("--no-frames", action="store_true",
+                   help="do not load the sweep files (no thumbnails; faster)")
+    p = sub.add_parser("labels", help="write reviewer labels as a CSV for training",
+                       description="Write reviewer labels (uuid_or_hash, path, frame, label "
+                                   "1 optimal / 2 suboptimal / 0 not usable, reviewer, time).")
+    _db_argument(p)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="labels.csv")
+    _sweep_argument(p)
+    p = sub.add_parser("list", help="list the sweeps in the review database")
+    _db_argument(p)
+
+
+def _open(args):
+    from fetaliqa_core.review.store import ReviewStore
+
+    return ReviewStore(args.db, create=False)
+
+
+def _sweep_ids(store, hashes: list[str] | None) -> list[int] | None:
+    if not hashes:
+        return None
+    ids = []
+    for h in hashes:
+        record = store.find_sweep(h.strip().lower())
+        if record is None:
+            raise FetalIQAError(f"The review database {store.path} has no sweep whose hash "
+                                f"starts with {h!r} (or the prefix is ambiguous): see "
+                                "`fetaliqa review list`.")
+        ids.append(record.id)
+    return ids
+
+
+def load_frames_for_report(path: str):
+    """Sweep loader for reports: the frames of the file at ``path`` ((N, H, W) uint8)."""
+    if not Path(path).exists():
+        raise FetalIQAError(f"{path} no longer exists (moved or on a disconnected drive)")
+    from fetaliqa_core.io import load_sweep
+
+    return load_sweep(path).frames
+
+
+def _export(args) -> int:
+    from fetaliqa_core.review.report import REPORT_EXTENSIONS, build_report
+
+    out = Path(args.out)
+    if out.suffix.lower() not in REPORT_EXTENSIONS:
+        raise FetalIQAError(f"Cannot tell the report format from --out {out}: use a file name "
+                            "ending in .html, .pdf or .csv.")
+    pdf_writer = None
+    if out.suffix.lower() == ".pdf":
+        try:
+            from app.report_pdf import html_to_pdf
+        except ImportError as exc:
+            raise FetalIQAError(f"PDF export needs PySide6 ({exc}); export .html instead or "
+                                "reinstall FetalIQA.") from exc
+        pdf_writer = html_to_pdf
+    with _open(args) as store:
+        ids = _sweep_ids(store, args.sweep)
+        loader = None if args.no_frames else load_frames_for_report
+        path = build_report(store, out, ids, sweep_loader=loader, pdf_writer=pdf_writer)
+    print(f"wrote {path}")
+    return 0
+
+
+def _labels(args) -> int:
+    from fetaliqa_core.review.report import write_labels_csv
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".csv":
+        raise FetalIQAError(f"--out {out} must be a .csv file.")
+    with _open(args) as store:
+        n = write_labels_csv(store, out, _sweep_ids(store, args.sweep))
+    print(f"wrote {n} label(s) to {out}")
+    return 0
+
+
+def _list(args) -> int:
+    with _open(args) as store:
+        sweeps = store.sweeps()
+        if not sweeps:
+            print(f"{store.path}: no sweeps yet")
+        for s in sweeps:
+            verdicts = store.verdicts(s.id)
+            reviewers = ", ".join(sorted({v.reviewer for v in verdicts})) or "-"
+            print(f"{s.content_hash[:16]}  {s.n_frames:5d} frames  {len(verdicts):4d} verdicts"
+                  f"  {reviewers}  {s.path or ''}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    action = getattr(args, "review_command", None)
+    if action == "export":
+        return _export(args)
+    if action == "labels":
+        return _labels(args)
+    if action == "list":
+        return _list(args)
+    print("usage: fetaliqa review {export,labels,list} --help", file=sys.stderr)
+    return 2

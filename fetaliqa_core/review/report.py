@@ -1,0 +1,752 @@
+"""Review reports (HTML, CSV; PDF through a writer the caller passes) and reviewer-label export.
+
+The HTML is self-contained (pictures embedded as base64 PNG) and uses only what both a browser
+and Qt's rich-text engine (``QTextDocument``, used for the PDF) understand: tables with
+attributes, simple inline styles, ``page-break-before``. Its content is laid out for a 640 px
+(A4 minus margins at 96 dpi) column.
+
+Per sweep the report shows: the quality curve (p_cls and p_seg per frame, threshold, sub-sweep
+boundaries, flagged frames, frames with verdicts), thumbnails of flagged frames with the stored
+segmentation overlay (when the sweep file can be loaded), the agreement between each reviewer
+and the model (accuracy, Cohen's kappa on "usable for AC" = optimal or suboptimal versus the
+model's flag), AC and GA at the chosen frame, and the verdicts.
+
+Labels CSV (``write_labels_csv``), one row per latest verdict of each reviewer on each frame::
+
+    uuid_or_hash,path,frame,label,reviewer,time
+    0199616b-b9d7-4c6d-9a4e-9a2c1d0c7d11,/data/images/0199616b-...mha,312,1,alice,2025-01-31T14:05:09.123+00:00
+
+``uuid_or_hash``: the file name without extension when it is an ACOUSLIC case UUID, otherwise
+the sweep's content hash. ``frame``: zero-based index into the stacked file (all sub-sweeps).
+``label``: ACOUSLIC mask convention, 1 optimal plane, 2 suboptimal plane, 0 not usable. Several
+reviewers may label the same frame (one row each); a reviewer's earlier verdicts on a frame are
+superseded by their latest. ``time``: UTC ISO 8601 of the verdict. Rows are sorted by sweep,
+frame, reviewer.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from fetaliqa_core import __version__
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.review.store import (
+    ACOUSLIC_CODE,
+    LABEL_TITLES,
+    ModelRun,
+    ReviewStore,
+    SweepRecord,
+    Verdict,
+)
+
+#: sweep_loader(path) -> frames (N, H, W) uint8, or (frames, masks (N, H, W) uint8 | None).
+SweepLoader = Callable[[str], Any]
+#: pdf_writer(html, out_path): e.g. ``app.report_pdf.html_to_pdf`` (keeps this module Qt-free).
+PdfWriter = Callable[[str, Path], None]
+
+REPORT_EXTENSIONS = (".html", ".pdf", ".csv")
+#: Width of the report's pictures in CSS px: the PDF's text column (A4 portrait minus Qt's
+#: margins) is about 627 px at 96 dpi. (Qt ignores ``margin: auto``, so the page is not centred
+#: in a browser; ``max-width`` keeps it readable there.)
+COLUMN_PX = 620
+#: At most this many thumbnails per sweep: the chosen frame, then the highest-scoring flagged.
+MAX_THUMBNAILS = 12
+THUMBS_PER_ROW = 4
+#: Pictures are drawn at twice their displayed size so they stay sharp in print.
+CURVE_SIZE = (1280, 400)  # (width, height) px, shown 640 wide
+THUMB_WIDTH = 240  # px, shown 150 wide
+
+# BGR colours shared by the curve and the thumbnails.
+LABEL_BGR: dict[str, tuple[int, int, int]] = {
+    "optimal": (60, 160, 40), "suboptimal": (0, 150, 235), "not_usable": (50, 50, 210)}
+CLS_BGR = (180, 100, 30)
+SEG_BGR = (30, 120, 240)
+FLAG_BGR = (120, 200, 120)
+CHOSEN_BGR = (170, 40, 170)
+MASK_BGR = {1: (60, 200, 40), 2: (0, 190, 255)}
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+
+
+# ----------------------------------------------------------------------------- agreement
+
+
+def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float:
+    """Cohen's kappa of two raters' labels on the same items (any hashable categories).
+
+    kappa = (p_o - p_e) / (1 - p_e), p_o the observed agreement, p_e the agreement expected
+    from each rater's label frequencies. NaN when undefined (no items, or p_e = 1: both raters
+    used one and the same label throughout).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"the raters labelled {len(a)} and {len(b)} items")
+    n = len(a)
+    if n == 0:
+        return math.nan
+    p_o = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    p_e = sum((list(a).count(c) / n) * (list(b).count(c) / n) for c in set(a) | set(b))
+    if p_e >= 1.0:
+        return math.nan
+    return (p_o - p_e) / (1.0 - p_e)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One reviewer against the model on the frames they judged (binary: usable for AC)."""
+
+    reviewer: str
+    n: int
+    accuracy: float
+    kappa: float
+    both_usable: int
+    reviewer_only: int  # reviewer usable, model did not flag
+    model_only: int  # model flagged, reviewer not usable
+    neither: int
+
+
+def agreement(verdicts: Sequence[Verdict], run: ModelRun) -> list[Agreement]:
+    """Per reviewer, sorted by name: compare the latest verdicts with ``run.flagged``."""
+    by_reviewer: dict[str, list[Verdict]] = {}
+    for v in verdicts:
+        by_reviewer.setdefault(v.reviewer, []).append(v)
+    out = []
+    for name in sorted(by_reviewer):
+        human = [v.positive for v in by_reviewer[name]]
+        model = [bool(run.flagged[v.frame]) for v in by_reviewer[name]]
+        pairs = list(zip(human, model, strict=True))
+        n = len(pairs)
+        out.append(Agreement(
+            reviewer=name, n=n, accuracy=sum(h == m for h, m in pairs) / n if n else math.nan,
+            kappa=cohen_kappa(human, model), both_usable=pairs.count((True, True)),
+            reviewer_only=pairs.count((True, False)), model_only=pairs.count((False, True)),
+            neither=pairs.count((False, False))))
+    return out
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def _png_data_uri(image: np.ndarray) -> str:
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.75,
+          color: tuple[int, int, int] = (40, 40, 40), thickness: int = 2,
+          align: str = "left") -> None:
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (w, h), _ = cv2.getTextSize(text, font, scale, thickness)
+    x, y = org
+    if align == "center":
+        x -= w // 2
+    elif align == "right":
+        x -= w
+    cv2.putText(img, text, (int(x), int(y)), font, scale, color, thickness, cv2.LINE_AA)
+
+
+def _dashed_hline(img, x0, x1, y, color, dash=14, gap=9, thickness=2) -> None:
+    for x in range(int(x0), int(x1), dash + gap):
+        cv2.line(img, (x, y), (min(x + dash, int(x1)), y), color, thickness, cv2.LINE_AA)
+
+
+def _dashed_vline(img, x, y0, y1, color, dash=10, gap=7, thickness=2) -> None:
+    for y in range(int(y0), int(y1), dash + gap):
+        cv2.line(img, (x, y), (x, min(y + dash, int(y1))), color, thickness, cv2.LINE_AA)
+
+
+def _nice_step(n: int, target_ticks: int = 10) -> int:
+    raw = max(1, n / target_ticks)
+    for step in (1, 2, 5, 10, 20, 25, 50, 70, 100, 140, 200, 250, 500, 1000, 2000, 5000):
+        if step >= raw:
+            return step
+    return int(10 ** math.ceil(math.log10(raw)))
+
+
+def draw_quality_curve(n_frames: int, p_cls: np.ndarray | None, p_seg: np.ndarray | None,
+                       threshold: float, sweep_ranges: Sequence[tuple[int, int]],
+                       flagged: np.ndarray | None = None,
+                       verdict_labels: dict[int, str] | None = None,
+                       chosen_frame: int | None = None,
+                       sweep_kinds: Sequence[str] | None = None,
+                       size: tuple[int, int] = CURVE_SIZE) -> np.ndarray:
+    """The quality curve as a BGR picture, (height, width, 3) uint8.
+
+    p_cls, p_seg: (n_frames,) probabilities, NaN (or None) where absent; flagged: (n_frames,)
+    bool; verdict_labels: {frame: label} of the frames with verdicts (latest).
+    """
+    width, height = size
+    img = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 96, 24, 96, 62
+    x0, x1, y0, y1 = left, width - right, top, height - bottom
+    n = max(int(n_frames), 1)
+
+    def fx(frame: float) -> int:
+        return int(round(x0 + (frame + 0.5) / n * (x1 - x0)))
+
+    def fy(p: float) -> int:
+        return int(round(y1 - p * (y1 - y0)))
+
+    # Sub-sweep bands, shaded alternately, with their names.
+    for i, (start, stop) in enumerate(sweep_ranges):
+        a = int(round(x0 + start / n * (x1 - x0)))
+        b = int(round(x0 + stop / n * (x1 - x0)))
+        if i % 2:
+            cv2.rectangle(img, (a, y0), (b, y1), (245, 245, 245), -1)
+        if i:
+            cv2.line(img, (a, y0 - 30), (a, y1), (150, 150, 150), 2)
+        kind = sweep_kinds[i] if sweep_kinds and i < len(sweep_kinds) else ""
+        label = f"S{i + 1}" + (f" {kind[:5]}." if kind and kind != "unknown" and
+                               (b - a) > 150 else "")
+        _text(img, label, ((a + b) // 2, y0 - 10), 0.65, (100, 100, 100), 2, "center")
+    # Flagged frames: a green rug at the bottom of the plot.
+    if flagged is not None:
+        for f in np.flatnonzero(np.asarray(flagged, bool)):
+            cv2.line(img, (fx(f), y1 - 1), (fx(f), y1 - 14), FLAG_BGR, 3)
+    # Grid and y axis.
+    for p in (0.0, 0.25, 0.5, 0.75, 1.0):
+        cv2.line(img, (x0, fy(p)), (x1, fy(p)), (225, 225, 225), 1)
+        _text(img, f"{p:.2f}".rstrip("0").rstrip(".") if p not in (0.0, 1.0) else f"{p:.0f}",
+              (x0 - 10, fy(p) + 8), 0.65, (80, 80, 80), 2, "right")
+    cv2.rectangle(img, (x0, y0), (x1, y1), (120, 120, 120), 2)
+    # X ticks.
+    step = _nice_step(n)
+    for f in range(0, n + 1, step):
+        x = int(round(x0 + f / n * (x1 - x0)))
+        cv2.line(img, (x, y1), (x, y1 + 8), (80, 80, 80), 2)
+        _text(img, str(f), (x, y1 + 32), 0.65, (80, 80, 80), 2, "center")
+    _text(img, "frame", (x1, y1 + 56), 0.65, (80, 80, 80), 2, "right")
+    # Threshold.
+    _dashed_hline(img, x0, x1, fy(threshold), (110, 110, 110))
+    # Chosen frame.
+    if chosen_frame is not None:
+        _dashed_vline(img, fx(chosen_frame), y0, y1, CHOSEN_BGR)
+    # Curves (broken where a value is NaN).
+    for values, color in ((p_seg, SEG_BGR), (p_cls, CLS_BGR)):
+        if values is None:
+            continue
+        v = np.asarray(values, np.float64)
+        ok = np.isfinite(v)
+        pts = np.array([[fx(i), fy(float(np.clip(v[i], 0, 1)))] if ok[i] else [-1, -1]
+                        for i in range(len(v))], np.int32)
+        start = None
+        for i in range(len(v) + 1):
+            if i < len(v) and ok[i]:
+                start = i if start is None else start
+            elif start is not None:
+                seg = pts[start:i]
+                if len(seg) == 1:
+                    cv2.circle(img, tuple(int(c) for c in seg[0]), 2, color, -1, cv2.LINE_AA)
+                else:
+                    cv2.polylines(img, [seg.reshape(-1, 1, 2)], False, color, 2, cv2.LINE_AA)
+                start = None
+    # Verdicts: markers in a strip above the plot.
+    for f, label in sorted((verdict_labels or {}).items()):
+        cx, cy = fx(f), y0 - 40
+        tri = np.array([[cx - 7, cy - 8], [cx + 7, cy - 8], [cx, cy + 6]], np.int32)
+        cv2.fillPoly(img, [tri], LABEL_BGR.get(label, (0, 0, 0)), cv2.LINE_AA)
+    # Legend.
+    x, y = x0, 30
+    items = [("line", CLS_BGR, "p_cls"), ("line", SEG_BGR, "p_seg"),
+             ("dash", (110, 110, 110), f"threshold {threshold:.2f}"),
+             ("rug", FLAG_BGR, "flagged"), ("vdash", CHOSEN_BGR, "chosen")]
+    items += [("tri", LABEL_BGR[k], LABEL_TITLES[k]) for k in LABEL_BGR]
+    for kind, color, text in items:
+        if kind == "line":
+            cv2.line(img, (x, y - 7), (x + 30, y - 7), color, 3, cv2.LINE_AA)
+        elif kind == "dash":
+            _dashed_hline(img, x, x + 30, y - 7, color, dash=10, gap=6)
+        elif kind == "rug":
+            cv2.line(img, (x + 15, y), (x + 15, y - 16), color, 4)
+        elif kind == "vdash":
+            _dashed_vline(img, x + 15, y - 18, y + 2, color, dash=6, gap=4)
+        else:
+            tri = np.array([[x + 8, y - 16], [x + 22, y - 16], [x + 15, y - 2]], np.int32)
+            cv2.fillPoly(img, [tri], color, cv2.LINE_AA)
+        _text(img, text, (x + 38, y), 0.65, (50, 50, 50), 2)
+        (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.65, 2)
+        x += 38 + w + 28
+    _text(img, "verdicts", (x0 - 8, y0 - 34), 0.6, (90, 90, 90), 2, "right")
+    return img
+
+
+def _mask_on_frame(mask: np.ndarray, height: int, width: int) -> np.ndarray | None:
+    """A stored mask on the frame's pixels: as is, or mapped back from the 224 x 224 input."""
+    if mask.shape == (height, width):
+        return mask
+    try:
+        from fetaliqa_core.preprocess import mask_to_frame
+    except ImportError:
+        return None
+    try:
+        mapped = np.asarray(mask_to_frame(mask, height, width))
+    except Exception:  # a mask of another geometry: show the frame without it
+        return None
+    return mapped if mapped.shape == (height, width) else None
+
+
+def overlay_thumbnail(frame: np.ndarray, mask: np.ndarray | None = None,
+                      width: int = THUMB_WIDTH) -> np.ndarray:
+    """Frame (H, W) uint8 with the mask's labels 1/2 tinted and outlined -> BGR thumbnail."""
+    h, w = frame.shape[:2]
+    out_h = max(1, int(round(h * width / w)))
+    small = cv2.resize(np.ascontiguousarray(frame, np.uint8), (width, out_h),
+                       interpolation=cv2.INTER_AREA)
+    img = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
+    if mask is not None:
+        m = cv2.resize(np.ascontiguousarray(mask, np.uint8), (width, out_h),
+                       interpolation=cv2.INTER_NEAREST)
+        for label, color in MASK_BGR.items():
+            region = m == label
+            if not region.any():
+                continue
+            tint = np.empty_like(img)
+            tint[:] = color
+            img[region] = cv2.addWeighted(img, 0.6, tint, 0.4, 0)[region]
+            contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(img, contours, -1, color, 2, cv2.LINE_AA)
+    return img
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def format_ga(weeks: float | None) -> str:
+    """Gestational age as ``24.4 weeks (24w 3d)``; an en dash when unknown."""
+    if weeks is None or not math.isfinite(weeks):
+        return "–"
+    days = int(round(weeks * 7))
+    return f"{weeks:.1f} weeks ({days // 7}w {days % 7}d)"
+
+
+def ga_weeks_of(run: ModelRun) -> float | None:
+    """GA stored with the run, or Hadlock's from its AC when only the AC was stored."""
+    if run.ga_weeks is not None:
+        return run.ga_weeks
+    if run.ac_mm is None:
+        return None
+    from fetaliqa_core.analysis import hadlock_ga
+
+    weeks = hadlock_ga(run.ac_mm).weeks
+    return weeks if math.isfinite(weeks) else None
+
+
+def _fmt_time(iso: str, utc_suffix: bool = True) -> str:
+    try:
+        t = datetime.fromisoformat(iso).astimezone(timezone.utc)
+    except ValueError:
+        return iso
+    return t.strftime("%Y-%m-%d %H:%M") + (" UTC" if utc_suffix else "")
+
+
+def _where(sweep: SweepRecord, frame: int) -> str:
+    """``312 (S3:32)``: stacked index, sub-sweep and index within it."""
+    i = sweep.sweep_index(frame)
+    if len(sweep.sweep_ranges) <= 1:
+        return str(frame)
+    return f"{frame} (S{i + 1}:{frame - sweep.sweep_ranges[i][0]})"
+
+
+def _bundle_text(bundles: dict[str, Any]) -> str:
+    parts = []
+    for role, info in sorted(bundles.items()):
+        if isinstance(info, dict):
+            name = info.get("name") or ""
+            digest = str(info.get("hash") or "")[:12]
+            parts.append(f"{role}: {name} {digest}".strip())
+        else:
+            parts.append(f"{role}: {str(info)[:40]}")
+    return "; ".join(parts) or "–"
+
+
+def _load_frames(loader: SweepLoader | None, sweep: SweepRecord
+                 ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """(frames, masks, why-not) from the loader; never raises."""
+    if loader is None:
+        return None, None, None
+    if not sweep.path:
+        return None, None, "the sweep's file path is unknown"
+    try:
+        loaded = loader(sweep.path)
+    except FetalIQAError as exc:
+        return None, None, str(exc)
+    except Exception as exc:  # a report must not fail because one file cannot be read
+        return None, None, f"{type(exc).__name__}: {exc}"
+    if loaded is None:
+        return None, None, f"{sweep.path} is not available"
+    masks = None
+    if isinstance(loaded, tuple):
+        loaded, masks = loaded[0], (loaded[1] if len(loaded) > 1 else None)
+    frames = np.asarray(loaded)
+    if frames.ndim != 3 or frames.shape[0] != sweep.n_frames:
+        return None, None, (f"{sweep.path} has shape {frames.shape}, not the "
+                            f"{sweep.n_frames} frames that were reviewed (was it changed?)")
+    if masks is not None and np.shape(masks) != frames.shape:
+        masks = None
+    return frames, masks, None
+
+
+def _thumbnail_frames(run: ModelRun) -> list[int]:
+    flagged = np.flatnonzero(run.flagged).tolist()
+    score = np.fmax(np.nan_to_num(run.p_cls, nan=-1), np.nan_to_num(run.p_seg, nan=-1))
+    ranked = sorted(flagged, key=lambda f: -float(score[f]))
+    picked = []
+    if run.chosen_frame is not None:
+        picked.append(int(run.chosen_frame))
+    for f in ranked:
+        if len(picked) >= MAX_THUMBNAILS:
+            break
+        if f not in picked:
+            picked.append(f)
+    return sorted(picked)
+
+
+def _write_atomic(out_path: Path, data: bytes) -> None:
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.part")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, out_path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FetalIQAError(f"Cannot write {out_path}: {exc.strerror or exc}. Choose a folder "
+                            "you can write to.") from exc
+
+
+def _select_sweeps(store: ReviewStore, sweep_ids: Sequence[int] | None) -> list[SweepRecord]:
+    if sweep_ids is None:
+        return store.sweeps()
+    return [store.sweep(i) for i in sweep_ids]
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_STYLE = """
+body { font-family: 'DejaVu Sans', Arial, sans-serif; font-size: 10pt; color: #222;
+       max-width: 660px; }
+h1 { font-size: 17pt; margin-bottom: 2px; }
+h2 { font-size: 13pt; margin-top: 18px; margin-bottom: 2px; color: #1a3d6d; }
+h3 { font-size: 11pt; margin-top: 12px; margin-bottom: 4px; }
+table.grid { border-collapse: collapse; }
+table.grid th { background-color: #e8edf3; text-align: left; }
+table.grid td, table.grid th { border: 1px solid #b8c0cc; font-size: 8pt; }
+.meta { color: #555; font-size: 9pt; }
+.small { font-size: 8pt; color: #555; }
+"""
+
+_LABEL_HEX = {"optimal": "#2a9d3c", "suboptimal": "#e69500", "not_usable": "#d23232"}
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]],
+          widths_pct: Sequence[int] | None = None) -> str:
+    """A bordered full-width table; cells are HTML already; column widths in percent.
+
+    The header row is a ``<thead>``, which Qt repeats at the top of every PDF page."""
+    head = "".join(
+        (f'<th width="{w}%">{h}</th>' if w else f"<th>{h}</th>")
+        for h, w in zip(headers, widths_pct or [0] * len(headers), strict=True))
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return (f'<table class="grid" border="1" cellspacing="0" cellpadding="3" '
+            f'width="100%"><thead><tr>{head}</tr></thead>{body}</table>')
+
+
+def _label_html(label: str) -> str:
+    return f'<span style="color:{_LABEL_HEX[label]}"><b>{_e(LABEL_TITLES[label])}</b></span>'
+
+
+def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
+                   loader: SweepLoader | None) -> str:
+    run = store.latest_run(sweep.id)
+    verdicts = store.verdicts(sweep.id)
+    latest_by_frame: dict[int, Verdict] = {}
+    for v in sorted(verdicts, key=lambda v: v.time):
+        latest_by_frame[v.frame] = v
+    parts: list[str] = []
+    brk = ' style="page-break-before: always"' if number > 1 else ""
+    parts.append(f"<h2{brk}>{number}. {_e(sweep.name)}</h2>")
+    spacing = (f"{sweep.spacing_mm[0]:.3g} x {sweep.spacing_mm[1]:.3g} mm/px"
+               if sweep.spacing_mm else "spacing unknown")
+    parts.append(
+        f'<p class="meta">{_e(sweep.path or "path unknown")}<br>'
+        f"{sweep.n_frames} frames in {len(sweep.sweep_ranges)} sub-sweep(s), {spacing}; "
+        f"content hash {_e(sweep.content_hash[:16])}</p>")
+    if run is None:
+        parts.append("<p><i>No model results are stored for this sweep.</i></p>")
+    else:
+        parts.append(
+            f'<p class="meta">Models: {_e(_bundle_text(run.bundles))}<br>'
+            f"Run of {_e(_fmt_time(run.created))}; threshold p_cls {run.threshold:.2f}, "
+            f"p_seg {run.seg_threshold:.2f}</p>")
+        chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
+        ac = "–" if run.ac_mm is None else f"{run.ac_mm:.1f} mm"
+        parts.append(_grid(
+            ["Chosen frame", "AC at chosen frame", "GA (Hadlock)", "Flagged frames"],
+            [[f"<b>{chosen}</b>", f"<b>{ac}</b>", f"<b>{_e(format_ga(ga_weeks_of(run)))}</b>",
+              f"{int(run.flagged.sum())} of {sweep.n_frames}"]], [25, 25, 25, 25]))
+        curve = draw_quality_curve(
+            sweep.n_frames, run.p_cls, run.p_seg, run.threshold, sweep.sweep_ranges,
+            run.flagged, {f: v.label for f, v in latest_by_frame.items()}, run.chosen_frame,
+            sweep.sweep_kinds)
+        parts.append("<h3>Quality curve</h3>")
+        parts.append(f'<p><img src="{_png_data_uri(curve)}" width="{COLUMN_PX}" '
+                     f'height="{COLUMN_PX * CURVE_SIZE[1] // CURVE_SIZE[0]}" '
+                     f'alt="quality curve"></p>')
+
+    # Agreement.
+    parts.append("<h3>Reviewer and model</h3>")
+    if not verdicts:
+        parts.append("<p><i>No verdicts yet.</i></p>")
+    elif run is None:
+        parts.append("<p><i>No model results to compare with.</i></p>")
+    else:
+        rows = []
+        for a in agreement(verdicts, run):
+            kappa = "n/a" if math.isnan(a.kappa) else f"{a.kappa:.2f}"
+            rows.append([_e(a.reviewer), str(a.n), f"{a.accuracy * 100:.0f} %", kappa,
+                         str(a.both_usable), str(a.reviewer_only), str(a.model_only),
+                         str(a.neither)])
+        parts.append(_grid(["Reviewer", "Frames", "Agreement", "Cohen's κ", "Both usable",
+                            "Reviewer only", "Model only", "Neither"], rows,
+                           [18, 9, 13, 11, 12, 13, 12, 12]))
+        parts.append('<p class="small">Usable = labelled optimal or suboptimal by the '
+                     "reviewer, flagged by the model. κ is n/a when one side gave a single "
+                     "answer throughout.</p>")
+
+    # Thumbnails.
+    if run is not None and (run.flagged.any() or run.chosen_frame is not None):
+        thumbs = _thumbnail_frames(run)
+        frames, loader_masks, why_not = _load_frames(loader, sweep)
+        n_flagged = int(run.flagged.sum())
+        parts.append("<h3>Flagged frames</h3>")
+        if frames is None:
+            reason = f" ({_e(why_not)})" if why_not else ""
+            parts.append(f"<p><i>Frames not shown: the sweep file was not loaded{reason}.</i></p>")
+        else:
+            stored = store.run_masks(run.id)
+            n_shown = sum(1 for f in thumbs if run.flagged[f])
+            shown = (f"{n_shown} of {n_flagged} flagged frames (highest scores)"
+                     if n_shown < n_flagged else f"{n_flagged} flagged frame(s)")
+            if run.chosen_frame is not None and not run.flagged[run.chosen_frame]:
+                shown += " and the chosen frame"
+            parts.append(f'<p class="small">{shown}; overlay: green optimal, amber '
+                         "suboptimal plane as segmented by the model.</p>")
+            cells = []
+            h, w = frames.shape[1:]
+            for f in thumbs:
+                mask = stored.get(f)
+                mask = _mask_on_frame(mask, h, w) if mask is not None else None
+                if mask is None and loader_masks is not None:
+                    mask = loader_masks[f]
+                thumb = overlay_thumbnail(frames[f], mask)
+                disp_w = THUMB_WIDTH // 2
+                disp_h = int(round(thumb.shape[0] / 2))
+                caption = f"<b>{_e(_where(sweep, f))}</b>"
+                if f == run.chosen_frame:
+                    caption += ' <span style="color:#aa28aa">chosen</span>'
+                caption += f"<br>cls {_fmt(float(run.p_cls[f]))} · seg {_fmt(float(run.p_seg[f]))}"
+                if f in latest_by_frame:
+                    caption += "<br>" + _label_html(latest_by_frame[f].label)
+                cells.append(f'<td width="{disp_w + 6}" valign="top" align="center">'
+                             f'<img src="{_png_data_uri(thumb)}" width="{disp_w}" '
+                             f'height="{disp_h}"><br><span class="small">{caption}</span></td>')
+            rows_html = []
+            for i in range(0, len(cells), THUMBS_PER_ROW):
+                row = cells[i:i + THUMBS_PER_ROW]
+                row += ["<td></td>"] * (THUMBS_PER_ROW - len(row))
+                rows_html.append("<tr>" + "".join(row) + "</tr>")
+            parts.append('<table border="0" cellspacing="2" cellpadding="2">'
+                         + "".join(rows_html) + "</table>")
+
+    # Verdicts.
+    if verdicts:
+        parts.append("<h3>Verdicts</h3>")
+        rows = []
+        for v in verdicts:
+            model = "–"
+            if run is not None:
+                model = ("flagged" if run.flagged[v.frame] else "not flagged") + (
+                    f" ({_fmt(float(run.p_cls[v.frame]))} / {_fmt(float(run.p_seg[v.frame]))})")
+            agrees = {True: "yes", False: "<b>no</b>", None: "–"}[v.agrees_with_model]
+            rows.append([_e(_where(sweep, v.frame)), _e(v.reviewer), _label_html(v.label),
+                         model, agrees, _e(v.note), _e(_fmt_time(v.time, utc_suffix=False))])
+        parts.append(_grid(["Frame", "Reviewer", "Verdict", "Model (cls / seg)", "Agrees",
+                            "Note", "Time (UTC)"], rows, [13, 11, 12, 20, 8, 19, 17]))
+    return "\n".join(parts)
+
+
+def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = None,
+                       sweep_loader: SweepLoader | None = None,
+                       title: str = "FetalIQA review report") -> str:
+    """The report as one self-contained HTML page (see the module docstring)."""
+    sweeps = _select_sweeps(store, sweep_ids)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html><head><meta charset="utf-8"><title>{_e(title)}</title>',
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">Generated {now} by FetalIQA {__version__} from '
+        f"{_e(store.path)}</p>",
+    ]
+    if not sweeps:
+        parts.append("<p><i>The review database holds no sweeps yet.</i></p>")
+    else:
+        rows = []
+        for i, s in enumerate(sweeps, 1):
+            run = store.latest_run(s.id)
+            vs = store.verdicts(s.id)
+            rows.append([str(i), _e(s.name), str(s.n_frames),
+                         "–" if run is None else str(int(run.flagged.sum())),
+                         str(len(vs)), _e(", ".join(sorted({v.reviewer for v in vs})) or "–"),
+                         "–" if run is None or run.ac_mm is None else f"{run.ac_mm:.1f}",
+                         "–" if run is None else _e(format_ga(ga_weeks_of(run)).split(" (")[0])])
+        parts.append(_grid(["#", "Sweep", "Frames", "Flagged", "Verdicts", "Reviewers",
+                            "AC (mm)", "GA"], rows, [4, 33, 9, 9, 9, 15, 10, 11]))
+        for i, s in enumerate(sweeps, 1):
+            parts.append(_sweep_section(store, s, i, sweep_loader))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- CSV
+
+
+REPORT_CSV_COLUMNS = [
+    "content_hash", "path", "frame", "sub_sweep", "frame_in_sub_sweep", "p_cls", "p_seg",
+    "seg_area_px", "flagged", "chosen", "ac_mm", "ga_weeks", "reviewer", "label", "label_code",
+    "agrees_with_model", "note", "time"]
+
+
+def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
+    """Report rows: every flagged, chosen or reviewed frame; one row per reviewer's latest
+    verdict (a row with an empty reviewer for frames nobody reviewed). AC/GA on chosen rows."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(REPORT_CSV_COLUMNS)
+    for sweep in _select_sweeps(store, sweep_ids):
+        run = store.latest_run(sweep.id)
+        by_frame: dict[int, list[Verdict]] = {}
+        for v in store.verdicts(sweep.id):
+            by_frame.setdefault(v.frame, []).append(v)
+        frames = set(by_frame)
+        if run is not None:
+            frames |= set(np.flatnonzero(run.flagged).tolist())
+            if run.chosen_frame is not None:
+                frames.add(int(run.chosen_frame))
+        for f in sorted(frames):
+            i = sweep.sweep_index(f)
+            base = [sweep.content_hash, sweep.path or "", f, i + 1,
+                    f - sweep.sweep_ranges[i][0] if sweep.sweep_ranges else f]
+            if run is None:
+                base += ["", "", "", "", "", "", ""]
+            else:
+                chosen = run.chosen_frame == f
+                base += [_csv_num(run.p_cls[f]), _csv_num(run.p_seg[f]),
+                         int(run.seg_area_px[f]), int(bool(run.flagged[f])), int(chosen),
+                         _csv_num(run.ac_mm) if chosen else "",
+                         _csv_num(ga_weeks_of(run)) if chosen else ""]
+            for v in by_frame.get(f) or [None]:
+                if v is None:
+                    writer.writerow(base + ["", "", "", "", "", ""])
+                else:
+                    agrees = "" if v.agrees_with_model is None else int(v.agrees_with_model)
+                    writer.writerow(base + [v.reviewer, v.label, v.code, agrees, v.note, v.time])
+    return buf.getvalue()
+
+
+def _csv_num(x: Any) -> str:
+    if x is None:
+        return ""
+    x = float(x)
+    return "" if not math.isfinite(x) else f"{x:.6g}"
+
+
+def case_id(sweep: SweepRecord) -> str:
+    """The ACOUSLIC case UUID (file name without extension) when there is one, else the hash."""
+    if sweep.path:
+        stem = Path(sweep.path).name.split(".")[0]
+        if _UUID_RE.match(stem):
+            return stem
+    return sweep.content_hash
+
+
+LABELS_CSV_COLUMNS = ["uuid_or_hash", "path", "frame", "label", "reviewer", "time"]
+
+
+def labels_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
+    """Reviewer labels for training (format in the module docstring)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LABELS_CSV_COLUMNS)
+    for sweep in _select_sweeps(store, sweep_ids):
+        ident = case_id(sweep)
+        for v in store.verdicts(sweep.id):
+            writer.writerow([ident, sweep.path or "", v.frame, ACOUSLIC_CODE[v.label],
+                             v.reviewer, v.time])
+    return buf.getvalue()
+
+
+def write_labels_csv(store: ReviewStore, out_path: str | Path,
+                     sweep_ids: Sequence[int] | None = None) -> int:
+    """Write the labels CSV; return the number of label rows."""
+    text = labels_csv_text(store, sweep_ids)
+    _write_atomic(Path(out_path), text.encode("utf-8"))
+    return text.count("\n") - 1
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_report(store: ReviewStore, out_path: str | Path, sweep_ids: Sequence[int] | None = None,
+                 sweep_loader: SweepLoader | None = None,
+                 pdf_writer: PdfWriter | None = None) -> Path:
+    """Write the report; the format follows the extension (.html, .csv, .pdf).
+
+    sweep_loader(path) -> frames (N, H, W) uint8 (or (frames, masks)) enables thumbnails;
+    without it, or when a file cannot be read, the report says so and goes on.
+    pdf_writer(html, out_path) renders the PDF (``app.report_pdf.html_to_pdf``).
+    """
+    out_path = Path(out_path)
+    ext = out_path.suffix.lower()
+    if ext not in REPORT_EXTENSIONS:
+        raise FetalIQAError(f"Cannot tell the report format from {out_path.name!r}: name the "
+                            "output file .html, .pdf or .csv.")
+    if ext == ".csv":
+        _write_atomic(out_path, report_csv_text(store, sweep_ids).encode("utf-8"))
+        return out_path
+    page = render_report_html(store, sweep_ids, sweep_loader)
+    if ext == ".html":
+        _write_atomic(out_path, page.encode("utf-8"))
+    else:
+        if pdf_writer is None:
+            raise FetalIQAError("PDF reports need the app's PDF writer (PySide6); write .html "
+                                "or .csv instead, or install FetalIQA with its app.")
+        pdf_writer(page, out_path)
+    return out_path

@@ -1,0 +1,861 @@
+"""The review database: sweeps, model runs and trainers' verdicts in one SQLite file.
+
+Durability
+    The file is opened in WAL mode with ``synchronous=FULL``. Every public call that writes is
+    its own transaction and is committed before the call returns, so a verdict is on disk as
+    soon as ``record_verdict`` returns. ``FULL`` (rather than ``NORMAL``) because in WAL mode
+    ``NORMAL`` only survives a crash of the program: after a power cut or an OS crash the last
+    commits may roll back. Verdicts are entered at human speed (about one per second), so one
+    fsync per verdict costs nothing anyone notices, and a trainer's work is never lost.
+
+History
+    Verdicts are never updated or deleted: re-entering a verdict for the same (sweep, frame,
+    reviewer) adds a row, and the most recent row wins (``verdicts(..., history=True)`` returns
+    them all). The audit trail therefore shows when a reviewer changed their mind.
+
+Model calls and agreement
+    ``flagged`` marks the frames the models propose as good enough to measure the abdominal
+    circumference (the positive class of the quality task). A reviewer's label is positive when
+    it is ``optimal`` or ``suboptimal`` (ground-truth mask label 1 or 2) and negative when it is
+    ``not_usable``; the reviewer agrees with the model when the two calls match.
+
+Queues (``review_queue``), frame indices in ascending order
+    ``candidates``     flagged frames plus the chosen frame of the latest model run;
+    ``disagreements``  frames where the classifier and the segmenter disagree (p >= threshold
+                       on one but not the other), plus frames whose latest verdict by the
+                       reviewer disagrees with the model;
+    ``unreviewed``     candidates and disagreements that the reviewer has not judged yet;
+    ``all``            every frame.
+    ``progress`` counts over the same frames (for ``unreviewed``: candidates and disagreements),
+    so "12 / 40 reviewed" stays meaningful while the unreviewed queue shrinks.
+
+Threads and processes
+    One connection, shared by all threads of the process (``check_same_thread=False``) and
+    serialised by a lock: the GUI thread and a worker may both use one ``ReviewStore``. Other
+    processes (a ``fetaliqa review export`` while the app is open) wait up to ``busy_timeout``.
+
+Schema
+    ``PRAGMA user_version`` holds the schema version; ``MIGRATIONS`` is the ordered list of
+    steps. Opening an older file applies the missing steps in one transaction, after copying the
+    file to ``<name>.v<old>.bak`` (SQLite backup API). A file from a newer FetalIQA, a file that
+    is not an SQLite database, or an SQLite database that belongs to another program is left
+    untouched and reported as a ``FetalIQAError``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from fetaliqa_core import paths
+from fetaliqa_core.errors import FetalIQAError
+
+DB_FILENAME = "reviews.sqlite3"
+
+#: Verdict labels, in the order the review panel offers them.
+LABELS: tuple[str, ...] = ("optimal", "suboptimal", "not_usable")
+#: ACOUSLIC mask convention: 1 optimal plane, 2 suboptimal plane, 0 background / not usable.
+#: The same digits are the review panel's keys.
+ACOUSLIC_CODE: dict[str, int] = {"optimal": 1, "suboptimal": 2, "not_usable": 0}
+LABEL_FROM_CODE: dict[int, str] = {v: k for k, v in ACOUSLIC_CODE.items()}
+LABEL_TITLES: dict[str, str] = {"optimal": "optimal", "suboptimal": "suboptimal",
+                                "not_usable": "not usable"}
+
+QueueKind = Literal["candidates", "disagreements", "unreviewed", "all"]
+QUEUE_KINDS: tuple[str, ...] = ("candidates", "disagreements", "unreviewed", "all")
+
+#: ``record_verdict(agrees_with_model=AUTO)``: derive agreement from the latest model run.
+AUTO = "auto"
+
+#: How long a call waits for another process that holds the write lock.
+BUSY_TIMEOUT_MS = 5000
+
+#: ``PRAGMA application_id``: marks the file as a FetalIQA review database ("FIQA").
+APPLICATION_ID = 0x46495141
+
+# Ordered schema steps. Entry i takes the schema from version i to version i + 1. Statements
+# run one by one inside one transaction (``executescript`` would commit half-way).
+MIGRATIONS: list[tuple[str, ...]] = [
+    # v1: sweeps, model runs with per-frame results, verdicts.
+    (
+        """CREATE TABLE sweeps (
+            id INTEGER PRIMARY KEY,
+            content_hash TEXT NOT NULL UNIQUE,
+            path TEXT,
+            n_frames INTEGER NOT NULL CHECK (n_frames > 0),
+            sweep_ranges TEXT NOT NULL,          -- JSON [[start, stop], ...], half-open
+            spacing_row_mm REAL,
+            spacing_col_mm REAL,
+            added_utc TEXT NOT NULL
+        )""",
+        """CREATE TABLE model_runs (
+            id INTEGER PRIMARY KEY,
+            sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+            created_utc TEXT NOT NULL,
+            bundles TEXT NOT NULL,               -- JSON {role: {"hash": ..., "name": ...}}
+            threshold REAL NOT NULL,
+            p_cls BLOB NOT NULL,                 -- float32 little-endian, n_frames values
+            p_seg BLOB NOT NULL,                 -- float32 little-endian
+            seg_area_px BLOB NOT NULL,           -- int32 little-endian
+            flagged BLOB NOT NULL,               -- uint8 0/1
+            chosen_frame INTEGER,
+            ac_mm REAL,
+            ga_weeks REAL
+        )""",
+        """CREATE TABLE verdicts (
+            id INTEGER PRIMARY KEY,
+            sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+            frame INTEGER NOT NULL CHECK (frame >= 0),
+            reviewer TEXT NOT NULL,
+            label TEXT NOT NULL CHECK (label IN ('optimal', 'suboptimal', 'not_usable')),
+            agrees_with_model INTEGER CHECK (agrees_with_model IN (0, 1)),
+            note TEXT NOT NULL DEFAULT '',
+            created_utc TEXT NOT NULL
+        )""",
+        "CREATE INDEX verdicts_by_sweep ON verdicts (sweep_id, reviewer, frame)",
+        "CREATE INDEX model_runs_by_sweep ON model_runs (sweep_id)",
+    ),
+    # v2: sweep kinds, a separate segmenter threshold, the run a verdict was made against,
+    # segmentation masks of the flagged frames (for report overlays), and resume positions.
+    (
+        "ALTER TABLE sweeps ADD COLUMN sweep_kinds TEXT",
+        "ALTER TABLE model_runs ADD COLUMN seg_threshold REAL",
+        "ALTER TABLE verdicts ADD COLUMN model_run_id INTEGER REFERENCES model_runs(id)",
+        """CREATE TABLE run_masks (
+            run_id INTEGER NOT NULL REFERENCES model_runs(id),
+            frame INTEGER NOT NULL,
+            png BLOB NOT NULL,                   -- uint8 label image 0/1/2, PNG
+            PRIMARY KEY (run_id, frame)
+        )""",
+        """CREATE TABLE positions (
+            sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+            reviewer TEXT NOT NULL,
+            queue TEXT,
+            frame INTEGER NOT NULL,
+            updated_utc TEXT NOT NULL,
+            PRIMARY KEY (sweep_id, reviewer)
+        )""",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def default_db_path() -> Path:
+    """``paths.data_dir() / "reviews.sqlite3"``."""
+    return paths.data_dir() / DB_FILENAME
+
+
+def utc_now() -> str:
+    """Current time as UTC ISO 8601 with milliseconds, e.g. ``2025-01-31T14:05:09.123+00:00``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ----------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep file as the store knows it (identified by the hash of its frames)."""
+
+    id: int
+    content_hash: str
+    path: str | None
+    n_frames: int
+    sweep_ranges: list[tuple[int, int]]
+    spacing_mm: tuple[float, float] | None
+    sweep_kinds: list[str] | None
+    added: str
+
+    @property
+    def name(self) -> str:
+        """File name, or the start of the hash when the path is unknown."""
+        return Path(self.path).name if self.path else self.content_hash[:12]
+
+    def sweep_index(self, frame: int) -> int:
+        """Index of the sub-sweep holding ``frame`` (0 when the ranges are unknown)."""
+        for i, (start, stop) in enumerate(self.sweep_ranges):
+            if start <= frame < stop:
+                return i
+        return 0
+
+
+@dataclass(frozen=True, eq=False)
+class ModelRun:
+    """Per-frame model results for one sweep. Arrays have shape (n_frames,).
+
+    ``p_cls``/``p_seg`` are float32 probabilities (NaN where that model did not run),
+    ``seg_area_px`` int32 pixel counts of the predicted mask (224 x 224 model space),
+    ``flagged`` bool: the models propose the frame as good for measuring the AC.
+    """
+
+    id: int
+    sweep_id: int
+    created: str
+    bundles: dict[str, Any]
+    threshold: float
+    seg_threshold: float
+    p_cls: np.ndarray
+    p_seg: np.ndarray
+    seg_area_px: np.ndarray
+    flagged: np.ndarray
+    chosen_frame: int | None
+    ac_mm: float | None
+    ga_weeks: float | None
+
+    @property
+    def cls_call(self) -> np.ndarray:
+        """(n_frames,) bool: classifier positive (False where p_cls is NaN)."""
+        return np.nan_to_num(self.p_cls, nan=-1.0) >= self.threshold
+
+    @property
+    def seg_call(self) -> np.ndarray:
+        """(n_frames,) bool: segmenter positive (False where p_seg is NaN)."""
+        return np.nan_to_num(self.p_seg, nan=-1.0) >= self.seg_threshold
+
+    def models_disagree(self) -> np.ndarray:
+        """(n_frames,) bool: both models ran and their calls differ."""
+        both = ~np.isnan(self.p_cls) & ~np.isnan(self.p_seg)
+        return both & (self.cls_call != self.seg_call)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One verdict row. ``time`` is UTC ISO 8601."""
+
+    id: int
+    sweep_id: int
+    frame: int
+    reviewer: str
+    label: str
+    agrees_with_model: bool | None
+    note: str
+    time: str
+    model_run_id: int | None
+
+    @property
+    def code(self) -> int:
+        """ACOUSLIC label code: 1 optimal, 2 suboptimal, 0 not usable."""
+        return ACOUSLIC_CODE[self.label]
+
+    @property
+    def positive(self) -> bool:
+        """The reviewer calls the frame usable for the AC (optimal or suboptimal)."""
+        return self.label != "not_usable"
+
+
+@dataclass(frozen=True)
+class ReviewPosition:
+    """Where a reviewer stopped in a sweep: frame and the queue they were working through."""
+
+    frame: int
+    queue: str | None
+    time: str
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _f32_blob(values: Any, n: int, name: str) -> bytes:
+    arr = np.asarray(values, dtype="<f4").reshape(-1)
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} values; the sweep has {n} frames")
+    return arr.tobytes()
+
+
+def _i32_blob(values: Any, n: int, name: str) -> bytes:
+    arr = np.asarray(values).reshape(-1)
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} values; the sweep has {n} frames")
+    return arr.astype("<i4").tobytes()
+
+
+def _from_blob(blob: bytes, dtype: str) -> np.ndarray:
+    return np.frombuffer(blob, dtype=dtype).copy()
+
+
+def _encode_mask(mask: np.ndarray) -> bytes:
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be 2-D (H, W) uint8 labels, got shape {mask.shape}")
+    ok, buf = cv2.imencode(".png", mask)
+    if not ok:
+        raise ValueError("could not encode a mask as PNG")
+    return buf.tobytes()
+
+
+def _decode_mask(blob: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def _check_label(label: str | int) -> str:
+    if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+        if int(label) in LABEL_FROM_CODE:
+            return LABEL_FROM_CODE[int(label)]
+    elif isinstance(label, str):
+        key = label.strip().lower().replace(" ", "_")
+        if key in ACOUSLIC_CODE:
+            return key
+        if key in {"0", "1", "2"}:
+            return LABEL_FROM_CODE[int(key)]
+    raise FetalIQAError(f"Unknown verdict label {label!r}: use one of "
+                        f"{', '.join(LABELS)} (or the codes 1, 2, 0).")
+
+
+def _check_reviewer(reviewer: str) -> str:
+    name = (reviewer or "").strip()
+    if not name:
+        raise FetalIQAError("The reviewer name is empty: enter your name before reviewing, "
+                            "so that every verdict says who made it.")
+    return name
+
+
+def _db_errors(method):
+    """Run under the store's lock; turn SQLite failures into messages a user can act on."""
+
+    @functools.wraps(method)
+    def wrapper(self: ReviewStore, *args, **kwargs):
+        with self._lock:
+            if self._conn is None:
+                raise FetalIQAError(f"The review database {self.path} is closed.")
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                raise self._user_error(exc) from exc
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+class ReviewStore:
+    """The review database. ``ReviewStore()`` opens (creating if needed) the default file.
+
+    ``create=False`` refuses to create a missing file (the export commands use it so that a
+    mistyped ``--db`` is reported instead of producing an empty report).
+    """
+
+    def __init__(self, path: str | Path | None = None, *, create: bool = True) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        if self.path.is_dir():
+            raise FetalIQAError(f"The review database path {self.path} is a folder: "
+                                "give a file name, e.g. reviews.sqlite3.")
+        if not self.path.exists():
+            if not create:
+                raise FetalIQAError(f"The review database {self.path} does not exist: check "
+                                    "the --db path (the app keeps its database in "
+                                    f"{default_db_path()}).")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise FetalIQAError(f"Cannot create the folder for the review database "
+                                    f"{self.path}: {exc.strerror}. Choose another --db.") from exc
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                         isolation_level=None, check_same_thread=False)
+            self._configure()
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            error = self._user_error(exc)
+            self.close()
+            raise error from exc
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL). Safe to call twice."""
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                finally:
+                    self._conn = None
+
+    def __enter__(self) -> ReviewStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _user_error(self, exc: sqlite3.DatabaseError) -> FetalIQAError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+            return FetalIQAError(f"The review database {self.path} is busy (another FetalIQA "
+                                 "window or command is writing to it). Try again in a moment.")
+        if isinstance(exc, sqlite3.OperationalError) and ("readonly" in text
+                                                          or "unable to open" in text):
+            return FetalIQAError(f"Cannot write the review database {self.path} ({text}): "
+                                 "check that the file and its folder are writable, or choose "
+                                 "another file with --db.")
+        if isinstance(exc, sqlite3.IntegrityError):
+            return FetalIQAError(f"The review database {self.path} refused the change "
+                                 f"({text}).")
+        return FetalIQAError(
+            f"The review database {self.path} cannot be read ({text}). It has been left as it "
+            "is: move it aside (or restore it from a backup) and start again, or choose another "
+            "file with --db.")
+
+    def _configure(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Reading the schema first makes a non-database file fail here, before any write.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise FetalIQAError(f"The review database {self.path} cannot use write-ahead "
+                                f"logging (journal mode {mode!r}; network drives do not "
+                                "support it): keep it on a local disk.")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        n_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if version == 0 and n_tables > 0 or app_id not in (0, APPLICATION_ID):
+            raise FetalIQAError(f"{self.path} is an SQLite database of another program, not a "
+                                "FetalIQA review database. It has been left as it is: choose "
+                                "another file with --db.")
+        if version > SCHEMA_VERSION:
+            raise FetalIQAError(f"The review database {self.path} was written by a newer "
+                                f"FetalIQA (schema {version}; this version knows up to "
+                                f"{SCHEMA_VERSION}). Update FetalIQA to open it.")
+        if version == SCHEMA_VERSION:
+            return
+        if version > 0:
+            self._backup(self.path.with_name(f"{self.path.name}.v{version}.bak"))
+        apply_migrations(conn, SCHEMA_VERSION)
+
+    def _backup(self, target: Path) -> None:
+        if target.exists():
+            return
+        dest = sqlite3.connect(target)
+        try:
+            self._conn.backup(dest)  # type: ignore[union-attr]
+        finally:
+            dest.close()
+
+    def _write(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> list[int | None]:
+        """Run statements in one immediate transaction; commit before returning row ids."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [conn.execute(sql, params).lastrowid for sql, params in statements]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return ids
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._conn.execute("PRAGMA user_version").fetchone()[0]  # type: ignore
+
+    # -- sweeps
+
+    @_db_errors
+    def add_sweep(self, content_hash: str, path: str | Path | None, n_frames: int,
+                  sweep_ranges: Sequence[tuple[int, int]] | None = None,
+                  spacing_mm: tuple[float, float] | None = None,
+                  sweep_kinds: Sequence[str] | None = None) -> int:
+        """Register a sweep (or find it by ``content_hash``) and return its id.
+
+        A known hash keeps its id; a new ``path`` replaces the old one (the file was moved).
+        ``sweep_ranges``: half-open [start, stop) per sub-sweep (default: one covering all).
+        """
+        if not content_hash:
+            raise ValueError("content_hash must not be empty")
+        n_frames = int(n_frames)
+        ranges = [(int(a), int(b)) for a, b in (sweep_ranges or [(0, n_frames)])]
+        row = self._conn.execute("SELECT id, n_frames, path FROM sweeps WHERE content_hash = ?",
+                                 (content_hash,)).fetchone()
+        path_text = str(path) if path is not None else None
+        if row is not None:
+            sweep_id, known_frames, known_path = row
+            if known_frames != n_frames:
+                raise FetalIQAError(f"The review database {self.path} already holds sweep "
+                                    f"{content_hash[:12]} with {known_frames} frames, not "
+                                    f"{n_frames}: the file's hash is inconsistent.")
+            if path_text and path_text != known_path:
+                self._write([("UPDATE sweeps SET path = ? WHERE id = ?", (path_text, sweep_id))])
+            return int(sweep_id)
+        spacing = spacing_mm or (None, None)
+        (sweep_id,) = self._write([(
+            "INSERT INTO sweeps (content_hash, path, n_frames, sweep_ranges, spacing_row_mm, "
+            "spacing_col_mm, added_utc, sweep_kinds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (content_hash, path_text, n_frames, json.dumps(ranges),
+             None if spacing[0] is None else float(spacing[0]),
+             None if spacing[1] is None else float(spacing[1]), utc_now(),
+             json.dumps(list(sweep_kinds)) if sweep_kinds is not None else None))])
+        return int(sweep_id)  # type: ignore[arg-type]
+
+    def add_sweep_from(self, sweep: Any) -> int:
+        """``add_sweep`` from a ``fetaliqa_core.io.Sweep`` (computes its content hash)."""
+        return self.add_sweep(sweep.content_hash, sweep.path, sweep.n_frames,
+                              sweep.sweep_ranges, sweep.spacing_mm,
+                              getattr(sweep, "sweep_kinds", None))
+
+    @staticmethod
+    def _sweep_row(row: tuple) -> SweepRecord:
+        (sid, chash, path, n, ranges, row_mm, col_mm, added, kinds) = row
+        return SweepRecord(
+            id=sid, content_hash=chash, path=path, n_frames=n,
+            sweep_ranges=[(int(a), int(b)) for a, b in json.loads(ranges)],
+            spacing_mm=None if row_mm is None else (row_mm, col_mm),
+            sweep_kinds=json.loads(kinds) if kinds else None, added=added)
+
+    _SWEEP_COLS = ("id, content_hash, path, n_frames, sweep_ranges, spacing_row_mm, "
+                   "spacing_col_mm, added_utc, sweep_kinds")
+
+    @_db_errors
+    def sweep(self, sweep_id: int) -> SweepRecord:
+        row = self._conn.execute(f"SELECT {self._SWEEP_COLS} FROM sweeps WHERE id = ?",
+                                 (sweep_id,)).fetchone()
+        if row is None:
+            raise FetalIQAError(f"The review database {self.path} has no sweep {sweep_id}.")
+        return self._sweep_row(row)
+
+    @_db_errors
+    def sweeps(self) -> list[SweepRecord]:
+        rows = self._conn.execute(f"SELECT {self._SWEEP_COLS} FROM sweeps ORDER BY id")
+        return [self._sweep_row(r) for r in rows]
+
+    @_db_errors
+    def find_sweep(self, content_hash: str) -> SweepRecord | None:
+        """The sweep with this content hash, or None. A unique hash prefix also matches."""
+        rows = self._conn.execute(
+            f"SELECT {self._SWEEP_COLS} FROM sweeps WHERE content_hash = ? OR "
+            "content_hash LIKE ? ORDER BY content_hash = ? DESC LIMIT 2",
+            (content_hash, content_hash.replace("%", "") + "%", content_hash)).fetchall()
+        if not rows or (len(rows) == 2 and rows[0][1] != content_hash):
+            return None
+        return self._sweep_row(rows[0])
+
+    # -- model runs
+
+    @_db_errors
+    def add_model_run(self, sweep_id: int, bundles: Mapping[str, Any], p_cls: Any, p_seg: Any,
+                      seg_area_px: Any, flagged: Any, *, threshold: float = 0.5,
+                      seg_threshold: float | None = None, chosen_frame: int | None = None,
+                      ac_mm: float | None = None, ga_weeks: float | None = None,
+                      masks: Mapping[int, np.ndarray] | None = None) -> int:
+        """Store one run of the models over a sweep; return the run id.
+
+        bundles: e.g. ``{"cls": {"hash": "ab12...", "name": "FetalCLIP_CLS"}, "seg": ...}``
+            (any JSON-serialisable mapping).
+        p_cls, p_seg: (n_frames,) float probabilities, NaN where the model did not run.
+        seg_area_px: (n_frames,) int predicted-mask pixel counts. flagged: (n_frames,) bool.
+        threshold / seg_threshold: the calls' thresholds on p_cls / p_seg (seg defaults to
+            threshold). chosen_frame, ac_mm, ga_weeks: the frame chosen for measurement and
+            what was measured there.
+        masks: optional {frame: (H, W) uint8 labels 0/1/2}, in frame pixels or in the 224 x
+            224 model space, for overlays in reports (keep it to flagged frames; ~1 KB each).
+        """
+        sweep = self.sweep(sweep_id)
+        n = sweep.n_frames
+        flagged_arr = np.asarray(flagged).reshape(-1)
+        if flagged_arr.shape[0] != n:
+            raise ValueError(f"flagged has {flagged_arr.shape[0]} values; the sweep has {n}")
+        if chosen_frame is not None and not 0 <= int(chosen_frame) < n:
+            raise ValueError(f"chosen_frame {chosen_frame} is outside 0..{n - 1}")
+        run_insert = (
+            "INSERT INTO model_runs (sweep_id, created_utc, bundles, threshold, seg_threshold, "
+            "p_cls, p_seg, seg_area_px, flagged, chosen_frame, ac_mm, ga_weeks) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sweep_id, utc_now(), json.dumps(dict(bundles), sort_keys=True), float(threshold),
+             float(threshold if seg_threshold is None else seg_threshold),
+             _f32_blob(p_cls, n, "p_cls"), _f32_blob(p_seg, n, "p_seg"),
+             _i32_blob(seg_area_px, n, "seg_area_px"),
+             flagged_arr.astype(bool).astype(np.uint8).tobytes(),
+             None if chosen_frame is None else int(chosen_frame),
+             None if ac_mm is None or not np.isfinite(ac_mm) else float(ac_mm),
+             None if ga_weeks is None or not np.isfinite(ga_weeks) else float(ga_weeks)))
+        encoded = [(int(f), _encode_mask(m)) for f, m in (masks or {}).items()]
+        for frame, _ in encoded:
+            if not 0 <= frame < n:
+                raise ValueError(f"mask for frame {frame} is outside 0..{n - 1}")
+        # The run id is needed by the mask rows: insert them in the same transaction.
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            run_id = conn.execute(*run_insert).lastrowid
+            conn.executemany("INSERT INTO run_masks (run_id, frame, png) VALUES (?, ?, ?)",
+                             [(run_id, f, blob) for f, blob in encoded])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return int(run_id)
+
+    _RUN_COLS = ("id, sweep_id, created_utc, bundles, threshold, seg_threshold, p_cls, p_seg, "
+                 "seg_area_px, flagged, chosen_frame, ac_mm, ga_weeks")
+
+    @staticmethod
+    def _run_row(row: tuple) -> ModelRun:
+        (rid, sid, created, bundles, thr, seg_thr, p_cls, p_seg, area, flagged, chosen, ac,
+         ga) = row
+        return ModelRun(id=rid, sweep_id=sid, created=created, bundles=json.loads(bundles),
+                        threshold=thr, seg_threshold=thr if seg_thr is None else seg_thr,
+                        p_cls=_from_blob(p_cls, "<f4"), p_seg=_from_blob(p_seg, "<f4"),
+                        seg_area_px=_from_blob(area, "<i4"),
+                        flagged=_from_blob(flagged, "u1").astype(bool), chosen_frame=chosen,
+                        ac_mm=ac, ga_weeks=ga)
+
+    @_db_errors
+    def latest_run(self, sweep_id: int) -> ModelRun | None:
+        """The most recent model run of a sweep, or None."""
+        row = self._conn.execute(f"SELECT {self._RUN_COLS} FROM model_runs WHERE sweep_id = ? "
+                                 "ORDER BY id DESC LIMIT 1", (sweep_id,)).fetchone()
+        return None if row is None else self._run_row(row)
+
+    @_db_errors
+    def model_run(self, run_id: int) -> ModelRun:
+        row = self._conn.execute(f"SELECT {self._RUN_COLS} FROM model_runs WHERE id = ?",
+                                 (run_id,)).fetchone()
+        if row is None:
+            raise FetalIQAError(f"The review database {self.path} has no model run {run_id}.")
+        return self._run_row(row)
+
+    @_db_errors
+    def model_runs(self, sweep_id: int) -> list[ModelRun]:
+        rows = self._conn.execute(f"SELECT {self._RUN_COLS} FROM model_runs WHERE sweep_id = ? "
+                                  "ORDER BY id", (sweep_id,))
+        return [self._run_row(r) for r in rows]
+
+    @_db_errors
+    def run_masks(self, run_id: int) -> dict[int, np.ndarray]:
+        """{frame: (H, W) uint8 labels} stored with a run (empty when none were stored)."""
+        rows = self._conn.execute("SELECT frame, png FROM run_masks WHERE run_id = ? "
+                                  "ORDER BY frame", (run_id,))
+        return {int(f): _decode_mask(blob) for f, blob in rows}
+
+    # -- verdicts
+
+    @_db_errors
+    def record_verdict(self, sweep_id: int, frame: int, reviewer: str, label: str | int, *,
+                       agrees_with_model: bool | None | str = AUTO, note: str = "",
+                       queue: str | None = None) -> Verdict:
+        """Add a verdict and commit it before returning; also remember the resume position.
+
+        label: "optimal" | "suboptimal" | "not_usable" (or ACOUSLIC code 1 | 2 | 0).
+        agrees_with_model: True/False as the reviewer said, None for "not stated", or AUTO
+            (default): compare the label with the latest model run's flag for the frame
+            (None when the sweep has no model run).
+        """
+        sweep = self.sweep(sweep_id)
+        frame = int(frame)
+        if not 0 <= frame < sweep.n_frames:
+            raise FetalIQAError(f"Frame {frame} is outside sweep {sweep.name} "
+                                f"(0..{sweep.n_frames - 1}).")
+        reviewer = _check_reviewer(reviewer)
+        label = _check_label(label)
+        run = self.latest_run(sweep_id)
+        if isinstance(agrees_with_model, str):
+            if agrees_with_model != AUTO:
+                raise ValueError(f"agrees_with_model must be True, False, None or AUTO, "
+                                 f"not {agrees_with_model!r}")
+            agrees = None if run is None else bool(
+                (label != "not_usable") == bool(run.flagged[frame]))
+        else:
+            agrees = None if agrees_with_model is None else bool(agrees_with_model)
+        now = utc_now()
+        (vid, _) = self._write([
+            ("INSERT INTO verdicts (sweep_id, frame, reviewer, label, agrees_with_model, note, "
+             "created_utc, model_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             (sweep_id, frame, reviewer, label, None if agrees is None else int(agrees),
+              note or "", now, None if run is None else run.id)),
+            ("INSERT INTO positions (sweep_id, reviewer, queue, frame, updated_utc) "
+             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sweep_id, reviewer) DO UPDATE SET "
+             "queue = coalesce(excluded.queue, positions.queue), frame = excluded.frame, "
+             "updated_utc = excluded.updated_utc",
+             (sweep_id, reviewer, queue, frame, now)),
+        ])
+        return Verdict(id=int(vid), sweep_id=sweep_id, frame=frame, reviewer=reviewer,  # type: ignore[arg-type]
+                       label=label, agrees_with_model=agrees, note=note or "", time=now,
+                       model_run_id=None if run is None else run.id)
+
+    _VERDICT_COLS = ("id, sweep_id, frame, reviewer, label, agrees_with_model, note, "
+                     "created_utc, model_run_id")
+
+    @staticmethod
+    def _verdict_row(row: tuple) -> Verdict:
+        vid, sid, frame, reviewer, label, agrees, note, time, run_id = row
+        return Verdict(id=vid, sweep_id=sid, frame=frame, reviewer=reviewer, label=label,
+                       agrees_with_model=None if agrees is None else bool(agrees), note=note,
+                       time=time, model_run_id=run_id)
+
+    @_db_errors
+    def verdicts(self, sweep_id: int | None = None, reviewer: str | None = None, *,
+                 history: bool = False) -> list[Verdict]:
+        """Verdicts ordered by sweep, frame, reviewer (then time when ``history``).
+
+        By default only the latest verdict per (sweep, frame, reviewer); ``history=True``
+        returns every row ever entered. ``sweep_id=None``: all sweeps.
+        """
+        where, params = [], []
+        if sweep_id is not None:
+            where.append("sweep_id = ?")
+            params.append(sweep_id)
+        if reviewer is not None:
+            where.append("reviewer = ?")
+            params.append(reviewer)
+        if not history:
+            where.append("id IN (SELECT max(id) FROM verdicts GROUP BY sweep_id, frame, "
+                         "reviewer)")
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = self._conn.execute(f"SELECT {self._VERDICT_COLS} FROM verdicts {clause} "
+                                  "ORDER BY sweep_id, frame, reviewer, id", params)
+        return [self._verdict_row(r) for r in rows]
+
+    @_db_errors
+    def verdict_for(self, sweep_id: int, frame: int, reviewer: str) -> Verdict | None:
+        """The reviewer's latest verdict on a frame (to show in the panel), or None."""
+        row = self._conn.execute(
+            f"SELECT {self._VERDICT_COLS} FROM verdicts WHERE sweep_id = ? AND frame = ? AND "
+            "reviewer = ? ORDER BY id DESC LIMIT 1", (sweep_id, int(frame), reviewer)).fetchone()
+        return None if row is None else self._verdict_row(row)
+
+    @_db_errors
+    def reviewers(self, sweep_id: int | None = None) -> list[str]:
+        """Names of everyone who entered a verdict (in one sweep, or anywhere), sorted."""
+        if sweep_id is None:
+            rows = self._conn.execute("SELECT DISTINCT reviewer FROM verdicts ORDER BY 1")
+        else:
+            rows = self._conn.execute("SELECT DISTINCT reviewer FROM verdicts WHERE "
+                                      "sweep_id = ? ORDER BY 1", (sweep_id,))
+        return [r[0] for r in rows]
+
+    # -- queues and progress
+
+    def _reviewed_frames(self, sweep_id: int, reviewer: str | None) -> dict[int, Verdict]:
+        return {v.frame: v for v in self.verdicts(sweep_id, reviewer)}
+
+    def _scope(self, sweep_id: int, kind: str, reviewer: str | None) -> list[int]:
+        if kind not in QUEUE_KINDS:
+            raise ValueError(f"queue kind must be one of {QUEUE_KINDS}, not {kind!r}")
+        sweep = self.sweep(sweep_id)
+        if kind == "all":
+            return list(range(sweep.n_frames))
+        run = self.latest_run(sweep_id)
+        candidates: set[int] = set()
+        disagreements: set[int] = set()
+        if run is not None:
+            candidates = set(np.flatnonzero(run.flagged).tolist())
+            if run.chosen_frame is not None:
+                candidates.add(int(run.chosen_frame))
+            disagreements = set(np.flatnonzero(run.models_disagree()).tolist())
+            for v in self._reviewed_frames(sweep_id, reviewer).values():
+                if v.positive != bool(run.flagged[v.frame]):
+                    disagreements.add(v.frame)
+        chosen = {"candidates": candidates, "disagreements": disagreements,
+                  "unreviewed": candidates | disagreements}[kind]
+        return sorted(chosen)
+
+    @_db_errors
+    def review_queue(self, sweep_id: int, kind: str = "candidates",
+                     reviewer: str | None = None) -> list[int]:
+        """Frame indices to review, ascending (see the module docstring for the kinds).
+
+        ``reviewer=None`` counts verdicts by anyone (for "unreviewed" and "disagreements").
+        """
+        frames = self._scope(sweep_id, kind, reviewer)
+        if kind == "unreviewed":
+            done = self._reviewed_frames(sweep_id, reviewer)
+            frames = [f for f in frames if f not in done]
+        return frames
+
+    @_db_errors
+    def progress(self, sweep_id: int, reviewer: str | None,
+                 queue: str = "candidates") -> tuple[int, int]:
+        """(reviewed, total) over the queue's frames, e.g. (12, 40) for "12 / 40 reviewed"."""
+        frames = self._scope(sweep_id, queue, reviewer)
+        done = self._reviewed_frames(sweep_id, reviewer)
+        return sum(1 for f in frames if f in done), len(frames)
+
+    @_db_errors
+    def next_in_queue(self, sweep_id: int, kind: str, reviewer: str | None,
+                      after: int | None) -> int | None:
+        """The queue's first frame after ``after`` (wrapping round), or None when it is empty.
+
+        For "save and next": call it after ``record_verdict``.
+        """
+        frames = self.review_queue(sweep_id, kind, reviewer)
+        if not frames:
+            return None
+        if after is None:
+            return frames[0]
+        later = [f for f in frames if f > after]
+        return later[0] if later else frames[0]
+
+    # -- resume
+
+    @_db_errors
+    def set_position(self, sweep_id: int, reviewer: str, frame: int,
+                     queue: str | None = None) -> None:
+        """Remember where the reviewer is (the panel calls it when moving between frames)."""
+        reviewer = _check_reviewer(reviewer)
+        self._write([(
+            "INSERT INTO positions (sweep_id, reviewer, queue, frame, updated_utc) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sweep_id, reviewer) DO UPDATE SET "
+            "queue = coalesce(excluded.queue, positions.queue), frame = excluded.frame, "
+            "updated_utc = excluded.updated_utc",
+            (sweep_id, reviewer, queue, int(frame), utc_now()))])
+
+    @_db_errors
+    def last_position(self, sweep_id: int, reviewer: str) -> ReviewPosition | None:
+        """Where the reviewer stopped in this sweep (also after a restart), or None.
+
+        Falls back to the frame of their latest verdict (databases from before positions
+        were kept).
+        """
+        row = self._conn.execute("SELECT frame, queue, updated_utc FROM positions WHERE "
+                                 "sweep_id = ? AND reviewer = ?", (sweep_id, reviewer)).fetchone()
+        if row is not None:
+            return ReviewPosition(frame=int(row[0]), queue=row[1], time=row[2])
+        row = self._conn.execute("SELECT frame, created_utc FROM verdicts WHERE sweep_id = ? AND "
+                                 "reviewer = ? ORDER BY id DESC LIMIT 1",
+                                 (sweep_id, reviewer)).fetchone()
+        return None if row is None else ReviewPosition(frame=int(row[0]), queue=None,
+                                                       time=row[1])
+
+
+def apply_migrations(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring an open database up to schema ``target`` in one transaction; return the version.
+
+    The version is re-read inside the transaction, so two processes opening an old file at the
+    same moment do not both migrate it.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(version, target):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+        if version < target:
+            conn.execute(f"PRAGMA user_version = {int(target)}")
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return max(version, target)

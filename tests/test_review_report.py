@@ -1,0 +1,219 @@
+"""Review reports (HTML, CSV, PDF), agreement statistics and the reviewer-label export."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import math
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from fetaliqa_core.cli import main
+from fetaliqa_core.review import ReviewStore
+from fetaliqa_core.review.report import (
+    LABEL_BGR,
+    MASK_BGR,
+    agreement,
+    build_report,
+    cohen_kappa,
+    draw_quality_curve,
+    labels_csv_text,
+    overlay_thumbnail,
+    report_csv_text,
+)
+
+UUID = "0199616b-b9d7-4c6d-9a4e-9a2c1d0c7d11"
+N = 30
+H, W = 48, 64
+
+
+def _frames() -> np.ndarray:
+    """(N, H, W) uint8: dark frames with a bright ring."""
+    frames = np.full((N, H, W), 20, np.uint8)
+    for i in range(N):
+        cv2.circle(frames[i], (W // 2, H // 2), 10 + i % 5, 220, 2)
+    return frames
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Two sweeps: one with a model run and verdicts by two reviewers, one bare."""
+    s = ReviewStore(tmp_path / "reviews.sqlite3")
+    sid = s.add_sweep("a1" * 32, f"/data/{UUID}.mha", N, [(0, 15), (15, 30)], (0.28, 0.28))
+    t = np.arange(N)
+    p_cls = np.exp(-((t - 10) / 3.0) ** 2).astype(np.float32)
+    p_seg = p_cls * 0.9
+    p_seg[20:23] = np.nan
+    flagged = p_cls >= 0.5  # frames 8..12
+    mask = np.zeros((H, W), np.uint8)
+    cv2.circle(mask, (W // 2, H // 2), 12, 1, -1)
+    s.add_model_run(sid, {"cls": {"hash": "9f" * 32, "name": "demo cls"}}, p_cls, p_seg,
+                    np.nan_to_num(p_seg * 900).astype(int), flagged, chosen_frame=10, ac_mm=250.0,
+                    masks={10: mask})
+    s.record_verdict(sid, 9, "alice", "optimal")
+    s.record_verdict(sid, 10, "alice", "suboptimal", note="<b>edge</b> & blur")
+    s.record_verdict(sid, 11, "alice", "not_usable")
+    s.record_verdict(sid, 2, "alice", "not_usable")
+    s.record_verdict(sid, 2, "alice", "optimal")  # changed mind: latest wins
+    s.record_verdict(sid, 10, "bob", "optimal")
+    other = s.add_sweep("b2" * 32, "/data/other.nii.gz", 12)
+    s.record_verdict(other, 4, "carol", "suboptimal")
+    yield s
+    s.close()
+
+
+def test_cohen_kappa_matches_hand_computed_examples():
+    # 50 items: yes/yes 20, yes/no 5, no/yes 10, no/no 15.
+    # p_o = 35/50 = 0.7; p_e = 0.5*0.6 + 0.5*0.4 = 0.5; kappa = 0.2 / 0.5 = 0.4.
+    a = ["y"] * 25 + ["n"] * 25
+    b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    # Three categories: p_o = 3/4; p_e = .5*.5 + .25*.5 + .25*0 = .375; kappa = .375/.625.
+    assert cohen_kappa([0, 1, 2, 0], [0, 1, 1, 0]) == pytest.approx(0.6)
+    assert cohen_kappa([1, 0, 1], [1, 0, 1]) == pytest.approx(1.0)
+    assert math.isnan(cohen_kappa([1, 1], [1, 1]))  # one label throughout: undefined
+    assert math.isnan(cohen_kappa([], []))
+
+
+def test_agreement_compares_usable_labels_with_model_flags(store):
+    sid = store.find_sweep("a1").id
+    run = store.latest_run(sid)
+    by_name = {a.reviewer: a for a in agreement(store.verdicts(sid), run)}
+    alice = by_name["alice"]
+    # frames 2 (usable, not flagged), 9 (usable, flagged), 10 (usable, flagged),
+    # 11 (not usable, flagged)
+    assert (alice.n, alice.both_usable, alice.reviewer_only, alice.model_only, alice.neither) \
+        == (4, 2, 1, 1, 0)
+    assert alice.accuracy == pytest.approx(0.5)
+    assert alice.kappa == pytest.approx(cohen_kappa([1, 1, 1, 0], [0, 1, 1, 1]))
+    assert by_name["bob"].accuracy == 1.0
+
+
+def test_curve_picture_marks_verdicts_and_tolerates_gaps():
+    n = 50
+    p = np.linspace(0, 1, n)
+    p_seg = p.copy()
+    p_seg[5:9] = np.nan
+    img = draw_quality_curve(n, p, p_seg, 0.5, [(0, 25), (25, 50)], p > 0.7,
+                             {40: "not_usable"}, chosen_frame=45)
+    assert img.shape == (400, 1280, 3) and img.dtype == np.uint8
+    red = np.all(img == LABEL_BGR["not_usable"], axis=2)
+    ys, xs = np.nonzero(red[60:100])  # the verdict strip (the legend is above it)
+    assert xs.size and abs(xs.mean() - (96 + (40.5 / n) * (1280 - 96 - 24))) < 3
+
+
+def test_thumbnail_tints_the_mask_and_leaves_the_rest():
+    frame = np.full((100, 200), 100, np.uint8)
+    mask = np.zeros((100, 200), np.uint8)
+    mask[30:70, 80:120] = 1
+    thumb = overlay_thumbnail(frame, mask, width=100)
+    assert thumb.shape == (50, 100, 3)
+    inside, outside = thumb[25, 50].astype(int), thumb[5, 5].astype(int)
+    assert outside.tolist() == [100, 100, 100]
+    assert inside[1] > inside[0] + 30  # green tint of label 1
+    assert overlay_thumbnail(frame, None, width=100)[25, 50].tolist() == [100, 100, 100]
+    assert MASK_BGR[1][1] > MASK_BGR[1][0]
+
+
+def _images(page: str) -> list[np.ndarray]:
+    blobs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    return [cv2.imdecode(np.frombuffer(base64.b64decode(b), np.uint8), cv2.IMREAD_COLOR)
+            for b in blobs]
+
+
+def test_html_report_is_self_contained_and_complete(store, tmp_path):
+    frames = _frames()
+    out = build_report(store, tmp_path / "r.html", sweep_loader=lambda p: (
+        frames if UUID in p else None))
+    page = out.read_text(encoding="utf-8")
+    assert not re.search(r'src="(?!data:)', page)  # no external pictures
+    images = _images(page)
+    assert len(images) == 1 + 5  # the curve + flagged frames 8..12 (chosen frame 10 among them)
+    assert images[0].shape[:2] == (400, 1280)
+    assert "250.0 mm" in page
+    # Hadlock from AC 25.0 cm when no GA was stored: 8.14 + 0.753*25 + 0.0036*625 = 29.215
+    assert "29.2 weeks (29w 2d)" in page
+    assert "&lt;b&gt;edge&lt;/b&gt; &amp; blur" in page and "<b>edge</b>" not in page
+    assert ">50 %<" in page and ">100 %<" in page  # alice and bob agreement
+    assert "other.nii.gz" in page and "No model results" in page
+    # Overlay from the stored mask on the chosen frame: a green-tinted pixel in that thumbnail.
+    chosen_thumb = images[1 + 2]
+    assert (chosen_thumb[..., 1].astype(int) - chosen_thumb[..., 2] > 60).any()
+    assert not (images[1][..., 1].astype(int) - images[1][..., 2] > 60).any()
+
+    # A sweep file that cannot be loaded: the report still comes out, and says why.
+    def broken(path):
+        raise OSError("disk gone")
+
+    page = build_report(store, tmp_path / "r2.html", sweep_loader=broken).read_text()
+    assert "Frames not shown" in page and "disk gone" in page
+    assert len(_images(page)) == 1
+
+
+def test_report_csv_lists_flagged_and_reviewed_frames(store):
+    rows = list(csv.DictReader(io.StringIO(report_csv_text(store))))
+    first = [r for r in rows if r["content_hash"] == "a1" * 32]
+    assert sorted({int(r["frame"]) for r in first}) == [2, 8, 9, 10, 11, 12]
+    chosen = [r for r in first if r["chosen"] == "1"]
+    assert {r["reviewer"] for r in chosen} == {"alice", "bob"}
+    assert all(r["ac_mm"] == "250" for r in chosen)
+    (frame2,) = [r for r in first if r["frame"] == "2"]
+    assert (frame2["label"], frame2["label_code"], frame2["flagged"], frame2["sub_sweep"]) == (
+        "optimal", "1", "0", "1")
+    (frame8,) = [r for r in first if r["frame"] == "8"]
+    assert frame8["reviewer"] == "" and frame8["flagged"] == "1"
+
+
+def test_labels_csv_uses_acouslic_codes_and_case_ids(store):
+    rows = list(csv.DictReader(io.StringIO(labels_csv_text(store))))
+    assert list(rows[0]) == ["uuid_or_hash", "path", "frame", "label", "reviewer", "time"]
+    got = [(r["uuid_or_hash"], int(r["frame"]), int(r["label"]), r["reviewer"]) for r in rows]
+    assert got == [
+        (UUID, 2, 1, "alice"), (UUID, 9, 1, "alice"), (UUID, 10, 2, "alice"),
+        (UUID, 10, 1, "bob"), (UUID, 11, 0, "alice"), ("b2" * 32, 4, 2, "carol")]
+    assert all(r["time"].endswith("+00:00") for r in rows)
+
+
+def test_cli_export_and_labels(store, tmp_path, capsys):
+    db = str(store.path)
+    assert main(["review", "export", "--db", db, "--out", str(tmp_path / "r.html"),
+                 "--no-frames"]) == 0
+    assert "Frames not shown" in (tmp_path / "r.html").read_text()
+    assert main(["review", "export", "--db", db, "--out", str(tmp_path / "r.csv"),
+                 "--sweep", "b2b2"]) == 0
+    assert {r["content_hash"] for r in csv.DictReader(open(tmp_path / "r.csv"))} == {"b2" * 32}
+    assert main(["review", "labels", "--db", db, "--out", str(tmp_path / "l.csv")]) == 0
+    assert "wrote 6 label(s)" in capsys.readouterr().out
+
+    assert main(["review", "export", "--db", db, "--out", str(tmp_path / "r.docx")]) == 2
+    assert ".html, .pdf or .csv" in capsys.readouterr().err
+    missing = tmp_path / "nope.sqlite3"
+    assert main(["review", "export", "--db", str(missing), "--out",
+                 str(tmp_path / "x.html")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not missing.exists()
+    assert main(["review", "export", "--db", db, "--out", str(tmp_path / "y.html"),
+                 "--sweep", "zzz"]) == 2
+    assert "no sweep" in capsys.readouterr().err
+
+
+def test_cli_pdf_export_renders_pages_with_pictures(store, tmp_path):
+    out = tmp_path / "report.pdf"
+    assert main(["review", "export", "--db", str(store.path), "--out", str(out),
+                 "--no-frames"]) == 0
+    data = out.read_bytes()
+    assert data.startswith(b"%PDF-")
+    assert len(re.findall(rb"/Type\s*/Page\b", data)) >= 2  # one section per sweep
+    assert b"/Subtype /Image" in data or b"/Subtype/Image" in data  # the curve
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_core_report_does_not_import_qt():
+    code = ("import sys, fetaliqa_core.review.report, fetaliqa_core.cli.review; "
+            "sys.exit(any(m.startswith(('PySide6', 'app')) for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,0 +1,291 @@
+"""The review database: durability, history, queues, resume, migrations, damaged files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fetaliqa_core import paths
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.review import SCHEMA_VERSION, ReviewStore
+from fetaliqa_core.review.store import APPLICATION_ID, apply_migrations
+
+REPO = Path(__file__).resolve().parents[1]
+N = 20
+
+
+def _store_with_run(path: Path, flagged_frames=(3, 4, 5, 6), chosen=5):
+    """A 20-frame sweep (two sub-sweeps) with a model run.
+
+    Classifier positive on 2..6, segmenter positive on 3..7 -> models disagree on 2 and 7.
+    """
+    store = ReviewStore(path)
+    sid = store.add_sweep("f" * 64, "/data/case.mha", N, [(0, 10), (10, 20)], (0.28, 0.28))
+    p_cls = np.full(N, 0.1, np.float32)
+    p_cls[2:7] = 0.9
+    p_seg = np.full(N, 0.2, np.float32)
+    p_seg[3:8] = 0.8
+    flagged = np.zeros(N, bool)
+    flagged[list(flagged_frames)] = True
+    store.add_model_run(sid, {"cls": {"hash": "aa", "name": "c"}}, p_cls, p_seg,
+                        (p_seg * 1000).astype(int), flagged, threshold=0.5, chosen_frame=chosen,
+                        ac_mm=250.0, ga_weeks=28.4)
+    return store, sid
+
+
+def test_default_file_is_in_the_data_dir_and_uses_wal(tmp_path):
+    with ReviewStore() as store:
+        assert store.path == paths.data_dir() / "reviews.sqlite3"
+        assert store.schema_version == SCHEMA_VERSION
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    conn = sqlite3.connect(paths.data_dir() / "reviews.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    conn.close()
+
+
+def test_sweep_is_found_by_hash_and_follows_a_moved_file(tmp_path):
+    with ReviewStore(tmp_path / "r.db") as store:
+        a = store.add_sweep("ab" * 32, "/old/case.mha", 840, None, (0.28, 0.28))
+        b = store.add_sweep("ab" * 32, "/new/case.mha", 840)
+        assert a == b
+        record = store.sweep(a)
+        assert record.path == "/new/case.mha"
+        assert record.sweep_ranges == [(0, 840)]
+        assert store.find_sweep("abab").id == a
+        assert store.find_sweep("zz") is None
+        with pytest.raises(FetalIQAError, match="840 frames"):
+            store.add_sweep("ab" * 32, "/x.mha", 100)
+
+
+def test_model_run_round_trips_arrays_and_masks(tmp_path):
+    with ReviewStore(tmp_path / "r.db") as store:
+        sid = store.add_sweep("c" * 64, None, 5)
+        p_cls = np.array([0.1, np.nan, 0.7, 0.99, 0.0])
+        mask = np.zeros((224, 224), np.uint8)
+        mask[50:80, 60:90] = 2
+        rid = store.add_model_run(sid, {"seg": {"hash": "h"}}, p_cls, np.full(5, np.nan),
+                                  [0, 10, 600, 7000, 0], [0, 0, 1, 1, 0], masks={3: mask})
+        run = store.latest_run(sid)
+        assert run.id == rid and run.bundles == {"seg": {"hash": "h"}}
+        np.testing.assert_array_equal(run.p_cls, p_cls.astype(np.float32))
+        assert run.p_cls.dtype == np.float32 and run.seg_area_px.dtype == np.int32
+        assert run.seg_area_px.tolist() == [0, 10, 600, 7000, 0]
+        assert run.flagged.tolist() == [False, False, True, True, False]
+        assert np.isnan(run.p_seg).all() and not run.seg_call.any()
+        masks = store.run_masks(rid)
+        assert list(masks) == [3]
+        np.testing.assert_array_equal(masks[3], mask)
+        with pytest.raises(ValueError, match="4 values"):
+            store.add_model_run(sid, {}, np.zeros(4), np.zeros(5), np.zeros(5), np.zeros(5))
+        assert len(store.model_runs(sid)) == 1  # the failed call left nothing behind
+
+
+def test_reentered_verdict_keeps_history_and_latest_wins(tmp_path):
+    store, sid = _store_with_run(tmp_path / "r.db")
+    with store:
+        first = store.record_verdict(sid, 4, "alice", "optimal")
+        assert first.agrees_with_model is True  # flagged and usable
+        store.record_verdict(sid, 4, "alice", 0, note="shadow")  # ACOUSLIC code: not usable
+        store.record_verdict(sid, 4, "bob", "2", agrees_with_model=None)
+        latest = store.verdicts(sid, "alice")
+        assert [(v.frame, v.label, v.note) for v in latest] == [(4, "not_usable", "shadow")]
+        assert latest[0].agrees_with_model is False and latest[0].model_run_id is not None
+        assert [v.label for v in store.verdicts(sid, "alice", history=True)] == [
+            "optimal", "not_usable"]
+        bob = store.verdict_for(sid, 4, "bob")
+        assert bob.label == "suboptimal" and bob.agrees_with_model is None
+        assert store.reviewers(sid) == ["alice", "bob"]
+        with pytest.raises(FetalIQAError, match="label"):
+            store.record_verdict(sid, 4, "alice", "great")
+        with pytest.raises(FetalIQAError, match="reviewer name"):
+            store.record_verdict(sid, 4, "  ", "optimal")
+        with pytest.raises(FetalIQAError, match="outside"):
+            store.record_verdict(sid, N, "alice", "optimal")
+        assert len(store.verdicts(sid, history=True)) == 3
+
+
+def test_queues_progress_and_next(tmp_path):
+    store, sid = _store_with_run(tmp_path / "r.db", flagged_frames=(3, 4, 6), chosen=5)
+    with store:
+        assert store.review_queue(sid, "candidates", "alice") == [3, 4, 5, 6]
+        assert store.review_queue(sid, "disagreements", "alice") == [2, 7]
+        assert store.review_queue(sid, "unreviewed", "alice") == [2, 3, 4, 5, 6, 7]
+        assert store.review_queue(sid, "all", "alice") == list(range(N))
+        assert store.progress(sid, "alice", "candidates") == (0, 4)
+
+        store.record_verdict(sid, 4, "alice", "optimal")
+        store.record_verdict(sid, 12, "alice", "suboptimal")  # not flagged: a disagreement
+        assert store.review_queue(sid, "disagreements", "alice") == [2, 7, 12]
+        assert store.review_queue(sid, "disagreements", "bob") == [2, 7]
+        assert store.review_queue(sid, "unreviewed", "alice") == [2, 3, 5, 6, 7]
+        assert store.review_queue(sid, "unreviewed", "bob") == [2, 3, 4, 5, 6, 7]
+        assert store.progress(sid, "alice", "candidates") == (1, 4)
+        assert store.progress(sid, "alice", "unreviewed") == (2, 7)
+        assert store.progress(sid, "alice", "all") == (2, N)
+
+        assert store.next_in_queue(sid, "candidates", "alice", 4) == 5
+        assert store.next_in_queue(sid, "candidates", "alice", 6) == 3  # wraps round
+        assert store.next_in_queue(sid, "unreviewed", "alice", 3) == 5
+        with pytest.raises(ValueError):
+            store.review_queue(sid, "bogus", "alice")
+
+
+def test_resume_position_survives_a_restart(tmp_path):
+    db = tmp_path / "r.db"
+    store, sid = _store_with_run(db)
+    store.record_verdict(sid, 3, "alice", "optimal", queue="candidates")
+    store.set_position(sid, "alice", 6)
+    assert store.last_position(sid, "bob") is None
+    store.close()
+    with ReviewStore(db) as again:
+        pos = again.last_position(sid, "alice")
+        assert (pos.frame, pos.queue) == (6, "candidates")
+        again.set_position(sid, "alice", 2, "disagreements")
+        assert again.last_position(sid, "alice").queue == "disagreements"
+
+
+def test_threads_share_one_store(tmp_path):
+    store, sid = _store_with_run(tmp_path / "r.db")
+    errors = []
+
+    def enter(name):
+        try:
+            for f in range(N):
+                store.record_verdict(sid, f, name, "optimal")
+                store.review_queue(sid, "unreviewed", name)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enter, args=(n,)) for n in ("gui", "worker")]
+    for t in threads:
+        t.start()
+    # A second process-like connection reads while the threads write (WAL readers don't block).
+    with ReviewStore(store.path) as reader:
+        reader.verdicts(sid)
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(store.verdicts(sid)) == 2 * N
+    store.close()
+
+
+CHILD = r"""
+import sys
+import numpy as np
+from fetaliqa_core.review import ReviewStore
+store = ReviewStore(sys.argv[1])
+sid = store.add_sweep("e" * 64, "/data/case.mha", 100000)
+print("ready", flush=True)
+for frame in range(100000):
+    store.record_verdict(sid, frame, "alice", ("optimal", "suboptimal", "not_usable")[frame % 3],
+                         note=f"n{frame}")
+    print(frame, flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_mid_review_loses_no_entered_verdict(tmp_path):
+    db = tmp_path / "crash.db"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed: list[int] = []
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        while len(printed) < 30:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            printed.append(int(line))
+        if hasattr(signal, "SIGKILL"):
+            os.kill(proc.pid, signal.SIGKILL)
+        else:  # Windows: TerminateProcess, just as abrupt
+            proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+    if hasattr(signal, "SIGKILL"):
+        assert proc.returncode == -signal.SIGKILL
+    with ReviewStore(db) as store:
+        record = store.find_sweep("e" * 64)
+        assert record is not None, "the sweep registered before the verdicts was lost"
+        stored = {v.frame: v for v in store.verdicts(record.id)}
+    missing = [f for f in printed if f not in stored]
+    assert not missing, f"verdicts printed as committed but lost: {missing}"
+    assert stored[printed[-1]].note == f"n{printed[-1]}"
+    # Nothing half-written either: the stored frames are exactly 0..k.
+    assert sorted(stored) == list(range(len(stored)))
+
+
+def test_opens_a_v1_database_and_migrates_it(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(db, isolation_level=None)
+    apply_migrations(conn, 1)
+    conn.execute("INSERT INTO sweeps (id, content_hash, path, n_frames, sweep_ranges, "
+                 "added_utc) VALUES (1, 'abc', '/d/c.mha', 10, '[[0, 10]]', '2024-01-01')")
+    conn.execute("INSERT INTO verdicts (sweep_id, frame, reviewer, label, agrees_with_model, "
+                 "note, created_utc) VALUES (1, 7, 'alice', 'suboptimal', 1, 'old', "
+                 "'2024-01-01T10:00:00+00:00')")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+
+    with ReviewStore(db) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        (v,) = store.verdicts(1)
+        assert (v.frame, v.label, v.note, v.agrees_with_model, v.model_run_id) == (
+            7, "suboptimal", "old", True, None)
+        # Resume falls back to the latest verdict (positions did not exist in v1).
+        assert store.last_position(1, "alice").frame == 7
+        # v2 features work on the migrated file.
+        rid = store.add_model_run(1, {}, np.zeros(10), np.zeros(10), np.zeros(10),
+                                  np.zeros(10, bool), masks={2: np.ones((4, 4), np.uint8)})
+        assert list(store.run_masks(rid)) == [2]
+        store.set_position(1, "alice", 3, "all")
+    backup = db.with_name(db.name + ".v1.bak")
+    conn = sqlite3.connect(backup)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM verdicts").fetchone()[0] == 1
+    conn.close()
+    with ReviewStore(db) as store:  # reopening does not migrate twice
+        assert store.last_position(1, "alice").frame == 3
+
+
+def test_damaged_or_foreign_files_are_reported_and_left_alone(tmp_path):
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(FetalIQAError, match="cannot be read.*left as it is"):
+        ReviewStore(junk)
+    assert junk.read_bytes() == b"this is not a database" * 100
+
+    foreign = tmp_path / "other.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE songs (title TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(FetalIQAError, match="another program"):
+        ReviewStore(foreign)
+
+    newer = tmp_path / "newer.db"
+    ReviewStore(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(FetalIQAError, match="newer FetalIQA"):
+        ReviewStore(newer)
+
+    with pytest.raises(FetalIQAError, match="does not exist"):
+        ReviewStore(tmp_path / "missing.db", create=False)
+    assert not (tmp_path / "missing.db").exists()
+    with pytest.raises(FetalIQAError, match="folder"):
+        ReviewStore(tmp_path)
