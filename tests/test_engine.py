@@ -1,0 +1,213 @@
+"""The streaming engine: order, focus, cancel, joint pass, OOM back-off, cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fetaliqa_core import engine as eng
+from fetaliqa_core.engine import ResultCache, ScoringEngine, scoring_order, seg_score_from_area
+from fetaliqa_core.io import Sweep
+from fetaliqa_core.models.bundle import load_bundle, manifest_for, save_bundle
+from fetaliqa_core.models.base import random_base
+from fetaliqa_core.models.classifier import FetalCLIPClassifier
+from fetaliqa_core.models.joint import FetalCLIPJoint
+from fetaliqa_core.models.lora import LoraSettings
+from fetaliqa_core.models.segmenter import MASK_AREA_FRACTION, FetalCLIPSegmenter
+
+
+def _sweep(n: int = 40, h: int = 60, w: int = 80, seed: int = 0) -> Sweep:
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 255, size=(n, h, w), dtype=np.uint8)
+    half = n // 2
+    return Sweep(frames=frames, spacing_mm=(0.28, 0.28), sweep_ranges=[(0, half), (half, n)],
+                 sweep_kinds=["transverse", "sagittal"], path=None)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine_bundles")
+    out = {}
+    visual, info = random_base("tiny", 3)
+    cls = FetalCLIPClassifier(visual, LoraSettings())
+    out["cls"] = save_bundle(cls, root / "cls", manifest_for(cls, info))
+    visual, info = random_base("tiny", 3)
+    seg = FetalCLIPSegmenter(visual, LoraSettings(), n_classes=3)
+    out["seg"] = save_bundle(seg, root / "seg", manifest_for(seg, info))
+    visual, info = random_base("tiny", 3)
+    joint = FetalCLIPJoint(visual, LoraSettings(), n_classes=1)
+    out["joint"] = save_bundle(joint, root / "joint", manifest_for(joint, info))
+    return {k: load_bundle(v, device="cpu") for k, v in out.items()}
+
+
+def test_scoring_order_is_coarse_to_fine_and_complete():
+    order = scoring_order(100)
+    assert sorted(order.tolist()) == list(range(100))
+    assert order[:7].tolist() == [0, 16, 32, 48, 64, 80, 96]
+    # every 8th frame comes before any odd frame
+    first_odd = next(k for k, i in enumerate(order) if i % 2)
+    assert all(order[k] % 8 == 0 for k in range(13))
+    assert first_odd >= 50
+
+
+def test_seg_score_is_half_at_the_papers_area_rule():
+    assert seg_score_from_area(MASK_AREA_FRACTION) == pytest.approx(0.5)
+    assert seg_score_from_area(0.0) == 0.0
+    assert seg_score_from_area(0.2) > seg_score_from_area(0.05) > 0.5
+
+
+def test_scores_every_frame_once_with_both_models(bundles):
+    sweep = _sweep()
+    engine = ScoringEngine(sweep, bundles["cls"], bundles["seg"], cache=False, batch_size=6)
+    seen: list[int] = []
+    first_batches = []
+    for batch in engine.iter_batches():
+        seen.extend(batch.indices.tolist())
+        first_batches.append(batch.indices.tolist())
+    assert sorted(seen) == list(range(sweep.n_frames))  # each frame once
+    assert set(first_batches[0]) <= {0, 16, 32, 8, 24, 4}  # coarse frames first
+    r = engine.results
+    assert r.complete
+    assert np.isfinite(r.p_cls).all() and np.isfinite(r.p_seg).all()
+    assert ((r.p_cls >= 0) & (r.p_cls <= 1)).all()
+    assert (r.seg_area_px >= 0).all()
+    assert len(r.masks) == sweep.n_frames
+    for i, m in r.masks.items():
+        assert m.shape == (224, 224) and m.dtype == np.uint8
+        assert set(np.unique(m)) <= {0, 1, 2}
+        assert int((m > 0).sum()) == r.seg_area_px[i]
+
+
+def test_engine_outputs_match_direct_model_calls(bundles):
+    from fetaliqa_core.preprocess import preprocess_frames
+
+    sweep = _sweep(n=8)
+    engine = ScoringEngine(sweep, bundles["cls"], None, cache=False, batch_size=3)
+    engine.run()
+    direct = bundles["cls"].predict(preprocess_frames(sweep.frames)).p_cls.numpy()
+    np.testing.assert_allclose(engine.results.p_cls, direct, atol=1e-5)
+
+
+def test_focus_moves_frames_near_cursor_to_front(bundles):
+    sweep = _sweep(n=60)
+    engine = ScoringEngine(sweep, bundles["cls"], None, cache=False, batch_size=4)
+    it = engine.iter_batches()
+    next(it)  # first coarse batch
+    engine.focus(37)
+    batch = next(it)  # the one prepared before the focus call may come first
+    batch = next(it) if 37 not in batch.indices else batch
+    assert 37 in batch.indices
+    assert np.all(np.abs(batch.indices - 37) <= eng.FOCUS_RADIUS)
+    it.close()
+
+
+def test_cancel_keeps_what_finished(bundles, tmp_path):
+    sweep = _sweep(n=48)
+    cache = ResultCache(tmp_path)
+    engine = ScoringEngine(sweep, bundles["cls"], None, cache=cache, batch_size=4)
+    done_before_cancel = 0
+    for k, batch in enumerate(engine.iter_batches()):
+        done_before_cancel = batch.n_done
+        if k == 2:
+            engine.cancel()
+    assert engine.cancelled
+    assert engine.results.n_done == done_before_cancel == 12
+    assert not engine.results.complete
+    # the partial result is cached; a new engine resumes from it and scores only the rest
+    again = ScoringEngine(sweep, bundles["cls"], None, cache=cache, batch_size=4)
+    batches = list(again.iter_batches())
+    assert batches[0].from_cache and len(batches[0].indices) == 12
+    rescored = np.concatenate([b.indices for b in batches[1:]])
+    assert len(rescored) == 36 and not np.isin(rescored, batches[0].indices).any()
+    assert again.results.complete
+
+
+def test_joint_bundle_runs_one_encoder_pass(bundles, monkeypatch):
+    model = bundles["joint"]
+    calls = []
+    original = model.predict
+
+    def counting(x):
+        calls.append(len(x))
+        return original(x)
+
+    monkeypatch.setattr(model, "predict", counting)
+    sweep = _sweep(n=10)
+    engine = ScoringEngine(sweep, model, model, cache=False, batch_size=5)
+    engine.run()
+    assert calls == [5, 5]  # one call per batch gives both outputs
+    r = engine.results
+    assert np.isfinite(r.p_cls).all() and np.isfinite(r.p_seg).all()
+    assert np.isnan(r.p_opt).all()  # binary segmenter: no plane grade
+    assert all(set(np.unique(m)) <= {0, eng.LABEL_ABDOMEN} for m in r.masks.values())
+
+
+def test_out_of_memory_halves_the_batch_and_continues(bundles, monkeypatch):
+    model = bundles["cls"]
+    original = model.predict
+    sizes = []
+
+    def flaky(x):
+        sizes.append(len(x))
+        if len(x) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(x)
+
+    monkeypatch.setattr(model, "predict", flaky)
+    sweep = _sweep(n=16)
+    engine = ScoringEngine(sweep, model, None, cache=False, batch_size=8)
+    engine.run()
+    assert engine.results.complete
+    assert engine.batch_size <= 2
+    assert max(s for s in sizes if s <= 2) == 2
+
+
+def test_cache_hit_needs_no_model_and_corrupt_cache_is_rebuilt(bundles, tmp_path, monkeypatch):
+    sweep = _sweep(n=12)
+    cache = ResultCache(tmp_path)
+    first = ScoringEngine(sweep, bundles["cls"], bundles["seg"], cache=cache, batch_size=6)
+    first.run()
+    key = first.cache_key()
+    assert cache.path_for(key).is_file()
+
+    def boom(x):
+        raise AssertionError("model must not run on a cache hit")
+
+    monkeypatch.setattr(bundles["cls"], "predict", boom)
+    monkeypatch.setattr(bundles["seg"], "predict", boom)
+    second = ScoringEngine(sweep, bundles["cls"], bundles["seg"], cache=cache)
+    batches = list(second.iter_batches())
+    assert len(batches) == 1 and batches[0].from_cache
+    np.testing.assert_array_equal(second.results.p_cls, first.results.p_cls)
+    np.testing.assert_array_equal(second.results.seg_area_px, first.results.seg_area_px)
+    for i in range(sweep.n_frames):
+        np.testing.assert_array_equal(second.results.mask(i), first.results.mask(i))
+    monkeypatch.undo()
+
+    # truncate the file: it must be ignored and rebuilt, never trusted
+    data = cache.path_for(key).read_bytes()
+    cache.path_for(key).write_bytes(data[: len(data) // 2])
+    third = ScoringEngine(sweep, bundles["cls"], bundles["seg"], cache=cache, batch_size=6)
+    batches = list(third.iter_batches())
+    assert not any(b.from_cache for b in batches)
+    assert third.results.complete
+    assert ResultCache(tmp_path).load(key, third.cache_meta()) is not None
+
+
+def test_cache_key_changes_with_inputs(bundles):
+    a = ScoringEngine(_sweep(seed=1), bundles["cls"], None, cache=False)
+    b = ScoringEngine(_sweep(seed=2), bundles["cls"], None, cache=False)
+    c = ScoringEngine(_sweep(seed=1), bundles["cls"], bundles["seg"], cache=False)
+    assert len({a.cache_key(), b.cache_key(), c.cache_key()}) == 3
+
+
+def test_wrong_bundle_roles_are_refused(bundles):
+    from fetaliqa_core.errors import FetalIQAError
+
+    with pytest.raises(FetalIQAError, match="classifier"):
+        ScoringEngine(_sweep(), cls=bundles["seg"], seg=None)
+    with pytest.raises(FetalIQAError, match="No model"):
+        ScoringEngine(_sweep(), None, None)
