@@ -1,0 +1,528 @@
+"""Sweep I/O: formats, conversion to uint8 frames, sweep layout, and bad input."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.io import (
+    META_SWEEP_KINDS,
+    META_SWEEP_RANGES,
+    Sweep,
+    load_fov_mask,
+    load_mask,
+    load_sweep,
+    write_volume,
+)
+
+SPACING = (0.3, 0.28)  # (row_mm, col_mm): different on purpose, to catch a swapped order
+
+
+def _frames(n: int = 6, h: int = 40, w: int = 48, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, h, w), dtype=np.uint8)
+
+
+def _sitk_image(arr: np.ndarray, spacing=SPACING, is_vector: bool = False) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr, isVector=is_vector)
+    row, col = spacing
+    img.SetSpacing((col, row) + (1.0,) * (img.GetDimension() - 2))
+    return img
+
+
+def _write_mha_header(path: Path, dims: tuple[int, ...], payload: bytes, element_type: str = "MET_UCHAR",
+                      spacing: str | None = None, extra: str = "") -> None:
+    nd = len(dims)
+    spacing = spacing or " ".join(["0.28"] * nd)
+    header = (f"ObjectType = Image\nNDims = {nd}\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+              f"CompressedData = False\nElementSpacing = {spacing}\nDimSize = {' '.join(map(str, dims))}\n"
+              f"{extra}ElementType = {element_type}\nElementDataFile = LOCAL\n")
+    path.write_bytes(header.encode() + payload)
+
+
+# --------------------------------------------------------------------------------------------
+# Formats
+
+
+@pytest.mark.parametrize("name,compress", [
+    ("s.mha", False), ("s.mha", True), ("s.mhd", False), ("s.nrrd", True), ("s.nii", False), ("s.nii.gz", True),
+])
+def test_formats_round_trip(tmp_path, name, compress):
+    arr = _frames()
+    path = tmp_path / name
+    write_volume(path, arr, spacing_mm=SPACING, compress=compress)
+    sweep = load_sweep(path)
+    assert sweep.frames.dtype == np.uint8 and sweep.frames.flags.c_contiguous
+    np.testing.assert_array_equal(sweep.frames, arr)
+    assert sweep.spacing_mm == pytest.approx(SPACING, abs=1e-6)
+    assert sweep.path == path
+    assert (sweep.n_frames, sweep.height, sweep.width) == arr.shape
+    assert not sweep.frames.flags.writeable
+
+
+def test_uncompressed_mha_is_memory_mapped(tmp_path):
+    arr = _frames()
+    write_volume(tmp_path / "u.mha", arr)
+    write_volume(tmp_path / "c.mha", arr, compress=True)
+    assert isinstance(load_sweep(tmp_path / "u.mha").frames, np.memmap)
+    assert not isinstance(load_sweep(tmp_path / "c.mha").frames, np.memmap)
+
+
+def test_acouslic_size_mha_opens_without_reading_pixels(tmp_path):
+    """An 840 x 562 x 744 uncompressed .mha (351 MB) opens at once: the header is parsed, the size
+    checked and the pixels mapped, not read. (Sparse file: no disk space used.)"""
+    path = tmp_path / "big.mha"
+    n, h, w = 840, 562, 744
+    _write_mha_header(path, (w, h, n), b"")
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size + n * h * w)
+    t0 = time.perf_counter()
+    sweep = load_sweep(path)
+    first = np.array(sweep.frames[0])
+    elapsed = time.perf_counter() - t0
+    assert isinstance(sweep.frames, np.memmap)
+    assert first.shape == (h, w)
+    assert elapsed < 0.5, f"opening took {elapsed:.2f} s"
+    assert sweep.sweep_ranges == [(i * 140, (i + 1) * 140) for i in range(6)]
+    assert sweep.sweep_kinds == ["transverse"] * 3 + ["sagittal"] * 3
+    assert "content_hash" not in sweep.__dict__  # lazy
+
+
+def test_dicom_multiframe_file(tmp_path):
+    arr = _frames(5)
+    path = tmp_path / "cine.dcm"
+    sitk.WriteImage(_sitk_image(arr), str(path))
+    sweep = load_sweep(path)
+    np.testing.assert_array_equal(sweep.frames, arr)
+    assert sweep.spacing_mm == pytest.approx(SPACING)
+
+
+def _write_dicom_series(folder: Path, arr: np.ndarray) -> None:
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.123456789"
+    # Written in reverse order with shuffled names: the reader must sort by position.
+    for k in reversed(range(arr.shape[0])):
+        s = _sitk_image(arr[k])
+        s.SetMetaData("0020|000e", series_uid)
+        s.SetMetaData("0020|0013", str(k + 1))
+        s.SetMetaData("0020|0032", f"0\\0\\{k * 1.0}")
+        s.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        s.SetMetaData("0008|0060", "US")
+        writer.SetFileName(str(folder / f"img_{(k * 7) % 11:03d}_{k}.dcm"))
+        writer.Execute(s)
+
+
+def test_dicom_series_folder(tmp_path):
+    arr = _frames(4)
+    folder = tmp_path / "series"
+    _write_dicom_series(folder, arr)
+    sweep = load_sweep(folder)
+    np.testing.assert_array_equal(sweep.frames, arr)
+    assert sweep.path == folder
+
+
+def test_unit_axes_are_dropped(tmp_path):
+    """NIfTI-style x, y, 1, t data is a plain stack of frames."""
+    arr = _frames(3)[:, None]  # (t, 1, y, x)
+    path = tmp_path / "xyzt.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=False), str(path))
+    np.testing.assert_array_equal(load_sweep(path).frames, arr[:, 0])
+
+
+def test_single_2d_image_is_one_frame_sweep(tmp_path):
+    img = _frames(1)[0]
+    path = tmp_path / "one.mha"
+    sitk.WriteImage(_sitk_image(img), str(path))
+    sweep = load_sweep(path)
+    assert sweep.frames.shape == (1, *img.shape)
+    np.testing.assert_array_equal(sweep.frames[0], img)
+    assert sweep.sweep_ranges == [(0, 1)] and sweep.sweep_kinds == ["unknown"]
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_colour_frames_become_grey(tmp_path, channels):
+    rgb = np.random.default_rng(1).integers(0, 256, size=(3, 40, 48, channels), dtype=np.uint8)
+    path = tmp_path / "rgb.nrrd"
+    sitk.WriteImage(_sitk_image(rgb, is_vector=True), str(path))
+    sweep = load_sweep(path)
+    expected = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    assert sweep.frames.shape == (3, 40, 48)
+    assert np.abs(sweep.frames.astype(float) - expected).max() <= 1.5
+
+
+def test_16bit_is_windowed_with_robust_percentiles(tmp_path):
+    rng = np.random.default_rng(2)
+    arr = rng.integers(1000, 3000, size=(4, 40, 48)).astype(np.uint16)
+    arr[0, 0, 0] = 65535  # one hot pixel must not squash the rest into a few grey levels
+    path = tmp_path / "w.mha"
+    sitk.WriteImage(_sitk_image(arr), str(path))
+    frames = load_sweep(path).frames
+    assert frames.dtype == np.uint8
+    assert frames[0, 0, 0] == 255
+    body = frames.reshape(-1)[1:]
+    assert body.min() <= 3 and body.max() >= 252
+    assert len(np.unique(body)) > 200
+    # monotonic: brighter input never gives a darker output
+    order = np.argsort(arr.reshape(-1)[1:], kind="stable")
+    assert np.all(np.diff(body[order].astype(int)) >= 0)
+
+
+def test_float_with_nan_is_windowed_nan_safe(tmp_path):
+    arr = np.random.default_rng(3).normal(0, 1, size=(3, 40, 48)).astype(np.float32)
+    arr[1, :10] = np.nan
+    path = tmp_path / "f.nrrd"
+    sitk.WriteImage(_sitk_image(arr), str(path))
+    frames = load_sweep(path).frames
+    assert frames.dtype == np.uint8
+    assert (frames[1, :10] == 0).all()
+    assert frames[0].std() > 20  # the finite values use the grey range
+
+
+# --------------------------------------------------------------------------------------------
+# Sweep layout and hash
+
+
+def test_default_layout_840_frames_is_six_sweeps(tmp_path):
+    write_volume(tmp_path / "a.mha", np.zeros((840, 32, 32), np.uint8))
+    s = load_sweep(tmp_path / "a.mha")
+    assert s.sweep_ranges == [(i * 140, (i + 1) * 140) for i in range(6)]
+    assert s.sweep_kinds == ["transverse"] * 3 + ["sagittal"] * 3
+    assert s.sweep_index(0) == 0 and s.sweep_index(139) == 0 and s.sweep_index(140) == 1
+    assert s.sweep_index(839) == 5
+    with pytest.raises(IndexError):
+        s.sweep_index(840)
+
+
+def test_other_frame_counts_are_one_unknown_sweep(tmp_path):
+    write_volume(tmp_path / "a.mha", _frames(7))
+    s = load_sweep(tmp_path / "a.mha")
+    assert s.sweep_ranges == [(0, 7)] and s.sweep_kinds == ["unknown"]
+
+
+@pytest.mark.parametrize("name,compress", [("m.mha", False), ("m.mha", True), ("m.nrrd", False)])
+def test_sweep_ranges_metadata_round_trip(tmp_path, name, compress):
+    ranges = [(0, 2), (2, 5), (5, 6)]
+    kinds = ["transverse", "transverse", "sagittal"]
+    write_volume(tmp_path / name, _frames(6), compress=compress, sweep_ranges=ranges, sweep_kinds=kinds)
+    header = (tmp_path / name).read_bytes()[:2000]
+    assert META_SWEEP_RANGES.encode() in header and META_SWEEP_KINDS.encode() in header
+    s = load_sweep(tmp_path / name)
+    assert s.sweep_ranges == ranges and s.sweep_kinds == kinds
+    assert s.n_sweeps == 3 and s.sweep_index(4) == 1
+
+
+def test_invalid_sweep_metadata_falls_back_to_default(tmp_path):
+    path = tmp_path / "m.mha"
+    _write_mha_header(path, (32, 32, 4), bytes(32 * 32 * 4), extra=f"{META_SWEEP_RANGES} = 0-2,3-4\n")
+    s = load_sweep(path)
+    assert s.sweep_ranges == [(0, 4)]
+
+
+def test_content_hash_depends_on_pixels_and_spacing_not_format(tmp_path):
+    arr = _frames()
+    write_volume(tmp_path / "a.mha", arr, spacing_mm=SPACING)
+    write_volume(tmp_path / "b.nrrd", arr, spacing_mm=SPACING, compress=True)
+    changed = arr.copy()
+    changed[3, 10, 10] ^= 1
+    write_volume(tmp_path / "c.mha", changed, spacing_mm=SPACING)
+    write_volume(tmp_path / "d.mha", arr, spacing_mm=(0.28, 0.28))
+    a, b, c, d = (load_sweep(tmp_path / n) for n in ("a.mha", "b.nrrd", "c.mha", "d.mha"))
+    assert "content_hash" not in a.__dict__
+    assert a.content_hash == b.content_hash
+    assert len({a.content_hash, c.content_hash, d.content_hash}) == 3
+    assert len(a.content_hash) == 32 and int(a.content_hash, 16) >= 0
+
+
+def test_sweep_rejects_ranges_that_do_not_cover_frames():
+    with pytest.raises(ValueError):
+        Sweep(frames=np.zeros((4, 32, 32), np.uint8), spacing_mm=(1.0, 1.0), sweep_ranges=[(0, 3)],
+              sweep_kinds=["unknown"], path=None)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks, FOV, writing
+
+
+def test_load_mask_labels_and_shape(tmp_path):
+    sweep_arr = _frames(4)
+    write_volume(tmp_path / "s.mha", sweep_arr)
+    sweep = load_sweep(tmp_path / "s.mha")
+    mask = np.zeros((4, 40, 48), np.uint8)
+    mask[1, 5:10, 5:10] = 1
+    mask[2, 5:10, 5:10] = 2
+    write_volume(tmp_path / "m.mha", mask, compress=True)
+    got = load_mask(tmp_path / "m.mha", like=sweep)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, mask)
+
+
+def test_load_mask_accepts_integer_and_float_label_types(tmp_path):
+    mask = np.zeros((2, 40, 48), np.int16)
+    mask[0, :4] = 2
+    sitk.WriteImage(_sitk_image(mask), str(tmp_path / "i.nrrd"))
+    sitk.WriteImage(_sitk_image(mask.astype(np.float32)), str(tmp_path / "f.nrrd"))
+    for name in ("i.nrrd", "f.nrrd"):
+        got = load_mask(tmp_path / name)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, mask)
+
+
+def test_fov_mask():
+    fov = load_fov_mask()
+    assert fov.shape == (562, 744) and fov.dtype == bool
+    assert 0.6 < fov.mean() < 0.68
+    assert not fov[0, 0] and fov[300, 372]
+
+
+def test_write_volume_leaves_no_temporary_files(tmp_path):
+    write_volume(tmp_path / "x.mha", _frames(2))
+    write_volume(tmp_path / "x.mha", _frames(3))  # overwrite in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.mha"]
+    assert load_sweep(tmp_path / "x.mha").n_frames == 3
+
+
+def test_write_volume_to_unwritable_place_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(FetalIQAError) as exc:
+        write_volume(blocker / "sub" / "x.mha", _frames(2))
+    assert "file.txt" in str(exc.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: every case raises FetalIQAError naming the file, in well under the timeout.
+
+
+def _bad_missing(tmp_path):
+    return tmp_path / "nope.mha"
+
+
+def _bad_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+def _bad_folder_without_dicom(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not an image")
+    return tmp_path / "notes"
+
+
+def _bad_zero_bytes(tmp_path):
+    (tmp_path / "zero.mha").write_bytes(b"")
+    return tmp_path / "zero.mha"
+
+
+def _bad_truncated_mha(tmp_path):
+    write_volume(tmp_path / "t.mha", _frames())
+    data = (tmp_path / "t.mha").read_bytes()
+    (tmp_path / "t.mha").write_bytes(data[: len(data) - 5000])
+    return tmp_path / "t.mha"
+
+
+def _bad_truncated_compressed_mha(tmp_path):
+    write_volume(tmp_path / "tc.mha", _frames(), compress=True)
+    data = (tmp_path / "tc.mha").read_bytes()
+    (tmp_path / "tc.mha").write_bytes(data[: len(data) // 2])
+    return tmp_path / "tc.mha"
+
+
+def _bad_truncated_nii_gz(tmp_path):
+    write_volume(tmp_path / "t.nii.gz", _frames(), compress=True)
+    data = (tmp_path / "t.nii.gz").read_bytes()
+    (tmp_path / "t.nii.gz").write_bytes(data[: len(data) * 2 // 3])
+    return tmp_path / "t.nii.gz"
+
+
+def _bad_truncated_nii(tmp_path):
+    write_volume(tmp_path / "t.nii", _frames())
+    data = (tmp_path / "t.nii").read_bytes()
+    (tmp_path / "t.nii").write_bytes(data[:-3000])
+    return tmp_path / "t.nii"
+
+
+def _bad_truncated_nrrd(tmp_path):
+    write_volume(tmp_path / "t.nrrd", _frames())
+    data = (tmp_path / "t.nrrd").read_bytes()
+    (tmp_path / "t.nrrd").write_bytes(data[:-3000])
+    return tmp_path / "t.nrrd"
+
+
+def _bad_header_size_lies(tmp_path):
+    # DimSize announces 4 frames, the file holds 6.
+    _write_mha_header(tmp_path / "lie.mha", (48, 40, 4), _frames(6).tobytes())
+    return tmp_path / "lie.mha"
+
+
+def _bad_compressed_header_absurd(tmp_path):
+    write_volume(tmp_path / "c.mha", _frames(), compress=True)
+    data = (tmp_path / "c.mha").read_bytes().replace(b"DimSize = 48 40 6", b"DimSize = 48000 40000 6")
+    (tmp_path / "c.mha").write_bytes(data)
+    return tmp_path / "c.mha"
+
+
+def _bad_text_named_mha(tmp_path):
+    (tmp_path / "notes.mha").write_text("Patient notes\nnothing to see here\n")
+    return tmp_path / "notes.mha"
+
+
+def _bad_binary_named_mha(tmp_path):
+    (tmp_path / "junk.mha").write_bytes(np.random.default_rng(0).integers(0, 256, 50000, dtype=np.uint8).tobytes())
+    return tmp_path / "junk.mha"
+
+
+def _bad_text_named_nrrd(tmp_path):
+    (tmp_path / "x.nrrd").write_text("hello")
+    return tmp_path / "x.nrrd"
+
+
+def _bad_text_named_dcm(tmp_path):
+    (tmp_path / "x.dcm").write_bytes(b"\0" * 200 + b"not dicom")
+    return tmp_path / "x.dcm"
+
+
+def _bad_4d(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 40, 48), np.uint8), isVector=False),
+                    str(tmp_path / "4d.mha"))
+    return tmp_path / "4d.mha"
+
+
+def _bad_vector2(tmp_path):
+    sitk.WriteImage(_sitk_image(np.zeros((3, 40, 48, 2), np.uint8), is_vector=True), str(tmp_path / "v.nrrd"))
+    return tmp_path / "v.nrrd"
+
+
+def _bad_many_channels(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 40, 48), np.uint8), isVector=True),
+                    str(tmp_path / "ch.mha"))  # 48 channels per pixel
+    return tmp_path / "ch.mha"
+
+
+def _bad_zero_frames(tmp_path):
+    _write_mha_header(tmp_path / "z.mha", (48, 40, 0), b"")
+    return tmp_path / "z.mha"
+
+
+def _bad_small_frames(tmp_path):
+    write_volume(tmp_path / "s.mha", np.zeros((5, 20, 20), np.uint8))
+    return tmp_path / "s.mha"
+
+
+def _bad_zero_spacing(tmp_path):
+    _write_mha_header(tmp_path / "sp.mha", (48, 40, 2), bytes(48 * 40 * 2), spacing="0 0.28 1")
+    return tmp_path / "sp.mha"
+
+
+def _bad_mhd_missing_raw(tmp_path):
+    (tmp_path / "h.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 48 40 2\n"
+                                    "ElementType = MET_UCHAR\nElementDataFile = h.raw\n")
+    return tmp_path / "h.mhd"
+
+
+def _bad_all_nan(tmp_path):
+    sitk.WriteImage(_sitk_image(np.full((2, 40, 48), np.nan, np.float32)), str(tmp_path / "nan.nrrd"))
+    return tmp_path / "nan.nrrd"
+
+
+BAD_SWEEPS = [
+    ("missing path", _bad_missing, "no such file"),
+    ("empty folder", _bad_empty_folder, "folder is empty"),
+    ("folder without DICOM", _bad_folder_without_dicom, "no DICOM series"),
+    ("zero-byte file", _bad_zero_bytes, "empty (0 bytes)"),
+    ("truncated pixel data", _bad_truncated_mha, "truncated"),
+    ("truncated compressed mha", _bad_truncated_compressed_mha, "truncated"),
+    ("truncated nii.gz", _bad_truncated_nii_gz, "truncated"),
+    ("truncated nii", _bad_truncated_nii, "truncated"),
+    ("truncated nrrd", _bad_truncated_nrrd, "truncated"),
+    ("header size lies", _bad_header_size_lies, "header's size is wrong"),
+    ("compressed header absurd", _bad_compressed_header_absurd, "header is wrong"),
+    ("text named .mha", _bad_text_named_mha, "not a MetaImage file"),
+    ("binary junk named .mha", _bad_binary_named_mha, "not a MetaImage file"),
+    ("text named .nrrd", _bad_text_named_nrrd, "not a readable image"),
+    ("junk named .dcm", _bad_text_named_dcm, "not a readable image"),
+    ("4-D data", _bad_4d, "4-D data"),
+    ("2-component vectors", _bad_vector2, "vector data"),
+    ("48 channels", _bad_many_channels, "vector data"),
+    ("zero frames", _bad_zero_frames, "no frames"),
+    ("frames under 32 px", _bad_small_frames, "at least 32 x 32"),
+    ("zero spacing", _bad_zero_spacing, "spacing"),
+    (".mhd without its data file", _bad_mhd_missing_raw, "is missing"),
+    ("all NaN", _bad_all_nan, "NaN"),
+]
+
+
+def _assert_user_error(exc: FetalIQAError, path: Path, expected: str) -> None:
+    msg = str(exc)
+    assert path.name in msg, msg
+    assert expected.lower() in msg.lower(), msg
+    assert ".cxx" not in msg and "sitk::ERROR" not in msg and "Traceback" not in msg, msg
+    assert "\n" not in msg, msg
+    # says what to do
+    assert any(w in msg for w in ("Choose", "choose", "Copy", "Export", "export", "Check", "Fix", "Keep")), msg
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("label,make,expected", BAD_SWEEPS, ids=[b[0] for b in BAD_SWEEPS])
+def test_bad_sweep_input(tmp_path, label, make, expected):
+    path = make(tmp_path)
+    with pytest.raises(FetalIQAError) as exc:
+        load_sweep(path)
+    _assert_user_error(exc.value, path, expected)
+
+
+def _mask_case(tmp_path, mask: np.ndarray, name: str = "m.mha", is_vector: bool = False):
+    write_volume(tmp_path / "s.mha", _frames(4))
+    sweep = load_sweep(tmp_path / "s.mha")
+    if is_vector or mask.dtype != np.uint8:
+        sitk.WriteImage(_sitk_image(mask, is_vector=is_vector), str(tmp_path / name))
+    else:
+        write_volume(tmp_path / name, mask)
+    return tmp_path / name, sweep
+
+
+BAD_MASKS = [
+    ("wrong frame count", lambda: np.zeros((3, 40, 48), np.uint8), "Choose the mask made for this sweep"),
+    ("wrong frame size", lambda: np.zeros((4, 40, 40), np.uint8), "Choose the mask made for this sweep"),
+    ("label 3 and 255", lambda: np.pad(np.full((1, 2, 2), 3, np.uint8), ((0, 3), (0, 38), (0, 46)),
+                                       constant_values=255), "labels other than 0, 1, 2"),
+    ("negative int labels", lambda: np.full((4, 40, 48), -1, np.int16), "labels other than 0, 1, 2"),
+    ("probability map", lambda: np.full((4, 40, 48), 0.5, np.float32), "labels other than 0, 1, 2"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("label,make,expected", BAD_MASKS, ids=[b[0] for b in BAD_MASKS])
+def test_bad_mask_input(tmp_path, label, make, expected):
+    path, sweep = _mask_case(tmp_path, make())
+    with pytest.raises(FetalIQAError) as exc:
+        load_mask(path, like=sweep)
+    _assert_user_error(exc.value, path, expected)
+
+
+def test_colour_mask_is_rejected(tmp_path):
+    path, sweep = _mask_case(tmp_path, np.zeros((4, 40, 48, 3), np.uint8), name="c.nrrd", is_vector=True)
+    with pytest.raises(FetalIQAError) as exc:
+        load_mask(path, like=sweep)
+    _assert_user_error(exc.value, path, "values per pixel")
+
+
+def test_missing_mask_file(tmp_path):
+    with pytest.raises(FetalIQAError) as exc:
+        load_mask(tmp_path / "gone.mha")
+    _assert_user_error(exc.value, tmp_path / "gone.mha", "no such file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_file(tmp_path):
+    write_volume(tmp_path / "p.mha", _frames(2))
+    (tmp_path / "p.mha").chmod(0)
+    with pytest.raises(FetalIQAError) as exc:
+        load_sweep(tmp_path / "p.mha")
+    _assert_user_error(exc.value, tmp_path / "p.mha", "permission")

@@ -1,0 +1,282 @@
+"""Synthetic ACOUSLIC-style cases: structure, labels, circumference, determinism, CLI, demo."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from fetaliqa_core import synth
+from fetaliqa_core.cli import main
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.io import load_mask, load_sweep
+from fetaliqa_core.synth import ramanujan_circumference, synthesize_case
+
+H, W = 96, 128          # small frames keep the tests fast
+FPS = 12
+
+
+def _frame_labels(mask: np.ndarray) -> np.ndarray:
+    return mask.reshape(mask.shape[0], -1).max(axis=1)
+
+
+def _fov(h: int, w: int) -> np.ndarray:
+    from fetaliqa_core.io import load_fov_mask
+
+    return cv2.resize(load_fov_mask().astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+
+
+@pytest.fixture(scope="module")
+def optimal_case():
+    return synthesize_case(21, frames_per_sweep=FPS, height=H, width=W, kind="optimal")
+
+
+def test_shapes_types_and_layout(optimal_case):
+    c = optimal_case
+    assert c.frames.shape == c.mask.shape == (6 * FPS, H, W)
+    assert c.frames.dtype == c.mask.dtype == np.uint8
+    assert c.sweep_ranges == [(i * FPS, (i + 1) * FPS) for i in range(6)]
+    assert c.sweep_kinds == ["transverse"] * 3 + ["sagittal"] * 3
+    assert c.spacing_mm == (0.28, 0.28)
+    assert set(np.unique(c.mask)) <= {0, 1, 2}
+    assert len(c.ac_mm) == 6
+
+
+def test_labels_form_a_run_in_transverse_sweeps(optimal_case):
+    c = optimal_case
+    labels = _frame_labels(c.mask)
+    assert (labels == 1).any() and (labels == 2).any()
+    for k, (a, b) in enumerate(c.sweep_ranges):
+        sweep = labels[a:b]
+        if c.sweep_kinds[k] == "sagittal" or k not in c.abdomen_sweeps:
+            assert not sweep.any(), f"sweep {k} should be unlabelled"
+            assert c.ac_mm[k] is None
+            continue
+        labelled = np.nonzero(sweep)[0]
+        assert np.all(np.diff(labelled) == 1), "labelled frames must be contiguous"
+        ones = np.nonzero(sweep == 1)[0]
+        if len(ones):
+            assert np.all(np.diff(ones) == 1)
+            # optimal frames sit in the middle of the run, with suboptimal neighbours on both sides
+            assert labelled[0] < ones[0] and ones[-1] < labelled[-1]
+            assert c.ac_mm[k] is not None
+        else:
+            assert c.ac_mm[k] is None
+
+
+def test_fan_shape_and_mask_inside_fov(optimal_case):
+    c = optimal_case
+    fov = _fov(H, W)
+    assert not c.frames[:, ~fov].any(), "pixels outside the fan must be black"
+    assert not c.mask[:, ~fov].any(), "mask must be clipped to the fan"
+    inside = c.frames[:, fov]
+    assert 15 < inside.mean() < 130
+
+
+@pytest.mark.parametrize("kind", ["suboptimal", "none"])
+def test_case_kinds(kind):
+    c = synthesize_case(5, n_sweeps=6, frames_per_sweep=8, height=64, width=96, kind=kind)
+    labels = _frame_labels(c.mask)
+    assert c.kind == kind
+    assert not (labels == 1).any()
+    assert all(v is None for v in c.ac_mm)
+    if kind == "suboptimal":
+        assert (labels == 2).any() and c.abdomen_sweeps
+    else:
+        assert not labels.any() and not c.abdomen_sweeps
+
+
+def test_kinds_mix_and_circumference_range():
+    kinds = []
+    for seed in range(30):
+        c = synthesize_case(seed, n_sweeps=6, frames_per_sweep=3, height=56, width=74)
+        kinds.append(c.kind)
+        s = min(56 / 562, 74 / 744)
+        for ac in c.ac_mm:
+            if ac is not None:  # the full-size equivalent lies in the clinical range
+                assert 130 <= ac / s <= 370, ac / s
+    assert {"optimal", "suboptimal", "none"} <= set(kinds)
+    assert kinds.count("optimal") >= 10
+
+
+def test_circumference_matches_the_drawn_mask():
+    """The CSV value is what the challenge's measurement (fitEllipse on the mask, Ramanujan,
+    0.28 mm/px) gives on every optimal frame."""
+    h, w = 281, 372
+    c = synthesize_case(21, n_sweeps=3, frames_per_sweep=30, height=h, width=w, kind="optimal")
+    labels = _frame_labels(c.mask)
+    checked = 0
+    for k, (a, b) in enumerate(c.sweep_ranges):
+        for i in range(a, b):
+            if labels[i] != 1:
+                continue
+            contours, _ = cv2.findContours((c.mask[i] == 1).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_NONE)
+            pts = max(contours, key=len)
+            (_, _), (d1, d2), _ = cv2.fitEllipse(pts)
+            ac = ramanujan_circumference(d1 / 2, d2 / 2) * 0.28
+            assert ac == pytest.approx(c.ac_mm[k], rel=0.025)
+            checked += 1
+    assert checked >= 2
+
+
+def test_abdomen_looks_like_an_abdomen():
+    """Inside the optimal-plane ellipse: tissue brighter than the fluid around it, a bright spine
+    and a dark stomach bubble."""
+    h, w = 281, 372
+    for seed in (21, 8, 3):
+        c = synthesize_case(seed, n_sweeps=3, frames_per_sweep=20, height=h, width=w, kind="optimal")
+        labels = _frame_labels(c.mask)
+        ones = np.nonzero(labels == 1)[0]
+        i = ones[len(ones) // 2]
+        ell = (c.mask[i] == 1).astype(np.uint8)
+        inner = cv2.erode(ell, np.ones((5, 5), np.uint8)) > 0
+        frame = c.frames[i]
+        assert frame[inner].max() >= 195, "spine should be bright"
+        assert np.percentile(frame[inner], 2) <= 25, "stomach / vein should be dark"
+        assert np.median(frame[inner]) >= 45
+
+
+def test_same_seed_same_case_different_seed_differs():
+    a = synthesize_case(7, n_sweeps=2, frames_per_sweep=6, height=64, width=96)
+    b = synthesize_case(7, n_sweeps=2, frames_per_sweep=6, height=64, width=96)
+    c = synthesize_case(8, n_sweeps=2, frames_per_sweep=6, height=64, width=96)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.ac_mm == b.ac_mm and a.uuid == b.uuid
+    assert not np.array_equal(a.frames, c.frames)
+    assert a.uuid != c.uuid
+
+
+def test_structure_does_not_depend_on_frame_size():
+    small = synthesize_case(21, frames_per_sweep=6, height=48, width=64)
+    larger = synthesize_case(21, frames_per_sweep=6, height=96, width=128)
+    assert small.kind == larger.kind and small.abdomen_sweeps == larger.abdomen_sweeps
+
+
+def test_too_small_frames_are_refused():
+    with pytest.raises(FetalIQAError):
+        synthesize_case(1, height=16, width=64)
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset and command line
+
+
+def _run_synth(out, *extra):
+    return main(["synth", "--out", str(out), "--cases", "2", "--seed", "3", "--frames-per-sweep", "4",
+                 "--height", "64", "--width", "96", "--quiet", *extra])
+
+
+def test_cli_writes_acouslic_layout(tmp_path):
+    out = tmp_path / "ds"
+    assert _run_synth(out) == 0
+    images = sorted((out / "images" / "stacked_fetal_ultrasound").glob("*.mha"))
+    masks = sorted((out / "masks" / "stacked_fetal_abdomen").glob("*.mha"))
+    csv_path = out / "circumferences" / "fetal_abdominal_circumferences_per_sweep.csv"
+    assert len(images) == len(masks) == 2
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["uuid", "subject_id"] + [f"sweep_{k}_ac_mm" for k in range(1, 7)]
+    assert sorted(r[0] for r in rows[1:]) == sorted(p.stem for p in images) == sorted(p.stem for p in masks)
+    for row in rows[1:]:
+        sweep = load_sweep(out / "images" / "stacked_fetal_ultrasound" / f"{row[0]}.mha")
+        mask = load_mask(out / "masks" / "stacked_fetal_abdomen" / f"{row[0]}.mha", like=sweep)
+        assert sweep.frames.shape == (24, 64, 96)
+        assert sweep.spacing_mm == (0.28, 0.28)
+        assert sweep.sweep_ranges == [(i * 4, (i + 1) * 4) for i in range(6)]
+        assert sweep.sweep_kinds == ["transverse"] * 3 + ["sagittal"] * 3
+        labels = _frame_labels(mask)
+        for k, (a, b) in enumerate(sweep.sweep_ranges):
+            has_optimal = bool((labels[a:b] == 1).any())
+            assert (row[2 + k] != "") == has_optimal
+            if has_optimal:
+                assert float(row[2 + k]) > 0
+    # images compressed by default, masks always
+    header = images[0].read_bytes()[:600]
+    assert b"CompressedData = True" in header
+
+
+def test_cli_is_deterministic_to_the_byte(tmp_path):
+    _run_synth(tmp_path / "a")
+    _run_synth(tmp_path / "b")
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert files_a == files_b and len(files_a) == 5
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_parallel_jobs_give_the_same_dataset(tmp_path):
+    _run_synth(tmp_path / "a")
+    _run_synth(tmp_path / "b", "--jobs", "2")
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_cli_no_compress_and_overwrite(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert _run_synth(out) == 0
+    assert _run_synth(out) == 2  # refuses to replace a dataset
+    assert "--overwrite" in capsys.readouterr().err
+    assert _run_synth(out, "--overwrite", "--no-compress") == 0
+    img = next((out / "images" / "stacked_fetal_ultrasound").glob("*.mha"))
+    assert b"CompressedData = False" in img.read_bytes()[:600]
+    assert isinstance(load_sweep(img).frames, np.memmap)
+
+
+def test_cli_rejects_bad_sizes(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "--out", str(tmp_path), "--height", "16"])
+    assert exc.value.code == 2
+
+
+def test_custom_sweep_count_is_recorded_in_the_file(tmp_path):
+    assert main(["synth", "--out", str(tmp_path / "d"), "--cases", "1", "--seed", "1", "--sweeps", "2",
+                 "--frames-per-sweep", "5", "--height", "48", "--width", "64", "--quiet"]) == 0
+    img = next((tmp_path / "d" / "images" / "stacked_fetal_ultrasound").glob("*.mha"))
+    sweep = load_sweep(img)
+    assert sweep.sweep_ranges == [(0, 5), (5, 10)] and sweep.sweep_kinds == ["transverse", "sagittal"]
+
+
+# --------------------------------------------------------------------------------------------
+# Demo sweep
+
+
+def test_demo_sweep_is_made_once_in_the_cache(monkeypatch):
+    from fetaliqa_core import paths
+
+    calls = []
+    real = synth.synthesize_case
+
+    def small(seed, **kw):
+        calls.append(seed)
+        return real(seed, frames_per_sweep=4, height=64, width=96)
+
+    monkeypatch.setattr(synth, "synthesize_case", small)
+    path = synth.demo_sweep_path()
+    assert path.is_file() and path.parent == paths.cache_dir() / "demo"
+    assert calls == [synth.DEMO_SEED]
+    assert synth.demo_sweep_path() == path and calls == [synth.DEMO_SEED]  # cached
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, synth.demo_case_paths()[1].name])
+    sweep = load_sweep(path)
+    assert isinstance(sweep.frames, np.memmap)  # uncompressed: opens instantly
+    mask = load_mask(synth.demo_case_paths()[1], like=sweep)
+    assert (mask == 1).any()
+
+
+def test_full_size_demo_case():
+    """One real ACOUSLIC-size case (4-10 s here: generation plus a 351 MB write)."""
+    path = synth.demo_sweep_path()
+    sweep = load_sweep(path)
+    assert sweep.frames.shape == (840, 562, 744)
+    assert isinstance(sweep.frames, np.memmap)
+    assert sweep.sweep_ranges == [(i * 140, (i + 1) * 140) for i in range(6)]
+    mask = load_mask(synth.demo_case_paths()[1], like=sweep)
+    labels = _frame_labels(mask)
+    assert (labels == 1).sum() >= 3 and (labels == 2).sum() >= 6
+    assert math.isclose(sweep.spacing_mm[0], 0.28)
