@@ -1,0 +1,431 @@
+"""Model bundles: what training writes and the app loads, unchanged.
+
+A bundle is a directory::
+
+    manifest.json          BundleManifest (format version, task, head, base config + its SHA-256,
+                           LoRA settings, threshold, preprocessing, metrics, project version, files)
+    adapter.safetensors    LoRA tensors (absent when the model has no LoRA)
+    head.safetensors       the classifier unit and/or the segmentation decoder
+
+Only trained tensors are stored (a few MB); the frozen FetalCLIP base comes from the user's own
+weights file, identified by its SHA-256, and a bundle refuses to load on any other base. Bundles
+trained on a random base (tests, the demo) record ``random:<seed>`` and a fingerprint of the
+tower's tensors, and rebuild that base themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fetaliqa_core import __version__, paths
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.models.base import (RANDOM_PREFIX, BaseInfo, architecture, build_vision_tower, file_sha256,
+                                       load_base_config, tensors_sha256)
+from fetaliqa_core.models.classifier import FetalCLIPClassifier
+from fetaliqa_core.models.device import DeviceChoice, select_device
+from fetaliqa_core.models.joint import FetalCLIPJoint
+from fetaliqa_core.models.lora import LoraSettings
+from fetaliqa_core.models.segmenter import (HEAD_KINDS, INIT_FILTERS, MASK_AREA_FRACTION, FetalCLIPSegmenter,
+                                            segmentation_probabilities)
+from fetaliqa_core.preprocess import PREPROCESS_VERSION, preprocess_spec
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ADAPTER_FILE = "adapter.safetensors"
+HEAD_FILE = "head.safetensors"
+TASKS = ("cls", "seg", "joint")
+DEFAULT_THRESHOLD = 0.5
+
+AnyModel = FetalCLIPClassifier | FetalCLIPSegmenter | FetalCLIPJoint
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class BundleManifest:
+    """The contents of ``manifest.json``."""
+
+    task: str  # "cls" | "seg" | "joint"
+    head: str  # "binary" | "3class" (segmentation head; "binary" for cls)
+    base_config: str  # "fetalclip" | "tiny" | "custom"
+    base_sha256: str  # of the FetalCLIP weights file trained on, or "random:<seed>"
+    base_architecture: dict  # embed_dim + vision_cfg: must equal the base's
+    lora: dict | None  # LoraSettings.to_dict(), or None
+    threshold: float = DEFAULT_THRESHOLD  # operating point on p_cls (cls/joint)
+    area_fraction: float = MASK_AREA_FRACTION  # segmentation quality call (seg/joint)
+    init_filters: int = INIT_FILTERS  # UNETR decoder width (seg/joint)
+    preprocess: dict = field(default_factory=preprocess_spec)
+    metrics: dict = field(default_factory=dict)
+    project_version: str = __version__
+    created: str = field(default_factory=_now)
+    base_fingerprint: str | None = None  # tensors of a random base (None for file bases)
+    files: dict = field(default_factory=dict)  # file name -> sha256 (filled by save_bundle)
+    description: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def lora_settings(self) -> LoraSettings | None:
+        return None if self.lora is None else LoraSettings.from_dict(self.lora)
+
+    @property
+    def n_classes(self) -> int:
+        return {v: k for k, v in HEAD_KINDS.items()}[self.head]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "manifest") -> "BundleManifest":
+        if not isinstance(data, dict):
+            raise FetalIQAError(f"{source} must be a JSON object")
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise FetalIQAError(f"{source} has no integer 'format_version': not a FetalIQA model bundle")
+        if version > FORMAT_VERSION:
+            raise FetalIQAError(f"{source} has format version {version}; this FetalIQA reads up to "
+                                f"{FORMAT_VERSION}: update FetalIQA to use this bundle")
+        names = {f.name for f in fields(cls)}
+        missing = [n for n in ("task", "head", "base_config", "base_sha256", "base_architecture", "lora")
+                   if n not in data]
+        if missing:
+            raise FetalIQAError(f"{source} lacks {', '.join(missing)}: the bundle is incomplete; export it again")
+        manifest = cls(**{k: v for k, v in data.items() if k in names})
+        manifest.validate(source)
+        return manifest
+
+    def validate(self, source: str = "manifest") -> None:
+        def bad(what: str) -> FetalIQAError:
+            return FetalIQAError(f"{source}: {what}; the bundle is damaged or was not written by FetalIQA")
+
+        if self.task not in TASKS:
+            raise bad(f"task {self.task!r} is not one of {list(TASKS)}")
+        if self.head not in HEAD_KINDS.values() or (self.task == "cls" and self.head != "binary"):
+            raise bad(f"head {self.head!r} is not valid for task {self.task!r}")
+        if not isinstance(self.base_sha256, str) or not (
+                self.base_sha256.startswith(RANDOM_PREFIX) or len(self.base_sha256) == 64):
+            raise bad(f"base_sha256 {self.base_sha256!r} is neither a SHA-256 nor 'random:<seed>'")
+        if self.base_sha256.startswith(RANDOM_PREFIX) and not self.base_sha256[len(RANDOM_PREFIX):].isdigit():
+            raise bad(f"base_sha256 {self.base_sha256!r} has no integer seed")
+        if not isinstance(self.base_config, str):
+            raise bad("base_config must be a string")
+        if not isinstance(self.base_architecture, dict):
+            raise bad("base_architecture must be an object")
+        try:
+            load_base_config(self.base_architecture)
+        except FetalIQAError as exc:
+            raise bad(f"base_architecture is not a FetalCLIP-style config ({exc})") from exc
+        if self.lora is not None:
+            self.lora_settings  # noqa: B018 (validates)
+        for name in ("threshold", "area_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0 \
+                    or math.isnan(value):
+                raise bad(f"{name} {value!r} is not a number in [0, 1]")
+        if not isinstance(self.init_filters, int) or self.init_filters <= 0:
+            raise bad(f"init_filters {self.init_filters!r} is not a positive integer")
+        if not isinstance(self.preprocess, dict) or not isinstance(self.metrics, dict) \
+                or not isinstance(self.files, dict):
+            raise bad("preprocess, metrics and files must be objects")
+
+
+def manifest_for(model: AnyModel, base: BaseInfo, threshold: float = DEFAULT_THRESHOLD,
+                 metrics: dict | None = None, description: str = "") -> BundleManifest:
+    """A manifest describing ``model`` trained on ``base``."""
+    lora = model.encoder.lora
+    fingerprint = None
+    if base.is_random:
+        fingerprint = _random_base_fingerprint(base)
+    return BundleManifest(
+        task=model.task, head=model.head_kind, base_config=base.config_name, base_sha256=base.sha256,
+        base_architecture=base.architecture, lora=None if lora is None else lora.to_dict(),
+        threshold=float(threshold), init_filters=_init_filters(model),
+        metrics=dict(metrics or {}), base_fingerprint=fingerprint, description=description)
+
+
+def _init_filters(model: nn.Module) -> int:
+    seg = getattr(model, "seg", None)
+    return int(seg.decoder.enc1.conv1.out_channels) if seg is not None else INIT_FILTERS
+
+
+def _random_base_fingerprint(base: BaseInfo) -> str:
+    from fetaliqa_core.models.base import random_base
+
+    seed = int(base.sha256[len(RANDOM_PREFIX):])
+    visual, _ = random_base(base.architecture, seed=seed)
+    return tensors_sha256(visual.state_dict())
+
+
+# ----------------------------------------------------------------------------------- saving
+def _head_state(model: AnyModel) -> dict[str, torch.Tensor]:
+    return {f"{name}.{k}": v for name, module in model.head_modules().items() for k, v in module.state_dict().items()}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_bundle(model: AnyModel, out_dir: str | Path, manifest: BundleManifest) -> Path:
+    """Write ``model``'s trained tensors and ``manifest`` into ``out_dir`` (created).
+
+    The model must not have its LoRA merged (its adapters are what is saved).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    if model.encoder.merged:
+        raise FetalIQAError("this model's LoRA is merged into its base; save the bundle before merging")
+    lora = model.encoder.lora
+    if manifest.task != model.task or manifest.head != model.head_kind or \
+            manifest.lora != (None if lora is None else lora.to_dict()):
+        raise FetalIQAError("the manifest does not describe this model (task, head or LoRA settings differ)")
+    manifest.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    tensors = {ADAPTER_FILE: model.encoder.lora_state_dict(), HEAD_FILE: _head_state(model)}
+    for name, state in tensors.items():
+        target = out / name
+        if not state:
+            target.unlink(missing_ok=True)
+            continue
+        tmp = out / f".{name}.tmp{os.getpid()}"
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"format": "pt", "fetaliqa_bundle": str(FORMAT_VERSION)})
+        os.replace(tmp, target)
+        files[name] = _sha256_file(target)
+    manifest.files = files
+    tmp = out / f".{MANIFEST_FILE}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MANIFEST_FILE)
+    return out
+
+
+# ----------------------------------------------------------------------------------- loading
+@dataclass
+class Prediction:
+    """Model outputs for one batch, float32 on the CPU.
+
+    p_cls: ``(B,)`` P(frame good for AC) from the classifier unit, or None.
+    seg_prob: ``(B, C, 224, 224)``: C=1 P(abdomen); C=3 softmax over background/optimal/suboptimal.
+    """
+
+    p_cls: torch.Tensor | None = None
+    seg_prob: torch.Tensor | None = None
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A bundle ready for inference: LoRA merged, eval mode, on its device in its dtype."""
+
+    model: nn.Module
+    manifest: BundleManifest
+    bundle_hash: str
+    device: torch.device
+    dtype: torch.dtype
+    base: BaseInfo
+    path: Path
+    batch_size: int = 8
+
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    @property
+    def threshold(self) -> float:
+        return self.manifest.threshold
+
+    def predict(self, x: torch.Tensor) -> Prediction:
+        """``x``: ``(B, 3, 224, 224)`` from :func:`fetaliqa_core.preprocess.preprocess_frames`."""
+        with torch.inference_mode():
+            x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+            out = self.model(x)
+            if self.task == "cls":
+                return Prediction(p_cls=torch.sigmoid(out.float())[:, 0].cpu())
+            if self.task == "seg":
+                return Prediction(seg_prob=segmentation_probabilities(out).cpu())
+            cls_logits, seg_logits = out
+            return Prediction(p_cls=torch.sigmoid(cls_logits.float())[:, 0].cpu(),
+                              seg_prob=segmentation_probabilities(seg_logits).cpu())
+
+
+def read_manifest(bundle_dir: str | Path) -> BundleManifest:
+    """Read and validate ``manifest.json`` of a bundle directory."""
+    bundle = Path(bundle_dir).expanduser()
+    path = bundle / MANIFEST_FILE
+    if not bundle.is_dir():
+        raise FetalIQAError(f"model bundle {bundle} is not a directory; give the folder that holds manifest.json")
+    if not path.is_file():
+        raise FetalIQAError(f"{bundle} is not a model bundle: it has no {MANIFEST_FILE}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FetalIQAError(f"{path} is not valid JSON ({exc}); the bundle is damaged: export it again") from exc
+    try:
+        return BundleManifest.from_dict(data, source=str(path))
+    except TypeError as exc:
+        raise FetalIQAError(f"{path} has malformed fields ({exc}); export the bundle again") from exc
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FetalIQAError(f"{path} is not a readable safetensors file ({exc}); the bundle is damaged") from exc
+
+
+def _load_head(model: AnyModel, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = _head_state(model)
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise FetalIQAError(f"{source} does not fit the model: {len(missing)} missing "
+                            f"({', '.join(sorted(missing)[:3])}), {len(unexpected)} unexpected "
+                            f"({', '.join(sorted(unexpected)[:3])})")
+    for key, want in expected.items():
+        if tuple(state[key].shape) != tuple(want.shape):
+            raise FetalIQAError(f"{source}: {key} has shape {list(state[key].shape)}, the model expects "
+                                f"{list(want.shape)}")
+    with torch.no_grad():
+        for name, module in model.head_modules().items():
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+
+
+def _new_model(manifest: BundleManifest, visual: nn.Module) -> AnyModel:
+    lora = manifest.lora_settings
+    if manifest.task == "cls":
+        return FetalCLIPClassifier(visual, lora)
+    if manifest.task == "seg":
+        return FetalCLIPSegmenter(visual, lora, manifest.n_classes, manifest.init_filters)
+    return FetalCLIPJoint(visual, lora, manifest.n_classes, manifest.init_filters)
+
+
+def bundle_hash(bundle_dir: str | Path) -> str:
+    """SHA-256 over the manifest and weight files (identifies a bundle in results caches)."""
+    bundle = Path(bundle_dir)
+    digest = hashlib.sha256()
+    for name in (MANIFEST_FILE, ADAPTER_FILE, HEAD_FILE):
+        path = bundle / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0")
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
+                device: str | torch.device | DeviceChoice = "auto",
+                base_config: str | Path | None = None, merge: bool = True) -> LoadedModel:
+    """Load a bundle for inference on the base it was trained on.
+
+    Args:
+        bundle_dir: the bundle directory.
+        base_weights: the FetalCLIP weights file; its SHA-256 must equal the manifest's. Ignored
+            for bundles trained on a random base (they rebuild that base from its seed).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or a :class:`DeviceChoice`.
+        base_config: if given (e.g. ``--base-config``), must agree with the manifest's.
+        merge: fold LoRA into the base (the default; ``False`` only for tests and diagnostics).
+    """
+    bundle = Path(bundle_dir).expanduser()
+    manifest = read_manifest(bundle)
+    choice = select_device(device)
+    where = f"model bundle {bundle}"
+
+    # the base config the bundle was trained on
+    config = load_base_config(manifest.base_architecture)
+    if base_config is not None:
+        given = load_base_config(base_config)
+        if architecture(given) != architecture(config):
+            raise FetalIQAError(f"{where} was trained on base config {manifest.base_config!r}, but {base_config!r} "
+                                f"was given: pass --base-config {manifest.base_config} or another bundle")
+    if manifest.base_config in ("fetalclip", "tiny") and \
+            architecture(load_base_config(manifest.base_config)) != architecture(config):
+        raise FetalIQAError(f"{where}: its base config {manifest.base_config!r} differs from the one bundled "
+                            "with this FetalIQA; the bundle belongs to another FetalIQA version")
+
+    version = manifest.preprocess.get("version")
+    if version != PREPROCESS_VERSION:
+        raise FetalIQAError(f"{where} was trained with preprocessing version {version!r}, this FetalIQA uses "
+                            f"{PREPROCESS_VERSION!r}: its scores would be off; retrain or use a matching FetalIQA")
+
+    # files present and unchanged
+    for name, sha in manifest.files.items():
+        path = bundle / name
+        if name not in (ADAPTER_FILE, HEAD_FILE):
+            raise FetalIQAError(f"{where}: manifest lists an unknown file {name!r}")
+        if not path.is_file():
+            raise FetalIQAError(f"{where} is incomplete: {name} is missing; copy the whole bundle folder")
+        if _sha256_file(path) != sha:
+            raise FetalIQAError(f"{where}: {name} does not match its manifest (changed or damaged); export it again")
+    needed = [HEAD_FILE] + ([ADAPTER_FILE] if manifest.lora is not None else [])
+    for name in needed:
+        if name not in manifest.files:
+            raise FetalIQAError(f"{where} is incomplete: the manifest lists no {name}")
+
+    # the base it was trained on
+    if manifest.base_sha256.startswith(RANDOM_PREFIX):
+        seed = int(manifest.base_sha256[len(RANDOM_PREFIX):])
+        visual, base = build_vision_tower(config, None, device=choice.device, dtype=torch.float32, seed=seed)
+        if manifest.base_fingerprint and tensors_sha256(visual.state_dict()) != manifest.base_fingerprint:
+            raise FetalIQAError(f"{where} was trained on random base {manifest.base_sha256}, which this installation "
+                                "does not reproduce (different PyTorch initialisation); retrain or export it again")
+    else:
+        if base_weights is None:
+            raise FetalIQAError(f"{where} needs the FetalCLIP base weights it was trained on (SHA-256 "
+                                f"{manifest.base_sha256[:12]}...): pass --base-weights FetalCLIP_weights.pt")
+        weights = Path(base_weights).expanduser()
+        if not weights.is_file():
+            raise FetalIQAError(f"base weights file {weights} does not exist; give the path of FetalCLIP_weights.pt")
+        sha = file_sha256(weights)
+        if sha != manifest.base_sha256:
+            raise FetalIQAError(f"{where} was trained on base weights with SHA-256 {manifest.base_sha256[:12]}..., "
+                                f"but {weights} has {sha[:12]}...: use the FetalCLIP weights file the bundle was "
+                                "trained on")
+        visual, base = build_vision_tower(config, weights, device=choice.device, dtype=torch.float32)
+
+    model = _new_model(manifest, visual)
+    if manifest.lora is not None:
+        model.encoder.load_lora_state_dict(_read_tensors(bundle / ADAPTER_FILE), source=f"{bundle / ADAPTER_FILE}")
+    _load_head(model, _read_tensors(bundle / HEAD_FILE), source=str(bundle / HEAD_FILE))
+    model.to(choice.device)
+    if merge:
+        model.encoder.merge_lora()  # in fp32, then cast: merging in bf16 would round twice
+    model.requires_grad_(False)
+    model.eval()
+    model.to(dtype=choice.dtype)
+    if choice.device.type == "cuda" and getattr(model, "seg", None) is not None:
+        model.seg.use_channels_last(True)
+    return LoadedModel(model=model, manifest=manifest, bundle_hash=bundle_hash(bundle), device=choice.device,
+                       dtype=choice.dtype, base=base, path=bundle, batch_size=choice.batch_size)
+
+
+DEMO_DIR_NAME = "demo"
+
+
+def demo_models(device: str | torch.device | DeviceChoice = "auto") -> tuple[LoadedModel, LoadedModel]:
+    """The bundled demo classifier and segmenter (``resources/demo/cls`` and ``resources/demo/seg``)."""
+    root = paths.resources_dir() / DEMO_DIR_NAME
+    found = [root / "cls", root / "seg"]
+    for path in found:
+        if not (path / MANIFEST_FILE).is_file():
+            raise FetalIQAError(f"demo model {path} is missing from this installation; reinstall FetalIQA "
+                                "or train the demo models")
+    return load_bundle(found[0], device=device), load_bundle(found[1], device=device)

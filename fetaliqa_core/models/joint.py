@@ -1,0 +1,44 @@
+"""One encoder pass feeding both heads: the classifier's linear unit and the UNETR decoder.
+
+The encoder dominates the cost of each head on every device (FACTS.md §3), so a model trained
+jointly (one set of LoRA adapters shared by both heads) scores a frame for both at the price of
+one pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fetaliqa_core.models.lora import FetalCLIPEncoder, LoraSettings
+from fetaliqa_core.models.segmenter import HEAD_KINDS, INIT_FILTERS, SegmentationHead
+
+
+class FetalCLIPJoint(nn.Module):
+    """``(B, 3, 224, 224)`` -> ``((B, 1) classifier logits, (B, n_classes, 224, 224) mask logits)``."""
+
+    task = "joint"
+
+    def __init__(self, visual: nn.Module, lora: LoraSettings | None = LoraSettings(), n_classes: int = 1,
+                 init_filters: int = INIT_FILTERS) -> None:
+        super().__init__()
+        self.encoder = FetalCLIPEncoder(visual, lora)
+        self.head = nn.Linear(self.encoder.embed_dim, 1)
+        self.seg = SegmentationHead(self.encoder, n_classes, init_filters)
+
+    @property
+    def n_classes(self) -> int:
+        return self.seg.n_classes
+
+    @property
+    def head_kind(self) -> str:
+        return HEAD_KINDS[self.n_classes]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.encoder.features(x, self.seg.blocks, pooled=True)
+        if self.seg.tokens_to_grid.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(pooled), self.seg(x, tokens)
+
+    def head_modules(self) -> dict[str, nn.Module]:
+        return {"head": self.head, "seg": self.seg}
