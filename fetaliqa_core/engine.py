@@ -37,18 +37,16 @@ import numpy as np
 
 from fetaliqa_core import paths
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.models.segmenter import LABEL_ABDOMEN, MASK_AREA_FRACTION  # noqa: F401
 
 ENGINE_VERSION = "1"
 COARSE_STRIDES = (16, 8, 4, 2, 1)
 FOCUS_RADIUS = 12  # frames either side of the cursor scored before the coarse-to-fine order
-LABEL_ABDOMEN = 3  # binary segmenter: abdomen without an optimal/suboptimal grade
 CHECKPOINT_SECONDS = 20.0  # partial results are written at most this often
 
 
 def seg_score_from_area(area_fraction: np.ndarray | float) -> np.ndarray:
     """Mask-based quality score in [0, 1): 0.5 exactly at the paper's area rule."""
-    from fetaliqa_core.models.segmenter import MASK_AREA_FRACTION
-
     f = np.asarray(area_fraction, dtype=np.float32)
     return f / (f + np.float32(MASK_AREA_FRACTION))
 
@@ -109,8 +107,6 @@ class SweepResults:
     @property
     def seg_call(self) -> np.ndarray:
         """The paper's segmenter call per frame (False where unscored)."""
-        from fetaliqa_core.models.segmenter import MASK_AREA_FRACTION
-
         limit = MASK_AREA_FRACTION * self.mask_size * self.mask_size
         return self.seg_area_px >= limit
 
@@ -333,12 +329,13 @@ class ScoringEngine:
         return preprocess_frames(frames, device=self.device, dtype=self.dtype)
 
     def _infer(self, x) -> tuple[object, object]:
+        """-> (p_cls (B,) or None, labels (B, S, S) uint8 or None), CPU tensors."""
         if self._joint:
-            pred = self.cls.predict(x)
-            return pred.p_cls, pred.seg_prob
-        p_cls = self.cls.predict(x).p_cls if self.cls is not None else None
-        seg_prob = self.seg.predict(x).seg_prob if self.seg is not None else None
-        return p_cls, seg_prob
+            pred = self.cls.predict_labels(x)
+            return pred.p_cls, pred.labels
+        p_cls = self.cls.predict_labels(x).p_cls if self.cls is not None else None
+        labels = self.seg.predict_labels(x).labels if self.seg is not None else None
+        return p_cls, labels
 
     def _infer_with_backoff(self, idx: np.ndarray, x):
         """Run the models; on a CUDA out-of-memory error halve the batch and go on."""
@@ -357,26 +354,22 @@ class ScoringEngine:
             return (self._infer_with_backoff(idx[:half], x[:half])
                     + self._infer_with_backoff(idx[half:], x[half:]))
 
-    def _batch_result(self, idx, p_cls, seg_prob, t0: float, n_at_start: int) -> BatchResult:
-        p_cls_np = None if p_cls is None else p_cls.float().cpu().numpy().reshape(-1)
+    def _batch_result(self, idx, p_cls, labels, t0: float, n_at_start: int) -> BatchResult:
+        p_cls_np = None if p_cls is None else p_cls.float().numpy().reshape(-1)
         p_seg = p_opt = area = None
         masks: list[np.ndarray] = []
-        if seg_prob is not None:
-            prob = seg_prob.float().cpu().numpy()  # (B, C, S, S)
-            if prob.shape[1] == 1:
-                fg = prob[:, 0] > 0.5
-                labels = np.where(fg, LABEL_ABDOMEN, 0).astype(np.uint8)
-                p_opt = np.full(len(idx), np.nan, np.float32)
-            else:
-                cls_map = prob.argmax(axis=1)
-                fg = cls_map > 0
-                labels = cls_map.astype(np.uint8)
-                opt = (cls_map == 1).sum(axis=(1, 2)).astype(np.float32)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    p_opt = np.where(fg.any(axis=(1, 2)), opt / fg.sum(axis=(1, 2)), np.nan).astype(np.float32)
+        if labels is not None:
+            lab = labels.numpy()  # (B, S, S) uint8
+            fg = lab > 0
             area = fg.sum(axis=(1, 2)).astype(np.int32)
-            p_seg = seg_score_from_area(area / float(fg.shape[1] * fg.shape[2]))
-            masks = list(labels)
+            if self.seg.manifest.n_classes == 3:
+                opt = (lab == 1).sum(axis=(1, 2)).astype(np.float32)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    p_opt = np.where(area > 0, opt / area, np.nan).astype(np.float32)
+            else:
+                p_opt = np.full(len(idx), np.nan, np.float32)
+            p_seg = seg_score_from_area(area / float(lab.shape[1] * lab.shape[2]))
+            masks = list(lab)
         elapsed = max(time.perf_counter() - t0, 1e-6)
         n_done = self.results.n_done + len(idx)
         return BatchResult(idx, p_cls_np, p_seg, p_opt, area, masks, n_done, self.sweep.n_frames,
@@ -427,8 +420,8 @@ class ScoringEngine:
                 finally:
                     del x
                 computed = True
-                for part_idx, p_cls, seg_prob in parts:
-                    batch = self._batch_result(part_idx, p_cls, seg_prob, t0, n_at_start)
+                for part_idx, p_cls, labels in parts:
+                    batch = self._batch_result(part_idx, p_cls, labels, t0, n_at_start)
                     self.results.apply(batch)
                     self._release(part_idx)
                     yield batch

@@ -128,13 +128,13 @@ def test_cancel_keeps_what_finished(bundles, tmp_path):
 def test_joint_bundle_runs_one_encoder_pass(bundles, monkeypatch):
     model = bundles["joint"]
     calls = []
-    original = model.predict
+    original = model.predict_labels
 
     def counting(x):
         calls.append(len(x))
         return original(x)
 
-    monkeypatch.setattr(model, "predict", counting)
+    monkeypatch.setattr(model, "predict_labels", counting)
     sweep = _sweep(n=10)
     engine = ScoringEngine(sweep, model, model, cache=False, batch_size=5)
     engine.run()
@@ -147,7 +147,7 @@ def test_joint_bundle_runs_one_encoder_pass(bundles, monkeypatch):
 
 def test_out_of_memory_halves_the_batch_and_continues(bundles, monkeypatch):
     model = bundles["cls"]
-    original = model.predict
+    original = model.predict_labels
     sizes = []
 
     def flaky(x):
@@ -156,7 +156,7 @@ def test_out_of_memory_halves_the_batch_and_continues(bundles, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(x)
 
-    monkeypatch.setattr(model, "predict", flaky)
+    monkeypatch.setattr(model, "predict_labels", flaky)
     sweep = _sweep(n=16)
     engine = ScoringEngine(sweep, model, None, cache=False, batch_size=8)
     engine.run()
@@ -176,8 +176,8 @@ def test_cache_hit_needs_no_model_and_corrupt_cache_is_rebuilt(bundles, tmp_path
     def boom(x):
         raise AssertionError("model must not run on a cache hit")
 
-    monkeypatch.setattr(bundles["cls"], "predict", boom)
-    monkeypatch.setattr(bundles["seg"], "predict", boom)
+    monkeypatch.setattr(bundles["cls"], "predict_labels", boom)
+    monkeypatch.setattr(bundles["seg"], "predict_labels", boom)
     second = ScoringEngine(sweep, bundles["cls"], bundles["seg"], cache=cache)
     batches = list(second.iter_batches())
     assert len(batches) == 1 and batches[0].from_cache
@@ -211,3 +211,19 @@ def test_wrong_bundle_roles_are_refused(bundles):
         ScoringEngine(_sweep(), cls=bundles["seg"], seg=None)
     with pytest.raises(FetalIQAError, match="No model"):
         ScoringEngine(_sweep(), None, None)
+
+
+def test_engine_masks_agree_with_the_papers_area_rule(bundles):
+    """The label masks the engine keeps count exactly the pixels the segmenter's own quality
+    call counts (P(abdomen) > 0.5), for the 3-class head too."""
+    from fetaliqa_core.models.segmenter import mask_area, segmentation_probabilities  # noqa: F401
+    from fetaliqa_core.preprocess import preprocess_frames
+
+    sweep = _sweep(n=6)
+    engine = ScoringEngine(sweep, None, bundles["seg"], cache=False, batch_size=3)
+    engine.run()
+    prob = bundles["seg"].predict(preprocess_frames(sweep.frames)).seg_prob
+    np.testing.assert_array_equal(engine.results.seg_area_px, mask_area(prob).numpy())
+    fg_share_opt = np.array([(engine.results.mask(i) == 1).sum() / max(1, engine.results.seg_area_px[i])
+                             for i in range(6)])
+    np.testing.assert_allclose(np.nan_to_num(engine.results.p_opt, nan=0.0), fg_share_opt, atol=1e-6)

@@ -71,6 +71,24 @@ def mask_area(prob: torch.Tensor) -> torch.Tensor:
     return (foreground_probability(prob) > PIXEL_THRESHOLD).flatten(1).sum(dim=1)
 
 
+LABEL_OPTIMAL, LABEL_SUBOPTIMAL, LABEL_ABDOMEN = 1, 2, 3
+
+
+def label_masks(prob: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` probabilities -> ``(B, H, W)`` uint8 labels on the same device.
+
+    Foreground is P(abdomen) > 0.5 (the same pixels :func:`mask_area` counts). Binary head:
+    foreground is ``LABEL_ABDOMEN`` (3, no plane grade); 3-class head: ``LABEL_OPTIMAL`` (1) or
+    ``LABEL_SUBOPTIMAL`` (2), whichever of the two is more probable at that pixel.
+    """
+    fg = foreground_probability(prob) > PIXEL_THRESHOLD
+    if prob.shape[1] == 1:
+        grade = torch.full_like(fg, LABEL_ABDOMEN, dtype=torch.uint8)
+    else:
+        grade = torch.where(prob[:, 1] >= prob[:, 2], LABEL_OPTIMAL, LABEL_SUBOPTIMAL).to(torch.uint8)
+    return torch.where(fg, grade, torch.zeros_like(grade))
+
+
 def mask_quality_call(prob: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` probabilities -> ``(B,)`` bool: at least MASK_AREA_FRACTION of the pixels
     have P(abdomen) > 0.5."""
