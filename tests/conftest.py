@@ -15,3 +15,21 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("fetaliqa_home")
     monkeypatch.setenv("FETALIQA_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dirs(tmp_path_factory):
+    """Classifier (cls) and 3-class segmenter (seg) bundles on a random tiny base, saved to disk."""
+    from fetaliqa_core.models.base import random_base
+    from fetaliqa_core.models.bundle import manifest_for, save_bundle
+    from fetaliqa_core.models.classifier import FetalCLIPClassifier
+    from fetaliqa_core.models.lora import LoraSettings
+    from fetaliqa_core.models.segmenter import FetalCLIPSegmenter
+
+    root = tmp_path_factory.mktemp("tiny_bundles")
+    visual, info = random_base("tiny", 5)
+    cls = FetalCLIPClassifier(visual, LoraSettings())
+    visual, info = random_base("tiny", 5)
+    seg = FetalCLIPSegmenter(visual, LoraSettings(), n_classes=3, init_filters=8)
+    return {"cls": save_bundle(cls, root / "cls", manifest_for(cls, info)),
+            "seg": save_bundle(seg, root / "seg", manifest_for(seg, info))}

@@ -1,0 +1,141 @@
+"""``fetaliqa score``: score a sweep (or a folder of sweeps) and write the results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fetaliqa_core.errors import FetalIQAError
+
+HELP = "Score every frame of a sweep and write frames.csv and summary.json."
+
+CHALLENGE_FRAME_FILE = "fetal-abdomen-frame-number.json"
+CHALLENGE_MASK_FILE = "fetal-abdomen-segmentation.mha"
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Model and device options shared by the commands that run models."""
+    g = p.add_argument_group("models")
+    g.add_argument("--model", choices=["demo"], default=None,
+                   help="use the bundled demo model (the default when no bundle is given)")
+    g.add_argument("--cls", type=Path, metavar="BUNDLE", help="classifier bundle folder")
+    g.add_argument("--seg", type=Path, metavar="BUNDLE", help="segmenter bundle folder")
+    g.add_argument("--base", type=Path, metavar="WEIGHTS",
+                   help="FetalCLIP weights the bundles were trained on (FetalCLIP_weights.pt)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the models run (default: auto = CUDA, then Apple MPS, then CPU)")
+
+
+def model_choice(args):
+    from fetaliqa_core.pipeline import ModelChoice
+
+    if args.model == "demo" and (args.cls or args.seg):
+        raise FetalIQAError("Give either --model demo or --cls/--seg bundles, not both.")
+    use_demo = not (args.cls or args.seg)
+    return ModelChoice(model="demo" if use_demo else None, cls=args.cls, seg=args.seg,
+                       base=args.base, device=args.device)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", type=Path, metavar="SWEEP",
+                   help="a sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM), a DICOM series folder, "
+                        "or a folder of sweep files")
+    add_model_arguments(p)
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output folder (default: ./fetaliqa-scores/<sweep name>)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="quality threshold for flagged frames (default 0.5)")
+    p.add_argument("--challenge-output", action="store_true",
+                   help="also write the ACOUSLIC-AI challenge's output files")
+    p.add_argument("--no-cache", action="store_true", help="ignore and do not write cached results")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".mha", ".mhd", ".nrrd", ".nii", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def score_one(path: Path, out: Path, models, args, position: str = "") -> dict:
+    """Score one sweep into ``out`` (written atomically). Returns the summary as JSON."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from fetaliqa_core import io as fio
+    from fetaliqa_core import pipeline
+    from fetaliqa_core.engine import ScoringEngine
+
+    sweep = fio.load_sweep(path)
+    engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=not args.no_cache)
+    bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{path.name}",
+               disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for batch in engine.iter_batches():
+            bar.n = batch.n_done
+            bar.refresh()
+    finally:
+        bar.close()
+    results = engine.results
+    result = pipeline.analyse(sweep, results, models.describe(), args.threshold)
+    with pipeline.atomic_output_dir(out) as tmp:
+        pipeline.write_frames_csv(tmp / "frames.csv", sweep, results, result.flags.candidates)
+        pipeline.write_summary_json(tmp / "summary.json", result.summary)
+        if args.challenge_output:
+            frame = result.summary.chosen_frame
+            (tmp / CHALLENGE_FRAME_FILE).write_text(f"{frame}\n")
+            volume = np.zeros((sweep.n_frames, sweep.height, sweep.width), dtype=np.uint8)
+            if frame >= 0 and results.mask(frame) is not None:
+                from fetaliqa_core.preprocess import mask_to_frame
+
+                volume[frame] = (mask_to_frame(results.mask(frame), sweep.height, sweep.width) > 0)
+            fio.write_volume(tmp / CHALLENGE_MASK_FILE, volume, spacing_mm=sweep.spacing_mm,
+                             compress=True)
+    return result.summary.to_json()
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    chosen = summary["chosen_frame"]
+    print(f"{summary['path']}: {summary['frames_scored']}/{summary['n_frames']} frames scored; "
+          f"chosen frame {chosen if chosen >= 0 else 'none (-1)'}")
+    for s in summary["sweeps"]:
+        if s["best_frame"] < 0:
+            print(f"  sweep {s['sweep']} ({s['kind']}): no frame above threshold")
+            continue
+        ac = f", AC {s['ac_mm']:.1f} mm" if s["ac_mm"] is not None else ""
+        ga = ""
+        if s["ga_weeks"] is not None:
+            ga = f", GA {s['ga_weeks']:.1f} wk" + (" (outside Hadlock's range)" if s["ga_out_of_range"] else "")
+        print(f"  sweep {s['sweep']} ({s['kind']}): best frame {s['best_frame']} "
+              f"(score {s['score']:.2f}){ac}{ga}")
+    print(f"  results in {out}")
+
+
+def run(args) -> int:
+    from fetaliqa_core import pipeline
+
+    path: Path = args.sweep
+    if not path.exists():
+        raise FetalIQAError(f"{path}: no such file or folder. Check the path of the sweep to score.")
+    members = pipeline.sweep_folder_members(path)
+    base_out = args.out or Path("fetaliqa-scores") / _stem(path)
+    models = pipeline.load_models(model_choice(args))
+    if members is None:
+        summary = score_one(path, base_out, models, args)
+        _print_summary(summary, base_out)
+        return 0
+    failures = 0
+    for k, member in enumerate(members, 1):
+        out = base_out / _stem(member)
+        try:
+            summary = score_one(member, out, models, args, position=f"[{k}/{len(members)}] ")
+            _print_summary(summary, out)
+        except FetalIQAError as exc:
+            failures += 1
+            print(f"fetaliqa: {exc}", file=sys.stderr)
+    print(f"scored {len(members) - failures} of {len(members)} sweeps into {base_out}"
+          + (f"; {failures} failed (see above)" if failures else ""))
+    return 1 if failures else 0
