@@ -1,0 +1,205 @@
+"""``fetaliqa gui``: open the viewer (optionally on a sweep), or render it headless to a PNG."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HELP = "Open the viewer: scrub a sweep, watch its quality curve fill in, review flagged frames."
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("sweep", nargs="?", help="sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM) to open")
+    parser.add_argument("--model", choices=["demo"], default=None,
+                        help="use the bundled demo model (the default when no bundle is given)")
+    parser.add_argument("--cls", metavar="BUNDLE", type=Path, help="classifier bundle folder")
+    parser.add_argument("--seg", metavar="BUNDLE", type=Path,
+                        help="segmenter bundle folder (the same folder as --cls for a joint bundle)")
+    parser.add_argument("--base", metavar="WEIGHTS", type=Path, help="FetalCLIP weights file for the bundles")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | mps (default: auto, or the last choice)")
+    parser.add_argument("--db", metavar="FILE", type=Path, default=None,
+                        help="review database (default: the one in the user data folder; remembered)")
+    parser.add_argument("--screenshot", metavar="PNG", type=Path,
+                        help="save a picture of the window when scoring has ended (or at --max-seconds)")
+    parser.add_argument("--exit-when-scored", action="store_true",
+                        help="quit when scoring has ended (after the screenshot)")
+    parser.add_argument("--max-seconds", type=float, default=None, metavar="N",
+                        help="stop scoring after N seconds, take the screenshot and quit")
+
+
+def display_available() -> bool:
+    """False when Qt cannot open a window here (no X/Wayland on Linux, or offscreen asked)."""
+    if os.environ.get("QT_QPA_PLATFORM", "").startswith(("offscreen", "minimal")):
+        return False
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+@dataclass
+class GuiOutcome:
+    """What a headless run produced."""
+
+    code: int
+    complete: bool
+    message: str
+    screenshot: Path | None
+    window: object | None = None  # the MainWindow (still alive until the caller drops it)
+
+
+def ensure_application(headless: bool):
+    """The QApplication (created once), themed; offscreen when ``headless``."""
+    if headless and not os.environ.get("QT_QPA_PLATFORM"):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from PySide6.QtWidgets import QApplication
+
+    from app import theme
+
+    app = QApplication.instance()
+    if app is None:
+        if headless:
+            _quiet_offscreen_warnings()
+        app = QApplication(sys.argv[:1] or ["fetaliqa"])
+        app.setApplicationName("FetalIQA")
+        app.setOrganizationName("FetalIQA")
+        theme.apply_dark_theme(app)
+    return app
+
+
+_NOISE = ("propagateSizeHints",)  # the offscreen platform's note on every window
+
+
+def _quiet_offscreen_warnings() -> None:
+    from PySide6.QtCore import qInstallMessageHandler
+
+    def handler(_mode, _context, message: str) -> None:
+        if not any(n in message for n in _NOISE):
+            print(message, file=sys.stderr)
+
+    qInstallMessageHandler(handler)
+
+
+def model_choice_from_args(args):
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.pipeline import ModelChoice
+
+    if (args.cls or args.seg) and args.model == "demo":
+        raise FetalIQAError("Give either --model demo or --cls/--seg bundles, not both.")
+    if args.base and not (args.cls or args.seg):
+        raise FetalIQAError("--base names the FetalCLIP weights for bundles: add --cls and/or --seg.")
+    if args.cls or args.seg:
+        return ModelChoice(model=None, cls=args.cls, seg=args.seg, base=args.base,
+                           device=args.device or "auto")
+    if args.model == "demo" or args.device:
+        return ModelChoice(model="demo", device=args.device or "auto")
+    return None  # the remembered choice
+
+
+def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | None = None,
+               exit_when_scored: bool = False, max_seconds: float | None = None,
+               headless: bool | None = None, keep_window: bool = False,
+               review_db: Path | None = None) -> GuiOutcome:
+    """Open the main window (optionally on a sweep) and run the event loop.
+
+    With ``exit_when_scored`` or ``max_seconds`` the loop ends by itself: after scoring ends
+    (or the time is up, which cancels scoring) the screenshot is saved and the window closes.
+    """
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    from app.main_window import MainWindow
+    from fetaliqa_core.errors import FetalIQAError
+
+    if headless is None:
+        headless = not display_available()
+    if headless and not (exit_when_scored or max_seconds):
+        exit_when_scored = True  # nothing would ever close an invisible window
+    from fetaliqa_core.io import load_sweep
+
+    ensure_application(headless)
+    # Read the file first: an unreadable one is a one-line error, not a window.
+    sweep = load_sweep(sweep_path) if sweep_path is not None else None
+    from app.settings import AppSettings
+
+    settings = AppSettings.load()
+    if review_db is not None:
+        settings.review_db = str(Path(review_db).expanduser().resolve())
+    win = MainWindow(settings=settings, choice=choice)
+    win.interactive = not headless
+    if headless:
+        win.resize(1600, 1000)
+    win.show()
+    state = {"complete": False, "message": "", "shot": None, "ended": False}
+
+    def finish(complete: bool, message: str) -> None:
+        if state["ended"]:
+            return
+        state["ended"] = True
+        state["complete"], state["message"] = complete, message
+        # Let the last results reach the views before the picture is taken.
+        QTimer.singleShot(150, take_and_maybe_quit)
+
+    def take_and_maybe_quit() -> None:
+        if screenshot is not None:
+            try:
+                state["shot"] = win.save_screenshot(screenshot)
+            except FetalIQAError as exc:
+                state["message"] = str(exc)
+        if exit_when_scored or max_seconds:
+            win.close()
+
+    def time_up() -> None:
+        if not state["ended"]:
+            win.cancel_scoring()
+            QTimer.singleShot(0, lambda: finish(False, f"stopped after {max_seconds:g} s"))
+
+    win.scoring_ended.connect(finish)
+    if sweep is not None:
+        win.add_recent(sweep_path)
+        win.set_sweep(sweep)
+    elif exit_when_scored or screenshot is not None:
+        QTimer.singleShot(300, lambda: finish(False, "no sweep given"))
+    if max_seconds:
+        QTimer.singleShot(int(max_seconds * 1000), time_up)
+    # Ctrl+C in the terminal closes the window cleanly (Python sees signals only between
+    # Qt events, hence the idle timer).
+    import signal
+
+    previous = signal.signal(signal.SIGINT, lambda *_: win.close())
+    wake = QTimer()
+    wake.timeout.connect(lambda: None)
+    wake.start(250)
+    # A local loop that ends when this window closes (not the application's: quitting that
+    # would also end a host program's loop, e.g. a test runner's).
+    loop = QEventLoop()
+    win.closed.connect(loop.quit)
+    try:
+        if win.isVisible():
+            loop.exec()
+    finally:
+        wake.stop()
+        signal.signal(signal.SIGINT, previous)
+    code = 0 if state["complete"] or not (exit_when_scored or max_seconds) else 1
+    return GuiOutcome(code=code, complete=state["complete"], message=state["message"],
+                      screenshot=state["shot"], window=win if keep_window else None)
+
+
+def run(args) -> int:
+    from fetaliqa_core.errors import FetalIQAError
+
+    choice = model_choice_from_args(args)
+    if args.sweep is not None and not Path(args.sweep).expanduser().exists():
+        raise FetalIQAError(f"{args.sweep}: no such file or folder.")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise FetalIQAError("--max-seconds must be a positive number of seconds.")
+    outcome = run_window(args.sweep, choice, args.screenshot, args.exit_when_scored, args.max_seconds,
+                         review_db=args.db)
+    if outcome.screenshot is not None:
+        print(f"screenshot: {outcome.screenshot}")
+    elif args.screenshot is not None:
+        print(f"fetaliqa: no screenshot written ({outcome.message})", file=sys.stderr)
+        return 2
+    if outcome.code and outcome.message:
+        print(f"fetaliqa: scoring did not complete: {outcome.message}", file=sys.stderr)
+    return outcome.code

@@ -1,0 +1,232 @@
+"""The quality curve: per-frame scores over the whole case, linked to the current frame.
+
+x is the frame index. Shown: the classifier's probability and the mask-based score for the
+frames scored so far, a draggable threshold line, the sweeps as shaded bands labelled with
+their kind, a status strip under the curves (grey: not scored yet, green: candidate, red:
+classifier and segmenter disagree), stars on each sweep's best frame, and the cursor line.
+Clicking or dragging on the plot moves the cursor; dragging the cursor line too.
+
+Cost: :meth:`set_cursor` moves one line (every frame change); :meth:`set_results` replots the
+curves and is meant to be called at most ~10 times a second while batches arrive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QFont
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from app import theme
+
+Y_MIN, Y_MAX = -0.16, 1.2
+STRIP = (-0.13, -0.05)  # status strip under the curves
+LABEL_Y = 1.17
+
+
+class _TimelineViewBox(pg.ViewBox):
+    """Left click / drag picks a frame; wheel zooms the frame axis; double click resets."""
+
+    def __init__(self, on_pick, on_reset) -> None:
+        super().__init__(enableMenu=False)
+        self._on_pick = on_pick
+        self._on_reset = on_reset
+        self.setMouseEnabled(x=True, y=False)
+
+    def mouseClickEvent(self, ev):  # noqa: N802
+        if ev.button() == Qt.LeftButton:
+            self._on_pick(self.mapSceneToView(ev.scenePos()).x())
+            ev.accept()
+        else:
+            super().mouseClickEvent(ev)
+
+    def mouseDragEvent(self, ev, axis=None):  # noqa: N802
+        if ev.button() == Qt.LeftButton:
+            ev.accept()
+            self._on_pick(self.mapSceneToView(ev.scenePos()).x())
+        else:
+            super().mouseDragEvent(ev, axis)
+
+    def mouseDoubleClickEvent(self, ev):  # noqa: N802
+        self._on_reset()
+        ev.accept()
+
+
+class QualityCurve(QWidget):
+    """Signals: ``frame_picked(int)`` (click/drag/cursor drag), ``threshold_moved(float)``."""
+
+    frame_picked = Signal(int)
+    threshold_moved = Signal(float)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._n = 0
+        self.vb = _TimelineViewBox(self._pick, self.reset_range)
+        self.plot = pg.PlotWidget(viewBox=self.vb, background=theme.BG)
+        self.plot.setFocusPolicy(Qt.NoFocus)
+        pi = self.plot.getPlotItem()
+        pi.hideButtons()
+        pi.setMenuEnabled(False)
+        pi.showGrid(x=False, y=True, alpha=0.12)
+        for name in ("left", "bottom"):
+            ax = pi.getAxis(name)
+            ax.setPen(pg.mkPen(theme.BORDER))
+            ax.setTextPen(pg.mkPen(theme.TEXT_DIM))
+        pi.getAxis("left").setTicks([[(0, "0"), (0.5, "0.5"), (1, "1")]])
+        pi.getAxis("left").setWidth(34)
+        pi.setLabel("bottom", "frame", color=theme.TEXT_DIM)
+        self.vb.setYRange(Y_MIN, Y_MAX, padding=0)
+        self.vb.setLimits(yMin=Y_MIN, yMax=Y_MAX)
+
+        self._regions: list[pg.LinearRegionItem] = []
+        self._labels: list[pg.TextItem] = []
+
+        self.strip_unscored = pg.PlotCurveItem(pen=pg.mkPen(theme.UNSCORED_COLOUR, width=1), connect="pairs")
+        self.strip_cand = pg.PlotCurveItem(pen=pg.mkPen(theme.CANDIDATE_COLOUR, width=1), connect="pairs")
+        self.strip_dis = pg.PlotCurveItem(pen=pg.mkPen(theme.DISAGREE_COLOUR, width=1), connect="pairs")
+        for it in (self.strip_unscored, self.strip_cand, self.strip_dis):
+            it.setZValue(5)
+            self.vb.addItem(it)
+
+        self.curve_cls = pg.PlotDataItem(pen=pg.mkPen(theme.CLS_COLOUR, width=1.6), name="classifier p",
+                                         antialias=True)
+        self.curve_seg = pg.PlotDataItem(pen=pg.mkPen(theme.SEG_COLOUR, width=1.6), name="mask score",
+                                         antialias=True)
+        for it in (self.curve_cls, self.curve_seg):
+            it.setZValue(10)
+            self.vb.addItem(it)
+        self.best = pg.ScatterPlotItem(symbol="star", size=14, pen=pg.mkPen("#0b0d10", width=0.8),
+                                       brush=pg.mkBrush(theme.BEST_COLOUR))
+        self.best.setZValue(15)
+        self.vb.addItem(self.best)
+
+
+        self.threshold = pg.InfiniteLine(
+            pos=0.5, angle=0, movable=True, bounds=(0.0, 1.0),
+            pen=pg.mkPen(theme.THRESHOLD_COLOUR, width=1.2, style=Qt.DashLine),
+            hoverPen=pg.mkPen(theme.THRESHOLD_COLOUR, width=2.5),
+            label="threshold {value:.2f}",
+            labelOpts={"position": 0.02, "color": theme.THRESHOLD_COLOUR, "anchors": [(0, 1), (0, 1)]})
+        self.threshold.setZValue(20)
+        self.threshold.sigDragged.connect(lambda line: self.threshold_moved.emit(float(line.value())))
+        self.vb.addItem(self.threshold)
+
+        self.cursor = pg.InfiniteLine(pos=0, angle=90, movable=True,
+                                      pen=pg.mkPen(theme.CURSOR_COLOUR, width=1.4),
+                                      hoverPen=pg.mkPen(theme.ACCENT, width=3))
+        self.cursor.setZValue(30)
+        self.cursor.sigDragged.connect(lambda line: self._pick(line.value()))
+        self.vb.addItem(self.cursor)
+
+        self.legend = QLabel(self._legend_html())
+        self.legend.setObjectName("dim")
+        self.legend.setTextFormat(Qt.RichText)
+        self.legend.setContentsMargins(10, 3, 10, 0)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.legend)
+        layout.addWidget(self.plot)
+
+    @staticmethod
+    def _legend_html() -> str:
+        def sw(colour: str, glyph: str = "━━") -> str:
+            return f"<span style='color:{colour}; font-weight:bold'>{glyph}</span>"
+
+        return ("Quality curve &nbsp;&nbsp; "
+                f"{sw(theme.CLS_COLOUR)} classifier p &nbsp; {sw(theme.SEG_COLOUR)} mask score &nbsp; "
+                f"{sw(theme.THRESHOLD_COLOUR, '╌╌')} threshold (drag) &nbsp; "
+                f"{sw(theme.BEST_COLOUR, '★')} best of sweep &nbsp;&nbsp;│&nbsp;&nbsp; strip: "
+                f"{sw(theme.UNSCORED_COLOUR, '▮')} not scored &nbsp; {sw(theme.CANDIDATE_COLOUR, '▮')} candidate "
+                f"&nbsp; {sw(theme.DISAGREE_COLOUR, '▮')} models disagree")
+
+    # -- sweep layout ----------------------------------------------------------------------
+    def set_sweep(self, n_frames: int, sweep_ranges: list[tuple[int, int]], sweep_kinds: list[str]) -> None:
+        """Lay out a new case: bands per sweep, every frame marked as not scored."""
+        self._n = int(n_frames)
+        for it in self._regions + self._labels:
+            self.vb.removeItem(it)
+        self._regions, self._labels = [], []
+        font = QFont()
+        font.setPointSize(8)
+        for k, (a, b) in enumerate(sweep_ranges):
+            shade = QColor(theme.SWEEP_SHADES[k % 2])
+            reg = pg.LinearRegionItem(values=(a - 0.5, b - 0.5), movable=False,
+                                      brush=pg.mkBrush(shade), pen=pg.mkPen(None))
+            for line in reg.lines:
+                line.setPen(pg.mkPen(theme.BORDER if k else None))
+            reg.setZValue(-10)
+            self.vb.addItem(reg)
+            self._regions.append(reg)
+            kind = sweep_kinds[k] if k < len(sweep_kinds) else "unknown"
+            text = f"{k + 1} · {kind}" if kind and kind != "unknown" else f"sweep {k + 1}"
+            lab = pg.TextItem(text, color=theme.TEXT_DIM, anchor=(0, 0))
+            lab.setFont(font)
+            lab.setPos(a + 0.5, LABEL_Y)
+            self.vb.addItem(lab)
+            self._labels.append(lab)
+        self.cursor.setBounds((0, max(self._n - 1, 0)))
+        self.vb.setLimits(xMin=-0.5 - 0.02 * self._n, xMax=self._n - 0.5 + 0.02 * self._n)
+        self.reset_range()
+        self.set_results(None, None)
+
+    def reset_range(self) -> None:
+        if self._n:
+            self.vb.setXRange(-0.5, self._n - 0.5, padding=0.01)
+        self.vb.setYRange(Y_MIN, Y_MAX, padding=0)
+
+    # -- data ------------------------------------------------------------------------------
+    @staticmethod
+    def _ticks(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.repeat(frames.astype(np.float64), 2)
+        y = np.tile(np.array(STRIP), len(frames))
+        return x, y
+
+    def set_results(self, results, flags) -> None:
+        """Replot from an ``engine.SweepResults`` (or None) and ``viewer_model.FlaggedFrames``."""
+        n = self._n
+        if results is None or n == 0:
+            self.curve_cls.setData([], [])
+            self.curve_seg.setData([], [])
+            self.best.setData([], [])
+            self.strip_unscored.setData(*self._ticks(np.arange(n)))
+            self.strip_cand.setData([], [])
+            self.strip_dis.setData([], [])
+            return
+        done = np.flatnonzero(results.done)
+        for curve, arr, has in ((self.curve_cls, results.p_cls, results.has_cls),
+                                (self.curve_seg, results.p_seg, results.has_seg)):
+            if has and len(done):
+                y = arr[done]
+                ok = np.isfinite(y)
+                curve.setData(done[ok].astype(np.float64), y[ok].astype(np.float64))
+            else:
+                curve.setData([], [])
+        self.strip_unscored.setData(*self._ticks(np.flatnonzero(~results.done)))
+        if flags is not None:
+            self.strip_cand.setData(*self._ticks(np.asarray(flags.candidates, dtype=np.int64)))
+            self.strip_dis.setData(*self._ticks(np.asarray(flags.disagreements, dtype=np.int64)))
+            pts = [(b, s) for b, s, ok in zip(flags.best, flags.best_score, flags.best_passes)
+                   if b is not None and s is not None and ok]
+            if pts:
+                xs, ys = zip(*pts)
+                self.best.setData(list(map(float, xs)), list(map(float, ys)))
+            else:
+                self.best.setData([], [])
+        # Legend entries only for the models that exist.
+        self.curve_cls.setVisible(results.has_cls)
+        self.curve_seg.setVisible(results.has_seg)
+
+    def set_cursor(self, frame: int) -> None:
+        if self.cursor.value() != frame:
+            self.cursor.setValue(frame)
+
+    def set_threshold(self, value: float) -> None:
+        if abs(self.threshold.value() - value) > 1e-9:
+            self.threshold.setValue(value)
+
+    def _pick(self, x: float) -> None:
+        if self._n:
+            self.frame_picked.emit(int(min(max(round(x), 0), self._n - 1)))

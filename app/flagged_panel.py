@@ -1,0 +1,112 @@
+"""Flagged frames: the best frame of each sweep, the candidates and the disagreements.
+Clicking a row moves the viewer to that frame."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+
+from app import theme
+from app.viewer_model import FlaggedFrames, ViewerModel
+
+FRAME_ROLE = Qt.UserRole + 1
+
+
+class FlaggedPanel(QWidget):
+    frame_chosen = Signal(int)
+
+    def __init__(self, model: ViewerModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = model
+        self.tree = QTreeWidget()
+        self.tree.setColumnCount(3)
+        self.tree.setHeaderLabels(["frame", "sweep", "score"])
+        self.tree.setRootIsDecorated(True)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setFocusPolicy(Qt.ClickFocus)
+        self.tree.setColumnWidth(0, 130)
+        self.tree.setColumnWidth(1, 90)
+        self.tree.itemClicked.connect(self._clicked)
+        self.tree.itemActivated.connect(self._clicked)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.tree)
+        self._groups: dict[str, QTreeWidgetItem] = {}
+        for key, title, colour in (("best", "Best frame per sweep", theme.BEST_COLOUR),
+                                   ("candidates", "Candidates", theme.CANDIDATE_COLOUR),
+                                   ("disagreements", "Disagreements", theme.DISAGREE_COLOUR)):
+            item = QTreeWidgetItem([title])
+            item.setForeground(0, QBrush(QColor(colour)))
+            item.setFirstColumnSpanned(True)
+            f = item.font(0)
+            f.setBold(True)
+            item.setFont(0, f)
+            self.tree.addTopLevelItem(item)
+            item.setFirstColumnSpanned(True)
+            self._groups[key] = item
+        self._groups["best"].setExpanded(True)
+        self._groups["disagreements"].setExpanded(True)
+        self._shown: tuple | None = None
+
+    def _clicked(self, item: QTreeWidgetItem, _column: int = 0) -> None:
+        frame = item.data(0, FRAME_ROLE)
+        if frame is not None:
+            self.frame_chosen.emit(int(frame))
+
+    def _score(self, frame: int) -> str:
+        v = self.model.frame_values(frame)
+        parts = []
+        if v["p_cls"] is not None:
+            parts.append(f"c {v['p_cls']:.2f}")
+        if v["p_seg"] is not None:
+            parts.append(f"m {v['p_seg']:.2f}")
+        return "  ".join(parts)
+
+    def _row(self, frame: int, label: str | None = None) -> QTreeWidgetItem:
+        k = self.model.sweep_index(frame)
+        kind = self.model.sweep_kinds[k] if k < len(self.model.sweep_kinds) else ""
+        item = QTreeWidgetItem([label or str(frame), f"{k + 1} {kind[:5]}".strip(), self._score(frame)])
+        item.setData(0, FRAME_ROLE, int(frame))
+        return item
+
+    def update_flags(self, flags: FlaggedFrames) -> None:
+        """Rebuild the lists if they changed (cheap no-op otherwise)."""
+        key = (tuple(flags.best), tuple(flags.best_passes), tuple(flags.candidates),
+               tuple(flags.disagreements), self.model.n_frames)
+        if key == self._shown:
+            return
+        self._shown = key
+        self.tree.setUpdatesEnabled(False)
+        try:
+            best = self._groups["best"]
+            best.takeChildren()
+            for k, (b, ok) in enumerate(zip(flags.best, flags.best_passes)):
+                if b is None:
+                    continue
+                item = self._row(b, f"{b}" + ("  ★" if b == flags.chosen else ""))
+                if not ok:
+                    item.setForeground(0, QBrush(QColor(theme.TEXT_DIM)))
+                    item.setToolTip(0, "best of this sweep, but below the threshold")
+                best.addChild(item)
+            best.setText(0, f"Best frame per sweep ({sum(b is not None for b in flags.best)})")
+            for name, title in (("candidates", "Candidates"), ("disagreements", "Disagreements")):
+                group = self._groups[name]
+                group.takeChildren()
+                frames = getattr(flags, name)
+                group.addChildren([self._row(f) for f in frames])
+                group.setText(0, f"{title} ({len(frames)})")
+        finally:
+            self.tree.setUpdatesEnabled(True)
+
+    def rows(self, group: str) -> list[int]:
+        """Frames listed under a group (for tests and keyboard navigation)."""
+        g = self._groups[group]
+        return [int(g.child(i).data(0, FRAME_ROLE)) for i in range(g.childCount())]
+
+    def item_for(self, group: str, frame: int) -> QTreeWidgetItem | None:
+        g = self._groups[group]
+        for i in range(g.childCount()):
+            if int(g.child(i).data(0, FRAME_ROLE)) == frame:
+                return g.child(i)
+        return None

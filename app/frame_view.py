@@ -1,0 +1,263 @@
+"""The frame, its segmentation overlay and the fitted AC ellipse (pyqtgraph).
+
+Showing a frame is kept to the minimum: one ``setImage`` of the uint8 frame with fixed levels
+(no autolevel, no copy), and one of the 224x224 label mask through a precomputed colour table.
+The mask is not resampled to the frame: its image item is placed over the frame where the
+model saw it (the frame centred in a zero-padded square, ``preprocess.pad_geometry``), so Qt
+scales it while drawing. The padding rows/columns of the mask are cut off so that nothing is
+drawn outside the frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QPen
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from app import theme
+
+pg.setConfigOptions(imageAxisOrder="row-major")
+
+WHEEL_STEP = 120  # one notch of a mouse wheel (Qt angle delta units)
+CORNER_SIZE = (340, 64)  # px: room for three lines of corner annotation
+
+
+class FrameItem(pg.GraphicsObject):
+    """A uint8 grey frame drawn as fast as Qt allows (fixed levels 0-255, no lookup).
+
+    The frame is converted once per change to the 32-bit RGB layout the raster engine
+    paints without conversion; drawing a greyscale QImage scaled costs ~3x more per paint.
+    ``image``: the (H, W) array shown (as with pyqtgraph's ImageItem).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image: np.ndarray | None = None
+        self._qimage: QImage | None = None
+        self._rect = QRectF()
+
+    def setImage(self, frame: np.ndarray) -> None:  # noqa: N802 (pyqtgraph naming)
+        a = np.ascontiguousarray(frame, dtype=np.uint8)
+        h, w = a.shape
+        grey = QImage(a.data, w, h, int(a.strides[0]), QImage.Format_Grayscale8)
+        self._qimage = grey.convertToFormat(QImage.Format_RGB32)  # owns its pixels
+        self.image = a
+        if self._rect.width() != w or self._rect.height() != h:
+            self.prepareGeometryChange()
+            self._rect = QRectF(0, 0, w, h)
+        self.update()
+
+    def clear(self) -> None:
+        self.image = None
+        self._qimage = None
+        self.update()
+
+    def boundingRect(self) -> QRectF:  # noqa: N802
+        return QRectF(self._rect)
+
+    def paint(self, painter, *args) -> None:
+        if self._qimage is not None:
+            painter.drawImage(self._rect, self._qimage)
+
+
+class _ScrubViewBox(pg.ViewBox):
+    """Wheel scrubs frames (like slice scrolling in ITK-SNAP / 3D Slicer); Ctrl+wheel zooms."""
+
+    def __init__(self, on_scrub) -> None:
+        super().__init__(lockAspect=True, invertY=True, enableMenu=False)
+        self._on_scrub = on_scrub
+        self._wheel_accum = 0
+
+    def wheelEvent(self, ev, axis=None):  # noqa: N802 (Qt naming)
+        if ev.modifiers() & Qt.ControlModifier:
+            super().wheelEvent(ev, axis)
+            return
+        self._wheel_accum += ev.delta()
+        steps = int(self._wheel_accum / WHEEL_STEP)
+        if steps:
+            self._wheel_accum -= steps * WHEEL_STEP
+            # Wheel away from the user = forward in the sweep.
+            self._on_scrub(-steps)
+        ev.accept()
+
+    def mouseDoubleClickEvent(self, ev):  # noqa: N802
+        self.autoRange(padding=0.0)
+        ev.accept()
+
+
+def mask_placement(height: int, width: int, mask_size: int) -> tuple[slice, slice, QRectF]:
+    """Which part of a ``mask_size`` square model mask covers an ``height`` x ``width`` frame,
+    and where that part lies in frame pixel coordinates (x = column, y = row)."""
+    from fetaliqa_core.preprocess import pad_geometry
+
+    g = pad_geometry(height, width)
+    scale = g.side / mask_size  # frame pixels per model pixel
+    r0 = int(np.floor(g.top / scale))
+    r1 = int(np.ceil((g.top + height) / scale))
+    c0 = int(np.floor(g.left / scale))
+    c1 = int(np.ceil((g.left + width) / scale))
+    rect = QRectF(c0 * scale - g.left, r0 * scale - g.top, (c1 - c0) * scale, (r1 - r0) * scale)
+    return slice(r0, r1), slice(c0, c1), rect
+
+
+class FrameView(QWidget):
+    """Shows one frame with overlay and annotations. ``scrub(int)``: wheel steps asked for."""
+
+    scrub = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.graphics = pg.GraphicsView(background=theme.BG)
+        self.view = _ScrubViewBox(self.scrub.emit)
+        self.view.setMouseEnabled(True, True)
+        self.graphics.setCentralItem(self.view)
+        self.graphics.setFocusPolicy(Qt.NoFocus)
+
+        self.image = FrameItem()
+        self.view.addItem(self.image)
+        self.overlay = pg.ImageItem(axisOrder="row-major")
+        self.overlay.setZValue(10)
+        self.overlay.hide()
+        self.view.addItem(self.overlay)
+        self._lut = theme.overlay_lut()
+
+        pen = QPen(QColor(theme.ELLIPSE_COLOUR))
+        pen.setWidthF(2.0)
+        pen.setCosmetic(True)
+        self.ellipse = pg.PlotCurveItem(pen=pen, antialias=True)
+        self.ellipse.setZValue(20)
+        self.view.addItem(self.ellipse)
+        self.ellipse_label = pg.TextItem("", color=theme.ELLIPSE_COLOUR, anchor=(0.5, 1.0),
+                                         fill=pg.mkBrush(0, 0, 0, 150))
+        f = QFont()
+        f.setPointSize(11)
+        f.setBold(True)
+        self.ellipse_label.setFont(f)
+        self.ellipse_label.setZValue(21)
+        self.view.addItem(self.ellipse_label)
+        self.ellipse.hide()
+        self.ellipse_label.hide()
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.graphics)
+
+        # Corner annotations (as in clinical viewers): drawn as labels over the view.
+        self.corner_tl = self._corner(Qt.AlignLeft | Qt.AlignTop)
+        self.corner_tr = self._corner(Qt.AlignRight | Qt.AlignTop)
+        self.corner_bl = self._corner(Qt.AlignLeft | Qt.AlignBottom)
+        self.corner_br = self._corner(Qt.AlignRight | Qt.AlignBottom)
+        self.placeholder = QLabel("Open a sweep (File ▸ Open, or drop a file here)", self)
+        self.placeholder.setObjectName("placeholder")
+        self.placeholder.setAlignment(Qt.AlignCenter)
+
+        self._shape: tuple[int, int] | None = None
+        self._mask_slices: tuple[slice, slice] | None = None
+        self._mask_size = 0
+        self._mask_shown: np.ndarray | None = None  # the array on screen (identity check)
+
+    def _corner(self, align) -> QLabel:
+        # A fixed box, text aligned inside it: changing the text never re-lays anything out.
+        lab = QLabel(self)
+        lab.setObjectName("corner")
+        lab.setAlignment(align)
+        lab.setAttribute(Qt.WA_TransparentForMouseEvents)
+        lab.setTextFormat(Qt.RichText)
+        lab.setFixedSize(CORNER_SIZE[0], CORNER_SIZE[1])
+        return lab
+
+    def resizeEvent(self, ev):  # noqa: N802
+        super().resizeEvent(ev)
+        self._place_corners()
+        self.placeholder.setGeometry(0, 0, self.width(), self.height())
+
+    def set_corners(self, tl: str = "", tr: str = "", bl: str = "", br: str = "") -> None:
+        for lab, text in ((self.corner_tl, tl), (self.corner_tr, tr),
+                          (self.corner_bl, bl), (self.corner_br, br)):
+            if lab.text() != text:
+                lab.setText(text)
+
+    def _place_corners(self) -> None:
+        w, h, m = self.width(), self.height(), 10
+        self.corner_tl.move(m, m)
+        self.corner_tr.move(max(0, w - self.corner_tr.width() - m), m)
+        self.corner_bl.move(m, max(0, h - self.corner_bl.height() - m))
+        self.corner_br.move(max(0, w - self.corner_br.width() - m), max(0, h - self.corner_br.height() - m))
+
+    # -- content ---------------------------------------------------------------------------
+    def set_frame(self, frame: np.ndarray) -> None:
+        """Show a (H, W) uint8 frame. Fixed levels 0-255: no per-frame statistics."""
+        shape = (int(frame.shape[0]), int(frame.shape[1]))
+        self.image.setImage(frame)
+        if shape != self._shape:
+            self._shape = shape
+            self._mask_slices = None
+            self.view.setLimits(xMin=-shape[1], xMax=2 * shape[1], yMin=-shape[0], yMax=2 * shape[0])
+            self.view.setRange(QRectF(0, 0, shape[1], shape[0]), padding=0.0)
+            self.placeholder.hide()
+
+    def clear(self) -> None:
+        self.image.clear()
+        self.overlay.clear()
+        self.hide_ellipse()
+        self._shape = None
+        self._mask_shown = None
+        self.placeholder.show()
+
+    def set_mask(self, mask: np.ndarray | None) -> None:
+        """Show a (S, S) uint8 label mask at model resolution, or hide the overlay (None)."""
+        if mask is None or self._shape is None:
+            if self._mask_shown is not None:
+                self.overlay.hide()
+                self._mask_shown = None
+            return
+        if mask is self._mask_shown and self.overlay.isVisible():
+            return
+        size = int(mask.shape[-1])
+        if self._mask_slices is None or size != self._mask_size:
+            rows, cols, rect = mask_placement(self._shape[0], self._shape[1], size)
+            self._mask_slices = (rows, cols)
+            self._mask_size = size
+            self._mask_rect = rect
+        rows, cols = self._mask_slices
+        part = mask[rows, cols]
+        # Draw only the mask's bounding box: blending a scaled image costs per pixel drawn.
+        any_r = np.flatnonzero(part.any(axis=1))
+        if not len(any_r):
+            self.overlay.hide()
+            self._mask_shown = mask
+            return
+        any_c = np.flatnonzero(part.any(axis=0))
+        r0, r1, c0, c1 = int(any_r[0]), int(any_r[-1]) + 1, int(any_c[0]), int(any_c[-1]) + 1
+        scale = self._mask_rect.width() / part.shape[1]
+        self.overlay.setImage(part[r0:r1, c0:c1], autoLevels=False, levels=(0, 255), lut=self._lut)
+        self.overlay.setRect(QRectF(self._mask_rect.x() + c0 * scale, self._mask_rect.y() + r0 * scale,
+                                    (c1 - c0) * scale, (r1 - r0) * scale))
+        self.overlay.show()
+        self._mask_shown = mask
+
+    def set_overlay_opacity(self, opacity: float) -> None:
+        self.overlay.setOpacity(float(opacity))
+
+    def set_overlay_visible(self, on: bool) -> None:
+        """Hide the overlay; showing it again happens through the next :meth:`set_mask`."""
+        if not on:
+            self.overlay.hide()
+            self._mask_shown = None
+
+    def show_ellipse(self, points: np.ndarray, text: str) -> None:
+        """Draw a closed outline ``points`` (n, 2) of (x, y) pixels with a label above it."""
+        pts = np.vstack([points, points[:1]])
+        self.ellipse.setData(pts[:, 0], pts[:, 1])
+        top = int(np.argmin(pts[:, 1]))
+        self.ellipse_label.setText(text)
+        self.ellipse_label.setPos(float(pts[:, 0].mean()), float(pts[top, 1]) - 6)
+        self.ellipse.show()
+        self.ellipse_label.show()
+
+    def hide_ellipse(self) -> None:
+        if self.ellipse.isVisible():
+            self.ellipse.hide()
+            self.ellipse_label.hide()

@@ -1,0 +1,115 @@
+"""Dialog to choose the models: the demo model, or FetalCLIP weights plus classifier and/or
+segmenter bundles, and the device. It only collects the choice; loading (and any error about
+the files) happens in the scoring worker, and errors come back as a message box."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from fetaliqa_core.pipeline import ModelChoice
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class _PathField(QWidget):
+    def __init__(self, placeholder: str, pick_dir: bool, file_filter: str = "") -> None:
+        super().__init__()
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.edit.setMinimumWidth(360)
+        self.button = QPushButton("Browse…")
+        self.button.clicked.connect(self._browse)
+        self._dir = pick_dir
+        self._filter = file_filter
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.edit, 1)
+        lay.addWidget(self.button)
+
+    def _browse(self) -> None:
+        start = self.edit.text() or str(Path.home())
+        if self._dir:
+            path = QFileDialog.getExistingDirectory(self, "Choose a bundle folder", start)
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Choose FetalCLIP weights", start, self._filter)
+        if path:
+            self.edit.setText(path)
+
+    def value(self) -> Path | None:
+        text = self.edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+
+class ModelDialog(QDialog):
+    def __init__(self, choice: ModelChoice, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Models")
+        self.demo = QRadioButton("Demo model (small, trained on synthetic sweeps)")
+        self.custom = QRadioButton("FetalCLIP with my bundles")
+        group = QButtonGroup(self)
+        group.addButton(self.demo)
+        group.addButton(self.custom)
+        self.base = _PathField("FetalCLIP_weights.pt (empty: the weights the bundle names)", False,
+                               "Weights (*.pt *.pth *.safetensors);;All files (*)")
+        self.cls = _PathField("classifier bundle folder (optional)", True)
+        self.seg = _PathField("segmenter bundle folder (optional; same folder for a joint bundle)", True)
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+
+        form = QFormLayout()
+        form.addRow("FetalCLIP weights", self.base)
+        form.addRow("Classifier", self.cls)
+        form.addRow("Segmenter", self.seg)
+        self.custom_box = QWidget()
+        self.custom_box.setLayout(form)
+
+        dev_row = QFormLayout()
+        dev_row.addRow("Device", self.device)
+        note = QLabel("auto: CUDA GPU, then Apple GPU, then CPU. On a CPU a full FetalCLIP model "
+                      "scores about one frame per second; frames near the cursor come first.")
+        note.setObjectName("dim")
+        note.setWordWrap(True)
+
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.demo)
+        lay.addWidget(self.custom)
+        lay.addWidget(self.custom_box)
+        lay.addLayout(dev_row)
+        lay.addWidget(note)
+        lay.addWidget(buttons)
+
+        self.demo.toggled.connect(lambda on: self.custom_box.setEnabled(not on))
+        is_demo = choice.model == "demo" and not (choice.cls or choice.seg)
+        (self.demo if is_demo else self.custom).setChecked(True)
+        self.custom_box.setEnabled(not is_demo)
+        for fld, value in ((self.base, choice.base), (self.cls, choice.cls), (self.seg, choice.seg)):
+            fld.edit.setText(str(value) if value else "")
+        idx = self.device.findText(choice.device or "auto")
+        self.device.setCurrentIndex(max(idx, 0))
+
+    def choice(self) -> ModelChoice:
+        device = self.device.currentText()
+        if self.demo.isChecked():
+            return ModelChoice(model="demo", device=device)
+        return ModelChoice(model=None, cls=self.cls.value(), seg=self.seg.value(),
+                           base=self.base.value(), device=device)

@@ -1,0 +1,361 @@
+"""Review panel: a trainer goes through a queue of flagged frames and enters verdicts.
+
+Keys (window-wide while a review is open): ``1`` optimal, ``2`` suboptimal, ``0`` not usable
+(choose the label), Enter save-and-next, ``[`` / ``]`` previous / next in the queue. Each
+verdict is committed to the review database when it is saved. The viewer (frame, overlay,
+curve cursor) follows the queue. The reviewer's name is asked once and remembered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QApplication,
+    QButtonGroup,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.review_session import ReviewSession
+from app.settings import AppSettings
+from app.viewer_model import QUEUE_KINDS, ViewerModel
+from fetaliqa_core.errors import FetalIQAError
+
+LABEL_KEYS = {"1": "optimal", "2": "suboptimal", "0": "not_usable"}
+LABEL_TITLES = {"optimal": "1  Optimal", "suboptimal": "2  Suboptimal", "not_usable": "0  Not usable"}
+QUEUE_TITLES = {"candidates": "Candidates", "disagreements": "Disagreements",
+                "unreviewed": "Unreviewed", "all": "All frames"}
+
+
+class ReviewPanel(QWidget):
+    """``message(str)`` reports what happened (for the status bar)."""
+
+    message = Signal(str)
+
+    def __init__(self, model: ViewerModel, settings: AppSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = model
+        self.settings = settings
+        self.session: ReviewSession | None = None
+        self._store = None
+        self.bundles: dict = {}
+        self._pending: str | None = None
+
+        self.reviewer_label = QLabel()
+        self.reviewer_label.setObjectName("dim")
+        self.change_reviewer = QPushButton("Change…")
+        self.change_reviewer.setFocusPolicy(Qt.NoFocus)
+        self.change_reviewer.clicked.connect(self._ask_reviewer)
+        self.start_button = QPushButton("Start review")
+        self.start_button.clicked.connect(self.start)
+
+        self.queue_combo = QComboBox()
+        for kind in QUEUE_KINDS:
+            self.queue_combo.addItem(QUEUE_TITLES[kind], kind)
+        self.queue_combo.setFocusPolicy(Qt.NoFocus)
+        self.queue_combo.currentIndexChanged.connect(self._queue_changed)
+
+        self.progress_label = QLabel("0 / 0 reviewed")
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setMaximumHeight(6)
+        self.progress_bar.setStyleSheet("QProgressBar { min-width: 0; }")
+        self.where_label = QLabel("")
+        self.where_label.setWordWrap(True)
+        self.verdict_label = QLabel("")
+        self.verdict_label.setObjectName("dim")
+
+        self.label_buttons: dict[str, QPushButton] = {}
+        self._group = QButtonGroup(self)
+        self._group.setExclusive(True)
+        row = QHBoxLayout()
+        for label in LABEL_KEYS.values():
+            b = QPushButton(LABEL_TITLES[label])
+            b.setObjectName(f"verdict_{label}")
+            b.setCheckable(True)
+            b.setFocusPolicy(Qt.NoFocus)
+            b.clicked.connect(lambda _=False, lab=label: self.choose(lab))
+            self._group.addButton(b)
+            self.label_buttons[label] = b
+            row.addWidget(b)
+
+        self.note = QLineEdit()
+        self.note.setPlaceholderText("note (optional)")
+        self.note.returnPressed.connect(self.save_and_next)
+        self.prev_button = QPushButton("◀ Prev")
+        self.next_button = QPushButton("Next ▶")
+        self.save_button = QPushButton("Save && next  ⏎")
+        for b in (self.prev_button, self.next_button, self.save_button):
+            b.setFocusPolicy(Qt.NoFocus)
+        self.prev_button.clicked.connect(lambda: self.move(-1))
+        self.next_button.clicked.connect(lambda: self.move(1))
+        self.save_button.clicked.connect(self.save_and_next)
+        self.export_button = QPushButton("Export report…")
+        self.export_button.setFocusPolicy(Qt.NoFocus)
+        self.export_button.clicked.connect(self.export_report)
+
+        top = QHBoxLayout()
+        top.addWidget(self.reviewer_label, 1)
+        top.addWidget(self.change_reviewer)
+        qrow = QHBoxLayout()
+        qrow.addWidget(QLabel("Queue"))
+        qrow.addWidget(self.queue_combo, 1)
+        nav = QHBoxLayout()
+        nav.addWidget(self.prev_button)
+        nav.addWidget(self.next_button)
+        nav.addWidget(self.save_button, 1)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(8, 8, 8, 8)
+        lay.addLayout(top)
+        lay.addWidget(self.start_button)
+        lay.addLayout(qrow)
+        lay.addWidget(self.progress_label)
+        lay.addWidget(self.progress_bar)
+        lay.addWidget(self.where_label)
+        lay.addWidget(self.verdict_label)
+        lay.addLayout(row)
+        lay.addWidget(self.note)
+        lay.addLayout(nav)
+        lay.addStretch(1)
+        lay.addWidget(self.export_button)
+
+        model.events.review.connect(self.refresh)
+        model.events.frame.connect(self._frame_changed)
+        model.events.sweep.connect(self.close_session)
+        self._update_reviewer_label()
+        self._set_active(False)
+
+    # -- session ---------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self.session is not None
+
+    def store(self):
+        if self._store is None:
+            from fetaliqa_core.review import ReviewStore
+
+            db = self.settings.review_db or None
+            self._store = ReviewStore(Path(db) if db else None)
+        return self._store
+
+    def close_store(self) -> None:
+        self.session = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def _update_reviewer_label(self) -> None:
+        name = self.settings.reviewer or "—"
+        self.reviewer_label.setText(f"Reviewer: <b>{name}</b>")
+
+    def _ask_reviewer(self) -> bool:
+        name, ok = QInputDialog.getText(self, "Reviewer", "Your name (saved with each verdict):",
+                                        text=self.settings.reviewer)
+        name = name.strip() if ok else ""
+        if not name:
+            return False
+        self.settings.reviewer = name
+        self.settings.save()
+        self._update_reviewer_label()
+        if self.session is not None:
+            self.start()
+        return True
+
+    def start(self) -> bool:
+        """Open the review of the current sweep, resuming where this reviewer stopped."""
+        if self.model.sweep is None:
+            self.message.emit("Open a sweep to review it.")
+            return False
+        if not self.settings.reviewer and not self._ask_reviewer():
+            return False
+        self._update_reviewer_label()
+        QApplication.setOverrideCursor(Qt.WaitCursor)
+        try:
+            session = ReviewSession(self.model, self.store(), self.settings.reviewer)
+            session.bundles = dict(self.bundles)
+            session.open_sweep()
+            session.sync_run()
+            self.session = session
+            session.resume()
+        except FetalIQAError as exc:
+            self.session = None
+            QMessageBox.warning(self, "Review", str(exc))
+            return False
+        finally:
+            QApplication.restoreOverrideCursor()
+        self._set_active(True)
+        self._select_combo(self.model.queue_kind)
+        self.refresh()
+        self.message.emit(f"Reviewing as {self.settings.reviewer}: resumed at frame {self.model.frame}.")
+        return True
+
+    def close_session(self) -> None:
+        self.session = None
+        self._pending = None
+        self._set_active(False)
+        self.refresh()
+
+    def results_updated(self, final: bool = False) -> None:
+        """New results (scoring finished or models changed): store the run, refresh the queue."""
+        if self.session is None:
+            return
+        self.session.bundles = dict(self.bundles)
+        if self.session.sync_run() or final:
+            self.session.set_queue(self.model.queue_kind, self.model.queue_frame)
+
+    def _set_active(self, on: bool) -> None:
+        for w in (self.queue_combo, self.note, self.prev_button, self.next_button, self.save_button,
+                  *self.label_buttons.values()):
+            w.setEnabled(on)
+        self.start_button.setVisible(not on)
+
+    def _select_combo(self, kind: str) -> None:
+        idx = self.queue_combo.findData(kind)
+        if idx >= 0 and idx != self.queue_combo.currentIndex():
+            self.queue_combo.blockSignals(True)
+            self.queue_combo.setCurrentIndex(idx)
+            self.queue_combo.blockSignals(False)
+
+    def _queue_changed(self, _index: int) -> None:
+        if self.session is None:
+            return
+        kind = self.queue_combo.currentData()
+        self.session.set_queue(kind, self.model.frame)
+        self.session.store.set_position(self.session.sweep_id, self.session.reviewer,
+                                        self.model.frame, kind)
+
+    # -- actions ---------------------------------------------------------------------------
+    def choose(self, label: str) -> None:
+        """Choose a label (keys 1 / 2 / 0); Enter saves it."""
+        if self.session is None and not self.start():
+            return
+        self._pending = label
+        self.label_buttons[label].setChecked(True)
+        self.message.emit(f"Frame {self.model.frame}: {label.replace('_', ' ')} — Enter saves and goes on.")
+
+    def save_and_next(self) -> None:
+        if self.session is None:
+            return
+        if self._pending is None:
+            self.message.emit("Choose a verdict first: 1 optimal, 2 suboptimal, 0 not usable.")
+            return
+        frame, label = self.model.frame, self._pending
+        try:
+            self.session.record(label, self.note.text().strip())
+        except FetalIQAError as exc:
+            QMessageBox.warning(self, "Review", str(exc))
+            return
+        self.message.emit(f"Saved frame {frame}: {label.replace('_', ' ')}.")
+        self._pending = None
+        self.note.clear()
+        self._sync_buttons()
+
+    def move(self, delta: int) -> None:
+        if self.session is not None:
+            self.session.move(delta)
+
+    def export_report(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export review report", str(Path.home() / "fetaliqa-review.pdf"),
+            "PDF (*.pdf);;HTML (*.html);;CSV (*.csv)")
+        if path:
+            self.write_report(Path(path))
+
+    def write_report(self, out: Path) -> Path | None:
+        """Write the report of the sweep under review (all sweeps in the database when none)."""
+        from app.report_pdf import html_to_pdf
+        from fetaliqa_core.io import load_sweep
+        from fetaliqa_core.review.report import build_report
+
+        if out.suffix.lower() not in (".pdf", ".html", ".csv"):
+            out = out.with_suffix(".pdf")
+        current = self.model.sweep
+
+        def frames_of(path: str):
+            if current is not None and current.path is not None and str(current.path) == str(path):
+                return current.frames
+            return load_sweep(path).frames
+
+        QApplication.setOverrideCursor(Qt.WaitCursor)
+        try:
+            if self.session is not None:
+                self.session.sync_run()
+            ids = [self.session.sweep_id] if self.session is not None else None
+            result = build_report(self.store(), out, ids, sweep_loader=frames_of, pdf_writer=html_to_pdf)
+        except FetalIQAError as exc:
+            QMessageBox.warning(self, "Export report", str(exc))
+            return None
+        finally:
+            QApplication.restoreOverrideCursor()
+        self.message.emit(f"Report written: {result}")
+        return result
+
+    def export_labels(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export reviewer labels (training CSV)", str(Path.home() / "fetaliqa-labels.csv"),
+            "CSV (*.csv)")
+        if path:
+            self.write_labels(Path(path))
+
+    def write_labels(self, out: Path) -> int | None:
+        """Every reviewer's latest label per frame, all sweeps, as the training script takes them."""
+        from fetaliqa_core.review.report import write_labels_csv
+
+        try:
+            n = write_labels_csv(self.store(), out)
+        except FetalIQAError as exc:
+            QMessageBox.warning(self, "Export labels", str(exc))
+            return None
+        self.message.emit(f"{n} labels written: {out}")
+        return n
+
+    # -- display ---------------------------------------------------------------------------
+    def _frame_changed(self, frame: int) -> None:
+        self.model.queue_goto_frame(frame)
+        self._pending = None
+        self._sync_buttons()
+        self._update_where()
+
+    def _sync_buttons(self) -> None:
+        label = self._pending or self.model.verdicts.get(self.model.frame)
+        self._group.setExclusive(False)
+        for name, b in self.label_buttons.items():
+            b.setChecked(name == label)
+        self._group.setExclusive(True)
+
+    def _update_where(self) -> None:
+        m = self.model
+        if self.session is None:
+            self.where_label.setText("")
+            self.verdict_label.setText("Press Start review, or a verdict key (1 / 2 / 0)."
+                                       if m.sweep is not None else "")
+            return
+        qf = m.queue_frame
+        pos = f"{m.queue_pos + 1} of {len(m.queue)} in queue" if qf == m.frame and m.queue else "not in this queue"
+        k = m.sweep_index()
+        kind = m.sweep_kinds[k] if k < len(m.sweep_kinds) else ""
+        self.where_label.setText(f"<b>Frame {m.frame}</b> · sweep {k + 1} {kind} · {pos}")
+        saved = m.verdicts.get(m.frame)
+        self.verdict_label.setText(f"Your verdict: {saved.replace('_', ' ')}" if saved else "Not reviewed yet")
+
+    def refresh(self) -> None:
+        done, total = self.model.review_progress
+        self.progress_label.setText(f"<b>{done} / {total}</b> reviewed")
+        self.progress_bar.setMaximum(max(total, 1))
+        self.progress_bar.setValue(done)
+        if self.session is not None:
+            self._select_combo(self.model.queue_kind)
+        self._sync_buttons()
+        self._update_where()

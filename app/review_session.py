@@ -1,0 +1,132 @@
+"""One reviewer working through one sweep's flagged frames, without Qt.
+
+Joins the viewer's state (:class:`app.viewer_model.ViewerModel`) to the review database
+(:class:`fetaliqa_core.review.ReviewStore`): the store decides what is in each queue and keeps
+every verdict and the resume position; this class turns key presses into store calls and keeps
+the viewer on the queue's current frame.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from app.viewer_model import ViewerModel
+
+
+class ReviewSession:
+    """Review of the sweep shown by ``model``; ``bundles`` describes the models for the store."""
+
+    def __init__(self, model: ViewerModel, store, reviewer: str) -> None:
+        self.model = model
+        self.store = store
+        self.reviewer = reviewer.strip()
+        self.sweep_id: int | None = None
+        self._stored_version: int | None = None
+        self._stored_threshold: float | None = None
+        self.bundles: dict = {}
+
+    # -- sweep and model run ---------------------------------------------------------------
+    def open_sweep(self) -> int:
+        """Register the model's sweep in the store (by content hash) and load the verdicts."""
+        self.sweep_id = self.store.add_sweep_from(self.model.sweep)
+        self._stored_version = None
+        self._load_verdicts()
+        return self.sweep_id
+
+    def sync_run(self, force: bool = False) -> bool:
+        """Store the results shown now as a model run if they changed since the last one.
+
+        The store's queues and the reviewer/model agreement come from the latest run.
+        Returns True when a run was added.
+        """
+        m = self.model
+        if self.sweep_id is None or m.results is None or m.results.n_done == 0:
+            return False
+        if (not force and self._stored_version == m.results_version
+                and self._stored_threshold == m.threshold):
+            return False
+        r = m.results
+        flags = m.flags
+        flagged = np.zeros(m.n_frames, dtype=bool)
+        flagged[flags.candidates] = True
+        chosen = flags.chosen
+        ac_mm = ga_weeks = None
+        masks = {}
+        if chosen is not None:
+            ac = m.measure_ac(chosen)
+            if ac is not None:
+                ac_mm = float(ac.ac_mm)
+                ga = m.gestational_age(ac)
+                ga_weeks = None if ga is None or not math.isfinite(ga.weeks) else float(ga.weeks)
+        if r.has_seg:
+            wanted = set(flags.candidates) | set(flags.disagreements)
+            wanted |= {b for b in flags.best if b is not None}
+            masks = {f: r.masks[f] for f in sorted(wanted) if f in r.masks}
+        self.store.add_model_run(
+            self.sweep_id, self.bundles,
+            r.p_cls if r.has_cls else np.full(m.n_frames, np.nan, np.float32),
+            r.p_seg if r.has_seg else np.full(m.n_frames, np.nan, np.float32),
+            np.maximum(r.seg_area_px, 0), flagged, threshold=m.threshold,
+            chosen_frame=chosen, ac_mm=ac_mm, ga_weeks=ga_weeks, masks=masks)
+        self._stored_version = m.results_version
+        self._stored_threshold = m.threshold
+        return True
+
+    # -- queue -----------------------------------------------------------------------------
+    def _load_verdicts(self) -> None:
+        verdicts = {v.frame: v.label for v in self.store.verdicts(self.sweep_id, self.reviewer)}
+        self.model.set_verdicts(verdicts, self._progress(self.model.queue_kind))
+
+    def _progress(self, kind: str) -> tuple[int, int]:
+        return self.store.progress(self.sweep_id, self.reviewer, kind)
+
+    def set_queue(self, kind: str, frame: int | None = None) -> None:
+        """Load a queue and go to ``frame`` if it is in it, else to its first unreviewed frame."""
+        frames = self.store.review_queue(self.sweep_id, kind, self.reviewer)
+        if frame is not None and frame in frames:
+            pos = frames.index(frame)
+        else:
+            pos = next((k for k, f in enumerate(frames) if f not in self.model.verdicts), 0)
+        self.model.set_review_queue(kind, frames, pos, self._progress(kind))
+
+    def resume(self, default_kind: str = "candidates") -> None:
+        """Go back to where this reviewer stopped in this sweep (also after a restart)."""
+        pos = self.store.last_position(self.sweep_id, self.reviewer)
+        kind = pos.queue if pos is not None and pos.queue else default_kind
+        self.set_queue(kind, None if pos is None else pos.frame)
+        if pos is not None and self.model.queue_frame != pos.frame and kind != "all":
+            # The frame left the queue (e.g. reviewed in "unreviewed"): still show it.
+            self.model.set_frame(pos.frame)
+
+    def move(self, delta: int) -> int | None:
+        frame = self.model.queue_move(delta)
+        if frame is not None:
+            self.store.set_position(self.sweep_id, self.reviewer, frame, self.model.queue_kind)
+        return frame
+
+    def record(self, label: str, note: str = "", advance: bool = True) -> object:
+        """Commit a verdict on the current frame (and step to the next frame of the queue).
+
+        The current frame is the viewer's frame, so a reviewer who scrubbed away from the
+        queue judges the frame they are looking at.
+        """
+        frame = self.model.frame
+        kind = self.model.queue_kind
+        verdict = self.store.record_verdict(self.sweep_id, frame, self.reviewer, label,
+                                            note=note, queue=kind)
+        self.model.verdicts[frame] = verdict.label
+        if advance:
+            nxt = self.store.next_in_queue(self.sweep_id, kind, self.reviewer, frame)
+            frames = self.store.review_queue(self.sweep_id, kind, self.reviewer)
+            pos = frames.index(nxt) if nxt is not None and nxt in frames else 0
+            self.model.set_review_queue(kind, frames, pos, self._progress(kind))
+            if nxt is not None:
+                self.store.set_position(self.sweep_id, self.reviewer, nxt, kind)
+        else:
+            self.model.set_verdicts(self.model.verdicts, self._progress(kind))
+        return verdict
+
+    def verdict_for(self, frame: int):
+        return self.store.verdict_for(self.sweep_id, frame, self.reviewer)

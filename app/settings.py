@@ -1,0 +1,71 @@
+"""The app's remembered settings: a small JSON file in ``paths.config_dir()``.
+
+Recent files, window geometry and dock layout, the chosen models and device, the reviewer's
+name, overlay opacity and cine speed. A missing or damaged file gives the defaults (the app
+must open whatever is on disk); writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from fetaliqa_core import paths
+
+SETTINGS_FILENAME = "app_settings.json"
+MAX_RECENT = 10
+
+
+@dataclass
+class AppSettings:
+    recent_files: list[str] = field(default_factory=list)
+    geometry: str = ""  # base64 of QMainWindow.saveGeometry()
+    window_state: str = ""  # base64 of QMainWindow.saveState() (docks, toolbars)
+    model: str = "demo"  # "demo" or "custom"
+    cls_bundle: str = ""
+    seg_bundle: str = ""
+    base_weights: str = ""
+    device: str = "auto"
+    reviewer: str = ""
+    opacity: float = 0.45
+    fps: float = 15.0
+    review_db: str = ""  # empty: the default database in the user data folder
+
+    @staticmethod
+    def path() -> Path:
+        return paths.config_dir() / SETTINGS_FILENAME
+
+    @classmethod
+    def load(cls) -> "AppSettings":
+        try:
+            data = json.loads(cls.path().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        s = cls()
+        for f in fields(cls):
+            if f.name in data:
+                value = data[f.name]
+                default = getattr(s, f.name)
+                if isinstance(default, bool) or type(value) is type(default) or (
+                        isinstance(default, float) and isinstance(value, int)):
+                    setattr(s, f.name, value)
+        s.recent_files = [str(p) for p in s.recent_files if isinstance(p, str)][:MAX_RECENT]
+        return s
+
+    def save(self) -> None:
+        target = self.path()
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+            os.replace(tmp, target)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # settings are a convenience: never fail the app
+
+    def add_recent(self, path: str | Path) -> None:
+        p = str(Path(path).expanduser().resolve())
+        self.recent_files = [p] + [r for r in self.recent_files if r != p]
+        del self.recent_files[MAX_RECENT:]

@@ -1,0 +1,466 @@
+"""The viewer's state, without Qt.
+
+Everything the main window shows is derived from one :class:`ViewerModel`: the current frame,
+overlay visibility and opacity, the quality threshold, cine playback, the results that have
+arrived so far, the flagged frames and the review queue. Widgets observe it through plain
+callbacks (:class:`Signal`) and change it only through its methods, so the behaviour behind
+every key and click can be tested without a display (the same split as napari's
+``ViewerModel`` and its Qt layer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fetaliqa_core.engine import SweepResults
+
+OPACITY_STEP = 0.1  # one press of a / d (ITK-SNAP)
+PAGE_STEP = 10  # PageUp / PageDown
+DEFAULT_THRESHOLD = 0.5  # the paper's decision threshold for both scores
+DEFAULT_OPACITY = 0.45
+DEFAULT_FPS = 15.0
+FPS_RANGE = (1.0, 60.0)
+
+QUEUE_KINDS = ("candidates", "disagreements", "unreviewed", "all")
+
+
+class Signal:
+    """A minimal observer list: ``connect(callback)``, ``emit(*args)``."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[..., None]] = []
+
+    def connect(self, callback: Callable[..., None]) -> None:
+        if callback not in self._callbacks:
+            self._callbacks.append(callback)
+
+    def disconnect(self, callback: Callable[..., None]) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+    def emit(self, *args) -> None:
+        for cb in list(self._callbacks):
+            cb(*args)
+
+
+@dataclass
+class ViewerEvents:
+    """What observers can listen to. Arguments are given in brackets."""
+
+    sweep: Signal = field(default_factory=Signal)  # () a new sweep was set
+    frame: Signal = field(default_factory=Signal)  # (index)
+    overlay: Signal = field(default_factory=Signal)  # () visibility or opacity
+    threshold: Signal = field(default_factory=Signal)  # (value)
+    playing: Signal = field(default_factory=Signal)  # (bool)
+    fps: Signal = field(default_factory=Signal)  # (value)
+    results: Signal = field(default_factory=Signal)  # () new per-frame results arrived
+    progress: Signal = field(default_factory=Signal)  # () scoring state / counts changed
+    review: Signal = field(default_factory=Signal)  # () queue, position or verdicts changed
+
+
+@dataclass
+class FlaggedFrames:
+    """Frames worth a look, from the results so far.
+
+    ``best``: per sweep the best frame (None where no frame passes the threshold);
+    ``candidates``: frames whose score passes the threshold; ``disagreements``: scored frames
+    where the classifier and the segmenter disagree about passing.
+    """
+
+    best: list[int | None] = field(default_factory=list)
+    best_passes: list[bool] = field(default_factory=list)  # per sweep: best frame passes
+    best_score: list[float | None] = field(default_factory=list)
+    candidates: list[int] = field(default_factory=list)
+    disagreements: list[int] = field(default_factory=list)
+    chosen: int | None = None  # the case's one frame (challenge convention), None if none passes
+
+    def all_frames(self) -> list[int]:
+        """Sorted union of every flagged frame (what n / p step through)."""
+        s = set(self.candidates) | set(self.disagreements)
+        s |= {b for b, ok in zip(self.best, self.best_passes) if b is not None and ok}
+        return sorted(s)
+
+    @classmethod
+    def empty(cls, n_sweeps: int) -> "FlaggedFrames":
+        return cls(best=[None] * n_sweeps, best_passes=[False] * n_sweeps, best_score=[None] * n_sweeps)
+
+
+@dataclass
+class ScoringState:
+    """What the progress bar shows."""
+
+    running: bool = False
+    n_done: int = 0
+    n_total: int = 0
+    frames_per_second: float = 0.0
+    message: str = ""
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if not self.running or self.frames_per_second <= 0:
+            return None
+        return (self.n_total - self.n_done) / self.frames_per_second
+
+
+def compute_flags(results: SweepResults, threshold: float,
+                  sweep_ranges: list[tuple[int, int]]) -> FlaggedFrames:
+    """Flags from ``fetaliqa_core.analysis`` with one threshold for both scores.
+
+    The segmenter's score is 0.5 exactly at the paper's 1 % area rule, so the default threshold
+    0.5 gives the paper's calls for both models.
+    """
+    from fetaliqa_core import analysis
+
+    p_cls = results.p_cls if results.has_cls else None
+    p_seg = results.p_seg if results.has_seg else None
+    area = results.seg_area_px if results.has_seg else None
+    p_opt = results.p_opt if results.has_seg else None
+    fl = analysis.flag_frames(p_cls, p_seg, threshold, threshold)
+    best = analysis.best_frames(p_cls, p_seg, area, sweep_ranges, p_opt=p_opt,
+                                threshold_cls=threshold, threshold_seg=threshold)
+    chosen = analysis.choose_case_frame(p_cls, p_seg, area, p_opt, threshold, threshold)
+    return FlaggedFrames(
+        best=[None if b is None else int(b.frame) for b in best],
+        best_passes=[bool(b is not None and b.passes) for b in best],
+        best_score=[None if b is None else float(b.score) for b in best],
+        candidates=np.flatnonzero(fl.candidates).tolist(),
+        disagreements=np.flatnonzero(fl.disagreements).tolist(),
+        chosen=None if chosen < 0 else int(chosen),
+    )
+
+
+class ViewerModel:
+    """State of one viewer window. Thread-affine: call it from one thread (the UI's)."""
+
+    def __init__(self, flag_fn: Callable[[SweepResults, float, list[tuple[int, int]]], FlaggedFrames]
+                 | None = None) -> None:
+        self.events = ViewerEvents()
+        self._flag_fn = flag_fn or compute_flags
+        self.sweep = None
+        self.n_frames = 0
+        self.sweep_ranges: list[tuple[int, int]] = []
+        self.sweep_kinds: list[str] = []
+        self._frame = 0
+        self._overlay_visible = True
+        self._opacity = DEFAULT_OPACITY
+        self._threshold = DEFAULT_THRESHOLD
+        self._playing = False
+        self._fps = DEFAULT_FPS
+        self.results: SweepResults | None = None
+        self.scoring = ScoringState()
+        self._flags: FlaggedFrames = FlaggedFrames()
+        self._ac_cache: dict[int, object] = {}
+        self._fov = None  # field of view for AC measurement, per sweep
+        self._flags_dirty = False
+        self.results_version = 0  # bumped on every change of the results (cheap change test)
+        # Review
+        self.queue_kind = "candidates"
+        self.queue: list[int] = []
+        self.queue_pos = 0
+        self.verdicts: dict[int, str] = {}
+        self.review_progress: tuple[int, int] = (0, 0)  # "12 / 40 reviewed"
+
+    # -- sweep -----------------------------------------------------------------------------
+    def set_sweep(self, sweep) -> None:
+        """Show a new sweep (anything with ``n_frames``, ``sweep_ranges``, ``sweep_kinds``)."""
+        self.sweep = sweep
+        self.n_frames = int(sweep.n_frames)
+        self.sweep_ranges = [(int(a), int(b)) for a, b in sweep.sweep_ranges] or [(0, self.n_frames)]
+        kinds = list(getattr(sweep, "sweep_kinds", []) or [])
+        self.sweep_kinds = kinds + ["unknown"] * (len(self.sweep_ranges) - len(kinds))
+        self._frame = 0
+        self._playing = False
+        self.results = None
+        self.scoring = ScoringState(n_total=self.n_frames)
+        self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
+        self._flags_dirty = False
+        self._ac_cache = {}
+        self._fov = None
+        self.results_version += 1
+        self.queue = []
+        self.queue_pos = 0
+        self.verdicts = {}
+        self.review_progress = (0, 0)
+        self.events.sweep.emit()
+        self.events.frame.emit(self._frame)
+        self.events.results.emit()
+        self.events.review.emit()
+
+    def sweep_index(self, frame: int | None = None) -> int:
+        f = self._frame if frame is None else int(frame)
+        for k, (a, b) in enumerate(self.sweep_ranges):
+            if a <= f < b:
+                return k
+        return max(0, len(self.sweep_ranges) - 1)
+
+    # -- frame -----------------------------------------------------------------------------
+    @property
+    def frame(self) -> int:
+        return self._frame
+
+    @frame.setter
+    def frame(self, value: int) -> None:
+        self.set_frame(value)
+
+    def set_frame(self, value: int) -> None:
+        if self.n_frames == 0:
+            return
+        v = int(min(max(int(value), 0), self.n_frames - 1))
+        if v != self._frame:
+            self._frame = v
+            self.events.frame.emit(v)
+
+    def step(self, delta: int) -> None:
+        self.set_frame(self._frame + int(delta))
+
+    def page(self, direction: int) -> None:
+        self.step(PAGE_STEP * (1 if direction > 0 else -1))
+
+    def home(self) -> None:
+        self.set_frame(0)
+
+    def end(self) -> None:
+        self.set_frame(self.n_frames - 1)
+
+    # -- overlay ---------------------------------------------------------------------------
+    @property
+    def overlay_visible(self) -> bool:
+        return self._overlay_visible
+
+    def set_overlay_visible(self, on: bool) -> None:
+        if bool(on) != self._overlay_visible:
+            self._overlay_visible = bool(on)
+            self.events.overlay.emit()
+
+    def toggle_overlay(self) -> None:
+        self.set_overlay_visible(not self._overlay_visible)
+
+    @property
+    def opacity(self) -> float:
+        return self._opacity
+
+    def set_opacity(self, value: float) -> None:
+        v = round(min(max(float(value), 0.0), 1.0), 3)
+        if v != self._opacity:
+            self._opacity = v
+            self.events.overlay.emit()
+
+    def change_opacity(self, delta: float) -> None:
+        self.set_opacity(self._opacity + delta)
+
+    # -- threshold -------------------------------------------------------------------------
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    def set_threshold(self, value: float) -> None:
+        v = min(max(float(value), 0.0), 1.0)
+        if v != self._threshold:
+            self._threshold = v
+            self._flags_dirty = True
+            self.events.threshold.emit(v)
+
+    # -- cine ------------------------------------------------------------------------------
+    @property
+    def playing(self) -> bool:
+        return self._playing
+
+    def set_playing(self, on: bool) -> None:
+        on = bool(on) and self.n_frames > 1
+        if on != self._playing:
+            self._playing = on
+            self.events.playing.emit(on)
+
+    def toggle_playing(self) -> None:
+        self.set_playing(not self._playing)
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    def set_fps(self, value: float) -> None:
+        v = min(max(float(value), FPS_RANGE[0]), FPS_RANGE[1])
+        if v != self._fps:
+            self._fps = v
+            self.events.fps.emit(v)
+
+    def tick(self) -> None:
+        """One cine step: next frame, wrapping to the first at the end."""
+        if self.n_frames:
+            self.set_frame((self._frame + 1) % self.n_frames)
+
+    # -- results ---------------------------------------------------------------------------
+    def start_results(self, has_cls: bool, has_seg: bool) -> None:
+        """Begin a new set of results (a scoring run with other models clears the old ones)."""
+        self.results = SweepResults(self.n_frames, has_cls=has_cls, has_seg=has_seg)
+        self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
+        self._flags_dirty = True
+        self._ac_cache = {}
+        self.results_version += 1
+        self.events.results.emit()
+
+    def apply_batch(self, batch) -> None:
+        """Add one ``engine.BatchResult`` (called in the UI thread as batches arrive)."""
+        if self.results is None:
+            self.start_results(batch.p_cls is not None, batch.p_seg is not None)
+        self.results.apply(batch)
+        self._flags_dirty = True
+        self.results_version += 1
+        self.scoring.n_done = int(batch.n_done)
+        self.scoring.n_total = int(batch.n_total)
+        if batch.frames_per_second > 0:
+            self.scoring.frames_per_second = float(batch.frames_per_second)
+        self.events.results.emit()
+        self.events.progress.emit()
+
+    def set_scoring(self, running: bool, message: str = "") -> None:
+        self.scoring.running = bool(running)
+        self.scoring.message = message
+        if running:
+            self.scoring.frames_per_second = 0.0
+        self.events.progress.emit()
+
+    def frame_values(self, frame: int | None = None) -> dict[str, float | int | None]:
+        """p_cls, p_seg, p_opt and mask area of a frame (None where not scored / no model)."""
+        f = self._frame if frame is None else int(frame)
+        r = self.results
+        out: dict[str, float | int | None] = {"p_cls": None, "p_seg": None, "p_opt": None, "area": None}
+        if r is None or not (0 <= f < r.n_frames) or not r.done[f]:
+            return out
+        for name in ("p_cls", "p_seg", "p_opt"):
+            v = float(getattr(r, name)[f])
+            out[name] = v if math.isfinite(v) else None
+        a = int(r.seg_area_px[f])
+        out["area"] = a if a >= 0 else None
+        return out
+
+    def mask(self, frame: int | None = None) -> np.ndarray | None:
+        """Label mask (224, 224) uint8 of a frame, or None if not scored by a segmenter."""
+        if self.results is None:
+            return None
+        return self.results.mask(self._frame if frame is None else frame)
+
+    # -- flags -----------------------------------------------------------------------------
+    @property
+    def flags(self) -> FlaggedFrames:
+        """Flagged frames, recomputed from the results when they or the threshold changed."""
+        if self._flags_dirty:
+            self._flags_dirty = False
+            if self.results is not None and self.results.n_done:
+                self._flags = self._flag_fn(self.results, self._threshold, self.sweep_ranges)
+            else:
+                self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
+        return self._flags
+
+    @property
+    def last_flags(self) -> FlaggedFrames:
+        """The flags as last computed, without recomputing (for per-frame display)."""
+        return self._flags
+
+    @property
+    def flags_dirty(self) -> bool:
+        return self._flags_dirty
+
+    def measure_ac(self, frame: int | None):
+        """AC fitted on a frame's mask (``analysis.ACMeasurement``) or None; cached per frame.
+
+        Measured as ``fetaliqa score`` does (``pipeline.measure_frame_ac``): the 224x224 model
+        mask mapped back onto the frame's pixels, inside the sweep's field of view.
+        """
+        if frame is None or self.sweep is None or self.results is None:
+            return None
+        f = int(frame)
+        if f in self._ac_cache:
+            return self._ac_cache[f]
+        if self.results.mask(f) is None:
+            return None  # not scored yet: do not cache, it may come
+        from fetaliqa_core import pipeline
+
+        if self._fov is None:
+            self._fov = pipeline.sweep_fov(self.sweep)
+        ac = pipeline.measure_frame_ac(self.sweep, self.results, f, self._fov)
+        self._ac_cache[f] = ac
+        return ac
+
+    @staticmethod
+    def gestational_age(ac) -> object | None:
+        """Hadlock GA (``analysis.GestationalAge``) from an AC measurement, or None."""
+        if ac is None:
+            return None
+        from fetaliqa_core import analysis
+
+        return analysis.hadlock_ga(ac.ac_mm)
+
+    def next_flagged(self, direction: int = 1) -> int | None:
+        """Move to the next (direction > 0) or previous flagged frame; returns it or None."""
+        frames = self.flags.all_frames()
+        if not frames:
+            return None
+        arr = np.asarray(frames)
+        if direction > 0:
+            later = arr[arr > self._frame]
+            target = int(later[0]) if len(later) else None
+        else:
+            earlier = arr[arr < self._frame]
+            target = int(earlier[-1]) if len(earlier) else None
+        if target is not None:
+            self.set_frame(target)
+        return target
+
+    def best_frame(self, sweep: int | None = None) -> int | None:
+        k = self.sweep_index() if sweep is None else int(sweep)
+        best = self.flags.best
+        return best[k] if 0 <= k < len(best) else None
+
+    def go_to_best(self) -> int | None:
+        """Jump to the best frame of the current sweep (``b``)."""
+        b = self.best_frame()
+        if b is not None:
+            self.set_frame(b)
+        return b
+
+    # -- review queue (filled by app.review_session.ReviewSession) -------------------------
+    def set_review_queue(self, kind: str, frames: list[int], position: int = 0,
+                         progress: tuple[int, int] | None = None) -> None:
+        """Show a review queue; the viewer follows its current frame."""
+        if kind not in QUEUE_KINDS:
+            raise ValueError(f"unknown queue {kind!r}")
+        self.queue_kind = kind
+        self.queue = [int(f) for f in frames]
+        self.queue_pos = int(min(max(position, 0), max(len(self.queue) - 1, 0)))
+        if progress is not None:
+            self.review_progress = (int(progress[0]), int(progress[1]))
+        if self.queue:
+            self.set_frame(self.queue[self.queue_pos])
+        self.events.review.emit()
+
+    @property
+    def queue_frame(self) -> int | None:
+        if not self.queue or not (0 <= self.queue_pos < len(self.queue)):
+            return None
+        return self.queue[self.queue_pos]
+
+    def queue_move(self, delta: int) -> int | None:
+        """Step through the queue; the viewer follows. Returns the new queue frame."""
+        if not self.queue:
+            return None
+        self.queue_pos = int(min(max(self.queue_pos + delta, 0), len(self.queue) - 1))
+        self.set_frame(self.queue[self.queue_pos])
+        self.events.review.emit()
+        return self.queue_frame
+
+    def queue_goto_frame(self, frame: int) -> None:
+        """Follow a frame chosen elsewhere (if it is in the queue, it becomes the position)."""
+        if frame in self.queue and self.queue_frame != frame:
+            self.queue_pos = self.queue.index(frame)
+            self.events.review.emit()
+
+    def set_verdicts(self, verdicts: dict[int, str], progress: tuple[int, int] | None = None) -> None:
+        self.verdicts = {int(k): v for k, v in verdicts.items()}
+        if progress is not None:
+            self.review_progress = (int(progress[0]), int(progress[1]))
+        self.events.review.emit()

@@ -1,0 +1,237 @@
+"""Scoring off the UI thread: a QThread that loads the models and drives ``ScoringEngine``.
+
+The UI thread only receives signals (queued across threads): ``models_ready`` once the models
+are loaded, ``batch`` per finished batch (an ``engine.BatchResult``), and ``finished`` or
+``failed`` at the end. ``focus`` and ``cancel`` are called from the UI thread directly; the
+engine makes both thread-safe. :meth:`ScoringController.shutdown` cancels and waits, so closing
+the window mid-run never leaves a thread running.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from fetaliqa_core.errors import FetalIQAError
+
+
+class ScoringWorker(QObject):
+    """Lives in a worker thread; :meth:`run` does the work (model loading, then scoring).
+
+    ``models`` is an already loaded ``pipeline.LoadedModels`` or None; then ``choice``
+    (``pipeline.ModelChoice``) is loaded first. ``engine_factory(sweep, cls, seg)`` builds the
+    engine (tests pass a fake).
+    """
+
+    models_ready = Signal(object)  # pipeline.LoadedModels
+    started_scoring = Signal(bool, bool)  # has_cls, has_seg
+    batch = Signal(object)  # engine.BatchResult
+    finished = Signal(bool, int)  # complete, frames done
+    failed = Signal(str)  # user-facing message
+
+    def __init__(self, sweep, choice=None, models=None, engine_factory=None, focus: int | None = None):
+        super().__init__()
+        self.sweep = sweep
+        self.choice = choice
+        self.models = models
+        self._engine_factory = engine_factory
+        self._engine = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._focus = focus
+
+    def cancel(self) -> None:
+        """Stop after the batch in progress (any thread)."""
+        with self._lock:
+            self._cancelled = True
+            engine = self._engine
+        if engine is not None:
+            engine.cancel()
+
+    def focus(self, frame: int | None) -> None:
+        """Score frames around ``frame`` next (any thread)."""
+        with self._lock:
+            self._focus = frame
+            engine = self._engine
+        if engine is not None:
+            engine.focus(frame)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def _make_engine(self, cls, seg):
+        if self._engine_factory is not None:
+            return self._engine_factory(self.sweep, cls, seg)
+        from fetaliqa_core.engine import ScoringEngine
+
+        return ScoringEngine(self.sweep, cls=cls, seg=seg)
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            # The views need the analysis module (OpenCV) once results come: import it here,
+            # not in the UI thread (a quarter of a second on a slow machine).
+            import fetaliqa_core.analysis  # noqa: F401
+
+            if self.models is None:
+                from fetaliqa_core.pipeline import load_models
+
+                self.models = load_models(self.choice)
+            self.models_ready.emit(self.models)
+            engine = self._make_engine(self.models.cls, self.models.seg)
+            with self._lock:
+                self._engine = engine
+                if self._focus is not None:
+                    engine.focus(self._focus)
+                if self._cancelled:
+                    engine.cancel()
+            self.started_scoring.emit(engine.results.has_cls, engine.results.has_seg)
+            for batch in engine.iter_batches():
+                self.batch.emit(batch)
+            self.finished.emit(bool(engine.results.complete), int(engine.results.n_done))
+        except FetalIQAError as exc:
+            self.failed.emit(str(exc))
+        except MemoryError:
+            self.failed.emit("Out of memory while scoring. Close other programs or choose a smaller model.")
+        except Exception as exc:  # a bug must not take the viewer down: report it, keep the app
+            traceback.print_exc(file=sys.stderr)
+            self.failed.emit(f"Scoring stopped by an unexpected error: {type(exc).__name__}: {exc}")
+
+
+class ScoringController(QObject):
+    """Owns at most one scoring thread and forwards its signals (UI thread side)."""
+
+    models_ready = Signal(object)
+    started_scoring = Signal(bool, bool)
+    batch = Signal(object)
+    finished = Signal(bool, int)
+    failed = Signal(str)
+    stopped = Signal()  # the thread has ended (after finished/failed)
+
+    def __init__(self, parent: QObject | None = None, engine_factory=None) -> None:
+        super().__init__(parent)
+        self._thread: QThread | None = None
+        self._worker: ScoringWorker | None = None
+        # Runs replaced by a newer one: cancelled, finishing their last batch, kept referenced
+        # until their thread ends (so that opening another case never waits for a batch).
+        self._retired: list[tuple[QThread, ScoringWorker]] = []
+        self.engine_factory = engine_factory
+
+    @property
+    def running(self) -> bool:
+        """The current run's thread is alive (retired runs do not count)."""
+        return self._thread is not None and self._thread.isRunning()
+
+    @property
+    def any_running(self) -> bool:
+        return self.running or any(t.isRunning() for t, _ in self._retired)
+
+    def start(self, sweep, choice=None, models=None, focus: int | None = None) -> None:
+        """Start scoring ``sweep``; an earlier run is cancelled without waiting for it."""
+        self.stop()
+        thread = QThread()
+        thread.setObjectName("fetaliqa-scoring")
+        worker = ScoringWorker(sweep, choice=choice, models=models,
+                               engine_factory=self.engine_factory, focus=focus)
+        worker.moveToThread(thread)
+        thread.started.connect(worker.run)
+        worker.models_ready.connect(self.models_ready)
+        worker.started_scoring.connect(self.started_scoring)
+        worker.batch.connect(self.batch)
+        worker.finished.connect(self.finished)
+        worker.failed.connect(self.failed)
+        worker.finished.connect(thread.quit)
+        worker.failed.connect(thread.quit)
+        thread.finished.connect(self._on_thread_finished)
+        self._thread, self._worker = thread, worker
+        thread.start()
+
+    def stop(self) -> None:
+        """Cancel the current run without waiting (its thread ends after its batch)."""
+        thread, worker = self._thread, self._worker
+        self._thread = self._worker = None
+        if thread is None:
+            return
+        self._silence(worker)
+        thread.quit()
+        if thread.isRunning():
+            self._retired.append((thread, worker))
+
+    @staticmethod
+    def _silence(worker: ScoringWorker | None) -> None:
+        """Cancel a run and drop its signals: its last batch must not reach the views."""
+        if worker is None:
+            return
+        worker.cancel()
+        for sig in (worker.batch, worker.models_ready, worker.started_scoring,
+                    worker.finished, worker.failed):
+            try:
+                sig.disconnect()
+            except (RuntimeError, TypeError):
+                pass
+
+    def _on_thread_finished(self) -> None:
+        thread = self.sender()
+        self._retired = [(t, w) for t, w in self._retired if t is not thread and t.isRunning()]
+        if thread is self._thread:
+            self._thread = None
+            self._worker = None
+            self.stopped.emit()
+
+    def focus(self, frame: int | None) -> None:
+        if self._worker is not None:
+            self._worker.focus(frame)
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def shutdown(self, timeout_ms: int | None = None) -> bool:
+        """Cancel and wait for the thread to end; True when it ended (always with no timeout).
+
+        The engine stops after the batch in progress, so this waits at most one batch.
+        """
+        self.stop()
+        ok = True
+        for thread, _worker in list(self._retired):
+            ok = (thread.wait() if timeout_ms is None else thread.wait(int(timeout_ms))) and ok
+        self._retired = [(t, w) for t, w in self._retired if t.isRunning()]
+        return bool(ok)
+
+
+class SweepLoader(QThread):
+    """Reads a sweep file off the UI thread (a compressed case takes seconds to inflate).
+
+    ``loaded(path, sweep)`` or ``failed(path, message)``; errors a user can cause come back
+    as their message, anything else as a short description (never a traceback in a dialog).
+    """
+
+    loaded = Signal(str, object)
+    failed = Signal(str, str)
+
+    def __init__(self, path: str, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.path = str(path)
+
+    def run(self) -> None:
+        try:
+            sweep = load_sweep_for_viewer(self.path)
+        except FetalIQAError as exc:
+            self.failed.emit(self.path, str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported to the user, the app goes on
+            self.failed.emit(self.path, f"{self.path}: could not be read as a sweep "
+                                        f"({type(exc).__name__}: {exc}).")
+        else:
+            self.loaded.emit(self.path, sweep)
+
+
+def load_sweep_for_viewer(path: str | Path):
+    """``io.load_sweep`` (one place, so that the window's sync and async paths agree)."""
+    from fetaliqa_core.io import load_sweep
+
+    return load_sweep(path)

@@ -1,0 +1,83 @@
+"""``fetaliqa gui`` / ``fetaliqa demo`` headless: screenshot, scores, readable errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app._testing import fake_models, tiny_sweep
+from fetaliqa_core.cli import main as cli_main
+from fetaliqa_core.io import write_volume
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def small_sweep(tmp_path) -> Path:
+    path = tmp_path / "case.mha"
+    write_volume(path, tiny_sweep(2, 12, 64, 80).frames)
+    return path
+
+
+@pytest.fixture
+def fast_models(monkeypatch):
+    from fetaliqa_core import pipeline
+
+    monkeypatch.setattr(pipeline, "load_models", lambda choice: fake_models(choice=choice))
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_gui_screenshot_when_scored(qtbot, small_sweep, fast_models, tmp_path, capsys):
+    shot = tmp_path / "shots" / "window.png"
+    code = cli_main(["gui", str(small_sweep), "--screenshot", str(shot), "--exit-when-scored"])
+    assert code == 0
+    w, h = _png_size(shot)
+    assert w >= 1000 and h >= 700
+    assert "screenshot:" in capsys.readouterr().out
+
+
+def test_demo_headless_writes_scores_and_screenshot(qtbot, small_sweep, fast_models, tmp_path, monkeypatch, capsys):
+    from fetaliqa_core import synth
+
+    monkeypatch.setattr(synth, "demo_sweep_path", lambda: small_sweep)
+    out = tmp_path / "demo-out"
+    code = cli_main(["demo", "--headless", "--out", str(out)])
+    assert code == 0
+    assert str(out) in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "frames.csv").open()))
+    assert len(rows) == 24 and all(r["p_cls"] != "" for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_scored"] == 24 and summary["complete"] is True
+    assert len(summary["sweeps"]) == 1
+    _png_size(out / "screenshot.png")
+
+
+def test_gui_errors_are_one_line(tmp_path, capsys):
+    assert cli_main(["gui", str(tmp_path / "missing.mha")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.mha" in err and "Traceback" not in err
+    assert cli_main(["gui", "--base", str(tmp_path / "w.pt")]) == 2
+    assert "--cls" in capsys.readouterr().err
+
+
+def test_gui_headless_without_model_still_renders(tmp_path, small_sweep):
+    """A real process, the real model loader: with no model available (a bundle folder that
+    does not exist) the window still renders the frames, says why, and exits non-zero."""
+    shot = tmp_path / "nomodel.png"
+    env_cmd = [sys.executable, "-m", "fetaliqa_core.cli", "gui", str(small_sweep),
+               "--cls", str(tmp_path / "no_bundle"), "--screenshot", str(shot), "--exit-when-scored"]
+    proc = subprocess.run(env_cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert proc.returncode == 1, proc.stderr
+    assert "no_bundle" in proc.stderr and "Traceback" not in proc.stderr
+    _png_size(shot)

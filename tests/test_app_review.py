@@ -1,0 +1,134 @@
+"""Review panel in the window: keys 1/2/0 + Enter commit verdicts, progress, note, resume after
+a restart, reviewer name asked once, report export."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QInputDialog, QMessageBox
+
+from app._testing import fake_models, tiny_sweep
+from app.main_window import MainWindow
+from app.settings import AppSettings
+from fetaliqa_core.review import ReviewStore, default_db_path
+
+SWEEP = dict(n_sweeps=2, per_sweep=20, height=64, width=80)
+
+
+@pytest.fixture(autouse=True)
+def no_modal(monkeypatch):
+    seen: list[str] = []
+    monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda p, t, text, *a, **k: seen.append(text)))
+    return seen
+
+
+def _window(qtbot, settings: AppSettings) -> MainWindow:
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    win.use_models(fake_models())
+    win.show()
+    qtbot.waitExposed(win)
+    win.activateWindow()
+    qtbot.waitUntil(win.isActiveWindow, timeout=3000)
+    win.splitter.setFocus()
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(c))
+    win.set_sweep(tiny_sweep(**SWEEP))
+    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
+    win.refresh()
+    return win
+
+
+def _press(win, text: str) -> None:
+    if text == "\n":
+        QTest.keyClick(win.splitter, Qt.Key_Return)
+    else:
+        QTest.keyClicks(win.splitter, text)
+    QApplication.processEvents()
+
+
+def test_keys_commit_verdicts_and_resume_after_restart(qtbot):
+    settings = AppSettings(reviewer="alice")
+    win = _window(qtbot, settings)
+    panel = win.review
+    _press(win, "1")  # starts the review (resume: first unreviewed candidate) and picks "optimal"
+    assert panel.active
+    queue = list(win.model.queue)
+    assert queue and win.model.queue_kind == "candidates"
+    first = queue[0]
+    assert win.model.frame == first
+    assert panel.label_buttons["optimal"].isChecked()
+    panel.note.setText("stomach bubble visible")
+    _press(win, "\n")
+    assert win.model.frame == queue[1]  # save and next
+    _press(win, "0")
+    _press(win, "\n")
+    assert win.model.frame == queue[2]
+    assert f"2 / {len(queue)}" in panel.progress_label.text()
+    # Typing in the note field does not trigger the viewer's keys.
+    panel.note.setFocus()
+    QTest.keyClicks(panel.note, "ok 1 2 s")
+    assert panel.note.text() == "ok 1 2 s"
+    assert win.model.overlay_visible and win.model.frame == queue[2]
+    # Enter in the note field saves once and goes on once.
+    panel.choose("suboptimal")
+    panel.note.setFocus()
+    QTest.keyClick(panel.note, Qt.Key_Return)
+    QApplication.processEvents()
+    assert win.model.frame == queue[3]
+    assert f"3 / {len(queue)}" in panel.progress_label.text()
+    win.close()
+
+    with ReviewStore(default_db_path()) as store:
+        v = store.verdicts(reviewer="alice")
+        assert [(x.frame, x.label) for x in v] == [(first, "optimal"), (queue[1], "not_usable"),
+                                                   (queue[2], "suboptimal")]
+        assert v[2].note == "ok 1 2 s"
+        assert v[0].note == "stomach bubble visible"
+        assert v[0].agrees_with_model is True  # a candidate judged usable
+
+    # Restart: a new window on the same sweep resumes at the frame alice reached.
+    win2 = _window(qtbot, AppSettings.load())
+    assert win2.review.start()
+    assert win2.model.frame == queue[3]
+    assert f"3 / {len(queue)}" in win2.review.progress_label.text()
+    assert win2.model.verdicts[first] == "optimal"
+
+
+def test_reviewer_name_asked_once_and_queue_switch(qtbot, monkeypatch):
+    asked = []
+
+    def get_text(*args, **kwargs):
+        asked.append(1)
+        return "bob", True
+
+    monkeypatch.setattr(QInputDialog, "getText", staticmethod(get_text))
+    win = _window(qtbot, AppSettings())
+    _press(win, "2")
+    assert asked == [1]
+    assert AppSettings.load().reviewer == "bob"
+    _press(win, "\n")
+    _press(win, "1")
+    assert asked == [1]
+    # The queue follows the combo box; "all" holds every frame, the viewer follows it.
+    combo = win.review.queue_combo
+    combo.setCurrentIndex(combo.findData("all"))
+    assert win.model.queue_kind == "all"
+    assert len(win.model.queue) == win.model.n_frames
+    win.review.move(1)
+    assert win.model.frame == win.model.queue[win.model.queue_pos]
+
+
+def test_export_report_html_and_pdf(qtbot, tmp_path):
+    win = _window(qtbot, AppSettings(reviewer="carol"))
+    _press(win, "1")
+    _press(win, "\n")
+    html = win.review.write_report(tmp_path / "report.html")
+    assert html is not None and html.stat().st_size > 1000
+    assert "carol" in html.read_text(encoding="utf-8")
+    pdf = win.review.write_report(tmp_path / "report.pdf")
+    assert pdf is not None and pdf.read_bytes()[:5] == b"%PDF-"
+    assert win.review.write_labels(tmp_path / "labels.csv") == 1
+    row = (tmp_path / "labels.csv").read_text().splitlines()[1].split(",")
+    assert row[2] == str(win.model.queue[0]) and row[3] == "1" and row[4] == "carol"

@@ -1,0 +1,408 @@
+"""The main window driven offscreen: keys, wheel, cursor linking, progressive curve, cancel,
+bad files, closing mid-run. Small synthetic sweeps and fake models through the real engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtGui import QWheelEvent
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from app._testing import fake_models, tiny_sweep
+from app.main_window import MainWindow
+from app.settings import AppSettings
+
+N_SWEEPS, PER_SWEEP = 3, 20
+N = N_SWEEPS * PER_SWEEP
+
+
+@pytest.fixture
+def warnings(monkeypatch):
+    """QMessageBox.warning recorded instead of shown (a modal box would block the test)."""
+    seen: list[str] = []
+
+    def fake_warning(parent, title, text, *args, **kwargs):
+        seen.append(text)
+        return QMessageBox.Ok
+
+    monkeypatch.setattr(QMessageBox, "warning", staticmethod(fake_warning))
+    return seen
+
+
+@pytest.fixture
+def make_window(qtbot, warnings):
+    def make(delay: float = 0.0, score: bool = True, settings: AppSettings | None = None,
+             batch_size: int = 8):
+        win = MainWindow(settings=settings or AppSettings())
+        qtbot.addWidget(win)
+        win.use_models(fake_models(delay=delay, batch_size=batch_size))
+        win.resize(1000, 700)
+        win.show()
+        qtbot.waitExposed(win)
+        win.activateWindow()
+        qtbot.waitUntil(win.isActiveWindow, timeout=3000)
+        win.splitter.setFocus()
+        win.set_sweep(tiny_sweep(N_SWEEPS, PER_SWEEP, height=72, width=96), score=score)
+        return win
+
+    return make
+
+
+def _wait_scored(qtbot, win, timeout=20000):
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(c))
+    qtbot.waitUntil(lambda: bool(ended) or (not win.scoring.running and win.model.results is not None
+                                            and win.model.results.complete), timeout=timeout)
+
+
+def key(qtbot, win, k, text=""):
+    QTest.keyClick(win.splitter, k) if not text else QTest.keyClicks(win.splitter, text)
+    QApplication.processEvents()
+
+
+def test_keys_move_frame_and_control_overlay(qtbot, make_window):
+    win = make_window(score=False)
+    m = win.model
+    key(qtbot, win, Qt.Key_Right)
+    key(qtbot, win, Qt.Key_Right)
+    assert m.frame == 2
+    key(qtbot, win, Qt.Key_Left)
+    assert m.frame == 1
+    key(qtbot, win, Qt.Key_PageDown)
+    assert m.frame == 11
+    key(qtbot, win, Qt.Key_PageUp)
+    assert m.frame == 1
+    key(qtbot, win, Qt.Key_End)
+    assert m.frame == N - 1
+    key(qtbot, win, Qt.Key_Home)
+    assert m.frame == 0
+    # The slider and the frame label follow.
+    key(qtbot, win, Qt.Key_End)
+    assert win.slider.value() == N - 1
+    assert win.frame_label.text() == f"{N - 1} / {N - 1}"
+    win.slider.setValue(7)
+    assert m.frame == 7
+    # Overlay keys (ITK-SNAP): s toggles, a / d opacity.
+    before = m.opacity
+    key(qtbot, win, None, "d")
+    assert m.opacity == pytest.approx(before + 0.1)
+    assert win.opacity_slider.value() == round(m.opacity * 100)
+    key(qtbot, win, None, "aa")
+    assert m.opacity == pytest.approx(before - 0.1)
+    assert win.frame_view.overlay.opacity() == pytest.approx(m.opacity)
+    key(qtbot, win, None, "s")
+    assert not m.overlay_visible and not win.act_overlay.isChecked()
+
+
+def test_space_plays_cine(qtbot, make_window):
+    win = make_window(score=False)
+    win.model.set_fps(60)
+    key(qtbot, win, Qt.Key_Space)
+    assert win.model.playing
+    qtbot.waitUntil(lambda: win.model.frame >= 3, timeout=3000)
+    key(qtbot, win, Qt.Key_Space)
+    assert not win.model.playing
+    stopped_at = win.model.frame
+    qtbot.wait(100)
+    assert win.model.frame == stopped_at
+
+
+def test_wheel_scrubs_frames(qtbot, make_window):
+    win = make_window(score=False)
+    vp = win.frame_view.graphics.viewport()
+    centre = QPointF(vp.width() / 2, vp.height() / 2)
+
+    def wheel(dy: int) -> None:
+        ev = QWheelEvent(centre, vp.mapToGlobal(centre), QPoint(0, 0), QPoint(0, dy),
+                         Qt.NoButton, Qt.NoModifier, Qt.NoScrollPhase, False)
+        QApplication.sendEvent(vp, ev)
+
+    wheel(-120)
+    wheel(-120)
+    assert win.model.frame == 2
+    wheel(120)
+    assert win.model.frame == 1
+
+
+def _curve_point(win, frame: float, y: float = 0.5) -> QPoint:
+    scene_pt = win.curve.vb.mapViewToScene(QPointF(frame, y))
+    return win.curve.plot.mapFromScene(scene_pt)
+
+
+def test_cursor_linked_both_ways(qtbot, make_window):
+    win = make_window(score=False)
+    QApplication.processEvents()
+    # frame -> cursor line
+    win.model.set_frame(13)
+    assert win.curve.cursor.value() == 13
+    # click on the curve -> frame
+    vp = win.curve.plot.viewport()
+    QTest.mouseClick(vp, Qt.LeftButton, Qt.NoModifier, _curve_point(win, 30, 0.3))
+    assert win.model.frame == 30
+    assert win.curve.cursor.value() == 30
+    # drag across the plot -> frame follows
+    QTest.mousePress(vp, Qt.LeftButton, Qt.NoModifier, _curve_point(win, 40, 0.3))
+    for f in (42, 45, 48):
+        QTest.mouseMove(vp, _curve_point(win, f, 0.3))
+    QTest.mouseRelease(vp, Qt.LeftButton, Qt.NoModifier, _curve_point(win, 48, 0.3))
+    assert win.model.frame == 48
+    # dragging the cursor line itself (it sits at 48) moves the frame too
+    win.curve.cursor.setPos(20.4)
+    win.curve.cursor.sigDragged.emit(win.curve.cursor)
+    assert win.model.frame == 20
+
+
+def test_threshold_line_drag_changes_flags(qtbot, make_window):
+    win = make_window()
+    _wait_scored(qtbot, win)
+    win.refresh()
+    n_before = len(win.model.flags.candidates)
+    win.curve.threshold.setPos(0.95)
+    win.curve.threshold.sigDragged.emit(win.curve.threshold)
+    assert win.model.threshold == pytest.approx(0.95)
+    win.refresh()
+    assert len(win.model.flags.candidates) < n_before
+    assert len(win.flagged.rows("candidates")) == len(win.model.flags.candidates)
+
+
+def test_progressive_curve_and_overlay(qtbot, make_window):
+    win = make_window(delay=0.15, batch_size=4)
+    r = lambda: win.model.results  # noqa: E731
+    qtbot.waitUntil(lambda: r() is not None and 0 < r().n_done < N, timeout=10000)
+    win.refresh()
+    done = r().n_done
+    x, _ = win.curve.curve_cls.getData()
+    assert 0 < len(x) <= done < N
+    ux, _ = win.curve.strip_unscored.getData()
+    assert len(ux) == 2 * (N - done)  # each unscored frame is one grey tick
+    assert "frames/s" in win.progress.format() or "frames" in win.progress.format()
+    # The cursor's frame is scored next (engine focus). Frame 45 is odd, so the coarse-to-fine
+    # order alone would score it in the last pass; with the focus it comes within the batch in
+    # flight, the one being prepared and the next one.
+    assert not r().done[45]
+    n_at_focus = r().n_done
+    win.model.set_frame(45)
+    qtbot.waitUntil(lambda: bool(r().done[45]), timeout=10000)
+    assert r().n_done - n_at_focus <= 3 * 4 < N - n_at_focus
+    _wait_scored(qtbot, win)
+    win.refresh()
+    x, _ = win.curve.curve_cls.getData()
+    assert len(x) == N
+    ux, _ = win.curve.strip_unscored.getData()
+    assert ux is None or len(ux) == 0
+    # The best frame of sweep 1 has a mask: the overlay shows it, the AC ellipse is drawn.
+    best = win.model.flags.best[0]
+    assert best is not None
+    win.model.set_frame(best)
+    assert win.frame_view.overlay.isVisible()
+    assert win.frame_view.ellipse.isVisible()
+    assert "AC" in win.status_ac.text() and "mm" in win.status_ac.text()
+    key(qtbot, win, None, "s")
+    assert not win.frame_view.overlay.isVisible()
+    # b jumps to the best frame of the current sweep; n / p walk flagged frames.
+    win.model.set_frame(PER_SWEEP + 1)
+    key(qtbot, win, None, "b")
+    assert win.model.frame == win.model.flags.best[1]
+    win.model.set_frame(0)
+    key(qtbot, win, None, "n")
+    assert win.model.frame == win.model.flags.all_frames()[0]
+
+
+def test_flagged_panel_click_jumps(qtbot, make_window):
+    win = make_window()
+    _wait_scored(qtbot, win)
+    win.refresh()
+    target = win.flagged.rows("best")[1]
+    item = win.flagged.item_for("best", target)
+    win.flagged.tree.itemClicked.emit(item, 0)
+    assert win.model.frame == target
+
+
+def test_cancel_keeps_what_was_scored(qtbot, make_window):
+    win = make_window(delay=0.3, batch_size=4)
+    qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.n_done > 0, timeout=10000)
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append((c, m)))
+    assert win.cancel_button.isEnabled()
+    QTest.mouseClick(win.cancel_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: bool(ended), timeout=10000)
+    assert ended[0][0] is False
+    qtbot.waitUntil(lambda: not win.scoring.running, timeout=5000)  # the thread ends right after
+    assert 0 < win.model.results.n_done < N
+    assert not win.cancel_button.isEnabled()
+    assert "stopped" in win.progress.format()
+
+
+def test_bad_file_gives_message_and_app_survives(qtbot, make_window, warnings, tmp_path):
+    win = make_window(score=False)
+    bad = tmp_path / "broken.mha"
+    bad.write_bytes(b"this is not an image\x00\x01")
+    assert win.open_path(bad, block=True) is False
+    assert len(warnings) == 1 and "broken.mha" in warnings[0]
+    # The usual way in reads the file off the UI thread; the message comes all the same.
+    win.open_path(bad)
+    qtbot.waitUntil(lambda: len(warnings) == 2, timeout=10000)
+    assert "broken.mha" in warnings[1]
+    assert win.model.n_frames == N  # the sweep shown before is still there
+    key(qtbot, win, Qt.Key_Right)
+    assert win.model.frame == 1
+
+
+def test_drop_a_file_opens_it_in_the_background(qtbot, make_window, tmp_path):
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    from fetaliqa_core.io import write_volume
+
+    path = tmp_path / "dropped.mha"
+    write_volume(path, tiny_sweep(1, 9, 40, 50).frames)
+    win = make_window(delay=0.3, batch_size=4)  # a run is going on: opening must not wait for it
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    ev = QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    with qtbot.waitSignal(win.sweep_opened, timeout=10000):
+        win.dropEvent(ev)
+    assert win.model.n_frames == 9
+    assert win.frame_view.image.image.shape == (40, 50)
+    assert "dropped.mha" in win.windowTitle()
+
+
+def test_wrong_model_files_give_message(qtbot, make_window, warnings, tmp_path):
+    from fetaliqa_core.pipeline import ModelChoice
+
+    win = make_window(score=False)
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(m))
+    win.set_model_choice(ModelChoice(model=None, cls=tmp_path / "no_such_bundle", device="cpu"))
+    qtbot.waitUntil(lambda: bool(ended), timeout=30000)
+    assert len(warnings) == 1 and "no_such_bundle" in warnings[0]
+    assert "none loaded" in win.status_model.text()
+    key(qtbot, win, Qt.Key_Right)
+    assert win.model.frame == 1
+
+
+def test_closing_mid_run_stops_worker(qtbot, make_window):
+    win = make_window(delay=0.3, batch_size=4)
+    qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.n_done > 0, timeout=10000)
+    thread = win.scoring._thread
+    assert thread is not None and thread.isRunning()
+    win.close()
+    assert not win.scoring.running
+    assert thread.isFinished()
+    n_after_close = win.model.results.n_done
+    qtbot.wait(400)  # no batch arrives after the window is gone
+    assert win.model.results.n_done == n_after_close
+
+
+def test_frame_display_is_cheap(qtbot, make_window):
+    win = make_window()
+    _wait_scored(qtbot, win)
+    win.refresh()
+    times = []
+    for f in range(0, N, 3):
+        win.model.set_frame(f)
+        times.append(win._last_frame_ms)
+    # Generous bound (shared CPU); the real budget (16 ms) is measured in the benchmark.
+    assert np.median(times) < 50
+
+
+def test_settings_remember_layout_and_recent(qtbot, make_window, tmp_path):
+    from fetaliqa_core.io import write_volume
+
+    path = tmp_path / "small.mha"
+    write_volume(path, tiny_sweep(1, 6, 40, 50).frames)
+    win = make_window(score=False)
+    assert win.open_path(path, score=False, block=True)
+    assert win.model.n_frames == 6
+    win.review_dock.hide()
+    win.close()
+    s = AppSettings.load()
+    assert s.recent_files[0] == str(path.resolve())
+    assert s.geometry and s.window_state
+    win2 = MainWindow(settings=s)
+    qtbot.addWidget(win2)
+    win2.show()
+    assert win2.recent_menu.actions()[0].text() == str(path.resolve())
+    assert win2.flagged_dock.isVisible() and not win2.review_dock.isVisible()
+
+
+def test_model_dialog_round_trip(qtbot, tmp_path):
+    from app.model_dialog import ModelDialog
+    from fetaliqa_core.pipeline import ModelChoice
+
+    dlg = ModelDialog(ModelChoice(model="demo", device="cpu"))
+    qtbot.addWidget(dlg)
+    assert dlg.demo.isChecked() and not dlg.custom_box.isEnabled()
+    assert dlg.choice() == ModelChoice(model="demo", device="cpu")
+    dlg.custom.setChecked(True)
+    assert dlg.custom_box.isEnabled()
+    dlg.cls.edit.setText(str(tmp_path / "cls"))
+    dlg.seg.edit.setText(str(tmp_path / "seg"))
+    dlg.base.edit.setText(str(tmp_path / "FetalCLIP_weights.pt"))
+    dlg.device.setCurrentText("auto")
+    c = dlg.choice()
+    assert c.model is None and c.cls == tmp_path / "cls" and c.seg == tmp_path / "seg"
+    assert c.base == tmp_path / "FetalCLIP_weights.pt" and c.device == "auto"
+    again = ModelDialog(c)
+    qtbot.addWidget(again)
+    assert again.custom.isChecked() and again.choice() == c
+
+
+def test_overlay_lands_on_the_frame_pixels_of_the_mask(qtbot):
+    """The 224x224 model mask is drawn where the model saw it: a region marked on the frame,
+    padded and resized like the model input, shows up on the same frame pixels."""
+    from app import theme
+    from app.frame_view import FrameView
+    from fetaliqa_core.preprocess import preprocess_masks
+
+    view = FrameView()
+    qtbot.addWidget(view)
+    view.resize(640, 480)
+    view.show()
+    qtbot.waitExposed(view)
+    h, w = 96, 128
+    truth = np.zeros((1, h, w), np.uint8)
+    truth[0, 40:70, 20:50] = 1  # optimal
+    truth[0, 10:30, 90:120] = 2  # suboptimal
+    mask224 = preprocess_masks(truth).numpy()[0]
+    view.set_frame(np.zeros((h, w), np.uint8))
+    view.set_mask(mask224)
+    view.set_overlay_opacity(1.0)
+    QApplication.processEvents()
+    img = view.graphics.grab().toImage()
+
+    def colour_at(x: float, y: float):
+        p = view.graphics.mapFromScene(view.view.mapViewToScene(QPointF(x + 0.5, y + 0.5)))
+        c = img.pixelColor(p)
+        return c.red(), c.green(), c.blue()
+
+    assert colour_at(35, 55) == theme.LABEL_COLOURS[1]
+    assert colour_at(105, 20) == theme.LABEL_COLOURS[2]
+    assert colour_at(5, 5) == (0, 0, 0)
+    assert colour_at(70, 55) == (0, 0, 0)
+    view.set_overlay_visible(False)
+    QApplication.processEvents()
+    img = view.graphics.grab().toImage()
+    assert colour_at(35, 55) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("which", ["cls", "seg"])
+def test_one_model_only(qtbot, make_window, which):
+    from app._testing import FakeLoadedModels, FakeModel
+
+    win = make_window(score=False)
+    win.use_models(FakeLoadedModels(cls=FakeModel("cls") if which == "cls" else None,
+                                    seg=FakeModel("seg") if which == "seg" else None))
+    win.start_scoring()
+    _wait_scored(qtbot, win)
+    win.refresh()
+    r = win.model.results
+    assert r.complete and r.has_cls == (which == "cls") and r.has_seg == (which == "seg")
+    assert win.curve.curve_cls.isVisible() == (which == "cls")
+    assert win.curve.curve_seg.isVisible() == (which == "seg")
+    assert win.model.flags.candidates  # the bright ellipse passes either way
+    win.model.set_frame(win.model.flags.best[0])
+    assert win.frame_view.overlay.isVisible() == (which == "seg")
+    assert ("AC" in win.status_ac.text() and "mm" in win.status_ac.text()) == (which == "seg")
