@@ -8,45 +8,11 @@ The fake models read the frame itself: the "abdomen" is the bright ellipse of
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(eq=False)
-class TinySweep:
-    """Duck-typed ``io.Sweep`` held in memory."""
-
-    frames: np.ndarray
-    spacing_mm: tuple[float, float] = (0.28, 0.28)
-    sweep_ranges: list[tuple[int, int]] = field(default_factory=list)
-    sweep_kinds: list[str] = field(default_factory=list)
-    path: Path | None = None
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.frames.shape[0])
-
-    @property
-    def height(self) -> int:
-        return int(self.frames.shape[1])
-
-    @property
-    def width(self) -> int:
-        return int(self.frames.shape[2])
-
-    @property
-    def content_hash(self) -> str:
-        import hashlib
-
-        return hashlib.blake2b(self.frames.tobytes(), digest_size=16).hexdigest()
-
-    def sweep_index(self, frame: int) -> int:
-        for k, (a, b) in enumerate(self.sweep_ranges):
-            if a <= frame < b:
-                return k
-        raise IndexError(frame)
+from fetaliqa_core.io import Sweep
 
 
 def tiny_frames(n_sweeps: int = 3, per_sweep: int = 20, height: int = 96, width: int = 128,
@@ -76,13 +42,13 @@ def tiny_frames(n_sweeps: int = 3, per_sweep: int = 20, height: int = 96, width:
 
 
 def tiny_sweep(n_sweeps: int = 3, per_sweep: int = 20, height: int = 96, width: int = 128,
-               seed: int = 0) -> TinySweep:
+               seed: int = 0) -> Sweep:
     frames = tiny_frames(n_sweeps, per_sweep, height, width, seed)
     frames.flags.writeable = False
     ranges = [(k * per_sweep, (k + 1) * per_sweep) for k in range(n_sweeps)]
     kinds = (["transverse", "sagittal"] * n_sweeps)[:n_sweeps]
     kinds = sorted(kinds, key=lambda k: k != "transverse")
-    return TinySweep(frames=frames, sweep_ranges=ranges, sweep_kinds=kinds)
+    return Sweep(frames=frames, spacing_mm=(0.28, 0.28), sweep_ranges=ranges, sweep_kinds=kinds)
 
 
 @dataclass
