@@ -1,7 +1,9 @@
 """HTML report -> PDF with Qt's own rich-text engine (QTextDocument + QPdfWriter); no browser.
 
-Works without a display: when no QGuiApplication exists, one is created, on the "offscreen"
-platform if no display is available (QT_QPA_PLATFORM is respected when set).
+Works without a display: when no Qt application exists, one is created, on the "offscreen"
+platform if no display is available (QT_QPA_PLATFORM is respected when set). It is a full
+QApplication, so that widgets can still be created later in the same process (the app's
+export button, or a test run); a bare QGuiApplication would make any later QWidget abort.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from PySide6.QtGui import (
     QPdfWriter,
     QTextDocument,
 )
+
+from PySide6.QtWidgets import QApplication
 
 from fetaliqa_core import __version__
 from fetaliqa_core.errors import FetalIQAError
@@ -44,7 +48,7 @@ def ensure_gui_application() -> QGuiApplication:
     if (not os.environ.get("QT_QPA_PLATFORM") and sys.platform.startswith("linux")
             and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
-    _app = QGuiApplication(sys.argv[:1] or ["fetaliqa"])
+    _app = QApplication(sys.argv[:1] or ["fetaliqa"])
     return _app
 
 

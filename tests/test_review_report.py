@@ -217,3 +217,17 @@ def test_core_report_does_not_import_qt():
     code = ("import sys, fetaliqa_core.review.report, fetaliqa_core.cli.review; "
             "sys.exit(any(m.startswith(('PySide6', 'app')) for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_pdf_export_leaves_a_process_that_can_still_open_windows():
+    """Exporting a PDF first (CLI, or a test run) must not stop widgets being created later:
+    a bare QGuiApplication made any later QWidget abort the process."""
+    import subprocess
+    import sys
+
+    code = ("from app.report_pdf import ensure_gui_application; ensure_gui_application(); "
+            "from PySide6.QtWidgets import QWidget; w = QWidget(); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**__import__('os').environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout.strip() == "ok"
