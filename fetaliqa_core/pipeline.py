@@ -209,8 +209,13 @@ def measure_frame_ac(sweep, results, frame: int, fov=None):
     return measure_ac(full, sweep.spacing_mm, fov=sweep_fov(sweep) if fov is None else fov)
 
 
-def analyse(sweep, results, models_desc: str = "", threshold: float = 0.5) -> Analysis:
-    """Flags, best frame per sweep, chosen frame per case, AC and GA on them."""
+def analyse(sweep, results, models_desc: str = "", threshold: float = 0.5,
+            threshold_seg: float = 0.5) -> Analysis:
+    """Flags, best frame per sweep, chosen frame per case, AC and GA on them.
+
+    ``threshold`` applies to the classifier's probability (a bundle carries its own, chosen on
+    validation data); ``threshold_seg`` to the mask score, where 0.5 is the paper's 1 % rule.
+    """
     from fetaliqa_core import analysis as an
 
     p_cls = results.p_cls if results.has_cls else None
@@ -220,10 +225,10 @@ def analyse(sweep, results, models_desc: str = "", threshold: float = 0.5) -> An
         area[area < 0] = np.nan
     p_opt = results.p_opt if results.has_seg else None
     seg_call = results.seg_call if results.has_seg else None
-    flags = an.flag_frames(p_cls, p_seg, threshold, threshold, seg_call=seg_call)
+    flags = an.flag_frames(p_cls, p_seg, threshold, threshold_seg, seg_call=seg_call)
     best = an.best_frames(p_cls, p_seg, area, sweep.sweep_ranges, p_opt=p_opt,
-                          threshold_cls=threshold, threshold_seg=threshold)
-    chosen = an.choose_case_frame(p_cls, p_seg, area, p_opt, threshold, threshold)
+                          threshold_cls=threshold, threshold_seg=threshold_seg)
+    chosen = an.choose_case_frame(p_cls, p_seg, area, p_opt, threshold, threshold_seg)
     fov = sweep_fov(sweep) if results.has_seg else None
     ac: dict[int, object] = {}
     sweeps: list[SweepSummary] = []

@@ -195,12 +195,14 @@ def test_save_refuses_merged_model_and_wrong_manifest(tmp_path):
         save_bundle(model, tmp_path / "y", manifest)
 
 
-def test_demo_models_load_or_say_what_is_missing():
-    demo = paths.resources_dir() / "demo"
-    if (demo / "cls" / MANIFEST_FILE).is_file() and (demo / "seg" / MANIFEST_FILE).is_file():
-        cls, seg = demo_models(device="cpu")
-        assert cls.task in ("cls", "joint") and seg.task in ("seg", "joint")
-        assert cls.predict(_x(1)).p_cls.shape == (1,)
-    else:
-        with pytest.raises(FetalIQAError, match="demo model"):
-            demo_models(device="cpu")
+def test_demo_models_load_on_their_shipped_base():
+    cls, seg = demo_models(device="cpu")
+    assert cls.task == "cls" and seg.task == "seg" and seg.manifest.n_classes == 3
+    assert not cls.base.is_random and cls.base.sha256 == seg.base.sha256
+    assert cls.predict(_x(1)).p_cls.shape == (1,)
+
+
+def test_missing_demo_models_say_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "resources_dir", lambda: tmp_path)
+    with pytest.raises(FetalIQAError, match="demo model"):
+        demo_models(device="cpu")

@@ -44,8 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./fetaliqa-scores/<sweep name>)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="quality threshold for flagged frames (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="classifier threshold for flagged frames (default: the classifier "
+                        "bundle's own, else 0.5)")
     p.add_argument("--challenge-output", action="store_true",
                    help="also write the ACOUSLIC-AI challenge's output files")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write cached results")
@@ -80,7 +81,10 @@ def score_one(path: Path, out: Path, models, args, position: str = "") -> dict:
     finally:
         bar.close()
     results = engine.results
-    result = pipeline.analyse(sweep, results, models.describe(), args.threshold)
+    threshold = args.threshold
+    if threshold is None:
+        threshold = models.cls.threshold if models.cls is not None else 0.5
+    result = pipeline.analyse(sweep, results, models.describe(), threshold)
     with pipeline.atomic_output_dir(out) as tmp:
         pipeline.write_frames_csv(tmp / "frames.csv", sweep, results, result.flags.candidates)
         pipeline.write_summary_json(tmp / "summary.json", result.summary)

@@ -444,12 +444,20 @@ def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
 DEMO_DIR_NAME = "demo"
 
 
+DEMO_BASE_FILE = "base_tiny.pt"
+
+
 def demo_models(device: str | torch.device | DeviceChoice = "auto") -> tuple[LoadedModel, LoadedModel]:
-    """The bundled demo classifier and segmenter (``resources/demo/cls`` and ``resources/demo/seg``)."""
+    """The bundled demo classifier and segmenter (``resources/demo/cls`` and ``resources/demo/seg``)
+    on the demo's own tiny base (``resources/demo/base_tiny.pt``), all trained by this project's
+    scripts on synthetic sweeps (see ``resources/README.md``)."""
     root = paths.resources_dir() / DEMO_DIR_NAME
     found = [root / "cls", root / "seg"]
     for path in found:
         if not (path / MANIFEST_FILE).is_file():
             raise FetalIQAError(f"demo model {path} is missing from this installation; reinstall FetalIQA "
-                                "or train the demo models")
-    return load_bundle(found[0], device=device), load_bundle(found[1], device=device)
+                                "or train the demo models (resources/README.md)")
+    base = root / DEMO_BASE_FILE
+    weights = base if base.is_file() else None
+    return (load_bundle(found[0], base_weights=weights, device=device),
+            load_bundle(found[1], base_weights=weights, device=device))
