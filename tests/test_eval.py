@@ -1,0 +1,129 @@
+"""``fetaliqa eval``: per-frame metrics equal those of the bundle run directly, the segmenter's
+1 % area rule, challenge metrics per case, the printed table and the files written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fetaliqa_core.errors import FetalIQAError
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from fetaliqa_core.synth import write_dataset
+
+    out = tmp_path_factory.mktemp("eval_data")
+    write_dataset(out, cases=4, seed=11, frames_per_sweep=4, height=96, width=128)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    """An untrained classifier and 3-class segmenter on the random tiny base (their outputs are
+    arbitrary but fixed, which is all the bookkeeping checks need)."""
+    import torch
+
+    from fetaliqa_core.models.base import random_base
+    from fetaliqa_core.models.bundle import manifest_for, save_bundle
+    from fetaliqa_core.models.classifier import FetalCLIPClassifier
+    from fetaliqa_core.models.segmenter import FetalCLIPSegmenter
+
+    root = tmp_path_factory.mktemp("bundles")
+    torch.manual_seed(0)
+    visual, info = random_base("tiny")
+    cls = FetalCLIPClassifier(visual)
+    with torch.no_grad():
+        cls.head.bias.fill_(0.05)  # p near 0.5: both calls occur
+    save_bundle(cls, root / "cls", manifest_for(cls, info))
+    visual, info = random_base("tiny")
+    seg = FetalCLIPSegmenter(visual, n_classes=3, init_filters=4)
+    with torch.no_grad():
+        seg.seg.decoder.out.bias.copy_(torch.tensor([0.0, 0.3, -0.2]))
+    save_bundle(seg, root / "seg", manifest_for(seg, info))
+    return {"cls": root / "cls", "seg": root / "seg"}
+
+
+def _direct(bundle: Path, data: Path):
+    """Per-frame p_cls and mask areas of every frame of every case, by the bundle alone."""
+    from fetaliqa_core.io import load_sweep
+    from fetaliqa_core.models.bundle import load_bundle
+    from fetaliqa_core.models.segmenter import foreground_probability
+    from fetaliqa_core.preprocess import preprocess_frames
+    from training.dataset import frame_labels, read_cases
+
+    model = load_bundle(bundle, device="cpu")
+    p, area, truth = [], [], []
+    for case in read_cases(data):
+        sweep = load_sweep(case.image_path)
+        pred = model.predict(preprocess_frames(np.asarray(sweep.frames)))
+        if pred.p_cls is not None:
+            p.append(pred.p_cls.numpy())
+        if pred.seg_prob is not None:
+            prob = pred.seg_prob
+            fg = prob.argmax(dim=1) > 0 if prob.shape[1] == 3 else foreground_probability(prob) > 0.5
+            area.append(fg.flatten(1).sum(1).numpy())
+        truth.append(frame_labels(case) > 0)
+    cat = lambda xs: np.concatenate(xs) if xs else None  # noqa: E731
+    return cat(p), cat(area), cat(truth)
+
+
+def test_eval_matches_the_bundle_run_directly(tiny_data, bundles, tmp_path):
+    from fetaliqa_core.analysis import binary_metrics
+    from training.evaluate import EvalSettings, evaluate
+
+    out = tmp_path / "ev"
+    m = evaluate(EvalSettings(cls=bundles["cls"], seg=bundles["seg"], data=tiny_data, split="all",
+                              device="cpu", all_sweeps=True, progress=False), out_dir=out)
+    p, area, truth = _direct(bundles["cls"], tiny_data)
+    _, area, _ = _direct(bundles["seg"], tiny_data)
+    assert m["n_frames"] == truth.size and m["n_positive"] == int(truth.sum())
+    want = binary_metrics(truth, p >= 0.5)
+    got = m["frame"]["cls"]
+    assert (got["tp"], got["fp"], got["tn"], got["fn"]) == (want.tp, want.fp, want.tn, want.fn)
+    # the segmenter as a classifier: positive when >= 1 % of the 224 x 224 pixels are foreground
+    rule = binary_metrics(truth, area >= 0.01 * 224 * 224)
+    seg = m["frame"]["seg"]
+    assert (seg["tp"], seg["fp"], seg["tn"], seg["fn"]) == (rule.tp, rule.fp, rule.tn, rule.fn)
+    assert 0.0 <= seg["dice"] <= 1.0 and "grade_accuracy" in seg
+    # challenge metrics: one row per model and one for both, aggregates = means of the cases
+    assert set(m["challenge"]) == {"cls", "seg", "cls+seg"}
+    for name, per_case in m["cases"].items():
+        assert len(per_case) == 4
+        for c in per_case:
+            assert c["wfss"] in (0.0, 0.6, 1.0)
+            assert c["score"] == pytest.approx(0.5 * (1 - c["nae_ac"]) + 0.25 * c["wfss"] + 0.25 * c["dsc_soft"])
+        assert m["challenge"][name]["score"]["mean"] == pytest.approx(np.mean([c["score"] for c in per_case]))
+    for c in m["cases"]["cls"]:  # no mask from a classifier: no AC, no Dice
+        assert c["nae_ac"] == 1.0 and c["dsc_soft"] == 0.0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["frame"]["cls"]["f1"] == pytest.approx(got["f1"])
+    assert len((out / "per_case.csv").read_text().splitlines()) == 1 + 3 * 4
+
+
+def test_eval_cli_prints_table_and_paper(tiny_data, bundles, tmp_path, capsys):
+    from fetaliqa_core.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["eval", "--seg", str(bundles["seg"]), "--data", str(tiny_data), "--split", "all",
+               "--device", "cpu", "--out", str(out), "--compare-paper", "--quiet", "--all-sweeps"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "segmenter (1% area)" in text and "FetalCLIP_CLS" in text and "0.7570" in text
+    assert "WFSS" in text and "score" in text
+    assert (out / "metrics.json").is_file()
+
+
+def test_eval_errors(tiny_data, bundles, tmp_path):
+    from fetaliqa_core.cli import main
+    from training.evaluate import EvalSettings, evaluate
+
+    with pytest.raises(FetalIQAError, match="--cls"):
+        evaluate(EvalSettings(cls=None, seg=None, data=tiny_data, progress=False))
+    assert main(["eval", "--cls", str(tmp_path / "nope"), "--data", str(tiny_data), "--device", "cpu",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert main(["eval", "--cls", str(bundles["cls"]), "--data", str(tmp_path / "nodata"), "--device", "cpu",
+                 "--out", str(tmp_path / "o")]) == 2

@@ -1,0 +1,383 @@
+"""Training: dataset indexing, the grouped split, augmentation, sampling, losses, and a tiny
+end-to-end run (train -> bundle the app loads -> resume)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fetaliqa_core.errors import FetalIQAError
+from training import dataset as ds
+from training.augment import AugmentSettings, Augmenter, affine_matrix, apply_affine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------
+# fixtures: a tiny synthetic dataset in the ACOUSLIC layout
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """6 cases x 6 sweeps x 4 frames of 96 x 128 px (uncompressed images: memory-mapped)."""
+    from fetaliqa_core.synth import write_dataset
+
+    out = tmp_path_factory.mktemp("tiny_data")
+    write_dataset(out, cases=6, seed=3, frames_per_sweep=4, height=96, width=128, compress=False)
+    return out
+
+
+def _records(subjects: list[str]) -> list[ds.CaseRecord]:
+    return [ds.CaseRecord(uuid=f"case{i:03d}", subject_id=s, image_path=Path(f"/x/{i}.mha"),
+                          mask_path=Path(f"/y/{i}.mha"), ac_mm=(100.0, None)) for i, s in enumerate(subjects)]
+
+
+# ------------------------------------------------------------------------------------------
+# split
+# ------------------------------------------------------------------------------------------
+
+
+def test_split_groups_subjects_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    subjects = [f"s{int(k)}" for k in rng.integers(0, 60, size=150)]  # 1..n cases per subject
+    cases = _records(subjects)
+    split = ds.split_cases(cases, seed=42)
+    by_split = {name: {c.subject_id for c in members} for name, members in split.items()}
+    assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"]) \
+        and not (by_split["val"] & by_split["test"])
+    assert sum(len(v) for v in split.values()) == len(cases)
+    fractions = [len(split[n]) / len(cases) for n in ds.SPLIT_NAMES]
+    assert fractions == pytest.approx([0.7, 0.1, 0.2], abs=0.04)
+    # same split whatever the CSV order; another seed gives another split
+    again = ds.split_cases(list(reversed(cases)), seed=42)
+    assert {n: [c.uuid for c in v] for n, v in again.items()} == {n: [c.uuid for c in v] for n, v in split.items()}
+    other = ds.split_cases(cases, seed=7)
+    assert [c.uuid for c in other["test"]] != [c.uuid for c in split["test"]]
+
+
+def test_split_small_dataset_gets_every_split():
+    split = ds.split_cases(_records(["a", "b", "c", "d"]), seed=1)
+    assert all(len(split[n]) >= 1 for n in ds.SPLIT_NAMES)
+
+
+# ------------------------------------------------------------------------------------------
+# reading the layout
+# ------------------------------------------------------------------------------------------
+
+
+def test_read_cases_and_index(tiny_data):
+    cases = ds.read_cases(tiny_data)
+    assert len(cases) == 6 and all(c.n_sweeps == 6 for c in cases)
+    from fetaliqa_core.io import load_mask
+
+    case = next(c for c in cases if c.sweeps_with_ac())
+    idx = ds.build_index([case])
+    mask = load_mask(case.mask_path)
+    want = [s for s in case.sweeps_with_ac()]
+    assert sorted(set(idx.sweep_idx.tolist())) == want
+    for f, label in zip(idx.frame_idx.tolist(), idx.label.tolist()):
+        assert label == int(mask[f].max())  # positives = mask non-empty
+    assert np.array_equal(idx.target, (idx.label > 0).astype(np.float32))
+    full = ds.build_index([case], all_sweeps=True)
+    assert len(full) == mask.shape[0]
+
+
+def test_read_cases_errors(tmp_path, tiny_data):
+    with pytest.raises(FetalIQAError, match="circumferences"):
+        ds.read_cases(tmp_path)
+    # a CSV row whose files are missing
+    layout = tmp_path / "d"
+    (layout / ds.CSV_RELPATH).parent.mkdir(parents=True)
+    (layout / ds.CSV_RELPATH).write_text("uuid,subject_id,sweep_1_ac_mm\nabc,1,100\n")
+    with pytest.raises(FetalIQAError, match="missing"):
+        ds.read_cases(layout)
+    (layout / ds.CSV_RELPATH).write_text("uuid,sweep_1_ac_mm\nabc,100\n")
+    with pytest.raises(FetalIQAError, match="subject_id"):
+        ds.read_cases(layout)
+
+
+def test_frames_are_read_lazily(tiny_data, tmp_path):
+    from fetaliqa_core.io import load_sweep, write_volume
+
+    cases = ds.read_cases(tiny_data)
+    cache = ds.VolumeCache(max_decoded=2)
+    frames = cache.frames(cases[0].image_path)
+    assert ds.is_memory_mapped(cases[0].image_path)
+    assert ds._file_backed(frames)  # uncompressed: a view of the file, not a copy
+    # compressed volumes are decoded once per case and kept in a small LRU
+    paths = []
+    for i, c in enumerate(cases[:3]):
+        p = tmp_path / f"c{i}.mha"
+        write_volume(p, np.asarray(load_sweep(c.image_path).frames), compress=True)
+        paths.append(p)
+    assert not ds.is_memory_mapped(paths[0])
+    cache = ds.VolumeCache(max_decoded=2)
+    for p in paths[:2] * 3:
+        cache.frames(p)
+    assert cache.loads == 2
+    cache.frames(paths[2])  # evicts paths[0]
+    cache.frames(paths[1])
+    assert cache.loads == 3
+    cache.frames(paths[0])
+    assert cache.loads == 4
+
+
+def test_extra_labels(tmp_path, tiny_data):
+    cases = ds.read_cases(tiny_data)
+    idx = ds.build_index(cases, all_sweeps=True)
+    uuid = cases[0].uuid
+    f0 = int(idx.frame_idx[0])
+    before = float(idx.target[0])
+    path = tmp_path / "labels.csv"
+    path.write_text(f"sweep_path,frame,label\n/some/where/{uuid}.mha,{f0},"
+                    f"{'not_usable' if before > 0.5 else 'optimal'}\nunknown-case,3,optimal\n")
+    labels = ds.read_extra_labels(path)
+    assert ds.apply_extra_labels(idx, labels) == 1
+    assert float(idx.target[0]) == 1.0 - before
+    path.write_text("uuid,frame,label\nabc,1,maybe\n")
+    with pytest.raises(FetalIQAError, match="maybe"):
+        ds.read_extra_labels(path)
+
+
+# ------------------------------------------------------------------------------------------
+# sampler
+# ------------------------------------------------------------------------------------------
+
+
+def _index(n_cases: int = 5, per_case: int = 7) -> ds.FrameIndex:
+    cases = _records([f"s{i}" for i in range(n_cases)])
+    ci = np.repeat(np.arange(n_cases), per_case).astype(np.int32)
+    return ds.FrameIndex(cases, ci, np.tile(np.arange(per_case), n_cases).astype(np.int32),
+                         np.zeros(ci.size, np.int16), (np.arange(ci.size) % 3 == 0).astype(np.uint8))
+
+
+def test_sampler_chunks_cases_and_splits_ranks():
+    idx = _index()
+    s = ds.CaseChunkSampler(idx, chunk_cases=2, seed=1)
+    s.set_epoch(0)
+    order = np.array(list(s))
+    assert sorted(order.tolist()) == list(range(len(idx)))
+    # frames of at most 2 cases are interleaved at a time: each case's frames are contiguous
+    # within a block of 2 cases
+    cases_seen = idx.case_idx[order]
+    first_block = set(cases_seen[:14].tolist())
+    assert len(first_block) == 2
+    s.set_epoch(1)
+    assert list(s) != order.tolist()  # reshuffled per epoch
+    # two ranks: disjoint halves of one order, equal length
+    r0 = ds.CaseChunkSampler(idx, chunk_cases=None, seed=1, num_replicas=2, rank=0)
+    r1 = ds.CaseChunkSampler(idx, chunk_cases=None, seed=1, num_replicas=2, rank=1)
+    a, b = list(r0), list(r1)
+    assert len(a) == len(b) == len(r0)
+    assert set(a) | set(b) == set(range(len(idx)))
+
+
+# ------------------------------------------------------------------------------------------
+# augmentation
+# ------------------------------------------------------------------------------------------
+
+
+def _disk_frame(h=120, w=160):
+    yy, xx = np.mgrid[:h, :w]
+    inside = ((yy - 50) / 22.0) ** 2 + ((xx - 90) / 30.0) ** 2 <= 1.0
+    frame = np.where(inside, 200, 30).astype(np.uint8)
+    return frame, inside.astype(np.uint8) * 2
+
+
+def test_augmentation_keeps_mask_aligned():
+    frame, mask = _disk_frame()
+    aug = Augmenter(AugmentSettings(p=1.0, clahe_p=0.5))
+    moved = 0
+    for k in range(20):
+        out, m = aug(frame, mask, np.random.default_rng(k))
+        assert out.shape == frame.shape and out.dtype == np.uint8 and m.dtype == np.uint8
+        assert set(np.unique(m).tolist()) <= {0, 2}  # labels stay labels
+        if not m.any():
+            continue
+        bright = out > (out.max() / 2 + out.min() / 2)
+        inter = (bright & (m > 0)).sum()
+        union = (bright | (m > 0)).sum()
+        assert inter / union > 0.85, f"draw {k}: mask no longer covers the disk (IoU {inter / union:.2f})"
+        moved += int(not np.array_equal(m, mask))
+    assert moved >= 15  # the affine step really moves things
+
+
+def test_affine_ranges_and_identity():
+    frame, mask = _disk_frame()
+    out, m = apply_affine(frame, mask, affine_matrix(*frame.shape, 0.0, 0.0, 0.0))
+    assert np.array_equal(out, frame) and np.array_equal(m, mask)
+    aug = Augmenter(AugmentSettings(p=0.0))
+    out, m = aug(frame, mask, np.random.default_rng(0))
+    assert out is frame and m is mask
+
+
+# ------------------------------------------------------------------------------------------
+# losses
+# ------------------------------------------------------------------------------------------
+
+
+def test_dice_loss_behaviour():
+    import torch
+
+    from training.train import dice_loss
+
+    masks = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    masks[0, 2:6, 2:6] = 1
+    masks[1, 1:3, 1:3] = 2
+    good = torch.full((2, 1, 8, 8), -20.0)
+    good[:, 0][masks > 0] = 20.0
+    assert float(dice_loss(good, masks, 1)) < 1e-3
+    assert float(dice_loss(-good, masks, 1)) > 0.99
+    logits3 = torch.full((2, 3, 8, 8), -20.0)
+    for c in range(3):
+        logits3[:, c][masks == c] = 20.0
+    assert float(dice_loss(logits3, masks, 3)) < 1e-3
+
+
+# ------------------------------------------------------------------------------------------
+# end to end
+# ------------------------------------------------------------------------------------------
+
+
+def _train(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    # one thread: fast on a shared CPU and free of the summation-order noise of parallel kernels
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+TINY_ARGS = ["--base-config", "tiny", "--all-sweeps", "--batch-size", "8", "--workers", "0",
+             "--no-progress-bar", "--seed", "5"]
+
+
+@pytest.mark.slow
+def test_one_epoch_tiny_training_end_to_end(tiny_data, tmp_path):
+    """One epoch of the classifier: progress lines, checkpoint, curves, metrics, and a bundle the
+    app's loader accepts; then ``fetaliqa eval`` on it."""
+    out = tmp_path / "run"
+    proc = _train(["--task", "cls", "--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--trials", "2",
+                   *TINY_ARGS])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    progress = [ln for ln in lines if ln.startswith("PROGRESS ")]
+    assert progress, proc.stdout
+    fields = dict(kv.split("=", 1) for kv in progress[-1].split()[1:])
+    assert fields["epoch"] == "1/1" and fields["step"].split("/")[0] == fields["step"].split("/")[1]
+    assert np.isfinite(float(fields["loss"]))
+    assert any(ln.startswith("VALIDATION ") for ln in lines)
+    bundle_line = [ln for ln in lines if ln.startswith("BUNDLE ")]
+    assert len(bundle_line) == 1 and lines[-1] == bundle_line[0]
+    bundle = Path(bundle_line[0].split(" ", 1)[1])
+    assert bundle == out / "bundle"
+    for trial in (1, 2):
+        assert (out / f"trial_{trial}" / "checkpoints" / "epoch_001.pt").is_file()
+        assert (out / f"trial_{trial}" / "checkpoints" / "best.pt").is_file()
+    assert sum(ln.startswith("TEST trial=") for ln in lines) == 2
+    import cv2
+
+    curves = cv2.imread(str(out / "trial_1" / "curves.png"))
+    assert curves is not None and curves.shape[0] > 100
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "cls" and metrics["bundle"] == str(bundle)
+    # two trials (seeds 5 and 6): test metrics as mean +- std, the bundle of the lower validation loss
+    f1 = metrics["test_summary"]["f1"]
+    assert f1["n"] == 2 and 0.0 <= f1["mean"] <= 1.0 and f1["std"] >= 0.0
+    trials = metrics["trials"]
+    assert [t["seed"] for t in trials] == [5, 6]
+    best = min(trials, key=lambda t: t["best_val_loss"])
+    assert metrics["best_trial"] == best["trial"]
+    assert (bundle / "manifest.json").read_text() == (Path(best["bundle"]) / "manifest.json").read_text()
+    split = json.loads((out / "split.json").read_text())
+    assert not set(split["train"]["cases"]) & set(split["test"]["cases"])
+
+    from fetaliqa_core.models.bundle import load_bundle
+
+    loaded = load_bundle(bundle, device="cpu")
+    assert loaded.task == "cls" and loaded.manifest.metrics["training"]["split_seed"] == split["seed"]
+
+    from fetaliqa_core.cli import main
+
+    ev = tmp_path / "eval"
+    assert main(["eval", "--cls", str(bundle), "--data", str(tiny_data), "--split", "test", "--out", str(ev),
+                 "--device", "cpu", "--quiet"]) == 0
+    result = json.loads((ev / "metrics.json").read_text())
+    assert result["n_cases"] == len(split["test"]["cases"])
+    assert set(result["frame"]["cls"]) >= {"accuracy", "f1", "precision", "recall", "specificity"}
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    """Two epochs in one go equal one epoch, an interruption, and --resume to two epochs."""
+    import torch
+
+    common = ["--task", "seg", "--seg-classes", "3", "--init-filters", "4", "--data", str(tiny_data),
+              "--max-steps", "2", "--no-test", *TINY_ARGS]
+    straight = tmp_path / "straight"
+    assert _train([*common, "--out", str(straight), "--epochs", "2"]).returncode == 0
+    resumed = tmp_path / "resumed"
+    assert _train([*common, "--out", str(resumed), "--epochs", "1"]).returncode == 0
+    # starting again in the same folder without --resume is refused
+    again = _train([*common, "--out", str(resumed), "--epochs", "2"])
+    assert again.returncode == 2 and "--resume" in again.stderr
+    # resuming with another setting is refused
+    bad = _train([*common, "--out", str(resumed), "--epochs", "2", "--resume", "--lr", "1e-3"])
+    assert bad.returncode == 2 and "lr" in bad.stderr
+    proc = _train([*common, "--out", str(resumed), "--epochs", "2", "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch=1/2" not in proc.stdout  # epoch 1 was not trained again
+    ckpts = resumed / "trial_1" / "checkpoints"
+    a = torch.load(straight / "trial_1" / "checkpoints" / "epoch_002.pt", weights_only=True)["model"]
+    b = torch.load(ckpts / "epoch_002.pt", weights_only=True)["model"]
+    e1 = torch.load(ckpts / "epoch_001.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() == e1.keys()
+    # same data order, augmentation and dropout: the same weights up to float rounding (peft's
+    # attention LoRA merges into and out of the frozen weights on every call, which drifts them
+    # by rounding in a run that never restarts) - far closer than one epoch moves them, which is
+    # what a restart from scratch or a skipped epoch would leave
+    same = max(float((a[k] - b[k]).abs().max()) for k in a)
+    step = max(float((a[k] - e1[k]).abs().max()) for k in a)
+    assert step > 0 and same < 0.1 * step, (same, step)
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_data):
+    from fetaliqa_core.cli import main
+
+    assert main(["train", "--task", "cls", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"),
+                 "--base-config", "tiny"]) == 2
+    assert main(["train", "--task", "cls", "--data", str(tiny_data), "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", "--task", "cls", "--data", str(tiny_data), "--out", str(tmp_path / "r"),
+                 "--base", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_best_f1_threshold():
+    from training.train import best_f1_threshold
+
+    truth = np.array([0] * 90 + [1] * 10, bool)
+    p = np.concatenate([np.linspace(0.0, 0.7, 90), np.linspace(0.75, 0.9, 10)])
+    t = best_f1_threshold(p, truth)
+    assert 0.70 < t <= 0.75  # separates the classes, where 0.5 would not
+    assert best_f1_threshold(np.full(100, 0.6), truth) == 0.5  # no information: stays at the paper's 0.5
+
+
+def test_seg_prior_initialisation():
+    import torch
+
+    from fetaliqa_core.models.segmenter import foreground_probability, segmentation_probabilities
+    from training.train import TrainConfig, build_model
+
+    for classes in (1, 3):
+        cfg = TrainConfig(task="seg", data="-", out="-", base_config="tiny", seg_classes=classes, init_filters=4,
+                          seg_prior=0.03)
+        model, _ = build_model(cfg, torch.device("cpu"), seed=0)
+        with torch.no_grad():
+            prob = segmentation_probabilities(model(torch.randn(1, 3, 224, 224)))
+        fg = foreground_probability(prob)
+        assert 0.01 < float(fg.mean()) < 0.06 and float(fg.max()) < 0.5  # no pixel starts as abdomen

@@ -1,0 +1,603 @@
+"""ACOUSLIC-AI layout -> cases, a grouped split, a per-frame index and a lazy frame dataset.
+
+Layout (FACTS.md §2)::
+
+    DATA/images/stacked_fetal_ultrasound/<uuid>.mha      (N, H, W) uint8 frames, 6 sweeps
+    DATA/masks/stacked_fetal_abdomen/<uuid>.mha          (N, H, W) labels 0 / 1 optimal / 2 suboptimal
+    DATA/circumferences/fetal_abdominal_circumferences_per_sweep.csv
+        uuid, subject_id, sweep_1_ac_mm, ..., sweep_6_ac_mm   (blank where a sweep has no AC)
+
+Frames are never copied to disk: an uncompressed volume is memory-mapped by
+:func:`fetaliqa_core.io.load_sweep`; a compressed one is decoded on first use and kept in a small
+per-process LRU cache of volumes. :class:`CaseChunkSampler` shuffles in chunks of a few cases so
+that such a cache is hit instead of decoding a case per frame.
+
+A frame is positive ("good for measuring the AC") when its mask is non-empty (label 1 or 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fetaliqa_core.errors import FetalIQAError
+
+IMAGES_SUBDIR = Path("images") / "stacked_fetal_ultrasound"
+MASKS_SUBDIR = Path("masks") / "stacked_fetal_abdomen"
+CSV_RELPATH = Path("circumferences") / "fetal_abdominal_circumferences_per_sweep.csv"
+#: The paper's split: by case, 70 / 10 / 20 train / val / test, with a fixed seed.
+SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_SEED = 42
+#: Decoded compressed volumes kept per process (an ACOUSLIC case is ~350 MB decoded).
+DEFAULT_CACHE_CASES = 4
+INDEX_VERSION = "1"
+
+
+# ------------------------------------------------------------------------------------------
+# Cases and the split
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """One case of the dataset (one row of the circumferences CSV)."""
+
+    uuid: str
+    subject_id: str
+    image_path: Path
+    mask_path: Path
+    ac_mm: tuple[float | None, ...]  # reference AC per sweep (mm), None where the sweep has none
+
+    @property
+    def n_sweeps(self) -> int:
+        return len(self.ac_mm)
+
+    def sweeps_with_ac(self) -> list[int]:
+        """Zero-based indices of the sweeps that have a reference AC."""
+        return [i for i, v in enumerate(self.ac_mm) if v is not None]
+
+
+def _parse_ac(text: str, where: str) -> float | None:
+    text = (text or "").strip()
+    if not text or text.lower() in ("nan", "none", "na"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise FetalIQAError(f"{where}: '{text}' is not a number; leave the cell blank when a sweep has no AC") from None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _sweep_columns(header: Sequence[str]) -> list[str]:
+    cols = []
+    k = 1
+    while f"sweep_{k}_ac_mm" in header:
+        cols.append(f"sweep_{k}_ac_mm")
+        k += 1
+    return cols
+
+
+def read_cases(data_dir: str | Path) -> list[CaseRecord]:
+    """Cases of an ACOUSLIC-layout folder, in CSV order; raises FetalIQAError when the layout is
+    incomplete (missing CSV, columns, or image/mask files)."""
+    data = Path(data_dir)
+    if not data.is_dir():
+        raise FetalIQAError(f"--data {data}: no such folder; give the folder that holds images/, masks/ and circumferences/")
+    csv_path = data / CSV_RELPATH
+    if not csv_path.is_file():
+        raise FetalIQAError(
+            f"{csv_path} is missing: --data must be a folder in the ACOUSLIC-AI layout "
+            f"({IMAGES_SUBDIR}/, {MASKS_SUBDIR}/, {CSV_RELPATH}); `fetaliqa synth --out DIR` writes one")
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        missing = [c for c in ("uuid", "subject_id") if c not in header]
+        sweep_cols = _sweep_columns(header)
+        if missing or not sweep_cols:
+            need = missing + ([] if sweep_cols else ["sweep_1_ac_mm ..."])
+            raise FetalIQAError(f"{csv_path}: column(s) {', '.join(need)} missing; expected uuid, subject_id, "
+                                "sweep_1_ac_mm ... sweep_6_ac_mm")
+        rows = list(reader)
+    cases: list[CaseRecord] = []
+    seen: set[str] = set()
+    missing_files: list[str] = []
+    for line, row in enumerate(rows, start=2):
+        uuid = (row.get("uuid") or "").strip()
+        if not uuid:
+            continue
+        if uuid in seen:
+            raise FetalIQAError(f"{csv_path}, line {line}: case {uuid} is listed twice; keep one row per case")
+        seen.add(uuid)
+        subject = (row.get("subject_id") or "").strip() or uuid
+        ac = tuple(_parse_ac(row.get(c, ""), f"{csv_path}, line {line}, {c}") for c in sweep_cols)
+        image = data / IMAGES_SUBDIR / f"{uuid}.mha"
+        mask = data / MASKS_SUBDIR / f"{uuid}.mha"
+        for p in (image, mask):
+            if not p.is_file():
+                missing_files.append(str(p))
+        cases.append(CaseRecord(uuid, subject, image, mask, ac))
+    if missing_files:
+        more = f" and {len(missing_files) - 3} more" if len(missing_files) > 3 else ""
+        raise FetalIQAError(f"{len(missing_files)} file(s) named in {csv_path} are missing: "
+                            f"{', '.join(missing_files[:3])}{more}")
+    if not cases:
+        raise FetalIQAError(f"{csv_path} lists no case; add one row per case (uuid, subject_id, sweep ACs)")
+    return cases
+
+
+def split_cases(
+    cases: Sequence[CaseRecord],
+    seed: int = SPLIT_SEED,
+    fractions: Sequence[float] = SPLIT_FRACTIONS,
+) -> dict[str, list[CaseRecord]]:
+    """Split by case into train / val / test, grouped by ``subject_id``.
+
+    All cases of one subject land in one split. Subjects are ordered by id, shuffled with
+    ``seed`` and assigned greedily so that each split's share of *cases* comes as close as it can
+    to ``fractions`` (the split with the largest remaining deficit takes the next subject).
+    Deterministic: the same cases and seed give the same split, whatever the CSV order. With at
+    least 3 subjects, each split gets at least one subject.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise FetalIQAError(f"split fractions {tuple(fractions)} must be three non-negative numbers")
+    total_f = float(sum(fractions))
+    fr = [f / total_f for f in fractions]
+    groups: dict[str, list[CaseRecord]] = {}
+    for c in cases:
+        groups.setdefault(c.subject_id, []).append(c)
+    subjects = sorted(groups)
+    rng = np.random.default_rng(seed)
+    order = [subjects[i] for i in rng.permutation(len(subjects))]
+    n_total = len(cases)
+    counts = [0, 0, 0]
+    assigned: list[list[str]] = [[], [], []]
+    pending = list(order)
+    # Seed each non-empty split with one subject first (when there are enough subjects).
+    if len(pending) >= 3:
+        for k in (2, 1, 0):
+            if fr[k] > 0 and pending:
+                s = pending.pop(0)
+                assigned[k].append(s)
+                counts[k] += len(groups[s])
+    for s in pending:
+        deficits = [fr[k] * n_total - counts[k] for k in range(3)]
+        k = int(np.argmax(deficits))
+        assigned[k].append(s)
+        counts[k] += len(groups[s])
+    out: dict[str, list[CaseRecord]] = {}
+    for name, subs in zip(SPLIT_NAMES, assigned):
+        members = sorted((c for s in subs for c in groups[s]), key=lambda c: c.uuid)
+        out[name] = members
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Frame index
+# ------------------------------------------------------------------------------------------
+
+
+def _sweep_ranges(n_frames: int, n_sweeps: int, where: Path) -> list[tuple[int, int]]:
+    """Equal consecutive blocks, one per sweep (the ACOUSLIC stacking: 6 x 140)."""
+    if n_sweeps <= 0 or n_frames % n_sweeps:
+        raise FetalIQAError(
+            f"{where}: {n_frames} frames cannot be cut into {n_sweeps} equal sweeps (the CSV has "
+            f"{n_sweeps} sweep columns); every case must stack its sweeps with equal frame counts")
+    per = n_frames // n_sweeps
+    return [(i * per, (i + 1) * per) for i in range(n_sweeps)]
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def frame_labels(case: CaseRecord, cache_dir: Path | None = None) -> np.ndarray:
+    """Per-frame ground-truth label of a case ``(N,)`` uint8: the largest mask label in the frame
+    (0 empty, 1 optimal, 2 suboptimal; a frame with both counts as 2 - both are positive).
+
+    Reads the mask once; the result is cached in ``cache_dir`` keyed by the file's path, size and
+    modification time, so re-indexing 300 ACOUSLIC cases does not decode 100 GB again.
+    """
+    key = hashlib.sha256(f"{INDEX_VERSION}|{_file_key(case.mask_path)}".encode()).hexdigest()[:32]
+    cached = cache_dir / f"{key}.npy" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        try:
+            arr = np.load(cached, allow_pickle=False)
+            if arr.ndim == 1 and arr.dtype == np.uint8:
+                return arr
+        except (OSError, ValueError):
+            pass
+    from fetaliqa_core.io import load_mask
+
+    mask = load_mask(case.mask_path)
+    n = mask.shape[0]
+    labels = np.zeros(n, dtype=np.uint8)
+    step = 32
+    for s in range(0, n, step):  # chunked: a memory-mapped mask is never fully copied
+        labels[s:s + step] = np.asarray(mask[s:s + step]).reshape(min(step, n - s), -1).max(axis=1)
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, labels)
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # the cache is an optimisation only
+    return labels
+
+
+@dataclass
+class FrameIndex:
+    """The frames one split trains or evaluates on. All arrays ``(M,)``, one entry per frame."""
+
+    cases: list[CaseRecord]
+    case_idx: np.ndarray  # int32, index into ``cases``
+    frame_idx: np.ndarray  # int32, frame within the case volume
+    sweep_idx: np.ndarray  # int16, zero-based sweep of the frame
+    label: np.ndarray  # uint8, ground-truth mask label of the frame (0 / 1 / 2)
+    target: np.ndarray = field(default=None)  # float32 classification target (default label > 0)
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            self.target = (self.label > 0).astype(np.float32)
+
+    def __len__(self) -> int:
+        return int(self.case_idx.shape[0])
+
+    @property
+    def n_positive(self) -> int:
+        return int((self.target > 0.5).sum())
+
+    def summary(self) -> str:
+        return f"{len(self.cases)} cases, {len(self)} frames, {self.n_positive} positive"
+
+
+def build_index(
+    cases: Sequence[CaseRecord],
+    all_sweeps: bool = False,
+    cache_dir: Path | None = None,
+) -> FrameIndex:
+    """Every frame of the selected sweeps: by default only sweeps with a reference AC (the
+    paper's choice); ``all_sweeps`` takes every sweep."""
+    case_idx, frame_idx, sweep_idx, label = [], [], [], []
+    kept: list[CaseRecord] = []
+    for case in cases:
+        labels = frame_labels(case, cache_dir)
+        ranges = _sweep_ranges(labels.shape[0], case.n_sweeps, case.mask_path)
+        sweeps = range(case.n_sweeps) if all_sweeps else case.sweeps_with_ac()
+        if not sweeps:
+            continue
+        ci = len(kept)
+        kept.append(case)
+        for s in sweeps:
+            start, stop = ranges[s]
+            frames = np.arange(start, stop, dtype=np.int32)
+            case_idx.append(np.full(frames.shape, ci, np.int32))
+            frame_idx.append(frames)
+            sweep_idx.append(np.full(frames.shape, s, np.int16))
+            label.append(labels[start:stop])
+    if not case_idx:
+        return FrameIndex(kept, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int16),
+                          np.zeros(0, np.uint8))
+    return FrameIndex(kept, np.concatenate(case_idx), np.concatenate(frame_idx),
+                      np.concatenate(sweep_idx), np.concatenate(label))
+
+
+def subsample_index(index: FrameIndex, n: int | None, seed: int = 0) -> FrameIndex:
+    """Every positive frame of ``index`` and random negatives up to ``n`` frames in all (index
+    order kept); the index itself when ``n`` is None/0 or not smaller. For quick validation."""
+    if not n or len(index) <= n:
+        return index
+    pos = np.flatnonzero(index.target > 0.5)
+    neg = np.flatnonzero(index.target <= 0.5)
+    rng = np.random.default_rng([seed, 5])
+    take = min(max(n - pos.size, 0), neg.size)
+    keep = np.sort(np.concatenate([pos, rng.choice(neg, size=take, replace=False)]))
+    return FrameIndex(index.cases, index.case_idx[keep], index.frame_idx[keep], index.sweep_idx[keep],
+                      index.label[keep], index.target[keep].copy())
+
+
+# ------------------------------------------------------------------------------------------
+# Extra labels (e.g. trainers' verdicts exported by the review store)
+# ------------------------------------------------------------------------------------------
+
+_LABEL_WORDS = {
+    "0": 0.0, "1": 1.0, "2": 1.0,
+    "not_usable": 0.0, "not usable": 0.0, "unusable": 0.0, "negative": 0.0, "bad": 0.0, "false": 0.0, "no": 0.0,
+    "optimal": 1.0, "suboptimal": 1.0, "positive": 1.0, "good": 1.0, "true": 1.0, "yes": 1.0,
+}
+_CASE_COLUMNS = ("uuid", "case", "sweep_path", "path")
+
+
+def read_extra_labels(path: str | Path) -> dict[tuple[str, int], float]:
+    """Frame labels from a CSV: ``(case uuid, frame) -> target``.
+
+    Columns: one of ``uuid`` / ``case`` / ``sweep_path`` / ``path`` (the case's uuid, or a path
+    whose file stem is the uuid), ``frame`` (zero-based, in the stacked case volume) and
+    ``label`` (``optimal`` / ``suboptimal`` -> positive, ``not_usable`` -> negative, or 0/1/2).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FetalIQAError(f"--extra-labels {p}: no such file")
+    out: dict[tuple[str, int], float] = {}
+    with open(p, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip().lower() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        case_col = next((c for c in _CASE_COLUMNS if c in header), None)
+        if case_col is None or "frame" not in header or "label" not in header:
+            raise FetalIQAError(f"--extra-labels {p}: needs columns uuid (or case/sweep_path), frame and label; "
+                                f"found {', '.join(header) or 'none'}")
+        for line, row in enumerate(reader, start=2):
+            raw_case = (row.get(case_col) or "").strip()
+            if not raw_case:
+                continue
+            uuid = Path(raw_case).name
+            for suffix in (".nii.gz", ".mha", ".mhd", ".nrrd", ".nii"):
+                if uuid.lower().endswith(suffix):
+                    uuid = uuid[: -len(suffix)]
+                    break
+            try:
+                frame = int(str(row.get("frame", "")).strip())
+            except ValueError:
+                raise FetalIQAError(f"--extra-labels {p}, line {line}: frame '{row.get('frame')}' is not an integer") from None
+            word = str(row.get("label", "")).strip().lower()
+            if word not in _LABEL_WORDS:
+                raise FetalIQAError(f"--extra-labels {p}, line {line}: label '{word}' is not one of "
+                                    "optimal, suboptimal, not_usable, 0, 1, 2")
+            out[(uuid, frame)] = _LABEL_WORDS[word]
+    return out
+
+
+def apply_extra_labels(index: FrameIndex, labels: dict[tuple[str, int], float]) -> int:
+    """Override the classification target of indexed frames named in ``labels``; returns how
+    many frames changed. Frames not in the index (other sweeps, other splits) are ignored."""
+    if not labels or not len(index):
+        return 0
+    pos = {(index.cases[int(c)].uuid, int(f)): i
+           for i, (c, f) in enumerate(zip(index.case_idx.tolist(), index.frame_idx.tolist()))}
+    changed = 0
+    for key, target in labels.items():
+        i = pos.get(key)
+        if i is not None:
+            index.target[i] = target
+            changed += 1
+    return changed
+
+
+# ------------------------------------------------------------------------------------------
+# Lazy volumes
+# ------------------------------------------------------------------------------------------
+
+
+class VolumeCache:
+    """Opened case volumes (frames, and masks when asked), per process.
+
+    Memory-mapped volumes cost nothing to keep and stay open; decoded (compressed) ones are
+    kept in an LRU of ``max_decoded`` cases.
+    """
+
+    def __init__(self, max_decoded: int = DEFAULT_CACHE_CASES) -> None:
+        self.max_decoded = max(1, int(max_decoded))
+        self._mapped: dict[Path, np.ndarray] = {}
+        self._decoded: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self.loads = 0  # volumes read from disk (for tests and diagnostics)
+
+    def __getstate__(self):  # worker processes start with an empty cache
+        return {"max_decoded": self.max_decoded}
+
+    def __setstate__(self, state) -> None:
+        self.__init__(state["max_decoded"])
+
+    def _get(self, path: Path, loader) -> np.ndarray:
+        if path in self._mapped:
+            return self._mapped[path]
+        if path in self._decoded:
+            self._decoded.move_to_end(path)
+            return self._decoded[path]
+        arr = loader(path)
+        self.loads += 1
+        if _file_backed(arr):
+            self._mapped[path] = arr
+        else:
+            self._decoded[path] = arr
+            while len(self._decoded) > self.max_decoded:
+                self._decoded.popitem(last=False)
+        return arr
+
+    def frames(self, path: Path) -> np.ndarray:
+        """``(N, H, W)`` uint8 frames of a case."""
+        def load(p: Path) -> np.ndarray:
+            from fetaliqa_core.io import load_sweep
+
+            return load_sweep(p).frames
+        return self._get(path, load)
+
+    def mask(self, path: Path) -> np.ndarray:
+        """``(N, H, W)`` uint8 labels of a case."""
+        def load(p: Path) -> np.ndarray:
+            from fetaliqa_core.io import load_mask
+
+            return load_mask(p)
+        return self._get(path, load)
+
+
+def _file_backed(arr: np.ndarray) -> bool:
+    """Whether ``arr`` is (a view of) a memory-mapped file rather than decoded memory."""
+    import mmap
+
+    obj = arr
+    while obj is not None:
+        if isinstance(obj, (np.memmap, mmap.mmap)):
+            return True
+        obj = getattr(obj, "base", None)
+    return False
+
+
+def is_memory_mapped(path: Path) -> bool:
+    """Whether :func:`fetaliqa_core.io.load_sweep` memory-maps this file (uncompressed MHA)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096).decode("latin-1", "replace")
+    except OSError:
+        return False
+    for line in head.splitlines():
+        if line.strip().lower().startswith("compresseddata"):
+            return line.split("=", 1)[-1].strip().lower() != "true"
+    return path.suffix.lower() == ".mha"
+
+
+# ------------------------------------------------------------------------------------------
+# Dataset and sampler
+# ------------------------------------------------------------------------------------------
+
+
+class FrameDataset:
+    """A :class:`torch.utils.data.Dataset` over a :class:`FrameIndex`.
+
+    Item: ``{"frame": (H, W) uint8 tensor, "target": float32 scalar tensor, "mask": (224, 224)
+    uint8 tensor (label mask, pad + nearest resize as the model sees it; only with
+    ``with_masks``), "index": int}``. Frames are augmented (when ``augment`` is given) with a
+    random stream that depends only on (seed, epoch, item), so runs and resumed runs repeat
+    exactly whatever the number of loader workers.
+    """
+
+    def __init__(self, index: FrameIndex, with_masks: bool, augment=None, seed: int = 0,
+                 cache_cases: int = DEFAULT_CACHE_CASES) -> None:
+        self.index = index
+        self.with_masks = with_masks
+        self.augment = augment
+        self.seed = int(seed)
+        self.epoch = 0
+        self.volumes = VolumeCache(cache_cases)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw ``(H, W)`` uint8 frame and label mask (None without masks) of item ``i``."""
+        case = self.index.cases[int(self.index.case_idx[i])]
+        f = int(self.index.frame_idx[i])
+        frames = self.volumes.frames(case.image_path)
+        if f >= frames.shape[0]:
+            raise FetalIQAError(f"{case.image_path}: has {frames.shape[0]} frames but its mask has more; "
+                                "image and mask of a case must have the same number of frames")
+        frame = np.array(frames[f], dtype=np.uint8, copy=True)
+        mask = None
+        if self.with_masks:
+            mask = np.array(self.volumes.mask(case.mask_path)[f], dtype=np.uint8, copy=True)
+            if mask.shape != frame.shape:
+                raise FetalIQAError(f"{case.mask_path}: frame size {mask.shape} differs from the image's {frame.shape}")
+        return frame, mask
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        from fetaliqa_core.preprocess import preprocess_masks
+
+        frame, mask = self.load(i)
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+            frame, mask = self.augment(frame, mask, rng)
+        item = {
+            "frame": torch.from_numpy(np.ascontiguousarray(frame)),
+            "target": torch.tensor(float(self.index.target[i]), dtype=torch.float32),
+            "index": int(i),
+        }
+        if mask is not None:
+            item["mask"] = preprocess_masks(np.ascontiguousarray(mask))[0]
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack items; frames of different sizes stay a list (preprocessed one size at a time)."""
+    import torch
+
+    out: dict = {
+        "target": torch.stack([it["target"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+    }
+    shapes = {tuple(it["frame"].shape) for it in items}
+    out["frame"] = (torch.stack([it["frame"] for it in items]) if len(shapes) == 1
+                    else [it["frame"] for it in items])
+    if "mask" in items[0]:
+        out["mask"] = torch.stack([it["mask"] for it in items])
+    return out
+
+
+class CaseChunkSampler:
+    """Shuffled, distributed sampler that keeps a case's frames close together.
+
+    Each epoch the cases are shuffled and cut into chunks of ``chunk_cases``; the frames of a
+    chunk are shuffled among themselves. With memory-mapped data use ``chunk_cases=None`` (one
+    chunk: a plain full shuffle). Across ``num_replicas`` processes the order is split
+    round-robin like :class:`torch.utils.data.DistributedSampler` and padded to equal length so
+    every rank runs the same number of steps. ``shuffle=False`` gives index order (evaluation).
+    """
+
+    def __init__(self, index: FrameIndex, chunk_cases: int | None = None, shuffle: bool = True,
+                 seed: int = 0, num_replicas: int = 1, rank: int = 0, pad: bool = True) -> None:
+        self.index = index
+        self.chunk_cases = chunk_cases
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.num_replicas = max(1, int(num_replicas))
+        self.rank = int(rank)
+        self.pad = pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def order(self) -> np.ndarray:
+        """This epoch's order over all ranks (before splitting)."""
+        n = len(self.index)
+        if not self.shuffle:
+            return np.arange(n)
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        if not self.chunk_cases:
+            return rng.permutation(n)
+        by_case: dict[int, np.ndarray] = {}
+        cidx = self.index.case_idx
+        for c in np.unique(cidx):
+            by_case[int(c)] = np.flatnonzero(cidx == c)
+        case_order = rng.permutation(sorted(by_case))
+        parts = []
+        for s in range(0, len(case_order), self.chunk_cases):
+            members = np.concatenate([by_case[int(c)] for c in case_order[s:s + self.chunk_cases]])
+            parts.append(rng.permutation(members))
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def _mine(self) -> np.ndarray:
+        order = self.order()
+        if self.num_replicas == 1:
+            return order
+        if self.pad and len(order):
+            total = int(math.ceil(len(order) / self.num_replicas)) * self.num_replicas
+            if total > len(order):
+                order = np.concatenate([order, order[: total - len(order)]])
+        return order[self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._mine().tolist())
+
+    def __len__(self) -> int:
+        n = len(self.index)
+        if self.num_replicas == 1:
+            return n
+        if self.pad:
+            return int(math.ceil(n / self.num_replicas))
+        return len(range(self.rank, n, self.num_replicas))

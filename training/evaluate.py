@@ -1,0 +1,311 @@
+"""Evaluate model bundles on a split of an ACOUSLIC-layout dataset, the way the app scores.
+
+Every case of the split goes through :class:`fetaliqa_core.engine.ScoringEngine` with the
+bundles loaded by :func:`fetaliqa_core.pipeline.load_models` (merged LoRA, the device's dtype),
+so the numbers are those of the product, not of a training-time forward pass. From the engine's
+per-frame results:
+
+- **per-frame metrics** on the frames of the selected sweeps (by default those with an AC value,
+  as the paper): accuracy, F1, precision, recall, specificity of the classifier (``p >=``
+  the bundle's threshold) and of the segmenter used as a classifier (the paper's rule: positive
+  when >= 1 % of the 224 x 224 pixels are foreground), Dice of the segmenter's masks, and for a
+  3-class segmenter the share of correctly graded planes (optimal vs suboptimal);
+- **challenge metrics per case** on the whole case (all sweeps): the frame the app chooses
+  (:func:`fetaliqa_core.pipeline.analyse`), its mask mapped back onto the frame, then WFSS,
+  NAE_AC, DSC_soft and the ranking score (:func:`fetaliqa_core.analysis.case_metrics`), for each
+  model alone and for both together. Thresholds: the classifier bundle's own, the paper's area
+  rule for the segmenter (``p_seg >= 0.5``), and their mean for both (whose score is the mean of
+  ``p_cls`` and ``p_seg``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fetaliqa_core.errors import FetalIQAError
+
+SPLITS = ("train", "val", "test", "all")
+FRAME_KEYS = ("accuracy", "f1", "precision", "recall", "specificity")
+CHALLENGE_KEYS = ("wfss", "nae_ac", "dsc_soft", "score")
+#: The engine's mask score p_seg = f / (f + 1 %) is 0.5 exactly at the paper's 1 % area rule.
+SEG_THRESHOLD = 0.5
+
+# FACTS.md §1: the paper's test results (mean of 5 runs) - accuracy, F1, precision, recall.
+PAPER_TABLE: list[tuple[str, float | None, float, float | None, float | None]] = [
+    ("DenseNet", 0.9516, 0.7024, 0.7805, 0.6420),
+    ("EfficientNet", 0.9537, 0.7253, 0.7725, 0.6855),
+    ("VGG", 0.9510, 0.7084, 0.7580, 0.6671),
+    ("Swin", 0.9565, 0.7429, 0.7864, 0.7113),
+    ("DeiT", 0.9554, 0.7466, 0.7619, 0.7363),
+    ("ViT-400M", 0.9560, 0.7506, 0.7657, 0.7417),
+    ("FetalCLIP_CLS", 0.9575, 0.7570, 0.7782, 0.7397),
+    ("FetalCLIP_SEG", None, 0.771, None, None),
+]
+
+
+@dataclass
+class EvalSettings:
+    cls: Path | None
+    seg: Path | None
+    data: Path
+    split: str = "test"
+    base: Path | None = None
+    device: str = "auto"
+    split_seed: int | None = None  # None: the seed recorded in the bundle (else the default)
+    all_sweeps: bool | None = None  # None: as the bundle was trained
+    max_cases: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class _Collected:
+    truth_label: list = field(default_factory=list)  # per frame 0/1/2
+    in_ac_sweep: list = field(default_factory=list)  # per frame: its sweep has a reference AC
+    p_cls: list = field(default_factory=list)
+    seg_call: list = field(default_factory=list)
+    dice: list = field(default_factory=list)
+    grade_ok: list = field(default_factory=list)  # per frame: True/False where gradable, None otherwise
+    cases: dict = field(default_factory=dict)  # model name -> list of per-case dicts
+
+
+def _training_record(models) -> dict:
+    for m in (models.cls, models.seg):
+        if m is not None:
+            rec = m.manifest.metrics.get("training") if isinstance(m.manifest.metrics, dict) else None
+            if isinstance(rec, dict):
+                return rec
+    return {}
+
+
+def _view(results, has_cls: bool, has_seg: bool):
+    """The engine results as if only some of the models had run (for per-model challenge rows)."""
+    v = copy.copy(results)
+    v.has_cls = has_cls and results.has_cls
+    v.has_seg = has_seg and results.has_seg
+    return v
+
+
+def _seg_dice_224(results, frames: np.ndarray, gt_224: np.ndarray) -> np.ndarray:
+    from fetaliqa_core.analysis import dice_per_frame
+
+    pred = np.stack([results.mask(int(f)) for f in frames]) > 0
+    return dice_per_frame(pred, gt_224 > 0)
+
+
+def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> dict:
+    """Run the evaluation; returns the metrics (also written to ``out_dir/metrics.json``)."""
+    from tqdm import tqdm
+
+    from fetaliqa_core import analysis as an
+    from fetaliqa_core import io as fio
+    from fetaliqa_core import pipeline
+    from fetaliqa_core.engine import ScoringEngine
+    from fetaliqa_core.preprocess import mask_to_frame, preprocess_masks
+    from training.dataset import SPLIT_SEED, _sweep_ranges, read_cases, split_cases
+
+    if settings.cls is None and settings.seg is None:
+        raise FetalIQAError("give --cls BUNDLE and/or --seg BUNDLE to evaluate")
+    if settings.split not in SPLITS:
+        raise FetalIQAError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
+    choice = pipeline.ModelChoice(model=None, cls=settings.cls, seg=settings.seg, base=settings.base,
+                                  device=settings.device)
+    models = pipeline.load_models(choice)
+    record = _training_record(models)
+    split_seed = settings.split_seed if settings.split_seed is not None else int(record.get("split_seed", SPLIT_SEED))
+    all_sweeps = settings.all_sweeps if settings.all_sweeps is not None else bool(record.get("all_sweeps", False))
+
+    cases = read_cases(settings.data)
+    chosen = cases if settings.split == "all" else split_cases(cases, seed=split_seed)[settings.split]
+    if settings.max_cases is not None:
+        chosen = chosen[: settings.max_cases]
+    if not chosen:
+        raise FetalIQAError(f"the {settings.split} split of {settings.data} has no case")
+
+    # operating points: the classifier bundle's threshold on p_cls; the segmenter's is the paper's
+    # area rule, which is p_seg >= 0.5 on the engine's mask score
+    threshold = float(models.cls.manifest.threshold) if models.cls is not None else 0.5
+    view_threshold = {"cls": threshold, "seg": SEG_THRESHOLD, "cls+seg": (threshold + SEG_THRESHOLD) / 2.0}
+    n_classes = models.seg.manifest.n_classes if models.seg is not None else 0
+    rows = {"cls": models.cls is not None, "seg": models.seg is not None}
+    names = [k for k, v in rows.items() if v] + (["cls+seg"] if all(rows.values()) else [])
+    col = _Collected(cases={n: [] for n in names})
+
+    bar = tqdm(total=len(chosen), unit="case", desc=f"evaluating {settings.split}", file=sys.stderr,
+               disable=not settings.progress, dynamic_ncols=True)
+    try:
+        for case in chosen:
+            sweep = fio.load_sweep(case.image_path)
+            gt = fio.load_mask(case.mask_path, like=sweep)  # FetalIQAError when the shapes differ
+            labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
+            ranges = _sweep_ranges(sweep.n_frames, case.n_sweeps, case.mask_path)
+            engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=False)
+            results = engine.run()
+
+            sweeps = range(case.n_sweeps) if all_sweeps else case.sweeps_with_ac()
+            frames = np.concatenate([np.arange(*ranges[s]) for s in sweeps]) if sweeps else np.zeros(0, np.int64)
+            if frames.size:
+                col.truth_label.append(labels[frames])
+                ac_sweeps = set(case.sweeps_with_ac())
+                col.in_ac_sweep.append(np.array([s in ac_sweeps for s in sweeps for _ in range(*ranges[s])], bool))
+                if results.has_cls:
+                    col.p_cls.append(results.p_cls[frames])
+                if results.has_seg:
+                    col.seg_call.append(results.seg_call[frames])
+                    gt_224 = preprocess_masks(np.ascontiguousarray(gt[frames])).numpy()
+                    col.dice.append(_seg_dice_224(results, frames, gt_224))
+                    if n_classes == 3:
+                        pred_opt = results.p_opt[frames]
+                        gradable = (labels[frames] > 0) & np.isfinite(pred_opt)
+                        ok = np.where(gradable, (pred_opt >= 0.5) == (labels[frames] == 1), False)
+                        col.grade_ok.append(np.where(gradable, ok.astype(np.float64), np.nan))
+
+            fov = pipeline.sweep_fov(sweep)
+            for name in names:
+                view = _view(results, has_cls="cls" in name, has_seg="seg" in name)
+                analysis_ = pipeline.analyse(sweep, view, threshold=view_threshold[name])
+                frame = int(analysis_.summary.chosen_frame)
+                pred_mask = None
+                if frame >= 0 and view.has_seg and view.mask(frame) is not None:
+                    pred_mask = (mask_to_frame(view.mask(frame), sweep.height, sweep.width) > 0).astype(np.uint8)
+                m = an.case_metrics(gt, frame, pred_mask, case.ac_mm, sweep_ranges=ranges,
+                                    spacing_mm=sweep.spacing_mm, fov=fov)
+                d = m.to_dict()
+                d["uuid"] = case.uuid
+                col.cases[name].append(d)
+            bar.update(1)
+    finally:
+        bar.close()
+
+    truth = np.concatenate(col.truth_label) > 0 if col.truth_label else np.zeros(0, bool)
+    metrics: dict = {
+        "split": settings.split, "split_seed": split_seed, "all_sweeps": all_sweeps, "data": str(settings.data),
+        "n_cases": len(chosen), "n_frames": int(truth.size), "n_positive": int(truth.sum()),
+        "threshold": threshold, "challenge_thresholds": {k: v for k, v in view_threshold.items() if k in names},
+        "device": models.device,
+        "bundles": {k: str(getattr(settings, k)) for k in ("cls", "seg") if getattr(settings, k) is not None},
+        "frame": {}, "challenge": {},
+    }
+    in_ac = np.concatenate(col.in_ac_sweep) if col.in_ac_sweep else np.zeros(0, bool)
+    metrics["frame"] = _frame_metrics(col, truth, threshold, np.ones(truth.size, bool))
+    if all_sweeps:
+        # the paper's protocol as well: only the sweeps that have a reference AC
+        metrics["frame_ac_sweeps"] = _frame_metrics(col, truth, threshold, in_ac)
+        metrics["frame_ac_sweeps"]["n_frames"] = int(in_ac.sum())
+        metrics["frame_ac_sweeps"]["n_positive"] = int((truth & in_ac).sum())
+    for name, per_case in col.cases.items():
+        agg = an.aggregate_case_metrics([an.CaseMetrics(**{k: v for k, v in c.items() if k != "uuid"})
+                                         for c in per_case])
+        metrics["challenge"][name] = {k: agg[k] for k in CHALLENGE_KEYS}
+    metrics["cases"] = col.cases
+
+    if out_dir is not None:
+        write_outputs(Path(out_dir), metrics)
+    return metrics
+
+
+def _frame_metrics(col: _Collected, truth: np.ndarray, threshold: float, keep: np.ndarray) -> dict:
+    """Per-frame metrics of the classifier and the segmenter on the frames ``keep`` (bool mask)."""
+    from fetaliqa_core import analysis as an
+
+    out: dict = {}
+    t = truth[keep]
+    if col.p_cls:
+        m = an.binary_metrics(t, np.concatenate(col.p_cls)[keep] >= threshold)
+        out["cls"] = {k: getattr(m, k) for k in FRAME_KEYS} | {"tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn}
+    if col.seg_call:
+        m = an.binary_metrics(t, np.concatenate(col.seg_call)[keep])
+        dice = np.concatenate(col.dice)[keep]
+        seg = {k: getattr(m, k) for k in FRAME_KEYS} | {"tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn}
+        finite = dice[np.isfinite(dice)]
+        seg["dice"] = float(finite.mean()) if finite.size else float("nan")
+        pos = dice[t & np.isfinite(dice)]
+        seg["dice_positive"] = float(pos.mean()) if pos.size else float("nan")
+        if col.grade_ok:
+            g = np.concatenate(col.grade_ok)[keep]
+            g = g[np.isfinite(g)]
+            seg["grade_accuracy"] = float(g.mean()) if g.size else float("nan")
+        out["seg"] = seg
+    return out
+
+
+def _safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _safe(obj.item())
+    return obj
+
+
+def write_outputs(out: Path, metrics: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_safe(metrics), indent=2) + "\n", encoding="utf-8")
+    with open(out / "per_case.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "uuid", "chosen_frame", "wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm"])
+        for name, per_case in metrics["cases"].items():
+            for c in per_case:
+                w.writerow([name, c["uuid"], c["chosen_frame"]] + [
+                    "" if c[k] is None else f"{c[k]:.4f}" for k in
+                    ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm")])
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.4f}"
+
+
+def format_report(metrics: dict, compare_paper: bool = False) -> str:
+    """The printed tables: per-frame metrics (optionally beside the paper's) and challenge metrics."""
+    lines = [f"{metrics['split']} split: {metrics['n_cases']} cases, {metrics['n_frames']} frames "
+             f"({metrics['n_positive']} positive), sweeps: {'all' if metrics['all_sweeps'] else 'with an AC value'}",
+             ""]
+    header = f"{'per-frame':<22}{'accuracy':>10}{'F1':>10}{'precision':>10}{'recall':>10}{'specificity':>12}{'Dice':>10}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    labels = {"cls": "classifier", "seg": "segmenter (1% area)"}
+    groups = [("", metrics["frame"])]
+    if "frame_ac_sweeps" in metrics:
+        sub = metrics["frame_ac_sweeps"]
+        groups.append((f"only sweeps with an AC value ({sub['n_frames']} frames, {sub['n_positive']} positive):", sub))
+    for title, group in groups:
+        if title:
+            lines.append(title)
+        for key in ("cls", "seg"):
+            if key not in group:
+                continue
+            row = group[key]
+            lines.append(f"{labels[key]:<22}" + "".join(f"{_fmt(row.get(k)):>10}" for k in
+                                                         ("accuracy", "f1", "precision", "recall"))
+                         + f"{_fmt(row.get('specificity')):>12}" + f"{_fmt(row.get('dice')):>10}")
+    if compare_paper:
+        lines.append("")
+        lines.append("paper (He, Wang, Yaqub 2025; ACOUSLIC-AI test split, mean of 5 runs):")
+        for name, acc, f1, prec, rec in PAPER_TABLE:
+            lines.append(f"  {name:<20}" + "".join(f"{_fmt(v):>10}" for v in (acc, f1, prec, rec)))
+    seg = metrics["frame"].get("seg", {})
+    if "grade_accuracy" in seg:
+        lines.append(f"3-class segmenter: optimal/suboptimal graded correctly on {_fmt(seg['grade_accuracy'])} "
+                     "of the positive frames it found")
+    lines.append("")
+    header = f"{'challenge, mean +- std':<22}{'WFSS':>19}{'NAE_AC':>19}{'DSC_soft':>19}{'score':>19}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for name, row in metrics["challenge"].items():
+        cells = "".join(f"{_fmt(row[k]['mean']) + ' +- ' + _fmt(row[k]['std']):>19}" for k in CHALLENGE_KEYS)
+        lines.append(f"{name + ' (' + str(row['score']['n']) + ' cases)':<22}{cells}")
+    if "cls" in metrics["challenge"]:
+        lines.append("(a classifier alone gives no mask: its NAE_AC is 1 and DSC_soft 0 by the challenge's rules)")
+    return "\n".join(lines)

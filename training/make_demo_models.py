@@ -1,0 +1,126 @@
+"""Rebuild the demo models in ``resources/demo/`` from nothing but this repository.
+
+Each step is an ordinary command (printed before it runs, so the recipe can be replayed by
+hand); ``--dry-run`` prints them only. On a 2-core CPU the whole recipe takes tens of minutes
+(more when the CPU is shared):
+
+1. synthetic training data (``fetaliqa synth``; frames at half size, 281 x 372: preprocessing
+   resizes to 224 anyway);
+2. the tiny base: every weight of the ``tiny`` FetalCLIP-family vision tower trained from a
+   random initialisation (``training.pretrain_base``, two stages: all sweeps, then the sweeps with
+   an AC value, whose negatives are the hard ones) - LoRA on a random tower has nothing to
+   adapt; this base is *not* FetalCLIP;
+3. the LoRA classifier and the LoRA 3-class segmenter on that base (``training.train``);
+4. ``fetaliqa eval`` of both on the test split, then on a held-out synthetic set of another seed
+   at full size (562 x 744);
+5. copies into ``resources/demo/``: ``base_tiny.pt`` (+ ``base_tiny.json``), ``cls/``, ``seg/``,
+   ``eval_test.json``, ``eval_heldout.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "resources" / "demo"
+BASE_DESCRIPTION = ("tiny FetalCLIP-family vision tower pretrained from a random initialisation on synthetic "
+                    "sweeps by training.pretrain_base (resources/demo/base_tiny.pt; not FetalCLIP)")
+
+
+def commands(work: Path, py: str = sys.executable) -> list[tuple[str, list[str]]]:
+    """The recipe: ``(name, argv)`` per step."""
+    w = str(work)
+    cpu = ["--device", "cpu", "--threads", "1", "--workers", "1", "--no-progress-bar"]
+    base = f"{w}/base2/base_weights.pt"
+    return [
+        ("synth-train", [py, "-m", "fetaliqa_core.cli", "synth", "--out", f"{w}/train", "--cases", "60", "--seed", "1",
+                         "--height", "281", "--width", "372", "--frames-per-sweep", "24", "--quiet"]),
+        ("base", [py, "-m", "training.pretrain_base", "--data", f"{w}/train", "--out", f"{w}/base",
+                  "--base-config", "tiny", "--all-sweeps", "--epochs", "16", "--batch-size", "8", "--lr", "2e-3",
+                  *cpu]),
+        ("base2", [py, "-m", "training.pretrain_base", "--data", f"{w}/train", "--out", f"{w}/base2",
+                   "--base-config", "tiny", "--init-weights", f"{w}/base/base_weights.pt", "--neg-ratio", "4",
+                   "--epochs", "16", "--batch-size", "8", "--lr", "1e-3", *cpu]),
+        ("cls", [py, "-m", "training.train", "--task", "cls", "--data", f"{w}/train", "--out", f"{w}/cls",
+                 "--base", base, "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "6",
+                 "--batch-size", "16", "--lr", "1e-3", "--val-frames", "300", "--threshold", "auto", "--seed", "0", "--description",
+                 f"demo classifier: LoRA (r=8) + linear head trained on synthetic sweeps over the {BASE_DESCRIPTION}",
+                 *cpu]),
+        ("seg", [py, "-m", "training.train", "--task", "seg", "--seg-classes", "3", "--init-filters", "8",
+                 "--seg-loss", "dice_ce", "--data", f"{w}/train", "--out", f"{w}/seg", "--base", base,
+                 "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "6", "--batch-size", "8",
+                 "--lr", "1e-3", "--val-frames", "300", "--seg-prior", "0.03", "--seed", "0", "--description",
+                 "demo segmenter (background/optimal/suboptimal): LoRA (r=8) + UNETR decoder (8 filters) trained "
+                 f"on synthetic sweeps over the {BASE_DESCRIPTION}", *cpu]),
+        ("eval-test", [py, "-m", "fetaliqa_core.cli", "eval", "--cls", f"{w}/cls/bundle", "--seg", f"{w}/seg/bundle",
+                       "--base", base, "--data", f"{w}/train", "--split", "test", "--device", "cpu",
+                       "--out", f"{w}/eval_test", "--quiet"]),
+        ("synth-heldout", [py, "-m", "fetaliqa_core.cli", "synth", "--out", f"{w}/heldout", "--cases", "6",
+                           "--seed", "2", "--frames-per-sweep", "24", "--quiet"]),
+        ("eval-heldout", [py, "-m", "fetaliqa_core.cli", "eval", "--cls", f"{w}/cls/bundle", "--seg",
+                          f"{w}/seg/bundle", "--base", base, "--data", f"{w}/heldout", "--split", "all",
+                          "--device", "cpu", "--out", f"{w}/eval_heldout", "--quiet"]),
+    ]
+
+
+def install(work: Path, dest: Path = DEMO) -> None:
+    """Copy the products of the recipe into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(work / "base2" / "base_weights.pt", dest / "base_tiny.pt")
+    record = json.loads((work / "base2" / "base_weights.json").read_text())
+    data = "synthetic: fetaliqa synth --cases 60 --seed 1 --height 281 --width 372 --frames-per-sweep 24"
+    record["data"] = data
+    if isinstance(record.get("previous_stage"), dict):
+        record["previous_stage"]["data"] = data
+    (dest / "base_tiny.json").write_text(json.dumps(record, indent=2) + "\n")
+    for name in ("cls", "seg"):
+        target = dest / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(work / name / "bundle", target)
+    for path in dest.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # readable by every user of an installation
+    for name in ("test", "heldout"):
+        metrics = json.loads((work / f"eval_{name}" / "metrics.json").read_text())
+        metrics.pop("cases", None)  # per-case rows stay in the work folder
+        (dest / f"eval_{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=Path("/tmp/fetaliqa-demo-build"), help="work folder (created)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--from-step", default=None, help="skip the steps before this one (a finished work folder)")
+    p.add_argument("--no-install", action="store_true", help="do not copy into resources/demo/")
+    args = p.parse_args(argv)
+    steps = commands(args.work)
+    names = [n for n, _ in steps]
+    if args.from_step is not None and args.from_step not in names:
+        p.error(f"--from-step must be one of {', '.join(names)}")
+    start = names.index(args.from_step) if args.from_step else 0
+    times = {}
+    for name, argv_ in steps[start:]:
+        print(f"# {name}\n{shlex.join(argv_)}", flush=True)
+        if args.dry_run:
+            continue
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv_, cwd=REPO)
+        times[name] = round(time.perf_counter() - t0, 1)
+        print(f"# {name}: {times[name]} s, exit {proc.returncode}", flush=True)
+        if proc.returncode != 0:
+            return proc.returncode
+    if not args.dry_run and not args.no_install:
+        install(args.work)
+        print(f"installed into {DEMO}; step times (s): {json.dumps(times)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
