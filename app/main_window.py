@@ -114,6 +114,7 @@ class MainWindow(QMainWindow):
         self._drawn_version = -1
         self._last_frame_ms = 0.0
         self._loader = None  # SweepLoader of the file being opened
+        self._train_dialog = None  # app.train_dialog.TrainDialog, kept while the window lives
         # False for headless runs: problems go to stderr and the status bar, never a modal box.
         self.interactive = True
 
@@ -223,6 +224,7 @@ class MainWindow(QMainWindow):
 
         self.act_open = QAction("Open…", self, shortcut=QKeySequence.Open, triggered=self.open_dialog)
         self.act_models = QAction("Models…", self, triggered=self.models_dialog)
+        self.act_train = QAction("Train…", self, shortcut=QKeySequence("Ctrl+T"), triggered=self.train_dialog)
         self.act_rescore = QAction("Score again", self, triggered=lambda: self.start_scoring(user=True))
         self.act_cancel = QAction("Cancel scoring", self, triggered=self.cancel_scoring)
         self.act_overlay = QAction("Overlay", self, checkable=True, checked=m.overlay_visible,
@@ -280,6 +282,7 @@ class MainWindow(QMainWindow):
         vm.addAction(self.review_dock.toggleViewAction())
         sm = menu.addMenu("&Scoring")
         sm.addAction(self.act_models)
+        sm.addAction(self.act_train)
         sm.addAction(self.act_rescore)
         sm.addAction(self.act_cancel)
         hm = menu.addMenu("&Help")
@@ -489,6 +492,41 @@ class MainWindow(QMainWindow):
         if dlg.exec() != ModelDialog.Accepted:
             return
         self.set_model_choice(dlg.choice(), user=True)
+
+    def train_dialog(self):
+        """Open the (modeless) training dialog; one per window, so a run can be watched again."""
+        from app.train_dialog import TrainDialog
+
+        if self._train_dialog is None:
+            self._train_dialog = TrainDialog(self, base_weights=self.choice.base, device=self.choice.device,
+                                             interactive=self.interactive)
+            self._train_dialog.load_requested.connect(self.load_trained_bundle)
+        self._train_dialog.show()
+        self._train_dialog.raise_()
+        self._train_dialog.activateWindow()
+        return self._train_dialog
+
+    def load_trained_bundle(self, bundle: str, base: str = "") -> bool:
+        """Use a bundle as the classifier, the segmenter or both (by its manifest's task), keeping
+        the other model of a custom choice; ``base``: the FetalCLIP weights it was trained on."""
+        from fetaliqa_core.models.bundle import read_manifest
+
+        try:
+            task = read_manifest(bundle).task
+        except FetalIQAError as exc:
+            self.alert("Load trained model", str(exc))
+            return False
+        cur = self.choice
+        keep = cur.model != "demo"
+        cls, seg = (cur.cls, cur.seg) if keep else (None, None)
+        if task in ("cls", "joint"):
+            cls = Path(bundle)
+        if task in ("seg", "joint"):
+            seg = Path(bundle)
+        base_path = Path(base) if base else (cur.base if keep else None)
+        self.set_model_choice(ModelChoice(model=None, cls=cls, seg=seg, base=base_path, device=cur.device))
+        self.notify(f"Using the trained {task} bundle {Path(bundle).name}.", 8000)
+        return True
 
     def set_model_choice(self, choice: ModelChoice, user: bool = True) -> None:
         self.choice = choice
@@ -779,6 +817,8 @@ class MainWindow(QMainWindow):
             self.hide()
         if self._loader is not None:
             self._loader.wait()
+        if self._train_dialog is not None:
+            self._train_dialog.shutdown()
         self.scoring.shutdown()
         self.review.close_store()
         super().closeEvent(ev)
