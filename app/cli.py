@@ -137,6 +137,10 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
             return
         state["ended"] = True
         state["complete"], state["message"] = complete, message
+        # The picture shows what the run found: the case's chosen frame with its overlay and AC.
+        chosen = win.model.flags.chosen
+        if chosen is not None and chosen >= 0:
+            win.model.set_frame(chosen)
         # Let the last results reach the views before the picture is taken.
         QTimer.singleShot(150, take_and_maybe_quit)
 
