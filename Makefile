@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fetaliqa-installed
 
+# Text files are UTF-8 whatever the machine's locale (CI may run with none set).
+export PYTHONUTF8 := 1
+
 .PHONY: install demo test clean-venv
 
 $(STAMP): pyproject.toml Makefile

@@ -160,7 +160,7 @@ def atomic_output_dir(out: Path):
 
 
 def write_frames_csv(path: Path, sweep, results, flagged: np.ndarray) -> None:
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["frame", "sweep", "p_cls", "p_seg", "seg_area_px", "flagged"])
         for i in range(sweep.n_frames):
@@ -172,7 +172,7 @@ def write_frames_csv(path: Path, sweep, results, flagged: np.ndarray) -> None:
 
 
 def write_summary_json(path: Path, summary: CaseSummary) -> None:
-    path.write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    path.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
 
 
 ACOUSLIC_FRAME_SHAPE = (562, 744)

@@ -1011,7 +1011,7 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int, n_sweeps: int = DE
         summaries.sort(key=lambda s: s.index)
     header = ["uuid", "subject_id"] + [f"sweep_{k + 1}_ac_mm" for k in range(n_sweeps)]
     tmp = csv_path.parent / f".{csv_path.name}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as fh:
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for s in summaries:

@@ -97,7 +97,7 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
         raise FetalIQAError(
             f"{csv_path} is missing: --data must be a folder in the ACOUSLIC-AI layout "
             f"({IMAGES_SUBDIR}/, {MASKS_SUBDIR}/, {CSV_RELPATH}); `fetaliqa synth --out DIR` writes one")
-    with open(csv_path, newline="") as fh:
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
@@ -330,7 +330,7 @@ def read_extra_labels(path: str | Path) -> dict[tuple[str, int], float]:
     if not p.is_file():
         raise FetalIQAError(f"--extra-labels {p}: no such file")
     out: dict[tuple[str, int], float] = {}
-    with open(p, newline="") as fh:
+    with open(p, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
         reader.fieldnames = header

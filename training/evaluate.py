@@ -251,7 +251,7 @@ def _safe(obj):
 def write_outputs(out: Path, metrics: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(_safe(metrics), indent=2) + "\n", encoding="utf-8")
-    with open(out / "per_case.csv", "w", newline="") as fh:
+    with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["model", "uuid", "chosen_frame", "wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm"])
         for name, per_case in metrics["cases"].items():
