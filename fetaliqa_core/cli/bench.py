@@ -1,0 +1,79 @@
+"""``fetaliqa bench``: speed and memory of the product's path against the seed-style path and the
+device's matrix-product limit (see ``fetaliqa_core.bench`` and docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "Measure scoring speed and memory against the seed-style pipeline and the hardware limit."
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--arch", default="fetalclip", choices=("fetalclip", "tiny"),
+                        help="vision tower with random weights: fetalclip (ViT-L/14, default) or tiny")
+    parser.add_argument("--frames", type=_positive_int, default=None,
+                        help="frames timed through each path (default 840; 16 for fetalclip on a CPU)")
+    parser.add_argument("--case-frames", type=_positive_int, default=None,
+                        help="frames in the case file that is opened and scored (default: max(frames, 840)); "
+                             "when larger than --frames the engine stops after --frames frames and the "
+                             "complete-case times are extrapolated")
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="our batch size (default: the device's, 128 on CUDA, 8 on a CPU)")
+    parser.add_argument("--gui-frames", type=_positive_int, default=300,
+                        help="frames shown when timing the frame display (default 300)")
+    parser.add_argument("--matmul-size", type=_positive_int, default=None, metavar="N",
+                        help="side of the timed matrix product (default 8192 on CUDA, 2048 on a CPU)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the report as JSON here")
+    parser.add_argument("--skip-seed", action="store_true", help="do not run the seed-style path")
+    parser.add_argument("--skip-gui", action="store_true", help="do not time the frame display")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fetaliqa_core.bench import BenchSettings, format_report, run_bench, write_json
+
+    settings = BenchSettings(device=args.device, arch=args.arch, frames=args.frames, case_frames=args.case_frames,
+                             batch_size=args.batch_size, skip_seed=args.skip_seed, skip_gui=args.skip_gui,
+                             gui_frames=args.gui_frames, matmul_size=args.matmul_size)
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    report = run_bench(settings, log=log)
+    print(format_report(report))
+    if args.json is not None:
+        write_json(report, args.json)
+        print(f"report written to {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fetaliqa_core.cli.bench``: the same command without the dispatcher, for machines
+    that lack the app's dependencies (the GPU run in scripts/gpu_bench.sh)."""
+    from fetaliqa_core.errors import FetalIQAError
+
+    parser = argparse.ArgumentParser(prog="fetaliqa bench", description=HELP)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except FetalIQAError as exc:
+        print(f"fetaliqa: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The benchmark harness: its report has every figure, finite and positive, and its two paths
+compute the same function (a benchmark comparing different work would prove nothing).
+Timings are not asserted: this CPU is shared. The whole run (tiny architecture, 2 frames, the
+segmenter's full-resolution decoder on the CPU, the app's window) takes over 20 s here: slow."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fetaliqa_core import bench
+from fetaliqa_core.cli import main
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    code = main(["bench", "--device", "cpu", "--arch", "tiny", "--frames", "2", "--case-frames", "4",
+                 "--batch-size", "2", "--gui-frames", "6", "--matmul-size", "512", "--quiet", "--json", str(out)])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_report_has_every_figure_finite_and_positive(tiny_report):
+    r = tiny_report
+    assert r["settings"]["arch"] == "tiny" and r["settings"]["frames"] == 2 and r["settings"]["case_frames"] == 4
+    for path in ("ours", "seed"):
+        for key in ("preprocess_fps", "cls_fps", "seg_fps", "open_to_first_s", "open_to_done_s",
+                    "open_to_complete_s"):
+            assert _positive(r[path][key]), (path, key, r[path][key])
+    # the case has 4 frames, 2 are scored: the complete-case time is an estimate, and no smaller
+    # than the time measured for 2 frames
+    assert r["ours"]["complete_estimated"] is True
+    assert r["ours"]["open_to_complete_s"] >= r["ours"]["open_to_done_s"]
+    assert r["ours"]["engine_frames_done"] == 2
+    assert _positive(r["ours"]["open_to_first_batch1_s"])
+    c = r["ceiling"]
+    for key in ("rate_flops", "cls_fps", "seg_fps", "cls_seg_fps", "cls_limit_s_per_frame", "case_limit_s"):
+        assert _positive(c[key]), key
+    # on a shared CPU each model batch is paired with the matmul rate measured just before it
+    assert len(c["cls_over_limit_paired"]) == 1 and math.isfinite(c["cls_over_limit_paired_median"])
+    assert c["matmul"]["dtype"] == "fp32" and _positive(c["cpu_bf16_matmul"]["median_flops"])
+    check = r["seed"]["cpu_bf16_autocast"]
+    assert _positive(check["fp32_s_per_frame"]) and _positive(check["bf16_autocast_s_per_frame"])
+    assert _positive(r["memory"]["ours_peak_rss_bytes"]) and _positive(r["memory"]["seed_peak_rss_bytes"])
+    assert r["memory"]["process_peak_rss_bytes"] >= r["memory"]["ours_peak_rss_bytes"] * 0.9
+    assert r["reopen"]["cache_hit"] is True and _positive(r["reopen"]["seconds"])
+    view = r["gui"]["frame_view"]
+    assert view["widget"] == "app.frame_view.FrameView"
+    for part in ("idle", "engine_running"):
+        assert _positive(view[part]["median_ms"]) and view[part]["p95_ms"] >= view[part]["median_ms"]
+    window = r["gui"]["window"]
+    assert window["steps"] == 6 and _positive(window["median_ms"]) and window["p95_ms"] >= window["median_ms"]
+    statuses = {t["target"]: t["status"] for t in r["targets"]}
+    assert len(statuses) == 7
+    # tiny on the CPU: only the frame-display target applies
+    assert all(s == "n/a" for name, s in statuses.items() if not name.startswith("frame display"))
+
+
+@pytest.mark.slow
+def test_seed_and_ours_compute_the_same_function(tiny_report):
+    a = tiny_report["agreement"]
+    # PIL and torch bicubic resizes round differently by a grey level or so, never more than a few
+    assert a["preprocess_max_abs_grey"] <= 4.0 and a["preprocess_mean_abs_grey"] < 0.2
+    # unmerged fp32 LoRA vs merged fp32: the same probabilities
+    assert a["cls_max_abs_p"] < 1e-2
+    assert a["seg_pixel_agreement"] > 0.98
+
+
+def test_flop_count_includes_fused_attention():
+    """FlopCounterMode alone misses the CPU's fused attention (about a third of a ViT); with the
+    added formulas the count of the classifier equals the analytic ViT count."""
+    from fetaliqa_core.models.base import load_base_config, random_base
+
+    visual, _ = random_base("tiny")
+    x = torch.randn(2, 3, 224, 224)
+    counted = bench.count_flops(visual, x)["total"] / 2
+    analytic = bench.vit_flops(load_base_config("tiny"))
+    assert abs(counted - analytic) / analytic < 0.01
+    # FetalCLIP's ViT-L/14: open_clip's profile says 162.03 GFLOP
+    assert abs(bench.vit_flops(load_base_config("fetalclip")) / 1e9 - 162.03) < 0.05
+
+
+def test_seed_style_segmenter_matches_the_product_segmenter():
+    """Hooks + bilinear F.interpolate (the reference's way) give the logits of the segmenter's own
+    single-matmul token resize, on the same unmerged weights."""
+    from fetaliqa_core.models.base import random_base
+    from fetaliqa_core.models.lora import LoraSettings
+    from fetaliqa_core.models.segmenter import FetalCLIPSegmenter
+
+    visual, _ = random_base("tiny", seed=3)
+    model = FetalCLIPSegmenter(visual, LoraSettings()).eval()
+    seed_style = bench.SeedStyleSegmenter(model).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x)
+        got = seed_style(x)
+    seed_style.remove_hooks()
+    assert got.shape == ref.shape == (1, 1, 224, 224)
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_seed_style_preprocessing_pads_centred():
+    frame = np.full((562, 744), 200, np.uint8)
+    x = bench.seed_style_preprocess(frame, bench.seed_style_transform())
+    assert x.shape == (3, 224, 224)
+    # rows above and below the frame are padding (zero grey, normalised), the centre is the frame
+    from fetaliqa_core.preprocess import OPENAI_MEAN, OPENAI_STD
+
+    zero = -OPENAI_MEAN[0] / OPENAI_STD[0]
+    assert abs(float(x[0, 0, 112]) - zero) < 1e-3
+    assert float(x[0, 112, 112]) > 0.5
+
+
+def test_bad_settings_are_reported(capsys):
+    code = main(["bench", "--device", "cpu", "--arch", "tiny", "--frames", "8", "--case-frames", "4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--case-frames" in err and "--frames" in err
