@@ -404,9 +404,13 @@ class ScoringEngine:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetaliqa-prep")
         try:
             pending: tuple[np.ndarray, Future] | None = None
+            # A fresh sweep starts with a one-frame batch: the first result appears after one
+            # frame's inference instead of a whole batch's (seconds per frame on a CPU).
+            first_size = 1 if self.results.n_done == 0 else self.batch_size
             while not self._cancel.is_set():
                 if pending is None:
-                    idx = self._next_indices(self.batch_size)
+                    idx = self._next_indices(first_size)
+                    first_size = self.batch_size
                     if not len(idx):
                         break
                     pending = (idx, pool.submit(self._prepare, idx))

@@ -59,6 +59,12 @@ def test_seg_score_is_half_at_the_papers_area_rule():
     assert seg_score_from_area(0.2) > seg_score_from_area(0.05) > 0.5
 
 
+def test_first_result_comes_after_one_frame(bundles):
+    engine = ScoringEngine(_sweep(n=20), bundles["cls"], None, cache=False, batch_size=8)
+    sizes = [len(b.indices) for b in engine.iter_batches()]
+    assert sizes[0] == 1 and sizes[1] == 8 and sum(sizes) == 20
+
+
 def test_scores_every_frame_once_with_both_models(bundles):
     sweep = _sweep()
     engine = ScoringEngine(sweep, bundles["cls"], bundles["seg"], cache=False, batch_size=6)
@@ -114,14 +120,14 @@ def test_cancel_keeps_what_finished(bundles, tmp_path):
         if k == 2:
             engine.cancel()
     assert engine.cancelled
-    assert engine.results.n_done == done_before_cancel == 12
+    assert engine.results.n_done == done_before_cancel == 1 + 4 + 4  # first batch is one frame
     assert not engine.results.complete
     # the partial result is cached; a new engine resumes from it and scores only the rest
     again = ScoringEngine(sweep, bundles["cls"], None, cache=cache, batch_size=4)
     batches = list(again.iter_batches())
-    assert batches[0].from_cache and len(batches[0].indices) == 12
+    assert batches[0].from_cache and len(batches[0].indices) == 9
     rescored = np.concatenate([b.indices for b in batches[1:]])
-    assert len(rescored) == 36 and not np.isin(rescored, batches[0].indices).any()
+    assert len(rescored) == 39 and not np.isin(rescored, batches[0].indices).any()
     assert again.results.complete
 
 
@@ -138,7 +144,7 @@ def test_joint_bundle_runs_one_encoder_pass(bundles, monkeypatch):
     sweep = _sweep(n=10)
     engine = ScoringEngine(sweep, model, model, cache=False, batch_size=5)
     engine.run()
-    assert calls == [5, 5]  # one call per batch gives both outputs
+    assert calls == [1, 5, 4]  # one call per batch gives both outputs (the first batch is one frame)
     r = engine.results
     assert np.isfinite(r.p_cls).all() and np.isfinite(r.p_seg).all()
     assert np.isnan(r.p_opt).all()  # binary segmenter: no plane grade
