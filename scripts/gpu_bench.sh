@@ -9,11 +9,17 @@
 #
 # The device image has Python 3.12 with torch, torchvision, peft, numpy, pillow, opencv,
 # safetensors, psutil, timm and huggingface_hub, but not open_clip_torch, ftfy, wcwidth,
-# SimpleITK or platformdirs. Carry those as wheels:
+# platformdirs or SimpleITK. Carry those as wheels:
 #
 #   here, once (a machine with pip access):   bash scripts/gpu_bench.sh prepare
-#       -> .whl/ (ignored by git; about 55 MB, mostly SimpleITK)
+#       -> .whl/ (ignored by git; about 2.5 MB)
 #   there (device tool `run`, carry [".whl"], timeout_s 600):   bash scripts/gpu_bench.sh
+#
+# SimpleITK's wheel (53 MB) plus the working tree (~19 MB with the demo base) exceeds the 64 MiB
+# a device call may carry, so it is left out unless WITH_SIMPLEITK=1: the benchmark then writes
+# and reads its uncompressed .mha without it (fetaliqa_core.bench.write_plain_mha; io reads
+# uncompressed MetaImage itself). scripts/gpu_check_training.py writes its dataset through
+# io.write_volume, which needs SimpleITK: without it that check fails at its first step.
 #
 # Budget: set-up with a real-size random base takes a minute or two (4 towers built and
 # fingerprinted), the bench itself well under a minute of GPU work plus ~20 s of seed-style PIL
@@ -28,9 +34,11 @@ if [ "${1:-}" = "prepare" ]; then
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
     plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
     # shellcheck disable=SC2086
+    extra=()
+    [ "${WITH_SIMPLEITK:-0}" = "1" ] && extra=("SimpleITK==$(ver SimpleITK)")
     "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat -d .whl \
         "open_clip_torch==$(ver open_clip_torch)" "ftfy==$(ver ftfy)" "wcwidth==$(ver wcwidth)" \
-        "SimpleITK==$(ver SimpleITK)" "platformdirs==$(ver platformdirs)"
+        "platformdirs==$(ver platformdirs)" "${extra[@]}"
     du -sh .whl
     exit $?
 fi

@@ -41,7 +41,9 @@ def test_report_has_every_figure_finite_and_positive(tiny_report):
     # than the time measured for 2 frames
     assert r["ours"]["complete_estimated"] is True
     assert r["ours"]["open_to_complete_s"] >= r["ours"]["open_to_done_s"]
-    assert r["ours"]["engine_frames_done"] == 2
+    # the engine's first batch is one frame, then batches of 2: stopping once 2 are done leaves 1 + 2
+    assert r["ours"]["first_batch_frames"] == 1
+    assert r["ours"]["engine_frames_done"] == 3
     assert _positive(r["ours"]["open_to_first_batch1_s"])
     c = r["ceiling"]
     for key in ("rate_flops", "cls_fps", "seg_fps", "cls_seg_fps", "cls_limit_s_per_frame", "case_limit_s"):
@@ -126,3 +128,16 @@ def test_bad_settings_are_reported(capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--case-frames" in err and "--frames" in err
+
+
+def test_plain_metaimage_reads_back_through_io(tmp_path):
+    """The case file written without SimpleITK (GPU machines) opens through io.load_sweep with its
+    pixels, spacing and sweep layout."""
+    from fetaliqa_core.io import load_sweep
+
+    frames = (np.arange(3 * 40 * 50) % 251).astype(np.uint8).reshape(3, 40, 50)
+    bench.write_plain_mha(tmp_path / "case.mha", frames, (0.28, 0.3), [(0, 1), (1, 3)], ["transverse", "sagittal"])
+    sweep = load_sweep(tmp_path / "case.mha")
+    assert np.array_equal(np.asarray(sweep.frames), frames)
+    assert sweep.spacing_mm == (0.28, 0.3)
+    assert sweep.sweep_ranges == [(0, 1), (1, 3)] and sweep.sweep_kinds == ["transverse", "sagittal"]
