@@ -31,7 +31,7 @@ if [ "${1:-}" = "prepare" ]; then
     PY=${PYTHON:-.venv/bin/python}
     ver() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
     mkdir -p .whl
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    # .whl/ is in .gitignore: it travels only when a device call names it in carry
     plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
     # shellcheck disable=SC2086
     extra=()

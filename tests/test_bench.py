@@ -141,3 +141,11 @@ def test_plain_metaimage_reads_back_through_io(tmp_path):
     assert np.array_equal(np.asarray(sweep.frames), frames)
     assert sweep.spacing_mm == (0.28, 0.3)
     assert sweep.sweep_ranges == [(0, 1), (1, 3)] and sweep.sweep_kinds == ["transverse", "sagittal"]
+
+
+def test_quick_frames_look_like_a_fan_of_speckle():
+    frames = bench.quick_frames(3, seed=1, shape=(120, 160))
+    assert frames.shape == (3, 120, 160) and frames.dtype == np.uint8
+    assert frames[:, 0, 0].max() == 0 and frames[:, 0, -1].max() == 0  # outside the fan
+    assert frames[:, 60, 80].min() > 0  # inside
+    assert not np.array_equal(frames[0], frames[1])
