@@ -7,34 +7,26 @@ import argparse
 import sys
 from pathlib import Path
 
+from fetaliqa_core.cli._args import positive_int
+
 HELP = "Measure scoring speed and memory against the seed-style pipeline and the hardware limit."
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--arch", default="fetalclip", choices=("fetalclip", "tiny"),
                         help="vision tower with random weights: fetalclip (ViT-L/14, default) or tiny")
-    parser.add_argument("--frames", type=_positive_int, default=None,
+    parser.add_argument("--frames", type=positive_int, default=None,
                         help="frames timed through each path (default 840; 16 for fetalclip on a CPU)")
-    parser.add_argument("--case-frames", type=_positive_int, default=None,
+    parser.add_argument("--case-frames", type=positive_int, default=None,
                         help="frames in the case file that is opened and scored (default: max(frames, 840)); "
                              "when larger than --frames the engine stops after --frames frames and the "
                              "complete-case times are extrapolated")
-    parser.add_argument("--batch-size", type=_positive_int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="our batch size (default: the device's, 128 on CUDA, 8 on a CPU)")
-    parser.add_argument("--gui-frames", type=_positive_int, default=300,
+    parser.add_argument("--gui-frames", type=positive_int, default=300,
                         help="frames shown when timing the frame display (default 300)")
-    parser.add_argument("--matmul-size", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--matmul-size", type=positive_int, default=None, metavar="N",
                         help="side of the timed matrix product (default 8192 on CUDA, 2048 on a CPU)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the report as JSON here")
     parser.add_argument("--skip-seed", action="store_true", help="do not run the seed-style path")

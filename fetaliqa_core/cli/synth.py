@@ -6,21 +6,13 @@ import argparse
 import sys
 import time
 
+from fetaliqa_core.cli._args import positive_int
+
 HELP = "write synthetic blind-sweep cases (images, masks, circumference CSV) in the ACOUSLIC-AI layout"
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def _frame_size(text: str) -> int:
-    value = _positive(text)
+    value = positive_int(text)
     if value < 32:
         raise argparse.ArgumentTypeError(f"{value} pixels is too small; use at least 32")
     return value
@@ -30,11 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fetaliqa_core import synth
 
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
-    parser.add_argument("--cases", type=_positive, default=1, metavar="N", help="number of cases (default 1)")
+    parser.add_argument("--cases", type=positive_int, default=1, metavar="N", help="number of cases (default 1)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    parser.add_argument("--sweeps", type=_positive, default=synth.DEFAULT_SWEEPS,
+    parser.add_argument("--sweeps", type=positive_int, default=synth.DEFAULT_SWEEPS,
                         help=f"sweeps per case (default {synth.DEFAULT_SWEEPS}; first half transverse)")
-    parser.add_argument("--frames-per-sweep", type=_positive, default=synth.DEFAULT_FRAMES_PER_SWEEP,
+    parser.add_argument("--frames-per-sweep", type=positive_int, default=synth.DEFAULT_FRAMES_PER_SWEEP,
                         help=f"frames per sweep (default {synth.DEFAULT_FRAMES_PER_SWEEP})")
     parser.add_argument("--height", type=_frame_size, default=synth.DEFAULT_HEIGHT,
                         help=f"frame height in pixels (default {synth.DEFAULT_HEIGHT})")
@@ -44,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write image volumes uncompressed (open instantly, 2-3x larger); masks "
                              "are always compressed")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
-    parser.add_argument("--jobs", type=_positive, default=1, metavar="N",
+    parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                         help="cases made in parallel (worker processes, ~1.5 GB memory each at full size; "
                              "the output does not depend on it)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
