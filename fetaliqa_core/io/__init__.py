@@ -1,0 +1,60 @@
+"""Reading and writing ultrasound sweeps.
+
+``load_sweep`` turns a sweep file (MetaImage ``.mha``/``.mhd``, ``.nrrd``, NIfTI, a multi-frame
+DICOM file or a DICOM series folder) into a :class:`Sweep`: frames ``(N, H, W)`` uint8, pixel
+spacing in mm with its provenance (known from the file or its DICOM ultrasound calibration,
+plausible for obstetric ultrasound, see :mod:`fetaliqa_core.io.spacing`) and the sweep ranges.
+``load_mask`` reads the matching label volume (0 background, 1 optimal plane, 2 suboptimal
+plane).
+
+Speed and memory:
+
+* An uncompressed 8-bit MetaImage (the fast path) is memory-mapped after its header has been
+  parsed here and its byte count checked against the file size, so frame 0 is available at once
+  and pages are read on demand.
+* Everything else (compressed MetaImage included) is decoded once by SimpleITK; when the pixels
+  are already 8-bit grey the frames are a view of SimpleITK's buffer (no copy), so the peak
+  extra memory is the compressed data while it is inflated. Every header is read and its sizes
+  checked before any pixel is decoded.
+
+Every problem a user can cause raises :class:`~fetaliqa_core.errors.FetalIQAError` with the file
+name, what is wrong and what to do. SimpleITK's ``RuntimeError`` (with its C++ trace) never
+reaches the user.
+
+Modules: ``sweep`` (the Sweep, public functions), ``readers`` (formats), ``frames`` (shape
+checks, conversion to uint8, mask labels), ``spacing`` (pixel spacing provenance).
+"""
+
+from fetaliqa_core.io._common import (
+    ACOUSLIC_FRAMES_PER_SWEEP,
+    ACOUSLIC_SPACING_MM,
+    ACOUSLIC_SWEEPS,
+    META_SWEEP_KINDS,
+    META_SWEEP_RANGES,
+    MIN_FRAME_PX,
+    SPACING_FROM_DICOM_PIXEL_SPACING,
+    SPACING_FROM_HEADER,
+    SPACING_FROM_US_REGION,
+    SPACING_FROM_USER,
+    SPACING_GIVEN,
+    SPACING_NONE,
+    SUPPORTED_FORMATS,
+    SWEEP_KINDS,
+)
+from fetaliqa_core.io.spacing import PLAUSIBLE_SPACING_MM
+from fetaliqa_core.io.sweep import (
+    Sweep,
+    default_sweep_layout,
+    load_fov_mask,
+    load_mask,
+    load_sweep,
+    write_volume,
+)
+
+__all__ = [
+    "ACOUSLIC_FRAMES_PER_SWEEP", "ACOUSLIC_SPACING_MM", "ACOUSLIC_SWEEPS", "META_SWEEP_KINDS",
+    "META_SWEEP_RANGES", "MIN_FRAME_PX", "PLAUSIBLE_SPACING_MM", "SPACING_FROM_DICOM_PIXEL_SPACING",
+    "SPACING_FROM_HEADER", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
+    "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "Sweep", "default_sweep_layout",
+    "load_fov_mask", "load_mask", "load_sweep", "write_volume",
+]

@@ -1,0 +1,86 @@
+"""Constants and small helpers shared by the sweep readers and writers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fetaliqa_core.errors import FetalIQAError
+
+ACOUSLIC_FRAMES_PER_SWEEP = 140
+ACOUSLIC_SWEEPS = 6
+ACOUSLIC_SPACING_MM = 0.28
+SWEEP_KINDS = ("transverse", "sagittal", "unknown")
+MIN_FRAME_PX = 32
+
+#: Metadata keys (MetaImage and NRRD headers) that record how the frames split into sweeps.
+#: Value formats: ``"0-140,140-280"`` (half-open frame ranges) and ``"transverse,sagittal"``.
+META_SWEEP_RANGES = "FetalIQA_SweepRanges"
+META_SWEEP_KINDS = "FetalIQA_SweepKinds"
+
+SUPPORTED_FORMATS = ".mha, .mhd, .nrrd, .nii, .nii.gz, DICOM (.dcm file or series folder)"
+
+CHUNK_FRAMES = 16
+# Deflate cannot expand data more than about 1032:1; a header claiming more is lying.
+MAX_DEFLATE_RATIO = 1100
+
+#: Where a sweep's pixel spacing came from (``Sweep.spacing_source``).
+SPACING_FROM_HEADER = "file header"
+SPACING_FROM_US_REGION = "DICOM ultrasound region calibration"
+SPACING_FROM_DICOM_PIXEL_SPACING = "DICOM Pixel Spacing"
+SPACING_NONE = "none"
+SPACING_FROM_USER = "user"
+SPACING_GIVEN = "given"
+
+
+@dataclass
+class Raw:
+    """What every reader returns: a numpy array in C order ``(..., Y, X[, C])``."""
+
+    array: np.ndarray                 # (..., Y, X) or (..., Y, X, C) when components > 1
+    components: int
+    spacing_mm: tuple[float, float]   # (row_mm, col_mm)
+    metadata: dict[str, str]
+    path: Path | None = None
+    #: One of the SPACING_* constants; SPACING_NONE when the file records no spacing.
+    spacing_source: str = SPACING_FROM_HEADER
+    spacing_note: str = ""
+
+
+def full_suffix(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def truthy(value: str) -> bool:
+    return value.strip().lower() in ("true", "1", "yes")
+
+
+def check_spacing(spacing_mm: tuple[float, float], path: Path) -> None:
+    if not all(np.isfinite(s) and s > 0 for s in spacing_mm):
+        raise FetalIQAError(f"{path}: the pixel spacing {spacing_mm} (mm) is not a positive number, so "
+                            "lengths cannot be measured. Fix the spacing in the file's header.")
+
+
+def sitk_reason(exc: BaseException) -> str:
+    """The useful line of a SimpleITK error, without the C++ source locations."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("ITK ERROR", "sitk::ERROR")):
+            reason = ln.split(":", 1)[1].strip() if ln.startswith("sitk::ERROR") else ln.split("):", 1)[-1].strip()
+            extra = [x for x in lines[lines.index(ln) + 1:] if not x.startswith(("/", "Exception"))]
+            return " ".join([reason, *extra[:1]]).strip()[:300]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+def fmt_shape(shape: Any) -> str:
+    return " x ".join(str(int(s)) for s in shape)
+
+
+def fmt_dims(size_xyz: tuple[int, ...]) -> str:
+    return " x ".join(str(int(s)) for s in size_xyz)

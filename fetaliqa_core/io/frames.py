@@ -1,0 +1,155 @@
+"""Frame stacks: shape checks, conversion of any pixel type to uint8 grey, mask labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.io._common import CHUNK_FRAMES, MIN_FRAME_PX, Raw, fmt_shape
+
+def frame_stack_shape(shape_zyx: tuple[int, ...]) -> tuple[int, ...]:
+    """Spatial shape (numpy order) as frames x height x width: a 2-D image becomes one frame,
+    unit axes in front of the last three are dropped (e.g. NIfTI ``x, y, 1, t``)."""
+    dims = list(shape_zyx)
+    if len(dims) > 3:
+        dims = [d for d in dims[:-2] if d != 1] + dims[-2:]
+        if len(dims) == 2:
+            dims = [1, *dims]
+    if len(dims) == 2:
+        dims = [1, *dims]
+    return tuple(dims)
+
+
+def precheck_dims(path: Path, shape_zyx: tuple[int, ...], components: int) -> None:
+    """Reject shapes no sweep can have before any pixel data is read. ``shape_zyx`` is the
+    spatial shape in numpy order (no component axis)."""
+    dims = frame_stack_shape(shape_zyx)
+    if len(dims) > 3:
+        raise FetalIQAError(
+            f"{path}: {len(dims)}-D data of shape {fmt_shape(dims)}; a sweep is a stack of 2-D frames "
+            "(frames x height x width). Export a single cine (3-D) instead.")
+    if len(dims) < 2:
+        raise FetalIQAError(f"{path}: 1-D data of length {dims[0] if dims else 0}; a sweep needs 2-D frames. "
+                            "Choose an image or cine file.")
+    if dims[0] == 0:
+        raise FetalIQAError(f"{path}: the file contains no frames (0 x {dims[1]} x {dims[2]}). Export the "
+                            "sweep again.")
+    if components not in (1, 3, 4):
+        raise FetalIQAError(
+            f"{path}: {components} values per pixel (vector data); only grey, RGB or RGBA frames can be "
+            "shown. Export the sweep as greyscale or colour video frames.")
+
+
+def as_frame_stack(arr: np.ndarray, components: int, path: Path) -> np.ndarray:
+    """Reshape (no copy) to ``(N, H, W)`` or ``(N, H, W, C)``; see :func:`frame_stack_shape`."""
+    comp_axes = arr.shape[-1:] if components > 1 else ()
+    spatial = arr.shape[:arr.ndim - len(comp_axes)]
+    dims = frame_stack_shape(spatial)
+    if len(dims) != 3:
+        raise FetalIQAError(f"{path}: {len(dims)}-D data of shape {fmt_shape(dims)}; expected frames x "
+                            "height x width. Export the data as a 3-D volume.")
+    return arr.reshape(dims + comp_axes)
+
+
+def check_frame_shape(shape: tuple[int, ...], path: Path) -> None:
+    n, h, w = shape
+    if n == 0:
+        raise FetalIQAError(f"{path}: the file contains no frames. Export the sweep again.")
+    if h < MIN_FRAME_PX or w < MIN_FRAME_PX:
+        raise FetalIQAError(
+            f"{path}: frames are {h} x {w} pixels (height x width); at least {MIN_FRAME_PX} x {MIN_FRAME_PX} "
+            "are needed. Check that the file holds ultrasound frames (not a thumbnail or a vector field).")
+
+
+def to_uint8_frames(raw: Raw) -> np.ndarray:
+    """``raw.array`` -> ``(N, H, W)`` uint8 C-contiguous frames (no copy when already so)."""
+    path = raw.path or Path("?")
+    comps = raw.components
+    arr = as_frame_stack(raw.array, comps, path)
+    check_frame_shape(arr.shape[:3], path)
+    if comps == 1 and arr.dtype == np.uint8:
+        return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    if comps == 1 and arr.dtype == np.bool_:
+        return np.ascontiguousarray(arr.astype(np.uint8) * np.uint8(255))
+    if comps not in (1, 3, 4):
+        raise FetalIQAError(f"{path}: {comps} values per pixel; only grey, RGB or RGBA frames can be shown.")
+    n = arr.shape[0]
+    out = np.empty(arr.shape[:3], dtype=np.uint8)
+    if arr.dtype == np.uint8:  # colour 8-bit: integer luminance, chunk by chunk
+        for s in range(0, n, CHUNK_FRAMES):
+            c = arr[s:s + CHUNK_FRAMES].astype(np.uint16)
+            lum = (77 * c[..., 0] + 150 * c[..., 1] + 29 * c[..., 2] + 128) >> 8
+            out[s:s + CHUNK_FRAMES] = lum.astype(np.uint8)
+        return out
+    lo, hi = _robust_window(arr, comps, path)
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    for s in range(0, n, CHUNK_FRAMES):
+        lum = _luminance_float(arr[s:s + CHUNK_FRAMES], comps)
+        lum = (lum - lo) * scale
+        np.nan_to_num(lum, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        np.clip(lum, 0.0, 255.0, out=lum)
+        out[s:s + CHUNK_FRAMES] = np.rint(lum).astype(np.uint8)
+    return out
+
+
+def _luminance_float(chunk: np.ndarray, comps: int) -> np.ndarray:
+    if comps == 1:
+        return chunk.astype(np.float32)
+    c = chunk.astype(np.float32)
+    return 0.299 * c[..., 0] + 0.587 * c[..., 1] + 0.114 * c[..., 2]
+
+
+def _robust_window(arr: np.ndarray, comps: int, path: Path) -> tuple[float, float]:
+    """0.5th and 99.5th percentiles of the finite values, from up to 32 evenly spread frames."""
+    n = arr.shape[0]
+    idx = np.unique(np.linspace(0, n - 1, num=min(n, 32)).astype(int))
+    sample = _luminance_float(arr[idx], comps).ravel()
+    if sample.size > 4_000_000:
+        sample = sample[:: sample.size // 4_000_000 + 1]
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        raise FetalIQAError(f"{path}: the pixel values are all NaN or infinite; there is nothing to show. "
+                            "Export the sweep again.")
+    lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    return lo, hi
+
+
+def as_labels(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Check a mask holds only 0/1/2 and return it as uint8 (no copy when already uint8)."""
+    bad: list[Any] = []
+    if arr.dtype == np.uint8:
+        if arr.size and int(arr.max()) > 2:
+            counts = np.bincount(arr.reshape(-1), minlength=256)
+            bad = [int(v) for v in np.nonzero(counts)[0] if v > 2]
+        result = arr
+    elif arr.dtype == np.bool_:
+        result = arr.view(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer):
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 2):
+            flat = arr.reshape(-1)
+            bad = sorted({int(v) for v in np.unique(flat[(flat < 0) | (flat > 2)][:100000])})
+        result = arr.astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        result = np.empty(arr.shape, dtype=np.uint8)
+        for s in range(0, arr.shape[0], CHUNK_FRAMES):
+            c = np.asarray(arr[s:s + CHUNK_FRAMES])
+            ok = (c == 0) | (c == 1) | (c == 2)
+            if not ok.all():
+                bad = sorted({float(v) for v in np.unique(c[~ok])[:20]})
+                break
+            result[s:s + CHUNK_FRAMES] = c.astype(np.uint8)
+    else:
+        raise FetalIQAError(f"{path}: mask pixels of type {arr.dtype} cannot be labels. Export the mask as "
+                            "8-bit labels 0/1/2.")
+    if bad:
+        shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise FetalIQAError(
+            f"{path}: the mask holds labels other than 0, 1, 2 (found {shown}). Masks label each pixel 0 "
+            "(background), 1 (optimal plane) or 2 (suboptimal plane); choose the label mask, not an "
+            "image or a probability map.")
+    return np.ascontiguousarray(result)

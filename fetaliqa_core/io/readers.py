@@ -1,0 +1,388 @@
+"""Sweep and mask readers: every format ends as a :class:`Raw` (numpy array in C order).
+
+Headers are read and checked (sizes, byte counts, limits) before any pixel data is decoded;
+SimpleITK's ``RuntimeError`` (with its C++ trace) never reaches the user.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.io._common import (
+    MAX_DEFLATE_RATIO,
+    META_SWEEP_KINDS,
+    META_SWEEP_RANGES,
+    SUPPORTED_FORMATS,
+    Raw,
+    check_spacing,
+    fmt_dims,
+    full_suffix,
+    sitk_reason,
+    truthy,
+)
+from fetaliqa_core.io.frames import precheck_dims
+from fetaliqa_core.io.spacing import classify_header_spacing, dicom_calibration
+
+
+def read_raw(path: Path, purpose: str) -> Raw:
+    what = "sweep" if purpose == "sweep" else "mask"
+    if not path.exists():
+        raise FetalIQAError(f"{path}: no such file or folder. Check the path and choose the {what} "
+                            f"file ({SUPPORTED_FORMATS}).")
+    if path.is_dir():
+        return _read_dicom_folder(path, what)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise FetalIQAError(f"{path}: cannot be read ({exc.strerror}). Check the file's permissions.") from None
+    if size == 0:
+        raise FetalIQAError(f"{path}: the file is empty (0 bytes), probably an interrupted copy or "
+                            "download. Copy the file again.")
+    if not os.access(path, os.R_OK):
+        raise FetalIQAError(f"{path}: permission denied. Check the file's permissions.")
+    suffix = full_suffix(path)
+    if suffix in (".mha", ".mhd"):
+        raw = _read_metaimage(path)
+        if raw is not None:
+            return raw
+    return _read_with_sitk(path, what)
+
+
+def _read_dicom_folder(folder: Path, what: str) -> Raw:
+    import SimpleITK as sitk
+
+    try:
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    except OSError as exc:
+        raise FetalIQAError(f"{folder}: the folder cannot be read ({exc.strerror}). Check its permissions.") from None
+    if not entries:
+        raise FetalIQAError(f"{folder}: the folder is empty. Choose the {what} file itself, or a folder "
+                            "holding one DICOM series.")
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found" goes to stderr
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as exc:
+        raise FetalIQAError(f"{folder}: the folder could not be scanned for DICOM files "
+                            f"({sitk_reason(exc)}). Check the folder's permissions.") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    if not series:
+        raise FetalIQAError(f"{folder}: no DICOM series in this folder. Choose the {what} file itself "
+                            f"({SUPPORTED_FORMATS}), or a folder of DICOM files of one series.")
+    # Several series: take the one with most files (the cine; others are usually localisers).
+    files_by_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
+    files = max(files_by_series.values(), key=len)
+    if len(files) == 1:
+        return _read_with_sitk(Path(files[0]), what)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOff()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise FetalIQAError(f"{folder}: the DICOM series could not be read ({sitk_reason(exc)}). "
+                            "Check that all files belong to one series and are complete.") from None
+    return _raw_from_image(image, folder, {}, dicom_file=Path(files[0]))
+
+
+def _read_with_sitk(path: Path, what: str) -> Raw:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        reason = sitk_reason(exc)
+        if "Unable to determine ImageIO" in reason:
+            raise FetalIQAError(f"{path}: not a readable image file (no supported image header found). "
+                                f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.") from None
+        raise FetalIQAError(f"{path}: the image header cannot be read ({reason}). The file is damaged "
+                            "or not an image; export it again.") from None
+    size = tuple(int(s) for s in reader.GetSize())       # (X, Y[, Z[, T]])
+    components = int(reader.GetNumberOfComponents())
+    precheck_dims(path, size[::-1], components)
+    _precheck_nifti(path, size, components, reader)
+    metadata = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()
+                if k in (META_SWEEP_RANGES, META_SWEEP_KINDS)}
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise FetalIQAError(f"{path}: the pixel data cannot be read ({sitk_reason(exc)}). The file is "
+                            "truncated or damaged; copy or export it again.") from None
+    is_dicom = _looks_like_dicom(path, reader)
+    return _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None)
+
+
+def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None) -> Raw:
+    import SimpleITK as sitk
+
+    components = int(image.GetNumberOfComponentsPerPixel())
+    arr = _keep_alive(sitk.GetArrayViewFromImage(image), image)
+    # Rounded to 7 significant digits: NIfTI stores float32 (0.28 would read 0.2800000011920929).
+    spacing = tuple(float(f"{s:.7g}") for s in image.GetSpacing())
+    if len(spacing) >= 2:
+        spacing_mm = (spacing[1], spacing[0])
+    else:
+        spacing_mm = (1.0, spacing[0] if spacing else 1.0)
+    if dicom_file is not None:
+        calibrated, source, note = dicom_calibration(dicom_file)
+        spacing_mm = calibrated or spacing_mm
+    else:
+        source, note = classify_header_spacing(spacing_mm, recorded=True)
+    check_spacing(spacing_mm, path)
+    return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
+               spacing_source=source, spacing_note=note)
+
+
+def _looks_like_dicom(path: Path, reader: Any) -> bool:
+    """DICOM Part 10 magic, or the ``gggg|eeee`` tag keys only GDCM puts in the metadata."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(132)[128:132] == b"DICM":
+                return True
+    except OSError:
+        return False
+    return any(re.fullmatch(r"[0-9a-fA-F]{4}\|[0-9a-fA-F]{4}", k) for k in reader.GetMetaDataKeys()[:50])
+
+
+class _BufferOwner:
+    """Exposes a view's buffer through ``__array_interface__`` while holding the object that owns
+    the memory, so every array derived from it keeps that object (a SimpleITK image) alive."""
+
+    def __init__(self, view: np.ndarray, owner: Any) -> None:
+        self.__array_interface__ = view.__array_interface__
+        self._view = view
+        self._owner = owner
+
+
+def _keep_alive(view: np.ndarray, owner: Any) -> np.ndarray:
+    return np.asarray(_BufferOwner(view, owner))
+
+
+def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: Any) -> None:
+    """ITK reads a truncated NIfTI without complaint (missing voxels come back as zeros), so the
+    byte count is checked here first."""
+    suffix = full_suffix(path)
+    if suffix not in (".nii", ".nii.gz"):
+        return
+    itemsize = _sitk_pixel_itemsize(reader)
+    if itemsize is None:
+        return
+    data_bytes = int(np.prod(size, dtype=np.int64)) * components * itemsize
+    try:
+        if suffix == ".nii":
+            with open(path, "rb") as fh:
+                head = fh.read(544)
+            actual = path.stat().st_size
+        else:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(544)
+            with open(path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                actual = struct.unpack("<I", fh.read(4))[0]  # gzip ISIZE: length mod 2**32
+    except (OSError, EOFError, gzip.BadGzipFile, struct.error):
+        raise FetalIQAError(f"{path}: the file is truncated or damaged (its compressed data cannot be "
+                            "read). Copy or export it again.") from None
+    vox_offset = _nifti_vox_offset(head)
+    if vox_offset is None:
+        return
+    expected = vox_offset + data_bytes
+    if suffix == ".nii":
+        if actual < expected:
+            raise FetalIQAError(
+                f"{path}: the file holds {actual} bytes but its header ({fmt_dims(size)} voxels) needs "
+                f"{expected}: the file is truncated or its header is wrong. Copy or export it again.")
+    elif actual != expected % (1 << 32):
+        raise FetalIQAError(
+            f"{path}: the compressed file does not hold the {expected} bytes its header "
+            f"({fmt_dims(size)} voxels) announces: it is truncated or damaged. Copy or export it again.")
+
+
+def _nifti_vox_offset(head: bytes) -> int | None:
+    if len(head) < 348:
+        return None
+    for endian in ("<", ">"):
+        sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
+        if sizeof_hdr == 348:
+            return int(struct.unpack(endian + "f", head[108:112])[0])
+        if sizeof_hdr == 540 and len(head) >= 176:
+            return int(struct.unpack(endian + "q", head[168:176])[0])
+    return None
+
+
+def _sitk_pixel_itemsize(reader: Any) -> int | None:
+    import SimpleITK as sitk
+
+    table = {
+        sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2,
+        sitk.sitkUInt32: 4, sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8,
+        sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+        sitk.sitkVectorUInt8: 1, sitk.sitkVectorInt8: 1, sitk.sitkVectorUInt16: 2,
+        sitk.sitkVectorInt16: 2, sitk.sitkVectorUInt32: 4, sitk.sitkVectorInt32: 4,
+        sitk.sitkVectorFloat32: 4, sitk.sitkVectorFloat64: 8,
+    }
+    return table.get(reader.GetPixelID())
+
+
+# --- MetaImage ------------------------------------------------------------------------------
+
+_MET_DTYPES = {
+    "MET_UCHAR": "u1", "MET_CHAR": "i1", "MET_USHORT": "u2", "MET_SHORT": "i2",
+    "MET_UINT": "u4", "MET_INT": "i4", "MET_ULONG_LONG": "u8", "MET_LONG_LONG": "i8",
+    "MET_FLOAT": "f4", "MET_DOUBLE": "f8",
+}
+_HEADER_LIMIT = 1 << 16
+
+
+def _read_metaimage(path: Path) -> Raw | None:
+    """Parse and check a MetaImage header; memory-map uncompressed pixel data.
+
+    Returns None when SimpleITK should decode the pixels: compressed data, data split over
+    several files, element types with platform-dependent size."""
+    with open(path, "rb") as fh:
+        head = fh.read(_HEADER_LIMIT)
+    header, data_offset = _parse_meta_header(head)
+    if header is None:
+        raise FetalIQAError(f"{path}: not a MetaImage file (no 'ElementDataFile' header line found). "
+                            f"The file is damaged or not an image; choose a file in one of: {SUPPORTED_FORMATS}.")
+    if header.get("objecttype", "Image").lower() != "image":
+        raise FetalIQAError(f"{path}: the MetaImage object is a {header['objecttype']!r}, not an image. "
+                            "Choose an image file.")
+    try:
+        ndims = int(header["ndims"])
+        dims = [int(v) for v in header["dimsize"].split()]
+        if len(dims) != ndims or ndims < 1:
+            raise ValueError
+    except (KeyError, ValueError):
+        raise FetalIQAError(f"{path}: the MetaImage header has no valid 'NDims'/'DimSize'. The file is "
+                            "damaged; export it again.") from None
+    if any(d < 0 for d in dims):
+        raise FetalIQAError(f"{path}: the header's DimSize {' '.join(map(str, dims))} is negative. The file "
+                            "is damaged; export it again.")
+    element_type = header.get("elementtype", "").upper()
+    if element_type not in _MET_DTYPES:
+        if element_type in ("MET_LONG", "MET_ULONG"):
+            return None
+        raise FetalIQAError(f"{path}: unsupported or missing ElementType {element_type or '(none)'}. "
+                            "Export the sweep as 8-bit, 16-bit or float pixels.")
+    try:
+        components = int(header.get("elementnumberofchannels", "1"))
+    except ValueError:
+        components = 0
+    if components < 1:
+        raise FetalIQAError(f"{path}: invalid ElementNumberOfChannels in the header. Export it again.")
+    msb = truthy(header.get("elementbyteordermsb", header.get("binarydatabyteordermsb", "false")))
+    dtype = np.dtype(_MET_DTYPES[element_type]).newbyteorder(">" if msb else "<")
+    spacing_text = header.get("elementspacing", header.get("elementsize", ""))
+    try:
+        spacing_xyz = [float(v) for v in spacing_text.split()] if spacing_text else [1.0] * ndims
+    except ValueError:
+        spacing_xyz = []
+    if len(spacing_xyz) < min(ndims, 2):
+        raise FetalIQAError(f"{path}: the header's ElementSpacing {spacing_text!r} is not a list of "
+                            f"{ndims} numbers. Fix the header or export the file again.")
+    spacing_mm = (spacing_xyz[1], spacing_xyz[0]) if ndims >= 2 else (1.0, spacing_xyz[0])
+    check_spacing(spacing_mm, path)
+    spacing_source, spacing_note = classify_header_spacing(spacing_mm, recorded=bool(spacing_text))
+
+    shape = tuple(reversed(dims)) + ((components,) if components > 1 else ())
+    precheck_dims(path, tuple(reversed(dims)), components)
+    metadata = {k: header[k.lower()] for k in (META_SWEEP_RANGES, META_SWEEP_KINDS) if k.lower() in header}
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+    data_file = header.get("elementdatafile", "")
+    compressed = truthy(header.get("compresseddata", "false"))
+    if data_file.upper() == "LOCAL":
+        data_path, offset = path, data_offset
+    elif data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file.strip():
+        return None
+    else:
+        data_path = path.parent / data_file
+        if not data_path.is_file():
+            raise FetalIQAError(f"{path}: the pixel data file {data_file!r} named in the header is missing "
+                                f"(looked for {data_path}). Keep the .mhd and its data file together.")
+        offset = 0
+        try:
+            header_size = int(header.get("headersize", "0"))
+        except ValueError:
+            header_size = 0
+        if header_size == -1:
+            if compressed:
+                return None
+            offset = max(data_path.stat().st_size - expected, 0)
+        elif header_size > 0:
+            offset = header_size
+    available = data_path.stat().st_size - offset
+    hdr_desc = f"DimSize {' '.join(map(str, dims))}, {element_type}" + (
+        f", {components} channels" if components > 1 else "")
+
+    if not compressed:
+        if available < expected:
+            raise FetalIQAError(
+                f"{data_path}: the file holds {max(available, 0)} bytes of pixel data but its header "
+                f"({hdr_desc}) needs {expected}: the file is truncated (or its header is wrong). "
+                "Copy or export the file again.")
+        if available > expected:
+            raise FetalIQAError(
+                f"{data_path}: the file holds {available} bytes of pixel data but its header "
+                f"({hdr_desc}) describes {expected}: the header's size is wrong. Export the file again.")
+        if expected == 0:
+            arr = np.zeros(shape, dtype=dtype)
+        else:
+            arr = np.memmap(data_path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
+                   spacing_source=spacing_source, spacing_note=spacing_note)
+
+    if "compresseddatasize" in header:
+        try:
+            csize = int(header["compresseddatasize"])
+        except ValueError:
+            csize = -1
+        if csize > available:
+            raise FetalIQAError(
+                f"{data_path}: the header announces {csize} bytes of compressed pixel data but the file "
+                f"holds {max(available, 0)}: the file is truncated. Copy or download it again.")
+    if expected > MAX_DEFLATE_RATIO * max(available, 1):
+        raise FetalIQAError(
+            f"{data_path}: the header ({hdr_desc}) describes {expected} bytes, far more than "
+            f"{available} compressed bytes can hold: the header is wrong. Export the file again.")
+    # Compressed: SimpleITK inflates it once, into the buffer the frames will view (its zlib is
+    # about 2.5x faster than Python's here).
+    return None
+
+
+def _parse_meta_header(head: bytes) -> tuple[dict[str, str] | None, int]:
+    header: dict[str, str] = {}
+    pos = 0
+    while pos < len(head):
+        end = head.find(b"\n", pos)
+        if end < 0:
+            return None, 0
+        line = head[pos:end]
+        pos = end + 1
+        if b"=" not in line:
+            if line.strip():
+                return None, 0
+            continue
+        key_b, _, value_b = line.partition(b"=")
+        try:
+            key = key_b.decode("ascii").strip()
+            value = value_b.decode("latin-1").strip()
+        except UnicodeDecodeError:
+            return None, 0
+        if not key or not re.fullmatch(r"[A-Za-z0-9_\-.]+", key):
+            return None, 0
+        header[key.lower()] = value
+        if key.lower() == "elementdatafile":
+            return header, pos
+    return None, 0

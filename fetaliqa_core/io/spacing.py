@@ -1,0 +1,159 @@
+"""Pixel spacing: where it came from, whether it is known, whether it is plausible.
+
+A length in millimetres (and the gestational age derived from it) is only as good as the pixel
+spacing. Many files carry none: ITK, NIfTI and NRRD writers record exactly 1 x 1 mm per pixel
+when they were given nothing, and a DICOM ultrasound image keeps its calibration in the
+Sequence of Ultrasound Regions (Physical Delta X/Y), which general image readers ignore. So:
+
+* a DICOM file's calibration is read here with pydicom from the Sequence of Ultrasound Regions
+  (units must be cm; the largest calibrated 2-D region is used), else from Pixel Spacing
+  (0028,0030); with neither, the spacing is unknown;
+* any other file's spacing is known when its header records one other than exactly 1 x 1 mm
+  (the value writers put when none was known);
+* a known spacing is *plausible for obstetric ultrasound* when both values lie in
+  :data:`PLAUSIBLE_SPACING_MM` (0.05-1.0 mm per pixel, 1.0 excluded): 0.05 mm is a 25 mm field
+  of view on 500 pixels (a high-frequency probe, finer than any obstetric scan), and 1.0 mm would
+  put a 25 cm deep obstetric field on only 250 pixels. ACOUSLIC-AI is 0.28 mm; clinical
+  abdominal scanners export 0.1-0.5 mm.
+
+Nothing here prevents scoring a sweep; it decides whether lengths may be shown.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.io._common import (
+    SPACING_FROM_DICOM_PIXEL_SPACING,
+    SPACING_FROM_HEADER,
+    SPACING_FROM_US_REGION,
+    SPACING_NONE,
+)
+
+#: Plausible pixel spacing for obstetric ultrasound, mm per pixel: ``lo <= s < hi``.
+PLAUSIBLE_SPACING_MM = (0.05, 1.0)
+#: What image writers record when they were given no spacing.
+PLACEHOLDER_SPACING_MM = 1.0
+
+# DICOM PS3.3 C.8.5.5.1.15: Physical Units X/Y Direction code 0x0003 is centimetres.
+_DICOM_UNITS_CM = 3
+_DICOM_TAGS = ("SequenceOfUltrasoundRegions", "PixelSpacing")
+
+
+def is_plausible(spacing_mm: tuple[float, float]) -> bool:
+    lo, hi = PLAUSIBLE_SPACING_MM
+    return all(isinstance(s, (int, float)) and math.isfinite(s) and lo <= s < hi for s in spacing_mm)
+
+
+def is_placeholder(spacing_mm: tuple[float, float]) -> bool:
+    return all(s == PLACEHOLDER_SPACING_MM for s in spacing_mm)
+
+
+def classify_header_spacing(spacing_mm: tuple[float, float], recorded: bool) -> tuple[str, str]:
+    """Source and note for the spacing of a non-DICOM file: ``recorded`` is whether the header
+    has a spacing field at all."""
+    if not recorded:
+        return SPACING_NONE, "the file records no pixel spacing"
+    if is_placeholder(spacing_mm):
+        return SPACING_NONE, ("the file records 1 x 1 mm per pixel, the value image writers put "
+                              "when no spacing was known")
+    return SPACING_FROM_HEADER, ""
+
+
+def problem(spacing_mm: tuple[float, float], source: str, note: str = "") -> str | None:
+    """One line saying why lengths cannot be shown, or None when they can."""
+    if source == SPACING_NONE:
+        why = note or "the file records no pixel spacing"
+        return (f"pixel spacing unknown ({why}): lengths in mm and the gestational age are not "
+                "shown. Set the pixel spacing (mm per pixel) to measure.")
+    if not is_plausible(spacing_mm):
+        lo, hi = PLAUSIBLE_SPACING_MM
+        shown = " x ".join(f"{s:g}" for s in spacing_mm)
+        return (f"pixel spacing {shown} mm ({source}) is outside {lo:g}-{hi:g} mm per pixel, "
+                "implausible for obstetric ultrasound: lengths in mm and the gestational age are "
+                "not shown. Check the file's calibration or set the pixel spacing.")
+    return None
+
+
+def user_spacing(value: float | tuple[float, float]) -> tuple[float, float]:
+    """A spacing the user typed, as ``(row_mm, col_mm)``; refused when not plausible."""
+    pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
+    try:
+        row, col = (float(v) for v in pair)
+    except (TypeError, ValueError):
+        raise FetalIQAError(f"pixel spacing {value!r} is not a number. Give mm per pixel, "
+                            "e.g. 0.28.") from None
+    lo, hi = PLAUSIBLE_SPACING_MM
+    if not is_plausible((row, col)):
+        raise FetalIQAError(f"pixel spacing {value!r} mm is outside {lo:g}-{hi:g} mm per pixel, "
+                            "implausible for obstetric ultrasound. Give mm per pixel, e.g. 0.28.")
+    return row, col
+
+
+def dicom_calibration(path: Path) -> tuple[tuple[float, float] | None, str, str]:
+    """Spacing ``(row_mm, col_mm)``, source and note from a DICOM file's header.
+
+    Returns ``(None, SPACING_NONE, note)`` when the file has neither a calibrated ultrasound
+    region nor Pixel Spacing. Raises nothing for unreadable headers: the caller's image reader
+    reports those.
+    """
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError:  # declared dependency; a broken install must not stop reading pixels
+        return None, SPACING_NONE, "pydicom is not installed, so the DICOM calibration was not read"
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, defer_size="1 MB",
+                             specific_tags=list(_DICOM_TAGS))
+        regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
+        pixel_spacing = ds.get("PixelSpacing", None)
+    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError,
+            IndexError, EOFError, OverflowError, NotImplementedError):
+        return None, SPACING_NONE, "the DICOM header's calibration could not be read"
+    found = _region_spacing(regions)
+    if found is not None:
+        return found[0], SPACING_FROM_US_REGION, found[1]
+    try:
+        if pixel_spacing is not None and len(pixel_spacing) == 2:
+            row, col = float(pixel_spacing[0]), float(pixel_spacing[1])
+            if all(math.isfinite(s) and s > 0 for s in (row, col)):
+                return (row, col), SPACING_FROM_DICOM_PIXEL_SPACING, ""
+    except (TypeError, ValueError):
+        pass
+    if regions:
+        return None, SPACING_NONE, ("the DICOM ultrasound regions are not calibrated in cm, and "
+                                    "there is no Pixel Spacing")
+    return None, SPACING_NONE, "the DICOM file has no ultrasound region calibration and no Pixel Spacing"
+
+
+def _region_spacing(regions: list[Any]) -> tuple[tuple[float, float], str] | None:
+    """The largest region calibrated in cm in both directions: ``((row_mm, col_mm), note)``."""
+    best: tuple[float, tuple[float, float]] | None = None
+    spacings = set()
+    for item in regions:
+        try:
+            if int(item.get("PhysicalUnitsXDirection", 0)) != _DICOM_UNITS_CM:
+                continue
+            if int(item.get("PhysicalUnitsYDirection", 0)) != _DICOM_UNITS_CM:
+                continue
+            dx = abs(float(item.get("PhysicalDeltaX")))
+            dy = abs(float(item.get("PhysicalDeltaY")))
+            if not (math.isfinite(dx) and math.isfinite(dy) and dx > 0 and dy > 0):
+                continue
+            width = int(item.get("RegionLocationMaxX1", 0)) - int(item.get("RegionLocationMinX0", 0)) + 1
+            height = int(item.get("RegionLocationMaxY1", 0)) - int(item.get("RegionLocationMinY0", 0)) + 1
+        except (TypeError, ValueError, OverflowError):
+            continue
+        spacing = (round(dy * 10.0, 9), round(dx * 10.0, 9))  # cm -> mm, (row, col)
+        spacings.add(spacing)
+        area = float(max(width, 0) * max(height, 0))
+        if best is None or area > best[0]:
+            best = (area, spacing)
+    if best is None:
+        return None
+    note = "" if len(spacings) == 1 else (f"{len(spacings)} differently calibrated regions; the "
+                                          "largest is used")
+    return best[1], note

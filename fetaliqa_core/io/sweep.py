@@ -1,0 +1,302 @@
+"""The :class:`Sweep` and the public reading and writing functions."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.io import spacing as _spacing
+from fetaliqa_core.io._common import (
+    ACOUSLIC_FRAMES_PER_SWEEP,
+    ACOUSLIC_SWEEPS,
+    META_SWEEP_KINDS,
+    META_SWEEP_RANGES,
+    SPACING_FROM_USER,
+    SPACING_GIVEN,
+    SPACING_NONE,
+    SUPPORTED_FORMATS,
+    SWEEP_KINDS,
+    fmt_shape,
+    full_suffix,
+    sitk_reason,
+)
+from fetaliqa_core.io.frames import as_frame_stack, as_labels, check_frame_shape, to_uint8_frames
+from fetaliqa_core.io.readers import read_raw
+
+
+@dataclass(eq=False)
+class Sweep:
+    """One loaded ultrasound recording (one or more sweeps stacked along the frame axis).
+
+    ``frames``: ``(N, H, W)`` uint8, C-contiguous, read-only (possibly a ``np.memmap``).
+    ``spacing_mm``: ``(row_mm, col_mm)`` of one pixel as recorded (``1.0, 1.0`` when the file
+    records none): use :attr:`measurement_spacing_mm` for anything shown in mm.
+    ``sweep_ranges``: half-open ``[start, stop)`` frame ranges, in order, covering ``0..N``.
+    ``sweep_kinds``: one of ``"transverse" | "sagittal" | "unknown"`` per sweep.
+    ``spacing_source``: where the spacing came from: ``"file header"``, ``"DICOM ultrasound
+    region calibration"``, ``"DICOM Pixel Spacing"``, ``"user"``, ``"given"`` (built in code) or
+    ``"none"`` (unknown); ``spacing_note`` says why when it is unknown.
+    """
+
+    frames: np.ndarray
+    spacing_mm: tuple[float, float]
+    sweep_ranges: list[tuple[int, int]]
+    sweep_kinds: list[str]
+    path: Path | None = None
+    spacing_source: str = SPACING_GIVEN
+    spacing_note: str = ""
+    #: The spacing the content hash covers: the file's, so a spacing set by the user later does
+    #: not make the same recording a different sweep (review database, cache).
+    hash_spacing_mm: tuple[float, float] | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 3 or self.frames.dtype != np.uint8:
+            raise ValueError(f"frames must be (N, H, W) uint8, got {self.frames.shape} {self.frames.dtype}")
+        if len(self.sweep_ranges) != len(self.sweep_kinds):
+            raise ValueError("sweep_ranges and sweep_kinds must have the same length")
+        if not _ranges_cover(self.sweep_ranges, self.frames.shape[0]):
+            raise ValueError(f"sweep_ranges {self.sweep_ranges} do not cover 0..{self.frames.shape[0]}")
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+    @property
+    def n_sweeps(self) -> int:
+        return len(self.sweep_ranges)
+
+    # --- pixel spacing (see fetaliqa_core.io.spacing) ----------------------------------------
+
+    @property
+    def spacing_known(self) -> bool:
+        """Whether the pixel spacing comes from the file, its calibration, the user or code."""
+        return self.spacing_source != SPACING_NONE
+
+    @property
+    def spacing_plausible(self) -> bool:
+        """Known and inside :data:`fetaliqa_core.io.spacing.PLAUSIBLE_SPACING_MM`."""
+        return self.spacing_known and _spacing.is_plausible(self.spacing_mm)
+
+    @property
+    def measurement_spacing_mm(self) -> tuple[float, float] | None:
+        """``(row_mm, col_mm)`` when lengths may be shown, else None."""
+        return tuple(self.spacing_mm) if self.spacing_plausible else None  # type: ignore[return-value]
+
+    @property
+    def spacing_problem(self) -> str | None:
+        """One line saying why no length (mm) or gestational age may be shown; None when they may."""
+        return _spacing.problem(tuple(self.spacing_mm), self.spacing_source, self.spacing_note)
+
+    def with_spacing(self, spacing_mm: float | tuple[float, float]) -> Sweep:
+        """The same sweep with a pixel spacing the user gave (mm per pixel, one value or
+        ``(row_mm, col_mm)``). Raises FetalIQAError when it is not plausible."""
+        pair = _spacing.user_spacing(spacing_mm)
+        return dataclasses.replace(self, spacing_mm=pair, spacing_source=SPACING_FROM_USER, spacing_note="",
+                                   hash_spacing_mm=self._hash_spacing())
+
+    def _hash_spacing(self) -> tuple[float, float]:
+        return tuple(self.hash_spacing_mm if self.hash_spacing_mm is not None else self.spacing_mm)  # type: ignore
+
+    @cached_property
+    def content_hash(self) -> str:
+        """Hex digest of the pixels, shape and the file's spacing (blake2b, 128 bit).
+
+        Computed on first use only (about 1 s for an ACOUSLIC case), so it never delays frame 0.
+        """
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((tuple(self.frames.shape), tuple(round(s, 9) for s in self._hash_spacing()))).encode())
+        for start in range(0, self.n_frames, 64):
+            chunk = np.ascontiguousarray(self.frames[start:start + 64])
+            h.update(memoryview(chunk).cast("B"))
+        return h.hexdigest()
+
+    def sweep_index(self, frame: int) -> int:
+        """Index of the sweep that holds ``frame`` (zero-based)."""
+        if not 0 <= frame < self.n_frames:
+            raise IndexError(f"frame {frame} outside 0..{self.n_frames - 1}")
+        starts = [start for start, _ in self.sweep_ranges]
+        return bisect.bisect_right(starts, frame) - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Public functions
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read a sweep file or DICOM series folder into a :class:`Sweep`.
+
+    The pixel spacing's provenance is on the sweep (``spacing_source``, ``spacing_problem``).
+    Colour frames become grey, 16-bit and float data are windowed to uint8 between the 0.5th and
+    99.5th percentile of the finite values, a single 2-D image becomes a one-frame sweep.
+    """
+    path = Path(path).expanduser()
+    raw = read_raw(path, purpose="sweep")
+    frames = to_uint8_frames(raw)
+    check_frame_shape(frames.shape, path)
+    ranges, kinds = _sweep_layout(frames.shape[0], raw.metadata)
+    if frames.flags.writeable:
+        frames.flags.writeable = False
+    return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
+                 path=path, spacing_source=raw.spacing_source, spacing_note=raw.spacing_note)
+
+
+def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
+    """Read a label volume: ``(N, H, W)`` uint8 (read-only) with values 0 (background),
+    1 (optimal plane) and 2 (suboptimal plane). With ``like``, the shape must equal the sweep's
+    frames' shape."""
+    path = Path(path).expanduser()
+    raw = read_raw(path, purpose="mask")
+    arr = raw.array
+    if raw.components != 1:
+        raise FetalIQAError(
+            f"{path}: the mask has {raw.components} values per pixel; a mask holds one label "
+            "(0, 1 or 2) per pixel. Export the mask as a single-channel label image.")
+    arr = as_frame_stack(arr, 1, path)
+    if like is not None and tuple(arr.shape) != tuple(like.frames.shape):
+        raise FetalIQAError(
+            f"{path}: the mask has shape {fmt_shape(arr.shape)} (frames x height x width) but the "
+            f"sweep {like.path or ''} has {fmt_shape(like.frames.shape)}. Choose the mask made "
+            "for this sweep.")
+    labels = as_labels(arr, path)
+    if labels.flags.writeable and labels is not arr:
+        labels.flags.writeable = False
+    return labels
+
+
+def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, float] = (0.28, 0.28),
+                 compress: bool = False, *, sweep_ranges: list[tuple[int, int]] | None = None,
+                 sweep_kinds: list[str] | None = None, compression_level: int = -1) -> None:
+    """Write ``array`` ``(N, H, W)`` (or ``(H, W)``) uint8 to ``path`` (format from the suffix,
+    e.g. ``.mha``). ``spacing_mm`` is ``(row_mm, col_mm)``; ``compression_level`` a zlib level
+    1-9 (-1: the writer's default). Sweep ranges and kinds, when given, are stored in the header
+    (MetaImage and NRRD) and read back by :func:`load_sweep`.
+
+    Single-file formats are written to a temporary file that is renamed into place, so a reader
+    never sees a half-written file.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    arr = np.asarray(array)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise TypeError(f"write_volume needs a (N, H, W) or (H, W) uint8 array, got {arr.shape} {arr.dtype}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False)
+    row_mm, col_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
+    image.SetSpacing((col_mm, row_mm, 1.0) if arr.ndim == 3 else (col_mm, row_mm))
+    if sweep_ranges is not None:
+        n = arr.shape[0] if arr.ndim == 3 else 1
+        if not _ranges_cover(sweep_ranges, n):
+            raise ValueError(f"sweep_ranges {sweep_ranges} do not cover 0..{n}")
+        kinds = list(sweep_kinds) if sweep_kinds is not None else ["unknown"] * len(sweep_ranges)
+        if len(kinds) != len(sweep_ranges) or any(k not in SWEEP_KINDS for k in kinds):
+            raise ValueError(f"sweep_kinds {kinds} must be one of {SWEEP_KINDS} per sweep")
+        image.SetMetaData(META_SWEEP_RANGES, ",".join(f"{a}-{b}" for a, b in sweep_ranges))
+        image.SetMetaData(META_SWEEP_KINDS, ",".join(kinds))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FetalIQAError(f"{path.parent}: cannot create the folder ({exc.strerror}). "
+                            "Choose a folder you can write to.") from None
+    suffix = full_suffix(path)
+    try:
+        if suffix == ".mhd":  # header + separate data file whose name it records: write in place
+            sitk.WriteImage(image, str(path), useCompression=compress, compressionLevel=compression_level)
+            return
+        tmp_name = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+        try:
+            sitk.WriteImage(image, tmp_name, useCompression=compress, compressionLevel=compression_level)
+            os.replace(tmp_name, path)
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+    except RuntimeError as exc:
+        raise FetalIQAError(f"{path}: could not write the file ({sitk_reason(exc)}). Check the "
+                            f"suffix (supported: {SUPPORTED_FORMATS}) and that the disk has space.") from None
+    except OSError as exc:
+        raise FetalIQAError(f"{path}: could not write the file ({exc.strerror}). Check that the "
+                            "folder is writable and the disk has space.") from None
+
+
+@lru_cache(maxsize=1)
+def _fov_mask_cached() -> np.ndarray:
+    import SimpleITK as sitk
+
+    path = _resources_fov_path()
+    try:
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError as exc:
+        raise FetalIQAError(f"{path}: the bundled field-of-view mask cannot be read "
+                            f"({sitk_reason(exc)}). Reinstall FetalIQA.") from None
+    mask = np.ascontiguousarray(arr > 0.5)
+    mask.flags.writeable = False
+    return mask
+
+
+def load_fov_mask() -> np.ndarray:
+    """The ACOUSLIC-AI field-of-view (fan) mask: ``(562, 744)`` bool, read-only."""
+    return _fov_mask_cached()
+
+
+def _resources_fov_path() -> Path:
+    from fetaliqa_core import paths
+
+    return paths.resources_dir() / "acouslic_fov_mask.mha"
+
+# --- sweep layout -------------------------------------------------------------------------------
+
+
+def default_sweep_layout(n_frames: int) -> tuple[list[tuple[int, int]], list[str]]:
+    """ACOUSLIC layout for 840 frames (six sweeps of 140: three transverse, three sagittal),
+    otherwise one sweep of unknown direction."""
+    if n_frames == ACOUSLIC_FRAMES_PER_SWEEP * ACOUSLIC_SWEEPS:
+        p = ACOUSLIC_FRAMES_PER_SWEEP
+        ranges = [(i * p, (i + 1) * p) for i in range(ACOUSLIC_SWEEPS)]
+        return ranges, ["transverse"] * 3 + ["sagittal"] * 3
+    return [(0, n_frames)], ["unknown"]
+
+
+def _sweep_layout(n_frames: int, metadata: dict[str, str]) -> tuple[list[tuple[int, int]], list[str]]:
+    """Sweep ranges from the file's metadata when present and valid, else the default layout."""
+    text = metadata.get(META_SWEEP_RANGES)
+    if text:
+        try:
+            ranges = []
+            for part in text.split(","):
+                a, b = part.strip().split("-")
+                ranges.append((int(a), int(b)))
+        except ValueError:
+            ranges = []
+        kinds_text = metadata.get(META_SWEEP_KINDS, "")
+        kinds = [k.strip() for k in kinds_text.split(",")] if kinds_text else ["unknown"] * len(ranges)
+        if (ranges and _ranges_cover(ranges, n_frames) and len(kinds) == len(ranges)
+                and all(k in SWEEP_KINDS for k in kinds)):
+            return ranges, kinds
+    return default_sweep_layout(n_frames)
+
+
+def _ranges_cover(ranges: list[tuple[int, int]], n: int) -> bool:
+    if not ranges:
+        return n == 0
+    expect = 0
+    for a, b in ranges:
+        if a != expect or b <= a:
+            return False
+        expect = b
+    return expect == n

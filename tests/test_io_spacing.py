@@ -1,0 +1,202 @@
+"""Pixel spacing provenance: known from the file or its DICOM ultrasound calibration, unknown, or
+implausible for obstetric ultrasound (then no length may be shown)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.io import (
+    PLAUSIBLE_SPACING_MM,
+    SPACING_FROM_DICOM_PIXEL_SPACING,
+    SPACING_FROM_HEADER,
+    SPACING_FROM_US_REGION,
+    SPACING_FROM_USER,
+    SPACING_NONE,
+    load_sweep,
+    write_volume,
+)
+
+pydicom = pytest.importorskip("pydicom")
+
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame Image Storage
+
+
+def _frames(n: int = 4, h: int = 40, w: int = 48) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, size=(n, h, w), dtype=np.uint8)
+
+
+def _region(x0: int, y0: int, x1: int, y1: int, dx_cm: float, dy_cm: float, units: int = 3):
+    from pydicom.dataset import Dataset
+
+    r = Dataset()
+    r.RegionSpatialFormat = 1  # 2-D tissue
+    r.RegionDataType = 1
+    r.RegionFlags = 0
+    r.RegionLocationMinX0, r.RegionLocationMinY0 = x0, y0
+    r.RegionLocationMaxX1, r.RegionLocationMaxY1 = x1, y1
+    r.PhysicalUnitsXDirection = units
+    r.PhysicalUnitsYDirection = units
+    r.PhysicalDeltaX = dx_cm
+    r.PhysicalDeltaY = dy_cm
+    return r
+
+
+def write_us_dicom(path: Path, arr: np.ndarray, regions=(), pixel_spacing=None) -> None:
+    """A multi-frame ultrasound DICOM file with an optional Sequence of Ultrasound Regions."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = US_MULTIFRAME
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = US_MULTIFRAME
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = arr.shape[1], arr.shape[2]
+    ds.NumberOfFrames = arr.shape[0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if regions:
+        ds.SequenceOfUltrasoundRegions = Sequence(list(regions))
+    if pixel_spacing is not None:
+        ds.PixelSpacing = list(pixel_spacing)
+    ds.PixelData = np.ascontiguousarray(arr).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_dicom_ultrasound_region_calibration_is_read(tmp_path):
+    arr = _frames()
+    path = tmp_path / "us.dcm"
+    # Physical Delta in cm: 0.028 cm = 0.28 mm per column, 0.03 cm = 0.3 mm per row.
+    write_us_dicom(path, arr, regions=[_region(0, 0, 47, 39, dx_cm=0.028, dy_cm=0.03)])
+    sweep = load_sweep(path)
+    np.testing.assert_array_equal(sweep.frames, arr)
+    assert sweep.spacing_mm == pytest.approx((0.3, 0.28))
+    assert sweep.spacing_source == SPACING_FROM_US_REGION
+    assert sweep.spacing_known and sweep.spacing_plausible and sweep.spacing_problem is None
+    assert sweep.measurement_spacing_mm == pytest.approx((0.3, 0.28))
+
+
+def test_dicom_largest_calibrated_region_wins_over_a_doppler_strip(tmp_path):
+    arr = _frames(h=60)
+    path = tmp_path / "us.dcm"
+    write_us_dicom(path, arr, regions=[
+        _region(0, 0, 47, 9, dx_cm=0.5, dy_cm=0.5, units=4),        # seconds: a spectral strip
+        _region(0, 10, 47, 15, dx_cm=0.05, dy_cm=0.05),             # small calibrated strip
+        _region(0, 16, 47, 59, dx_cm=0.025, dy_cm=0.025),           # the B-mode image
+    ])
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_FROM_US_REGION
+    assert sweep.spacing_mm == pytest.approx((0.25, 0.25))
+    assert "largest" in sweep.spacing_note
+
+
+def test_dicom_regions_without_cm_units_and_no_pixel_spacing_are_unknown(tmp_path):
+    path = tmp_path / "us.dcm"
+    write_us_dicom(path, _frames(), regions=[_region(0, 0, 47, 39, 0.5, 0.5, units=4)])
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_NONE and not sweep.spacing_known
+    assert sweep.measurement_spacing_mm is None
+    assert "not calibrated in cm" in sweep.spacing_problem
+
+
+def test_dicom_without_any_calibration_is_unknown(tmp_path):
+    path = tmp_path / "us.dcm"
+    write_us_dicom(path, _frames())
+    sweep = load_sweep(path)
+    assert not sweep.spacing_known
+    assert "no ultrasound region calibration" in sweep.spacing_problem
+
+
+def test_dicom_pixel_spacing_is_used_without_regions(tmp_path):
+    path = tmp_path / "us.dcm"
+    write_us_dicom(path, _frames(), pixel_spacing=(0.3, 0.28))
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_FROM_DICOM_PIXEL_SPACING
+    assert sweep.spacing_mm == pytest.approx((0.3, 0.28))
+
+
+def test_dicom_series_folder_reads_the_calibration(tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    arr = _frames(1)
+    write_us_dicom(folder / "a.dcm", arr, regions=[_region(0, 0, 47, 39, 0.028, 0.03)])
+    sweep = load_sweep(folder)
+    assert sweep.spacing_source == SPACING_FROM_US_REGION
+    assert sweep.spacing_mm == pytest.approx((0.3, 0.28))
+
+
+def test_nifti_written_without_spacing_is_spacing_unknown(tmp_path):
+    path = tmp_path / "nospacing.nii.gz"
+    img = sitk.GetImageFromArray(_frames())  # no SetSpacing: the writer records 1.0
+    sitk.WriteImage(img, str(path))
+    assert sitk.ReadImage(str(path)).GetSpacing() == (1.0, 1.0, 1.0)
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_NONE
+    assert not sweep.spacing_known and not sweep.spacing_plausible
+    assert sweep.measurement_spacing_mm is None
+    problem = sweep.spacing_problem
+    assert "unknown" in problem and "not shown" in problem and "\n" not in problem
+
+
+def test_metaimage_without_element_spacing_is_spacing_unknown(tmp_path):
+    path = tmp_path / "nospacing.mha"
+    header = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nCompressedData = False\n"
+              "DimSize = 48 40 2\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
+    path.write_bytes(header.encode() + bytes(48 * 40 * 2))
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_NONE
+    assert "records no pixel spacing" in sweep.spacing_problem
+
+
+@pytest.mark.parametrize("name", ["s.mha", "s.nrrd", "s.nii.gz"])
+def test_spacing_from_the_header_is_known_and_plausible(tmp_path, name):
+    write_volume(tmp_path / name, _frames(), spacing_mm=(0.3, 0.28), compress=name != "s.mha")
+    sweep = load_sweep(tmp_path / name)
+    assert sweep.spacing_source == SPACING_FROM_HEADER
+    assert sweep.measurement_spacing_mm == pytest.approx((0.3, 0.28))
+
+
+@pytest.mark.parametrize("spacing", [(3.0, 3.0), (0.01, 0.01), (0.28, 1.5)])
+def test_implausible_spacing_hides_lengths(tmp_path, spacing):
+    write_volume(tmp_path / "s.mha", _frames(), spacing_mm=spacing)
+    sweep = load_sweep(tmp_path / "s.mha")
+    assert sweep.spacing_known and not sweep.spacing_plausible
+    assert sweep.measurement_spacing_mm is None
+    assert "implausible for obstetric ultrasound" in sweep.spacing_problem
+
+
+def test_user_spacing_makes_lengths_measurable_and_keeps_the_content_hash(tmp_path):
+    path = tmp_path / "nospacing.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(_frames()), str(path))
+    sweep = load_sweep(path)
+    given = sweep.with_spacing(0.28)
+    assert given.spacing_source == SPACING_FROM_USER
+    assert given.measurement_spacing_mm == (0.28, 0.28)
+    assert given.content_hash == sweep.content_hash
+    assert given.frames is sweep.frames
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), 5.0, "abc"])
+def test_user_spacing_outside_the_plausible_range_is_refused(tmp_path, bad):
+    path = tmp_path / "s.mha"
+    write_volume(path, _frames())
+    with pytest.raises(FetalIQAError, match="mm per pixel"):
+        load_sweep(path).with_spacing(bad)
+
+
+def test_plausible_range_is_documented_and_contains_acouslic():
+    lo, hi = PLAUSIBLE_SPACING_MM
+    assert lo <= 0.28 < hi and hi <= 1.0
