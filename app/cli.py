@@ -19,6 +19,8 @@ def add_arguments(parser) -> None:
                         help="segmenter bundle folder (the same folder as --cls for a joint bundle)")
     parser.add_argument("--base", metavar="WEIGHTS", type=Path, help="FetalCLIP weights file for the bundles")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | mps (default: auto, or the last choice)")
+    parser.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+                        help="model number format (default auto: bf16 where the GPU or CPU runs it faster)")
     parser.add_argument("--db", metavar="FILE", type=Path, default=None,
                         help="review database (default: the one in the user data folder; remembered)")
     parser.add_argument("--screenshot", metavar="PNG", type=Path,
@@ -91,9 +93,9 @@ def model_choice_from_args(args):
         raise FetalIQAError("--base names the FetalCLIP weights for bundles: add --cls and/or --seg.")
     if args.cls or args.seg:
         return ModelChoice(model=None, cls=args.cls, seg=args.seg, base=args.base,
-                           device=args.device or "auto")
-    if args.model == "demo" or args.device:
-        return ModelChoice(model="demo", device=args.device or "auto")
+                           device=args.device or "auto", precision=args.precision)
+    if args.model == "demo" or args.device or args.precision:
+        return ModelChoice(model="demo", device=args.device or "auto", precision=args.precision)
     return None  # the remembered choice
 
 

@@ -71,6 +71,10 @@ class ModelDialog(QDialog):
         self.seg = _PathField("segmenter bundle folder (optional; same folder for a joint bundle)", True)
         self.device = QComboBox()
         self.device.addItems(DEVICES)
+        self.precision = QComboBox()
+        self.precision.addItems(["auto", "bf16", "fp32"])
+        self.precision.setToolTip("auto: bf16 on a GPU and on CPUs with bf16 matrix instructions where it "
+                                  "measures faster, fp32 elsewhere")
 
         form = QFormLayout()
         form.addRow("FetalCLIP weights", self.base)
@@ -81,6 +85,7 @@ class ModelDialog(QDialog):
 
         dev_row = QFormLayout()
         dev_row.addRow("Device", self.device)
+        dev_row.addRow("Precision", self.precision)
         note = QLabel("auto: CUDA GPU, then Apple GPU, then CPU. On a CPU a full FetalCLIP model "
                       "scores about one frame per second; frames near the cursor come first.")
         note.setObjectName("dim")
@@ -106,10 +111,12 @@ class ModelDialog(QDialog):
             fld.edit.setText(str(value) if value else "")
         idx = self.device.findText(choice.device or "auto")
         self.device.setCurrentIndex(max(idx, 0))
+        self.precision.setCurrentIndex(max(self.precision.findText(choice.precision or "auto"), 0))
 
     def choice(self) -> ModelChoice:
         device = self.device.currentText()
+        precision = None if self.precision.currentText() == "auto" else self.precision.currentText()
         if self.demo.isChecked():
-            return ModelChoice(model="demo", device=device)
+            return ModelChoice(model="demo", device=device, precision=precision)
         return ModelChoice(model=None, cls=self.cls.value(), seg=self.seg.value(),
-                           base=self.base.value(), device=device)
+                           base=self.base.value(), device=device, precision=precision)

@@ -33,6 +33,7 @@ class ModelChoice:
     seg: Path | None = None
     base: Path | None = None
     device: str = "auto"
+    precision: str | None = None  # "auto" | "bf16" | "fp32"; None: $FETALIQA_PRECISION or auto
 
     def describe(self) -> str:
         if self.model == "demo":
@@ -51,9 +52,10 @@ class LoadedModels:
     seg: object | None
     choice: ModelChoice
     device: str
+    device_label: str = ""  # e.g. "CPU (2 threads, bf16: AVX512_BF16, bf16 matmul 2.3x fp32)"
 
     def describe(self) -> str:
-        return f"{self.choice.describe()} on {self.device}"
+        return f"{self.choice.describe()} on {self.device_label or self.device}"
 
 
 def load_models(choice: ModelChoice) -> LoadedModels:
@@ -61,7 +63,7 @@ def load_models(choice: ModelChoice) -> LoadedModels:
     from fetaliqa_core.models import bundle as bundle_mod
     from fetaliqa_core.models.device import select_device
 
-    device = select_device(choice.device)
+    device = select_device(choice.device, choice.precision)
     if choice.model == "demo" and not (choice.cls or choice.seg):
         cls, seg = bundle_mod.demo_models(device=device)
     else:
@@ -75,7 +77,7 @@ def load_models(choice: ModelChoice) -> LoadedModels:
                 seg = cls  # one joint bundle: one encoder pass gives both
             else:
                 seg = bundle_mod.load_bundle(Path(choice.seg), base_weights=choice.base, device=device)
-    return LoadedModels(cls=cls, seg=seg, choice=choice, device=str(device.device))
+    return LoadedModels(cls=cls, seg=seg, choice=choice, device=str(device.device), device_label=device.description)
 
 
 @dataclass

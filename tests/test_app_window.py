@@ -348,6 +348,9 @@ def test_model_dialog_round_trip(qtbot, tmp_path):
     again = ModelDialog(c)
     qtbot.addWidget(again)
     assert again.custom.isChecked() and again.choice() == c
+    assert c.precision is None  # auto: bf16 where the device measurably gains
+    again.precision.setCurrentText("bf16")
+    assert again.choice().precision == "bf16" and ModelDialog(again.choice()).choice().precision == "bf16"
 
 
 def test_overlay_lands_on_the_frame_pixels_of_the_mask(qtbot):

@@ -1,8 +1,19 @@
-"""The one place that decides where models run, in which dtype, and how many frames per batch."""
+"""The one place that decides where models run, in which dtype, and how many frames per batch.
+
+Precision: bf16 on CUDA; on a CPU, bf16 only where the CPU has bf16 matrix instructions (Intel
+AMX, AVX-512 BF16) *and* a short measured matrix product confirms that bf16 is faster here
+than fp32 (on a CPU without them bf16 runs several times slower than fp32); fp32 elsewhere.
+The user can force either (``precision="bf16"`` / ``"fp32"``, ``--precision``, or the
+``FETALIQA_PRECISION`` environment variable).
+"""
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -13,6 +24,37 @@ from fetaliqa_core.errors import FetalIQAError
 # batch 1) and only delay the first results.
 BATCH_SIZE = {"cuda": 128, "mps": 16, "cpu": 8}
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+PRECISION_CHOICES = ("auto", "bf16", "fp32")
+PRECISION_ENV = "FETALIQA_PRECISION"
+# CPU flags (Linux /proc/cpuinfo names) of bf16 matrix instructions
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# bf16 is chosen on a CPU only when the probe's bf16 product takes at most this share of fp32's
+BF16_MAX_TIME_RATIO = 0.8
+
+
+@dataclass(frozen=True)
+class CpuPrecisionProbe:
+    """What decided a CPU's automatic precision (measured once per process)."""
+
+    flags: tuple[str, ...]  # bf16 matrix-instruction flags the CPU reports
+    flags_known: bool  # False where the CPU's flags cannot be read (not Linux)
+    fp32_gflops: float | None  # probe product rates, None when not measured
+    bf16_gflops: float | None
+    use_bf16: bool
+
+    @property
+    def reason(self) -> str:
+        if self.flags_known and not self.flags:
+            return "no bf16 matrix instructions"
+        what = "/".join(f.upper() for f in self.flags) or "bf16"
+        if self.bf16_gflops is None or self.fp32_gflops is None:
+            return f"{what} not measured"
+        ratio = self.bf16_gflops / self.fp32_gflops
+        return f"{what}, bf16 matmul {ratio:.1f}x fp32"
+
+    def to_dict(self) -> dict:
+        return {"flags": list(self.flags), "flags_known": self.flags_known, "fp32_gflops": self.fp32_gflops,
+                "bf16_gflops": self.bf16_gflops, "use_bf16": self.use_bf16, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -20,17 +62,23 @@ class DeviceChoice:
     """Where and how the models run."""
 
     device: torch.device
-    dtype: torch.dtype  # weights and activations: bf16 on CUDA, fp32 elsewhere
+    dtype: torch.dtype  # weights and activations: bf16 on CUDA and bf16-capable CPUs, else fp32
     batch_size: int
+    precision_reason: str = ""  # why this dtype ("forced", or what the CPU probe found)
+
+    @property
+    def precision(self) -> str:
+        return _dtype_name(self.dtype)
 
     @property
     def description(self) -> str:
+        why = f": {self.precision_reason}" if self.precision_reason else ""
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
-            return f"{name} (CUDA, {_dtype_name(self.dtype)})"
+            return f"{name} (CUDA, {self.precision}{why})"
         if self.device.type == "mps":
-            return f"Apple GPU (MPS, {_dtype_name(self.dtype)})"
-        return f"CPU ({torch.get_num_threads()} threads, {_dtype_name(self.dtype)})"
+            return f"Apple GPU (MPS, {self.precision}{why})"
+        return f"CPU ({torch.get_num_threads()} threads, {self.precision}{why})"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -42,25 +90,101 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def _choice(device: torch.device) -> DeviceChoice:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DeviceChoice(device=device, dtype=dtype, batch_size=BATCH_SIZE[device.type])
+def cpu_bf16_flags() -> tuple[tuple[str, ...], bool]:
+    """(bf16 matrix-instruction flags of this CPU, whether the flags could be read at all)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return (), False
+    for line in text.splitlines():
+        if line.lower().startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return tuple(f for f in CPU_BF16_FLAGS if f in have), True
+    return (), False
 
 
-def select_device(preference: str | torch.device | DeviceChoice = "auto") -> DeviceChoice:
+def _matmul_seconds(dtype: torch.dtype, m: int = 512, n: int = 1024, k: int = 1024, reps: int = 3) -> float:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=gen).to(dtype)
+    b = torch.randn(k, n, generator=gen).to(dtype)
+    best = float("inf")
+    with torch.inference_mode():
+        torch.mm(a, b)  # warm-up (oneDNN picks its kernel)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_cpu_matmul(m: int = 512, n: int = 1024, k: int = 1024, rounds: int = 2) -> tuple[float, float]:
+    """(fp32, bf16) GFLOP/s of a ``(m,k) @ (k,n)`` product, measured alternately so that both
+    see the same load from other processes; the best of ``rounds`` each (~0.1 s in all)."""
+    fp32 = bf16 = float("inf")
+    for _ in range(rounds):
+        fp32 = min(fp32, _matmul_seconds(torch.float32, m, n, k))
+        bf16 = min(bf16, _matmul_seconds(torch.bfloat16, m, n, k))
+    flop = 2.0 * m * n * k
+    return flop / fp32 / 1e9, flop / bf16 / 1e9
+
+
+@lru_cache(maxsize=1)
+def cpu_precision_probe() -> CpuPrecisionProbe:
+    """Whether bf16 pays on this CPU: its flags, then (only where it has bf16 instructions, or
+    where flags cannot be read) one short measured product in each dtype. Cached per process."""
+    flags, known = cpu_bf16_flags()
+    if known and not flags:
+        return CpuPrecisionProbe(flags, known, None, None, use_bf16=False)
+    try:
+        fp32, bf16 = measure_cpu_matmul()
+    except RuntimeError:  # a build without bf16 CPU kernels
+        return CpuPrecisionProbe(flags, known, None, None, use_bf16=False)
+    return CpuPrecisionProbe(flags, known, fp32, bf16, use_bf16=fp32 / bf16 <= BF16_MAX_TIME_RATIO)
+
+
+def _precision_preference(precision: str | None) -> str:
+    text = (precision if precision is not None else os.environ.get(PRECISION_ENV) or "auto")
+    text = str(text).strip().lower()
+    if text not in PRECISION_CHOICES:
+        raise FetalIQAError(f"precision {text!r} is not known; choose one of {', '.join(PRECISION_CHOICES)}"
+                            + (f" (check the {PRECISION_ENV} environment variable)" if precision is None else ""))
+    return text
+
+
+def _choice(device: torch.device, precision: str) -> DeviceChoice:
+    batch = BATCH_SIZE[device.type]
+    if precision == "bf16":
+        return DeviceChoice(device, torch.bfloat16, batch, "forced")
+    if precision == "fp32":
+        return DeviceChoice(device, torch.float32, batch, "forced")
+    if device.type == "cuda":
+        return DeviceChoice(device, torch.bfloat16, batch)
+    if device.type == "cpu":
+        probe = cpu_precision_probe()
+        return DeviceChoice(device, torch.bfloat16 if probe.use_bf16 else torch.float32, batch, probe.reason)
+    return DeviceChoice(device, torch.float32, batch)
+
+
+def select_device(preference: str | torch.device | DeviceChoice = "auto", precision: str | None = None
+                  ) -> DeviceChoice:
     """``"auto"`` (CUDA, then Apple MPS, then CPU), ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` or ``"mps"``.
 
+    ``precision``: ``"auto"`` (bf16 on CUDA and on CPUs where it measurably pays, fp32
+    elsewhere), ``"bf16"`` or ``"fp32"``; None reads ``FETALIQA_PRECISION`` (default auto).
     Asking for a device this computer lacks raises :class:`FetalIQAError`.
     """
     if isinstance(preference, DeviceChoice):
-        return preference
+        if precision is None or _precision_preference(precision) in ("auto", preference.precision):
+            return preference
+        preference = str(preference.device)
+    prec = _precision_preference(precision)
     text = str(preference).strip().lower() if preference is not None else "auto"
     if text == "auto":
         if torch.cuda.is_available():
-            return _choice(torch.device("cuda", torch.cuda.current_device()))
+            return _choice(torch.device("cuda", torch.cuda.current_device()), prec)
         if _mps_available():
-            return _choice(torch.device("mps"))
-        return _choice(torch.device("cpu"))
+            return _choice(torch.device("mps"), prec)
+        return _choice(torch.device("cpu"), prec)
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
@@ -77,9 +201,9 @@ def select_device(preference: str | torch.device | DeviceChoice = "auto") -> Dev
         if index >= torch.cuda.device_count():
             raise FetalIQAError(
                 f"device {text!r} does not exist: this computer has {torch.cuda.device_count()} CUDA GPU(s)")
-        return _choice(torch.device("cuda", index))
+        return _choice(torch.device("cuda", index), prec)
     if device.type == "mps":
         if not _mps_available():
             raise FetalIQAError("device 'mps' was asked for but no Apple GPU is usable here; use --device auto or cpu")
-        return _choice(torch.device("mps"))
-    return _choice(torch.device("cpu"))
+        return _choice(torch.device("mps"), prec)
+    return _choice(torch.device("cpu"), prec)

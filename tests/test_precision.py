@@ -1,0 +1,92 @@
+"""Precision choice (bf16 only where the CPU measurably gains) and bf16-vs-fp32 agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.models import device as dev
+from fetaliqa_core.models.agreement import output_agreement, predict_all
+
+
+def test_forced_precisions_and_bad_values(monkeypatch):
+    assert dev.select_device("cpu", "fp32").dtype == torch.float32
+    bf16 = dev.select_device("cpu", "bf16")
+    assert bf16.dtype == torch.bfloat16 and "bf16" in bf16.description and "forced" in bf16.description
+    with pytest.raises(FetalIQAError, match="precision"):
+        dev.select_device("cpu", "fp8")
+    monkeypatch.setenv(dev.PRECISION_ENV, "bf16")
+    assert dev.select_device("cpu").dtype == torch.bfloat16  # the environment's default
+    assert dev.select_device("cpu", "fp32").dtype == torch.float32  # an explicit choice wins
+    monkeypatch.setenv(dev.PRECISION_ENV, "half")
+    with pytest.raises(FetalIQAError, match=dev.PRECISION_ENV):
+        dev.select_device("cpu")
+    # an existing choice is converted when another precision is asked for
+    assert dev.select_device(bf16, "fp32").dtype == torch.float32
+    assert dev.select_device(bf16, "auto") is bf16
+
+
+def test_auto_is_fp32_without_bf16_instructions_and_never_measures(monkeypatch):
+    dev.cpu_precision_probe.cache_clear()
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: ((), True))
+    monkeypatch.setattr(dev, "measure_cpu_matmul", lambda *a, **k: pytest.fail("measured without bf16 flags"))
+    try:
+        choice = dev.select_device("cpu", "auto")
+        assert choice.dtype == torch.float32 and "no bf16" in choice.description
+    finally:
+        dev.cpu_precision_probe.cache_clear()
+
+
+@pytest.mark.parametrize("fp32, bf16, expect", [(60.0, 140.0, torch.bfloat16), (60.0, 62.0, torch.float32)])
+def test_auto_follows_the_measured_probe(monkeypatch, fp32, bf16, expect):
+    dev.cpu_precision_probe.cache_clear()
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: (("avx512_bf16",), True))
+    calls = []
+    monkeypatch.setattr(dev, "measure_cpu_matmul", lambda *a, **k: calls.append(1) or (fp32, bf16))
+    try:
+        assert dev.select_device("cpu", "auto").dtype == expect
+        assert dev.select_device("cpu", "auto").dtype == expect
+        assert len(calls) == 1  # cached per process
+    finally:
+        dev.cpu_precision_probe.cache_clear()
+
+
+def test_real_probe_is_consistent_with_this_cpu():
+    probe = dev.cpu_precision_probe()
+    flags, known = dev.cpu_bf16_flags()
+    assert probe.flags == flags
+    if known and not flags:
+        assert not probe.use_bf16 and probe.bf16_gflops is None
+    else:
+        assert probe.fp32_gflops > 0 and probe.bf16_gflops > 0
+        assert probe.use_bf16 == (probe.fp32_gflops / probe.bf16_gflops <= dev.BF16_MAX_TIME_RATIO)
+
+
+def test_agreement_numbers():
+    p = np.array([0.1, 0.6, 0.9, 0.4])
+    lab = np.zeros((4, 10, 10), np.uint8)
+    lab[1, :5] = 1
+    other = lab.copy()
+    other[2, 0, 0] = 2  # one pixel: area 1 % -> mask score 0.5, flagged
+    a = output_agreement(p, lab, p + np.array([0, 0, 0, 0.2]), other)
+    assert a["cls_max_abs_dp"] == pytest.approx(0.2) and a["cls_flag_agreement"] == 0.75
+    assert a["seg_flag_agreement"] == 0.75 and a["flag_agreement"] == 0.75
+    assert a["mask_pixel_agreement"] == pytest.approx(1 - 1 / 400)
+
+
+def test_demo_models_in_bf16_agree_with_fp32():
+    from fetaliqa_core.bench import quick_frames
+    from fetaliqa_core.models.bundle import demo_models
+    from fetaliqa_core.preprocess import preprocess_frames
+
+    x = preprocess_frames(quick_frames(8, 3))
+    ref = predict_all(*demo_models(dev.select_device("cpu", "fp32")), x)
+    models = demo_models(dev.select_device("cpu", "bf16"))
+    assert models[0].model.head.weight.dtype == torch.bfloat16
+    got = predict_all(*models, x.to(torch.bfloat16))
+    a = output_agreement(*ref, *got)
+    print("bf16 vs fp32 on the demo models:", a)
+    assert a["cls_max_abs_dp"] < 0.05 and a["seg_max_abs_dp"] < 0.1
+    assert a["flag_agreement"] >= 7 / 8 and a["mask_pixel_agreement"] > 0.98
