@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fetaliqa_core.cli._args import positive_seconds
+
 HELP = "Open the viewer: scrub a sweep, watch its quality curve fill in, review flagged frames."
 
 
@@ -27,17 +29,29 @@ def add_arguments(parser) -> None:
                         help="save a picture of the window when scoring has ended (or at --max-seconds)")
     parser.add_argument("--exit-when-scored", action="store_true",
                         help="quit when scoring has ended (after the screenshot)")
-    parser.add_argument("--max-seconds", type=float, default=None, metavar="N",
+    parser.add_argument("--max-seconds", type=positive_seconds, default=None, metavar="N",
                         help="stop scoring after N seconds, take the screenshot and quit")
 
 
 def display_available() -> bool:
-    """False when Qt cannot open a window here (no X/Wayland on Linux, or offscreen asked)."""
+    """False when there is no screen here (no X/Wayland on Linux, or offscreen asked)."""
     if os.environ.get("QT_QPA_PLATFORM", "").startswith(("offscreen", "minimal")):
         return False
     if sys.platform.startswith("linux"):
         return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     return True
+
+
+def display_problem() -> str | None:
+    """Why Qt would fail to open a window on the display there is (None when it can)."""
+    from app.qt_platform import display_problem as problem
+
+    return problem() if display_available() else None
+
+
+NO_DISPLAY_HELP = ("there is no display here to open the viewer on: give a sweep to render it offscreen "
+                   "(`fetaliqa gui SWEEP --screenshot shot.png`), score one with `fetaliqa score SWEEP`, "
+                   "or try `fetaliqa demo`.")
 
 
 @dataclass
@@ -84,13 +98,13 @@ def _quiet_offscreen_warnings() -> None:
 
 
 def model_choice_from_args(args):
-    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.errors import UsageError
     from fetaliqa_core.pipeline import ModelChoice
 
     if (args.cls or args.seg) and args.model == "demo":
-        raise FetalIQAError("Give either --model demo or --cls/--seg bundles, not both.")
+        raise UsageError("Give either --model demo or --cls/--seg bundles, not both.")
     if args.base and not (args.cls or args.seg):
-        raise FetalIQAError("--base names the FetalCLIP weights for bundles: add --cls and/or --seg.")
+        raise UsageError("--base names the FetalCLIP weights for bundles: add --cls and/or --seg.")
     if args.cls or args.seg:
         return ModelChoice(model=None, cls=args.cls, seg=args.seg, base=args.base,
                            device=args.device or "auto", precision=args.precision)
@@ -192,20 +206,29 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
 
 
 def run(args) -> int:
-    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.errors import FetalIQAError, UsageError
 
     choice = model_choice_from_args(args)
     if args.sweep is not None and not Path(args.sweep).expanduser().exists():
         raise FetalIQAError(f"{args.sweep}: no such file or folder.")
-    if args.max_seconds is not None and args.max_seconds <= 0:
-        raise FetalIQAError("--max-seconds must be a positive number of seconds.")
+    unattended = bool(args.screenshot or args.exit_when_scored or args.max_seconds)
+    headless = not display_available()
+    problem = display_problem()
+    if problem is not None:
+        if not unattended:
+            raise FetalIQAError(problem)
+        # A picture or a timed run does not need the screen: render offscreen instead.
+        print(f"fetaliqa: {problem} Rendering offscreen instead.", file=sys.stderr)
+        headless = True
+    if headless and args.sweep is None:
+        raise UsageError(NO_DISPLAY_HELP)
     outcome = run_window(args.sweep, choice, args.screenshot, args.exit_when_scored, args.max_seconds,
-                         review_db=args.db)
+                         headless=headless, review_db=args.db)
     if outcome.screenshot is not None:
         print(f"screenshot: {outcome.screenshot}")
     elif args.screenshot is not None:
         print(f"fetaliqa: no screenshot written ({outcome.message})", file=sys.stderr)
-        return 2
+        return 1
     if outcome.code and outcome.message:
         print(f"fetaliqa: scoring did not complete: {outcome.message}", file=sys.stderr)
     return outcome.code

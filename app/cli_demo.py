@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from fetaliqa_core.cli._args import positive_seconds
+
 HELP = "Open the viewer on the demo sweep with the demo model (headless: write scores and a screenshot)."
 
 OUTPUT_FOLDER = "demo-output"
@@ -22,7 +24,7 @@ def add_arguments(parser) -> None:
                         help="headless output folder (default: <cache>/demo-output)")
     parser.add_argument("--headless", action="store_true",
                         help="render offscreen and write the outputs even when a display exists")
-    parser.add_argument("--max-seconds", type=float, default=None, metavar="N",
+    parser.add_argument("--max-seconds", type=positive_seconds, default=None, metavar="N",
                         help="headless: stop scoring after N seconds and write what was scored")
 
 

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.errors import FetalIQAError, UsageError
 
 BENCH_FORMAT = 1
 ACOUSLIC_SHAPE = (562, 744)
@@ -175,7 +175,7 @@ def resolve(settings: BenchSettings, device_type: str) -> BenchSettings:
         raise FetalIQAError(f"--frames must be at least 1; got {frames}")
     case_frames = settings.case_frames if settings.case_frames is not None else max(frames, ACOUSLIC_CASE_FRAMES)
     if case_frames < frames:
-        raise FetalIQAError(f"--case-frames ({case_frames}) must be at least --frames ({frames})")
+        raise UsageError(f"--case-frames ({case_frames}) must be at least --frames ({frames})")
     for name in ("batch_size", "seed_batch", "gui_frames"):
         value = getattr(settings, name)
         if value is not None and value < 1:

@@ -7,3 +7,16 @@ class FetalIQAError(Exception):
     The message is shown to the user as is (command line: one line on stderr; app: a dialog),
     so it names the file or setting, says what is wrong, and says what to do.
     """
+
+
+class UsageError(FetalIQAError):
+    """The command line itself is wrong: a bad option value or a combination that cannot work.
+
+    Exit status 2 (as argparse's own errors); every other :class:`FetalIQAError` is a failure
+    at run time (a missing or unreadable file, a refused overwrite) and exits 1.
+    """
+
+
+def exit_code(exc: FetalIQAError) -> int:
+    """The process exit status for an error: 2 for usage errors, 1 for failures at run time."""
+    return 2 if isinstance(exc, UsageError) else 1

@@ -63,7 +63,7 @@ def test_demo_headless_writes_scores_and_screenshot(qtbot, small_sweep, fast_mod
 
 
 def test_gui_errors_are_one_line(tmp_path, capsys):
-    assert cli_main(["gui", str(tmp_path / "missing.mha")]) == 2
+    assert cli_main(["gui", str(tmp_path / "missing.mha")]) == 1  # a failure, not a usage error
     err = capsys.readouterr().err
     assert "missing.mha" in err and "Traceback" not in err
     assert cli_main(["gui", "--base", str(tmp_path / "w.pt")]) == 2

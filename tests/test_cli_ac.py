@@ -67,7 +67,7 @@ def test_empty_frame_reports_no_ac(mask_file, capsys):
 
 
 def test_frame_out_of_range(mask_file, capsys):
-    assert main(["ac", str(mask_file), "--frame", "3"]) == 2
+    assert main(["ac", str(mask_file), "--frame", "3"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("fetaliqa: ") and "out of range" in err and "0..2" in err
     assert "\n" not in err
@@ -76,12 +76,12 @@ def test_frame_out_of_range(mask_file, capsys):
 def test_bad_files(tmp_path, capsys):
     junk = tmp_path / "junk.mha"
     junk.write_bytes(b"not an image")
-    assert main(["ac", str(junk)]) == 2
+    assert main(["ac", str(junk)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("fetaliqa: ") and "junk.mha" in err and "\n" not in err
-    assert main(["ac", str(tmp_path / "missing.mha")]) == 2
+    assert main(["ac", str(tmp_path / "missing.mha")]) == 1
     assert "no such file" in capsys.readouterr().err
     empty = tmp_path / "empty.mha"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 20, 30), np.uint8)), str(empty))
-    assert main(["ac", str(empty)]) == 2
+    assert main(["ac", str(empty)]) == 1
     assert "no frame has a label" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, tiny_bundle_dirs,
     bad.write_text("this is not an image\n")
     out = tmp_path / "out"
     rc = main(["score", str(bad), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"])
-    assert rc == 2
+    assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fetaliqa: ") and "broken.mha" in err[0]
     assert not out.exists()
@@ -62,10 +62,10 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, tiny_bundle_dirs,
 
 
 def test_missing_sweep_and_bad_bundle(tmp_path, tiny_bundle_dirs, capsys):
-    assert main(["score", str(tmp_path / "nope.mha"), "--quiet"]) == 2
+    assert main(["score", str(tmp_path / "nope.mha"), "--quiet"]) == 1
     assert "no such file" in capsys.readouterr().err
     (tmp_path / "case.mha").write_bytes(b"")
-    assert main(["score", str(tmp_path / "case.mha"), "--cls", str(tmp_path), "--quiet"]) == 2
+    assert main(["score", str(tmp_path / "case.mha"), "--cls", str(tmp_path), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
 

@@ -123,7 +123,8 @@ def test_eval_errors(tiny_data, bundles, tmp_path):
 
     with pytest.raises(FetalIQAError, match="--cls"):
         evaluate(EvalSettings(cls=None, seg=None, data=tiny_data, progress=False))
+    # missing files are failures at run time (1), not usage errors (2)
     assert main(["eval", "--cls", str(tmp_path / "nope"), "--data", str(tiny_data), "--device", "cpu",
-                 "--out", str(tmp_path / "o")]) == 2
+                 "--out", str(tmp_path / "o")]) == 1
     assert main(["eval", "--cls", str(bundles["cls"]), "--data", str(tmp_path / "nodata"), "--device", "cpu",
-                 "--out", str(tmp_path / "o")]) == 2
+                 "--out", str(tmp_path / "o")]) == 1

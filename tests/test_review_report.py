@@ -195,10 +195,10 @@ def test_cli_export_and_labels(store, tmp_path, capsys):
     assert ".html, .pdf or .csv" in capsys.readouterr().err
     missing = tmp_path / "nope.sqlite3"
     assert main(["review", "export", "--db", str(missing), "--out",
-                 str(tmp_path / "x.html")]) == 2
+                 str(tmp_path / "x.html")]) == 1
     assert "does not exist" in capsys.readouterr().err and not missing.exists()
     assert main(["review", "export", "--db", db, "--out", str(tmp_path / "y.html"),
-                 "--sweep", "zzz"]) == 2
+                 "--sweep", "zzz"]) == 1
     assert "no sweep" in capsys.readouterr().err
 
 

@@ -221,7 +221,7 @@ def test_parallel_jobs_give_the_same_dataset(tmp_path):
 def test_cli_no_compress_and_overwrite(tmp_path, capsys):
     out = tmp_path / "ds"
     assert _run_synth(out) == 0
-    assert _run_synth(out) == 2  # refuses to replace a dataset
+    assert _run_synth(out) == 1  # refuses to replace a dataset (a failure, not a usage error)
     assert "--overwrite" in capsys.readouterr().err
     assert _run_synth(out, "--overwrite", "--no-compress") == 0
     img = next((out / "images" / "stacked_fetal_ultrasound").glob("*.mha"))

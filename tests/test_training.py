@@ -326,10 +326,10 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert _train([*common, "--out", str(resumed), "--epochs", "1"]).returncode == 0
     # starting again in the same folder without --resume is refused
     again = _train([*common, "--out", str(resumed), "--epochs", "2"])
-    assert again.returncode == 2 and "--resume" in again.stderr
+    assert again.returncode == 1 and "--resume" in again.stderr
     # resuming with another setting is refused
     bad = _train([*common, "--out", str(resumed), "--epochs", "2", "--resume", "--lr", "1e-3"])
-    assert bad.returncode == 2 and "lr" in bad.stderr
+    assert bad.returncode == 1 and "lr" in bad.stderr
     proc = _train([*common, "--out", str(resumed), "--epochs", "2", "--resume"])
     assert proc.returncode == 0, proc.stderr
     assert "epoch=1/2" not in proc.stdout  # epoch 1 was not trained again
@@ -350,11 +350,12 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
 def test_cli_errors_are_one_line(tmp_path, tiny_data):
     from fetaliqa_core.cli import main
 
+    # a missing data folder or weights file fails at run time (1); no base at all is a usage error (2)
     assert main(["train", "--task", "cls", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"),
-                 "--base-config", "tiny"]) == 2
+                 "--base-config", "tiny"]) == 1
     assert main(["train", "--task", "cls", "--data", str(tiny_data), "--out", str(tmp_path / "r")]) == 2
     assert main(["train", "--task", "cls", "--data", str(tiny_data), "--out", str(tmp_path / "r"),
-                 "--base", str(tmp_path / "missing.pt")]) == 2
+                 "--base", str(tmp_path / "missing.pt")]) == 1
 
 
 def test_best_f1_threshold():

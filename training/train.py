@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.errors import FetalIQAError, UsageError, exit_code
 from training.dataset import DEFAULT_CACHE_CASES, SPLIT_FRACTIONS, SPLIT_SEED
 
 TASKS = ("cls", "seg", "joint")
@@ -184,38 +184,38 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def validate_config(cfg: TrainConfig) -> None:
     if cfg.task not in TASKS:
-        raise FetalIQAError(f"--task {cfg.task!r} is not one of {', '.join(TASKS)}")
+        raise UsageError(f"--task {cfg.task!r} is not one of {', '.join(TASKS)}")
     for name, value, low in (("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 1),
                              ("--trials", cfg.trials, 1), ("--init-filters", cfg.init_filters, 1),
                              ("--cache-cases", cfg.cache_cases, 1), ("--lora-r", cfg.lora_r, 1)):
         if value < low:
-            raise FetalIQAError(f"{name} must be at least {low}; got {value}")
+            raise UsageError(f"{name} must be at least {low}; got {value}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise FetalIQAError(f"--lr must be a positive number; got {cfg.lr}")
+        raise UsageError(f"--lr must be a positive number; got {cfg.lr}")
     if cfg.threshold != "auto":
         try:
             value = float(cfg.threshold)
         except ValueError:
             value = float("nan")
         if not 0.0 < value < 1.0:
-            raise FetalIQAError(f"--threshold must be 'auto' or a number between 0 and 1; got {cfg.threshold!r}")
+            raise UsageError(f"--threshold must be 'auto' or a number between 0 and 1; got {cfg.threshold!r}")
     if cfg.seg_prior is not None and not 0.0 < cfg.seg_prior < 1.0:
-        raise FetalIQAError(f"--seg-prior must be between 0 and 1; got {cfg.seg_prior}")
+        raise UsageError(f"--seg-prior must be between 0 and 1; got {cfg.seg_prior}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise FetalIQAError(f"--max-steps must be at least 1; got {cfg.max_steps}")
+        raise UsageError(f"--max-steps must be at least 1; got {cfg.max_steps}")
     if cfg.neg_ratio is not None and not cfg.neg_ratio >= 0:
-        raise FetalIQAError(f"--neg-ratio must be >= 0; got {cfg.neg_ratio}")
+        raise UsageError(f"--neg-ratio must be >= 0; got {cfg.neg_ratio}")
     if cfg.threads is not None and cfg.threads < 1:
-        raise FetalIQAError(f"--threads must be at least 1; got {cfg.threads}")
+        raise UsageError(f"--threads must be at least 1; got {cfg.threads}")
     if cfg.workers is not None and cfg.workers < 0:
-        raise FetalIQAError(f"--workers must be >= 0; got {cfg.workers}")
+        raise UsageError(f"--workers must be >= 0; got {cfg.workers}")
     if cfg.task == "cls" and cfg.seg_classes != 1:
-        raise FetalIQAError("--seg-classes applies to --task seg or joint only")
+        raise UsageError("--seg-classes applies to --task seg or joint only")
     if cfg.base is not None and not Path(cfg.base).is_file():
         raise FetalIQAError(f"--base {cfg.base}: no such file; give the path of FetalCLIP_weights.pt "
                             "(or omit --base and pass --base-config tiny for a small random base)")
     if cfg.base is None and cfg.base_config is None:
-        raise FetalIQAError("give --base FetalCLIP_weights.pt (the paper's model), or --base-config tiny|fetalclip "
+        raise UsageError("give --base FetalCLIP_weights.pt (the paper's model), or --base-config tiny|fetalclip "
                             "to train on a randomly initialised base")
 
 
@@ -1120,7 +1120,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_from_args(args)
     except FetalIQAError as exc:
         print(f"fetaliqa: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("fetaliqa: interrupted (the last finished epoch's checkpoint is kept; --resume continues)",
               file=sys.stderr)

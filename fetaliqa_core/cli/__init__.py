@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from fetaliqa_core import __version__
-from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.errors import FetalIQAError, exit_code
 
 # name -> module. ``gui`` and the training commands live outside fetaliqa_core (the app and
 # training packages depend on the core, never the other way round), so they are looked up by
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except FetalIQAError as exc:
         print(f"fetaliqa: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("fetaliqa: interrupted", file=sys.stderr)
         return 130

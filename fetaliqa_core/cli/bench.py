@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m fetaliqa_core.cli.bench``: the same command without the dispatcher, for machines
     that lack the app's dependencies (the GPU run in scripts/gpu_bench.sh)."""
-    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.errors import FetalIQAError, exit_code
 
     parser = argparse.ArgumentParser(prog="fetaliqa bench", description=HELP)
     add_arguments(parser)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(parser.parse_args(argv))
     except FetalIQAError as exc:
         print(f"fetaliqa: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.errors import FetalIQAError, UsageError
 
 HELP = "Export trainers' verdicts: a report (.html/.pdf/.csv) or labels for training."
 
@@ -91,7 +91,7 @@ def _export(args) -> int:
 
     out = Path(args.out)
     if out.suffix.lower() not in REPORT_EXTENSIONS:
-        raise FetalIQAError(f"Cannot tell the report format from --out {out}: use a file name "
+        raise UsageError(f"Cannot tell the report format from --out {out}: use a file name "
                             "ending in .html, .pdf or .csv.")
     pdf_writer = None
     if out.suffix.lower() == ".pdf":

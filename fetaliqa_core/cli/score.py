@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fetaliqa_core.cli._args import probability
 from fetaliqa_core.errors import FetalIQAError
 
 HELP = "Score every frame of a sweep and write frames.csv and summary.json."
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./fetaliqa-scores/<sweep name>)")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=probability, default=None,
                    help="classifier threshold for flagged frames (default: the classifier "
                         "bundle's own, else 0.5)")
     p.add_argument("--challenge-output", action="store_true",
