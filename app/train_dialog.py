@@ -47,13 +47,13 @@ from PySide6.QtWidgets import (
 
 from app import theme
 from fetaliqa_core import paths
+from fetaliqa_core.acouslic import IMAGES_SUBDIR
 from fetaliqa_core.errors import FetalIQAError
 
 TASKS = (("cls", "Classifier (cls)"), ("seg", "Segmenter (seg)"), ("joint", "Joint: classifier and segmenter in one"))
 BASE_TINY = "tiny"
 BASE_WEIGHTS = "weights"
 DEVICES = ("auto", "cpu", "cuda", "mps")
-IMAGES_SUBDIR = Path("images") / "stacked_fetal_ultrasound"
 VOLUME_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz")
 LOG_MAX_LINES = 5000  # the log view keeps this many lines (the oldest are dropped)
 ERROR_TAIL_LINES = 8  # lines of the log quoted under an error

@@ -368,7 +368,7 @@ class ViewerModel:
     def measure_ac(self, frame: int | None):
         """AC fitted on a frame's mask (``analysis.ACMeasurement``) or None; cached per frame.
 
-        Measured as ``fetaliqa score`` does (``pipeline.measure_frame_ac``): the 224x224 model
+        Measured as ``fetaliqa score`` does (``analysis.measure_frame_ac``): the 224x224 model
         mask mapped back onto the frame's pixels, inside the sweep's field of view.
         """
         if frame is None or self.sweep is None or self.results is None:
@@ -378,11 +378,11 @@ class ViewerModel:
             return self._ac_cache[f]
         if self.results.mask(f) is None:
             return None  # not scored yet: do not cache, it may come
-        from fetaliqa_core import pipeline
+        from fetaliqa_core import acouslic, analysis
 
         if self._fov is None:
-            self._fov = pipeline.sweep_fov(self.sweep)
-        ac = pipeline.measure_frame_ac(self.sweep, self.results, f, self._fov)
+            self._fov = acouslic.sweep_fov(self.sweep)
+        ac = analysis.measure_frame_ac(self.sweep, self.results, f, self._fov)
         self._ac_cache[f] = ac
         return ac
 

@@ -177,18 +177,6 @@ def write_summary_json(path: Path, summary: CaseSummary) -> None:
     path.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
 
 
-ACOUSLIC_FRAME_SHAPE = (562, 744)
-
-
-def sweep_fov(sweep) -> np.ndarray | str:
-    """The field of view for AC measurement: the challenge's FOV mask for ACOUSLIC-sized frames,
-    otherwise the pixels that are non-zero in any of a sample of the sweep's frames."""
-    if (sweep.height, sweep.width) == ACOUSLIC_FRAME_SHAPE:
-        return "acouslic"
-    step = max(1, sweep.n_frames // 64)
-    return np.asarray(sweep.frames[::step]).max(axis=0) > 0
-
-
 @dataclass
 class Analysis:
     """Everything derived from a sweep's results that the CLI and the app show."""
@@ -199,18 +187,6 @@ class Analysis:
     ac: dict[int, object]  # frame -> analysis.ACMeasurement (best frames and chosen frame)
 
 
-def measure_frame_ac(sweep, results, frame: int, fov=None):
-    """AC measured on the model mask of ``frame`` mapped back to the frame's own pixels."""
-    from fetaliqa_core.analysis import measure_ac
-    from fetaliqa_core.preprocess import mask_to_frame
-
-    mask = results.mask(frame) if frame >= 0 else None
-    if mask is None or not mask.any():
-        return None
-    full = mask_to_frame(mask, sweep.height, sweep.width) > 0
-    return measure_ac(full, sweep.spacing_mm, fov=sweep_fov(sweep) if fov is None else fov)
-
-
 def analyse(sweep, results, models_desc: str = "", threshold: float = 0.5,
             threshold_seg: float = 0.5) -> Analysis:
     """Flags, best frame per sweep, chosen frame per case, AC and GA on them.
@@ -218,6 +194,7 @@ def analyse(sweep, results, models_desc: str = "", threshold: float = 0.5,
     ``threshold`` applies to the classifier's probability (a bundle carries its own, chosen on
     validation data); ``threshold_seg`` to the mask score, where 0.5 is the paper's 1 % rule.
     """
+    from fetaliqa_core import acouslic
     from fetaliqa_core import analysis as an
 
     p_cls = results.p_cls if results.has_cls else None
@@ -231,14 +208,14 @@ def analyse(sweep, results, models_desc: str = "", threshold: float = 0.5,
     best = an.best_frames(p_cls, p_seg, area, sweep.sweep_ranges, p_opt=p_opt,
                           threshold_cls=threshold, threshold_seg=threshold_seg)
     chosen = an.choose_case_frame(p_cls, p_seg, area, p_opt, threshold, threshold_seg)
-    fov = sweep_fov(sweep) if results.has_seg else None
+    fov = acouslic.sweep_fov(sweep) if results.has_seg else None
     ac: dict[int, object] = {}
     sweeps: list[SweepSummary] = []
     for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
         frame = b.frame if (b is not None and b.passes) else -1
         m = None
         if frame >= 0 and results.has_seg:
-            m = measure_frame_ac(sweep, results, frame, fov)
+            m = an.measure_frame_ac(sweep, results, frame, fov)
             if m is not None:
                 ac[frame] = m
         ga = an.hadlock_ga(m.ac_mm) if m is not None else None
@@ -249,7 +226,7 @@ def analyse(sweep, results, models_desc: str = "", threshold: float = 0.5,
             ga_weeks=(round(ga.weeks, 1) if ga else None),
             ga_out_of_range=bool(ga.out_of_range) if ga else False))
     if chosen >= 0 and chosen not in ac and results.has_seg:
-        m = measure_frame_ac(sweep, results, chosen, fov)
+        m = an.measure_frame_ac(sweep, results, chosen, fov)
         if m is not None:
             ac[chosen] = m
     summary = CaseSummary(

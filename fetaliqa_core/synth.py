@@ -44,25 +44,22 @@ from pathlib import Path
 
 import numpy as np
 
+from fetaliqa_core import acouslic
+from fetaliqa_core.analysis.ac import ramanujan_circumference
 from fetaliqa_core.errors import FetalIQAError
 
 SYNTH_VERSION = 1
-DEFAULT_HEIGHT = 562
-DEFAULT_WIDTH = 744
-DEFAULT_SPACING_MM = 0.28
-DEFAULT_SWEEPS = 6
-DEFAULT_FRAMES_PER_SWEEP = 140
+DEFAULT_HEIGHT, DEFAULT_WIDTH = acouslic.FRAME_SHAPE
+DEFAULT_SPACING_MM = acouslic.SPACING_MM
+DEFAULT_SWEEPS = acouslic.SWEEPS
+DEFAULT_FRAMES_PER_SWEEP = acouslic.FRAMES_PER_SWEEP
 #: Seed of the demo case: abdomen with optimal frames in transverse sweeps 1 and 2.
 DEMO_SEED = 21
 CASE_KINDS = ("optimal", "suboptimal", "none")
 
-IMAGES_SUBDIR = Path("images") / "stacked_fetal_ultrasound"
-MASKS_SUBDIR = Path("masks") / "stacked_fetal_abdomen"
-CSV_PATH = Path("circumferences") / "fetal_abdominal_circumferences_per_sweep.csv"
-
 # Fan geometry of the ACOUSLIC frames (measured on the FOV mask, 562 x 744 pixels): apex above
 # the image, inner (probe face) and outer radius, half opening angle.
-_REF_H, _REF_W = 562, 744
+_REF_H, _REF_W = acouslic.FRAME_SHAPE
 _APEX_Y, _APEX_X = -183.83, 372.0
 _R_IN, _R_OUT = 212.3, 746.3
 _HALF_ANGLE = math.radians(29.885)
@@ -82,11 +79,6 @@ _ATT_TISSUE = 0.05
 _ATT_FLUID = 0.004
 _ATT_BONE = 1.2
 _TGC = 0.032
-
-
-def ramanujan_circumference(a: float, b: float) -> float:
-    """Perimeter of an ellipse with semi-axes ``a`` and ``b`` (Ramanujan's first formula)."""
-    return math.pi * (3 * (a + b) - math.sqrt((3 * a + b) * (a + 3 * b)))
 
 
 @dataclass(eq=False)
@@ -135,15 +127,12 @@ class _Fan:
     def __init__(self, height: int, width: int) -> None:
         import cv2
 
-        from fetaliqa_core.io import load_fov_mask
+        from fetaliqa_core import acouslic
 
         self.h, self.w = height, width
         self.sy, self.sx = height / _REF_H, width / _REF_W
         self.s = min(self.sy, self.sx)
-        fov = load_fov_mask()
-        if fov.shape != (height, width):
-            fov = cv2.resize(fov.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
-        self.fov = np.ascontiguousarray(fov)
+        self.fov = np.ascontiguousarray(acouslic.fov_mask((height, width)))
         self.fov_u8 = self.fov.astype(np.uint8)
         # Polar grid, slightly larger than the fan; the FOV mask cuts the exact shape.
         self.n_r = max(32, int(round(_POLAR_ROWS * self.s)))
@@ -980,7 +969,7 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int, n_sweeps: int = DE
     out = Path(out_dir)
     if cases < 1:
         raise FetalIQAError(f"--cases {cases}: give at least 1 case.")
-    img_dir, mask_dir, csv_path = out / IMAGES_SUBDIR, out / MASKS_SUBDIR, out / CSV_PATH
+    img_dir, mask_dir, csv_path = out / acouslic.IMAGES_SUBDIR, out / acouslic.MASKS_SUBDIR, out / acouslic.CSV_RELPATH
     if not overwrite and (csv_path.exists() or (img_dir.is_dir() and any(img_dir.glob("*.mha")))):
         raise FetalIQAError(f"{out}: already holds a dataset. Choose an empty folder, or overwrite it "
                             "explicitly (--overwrite).")

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from fetaliqa_core import acouslic
 from fetaliqa_core import analysis as an
 
 H, W = 562, 744
@@ -61,7 +62,7 @@ def test_ellipse_inside_fan_untouched_by_fov_and_label_2_counts():
 )
 def test_truncated_by_fan_edge_still_accurate(center, axes, angle):
     mask = drawn_ellipse(center, axes, angle)
-    fov = an.acouslic_fov()
+    fov = acouslic.fov_mask()
     m = an.measure_ac(mask, 0.28)
     assert m is not None and m.truncated
     truth = true_ac_mm(axes)
@@ -113,10 +114,10 @@ def test_largest_region_wins():
 
 
 def test_fov_resized_to_other_frame_sizes():
-    full = an.acouslic_fov()
+    full = acouslic.fov_mask()
     assert full.shape == (H, W) and full.dtype == bool
     assert 0.6 < full.mean() < 0.68
-    half = an.acouslic_fov((281, 372))
+    half = acouslic.fov_mask((281, 372))
     assert half.shape == (281, 372)
     assert half.mean() == pytest.approx(full.mean(), abs=0.01)
     m = an.measure_ac(drawn_ellipse((186, 150), (70, 50), 0, shape=(281, 372)), 0.56)
@@ -340,7 +341,7 @@ def test_case_metrics_measures_ac_and_masks_fov():
     assert m.ac_pred_mm == pytest.approx(truth, rel=0.01)
     assert m.nae_ac == pytest.approx(1 - 1 / 1.1, abs=0.01)
     assert m.dsc_soft == 1.0
-    fov = an.acouslic_fov()
+    fov = acouslic.fov_mask()
     outside_only = np.zeros((H, W), np.uint8)
     outside_only[~fov] = 1
     m = an.case_metrics(gt, 1, gt[1] | outside_only, [truth], [(0, 2)], ac_pred_mm=truth)

@@ -15,7 +15,6 @@ from fetaliqa_core.io import (
     META_SWEEP_KINDS,
     META_SWEEP_RANGES,
     Sweep,
-    load_fov_mask,
     load_mask,
     load_sweep,
     write_volume,
@@ -275,7 +274,9 @@ def test_load_mask_accepts_integer_and_float_label_types(tmp_path):
 
 
 def test_fov_mask():
-    fov = load_fov_mask()
+    from fetaliqa_core import acouslic
+
+    fov = acouslic.fov_mask()
     assert fov.shape == (562, 744) and fov.dtype == bool
     assert 0.6 < fov.mean() < 0.68
     assert not fov[0, 0] and fov[300, 372]

@@ -24,9 +24,9 @@ def _frame_labels(mask: np.ndarray) -> np.ndarray:
 
 
 def _fov(h: int, w: int) -> np.ndarray:
-    from fetaliqa_core.io import load_fov_mask
+    from fetaliqa_core import acouslic
 
-    return cv2.resize(load_fov_mask().astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    return acouslic.fov_mask((h, w))
 
 
 @pytest.fixture(scope="module")

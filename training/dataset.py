@@ -28,11 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fetaliqa_core.acouslic import CSV_RELPATH, IMAGES_SUBDIR, MASKS_SUBDIR
 from fetaliqa_core.errors import FetalIQAError
-
-IMAGES_SUBDIR = Path("images") / "stacked_fetal_ultrasound"
-MASKS_SUBDIR = Path("masks") / "stacked_fetal_abdomen"
-CSV_RELPATH = Path("circumferences") / "fetal_abdominal_circumferences_per_sweep.csv"
 #: The paper's split: by case, 70 / 10 / 20 train / val / test, with a fixed seed.
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 SPLIT_NAMES = ("train", "val", "test")

@@ -104,6 +104,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     """Run the evaluation; returns the metrics (also written to ``out_dir/metrics.json``)."""
     from tqdm import tqdm
 
+    from fetaliqa_core import acouslic
     from fetaliqa_core import analysis as an
     from fetaliqa_core import io as fio
     from fetaliqa_core import pipeline
@@ -167,7 +168,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                         ok = np.where(gradable, (pred_opt >= 0.5) == (labels[frames] == 1), False)
                         col.grade_ok.append(np.where(gradable, ok.astype(np.float64), np.nan))
 
-            fov = pipeline.sweep_fov(sweep)
+            fov = acouslic.sweep_fov(sweep)
             for name in names:
                 view = _view(results, has_cls="cls" in name, has_seg="seg" in name)
                 analysis_ = pipeline.analyse(sweep, view, threshold=view_threshold[name])

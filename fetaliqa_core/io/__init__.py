@@ -26,9 +26,6 @@ checks, conversion to uint8, mask labels), ``spacing`` (pixel spacing provenance
 """
 
 from fetaliqa_core.io._common import (
-    ACOUSLIC_FRAMES_PER_SWEEP,
-    ACOUSLIC_SPACING_MM,
-    ACOUSLIC_SWEEPS,
     META_SWEEP_KINDS,
     META_SWEEP_RANGES,
     MIN_FRAME_PX,
@@ -45,16 +42,15 @@ from fetaliqa_core.io.spacing import PLAUSIBLE_SPACING_MM
 from fetaliqa_core.io.sweep import (
     Sweep,
     default_sweep_layout,
-    load_fov_mask,
     load_mask,
     load_sweep,
     write_volume,
 )
 
 __all__ = [
-    "ACOUSLIC_FRAMES_PER_SWEEP", "ACOUSLIC_SPACING_MM", "ACOUSLIC_SWEEPS", "META_SWEEP_KINDS",
+    "META_SWEEP_KINDS",
     "META_SWEEP_RANGES", "MIN_FRAME_PX", "PLAUSIBLE_SPACING_MM", "SPACING_FROM_DICOM_PIXEL_SPACING",
     "SPACING_FROM_HEADER", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
     "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "Sweep", "default_sweep_layout",
-    "load_fov_mask", "load_mask", "load_sweep", "write_volume",
+    "load_mask", "load_sweep", "write_volume",
 ]

@@ -8,12 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from fetaliqa_core.acouslic import SWEEP_KINDS  # noqa: F401  (re-exported for the io modules)
 from fetaliqa_core.errors import FetalIQAError
 
-ACOUSLIC_FRAMES_PER_SWEEP = 140
-ACOUSLIC_SWEEPS = 6
-ACOUSLIC_SPACING_MM = 0.28
-SWEEP_KINDS = ("transverse", "sagittal", "unknown")
 MIN_FRAME_PX = 32
 
 #: Metadata keys (MetaImage and NRRD headers) that record how the frames split into sweeps.

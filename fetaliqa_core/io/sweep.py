@@ -8,16 +8,15 @@ import hashlib
 import os
 import uuid
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from fetaliqa_core import acouslic
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.io import spacing as _spacing
 from fetaliqa_core.io._common import (
-    ACOUSLIC_FRAMES_PER_SWEEP,
-    ACOUSLIC_SWEEPS,
     META_SWEEP_KINDS,
     META_SWEEP_RANGES,
     SPACING_FROM_USER,
@@ -234,41 +233,14 @@ def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, f
                             "folder is writable and the disk has space.") from None
 
 
-@lru_cache(maxsize=1)
-def _fov_mask_cached() -> np.ndarray:
-    import SimpleITK as sitk
-
-    path = _resources_fov_path()
-    try:
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except RuntimeError as exc:
-        raise FetalIQAError(f"{path}: the bundled field-of-view mask cannot be read "
-                            f"({sitk_reason(exc)}). Reinstall FetalIQA.") from None
-    mask = np.ascontiguousarray(arr > 0.5)
-    mask.flags.writeable = False
-    return mask
-
-
-def load_fov_mask() -> np.ndarray:
-    """The ACOUSLIC-AI field-of-view (fan) mask: ``(562, 744)`` bool, read-only."""
-    return _fov_mask_cached()
-
-
-def _resources_fov_path() -> Path:
-    from fetaliqa_core import paths
-
-    return paths.resources_dir() / "acouslic_fov_mask.mha"
-
 # --- sweep layout -------------------------------------------------------------------------------
 
 
 def default_sweep_layout(n_frames: int) -> tuple[list[tuple[int, int]], list[str]]:
     """ACOUSLIC layout for 840 frames (six sweeps of 140: three transverse, three sagittal),
     otherwise one sweep of unknown direction."""
-    if n_frames == ACOUSLIC_FRAMES_PER_SWEEP * ACOUSLIC_SWEEPS:
-        p = ACOUSLIC_FRAMES_PER_SWEEP
-        ranges = [(i * p, (i + 1) * p) for i in range(ACOUSLIC_SWEEPS)]
-        return ranges, ["transverse"] * 3 + ["sagittal"] * 3
+    if n_frames == acouslic.FRAMES_PER_CASE:
+        return acouslic.case_sweep_ranges(n_frames), list(acouslic.CASE_SWEEP_KINDS)
     return [(0, n_frames)], ["unknown"]
 
 

@@ -1,0 +1,89 @@
+"""Facts of the ACOUSLIC-AI challenge data, and its probe's field of view.
+
+Every case of the challenge is one stack of 6 blind sweeps x 140 frames of 562 x 744 pixels at
+0.28 mm per pixel; sweeps 1-3 are transverse, 4-6 sagittal. The dataset's folders are
+``images/stacked_fetal_ultrasound/``, ``masks/stacked_fetal_abdomen/`` and
+``circumferences/fetal_abdominal_circumferences_per_sweep.csv``. The probe's field of view (the
+fan) ships as ``resources/acouslic_fov_mask.mha``; :func:`fov_mask` is the one reader of it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from fetaliqa_core.errors import FetalIQAError
+
+FRAMES_PER_SWEEP = 140
+SWEEPS = 6
+FRAMES_PER_CASE = FRAMES_PER_SWEEP * SWEEPS
+SPACING_MM = 0.28
+FRAME_SHAPE = (562, 744)  # (height, width) in pixels
+#: Kind of each sweep of a case, in order: the first half transverse, the second sagittal.
+CASE_SWEEP_KINDS = ("transverse",) * 3 + ("sagittal",) * 3
+SWEEP_KINDS = ("transverse", "sagittal", "unknown")  # every kind a sweep can have
+
+IMAGES_SUBDIR = Path("images") / "stacked_fetal_ultrasound"
+MASKS_SUBDIR = Path("masks") / "stacked_fetal_abdomen"
+CSV_RELPATH = Path("circumferences") / "fetal_abdominal_circumferences_per_sweep.csv"
+
+FOV_FILENAME = "acouslic_fov_mask.mha"
+
+
+def case_sweep_ranges(n_frames: int, frames_per_sweep: int = FRAMES_PER_SWEEP) -> list[tuple[int, int]]:
+    """Consecutive half-open ``[start, stop)`` blocks of ``frames_per_sweep`` frames (the
+    challenge's fixed layout: 6 x 140); the last block may be shorter."""
+    return [(s, min(s + frames_per_sweep, n_frames)) for s in range(0, n_frames, frames_per_sweep)]
+
+
+@lru_cache(maxsize=1)
+def _fov_native() -> np.ndarray:
+    from fetaliqa_core import paths
+
+    path = paths.resources_dir() / FOV_FILENAME
+    try:
+        import SimpleITK as sitk
+
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except Exception as exc:  # SimpleITK raises RuntimeError with a long C++ message
+        raise FetalIQAError(
+            f"{path}: cannot read the field-of-view mask ({type(exc).__name__}); "
+            "reinstall FetalIQA to restore the bundled resources"
+        ) from None
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise FetalIQAError(f"{path}: the field-of-view mask is not a 2-D image (shape {arr.shape})")
+    fov = np.ascontiguousarray(arr > 0.5)  # stored as 0 / 1
+    fov.setflags(write=False)
+    return fov
+
+
+@lru_cache(maxsize=8)
+def fov_mask(shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The ACOUSLIC-AI probe's field of view as a read-only bool array ``(H, W)``.
+
+    Read once from ``resources/acouslic_fov_mask.mha`` (562 x 744). With ``shape`` given and
+    different, it is resized with nearest neighbour to ``shape = (H, W)`` (for frames of another
+    size, e.g. small synthetic sweeps).
+    """
+    fov = _fov_native()
+    if shape is None or tuple(shape) == fov.shape:
+        return fov
+    import cv2
+
+    h, w = int(shape[0]), int(shape[1])
+    out = cv2.resize(fov.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) != 0
+    out.setflags(write=False)
+    return out
+
+
+def sweep_fov(sweep) -> np.ndarray | str:
+    """The field of view for AC measurement on ``sweep``: the challenge's FOV mask (``"acouslic"``)
+    for frames of ACOUSLIC size, otherwise the pixels that are non-zero in any of a sample of the
+    sweep's frames."""
+    if (sweep.height, sweep.width) == FRAME_SHAPE:
+        return "acouslic"
+    step = max(1, sweep.n_frames // 64)
+    return np.asarray(sweep.frames[::step]).max(axis=0) > 0
