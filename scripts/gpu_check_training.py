@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     from fetaliqa_core.synth import write_dataset
     from training.augment import Augmenter
     from training.dataset import FrameDataset, build_index, collate, read_cases
-    from training.train import (TrainConfig, autocast_context, build_model, compute_loss, model_outputs,
-                                to_model_input, train)
+    from training.config import TrainConfig
+    from training.losses import compute_loss
+    from training.modelling import autocast_context, build_model, model_outputs, to_model_input
+    from training.trials import train
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -227,7 +227,7 @@ def test_affine_ranges_and_identity():
 def test_dice_loss_behaviour():
     import torch
 
-    from training.train import dice_loss
+    from training.losses import dice_loss
 
     masks = torch.zeros(2, 8, 8, dtype=torch.uint8)
     masks[0, 2:6, 2:6] = 1
@@ -359,7 +359,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny_data):
 
 
 def test_best_f1_threshold():
-    from training.train import best_f1_threshold
+    from training.metrics import best_f1_threshold
 
     truth = np.array([0] * 90 + [1] * 10, bool)
     p = np.concatenate([np.linspace(0.0, 0.7, 90), np.linspace(0.75, 0.9, 10)])
@@ -372,7 +372,8 @@ def test_seg_prior_initialisation():
     import torch
 
     from fetaliqa_core.models.segmenter import foreground_probability, segmentation_probabilities
-    from training.train import TrainConfig, build_model
+    from training.config import TrainConfig
+    from training.modelling import build_model
 
     for classes in (1, 3):
         cfg = TrainConfig(task="seg", data="-", out="-", base_config="tiny", seg_classes=classes, init_filters=4,

@@ -9,7 +9,7 @@ HELP = "Train a frame-quality model on an ACOUSLIC-layout dataset and export a m
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.train import add_arguments as add
+    from training.config import add_arguments as add
 
     add(parser)
 

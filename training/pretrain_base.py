@@ -104,7 +104,7 @@ def _losses(model, batch, device, patch: int, patch_weight: float, fg_weight: fl
     import torch
     import torch.nn.functional as F
 
-    from training.train import autocast_context, to_model_input
+    from training.modelling import autocast_context, to_model_input
 
     x = to_model_input(batch["frame"], device)
     target = batch["target"].to(device)
@@ -154,8 +154,11 @@ def pretrain(args: argparse.Namespace) -> Path:
     from training.augment import Augmenter
     from training.dataset import SPLIT_SEED, CaseChunkSampler, FrameDataset, subsample_index
     from training.plot import draw_curves
-    from training.train import (Reporter, TrainConfig, _chunking, _EpochSampler, _make_loader, _write_json,
-                                default_workers, export_base_weights, init_distributed, prepare_splits)
+    from training.config import TrainConfig
+    from training.data import EpochSampler, chunking, make_loader, prepare_splits
+    from training.distributed import default_workers, init_distributed
+    from training.modelling import export_base_weights
+    from training.reporting import Reporter, write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,9 +179,9 @@ def pretrain(args: argparse.Namespace) -> Path:
     workers = args.workers if args.workers is not None else default_workers()
     train_ds = FrameDataset(splits.train, True, Augmenter(), seed=args.seed)
     val_ds = FrameDataset(subsample_index(splits.val, args.val_frames, args.seed), True, None, seed=args.seed)
-    sampler = _EpochSampler(CaseChunkSampler(splits.train, chunk_cases=_chunking(splits.train, True, 4),
+    sampler = EpochSampler(CaseChunkSampler(splits.train, chunk_cases=chunking(splits.train, True, 4),
                                              seed=args.seed), args.neg_ratio, args.seed)
-    loader = _make_loader(train_ds, sampler, cfg, args.batch_size, workers, device)
+    loader = make_loader(train_ds, sampler, cfg, args.batch_size, workers, device)
     steps_total = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(steps_total * args.epochs, 1),
                                                 pct_start=0.15)
@@ -243,8 +246,8 @@ def pretrain(args: argparse.Namespace) -> Path:
         "val": history[best[2] - 1]["val"], "sha256": file_sha256(weights),
         "train_time_s": time.perf_counter() - t_start,
     }
-    _write_json(out / "base_weights.json", record)
-    _write_json(out / "metrics.json", {"history": history, **record})
+    write_json(out / "base_weights.json", record)
+    write_json(out / "metrics.json", {"history": history, **record})
     print(f"BASE {weights}", flush=True)
     return weights
 

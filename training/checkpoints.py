@@ -1,0 +1,72 @@
+"""Per-epoch checkpoints of a trial (trainable tensors + optimiser state) and the resume check."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fetaliqa_core.errors import FetalIQAError
+from training.config import CONFIG_FILE, RESUME_KEYS, TrainConfig
+from training.modelling import trainable_state
+from training.reporting import json_safe
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def epoch_checkpoint(trial_dir: Path, epoch: int) -> Path:
+    return trial_dir / CHECKPOINT_DIR / f"epoch_{epoch:03d}.pt"
+
+
+def latest_checkpoint(trial_dir: Path) -> Path | None:
+    folder = trial_dir / CHECKPOINT_DIR
+    found = sorted(folder.glob("epoch_*.pt")) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, best: dict) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"epoch": epoch, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "history": json.dumps(json_safe(history)), "best": json.dumps(json_safe(best))}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt["history"] = json.loads(ckpt["history"])
+        ckpt["best"] = json.loads(ckpt["best"])
+        return ckpt
+    except Exception as exc:  # noqa: BLE001 - any damage: one clear message
+        raise FetalIQAError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); delete it to resume "
+                            "from the epoch before") from None
+
+
+def prune_checkpoints(trial_dir: Path, keep: int) -> None:
+    folder = trial_dir / CHECKPOINT_DIR
+    found = sorted(folder.glob("epoch_*.pt"))
+    for old in found[: max(0, len(found) - max(keep, 1))]:
+        old.unlink(missing_ok=True)
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    run = cfg.run_dir
+    saved_path = run / CONFIG_FILE
+    if not cfg.resume:
+        if run.exists() and any(run.iterdir()):
+            raise FetalIQAError(f"--out {run} already holds a run; pass --resume to continue it or choose an empty folder")
+        return
+    if not saved_path.is_file():
+        raise FetalIQAError(f"--resume: {run} holds no run to resume ({CONFIG_FILE} missing); drop --resume to start one")
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    now = cfg.to_json()
+    changed = [k for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    if changed:
+        k = changed[0]
+        raise FetalIQAError(f"--resume: the run in {run} was started with {k}={saved.get(k)!r}, now {now.get(k)!r}; "
+                            "resume with the same settings (only --epochs, --trials, --device, --workers may change)")

@@ -1,0 +1,178 @@
+"""The settings of a training run: :class:`TrainConfig`, its command-line options and its checks."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fetaliqa_core.errors import FetalIQAError, UsageError
+from training.dataset import DEFAULT_CACHE_CASES, SPLIT_SEED
+
+TASKS = ("cls", "seg", "joint")
+SEG_LOSSES = ("dice", "dice_ce")
+CONFIG_FILE = "config.json"
+# settings that must not change when a run is resumed (the rest, e.g. --epochs, may)
+RESUME_KEYS = ("task", "data", "base", "base_config", "lr", "weight_decay", "batch_size", "seed",
+               "split_seed", "all_sweeps", "seg_classes", "seg_loss", "init_filters", "extra_labels",
+               "full_finetune", "lora_r", "lora_alpha", "lora_dropout", "neg_ratio", "augment", "max_steps",
+               "val_frames", "threshold", "seg_prior")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved as ``RUN/config.json``)."""
+
+    task: str
+    data: str
+    out: str
+    base: str | None = None  # FetalCLIP_weights.pt; None: random base of base_config
+    base_config: str | None = None  # "fetalclip" (default with --base), "tiny", or a JSON path
+    epochs: int = 5
+    lr: float = 3e-4
+    weight_decay: float = 0.01  # AdamW's default
+    batch_size: int = 32
+    trials: int = 1
+    seed: int = 0
+    split_seed: int = SPLIT_SEED
+    all_sweeps: bool = False
+    resume: bool = False
+    device: str = "auto"
+    workers: int | None = None  # None: min(8, CPUs - 1)
+    threads: int | None = None  # torch CPU threads of the training process (None: torch's default)
+    seg_classes: int = 1
+    seg_loss: str = "dice"
+    init_filters: int = 32
+    extra_labels: str | None = None
+    full_finetune: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    neg_ratio: float | None = None  # keep all positives and this many negatives per positive, per epoch
+    max_steps: int | None = None  # cap on optimiser steps per epoch (quick runs, GPU check)
+    val_frames: int | None = None  # validate on all positives + negatives up to this many frames
+    threshold: str = "0.5"  # classifier operating point written into the bundle, or "auto"
+    seg_prior: float | None = None  # initial P(abdomen) per pixel of the segmentation head (None: default init)
+    test: bool = True  # evaluate the best epoch on the test split
+    augment: bool = True
+    cache_cases: int = DEFAULT_CACHE_CASES
+    keep_checkpoints: int = 2  # per-epoch checkpoints kept (best.pt always kept)
+    progress_bar: bool = True
+    description: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def config_name(self) -> str:
+        return self.base_config or "fetalclip"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``fetaliqa train`` / ``python -m training.train``."""
+    p = parser
+    p.add_argument("--task", choices=TASKS, required=True,
+                   help="cls: classifier; seg: segmenter (quality call by mask area); joint: both heads on one encoder")
+    p.add_argument("--data", required=True, help="dataset folder in the ACOUSLIC-AI layout (images/, masks/, circumferences/)")
+    p.add_argument("--out", required=True, help="run folder (created; checkpoints, curves, metrics, the bundle)")
+    p.add_argument("--base", default=None, help="FetalCLIP weights file (FetalCLIP_weights.pt); omit for a random base")
+    p.add_argument("--base-config", default=None,
+                   help="base architecture: fetalclip (default), tiny, or a config JSON path")
+    p.add_argument("--epochs", type=int, default=5, help="epochs (paper: 5)")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (paper: 3e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per step, over all processes (paper: 32)")
+    p.add_argument("--trials", type=int, default=1, help="independent runs (seeds seed..seed+N-1); reports mean +- std")
+    p.add_argument("--seed", type=int, default=0, help="training seed (initialisation, order, augmentation)")
+    p.add_argument("--split-seed", type=int, default=SPLIT_SEED, help=f"seed of the case split (default {SPLIT_SEED})")
+    p.add_argument("--all-sweeps", action="store_true", help="train on every sweep, not only those with an AC value")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--workers", type=int, default=None, help="data loader processes (default: min(8, CPUs-1))")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the model (default: PyTorch's; 1 is fastest on a busy, shared CPU)")
+    p.add_argument("--seg-classes", type=int, choices=(1, 3), default=1,
+                   help="segmenter head: 1 abdomen mask, 3 background/optimal/suboptimal")
+    p.add_argument("--seg-loss", choices=SEG_LOSSES, default="dice", help="dice (paper) or dice_ce (Dice + cross-entropy)")
+    p.add_argument("--init-filters", type=int, default=32, help="UNETR decoder width (paper: 32)")
+    p.add_argument("--seg-prior", type=float, default=None,
+                   help="start the segmentation head at this P(abdomen) per pixel (e.g. 0.03: most pixels "
+                        "are background) instead of PyTorch's default initialisation")
+    p.add_argument("--extra-labels", default=None,
+                   help="CSV of frame labels (uuid, frame, label) that override the mask-derived "
+                        "classification targets of training frames (e.g. reviewers' verdicts)")
+    p.add_argument("--full-finetune", action="store_true",
+                   help="train every weight of the vision tower instead of LoRA; also writes the trained "
+                        "tower as a base weights file in FetalCLIP's format")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (paper: 8)")
+    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (paper: 16)")
+    p.add_argument("--lora-dropout", type=float, default=0.1, help="LoRA dropout (paper: 0.1)")
+    p.add_argument("--neg-ratio", type=float, default=None,
+                   help="class balance: per epoch keep every positive frame and this many negatives per "
+                        "positive (default: all frames, as the paper)")
+    p.add_argument("--max-steps", type=int, default=None, help="at most this many steps per epoch (quick runs)")
+    p.add_argument("--val-frames", type=int, default=None,
+                   help="validate on every positive frame and random negatives up to this many frames "
+                        "(default: the whole validation split)")
+    p.add_argument("--threshold", default="0.5",
+                   help="classifier threshold written into the bundle (paper: 0.5), or 'auto': the one with the "
+                        "best F1 on the whole validation split (use it with --neg-ratio, which shifts the "
+                        "classifier's prior)")
+    p.add_argument("--no-test", dest="test", action="store_false", help="skip the test-split evaluation")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no on-the-fly augmentation")
+    p.add_argument("--cache-cases", type=int, default=DEFAULT_CACHE_CASES,
+                   help="decoded compressed volumes kept per loader process")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="per-epoch checkpoints to keep")
+    p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", help="no progress bar on stderr")
+    p.add_argument("--description", default="", help="free text stored in the bundle's manifest")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = {f for f in TrainConfig.__dataclass_fields__}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    for key in ("data", "out", "base", "extra_labels"):
+        if values.get(key) is not None:
+            values[key] = str(Path(values[key]).expanduser().resolve())
+    return TrainConfig(**values)
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    if cfg.task not in TASKS:
+        raise UsageError(f"--task {cfg.task!r} is not one of {', '.join(TASKS)}")
+    for name, value, low in (("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 1),
+                             ("--trials", cfg.trials, 1), ("--init-filters", cfg.init_filters, 1),
+                             ("--cache-cases", cfg.cache_cases, 1), ("--lora-r", cfg.lora_r, 1)):
+        if value < low:
+            raise UsageError(f"{name} must be at least {low}; got {value}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise UsageError(f"--lr must be a positive number; got {cfg.lr}")
+    if cfg.threshold != "auto":
+        try:
+            value = float(cfg.threshold)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 < value < 1.0:
+            raise UsageError(f"--threshold must be 'auto' or a number between 0 and 1; got {cfg.threshold!r}")
+    if cfg.seg_prior is not None and not 0.0 < cfg.seg_prior < 1.0:
+        raise UsageError(f"--seg-prior must be between 0 and 1; got {cfg.seg_prior}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1; got {cfg.max_steps}")
+    if cfg.neg_ratio is not None and not cfg.neg_ratio >= 0:
+        raise UsageError(f"--neg-ratio must be >= 0; got {cfg.neg_ratio}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise UsageError(f"--threads must be at least 1; got {cfg.threads}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise UsageError(f"--workers must be >= 0; got {cfg.workers}")
+    if cfg.task == "cls" and cfg.seg_classes != 1:
+        raise UsageError("--seg-classes applies to --task seg or joint only")
+    if cfg.base is not None and not Path(cfg.base).is_file():
+        raise FetalIQAError(f"--base {cfg.base}: no such file; give the path of FetalCLIP_weights.pt "
+                            "(or omit --base and pass --base-config tiny for a small random base)")
+    if cfg.base is None and cfg.base_config is None:
+        raise UsageError("give --base FetalCLIP_weights.pt (the paper's model), or --base-config tiny|fetalclip "
+                         "to train on a randomly initialised base")

@@ -1,0 +1,108 @@
+"""The data of a run: the case split, the per-epoch sampler and the loaders
+(reading frames and masks is :mod:`training.dataset`'s)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fetaliqa_core.errors import FetalIQAError
+from training.config import TrainConfig
+from training.dataset import SPLIT_FRACTIONS
+from training.reporting import Reporter
+
+
+@dataclass
+class Splits:
+    train: object
+    val: object
+    test: object
+    split_record: dict = field(default_factory=dict)
+
+
+def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
+    from fetaliqa_core import paths
+    from training.dataset import apply_extra_labels, build_index, read_cases, read_extra_labels, split_cases
+
+    cases = read_cases(cfg.data)
+    split = split_cases(cases, seed=cfg.split_seed)
+    cache = paths.cache_dir() / "training_index"
+    idx = {name: build_index(split[name], all_sweeps=cfg.all_sweeps, cache_dir=cache) for name in split}
+    if not len(idx["train"]):
+        raise FetalIQAError(f"--data {cfg.data}: the training split has no frame (no sweep with an AC value); "
+                            "add cases or pass --all-sweeps")
+    if not len(idx["val"]):
+        raise FetalIQAError(f"--data {cfg.data}: the validation split is empty ({len(cases)} cases in "
+                            f"{len({c.subject_id for c in cases})} subjects); the 70/10/20 split needs at least 3 "
+                            "subjects with frames")
+    if cfg.extra_labels:
+        changed = apply_extra_labels(idx["train"], read_extra_labels(cfg.extra_labels))
+        reporter.message(f"extra labels: {changed} training frame(s) relabelled from {cfg.extra_labels}")
+    record = {"seed": cfg.split_seed, "fractions": list(SPLIT_FRACTIONS), "all_sweeps": cfg.all_sweeps}
+    for name in split:
+        record[name] = {"cases": [c.uuid for c in split[name]],
+                        "subjects": sorted({c.subject_id for c in split[name]}),
+                        "frames": len(idx[name]), "positive_frames": idx[name].n_positive}
+    for name in ("train", "val", "test"):
+        reporter.message(f"{name}: {idx[name].summary()}")
+    return Splits(idx["train"], idx["val"], idx["test"], record)
+
+
+def make_loader(dataset, sampler, cfg: TrainConfig, per_rank_batch: int, workers: int, device):
+    from torch.utils.data import DataLoader
+
+    from training.dataset import collate
+
+    return DataLoader(dataset, batch_size=per_rank_batch, sampler=sampler, num_workers=workers, collate_fn=collate,
+                      pin_memory=device.type == "cuda", drop_last=False,
+                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+
+
+def chunking(index, with_masks: bool, cache_cases: int) -> int | None:
+    """Shuffle chunk (cases) for compressed volumes; None (full shuffle) when all are memory-mapped."""
+    from training.dataset import is_memory_mapped
+
+    paths_ = [c.image_path for c in index.cases] + ([c.mask_path for c in index.cases] if with_masks else [])
+    return None if all(is_memory_mapped(p) for p in paths_) else cache_cases
+
+
+def balanced_subset(sampler_order: np.ndarray, index, neg_ratio: float | None, seed: int, epoch: int) -> np.ndarray:
+    if neg_ratio is None:
+        return sampler_order
+    pos = index.target[sampler_order] > 0.5
+    n_neg = int(round(neg_ratio * max(int(pos.sum()), 1)))
+    rng = np.random.default_rng([seed, epoch, 11])
+    neg_positions = np.flatnonzero(~pos)
+    keep_neg = set(rng.choice(neg_positions, size=min(n_neg, neg_positions.size), replace=False).tolist())
+    mask = pos | np.isin(np.arange(sampler_order.size), list(keep_neg))
+    return sampler_order[mask]
+
+
+class EpochSampler:
+    """:class:`CaseChunkSampler` with optional per-epoch negative subsampling (``--neg-ratio``)."""
+
+    def __init__(self, base, neg_ratio: float | None, seed: int) -> None:
+        self.base = base
+        self.neg_ratio = neg_ratio
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def _mine(self) -> np.ndarray:
+        b = self.base
+        order = balanced_subset(b.order(), b.index, self.neg_ratio, self.seed, b.epoch)
+        if b.num_replicas == 1:
+            return order
+        total = int(math.ceil(len(order) / b.num_replicas)) * b.num_replicas
+        if total > len(order) and len(order):
+            order = np.concatenate([order, order[: total - len(order)]])
+        return order[b.rank::b.num_replicas]
+
+    def __iter__(self):
+        return iter(self._mine().tolist())
+
+    def __len__(self) -> int:
+        return len(self._mine())

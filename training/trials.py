@@ -1,0 +1,88 @@
+"""A training run: its trials, their summary and the run's bundle."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from fetaliqa_core.errors import FetalIQAError
+from training.checkpoints import check_resume
+from training.config import CONFIG_FILE, TrainConfig, validate_config
+from training.data import prepare_splits
+from training.distributed import barrier, broadcast_object, init_distributed
+from training.loop import run_trial
+from training.reporting import Reporter, write_json
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train ``cfg.trials`` models and export the best as a bundle. Returns the run summary
+    (also written to ``RUN/metrics.json``); its ``"bundle"`` is the bundle's path."""
+    validate_config(cfg)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    info, device = init_distributed(cfg.device)
+    reporter = Reporter(info.is_main, cfg.progress_bar)
+    try:
+        problem = None
+        if info.is_main:
+            try:
+                check_resume(cfg)
+            except FetalIQAError as exc:
+                problem = str(exc)
+        problem = broadcast_object(info, problem)  # every rank stops, none waits for the others
+        if problem:
+            raise FetalIQAError(problem)
+        run = cfg.run_dir
+        splits = prepare_splits(cfg, reporter)
+        if info.is_main:
+            run.mkdir(parents=True, exist_ok=True)
+            write_json(run / CONFIG_FILE, cfg.to_json())
+            write_json(run / "split.json", splits.split_record)
+        reporter.message(f"device: {device}" + (f" x {info.world_size} processes" if info.enabled else ""))
+        results = []
+        for trial in range(1, cfg.trials + 1):
+            results.append(run_trial(cfg, trial, splits, info, device, reporter))
+        summary = summarise_trials(cfg, results)
+        if info.is_main:
+            best = min(results, key=lambda r: r["best_val_loss"])
+            final = run / "bundle"
+            if final.exists():
+                shutil.rmtree(final)
+            shutil.copytree(best["bundle"], final)
+            summary["bundle"] = str(final)
+            summary["best_trial"] = best["trial"]
+            if cfg.full_finetune:
+                shutil.copy2(best["base_weights"], run / "base_weights.pt")
+                summary["base_weights"] = str(run / "base_weights.pt")
+            write_json(run / "metrics.json", summary)
+            for key, stats in summary.get("test_summary", {}).items():
+                if key in ("n_frames", "n_positive"):
+                    continue
+                reporter.line("SUMMARY", metric=key, mean=stats["mean"], std=stats["std"], n=stats["n"])
+            print(f"BUNDLE {final}", flush=True)
+        barrier(info)
+        return summary
+    finally:
+        reporter.close_bar()
+        if info.enabled:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def summarise_trials(cfg: TrainConfig, results: list[dict]) -> dict:
+    summary: dict = {"task": cfg.task, "trials": results}
+    tests = [r["test"] for r in results if r.get("test")]
+    if tests:
+        stats = {}
+        for key in tests[0]:
+            vals = np.array([t[key] for t in tests if isinstance(t.get(key), (int, float))], dtype=np.float64)
+            vals = vals[np.isfinite(vals)]
+            if vals.size:
+                stats[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=0)), "n": int(vals.size)}
+        summary["test_summary"] = stats
+    return summary
