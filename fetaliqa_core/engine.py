@@ -270,6 +270,7 @@ class ScoringEngine:
             "has_cls": self.cls is not None,
             "has_seg": self.seg is not None,
             "mask_size": self.results.mask_size,
+            "dtype": str(self.dtype).replace("torch.", ""),
         }
 
     def cache_key(self) -> str:

@@ -7,13 +7,23 @@ The one definition of FetalCLIP's input used by training and inference alike (FA
    clamped to 0..255 as an 8-bit image resize would give;
 3. grey -> 3 channels, scale to 0..1 and normalise with open_clip's OpenAI mean and std.
 
+Two implementations of these steps, one entry point (:func:`preprocess_frames`): on a GPU the
+batch is uploaded as uint8 and resized there (``F.interpolate``, antialiased bicubic); on a CPU
+each frame is resized as an 8-bit image with Pillow's antialiased bicubic (the reference's own
+resize; Pillow releases the GIL, so frames run in a thread pool) and normalised by a lookup
+table. Both agree with the reference (PIL + open_clip's transform) within one grey level on
+all but a handful of pixels (``tests/test_preprocess.py``).
+
 Masks take the same padding and a nearest-neighbour resize (pixel-centre rule, as PIL's
 ``NEAREST``); :func:`mask_to_frame` maps a model-sized mask back onto the original frame.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -127,6 +137,48 @@ def preprocess_frames(
     """
     batch = _as_uint8_batch(frames, "frames")
     device = torch.device(device) if device is not None else batch.device
+    if device.type == "cpu" and batch.device.type == "cpu":
+        return _preprocess_cpu(batch, size).to(dtype)
+    return _preprocess_torch(batch, device, dtype, size)
+
+
+# ----------------------------------------------------------------------------------- CPU path
+_POOL_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+@lru_cache(maxsize=1)
+def _cpu_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_POOL_WORKERS, thread_name_prefix="fetaliqa-resize")
+
+
+def _resize_one_pil(frame: np.ndarray, size: int) -> np.ndarray:
+    """One ``(H, W)`` uint8 frame -> ``(size, size)`` uint8: centred zero pad, antialiased bicubic."""
+    from PIL import Image
+
+    g = pad_geometry(*frame.shape)
+    square = np.zeros((g.side, g.side), np.uint8)
+    square[g.top:g.top + g.height, g.left:g.left + g.width] = frame
+    if g.side == size:
+        return square
+    return np.asarray(Image.fromarray(square).resize((size, size), Image.BICUBIC))
+
+
+def _preprocess_cpu(batch: torch.Tensor, size: int) -> torch.Tensor:
+    frames = batch.numpy()
+    if len(frames) > 1 and _POOL_WORKERS > 1:
+        small = list(_cpu_pool().map(lambda f: _resize_one_pil(f, size), frames))
+    else:
+        small = [_resize_one_pil(f, size) for f in frames]
+    grey = torch.from_numpy(np.stack(small)).float()  # (B, size, size) 0..255
+    out = torch.empty((len(small), 3, size, size), dtype=torch.float32)
+    for c in range(3):  # the same arithmetic as the torch path: (x - 255 mean) / (255 std)
+        torch.sub(grey, OPENAI_MEAN[c] * 255.0, out=out[:, c])
+        out[:, c].div_(OPENAI_STD[c] * 255.0)
+    return out
+
+
+# ----------------------------------------------------------------------------------- torch path
+def _preprocess_torch(batch: torch.Tensor, device: torch.device, dtype: torch.dtype, size: int) -> torch.Tensor:
     batch = batch.to(device, non_blocking=True)  # upload as uint8: 4x less traffic than floats
     x = _resize_bicubic(_pad_square(batch).float(), size)  # (B,1,size,size)
     mean = torch.tensor(OPENAI_MEAN, device=device).view(1, 3, 1, 1) * 255.0
