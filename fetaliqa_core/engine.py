@@ -327,6 +327,11 @@ class ScoringEngine:
         from fetaliqa_core.preprocess import preprocess_frames
 
         frames = np.ascontiguousarray(self.sweep.frames[idx])
+        if self.device.type == "cuda":
+            import torch
+
+            # Page-locked memory: the upload runs asynchronously, off this preparing thread.
+            frames = torch.from_numpy(frames).pin_memory()
         return preprocess_frames(frames, device=self.device, dtype=self.dtype)
 
     def _infer(self, x) -> tuple[object, object]:

@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the ACOUSLIC-AI challenge's output files")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write cached results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from fetaliqa_core.cli import score_archive
+
+    score_archive.add_arguments(p)
 
 
 def _stem(path: Path) -> str:
@@ -65,8 +68,11 @@ def _stem(path: Path) -> str:
     return name
 
 
-def score_one(path: Path, out: Path, models, args, position: str = "") -> dict:
-    """Score one sweep into ``out`` (written atomically). Returns the summary as JSON."""
+def score_one(path: Path, out: Path, models, args, position: str = "", sweep=None, extra=None) -> dict:
+    """Score one sweep into ``out`` (written atomically). Returns the summary as JSON.
+
+    ``sweep``: the sweep already loaded from ``path``; ``extra(folder, sweep, results, analysis)``
+    writes more files into the output folder before it is put in place."""
     import numpy as np
     from tqdm import tqdm
 
@@ -74,7 +80,7 @@ def score_one(path: Path, out: Path, models, args, position: str = "") -> dict:
     from fetaliqa_core import pipeline
     from fetaliqa_core.engine import ScoringEngine
 
-    sweep = fio.load_sweep(path)
+    sweep = fio.load_sweep(path) if sweep is None else sweep
     engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=not args.no_cache)
     bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{path.name}",
                disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
@@ -102,6 +108,8 @@ def score_one(path: Path, out: Path, models, args, position: str = "") -> dict:
                 volume[frame] = (mask_to_frame(results.mask(frame), sweep.height, sweep.width) > 0)
             fio.write_volume(tmp / CHALLENGE_MASK_FILE, volume, spacing_mm=sweep.spacing_mm,
                              compress=True)
+        if extra is not None:
+            extra(tmp, sweep, results, result)
     return result.summary.to_json()
 
 
@@ -124,6 +132,10 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 def run(args) -> int:
     from fetaliqa_core import pipeline
+    from fetaliqa_core.cli import score_archive
+
+    if score_archive.wanted(args):
+        return score_archive.run(args)
 
     path: Path = args.sweep
     if not path.exists():

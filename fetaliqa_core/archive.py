@@ -1,0 +1,520 @@
+"""Scoring an archive of sweeps: one result folder per case, resumable, shardable over processes.
+
+An archive run scores every sweep file of a folder into ``OUT/cases/<case>/`` (the files of
+``fetaliqa score`` plus ``case.json``, the case's record) and writes one combined table,
+``OUT/cases.csv``, built from those records alone, so it can be rebuilt from the folders at any
+time. A case folder appears in one atomic rename once everything in it is written: a process
+that dies loses only the case it was scoring.
+
+A case counts as finished when its record says ``ok`` and carries the key of the current inputs:
+a hash of the sweep file's bytes (and of a detached data file), the hashes of the model bundles
+and their base weights, and the threshold. A rerun skips finished cases and scores the rest.
+
+Under ``torchrun`` every process (rank) takes the cases whose index in the sorted case list is
+congruent to its rank modulo the number of processes, so each case has exactly one owner.
+Rank 0 waits for the others (each writes a heartbeat file while it lives) and then writes the
+table; a rank whose heartbeat stops for longer than a timeout is taken as dead and its missing
+cases appear as ``missing`` until a rerun scores them.
+
+Sweeps are decoded by a reader thread ahead of the model (a bounded queue), so decoding and
+hashing overlap inference.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fetaliqa_core.errors import FetalIQAError
+
+CASES_DIR = "cases"
+RECORD_FILE = "case.json"
+TABLE_FILE = "cases.csv"
+STATE_DIR = ".archive"  # heartbeats of a distributed run (safe to delete between runs)
+RECORD_FORMAT = "fetaliqa-archive-case"
+RECORD_VERSION = 1
+HEARTBEAT_SECONDS = 2.0
+DEFAULT_RANK_TIMEOUT = 300.0  # seconds without a heartbeat before rank 0 takes a rank as dead
+
+TABLE_COLUMNS = (
+    "case", "file", "status", "error", "chosen_frame", "chosen_sweep", "ac_mm", "ga_weeks",
+    "ga_out_of_range", "n_frames", "frames_scored", "threshold", "models", "cls_hash", "seg_hash",
+    "base_hash", "file_hash", "content_hash", "rank", "host", "device", "seconds", "finished_utc",
+)
+# Columns that differ between two runs with the same results (when and where a case ran).
+RUN_COLUMNS = ("rank", "host", "device", "seconds", "finished_utc")
+_TEXT_COLUMNS = {"case", "file", "error", "models", "host", "device"}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once, at import: os.umask cannot be read without setting it
+
+
+# -- processes -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in a ``torchrun`` launch (world 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun(env: dict | None = None) -> bool:
+    env = os.environ if env is None else env
+    return all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def ranks_from_env(env: dict | None = None) -> Ranks:
+    """Rank, world size and local rank from the variables ``torchrun`` sets."""
+    env = os.environ if env is None else env
+    if not launched_by_torchrun(env):
+        return Ranks()
+    try:
+        r = Ranks(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
+    except ValueError:
+        raise FetalIQAError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; start the run with "
+                            "torchrun, which sets them.") from None
+    if not (0 <= r.rank < r.world and r.local_rank >= 0):
+        raise FetalIQAError(f"rank {r.rank} of world size {r.world} is impossible; start the run "
+                            "with torchrun, which sets them.")
+    return r
+
+
+def init_process_group(ranks: Ranks, device: str) -> None:
+    """Join the process group ``torchrun`` set up: NCCL when this process runs on a CUDA GPU
+    (``cuda:LOCAL_RANK``, made the current device so the models load there), gloo otherwise.
+    Scoring exchanges nothing but the case list, so a gloo group is added for it in both cases."""
+    if not ranks.distributed:
+        return
+    import torch
+    import torch.distributed as dist
+
+    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise FetalIQAError(
+                f"local rank {ranks.local_rank} has no GPU: this machine has "
+                f"{torch.cuda.device_count()}; give torchrun --nproc_per_node at most that many.")
+        torch.cuda.set_device(ranks.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(minutes=10))
+
+
+def broadcast_from_main(ranks: Ranks, obj):
+    """Rank 0's ``obj`` on every rank (a gloo group carries it, whatever the default backend)."""
+    if not ranks.distributed:
+        return obj
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def close_process_group(ranks: Ranks) -> None:
+    if not ranks.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(n_cases: int, ranks: Ranks) -> list[int]:
+    """Indices (into the sorted case list) this rank scores: every case exactly once overall."""
+    return list(range(ranks.rank, n_cases, ranks.world))
+
+
+# -- cases and keys --------------------------------------------------------------------------
+
+def case_names(members: Sequence[Path], stem: Callable[[Path], str]) -> list[str]:
+    """A folder name per member: its stem, or its whole file name where two stems collide."""
+    stems = [stem(m) for m in members]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    return [s if counts[s] == 1 else m.name for s, m in zip(stems, members)]
+
+
+_DETACHED = re.compile(rb"^\s*(ElementDataFile|data file|datafile)\s*[:=]\s*(.+?)\s*$",
+                       re.IGNORECASE | re.MULTILINE)
+
+
+def _detached_data_file(path: Path) -> Path | None:
+    """The data file a MetaImage (.mhd) or NRRD header points to, if any."""
+    if path.suffix.lower() not in (".mhd", ".nrrd", ".nhdr"):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return None
+    head = head.split(b"\n\n", 1)[0] if path.suffix.lower() != ".mhd" else head
+    m = _DETACHED.search(head)
+    if not m:
+        return None
+    name = m.group(2).decode("utf-8", "replace").strip()
+    if name.upper() == "LOCAL" or not name or name.upper().startswith("LIST"):
+        return None
+    return path.parent / name
+
+
+def file_hash(path: Path) -> str:
+    """BLAKE2b (128 bit) of a sweep file's bytes, and of its detached data file if it has one."""
+    h = hashlib.blake2b(digest_size=16)
+    files = [path]
+    extra = _detached_data_file(path)
+    if extra is not None and extra.is_file():
+        files.append(extra)
+    for p in files:
+        h.update(p.name.encode("utf-8", "surrogateescape") + b"\0")
+        with open(p, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def model_hashes(models) -> dict:
+    """Hashes of what the results depend on: each bundle and the base weights it runs on."""
+    def base(m):
+        return getattr(getattr(m, "base", None), "sha256", None)
+
+    cls, seg = models.cls, models.seg
+    return {"cls_hash": cls.bundle_hash if cls is not None else None,
+            "seg_hash": seg.bundle_hash if seg is not None else None,
+            "base_hash": base(cls if cls is not None else seg)}
+
+
+def settings_key(hashes: dict, threshold: float) -> str:
+    text = json.dumps({"v": RECORD_VERSION, **hashes, "threshold": float(threshold)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def case_key(fhash: str, settings: str) -> str:
+    return hashlib.sha256(f"{fhash}:{settings}".encode()).hexdigest()[:32]
+
+
+# -- records ---------------------------------------------------------------------------------
+
+def case_dir(out: Path, name: str) -> Path:
+    return out / CASES_DIR / name
+
+
+def read_record(folder: Path) -> dict | None:
+    """A case's record, or None when absent or not one of ours (never trusted blindly)."""
+    try:
+        data = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
+        return None
+    if data.get("status") not in ("ok", "failed"):
+        return None
+    return data
+
+
+def is_finished(record: dict | None, key: str, needed_files: Sequence[str] = (),
+                folder: Path | None = None) -> bool:
+    """A record of a successful run on the same inputs (and with the files asked for now)."""
+    if record is None or record.get("status") != "ok" or record.get("key") != key:
+        return False
+    return folder is None or all((folder / name).is_file() for name in needed_files)
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # readable by whoever may read the folder, like open() makes
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_json(record: dict) -> str:
+    return json.dumps(record, indent=2, allow_nan=False) + "\n"
+
+
+def replace_case_dir(staged: Path, target: Path) -> None:
+    """Put a fully written case folder in place of ``target``. The old folder is renamed away
+    first and removed after: at every instant ``target`` is either absent or complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(staged, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def staging_dir(out: Path, name: str) -> Path:
+    """A fresh, not yet existing path next to the case folders to write a case into."""
+    root = out / CASES_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    return root / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def clean_leftovers(out: Path, names: Sequence[str]) -> None:
+    """Remove temporary folders a killed process left for the given cases (ours only)."""
+    root = out / CASES_DIR
+    wanted = set(names)
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        m = re.match(r"^\.(.+)\.(tmp-\d+-[0-9a-f]{8}|old-[0-9a-f]{8})$", p.name)
+        if m and m.group(1) in wanted and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def write_failure(out: Path, name: str, record: dict) -> None:
+    staged = staging_dir(out, name)
+    staged.mkdir()
+    try:
+        (staged / RECORD_FILE).write_text(record_json(record), encoding="utf-8")
+        replace_case_dir(staged, case_dir(out, name))
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+# -- the combined table ----------------------------------------------------------------------
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(round(value, 6))
+    text = str(value)
+    if column in _TEXT_COLUMNS:
+        text = text.replace("\r", " ").replace("\n", " ")
+        if text[:1] in ("=", "+", "-", "@", "\t"):
+            text = "'" + text  # a spreadsheet must not read a file name as a formula
+    return text
+
+
+def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: str | None) -> list[dict]:
+    """One row per case from its folder alone: its record, or ``missing`` / ``stale``."""
+    rows = []
+    for name, fname in zip(names, files):
+        rec = read_record(case_dir(out, name))
+        if rec is None:
+            rows.append({"case": name, "file": fname, "status": "missing",
+                         "error": "not scored yet; run the same command again to score it"})
+            continue
+        row = {c: rec.get(c) for c in TABLE_COLUMNS}
+        row["case"], row["file"] = name, fname
+        if settings is not None and rec.get("settings_key") != settings:
+            row["status"] = "stale"
+            row["error"] = "scored with other models or threshold; run again to rescore"
+        rows.append(row)
+    return rows
+
+
+def write_table(out: Path, rows: Sequence[dict]) -> Path:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(TABLE_COLUMNS)
+    for row in rows:
+        w.writerow([_cell(c, row.get(c)) for c in TABLE_COLUMNS])
+    path = out / TABLE_FILE
+    _write_text_atomic(path, buf.getvalue())
+    return path
+
+
+def count_statuses(rows: Sequence[dict]) -> dict[str, int]:
+    counts = {"ok": 0, "failed": 0, "missing": 0, "stale": 0}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+# -- reading ahead ---------------------------------------------------------------------------
+
+@dataclass
+class Item:
+    """One case of this rank's shard, as the reader thread hands it over."""
+
+    index: int
+    name: str
+    member: Path
+    key: str | None = None
+    fhash: str | None = None
+    finished: bool = False
+    sweep: object | None = None
+    error: str | None = None
+
+
+def read_ahead(items: Sequence[Item], prepare: Callable[[Item], None], depth: int) -> Iterator[Item]:
+    """Yield ``items`` in order after ``prepare`` filled each in; with ``depth`` > 0 a reader
+    thread prepares up to ``depth`` items ahead of the consumer (a bounded queue, so memory
+    stays at ``depth + 2`` sweeps). ``prepare`` must record its errors in the item."""
+    if depth <= 0:
+        for item in items:
+            prepare(item)
+            yield item
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def reader() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                prepare(item)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        finally:
+            while not stop.is_set():
+                try:
+                    q.put(done, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+
+    thread = threading.Thread(target=reader, name="fetaliqa-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# -- heartbeats: rank 0 waits for the others without hanging on a dead one ---------------------
+
+def _state_file(out: Path, run_id: str, rank: int) -> Path:
+    return out / STATE_DIR / run_id / f"rank-{rank}.json"
+
+
+class Heartbeat:
+    """Writes ``{beat, done, counts}`` for this rank every ``interval`` seconds while it lives."""
+
+    def __init__(self, out: Path, run_id: str, rank: int, interval: float = HEARTBEAT_SECONDS) -> None:
+        self.path = _state_file(out, run_id, rank)
+        self.interval = interval
+        self.counts: dict[str, int] = {}
+        self._beat = 0
+        self._done = False
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="fetaliqa-heartbeat", daemon=True)
+
+    def _write(self) -> None:
+        with self._lock:
+            self._beat += 1
+            text = json.dumps({"beat": self._beat, "done": self._done, "counts": self.counts})
+            try:
+                _write_text_atomic(self.path, text)
+            except OSError:
+                pass  # a missed beat is tolerated; the timeout is many beats long
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._write()
+
+    def start(self) -> "Heartbeat":
+        self._write()
+        self._thread.start()
+        return self
+
+    def finish(self, counts: dict[str, int]) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.counts = dict(counts)
+        self._done = True
+        self._write()
+
+
+def wait_for_ranks(out: Path, run_id: str, ranks: Sequence[int], timeout: float,
+                   poll: float = 0.5, clock: Callable[[], float] = time.monotonic) -> tuple[dict, list[int]]:
+    """Wait until every rank in ``ranks`` reports done, or its heartbeat has not changed for
+    ``timeout`` seconds (measured on this machine's clock, so machines need not agree on time).
+
+    Returns ``(counts per finished rank, ranks taken as dead)``.
+    """
+    last_seen: dict[int, tuple[str | None, float]] = {r: (None, clock()) for r in ranks}
+    finished: dict[int, dict] = {}
+    dead: list[int] = []
+    while True:
+        for r in list(last_seen):
+            try:
+                text = _state_file(out, run_id, r).read_text(encoding="utf-8")
+                state = json.loads(text)
+            except (OSError, ValueError):
+                text, state = None, None
+            if isinstance(state, dict) and state.get("done"):
+                finished[r] = state.get("counts") or {}
+                del last_seen[r]
+                continue
+            prev, since = last_seen[r]
+            now = clock()
+            if text != prev:
+                last_seen[r] = (text, now)
+            elif now - since > timeout:
+                dead.append(r)
+                del last_seen[r]
+        if not last_seen:
+            return finished, sorted(dead)
+        time.sleep(poll)
+
+
+def remove_state(out: Path, run_id: str) -> None:
+    shutil.rmtree(out / STATE_DIR / run_id, ignore_errors=True)
+    try:
+        (out / STATE_DIR).rmdir()
+    except OSError:
+        pass
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def hostname() -> str:
+    return socket.gethostname()

@@ -1,0 +1,220 @@
+"""``fetaliqa score ARCHIVE --archive`` and ``torchrun ... fetaliqa score ARCHIVE``: a folder of
+sweeps scored into one result folder per case, resumable, sharded over the processes torchrun
+starts, with one combined table. The mechanics live in :mod:`fetaliqa_core.archive`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from fetaliqa_core import archive as ar
+from fetaliqa_core.errors import FetalIQAError
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and value < 1e7):
+        raise argparse.ArgumentTypeError(f"{text} seconds: give a positive number")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("archives (a folder of sweeps; always on under torchrun)")
+    g.add_argument("--archive", action="store_true",
+                   help="score the folder as an archive: one result folder per case in OUT/cases/, "
+                        "one combined table OUT/cases.csv, and a rerun skips the cases already "
+                        "scored with the same models")
+    g.add_argument("--prefetch", type=_non_negative_int, default=2, metavar="N",
+                   help="sweeps read and decoded ahead of the model by a reader thread (default 2; "
+                        "0 reads each sweep only when its turn comes)")
+    g.add_argument("--rank-timeout", type=_seconds, default=ar.DEFAULT_RANK_TIMEOUT, metavar="S",
+                   help="under torchrun: how long rank 0 waits for a process whose heartbeat has "
+                        f"stopped before writing the table without its cases (default {ar.DEFAULT_RANK_TIMEOUT:.0f})")
+
+
+def wanted(args) -> bool:
+    return bool(getattr(args, "archive", False)) or ar.launched_by_torchrun()
+
+
+def _members(path: Path) -> list[Path]:
+    from fetaliqa_core import pipeline
+
+    if not path.exists():
+        raise FetalIQAError(f"{path}: no such file or folder. Check the path of the archive to score.")
+    members = pipeline.sweep_folder_members(path)
+    if members is not None:
+        return members
+    if path.is_dir() and not any(path.iterdir()):
+        raise FetalIQAError(f"{path}: the folder is empty. Give a folder that holds sweep files.")
+    return [path]  # one sweep file, or one DICOM series folder
+
+
+def _record_writer(item: ar.Item, base: dict):
+    """The ``extra`` hook of ``score_one``: writes case.json into the case's folder before it
+    is put in place, so a folder with a record is always complete."""
+    def write(tmp: Path, sweep, results, analysis) -> None:
+        from fetaliqa_core import analysis as an
+
+        chosen = int(analysis.summary.chosen_frame)
+        m = analysis.ac.get(chosen) if chosen >= 0 else None
+        ga = an.hadlock_ga(m.ac_mm) if m is not None else None
+        record = dict(base, status="ok", error=None, key=item.key, file_hash=item.fhash,
+                      content_hash=analysis.summary.content_hash, chosen_frame=chosen,
+                      chosen_sweep=(sweep.sweep_index(chosen) + 1) if chosen >= 0 else None,
+                      ac_mm=round(float(m.ac_mm), 1) if m is not None else None,
+                      ga_weeks=round(float(ga.weeks), 1) if ga is not None else None,
+                      ga_out_of_range=bool(ga.out_of_range) if ga is not None else None,
+                      n_frames=int(sweep.n_frames), frames_scored=int(results.n_done),
+                      seconds=round(time.perf_counter() - base["_t0"], 3), finished_utc=ar.utc_now())
+        record.pop("_t0")
+        (tmp / ar.RECORD_FILE).write_text(ar.record_json(record), encoding="utf-8")
+    return write
+
+
+def _error_text(exc: BaseException, member: Path) -> str:
+    if isinstance(exc, FetalIQAError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{member}: cannot be read ({exc.strerror or exc})"
+    return f"{member}: {type(exc).__name__}: {exc}"
+
+
+def run(args) -> int:
+    from fetaliqa_core import io as fio
+    from fetaliqa_core import pipeline
+    from fetaliqa_core.cli import score as score_cmd
+
+    ranks = ar.ranks_from_env()
+    started = time.perf_counter()
+    ar.init_process_group(ranks, args.device)
+    try:
+        return _run(args, ranks, started, fio, pipeline, score_cmd)
+    finally:
+        ar.close_process_group(ranks)
+
+
+def _run(args, ranks: ar.Ranks, started: float, fio, pipeline, score_cmd) -> int:
+    path: Path = args.sweep
+    out: Path = args.out or Path("fetaliqa-scores") / score_cmd._stem(path)
+    plan = None
+    if ranks.is_main:
+        members = _members(path)
+        names = ar.case_names(members, score_cmd._stem)
+        plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id()}
+    plan = ar.broadcast_from_main(ranks, plan)
+    members = [Path(m) for m in plan["members"]]
+    names, files = plan["names"], [m.name for m in members]
+    tag = f"[rank {ranks.rank}/{ranks.world}] " if ranks.distributed else ""
+    models = pipeline.load_models(score_cmd.model_choice(args))
+    threshold = args.threshold
+    if threshold is None:
+        threshold = models.cls.threshold if models.cls is not None else 0.5
+    hashes = ar.model_hashes(models)
+    settings = ar.settings_key(hashes, threshold)
+    needed = [score_cmd.CHALLENGE_FRAME_FILE, score_cmd.CHALLENGE_MASK_FILE] if args.challenge_output else []
+    heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
+    mine = ar.shard(len(members), ranks)
+    ar.clean_leftovers(out, [names[i] for i in mine])
+    case_args = argparse.Namespace(**vars(args))
+    case_args.quiet = args.quiet or ranks.distributed  # one progress bar per terminal at most
+
+    def prepare(item: ar.Item) -> None:
+        try:
+            item.fhash = ar.file_hash(item.member) if item.member.is_file() else None
+            if item.fhash is not None:
+                item.key = ar.case_key(item.fhash, settings)
+                folder = ar.case_dir(out, item.name)
+                if ar.is_finished(ar.read_record(folder), item.key, needed, folder):
+                    item.finished = True
+                    return
+            item.sweep = fio.load_sweep(item.member)
+            _ = item.sweep.content_hash  # hashed here, off the model's thread
+        except Exception as exc:  # noqa: BLE001 - one bad case must not end the run
+            item.error = _error_text(exc, item.member)
+
+    counts = {"scored": 0, "skipped": 0, "failed": 0}
+    items = [ar.Item(i, names[i], members[i]) for i in mine]
+    t_scoring = time.perf_counter()
+    for k, item in enumerate(ar.read_ahead(items, prepare, args.prefetch), 1):
+        position = f"{tag}[{k}/{len(items)}] "
+        if item.finished:
+            counts["skipped"] += 1
+            print(f"{position}{item.name}: already scored with these models, skipped", flush=True)
+            continue
+        base = {"format": ar.RECORD_FORMAT, "version": ar.RECORD_VERSION, "case": item.name,
+                "file": item.member.name, "models": models.choice.describe(), **hashes,
+                "threshold": float(threshold), "settings_key": settings, "rank": ranks.rank,
+                "host": ar.hostname(), "device": models.device, "_t0": time.perf_counter()}
+        if item.error is None:
+            staged = ar.staging_dir(out, item.name)
+            try:
+                score_cmd.score_one(item.member, staged, models, case_args, position=position,
+                                    sweep=item.sweep, extra=_record_writer(item, base))
+                ar.replace_case_dir(staged, ar.case_dir(out, item.name))
+            except Exception as exc:  # noqa: BLE001 - recorded in the case's row
+                import shutil
+
+                shutil.rmtree(staged, ignore_errors=True)
+                item.error = _error_text(exc, item.member)
+        item.sweep = None
+        if item.error is None:
+            counts["scored"] += 1
+            rec = ar.read_record(ar.case_dir(out, item.name)) or {}
+            frame = rec.get("chosen_frame", -1)
+            ac = f", AC {rec['ac_mm']:.1f} mm" if rec.get("ac_mm") is not None else ""
+            print(f"{position}{item.name}: chosen frame {frame if frame >= 0 else 'none (-1)'}{ac} "
+                  f"({rec.get('seconds', 0):.1f} s)", flush=True)
+        else:
+            counts["failed"] += 1
+            base.pop("_t0")
+            failure = dict(base, status="failed", error=item.error, key=item.key, file_hash=item.fhash,
+                           finished_utc=ar.utc_now())
+            try:
+                ar.write_failure(out, item.name, failure)
+            except OSError as exc:
+                raise FetalIQAError(f"{out}: cannot write results ({exc.strerror}). Choose a folder "
+                                    "you can write to.") from None
+            print(f"{position}{item.name}: failed: {item.error}", file=sys.stderr, flush=True)
+    elapsed = max(time.perf_counter() - t_scoring, 1e-9)
+    if ranks.distributed:
+        print(f"{tag}scored {counts['scored']}, skipped {counts['skipped']}, failed {counts['failed']} "
+              f"in {elapsed:.1f} s ({counts['scored'] / elapsed:.2f} cases/s)")
+        heartbeat.finish(counts)
+    if not ranks.is_main:
+        return 0  # rank 0 reports for the run; a non-zero exit here would make torchrun stop it
+    dead: list[int] = []
+    if ranks.distributed:
+        others, dead = ar.wait_for_ranks(out, plan["run_id"], range(1, ranks.world), args.rank_timeout)
+        for c in others.values():
+            for name in counts:
+                counts[name] += int(c.get(name, 0))
+        ar.remove_state(out, plan["run_id"])
+    rows = ar.table_rows(out, names, files, settings)
+    table = ar.write_table(out, rows)
+    status = ar.count_statuses(rows)
+    wall = max(time.perf_counter() - started, 1e-9)
+    problems = [f"{status[s]} {s}" for s in ("failed", "missing", "stale") if status[s]]
+    print(f"archive {out}: {len(rows)} cases, {status['ok']} ok" + (", " + ", ".join(problems) if problems else "")
+          + f"; scored {counts['scored']} now, {counts['skipped']} already scored; "
+          f"{counts['scored'] / wall:.2f} cases/s over {wall:.1f} s with {ranks.world} process(es)")
+    if dead:
+        print(f"fetaliqa: rank(s) {', '.join(map(str, dead))} stopped without finishing; their "
+              "remaining cases are 'missing' in the table. Run the same command again to score them.",
+              file=sys.stderr)
+    print(f"table: {table}")
+    return 0 if status["ok"] == len(rows) else 1
