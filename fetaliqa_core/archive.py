@@ -504,12 +504,9 @@ def wait_for_ranks(out: Path, run_id: str, ranks: Sequence[int], timeout: float,
         time.sleep(poll)
 
 
-def remove_state(out: Path, run_id: str) -> None:
-    shutil.rmtree(out / STATE_DIR / run_id, ignore_errors=True)
-    try:
-        (out / STATE_DIR).rmdir()
-    except OSError:
-        pass
+def remove_state(out: Path) -> None:
+    """Heartbeats of this run and of earlier ones that were killed (rank 0, at the end)."""
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
 
 
 def new_run_id() -> str:

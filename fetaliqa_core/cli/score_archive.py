@@ -203,7 +203,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, pipeline, score_cmd) -> int
         for c in others.values():
             for name in counts:
                 counts[name] += int(c.get(name, 0))
-        ar.remove_state(out, plan["run_id"])
+        ar.remove_state(out)
     rows = ar.table_rows(out, names, files, settings)
     table = ar.write_table(out, rows)
     status = ar.count_statuses(rows)

@@ -1,0 +1,196 @@
+"""Archive scoring mechanics: sharding, keys, records, the combined table, reading ahead and
+rank 0's wait on heartbeats (no models here; the end-to-end runs are in test_archive_run.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fetaliqa_core import archive as ar
+
+
+@pytest.mark.parametrize("n, world", [(0, 2), (1, 3), (4, 2), (7, 3), (10, 4), (5, 1)])
+def test_shards_cover_every_case_once(n, world):
+    shards = [ar.shard(n, ar.Ranks(r, world, r)) for r in range(world)]
+    flat = sorted(i for s in shards for i in s)
+    assert flat == list(range(n))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert ar.shard(n, ar.Ranks(world - 1, world, 0)) == shards[-1]  # depends on the rank only
+
+
+def test_ranks_from_torchrun_variables():
+    assert ar.ranks_from_env({}) == ar.Ranks() and not ar.launched_by_torchrun({})
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}
+    assert ar.ranks_from_env(env) == ar.Ranks(3, 4, 1) and ar.launched_by_torchrun(env)
+    from fetaliqa_core.errors import FetalIQAError
+
+    with pytest.raises(FetalIQAError, match="impossible"):
+        ar.ranks_from_env({"RANK": "4", "WORLD_SIZE": "4", "LOCAL_RANK": "0"})
+    with pytest.raises(FetalIQAError, match="integers"):
+        ar.ranks_from_env({"RANK": "x", "WORLD_SIZE": "4", "LOCAL_RANK": "0"})
+
+
+def test_case_names_are_unique_when_stems_collide():
+    members = [Path("a/x.mha"), Path("a/x.nii.gz"), Path("a/y.mha")]
+    stem = lambda p: p.name.split(".")[0]  # noqa: E731
+    assert ar.case_names(members, stem) == ["x.mha", "x.nii.gz", "y"]
+
+
+def test_file_hash_follows_the_bytes_and_a_detached_data_file(tmp_path):
+    raw = tmp_path / "v.raw"
+    raw.write_bytes(bytes(range(256)) * 8)
+    head = tmp_path / "v.mhd"
+    head.write_text("ObjectType = Image\nNDims = 3\nElementDataFile = v.raw\n")
+    before = ar.file_hash(head)
+    assert before == ar.file_hash(head)
+    raw.write_bytes(bytes(range(256)) * 7 + bytes(256))  # same header, other pixels
+    assert ar.file_hash(head) != before
+    local = tmp_path / "w.mha"
+    local.write_bytes(b"ElementDataFile = LOCAL\n" + bytes(10))
+    h = ar.file_hash(local)
+    local.write_bytes(b"ElementDataFile = LOCAL\n" + bytes(9) + b"\x01")
+    assert ar.file_hash(local) != h
+
+
+def test_keys_change_with_models_threshold_and_file():
+    hashes = {"cls_hash": "a", "seg_hash": "b", "base_hash": "c"}
+    s = ar.settings_key(hashes, 0.5)
+    assert s == ar.settings_key(dict(hashes), 0.5)
+    assert s != ar.settings_key(hashes, 0.6)
+    assert s != ar.settings_key({**hashes, "seg_hash": "d"}, 0.5)
+    assert ar.case_key("f1", s) != ar.case_key("f2", s)
+
+
+def _record(name: str, **kw) -> dict:
+    rec = {"format": ar.RECORD_FORMAT, "version": ar.RECORD_VERSION, "case": name, "status": "ok",
+           "key": "k", "settings_key": "s", "chosen_frame": 3, "ac_mm": 250.5, "rank": 0,
+           "seconds": 1.0, "finished_utc": "2026-01-01T00:00:00+00:00"}
+    rec.update(kw)
+    return rec
+
+
+def _put_case(out: Path, name: str, files: dict[str, str]) -> None:
+    staged = ar.staging_dir(out, name)
+    staged.mkdir()
+    for fname, text in files.items():
+        (staged / fname).write_text(text)
+    ar.replace_case_dir(staged, ar.case_dir(out, name))
+
+
+def test_finished_needs_an_ok_record_with_the_same_key_and_the_files_asked_for(tmp_path):
+    _put_case(tmp_path, "c1", {ar.RECORD_FILE: ar.record_json(_record("c1"))})
+    folder = ar.case_dir(tmp_path, "c1")
+    rec = ar.read_record(folder)
+    assert ar.is_finished(rec, "k")
+    assert not ar.is_finished(rec, "other key")
+    assert not ar.is_finished(rec, "k", ["frame.json"], folder)
+    assert not ar.is_finished(_record("c1", status="failed"), "k")
+    (folder / ar.RECORD_FILE).write_text("{not json")
+    assert ar.read_record(folder) is None
+    (folder / ar.RECORD_FILE).write_text(json.dumps({"status": "ok", "key": "k"}))  # not ours
+    assert ar.read_record(folder) is None
+
+
+def test_replacing_a_case_folder_leaves_only_the_new_one(tmp_path):
+    _put_case(tmp_path, "c1", {"old.txt": "old", ar.RECORD_FILE: "{}"})
+    _put_case(tmp_path, "c1", {"new.txt": "new"})
+    assert sorted(p.name for p in ar.case_dir(tmp_path, "c1").iterdir()) == ["new.txt"]
+    assert [p.name for p in (tmp_path / ar.CASES_DIR).iterdir()] == ["c1"]
+    # what a killed process leaves behind is removed for its own cases only
+    (tmp_path / ar.CASES_DIR / ".c1.tmp-12-0123abcd").mkdir()
+    (tmp_path / ar.CASES_DIR / ".c2.tmp-12-0123abcd").mkdir()
+    ar.clean_leftovers(tmp_path, ["c1"])
+    assert sorted(p.name for p in (tmp_path / ar.CASES_DIR).iterdir()) == [".c2.tmp-12-0123abcd", "c1"]
+
+
+def test_table_is_rebuilt_from_the_folders_and_neutralises_formulas(tmp_path):
+    _put_case(tmp_path, "=evil", {ar.RECORD_FILE: ar.record_json(_record("=evil", chosen_frame=-1,
+                                                                         ac_mm=None))})
+    _put_case(tmp_path, "old", {ar.RECORD_FILE: ar.record_json(_record("old", settings_key="x"))})
+    _put_case(tmp_path, "bad", {ar.RECORD_FILE: ar.record_json(_record(
+        "bad", status="failed", error="bad.mha: not an image\nsecond line"))})
+    names = ["=evil", "old", "bad", "never"]
+    rows = ar.table_rows(tmp_path, names, [n + ".mha" for n in names], settings="s")
+    path = ar.write_table(tmp_path, rows)
+    table = list(csv.DictReader(path.open(encoding="utf-8")))
+    assert list(table[0]) == list(ar.TABLE_COLUMNS)
+    assert [r["status"] for r in table] == ["ok", "stale", "failed", "missing"]
+    assert table[0]["case"] == "'=evil" and table[0]["file"] == "'=evil.mha"
+    assert table[0]["chosen_frame"] == "-1" and table[0]["ac_mm"] == ""  # numbers stay numbers
+    assert table[2]["error"] == "bad.mha: not an image second line"
+    assert "run" in table[3]["error"]
+    assert ar.count_statuses(rows) == {"ok": 1, "failed": 1, "missing": 1, "stale": 1}
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_read_ahead_keeps_order_and_bounds_what_is_read(depth):
+    items = [ar.Item(i, f"c{i}", Path(f"c{i}.mha")) for i in range(6)]
+    prepared: list[int] = []
+    consumed: list[int] = []
+
+    def prepare(item):
+        prepared.append(item.index)
+        if item.index == 2:
+            item.error = "broken"
+
+    for item in ar.read_ahead(items, prepare, depth):
+        time.sleep(0.02)  # the reader would run far ahead if nothing bounded it
+        # the reader is at most the queue plus the item in its hands ahead of us
+        assert len(prepared) - len(consumed) <= max(depth, 0) + 2
+        consumed.append(item.index)
+    assert consumed == list(range(6)) and prepared == list(range(6))
+    assert items[2].error == "broken"
+
+
+def test_read_ahead_overlaps_reading_with_the_consumer():
+    items = [ar.Item(i, f"c{i}", Path(f"c{i}.mha")) for i in range(5)]
+
+    def run(depth):
+        t0 = time.perf_counter()
+        for _ in ar.read_ahead(items, lambda item: time.sleep(0.1), depth):
+            time.sleep(0.1)
+        return time.perf_counter() - t0
+
+    assert run(0) > 0.95  # 5 x (read + score)
+    assert run(2) < 0.85  # reads hidden behind scoring: about 5 x 0.1 + 0.1
+
+
+def test_read_ahead_stops_its_reader_when_the_consumer_stops():
+    items = [ar.Item(i, f"c{i}", Path(f"c{i}.mha")) for i in range(100)]
+    gen = ar.read_ahead(items, lambda item: None, 2)
+    next(gen)
+    gen.close()
+    time.sleep(0.3)
+    assert not [t for t in threading.enumerate() if t.name == "fetaliqa-read-ahead"]
+
+
+def test_rank0_waits_for_live_ranks_and_gives_up_on_a_silent_one(tmp_path):
+    run_id = ar.new_run_id()
+    alive = ar.Heartbeat(tmp_path, run_id, 1, interval=0.05).start()
+    silent = ar.Heartbeat(tmp_path, run_id, 2, interval=0.05).start()
+    silent._stop.set()  # a rank killed mid-run: its file stays, unchanged
+    silent._thread.join()
+
+    def finish_later():
+        time.sleep(0.8)
+        alive.finish({"scored": 2, "skipped": 1, "failed": 0})
+
+    threading.Thread(target=finish_later).start()
+    t0 = time.monotonic()
+    finished, dead = ar.wait_for_ranks(tmp_path, run_id, [1, 2], timeout=0.4, poll=0.05)
+    waited = time.monotonic() - t0
+    assert finished == {1: {"scored": 2, "skipped": 1, "failed": 0}}
+    assert dead == [2]
+    assert 0.7 < waited < 5  # waited for the live rank, not for ever for the dead one
+    ar.remove_state(tmp_path)
+    assert not (tmp_path / ar.STATE_DIR).exists()
+
+
+def test_rank0_takes_a_rank_that_never_started_as_dead(tmp_path):
+    finished, dead = ar.wait_for_ranks(tmp_path, "run", [1], timeout=0.2, poll=0.05)
+    assert finished == {} and dead == [1]
