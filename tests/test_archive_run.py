@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def archive_dir(tmp_path_factory):
-    from fetaliqa_core.synth import IMAGES_SUBDIR, write_dataset
+    from fetaliqa_core.acouslic import IMAGES_SUBDIR
+    from fetaliqa_core.synth import write_dataset
 
     root = tmp_path_factory.mktemp("archive")
     write_dataset(root, cases=4, seed=11, n_sweeps=2, frames_per_sweep=3, height=64, width=96)
