@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fetaliqa_core import bench
+from fetaliqa_core.bench import machine, seed_style
 from fetaliqa_core.cli import main
 
 
@@ -85,11 +86,11 @@ def test_flop_count_includes_fused_attention():
 
     visual, _ = random_base("tiny")
     x = torch.randn(2, 3, 224, 224)
-    counted = bench.count_flops(visual, x)["total"] / 2
-    analytic = bench.vit_flops(load_base_config("tiny"))
+    counted = machine.count_flops(visual, x)["total"] / 2
+    analytic = machine.vit_flops(load_base_config("tiny"))
     assert abs(counted - analytic) / analytic < 0.01
     # FetalCLIP's ViT-L/14: open_clip's profile says 162.03 GFLOP
-    assert abs(bench.vit_flops(load_base_config("fetalclip")) / 1e9 - 162.03) < 0.05
+    assert abs(machine.vit_flops(load_base_config("fetalclip")) / 1e9 - 162.03) < 0.05
 
 
 def test_seed_style_segmenter_matches_the_product_segmenter():
@@ -101,19 +102,19 @@ def test_seed_style_segmenter_matches_the_product_segmenter():
 
     visual, _ = random_base("tiny", seed=3)
     model = FetalCLIPSegmenter(visual, LoraSettings()).eval()
-    seed_style = bench.SeedStyleSegmenter(model).eval()
+    seed_net = seed_style.SeedStyleSegmenter(model).eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         ref = model(x)
-        got = seed_style(x)
-    seed_style.remove_hooks()
+        got = seed_net(x)
+    seed_net.remove_hooks()
     assert got.shape == ref.shape == (1, 1, 224, 224)
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_seed_style_preprocessing_pads_centred():
     frame = np.full((562, 744), 200, np.uint8)
-    x = bench.seed_style_preprocess(frame, bench.seed_style_transform())
+    x = seed_style.seed_style_preprocess(frame, seed_style.seed_style_transform())
     assert x.shape == (3, 224, 224)
     # rows above and below the frame are padding (zero grey, normalised), the centre is the frame
     from fetaliqa_core.preprocess import OPENAI_MEAN, OPENAI_STD
@@ -149,3 +150,30 @@ def test_quick_frames_look_like_a_fan_of_speckle():
     assert frames[:, 0, 0].max() == 0 and frames[:, 0, -1].max() == 0  # outside the fan
     assert frames[:, 60, 80].min() > 0  # inside
     assert not np.array_equal(frames[0], frames[1])
+
+
+def test_display_probes_come_from_entry_points(monkeypatch, tmp_path):
+    """The core names no display code: without a registered probe the report says the display was
+    not timed and why; with one, its figures are what the report holds."""
+    from fetaliqa_core.bench import run as bench_run
+    from fetaliqa_core.bench.settings import BenchProbeInput
+
+    inp = BenchProbeInput(case_path=tmp_path / "case.mha", sweep=None, cls_lm=None, seg_lm=None, cls_dir=tmp_path,
+                          seg_dir=tmp_path, home=tmp_path, steps=1, engine_batch=1, log=lambda s: None)
+    monkeypatch.setattr(bench_run, "registered", lambda group: {})
+    assert "no display probe is registered" in bench_run.run_display_probes(inp)["skipped"]
+
+    class FakeEntryPoint:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def load(self):
+            if self.fn is None:
+                raise ImportError("No module named 'PySide6'")
+            return self.fn
+
+    probes = {"broken": FakeEntryPoint(None), "display": FakeEntryPoint(lambda i: {"frame_view": {"steps": i.steps}})}
+    monkeypatch.setattr(bench_run, "registered", lambda group: probes)
+    gui = bench_run.run_display_probes(inp)
+    assert gui["frame_view"] == {"steps": 1}
+    assert "PySide6" in gui["broken"]["skipped"]
