@@ -6,10 +6,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fetaliqa_core.cli import main as cli_main
+    from app import cli
+    from fetaliqa_core.cli import run_command
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    return cli_main(["gui", *args])
+    return run_command(cli, argv, prog="fetaliqa-gui")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Every subcommand lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)``
 and ``run(args) -> int``. Modules are imported only to build the parser; heavy imports (torch,
-Qt) happen inside ``run`` so that ``fetaliqa --help`` stays instant.
+Qt) happen inside ``run`` so that ``fetaliqa --help`` stays instant. The core's commands are
+listed below; the viewer and training register theirs as entry points (``fetaliqa.commands``).
 """
 
 from __future__ import annotations
@@ -11,41 +12,58 @@ import argparse
 import importlib
 import sys
 
-from fetaliqa_core import __version__
+from fetaliqa_core import __version__, plugins
 from fetaliqa_core.errors import FetalIQAError, exit_code
 
-# name -> module. ``gui`` and the training commands live outside fetaliqa_core (the app and
-# training packages depend on the core, never the other way round), so they are looked up by
-# name at run time.
-COMMANDS: dict[str, str] = {
-    "gui": "app.cli",
-    "demo": "app.cli_demo",
+# The core's own commands. Other packages add theirs (the viewer, training) as entry points in the
+# group ``fetaliqa.commands`` (fetaliqa_core.plugins): the core depends on none of them.
+BUILTIN_COMMANDS: dict[str, str] = {
     "synth": "fetaliqa_core.cli.synth",
     "score": "fetaliqa_core.cli.score",
     "ac": "fetaliqa_core.cli.ac",
-    "train": "training.cli_train",
-    "eval": "training.cli_eval",
     "bench": "fetaliqa_core.cli.bench",
     "review": "fetaliqa_core.cli.review",
 }
+# ``fetaliqa`` alone, or ``fetaliqa FILE``, runs this command where it is registered.
 DEFAULT_COMMAND = "gui"
 
 
+def _import_tolerant(module_name: str, load):
+    """``load()``, or None where the command's own module is absent (a partial install); a
+    missing dependency inside it is a real error and surfaces."""
+    try:
+        return load()
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            return None
+        raise
+
+
 def _available_commands() -> dict[str, object]:
-    modules = {}
-    for name, module_name in COMMANDS.items():
-        try:
-            modules[name] = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            # Only tolerate the command's own module being absent (a partial install);
-            # a missing dependency inside it is a real error and must surface.
-            if exc.name and module_name.startswith(exc.name):
-                continue
-            raise
+    """Command name -> module: the default command and the other registered ones, then the core's
+    own (which win a name)."""
+    modules: dict[str, object] = {}
+    registered = plugins.registered(plugins.COMMANDS)
+    for name, ep in sorted(registered.items(), key=lambda item: item[0] != DEFAULT_COMMAND):
+        if name in BUILTIN_COMMANDS:
+            continue
+        module = _import_tolerant(ep.module, ep.load)
+        if module is not None:
+            modules[name] = module
+    for name, module_name in BUILTIN_COMMANDS.items():
+        module = _import_tolerant(module_name, lambda m=module_name: importlib.import_module(m))
+        if module is not None:
+            modules[name] = module
     return modules
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_command(parser: argparse.ArgumentParser, module) -> None:
+    module.add_arguments(parser)
+    parser.set_defaults(_run=module.run)
+
+
+def build_parser(commands: dict[str, object] | None = None) -> argparse.ArgumentParser:
+    commands = _available_commands() if commands is None else commands
     parser = argparse.ArgumentParser(
         prog="fetaliqa",
         description="Find the frames of a fetal ultrasound blind sweep that show the abdomen "
@@ -53,27 +71,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fetaliqa {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in _available_commands().items():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    for name, module in commands.items():
+        _add_command(sub.add_parser(name, help=module.HELP, description=module.HELP), module)
     return parser
 
 
-def _with_default_command(argv: list[str]) -> list[str]:
+def _with_default_command(argv: list[str], commands) -> list[str]:
+    if DEFAULT_COMMAND not in commands:
+        return argv or ["--help"]
     if not argv:
         return [DEFAULT_COMMAND]
     first = argv[0]
-    if first in COMMANDS or first.startswith("-"):
+    if first in commands or first.startswith("-"):
         return argv
-    # ``fetaliqa case.mha`` opens the file in the app.
+    # ``fetaliqa case.mha`` opens the file in the viewer.
     return [DEFAULT_COMMAND, *argv]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(_with_default_command(argv))
+    commands = _available_commands()
+    return _run_parsed(build_parser(commands), _with_default_command(argv, commands))
+
+
+def run_command(module, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """One command module (``HELP``, ``add_arguments``, ``run``) as a program of its own, with the
+    dispatcher's error handling: for launchers and ``python -m`` entry points."""
+    parser = argparse.ArgumentParser(prog=prog, description=module.HELP)
+    _add_command(parser, module)
+    return _run_parsed(parser, list(sys.argv[1:] if argv is None else argv))
+
+
+def _run_parsed(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except FetalIQAError as exc:

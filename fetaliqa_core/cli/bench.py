@@ -56,15 +56,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m fetaliqa_core.cli.bench``: the same command without the dispatcher, for machines
     that lack the app's dependencies (the GPU run in scripts/gpu_bench.sh)."""
-    from fetaliqa_core.errors import FetalIQAError, exit_code
+    from fetaliqa_core.cli import run_command
 
-    parser = argparse.ArgumentParser(prog="fetaliqa bench", description=HELP)
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except FetalIQAError as exc:
-        print(f"fetaliqa: {exc}", file=sys.stderr)
-        return exit_code(exc)
+    return run_command(sys.modules[__name__], argv, prog="fetaliqa bench")
 
 
 if __name__ == "__main__":

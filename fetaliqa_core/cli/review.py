@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fetaliqa_core import plugins
 from fetaliqa_core.errors import FetalIQAError, UsageError
 
 HELP = "Export trainers' verdicts: a report (.html/.pdf/.csv) or labels for training."
@@ -96,11 +97,13 @@ def _export(args) -> int:
     pdf_writer = None
     if out.suffix.lower() == ".pdf":
         try:
-            from app.report_pdf import html_to_pdf
+            pdf_writer = plugins.load(plugins.REPORT_WRITERS, "pdf")
         except ImportError as exc:
             raise FetalIQAError(f"PDF export needs PySide6 ({exc}); export .html instead or "
                                 "reinstall FetalIQA.") from exc
-        pdf_writer = html_to_pdf
+        if pdf_writer is None:
+            raise FetalIQAError("PDF export comes with the viewer, which is not installed here; export .html "
+                                "instead or reinstall FetalIQA.")
     with _open(args) as store:
         ids = _sweep_ids(store, args.sweep)
         loader = None if args.no_frames else load_frames_for_report

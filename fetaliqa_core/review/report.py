@@ -55,7 +55,7 @@ from fetaliqa_core.review.store import (
 
 #: sweep_loader(path) -> frames (N, H, W) uint8, or (frames, masks (N, H, W) uint8 | None).
 SweepLoader = Callable[[str], Any]
-#: pdf_writer(html, out_path): e.g. ``app.report_pdf.html_to_pdf`` (keeps this module Qt-free).
+#: pdf_writer(html, out_path): the "pdf" report writer registered by the viewer (keeps this module Qt-free).
 PdfWriter = Callable[[str, Path], None]
 
 REPORT_EXTENSIONS = (".html", ".pdf", ".csv")
@@ -731,7 +731,7 @@ def build_report(store: ReviewStore, out_path: str | Path, sweep_ids: Sequence[i
 
     sweep_loader(path) -> frames (N, H, W) uint8 (or (frames, masks)) enables thumbnails;
     without it, or when a file cannot be read, the report says so and goes on.
-    pdf_writer(html, out_path) renders the PDF (``app.report_pdf.html_to_pdf``).
+    pdf_writer(html, out_path) renders the PDF (the viewer registers one: ``fetaliqa.report_writers``).
     """
     out_path = Path(out_path)
     ext = out_path.suffix.lower()
