@@ -207,11 +207,13 @@ def _run(args, ranks: ar.Ranks, started: float, fio, pipeline, score_cmd) -> int
     rows = ar.table_rows(out, names, files, settings)
     table = ar.write_table(out, rows)
     status = ar.count_statuses(rows)
-    wall = max(time.perf_counter() - started, 1e-9)
+    scoring = max(time.perf_counter() - t_scoring, 1e-9)
     problems = [f"{status[s]} {s}" for s in ("failed", "missing", "stale") if status[s]]
     print(f"archive {out}: {len(rows)} cases, {status['ok']} ok" + (", " + ", ".join(problems) if problems else "")
-          + f"; scored {counts['scored']} now, {counts['skipped']} already scored; "
-          f"{counts['scored'] / wall:.2f} cases/s over {wall:.1f} s with {ranks.world} process(es)")
+          + f"; scored {counts['scored']} now, {counts['skipped']} already scored, {counts['failed']} failed")
+    print(f"throughput: {counts['scored'] / scoring:.3f} cases/s ({counts['scored']} cases in {scoring:.1f} s "
+          f"with {ranks.world} process(es), read-ahead {args.prefetch}; start-up "
+          f"{t_scoring - started:.1f} s)")
     if dead:
         print(f"fetaliqa: rank(s) {', '.join(map(str, dead))} stopped without finishing; their "
               "remaining cases are 'missing' in the table. Run the same command again to score them.",
