@@ -1,6 +1,6 @@
 """Frames -> model input tensors, batched, on the model's device.
 
-The one definition of FetalCLIP's input used by training and inference alike (FACTS.md §1):
+The one definition of FetalCLIP's input used by training and inference alike (the paper's reference preprocessing, arXiv 2507.22802):
 
 1. zero-pad each frame to a square, centred (floor of the margin before, the rest after);
 2. resize the square to ``size`` x ``size`` with antialiased bicubic interpolation, rounded and

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app._testing import fake_models, tiny_sweep
+from fakes import fake_models, tiny_sweep
 from fetaliqa_core.cli import main as cli_main
 from fetaliqa_core.io import write_volume
 

@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QInputDialog, QMessageBox
 
-from app._testing import fake_models, tiny_sweep
+from fakes import fake_models, tiny_sweep
 from app.main_window import MainWindow
 from app.settings import AppSettings
 from fetaliqa_core.review import ReviewStore, default_db_path

@@ -10,7 +10,7 @@ from PySide6.QtGui import QWheelEvent
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from app._testing import fake_models, tiny_sweep
+from fakes import fake_models, tiny_sweep
 from app.main_window import MainWindow
 from app.settings import AppSettings
 
@@ -393,7 +393,7 @@ def test_overlay_lands_on_the_frame_pixels_of_the_mask(qtbot):
 
 @pytest.mark.parametrize("which", ["cls", "seg"])
 def test_one_model_only(qtbot, make_window, which):
-    from app._testing import FakeLoadedModels, FakeModel
+    from fakes import FakeLoadedModels, FakeModel
 
     win = make_window(score=False)
     win.use_models(FakeLoadedModels(cls=FakeModel("cls") if which == "cls" else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app._testing import tiny_sweep
+from fakes import tiny_sweep
 from app.viewer_model import PAGE_STEP, FlaggedFrames, ViewerModel
 from fetaliqa_core.engine import BatchResult
 

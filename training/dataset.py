@@ -1,6 +1,6 @@
 """ACOUSLIC-AI layout -> cases, a grouped split, a per-frame index and a lazy frame dataset.
 
-Layout (FACTS.md §2)::
+Layout (the ACOUSLIC-AI challenge's training set, v1.1)::
 
     DATA/images/stacked_fetal_ultrasound/<uuid>.mha      (N, H, W) uint8 frames, 6 sweeps
     DATA/masks/stacked_fetal_abdomen/<uuid>.mha          (N, H, W) labels 0 / 1 optimal / 2 suboptimal

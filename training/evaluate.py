@@ -38,7 +38,7 @@ CHALLENGE_KEYS = ("wfss", "nae_ac", "dsc_soft", "score")
 #: The engine's mask score p_seg = f / (f + 1 %) is 0.5 exactly at the paper's 1 % area rule.
 SEG_THRESHOLD = 0.5
 
-# FACTS.md §1: the paper's test results (mean of 5 runs) - accuracy, F1, precision, recall.
+# The paper's test results (arXiv 2507.22802, mean of 5 runs) - accuracy, F1, precision, recall.
 PAPER_TABLE: list[tuple[str, float | None, float, float | None, float | None]] = [
     ("DenseNet", 0.9516, 0.7024, 0.7805, 0.6420),
     ("EfficientNet", 0.9537, 0.7253, 0.7725, 0.6855),

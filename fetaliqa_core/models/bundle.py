@@ -414,7 +414,7 @@ def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
     else:
         if base_weights is None:
             raise FetalIQAError(f"{where} needs the FetalCLIP base weights it was trained on (SHA-256 "
-                                f"{manifest.base_sha256[:12]}...): pass --base-weights FetalCLIP_weights.pt")
+                                f"{manifest.base_sha256[:12]}...): pass --base FetalCLIP_weights.pt")
         weights = Path(base_weights).expanduser()
         if not weights.is_file():
             raise FetalIQAError(f"base weights file {weights} does not exist; give the path of FetalCLIP_weights.pt")

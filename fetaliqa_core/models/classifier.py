@@ -9,7 +9,7 @@ from fetaliqa_core.models.lora import FetalCLIPEncoder, LoraSettings
 
 
 class FetalCLIPClassifier(nn.Module):
-    """Frame quality classifier (FACTS.md §1, FetalCLIP_CLS).
+    """Frame quality classifier (the paper's FetalCLIP_CLS, arXiv 2507.22802).
 
     ``(B, 3, 224, 224)`` normalised frames -> ``(B, 1)`` logits of "good for AC measurement"
     (sigmoid gives the probability). The head is ``Linear(embed_dim, 1)`` (768 for FetalCLIP) on

@@ -32,7 +32,7 @@ ALLOWED_TARGETS = ("attn", "mlp.c_fc", "mlp.c_proj")
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA hyper-parameters (FACTS.md §1: r=8, alpha=16, dropout 0.1, bias none)."""
+    """LoRA hyper-parameters (the paper, arXiv 2507.22802: r=8, alpha=16, dropout 0.1, bias none)."""
 
     r: int = 8
     alpha: int = 16

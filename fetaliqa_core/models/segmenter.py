@@ -9,7 +9,8 @@ each decoder stage is a transposed convolution, a skip concatenation and a resid
 The 16->14 resize is one fixed matrix product: bilinear interpolation (``align_corners=False``)
 is linear and separable, so ``kron(M, M)`` with the ``(14, 16)`` 1-D interpolation matrix ``M``
 maps the 256 patch tokens to 196 exactly. On a GPU this is a tensor-core matmul, where four
-bf16 ``F.interpolate`` calls on NCHW grids took longer than the whole encoder (FACTS.md §3).
+bf16 ``F.interpolate`` calls on NCHW grids took longer than the whole encoder (measured on an H200:
+195 ms against the encoder's 48 ms per batch of 128).
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ class SegmentationHead(nn.Module):
 
 
 class FetalCLIPSegmenter(nn.Module):
-    """Abdomen segmenter (FACTS.md §1, FetalCLIP_SEG).
+    """Abdomen segmenter (the paper's FetalCLIP_SEG, arXiv 2507.22802).
 
     ``(B, 3, 224, 224)`` -> ``(B, n_classes, 224, 224)`` logits; ``n_classes`` 1 (P(abdomen) by
     sigmoid) or 3 (background / optimal / suboptimal by softmax). The encoder's LoRA trains with

@@ -1,5 +1,6 @@
-"""Small stand-ins for the app's tests: a tiny synthetic sweep and model objects that the real
-``ScoringEngine`` accepts (same attributes as ``models.bundle.LoadedModel``), fast on a CPU.
+"""Small stand-ins for the app's tests (imported as ``fakes``: pytest puts tests/ on the path):
+a tiny synthetic sweep and model objects that the real ``ScoringEngine`` accepts (same
+attributes as ``models.bundle.LoadedModel``), fast on a CPU.
 
 The fake models read the frame itself: the "abdomen" is the bright ellipse of
 :func:`tiny_sweep`, so the segmenter's mask and both scores follow its size along each sweep.
