@@ -364,7 +364,7 @@ def _bad_header_size_lies(tmp_path):
 
 def _bad_compressed_header_absurd(tmp_path):
     write_volume(tmp_path / "c.mha", _frames(), compress=True)
-    data = (tmp_path / "c.mha").read_bytes().replace(b"DimSize = 48 40 6", b"DimSize = 48000 40000 6")
+    data = (tmp_path / "c.mha").read_bytes().replace(b"DimSize = 48 40 6", b"DimSize = 48 40 19000")
     (tmp_path / "c.mha").write_bytes(data)
     return tmp_path / "c.mha"
 

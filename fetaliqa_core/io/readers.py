@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fetaliqa_core import validate
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.io._common import (
     MAX_DEFLATE_RATIO,
@@ -28,12 +29,13 @@ from fetaliqa_core.io._common import (
     sitk_reason,
     truthy,
 )
-from fetaliqa_core.io.frames import precheck_dims
+from fetaliqa_core.io.frames import frame_stack_shape, precheck_dims
 from fetaliqa_core.io.spacing import classify_header_spacing, dicom_calibration
 
 
 def read_raw(path: Path, purpose: str) -> Raw:
     what = "sweep" if purpose == "sweep" else "mask"
+    validate.check_path_name(path)
     if not path.exists():
         raise FetalIQAError(f"{path}: no such file or folder. Check the path and choose the {what} "
                             f"file ({SUPPORTED_FORMATS}).")
@@ -83,6 +85,20 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     files = max(files_by_series.values(), key=len)
     if len(files) == 1:
         return _read_with_sitk(Path(files[0]), what)
+    if len(files) > validate.MAX_SERIES_FILES:
+        raise FetalIQAError(f"{folder}: the DICOM series has {len(files)} files, more than the "
+                            f"{validate.MAX_SERIES_FILES} frames a sweep may have. Choose the folder of one sweep.")
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    try:
+        first.ReadImageInformation()
+    except RuntimeError as exc:
+        raise FetalIQAError(f"{files[0]}: the DICOM header cannot be read ({sitk_reason(exc)}). Check that "
+                            "the folder holds one complete series.") from None
+    size = tuple(int(s) for s in first.GetSize())
+    per_file = validate.checked_product(size[2:]) if len(size) > 2 else 1
+    bound_volume(folder, (len(files) * per_file, size[1], size[0]), int(first.GetNumberOfComponents()),
+                 _sitk_pixel_itemsize(first) or 8, mapped=False)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOff()
@@ -97,6 +113,7 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
 def _read_with_sitk(path: Path, what: str) -> Raw:
     import SimpleITK as sitk
 
+    nrrd_stored = _nrrd_stored_bytes(path)  # before ITK opens a data file that may be a pipe
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -111,7 +128,12 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     size = tuple(int(s) for s in reader.GetSize())       # (X, Y[, Z[, T]])
     components = int(reader.GetNumberOfComponents())
     precheck_dims(path, size[::-1], components)
+    itemsize = _sitk_pixel_itemsize(reader) or 8
+    bound_volume(path, size[::-1], components, itemsize, mapped=False)
     _precheck_nifti(path, size, components, reader)
+    if nrrd_stored is not None:
+        validate.check_inflation(path, validate.checked_product(size) * components * itemsize, nrrd_stored,
+                                 MAX_DEFLATE_RATIO)
     metadata = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()
                 if k in (META_SWEEP_RANGES, META_SWEEP_KINDS)}
     try:
@@ -178,7 +200,7 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     itemsize = _sitk_pixel_itemsize(reader)
     if itemsize is None:
         return
-    data_bytes = int(np.prod(size, dtype=np.int64)) * components * itemsize
+    data_bytes = validate.checked_product(size) * components * itemsize
     try:
         if suffix == ".nii":
             with open(path, "rb") as fh:
@@ -196,6 +218,8 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     vox_offset = _nifti_vox_offset(head)
     if vox_offset is None:
         return
+    if suffix == ".nii.gz":
+        validate.check_inflation(path, vox_offset + data_bytes, path.stat().st_size, MAX_DEFLATE_RATIO)
     expected = vox_offset + data_bytes
     if suffix == ".nii":
         if actual < expected:
@@ -206,6 +230,50 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
         raise FetalIQAError(
             f"{path}: the compressed file does not hold the {expected} bytes its header "
             f"({fmt_dims(size)} voxels) announces: it is truncated or damaged. Copy or export it again.")
+
+
+def bound_volume(path: Path, shape_zyx: tuple[int, ...], components: int, itemsize: int, mapped: bool) -> None:
+    """Frames, frame size and memory a volume needs, checked before any pixel is read:
+    ``mapped``: the pixels are memory-mapped (only a conversion to uint8 allocates)."""
+    dims = frame_stack_shape(tuple(int(d) for d in shape_zyx))
+    if len(dims) != 3:
+        return  # precheck_dims reports the shape
+    n, h, w = dims
+    grey8 = components == 1 and itemsize == 1
+    decoded = 0 if mapped else components * itemsize
+    validate.check_volume(path, n, h, w, decoded, 0 if grey8 else 1)
+
+
+def _nrrd_stored_bytes(path: Path) -> int | None:
+    """For a gzip-encoded NRRD, the bytes of compressed data (to bound what they can inflate to);
+    None for other files. A detached data file must be one regular file: a named pipe would
+    block the reader forever."""
+    if full_suffix(path) not in (".nrrd", ".nhdr"):
+        return None
+    fields: dict[str, str] = {}
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return None
+    text = head.split(b"\n\n", 1)[0].decode("latin-1")
+    for line in text.splitlines()[1:]:
+        if line.startswith("#") or ":" not in line or ":=" in line:
+            continue
+        key, _, value = line.partition(":")
+        fields[key.strip().lower()] = value.strip()
+    encoding = fields.get("encoding", "raw").lower()
+    data_file = fields.get("data file", fields.get("datafile"))
+    if data_file is not None:
+        if data_file.upper().startswith("LIST") or len(data_file.split()) > 1:
+            raise FetalIQAError(f"{path}: the NRRD header spreads the pixel data over several files; only "
+                                "one data file is supported. Save the sweep as a single .nrrd or .mha file.")
+        data_path = path.parent / data_file
+        validate.check_regular_file(data_path, f"the NRRD data file {data_file!r}")
+        stored = data_path.stat().st_size
+    else:
+        stored = max(path.stat().st_size - len(text), 0)
+    return stored if encoding in ("gzip", "gz") else None
 
 
 def _nifti_vox_offset(head: bytes) -> int | None:
@@ -298,16 +366,21 @@ def _read_metaimage(path: Path) -> Raw | None:
     shape = tuple(reversed(dims)) + ((components,) if components > 1 else ())
     precheck_dims(path, tuple(reversed(dims)), components)
     metadata = {k: header[k.lower()] for k in (META_SWEEP_RANGES, META_SWEEP_KINDS) if k.lower() in header}
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = validate.checked_product(shape) * dtype.itemsize
 
     data_file = header.get("elementdatafile", "")
     compressed = truthy(header.get("compresseddata", "false"))
+    # Uncompressed data is memory-mapped (nothing allocated unless converted); compressed data is
+    # decoded into memory by SimpleITK.
+    bound_volume(path, tuple(reversed(dims)), components, dtype.itemsize, mapped=not compressed)
     if data_file.upper() == "LOCAL":
         data_path, offset = path, data_offset
     elif data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file.strip():
         return None
     else:
         data_path = path.parent / data_file
+        if data_path.exists():
+            validate.check_regular_file(data_path, "the pixel data file named in the header")
         if not data_path.is_file():
             raise FetalIQAError(f"{path}: the pixel data file {data_file!r} named in the header is missing "
                                 f"(looked for {data_path}). Keep the .mhd and its data file together.")
@@ -352,7 +425,7 @@ def _read_metaimage(path: Path) -> Raw | None:
             raise FetalIQAError(
                 f"{data_path}: the header announces {csize} bytes of compressed pixel data but the file "
                 f"holds {max(available, 0)}: the file is truncated. Copy or download it again.")
-    if expected > MAX_DEFLATE_RATIO * max(available, 1):
+    if expected > MAX_DEFLATE_RATIO * max(available, 1):  # deflate expands at most ~1032:1
         raise FetalIQAError(
             f"{data_path}: the header ({hdr_desc}) describes {expected} bytes, far more than "
             f"{available} compressed bytes can hold: the header is wrong. Export the file again.")

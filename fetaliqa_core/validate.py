@@ -1,0 +1,407 @@
+"""The limits every file FetalIQA reads is held to, checked before anything is allocated or built.
+
+Each reader asks here first, with what the file's *header* claims: sweep volumes (frames, frame
+size, bytes against the memory the machine has), model manifests and base configs (every number
+in a sane range, parameter count), safetensors headers (header length, claimed sizes against the
+file), cached results (``.npy`` headers inside an ``.npz``), JSON files (size and nesting). A
+violation raises :class:`~fetaliqa_core.errors.FetalIQAError` whose message is one line: the
+file, what is wrong, what to do.
+
+All size arithmetic uses Python integers, so a header claiming ``DimSize 1e20`` or a product
+beyond int64 is reported, never overflowed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from fetaliqa_core.errors import FetalIQAError
+
+# --- sweeps --------------------------------------------------------------------------------------
+#: An ACOUSLIC case has 840 frames; a 5-minute cine at 60 frames/s has 18 000.
+MAX_FRAMES = 20_000
+#: Ultrasound frames are at most a screen's size; 4096 leaves room for any export.
+MAX_FRAME_SIDE = 4096
+#: Width/height (or height/width) beyond this is a strip, not an ultrasound frame.
+MAX_FRAME_ASPECT = 10
+#: A volume may take at most this share of the memory the machine has available.
+MEMORY_SHARE = 0.8
+#: A DICOM series folder of more files than this is not one sweep.
+MAX_SERIES_FILES = MAX_FRAMES
+
+# --- models ----------------------------------------------------------------------------------------
+MAX_SEED = 2**32 - 1
+INIT_FILTERS_RANGE = (1, 256)
+LORA_R_RANGE = (1, 256)
+LORA_ALPHA_MAX = 4096.0
+EMBED_DIM_RANGE = (1, 8192)
+WIDTH_RANGE = (8, 8192)
+LAYERS_RANGE = (1, 96)
+MLP_RATIO_RANGE = (0.25, 16.0)
+#: FetalCLIP (ViT-L/14) has about 0.3 G vision parameters; ten times that is not a FetalCLIP tower.
+MAX_VISION_PARAMS = 3_000_000_000
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_JSON_DEPTH = 32
+MAX_SAFETENSORS_HEADER = 64 << 20
+SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
+                        "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+# --- cache -------------------------------------------------------------------------------------------
+MAX_CACHE_FILE_BYTES = 1 << 30
+MAX_NPZ_MEMBERS = 32
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the machine can give this process now (MemAvailable on Linux), or None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(source: str, needed: int, what: str) -> None:
+    """Refuse to allocate ``needed`` bytes when the machine does not have them available."""
+    available = available_memory_bytes()
+    if available is not None and needed > MEMORY_SHARE * available:
+        raise FetalIQAError(
+            f"{source}: {what} needs {_size_text(needed)} of memory, but only {_size_text(available)} "
+            "is available: close other programs, or split the recording into shorter sweeps.")
+
+
+def check_path_name(path: Path) -> None:
+    """A name the image libraries can open: file names that are not valid UTF-8 abort them."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        raise FetalIQAError(f"{shown}: the file name is not valid UTF-8 text (made by another system's "
+                            "encoding), so it cannot be opened safely. Rename the file or its folder.") from None
+    if "\0" in text:
+        raise FetalIQAError(f"{text!r}: the file name contains a NUL character. Rename the file.")
+
+
+def check_volume(source: str | Path, frames: int, height: int, width: int, bytes_per_pixel: int,
+                 extra_bytes_per_pixel: int = 0) -> None:
+    """Bound a sweep's claimed size before any pixel is read.
+
+    ``bytes_per_pixel``: what decoding the file allocates per pixel (0 when memory-mapped);
+    ``extra_bytes_per_pixel``: what conversion to 8-bit frames adds.
+    """
+    if min(frames, height, width) < 0:
+        raise FetalIQAError(f"{source}: the header gives a negative size. The file is damaged; export it again.")
+    if frames > MAX_FRAMES:
+        raise FetalIQAError(
+            f"{source}: the header claims {frames} frames; at most {MAX_FRAMES} are accepted (an ACOUSLIC "
+            "case has 840). The header is wrong or the recording is not one sweep; export the sweep again.")
+    if max(height, width) > MAX_FRAME_SIDE:
+        raise FetalIQAError(
+            f"{source}: frames of {height} x {width} pixels (height x width) claimed; at most "
+            f"{MAX_FRAME_SIDE} per side are accepted. Check that the file holds ultrasound frames, or "
+            "export them at screen resolution.")
+    if min(height, width) > 0 and max(height, width) > MAX_FRAME_ASPECT * min(height, width):
+        raise FetalIQAError(
+            f"{source}: frames of {height} x {width} pixels (height x width) are a strip, not an "
+            "ultrasound frame. Check that the file holds ultrasound frames (frames x height x width).")
+    pixels = frames * height * width
+    needed = pixels * (bytes_per_pixel + extra_bytes_per_pixel)
+    if needed:
+        check_memory(str(source), needed, f"a sweep of {frames} x {height} x {width} pixels")
+
+
+def checked_product(values: Iterable[int]) -> int:
+    """Product of header sizes as a Python int (never overflows)."""
+    return math.prod(int(v) for v in values)
+
+
+def check_inflation(source: str | Path, claimed_bytes: int, compressed_bytes: int, ratio: int = 1100) -> None:
+    """Deflate cannot expand data more than about 1032:1; a header claiming more is lying."""
+    if claimed_bytes > ratio * max(compressed_bytes, 1):
+        raise FetalIQAError(
+            f"{source}: the header claims {_size_text(claimed_bytes)} of pixel data, far more than "
+            f"{_size_text(compressed_bytes)} of compressed data can hold: the header is wrong or the "
+            "file is damaged. Export the file again.")
+
+
+def check_regular_file(path: Path, what: str) -> None:
+    """Refuse named pipes, devices and sockets (reading them may block forever)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise FetalIQAError(f"{path}: {what} cannot be opened ({exc.strerror}). Keep the files of the "
+                            "image together.") from None
+    if not stat.S_ISREG(mode):
+        raise FetalIQAError(f"{path}: {what} is not a regular file (a pipe, device or socket). Choose "
+                            "an image file saved on disk.")
+
+
+# --- JSON ---------------------------------------------------------------------------------------------
+
+
+def json_depth_ok(value: Any, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def parse_json_bounded(text: str | bytes, source: str, what: str, todo: str,
+                       max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that reports deep nesting, bad text and bad UTF-8 as one line."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise FetalIQAError(f"{source}: {what} is nested too deeply to be genuine. {todo}") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise FetalIQAError(f"{source}: {what} is not valid JSON ({reason}). {todo}") from None
+    if not json_depth_ok(value, max_depth):
+        raise FetalIQAError(f"{source}: {what} is nested more than {max_depth} levels deep, so it was not "
+                            f"written by FetalIQA. {todo}")
+    return value
+
+
+def read_json_bounded(path: Path, what: str, todo: str, max_bytes: int = MAX_MANIFEST_BYTES) -> Any:
+    """Read a small JSON file: size bounded before reading, nesting bounded after parsing."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise FetalIQAError(f"{path}: {what} is {_size_text(size)}, more than the {_size_text(max_bytes)} "
+                                f"such a file can be. {todo}")
+        check_regular_file(path, what)
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise FetalIQAError(f"{path}: {what} cannot be read ({exc.strerror}). {todo}") from None
+    return parse_json_bounded(data, str(path), what, todo)
+
+
+# --- numbers in manifests and configs ----------------------------------------------------------------------
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def int_in_range(value: Any, bounds: tuple[int, int]) -> bool:
+    return is_int(value) and bounds[0] <= value <= bounds[1]
+
+
+_SEED = re.compile(r"[0-9]{1,10}")
+
+
+def parse_seed(text: str) -> int | None:
+    """The seed of ``random:<seed>``: ASCII digits, at most :data:`MAX_SEED`; None otherwise."""
+    if not isinstance(text, str) or not _SEED.fullmatch(text):
+        return None
+    seed = int(text)
+    return seed if seed <= MAX_SEED else None
+
+
+def vision_config_problem(config: dict) -> str | None:
+    """What is out of range in a FetalCLIP-style config (``embed_dim`` + ``vision_cfg``), or None.
+
+    Checked before any tower is built, so a config claiming a huge tower is refused without
+    allocating it."""
+    from fetaliqa_core.preprocess import MODEL_INPUT_SIZE
+
+    embed = config.get("embed_dim")
+    vision = config.get("vision_cfg")
+    if not int_in_range(embed, EMBED_DIM_RANGE):
+        return f"embed_dim {embed!r} is not an integer in {EMBED_DIM_RANGE[0]}-{EMBED_DIM_RANGE[1]}"
+    if not isinstance(vision, dict):
+        return "vision_cfg is not an object"
+    width, layers = vision.get("width"), vision.get("layers")
+    patch, image = vision.get("patch_size"), vision.get("image_size")
+    if not int_in_range(width, WIDTH_RANGE):
+        return f"vision_cfg.width {width!r} is not an integer in {WIDTH_RANGE[0]}-{WIDTH_RANGE[1]}"
+    if not int_in_range(layers, LAYERS_RANGE):
+        return f"vision_cfg.layers {layers!r} is not an integer in {LAYERS_RANGE[0]}-{LAYERS_RANGE[1]}"
+    if image != MODEL_INPUT_SIZE:
+        return f"vision_cfg.image_size {image!r} is not {MODEL_INPUT_SIZE}, the size frames are given to the model"
+    if not is_int(patch) or not 1 <= patch <= image // 2:
+        return (f"vision_cfg.patch_size {patch!r} does not fit the {image}-pixel image (at most {image // 2}, "
+                "so that the image holds at least 2 x 2 patches)")
+    head_width = vision.get("head_width", 64)
+    if not is_int(head_width) or not 1 <= head_width <= width or width % head_width:
+        return f"vision_cfg.head_width {head_width!r} does not divide the width {width}"
+    mlp_ratio = vision.get("mlp_ratio", 4.0)
+    if not is_number(mlp_ratio) or not MLP_RATIO_RANGE[0] <= mlp_ratio <= MLP_RATIO_RANGE[1]:
+        return f"vision_cfg.mlp_ratio {mlp_ratio!r} is not a number in {MLP_RATIO_RANGE[0]}-{MLP_RATIO_RANGE[1]}"
+    tokens = (image // patch) ** 2 + 1
+    params = (layers * (4 + 2 * mlp_ratio) * width * width + 3 * patch * patch * width
+              + tokens * width + width * embed)
+    if params > MAX_VISION_PARAMS:
+        return (f"the vision tower would have {params / 1e9:.1f} G parameters, more than the "
+                f"{MAX_VISION_PARAMS / 1e9:.0f} G any FetalCLIP-family tower has")
+    return None
+
+
+def check_vision_memory(config: dict, source: str) -> None:
+    vision = config["vision_cfg"]
+    width, layers = vision["width"], vision["layers"]
+    params = layers * (4 + 2 * vision.get("mlp_ratio", 4.0)) * width * width
+    check_memory(source, int(params * 4), "building this vision tower")
+
+
+def lora_problem(data: dict) -> str | None:
+    r, alpha, dropout = data.get("r", 8), data.get("alpha", 16), data.get("dropout", 0.1)
+    if not int_in_range(r, LORA_R_RANGE):
+        return f"LoRA r {r!r} is not an integer in {LORA_R_RANGE[0]}-{LORA_R_RANGE[1]}"
+    if not is_number(alpha) or not 0 < alpha <= LORA_ALPHA_MAX:
+        return f"LoRA alpha {alpha!r} is not a number in (0, {LORA_ALPHA_MAX:g}]"
+    if not is_number(dropout) or not 0 <= dropout < 1:
+        return f"LoRA dropout {dropout!r} is not a number in [0, 1)"
+    return None
+
+
+def bundle_file_problem(name: Any, allowed: Iterable[str]) -> str | None:
+    """A manifest's file entry must be one of the bundle's own file names (no folder, no path)."""
+    allowed = tuple(allowed)
+    if not isinstance(name, str) or name not in allowed:
+        shown = repr(name)[:80]
+        if isinstance(name, str) and ("/" in name or "\\" in name or name.startswith("..") or os.path.isabs(name)):
+            return (f"the manifest names the file {shown}, a path outside the bundle folder (refused: a bundle "
+                    f"holds only {', '.join(allowed)} beside manifest.json); export the bundle again with "
+                    "FetalIQA, or ask its author for an unmodified copy")
+        return (f"the manifest names an unknown file {shown} (a bundle holds only {', '.join(allowed)}); "
+                "export the bundle again with FetalIQA")
+    return None
+
+
+# --- safetensors ----------------------------------------------------------------------------------------------
+
+
+def check_safetensors(path: Path, what: str) -> None:
+    """Check a safetensors file's header against the file before any tensor is read.
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON ``{name: {dtype, shape,
+    data_offsets}}``, then the data. Every claimed size must fit in the file."""
+    todo = "The file is damaged or was not written by FetalIQA; copy or export it again."
+    try:
+        size = path.stat().st_size
+        check_regular_file(path, what)
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise FetalIQAError(f"{path}: {what} is {size} bytes, too short for a safetensors file. {todo}")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, MAX_SAFETENSORS_HEADER):
+                raise FetalIQAError(f"{path}: {what}'s header claims {_size_text(n)} but the file holds "
+                                    f"{_size_text(size)}. {todo}")
+            header = fh.read(n)
+    except OSError as exc:
+        raise FetalIQAError(f"{path}: {what} cannot be read ({exc.strerror}). {todo}") from None
+    info = parse_json_bounded(header, str(path), f"{what}'s header", todo, max_depth=4)
+    if not isinstance(info, dict):
+        raise FetalIQAError(f"{path}: {what}'s header is not a JSON object. {todo}")
+    data_bytes = size - 8 - n
+    for name, entry in info.items():
+        if name == "__metadata__":
+            continue
+        problem = _tensor_entry_problem(entry, data_bytes)
+        if problem:
+            raise FetalIQAError(f"{path}: {what}: tensor {str(name)[:60]!r} {problem}. {todo}")
+
+
+def _tensor_entry_problem(entry: Any, data_bytes: int) -> str | None:
+    if not isinstance(entry, dict):
+        return "has no description"
+    itemsize = SAFETENSORS_ITEMSIZE.get(entry.get("dtype"))
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if itemsize is None:
+        return f"has an unknown dtype {str(entry.get('dtype'))[:20]!r}"
+    if not isinstance(shape, list) or len(shape) > 8 or not all(is_int(d) and d >= 0 for d in shape):
+        return "has an invalid shape"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+        return f"claims data beyond the file's {data_bytes} data bytes"
+    claimed = checked_product(shape) * itemsize
+    if claimed != offsets[1] - offsets[0]:
+        return f"claims {_size_text(claimed)} for its shape but {offsets[1] - offsets[0]} bytes of data"
+    return None
+
+
+def check_finite(tensors: dict, source: str, what: str = "the file") -> None:
+    """Every floating-point tensor holds finite values only (NaN weights score nonsense)."""
+    import torch
+
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            raise FetalIQAError(f"{source}: {what} holds NaN or infinite values (tensor {name}), so its scores "
+                                "would be meaningless. The model is damaged; export or train it again.")
+
+
+# --- cached results (.npz) ------------------------------------------------------------------------------------
+
+
+def npz_headers(data: bytes) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and dtype string of every array in an ``.npz`` held in ``data``, read from the
+    ``.npy`` headers only (no array is allocated). Raises ValueError on anything malformed."""
+    import io
+
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    if len(data) > MAX_CACHE_FILE_BYTES:
+        raise ValueError("cache file too large")
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_NPZ_MEMBERS:
+                raise ValueError("too many members")
+            for info in infos:
+                if not info.filename.endswith(".npy"):
+                    raise ValueError("not an array")
+                with zf.open(info) as fh:
+                    version = npformat.read_magic(fh)
+                    if version == (1, 0):
+                        shape, fortran, dtype = npformat.read_array_header_1_0(fh)
+                    elif version in ((2, 0), (3, 0)):
+                        shape, fortran, dtype = npformat.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError("unknown .npy version")
+                if dtype.hasobject or fortran:
+                    raise ValueError("object or Fortran array")
+                nbytes = checked_product(shape) * dtype.itemsize
+                if nbytes > info.file_size or info.file_size > 8 * MAX_CACHE_FILE_BYTES:
+                    raise ValueError("array larger than its member")
+                out[info.filename[:-4]] = (tuple(int(s) for s in shape), np.dtype(dtype).str)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError,
+            RuntimeError, struct.error) as exc:
+        raise ValueError(f"unreadable archive ({type(exc).__name__})") from None
+    return out

@@ -1,0 +1,260 @@
+"""Hostile and broken sweep files: each is refused with one line, fast, before any large
+allocation (one test per failure found when the readers were attacked, named after it), plus
+property-based tests that feed mutated headers to the readers."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fetaliqa_core import validate
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.io import load_sweep, write_volume
+
+ROOT = Path(__file__).resolve().parents[1]
+FUZZ = settings(max_examples=40, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture
+def small_memory(monkeypatch):
+    """Pretend the machine has 256 MB available: anything claiming more must be refused."""
+    monkeypatch.setattr(validate, "available_memory_bytes", lambda: 256 << 20)
+
+
+def _mha(path: Path, dims: str, payload: bytes = b"", element_type: str = "MET_UCHAR", extra: str = "") -> Path:
+    header = (f"ObjectType = Image\nNDims = {len(dims.split())}\nBinaryData = True\n"
+              f"CompressedData = False\nElementSpacing = 0.28 0.28 1\nDimSize = {dims}\n{extra}"
+              f"ElementType = {element_type}\nElementDataFile = LOCAL\n")
+    path.write_bytes(header.encode() + payload)
+    return path
+
+
+def _nifti_header(dims: tuple[int, ...], datatype: int = 2, bitpix: int = 8) -> bytes:
+    """A NIfTI-1 single-file header (348 bytes + 4 extension bytes) for uint8 data."""
+    hdr = bytearray(348)
+    struct.pack_into("<i", hdr, 0, 348)
+    dim = [len(dims), *dims] + [1] * (7 - len(dims))
+    struct.pack_into("<8h", hdr, 40, *dim)
+    struct.pack_into("<h", hdr, 70, datatype)
+    struct.pack_into("<h", hdr, 72, bitpix)
+    struct.pack_into("<8f", hdr, 76, 1.0, 0.28, 0.28, 1.0, 1.0, 1.0, 1.0, 1.0)
+    struct.pack_into("<f", hdr, 108, 352.0)  # vox_offset
+    struct.pack_into("<f", hdr, 112, 1.0)  # scl_slope
+    hdr[123] = 2  # xyzt_units: mm
+    hdr[344:348] = b"n+1\0"
+    return bytes(hdr) + b"\0\0\0\0"
+
+
+def _assert_refused(path: Path, *words: str, within_s: float = 5.0) -> str:
+    t0 = time.monotonic()
+    with pytest.raises(FetalIQAError) as info:
+        load_sweep(path)
+    elapsed = time.monotonic() - t0
+    message = str(info.value)
+    assert elapsed < within_s, f"refusal took {elapsed:.1f} s"
+    assert "\n" not in message and "Traceback" not in message
+    for word in words:
+        assert word.lower() in message.lower(), message
+    return message
+
+
+# --------------------------------------------------------------------------------------------
+# One test per failure
+
+
+def test_nifti_non_utf8_name_is_refused_cleanly(tmp_path):
+    """SimpleITK aborts the whole process (exit 134) on such a name; it must never reach it.
+    Run in a child process so that a regression cannot take the test run down with it."""
+    good = tmp_path / "good.nii.gz"
+    write_volume(good, np.zeros((2, 40, 48), np.uint8), compress=True)
+    bad = os.path.join(os.fsencode(tmp_path), b"sweep-\xff\xfe.nii.gz")
+    os.link(os.fsencode(good), bad)
+    code = ("import os, sys\nfrom fetaliqa_core.io import load_sweep\nfrom fetaliqa_core.errors import FetalIQAError\n"
+            "try:\n    load_sweep(os.fsdecode(sys.argv[1].encode('latin-1')))\n"
+            "except FetalIQAError as e:\n    print('REFUSED', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, bad.decode("latin-1")], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("REFUSED") and "not valid UTF-8" in proc.stdout and "Rename" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_nifti_header_claiming_4gib_is_refused_fast(tmp_path):
+    """388 bytes of .nii.gz whose header claims 4 GiB (gzip size field forged to match)."""
+    dims = (1024, 1024, 4096)
+    body = gzip.compress(_nifti_header(dims) + bytes(32))
+    claimed = 352 + 1024 * 1024 * 4096
+    forged = body[:-4] + struct.pack("<I", claimed % (1 << 32))
+    path = tmp_path / "big.nii.gz"
+    path.write_bytes(forged)
+    assert path.stat().st_size < 500
+    _assert_refused(path, "big.nii.gz", within_s=3.0)
+
+
+def test_nifti_header_claiming_4gib_is_refused_on_a_small_machine(tmp_path, small_memory):
+    path = tmp_path / "big.nii"
+    path.write_bytes(_nifti_header((1024, 1024, 4096)) + bytes(64))
+    _assert_refused(path, "big.nii", within_s=3.0)
+
+
+@pytest.mark.parametrize("dims", ["48 40 1e20", "48 40 100000000000000000000"])
+def test_mha_dimsize_1e20_is_refused(tmp_path, dims):
+    path = _mha(tmp_path / "huge.mha", dims, bytes(64))
+    _assert_refused(path, "huge.mha")
+
+
+def test_mha_dimsize_product_overflowing_int64_is_refused(tmp_path):
+    path = _mha(tmp_path / "ovf.mha", "4294967296 4294967296 4294967296", bytes(64))
+    message = _assert_refused(path, "ovf.mha")
+    assert "OverflowError" not in message
+
+
+def test_nrrd_of_700_bytes_claiming_4gb_is_refused_before_allocating(tmp_path):
+    """Refused from the header alone: peak memory of the child process stays small."""
+    data = gzip.compress(bytes(4096))
+    header = b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1024 1024 4096\nencoding: gzip\n\n"
+    path = tmp_path / "big.nrrd"
+    path.write_bytes(header + data)
+    assert path.stat().st_size < 1000
+    code = ("import resource, sys\nfrom fetaliqa_core.io import load_sweep\nfrom fetaliqa_core.errors import FetalIQAError\n"
+            "try:\n    load_sweep(sys.argv[1])\nexcept FetalIQAError as e:\n    print('REFUSED', e)\n"
+            "print('RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "REFUSED" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    rss_mb = int(proc.stdout.split("RSS_KB")[1]) / 1024
+    assert rss_mb < 600, f"peak RSS {rss_mb:.0f} MB"
+
+
+def test_frames_of_32_by_20000_pixels_are_refused(tmp_path):
+    path = _mha(tmp_path / "strip.mha", "20000 32 4", bytes(20000 * 32 * 4))
+    _assert_refused(path, "strip.mha", "32 x 20000")
+
+
+def test_frames_wider_than_4096_pixels_are_refused(tmp_path):
+    path = _mha(tmp_path / "wide.mha", "5000 4000 1", bytes(5000 * 4000))
+    _assert_refused(path, "wide.mha", "4096")
+
+
+def test_more_frames_than_any_sweep_are_refused(tmp_path):
+    path = _mha(tmp_path / "long.mha", f"40 32 {validate.MAX_FRAMES + 1}", b"")
+    _assert_refused(path, "long.mha", "frames")
+
+
+def test_compressed_volume_larger_than_memory_is_refused(tmp_path, small_memory):
+    arr = np.zeros((300, 1024, 1024), np.uint8)  # 300 MB of zeros, compressed to ~300 KB
+    path = tmp_path / "zeros.nrrd"
+    write_volume(path, arr[:1], compress=True)
+    text = path.read_bytes()
+    path.write_bytes(text.replace(b"sizes: 1024 1024 1", b"sizes: 1024 1024 300"))
+    _assert_refused(path, "zeros.nrrd", "memory")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_detached_nrrd_with_a_named_pipe_as_data_file_is_refused_without_hang(tmp_path):
+    os.mkfifo(tmp_path / "data.raw")
+    (tmp_path / "pipe.nhdr").write_text(
+        "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 48 40 2\nencoding: raw\ndata file: data.raw\n\n")
+    _assert_refused(tmp_path / "pipe.nhdr", "not a regular file", within_s=3.0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_mhd_with_a_named_pipe_as_data_file_is_refused_without_hang(tmp_path):
+    os.mkfifo(tmp_path / "data.raw")
+    (tmp_path / "pipe.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 48 40 2\nElementType = MET_UCHAR\nElementDataFile = data.raw\n")
+    _assert_refused(tmp_path / "pipe.mhd", "not a regular file", within_s=3.0)
+
+
+def test_nrrd_spreading_data_over_a_file_list_is_refused(tmp_path):
+    (tmp_path / "list.nhdr").write_text(
+        "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 48 40 2\nencoding: raw\ndata file: LIST\na.raw\nb.raw\n")
+    _assert_refused(tmp_path / "list.nhdr")
+
+
+# --------------------------------------------------------------------------------------------
+# Property-based: mutated headers never give anything but a Sweep or one FetalIQAError
+
+
+def _outcome(path: Path) -> None:
+    try:
+        sweep = load_sweep(path)
+    except FetalIQAError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert sweep.frames.ndim == 3 and sweep.frames.dtype == np.uint8
+    assert sweep.frames.nbytes <= 64 << 20
+
+
+_SIZES = st.one_of(st.integers(-5, 5000), st.integers(0, 2**70), st.sampled_from([0, 1, 32, 2**31, 2**63]))
+
+
+@FUZZ
+@given(x=_SIZES, y=_SIZES, z=_SIZES, element=st.sampled_from(["MET_UCHAR", "MET_USHORT", "MET_FLOAT", "MET_DOUBLE",
+                                                               "MET_LONG", "MET_BOGUS"]),
+       channels=st.sampled_from(["", "ElementNumberOfChannels = 3\n", "ElementNumberOfChannels = 0\n",
+                                 "ElementNumberOfChannels = 99999999\n"]),
+       compressed=st.booleans(), payload=st.integers(0, 4096))
+def test_mutated_metaimage_headers_never_crash(tmp_path, small_memory, x, y, z, element, channels, compressed,
+                                               payload):
+    extra = channels + ("CompressedData = True\n" if compressed else "")
+    path = _mha(tmp_path / "fuzz.mha", f"{x} {y} {z}", gzip.compress(bytes(payload)) if compressed else bytes(payload),
+                element_type=element, extra=extra)
+    _outcome(path)
+
+
+@FUZZ
+@given(data=st.binary(min_size=0, max_size=300), cut=st.integers(0, 400))
+def test_random_bytes_in_a_metaimage_header_never_crash(tmp_path, small_memory, data, cut):
+    write_volume(tmp_path / "ok.mha", np.zeros((2, 40, 48), np.uint8))
+    raw = (tmp_path / "ok.mha").read_bytes()
+    header_end = raw.index(b"ElementDataFile")
+    cut = min(cut, header_end)
+    (tmp_path / "fuzz.mha").write_bytes(raw[:cut] + data + raw[cut:])
+    _outcome(tmp_path / "fuzz.mha")
+
+
+@FUZZ
+@given(dims=st.lists(st.integers(-3, 32767), min_size=2, max_size=5),
+       datatype=st.sampled_from([(2, 8), (4, 16), (16, 32), (64, 64), (128, 24), (0, 0), (1, 1)]),
+       vox=st.sampled_from([352.0, 0.0, -1.0, 1e30, float("nan")]), gz=st.booleans(), payload=st.integers(0, 2048))
+def test_mutated_nifti_headers_never_crash(tmp_path, small_memory, dims, datatype, vox, gz, payload):
+    head = bytearray(_nifti_header(tuple(max(d, 0) for d in dims), *datatype))
+    struct.pack_into(f"<{len(dims) + 1}h", head, 40, len(dims), *dims)
+    struct.pack_into("<f", head, 108, vox)
+    data = bytes(head) + bytes(payload)
+    path = tmp_path / ("fuzz.nii.gz" if gz else "fuzz.nii")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    _outcome(path)
+
+
+@FUZZ
+@given(sizes=st.lists(st.integers(0, 2**40), min_size=1, max_size=4),
+       kind=st.sampled_from(["uint8", "short", "float", "double", "int64", "block"]),
+       encoding=st.sampled_from(["raw", "gzip", "ascii", "hex", "bzip2"]), payload=st.integers(0, 2048))
+def test_mutated_nrrd_headers_never_crash(tmp_path, small_memory, sizes, kind, encoding, payload):
+    header = (f"NRRD0004\ntype: {kind}\ndimension: {len(sizes)}\nsizes: {' '.join(map(str, sizes))}\n"
+              f"encoding: {encoding}\n\n").encode()
+    body = bytes(payload)
+    if encoding == "gzip":
+        body = gzip.compress(body)
+    (tmp_path / "fuzz.nrrd").write_bytes(header + body)
+    _outcome(tmp_path / "fuzz.nrrd")
+
+
+def test_validation_limits_are_documented_numbers():
+    assert validate.MAX_FRAMES >= 840 and validate.MAX_FRAME_SIDE >= 744
+    json.dumps({k: getattr(validate, k) for k in ("MAX_FRAMES", "MAX_FRAME_SIDE", "MAX_FRAME_ASPECT")})
