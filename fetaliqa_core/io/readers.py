@@ -7,6 +7,7 @@ SimpleITK's ``RuntimeError`` (with its C++ trace) never reaches the user.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
 import struct
@@ -218,6 +219,9 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     vox_offset = _nifti_vox_offset(head)
     if vox_offset is None:
         return
+    if vox_offset < 0:
+        raise FetalIQAError(f"{path}: the NIfTI header's data offset (vox_offset) is not a valid byte "
+                            "position: the header is damaged. Export the file again.")
     if suffix == ".nii.gz":
         validate.check_inflation(path, vox_offset + data_bytes, path.stat().st_size, MAX_DEFLATE_RATIO)
     expected = vox_offset + data_bytes
@@ -282,9 +286,11 @@ def _nifti_vox_offset(head: bytes) -> int | None:
     for endian in ("<", ">"):
         sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
         if sizeof_hdr == 348:
-            return int(struct.unpack(endian + "f", head[108:112])[0])
+            value = float(struct.unpack(endian + "f", head[108:112])[0])
+            return int(value) if math.isfinite(value) and 0 <= value < 2**31 else -1
         if sizeof_hdr == 540 and len(head) >= 176:
-            return int(struct.unpack(endian + "q", head[168:176])[0])
+            offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            return offset if offset >= 0 else -1
     return None
 
 
