@@ -142,7 +142,7 @@ def measure_window_display(case_path: Path, cls_lm, seg_lm, cls_dir: Path, seg_d
         from app import bench_display as display
     except ImportError as exc:
         return {"skipped": f"app.bench_display cannot be imported ({exc})"}
-    from fetaliqa_core.pipeline import LoadedModels, ModelChoice
+    from fetaliqa_core.models.choice import LoadedModels, ModelChoice
 
     device = str(cls_lm.device)
     choice = ModelChoice(model=None, cls=cls_dir, seg=seg_dir, device=device)

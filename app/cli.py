@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
                         help="save a picture of the window when scoring has ended (or at --max-seconds)")
     parser.add_argument("--exit-when-scored", action="store_true",
                         help="quit when scoring has ended (after the screenshot)")
+    parser.add_argument("--save-scores", metavar="DIR", type=Path, default=None,
+                        help="when scoring has ended, write the frames.csv and summary.json the "
+                             "window holds into DIR (as `fetaliqa score` writes them)")
     parser.add_argument("--max-seconds", type=positive_seconds, default=None, metavar="N",
                         help="stop scoring after N seconds, take the screenshot and quit")
 
@@ -63,6 +66,19 @@ class GuiOutcome:
     message: str
     screenshot: Path | None
     window: object | None = None  # the MainWindow (still alive until the caller drops it)
+    scores: list[Path] | None = None  # files written for save_scores
+
+
+def save_scores(window, out_dir: Path) -> list[Path]:
+    """Write ``frames.csv`` and ``summary.json`` of what ``window`` holds (its assessment at the
+    threshold shown) into ``out_dir``; [] before the first result."""
+    from fetaliqa_core import export
+
+    m = window.model
+    a = m.assessment
+    if a is None:
+        return []
+    return export.write_scores(out_dir, m.sweep, m.results, a)
 
 
 def ensure_application(headless: bool):
@@ -99,7 +115,7 @@ def _quiet_offscreen_warnings() -> None:
 
 def model_choice_from_args(args):
     from fetaliqa_core.errors import UsageError
-    from fetaliqa_core.pipeline import ModelChoice
+    from fetaliqa_core.models.choice import ModelChoice
 
     if (args.cls or args.seg) and args.model == "demo":
         raise UsageError("Give either --model demo or --cls/--seg bundles, not both.")
@@ -116,11 +132,12 @@ def model_choice_from_args(args):
 def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | None = None,
                exit_when_scored: bool = False, max_seconds: float | None = None,
                headless: bool | None = None, keep_window: bool = False,
-               review_db: Path | None = None) -> GuiOutcome:
+               review_db: Path | None = None, scores_dir: Path | None = None) -> GuiOutcome:
     """Open the main window (optionally on a sweep) and run the event loop.
 
     With ``exit_when_scored`` or ``max_seconds`` the loop ends by itself: after scoring ends
-    (or the time is up, which cancels scoring) the screenshot is saved and the window closes.
+    (or the time is up, which cancels scoring) the screenshot is saved, the scores are written
+    into ``scores_dir`` when given, and the window closes.
     """
     from PySide6.QtCore import QEventLoop, QTimer
 
@@ -146,7 +163,7 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     if headless:
         win.resize(1600, 1000)
     win.show()
-    state = {"complete": False, "message": "", "shot": None, "ended": False}
+    state = {"complete": False, "message": "", "shot": None, "ended": False, "scores": None}
 
     def finish(complete: bool, message: str) -> None:
         if state["ended"]:
@@ -166,6 +183,11 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
                 state["shot"] = win.save_screenshot(screenshot)
             except FetalIQAError as exc:
                 state["message"] = str(exc)
+        if scores_dir is not None:
+            try:
+                state["scores"] = save_scores(win, Path(scores_dir))
+            except (FetalIQAError, OSError) as exc:
+                state["message"] = f"scores not written to {scores_dir}: {exc}"
         if exit_when_scored or max_seconds:
             win.close()
 
@@ -202,7 +224,8 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
         signal.signal(signal.SIGINT, previous)
     code = 0 if state["complete"] or not (exit_when_scored or max_seconds) else 1
     return GuiOutcome(code=code, complete=state["complete"], message=state["message"],
-                      screenshot=state["shot"], window=win if keep_window else None)
+                      screenshot=state["shot"], window=win if keep_window else None,
+                      scores=state["scores"])
 
 
 def run(args) -> int:
@@ -211,7 +234,7 @@ def run(args) -> int:
     choice = model_choice_from_args(args)
     if args.sweep is not None and not Path(args.sweep).expanduser().exists():
         raise FetalIQAError(f"{args.sweep}: no such file or folder.")
-    unattended = bool(args.screenshot or args.exit_when_scored or args.max_seconds)
+    unattended = bool(args.screenshot or args.exit_when_scored or args.max_seconds or args.save_scores)
     headless = not display_available()
     problem = display_problem()
     if problem is not None:
@@ -222,13 +245,21 @@ def run(args) -> int:
         headless = True
     if headless and args.sweep is None:
         raise UsageError(NO_DISPLAY_HELP)
+    if args.save_scores is not None and args.sweep is None:
+        raise UsageError("--save-scores needs a sweep to score: fetaliqa gui SWEEP --save-scores DIR")
     outcome = run_window(args.sweep, choice, args.screenshot, args.exit_when_scored, args.max_seconds,
-                         headless=headless, review_db=args.db)
+                         headless=headless, review_db=args.db, scores_dir=args.save_scores)
     if outcome.screenshot is not None:
         print(f"screenshot: {outcome.screenshot}")
     elif args.screenshot is not None:
         print(f"fetaliqa: no screenshot written ({outcome.message})", file=sys.stderr)
         return 1
+    if args.save_scores is not None:
+        if outcome.scores:
+            print(f"scores: {args.save_scores}")
+        else:
+            print(f"fetaliqa: no scores written ({outcome.message or 'nothing was scored'})", file=sys.stderr)
+            return 1
     if outcome.code and outcome.message:
         print(f"fetaliqa: scoring did not complete: {outcome.message}", file=sys.stderr)
     return outcome.code

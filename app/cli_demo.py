@@ -28,29 +28,11 @@ def add_arguments(parser) -> None:
                         help="headless: stop scoring after N seconds and write what was scored")
 
 
-def write_outputs(window, out_dir: Path) -> list[Path]:
-    """frames.csv and summary.json from the window's results (the screenshot is already there)."""
-    from fetaliqa_core import pipeline
-
-    model = window.model
-    results = model.results
-    sweep = model.sweep
-    if results is None:
-        return []
-    desc = window.models.describe() if window.models is not None else ""
-    analysis = pipeline.analyse(sweep, results, desc, threshold=model.threshold)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    frames_csv, summary_json = out_dir / "frames.csv", out_dir / "summary.json"
-    pipeline.write_frames_csv(frames_csv, sweep, results, analysis.flags.candidates)
-    pipeline.write_summary_json(summary_json, analysis.summary)
-    return [frames_csv, summary_json]
-
-
 def run(args) -> int:
-    from app.cli import display_available, run_window
+    from app.cli import display_available, run_window, save_scores
     from fetaliqa_core import paths, synth
     from fetaliqa_core.errors import FetalIQAError
-    from fetaliqa_core.pipeline import ModelChoice
+    from fetaliqa_core.models.choice import ModelChoice
 
     headless = bool(args.headless or not display_available())
     print("preparing the demo sweep (synthesised once into the cache)…", flush=True)
@@ -67,7 +49,7 @@ def run(args) -> int:
     outcome = run_window(sweep_path, choice, screenshot=shot, exit_when_scored=True,
                          max_seconds=args.max_seconds, headless=True, keep_window=True)
     try:
-        written = write_outputs(outcome.window, out_dir)
+        written = save_scores(outcome.window, out_dir)
     finally:
         outcome.window = None
     if not written:

@@ -41,7 +41,7 @@ from app.settings import AppSettings
 from app.viewer_model import FPS_RANGE, OPACITY_STEP, ViewerModel
 from app.worker import ScoringController
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.pipeline import ModelChoice
+from fetaliqa_core.models.choice import ModelChoice
 
 REFRESH_HZ = 10
 MODEL_LABEL_WIDTH = 250  # px; the full description is in the tooltip
@@ -108,7 +108,7 @@ class MainWindow(QMainWindow):
                 seg=Path(s.seg_bundle) if s.seg_bundle else None,
                 base=Path(s.base_weights) if s.base_weights else None, device=s.device))
         self.choice = choice
-        self.models = None  # pipeline.LoadedModels once loaded
+        self.models = None  # models.choice.LoadedModels once loaded
         self._models_for = None  # the ModelChoice self.models was loaded for
         self._user_asked_models = False
         self._drawn_version = -1
@@ -329,6 +329,7 @@ class MainWindow(QMainWindow):
         self.status_frame = QLabel()
         self.status_values = QLabel()
         self.status_ac = QLabel()
+        self.status_threshold = QLabel()
         self.status_model = QLabel()
         self.status_model.setObjectName("dim")
         self.status_model.setMaximumWidth(MODEL_LABEL_WIDTH)
@@ -345,7 +346,7 @@ class MainWindow(QMainWindow):
         self.cancel_button.setFocusPolicy(Qt.NoFocus)
         self.cancel_button.clicked.connect(self.cancel_scoring)
         self.cancel_button.setEnabled(False)
-        for w in (self.status_frame, self.status_values, self.status_ac):
+        for w in (self.status_frame, self.status_values, self.status_ac, self.status_threshold):
             sb.addWidget(w)
         self.status_message.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         sb.addWidget(self.status_message, 1)
@@ -542,15 +543,17 @@ class MainWindow(QMainWindow):
             self.start_scoring(user=user)
 
     def use_models(self, models) -> None:
-        """Score with already loaded models (``pipeline.LoadedModels``-like) from now on."""
+        """Score with already loaded models (``models.choice.LoadedModels``-like) from now on."""
         self.models = models
         self._models_for = self.choice
+        self.model.set_models(models)
         self._update_model_label()
         self.review.bundles = self._bundle_info()
 
     def _models_ready(self, models) -> None:
         self.models = models
         self._models_for = self.choice
+        self.model.set_models(models)
         self._update_model_label()
         self.review.bundles = self._bundle_info()
 
@@ -563,6 +566,8 @@ class MainWindow(QMainWindow):
             if lm is not None:
                 info[key] = {"hash": getattr(lm, "bundle_hash", None),
                              "task": getattr(lm, "task", None)}
+                if key == "cls" and getattr(lm, "threshold", None) is not None:
+                    info[key]["threshold"] = float(lm.threshold)  # the bundle's own
         info["description"] = self.models.describe()
         return info
 
@@ -726,6 +731,17 @@ class MainWindow(QMainWindow):
     def _threshold_changed(self, value: float) -> None:
         self.curve.set_threshold(value)
         self._drawn_version = -1  # flags depend on it
+        self._update_threshold_label()
+
+    def _update_threshold_label(self) -> None:
+        if self.models is None:
+            self.status_threshold.setText("")
+            return
+        t = self.model.thresholds
+        self.status_threshold.setText(t.describe())
+        on = "the classifier's p_cls" if t.score == "p_cls" else "the mask score p_seg (0.50: mask covers 1 %)"
+        self.status_threshold.setToolTip(f"Frames are flagged at {t.describe()} on {on}; drag the line "
+                                         "in the quality curve to change it.")
 
     def _playing_changed(self, on: bool) -> None:
         if on:

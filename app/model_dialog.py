@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from fetaliqa_core.pipeline import ModelChoice
+from fetaliqa_core.models.choice import ModelChoice
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

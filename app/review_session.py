@@ -48,19 +48,18 @@ class ReviewSession:
                 and self._stored_threshold == m.threshold):
             return False
         r = m.results
-        flags = m.flags
-        flagged = np.zeros(m.n_frames, dtype=bool)
-        flagged[flags.candidates] = True
-        chosen = flags.chosen
+        a = m.assessment
+        if a is None:
+            return False
+        ac = a.chosen_ac()
         ac_mm = ga_weeks = None
+        if ac is not None:
+            ac_mm = float(ac.ac_mm)
+            ga = m.gestational_age(ac)
+            ga_weeks = None if ga is None or not math.isfinite(ga.weeks) else float(ga.weeks)
         masks = {}
-        if chosen is not None:
-            ac = m.measure_ac(chosen)
-            if ac is not None:
-                ac_mm = float(ac.ac_mm)
-                ga = m.gestational_age(ac)
-                ga_weeks = None if ga is None or not math.isfinite(ga.weeks) else float(ga.weeks)
         if r.has_seg:
+            flags = m.flags
             wanted = set(flags.candidates) | set(flags.disagreements)
             wanted |= {b for b in flags.best if b is not None}
             masks = {f: r.masks[f] for f in sorted(wanted) if f in r.masks}
@@ -68,8 +67,9 @@ class ReviewSession:
             self.sweep_id, self.bundles,
             r.p_cls if r.has_cls else np.full(m.n_frames, np.nan, np.float32),
             r.p_seg if r.has_seg else np.full(m.n_frames, np.nan, np.float32),
-            np.maximum(r.seg_area_px, 0), flagged, threshold=m.threshold,
-            chosen_frame=chosen, ac_mm=ac_mm, ga_weeks=ga_weeks, masks=masks)
+            np.maximum(r.seg_area_px, 0), a.flagged, threshold=a.thresholds.cls,
+            seg_threshold=a.thresholds.seg, chosen_frame=a.chosen_frame if a.chosen_frame >= 0 else None,
+            ac_mm=ac_mm, ga_weeks=ga_weeks, masks=masks)
         self._stored_version = m.results_version
         self._stored_threshold = m.threshold
         return True

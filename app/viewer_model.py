@@ -16,11 +16,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fetaliqa_core.analysis.assessment import (
+    DEFAULT_CLS_THRESHOLD,
+    SEG_THRESHOLD,
+    Assessment,
+    Thresholds,
+)
 from fetaliqa_core.engine import SweepResults
 
 OPACITY_STEP = 0.1  # one press of a / d (ITK-SNAP)
 PAGE_STEP = 10  # PageUp / PageDown
-DEFAULT_THRESHOLD = 0.5  # the paper's decision threshold for both scores
 DEFAULT_OPACITY = 0.45
 DEFAULT_FPS = 15.0
 FPS_RANGE = (1.0, 60.0)
@@ -88,6 +93,18 @@ class FlaggedFrames:
     def empty(cls, n_sweeps: int) -> "FlaggedFrames":
         return cls(best=[None] * n_sweeps, best_passes=[False] * n_sweeps, best_score=[None] * n_sweeps)
 
+    @classmethod
+    def of(cls, a: Assessment) -> "FlaggedFrames":
+        """The frames an :class:`~fetaliqa_core.analysis.assessment.Assessment` flags."""
+        return cls(
+            best=[None if b is None else int(b.frame) for b in a.best],
+            best_passes=[bool(b is not None and b.passes) for b in a.best],
+            best_score=[None if b is None else float(b.score) for b in a.best],
+            candidates=np.flatnonzero(a.flags.candidates).tolist(),
+            disagreements=np.flatnonzero(a.flags.disagreements).tolist(),
+            chosen=None if a.chosen_frame < 0 else int(a.chosen_frame),
+        )
+
 
 @dataclass
 class ScoringState:
@@ -106,40 +123,11 @@ class ScoringState:
         return (self.n_total - self.n_done) / self.frames_per_second
 
 
-def compute_flags(results: SweepResults, threshold: float,
-                  sweep_ranges: list[tuple[int, int]]) -> FlaggedFrames:
-    """Flags from ``fetaliqa_core.analysis`` with one threshold for both scores.
-
-    The segmenter's score is 0.5 exactly at the paper's 1 % area rule, so the default threshold
-    0.5 gives the paper's calls for both models.
-    """
-    from fetaliqa_core import analysis
-
-    p_cls = results.p_cls if results.has_cls else None
-    p_seg = results.p_seg if results.has_seg else None
-    area = results.seg_area_px if results.has_seg else None
-    p_opt = results.p_opt if results.has_seg else None
-    fl = analysis.flag_frames(p_cls, p_seg, threshold, threshold)
-    best = analysis.best_frames(p_cls, p_seg, area, sweep_ranges, p_opt=p_opt,
-                                threshold_cls=threshold, threshold_seg=threshold)
-    chosen = analysis.choose_case_frame(p_cls, p_seg, area, p_opt, threshold, threshold)
-    return FlaggedFrames(
-        best=[None if b is None else int(b.frame) for b in best],
-        best_passes=[bool(b is not None and b.passes) for b in best],
-        best_score=[None if b is None else float(b.score) for b in best],
-        candidates=np.flatnonzero(fl.candidates).tolist(),
-        disagreements=np.flatnonzero(fl.disagreements).tolist(),
-        chosen=None if chosen < 0 else int(chosen),
-    )
-
-
 class ViewerModel:
     """State of one viewer window. Thread-affine: call it from one thread (the UI's)."""
 
-    def __init__(self, flag_fn: Callable[[SweepResults, float, list[tuple[int, int]]], FlaggedFrames]
-                 | None = None) -> None:
+    def __init__(self) -> None:
         self.events = ViewerEvents()
-        self._flag_fn = flag_fn or compute_flags
         self.sweep = None
         self.n_frames = 0
         self.sweep_ranges: list[tuple[int, int]] = []
@@ -147,7 +135,10 @@ class ViewerModel:
         self._frame = 0
         self._overlay_visible = True
         self._opacity = DEFAULT_OPACITY
-        self._threshold = DEFAULT_THRESHOLD
+        self._threshold = DEFAULT_CLS_THRESHOLD
+        self._model_thresholds: Thresholds | None = None  # the loaded models' own operating point
+        self.models_description = ""
+        self._assessment: Assessment | None = None
         self._playing = False
         self._fps = DEFAULT_FPS
         self.results: SweepResults | None = None
@@ -178,6 +169,7 @@ class ViewerModel:
         self.scoring = ScoringState(n_total=self.n_frames)
         self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
         self._flags_dirty = False
+        self._assessment = None
         self._ac_cache = {}
         self._fov = None
         self.results_version += 1
@@ -257,6 +249,28 @@ class ViewerModel:
     def threshold(self) -> float:
         return self._threshold
 
+    def set_models(self, models) -> None:
+        """The loaded models (``models.choice.LoadedModels``-like): the threshold goes to the
+        classifier bundle's own (the paper's 1 % mask rule with a segmenter alone)."""
+        self._model_thresholds = Thresholds.of_models(models)
+        self.models_description = models.describe()
+        self._flags_dirty = True
+        v = self._model_thresholds.value
+        if v != self._threshold:
+            self._threshold = v
+        self.events.threshold.emit(v)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The operating point in use, with the models' own (see ``Thresholds.describe``)."""
+        base = self._model_thresholds
+        if base is None:
+            if self.results is not None and not self.results.has_cls:
+                base = Thresholds(SEG_THRESHOLD, SEG_THRESHOLD, "p_seg")
+            else:
+                base = Thresholds(DEFAULT_CLS_THRESHOLD, DEFAULT_CLS_THRESHOLD, "p_cls")
+        return base.with_value(self._threshold)
+
     def set_threshold(self, value: float) -> None:
         v = min(max(float(value), 0.0), 1.0)
         if v != self._threshold:
@@ -299,6 +313,7 @@ class ViewerModel:
         self.results = SweepResults(self.n_frames, has_cls=has_cls, has_seg=has_seg)
         self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
         self._flags_dirty = True
+        self._assessment = None
         self._ac_cache = {}
         self.results_version += 1
         self.events.results.emit()
@@ -350,11 +365,23 @@ class ViewerModel:
         """Flagged frames, recomputed from the results when they or the threshold changed."""
         if self._flags_dirty:
             self._flags_dirty = False
-            if self.results is not None and self.results.n_done:
-                self._flags = self._flag_fn(self.results, self._threshold, self.sweep_ranges)
+            self._assessment = None
+            if self.results is not None and self.results.n_done and self.sweep is not None:
+                from fetaliqa_core.analysis.assessment import assess
+
+                self._assessment = assess(self.sweep, self.results, self.thresholds,
+                                          self.models_description, measure=self.measure_ac)
+                self._flags = FlaggedFrames.of(self._assessment)
             else:
                 self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
         return self._flags
+
+    @property
+    def assessment(self) -> Assessment | None:
+        """The assessment of the results so far (what ``fetaliqa score`` would write for them),
+        or None before the first result."""
+        _ = self.flags
+        return self._assessment
 
     @property
     def last_flags(self) -> FlaggedFrames:

@@ -22,12 +22,12 @@ from fetaliqa_core.errors import FetalIQAError
 class ScoringWorker(QObject):
     """Lives in a worker thread; :meth:`run` does the work (model loading, then scoring).
 
-    ``models`` is an already loaded ``pipeline.LoadedModels`` or None; then ``choice``
-    (``pipeline.ModelChoice``) is loaded first. ``engine_factory(sweep, cls, seg)`` builds the
+    ``models`` is an already loaded ``models.choice.LoadedModels`` or None; then ``choice``
+    (``models.choice.ModelChoice``) is loaded first. ``engine_factory(sweep, cls, seg)`` builds the
     engine (tests pass a fake).
     """
 
-    models_ready = Signal(object)  # pipeline.LoadedModels
+    models_ready = Signal(object)  # models.choice.LoadedModels
     started_scoring = Signal(bool, bool)  # has_cls, has_seg
     batch = Signal(object)  # engine.BatchResult
     finished = Signal(bool, int)  # complete, frames done
@@ -79,7 +79,7 @@ class ScoringWorker(QObject):
             import fetaliqa_core.analysis  # noqa: F401
 
             if self.models is None:
-                from fetaliqa_core.pipeline import load_models
+                from fetaliqa_core.models.choice import load_models
 
                 self.models = load_models(self.choice)
             self.models_ready.emit(self.models)

@@ -127,7 +127,7 @@ class FakeModel:
 
 @dataclass
 class FakeLoadedModels:
-    """Quacks like ``pipeline.LoadedModels``."""
+    """Quacks like ``models.choice.LoadedModels``."""
 
     cls: object | None
     seg: object | None

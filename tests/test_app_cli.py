@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fakes import fake_models, tiny_sweep
@@ -26,9 +27,9 @@ def small_sweep(tmp_path) -> Path:
 
 @pytest.fixture
 def fast_models(monkeypatch):
-    from fetaliqa_core import pipeline
+    from fetaliqa_core.models import choice
 
-    monkeypatch.setattr(pipeline, "load_models", lambda choice: fake_models(choice=choice))
+    monkeypatch.setattr(choice, "load_models", lambda choice: fake_models(choice=choice))
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -81,3 +82,37 @@ def test_gui_headless_without_model_still_renders(tmp_path, small_sweep):
     assert proc.returncode == 1, proc.stderr
     assert "no_bundle" in proc.stderr and "Traceback" not in proc.stderr
     _png_size(shot)
+
+
+def test_gui_save_scores_equal_score_output(qtbot, small_sweep, tmp_path, capsys):
+    """The viewer and `fetaliqa score` assess a sweep the same way: same models, same files."""
+    from fetaliqa_core.engine import ScoringEngine
+    from fetaliqa_core.io import load_sweep
+    from fetaliqa_core.models.base import random_base
+    from fetaliqa_core.models.bundle import load_bundle, manifest_for, save_bundle
+    from fetaliqa_core.models.classifier import FetalCLIPClassifier
+    from fetaliqa_core.models.lora import LoraSettings
+
+    # A classifier whose own threshold is not 0.5 and splits this sweep's frames.
+    visual, info = random_base("tiny", 5)
+    net = FetalCLIPClassifier(visual, LoraSettings())
+    probe = load_bundle(save_bundle(net, tmp_path / "probe", manifest_for(net, info)), device="cpu")
+    p_cls = ScoringEngine(load_sweep(small_sweep), cls=probe, cache=False).run().p_cls
+    own = round(float(np.quantile(p_cls, 0.6)), 4)
+    assert own != 0.5
+    cls_dir = save_bundle(net, tmp_path / "cls", manifest_for(net, info, threshold=own))
+    models = ["--cls", str(cls_dir), "--device", "cpu"]
+    cli_out, gui_out = tmp_path / "cli", tmp_path / "gui"
+    assert cli_main(["score", str(small_sweep), *models, "--out", str(cli_out), "--quiet"]) == 0
+    assert cli_main(["gui", str(small_sweep), *models, "--exit-when-scored", "--save-scores", str(gui_out)]) == 0
+    assert f"scores: {gui_out}" in capsys.readouterr().out
+    cli_rows = (cli_out / "frames.csv").read_text()
+    assert (gui_out / "frames.csv").read_text() == cli_rows
+    cli_summary = json.loads((cli_out / "summary.json").read_text())
+    assert json.loads((gui_out / "summary.json").read_text()) == cli_summary
+    # not trivially equal: frames were scored, some flagged, the operating point is the bundle's
+    rows = list(csv.DictReader(cli_rows.splitlines()))
+    assert all(r["p_cls"] != "" for r in rows)
+    assert cli_summary["frames_scored"] == 24 and cli_summary["threshold_changed"] is False
+    assert cli_summary["threshold"] == pytest.approx(own, abs=1e-6)
+    assert 0 < sum(r["flagged"] == "1" for r in rows) < len(rows)

@@ -270,7 +270,7 @@ def test_drop_a_file_opens_it_in_the_background(qtbot, make_window, tmp_path):
 
 
 def test_wrong_model_files_give_message(qtbot, make_window, warnings, tmp_path):
-    from fetaliqa_core.pipeline import ModelChoice
+    from fetaliqa_core.models.choice import ModelChoice
 
     win = make_window(score=False)
     ended = []
@@ -330,7 +330,7 @@ def test_settings_remember_layout_and_recent(qtbot, make_window, tmp_path):
 
 def test_model_dialog_round_trip(qtbot, tmp_path):
     from app.model_dialog import ModelDialog
-    from fetaliqa_core.pipeline import ModelChoice
+    from fetaliqa_core.models.choice import ModelChoice
 
     dlg = ModelDialog(ModelChoice(model="demo", device="cpu"))
     qtbot.addWidget(dlg)

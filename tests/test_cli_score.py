@@ -31,13 +31,18 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     assert rc == 0
     rows = list(csv.DictReader(open(out / "frames.csv")))
     assert [r["frame"] for r in rows] == [str(i) for i in range(12)]
-    assert list(rows[0]) == ["frame", "sweep", "p_cls", "p_seg", "seg_area_px", "flagged"]
+    assert list(rows[0]) == ["frame", "sweep", "p_cls", "p_seg", "seg_area_px", "flagged", "threshold",
+                             "model_threshold"]
     assert {r["sweep"] for r in rows} == {"1", "2"}
     for r in rows:
         assert 0.0 <= float(r["p_cls"]) <= 1.0 and 0.0 <= float(r["p_seg"]) < 1.0
         assert int(r["seg_area_px"]) >= 0 and r["flagged"] in ("0", "1")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_frames"] == 12 and summary["frames_scored"] == 12 and summary["complete"]
+    own = json.loads((tiny_bundle_dirs["cls"] / "manifest.json").read_text())["threshold"]
+    assert summary["threshold"] == summary["model_threshold"] == pytest.approx(own)
+    assert summary["threshold_score"] == "p_cls" and summary["threshold_changed"] is False
+    assert all(float(r["threshold"]) == pytest.approx(own, abs=1e-4) for r in rows)
     assert [s["sweep"] for s in summary["sweeps"]] == [1, 2]
     chosen = summary["chosen_frame"]
     assert chosen == int((out / "fetal-abdomen-frame-number.json").read_text())
@@ -47,6 +52,21 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     filled = np.flatnonzero(mask.reshape(12, -1).any(axis=1))
     assert filled.tolist() in ([], [chosen])
     assert "chosen frame" in capsys.readouterr().out
+
+
+def test_a_changed_threshold_is_written_as_such(case, tiny_bundle_dirs, tmp_path):
+    own = json.loads((tiny_bundle_dirs["cls"] / "manifest.json").read_text())["threshold"]
+    mine = 0.62 if abs(own - 0.62) > 0.01 else 0.3
+    out = tmp_path / "out"
+    assert main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet",
+                 "--threshold", str(mine)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["threshold"] == pytest.approx(mine) and summary["model_threshold"] == pytest.approx(own)
+    assert summary["threshold_changed"] is True
+    rows = list(csv.DictReader(open(out / "frames.csv")))
+    assert float(rows[0]["threshold"]) == pytest.approx(mine) and float(rows[0]["model_threshold"]) == pytest.approx(own)
+    # classifier alone: a frame is flagged exactly where p_cls reaches the threshold
+    assert [r["flagged"] == "1" for r in rows] == [float(r["p_cls"]) >= mine for r in rows]
 
 
 def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, tiny_bundle_dirs, capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fakes import tiny_sweep
-from app.viewer_model import PAGE_STEP, FlaggedFrames, ViewerModel
+from app.viewer_model import PAGE_STEP, ViewerModel
 from fetaliqa_core.engine import BatchResult
 
 
@@ -104,9 +104,12 @@ def test_results_flags_best_and_flag_navigation(model):
     model.set_frame(59)
     assert model.next_flagged(1) is None and model.frame == 59
 
-    # A stricter threshold leaves fewer candidates.
+    # A stricter classifier threshold leaves fewer candidates (the segmenter keeps the 1 % rule,
+    # so a frame passes where the mean score reaches the mean of 0.85 and 0.5).
     model.set_threshold(0.85)
-    assert model.flags.candidates == [7, 25]
+    assert model.flags.candidates == [6, 7, 8, 25]
+    model.set_threshold(0.99)
+    assert model.flags.candidates == [6, 7, 25]
 
 
 def test_frame_values_none_until_scored(model):
@@ -134,18 +137,26 @@ def test_ac_measured_on_mask_mapped_to_frame():
     assert 10 < ga.weeks < 20
 
 
-def test_custom_flag_function_is_used():
-    calls = []
+def test_threshold_starts_at_the_classifier_bundles_own_and_shows_a_change():
+    from types import SimpleNamespace
 
-    def flags(results, thr, ranges):
-        calls.append(thr)
-        return FlaggedFrames(best=[3], best_passes=[True], best_score=[0.9], candidates=[3], disagreements=[])
-
-    m = ViewerModel(flag_fn=flags)
+    m = ViewerModel()
     m.set_sweep(tiny_sweep(n_sweeps=1, per_sweep=10, height=32, width=32))
-    m.apply_batch(_batch([3], [0.9], n_total=10))
-    assert m.go_to_best() == 3
-    assert calls == [0.5]
+    seen = []
+    m.events.threshold.connect(seen.append)
+    models = SimpleNamespace(cls=SimpleNamespace(threshold=0.7), seg=None, describe=lambda: "cls on cpu")
+    m.set_models(models)
+    assert m.threshold == pytest.approx(0.7) and seen == [pytest.approx(0.7)]
+    assert m.thresholds.describe() == "threshold 0.70"
+    p = np.array([0.1, 0.65, 0.75, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], np.float32)
+    m.apply_batch(_batch(np.arange(10), p, np.full(10, np.nan), n_total=10))
+    assert m.flags.candidates == [2, 3]
+    m.set_threshold(0.62)
+    assert m.thresholds.describe() == "threshold 0.62 (model: 0.70)"
+    assert m.flags.candidates == [1, 2, 3]
+    summary = m.assessment.summary
+    assert summary.threshold == pytest.approx(0.62) and summary.model_threshold == pytest.approx(0.7)
+    assert summary.threshold_changed is True
 
 
 # -- review session ------------------------------------------------------------------------

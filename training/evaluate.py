@@ -1,7 +1,7 @@
 """Evaluate model bundles on a split of an ACOUSLIC-layout dataset, the way the app scores.
 
 Every case of the split goes through :class:`fetaliqa_core.engine.ScoringEngine` with the
-bundles loaded by :func:`fetaliqa_core.pipeline.load_models` (merged LoRA, the device's dtype),
+bundles loaded by :func:`fetaliqa_core.models.choice.load_models` (merged LoRA, the device's dtype),
 so the numbers are those of the product, not of a training-time forward pass. From the engine's
 per-frame results:
 
@@ -11,7 +11,7 @@ per-frame results:
   when >= 1 % of the 224 x 224 pixels are foreground), Dice of the segmenter's masks, and for a
   3-class segmenter the share of correctly graded planes (optimal vs suboptimal);
 - **challenge metrics per case** on the whole case (all sweeps): the frame the app chooses
-  (:func:`fetaliqa_core.pipeline.analyse`), its mask mapped back onto the frame, then WFSS,
+  (:func:`fetaliqa_core.analysis.assessment.assess`), its mask mapped back onto the frame, then WFSS,
   NAE_AC, DSC_soft and the ranking score (:func:`fetaliqa_core.analysis.case_metrics`), for each
   model alone and for both together. Thresholds: the classifier bundle's own, the paper's area
   rule for the segmenter (``p_seg >= 0.5``), and their mean for both (whose score is the mean of
@@ -26,6 +26,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,6 @@ SPLITS = ("train", "val", "test", "all")
 FRAME_KEYS = ("accuracy", "f1", "precision", "recall", "specificity")
 CHALLENGE_KEYS = ("wfss", "nae_ac", "dsc_soft", "score")
 #: The engine's mask score p_seg = f / (f + 1 %) is 0.5 exactly at the paper's 1 % area rule.
-SEG_THRESHOLD = 0.5
 
 # The paper's test results (arXiv 2507.22802, mean of 5 runs) - accuracy, F1, precision, recall.
 PAPER_TABLE: list[tuple[str, float | None, float, float | None, float | None]] = [
@@ -107,8 +107,9 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     from fetaliqa_core import acouslic
     from fetaliqa_core import analysis as an
     from fetaliqa_core import io as fio
-    from fetaliqa_core import pipeline
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
     from fetaliqa_core.engine import ScoringEngine
+    from fetaliqa_core.models.choice import ModelChoice, load_models
     from fetaliqa_core.preprocess import mask_to_frame, preprocess_masks
     from training.dataset import SPLIT_SEED, _sweep_ranges, read_cases, split_cases
 
@@ -116,9 +117,9 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         raise FetalIQAError("give --cls BUNDLE and/or --seg BUNDLE to evaluate")
     if settings.split not in SPLITS:
         raise FetalIQAError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
-    choice = pipeline.ModelChoice(model=None, cls=settings.cls, seg=settings.seg, base=settings.base,
-                                  device=settings.device)
-    models = pipeline.load_models(choice)
+    choice = ModelChoice(model=None, cls=settings.cls, seg=settings.seg, base=settings.base,
+                         device=settings.device)
+    models = load_models(choice)
     record = _training_record(models)
     split_seed = settings.split_seed if settings.split_seed is not None else int(record.get("split_seed", SPLIT_SEED))
     all_sweeps = settings.all_sweeps if settings.all_sweeps is not None else bool(record.get("all_sweeps", False))
@@ -130,10 +131,12 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     if not chosen:
         raise FetalIQAError(f"the {settings.split} split of {settings.data} has no case")
 
-    # operating points: the classifier bundle's threshold on p_cls; the segmenter's is the paper's
-    # area rule, which is p_seg >= 0.5 on the engine's mask score
-    threshold = float(models.cls.manifest.threshold) if models.cls is not None else 0.5
-    view_threshold = {"cls": threshold, "seg": SEG_THRESHOLD, "cls+seg": (threshold + SEG_THRESHOLD) / 2.0}
+    # operating points, as `fetaliqa score` and the app use them: the classifier bundle's threshold
+    # on p_cls; the segmenter's is the paper's area rule, which is p_seg >= 0.5 on the mask score
+    view_thresholds = {"cls": Thresholds.of_models(SimpleNamespace(cls=models.cls)),
+                       "seg": Thresholds.of_models(SimpleNamespace(cls=None)),
+                       "cls+seg": Thresholds.of_models(models)}
+    threshold = view_thresholds["cls"].cls
     n_classes = models.seg.manifest.n_classes if models.seg is not None else 0
     rows = {"cls": models.cls is not None, "seg": models.seg is not None}
     names = [k for k, v in rows.items() if v] + (["cls+seg"] if all(rows.values()) else [])
@@ -171,8 +174,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
             fov = acouslic.sweep_fov(sweep)
             for name in names:
                 view = _view(results, has_cls="cls" in name, has_seg="seg" in name)
-                analysis_ = pipeline.analyse(sweep, view, threshold=view_threshold[name])
-                frame = int(analysis_.summary.chosen_frame)
+                frame = assess(sweep, view, view_thresholds[name]).chosen_frame
                 pred_mask = None
                 if frame >= 0 and view.has_seg and view.mask(frame) is not None:
                     pred_mask = (mask_to_frame(view.mask(frame), sweep.height, sweep.width) > 0).astype(np.uint8)
@@ -189,7 +191,9 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     metrics: dict = {
         "split": settings.split, "split_seed": split_seed, "all_sweeps": all_sweeps, "data": str(settings.data),
         "n_cases": len(chosen), "n_frames": int(truth.size), "n_positive": int(truth.sum()),
-        "threshold": threshold, "challenge_thresholds": {k: v for k, v in view_threshold.items() if k in names},
+        "threshold": threshold, "challenge_thresholds": {
+            k: {"p_cls": t.cls, "p_seg": t.seg} if k == "cls+seg" else {t.score: t.value}
+            for k, t in view_thresholds.items() if k in names},
         "device": models.device,
         "bundles": {k: str(getattr(settings, k)) for k in ("cls", "seg") if getattr(settings, k) is not None},
         "frame": {}, "challenge": {},

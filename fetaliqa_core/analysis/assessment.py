@@ -1,16 +1,32 @@
-"""From a sweep's per-frame scores to what the sonographer acts on: per-frame calls and flags,
-the best frame of each sweep and the one frame of the case.
+"""From a sweep's per-frame results to what the sonographer acts on: the one assessment.
 
-Frame arrays are ``(N,)`` with one entry per frame of the case, NaN where a model did not score
-the frame.
+:func:`assess` turns a sweep's per-frame results (``engine.SweepResults``) and the operating
+point (:class:`Thresholds`: the classifier bundle's own threshold, or the one the user set; the
+segmenter's call is the paper's rule, mask >= 1 % of the 224 x 224 input) into an
+:class:`Assessment`: per-frame calls and flags, the best frame of each sweep, the one frame of
+the case, and the abdominal circumference (AC) and gestational age (GA) measured on them.
+``fetaliqa score``, ``fetaliqa eval``, the viewer, the headless demo and the review store all
+call it, so they flag the same frames.
+
+Below it, the pieces work on plain arrays: frame arrays are ``(N,)`` with one entry per frame of
+the case, NaN where a model did not score the frame.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+
+from fetaliqa_core.analysis.ac import ACMeasurement, hadlock_ga, measure_frame_ac
+
+#: Threshold on the segmenter's score ``p_seg = f / (f + 0.01)`` (``f``: share of the 224 x 224
+#: input covered by the mask): 0.5 exactly where the mask covers 1 %, the paper's rule.
+SEG_THRESHOLD = 0.5
+#: Threshold on ``p_cls`` when the classifier does not carry its own.
+DEFAULT_CLS_THRESHOLD = 0.5
 
 
 def _frame_array(x: np.ndarray | None, n: int, name: str) -> np.ndarray:
@@ -224,3 +240,201 @@ def choose_case_frame(
     f = _pick(np.flatnonzero(flags.candidates), flags, area, optimal)
     return -1 if f is None else f
 
+
+
+# --------------------------------------------------------------------------------------------
+# The assessment of one sweep
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The operating point: one threshold, on ``p_cls`` when there is a classifier, else on
+    ``p_seg`` (where :data:`SEG_THRESHOLD` is the paper's 1 % rule).
+
+    ``value`` is the one in use, ``model`` the models' own (the classifier bundle's threshold,
+    chosen on validation data when it was trained). With a classifier the segmenter's call stays
+    the paper's rule.
+    """
+
+    value: float
+    model: float
+    score: str = "p_cls"  # "p_cls" | "p_seg": the score ``value`` applies to
+
+    @classmethod
+    def of_models(cls, models, value: float | None = None) -> "Thresholds":
+        """The models' own operating point (``models``: ``LoadedModels``-like, with ``cls`` and
+        ``seg``), with ``value`` in its place when given."""
+        c = getattr(models, "cls", None)
+        if c is not None:
+            own = float(getattr(c, "threshold", DEFAULT_CLS_THRESHOLD))
+            t = cls(value=own, model=own, score="p_cls")
+        else:
+            t = cls(value=SEG_THRESHOLD, model=SEG_THRESHOLD, score="p_seg")
+        return t if value is None else t.with_value(value)
+
+    def with_value(self, value: float) -> "Thresholds":
+        """The same models' operating point moved to ``value`` (clamped to [0, 1])."""
+        return replace(self, value=min(max(float(value), 0.0), 1.0))
+
+    @property
+    def changed(self) -> bool:
+        """The user moved the threshold away from the models' own."""
+        return round(self.value, 3) != round(self.model, 3)
+
+    @property
+    def cls(self) -> float:
+        """Threshold on ``p_cls``."""
+        return self.value if self.score == "p_cls" else DEFAULT_CLS_THRESHOLD
+
+    @property
+    def seg(self) -> float:
+        """Threshold on ``p_seg``."""
+        return self.value if self.score == "p_seg" else SEG_THRESHOLD
+
+    def describe(self) -> str:
+        """``"threshold 0.70"``, or ``"threshold 0.62 (model: 0.70)"`` when the user changed it."""
+        text = f"threshold {self.value:.2f}"
+        return f"{text} (model: {self.model:.2f})" if self.changed else text
+
+
+@dataclass
+class SweepSummary:
+    """Per sweep of a case: the best frame and what was measured on it."""
+
+    sweep: int  # 1-based, as in the ACOUSLIC CSV
+    kind: str
+    first_frame: int
+    last_frame: int
+    best_frame: int  # -1 when no frame of this sweep passes
+    score: float | None
+    ac_mm: float | None
+    ga_weeks: float | None
+    ga_out_of_range: bool = False
+
+
+@dataclass
+class CaseSummary:
+    """What ``summary.json`` holds: the case, the operating point, the chosen frame, per sweep
+    the best frame with its AC and GA."""
+
+    path: str
+    content_hash: str
+    n_frames: int
+    spacing_mm: tuple[float, float]
+    models: str
+    threshold: float  # in use, on ``threshold_score``
+    model_threshold: float  # the models' own
+    threshold_score: str  # "p_cls" | "p_seg"
+    threshold_changed: bool
+    chosen_frame: int  # -1 when no frame passes (the challenge's convention)
+    sweeps: list[SweepSummary] = field(default_factory=list)
+    frames_scored: int = 0
+    complete: bool = True
+
+    def to_json(self) -> dict:
+        from fetaliqa_core.files import json_safe
+
+        return json_safe(asdict(self))
+
+
+@dataclass
+class Assessment:
+    """Everything derived from one sweep's results: what the CLI writes and the app shows.
+
+    ``flags``: per-frame calls (``flags.candidates`` are the flagged frames); ``best``: per sweep
+    the best scored frame or None (``passes`` says whether it is above threshold);
+    ``chosen_frame``: the case's one frame, -1 when none passes; ``ac``: AC measured on the best
+    passing frames and the chosen one (frame -> measurement, absent where not measurable);
+    ``summary``: the same for ``summary.json``.
+    """
+
+    thresholds: Thresholds
+    flags: FrameFlags
+    best: list[BestFrame | None]
+    chosen_frame: int
+    ac: dict[int, ACMeasurement]
+    summary: CaseSummary
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """``(N,)`` bool: the frames flagged as candidates."""
+        return self.flags.candidates
+
+    def chosen_ac(self) -> ACMeasurement | None:
+        return self.ac.get(self.chosen_frame) if self.chosen_frame >= 0 else None
+
+
+def assess(sweep, results, thresholds: Thresholds, models: str = "",
+           measure: Callable[[int], ACMeasurement | None] | None = None) -> Assessment:
+    """The assessment of one sweep from its per-frame results.
+
+    sweep: ``io.Sweep``-like (``n_frames``, ``sweep_ranges``, ``sweep_kinds``, ``height``,
+    ``width``, ``spacing_mm``, ``path``, ``content_hash``, ``frames``). results:
+    ``engine.SweepResults``-like (``has_cls``, ``has_seg``, ``p_cls``, ``p_seg``, ``p_opt``,
+    ``seg_area_px``, ``mask(frame)``, ``n_done``, ``complete``); unscored frames are NaN / -1
+    and are never flagged. thresholds: :class:`Thresholds`. models: their description for the
+    summary. measure: ``frame -> ACMeasurement | None`` (default
+    :func:`~fetaliqa_core.analysis.ac.measure_frame_ac` inside the sweep's field of view); the
+    viewer passes its per-frame cache.
+    """
+    p_cls = results.p_cls if results.has_cls else None
+    p_seg = results.p_seg if results.has_seg else None
+    area = p_opt = None
+    if results.has_seg:
+        area = results.seg_area_px.astype(np.float64)
+        area[area < 0] = np.nan
+        p_opt = results.p_opt
+    if p_cls is None and p_seg is None:
+        raise ValueError("results of a sweep without any model")
+    thr_cls, thr_seg = thresholds.cls, thresholds.seg
+    flags = flag_frames(p_cls, p_seg, thr_cls, thr_seg)
+    best = best_frames(p_cls, p_seg, area, sweep.sweep_ranges, p_opt=p_opt,
+                       threshold_cls=thr_cls, threshold_seg=thr_seg)
+    chosen = choose_case_frame(p_cls, p_seg, area, p_opt, thr_cls, thr_seg)
+
+    if measure is None:
+        from fetaliqa_core import acouslic
+
+        fov = acouslic.sweep_fov(sweep) if results.has_seg else None
+
+        def measure(frame: int) -> ACMeasurement | None:
+            return measure_frame_ac(sweep, results, frame, fov)
+
+    ac: dict[int, ACMeasurement] = {}
+
+    def ac_on(frame: int) -> ACMeasurement | None:
+        if frame < 0 or not results.has_seg:
+            return None
+        if frame not in ac:
+            m = measure(frame)
+            if m is None:
+                return None
+            ac[frame] = m
+        return ac[frame]
+
+    kinds = list(getattr(sweep, "sweep_kinds", []) or [])
+    sweeps: list[SweepSummary] = []
+    for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
+        frame = b.frame if (b is not None and b.passes) else -1
+        m = ac_on(frame)
+        ga = hadlock_ga(m.ac_mm) if m is not None else None
+        ga_ok = ga is not None and math.isfinite(ga.weeks)
+        sweeps.append(SweepSummary(
+            sweep=s + 1, kind=kinds[s] if s < len(kinds) else "unknown",
+            first_frame=int(start), last_frame=int(stop) - 1,
+            best_frame=int(frame), score=(float(b.score) if frame >= 0 else None),
+            ac_mm=(round(m.ac_mm, 1) if m is not None else None),
+            ga_weeks=(round(ga.weeks, 1) if ga_ok else None),
+            ga_out_of_range=bool(ga.out_of_range) if ga_ok else False))
+    ac_on(chosen)
+    summary = CaseSummary(
+        path=str(sweep.path) if getattr(sweep, "path", None) else "",
+        content_hash=str(getattr(sweep, "content_hash", "")),
+        n_frames=int(sweep.n_frames), spacing_mm=tuple(float(v) for v in sweep.spacing_mm),
+        models=models, threshold=float(thresholds.value), model_threshold=float(thresholds.model),
+        threshold_score=thresholds.score, threshold_changed=thresholds.changed,
+        chosen_frame=int(chosen), sweeps=sweeps,
+        frames_scored=int(results.n_done), complete=bool(results.complete))
+    return Assessment(thresholds=thresholds, flags=flags, best=best, chosen_frame=int(chosen),
+                      ac=ac, summary=summary)

@@ -11,8 +11,7 @@ from fetaliqa_core.errors import FetalIQAError
 
 HELP = "Score every frame of a sweep and write frames.csv and summary.json."
 
-CHALLENGE_FRAME_FILE = "fetal-abdomen-frame-number.json"
-CHALLENGE_MASK_FILE = "fetal-abdomen-segmentation.mha"
+SWEEP_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz", ".dcm")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +31,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def model_choice(args):
-    from fetaliqa_core.pipeline import ModelChoice
+    from fetaliqa_core.models.choice import ModelChoice
 
     if args.model == "demo" and (args.cls or args.seg):
         raise FetalIQAError("Give either --model demo or --cls/--seg bundles, not both.")
@@ -49,8 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./fetaliqa-scores/<sweep name>)")
     p.add_argument("--threshold", type=probability, default=None,
-                   help="classifier threshold for flagged frames (default: the classifier "
-                        "bundle's own, else 0.5)")
+                   help="threshold for flagged frames, on the classifier's p_cls (default: the "
+                        "classifier bundle's own); with a segmenter alone on p_seg (default 0.5, "
+                        "the paper's rule: mask >= 1 %% of the model input)")
     p.add_argument("--challenge-output", action="store_true",
                    help="also write the ACOUSLIC-AI challenge's output files")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write cached results")
@@ -60,9 +60,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     score_archive.add_arguments(p)
 
 
+def sweep_folder_members(path: Path) -> list[Path] | None:
+    """Sweep files in a folder of sweeps, or None if ``path`` is not such a folder
+    (a file, or a DICOM series folder, which is one sweep)."""
+    if not path.is_dir():
+        return None
+    members = sorted(p for p in path.iterdir()
+                     if p.is_file() and p.name.lower().endswith(SWEEP_SUFFIXES[:-1]))
+    return members or None
+
+
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".nii.gz", ".mha", ".mhd", ".nrrd", ".nii", ".dcm"):
+    for suffix in sorted(SWEEP_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -71,13 +81,13 @@ def _stem(path: Path) -> str:
 def score_one(path: Path, out: Path, models, args, position: str = "", sweep=None, extra=None) -> dict:
     """Score one sweep into ``out`` (written atomically). Returns the summary as JSON.
 
-    ``sweep``: the sweep already loaded from ``path``; ``extra(folder, sweep, results, analysis)``
+    ``sweep``: the sweep already loaded from ``path``; ``extra(folder, sweep, results, assessment)``
     writes more files into the output folder before it is put in place."""
-    import numpy as np
     from tqdm import tqdm
 
+    from fetaliqa_core import export
     from fetaliqa_core import io as fio
-    from fetaliqa_core import pipeline
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
     from fetaliqa_core.engine import ScoringEngine
 
     sweep = fio.load_sweep(path) if sweep is None else sweep
@@ -91,26 +101,11 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     finally:
         bar.close()
     results = engine.results
-    threshold = args.threshold
-    if threshold is None:
-        threshold = models.cls.threshold if models.cls is not None else 0.5
-    result = pipeline.analyse(sweep, results, models.describe(), threshold)
-    with pipeline.atomic_output_dir(out) as tmp:
-        pipeline.write_frames_csv(tmp / "frames.csv", sweep, results, result.flags.candidates)
-        pipeline.write_summary_json(tmp / "summary.json", result.summary)
-        if args.challenge_output:
-            frame = result.summary.chosen_frame
-            (tmp / CHALLENGE_FRAME_FILE).write_text(f"{frame}\n")
-            volume = np.zeros((sweep.n_frames, sweep.height, sweep.width), dtype=np.uint8)
-            if frame >= 0 and results.mask(frame) is not None:
-                from fetaliqa_core.preprocess import mask_to_frame
-
-                volume[frame] = (mask_to_frame(results.mask(frame), sweep.height, sweep.width) > 0)
-            fio.write_volume(tmp / CHALLENGE_MASK_FILE, volume, spacing_mm=sweep.spacing_mm,
-                             compress=True)
-        if extra is not None:
-            extra(tmp, sweep, results, result)
-    return result.summary.to_json()
+    thresholds = Thresholds.of_models(models, args.threshold)
+    assessment = assess(sweep, results, thresholds, models.describe())
+    hook = None if extra is None else (lambda folder: extra(folder, sweep, results, assessment))
+    export.write_scores(out, sweep, results, assessment, challenge=args.challenge_output, extra=hook)
+    return assessment.summary.to_json()
 
 
 def _print_summary(summary: dict, out: Path) -> None:
@@ -131,8 +126,8 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 
 def run(args) -> int:
-    from fetaliqa_core import pipeline
     from fetaliqa_core.cli import score_archive
+    from fetaliqa_core.models import choice as choice_mod
 
     if score_archive.wanted(args):
         return score_archive.run(args)
@@ -140,9 +135,9 @@ def run(args) -> int:
     path: Path = args.sweep
     if not path.exists():
         raise FetalIQAError(f"{path}: no such file or folder. Check the path of the sweep to score.")
-    members = pipeline.sweep_folder_members(path)
+    members = sweep_folder_members(path)
     base_out = args.out or Path("fetaliqa-scores") / _stem(path)
-    models = pipeline.load_models(model_choice(args))
+    models = choice_mod.load_models(model_choice(args))
     if members is None:
         summary = score_one(path, base_out, models, args)
         _print_summary(summary, base_out)

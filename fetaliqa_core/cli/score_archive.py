@@ -52,11 +52,11 @@ def wanted(args) -> bool:
 
 
 def _members(path: Path) -> list[Path]:
-    from fetaliqa_core import pipeline
+    from fetaliqa_core.cli.score import sweep_folder_members
 
     if not path.exists():
         raise FetalIQAError(f"{path}: no such file or folder. Check the path of the archive to score.")
-    members = pipeline.sweep_folder_members(path)
+    members = sweep_folder_members(path)
     if members is not None:
         return members
     if path.is_dir() and not any(path.iterdir()):
@@ -67,14 +67,14 @@ def _members(path: Path) -> list[Path]:
 def _record_writer(item: ar.Item, base: dict):
     """The ``extra`` hook of ``score_one``: writes case.json into the case's folder before it
     is put in place, so a folder with a record is always complete."""
-    def write(tmp: Path, sweep, results, analysis) -> None:
+    def write(tmp: Path, sweep, results, assessment) -> None:
         from fetaliqa_core import analysis as an
 
-        chosen = int(analysis.summary.chosen_frame)
-        m = analysis.ac.get(chosen) if chosen >= 0 else None
+        chosen = int(assessment.chosen_frame)
+        m = assessment.chosen_ac()
         ga = an.hadlock_ga(m.ac_mm) if m is not None else None
         record = dict(base, status="ok", error=None, key=item.key, file_hash=item.fhash,
-                      content_hash=analysis.summary.content_hash, chosen_frame=chosen,
+                      content_hash=assessment.summary.content_hash, chosen_frame=chosen,
                       chosen_sweep=(sweep.sweep_index(chosen) + 1) if chosen >= 0 else None,
                       ac_mm=round(float(m.ac_mm), 1) if m is not None else None,
                       ga_weeks=round(float(ga.weeks), 1) if ga is not None else None,
@@ -96,19 +96,22 @@ def _error_text(exc: BaseException, member: Path) -> str:
 
 def run(args) -> int:
     from fetaliqa_core import io as fio
-    from fetaliqa_core import pipeline
     from fetaliqa_core.cli import score as score_cmd
 
     ranks = ar.ranks_from_env()
     started = time.perf_counter()
     ar.init_process_group(ranks, args.device)
     try:
-        return _run(args, ranks, started, fio, pipeline, score_cmd)
+        return _run(args, ranks, started, fio, score_cmd)
     finally:
         ar.close_process_group(ranks)
 
 
-def _run(args, ranks: ar.Ranks, started: float, fio, pipeline, score_cmd) -> int:
+def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
+    from fetaliqa_core import export
+    from fetaliqa_core.analysis.assessment import Thresholds
+    from fetaliqa_core.models.choice import load_models
+
     path: Path = args.sweep
     out: Path = args.out or Path("fetaliqa-scores") / score_cmd._stem(path)
     plan = None
@@ -120,13 +123,11 @@ def _run(args, ranks: ar.Ranks, started: float, fio, pipeline, score_cmd) -> int
     members = [Path(m) for m in plan["members"]]
     names, files = plan["names"], [m.name for m in members]
     tag = f"[rank {ranks.rank}/{ranks.world}] " if ranks.distributed else ""
-    models = pipeline.load_models(score_cmd.model_choice(args))
-    threshold = args.threshold
-    if threshold is None:
-        threshold = models.cls.threshold if models.cls is not None else 0.5
+    models = load_models(score_cmd.model_choice(args))
+    threshold = Thresholds.of_models(models, args.threshold).value
     hashes = ar.model_hashes(models)
     settings = ar.settings_key(hashes, threshold)
-    needed = [score_cmd.CHALLENGE_FRAME_FILE, score_cmd.CHALLENGE_MASK_FILE] if args.challenge_output else []
+    needed = [export.CHALLENGE_FRAME_FILE, export.CHALLENGE_MASK_FILE] if args.challenge_output else []
     heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
     mine = ar.shard(len(members), ranks)
     ar.clean_leftovers(out, [names[i] for i in mine])

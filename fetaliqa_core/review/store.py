@@ -58,6 +58,7 @@ import cv2
 import numpy as np
 
 from fetaliqa_core import paths
+from fetaliqa_core.analysis.assessment import SEG_THRESHOLD
 from fetaliqa_core.errors import FetalIQAError
 
 DB_FILENAME = "reviews.sqlite3"
@@ -212,20 +213,26 @@ class ModelRun:
     ac_mm: float | None
     ga_weeks: float | None
 
+    def frame_flags(self):
+        """The run's per-frame calls (``analysis.assessment.FrameFlags``), by the same rule as
+        the assessment that flagged its frames."""
+        from fetaliqa_core.analysis.assessment import flag_frames
+
+        return flag_frames(self.p_cls, self.p_seg, self.threshold, self.seg_threshold)
+
     @property
     def cls_call(self) -> np.ndarray:
         """(n_frames,) bool: classifier positive (False where p_cls is NaN)."""
-        return np.nan_to_num(self.p_cls, nan=-1.0) >= self.threshold
+        return self.frame_flags().cls_call
 
     @property
     def seg_call(self) -> np.ndarray:
         """(n_frames,) bool: segmenter positive (False where p_seg is NaN)."""
-        return np.nan_to_num(self.p_seg, nan=-1.0) >= self.seg_threshold
+        return self.frame_flags().seg_call
 
     def models_disagree(self) -> np.ndarray:
         """(n_frames,) bool: both models ran and their calls differ."""
-        both = ~np.isnan(self.p_cls) & ~np.isnan(self.p_seg)
-        return both & (self.cls_call != self.seg_call)
+        return self.frame_flags().disagreements
 
 
 @dataclass(frozen=True)
@@ -566,7 +573,7 @@ class ReviewStore:
         p_cls, p_seg: (n_frames,) float probabilities, NaN where the model did not run.
         seg_area_px: (n_frames,) int predicted-mask pixel counts. flagged: (n_frames,) bool.
         threshold / seg_threshold: the calls' thresholds on p_cls / p_seg (seg defaults to
-            threshold). chosen_frame, ac_mm, ga_weeks: the frame chosen for measurement and
+            0.5, the paper's 1 % mask rule on the engine's mask score). chosen_frame, ac_mm, ga_weeks: the frame chosen for measurement and
             what was measured there.
         masks: optional {frame: (H, W) uint8 labels 0/1/2}, in frame pixels or in the 224 x
             224 model space, for overlays in reports (keep it to flagged frames; ~1 KB each).
@@ -583,7 +590,7 @@ class ReviewStore:
             "p_cls, p_seg, seg_area_px, flagged, chosen_frame, ac_mm, ga_weeks) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sweep_id, utc_now(), json.dumps(dict(bundles), sort_keys=True), float(threshold),
-             float(threshold if seg_threshold is None else seg_threshold),
+             float(SEG_THRESHOLD if seg_threshold is None else seg_threshold),
              _f32_blob(p_cls, n, "p_cls"), _f32_blob(p_seg, n, "p_seg"),
              _i32_blob(seg_area_px, n, "seg_area_px"),
              flagged_arr.astype(bool).astype(np.uint8).tobytes(),

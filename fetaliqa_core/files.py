@@ -1,0 +1,126 @@
+"""Writing files so that a reader never sees half of one, and JSON without NaN.
+
+:func:`atomic_path` is the one place that does "write to a temporary file in the same folder,
+flush it to disk, then rename it over the target" (``os.replace`` is atomic within one file
+system, on POSIX and on Windows). :func:`atomic_write` and :func:`write_json` are built on it,
+and :func:`atomic_output_dir` does the same for a folder of results.
+
+JSON has no NaN or infinity: :func:`json_safe` turns them into ``null`` ("not available"), and
+numpy scalars and arrays into plain Python numbers and lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_output_dir", "atomic_path", "atomic_write", "json_safe", "json_text", "write_json"]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Context manager yielding a temporary path next to ``path``; write the file there.
+
+    When the block ends without an exception the file is flushed to disk and renamed over
+    ``path``; otherwise it is removed and ``path`` is left as it was. ``suffix`` (default: the
+    target's own, e.g. ``.npy``) keeps writers that choose the format by suffix working.
+    """
+    path = Path(path)
+    if suffix is None:
+        suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}"
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write(path: str | Path, data: bytes | str, encoding: str = "utf-8") -> Path:
+    """Write ``data`` (text is encoded with ``encoding``) to ``path`` atomically."""
+    path = Path(path)
+    raw = data.encode(encoding) if isinstance(data, str) else bytes(data)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(raw)
+    return path
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN / infinity replaced by None, numpy scalars and arrays by Python values,
+    tuples by lists and paths by strings (what ``json.dumps`` can write as standard JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k) if not isinstance(k, (str, int, float, bool)) else k: json_safe(v)
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        np = None
+    if np is not None:
+        if isinstance(obj, np.generic):
+            return json_safe(obj.item())
+        if isinstance(obj, np.ndarray):
+            return json_safe(obj.tolist())
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """Standard JSON (no NaN) for ``obj`` (see :func:`json_safe`)."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    """Write ``obj`` as standard JSON (NaN and infinity as null) to ``path`` atomically."""
+    return atomic_write(path, json_text(obj, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | Path) -> Iterator[Path]:
+    """Context manager: files are written into a temporary sibling folder that replaces ``out``
+    only when everything succeeded, so a failed run leaves nothing half-written.
+
+    When ``out`` already exists only the files written this time replace their namesakes in it;
+    other files there are kept (a folder with other content is never deleted).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        for p in tmp.iterdir():
+            target = out / p.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(p, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

@@ -1,0 +1,69 @@
+"""The models the user chose, and loading them.
+
+:func:`load_models` is the one place that turns the user's choice (the demo model, or bundles
+plus the FetalCLIP weights they were trained on, a device and a number format) into loaded
+models; the command line, the app and the benchmark all go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fetaliqa_core.errors import FetalIQAError
+
+
+@dataclass
+class ModelChoice:
+    """What the user asked to score with."""
+
+    model: str | None = "demo"  # "demo", or None when bundles are given
+    cls: Path | None = None
+    seg: Path | None = None
+    base: Path | None = None
+    device: str = "auto"
+    precision: str | None = None  # "auto" | "bf16" | "fp32"; None: $FETALIQA_PRECISION or auto
+
+    def describe(self) -> str:
+        if self.model == "demo":
+            return "demo model (tiny, trained on synthetic sweeps)"
+        parts = []
+        if self.cls:
+            parts.append(f"classifier {Path(self.cls).name}")
+        if self.seg:
+            parts.append(f"segmenter {Path(self.seg).name}")
+        return ", ".join(parts)
+
+
+@dataclass
+class LoadedModels:
+    cls: object | None
+    seg: object | None
+    choice: ModelChoice
+    device: str
+    device_label: str = ""  # e.g. "CPU (2 threads, bf16: AVX512_BF16, bf16 matmul 2.3x fp32)"
+
+    def describe(self) -> str:
+        return f"{self.choice.describe()} on {self.device_label or self.device}"
+
+
+def load_models(choice: ModelChoice) -> LoadedModels:
+    """Load the classifier and/or segmenter the user chose (FetalIQAError on any problem)."""
+    from fetaliqa_core.models import bundle as bundle_mod
+    from fetaliqa_core.models.device import select_device
+
+    device = select_device(choice.device, choice.precision)
+    if choice.model == "demo" and not (choice.cls or choice.seg):
+        cls, seg = bundle_mod.demo_models(device=device)
+    else:
+        if not (choice.cls or choice.seg):
+            raise FetalIQAError("No model given: pass --model demo, or --cls and/or --seg bundle folders.")
+        cls = seg = None
+        if choice.cls:
+            cls = bundle_mod.load_bundle(Path(choice.cls), base_weights=choice.base, device=device)
+        if choice.seg:
+            if choice.cls and Path(choice.seg).resolve() == Path(choice.cls).resolve():
+                seg = cls  # one joint bundle: one encoder pass gives both
+            else:
+                seg = bundle_mod.load_bundle(Path(choice.seg), base_weights=choice.base, device=device)
+    return LoadedModels(cls=cls, seg=seg, choice=choice, device=str(device.device), device_label=device.description)
