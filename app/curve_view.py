@@ -23,6 +23,7 @@ from app import theme
 Y_MIN, Y_MAX = -0.16, 1.2
 STRIP = (-0.13, -0.05)  # status strip under the curves
 LABEL_Y = 1.17
+EMPTY_FRAMES = 100  # x range shown before a sweep is open
 
 
 class _TimelineViewBox(pg.ViewBox):
@@ -76,7 +77,10 @@ class QualityCurve(QWidget):
         pi.getAxis("left").setTicks([[(0, "0"), (0.5, "0.5"), (1, "1")]])
         pi.getAxis("left").setWidth(34)
         pi.setLabel("bottom", "frame", color=theme.TEXT_DIM)
+        # Frame numbers are counts: never "frame (x0.001)".
+        pi.getAxis("bottom").enableAutoSIPrefix(False)
         self.vb.setYRange(Y_MIN, Y_MAX, padding=0)
+        self.vb.setXRange(0, EMPTY_FRAMES, padding=0)  # no sweep yet: a plain 0..100 frame axis
         self.vb.setLimits(yMin=Y_MIN, yMax=Y_MAX)
 
         self._regions: list[pg.LinearRegionItem] = []
@@ -123,6 +127,8 @@ class QualityCurve(QWidget):
         self.legend.setObjectName("dim")
         self.legend.setTextFormat(Qt.RichText)
         self.legend.setContentsMargins(10, 3, 10, 0)
+        self.legend.setWordWrap(True)  # wraps in a narrow window instead of widening it
+        self.legend.setMinimumWidth(200)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor
-from PySide6.QtWidgets import QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 from app import theme
 from app.viewer_model import FlaggedFrames, ViewerModel
@@ -26,7 +26,8 @@ class FlaggedPanel(QWidget):
         self.tree.setUniformRowHeights(True)
         self.tree.setFocusPolicy(Qt.ClickFocus)
         self.tree.setColumnWidth(0, 130)
-        self.tree.setColumnWidth(1, 90)
+        self.tree.setColumnWidth(1, 110)
+        self.tree.header().setSectionResizeMode(1, QHeaderView.ResizeToContents)
         self.tree.itemClicked.connect(self._clicked)
         self.tree.itemActivated.connect(self._clicked)
         lay = QVBoxLayout(self)
@@ -35,7 +36,7 @@ class FlaggedPanel(QWidget):
         self._groups: dict[str, QTreeWidgetItem] = {}
         for key, title, colour in (("best", "Best frame per sweep", theme.BEST_COLOUR),
                                    ("candidates", "Candidates", theme.CANDIDATE_COLOUR),
-                                   ("disagreements", "Disagreements", theme.DISAGREE_COLOUR)):
+                                   ("disagreements", "Models disagree", theme.DISAGREE_COLOUR)):
             item = QTreeWidgetItem([title])
             item.setForeground(0, QBrush(QColor(colour)))
             item.setFirstColumnSpanned(True)
@@ -66,7 +67,10 @@ class FlaggedPanel(QWidget):
     def _row(self, frame: int, label: str | None = None) -> QTreeWidgetItem:
         k = self.model.sweep_index(frame)
         kind = self.model.sweep_kinds[k] if k < len(self.model.sweep_kinds) else ""
-        item = QTreeWidgetItem([label or str(frame), f"{k + 1} {kind[:5]}".strip(), self._score(frame)])
+        kind = "" if kind == "unknown" else kind  # "unknown" says nothing: the number alone
+        item = QTreeWidgetItem([label or str(frame), f"{k + 1} {kind}".strip(), self._score(frame)])
+        if kind:
+            item.setToolTip(1, f"sweep {k + 1}, {kind}")
         item.setData(0, FRAME_ROLE, int(frame))
         return item
 
@@ -90,7 +94,7 @@ class FlaggedPanel(QWidget):
                     item.setToolTip(0, "best of this sweep, but below the threshold")
                 best.addChild(item)
             best.setText(0, f"Best frame per sweep ({sum(b is not None for b in flags.best)})")
-            for name, title in (("candidates", "Candidates"), ("disagreements", "Disagreements")):
+            for name, title in (("candidates", "Candidates"), ("disagreements", "Models disagree")):
                 group = self._groups[name]
                 group.takeChildren()
                 frames = getattr(flags, name)

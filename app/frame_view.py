@@ -22,6 +22,15 @@ pg.setConfigOptions(imageAxisOrder="row-major")
 
 WHEEL_STEP = 120  # one notch of a mouse wheel (Qt angle delta units)
 CORNER_SIZE = (340, 64)  # px: room for three lines of corner annotation
+FULL_WINDOW = (256.0, 127.5)  # (window, level) that shows the stored grey values as they are
+# Window/level presets for 8-bit B-mode frames: (window, level).
+WINDOW_LEVEL_PRESETS: dict[str, tuple[float, float]] = {
+    "Full range": FULL_WINDOW,
+    "Brighter (dark sweeps)": (160.0, 80.0),
+    "More contrast": (128.0, 110.0),
+    "Softer": (320.0, 127.5),
+}
+WL_DRAG_GAIN = 1.0  # grey levels per pixel of mouse movement
 
 
 class FrameItem(pg.GraphicsObject):
@@ -37,11 +46,18 @@ class FrameItem(pg.GraphicsObject):
         self.image: np.ndarray | None = None
         self._qimage: QImage | None = None
         self._rect = QRectF()
+        self.lut: np.ndarray | None = None  # 256 grey values (window/level), None: as stored
+
+    def set_lut(self, lut: np.ndarray | None) -> None:
+        self.lut = lut
+        if self.image is not None:
+            self.setImage(self.image)
 
     def setImage(self, frame: np.ndarray) -> None:  # noqa: N802 (pyqtgraph naming)
         a = np.ascontiguousarray(frame, dtype=np.uint8)
         h, w = a.shape
-        grey = QImage(a.data, w, h, int(a.strides[0]), QImage.Format_Grayscale8)
+        shown = a if self.lut is None else self.lut[a]
+        grey = QImage(shown.data, w, h, int(shown.strides[0]), QImage.Format_Grayscale8)
         self._qimage = grey.convertToFormat(QImage.Format_RGB32)  # owns its pixels
         self.image = a
         if self._rect.width() != w or self._rect.height() != h:
@@ -62,13 +78,34 @@ class FrameItem(pg.GraphicsObject):
             painter.drawImage(self._rect, self._qimage)
 
 
-class _ScrubViewBox(pg.ViewBox):
-    """Wheel scrubs frames (like slice scrolling in ITK-SNAP / 3D Slicer); Ctrl+wheel zooms."""
+def window_level_lut(window: float, level: float) -> np.ndarray | None:
+    """The 256-entry grey table of a window (width) centred on a level; None for the identity."""
+    window = float(np.clip(window, 1.0, 512.0))
+    if abs(window - FULL_WINDOW[0]) < 1e-6 and abs(level - FULL_WINDOW[1]) < 1e-6:
+        return None
+    lo = level - window / 2.0
+    v = (np.arange(256, dtype=np.float64) - lo) * (255.0 / window)
+    return np.clip(np.round(v), 0, 255).astype(np.uint8)
 
-    def __init__(self, on_scrub) -> None:
+
+class _ScrubViewBox(pg.ViewBox):
+    """Wheel scrubs frames (like slice scrolling in ITK-SNAP / 3D Slicer); Ctrl+wheel zooms;
+    a right-button drag sets window/level (as in Slicer and ITK-SNAP)."""
+
+    def __init__(self, on_scrub, on_window_level=None) -> None:
         super().__init__(lockAspect=True, invertY=True, enableMenu=False)
         self._on_scrub = on_scrub
+        self._on_window_level = on_window_level
         self._wheel_accum = 0
+
+    def mouseDragEvent(self, ev, axis=None):  # noqa: N802
+        if ev.button() == Qt.RightButton and self._on_window_level is not None:
+            ev.accept()
+            d = ev.screenPos() - ev.lastScreenPos()
+            # right: wider window (less contrast); up: lower level (brighter)
+            self._on_window_level(float(d.x()), float(-d.y()))
+            return
+        super().mouseDragEvent(ev, axis)
 
     def wheelEvent(self, ev, axis=None):  # noqa: N802 (Qt naming)
         if ev.modifiers() & Qt.ControlModifier:
@@ -106,11 +143,13 @@ class FrameView(QWidget):
     """Shows one frame with overlay and annotations. ``scrub(int)``: wheel steps asked for."""
 
     scrub = Signal(int)
+    window_level_changed = Signal(float, float)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.graphics = pg.GraphicsView(background=theme.BG)
-        self.view = _ScrubViewBox(self.scrub.emit)
+        self.view = _ScrubViewBox(self.scrub.emit, self._drag_window_level)
+        self.window_level = FULL_WINDOW
         self.view.setMouseEnabled(True, True)
         self.graphics.setCentralItem(self.view)
         self.graphics.setFocusPolicy(Qt.NoFocus)
@@ -185,6 +224,24 @@ class FrameView(QWidget):
         self.corner_tr.move(max(0, w - self.corner_tr.width() - m), m)
         self.corner_bl.move(m, max(0, h - self.corner_bl.height() - m))
         self.corner_br.move(max(0, w - self.corner_br.width() - m), max(0, h - self.corner_br.height() - m))
+
+    # -- window/level ----------------------------------------------------------------------
+    def set_window_level(self, window: float, level: float) -> None:
+        window = float(np.clip(window, 1.0, 512.0))
+        level = float(np.clip(level, -128.0, 383.0))
+        self.window_level = (window, level)
+        self.image.set_lut(window_level_lut(window, level))
+        self.window_level_changed.emit(window, level)
+
+    def _drag_window_level(self, dx: float, dy: float) -> None:
+        w, lv = self.window_level
+        self.set_window_level(w + dx * WL_DRAG_GAIN, lv - dy * WL_DRAG_GAIN)
+
+    def apply_window_level_preset(self, name: str) -> None:
+        self.set_window_level(*WINDOW_LEVEL_PRESETS[name])
+
+    def reset_window_level(self) -> None:
+        self.set_window_level(*FULL_WINDOW)
 
     # -- content ---------------------------------------------------------------------------
     def set_frame(self, frame: np.ndarray) -> None:

@@ -12,83 +12,67 @@ import math
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence, QShortcut
+from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QDockWidget,
     QDoubleSpinBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
     QSlider,
+    QSpinBox,
     QSplitter,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from app import theme
+from app import keymap, theme, window_chrome, window_tools
 from app.curve_view import QualityCurve
 from app.flagged_panel import FlaggedPanel
 from app.frame_view import FrameView
-from app.review_panel import LABEL_KEYS, ReviewPanel
+from app.window_files import SweepFilesMixin
+from app.review_panel import ReviewPanel
 from app.settings import AppSettings
-from app.viewer_model import FPS_RANGE, OPACITY_STEP, ViewerModel
+from app.viewer_model import FPS_RANGE, ViewerModel
 from app.worker import ScoringController
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.choice import ModelChoice
 
 REFRESH_HZ = 10
-MODEL_LABEL_WIDTH = 250  # px; the full description is in the tooltip
-SWEEP_FILTER = "Sweeps (*.mha *.mhd *.nrrd *.nii *.nii.gz *.dcm);;All files (*)"
-
-KEY_HELP = """<table cellpadding=3>
-<tr><td><b>← / →</b></td><td>previous / next frame (also the mouse wheel)</td></tr>
-<tr><td><b>PgUp / PgDn</b></td><td>10 frames back / on</td></tr>
-<tr><td><b>Home / End</b></td><td>first / last frame</td></tr>
-<tr><td><b>Space</b></td><td>play / pause cine</td></tr>
-<tr><td><b>n / p</b></td><td>next / previous flagged frame</td></tr>
-<tr><td><b>b</b></td><td>best frame of this sweep</td></tr>
-<tr><td><b>s</b></td><td>show / hide the segmentation overlay</td></tr>
-<tr><td><b>a / d</b></td><td>overlay less / more opaque</td></tr>
-<tr><td><b>1 / 2 / 0</b></td><td>review: optimal / suboptimal / not usable</td></tr>
-<tr><td><b>Enter</b></td><td>review: save and next</td></tr>
-<tr><td><b>[ / ]</b></td><td>review: previous / next in the queue</td></tr>
-<tr><td><b>Ctrl+wheel</b></td><td>zoom; drag to pan; double-click to fit</td></tr>
-</table>"""
+MIN_SIZE = (1024, 600)  # px: the window works on a 1024x768 screen
 
 
-def _fmt_p(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
+_fmt_p, _fmt_eta, format_ga = window_tools.fmt_p, window_tools.fmt_eta, window_tools.format_ga
 
 
-def _fmt_eta(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return ""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds} s"
+class FrameNumberBox(QSpinBox):
+    """The go-to-frame box. While it has the focus, the keys typed into it are its own (not
+    the window's single-key shortcuts); Enter jumps and Esc leaves, both hand the keys back."""
+
+    done = Signal()
+    _OWN_KEYS = {Qt.Key_Return, Qt.Key_Enter, Qt.Key_Escape, Qt.Key_Backspace, Qt.Key_Delete,
+                 Qt.Key_Left, Qt.Key_Right, Qt.Key_Up, Qt.Key_Down, Qt.Key_Home, Qt.Key_End}
+
+    def event(self, ev):  # noqa: D102
+        if ev.type() == ev.Type.ShortcutOverride and (
+                ev.key() in self._OWN_KEYS or Qt.Key_0 <= ev.key() <= Qt.Key_9):
+            ev.accept()
+            return True
+        return super().event(ev)
+
+    def keyPressEvent(self, ev):  # noqa: N802
+        if ev.key() == Qt.Key_Escape:
+            self.done.emit()
+            return
+        super().keyPressEvent(ev)
+        if ev.key() in (Qt.Key_Return, Qt.Key_Enter):
+            self.done.emit()
 
 
-def format_ga(weeks: float | None) -> str:
-    if weeks is None or not math.isfinite(weeks):
-        return "–"
-    w = int(weeks)
-    d = int(round((weeks - w) * 7))
-    if d == 7:
-        w, d = w + 1, 0
-    return f"{w}w{d}d"
-
-
-class MainWindow(QMainWindow):
+class MainWindow(SweepFilesMixin, QMainWindow):
     """``scoring_ended(complete: bool, message: str)`` fires when a run ends for any reason
     (finished, cancelled, failed, no model)."""
 
@@ -121,6 +105,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("FetalIQA")
         self.setAcceptDrops(True)
         self.resize(1440, 900)
+        self.setMinimumSize(*MIN_SIZE)
         self.setDockOptions(QMainWindow.AnimatedDocks | QMainWindow.AllowTabbedDocks)
 
         self.model = ViewerModel()
@@ -168,19 +153,29 @@ class MainWindow(QMainWindow):
         self.fps_spin.setValue(self.model.fps)
         self.fps_spin.setToolTip("Cine speed")
         self.fps_spin.setFocusPolicy(Qt.ClickFocus)
+        self.fps_spin.setButtonSymbols(QAbstractSpinBox.UpDownArrows)
+        self.fps_spin.setMinimumWidth(78)
         self.slider = QSlider(Qt.Horizontal)
         self.slider.setRange(0, 0)
         self.slider.setPageStep(10)
         self.slider.setFocusPolicy(Qt.NoFocus)
-        self.frame_label = QLabel("– / –")
-        self.frame_label.setMinimumWidth(90)
-        self.frame_label.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        # The go-to-frame box: shows the frame, takes a number (Ctrl+G puts the cursor there).
+        self.frame_box = FrameNumberBox()
+        self.frame_box.done.connect(lambda: self.splitter.setFocus())
+        self.frame_box.setRange(0, 0)
+        self.frame_box.setKeyboardTracking(False)
+        self.frame_box.setFocusPolicy(Qt.ClickFocus)
+        self.frame_box.setToolTip("Go to frame (Ctrl+G): type a number and press Enter")
+        self.frame_box.setMinimumWidth(70)
+        self.frame_label = QLabel("/ –")
+        self.frame_label.setMinimumWidth(50)
 
         transport = QHBoxLayout()
         transport.setContentsMargins(8, 4, 8, 4)
         transport.addWidget(self.play_button)
         transport.addWidget(self.fps_spin)
         transport.addWidget(self.slider, 1)
+        transport.addWidget(self.frame_box)
         transport.addWidget(self.frame_label)
 
         top = QWidget()
@@ -215,144 +210,11 @@ class MainWindow(QMainWindow):
         self.resizeDocks([self.flagged_dock], [360], Qt.Horizontal)
 
     def _build_actions(self) -> None:
-        m = self.model
-        tb = self.addToolBar("Main")
-        tb.setObjectName("main_toolbar")
-        tb.setMovable(False)
-        tb.setIconSize(QSize(16, 16))
-        tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
-
-        self.act_open = QAction("Open…", self, shortcut=QKeySequence.Open, triggered=self.open_dialog)
-        self.act_models = QAction("Models…", self, triggered=self.models_dialog)
-        self.act_train = QAction("Train…", self, shortcut=QKeySequence("Ctrl+T"), triggered=self.train_dialog)
-        self.act_rescore = QAction("Score again", self, triggered=lambda: self.start_scoring(user=True))
-        self.act_cancel = QAction("Cancel scoring", self, triggered=self.cancel_scoring)
-        self.act_overlay = QAction("Overlay", self, checkable=True, checked=m.overlay_visible,
-                                   toggled=m.set_overlay_visible)
-        self.act_overlay.setToolTip("Show the segmentation overlay (s)")
-        self.act_best = QAction("Best frame", self, triggered=m.go_to_best)
-        self.act_best.setToolTip("Best frame of this sweep (b)")
-        self.act_prev_flag = QAction("◀ Flagged", self, triggered=lambda: m.next_flagged(-1))
-        self.act_prev_flag.setToolTip("Previous flagged frame (p)")
-        self.act_next_flag = QAction("Flagged ▶", self, triggered=lambda: m.next_flagged(1))
-        self.act_next_flag.setToolTip("Next flagged frame (n)")
-        self.act_fit = QAction("Fit", self, triggered=lambda: self.frame_view.view.autoRange(padding=0.0))
-        self.act_fit.setToolTip("Fit the frame to the view (double-click)")
-        self.act_export = QAction("Export report…", self, triggered=self.review.export_report)
-        self.act_labels = QAction("Export reviewer labels…", self, triggered=self.review.export_labels)
-        self.act_quit = QAction("Quit", self, shortcut=QKeySequence.Quit, triggered=self.close)
-        self.act_keys = QAction("Keyboard shortcuts", self, triggered=self.show_keys)
-
-        self.opacity_slider = QSlider(Qt.Horizontal)
-        self.opacity_slider.setRange(0, 100)
-        self.opacity_slider.setValue(int(round(m.opacity * 100)))
-        self.opacity_slider.setFixedWidth(120)
-        self.opacity_slider.setFocusPolicy(Qt.NoFocus)
-        self.opacity_slider.setToolTip("Overlay opacity (a / d)")
-
-        tb.addAction(self.act_open)
-        tb.addAction(self.act_models)
-        tb.addSeparator()
-        tb.addAction(self.act_overlay)
-        tb.addWidget(QLabel(" opacity"))
-        tb.addWidget(self.opacity_slider)
-        self.legend_label = QLabel(self._legend_html())
-        tb.addWidget(self.legend_label)
-        tb.addSeparator()
-        tb.addAction(self.act_prev_flag)
-        tb.addAction(self.act_best)
-        tb.addAction(self.act_next_flag)
-        tb.addSeparator()
-        tb.addAction(self.act_fit)
-        for w in tb.findChildren(QToolButton):
-            w.setFocusPolicy(Qt.NoFocus)
-
-        menu = self.menuBar()
-        fm = menu.addMenu("&File")
-        fm.addAction(self.act_open)
-        self.recent_menu = fm.addMenu("Open recent")
-        fm.addAction(self.act_export)
-        fm.addAction(self.act_labels)
-        fm.addSeparator()
-        fm.addAction(self.act_quit)
-        vm = menu.addMenu("&View")
-        vm.addAction(self.act_overlay)
-        vm.addAction(self.act_fit)
-        vm.addAction(self.flagged_dock.toggleViewAction())
-        vm.addAction(self.review_dock.toggleViewAction())
-        sm = menu.addMenu("&Scoring")
-        sm.addAction(self.act_models)
-        sm.addAction(self.act_train)
-        sm.addAction(self.act_rescore)
-        sm.addAction(self.act_cancel)
-        hm = menu.addMenu("&Help")
-        hm.addAction(self.act_keys)
+        window_chrome.build_actions(self)
         self._rebuild_recent()
 
-        def key(seq, fn) -> None:
-            sc = QShortcut(QKeySequence(seq), self)
-            sc.setContext(Qt.WindowShortcut)
-            sc.activated.connect(fn)
-
-        key(Qt.Key_Right, lambda: m.step(1))
-        key(Qt.Key_Left, lambda: m.step(-1))
-        key(Qt.Key_PageDown, lambda: m.page(1))
-        key(Qt.Key_PageUp, lambda: m.page(-1))
-        key(Qt.Key_Home, m.home)
-        key(Qt.Key_End, m.end)
-        key(Qt.Key_Space, m.toggle_playing)
-        key(Qt.Key_N, lambda: m.next_flagged(1))
-        key(Qt.Key_P, lambda: m.next_flagged(-1))
-        key(Qt.Key_B, m.go_to_best)
-        key(Qt.Key_S, m.toggle_overlay)
-        key(Qt.Key_A, lambda: m.change_opacity(-OPACITY_STEP))
-        key(Qt.Key_D, lambda: m.change_opacity(OPACITY_STEP))
-        for k, label in LABEL_KEYS.items():
-            key(k, lambda lab=label: self.review.choose(lab))
-        key(Qt.Key_Return, self.review.save_and_next)
-        key(Qt.Key_Enter, self.review.save_and_next)
-        key(Qt.Key_BracketLeft, lambda: self.review.move(-1))
-        key(Qt.Key_BracketRight, lambda: self.review.move(1))
-        key(Qt.Key_Escape, self.cancel_scoring)
-
-    @staticmethod
-    def _legend_html() -> str:
-        parts = []
-        for label, name in theme.LABEL_NAMES.items():
-            r, g, b = theme.LABEL_COLOURS[label]
-            parts.append(f"<span style='color:rgb({r},{g},{b})'>■</span> {name}")
-        return "&nbsp;&nbsp;" + "&nbsp;&nbsp;".join(parts) + "&nbsp;&nbsp;"
-
     def _build_status(self) -> None:
-        sb = self.statusBar()
-        sb.setSizeGripEnabled(False)
-        self.status_frame = QLabel()
-        self.status_values = QLabel()
-        self.status_ac = QLabel()
-        self.status_threshold = QLabel()
-        self.status_model = QLabel()
-        self.status_model.setObjectName("dim")
-        self.status_model.setMaximumWidth(MODEL_LABEL_WIDTH)
-        self.status_message = QLabel()
-        self.status_message.setObjectName("dim")
-        self._message_timer = QTimer(self)
-        self._message_timer.setSingleShot(True)
-        self._message_timer.timeout.connect(self.status_message.clear)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setFocusPolicy(Qt.NoFocus)
-        self.cancel_button.clicked.connect(self.cancel_scoring)
-        self.cancel_button.setEnabled(False)
-        for w in (self.status_frame, self.status_values, self.status_ac, self.status_threshold):
-            sb.addWidget(w)
-        self.status_message.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
-        sb.addWidget(self.status_message, 1)
-        sb.addPermanentWidget(self.status_model)
-        sb.addPermanentWidget(self.progress)
-        sb.addPermanentWidget(self.cancel_button)
+        window_chrome.build_status(self)
 
     def _connect(self) -> None:
         m = self.model
@@ -370,6 +232,7 @@ class MainWindow(QMainWindow):
         self.fps_spin.valueChanged.connect(m.set_fps)
         self.opacity_slider.valueChanged.connect(lambda v: m.set_opacity(v / 100.0))
         self.flagged.frame_chosen.connect(m.set_frame)
+        self.frame_box.valueChanged.connect(m.set_frame)
         self.review.message.connect(lambda text: self.notify(text, 6000))
         sc = self.scoring
         sc.models_ready.connect(self._models_ready)
@@ -377,79 +240,6 @@ class MainWindow(QMainWindow):
         sc.batch.connect(m.apply_batch)
         sc.finished.connect(self._scoring_finished)
         sc.failed.connect(self._scoring_failed)
-
-    # -- files -----------------------------------------------------------------------------
-    def open_dialog(self) -> None:
-        start = str(Path(self.settings.recent_files[0]).parent) if self.settings.recent_files else str(Path.home())
-        path, _ = QFileDialog.getOpenFileName(self, "Open sweep", start, SWEEP_FILTER)
-        if path:
-            self.open_path(path)
-
-    def open_path(self, path: str | Path, score: bool = True, block: bool = False) -> bool:
-        """Open a sweep file: read off the UI thread (the current case stays usable meanwhile),
-        then show its first frame and score it. A file that cannot be read gives a message box.
-
-        ``block=True`` reads it here and returns whether it opened (for scripts and tests).
-        """
-        from app.worker import SweepLoader, load_sweep_for_viewer
-
-        path = str(path)
-        if block:
-            try:
-                sweep = load_sweep_for_viewer(path)
-            except FetalIQAError as exc:
-                self.alert("Cannot open sweep", str(exc))
-                return False
-            except (OSError, ValueError, MemoryError) as exc:
-                self.alert("Cannot open sweep",
-                           f"{path}: could not be read as a sweep ({type(exc).__name__}: {exc}).")
-                return False
-            self._opened(path, sweep, score)
-            return True
-        loader = SweepLoader(path, self)
-        self._loader = loader  # the latest request wins; older results are dropped
-        loader.loaded.connect(lambda p, sw, ld=loader: self._opened(p, sw, score) if ld is self._loader else None)
-        loader.failed.connect(lambda p, msg, ld=loader: self._open_failed(msg) if ld is self._loader else None)
-        loader.finished.connect(loader.deleteLater)
-        self.notify(f"Opening {Path(path).name}…", 60000)
-        loader.start()
-        return True
-
-    def _opened(self, path: str, sweep, score: bool) -> None:
-        self._loader = None
-        self.add_recent(path)
-        self.notify(f"Opened {Path(path).name}: {sweep.n_frames} frames.", 5000)
-        self.set_sweep(sweep, score=score)
-        self.sweep_opened.emit(path)
-
-    def _open_failed(self, message: str) -> None:
-        self._loader = None
-        self.status_message.clear()
-        self.alert("Cannot open sweep", message)
-        self.sweep_open_failed.emit(message)
-
-    def add_recent(self, path: str | Path) -> None:
-        self.settings.add_recent(path)
-        self.settings.save()
-        self._rebuild_recent()
-
-    def _rebuild_recent(self) -> None:
-        self.recent_menu.clear()
-        for p in self.settings.recent_files:
-            act = self.recent_menu.addAction(p)
-            act.triggered.connect(lambda _=False, path=p: self.open_path(path))
-        self.recent_menu.setEnabled(bool(self.settings.recent_files))
-
-    def dragEnterEvent(self, ev):  # noqa: N802
-        if ev.mimeData().hasUrls() and any(u.isLocalFile() for u in ev.mimeData().urls()):
-            ev.acceptProposedAction()
-
-    def dropEvent(self, ev):  # noqa: N802
-        for url in ev.mimeData().urls():
-            if url.isLocalFile():
-                ev.acceptProposedAction()
-                self.open_path(url.toLocalFile())
-                return
 
     def set_sweep(self, sweep, score: bool = True) -> None:
         """Show a sweep at once (frame 0) and score it in the background."""
@@ -461,6 +251,9 @@ class MainWindow(QMainWindow):
         self.slider.setRange(0, max(self.model.n_frames - 1, 0))
         self.slider.setValue(0)
         self.slider.blockSignals(False)
+        self.frame_box.blockSignals(True)
+        self.frame_box.setRange(0, max(self.model.n_frames - 1, 0))
+        self.frame_box.blockSignals(False)
         name = Path(sweep.path).name if getattr(sweep, "path", None) else "sweep"
         self.setWindowTitle(f"{name} — FetalIQA")
         self._drawn_version = -1
@@ -476,15 +269,38 @@ class MainWindow(QMainWindow):
         self._user_asked_models = user
         models = self.models if self._models_for == self.choice else None
         self.model.set_scoring(True, "loading models…" if models is None else "")
-        self.cancel_button.setEnabled(True)
         self.scoring.start(self.model.sweep, choice=self.choice, models=models, focus=self.model.frame)
+        self._update_progress()
 
     def cancel_scoring(self) -> None:
+        """Stop scoring after the batch in progress (what is scored is kept and cached)."""
         if self.scoring.running:
             self.scoring.cancel()
-            self.cancel_button.setEnabled(False)
             self.model.scoring.message = "cancelling…"
             self._update_progress()
+
+    def ask_cancel_scoring(self) -> bool:
+        """Esc and the Stop button: ask before stopping a run (headless: stop at once)."""
+        if not self.scoring.running:
+            return False
+        if self.interactive:
+            st = self.model.scoring
+            answer = QMessageBox.question(
+                self, "Stop scoring?",
+                f"{st.n_done} of {st.n_total or self.model.n_frames} frames are scored. Stop scoring now?\n\n"
+                "The scored frames are kept; Resume scores the rest later.",
+                QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            if answer != QMessageBox.Yes or not self.scoring.running:
+                return False
+        self.cancel_scoring()
+        return True
+
+    def scoring_button_clicked(self) -> None:
+        """The status bar's button: Stop… while scoring, else Resume / Score again."""
+        if self.model.scoring.running:
+            self.ask_cancel_scoring()
+        else:
+            self.start_scoring(user=True)
 
     def models_dialog(self) -> None:
         from app.model_dialog import ModelDialog
@@ -579,7 +395,6 @@ class MainWindow(QMainWindow):
         n = self.model.n_frames
         msg = "scored" if complete else f"stopped: {n_done} of {n} frames scored"
         self.model.set_scoring(False, msg)
-        self.cancel_button.setEnabled(False)
         self.refresh()
         self.review.results_updated(final=True)
         self.notify(
@@ -589,7 +404,6 @@ class MainWindow(QMainWindow):
     def _scoring_failed(self, message: str) -> None:
         loading = self.models is None or self._models_for != self.choice
         self.model.set_scoring(False, "no model loaded" if loading else "failed")
-        self.cancel_button.setEnabled(False)
         if loading:
             self.models = None
             self._models_for = None
@@ -609,9 +423,10 @@ class MainWindow(QMainWindow):
             text = "Model: none loaded"
         else:
             text = f"Model: {self.choice.describe() or 'none'} (not loaded yet)"
-        self.status_model.setToolTip(problem or text)
-        fm = self.status_model.fontMetrics()
-        self.status_model.setText(fm.elidedText(text, Qt.ElideMiddle, MODEL_LABEL_WIDTH - 12))
+        # Elided to the room there is; the whole description is in the tooltip.
+        self.status_model.set_full_text(text, tooltip=problem or text)
+        self.legend_label.setText(window_chrome.legend_html(window_chrome.segmenter_labels(
+            self.models if self._models_for == self.choice else None)))
 
     def _update_progress(self) -> None:
         st = self.model.scoring
@@ -627,7 +442,28 @@ class MainWindow(QMainWindow):
             text = f"{st.n_done} / {st.n_total} frames · {st.message}" if st.message else (
                 f"{st.n_done} / {st.n_total} frames" if st.n_total else "")
         self.progress.setFormat(text)
-        self.cancel_button.setEnabled(st.running and self.scoring.running)
+        self.progress.setToolTip(text)
+        self._update_scoring_button()
+
+    def _update_scoring_button(self) -> None:
+        b = self.cancel_button
+        r = self.model.results
+        st = self.model.scoring
+        if st.running:
+            b.setText("Stop…")
+            b.setToolTip("Stop scoring (Esc); the scored frames are kept")
+            b.setEnabled(self.scoring.running and st.message != "cancelling…")
+        elif self.model.sweep is None:
+            b.setText("Score")
+            b.setEnabled(False)
+        elif r is not None and r.n_done and not r.complete:
+            b.setText("Resume")
+            b.setToolTip("Score the frames not scored yet (the scored ones come from the cache)")
+            b.setEnabled(True)
+        else:
+            b.setText("Score again" if r is not None and r.complete else "Score")
+            b.setToolTip("Score this sweep with the current model")
+            b.setEnabled(True)
 
     # -- model events ----------------------------------------------------------------------
     def _show_frame(self, index: int) -> None:
@@ -636,7 +472,7 @@ class MainWindow(QMainWindow):
         m = self.model
         if m.sweep is None:
             self.frame_view.clear()
-            self.frame_label.setText("– / –")
+            self.frame_label.setText("/ –")
             self.status_frame.setText("No sweep open")
             return
         self.frame_view.set_frame(m.sweep.frames[index])
@@ -682,7 +518,11 @@ class MainWindow(QMainWindow):
         k = m.sweep_index()
         kind = m.sweep_kinds[k] if k < len(m.sweep_kinds) else "unknown"
         kind_text = f" {kind}" if kind != "unknown" else ""
-        self.frame_label.setText(f"{i} / {m.n_frames - 1}")
+        self.frame_label.setText(f"/ {m.n_frames - 1}")
+        if self.frame_box.value() != i:
+            self.frame_box.blockSignals(True)
+            self.frame_box.setValue(i)
+            self.frame_box.blockSignals(False)
         self.status_frame.setText(f"Frame {i + 1}/{m.n_frames} · sweep {k + 1}{kind_text}")
         v = m.frame_values()
         r = m.results
@@ -810,16 +650,22 @@ class MainWindow(QMainWindow):
             print(f"fetaliqa: {message}", file=sys.stderr)
 
     def show_keys(self) -> None:
-        QMessageBox.information(self, "Keyboard shortcuts", KEY_HELP)
+        QMessageBox.information(self, "Keyboard shortcuts", keymap.help_html())
+
+    def go_to_frame(self) -> None:
+        """Ctrl+G: the cursor in the go-to-frame box, its number selected."""
+        self.frame_box.setFocus(Qt.ShortcutFocusReason)
+        self.frame_box.selectAll()
+
+    def export_frame(self, path: str | Path | None = None) -> Path | None:
+        return window_tools.export_frame(self, path)
+
+    def show_about(self) -> None:
+        window_tools.show_about(self)
 
     def save_screenshot(self, path: str | Path) -> Path:
         """Render the whole window to a PNG (works offscreen)."""
-        self.refresh()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.grab().save(str(path), "PNG"):
-            raise FetalIQAError(f"Could not write the screenshot {path}: check that its folder is writable.")
-        return path
+        return window_tools.write_screenshot(self, path)
 
     def closeEvent(self, ev):  # noqa: N802
         self.model.set_playing(False)

@@ -34,7 +34,9 @@ from fetaliqa_core.errors import FetalIQAError
 
 LABEL_KEYS = {"1": "optimal", "2": "suboptimal", "0": "not_usable"}
 LABEL_TITLES = {"optimal": "1  Optimal", "suboptimal": "2  Suboptimal", "not_usable": "0  Not usable"}
-QUEUE_TITLES = {"candidates": "Candidates", "disagreements": "Disagreements",
+# "disagreements" holds the frames where the two models disagree (the flagged panel's "Models
+# disagree") plus those where a verdict disagrees with the model's call: the title says both.
+QUEUE_TITLES = {"candidates": "Candidates", "disagreements": "Models disagree, or you and the model",
                 "unreviewed": "Unreviewed", "all": "All frames"}
 
 

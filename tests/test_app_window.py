@@ -31,8 +31,27 @@ def warnings(monkeypatch):
     return seen
 
 
+class _Questions:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.answer = QMessageBox.No
+
+
 @pytest.fixture
-def make_window(qtbot, warnings):
+def questions(monkeypatch):
+    """QMessageBox.question answered by the test (default No) and recorded."""
+    q = _Questions()
+
+    def fake_question(parent, title, text, *args, **kwargs):
+        q.asked.append(text)
+        return q.answer
+
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(fake_question))
+    return q
+
+
+@pytest.fixture
+def make_window(qtbot, warnings, questions):
     def make(delay: float = 0.0, score: bool = True, settings: AppSettings | None = None,
              batch_size: int = 8):
         win = MainWindow(settings=settings or AppSettings())
@@ -81,7 +100,7 @@ def test_keys_move_frame_and_control_overlay(qtbot, make_window):
     # The slider and the frame label follow.
     key(qtbot, win, Qt.Key_End)
     assert win.slider.value() == N - 1
-    assert win.frame_label.text() == f"{N - 1} / {N - 1}"
+    assert win.frame_box.value() == N - 1 and win.frame_label.text() == f"/ {N - 1}"
     win.slider.setValue(7)
     assert m.frame == 7
     # Overlay keys (ITK-SNAP): s toggles, a / d opacity.
@@ -220,19 +239,38 @@ def test_flagged_panel_click_jumps(qtbot, make_window):
     assert win.model.frame == target
 
 
-def test_cancel_keeps_what_was_scored(qtbot, make_window):
+def test_esc_asks_before_stopping_and_resume_continues_from_the_cache(qtbot, make_window, questions):
     win = make_window(delay=0.3, batch_size=4)
     qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.n_done > 0, timeout=10000)
     ended = []
     win.scoring_ended.connect(lambda c, m: ended.append((c, m)))
-    assert win.cancel_button.isEnabled()
+    # Esc asks; "No" keeps scoring.
+    key(qtbot, win, Qt.Key_Escape)
+    assert len(questions.asked) == 1 and "Stop scoring now?" in questions.asked[0]
+    assert win.scoring.running and not ended
+    # The status bar's Stop… button asks too; "Yes" stops after the batch in progress.
+    assert win.cancel_button.isEnabled() and win.cancel_button.text() == "Stop…"
+    questions.answer = QMessageBox.Yes
     QTest.mouseClick(win.cancel_button, Qt.LeftButton)
+    assert len(questions.asked) == 2
     qtbot.waitUntil(lambda: bool(ended), timeout=10000)
     assert ended[0][0] is False
     qtbot.waitUntil(lambda: not win.scoring.running, timeout=5000)  # the thread ends right after
-    assert 0 < win.model.results.n_done < N
-    assert not win.cancel_button.isEnabled()
+    kept = win.model.results.n_done
+    assert 0 < kept < N
     assert "stopped" in win.progress.format()
+    # The same button now resumes: the scored frames come back from the cache, the rest are scored.
+    assert win.cancel_button.isEnabled() and win.cancel_button.text() == "Resume"
+    win.use_models(fake_models(delay=0.0, batch_size=8))
+    batches = []
+    win.scoring.batch.connect(batches.append)
+    ended.clear()
+    QTest.mouseClick(win.cancel_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
+    assert ended[0][0] is True and win.model.results.complete
+    assert batches[0].from_cache and len(batches[0].indices) == kept
+    assert sum(len(b.indices) for b in batches[1:]) == N - kept  # only the unscored frames ran
+    assert win.cancel_button.text() == "Score again" and len(questions.asked) == 2
 
 
 def test_bad_file_gives_message_and_app_survives(qtbot, make_window, warnings, tmp_path):

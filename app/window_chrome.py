@@ -1,0 +1,225 @@
+"""The main window's toolbar, menus, key bindings and status bar (built once, wired to the
+window's methods). Kept apart from :mod:`app.main_window` so each file stays readable."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QSlider, QToolButton
+
+from app import keymap, theme
+from app.frame_view import WINDOW_LEVEL_PRESETS
+from app.viewer_model import OPACITY_STEP
+
+MODEL_LABEL_WIDTH = 420  # px at most; elided below that, the full description in the tooltip
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that elides its text to the room it gets (the whole text in the
+    tooltip) instead of being cut mid-word."""
+
+    def __init__(self, text: str = "", mode=Qt.ElideRight) -> None:
+        super().__init__()
+        self._full = text
+        self._mode = mode
+        self.setMinimumWidth(40)
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+
+    def full_text(self) -> str:
+        return self._full
+
+    def set_full_text(self, text: str, tooltip: str | None = None) -> None:
+        self._full = text
+        self.setToolTip(tooltip if tooltip is not None else text)
+        self._elide()
+
+    def sizeHint(self):  # noqa: N802
+        hint = super().sizeHint()
+        hint.setWidth(self.fontMetrics().horizontalAdvance(self._full) + 8)
+        return hint
+
+    def resizeEvent(self, ev):  # noqa: N802
+        super().resizeEvent(ev)
+        self._elide()
+
+    def _elide(self) -> None:
+        room = max(self.width() - 4, 10)
+        super().setText(self.fontMetrics().elidedText(self._full, self._mode, room))
+
+
+def segmenter_labels(models) -> tuple[int, ...]:
+    """The overlay labels the loaded segmenter can draw: a 3-class head grades the plane
+    (optimal, suboptimal), a binary head marks the abdomen; all when it cannot be told."""
+    seg = getattr(models, "seg", None) if models is not None else None
+    if models is not None and seg is None:
+        return ()
+    manifest = getattr(seg, "manifest", None)
+    n = getattr(manifest, "n_classes", None)
+    if n == 1:
+        return (3,)
+    if n == 3:
+        return (1, 2)
+    return tuple(theme.LABEL_NAMES)
+
+
+def legend_html(labels) -> str:
+    parts = []
+    for label in labels:
+        r, g, b = theme.LABEL_COLOURS[label]
+        parts.append(f"<span style='color:rgb({r},{g},{b})'>■</span> {theme.LABEL_NAMES[label]}")
+    if not parts:
+        return ""
+    return "&nbsp;&nbsp;" + "&nbsp;&nbsp;".join(parts) + "&nbsp;&nbsp;"
+
+
+def build_actions(win) -> None:
+    """Toolbar, menus and the window-wide keys of :data:`app.keymap.KEYMAP`."""
+    m = win.model
+    tb = win.addToolBar("Main")
+    tb.setObjectName("main_toolbar")
+    tb.setMovable(False)
+    tb.setIconSize(QSize(16, 16))
+    tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
+
+    def action(text, slot, tip="", **kw) -> QAction:
+        act = QAction(text, win, **kw)
+        act.triggered.connect(slot)
+        if tip:
+            act.setToolTip(tip)
+        return act
+
+    win.act_open = action("Open…", win.open_dialog, shortcut=QKeySequence.Open)
+    win.act_models = action("Models…", win.models_dialog)
+    win.act_train = action("Train…", win.train_dialog, shortcut=QKeySequence("Ctrl+T"))
+    win.act_rescore = action("Score again", lambda: win.start_scoring(user=True))
+    win.act_cancel = action("Stop scoring…", win.ask_cancel_scoring)
+    win.act_overlay = QAction("Overlay", win, checkable=True, checked=m.overlay_visible)
+    win.act_overlay.toggled.connect(m.set_overlay_visible)
+    win.act_overlay.setToolTip("Show the segmentation overlay (s)")
+    win.act_best = action("Best frame", m.go_to_best, "Best frame of this sweep (b)")
+    win.act_prev_flag = action("◀ Flagged", lambda: m.next_flagged(-1), "Previous flagged frame (p)")
+    win.act_next_flag = action("Flagged ▶", lambda: m.next_flagged(1), "Next flagged frame (n)")
+    win.act_fit = action("Fit", lambda: win.frame_view.view.autoRange(padding=0.0),
+                         "Fit the frame to the view (double-click)")
+    win.act_goto = action("Go to frame…", win.go_to_frame)
+    win.act_export_frame = action("Export frame as PNG…", win.export_frame)
+    win.act_export = action("Export report…", win.review.export_report)
+    win.act_labels = action("Export reviewer labels…", win.review.export_labels)
+    win.act_quit = action("Quit", win.close, shortcut=QKeySequence.Quit)
+    win.act_keys = action("Keyboard shortcuts", win.show_keys)
+    win.act_about = action("About FetalIQA", win.show_about)
+
+    win.opacity_slider = QSlider(Qt.Horizontal)
+    win.opacity_slider.setRange(0, 100)
+    win.opacity_slider.setValue(int(round(m.opacity * 100)))
+    win.opacity_slider.setFixedWidth(90)
+    win.opacity_slider.setFocusPolicy(Qt.NoFocus)
+    win.opacity_slider.setToolTip("Overlay opacity (a / d)")
+
+    tb.addAction(win.act_open)
+    tb.addAction(win.act_models)
+    tb.addSeparator()
+    tb.addAction(win.act_overlay)
+    tb.addWidget(win.opacity_slider)
+    win.legend_label = QLabel(legend_html(segmenter_labels(None)))
+    win.legend_label.setToolTip("Overlay colours of the loaded segmenter")
+    tb.addWidget(win.legend_label)
+    tb.addSeparator()
+    tb.addAction(win.act_prev_flag)
+    tb.addAction(win.act_best)
+    tb.addAction(win.act_next_flag)
+    tb.addSeparator()
+    tb.addAction(win.act_fit)
+    for w in tb.findChildren(QToolButton):
+        w.setFocusPolicy(Qt.NoFocus)
+
+    menu = win.menuBar()
+    fm = menu.addMenu("&File")
+    fm.addAction(win.act_open)
+    win.recent_menu = fm.addMenu("Open recent")
+    fm.addAction(win.act_export_frame)
+    fm.addAction(win.act_export)
+    fm.addAction(win.act_labels)
+    fm.addSeparator()
+    fm.addAction(win.act_quit)
+    vm = menu.addMenu("&View")
+    vm.addAction(win.act_overlay)
+    vm.addAction(win.act_fit)
+    vm.addAction(win.act_goto)
+    wl = vm.addMenu("Window/level")
+    win.window_level_actions = []
+    for name in WINDOW_LEVEL_PRESETS:
+        act = wl.addAction(name)
+        act.triggered.connect(lambda _=False, n=name: win.frame_view.apply_window_level_preset(n))
+        win.window_level_actions.append(act)
+    vm.addSeparator()
+    vm.addAction(win.flagged_dock.toggleViewAction())
+    vm.addAction(win.review_dock.toggleViewAction())
+    sm = menu.addMenu("&Scoring")
+    sm.addAction(win.act_models)
+    sm.addAction(win.act_train)
+    sm.addAction(win.act_rescore)
+    sm.addAction(win.act_cancel)
+    hm = menu.addMenu("&Help")
+    hm.addAction(win.act_keys)
+    hm.addAction(win.act_about)
+
+    review = win.review
+    win.shortcuts = keymap.bind(win, {
+        "prev_frame": lambda: m.step(-1), "next_frame": lambda: m.step(1),
+        "page_back": lambda: m.page(-1), "page_on": lambda: m.page(1),
+        "first_frame": m.home, "last_frame": m.end, "go_to_frame": win.go_to_frame,
+        "play": m.toggle_playing,
+        "next_flagged": lambda: m.next_flagged(1), "prev_flagged": lambda: m.next_flagged(-1),
+        "best_frame": m.go_to_best, "toggle_overlay": m.toggle_overlay,
+        "opacity_down": lambda: m.change_opacity(-OPACITY_STEP),
+        "opacity_up": lambda: m.change_opacity(OPACITY_STEP),
+        "reset_window_level": win.frame_view.reset_window_level,
+        "export_frame": win.export_frame, "cancel_scoring": win.ask_cancel_scoring,
+        "show_keys": win.show_keys,
+        "review_optimal": lambda: review.choose("optimal"),
+        "review_suboptimal": lambda: review.choose("suboptimal"),
+        "review_not_usable": lambda: review.choose("not_usable"),
+        "review_save": review.save_and_next,
+        "review_prev": lambda: review.move(-1), "review_next": lambda: review.move(1),
+    })
+
+
+def build_status(win) -> None:
+    """Frame, values, AC, model, progress and the scoring button, in a status bar that fits a
+    1024 px wide window: the passing message and the model label give way first."""
+    sb = win.statusBar()
+    sb.setSizeGripEnabled(False)
+    win.status_frame = QLabel()
+    win.status_values = QLabel()
+    win.status_ac = QLabel()
+    win.status_threshold = QLabel()
+    win.status_model = ElidedLabel()
+    win.status_model.setObjectName("dim")
+    win.status_model.setMaximumWidth(MODEL_LABEL_WIDTH)
+    win.status_message = QLabel()
+    win.status_message.setObjectName("dim")
+    win._message_timer = QTimer(win)
+    win._message_timer.setSingleShot(True)
+    win._message_timer.timeout.connect(win.status_message.clear)
+    win.progress = QProgressBar()
+    win.progress.setRange(0, 1)
+    win.progress.setValue(0)
+    win.progress.setFormat("")
+    win.progress.setMinimumWidth(120)
+    win.progress.setMaximumWidth(300)
+    win.progress.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+    # One button: "Stop" while scoring (asks first), "Resume" when frames are left unscored,
+    # "Score again" when everything is scored.
+    win.cancel_button = QPushButton("Stop…")
+    win.cancel_button.setFocusPolicy(Qt.NoFocus)
+    win.cancel_button.clicked.connect(win.scoring_button_clicked)
+    win.cancel_button.setEnabled(False)
+    for w in (win.status_frame, win.status_values, win.status_ac, win.status_threshold):
+        w.setMinimumWidth(40)  # may shrink below its text when the window is narrow
+        sb.addWidget(w)
+    win.status_message.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+    sb.addWidget(win.status_message, 1)
+    sb.addPermanentWidget(win.status_model, 1)
+    sb.addPermanentWidget(win.progress, 1)
+    sb.addPermanentWidget(win.cancel_button)

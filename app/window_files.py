@@ -1,0 +1,90 @@
+"""Opening sweeps in the main window: the file dialog, recent files, drag and drop, and reading
+a file off the UI thread (:class:`app.worker.SweepLoader`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtWidgets import QFileDialog
+
+from fetaliqa_core.errors import FetalIQAError
+
+SWEEP_FILTER = "Sweeps (*.mha *.mhd *.nrrd *.nii *.nii.gz *.dcm);;All files (*)"
+
+
+class SweepFilesMixin:
+    """Mixed into :class:`app.main_window.MainWindow` (uses its settings, notify, alert and
+    set_sweep)."""
+
+    def open_dialog(self) -> None:
+        start = str(Path(self.settings.recent_files[0]).parent) if self.settings.recent_files else str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Open sweep", start, SWEEP_FILTER)
+        if path:
+            self.open_path(path)
+
+    def open_path(self, path: str | Path, score: bool = True, block: bool = False) -> bool:
+        """Open a sweep file: read off the UI thread (the current case stays usable meanwhile),
+        then show its first frame and score it. A file that cannot be read gives a message box.
+
+        ``block=True`` reads it here and returns whether it opened (for scripts and tests).
+        """
+        from app.worker import SweepLoader, load_sweep_for_viewer
+
+        path = str(path)
+        if block:
+            try:
+                sweep = load_sweep_for_viewer(path)
+            except FetalIQAError as exc:
+                self.alert("Cannot open sweep", str(exc))
+                return False
+            except (OSError, ValueError, MemoryError) as exc:
+                self.alert("Cannot open sweep",
+                           f"{path}: could not be read as a sweep ({type(exc).__name__}: {exc}).")
+                return False
+            self._opened(path, sweep, score)
+            return True
+        loader = SweepLoader(path, self)
+        self._loader = loader  # the latest request wins; older results are dropped
+        loader.loaded.connect(lambda p, sw, ld=loader: self._opened(p, sw, score) if ld is self._loader else None)
+        loader.failed.connect(lambda p, msg, ld=loader: self._open_failed(msg) if ld is self._loader else None)
+        loader.finished.connect(loader.deleteLater)
+        self.notify(f"Opening {Path(path).name}…", 60000)
+        loader.start()
+        return True
+
+    def _opened(self, path: str, sweep, score: bool) -> None:
+        self._loader = None
+        self.add_recent(path)
+        self.notify(f"Opened {Path(path).name}: {sweep.n_frames} frames.", 5000)
+        self.set_sweep(sweep, score=score)
+        self.sweep_opened.emit(path)
+
+    def _open_failed(self, message: str) -> None:
+        self._loader = None
+        self.status_message.clear()
+        self.alert("Cannot open sweep", message)
+        self.sweep_open_failed.emit(message)
+
+    def add_recent(self, path: str | Path) -> None:
+        self.settings.add_recent(path)
+        self.settings.save()
+        self._rebuild_recent()
+
+    def _rebuild_recent(self) -> None:
+        self.recent_menu.clear()
+        for p in self.settings.recent_files:
+            act = self.recent_menu.addAction(p)
+            act.triggered.connect(lambda _=False, path=p: self.open_path(path))
+        self.recent_menu.setEnabled(bool(self.settings.recent_files))
+
+    def dragEnterEvent(self, ev):  # noqa: N802
+        if ev.mimeData().hasUrls() and any(u.isLocalFile() for u in ev.mimeData().urls()):
+            ev.acceptProposedAction()
+
+    def dropEvent(self, ev):  # noqa: N802
+        for url in ev.mimeData().urls():
+            if url.isLocalFile():
+                ev.acceptProposedAction()
+                self.open_path(url.toLocalFile())
+                return
+

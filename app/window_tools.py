@@ -1,0 +1,133 @@
+"""Main-window helpers that need no state of their own: number formats, exporting the current
+frame as a picture, and the About box."""
+
+from __future__ import annotations
+
+import math
+import platform
+from pathlib import Path
+
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from fetaliqa_core.errors import FetalIQAError
+
+
+def fmt_p(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def fmt_eta(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def format_ga(weeks: float | None) -> str:
+    if weeks is None or not math.isfinite(weeks):
+        return "–"
+    w = int(weeks)
+    d = int(round((weeks - w) * 7))
+    if d == 7:
+        w, d = w + 1, 0
+    return f"{w}w{d}d"
+
+
+def default_frame_name(win) -> str:
+    sweep = win.model.sweep
+    stem = Path(sweep.path).name.split(".")[0] if sweep is not None and getattr(sweep, "path", None) else "sweep"
+    return f"{stem}_frame{win.model.frame:04d}.png"
+
+
+def export_frame(win, path: str | Path | None = None) -> Path | None:
+    """Save the frame view as shown (frame, overlay, AC ellipse and its measurement, corner
+    annotations) as a PNG. Without ``path`` a save dialog asks where."""
+    if win.model.sweep is None:
+        win.notify("Open a sweep first: there is no frame to export.", 6000)
+        return None
+    if path is None:
+        start = str(Path.home() / default_frame_name(win))
+        chosen, _ = QFileDialog.getSaveFileName(win, "Export frame as PNG", start, "PNG image (*.png)")
+        if not chosen:
+            return None
+        path = chosen
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        path = path.with_suffix(".png")
+    win.refresh()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ok = win.frame_view.grab().save(str(path), "PNG")
+    except OSError:
+        ok = False
+    if not ok:
+        win.alert("Export frame", f"Could not write {path}: check that its folder is writable.")
+        return None
+    win.notify(f"Frame {win.model.frame} saved as {path}.", 8000)
+    return path
+
+
+def about_text(win) -> str:
+    """Version, models (with their bundle hashes), device and library versions, as HTML."""
+    import PySide6
+
+    from fetaliqa_core import __version__
+
+    rows = [("Version", __version__)]
+    models = win.models if win._models_for == win.choice else None
+    if models is not None:
+        choice = getattr(models, "choice", None) or win.choice
+        rows.append(("Models", choice.describe()))
+        for key, title in (("cls", "Classifier"), ("seg", "Segmenter")):
+            lm = getattr(models, key, None)
+            if lm is None:
+                continue
+            manifest = getattr(lm, "manifest", None)
+            where = getattr(lm, "path", None)
+            digest = getattr(lm, "bundle_hash", None) or ""
+            text = f"{Path(where).name if where else key}"
+            thr = getattr(manifest, "threshold", None)
+            if manifest is not None:
+                text += f" ({manifest.task}" + (f", threshold {thr:.2f})" if thr is not None else ")")
+            if digest:
+                text += f", bundle {digest[:12]}"
+            rows.append((title, text))
+        rows.append(("Device", getattr(models, "device_label", "") or str(models.device)))
+    else:
+        rows.append(("Models", f"{win.choice.describe() or 'none'} (not loaded)"))
+        rows.append(("Device", f"{win.choice.device} (asked)"))
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch_version = "not installed"
+    rows.append(("Libraries", f"Python {platform.python_version()}, PySide6 {PySide6.__version__}, "
+                              f"PyTorch {torch_version}"))
+    body = "".join(f"<tr><td><b>{k}</b></td><td>{_esc(v)}</td></tr>" for k, v in rows)
+    return ("<p><b>FetalIQA</b>: frame quality and abdominal circumference on fetal ultrasound "
+            "blind sweeps.</p>"
+            f"<table cellpadding=2>{body}</table>"
+            "<p>The demo model is trained on synthetic sweeps and is not for clinical use.</p>")
+
+
+def show_about(win) -> None:
+    QMessageBox.about(win, "About FetalIQA", about_text(win))
+
+
+def write_screenshot(win, path: str | Path) -> Path:
+    """Render the whole window to a PNG (works offscreen)."""
+    win.refresh()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not win.grab().save(str(path), "PNG"):
+        raise FetalIQAError(f"Could not write the screenshot {path}: check that its folder is writable.")
+    return path
+
+
+def _esc(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,152 @@
+"""Viewer conventions people expect from medical image viewers: one key table for bindings,
+help and README; Up/Down; a go-to-frame box; window/level by right-drag and presets; export
+of the current frame; About; a window that fits a 1024x768 screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtGui import QImage, QKeySequence, QShortcut
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from app import keymap
+from app._testing import fake_models, tiny_sweep
+from app.main_window import MainWindow
+from app.settings import AppSettings
+
+REPO = Path(__file__).resolve().parents[1]
+N = 40
+
+
+@pytest.fixture
+def win(qtbot, monkeypatch):
+    monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda *a, **k: QMessageBox.Ok))
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.No))
+    w = MainWindow(settings=AppSettings())
+    qtbot.addWidget(w)
+    w.use_models(fake_models())
+    w.resize(1100, 760)
+    w.show()
+    qtbot.waitExposed(w)
+    w.activateWindow()
+    qtbot.waitUntil(w.isActiveWindow, timeout=3000)
+    w.splitter.setFocus()
+    w.set_sweep(tiny_sweep(2, N // 2, height=72, width=96), score=True)
+    qtbot.waitUntil(lambda: w.model.results is not None and w.model.results.complete, timeout=20000)
+    return w
+
+
+def _key(w, k, mod=Qt.NoModifier):
+    QTest.keyClick(w.splitter, k, mod)
+    QApplication.processEvents()
+
+
+def test_readme_key_list_is_the_key_table():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert keymap.readme_section(text) == keymap.readme_markdown(), \
+        "README's key list is stale: paste the output of `python -m app.keymap`"
+
+
+def test_every_table_key_is_bound_and_in_the_help(win):
+    bound = {sc.key().toString() for sc in win.findChildren(QShortcut)}
+    for row in keymap.KEYMAP:
+        assert row.what in keymap.help_html()
+        for seq, _ in row.bindings:
+            assert QKeySequence(seq).toString() in bound, seq
+    with pytest.raises(KeyError, match="review_save"):
+        keymap.bind(win, {name: (lambda: None) for name in keymap.actions() - {"review_save"}})
+
+
+def test_up_down_step_frames_and_go_to_box(win, qtbot):
+    m = win.model
+    m.set_frame(5)
+    _key(win, Qt.Key_Up)
+    assert m.frame == 6
+    _key(win, Qt.Key_Down)
+    _key(win, Qt.Key_Down)
+    assert m.frame == 4
+    # Ctrl+G puts the cursor in the go-to box; typing a number and Enter jumps there.
+    _key(win, Qt.Key_G, Qt.ControlModifier)
+    assert win.frame_box.hasFocus()
+    QTest.keyClicks(win.frame_box, "27")
+    QTest.keyClick(win.frame_box, Qt.Key_Return)
+    assert m.frame == 27 and win.slider.value() == 27
+    # and the box follows the frame
+    m.set_frame(3)
+    assert win.frame_box.value() == 3
+
+
+def test_window_level_right_drag_presets_and_reset(win, qtbot):
+    fv = win.frame_view
+    frame = win.model.sweep.frames[win.model.frame]
+
+    def shown() -> np.ndarray:
+        img = fv.image._qimage.convertToFormat(QImage.Format_Grayscale8)
+        ptr = img.constBits()
+        a = np.frombuffer(ptr, np.uint8, img.sizeInBytes()).reshape(img.height(), img.bytesPerLine())
+        return a[:, :img.width()].copy()
+
+    assert np.array_equal(shown(), frame)  # full range: the stored values as they are
+    win.window_level_actions[2].trigger()  # "More contrast"
+    w, lv = fv.window_level
+    assert w < 256
+    s = shown()
+    bright = frame > lv + w / 2
+    assert (s[bright] == 255).all() and (s[frame < lv - w / 2] == 0).all()
+    # right-drag to the left narrows the window (more contrast), upwards lowers the level
+    fv.reset_window_level()
+    assert np.array_equal(shown(), frame)
+    gv = fv.graphics
+    centre = gv.viewport().rect().center()
+    QTest.mousePress(gv.viewport(), Qt.RightButton, Qt.NoModifier, centre)
+    for step in range(1, 6):
+        QTest.mouseMove(gv.viewport(), centre + QPoint(-12 * step, -6 * step))
+    QTest.mouseRelease(gv.viewport(), Qt.RightButton, Qt.NoModifier, centre + QPoint(-60, -30))
+    w2, l2 = fv.window_level
+    assert w2 < 256 and l2 < 127.5
+    assert not np.array_equal(shown(), frame)
+    _key(win, Qt.Key_R)
+    assert fv.window_level == (256.0, 127.5) and np.array_equal(shown(), frame)
+
+
+def test_export_frame_png_has_overlay_and_measurement(win, tmp_path):
+    m = win.model
+    best = m.go_to_best()
+    assert best is not None
+    win.refresh()
+    assert win.frame_view.ellipse.isVisible()  # the AC ellipse is drawn on a best frame
+    out = win.export_frame(tmp_path / "shots" / "best")
+    assert out == tmp_path / "shots" / "best.png" and out.is_file()
+    img = QImage(str(out))
+    assert img.width() == win.frame_view.width() and img.height() == win.frame_view.height()
+    # the overlay's colours are in the picture (not only grey frame pixels)
+    a = img.convertToFormat(QImage.Format_RGB32)
+    arr = np.frombuffer(a.constBits(), np.uint8, a.sizeInBytes()).reshape(a.height(), a.bytesPerLine() // 4, 4)
+    b, g, r = arr[..., 0].astype(int), arr[..., 1].astype(int), arr[..., 2].astype(int)
+    assert ((np.abs(r - g) > 40) | (np.abs(g - b) > 40)).sum() > 50
+    assert "AC" in win.frame_view.ellipse_label.toPlainText()
+
+
+def test_about_names_version_models_and_device(win):
+    from app.window_tools import about_text
+    from fetaliqa_core import __version__
+
+    text = about_text(win)
+    assert __version__ in text
+    assert "Classifier" in text and "Segmenter" in text  # one row per loaded model
+    assert "Device" in text and "PySide6" in text and "not for clinical use" in text
+
+
+def test_window_fits_1024x768(win, qtbot):
+    win.resize(1024, 740)
+    QApplication.processEvents()
+    assert win.minimumSizeHint().width() <= 1024 and win.minimumWidth() <= 1024
+    assert win.width() <= 1024
+    # the status bar's widgets all fit inside it
+    sb = win.statusBar()
+    for w in (win.status_frame, win.status_ac, win.status_model, win.progress, win.cancel_button):
+        assert w.isVisible() and w.geometry().right() <= sb.width(), w
