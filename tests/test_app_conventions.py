@@ -14,7 +14,7 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app import keymap
-from app._testing import fake_models, tiny_sweep
+from fakes import fake_models, tiny_sweep
 from app.main_window import MainWindow
 from app.settings import AppSettings
 
