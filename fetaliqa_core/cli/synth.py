@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write image volumes uncompressed (open instantly, 2-3x larger); masks "
                              "are always compressed")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    parser.add_argument("--fan-variety", action="store_true",
+                        help="put half of the cases on other curved-array fans than ACOUSLIC-AI's (opening, "
+                             "probe-face radius, depth), so that models do not learn one fan's outline")
     parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                         help="cases made in parallel (worker processes, ~1.5 GB memory each at full size; "
                              "the output does not depend on it)")
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     uuids = synth.write_dataset(args.out, cases=args.cases, seed=args.seed, n_sweeps=args.sweeps,
                                 frames_per_sweep=args.frames_per_sweep, height=args.height,
                                 width=args.width, compress=not args.no_compress, overwrite=args.overwrite,
-                                jobs=args.jobs, progress=progress)
+                                jobs=args.jobs, progress=progress, fan_variety=args.fan_variety)
     if not args.quiet:
         print(f"wrote {len(uuids)} cases to {args.out}")
     return 0
