@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 from app import keymap, theme, window_chrome, window_tools
 from app.curve_view import QualityCurve
 from app.flagged_panel import FlaggedPanel
+from app.formats import format_duration
 from app.frame_view import FrameView
 from app.window_files import SweepFilesMixin
 from app.review_panel import ReviewPanel
@@ -45,7 +46,7 @@ REFRESH_HZ = 10
 MIN_SIZE = (1024, 600)  # px: the window works on a 1024x768 screen
 
 
-_fmt_p, _fmt_eta, format_ga = window_tools.fmt_p, window_tools.fmt_eta, window_tools.format_ga
+_fmt_p = window_tools.fmt_p
 
 
 class FrameNumberBox(QSpinBox):
@@ -435,7 +436,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.progress.setValue(st.n_done)
         if st.running:
             rate = f" · {st.frames_per_second:.1f} frames/s" if st.frames_per_second > 0 else ""
-            eta = _fmt_eta(st.eta_seconds)
+            eta = format_duration(st.eta_seconds)
             eta = f" · {eta} left" if eta else ""
             text = st.message or f"{st.n_done} / {st.n_total} frames{rate}{eta}"
         else:
@@ -506,7 +507,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if ac is None:
             self.frame_view.hide_ellipse()
             return
-        from fetaliqa_core.analysis import ellipse_polygon
+        from fetaliqa_core.analysis import ellipse_polygon, format_ga
 
         ga = m.gestational_age(ac)
         ga_text = f" · GA {format_ga(ga.weeks)}" if ga is not None and math.isfinite(ga.weeks) else ""
@@ -627,6 +628,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if ac is None:
             self.status_ac.setText(f"best {chosen}: AC not measurable")
             return
+        from fetaliqa_core.analysis import format_ga
+
         ga = m.gestational_age(ac)
         ga_text = format_ga(ga.weeks) if ga is not None else "–"
         flag = " (outside Hadlock range)" if ga is not None and ga.out_of_range else ""

@@ -4,56 +4,22 @@ the files) happens in the scoring worker, and errors come back as a message box.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
-    QLineEdit,
-    QPushButton,
     QRadioButton,
     QVBoxLayout,
     QWidget,
 )
 
+from app.path_field import PathField
 from fetaliqa_core.models.choice import ModelChoice
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-class _PathField(QWidget):
-    def __init__(self, placeholder: str, pick_dir: bool, file_filter: str = "") -> None:
-        super().__init__()
-        self.edit = QLineEdit()
-        self.edit.setPlaceholderText(placeholder)
-        self.edit.setMinimumWidth(360)
-        self.button = QPushButton("Browse…")
-        self.button.clicked.connect(self._browse)
-        self._dir = pick_dir
-        self._filter = file_filter
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.edit, 1)
-        lay.addWidget(self.button)
-
-    def _browse(self) -> None:
-        start = self.edit.text() or str(Path.home())
-        if self._dir:
-            path = QFileDialog.getExistingDirectory(self, "Choose a bundle folder", start)
-        else:
-            path, _ = QFileDialog.getOpenFileName(self, "Choose FetalCLIP weights", start, self._filter)
-        if path:
-            self.edit.setText(path)
-
-    def value(self) -> Path | None:
-        text = self.edit.text().strip()
-        return Path(text).expanduser() if text else None
 
 
 class ModelDialog(QDialog):
@@ -65,10 +31,12 @@ class ModelDialog(QDialog):
         group = QButtonGroup(self)
         group.addButton(self.demo)
         group.addButton(self.custom)
-        self.base = _PathField("FetalCLIP_weights.pt (empty: the weights the bundle names)", False,
-                               "Weights (*.pt *.pth *.safetensors);;All files (*)")
-        self.cls = _PathField("classifier bundle folder (optional)", True)
-        self.seg = _PathField("segmenter bundle folder (optional; same folder for a joint bundle)", True)
+        self.base = PathField("FetalCLIP_weights.pt (empty: the weights the bundle names)",
+                              "Choose FetalCLIP weights", pick_dir=False,
+                              file_filter="Weights (*.pt *.pth *.safetensors);;All files (*)", min_width=360)
+        self.cls = PathField("classifier bundle folder (optional)", "Choose a bundle folder", min_width=360)
+        self.seg = PathField("segmenter bundle folder (optional; same folder for a joint bundle)",
+                             "Choose a bundle folder", min_width=360)
         self.device = QComboBox()
         self.device.addItems(DEVICES)
         self.precision = QComboBox()
@@ -108,7 +76,7 @@ class ModelDialog(QDialog):
         (self.demo if is_demo else self.custom).setChecked(True)
         self.custom_box.setEnabled(not is_demo)
         for fld, value in ((self.base, choice.base), (self.cls, choice.cls), (self.seg, choice.seg)):
-            fld.edit.setText(str(value) if value else "")
+            fld.set_text(value)
         idx = self.device.findText(choice.device or "auto")
         self.device.setCurrentIndex(max(idx, 0))
         self.precision.setCurrentIndex(max(self.precision.findText(choice.precision or "auto"), 0))

@@ -31,11 +31,9 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDialog,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QMessageBox,
     QPlainTextEdit,
     QProgressBar,
@@ -46,6 +44,8 @@ from PySide6.QtWidgets import (
 )
 
 from app import theme
+from app.formats import format_duration
+from app.path_field import PathField
 from fetaliqa_core import paths
 from fetaliqa_core.acouslic import IMAGES_SUBDIR
 from fetaliqa_core.errors import FetalIQAError
@@ -211,17 +211,6 @@ def default_run_dir(task: str) -> Path:
     return paths.data_dir() / "runs" / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return ""
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s} s"
-
-
 def _repo_root() -> Path | None:
     """The folder holding the ``training`` package when running from a source checkout."""
     root = Path(__file__).resolve().parent.parent
@@ -231,38 +220,6 @@ def _repo_root() -> Path | None:
 # ------------------------------------------------------------------------------------------
 # Widgets
 # ------------------------------------------------------------------------------------------
-class _PathField(QWidget):
-    """A line edit with a Browse… button (a folder, or a file matching ``file_filter``)."""
-
-    def __init__(self, placeholder: str, title: str, pick_dir: bool = True, file_filter: str = "") -> None:
-        super().__init__()
-        self.edit = QLineEdit()
-        self.edit.setPlaceholderText(placeholder)
-        self.edit.setMinimumWidth(380)
-        self.button = QPushButton("Browse…")
-        self.button.clicked.connect(self._browse)
-        self._title, self._dir, self._filter = title, pick_dir, file_filter
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.edit, 1)
-        lay.addWidget(self.button)
-
-    def _browse(self) -> None:
-        start = self.edit.text().strip() or str(Path.home())
-        if self._dir:
-            path = QFileDialog.getExistingDirectory(self, self._title, start)
-        else:
-            path, _ = QFileDialog.getOpenFileName(self, self._title, start, self._filter)
-        if path:
-            self.edit.setText(path)
-
-    def text(self) -> str:
-        return self.edit.text().strip()
-
-    def set_text(self, text: str | Path | None) -> None:
-        self.edit.setText(str(text) if text else "")
-
-
 class TrainDialog(QDialog):
     """Set up a training run, watch it, cancel it, load what it produced.
 
@@ -313,14 +270,14 @@ class TrainDialog(QDialog):
         self.task = QComboBox()
         for key, label in TASKS:
             self.task.addItem(label, key)
-        self.data = _PathField("dataset folder (ACOUSLIC-AI layout: images/stacked_fetal_ultrasound/…)",
+        self.data = PathField("dataset folder (ACOUSLIC-AI layout: images/stacked_fetal_ultrasound/…)",
                                "Choose the dataset folder")
-        self.out = _PathField(f"empty: a new folder under {paths.data_dir() / 'runs'}", "Choose the run folder")
+        self.out = PathField(f"empty: a new folder under {paths.data_dir() / 'runs'}", "Choose the run folder")
         self.resume = QCheckBox("Continue the run in this folder (resume from its last checkpoint)")
         self.base = QComboBox()
         self.base.addItem("Tiny random base (quick test runs)", BASE_TINY)
         self.base.addItem("FetalCLIP weights file", BASE_WEIGHTS)
-        self.weights = _PathField("FetalCLIP_weights.pt", "Choose FetalCLIP weights", pick_dir=False,
+        self.weights = PathField("FetalCLIP_weights.pt", "Choose FetalCLIP weights", pick_dir=False,
                                   file_filter="Weights (*.pt *.pth *.safetensors);;All files (*)")
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 1000)

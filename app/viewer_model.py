@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fetaliqa_core.analysis.assessment import (
-    DEFAULT_CLS_THRESHOLD,
-    SEG_THRESHOLD,
-    Assessment,
-    Thresholds,
-)
+from typing import TYPE_CHECKING
+
 from fetaliqa_core.engine import SweepResults
+
+if TYPE_CHECKING:  # the analysis package pulls in OpenCV: imported when first needed
+    from fetaliqa_core.analysis.assessment import Assessment, Thresholds
 
 OPACITY_STEP = 0.1  # one press of a / d (ITK-SNAP)
 PAGE_STEP = 10  # PageUp / PageDown
@@ -135,6 +134,8 @@ class ViewerModel:
         self._frame = 0
         self._overlay_visible = True
         self._opacity = DEFAULT_OPACITY
+        from fetaliqa_core.analysis.assessment import DEFAULT_CLS_THRESHOLD
+
         self._threshold = DEFAULT_CLS_THRESHOLD
         self._model_thresholds: Thresholds | None = None  # the loaded models' own operating point
         self.models_description = ""
@@ -252,6 +253,8 @@ class ViewerModel:
     def set_models(self, models) -> None:
         """The loaded models (``models.choice.LoadedModels``-like): the threshold goes to the
         classifier bundle's own (the paper's 1 % mask rule with a segmenter alone)."""
+        from fetaliqa_core.analysis.assessment import Thresholds
+
         self._model_thresholds = Thresholds.of_models(models)
         self.models_description = models.describe()
         self._flags_dirty = True
@@ -263,6 +266,8 @@ class ViewerModel:
     @property
     def thresholds(self) -> Thresholds:
         """The operating point in use, with the models' own (see ``Thresholds.describe``)."""
+        from fetaliqa_core.analysis.assessment import DEFAULT_CLS_THRESHOLD, SEG_THRESHOLD, Thresholds
+
         base = self._model_thresholds
         if base is None:
             if self.results is not None and not self.results.has_cls:

@@ -16,27 +16,6 @@ def fmt_p(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
-def fmt_eta(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return ""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds} s"
-
-
-def format_ga(weeks: float | None) -> str:
-    if weeks is None or not math.isfinite(weeks):
-        return "–"
-    w = int(weeks)
-    d = int(round((weeks - w) * 7))
-    if d == 7:
-        w, d = w + 1, 0
-    return f"{w}w{d}d"
-
-
 def default_frame_name(win) -> str:
     sweep = win.model.sweep
     stem = Path(sweep.path).name.split(".")[0] if sweep is not None and getattr(sweep, "path", None) else "sweep"

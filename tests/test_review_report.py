@@ -16,15 +16,12 @@ import pytest
 
 from fetaliqa_core.cli import main
 from fetaliqa_core.review import ReviewStore
+from fetaliqa_core.review.figures import LABEL_BGR, MASK_BGR, draw_quality_curve, overlay_thumbnail
 from fetaliqa_core.review.report import (
-    LABEL_BGR,
-    MASK_BGR,
     agreement,
     build_report,
     cohen_kappa,
-    draw_quality_curve,
     labels_csv_text,
-    overlay_thumbnail,
     report_csv_text,
 )
 
@@ -168,6 +165,20 @@ def test_report_csv_lists_flagged_and_reviewed_frames(store):
         "optimal", "1", "0", "1")
     (frame8,) = [r for r in first if r["frame"] == "8"]
     assert frame8["reviewer"] == "" and frame8["flagged"] == "1"
+
+
+def test_a_changed_threshold_is_reported_with_the_models_own(tmp_path):
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    sid = s.add_sweep("c3" * 32, "/data/c.mha", 6)
+    p = np.linspace(0.1, 0.9, 6).astype(np.float32)
+    s.add_model_run(sid, {"cls": {"hash": "ab", "threshold": 0.7}}, p, np.full(6, np.nan), np.zeros(6, int),
+                    p >= 0.62, threshold=0.62)
+    out = tmp_path / "r.html"
+    build_report(s, out)
+    assert "threshold 0.62 (model: 0.70) on p_cls" in out.read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(report_csv_text(s))))
+    assert rows and all((r["threshold"], r["model_threshold"]) == ("0.6200", "0.7000") for r in rows)
+    s.close()
 
 
 def test_labels_csv_uses_acouslic_codes_and_case_ids(store):

@@ -220,6 +220,14 @@ def hadlock_ga(ac_mm: float) -> GestationalAge:
 
 
 
+def format_ga(weeks: float | None) -> str:
+    """Gestational age in completed weeks and days, ``24w 3d``; an en dash when unknown."""
+    if weeks is None or not math.isfinite(weeks):
+        return "–"
+    days = int(round(weeks * 7))
+    return f"{days // 7}w {days % 7}d"
+
+
 def measure_frame_ac(sweep, results, frame: int, fov: FovArg | None = None) -> ACMeasurement | None:
     """AC measured on the model mask of ``frame`` mapped back to the frame's own pixels; None when
     the frame has no mask or the mask is not measurable. ``fov`` defaults to

@@ -26,12 +26,10 @@ frame, reviewer.
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,11 +37,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from fetaliqa_core import __version__
+from fetaliqa_core.analysis.ac import format_ga
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_write
+from fetaliqa_core.review.figures import (
+    CURVE_SIZE,
+    THUMB_WIDTH,
+    draw_quality_curve,
+    mask_on_frame,
+    overlay_thumbnail,
+    png_data_uri,
+)
 from fetaliqa_core.review.store import (
     ACOUSLIC_CODE,
     LABEL_TITLES,
@@ -66,19 +73,6 @@ COLUMN_PX = 620
 #: At most this many thumbnails per sweep: the chosen frame, then the highest-scoring flagged.
 MAX_THUMBNAILS = 12
 THUMBS_PER_ROW = 4
-#: Pictures are drawn at twice their displayed size so they stay sharp in print.
-CURVE_SIZE = (1280, 400)  # (width, height) px, shown 640 wide
-THUMB_WIDTH = 240  # px, shown 150 wide
-
-# BGR colours shared by the curve and the thumbnails.
-LABEL_BGR: dict[str, tuple[int, int, int]] = {
-    "optimal": (60, 160, 40), "suboptimal": (0, 150, 235), "not_usable": (50, 50, 210)}
-CLS_BGR = (180, 100, 30)
-SEG_BGR = (30, 120, 240)
-FLAG_BGR = (120, 200, 120)
-CHOSEN_BGR = (170, 40, 170)
-MASK_BGR = {1: (60, 200, 40), 2: (0, 190, 255)}
-
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
@@ -137,193 +131,6 @@ def agreement(verdicts: Sequence[Verdict], run: ModelRun) -> list[Agreement]:
     return out
 
 
-# ----------------------------------------------------------------------------- pictures
-
-
-def _png_data_uri(image: np.ndarray) -> str:
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 6])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
-
-
-def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.75,
-          color: tuple[int, int, int] = (40, 40, 40), thickness: int = 2,
-          align: str = "left") -> None:
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    (w, h), _ = cv2.getTextSize(text, font, scale, thickness)
-    x, y = org
-    if align == "center":
-        x -= w // 2
-    elif align == "right":
-        x -= w
-    cv2.putText(img, text, (int(x), int(y)), font, scale, color, thickness, cv2.LINE_AA)
-
-
-def _dashed_hline(img, x0, x1, y, color, dash=14, gap=9, thickness=2) -> None:
-    for x in range(int(x0), int(x1), dash + gap):
-        cv2.line(img, (x, y), (min(x + dash, int(x1)), y), color, thickness, cv2.LINE_AA)
-
-
-def _dashed_vline(img, x, y0, y1, color, dash=10, gap=7, thickness=2) -> None:
-    for y in range(int(y0), int(y1), dash + gap):
-        cv2.line(img, (x, y), (x, min(y + dash, int(y1))), color, thickness, cv2.LINE_AA)
-
-
-def _nice_step(n: int, target_ticks: int = 10) -> int:
-    raw = max(1, n / target_ticks)
-    for step in (1, 2, 5, 10, 20, 25, 50, 70, 100, 140, 200, 250, 500, 1000, 2000, 5000):
-        if step >= raw:
-            return step
-    return int(10 ** math.ceil(math.log10(raw)))
-
-
-def draw_quality_curve(n_frames: int, p_cls: np.ndarray | None, p_seg: np.ndarray | None,
-                       threshold: float, sweep_ranges: Sequence[tuple[int, int]],
-                       flagged: np.ndarray | None = None,
-                       verdict_labels: dict[int, str] | None = None,
-                       chosen_frame: int | None = None,
-                       sweep_kinds: Sequence[str] | None = None,
-                       size: tuple[int, int] = CURVE_SIZE) -> np.ndarray:
-    """The quality curve as a BGR picture, (height, width, 3) uint8.
-
-    p_cls, p_seg: (n_frames,) probabilities, NaN (or None) where absent; flagged: (n_frames,)
-    bool; verdict_labels: {frame: label} of the frames with verdicts (latest).
-    """
-    width, height = size
-    img = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 96, 24, 96, 62
-    x0, x1, y0, y1 = left, width - right, top, height - bottom
-    n = max(int(n_frames), 1)
-
-    def fx(frame: float) -> int:
-        return int(round(x0 + (frame + 0.5) / n * (x1 - x0)))
-
-    def fy(p: float) -> int:
-        return int(round(y1 - p * (y1 - y0)))
-
-    # Sub-sweep bands, shaded alternately, with their names.
-    for i, (start, stop) in enumerate(sweep_ranges):
-        a = int(round(x0 + start / n * (x1 - x0)))
-        b = int(round(x0 + stop / n * (x1 - x0)))
-        if i % 2:
-            cv2.rectangle(img, (a, y0), (b, y1), (245, 245, 245), -1)
-        if i:
-            cv2.line(img, (a, y0 - 30), (a, y1), (150, 150, 150), 2)
-        kind = sweep_kinds[i] if sweep_kinds and i < len(sweep_kinds) else ""
-        label = f"S{i + 1}" + (f" {kind[:5]}." if kind and kind != "unknown" and
-                               (b - a) > 150 else "")
-        _text(img, label, ((a + b) // 2, y0 - 10), 0.65, (100, 100, 100), 2, "center")
-    # Flagged frames: a green rug at the bottom of the plot.
-    if flagged is not None:
-        for f in np.flatnonzero(np.asarray(flagged, bool)):
-            cv2.line(img, (fx(f), y1 - 1), (fx(f), y1 - 14), FLAG_BGR, 3)
-    # Grid and y axis.
-    for p in (0.0, 0.25, 0.5, 0.75, 1.0):
-        cv2.line(img, (x0, fy(p)), (x1, fy(p)), (225, 225, 225), 1)
-        _text(img, f"{p:.2f}".rstrip("0").rstrip(".") if p not in (0.0, 1.0) else f"{p:.0f}",
-              (x0 - 10, fy(p) + 8), 0.65, (80, 80, 80), 2, "right")
-    cv2.rectangle(img, (x0, y0), (x1, y1), (120, 120, 120), 2)
-    # X ticks.
-    step = _nice_step(n)
-    for f in range(0, n + 1, step):
-        x = int(round(x0 + f / n * (x1 - x0)))
-        cv2.line(img, (x, y1), (x, y1 + 8), (80, 80, 80), 2)
-        _text(img, str(f), (x, y1 + 32), 0.65, (80, 80, 80), 2, "center")
-    _text(img, "frame", (x1, y1 + 56), 0.65, (80, 80, 80), 2, "right")
-    # Threshold.
-    _dashed_hline(img, x0, x1, fy(threshold), (110, 110, 110))
-    # Chosen frame.
-    if chosen_frame is not None:
-        _dashed_vline(img, fx(chosen_frame), y0, y1, CHOSEN_BGR)
-    # Curves (broken where a value is NaN).
-    for values, color in ((p_seg, SEG_BGR), (p_cls, CLS_BGR)):
-        if values is None:
-            continue
-        v = np.asarray(values, np.float64)
-        ok = np.isfinite(v)
-        pts = np.array([[fx(i), fy(float(np.clip(v[i], 0, 1)))] if ok[i] else [-1, -1]
-                        for i in range(len(v))], np.int32)
-        start = None
-        for i in range(len(v) + 1):
-            if i < len(v) and ok[i]:
-                start = i if start is None else start
-            elif start is not None:
-                seg = pts[start:i]
-                if len(seg) == 1:
-                    cv2.circle(img, tuple(int(c) for c in seg[0]), 2, color, -1, cv2.LINE_AA)
-                else:
-                    cv2.polylines(img, [seg.reshape(-1, 1, 2)], False, color, 2, cv2.LINE_AA)
-                start = None
-    # Verdicts: markers in a strip above the plot.
-    for f, label in sorted((verdict_labels or {}).items()):
-        cx, cy = fx(f), y0 - 40
-        tri = np.array([[cx - 7, cy - 8], [cx + 7, cy - 8], [cx, cy + 6]], np.int32)
-        cv2.fillPoly(img, [tri], LABEL_BGR.get(label, (0, 0, 0)), cv2.LINE_AA)
-    # Legend.
-    x, y = x0, 30
-    items = [("line", CLS_BGR, "p_cls"), ("line", SEG_BGR, "p_seg"),
-             ("dash", (110, 110, 110), f"threshold {threshold:.2f}"),
-             ("rug", FLAG_BGR, "flagged"), ("vdash", CHOSEN_BGR, "chosen")]
-    items += [("tri", LABEL_BGR[k], LABEL_TITLES[k]) for k in LABEL_BGR]
-    for kind, color, text in items:
-        if kind == "line":
-            cv2.line(img, (x, y - 7), (x + 30, y - 7), color, 3, cv2.LINE_AA)
-        elif kind == "dash":
-            _dashed_hline(img, x, x + 30, y - 7, color, dash=10, gap=6)
-        elif kind == "rug":
-            cv2.line(img, (x + 15, y), (x + 15, y - 16), color, 4)
-        elif kind == "vdash":
-            _dashed_vline(img, x + 15, y - 18, y + 2, color, dash=6, gap=4)
-        else:
-            tri = np.array([[x + 8, y - 16], [x + 22, y - 16], [x + 15, y - 2]], np.int32)
-            cv2.fillPoly(img, [tri], color, cv2.LINE_AA)
-        _text(img, text, (x + 38, y), 0.65, (50, 50, 50), 2)
-        (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.65, 2)
-        x += 38 + w + 28
-    _text(img, "verdicts", (x0 - 8, y0 - 34), 0.6, (90, 90, 90), 2, "right")
-    return img
-
-
-def _mask_on_frame(mask: np.ndarray, height: int, width: int) -> np.ndarray | None:
-    """A stored mask on the frame's pixels: as is, or mapped back from the 224 x 224 input."""
-    if mask.shape == (height, width):
-        return mask
-    try:
-        from fetaliqa_core.preprocess import mask_to_frame
-    except ImportError:
-        return None
-    try:
-        mapped = np.asarray(mask_to_frame(mask, height, width))
-    except Exception:  # a mask of another geometry: show the frame without it
-        return None
-    return mapped if mapped.shape == (height, width) else None
-
-
-def overlay_thumbnail(frame: np.ndarray, mask: np.ndarray | None = None,
-                      width: int = THUMB_WIDTH) -> np.ndarray:
-    """Frame (H, W) uint8 with the mask's labels 1/2 tinted and outlined -> BGR thumbnail."""
-    h, w = frame.shape[:2]
-    out_h = max(1, int(round(h * width / w)))
-    small = cv2.resize(np.ascontiguousarray(frame, np.uint8), (width, out_h),
-                       interpolation=cv2.INTER_AREA)
-    img = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
-    if mask is not None:
-        m = cv2.resize(np.ascontiguousarray(mask, np.uint8), (width, out_h),
-                       interpolation=cv2.INTER_NEAREST)
-        for label, color in MASK_BGR.items():
-            region = m == label
-            if not region.any():
-                continue
-            tint = np.empty_like(img)
-            tint[:] = color
-            img[region] = cv2.addWeighted(img, 0.6, tint, 0.4, 0)[region]
-            contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                           cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(img, contours, -1, color, 2, cv2.LINE_AA)
-    return img
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -333,12 +140,11 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
-def format_ga(weeks: float | None) -> str:
+def _ga_text(weeks: float | None) -> str:
     """Gestational age as ``24.4 weeks (24w 3d)``; an en dash when unknown."""
     if weeks is None or not math.isfinite(weeks):
         return "–"
-    days = int(round(weeks * 7))
-    return f"{weeks:.1f} weeks ({days // 7}w {days % 7}d)"
+    return f"{weeks:.1f} weeks ({format_ga(weeks)})"
 
 
 def ga_weeks_of(run: ModelRun) -> float | None:
@@ -367,6 +173,16 @@ def _where(sweep: SweepRecord, frame: int) -> str:
     if len(sweep.sweep_ranges) <= 1:
         return str(frame)
     return f"{frame} (S{i + 1}:{frame - sweep.sweep_ranges[i][0]})"
+
+
+def _threshold_text(run: ModelRun) -> str:
+    """``threshold 0.62 (model: 0.70) on p_cls, 0.50 on p_seg``: the operating point of the run,
+    with the models' own when the user changed it."""
+    t = run.thresholds
+    text = f"{t.describe()} on {t.score}"
+    if t.score == "p_cls" and np.isfinite(run.p_seg).any():
+        text += f", {run.seg_threshold:.2f} on p_seg"
+    return text
 
 
 def _bundle_text(bundles: dict[str, Any]) -> str:
@@ -425,13 +241,10 @@ def _thumbnail_frames(run: ModelRun) -> list[int]:
 
 def _write_atomic(out_path: Path, data: bytes) -> None:
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.part")
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, out_path)
+        atomic_write(out_path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise FetalIQAError(f"Cannot write {out_path}: {exc.strerror or exc}. Choose a folder "
                             "you can write to.") from exc
 
@@ -502,20 +315,19 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
     else:
         parts.append(
             f'<p class="meta">Models: {_e(_bundle_text(run.bundles))}<br>'
-            f"Run of {_e(_fmt_time(run.created))}; threshold p_cls {run.threshold:.2f}, "
-            f"p_seg {run.seg_threshold:.2f}</p>")
+            f"Run of {_e(_fmt_time(run.created))}; {_e(_threshold_text(run))}</p>")
         chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
         ac = "–" if run.ac_mm is None else f"{run.ac_mm:.1f} mm"
         parts.append(_grid(
             ["Chosen frame", "AC at chosen frame", "GA (Hadlock)", "Flagged frames"],
-            [[f"<b>{chosen}</b>", f"<b>{ac}</b>", f"<b>{_e(format_ga(ga_weeks_of(run)))}</b>",
+            [[f"<b>{chosen}</b>", f"<b>{ac}</b>", f"<b>{_e(_ga_text(ga_weeks_of(run)))}</b>",
               f"{int(run.flagged.sum())} of {sweep.n_frames}"]], [25, 25, 25, 25]))
         curve = draw_quality_curve(
             sweep.n_frames, run.p_cls, run.p_seg, run.threshold, sweep.sweep_ranges,
             run.flagged, {f: v.label for f, v in latest_by_frame.items()}, run.chosen_frame,
             sweep.sweep_kinds)
         parts.append("<h3>Quality curve</h3>")
-        parts.append(f'<p><img src="{_png_data_uri(curve)}" width="{COLUMN_PX}" '
+        parts.append(f'<p><img src="{png_data_uri(curve)}" width="{COLUMN_PX}" '
                      f'height="{COLUMN_PX * CURVE_SIZE[1] // CURVE_SIZE[0]}" '
                      f'alt="quality curve"></p>')
 
@@ -561,7 +373,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
             h, w = frames.shape[1:]
             for f in thumbs:
                 mask = stored.get(f)
-                mask = _mask_on_frame(mask, h, w) if mask is not None else None
+                mask = mask_on_frame(mask, h, w) if mask is not None else None
                 if mask is None and loader_masks is not None:
                     mask = loader_masks[f]
                 thumb = overlay_thumbnail(frames[f], mask)
@@ -574,7 +386,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                 if f in latest_by_frame:
                     caption += "<br>" + _label_html(latest_by_frame[f].label)
                 cells.append(f'<td width="{disp_w + 6}" valign="top" align="center">'
-                             f'<img src="{_png_data_uri(thumb)}" width="{disp_w}" '
+                             f'<img src="{png_data_uri(thumb)}" width="{disp_w}" '
                              f'height="{disp_h}"><br><span class="small">{caption}</span></td>')
             rows_html = []
             for i in range(0, len(cells), THUMBS_PER_ROW):
@@ -626,7 +438,7 @@ def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = Non
                          "–" if run is None else str(int(run.flagged.sum())),
                          str(len(vs)), _e(", ".join(sorted({v.reviewer for v in vs})) or "–"),
                          "–" if run is None or run.ac_mm is None else f"{run.ac_mm:.1f}",
-                         "–" if run is None else _e(format_ga(ga_weeks_of(run)).split(" (")[0])])
+                         "–" if run is None else _e(_ga_text(ga_weeks_of(run)).split(" (")[0])])
         parts.append(_grid(["#", "Sweep", "Frames", "Flagged", "Verdicts", "Reviewers",
                             "AC (mm)", "GA"], rows, [4, 33, 9, 9, 9, 15, 10, 11]))
         for i, s in enumerate(sweeps, 1):
@@ -641,7 +453,7 @@ def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = Non
 REPORT_CSV_COLUMNS = [
     "content_hash", "path", "frame", "sub_sweep", "frame_in_sub_sweep", "p_cls", "p_seg",
     "seg_area_px", "flagged", "chosen", "ac_mm", "ga_weeks", "reviewer", "label", "label_code",
-    "agrees_with_model", "note", "time"]
+    "agrees_with_model", "note", "time", "threshold", "model_threshold"]
 
 
 def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
@@ -666,7 +478,10 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                     f - sweep.sweep_ranges[i][0] if sweep.sweep_ranges else f]
             if run is None:
                 base += ["", "", "", "", "", "", ""]
+                thr = ["", ""]
             else:
+                t = run.thresholds
+                thr = [f"{t.value:.4f}", f"{t.model:.4f}"]
                 chosen = run.chosen_frame == f
                 base += [_csv_num(run.p_cls[f]), _csv_num(run.p_seg[f]),
                          int(run.seg_area_px[f]), int(bool(run.flagged[f])), int(chosen),
@@ -674,10 +489,10 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                          _csv_num(ga_weeks_of(run)) if chosen else ""]
             for v in by_frame.get(f) or [None]:
                 if v is None:
-                    writer.writerow(base + ["", "", "", "", "", ""])
+                    writer.writerow(base + ["", "", "", "", "", ""] + thr)
                 else:
                     agrees = "" if v.agrees_with_model is None else int(v.agrees_with_model)
-                    writer.writerow(base + [v.reviewer, v.label, v.code, agrees, v.note, v.time])
+                    writer.writerow(base + [v.reviewer, v.label, v.code, agrees, v.note, v.time] + thr)
     return buf.getvalue()
 
 

@@ -213,6 +213,19 @@ class ModelRun:
     ac_mm: float | None
     ga_weeks: float | None
 
+    @property
+    def thresholds(self):
+        """The run's operating point (``analysis.assessment.Thresholds``): on p_cls when a
+        classifier ran, with the classifier bundle's own threshold recorded in ``bundles``
+        (the run's when not recorded), else on p_seg."""
+        from fetaliqa_core.analysis.assessment import Thresholds
+
+        if np.isfinite(self.p_cls).any():
+            info = self.bundles.get("cls")
+            own = info.get("threshold") if isinstance(info, dict) else None
+            return Thresholds(float(self.threshold), float(self.threshold if own is None else own), "p_cls")
+        return Thresholds(float(self.seg_threshold), SEG_THRESHOLD, "p_seg")
+
     def frame_flags(self):
         """The run's per-frame calls (``analysis.assessment.FrameFlags``), by the same rule as
         the assessment that flagged its frames."""
