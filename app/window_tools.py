@@ -3,7 +3,6 @@ frame as a picture, and the About box."""
 
 from __future__ import annotations
 
-import math
 import platform
 from pathlib import Path
 
