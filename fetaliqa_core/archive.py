@@ -16,8 +16,8 @@ Rank 0 waits for the others (each writes a heartbeat file while it lives) and th
 table; a rank whose heartbeat stops for longer than a timeout is taken as dead and its missing
 cases appear as ``missing`` until a rerun scores them.
 
-Sweeps are decoded by a reader thread ahead of the model (a bounded queue), so decoding and
-hashing overlap inference.
+Sweeps are read, decoded and hashed by reader threads ahead of the model (a bounded number in
+flight), so reading overlaps inference.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import datetime
 import hashlib
 import json
 import os
-import queue
 import re
 import shutil
 import socket
@@ -380,50 +379,45 @@ class Item:
     error: str | None = None
 
 
-def read_ahead(items: Sequence[Item], prepare: Callable[[Item], None], depth: int) -> Iterator[Item]:
-    """Yield ``items`` in order after ``prepare`` filled each in; with ``depth`` > 0 a reader
-    thread prepares up to ``depth`` items ahead of the consumer (a bounded queue, so memory
-    stays at ``depth + 2`` sweeps). ``prepare`` must record its errors in the item."""
+def read_ahead(items: Sequence[Item], prepare: Callable[[Item], None], depth: int,
+               workers: int | None = None) -> Iterator[Item]:
+    """Yield ``items`` in order after ``prepare`` filled each in.
+
+    With ``depth`` > 0, up to ``depth`` items are prepared ahead of the consumer by up to
+    ``workers`` reader threads (default ``min(depth, 2)``): decoding, hashing and file reading
+    release the GIL, so they overlap the model and each other. Memory stays bounded at ``depth``
+    prepared items plus the one in the consumer's hands. ``prepare`` records its own errors in
+    the item; it must not raise.
+    """
     if depth <= 0:
         for item in items:
             prepare(item)
             yield item
         return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
-    def reader() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                prepare(item)
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-        finally:
-            while not stop.is_set():
-                try:
-                    q.put(done, timeout=0.2)
-                    return
-                except queue.Full:
-                    continue
+    def task(item: Item) -> Item:
+        prepare(item)
+        return item
 
-    thread = threading.Thread(target=reader, name="fetaliqa-read-ahead", daemon=True)
-    thread.start()
+    pool = ThreadPoolExecutor(max_workers=max(1, workers or min(depth, 2)),
+                              thread_name_prefix="fetaliqa-read-ahead")
+    todo = iter(items)
+    pending: deque = deque()
     try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
+        for item in todo:
+            pending.append(pool.submit(task, item))
+            if len(pending) >= depth:
+                break
+        while pending:
+            item = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(task, nxt))
             yield item
     finally:
-        stop.set()
-        thread.join(timeout=5)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- heartbeats: rank 0 waits for the others without hanging on a dead one ---------------------

@@ -140,24 +140,27 @@ def test_read_ahead_keeps_order_and_bounds_what_is_read(depth):
 
     for item in ar.read_ahead(items, prepare, depth):
         time.sleep(0.02)  # the reader would run far ahead if nothing bounded it
-        # the reader is at most the queue plus the item in its hands ahead of us
-        assert len(prepared) - len(consumed) <= max(depth, 0) + 2
+        # at most `depth` items are read ahead of the one in our hands
+        assert len(prepared) - len(consumed) <= depth + 1
         consumed.append(item.index)
     assert consumed == list(range(6)) and prepared == list(range(6))
     assert items[2].error == "broken"
 
 
 def test_read_ahead_overlaps_reading_with_the_consumer():
-    items = [ar.Item(i, f"c{i}", Path(f"c{i}.mha")) for i in range(5)]
+    items = [ar.Item(i, f"c{i}", Path(f"c{i}.mha")) for i in range(6)]
 
-    def run(depth):
+    def run(depth, workers=None, read=0.1):
         t0 = time.perf_counter()
-        for _ in ar.read_ahead(items, lambda item: time.sleep(0.1), depth):
+        for _ in ar.read_ahead(items, lambda item: time.sleep(read), depth, workers):
             time.sleep(0.1)
         return time.perf_counter() - t0
 
-    assert run(0) > 0.95  # 5 x (read + score)
-    assert run(2) < 0.85  # reads hidden behind scoring: about 5 x 0.1 + 0.1
+    assert run(0) > 1.15  # 6 x (read + score)
+    assert run(2) < 1.0  # reads hidden behind scoring: about 6 x 0.1 + 0.1
+    # reads twice as slow as scoring: one reader is the bottleneck, two keep up
+    assert run(2, workers=1, read=0.2) > 1.15
+    assert run(2, workers=2, read=0.2) < 1.05
 
 
 def test_read_ahead_stops_its_reader_when_the_consumer_stops():
@@ -166,7 +169,7 @@ def test_read_ahead_stops_its_reader_when_the_consumer_stops():
     next(gen)
     gen.close()
     time.sleep(0.3)
-    assert not [t for t in threading.enumerate() if t.name == "fetaliqa-read-ahead"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("fetaliqa-read-ahead")]
 
 
 def test_rank0_waits_for_live_ranks_and_gives_up_on_a_silent_one(tmp_path):
