@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_write, json_text
 
 CASES_DIR = "cases"
 RECORD_FILE = "case.json"
@@ -57,8 +57,6 @@ TABLE_COLUMNS = (
 # Columns that differ between two runs with the same results (when and where a case ran).
 RUN_COLUMNS = ("rank", "host", "device", "seconds", "finished_utc")
 _TEXT_COLUMNS = {"case", "file", "error", "models", "host", "device"}
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once, at import: os.umask cannot be read without setting it
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -248,21 +246,8 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # readable by whoever may read the folder, like open() makes
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def record_json(record: dict) -> str:
-    return json.dumps(record, indent=2, allow_nan=False) + "\n"
+    return json_text(record) + "\n"
 
 
 def replace_case_dir(staged: Path, target: Path) -> None:
@@ -351,8 +336,9 @@ def write_table(out: Path, rows: Sequence[dict]) -> Path:
     w.writerow(TABLE_COLUMNS)
     for row in rows:
         w.writerow([_cell(c, row.get(c)) for c in TABLE_COLUMNS])
+    out.mkdir(parents=True, exist_ok=True)
     path = out / TABLE_FILE
-    _write_text_atomic(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -444,7 +430,8 @@ class Heartbeat:
             self._beat += 1
             text = json.dumps({"beat": self._beat, "done": self._done, "counts": self.counts})
             try:
-                _write_text_atomic(self.path, text)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(self.path, text)
             except OSError:
                 pass  # a missed beat is tolerated; the timeout is many beats long
 
