@@ -267,6 +267,9 @@ def _nrrd_stored_bytes(path: Path) -> int | None:
         key, _, value = line.partition(":")
         fields[key.strip().lower()] = value.strip()
     encoding = fields.get("encoding", "raw").lower()
+    if encoding in ("ascii", "text", "txt"):  # ITK's text decoder crashes the process on binary data
+        raise FetalIQAError(f"{path}: the NRRD stores its pixels as text (encoding: {encoding}), which is not "
+                            "supported for sweeps. Save it with raw or gzip encoding (or as .mha).")
     data_file = fields.get("data file", fields.get("datafile"))
     if data_file is not None:
         if data_file.upper().startswith("LIST") or len(data_file.split()) > 1:
@@ -343,6 +346,9 @@ def _read_metaimage(path: Path) -> Raw | None:
     if any(d < 0 for d in dims):
         raise FetalIQAError(f"{path}: the header's DimSize {' '.join(map(str, dims))} is negative. The file "
                             "is damaged; export it again.")
+    if not truthy(header.get("binarydata", "true")):
+        raise FetalIQAError(f"{path}: the MetaImage stores its pixels as text (BinaryData = False), which is not "
+                            "supported for sweeps. Save it with binary data.")
     element_type = header.get("elementtype", "").upper()
     if element_type not in _MET_DTYPES:
         if element_type in ("MET_LONG", "MET_ULONG"):
