@@ -108,7 +108,7 @@ def init_process_group(ranks: Ranks, device: str) -> None:
     import torch
     import torch.distributed as dist
 
-    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    use_cuda = (device == "auto" or str(device).startswith("cuda")) and torch.cuda.is_available()
     if use_cuda:
         if ranks.local_rank >= torch.cuda.device_count():
             raise FetalIQAError(
