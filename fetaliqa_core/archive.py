@@ -217,6 +217,30 @@ def case_key(fhash: str, settings: str) -> str:
 
 # -- records ---------------------------------------------------------------------------------
 
+def case_error(exc: BaseException, member: Path) -> str:
+    """One line for a case that could not be scored, for its row: the product's own message,
+    or the cause of a file-system error, or the kind of an unexpected error."""
+    if isinstance(exc, FetalIQAError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{member.name}: {exc.strerror or exc}{where}"
+    return f"{member.name}: unexpected {type(exc).__name__}: {exc}"
+
+
+def prepare_out(out: Path) -> None:
+    """Create ``OUT/cases`` or say in one line why it cannot be (before any model is loaded)."""
+    try:
+        (out / CASES_DIR).mkdir(parents=True, exist_ok=True)
+        probe = out / CASES_DIR / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        cause = exc.strerror or type(exc).__name__
+        raise FetalIQAError(f"{out}: cannot write results there ({cause}). Give --out a folder you "
+                            "can write to.") from None
+
+
 def case_dir(out: Path, name: str) -> Path:
     return out / CASES_DIR / name
 

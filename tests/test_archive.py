@@ -197,3 +197,13 @@ def test_rank0_waits_for_live_ranks_and_gives_up_on_a_silent_one(tmp_path):
 def test_rank0_takes_a_rank_that_never_started_as_dead(tmp_path):
     finished, dead = ar.wait_for_ranks(tmp_path, "run", [1], timeout=0.2, poll=0.05)
     assert finished == {} and dead == [1]
+
+
+def test_case_errors_are_one_line_naming_the_cause(tmp_path):
+    from fetaliqa_core.errors import FetalIQAError
+
+    member = tmp_path / "c.mha"
+    assert ar.case_error(FetalIQAError("c.mha: not an image"), member) == "c.mha: not an image"
+    text = ar.case_error(PermissionError(13, "Permission denied", str(member)), member)
+    assert text.startswith("c.mha: Permission denied") and "\n" not in text
+    assert "unexpected ValueError" in ar.case_error(ValueError("bad"), member)

@@ -172,3 +172,19 @@ def test_torchrun_two_ranks_killed_mid_run_then_rerun_completes(archive_dir, ref
     rows = _table(out)
     assert [r["rank"] for r in rows] == ["0", "1", "0", "1"]  # index modulo the world size
     assert _results(out) == _results(reference)  # identical to one uninterrupted process
+
+
+def test_an_output_that_cannot_be_written_is_one_line_before_any_model(archive_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    from fetaliqa_core.models import choice
+
+    def no_models(*a, **k):
+        raise AssertionError("models loaded before the output folder was checked")
+
+    monkeypatch.setattr(choice, "load_models", no_models)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc = main(["score", str(archive_dir), "--archive", "--out", str(blocker / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "cannot write results" in err[0] and "--out" in err[0]
+    assert blocker.read_text() == "not a folder"

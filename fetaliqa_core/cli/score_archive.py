@@ -86,14 +86,6 @@ def _record_writer(item: ar.Item, base: dict):
     return write
 
 
-def _error_text(exc: BaseException, member: Path) -> str:
-    if isinstance(exc, FetalIQAError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return f"{member}: cannot be read ({exc.strerror or exc})"
-    return f"{member}: {type(exc).__name__}: {exc}"
-
-
 def run(args) -> int:
     from fetaliqa_core import io as fio
     from fetaliqa_core.cli import score as score_cmd
@@ -120,6 +112,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         names = ar.case_names(members, score_cmd._stem)
         plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id()}
     plan = ar.broadcast_from_main(ranks, plan)
+    ar.prepare_out(out)
     members = [Path(m) for m in plan["members"]]
     names, files = plan["names"], [m.name for m in members]
     tag = f"[rank {ranks.rank}/{ranks.world}] " if ranks.distributed else ""
@@ -146,7 +139,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             item.sweep = fio.load_sweep(item.member)
             _ = item.sweep.content_hash  # hashed here, off the model's thread
         except Exception as exc:  # noqa: BLE001 - one bad case must not end the run
-            item.error = _error_text(exc, item.member)
+            item.error = ar.case_error(exc, item.member)
 
     counts = {"scored": 0, "skipped": 0, "failed": 0}
     items = [ar.Item(i, names[i], members[i]) for i in mine]
@@ -171,7 +164,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 import shutil
 
                 shutil.rmtree(staged, ignore_errors=True)
-                item.error = _error_text(exc, item.member)
+                item.error = ar.case_error(exc, item.member)
         item.sweep = None
         if item.error is None:
             counts["scored"] += 1
