@@ -328,6 +328,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         """Use a bundle as the classifier, the segmenter or both (by its manifest's task), keeping
         the other model of a custom choice; ``base``: the FetalCLIP weights it was trained on."""
         from fetaliqa_core.models.bundle import read_manifest
+        from fetaliqa_core.models.tasks import TASKS
 
         try:
             task = read_manifest(bundle).task
@@ -337,9 +338,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         cur = self.choice
         keep = cur.model != "demo"
         cls, seg = (cur.cls, cur.seg) if keep else (None, None)
-        if task in ("cls", "joint"):
+        if TASKS[task].has_cls:
             cls = Path(bundle)
-        if task in ("seg", "joint"):
+        if TASKS[task].has_seg:
             seg = Path(bundle)
         base_path = Path(base) if base else (cur.base if keep else None)
         self.set_model_choice(ModelChoice(model=None, cls=cls, seg=seg, base=base_path, device=cur.device))

@@ -38,6 +38,7 @@ import numpy as np
 from fetaliqa_core import paths
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.segmenter import LABEL_ABDOMEN, MASK_AREA_FRACTION  # noqa: F401
+from fetaliqa_core.models.tasks import TASKS
 
 ENGINE_VERSION = "1"
 COARSE_STRIDES = (16, 8, 4, 2, 1)
@@ -232,14 +233,14 @@ class ScoringEngine:
                  batch_size: int | None = None) -> None:
         if cls is None and seg is None:
             raise FetalIQAError("No model to score with: choose a classifier and/or a segmenter bundle.")
-        if cls is not None and cls.task not in ("cls", "joint"):
+        if cls is not None and not TASKS[cls.task].has_cls:
             raise FetalIQAError(f"The bundle given as classifier is a '{cls.task}' bundle; choose a classifier bundle.")
-        if seg is not None and seg.task not in ("seg", "joint"):
+        if seg is not None and not TASKS[seg.task].has_seg:
             raise FetalIQAError(f"The bundle given as segmenter is a '{seg.task}' bundle; choose a segmenter bundle.")
         self.sweep = sweep
         self.cls = cls
         self.seg = seg
-        self._joint = cls is not None and cls is seg and cls.task == "joint"
+        self._joint = cls is not None and cls is seg  # one model with both heads: one pass
         model = cls if cls is not None else seg
         self.device = model.device
         self.dtype = model.dtype

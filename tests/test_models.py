@@ -398,3 +398,26 @@ def test_real_size_architecture_with_random_weights():
     print(f"real-size: build {built:.1f} s, one frame (encoder + both heads) {time.perf_counter() - t0:.1f} s")
     assert cls_logits.shape == (1, 1) and seg_logits.shape == (1, 1, 224, 224)
     assert torch.isfinite(cls_logits).all() and torch.isfinite(seg_logits).all()
+
+
+def test_task_table_builds_each_model_and_splits_its_output():
+    """One table says what each kind of model has; building from it gives the model of that kind,
+    and its output splits into exactly the logits it declares."""
+    from fetaliqa_core.models.tasks import TASKS, task
+
+    visual, _ = random_base("tiny", seed=0)
+    x = torch.randn(1, 3, 224, 224)
+    for name, kind in TASKS.items():
+        torch.manual_seed(0)
+        model = kind.build(visual, LoraSettings(), n_classes=3, init_filters=4).eval()
+        assert model.task == name
+        with torch.no_grad():
+            cls_logits, seg_logits = kind.split(model(x))
+        assert (cls_logits is not None) == kind.has_cls and (seg_logits is not None) == kind.has_seg
+        if kind.has_cls:
+            assert cls_logits.shape == (1, 1)
+        if kind.has_seg:
+            assert seg_logits.shape == (1, 3, 224, 224)
+    assert set(TASKS) == {"cls", "seg", "joint"}
+    with pytest.raises(FetalIQAError, match="cls, seg, joint"):
+        task("both")

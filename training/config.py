@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fetaliqa_core.errors import FetalIQAError, UsageError
+from fetaliqa_core.models.tasks import TASKS
 from training.dataset import DEFAULT_CACHE_CASES, SPLIT_SEED
 
-TASKS = ("cls", "seg", "joint")
 SEG_LOSSES = ("dice", "dice_ce")
 CONFIG_FILE = "config.json"
 # settings that must not change when a run is resumed (the rest, e.g. --epochs, may)
@@ -76,7 +76,7 @@ class TrainConfig:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``fetaliqa train`` / ``python -m training.train``."""
     p = parser
-    p.add_argument("--task", choices=TASKS, required=True,
+    p.add_argument("--task", choices=tuple(TASKS), required=True,
                    help="cls: classifier; seg: segmenter (quality call by mask area); joint: both heads on one encoder")
     p.add_argument("--data", required=True, help="dataset folder in the ACOUSLIC-AI layout (images/, masks/, circumferences/)")
     p.add_argument("--out", required=True, help="run folder (created; checkpoints, curves, metrics, the bundle)")
@@ -168,7 +168,7 @@ def validate_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--threads must be at least 1; got {cfg.threads}")
     if cfg.workers is not None and cfg.workers < 0:
         raise UsageError(f"--workers must be >= 0; got {cfg.workers}")
-    if cfg.task == "cls" and cfg.seg_classes != 1:
+    if not TASKS[cfg.task].has_seg and cfg.seg_classes != 1:
         raise UsageError("--seg-classes applies to --task seg or joint only")
     if cfg.base is not None and not Path(cfg.base).is_file():
         raise FetalIQAError(f"--base {cfg.base}: no such file; give the path of FetalCLIP_weights.pt "

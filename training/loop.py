@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.models.tasks import TASKS
 from training.checkpoints import (CHECKPOINT_DIR, epoch_checkpoint, latest_checkpoint, load_checkpoint,
                                   prune_checkpoints, save_checkpoint)
 from training.config import TrainConfig
@@ -36,7 +37,7 @@ def run_trial(cfg: TrainConfig, trial: int, splits: Splits, info: DistInfo, devi
         reporter.message(f"trial {tag}: already finished, kept")
         return finished
     seed = cfg.seed + trial - 1
-    with_masks = cfg.task in ("seg", "joint")
+    with_masks = TASKS[cfg.task].has_seg
     model, base_info = build_model(cfg, device, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = int(sum(p.numel() for p in params))
@@ -200,7 +201,7 @@ def _wrap_ddp(cfg: TrainConfig, model, info: DistInfo, device):
 
     # the segmenter skips the pooled head of the tower: with every weight trainable
     # (--full-finetune) those weights get no gradient
-    unused = cfg.full_finetune and cfg.task == "seg"
+    unused = cfg.full_finetune and not TASKS[cfg.task].has_cls
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
 
 
@@ -244,11 +245,11 @@ def _operating_threshold(cfg: TrainConfig, model, splits: Splits, info: DistInfo
     validation split with ``auto``; 0.5 for a segmenter (unused)."""
     from training.dataset import FrameDataset
 
-    if cfg.task not in ("cls", "joint"):
+    if not TASKS[cfg.task].has_cls:
         return 0.5
     if cfg.threshold != "auto":
         return float(cfg.threshold)
-    with_masks = cfg.task in ("seg", "joint")
+    with_masks = TASKS[cfg.task].has_seg
     full_val = FrameDataset(splits.val, with_masks, None, seed=seed, cache_cases=cfg.cache_cases)
     pred = predict_index(model, full_val, cfg.task, cfg, device, info, workers)
     threshold = best_f1_threshold(pred.p_cls, splits.val.label > 0)
@@ -283,7 +284,7 @@ def _write_trial_bundle(cfg: TrainConfig, trial_dir: Path, model, base_info, thr
 
 
 def _describe(cfg: TrainConfig) -> str:
-    what = {"cls": "classifier", "seg": "segmenter", "joint": "classifier + segmenter"}[cfg.task]
+    what = TASKS[cfg.task].label
     how = "full fine-tuning of the vision tower" if cfg.full_finetune else f"LoRA r={cfg.lora_r}"
     base = Path(cfg.base).name if cfg.base else f"random {cfg.config_name} base"
     return f"{what} trained by training.train ({how}) on {Path(cfg.data).name} over {base}"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fetaliqa_core.models.tasks import TASKS
 from training.config import TrainConfig
 from training.distributed import DistInfo, gather_objects
 from training.losses import compute_loss
@@ -93,12 +94,13 @@ def frame_metrics(pred: FramePredictions, truth: np.ndarray, task: str, threshol
 
     out: dict = {"loss": pred.loss_sum / max(pred.n, 1), "n_frames": int(pred.n), "n_positive": int(truth.sum())}
     keys = ("accuracy", "f1", "precision", "recall", "specificity")
-    if task in ("cls", "joint"):
+    kind = TASKS[task]
+    if kind.has_cls:
         m = binary_metrics(truth, pred.p_cls >= threshold)
         out.update({k: getattr(m, k) for k in keys})
-    if task in ("seg", "joint"):
+    if kind.has_seg:
         m = binary_metrics(truth, pred.seg_call)
-        prefix = "seg_" if task == "joint" else ""
+        prefix = "seg_" if kind.has_cls else ""
         out.update({prefix + k: getattr(m, k) for k in keys})
         finite = pred.dice[np.isfinite(pred.dice)]
         out["dice"] = float(finite.mean()) if finite.size else float("nan")

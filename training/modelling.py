@@ -16,20 +16,13 @@ def build_model(cfg: TrainConfig, device, seed: int):
     import torch
 
     from fetaliqa_core.models.base import build_vision_tower
-    from fetaliqa_core.models.classifier import FetalCLIPClassifier
-    from fetaliqa_core.models.joint import FetalCLIPJoint
     from fetaliqa_core.models.lora import LoraSettings
-    from fetaliqa_core.models.segmenter import FetalCLIPSegmenter
+    from fetaliqa_core.models.tasks import TASKS
 
     visual, base_info = build_vision_tower(cfg.config_name, cfg.base, device="cpu", dtype=torch.float32, seed=0)
     lora = None if cfg.full_finetune else LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
     torch.manual_seed(seed)
-    if cfg.task == "cls":
-        model = FetalCLIPClassifier(visual, lora)
-    elif cfg.task == "seg":
-        model = FetalCLIPSegmenter(visual, lora, n_classes=cfg.seg_classes, init_filters=cfg.init_filters)
-    else:
-        model = FetalCLIPJoint(visual, lora, n_classes=cfg.seg_classes, init_filters=cfg.init_filters)
+    model = TASKS[cfg.task].build(visual, lora, n_classes=cfg.seg_classes, init_filters=cfg.init_filters)
     if cfg.full_finetune:
         model.encoder.visual.requires_grad_(True)
     if cfg.seg_prior is not None and getattr(model, "seg", None) is not None:
@@ -78,12 +71,10 @@ def load_trainable_state(model, state: dict, source: str) -> None:
 
 def model_outputs(model, x, task: str):
     """``(cls_logits (B,) | None, seg_logits (B, C, 224, 224) | None)``."""
-    out = model(x)
-    if task == "cls":
-        return out[:, 0], None
-    if task == "seg":
-        return None, out
-    return out[0][:, 0], out[1]
+    from fetaliqa_core.models.tasks import TASKS
+
+    cls_logits, seg_logits = TASKS[task].split(model(x))
+    return (None if cls_logits is None else cls_logits[:, 0]), seg_logits
 
 
 def to_model_input(frames, device):

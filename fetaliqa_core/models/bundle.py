@@ -37,13 +37,13 @@ from fetaliqa_core.models.joint import FetalCLIPJoint
 from fetaliqa_core.models.lora import LoraSettings
 from fetaliqa_core.models.segmenter import (HEAD_KINDS, INIT_FILTERS, MASK_AREA_FRACTION, FetalCLIPSegmenter,
                                             label_masks, segmentation_probabilities)
+from fetaliqa_core.models.tasks import TASKS
 from fetaliqa_core.preprocess import PREPROCESS_VERSION, preprocess_spec
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ADAPTER_FILE = "adapter.safetensors"
 HEAD_FILE = "head.safetensors"
-TASKS = ("cls", "seg", "joint")
 DEFAULT_THRESHOLD = 0.5
 
 AnyModel = FetalCLIPClassifier | FetalCLIPSegmenter | FetalCLIPJoint
@@ -111,7 +111,7 @@ class BundleManifest:
 
         if self.task not in TASKS:
             raise bad(f"task {self.task!r} is not one of {list(TASKS)}")
-        if self.head not in HEAD_KINDS.values() or (self.task == "cls" and self.head != "binary"):
+        if self.head not in HEAD_KINDS.values() or (not TASKS[self.task].has_seg and self.head != "binary"):
             raise bad(f"head {self.head!r} is not valid for task {self.task!r}")
         if not isinstance(self.base_sha256, str) or not (
                 self.base_sha256.startswith(RANDOM_PREFIX) or len(self.base_sha256) == 64):
@@ -253,14 +253,10 @@ class LoadedModel:
         """``x``: ``(B, 3, 224, 224)`` from :func:`fetaliqa_core.preprocess.preprocess_frames`."""
         with torch.inference_mode():
             x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
-            out = self.model(x)
-            if self.task == "cls":
-                return Prediction(p_cls=torch.sigmoid(out.float())[:, 0].cpu())
-            if self.task == "seg":
-                return Prediction(seg_prob=segmentation_probabilities(out).cpu())
-            cls_logits, seg_logits = out
-            return Prediction(p_cls=torch.sigmoid(cls_logits.float())[:, 0].cpu(),
-                              seg_prob=segmentation_probabilities(seg_logits).cpu())
+            cls_logits, seg_logits = TASKS[self.task].split(self.model(x))
+            return Prediction(
+                p_cls=None if cls_logits is None else torch.sigmoid(cls_logits.float())[:, 0].cpu(),
+                seg_prob=None if seg_logits is None else segmentation_probabilities(seg_logits).cpu())
 
     def predict_labels(self, x: torch.Tensor) -> "LabelPrediction":
         """Like :meth:`predict`, but the segmentation comes back as ``(B, 224, 224)`` uint8
@@ -268,9 +264,7 @@ class LoadedModel:
         model's device: 1 byte per pixel crosses to the host instead of C float32 values."""
         with torch.inference_mode():
             x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
-            out = self.model(x)
-            cls_logits = out if self.task == "cls" else (out[0] if self.task == "joint" else None)
-            seg_logits = out if self.task == "seg" else (out[1] if self.task == "joint" else None)
+            cls_logits, seg_logits = TASKS[self.task].split(self.model(x))
             p_cls = None if cls_logits is None else torch.sigmoid(cls_logits.float())[:, 0].cpu()
             if seg_logits is None:
                 return LabelPrediction(p_cls=p_cls)
@@ -333,12 +327,7 @@ def _load_head(model: AnyModel, state: dict[str, torch.Tensor], source: str) -> 
 
 
 def _new_model(manifest: BundleManifest, visual: nn.Module) -> AnyModel:
-    lora = manifest.lora_settings
-    if manifest.task == "cls":
-        return FetalCLIPClassifier(visual, lora)
-    if manifest.task == "seg":
-        return FetalCLIPSegmenter(visual, lora, manifest.n_classes, manifest.init_filters)
-    return FetalCLIPJoint(visual, lora, manifest.n_classes, manifest.init_filters)
+    return TASKS[manifest.task].build(visual, manifest.lora_settings, manifest.n_classes, manifest.init_filters)
 
 
 def bundle_hash(bundle_dir: str | Path) -> str:
