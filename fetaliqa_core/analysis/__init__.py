@@ -19,6 +19,7 @@ from fetaliqa_core.analysis.ac import (
     format_ga,
     hadlock_ga,
     measure_ac,
+    measure_ac_evaluator,
     measure_frame_ac,
     ramanujan_circumference,
 )
@@ -36,6 +37,8 @@ from fetaliqa_core.analysis.challenge import (
     CaseMetrics,
     aggregate_case_metrics,
     case_metrics,
+    dsc_soft_evaluator,
+    reference_frame,
     wfss,
 )
 from fetaliqa_core.analysis.metrics import BinaryMetrics, binary_metrics, dice, dice_per_frame
@@ -58,13 +61,16 @@ __all__ = [
     "combined_score",
     "dice",
     "dice_per_frame",
+    "dsc_soft_evaluator",
     "ellipse_polygon",
     "flag_frames",
     "format_ga",
     "hadlock_ga",
     "measure_ac",
+    "measure_ac_evaluator",
     "measure_frame_ac",
     "ramanujan_circumference",
+    "reference_frame",
     "smooth_curve",
     "wfss",
 ]

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from fetaliqa_core import acouslic
-from fetaliqa_core.analysis.ac import FovArg, measure_ac, resolve_fov
-from fetaliqa_core.analysis.metrics import dice
+from fetaliqa_core.analysis.ac import FovArg, measure_ac, measure_ac_evaluator, resolve_fov
 
-#: DSC_soft: an unannotated chosen frame is compared with the nearest annotated frame of the
-#: same sweep within this many frames, the Dice scaled by ``1 - |d| / DSC_SOFT_WINDOW``.
+#: DSC_soft: when the chosen frame's annotation is empty, the evaluator compares the prediction
+#: with an annotated frame of the same sweep at most this many frames away (the previous one
+#: first), the Dice scaled by ``1 - |d| / DSC_SOFT_WINDOW`` (so a frame 15 away counts 0).
 DSC_SOFT_WINDOW = 15
 
 
@@ -50,7 +50,14 @@ def wfss(gt_masks: np.ndarray, chosen_frame: int, credit_abstention: bool = Fals
 
 @dataclass(frozen=True)
 class CaseMetrics:
-    """Challenge metrics of one case (see :func:`case_metrics`)."""
+    """Challenge metrics of one case (see :func:`case_metrics`).
+
+    ``dsc_soft`` and ``score`` are the evaluator's values, ``inf`` where the evaluator's Dice is
+    undefined (``dsc_defined`` False: its mean over cases is then ``inf``). ``ac_pred_mm`` is
+    the evaluator's AC of the predicted mask (the one NAE_AC uses); ``ac_project_mm`` the
+    project's own AC of the same mask (outline extrapolated across the fan edge) and
+    ``nae_ac_project`` the NAE it would give, reported beside, never in place of, the evaluator's.
+    """
 
     chosen_frame: int
     wfss: float
@@ -61,6 +68,9 @@ class CaseMetrics:
     ac_gt_mm: float | None
     dsc_reference_frame: int | None
     dsc_distance: int | None
+    dsc_defined: bool = True
+    ac_project_mm: float | None = None
+    nae_ac_project: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +90,75 @@ def _valid_ac(v: float | None) -> float | None:
     return v if math.isfinite(v) and v > 0 else None
 
 
+def _nae(gt: float | None, pred: float | None) -> float:
+    if gt is None or pred is None:
+        return 1.0
+    return abs(gt - pred) / max(gt, pred, 1e-6)
+
+
+def _sitk_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two bool masks as SimpleITK's label-overlap filter gives it: ``inf`` for two
+    empty masks (0 / 0), 0 when only one is empty."""
+    total = int(a.sum()) + int(b.sum())
+    if total == 0:
+        return math.inf
+    return 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def reference_frame(annotated: np.ndarray, frame: int, sweep: tuple[int, int]) -> int | None:
+    """The annotated frame the evaluator compares an unannotated chosen frame with: the nearest
+    *previous* annotated frame at most :data:`DSC_SOFT_WINDOW` back (inside the sweep); only
+    when there is none, the nearest next one at most that far ahead; None when neither.
+    ``annotated``: ``(N,)`` bool, the frame's raw annotation is non-empty (not FOV-masked)."""
+    start, stop = sweep
+    for j in range(frame - 1, max(start, frame - DSC_SOFT_WINDOW) - 1, -1):
+        if annotated[j]:
+            return j
+    for j in range(frame + 1, min(stop, frame + DSC_SOFT_WINDOW + 1)):
+        if annotated[j]:
+            return j
+    return None
+
+
+def dsc_soft_evaluator(
+    gt_masks: np.ndarray,
+    chosen_frame: int,
+    pred_mask: np.ndarray | None,
+    sweep_ranges: Sequence[tuple[int, int]],
+    fov: np.ndarray | None,
+) -> tuple[float, int | None, int | None]:
+    """DSC_soft exactly as the organisers' evaluator computes it: ``(value, reference frame,
+    distance)``.
+
+    - -1 (no frame): the evaluator indexes the annotation with -1, i.e. the case's LAST frame,
+      and compares it with an empty mask: 0 when that frame is annotated inside the FOV, ``inf``
+      (SimpleITK's Dice of two empty images) otherwise.
+    - The chosen frame's annotation and the prediction are both FOV-masked. Both non-empty:
+      their Dice. Prediction empty: 0, or ``inf`` when the annotation is empty too.
+    - Annotation (FOV-masked) empty, prediction not: :func:`reference_frame` (previous annotated
+      frame within 15 first, then next); that frame's annotation is NOT FOV-masked; Dice scaled
+      by ``1 - |d| / 15``. No such frame: 0.
+    """
+    gt = np.asarray(gt_masks)
+    n, h, w = gt.shape
+    fov_b = np.ones((h, w), bool) if fov is None else np.asarray(fov, bool)
+    chosen = int(chosen_frame)
+    if chosen == -1:
+        return _sitk_dice((np.asarray(gt[-1]) != 0) & fov_b, np.zeros((h, w), bool)), None, None
+    g = (np.asarray(gt[chosen]) != 0) & fov_b
+    p = np.zeros((h, w), bool) if pred_mask is None else (np.asarray(pred_mask) != 0) & fov_b
+    if not p.any() or g.any():
+        return _sitk_dice(g, p), chosen, 0
+    sweep = _sweep_of(chosen, sweep_ranges)
+    bounds = sweep_ranges[sweep] if sweep is not None else (0, n)
+    annotated = (gt.reshape(n, -1) != 0).any(axis=1)
+    ref = reference_frame(annotated, chosen, bounds)
+    if ref is None:
+        return 0.0, None, None
+    d = abs(ref - chosen)
+    return _sitk_dice(np.asarray(gt[ref]) != 0, p) * (1.0 - d / DSC_SOFT_WINDOW), ref, d
+
+
 def case_metrics(
     gt_masks: np.ndarray,
     chosen_frame: int,
@@ -91,23 +170,22 @@ def case_metrics(
     ac_pred_mm: float | None = None,
     credit_abstention: bool = False,
 ) -> CaseMetrics:
-    """WFSS, NAE_AC, DSC_soft and the ranking score of one case, as the challenge scores them.
+    """WFSS, NAE_AC, DSC_soft and the ranking score of one case, equal to the organisers'
+    evaluator on ACOUSLIC-AI cases (quirks included; see FRAME_CHOICE.md in docs/).
 
     gt_masks: ``(N, H, W)`` ground-truth labels. chosen_frame: the algorithm's frame or -1.
-    pred_mask: ``(H, W)`` predicted mask of the chosen frame on the original geometry (None or
-    ignored when -1). ac_gt_per_sweep: reference AC (mm) per sweep, None/NaN where the sweep has
-    none. sweep_ranges: default :func:`fetaliqa_core.acouslic.case_sweep_ranges` (6 x 140). ac_pred_mm: the predicted
-    AC when already measured (else measured here with :func:`measure_ac`, ``min_area_px=0``
-    like the challenge).
+    pred_mask: ``(H, W)`` predicted mask of the chosen frame on the original geometry (None:
+    empty; ignored for -1, as the evaluator replaces it by an empty mask). ac_gt_per_sweep:
+    reference AC (mm) per sweep, None/NaN where the sweep has none. sweep_ranges: default
+    :func:`fetaliqa_core.acouslic.case_sweep_ranges` (6 x 140). ac_pred_mm: a project AC of the
+    mask already measured (else measured here with :func:`measure_ac`); it is reported beside
+    the evaluator's, which NAE_AC always uses (:func:`measure_ac_evaluator`).
 
-    - NAE_AC = |gt - pred| / max(gt, pred); 1 when either is missing (no frame, sweep without
-      reference AC, mask not measurable).
+    - NAE_AC = |gt - pred| / max(gt, pred) with the reference AC of the chosen frame's sweep; 1
+      when either is missing (-1, a sweep without reference AC, no ellipse found).
     - WFSS: :func:`wfss`.
-    - DSC_soft: Dice (both masks restricted to the FOV, as the challenge does) of ``pred_mask``
-      with the chosen frame's annotation; when that frame is unannotated, with the nearest
-      annotated frame of the same sweep within +-15 frames, scaled by ``1 - |d| / 15`` (of two
-      equally near frames the better-matching counts); 0 when none or -1. In a case with no
-      annotation at all it is 0, or 1 for -1 with ``credit_abstention``.
+    - DSC_soft: :func:`dsc_soft_evaluator` (may be ``inf`` where the evaluator's is). In a case
+      with no annotation at all ``credit_abstention=True`` gives 1 for -1 (a project option).
     - score = 0.5 (1 - NAE_AC) + 0.25 WFSS + 0.25 DSC_soft.
     """
     gt = np.asarray(gt_masks)
@@ -118,8 +196,6 @@ def case_metrics(
     chosen = int(chosen_frame)
     if chosen != -1 and not 0 <= chosen < n:
         raise ValueError(f"chosen frame {chosen} is outside 0..{n - 1} (or -1)")
-
-    annotated = (gt != 0).any(axis=(1, 2))
     w_score = wfss(gt, chosen, credit_abstention=credit_abstention)
 
     pred = None
@@ -128,50 +204,25 @@ def case_metrics(
         if pred.shape != (h, w):
             raise ValueError(f"pred_mask shape {pred.shape} differs from the frames' {(h, w)}")
 
-    # AC
     sweep = _sweep_of(chosen, ranges) if chosen != -1 else None
-    ac_gt = _valid_ac(ac_gt_per_sweep[sweep]) if sweep is not None and sweep < len(ac_gt_per_sweep) else None
-    ac_pred = _valid_ac(ac_pred_mm)
-    if ac_pred is None and ac_pred_mm is None and pred is not None:
-        m = measure_ac(pred, spacing_mm, fov=fov, min_area_px=0)
-        ac_pred = None if m is None else m.ac_mm
-    if ac_gt is None or ac_pred is None:
-        nae = 1.0
-    else:
-        nae = abs(ac_gt - ac_pred) / max(ac_gt, ac_pred, 1e-6)
-
-    # DSC_soft
-    ref: int | None = None
-    dist: int | None = None
-    if not annotated.any():
-        dsc = 1.0 if (credit_abstention and chosen == -1) else 0.0
-    elif chosen == -1:
-        dsc = 0.0
-    else:
-        fov_mask = resolve_fov(fov, (h, w))
-        p = np.zeros((h, w), bool) if pred is None else pred != 0
-        if fov_mask is not None:
-            p = p & fov_mask
-
-        def frame_dice(j: int) -> float:
-            g = gt[j] != 0
-            if fov_mask is not None:
-                g = g & fov_mask
-            return dice(p, g, empty_value=0.0)
-
-        if annotated[chosen]:
-            ref, dist, dsc = chosen, 0, frame_dice(chosen)
+    ac_gt = None
+    if sweep is not None and sweep < len(ac_gt_per_sweep):
+        ac_gt = _valid_ac(ac_gt_per_sweep[sweep])
+    ac_eval = ac_proj = None
+    if pred is not None and pred.any():
+        ac_eval = _valid_ac(measure_ac_evaluator(pred, spacing_mm, fov=fov))
+        if ac_pred_mm is not None:
+            ac_proj = _valid_ac(ac_pred_mm)
         else:
-            start, stop = ranges[sweep] if sweep is not None else (0, n)
-            dsc = 0.0
-            for d in range(1, DSC_SOFT_WINDOW):
-                options = [j for j in (chosen - d, chosen + d) if start <= j < stop and annotated[j]]
-                if options:
-                    scale = 1.0 - d / DSC_SOFT_WINDOW
-                    scored = [(frame_dice(j) * scale, j) for j in options]
-                    dsc, ref = max(scored)
-                    dist = d
-                    break
+            m = measure_ac(pred, spacing_mm, fov=fov, min_area_px=0)
+            ac_proj = None if m is None else _valid_ac(m.ac_mm)
+    nae = _nae(ac_gt, ac_eval)
+
+    ref = dist = None
+    if credit_abstention and chosen == -1 and not gt.any():
+        dsc = 1.0
+    else:
+        dsc, ref, dist = dsc_soft_evaluator(gt, chosen, pred, ranges, resolve_fov(fov, (h, w)))
     score = 0.5 * (1.0 - nae) + 0.25 * w_score + 0.25 * dsc
     return CaseMetrics(
         chosen_frame=chosen,
@@ -179,10 +230,13 @@ def case_metrics(
         nae_ac=float(nae),
         dsc_soft=float(dsc),
         score=float(score),
-        ac_pred_mm=ac_pred,
+        ac_pred_mm=ac_eval,
         ac_gt_mm=ac_gt,
         dsc_reference_frame=ref,
         dsc_distance=dist,
+        dsc_defined=bool(math.isfinite(dsc)),
+        ac_project_mm=ac_proj,
+        nae_ac_project=(None if ac_gt is None else float(_nae(ac_gt, ac_proj))),
     )
 
 
@@ -192,12 +246,27 @@ def aggregate_case_metrics(cases: Sequence[CaseMetrics]) -> dict[str, dict[str, 
     The score's mean equals the challenge's 0.5(1 - mean NAE) + 0.25 mean WFSS + 0.25 mean DSC;
     its std is the std of the per-case scores (the challenge's leaderboard combines the stds
     linearly instead, which is not a standard deviation).
+
+    Where the evaluator's DSC_soft is undefined (``inf``; see :func:`dsc_soft_evaluator`) its own
+    mean is ``inf``: ``evaluator_mean`` keeps that, while ``mean`` and ``std`` count such a case's
+    DSC_soft as 0 so methods can still be compared, and ``undefined`` says how many cases that
+    was.
     """
     out: dict[str, dict[str, float]] = {}
+    bad = np.array([not math.isfinite(c.dsc_soft) for c in cases], dtype=bool)
     for key in ("wfss", "nae_ac", "dsc_soft", "score"):
-        vals = np.array([getattr(c, key) for c in cases], dtype=np.float64)
+        raw = np.array([getattr(c, key) for c in cases], dtype=np.float64)
+        vals = raw.copy()
+        if key == "dsc_soft":
+            vals[bad] = 0.0
+        elif key == "score":
+            vals[bad] = [0.5 * (1.0 - c.nae_ac) + 0.25 * c.wfss for c, b in zip(cases, bad) if b]
+        undefined = int(bad.sum()) if key in ("dsc_soft", "score") else 0
         if vals.size == 0:
-            out[key] = {"mean": float("nan"), "std": float("nan"), "n": 0}
+            out[key] = {"mean": float("nan"), "std": float("nan"), "n": 0, "undefined": 0,
+                        "evaluator_mean": float("nan")}
         else:
-            out[key] = {"mean": float(vals.mean()), "std": float(vals.std()), "n": int(vals.size)}
+            out[key] = {"mean": float(vals.mean()), "std": float(vals.std()), "n": int(vals.size),
+                        "undefined": undefined,
+                        "evaluator_mean": math.inf if undefined else float(raw.mean())}
     return out
