@@ -37,11 +37,11 @@ def ac_of(axes, spacing=0.28):
 def test_largest_frame_by_default(mask_file, capsys):
     assert main(["ac", str(mask_file)]) == 0
     out = capsys.readouterr().out.strip()
-    match = re.fullmatch(r"frame 2: AC ([\d.]+) mm \(GA ([\d.]+) weeks\)", out)
+    match = re.fullmatch(r"frame 2: AC ([\d.]+) mm, GA (\d+w \d+d)", out)
     assert match, out
     ac = float(match.group(1))
     assert ac == pytest.approx(ac_of(BIG), rel=0.01)
-    assert float(match.group(2)) == pytest.approx(analysis.hadlock_ga(ac).weeks, abs=0.06)
+    assert match.group(2) == analysis.format_ga(analysis.hadlock_ga(ac).weeks)
 
 
 def test_frame_and_spacing_and_json(mask_file, capsys):
@@ -50,7 +50,8 @@ def test_frame_and_spacing_and_json(mask_file, capsys):
     assert record["frame"] == 1
     assert record["spacing_mm"] == [0.5, 0.5]
     assert record["ac_mm"] == pytest.approx(ac_of(SMALL, 0.5), rel=0.01)
-    assert record["ga_weeks"] == pytest.approx(analysis.hadlock_ga(record["ac_mm"]).weeks, abs=1e-2)
+    assert record["ga_weeks"] == pytest.approx(analysis.hadlock_ga(record["ac_mm"]).weeks, abs=0.01)
+    assert record["ga"] == analysis.format_ga(record["ga_weeks"]) and record["ac_status"] == "ok"
     assert record["truncated"] is False and record["n_points"] > 100
 
 
@@ -58,7 +59,8 @@ def test_small_ac_flagged_outside_hadlock_range(mask_file, capsys):
     assert main(["ac", str(mask_file), "--frame", "1"]) == 0  # ~141 mm: inside the range
     assert "[" not in capsys.readouterr().out
     assert main(["ac", str(mask_file), "--frame", "1", "--spacing", "0.1"]) == 0  # ~50 mm
-    assert "outside Hadlock" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "doubtful" in out and "GA" not in out  # not a number to act on, and no GA from it
 
 
 def test_empty_frame_reports_no_ac(mask_file, capsys):
@@ -85,3 +87,32 @@ def test_bad_files(tmp_path, capsys):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 20, 30), np.uint8)), str(empty))
     assert main(["ac", str(empty)]) == 1
     assert "no frame has a label" in capsys.readouterr().err
+
+
+def test_grey_image_refused_in_one_line(tmp_path, capsys):
+    grey = tmp_path / "frames.mha"
+    rng = np.random.default_rng(0)
+    sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 256, (3, 40, 50), dtype=np.uint8)), str(grey))
+    assert main(["ac", str(grey), "--frame", "1"]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("fetaliqa: ") and "\n" not in err and "AC" not in captured.out
+
+
+def test_no_spacing_no_mm_unless_given(tmp_path, capsys):
+    masks = np.zeros((1, H, W), np.uint8)
+    cv2.ellipse(masks[0], (372, 300), BIG, 10, 0, 360, 1, -1)
+    path = tmp_path / "nospacing.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(masks), str(path))  # written without spacing: 1 x 1
+    assert main(["ac", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "mm," not in out and "GA" not in out and "pixel spacing unknown" in out
+    assert main(["ac", str(path), "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_mm"] is None and record["ga_weeks"] is None and record["ac_status"] == "no units"
+    assert main(["ac", str(path), "--spacing", "0.28"]) == 0
+    assert "GA" in capsys.readouterr().out
+    assert main(["ac", str(path), "--spacing", "0.28", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ac_mm"] == pytest.approx(ac_of(BIG), rel=0.01)
+    assert main(["ac", str(path), "--spacing", "7"]) == 1  # implausible: refused in one line
+    assert "implausible" in capsys.readouterr().err

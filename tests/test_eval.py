@@ -96,9 +96,12 @@ def test_eval_matches_the_bundle_run_directly(tiny_data, bundles, tmp_path):
         for c in per_case:
             assert c["wfss"] in (0.0, 0.6, 1.0)
             assert c["score"] == pytest.approx(0.5 * (1 - c["nae_ac"]) + 0.25 * c["wfss"] + 0.25 * c["dsc_soft"])
-        assert m["challenge"][name]["score"]["mean"] == pytest.approx(np.mean([c["score"] for c in per_case]))
-    for c in m["cases"]["cls"]:  # no mask from a classifier: no AC, no Dice
-        assert c["nae_ac"] == 1.0 and c["dsc_soft"] == 0.0
+        # an undefined evaluator Dice (inf) counts as 0 in the mean, and is counted
+        scores = [c["score"] if c["dsc_defined"] else 0.5 * (1 - c["nae_ac"]) + 0.25 * c["wfss"] for c in per_case]
+        assert m["challenge"][name]["score"]["mean"] == pytest.approx(np.mean(scores))
+        assert m["challenge"][name]["score"]["undefined"] == sum(not c["dsc_defined"] for c in per_case)
+    for c in m["cases"]["cls"]:  # no mask from a classifier: no AC, Dice 0 (inf on an unannotated frame)
+        assert c["nae_ac"] == 1.0 and (c["dsc_soft"] == 0.0 or not c["dsc_defined"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["frame"]["cls"]["f1"] == pytest.approx(got["f1"])
     assert len((out / "per_case.csv").read_text().splitlines()) == 1 + 3 * 4

@@ -5,6 +5,7 @@ OpenCV; no model, no Qt.
   gestational age.
 - :mod:`.assessment`: per-frame calls and flags, best frame per sweep, the case's chosen frame.
 - :mod:`.metrics`: per-frame metrics (binary classification metrics, Dice).
+- :mod:`.units`: what a clinician is shown of an AC (known units, doubtful, or not shown).
 - :mod:`.challenge`: the ACOUSLIC-AI challenge's per-case metrics and their aggregate.
 
 The ACOUSLIC-AI data facts and the field-of-view mask live in :mod:`fetaliqa_core.acouslic`.
@@ -42,8 +43,12 @@ from fetaliqa_core.analysis.challenge import (
     wfss,
 )
 from fetaliqa_core.analysis.metrics import BinaryMetrics, binary_metrics, dice, dice_per_frame
+from fetaliqa_core.analysis.units import AC_PLAUSIBLE_MM, ACReading, read_ac
 
 __all__ = [
+    "AC_PLAUSIBLE_MM",
+    "ACReading",
+    "read_ac",
     "DEFAULT_MIN_AREA_PX",
     "DSC_SOFT_WINDOW",
     "HADLOCK_AC_RANGE_MM",

@@ -1,14 +1,16 @@
 """``fetaliqa ac MASK``: measure the abdominal circumference on one frame of a mask file.
 
-The measurement is the one the app and ``fetaliqa score`` use (``analysis.measure_ac``), so a
-value shown there can be checked by hand against a mask exported or annotated elsewhere.
+The mask is read by :func:`fetaliqa_core.io.read_mask_volume`, with the label checks of every
+other mask reader (a grey image is refused), and measured as the app and ``fetaliqa score``
+measure (``analysis.measure_ac``), so a value shown there can be checked by hand against a mask
+exported or annotated elsewhere. Lengths are printed only with a known, plausible pixel spacing
+(the file's or ``--spacing``); an AC outside the plausible range is marked doubtful.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,50 +21,20 @@ HELP = "measure the abdominal circumference (mm) and gestational age on a mask f
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("mask", metavar="MASK", help="mask volume (.mha/.nii.gz...), non-zero = abdomen")
+    parser.add_argument("mask", metavar="MASK", help="label volume (.mha/.nii.gz...): 0 background, 1/2 abdomen")
     parser.add_argument(
         "--frame", type=int, default=None, metavar="I",
-        help="zero-based frame index (default: the frame with the largest labelled area)",
+        help="frame number, 0-based as everywhere in FetalIQA (default: the frame with the largest labelled area)",
     )
     parser.add_argument(
         "--spacing", type=float, default=None, metavar="MM",
-        help="pixel spacing in mm, overriding the file's (default: from the file)",
+        help="pixel spacing in mm per pixel, overriding the file's (needed when the file records none)",
     )
     parser.add_argument(
         "--no-fov", action="store_true",
         help="do not apply the ACOUSLIC probe's field-of-view mask (measure the whole frame)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def read_mask_volume(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
-    """Read a mask file -> ``(N, H, W)`` array and ``(row_mm, col_mm)`` pixel spacing.
-
-    A 2-D image is returned as one frame. Raises FetalIQAError for a missing or unreadable file.
-    """
-    if not path.exists():
-        raise FetalIQAError(f"{path}: no such file; give the path of a mask volume (.mha)")
-    if path.is_dir():
-        raise FetalIQAError(f"{path}: is a folder; give the path of a mask volume file (.mha)")
-    import SimpleITK as sitk
-
-    try:
-        image = sitk.ReadImage(str(path))
-    except Exception:  # SimpleITK raises RuntimeError with a multi-line C++ message
-        raise FetalIQAError(
-            f"{path}: not a readable image volume; give a mask saved as .mha, .nrrd or .nii.gz"
-        ) from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise FetalIQAError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} channels; a mask has one")
-    array = sitk.GetArrayFromImage(image)
-    spacing = image.GetSpacing()  # (x, y[, z]) = (col, row[, frame])
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3:
-        raise FetalIQAError(f"{path}: expected a stack of 2-D frames, got an array of shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer) and not np.issubdtype(array.dtype, np.bool_):
-        array = np.rint(array)
-    return array, (float(spacing[1]), float(spacing[0]))
 
 
 def _pick_frame(masks: np.ndarray, frame: int | None, path: Path) -> int:
@@ -81,48 +53,49 @@ def _pick_frame(masks: np.ndarray, frame: int | None, path: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from fetaliqa_core import analysis
+    from fetaliqa_core import io as fio
+    from fetaliqa_core.io import spacing as fspacing
 
     path = Path(args.mask)
-    masks, spacing = read_mask_volume(path)
+    if not path.exists():
+        raise FetalIQAError(f"{path}: no such file; give the path of a mask volume (.mha)")
+    volume = fio.read_mask_volume(path)
+    masks = volume.labels
+    spacing = tuple(volume.spacing_mm)
+    problem = volume.spacing_problem
     if args.spacing is not None:
-        if not (args.spacing > 0 and math.isfinite(args.spacing)):
-            raise FetalIQAError(f"--spacing {args.spacing}: must be a positive number of millimetres")
-        spacing = (float(args.spacing), float(args.spacing))
-    elif not all(s > 0 and math.isfinite(s) for s in spacing):
-        raise FetalIQAError(f"{path}: the file's pixel spacing {spacing} is invalid; give --spacing MM")
+        spacing = fspacing.user_spacing(args.spacing)
+        problem = None
 
     index = _pick_frame(masks, args.frame, path)
     frame = masks[index]
     m = analysis.measure_ac(frame, spacing, fov=None if args.no_fov else "acouslic")
-    ga = None if m is None else analysis.hadlock_ga(m.ac_mm)
+    reading = analysis.read_ac(None if m is None else m.ac_mm, problem)
 
     if args.json:
         record = {
             "file": str(path),
             "frame": index,
             "area_px": int(np.count_nonzero(frame)),
-            "spacing_mm": list(spacing),
-            "ac_mm": None if m is None else round(m.ac_mm, 3),
-            "ga_weeks": None if ga is None else round(ga.weeks, 3),
-            "ga_out_of_range": None if ga is None else ga.out_of_range,
+            "spacing_mm": list(spacing) if problem is None else None,
+            "spacing_problem": problem,
+            "ac_mm": reading.ac_mm,
+            "ac_status": reading.status,
+            "ga_weeks": reading.ga_weeks,
+            "ga": reading.ga_text or None,
+            "note": reading.note or None,
             "truncated": None if m is None else m.truncated,
             "n_points": None if m is None else m.n_points,
-            "ellipse": None if m is None else {"center": list(m.center), "axes": list(m.axes), "angle": m.angle},
+            "ellipse_px": None if m is None else {"center": list(m.center), "axes": list(m.axes), "angle": m.angle},
         }
         print(json.dumps(record))
-        return 0 if m is not None else 1
+        return 0 if reading.status in (analysis.units.OK, analysis.units.DOUBTFUL) else 1
 
     if m is None:
         area = int(np.count_nonzero(frame))
         why = "the frame is empty" if area == 0 else f"the mask ({area} px) is too small or too cut off for an ellipse fit"
         print(f"frame {index}: no AC ({why})")
         return 1
-    notes = []
-    if ga is not None and ga.out_of_range:
-        lo, hi = analysis.HADLOCK_AC_RANGE_MM
-        notes.append(f"AC outside Hadlock's {lo:.0f}-{hi:.0f} mm range")
-    if m.truncated:
-        notes.append("outline cut by the field of view; ellipse extrapolated")
-    tail = f" [{'; '.join(notes)}]" if notes else ""
-    print(f"frame {index}: AC {m.ac_mm:.1f} mm (GA {ga.weeks:.1f} weeks){tail}")
-    return 0
+    tail = " [outline cut by the field of view; ellipse extrapolated]" if m.truncated else ""
+    print(f"frame {index}: {reading.text()}{tail}")
+    return 0 if reading.status != analysis.units.NO_UNITS else 1

@@ -40,9 +40,11 @@ from fetaliqa_core.io._common import (
 )
 from fetaliqa_core.io.spacing import PLAUSIBLE_SPACING_MM
 from fetaliqa_core.io.sweep import (
+    MaskVolume,
     Sweep,
     default_sweep_layout,
     load_mask,
+    read_mask_volume,
     load_sweep,
     write_volume,
 )
@@ -51,6 +53,6 @@ __all__ = [
     "META_SWEEP_KINDS",
     "META_SWEEP_RANGES", "MIN_FRAME_PX", "PLAUSIBLE_SPACING_MM", "SPACING_FROM_DICOM_PIXEL_SPACING",
     "SPACING_FROM_HEADER", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
-    "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "Sweep", "default_sweep_layout",
-    "load_mask", "load_sweep", "write_volume",
+    "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "MaskVolume", "Sweep", "default_sweep_layout",
+    "load_mask", "load_sweep", "read_mask_volume", "write_volume",
 ]

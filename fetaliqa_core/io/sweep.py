@@ -156,10 +156,24 @@ def load_sweep(path: str | Path) -> Sweep:
                  path=path, spacing_source=raw.spacing_source, spacing_note=raw.spacing_note)
 
 
-def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
-    """Read a label volume: ``(N, H, W)`` uint8 (read-only) with values 0 (background),
-    1 (optimal plane) and 2 (suboptimal plane). With ``like``, the shape must equal the sweep's
-    frames' shape."""
+@dataclass(eq=False)
+class MaskVolume:
+    """A label volume as read from its file: ``labels`` ``(N, H, W)`` uint8 (0, 1, 2; read-only)
+    and the file's pixel spacing with its provenance (as on :class:`Sweep`)."""
+
+    labels: np.ndarray
+    spacing_mm: tuple[float, float]
+    spacing_source: str
+    spacing_note: str = ""
+
+    @property
+    def spacing_problem(self) -> str | None:
+        """One line saying why lengths cannot be shown, or None when they can."""
+        return _spacing.problem(tuple(self.spacing_mm), self.spacing_source, self.spacing_note)
+
+
+def read_mask_volume(path: str | Path) -> MaskVolume:
+    """Read a label volume with the checks of :func:`load_mask` and keep the file's spacing."""
     path = Path(path).expanduser()
     raw = read_raw(path, purpose="mask")
     arr = raw.array
@@ -168,14 +182,24 @@ def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
             f"{path}: the mask has {raw.components} values per pixel; a mask holds one label "
             "(0, 1 or 2) per pixel. Export the mask as a single-channel label image.")
     arr = as_frame_stack(arr, 1, path)
-    if like is not None and tuple(arr.shape) != tuple(like.frames.shape):
-        raise FetalIQAError(
-            f"{path}: the mask has shape {fmt_shape(arr.shape)} (frames x height x width) but the "
-            f"sweep {like.path or ''} has {fmt_shape(like.frames.shape)}. Choose the mask made "
-            "for this sweep.")
     labels = as_labels(arr, path)
     if labels.flags.writeable and labels is not arr:
         labels.flags.writeable = False
+    return MaskVolume(labels=labels, spacing_mm=tuple(raw.spacing_mm), spacing_source=raw.spacing_source,
+                      spacing_note=raw.spacing_note)
+
+
+def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
+    """Read a label volume: ``(N, H, W)`` uint8 (read-only) with values 0 (background),
+    1 (optimal plane) and 2 (suboptimal plane). With ``like``, the shape must equal the sweep's
+    frames' shape."""
+    path = Path(path).expanduser()
+    labels = read_mask_volume(path).labels
+    if like is not None and tuple(labels.shape) != tuple(like.frames.shape):
+        raise FetalIQAError(
+            f"{path}: the mask has shape {fmt_shape(labels.shape)} (frames x height x width) but the "
+            f"sweep {like.path or ''} has {fmt_shape(like.frames.shape)}. Choose the mask made "
+            "for this sweep.")
     return labels
 
 

@@ -1,0 +1,90 @@
+"""What a clinician is shown of an abdominal circumference: a number with known units, a
+doubtful number, or no number and the reason.
+
+Rules (the same in the command line, the viewer, reports and ``summary.json``):
+
+- **No pixel spacing, or an implausible one** (see :mod:`fetaliqa_core.io.spacing`): no length
+  in mm and no gestational age (GA) anywhere; the reason is said instead. A spacing the user
+  gives (``--spacing MM``, or in the viewer) makes the lengths known again.
+- **AC outside** :data:`AC_PLAUSIBLE_MM` (75-420 mm): shown, marked *doubtful*, never as a number
+  to act on. 75 mm is Hadlock's AC at 14 weeks, the start of his 1984 cohort and of routine
+  abdominal biometry; 420 mm is above the largest term abdomens of the usual obstetric charts
+  (Hadlock's formula reaches 42 weeks at ~380 mm; charts' upper centiles at 40-42 weeks lie
+  around 380-400 mm), with a margin for macrosomia. A value outside is more likely a wrong frame,
+  mask or spacing than a fetus.
+- **GA** (Hadlock 1984) is given only with a trusted AC inside Hadlock's range
+  (:data:`~fetaliqa_core.analysis.ac.HADLOCK_AC_RANGE_MM`, ~14-42 weeks), written one way:
+  ``24w 3d`` (:func:`~fetaliqa_core.analysis.ac.format_ga`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from fetaliqa_core.analysis.ac import HADLOCK_AC_RANGE_MM, format_ga, hadlock_ga
+
+#: Plausible fetal abdominal circumference, mm (see the module's text).
+AC_PLAUSIBLE_MM = (75.0, 420.0)
+
+#: Status of a reading: a number to act on, a doubtful number, no number (units), no AC at all.
+OK, DOUBTFUL, NO_UNITS, NONE = "ok", "doubtful", "no units", "none"
+
+
+@dataclass(frozen=True)
+class ACReading:
+    """An AC as shown to people. ``ac_mm`` / ``ga_weeks`` are None when they must not be shown;
+    ``ga_text`` is ``24w 3d`` or empty; ``note`` says why a value is doubtful or missing."""
+
+    status: str
+    ac_mm: float | None
+    ga_weeks: float | None
+    ga_text: str
+    note: str
+
+    @property
+    def trusted(self) -> bool:
+        return self.status == OK
+
+    def text(self) -> str:
+        """One line: ``AC 231.4 mm, GA 27w 1d``; ``AC 52.0 mm (doubtful: ...)``; ``AC not
+        shown: ...``; ``no AC``."""
+        if self.status == NONE:
+            return "no AC" + (f" ({self.note})" if self.note else "")
+        if self.status == NO_UNITS:
+            return f"AC not shown: {self.note}"
+        text = f"AC {self.ac_mm:.1f} mm"
+        if self.ga_text:
+            text += f", GA {self.ga_text}"
+        if self.status == DOUBTFUL:
+            text += f" (doubtful: {self.note})"
+        elif self.note:
+            text += f" ({self.note})"
+        return text
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_ac(ac_mm: float | None, spacing_problem: str | None = None) -> ACReading:
+    """The reading of an AC measured in mm with the sweep's spacing.
+
+    spacing_problem: the sweep's :attr:`~fetaliqa_core.io.Sweep.spacing_problem` (None when the
+    spacing is known and plausible).
+    """
+    if ac_mm is None or not math.isfinite(float(ac_mm)) or float(ac_mm) <= 0:
+        return ACReading(NONE, None, None, "", "")
+    if spacing_problem:
+        return ACReading(NO_UNITS, None, None, "", spacing_problem)
+    ac = float(ac_mm)
+    lo, hi = AC_PLAUSIBLE_MM
+    if not lo <= ac <= hi:
+        return ACReading(DOUBTFUL, round(ac, 1), None, "",
+                         f"outside the plausible {lo:.0f}-{hi:.0f} mm; check the frame, the mask "
+                         "and the pixel spacing")
+    ga = hadlock_ga(ac)
+    if ga.out_of_range or not math.isfinite(ga.weeks):
+        glo, ghi = HADLOCK_AC_RANGE_MM
+        return ACReading(OK, round(ac, 1), None, "",
+                         f"no GA: outside Hadlock's {glo:.0f}-{ghi:.0f} mm")
+    return ACReading(OK, round(ac, 1), round(ga.weeks, 2), format_ga(ga.weeks), "")
