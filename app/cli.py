@@ -132,12 +132,14 @@ def model_choice_from_args(args):
 def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | None = None,
                exit_when_scored: bool = False, max_seconds: float | None = None,
                headless: bool | None = None, keep_window: bool = False,
-               review_db: Path | None = None, scores_dir: Path | None = None) -> GuiOutcome:
+               review_db: Path | None = None, scores_dir: Path | None = None,
+               progress_every: float | None = None) -> GuiOutcome:
     """Open the main window (optionally on a sweep) and run the event loop.
 
     With ``exit_when_scored`` or ``max_seconds`` the loop ends by itself: after scoring ends
     (or the time is up, which cancels scoring) the screenshot is saved, the scores are written
-    into ``scores_dir`` when given, and the window closes.
+    into ``scores_dir`` when given, and the window closes. ``progress_every``: print the
+    progress bar's text (frames scored, rate, time left) on stdout at most every N seconds.
     """
     from PySide6.QtCore import QEventLoop, QTimer
 
@@ -204,6 +206,18 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
         QTimer.singleShot(300, lambda: finish(False, "no sweep given"))
     if max_seconds:
         QTimer.singleShot(int(max_seconds * 1000), time_up)
+    reporter = QTimer()
+    if progress_every:
+        last = {"text": ""}
+
+        def report() -> None:
+            text = win.progress.format()
+            if text and text != last["text"] and not state["ended"]:
+                last["text"] = text
+                print(f"  {text}", flush=True)
+
+        reporter.timeout.connect(report)
+        reporter.start(int(progress_every * 1000))
     # Ctrl+C in the terminal closes the window cleanly (Python sees signals only between
     # Qt events, hence the idle timer).
     import signal
@@ -221,6 +235,7 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
             loop.exec()
     finally:
         wake.stop()
+        reporter.stop()
         signal.signal(signal.SIGINT, previous)
     code = 0 if state["complete"] or not (exit_when_scored or max_seconds) else 1
     return GuiOutcome(code=code, complete=state["complete"], message=state["message"],

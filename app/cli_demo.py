@@ -16,6 +16,20 @@ from fetaliqa_core.cli._args import positive_seconds
 HELP = "Open the viewer on the demo sweep with the demo model (headless: write scores and a screenshot)."
 
 OUTPUT_FOLDER = "demo-output"
+PROGRESS_SECONDS = 2.0  # headless: a progress line at most this often
+
+
+def answer_line(window) -> str:
+    """What the run found, as the window's status bar says it: the chosen frame, AC and GA."""
+    m = window.model
+    chosen = m.flags.chosen
+    where = ""
+    if chosen is not None and chosen >= 0:
+        k = m.sweep_index(chosen)
+        kind = m.sweep_kinds[k] if k < len(m.sweep_kinds) else "unknown"
+        where = f" (sweep {k + 1}{'' if kind == 'unknown' else ', ' + kind})"
+    text = window.status_ac.text() or "no frame chosen"
+    return text + where
 
 
 def add_arguments(parser) -> None:
@@ -29,12 +43,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from app.cli import display_available, run_window, save_scores
+    from app.cli import display_available, display_problem, run_window, save_scores
     from fetaliqa_core import paths, synth
     from fetaliqa_core.errors import FetalIQAError
     from fetaliqa_core.models.choice import ModelChoice
 
     headless = bool(args.headless or not display_available())
+    problem = display_problem()
+    if problem is not None and not headless:
+        # An X display without the libraries Qt needs: say which, and render offscreen instead.
+        print(f"fetaliqa: {problem}", file=sys.stderr)
+        print("fetaliqa: rendering the demo offscreen instead (no window).", file=sys.stderr, flush=True)
+        headless = True
     print("preparing the demo sweep (synthesised once into the cache)…", flush=True)
     sweep_path = synth.demo_sweep_path()
     choice = ModelChoice(model="demo", device=args.device)
@@ -47,15 +67,18 @@ def run(args) -> int:
     shot = out_dir / "screenshot.png"
     print(f"no display: scoring {sweep_path.name} offscreen…", flush=True)
     outcome = run_window(sweep_path, choice, screenshot=shot, exit_when_scored=True,
-                         max_seconds=args.max_seconds, headless=True, keep_window=True)
+                         max_seconds=args.max_seconds, headless=True, keep_window=True,
+                         progress_every=PROGRESS_SECONDS)
     try:
         written = save_scores(outcome.window, out_dir)
+        answer = answer_line(outcome.window)
     finally:
         outcome.window = None
     if not written:
         raise FetalIQAError(f"The demo could not score the sweep: {outcome.message}")
     if outcome.screenshot is not None:
         written.append(outcome.screenshot)
+    print(f"answer: {answer}")
     print(f"demo output: {out_dir}")
     for p in written:
         print(f"  {p.name}")
