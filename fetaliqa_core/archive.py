@@ -51,7 +51,7 @@ DEFAULT_RANK_TIMEOUT = 300.0  # seconds without a heartbeat before rank 0 takes 
 
 TABLE_COLUMNS = (
     "case", "file", "status", "error", "chosen_frame", "chosen_sweep", "ac_mm", "ga_weeks",
-    "ga_out_of_range", "n_frames", "frames_scored", "threshold", "models", "cls_hash", "seg_hash",
+    "ga_out_of_range", "n_frames", "frames_scored", "threshold", "models", "precision", "cls_hash", "seg_hash",
     "base_hash", "file_hash", "content_hash", "rank", "host", "device", "seconds", "finished_utc",
 )
 # Columns that differ between two runs with the same results (when and where a case ran).
@@ -196,14 +196,18 @@ def file_hash(path: Path) -> str:
 
 
 def model_hashes(models) -> dict:
-    """Hashes of what the results depend on: each bundle and the base weights it runs on."""
+    """What the results depend on besides the sweep: each bundle, the base weights it runs on,
+    and the number format the models compute in (bf16 and fp32 give slightly different scores)."""
     def base(m):
         return getattr(getattr(m, "base", None), "sha256", None)
 
     cls, seg = models.cls, models.seg
+    first = cls if cls is not None else seg
+    dtype = str(getattr(first, "dtype", "")).replace("torch.", "")
     return {"cls_hash": cls.bundle_hash if cls is not None else None,
             "seg_hash": seg.bundle_hash if seg is not None else None,
-            "base_hash": base(cls if cls is not None else seg)}
+            "base_hash": base(first),
+            "precision": {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(dtype, dtype)}
 
 
 def settings_key(hashes: dict, threshold: float) -> str:
@@ -347,7 +351,7 @@ def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: 
         row["case"], row["file"] = name, fname
         if settings is not None and rec.get("settings_key") != settings:
             row["status"] = "stale"
-            row["error"] = "scored with other models or threshold; run again to rescore"
+            row["error"] = "scored with other models, precision or threshold; run again to rescore"
         rows.append(row)
     return rows
 

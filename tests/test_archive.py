@@ -58,11 +58,13 @@ def test_file_hash_follows_the_bytes_and_a_detached_data_file(tmp_path):
 
 
 def test_keys_change_with_models_threshold_and_file():
-    hashes = {"cls_hash": "a", "seg_hash": "b", "base_hash": "c"}
+    hashes = {"cls_hash": "a", "seg_hash": "b", "base_hash": "c", "precision": "fp32"}
     s = ar.settings_key(hashes, 0.5)
     assert s == ar.settings_key(dict(hashes), 0.5)
     assert s != ar.settings_key(hashes, 0.6)
     assert s != ar.settings_key({**hashes, "seg_hash": "d"}, 0.5)
+    assert s != ar.settings_key({**hashes, "base_hash": "e"}, 0.5)
+    assert s != ar.settings_key({**hashes, "precision": "bf16"}, 0.5)
     assert ar.case_key("f1", s) != ar.case_key("f2", s)
 
 

@@ -62,6 +62,7 @@ def test_one_process_archive_then_a_rerun_skips_everything(archive_dir, referenc
         assert row["content_hash"] == summary["content_hash"] and int(row["n_frames"]) == 6
         assert row["cls_hash"] and row["seg_hash"] and row["base_hash"] and row["file_hash"]
         assert "demo model" in row["models"] and row["device"] == "cpu"
+        assert row["precision"] in ("fp32", "bf16")
         if row["ac_mm"]:
             assert int(row["chosen_frame"]) >= 0 and float(row["ac_mm"]) > 0 and row["ga_weeks"]
     before = {r["case"]: r["finished_utc"] for r in rows}
