@@ -80,20 +80,14 @@ def measure_display(sweep_path: str | Path, choice=None, steps: int = 300, warmu
 
 
 def main(argv: list[str] | None = None) -> int:
-    from app.cli import model_choice_from_args
     from fetaliqa_core import synth
+    from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sweep", nargs="?", help="sweep file (default: the demo sweep)")
-    p.add_argument("--model", choices=["demo"], default="demo")
-    p.add_argument("--cls", type=Path)
-    p.add_argument("--seg", type=Path)
-    p.add_argument("--base", type=Path)
-    p.add_argument("--device", default="auto")
+    add_model_options(p)
     p.add_argument("--steps", type=int, default=300)
     args = p.parse_args(argv)
-    if args.cls or args.seg:
-        args.model = None
     sweep = args.sweep or synth.demo_sweep_path()
     timing = measure_display(sweep, model_choice_from_args(args), steps=args.steps)
     print(json.dumps(asdict(timing), indent=2))

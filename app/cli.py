@@ -8,21 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fetaliqa_core.cli._args import positive_seconds
+from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
 HELP = "Open the viewer: scrub a sweep, watch its quality curve fill in, review flagged frames."
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("sweep", nargs="?", help="sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM) to open")
-    parser.add_argument("--model", choices=["demo"], default=None,
-                        help="use the bundled demo model (the default when no bundle is given)")
-    parser.add_argument("--cls", metavar="BUNDLE", type=Path, help="classifier bundle folder")
-    parser.add_argument("--seg", metavar="BUNDLE", type=Path,
-                        help="segmenter bundle folder (the same folder as --cls for a joint bundle)")
-    parser.add_argument("--base", metavar="WEIGHTS", type=Path, help="FetalCLIP weights file for the bundles")
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda | mps (default: auto, or the last choice)")
-    parser.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
-                        help="model number format (default auto: bf16 where the GPU or CPU runs it faster)")
+    add_model_options(parser, remembered=True)
     parser.add_argument("--db", metavar="FILE", type=Path, default=None,
                         help="review database (default: the one in the user data folder; remembered)")
     parser.add_argument("--screenshot", metavar="PNG", type=Path,
@@ -111,22 +104,6 @@ def _quiet_offscreen_warnings() -> None:
             print(message, file=sys.stderr)
 
     qInstallMessageHandler(handler)
-
-
-def model_choice_from_args(args):
-    from fetaliqa_core.errors import UsageError
-    from fetaliqa_core.models.choice import ModelChoice
-
-    if (args.cls or args.seg) and args.model == "demo":
-        raise UsageError("Give either --model demo or --cls/--seg bundles, not both.")
-    if args.base and not (args.cls or args.seg):
-        raise UsageError("--base names the FetalCLIP weights for bundles: add --cls and/or --seg.")
-    if args.cls or args.seg:
-        return ModelChoice(model=None, cls=args.cls, seg=args.seg, base=args.base,
-                           device=args.device or "auto", precision=args.precision)
-    if args.model == "demo" or args.device or args.precision:
-        return ModelChoice(model="demo", device=args.device or "auto", precision=args.precision)
-    return None  # the remembered choice
 
 
 def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | None = None,
@@ -246,7 +223,7 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
 def run(args) -> int:
     from fetaliqa_core.errors import FetalIQAError, UsageError
 
-    choice = model_choice_from_args(args)
+    choice = model_choice_from_args(args, remembered=True)  # None: the remembered choice
     if args.sweep is not None and not Path(args.sweep).expanduser().exists():
         raise FetalIQAError(f"{args.sweep}: no such file or folder.")
     unattended = bool(args.screenshot or args.exit_when_scored or args.max_seconds or args.save_scores)

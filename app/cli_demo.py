@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fetaliqa_core.cli._args import positive_seconds
+from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
 HELP = "Open the viewer on the demo sweep with the demo model (headless: write scores and a screenshot)."
 
@@ -33,7 +34,7 @@ def answer_line(window) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
+    add_model_options(parser, bundles=False)
     parser.add_argument("--out", type=Path, default=None,
                         help="headless output folder (default: <cache>/demo-output)")
     parser.add_argument("--headless", action="store_true",
@@ -46,7 +47,6 @@ def run(args) -> int:
     from app.cli import display_available, display_problem, run_window, save_scores
     from fetaliqa_core import paths, synth
     from fetaliqa_core.errors import FetalIQAError
-    from fetaliqa_core.models.choice import ModelChoice
 
     headless = bool(args.headless or not display_available())
     problem = display_problem()
@@ -57,7 +57,7 @@ def run(args) -> int:
         headless = True
     print("preparing the demo sweep (synthesised once into the cache)…", flush=True)
     sweep_path = synth.demo_sweep_path()
-    choice = ModelChoice(model="demo", device=args.device)
+    choice = model_choice_from_args(args)  # the demo model on --device, in --precision
     if not headless:
         outcome = run_window(sweep_path, choice, headless=False)
         return outcome.code

@@ -68,3 +68,71 @@ def test_missing_xcb_libraries_named_in_one_line(monkeypatch, capsys):
     assert cli_main(["gui"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "libxcb-icccm4" in err[0] and not made
+
+
+MODEL_COMMANDS = {"score": ["SWEEP"], "gui": [], "eval": ["--data", "D"], "demo": [], "bench": []}
+
+
+def test_every_model_command_declares_the_same_model_options():
+    """One declaration of the model options: the same flags, types and help wherever they appear."""
+    from fetaliqa_core.cli import _available_commands, build_parser
+
+    parser = build_parser(_available_commands())
+    sub = parser._subparsers._group_actions[0].choices
+    declared = {}
+    for name in MODEL_COMMANDS:
+        actions = {a.option_strings[0]: a for a in sub[name]._actions if a.option_strings}
+        declared[name] = {k: (a.type, a.help) for k, a in actions.items()
+                          if k in ("--model", "--cls", "--seg", "--base", "--device", "--precision")}
+    assert set(declared["score"]) == set(declared["gui"]) == {"--model", "--cls", "--seg", "--base", "--device",
+                                                              "--precision"}
+    assert set(declared["eval"]) == {"--cls", "--seg", "--base", "--device", "--precision"}
+    assert set(declared["demo"]) == {"--device", "--precision"} and set(declared["bench"]) == {"--device"}
+    for flag in ("--cls", "--seg", "--base", "--precision"):
+        assert declared["score"][flag] == declared["gui"][flag] == declared["eval"][flag]
+    assert len({d["--device"][0] for d in declared.values()}) == 1  # one device type everywhere
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "demo", "--cls", "B"], "not both"),
+    (["--base", "W.pt"], "add --cls and/or --seg"),
+])
+def test_one_rule_builds_the_model_choice_for_score_and_gui(args, message, tmp_path, capsys):
+    sweep = tmp_path / "s.mha"
+    sweep.write_bytes(b"")
+    for command in (["score", str(sweep)], ["gui", str(sweep), "--exit-when-scored"]):
+        assert cli_main([*command, *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_choice_rule():
+    import argparse
+
+    from fetaliqa_core.models.options import model_choice_from_args
+
+    def ns(**kw):
+        return argparse.Namespace(**{"model": None, "cls": None, "seg": None, "base": None, "device": None,
+                                     "precision": None, **kw})
+
+    demo = model_choice_from_args(ns())
+    assert demo.model == "demo" and demo.device == "auto"
+    assert model_choice_from_args(ns(), remembered=True) is None  # the viewer keeps the last choice
+    assert model_choice_from_args(ns(device="cpu"), remembered=True).device == "cpu"
+    both = model_choice_from_args(ns(cls="a", seg="a", base="w", device="cuda:1", precision="fp32"))
+    assert (both.model, both.cls, both.seg, both.base, both.device, both.precision) == \
+        (None, "a", "a", "w", "cuda:1", "fp32")
+
+
+@pytest.mark.parametrize("device, ok", [("cpu", True), ("CUDA:1", True), ("mps", True), ("gpu", False),
+                                        ("cuda:x", False)])
+def test_device_option_accepts_what_the_loader_knows(device, ok, capsys):
+    if ok:
+        from fetaliqa_core.models.options import device_name
+
+        assert device_name(device) == device.lower()
+    else:
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["score", "x.mha", "--device", device])
+        assert exit_.value.code == 2
+        assert "cuda:N" in capsys.readouterr().err

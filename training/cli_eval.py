@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fetaliqa_core.models.options import add_model_options, model_choice_from_args
+
 HELP = "Evaluate model bundles on a split of an ACOUSLIC-layout dataset (per-frame and challenge metrics)."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cls", type=Path, metavar="BUNDLE", help="classifier (or joint) bundle folder")
-    p.add_argument("--seg", type=Path, metavar="BUNDLE", help="segmenter (or joint) bundle folder")
     p.add_argument("--data", type=Path, required=True, help="dataset folder in the ACOUSLIC-AI layout")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="which cases: a split of the training split (default test) or all (a held-out dataset)")
-    p.add_argument("--base", type=Path, metavar="WEIGHTS", help="FetalCLIP weights the bundles were trained on")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--split-seed", type=int, default=None, help="case split seed (default: the bundle's)")
     p.add_argument("--all-sweeps", dest="all_sweeps", action="store_true", default=None,
                    help="per-frame metrics on every sweep (default: as trained; the paper: sweeps with an AC)")
@@ -26,13 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for metrics.json and per_case.csv (default: ./fetaliqa-eval-<split>)")
     p.add_argument("--compare-paper", action="store_true", help="print the paper's table beside the results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_options(p, demo=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from training.evaluate import EvalSettings, evaluate, format_report
 
-    settings = EvalSettings(cls=args.cls, seg=args.seg, data=args.data, split=args.split, base=args.base,
-                            device=args.device, split_seed=args.split_seed, all_sweeps=args.all_sweeps,
+    choice = model_choice_from_args(args)
+    settings = EvalSettings(cls=choice.cls, seg=choice.seg, data=args.data, split=args.split, base=choice.base,
+                            device=choice.device, precision=choice.precision, split_seed=args.split_seed, all_sweeps=args.all_sweeps,
                             max_cases=args.max_cases, progress=not args.quiet)
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
     metrics = evaluate(settings, out_dir=out)

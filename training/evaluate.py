@@ -59,6 +59,7 @@ class EvalSettings:
     split: str = "test"
     base: Path | None = None
     device: str = "auto"
+    precision: str | None = None  # "auto" | "bf16" | "fp32"; None: $FETALIQA_PRECISION or auto
     split_seed: int | None = None  # None: the seed recorded in the bundle (else the default)
     all_sweeps: bool | None = None  # None: as the bundle was trained
     max_cases: int | None = None
@@ -118,7 +119,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     if settings.split not in SPLITS:
         raise FetalIQAError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
     choice = ModelChoice(model=None, cls=settings.cls, seg=settings.seg, base=settings.base,
-                         device=settings.device)
+                         device=settings.device, precision=settings.precision)
     models = load_models(choice)
     record = _training_record(models)
     split_seed = settings.split_seed if settings.split_seed is not None else int(record.get("split_seed", SPLIT_SEED))

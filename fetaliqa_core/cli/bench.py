@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 from fetaliqa_core.cli._args import positive_int
+from fetaliqa_core.models.options import add_model_options
 
 HELP = "Measure scoring speed and memory against the seed-style pipeline and the hardware limit."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_model_options(parser, bundles=False, precision=False)
     parser.add_argument("--arch", default="fetalclip", choices=("fetalclip", "tiny"),
                         help="vision tower with random weights: fetalclip (ViT-L/14, default) or tiny")
     parser.add_argument("--frames", type=positive_int, default=None,

@@ -6,51 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from fetaliqa_core.cli._args import probability
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
 HELP = "Score every frame of a sweep and write frames.csv and summary.json."
 
 SWEEP_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz", ".dcm")
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Model and device options shared by the commands that run models."""
-    g = p.add_argument_group("models")
-    g.add_argument("--model", choices=["demo"], default=None,
-                   help="use the bundled demo model (the default when no bundle is given)")
-    g.add_argument("--cls", type=Path, metavar="BUNDLE", help="classifier bundle folder")
-    g.add_argument("--seg", type=Path, metavar="BUNDLE", help="segmenter bundle folder")
-    g.add_argument("--base", type=Path, metavar="WEIGHTS",
-                   help="FetalCLIP weights the bundles were trained on (FetalCLIP_weights.pt)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="where the models run (default: auto = CUDA, then Apple MPS, then CPU)")
-    g.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
-                   help="number format of the models (default: auto = bf16 on CUDA and on CPUs with bf16 "
-                        "matrix instructions where a short measurement shows it is faster, else fp32)")
-
-
-def model_choice(args):
-    from fetaliqa_core.models.choice import ModelChoice
-
-    if args.model == "demo" and (args.cls or args.seg):
-        raise FetalIQAError("Give either --model demo or --cls/--seg bundles, not both.")
-    use_demo = not (args.cls or args.seg)
-    return ModelChoice(model="demo" if use_demo else None, cls=args.cls, seg=args.seg,
-                       base=args.base, device=args.device, precision=getattr(args, "precision", None))
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", type=Path, metavar="SWEEP",
                    help="a sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM), a DICOM series folder, "
                         "or a folder of sweep files")
-    add_model_arguments(p)
+    add_model_options(p, threshold=True)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./fetaliqa-scores/<sweep name>)")
-    p.add_argument("--threshold", type=probability, default=None,
-                   help="threshold for flagged frames, on the classifier's p_cls (default: the "
-                        "classifier bundle's own); with a segmenter alone on p_seg (default 0.5, "
-                        "the paper's rule: mask >= 1 %% of the model input)")
     p.add_argument("--challenge-output", action="store_true",
                    help="also write the ACOUSLIC-AI challenge's output files")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write cached results")
@@ -137,7 +107,7 @@ def run(args) -> int:
         raise FetalIQAError(f"{path}: no such file or folder. Check the path of the sweep to score.")
     members = sweep_folder_members(path)
     base_out = args.out or Path("fetaliqa-scores") / _stem(path)
-    models = choice_mod.load_models(model_choice(args))
+    models = choice_mod.load_models(model_choice_from_args(args))
     if members is None:
         summary = score_one(path, base_out, models, args)
         _print_summary(summary, base_out)

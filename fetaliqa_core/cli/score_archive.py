@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fetaliqa_core import archive as ar
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.models.options import model_choice_from_args
 
 
 def _non_negative_int(text: str) -> int:
@@ -116,7 +117,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     members = [Path(m) for m in plan["members"]]
     names, files = plan["names"], [m.name for m in members]
     tag = f"[rank {ranks.rank}/{ranks.world}] " if ranks.distributed else ""
-    models = load_models(score_cmd.model_choice(args))
+    models = load_models(model_choice_from_args(args))
     threshold = Thresholds.of_models(models, args.threshold).value
     hashes = ar.model_hashes(models)
     settings = ar.settings_key(hashes, threshold)

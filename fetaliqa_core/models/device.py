@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.models.options import DEVICE_CHOICES, PRECISION_CHOICES
 
 # Frames per forward pass. CUDA: batch 128 reached the throughput plateau of a ViT-L/14 in bf16
 # on an H200 (2687 frames/s, merged LoRA, bf16). CPU: larger batches give no speed-up (the tower is compute-bound at
 # batch 1) and only delay the first results.
 BATCH_SIZE = {"cuda": 128, "mps": 16, "cpu": 8}
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-PRECISION_CHOICES = ("auto", "bf16", "fp32")
 PRECISION_ENV = "FETALIQA_PRECISION"
 # CPU flags (Linux /proc/cpuinfo names) of bf16 matrix instructions
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
