@@ -75,6 +75,13 @@ def _validate_config(config: Any, source: str) -> None:
                 "timm towers are not supported)")
     if vision.get("timm_model_name"):
         raise FetalIQAError(f"base config {source}: timm vision towers are not supported, only open_clip ViTs")
+    from fetaliqa_core import validate
+
+    problem = validate.vision_config_problem(config)
+    if problem:
+        raise FetalIQAError(f"base config {source}: {problem}; give a FetalCLIP-family config "
+                            "(fetalclip or tiny)")
+    validate.check_vision_memory(config, f"base config {source}")
 
 
 def architecture(config: dict) -> dict:
@@ -197,6 +204,9 @@ def build_vision_tower(config: str | Path | dict, weights: str | Path | None = N
     path = Path(weights).expanduser()
     state = load_clip_state_dict(path)
     visual_state = _check_state_dict(state, config, path)
+    from fetaliqa_core import validate
+
+    validate.check_finite(visual_state, f"base weights file {path}", "the vision tower")
     visual_state = {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
                     for k, v in visual_state.items()}
     with torch.device("meta"):
@@ -220,6 +230,9 @@ def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from fetaliqa_core import validate
+
+        validate.check_safetensors(path, "the base weights file")
         try:
             obj: Any = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fetaliqa_core import __version__, paths
+from fetaliqa_core import __version__, paths, validate
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.base import (RANDOM_PREFIX, BaseInfo, architecture, build_vision_tower, file_sha256,
                                        load_base_config, tensors_sha256)
@@ -116,28 +116,42 @@ class BundleManifest:
         if not isinstance(self.base_sha256, str) or not (
                 self.base_sha256.startswith(RANDOM_PREFIX) or len(self.base_sha256) == 64):
             raise bad(f"base_sha256 {self.base_sha256!r} is neither a SHA-256 nor 'random:<seed>'")
-        if self.base_sha256.startswith(RANDOM_PREFIX) and not self.base_sha256[len(RANDOM_PREFIX):].isdigit():
-            raise bad(f"base_sha256 {self.base_sha256!r} has no integer seed")
+        if self.base_sha256.startswith(RANDOM_PREFIX) and \
+                validate.parse_seed(self.base_sha256[len(RANDOM_PREFIX):]) is None:
+            raise bad(f"base_sha256 {self.base_sha256[:40]!r} has no seed (digits 0-9, at most "
+                      f"{validate.MAX_SEED})")
         if not isinstance(self.base_config, str):
             raise bad("base_config must be a string")
         if not isinstance(self.base_architecture, dict):
             raise bad("base_architecture must be an object")
+        problem = validate.vision_config_problem(self.base_architecture)
+        if problem:
+            raise bad(f"base_architecture: {problem}")
         try:
             load_base_config(self.base_architecture)
         except FetalIQAError as exc:
             raise bad(f"base_architecture is not a FetalCLIP-style config ({exc})") from exc
         if self.lora is not None:
+            if isinstance(self.lora, dict) and validate.lora_problem(self.lora):
+                raise bad(validate.lora_problem(self.lora))
             self.lora_settings  # noqa: B018 (validates)
         for name in ("threshold", "area_fraction"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0 \
                     or math.isnan(value):
                 raise bad(f"{name} {value!r} is not a number in [0, 1]")
-        if not isinstance(self.init_filters, int) or self.init_filters <= 0:
-            raise bad(f"init_filters {self.init_filters!r} is not a positive integer")
+        if not validate.int_in_range(self.init_filters, validate.INIT_FILTERS_RANGE):
+            lo, hi = validate.INIT_FILTERS_RANGE
+            raise bad(f"init_filters {self.init_filters!r} is not an integer in {lo}-{hi}")
         if not isinstance(self.preprocess, dict) or not isinstance(self.metrics, dict) \
                 or not isinstance(self.files, dict):
             raise bad("preprocess, metrics and files must be objects")
+        for name in self.files:
+            problem = validate.bundle_file_problem(name, (ADAPTER_FILE, HEAD_FILE))
+            if problem:
+                raise FetalIQAError(f"{source}: {problem}")
+            if not isinstance(self.files[name], str):
+                raise bad(f"the checksum of {name} is not text")
 
 
 def manifest_for(model: AnyModel, base: BaseInfo, threshold: float = DEFAULT_THRESHOLD,
@@ -289,10 +303,7 @@ def read_manifest(bundle_dir: str | Path) -> BundleManifest:
         raise FetalIQAError(f"model bundle {bundle} is not a directory; give the folder that holds manifest.json")
     if not path.is_file():
         raise FetalIQAError(f"{bundle} is not a model bundle: it has no {MANIFEST_FILE}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FetalIQAError(f"{path} is not valid JSON ({exc}); the bundle is damaged: export it again") from exc
+    data = validate.read_json_bounded(path, "the bundle's manifest", "The bundle is damaged: export it again.")
     try:
         return BundleManifest.from_dict(data, source=str(path))
     except TypeError as exc:
@@ -303,10 +314,13 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    validate.check_safetensors(path, "the model file")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise FetalIQAError(f"{path} is not a readable safetensors file ({exc}); the bundle is damaged") from exc
+    validate.check_finite(tensors, str(path), "the model file")
+    return tensors
 
 
 def _load_head(model: AnyModel, state: dict[str, torch.Tensor], source: str) -> None:
@@ -382,8 +396,9 @@ def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
     # files present and unchanged
     for name, sha in manifest.files.items():
         path = bundle / name
-        if name not in (ADAPTER_FILE, HEAD_FILE):
-            raise FetalIQAError(f"{where}: manifest lists an unknown file {name!r}")
+        problem = validate.bundle_file_problem(name, (ADAPTER_FILE, HEAD_FILE))
+        if problem:
+            raise FetalIQAError(f"{where}: {problem}")
         if not path.is_file():
             raise FetalIQAError(f"{where} is incomplete: {name} is missing; copy the whole bundle folder")
         if _sha256_file(path) != sha:

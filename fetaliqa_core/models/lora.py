@@ -41,12 +41,11 @@ class LoraSettings:
     targets: tuple[str, ...] = ALLOWED_TARGETS
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise FetalIQAError(f"LoRA rank r must be a positive integer; got {self.r!r}")
-        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise FetalIQAError(f"LoRA alpha must be positive; got {self.alpha!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise FetalIQAError(f"LoRA dropout must be in [0, 1); got {self.dropout!r}")
+        from fetaliqa_core import validate
+
+        problem = validate.lora_problem({"r": self.r, "alpha": self.alpha, "dropout": self.dropout})
+        if problem:
+            raise FetalIQAError(f"{problem}; give LoRA settings in range (the paper uses r=8, alpha=16)")
         if self.bias != "none":
             raise FetalIQAError(f"LoRA bias must be 'none' (bias training is not supported); got {self.bias!r}")
         targets = tuple(self.targets)

@@ -1,0 +1,240 @@
+"""Hostile and broken model bundles: every manifest number bounded before anything is built,
+safetensors headers checked against the file, tensors finite. One test per failure found when
+bundles were attacked, plus property-based tests on mutated manifests and safetensors headers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fetaliqa_core import paths, validate
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.models.bundle import HEAD_FILE, MANIFEST_FILE, _read_tensors, load_bundle, read_manifest
+
+FUZZ = settings(max_examples=int(os.environ.get("FETALIQA_FUZZ_EXAMPLES", "60")), deadline=3000,
+                derandomize=not os.environ.get("FETALIQA_FUZZ_RANDOM"),
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    """A copy of the shipped demo classifier bundle (manifest + tensors)."""
+    out = tmp_path / "cls"
+    shutil.copytree(paths.resources_dir() / "demo" / "cls", out)
+    return out
+
+
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / MANIFEST_FILE).read_text())
+
+
+def _write_manifest(bundle: Path, data: dict | str) -> None:
+    (bundle / MANIFEST_FILE).write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+def _refused(bundle: Path, *words: str) -> str:
+    with pytest.raises(FetalIQAError) as info:
+        read_manifest(bundle)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word.lower() in message.lower(), message
+    return message
+
+
+def _set(data: dict, dotted: str, value) -> dict:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# One test per failure (manifest numbers are refused before any model is built)
+
+
+def test_manifest_with_deeply_nested_json_is_refused_without_recursion_error(bundle):
+    _write_manifest(bundle, '{"metrics": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    _refused(bundle, "nested", "export it again")
+
+
+def test_manifest_larger_than_any_manifest_is_refused_before_reading(bundle):
+    (bundle / MANIFEST_FILE).write_bytes(b"{" + b" " * (validate.MAX_MANIFEST_BYTES + 10) + b"}")
+    _refused(bundle, "more than")
+
+
+@pytest.mark.parametrize("seed", ["random:²", "random:99999999999999999999999", "random:-1", "random:1e3", "random:"])
+def test_manifest_seed_that_overflows_or_is_not_ascii_digits_is_refused(bundle, seed):
+    _write_manifest(bundle, _set(_manifest(bundle), "base_sha256", seed))
+    _refused(bundle, "seed")
+
+
+@pytest.mark.parametrize("field,value,word", [
+    ("init_filters", 10_000_000, "init_filters"),
+    ("init_filters", 0, "init_filters"),
+    ("lora.r", 100_000_000, "LoRA r"),
+    ("lora.alpha", 1e300, "alpha"),
+    ("base_architecture.vision_cfg.width", 65536, "width"),
+    ("base_architecture.embed_dim", 10**30, "embed_dim"),
+    ("base_architecture.embed_dim", 1e30, "embed_dim"),
+    ("base_architecture.vision_cfg.layers", 10_000, "layers"),
+    ("base_architecture.vision_cfg.patch_size", 448, "patch_size"),
+    ("base_architecture.vision_cfg.image_size", 100_000, "image_size"),
+    ("base_architecture.vision_cfg.head_width", 0, "head_width"),
+])
+def test_manifest_number_out_of_range_is_refused_before_building(bundle, field, value, word):
+    _write_manifest(bundle, _set(_manifest(bundle), field, value))
+    _refused(bundle, word)
+
+
+def test_manifest_tower_too_large_for_any_fetalclip_is_refused(bundle):
+    data = _manifest(bundle)
+    _set(data, "base_architecture.vision_cfg.width", 8192)
+    _set(data, "base_architecture.vision_cfg.layers", 96)
+    _set(data, "base_architecture.vision_cfg.head_width", 64)
+    _write_manifest(bundle, data)
+    _refused(bundle, "parameters")
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/head.safetensors", "..\\head.safetensors"])
+def test_manifest_path_traversal_or_absolute_path_is_refused_with_what_to_do(bundle, name):
+    data = _manifest(bundle)
+    data["files"][name] = "0" * 64
+    _write_manifest(bundle, data)
+    _refused(bundle, "outside the bundle folder", "export the bundle again")
+
+
+def _rehash(bundle: Path, name: str) -> None:
+    data = _manifest(bundle)
+    data["files"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    _write_manifest(bundle, data)
+
+
+def test_safetensors_full_of_nan_is_refused(bundle):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(bundle / HEAD_FILE))
+    tensors = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(tensors, str(bundle / HEAD_FILE))
+    _rehash(bundle, HEAD_FILE)
+    with pytest.raises(FetalIQAError, match="NaN or infinite"):
+        _read_tensors(bundle / HEAD_FILE)
+
+
+def test_safetensors_header_claiming_2_pow_62_bytes_is_refused_before_reading(bundle):
+    path = bundle / HEAD_FILE
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["shape"] = [2**31, 2**31]
+    header[name]["data_offsets"] = [0, 2**62]
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+    with pytest.raises(FetalIQAError) as info:
+        _read_tensors(path)
+    assert "beyond the file" in str(info.value) and "export it again" in str(info.value)
+
+
+def test_safetensors_header_length_beyond_the_file_is_refused(bundle):
+    path = bundle / HEAD_FILE
+    data = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", 2**62) + data[8:])
+    with pytest.raises(FetalIQAError, match="header claims"):
+        _read_tensors(path)
+
+
+def test_bundle_with_nan_tensors_is_refused_by_load_bundle(bundle):
+    """End to end: the app's loader refuses it (a NaN model must never score)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(bundle / HEAD_FILE))
+    key = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, str(bundle / HEAD_FILE))
+    _rehash(bundle, HEAD_FILE)
+    torch.set_num_threads(1)
+    with pytest.raises(FetalIQAError, match="NaN"):
+        load_bundle(bundle, base_weights=paths.resources_dir() / "demo" / "base_tiny.pt", device="cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Property-based
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+                     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children,
+                                                                                       max_size=4),
+                     max_leaves=12)
+
+
+def _paths(data, prefix=()):
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield prefix + (k,)
+            yield from _paths(v, prefix + (k,))
+
+
+@FUZZ
+@given(choice=st.integers(0, 10_000), value=_JSON)
+def test_mutated_manifest_gives_a_manifest_or_one_line(tmp_path, choice, value):
+    bundle = tmp_path / "b"
+    if not bundle.exists():
+        shutil.copytree(paths.resources_dir() / "demo" / "cls", bundle)
+    data = json.loads((paths.resources_dir() / "demo" / "cls" / MANIFEST_FILE).read_text())
+    keys = [p for p in _paths(data) if p[0] != "metrics"]
+    target = keys[choice % len(keys)]
+    node = data
+    for k in target[:-1]:
+        node = node[k]
+    node[target[-1]] = value
+    (bundle / MANIFEST_FILE).write_text(json.dumps(data))
+    try:
+        manifest = read_manifest(bundle)
+    except FetalIQAError as exc:
+        assert "\n" not in str(exc)
+        return
+    problem = validate.vision_config_problem(manifest.base_architecture)
+    assert problem is None
+    assert validate.int_in_range(manifest.init_filters, validate.INIT_FILTERS_RANGE)
+
+
+@FUZZ
+@given(header=_JSON, tail=st.binary(max_size=64))
+def test_random_safetensors_header_gives_tensors_or_one_line(tmp_path, header, tail):
+    text = json.dumps(header).encode()
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + tail)
+    try:
+        tensors = _read_tensors(path)
+    except FetalIQAError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert isinstance(tensors, dict)
+
+
+@FUZZ
+@given(shape=st.lists(st.integers(0, 2**40), max_size=4), start=st.integers(0, 2**63),
+       stop=st.integers(0, 2**63), dtype=st.sampled_from(["F32", "BF16", "U8", "F64", "??"]))
+def test_safetensors_entry_claims_are_checked_against_the_file(tmp_path, shape, start, stop, dtype):
+    header = {"t": {"dtype": dtype, "shape": shape, "data_offsets": [start, stop]}}
+    text = json.dumps(header).encode()
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(256))
+    try:
+        _read_tensors(path)
+    except FetalIQAError as exc:
+        assert "\n" not in str(exc)
