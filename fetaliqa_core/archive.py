@@ -278,10 +278,23 @@ def record_json(record: dict) -> str:
     return json_text(record) + "\n"
 
 
+def foreign_folder(folder: Path) -> bool:
+    """True when ``folder`` exists but is not a case folder this program wrote (no record of
+    ours, and not empty): it is never replaced or deleted."""
+    if not folder.exists() and not folder.is_symlink():
+        return False
+    if read_record(folder) is not None:
+        return False
+    return not (folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()))
+
+
 def replace_case_dir(staged: Path, target: Path) -> None:
     """Put a fully written case folder in place of ``target``. The old folder is renamed away
     first and removed after: at every instant ``target`` is either absent or complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    if foreign_folder(target):
+        raise FetalIQAError(f"{target}: exists and was not written by FetalIQA; it is left as it is. "
+                            "Move it away or choose another --out.")
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"

@@ -99,7 +99,7 @@ def test_finished_needs_an_ok_record_with_the_same_key_and_the_files_asked_for(t
 
 
 def test_replacing_a_case_folder_leaves_only_the_new_one(tmp_path):
-    _put_case(tmp_path, "c1", {"old.txt": "old", ar.RECORD_FILE: "{}"})
+    _put_case(tmp_path, "c1", {"old.txt": "old", ar.RECORD_FILE: ar.record_json(_record("c1"))})
     _put_case(tmp_path, "c1", {"new.txt": "new"})
     assert sorted(p.name for p in ar.case_dir(tmp_path, "c1").iterdir()) == ["new.txt"]
     assert [p.name for p in (tmp_path / ar.CASES_DIR).iterdir()] == ["c1"]
@@ -209,3 +209,20 @@ def test_case_errors_are_one_line_naming_the_cause(tmp_path):
     text = ar.case_error(PermissionError(13, "Permission denied", str(member)), member)
     assert text.startswith("c.mha: Permission denied") and "\n" not in text
     assert "unexpected ValueError" in ar.case_error(ValueError("bad"), member)
+
+
+def test_a_folder_not_written_by_us_is_never_replaced(tmp_path):
+    target = ar.case_dir(tmp_path, "c1")
+    target.mkdir(parents=True)
+    (target / "notes.txt").write_text("mine")
+    assert ar.foreign_folder(target)
+    staged = ar.staging_dir(tmp_path, "c1")
+    staged.mkdir()
+    from fetaliqa_core.errors import FetalIQAError
+
+    with pytest.raises(FetalIQAError, match="not written by FetalIQA"):
+        ar.replace_case_dir(staged, target)
+    assert (target / "notes.txt").read_text() == "mine"
+    empty = ar.case_dir(tmp_path, "c2")
+    empty.mkdir()
+    assert not ar.foreign_folder(empty) and not ar.foreign_folder(ar.case_dir(tmp_path, "c3"))

@@ -155,6 +155,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 "file": item.member.name, "models": models.choice.describe(), **hashes,
                 "threshold": float(threshold), "settings_key": settings, "rank": ranks.rank,
                 "host": ar.hostname(), "device": models.device, "_t0": time.perf_counter()}
+        foreign = ar.foreign_folder(ar.case_dir(out, item.name))
+        if foreign:
+            item.error = (f"{ar.case_dir(out, item.name)}: exists and was not written by FetalIQA; "
+                          "it is left as it is. Move it away or choose another --out.")
         if item.error is None:
             staged = ar.staging_dir(out, item.name)
             try:
@@ -180,7 +184,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             failure = dict(base, status="failed", error=item.error, key=item.key, file_hash=item.fhash,
                            finished_utc=ar.utc_now())
             try:
-                ar.write_failure(out, item.name, failure)
+                if not foreign:
+                    ar.write_failure(out, item.name, failure)
             except OSError as exc:
                 raise FetalIQAError(f"{out}: cannot write results ({exc.strerror}). Choose a folder "
                                     "you can write to.") from None
