@@ -134,6 +134,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.restoreState(QByteArray.fromBase64(s.window_state.encode()))
         self._update_model_label()
         self._show_frame(0)
+        self._update_scoring_button()
 
     # -- construction ----------------------------------------------------------------------
     def _build_views(self) -> None:
@@ -525,7 +526,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.frame_box.blockSignals(True)
             self.frame_box.setValue(i)
             self.frame_box.blockSignals(False)
-        self.status_frame.setText(f"Frame {i + 1}/{m.n_frames} · sweep {k + 1}{kind_text}")
+        self.status_frame.setText(f"sweep {k + 1}{kind_text}")
+        self.status_frame.setToolTip(f"Frame {i} of 0–{m.n_frames - 1}, sweep {k + 1}{kind_text}")
         v = m.frame_values()
         r = m.results
         scored = r is not None and 0 <= i < r.n_frames and bool(r.done[i])

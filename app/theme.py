@@ -89,7 +89,7 @@ QTreeWidget::item {{ padding: 2px 0; }}
 QTreeWidget::item:selected, QListWidget::item:selected {{ background: #24415f; color: {TEXT}; }}
 QHeaderView::section {{ background: {PANEL}; color: {TEXT_DIM}; border: none; padding: 4px; }}
 QProgressBar {{ background: {BG}; border: 1px solid {BORDER}; border-radius: 3px; height: 14px;
-               text-align: center; color: {TEXT}; min-width: 260px; }}
+               text-align: center; color: {TEXT}; min-width: 120px; }}
 QProgressBar::chunk {{ background: #2f6db5; border-radius: 2px; }}
 QPushButton {{ background: {PANEL_ALT}; border: 1px solid {BORDER}; border-radius: 4px; padding: 4px 10px; }}
 QPushButton:hover {{ border-color: {ACCENT}; }}
@@ -100,8 +100,9 @@ QPushButton#verdict_not_usable {{ border-color: #8e2f2f; }}
 QPushButton#verdict_optimal:checked {{ background: #1f6b43; color: white; }}
 QPushButton#verdict_suboptimal:checked {{ background: #8a5a10; color: white; }}
 QPushButton#verdict_not_usable:checked {{ background: #7a2626; color: white; }}
-QLineEdit, QSpinBox, QDoubleSpinBox, QComboBox {{ background: {BG}; border: 1px solid {BORDER};
-               border-radius: 3px; padding: 3px 5px; }}
+QLineEdit, QComboBox {{ background: {BG}; border: 1px solid {BORDER}; border-radius: 3px; padding: 3px 5px; }}
+/* Spin boxes keep the style's own frame and arrows (drawn in the palette's light text colour):
+   a stylesheet border would make the style draw its default dark arrows, invisible here. */
 QSlider::groove:horizontal {{ height: 4px; background: {BORDER}; border-radius: 2px; }}
 QSlider::sub-page:horizontal {{ background: #2f6db5; border-radius: 2px; }}
 QSlider::handle:horizontal {{ background: {TEXT}; width: 12px; margin: -5px 0; border-radius: 6px; }}

@@ -28,6 +28,12 @@ class ElidedLabel(QLabel):
     def full_text(self) -> str:
         return self._full
 
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt naming)
+        self.set_full_text(text)
+
+    def clear(self) -> None:
+        self.set_full_text("")
+
     def set_full_text(self, text: str, tooltip: str | None = None) -> None:
         self._full = text
         self.setToolTip(tooltip if tooltip is not None else text)
@@ -197,7 +203,7 @@ def build_status(win) -> None:
     win.status_model = ElidedLabel()
     win.status_model.setObjectName("dim")
     win.status_model.setMaximumWidth(MODEL_LABEL_WIDTH)
-    win.status_message = QLabel()
+    win.status_message = ElidedLabel()
     win.status_message.setObjectName("dim")
     win._message_timer = QTimer(win)
     win._message_timer.setSingleShot(True)
@@ -206,7 +212,7 @@ def build_status(win) -> None:
     win.progress.setRange(0, 1)
     win.progress.setValue(0)
     win.progress.setFormat("")
-    win.progress.setMinimumWidth(120)
+    win.progress.setMinimumWidth(190)  # "120 / 120 frames · scored" stays whole
     win.progress.setMaximumWidth(300)
     win.progress.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
     # One button: "Stop" while scoring (asks first), "Resume" when frames are left unscored,
@@ -215,7 +221,9 @@ def build_status(win) -> None:
     win.cancel_button.setFocusPolicy(Qt.NoFocus)
     win.cancel_button.clicked.connect(win.scoring_button_clicked)
     win.cancel_button.setEnabled(False)
-    for w in (win.status_frame, win.status_values, win.status_ac, win.status_threshold):
+    # The frame's own values are in the frame view's corner and the go-to box: the status bar
+    # keeps what a narrow window must still show (sweep, the case's AC/GA, the threshold).
+    for w in (win.status_frame, win.status_ac, win.status_threshold):
         w.setMinimumWidth(40)  # may shrink below its text when the window is narrow
         sb.addWidget(w)
     win.status_message.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
