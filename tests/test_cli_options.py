@@ -136,3 +136,11 @@ def test_device_option_accepts_what_the_loader_knows(device, ok, capsys):
             cli_main(["score", "x.mha", "--device", device])
         assert exit_.value.code == 2
         assert "cuda:N" in capsys.readouterr().err
+
+
+def test_folder_table_cells_are_not_formulas():
+    from fetaliqa_core.cli.score import _cell
+
+    assert _cell("=HYPERLINK(1).mha") == "'=HYPERLINK(1).mha"
+    assert _cell("@sum.mha") == "'@sum.mha"
+    assert _cell(-1) == "-1" and _cell("case.mha") == "case.mha"

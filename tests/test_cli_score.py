@@ -103,3 +103,13 @@ def test_folder_of_sweeps_is_scored_one_after_another(case, tiny_bundle_dirs, tm
     assert "scored 2 of 3 sweeps" in captured.out and "c.mha" in captured.err
     assert (out / "a" / "frames.csv").is_file() and (out / "b" / "summary.json").is_file()
     assert not (out / "c").exists()
+    # the combined table: one row per sweep of each scored file, one row for the failed file
+    import csv as _csv
+    import json as _json
+
+    table = list(_csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
+    a = _json.loads((out / "a" / "summary.json").read_text(encoding="utf-8"))
+    assert [r["file"] for r in table] == ["a.mha"] * len(a["sweeps"]) + ["b.mha"] * len(a["sweeps"]) + ["c.mha"]
+    assert [int(r["best_frame"]) for r in table[:len(a["sweeps"])]] == [s["best_frame"] for s in a["sweeps"]]
+    assert all(int(r["chosen_frame"]) == a["chosen_frame"] for r in table[:-1])
+    assert table[-1]["status"].startswith("failed") and "summary.csv" in captured.out

@@ -113,14 +113,78 @@ def run(args) -> int:
         _print_summary(summary, base_out)
         return 0
     failures = 0
+    rows: list[list] = []
     for k, member in enumerate(members, 1):
         out = base_out / _stem(member)
         try:
             summary = score_one(member, out, models, args, position=f"[{k}/{len(members)}] ")
             _print_summary(summary, out)
+            rows += table_rows(member.name, summary)
         except FetalIQAError as exc:
             failures += 1
             print(f"fetaliqa: {exc}", file=sys.stderr)
+            rows.append([member.name, "", "", "", "", "", "", "", "", "", f"failed: {exc}"])
+    table = write_table(base_out / TABLE_FILE, rows)
+    print_table(rows)
     print(f"scored {len(members) - failures} of {len(members)} sweeps into {base_out}"
-          + (f"; {failures} failed (see above)" if failures else ""))
+          + (f"; {failures} failed (see above)" if failures else "") + f"; one row per sweep in {table}")
     return 1 if failures else 0
+
+
+TABLE_FILE = "summary.csv"
+TABLE_COLUMNS = ("file", "sweep", "kind", "frames_scored", "n_frames", "best_frame", "score", "ac_mm",
+                 "ga_weeks", "chosen_frame", "status")
+
+
+def table_rows(name: str, summary: dict) -> list[list]:
+    """The folder table's rows for one scored file: one per sweep (its best frame, AC and GA),
+    each carrying the file's chosen frame (-1: none passes)."""
+    rows = []
+    status = "complete" if summary.get("complete", True) else "incomplete"
+    for s in summary["sweeps"]:
+        best = s["best_frame"]
+        rows.append([name, s["sweep"], s["kind"], summary["frames_scored"], summary["n_frames"], best,
+                     "" if s["score"] is None or best < 0 else f"{s['score']:.4f}",
+                     "" if s["ac_mm"] is None else f"{s['ac_mm']:.1f}",
+                     "" if s["ga_weeks"] is None else f"{s['ga_weeks']:.1f}",
+                     summary["chosen_frame"], status])
+    return rows
+
+
+def _cell(value) -> str:
+    text = str(value)
+    # A spreadsheet must not read a file name or a message as a formula.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _is_number(text) else text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def write_table(path: Path, rows: list[list]) -> Path:
+    import csv
+    import io
+
+    from fetaliqa_core.files import atomic_write
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(TABLE_COLUMNS)
+    for row in rows:
+        w.writerow([_cell(v) for v in row])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, buf.getvalue())
+
+
+def print_table(rows: list[list]) -> None:
+    """The same table on the terminal: file, sweep, best frame, AC, GA, chosen frame."""
+    head = ("file", "sweep", "best", "AC mm", "GA wk", "chosen")
+    body = [(str(r[0]), f"{r[1]} {r[2]}".strip() if r[1] != "" else "", str(r[5]), str(r[7]), str(r[8]),
+             str(r[9]) if r[1] != "" else r[10]) for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    for line in (head, *body):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
