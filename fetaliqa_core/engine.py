@@ -143,18 +143,42 @@ class SweepResults:
     @classmethod
     def from_bytes(cls, data: bytes, expected_meta: dict) -> "SweepResults":
         """Rebuild from :meth:`to_bytes`; raises ValueError on anything inconsistent."""
+        from fetaliqa_core import validate
+
+        headers = validate.npz_headers(data)  # every .npy header, before any array is allocated
+        if headers.get("meta", ((1 << 30,), ""))[0][0] > 1 << 16:
+            raise ValueError("bad meta")
         with np.load(_io.BytesIO(data), allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode())
             if meta != expected_meta:
                 raise ValueError("cache belongs to other inputs")
             n = int(meta["n_frames"])
             res = cls(n, bool(meta["has_cls"]), bool(meta["has_seg"]), int(meta["mask_size"]))
+            m = res.mask_size
+            for name, shape in (("p_cls", (n,)), ("p_seg", (n,)), ("p_opt", (n,)), ("seg_area_px", (n,)),
+                                ("done", (n,)), ("mask_index", None), ("masks", None)):
+                if name not in headers:
+                    raise ValueError(f"missing {name}")
+                got = headers[name][0]
+                if shape is not None and got != shape:
+                    raise ValueError(f"bad array {name}")
+            if len(headers["mask_index"][0]) != 1 or headers["masks"][0] != (headers["mask_index"][0][0], m, m) \
+                    or headers["mask_index"][0][0] > n:
+                raise ValueError("bad masks")
             for name in ("p_cls", "p_seg", "p_opt", "seg_area_px", "done"):
                 arr = z[name]
                 if arr.shape != (n,) or arr.dtype != getattr(res, name).dtype:
                     raise ValueError(f"bad array {name}")
                 setattr(res, name, arr.copy())
+            for name in ("p_cls", "p_seg", "p_opt"):  # probabilities, NaN where not scored
+                arr = getattr(res, name)
+                if np.any((arr < 0) | (arr > 1)) or np.any(np.isinf(arr)):
+                    raise ValueError(f"{name} outside [0, 1]")
+            if np.any((res.seg_area_px < -1) | (res.seg_area_px > m * m)):
+                raise ValueError("mask area outside the mask")
             index, masks = z["mask_index"], z["masks"]
+            if masks.size and int(masks.max()) > 2:
+                raise ValueError("mask labels other than 0, 1, 2")
             if masks.shape != (len(index), res.mask_size, res.mask_size) or masks.dtype != np.uint8:
                 raise ValueError("bad masks")
             if len(index) and (index.min() < 0 or index.max() >= n or not res.done[index].all()):
@@ -198,25 +222,33 @@ class ResultCache:
         return self.root / f"{key}.npz"
 
     def load(self, key: str, meta: dict) -> SweepResults | None:
+        from fetaliqa_core import validate
+
         path = self.path_for(key)
         try:
+            if not path.is_file() or path.stat().st_size > validate.MAX_CACHE_FILE_BYTES:
+                return None
             data = path.read_bytes()
         except OSError:
             return None
         try:
             return SweepResults.from_bytes(data, meta)
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
-            return None
+        except Exception:  # noqa: BLE001 - any damage (zlib, header syntax, ...) means "not cached"
+            return None  # never trusted: recomputed and overwritten
 
     def save(self, key: str, meta: dict, results: SweepResults) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         target = self.path_for(key)
         tmp = target.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(results.to_bytes(meta))
             os.replace(tmp, target)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # a full disk must not stop scoring
+        except OSError as exc:  # a full or read-only disk must not stop scoring: "not cached"
+            paths.warn_not_writable(self.root, exc, "the results cache")
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 class ScoringEngine:

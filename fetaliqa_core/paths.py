@@ -6,6 +6,8 @@ of them under one folder so that a run never touches the real user profile.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from pathlib import Path
 
@@ -26,25 +28,62 @@ def _home_override() -> Path | None:
     return Path(value) if value else None
 
 
+_warned: set[str] = set()
+
+
+def os_error_cause(exc: OSError) -> str:
+    """What an OSError means for the user, in words: disk full, read-only, permission, ..."""
+    causes = {errno.ENOSPC: "the disk is full", errno.EROFS: "the disk is read-only",
+              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.ENOTDIR: "a part of the path is a file, not a folder",
+              errno.EEXIST: "a file of that name exists", errno.EISDIR: "it is a folder",
+              errno.EDQUOT: "the disk quota is exceeded", errno.ENAMETOOLONG: "the name is too long"}
+    return causes.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+
+
+def warn_not_writable(folder: Path, exc: OSError, what: str) -> None:
+    """One warning per folder and process: something optional (a cache) could not be written."""
+    key = str(folder)
+    if key in _warned:
+        return
+    _warned.add(key)
+    logging.getLogger("fetaliqa").warning(
+        "warning: %s (%s) cannot be written (%s); continuing without it.", what, folder, os_error_cause(exc))
+
+
+def _optional_dir(path: Path, what: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a cache or settings folder is a convenience: never stop the app
+        warn_not_writable(path, exc, what)
+    return path
+
+
 def cache_dir() -> Path:
-    """Results cache and the synthesised demo sweep. Safe to delete."""
+    """Results cache and the synthesised demo sweep. Safe to delete. May be unwritable: every
+    writer there treats a failed write as "not cached"."""
     home = _home_override()
     path = home / "cache" if home else Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _optional_dir(path, "the cache folder")
 
 
 def data_dir() -> Path:
     """User data that must be kept (the review database)."""
+    from fetaliqa_core.errors import FetalIQAError
+
     home = _home_override()
     path = home / "data" if home else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FetalIQAError(f"{path}: the data folder cannot be created ({os_error_cause(exc)}). Free space or "
+                            "fix its permissions, or choose another review database.") from None
     return path
 
 
 def config_dir() -> Path:
-    """Settings (recent files, window layout, chosen models)."""
+    """Settings (recent files, window layout, chosen models). May be unwritable (then settings
+    are not remembered)."""
     home = _home_override()
     path = home / "config" if home else Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _optional_dir(path, "the settings folder")
