@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_write, json_text
+from fetaliqa_core.files import atomic_write, json_text, spreadsheet_safe
 
 CASES_DIR = "cases"
 RECORD_FILE = "case.json"
@@ -346,9 +346,7 @@ def _cell(column: str, value) -> str:
     text = str(value)
     if column in _TEXT_COLUMNS:
         text = text.replace("\r", " ").replace("\n", " ")
-        if text[:1] in ("=", "+", "-", "@", "\t"):
-            text = "'" + text  # a spreadsheet must not read a file name as a formula
-    return text
+    return spreadsheet_safe(text)  # a spreadsheet must not read a file name as a formula
 
 
 def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: str | None) -> list[dict]:

@@ -22,7 +22,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_output_dir", "atomic_path", "atomic_write", "json_safe", "json_text", "write_json"]
+__all__ = ["atomic_output_dir", "atomic_path", "atomic_write", "json_safe", "json_text", "spreadsheet_safe",
+           "write_json"]
 
 
 def _fsync(path: Path) -> None:
@@ -124,3 +125,16 @@ def atomic_output_dir(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def spreadsheet_safe(value: Any) -> str:
+    """A CSV cell that a spreadsheet shows as text, never runs: one that starts with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return (OWASP's list for CSV injection) gets a leading
+    apostrophe, unless it is a plain number such as ``-1`` or ``-0.25``."""
+    text = str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text

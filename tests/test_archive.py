@@ -226,3 +226,16 @@ def test_a_folder_not_written_by_us_is_never_replaced(tmp_path):
     empty = ar.case_dir(tmp_path, "c2")
     empty.mkdir()
     assert not ar.foreign_folder(empty) and not ar.foreign_folder(ar.case_dir(tmp_path, "c3"))
+
+
+@pytest.mark.parametrize("cell, shown", [("=1+1", "'=1+1"), ("+cmd|x", "'+cmd|x"), ("-2+3", "'-2+3"),
+                                         ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("-1", "-1"),
+                                         ("-0.25", "-0.25"), ("case.mha", "case.mha"), (-1, "-1")])
+def test_one_spreadsheet_rule_for_every_table(cell, shown):
+    from fetaliqa_core.cli.score import _cell
+    from fetaliqa_core.files import spreadsheet_safe
+
+    assert spreadsheet_safe(cell) == shown
+    assert _cell(cell) == shown  # the folder table of plain `fetaliqa score FOLDER`
+    if isinstance(cell, str):
+        assert ar._cell("file", cell) == shown  # the archive's cases.csv

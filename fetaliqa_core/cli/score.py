@@ -152,17 +152,9 @@ def table_rows(name: str, summary: dict) -> list[list]:
 
 
 def _cell(value) -> str:
-    text = str(value)
-    # A spreadsheet must not read a file name or a message as a formula.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _is_number(text) else text
+    from fetaliqa_core.files import spreadsheet_safe
 
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return spreadsheet_safe(value)  # a spreadsheet must not read a file name or a message as a formula
 
 
 def write_table(path: Path, rows: list[list]) -> Path:
