@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app import keymap, theme, window_chrome, window_tools
+from app import keymap, window_chrome, window_tools
 from app.curve_view import QualityCurve
 from app.flagged_panel import FlaggedPanel
 from app.formats import format_duration
@@ -44,9 +44,6 @@ from fetaliqa_core.models.choice import ModelChoice
 
 REFRESH_HZ = 10
 MIN_SIZE = (1024, 600)  # px: the window works on a 1024x768 screen
-
-
-_fmt_p = window_tools.fmt_p
 
 
 class FrameNumberBox(QSpinBox):
@@ -229,6 +226,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.frame_view.scrub.connect(m.step)
         self.curve.frame_picked.connect(m.set_frame)
         self.curve.threshold_moved.connect(m.set_threshold)
+        self.curve.threshold_moved.connect(self._remember_threshold)
         self.slider.valueChanged.connect(m.set_frame)
         self.play_button.toggled.connect(m.set_playing)
         self.fps_spin.valueChanged.connect(m.set_fps)
@@ -236,6 +234,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.flagged.frame_chosen.connect(m.set_frame)
         self.frame_box.valueChanged.connect(m.set_frame)
         self.review.message.connect(lambda text: self.notify(text, 6000))
+        self.review.blinding_changed.connect(self._blinding_changed)
         sc = self.scoring
         sc.models_ready.connect(self._models_ready)
         sc.started_scoring.connect(self._started_scoring)
@@ -366,15 +365,33 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.models = models
         self._models_for = self.choice
         self.model.set_models(models)
+        self._restore_threshold()
         self._update_model_label()
         self.review.bundles = self._bundle_info()
 
     def _models_ready(self, models) -> None:
-        self.models = models
-        self._models_for = self.choice
-        self.model.set_models(models)
-        self._update_model_label()
-        self.review.bundles = self._bundle_info()
+        self.use_models(models)
+
+    def _models_key(self) -> str:
+        return window_tools.models_key(self.models)
+
+    def _restore_threshold(self) -> None:
+        saved = self.settings.thresholds.get(self._models_key())
+        if saved is not None:
+            self.model.set_threshold(saved)
+
+    def _remember_threshold(self, value: float) -> None:
+        """The user moved the threshold: remember it for these models (forget it when it is
+        back at the models' own)."""
+        key = self._models_key()
+        if not key:
+            return
+        own = self.model.thresholds.model
+        if abs(value - own) < 1e-6:
+            self.settings.thresholds.pop(key, None)
+        else:
+            self.settings.thresholds[key] = round(float(value), 4)
+        self.settings.save()
 
     def _bundle_info(self) -> dict:
         info: dict = {}
@@ -493,7 +510,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         m = self.model
         if m.sweep is None:
             return
-        mask = m.mask() if m.overlay_visible else None
+        mask = m.mask() if m.overlay_visible and not self.review.hides_model() else None
         self.frame_view.set_mask(mask)
         self.frame_view.set_overlay_opacity(m.opacity)
         self._update_ellipse()
@@ -502,7 +519,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         m = self.model
         fl = m.last_flags
         f = m.frame
-        if not m.overlay_visible or (f not in fl.best and f != fl.chosen):
+        if not m.overlay_visible or (f not in fl.best and f != fl.chosen) or self.review.hides_model():
             self.frame_view.hide_ellipse()
             return
         ac = m.measure_ac(f)
@@ -528,36 +545,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.frame_box.blockSignals(False)
         self.status_frame.setText(f"sweep {k + 1}{kind_text}")
         self.status_frame.setToolTip(f"Frame {i} of 0–{m.n_frames - 1}, sweep {k + 1}{kind_text}")
-        v = m.frame_values()
-        r = m.results
-        scored = r is not None and 0 <= i < r.n_frames and bool(r.done[i])
-        if not scored:
-            self.status_values.setText("not scored yet")
-            values_html = "<span style='color:%s'>not scored yet</span>" % theme.TEXT_DIM
-        else:
-            parts = []
-            if r.has_cls:
-                parts.append(f"p_cls {_fmt_p(v['p_cls'])}")
-            if r.has_seg:
-                parts.append(f"p_seg {_fmt_p(v['p_seg'])}")
-                parts.append(f"mask {v['area'] if v['area'] is not None else 0} px")
-            self.status_values.setText(" · ".join(parts))
-            values_html = "<br>".join(
-                ([f"<span style='color:{theme.CLS_COLOUR}'>classifier {_fmt_p(v['p_cls'])}</span>"] if r.has_cls else [])
-                + ([f"<span style='color:{theme.SEG_COLOUR}'>mask score {_fmt_p(v['p_seg'])}</span>"] if r.has_seg else []))
-        fl = m.last_flags
-        tags = []
-        if i == fl.chosen:
-            tags.append(f"<span style='color:{theme.BEST_COLOUR}'>★ chosen frame</span>")
-        elif i in fl.best:
-            tags.append(f"<span style='color:{theme.BEST_COLOUR}'>best of sweep {k + 1}</span>")
-        verdict = m.verdicts.get(i)
-        if verdict:
-            tags.append(f"reviewed: {verdict.replace('_', ' ')}")
-        name = Path(m.sweep.path).name if getattr(m.sweep, "path", None) else ""
-        tl = (f"<b>{i}</b> / {m.n_frames - 1}<br>sweep {k + 1}{kind_text}"
-              + (f"<br><span style='color:{theme.TEXT_DIM}'>{name}</span>" if name else ""))
-        self.frame_view.set_corners(tl=tl, tr=values_html, bl="<br>".join(tags))
+        plain, tl, tr, bl = window_tools.corner_texts(m, i, k, kind_text, hide_model=self.review.hides_model())
+        self.status_values.setText(plain)
+        self.frame_view.set_corners(tl=tl, tr=tr, bl=bl)
 
     def _overlay_changed(self) -> None:
         m = self.model
@@ -621,8 +611,22 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._update_case_status()
         self._update_progress()
 
+    def _blinding_changed(self) -> None:
+        """Blinded review on or off, or a verdict saved: show or hide the model's calls (the
+        curve and the flagged list reveal every frame's, so they stay hidden while blinded)."""
+        blind = self.review.active and self.review.blinded.isChecked()
+        self.curve.setVisible(not blind)
+        self.flagged.setVisible(not blind)
+        self._drawn_version = -1
+        self._update_overlay()
+        self._update_frame_text()
+        self.refresh()
+
     def _update_case_status(self) -> None:
         m = self.model
+        if self.review.active and self.review.blinded.isChecked():
+            self.status_ac.setText("AC hidden (blinded review)")
+            return
         chosen = m.flags.chosen
         if chosen is None:
             self.status_ac.setText("AC –" if m.results is None or not m.results.n_done else "AC – (no frame passes)")

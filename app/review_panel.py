@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QApplication,
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
@@ -44,6 +45,7 @@ class ReviewPanel(QWidget):
     """``message(str)`` reports what happened (for the status bar)."""
 
     message = Signal(str)
+    blinding_changed = Signal()  # what the viewer may show of the model's call changed
 
     def __init__(self, model: ViewerModel, settings: AppSettings, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -68,6 +70,15 @@ class ReviewPanel(QWidget):
         self.queue_combo.setFocusPolicy(Qt.NoFocus)
         self.queue_combo.currentIndexChanged.connect(self._queue_changed)
 
+        self.best_only = QCheckBox("Best frames only")
+        self.best_only.setToolTip("Restrict the queue to the best frame of each sweep (and the chosen frame)")
+        self.best_only.setFocusPolicy(Qt.NoFocus)
+        self.best_only.toggled.connect(self._best_only_toggled)
+        self.blinded = QCheckBox("Blinded: my verdict first")
+        self.blinded.setToolTip("Hide the model's call (scores, overlay, curve, flags) on a frame until "
+                                "you have saved your verdict on it")
+        self.blinded.setFocusPolicy(Qt.NoFocus)
+        self.blinded.toggled.connect(lambda _on: self.blinding_changed.emit())
         self.progress_label = QLabel("0 / 0 reviewed")
         self.progress_bar = QProgressBar()
         self.progress_bar.setTextVisible(False)
@@ -123,6 +134,11 @@ class ReviewPanel(QWidget):
         lay.addLayout(top)
         lay.addWidget(self.start_button)
         lay.addLayout(qrow)
+        opts = QHBoxLayout()
+        opts.addWidget(self.best_only)
+        opts.addWidget(self.blinded)
+        opts.addStretch(1)
+        lay.addLayout(opts)
         lay.addWidget(self.progress_label)
         lay.addWidget(self.progress_bar)
         lay.addWidget(self.where_label)
@@ -143,6 +159,19 @@ class ReviewPanel(QWidget):
     @property
     def active(self) -> bool:
         return self.session is not None
+
+    def hides_model(self, frame: int | None = None) -> bool:
+        """Blinded review: the model's call on ``frame`` (default: the current one) stays hidden
+        until this reviewer has saved a verdict on it."""
+        if self.session is None or not self.blinded.isChecked() or self.model.sweep is None:
+            return False
+        return (self.model.frame if frame is None else frame) not in self.model.verdicts
+
+    def _best_only_toggled(self, on: bool) -> None:
+        if self.session is None:
+            return
+        self.session.best_only = on
+        self.session.set_queue(self.model.queue_kind, self.model.frame)
 
     def store(self):
         if self._store is None:
@@ -187,6 +216,7 @@ class ReviewPanel(QWidget):
         try:
             session = ReviewSession(self.model, self.store(), self.settings.reviewer)
             session.bundles = dict(self.bundles)
+            session.best_only = self.best_only.isChecked()
             session.open_sweep()
             session.sync_run()
             self.session = session
@@ -200,6 +230,7 @@ class ReviewPanel(QWidget):
         self._set_active(True)
         self._select_combo(self.model.queue_kind)
         self.refresh()
+        self.blinding_changed.emit()
         self.message.emit(f"Reviewing as {self.settings.reviewer}: resumed at frame {self.model.frame}.")
         return True
 
@@ -208,6 +239,7 @@ class ReviewPanel(QWidget):
         self._pending = None
         self._set_active(False)
         self.refresh()
+        self.blinding_changed.emit()
 
     def results_updated(self, final: bool = False) -> None:
         """New results (scoring finished or models changed): store the run, refresh the queue."""
@@ -254,15 +286,28 @@ class ReviewPanel(QWidget):
             self.message.emit("Choose a verdict first: 1 optimal, 2 suboptimal, 0 not usable.")
             return
         frame, label = self.model.frame, self._pending
+        was_blinded = self.hides_model(frame)
         try:
             self.session.record(label, self.note.text().strip())
         except FetalIQAError as exc:
             QMessageBox.warning(self, "Review", str(exc))
             return
-        self.message.emit(f"Saved frame {frame}: {label.replace('_', ' ')}.")
+        reveal = f" The model's call: {self.model_call(frame)}." if was_blinded else ""
+        self.message.emit(f"Saved frame {frame}: {label.replace('_', ' ')}.{reveal}")
+        self.blinding_changed.emit()
         self._pending = None
         self.note.clear()
         self._sync_buttons()
+
+    def model_call(self, frame: int) -> str:
+        """The model's call on a frame in words (shown after a blinded verdict)."""
+        fl = self.model.flags
+        call = "flagged" if frame in set(fl.candidates) else "not flagged"
+        if frame == fl.chosen:
+            call += ", the case's chosen frame"
+        elif frame in fl.best:
+            call += ", best frame of its sweep"
+        return call
 
     def move(self, delta: int) -> None:
         if self.session is not None:

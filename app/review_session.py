@@ -82,14 +82,32 @@ class ReviewSession:
     def _progress(self, kind: str) -> tuple[int, int]:
         return self.store.progress(self.sweep_id, self.reviewer, kind)
 
+    best_only = False  # restrict every queue to the best frame of each sweep (and the chosen one)
+
+    def _queue_frames(self, kind: str) -> list[int]:
+        frames = self.store.review_queue(self.sweep_id, kind, self.reviewer)
+        if self.best_only:
+            fl = self.model.flags
+            best = {int(b) for b in fl.best if b is not None}
+            if fl.chosen is not None and fl.chosen >= 0:
+                best.add(int(fl.chosen))
+            frames = [f for f in frames if f in best]
+        return frames
+
+    def _queue_progress(self, kind: str, frames: list[int]) -> tuple[int, int]:
+        if not self.best_only:
+            return self._progress(kind)
+        reviewed = {v.frame for v in self.store.verdicts(self.sweep_id, self.reviewer)}
+        return sum(f in reviewed for f in frames), len(frames)
+
     def set_queue(self, kind: str, frame: int | None = None) -> None:
         """Load a queue and go to ``frame`` if it is in it, else to its first unreviewed frame."""
-        frames = self.store.review_queue(self.sweep_id, kind, self.reviewer)
+        frames = self._queue_frames(kind)
         if frame is not None and frame in frames:
             pos = frames.index(frame)
         else:
             pos = next((k for k, f in enumerate(frames) if f not in self.model.verdicts), 0)
-        self.model.set_review_queue(kind, frames, pos, self._progress(kind))
+        self.model.set_review_queue(kind, frames, pos, self._queue_progress(kind, frames))
 
     def resume(self, default_kind: str = "candidates") -> None:
         """Go back to where this reviewer stopped in this sweep (also after a restart)."""
@@ -118,14 +136,18 @@ class ReviewSession:
                                             note=note, queue=kind)
         self.model.verdicts[frame] = verdict.label
         if advance:
-            nxt = self.store.next_in_queue(self.sweep_id, kind, self.reviewer, frame)
-            frames = self.store.review_queue(self.sweep_id, kind, self.reviewer)
+            frames = self._queue_frames(kind)
+            if self.best_only:
+                later = [f for f in frames if f > frame and f not in self.model.verdicts]
+                nxt = later[0] if later else next((f for f in frames if f not in self.model.verdicts), None)
+            else:
+                nxt = self.store.next_in_queue(self.sweep_id, kind, self.reviewer, frame)
             pos = frames.index(nxt) if nxt is not None and nxt in frames else 0
-            self.model.set_review_queue(kind, frames, pos, self._progress(kind))
+            self.model.set_review_queue(kind, frames, pos, self._queue_progress(kind, frames))
             if nxt is not None:
                 self.store.set_position(self.sweep_id, self.reviewer, nxt, kind)
         else:
-            self.model.set_verdicts(self.model.verdicts, self._progress(kind))
+            self.model.set_verdicts(self.model.verdicts, self._queue_progress(kind, self.model.queue))
         return verdict
 
     def verdict_for(self, frame: int):

@@ -32,6 +32,7 @@ class AppSettings:
     opacity: float = 0.45
     fps: float = 15.0
     review_db: str = ""  # empty: the default database in the user data folder
+    thresholds: dict = field(default_factory=dict)  # model key -> threshold the user set for it
 
     @staticmethod
     def path() -> Path:
@@ -54,6 +55,8 @@ class AppSettings:
                         isinstance(default, float) and isinstance(value, int)):
                     setattr(s, f.name, value)
         s.recent_files = [str(p) for p in s.recent_files if isinstance(p, str)][:MAX_RECENT]
+        s.thresholds = {k: float(v) for k, v in s.thresholds.items() if isinstance(k, str)
+                        and isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0}
         return s
 
     def save(self) -> None:

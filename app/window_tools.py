@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
+from app import theme
 from fetaliqa_core.errors import FetalIQAError
 
 
@@ -109,3 +110,54 @@ def write_screenshot(win, path: str | Path) -> Path:
 
 def _esc(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) -> tuple[str, str, str, str]:
+    """The frame view's corner annotations for frame ``i`` of sweep ``k``: (the scores as plain
+    text, top-left, top-right, bottom-left HTML). ``hide_model``: a blinded review before the
+    verdict: no score, no best/chosen tag."""
+    r = m.results
+    scored = r is not None and 0 <= i < r.n_frames and bool(r.done[i])
+    if hide_model:
+        plain, values_html = "blinded review", f"<span style='color:{theme.TEXT_DIM}'>blinded review</span>"
+    elif not scored:
+        plain, values_html = "not scored yet", f"<span style='color:{theme.TEXT_DIM}'>not scored yet</span>"
+    else:
+        v = m.frame_values()
+        parts = []
+        if r.has_cls:
+            parts.append(f"p_cls {fmt_p(v['p_cls'])}")
+        if r.has_seg:
+            parts.append(f"p_seg {fmt_p(v['p_seg'])}")
+            parts.append(f"mask {v['area'] if v['area'] is not None else 0} px")
+        plain = " · ".join(parts)
+        values_html = "<br>".join(
+            ([f"<span style='color:{theme.CLS_COLOUR}'>classifier {fmt_p(v['p_cls'])}</span>"] if r.has_cls else [])
+            + ([f"<span style='color:{theme.SEG_COLOUR}'>mask score {fmt_p(v['p_seg'])}</span>"] if r.has_seg else []))
+    fl = m.last_flags
+    tags = []
+    if not hide_model:
+        if i == fl.chosen:
+            tags.append(f"<span style='color:{theme.BEST_COLOUR}'>★ chosen frame</span>")
+        elif i in fl.best:
+            tags.append(f"<span style='color:{theme.BEST_COLOUR}'>best of sweep {k + 1}</span>")
+    verdict = m.verdicts.get(i)
+    if verdict:
+        tags.append(f"reviewed: {verdict.replace('_', ' ')}")
+    name = Path(m.sweep.path).name if getattr(m.sweep, "path", None) else ""
+    tl = (f"<b>{i}</b> / {m.n_frames - 1}<br>sweep {k + 1}{kind_text}"
+          + (f"<br><span style='color:{theme.TEXT_DIM}'>{name}</span>" if name else ""))
+    return plain, tl, values_html, "<br>".join(tags)
+
+
+def models_key(models) -> str:
+    """Which models are loaded, by their bundles' hashes ("" for none): the threshold the user
+    sets is remembered per key."""
+    if models is None:
+        return ""
+    parts = []
+    for key in ("cls", "seg"):
+        lm = getattr(models, key, None)
+        if lm is not None:
+            parts.append(f"{key}:{getattr(lm, 'bundle_hash', None) or getattr(lm, 'path', '')}")
+    return "+".join(parts)

@@ -1,0 +1,141 @@
+"""Review options and remembered settings: a queue of best frames only, a blinded mode (the
+reviewer's verdict before the model's call is shown), the flagged panel's and the queue's
+disagreement counts explained, and the threshold remembered per model."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from app.main_window import MainWindow
+from app.settings import AppSettings
+from fakes import fake_models, tiny_sweep
+
+
+@pytest.fixture(autouse=True)
+def no_modal(monkeypatch):
+    monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda *a, **k: QMessageBox.Ok))
+
+
+def _window(qtbot, settings: AppSettings, models=None) -> MainWindow:
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    win.use_models(models or fake_models())
+    win.show()
+    qtbot.waitExposed(win)
+    win.activateWindow()
+    qtbot.waitUntil(win.isActiveWindow, timeout=3000)
+    win.splitter.setFocus()
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(c))
+    win.set_sweep(tiny_sweep(2, 20, 64, 80))
+    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
+    win.refresh()
+    return win
+
+
+def _press(win, text: str) -> None:
+    if text == "\n":
+        QTest.keyClick(win.splitter, Qt.Key_Return)
+    else:
+        QTest.keyClicks(win.splitter, text)
+    QApplication.processEvents()
+
+
+def test_best_frames_only_queue(qtbot):
+    win = _window(qtbot, AppSettings(reviewer="bo"))
+    panel = win.review
+    assert panel.start()
+    panel.queue_combo.setCurrentIndex(panel.queue_combo.findData("all"))
+    assert len(win.model.queue) == win.model.n_frames
+    panel.best_only.setChecked(True)
+    fl = win.model.flags
+    best = sorted({b for b in fl.best if b is not None} | ({fl.chosen} if fl.chosen is not None else set()))
+    assert win.model.queue == best and win.model.frame == best[0]
+    assert panel.progress_label.text().endswith(f"0 / {len(best)}</b> reviewed") or \
+        f"0 / {len(best)}" in panel.progress_label.text()
+    _press(win, "1")
+    _press(win, "\n")
+    assert win.model.frame == best[1] and f"1 / {len(best)}" in panel.progress_label.text()
+    panel.best_only.setChecked(False)
+    assert len(win.model.queue) == win.model.n_frames
+
+
+def test_blinded_review_hides_the_models_call_until_the_verdict(qtbot):
+    win = _window(qtbot, AppSettings(reviewer="cy"))
+    panel = win.review
+    assert panel.start()
+    panel.blinded.setChecked(True)
+    best = next(b for b in win.model.flags.best if b is not None)
+    win.model.set_frame(best)
+    QApplication.processEvents()
+    # nothing of the model's call: no overlay, no AC ellipse, no scores, curve and flags hidden
+    assert not win.frame_view.overlay.isVisible() and not win.frame_view.ellipse.isVisible()
+    assert "blinded" in win.frame_view.corner_tr.text() and "classifier" not in win.frame_view.corner_tr.text()
+    assert "chosen" not in win.frame_view.corner_bl.text() and "best of" not in win.frame_view.corner_bl.text()
+    assert not win.curve.isVisible() and not win.flagged.isVisible()
+    assert "hidden" in win.status_ac.text()
+    messages = []
+    panel.message.connect(messages.append)
+    panel.choose("optimal")
+    panel.save_and_next()
+    assert "The model's call: flagged" in messages[-1]
+    # the reviewed frame now shows the model's call
+    win.model.set_frame(best)
+    QApplication.processEvents()
+    assert best in win.model.verdicts and not panel.hides_model()
+    assert win.frame_view.overlay.isVisible() and "classifier" in win.frame_view.corner_tr.text()
+    panel.blinded.setChecked(False)
+    assert win.curve.isVisible() and win.flagged.isVisible() and "AC" in win.status_ac.text()
+
+
+def test_disagreement_counts_of_panel_and_queue_are_explained(qtbot):
+    """The flagged panel lists the frames where the two models disagree; the review queue holds
+    those plus the frames where a verdict disagrees with the model. Both say so, and the counts
+    add up."""
+    win = _window(qtbot, AppSettings(reviewer="di"))
+    panel = win.review
+    assert panel.start()
+    models_disagree = win.flagged.rows("disagreements")
+    title = win.flagged._groups["disagreements"].text(0)
+    assert title == f"Models disagree ({len(models_disagree)})"
+    panel.queue_combo.setCurrentIndex(panel.queue_combo.findData("disagreements"))
+    assert "you and the model" in panel.queue_combo.currentText()
+    assert win.model.queue == models_disagree  # no verdict yet: the same frames
+    # a verdict that contradicts the model's call on a frame the models agree on joins the queue
+    cand = set(win.model.flags.candidates)
+    frame = next(f for f in range(win.model.n_frames) if f in cand and f not in models_disagree)
+    win.model.set_frame(frame)
+    panel.choose("not_usable")
+    panel.save_and_next()
+    panel.queue_combo.setCurrentIndex(panel.queue_combo.findData("candidates"))
+    panel.queue_combo.setCurrentIndex(panel.queue_combo.findData("disagreements"))
+    assert sorted(win.model.queue) == sorted(models_disagree + [frame])
+
+
+def test_threshold_remembered_per_model(qtbot):
+    settings = AppSettings()
+    win = _window(qtbot, settings)
+    own = win.model.thresholds.model
+    win.curve.threshold_moved.emit(0.73)  # the user drags the line
+    assert win.model.threshold == pytest.approx(0.73)
+    key = win._models_key()
+    assert settings.thresholds[key] == pytest.approx(0.73)
+    win.close()
+    # the same models in a new window start at the remembered threshold
+    again = _window(qtbot, AppSettings.load())
+    assert again.model.threshold == pytest.approx(0.73)
+    # other models start at their own
+    from fakes import FakeLoadedModels, FakeModel
+
+    other = FakeLoadedModels(FakeModel("cls", 0.0, 8), FakeModel("seg", 0.0, 8))
+    other.cls.bundle_hash = "another-classifier"
+    again.use_models(other)
+    assert again.model.threshold == pytest.approx(again.model.thresholds.model)
+    # back at the model's own: forgotten
+    again.use_models(fake_models())
+    assert again.model.threshold == pytest.approx(0.73)
+    again.curve.threshold_moved.emit(own)
+    assert key not in AppSettings.load().thresholds
