@@ -48,295 +48,56 @@ import functools
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import cv2
 import numpy as np
 
 from fetaliqa_core import paths
 from fetaliqa_core.analysis.assessment import SEG_THRESHOLD
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.review.records import (  # noqa: F401  (re-exported: the store's public values)
+    ACOUSLIC_CODE,
+    AUTO,
+    LABEL_FROM_CODE,
+    LABEL_TITLES,
+    LABELS,
+    QUEUE_KINDS,
+    DamagedRow,
+    ModelRun,
+    QueueKind,
+    ReviewPosition,
+    SweepRecord,
+    Verdict,
+    check_label,
+    check_reviewer,
+    encode_mask,
+    f32_blob,
+    i32_blob,
+    mask_from_blob,
+    run_from_row,
+    sweep_from_row,
+    utc_now,
+    verdict_from_row,
+)
+from fetaliqa_core.review.schema import (  # noqa: F401
+    APPLICATION_ID,
+    BUSY_TIMEOUT_MS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    apply_migrations,
+    recognise,
+    rollback,
+)
 
 DB_FILENAME = "reviews.sqlite3"
-
-#: Verdict labels, in the order the review panel offers them.
-LABELS: tuple[str, ...] = ("optimal", "suboptimal", "not_usable")
-#: ACOUSLIC mask convention: 1 optimal plane, 2 suboptimal plane, 0 background / not usable.
-#: The same digits are the review panel's keys.
-ACOUSLIC_CODE: dict[str, int] = {"optimal": 1, "suboptimal": 2, "not_usable": 0}
-LABEL_FROM_CODE: dict[int, str] = {v: k for k, v in ACOUSLIC_CODE.items()}
-LABEL_TITLES: dict[str, str] = {"optimal": "optimal", "suboptimal": "suboptimal",
-                                "not_usable": "not usable"}
-
-QueueKind = Literal["candidates", "disagreements", "unreviewed", "all"]
-QUEUE_KINDS: tuple[str, ...] = ("candidates", "disagreements", "unreviewed", "all")
-
-#: ``record_verdict(agrees_with_model=AUTO)``: derive agreement from the latest model run.
-AUTO = "auto"
-
-#: How long a call waits for another process that holds the write lock.
-BUSY_TIMEOUT_MS = 5000
-
-#: ``PRAGMA application_id``: marks the file as a FetalIQA review database ("FIQA").
-APPLICATION_ID = 0x46495141
-
-# Ordered schema steps. Entry i takes the schema from version i to version i + 1. Statements
-# run one by one inside one transaction (``executescript`` would commit half-way).
-MIGRATIONS: list[tuple[str, ...]] = [
-    # v1: sweeps, model runs with per-frame results, verdicts.
-    (
-        """CREATE TABLE sweeps (
-            id INTEGER PRIMARY KEY,
-            content_hash TEXT NOT NULL UNIQUE,
-            path TEXT,
-            n_frames INTEGER NOT NULL CHECK (n_frames > 0),
-            sweep_ranges TEXT NOT NULL,          -- JSON [[start, stop], ...], half-open
-            spacing_row_mm REAL,
-            spacing_col_mm REAL,
-            added_utc TEXT NOT NULL
-        )""",
-        """CREATE TABLE model_runs (
-            id INTEGER PRIMARY KEY,
-            sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
-            created_utc TEXT NOT NULL,
-            bundles TEXT NOT NULL,               -- JSON {role: {"hash": ..., "name": ...}}
-            threshold REAL NOT NULL,
-            p_cls BLOB NOT NULL,                 -- float32 little-endian, n_frames values
-            p_seg BLOB NOT NULL,                 -- float32 little-endian
-            seg_area_px BLOB NOT NULL,           -- int32 little-endian
-            flagged BLOB NOT NULL,               -- uint8 0/1
-            chosen_frame INTEGER,
-            ac_mm REAL,
-            ga_weeks REAL
-        )""",
-        """CREATE TABLE verdicts (
-            id INTEGER PRIMARY KEY,
-            sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
-            frame INTEGER NOT NULL CHECK (frame >= 0),
-            reviewer TEXT NOT NULL,
-            label TEXT NOT NULL CHECK (label IN ('optimal', 'suboptimal', 'not_usable')),
-            agrees_with_model INTEGER CHECK (agrees_with_model IN (0, 1)),
-            note TEXT NOT NULL DEFAULT '',
-            created_utc TEXT NOT NULL
-        )""",
-        "CREATE INDEX verdicts_by_sweep ON verdicts (sweep_id, reviewer, frame)",
-        "CREATE INDEX model_runs_by_sweep ON model_runs (sweep_id)",
-    ),
-    # v2: sweep kinds, a separate segmenter threshold, the run a verdict was made against,
-    # segmentation masks of the flagged frames (for report overlays), and resume positions.
-    (
-        "ALTER TABLE sweeps ADD COLUMN sweep_kinds TEXT",
-        "ALTER TABLE model_runs ADD COLUMN seg_threshold REAL",
-        "ALTER TABLE verdicts ADD COLUMN model_run_id INTEGER REFERENCES model_runs(id)",
-        """CREATE TABLE run_masks (
-            run_id INTEGER NOT NULL REFERENCES model_runs(id),
-            frame INTEGER NOT NULL,
-            png BLOB NOT NULL,                   -- uint8 label image 0/1/2, PNG
-            PRIMARY KEY (run_id, frame)
-        )""",
-        """CREATE TABLE positions (
-            sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
-            reviewer TEXT NOT NULL,
-            queue TEXT,
-            frame INTEGER NOT NULL,
-            updated_utc TEXT NOT NULL,
-            PRIMARY KEY (sweep_id, reviewer)
-        )""",
-    ),
-]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def default_db_path() -> Path:
     """``paths.data_dir() / "reviews.sqlite3"``."""
     return paths.data_dir() / DB_FILENAME
-
-
-def utc_now() -> str:
-    """Current time as UTC ISO 8601 with milliseconds, e.g. ``2025-01-31T14:05:09.123+00:00``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-# ----------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True)
-class SweepRecord:
-    """A sweep file as the store knows it (identified by the hash of its frames)."""
-
-    id: int
-    content_hash: str
-    path: str | None
-    n_frames: int
-    sweep_ranges: list[tuple[int, int]]
-    spacing_mm: tuple[float, float] | None
-    sweep_kinds: list[str] | None
-    added: str
-
-    @property
-    def name(self) -> str:
-        """File name, or the start of the hash when the path is unknown."""
-        return Path(self.path).name if self.path else self.content_hash[:12]
-
-    def sweep_index(self, frame: int) -> int:
-        """Index of the sub-sweep holding ``frame`` (0 when the ranges are unknown)."""
-        for i, (start, stop) in enumerate(self.sweep_ranges):
-            if start <= frame < stop:
-                return i
-        return 0
-
-
-@dataclass(frozen=True, eq=False)
-class ModelRun:
-    """Per-frame model results for one sweep. Arrays have shape (n_frames,).
-
-    ``p_cls``/``p_seg`` are float32 probabilities (NaN where that model did not run),
-    ``seg_area_px`` int32 pixel counts of the predicted mask (224 x 224 model space),
-    ``flagged`` bool: the models propose the frame as good for measuring the AC.
-    """
-
-    id: int
-    sweep_id: int
-    created: str
-    bundles: dict[str, Any]
-    threshold: float
-    seg_threshold: float
-    p_cls: np.ndarray
-    p_seg: np.ndarray
-    seg_area_px: np.ndarray
-    flagged: np.ndarray
-    chosen_frame: int | None
-    ac_mm: float | None
-    ga_weeks: float | None
-
-    @property
-    def thresholds(self):
-        """The run's operating point (``analysis.assessment.Thresholds``): on p_cls when a
-        classifier ran, with the classifier bundle's own threshold recorded in ``bundles``
-        (the run's when not recorded), else on p_seg."""
-        from fetaliqa_core.analysis.assessment import Thresholds
-
-        if np.isfinite(self.p_cls).any():
-            info = self.bundles.get("cls")
-            own = info.get("threshold") if isinstance(info, dict) else None
-            return Thresholds(float(self.threshold), float(self.threshold if own is None else own), "p_cls")
-        return Thresholds(float(self.seg_threshold), SEG_THRESHOLD, "p_seg")
-
-    def frame_flags(self):
-        """The run's per-frame calls (``analysis.assessment.FrameFlags``), by the same rule as
-        the assessment that flagged its frames."""
-        from fetaliqa_core.analysis.assessment import flag_frames
-
-        return flag_frames(self.p_cls, self.p_seg, self.threshold, self.seg_threshold)
-
-    @property
-    def cls_call(self) -> np.ndarray:
-        """(n_frames,) bool: classifier positive (False where p_cls is NaN)."""
-        return self.frame_flags().cls_call
-
-    @property
-    def seg_call(self) -> np.ndarray:
-        """(n_frames,) bool: segmenter positive (False where p_seg is NaN)."""
-        return self.frame_flags().seg_call
-
-    def models_disagree(self) -> np.ndarray:
-        """(n_frames,) bool: both models ran and their calls differ."""
-        return self.frame_flags().disagreements
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One verdict row. ``time`` is UTC ISO 8601."""
-
-    id: int
-    sweep_id: int
-    frame: int
-    reviewer: str
-    label: str
-    agrees_with_model: bool | None
-    note: str
-    time: str
-    model_run_id: int | None
-
-    @property
-    def code(self) -> int:
-        """ACOUSLIC label code: 1 optimal, 2 suboptimal, 0 not usable."""
-        return ACOUSLIC_CODE[self.label]
-
-    @property
-    def positive(self) -> bool:
-        """The reviewer calls the frame usable for the AC (optimal or suboptimal)."""
-        return self.label != "not_usable"
-
-
-@dataclass(frozen=True)
-class ReviewPosition:
-    """Where a reviewer stopped in a sweep: frame and the queue they were working through."""
-
-    frame: int
-    queue: str | None
-    time: str
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _f32_blob(values: Any, n: int, name: str) -> bytes:
-    arr = np.asarray(values, dtype="<f4").reshape(-1)
-    if arr.shape[0] != n:
-        raise ValueError(f"{name} has {arr.shape[0]} values; the sweep has {n} frames")
-    return arr.tobytes()
-
-
-def _i32_blob(values: Any, n: int, name: str) -> bytes:
-    arr = np.asarray(values).reshape(-1)
-    if arr.shape[0] != n:
-        raise ValueError(f"{name} has {arr.shape[0]} values; the sweep has {n} frames")
-    return arr.astype("<i4").tobytes()
-
-
-def _from_blob(blob: bytes, dtype: str) -> np.ndarray:
-    return np.frombuffer(blob, dtype=dtype).copy()
-
-
-def _encode_mask(mask: np.ndarray) -> bytes:
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    if mask.ndim != 2:
-        raise ValueError(f"a mask must be 2-D (H, W) uint8 labels, got shape {mask.shape}")
-    ok, buf = cv2.imencode(".png", mask)
-    if not ok:
-        raise ValueError("could not encode a mask as PNG")
-    return buf.tobytes()
-
-
-def _decode_mask(blob: bytes) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_UNCHANGED)
-
-
-def _check_label(label: str | int) -> str:
-    if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
-        if int(label) in LABEL_FROM_CODE:
-            return LABEL_FROM_CODE[int(label)]
-    elif isinstance(label, str):
-        key = label.strip().lower().replace(" ", "_")
-        if key in ACOUSLIC_CODE:
-            return key
-        if key in {"0", "1", "2"}:
-            return LABEL_FROM_CODE[int(key)]
-    raise FetalIQAError(f"Unknown verdict label {label!r}: use one of "
-                        f"{', '.join(LABELS)} (or the codes 1, 2, 0).")
-
-
-def _check_reviewer(reviewer: str) -> str:
-    name = (reviewer or "").strip()
-    if not name:
-        raise FetalIQAError("The reviewer name is empty: enter your name before reviewing, "
-                            "so that every verdict says who made it.")
-    return name
 
 
 def _db_errors(method):
@@ -351,6 +112,11 @@ def _db_errors(method):
                 return method(self, *args, **kwargs)
             except sqlite3.DatabaseError as exc:
                 raise self._user_error(exc) from exc
+            except DamagedRow as exc:
+                raise FetalIQAError(
+                    f"The review database {self.path} holds a damaged row ({exc}): it was changed by another "
+                    "program or the disk is failing. Nothing was changed: restore it from a backup, or choose "
+                    "another file with --db.") from None
 
     return wrapper
 
@@ -381,7 +147,8 @@ class ReviewStore:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise FetalIQAError(f"Cannot create the folder for the review database "
-                                    f"{self.path}: {exc.strerror}. Choose another --db.") from exc
+                                    f"{self.path}: {paths.os_error_cause(exc)}. Choose another --db.") from None
+        recognise(self.path)  # read-only: a file of another program is never modified
         try:
             self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                          isolation_level=None, check_same_thread=False)
@@ -414,6 +181,13 @@ class ReviewStore:
 
     def _user_error(self, exc: sqlite3.DatabaseError) -> FetalIQAError:
         text = str(exc)
+        if "full" in text:
+            return FetalIQAError(f"The disk holding the review database {self.path} is full: the last change "
+                                 "was not saved (every verdict saved before it is kept). Free disk space and "
+                                 "enter it again.")
+        if "disk I/O error" in text:
+            return FetalIQAError(f"The disk holding the review database {self.path} failed to write (disk I/O "
+                                 "error): the last change was not saved. Check the disk, then enter it again.")
         if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
             return FetalIQAError(f"The review database {self.path} is busy (another FetalIQA "
                                  "window or command is writing to it). Try again in a moment.")
@@ -436,13 +210,26 @@ class ReviewStore:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # Reading the schema first makes a non-database file fail here, before any write.
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = self._set_wal(conn)
         if str(mode).lower() != "wal":
             raise FetalIQAError(f"The review database {self.path} cannot use write-ahead "
                                 f"logging (journal mode {mode!r}; network drives do not "
                                 "support it): keep it on a local disk.")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+
+    @staticmethod
+    def _set_wal(conn: sqlite3.Connection) -> str:
+        """Switch to WAL, waiting for another process that is creating the same new file (the
+        switch needs the file to itself, and SQLite does not wait for it on its own)."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _migrate(self) -> None:
         conn = self._conn
@@ -482,7 +269,7 @@ class ReviewStore:
             ids = [conn.execute(sql, params).lastrowid for sql, params in statements]
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
         return ids
 
@@ -507,27 +294,34 @@ class ReviewStore:
             raise ValueError("content_hash must not be empty")
         n_frames = int(n_frames)
         ranges = [(int(a), int(b)) for a, b in (sweep_ranges or [(0, n_frames)])]
-        row = self._conn.execute("SELECT id, n_frames, path FROM sweeps WHERE content_hash = ?",
-                                 (content_hash,)).fetchone()
         path_text = str(path) if path is not None else None
-        if row is not None:
-            sweep_id, known_frames, known_path = row
+        spacing = spacing_mm or (None, None)
+        conn = self._conn
+        # One immediate transaction with an upsert: two processes registering the same new
+        # sweep at once both get its one id (the second waits for the first, then finds it).
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO sweeps (content_hash, path, n_frames, sweep_ranges, spacing_row_mm, "
+                "spacing_col_mm, added_utc, sweep_kinds) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (content_hash) DO NOTHING",
+                (content_hash, path_text, n_frames, json.dumps(ranges),
+                 None if spacing[0] is None else float(spacing[0]),
+                 None if spacing[1] is None else float(spacing[1]), utc_now(),
+                 json.dumps(list(sweep_kinds)) if sweep_kinds is not None else None))
+            sweep_id, known_frames, known_path = conn.execute(
+                "SELECT id, n_frames, path FROM sweeps WHERE content_hash = ?", (content_hash,)).fetchone()
             if known_frames != n_frames:
                 raise FetalIQAError(f"The review database {self.path} already holds sweep "
                                     f"{content_hash[:12]} with {known_frames} frames, not "
                                     f"{n_frames}: the file's hash is inconsistent.")
             if path_text and path_text != known_path:
-                self._write([("UPDATE sweeps SET path = ? WHERE id = ?", (path_text, sweep_id))])
-            return int(sweep_id)
-        spacing = spacing_mm or (None, None)
-        (sweep_id,) = self._write([(
-            "INSERT INTO sweeps (content_hash, path, n_frames, sweep_ranges, spacing_row_mm, "
-            "spacing_col_mm, added_utc, sweep_kinds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (content_hash, path_text, n_frames, json.dumps(ranges),
-             None if spacing[0] is None else float(spacing[0]),
-             None if spacing[1] is None else float(spacing[1]), utc_now(),
-             json.dumps(list(sweep_kinds)) if sweep_kinds is not None else None))])
-        return int(sweep_id)  # type: ignore[arg-type]
+                conn.execute("UPDATE sweeps SET path = ? WHERE id = ?", (path_text, sweep_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)
+            raise
+        return int(sweep_id)
 
     def add_sweep_from(self, sweep: Any) -> int:
         """``add_sweep`` from a ``fetaliqa_core.io.Sweep`` (computes its content hash)."""
@@ -535,14 +329,7 @@ class ReviewStore:
                               sweep.sweep_ranges, sweep.spacing_mm,
                               getattr(sweep, "sweep_kinds", None))
 
-    @staticmethod
-    def _sweep_row(row: tuple) -> SweepRecord:
-        (sid, chash, path, n, ranges, row_mm, col_mm, added, kinds) = row
-        return SweepRecord(
-            id=sid, content_hash=chash, path=path, n_frames=n,
-            sweep_ranges=[(int(a), int(b)) for a, b in json.loads(ranges)],
-            spacing_mm=None if row_mm is None else (row_mm, col_mm),
-            sweep_kinds=json.loads(kinds) if kinds else None, added=added)
+    _sweep_row = staticmethod(sweep_from_row)
 
     _SWEEP_COLS = ("id, content_hash, path, n_frames, sweep_ranges, spacing_row_mm, "
                    "spacing_col_mm, added_utc, sweep_kinds")
@@ -604,13 +391,13 @@ class ReviewStore:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sweep_id, utc_now(), json.dumps(dict(bundles), sort_keys=True), float(threshold),
              float(SEG_THRESHOLD if seg_threshold is None else seg_threshold),
-             _f32_blob(p_cls, n, "p_cls"), _f32_blob(p_seg, n, "p_seg"),
-             _i32_blob(seg_area_px, n, "seg_area_px"),
+             f32_blob(p_cls, n, "p_cls"), f32_blob(p_seg, n, "p_seg"),
+             i32_blob(seg_area_px, n, "seg_area_px"),
              flagged_arr.astype(bool).astype(np.uint8).tobytes(),
              None if chosen_frame is None else int(chosen_frame),
              None if ac_mm is None or not np.isfinite(ac_mm) else float(ac_mm),
              None if ga_weeks is None or not np.isfinite(ga_weeks) else float(ga_weeks)))
-        encoded = [(int(f), _encode_mask(m)) for f, m in (masks or {}).items()]
+        encoded = [(int(f), encode_mask(m)) for f, m in (masks or {}).items()]
         for frame, _ in encoded:
             if not 0 <= frame < n:
                 raise ValueError(f"mask for frame {frame} is outside 0..{n - 1}")
@@ -623,23 +410,16 @@ class ReviewStore:
                              [(run_id, f, blob) for f, blob in encoded])
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
         return int(run_id)
 
+    # the sweep's frame count comes along, so that every blob's length can be checked
     _RUN_COLS = ("id, sweep_id, created_utc, bundles, threshold, seg_threshold, p_cls, p_seg, "
-                 "seg_area_px, flagged, chosen_frame, ac_mm, ga_weeks")
+                 "seg_area_px, flagged, chosen_frame, ac_mm, ga_weeks, "
+                 "(SELECT n_frames FROM sweeps WHERE sweeps.id = model_runs.sweep_id)")
 
-    @staticmethod
-    def _run_row(row: tuple) -> ModelRun:
-        (rid, sid, created, bundles, thr, seg_thr, p_cls, p_seg, area, flagged, chosen, ac,
-         ga) = row
-        return ModelRun(id=rid, sweep_id=sid, created=created, bundles=json.loads(bundles),
-                        threshold=thr, seg_threshold=thr if seg_thr is None else seg_thr,
-                        p_cls=_from_blob(p_cls, "<f4"), p_seg=_from_blob(p_seg, "<f4"),
-                        seg_area_px=_from_blob(area, "<i4"),
-                        flagged=_from_blob(flagged, "u1").astype(bool), chosen_frame=chosen,
-                        ac_mm=ac, ga_weeks=ga)
+    _run_row = staticmethod(run_from_row)
 
     @_db_errors
     def latest_run(self, sweep_id: int) -> ModelRun | None:
@@ -667,7 +447,7 @@ class ReviewStore:
         """{frame: (H, W) uint8 labels} stored with a run (empty when none were stored)."""
         rows = self._conn.execute("SELECT frame, png FROM run_masks WHERE run_id = ? "
                                   "ORDER BY frame", (run_id,))
-        return {int(f): _decode_mask(blob) for f, blob in rows}
+        return {int(f): mask_from_blob(blob, f"mask of frame {f} in model run {run_id}") for f, blob in rows}
 
     # -- verdicts
 
@@ -687,8 +467,8 @@ class ReviewStore:
         if not 0 <= frame < sweep.n_frames:
             raise FetalIQAError(f"Frame {frame} is outside sweep {sweep.name} "
                                 f"(0..{sweep.n_frames - 1}).")
-        reviewer = _check_reviewer(reviewer)
-        label = _check_label(label)
+        reviewer = check_reviewer(reviewer)
+        label = check_label(label)
         run = self.latest_run(sweep_id)
         if isinstance(agrees_with_model, str):
             if agrees_with_model != AUTO:
@@ -717,12 +497,7 @@ class ReviewStore:
     _VERDICT_COLS = ("id, sweep_id, frame, reviewer, label, agrees_with_model, note, "
                      "created_utc, model_run_id")
 
-    @staticmethod
-    def _verdict_row(row: tuple) -> Verdict:
-        vid, sid, frame, reviewer, label, agrees, note, time, run_id = row
-        return Verdict(id=vid, sweep_id=sid, frame=frame, reviewer=reviewer, label=label,
-                       agrees_with_model=None if agrees is None else bool(agrees), note=note,
-                       time=time, model_run_id=run_id)
+    _verdict_row = staticmethod(verdict_from_row)
 
     @_db_errors
     def verdicts(self, sweep_id: int | None = None, reviewer: str | None = None, *,
@@ -833,7 +608,7 @@ class ReviewStore:
     def set_position(self, sweep_id: int, reviewer: str, frame: int,
                      queue: str | None = None) -> None:
         """Remember where the reviewer is (the panel calls it when moving between frames)."""
-        reviewer = _check_reviewer(reviewer)
+        reviewer = check_reviewer(reviewer)
         self._write([(
             "INSERT INTO positions (sweep_id, reviewer, queue, frame, updated_utc) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sweep_id, reviewer) DO UPDATE SET "
@@ -857,25 +632,3 @@ class ReviewStore:
                                  (sweep_id, reviewer)).fetchone()
         return None if row is None else ReviewPosition(frame=int(row[0]), queue=None,
                                                        time=row[1])
-
-
-def apply_migrations(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
-    """Bring an open database up to schema ``target`` in one transaction; return the version.
-
-    The version is re-read inside the transaction, so two processes opening an old file at the
-    same moment do not both migrate it.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for step in range(version, target):
-            for statement in MIGRATIONS[step]:
-                conn.execute(statement)
-        if version < target:
-            conn.execute(f"PRAGMA user_version = {int(target)}")
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return max(version, target)

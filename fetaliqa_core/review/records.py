@@ -1,0 +1,299 @@
+"""What the review database holds, as Python values: sweeps, model runs, verdicts, positions.
+
+Rows are checked when they are read (JSON that parses to the expected shape, blobs of the
+length the sweep needs, labels the schema allows): a row damaged by another program or a
+failing disk raises :class:`DamagedRow`, which the store reports as one line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from fetaliqa_core.analysis.assessment import SEG_THRESHOLD
+from fetaliqa_core.errors import FetalIQAError
+
+#: Verdict labels, in the order the review panel offers them.
+LABELS: tuple[str, ...] = ("optimal", "suboptimal", "not_usable")
+#: ACOUSLIC mask convention: 1 optimal plane, 2 suboptimal plane, 0 background / not usable.
+#: The same digits are the review panel's keys.
+ACOUSLIC_CODE: dict[str, int] = {"optimal": 1, "suboptimal": 2, "not_usable": 0}
+LABEL_FROM_CODE: dict[int, str] = {v: k for k, v in ACOUSLIC_CODE.items()}
+LABEL_TITLES: dict[str, str] = {"optimal": "optimal", "suboptimal": "suboptimal",
+                                "not_usable": "not usable"}
+
+QueueKind = Literal["candidates", "disagreements", "unreviewed", "all"]
+QUEUE_KINDS: tuple[str, ...] = ("candidates", "disagreements", "unreviewed", "all")
+
+#: ``record_verdict(agrees_with_model=AUTO)``: derive agreement from the latest model run.
+AUTO = "auto"
+
+
+class DamagedRow(ValueError):
+    """A database row that does not hold what the schema says (``what`` names it)."""
+
+
+def utc_now() -> str:
+    """Current time as UTC ISO 8601 with milliseconds, e.g. ``2025-01-31T14:05:09.123+00:00``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ----------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep file as the store knows it (identified by the hash of its frames)."""
+
+    id: int
+    content_hash: str
+    path: str | None
+    n_frames: int
+    sweep_ranges: list[tuple[int, int]]
+    spacing_mm: tuple[float, float] | None
+    sweep_kinds: list[str] | None
+    added: str
+
+    @property
+    def name(self) -> str:
+        """File name, or the start of the hash when the path is unknown."""
+        return Path(self.path).name if self.path else self.content_hash[:12]
+
+    def sweep_index(self, frame: int) -> int:
+        """Index of the sub-sweep holding ``frame`` (0 when the ranges are unknown)."""
+        for i, (start, stop) in enumerate(self.sweep_ranges):
+            if start <= frame < stop:
+                return i
+        return 0
+
+
+@dataclass(frozen=True, eq=False)
+class ModelRun:
+    """Per-frame model results for one sweep. Arrays have shape (n_frames,).
+
+    ``p_cls``/``p_seg`` are float32 probabilities (NaN where that model did not run),
+    ``seg_area_px`` int32 pixel counts of the predicted mask (224 x 224 model space),
+    ``flagged`` bool: the models propose the frame as good for measuring the AC.
+    """
+
+    id: int
+    sweep_id: int
+    created: str
+    bundles: dict[str, Any]
+    threshold: float
+    seg_threshold: float
+    p_cls: np.ndarray
+    p_seg: np.ndarray
+    seg_area_px: np.ndarray
+    flagged: np.ndarray
+    chosen_frame: int | None
+    ac_mm: float | None
+    ga_weeks: float | None
+
+    @property
+    def thresholds(self):
+        """The run's operating point (``analysis.assessment.Thresholds``): on p_cls when a
+        classifier ran, with the classifier bundle's own threshold recorded in ``bundles``
+        (the run's when not recorded), else on p_seg."""
+        from fetaliqa_core.analysis.assessment import Thresholds
+
+        if np.isfinite(self.p_cls).any():
+            info = self.bundles.get("cls")
+            own = info.get("threshold") if isinstance(info, dict) else None
+            return Thresholds(float(self.threshold), float(self.threshold if own is None else own), "p_cls")
+        return Thresholds(float(self.seg_threshold), SEG_THRESHOLD, "p_seg")
+
+    def frame_flags(self):
+        """The run's per-frame calls (``analysis.assessment.FrameFlags``), by the same rule as
+        the assessment that flagged its frames."""
+        from fetaliqa_core.analysis.assessment import flag_frames
+
+        return flag_frames(self.p_cls, self.p_seg, self.threshold, self.seg_threshold)
+
+    @property
+    def cls_call(self) -> np.ndarray:
+        """(n_frames,) bool: classifier positive (False where p_cls is NaN)."""
+        return self.frame_flags().cls_call
+
+    @property
+    def seg_call(self) -> np.ndarray:
+        """(n_frames,) bool: segmenter positive (False where p_seg is NaN)."""
+        return self.frame_flags().seg_call
+
+    def models_disagree(self) -> np.ndarray:
+        """(n_frames,) bool: both models ran and their calls differ."""
+        return self.frame_flags().disagreements
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One verdict row. ``time`` is UTC ISO 8601."""
+
+    id: int
+    sweep_id: int
+    frame: int
+    reviewer: str
+    label: str
+    agrees_with_model: bool | None
+    note: str
+    time: str
+    model_run_id: int | None
+
+    @property
+    def code(self) -> int:
+        """ACOUSLIC label code: 1 optimal, 2 suboptimal, 0 not usable."""
+        return ACOUSLIC_CODE[self.label]
+
+    @property
+    def positive(self) -> bool:
+        """The reviewer calls the frame usable for the AC (optimal or suboptimal)."""
+        return self.label != "not_usable"
+
+
+@dataclass(frozen=True)
+class ReviewPosition:
+    """Where a reviewer stopped in a sweep: frame and the queue they were working through."""
+
+    frame: int
+    queue: str | None
+    time: str
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def f32_blob(values: Any, n: int, name: str) -> bytes:
+    arr = np.asarray(values, dtype="<f4").reshape(-1)
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} values; the sweep has {n} frames")
+    return arr.tobytes()
+
+
+def i32_blob(values: Any, n: int, name: str) -> bytes:
+    arr = np.asarray(values).reshape(-1)
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} values; the sweep has {n} frames")
+    return arr.astype("<i4").tobytes()
+
+
+def from_blob(blob: bytes, dtype: str) -> np.ndarray:
+    return np.frombuffer(blob, dtype=dtype).copy()
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be 2-D (H, W) uint8 labels, got shape {mask.shape}")
+    ok, buf = cv2.imencode(".png", mask)
+    if not ok:
+        raise ValueError("could not encode a mask as PNG")
+    return buf.tobytes()
+
+
+def decode_mask(blob: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def check_label(label: str | int) -> str:
+    if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+        if int(label) in LABEL_FROM_CODE:
+            return LABEL_FROM_CODE[int(label)]
+    elif isinstance(label, str):
+        key = label.strip().lower().replace(" ", "_")
+        if key in ACOUSLIC_CODE:
+            return key
+        if key in {"0", "1", "2"}:
+            return LABEL_FROM_CODE[int(key)]
+    raise FetalIQAError(f"Unknown verdict label {label!r}: use one of "
+                        f"{', '.join(LABELS)} (or the codes 1, 2, 0).")
+
+
+def check_reviewer(reviewer: str) -> str:
+    name = (reviewer or "").strip()
+    if not name:
+        raise FetalIQAError("The reviewer name is empty: enter your name before reviewing, "
+                            "so that every verdict says who made it.")
+    return name
+
+
+# ----------------------------------------------------------------------------- rows -> values
+
+
+def _json(text: Any, what: str) -> Any:
+    if not isinstance(text, (str, bytes)):
+        raise DamagedRow(what)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise DamagedRow(what) from None
+
+
+def sweep_from_row(row: tuple) -> SweepRecord:
+    (sid, chash, path, n, ranges, row_mm, col_mm, added, kinds) = row
+    what = f"sweep {sid}"
+    try:
+        parsed = _json(ranges, what)
+        sweep_ranges = [(int(a), int(b)) for a, b in parsed]
+        kind_list = _json(kinds, what) if kinds else None
+        if kind_list is not None and not (isinstance(kind_list, list) and all(isinstance(k, str) for k in kind_list)):
+            raise DamagedRow(what)
+        if not isinstance(n, int) or n <= 0 or not isinstance(chash, str):
+            raise DamagedRow(what)
+        spacing = None if row_mm is None else (float(row_mm), float(col_mm))
+    except (TypeError, ValueError):
+        raise DamagedRow(what) from None
+    return SweepRecord(id=sid, content_hash=chash, path=path, n_frames=n, sweep_ranges=sweep_ranges,
+                       spacing_mm=spacing, sweep_kinds=kind_list, added=added)
+
+
+def _blob(blob: Any, dtype: str, n: int, what: str) -> np.ndarray:
+    itemsize = np.dtype(dtype).itemsize
+    if not isinstance(blob, bytes) or len(blob) != n * itemsize:
+        raise DamagedRow(what)
+    return from_blob(blob, dtype)
+
+
+def run_from_row(row: tuple) -> ModelRun:
+    """``row``: the model_runs columns followed by the sweep's frame count."""
+    (rid, sid, created, bundles, thr, seg_thr, p_cls, p_seg, area, flagged, chosen, ac, ga, n) = row
+    what = f"model run {rid}"
+    info = _json(bundles, what)
+    if not isinstance(info, dict) or not isinstance(n, int) or n <= 0:
+        raise DamagedRow(what)
+    try:
+        threshold = float(thr)
+        seg_threshold = threshold if seg_thr is None else float(seg_thr)
+    except (TypeError, ValueError):
+        raise DamagedRow(what) from None
+    if chosen is not None and (not isinstance(chosen, int) or not -1 <= chosen < n):
+        raise DamagedRow(what)
+    return ModelRun(id=rid, sweep_id=sid, created=created, bundles=info, threshold=threshold,
+                    seg_threshold=seg_threshold, p_cls=_blob(p_cls, "<f4", n, what),
+                    p_seg=_blob(p_seg, "<f4", n, what), seg_area_px=_blob(area, "<i4", n, what),
+                    flagged=_blob(flagged, "u1", n, what).astype(bool), chosen_frame=chosen,
+                    ac_mm=ac if isinstance(ac, (int, float)) else None,
+                    ga_weeks=ga if isinstance(ga, (int, float)) else None)
+
+
+def verdict_from_row(row: tuple) -> Verdict:
+    vid, sid, frame, reviewer, label, agrees, note, time, run_id = row
+    if label not in ACOUSLIC_CODE or not isinstance(frame, int) or frame < 0 or not isinstance(reviewer, str):
+        raise DamagedRow(f"verdict {vid}")
+    return Verdict(id=vid, sweep_id=sid, frame=frame, reviewer=reviewer, label=label,
+                   agrees_with_model=None if agrees is None else bool(agrees), note=note or "",
+                   time=time, model_run_id=run_id)
+
+
+def mask_from_blob(blob: Any, what: str) -> np.ndarray:
+    if not isinstance(blob, bytes) or not blob:
+        raise DamagedRow(what)
+    mask = decode_mask(blob)
+    if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
+        raise DamagedRow(what)
+    return mask

@@ -1,0 +1,144 @@
+"""The review database's schema, its migrations, and recognising a file before writing to it."""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.parse
+from pathlib import Path
+
+from fetaliqa_core.errors import FetalIQAError
+
+#: How long a call waits for another process that holds the write lock.
+BUSY_TIMEOUT_MS = 5000
+
+#: ``PRAGMA application_id``: marks the file as a FetalIQA review database ("FIQA").
+APPLICATION_ID = 0x46495141
+
+# Ordered schema steps. Entry i takes the schema from version i to version i + 1. Statements
+# run one by one inside one transaction (``executescript`` would commit half-way).
+MIGRATIONS: list[tuple[str, ...]] = [
+    # v1: sweeps, model runs with per-frame results, verdicts.
+    (
+        """CREATE TABLE sweeps (
+            id INTEGER PRIMARY KEY,
+            content_hash TEXT NOT NULL UNIQUE,
+            path TEXT,
+            n_frames INTEGER NOT NULL CHECK (n_frames > 0),
+            sweep_ranges TEXT NOT NULL,          -- JSON [[start, stop], ...], half-open
+            spacing_row_mm REAL,
+            spacing_col_mm REAL,
+            added_utc TEXT NOT NULL
+        )""",
+        """CREATE TABLE model_runs (
+            id INTEGER PRIMARY KEY,
+            sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+            created_utc TEXT NOT NULL,
+            bundles TEXT NOT NULL,               -- JSON {role: {"hash": ..., "name": ...}}
+            threshold REAL NOT NULL,
+            p_cls BLOB NOT NULL,                 -- float32 little-endian, n_frames values
+            p_seg BLOB NOT NULL,                 -- float32 little-endian
+            seg_area_px BLOB NOT NULL,           -- int32 little-endian
+            flagged BLOB NOT NULL,               -- uint8 0/1
+            chosen_frame INTEGER,
+            ac_mm REAL,
+            ga_weeks REAL
+        )""",
+        """CREATE TABLE verdicts (
+            id INTEGER PRIMARY KEY,
+            sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+            frame INTEGER NOT NULL CHECK (frame >= 0),
+            reviewer TEXT NOT NULL,
+            label TEXT NOT NULL CHECK (label IN ('optimal', 'suboptimal', 'not_usable')),
+            agrees_with_model INTEGER CHECK (agrees_with_model IN (0, 1)),
+            note TEXT NOT NULL DEFAULT '',
+            created_utc TEXT NOT NULL
+        )""",
+        "CREATE INDEX verdicts_by_sweep ON verdicts (sweep_id, reviewer, frame)",
+        "CREATE INDEX model_runs_by_sweep ON model_runs (sweep_id)",
+    ),
+    # v2: sweep kinds, a separate segmenter threshold, the run a verdict was made against,
+    # segmentation masks of the flagged frames (for report overlays), and resume positions.
+    (
+        "ALTER TABLE sweeps ADD COLUMN sweep_kinds TEXT",
+        "ALTER TABLE model_runs ADD COLUMN seg_threshold REAL",
+        "ALTER TABLE verdicts ADD COLUMN model_run_id INTEGER REFERENCES model_runs(id)",
+        """CREATE TABLE run_masks (
+            run_id INTEGER NOT NULL REFERENCES model_runs(id),
+            frame INTEGER NOT NULL,
+            png BLOB NOT NULL,                   -- uint8 label image 0/1/2, PNG
+            PRIMARY KEY (run_id, frame)
+        )""",
+        """CREATE TABLE positions (
+            sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+            reviewer TEXT NOT NULL,
+            queue TEXT,
+            frame INTEGER NOT NULL,
+            updated_utc TEXT NOT NULL,
+            PRIMARY KEY (sweep_id, reviewer)
+        )""",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def apply_migrations(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring an open database up to schema ``target`` in one transaction; return the version.
+
+    The version is re-read inside the transaction, so two processes opening an old file at the
+    same moment do not both migrate it.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(version, target):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+        if version < target:
+            conn.execute(f"PRAGMA user_version = {int(target)}")
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    return max(version, target)
+
+
+def recognise(path: Path) -> None:
+    """Check, read-only, that an existing file is a FetalIQA review database (or empty).
+
+    Runs before the store's own connection sets anything (journal mode, migrations), so a
+    file that belongs to another program is never modified."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+    except OSError:
+        return
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error:
+        return  # cannot tell read-only: the normal open reports what is wrong
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        n_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise FetalIQAError(f"The review database {path} cannot be read ({exc}). It has been left as it "
+                                "is: move it aside (or restore it from a backup) and start again, or choose "
+                                "another file with --db.") from None
+        return
+    finally:
+        conn.close()
+    if n_tables > 0 and app_id != APPLICATION_ID:  # every FetalIQA database carries the id
+        raise FetalIQAError(f"{path} is an SQLite database of another program, not a FetalIQA review "
+                            "database. It has been left as it is: choose another file with --db.")
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """ROLLBACK that never hides the error that made it necessary (after a full disk SQLite
+    may already have rolled back, and a second ROLLBACK fails)."""
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
