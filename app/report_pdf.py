@@ -29,6 +29,7 @@ from PySide6.QtWidgets import QApplication
 
 from fetaliqa_core import __version__
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_path
 
 #: Resolution of the PDF's coordinate system (text and vector lines stay sharp at any zoom).
 PDF_DPI = 300
@@ -75,29 +76,26 @@ def html_to_pdf(html: str, out_path: str | Path, title: str = "FetalIQA review r
     out_path = Path(out_path)
     ensure_gui_application()
     doc = _document(html)
-    tmp = out_path.with_name(f".{out_path.name}.part")
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FetalIQAError(f"Cannot create the folder for {out_path}: {exc.strerror}.") from exc
-    writer = QPdfWriter(str(tmp))
-    writer.setResolution(PDF_DPI)
-    writer.setPageLayout(QPageLayout(
-        QPageSize(QPageSize.PageSizeId.A4), QPageLayout.Orientation.Portrait,
-        QMarginsF(PAGE_MARGIN_MM, PAGE_MARGIN_MM, PAGE_MARGIN_MM, PAGE_MARGIN_MM),
-        QPageLayout.Unit.Millimeter))
-    writer.setTitle(title)
-    writer.setCreator(f"FetalIQA {__version__}")
-    doc.print_(writer)
-    del writer  # the PDF is finished when the writer goes away
-    if not tmp.exists() or tmp.stat().st_size == 0:
-        tmp.unlink(missing_ok=True)
-        raise FetalIQAError(f"Could not write the PDF {out_path}: check that its folder is "
-                            "writable and has free space.")
     try:
-        os.replace(tmp, out_path)
+        with atomic_path(out_path) as tmp:
+            writer = QPdfWriter(str(tmp))
+            writer.setResolution(PDF_DPI)
+            writer.setPageLayout(QPageLayout(
+                QPageSize(QPageSize.PageSizeId.A4), QPageLayout.Orientation.Portrait,
+                QMarginsF(PAGE_MARGIN_MM, PAGE_MARGIN_MM, PAGE_MARGIN_MM, PAGE_MARGIN_MM),
+                QPageLayout.Unit.Millimeter))
+            writer.setTitle(title)
+            writer.setCreator(f"FetalIQA {__version__}")
+            doc.print_(writer)
+            del writer  # the PDF is finished when the writer goes away
+            if not tmp.exists() or tmp.stat().st_size == 0:
+                raise FetalIQAError(f"Could not write the PDF {out_path}: check that its folder is "
+                                    "writable and has free space.")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise FetalIQAError(f"Cannot write {out_path}: {exc.strerror}. Close it if another "
                             "program has it open, or choose another name.") from exc
     return out_path

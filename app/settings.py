@@ -8,11 +8,11 @@ must open whatever is on disk); writes are atomic.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from fetaliqa_core import paths
+from fetaliqa_core.files import write_json
 
 SETTINGS_FILENAME = "app_settings.json"
 MAX_RECENT = 10
@@ -60,13 +60,10 @@ class AppSettings:
         return s
 
     def save(self) -> None:
-        target = self.path()
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
-            os.replace(tmp, target)
+            write_json(self.path(), asdict(self))
         except OSError:
-            tmp.unlink(missing_ok=True)  # settings are a convenience: never fail the app
+            pass  # settings are a convenience: never fail the app
 
     def add_recent(self, path: str | Path) -> None:
         p = str(Path(path).expanduser().resolve())

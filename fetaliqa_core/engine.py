@@ -24,10 +24,8 @@ from __future__ import annotations
 import hashlib
 import io as _io
 import json
-import os
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ import numpy as np
 
 from fetaliqa_core import paths
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_write
 from fetaliqa_core.models.segmenter import LABEL_ABDOMEN, MASK_AREA_FRACTION  # noqa: F401
 from fetaliqa_core.models.tasks import TASKS
 
@@ -237,18 +236,11 @@ class ResultCache:
             return None  # never trusted: recomputed and overwritten
 
     def save(self, key: str, meta: dict, results: SweepResults) -> None:
-        target = self.path_for(key)
-        tmp = target.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(results.to_bytes(meta))
-            os.replace(tmp, target)
+            atomic_write(self.path_for(key), results.to_bytes(meta))
         except OSError as exc:  # a full or read-only disk must not stop scoring: "not cached"
             paths.warn_not_writable(self.root, exc, "the results cache")
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
 
 
 class ScoringEngine:

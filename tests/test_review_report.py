@@ -148,7 +148,7 @@ def test_html_report_is_self_contained_and_complete(store, tmp_path):
     def broken(path):
         raise OSError("disk gone")
 
-    page = build_report(store, tmp_path / "r2.html", sweep_loader=broken).read_text()
+    page = build_report(store, tmp_path / "r2.html", sweep_loader=broken).read_text(encoding="utf-8")
     assert "Frames not shown" in page and "disk gone" in page
     assert len(_images(page)) == 1
 
@@ -195,7 +195,7 @@ def test_cli_export_and_labels(store, tmp_path, capsys):
     db = str(store.path)
     assert main(["review", "export", "--db", db, "--out", str(tmp_path / "r.html"),
                  "--no-frames"]) == 0
-    assert "Frames not shown" in (tmp_path / "r.html").read_text()
+    assert "Frames not shown" in (tmp_path / "r.html").read_text(encoding="utf-8")
     assert main(["review", "export", "--db", db, "--out", str(tmp_path / "r.csv"),
                  "--sweep", "b2b2"]) == 0
     assert {r["content_hash"] for r in csv.DictReader(open(tmp_path / "r.csv"))} == {"b2" * 32}

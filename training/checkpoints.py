@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_path, json_text
 from training.config import CONFIG_FILE, RESUME_KEYS, TrainConfig
 from training.modelling import trainable_state
-from training.reporting import json_safe
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -28,10 +27,9 @@ def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, bes
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"epoch": epoch, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "history": json.dumps(json_safe(history)), "best": json.dumps(json_safe(best))}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"epoch": epoch, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "history": json_text(history, indent=None), "best": json_text(best, indent=None)}, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 
 from fetaliqa_core.acouslic import CSV_RELPATH, IMAGES_SUBDIR, MASKS_SUBDIR
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_path
 #: The paper's split: by case, 70 / 10 / 20 train / val / test, with a fixed seed.
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 SPLIT_NAMES = ("train", "val", "test")
@@ -225,9 +225,8 @@ def frame_labels(case: CaseRecord, cache_dir: Path | None = None) -> np.ndarray:
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, labels)
-            os.replace(tmp, cached)
+            with atomic_path(cached, suffix=".npy") as tmp:
+                np.save(tmp, labels)
         except OSError:
             pass  # the cache is an optimisation only
     return labels

@@ -26,12 +26,13 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import write_json
 
 SPLITS = ("train", "val", "test", "all")
 FRAME_KEYS = ("accuracy", "f1", "precision", "recall", "specificity")
@@ -242,21 +243,9 @@ def _frame_metrics(col: _Collected, truth: np.ndarray, threshold: float, keep: n
     return out
 
 
-def _safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _safe(obj.item())
-    return obj
-
-
 def write_outputs(out: Path, metrics: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_safe(metrics), indent=2) + "\n", encoding="utf-8")
+    write_json(out / "metrics.json", metrics)
     with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["model", "uuid", "chosen_frame", "wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm"])

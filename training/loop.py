@@ -21,7 +21,8 @@ from training.losses import compute_loss
 from training.metrics import best_f1_threshold, frame_metrics, predict_index
 from training.modelling import (autocast_context, build_model, export_base_weights, load_trainable_state,
                                 model_outputs, to_model_input)
-from training.reporting import Reporter, json_safe, write_json
+from fetaliqa_core.files import json_safe
+from training.reporting import Reporter, write_json
 
 
 def run_trial(cfg: TrainConfig, trial: int, splits: Splits, info: DistInfo, device, reporter: Reporter) -> dict:

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from fetaliqa_core.files import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "resources" / "demo"
 BASE_DESCRIPTION = ("tiny FetalCLIP-family vision tower pretrained from a random initialisation on synthetic "
@@ -79,7 +81,7 @@ def install(work: Path, dest: Path = DEMO) -> None:
     record["data"] = data
     if isinstance(record.get("previous_stage"), dict):
         record["previous_stage"]["data"] = data
-    (dest / "base_tiny.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(dest / "base_tiny.json", record)
     for name in ("cls", "seg"):
         target = dest / name
         if target.exists():
@@ -90,7 +92,7 @@ def install(work: Path, dest: Path = DEMO) -> None:
     for name in ("test", "heldout"):
         metrics = json.loads((work / f"eval_{name}" / "metrics.json").read_text())
         metrics.pop("cases", None)  # per-case rows stay in the work folder
-        (dest / f"eval_{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(dest / f"eval_{name}.json", metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
+from fetaliqa_core import files
 
 
 class Reporter:
@@ -54,22 +52,4 @@ class Reporter:
 
 def write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def json_safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating,)):
-        return json_safe(float(obj))
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    files.write_json(path, data)

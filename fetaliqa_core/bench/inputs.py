@@ -13,6 +13,7 @@ import torch
 
 from fetaliqa_core.bench.settings import ACOUSLIC_SHAPE, ACOUSLIC_SWEEPS, LORA_B_STD
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_path
 
 
 def synthetic_case(n_frames: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int]], list[str]]:
@@ -102,11 +103,9 @@ def write_plain_mha(path: Path, frames: np.ndarray, spacing_mm: tuple[float, flo
         f"DimSize = {w} {h} {n}", "ElementType = MET_UCHAR",
         f"{META_SWEEP_RANGES} = " + ",".join(f"{a}-{b}" for a, b in ranges),
         f"{META_SWEEP_KINDS} = " + ",".join(kinds), "ElementDataFile = LOCAL"]) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(header.encode("ascii"))
         fh.write(np.ascontiguousarray(frames, dtype=np.uint8).tobytes())
-    os.replace(tmp, path)
 
 
 def prepare_inputs(case_frames: int, arch: str, seed: int, workdir: Path) -> tuple[Path, Path, Path]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from fetaliqa_core.bench.settings import (ACOUSLIC_CASE_FRAMES, ACOUSLIC_SHAPE, GB, TARGET_CPU_FIRST_S,
                                           TARGET_CPU_LIMIT_MARGIN, TARGET_DISPLAY_P95_MS, TARGET_GPU_CASE_S,
                                           TARGET_GPU_SPEEDUP, TARGET_RSS_BYTES, BenchReport)
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core import files
 
 
 def _target(name: str, measured: float | None, limit: float, unit: str, applies: bool, met: bool | None,
@@ -213,9 +213,7 @@ def write_json(report: BenchReport, path: Path) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        files.write_json(path, report.to_json())
     except OSError as exc:
         raise FetalIQAError(f"cannot write the benchmark report {path} ({exc.strerror}); choose a writable "
                             "--json path") from None

@@ -20,8 +20,8 @@ from fetaliqa_core.bench.ours import (MatmulProbe, agreement, preprocess_one, ru
                                       run_reopen)
 from fetaliqa_core.bench.report import evaluate_targets, standard_notes
 from fetaliqa_core.bench.seed_style import SeedStyleSegmenter, run_seed_style
-from fetaliqa_core.bench.settings import (ACOUSLIC_SHAPE, BenchProbeInput, BenchReport, BenchSettings, finite,
-                                          resolve)
+from fetaliqa_core.bench.settings import ACOUSLIC_SHAPE, BenchProbeInput, BenchReport, BenchSettings, resolve
+from fetaliqa_core.files import json_safe
 from fetaliqa_core.plugins import BENCH_PROBES, registered
 
 
@@ -36,7 +36,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
     settings = resolve(settings, device.type)
     batch = settings.batch_size or choice.batch_size
     config = load_base_config(settings.arch)
-    report = BenchReport(settings={**finite(asdict(settings)), "device_resolved": str(device),
+    report = BenchReport(settings={**json_safe(asdict(settings)), "device_resolved": str(device),
                                    "dtype": dtype_name(choice.dtype), "batch_size": batch},
                          machine=machine_info(device))
     watch = MemoryWatch(device)

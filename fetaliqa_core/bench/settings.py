@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from fetaliqa_core import acouslic
 from fetaliqa_core.errors import FetalIQAError, UsageError
+from fetaliqa_core.files import json_safe
 
 BENCH_FORMAT = 1
 ACOUSLIC_SHAPE = acouslic.FRAME_SHAPE
@@ -72,7 +71,7 @@ class BenchReport:
     format: int = BENCH_FORMAT
 
     def to_json(self) -> dict:
-        return finite(asdict(self))
+        return json_safe(asdict(self))  # None stands for 'not measured'
 
     def comparison_rows(self) -> list[dict]:
         """Rows of the main table: metric, unit, seed, ours, ours-vs-seed factor (> 1 = ours better)."""
@@ -114,21 +113,6 @@ class BenchProbeInput:
     steps: int
     engine_batch: int
     log: Callable[[str], None]
-
-
-def finite(obj: Any) -> Any:
-    """JSON has no NaN/inf: None stands for 'not measured'."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.floating, np.integer)):
-        return finite(obj.item())
-    return obj
 
 
 def resolve(settings: BenchSettings, device_type: str) -> BenchSettings:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
-import os
-import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +13,7 @@ import numpy as np
 
 from fetaliqa_core import acouslic
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_path
 from fetaliqa_core.io import spacing as _spacing
 from fetaliqa_core.io._common import (
     META_SWEEP_KINDS,
@@ -242,13 +241,8 @@ def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, f
         if suffix == ".mhd":  # header + separate data file whose name it records: write in place
             sitk.WriteImage(image, str(path), useCompression=compress, compressionLevel=compression_level)
             return
-        tmp_name = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
-        try:
-            sitk.WriteImage(image, tmp_name, useCompression=compress, compressionLevel=compression_level)
-            os.replace(tmp_name, path)
-        finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
+        with atomic_path(path, suffix=suffix) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=compress, compressionLevel=compression_level)
     except RuntimeError as exc:
         raise FetalIQAError(f"{path}: could not write the file ({sitk_reason(exc)}). Check the "
                             f"suffix (supported: {SUPPORTED_FORMATS}) and that the disk has space.") from None

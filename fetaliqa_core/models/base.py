@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import warnings
 import zipfile
@@ -28,6 +27,7 @@ from torch import nn
 
 from fetaliqa_core import paths
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import write_json
 
 CONFIG_FILES = {"fetalclip": "FetalCLIP_config.json", "tiny": "tiny_config.json"}
 # ``--base-config`` values users may type, as shown in hints
@@ -392,9 +392,7 @@ def file_sha256(path: str | Path) -> str:
     value = digest.hexdigest()
     cache[key] = {"stamp": stamp, "sha256": value}
     try:
-        tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(cache), encoding="utf-8")
-        os.replace(tmp, cache_path)
+        write_json(cache_path, cache, indent=None)
     except OSError:
         pass  # a cache that cannot be written only costs time
     return value

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import nn
 
 from fetaliqa_core import __version__, paths, validate
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_path, write_json
 from fetaliqa_core.models.base import (RANDOM_PREFIX, BaseInfo, architecture, build_vision_tower, file_sha256,
                                        load_base_config, tensors_sha256)
 from fetaliqa_core.models.classifier import FetalCLIPClassifier
@@ -217,15 +217,12 @@ def save_bundle(model: AnyModel, out_dir: str | Path, manifest: BundleManifest) 
         if not state:
             target.unlink(missing_ok=True)
             continue
-        tmp = out / f".{name}.tmp{os.getpid()}"
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(tmp),
-                  metadata={"format": "pt", "fetaliqa_bundle": str(FORMAT_VERSION)})
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(tmp),
+                      metadata={"format": "pt", "fetaliqa_bundle": str(FORMAT_VERSION)})
         files[name] = _sha256_file(target)
     manifest.files = files
-    tmp = out / f".{MANIFEST_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST_FILE)
+    write_json(out / MANIFEST_FILE, manifest.to_dict(), sort_keys=True)
     return out
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fetaliqa_core import acouslic
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_write
 from fetaliqa_core.synth.case import (
     DEFAULT_FRAMES_PER_SWEEP,
     DEFAULT_HEIGHT,
@@ -106,11 +107,10 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int, n_sweeps: int = DE
                     progress(len(summaries), cases, summaries[-1])
         summaries.sort(key=lambda s: s.index)
     header = ["uuid", "subject_id"] + [f"sweep_{k + 1}_ac_mm" for k in range(n_sweeps)]
-    tmp = csv_path.parent / f".{csv_path.name}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for s in summaries:
-            w.writerow([s.uuid, str(s.index + 1)] + ["" if v is None else f"{v:.2f}" for v in s.ac_mm])
-    os.replace(tmp, csv_path)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    for s in summaries:
+        w.writerow([s.uuid, str(s.index + 1)] + ["" if v is None else f"{v:.2f}" for v in s.ac_mm])
+    atomic_write(csv_path, buf.getvalue())
     return [s.uuid for s in summaries]

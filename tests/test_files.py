@@ -1,0 +1,67 @@
+"""The one atomic writer and the one JSON writer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fetaliqa_core.files import atomic_output_dir, atomic_path, atomic_write, json_safe, write_json
+
+
+def test_atomic_write_replaces_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    atomic_write(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_temporary_file_keeps_the_suffix_writers_choose_formats_by(tmp_path):
+    with atomic_path(tmp_path / "x.nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+        tmp.write_bytes(b"x")
+    with atomic_path(tmp_path / "y.dat", suffix=".npy") as tmp:
+        assert tmp.suffix == ".npy"
+        np.save(tmp, np.arange(3))
+    assert np.load(tmp_path / "y.dat").tolist() == [0, 1, 2]
+
+
+def test_json_has_null_for_nan_and_plain_numbers_for_numpy(tmp_path):
+    data = {"a": float("nan"), "b": [1.5, float("inf"), -float("inf")], "c": np.float32(0.25),
+            "d": np.int64(7), "e": np.array([1.0, np.nan]), "f": (1, 2), "g": np.bool_(True),
+            "h": tmp_path}
+    safe = json_safe(data)
+    assert safe == {"a": None, "b": [1.5, None, None], "c": 0.25, "d": 7, "e": [1.0, None], "f": [1, 2],
+                    "g": True, "h": str(tmp_path)}
+    path = write_json(tmp_path / "x.json", data)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["a"] is None
+    assert not math.isnan(json.loads(text)["c"])
+
+
+def test_output_folder_appears_only_complete(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError), atomic_output_dir(out) as tmp:
+        (tmp / "frames.csv").write_text("x")
+        raise ValueError("failed half way")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with atomic_output_dir(out) as tmp:
+        (tmp / "frames.csv").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["frames.csv", "keep.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
