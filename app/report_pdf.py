@@ -23,6 +23,7 @@ from PySide6.QtGui import (
     QPageSize,
     QPdfWriter,
     QTextDocument,
+    QTextOption,
 )
 
 from PySide6.QtWidgets import QApplication
@@ -58,6 +59,10 @@ def _document(html: str) -> QTextDocument:
     does not decode data URIs itself)."""
     doc = QTextDocument()
     doc.setDefaultFont(QFont("DejaVu Sans", 10))
+    # A long unbroken token (a path, a hash) wraps at the margin instead of running off the page.
+    option = doc.defaultTextOption()
+    option.setWrapMode(QTextOption.WrapAtWordBoundaryOrAnywhere)
+    doc.setDefaultTextOption(option)
     images: list[QImage] = []
 
     def register(match: re.Match) -> str:

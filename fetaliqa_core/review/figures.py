@@ -15,6 +15,9 @@ from fetaliqa_core.review.store import LABEL_TITLES
 CURVE_SIZE = (1280, 400)  # (width, height) px, shown 640 wide
 THUMB_WIDTH = 240  # px, shown 150 wide
 
+MARKER_ROWS = 3  # rows of verdict markers above the curve
+MARKER_SPACING = 16  # px between markers (the width of one, and the distance between rows)
+ELLIPSE_BGR = (40, 220, 255)  # the AC ellipse on thumbnails: yellow, as in the viewer
 # BGR colours shared by the curve and the thumbnails.
 LABEL_BGR: dict[str, tuple[int, int, int]] = {
     "optimal": (60, 160, 40), "suboptimal": (0, 150, 235), "not_usable": (50, 50, 210)}
@@ -77,7 +80,7 @@ def draw_quality_curve(n_frames: int, p_cls: np.ndarray | None, p_seg: np.ndarra
     """
     width, height = size
     img = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 96, 24, 96, 62
+    left, right, top, bottom = 96, 24, 110, 62
     x0, x1, y0, y1 = left, width - right, top, height - bottom
     n = max(int(n_frames), 1)
 
@@ -96,8 +99,7 @@ def draw_quality_curve(n_frames: int, p_cls: np.ndarray | None, p_seg: np.ndarra
         if i:
             cv2.line(img, (a, y0 - 30), (a, y1), (150, 150, 150), 2)
         kind = sweep_kinds[i] if sweep_kinds and i < len(sweep_kinds) else ""
-        label = f"S{i + 1}" + (f" {kind[:5]}." if kind and kind != "unknown" and
-                               (b - a) > 150 else "")
+        label = f"S{i + 1}" + (f" {kind}" if kind and kind != "unknown" and (b - a) > 170 else "")
         _text(img, label, ((a + b) // 2, y0 - 10), 0.65, (100, 100, 100), 2, "center")
     # Flagged frames: a green rug at the bottom of the plot.
     if flagged is not None:
@@ -140,10 +142,16 @@ def draw_quality_curve(n_frames: int, p_cls: np.ndarray | None, p_seg: np.ndarra
                 else:
                     cv2.polylines(img, [seg.reshape(-1, 1, 2)], False, color, 2, cv2.LINE_AA)
                 start = None
-    # Verdicts: markers in a strip above the plot.
+    # Verdicts: markers in a strip above the plot, stacked in up to three rows so that markers
+    # of neighbouring frames do not cover each other (a fourth would overlap the least).
+    rows_x = [-10**9] * MARKER_ROWS
     for f, label in sorted((verdict_labels or {}).items()):
-        cx, cy = fx(f), y0 - 40
-        tri = np.array([[cx - 7, cy - 8], [cx + 7, cy - 8], [cx, cy + 6]], np.int32)
+        cx = fx(f)
+        row = next((r for r, last in enumerate(rows_x) if cx - last >= MARKER_SPACING),
+                   int(np.argmin(rows_x)))
+        rows_x[row] = cx
+        cy = y0 - 30 - MARKER_SPACING * row
+        tri = np.array([[cx - 6, cy - 7], [cx + 6, cy - 7], [cx, cy + 5]], np.int32)
         cv2.fillPoly(img, [tri], LABEL_BGR.get(label, (0, 0, 0)), cv2.LINE_AA)
     # Legend.
     x, y = x0, 30
@@ -166,7 +174,7 @@ def draw_quality_curve(n_frames: int, p_cls: np.ndarray | None, p_seg: np.ndarra
         _text(img, text, (x + 38, y), 0.65, (50, 50, 50), 2)
         (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.65, 2)
         x += 38 + w + 28
-    _text(img, "verdicts", (x0 - 8, y0 - 34), 0.6, (90, 90, 90), 2, "right")
+    _text(img, "verdicts", (x0 - 8, y0 - 40), 0.6, (90, 90, 90), 2, "right")
     return img
 
 
@@ -186,8 +194,9 @@ def mask_on_frame(mask: np.ndarray, height: int, width: int) -> np.ndarray | Non
 
 
 def overlay_thumbnail(frame: np.ndarray, mask: np.ndarray | None = None,
-                      width: int = THUMB_WIDTH) -> np.ndarray:
-    """Frame (H, W) uint8 with the mask's labels 1/2 tinted and outlined -> BGR thumbnail."""
+                      width: int = THUMB_WIDTH, ellipse: np.ndarray | None = None) -> np.ndarray:
+    """Frame (H, W) uint8 with the mask's labels 1/2 tinted and outlined -> BGR thumbnail;
+    ``ellipse``: the fitted AC ellipse, ``(n, 2)`` (x, y) frame pixels, drawn over it."""
     h, w = frame.shape[:2]
     out_h = max(1, int(round(h * width / w)))
     small = cv2.resize(np.ascontiguousarray(frame, np.uint8), (width, out_h),
@@ -206,4 +215,7 @@ def overlay_thumbnail(frame: np.ndarray, mask: np.ndarray | None = None,
             contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL,
                                            cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(img, contours, -1, color, 2, cv2.LINE_AA)
+    if ellipse is not None and len(ellipse) > 2:
+        pts = np.round(np.asarray(ellipse, np.float64) * (width / w)).astype(np.int32)
+        cv2.polylines(img, [pts.reshape(-1, 1, 2)], True, ELLIPSE_BGR, 2, cv2.LINE_AA)
     return img

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from fetaliqa_core import __version__
-from fetaliqa_core.analysis.ac import format_ga
+from fetaliqa_core.analysis.ac import ellipse_polygon, format_ga
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_write
 from fetaliqa_core.review.figures import (
@@ -185,6 +185,23 @@ def _threshold_text(run: ModelRun) -> str:
     return text
 
 
+def _thumbnail_ac(mask, frames, sweep, fov):
+    """The AC ellipse on a thumbnail's mask, measured as the viewer does (inside the sweep's
+    field of view); (measurement or None, the field of view for the next call)."""
+    from types import SimpleNamespace
+
+    from fetaliqa_core import acouslic
+    from fetaliqa_core.analysis.ac import measure_ac
+
+    if mask is None or not np.asarray(mask).any():
+        return None, fov
+    if fov is None:
+        n, h, w = frames.shape
+        fov = acouslic.sweep_fov(SimpleNamespace(height=h, width=w, n_frames=n, frames=frames))
+    spacing = sweep.spacing_mm or (1.0, 1.0)  # the ellipse's shape does not depend on it
+    return measure_ac(np.asarray(mask) > 0, spacing, fov=fov), fov
+
+
 def _bundle_text(bundles: dict[str, Any]) -> str:
     parts = []
     for role, info in sorted(bundles.items()):
@@ -193,7 +210,7 @@ def _bundle_text(bundles: dict[str, Any]) -> str:
             digest = str(info.get("hash") or "")[:12]
             parts.append(f"{role}: {name} {digest}".strip())
         else:
-            parts.append(f"{role}: {str(info)[:40]}")
+            parts.append(f"{role}: {info}")  # whole: the PDF wraps it, never cuts a word
     return "; ".join(parts) or "–"
 
 
@@ -371,18 +388,23 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                          "suboptimal plane as segmented by the model.</p>")
             cells = []
             h, w = frames.shape[1:]
+            fov = None
             for f in thumbs:
                 mask = stored.get(f)
                 mask = mask_on_frame(mask, h, w) if mask is not None else None
                 if mask is None and loader_masks is not None:
                     mask = loader_masks[f]
-                thumb = overlay_thumbnail(frames[f], mask)
+                ac, fov = _thumbnail_ac(mask, frames, sweep, fov)
+                thumb = overlay_thumbnail(frames[f], mask,
+                                          ellipse=None if ac is None else ellipse_polygon(ac))
                 disp_w = THUMB_WIDTH // 2
                 disp_h = int(round(thumb.shape[0] / 2))
                 caption = f"<b>{_e(_where(sweep, f))}</b>"
                 if f == run.chosen_frame:
                     caption += ' <span style="color:#aa28aa">chosen</span>'
                 caption += f"<br>cls {_fmt(float(run.p_cls[f]))} · seg {_fmt(float(run.p_seg[f]))}"
+                if ac is not None and sweep.spacing_mm:
+                    caption += f"<br>AC {ac.ac_mm:.1f} mm"
                 if f in latest_by_frame:
                     caption += "<br>" + _label_html(latest_by_frame[f].label)
                 cells.append(f'<td width="{disp_w + 6}" valign="top" align="center">'
