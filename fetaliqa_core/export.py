@@ -7,7 +7,6 @@ threshold give the same files.
 
 from __future__ import annotations
 
-import csv
 import io as _io
 import math
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fetaliqa_core.files import atomic_output_dir, atomic_write, write_json
+from fetaliqa_core.files import atomic_output_dir, atomic_write, csv_writer, write_json
 
 FRAMES_CSV = "frames.csv"
 SUMMARY_JSON = "summary.json"
@@ -34,7 +33,7 @@ def frames_csv_text(sweep, results, assessment) -> str:
     """``frames.csv``: one row per frame; empty cells where a model did not score the frame.
     ``threshold`` / ``model_threshold`` repeat the operating point the ``flagged`` column used."""
     buf = _io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     w.writerow(FRAMES_COLUMNS)
     t = assessment.thresholds
     thr, own = f"{t.value:.4f}", f"{t.model:.4f}"

@@ -22,7 +22,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_output_dir", "atomic_path", "atomic_write", "json_safe", "json_text", "spreadsheet_safe",
+__all__ = ["atomic_output_dir", "atomic_path", "atomic_write", "csv_writer", "json_safe", "json_text",
+           "spreadsheet_safe",
            "write_json"]
 
 
@@ -111,6 +112,7 @@ def atomic_output_dir(out: str | Path) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    _normal_permissions(tmp)  # mkdtemp makes 0700: colleagues on a shared folder must read results
     try:
         yield tmp
     except BaseException:
@@ -138,3 +140,34 @@ def spreadsheet_safe(value: Any) -> str:
         except ValueError:
             return "'" + text
     return text
+
+
+def _normal_permissions(folder: Path) -> None:
+    """The permissions a plain ``mkdir`` would give (0777 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(folder, 0o777 & ~umask)
+
+
+class _SafeWriter:
+    """``csv.writer`` whose text cells go through :func:`spreadsheet_safe` (numbers as they are)."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def writerow(self, row: Any) -> Any:
+        return self._writer.writerow([v if isinstance(v, (int, float)) or v is None else spreadsheet_safe(v)
+                                      for v in row])
+
+    def writerows(self, rows: Any) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+def csv_writer(fh: Any, **kwargs: Any) -> _SafeWriter:
+    """The one CSV writer: like ``csv.writer(fh, **kwargs)``, but no cell can be read as a
+    formula by a spreadsheet (OWASP's rule, see :func:`spreadsheet_safe`)."""
+    import csv
+
+    return _SafeWriter(csv.writer(fh, **kwargs))

@@ -21,7 +21,6 @@ per-frame results:
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import sys
@@ -32,7 +31,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import write_json
+from fetaliqa_core.files import csv_writer, write_json
 
 SPLITS = ("train", "val", "test", "all")
 FRAME_KEYS = ("accuracy", "f1", "precision", "recall", "specificity")
@@ -247,7 +246,7 @@ def write_outputs(out: Path, metrics: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = csv_writer(fh)
         w.writerow(["model", "uuid", "chosen_frame", "wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm"])
         for name, per_case in metrics["cases"].items():
             for c in per_case:

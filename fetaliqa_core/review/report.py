@@ -26,7 +26,6 @@ frame, reviewer.
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import math
@@ -42,7 +41,7 @@ import numpy as np
 from fetaliqa_core import __version__
 from fetaliqa_core.analysis.ac import ellipse_polygon, format_ga
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_write
+from fetaliqa_core.files import atomic_write, csv_writer
 from fetaliqa_core.review.figures import (
     CURVE_SIZE,
     THUMB_WIDTH,
@@ -482,7 +481,7 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
     """Report rows: every flagged, chosen or reviewed frame; one row per reviewer's latest
     verdict (a row with an empty reviewer for frames nobody reviewed). AC/GA on chosen rows."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     writer.writerow(REPORT_CSV_COLUMNS)
     for sweep in _select_sweeps(store, sweep_ids):
         run = store.latest_run(sweep.id)
@@ -540,7 +539,7 @@ LABELS_CSV_COLUMNS = ["uuid_or_hash", "path", "frame", "label", "reviewer", "tim
 def labels_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
     """Reviewer labels for training (format in the module docstring)."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     writer.writerow(LABELS_CSV_COLUMNS)
     for sweep in _select_sweeps(store, sweep_ids):
         ident = case_id(sweep)

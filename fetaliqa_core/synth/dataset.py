@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from pathlib import Path
 
 from fetaliqa_core import acouslic
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_write
+from fetaliqa_core.files import atomic_write, csv_writer
 from fetaliqa_core.synth.case import (
     DEFAULT_FRAMES_PER_SWEEP,
     DEFAULT_HEIGHT,
@@ -108,7 +107,7 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int, n_sweeps: int = DE
         summaries.sort(key=lambda s: s.index)
     header = ["uuid", "subject_id"] + [f"sweep_{k + 1}_ac_mm" for k in range(n_sweeps)]
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv_writer(buf)
     w.writerow(header)
     for s in summaries:
         w.writerow([s.uuid, str(s.index + 1)] + ["" if v is None else f"{v:.2f}" for v in s.ac_mm])

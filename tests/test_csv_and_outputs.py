@@ -1,0 +1,75 @@
+"""Every CSV the app writes neutralises formula cells (OWASP's rule for CSV injection), and
+output folders get the permissions a plain mkdir gives (colleagues on a shared folder can read)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from fetaliqa_core.files import atomic_output_dir, csv_writer, spreadsheet_safe
+from fetaliqa_core.review.report import labels_csv_text, report_csv_text
+from fetaliqa_core.review.store import ReviewStore
+
+HOSTILE = ["=HYPERLINK(\"http://x\",\"y\")", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\tlead", "\rlead"]
+
+
+def _rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+def test_csv_writer_neutralises_formula_cells_but_keeps_numbers():
+    buf = io.StringIO()
+    w = csv_writer(buf, lineterminator="\n")
+    w.writerow(HOSTILE[:5] + ["-0.25", -3, 1.5, None, "plain"])
+    row = _rows(buf.getvalue())[0]
+    assert row[:5] == ["'" + v for v in HOSTILE[:5]]
+    assert row[5:] == ["-0.25", "-3", "1.5", "", "plain"]
+    assert spreadsheet_safe("\rlead") == "'\rlead"
+
+
+@pytest.fixture
+def hostile_store(tmp_path):
+    store = ReviewStore(tmp_path / "r.sqlite3")
+    sid = store.add_sweep("=cafe", "=evil.mha", 4)
+    store.add_model_run(sid, {"cls": {"hash": "h", "name": "@model"}}, np.full(4, 0.9), np.full(4, 0.9),
+                        np.full(4, 500), np.ones(4, bool), chosen_frame=1)
+    for name in HOSTILE[:4]:
+        store.record_verdict(sid, 1, name, "optimal", note="=1+1")
+    yield store
+    store.close()
+
+
+def _no_formula_cells(text: str) -> None:
+    for row in _rows(text)[1:]:
+        for cell in row:
+            if cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+                float(cell)  # only plain numbers may start so
+
+
+def test_review_report_csv_neutralises_reviewer_names_and_notes(hostile_store):
+    text = report_csv_text(hostile_store)
+    _no_formula_cells(text)
+    assert "'=HYPERLINK" in text and "'@SUM(A1:A9)" in text
+
+
+def test_labels_csv_neutralises_reviewer_names_and_paths(hostile_store):
+    text = labels_csv_text(hostile_store)
+    _no_formula_cells(text)
+    assert "'=evil.mha" in text
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_output_folder_is_created_with_normal_permissions_not_0700(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "results") as tmp:
+            (tmp / "a.txt").write_text("x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "results").stat().st_mode)
+    assert mode == 0o755, oct(mode)
