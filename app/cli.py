@@ -185,16 +185,27 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
         QTimer.singleShot(int(max_seconds * 1000), time_up)
     reporter = QTimer()
     if progress_every:
-        last = {"text": ""}
+        # On a terminal one line is rewritten in place each second; into a file or a pipe a
+        # new line comes every ``progress_every`` seconds.
+        tty = sys.stdout.isatty()
+        last = {"text": "", "width": 0}
 
-        def report() -> None:
+        def report(final: bool = False) -> None:
             text = win.progress.format()
-            if text and text != last["text"] and not state["ended"]:
+            if text and text != last["text"]:
                 last["text"] = text
-                print(f"  {text}", flush=True)
+                if tty:
+                    print("\r  " + text.ljust(last["width"]), end="", flush=True)
+                    last["width"] = len(text)
+                else:
+                    print(f"  {text}", flush=True)
+            if final and tty and last["width"]:
+                print(flush=True)  # end the rewritten line
+                last["width"] = 0
 
         reporter.timeout.connect(report)
-        reporter.start(int(progress_every * 1000))
+        reporter.start(1000 if tty else int(progress_every * 1000))
+        win.scoring_ended.connect(lambda *_: report(final=True))
     # Ctrl+C in the terminal closes the window cleanly (Python sees signals only between
     # Qt events, hence the idle timer).
     import signal

@@ -17,7 +17,7 @@ from fetaliqa_core.models.options import add_model_options, model_choice_from_ar
 HELP = "Open the viewer on the demo sweep with the demo model (headless: write scores and a screenshot)."
 
 OUTPUT_FOLDER = "demo-output"
-PROGRESS_SECONDS = 2.0  # headless: a progress line at most this often
+PROGRESS_SECONDS = 10.0  # headless into a file or pipe: a progress line this often
 
 
 def answer_line(window) -> str:
