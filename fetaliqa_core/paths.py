@@ -41,6 +41,22 @@ def os_error_cause(exc: OSError) -> str:
     return causes.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 
+_ADVICE = {errno.ENOSPC: "free disk space or write elsewhere", errno.EDQUOT: "free disk space or write elsewhere",
+           errno.EROFS: "write to a folder on a writable disk",
+           errno.EACCES: "choose a folder you can write to, or fix its permissions",
+           errno.EPERM: "choose a folder you can write to, or fix its permissions",
+           errno.ENOTDIR: "a file stands where a folder is needed: choose another output folder",
+           errno.EEXIST: "choose another output folder, or move the file away",
+           errno.EISDIR: "give a file name, not a folder"}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: the file, the cause in words, what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    advice = _ADVICE.get(exc.errno or 0, "check the path and try again")
+    return f"{where}{os_error_cause(exc)}; {advice}."
+
+
 def warn_not_writable(folder: Path, exc: OSError, what: str) -> None:
     """One warning per folder and process: something optional (a cache) could not be written."""
     key = str(folder)

@@ -102,8 +102,25 @@ def run_command(module, argv: list[str] | None = None, prog: str | None = None) 
     return _run_parsed(parser, list(sys.argv[1:] if argv is None else argv))
 
 
+def terminate_as_interrupt() -> None:
+    """SIGTERM (``kill``, a job scheduler, a closing session) stops a command the way Ctrl-C
+    does: ``KeyboardInterrupt`` in the main thread, so finished work is kept and the exit
+    status is 130."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        try:
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+        except (ValueError, OSError):  # no signals here (an embedding host)
+            pass
+
+
 def _run_parsed(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    from fetaliqa_core.paths import os_error_message
+
     args = parser.parse_args(argv)
+    terminate_as_interrupt()
     try:
         return int(args._run(args) or 0)
     except FetalIQAError as exc:
@@ -112,6 +129,9 @@ def _run_parsed(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("fetaliqa: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, read-only, permission, not a folder: named, no traceback
+        print(f"fetaliqa: {os_error_message(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -95,7 +95,30 @@ def _print_summary(summary: dict, out: Path) -> None:
     print(f"  results in {out}")
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an output folder that cannot be one, before anything is loaded."""
+    if out.exists() and not out.is_dir():
+        raise FetalIQAError(f"--out {out} is an existing file; give a folder for the results (it is created "
+                            "if needed).")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FetalIQAError(f"--out {out}: {parent} is a file, not a folder; choose another output folder.")
+            break
+
+
+def _failure_text(exc: BaseException) -> str:
+    from fetaliqa_core.paths import os_error_message
+
+    if isinstance(exc, FetalIQAError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return os_error_message(exc)
+    return f"unexpected error ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+
+
 def run(args) -> int:
+    from fetaliqa_core import io as fio
     from fetaliqa_core.cli import score_archive
     from fetaliqa_core.models import choice as choice_mod
 
@@ -107,23 +130,37 @@ def run(args) -> int:
         raise FetalIQAError(f"{path}: no such file or folder. Check the path of the sweep to score.")
     members = sweep_folder_members(path)
     base_out = args.out or Path("fetaliqa-scores") / _stem(path)
-    models = choice_mod.load_models(model_choice_from_args(args))
+    check_out_folder(base_out)
     if members is None:
-        summary = score_one(path, base_out, models, args)
+        sweep = fio.load_sweep(path)  # a bad input is reported before seconds of model loading
+        models = choice_mod.load_models(model_choice_from_args(args))
+        summary = score_one(path, base_out, models, args, sweep=sweep)
         _print_summary(summary, base_out)
         return 0
     failures = 0
     rows: list[list] = []
+    models = None
     for k, member in enumerate(members, 1):
         out = base_out / _stem(member)
         try:
-            summary = score_one(member, out, models, args, position=f"[{k}/{len(members)}] ")
+            sweep = fio.load_sweep(member)
+        except Exception as exc:  # noqa: BLE001 - one bad member is reported in its row; the others are scored
+            failures += 1
+            print(f"fetaliqa: {_failure_text(exc)}", file=sys.stderr)
+            rows.append([member.name, "", "", "", "", "", "", "", "", "", f"failed: {_failure_text(exc)}"])
+            continue
+        if models is None:  # loaded once, when the first readable member needs them
+            models = choice_mod.load_models(model_choice_from_args(args))
+        try:
+            summary = score_one(member, out, models, args, position=f"[{k}/{len(members)}] ", sweep=sweep)
             _print_summary(summary, out)
             rows += table_rows(member.name, summary)
-        except FetalIQAError as exc:
+        except Exception as exc:  # noqa: BLE001 - as above (KeyboardInterrupt still stops the run)
             failures += 1
-            print(f"fetaliqa: {exc}", file=sys.stderr)
-            rows.append([member.name, "", "", "", "", "", "", "", "", "", f"failed: {exc}"])
+            print(f"fetaliqa: {member.name}: {_failure_text(exc)}", file=sys.stderr)
+            rows.append([member.name, "", "", "", "", "", "", "", "", "", f"failed: {_failure_text(exc)}"])
+        finally:
+            del sweep
     table = write_table(base_out / TABLE_FILE, rows)
     print_table(rows)
     print(f"scored {len(members) - failures} of {len(members)} sweeps into {base_out}"

@@ -1,0 +1,179 @@
+"""``fetaliqa score`` with bad inputs and bad outputs: each bad folder member reported in its
+row while the others are scored, inputs checked before models load, output errors named by
+their cause, SIGTERM handled like Ctrl-C, an unwritable cache never stops scoring."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import gzip
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fetaliqa_core.cli import main
+from fetaliqa_core.io import write_volume
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    from fetaliqa_core.synth import synthesize_case
+
+    c = synthesize_case(seed=4, n_sweeps=1, frames_per_sweep=6, height=96, width=128)
+    path = tmp_path_factory.mktemp("hostile_case") / "case.mha"
+    write_volume(path, c.frames, spacing_mm=(0.28, 0.28))
+    return path
+
+
+def _bad_members(folder: Path) -> dict[str, str]:
+    """Several kinds of bad member -> a word its failure row must contain."""
+    (folder / "text.mha").write_text("patient notes, not an image\n")
+    (folder / "empty.nrrd").write_bytes(b"")
+    header = ("ObjectType = Image\nNDims = 3\nDimSize = 128 96 6\nElementType = MET_UCHAR\n"
+              "ElementDataFile = LOCAL\n")
+    (folder / "truncated.mha").write_bytes(header.encode() + bytes(1000))
+    (folder / "strip.mha").write_bytes(header.replace("128 96 6", "20000 32 2").encode() + bytes(20000 * 32 * 2))
+    hdr = bytearray(352)
+    struct.pack_into("<i", hdr, 0, 348)
+    struct.pack_into("<8h", hdr, 40, 3, 1024, 1024, 4096, 1, 1, 1, 1)
+    struct.pack_into("<hh", hdr, 70, 2, 8)
+    struct.pack_into("<f", hdr, 108, 352.0)
+    hdr[344:348] = b"n+1\0"
+    (folder / "claims4gib.nii.gz").write_bytes(gzip.compress(bytes(hdr)))
+    return {"text.mha": "not a MetaImage", "empty.nrrd": "empty", "truncated.mha": "truncated",
+            "strip.mha": "20000", "claims4gib.nii.gz": "claims4gib"}
+
+
+def test_score_folder_reports_each_kind_of_bad_member_in_its_row_and_scores_the_others(
+        case, tiny_bundle_dirs, tmp_path, capsys):
+    folder = tmp_path / "sweeps"
+    folder.mkdir()
+    (folder / "good.mha").write_bytes(case.read_bytes())
+    bad = _bad_members(folder)
+    out = tmp_path / "out"
+    rc = main(["score", str(folder), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert f"scored 1 of {len(bad) + 1} sweeps" in captured.out
+    assert (out / "good" / "frames.csv").is_file()
+    rows = {r["file"]: r for r in csv.DictReader((out / "summary.csv").open(encoding="utf-8"))}
+    assert rows["good.mha"]["status"] == "complete"
+    for name, word in bad.items():
+        assert rows[name]["status"].startswith("failed"), name
+        assert word.lower() in rows[name]["status"].lower(), (name, rows[name]["status"])
+
+
+def test_score_reports_a_bad_sweep_before_loading_any_model(tmp_path, monkeypatch, capsys):
+    from fetaliqa_core.models import choice
+
+    def no_models(*_a, **_k):
+        raise AssertionError("models were loaded before the sweep was checked")
+
+    monkeypatch.setattr(choice, "load_models", no_models)
+    bad = tmp_path / "bad.mha"
+    bad.write_text("not an image")
+    assert main(["score", str(bad), "--quiet", "--out", str(tmp_path / "o")]) == 1
+    assert "bad.mha" in capsys.readouterr().err
+
+
+def test_score_out_that_is_an_existing_file_gives_one_line(case, tmp_path, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    assert main(["score", str(case), "--out", str(target), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "existing file" in err and target.read_text() == "keep me"
+
+
+def test_score_out_below_a_file_gives_one_line(case, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["score", str(case), "--out", str(tmp_path / "afile" / "sub"), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a folder" in err
+
+
+@pytest.mark.parametrize("code,cause", [(errno.ENOSPC, "disk is full"), (errno.EROFS, "read-only"),
+                                        (errno.EACCES, "permission denied")])
+def test_score_output_write_failure_names_its_cause(case, tiny_bundle_dirs, tmp_path, monkeypatch, capsys,
+                                                    code, cause):
+    from fetaliqa_core import export
+
+    def failing(out, *a, **k):
+        raise OSError(code, os.strerror(code), str(out))
+
+    monkeypatch.setattr(export, "write_scores", failing)
+    rc = main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(tmp_path / "o"),
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and cause in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("no_cache", [True, False])
+def test_score_with_an_unwritable_cache_folder_still_scores(case, tiny_bundle_dirs, tmp_path, monkeypatch, capsys,
+                                                            no_cache):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").write_text("a file where the cache folder should be")  # unwritable, even for root
+    monkeypatch.setenv("FETALIQA_HOME", str(home))
+    out = tmp_path / "o"
+    argv = ["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"]
+    assert main(argv + (["--no-cache"] if no_cache else [])) == 0
+    assert (out / "summary.json").is_file()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_base_weights_hash_is_computed_when_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    from fetaliqa_core.models.base import file_sha256
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").write_text("not a folder")
+    monkeypatch.setenv("FETALIQA_HOME", str(home))
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"abc")
+    assert file_sha256(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_sigterm_behaves_like_ctrl_c(tmp_path):
+    """The command-line dispatcher turns SIGTERM into the KeyboardInterrupt Ctrl-C raises."""
+    code = ("import sys, time\nfrom fetaliqa_core.cli import terminate_as_interrupt\nterminate_as_interrupt()\n"
+            "print('ready', flush=True)\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+            "    print('interrupted', flush=True)\n    sys.exit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in out
+
+
+def test_sigterm_during_score_of_a_folder_exits_130_and_keeps_finished_sweeps(case, tiny_bundle_dirs, tmp_path):
+    from fetaliqa_core.synth import synthesize_case
+
+    folder = tmp_path / "sweeps"
+    folder.mkdir()
+    (folder / "a.mha").write_bytes(case.read_bytes())
+    long = synthesize_case(seed=5, n_sweeps=1, frames_per_sweep=400, height=96, width=128)
+    write_volume(folder / "b.mha", long.frames, spacing_mm=(0.28, 0.28))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fetaliqa_core.cli", "score", str(folder), "--cls",
+                             str(tiny_bundle_dirs["cls"]), "--out", str(out), "--no-cache"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 240
+    while not (out / "a" / "summary.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    assert (out / "a" / "frames.csv").is_file() and not (out / "b").exists()
