@@ -252,16 +252,18 @@ class ViewerModel:
 
     def set_models(self, models) -> None:
         """The loaded models (``models.choice.LoadedModels``-like): the threshold goes to the
-        classifier bundle's own (the paper's 1 % mask rule with a segmenter alone)."""
+        classifier bundle's own (the paper's 1 % mask rule with a segmenter alone). Models with
+        the same operating point as before (e.g. the same models on the next sweep) keep a
+        threshold the user changed."""
         from fetaliqa_core.analysis.assessment import Thresholds
 
-        self._model_thresholds = Thresholds.of_models(models)
+        old, new = self._model_thresholds, Thresholds.of_models(models)
+        self._model_thresholds = new
         self.models_description = models.describe()
         self._flags_dirty = True
-        v = self._model_thresholds.value
-        if v != self._threshold:
-            self._threshold = v
-        self.events.threshold.emit(v)
+        if old is None or (old.model, old.score) != (new.model, new.score):
+            self._threshold = new.value
+        self.events.threshold.emit(self._threshold)
 
     @property
     def thresholds(self) -> Thresholds:
