@@ -259,7 +259,8 @@ class ViewerModel:
 
         old, new = self._model_thresholds, Thresholds.of_models(models)
         self._model_thresholds = new
-        self.models_description = models.describe()
+        record = getattr(models, "record", None)  # what files say about the models
+        self.models_description = record() if callable(record) else models.describe()
         self._flags_dirty = True
         if old is None or (old.model, old.score) != (new.model, new.score):
             self._threshold = new.value

@@ -72,7 +72,7 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
         bar.close()
     results = engine.results
     thresholds = Thresholds.of_models(models, args.threshold)
-    assessment = assess(sweep, results, thresholds, models.describe())
+    assessment = assess(sweep, results, thresholds, models.record())
     hook = None if extra is None else (lambda folder: extra(folder, sweep, results, assessment))
     export.write_scores(out, sweep, results, assessment, challenge=args.challenge_output, extra=hook)
     return assessment.summary.to_json()

@@ -42,9 +42,17 @@ class LoadedModels:
     choice: ModelChoice
     device: str
     device_label: str = ""  # e.g. "CPU (2 threads, bf16: AVX512_BF16, bf16 matmul 2.3x fp32)"
+    precision: str = ""  # "bf16" | "fp32" | ...
 
     def describe(self) -> str:
+        """For people: the models and where they run, with why this number format."""
         return f"{self.choice.describe()} on {self.device_label or self.device}"
+
+    def record(self) -> str:
+        """For files (``summary.json``): the models, the device and the number format, without
+        the measurements behind the choice, so the same set-up always writes the same text."""
+        fmt = f", {self.precision}" if self.precision else ""
+        return f"{self.choice.describe()} on {self.device}{fmt}"
 
 
 def load_models(choice: ModelChoice) -> LoadedModels:
@@ -66,4 +74,5 @@ def load_models(choice: ModelChoice) -> LoadedModels:
                 seg = cls  # one joint bundle: one encoder pass gives both
             else:
                 seg = bundle_mod.load_bundle(Path(choice.seg), base_weights=choice.base, device=device)
-    return LoadedModels(cls=cls, seg=seg, choice=choice, device=str(device.device), device_label=device.description)
+    return LoadedModels(cls=cls, seg=seg, choice=choice, device=str(device.device), device_label=device.description,
+                        precision=device.precision)
