@@ -454,7 +454,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.progress.setRange(0, total)
         self.progress.setValue(st.n_done)
         if st.running:
-            rate = f" · {st.frames_per_second:.1f} frames/s" if st.frames_per_second > 0 else ""
+            rate = f" · {st.frames_per_second:.1f}/s" if st.frames_per_second > 0 else ""
             eta = format_duration(st.eta_seconds)
             eta = f" · {eta} left" if eta else ""
             text = st.message or f"{st.n_done} / {st.n_total} frames{rate}{eta}"

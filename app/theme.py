@@ -89,7 +89,7 @@ QTreeWidget::item {{ padding: 2px 0; }}
 QTreeWidget::item:selected, QListWidget::item:selected {{ background: #24415f; color: {TEXT}; }}
 QHeaderView::section {{ background: {PANEL}; color: {TEXT_DIM}; border: none; padding: 4px; }}
 QProgressBar {{ background: {BG}; border: 1px solid {BORDER}; border-radius: 3px; height: 14px;
-               text-align: center; color: {TEXT}; min-width: 120px; }}
+               text-align: center; color: {TEXT}; min-width: 270px; }}
 QProgressBar::chunk {{ background: #2f6db5; border-radius: 2px; }}
 QPushButton {{ background: {PANEL_ALT}; border: 1px solid {BORDER}; border-radius: 4px; padding: 4px 10px; }}
 QPushButton:hover {{ border-color: {ACCENT}; }}

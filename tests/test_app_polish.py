@@ -63,10 +63,14 @@ def test_spin_box_arrows_are_visible(win):
 
 def test_status_bar_whole_at_1280x720(win, qtbot):
     win.set_sweep(tiny_sweep(2, 10, 48, 64))
-    qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.complete, timeout=20000)
+    qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.complete
+                    and not win.model.scoring.running, timeout=20000)
     win.refresh()
     QApplication.processEvents()
     sb = win.statusBar()
+    # the longest text a run shows (a full case, minutes left) fits the bar as well
+    worst = "840 / 840 frames · 10.0/s · 59 min 59 s left"
+    assert win.progress.width() >= win.progress.fontMetrics().horizontalAdvance(worst)
     for w in (win.status_frame, win.status_ac, win.status_threshold):
         assert w.isVisible()
         assert w.width() >= w.fontMetrics().horizontalAdvance(w.text()), (w.text(), w.width())
