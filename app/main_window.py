@@ -16,13 +16,11 @@ from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QDockWidget,
-    QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
     QSlider,
-    QSpinBox,
     QSplitter,
     QToolButton,
     QVBoxLayout,
@@ -44,30 +42,6 @@ from fetaliqa_core.models.choice import ModelChoice
 
 REFRESH_HZ = 10
 MIN_SIZE = (1024, 600)  # px: the window works on a 1024x768 screen
-
-
-class FrameNumberBox(QSpinBox):
-    """The go-to-frame box. While it has the focus, the keys typed into it are its own (not
-    the window's single-key shortcuts); Enter jumps and Esc leaves, both hand the keys back."""
-
-    done = Signal()
-    _OWN_KEYS = {Qt.Key_Return, Qt.Key_Enter, Qt.Key_Escape, Qt.Key_Backspace, Qt.Key_Delete,
-                 Qt.Key_Left, Qt.Key_Right, Qt.Key_Up, Qt.Key_Down, Qt.Key_Home, Qt.Key_End}
-
-    def event(self, ev):  # noqa: D102
-        if ev.type() == ev.Type.ShortcutOverride and (
-                ev.key() in self._OWN_KEYS or Qt.Key_0 <= ev.key() <= Qt.Key_9):
-            ev.accept()
-            return True
-        return super().event(ev)
-
-    def keyPressEvent(self, ev):  # noqa: N802
-        if ev.key() == Qt.Key_Escape:
-            self.done.emit()
-            return
-        super().keyPressEvent(ev)
-        if ev.key() in (Qt.Key_Return, Qt.Key_Enter):
-            self.done.emit()
 
 
 class MainWindow(SweepFilesMixin, QMainWindow):
@@ -145,7 +119,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.play_button.setCheckable(True)
         self.play_button.setFocusPolicy(Qt.NoFocus)
         self.play_button.setFixedWidth(34)
-        self.fps_spin = QDoubleSpinBox()
+        self.fps_spin = window_chrome.FpsBox()
         self.fps_spin.setRange(*FPS_RANGE)
         self.fps_spin.setDecimals(0)
         self.fps_spin.setSuffix(" fps")
@@ -159,7 +133,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.slider.setPageStep(10)
         self.slider.setFocusPolicy(Qt.NoFocus)
         # The go-to-frame box: shows the frame, takes a number (Ctrl+G puts the cursor there).
-        self.frame_box = FrameNumberBox()
+        self.frame_box = window_chrome.FrameNumberBox()
         self.frame_box.done.connect(lambda: self.splitter.setFocus())
         self.frame_box.setRange(0, 0)
         self.frame_box.setKeyboardTracking(False)

@@ -3,9 +3,18 @@ window's methods). Kept apart from :mod:`app.main_window` so each file stays rea
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QSlider, QToolButton
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QSpinBox,
+    QToolButton,
+)
 
 from app import keymap, theme
 from app.frame_view import WINDOW_LEVEL_PRESETS
@@ -13,6 +22,47 @@ from app.viewer_model import OPACITY_STEP
 
 PROGRESS_MIN_WIDTH = 270  # px: "840 / 840 frames · 10.0/s · 59 min 59 s left" stays whole
 MODEL_LABEL_WIDTH = 420  # px at most; elided below that, the full description in the tooltip
+
+
+_TYPING_KEYS = {Qt.Key_Return, Qt.Key_Enter, Qt.Key_Escape, Qt.Key_Backspace, Qt.Key_Delete,
+                Qt.Key_Left, Qt.Key_Right, Qt.Key_Up, Qt.Key_Down, Qt.Key_Home, Qt.Key_End,
+                Qt.Key_Period, Qt.Key_Comma, Qt.Key_Minus}
+
+
+def _owns_key(ev) -> bool:
+    """While a number box has the focus, the keys typed into it are its own, not the window's
+    single-key shortcuts (1 / 2 / 0 review verdicts, arrows, Enter)."""
+    return ev.type() == QEvent.ShortcutOverride and (ev.key() in _TYPING_KEYS or Qt.Key_0 <= ev.key() <= Qt.Key_9)
+
+
+class FrameNumberBox(QSpinBox):
+    """The go-to-frame box: Enter jumps and Esc leaves, both hand the keys back (``done``)."""
+
+    done = Signal()
+
+    def event(self, ev):  # noqa: D102
+        if _owns_key(ev):
+            ev.accept()
+            return True
+        return super().event(ev)
+
+    def keyPressEvent(self, ev):  # noqa: N802
+        if ev.key() == Qt.Key_Escape:
+            self.done.emit()
+            return
+        super().keyPressEvent(ev)
+        if ev.key() in (Qt.Key_Return, Qt.Key_Enter):
+            self.done.emit()
+
+
+class FpsBox(QDoubleSpinBox):
+    """The cine speed box; typing a number in it does not trigger the window's keys."""
+
+    def event(self, ev):  # noqa: D102
+        if _owns_key(ev):
+            ev.accept()
+            return True
+        return super().event(ev)
 
 
 class ElidedLabel(QLabel):

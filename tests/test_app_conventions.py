@@ -150,3 +150,13 @@ def test_window_fits_1024x768(win, qtbot):
     sb = win.statusBar()
     for w in (win.status_frame, win.status_ac, win.status_model, win.progress, win.cancel_button):
         assert w.isVisible() and w.geometry().right() <= sb.width(), w
+
+
+def test_typing_in_the_fps_box_does_not_trigger_review_keys(win, qtbot):
+    win.fps_spin.setFocus()
+    qtbot.waitUntil(win.fps_spin.hasFocus, timeout=2000)
+    win.fps_spin.lineEdit().selectAll()
+    QTest.keyClicks(win.fps_spin, "20")
+    QTest.keyClick(win.fps_spin, Qt.Key_Return)
+    assert win.fps_spin.value() == 20 and win.model.fps == 20
+    assert not win.review.active  # "2" and "0" went into the box, not to the review
