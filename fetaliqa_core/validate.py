@@ -31,7 +31,7 @@ MAX_FRAMES = 20_000
 MAX_FRAME_SIDE = 4096
 #: Width/height (or height/width) beyond this is a strip, not an ultrasound frame.
 MAX_FRAME_ASPECT = 10
-#: A volume may take at most this share of the memory the machine has available.
+#: A volume may take at most this share of the machine's memory.
 MEMORY_SHARE = 0.8
 #: A DICOM series folder of more files than this is not one sweep.
 MAX_SERIES_FILES = MAX_FRAMES
@@ -65,28 +65,35 @@ def _size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-def available_memory_bytes() -> int | None:
-    """Memory the machine can give this process now (MemAvailable on Linux), or None if unknown."""
+def machine_memory_bytes() -> int | None:
+    """The memory this machine gives a process: physical memory, or a container's limit when
+    lower; None if unknown. (Not what is free right now: that changes from second to second,
+    and a legitimate sweep must not be refused because other programs are busy.)"""
+    total = None
     try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        total = int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):
-        return None
+        pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file, encoding="ascii") as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (total is None or int(text) < total):
+            total = int(text)
+    return total
 
 
-def check_memory(source: str, needed: int, what: str) -> None:
-    """Refuse to allocate ``needed`` bytes when the machine does not have them available."""
-    available = available_memory_bytes()
+_SWEEP_TODO = "the file's header is wrong, or the recording must be split into shorter sweeps to be opened here."
+
+
+def check_memory(source: str, needed: int, what: str, todo: str = _SWEEP_TODO) -> None:
+    """Refuse to allocate ``needed`` bytes when the machine does not have them."""
+    available = machine_memory_bytes()
     if available is not None and needed > MEMORY_SHARE * available:
-        raise FetalIQAError(
-            f"{source}: {what} needs {_size_text(needed)} of memory, but only {_size_text(available)} "
-            "is available: close other programs, or split the recording into shorter sweeps.")
+        raise FetalIQAError(f"{source}: {what} needs {_size_text(needed)} of memory, but this machine has "
+                            f"{_size_text(available)}: {todo}")
 
 
 def check_path_name(path: Path) -> None:
@@ -274,7 +281,8 @@ def check_vision_memory(config: dict, source: str) -> None:
     vision = config["vision_cfg"]
     width, layers = vision["width"], vision["layers"]
     params = layers * (4 + 2 * vision.get("mlp_ratio", 4.0)) * width * width
-    check_memory(source, int(params * 4), "building this vision tower")
+    check_memory(source, int(params * 4), "building this vision tower",
+                 "use a FetalCLIP-family config (fetalclip or tiny), or a machine with more memory.")
 
 
 def lora_problem(data: dict) -> str | None:

@@ -35,14 +35,31 @@ def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, bes
 def load_checkpoint(path: Path) -> dict:
     import torch
 
+    import pickle
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own text suggests weights_only=False, the one action that would run a hostile
+        # file's code: never pass it on.
+        raise FetalIQAError(f"checkpoint {path} holds Python objects besides tensors, which FetalIQA refuses to "
+                            "load because unpickling them could run code; it was not written by FetalIQA: delete "
+                            "it to resume from the epoch before") from None
+    except Exception as exc:  # noqa: BLE001 - any damage: one clear message
+        raise FetalIQAError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it is damaged: delete it to "
+                            "resume from the epoch before") from None
+    missing = [k for k in ("epoch", "model", "optimizer", "history", "best")
+               if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise FetalIQAError(f"checkpoint {path} lacks {', '.join(missing)}; it was not written by this FetalIQA or "
+                            "is damaged: delete it to resume from the epoch before")
+    try:
         ckpt["history"] = json.loads(ckpt["history"])
         ckpt["best"] = json.loads(ckpt["best"])
-        return ckpt
-    except Exception as exc:  # noqa: BLE001 - any damage: one clear message
-        raise FetalIQAError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); delete it to resume "
-                            "from the epoch before") from None
+    except (TypeError, ValueError, RecursionError):
+        raise FetalIQAError(f"checkpoint {path} holds a damaged training history; delete it to resume from the "
+                            "epoch before") from None
+    return ckpt
 
 
 def prune_checkpoints(trial_dir: Path, keep: int) -> None:
@@ -61,7 +78,13 @@ def check_resume(cfg: TrainConfig) -> None:
         return
     if not saved_path.is_file():
         raise FetalIQAError(f"--resume: {run} holds no run to resume ({CONFIG_FILE} missing); drop --resume to start one")
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    from fetaliqa_core import validate
+
+    saved = validate.read_json_bounded(saved_path, "the run's configuration",
+                                       "Start a new run in an empty folder (drop --resume).")
+    if not isinstance(saved, dict):
+        raise FetalIQAError(f"--resume: {saved_path} is not a run configuration; start a new run in an empty folder "
+                            "(drop --resume)")
     now = cfg.to_json()
     changed = [k for k in RESUME_KEYS if saved.get(k) != now.get(k)]
     if changed:

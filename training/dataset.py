@@ -326,7 +326,17 @@ def read_extra_labels(path: str | Path) -> dict[tuple[str, int], float]:
     if not p.is_file():
         raise FetalIQAError(f"--extra-labels {p}: no such file")
     out: dict[tuple[str, int], float] = {}
-    with open(p, newline="", encoding="utf-8-sig") as fh:
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise FetalIQAError(f"--extra-labels {p}: cannot be read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:  # a spreadsheet's export in Latin-1 / Windows-1252: names and notes only
+        text = raw.decode("cp1252", errors="replace")
+    import io
+
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
         reader.fieldnames = header

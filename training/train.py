@@ -55,8 +55,11 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fetaliqa_core.cli import terminate_as_interrupt
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    terminate_as_interrupt()  # SIGTERM stops like Ctrl-C: the last finished epoch's checkpoint is kept
     try:
         return run_from_args(args)
     except FetalIQAError as exc:

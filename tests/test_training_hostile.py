@@ -1,0 +1,61 @@
+"""Training inputs that are damaged or hostile: one line each, never a traceback, and never
+advice to load a file unsafely."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fetaliqa_core.errors import FetalIQAError
+from training import dataset as ds
+from training.checkpoints import check_resume, load_checkpoint
+from training.config import CONFIG_FILE
+
+
+class Payload:
+    """Stands for an attacker's object: unpickling it would run code."""
+
+    def __reduce__(self):
+        return (print, ("this would run code",))
+
+
+def test_resume_checkpoint_that_lacks_its_keys_gives_one_line(tmp_path):
+    path = tmp_path / "epoch_001.pt"
+    torch.save({"epoch": 1}, path)
+    with pytest.raises(FetalIQAError, match="lacks model, optimizer, history, best") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_hostile_resume_checkpoint_is_refused_without_advice_to_load_it_unsafely(tmp_path):
+    path = tmp_path / "epoch_001.pt"
+    torch.save({"epoch": 1, "model": Payload()}, path)
+    with pytest.raises(FetalIQAError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "could run code" in message and "\n" not in message
+    assert "weights_only" not in message and "False" not in message
+
+
+def test_resume_checkpoint_with_damaged_history_gives_one_line(tmp_path):
+    path = tmp_path / "epoch_001.pt"
+    torch.save({"epoch": 1, "model": {}, "optimizer": {}, "history": "[[[", "best": "{}"}, path)
+    with pytest.raises(FetalIQAError, match="damaged training history"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "[" * 50_000])
+def test_resume_with_a_corrupt_run_config_gives_one_line(tmp_path, text):
+    (tmp_path / CONFIG_FILE).write_text(text)
+    cfg = SimpleNamespace(run_dir=tmp_path, resume=True, to_json=lambda: {})
+    with pytest.raises(FetalIQAError) as info:
+        check_resume(cfg)
+    assert "\n" not in str(info.value) and "resume" in str(info.value).lower()
+
+
+def test_extra_labels_csv_in_latin1_is_read(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_bytes("uuid,frame,label,reviewer\ncase-1,3,optimal,Dr Müller\ncase-2,4,0,Zoë\n".encode("latin-1"))
+    assert ds.read_extra_labels(path) == {("case-1", 3): 1.0, ("case-2", 4): 0.0}
