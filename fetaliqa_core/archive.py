@@ -22,7 +22,6 @@ flight), so reading overlaps inference.
 
 from __future__ import annotations
 
-import csv
 import datetime
 import hashlib
 import json
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_write, json_text, spreadsheet_safe
+from fetaliqa_core.files import atomic_write, csv_writer, json_text
 
 CASES_DIR = "cases"
 RECORD_FILE = "case.json"
@@ -346,7 +345,7 @@ def _cell(column: str, value) -> str:
     text = str(value)
     if column in _TEXT_COLUMNS:
         text = text.replace("\r", " ").replace("\n", " ")
-    return spreadsheet_safe(text)  # a spreadsheet must not read a file name as a formula
+    return text
 
 
 def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: str | None) -> list[dict]:
@@ -371,7 +370,7 @@ def write_table(out: Path, rows: Sequence[dict]) -> Path:
     import io
 
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf, lineterminator="\n")  # no cell can be read as a formula by a spreadsheet
     w.writerow(TABLE_COLUMNS)
     for row in rows:
         w.writerow([_cell(c, row.get(c)) for c in TABLE_COLUMNS])

@@ -237,5 +237,3 @@ def test_one_spreadsheet_rule_for_every_table(cell, shown):
 
     assert spreadsheet_safe(cell) == shown
     assert _cell(cell) == shown  # the folder table of plain `fetaliqa score FOLDER`
-    if isinstance(cell, str):
-        assert ar._cell("file", cell) == shown  # the archive's cases.csv
