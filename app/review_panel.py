@@ -8,6 +8,8 @@ curve cursor) follows the queue. The reviewer's name is asked once and remembere
 
 from __future__ import annotations
 
+import html
+
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -189,7 +191,7 @@ class ReviewPanel(QWidget):
 
     def _update_reviewer_label(self) -> None:
         name = self.settings.reviewer or "—"
-        self.reviewer_label.setText(f"Reviewer: <b>{name}</b>")
+        self.reviewer_label.setText(f"Reviewer: <b>{html.escape(name)}</b>")  # a name is text, never markup
 
     def _ask_reviewer(self) -> bool:
         name, ok = QInputDialog.getText(self, "Reviewer", "Your name (saved with each verdict):",

@@ -7,7 +7,6 @@ must open whatever is on disk); writes are atomic.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -16,6 +15,31 @@ from fetaliqa_core.files import write_json
 
 SETTINGS_FILENAME = "app_settings.json"
 MAX_RECENT = 10
+
+
+MAX_SETTINGS_BYTES = 1 << 20
+_RANGES = {"opacity": (0.0, 1.0), "fps": (1.0, 120.0)}
+_CHOICES = {"model": ("demo", "custom"), "device": ("auto", "cpu", "cuda", "mps")}
+
+
+def _plain_text(value: object, limit: int = 4096) -> bool:
+    return isinstance(value, str) and len(value) <= limit and "\0" not in value
+
+
+def _plausible(name: str, value: object) -> bool:
+    """Whether a settings value may be used (its type already matches the default's)."""
+    import math
+
+    if name in _RANGES:
+        lo, hi = _RANGES[name]
+        return math.isfinite(value) and lo <= value <= hi  # type: ignore[arg-type]
+    if name in _CHOICES:
+        return value in _CHOICES[name]
+    if name in ("geometry", "window_state"):
+        return _plain_text(value, 1 << 16)
+    if isinstance(value, str):
+        return _plain_text(value)
+    return True
 
 
 @dataclass
@@ -40,9 +64,18 @@ class AppSettings:
 
     @classmethod
     def load(cls) -> "AppSettings":
+        """The settings on disk; any value that is missing, of the wrong type or out of range
+        (NaN, an unknown device, a path with a NUL, nesting too deep) falls back to its
+        default, so start-up survives any file."""
+        from fetaliqa_core import validate
+        from fetaliqa_core.errors import FetalIQAError
+
         try:
-            data = json.loads(cls.path().read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            path = cls.path()
+            if not path.is_file():
+                return cls()
+            data = validate.read_json_bounded(path, "the settings file", "", max_bytes=MAX_SETTINGS_BYTES)
+        except (OSError, FetalIQAError):
             return cls()
         if not isinstance(data, dict):
             return cls()
@@ -52,9 +85,10 @@ class AppSettings:
                 value = data[f.name]
                 default = getattr(s, f.name)
                 if isinstance(default, bool) or type(value) is type(default) or (
-                        isinstance(default, float) and isinstance(value, int)):
-                    setattr(s, f.name, value)
-        s.recent_files = [str(p) for p in s.recent_files if isinstance(p, str)][:MAX_RECENT]
+                        isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
+                    if _plausible(f.name, value):
+                        setattr(s, f.name, float(value) if isinstance(default, float) else value)
+        s.recent_files = [str(p) for p in s.recent_files if _plain_text(p)][:MAX_RECENT]
         s.thresholds = {k: float(v) for k, v in s.thresholds.items() if isinstance(k, str)
                         and isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0}
         return s

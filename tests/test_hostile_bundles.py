@@ -238,3 +238,33 @@ def test_safetensors_entry_claims_are_checked_against_the_file(tmp_path, shape, 
         _read_tensors(path)
     except FetalIQAError as exc:
         assert "\n" not in str(exc)
+
+
+def test_base_weights_swapped_with_their_mtime_kept_are_hashed_again(tmp_path, monkeypatch):
+    """The remembered SHA-256 of the base weights is not trusted on path, size and mtime alone."""
+    import time
+
+    from fetaliqa_core.models import base
+
+    monkeypatch.setattr(base, "_ALWAYS_HASH_BELOW", 0)  # use the remembered hash even for a small file
+    weights = tmp_path / "FetalCLIP_weights.pt"
+    weights.write_bytes(b"A" * 4096)
+    first = base.file_sha256(weights)
+    assert base.file_sha256(weights) == first  # remembered
+    st = weights.stat()
+    time.sleep(0.01)
+    with open(weights, "r+b") as fh:  # same size, same path ...
+        fh.write(b"B")
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the mtime put back
+    assert weights.stat().st_mtime_ns == st.st_mtime_ns and weights.stat().st_size == st.st_size
+    assert base.file_sha256(weights) == hashlib.sha256(b"B" + b"A" * 4095).hexdigest()
+
+
+def test_base_weights_hash_cache_with_junk_is_ignored(tmp_path, monkeypatch):
+    from fetaliqa_core.models import base
+
+    monkeypatch.setattr(base, "_ALWAYS_HASH_BELOW", 0)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"abc")
+    (paths.cache_dir() / base._HASH_CACHE_FILE).write_text("[" * 100_000)
+    assert base.file_sha256(weights) == hashlib.sha256(b"abc").hexdigest()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass
@@ -366,24 +367,31 @@ def save_base_weights(clip_state_dict: dict[str, torch.Tensor], path: str | Path
 
 # ----------------------------------------------------------------------------------- hashing
 _HASH_CACHE_FILE = "base_sha256.json"
+_ALWAYS_HASH_BELOW = 64 << 20
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file; remembered per (path, size, mtime) in the cache dir because a FetalCLIP
-    checkpoint is 1.7 GB and hashing it takes seconds."""
+    """SHA-256 of a file; remembered in the cache dir because a FetalCLIP checkpoint is 1.7 GB and
+    hashing it takes seconds.
+
+    The remembered hash is used only while the file's size, mtime, *ctime*, inode and device are
+    all unchanged: a file swapped in with its mtime restored (``touch -d``) or renamed over the
+    original has a new ctime or inode, and is hashed again. ctime cannot be set by a user. Files
+    under 64 MB are always hashed (a fraction of a second)."""
     path = Path(path).resolve()
     stat = path.stat()
     key = str(path)
-    stamp = [stat.st_size, stat.st_mtime_ns]
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
     cache_path = paths.cache_dir() / _HASH_CACHE_FILE
     try:
-        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+        cache = json.loads(cache_path.read_text(encoding="utf-8")) if stat.st_size >= _ALWAYS_HASH_BELOW else {}
         if not isinstance(cache, dict):
             cache = {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         cache = {}
     entry = cache.get(key)
-    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str) \
+            and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
         return entry["sha256"]
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

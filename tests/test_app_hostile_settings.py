@@ -1,0 +1,84 @@
+"""The app's start-up survives any settings file, and a reviewer's name is shown as text, never
+interpreted as markup."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PySide6.QtWidgets import QMessageBox
+
+from app.settings import AppSettings
+from fetaliqa_core import paths
+
+FUZZ = settings(max_examples=int(os.environ.get("FETALIQA_FUZZ_EXAMPLES", "60")), deadline=3000,
+                derandomize=not os.environ.get("FETALIQA_FUZZ_RANDOM"),
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+_VALUE = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+                      lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                      max_leaves=8)
+_FIELDS = ["recent_files", "geometry", "window_state", "model", "cls_bundle", "seg_bundle", "base_weights",
+           "device", "reviewer", "opacity", "fps", "review_db", "thresholds"]
+
+
+def _write(text: str) -> None:
+    path = AppSettings.path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _valid(s: AppSettings) -> None:
+    assert math.isfinite(s.opacity) and 0 <= s.opacity <= 1
+    assert math.isfinite(s.fps) and 1 <= s.fps <= 120
+    assert s.device in ("auto", "cpu", "cuda", "mps") and s.model in ("demo", "custom")
+    for text in (s.geometry, s.window_state, s.cls_bundle, s.seg_bundle, s.base_weights, s.reviewer, s.review_db,
+                 *s.recent_files):
+        assert isinstance(text, str) and "\0" not in text
+    assert all(isinstance(k, str) and 0 <= v <= 1 for k, v in s.thresholds.items())
+
+
+@FUZZ
+@given(data=st.dictionaries(st.sampled_from(_FIELDS), _VALUE, max_size=8))
+def test_any_settings_values_give_usable_settings(data):
+    _write(json.dumps(data))
+    _valid(AppSettings.load())
+
+
+@pytest.mark.parametrize("text", [
+    '{"opacity": NaN, "fps": Infinity, "device": "quantum", "recent_files": [1, null, "a\\u0000b"]}',
+    '{"fps": -1e308, "opacity": 1e308, "model": "evil", "thresholds": {"x": NaN, "y": 2}}',
+    "[" * 100_000 + "]" * 100_000,
+    "\xff\xfe not json",
+    '{"reviewer": "' + "x" * 100_000 + '"}',
+])
+def test_settings_file_with_nan_or_junk_gives_defaults_where_wrong(text):
+    _write(text)
+    _valid(AppSettings.load())
+
+
+def test_app_starts_with_a_hostile_settings_file(qtbot, monkeypatch):
+    from app.main_window import MainWindow
+
+    monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda *a, **k: QMessageBox.Ok))
+    _write('{"opacity": NaN, "fps": NaN, "geometry": "!!not base64!!", "window_state": "AAAA", '
+           '"reviewer": "<img src=x onerror=alert(1)><b>Boss</b>", "recent_files": ["/nope/\\u0000.mha"]}')
+    win = MainWindow(settings=AppSettings.load())
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    text = win.review.reviewer_label.text()
+    assert "&lt;img" in text and "<img" not in text and "&lt;b&gt;Boss" in text
+
+
+def test_settings_folder_that_cannot_be_created_gives_defaults(tmp_path, monkeypatch):
+    (tmp_path / "home").write_text("a file")
+    monkeypatch.setenv("FETALIQA_HOME", str(tmp_path / "home"))
+    s = AppSettings.load()
+    _valid(s)
+    s.save()  # never raises
+    assert not paths.config_dir().is_dir()
