@@ -350,9 +350,14 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         return window_tools.models_key(self.models)
 
     def _restore_threshold(self) -> None:
-        saved = self.settings.thresholds.get(self._models_key())
+        """The threshold the user set for these models, else (other models) the models' own."""
+        key, previous = self._models_key(), getattr(self, "_threshold_key", None)
+        self._threshold_key = key
+        saved = self.settings.thresholds.get(key)
         if saved is not None:
             self.model.set_threshold(saved)
+        elif previous is not None and key != previous:
+            self.model.set_threshold(self.model.thresholds.model)
 
     def _remember_threshold(self, value: float) -> None:
         """The user moved the threshold: remember it for these models (forget it when it is
