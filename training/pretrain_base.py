@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.errors import FetalIQAError, exit_code
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except FetalIQAError as exc:
         print(f"fetaliqa: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
 
 
 if __name__ == "__main__":
