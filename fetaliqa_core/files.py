@@ -51,6 +51,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -125,8 +126,10 @@ def atomic_output_dir(out: str | Path) -> Iterator[Path]:
                 shutil.rmtree(target)
             os.replace(p, target)
         shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_dir(out)
     else:
         os.replace(tmp, out)
+        _fsync_dir(out.parent)
 
 
 def spreadsheet_safe(value: Any) -> str:
@@ -140,6 +143,22 @@ def spreadsheet_safe(value: Any) -> str:
         except ValueError:
             return "'" + text
     return text
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames) to disk; a no-op where folders cannot be opened."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _normal_permissions(folder: Path) -> None:

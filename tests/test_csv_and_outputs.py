@@ -73,3 +73,16 @@ def test_output_folder_is_created_with_normal_permissions_not_0700(tmp_path):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "results").stat().st_mode)
     assert mode == 0o755, oct(mode)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX folder fsync")
+def test_results_and_their_folder_are_flushed_to_disk(tmp_path, monkeypatch):
+    from fetaliqa_core.files import atomic_write
+
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    with atomic_output_dir(tmp_path / "results") as tmp:
+        atomic_write(tmp / "summary.json", "{}")
+    assert any(p.endswith(".tmp.json") for p in synced)  # the file's bytes
+    assert str(tmp_path) in synced  # the rename of the results folder into place
