@@ -145,7 +145,7 @@ def test_base_weights_hash_is_computed_when_the_cache_cannot_be_written(tmp_path
 def test_sigterm_behaves_like_ctrl_c(tmp_path):
     """The command-line dispatcher turns SIGTERM into the KeyboardInterrupt Ctrl-C raises."""
     code = ("import sys, time\nfrom fetaliqa_core.cli import terminate_as_interrupt\nterminate_as_interrupt()\n"
-            "print('ready', flush=True)\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+            "try:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
             "    print('interrupted', flush=True)\n    sys.exit(130)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
