@@ -177,3 +177,23 @@ def test_sigterm_during_score_of_a_folder_exits_130_and_keeps_finished_sweeps(ca
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err
     assert (out / "a" / "frames.csv").is_file() and not (out / "b").exists()
+
+
+@pytest.mark.parametrize("code,cause", [(errno.ENOSPC, "disk is full"), (errno.EROFS, "read-only"),
+                                        (errno.ENOTDIR, "not a folder")])
+def test_review_export_failure_names_its_cause(tmp_path, monkeypatch, capsys, code, cause):
+    from fetaliqa_core.review import report
+    from fetaliqa_core.review.store import ReviewStore
+
+    with ReviewStore(tmp_path / "r.sqlite3") as store:
+        sid = store.add_sweep("abc", "/x.mha", 4)
+        store.record_verdict(sid, 1, "A", "optimal")
+
+    def failing(path, data, *a, **k):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(report, "atomic_write", failing)
+    for action, name in (("export", "report.csv"), ("labels", "labels.csv")):
+        rc = main(["review", action, "--db", str(tmp_path / "r.sqlite3"), "--out", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and cause in err and name in err, err

@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         print("fetaliqa: interrupted (the last finished epoch's checkpoint is kept; --resume continues)",
               file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, read-only, permission, not a folder: named, no traceback
+        from fetaliqa_core.paths import os_error_message
+
+        print(f"fetaliqa: {os_error_message(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

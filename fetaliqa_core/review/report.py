@@ -260,9 +260,11 @@ def _write_atomic(out_path: Path, data: bytes) -> None:
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out_path, data)
-    except OSError as exc:
-        raise FetalIQAError(f"Cannot write {out_path}: {exc.strerror or exc}. Choose a folder "
-                            "you can write to.") from exc
+    except OSError as exc:  # named by its cause: disk full, read-only, permission, a file in the way
+        from fetaliqa_core.paths import os_error_message
+
+        exc.filename = str(out_path)
+        raise FetalIQAError(f"Cannot write {os_error_message(exc)}") from None
 
 
 def _select_sweeps(store: ReviewStore, sweep_ids: Sequence[int] | None) -> list[SweepRecord]:
