@@ -90,7 +90,7 @@ def test_eval_matches_the_bundle_run_directly(tiny_data, bundles, tmp_path):
     assert (seg["tp"], seg["fp"], seg["tn"], seg["fn"]) == (rule.tp, rule.fp, rule.tn, rule.fn)
     assert 0.0 <= seg["dice"] <= 1.0 and "grade_accuracy" in seg
     # challenge metrics: one row per model and one for both, aggregates = means of the cases
-    assert set(m["challenge"]) == {"cls", "seg", "cls+seg"}
+    assert set(m["challenge"]) == {"baseline", "cls", "seg", "cls+seg"}
     for name, per_case in m["cases"].items():
         assert len(per_case) == 4
         for c in per_case:
@@ -100,11 +100,13 @@ def test_eval_matches_the_bundle_run_directly(tiny_data, bundles, tmp_path):
         scores = [c["score"] if c["dsc_defined"] else 0.5 * (1 - c["nae_ac"]) + 0.25 * c["wfss"] for c in per_case]
         assert m["challenge"][name]["score"]["mean"] == pytest.approx(np.mean(scores))
         assert m["challenge"][name]["score"]["undefined"] == sum(not c["dsc_defined"] for c in per_case)
-    for c in m["cases"]["cls"]:  # no mask from a classifier: no AC, Dice 0 (inf on an unannotated frame)
-        assert c["nae_ac"] == 1.0 and (c["dsc_soft"] == 0.0 or not c["dsc_defined"])
+    # every row is measured on the segmenter's mask of the frame it chose: same frame, same metrics
+    for a, b in zip(m["cases"]["cls"], m["cases"]["cls+seg"]):
+        if a["chosen_frame"] == b["chosen_frame"]:
+            assert (a["nae_ac"], a["wfss"]) == (b["nae_ac"], b["wfss"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["frame"]["cls"]["f1"] == pytest.approx(got["f1"])
-    assert len((out / "per_case.csv").read_text().splitlines()) == 1 + 3 * 4
+    assert len((out / "per_case.csv").read_text().splitlines()) == 1 + 4 * 4
 
 
 def test_eval_cli_prints_table_and_paper(tiny_data, bundles, tmp_path, capsys):
@@ -117,6 +119,7 @@ def test_eval_cli_prints_table_and_paper(tiny_data, bundles, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "segmenter (1% area)" in text and "FetalCLIP_CLS" in text and "0.7570" in text
     assert "WFSS" in text and "score" in text
+    assert "baseline rule" in text and "segmenter alone" in text
     assert (out / "metrics.json").is_file()
 
 

@@ -10,12 +10,14 @@ per-frame results:
   the bundle's threshold) and of the segmenter used as a classifier (the paper's rule: positive
   when >= 1 % of the 224 x 224 pixels are foreground), Dice of the segmenter's masks, and for a
   3-class segmenter the share of correctly graded planes (optimal vs suboptimal);
-- **challenge metrics per case** on the whole case (all sweeps): the frame the app chooses
-  (:func:`fetaliqa_core.analysis.assessment.assess`), its mask mapped back onto the frame, then WFSS,
-  NAE_AC, DSC_soft and the ranking score (:func:`fetaliqa_core.analysis.case_metrics`), for each
-  model alone and for both together. Thresholds: the classifier bundle's own, the paper's area
-  rule for the segmenter (``p_seg >= 0.5``), and their mean for both (whose score is the mean of
-  ``p_cls`` and ``p_seg``).
+- **challenge metrics per case** on the whole case (all sweeps), equal to the organisers'
+  evaluator (:func:`fetaliqa_core.analysis.case_metrics`), side by side for four ways of choosing
+  the case's frame: the challenge baseline's rule (largest label-1 area, else label-2), the
+  product's choice (:func:`fetaliqa_core.analysis.assessment.assess`) fed the classifier alone,
+  the segmenter alone, and both. Every row is measured on the segmenter's mask of the frame it
+  chose (mapped back onto the frame), so the rows differ only in the choice. Operating points as
+  ``fetaliqa score`` uses them: the classifier bundle's own threshold on ``p_cls``; the paper's
+  1 % area rule for the segmenter.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ from fetaliqa_core.files import csv_writer, write_json
 SPLITS = ("train", "val", "test", "all")
 FRAME_KEYS = ("accuracy", "f1", "precision", "recall", "specificity")
 CHALLENGE_KEYS = ("wfss", "nae_ac", "dsc_soft", "score")
+#: The challenge table's rows: how each chooses the case's frame (all measured on the segmenter's
+#: mask of that frame when a segmenter is loaded).
+ROW_LABELS = {
+    "baseline": "baseline rule (largest label-1 area, else label-2)",
+    "cls": "classifier alone",
+    "seg": "segmenter alone",
+    "cls+seg": "FetalIQA's choice (both models)",
+}
 #: The engine's mask score p_seg = f / (f + 1 %) is 0.5 exactly at the paper's 1 % area rule.
 
 # The paper's test results (arXiv 2507.22802, mean of 5 runs) - accuracy, F1, precision, recall.
@@ -101,6 +111,17 @@ def _seg_dice_224(results, frames: np.ndarray, gt_224: np.ndarray) -> np.ndarray
     return dice_per_frame(pred, gt_224 > 0)
 
 
+def _baseline_frame(results) -> int:
+    """The challenge baseline's rule on the segmenter's masks: largest optimal (label 1) area,
+    else largest suboptimal (label 2) area; a binary segmenter's abdomen counts as label 2."""
+    from fetaliqa_core.analysis.frame_choice import baseline_choice
+
+    area = results.seg_area_px.astype(np.float64)
+    area[area < 0] = 0.0
+    opt_share = np.nan_to_num(results.p_opt.astype(np.float64), nan=0.0)
+    return baseline_choice(area * opt_share, area * (1.0 - opt_share))
+
+
 def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> dict:
     """Run the evaluation; returns the metrics (also written to ``out_dir/metrics.json``)."""
     from tqdm import tqdm
@@ -140,7 +161,8 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     threshold = view_thresholds["cls"].cls
     n_classes = models.seg.manifest.n_classes if models.seg is not None else 0
     rows = {"cls": models.cls is not None, "seg": models.seg is not None}
-    names = [k for k, v in rows.items() if v] + (["cls+seg"] if all(rows.values()) else [])
+    names = (["baseline"] if rows["seg"] else []) + [k for k, v in rows.items() if v] + (
+        ["cls+seg"] if all(rows.values()) else [])
     col = _Collected(cases={n: [] for n in names})
 
     bar = tqdm(total=len(chosen), unit="case", desc=f"evaluating {settings.split}", file=sys.stderr,
@@ -174,11 +196,16 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
 
             fov = acouslic.sweep_fov(sweep)
             for name in names:
-                view = _view(results, has_cls="cls" in name, has_seg="seg" in name)
-                frame = assess(sweep, view, view_thresholds[name]).chosen_frame
+                if name == "baseline":
+                    frame = _baseline_frame(results)
+                else:
+                    view = _view(results, has_cls="cls" in name, has_seg="seg" in name)
+                    frame = assess(sweep, view, view_thresholds[name]).chosen_frame
+                # every row is measured on the segmenter's mask of its frame (when there is a
+                # segmenter), so the rows differ only in the frame they choose
                 pred_mask = None
-                if frame >= 0 and view.has_seg and view.mask(frame) is not None:
-                    pred_mask = (mask_to_frame(view.mask(frame), sweep.height, sweep.width) > 0).astype(np.uint8)
+                if frame >= 0 and results.has_seg and results.mask(frame) is not None:
+                    pred_mask = (mask_to_frame(results.mask(frame), sweep.height, sweep.width) > 0).astype(np.uint8)
                 m = an.case_metrics(gt, frame, pred_mask, case.ac_mm, sweep_ranges=ranges,
                                     spacing_mm=sweep.spacing_mm, fov=fov)
                 d = m.to_dict()
@@ -195,6 +222,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         "threshold": threshold, "challenge_thresholds": {
             k: {"p_cls": t.cls, "p_seg": t.seg} if k == "cls+seg" else {t.score: t.value}
             for k, t in view_thresholds.items() if k in names},
+        "challenge_rows": {k: ROW_LABELS[k] for k in names},
         "device": models.device,
         "bundles": {k: str(getattr(settings, k)) for k in ("cls", "seg") if getattr(settings, k) is not None},
         "frame": {}, "challenge": {},
@@ -255,10 +283,10 @@ def write_outputs(out: Path, metrics: dict) -> None:
                     ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm")])
 
 
-def _fmt(v) -> str:
+def _fmt(v, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
-    return f"{v:.4f}"
+    return f"{v:.{digits}f}"
 
 
 def format_report(metrics: dict, compare_paper: bool = False) -> str:
@@ -294,12 +322,21 @@ def format_report(metrics: dict, compare_paper: bool = False) -> str:
         lines.append(f"3-class segmenter: optimal/suboptimal graded correctly on {_fmt(seg['grade_accuracy'])} "
                      "of the positive frames it found")
     lines.append("")
-    header = f"{'challenge, mean +- std':<22}{'WFSS':>19}{'NAE_AC':>19}{'DSC_soft':>19}{'score':>19}"
+    header = (f"{'frame choice (challenge metrics, mean)':<52}{'score':>8}{'WFSS':>8}{'NAE_AC':>8}"
+              f"{'DSC_soft':>10}{'cases':>7}")
     lines.append(header)
     lines.append("-" * len(header))
+    undefined = 0
     for name, row in metrics["challenge"].items():
-        cells = "".join(f"{_fmt(row[k]['mean']) + ' +- ' + _fmt(row[k]['std']):>19}" for k in CHALLENGE_KEYS)
-        lines.append(f"{name + ' (' + str(row['score']['n']) + ' cases)':<22}{cells}")
-    if "cls" in metrics["challenge"]:
-        lines.append("(a classifier alone gives no mask: its NAE_AC is 1 and DSC_soft 0 by the challenge's rules)")
+        label = ROW_LABELS.get(name, name)
+        cells = "".join(f"{_fmt(row[k]['mean'], 3):>8}" for k in ("score", "wfss", "nae_ac"))
+        u = int(row["score"].get("undefined", 0))
+        undefined += u
+        mark = "*" if u else ""
+        lines.append(f"{label:<52}{cells}{_fmt(row['dsc_soft']['mean'], 3) + mark:>10}{row['score']['n']:>7}")
+    lines.append("score = 0.5 (1 - NAE_AC) + 0.25 WFSS + 0.25 DSC_soft, as the organisers' evaluator computes "
+                 "them; every row is measured on the segmenter's mask of the frame it chooses")
+    if undefined:
+        lines.append("* the evaluator's DSC_soft is undefined (infinite) on some cases (a frame without a mask "
+                     "and without annotation, or -1); counted as 0 here, see metrics.json 'undefined'")
     return "\n".join(lines)

@@ -15,11 +15,13 @@ the case, NaN where a model did not score the frame.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from fetaliqa_core.analysis import frame_choice
 from fetaliqa_core.analysis.ac import ACMeasurement, hadlock_ga, measure_frame_ac
 
 #: Threshold on the segmenter's score ``p_seg = f / (f + 0.01)`` (``f``: share of the 224 x 224
@@ -355,6 +357,7 @@ class Assessment:
     chosen_frame: int
     ac: dict[int, ACMeasurement]
     summary: CaseSummary
+    choice: frame_choice.Choice | None = None
 
     @property
     def flagged(self) -> np.ndarray:
@@ -389,9 +392,10 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         raise ValueError("results of a sweep without any model")
     thr_cls, thr_seg = thresholds.cls, thresholds.seg
     flags = flag_frames(p_cls, p_seg, thr_cls, thr_seg)
-    best = best_frames(p_cls, p_seg, area, sweep.sweep_ranges, p_opt=p_opt,
-                       threshold_cls=thr_cls, threshold_seg=thr_seg)
-    chosen = choose_case_frame(p_cls, p_seg, area, p_opt, thr_cls, thr_seg)
+    shapes = mask_shapes(sweep, results) if results.has_seg else None
+    choice = frame_choice.choose(sweep.sweep_ranges, p_cls, thr_cls, shapes, p_opt)
+    chosen = choice.frame
+    best = _best_of_choice(choice, sweep.sweep_ranges, flags, area, p_opt)
 
     if measure is None:
         from fetaliqa_core import acouslic
@@ -437,4 +441,63 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         chosen_frame=int(chosen), sweeps=sweeps,
         frames_scored=int(results.n_done), complete=bool(results.complete))
     return Assessment(thresholds=thresholds, flags=flags, best=best, chosen_frame=int(chosen),
-                      ac=ac, summary=summary)
+                      ac=ac, summary=summary, choice=choice)
+
+
+_SHAPES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
+    """:func:`frame_choice.mask_shape` of every scored frame's mask, in the sweep's field of view
+    at model resolution, with the model pixel's size in mm when the sweep's spacing is known and
+    plausible. Cached per results object (a scored frame's mask never changes)."""
+    from fetaliqa_core import acouslic
+    from fetaliqa_core.preprocess import pad_geometry, preprocess_masks
+
+    try:
+        cache = _SHAPES.setdefault(results, {})
+    except TypeError:  # not weak-referenceable: no cache
+        cache = {}
+    key = ("fov", sweep.height, sweep.width)
+    if key not in cache:
+        fov = acouslic.sweep_fov(sweep)
+        fov = acouslic.fov_mask((sweep.height, sweep.width)) if isinstance(fov, str) else np.asarray(fov)
+        size = int(getattr(results, "mask_size", 224))
+        cache[key] = preprocess_masks(fov.astype(np.uint8), size=size).numpy().reshape(size, size) > 0
+    fov224 = cache[key]
+    spacing = getattr(sweep, "measurement_spacing_mm", tuple(sweep.spacing_mm))
+    px_mm = None
+    if spacing is not None:
+        side = pad_geometry(sweep.height, sweep.width).side
+        px_mm = float(np.sqrt(spacing[0] * spacing[1])) * side / fov224.shape[0]
+    out: list[frame_choice.MaskShape] = []
+    for i in range(int(sweep.n_frames)):
+        k = (i, px_mm)
+        if k not in cache:
+            m = results.mask(i)
+            if m is None:
+                out.append(frame_choice.NO_MASK)
+                continue
+            cache[k] = frame_choice.mask_shape(m, fov224, px_mm)
+        out.append(cache[k])
+    return out
+
+
+def _best_of_choice(choice, ranges, flags: FrameFlags, area, p_opt) -> list[BestFrame | None]:
+    """Per sweep the chosen frame as a :class:`BestFrame`; where the sweep has no run, its
+    highest-scored frame (not passing), None when nothing there is scored."""
+    n = flags.combined.shape[0]
+    area_a, optimal, known = _ranking(area, p_opt, n)
+    out: list[BestFrame | None] = []
+    for s, (start, stop) in enumerate(ranges):
+        f = choice.per_sweep[s]
+        passes = f >= 0
+        if not passes:
+            f = _pick(np.arange(start, stop), flags, area_a, optimal)
+            if f is None:
+                out.append(None)
+                continue
+        score = float(choice.evidence[f]) if passes else float(flags.combined[f])
+        out.append(BestFrame(sweep=s, frame=int(f), score=score, passes=passes,
+                             optimal=bool(optimal[f]) if known[f] else None, area_px=int(area_a[f])))
+    return out

@@ -1,0 +1,249 @@
+"""Which frame of a case to measure on: a sweep-first choice that uses everything the models give.
+
+The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
+
+1. **Mask plausibility** (segmenter). On each frame's mask (any abdomen label) inside the field
+   of view, the largest connected piece is fitted with an ellipse (``cv2.fitEllipse`` on its
+   outline, leaving out the outline along the fan's edge, as the AC measurement does). The mask is a
+   *plausible abdomen* when
+
+   - it is one closed, ellipse-like shape: the piece holds >= 70 % of the mask, and its overlap
+     with the fitted ellipse (both clipped to the field of view, so a fan-cut abdomen is not
+     punished) has IoU >= 0.75 (the fit's residual);
+   - its size is plausible: the ellipse's circumference lies in
+     :data:`~fetaliqa_core.analysis.units.AC_PLAUSIBLE_MM` when the pixel spacing is known,
+     else its area is 1-50 % of the field of view;
+   - it lies in the fan: >= 60 % of the fitted ellipse is inside the field of view;
+   - it is not elongated: minor / major axis >= 0.5 (a transverse abdomen is nearly round; a
+     lengthwise body or a limb is not).
+
+   Its quality ``q`` is that IoU (0 when not plausible).
+2. **Per-frame evidence** ``v``: ``p_cls * q`` with both models, ``p_cls`` or ``q`` with one;
+   smoothed along each sweep (NaN-aware moving average over 5 frames, never across sweeps).
+3. **Positive frames**: every model that scored the frame calls it (``p_cls >=`` the threshold,
+   a plausible mask). Runs are maximal stretches of positive frames in a sweep, gaps of one
+   frame closed.
+4. **Sweep first**: the strongest run (sum of the smoothed evidence over its frames) is chosen;
+   inside it, the frame with the best-fitting largest plausible ellipse (fitted area x IoU),
+   frames the 3-class segmenter calls optimal (optimal share of the mask >= 0.5) first. Where
+   the run has no plausible mask (no segmenter), the frame of highest evidence (ties: smoothed).
+5. **Abstention**: no positive frame anywhere gives -1. When the models disagree everywhere
+   (frames called by one model only), the same steps run on the frames that have a plausible
+   mask (or, without a segmenter, a classifier call) and the answer says so
+   (``basis``); with none of those either, -1.
+
+Nothing here is fitted to a data set: the limits are anatomical (abdomen size and shape) or
+geometric (field of view), and the same on any fan, probe or generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from fetaliqa_core.analysis.ac import _border_zone, ramanujan_circumference
+from fetaliqa_core.analysis.units import AC_PLAUSIBLE_MM
+
+MIN_PIECE_SHARE = 0.7
+MIN_FIT_IOU = 0.75
+MIN_IN_FAN = 0.6
+MIN_AXIS_RATIO = 0.5
+AREA_SHARE_OF_FOV = (0.01, 0.5)  # used only when the pixel spacing is unknown
+SMOOTH_WINDOW = 5
+OPTIMAL_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class MaskShape:
+    """The ellipse-likeness of one frame's mask (model resolution). ``plausible`` is the verdict,
+    ``reason`` the first failed check (empty when plausible)."""
+
+    plausible: bool
+    quality: float  # fit IoU when plausible, else 0
+    ellipse_area_px: float
+    iou: float
+    axis_ratio: float
+    in_fan: float
+    circumference_mm: float | None
+    reason: str = ""
+
+
+NO_MASK = MaskShape(False, 0.0, 0.0, 0.0, 0.0, 0.0, None, "no mask")
+
+
+def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None, px_mm: float | None = None) -> MaskShape:
+    """Plausibility of one label mask ``(S, S)`` (non-zero = abdomen) inside ``fov`` (bool, same
+    shape; None: the whole image). ``px_mm``: size of one mask pixel in mm (None: unknown)."""
+    region = np.asarray(mask) != 0
+    if fov is not None:
+        region &= fov
+    total = int(region.sum())
+    if total < 6:
+        return NO_MASK
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    piece = lab == k
+    share = float(stats[k, cv2.CC_STAT_AREA]) / total
+    contours, _ = cv2.findContours(piece.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    outline = max(contours, key=len).reshape(-1, 2)
+    # the outline along the fan's edge is the fan's, not the abdomen's: fit the rest
+    keep = ~_border_zone(fov, region.shape)[outline[:, 1], outline[:, 0]]
+    outline = outline[keep]
+    if len(outline) < 6:
+        return MaskShape(False, 0.0, 0.0, 0.0, 0.0, 0.0, None, "too small or cut off")
+    (cx, cy), (w, h), angle = cv2.fitEllipse(outline.astype(np.float32).reshape(-1, 1, 2))
+    if not all(math.isfinite(v) for v in (cx, cy, w, h)) or w <= 0 or h <= 0:
+        return MaskShape(False, 0.0, 0.0, 0.0, 0.0, 0.0, None, "no ellipse")
+    if max(w, h) > 4 * max(region.shape):
+        return MaskShape(False, 0.0, 0.0, 0.0, 0.0, 0.0, None, "not ellipse-like")
+    a, b = max(w, h) / 2.0, min(w, h) / 2.0
+    filled = np.zeros(region.shape, np.uint8)
+    cv2.ellipse(filled, ((cx, cy), (w, h), angle), 1, -1)
+    ell = filled != 0
+    ell_area = float(math.pi * a * b)
+    in_fan = 1.0 if fov is None else float((ell & fov).sum()) / max(float(ell.sum()), 1.0)
+    clipped = ell if fov is None else ell & fov
+    union = float((clipped | piece).sum())
+    iou = float((clipped & piece).sum()) / union if union else 0.0
+    ratio = b / a
+    circ = ramanujan_circumference(a, b) * px_mm if px_mm else None
+    reason = ""
+    if share < MIN_PIECE_SHARE:
+        reason = "fragmented"
+    elif iou < MIN_FIT_IOU:
+        reason = "not ellipse-like"
+    elif ratio < MIN_AXIS_RATIO:
+        reason = "elongated"
+    elif in_fan < MIN_IN_FAN:
+        reason = "mostly outside the fan"
+    elif circ is not None and not AC_PLAUSIBLE_MM[0] <= circ <= AC_PLAUSIBLE_MM[1]:
+        reason = "implausible size"
+    elif circ is None:
+        fov_area = float(region.size if fov is None else fov.sum())
+        lo, hi = AREA_SHARE_OF_FOV
+        if not lo <= ell_area / max(fov_area, 1.0) <= hi:
+            reason = "implausible size"
+    ok = not reason
+    return MaskShape(ok, iou if ok else 0.0, ell_area, iou, ratio, in_fan, circ, reason)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The frame choice of one case. ``frame``: the case's frame or -1; ``per_sweep``: the same
+    choice inside each sweep (-1 where none); ``runs``: ``(start, stop, strength)`` per sweep,
+    strongest first; ``basis``: ``"all models"``, ``"segmenter"``, ``"classifier"`` (only one
+    model supported any frame) or ``"none"``; ``shapes``: per frame, or None when no segmenter."""
+
+    frame: int
+    per_sweep: list[int]
+    runs: list[list[tuple[int, int, float]]]
+    evidence: np.ndarray
+    positive: np.ndarray
+    basis: str
+    shapes: list[MaskShape] | None
+
+
+def _smooth(v: np.ndarray, ranges: Sequence[tuple[int, int]]) -> np.ndarray:
+    from fetaliqa_core.analysis.assessment import smooth_curve
+
+    return smooth_curve(v, ranges, SMOOTH_WINDOW)
+
+
+def _runs(positive: np.ndarray, start: int, stop: int) -> list[tuple[int, int]]:
+    """Maximal runs ``[a, b)`` of positive frames in ``[start, stop)``, one-frame gaps closed."""
+    pos = positive[start:stop].copy()
+    gap = ~pos[1:-1] & pos[:-2] & pos[2:]
+    pos[1:-1] |= gap
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < pos.size:
+        if pos[i]:
+            j = i
+            while j < pos.size and pos[j]:
+                j += 1
+            out.append((start + i, start + j))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def choose(
+    sweep_ranges: Sequence[tuple[int, int]],
+    p_cls: np.ndarray | None = None,
+    threshold_cls: float = 0.5,
+    shapes: list[MaskShape] | None = None,
+    p_opt: np.ndarray | None = None,
+) -> Choice:
+    """The sweep-first choice (see the module's text). ``p_cls``: ``(N,)`` NaN where unscored
+    (None: no classifier). ``shapes``: :func:`mask_shape` per frame (None: no segmenter; an
+    unscored frame has :data:`NO_MASK`). ``p_opt``: optimal share of each mask (NaN: unknown)."""
+    if p_cls is None and shapes is None:
+        raise ValueError("frame choice needs a classifier or a segmenter")
+    n = len(shapes) if shapes is not None else int(np.asarray(p_cls).shape[0])
+    pc = None if p_cls is None else np.asarray(p_cls, np.float64).reshape(-1)
+    q = None if shapes is None else np.array([s.quality for s in shapes])
+    plaus = None if shapes is None else np.array([s.plausible for s in shapes])
+    cls_call = None if pc is None else np.isfinite(pc) & (np.nan_to_num(pc, nan=-1.0) >= threshold_cls)
+    if pc is not None and q is not None:
+        v = np.where(np.isfinite(pc), pc, np.nan) * q
+        positive, basis = cls_call & plaus, "all models"
+        if not positive.any():
+            positive, basis = plaus.copy(), "segmenter"
+            v = q.astype(np.float64)
+        if not positive.any():
+            positive, basis = cls_call.copy(), "classifier"
+            v = pc.copy()
+    elif pc is not None:
+        v, positive, basis = pc.copy(), cls_call.copy(), "classifier"
+    else:
+        v, positive, basis = q.astype(np.float64), plaus.copy(), "segmenter"
+    smooth = _smooth(v, sweep_ranges)
+    smooth = np.where(np.isfinite(smooth), smooth, 0.0)
+    opt = np.zeros(n, bool) if p_opt is None else np.nan_to_num(np.asarray(p_opt, np.float64), nan=0.0) >= OPTIMAL_SHARE
+
+    def best_in(a: int, b: int) -> int:
+        idx = np.arange(a, b)
+        if shapes is not None and plaus[idx].any():
+            idx = idx[plaus[idx]]
+            size = np.array([shapes[i].ellipse_area_px * shapes[i].quality for i in idx])
+            order = np.lexsort((idx, -size, ~opt[idx]))
+        else:
+            raw = np.nan_to_num(v[idx], nan=-1.0)
+            order = np.lexsort((idx, -smooth[idx], -raw))
+        return int(idx[order[0]])
+
+    runs: list[list[tuple[int, int, float]]] = []
+    per_sweep: list[int] = []
+    best_case: tuple[float, int] | None = None
+    for start, stop in sweep_ranges:
+        found = [(a, b, float(smooth[a:b].sum())) for a, b in _runs(positive, start, stop)]
+        found.sort(key=lambda r: (-r[2], r[0]))
+        runs.append(found)
+        if not found:
+            per_sweep.append(-1)
+            continue
+        frame = best_in(found[0][0], found[0][1])
+        per_sweep.append(frame)
+        if best_case is None or found[0][2] > best_case[0]:
+            best_case = (found[0][2], frame)
+    if best_case is None:
+        basis = "none"
+    return Choice(frame=-1 if best_case is None else best_case[1], per_sweep=per_sweep, runs=runs,
+                  evidence=smooth, positive=positive, basis=basis, shapes=shapes)
+
+
+def baseline_choice(labels_area_opt: np.ndarray, labels_area_sub: np.ndarray) -> int:
+    """The challenge baseline's rule: the frame with the largest predicted optimal (label 1)
+    area, else the largest suboptimal (label 2) area, -1 when no frame has a mask."""
+    opt = np.nan_to_num(np.asarray(labels_area_opt, np.float64), nan=0.0)
+    sub = np.nan_to_num(np.asarray(labels_area_sub, np.float64), nan=0.0)
+    if opt.max(initial=0.0) > 0:
+        return int(np.argmax(opt))
+    if sub.max(initial=0.0) > 0:
+        return int(np.argmax(sub))
+    return -1

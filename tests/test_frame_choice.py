@@ -1,0 +1,154 @@
+"""Frame choice: mask plausibility, runs, sweep-first choice, abstention, the baseline's rule.
+
+Hand-drawn cases in fan shapes other than ACOUSLIC's (a narrow sector, a linear probe's
+rectangle), with distractors of other shapes, so nothing depends on the project's synthesiser.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from fetaliqa_core.analysis import frame_choice as fc
+
+S = 224
+PX_MM = 0.28 * 744 / 224  # an ACOUSLIC frame's pixel at model resolution
+
+
+def sector(apex=(112, 0), radius=220, half_angle=30) -> np.ndarray:
+    """A narrow sector fan (apex at the top), unlike ACOUSLIC's wide one."""
+    m = np.zeros((S, S), np.uint8)
+    cv2.ellipse(m, apex, (radius, radius), 90, -half_angle, half_angle, 1, -1)
+    return m > 0
+
+
+def linear() -> np.ndarray:
+    """A linear probe's rectangular field of view."""
+    m = np.zeros((S, S), bool)
+    m[10:214, 40:184] = True
+    return m
+
+
+def ellipse(center, axes, angle=0.0, label=1) -> np.ndarray:
+    m = np.zeros((S, S), np.uint8)
+    cv2.ellipse(m, center, axes, angle, 0, 360, label, -1)
+    return m
+
+
+@pytest.mark.parametrize("fov", [None, sector(), linear()], ids=["none", "sector", "linear"])
+def test_round_abdomen_is_plausible_in_any_fan(fov):
+    s = fc.mask_shape(ellipse((112, 120), (30, 26), 20), fov, PX_MM)
+    assert s.plausible and s.reason == "" and s.iou > 0.9 and s.quality == s.iou
+    # its circumference in mm, from the fit
+    assert s.circumference_mm == pytest.approx(math.pi * (3 * 56 - math.sqrt((3 * 30 + 26) * (30 + 3 * 26))) * PX_MM,
+                                               rel=0.05)
+
+
+def test_fan_cut_abdomen_stays_plausible():
+    fov = linear()
+    mask = ellipse((60, 120), (30, 26))  # its left third lies left of the linear field (x < 40)
+    s = fc.mask_shape(mask, fov, PX_MM)
+    assert s.plausible and 0.6 <= s.in_fan < 1.0
+
+
+def test_distractors_are_not_plausible():
+    fov = sector()
+    elongated = ellipse((112, 120), (60, 12), 10)  # a lengthwise body / a limb
+    assert fc.mask_shape(elongated, fov, PX_MM).reason == "elongated"
+    ring = ellipse((112, 120), (35, 30)) - ellipse((112, 120), (28, 23))  # a skull ring
+    ring[118:123, :] = 0  # cut by the midline: two arcs
+    assert not fc.mask_shape(ring, fov, PX_MM).plausible
+    frag = np.zeros((S, S), np.uint8)
+    for k in range(4):
+        frag |= ellipse((80 + 20 * k, 60 + 30 * k), (8, 8))
+    assert fc.mask_shape(frag, None, PX_MM).reason == "fragmented"
+    blob = ellipse((112, 120), (30, 26))
+    blob[100:140, 112:150] = 0  # a bite out of it: far from an ellipse
+    assert fc.mask_shape(blob, None, PX_MM).reason == "not ellipse-like"
+    outside = ellipse((20, 200), (30, 26))  # mostly outside the sector
+    assert fc.mask_shape(outside, fov, PX_MM).reason in ("mostly outside the fan", "not ellipse-like")
+    assert fc.mask_shape(np.zeros((S, S), np.uint8), fov, PX_MM) == fc.NO_MASK
+
+
+def test_size_in_mm_when_spacing_known_else_share_of_fan():
+    small = ellipse((112, 120), (6, 5))  # ~12 mm round: far below any abdomen
+    assert fc.mask_shape(small, None, PX_MM).reason == "implausible size"
+    big = ellipse((112, 112), (100, 90))  # ~600 mm
+    assert fc.mask_shape(big, None, PX_MM).reason == "implausible size"
+    # spacing unknown: judged by its share of the field of view instead
+    assert fc.mask_shape(ellipse((112, 120), (30, 26)), None, None).plausible
+    assert fc.mask_shape(ellipse((112, 120), (3, 3)), None, None).reason == "implausible size"
+
+
+def _sweep_case(n=40, per=20):
+    """Two sweeps. Sweep 1: a 3-frame run of a round 'head' with high p_cls. Sweep 2: a 9-frame
+    abdomen run (frames 25-33) whose ellipse grows to frame 29 then shrinks."""
+    fov = sector()
+    shapes = [fc.NO_MASK] * n
+    p_cls = np.full(n, 0.05)
+    for f in (5, 6, 7):
+        shapes[f] = fc.mask_shape(ellipse((112, 120), (28, 25)), fov, PX_MM)
+        p_cls[f] = 0.97
+    for f in range(25, 34):
+        r = 30 - abs(f - 29) * 2
+        shapes[f] = fc.mask_shape(ellipse((112, 120), (r, r - 4)), fov, PX_MM)
+        p_cls[f] = 0.8
+    return [(0, per), (per, n)], p_cls, shapes
+
+
+def test_sweep_first_strongest_run_then_largest_best_fitting_ellipse():
+    ranges, p_cls, shapes = _sweep_case()
+    c = fc.choose(ranges, p_cls, 0.5, shapes)
+    assert c.basis == "all models"
+    assert c.frame == 29  # the long run wins over the short, more confident one; its largest ellipse
+    assert c.per_sweep == [6, 29] or c.per_sweep[1] == 29
+    assert c.runs[1][0][:2] == (25, 34)
+    # the optimal share of a 3-class mask comes first inside the run
+    p_opt = np.zeros(40)
+    p_opt[27] = 0.9
+    assert fc.choose(ranges, p_cls, 0.5, shapes, p_opt).frame == 27
+
+
+def test_one_frame_gap_closed_and_runs_stay_inside_sweeps():
+    pos = np.zeros(40, bool)
+    pos[[17, 18, 19, 20, 21]] = True  # crosses the sweep boundary at 20
+    pos[[30, 32]] = True  # one-frame gap
+    assert fc._runs(pos, 0, 20) == [(17, 20)]
+    assert fc._runs(pos, 20, 40) == [(20, 22), (30, 33)]
+
+
+def test_models_disagreeing_everywhere_fall_back_to_the_plausible_masks():
+    ranges, p_cls, shapes = _sweep_case()
+    p = np.full(40, 0.1)  # the classifier calls nothing
+    c = fc.choose(ranges, p, 0.5, shapes)
+    assert c.basis == "segmenter" and c.frame == 29
+
+
+def test_abstains_when_nothing_is_plausible():
+    ranges = [(0, 20), (20, 40)]
+    elongated = fc.mask_shape(ellipse((112, 120), (60, 12)), None, PX_MM)
+    shapes = [elongated] * 40
+    c = fc.choose(ranges, np.full(40, 0.2), 0.5, shapes)
+    assert c.frame == -1 and c.basis == "none" and c.per_sweep == [-1, -1]
+    # a classifier alone still abstains below its threshold
+    assert fc.choose(ranges, np.full(40, 0.2), 0.5, None).frame == -1
+
+
+def test_classifier_alone_uses_runs_of_its_calls():
+    ranges = [(0, 20), (20, 40)]
+    p = np.full(40, 0.1)
+    p[3] = 0.99  # an isolated spike
+    p[24:31] = [0.6, 0.7, 0.8, 0.9, 0.8, 0.7, 0.6]
+    c = fc.choose(ranges, p, 0.5, None)
+    assert c.frame == 27 and c.basis == "classifier"
+
+
+def test_baseline_rule():
+    opt = np.array([0, 5, 0, 9, 0], float)
+    sub = np.array([50, 0, 70, 0, 0], float)
+    assert fc.baseline_choice(opt, sub) == 3  # largest label-1 area, however small
+    assert fc.baseline_choice(opt * 0, sub) == 2  # else the largest label-2 area
+    assert fc.baseline_choice(opt * 0, sub * 0) == -1
