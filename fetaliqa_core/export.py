@@ -54,18 +54,63 @@ def write_summary_json(path: str | Path, assessment) -> Path:
     return write_json(path, assessment.summary.to_json())
 
 
-def write_challenge_files(folder: Path, sweep, results, assessment) -> None:
-    """The challenge's outputs: the chosen frame number (-1 for none) and a mask volume that is
-    empty except on the chosen frame, on the frames' own geometry."""
-    from fetaliqa_core import io as fio
+#: How far (frames, same sweep) ``--challenge-output`` looks for a frame with a mask when the
+#: chosen frame has none: the evaluator's DSC_soft window.
+CHALLENGE_MASK_SEARCH = 15
+
+
+def challenge_answer(sweep, results, assessment) -> tuple[int, np.ndarray | None]:
+    """The frame and mask written for the challenge: never a frame index with an empty mask.
+
+    The organisers' evaluator cannot score a frame with an empty mask (its Dice is 0 / 0 =
+    infinite on an unannotated frame, and NAE_AC is 1 anyway). So: the chosen frame with its
+    mask when the mask is non-empty inside the field of view; else the nearest frame of the same
+    sweep, at most :data:`CHALLENGE_MASK_SEARCH` away (earlier first on ties), whose mask is;
+    else -1 with an empty mask, the challenge's answer for "no abdomen" (the organisers answer
+    -1 only then; their evaluator's Dice for -1 is defined only when the case's last frame is
+    annotated). Returns ``(frame, mask on the frame's geometry or None)``.
+    """
+    from fetaliqa_core import acouslic
+    from fetaliqa_core.analysis.ac import resolve_fov
     from fetaliqa_core.preprocess import mask_to_frame
 
-    frame = assessment.chosen_frame
+    frame = int(assessment.chosen_frame)
+    if frame < 0 or not results.has_seg:
+        return -1, None
+    fov = resolve_fov(acouslic.sweep_fov(sweep), (sweep.height, sweep.width))
+
+    def mask_of(f: int) -> np.ndarray | None:
+        m = results.mask(f)
+        if m is None or not m.any():
+            return None
+        full = mask_to_frame(m, sweep.height, sweep.width) > 0
+        if fov is not None:
+            full &= fov
+        return full if full.any() else None
+
+    start, stop = sweep.sweep_ranges[sweep.sweep_index(frame)]
+    for d in range(0, CHALLENGE_MASK_SEARCH + 1):
+        for f in (frame - d, frame + d) if d else (frame,):
+            if start <= f < stop:
+                m = mask_of(f)
+                if m is not None:
+                    return f, m
+    return -1, None
+
+
+def write_challenge_files(folder: Path, sweep, results, assessment) -> int:
+    """The challenge's outputs (see :func:`challenge_answer`): the frame number (-1 for none) and
+    a mask volume that is empty except on that frame, on the frames' own geometry. Returns the
+    frame written."""
+    from fetaliqa_core import io as fio
+
+    frame, mask = challenge_answer(sweep, results, assessment)
     atomic_write(folder / CHALLENGE_FRAME_FILE, f"{frame}\n")
     volume = np.zeros((sweep.n_frames, sweep.height, sweep.width), dtype=np.uint8)
-    if frame >= 0 and results.mask(frame) is not None:
-        volume[frame] = mask_to_frame(results.mask(frame), sweep.height, sweep.width) > 0
+    if frame >= 0 and mask is not None:
+        volume[frame] = mask
     fio.write_volume(folder / CHALLENGE_MASK_FILE, volume, spacing_mm=sweep.spacing_mm, compress=True)
+    return frame
 
 
 def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = False,

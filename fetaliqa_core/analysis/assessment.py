@@ -23,6 +23,7 @@ import numpy as np
 
 from fetaliqa_core.analysis import frame_choice
 from fetaliqa_core.analysis.ac import ACMeasurement, hadlock_ga, measure_frame_ac
+from fetaliqa_core.analysis.units import read_ac
 
 #: Threshold on the segmenter's score ``p_seg = f / (f + 0.01)`` (``f``: share of the 224 x 224
 #: input covered by the mask): 0.5 exactly where the mask covers 1 %, the paper's rule.
@@ -310,9 +311,12 @@ class SweepSummary:
     last_frame: int
     best_frame: int  # -1 when no frame of this sweep passes
     score: float | None
-    ac_mm: float | None
-    ga_weeks: float | None
+    ac_mm: float | None  # None when not measurable or when the pixel spacing is unknown
+    ga_weeks: float | None  # only with a trusted AC inside Hadlock's range
     ga_out_of_range: bool = False
+    ac_status: str = "none"  # "ok" | "doubtful" | "no units" | "none" (analysis.units)
+    ga: str = ""  # "24w 3d"
+    ac_note: str = ""  # why doubtful / not shown
 
 
 @dataclass
@@ -333,6 +337,15 @@ class CaseSummary:
     sweeps: list[SweepSummary] = field(default_factory=list)
     frames_scored: int = 0
     complete: bool = True
+    frame_numbering: str = "0-based"
+    chosen_ac: dict = field(default_factory=dict)  # analysis.units.ACReading of the chosen frame
+    choice_basis: str = ""  # frame_choice.Choice.basis
+    spacing_source: str = ""
+    spacing_problem: str | None = None  # set: no mm and no GA anywhere, and why
+    app_version: str = ""
+    bundles: list = field(default_factory=list)  # {"role", "name", "sha256", "demo"} per bundle
+    demo: bool = False
+    notice: str = ""  # the demonstration model's notice when a number came from it
 
     def to_json(self) -> dict:
         from fetaliqa_core.files import json_safe
@@ -369,7 +382,8 @@ class Assessment:
 
 
 def assess(sweep, results, thresholds: Thresholds, models: str = "",
-           measure: Callable[[int], ACMeasurement | None] | None = None) -> Assessment:
+           measure: Callable[[int], ACMeasurement | None] | None = None,
+           provenance: dict | None = None) -> Assessment:
     """The assessment of one sweep from its per-frame results.
 
     sweep: ``io.Sweep``-like (``n_frames``, ``sweep_ranges``, ``sweep_kinds``, ``height``,
@@ -379,7 +393,11 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     and are never flagged. thresholds: :class:`Thresholds`. models: their description for the
     summary. measure: ``frame -> ACMeasurement | None`` (default
     :func:`~fetaliqa_core.analysis.ac.measure_frame_ac` inside the sweep's field of view); the
-    viewer passes its per-frame cache.
+    viewer passes its per-frame cache. provenance: ``{"app_version", "bundles", "demo",
+    "notice"}`` (:func:`fetaliqa_core.models.choice.provenance`) for the summary.
+
+    Lengths: with the sweep's ``spacing_problem`` set (unknown or implausible pixel spacing) the
+    summary holds no mm and no GA, and says why (:func:`~fetaliqa_core.analysis.units.read_ac`).
     """
     p_cls = results.p_cls if results.has_cls else None
     p_seg = results.p_seg if results.has_seg else None
@@ -418,20 +436,22 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         return ac[frame]
 
     kinds = list(getattr(sweep, "sweep_kinds", []) or [])
+    spacing_problem = getattr(sweep, "spacing_problem", None)
     sweeps: list[SweepSummary] = []
     for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
         frame = b.frame if (b is not None and b.passes) else -1
         m = ac_on(frame)
-        ga = hadlock_ga(m.ac_mm) if m is not None else None
-        ga_ok = ga is not None and math.isfinite(ga.weeks)
+        r = read_ac(None if m is None else m.ac_mm, spacing_problem)
         sweeps.append(SweepSummary(
             sweep=s + 1, kind=kinds[s] if s < len(kinds) else "unknown",
             first_frame=int(start), last_frame=int(stop) - 1,
             best_frame=int(frame), score=(float(b.score) if frame >= 0 else None),
-            ac_mm=(round(m.ac_mm, 1) if m is not None else None),
-            ga_weeks=(round(ga.weeks, 1) if ga_ok else None),
-            ga_out_of_range=bool(ga.out_of_range) if ga_ok else False))
-    ac_on(chosen)
+            ac_mm=r.ac_mm, ga_weeks=(None if r.ga_weeks is None else round(r.ga_weeks, 1)),
+            ga_out_of_range=bool(m is not None and r.ac_mm is not None and hadlock_ga(m.ac_mm).out_of_range),
+            ac_status=r.status, ga=r.ga_text, ac_note=r.note))
+    chosen_m = ac_on(chosen)
+    chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem)
+    prov = provenance or {}
     summary = CaseSummary(
         path=str(sweep.path) if getattr(sweep, "path", None) else "",
         content_hash=str(getattr(sweep, "content_hash", "")),
@@ -439,7 +459,12 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         models=models, threshold=float(thresholds.value), model_threshold=float(thresholds.model),
         threshold_score=thresholds.score, threshold_changed=thresholds.changed,
         chosen_frame=int(chosen), sweeps=sweeps,
-        frames_scored=int(results.n_done), complete=bool(results.complete))
+        frames_scored=int(results.n_done), complete=bool(results.complete),
+        chosen_ac=chosen_reading.to_dict(), choice_basis=choice.basis,
+        spacing_source=str(getattr(sweep, "spacing_source", "")), spacing_problem=spacing_problem,
+        app_version=str(prov.get("app_version", "")), bundles=list(prov.get("bundles", [])),
+        demo=bool(prov.get("demo", False)),
+        notice=str(prov.get("notice", "")) if prov.get("demo") else "")
     return Assessment(thresholds=thresholds, flags=flags, best=best, chosen_frame=int(chosen),
                       ac=ac, summary=summary, choice=choice)
 

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_options(p, threshold=True)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./fetaliqa-scores/<sweep name>)")
+    p.add_argument("--spacing", type=float, default=None, metavar="MM",
+                   help="pixel spacing in mm per pixel, for a sweep whose file records none (or a wrong one); "
+                        "without a known, plausible spacing no length in mm and no GA is given")
     p.add_argument("--challenge-output", action="store_true",
                    help="also write the ACOUSLIC-AI challenge's output files")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write cached results")
@@ -61,6 +64,8 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     from fetaliqa_core.engine import ScoringEngine
 
     sweep = fio.load_sweep(path) if sweep is None else sweep
+    if getattr(args, "spacing", None) is not None:
+        sweep = sweep.with_spacing(args.spacing)
     engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=not args.no_cache)
     bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{path.name}",
                disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
@@ -72,7 +77,9 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
         bar.close()
     results = engine.results
     thresholds = Thresholds.of_models(models, args.threshold)
-    assessment = assess(sweep, results, thresholds, models.record())
+    from fetaliqa_core.models.choice import provenance
+
+    assessment = assess(sweep, results, thresholds, models.record(), provenance=provenance(models))
     hook = None if extra is None else (lambda folder: extra(folder, sweep, results, assessment))
     export.write_scores(out, sweep, results, assessment, challenge=args.challenge_output, extra=hook)
     return assessment.summary.to_json()
@@ -81,17 +88,25 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
 def _print_summary(summary: dict, out: Path) -> None:
     chosen = summary["chosen_frame"]
     print(f"{summary['path']}: {summary['frames_scored']}/{summary['n_frames']} frames scored; "
-          f"chosen frame {chosen if chosen >= 0 else 'none (-1)'}")
+          f"chosen frame {chosen if chosen >= 0 else 'none (-1)'} (frames numbered from 0)")
+    if summary.get("spacing_problem"):
+        print(f"  {summary['spacing_problem']} (--spacing MM sets it)")
     for s in summary["sweeps"]:
         if s["best_frame"] < 0:
             print(f"  sweep {s['sweep']} ({s['kind']}): no frame above threshold")
             continue
-        ac = f", AC {s['ac_mm']:.1f} mm" if s["ac_mm"] is not None else ""
-        ga = ""
-        if s["ga_weeks"] is not None:
-            ga = f", GA {s['ga_weeks']:.1f} wk" + (" (outside Hadlock's range)" if s["ga_out_of_range"] else "")
+        reading = ""
+        if s["ac_status"] == "ok":
+            reading = f", AC {s['ac_mm']:.1f} mm" + (f", GA {s['ga']}" if s["ga"] else "")
+            reading += f" ({s['ac_note']})" if s["ac_note"] else ""
+        elif s["ac_status"] == "doubtful":
+            reading = f", AC {s['ac_mm']:.1f} mm (doubtful: {s['ac_note']})"
+        elif s["ac_status"] == "no units":
+            reading = ", AC not shown (pixel spacing)"
         print(f"  sweep {s['sweep']} ({s['kind']}): best frame {s['best_frame']} "
-              f"(score {s['score']:.2f}){ac}{ga}")
+              f"(score {s['score']:.2f}){reading}")
+    if summary.get("notice"):
+        print(f"  {summary['notice']}")
     print(f"  results in {out}")
 
 
@@ -170,7 +185,7 @@ def run(args) -> int:
 
 TABLE_FILE = "summary.csv"
 TABLE_COLUMNS = ("file", "sweep", "kind", "frames_scored", "n_frames", "best_frame", "score", "ac_mm",
-                 "ga_weeks", "chosen_frame", "status")
+                 "ac_status", "ga", "ga_weeks", "chosen_frame", "status")
 
 
 def table_rows(name: str, summary: dict) -> list[list]:
@@ -183,7 +198,8 @@ def table_rows(name: str, summary: dict) -> list[list]:
         rows.append([name, s["sweep"], s["kind"], summary["frames_scored"], summary["n_frames"], best,
                      "" if s["score"] is None or best < 0 else f"{s['score']:.4f}",
                      "" if s["ac_mm"] is None else f"{s['ac_mm']:.1f}",
-                     "" if s["ga_weeks"] is None else f"{s['ga_weeks']:.1f}",
+                     s.get("ac_status", ""), s.get("ga", ""),
+                     "" if s["ga_weeks"] is None else f"{s['ga_weeks']:.2f}",
                      summary["chosen_frame"], status])
     return rows
 

@@ -76,3 +76,48 @@ def load_models(choice: ModelChoice) -> LoadedModels:
                 seg = bundle_mod.load_bundle(Path(choice.seg), base_weights=choice.base, device=device)
     return LoadedModels(cls=cls, seg=seg, choice=choice, device=str(device.device), device_label=device.description,
                         precision=device.precision)
+
+
+#: Said wherever a number comes from the bundled demonstration model.
+DEMO_NOTICE = ("Demonstration model trained on synthetic data only: not for clinical use; "
+               "its numbers are not measurements of a patient.")
+
+
+def is_demo_bundle(model) -> bool:
+    """The model was loaded from the bundled demonstration models (``resources/demo``)."""
+    from fetaliqa_core import paths
+    from fetaliqa_core.models.bundle import DEMO_DIR_NAME
+
+    path = getattr(model, "path", None)
+    if path is None:
+        return False
+    try:
+        Path(path).resolve().relative_to((paths.resources_dir() / DEMO_DIR_NAME).resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def provenance(models) -> dict:
+    """Where the numbers come from, for ``summary.json`` and reports: the app version and each
+    bundle's role, name and SHA-256 (over its manifest and weights), and the demonstration
+    model's notice when one of them is the demo."""
+    from fetaliqa_core import __version__
+
+    bundles = []
+    seen = set()
+    for role, m in (("classifier", getattr(models, "cls", None)), ("segmenter", getattr(models, "seg", None))):
+        if m is None:
+            continue
+        if id(m) in seen:
+            bundles[-1]["role"] = "classifier+segmenter"
+            continue
+        seen.add(id(m))
+        path = getattr(m, "path", None)
+        demo = is_demo_bundle(m)
+        name = (f"demo/{Path(path).name}" if demo else Path(path).name) if path is not None else ""
+        bundles.append({"role": role, "name": name, "sha256": str(getattr(m, "bundle_hash", "")),
+                        "demo": demo})
+    demo = any(b["demo"] for b in bundles)
+    return {"app_version": __version__, "bundles": bundles, "demo": demo,
+            "notice": DEMO_NOTICE if demo else ""}
