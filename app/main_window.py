@@ -8,7 +8,6 @@ the curve, the flagged list and the progress bar are refreshed by a timer at mos
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -505,11 +504,12 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if ac is None:
             self.frame_view.hide_ellipse()
             return
-        from fetaliqa_core.analysis import ellipse_polygon, format_ga
+        from fetaliqa_core.analysis import ellipse_polygon
 
-        ga = m.gestational_age(ac)
-        ga_text = f" · GA {format_ga(ga.weeks)}" if ga is not None and math.isfinite(ga.weeks) else ""
-        self.frame_view.show_ellipse(ellipse_polygon(ac), f"AC {ac.ac_mm:.1f} mm{ga_text}")
+        text = m.reading(ac).text().replace(", GA ", " · GA ")
+        if m.demo_notice:
+            text += " · demo model, not for clinical use"
+        self.frame_view.show_ellipse(ellipse_polygon(ac), text)
 
     def _update_frame_text(self) -> None:
         m = self.model
@@ -614,12 +614,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if ac is None:
             self.status_ac.setText(f"best {chosen}: AC not measurable")
             return
-        from fetaliqa_core.analysis import format_ga
-
-        ga = m.gestational_age(ac)
-        ga_text = format_ga(ga.weeks) if ga is not None else "–"
-        flag = " (outside Hadlock range)" if ga is not None and ga.out_of_range else ""
-        self.status_ac.setText(f"best {chosen}: AC {ac.ac_mm:.1f} mm · GA {ga_text}{flag}")
+        reading = m.reading(ac)
+        if reading.status == "no units":  # the full reason in the tooltip
+            text = f"best {chosen}: AC not shown, pixel spacing unknown or implausible (View > Set pixel spacing)"
+        else:
+            text = f"best {chosen}: " + reading.text().replace(", GA ", " · GA ")
+        if m.demo_notice:
+            text += " · DEMO MODEL, not for clinical use"
+        self.status_ac.setText(text)
+        self.status_ac.setToolTip("\n".join(t for t in (reading.note, m.demo_notice) if t))
 
     # -- misc ------------------------------------------------------------------------------
     def notify(self, text: str, timeout_ms: int = 8000) -> None:

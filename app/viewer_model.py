@@ -261,6 +261,12 @@ class ViewerModel:
         self._model_thresholds = new
         record = getattr(models, "record", None)  # what files say about the models
         self.models_description = record() if callable(record) else models.describe()
+        from fetaliqa_core.models.choice import provenance
+
+        try:
+            self.provenance = provenance(models)
+        except Exception:  # models that quack without paths (tests): no provenance
+            self.provenance = {}
         self._flags_dirty = True
         if old is None or (old.model, old.score) != (new.model, new.score):
             self._threshold = new.value
@@ -378,7 +384,8 @@ class ViewerModel:
                 from fetaliqa_core.analysis.assessment import assess
 
                 self._assessment = assess(self.sweep, self.results, self.thresholds,
-                                          self.models_description, measure=self.measure_ac)
+                                          self.models_description, measure=self.measure_ac,
+                                          provenance=getattr(self, "provenance", None) or None)
                 self._flags = FlaggedFrames.of(self._assessment)
             else:
                 self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
@@ -420,6 +427,33 @@ class ViewerModel:
         ac = analysis.measure_frame_ac(self.sweep, self.results, f, self._fov)
         self._ac_cache[f] = ac
         return ac
+
+    @property
+    def demo_notice(self) -> str:
+        """The demonstration model's notice when the loaded models include it, else empty."""
+        return str(getattr(self, "provenance", {}).get("notice", "") or "")
+
+    @property
+    def spacing_problem(self) -> str | None:
+        """Why lengths cannot be shown for this sweep (unknown / implausible pixel spacing)."""
+        return None if self.sweep is None else getattr(self.sweep, "spacing_problem", None)
+
+    def reading(self, ac):
+        """What may be shown of an AC measurement (``analysis.ACReading``): mm and GA only with a
+        known, plausible pixel spacing; doubtful outside the plausible range."""
+        from fetaliqa_core import analysis
+
+        return analysis.read_ac(None if ac is None else ac.ac_mm, self.spacing_problem)
+
+    def set_spacing(self, mm: float) -> None:
+        """Use a pixel spacing the user gives (mm per pixel) for this sweep's lengths; raises
+        FetalIQAError when implausible. Measurements are redone with it."""
+        if self.sweep is None:
+            return
+        self.sweep = self.sweep.with_spacing(mm)
+        self._ac_cache.clear()
+        self._flags_dirty = True
+        self.events.threshold.emit(self._threshold)
 
     @staticmethod
     def gestational_age(ac) -> object | None:

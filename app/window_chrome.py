@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QToolButton,
 )
 
-from app import keymap, theme
+from app import keymap, theme, window_tools
 from app.frame_view import WINDOW_LEVEL_PRESETS
 from app.viewer_model import OPACITY_STEP
 
@@ -159,6 +159,8 @@ def build_actions(win) -> None:
     win.act_fit = action("Fit", lambda: win.frame_view.view.autoRange(padding=0.0),
                          "Fit the frame to the view (double-click)")
     win.act_goto = action("Go to frame…", win.go_to_frame)
+    win.act_spacing = action("Set pixel spacing…", lambda: window_tools.ask_spacing(win),
+                             "mm per pixel, for a sweep whose file records none: lengths in mm and GA need it")
     win.act_export_frame = action("Export frame as PNG…", win.export_frame)
     win.act_export = action("Export report…", win.review.export_report)
     win.act_labels = action("Export reviewer labels…", win.review.export_labels)
@@ -203,6 +205,7 @@ def build_actions(win) -> None:
     vm.addAction(win.act_overlay)
     vm.addAction(win.act_fit)
     vm.addAction(win.act_goto)
+    vm.addAction(win.act_spacing)
     wl = vm.addMenu("Window/level")
     win.window_level_actions = []
     for name in WINDOW_LEVEL_PRESETS:

@@ -161,3 +161,29 @@ def models_key(models) -> str:
         if lm is not None:
             parts.append(f"{key}:{getattr(lm, 'bundle_hash', None) or getattr(lm, 'path', '')}")
     return "+".join(parts)
+
+
+def ask_spacing(win, value: float | None = None) -> bool:
+    """View > Set pixel spacing: the pixel spacing (mm per pixel) the lengths of this sweep use,
+    for a file that records none or a wrong one. ``value`` skips the dialog (tests). Returns
+    whether a spacing was set."""
+    m = win.model
+    if m.sweep is None:
+        win.notify("Open a sweep first.", 5000)
+        return False
+    if value is None:
+        from PySide6.QtWidgets import QInputDialog
+
+        current = float(m.sweep.spacing_mm[1])
+        why = m.spacing_problem or f"Now {current:g} mm per pixel ({m.sweep.spacing_source})."
+        value, ok = QInputDialog.getDouble(win, "Pixel spacing", f"{why}\n\nmm per pixel:",
+                                           current if not m.spacing_problem else 0.28, 0.01, 5.0, 4)
+        if not ok:
+            return False
+    try:
+        m.set_spacing(value)
+    except FetalIQAError as exc:
+        QMessageBox.warning(win, "Pixel spacing", str(exc))
+        return False
+    win.notify(f"Pixel spacing set to {value:g} mm per pixel; lengths are measured with it.", 8000)
+    return True

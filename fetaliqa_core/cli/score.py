@@ -173,7 +173,7 @@ def run(args) -> int:
         except Exception as exc:  # noqa: BLE001 - as above (KeyboardInterrupt still stops the run)
             failures += 1
             print(f"fetaliqa: {member.name}: {_failure_text(exc)}", file=sys.stderr)
-            rows.append([member.name, "", "", "", "", "", "", "", "", "", f"failed: {_failure_text(exc)}"])
+            rows.append([member.name] + [""] * (len(TABLE_COLUMNS) - 2) + [f"failed: {_failure_text(exc)}"])
         finally:
             del sweep
     table = write_table(base_out / TABLE_FILE, rows)

@@ -1,0 +1,60 @@
+"""The viewer shows no mm and no GA without a known pixel spacing, takes one from the user, and
+labels numbers from the demonstration model beside the measurement."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from PySide6.QtWidgets import QMessageBox
+
+from fakes import fake_models, tiny_sweep
+from app.main_window import MainWindow
+from app.settings import AppSettings
+from fetaliqa_core.io import SPACING_NONE
+
+
+@pytest.fixture
+def window(qtbot, monkeypatch):
+    monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda *a, **k: QMessageBox.Ok))
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.No))
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    win.use_models(fake_models())
+    win.resize(1000, 700)
+    return win
+
+
+def _scored(qtbot, win, sweep):
+    win.set_sweep(sweep, score=True)
+    qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.complete
+                    and not win.scoring.running, timeout=30000)
+    qtbot.waitUntil(lambda: "AC" in win.status_ac.text() and "–" not in win.status_ac.text(), timeout=5000)
+
+
+def test_unknown_spacing_no_mm_until_the_user_sets_it(qtbot, window):
+    sweep = dataclasses.replace(tiny_sweep(2, 10, height=72, width=96), spacing_mm=(1.0, 1.0),
+                                spacing_source=SPACING_NONE, spacing_note="the file records no pixel spacing")
+    _scored(qtbot, window, sweep)
+    text = window.status_ac.text()
+    assert "not shown" in text and not re.search(r"\d mm", text) and "GA" not in text, text
+    assert "pixel spacing unknown" in window.status_ac.toolTip()
+    assert window.act_spacing.text().startswith("Set pixel spacing")
+    from app import window_tools
+
+    assert window_tools.ask_spacing(window, 7.0) is False  # implausible: refused, nothing changes
+    assert "not shown" in window.status_ac.text()
+    assert window_tools.ask_spacing(window, 0.28) is True
+    qtbot.waitUntil(lambda: " mm" in window.status_ac.text(), timeout=5000)
+    assert window.model.sweep.spacing_source == "user"
+
+
+def test_demo_numbers_are_labelled_beside_the_measurement(qtbot, window):
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    assert "clinical" not in window.status_ac.text()
+    window.model.provenance = {"demo": True, "notice": "Demonstration model trained on synthetic data only: "
+                                                       "not for clinical use"}
+    window._update_case_status()
+    assert "DEMO MODEL, not for clinical use" in window.status_ac.text()
+    assert "synthetic data" in window.status_ac.toolTip()
