@@ -16,6 +16,8 @@ HELP = "Open the viewer: scrub a sweep, watch its quality curve fill in, review 
 def add_arguments(parser) -> None:
     parser.add_argument("sweep", nargs="?", help="sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM) to open")
     add_model_options(parser, remembered=True)
+    parser.add_argument("--spacing", type=float, default=None, metavar="MM",
+                        help="pixel spacing in mm per pixel for a sweep whose file records none (or a wrong one)")
     parser.add_argument("--db", metavar="FILE", type=Path, default=None,
                         help="review database (default: the one in the user data folder; remembered)")
     parser.add_argument("--screenshot", metavar="PNG", type=Path,
@@ -110,7 +112,7 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
                exit_when_scored: bool = False, max_seconds: float | None = None,
                headless: bool | None = None, keep_window: bool = False,
                review_db: Path | None = None, scores_dir: Path | None = None,
-               progress_every: float | None = None) -> GuiOutcome:
+               progress_every: float | None = None, spacing_mm: float | None = None) -> GuiOutcome:
     """Open the main window (optionally on a sweep) and run the event loop.
 
     With ``exit_when_scored`` or ``max_seconds`` the loop ends by itself: after scoring ends
@@ -132,6 +134,8 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     ensure_application(headless)
     # Read the file first: an unreadable one is a one-line error, not a window.
     sweep = load_sweep(sweep_path) if sweep_path is not None else None
+    if sweep is not None and spacing_mm is not None:
+        sweep = sweep.with_spacing(spacing_mm)  # FetalIQAError (one line) when implausible
     from app.settings import AppSettings
 
     settings = AppSettings.load()
@@ -251,7 +255,8 @@ def run(args) -> int:
     if args.save_scores is not None and args.sweep is None:
         raise UsageError("--save-scores needs a sweep to score: fetaliqa gui SWEEP --save-scores DIR")
     outcome = run_window(args.sweep, choice, args.screenshot, args.exit_when_scored, args.max_seconds,
-                         headless=headless, review_db=args.db, scores_dir=args.save_scores)
+                         headless=headless, review_db=args.db, scores_dir=args.save_scores,
+                         spacing_mm=getattr(args, "spacing", None))
     if outcome.screenshot is not None:
         print(f"screenshot: {outcome.screenshot}")
     elif args.screenshot is not None:

@@ -378,8 +378,10 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         for key in ("cls", "seg"):
             lm = getattr(self.models, key)
             if lm is not None:
+                from fetaliqa_core.models.choice import is_demo_bundle
+
                 info[key] = {"hash": getattr(lm, "bundle_hash", None),
-                             "task": getattr(lm, "task", None)}
+                             "task": getattr(lm, "task", None), "demo": is_demo_bundle(lm)}
                 if key == "cls" and getattr(lm, "threshold", None) is not None:
                     info[key]["threshold"] = float(lm.threshold)  # the bundle's own
         info["description"] = self.models.describe()
@@ -615,12 +617,14 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.status_ac.setText(f"best {chosen}: AC not measurable")
             return
         reading = m.reading(ac)
-        if reading.status == "no units":  # the full reason in the tooltip
-            text = f"best {chosen}: AC not shown, pixel spacing unknown or implausible (View > Set pixel spacing)"
+        if reading.status == "no units":  # short here; the full reason in the tooltip
+            text = f"best {chosen}: AC not shown (pixel spacing; View menu)"
+        elif reading.status == "doubtful":
+            text = f"best {chosen}: AC {reading.ac_mm:.1f} mm (doubtful)"
         else:
-            text = f"best {chosen}: " + reading.text().replace(", GA ", " · GA ")
+            text = f"best {chosen}: AC {reading.ac_mm:.1f} mm · GA {reading.ga_text or '–'}"
         if m.demo_notice:
-            text += " · DEMO MODEL, not for clinical use"
+            text += " · demo, not clinical"
         self.status_ac.setText(text)
         self.status_ac.setToolTip("\n".join(t for t in (reading.note, m.demo_notice) if t))
 

@@ -51,12 +51,9 @@ class ReviewSession:
         a = m.assessment
         if a is None:
             return False
-        ac = a.chosen_ac()
-        ac_mm = ga_weeks = None
-        if ac is not None:
-            ac_mm = float(ac.ac_mm)
-            ga = m.gestational_age(ac)
-            ga_weeks = None if ga is None or not math.isfinite(ga.weeks) else float(ga.weeks)
+        # what may be shown of the AC: no mm / GA without a known, plausible pixel spacing
+        reading = m.reading(a.chosen_ac())
+        ac_mm, ga_weeks = reading.ac_mm, reading.ga_weeks
         masks = {}
         if r.has_seg:
             flags = m.flags

@@ -433,7 +433,12 @@ def test_overlay_lands_on_the_frame_pixels_of_the_mask(qtbot):
 def test_one_model_only(qtbot, make_window, which):
     from fakes import FakeLoadedModels, FakeModel
 
+    import dataclasses
+
     win = make_window(score=False)
+    # frame choice judges a mask's size in mm: at 0.9 mm per pixel the tiny sweep's bright ellipse
+    # has the size of an abdomen (at 0.28 it would be ~35 mm, not a plausible one)
+    win.set_sweep(dataclasses.replace(win.model.sweep, spacing_mm=(0.9, 0.9)), score=False)
     win.use_models(FakeLoadedModels(cls=FakeModel("cls") if which == "cls" else None,
                                     seg=FakeModel("seg") if which == "seg" else None))
     win.start_scoring()

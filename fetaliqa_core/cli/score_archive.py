@@ -72,8 +72,10 @@ def _record_writer(item: ar.Item, base: dict):
         from fetaliqa_core import analysis as an
 
         chosen = int(assessment.chosen_frame)
-        m = assessment.chosen_ac()
-        ga = an.hadlock_ga(m.ac_mm) if m is not None else None
+        # what may be shown: no mm / GA without a known, plausible pixel spacing (summary.json's)
+        reading = assessment.summary.chosen_ac or {}
+        m = assessment.chosen_ac() if reading.get("ac_mm") is not None else None
+        ga = an.hadlock_ga(m.ac_mm) if m is not None and reading.get("ga_weeks") is not None else None
         record = dict(base, status="ok", error=None, key=item.key, file_hash=item.fhash,
                       content_hash=assessment.summary.content_hash, chosen_frame=chosen,
                       chosen_sweep=(sweep.sweep_index(chosen) + 1) if chosen >= 0 else None,

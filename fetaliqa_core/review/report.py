@@ -140,10 +140,8 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 
 def _ga_text(weeks: float | None) -> str:
-    """Gestational age as ``24.4 weeks (24w 3d)``; an en dash when unknown."""
-    if weeks is None or not math.isfinite(weeks):
-        return "–"
-    return f"{weeks:.1f} weeks ({format_ga(weeks)})"
+    """Gestational age as ``24w 3d`` (the one format); an en dash when unknown."""
+    return format_ga(weeks)
 
 
 def ga_weeks_of(run: ModelRun) -> float | None:
@@ -154,8 +152,8 @@ def ga_weeks_of(run: ModelRun) -> float | None:
         return None
     from fetaliqa_core.analysis import hadlock_ga
 
-    weeks = hadlock_ga(run.ac_mm).weeks
-    return weeks if math.isfinite(weeks) else None
+    ga = hadlock_ga(run.ac_mm)
+    return ga.weeks if math.isfinite(ga.weeks) and not ga.out_of_range else None
 
 
 def _fmt_time(iso: str, utc_suffix: bool = True) -> str:
@@ -199,6 +197,18 @@ def _thumbnail_ac(mask, frames, sweep, fov):
         fov = acouslic.sweep_fov(SimpleNamespace(height=h, width=w, n_frames=n, frames=frames))
     spacing = sweep.spacing_mm or (1.0, 1.0)  # the ellipse's shape does not depend on it
     return measure_ac(np.asarray(mask) > 0, spacing, fov=fov), fov
+
+
+#: Printed beside the numbers of a run made with the bundled demonstration model.
+DEMO_REPORT_NOTICE = ("Numbers from the demonstration model, trained on synthetic data only: "
+                      "not for clinical use.")
+
+
+def is_demo_run(run: ModelRun) -> bool:
+    """The run's models include the bundled demonstration model."""
+    bundles = run.bundles if isinstance(run.bundles, dict) else {}
+    return any(isinstance(v, dict) and v.get("demo") for v in bundles.values()) or (
+        "demo model" in str(bundles.get("description", "")))
 
 
 def _bundle_text(bundles: dict[str, Any]) -> str:
@@ -285,6 +295,7 @@ table.grid { border-collapse: collapse; }
 table.grid th { background-color: #e8edf3; text-align: left; }
 table.grid td, table.grid th { border: 1px solid #b8c0cc; font-size: 8pt; }
 .meta { color: #555; font-size: 9pt; }
+.warn { color: #a40000; }
 .small { font-size: 8pt; color: #555; }
 """
 
@@ -334,6 +345,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         parts.append(
             f'<p class="meta">Models: {_e(_bundle_text(run.bundles))}<br>'
             f"Run of {_e(_fmt_time(run.created))}; {_e(_threshold_text(run))}</p>")
+        if is_demo_run(run):
+            parts.append(f'<p class="warn"><b>{_e(DEMO_REPORT_NOTICE)}</b></p>')
         chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
         ac = "–" if run.ac_mm is None else f"{run.ac_mm:.1f} mm"
         parts.append(_grid(
