@@ -137,6 +137,9 @@ class FakeLoadedModels:
     def describe(self) -> str:
         return "test models on cpu"
 
+    def record(self) -> str:
+        return self.describe()
+
 
 def fake_models(delay: float = 0.0, batch_size: int = 8, choice=None) -> FakeLoadedModels:
     return FakeLoadedModels(FakeModel("cls", delay, batch_size), FakeModel("seg", 0.0, batch_size),
