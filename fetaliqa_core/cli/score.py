@@ -162,6 +162,7 @@ def run(args) -> int:
         except Exception as exc:  # noqa: BLE001 - one bad member is reported in its row; the others are scored
             failures += 1
             print(f"fetaliqa: {_failure_text(exc)}", file=sys.stderr)
+            rows.append([member.name] + [""] * (len(TABLE_COLUMNS) - 2) + [f"failed: {_failure_text(exc)}"])
             continue
         if models is None:  # loaded once, when the first readable member needs them
             models = choice_mod.load_models(model_choice_from_args(args))
