@@ -176,8 +176,8 @@ class SweepResults:
             if np.any((res.seg_area_px < -1) | (res.seg_area_px > m * m)):
                 raise ValueError("mask area outside the mask")
             index, masks = z["mask_index"], z["masks"]
-            if masks.size and int(masks.max()) > 2:
-                raise ValueError("mask labels other than 0, 1, 2")
+            if masks.size and int(masks.max()) > LABEL_ABDOMEN:  # 0, 1/2 (3-class head), 3 (binary head)
+                raise ValueError("mask labels other than 0-3")
             if masks.shape != (len(index), res.mask_size, res.mask_size) or masks.dtype != np.uint8:
                 raise ValueError("bad masks")
             if len(index) and (index.min() < 0 or index.max() >= n or not res.done[index].all()):

@@ -103,7 +103,18 @@ def test_cached_mask_area_larger_than_the_mask_is_not_trusted(tmp_path):
     assert _cache_with(tmp_path, seg_area_px=_npy(area)).load("k", META) is None
 
 
-def test_cached_mask_with_labels_other_than_0_1_2_is_not_trusted(tmp_path):
+def test_binary_segmenter_masks_round_trip(tmp_path):
+    """A one-class segmenter's masks hold label 3 (abdomen, no plane grade): a valid cache."""
+    r = _results()
+    for i, m in r.masks.items():
+        r.masks[i] = np.where(m > 0, 3, 0).astype(np.uint8)
+    cache = ResultCache(tmp_path / "results")
+    cache.save("k", META, r)
+    loaded = cache.load("k", META)
+    assert loaded is not None and int(loaded.masks[5].max()) == 3
+
+
+def test_cached_mask_with_labels_other_than_0_to_3_is_not_trusted(tmp_path):
     r = _results()
     index = np.array(sorted(i for i, m in r.masks.items() if m.any()), np.int64)
     masks = np.stack([r.masks[int(i)] for i in index])
