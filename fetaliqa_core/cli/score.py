@@ -140,6 +140,7 @@ def run(args) -> int:
     if score_archive.wanted(args):
         return score_archive.run(args)
 
+    choice = model_choice_from_args(args)  # a wrong command line is told first (exit 2)
     path: Path = args.sweep
     if not path.exists():
         raise FetalIQAError(f"{path}: no such file or folder. Check the path of the sweep to score.")
@@ -148,7 +149,7 @@ def run(args) -> int:
     check_out_folder(base_out)
     if members is None:
         sweep = fio.load_sweep(path)  # a bad input is reported before seconds of model loading
-        models = choice_mod.load_models(model_choice_from_args(args))
+        models = choice_mod.load_models(choice)
         summary = score_one(path, base_out, models, args, sweep=sweep)
         _print_summary(summary, base_out)
         return 0
@@ -165,7 +166,7 @@ def run(args) -> int:
             rows.append([member.name] + [""] * (len(TABLE_COLUMNS) - 2) + [f"failed: {_failure_text(exc)}"])
             continue
         if models is None:  # loaded once, when the first readable member needs them
-            models = choice_mod.load_models(model_choice_from_args(args))
+            models = choice_mod.load_models(choice)
         try:
             summary = score_one(member, out, models, args, position=f"[{k}/{len(members)}] ", sweep=sweep)
             _print_summary(summary, out)
