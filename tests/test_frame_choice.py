@@ -152,3 +152,30 @@ def test_baseline_rule():
     assert fc.baseline_choice(opt, sub) == 3  # largest label-1 area, however small
     assert fc.baseline_choice(opt * 0, sub) == 2  # else the largest label-2 area
     assert fc.baseline_choice(opt * 0, sub * 0) == -1
+
+
+def test_challenge_answer_never_a_frame_without_a_mask():
+    from types import SimpleNamespace
+
+    from fetaliqa_core.export import challenge_answer
+
+    h, w = 96, 128
+    frames = np.full((30, h, w), 50, np.uint8)  # the whole frame is the field of view
+    sweep = SimpleNamespace(height=h, width=w, n_frames=30, frames=frames,
+                            sweep_ranges=[(0, 15), (15, 30)], sweep_index=lambda f: 0 if f < 15 else 1)
+    masks = {9: ellipse((112, 112), (30, 25)).astype(np.uint8), 20: ellipse((112, 112), (30, 25)).astype(np.uint8)}
+    results = SimpleNamespace(has_seg=True, mask=lambda f: masks.get(int(f)))
+
+    def answer(chosen):
+        return challenge_answer(sweep, results, SimpleNamespace(chosen_frame=chosen))
+
+    f, m = answer(9)
+    assert f == 9 and m.any()
+    f, m = answer(12)  # no mask: the nearest frame of the same sweep with one
+    assert f == 9 and m.any()
+    f, m = answer(16)  # sweep 2: frame 20, not frame 9 of sweep 1 (which is nearer)
+    assert f == 20 and m.any()
+    masks.clear()
+    assert answer(12) == (-1, None)  # no mask anywhere near: -1, never a frame with an empty mask
+    assert answer(-1) == (-1, None)
+    assert challenge_answer(sweep, SimpleNamespace(has_seg=False), SimpleNamespace(chosen_frame=5)) == (-1, None)
