@@ -252,12 +252,11 @@ class ViewerModel:
 
     def set_models(self, models) -> None:
         """The loaded models (``models.choice.LoadedModels``-like): the threshold goes to the
-        classifier bundle's own (the paper's 1 % mask rule with a segmenter alone). Models with
-        the same operating point as before (e.g. the same models on the next sweep) keep a
-        threshold the user changed."""
+        classifier bundle's own (the paper's 1 % mask rule with a segmenter alone); the window
+        then restores a threshold the user set for these models."""
         from fetaliqa_core.analysis.assessment import Thresholds
 
-        old, new = self._model_thresholds, Thresholds.of_models(models)
+        new = Thresholds.of_models(models)
         self._model_thresholds = new
         record = getattr(models, "record", None)  # what files say about the models
         self.models_description = record() if callable(record) else models.describe()
@@ -268,8 +267,7 @@ class ViewerModel:
         except Exception:  # models that quack without paths (tests): no provenance
             self.provenance = {}
         self._flags_dirty = True
-        if old is None or (old.model, old.score) != (new.model, new.score):
-            self._threshold = new.value
+        self._threshold = new.value
         self.events.threshold.emit(self._threshold)
 
     @property
