@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.export import (STATUS_FAILED, STATUS_INCOMPLETE, STATUS_MISSING, STATUS_OK, STATUS_STALE,
+                                  STATUSES)
 from fetaliqa_core.files import atomic_write, csv_writer, json_text
 
 CASES_DIR = "cases"
@@ -256,7 +258,7 @@ def read_record(folder: Path) -> dict | None:
         return None
     if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
         return None
-    if data.get("status") not in ("ok", "failed"):
+    if data.get("status") not in (STATUS_OK, STATUS_INCOMPLETE, STATUS_FAILED):
         return None
     return data
 
@@ -264,7 +266,7 @@ def read_record(folder: Path) -> dict | None:
 def is_finished(record: dict | None, key: str, needed_files: Sequence[str] = (),
                 folder: Path | None = None) -> bool:
     """A record of a successful run on the same inputs (and with the files asked for now)."""
-    if record is None or record.get("status") != "ok" or record.get("key") != key:
+    if record is None or record.get("status") != STATUS_OK or record.get("key") != key:
         return False
     return folder is None or all((folder / name).is_file() for name in needed_files)
 
@@ -354,13 +356,13 @@ def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: 
     for name, fname in zip(names, files):
         rec = read_record(case_dir(out, name))
         if rec is None:
-            rows.append({"case": name, "file": fname, "status": "missing",
+            rows.append({"case": name, "file": fname, "status": STATUS_MISSING,
                          "error": "not scored yet; run the same command again to score it"})
             continue
         row = {c: rec.get(c) for c in TABLE_COLUMNS}
         row["case"], row["file"] = name, fname
         if settings is not None and rec.get("settings_key") != settings:
-            row["status"] = "stale"
+            row["status"] = STATUS_STALE
             row["error"] = "scored with other models, precision or threshold; run again to rescore"
         rows.append(row)
     return rows
@@ -381,7 +383,7 @@ def write_table(out: Path, rows: Sequence[dict]) -> Path:
 
 
 def count_statuses(rows: Sequence[dict]) -> dict[str, int]:
-    counts = {"ok": 0, "failed": 0, "missing": 0, "stale": 0}
+    counts = dict.fromkeys(STATUSES, 0)
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     return counts

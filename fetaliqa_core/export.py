@@ -21,6 +21,28 @@ SUMMARY_JSON = "summary.json"
 CHALLENGE_FRAME_FILE = "fetal-abdomen-frame-number.json"
 CHALLENGE_MASK_FILE = "fetal-abdomen-segmentation.mha"
 
+#: A sweep file's status in a results table: ``summary.csv`` of ``fetaliqa score FOLDER`` and
+#: ``cases.csv`` of an archive use these words and no others; what went wrong is in the table's
+#: ``error`` column, never in the status.
+STATUS_OK = "ok"
+STATUS_INCOMPLETE = "incomplete"
+STATUS_FAILED = "failed"
+STATUS_MISSING = "missing"
+STATUS_STALE = "stale"
+STATUSES = {
+    STATUS_OK: "scored, every frame",
+    STATUS_INCOMPLETE: "scored in part (stopped before its last frame)",
+    STATUS_FAILED: "not scored: the error column says why",
+    STATUS_MISSING: "archive: not scored yet; running the same command again scores it",
+    STATUS_STALE: "archive: scored with other models, precision or threshold; running again rescores it",
+}
+
+
+def scored_status(complete: bool) -> str:
+    """The status of a sweep that was scored: every frame, or only some."""
+    return STATUS_OK if complete else STATUS_INCOMPLETE
+
+
 FRAMES_COLUMNS = ("frame", "sweep", "p_cls", "p_seg", "seg_area_px", "flagged", "threshold",
                   "model_threshold")
 

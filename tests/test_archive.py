@@ -126,7 +126,29 @@ def test_table_is_rebuilt_from_the_folders_and_neutralises_formulas(tmp_path):
     assert table[0]["chosen_frame"] == "-1" and table[0]["ac_mm"] == ""  # numbers stay numbers
     assert table[2]["error"] == "bad.mha: not an image second line"
     assert "run" in table[3]["error"]
-    assert ar.count_statuses(rows) == {"ok": 1, "failed": 1, "missing": 1, "stale": 1}
+    assert ar.count_statuses(rows) == {"ok": 1, "incomplete": 0, "failed": 1, "missing": 1, "stale": 1}
+
+
+def test_one_status_vocabulary_for_the_folder_table_and_the_archive_table(tmp_path):
+    from fetaliqa_core import export
+    from fetaliqa_core.cli import score
+
+    summary = {"sweeps": [{"sweep": 1, "kind": "transverse", "best_frame": 2, "score": 0.9, "ac_mm": None,
+                           "ac_status": "none", "ga": "", "ga_weeks": None}],
+               "frames_scored": 3, "n_frames": 6, "chosen_frame": 2, "complete": False}
+    folder_rows = [dict(zip(score.TABLE_COLUMNS, r)) for r in
+                   score.table_rows("a.mha", summary) + score.table_rows("b.mha", {**summary, "complete": True})
+                   + [score.failed_row("c.mha", "c.mha: not an image")]]
+    assert [r["status"] for r in folder_rows] == ["incomplete", "ok", "failed"]
+    assert folder_rows[2]["error"] == "c.mha: not an image"
+    # an archive case stopped part way is 'incomplete' too, and a rerun scores it again
+    _put_case(tmp_path, "part", {ar.RECORD_FILE: ar.record_json(_record("part", status="incomplete"))})
+    rec = ar.read_record(ar.case_dir(tmp_path, "part"))
+    assert rec is not None and not ar.is_finished(rec, "k")
+    archive_rows = ar.table_rows(tmp_path, ["part", "never"], ["part.mha", "never.mha"], settings="s")
+    assert [r["status"] for r in archive_rows] == ["incomplete", "missing"]
+    assert set(ar.count_statuses(archive_rows)) == set(export.STATUSES)
+    assert {r["status"] for r in folder_rows + archive_rows} <= set(export.STATUSES)
 
 
 @pytest.mark.parametrize("depth", [0, 1, 3])

@@ -66,10 +66,10 @@ def test_score_folder_reports_each_kind_of_bad_member_in_its_row_and_scores_the_
     assert f"scored 1 of {len(bad) + 1} sweeps" in captured.out
     assert (out / "good" / "frames.csv").is_file()
     rows = {r["file"]: r for r in csv.DictReader((out / "summary.csv").open(encoding="utf-8"))}
-    assert rows["good.mha"]["status"] == "complete"
+    assert rows["good.mha"]["status"] == "ok" and rows["good.mha"]["error"] == ""
     for name, word in bad.items():
-        assert rows[name]["status"].startswith("failed"), name
-        assert word.lower() in rows[name]["status"].lower(), (name, rows[name]["status"])
+        assert rows[name]["status"] == "failed", name  # the status words of export.STATUSES
+        assert word.lower() in rows[name]["error"].lower(), (name, rows[name]["error"])
 
 
 def test_score_reports_a_bad_sweep_before_loading_any_model(tmp_path, monkeypatch, capsys):

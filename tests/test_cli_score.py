@@ -115,7 +115,10 @@ def test_folder_of_sweeps_is_scored_one_after_another(case, tiny_bundle_dirs, tm
     assert [r["file"] for r in table] == ["a.mha"] * len(a["sweeps"]) + ["b.mha"] * len(a["sweeps"]) + ["c.mha"]
     assert [int(r["best_frame"]) for r in table[:len(a["sweeps"])]] == [s["best_frame"] for s in a["sweeps"]]
     assert all(int(r["chosen_frame"]) == a["chosen_frame"] for r in table[:-1])
-    assert table[-1]["status"].startswith("failed") and "summary.csv" in captured.out
+    assert {r["status"] for r in table[:-1]} == {"ok"} and table[-1]["status"] == "failed"
+    assert "c.mha" in table[-1]["error"] and "summary.csv" in captured.out
+    # the terminal's table shows the failed file's status where a scored file shows its chosen frame
+    assert [line.split()[-1] for line in captured.out.splitlines() if line.startswith("c.mha")] == ["failed"]
 
 
 @pytest.fixture(scope="module")

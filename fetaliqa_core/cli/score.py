@@ -163,7 +163,7 @@ def run(args) -> int:
         except Exception as exc:  # noqa: BLE001 - one bad member is reported in its row; the others are scored
             failures += 1
             print(f"fetaliqa: {_failure_text(exc)}", file=sys.stderr)
-            rows.append([member.name] + [""] * (len(TABLE_COLUMNS) - 2) + [f"failed: {_failure_text(exc)}"])
+            rows.append(failed_row(member.name, _failure_text(exc)))
             continue
         if models is None:  # loaded once, when the first readable member needs them
             models = choice_mod.load_models(choice)
@@ -174,7 +174,7 @@ def run(args) -> int:
         except Exception as exc:  # noqa: BLE001 - as above (KeyboardInterrupt still stops the run)
             failures += 1
             print(f"fetaliqa: {member.name}: {_failure_text(exc)}", file=sys.stderr)
-            rows.append([member.name] + [""] * (len(TABLE_COLUMNS) - 2) + [f"failed: {_failure_text(exc)}"])
+            rows.append(failed_row(member.name, _failure_text(exc)))
         finally:
             del sweep
     table = write_table(base_out / TABLE_FILE, rows)
@@ -186,14 +186,16 @@ def run(args) -> int:
 
 TABLE_FILE = "summary.csv"
 TABLE_COLUMNS = ("file", "sweep", "kind", "frames_scored", "n_frames", "best_frame", "score", "ac_mm",
-                 "ac_status", "ga", "ga_weeks", "chosen_frame", "status")
+                 "ac_status", "ga", "ga_weeks", "chosen_frame", "status", "error")
 
 
 def table_rows(name: str, summary: dict) -> list[list]:
     """The folder table's rows for one scored file: one per sweep (its best frame, AC and GA),
-    each carrying the file's chosen frame (-1: none passes)."""
+    each carrying the file's chosen frame (-1: none passes) and its status (export.STATUSES)."""
+    from fetaliqa_core.export import scored_status
+
     rows = []
-    status = "complete" if summary.get("complete", True) else "incomplete"
+    status = scored_status(summary.get("complete", True))
     for s in summary["sweeps"]:
         best = s["best_frame"]
         rows.append([name, s["sweep"], s["kind"], summary["frames_scored"], summary["n_frames"], best,
@@ -201,8 +203,15 @@ def table_rows(name: str, summary: dict) -> list[list]:
                      "" if s["ac_mm"] is None else f"{s['ac_mm']:.1f}",
                      s.get("ac_status", ""), s.get("ga", ""),
                      "" if s["ga_weeks"] is None else f"{s['ga_weeks']:.2f}",
-                     summary["chosen_frame"], status])
+                     summary["chosen_frame"], status, ""])
     return rows
+
+
+def failed_row(name: str, error: str) -> list:
+    """The folder table's row for a file that could not be scored."""
+    from fetaliqa_core.export import STATUS_FAILED
+
+    return [name] + [""] * (len(TABLE_COLUMNS) - 3) + [STATUS_FAILED, error]
 
 
 def _cell(value) -> str:
@@ -227,10 +236,15 @@ def write_table(path: Path, rows: list[list]) -> Path:
 
 
 def print_table(rows: list[list]) -> None:
-    """The same table on the terminal: file, sweep, best frame, AC, GA, chosen frame."""
-    head = ("file", "sweep", "best", "AC mm", "GA wk", "chosen")
-    body = [(str(r[0]), f"{r[1]} {r[2]}".strip() if r[1] != "" else "", str(r[5]), str(r[7]), str(r[8]),
-             str(r[9]) if r[1] != "" else r[10]) for r in rows]
+    """The same table on the terminal: file, sweep, best frame, AC, GA, chosen frame (or the
+    status of a file that was not scored)."""
+    head = ("file", "sweep", "best", "AC mm", "GA", "chosen")
+    body = []
+    for row in rows:
+        r = dict(zip(TABLE_COLUMNS, row))
+        scored = r["sweep"] != ""
+        body.append((str(r["file"]), f"{r['sweep']} {r['kind']}".strip(), str(r["best_frame"]), str(r["ac_mm"]),
+                     str(r["ga"]), str(r["chosen_frame"]) if scored else str(r["status"])))
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     for line in (head, *body):
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())

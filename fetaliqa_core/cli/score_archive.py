@@ -70,13 +70,14 @@ def _record_writer(item: ar.Item, base: dict):
     is put in place, so a folder with a record is always complete."""
     def write(tmp: Path, sweep, results, assessment) -> None:
         from fetaliqa_core import analysis as an
+        from fetaliqa_core.export import scored_status
 
         chosen = int(assessment.chosen_frame)
         # what may be shown: no mm / GA without a known, plausible pixel spacing (summary.json's)
         reading = assessment.summary.chosen_ac or {}
         m = assessment.chosen_ac() if reading.get("ac_mm") is not None else None
         ga = an.hadlock_ga(m.ac_mm) if m is not None and reading.get("ga_weeks") is not None else None
-        record = dict(base, status="ok", error=None, key=item.key, file_hash=item.fhash,
+        record = dict(base, status=scored_status(results.complete), error=None, key=item.key, file_hash=item.fhash,
                       content_hash=assessment.summary.content_hash, chosen_frame=chosen,
                       chosen_sweep=(sweep.sweep_index(chosen) + 1) if chosen >= 0 else None,
                       ac_mm=round(float(m.ac_mm), 1) if m is not None else None,
@@ -183,7 +184,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         else:
             counts["failed"] += 1
             base.pop("_t0")
-            failure = dict(base, status="failed", error=item.error, key=item.key, file_hash=item.fhash,
+            failure = dict(base, status=export.STATUS_FAILED, error=item.error, key=item.key, file_hash=item.fhash,
                            finished_utc=ar.utc_now())
             try:
                 if not foreign:
@@ -210,8 +211,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     table = ar.write_table(out, rows)
     status = ar.count_statuses(rows)
     scoring = max(time.perf_counter() - t_scoring, 1e-9)
-    problems = [f"{status[s]} {s}" for s in ("failed", "missing", "stale") if status[s]]
-    print(f"archive {out}: {len(rows)} cases, {status['ok']} ok" + (", " + ", ".join(problems) if problems else "")
+    ok = status[export.STATUS_OK]
+    problems = [f"{n} {s}" for s, n in status.items() if n and s != export.STATUS_OK]
+    print(f"archive {out}: {len(rows)} cases, {ok} {export.STATUS_OK}" + (", " + ", ".join(problems) if problems else "")
           + f"; scored {counts['scored']} now, {counts['skipped']} already scored, {counts['failed']} failed")
     print(f"throughput: {counts['scored'] / scoring:.3f} cases/s ({counts['scored']} cases in {scoring:.1f} s "
           f"with {ranks.world} process(es), read-ahead {args.prefetch}; start-up "
@@ -221,4 +223,4 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
               "remaining cases are 'missing' in the table. Run the same command again to score them.",
               file=sys.stderr)
     print(f"table: {table}")
-    return 0 if status["ok"] == len(rows) else 1
+    return 0 if ok == len(rows) else 1
