@@ -202,6 +202,10 @@ def test_lora_settings_and_trainable_parameters():
     width, depth = 128, 8
     # per block: in_proj (w->3w), out_proj (w->w), c_fc (w->4w), c_proj (4w->w): r*w*(4+2+5+5)
     assert lora_params == 8 * width * 16 * depth
+    # the reference's MLP-only adapters: r*w*(5+5) per block (1.97 M on ViT-L/14: 8*1024*10*24)
+    mlp = FetalCLIPClassifier(_visual(), LoraSettings(targets=("mlp.c_fc", "mlp.c_proj")))
+    assert sum(p.numel() for n, p in mlp.named_parameters() if "lora_" in n) == 8 * width * 10 * depth
+    assert 8 * 1024 * 10 * 24 == 1_966_080 and 8 * 1024 * 16 * 24 == 3_145_728
     assert model.head.in_features == 128 and model.head.out_features == 1
     with pytest.raises(FetalIQAError):
         LoraSettings(targets=("attn.out_proj",))

@@ -242,6 +242,86 @@ def test_dice_loss_behaviour():
     assert float(dice_loss(logits3, masks, 3)) < 1e-3
 
 
+def _false_positive_gradient(kind: str, n_classes: int, with_positive: bool = True) -> float:
+    """Mean gradient of the loss on the logits of a false-positive blob in a frame without abdomen
+    (a batch of 8 224 x 224 frames; frame 0 holds an abdomen when ``with_positive``)."""
+    import torch
+
+    from training.losses import seg_loss
+
+    masks = torch.zeros(8, 224, 224, dtype=torch.uint8)
+    if with_positive:
+        masks[0, 80:150, 70:160] = 1
+    if n_classes == 1:
+        logits = torch.full((8, 1, 224, 224), -6.0)
+        logits[0, 0, 80:150, 70:160] = 4.0
+        logits[1, 0, 100:120, 100:120] = 2.0  # the false positive, on empty frame 1
+    else:
+        logits = torch.zeros(8, 3, 224, 224)
+        logits[:, 0] = 6.0
+        logits[0, 1, 80:150, 70:160] = 10.0
+        logits[1, 1, 100:120, 100:120] = 8.0
+    logits.requires_grad_(True)
+    seg_loss(kind, logits, masks, n_classes).backward()
+    return float(logits.grad[1, n_classes - 1 if n_classes == 1 else 1, 100:120, 100:120].mean())
+
+
+def test_false_positive_on_an_empty_frame_gets_a_material_gradient():
+    """Per-frame soft Dice gives a false-positive blob on a frame without abdomen almost nothing
+    to learn from (~1e-12 per pixel); batch Dice + cross-entropy pushes it down (~1e-5), also in
+    a batch without any abdomen (the cross-entropy part)."""
+    per_frame = _false_positive_gradient("dice", 1)
+    assert 0 <= per_frame < 1e-10
+    for n_classes in (1, 3):
+        g = _false_positive_gradient("batch_dice_ce", n_classes)
+        assert g > 1e-6 and g > 1e4 * per_frame, (n_classes, g)
+        assert _false_positive_gradient("batch_dice_ce", n_classes, with_positive=False) > 1e-6
+        # a positive gradient on the logit lowers the logit under gradient descent: the blob shrinks
+    assert _false_positive_gradient("batch_dice", 1) > 1e-6
+    assert _false_positive_gradient("batch_dice", 1, with_positive=False) == 0.0  # class absent: no term
+
+
+def test_batch_dice_is_perfect_on_perfect_masks():
+    import torch
+
+    from training.losses import dice_loss
+
+    masks = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    masks[0, 2:6, 2:6] = 1
+    good = torch.full((3, 1, 8, 8), -20.0)
+    good[:, 0][masks > 0] = 20.0
+    assert float(dice_loss(good, masks, 1, over_batch=True)) < 1e-3
+    assert float(dice_loss(-good, masks, 1, over_batch=True)) > 0.99
+
+
+def test_threshold_on_a_thinned_out_subsample_weights_its_negatives():
+    from training.metrics import best_f1_threshold
+
+    rng = np.random.default_rng(0)
+    truth = np.r_[np.ones(100, bool), np.zeros(4000, bool)]
+    p = np.r_[rng.uniform(0.4, 1.0, 100), rng.uniform(0.0, 1.0, 4000) ** 3]
+    full = best_f1_threshold(p, truth)
+    keep = np.r_[np.arange(100), 100 + rng.choice(4000, 400, replace=False)]  # negatives thinned 10x
+    naive = best_f1_threshold(p[keep], truth[keep])
+    weighted = best_f1_threshold(p[keep], truth[keep], neg_weight=10.0)
+    assert abs(weighted - full) <= 0.03 < abs(naive - full)
+
+
+def test_intervals_over_cases():
+    from training.evaluate import _case_bootstrap, wilson
+
+    lo, hi = wilson(9, 10)
+    assert 0.55 < lo < 0.6 and hi > 0.98
+    assert wilson(0, 0) != wilson(0, 0)  # nan
+    # two cases, one perfect and one all wrong: the bootstrap interval spans both
+    truth = np.array([1, 1, 0, 0, 1, 1, 0, 0], bool)
+    pred = np.array([1, 1, 0, 0, 0, 0, 1, 1], bool)
+    cix = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    parts = {"tp": pred & truth, "fp": pred & ~truth, "fn": ~pred & truth}
+    lo, hi = _case_bootstrap(cix, 2, parts, lambda s: 2 * s["tp"] / (2 * s["tp"] + s["fp"] + s["fn"]))
+    assert lo < 0.5 < hi and hi == 1.0
+
+
 # ------------------------------------------------------------------------------------------
 # end to end
 # ------------------------------------------------------------------------------------------

@@ -30,12 +30,17 @@ class AugmentSettings:
     translate: float = 0.2  # fraction of width / height, each way
     rotate_deg: float = 20.0  # degrees, each way
     affine_p: float = 1.0  # probability of the affine step on an augmented frame
+    jitter_p: float = 1.0  # probability of the colour jitter on an augmented frame
+    clahe_clip_max: float | None = None  # CLAHE clip drawn from [clahe_clip, clahe_clip_max] (None: fixed)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 NO_AUGMENT = AugmentSettings(p=0.0)
+#: The reference code's offline copies (every copy augmented): colour jitter with probability 0.5,
+#: CLAHE with a clip limit drawn from 1-4, the affine transform (applied to the padded square).
+PAPER_AUGMENT = AugmentSettings(p=1.0, jitter_p=0.5, clahe_p=1.0, clahe_clip=1.0, clahe_clip_max=4.0, affine_p=1.0)
 
 
 def colour_jitter(frame: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float) -> np.ndarray:
@@ -88,9 +93,11 @@ class Augmenter:
             raise ValueError(f"expected a (H, W) uint8 frame, got {frame.shape} {frame.dtype}")
         if rng.random() >= s.p:
             return frame, mask
-        frame = colour_jitter(frame, rng, s.brightness, s.contrast)
+        if s.jitter_p >= 1.0 or rng.random() < s.jitter_p:
+            frame = colour_jitter(frame, rng, s.brightness, s.contrast)
         if rng.random() < s.clahe_p:
-            frame = clahe(frame, s.clahe_clip, s.clahe_grid)
+            clip = s.clahe_clip if s.clahe_clip_max is None else rng.uniform(s.clahe_clip, s.clahe_clip_max)
+            frame = clahe(frame, clip, s.clahe_grid)
         if rng.random() < s.affine_p:
             h, w = frame.shape
             angle = rng.uniform(-s.rotate_deg, s.rotate_deg)

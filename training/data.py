@@ -27,7 +27,7 @@ def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
     from training.dataset import apply_extra_labels, build_index, read_cases, read_extra_labels, split_cases
 
     cases = read_cases(cfg.data)
-    split = split_cases(cases, seed=cfg.split_seed)
+    split = split_cases(cases, seed=cfg.split_seed, method=cfg.split_method)
     cache = paths.cache_dir() / "training_index"
     idx = {name: build_index(split[name], all_sweeps=cfg.all_sweeps, cache_dir=cache) for name in split}
     if not len(idx["train"]):

@@ -132,10 +132,25 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
     return cases
 
 
+def permutation_split(cases: Sequence[CaseRecord], seed: int = SPLIT_SEED,
+                      fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, list[CaseRecord]]:
+    """The reference code's split: a seeded permutation of the cases (in CSV order), cut at
+    70 / 10 / 20 %, ignoring subjects (cases of one subject may land in two splits)."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise FetalIQAError(f"split fractions {tuple(fractions)} must be three non-negative numbers")
+    total = float(sum(fractions))
+    order = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
+    n_train = int(round(len(order) * fractions[0] / total))
+    n_val = int(round(len(order) * fractions[1] / total))
+    parts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
+    return {name: sorted(part, key=lambda c: c.uuid) for name, part in zip(SPLIT_NAMES, parts)}
+
+
 def split_cases(
     cases: Sequence[CaseRecord],
     seed: int = SPLIT_SEED,
     fractions: Sequence[float] = SPLIT_FRACTIONS,
+    method: str = "grouped",
 ) -> dict[str, list[CaseRecord]]:
     """Split by case into train / val / test, grouped by ``subject_id``.
 
@@ -145,6 +160,10 @@ def split_cases(
     Deterministic: the same cases and seed give the same split, whatever the CSV order. With at
     least 3 subjects, each split gets at least one subject.
     """
+    if method == "permutation":
+        return permutation_split(cases, seed, fractions)
+    if method != "grouped":
+        raise FetalIQAError(f"unknown split method {method!r}; use grouped or permutation")
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise FetalIQAError(f"split fractions {tuple(fractions)} must be three non-negative numbers")
     total_f = float(sum(fractions))
@@ -476,19 +495,38 @@ class FrameDataset:
     ``with_masks``), "index": int}``. Frames are augmented (when ``augment`` is given) with a
     random stream that depends only on (seed, epoch, item), so runs and resumed runs repeat
     exactly whatever the number of loader workers.
+
+    ``offline_copies`` N > 0: the reference code's offline augmentation instead - pass 0 of an
+    epoch shows the frames as they are, passes 1..N their N augmented copies, each copy drawn once
+    from (seed, copy, item) and the same in every epoch (:meth:`set_pass`). ``pad_first``: pad
+    the frame (and mask) to a square before augmenting, so the affine acts on the padded square
+    (the reference); ``pre_resize="cv2_cubic"``: then resize that square to 224 with OpenCV's
+    bicubic without antialiasing (the reference's ``cv2.INTER_CUBIC`` pre-resize), which the
+    models' own preprocessing leaves as it is.
     """
 
     def __init__(self, index: FrameIndex, with_masks: bool, augment=None, seed: int = 0,
-                 cache_cases: int = DEFAULT_CACHE_CASES) -> None:
+                 cache_cases: int = DEFAULT_CACHE_CASES, offline_copies: int = 0, pad_first: bool = False,
+                 pre_resize: str | None = None) -> None:
         self.index = index
         self.with_masks = with_masks
         self.augment = augment
         self.seed = int(seed)
         self.epoch = 0
+        self.offline_copies = int(offline_copies)
+        self.pass_index = 0
+        self.pad_first = bool(pad_first) or pre_resize is not None
+        if pre_resize not in (None, "cv2_cubic"):
+            raise FetalIQAError(f"unknown pre-resize {pre_resize!r}; use cv2_cubic or none")
+        self.pre_resize = pre_resize
         self.volumes = VolumeCache(cache_cases)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def set_pass(self, index: int) -> None:
+        """Offline copies: which pass of the epoch the next items belong to (0: unaugmented)."""
+        self.pass_index = int(index)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -515,7 +553,19 @@ class FrameDataset:
         from fetaliqa_core.preprocess import preprocess_masks
 
         frame, mask = self.load(i)
-        if self.augment is not None:
+        if self.pad_first:
+            frame, mask = _pad_square(frame), None if mask is None else _pad_square(mask)
+        if self.pre_resize == "cv2_cubic":
+            import cv2
+
+            frame = cv2.resize(frame, (224, 224), interpolation=cv2.INTER_CUBIC)
+            if mask is not None:
+                mask = np.ascontiguousarray(preprocess_masks(np.ascontiguousarray(mask))[0].numpy())
+        if self.augment is not None and self.offline_copies > 0:
+            if self.pass_index > 0:  # the same copy every epoch: offline augmentation
+                rng = np.random.default_rng([self.seed, 1_000_003, self.pass_index, int(i)])
+                frame, mask = self.augment(frame, mask, rng)
+        elif self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, int(i)])
             frame, mask = self.augment(frame, mask, rng)
         item = {
@@ -526,6 +576,19 @@ class FrameDataset:
         if mask is not None:
             item["mask"] = preprocess_masks(np.ascontiguousarray(mask))[0]
         return item
+
+
+def _pad_square(img: np.ndarray) -> np.ndarray:
+    """Zero-pad ``(H, W)`` to a centred square (the models' padding rule)."""
+    from fetaliqa_core.preprocess import pad_geometry
+
+    h, w = img.shape
+    g = pad_geometry(h, w)
+    if g.side == h == w:
+        return img
+    out = np.zeros((g.side, g.side), dtype=img.dtype)
+    out[g.top:g.top + h, g.left:g.left + w] = img
+    return out
 
 
 def collate(items: list[dict]) -> dict:

@@ -23,6 +23,7 @@ per-frame results:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -84,6 +85,8 @@ class _Collected:
     seg_call: list = field(default_factory=list)
     dice: list = field(default_factory=list)
     grade_ok: list = field(default_factory=list)  # per frame: True/False where gradable, None otherwise
+    seg_area: list = field(default_factory=list)  # per frame: predicted foreground pixels at 224
+    case_ix: list = field(default_factory=list)  # per frame: index of its case (intervals over cases)
     cases: dict = field(default_factory=dict)  # model name -> list of per-case dicts
 
 
@@ -147,7 +150,9 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     all_sweeps = settings.all_sweeps if settings.all_sweeps is not None else bool(record.get("all_sweeps", False))
 
     cases = read_cases(settings.data)
-    chosen = cases if settings.split == "all" else split_cases(cases, seed=split_seed)[settings.split]
+    split_method = str(record.get("split_method", "grouped"))
+    chosen = (cases if settings.split == "all"
+              else split_cases(cases, seed=split_seed, method=split_method)[settings.split])
     if settings.max_cases is not None:
         chosen = chosen[: settings.max_cases]
     if not chosen:
@@ -168,7 +173,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     bar = tqdm(total=len(chosen), unit="case", desc=f"evaluating {settings.split}", file=sys.stderr,
                disable=not settings.progress, dynamic_ncols=True)
     try:
-        for case in chosen:
+        for ci, case in enumerate(chosen):
             sweep = fio.load_sweep(case.image_path)
             gt = fio.load_mask(case.mask_path, like=sweep)  # FetalIQAError when the shapes differ
             labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
@@ -180,12 +185,14 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
             frames = np.concatenate([np.arange(*ranges[s]) for s in sweeps]) if sweeps else np.zeros(0, np.int64)
             if frames.size:
                 col.truth_label.append(labels[frames])
+                col.case_ix.append(np.full(frames.size, ci, np.int64))
                 ac_sweeps = set(case.sweeps_with_ac())
                 col.in_ac_sweep.append(np.array([s in ac_sweeps for s in sweeps for _ in range(*ranges[s])], bool))
                 if results.has_cls:
                     col.p_cls.append(results.p_cls[frames])
                 if results.has_seg:
                     col.seg_call.append(results.seg_call[frames])
+                    col.seg_area.append(results.seg_area_px[frames])
                     gt_224 = preprocess_masks(np.ascontiguousarray(gt[frames])).numpy()
                     col.dice.append(_seg_dice_224(results, frames, gt_224))
                     if n_classes == 3:
@@ -210,6 +217,9 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                                     spacing_mm=sweep.spacing_mm, fov=fov)
                 d = m.to_dict()
                 d["uuid"] = case.uuid
+                d["chosen_label"] = int(labels[frame]) if frame >= 0 else -1
+                d["has_optimal"] = bool((labels == 1).any())
+                d["has_annotation"] = bool(labels.any())
                 col.cases[name].append(d)
             bar.update(1)
     finally:
@@ -234,15 +244,92 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         metrics["frame_ac_sweeps"] = _frame_metrics(col, truth, threshold, in_ac)
         metrics["frame_ac_sweeps"]["n_frames"] = int(in_ac.sum())
         metrics["frame_ac_sweeps"]["n_positive"] = int((truth & in_ac).sum())
+    case_fields = {f.name for f in dataclasses.fields(an.CaseMetrics)}  # the rest of a row is ours
     for name, per_case in col.cases.items():
-        agg = an.aggregate_case_metrics([an.CaseMetrics(**{k: v for k, v in c.items() if k != "uuid"})
+        agg = an.aggregate_case_metrics([an.CaseMetrics(**{k: v for k, v in c.items() if k in case_fields})
                                          for c in per_case])
         metrics["challenge"][name] = {k: agg[k] for k in CHALLENGE_KEYS}
+    metrics["intervals"] = _intervals(col, truth, threshold, len(chosen))
     metrics["cases"] = col.cases
 
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics)
     return metrics
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k / n ((nan, nan) when n is 0)."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def _case_bootstrap(case_ix: np.ndarray, n_cases: int, parts: dict[str, np.ndarray], stat, reps: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of ``stat(sums)`` over cases resampled with replacement, where
+    ``sums`` are per-case sums of the boolean arrays in ``parts`` (frames weigh by case)."""
+    per_case = {k: np.bincount(case_ix, weights=v.astype(np.float64), minlength=n_cases) for k, v in parts.items()}
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_cases, size=(reps, n_cases))
+    counts = np.stack([np.bincount(d, minlength=n_cases) for d in draws])  # (reps, n_cases)
+    sums = {k: counts @ v for k, v in per_case.items()}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.asarray(stat(sums), dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (float("nan"), float("nan"))
+    return (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
+
+
+def _f1(s: dict) -> np.ndarray:
+    return 2 * s["tp"] / (2 * s["tp"] + s["fp"] + s["fn"])
+
+
+def _intervals(col: _Collected, truth: np.ndarray, threshold: float, n_cases: int) -> dict:
+    """The numbers a demo model is judged by, each with a 95 % interval over cases: frame F1 of
+    each model (all evaluated frames), the share of frames without abdomen that each model flags
+    (distractors), the share of such frames where the segmenter draws any mask, and per model
+    view the share of cases whose chosen frame is optimal (cases with an optimal frame) and whose
+    AC at the chosen frame is within 3 % of the reference (cases with an annotation)."""
+    out: dict = {"n_cases": n_cases}
+    if not col.case_ix:
+        return out
+    cix = np.concatenate(col.case_ix)
+    calls = {}
+    if col.p_cls:
+        calls["cls"] = np.concatenate(col.p_cls) >= threshold
+    if col.seg_call:
+        calls["seg"] = np.concatenate(col.seg_call)
+    for name, pred in calls.items():
+        parts = {"tp": pred & truth, "fp": pred & ~truth, "fn": ~pred & truth, "neg": ~truth}
+        tp, fp, fn = (int(parts[k].sum()) for k in ("tp", "fp", "fn"))
+        f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan")
+        out[f"{name}_frame_f1"] = {"value": f1, "ci95": _case_bootstrap(cix, n_cases, parts, _f1)}
+        neg = int((~truth).sum())
+        out[f"{name}_flags_on_empty"] = {
+            "value": fp / neg if neg else float("nan"), "frames": neg,
+            "ci95": _case_bootstrap(cix, n_cases, parts, lambda s: s["fp"] / s["neg"])}
+    if col.seg_area:
+        drawn = np.concatenate(col.seg_area) > 0
+        parts = {"fp": drawn & ~truth, "neg": ~truth}
+        neg = int((~truth).sum())
+        out["seg_mask_on_empty"] = {"value": float(parts["fp"].sum()) / neg if neg else float("nan"), "frames": neg,
+                                    "ci95": _case_bootstrap(cix, n_cases, parts, lambda s: s["fp"] / s["neg"])}
+    for name, per_case in col.cases.items():
+        opt = [c for c in per_case if c.get("has_optimal")]
+        k = sum(1 for c in opt if c.get("chosen_label") == 1)
+        out[f"{name}_chosen_optimal"] = {"k": k, "n": len(opt), "value": k / len(opt) if opt else float("nan"),
+                                         "ci95": wilson(k, len(opt))}
+        ann = [c for c in per_case if c.get("has_annotation")]
+        k = sum(1 for c in ann if c.get("ac_pred_mm") and c.get("ac_gt_mm")
+                and abs(c["ac_pred_mm"] - c["ac_gt_mm"]) <= 0.03 * c["ac_gt_mm"])
+        out[f"{name}_ac_within_3pct"] = {"k": k, "n": len(ann), "value": k / len(ann) if ann else float("nan"),
+                                         "ci95": wilson(k, len(ann))}
+    return out
 
 
 def _frame_metrics(col: _Collected, truth: np.ndarray, threshold: float, keep: np.ndarray) -> dict:
@@ -262,6 +349,10 @@ def _frame_metrics(col: _Collected, truth: np.ndarray, threshold: float, keep: n
         seg["dice"] = float(finite.mean()) if finite.size else float("nan")
         pos = dice[t & np.isfinite(dice)]
         seg["dice_positive"] = float(pos.mean()) if pos.size else float("nan")
+        if col.seg_area:  # how often the segmenter draws anything on a frame without abdomen
+            drawn = (np.concatenate(col.seg_area)[keep] > 0)[~t]
+            seg["empty_frames"] = int(drawn.size)
+            seg["mask_on_empty_rate"] = float(drawn.mean()) if drawn.size else float("nan")
         if col.grade_ok:
             g = np.concatenate(col.grade_ok)[keep]
             g = g[np.isfinite(g)]
@@ -321,6 +412,26 @@ def format_report(metrics: dict, compare_paper: bool = False) -> str:
     if "grade_accuracy" in seg:
         lines.append(f"3-class segmenter: optimal/suboptimal graded correctly on {_fmt(seg['grade_accuracy'])} "
                      "of the positive frames it found")
+    iv = metrics.get("intervals", {})
+    if len(iv) > 1:
+        lines.append("")
+        lines.append(f"with 95 % intervals over the {iv['n_cases']} cases:")
+        names = {"cls": "classifier", "seg": "segmenter", "cls+seg": "both"}
+        for key, text in (("frame_f1", "frame F1"), ("flags_on_empty", "flags frames without abdomen")):
+            for m in ("cls", "seg"):
+                if f"{m}_{key}" in iv:
+                    r = iv[f"{m}_{key}"]
+                    lines.append(f"  {names[m]:<11}{text:<42}{_fmt(r['value'])} [{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
+        if "seg_mask_on_empty" in iv:
+            r = iv["seg_mask_on_empty"]
+            lines.append(f"  {'segmenter':<11}{'draws a mask on a frame without abdomen':<42}{_fmt(r['value'])} "
+                         f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
+        for m in ("cls", "seg", "cls+seg"):
+            for key, text in (("chosen_optimal", "case frame optimal"), ("ac_within_3pct", "AC within 3 %")):
+                r = iv.get(f"{m}_{key}")
+                if r is not None and r["n"] and not (m == "cls" and key == "ac_within_3pct"):  # no mask: no AC
+                    lines.append(f"  {names[m]:<11}{text:<42}{_fmt(r['value'])} [{_fmt(r['ci95'][0])}, "
+                                 f"{_fmt(r['ci95'][1])}] ({r['k']} of {r['n']} cases)")
     lines.append("")
     header = (f"{'frame choice (challenge metrics, mean)':<52}{'score':>8}{'WFSS':>8}{'NAE_AC':>8}"
               f"{'DSC_soft':>10}{'cases':>7}")

@@ -49,7 +49,8 @@ def run_trial(cfg: TrainConfig, trial: int, splits: Splits, info: DistInfo, devi
     workers = cfg.workers if cfg.workers is not None else default_workers()
     train_ds, sampler, loader = _training_data(cfg, splits, info, device, seed, workers, with_masks)
     val_index = subsample_index(splits.val, cfg.val_frames, cfg.split_seed)
-    val_ds = FrameDataset(val_index, with_masks, None, seed=seed, cache_cases=cfg.cache_cases)
+    val_ds = FrameDataset(val_index, with_masks, None, seed=seed, cache_cases=cfg.cache_cases,
+                          pre_resize=cfg.pre_resize)
     val_truth = val_index.label > 0
 
     step_losses: list[float] = [x for h in history for x in h.get("step_losses", [])]
@@ -65,9 +66,15 @@ def run_trial(cfg: TrainConfig, trial: int, splits: Splits, info: DistInfo, devi
         n_steps = len(loader)
         if cfg.max_steps is not None:
             n_steps = min(n_steps, cfg.max_steps)
-        steps_per_epoch = n_steps
-        epoch_losses, epoch_time, frames_done = train_epoch(cfg, model, ddp_model, optimizer, loader, n_steps,
-                                                            device, info, reporter, tag, epoch)
+        steps_per_epoch = n_steps * (cfg.offline_copies + 1)
+        epoch_losses, epoch_time, frames_done = [], 0.0, 0
+        for copy in range(cfg.offline_copies + 1):  # offline copies: one pass per copy (0: unaugmented)
+            train_ds.set_pass(copy)
+            losses, seconds, frames = train_epoch(cfg, model, ddp_model, optimizer, loader, n_steps, device, info,
+                                                  reporter, tag, epoch)
+            epoch_losses += losses
+            epoch_time += seconds
+            frames_done += frames
         train_time += epoch_time
         train_frames += frames_done
 
@@ -95,7 +102,8 @@ def run_trial(cfg: TrainConfig, trial: int, splits: Splits, info: DistInfo, devi
     threshold = _operating_threshold(cfg, model, splits, info, device, seed, workers, reporter, tag)
     test = None
     if cfg.test and len(splits.test):
-        test_ds = FrameDataset(splits.test, with_masks, None, seed=seed, cache_cases=cfg.cache_cases)
+        test_ds = FrameDataset(splits.test, with_masks, None, seed=seed, cache_cases=cfg.cache_cases,
+                               pre_resize=cfg.pre_resize)
         test = frame_metrics(predict_index(model, test_ds, cfg.task, cfg, device, info, workers),
                              splits.test.label > 0, cfg.task, threshold)
         reporter.line("TEST", trial=tag, **{k: v for k, v in test.items() if isinstance(v, float)})
@@ -137,7 +145,7 @@ def train_epoch(cfg: TrainConfig, model, ddp_model, optimizer, loader, n_steps: 
         x = to_model_input(batch["frame"], device)
         targets = batch["target"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True) if "mask" in batch else None
-        with autocast_context(device):
+        with autocast_context(device, cfg.precision):
             cls_logits, seg_logits = model_outputs(ddp_model, x, cfg.task)
         loss = compute_loss(cfg, cls_logits, seg_logits, targets, masks)
         finite = torch.isfinite(loss.detach()).float().reshape(1)
@@ -209,11 +217,14 @@ def _wrap_ddp(cfg: TrainConfig, model, info: DistInfo, device):
 def _training_data(cfg: TrainConfig, splits: Splits, info: DistInfo, device, seed: int, workers: int,
                    with_masks: bool):
     """``(dataset, sampler, loader)`` of the training split, this process's share."""
-    from training.augment import Augmenter
+    from training.augment import PAPER_AUGMENT, Augmenter, AugmentSettings
     from training.dataset import CaseChunkSampler, FrameDataset
 
-    augment = Augmenter() if cfg.augment else None
-    train_ds = FrameDataset(splits.train, with_masks, augment, seed=seed, cache_cases=cfg.cache_cases)
+    settings = PAPER_AUGMENT if cfg.augment_recipe == "paper" else AugmentSettings()
+    augment = Augmenter(settings) if cfg.augment else None
+    train_ds = FrameDataset(splits.train, with_masks, augment, seed=seed, cache_cases=cfg.cache_cases,
+                            offline_copies=cfg.offline_copies, pad_first=cfg.augment_recipe == "paper",
+                            pre_resize=cfg.pre_resize)
     chunk = chunking(splits.train, with_masks, cfg.cache_cases)
     base_sampler = CaseChunkSampler(splits.train, chunk_cases=chunk, shuffle=True, seed=seed,
                                     num_replicas=info.world_size, rank=info.rank)
@@ -242,18 +253,21 @@ def _draw_trial_curves(cfg: TrainConfig, trial_dir: Path, history: list, step_lo
 
 def _operating_threshold(cfg: TrainConfig, model, splits: Splits, info: DistInfo, device, seed: int, workers: int,
                          reporter: Reporter, tag: str) -> float:
-    """The classifier threshold written into the bundle: --threshold, or the best F1 on the whole
-    validation split with ``auto``; 0.5 for a segmenter (unused)."""
-    from training.dataset import FrameDataset
+    """The classifier threshold written into the bundle: --threshold, or with ``auto`` the best F1
+    on the validation split (with --val-frames: on that subsample, each negative weighted by how
+    thinly negatives were sampled, so the F1 is the whole split's estimate); 0.5 for a segmenter."""
+    from training.dataset import FrameDataset, subsample_index
 
     if not TASKS[cfg.task].has_cls:
         return 0.5
     if cfg.threshold != "auto":
         return float(cfg.threshold)
     with_masks = TASKS[cfg.task].has_seg
-    full_val = FrameDataset(splits.val, with_masks, None, seed=seed, cache_cases=cfg.cache_cases)
-    pred = predict_index(model, full_val, cfg.task, cfg, device, info, workers)
-    threshold = best_f1_threshold(pred.p_cls, splits.val.label > 0)
+    index = subsample_index(splits.val, cfg.val_frames, cfg.split_seed)
+    n_neg_all, n_neg = int((splits.val.label == 0).sum()), int((index.label == 0).sum())
+    val = FrameDataset(index, with_masks, None, seed=seed, cache_cases=cfg.cache_cases, pre_resize=cfg.pre_resize)
+    pred = predict_index(model, val, cfg.task, cfg, device, info, workers)
+    threshold = best_f1_threshold(pred.p_cls, index.label > 0, neg_weight=n_neg_all / n_neg if n_neg else 1.0)
     reporter.message(f"trial {tag}: threshold {threshold:.3f} (best F1 on the validation split)")
     return threshold
 
@@ -297,4 +311,7 @@ def training_record(cfg: TrainConfig, seed: int, splits: Splits) -> dict:
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seg_loss": cfg.seg_loss,
             "full_finetune": cfg.full_finetune, "augment": cfg.augment, "neg_ratio": cfg.neg_ratio,
             "max_steps": cfg.max_steps, "val_subsample": cfg.val_frames, "base": cfg.base,
-            "train_frames": len(splits.train), "val_frames": len(splits.val), "test_frames": len(splits.test)}
+            "train_frames": len(splits.train), "val_frames": len(splits.val), "test_frames": len(splits.test),
+            "preset": cfg.preset, "lora_targets": cfg.lora_targets, "split_method": cfg.split_method,
+            "offline_copies": cfg.offline_copies, "augment_recipe": cfg.augment_recipe, "pre_resize": cfg.pre_resize,
+            "precision": cfg.precision}

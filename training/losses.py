@@ -1,15 +1,24 @@
-"""Training losses: BCE for the classifier, Dice (optionally + cross-entropy) for the segmenter."""
+"""Training losses: BCE for the classifier; for the segmenter soft Dice per frame or over the batch,
+optionally plus cross-entropy (see :func:`seg_loss`)."""
 
 from __future__ import annotations
 
 from training.config import TrainConfig
 
 
-def dice_loss(seg_logits, masks, n_classes: int, eps: float = 1e-5):
-    """Soft Dice loss, per frame and class, averaged (MONAI's ``DiceLoss`` defaults).
+def dice_loss(seg_logits, masks, n_classes: int, eps: float = 1e-5, over_batch: bool = False):
+    """Soft Dice loss (1 - Dice), averaged over classes.
 
     seg_logits ``(B, C, S, S)``; masks ``(B, S, S)`` uint8 labels 0/1/2. C=1: sigmoid vs
     abdomen (label > 0); C=3: softmax vs one-hot labels, background included.
+
+    ``over_batch=False``: Dice per frame and class, averaged (MONAI's ``DiceLoss`` defaults). On a
+    frame without abdomen both sums of a foreground class are near 0, so a false-positive blob
+    there gets almost no gradient (~1e-15 with C=1) and the frame adds a constant loss.
+    ``over_batch=True``: one Dice per class over every pixel of the batch (the reference code's
+    segmentation_models_pytorch ``DiceLoss``): a false positive on an empty frame enlarges the
+    class's denominator, so it is pushed down whenever the batch holds an abdomen; a class absent
+    from the whole batch adds nothing (as in that library).
     """
     import torch
     import torch.nn.functional as F
@@ -21,9 +30,14 @@ def dice_loss(seg_logits, masks, n_classes: int, eps: float = 1e-5):
     else:
         prob = torch.softmax(logits, dim=1)
         target = F.one_hot(masks.long().clamp_(0, n_classes - 1), n_classes).permute(0, 3, 1, 2).float()
-    inter = (prob * target).sum(dim=(2, 3))
-    denom = prob.sum(dim=(2, 3)) + target.sum(dim=(2, 3))
-    return 1.0 - ((2.0 * inter + eps) / (denom + eps)).mean()
+    dims = (0, 2, 3) if over_batch else (2, 3)
+    inter = (prob * target).sum(dim=dims)
+    denom = prob.sum(dim=dims) + target.sum(dim=dims)
+    loss = 1.0 - (2.0 * inter + eps) / (denom + eps)
+    if over_batch:
+        present = target.sum(dim=dims) > 0
+        return (loss * present).sum() / present.sum().clamp(min=1)
+    return loss.mean()
 
 
 def seg_ce_loss(seg_logits, masks, n_classes: int):
@@ -35,15 +49,27 @@ def seg_ce_loss(seg_logits, masks, n_classes: int):
     return F.cross_entropy(logits, masks.long().clamp(0, n_classes - 1))
 
 
+def seg_loss(kind: str, seg_logits, masks, n_classes: int):
+    """The segmentation loss named ``kind`` (see :data:`training.config.SEG_LOSSES`)."""
+    if kind in ("dice", "dice_ce"):
+        loss = dice_loss(seg_logits, masks, n_classes)
+    elif kind in ("batch_dice", "batch_dice_ce"):
+        loss = dice_loss(seg_logits, masks, n_classes, over_batch=True)
+    else:
+        raise ValueError(f"unknown segmentation loss {kind!r}")
+    if kind.endswith("_ce"):
+        loss = loss + seg_ce_loss(seg_logits, masks, n_classes)
+    return loss
+
+
 def compute_loss(cfg: TrainConfig, cls_logits, seg_logits, targets, masks):
-    """Loss of one batch: BCE-with-logits (classifier), Dice (segmenter); the sum for ``joint``."""
+    """Loss of one batch: BCE-with-logits (classifier), the configured segmentation loss; the sum
+    for ``joint``."""
     import torch.nn.functional as F
 
     loss = 0.0
     if cls_logits is not None:
         loss = loss + F.binary_cross_entropy_with_logits(cls_logits.float(), targets)
     if seg_logits is not None:
-        loss = loss + dice_loss(seg_logits, masks, cfg.seg_classes)
-        if cfg.seg_loss == "dice_ce":
-            loss = loss + seg_ce_loss(seg_logits, masks, cfg.seg_classes)
+        loss = loss + seg_loss(cfg.seg_loss, seg_logits, masks, cfg.seg_classes)
     return loss

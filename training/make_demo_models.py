@@ -36,40 +36,53 @@ BASE_DESCRIPTION = ("tiny FetalCLIP-family vision tower pretrained from a random
                     "sweeps by training.pretrain_base (resources/demo/base_tiny.pt; not FetalCLIP)")
 
 
-def commands(work: Path, py: str = sys.executable) -> list[tuple[str, list[str]]]:
-    """The recipe: ``(name, argv)`` per step."""
+#: Synthetic data of the recipe: training cases (dataset seed) and held-out cases (another seed,
+#: never trained on), both full-length (6 x 140 frames) at ACOUSLIC's full size, 562 x 744.
+TRAIN_SEED, TRAIN_CASES = 101, 200
+HELDOUT_SEED, HELDOUT_CASES = 9001, 12
+
+
+def commands(work: Path, py: str = sys.executable, init_base: str | None = None,
+             train_cases: int = TRAIN_CASES) -> list[tuple[str, list[str]]]:
+    """The recipe: ``(name, argv)`` per step. ``init_base``: start the base from this base weights
+    file (the previous demo base) instead of the two from-scratch stages."""
     w = str(work)
-    cpu = ["--device", "cpu", "--threads", "1", "--workers", "1", "--no-progress-bar"]
-    base = f"{w}/base2/base_weights.pt"
-    return [
-        ("synth-train", [py, "-m", "fetaliqa_core.cli", "synth", "--out", f"{w}/train", "--cases", "60", "--seed", "1",
-                         "--height", "281", "--width", "372", "--frames-per-sweep", "24", "--quiet"]),
-        ("base", [py, "-m", "training.pretrain_base", "--data", f"{w}/train", "--out", f"{w}/base",
-                  "--base-config", "tiny", "--all-sweeps", "--epochs", "16", "--batch-size", "8", "--lr", "2e-3",
-                  *cpu]),
-        ("base2", [py, "-m", "training.pretrain_base", "--data", f"{w}/train", "--out", f"{w}/base2",
-                   "--base-config", "tiny", "--init-weights", f"{w}/base/base_weights.pt", "--neg-ratio", "4",
-                   "--epochs", "16", "--batch-size", "8", "--lr", "1e-3", *cpu]),
-        ("cls", [py, "-m", "training.train", "--task", "cls", "--data", f"{w}/train", "--out", f"{w}/cls",
-                 "--base", base, "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "6",
-                 "--batch-size", "16", "--lr", "1e-3", "--val-frames", "300", "--threshold", "auto", "--seed", "0", "--description",
+    cpu = ["--device", "cpu", "--threads", "1", "--workers", "0", "--no-progress-bar", "--precision", "bf16"]
+    base = f"{w}/base/base_weights.pt"
+    steps = [
+        # frames made at full size, 562 x 744, and stored as the model sees them (224 x 224)
+        ("synth-train", [py, "-m", "training.cache_frames", "--synth-cases", str(train_cases), "--synth-seed",
+                         str(TRAIN_SEED), "--fan-variety", "--jobs", "2", "--resume", "--out", f"{w}/train224"]),
+    ]
+    if init_base is None:
+        steps.append(("base0", [py, "-m", "training.pretrain_base", "--data", f"{w}/train224", "--out", f"{w}/base0",
+                                "--base-config", "tiny", "--all-sweeps", "--epochs", "8", "--batch-size", "16",
+                                "--lr", "2e-3", *cpu]))
+        init_base = f"{w}/base0/base_weights.pt"
+    steps += [
+        ("base", [py, "-m", "training.pretrain_base", "--data", f"{w}/train224", "--out", f"{w}/base",
+                  "--base-config", "tiny", "--init-weights", init_base, "--all-sweeps", "--neg-ratio", "3",
+                  "--epochs", "3", "--batch-size", "16", "--lr", "1e-3", "--val-frames", "400", *cpu]),
+        ("cls", [py, "-m", "training.train", "--task", "cls", "--data", f"{w}/train224", "--out", f"{w}/cls",
+                 "--base", base, "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "3", "--epochs", "2",
+                 "--batch-size", "16", "--lr", "1e-3", "--val-frames", "600", "--threshold", "auto", "--seed", "0",
+                 "--no-test", "--description",
                  f"demo classifier: LoRA (r=8) + linear head trained on synthetic sweeps over the {BASE_DESCRIPTION}",
                  *cpu]),
         ("seg", [py, "-m", "training.train", "--task", "seg", "--seg-classes", "3", "--init-filters", "8",
-                 "--seg-loss", "dice_ce", "--data", f"{w}/train", "--out", f"{w}/seg", "--base", base,
-                 "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "6", "--batch-size", "8",
-                 "--lr", "1e-3", "--val-frames", "300", "--seg-prior", "0.03", "--seed", "0", "--description",
+                 "--seg-loss", "batch_dice_ce", "--data", f"{w}/train224", "--out", f"{w}/seg", "--base", base,
+                 "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "3", "--epochs", "2", "--batch-size", "16",
+                 "--lr", "1e-3", "--val-frames", "600", "--seg-prior", "0.03", "--seed", "0", "--no-test",
+                 "--description",
                  "demo segmenter (background/optimal/suboptimal): LoRA (r=8) + UNETR decoder (8 filters) trained "
                  f"on synthetic sweeps over the {BASE_DESCRIPTION}", *cpu]),
-        ("eval-test", [py, "-m", "fetaliqa_core.cli", "eval", "--cls", f"{w}/cls/bundle", "--seg", f"{w}/seg/bundle",
-                       "--base", base, "--data", f"{w}/train", "--split", "test", "--device", "cpu",
-                       "--out", f"{w}/eval_test", "--quiet"]),
-        ("synth-heldout", [py, "-m", "fetaliqa_core.cli", "synth", "--out", f"{w}/heldout", "--cases", "6",
-                           "--seed", "2", "--frames-per-sweep", "24", "--quiet"]),
+        ("synth-heldout", [py, "-m", "fetaliqa_core.cli", "synth", "--out", f"{w}/heldout", "--cases",
+                           str(HELDOUT_CASES), "--seed", str(HELDOUT_SEED), "--no-compress", "--quiet"]),
         ("eval-heldout", [py, "-m", "fetaliqa_core.cli", "eval", "--cls", f"{w}/cls/bundle", "--seg",
                           f"{w}/seg/bundle", "--base", base, "--data", f"{w}/heldout", "--split", "all",
                           "--device", "cpu", "--out", f"{w}/eval_heldout", "--quiet"]),
     ]
+    return steps
 
 
 def install(work: Path, dest: Path = DEMO) -> None:

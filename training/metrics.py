@@ -47,7 +47,7 @@ def predict_index(model, dataset, task: str, cfg: TrainConfig, device, info: Dis
             x = to_model_input(batch["frame"], device)
             targets = batch["target"].to(device)
             masks = batch["mask"].to(device) if "mask" in batch else None
-            with autocast_context(device):
+            with autocast_context(device, cfg.precision):
                 cls_logits, seg_logits = model_outputs(model, x, task)
             b = int(targets.shape[0])
             loss_sum += float(compute_loss(cfg, cls_logits, seg_logits, targets, masks)) * b
@@ -109,12 +109,19 @@ def frame_metrics(pred: FramePredictions, truth: np.ndarray, task: str, threshol
     return out
 
 
-def best_f1_threshold(p: np.ndarray, truth: np.ndarray) -> float:
+def best_f1_threshold(p: np.ndarray, truth: np.ndarray, neg_weight: float = 1.0) -> float:
     """The threshold in [0.05, 0.95] (steps of 0.01) with the highest F1 of ``p >= t`` against
-    ``truth``; ties go to the threshold closest to 0.5."""
-    from fetaliqa_core.analysis import binary_metrics
-
+    ``truth``; ties go to the threshold closest to 0.5. ``neg_weight``: each negative frame
+    counts this many times (frames of a subsample whose negatives were thinned out)."""
+    truth = np.asarray(truth, bool)
     grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
-    scores = np.array([binary_metrics(truth, p >= t).f1 for t in grid])
+    scores = []
+    for t in grid:
+        call = p >= t
+        tp = float((call & truth).sum())
+        fp = float((call & ~truth).sum()) * neg_weight
+        fn = float((~call & truth).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    scores = np.array(scores)
     best = np.flatnonzero(scores >= scores.max() - 1e-12)
     return float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])

@@ -20,9 +20,12 @@ def build_model(cfg: TrainConfig, device, seed: int):
     from fetaliqa_core.models.tasks import TASKS
 
     visual, base_info = build_vision_tower(cfg.config_name, cfg.base, device="cpu", dtype=torch.float32, seed=0)
-    lora = None if cfg.full_finetune else LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    targets = {} if not cfg.lora_targets else {"targets": tuple(cfg.lora_targets)}
+    lora = None if cfg.full_finetune else LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                                       **targets)
     torch.manual_seed(seed)
-    model = TASKS[cfg.task].build(visual, lora, n_classes=cfg.seg_classes, init_filters=cfg.init_filters)
+    model = TASKS[cfg.task].build(visual, lora, n_classes=cfg.seg_classes, init_filters=cfg.init_filters,
+                                  decoder_block=cfg.decoder_block)
     if cfg.full_finetune:
         model.encoder.visual.requires_grad_(True)
     if cfg.seg_prior is not None and getattr(model, "seg", None) is not None:
@@ -88,13 +91,27 @@ def to_model_input(frames, device):
     return preprocess_frames(frames, device=device)
 
 
-def autocast_context(device):
+def uses_bf16(device, precision: str | None = "auto") -> bool:
+    """Whether training and validation run under bf16 autocast on ``device``: ``"bf16"`` /
+    ``"fp32"`` force it; ``"auto"`` (or None: ``FETALIQA_PRECISION``) is bf16 on CUDA and on CPUs
+    with bf16 matrix instructions where a short measured product pays (the product's own rule,
+    :func:`fetaliqa_core.models.device.select_device`), fp32 elsewhere."""
+    import torch
+
+    from fetaliqa_core.models.device import select_device
+
+    if device.type not in ("cuda", "cpu"):
+        return False
+    return select_device(str(device), precision).dtype == torch.bfloat16
+
+
+def autocast_context(device, precision: str | None = "auto"):
     import contextlib
 
     import torch
 
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if uses_bf16(device, precision):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 is fastest on a busy CPU)")
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                   help="bf16 autocast: auto (CUDA; CPUs with bf16 matrix instructions where it pays), bf16, fp32")
 
 
 def _model(config_name: str, init_seed: int, device, init_weights: str | None = None):
@@ -100,7 +102,7 @@ def patch_targets(masks, patch: int):
     return frac.flatten(2).transpose(1, 2)
 
 
-def _losses(model, batch, device, patch: int, patch_weight: float, fg_weight: float = 1.0):
+def _losses(model, batch, device, patch: int, patch_weight: float, fg_weight: float = 1.0, precision=None):
     import torch
     import torch.nn.functional as F
 
@@ -109,7 +111,7 @@ def _losses(model, batch, device, patch: int, patch_weight: float, fg_weight: fl
     x = to_model_input(batch["frame"], device)
     target = batch["target"].to(device)
     masks = batch["mask"].to(device)
-    with autocast_context(device):
+    with autocast_context(device, precision):
         frame_logits, patch_logits = model(x)
     frame_loss = F.binary_cross_entropy_with_logits(frame_logits.float(), target)
     soft = patch_targets(masks, patch)
@@ -132,7 +134,8 @@ def _evaluate(model, dataset, args, device, patch: int) -> dict:
     p_frame, truth, p_patch, t_patch = [], [], [], []
     with torch.no_grad():
         for batch in loader:
-            loss, fl, pl, soft = _losses(model, batch, device, patch, args.patch_weight, args.patch_fg_weight)
+            loss, fl, pl, soft = _losses(model, batch, device, patch, args.patch_weight, args.patch_fg_weight,
+                                         args.precision)
             b = int(fl.shape[0])
             loss_sum += float(loss) * b
             n += b
@@ -199,7 +202,8 @@ def pretrain(args: argparse.Namespace) -> Path:
         for step, batch in enumerate(loader, start=1):
             if step > n_steps:
                 break
-            loss, *_ = _losses(model, batch, device, patch, args.patch_weight, args.patch_fg_weight)
+            loss, *_ = _losses(model, batch, device, patch, args.patch_weight, args.patch_fg_weight,
+                               args.precision)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -35,8 +35,8 @@ from fetaliqa_core.models.classifier import FetalCLIPClassifier
 from fetaliqa_core.models.device import DeviceChoice, select_device
 from fetaliqa_core.models.joint import FetalCLIPJoint
 from fetaliqa_core.models.lora import LoraSettings
-from fetaliqa_core.models.segmenter import (HEAD_KINDS, INIT_FILTERS, MASK_AREA_FRACTION, FetalCLIPSegmenter,
-                                            label_masks, segmentation_probabilities)
+from fetaliqa_core.models.segmenter import (DECODER_BLOCKS, HEAD_KINDS, INIT_FILTERS, MASK_AREA_FRACTION,
+                                            FetalCLIPSegmenter, label_masks, segmentation_probabilities)
 from fetaliqa_core.models.tasks import TASKS
 from fetaliqa_core.preprocess import PREPROCESS_VERSION, preprocess_spec
 
@@ -66,6 +66,7 @@ class BundleManifest:
     threshold: float = DEFAULT_THRESHOLD  # operating point on p_cls (cls/joint)
     area_fraction: float = MASK_AREA_FRACTION  # segmentation quality call (seg/joint)
     init_filters: int = INIT_FILTERS  # UNETR decoder width (seg/joint)
+    decoder_block: str = "res"  # decoder units: "res" (the project's) | "sepconv_bn" (the paper's reference)
     preprocess: dict = field(default_factory=preprocess_spec)
     metrics: dict = field(default_factory=dict)
     project_version: str = __version__
@@ -143,6 +144,8 @@ class BundleManifest:
         if not validate.int_in_range(self.init_filters, validate.INIT_FILTERS_RANGE):
             lo, hi = validate.INIT_FILTERS_RANGE
             raise bad(f"init_filters {self.init_filters!r} is not an integer in {lo}-{hi}")
+        if self.decoder_block not in DECODER_BLOCKS:
+            raise bad(f"decoder_block {self.decoder_block!r} is not one of {sorted(DECODER_BLOCKS)}")
         if not isinstance(self.preprocess, dict) or not isinstance(self.metrics, dict) \
                 or not isinstance(self.files, dict):
             raise bad("preprocess, metrics and files must be objects")
@@ -164,8 +167,13 @@ def manifest_for(model: AnyModel, base: BaseInfo, threshold: float = DEFAULT_THR
     return BundleManifest(
         task=model.task, head=model.head_kind, base_config=base.config_name, base_sha256=base.sha256,
         base_architecture=base.architecture, lora=None if lora is None else lora.to_dict(),
-        threshold=float(threshold), init_filters=_init_filters(model),
+        threshold=float(threshold), init_filters=_init_filters(model), decoder_block=_decoder_block(model),
         metrics=dict(metrics or {}), base_fingerprint=fingerprint, description=description)
+
+
+def _decoder_block(model: nn.Module) -> str:
+    seg = getattr(model, "seg", None)
+    return str(seg.decoder.block) if seg is not None else "res"
 
 
 def _init_filters(model: nn.Module) -> int:
@@ -338,7 +346,8 @@ def _load_head(model: AnyModel, state: dict[str, torch.Tensor], source: str) -> 
 
 
 def _new_model(manifest: BundleManifest, visual: nn.Module) -> AnyModel:
-    return TASKS[manifest.task].build(visual, manifest.lora_settings, manifest.n_classes, manifest.init_filters)
+    return TASKS[manifest.task].build(visual, manifest.lora_settings, manifest.n_classes, manifest.init_filters,
+                                      decoder_block=manifest.decoder_block)
 
 
 def bundle_hash(bundle_dir: str | Path) -> str:

@@ -21,11 +21,11 @@ class FetalCLIPJoint(nn.Module):
     task = "joint"
 
     def __init__(self, visual: nn.Module, lora: LoraSettings | None = LoraSettings(), n_classes: int = 1,
-                 init_filters: int = INIT_FILTERS) -> None:
+                 init_filters: int = INIT_FILTERS, decoder_block: str = "res") -> None:
         super().__init__()
         self.encoder = FetalCLIPEncoder(visual, lora)
         self.head = nn.Linear(self.encoder.embed_dim, 1)
-        self.seg = SegmentationHead(self.encoder, n_classes, init_filters)
+        self.seg = SegmentationHead(self.encoder, n_classes, init_filters, decoder_block)
 
     @property
     def n_classes(self) -> int:

@@ -10,8 +10,11 @@ Where the adapters go (every one of them acts on the output; ``tests/test_models
   peft applies no LoRA dropout on this path (the update is merged, not added to activations).
 - ``mlp.c_fc`` and ``mlp.c_proj``: the two Linears of each block's MLP.
 
-With r=8 that is 131,072 LoRA parameters per 1024-wide block: 3.15 M for FetalCLIP's 24 blocks
-(the reference's MLP-only adapters that actually trained: 2.36 M).
+With r=8, a 1024-wide block carries r x (in + out) LoRA parameters per adapted projection: 32,768
+(q/k/v input projection, 1024 -> 3072) + 16,384 (output projection) for ``attn``, 40,960 each for
+``mlp.c_fc`` (1024 -> 4096) and ``mlp.c_proj`` (4096 -> 1024), 131,072 in all: 3.15 M for
+FetalCLIP's 24 blocks. The reference's MLP-only adapters (the ones that actually trained) are
+81,920 per block: 1.97 M (``tests/test_models.py`` counts both on the tiny config).
 """
 
 from __future__ import annotations

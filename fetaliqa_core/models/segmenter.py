@@ -119,15 +119,44 @@ class ResConvUnit(nn.Module):
         return self.act(y + residual)
 
 
+class SepConvUnit(nn.Module):
+    """Residual unit of depthwise-separable convolutions with BatchNorm, as the reference code's
+    decoder blocks: (depthwise 3x3, pointwise 1x1, BN, ReLU) twice + (1x1 conv-BN when channels
+    change), ReLU. About a quarter of :class:`ResConvUnit`'s parameters and compute."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.dw1 = nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False)
+        self.conv1 = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.norm1 = nn.BatchNorm2d(c_out)
+        self.dw2 = nn.Conv2d(c_out, c_out, 3, padding=1, groups=c_out, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(c_out)
+        self.act = nn.ReLU(inplace=True)
+        self.skip = None if c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False),
+                                                             nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.skip is None else self.skip(x)
+        y = self.act(self.norm1(self.conv1(self.dw1(x))))
+        y = self.norm2(self.conv2(self.dw2(y)))
+        return self.act(y + residual)
+
+
+#: Decoder block kinds: "res" (MONAI-style residual units with InstanceNorm, the project's) and
+#: "sepconv_bn" (depthwise-separable units with BatchNorm, the paper's reference code).
+DECODER_BLOCKS = {"res": ResConvUnit, "sepconv_bn": SepConvUnit}
+
+
 class ProjectUp(nn.Module):
     """Encoder path for a deep feature map: transposed conv 2x, then ``n_more`` x (transposed conv
     2x + residual unit). ``(B, c_in, h, w)`` -> ``(B, c_out, h*2^(n_more+1), w*2^(n_more+1))``."""
 
-    def __init__(self, c_in: int, c_out: int, n_more: int) -> None:
+    def __init__(self, c_in: int, c_out: int, n_more: int, unit: type = ResConvUnit) -> None:
         super().__init__()
         self.first = nn.ConvTranspose2d(c_in, c_out, 2, stride=2, bias=False)
         self.more = nn.Sequential(*[
-            nn.Sequential(nn.ConvTranspose2d(c_out, c_out, 2, stride=2, bias=False), ResConvUnit(c_out, c_out))
+            nn.Sequential(nn.ConvTranspose2d(c_out, c_out, 2, stride=2, bias=False), unit(c_out, c_out))
             for _ in range(n_more)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,10 +167,10 @@ class UpStage(nn.Module):
     """Decoder stage: transposed conv 2x, concatenate the skip, residual unit.
     ``(B, c_in, h, w)``, skip ``(B, c_out, 2h, 2w)`` -> ``(B, c_out, 2h, 2w)``."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, unit: type = ResConvUnit) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(c_in, c_out, 2, stride=2, bias=False)
-        self.unit = ResConvUnit(2 * c_out, c_out)
+        self.unit = unit(2 * c_out, c_out)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.unit(torch.cat([self.up(x), skip], dim=1))
@@ -154,17 +183,22 @@ class UNETRDecoder(nn.Module):
     deep). Output: ``(B, n_classes, S, S)`` logits.
     """
 
-    def __init__(self, width: int, n_classes: int = 1, init_filters: int = INIT_FILTERS, in_channels: int = 3) -> None:
+    def __init__(self, width: int, n_classes: int = 1, init_filters: int = INIT_FILTERS, in_channels: int = 3,
+                 block: str = "res") -> None:
         super().__init__()
+        if block not in DECODER_BLOCKS:
+            raise FetalIQAError(f"decoder block {block!r} is not one of {sorted(DECODER_BLOCKS)}")
+        self.block = block
+        unit = DECODER_BLOCKS[block]
         f = init_filters
-        self.enc1 = ResConvUnit(in_channels, f)  # full resolution, from the image
-        self.enc2 = ProjectUp(width, 2 * f, n_more=2)  # x8
-        self.enc3 = ProjectUp(width, 4 * f, n_more=1)  # x4
-        self.enc4 = ProjectUp(width, 8 * f, n_more=0)  # x2
-        self.dec5 = UpStage(width, 8 * f)
-        self.dec4 = UpStage(8 * f, 4 * f)
-        self.dec3 = UpStage(4 * f, 2 * f)
-        self.dec2 = UpStage(2 * f, f)
+        self.enc1 = unit(in_channels, f)  # full resolution, from the image
+        self.enc2 = ProjectUp(width, 2 * f, n_more=2, unit=unit)  # x8
+        self.enc3 = ProjectUp(width, 4 * f, n_more=1, unit=unit)  # x4
+        self.enc4 = ProjectUp(width, 8 * f, n_more=0, unit=unit)  # x2
+        self.dec5 = UpStage(width, 8 * f, unit)
+        self.dec4 = UpStage(8 * f, 4 * f, unit)
+        self.dec3 = UpStage(4 * f, 2 * f, unit)
+        self.dec2 = UpStage(2 * f, f, unit)
         self.out = nn.Conv2d(f, n_classes, 1)
 
     def forward(self, image: torch.Tensor, grids: list[torch.Tensor]) -> torch.Tensor:
@@ -200,7 +234,8 @@ class TokenGrid(nn.Module):
 class SegmentationHead(nn.Module):
     """Token grids of the tapped blocks + image -> ``(B, n_classes, S, S)`` logits."""
 
-    def __init__(self, encoder: FetalCLIPEncoder, n_classes: int, init_filters: int = INIT_FILTERS) -> None:
+    def __init__(self, encoder: FetalCLIPEncoder, n_classes: int, init_filters: int = INIT_FILTERS,
+                 block: str = "res") -> None:
         super().__init__()
         if n_classes not in HEAD_KINDS:
             raise FetalIQAError(f"segmenter n_classes must be 1 (binary) or 3 (background/optimal/suboptimal); "
@@ -211,7 +246,7 @@ class SegmentationHead(nn.Module):
         self.n_classes = n_classes
         self.blocks = segmentation_blocks(encoder.depth)
         self.tokens_to_grid = TokenGrid(encoder.grid, image_size // 16)
-        self.decoder = UNETRDecoder(encoder.width, n_classes, init_filters)
+        self.decoder = UNETRDecoder(encoder.width, n_classes, init_filters, block=block)
 
     def forward(self, image: torch.Tensor, tokens: list[torch.Tensor]) -> torch.Tensor:
         return self.decoder(image, [self.tokens_to_grid(t) for t in tokens])
@@ -233,10 +268,10 @@ class FetalCLIPSegmenter(nn.Module):
     task = "seg"
 
     def __init__(self, visual: nn.Module, lora: LoraSettings | None = LoraSettings(), n_classes: int = 1,
-                 init_filters: int = INIT_FILTERS) -> None:
+                 init_filters: int = INIT_FILTERS, decoder_block: str = "res") -> None:
         super().__init__()
         self.encoder = FetalCLIPEncoder(visual, lora)
-        self.seg = SegmentationHead(self.encoder, n_classes, init_filters)
+        self.seg = SegmentationHead(self.encoder, n_classes, init_filters, decoder_block)
 
     @property
     def n_classes(self) -> int:

@@ -21,16 +21,17 @@ class Task:
     has_seg: bool  # outputs (B, C, 224, 224) mask logits
     model_class: str  # "module:Class" under fetaliqa_core.models (imported on use: this table needs no torch)
 
-    def build(self, visual, lora, n_classes: int = 1, init_filters: int | None = None):
+    def build(self, visual, lora, n_classes: int = 1, init_filters: int | None = None, decoder_block: str = "res"):
         """A new model of this kind on the vision tower ``visual`` (a classifier has no
-        segmentation settings; ``init_filters`` None: the decoder's default width)."""
+        segmentation settings; ``init_filters`` None: the decoder's default width;
+        ``decoder_block``: the decoder's units, see ``segmenter.DECODER_BLOCKS``)."""
         module, name = self.model_class.split(":")
         cls = getattr(importlib.import_module(f"fetaliqa_core.models.{module}"), name)
         if not self.has_seg:
             return cls(visual, lora)
         if init_filters is None:
-            return cls(visual, lora, n_classes)
-        return cls(visual, lora, n_classes, init_filters)
+            return cls(visual, lora, n_classes, decoder_block=decoder_block)
+        return cls(visual, lora, n_classes, init_filters, decoder_block=decoder_block)
 
     def split(self, out):
         """The model's output as ``(cls_logits (B, 1) | None, seg_logits (B, C, S, S) | None)``."""
