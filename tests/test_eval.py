@@ -114,10 +114,17 @@ def test_eval_cli_prints_table_and_paper(tiny_data, bundles, tmp_path, capsys):
 
     out = tmp_path / "cli"
     rc = main(["eval", "--seg", str(bundles["seg"]), "--data", str(tiny_data), "--split", "all",
-               "--device", "cpu", "--out", str(out), "--compare-paper", "--quiet", "--all-sweeps"])
+               "--device", "cpu", "--out", str(out), "--compare-paper", "--quiet", "--all-sweeps",
+               "--paper-seg", str(bundles["seg"])])
     assert rc == 0
     text = capsys.readouterr().out
     assert "segmenter (1% area)" in text and "FetalCLIP_CLS" in text and "0.7570" in text
+    # the second bundle's rows are printed beside the first's, each labelled with its preset
+    assert text.count("segmenter (1% area) [") == 4  # all sweeps + AC sweeps, two bundles
+    assert "with 95 % intervals over the" in text and "draws a mask on a frame without abdomen" in text
+    saved = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= saved["frame"]["seg"]["mask_on_empty_rate"] <= 1.0
+    assert saved["intervals"]["seg_frame_f1"]["ci95"][0] <= saved["intervals"]["seg_frame_f1"]["ci95"][1]
     assert "WFSS" in text and "score" in text
     assert "baseline rule" in text and "segmenter alone" in text
     assert (out / "metrics.json").is_file()

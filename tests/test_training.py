@@ -307,6 +307,85 @@ def test_threshold_on_a_thinned_out_subsample_weights_its_negatives():
     assert abs(weighted - full) <= 0.03 < abs(naive - full)
 
 
+def test_presets_fill_what_is_not_given():
+    import argparse
+
+    from training.config import PRESETS, add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--task", "seg", "--data", "d", "--out", "o"]
+    paper = config_from_args(parser.parse_args(base + ["--preset", "paper"]))
+    assert paper.preset == "paper" and paper.lora_targets == ["mlp.c_fc", "mlp.c_proj"]
+    assert (paper.seg_loss, paper.split_method, paper.offline_copies, paper.pre_resize, paper.decoder_block,
+            paper.epochs, paper.trials, paper.batch_size) == ("batch_dice", "permutation", 2, "cv2_cubic",
+                                                               "sepconv_bn", 5, 5, 32)
+    ours = config_from_args(parser.parse_args(base))
+    assert ours.preset == "fetaliqa" and ours.seg_loss == "batch_dice_ce" and ours.lora_targets is None
+    assert ours.trials == 1 and ours.split_method == "grouped" and ours.decoder_block == "res"
+    mixed = config_from_args(parser.parse_args(base + ["--preset", "paper", "--trials", "1", "--seg-loss", "dice_ce"]))
+    assert mixed.trials == 1 and mixed.seg_loss == "dice_ce" and mixed.offline_copies == 2  # given options win
+    assert set(PRESETS) == {"fetaliqa", "paper"}
+
+
+def test_permutation_split_ignores_subjects(tiny_data):
+    cases = ds.read_cases(tiny_data)
+    split = ds.split_cases(cases, seed=3, method="permutation")
+    assert sorted(c.uuid for part in split.values() for c in part) == sorted(c.uuid for c in cases)
+    assert split == ds.split_cases(cases, seed=3, method="permutation")
+    with pytest.raises(FetalIQAError):
+        ds.split_cases(cases, method="other")
+
+
+def test_offline_copies_and_the_reference_resize(tiny_data):
+    import cv2
+
+    from training.augment import PAPER_AUGMENT
+
+    cases = ds.read_cases(tiny_data)
+    index = ds.build_index(cases, all_sweeps=True)
+    plain = ds.FrameDataset(index, True, None, pre_resize="cv2_cubic")
+    frame, _ = plain.load(0)
+    side = max(frame.shape)
+    square = np.zeros((side, side), np.uint8)
+    top, left = (side - frame.shape[0]) // 2, (side - frame.shape[1]) // 2
+    square[top:top + frame.shape[0], left:left + frame.shape[1]] = frame
+    expected = cv2.resize(square, (224, 224), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(plain[0]["frame"].numpy(), expected)
+    aug = ds.FrameDataset(index, True, Augmenter(PAPER_AUGMENT), seed=1, offline_copies=2, pre_resize="cv2_cubic")
+    aug.set_pass(0)
+    assert np.array_equal(aug[0]["frame"].numpy(), expected)  # pass 0: the frame as it is
+    aug.set_pass(1)
+    aug.set_epoch(1)
+    first = aug[0]["frame"].numpy()
+    aug.set_epoch(2)
+    assert np.array_equal(aug[0]["frame"].numpy(), first)  # an offline copy is the same in every epoch
+    aug.set_pass(2)
+    assert not np.array_equal(aug[0]["frame"].numpy(), first)  # another copy
+
+
+def test_paper_decoder_units_round_trip_through_a_bundle(tmp_path):
+    import torch
+
+    from fetaliqa_core.models.base import build_vision_tower
+    from fetaliqa_core.models.bundle import load_bundle, save_bundle
+    from fetaliqa_core.models.lora import LoraSettings
+    from fetaliqa_core.models.segmenter import FetalCLIPSegmenter
+
+    visual, info = build_vision_tower("tiny", None, device="cpu", dtype=torch.float32, seed=0)
+    model = FetalCLIPSegmenter(visual, LoraSettings(targets=("mlp.c_fc", "mlp.c_proj")), 3, 8, "sepconv_bn")
+    res = FetalCLIPSegmenter(build_vision_tower("tiny", None, device="cpu", dtype=torch.float32, seed=0)[0],
+                             None, 3, 8, "res")
+    n = lambda m: sum(p.numel() for p in m.seg.parameters())  # noqa: E731
+    assert n(model) < n(res)
+    from fetaliqa_core.models.bundle import manifest_for
+
+    save_bundle(model, tmp_path / "b", manifest_for(model, info))
+    loaded = load_bundle(tmp_path / "b", device="cpu")
+    assert loaded.manifest.decoder_block == "sepconv_bn"
+    assert loaded.manifest.lora["targets"] == ["mlp.c_fc", "mlp.c_proj"]
+
+
 def test_intervals_over_cases():
     from training.evaluate import _case_bootstrap, wilson
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def check_resume(cfg: TrainConfig) -> None:
         raise FetalIQAError(f"--resume: {saved_path} is not a run configuration; start a new run in an empty folder "
                             "(drop --resume)")
     now = cfg.to_json()
-    changed = [k for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    # a run started before a setting existed ran with that setting's default
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changed = [k for k in RESUME_KEYS if saved.get(k, defaults.get(k)) != now.get(k)]
     if changed:
         k = changed[0]
         raise FetalIQAError(f"--resume: the run in {run} was started with {k}={saved.get(k)!r}, now {now.get(k)!r}; "

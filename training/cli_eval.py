@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder for metrics.json and per_case.csv (default: ./fetaliqa-eval-<split>)")
     p.add_argument("--compare-paper", action="store_true", help="print the paper's table beside the results")
+    p.add_argument("--paper-cls", type=Path, metavar="BUNDLE", default=None,
+                   help="also evaluate this classifier (e.g. trained with --preset paper) on the same cases and "
+                        "print it beside the others")
+    p.add_argument("--paper-seg", type=Path, metavar="BUNDLE", default=None,
+                   help="also evaluate this segmenter (e.g. trained with --preset paper) likewise")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_options(p, demo=False)
 
@@ -36,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
                             max_cases=args.max_cases, progress=not args.quiet)
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
     metrics = evaluate(settings, out_dir=out)
-    print(format_report(metrics, compare_paper=args.compare_paper))
+    also = None
+    if args.paper_cls is not None or args.paper_seg is not None:
+        other = EvalSettings(cls=args.paper_cls, seg=args.paper_seg, data=args.data, split=args.split,
+                             base=args.base, device=args.device, split_seed=args.split_seed,
+                             all_sweeps=metrics["all_sweeps"], max_cases=args.max_cases, progress=not args.quiet)
+        also = evaluate(other, out_dir=out / "paper")
+    print(format_report(metrics, compare_paper=args.compare_paper, also=also))
     print(f"metrics written to {out / 'metrics.json'}")
     return 0

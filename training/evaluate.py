@@ -99,6 +99,12 @@ def _training_record(models) -> dict:
     return {}
 
 
+def _preset(model) -> str:
+    """The training preset recorded in a bundle's manifest ("fetaliqa" for bundles from before presets)."""
+    rec = model.manifest.metrics.get("training") if isinstance(model.manifest.metrics, dict) else None
+    return str(rec.get("preset", "fetaliqa")) if isinstance(rec, dict) else "unknown"
+
+
 def _view(results, has_cls: bool, has_seg: bool):
     """The engine results as if only some of the models had run (for per-model challenge rows)."""
     v = copy.copy(results)
@@ -234,6 +240,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
             for k, t in view_thresholds.items() if k in names},
         "challenge_rows": {k: ROW_LABELS[k] for k in names},
         "device": models.device,
+        "presets": {k: _preset(getattr(models, k)) for k in ("cls", "seg") if getattr(models, k) is not None},
         "bundles": {k: str(getattr(settings, k)) for k in ("cls", "seg") if getattr(settings, k) is not None},
         "frame": {}, "challenge": {},
     }
@@ -380,34 +387,41 @@ def _fmt(v, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
-def format_report(metrics: dict, compare_paper: bool = False) -> str:
-    """The printed tables: per-frame metrics (optionally beside the paper's) and challenge metrics."""
+def format_report(metrics: dict, compare_paper: bool = False, also: dict | None = None) -> str:
+    """The printed tables: per-frame metrics (optionally beside the paper's) and challenge metrics.
+    ``also``: the metrics of other bundles on the same cases (e.g. trained with ``--preset paper``),
+    printed as extra per-frame rows labelled with their preset."""
     lines = [f"{metrics['split']} split: {metrics['n_cases']} cases, {metrics['n_frames']} frames "
              f"({metrics['n_positive']} positive), sweeps: {'all' if metrics['all_sweeps'] else 'with an AC value'}",
              ""]
-    header = f"{'per-frame':<22}{'accuracy':>10}{'F1':>10}{'precision':>10}{'recall':>10}{'specificity':>12}{'Dice':>10}"
+    header = f"{'per-frame':<32}{'accuracy':>10}{'F1':>10}{'precision':>10}{'recall':>10}{'specificity':>12}{'Dice':>10}"
     lines.append(header)
     lines.append("-" * len(header))
     labels = {"cls": "classifier", "seg": "segmenter (1% area)"}
-    groups = [("", metrics["frame"])]
+    runs = [metrics] + ([also] if also else [])
+    groups = [("", "frame")]
     if "frame_ac_sweeps" in metrics:
         sub = metrics["frame_ac_sweeps"]
-        groups.append((f"only sweeps with an AC value ({sub['n_frames']} frames, {sub['n_positive']} positive):", sub))
-    for title, group in groups:
+        groups.append((f"only sweeps with an AC value ({sub['n_frames']} frames, {sub['n_positive']} positive):",
+                       "frame_ac_sweeps"))
+    for title, part in groups:
         if title:
             lines.append(title)
-        for key in ("cls", "seg"):
-            if key not in group:
-                continue
-            row = group[key]
-            lines.append(f"{labels[key]:<22}" + "".join(f"{_fmt(row.get(k)):>10}" for k in
-                                                         ("accuracy", "f1", "precision", "recall"))
-                         + f"{_fmt(row.get('specificity')):>12}" + f"{_fmt(row.get('dice')):>10}")
+        for run in runs:
+            group = run.get(part, {})
+            for key in ("cls", "seg"):
+                if key not in group:
+                    continue
+                row = group[key]
+                label = f"{labels[key]} [{run.get('presets', {}).get(key, 'fetaliqa')}]"
+                lines.append(f"{label:<32}" + "".join(f"{_fmt(row.get(k)):>10}" for k in
+                                                       ("accuracy", "f1", "precision", "recall"))
+                             + f"{_fmt(row.get('specificity')):>12}" + f"{_fmt(row.get('dice')):>10}")
     if compare_paper:
         lines.append("")
         lines.append("paper (He, Wang, Yaqub 2025; ACOUSLIC-AI test split, mean of 5 runs):")
         for name, acc, f1, prec, rec in PAPER_TABLE:
-            lines.append(f"  {name:<20}" + "".join(f"{_fmt(v):>10}" for v in (acc, f1, prec, rec)))
+            lines.append(f"  {name:<30}" + "".join(f"{_fmt(v):>10}" for v in (acc, f1, prec, rec)))
     seg = metrics["frame"].get("seg", {})
     if "grade_accuracy" in seg:
         lines.append(f"3-class segmenter: optimal/suboptimal graded correctly on {_fmt(seg['grade_accuracy'])} "
