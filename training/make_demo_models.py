@@ -1,20 +1,20 @@
-"""Rebuild the demo models in ``resources/demo/`` from nothing but this repository.
+"""Rebuild the demo classifier and segmenter in ``resources/demo/`` from this repository.
 
 Each step is an ordinary command (printed before it runs, so the recipe can be replayed by
-hand); ``--dry-run`` prints them only. On a 2-core CPU the whole recipe takes tens of minutes
-(more when the CPU is shared):
+hand); ``--dry-run`` prints them only. The recipe:
 
-1. synthetic training data (``fetaliqa synth``; frames at half size, 281 x 372: preprocessing
-   resizes to 224 anyway);
-2. the tiny base: every weight of the ``tiny`` FetalCLIP-family vision tower trained from a
-   random initialisation (``training.pretrain_base``, two stages: all sweeps, then the sweeps with
-   an AC value, whose negatives are the hard ones) - LoRA on a random tower has nothing to
-   adapt; this base is *not* FetalCLIP;
-3. the LoRA classifier and the LoRA 3-class segmenter on that base (``training.train``);
-4. ``fetaliqa eval`` of both on the test split, then on a held-out synthetic set of another seed
-   at full size (562 x 744);
-5. copies into ``resources/demo/``: ``base_tiny.pt`` (+ ``base_tiny.json``), ``cls/``, ``seg/``,
-   ``eval_test.json``, ``eval_heldout.json``.
+1. synthetic training cases, full-length (6 x 140 frames) and made at ACOUSLIC's full size
+   (562 x 744, ``--fan-variety``: half on other fan geometries), stored as the models see them
+   (224 x 224) by ``training.cache_frames``;
+2. the LoRA classifier and the LoRA 3-class segmenter (``training.train``, bf16 autocast on a CPU
+   with bf16 matrix instructions) on the demo base ``resources/demo/base_tiny.pt`` - the ``tiny``
+   FetalCLIP-family tower whose every weight an earlier run of this recipe trained from a random
+   initialisation with ``training.pretrain_base`` (``--with-base`` adds that stage again: LoRA on
+   a random tower has nothing to adapt; this base is *not* FetalCLIP);
+3. a held-out synthetic set of another seed at full size and ``fetaliqa eval`` of both models on
+   it (the product's path: full frames, the app's frame choice, AC from the mask);
+4. copies into ``resources/demo/``: ``cls/``, ``seg/``, ``eval_heldout.json`` (and the base with
+   ``--with-base``).
 """
 
 from __future__ import annotations
@@ -38,63 +38,57 @@ BASE_DESCRIPTION = ("tiny FetalCLIP-family vision tower pretrained from a random
 
 #: Synthetic data of the recipe: training cases (dataset seed) and held-out cases (another seed,
 #: never trained on), both full-length (6 x 140 frames) at ACOUSLIC's full size, 562 x 744.
-TRAIN_SEED, TRAIN_CASES = 101, 200
+TRAIN_SEED, TRAIN_CASES = 101, 36
 HELDOUT_SEED, HELDOUT_CASES = 9001, 12
+#: Held-out cases evaluated (the first ones of the set; each costs minutes on a shared CPU).
+EVAL_CASES = 2
 
 
-def commands(work: Path, py: str = sys.executable, init_base: str | None = None,
-             train_cases: int = TRAIN_CASES) -> list[tuple[str, list[str]]]:
-    """The recipe: ``(name, argv)`` per step. ``init_base``: start the base from this base weights
-    file (the previous demo base) instead of the two from-scratch stages."""
+def commands(work: Path, py: str = sys.executable, with_base: bool = False) -> list[tuple[str, list[str]]]:
+    """The recipe: ``(name, argv)`` per step."""
     w = str(work)
     cpu = ["--device", "cpu", "--threads", "1", "--workers", "0", "--no-progress-bar", "--precision", "bf16"]
-    base = f"{w}/base/base_weights.pt"
+    base = str(DEMO / "base_tiny.pt")
     steps = [
-        # frames made at full size, 562 x 744, and stored as the model sees them (224 x 224)
-        ("synth-train", [py, "-m", "training.cache_frames", "--synth-cases", str(train_cases), "--synth-seed",
+        ("synth-train", [py, "-m", "training.cache_frames", "--synth-cases", str(TRAIN_CASES), "--synth-seed",
                          str(TRAIN_SEED), "--fan-variety", "--jobs", "2", "--resume", "--out", f"{w}/train224"]),
     ]
-    if init_base is None:
-        steps.append(("base0", [py, "-m", "training.pretrain_base", "--data", f"{w}/train224", "--out", f"{w}/base0",
-                                "--base-config", "tiny", "--all-sweeps", "--epochs", "8", "--batch-size", "16",
-                                "--lr", "2e-3", *cpu]))
-        init_base = f"{w}/base0/base_weights.pt"
+    if with_base:
+        base = f"{w}/base/base_weights.pt"
+        steps.append(("base", [py, "-m", "training.pretrain_base", "--data", f"{w}/train224", "--out", f"{w}/base",
+                               "--base-config", "tiny", "--all-sweeps", "--epochs", "8", "--batch-size", "16",
+                               "--lr", "2e-3", "--neg-ratio", "3", *cpu]))
     steps += [
-        ("base", [py, "-m", "training.pretrain_base", "--data", f"{w}/train224", "--out", f"{w}/base",
-                  "--base-config", "tiny", "--init-weights", init_base, "--all-sweeps", "--neg-ratio", "3",
-                  "--epochs", "3", "--batch-size", "16", "--lr", "1e-3", "--val-frames", "400", *cpu]),
         ("cls", [py, "-m", "training.train", "--task", "cls", "--data", f"{w}/train224", "--out", f"{w}/cls",
-                 "--base", base, "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "3", "--epochs", "2",
-                 "--batch-size", "16", "--lr", "1e-3", "--val-frames", "600", "--threshold", "auto", "--seed", "0",
-                 "--no-test", "--description",
+                 "--base", base, "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "1",
+                 "--max-steps", "60", "--batch-size", "16", "--lr", "1e-3", "--val-frames", "300", "--threshold",
+                 "auto", "--seed", "0", "--no-test", "--seg-loss", "dice", "--description",
                  f"demo classifier: LoRA (r=8) + linear head trained on synthetic sweeps over the {BASE_DESCRIPTION}",
                  *cpu]),
         ("seg", [py, "-m", "training.train", "--task", "seg", "--seg-classes", "3", "--init-filters", "8",
                  "--seg-loss", "batch_dice_ce", "--data", f"{w}/train224", "--out", f"{w}/seg", "--base", base,
-                 "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "3", "--epochs", "2", "--batch-size", "16",
-                 "--lr", "1e-3", "--val-frames", "600", "--seg-prior", "0.03", "--seed", "0", "--no-test",
-                 "--description",
+                 "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "1", "--max-steps", "30",
+                 "--batch-size", "16", "--lr", "1e-3", "--val-frames", "200", "--seg-prior", "0.03", "--seed", "0",
+                 "--no-test", "--description",
                  "demo segmenter (background/optimal/suboptimal): LoRA (r=8) + UNETR decoder (8 filters) trained "
                  f"on synthetic sweeps over the {BASE_DESCRIPTION}", *cpu]),
         ("synth-heldout", [py, "-m", "fetaliqa_core.cli", "synth", "--out", f"{w}/heldout", "--cases",
                            str(HELDOUT_CASES), "--seed", str(HELDOUT_SEED), "--no-compress", "--quiet"]),
         ("eval-heldout", [py, "-m", "fetaliqa_core.cli", "eval", "--cls", f"{w}/cls/bundle", "--seg",
                           f"{w}/seg/bundle", "--base", base, "--data", f"{w}/heldout", "--split", "all",
-                          "--device", "cpu", "--out", f"{w}/eval_heldout", "--quiet"]),
+                          "--all-sweeps", "--max-cases", str(EVAL_CASES), "--device", "cpu", "--out",
+                          f"{w}/eval_heldout", "--quiet"]),
     ]
     return steps
 
 
-def install(work: Path, dest: Path = DEMO) -> None:
+def install(work: Path, dest: Path = DEMO, with_base: bool = False) -> None:
     """Copy the products of the recipe into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(work / "base2" / "base_weights.pt", dest / "base_tiny.pt")
-    record = json.loads((work / "base2" / "base_weights.json").read_text())
-    data = "synthetic: fetaliqa synth --cases 60 --seed 1 --height 281 --width 372 --frames-per-sweep 24"
-    record["data"] = data
-    if isinstance(record.get("previous_stage"), dict):
-        record["previous_stage"]["data"] = data
-    write_json(dest / "base_tiny.json", record)
+    if with_base:
+        shutil.copy2(work / "base" / "base_weights.pt", dest / "base_tiny.pt")
+        record = json.loads((work / "base" / "base_weights.json").read_text())
+        write_json(dest / "base_tiny.json", record)
     for name in ("cls", "seg"):
         target = dest / name
         if target.exists():
@@ -102,10 +96,9 @@ def install(work: Path, dest: Path = DEMO) -> None:
         shutil.copytree(work / name / "bundle", target)
     for path in dest.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by every user of an installation
-    for name in ("test", "heldout"):
-        metrics = json.loads((work / f"eval_{name}" / "metrics.json").read_text())
-        metrics.pop("cases", None)  # per-case rows stay in the work folder
-        write_json(dest / f"eval_{name}.json", metrics)
+    metrics = json.loads((work / "eval_heldout" / "metrics.json").read_text())
+    metrics.pop("cases", None)  # per-case rows stay in the work folder
+    write_json(dest / "eval_heldout.json", metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--from-step", default=None, help="skip the steps before this one (a finished work folder)")
     p.add_argument("--no-install", action="store_true", help="do not copy into resources/demo/")
+    p.add_argument("--with-base", action="store_true",
+                   help="also pretrain the tiny base from a random initialisation (else: the shipped demo base)")
     args = p.parse_args(argv)
-    steps = commands(args.work)
+    steps = commands(args.work, with_base=args.with_base)
     names = [n for n, _ in steps]
     if args.from_step is not None and args.from_step not in names:
         p.error(f"--from-step must be one of {', '.join(names)}")
@@ -132,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             return proc.returncode
     if not args.dry_run and not args.no_install:
-        install(args.work)
+        install(args.work, with_base=args.with_base)
         print(f"installed into {DEMO}; step times (s): {json.dumps(times)}")
     return 0
 
