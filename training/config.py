@@ -87,7 +87,8 @@ class TrainConfig:
     augment_recipe: str = "fetaliqa"  # fetaliqa | paper (see training.augment)
     pre_resize: str | None = None  # None | cv2_cubic (the reference's OpenCV pre-resize)
     decoder_block: str = "res"  # res (the project's UNETR units) | sepconv_bn (the reference's)
-    precision: str | None = None  # bf16 autocast: auto (CUDA; CPUs with bf16 matrix instructions), bf16, fp32; None: FETALIQA_PRECISION or auto
+    # bf16 autocast: auto (CUDA; CPUs with bf16 matrix instructions), bf16, fp32; None: FETALIQA_PRECISION or auto
+    precision: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -118,7 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs (both presets: 5)")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (both presets: 3e-4)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    p.add_argument("--batch-size", type=int, default=None, help="frames per step, over all processes (both presets: 32)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="frames per step, over all processes (both presets: 32)")
     p.add_argument("--trials", type=int, default=None,
                    help="independent runs (seeds seed..seed+N-1); reports mean +- std (fetaliqa: 1, paper: 5)")
     p.add_argument("--lora-targets", nargs="+", default=None, choices=("attn", "mlp.c_fc", "mlp.c_proj"),

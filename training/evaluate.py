@@ -394,7 +394,8 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
     lines = [f"{metrics['split']} split: {metrics['n_cases']} cases, {metrics['n_frames']} frames "
              f"({metrics['n_positive']} positive), sweeps: {'all' if metrics['all_sweeps'] else 'with an AC value'}",
              ""]
-    header = f"{'per-frame':<32}{'accuracy':>10}{'F1':>10}{'precision':>10}{'recall':>10}{'specificity':>12}{'Dice':>10}"
+    header = (f"{'per-frame':<32}{'accuracy':>10}{'F1':>10}{'precision':>10}{'recall':>10}{'specificity':>12}"
+              f"{'Dice':>10}")
     lines.append(header)
     lines.append("-" * len(header))
     labels = {"cls": "classifier", "seg": "segmenter (1% area)"}
@@ -435,7 +436,8 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
             for m in ("cls", "seg"):
                 if f"{m}_{key}" in iv:
                     r = iv[f"{m}_{key}"]
-                    lines.append(f"  {names[m]:<11}{text:<42}{_fmt(r['value'])} [{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
+                    lines.append(f"  {names[m]:<11}{text:<42}{_fmt(r['value'])} "
+                                 f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
         if "seg_mask_on_empty" in iv:
             r = iv["seg_mask_on_empty"]
             lines.append(f"  {'segmenter':<11}{'draws a mask on a frame without abdomen':<42}{_fmt(r['value'])} "
