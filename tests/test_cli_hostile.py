@@ -147,7 +147,7 @@ def test_sigterm_behaves_like_ctrl_c(tmp_path):
     code = ("import sys, time\nfrom fetaliqa_core.cli import terminate_as_interrupt\nterminate_as_interrupt()\n"
             "try:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
             "    print('interrupted', flush=True)\n    sys.exit(130)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGTERM)
@@ -167,7 +167,7 @@ def test_sigterm_during_score_of_a_folder_exits_130_and_keeps_finished_sweeps(ca
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "fetaliqa_core.cli", "score", str(folder), "--cls",
                              str(tiny_bundle_dirs["cls"]), "--out", str(out), "--no-cache"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", cwd=ROOT, env=env)
     deadline = time.monotonic() + 240
     while not (out / "a" / "summary.json").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]

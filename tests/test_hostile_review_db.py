@@ -167,7 +167,7 @@ def test_app_instances_registering_the_same_new_sweep_at_once_never_fail_or_lose
     db, start, workers, n = tmp_path / "reviews.sqlite3", tmp_path / "go", 6, 150
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(db), str(w), str(n), str(start)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", cwd=ROOT, env=env)
              for w in range(workers)]
     time.sleep(2.0)  # let them all import and wait at the start line
     start.touch()

@@ -86,7 +86,7 @@ def test_nifti_non_utf8_name_is_refused_cleanly(tmp_path):
     code = ("import os, sys\nfrom fetaliqa_core.io import load_sweep\nfrom fetaliqa_core.errors import FetalIQAError\n"
             "try:\n    load_sweep(os.fsdecode(sys.argv[1].encode('latin-1')))\n"
             "except FetalIQAError as e:\n    print('REFUSED', e)\n")
-    proc = subprocess.run([sys.executable, "-c", code, bad.decode("latin-1")], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code, bad.decode("latin-1")], capture_output=True, text=True, encoding="utf-8", errors="replace",
                           timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("REFUSED") and "not valid UTF-8" in proc.stdout and "Rename" in proc.stdout
@@ -136,7 +136,7 @@ def test_nrrd_of_700_bytes_claiming_4gb_is_refused_before_allocating(tmp_path):
             # VmHWM: this process's peak (ru_maxrss would carry the forking test process's over exec)
             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
             "print('RSS_KB', hwm)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "REFUSED" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     rss_mb = int(proc.stdout.split("RSS_KB")[1]) / 1024
