@@ -16,6 +16,9 @@ Rank 0 waits for the others (each writes a heartbeat file while it lives) and th
 table; a rank whose heartbeat stops for longer than a timeout is taken as dead and its missing
 cases appear as ``missing`` until a rerun scores them.
 
+With ``--challenge-output`` rank 0 then gathers the challenge's files of every case into
+``OUT/challenge`` in the challenge's output layout, from the case folders alone.
+
 Sweeps are read, decoded and hashed by reader threads ahead of the model (a bounded number in
 flight), so reading overlaps inference.
 """
@@ -44,6 +47,8 @@ from fetaliqa_core.files import atomic_write, csv_writer, json_text
 CASES_DIR = "cases"
 RECORD_FILE = "case.json"
 TABLE_FILE = "cases.csv"
+CHALLENGE_DIR = "challenge"  # with --challenge-output: every case's answer in the challenge's layout
+PREDICTIONS_FILE = "predictions.json"
 STATE_DIR = ".archive"  # heartbeats of a distributed run (safe to delete between runs)
 RECORD_FORMAT = "fetaliqa-archive-case"
 RECORD_VERSION = 1
@@ -182,18 +187,31 @@ def _detached_data_file(path: Path) -> Path | None:
 
 
 def file_hash(path: Path) -> str:
-    """BLAKE2b (128 bit) of a sweep file's bytes, and of its detached data file if it has one."""
+    """BLAKE2b (128 bit) of an archive member: a sweep file's bytes (and its detached data
+    file's, if it has one), or the names, sizes and bytes of every file of a DICOM series folder
+    (hidden ones aside, as the reader skips them), so that any file added, removed or changed
+    in the series changes the key."""
     h = hashlib.blake2b(digest_size=16)
+    if path.is_dir():
+        h.update(b"dicom series\0")
+        for p in sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file()):
+            h.update(p.name.encode("utf-8", "surrogateescape") + b"\0" + str(p.stat().st_size).encode() + b"\0")
+            _hash_bytes(h, p)
+        return h.hexdigest()
     files = [path]
     extra = _detached_data_file(path)
     if extra is not None and extra.is_file():
         files.append(extra)
     for p in files:
         h.update(p.name.encode("utf-8", "surrogateescape") + b"\0")
-        with open(p, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
+        _hash_bytes(h, p)
     return h.hexdigest()
+
+
+def _hash_bytes(h, path: Path) -> None:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
 
 
 def model_hashes(models) -> dict:
@@ -296,6 +314,11 @@ def replace_case_dir(staged: Path, target: Path) -> None:
     if foreign_folder(target):
         raise FetalIQAError(f"{target}: exists and was not written by FetalIQA; it is left as it is. "
                             "Move it away or choose another --out.")
+    _swap_dir(staged, target)
+
+
+def _swap_dir(staged: Path, target: Path) -> None:
+    """Rename ``staged`` to ``target``; an old ``target`` is renamed away first, removed after."""
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -387,6 +410,48 @@ def count_statuses(rows: Sequence[dict]) -> dict[str, int]:
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     return counts
+
+
+# -- the challenge's output layout -----------------------------------------------------------
+
+def write_challenge_tree(out: Path, rows: Sequence[dict]) -> tuple[Path, int, list[str]]:
+    """``OUT/challenge``: the challenge's two files of every case whose row says ``ok``, copied
+    from its folder (as :func:`fetaliqa_core.export.write_challenge_files` wrote them) into the
+    challenge's output layout, ``<case>/output/...``, with ``predictions.json`` listing the
+    cases as the organisers' evaluator reads them. Rebuilt whole from the case folders each
+    time and put in place in one rename. Returns (the folder, cases in it, cases left out)."""
+    from fetaliqa_core import export
+    from fetaliqa_core.files import write_json
+
+    target = out / CHALLENGE_DIR
+    ours = not target.exists() and not target.is_symlink() or target.is_dir() and not target.is_symlink() and (
+        (target / PREDICTIONS_FILE).is_file() or not any(target.iterdir()))
+    if not ours:
+        raise FetalIQAError(f"{target}: exists and was not written by FetalIQA; it is left as it is. "
+                            "Move it away or choose another --out.")
+    for p in out.iterdir():  # what a killed rank 0 left
+        if re.match(rf"^\.{CHALLENGE_DIR}\.(tmp-\d+-[0-9a-f]{{8}}|old-[0-9a-f]{{8}})$", p.name) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+    staged = out / f".{CHALLENGE_DIR}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staged.mkdir()
+    jobs, left_out = [], []
+    try:
+        for row in rows:
+            files = export.challenge_job_files(case_dir(out, row["case"]))
+            if row["status"] != STATUS_OK or not all(src.is_file() for src, _ in files):
+                left_out.append(row["case"])
+                continue
+            for src, rel in files:
+                dst = staged / row["case"] / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+            jobs.append(export.challenge_job(row["case"], row["file"]))
+        write_json(staged / PREDICTIONS_FILE, jobs)
+        _swap_dir(staged, target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return target, len(jobs), left_out
 
 
 # -- reading ahead ---------------------------------------------------------------------------

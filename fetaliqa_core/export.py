@@ -20,6 +20,17 @@ FRAMES_CSV = "frames.csv"
 SUMMARY_JSON = "summary.json"
 CHALLENGE_FRAME_FILE = "fetal-abdomen-frame-number.json"
 CHALLENGE_MASK_FILE = "fetal-abdomen-segmentation.mha"
+#: The challenge's algorithm interfaces: the input sweep, and the two outputs with where the
+#: algorithm writes each under its output folder (``/output`` in the challenge's container; the
+#: organisers' evaluator reads ``<job>/output/<relative path>`` for each job of predictions.json).
+CHALLENGE_INPUT = ("stacked-fetal-ultrasound", "images/stacked-fetal-ultrasound")
+#: Per output: (interface, its relative path, the file as a case folder holds it, that file's path
+#: under the output folder). An image interface is a folder holding one image.
+CHALLENGE_OUTPUTS = (
+    ("fetal-abdomen-frame-number", CHALLENGE_FRAME_FILE, CHALLENGE_FRAME_FILE, CHALLENGE_FRAME_FILE),
+    ("fetal-abdomen-segmentation", "images/fetal-abdomen-segmentation", CHALLENGE_MASK_FILE,
+     f"images/fetal-abdomen-segmentation/{CHALLENGE_MASK_FILE}"),
+)
 
 #: A sweep file's status in a results table: ``summary.csv`` of ``fetaliqa score FOLDER`` and
 #: ``cases.csv`` of an archive use these words and no others; what went wrong is in the table's
@@ -133,6 +144,22 @@ def write_challenge_files(folder: Path, sweep, results, assessment) -> int:
         volume[frame] = mask
     fio.write_volume(folder / CHALLENGE_MASK_FILE, volume, spacing_mm=sweep.spacing_mm, compress=True)
     return frame
+
+
+def challenge_job_files(folder: Path) -> list[tuple[Path, str]]:
+    """The challenge files :func:`write_challenge_files` wrote into ``folder``, each with the
+    path it has in a job of the challenge's output layout (``output/...``)."""
+    return [(Path(folder) / name, f"output/{target}") for _slug, _rel, name, target in CHALLENGE_OUTPUTS]
+
+
+def challenge_job(pk: str, input_name: str) -> dict:
+    """One job's entry in the challenge's ``predictions.json``: its id (the folder holding its
+    ``output/``), the input's file name (the evaluator finds the reference by its stem) and
+    where each output lies."""
+    slug, rel = CHALLENGE_INPUT
+    return {"pk": pk,
+            "inputs": [{"interface": {"slug": slug, "relative_path": rel}, "image": {"name": input_name}}],
+            "outputs": [{"interface": {"slug": s, "relative_path": r}} for s, r, _name, _target in CHALLENGE_OUTPUTS]}
 
 
 def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = False,

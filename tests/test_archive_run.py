@@ -44,9 +44,16 @@ def _results(out: Path) -> list[dict]:
 def reference(archive_dir, tmp_path_factory):
     """The archive scored by one process without torchrun, uninterrupted."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    rc = main(["score", str(archive_dir), "--archive", "--out", str(out), "--no-cache", "--quiet"])
+    rc = main(["score", str(archive_dir), "--archive", "--out", str(out), "--no-cache", "--quiet",
+               "--challenge-output"])
     assert rc == 0
     return out
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    """Every file of the challenge output tree, by its path in the tree."""
+    root = out / ar.CHALLENGE_DIR
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_one_process_archive_then_a_rerun_skips_everything(archive_dir, reference, capsys):
@@ -67,11 +74,33 @@ def test_one_process_archive_then_a_rerun_skips_everything(archive_dir, referenc
             assert int(row["chosen_frame"]) >= 0 and float(row["ac_mm"]) > 0
             # GA only for an AC inside Hadlock's range (a doubtful AC gets none)
             assert bool(row["ga_weeks"]) == (summary["chosen_ac"]["ga_weeks"] is not None)
+    # --challenge-output: every case's two files in the challenge's output layout, as the case
+    # folder holds them, and predictions.json listing the cases as the organisers' evaluator reads it
+    tree = _tree(reference)
+    jobs = json.loads(tree.pop(ar.PREDICTIONS_FILE))
+    assert [(j["pk"], j["inputs"][0]["image"]["name"]) for j in jobs] == [(r["case"], r["file"]) for r in rows]
+    for row in rows:
+        folder = ar.case_dir(reference, row["case"])
+        frame = tree.pop(f"{row['case']}/output/fetal-abdomen-frame-number.json")
+        assert frame == (folder / "fetal-abdomen-frame-number.json").read_bytes() and int(json.loads(frame)) >= -1
+        mask = tree.pop(f"{row['case']}/output/images/fetal-abdomen-segmentation/fetal-abdomen-segmentation.mha")
+        assert mask == (folder / "fetal-abdomen-segmentation.mha").read_bytes()
+    assert tree == {}
     before = {r["case"]: r["finished_utc"] for r in rows}
+    tree = _tree(reference)
+    import shutil
+
+    # a rerun scores nothing and rebuilds the tree from the case folders (a lost case, a foreign one gone)
+    shutil.rmtree(reference / ar.CHALLENGE_DIR / rows[0]["case"])
+    (reference / ar.CHALLENGE_DIR / "not-a-case").mkdir()
     capsys.readouterr()
-    assert main(["score", str(archive_dir), "--archive", "--out", str(reference), "--no-cache", "--quiet"]) == 0
-    assert capsys.readouterr().out.count("already scored with these models, skipped") == 4
+    assert main(["score", str(archive_dir), "--archive", "--out", str(reference), "--no-cache", "--quiet",
+                 "--challenge-output"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already scored with these models, skipped") == 4
+    assert f"challenge output: 4 case(s) in {reference / ar.CHALLENGE_DIR}" in printed
     assert {r["case"]: r["finished_utc"] for r in _table(reference)} == before
+    assert _tree(reference) == tree
 
 
 def test_a_bad_member_gets_a_failed_row_and_the_rest_is_scored(archive_dir, reference, tmp_path, capsys):
@@ -81,12 +110,16 @@ def test_a_bad_member_gets_a_failed_row_and_the_rest_is_scored(archive_dir, refe
     (folder / first.name).write_bytes(first.read_bytes())
     (folder / "broken.mha").write_text("this is not an image\n")
     out = tmp_path / "out"
-    rc = main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"])
+    rc = main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet", "--challenge-output"])
     assert rc == 1
     rows = {r["file"]: r for r in _table(out)}
+    # the challenge output holds the answers there are: none is made up for the failed case
+    jobs = json.loads((out / ar.CHALLENGE_DIR / ar.PREDICTIONS_FILE).read_text())
+    assert [j["inputs"][0]["image"]["name"] for j in jobs] == [first.name]
+    captured = capsys.readouterr()
+    assert "1 without an answer" in captured.out and "broken.mha" in captured.err
     assert rows["broken.mha"]["status"] == "failed" and "broken.mha" in rows["broken.mha"]["error"]
     assert rows[first.name]["status"] == "ok"
-    assert "broken.mha" in capsys.readouterr().err
     # the good case's results are those of the whole-archive run
     ref = {r["file"]: r for r in _results(reference)}
     assert {k: v for k, v in rows[first.name].items() if k not in ar.RUN_COLUMNS} == ref[first.name]
@@ -126,7 +159,7 @@ def _torchrun(archive_dir: Path, out: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "fetaliqa_core.cli", "score", str(archive_dir), "--out", str(out), "--no-cache",
-           "--device", "cpu", "--rank-timeout", "60"]
+           "--device", "cpu", "--rank-timeout", "60", "--challenge-output"]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -175,6 +208,61 @@ def test_torchrun_two_ranks_killed_mid_run_then_rerun_completes(archive_dir, ref
     rows = _table(out)
     assert [r["rank"] for r in rows] == ["0", "1", "0", "1"]  # index modulo the world size
     assert _results(out) == _results(reference)  # identical to one uninterrupted process
+    assert _tree(out) == _tree(reference)  # rank 0 gathered every case's challenge answer
+
+
+def _write_dicom_series(folder: Path, frames, spacing_mm: float) -> None:
+    """One DICOM file per frame, written in reverse order: the reader sorts them by position."""
+    import SimpleITK as sitk
+
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in reversed(range(len(frames))):
+        img = sitk.GetImageFromArray(frames[k])
+        img.SetSpacing((spacing_mm, spacing_mm))
+        for tag, value in (("0020|000e", "1.2.826.0.1.3680043.2.1125.1.42"), ("0020|0013", str(k + 1)),
+                           ("0020|0032", f"0\\0\\{float(k)}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0008|0060", "US")):
+            img.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"im{k}.dcm"))
+        writer.Execute(img)
+
+
+def test_a_dicom_series_folder_is_one_case_and_its_key_covers_all_its_files(archive_dir, tmp_path, capsys):
+    import numpy as np
+
+    from fetaliqa_core.cli.score import sweep_folder_members
+    from fetaliqa_core.io import load_sweep
+
+    first = sorted(archive_dir.iterdir())[0]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / first.name).write_bytes(first.read_bytes())
+    sweep = load_sweep(first)
+    frames = np.asarray(sweep.frames[:3])
+    _write_dicom_series(folder / "series01", frames, sweep.spacing_mm[0])
+    (folder / "notes").mkdir()  # a folder without DICOM files is no sweep
+    (folder / "notes" / "read-me.txt").write_text("not a sweep")
+    assert sweep_folder_members(folder) == [folder / first.name, folder / "series01"]  # as plain `score FOLDER`
+    assert sweep_folder_members(folder / "series01") is None  # the series itself is one sweep
+    out = tmp_path / "out"
+    args = ["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]
+    assert main(args) == 0
+    rows = {r["file"]: r for r in _table(out)}
+    assert list(rows) == [first.name, "series01"] and rows["series01"]["status"] == "ok"
+    assert int(rows["series01"]["n_frames"]) == 3 and rows["series01"]["file_hash"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("already scored with these models, skipped") == 2
+    # one frame of the series changed: that case alone is scored again
+    (folder / "series01" / "im1.dcm").unlink()
+    _write_dicom_series(tmp_path / "other", 255 - frames, sweep.spacing_mm[0])
+    (tmp_path / "other" / "im1.dcm").rename(folder / "series01" / "im1.dcm")
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already scored with these models, skipped") == 1 and "series01: chosen frame" in printed
+    assert _table(out)[1]["file_hash"] != rows["series01"]["file_hash"]
 
 
 def test_an_output_that_cannot_be_written_is_one_line_before_any_model(archive_dir, tmp_path, capsys,

@@ -17,7 +17,7 @@ SWEEP_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz", ".dcm")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", type=Path, metavar="SWEEP",
                    help="a sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM), a DICOM series folder, "
-                        "or a folder of sweep files")
+                        "or a folder of sweep files and DICOM series folders")
     add_model_options(p, threshold=True)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./fetaliqa-scores/<sweep name>)")
@@ -34,13 +34,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def sweep_folder_members(path: Path) -> list[Path] | None:
-    """Sweep files in a folder of sweeps, or None if ``path`` is not such a folder
-    (a file, or a DICOM series folder, which is one sweep)."""
+    """The sweeps of a folder of sweeps: its sweep files and its subfolders that are DICOM
+    series (one sweep each), sorted by name; or None if ``path`` is not such a folder (a file,
+    or a DICOM series folder, which is one sweep)."""
+    from fetaliqa_core.io import looks_like_dicom_series
+
     if not path.is_dir():
         return None
-    members = sorted(p for p in path.iterdir()
-                     if p.is_file() and p.name.lower().endswith(SWEEP_SUFFIXES[:-1]))
-    return members or None
+    entries = sorted(path.iterdir())
+    files = [p for p in entries if p.is_file() and p.name.lower().endswith(SWEEP_SUFFIXES[:-1])]
+    if not files and looks_like_dicom_series(path):
+        return None
+    series = [p for p in entries if p.is_dir() and not p.name.startswith(".") and looks_like_dicom_series(p)]
+    return sorted(files + series) or None
 
 
 def _stem(path: Path) -> str:

@@ -133,7 +133,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
 
     def prepare(item: ar.Item) -> None:
         try:
-            item.fhash = ar.file_hash(item.member) if item.member.is_file() else None
+            # a sweep file or a DICOM series folder (never a pipe or device: opening it may block)
+            item.fhash = ar.file_hash(item.member) if item.member.is_file() or item.member.is_dir() else None
             if item.fhash is not None:
                 item.key = ar.case_key(item.fhash, settings)
                 folder = ar.case_dir(out, item.name)
@@ -223,4 +224,12 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
               "remaining cases are 'missing' in the table. Run the same command again to score them.",
               file=sys.stderr)
     print(f"table: {table}")
+    if args.challenge_output:
+        try:
+            tree, n, left_out = ar.write_challenge_tree(out, rows)
+        except OSError as exc:
+            raise FetalIQAError(f"{out}: cannot write the challenge output ({exc.strerror}). Choose a "
+                                "folder you can write to.") from None
+        print(f"challenge output: {n} case(s) in {tree}" + (
+            f"; {len(left_out)} without an answer (not 'ok' in the table)" if left_out else ""))
     return 0 if ok == len(rows) else 1

@@ -38,6 +38,7 @@ from fetaliqa_core.io._common import (
     SUPPORTED_FORMATS,
     SWEEP_KINDS,
 )
+from fetaliqa_core.io.readers import looks_like_dicom_series
 from fetaliqa_core.io.spacing import PLAUSIBLE_SPACING_MM
 from fetaliqa_core.io.sweep import (
     MaskVolume,
@@ -54,5 +55,5 @@ __all__ = [
     "META_SWEEP_RANGES", "MIN_FRAME_PX", "PLAUSIBLE_SPACING_MM", "SPACING_FROM_DICOM_PIXEL_SPACING",
     "SPACING_FROM_HEADER", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
     "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "MaskVolume", "Sweep", "default_sweep_layout",
-    "load_mask", "load_sweep", "read_mask_volume", "write_volume",
+    "load_mask", "load_sweep", "looks_like_dicom_series", "read_mask_volume", "write_volume",
 ]

@@ -167,6 +167,27 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                spacing_source=source, spacing_note=note)
 
 
+def has_dicom_magic(path: Path) -> bool:
+    """A DICOM Part 10 file: ``DICM`` after its 128-byte preamble."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def looks_like_dicom_series(folder: Path, probe: int = 16) -> bool:
+    """Whether ``load_sweep`` would read ``folder`` as a DICOM series, judged cheaply (no header
+    parsed): among its files (hidden ones aside, as the reader skips them), one named ``.dcm``
+    or, in the first ``probe`` by name, one with the DICOM magic."""
+    try:
+        files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    except OSError:
+        return False
+    return (any(p.name.lower().endswith(".dcm") for p in files)
+            or any(has_dicom_magic(p) for p in files[:probe]))
+
+
 def _looks_like_dicom(path: Path, reader: Any) -> bool:
     """DICOM Part 10 magic, or the ``gggg|eeee`` tag keys only GDCM puts in the metadata."""
     try:
