@@ -41,7 +41,7 @@ BASE_DESCRIPTION = ("tiny FetalCLIP-family vision tower pretrained from a random
 TRAIN_SEED, TRAIN_CASES = 101, 36
 HELDOUT_SEED, HELDOUT_CASES = 9001, 12
 #: Held-out cases evaluated (the first ones of the set; each costs minutes on a shared CPU).
-EVAL_CASES = 2
+EVAL_CASES = 4
 
 
 def commands(work: Path, py: str = sys.executable, with_base: bool = False) -> list[tuple[str, list[str]]]:
@@ -60,14 +60,14 @@ def commands(work: Path, py: str = sys.executable, with_base: bool = False) -> l
                                "--lr", "2e-3", "--neg-ratio", "3", *cpu]))
     steps += [
         ("cls", [py, "-m", "training.train", "--task", "cls", "--data", f"{w}/train224", "--out", f"{w}/cls",
-                 "--base", base, "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "1",
+                 "--base", base, "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "2",
                  "--max-steps", "60", "--batch-size", "16", "--lr", "1e-3", "--val-frames", "300", "--threshold",
                  "auto", "--seed", "0", "--no-test", "--seg-loss", "dice", "--description",
                  f"demo classifier: LoRA (r=8) + linear head trained on synthetic sweeps over the {BASE_DESCRIPTION}",
                  *cpu]),
         ("seg", [py, "-m", "training.train", "--task", "seg", "--seg-classes", "3", "--init-filters", "8",
                  "--seg-loss", "batch_dice_ce", "--data", f"{w}/train224", "--out", f"{w}/seg", "--base", base,
-                 "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "1", "--max-steps", "30",
+                 "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "2", "--max-steps", "30",
                  "--batch-size", "16", "--lr", "1e-3", "--val-frames", "200", "--seg-prior", "0.03", "--seed", "0",
                  "--no-test", "--description",
                  "demo segmenter (background/optimal/suboptimal): LoRA (r=8) + UNETR decoder (8 filters) trained "
