@@ -50,7 +50,8 @@ from fetaliqa_core import paths
 from fetaliqa_core.acouslic import IMAGES_SUBDIR
 from fetaliqa_core.errors import FetalIQAError
 
-TASKS = (("cls", "Classifier (cls)"), ("seg", "Segmenter (seg)"), ("joint", "Joint: classifier and segmenter in one"))
+TASKS = (("cls", "Classifier (cls)"), ("seg", "Segmenter (seg)"), ("joint", "Joint: classifier and segmenter in one"),
+         ("distill", "Student distilled from the demo model (fetaliqa distill)"))
 BASE_TINY = "tiny"
 BASE_WEIGHTS = "weights"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -81,7 +82,9 @@ class TrainRequest:
     resume: bool = False
 
     def cli_args(self) -> list[str]:
-        """The arguments of ``python -m training.train`` for this run."""
+        """The arguments of ``python -m training.train`` (``training.distill`` for "distill") for this run."""
+        if self.task == "distill":
+            return _distill_args(self)
         args = ["--task", self.task, "--data", str(self.data), "--out", str(self.out)]
         if self.base_weights is not None:
             args += ["--base", str(self.base_weights)]
@@ -101,7 +104,16 @@ CommandBuilder = Callable[[TrainRequest], tuple[str, list[str]]]
 
 def default_command(request: TrainRequest) -> tuple[str, list[str]]:
     """``(program, arguments)`` that run the training module with this Python."""
-    return sys.executable, ["-m", "training.train", *request.cli_args()]
+    module = "training.distill" if request.task == "distill" else "training.train"
+    return sys.executable, ["-m", module, *request.cli_args()]
+
+
+def _distill_args(r: TrainRequest) -> list[str]:
+    """A student learns the bundled demo classifier and segmenter on the chosen dataset."""
+    demo = paths.resources_dir() / "demo"
+    return ["--cls", str(demo / "cls"), "--seg", str(demo / "seg"), "--base", str(demo / "base_tiny.pt"),
+            "--data", str(r.data), "--out", str(r.out), "--epochs", str(r.epochs), "--batch-size", str(r.batch_size),
+            "--device", r.device]
 
 
 @dataclass(frozen=True)

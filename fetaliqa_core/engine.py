@@ -254,7 +254,8 @@ class ScoringEngine:
     """
 
     def __init__(self, sweep, cls=None, seg=None, *, cache: ResultCache | bool = True,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, frames: np.ndarray | None = None) -> None:
+        """``frames``: score only these frame indices (a cascade's teacher pass; never cached)."""
         if cls is None and seg is None:
             raise FetalIQAError("No model to score with: choose a classifier and/or a segmenter bundle.")
         if cls is not None and not TASKS[cls.task].has_cls:
@@ -275,6 +276,12 @@ class ScoringEngine:
             self.cache = cache or None
         self.results = SweepResults(sweep.n_frames, has_cls=cls is not None, has_seg=seg is not None)
         self._order = scoring_order(sweep.n_frames)
+        self._allowed = np.ones(sweep.n_frames, dtype=bool)
+        if frames is not None:
+            self._allowed[:] = False
+            self._allowed[np.asarray(frames, dtype=np.int64)] = True
+            self._order = self._order[self._allowed[self._order]]
+            self.cache = None
         self._order_pos = 0
         self._focus: int | None = None
         self._lock = threading.Lock()
@@ -318,7 +325,7 @@ class ScoringEngine:
     # -- scheduling ------------------------------------------------------------------------
     def _next_indices(self, n: int) -> np.ndarray:
         with self._lock:
-            busy = self.results.done | self._in_flight
+            busy = self.results.done | self._in_flight | ~self._allowed
             picked: list[int] = []
             if self._focus is not None:
                 lo = max(0, self._focus - FOCUS_RADIUS)

@@ -163,18 +163,27 @@ def _resize_one_pil(frame: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(square).resize((size, size), Image.BICUBIC))
 
 
-def _preprocess_cpu(batch: torch.Tensor, size: int) -> torch.Tensor:
-    frames = batch.numpy()
+def resize_frames_uint8(frames: np.ndarray, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
+    """Steps 1-2 on the CPU: ``(B, H, W)`` uint8 -> ``(B, size, size)`` uint8 grey levels."""
     if len(frames) > 1 and _POOL_WORKERS > 1:
         small = list(_cpu_pool().map(lambda f: _resize_one_pil(f, size), frames))
     else:
         small = [_resize_one_pil(f, size) for f in frames]
-    grey = torch.from_numpy(np.stack(small)).float()  # (B, size, size) 0..255
-    out = torch.empty((len(small), 3, size, size), dtype=torch.float32)
+    return np.stack(small)
+
+
+def normalise_grey(grey: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Step 3: ``(B, S, S)`` grey levels (uint8 or float 0..255) -> ``(B, 3, S, S)`` float32."""
+    grey = torch.as_tensor(grey).float()
+    out = torch.empty((grey.shape[0], 3, *grey.shape[1:]), dtype=torch.float32, device=grey.device)
     for c in range(3):  # the same arithmetic as the torch path: (x - 255 mean) / (255 std)
         torch.sub(grey, OPENAI_MEAN[c] * 255.0, out=out[:, c])
         out[:, c].div_(OPENAI_STD[c] * 255.0)
     return out
+
+
+def _preprocess_cpu(batch: torch.Tensor, size: int = MODEL_INPUT_SIZE) -> torch.Tensor:
+    return normalise_grey(resize_frames_uint8(batch.numpy(), size))
 
 
 # ----------------------------------------------------------------------------------- torch path

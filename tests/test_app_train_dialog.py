@@ -116,6 +116,23 @@ def test_request_arguments_are_accepted_by_the_training_cli(tmp_path):
     assert prog == sys.executable and argv[:2] == ["-m", "training.train"]
 
 
+def test_distill_task_runs_the_distill_command_on_the_demo_teacher(tmp_path, make_dialog):
+    import argparse
+
+    from training.distill import add_arguments
+
+    req = TrainRequest(task="distill", data=tmp_path / "d", out=tmp_path / "o", epochs=2, batch_size=4, device="cpu")
+    prog, argv = td.default_command(req)
+    assert argv[:2] == ["-m", "training.distill"]
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(argv[2:])
+    assert (args.epochs, args.batch_size, args.device, args.out) == (2, 4, "cpu", tmp_path / "o")
+    assert (args.cls / "manifest.json").is_file() and (args.seg / "manifest.json").is_file() and args.base.is_file()
+    dlg = make_dialog()
+    assert "distill" in [dlg.task.itemData(i) for i in range(dlg.task.count())]
+
+
 # -- validation -----------------------------------------------------------------------------
 def test_invalid_inputs_are_refused_with_a_clear_message(make_dialog, tmp_path, data_dir):
     dlg = make_dialog()

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", type=Path, metavar="SWEEP",
                    help="a sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM), a DICOM series folder, "
                         "or a folder of sweep files and DICOM series folders")
-    add_model_options(p, threshold=True)
+    add_model_options(p, threshold=True, cascade=True)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./fetaliqa-scores/<sweep name>)")
     p.add_argument("--spacing", type=float, default=None, metavar="MM",
@@ -72,6 +72,9 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     sweep = fio.load_sweep(path) if sweep is None else sweep
     if getattr(args, "spacing", None) is not None:
         sweep = sweep.with_spacing(args.spacing)
+    thresholds = Thresholds.of_models(models, args.threshold)
+    if getattr(models, "student", None) is not None:
+        return _score_cascade(sweep, path, out, models, args, thresholds, position, extra)
     engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=not args.no_cache)
     bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{path.name}",
                disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
@@ -82,12 +85,62 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     finally:
         bar.close()
     results = engine.results
-    thresholds = Thresholds.of_models(models, args.threshold)
     from fetaliqa_core.models.choice import provenance
 
     assessment = assess(sweep, results, thresholds, models.record(), provenance=provenance(models))
     hook = None if extra is None else (lambda folder: extra(folder, sweep, results, assessment))
     export.write_scores(out, sweep, results, assessment, challenge=args.challenge_output, extra=hook)
+    return assessment.summary.to_json()
+
+
+CASCADE_JSON = "cascade.json"
+
+
+def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, position: str, extra) -> dict:
+    """Student on every frame, then the chosen models on its candidate runs; the assessment is
+    made on the latter's results only. ``cascade.json`` lists the frames they confirmed."""
+    import json
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from fetaliqa_core import export
+    from fetaliqa_core.analysis.assessment import assess
+    from fetaliqa_core.cascade import CascadeEngine
+
+    engine = CascadeEngine(sweep, models.student, models.cls, models.seg, cache=not args.no_cache,
+                           thresholds=thresholds)
+    bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{path.name} (student)",
+               disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for item in engine.iter_batches():
+            if item.stage == "teacher" and bar.desc.endswith("(student)"):
+                bar.set_description(f"{position}{path.name} (teacher)")
+                bar.reset(total=len(engine.teacher_frames()))
+            bar.n = item.batch.n_done
+            bar.refresh()
+    finally:
+        bar.close()
+    teacher = engine.teacher_results
+    if teacher is None:
+        raise FetalIQAError(f"{path}: the cascade was stopped before the teacher ran")
+    from fetaliqa_core.models.choice import provenance
+
+    assessment = assess(sweep, teacher, thresholds, models.record(), provenance=provenance(models))
+    # every frame was scored (by the student); the numbers shown come from the teacher's frames
+    assessment.summary.frames_scored = engine.merged.n_done
+    assessment.summary.complete = engine.merged.complete
+    merged = engine.merged
+    record = {"student": str(models.student.path), "teacher_frames": np.flatnonzero(engine.confirmed).tolist(),
+              "teacher_frame_count": int(engine.confirmed.sum()), "n_frames": sweep.n_frames,
+              "note": "chosen frame, best frames and AC come from the teacher's results on these frames"}
+
+    def hook(folder: Path) -> None:
+        (folder / CASCADE_JSON).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        if extra is not None:
+            extra(folder, sweep, merged, assessment)
+
+    export.write_scores(out, sweep, merged, assessment, challenge=args.challenge_output, extra=hook)
     return assessment.summary.to_json()
 
 

@@ -29,24 +29,27 @@ from torch import nn
 from fetaliqa_core import __version__, paths, validate
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_path, write_json
-from fetaliqa_core.models.base import (RANDOM_PREFIX, BaseInfo, architecture, build_vision_tower, file_sha256,
-                                       load_base_config, tensors_sha256)
+from fetaliqa_core.models.base import (RANDOM_PREFIX, BaseInfo, _info, architecture, build_vision_tower,
+                                       file_sha256, load_base_config, tensors_sha256)
 from fetaliqa_core.models.classifier import FetalCLIPClassifier
 from fetaliqa_core.models.device import DeviceChoice, select_device
 from fetaliqa_core.models.joint import FetalCLIPJoint
 from fetaliqa_core.models.lora import LoraSettings
 from fetaliqa_core.models.segmenter import (DECODER_BLOCKS, HEAD_KINDS, INIT_FILTERS, MASK_AREA_FRACTION,
                                             FetalCLIPSegmenter, label_masks, segmentation_probabilities)
+from fetaliqa_core.models.student import StudentModel, check_spec
 from fetaliqa_core.models.tasks import TASKS
 from fetaliqa_core.preprocess import PREPROCESS_VERSION, preprocess_spec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: distilled students (kind "student"); other bundles are still written as 1
+STUDENT_FORMAT_VERSION = 2
+KINDS = ("fetalclip", "student")
 MANIFEST_FILE = "manifest.json"
 ADAPTER_FILE = "adapter.safetensors"
 HEAD_FILE = "head.safetensors"
 DEFAULT_THRESHOLD = 0.5
 
-AnyModel = FetalCLIPClassifier | FetalCLIPSegmenter | FetalCLIPJoint
+AnyModel = FetalCLIPClassifier | FetalCLIPSegmenter | FetalCLIPJoint | StudentModel
 
 
 def _now() -> str:
@@ -74,7 +77,15 @@ class BundleManifest:
     base_fingerprint: str | None = None  # tensors of a random base (None for file bases)
     files: dict = field(default_factory=dict)  # file name -> sha256 (filled by save_bundle)
     description: str = ""
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
+    # "fetalclip": LoRA + heads on a FetalCLIP-family base (base_* name that base); "student": a
+    # distilled timm network holding all its weights (base_* then name the teacher's base)
+    kind: str = "fetalclip"
+    student: dict | None = None  # StudentModel.spec() (+ "teacher"), for kind "student"
+
+    @property
+    def is_student(self) -> bool:
+        return self.kind == "student"
 
     @property
     def lora_settings(self) -> LoraSettings | None:
@@ -112,6 +123,18 @@ class BundleManifest:
 
         if self.task not in TASKS:
             raise bad(f"task {self.task!r} is not one of {list(TASKS)}")
+        if self.kind not in KINDS:
+            raise bad(f"kind {self.kind!r} is not one of {list(KINDS)}")
+        if self.is_student:
+            if self.task != "joint" or self.lora is not None or self.format_version < STUDENT_FORMAT_VERSION:
+                raise bad(f"a student bundle must have task 'joint', no LoRA and format version "
+                          f">= {STUDENT_FORMAT_VERSION}")
+            try:
+                check_spec(self.student)
+            except FetalIQAError as exc:
+                raise bad(str(exc)) from exc
+        elif self.student is not None:
+            raise bad("only student bundles carry a 'student' object")
         if self.head not in HEAD_KINDS.values() or (not TASKS[self.task].has_seg and self.head != "binary"):
             raise bad(f"head {self.head!r} is not valid for task {self.task!r}")
         if not isinstance(self.base_sha256, str) or not (
@@ -176,6 +199,20 @@ def _decoder_block(model: nn.Module) -> str:
     return str(seg.decoder.block) if seg is not None else "res"
 
 
+def student_manifest(model: StudentModel, teacher: BundleManifest, threshold: float = DEFAULT_THRESHOLD,
+                     metrics: dict | None = None, description: str = "", teacher_info: dict | None = None
+                     ) -> BundleManifest:
+    """A manifest for a distilled student; ``base_*`` name the base of the teacher it learnt from."""
+    spec = dict(model.spec())
+    if teacher_info:
+        spec["teacher"] = dict(teacher_info)
+    return BundleManifest(
+        task="joint", head=model.head_kind, base_config=teacher.base_config, base_sha256=teacher.base_sha256,
+        base_architecture=teacher.base_architecture, lora=None, threshold=float(threshold),
+        metrics=dict(metrics or {}), base_fingerprint=teacher.base_fingerprint, description=description,
+        format_version=STUDENT_FORMAT_VERSION, kind="student", student=spec)
+
+
 def _init_filters(model: nn.Module) -> int:
     seg = getattr(model, "seg", None)
     return int(seg.decoder.enc1.conv1.out_channels) if seg is not None else INIT_FILTERS
@@ -210,16 +247,18 @@ def save_bundle(model: AnyModel, out_dir: str | Path, manifest: BundleManifest) 
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    if model.encoder.merged:
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None and encoder.merged:
         raise FetalIQAError("this model's LoRA is merged into its base; save the bundle before merging")
-    lora = model.encoder.lora
+    lora = encoder.lora if encoder is not None else None
     if manifest.task != model.task or manifest.head != model.head_kind or \
-            manifest.lora != (None if lora is None else lora.to_dict()):
-        raise FetalIQAError("the manifest does not describe this model (task, head or LoRA settings differ)")
+            manifest.lora != (None if lora is None else lora.to_dict()) or \
+            manifest.is_student != isinstance(model, StudentModel):
+        raise FetalIQAError("the manifest does not describe this model (task, head, kind or LoRA settings differ)")
     manifest.validate()
     out.mkdir(parents=True, exist_ok=True)
     files = {}
-    tensors = {ADAPTER_FILE: model.encoder.lora_state_dict(), HEAD_FILE: _head_state(model)}
+    tensors = {ADAPTER_FILE: encoder.lora_state_dict() if encoder is not None else {}, HEAD_FILE: _head_state(model)}
     for name, state in tensors.items():
         target = out / name
         if not state:
@@ -345,7 +384,9 @@ def _load_head(model: AnyModel, state: dict[str, torch.Tensor], source: str) -> 
             module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
 
 
-def _new_model(manifest: BundleManifest, visual: nn.Module) -> AnyModel:
+def _new_model(manifest: BundleManifest, visual: nn.Module | None) -> AnyModel:
+    if manifest.is_student:
+        return StudentModel(manifest.student["backbone"], manifest.n_classes, manifest.student["decoder_width"])
     return TASKS[manifest.task].build(visual, manifest.lora_settings, manifest.n_classes, manifest.init_filters,
                                       decoder_block=manifest.decoder_block)
 
@@ -414,8 +455,10 @@ def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
         if name not in manifest.files:
             raise FetalIQAError(f"{where} is incomplete: the manifest lists no {name}")
 
-    # the base it was trained on
-    if manifest.base_sha256.startswith(RANDOM_PREFIX):
+    # the base it was trained on (a student holds all its weights: no base to build)
+    if manifest.is_student:
+        visual, base = None, _info(config, manifest.base_sha256)
+    elif manifest.base_sha256.startswith(RANDOM_PREFIX):
         seed = int(manifest.base_sha256[len(RANDOM_PREFIX):])
         visual, base = build_vision_tower(config, None, device=choice.device, dtype=torch.float32, seed=seed)
         if manifest.base_fingerprint and tensors_sha256(visual.state_dict()) != manifest.base_fingerprint:
@@ -440,7 +483,7 @@ def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
         model.encoder.load_lora_state_dict(_read_tensors(bundle / ADAPTER_FILE), source=f"{bundle / ADAPTER_FILE}")
     _load_head(model, _read_tensors(bundle / HEAD_FILE), source=str(bundle / HEAD_FILE))
     model.to(choice.device)
-    if merge:
+    if merge and not manifest.is_student:
         model.encoder.merge_lora()  # in fp32, then cast: merging in bf16 would round twice
     model.requires_grad_(False)
     model.eval()
@@ -455,6 +498,17 @@ DEMO_DIR_NAME = "demo"
 
 
 DEMO_BASE_FILE = "base_tiny.pt"
+DEMO_STUDENT_DIR = "student"
+
+
+def demo_student(device: str | torch.device | DeviceChoice = "auto") -> LoadedModel:
+    """The bundled demo student (``resources/demo/student``): distilled from the demo classifier and
+    segmenter by ``fetaliqa distill`` on synthetic sweeps (see ``resources/README.md``)."""
+    path = paths.resources_dir() / DEMO_DIR_NAME / DEMO_STUDENT_DIR
+    if not (path / MANIFEST_FILE).is_file():
+        raise FetalIQAError(f"demo student {path} is missing from this installation; reinstall FetalIQA "
+                            "or distil it again (resources/README.md)")
+    return load_bundle(path, device=device)
 
 
 def demo_models(device: str | torch.device | DeviceChoice = "auto") -> tuple[LoadedModel, LoadedModel]:

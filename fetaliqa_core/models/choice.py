@@ -17,21 +17,28 @@ from fetaliqa_core.errors import FetalIQAError
 class ModelChoice:
     """What the user asked to score with."""
 
-    model: str | None = "demo"  # "demo", or None when bundles are given
+    model: str | None = "demo"  # "demo", "demo-student", or None when bundles are given
     cls: Path | None = None
     seg: Path | None = None
     base: Path | None = None
     device: str = "auto"
     precision: str | None = None  # "auto" | "bf16" | "fp32"; None: $FETALIQA_PRECISION or auto
+    cascade: bool = False  # a student scores every frame, the models above re-score its candidates
+    student: Path | None = None  # the cascade's student bundle (default with the demo: the demo student)
 
     def describe(self) -> str:
-        if self.model == "demo":
-            return "demo model (tiny, trained on synthetic sweeps)"
+        if self.model == "demo-student":
+            return "demo student (distilled from the demo model, trained on synthetic sweeps)"
+        if self.model == "demo" and not (self.cls or self.seg):
+            text = "demo model (tiny, trained on synthetic sweeps)"
+            return text + (", cascade after the demo student" if self.cascade else "")
         parts = []
         if self.cls:
             parts.append(f"classifier {Path(self.cls).name}")
         if self.seg:
             parts.append(f"segmenter {Path(self.seg).name}")
+        if self.cascade:
+            parts.append(f"cascade after student {Path(self.student).name if self.student else '(demo)'}")
         return ", ".join(parts)
 
 
@@ -43,6 +50,7 @@ class LoadedModels:
     device: str
     device_label: str = ""  # e.g. "CPU (2 threads, bf16: AVX512_BF16, bf16 matmul 2.3x fp32)"
     precision: str = ""  # "bf16" | "fp32" | ...
+    student: object | None = None  # the cascade's student (a loaded joint bundle), when cascading
 
     def describe(self) -> str:
         """For people: the models and where they run, with why this number format."""
@@ -61,7 +69,12 @@ def load_models(choice: ModelChoice) -> LoadedModels:
     from fetaliqa_core.models.device import select_device
 
     device = select_device(choice.device, choice.precision)
-    if choice.model == "demo" and not (choice.cls or choice.seg):
+    if choice.model == "demo-student" and not (choice.cls or choice.seg):
+        if choice.cascade:
+            raise FetalIQAError("--cascade runs a student before the models you choose: use --model demo "
+                                "--cascade (the demo student, then the demo model), not --model demo-student.")
+        cls = seg = bundle_mod.demo_student(device=device)
+    elif choice.model == "demo" and not (choice.cls or choice.seg):
         cls, seg = bundle_mod.demo_models(device=device)
     else:
         if not (choice.cls or choice.seg):
@@ -74,8 +87,21 @@ def load_models(choice: ModelChoice) -> LoadedModels:
                 seg = cls  # one joint bundle: one encoder pass gives both
             else:
                 seg = bundle_mod.load_bundle(Path(choice.seg), base_weights=choice.base, device=device)
+    student = None
+    if choice.cascade:
+        if choice.student is not None:
+            student = bundle_mod.load_bundle(Path(choice.student), device=device)
+        elif choice.model == "demo" and not (choice.cls or choice.seg):
+            student = bundle_mod.demo_student(device=device)
+        else:
+            raise FetalIQAError("--cascade needs a student bundle for these models: add --student BUNDLE "
+                                "(made by fetaliqa distill from them)")
+        if not student.manifest.is_student:
+            raise FetalIQAError(f"{choice.student} is not a student bundle (made by fetaliqa distill); "
+                                "give the student for --student")
     return LoadedModels(cls=cls, seg=seg, choice=choice, device=str(device.device), device_label=device.description,
-                        precision=device.precision)
+                        precision=device.precision, student=student)
+
 
 
 #: Said wherever a number comes from the bundled demonstration model.

@@ -1,7 +1,8 @@
 """The model options shared by every command that runs models, and the one rule that turns them
 into a :class:`~fetaliqa_core.models.choice.ModelChoice`.
 
-    --model demo | --cls BUNDLE --seg BUNDLE [--base WEIGHTS]   which models
+    --model demo|demo-student | --cls BUNDLE --seg BUNDLE [--base WEIGHTS]   which models
+    --cascade [--student BUNDLE]                                   (commands that score: ``cascade``)
     --device auto|cpu|cuda|cuda:N|mps, --precision auto|bf16|fp32  where and in which number format
     --threshold P                                                  (commands that flag frames)
 """
@@ -29,7 +30,8 @@ def device_name(text: str) -> str:
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, bundles: bool = True, demo: bool = True,
-                      precision: bool = True, threshold: bool = False, remembered: bool = False) -> None:
+                      precision: bool = True, threshold: bool = False, remembered: bool = False,
+                      cascade: bool = False) -> None:
     """Declare the model options on ``parser``.
 
     bundles: --cls/--seg/--base (and --model demo where ``demo``); precision: --precision;
@@ -41,8 +43,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, bundles: bool = True, 
     g = parser.add_argument_group("models")
     if bundles:
         if demo:
-            g.add_argument("--model", choices=["demo"], default=None,
-                           help="use the bundled demo model (the default when no bundle is given)")
+            g.add_argument("--model", choices=["demo", "demo-student"], default=None,
+                           help="the bundled demo model (the default when no bundle is given), or demo-student: "
+                                "the small network distilled from it (classifier and segmenter in one pass)")
         g.add_argument("--cls", type=Path, metavar="BUNDLE", help="classifier (or joint) bundle folder")
         g.add_argument("--seg", type=Path, metavar="BUNDLE",
                        help="segmenter bundle folder (the same folder as --cls for a joint bundle)")
@@ -55,6 +58,13 @@ def add_model_options(parser: argparse.ArgumentParser, *, bundles: bool = True, 
         g.add_argument("--precision", default=None, choices=PRECISION_CHOICES,
                        help="number format of the models (default: auto = bf16 on CUDA and on CPUs with bf16 "
                             "matrix instructions where a short measurement shows it is faster, else fp32)")
+    if cascade:
+        g.add_argument("--cascade", action="store_true",
+                       help="a student scores every frame first; the chosen models re-score its best runs of frames "
+                            "per sweep, and the chosen frame and its AC come from them")
+        g.add_argument("--student", type=Path, metavar="BUNDLE",
+                       help="the cascade's student bundle (fetaliqa distill); default with the demo model: the demo "
+                            "student")
     if threshold:
         g.add_argument("--threshold", type=probability, default=None, metavar="P",
                        help="threshold for flagged frames, on the classifier's p_cls (default: the classifier "
@@ -74,12 +84,24 @@ def model_choice_from_args(args: argparse.Namespace, *, remembered: bool = False
     cls, seg, base = getattr(args, "cls", None), getattr(args, "seg", None), getattr(args, "base", None)
     model, device = getattr(args, "model", None), getattr(args, "device", None)
     precision = getattr(args, "precision", None)
-    if (cls or seg) and model == "demo":
-        raise UsageError("Give either --model demo or --cls/--seg bundles, not both.")
+    cascade, student = bool(getattr(args, "cascade", False)), getattr(args, "student", None)
+    if (cls or seg) and model:
+        raise UsageError(f"Give either --model {model} or --cls/--seg bundles, not both.")
+    if student and not cascade:
+        raise UsageError("--student names the cascade's student: add --cascade (or score with the student alone "
+                         "as --cls BUNDLE --seg BUNDLE)")
+    if cascade and model == "demo-student":
+        raise UsageError("--cascade runs a student before the models you choose: use --model demo --cascade (the "
+                         "demo student, then the demo model), not --model demo-student.")
+    if cascade and (cls or seg) and not student:
+        raise UsageError("--cascade with your own bundles needs their student: add --student BUNDLE "
+                         "(made by fetaliqa distill from them)")
     if base and not (cls or seg):
         raise UsageError("--base names the FetalCLIP weights for bundles: add --cls and/or --seg.")
     if cls or seg:
-        return ModelChoice(model=None, cls=cls, seg=seg, base=base, device=device or "auto", precision=precision)
-    if remembered and not (model or device or precision):
+        return ModelChoice(model=None, cls=cls, seg=seg, base=base, device=device or "auto", precision=precision,
+                           cascade=cascade, student=student)
+    if remembered and not (model or device or precision or cascade):
         return None
-    return ModelChoice(model="demo", device=device or "auto", precision=precision)
+    return ModelChoice(model=model or "demo", device=device or "auto", precision=precision, cascade=cascade,
+                       student=student)

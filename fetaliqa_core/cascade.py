@@ -1,0 +1,163 @@
+"""Student first, teacher where it matters: a two-stage scoring of one sweep.
+
+1. A distilled student (``kind: "student"`` bundle, classifier and segmenter in one small network)
+   scores every frame, progressively, as :class:`~fetaliqa_core.engine.ScoringEngine` does.
+2. In each sweep, the student's candidate frames (its combined score at or above the threshold)
+   form runs of consecutive frames; the best runs of each sweep, widened by a margin, are
+   re-scored by the teacher (the FetalCLIP classifier and segmenter the student learnt from).
+
+The assessment (chosen frame, best frame per sweep, AC) is made on the teacher's results only,
+so every number shown comes from the teacher; frames the teacher did not see are never chosen.
+The curve shows the merged results (the teacher's where it scored) and marks the frames the
+teacher confirmed. The teacher sees a bounded share of the frames (:data:`MAX_TEACHER_FRACTION`,
+beyond the best run of each sweep).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from fetaliqa_core.engine import BatchResult, ScoringEngine, SweepResults
+
+RUNS_PER_SWEEP = 2  # candidate runs of the student re-scored per sweep
+RUN_MARGIN = 2  # frames added on each side of a run (a run's edges are where the student is least sure)
+MAX_TEACHER_FRACTION = 0.10  # share of the case's frames the teacher may see beyond each sweep's best run
+MAX_RUN_FRAMES = 12  # a longer run is cut to this many frames around the student's best frame in it
+
+
+def candidate_runs(combined: np.ndarray, candidates: np.ndarray, sweep_ranges, runs_per_sweep: int = RUNS_PER_SWEEP,
+                   margin: int = RUN_MARGIN, max_fraction: float = MAX_TEACHER_FRACTION,
+                   max_run: int = MAX_RUN_FRAMES) -> np.ndarray:
+    """Frames the teacher re-scores, sorted.
+
+    Per sweep, runs of consecutive candidate frames ranked by their best combined score; the best
+    run of each sweep always, then further runs (up to ``runs_per_sweep`` per sweep) in order of
+    score across the case while the total stays within ``max_fraction`` of the frames. Each run
+    is widened by ``margin`` frames inside its sweep.
+    """
+    combined = np.asarray(combined, dtype=np.float64)
+    candidates = np.asarray(candidates, dtype=bool)
+    n = len(candidates)
+    firsts: list[np.ndarray] = []
+    others: list[tuple[float, np.ndarray]] = []
+    for start, stop in sweep_ranges:
+        flags = candidates[start:stop]
+        if not flags.any():
+            continue
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+        runs = []
+        for a, b in zip(edges[::2], edges[1::2]):
+            values = combined[start + a:start + b]
+            score = float(np.nanmax(values))
+            if b - a > max_run:
+                peak = a + int(np.nanargmax(values))
+                a = min(max(a, peak - max_run // 2), b - max_run)
+                b = a + max_run
+            lo, hi = max(start, start + a - margin), min(stop, start + b + margin)
+            runs.append((score, np.arange(lo, hi)))
+        runs.sort(key=lambda r: -r[0])
+        firsts.append(runs[0][1])
+        others.extend(runs[1:runs_per_sweep])
+    chosen = np.zeros(n, dtype=bool)
+    for frames in firsts:
+        chosen[frames] = True
+    budget = int(max_fraction * n)
+    for _, frames in sorted(others, key=lambda r: -r[0]):
+        if chosen.sum() + (~chosen[frames]).sum() > max(budget, int(chosen.sum())):
+            continue
+        chosen[frames] = True
+    return np.flatnonzero(chosen)
+
+
+@dataclass
+class CascadeBatch:
+    """One finished batch of either stage."""
+
+    stage: str  # "student" | "teacher"
+    batch: BatchResult
+
+
+class CascadeEngine:
+    """Scores one sweep with a student, then its candidate runs with the teacher.
+
+    ``student``: a loaded joint bundle (a distilled student); ``cls``/``seg``: the teacher's
+    loaded bundles (one may be None). Results: :attr:`merged` (curve), :attr:`confirmed` (frames
+    the teacher scored), :attr:`teacher_results` (what the assessment uses).
+    """
+
+    def __init__(self, sweep, student, cls=None, seg=None, *, cache=True, thresholds=None,
+                 runs_per_sweep: int = RUNS_PER_SWEEP, margin: int = RUN_MARGIN,
+                 max_fraction: float = MAX_TEACHER_FRACTION) -> None:
+        from fetaliqa_core.analysis.assessment import Thresholds
+
+        self.sweep = sweep
+        self.student = ScoringEngine(sweep, cls=student, seg=student, cache=cache)
+        self.teacher_models = (cls, seg)
+        self.thresholds = thresholds or Thresholds.of_models(_Pair(cls, seg))
+        self.params = dict(runs_per_sweep=runs_per_sweep, margin=margin, max_fraction=max_fraction)
+        self.teacher: ScoringEngine | None = None
+        self.merged: SweepResults | None = None
+        self.confirmed = np.zeros(sweep.n_frames, dtype=bool)
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self.student.cancel()
+        if self.teacher is not None:
+            self.teacher.cancel()
+
+    def focus(self, frame: int | None) -> None:
+        self.student.focus(frame)
+
+    @property
+    def teacher_results(self) -> SweepResults | None:
+        return None if self.teacher is None else self.teacher.results
+
+    def teacher_frames(self) -> np.ndarray:
+        """The frames the teacher re-scores, from the student's complete results."""
+        from fetaliqa_core.analysis.assessment import flag_frames
+
+        r = self.student.results
+        flags = flag_frames(r.p_cls, r.p_seg, self.thresholds.cls, self.thresholds.seg)
+        return candidate_runs(flags.combined, flags.candidates, self.sweep.sweep_ranges, **self.params)
+
+    def iter_batches(self) -> Iterator[CascadeBatch]:
+        for batch in self.student.iter_batches():
+            yield CascadeBatch("student", batch)
+        self.merged = copy.deepcopy(self.student.results)
+        if self._cancelled or not self.student.results.complete:
+            return
+        cls, seg = self.teacher_models
+        self.teacher = ScoringEngine(self.sweep, cls=cls, seg=seg, cache=False, frames=self.teacher_frames())
+        for batch in self.teacher.iter_batches():
+            self._merge(batch)
+            yield CascadeBatch("teacher", batch)
+
+    def _merge(self, batch: BatchResult) -> None:
+        idx = batch.indices
+        m = self.merged
+        if batch.p_cls is not None:
+            m.p_cls[idx] = batch.p_cls
+        if batch.p_seg is not None:
+            m.p_seg[idx] = batch.p_seg
+            m.p_opt[idx] = batch.p_opt
+            m.seg_area_px[idx] = batch.seg_area_px
+            for i, mask in zip(idx.tolist(), batch.masks):
+                m.masks[i] = mask
+        self.confirmed[idx] = True
+
+    def run(self, on_batch: Callable[[CascadeBatch], None] | None = None) -> "CascadeEngine":
+        for b in self.iter_batches():
+            if on_batch is not None:
+                on_batch(b)
+        return self
+
+
+@dataclass
+class _Pair:
+    cls: object
+    seg: object

@@ -1,0 +1,85 @@
+"""Cascade: the student scores every frame, the teacher re-scores its candidate runs per sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fakes import FakeModel, tiny_sweep
+from fetaliqa_core.analysis.assessment import Thresholds, assess
+from fetaliqa_core.cascade import MAX_RUN_FRAMES, RUN_MARGIN, CascadeEngine, candidate_runs
+from fetaliqa_core.engine import ScoringEngine
+
+
+def test_candidate_runs_best_run_per_sweep_margin_and_budget():
+    n = 40
+    ranges = [(0, 20), (20, 40)]
+    cand = np.zeros(n, bool)
+    combined = np.zeros(n)
+    cand[3:5] = True  # sweep 1: a weak run ...
+    combined[3:5] = 0.6
+    cand[10:13] = True  # ... and a strong one
+    combined[10:13] = 0.9
+    cand[20:22] = True  # sweep 2: one run at its start (the margin stays inside the sweep)
+    combined[20:22] = 0.7
+    got = candidate_runs(combined, cand, ranges, runs_per_sweep=2, margin=1, max_fraction=1.0)
+    assert got.tolist() == [2, 3, 4, 5, 9, 10, 11, 12, 13, 20, 21, 22]
+    # a small budget keeps each sweep's best run only
+    got = candidate_runs(combined, cand, ranges, runs_per_sweep=2, margin=1, max_fraction=0.05)
+    assert got.tolist() == [9, 10, 11, 12, 13, 20, 21, 22]
+    # one run per sweep asked for
+    assert candidate_runs(combined, cand, ranges, runs_per_sweep=1, margin=0).tolist() == [10, 11, 12, 20, 21]
+    assert candidate_runs(combined, np.zeros(n, bool), ranges).size == 0
+    # a long run is cut around its best frame
+    long = np.zeros(n, bool)
+    long[0:20] = True
+    peak = np.zeros(n)
+    peak[15] = 1.0
+    assert candidate_runs(peak, long, ranges, margin=0, max_run=4).tolist() == [13, 14, 15, 16]
+
+
+def test_cascade_teacher_sees_only_candidate_runs_and_decides_the_answer():
+    sweep = tiny_sweep(n_sweeps=3, per_sweep=30)
+    student = FakeModel("joint")
+    cls, seg = FakeModel("cls"), FakeModel("seg")
+    thresholds = Thresholds.of_models(type("M", (), {"cls": cls, "seg": seg})())
+    engine = CascadeEngine(sweep, student, cls, seg, cache=False, thresholds=thresholds, max_fraction=0.1)
+    stages = [b.stage for b in engine.iter_batches()]
+    assert stages[0] == "student" and stages[-1] == "teacher" and "student" not in stages[stages.index("teacher"):]
+    assert engine.student.results.complete and engine.merged.complete
+    teacher_frames = np.flatnonzero(engine.confirmed)
+    # each sweep's candidates are one run of ~12 frames here: the best of each, cut and widened
+    assert 0 < len(teacher_frames) <= 3 * (MAX_RUN_FRAMES + 2 * RUN_MARGIN) < sweep.n_frames
+    assert np.array_equal(teacher_frames, engine.teacher_frames())
+    assert np.array_equal(np.flatnonzero(engine.teacher_results.done), teacher_frames)
+    # the teacher scored nothing else, and its values are what the curve shows there
+    assert np.isnan(engine.teacher_results.p_cls[~engine.confirmed]).all()
+    assert np.array_equal(engine.merged.p_cls[engine.confirmed], engine.teacher_results.p_cls[engine.confirmed])
+    for start, stop in sweep.sweep_ranges:  # every sweep's best run was re-scored
+        assert engine.confirmed[start:stop].any()
+    answer = assess(sweep, engine.teacher_results, thresholds)
+    assert answer.summary.chosen_frame in set(teacher_frames.tolist())
+    # the same models over every frame choose the same frame
+    full = ScoringEngine(sweep, cls=cls, seg=seg, cache=False).run()
+    assert assess(sweep, full, thresholds).summary.chosen_frame == answer.summary.chosen_frame
+
+
+def test_cancelled_student_stage_never_runs_the_teacher():
+    sweep = tiny_sweep(n_sweeps=2, per_sweep=20)
+    engine = CascadeEngine(sweep, FakeModel("joint"), FakeModel("cls"), FakeModel("seg"), cache=False)
+    for item in engine.iter_batches():
+        engine.cancel()
+    assert engine.teacher is None and not engine.confirmed.any()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "demo-student", "--cascade"], "not --model demo-student"),
+    (["--student", "x"], "add --cascade"),
+])
+def test_cli_refuses_inconsistent_cascade_options(args, message, capsys, tmp_path):
+    from fetaliqa_core.cli import main
+
+    sweep = tmp_path / "s.mha"
+    sweep.write_bytes(b"")
+    rc = main(["score", str(sweep), *args, "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert rc != 0 and message in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""Distilled students: the bundle kind, its validation, ``fetaliqa distill`` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.models.bundle import BundleManifest, load_bundle, read_manifest, save_bundle, student_manifest
+from fetaliqa_core.models.student import StudentModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from fetaliqa_core.synth import write_dataset
+
+    out = tmp_path_factory.mktemp("distill_data")
+    write_dataset(out, cases=6, seed=4, frames_per_sweep=3, height=96, width=128, compress=False)
+    return out
+
+
+def test_student_bundle_round_trip_and_validation(tmp_path, tiny_bundle_dirs):
+    torch.manual_seed(0)
+    student = StudentModel("efficientvit_b0", n_classes=3, decoder_width=8).eval()
+    teacher = read_manifest(tiny_bundle_dirs["seg"])
+    manifest = student_manifest(student, teacher, threshold=0.3, teacher_info={"seg_bundle_sha256": "x" * 64})
+    path = save_bundle(student, tmp_path / "student", manifest)
+    data = json.loads((path / "manifest.json").read_text())
+    assert data["kind"] == "student" and data["student"]["backbone"] == "efficientvit_b0"
+    assert data["lora"] is None and data["format_version"] == 2 and "adapter.safetensors" not in data["files"]
+    lm = load_bundle(path, device="cpu")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        c, m = student(x)
+    pred = lm.predict(x)
+    assert lm.threshold == 0.3 and pred.seg_prob.shape == (2, 3, 224, 224)
+    assert torch.allclose(pred.p_cls, torch.sigmoid(c)[:, 0], atol=1e-6)
+
+    def bad(**edit):
+        d = dict(data)
+        d.update(edit)
+        with pytest.raises(FetalIQAError):
+            BundleManifest.from_dict(d)
+
+    bad(student={"backbone": "resnet_from_the_internet", "decoder_width": 8})
+    bad(student={"backbone": "efficientvit_b0", "decoder_width": 0})
+    bad(student={"backbone": "efficientvit_b0", "decoder_width": 8, "extra": 1})
+    bad(kind="other")
+    bad(task="cls", head="binary")
+    bad(lora={"r": 8})
+    bad(format_version=1)  # an older reader must not take a student for a FetalCLIP bundle
+    bad(kind="fetalclip")  # a FetalCLIP bundle carries no student object
+    plain = json.loads((tiny_bundle_dirs["cls"] / "manifest.json").read_text())
+    assert plain["kind"] == "fetalclip" and plain["format_version"] == 1  # other bundles unchanged
+
+
+def test_distill_end_to_end_and_score_loads_the_student(tmp_path, tiny_data, tiny_bundle_dirs):
+    import tomllib
+
+    from training.distill import main
+
+    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["fetaliqa.commands"]
+    assert entry["distill"] == "training.distill"  # `fetaliqa distill`
+    out = tmp_path / "run"
+    rc = main(["--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
+               "--data", str(tiny_data), "--out", str(out), "--student", "efficientvit_b0", "--epochs", "1",
+               "--frames-per-case", "2", "--batch-size", "4", "--decoder-width", "8", "--device", "cpu",
+               "--quiet"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    agree = metrics["held_out_vs_teacher"]
+    assert agree["frames"] > 0 and 0.0 <= agree["flag_agreement"] <= 1.0
+    manifest = read_manifest(out / "bundle")
+    assert manifest.is_student and manifest.metrics["train_frames"] > 0
+    # an ordinary bundle: `score` loads it as a joint bundle, unchanged
+    sweep = next((tiny_data / "images" / "stacked_fetal_ultrasound").glob("*.mha"))
+    from fetaliqa_core.cli import main as cli_main
+
+    rc = cli_main(["score", str(sweep), "--cls", str(out / "bundle"), "--seg", str(out / "bundle"), "--device", "cpu",
+                   "--out", str(tmp_path / "scores"), "--quiet", "--no-cache"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "scores" / "summary.json").read_text())
+    assert summary["frames_scored"] == summary["n_frames"] > 0
+    # a second run into the same folder is refused rather than overwriting the bundle
+    with pytest.raises(FetalIQAError, match="already holds"):
+        from training.distill import add_arguments, distill
+        import argparse
+
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        distill(p.parse_args(["--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
+                              "--data", str(tiny_data), "--out", str(out)]))
+

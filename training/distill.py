@@ -1,0 +1,275 @@
+"""``fetaliqa distill``: a small student learns a FetalCLIP classifier + segmenter pair.
+
+The teacher (the ``--cls`` and ``--seg`` bundles, or one joint bundle given as both) scores the
+frames of an ACOUSLIC-layout dataset once; the student (:class:`~fetaliqa_core.models.student.
+StudentModel`, a timm backbone named by ``--student``) is trained on
+
+- the teacher's classifier probability (binary cross-entropy against the soft target),
+- the teacher's segmentation probabilities (soft cross-entropy at 56 x 56) and its label mask
+  (cross-entropy at 224 x 224, foreground weighted),
+- the dataset's own labels where present (frame label and mask, at a smaller weight),
+
+and is saved as an ordinary bundle (``RUN/bundle``, manifest ``kind: "student"``) with the
+teacher classifier's threshold. Cases are split as for training (grouped by subject): the
+student trains on the train split and is compared with its teacher on the others
+(``RUN/metrics.json``). Progress lines (``PROGRESS epoch=e/E step=s/S loss=x``) and the final
+``BUNDLE path`` line are the ones ``training.train`` prints, so the app's Train dialog runs both.
+
+    python -m training.distill --cls CLS --seg SEG [--base WEIGHTS] --data DIR --out RUN
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fetaliqa_core.errors import FetalIQAError
+
+HELP = "Distil a small student (classifier and segmenter in one fast network) from model bundles."
+SOFT_SIZE = 56  # the teacher's soft masks are kept (and matched) at this side
+FG_WEIGHT = 2.0  # cross-entropy weight of abdomen pixels against background
+LABEL_WEIGHT = 0.25  # weight of the dataset's own labels against the teacher's outputs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fetaliqa_core.models.student import DEFAULT_BACKBONE, STUDENT_BACKBONES
+
+    p.add_argument("--cls", type=Path, required=True, metavar="BUNDLE", help="teacher classifier (or joint) bundle")
+    p.add_argument("--seg", type=Path, required=True, metavar="BUNDLE", help="teacher segmenter (or joint) bundle")
+    p.add_argument("--base", type=Path, default=None, metavar="WEIGHTS",
+                   help="FetalCLIP weights the teacher bundles were trained on")
+    p.add_argument("--student", default=DEFAULT_BACKBONE, choices=list(STUDENT_BACKBONES),
+                   help=f"student backbone (timm name; default {DEFAULT_BACKBONE})")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder (ACOUSLIC-AI layout)")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder (bundle in RUN/bundle)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--frames-per-case", type=int, default=96,
+                   help="frames the teacher scores per case: every positive frame, the rest spread evenly")
+    p.add_argument("--decoder-width", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (teacher and student)")
+    p.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+                   help="the teacher's number format (default auto; the student trains in fp32)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--description", default="", help="text written into the bundle's manifest")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+@dataclass
+class FrameStore:
+    """The frames the student learns from and what the teacher (and the dataset) says about them."""
+
+    grey: np.ndarray  # (M, 224, 224) uint8, preprocessed before normalisation
+    t_cls: np.ndarray  # (M,) float32 teacher P(good)
+    t_soft: np.ndarray  # (M, C, 56, 56) float16 teacher segmentation probabilities
+    t_labels: np.ndarray  # (M, 224, 224) uint8 teacher labels (0, 1, 2; 3 binary foreground -> 1)
+    gt_labels: np.ndarray  # (M, 224, 224) uint8 dataset labels
+    case: np.ndarray  # (M,) int case number
+
+
+def _pick_frames(labels: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    pos = np.flatnonzero(labels > 0)
+    if len(pos) > budget // 2:
+        pos = np.sort(rng.choice(pos, budget // 2, replace=False))
+    rest = np.setdiff1d(np.arange(len(labels)), pos)
+    n = min(len(rest), budget - len(pos))
+    spread = rest[np.linspace(0, len(rest) - 1, n).round().astype(int)] if n > 0 else rest[:0]
+    return np.union1d(pos, spread)
+
+
+def teacher_store(cases, cls_lm, seg_lm, budget: int, seed: int, log) -> FrameStore:
+    """Run the teacher over ``budget`` frames of each case (uint8 inputs kept, not floats)."""
+    import torch
+    import torch.nn.functional as F
+
+    from fetaliqa_core.io import load_mask, load_sweep
+    from fetaliqa_core.models.segmenter import LABEL_ABDOMEN, label_masks
+    from fetaliqa_core.preprocess import normalise_grey, preprocess_masks, resize_frames_uint8
+    from training.dataset import frame_labels
+
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list] = {k: [] for k in ("grey", "t_cls", "t_soft", "t_labels", "gt_labels", "case")}
+    for ci, case in enumerate(cases):
+        sweep = load_sweep(case.image_path)
+        idx = _pick_frames(frame_labels(case), budget, rng)
+        mask = load_mask(case.mask_path, like=sweep)
+        for s in range(0, len(idx), 16):
+            sel = idx[s:s + 16]
+            frames = np.ascontiguousarray(sweep.frames[sel])
+            grey = resize_frames_uint8(frames)
+            x = normalise_grey(grey)
+            pred = seg_lm.predict(x)
+            p_cls = pred.p_cls if cls_lm is seg_lm else cls_lm.predict(x).p_cls
+            prob = pred.seg_prob
+            lab = label_masks(prob)
+            lab = torch.where(lab == LABEL_ABDOMEN, torch.ones_like(lab), lab)
+            parts["grey"].append(grey)
+            parts["t_cls"].append(p_cls.float().numpy())
+            parts["t_soft"].append(F.adaptive_avg_pool2d(prob.float(), SOFT_SIZE).half().numpy())
+            parts["t_labels"].append(lab.numpy())
+            parts["gt_labels"].append(preprocess_masks(np.ascontiguousarray(mask[sel])).numpy())
+            parts["case"].append(np.full(len(sel), ci))
+        log(f"teacher: case {ci + 1}/{len(cases)} ({len(idx)} frames)")
+    return FrameStore(**{k: np.concatenate(v) for k, v in parts.items()})
+
+
+def distill_loss(cls_logit, seg_logit, t_cls, t_soft, t_labels, gt_cls, gt_labels):
+    """Teacher terms (soft classifier target, soft masks at 56, hard masks at 224) plus the
+    dataset's labels at :data:`LABEL_WEIGHT`."""
+    import torch
+    import torch.nn.functional as F
+
+    cls_logit = cls_logit[:, 0].float()
+    seg_logit = seg_logit.float()
+    loss = F.binary_cross_entropy_with_logits(cls_logit, t_cls)
+    loss = loss + LABEL_WEIGHT * F.binary_cross_entropy_with_logits(cls_logit, gt_cls)
+    small = F.adaptive_avg_pool2d(seg_logit, SOFT_SIZE)
+    if seg_logit.shape[1] == 1:
+        loss = loss + F.binary_cross_entropy_with_logits(small, t_soft)
+        fg_w = 1.0 + (FG_WEIGHT - 1.0) * (t_labels > 0).float()
+        loss = loss + F.binary_cross_entropy_with_logits(seg_logit[:, 0], (t_labels > 0).float(), weight=fg_w)
+        loss = loss + LABEL_WEIGHT * F.binary_cross_entropy_with_logits(seg_logit[:, 0], (gt_labels > 0).float())
+        return loss
+    loss = loss - (t_soft * F.log_softmax(small, dim=1)).sum(dim=1).mean()
+    weight = torch.tensor([1.0, FG_WEIGHT, FG_WEIGHT])
+    loss = loss + F.cross_entropy(seg_logit, t_labels.long(), weight=weight)
+    loss = loss + LABEL_WEIGHT * F.cross_entropy(seg_logit, gt_labels.long().clamp(max=2), weight=weight)
+    return loss
+
+
+def _predict_store(model, store: FrameStore, rows: np.ndarray, batch: int = 32):
+    import torch
+
+    from fetaliqa_core.models.segmenter import label_masks, segmentation_probabilities
+    from fetaliqa_core.preprocess import normalise_grey
+
+    p, labels = [], []
+    model.eval()
+    with torch.inference_mode():
+        for s in range(0, len(rows), batch):
+            x = normalise_grey(store.grey[rows[s:s + batch]])
+            c, m = model(x)
+            p.append(torch.sigmoid(c.float())[:, 0].numpy())
+            labels.append(label_masks(segmentation_probabilities(m)).numpy())
+    return np.concatenate(p), np.concatenate(labels)
+
+
+def distill(args, log=print) -> Path:
+    import torch
+
+    from fetaliqa_core.models import choice as choice_mod
+    from fetaliqa_core.models.agreement import output_agreement
+    from fetaliqa_core.models.bundle import save_bundle, student_manifest
+    from fetaliqa_core.models.segmenter import LABEL_ABDOMEN
+    from fetaliqa_core.models.student import StudentModel
+    from fetaliqa_core.preprocess import normalise_grey
+    from training.dataset import read_cases, split_cases
+
+    if args.epochs < 1 or args.batch_size < 1 or args.frames_per_case < 2 or not args.lr > 0:
+        raise FetalIQAError("--epochs, --batch-size must be >= 1, --frames-per-case >= 2 and --lr > 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    if (out / "bundle" / "manifest.json").exists():
+        raise FetalIQAError(f"{out} already holds a bundle; choose a new --out folder")
+    models = choice_mod.load_models(choice_mod.ModelChoice(model=None, cls=args.cls, seg=args.seg, base=args.base,
+                                                       device=args.device, precision=args.precision))
+    cls_lm, seg_lm = models.cls, models.seg
+    if cls_lm.task not in ("cls", "joint") or seg_lm.task not in ("seg", "joint"):
+        raise FetalIQAError("--cls must be a classifier (or joint) bundle and --seg a segmenter (or joint) bundle")
+    cases = read_cases(args.data)
+    split = split_cases(cases)
+    train_cases = split["train"]
+    held = split["val"] + split["test"]
+    if not train_cases or not held:
+        raise FetalIQAError(f"{args.data}: too few cases ({len(cases)}) to train and compare; give at least 3 subjects")
+    t0 = time.perf_counter()
+    log(f"teacher: {models.describe()}; {len(train_cases)} training and {len(held)} held-out cases")
+    train = teacher_store(train_cases, cls_lm, seg_lm, args.frames_per_case, args.seed, log)
+    test = teacher_store(held, cls_lm, seg_lm, args.frames_per_case, args.seed + 1, log)
+    teacher_s = time.perf_counter() - t0
+    n_classes = seg_lm.manifest.n_classes
+    student = StudentModel(args.student, n_classes, args.decoder_width)
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=1e-4)
+    n = len(train.grey)
+    steps = max(1, n // args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps * args.epochs, pct_start=0.15)
+    rng = np.random.default_rng(args.seed)
+    gt_cls_all = (train.gt_labels.reshape(n, -1).max(axis=1) > 0).astype(np.float32)
+    t1 = time.perf_counter()
+    for epoch in range(1, args.epochs + 1):
+        student.train()
+        order = rng.permutation(n)
+        total = 0.0
+        for step in range(1, steps + 1):
+            rows = np.sort(order[(step - 1) * args.batch_size: step * args.batch_size])
+            grey = torch.from_numpy(train.grey[rows])
+            t_soft = torch.from_numpy(train.t_soft[rows]).float()
+            t_lab = torch.from_numpy(train.t_labels[rows])
+            gt_lab = torch.from_numpy(train.gt_labels[rows])
+            if rng.random() < 0.5:  # left-right mirror: the sweep direction is arbitrary
+                grey, t_soft, t_lab, gt_lab = (t.flip(-1) for t in (grey, t_soft, t_lab, gt_lab))
+            cls_logit, seg_logit = student(normalise_grey(grey))
+            loss = distill_loss(cls_logit, seg_logit, torch.from_numpy(train.t_cls[rows]), t_soft, t_lab,
+                                torch.from_numpy(gt_cls_all[rows]), gt_lab)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+            if not args.quiet and (step % 10 == 0 or step == steps):
+                print(f"PROGRESS epoch={epoch}/{args.epochs} step={step}/{steps} loss={total / step:.4f}", flush=True)
+        log(f"epoch {epoch}/{args.epochs}: loss {total / steps:.4f} ({time.perf_counter() - t1:.0f} s)")
+    student.eval()
+    rows = np.arange(len(test.grey))
+    p, labels = _predict_store(student, test, rows)
+    t_labels = np.where(test.t_labels > 0, test.t_labels, 0)
+    s_labels = np.where(labels == LABEL_ABDOMEN, 1, labels)
+    agree = output_agreement(test.t_cls, t_labels, p, s_labels, threshold=cls_lm.threshold)
+    metrics = {"held_out_vs_teacher": agree, "held_out_cases": len(held), "train_frames": int(n),
+               "teacher_seconds": round(teacher_s, 1), "train_seconds": round(time.perf_counter() - t1, 1),
+               "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "data": str(args.data),
+               "frames_per_case": args.frames_per_case, "seed": args.seed}
+    teacher = {"cls_bundle_sha256": cls_lm.bundle_hash, "seg_bundle_sha256": seg_lm.bundle_hash,
+               "cls": cls_lm.manifest.description[:200], "seg": seg_lm.manifest.description[:200]}
+    description = args.description or (
+        f"student ({args.student} + light decoder) distilled by fetaliqa distill from {Path(args.cls).name} and "
+        f"{Path(args.seg).name}")
+    manifest = student_manifest(student, cls_lm.manifest, threshold=cls_lm.threshold, metrics=metrics,
+                                description=description, teacher_info=teacher)
+    bundle = save_bundle(student, out / "bundle", manifest)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    log(f"held-out frames vs teacher: flags {agree.get('flag_agreement', math.nan):.3f} equal, "
+        f"classifier max |dp| {agree.get('cls_max_abs_dp', math.nan):.3f}, mask pixels "
+        f"{agree.get('mask_pixel_agreement', math.nan):.3f} equal")
+    return bundle
+
+
+def run(args: argparse.Namespace) -> int:
+    bundle = distill(args, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)))
+    print(f"BUNDLE {bundle.resolve()}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.distill", description=HELP)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except FetalIQAError as exc:
+        print(f"fetaliqa distill: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
