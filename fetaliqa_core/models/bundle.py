@@ -419,8 +419,29 @@ def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
         merge: fold LoRA into the base (the default; ``False`` only for tests and diagnostics).
     """
     bundle = Path(bundle_dir).expanduser()
-    manifest = read_manifest(bundle)
     choice = select_device(device)
+    manifest, config, where = checked_bundle(bundle, base_config)
+    visual, base = base_for(manifest, config, base_weights, choice, where)
+    model = _new_model(manifest, visual)
+    if manifest.lora is not None:
+        model.encoder.load_lora_state_dict(_read_tensors(bundle / ADAPTER_FILE), source=f"{bundle / ADAPTER_FILE}")
+    _load_head(model, _read_tensors(bundle / HEAD_FILE), source=str(bundle / HEAD_FILE))
+    model.to(choice.device)
+    if merge and not manifest.is_student:
+        model.encoder.merge_lora()  # in fp32, then cast: merging in bf16 would round twice
+    model.requires_grad_(False)
+    model.eval()
+    model.to(dtype=choice.dtype)
+    if choice.device.type == "cuda" and getattr(model, "seg", None) is not None:
+        model.seg.use_channels_last(True)
+    return LoadedModel(model=model, manifest=manifest, bundle_hash=bundle_hash(bundle), device=choice.device,
+                       dtype=choice.dtype, base=base, path=bundle, batch_size=choice.batch_size)
+
+
+def checked_bundle(bundle: Path, base_config: str | Path | None = None) -> tuple[BundleManifest, dict, str]:
+    """The manifest of a bundle, its base config and a name for messages, after checking the
+    config, the preprocessing version and the files against the manifest."""
+    manifest = read_manifest(bundle)
     where = f"model bundle {bundle}"
 
     # the base config the bundle was trained on
@@ -455,7 +476,12 @@ def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
         if name not in manifest.files:
             raise FetalIQAError(f"{where} is incomplete: the manifest lists no {name}")
 
-    # the base it was trained on (a student holds all its weights: no base to build)
+    return manifest, config, where
+
+
+def base_for(manifest: BundleManifest, config: dict, base_weights, choice: DeviceChoice, where: str
+             ) -> tuple[nn.Module | None, BaseInfo]:
+    """The fp32 tower a bundle was trained on, checked (a student holds all its weights: None)."""
     if manifest.is_student:
         visual, base = None, _info(config, manifest.base_sha256)
     elif manifest.base_sha256.startswith(RANDOM_PREFIX):
@@ -477,21 +503,7 @@ def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
                                 f"but {weights} has {sha[:12]}...: use the FetalCLIP weights file the bundle was "
                                 "trained on")
         visual, base = build_vision_tower(config, weights, device=choice.device, dtype=torch.float32)
-
-    model = _new_model(manifest, visual)
-    if manifest.lora is not None:
-        model.encoder.load_lora_state_dict(_read_tensors(bundle / ADAPTER_FILE), source=f"{bundle / ADAPTER_FILE}")
-    _load_head(model, _read_tensors(bundle / HEAD_FILE), source=str(bundle / HEAD_FILE))
-    model.to(choice.device)
-    if merge and not manifest.is_student:
-        model.encoder.merge_lora()  # in fp32, then cast: merging in bf16 would round twice
-    model.requires_grad_(False)
-    model.eval()
-    model.to(dtype=choice.dtype)
-    if choice.device.type == "cuda" and getattr(model, "seg", None) is not None:
-        model.seg.use_channels_last(True)
-    return LoadedModel(model=model, manifest=manifest, bundle_hash=bundle_hash(bundle), device=choice.device,
-                       dtype=choice.dtype, base=base, path=bundle, batch_size=choice.batch_size)
+    return visual, base
 
 
 DEMO_DIR_NAME = "demo"
@@ -511,16 +523,22 @@ def demo_student(device: str | torch.device | DeviceChoice = "auto") -> LoadedMo
     return load_bundle(path, device=device)
 
 
+def demo_models_dir() -> Path:
+    """``resources/demo`` after checking that the demo classifier and segmenter are there."""
+    root = paths.resources_dir() / DEMO_DIR_NAME
+    for path in (root / "cls", root / "seg"):
+        if not (path / MANIFEST_FILE).is_file():
+            raise FetalIQAError(f"demo model {path} is missing from this installation; reinstall FetalIQA "
+                                "or train the demo models (resources/README.md)")
+    return root
+
+
 def demo_models(device: str | torch.device | DeviceChoice = "auto") -> tuple[LoadedModel, LoadedModel]:
     """The bundled demo classifier and segmenter (``resources/demo/cls`` and ``resources/demo/seg``)
     on the demo's own tiny base (``resources/demo/base_tiny.pt``), all trained by this project's
     scripts on synthetic sweeps (see ``resources/README.md``)."""
-    root = paths.resources_dir() / DEMO_DIR_NAME
+    root = demo_models_dir()
     found = [root / "cls", root / "seg"]
-    for path in found:
-        if not (path / MANIFEST_FILE).is_file():
-            raise FetalIQAError(f"demo model {path} is missing from this installation; reinstall FetalIQA "
-                                "or train the demo models (resources/README.md)")
     base = root / DEMO_BASE_FILE
     weights = base if base.is_file() else None
     return (load_bundle(found[0], base_weights=weights, device=device),

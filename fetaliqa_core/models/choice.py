@@ -63,6 +63,16 @@ class LoadedModels:
         return f"{self.choice.describe()} on {self.device}{fmt}"
 
 
+def _same_base(cls_dir: Path, seg_dir: Path) -> bool:
+    from fetaliqa_core.models.bundle import read_manifest
+    from fetaliqa_core.models.shared import can_share
+
+    try:
+        return can_share(read_manifest(cls_dir), read_manifest(seg_dir))
+    except FetalIQAError:
+        return False  # the ordinary loading says what is wrong
+
+
 def load_models(choice: ModelChoice) -> LoadedModels:
     """Load the classifier and/or segmenter the user chose (FetalIQAError on any problem)."""
     from fetaliqa_core.models import bundle as bundle_mod
@@ -75,14 +85,24 @@ def load_models(choice: ModelChoice) -> LoadedModels:
                                 "--cascade (the demo student, then the demo model), not --model demo-student.")
         cls = seg = bundle_mod.demo_student(device=device)
     elif choice.model == "demo" and not (choice.cls or choice.seg):
-        cls, seg = bundle_mod.demo_models(device=device)
+        from fetaliqa_core.models.shared import load_shared
+
+        root = bundle_mod.demo_models_dir()  # classifier and segmenter on one tiny base: shared
+        cls = seg = load_shared(root / "cls", root / "seg", base_weights=root / bundle_mod.DEMO_BASE_FILE,
+                                device=device)
     else:
         if not (choice.cls or choice.seg):
             raise FetalIQAError("No model given: pass --model demo, or --cls and/or --seg bundle folders.")
         cls = seg = None
-        if choice.cls:
+        if choice.cls and choice.seg and Path(choice.seg).resolve() != Path(choice.cls).resolve() \
+                and _same_base(Path(choice.cls), Path(choice.seg)):
+            # one copy of the base, one encoder pass for both heads (models/shared.py)
+            from fetaliqa_core.models.shared import load_shared
+
+            cls = seg = load_shared(Path(choice.cls), Path(choice.seg), base_weights=choice.base, device=device)
+        elif choice.cls:
             cls = bundle_mod.load_bundle(Path(choice.cls), base_weights=choice.base, device=device)
-        if choice.seg:
+        if choice.seg and seg is None:
             if choice.cls and Path(choice.seg).resolve() == Path(choice.cls).resolve():
                 seg = cls  # one joint bundle: one encoder pass gives both
             else:

@@ -1,0 +1,77 @@
+"""A classifier and a segmenter on one base: one copy of the base, one encoder pass, same outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fetaliqa_core.models.base import random_base
+from fetaliqa_core.models.bundle import load_bundle, manifest_for, save_bundle
+from fetaliqa_core.models.classifier import FetalCLIPClassifier
+from fetaliqa_core.models.lora import LoraSettings
+from fetaliqa_core.models.segmenter import FetalCLIPSegmenter
+from fetaliqa_core.models.shared import load_shared
+
+
+@pytest.fixture(scope="module")
+def trained_pair(tmp_path_factory):
+    """Bundles whose adapters are not inert (peft starts LoRA B at zero: randomise every adapter)."""
+    root = tmp_path_factory.mktemp("pair")
+    torch.manual_seed(1)
+    out = {}
+    for task in ("cls", "seg"):
+        visual, info = random_base("tiny", 7)
+        model = FetalCLIPClassifier(visual, LoraSettings()) if task == "cls" else \
+            FetalCLIPSegmenter(visual, LoraSettings(), n_classes=3, init_filters=8)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn_like(p) * 0.2)
+        out[task] = save_bundle(model, root / task, manifest_for(model, info, threshold=0.4))
+    return out
+
+
+def test_shared_pair_equals_the_two_merged_models_with_one_encoder_pass(trained_pair):
+    x = torch.randn(3, 3, 224, 224)
+    cls = load_bundle(trained_pair["cls"], device="cpu")
+    seg = load_bundle(trained_pair["seg"], device="cpu")
+    ref_p = cls.predict(x).p_cls
+    ref_prob = seg.predict(x).seg_prob
+    pair = load_shared(trained_pair["cls"], trained_pair["seg"], device="cpu")
+    assert pair.task == "joint" and pair.threshold == 0.4
+    pred = pair.predict(x)
+    assert pair.model.encoder_passes == 1  # both heads from one pass of the tower
+    assert torch.allclose(pred.p_cls, ref_p, atol=1e-4)
+    assert torch.allclose(pred.seg_prob, ref_prob, atol=1e-3)
+    # the adapters matter: without them the outputs differ
+    from fetaliqa_core.models.shared import GroupedLoraLinear
+    for m in pair.model.modules():
+        if isinstance(m, GroupedLoraLinear):
+            m.pairs = [None, None]
+    assert not torch.allclose(pair.predict(x).p_cls, ref_p, atol=1e-3)
+    # one copy of the base: the pair holds as many tower parameters as one model
+    n_pair = sum(p.numel() for p in pair.model.encoder.parameters())
+    n_one = sum(p.numel() for p in cls.model.encoder.parameters())
+    assert n_pair == n_one
+
+
+def test_engine_runs_one_encoder_pass_per_batch(trained_pair):
+    from fakes import tiny_sweep
+    from fetaliqa_core.engine import ScoringEngine
+
+    pair = load_shared(trained_pair["cls"], trained_pair["seg"], device="cpu")
+    sweep = tiny_sweep(n_sweeps=1, per_sweep=10)
+    engine = ScoringEngine(sweep, cls=pair, seg=pair, cache=False, batch_size=4)
+    results = engine.run()
+    assert results.complete and results.has_cls and results.has_seg
+    assert pair.model.encoder_passes == 4  # batches of 1 (first result), 4, 4, 1
+
+
+def test_load_models_shares_the_base_of_bundles_on_one_base(trained_pair, tiny_bundle_dirs):
+    from fetaliqa_core.models.choice import ModelChoice, load_models
+
+    models = load_models(ModelChoice(model=None, cls=trained_pair["cls"], seg=trained_pair["seg"], device="cpu"))
+    assert models.cls is models.seg and models.cls.task == "joint"
+    # bundles on different bases are loaded apart
+    other = load_models(ModelChoice(model=None, cls=trained_pair["cls"], seg=tiny_bundle_dirs["seg"], device="cpu"))
+    assert other.cls is not other.seg and other.cls.task == "cls"
