@@ -4,8 +4,11 @@
 # It runs, in this order, each under its own time limit, writing everything to $OUT:
 #   1. fetaliqa bench --device cuda --arch fetalclip --frames 840   -> bench.json, bench.txt
 #      (seed-style vs ours, matmul ceiling, peak GPU memory; --skip-gui: no Qt on that machine)
-#   2. every GPU check script under scripts/ (scripts/gpu_check_*.py) -> <name>.txt (+ its JSON)
-#   3. the card and software seen                                      -> env.txt
+#   2. fetaliqa bench --speed on the machine's CPU (preprocessing, bf16 probe, ViT-L bf16 vs fp32)
+#      -> bench_speed.json, bench_speed.txt
+#   3. every GPU check script under scripts/ (scripts/gpu_check_*.py) -> <name>.txt (+ its JSON);
+#      gpu_check_speed.py: one shared base for a classifier + segmenter pair on CUDA
+#   4. the card and software seen                                      -> env.txt
 #
 # The device image has Python 3.12 with torch, torchvision, peft, numpy, pillow, opencv,
 # safetensors, psutil, timm and huggingface_hub, but not open_clip_torch, ftfy, wcwidth,
@@ -70,6 +73,9 @@ status=0
 echo "== fetaliqa bench (cuda, fetalclip, 840 frames)"
 timeout 300 "$PY" -m fetaliqa_core.cli.bench --device cuda --arch fetalclip --frames 840 --skip-gui \
     --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
+echo "== fetaliqa bench --speed (the machine's CPU: preprocessing, bf16 probe and ViT-L bf16 vs fp32)"
+timeout 240 "$PY" -m fetaliqa_core.cli.bench --speed --sections preprocess,precision --real-frames 8 \
+    --json "$OUT/bench_speed.json" 2>&1 | tee "$OUT/bench_speed.txt" || status=1
 
 checks=(scripts/gpu_check_*.py)
 left=${#checks[@]}

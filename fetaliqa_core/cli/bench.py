@@ -33,9 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-seed", action="store_true", help="do not run the seed-style path")
     parser.add_argument("--skip-gui", action="store_true", help="do not time the frame display")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    g = parser.add_argument_group("CPU speed paths (--speed)")
+    g.add_argument("--speed", action="store_true",
+                   help="only the CPU speed paths, side by side: preprocessing, bf16 vs fp32 on the real "
+                        "architecture, one base for two bundles (peak RSS), the student, student and cascade vs teacher")
+    g.add_argument("--student", type=Path, default=None, metavar="BUNDLE", help="student bundle (default: the demo student)")
+    g.add_argument("--sections", default="preprocess,precision,rss,student,heldout",
+                   help="comma-separated subset of preprocess, precision, rss, student, heldout")
+    g.add_argument("--real-frames", type=positive_int, default=4,
+                   help="frames timed through the real architecture per precision (default 4)")
+    g.add_argument("--heldout-cases", type=positive_int, default=10, help="held-out synthetic cases (default 10)")
+    g.add_argument("--heldout-frames-per-sweep", type=positive_int, default=24)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "speed", False):
+        return _run_speed(args)
     from fetaliqa_core.bench import BenchSettings, format_report, run_bench, write_json
 
     settings = BenchSettings(device=args.device, arch=args.arch, frames=args.frames, case_frames=args.case_frames,
@@ -50,6 +63,26 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.json is not None:
         write_json(report, args.json)
+        print(f"report written to {args.json}")
+    return 0
+
+
+def _run_speed(args: argparse.Namespace) -> int:
+    import json
+
+    from fetaliqa_core.bench.speed import run_speed_bench
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    report = run_speed_bench(student_dir=args.student, real_frames=args.real_frames, heldout_cases=args.heldout_cases,
+                             heldout_per_sweep=args.heldout_frames_per_sweep, log=log,
+                             sections=tuple(s.strip() for s in args.sections.split(",") if s.strip()))
+    text = json.dumps(report, indent=1, default=float)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n", encoding="utf-8")
         print(f"report written to {args.json}")
     return 0
 

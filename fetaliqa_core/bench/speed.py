@@ -1,0 +1,252 @@
+"""``fetaliqa bench --speed``: the CPU speed paths side by side in one run.
+
+- preprocessing: the seed-style PIL path, the CPU path and the torch (GPU) path on the same frames;
+- precision: the CPU probe, the real architecture (FetalCLIP's ViT-L/14, random weights) in fp32
+  and bf16 on the same frames, and the agreement of a classifier + segmenter pair in bf16 vs fp32;
+- one base for two bundles: peak RSS of a child process holding a real-architecture classifier
+  and segmenter on one base, and the teacher's full-case time estimated from a measured subset;
+- the student: a full synthetic case through the engine, and student vs teacher and cascade vs
+  teacher on held-out synthetic cases (chosen frame, flags, time).
+
+Every figure comes with the others of the same run (the machine is shared: ratios matter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _best(fn: Callable[[], object], reps: int = 2) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def preprocessing(n: int, log) -> dict:
+    from fetaliqa_core.bench.inputs import quick_frames
+    from fetaliqa_core.bench.seed_style import seed_style_preprocess, seed_style_transform
+    from fetaliqa_core.preprocess import _as_uint8_batch, _preprocess_torch, preprocess_frames
+
+    frames = quick_frames(n, 11)
+    tf = seed_style_transform()
+    cpu = torch.device("cpu")
+    paths = {
+        "seed_style_pil": lambda: torch.stack([seed_style_preprocess(f, tf) for f in frames]),
+        "ours_cpu": lambda: [preprocess_frames(frames[i:i + 8]) for i in range(0, n, 8)],
+        "torch_path_on_cpu": lambda: [_preprocess_torch(_as_uint8_batch(frames[i:i + 8], "f"), cpu, torch.float32, 224)
+                                      for i in range(0, n, 8)],
+    }
+    out = {}
+    for name, fn in paths.items():
+        fn()
+    for name, fn in paths.items():  # measured after all warm-ups, one after the other
+        out[f"{name}_frames_per_s"] = n / _best(fn)
+    out["ours_over_seed"] = out["ours_cpu_frames_per_s"] / out["seed_style_pil_frames_per_s"]
+    log(f"preprocessing: {out}")
+    return out
+
+
+def _bundle_pair(workdir: Path, arch: str) -> tuple[Path, Path]:
+    from fetaliqa_core.bench.inputs import make_bundles
+
+    target = workdir / f"pair-{arch}"
+    if not (target / "seg" / "manifest.json").is_file():
+        make_bundles(arch, target, seed=3)
+    return target / "cls", target / "seg"
+
+
+def precision(workdir: Path, frames: int, log) -> dict:
+    """Probe, ViT-L/14 per-frame time in fp32 and bf16, pair agreement bf16 vs fp32."""
+    from fetaliqa_core.bench.inputs import quick_frames
+    from fetaliqa_core.models.agreement import output_agreement, predict_all
+    from fetaliqa_core.models.device import cpu_precision_probe, select_device
+    from fetaliqa_core.models.shared import load_shared
+    from fetaliqa_core.preprocess import preprocess_frames
+
+    probe = cpu_precision_probe()
+    cls_dir, seg_dir = _bundle_pair(workdir, "fetalclip")
+    x = preprocess_frames(quick_frames(frames, 5))
+    res: dict = {"probe": probe.to_dict(), "frames": frames}
+    preds = {}
+    for prec in ("fp32", "bf16"):
+        pair = load_shared(cls_dir, seg_dir, device=select_device("cpu", prec))
+        predict_all(pair, pair, x[:1], batch=1)  # warm-up
+        t0 = time.perf_counter()
+        preds[prec] = predict_all(pair, pair, x, batch=2)
+        res[f"pair_{prec}_s_per_frame"] = (time.perf_counter() - t0) / frames
+        del pair
+        log(f"precision {prec}: {res[f'pair_{prec}_s_per_frame']:.2f} s/frame (cls + seg, one encoder pass)")
+    p32, l32 = preds["fp32"]
+    p16, l16 = preds["bf16"]
+    agree = output_agreement(p32, l32, p16, l16)
+    res["bf16_vs_fp32"] = agree
+    res["bf16_speedup"] = res["pair_fp32_s_per_frame"] / res["pair_bf16_s_per_frame"]
+    res["teacher_full_case_bf16_s_estimate"] = 840 * res["pair_bf16_s_per_frame"]
+    res["teacher_full_case_fp32_s_estimate"] = 840 * res["pair_fp32_s_per_frame"]
+    return res
+
+
+_RSS_CHILD = r"""
+import json, resource, sys, torch
+from fetaliqa_core.models.shared import load_shared
+from fetaliqa_core.models.device import select_device
+torch.set_num_threads(max(1, torch.get_num_threads()))
+pair = load_shared(sys.argv[1], sys.argv[2], device=select_device("cpu", sys.argv[3]))
+x = torch.randn(2, 3, 224, 224)
+pair.predict_labels(x)
+print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "encoder_passes": pair.model.encoder_passes}))
+"""
+
+
+def shared_rss(workdir: Path, log) -> dict:
+    cls_dir, seg_dir = _bundle_pair(workdir, "fetalclip")
+    out = {}
+    for prec in ("fp32", "bf16"):
+        r = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(cls_dir), str(seg_dir), prec], capture_output=True,
+                           text=True, timeout=1800, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        if r.returncode != 0:
+            out[prec] = {"error": r.stderr.strip().splitlines()[-1:]}
+            continue
+        data = json.loads(r.stdout.strip().splitlines()[-1])
+        out[prec] = {"peak_rss_gb": data["maxrss_kb"] / 1024 ** 2, "encoder_passes_for_one_batch": data["encoder_passes"]}
+        log(f"classifier + segmenter on one ViT-L/14 base, {prec}: peak RSS {out[prec]['peak_rss_gb']:.2f} GB")
+    return out
+
+
+def _synthetic_cases(workdir: Path, n: int, per_sweep: int, seed: int) -> list[Path]:
+    from fetaliqa_core.synth import write_dataset
+
+    target = workdir / f"heldout-{n}-{per_sweep}-{seed}"
+    if not target.is_dir():
+        write_dataset(target, cases=n, seed=seed, frames_per_sweep=per_sweep, compress=False)
+    return sorted((target / "images" / "stacked_fetal_ultrasound").glob("*.mha"))
+
+
+def _assess(sweep, results, thresholds):
+    from fetaliqa_core.analysis.assessment import assess
+
+    return assess(sweep, results, thresholds)
+
+
+def _runs(flags: np.ndarray, frame: int) -> tuple[int, int] | None:
+    """The run of consecutive flagged frames holding ``frame``."""
+    if frame < 0 or not flags[frame]:
+        return None
+    a = frame
+    while a > 0 and flags[a - 1]:
+        a -= 1
+    b = frame
+    while b + 1 < len(flags) and flags[b + 1]:
+        b += 1
+    return a, b
+
+
+def student_vs_teacher(workdir: Path, student_dir: Path | None, cases: int, per_sweep: int, log) -> dict:
+    """Demo teacher (classifier + segmenter, shared base) vs the student, and the cascade, per case."""
+    from fetaliqa_core import io as fio
+    from fetaliqa_core.analysis.assessment import Thresholds
+    from fetaliqa_core.cascade import CascadeEngine
+    from fetaliqa_core.engine import ScoringEngine
+    from fetaliqa_core.models.choice import ModelChoice, load_models
+
+    teacher = load_models(ModelChoice(model="demo", device="cpu"))
+    student = load_models(ModelChoice(model=None, cls=student_dir, seg=student_dir, device="cpu")) \
+        if student_dir else load_models(ModelChoice(model="demo-student", device="cpu"))
+    thr = Thresholds.of_models(teacher)
+    rows = []
+    for path in _synthetic_cases(workdir, cases, per_sweep, seed=77):
+        sweep = fio.load_sweep(path)
+        t0 = time.perf_counter()
+        tr = ScoringEngine(sweep, teacher.cls, teacher.seg, cache=False).run()
+        t_teacher = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sr = ScoringEngine(sweep, student.cls, student.seg, cache=False).run()
+        t_student = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        casc = CascadeEngine(sweep, student.cls, teacher.cls, teacher.seg, cache=False, thresholds=thr).run()
+        t_cascade = time.perf_counter() - t0
+        ta, sa = _assess(sweep, tr, thr), _assess(sweep, sr, thr)
+        ca = _assess(sweep, casc.teacher_results, thr)
+        tc, sc, cc = ta.summary.chosen_frame, sa.summary.chosen_frame, ca.summary.chosen_frame
+        run = _runs(ta.flags.candidates, tc)
+        rows.append({
+            "case": path.stem, "frames": sweep.n_frames, "teacher_chosen": tc, "student_chosen": sc, "cascade_chosen": cc,
+            "student_same_or_in_run": bool(sc == tc or (run is not None and run[0] <= sc <= run[1])),
+            "cascade_same": bool(cc == tc), "flags_equal": float((ta.flags.candidates == sa.flags.candidates).mean()),
+            "teacher_s": t_teacher, "student_s": t_student, "cascade_s": t_cascade,
+            "teacher_frames_in_cascade": int(casc.confirmed.sum())})
+        log(f"held-out {path.stem}: {rows[-1]}")
+    n = len(rows)
+    return {"cases": rows, "n_cases": n,
+            "flags_equal_mean": float(np.mean([r["flags_equal"] for r in rows])),
+            "student_chosen_same_or_in_run": sum(r["student_same_or_in_run"] for r in rows) / n,
+            "cascade_chosen_same": sum(r["cascade_same"] for r in rows) / n,
+            "cascade_over_teacher_time": sum(r["cascade_s"] for r in rows) / sum(r["teacher_s"] for r in rows),
+            "student_over_teacher_time": sum(r["student_s"] for r in rows) / sum(r["teacher_s"] for r in rows),
+            "teacher_frame_share_in_cascade": sum(r["teacher_frames_in_cascade"] for r in rows)
+            / sum(r["frames"] for r in rows)}
+
+
+def student_full_case(workdir: Path, student_dir: Path | None, log) -> dict:
+    """840 frames (6 x 140, 562 x 744) through the engine with the student: cls + seg, preprocessing included."""
+    from fetaliqa_core import io as fio
+    from fetaliqa_core.engine import ScoringEngine
+    from fetaliqa_core.models.choice import ModelChoice, load_models
+
+    path = _synthetic_cases(workdir, 1, 140, seed=91)[0]
+    sweep = fio.load_sweep(path)
+    out = {}
+    for prec in ("auto",):  # what a user gets (the CPU probe decides)
+        m = load_models(ModelChoice(model=None, cls=student_dir, seg=student_dir, device="cpu", precision=prec)) \
+            if student_dir else load_models(ModelChoice(model="demo-student", device="cpu", precision=prec))
+        t0 = time.perf_counter()
+        r = ScoringEngine(sweep, m.cls, m.seg, cache=False).run()
+        out[f"{prec}_s"] = time.perf_counter() - t0
+        out["frames"] = r.n_done
+        out["device"] = m.describe()
+        log(f"student full case ({r.n_done} frames, cls + seg) {prec}: {out[f'{prec}_s']:.1f} s")
+    return out
+
+
+def run_speed_bench(student_dir: Path | None = None, real_frames: int = 4, heldout_cases: int = 10,
+                    heldout_per_sweep: int = 24, workdir: Path | None = None, log=lambda s: None,
+                    sections: tuple[str, ...] = ("preprocess", "precision", "rss", "student", "heldout")) -> dict:
+    from fetaliqa_core.bench.machine import machine_info
+
+    owned = None
+    if workdir is None:
+        owned = tempfile.TemporaryDirectory(prefix="fetaliqa-speed-")
+        workdir = Path(owned.name)
+    report: dict = {"machine": machine_info(torch.device("cpu")), "threads": torch.get_num_threads()}
+    t0 = time.perf_counter()
+    try:
+        if "preprocess" in sections:
+            report["preprocessing"] = preprocessing(64, log)
+        if "precision" in sections:
+            report["precision"] = precision(workdir, real_frames, log)
+        if "rss" in sections:
+            report["shared_base_rss"] = shared_rss(workdir, log)
+        if "student" in sections:
+            report["student_full_case"] = student_full_case(workdir, student_dir, log)
+        if "heldout" in sections:
+            report["heldout"] = student_vs_teacher(workdir, student_dir, heldout_cases, heldout_per_sweep, log)
+    finally:
+        report["seconds"] = time.perf_counter() - t0
+        report["load_average_end"] = list(os.getloadavg())
+        if owned is not None:
+            owned.cleanup()
+    return report

@@ -1,0 +1,71 @@
+"""GPU check of the speed paths (untested here: no GPU was lent when this was written).
+
+On CUDA: a real-architecture classifier + segmenter pair (random weights) loaded on one shared
+base (``models/shared.py``) against the two merged bundles: outputs agree, one encoder pass per
+batch, peak GPU memory and frames/s of each; then the demo student and a cascade on a synthetic
+case. Writes ``$OUT/gpu_check_speed.json``.
+
+    python scripts/gpu_check_speed.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--batch", type=int, default=64)
+    args = p.parse_args()
+    from fetaliqa_core.bench.inputs import make_bundles, quick_frames
+    from fetaliqa_core.models.agreement import output_agreement, predict_all
+    from fetaliqa_core.models.bundle import load_bundle
+    from fetaliqa_core.models.device import select_device
+    from fetaliqa_core.models.shared import load_shared
+    from fetaliqa_core.preprocess import preprocess_frames
+
+    choice = select_device(args.device)
+    out: dict = {"device": choice.description}
+    with tempfile.TemporaryDirectory() as tmp:
+        cls_dir, seg_dir = make_bundles("fetalclip", Path(tmp), seed=3)
+        x = preprocess_frames(quick_frames(args.batch, 4), device=choice.device, dtype=choice.dtype)
+
+        def timed(fn):
+            fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            r = fn()
+            torch.cuda.synchronize()
+            return r, args.batch / (time.perf_counter() - t0)
+
+        torch.cuda.reset_peak_memory_stats()
+        cls, seg = load_bundle(cls_dir, device=choice), load_bundle(seg_dir, device=choice)
+        ref, out["separate_frames_per_s"] = timed(lambda: predict_all(cls, seg, x, batch=args.batch))
+        out["separate_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        del cls, seg
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        pair = load_shared(cls_dir, seg_dir, device=choice)
+        got, out["shared_frames_per_s"] = timed(lambda: predict_all(pair, pair, x, batch=args.batch))
+        out["shared_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        out["shared_encoder_passes"] = pair.model.encoder_passes
+        out["shared_vs_separate"] = output_agreement(*ref, *got)
+    path = Path(os.environ.get("OUT", ".")) / "gpu_check_speed.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
