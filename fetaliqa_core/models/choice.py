@@ -131,12 +131,16 @@ DEMO_NOTICE = ("Demonstration model trained on synthetic data only: not for clin
 
 def is_demo_bundle(model) -> bool:
     """The model was loaded from the bundled demonstration models (``resources/demo``)."""
-    from fetaliqa_core import paths
-    from fetaliqa_core.models.bundle import DEMO_DIR_NAME
-
     path = getattr(model, "path", None)
     if path is None:
         return False
+    return _under_demo(path)
+
+
+def _under_demo(path) -> bool:
+    from fetaliqa_core import paths
+    from fetaliqa_core.models.bundle import DEMO_DIR_NAME
+
     try:
         Path(path).resolve().relative_to((paths.resources_dir() / DEMO_DIR_NAME).resolve())
     except ValueError:
@@ -156,9 +160,17 @@ def provenance(models) -> dict:
         if m is None:
             continue
         if id(m) in seen:
-            bundles[-1]["role"] = "classifier+segmenter"
+            if not getattr(m, "parts", None):
+                bundles[-1]["role"] = "classifier+segmenter"
             continue
         seen.add(id(m))
+        parts = getattr(m, "parts", None)  # two bundles sharing one base (models/shared.py)
+        if parts:
+            for part_role, part_path, part_hash in parts:
+                demo = _under_demo(part_path)
+                name = f"demo/{Path(part_path).name}" if demo else Path(part_path).name
+                bundles.append({"role": part_role, "name": name, "sha256": part_hash, "demo": demo})
+            continue
         path = getattr(m, "path", None)
         demo = is_demo_bundle(m)
         name = (f"demo/{Path(path).name}" if demo else Path(path).name) if path is not None else ""

@@ -193,5 +193,7 @@ def load_shared(cls_dir, seg_dir, base_weights=None, device="auto"):
     manifest = dataclasses.replace(sm, task="joint", threshold=cm.threshold,
                                    description=f"{cm.description} + {sm.description}")
     digest = hashlib.sha256((b.bundle_hash(cls_dir) + b.bundle_hash(seg_dir)).encode()).hexdigest()
-    return b.LoadedModel(model=model, manifest=manifest, bundle_hash=digest, device=choice.device,
-                         dtype=choice.dtype, base=base, path=seg_dir, batch_size=choice.batch_size)
+    loaded = b.LoadedModel(model=model, manifest=manifest, bundle_hash=digest, device=choice.device,
+                           dtype=choice.dtype, base=base, path=seg_dir, batch_size=choice.batch_size)
+    loaded.parts = [("classifier", cls_dir, b.bundle_hash(cls_dir)), ("segmenter", seg_dir, b.bundle_hash(seg_dir))]
+    return loaded
