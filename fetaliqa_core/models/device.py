@@ -116,7 +116,7 @@ def _matmul_seconds(dtype: torch.dtype, m: int = 512, n: int = 1024, k: int = 10
     return best
 
 
-def measure_cpu_matmul(m: int = 512, n: int = 1024, k: int = 1024, rounds: int = 2) -> tuple[float, float]:
+def measure_cpu_matmul(m: int = 512, n: int = 1024, k: int = 1024, rounds: int = 3) -> tuple[float, float]:
     """(fp32, bf16) GFLOP/s of a ``(m,k) @ (k,n)`` product, measured alternately so that both
     see the same load from other processes; the best of ``rounds`` each (~0.1 s in all)."""
     fp32 = bf16 = float("inf")
