@@ -31,13 +31,16 @@ MAX_RUN_FRAMES = 12  # a longer run is cut to this many frames around the studen
 
 def candidate_runs(combined: np.ndarray, candidates: np.ndarray, sweep_ranges, runs_per_sweep: int = RUNS_PER_SWEEP,
                    margin: int = RUN_MARGIN, max_fraction: float = MAX_TEACHER_FRACTION,
-                   max_run: int = MAX_RUN_FRAMES) -> np.ndarray:
+                   max_run: int = MAX_RUN_FRAMES, fallback: bool = True) -> np.ndarray:
     """Frames the teacher re-scores, sorted.
 
     Per sweep, runs of consecutive candidate frames ranked by their best combined score; the best
     run of each sweep always, then further runs (up to ``runs_per_sweep`` per sweep) in order of
     score across the case while the total stays within ``max_fraction`` of the frames. Each run
-    is widened by ``margin`` frames inside its sweep.
+    is widened by ``margin`` frames inside its sweep; a run longer than ``max_run`` frames is first
+    cut to that many around its best frame. ``fallback``: a sweep where the student flags nothing
+    still sends its ``max_run`` best-scored frames (around its highest combined score), so a
+    student that misses a sweep's good frames does not decide alone that there are none.
     """
     combined = np.asarray(combined, dtype=np.float64)
     candidates = np.asarray(candidates, dtype=bool)
@@ -47,6 +50,11 @@ def candidate_runs(combined: np.ndarray, candidates: np.ndarray, sweep_ranges, r
     for start, stop in sweep_ranges:
         flags = candidates[start:stop]
         if not flags.any():
+            values = combined[start:stop]
+            if fallback and np.isfinite(values).any():
+                peak = start + int(np.nanargmax(values))
+                lo = min(max(start, peak - max_run // 2), max(start, stop - max_run))
+                firsts.append(np.arange(lo, min(stop, lo + max_run)))
             continue
         edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
         runs = []

@@ -29,13 +29,16 @@ def test_candidate_runs_best_run_per_sweep_margin_and_budget():
     assert got.tolist() == [9, 10, 11, 12, 13, 20, 21, 22]
     # one run per sweep asked for
     assert candidate_runs(combined, cand, ranges, runs_per_sweep=1, margin=0).tolist() == [10, 11, 12, 20, 21]
-    assert candidate_runs(combined, np.zeros(n, bool), ranges).size == 0
+    assert candidate_runs(combined, np.zeros(n, bool), ranges, fallback=False).size == 0
+    # a sweep where the student flags nothing still sends its best-scored frames
+    got = candidate_runs(combined, np.zeros(n, bool), ranges, margin=0, max_run=3)
+    assert got.tolist() == [9, 10, 11, 20, 21, 22]  # centred on the first best frame
     # a long run is cut around its best frame
     long = np.zeros(n, bool)
     long[0:20] = True
     peak = np.zeros(n)
     peak[15] = 1.0
-    assert candidate_runs(peak, long, ranges, margin=0, max_run=4).tolist() == [13, 14, 15, 16]
+    assert candidate_runs(peak, long, ranges, margin=0, max_run=4, fallback=False).tolist() == [13, 14, 15, 16]
 
 
 def test_cascade_teacher_sees_only_candidate_runs_and_decides_the_answer():
