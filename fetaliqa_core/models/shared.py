@@ -123,11 +123,11 @@ class SharedPair(nn.Module):
     task = "joint"
 
     def __init__(self, visual: nn.Module, adapters: list[tuple[dict | None, float]], n_classes: int,
-                 init_filters: int) -> None:
+                 init_filters: int, decoder_block: str = "res") -> None:
         super().__init__()
         self.encoder = FetalCLIPEncoder(shared_tower(visual, adapters), None)
         self.head = nn.Linear(self.encoder.embed_dim, 1)
-        self.seg = SegmentationHead(self.encoder, n_classes, init_filters)
+        self.seg = SegmentationHead(self.encoder, n_classes, init_filters, block=decoder_block)
         self.encoder_passes = 0  # counted for tests and the benchmark
 
     @property
@@ -173,7 +173,8 @@ def load_shared(cls_dir, seg_dir, base_weights=None, device="auto"):
         state = b._read_tensors(bundle / b.ADAPTER_FILE)
         return state, manifest.lora_settings.scaling
 
-    model = SharedPair(visual, [adapters(cls_dir, cm), adapters(seg_dir, sm)], sm.n_classes, sm.init_filters)
+    model = SharedPair(visual, [adapters(cls_dir, cm), adapters(seg_dir, sm)], sm.n_classes, sm.init_filters,
+                       decoder_block=getattr(sm, "decoder_block", "res"))
     head_c, head_s = b._read_tensors(cls_dir / b.HEAD_FILE), b._read_tensors(seg_dir / b.HEAD_FILE)
     try:
         model.head.load_state_dict({k[5:]: v for k, v in head_c.items() if k.startswith("head.")}, strict=True)
