@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fetaliqa_core.errors import FetalIQAError, exit_code
 from training.config import add_arguments, config_from_args
 from training.trials import train
 
@@ -55,26 +54,12 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fetaliqa_core.cli import terminate_as_interrupt
+    from fetaliqa_core.cli import run_guarded
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    terminate_as_interrupt()  # SIGTERM stops like Ctrl-C: the last finished epoch's checkpoint is kept
-    try:
-        return run_from_args(args)
-    except FetalIQAError as exc:
-        print(f"fetaliqa: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        print("fetaliqa: interrupted (the last finished epoch's checkpoint is kept; --resume continues)",
-              file=sys.stderr)
-        return 130
-    except OSError as exc:  # disk full, read-only, permission, not a folder: named, no traceback
-        from fetaliqa_core.paths import os_error_message
-
-        print(f"fetaliqa: {os_error_message(exc)}", file=sys.stderr)
-        return 1
-
+    args = build_parser().parse_args(argv)
+    # SIGTERM stops like Ctrl-C: the last finished epoch's checkpoint is kept.
+    return run_guarded(lambda: run_from_args(args),
+                       interrupted="interrupted (the last finished epoch's checkpoint is kept; --resume continues)")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -117,22 +117,28 @@ def terminate_as_interrupt() -> None:
 
 
 def _run_parsed(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    args = parser.parse_args(argv)
+    return run_guarded(lambda: args._run(args))
+
+
+def run_guarded(run, interrupted: str = "interrupted") -> int:
+    """Run a command's body the way every ``fetaliqa`` command ends: a project error or an OS
+    error (disk full, read-only, permission, not a folder) as one line and its exit status,
+    SIGTERM and Ctrl-C as ``interrupted`` with status 130, never a traceback."""
     from fetaliqa_core.paths import os_error_message
 
-    args = parser.parse_args(argv)
     terminate_as_interrupt()
     try:
-        return int(args._run(args) or 0)
+        return int(run() or 0)
     except FetalIQAError as exc:
         print(f"fetaliqa: {exc}", file=sys.stderr)
         return exit_code(exc)
     except KeyboardInterrupt:
-        print("fetaliqa: interrupted", file=sys.stderr)
+        print(f"fetaliqa: {interrupted}", file=sys.stderr)
         return 130
-    except OSError as exc:  # disk full, read-only, permission, not a folder: named, no traceback
+    except OSError as exc:
         print(f"fetaliqa: {os_error_message(exc)}", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
