@@ -11,29 +11,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fetaliqa_core.models.lora import FetalCLIPEncoder, LoraSettings
-from fetaliqa_core.models.segmenter import HEAD_KINDS, INIT_FILTERS, SegmentationHead
+from fetaliqa_core.models.lora import LoraSettings
+from fetaliqa_core.models.segmenter import INIT_FILTERS, FetalCLIPSegmenter
 
 
-class FetalCLIPJoint(nn.Module):
-    """``(B, 3, 224, 224)`` -> ``((B, 1) classifier logits, (B, n_classes, 224, 224) mask logits)``."""
+class FetalCLIPJoint(FetalCLIPSegmenter):
+    """The segmenter plus the classifier's linear unit on the same encoder pass.
+
+    ``(B, 3, 224, 224)`` -> ``((B, 1) classifier logits, (B, n_classes, 224, 224) mask logits)``.
+    """
 
     task = "joint"
 
     def __init__(self, visual: nn.Module, lora: LoraSettings | None = LoraSettings(), n_classes: int = 1,
                  init_filters: int = INIT_FILTERS, decoder_block: str = "res") -> None:
-        super().__init__()
-        self.encoder = FetalCLIPEncoder(visual, lora)
+        super().__init__(visual, lora, n_classes, init_filters, decoder_block)
         self.head = nn.Linear(self.encoder.embed_dim, 1)
-        self.seg = SegmentationHead(self.encoder, n_classes, init_filters, decoder_block)
-
-    @property
-    def n_classes(self) -> int:
-        return self.seg.n_classes
-
-    @property
-    def head_kind(self) -> str:
-        return HEAD_KINDS[self.n_classes]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, tokens = self.encoder.features(x, self.seg.blocks, pooled=True)
