@@ -146,17 +146,9 @@ class CascadeEngine:
             yield CascadeBatch("teacher", batch)
 
     def _merge(self, batch: BatchResult) -> None:
-        idx = batch.indices
-        m = self.merged
-        if batch.p_cls is not None:
-            m.p_cls[idx] = batch.p_cls
-        if batch.p_seg is not None:
-            m.p_seg[idx] = batch.p_seg
-            m.p_opt[idx] = batch.p_opt
-            m.seg_area_px[idx] = batch.seg_area_px
-            for i, mask in zip(idx.tolist(), batch.masks):
-                m.masks[i] = mask
-        self.confirmed[idx] = True
+        """The teacher's results replace the student's for these frames."""
+        self.merged.apply(batch)
+        self.confirmed[batch.indices] = True
 
     def run(self, on_batch: Callable[[CascadeBatch], None] | None = None) -> "CascadeEngine":
         for b in self.iter_batches():
