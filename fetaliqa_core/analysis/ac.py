@@ -103,6 +103,15 @@ def _fit(points: np.ndarray) -> tuple[tuple[float, float], tuple[float, float], 
     return (float(cx), float(cy)), (float(w) / 2.0, float(h) / 2.0), float(angle)
 
 
+
+def _one_frame(mask, fov, who: str):
+    """``mask`` as one ``(H, W)`` frame, its shape and the field of view resolved for it."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"{who} expects one frame (H, W), got shape {m.shape}")
+    shape = (int(m.shape[0]), int(m.shape[1]))
+    return m, shape, resolve_fov(fov, shape)
+
 def measure_ac(
     mask: np.ndarray,
     spacing_mm: float | Sequence[float] = acouslic.SPACING_MM,
@@ -128,12 +137,8 @@ def measure_ac(
     piece of the remaining outline, so an outline cut into two arcs loses the smaller arc; here
     every non-border point of the largest region's outline is used (same result for one arc).
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"measure_ac expects one frame (H, W), got shape {mask.shape}")
-    shape = (int(mask.shape[0]), int(mask.shape[1]))
+    mask, shape, fov_mask = _one_frame(mask, fov, "measure_ac")
     row_mm, col_mm = _as_spacing(spacing_mm)
-    fov_mask = resolve_fov(fov, shape)
 
     region = mask != 0
     if fov_mask is not None:
@@ -210,12 +215,8 @@ def measure_ac_evaluator(
     value for both axes in the evaluator (0.28 mm); with anisotropic spacing the column spacing
     is used here.
     """
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"measure_ac_evaluator expects one frame (H, W), got shape {m.shape}")
-    shape = (int(m.shape[0]), int(m.shape[1]))
+    m, shape, fov_mask = _one_frame(mask, fov, "measure_ac_evaluator")
     _, col_mm = _as_spacing(spacing_mm)
-    fov_mask = resolve_fov(fov, shape)
     if fov_mask is None:
         fov_mask = np.ones(shape, bool)
     pad = EVALUATOR_PAD_PX
