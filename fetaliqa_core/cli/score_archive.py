@@ -10,28 +10,9 @@ import time
 from pathlib import Path
 
 from fetaliqa_core import archive as ar
+from fetaliqa_core.cli._args import non_negative_int, positive_seconds
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.options import model_choice_from_args
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (value > 0 and value < 1e7):
-        raise argparse.ArgumentTypeError(f"{text} seconds: give a positive number")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,10 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score the folder as an archive: one result folder per case in OUT/cases/, "
                         "one combined table OUT/cases.csv, and a rerun skips the cases already "
                         "scored with the same models")
-    g.add_argument("--prefetch", type=_non_negative_int, default=2, metavar="N",
+    g.add_argument("--prefetch", type=non_negative_int, default=2, metavar="N",
                    help="sweeps read and decoded ahead of the model by a reader thread (default 2; "
                         "0 reads each sweep only when its turn comes)")
-    g.add_argument("--rank-timeout", type=_seconds, default=ar.DEFAULT_RANK_TIMEOUT, metavar="S",
+    g.add_argument("--rank-timeout", type=positive_seconds, default=ar.DEFAULT_RANK_TIMEOUT, metavar="S",
                    help="under torchrun: how long rank 0 waits for a process whose heartbeat has "
                         f"stopped before writing the table without its cases (default {ar.DEFAULT_RANK_TIMEOUT:.0f})")
 
