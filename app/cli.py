@@ -62,6 +62,7 @@ class GuiOutcome:
     screenshot: Path | None
     window: object | None = None  # the MainWindow (still alive until the caller drops it)
     scores: list[Path] | None = None  # files written for save_scores
+    told: bool = False  # the message was already printed on stderr by the window
 
 
 def save_scores(window, out_dir: Path) -> list[Path]:
@@ -232,7 +233,7 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     code = 0 if state["complete"] or not (exit_when_scored or max_seconds) else 1
     return GuiOutcome(code=code, complete=state["complete"], message=state["message"],
                       screenshot=state["shot"], window=win if keep_window else None,
-                      scores=state["scores"])
+                      scores=state["scores"], told=state["message"] in win.told_on_stderr)
 
 
 def run(args) -> int:
@@ -268,6 +269,6 @@ def run(args) -> int:
         else:
             print(f"fetaliqa: no scores written ({outcome.message or 'nothing was scored'})", file=sys.stderr)
             return 1
-    if outcome.code and outcome.message:
+    if outcome.code and outcome.message and not outcome.told:
         print(f"fetaliqa: scoring did not complete: {outcome.message}", file=sys.stderr)
     return outcome.code

@@ -72,6 +72,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._train_dialog = None  # app.train_dialog.TrainDialog, kept while the window lives
         # False for headless runs: problems go to stderr and the status bar, never a modal box.
         self.interactive = True
+        #: Problems already printed on stderr (headless), so the command line does not repeat them.
+        self.told_on_stderr: set[str] = set()
 
         self.setWindowTitle("FetalIQA")
         self.setAcceptDrops(True)
@@ -644,6 +646,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             import sys
 
             print(f"fetaliqa: {message}", file=sys.stderr)
+            self.told_on_stderr.add(message)
 
     def show_keys(self) -> None:
         QMessageBox.information(self, "Keyboard shortcuts", keymap.help_html())

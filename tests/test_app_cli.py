@@ -116,3 +116,17 @@ def test_gui_save_scores_equal_score_output(qtbot, small_sweep, tmp_path, capsys
     assert cli_summary["frames_scored"] == 24 and cli_summary["threshold_changed"] is False
     assert cli_summary["threshold"] == pytest.approx(own, abs=1e-6)
     assert 0 < sum(r["flagged"] == "1" for r in rows) < len(rows)
+
+
+def test_corrupt_bundle_in_headless_mode_prints_one_error_line(qtbot, small_sweep, tmp_path, capsys):
+    """The window tells the problem on stderr once; the command line does not repeat it."""
+    bundle = tmp_path / "broken"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{ not json", encoding="utf-8")
+    code = cli_main(["gui", str(small_sweep), "--cls", str(bundle), "--base", str(REPO / "resources/demo/base_tiny.pt"),
+                     "--exit-when-scored", "--max-seconds", "60"])
+    err = capsys.readouterr().err
+    problems = [ln for ln in err.splitlines() if ln.startswith("fetaliqa:")]
+    assert code == 1
+    assert len(problems) == 1, err
+    assert "manifest" in problems[0], err
