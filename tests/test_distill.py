@@ -96,3 +96,13 @@ def test_distill_end_to_end_and_score_loads_the_student(tmp_path, tiny_data, tin
         distill(p.parse_args(["--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
                               "--data", str(tiny_data), "--out", str(out)]))
 
+
+
+def test_distill_refuses_bad_settings_with_one_line_and_exit_1(tmp_path, capsys):
+    from training.distill import main
+
+    rc = main(["--cls", str(tmp_path / "c"), "--seg", str(tmp_path / "s"), "--data", str(tmp_path),
+               "--out", str(tmp_path / "run"), "--epochs", "0", "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1  # a run-time failure, not a usage error
+    assert len(err) == 1 and err[0].startswith("fetaliqa: ") and "--epochs" in err[0]

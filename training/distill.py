@@ -264,11 +264,10 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.distill", description=HELP)
     add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except FetalIQAError as exc:
-        print(f"fetaliqa distill: {exc}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
+    from fetaliqa_core.cli import run_guarded
+
+    return run_guarded(lambda: run(args))
 
 
 if __name__ == "__main__":
