@@ -225,8 +225,9 @@ def _head_prims(cx: float, cy: float, a: float, b: float, ang: float, br: float)
 
 
 @dataclass
-class Sagittal:
-    """The fetus cut lengthwise: an elongated trunk with a row of vertebrae and the head."""
+class _Passing:
+    """A section that appears, grows and fades over ``centre +- half`` frames while drifting by
+    ``(vx, vy)`` px per frame; ``at(f)`` gives ``(scale 0..1, cx, cy)`` there, or None outside."""
 
     centre: float
     half: float
@@ -237,16 +238,29 @@ class Sagittal:
     angle: float
     vx: float
     vy: float
+
+    def at(self, f: int) -> tuple[float, float, float] | None:
+        u = (f - self.centre) / self.half
+        if abs(u) >= 1.0:
+            return None
+        df = f - self.centre
+        return math.sqrt(1.0 - u * u), self.cx + self.vx * df, self.cy + self.vy * df
+
+
+@dataclass
+class Sagittal(_Passing):
+    """The fetus cut lengthwise: an elongated trunk with a row of vertebrae and the head."""
+
     spine_side: float
     brightness: float
 
     def prims(self, f: int) -> list[Ellipse]:
-        u = (f - self.centre) / self.half
-        if abs(u) >= 1.0:
+        here = self.at(f)
+        if here is None:
             return []
-        sc = math.sqrt(1.0 - u * u)
-        df = f - self.centre
-        cx, cy, ang = self.cx + self.vx * df, self.cy + self.vy * df, self.angle
+        sc, cx, cy = here
+        u = (f - self.centre) / self.half
+        ang = self.angle
         a, b = self.a * (0.75 + 0.25 * sc), self.b * sc
         if b < 1.0:
             return []
@@ -271,28 +285,17 @@ class Sagittal:
 
 
 @dataclass
-class Blob:
+class Blob(_Passing):
     """A small transverse limb section (or a head) passing through a run of frames."""
 
-    centre: float
-    half: float
-    cx: float
-    cy: float
-    a: float
-    b: float
-    angle: float
-    vx: float
-    vy: float
     kind: str                      # "limb" | "head"
     brightness: float
 
     def prims(self, f: int) -> list[Ellipse]:
-        u = (f - self.centre) / self.half
-        if abs(u) >= 1.0:
+        here = self.at(f)
+        if here is None:
             return []
-        sc = math.sqrt(1.0 - u * u)
-        df = f - self.centre
-        cx, cy = self.cx + self.vx * df, self.cy + self.vy * df
+        sc, cx, cy = here
         if self.kind == "head":
             return _head_prims(cx, cy, self.a * sc, self.b * sc, self.angle, self.brightness)
         a, b = self.a * (0.6 + 0.4 * sc), self.b * (0.6 + 0.4 * sc)
