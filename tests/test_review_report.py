@@ -242,3 +242,22 @@ def test_pdf_export_leaves_a_process_that_can_still_open_windows():
                           env={**__import__('os').environ, "QT_QPA_PLATFORM": "offscreen"})
     assert proc.returncode == 0, proc.stderr[-500:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_report_csv_rows_of_a_demo_run_carry_the_not_for_clinical_use_notice(tmp_path):
+    from fetaliqa_core.review.report import DEMO_REPORT_NOTICE
+
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    p = np.linspace(0.1, 0.9, 6).astype(np.float32)
+    demo = s.add_sweep("d1" * 32, "/data/demo.mha", 6)
+    s.add_model_run(demo, {"cls": {"hash": "ab", "threshold": 0.5, "demo": True}}, p, np.full(6, np.nan),
+                    np.zeros(6, int), p >= 0.5, threshold=0.5)
+    own = s.add_sweep("e2" * 32, "/data/own.mha", 6)
+    s.add_model_run(own, {"cls": {"hash": "cd", "threshold": 0.5}}, p, np.full(6, np.nan),
+                    np.zeros(6, int), p >= 0.5, threshold=0.5)
+    rows = list(csv.DictReader(io.StringIO(report_csv_text(s))))
+    demo_rows = [r for r in rows if r["content_hash"] == "d1" * 32]
+    own_rows = [r for r in rows if r["content_hash"] == "e2" * 32]
+    assert demo_rows and all(r["notice"] == DEMO_REPORT_NOTICE for r in demo_rows)
+    assert own_rows and all(r["notice"] == "" for r in own_rows)
+    s.close()

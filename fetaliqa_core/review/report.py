@@ -489,7 +489,7 @@ def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = Non
 REPORT_CSV_COLUMNS = [
     "content_hash", "path", "frame", "sub_sweep", "frame_in_sub_sweep", "p_cls", "p_seg",
     "seg_area_px", "flagged", "chosen", "ac_mm", "ga_weeks", "reviewer", "label", "label_code",
-    "agrees_with_model", "note", "time", "threshold", "model_threshold"]
+    "agrees_with_model", "note", "time", "threshold", "model_threshold", "notice"]
 
 
 def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
@@ -514,10 +514,11 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                     f - sweep.sweep_ranges[i][0] if sweep.sweep_ranges else f]
             if run is None:
                 base += ["", "", "", "", "", "", ""]
-                thr = ["", ""]
+                thr = ["", "", ""]
             else:
                 t = run.thresholds
-                thr = [f"{t.value:.4f}", f"{t.model:.4f}"]
+                # The demonstration model's numbers say so on every row that carries them.
+                thr = [f"{t.value:.4f}", f"{t.model:.4f}", DEMO_REPORT_NOTICE if is_demo_run(run) else ""]
                 chosen = run.chosen_frame == f
                 base += [_csv_num(run.p_cls[f]), _csv_num(run.p_seg[f]),
                          int(run.seg_area_px[f]), int(bool(run.flagged[f])), int(chosen),
