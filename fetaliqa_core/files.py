@@ -169,6 +169,13 @@ def _normal_permissions(folder: Path) -> None:
         os.chmod(folder, 0o777 & ~umask)
 
 
+def _one_line_break(text: str) -> str:
+    """Carriage returns inside a cell become line feeds: ``csv`` quotes a cell only for the
+    characters of its own line ending, so a lone ``\r`` with ``lineterminator="\n"`` would be
+    written bare and split the row in a spreadsheet."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
 class _SafeWriter:
     """``csv.writer`` whose text cells go through :func:`spreadsheet_safe` (numbers as they are)."""
 
@@ -176,8 +183,8 @@ class _SafeWriter:
         self._writer = writer
 
     def writerow(self, row: Any) -> Any:
-        return self._writer.writerow([v if isinstance(v, (int, float)) or v is None else spreadsheet_safe(v)
-                                      for v in row])
+        return self._writer.writerow([v if isinstance(v, (int, float)) or v is None else _one_line_break(
+            spreadsheet_safe(v)) for v in row])
 
     def writerows(self, rows: Any) -> None:
         for row in rows:

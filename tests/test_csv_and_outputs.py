@@ -86,3 +86,18 @@ def test_results_and_their_folder_are_flushed_to_disk(tmp_path, monkeypatch):
         atomic_write(tmp / "summary.json", "{}")
     assert any(p.endswith(".tmp.json") for p in synced)  # the file's bytes
     assert str(tmp_path) in synced  # the rename of the results folder into place
+
+
+def test_a_carriage_return_inside_a_cell_never_splits_the_row():
+    import csv
+    import io
+
+    from fetaliqa_core.files import csv_writer
+
+    for terminator in ("\n", "\r\n"):
+        buf = io.StringIO(newline="")
+        w = csv_writer(buf, lineterminator=terminator)
+        w.writerow(["frame", "note"])
+        w.writerow([3, "looks fine\rbut check\r\nagain"])
+        rows = list(csv.reader(io.StringIO(buf.getvalue(), newline="")))
+        assert rows == [["frame", "note"], ["3", "looks fine\nbut check\nagain"]], (terminator, buf.getvalue())
