@@ -59,19 +59,39 @@ def test_student_bundle_round_trip_and_validation(tmp_path, tiny_bundle_dirs):
     assert plain["kind"] == "fetalclip" and plain["format_version"] == 1  # other bundles unchanged
 
 
-def test_distill_end_to_end_and_score_loads_the_student(tmp_path, tiny_data, tiny_bundle_dirs):
+def test_distill_end_to_end_and_score_loads_the_student(tmp_path, tiny_data, tiny_bundle_dirs, monkeypatch,
+                                                          capsys):
     import tomllib
 
     from training.distill import main
 
     entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["fetaliqa.commands"]
     assert entry["distill"] == "training.distill"  # `fetaliqa distill`
+    import training.distill as distill_mod
+
     out = tmp_path / "run"
-    rc = main(["--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
-               "--data", str(tiny_data), "--out", str(out), "--student", "efficientvit_b0", "--epochs", "1",
-               "--frames-per-case", "2", "--batch-size", "4", "--decoder-width", "8", "--device", "cpu",
-               "--quiet"])
+    argv = ["--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
+            "--data", str(tiny_data), "--out", str(out), "--student", "efficientvit_b0", "--epochs", "2",
+            "--frames-per-case", "2", "--batch-size", "4", "--decoder-width", "8", "--device", "cpu",
+            "--quiet"]
+    # Stopped (Ctrl-C or SIGTERM) after the first epoch: its checkpoint is kept, no bundle yet.
+    save = distill_mod.save_checkpoint
+
+    def save_then_stop(*a, **k):
+        save(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill_mod, "save_checkpoint", save_then_stop)
+    assert main(argv) == 130
+    assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 1
+    assert not (out / "bundle").exists()
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(distill_mod, "save_checkpoint", save)
+    assert main(argv) == 1  # an unfinished run is not overwritten without --resume
+    assert "--resume" in capsys.readouterr().err
+    rc = main([*argv, "--resume"])
     assert rc == 0
+    assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 2
     metrics = json.loads((out / "metrics.json").read_text())
     agree = metrics["held_out_vs_teacher"]
     assert agree["frames"] > 0 and 0.0 <= agree["flag_agreement"] <= 1.0
@@ -106,3 +126,33 @@ def test_distill_refuses_bad_settings_with_one_line_and_exit_1(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1  # a run-time failure, not a usage error
     assert len(err) == 1 and err[0].startswith("fetaliqa: ") and "--epochs" in err[0]
+
+
+def test_distill_resume_refuses_a_damaged_or_foreign_checkpoint_in_one_line(tmp_path):
+    import argparse
+
+    import torch
+
+    from training.distill import CHECKPOINT, CHECKPOINT_INFO, add_arguments, load_checkpoint, save_checkpoint
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--cls", "c", "--seg", "s", "--data", "d", "--out", str(tmp_path), "--epochs", "3",
+                         "--student", "efficientvit_b0", "--decoder-width", "8"])
+    student = torch.nn.Linear(4, 2)
+    save_checkpoint(tmp_path, student, 2, args)
+    fresh = torch.nn.Linear(4, 2)
+    assert load_checkpoint(tmp_path, fresh, args) == 2
+    assert torch.equal(fresh.weight, student.weight)
+    with pytest.raises(FetalIQAError, match="cannot be loaded"):
+        load_checkpoint(tmp_path, torch.nn.Linear(5, 2), args)  # another architecture
+    (tmp_path / CHECKPOINT).write_bytes(b"\x00" * 7)  # truncated weights
+    with pytest.raises(FetalIQAError, match="cannot be loaded"):
+        load_checkpoint(tmp_path, fresh, args)
+    (tmp_path / CHECKPOINT_INFO).write_text("[[[", encoding="utf-8")
+    with pytest.raises(FetalIQAError, match="damaged"):
+        load_checkpoint(tmp_path, fresh, args)
+    (tmp_path / CHECKPOINT_INFO).write_text('{"epoch": 9, "student": "efficientvit_b0", "decoder_width": 8}',
+                                            encoding="utf-8")
+    with pytest.raises(FetalIQAError, match="--epochs is 3"):
+        load_checkpoint(tmp_path, fresh, args)

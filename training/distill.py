@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import write_json
 
 HELP = "Distil a small student (classifier and segmenter in one fast network) from model bundles."
 SOFT_SIZE = 56  # the teacher's soft masks are kept (and matched) at this side
@@ -62,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--description", default="", help="text written into the bundle's manifest")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from RUN's last finished epoch (RUN/checkpoint.safetensors); the "
+                        "teacher's outputs are computed again")
 
 
 @dataclass
@@ -163,6 +167,50 @@ def _predict_store(model, store: FrameStore, rows: np.ndarray, batch: int = 32):
     return np.concatenate(p), np.concatenate(labels)
 
 
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_INFO = "checkpoint.json"
+
+
+def save_checkpoint(out: Path, student, epoch: int, args) -> None:
+    """The student's weights after a finished epoch (tensors only), then what they are."""
+    from safetensors.torch import save
+
+    from fetaliqa_core.files import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / CHECKPOINT, save({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}))
+    write_json(out / CHECKPOINT_INFO, {"epoch": int(epoch), "epochs": int(args.epochs), "student": args.student,
+                                       "decoder_width": int(args.decoder_width)})
+
+
+def load_checkpoint(out: Path, student, args) -> int:
+    """Load RUN's checkpoint into ``student``; returns the epochs it had finished (FetalIQAError
+    in one line for a missing, damaged or mismatched checkpoint)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info_path, weights = out / CHECKPOINT_INFO, out / CHECKPOINT
+    if not (info_path.is_file() and weights.is_file()):
+        raise FetalIQAError(f"{out}: no checkpoint to resume from; run without --resume")
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        epoch = int(info["epoch"])
+        same = info["student"] == args.student and int(info["decoder_width"]) == args.decoder_width
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise FetalIQAError(f"{info_path}: damaged checkpoint description ({exc}); start a new --out folder") from None
+    if not same:
+        raise FetalIQAError(f"{out}: the checkpoint is of another student ({info['student']}, decoder width "
+                            f"{info['decoder_width']}); resume with those settings or start a new --out folder")
+    if not 1 <= epoch <= args.epochs:
+        raise FetalIQAError(f"{info_path}: checkpoint after epoch {epoch}, but --epochs is {args.epochs}")
+    try:
+        student.load_state_dict(load_file(str(weights)), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise FetalIQAError(f"{weights}: cannot be loaded into this student ({str(exc).splitlines()[0]}); "
+                            "start a new --out folder") from None
+    return epoch
+
 def distill(args, log=print) -> Path:
     import torch
 
@@ -182,6 +230,8 @@ def distill(args, log=print) -> Path:
     out = Path(args.out)
     if (out / "bundle" / "manifest.json").exists():
         raise FetalIQAError(f"{out} already holds a bundle; choose a new --out folder")
+    if (out / CHECKPOINT).exists() and not getattr(args, "resume", False):
+        raise FetalIQAError(f"{out} holds an unfinished run: add --resume to continue it, or choose a new --out folder")
     models = choice_mod.load_models(choice_mod.ModelChoice(model=None, cls=args.cls, seg=args.seg, base=args.base,
                                                        device=args.device, precision=args.precision))
     cls_lm, seg_lm = models.cls, models.seg
@@ -206,8 +256,18 @@ def distill(args, log=print) -> Path:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps * args.epochs, pct_start=0.15)
     rng = np.random.default_rng(args.seed)
     gt_cls_all = (train.gt_labels.reshape(n, -1).max(axis=1) > 0).astype(np.float32)
+    done = 0
+    if getattr(args, "resume", False):
+        import warnings
+
+        done = load_checkpoint(out, student, args)
+        with warnings.catch_warnings():  # the schedule moves on to where the run stopped
+            warnings.simplefilter("ignore")
+            for _ in range(steps * done):
+                sched.step()
+        log(f"resuming after epoch {done}/{args.epochs}")
     t1 = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(done + 1, args.epochs + 1):
         student.train()
         order = rng.permutation(n)
         total = 0.0
@@ -229,6 +289,7 @@ def distill(args, log=print) -> Path:
             total += loss.item()
             if not args.quiet and (step % 10 == 0 or step == steps):
                 print(f"PROGRESS epoch={epoch}/{args.epochs} step={step}/{steps} loss={total / step:.4f}", flush=True)
+        save_checkpoint(out, student, epoch, args)
         log(f"epoch {epoch}/{args.epochs}: loss {total / steps:.4f} ({time.perf_counter() - t1:.0f} s)")
     student.eval()
     rows = np.arange(len(test.grey))
@@ -248,7 +309,7 @@ def distill(args, log=print) -> Path:
     manifest = student_manifest(student, cls_lm.manifest, threshold=cls_lm.threshold, metrics=metrics,
                                 description=description, teacher_info=teacher)
     bundle = save_bundle(student, out / "bundle", manifest)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "metrics.json", metrics)
     log(f"held-out frames vs teacher: flags {agree.get('flag_agreement', math.nan):.3f} equal, "
         f"classifier max |dp| {agree.get('cls_max_abs_dp', math.nan):.3f}, mask pixels "
         f"{agree.get('mask_pixel_agreement', math.nan):.3f} equal")
@@ -267,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fetaliqa_core.cli import run_guarded
 
-    return run_guarded(lambda: run(args))
+    return run_guarded(lambda: run(args), interrupted=(
+        f"interrupted (the last finished epoch's checkpoint is kept in {args.out}; --resume continues)"))
 
 
 if __name__ == "__main__":
