@@ -542,3 +542,36 @@ def test_seg_prior_initialisation():
             prob = segmentation_probabilities(model(torch.randn(1, 3, 224, 224)))
         fg = foreground_probability(prob)
         assert 0.01 < float(fg.mean()) < 0.06 and float(fg.max()) < 0.5  # no pixel starts as abdomen
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_like_ctrl_c_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
+    """``kill`` (a scheduler, a closing session) ends training with 130 and "interrupted"; the last
+    finished epoch's checkpoint stays, loadable as tensors."""
+    import signal
+    import time
+
+    import torch
+
+    out = tmp_path / "run"
+    ckpts = out / "trial_1" / "checkpoints"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUTF8="1")
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", "--task", "cls", "--data", str(tiny_data),
+                             "--out", str(out), "--epochs", "200", "--max-steps", "1", "--no-test", *TINY_ARGS],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (ckpts / "epoch_001.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "training ended before it could be stopped"
+        assert (ckpts / "epoch_001.pt").exists(), "no checkpoint within the time allowed"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "checkpoint is kept" in err and "Traceback" not in err
+    kept = sorted(ckpts.glob("epoch_*.pt"))
+    assert kept and "model" in torch.load(kept[-1], weights_only=True)
