@@ -8,12 +8,9 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QInputDialog, QMessageBox
 
-from fakes import fake_models, tiny_sweep
-from app.main_window import MainWindow
+from review_window import press, scored_window
 from app.settings import AppSettings
 from fetaliqa_core.review import ReviewStore, default_db_path
-
-SWEEP = dict(n_sweeps=2, per_sweep=20, height=64, width=80)
 
 
 @pytest.fixture(autouse=True)
@@ -23,36 +20,11 @@ def no_modal(monkeypatch):
     return seen
 
 
-def _window(qtbot, settings: AppSettings) -> MainWindow:
-    win = MainWindow(settings=settings)
-    qtbot.addWidget(win)
-    win.use_models(fake_models())
-    win.show()
-    qtbot.waitExposed(win)
-    win.activateWindow()
-    qtbot.waitUntil(win.isActiveWindow, timeout=3000)
-    win.splitter.setFocus()
-    ended = []
-    win.scoring_ended.connect(lambda c, m: ended.append(c))
-    win.set_sweep(tiny_sweep(**SWEEP))
-    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
-    win.refresh()
-    return win
-
-
-def _press(win, text: str) -> None:
-    if text == "\n":
-        QTest.keyClick(win.splitter, Qt.Key_Return)
-    else:
-        QTest.keyClicks(win.splitter, text)
-    QApplication.processEvents()
-
-
 def test_keys_commit_verdicts_and_resume_after_restart(qtbot):
     settings = AppSettings(reviewer="alice")
-    win = _window(qtbot, settings)
+    win = scored_window(qtbot, settings)
     panel = win.review
-    _press(win, "1")  # starts the review (resume: first unreviewed candidate) and picks "optimal"
+    press(win, "1")  # starts the review (resume: first unreviewed candidate) and picks "optimal"
     assert panel.active
     queue = list(win.model.queue)
     assert queue and win.model.queue_kind == "candidates"
@@ -60,10 +32,10 @@ def test_keys_commit_verdicts_and_resume_after_restart(qtbot):
     assert win.model.frame == first
     assert panel.label_buttons["optimal"].isChecked()
     panel.note.setText("stomach bubble visible")
-    _press(win, "\n")
+    press(win, "\n")
     assert win.model.frame == queue[1]  # save and next
-    _press(win, "0")
-    _press(win, "\n")
+    press(win, "0")
+    press(win, "\n")
     assert win.model.frame == queue[2]
     assert f"2 / {len(queue)}" in panel.progress_label.text()
     # Typing in the note field does not trigger the viewer's keys.
@@ -89,7 +61,7 @@ def test_keys_commit_verdicts_and_resume_after_restart(qtbot):
         assert v[0].agrees_with_model is True  # a candidate judged usable
 
     # Restart: a new window on the same sweep resumes at the frame alice reached.
-    win2 = _window(qtbot, AppSettings.load())
+    win2 = scored_window(qtbot, AppSettings.load())
     assert win2.review.start()
     assert win2.model.frame == queue[3]
     assert f"3 / {len(queue)}" in win2.review.progress_label.text()
@@ -104,12 +76,12 @@ def test_reviewer_name_asked_once_and_queue_switch(qtbot, monkeypatch):
         return "bob", True
 
     monkeypatch.setattr(QInputDialog, "getText", staticmethod(get_text))
-    win = _window(qtbot, AppSettings())
-    _press(win, "2")
+    win = scored_window(qtbot, AppSettings())
+    press(win, "2")
     assert asked == [1]
     assert AppSettings.load().reviewer == "bob"
-    _press(win, "\n")
-    _press(win, "1")
+    press(win, "\n")
+    press(win, "1")
     assert asked == [1]
     # The queue follows the combo box; "all" holds every frame, the viewer follows it.
     combo = win.review.queue_combo
@@ -121,9 +93,9 @@ def test_reviewer_name_asked_once_and_queue_switch(qtbot, monkeypatch):
 
 
 def test_export_report_html_and_pdf(qtbot, tmp_path):
-    win = _window(qtbot, AppSettings(reviewer="carol"))
-    _press(win, "1")
-    _press(win, "\n")
+    win = scored_window(qtbot, AppSettings(reviewer="carol"))
+    press(win, "1")
+    press(win, "\n")
     html = win.review.write_report(tmp_path / "report.html")
     assert html is not None and html.stat().st_size > 1000
     assert "carol" in html.read_text(encoding="utf-8")

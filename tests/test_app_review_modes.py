@@ -5,13 +5,11 @@ disagreement counts explained, and the threshold remembered per model."""
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import Qt
-from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from app.main_window import MainWindow
 from app.settings import AppSettings
-from fakes import fake_models, tiny_sweep
+from fakes import fake_models
+from review_window import press, scored_window
 
 
 @pytest.fixture(autouse=True)
@@ -19,33 +17,8 @@ def no_modal(monkeypatch):
     monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda *a, **k: QMessageBox.Ok))
 
 
-def _window(qtbot, settings: AppSettings, models=None) -> MainWindow:
-    win = MainWindow(settings=settings)
-    qtbot.addWidget(win)
-    win.use_models(models or fake_models())
-    win.show()
-    qtbot.waitExposed(win)
-    win.activateWindow()
-    qtbot.waitUntil(win.isActiveWindow, timeout=3000)
-    win.splitter.setFocus()
-    ended = []
-    win.scoring_ended.connect(lambda c, m: ended.append(c))
-    win.set_sweep(tiny_sweep(2, 20, 64, 80))
-    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
-    win.refresh()
-    return win
-
-
-def _press(win, text: str) -> None:
-    if text == "\n":
-        QTest.keyClick(win.splitter, Qt.Key_Return)
-    else:
-        QTest.keyClicks(win.splitter, text)
-    QApplication.processEvents()
-
-
 def test_best_frames_only_queue(qtbot):
-    win = _window(qtbot, AppSettings(reviewer="bo"))
+    win = scored_window(qtbot, AppSettings(reviewer="bo"))
     panel = win.review
     assert panel.start()
     panel.queue_combo.setCurrentIndex(panel.queue_combo.findData("all"))
@@ -56,15 +29,15 @@ def test_best_frames_only_queue(qtbot):
     assert win.model.queue == best and win.model.frame == best[0]
     assert panel.progress_label.text().endswith(f"0 / {len(best)}</b> reviewed") or \
         f"0 / {len(best)}" in panel.progress_label.text()
-    _press(win, "1")
-    _press(win, "\n")
+    press(win, "1")
+    press(win, "\n")
     assert win.model.frame == best[1] and f"1 / {len(best)}" in panel.progress_label.text()
     panel.best_only.setChecked(False)
     assert len(win.model.queue) == win.model.n_frames
 
 
 def test_blinded_review_hides_the_models_call_until_the_verdict(qtbot):
-    win = _window(qtbot, AppSettings(reviewer="cy"))
+    win = scored_window(qtbot, AppSettings(reviewer="cy"))
     panel = win.review
     assert panel.start()
     panel.blinded.setChecked(True)
@@ -95,7 +68,7 @@ def test_disagreement_counts_of_panel_and_queue_are_explained(qtbot):
     """The flagged panel lists the frames where the two models disagree; the review queue holds
     those plus the frames where a verdict disagrees with the model. Both say so, and the counts
     add up."""
-    win = _window(qtbot, AppSettings(reviewer="di"))
+    win = scored_window(qtbot, AppSettings(reviewer="di"))
     panel = win.review
     assert panel.start()
     models_disagree = win.flagged.rows("disagreements")
@@ -117,7 +90,7 @@ def test_disagreement_counts_of_panel_and_queue_are_explained(qtbot):
 
 def test_threshold_remembered_per_model(qtbot):
     settings = AppSettings()
-    win = _window(qtbot, settings)
+    win = scored_window(qtbot, settings)
     own = win.model.thresholds.model
     win.curve.threshold_moved.emit(0.73)  # the user drags the line
     assert win.model.threshold == pytest.approx(0.73)
@@ -125,7 +98,7 @@ def test_threshold_remembered_per_model(qtbot):
     assert settings.thresholds[key] == pytest.approx(0.73)
     win.close()
     # the same models in a new window start at the remembered threshold
-    again = _window(qtbot, AppSettings.load())
+    again = scored_window(qtbot, AppSettings.load())
     assert again.model.threshold == pytest.approx(0.73)
     # other models start at their own
     from fakes import FakeLoadedModels, FakeModel
