@@ -156,3 +156,12 @@ def test_distill_resume_refuses_a_damaged_or_foreign_checkpoint_in_one_line(tmp_
                                             encoding="utf-8")
     with pytest.raises(FetalIQAError, match="--epochs is 3"):
         load_checkpoint(tmp_path, fresh, args)
+
+
+def test_distill_resume_without_a_checkpoint_is_told_before_any_model_loads(tmp_path, capsys):
+    from training.distill import main
+
+    rc = main(["--cls", str(tmp_path / "missing-cls"), "--seg", str(tmp_path / "missing-seg"),
+               "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--resume", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no checkpoint to resume from" in err  # not the missing bundles: nothing loaded

@@ -184,14 +184,11 @@ def save_checkpoint(out: Path, student, epoch: int, args) -> None:
                                        "decoder_width": int(args.decoder_width)})
 
 
-def load_checkpoint(out: Path, student, args) -> int:
-    """Load RUN's checkpoint into ``student``; returns the epochs it had finished (FetalIQAError
-    in one line for a missing, damaged or mismatched checkpoint)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    info_path, weights = out / CHECKPOINT_INFO, out / CHECKPOINT
-    if not (info_path.is_file() and weights.is_file()):
+def checkpoint_epoch(out: Path, args) -> int:
+    """The epochs RUN's checkpoint had finished, checked against ``args`` from its description
+    alone (FetalIQAError in one line for a missing, damaged or mismatched checkpoint)."""
+    info_path = out / CHECKPOINT_INFO
+    if not (info_path.is_file() and (out / CHECKPOINT).is_file()):
         raise FetalIQAError(f"{out}: no checkpoint to resume from; run without --resume")
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -204,12 +201,23 @@ def load_checkpoint(out: Path, student, args) -> int:
                             f"{info['decoder_width']}); resume with those settings or start a new --out folder")
     if not 1 <= epoch <= args.epochs:
         raise FetalIQAError(f"{info_path}: checkpoint after epoch {epoch}, but --epochs is {args.epochs}")
+    return epoch
+
+
+def load_checkpoint(out: Path, student, args) -> int:
+    """Load RUN's checkpoint into ``student``; returns the epochs it had finished."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    epoch = checkpoint_epoch(out, args)
+    weights = out / CHECKPOINT
     try:
         student.load_state_dict(load_file(str(weights)), strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
         raise FetalIQAError(f"{weights}: cannot be loaded into this student ({str(exc).splitlines()[0]}); "
                             "start a new --out folder") from None
     return epoch
+
 
 def distill(args, log=print) -> Path:
     import torch
@@ -232,6 +240,8 @@ def distill(args, log=print) -> Path:
         raise FetalIQAError(f"{out} already holds a bundle; choose a new --out folder")
     if (out / CHECKPOINT).exists() and not getattr(args, "resume", False):
         raise FetalIQAError(f"{out} holds an unfinished run: add --resume to continue it, or choose a new --out folder")
+    if getattr(args, "resume", False):
+        checkpoint_epoch(out, args)  # a checkpoint that cannot resume is told before the teacher runs
     models = choice_mod.load_models(choice_mod.ModelChoice(model=None, cls=args.cls, seg=args.seg, base=args.base,
                                                        device=args.device, precision=args.precision))
     cls_lm, seg_lm = models.cls, models.seg
