@@ -178,22 +178,24 @@ class BodyTrack:
             out.append(Ellipse(x, y, 0.24 * a * st, 0.15 * a * st, ang + sp + 0.4 * side,
                                 echo=-38.0, att=ATT_FLUID))
         # Umbilical vein: short dark curve in the anterior third (the optimal level).
-        if self.optimal and abs(u) <= max(self.u1 * 1.3, 0.2):
+        if self.optimal and abs(u) <= self.u1:
             # a short "J": from the anterior wall towards the centre, bending to the stomach side
             for t in np.linspace(0.0, 1.0, 7):
                 along = -0.66 + 0.42 * t
                 across = -side * 0.22 * t * t
                 x, y = _local(cx, cy, ang, a, b, along * su - across * sv, along * sv + across * su)
                 out.append(Ellipse(x, y, 0.06 * a, 0.06 * a, 0.0, echo=-30.0, att=ATT_FLUID, edge=1.0))
-        # Ribs (lower thorax and above): short bright arcs at the sides, with shadows.
-        if u > 0.75:
+        # Ribs (thorax, beyond the labelled abdomen): short bright arcs at the sides, with shadows.
+        # The thorax starts where the annotation ends (|u| = 1) so that a frame's label can be read
+        # from the frame itself.
+        if u > 1.0:
             for sgn in (-1.0, 1.0):
                 ra = sp + sgn * 1.35
                 x, y = _local(cx, cy, ang, a, b, 0.86 * math.cos(ra), 0.86 * math.sin(ra))
                 out.append(Ellipse(x, y, 0.13 * a, 0.035 * a + 0.5, ang + ra + math.pi / 2, echo=13.0,
                                     att=ATT_BONE * 0.6, edge=0.8))
         # Heart (thorax): four dark chambers with a bright cross.
-        if u > 1.15 and u < 2.1:
+        if u > 1.0 and u < 2.1:
             hx, hy = _local(cx, cy, ang, a, b, -0.3 * su, -0.3 * sv)
             out.append(Ellipse(hx, hy, 0.36 * a, 0.3 * a, ang + sp, echo=0.0 + br, tex=1.0))
             for du, dv in ((-0.1, -0.09), (0.1, -0.09), (-0.1, 0.09), (0.1, 0.09)):

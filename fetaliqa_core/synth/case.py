@@ -16,7 +16,7 @@ from fetaliqa_core.synth.anatomy import BodyTrack, Ellipse
 from fetaliqa_core.synth.fan import ACOUSLIC_FAN, Fan, FanGeometry, random_geometry
 from fetaliqa_core.synth.render import CaseRenderer, draw_mask
 
-SYNTH_VERSION = 2
+SYNTH_VERSION = 3
 DEFAULT_HEIGHT, DEFAULT_WIDTH = acouslic.FRAME_SHAPE
 DEFAULT_SPACING_MM = acouslic.SPACING_MM
 DEFAULT_SWEEPS = acouslic.SWEEPS
