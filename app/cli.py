@@ -15,7 +15,7 @@ HELP = "Open the viewer: scrub a sweep, watch its quality curve fill in, review 
 
 def add_arguments(parser) -> None:
     parser.add_argument("sweep", nargs="?", help="sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM) to open")
-    add_model_options(parser, remembered=True)
+    add_model_options(parser, remembered=True, cascade=True)
     parser.add_argument("--spacing", type=float, default=None, metavar="MM",
                         help="pixel spacing in mm per pixel for a sweep whose file records none (or a wrong one)")
     parser.add_argument("--db", metavar="FILE", type=Path, default=None,
@@ -74,6 +74,11 @@ def save_scores(window, out_dir: Path) -> list[Path]:
     a = m.assessment
     if a is None:
         return []
+    student = getattr(getattr(window, "models", None), "student", None)
+    if m.confirmed is not None and student is not None:
+        from fetaliqa_core.cascade import write_cascade_scores
+
+        return write_cascade_scores(out_dir, m.sweep, m.results, m.confirmed, a, student.path)
     return export.write_scores(out_dir, m.sweep, m.results, a)
 
 

@@ -34,7 +34,7 @@ def answer_line(window) -> str:
 
 
 def add_arguments(parser) -> None:
-    add_model_options(parser, bundles=False)
+    add_model_options(parser, bundles=False, cascade=True)
     parser.add_argument("--out", type=Path, default=None,
                         help="headless output folder (default: <cache>/demo-output)")
     parser.add_argument("--headless", action="store_true",

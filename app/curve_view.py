@@ -104,6 +104,12 @@ class QualityCurve(QWidget):
                                        brush=pg.mkBrush(theme.BEST_COLOUR))
         self.best.setZValue(15)
         self.vb.addItem(self.best)
+        # A cascade's frames re-scored by the teacher: small marks on the curve (shown only then).
+        self.confirmed = pg.ScatterPlotItem(symbol="d", size=6, pen=pg.mkPen(None),
+                                            brush=pg.mkBrush(theme.CONFIRMED_COLOUR))
+        self.confirmed.setZValue(12)
+        self.vb.addItem(self.confirmed)
+        self._cascade = False
 
 
         self.threshold = pg.InfiniteLine(
@@ -148,6 +154,13 @@ class QualityCurve(QWidget):
                 f"{sw(theme.UNSCORED_COLOUR, '▮')} not scored &nbsp; {sw(theme.CANDIDATE_COLOUR, '▮')} candidate "
                 f"&nbsp; {sw(theme.DISAGREE_COLOUR, '▮')} models disagree")
 
+    def _set_cascade_legend(self, on: bool) -> None:
+        if on != self._cascade:
+            self._cascade = on
+            extra = (f" &nbsp;&nbsp;│&nbsp;&nbsp; <span style='color:{theme.CONFIRMED_COLOUR}; font-weight:bold'>◆"
+                     "</span> re-scored by the teacher (the answer comes from these frames)") if on else ""
+            self.legend.setText(self._legend_html() + extra)
+
     # -- sweep layout ----------------------------------------------------------------------
     def set_sweep(self, n_frames: int, sweep_ranges: list[tuple[int, int]], sweep_kinds: list[str]) -> None:
         """Lay out a new case: bands per sweep, every frame marked as not scored."""
@@ -190,9 +203,21 @@ class QualityCurve(QWidget):
         y = np.tile(np.array(STRIP), len(frames))
         return x, y
 
-    def set_results(self, results, flags) -> None:
-        """Replot from an ``engine.SweepResults`` (or None) and ``viewer_model.FlaggedFrames``."""
+    def set_results(self, results, flags, confirmed: np.ndarray | None = None) -> None:
+        """Replot from an ``engine.SweepResults`` (or None) and ``viewer_model.FlaggedFrames``.
+        ``confirmed``: a cascade's frames re-scored by its teacher (None: not a cascade)."""
         n = self._n
+        self._set_cascade_legend(confirmed is not None and results is not None)
+        if confirmed is not None and results is not None and n:
+            xs = np.flatnonzero(np.asarray(confirmed, dtype=bool)[:n] & results.done[:n])
+            arr = results.p_cls if results.has_cls else results.p_seg
+            ys = arr[xs] if len(xs) else np.zeros(0)
+            if results.has_cls and results.has_seg and len(xs):
+                ys = np.fmax(results.p_cls[xs], results.p_seg[xs])
+            ys = np.where(np.isfinite(ys), ys, 0.0)
+            self.confirmed.setData(xs.astype(np.float64), ys.astype(np.float64))
+        else:
+            self.confirmed.setData([], [])
         if results is None or n == 0:
             self.curve_cls.setData([], [])
             self.curve_seg.setData([], [])

@@ -214,6 +214,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         sc.models_ready.connect(self._models_ready)
         sc.started_scoring.connect(self._started_scoring)
         sc.batch.connect(m.apply_batch)
+        sc.teacher_batch.connect(m.apply_teacher_batch)
         sc.finished.connect(self._scoring_finished)
         sc.failed.connect(self._scoring_failed)
 
@@ -390,7 +391,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         return info
 
     def _started_scoring(self, has_cls: bool, has_seg: bool) -> None:
-        self.model.start_results(has_cls, has_seg)
+        self.model.start_results(has_cls, has_seg, cascade=bool(getattr(self.choice, "cascade", False)))
         self.model.set_scoring(True)
 
     def _scoring_finished(self, complete: bool, n_done: int) -> None:
@@ -587,7 +588,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             return
         self._drawn_version = m.results_version
         flags = m.flags
-        self.curve.set_results(m.results, flags)
+        self.curve.set_results(m.results, flags, confirmed=m.confirmed)
         self.flagged.update_flags(flags)
         self._update_overlay()
         self._update_frame_text()

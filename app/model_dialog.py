@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -51,9 +52,19 @@ class ModelDialog(QDialog):
         self.custom_box = QWidget()
         self.custom_box.setLayout(form)
 
+        self.cascade = QCheckBox("Cascade: a small student scores every frame, these models re-score its "
+                                 "candidate frames")
+        self.cascade.setToolTip("Much faster on a CPU. The answer (best frames, AC) comes only from the frames "
+                                "these models re-scored; the curve marks them.")
+        self.student = PathField("student bundle folder (fetaliqa distill; empty with the demo model: the demo "
+                                 "student)", "Choose a student bundle folder", min_width=360)
+        self.cascade.toggled.connect(self.student.setEnabled)
+
         dev_row = QFormLayout()
         dev_row.addRow("Device", self.device)
         dev_row.addRow("Precision", self.precision)
+        dev_row.addRow("", self.cascade)
+        dev_row.addRow("Student", self.student)
         note = QLabel("auto: CUDA GPU, then Apple GPU, then CPU. On a CPU a full FetalCLIP model "
                       "scores about one frame per second; frames near the cursor come first.")
         note.setObjectName("dim")
@@ -80,11 +91,17 @@ class ModelDialog(QDialog):
         idx = self.device.findText(choice.device or "auto")
         self.device.setCurrentIndex(max(idx, 0))
         self.precision.setCurrentIndex(max(self.precision.findText(choice.precision or "auto"), 0))
+        self.cascade.setChecked(bool(choice.cascade))
+        self.student.set_text(choice.student)
+        self.student.setEnabled(bool(choice.cascade))
 
     def choice(self) -> ModelChoice:
         device = self.device.currentText()
         precision = None if self.precision.currentText() == "auto" else self.precision.currentText()
+        cascade = self.cascade.isChecked()
+        student = self.student.value() if cascade else None
         if self.demo.isChecked():
-            return ModelChoice(model="demo", device=device, precision=precision)
+            return ModelChoice(model="demo", device=device, precision=precision, cascade=cascade, student=student)
         return ModelChoice(model=None, cls=self.cls.value(), seg=self.seg.value(),
-                           base=self.base.value(), device=device, precision=precision)
+                           base=self.base.value(), device=device, precision=precision, cascade=cascade,
+                           student=student)

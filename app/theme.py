@@ -24,6 +24,7 @@ UNSCORED_COLOUR = "#5b6470"
 BEST_COLOUR = "#69f0ae"
 CANDIDATE_COLOUR = "#66bb6a"
 DISAGREE_COLOUR = "#ef5350"
+CONFIRMED_COLOUR = "#ea80fc"  # a cascade's frames re-scored by the teacher
 ELLIPSE_COLOUR = "#ffee58"
 SWEEP_SHADES = ("#161b21", "#1d232b")  # alternating sweep backgrounds
 

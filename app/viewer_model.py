@@ -143,6 +143,9 @@ class ViewerModel:
         self._playing = False
         self._fps = DEFAULT_FPS
         self.results: SweepResults | None = None
+        # A cascade's frames re-scored by its teacher (None: no cascade). The answer (flags, best
+        # frames, AC) comes from these frames only; the curve shows every frame.
+        self.confirmed: np.ndarray | None = None
         self.scoring = ScoringState()
         self._flags: FlaggedFrames = FlaggedFrames()
         self._ac_cache: dict[int, object] = {}
@@ -167,6 +170,7 @@ class ViewerModel:
         self._frame = 0
         self._playing = False
         self.results = None
+        self.confirmed = None
         self.scoring = ScoringState(n_total=self.n_frames)
         self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
         self._flags_dirty = False
@@ -320,9 +324,11 @@ class ViewerModel:
             self.set_frame((self._frame + 1) % self.n_frames)
 
     # -- results ---------------------------------------------------------------------------
-    def start_results(self, has_cls: bool, has_seg: bool) -> None:
-        """Begin a new set of results (a scoring run with other models clears the old ones)."""
+    def start_results(self, has_cls: bool, has_seg: bool, cascade: bool = False) -> None:
+        """Begin a new set of results (a scoring run with other models clears the old ones).
+        ``cascade``: a student's results, whose answer waits for the teacher's frames."""
         self.results = SweepResults(self.n_frames, has_cls=has_cls, has_seg=has_seg)
+        self.confirmed = np.zeros(self.n_frames, dtype=bool) if cascade else None
         self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
         self._flags_dirty = True
         self._assessment = None
@@ -343,6 +349,28 @@ class ViewerModel:
             self.scoring.frames_per_second = float(batch.frames_per_second)
         self.events.results.emit()
         self.events.progress.emit()
+
+    def apply_teacher_batch(self, batch) -> None:
+        """A cascade's teacher re-scored these frames: its results replace the student's there,
+        and the frames count as confirmed (the only ones the answer is taken from)."""
+        if self.results is None:
+            return
+        if self.confirmed is None:
+            self.confirmed = np.zeros(self.n_frames, dtype=bool)
+        self.results.apply(batch)
+        self.confirmed[batch.indices] = True
+        self._flags_dirty = True
+        self._ac_cache = {k: v for k, v in self._ac_cache.items() if k not in set(batch.indices.tolist())}
+        self.results_version += 1
+        self.scoring.message = f"teacher: {int(batch.n_done)} of {int(batch.n_total)} candidate frames"
+        self.events.results.emit()
+        self.events.progress.emit()
+
+    def answer_results(self) -> SweepResults | None:
+        """The results the answer is taken from: all of them, or a cascade's confirmed frames."""
+        if self.results is None or self.confirmed is None:
+            return self.results
+        return self.results.only(self.confirmed)
 
     def set_scoring(self, running: bool, message: str = "") -> None:
         self.scoring.running = bool(running)
@@ -378,10 +406,11 @@ class ViewerModel:
         if self._flags_dirty:
             self._flags_dirty = False
             self._assessment = None
-            if self.results is not None and self.results.n_done and self.sweep is not None:
+            results = self.answer_results()
+            if results is not None and results.n_done and self.sweep is not None:
                 from fetaliqa_core.analysis.assessment import assess
 
-                self._assessment = assess(self.sweep, self.results, self.thresholds,
+                self._assessment = assess(self.sweep, results, self.thresholds,
                                           self.models_description, measure=self.measure_ac,
                                           provenance=getattr(self, "provenance", None) or None)
                 self._flags = FlaggedFrames.of(self._assessment)
@@ -418,6 +447,8 @@ class ViewerModel:
             return self._ac_cache[f]
         if self.results.mask(f) is None:
             return None  # not scored yet: do not cache, it may come
+        if self.confirmed is not None and not self.confirmed[f]:
+            return None  # a cascade measures only on the frames its teacher re-scored
         from fetaliqa_core import acouslic, analysis
 
         if self._fov is None:

@@ -2,7 +2,9 @@
 
 The UI thread only receives signals (queued across threads): ``models_ready`` once the models
 are loaded, ``batch`` per finished batch (an ``engine.BatchResult``), and ``finished`` or
-``failed`` at the end. ``focus`` and ``cancel`` are called from the UI thread directly; the
+``failed`` at the end. With a cascade (``ModelChoice.cascade``: a student scores every frame,
+the chosen models re-score its candidate runs) the student's batches come as ``batch`` and the
+teacher's as ``teacher_batch``. ``focus`` and ``cancel`` are called from the UI thread directly; the
 engine makes both thread-safe. :meth:`ScoringController.shutdown` cancels and waits, so closing
 the window mid-run never leaves a thread running.
 """
@@ -30,6 +32,7 @@ class ScoringWorker(QObject):
     models_ready = Signal(object)  # models.choice.LoadedModels
     started_scoring = Signal(bool, bool)  # has_cls, has_seg
     batch = Signal(object)  # engine.BatchResult
+    teacher_batch = Signal(object)  # engine.BatchResult of a cascade's teacher
     finished = Signal(bool, int)  # complete, frames done
     failed = Signal(str)  # user-facing message
 
@@ -64,12 +67,16 @@ class ScoringWorker(QObject):
     def cancelled(self) -> bool:
         return self._cancelled
 
-    def _make_engine(self, cls, seg):
+    def _make_engine(self, models):
         if self._engine_factory is not None:
-            return self._engine_factory(self.sweep, cls, seg)
+            return self._engine_factory(self.sweep, models.cls, models.seg)
+        if getattr(models, "student", None) is not None:
+            from fetaliqa_core.cascade import CascadeEngine
+
+            return CascadeEngine(self.sweep, models.student, models.cls, models.seg)
         from fetaliqa_core.engine import ScoringEngine
 
-        return ScoringEngine(self.sweep, cls=cls, seg=seg)
+        return ScoringEngine(self.sweep, cls=models.cls, seg=models.seg)
 
     @Slot()
     def run(self) -> None:
@@ -83,13 +90,25 @@ class ScoringWorker(QObject):
 
                 self.models = load_models(self.choice)
             self.models_ready.emit(self.models)
-            engine = self._make_engine(self.models.cls, self.models.seg)
+            engine = self._make_engine(self.models)
             with self._lock:
                 self._engine = engine
                 if self._focus is not None:
                     engine.focus(self._focus)
                 if self._cancelled:
                     engine.cancel()
+            from fetaliqa_core.cascade import CascadeEngine
+
+            if isinstance(engine, CascadeEngine):  # student batches, then the teacher's
+                first = engine.student.results
+                self.started_scoring.emit(first.has_cls, first.has_seg)
+                for item in engine.iter_batches():
+                    (self.batch if item.stage == "student" else self.teacher_batch).emit(item.batch)
+                student, teacher = engine.student.results, engine.teacher  # (a cache hit replaces results)
+                complete = bool(student.complete and teacher is not None and not self._cancelled
+                                and engine.confirmed.sum() == len(engine.teacher_frames()))
+                self.finished.emit(complete, int(student.n_done))
+                return
             self.started_scoring.emit(engine.results.has_cls, engine.results.has_seg)
             for batch in engine.iter_batches():
                 self.batch.emit(batch)
@@ -109,6 +128,7 @@ class ScoringController(QObject):
     models_ready = Signal(object)
     started_scoring = Signal(bool, bool)
     batch = Signal(object)
+    teacher_batch = Signal(object)
     finished = Signal(bool, int)
     failed = Signal(str)
     stopped = Signal()  # the thread has ended (after finished/failed)
@@ -143,6 +163,7 @@ class ScoringController(QObject):
         worker.models_ready.connect(self.models_ready)
         worker.started_scoring.connect(self.started_scoring)
         worker.batch.connect(self.batch)
+        worker.teacher_batch.connect(self.teacher_batch)
         worker.finished.connect(self.finished)
         worker.failed.connect(self.failed)
         worker.finished.connect(thread.quit)
@@ -168,7 +189,7 @@ class ScoringController(QObject):
         if worker is None:
             return
         worker.cancel()
-        for sig in (worker.batch, worker.models_ready, worker.started_scoring,
+        for sig in (worker.batch, worker.teacher_batch, worker.models_ready, worker.started_scoring,
                     worker.finished, worker.failed):
             try:
                 sig.disconnect()

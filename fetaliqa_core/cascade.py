@@ -157,6 +157,36 @@ class CascadeEngine:
         return self
 
 
+CASCADE_JSON = "cascade.json"
+
+
+def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, student_path,
+                         challenge: bool = False, extra=None) -> list:
+    """Write a cascade's scores as ``fetaliqa score --cascade`` and the app both do: ``frames.csv``
+    from the merged results (the student's, the teacher's where it re-scored), the summary from
+    ``assessment`` (made on the teacher's frames only) and ``cascade.json`` listing those frames.
+    ``extra(folder)`` may add files, as in :func:`fetaliqa_core.export.write_scores`."""
+    import json
+    from pathlib import Path
+
+    from fetaliqa_core import export
+
+    confirmed = np.asarray(confirmed, dtype=bool)
+    # every frame was scored (by the student); the numbers shown come from the teacher's frames
+    assessment.summary.frames_scored = merged.n_done
+    assessment.summary.complete = merged.complete
+    record = {"student": str(student_path), "teacher_frames": np.flatnonzero(confirmed).tolist(),
+              "teacher_frame_count": int(confirmed.sum()), "n_frames": int(sweep.n_frames),
+              "note": "chosen frame, best frames and AC come from the teacher's results on these frames"}
+
+    def hook(folder: Path) -> None:
+        (Path(folder) / CASCADE_JSON).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        if extra is not None:
+            extra(folder)
+
+    return export.write_scores(out, sweep, merged, assessment, challenge=challenge, extra=hook)
+
+
 @dataclass
 class _Pair:
     cls: object

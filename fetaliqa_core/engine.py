@@ -113,6 +113,19 @@ class SweepResults:
     def mask(self, frame: int) -> np.ndarray | None:
         return self.masks.get(int(frame))
 
+    def only(self, frames: np.ndarray) -> "SweepResults":
+        """A copy holding only ``frames`` (a boolean mask or indices): every other frame reads as
+        not scored. A cascade's answer is assessed on the frames its teacher confirmed."""
+        keep = np.zeros(self.n_frames, dtype=bool)
+        keep[np.asarray(frames)] = True
+        keep &= self.done
+        out = SweepResults(self.n_frames, self.has_cls, self.has_seg, self.mask_size)
+        for name in ("p_cls", "p_seg", "p_opt", "seg_area_px"):
+            getattr(out, name)[keep] = getattr(self, name)[keep]
+        out.done = keep
+        out.masks = {i: m for i, m in self.masks.items() if keep[i]}
+        return out
+
     def apply(self, batch: "BatchResult") -> None:
         idx = batch.indices
         if batch.p_cls is not None:

@@ -130,3 +130,40 @@ def test_corrupt_bundle_in_headless_mode_prints_one_error_line(qtbot, small_swee
     assert code == 1
     assert len(problems) == 1, err
     assert "manifest" in problems[0], err
+
+
+def test_gui_cascade_marks_teacher_frames_and_saves_what_score_cascade_writes(qtbot, small_sweep, tmp_path, capsys,
+                                                                              monkeypatch):
+    """`fetaliqa gui --cascade`: the demo student scores every frame, the demo model re-scores its
+    candidate runs; the curve marks those frames and the saved scores equal `score --cascade`'s."""
+    from app import cli as app_cli
+
+    windows = []
+    real = app_cli.run_window
+
+    def keep(*a, **k):
+        k["keep_window"] = True
+        out = real(*a, **k)
+        windows.append(out.window)
+        return out
+
+    monkeypatch.setattr(app_cli, "run_window", keep)
+    models = ["--model", "demo", "--cascade", "--device", "cpu", "--precision", "fp32"]
+    cli_out, gui_out = tmp_path / "cli", tmp_path / "gui"
+    assert cli_main(["score", str(small_sweep), *models, "--out", str(cli_out), "--quiet"]) == 0
+    assert cli_main(["gui", str(small_sweep), *models, "--exit-when-scored", "--save-scores", str(gui_out)]) == 0
+    assert (gui_out / "frames.csv").read_text() == (cli_out / "frames.csv").read_text()
+    assert json.loads((gui_out / "summary.json").read_text()) == json.loads((cli_out / "summary.json").read_text())
+    record = json.loads((cli_out / "cascade.json").read_text())
+    assert json.loads((gui_out / "cascade.json").read_text())["teacher_frames"] == record["teacher_frames"]
+    teacher = record["teacher_frames"]
+    assert 0 < len(teacher) < 24
+    win = windows[0]
+    assert np.flatnonzero(win.model.confirmed).tolist() == teacher
+    xs, _ = win.curve.confirmed.getData()
+    assert sorted(int(x) for x in xs) == teacher  # the curve marks exactly the teacher's frames
+    assert "re-scored by the teacher" in win.curve.legend.text()
+    chosen = win.model.assessment.summary.chosen_frame
+    assert chosen == -1 or chosen in teacher  # the answer comes from the teacher's frames only
+    unconfirmed = next(f for f in range(24) if f not in teacher)
+    assert win.model.measure_ac(unconfirmed) is None  # no AC from a student's mask

@@ -6,6 +6,7 @@ segmenter's full-resolution decoder on the CPU, the app's window) takes over 20 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -177,3 +178,19 @@ def test_display_probes_come_from_entry_points(monkeypatch, tmp_path):
     gui = bench_run.run_display_probes(inp)
     assert gui["frame_view"] == {"steps": 1}
     assert "PySide6" in gui["broken"]["skipped"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="Linux /proc only")
+def test_peak_memory_of_a_child_is_its_own_not_its_parents():
+    """A memory figure measured in a child must not inherit the (large) parent's peak, as
+    ru_maxrss does across exec: the child's own high-water mark is reported."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    ballast = np.ones(1500 * 2 ** 20, dtype=np.uint8)  # this process: >= 1.5 GB resident
+    code = "from fetaliqa_core.bench.machine import max_rss_bytes; print(max_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert ballast.sum() > 0
+    assert 0 < child < 1000 * 2 ** 20  # the child (Python, numpy, torch) is well under the parent's 1.5 GB

@@ -96,7 +96,17 @@ def _current_rss() -> int | None:
 
 
 def max_rss_bytes() -> int | None:
-    """The process's peak resident memory so far (getrusage; None where there is none: Windows)."""
+    """The process's peak resident memory so far (None where there is none: Windows).
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``, the peak of this program's own memory.
+    ``getrusage``'s ``ru_maxrss`` is kept across ``exec``, so in a child started by a large
+    process it reports the parent's size at the fork: it is the fallback elsewhere only."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:

@@ -93,18 +93,11 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     return assessment.summary.to_json()
 
 
-CASCADE_JSON = "cascade.json"
-
-
 def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, position: str, extra) -> dict:
     """Student on every frame, then the chosen models on its candidate runs; the assessment is
     made on the latter's results only. ``cascade.json`` lists the frames they confirmed."""
-    import json
-
-    import numpy as np
     from tqdm import tqdm
 
-    from fetaliqa_core import export
     from fetaliqa_core.analysis.assessment import assess
     from fetaliqa_core.cascade import CascadeEngine
 
@@ -112,9 +105,11 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
                            thresholds=thresholds)
     bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{path.name} (student)",
                disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    stage = "student"
     try:
         for item in engine.iter_batches():
-            if item.stage == "teacher" and bar.desc.endswith("(student)"):
+            if item.stage != stage:  # the teacher's pass: the bar counts its frames
+                stage = item.stage
                 bar.set_description(f"{position}{path.name} (teacher)")
                 bar.reset(total=len(engine.teacher_frames()))
             bar.n = item.batch.n_done
@@ -124,23 +119,14 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
     teacher = engine.teacher_results
     if teacher is None:
         raise FetalIQAError(f"{path}: the cascade was stopped before the teacher ran")
+    from fetaliqa_core.cascade import write_cascade_scores
     from fetaliqa_core.models.choice import provenance
 
     assessment = assess(sweep, teacher, thresholds, models.record(), provenance=provenance(models))
-    # every frame was scored (by the student); the numbers shown come from the teacher's frames
-    assessment.summary.frames_scored = engine.merged.n_done
-    assessment.summary.complete = engine.merged.complete
     merged = engine.merged
-    record = {"student": str(models.student.path), "teacher_frames": np.flatnonzero(engine.confirmed).tolist(),
-              "teacher_frame_count": int(engine.confirmed.sum()), "n_frames": sweep.n_frames,
-              "note": "chosen frame, best frames and AC come from the teacher's results on these frames"}
-
-    def hook(folder: Path) -> None:
-        (folder / CASCADE_JSON).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        if extra is not None:
-            extra(folder, sweep, merged, assessment)
-
-    export.write_scores(out, sweep, merged, assessment, challenge=args.challenge_output, extra=hook)
+    hook = None if extra is None else (lambda folder: extra(folder, sweep, merged, assessment))
+    write_cascade_scores(out, sweep, merged, engine.confirmed, assessment, models.student.path,
+                         challenge=args.challenge_output, extra=hook)
     return assessment.summary.to_json()
 
 
