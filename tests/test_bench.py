@@ -194,3 +194,25 @@ def test_peak_memory_of_a_child_is_its_own_not_its_parents():
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert ballast.sum() > 0
     assert 0 < child < 1000 * 2 ** 20  # the child (Python, numpy, torch) is well under the parent's 1.5 GB
+
+
+def test_speed_targets_are_judged_from_the_reports_own_figures():
+    from fetaliqa_core.bench.speed import cascade_with_real_teacher, target_lines
+
+    heldout = {"n_cases": 4, "flags_equal_mean": 0.97, "student_chosen_same_or_in_run": 0.75,
+               "cascade_chosen_same": 1.0, "cascade_over_teacher_time": 0.4, "teacher_frame_share_in_cascade": 0.1}
+    precision_ = {"pair_bf16_s_per_frame": 2.0, "pair_fp32_s_per_frame": 5.0, "teacher_full_case_bf16_s_estimate": 1680,
+                  "probe": {"use_bf16": True}}
+    real = cascade_with_real_teacher(precision_, {"auto_s": 10.0}, heldout)
+    # 10 s of student + 84 frames x 2 s of teacher, over 840 x 2 s
+    assert real["cascade_over_teacher_time"] == pytest.approx((10 + 84 * 2) / 1680)
+    heldout["cascade_real_teacher"] = real
+    report = {"student_full_case": {"auto_s": 10.0}, "precision": precision_,
+              "shared_base_rss": {"bf16": {"peak_rss_gb": 2.1}, "fp32": {"peak_rss_gb": 3.1}}, "heldout": heldout}
+    lines = "\n".join(target_lines(report))
+    assert "student full case (840 frames, cls + seg): 10.0 s (target <= 30 s): met" in lines
+    assert "28.0 min (target <= 4 min): not met" in lines
+    assert "(bf16), full-size case in memory: 2.10 GB (target < 3 GB): met" in lines
+    assert "same run: 75% (target >= 90 % of cases): not met" in lines
+    assert "(real-architecture teacher): 10.6% (target <= 15 %): met" in lines
+    assert cascade_with_real_teacher(None, {"auto_s": 1.0}, heldout) is None

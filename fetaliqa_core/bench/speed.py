@@ -206,6 +206,27 @@ def student_vs_teacher(workdir: Path, student_dir: Path | None, cases: int, per_
             / sum(r["frames"] for r in rows)}
 
 
+def cascade_with_real_teacher(precision_: dict | None, student: dict | None, heldout: dict) -> dict | None:
+    """The cascade's time against the teacher's with the real architecture as teacher, from this
+    run's own measurements: the student's full-case time, the real pair's time per frame (bf16
+    where the probe chose it) and the share of frames the cascade sent to the teacher on the
+    held-out cases. Agreement is measured with the demo teacher (the only one with a student)."""
+    if not precision_ or not student or not heldout.get("n_cases"):
+        return None
+    per_frame = min(precision_.get("pair_bf16_s_per_frame", float("inf")),
+                    precision_.get("pair_fp32_s_per_frame", float("inf")))
+    student_s = student.get("auto_s")
+    if not np.isfinite(per_frame) or student_s is None:
+        return None
+    frames = 840
+    share = heldout["teacher_frame_share_in_cascade"]
+    teacher_s = frames * per_frame
+    cascade_s = student_s + share * frames * per_frame
+    return {"teacher_full_case_s": teacher_s, "cascade_full_case_s": cascade_s,
+            "cascade_over_teacher_time": cascade_s / teacher_s, "teacher_frame_share": share,
+            "how": "student full-case time + share of frames re-scored x real pair s/frame, over 840 x that"}
+
+
 def student_full_case(workdir: Path, student_dir: Path | None, log) -> dict:
     """840 frames (6 x 140, 562 x 744) through the engine with the student: cls + seg, preprocessing included."""
     from fetaliqa_core import io as fio
@@ -249,9 +270,51 @@ def run_speed_bench(student_dir: Path | None = None, real_frames: int = 4, heldo
             report["student_full_case"] = student_full_case(workdir, student_dir, log)
         if "heldout" in sections:
             report["heldout"] = student_vs_teacher(workdir, student_dir, heldout_cases, heldout_per_sweep, log)
+            projected = cascade_with_real_teacher(report.get("precision"), report.get("student_full_case"),
+                                                  report["heldout"])
+            if projected:
+                report["heldout"]["cascade_real_teacher"] = projected
+                log(f"cascade with the real-architecture teacher (from this run's timings): "
+                    f"{projected['cascade_over_teacher_time']:.1%} of the teacher's full-case time")
     finally:
         report["seconds"] = time.perf_counter() - t0
         report["load_average_end"] = list(os.getloadavg())
         if owned is not None:
             owned.cleanup()
     return report
+
+
+def target_lines(report: dict) -> list[str]:
+    """One line per target of the CPU speed work, met or not, from one report's own figures."""
+    out = []
+
+    def line(what: str, value, target: str, met) -> None:
+        shown = "n/a" if value is None else value
+        out.append(f"{what}: {shown} (target {target}): {'met' if met else 'not met' if met is not None else 'not measured'}")
+
+    stu = report.get("student_full_case") or {}
+    s = stu.get("auto_s")
+    line("student full case (840 frames, cls + seg)", None if s is None else f"{s:.1f} s", "<= 30 s",
+         None if s is None else s <= 30)
+    pre = report.get("precision") or {}
+    t = pre.get("teacher_full_case_bf16_s_estimate")
+    use_bf16 = (pre.get("probe") or {}).get("use_bf16", True)
+    line("teacher (real architecture) full case, bf16, extrapolated", None if t is None else f"{t / 60:.1f} min",
+         "<= 4 min", None if t is None else t <= 240)
+    prec = "bf16" if use_bf16 else "fp32"  # what select_device gives on this CPU
+    rss = (report.get("shared_base_rss") or {}).get(prec, {}).get("peak_rss_gb")
+    line(f"peak RSS, real pair on one base ({prec}), full-size case in memory", None if rss is None else f"{rss:.2f} GB",
+         "< 3 GB", None if rss is None else rss < 3.0)
+    h = report.get("heldout") or {}
+    if h.get("n_cases"):
+        line(f"student vs teacher flags equal ({h['n_cases']} held-out cases)", f"{h['flags_equal_mean']:.1%}",
+             ">= 95 %", h["flags_equal_mean"] >= 0.95)
+        line("student's chosen frame = teacher's or in the same run", f"{h['student_chosen_same_or_in_run']:.0%}",
+             ">= 90 % of cases", h["student_chosen_same_or_in_run"] >= 0.90)
+        line("cascade's chosen frame = teacher's", f"{h['cascade_chosen_same']:.0%}", ">= 95 % of cases",
+             h["cascade_chosen_same"] >= 0.95)
+        real = h.get("cascade_real_teacher")
+        ratio = real["cascade_over_teacher_time"] if real else h.get("cascade_over_teacher_time")
+        what = "cascade time / teacher time" + (" (real-architecture teacher)" if real else " (demo teacher)")
+        line(what, f"{ratio:.1%}", "<= 15 %", ratio <= 0.15)
+    return out

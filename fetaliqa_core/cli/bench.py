@@ -81,6 +81,10 @@ def _run_speed(args: argparse.Namespace) -> int:
                              sections=tuple(s.strip() for s in args.sections.split(",") if s.strip()))
     text = json.dumps(report, indent=1, default=float)
     print(text)
+    from fetaliqa_core.bench.speed import target_lines
+
+    for line in target_lines(report):
+        log(line)
     if args.json is not None:
         args.json.write_text(text + "\n", encoding="utf-8")
         print(f"report written to {args.json}")
