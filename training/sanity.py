@@ -93,8 +93,27 @@ def overfit(args: argparse.Namespace) -> dict:
             "seconds": time.perf_counter() - t0, "history": history}
 
 
+def _reference_model(name: str, seed: int):
+    """A timm model by name, or ``fetalclip:CONFIG`` (e.g. ``fetalclip:tiny``): the product's own
+    vision tower from a random initialisation with a linear frame head, trained whole, so the
+    architecture's learnability is measured in the same loop as the CNN's."""
+    import torch
+    from torch import nn
+
+    if not name.startswith("fetalclip:"):
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=1)
+    from fetaliqa_core.models.base import build_vision_tower
+
+    visual, _ = build_vision_tower(name.split(":", 1)[1], None, seed=seed)
+    visual.requires_grad_(True)
+    visual.train()
+    torch.manual_seed(seed + 1)
+    return nn.Sequential(visual, nn.Linear(visual.output_dim, 1))
+
+
 def reference(args: argparse.Namespace) -> dict:
-    import timm
     import torch
     import torch.nn.functional as F
 
@@ -107,7 +126,7 @@ def reference(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     cfg, splits = _splits(args.data)
     device = torch.device("cpu")
-    model = timm.create_model(args.model, pretrained=False, num_classes=1)
+    model = _reference_model(args.model, args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     train = FrameDataset(splits.train, with_masks=False, augment=Augmenter(), seed=args.seed)
     rng = np.random.default_rng(args.seed)
@@ -166,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--base", default=None)
     o.add_argument("--base-config", default="tiny")
     r = sub.add_parser("reference", help="a small timm CNN from random weights on the same task")
-    r.add_argument("--model", default="resnet18")
+    r.add_argument("--model", default="resnet18",
+                   help="a timm model name, or fetalclip:CONFIG for the product's own tower from random weights")
     r.add_argument("--minutes", type=float, default=20.0)
     r.add_argument("--lr", type=float, default=1e-3)
     r.add_argument("--batch-size", type=int, default=16)
