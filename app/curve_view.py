@@ -158,8 +158,11 @@ class QualityCurve(QWidget):
         if on != self._cascade:
             self._cascade = on
             extra = (f" &nbsp;&nbsp;│&nbsp;&nbsp; <span style='color:{theme.CONFIRMED_COLOUR}; font-weight:bold'>◆"
-                     "</span> re-scored by the teacher (the answer comes from these frames)") if on else ""
+                     "</span> re-scored by the teacher") if on else ""
             self.legend.setText(self._legend_html() + extra)
+            self.legend.setToolTip("Cascade: a small student scored every frame; the chosen models re-scored the "
+                                   "marked frames, and the best frames and any AC come from those only."
+                                   if on else "")
 
     # -- sweep layout ----------------------------------------------------------------------
     def set_sweep(self, n_frames: int, sweep_ranges: list[tuple[int, int]], sweep_kinds: list[str]) -> None:
