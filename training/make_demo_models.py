@@ -1,4 +1,4 @@
-"""Rebuild the demo classifier and segmenter in ``resources/demo/`` from this repository.
+"""Rebuild the demo base, classifier and segmenter in ``resources/demo/`` from this repository.
 
 Each step is an ordinary command (printed before it runs, so the recipe can be replayed by
 hand); ``--dry-run`` prints them only. The recipe:
@@ -6,15 +6,19 @@ hand); ``--dry-run`` prints them only. The recipe:
 1. synthetic training cases, full-length (6 x 140 frames) and made at ACOUSLIC's full size
    (562 x 744, ``--fan-variety``: half on other fan geometries), stored as the models see them
    (224 x 224) by ``training.cache_frames``;
-2. the LoRA classifier and the LoRA 3-class segmenter (``training.train``, bf16 autocast on a CPU
-   with bf16 matrix instructions) on the demo base ``resources/demo/base_tiny.pt`` - the ``tiny``
-   FetalCLIP-family tower whose every weight an earlier run of this recipe trained from a random
-   initialisation with ``training.pretrain_base`` (``--with-base`` adds that stage again: LoRA on
-   a random tower has nothing to adapt; this base is *not* FetalCLIP);
-3. a held-out synthetic set of another seed at full size and ``fetaliqa eval`` of both models on
+2. the base: the ``tiny`` FetalCLIP-family tower (``training.pretrain_base``, every weight
+   trained) continued from the previous demo base on these cases (``--from-random``: from a
+   random initialisation instead; LoRA on a random tower has nothing to adapt; this base is
+   *not* FetalCLIP);
+3. the LoRA classifier and the LoRA 3-class segmenter on that frozen base (``training.train``,
+   bf16 autocast on a CPU with bf16 matrix instructions), exactly as a user trains on FetalCLIP;
+4. a held-out synthetic set of another seed at full size and ``fetaliqa eval`` of both models on
    it (the product's path: full frames, the app's frame choice, AC from the mask);
-4. copies into ``resources/demo/``: ``cls/``, ``seg/``, ``eval_heldout.json`` (and the base with
-   ``--with-base``).
+5. copies into ``resources/demo/``: ``base_tiny.pt`` (+ ``.json``), ``cls/``, ``seg/``,
+   ``eval_heldout.json``.
+
+The demo student (``resources/demo/student``) is distilled from the result afterwards
+(``resources/README.md``).
 """
 
 from __future__ import annotations
@@ -38,57 +42,49 @@ BASE_DESCRIPTION = ("tiny FetalCLIP-family vision tower pretrained from a random
 
 #: Synthetic data of the recipe: training cases (dataset seed) and held-out cases (another seed,
 #: never trained on), both full-length (6 x 140 frames) at ACOUSLIC's full size, 562 x 744.
-TRAIN_SEED, TRAIN_CASES = 101, 36
+TRAIN_SEED, TRAIN_CASES = 101, 40
 HELDOUT_SEED, HELDOUT_CASES = 9001, 12
-#: Held-out cases evaluated (the first ones of the set; each costs minutes on a shared CPU).
-EVAL_CASES = 4
 
 
-def commands(work: Path, py: str = sys.executable, with_base: bool = False) -> list[tuple[str, list[str]]]:
+def commands(work: Path, py: str = sys.executable, from_random: bool = False) -> list[tuple[str, list[str]]]:
     """The recipe: ``(name, argv)`` per step."""
     w = str(work)
     cpu = ["--device", "cpu", "--threads", "1", "--workers", "0", "--no-progress-bar", "--precision", "bf16"]
-    base = str(DEMO / "base_tiny.pt")
-    steps = [
+    start = [] if from_random else ["--init-weights", str(DEMO / "base_tiny.pt")]
+    base = f"{w}/base/base_weights.pt"
+    return [
         ("synth-train", [py, "-m", "training.cache_frames", "--synth-cases", str(TRAIN_CASES), "--synth-seed",
                          str(TRAIN_SEED), "--fan-variety", "--jobs", "2", "--resume", "--out", f"{w}/train224"]),
-    ]
-    if with_base:
-        base = f"{w}/base/base_weights.pt"
-        steps.append(("base", [py, "-m", "training.pretrain_base", "--data", f"{w}/train224", "--out", f"{w}/base",
-                               "--base-config", "tiny", "--all-sweeps", "--epochs", "8", "--batch-size", "16",
-                               "--lr", "2e-3", "--neg-ratio", "3", *cpu]))
-    steps += [
+        ("base", [py, "-m", "training.pretrain_base", "--data", f"{w}/train224", "--out", f"{w}/base",
+                  "--base-config", "tiny", *start, "--all-sweeps", "--neg-ratio", "4", "--epochs", "12",
+                  "--batch-size", "16", "--lr", "3e-4", "--val-frames", "600", *cpu]),
         ("cls", [py, "-m", "training.train", "--task", "cls", "--data", f"{w}/train224", "--out", f"{w}/cls",
-                 "--base", base, "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "2",
-                 "--max-steps", "60", "--batch-size", "16", "--lr", "1e-3", "--val-frames", "300", "--threshold",
-                 "auto", "--seed", "0", "--no-test", "--seg-loss", "dice", "--description",
+                 "--base", base, "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "4", "--epochs", "5",
+                 "--batch-size", "16", "--lr", "1e-3", "--val-frames", "600", "--threshold", "auto", "--seed", "0",
+                 "--no-test", "--seg-loss", "dice", "--description",
                  f"demo classifier: LoRA (r=8) + linear head trained on synthetic sweeps over the {BASE_DESCRIPTION}",
                  *cpu]),
         ("seg", [py, "-m", "training.train", "--task", "seg", "--seg-classes", "3", "--init-filters", "8",
                  "--seg-loss", "batch_dice_ce", "--data", f"{w}/train224", "--out", f"{w}/seg", "--base", base,
-                 "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "2", "--epochs", "2", "--max-steps", "30",
-                 "--batch-size", "16", "--lr", "1e-3", "--val-frames", "200", "--seg-prior", "0.03", "--seed", "0",
-                 "--no-test", "--description",
+                 "--base-config", "tiny", "--all-sweeps", "--neg-ratio", "4", "--epochs", "4", "--batch-size", "16",
+                 "--lr", "1e-3", "--val-frames", "400", "--seg-prior", "0.03", "--seed", "0", "--no-test",
+                 "--description",
                  "demo segmenter (background/optimal/suboptimal): LoRA (r=8) + UNETR decoder (8 filters) trained "
                  f"on synthetic sweeps over the {BASE_DESCRIPTION}", *cpu]),
         ("synth-heldout", [py, "-m", "fetaliqa_core.cli", "synth", "--out", f"{w}/heldout", "--cases",
                            str(HELDOUT_CASES), "--seed", str(HELDOUT_SEED), "--no-compress", "--quiet"]),
         ("eval-heldout", [py, "-m", "fetaliqa_core.cli", "eval", "--cls", f"{w}/cls/bundle", "--seg",
                           f"{w}/seg/bundle", "--base", base, "--data", f"{w}/heldout", "--split", "all",
-                          "--all-sweeps", "--max-cases", str(EVAL_CASES), "--device", "cpu", "--out",
-                          f"{w}/eval_heldout", "--quiet"]),
+                          "--all-sweeps", "--device", "cpu", "--out", f"{w}/eval_heldout", "--quiet"]),
     ]
-    return steps
 
 
-def install(work: Path, dest: Path = DEMO, with_base: bool = False) -> None:
+def install(work: Path, dest: Path = DEMO) -> None:
     """Copy the products of the recipe into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
-    if with_base:
-        shutil.copy2(work / "base" / "base_weights.pt", dest / "base_tiny.pt")
-        record = json.loads((work / "base" / "base_weights.json").read_text())
-        write_json(dest / "base_tiny.json", record)
+    shutil.copy2(work / "base" / "base_weights.pt", dest / "base_tiny.pt")
+    record = json.loads((work / "base" / "base_weights.json").read_text())
+    write_json(dest / "base_tiny.json", record)
     for name in ("cls", "seg"):
         target = dest / name
         if target.exists():
@@ -107,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--from-step", default=None, help="skip the steps before this one (a finished work folder)")
     p.add_argument("--no-install", action="store_true", help="do not copy into resources/demo/")
-    p.add_argument("--with-base", action="store_true",
-                   help="also pretrain the tiny base from a random initialisation (else: the shipped demo base)")
+    p.add_argument("--from-random", action="store_true",
+                   help="pretrain the tiny base from a random initialisation (else: continue the shipped demo base)")
     args = p.parse_args(argv)
-    steps = commands(args.work, with_base=args.with_base)
+    steps = commands(args.work, from_random=args.from_random)
     names = [n for n, _ in steps]
     if args.from_step is not None and args.from_step not in names:
         p.error(f"--from-step must be one of {', '.join(names)}")
@@ -127,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             return proc.returncode
     if not args.dry_run and not args.no_install:
-        install(args.work, with_base=args.with_base)
+        install(args.work)
         print(f"installed into {DEMO}; step times (s): {json.dumps(times)}")
     return 0
 
