@@ -117,7 +117,8 @@ class QualityCurve(QWidget):
             pen=pg.mkPen(theme.THRESHOLD_COLOUR, width=1.2, style=Qt.DashLine),
             hoverPen=pg.mkPen(theme.THRESHOLD_COLOUR, width=2.5),
             label="threshold {value:.2f}",
-            labelOpts={"position": 0.02, "color": theme.THRESHOLD_COLOUR, "anchors": [(0, 1), (0, 1)]})
+            # at the right end: the sweep names sit at the left of each band
+            labelOpts={"position": 0.985, "color": theme.THRESHOLD_COLOUR, "anchors": [(1, 1), (1, 1)]})
         self.threshold.setZValue(20)
         self.threshold.sigDragged.connect(lambda line: self.threshold_moved.emit(float(line.value())))
         self.vb.addItem(self.threshold)
