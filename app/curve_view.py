@@ -214,11 +214,8 @@ class QualityCurve(QWidget):
         self._set_cascade_legend(confirmed is not None and results is not None)
         if confirmed is not None and results is not None and n:
             xs = np.flatnonzero(np.asarray(confirmed, dtype=bool)[:n] & results.done[:n])
-            arr = results.p_cls if results.has_cls else results.p_seg
-            ys = arr[xs] if len(xs) else np.zeros(0)
-            if results.has_cls and results.has_seg and len(xs):
-                ys = np.fmax(results.p_cls[xs], results.p_seg[xs])
-            ys = np.where(np.isfinite(ys), ys, 0.0)
+            # on the higher of the two curves (an absent model's scores are NaN, which fmax skips)
+            ys = np.nan_to_num(np.fmax(results.p_cls[xs], results.p_seg[xs]))
             self.confirmed.setData(xs.astype(np.float64), ys.astype(np.float64))
         else:
             self.confirmed.setData([], [])

@@ -336,13 +336,16 @@ class ViewerModel:
         self.results_version += 1
         self.events.results.emit()
 
+    def _apply(self, batch) -> None:
+        self.results.apply(batch)
+        self._flags_dirty = True
+        self.results_version += 1
+
     def apply_batch(self, batch) -> None:
         """Add one ``engine.BatchResult`` (called in the UI thread as batches arrive)."""
         if self.results is None:
             self.start_results(batch.p_cls is not None, batch.p_seg is not None)
-        self.results.apply(batch)
-        self._flags_dirty = True
-        self.results_version += 1
+        self._apply(batch)
         self.scoring.n_done = int(batch.n_done)
         self.scoring.n_total = int(batch.n_total)
         if batch.frames_per_second > 0:
@@ -357,11 +360,10 @@ class ViewerModel:
             return
         if self.confirmed is None:
             self.confirmed = np.zeros(self.n_frames, dtype=bool)
-        self.results.apply(batch)
+        self._apply(batch)
         self.confirmed[batch.indices] = True
-        self._flags_dirty = True
-        self._ac_cache = {k: v for k, v in self._ac_cache.items() if k not in set(batch.indices.tolist())}
-        self.results_version += 1
+        for f in batch.indices.tolist():  # measured on the student's mask, if at all: measure again
+            self._ac_cache.pop(f, None)
         self.scoring.message = f"teacher: {int(batch.n_done)} of {int(batch.n_total)} candidate frames"
         self.events.results.emit()
         self.events.progress.emit()

@@ -99,20 +99,15 @@ class ScoringWorker(QObject):
                     engine.cancel()
             from fetaliqa_core.cascade import CascadeEngine
 
-            if isinstance(engine, CascadeEngine):  # student batches, then the teacher's
-                first = engine.student.results
-                self.started_scoring.emit(first.has_cls, first.has_seg)
-                for item in engine.iter_batches():
-                    (self.batch if item.stage == "student" else self.teacher_batch).emit(item.batch)
-                student, teacher = engine.student.results, engine.teacher  # (a cache hit replaces results)
-                complete = bool(student.complete and teacher is not None and not self._cancelled
-                                and engine.confirmed.sum() == len(engine.teacher_frames()))
-                self.finished.emit(complete, int(student.n_done))
-                return
+            cascade = isinstance(engine, CascadeEngine)  # student batches, then the teacher's
             self.started_scoring.emit(engine.results.has_cls, engine.results.has_seg)
-            for batch in engine.iter_batches():
-                self.batch.emit(batch)
-            self.finished.emit(bool(engine.results.complete), int(engine.results.n_done))
+            for item in engine.iter_batches():
+                if cascade:
+                    (self.batch if item.stage == "student" else self.teacher_batch).emit(item.batch)
+                else:
+                    self.batch.emit(item)
+            complete = engine.complete if cascade else engine.results.complete
+            self.finished.emit(bool(complete), int(engine.results.n_done))
         except FetalIQAError as exc:
             self.failed.emit(str(exc))
         except MemoryError:

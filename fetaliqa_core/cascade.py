@@ -97,7 +97,8 @@ class CascadeEngine:
 
     ``student``: a loaded joint bundle (a distilled student); ``cls``/``seg``: the teacher's
     loaded bundles (one may be None). Results: :attr:`merged` (curve), :attr:`confirmed` (frames
-    the teacher scored), :attr:`teacher_results` (what the assessment uses).
+    the teacher scored), :attr:`teacher_results` (what the assessment uses); :attr:`results` and
+    :attr:`complete` read like a ``ScoringEngine``'s.
     """
 
     def __init__(self, sweep, student, cls=None, seg=None, *, cache=True, thresholds=None,
@@ -113,6 +114,7 @@ class CascadeEngine:
         self.teacher: ScoringEngine | None = None
         self.merged: SweepResults | None = None
         self.confirmed = np.zeros(sweep.n_frames, dtype=bool)
+        self.teacher_plan: np.ndarray | None = None  # the frames handed to the teacher, once it starts
         self._cancelled = False
 
     def cancel(self) -> None:
@@ -127,6 +129,17 @@ class CascadeEngine:
     @property
     def teacher_results(self) -> SweepResults | None:
         return None if self.teacher is None else self.teacher.results
+
+    @property
+    def results(self) -> SweepResults:
+        """Every frame: the student's, with the teacher's where it re-scored (once it started)."""
+        return self.merged if self.merged is not None else self.student.results
+
+    @property
+    def complete(self) -> bool:
+        """The student scored every frame and the teacher every frame handed to it."""
+        return bool(self.student.results.complete and self.teacher_plan is not None
+                    and self.confirmed[self.teacher_plan].all())
 
     def teacher_frames(self) -> np.ndarray:
         """The frames the teacher re-scores, from the student's complete results."""
@@ -143,7 +156,8 @@ class CascadeEngine:
         if self._cancelled or not self.student.results.complete:
             return
         cls, seg = self.teacher_models
-        self.teacher = ScoringEngine(self.sweep, cls=cls, seg=seg, cache=False, frames=self.teacher_frames())
+        self.teacher_plan = self.teacher_frames()
+        self.teacher = ScoringEngine(self.sweep, cls=cls, seg=seg, cache=False, frames=self.teacher_plan)
         for batch in self.teacher.iter_batches():
             self._merge(batch)
             yield CascadeBatch("teacher", batch)

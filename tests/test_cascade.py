@@ -54,6 +54,8 @@ def test_cascade_teacher_sees_only_candidate_runs_and_decides_the_answer():
     # each sweep's candidates are one run of ~12 frames here: the best of each, cut and widened
     assert 0 < len(teacher_frames) <= 3 * (MAX_RUN_FRAMES + 2 * RUN_MARGIN) < sweep.n_frames
     assert np.array_equal(teacher_frames, engine.teacher_frames())
+    assert np.array_equal(engine.teacher_plan, teacher_frames) and engine.complete
+    assert engine.results is engine.merged
     assert np.array_equal(np.flatnonzero(engine.teacher_results.done), teacher_frames)
     # the teacher scored nothing else, and its values are what the curve shows there
     assert np.isnan(engine.teacher_results.p_cls[~engine.confirmed]).all()
@@ -73,6 +75,7 @@ def test_cancelled_student_stage_never_runs_the_teacher():
     for item in engine.iter_batches():
         engine.cancel()
     assert engine.teacher is None and not engine.confirmed.any()
+    assert not engine.complete and engine.results is engine.merged
 
 
 @pytest.mark.parametrize("args, message", [

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fetaliqa_core.acouslic import FRAMES_PER_CASE
+
 
 def _best(fn: Callable[[], object], reps: int = 2) -> float:
     best = float("inf")
@@ -94,8 +96,8 @@ def precision(workdir: Path, frames: int, log) -> dict:
     agree = output_agreement(p32, l32, p16, l16)
     res["bf16_vs_fp32"] = agree
     res["bf16_speedup"] = res["pair_fp32_s_per_frame"] / res["pair_bf16_s_per_frame"]
-    res["teacher_full_case_bf16_s_estimate"] = 840 * res["pair_bf16_s_per_frame"]
-    res["teacher_full_case_fp32_s_estimate"] = 840 * res["pair_fp32_s_per_frame"]
+    res["teacher_full_case_bf16_s_estimate"] = FRAMES_PER_CASE * res["pair_bf16_s_per_frame"]
+    res["teacher_full_case_fp32_s_estimate"] = FRAMES_PER_CASE * res["pair_fp32_s_per_frame"]
     return res
 
 
@@ -218,10 +220,9 @@ def cascade_with_real_teacher(precision_: dict | None, student: dict | None, hel
     student_s = student.get("auto_s")
     if not np.isfinite(per_frame) or student_s is None:
         return None
-    frames = 840
     share = heldout["teacher_frame_share_in_cascade"]
-    teacher_s = frames * per_frame
-    cascade_s = student_s + share * frames * per_frame
+    teacher_s = FRAMES_PER_CASE * per_frame
+    cascade_s = student_s + share * teacher_s
     return {"teacher_full_case_s": teacher_s, "cascade_full_case_s": cascade_s,
             "cascade_over_teacher_time": cascade_s / teacher_s, "teacher_frame_share": share,
             "how": "student full-case time + share of frames re-scored x real pair s/frame, over 840 x that"}

@@ -111,7 +111,7 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
             if item.stage != stage:  # the teacher's pass: the bar counts its frames
                 stage = item.stage
                 bar.set_description(f"{position}{path.name} (teacher)")
-                bar.reset(total=len(engine.teacher_frames()))
+                bar.reset(total=len(engine.teacher_plan))
             bar.n = item.batch.n_done
             bar.refresh()
     finally:
