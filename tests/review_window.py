@@ -1,15 +1,27 @@
-"""A main window with its models loaded and a small sweep scored, focused for key presses: what
-the review tests drive."""
+"""Main windows for the app tests: one with test models whose message boxes answer themselves,
+and one with a small sweep scored, focused for key presses (what the review tests drive)."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.main_window import MainWindow
 from app.settings import AppSettings
 from fakes import fake_models, tiny_sweep
+
+
+def answered_window(qtbot, monkeypatch, width: int, height: int) -> MainWindow:
+    """A window of this size with the test models, whose warnings are acknowledged and whose
+    questions are answered No."""
+    monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda *a, **k: QMessageBox.Ok))
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.No))
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    win.use_models(fake_models())
+    win.resize(width, height)
+    return win
 
 
 def scored_window(qtbot, settings: AppSettings, models=None) -> MainWindow:

@@ -11,12 +11,11 @@ import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QImage, QKeySequence, QShortcut
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtWidgets import QApplication
 
 from app import keymap
-from fakes import fake_models, tiny_sweep
-from app.main_window import MainWindow
-from app.settings import AppSettings
+from fakes import tiny_sweep
+from review_window import answered_window
 
 REPO = Path(__file__).resolve().parents[1]
 N = 40
@@ -24,12 +23,7 @@ N = 40
 
 @pytest.fixture
 def win(qtbot, monkeypatch):
-    monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda *a, **k: QMessageBox.Ok))
-    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.No))
-    w = MainWindow(settings=AppSettings())
-    qtbot.addWidget(w)
-    w.use_models(fake_models())
-    w.resize(1100, 760)
+    w = answered_window(qtbot, monkeypatch, 1100, 760)
     w.show()
     qtbot.waitExposed(w)
     w.activateWindow()

@@ -7,23 +7,15 @@ import dataclasses
 import re
 
 import pytest
-from PySide6.QtWidgets import QMessageBox
 
-from fakes import fake_models, tiny_sweep
-from app.main_window import MainWindow
-from app.settings import AppSettings
+from fakes import tiny_sweep
+from review_window import answered_window
 from fetaliqa_core.io import SPACING_NONE
 
 
 @pytest.fixture
 def window(qtbot, monkeypatch):
-    monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda *a, **k: QMessageBox.Ok))
-    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.No))
-    win = MainWindow(settings=AppSettings())
-    qtbot.addWidget(win)
-    win.use_models(fake_models())
-    win.resize(1000, 700)
-    return win
+    return answered_window(qtbot, monkeypatch, 1000, 700)
 
 
 def _scored(qtbot, win, sweep):
