@@ -165,3 +165,26 @@ def test_distill_resume_without_a_checkpoint_is_told_before_any_model_loads(tmp_
                "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--resume", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and "no checkpoint to resume from" in err  # not the missing bundles: nothing loaded
+
+
+def test_mined_frames_keep_what_the_teacher_flags_with_its_neighbours_inside_each_sweep():
+    import numpy as np
+
+    from training.distill import MINE_NEIGHBOURS, _pick_frames, _teacher_hot
+
+    flagged = np.zeros(40, dtype=bool)
+    flagged[[9, 10, 25]] = True  # 9-10 in the first sweep (0-10), 25 in the second (11-39)
+    hot = _teacher_hot(flagged, [(0, 11), (11, 40)])
+    assert set(np.flatnonzero(hot)) == {7, 8, 9, 10} | set(range(25 - MINE_NEIGHBOURS, 25 + MINE_NEIGHBOURS + 1))
+    assert not hot[11]  # a flag at the end of one sweep does not spill into the next
+    labels = np.zeros(40, dtype=np.int64)
+    labels[30] = 1
+    rng = np.random.default_rng(0)
+    picked = _pick_frames(labels, 18, rng, hot)  # 10 frames that matter, within two thirds of 18
+    assert set(np.flatnonzero(hot)) | {30} <= set(picked) and len(picked) == 18
+    # without the teacher's flags the same budget keeps only the labelled frame for sure
+    plain = _pick_frames(labels, 18, np.random.default_rng(0))
+    assert 30 in plain and not set(np.flatnonzero(hot)) <= set(plain)
+    # more hot frames than the budget allows: a capped random share of them, still within budget
+    many = _pick_frames(labels, 6, np.random.default_rng(1), np.ones(40, dtype=bool))
+    assert len(many) == 6

@@ -54,7 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--frames-per-case", type=int, default=96,
-                   help="frames the teacher scores per case: every positive frame, the rest spread evenly")
+                   help="frames kept per case: the positive (and, mined, the teacher's flagged) frames first, the rest "
+                        "spread evenly")
+    p.add_argument("--mine", action=argparse.BooleanOptionalAction, default=True,
+                   help="the teacher scores every frame and the frames it flags (with their neighbours) are "
+                        "kept first, so the student learns where the teacher's candidates are (default on; "
+                        "--no-mine scores only the kept frames: faster, a weaker cascade)")
     p.add_argument("--decoder-width", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (teacher and student)")
     p.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
@@ -80,49 +85,88 @@ class FrameStore:
     case: np.ndarray  # (M,) int case number
 
 
-def _pick_frames(labels: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
-    pos = np.flatnonzero(labels > 0)
-    if len(pos) > budget // 2:
-        pos = np.sort(rng.choice(pos, budget // 2, replace=False))
+def _pick_frames(labels: np.ndarray, budget: int, rng: np.random.Generator,
+                 teacher_hot: np.ndarray | None = None) -> np.ndarray:
+    """``budget`` frames of one case: first the frames that matter (the dataset's positive frames
+    and, when the teacher scored them all, the frames it flags with their neighbours: a student
+    that misses them sends the cascade's teacher to the wrong runs), up to half the budget (two
+    thirds when mined), then the rest spread evenly over the case."""
+    hot = labels > 0
+    share = 2
+    if teacher_hot is not None:
+        hot = hot | teacher_hot
+        share = 3 / 2
+    pos = np.flatnonzero(hot)
+    cap = int(budget / share)
+    if len(pos) > cap:
+        pos = np.sort(rng.choice(pos, cap, replace=False))
     rest = np.setdiff1d(np.arange(len(labels)), pos)
     n = min(len(rest), budget - len(pos))
     spread = rest[np.linspace(0, len(rest) - 1, n).round().astype(int)] if n > 0 else rest[:0]
     return np.union1d(pos, spread)
 
 
-def teacher_store(cases, cls_lm, seg_lm, budget: int, seed: int, log) -> FrameStore:
-    """Run the teacher over ``budget`` frames of each case (uint8 inputs kept, not floats)."""
+MINE_NEIGHBOURS = 2  # frames kept on each side of a frame the teacher flags (run edges are the hard part)
+
+
+def _teacher_hot(flagged: np.ndarray, sweep_ranges) -> np.ndarray:
+    """The frames the teacher flags, widened by :data:`MINE_NEIGHBOURS` inside each sweep."""
+    flagged = np.asarray(flagged, dtype=bool)
+    hot = flagged.copy()
+    for start, stop in sweep_ranges:
+        f = flagged[start:stop]
+        for k in range(1, min(MINE_NEIGHBOURS, len(f) - 1) + 1):
+            hot[start:stop - k] |= f[k:]
+            hot[start + k:stop] |= f[:-k]
+    return hot
+
+
+def teacher_store(cases, cls_lm, seg_lm, budget: int, seed: int, log, mine: bool = False) -> FrameStore:
+    """Run the teacher over ``budget`` frames of each case (uint8 inputs kept, not floats).
+    ``mine``: the teacher scores every frame and the frames it flags are kept first (see
+    :func:`_pick_frames`); else only the kept frames are scored."""
     import torch
     import torch.nn.functional as F
 
     from fetaliqa_core.io import load_mask, load_sweep
-    from fetaliqa_core.models.segmenter import LABEL_ABDOMEN, label_masks
+    from fetaliqa_core.models.segmenter import LABEL_ABDOMEN, label_masks, mask_quality_call
     from fetaliqa_core.preprocess import normalise_grey, preprocess_masks, resize_frames_uint8
     from training.dataset import frame_labels
 
     rng = np.random.default_rng(seed)
+    keys = ("grey", "t_cls", "t_soft", "t_labels", "flag")
     parts: dict[str, list] = {k: [] for k in ("grey", "t_cls", "t_soft", "t_labels", "gt_labels", "case")}
     for ci, case in enumerate(cases):
         sweep = load_sweep(case.image_path)
-        idx = _pick_frames(frame_labels(case), budget, rng)
-        mask = load_mask(case.mask_path, like=sweep)
-        for s in range(0, len(idx), 16):
-            sel = idx[s:s + 16]
-            frames = np.ascontiguousarray(sweep.frames[sel])
-            grey = resize_frames_uint8(frames)
+        labels = frame_labels(case)
+        todo = np.arange(sweep.n_frames) if mine else _pick_frames(labels, budget, rng)
+        got: dict[str, list] = {k: [] for k in keys}
+        for s in range(0, len(todo), 16):
+            sel = todo[s:s + 16]
+            grey = resize_frames_uint8(np.ascontiguousarray(sweep.frames[sel]))
             x = normalise_grey(grey)
             pred = seg_lm.predict(x)
-            p_cls = pred.p_cls if cls_lm is seg_lm else cls_lm.predict(x).p_cls
+            p_cls = (pred.p_cls if cls_lm is seg_lm else cls_lm.predict(x).p_cls).float().numpy()
             prob = pred.seg_prob
             lab = label_masks(prob)
             lab = torch.where(lab == LABEL_ABDOMEN, torch.ones_like(lab), lab)
-            parts["grey"].append(grey)
-            parts["t_cls"].append(p_cls.float().numpy())
-            parts["t_soft"].append(F.adaptive_avg_pool2d(prob.float(), SOFT_SIZE).half().numpy())
-            parts["t_labels"].append(lab.numpy())
-            parts["gt_labels"].append(preprocess_masks(np.ascontiguousarray(mask[sel])).numpy())
-            parts["case"].append(np.full(len(sel), ci))
-        log(f"teacher: case {ci + 1}/{len(cases)} ({len(idx)} frames)")
+            got["grey"].append(grey)
+            got["t_cls"].append(p_cls)
+            got["t_soft"].append(F.adaptive_avg_pool2d(prob.float(), SOFT_SIZE).half().numpy())
+            got["t_labels"].append(lab.numpy())
+            got["flag"].append((p_cls >= cls_lm.threshold) | mask_quality_call(prob).numpy())
+        got = {k: np.concatenate(v) for k, v in got.items()}
+        if mine:
+            idx = _pick_frames(labels, budget, rng, _teacher_hot(got["flag"], sweep.sweep_ranges))
+            got = {k: v[idx] for k, v in got.items()}
+        else:
+            idx = todo
+        for k in keys[:-1]:
+            parts[k].append(got[k])
+        mask = load_mask(case.mask_path, like=sweep)
+        parts["gt_labels"].append(preprocess_masks(np.ascontiguousarray(mask[idx])).numpy())
+        parts["case"].append(np.full(len(idx), ci))
+        log(f"teacher: case {ci + 1}/{len(cases)} ({len(idx)} frames kept, {int(got['flag'].sum())} flagged)")
     return FrameStore(**{k: np.concatenate(v) for k, v in parts.items()})
 
 
@@ -255,7 +299,8 @@ def distill(args, log=print) -> Path:
         raise FetalIQAError(f"{args.data}: too few cases ({len(cases)}) to train and compare; give at least 3 subjects")
     t0 = time.perf_counter()
     log(f"teacher: {models.describe()}; {len(train_cases)} training and {len(held)} held-out cases")
-    train = teacher_store(train_cases, cls_lm, seg_lm, args.frames_per_case, args.seed, log)
+    mine = getattr(args, "mine", True)
+    train = teacher_store(train_cases, cls_lm, seg_lm, args.frames_per_case, args.seed, log, mine=mine)
     test = teacher_store(held, cls_lm, seg_lm, args.frames_per_case, args.seed + 1, log)
     teacher_s = time.perf_counter() - t0
     n_classes = seg_lm.manifest.n_classes
@@ -310,7 +355,7 @@ def distill(args, log=print) -> Path:
     metrics = {"held_out_vs_teacher": agree, "held_out_cases": len(held), "train_frames": int(n),
                "teacher_seconds": round(teacher_s, 1), "train_seconds": round(time.perf_counter() - t1, 1),
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "data": str(args.data),
-               "frames_per_case": args.frames_per_case, "seed": args.seed}
+               "frames_per_case": args.frames_per_case, "mined": bool(mine), "seed": args.seed}
     teacher = {"cls_bundle_sha256": cls_lm.bundle_hash, "seg_bundle_sha256": seg_lm.bundle_hash,
                "cls": cls_lm.manifest.description[:200], "seg": seg_lm.manifest.description[:200]}
     description = args.description or (
