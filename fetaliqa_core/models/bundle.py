@@ -215,7 +215,7 @@ def student_manifest(model: StudentModel, teacher: BundleManifest, threshold: fl
 
 def _init_filters(model: nn.Module) -> int:
     seg = getattr(model, "seg", None)
-    return int(seg.decoder.enc1.conv1.out_channels) if seg is not None else INIT_FILTERS
+    return int(seg.decoder.init_filters) if seg is not None else INIT_FILTERS
 
 
 def _random_base_fingerprint(base: BaseInfo) -> str:

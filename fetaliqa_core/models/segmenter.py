@@ -120,32 +120,77 @@ class ResConvUnit(nn.Module):
 
 
 class SepConvUnit(nn.Module):
-    """Residual unit of depthwise-separable convolutions with BatchNorm, as the reference code's
-    decoder blocks: (depthwise 3x3, pointwise 1x1, BN, ReLU) twice + (1x1 conv-BN when channels
-    change), ReLU. About a quarter of :class:`ResConvUnit`'s parameters and compute."""
+    """Depthwise-separable unit with BatchNorm, the reference code's decoder block: depthwise
+    ``k x k`` conv, BN, ReLU, pointwise 1x1 conv, BN, ReLU (convolutions with bias, no residual).
+    ``(B, c_in, H, W)`` -> ``(B, c_out, H, W)``."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, k: int = 3) -> None:
         super().__init__()
-        self.dw1 = nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False)
-        self.conv1 = nn.Conv2d(c_in, c_out, 1, bias=False)
-        self.norm1 = nn.BatchNorm2d(c_out)
-        self.dw2 = nn.Conv2d(c_out, c_out, 3, padding=1, groups=c_out, bias=False)
-        self.conv2 = nn.Conv2d(c_out, c_out, 1, bias=False)
+        self.depthwise = nn.Conv2d(c_in, c_in, k, padding=(k - 1) // 2, groups=c_in)
+        self.norm1 = nn.BatchNorm2d(c_in)
+        self.pointwise = nn.Conv2d(c_in, c_out, 1)
         self.norm2 = nn.BatchNorm2d(c_out)
         self.act = nn.ReLU(inplace=True)
-        self.skip = None if c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False),
-                                                             nn.BatchNorm2d(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = x if self.skip is None else self.skip(x)
-        y = self.act(self.norm1(self.conv1(self.dw1(x))))
-        y = self.norm2(self.conv2(self.dw2(y)))
-        return self.act(y + residual)
+        return self.act(self.norm2(self.pointwise(self.act(self.norm1(self.depthwise(x))))))
 
 
-#: Decoder block kinds: "res" (MONAI-style residual units with InstanceNorm, the project's) and
-#: "sepconv_bn" (depthwise-separable units with BatchNorm, the paper's reference code).
-DECODER_BLOCKS = {"res": ResConvUnit, "sepconv_bn": SepConvUnit}
+class SepUp(nn.Module):
+    """Depthwise transposed conv 2x (per channel), then either a :class:`SepConvUnit` (``unit``)
+    or a bare pointwise 1x1 conv. ``(B, c_in, h, w)`` -> ``(B, c_out, 2h, 2w)``."""
+
+    def __init__(self, c_in: int, c_out: int, unit: bool = True) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(c_in, c_in, 2, stride=2, groups=c_in)
+        self.mix = SepConvUnit(c_in, c_out) if unit else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.up(x))
+
+
+class SepUNETRDecoder(nn.Module):
+    """The reference code's decoder (arXiv 2507.22802's FetalCLIP_SEG): the UNETR layout with
+    every convolution depthwise-separable and BatchNorm, ~1.59 M parameters for ViT-L/14 at 32
+    filters.
+
+    Same inputs and output as :class:`UNETRDecoder`: the image ``(B, 3, S, S)`` and four token
+    grids ``(B, width, S/16, S/16)`` (shallow to deep) -> ``(B, n_classes, S, S)`` logits.
+    Each grid is brought up by ``SepUp`` steps (3, 2, 1 for the three shallow ones, a bare
+    upsampler for the deepest); from the deepest up, each level is joined to the next shallower
+    one by concatenation, refined by ``SepConvUnit``\s and upsampled 2x; the image's own
+    full-resolution features join last.
+    """
+
+    block = "sepconv_bn"
+
+    def __init__(self, width: int, n_classes: int = 1, init_filters: int = INIT_FILTERS, in_channels: int = 3) -> None:
+        super().__init__()
+        f = self.init_filters = init_filters
+        self.image = nn.Sequential(SepConvUnit(in_channels, f), SepConvUnit(f, f))  # S
+        self.lift1 = nn.Sequential(SepUp(width, 8 * f), SepUp(8 * f, 4 * f), SepUp(4 * f, 2 * f))  # S/2
+        self.lift2 = nn.Sequential(SepUp(width, 8 * f), SepUp(8 * f, 4 * f))  # S/4
+        self.lift3 = SepUp(width, 8 * f)  # S/8
+        self.lift4 = SepUp(width, 8 * f, unit=False)  # S/8
+        self.join3 = nn.Sequential(SepConvUnit(16 * f, 8 * f), SepConvUnit(8 * f, 8 * f), SepConvUnit(8 * f, 8 * f),
+                                   SepUp(8 * f, 4 * f, unit=False))  # -> S/4
+        self.join2 = nn.Sequential(SepConvUnit(8 * f, 4 * f), SepConvUnit(4 * f, 4 * f),
+                                   SepUp(4 * f, 2 * f, unit=False))  # -> S/2
+        self.join1 = nn.Sequential(SepConvUnit(4 * f, 2 * f), SepConvUnit(2 * f, 2 * f),
+                                   SepUp(2 * f, f, unit=False))  # -> S
+        self.head = nn.Sequential(SepConvUnit(2 * f, f), SepConvUnit(f, f), nn.Conv2d(f, n_classes, 1))
+
+    def forward(self, image: torch.Tensor, grids: list[torch.Tensor]) -> torch.Tensor:
+        g1, g2, g3, g4 = grids
+        y = self.join3(torch.cat([self.lift3(g3), self.lift4(g4)], dim=1))
+        y = self.join2(torch.cat([self.lift2(g2), y], dim=1))
+        y = self.join1(torch.cat([self.lift1(g1), y], dim=1))
+        return self.head(torch.cat([self.image(image), y], dim=1))
+
+
+#: Decoder kinds: "res" (:class:`UNETRDecoder`, MONAI-style residual units with InstanceNorm, the
+#: project's) and "sepconv_bn" (:class:`SepUNETRDecoder`, the paper's reference decoder).
+DECODER_BLOCKS = ("res", "sepconv_bn")
 
 
 class ProjectUp(nn.Module):
@@ -183,14 +228,12 @@ class UNETRDecoder(nn.Module):
     deep). Output: ``(B, n_classes, S, S)`` logits.
     """
 
-    def __init__(self, width: int, n_classes: int = 1, init_filters: int = INIT_FILTERS, in_channels: int = 3,
-                 block: str = "res") -> None:
+    block = "res"
+
+    def __init__(self, width: int, n_classes: int = 1, init_filters: int = INIT_FILTERS, in_channels: int = 3) -> None:
         super().__init__()
-        if block not in DECODER_BLOCKS:
-            raise FetalIQAError(f"decoder block {block!r} is not one of {sorted(DECODER_BLOCKS)}")
-        self.block = block
-        unit = DECODER_BLOCKS[block]
-        f = init_filters
+        unit = ResConvUnit
+        f = self.init_filters = init_filters
         self.enc1 = unit(in_channels, f)  # full resolution, from the image
         self.enc2 = ProjectUp(width, 2 * f, n_more=2, unit=unit)  # x8
         self.enc3 = ProjectUp(width, 4 * f, n_more=1, unit=unit)  # x4
@@ -208,6 +251,15 @@ class UNETRDecoder(nn.Module):
         y = self.dec3(y, self.enc2(g1))
         y = self.dec2(y, self.enc1(image))
         return self.out(y)
+
+
+def build_decoder(width: int, n_classes: int, init_filters: int = INIT_FILTERS, block: str = "res") -> nn.Module:
+    """The decoder of kind ``block`` (:data:`DECODER_BLOCKS`)."""
+    if block == "res":
+        return UNETRDecoder(width, n_classes, init_filters)
+    if block == "sepconv_bn":
+        return SepUNETRDecoder(width, n_classes, init_filters)
+    raise FetalIQAError(f"decoder block {block!r} is not one of {sorted(DECODER_BLOCKS)}")
 
 
 class TokenGrid(nn.Module):
@@ -246,7 +298,7 @@ class SegmentationHead(nn.Module):
         self.n_classes = n_classes
         self.blocks = segmentation_blocks(encoder.depth)
         self.tokens_to_grid = TokenGrid(encoder.grid, image_size // 16)
-        self.decoder = UNETRDecoder(encoder.width, n_classes, init_filters, block=block)
+        self.decoder = build_decoder(encoder.width, n_classes, init_filters, block)
 
     def forward(self, image: torch.Tensor, tokens: list[torch.Tensor]) -> torch.Tensor:
         return self.decoder(image, [self.tokens_to_grid(t) for t in tokens])
