@@ -496,6 +496,25 @@ def test_one_epoch_tiny_training_end_to_end(tiny_data, tmp_path):
     assert set(result["frame"]["cls"]) >= {"accuracy", "f1", "precision", "recall", "specificity"}
 
 
+def test_paper_preset_trains_a_segmenter_with_the_reference_decoder(tiny_data, tmp_path):
+    """``--preset paper`` end to end: the bundle carries the reference's decoder and MLP-only LoRA,
+    and its manifest says which recipe made it."""
+    out = tmp_path / "paper"
+    proc = _train(["--task", "seg", "--preset", "paper", "--trials", "1", "--init-filters", "4", "--epochs", "1",
+                   "--max-steps", "2", "--no-test", "--data", str(tiny_data), "--out", str(out), *TINY_ARGS])
+    assert proc.returncode == 0, proc.stderr
+    from fetaliqa_core.models.bundle import load_bundle
+    from fetaliqa_core.models.segmenter import SepUNETRDecoder
+
+    loaded = load_bundle(out / "bundle", device="cpu")
+    manifest = loaded.manifest
+    assert manifest.decoder_block == "sepconv_bn" and manifest.lora["targets"] == ["mlp.c_fc", "mlp.c_proj"]
+    training = manifest.metrics["training"]
+    assert training["preset"] == "paper" and training["split_method"] == "permutation"
+    assert training["offline_copies"] == 2 and training["pre_resize"] == "cv2_cubic"
+    assert isinstance(loaded.model.seg.decoder, SepUNETRDecoder)
+
+
 @pytest.mark.slow
 def test_resume_continues_exactly(tiny_data, tmp_path):
     """Two epochs in one go equal one epoch, an interruption, and --resume to two epochs."""
