@@ -6,6 +6,10 @@
    form runs of consecutive frames; the best runs of each sweep, widened by a margin, are
    re-scored by the teacher (the FetalCLIP classifier and segmenter the student learnt from).
 
+3. Where a run of frames the teacher calls reaches the edge of what it was handed, the teacher
+   follows it (:func:`follow_runs`, a few frames at a time) until the run ends, so the runs the
+   answer is chosen from are whole, as in the teacher's own full scoring.
+
 The assessment (chosen frame, best frame per sweep, AC) is made on the teacher's results only,
 so every number shown comes from the teacher; frames the teacher did not see are never chosen.
 The curve shows the merged results (the teacher's where it scored) and marks the frames the
@@ -30,6 +34,8 @@ RUNS_PER_SWEEP = 2  # candidate runs of the student re-scored per sweep
 RUN_MARGIN = 4  # frames added on each side of a run (a run's edges are where the student is least sure)
 MAX_TEACHER_FRACTION = 0.10  # share of the case's frames the teacher may see beyond each sweep's best run
 MAX_RUN_FRAMES = 16  # a longer run is cut to this many frames around the student's best frame in it
+FOLLOW_STEP = 4  # frames the teacher adds at a time beyond the edge of a run it is following
+MAX_FOLLOW_FRACTION = 0.10  # share of the case's frames the teacher may add by following runs
 
 
 def candidate_runs(combined: np.ndarray, candidates: np.ndarray, sweep_ranges, runs_per_sweep: int = RUNS_PER_SWEEP,
@@ -84,6 +90,42 @@ def candidate_runs(combined: np.ndarray, candidates: np.ndarray, sweep_ranges, r
     return np.flatnonzero(chosen)
 
 
+def follow_runs(scored: np.ndarray, calls: np.ndarray, sweep_ranges, step: int = FOLLOW_STEP) -> np.ndarray:
+    """Frames to score next so that no run of called frames is cut by the edge of what was scored.
+
+    ``scored``: frames the teacher has scored; ``calls``: its positive calls (False where it did
+    not score). Wherever a called frame lies at, or one frame inside, the edge of a scored stretch
+    (a gap of one frame still joins a run) and the sweep goes on past that edge, the next ``step``
+    frames beyond it. Sorted indices; empty when every run is seen whole.
+    """
+    scored = np.asarray(scored, dtype=bool)
+    calls = np.asarray(calls, dtype=bool) & scored
+    out: list[np.ndarray] = []
+    for start, stop in sweep_ranges:
+        s = scored[start:stop]
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], s.astype(np.int8), [0]])))
+        for a, b in zip(edges[::2] + start, edges[1::2] + start):
+            if a > start and calls[a:min(a + 2, b)].any():
+                out.append(np.arange(max(start, a - step), a))
+            if b < stop and calls[max(a, b - 2):b].any():
+                out.append(np.arange(b, min(stop, b + step)))
+    return np.unique(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
+def teacher_calls(results: SweepResults, thresholds) -> np.ndarray:
+    """Frames the teacher calls positive: every model it has calls the frame (the frames the
+    answer's runs are made of), False where it did not score."""
+    from fetaliqa_core.analysis.assessment import flag_frames
+
+    f = flag_frames(results.p_cls, results.p_seg, thresholds.cls, thresholds.seg)
+    calls = np.ones(results.n_frames, dtype=bool)
+    if results.has_cls:
+        calls &= f.cls_call
+    if results.has_seg:
+        calls &= f.seg_call
+    return calls & results.done
+
+
 @dataclass
 class CascadeBatch:
     """One finished batch of either stage."""
@@ -103,7 +145,7 @@ class CascadeEngine:
 
     def __init__(self, sweep, student, cls=None, seg=None, *, cache=True, thresholds=None,
                  runs_per_sweep: int = RUNS_PER_SWEEP, margin: int = RUN_MARGIN,
-                 max_fraction: float = MAX_TEACHER_FRACTION) -> None:
+                 max_fraction: float = MAX_TEACHER_FRACTION, follow_fraction: float = MAX_FOLLOW_FRACTION) -> None:
         from fetaliqa_core.analysis.assessment import Thresholds
 
         self.sweep = sweep
@@ -111,6 +153,7 @@ class CascadeEngine:
         self.teacher_models = (cls, seg)
         self.thresholds = thresholds or Thresholds.of_models(_Pair(cls, seg))
         self.params = dict(runs_per_sweep=runs_per_sweep, margin=margin, max_fraction=max_fraction)
+        self.follow_fraction = follow_fraction
         self.teacher: ScoringEngine | None = None
         self.merged: SweepResults | None = None
         self.confirmed = np.zeros(sweep.n_frames, dtype=bool)
@@ -158,9 +201,20 @@ class CascadeEngine:
         cls, seg = self.teacher_models
         self.teacher_plan = self.teacher_frames()
         self.teacher = ScoringEngine(self.sweep, cls=cls, seg=seg, cache=False, frames=self.teacher_plan)
-        for batch in self.teacher.iter_batches():
-            self._merge(batch)
-            yield CascadeBatch("teacher", batch)
+        budget = len(self.teacher_plan) + int(self.follow_fraction * self.sweep.n_frames)
+        while True:
+            for batch in self.teacher.iter_batches():
+                self._merge(batch)
+                yield CascadeBatch("teacher", batch)
+            if self._cancelled or not self.confirmed[self.teacher_plan].all():
+                return
+            more = follow_runs(self.confirmed, teacher_calls(self.teacher.results, self.thresholds),
+                               self.sweep.sweep_ranges)
+            more = more[:max(0, budget - len(self.teacher_plan))]
+            if not len(more):
+                return
+            self.teacher_plan = np.union1d(self.teacher_plan, more)
+            self.teacher.score_also(more)
 
     def _merge(self, batch: BatchResult) -> None:
         """The teacher's results replace the student's for these frames."""

@@ -335,6 +335,19 @@ class ScoringEngine:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    def score_also(self, frames) -> None:
+        """Add ``frames`` to what an engine limited to some frames scores (a cascade's teacher
+        following a run past the frames first handed to it); the next :meth:`iter_batches`
+        scores them."""
+        new = np.unique(np.asarray(frames, dtype=np.int64).reshape(-1))
+        if len(new) and (new[0] < 0 or new[-1] >= self.sweep.n_frames):
+            raise ValueError(f"frame indices must lie in 0..{self.sweep.n_frames - 1}")
+        with self._lock:
+            new = new[~self._allowed[new]]
+            self._allowed[new] = True
+            self._order = np.concatenate([self._order[self._order_pos:], new])
+            self._order_pos = 0
+
     # -- scheduling ------------------------------------------------------------------------
     def _next_indices(self, n: int) -> np.ndarray:
         with self._lock:

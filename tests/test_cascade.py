@@ -7,7 +7,8 @@ import pytest
 
 from fakes import FakeModel, tiny_sweep
 from fetaliqa_core.analysis.assessment import Thresholds, assess
-from fetaliqa_core.cascade import MAX_RUN_FRAMES, RUN_MARGIN, CascadeEngine, candidate_runs
+from fetaliqa_core.cascade import (MAX_RUN_FRAMES, RUN_MARGIN, CascadeEngine, candidate_runs, follow_runs,
+                                   teacher_calls)
 from fetaliqa_core.engine import ScoringEngine
 
 
@@ -67,6 +68,71 @@ def test_cascade_teacher_sees_only_candidate_runs_and_decides_the_answer():
     # the same models over every frame choose the same frame
     full = ScoringEngine(sweep, cls=cls, seg=seg, cache=False).run()
     assert assess(sweep, full, thresholds).summary.chosen_frame == answer.summary.chosen_frame
+
+
+def test_follow_runs_extends_only_runs_cut_by_the_edge_of_what_was_scored():
+    ranges = [(0, 20), (20, 40)]
+    scored = np.zeros(40, bool)
+    scored[5:10] = True  # a run that goes on past both edges
+    scored[15:20] = True  # a run ending at the sweep's end: nothing to follow beyond it
+    scored[24:30] = True  # calls only inside: the run is whole
+    calls = np.zeros(40, bool)
+    calls[5:10] = True
+    calls[18:20] = True
+    calls[26:28] = True
+    assert follow_runs(scored, calls, ranges, step=3).tolist() == [2, 3, 4, 10, 11, 12]
+    # a call one frame inside the edge still counts (a gap of one frame joins a run)
+    calls2 = np.zeros(40, bool)
+    calls2[28] = True
+    assert follow_runs(scored, calls2, ranges, step=2).tolist() == [30, 31]
+    # calls where nothing was scored are ignored; nothing called: nothing to follow
+    assert follow_runs(scored, ~scored, ranges).size == 0
+    assert follow_runs(np.zeros(40, bool), np.ones(40, bool), ranges).size == 0
+
+
+class _StrictStudent(FakeModel):
+    """A student that calls only the middle of each bright run (its scores lowered)."""
+
+    def predict(self, x):
+        pred = super().predict(x)
+        pred.p_cls = (pred.p_cls - 0.35).clamp(min=0)
+        return pred
+
+
+def test_cascade_teacher_follows_a_run_past_the_student_s_frames():
+    sweep = tiny_sweep(n_sweeps=2, per_sweep=60)
+    cls, seg = FakeModel("cls"), FakeModel("seg")
+    thresholds = Thresholds.of_models(type("M", (), {"cls": cls, "seg": seg})())
+    full = ScoringEngine(sweep, cls=cls, seg=seg, cache=False).run()
+    whole = teacher_calls(full, thresholds)
+    kw = dict(cache=False, thresholds=thresholds, margin=0, runs_per_sweep=1)
+    fixed = CascadeEngine(sweep, _StrictStudent("joint"), cls, seg, follow_fraction=0.0, **kw).run()
+    plan = fixed.teacher_frames()
+    assert np.array_equal(np.flatnonzero(fixed.confirmed), plan)
+    assert (whole & ~fixed.confirmed).any()  # the teacher's runs are longer than what it was handed
+    follow = CascadeEngine(sweep, _StrictStudent("joint"), cls, seg, follow_fraction=1.0, **kw).run()
+    assert follow.complete and np.array_equal(np.flatnonzero(follow.confirmed), follow.teacher_plan)
+    assert set(plan.tolist()) <= set(follow.teacher_plan.tolist())
+    assert not (whole & ~follow.confirmed).any()  # every run the teacher calls is seen whole
+    assert follow.confirmed.sum() < sweep.n_frames  # and not much beyond: a few frames past each end
+    assert follow.confirmed.sum() <= whole.sum() + 2 * 2 * 4 + len(plan)
+    chosen = assess(sweep, follow.teacher_results, thresholds).summary.chosen_frame
+    assert chosen == assess(sweep, full, thresholds).summary.chosen_frame
+    # the default bound: the teacher adds at most a tenth of the case's frames
+    bounded = CascadeEngine(sweep, _StrictStudent("joint"), cls, seg, **kw).run()
+    assert len(bounded.teacher_plan) <= len(plan) + int(0.10 * sweep.n_frames)
+
+
+def test_score_also_adds_frames_to_a_limited_engine():
+    sweep = tiny_sweep(n_sweeps=1, per_sweep=20)
+    engine = ScoringEngine(sweep, cls=FakeModel("cls"), cache=False, frames=np.array([3, 4]))
+    engine.run()
+    assert np.flatnonzero(engine.results.done).tolist() == [3, 4]
+    engine.score_also([4, 9, 10])
+    engine.run()
+    assert np.flatnonzero(engine.results.done).tolist() == [3, 4, 9, 10]
+    with pytest.raises(ValueError):
+        engine.score_also([20])
 
 
 def test_cancelled_student_stage_never_runs_the_teacher():

@@ -112,6 +112,8 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
                 stage = item.stage
                 bar.set_description(f"{position}{path.name} (teacher)")
                 bar.reset(total=len(engine.teacher_plan))
+            elif stage == "teacher" and bar.total != len(engine.teacher_plan):
+                bar.total = len(engine.teacher_plan)  # the teacher follows a run past its first frames
             bar.n = item.batch.n_done
             bar.refresh()
     finally:
