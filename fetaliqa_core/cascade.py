@@ -28,10 +28,13 @@ import numpy as np
 from fetaliqa_core.engine import BatchResult, ScoringEngine, SweepResults
 
 # Chosen on 12 held-out synthetic full cases (the demo teacher and its student, by replaying the
-# choice on both models' complete results): margin 2 / runs of 12 gave the teacher's own frame in
-# 7 of 12 cases with 9.7 % of the frames re-scored, margin 4 / runs of 16 in 11 of 12 with 13.5 %.
+# choice on both models' complete results). Without following runs: margin 2 / runs of 12 gave the
+# teacher's own frame in 7 of 12 cases with 9.7 % of the frames re-scored, margin 4 / runs of 16 in
+# 11 of 12 with 13.5 %. With the teacher following its runs (:func:`follow_runs`), margin 2 / runs
+# of 16 gave 12 of 12 with 13.4 % (the shipped student) and 13.5 % (the student re-distilled on
+# the teacher's flagged frames); margin 4 / runs of 16 also 12 of 12, with 14.4 %.
 RUNS_PER_SWEEP = 2  # candidate runs of the student re-scored per sweep
-RUN_MARGIN = 4  # frames added on each side of a run (a run's edges are where the student is least sure)
+RUN_MARGIN = 2  # frames added on each side of a run (a run's edges are where the student is least sure)
 MAX_TEACHER_FRACTION = 0.10  # share of the case's frames the teacher may see beyond each sweep's best run
 MAX_RUN_FRAMES = 16  # a longer run is cut to this many frames around the student's best frame in it
 FOLLOW_STEP = 4  # frames the teacher adds at a time beyond the edge of a run it is following
