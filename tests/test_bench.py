@@ -216,3 +216,24 @@ def test_speed_targets_are_judged_from_the_reports_own_figures():
     assert "same run: 75% (target >= 90 % of cases): not met" in lines
     assert "(real-architecture teacher): 10.6% (target <= 15 %): met" in lines
     assert cascade_with_real_teacher(None, {"auto_s": 1.0}, heldout) is None
+
+
+def test_chosen_run_is_the_run_the_frame_choice_took_its_frame_from():
+    from types import SimpleNamespace as NS
+
+    import numpy as np
+
+    from fetaliqa_core.bench.speed import chosen_run
+
+    cand = np.zeros(30, bool)
+    cand[4:7] = True
+    # the frame choice's runs (per sweep, [a, b) with strength) hold the chosen frame: that run,
+    # even where the candidates (combined score over the threshold) do not reach it
+    a = NS(summary=NS(chosen_frame=12), choice=NS(runs=[[(3, 8, 2.0)], [(10, 15, 1.0), (20, 22, 0.5)]]),
+           flags=NS(candidates=cand))
+    assert chosen_run(a) == (10, 14)
+    # no choice recorded: the run of candidate frames holding it
+    b = NS(summary=NS(chosen_frame=5), choice=None, flags=NS(candidates=cand))
+    assert chosen_run(b) == (4, 6)
+    assert chosen_run(NS(summary=NS(chosen_frame=-1), choice=None, flags=NS(candidates=cand))) is None
+    assert chosen_run(NS(summary=NS(chosen_frame=20), choice=None, flags=NS(candidates=cand))) is None

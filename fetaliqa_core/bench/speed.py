@@ -162,6 +162,23 @@ def _runs(flags: np.ndarray, frame: int) -> tuple[int, int] | None:
     return a, b
 
 
+def chosen_run(assessment) -> tuple[int, int] | None:
+    """The run ``(first, last)`` the assessment took its chosen frame from: the frame choice's run
+    holding it (:class:`~fetaliqa_core.analysis.frame_choice.Choice`; on the frames with a
+    plausible mask when the models disagree everywhere), else the run of candidate frames
+    holding it; None when no frame was chosen."""
+    frame = assessment.summary.chosen_frame
+    choice = getattr(assessment, "choice", None)
+    if frame < 0:
+        return None
+    if choice is not None:
+        for runs in choice.runs:
+            for a, b, _ in runs:
+                if a <= frame < b:
+                    return int(a), int(b) - 1
+    return _runs(assessment.flags.candidates, frame)
+
+
 def student_vs_teacher(workdir: Path, student_dir: Path | None, cases: int, per_sweep: int, log) -> dict:
     """Demo teacher (classifier + segmenter, shared base) vs the student, and the cascade, per case."""
     from fetaliqa_core import io as fio
@@ -189,7 +206,7 @@ def student_vs_teacher(workdir: Path, student_dir: Path | None, cases: int, per_
         ta, sa = _assess(sweep, tr, thr), _assess(sweep, sr, thr)
         ca = _assess(sweep, casc.teacher_results, thr)
         tc, sc, cc = ta.summary.chosen_frame, sa.summary.chosen_frame, ca.summary.chosen_frame
-        run = _runs(ta.flags.candidates, tc)
+        run = chosen_run(ta)
         rows.append({
             "case": path.stem, "frames": sweep.n_frames, "teacher_chosen": tc, "student_chosen": sc, "cascade_chosen": cc,
             "student_same_or_in_run": bool(sc == tc or (run is not None and run[0] <= sc <= run[1])),
