@@ -70,6 +70,23 @@ def test_cascade_teacher_sees_only_candidate_runs_and_decides_the_answer():
     assert assess(sweep, full, thresholds).summary.chosen_frame == answer.summary.chosen_frame
 
 
+def test_candidate_runs_a_few_frames_apart_are_one_run():
+    n = 40
+    ranges = [(0, 40)]
+    cand = np.zeros(n, bool)
+    combined = np.zeros(n)
+    cand[10:13] = True  # the student's run breaks where it is unsure ...
+    combined[10:13] = 0.7
+    cand[16:20] = True  # ... three frames on
+    combined[16:20] = 0.9
+    cand[30:32] = True  # a run too far away to join
+    combined[30:32] = 0.6
+    # one run per sweep, no margin: with gaps of up to 4 closed, the best run holds both pieces
+    assert candidate_runs(combined, cand, ranges, runs_per_sweep=1, margin=0, gap=4).tolist() == list(range(10, 20))
+    assert candidate_runs(combined, cand, ranges, runs_per_sweep=1, margin=0, gap=0).tolist() == list(range(16, 20))
+    assert candidate_runs(combined, cand, ranges, runs_per_sweep=1, margin=0, gap=2).tolist() == list(range(16, 20))
+
+
 def test_follow_runs_extends_only_runs_cut_by_the_edge_of_what_was_scored():
     ranges = [(0, 20), (20, 40)]
     scored = np.zeros(40, bool)
