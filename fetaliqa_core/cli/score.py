@@ -110,8 +110,8 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
         for item in engine.iter_batches():
             if item.stage != stage:  # the teacher's pass: the bar counts its frames
                 stage = item.stage
+                bar.reset(total=len(engine.teacher_plan))  # before the new label, which redraws the bar
                 bar.set_description(f"{position}{path.name} (teacher)")
-                bar.reset(total=len(engine.teacher_plan))
             elif stage == "teacher" and bar.total != len(engine.teacher_plan):
                 bar.total = len(engine.teacher_plan)  # the teacher follows a run past its first frames
             bar.n = item.batch.n_done
