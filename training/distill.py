@@ -91,13 +91,9 @@ def _pick_frames(labels: np.ndarray, budget: int, rng: np.random.Generator,
     and, when the teacher scored them all, the frames it flags with their neighbours: a student
     that misses them sends the cascade's teacher to the wrong runs), up to half the budget (two
     thirds when mined), then the rest spread evenly over the case."""
-    hot = labels > 0
-    share = 2
-    if teacher_hot is not None:
-        hot = hot | teacher_hot
-        share = 3 / 2
+    hot = labels > 0 if teacher_hot is None else (labels > 0) | teacher_hot
+    cap = budget // 2 if teacher_hot is None else budget * 2 // 3
     pos = np.flatnonzero(hot)
-    cap = int(budget / share)
     if len(pos) > cap:
         pos = np.sort(rng.choice(pos, cap, replace=False))
     rest = np.setdiff1d(np.arange(len(labels)), pos)

@@ -197,11 +197,11 @@ class ProjectUp(nn.Module):
     """Encoder path for a deep feature map: transposed conv 2x, then ``n_more`` x (transposed conv
     2x + residual unit). ``(B, c_in, h, w)`` -> ``(B, c_out, h*2^(n_more+1), w*2^(n_more+1))``."""
 
-    def __init__(self, c_in: int, c_out: int, n_more: int, unit: type = ResConvUnit) -> None:
+    def __init__(self, c_in: int, c_out: int, n_more: int) -> None:
         super().__init__()
         self.first = nn.ConvTranspose2d(c_in, c_out, 2, stride=2, bias=False)
         self.more = nn.Sequential(*[
-            nn.Sequential(nn.ConvTranspose2d(c_out, c_out, 2, stride=2, bias=False), unit(c_out, c_out))
+            nn.Sequential(nn.ConvTranspose2d(c_out, c_out, 2, stride=2, bias=False), ResConvUnit(c_out, c_out))
             for _ in range(n_more)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,10 +212,10 @@ class UpStage(nn.Module):
     """Decoder stage: transposed conv 2x, concatenate the skip, residual unit.
     ``(B, c_in, h, w)``, skip ``(B, c_out, 2h, 2w)`` -> ``(B, c_out, 2h, 2w)``."""
 
-    def __init__(self, c_in: int, c_out: int, unit: type = ResConvUnit) -> None:
+    def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(c_in, c_out, 2, stride=2, bias=False)
-        self.unit = unit(2 * c_out, c_out)
+        self.unit = ResConvUnit(2 * c_out, c_out)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.unit(torch.cat([self.up(x), skip], dim=1))
@@ -232,16 +232,15 @@ class UNETRDecoder(nn.Module):
 
     def __init__(self, width: int, n_classes: int = 1, init_filters: int = INIT_FILTERS, in_channels: int = 3) -> None:
         super().__init__()
-        unit = ResConvUnit
         f = self.init_filters = init_filters
-        self.enc1 = unit(in_channels, f)  # full resolution, from the image
-        self.enc2 = ProjectUp(width, 2 * f, n_more=2, unit=unit)  # x8
-        self.enc3 = ProjectUp(width, 4 * f, n_more=1, unit=unit)  # x4
-        self.enc4 = ProjectUp(width, 8 * f, n_more=0, unit=unit)  # x2
-        self.dec5 = UpStage(width, 8 * f, unit)
-        self.dec4 = UpStage(8 * f, 4 * f, unit)
-        self.dec3 = UpStage(4 * f, 2 * f, unit)
-        self.dec2 = UpStage(2 * f, f, unit)
+        self.enc1 = ResConvUnit(in_channels, f)  # full resolution, from the image
+        self.enc2 = ProjectUp(width, 2 * f, n_more=2)  # x8
+        self.enc3 = ProjectUp(width, 4 * f, n_more=1)  # x4
+        self.enc4 = ProjectUp(width, 8 * f, n_more=0)  # x2
+        self.dec5 = UpStage(width, 8 * f)
+        self.dec4 = UpStage(8 * f, 4 * f)
+        self.dec3 = UpStage(4 * f, 2 * f)
+        self.dec2 = UpStage(2 * f, f)
         self.out = nn.Conv2d(f, n_classes, 1)
 
     def forward(self, image: torch.Tensor, grids: list[torch.Tensor]) -> torch.Tensor:
