@@ -128,6 +128,8 @@ def test_eval_cli_prints_table_and_paper(tiny_data, bundles, tmp_path, capsys):
     assert "WFSS" in text and "score" in text
     assert "baseline rule" in text and "segmenter alone" in text
     assert (out / "metrics.json").is_file()
+    # the other bundles' full metrics (frame choice, challenge rows) are written beside the first's
+    assert str(out / "paper" / "metrics.json") in text and (out / "paper" / "metrics.json").is_file()
 
 
 def test_eval_errors(tiny_data, bundles, tmp_path):

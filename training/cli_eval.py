@@ -44,9 +44,11 @@ def run(args: argparse.Namespace) -> int:
     also = None
     if args.paper_cls is not None or args.paper_seg is not None:
         other = EvalSettings(cls=args.paper_cls, seg=args.paper_seg, data=args.data, split=args.split,
-                             base=args.base, device=args.device, split_seed=args.split_seed,
+                             base=choice.base, device=choice.device, precision=choice.precision,
+                             split_seed=args.split_seed,
                              all_sweeps=metrics["all_sweeps"], max_cases=args.max_cases, progress=not args.quiet)
         also = evaluate(other, out_dir=out / "paper")
     print(format_report(metrics, compare_paper=args.compare_paper, also=also))
-    print(f"metrics written to {out / 'metrics.json'}")
+    print(f"metrics written to {out / 'metrics.json'}"
+          + (f" (the other bundles': {out / 'paper' / 'metrics.json'})" if also is not None else ""))
     return 0
