@@ -618,3 +618,40 @@ def test_sigterm_stops_training_like_ctrl_c_and_keeps_the_last_checkpoint(tiny_d
     assert "interrupted" in err and "checkpoint is kept" in err and "Traceback" not in err
     kept = sorted(ckpts.glob("epoch_*.pt"))
     assert kept and "model" in torch.load(kept[-1], weights_only=True)
+
+
+def test_demo_recipe_trains_the_paper_pair_and_installs_both(tmp_path):
+    """``make_demo_models --paper``: the paper-preset pair is trained on the same cases and base as
+    the project's pair, evaluated beside it on the held-out cases, and installed next to it."""
+    import json as _json
+
+    from training import make_demo_models as mdm
+
+    work = tmp_path / "w"
+    steps = dict(mdm.paper_commands(work))
+    assert list(steps) == ["paper-cls", "paper-seg", "eval-paper"]
+    for name in ("paper-cls", "paper-seg"):
+        argv = steps[name]
+        assert argv[argv.index("--preset") + 1] == "paper"
+        assert argv[argv.index("--base") + 1] == f"{work}/base/base_weights.pt"
+        assert argv[argv.index("--data") + 1] == f"{work}/train224"
+        assert "not for clinical use" in argv[argv.index("--description") + 1]
+    ev = steps["eval-paper"]
+    assert ev[ev.index("--paper-cls") + 1] == f"{work}/paper_cls/bundle" and "--compare-paper" in ev
+    assert ev[ev.index("--data") + 1] == f"{work}/heldout"
+    # install: a finished work folder (fake files) lands in resources' layout, per-case rows dropped
+    (work / "base").mkdir(parents=True)
+    (work / "base" / "base_weights.pt").write_bytes(b"w")
+    (work / "base" / "base_weights.json").write_text("{}")
+    for name in ("cls", "seg", "paper_cls", "paper_seg"):
+        (work / name / "bundle").mkdir(parents=True)
+        (work / name / "bundle" / "manifest.json").write_text(_json.dumps({"name": name}))
+    for folder in ("eval_heldout", "eval_paper/paper"):
+        (work / folder).mkdir(parents=True)
+        (work / folder / "metrics.json").write_text(_json.dumps({"who": folder, "cases": [1]}))
+    dest = tmp_path / "demo"
+    mdm.install(work, dest, paper=True)
+    assert _json.loads((dest / "paper" / "seg" / "manifest.json").read_text()) == {"name": "paper_seg"}
+    assert _json.loads((dest / "cls" / "manifest.json").read_text()) == {"name": "cls"}
+    assert _json.loads((dest / "paper" / "eval_heldout.json").read_text()) == {"who": "eval_paper/paper"}
+    assert _json.loads((dest / "eval_heldout.json").read_text()) == {"who": "eval_heldout"}
