@@ -121,7 +121,9 @@ def test_eval_cli_prints_table_and_paper(tiny_data, bundles, tmp_path, capsys):
     assert "segmenter (1% area)" in text and "FetalCLIP_CLS" in text and "0.7570" in text
     # the second bundle's rows are printed beside the first's, each labelled with its preset
     assert text.count("segmenter (1% area) [") == 4  # all sweeps + AC sweeps, two bundles
-    assert "with 95 % intervals over the" in text and "draws a mask on a frame without abdomen" in text
+    # ... and so are its intervals over cases and its frame-choice rows (the answer it would give)
+    assert text.count("with 95 % intervals over the") == 2 and text.count("segmenter alone [") == 2
+    assert "draws a mask on a frame without abdomen" in text
     saved = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= saved["frame"]["seg"]["mask_on_empty_rate"] <= 1.0
     assert saved["intervals"]["seg_frame_f1"]["ci95"][0] <= saved["intervals"]["seg_frame_f1"]["ci95"][1]

@@ -387,10 +387,44 @@ def _fmt(v, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
+def _tag(run: dict, also: dict | None) -> str:
+    """`` [preset]`` after a run's rows when two runs are printed, else nothing."""
+    if also is None:
+        return ""
+    presets = sorted(set(run.get("presets", {}).values())) or ["fetaliqa"]
+    return f" [{'/'.join(presets)}]"
+
+
+def _interval_lines(run: dict, tag: str) -> list[str]:
+    """A run's 95 % intervals over cases (frame F1, distractor flags, case frame, AC)."""
+    iv = run.get("intervals", {})
+    if len(iv) <= 1:
+        return []
+    lines = ["", f"with 95 % intervals over the {iv['n_cases']} cases{tag}:"]
+    names = {"cls": "classifier", "seg": "segmenter", "cls+seg": "both"}
+    for key, text in (("frame_f1", "frame F1"), ("flags_on_empty", "flags frames without abdomen")):
+        for m in ("cls", "seg"):
+            if f"{m}_{key}" in iv:
+                r = iv[f"{m}_{key}"]
+                lines.append(f"  {names[m]:<11}{text:<42}{_fmt(r['value'])} "
+                             f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
+    if "seg_mask_on_empty" in iv:
+        r = iv["seg_mask_on_empty"]
+        lines.append(f"  {'segmenter':<11}{'draws a mask on a frame without abdomen':<42}{_fmt(r['value'])} "
+                     f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
+    for m in ("cls", "seg", "cls+seg"):
+        for key, text in (("chosen_optimal", "case frame optimal"), ("ac_within_3pct", "AC within 3 %")):
+            r = iv.get(f"{m}_{key}")
+            if r is not None and r["n"] and not (m == "cls" and key == "ac_within_3pct"):  # no mask: no AC
+                lines.append(f"  {names[m]:<11}{text:<42}{_fmt(r['value'])} [{_fmt(r['ci95'][0])}, "
+                             f"{_fmt(r['ci95'][1])}] ({r['k']} of {r['n']} cases)")
+    return lines
+
+
 def format_report(metrics: dict, compare_paper: bool = False, also: dict | None = None) -> str:
     """The printed tables: per-frame metrics (optionally beside the paper's) and challenge metrics.
     ``also``: the metrics of other bundles on the same cases (e.g. trained with ``--preset paper``),
-    printed as extra per-frame rows labelled with their preset."""
+    printed beside the first's (per-frame rows, intervals, frame-choice rows) labelled with their preset."""
     lines = [f"{metrics['split']} split: {metrics['n_cases']} cases, {metrics['n_frames']} frames "
              f"({metrics['n_positive']} positive), sweeps: {'all' if metrics['all_sweeps'] else 'with an AC value'}",
              ""]
@@ -423,44 +457,28 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
         lines.append("paper (He, Wang, Yaqub 2025; ACOUSLIC-AI test split, mean of 5 runs):")
         for name, acc, f1, prec, rec in PAPER_TABLE:
             lines.append(f"  {name:<30}" + "".join(f"{_fmt(v):>10}" for v in (acc, f1, prec, rec)))
-    seg = metrics["frame"].get("seg", {})
-    if "grade_accuracy" in seg:
-        lines.append(f"3-class segmenter: optimal/suboptimal graded correctly on {_fmt(seg['grade_accuracy'])} "
-                     "of the positive frames it found")
-    iv = metrics.get("intervals", {})
-    if len(iv) > 1:
-        lines.append("")
-        lines.append(f"with 95 % intervals over the {iv['n_cases']} cases:")
-        names = {"cls": "classifier", "seg": "segmenter", "cls+seg": "both"}
-        for key, text in (("frame_f1", "frame F1"), ("flags_on_empty", "flags frames without abdomen")):
-            for m in ("cls", "seg"):
-                if f"{m}_{key}" in iv:
-                    r = iv[f"{m}_{key}"]
-                    lines.append(f"  {names[m]:<11}{text:<42}{_fmt(r['value'])} "
-                                 f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
-        if "seg_mask_on_empty" in iv:
-            r = iv["seg_mask_on_empty"]
-            lines.append(f"  {'segmenter':<11}{'draws a mask on a frame without abdomen':<42}{_fmt(r['value'])} "
-                         f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
-        for m in ("cls", "seg", "cls+seg"):
-            for key, text in (("chosen_optimal", "case frame optimal"), ("ac_within_3pct", "AC within 3 %")):
-                r = iv.get(f"{m}_{key}")
-                if r is not None and r["n"] and not (m == "cls" and key == "ac_within_3pct"):  # no mask: no AC
-                    lines.append(f"  {names[m]:<11}{text:<42}{_fmt(r['value'])} [{_fmt(r['ci95'][0])}, "
-                                 f"{_fmt(r['ci95'][1])}] ({r['k']} of {r['n']} cases)")
+    for run in runs:
+        seg = run["frame"].get("seg", {})
+        if "grade_accuracy" in seg:
+            lines.append(f"3-class segmenter{_tag(run, also)}: optimal/suboptimal graded correctly on "
+                         f"{_fmt(seg['grade_accuracy'])} of the positive frames it found")
+    for run in runs:
+        lines.extend(_interval_lines(run, _tag(run, also)))
     lines.append("")
-    header = (f"{'frame choice (challenge metrics, mean)':<52}{'score':>8}{'WFSS':>8}{'NAE_AC':>8}"
+    width = 52 + (max(len(_tag(run, also)) for run in runs))
+    header = (f"{'frame choice (challenge metrics, mean)':<{width}}{'score':>8}{'WFSS':>8}{'NAE_AC':>8}"
               f"{'DSC_soft':>10}{'cases':>7}")
     lines.append(header)
     lines.append("-" * len(header))
     undefined = 0
-    for name, row in metrics["challenge"].items():
-        label = ROW_LABELS.get(name, name)
-        cells = "".join(f"{_fmt(row[k]['mean'], 3):>8}" for k in ("score", "wfss", "nae_ac"))
-        u = int(row["score"].get("undefined", 0))
-        undefined += u
-        mark = "*" if u else ""
-        lines.append(f"{label:<52}{cells}{_fmt(row['dsc_soft']['mean'], 3) + mark:>10}{row['score']['n']:>7}")
+    for run in runs:
+        for name, row in run["challenge"].items():
+            label = ROW_LABELS.get(name, name) + _tag(run, also)  # the baseline reads the segmenter's labels
+            cells = "".join(f"{_fmt(row[k]['mean'], 3):>8}" for k in ("score", "wfss", "nae_ac"))
+            u = int(row["score"].get("undefined", 0))
+            undefined += u
+            mark = "*" if u else ""
+            lines.append(f"{label:<{width}}{cells}{_fmt(row['dsc_soft']['mean'], 3) + mark:>10}{row['score']['n']:>7}")
     lines.append("score = 0.5 (1 - NAE_AC) + 0.25 WFSS + 0.25 DSC_soft, as the organisers' evaluator computes "
                  "them; every row is measured on the segmenter's mask of the frame it chooses")
     if undefined:
