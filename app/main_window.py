@@ -511,7 +511,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             return
         from fetaliqa_core.analysis import ellipse_polygon
 
-        text = m.reading(ac).text().replace(", GA ", " · GA ")
+        text = m.reading(ac, f).text().replace(", GA ", " · GA ")
         if m.demo_notice:
             text += " · demo model, not for clinical use"
         self.frame_view.show_ellipse(ellipse_polygon(ac), text)
@@ -619,7 +619,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if ac is None:
             self.status_ac.setText(f"best {chosen}: AC not measurable")
             return
-        reading = m.reading(ac)
+        reading = m.reading(ac, chosen)
         if reading.status == "no units":  # short here; the full reason in the tooltip
             text = f"best {chosen}: AC not shown (pixel spacing; View menu)"
         elif reading.status == "doubtful":

@@ -52,8 +52,9 @@ class ReviewSession:
         if a is None:
             return False
         # what may be shown of the AC: no mm / GA without a known, plausible pixel spacing
-        reading = m.reading(a.chosen_ac())
-        ac_mm, ga_weeks = reading.ac_mm, reading.ga_weeks
+        reading = m.reading(a.chosen_ac(), a.chosen_frame)
+        # only a number to act on is stored: the report prints what is stored as a plain number
+        ac_mm, ga_weeks = (reading.ac_mm, reading.ga_weeks) if reading.trusted else (None, None)
         masks = {}
         if r.has_seg:
             flags = m.flags

@@ -469,12 +469,15 @@ class ViewerModel:
         """Why lengths cannot be shown for this sweep (unknown / implausible pixel spacing)."""
         return None if self.sweep is None else getattr(self.sweep, "spacing_problem", None)
 
-    def reading(self, ac):
-        """What may be shown of an AC measurement (``analysis.ACReading``): mm and GA only with a
-        known, plausible pixel spacing; doubtful outside the plausible range."""
+    def reading(self, ac, frame: int | None = None):
+        """What may be shown of an AC measurement (``analysis.ACReading``) made on ``frame``: mm
+        and GA only with a known, plausible pixel spacing; doubtful outside the plausible range or
+        where the frame's mask does not outline an abdomen (as ``fetaliqa score`` reads it)."""
         from fetaliqa_core import analysis
 
-        return analysis.read_ac(None if ac is None else ac.ac_mm, self.spacing_problem)
+        a = self.assessment if frame is not None else None
+        problem = None if a is None else a.mask_problem(int(frame))
+        return analysis.read_ac(None if ac is None else ac.ac_mm, self.spacing_problem, problem)
 
     def set_spacing(self, mm: float) -> None:
         """Use a pixel spacing the user gives (mm per pixel) for this sweep's lengths; raises

@@ -56,7 +56,7 @@ HEARTBEAT_SECONDS = 2.0
 DEFAULT_RANK_TIMEOUT = 300.0  # seconds without a heartbeat before rank 0 takes a rank as dead
 
 TABLE_COLUMNS = (
-    "case", "file", "status", "error", "chosen_frame", "chosen_sweep", "ac_mm", "ga_weeks",
+    "case", "file", "status", "error", "chosen_frame", "chosen_sweep", "ac_mm", "ac_status", "ga_weeks",
     "ga_out_of_range", "n_frames", "frames_scored", "threshold", "models", "precision", "cls_hash", "seg_hash",
     "base_hash", "file_hash", "content_hash", "rank", "host", "device", "seconds", "finished_utc",
 )

@@ -74,6 +74,8 @@ def test_one_process_archive_then_a_rerun_skips_everything(archive_dir, referenc
             assert int(row["chosen_frame"]) >= 0 and float(row["ac_mm"]) > 0
             # GA only for an AC inside Hadlock's range (a doubtful AC gets none)
             assert bool(row["ga_weeks"]) == (summary["chosen_ac"]["ga_weeks"] is not None)
+            # the table says whether the AC is one to act on, as summary.json does
+            assert row["ac_status"] == summary["chosen_ac"]["status"] in ("ok", "doubtful")
     # --challenge-output: every case's two files in the challenge's output layout, as the case
     # folder holds them, and predictions.json listing the cases as the organisers' evaluator reads it
     tree = _tree(reference)

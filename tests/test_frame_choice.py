@@ -179,3 +179,51 @@ def test_challenge_answer_never_a_frame_without_a_mask():
     assert answer(12) == (-1, None)  # no mask anywhere near: -1, never a frame with an empty mask
     assert answer(-1) == (-1, None)
     assert challenge_answer(sweep, SimpleNamespace(has_seg=False), SimpleNamespace(chosen_frame=5)) == (-1, None)
+
+
+def _scored_case(mask_at_10: np.ndarray):
+    """One 20-frame sweep of 224 x 224 frames (0.5 mm a pixel, a linear probe's field) scored by
+    a classifier that calls only frame 10 and a segmenter whose mask there is ``mask_at_10``
+    (nothing elsewhere)."""
+    from fetaliqa_core.engine import SweepResults
+    from fetaliqa_core.io import Sweep
+
+    frames = np.zeros((20, S, S), np.uint8)
+    frames[:, linear()] = 90
+    sweep = Sweep(frames=frames, spacing_mm=(0.5, 0.5), sweep_ranges=[(0, 20)], sweep_kinds=["transverse"])
+    res = SweepResults(20, True, True)
+    res.p_cls[:] = 0.1
+    res.p_cls[10] = 0.9
+    res.p_opt[:] = 0.0
+    res.seg_area_px[:] = 0
+    res.done[:] = True
+    for i in range(20):
+        res.masks[i] = np.zeros((S, S), np.uint8)
+    res.masks[10] = mask_at_10.astype(np.uint8)
+    res.seg_area_px[10] = int(np.count_nonzero(mask_at_10))
+    res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * S * S)
+    return sweep, res
+
+
+def test_an_ac_on_a_mask_that_outlines_no_abdomen_is_doubtful():
+    """A frame chosen on the classifier's word alone, where the segmenter's mask is a limb-like
+    bar: the ellipse fitted to that bar measures nothing, so its AC is shown doubtful, without GA,
+    with the reason, in the summary and per sweep; the same frame with a round mask reads as a
+    number to act on."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+
+    thresholds = Thresholds(value=0.5, model=0.5)
+    bar = ellipse((112, 112), (60, 9), 15)  # elongated: a limb or a lengthwise body
+    sweep, res = _scored_case(bar)
+    a = assess(sweep, res, thresholds)
+    assert a.chosen_frame == 10 and a.choice.basis == "classifier"
+    reading = a.summary.chosen_ac
+    assert reading["status"] == "doubtful" and reading["ga_weeks"] is None and reading["ac_mm"] > 0
+    assert "elongated" in reading["note"] and a.mask_problem(10) == "elongated"
+    assert a.summary.sweeps[0].ac_status == "doubtful" and a.summary.sweeps[0].ga == ""
+
+    round_mask = ellipse((112, 112), (40, 34))
+    sweep, res = _scored_case(round_mask)
+    a = assess(sweep, res, thresholds)
+    assert a.chosen_frame == 10 and a.mask_problem(10) is None
+    assert a.summary.chosen_ac["status"] == "ok" and a.summary.chosen_ac["ga_weeks"] is not None

@@ -261,3 +261,26 @@ def test_report_csv_rows_of_a_demo_run_carry_the_not_for_clinical_use_notice(tmp
     assert demo_rows and all(r["notice"] == DEMO_REPORT_NOTICE for r in demo_rows)
     assert own_rows and all(r["notice"] == "" for r in own_rows)
     s.close()
+
+
+def test_thumbnail_ac_is_plain_only_on_an_abdomens_outline():
+    """A flagged frame's caption reads its AC as the viewer does: a limb-like bar's ellipse is
+    marked doubtful, a round abdomen's is a plain number."""
+    from types import SimpleNamespace
+
+    import cv2
+
+    from fetaliqa_core.analysis.ac import measure_ac
+    from fetaliqa_core.review.report import _thumbnail_ac_text
+
+    sweep = SimpleNamespace(spacing_mm=(0.5, 0.5))
+    fov = np.zeros((300, 400), bool)
+    fov[10:290, 20:380] = True
+    texts = []
+    for axes in ((120, 14), (70, 60)):
+        mask = np.zeros((300, 400), np.uint8)
+        cv2.ellipse(mask, (200, 150), axes, 10, 0, 360, 1, -1)
+        ac = measure_ac(mask > 0, sweep.spacing_mm, fov=fov)
+        texts.append(_thumbnail_ac_text(mask, ac, sweep, fov))
+    assert texts[0].endswith("(doubtful)") and texts[0].startswith("AC ")
+    assert texts[1].startswith("AC ") and "doubtful" not in texts[1]

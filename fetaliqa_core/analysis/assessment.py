@@ -380,6 +380,18 @@ class Assessment:
     def chosen_ac(self) -> ACMeasurement | None:
         return self.ac.get(self.chosen_frame) if self.chosen_frame >= 0 else None
 
+    def mask_problem(self, frame: int) -> str | None:
+        """Why ``frame``'s mask is not an abdomen's outline (the frame choice's verdict), None
+        when it is or when there is no segmenter: an AC measured there is doubtful."""
+        return _mask_problem(self.choice, frame)
+
+
+def _mask_problem(choice: frame_choice.Choice | None, frame: int) -> str | None:
+    shapes = None if choice is None else choice.shapes
+    if shapes is None or not 0 <= frame < len(shapes) or shapes[frame].plausible:
+        return None
+    return shapes[frame].reason or "not ellipse-like"
+
 
 def assess(sweep, results, thresholds: Thresholds, models: str = "",
            measure: Callable[[int], ACMeasurement | None] | None = None,
@@ -441,7 +453,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
         frame = b.frame if (b is not None and b.passes) else -1
         m = ac_on(frame)
-        r = read_ac(None if m is None else m.ac_mm, spacing_problem)
+        r = read_ac(None if m is None else m.ac_mm, spacing_problem, _mask_problem(choice, frame))
         sweeps.append(SweepSummary(
             sweep=s + 1, kind=kinds[s] if s < len(kinds) else "unknown",
             first_frame=int(start), last_frame=int(stop) - 1,
@@ -450,7 +462,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
             ga_out_of_range=bool(m is not None and r.ac_mm is not None and hadlock_ga(m.ac_mm).out_of_range),
             ac_status=r.status, ga=r.ga_text, ac_note=r.note))
     chosen_m = ac_on(chosen)
-    chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem)
+    chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem,
+                             _mask_problem(choice, chosen))
     prov = provenance or {}
     summary = CaseSummary(
         path=str(sweep.path) if getattr(sweep, "path", None) else "",

@@ -6,6 +6,11 @@ Rules (the same in the command line, the viewer, reports and ``summary.json``):
 - **No pixel spacing, or an implausible one** (see :mod:`fetaliqa_core.io.spacing`): no length
   in mm and no gestational age (GA) anywhere; the reason is said instead. A spacing the user
   gives (``--spacing MM``, or in the viewer) makes the lengths known again.
+- **A mask that is not an abdomen's outline** at the measured frame (fragmented, not
+  ellipse-like, elongated, cut off by the fan, of implausible size: the frame choice's verdict,
+  :func:`~fetaliqa_core.analysis.frame_choice.mask_shape`): the ellipse fitted to it measures
+  nothing, so the AC is shown *doubtful* with the reason, without GA. This is the case of a frame
+  chosen on the classifier's word alone, where no mask in the case looked like an abdomen.
 - **AC outside** :data:`AC_PLAUSIBLE_MM` (75-420 mm): shown, marked *doubtful*, never as a number
   to act on. 75 mm is Hadlock's AC at 14 weeks, the start of his 1984 cohort and of routine
   abdominal biometry; 420 mm is above the largest term abdomens of the usual obstetric charts
@@ -66,17 +71,23 @@ class ACReading:
         return asdict(self)
 
 
-def read_ac(ac_mm: float | None, spacing_problem: str | None = None) -> ACReading:
+def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
+            mask_problem: str | None = None) -> ACReading:
     """The reading of an AC measured in mm with the sweep's spacing.
 
     spacing_problem: the sweep's :attr:`~fetaliqa_core.io.Sweep.spacing_problem` (None when the
-    spacing is known and plausible).
+    spacing is known and plausible). mask_problem: why the mask measured is not an abdomen's
+    outline (:attr:`~fetaliqa_core.analysis.frame_choice.MaskShape.reason`; None when it is).
     """
     if ac_mm is None or not math.isfinite(float(ac_mm)) or float(ac_mm) <= 0:
         return ACReading(NONE, None, None, "", "")
     if spacing_problem:
         return ACReading(NO_UNITS, None, None, "", spacing_problem)
     ac = float(ac_mm)
+    if mask_problem:
+        return ACReading(DOUBTFUL, round(ac, 1), None, "",
+                         f"the mask there does not outline an abdomen ({mask_problem}); check the frame "
+                         "and the mask")
     lo, hi = AC_PLAUSIBLE_MM
     if not lo <= ac <= hi:
         return ACReading(DOUBTFUL, round(ac, 1), None, "",

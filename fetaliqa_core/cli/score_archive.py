@@ -62,6 +62,8 @@ def _record_writer(item: ar.Item, base: dict):
                       content_hash=assessment.summary.content_hash, chosen_frame=chosen,
                       chosen_sweep=(sweep.sweep_index(chosen) + 1) if chosen >= 0 else None,
                       ac_mm=round(float(m.ac_mm), 1) if m is not None else None,
+                      # "ok": a number to act on; "doubtful": implausible value or mask (summary.json)
+                      ac_status=reading.get("status") if m is not None else None,
                       ga_weeks=round(float(ga.weeks), 1) if ga is not None else None,
                       ga_out_of_range=bool(ga.out_of_range) if ga is not None else None,
                       n_frames=int(sweep.n_frames), frames_scored=int(results.n_done),

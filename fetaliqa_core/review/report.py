@@ -199,6 +199,20 @@ def _thumbnail_ac(mask, frames, sweep, fov):
     return measure_ac(np.asarray(mask) > 0, spacing, fov=fov), fov
 
 
+def _thumbnail_ac_text(mask, ac, sweep, fov) -> str:
+    """A thumbnail's AC as the viewer reads it: a plain number only when its mask outlines an
+    abdomen and the value is plausible, else marked doubtful (no GA either way)."""
+    from fetaliqa_core.analysis import frame_choice
+    from fetaliqa_core.analysis.ac import resolve_fov
+    from fetaliqa_core.analysis.units import read_ac
+
+    region = np.asarray(mask) > 0
+    px_mm = float(np.sqrt(sweep.spacing_mm[0] * sweep.spacing_mm[1]))
+    shape = frame_choice.mask_shape(region, resolve_fov(fov, region.shape), px_mm)
+    r = read_ac(ac.ac_mm, None, None if shape.plausible else (shape.reason or "not ellipse-like"))
+    return f"AC {r.ac_mm:.1f} mm" + ("" if r.trusted else " (doubtful)")
+
+
 #: Printed beside the numbers of a run made with the bundled demonstration model.
 DEMO_REPORT_NOTICE = ("Numbers from the demonstration model, trained on synthetic data only: "
                       "not for clinical use.")
@@ -418,7 +432,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                     caption += ' <span style="color:#aa28aa">chosen</span>'
                 caption += f"<br>cls {_fmt(float(run.p_cls[f]))} · seg {_fmt(float(run.p_seg[f]))}"
                 if ac is not None and sweep.spacing_mm:
-                    caption += f"<br>AC {ac.ac_mm:.1f} mm"
+                    caption += f"<br>{_e(_thumbnail_ac_text(mask, ac, sweep, fov))}"
                 if f in latest_by_frame:
                     caption += "<br>" + _label_html(latest_by_frame[f].label)
                 cells.append(f'<td width="{disp_w + 6}" valign="top" align="center">'
