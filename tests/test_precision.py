@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,23 @@ def test_demo_models_in_bf16_agree_with_fp32():
     print("bf16 vs fp32 on the demo models:", a)
     assert a["cls_max_abs_dp"] < 0.05 and a["seg_max_abs_dp"] < 0.1
     assert a["flag_agreement"] >= 7 / 8 and a["mask_pixel_agreement"] > 0.98
+
+
+def test_predict_all_runs_a_joint_model_once_per_batch():
+    """Two bundles sharing one base (or a joint bundle) are one model: given as both classifier
+    and segmenter it must run once per batch, or every time measured with it doubles."""
+    calls = []
+
+    class Joint:
+        def predict_labels(self, part):
+            calls.append(len(part))
+            n = len(part)
+            return SimpleNamespace(p_cls=torch.full((n,), 0.7), labels=torch.zeros((n, 4, 4), dtype=torch.uint8))
+
+    joint = Joint()
+    p, lab = predict_all(joint, joint, torch.zeros(5, 3, 4, 4), batch=2)
+    assert calls == [2, 2, 1] and p.shape == (5,) and lab.shape == (5, 4, 4)
+    calls.clear()
+    other = Joint()
+    predict_all(joint, other, torch.zeros(4, 3, 4, 4), batch=2)  # two models: each runs
+    assert calls == [2, 2, 2, 2]

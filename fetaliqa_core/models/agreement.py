@@ -45,10 +45,16 @@ def output_agreement(ref_p_cls, ref_labels, p_cls, labels, threshold: float = 0.
 
 
 def predict_all(cls_model, seg_model, x, batch: int = 8) -> tuple:
-    """``(p_cls, labels)`` numpy arrays of loaded models over the input batch ``x``."""
+    """``(p_cls, labels)`` numpy arrays of loaded models over the input batch ``x``. One model
+    given as both (a joint bundle, or two bundles sharing one base) runs once per batch."""
     p_cls, labels = [], []
     for i in range(0, len(x), batch):
         part = x[i:i + batch]
+        if cls_model is not None and cls_model is seg_model:
+            out = cls_model.predict_labels(part)
+            p_cls.append(out.p_cls.float().numpy())
+            labels.append(out.labels.numpy())
+            continue
         if cls_model is not None:
             p_cls.append(cls_model.predict_labels(part).p_cls.float().numpy())
         if seg_model is not None:
