@@ -127,6 +127,11 @@ def test_eval_cli_prints_table_and_paper(tiny_data, bundles, tmp_path, capsys):
     saved = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= saved["frame"]["seg"]["mask_on_empty_rate"] <= 1.0
     assert saved["intervals"]["seg_frame_f1"]["ci95"][0] <= saved["intervals"]["seg_frame_f1"]["ci95"][1]
+    # the answer's honesty: cases where a number to act on is shown on a frame without abdomen
+    honest = saved["intervals"]["seg_trusted_ac_off_abdomen"]
+    rows = saved["cases"]["seg"]
+    assert honest["k"] == sum(1 for c in rows if c["ac_status"] == "ok" and c["chosen_label"] == 0)
+    assert 0 <= honest["k"] <= honest["n"] == saved["n_cases"] and "AC shown as a number, frame off abdomen" in text
     assert "WFSS" in text and "score" in text
     assert "baseline rule" in text and "segmenter alone" in text
     assert (out / "metrics.json").is_file()

@@ -209,11 +209,14 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
 
             fov = acouslic.sweep_fov(sweep)
             for name in names:
+                ac_status = None  # how the product shows the AC at its frame (the rule has no product)
                 if name == "baseline":
                     frame = _baseline_frame(results)
                 else:
                     view = _view(results, has_cls="cls" in name, has_seg="seg" in name)
-                    frame = assess(sweep, view, view_thresholds[name]).chosen_frame
+                    answer = assess(sweep, view, view_thresholds[name])
+                    frame = answer.chosen_frame
+                    ac_status = answer.summary.chosen_ac.get("status")
                 # every row is measured on the segmenter's mask of its frame (when there is a
                 # segmenter), so the rows differ only in the frame they choose
                 pred_mask = None
@@ -226,6 +229,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                 d["chosen_label"] = int(labels[frame]) if frame >= 0 else -1
                 d["has_optimal"] = bool((labels == 1).any())
                 d["has_annotation"] = bool(labels.any())
+                d["ac_status"] = ac_status
                 col.cases[name].append(d)
             bar.update(1)
     finally:
@@ -336,6 +340,13 @@ def _intervals(col: _Collected, truth: np.ndarray, threshold: float, n_cases: in
                 and abs(c["ac_pred_mm"] - c["ac_gt_mm"]) <= 0.03 * c["ac_gt_mm"])
         out[f"{name}_ac_within_3pct"] = {"k": k, "n": len(ann), "value": k / len(ann) if ann else float("nan"),
                                          "ci95": wilson(k, len(ann))}
+        if "seg" in name:  # an AC needs a mask
+            # the answer's honesty: cases where the product shows the AC as a number to act on
+            # ("ok", not doubtful) on a frame with no abdomen annotated
+            k = sum(1 for c in per_case if c.get("ac_status") == "ok" and c.get("chosen_label") == 0)
+            n = len(per_case)
+            out[f"{name}_trusted_ac_off_abdomen"] = {"k": k, "n": n, "value": k / n if n else float("nan"),
+                                                     "ci95": wilson(k, n)}
     return out
 
 
@@ -413,7 +424,8 @@ def _interval_lines(run: dict, tag: str) -> list[str]:
         lines.append(f"  {'segmenter':<11}{'draws a mask on a frame without abdomen':<42}{_fmt(r['value'])} "
                      f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]")
     for m in ("cls", "seg", "cls+seg"):
-        for key, text in (("chosen_optimal", "case frame optimal"), ("ac_within_3pct", "AC within 3 %")):
+        for key, text in (("chosen_optimal", "case frame optimal"), ("ac_within_3pct", "AC within 3 %"),
+                          ("trusted_ac_off_abdomen", "AC shown as a number, frame off abdomen")):
             r = iv.get(f"{m}_{key}")
             if r is not None and r["n"] and not (m == "cls" and key == "ac_within_3pct"):  # no mask: no AC
                 lines.append(f"  {names[m]:<11}{text:<42}{_fmt(r['value'])} [{_fmt(r['ci95'][0])}, "
