@@ -200,8 +200,9 @@ def _thumbnail_ac(mask, frames, sweep, fov):
 
 
 def _thumbnail_ac_text(mask, ac, sweep, fov) -> str:
-    """A thumbnail's AC as the viewer reads it: a plain number only when its mask outlines an
-    abdomen and the value is plausible, else marked doubtful (no GA either way)."""
+    """A thumbnail's AC read by the viewer's rules: a plain number only when the frame choice's
+    verdict on its mask (here at the frame's own size) is a plausible abdomen and the value is in
+    the plausible range, else marked doubtful (no GA either way)."""
     from fetaliqa_core.analysis import frame_choice
     from fetaliqa_core.analysis.ac import resolve_fov
     from fetaliqa_core.analysis.units import read_ac
