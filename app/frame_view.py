@@ -304,12 +304,14 @@ class FrameView(QWidget):
             self.overlay.hide()
             self._mask_shown = None
 
-    def show_ellipse(self, points: np.ndarray, text: str) -> None:
-        """Draw a closed outline ``points`` (n, 2) of (x, y) pixels with a label above it."""
+    def show_ellipse(self, points: np.ndarray, text: str, detail: str = "") -> None:
+        """Draw a closed outline ``points`` (n, 2) of (x, y) pixels with a short label above it
+        (``detail``: its tooltip, e.g. why a value is doubtful)."""
         pts = np.vstack([points, points[:1]])
         self.ellipse.setData(pts[:, 0], pts[:, 1])
         top = int(np.argmin(pts[:, 1]))
         self.ellipse_label.setText(text)
+        self.ellipse_label.setToolTip(detail)
         self.ellipse_label.setPos(float(pts[:, 0].mean()), float(pts[top, 1]) - 6)
         self.ellipse.show()
         self.ellipse_label.show()

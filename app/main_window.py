@@ -511,10 +511,13 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             return
         from fetaliqa_core.analysis import ellipse_polygon
 
-        text = m.reading(ac, f).text().replace(", GA ", " · GA ")
+        # a few words on the image (a long reason would run off it); the reason is in the status
+        # bar's tooltip and in summary.json
+        reading = m.reading(ac, f)
+        text = reading.short()
         if m.demo_notice:
             text += " · demo model, not for clinical use"
-        self.frame_view.show_ellipse(ellipse_polygon(ac), text)
+        self.frame_view.show_ellipse(ellipse_polygon(ac), text, reading.text())
 
     def _update_frame_text(self) -> None:
         m = self.model

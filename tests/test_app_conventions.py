@@ -122,7 +122,10 @@ def test_export_frame_png_has_overlay_and_measurement(win, tmp_path):
     arr = np.frombuffer(a.constBits(), np.uint8, a.sizeInBytes()).reshape(a.height(), a.bytesPerLine() // 4, 4)
     b, g, r = arr[..., 0].astype(int), arr[..., 1].astype(int), arr[..., 2].astype(int)
     assert ((np.abs(r - g) > 40) | (np.abs(g - b) > 40)).sum() > 50
-    assert "AC" in win.frame_view.ellipse_label.toPlainText()
+    label = win.frame_view.ellipse_label
+    reading = m.reading(m.measure_ac(best), best)
+    # a few words on the image; the whole reading (with any reason for doubt) as its tooltip
+    assert label.toPlainText().startswith(reading.short()) and label.toolTip() == reading.text()
 
 
 def test_about_names_version_models_and_device(win):

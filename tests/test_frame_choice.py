@@ -227,3 +227,17 @@ def test_an_ac_on_a_mask_that_outlines_no_abdomen_is_doubtful():
     a = assess(sweep, res, thresholds)
     assert a.chosen_frame == 10 and a.mask_problem(10) is None
     assert a.summary.chosen_ac["status"] == "ok" and a.summary.chosen_ac["ga_weeks"] is not None
+
+
+def test_the_reading_in_a_few_words_keeps_its_doubt():
+    """The label on the image is short (a long reason would run off the picture) but never drops
+    the doubt or the missing units; the full text keeps the reason."""
+    from fetaliqa_core.analysis.units import read_ac
+
+    ok = read_ac(231.4)
+    assert ok.short() == f"AC 231.4 mm · GA {ok.ga_text}" and ok.ga_text
+    doubtful = read_ac(231.4, mask_problem="elongated")
+    assert doubtful.short() == "AC 231.4 mm (doubtful)" and "elongated" in doubtful.text()
+    assert read_ac(600.0).short() == "AC 600.0 mm (doubtful)"
+    assert read_ac(231.4, "the file records no pixel spacing").short() == "AC not shown (pixel spacing)"
+    assert read_ac(None).short() == "no AC"

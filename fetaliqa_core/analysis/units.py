@@ -67,6 +67,16 @@ class ACReading:
             text += f" ({self.note})"
         return text
 
+    def short(self) -> str:
+        """The same in a few words, for a label on the image (the reason goes elsewhere):
+        ``AC 231.4 mm · GA 27w 1d``; ``AC 52.0 mm (doubtful)``; ``AC not shown (pixel spacing)``."""
+        if self.status == NONE:
+            return "no AC"
+        if self.status == NO_UNITS:
+            return "AC not shown (pixel spacing)"
+        text = f"AC {self.ac_mm:.1f} mm" + (f" · GA {self.ga_text}" if self.ga_text else "")
+        return text + (" (doubtful)" if self.status == DOUBTFUL else "")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
