@@ -511,8 +511,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             return
         from fetaliqa_core.analysis import ellipse_polygon
 
-        # a few words on the image (a long reason would run off it); the reason is in the status
-        # bar's tooltip and in summary.json
+        # a few words on the image (a long reason would run off it); the whole reading is the
+        # label's tooltip
         reading = m.reading(ac, f)
         text = reading.short()
         if m.demo_notice:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fetaliqa_core.analysis.frame_choice import close_gaps
 from fetaliqa_core.engine import BatchResult, ScoringEngine, SweepResults
 
 # Chosen on 12 held-out synthetic full cases (the demo teacher and its student, by replaying the
@@ -64,7 +65,7 @@ def candidate_runs(combined: np.ndarray, candidates: np.ndarray, sweep_ranges, r
     firsts: list[np.ndarray] = []
     others: list[tuple[float, np.ndarray]] = []
     for start, stop in sweep_ranges:
-        flags = _close_gaps(candidates[start:stop], gap)
+        flags = close_gaps(candidates[start:stop], gap)
         if not flags.any():
             values = combined[start:stop]
             if fallback and np.isfinite(values).any():
@@ -131,16 +132,6 @@ def teacher_calls(results: SweepResults, thresholds) -> np.ndarray:
     if results.has_seg:
         calls &= f.seg_call
     return calls & results.done
-
-
-def _close_gaps(flags: np.ndarray, gap: int) -> np.ndarray:
-    """``flags`` with every stretch of at most ``gap`` unflagged frames between two flagged ones set."""
-    out = np.asarray(flags, dtype=bool).copy()
-    on = np.flatnonzero(out)
-    for a, b in zip(on[:-1], on[1:]):
-        if 1 < b - a <= gap + 1:
-            out[a:b] = True
-    return out
 
 
 @dataclass

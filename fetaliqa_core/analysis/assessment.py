@@ -388,9 +388,7 @@ class Assessment:
 
 def _mask_problem(choice: frame_choice.Choice | None, frame: int) -> str | None:
     shapes = None if choice is None else choice.shapes
-    if shapes is None or not 0 <= frame < len(shapes) or shapes[frame].plausible:
-        return None
-    return shapes[frame].reason or "not ellipse-like"
+    return shapes[frame].problem if shapes is not None and 0 <= frame < len(shapes) else None
 
 
 def assess(sweep, results, thresholds: Thresholds, models: str = "",

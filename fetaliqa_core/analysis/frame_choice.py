@@ -71,6 +71,12 @@ class MaskShape:
     circumference_mm: float | None
     reason: str = ""
 
+    @property
+    def problem(self) -> str | None:
+        """Why the mask is not an abdomen's outline, None when it is plausible (what makes an AC
+        measured on it doubtful, :func:`~fetaliqa_core.analysis.units.read_ac`)."""
+        return None if self.plausible else (self.reason or "not ellipse-like")
+
 
 NO_MASK = MaskShape(False, 0.0, 0.0, 0.0, 0.0, 0.0, None, "no mask")
 
@@ -153,11 +159,20 @@ def _smooth(v: np.ndarray, ranges: Sequence[tuple[int, int]]) -> np.ndarray:
     return smooth_curve(v, ranges, SMOOTH_WINDOW)
 
 
+def close_gaps(flags: np.ndarray, gap: int = 1) -> np.ndarray:
+    """``flags`` with every stretch of at most ``gap`` unflagged frames between two flagged ones set
+    (a copy): the frame choice's runs close one-frame gaps, the cascade's wider ones."""
+    out = np.asarray(flags, dtype=bool).copy()
+    on = np.flatnonzero(out)
+    for a, b in zip(on[:-1], on[1:]):
+        if 1 < b - a <= gap + 1:
+            out[a:b] = True
+    return out
+
+
 def _runs(positive: np.ndarray, start: int, stop: int) -> list[tuple[int, int]]:
     """Maximal runs ``[a, b)`` of positive frames in ``[start, stop)``, one-frame gaps closed."""
-    pos = positive[start:stop].copy()
-    gap = ~pos[1:-1] & pos[:-2] & pos[2:]
-    pos[1:-1] |= gap
+    pos = close_gaps(positive[start:stop], 1)
     out: list[tuple[int, int]] = []
     i = 0
     while i < pos.size:

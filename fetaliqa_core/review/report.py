@@ -210,7 +210,7 @@ def _thumbnail_ac_text(mask, ac, sweep, fov) -> str:
     region = np.asarray(mask) > 0
     px_mm = float(np.sqrt(sweep.spacing_mm[0] * sweep.spacing_mm[1]))
     shape = frame_choice.mask_shape(region, resolve_fov(fov, region.shape), px_mm)
-    r = read_ac(ac.ac_mm, None, None if shape.plausible else (shape.reason or "not ellipse-like"))
+    r = read_ac(ac.ac_mm, None, shape.problem)
     return f"AC {r.ac_mm:.1f} mm" + ("" if r.trusted else " (doubtful)")
 
 
