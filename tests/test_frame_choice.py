@@ -241,3 +241,109 @@ def test_the_reading_in_a_few_words_keeps_its_doubt():
     assert read_ac(600.0).short() == "AC 600.0 mm (doubtful)"
     assert read_ac(231.4, "the file records no pixel spacing").short() == "AC not shown (pixel spacing)"
     assert read_ac(None).short() == "no AC"
+
+
+# ------------------------------------------------------------------ a skull's outline, from the image
+def _speckled(shape, level, rng) -> np.ndarray:
+    """Grey ``level`` with multiplicative speckle (Rayleigh, as in B-mode images)."""
+    return level * rng.rayleigh(1.0 / math.sqrt(math.pi / 2), size=shape)
+
+
+def _scene(kind: str, center=(112, 120), axes=(34, 29), angle=15.0, gain=1.0, seed=0, fov=None):
+    """A frame of ``kind`` ``"head"`` or ``"abdomen"`` drawn here, independently of the project's
+    synthesiser: dark fluid around it; a head is a thick bright bone ring round a dark brain with a
+    midline echo; an abdomen is grey liver texture with a thin skin line a little brighter, the
+    spine (a bright spot casting a shadow) and a dark stomach bubble. Returns (uint8 frame, the
+    shape's mask)."""
+    rng = np.random.default_rng(seed)
+    img = _speckled((S, S), 12.0, rng)
+    outer = ellipse(center, axes, angle) > 0
+    if kind == "head":
+        inner = ellipse(center, (int(axes[0] * 0.9), int(axes[1] * 0.9)), angle) > 0
+        img[outer] = _speckled((int(outer.sum()),), 190.0, rng)
+        img[inner] = _speckled((int(inner.sum()),), 45.0, rng)
+        mid = np.zeros((S, S), np.uint8)
+        dx, dy = math.cos(math.radians(angle)) * axes[0] * 0.8, math.sin(math.radians(angle)) * axes[0] * 0.8
+        cv2.line(mid, (int(center[0] - dx), int(center[1] - dy)), (int(center[0] + dx), int(center[1] + dy)), 1, 1)
+        img[mid > 0] = 140.0
+    else:
+        img[outer] = _speckled((int(outer.sum()),), 95.0, rng)
+        skin = outer & ~(ellipse(center, (axes[0] - 1, axes[1] - 1), angle) > 0)
+        img[skin] = _speckled((int(skin.sum()),), 120.0, rng)
+        spine = ellipse((center[0] - axes[0] // 2, center[1] + axes[1] // 2), (3, 3)) > 0
+        shadow = np.zeros((S, S), bool)
+        shadow[center[1] + axes[1] // 2 + 3:, center[0] - axes[0] // 2 - 3:center[0] - axes[0] // 2 + 4] = True
+        img[shadow & outer] *= 0.3
+        img[spine] = 230.0
+        img[ellipse((center[0] + 8, center[1] - 6), (6, 5)) > 0] = 15.0
+    img = np.clip(img * gain, 0, 255)
+    if fov is not None:
+        img[~fov] = 0
+    return img.astype(np.uint8), outer.astype(np.uint8)
+
+
+@pytest.mark.parametrize("fov", [None, sector(), linear()], ids=["none", "sector", "linear"])
+@pytest.mark.parametrize("gain", [0.5, 1.0, 1.3])
+def test_a_skull_outline_is_not_an_abdomen_at_any_gain_or_fan(fov, gain):
+    """The same round mask on a head's frame and on an abdomen's: by its shape alone both are
+    plausible; with the frame's grey levels the head's outline is a bright ring (not plausible,
+    with the reason) and the abdomen's is not. Several sizes, angles and speckle draws."""
+    for seed, (axes, angle) in enumerate([((34, 29), 15.0), ((26, 24), 70.0), ((42, 33), -30.0)]):
+        head, mask = _scene("head", axes=axes, angle=angle, gain=gain, seed=seed, fov=fov)
+        assert fc.mask_shape(mask, fov, PX_MM).plausible  # the shape alone cannot tell
+        h = fc.mask_shape(mask, fov, PX_MM, grey=head)
+        assert not h.plausible and h.reason == fc.SKULL_REASON and h.quality == 0.0
+        assert h.problem == fc.SKULL_REASON and h.rim >= fc.SKULL_RIM_RATIO
+        abdomen, mask = _scene("abdomen", axes=axes, angle=angle, gain=gain, seed=seed, fov=fov)
+        a = fc.mask_shape(mask, fov, PX_MM, grey=abdomen)
+        assert a.plausible and a.reason == "" and a.rim < fc.SKULL_RIM_RATIO
+
+
+def test_the_outline_check_needs_enough_of_the_outline_in_the_fan():
+    """A ring mostly outside the field of view gives no verdict (the shape alone decides), and a
+    frame is only looked at when the shape is plausible (a function giving it is not called)."""
+    fov = linear()
+    head, mask = _scene("head", center=(60, 120), axes=(30, 26), angle=0.0, fov=fov)
+    assert fc.rim_ratio(head, fov, ((60.0, 120.0), (60.0, 52.0), 0.0)) is not None  # most of it inside
+    narrow = np.zeros((S, S), bool)
+    narrow[:, 54:66] = True  # only a slice through the middle of the head
+    assert fc.rim_ratio(head, narrow, ((60.0, 120.0), (60.0, 52.0), 0.0)) is None
+
+    def never():
+        raise AssertionError("the frame was read for a mask already not plausible")
+
+    bar = ellipse((112, 112), (60, 9), 15)
+    assert fc.mask_shape(bar, None, PX_MM, grey=never).reason == "elongated"
+
+
+def test_the_answer_moves_off_a_head_to_the_abdomen():
+    """One sweep: the classifier is surest on a head (frames 4-7) and the segmenter draws a round
+    mask on it; the abdomen (frames 13-16) scores lower. The case's frame is the abdomen's and its
+    AC a number to act on; the head's frames are not plausible, with the reason."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+    from fetaliqa_core.engine import SweepResults
+    from fetaliqa_core.io import Sweep
+
+    fov = sector()
+    n = 20
+    frames = np.zeros((n, S, S), np.uint8)
+    res = SweepResults(n, True, True)
+    res.p_cls[:] = 0.05
+    res.p_opt[:] = 0.0
+    res.seg_area_px[:] = 0
+    res.done[:] = True
+    for i in range(n):
+        res.masks[i] = np.zeros((S, S), np.uint8)
+        kind = "head" if 4 <= i <= 7 else "abdomen" if 13 <= i <= 16 else None
+        if kind is None:
+            frames[i][fov] = 12
+            continue
+        frames[i], res.masks[i] = _scene(kind, axes=(36, 31), seed=i, fov=fov)
+        res.p_cls[i] = 0.97 if kind == "head" else 0.75
+        res.seg_area_px[i] = int(np.count_nonzero(res.masks[i]))
+    res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * S * S)
+    sweep = Sweep(frames=frames, spacing_mm=(0.5, 0.5), sweep_ranges=[(0, n)], sweep_kinds=["transverse"])
+    a = assess(sweep, res, Thresholds(value=0.5, model=0.5))
+    assert 13 <= a.chosen_frame <= 16 and a.summary.chosen_ac["status"] == "ok"
+    assert all(a.mask_problem(i) == fc.SKULL_REASON for i in range(4, 8))
+    assert a.summary.sweeps[0].best_frame == a.chosen_frame

@@ -486,9 +486,10 @@ _SHAPES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
     """:func:`frame_choice.mask_shape` of every scored frame's mask, in the sweep's field of view
     at model resolution, with the model pixel's size in mm when the sweep's spacing is known and
-    plausible. Cached per results object (a scored frame's mask never changes)."""
+    plausible, and the frame's grey levels at that size for the outline's check. Cached per
+    results object (a scored frame's mask never changes)."""
     from fetaliqa_core import acouslic
-    from fetaliqa_core.preprocess import pad_geometry, preprocess_masks
+    from fetaliqa_core.preprocess import pad_geometry, preprocess_masks, resize_frames_uint8
 
     try:
         cache = _SHAPES.setdefault(results, {})
@@ -506,6 +507,19 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
     if spacing is not None:
         side = pad_geometry(sweep.height, sweep.width).side
         px_mm = float(np.sqrt(spacing[0] * spacing[1])) * side / fov224.shape[0]
+    frames = getattr(sweep, "frames", None)
+    size = fov224.shape[0]
+
+    def grey(i: int):
+        """Frame ``i``'s grey levels as the model sees them (its size), for the outline's check;
+        None when the sweep-like object carries no frames of the sweep's size."""
+        if frames is None or len(frames) != int(sweep.n_frames):
+            return None
+        frame = np.asarray(frames[i])
+        if frame.dtype != np.uint8 or frame.ndim != 2:
+            return None
+        return resize_frames_uint8(frame[None], size)[0] if frame.shape != (size, size) else frame
+
     out: list[frame_choice.MaskShape] = []
     for i in range(int(sweep.n_frames)):
         k = (i, px_mm)
@@ -514,7 +528,7 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
             if m is None:
                 out.append(frame_choice.NO_MASK)
                 continue
-            cache[k] = frame_choice.mask_shape(m, fov224, px_mm)
+            cache[k] = frame_choice.mask_shape(m, fov224, px_mm, grey=lambda i=i: grey(i))
         out.append(cache[k])
     return out
 

@@ -15,7 +15,14 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
      else its area is 1-50 % of the field of view;
    - it lies in the fan: >= 60 % of the fitted ellipse is inside the field of view;
    - it is not elongated: minor / major axis >= 0.5 (a transverse abdomen is nearly round; a
-     lengthwise body or a limb is not).
+     lengthwise body or a limb is not);
+   - with the frame's grey levels: its outline is not a skull's. Bone is the brightest echo in a
+     fetal scan and the brain inside the skull among the darkest, while the abdominal wall is a
+     thin line about as bright as the echoes of the liver inside it. At 72 angles around the
+     fitted ellipse, the brightest grey level of a band from 0.8 to 1.1 of its size and of a band
+     from 0.4 to 0.7 inside; the median of the first over the median of the second is the *rim
+     ratio* (:func:`rim_ratio`). At :data:`SKULL_RIM_RATIO` or above, the mask outlines a bright
+     ring around a darker inside, as a head's does, and is not an abdomen.
 
    Its quality ``q`` is that IoU (0 when not plausible).
 2. **Per-frame evidence** ``v``: ``p_cls * q`` with both models, ``p_cls`` or ``q`` with one;
@@ -32,15 +39,15 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
    mask (or, without a segmenter, a classifier call) and the answer says so
    (``basis``); with none of those either, -1.
 
-Nothing here is fitted to a data set: the limits are anatomical (abdomen size and shape) or
-geometric (field of view), and the same on any fan, probe or generator.
+Nothing here is fitted to a data set: the limits are anatomical (abdomen size and shape, the
+skull's bright ring) or geometric (field of view), and the same on any fan, probe or generator.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -55,6 +62,14 @@ MIN_AXIS_RATIO = 0.5
 AREA_SHARE_OF_FOV = (0.01, 0.5)  # used only when the pixel spacing is unknown
 SMOOTH_WINDOW = 5
 OPTIMAL_SHARE = 0.5
+#: Bone echoes far brighter than the brain inside the skull; the abdominal wall about as bright
+#: as the liver inside it (docs/FRAME_CHOICE.md gives the values measured on both).
+SKULL_RIM_RATIO = 1.4
+RIM_BAND = (0.8, 1.1)  # the band around the fitted ellipse searched for its outline's echo
+RIM_INNER = (0.4, 0.7)  # the band inside it, of the same width, it is compared with
+RIM_ANGLES = 72
+MIN_RIM_ANGLES = 0.3  # share of the angles whose band lies in the image and the field of view
+SKULL_REASON = "its outline is a bright ring around a darker inside, as a skull's is"
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,10 @@ class MaskShape:
     in_fan: float
     circumference_mm: float | None
     reason: str = ""
+    #: the fitted ellipse ``((cx, cy), (w, h), angle)`` in mask pixels (cv2's), None without a fit
+    ellipse: tuple | None = None
+    #: :func:`rim_ratio` on the frame's grey levels (None: not measured, or no frame given)
+    rim: float | None = None
 
     @property
     def problem(self) -> str | None:
@@ -81,9 +100,13 @@ class MaskShape:
 NO_MASK = MaskShape(False, 0.0, 0.0, 0.0, 0.0, 0.0, None, "no mask")
 
 
-def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None, px_mm: float | None = None) -> MaskShape:
+def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None, px_mm: float | None = None,
+               grey: np.ndarray | Callable[[], np.ndarray | None] | None = None) -> MaskShape:
     """Plausibility of one label mask ``(S, S)`` (non-zero = abdomen) inside ``fov`` (bool, same
-    shape; None: the whole image). ``px_mm``: size of one mask pixel in mm (None: unknown)."""
+    shape; None: the whole image). ``px_mm``: size of one mask pixel in mm (None: unknown).
+    ``grey``: the frame's grey levels at the mask's size (uint8 ``(S, S)``), or a function giving
+    them, called only when the shape alone is plausible; None: the outline is judged by its
+    shape alone (:func:`judge_outline`)."""
     region = np.asarray(mask) != 0
     if fov is not None:
         region &= fov
@@ -134,7 +157,59 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None, px_mm: float | N
         if not lo <= ell_area / max(fov_area, 1.0) <= hi:
             reason = "implausible size"
     ok = not reason
-    return MaskShape(ok, iou if ok else 0.0, ell_area, iou, ratio, in_fan, circ, reason)
+    shape = MaskShape(ok, iou if ok else 0.0, ell_area, iou, ratio, in_fan, circ, reason,
+                      ellipse=((float(cx), float(cy)), (float(w), float(h)), float(angle)))
+    if ok and grey is not None:
+        shape = judge_outline(shape, grey() if callable(grey) else grey, fov)
+    return shape
+
+
+def rim_ratio(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> float | None:
+    """How much brighter a fitted ellipse's outline echoes than the inside of the shape, on the
+    frame's grey levels ``grey`` (the mask's size; ``fov`` bool or None): at :data:`RIM_ANGLES`
+    angles, the brightest level (lightly smoothed) of the band :data:`RIM_BAND` and of the band
+    :data:`RIM_INNER` (shares of the ellipse's size); the median of the first over the median of
+    the second. Comparing the brightest levels of two bands of the same width makes speckle
+    cancel: a homogeneous texture gives ~1 at any gain. None when fewer than
+    :data:`MIN_RIM_ANGLES` of the angles have both bands inside the image and the field of view."""
+    g = np.asarray(grey, dtype=np.float32)
+    if g.ndim != 2 or not all(math.isfinite(float(v)) for v in (*ellipse[0], *ellipse[1], ellipse[2])):
+        return None
+    h_img, w_img = g.shape
+    (cx, cy), (w, h), angle = ellipse
+    sigma = max(1.0, max(g.shape) / 224.0)  # one model pixel, at the model's or the frame's size
+    g = cv2.GaussianBlur(g, (0, 0), sigma)
+    inside = np.ones(g.shape, bool) if fov is None else np.asarray(fov, bool)
+    t = np.linspace(0.0, 2.0 * math.pi, RIM_ANGLES, endpoint=False)
+    ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+
+    def brightest(band: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        scales = np.linspace(band[0], band[1], 11)[:, None]
+        ex, ey = scales * (w / 2.0) * np.cos(t), scales * (h / 2.0) * np.sin(t)
+        xi = np.rint(cx + ex * ca - ey * sa).astype(np.int64)
+        yi = np.rint(cy + ex * sa + ey * ca).astype(np.int64)
+        in_image = (xi >= 0) & (xi < w_img) & (yi >= 0) & (yi < h_img)
+        xi, yi = np.clip(xi, 0, w_img - 1), np.clip(yi, 0, h_img - 1)
+        return g[yi, xi].max(axis=0), (in_image & inside[yi, xi]).all(axis=0)
+
+    rim, rim_ok = brightest(RIM_BAND)
+    inner, inner_ok = brightest(RIM_INNER)
+    valid = rim_ok & inner_ok
+    if valid.sum() < MIN_RIM_ANGLES * RIM_ANGLES:
+        return None
+    return float(np.median(rim[valid]) / max(float(np.median(inner[valid])), 4.0))
+
+
+def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | None) -> MaskShape:
+    """``shape`` with the frame's verdict on its outline: a plausible mask whose :func:`rim_ratio`
+    reaches :data:`SKULL_RIM_RATIO` outlines a skull, not an abdomen (not plausible, with the
+    reason). Unchanged when the shape is already not plausible or there is no frame."""
+    if not shape.plausible or shape.ellipse is None or grey is None:
+        return shape
+    r = rim_ratio(grey, fov, shape.ellipse)
+    if r is not None and r >= SKULL_RIM_RATIO:
+        return replace(shape, plausible=False, quality=0.0, reason=SKULL_REASON, rim=r)
+    return replace(shape, rim=r)
 
 
 @dataclass(frozen=True)
