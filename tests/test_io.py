@@ -173,6 +173,20 @@ def test_16bit_is_windowed_with_robust_percentiles(tmp_path):
     assert np.all(np.diff(body[order].astype(int)) >= 0)
 
 
+@pytest.mark.parametrize("dtype,scale", [(np.uint16, 1.0), (np.int16, 1.0), (np.float32, 1.0),
+                                         (np.float64, 1.0 / 255.0), (np.float32, 1.0 / 255.0)],
+                         ids=["u16", "i16", "f32-grey", "f64-unit", "f32-unit"])
+def test_grey_levels_stored_in_a_wider_type_are_kept(tmp_path, dtype, scale):
+    """8-bit frames another tool stored as 16-bit integers or floats (0-255), or normalised to
+    0-1, read back as the same grey levels: the model sees what the scanner wrote, not a
+    contrast stretch (windowing them changed the demo model's answer on such a file)."""
+    rng = np.random.default_rng(4)
+    grey = rng.integers(0, 231, size=(3, 40, 48)).astype(np.uint8)  # never reaches 255
+    path = tmp_path / "g.nrrd"
+    sitk.WriteImage(_sitk_image((grey.astype(np.float64) * scale).astype(dtype)), str(path))
+    assert np.array_equal(load_sweep(path).frames, grey)
+
+
 def test_float_with_nan_is_windowed_nan_safe(tmp_path):
     arr = np.random.default_rng(3).normal(0, 1, size=(3, 40, 48)).astype(np.float32)
     arr[1, :10] = np.nan

@@ -103,7 +103,12 @@ def _luminance_float(chunk: np.ndarray, comps: int) -> np.ndarray:
 
 
 def _robust_window(arr: np.ndarray, comps: int, path: Path) -> tuple[float, float]:
-    """0.5th and 99.5th percentiles of the finite values, from up to 32 evenly spread frames."""
+    """The values that become grey levels 0 and 255, from up to 32 evenly spread frames.
+
+    Values that already are grey levels are kept as they are: all within 0-255 (8-bit frames
+    stored as 16-bit integers or as floats by another tool), or floats within 0-1 (frames
+    normalised to 1), scaled by 255. Anything else is windowed between the 0.5th and 99.5th
+    percentiles of the finite values, so a few outliers cannot squash the rest."""
     n = arr.shape[0]
     idx = np.unique(np.linspace(0, n - 1, num=min(n, 32)).astype(int))
     sample = _luminance_float(arr[idx], comps).ravel()
@@ -113,6 +118,11 @@ def _robust_window(arr: np.ndarray, comps: int, path: Path) -> tuple[float, floa
     if finite.size == 0:
         raise FetalIQAError(f"{path}: the pixel values are all NaN or infinite; there is nothing to show. "
                             "Export the sweep again.")
+    mn, mx = float(finite.min()), float(finite.max())
+    if mn >= 0.0 and mx <= 1.0 and np.issubdtype(arr.dtype, np.floating):
+        return 0.0, 1.0
+    if mn >= 0.0 and mx <= 255.0:
+        return 0.0, 255.0
     lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
     if hi <= lo:
         lo, hi = float(finite.min()), float(finite.max())

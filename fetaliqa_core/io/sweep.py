@@ -141,8 +141,9 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read a sweep file or DICOM series folder into a :class:`Sweep`.
 
     The pixel spacing's provenance is on the sweep (``spacing_source``, ``spacing_problem``).
-    Colour frames become grey, 16-bit and float data are windowed to uint8 between the 0.5th and
-    99.5th percentile of the finite values, a single 2-D image becomes a one-frame sweep.
+    Colour frames become grey; 16-bit and float data that already hold grey levels (0-255, or
+    floats within 0-1) keep them, other data are windowed to uint8 between the 0.5th and 99.5th
+    percentile of the finite values; a single 2-D image becomes a one-frame sweep.
     """
     path = Path(path).expanduser()
     raw = read_raw(path, purpose="sweep")
