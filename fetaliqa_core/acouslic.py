@@ -79,11 +79,54 @@ def fov_mask(shape: tuple[int, int] | None = None) -> np.ndarray:
     return out
 
 
+#: A fan whose convex hull overlaps the ACOUSLIC probe's field of view this much is that field of
+#: view (the challenge's own fan gives 0.98: the hull also covers the probe face's concave arc;
+#: other curved-array fans drawn at ACOUSLIC's frame size gave 0.38-0.83).
+SAME_FAN_IOU = 0.9
+
+
+def data_fan(frames: np.ndarray) -> np.ndarray:
+    """The field of view a sweep's own frames show: the pixels non-zero in any of up to 64 evenly
+    spread frames, with the holes inside filled (fluid drawn pure black is still inside the fan).
+    Bool ``(H, W)``."""
+    import cv2
+
+    step = max(1, len(frames) // 64)
+    seen = (np.asarray(frames[::step]).max(axis=0) > 0).astype(np.uint8)
+    padded = np.pad(seen, 1)
+    cv2.floodFill(padded, None, (0, 0), 2)  # what the border reaches through zeros lies outside
+    return padded[1:-1, 1:-1] != 2
+
+
+def _hull_iou(fan: np.ndarray, other: np.ndarray) -> float:
+    import cv2
+
+    points = cv2.findNonZero(fan.astype(np.uint8))
+    if points is None:
+        return 0.0
+    hull = np.zeros(fan.shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    h = hull != 0
+    union = float((h | other).sum())
+    return float((h & other).sum()) / union if union else 0.0
+
+
 def sweep_fov(sweep) -> np.ndarray | str:
-    """The field of view for AC measurement on ``sweep``: the challenge's FOV mask (``"acouslic"``)
-    for frames of ACOUSLIC size, otherwise the pixels that are non-zero in any of a sample of the
-    sweep's frames."""
+    """The field of view for AC measurement and the frame choice on ``sweep``: the challenge's FOV
+    mask (``"acouslic"``) for frames of ACOUSLIC size drawn in that fan, otherwise the sweep's own
+    fan (:func:`data_fan`): another probe's, or another fan saved at ACOUSLIC's frame size, whose
+    edges are not ACOUSLIC's (a mask cut by the real fan's edge must not be fitted along it, and
+    an abdomen outside ACOUSLIC's fan must not be cut)."""
+    fan = data_fan(sweep.frames)
+    if (sweep.height, sweep.width) == FRAME_SHAPE and _hull_iou(fan, fov_mask()) >= SAME_FAN_IOU:
+        return "acouslic"
+    return fan
+
+
+def evaluator_fov(sweep) -> np.ndarray | str:
+    """The field of view the challenge's evaluator applies: its own mask for every frame of
+    ACOUSLIC size, whatever fan the frames show (for the challenge's metrics as it computes them);
+    :func:`sweep_fov` for other sizes."""
     if (sweep.height, sweep.width) == FRAME_SHAPE:
         return "acouslic"
-    step = max(1, sweep.n_frames // 64)
-    return np.asarray(sweep.frames[::step]).max(axis=0) > 0
+    return sweep_fov(sweep)

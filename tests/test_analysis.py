@@ -281,3 +281,44 @@ def test_wfss_rules():
     assert an.wfss(empty, 3, credit_abstention=True) == 0.0
 
 # case_metrics and its evaluator quirks: tests/test_challenge.py
+
+
+# ---------------------------------------------------------------- whose fan
+def _frames_in(fan: np.ndarray, n: int = 12, seed: int = 0) -> np.ndarray:
+    """``n`` speckled frames inside ``fan`` with a pure-black blob (fluid drawn without noise)."""
+    rng = np.random.default_rng(seed)
+    frames = (rng.integers(20, 200, size=(n, *fan.shape)) * fan).astype(np.uint8)
+    frames[:, 250:300, 340:400] = 0  # inside every fan below: a hole in what is non-zero
+    return frames
+
+
+def _sweep_of(frames: np.ndarray):
+    from types import SimpleNamespace
+
+    n, h, w = frames.shape
+    return SimpleNamespace(frames=frames, n_frames=n, height=h, width=w, spacing_mm=(0.28, 0.28))
+
+
+def test_another_fan_at_acouslic_frame_size_is_its_own_field_of_view():
+    """Frames of ACOUSLIC's size drawn in ACOUSLIC's fan use the challenge's mask; the same size
+    from a linear probe (a rectangle reaching where ACOUSLIC's fan does not) uses its own fan, holes
+    filled. An abdomen in the rectangle's top-left corner, mostly outside ACOUSLIC's fan, is a
+    plausible abdomen measured whole; with ACOUSLIC's mask it was "mostly outside the fan" and its
+    outline "cut by the field of view". The evaluator's field of view stays its own."""
+    own = _frames_in(acouslic.fov_mask())
+    assert acouslic.sweep_fov(_sweep_of(own)) == "acouslic"
+    rect = np.zeros((H, W), bool)
+    rect[20:540, 40:704] = True
+    frames = _frames_in(rect)
+    sweep = _sweep_of(frames)
+    fov = acouslic.sweep_fov(sweep)
+    assert isinstance(fov, np.ndarray) and np.array_equal(fov, rect)  # the black blob is inside
+    assert acouslic.evaluator_fov(sweep) == "acouslic"
+    from fetaliqa_core.analysis import frame_choice
+
+    mask = drawn_ellipse((160, 150), (90, 75), 10)
+    assert frame_choice.mask_shape(mask, acouslic.fov_mask(), 0.28).reason == "mostly outside the fan"
+    assert an.measure_ac(mask, 0.28, fov="acouslic").truncated
+    assert frame_choice.mask_shape(mask, fov, 0.28).plausible
+    m = an.measure_ac(mask, 0.28, fov=fov)
+    assert not m.truncated and m.ac_mm == pytest.approx(true_ac_mm((90, 75)), rel=0.01)

@@ -207,7 +207,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                         ok = np.where(gradable, (pred_opt >= 0.5) == (labels[frames] == 1), False)
                         col.grade_ok.append(np.where(gradable, ok.astype(np.float64), np.nan))
 
-            fov = acouslic.sweep_fov(sweep)
+            fov = acouslic.evaluator_fov(sweep)  # the challenge's metrics, as its evaluator computes them
             for name in names:
                 ac_status = None  # how the product shows the AC at its frame (the rule has no product)
                 if name == "baseline":
