@@ -299,6 +299,20 @@ def test_a_skull_outline_is_not_an_abdomen_at_any_gain_or_fan(fov, gain):
         assert a.plausible and a.reason == "" and a.rim < fc.SKULL_RIM_RATIO
 
 
+def test_an_outline_far_outside_the_body_is_not_an_abdomens():
+    """A mask 40 % larger than the abdomen it covers has its outline in the fluid around it (the
+    AC would be 40 % too long): not plausible, with the reason. One 10 % larger still follows the
+    body's edge closely enough to be measured."""
+    fov = sector()
+    for seed, (axes, angle) in enumerate([((34, 29), 15.0), ((26, 24), 70.0)]):
+        frame, _ = _scene("abdomen", axes=axes, angle=angle, seed=seed, fov=fov)
+        big = ellipse((112, 120), (int(axes[0] * 1.4), int(axes[1] * 1.4)), angle)
+        s = fc.mask_shape(big, fov, PX_MM, grey=frame)
+        assert not s.plausible and s.reason == fc.FLUID_REASON and s.rim < fc.FLUID_RIM_RATIO
+        snug = ellipse((112, 120), (int(axes[0] * 1.1), int(axes[1] * 1.1)), angle)
+        assert fc.mask_shape(snug, fov, PX_MM, grey=frame).plausible
+
+
 def test_the_outline_check_needs_enough_of_the_outline_in_the_fan():
     """A ring mostly outside the field of view gives no verdict (the shape alone decides), and a
     frame is only looked at when the shape is plausible (a function giving it is not called)."""

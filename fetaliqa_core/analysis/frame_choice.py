@@ -22,7 +22,10 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
      fitted ellipse, the brightest grey level of a band from 0.8 to 1.1 of its size and of a band
      from 0.4 to 0.7 inside; the median of the first over the median of the second is the *rim
      ratio* (:func:`rim_ratio`). At :data:`SKULL_RIM_RATIO` or above, the mask outlines a bright
-     ring around a darker inside, as a head's does, and is not an abdomen.
+     ring around a darker inside, as a head's does, and is not an abdomen. Below
+     :data:`FLUID_RIM_RATIO` the band around the outline holds nothing as bright as the body's
+     inside: the outline runs through the fluid around the body, not along its edge (a mask
+     much larger than the body it covers), and an AC measured on it would be too long.
 
    Its quality ``q`` is that IoU (0 when not plausible).
 2. **Per-frame evidence** ``v``: ``p_cls * q`` with both models, ``p_cls`` or ``q`` with one;
@@ -70,6 +73,10 @@ RIM_INNER = (0.4, 0.7)  # the band inside it, of the same width, it is compared 
 RIM_ANGLES = 72
 MIN_RIM_ANGLES = 0.3  # share of the angles whose band lies in the image and the field of view
 SKULL_REASON = "its outline is a bright ring around a darker inside, as a skull's is"
+#: The band around a body's real outline holds the body's own edge (0.8-1.0 of it), as bright as
+#: its inside: ~1; in the fluid around the body it is far darker.
+FLUID_RIM_RATIO = 0.5
+FLUID_REASON = "its outline runs through the dark around the body, not along the body's edge"
 
 
 @dataclass(frozen=True)
@@ -202,13 +209,16 @@ def rim_ratio(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> float
 
 def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | None) -> MaskShape:
     """``shape`` with the frame's verdict on its outline: a plausible mask whose :func:`rim_ratio`
-    reaches :data:`SKULL_RIM_RATIO` outlines a skull, not an abdomen (not plausible, with the
+    reaches :data:`SKULL_RIM_RATIO` outlines a skull, and one below :data:`FLUID_RIM_RATIO` runs
+    through the fluid around the body; neither is an abdomen's outline (not plausible, with the
     reason). Unchanged when the shape is already not plausible or there is no frame."""
     if not shape.plausible or shape.ellipse is None or grey is None:
         return shape
     r = rim_ratio(grey, fov, shape.ellipse)
     if r is not None and r >= SKULL_RIM_RATIO:
         return replace(shape, plausible=False, quality=0.0, reason=SKULL_REASON, rim=r)
+    if r is not None and r < FLUID_RIM_RATIO:
+        return replace(shape, plausible=False, quality=0.0, reason=FLUID_REASON, rim=r)
     return replace(shape, rim=r)
 
 
