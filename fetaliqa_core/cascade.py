@@ -8,7 +8,9 @@
 
 3. Where a run of frames the teacher calls reaches the edge of what it was handed, the teacher
    follows it (:func:`follow_runs`, a few frames at a time) until the run ends, so the runs the
-   answer is chosen from are whole, as in the teacher's own full scoring.
+   answer is chosen from are whole, as in the teacher's own full scoring. "Calls" are what the
+   teacher's frame choice builds runs from (:func:`teacher_positive`): every model's call, or,
+   where its models never agree, the frames its choice falls back to.
 
 The assessment (chosen frame, best frame per sweep, AC) is made on the teacher's results only,
 so every number shown comes from the teacher; frames the teacher did not see are never chosen.
@@ -134,6 +136,16 @@ def teacher_calls(results: SweepResults, thresholds) -> np.ndarray:
     return calls & results.done
 
 
+def teacher_positive(sweep, results: SweepResults, thresholds) -> np.ndarray:
+    """The frames the teacher's own frame choice builds its runs from, on what it has scored:
+    the frames every model calls, or, where its models never agree on a frame, the frames its
+    choice falls back to (plausible masks, else the classifier's calls), as
+    :func:`~fetaliqa_core.analysis.frame_choice.choose` does. False where it did not score."""
+    from fetaliqa_core.analysis.assessment import assess
+
+    return assess(sweep, results, thresholds).choice.positive & results.done
+
+
 @dataclass
 class CascadeBatch:
     """One finished batch of either stage."""
@@ -216,7 +228,7 @@ class CascadeEngine:
                 yield CascadeBatch("teacher", batch)
             if self._cancelled or not self.confirmed[self.teacher_plan].all():
                 return
-            more = follow_runs(self.confirmed, teacher_calls(self.teacher.results, self.thresholds),
+            more = follow_runs(self.confirmed, teacher_positive(self.sweep, self.teacher.results, self.thresholds),
                                self.sweep.sweep_ranges)
             more = more[:max(0, budget - len(self.teacher_plan))]
             if not len(more):

@@ -172,3 +172,38 @@ def test_cli_refuses_inconsistent_cascade_options(args, message, capsys, tmp_pat
     sweep.write_bytes(b"")
     rc = main(["score", str(sweep), *args, "--device", "cpu", "--out", str(tmp_path / "o")])
     assert rc != 0 and message in capsys.readouterr().err
+
+
+class _SilentClassifier(FakeModel):
+    """A classifier that calls nothing: the teacher's models never agree on a frame."""
+
+    def predict(self, x):
+        pred = super().predict(x)
+        pred.p_cls = pred.p_cls * 0.1
+        return pred
+
+
+def test_cascade_teacher_follows_the_runs_its_choice_falls_back_to():
+    """When the teacher's classifier calls nothing, its own frame choice falls back to the runs of
+    plausible masks; the cascade's teacher follows those runs past the student's frames too, so
+    it sees them whole and answers with the teacher's own frame."""
+    from fetaliqa_core.cascade import teacher_positive
+    from fetaliqa_core.io import Sweep
+
+    small = tiny_sweep(n_sweeps=2, per_sweep=60)
+    # no usable spacing: the masks' size is judged as a share of the fan (these blobs are small)
+    sweep = Sweep(frames=small.frames, spacing_mm=(3.0, 3.0), sweep_ranges=small.sweep_ranges,
+                  sweep_kinds=small.sweep_kinds)
+    cls, seg = _SilentClassifier("cls"), FakeModel("seg")
+    thresholds = Thresholds.of_models(type("M", (), {"cls": cls, "seg": seg})())
+    full = ScoringEngine(sweep, cls=cls, seg=seg, cache=False).run()
+    own = assess(sweep, full, thresholds)
+    assert own.choice.basis == "segmenter" and own.chosen_frame >= 0
+    assert not teacher_calls(full, thresholds).any()  # nothing that every model calls
+    runs = teacher_positive(sweep, full, thresholds)
+    assert runs.any()
+    kw = dict(cache=False, thresholds=thresholds, margin=0, runs_per_sweep=1)
+    casc = CascadeEngine(sweep, _StrictStudent("joint"), cls, seg, follow_fraction=1.0, **kw).run()
+    assert not (runs & ~casc.confirmed).any()  # every run its choice is made from, seen whole
+    assert len(casc.teacher_plan) > len(casc.teacher_frames())  # it followed beyond its plan
+    assert assess(sweep, casc.teacher_results, thresholds).chosen_frame == own.chosen_frame
