@@ -8,9 +8,10 @@
 
 3. Where a run of frames the teacher calls reaches the edge of what it was handed, the teacher
    follows it (:func:`follow_runs`, a few frames at a time) until the run ends, so the runs the
-   answer is chosen from are whole, as in the teacher's own full scoring. "Calls" are what the
-   teacher's frame choice builds runs from (:func:`teacher_positive`): every model's call, or,
-   where its models never agree, the frames its choice falls back to.
+   answer is chosen from are whole, as in the teacher's own full scoring. "Calls" are the frames
+   every teacher model calls (:func:`teacher_calls`) and the frames the teacher's frame choice
+   builds its runs from (:func:`teacher_positive`: where its models never agree, the frames its
+   choice falls back to).
 
 The assessment (chosen frame, best frame per sweep, AC) is made on the teacher's results only,
 so every number shown comes from the teacher; frames the teacher did not see are never chosen.
@@ -228,8 +229,9 @@ class CascadeEngine:
                 yield CascadeBatch("teacher", batch)
             if self._cancelled or not self.confirmed[self.teacher_plan].all():
                 return
-            more = follow_runs(self.confirmed, teacher_positive(self.sweep, self.teacher.results, self.thresholds),
-                               self.sweep.sweep_ranges)
+            calls = teacher_calls(self.teacher.results, self.thresholds)
+            calls |= teacher_positive(self.sweep, self.teacher.results, self.thresholds)
+            more = follow_runs(self.confirmed, calls, self.sweep.sweep_ranges)
             more = more[:max(0, budget - len(self.teacher_plan))]
             if not len(more):
                 return
