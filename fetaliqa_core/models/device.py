@@ -24,6 +24,11 @@ from fetaliqa_core.models.options import DEVICE_CHOICES, PRECISION_CHOICES
 # on an H200 (2687 frames/s, merged LoRA, bf16). CPU: larger batches give no speed-up (the tower is compute-bound at
 # batch 1) and only delay the first results.
 BATCH_SIZE = {"cuda": 128, "mps": 16, "cpu": 8}
+# CPU in fp32: half the batch. Activations and the matmul library's packed weights are twice
+# bf16's size; the real classifier + segmenter pair with a full case in memory peaked at 3.08 GB
+# with batch 8 and 2.71 GB with batch 4, and batch 4 was no slower (2.32-2.46 against 2.45-2.58 s
+# a frame; the demo models and the student 52 against 57 and 12 against 13 ms a frame).
+CPU_FP32_BATCH = 4
 PRECISION_ENV = "FETALIQA_PRECISION"
 # CPU flags (Linux /proc/cpuinfo names) of bf16 matrix instructions
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -152,15 +157,18 @@ def _precision_preference(precision: str | None) -> str:
 
 def _choice(device: torch.device, precision: str) -> DeviceChoice:
     batch = BATCH_SIZE[device.type]
+    fp32_batch = CPU_FP32_BATCH if device.type == "cpu" else batch
     if precision == "bf16":
         return DeviceChoice(device, torch.bfloat16, batch, "forced")
     if precision == "fp32":
-        return DeviceChoice(device, torch.float32, batch, "forced")
+        return DeviceChoice(device, torch.float32, fp32_batch, "forced")
     if device.type == "cuda":
         return DeviceChoice(device, torch.bfloat16, batch)
     if device.type == "cpu":
         probe = cpu_precision_probe()
-        return DeviceChoice(device, torch.bfloat16 if probe.use_bf16 else torch.float32, batch, probe.reason)
+        if probe.use_bf16:
+            return DeviceChoice(device, torch.bfloat16, batch, probe.reason)
+        return DeviceChoice(device, torch.float32, fp32_batch, probe.reason)
     return DeviceChoice(device, torch.float32, batch)
 
 
