@@ -139,9 +139,11 @@ def teacher_calls(results: SweepResults, thresholds) -> np.ndarray:
 
 def teacher_positive(sweep, results: SweepResults, thresholds) -> np.ndarray:
     """The frames the teacher's own frame choice builds its runs from, on what it has scored:
-    the frames every model calls, or, where its models never agree on a frame, the frames its
-    choice falls back to (plausible masks, else the classifier's calls), as
-    :func:`~fetaliqa_core.analysis.frame_choice.choose` does. False where it did not score."""
+    the classifier's calls on a plausible mask, or, where there is none, the frames its choice
+    falls back to (plausible masks, else the classifier's calls), as
+    :func:`~fetaliqa_core.analysis.frame_choice.choose` does. Not a superset of
+    :func:`teacher_calls` (a call on an implausible mask is not among them). False where it did
+    not score."""
     from fetaliqa_core.analysis.assessment import assess
 
     return assess(sweep, results, thresholds).choice.positive & results.done
