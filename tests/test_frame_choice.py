@@ -229,6 +229,46 @@ def test_an_ac_on_a_mask_that_outlines_no_abdomen_is_doubtful():
     assert a.summary.chosen_ac["status"] == "ok" and a.summary.chosen_ac["ga_weeks"] is not None
 
 
+def test_an_ac_on_a_frame_the_classifier_does_not_call_is_doubtful():
+    """The classifier scores every frame below its threshold, the segmenter outlines a round shape
+    on frame 10: the choice falls back to the segmenter alone and says so, and the AC there is
+    doubtful (the models disagree), in the summary, per sweep and in the assessment's verdict."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+
+    thresholds = Thresholds(value=0.5, model=0.5)
+    sweep, res = _scored_case(ellipse((112, 112), (40, 34)))
+    res.p_cls[10] = 0.3
+    a = assess(sweep, res, thresholds)
+    assert a.chosen_frame == 10 and a.choice.basis == "segmenter" and a.mask_problem(10) is None
+    reading = a.summary.chosen_ac
+    assert reading["status"] == "doubtful" and reading["ga_weeks"] is None and reading["ac_mm"] > 0
+    assert "classifier does not call" in reading["note"] and "0.30" in reading["note"]
+    assert a.disagreement(10) and a.summary.sweeps[0].ac_status == "doubtful"
+    assert "segmenter's masks alone" in a.summary.choice_note
+    # the user lowers the threshold below the frame's score: both models call it, a plain number
+    a = assess(sweep, res, thresholds.with_value(0.25))
+    assert a.choice.basis == "all models" and a.disagreement(10) is None and not a.summary.choice_note
+    assert a.summary.chosen_ac["status"] == "ok"
+
+
+def test_the_chosen_frame_is_one_both_models_call_not_a_closed_gap():
+    """A run of frames 8-12 that both models call, with a one-frame dip of the classifier at 10
+    (the run closes that gap): the frame with the largest mask is the gap frame, but the frame
+    chosen is one both models call, and its AC is a plain number."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+
+    sweep, res = _scored_case(ellipse((112, 112), (44, 38)))
+    for i, axes in zip((8, 9, 11, 12), ((36, 31), (38, 33), (40, 34), (37, 32))):
+        res.masks[i] = ellipse((112, 112), axes)
+        res.seg_area_px[i] = int(np.count_nonzero(res.masks[i]))
+        res.p_cls[i] = 0.9
+    res.p_cls[10] = 0.4
+    res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * S * S)
+    a = assess(sweep, res, Thresholds(value=0.5, model=0.5))
+    assert a.choice.runs[0][0][:2] == (8, 13)  # one run, the gap closed
+    assert a.chosen_frame == 11 and a.summary.chosen_ac["status"] == "ok"
+
+
 def test_the_reading_in_a_few_words_keeps_its_doubt():
     """The label on the image is short (a long reason would run off the picture) but never drops
     the doubt or the missing units; the full text keeps the reason."""
@@ -241,6 +281,9 @@ def test_the_reading_in_a_few_words_keeps_its_doubt():
     assert read_ac(600.0).short() == "AC 600.0 mm (doubtful)"
     assert read_ac(231.4, "the file records no pixel spacing").short() == "AC not shown (pixel spacing)"
     assert read_ac(None).short() == "no AC"
+    disagree = read_ac(231.4, disagreement="the classifier does not call this frame")
+    assert disagree.short() == "AC 231.4 mm (doubtful)" and disagree.ga_weeks is None
+    assert "classifier does not call" in disagree.text()
 
 
 # ------------------------------------------------------------------ a skull's outline, from the image

@@ -292,3 +292,5 @@ def test_thumbnail_ac_is_plain_only_on_an_abdomens_outline():
     assert _thumbnail_ac_text(mask, ac, sweep, fov, frame).endswith("(doubtful)")
     flat = np.where(mask > 0, 100, 10).astype(np.uint8)  # an even inside: an abdomen's reading
     assert "doubtful" not in _thumbnail_ac_text(mask, ac, sweep, fov, flat)
+    # the same abdomen's outline on a frame the classifier does not call: doubtful too
+    assert _thumbnail_ac_text(mask, ac, sweep, fov, flat, "the classifier does not call it").endswith("(doubtful)")

@@ -23,7 +23,7 @@ import numpy as np
 
 from fetaliqa_core.analysis import frame_choice
 from fetaliqa_core.analysis.ac import ACMeasurement, hadlock_ga, measure_frame_ac
-from fetaliqa_core.analysis.units import read_ac
+from fetaliqa_core.analysis.units import classifier_doubt, read_ac
 
 #: Threshold on the segmenter's score ``p_seg = f / (f + 0.01)`` (``f``: share of the 224 x 224
 #: input covered by the mask): 0.5 exactly where the mask covers 1 %, the paper's rule.
@@ -340,6 +340,7 @@ class CaseSummary:
     frame_numbering: str = "0-based"
     chosen_ac: dict = field(default_factory=dict)  # analysis.units.ACReading of the chosen frame
     choice_basis: str = ""  # frame_choice.Choice.basis
+    choice_note: str = ""  # set when the models disagree everywhere and the choice rests on one
     spacing_source: str = ""
     spacing_problem: str | None = None  # set: no mm and no GA anywhere, and why
     app_version: str = ""
@@ -371,6 +372,8 @@ class Assessment:
     ac: dict[int, ACMeasurement]
     summary: CaseSummary
     choice: frame_choice.Choice | None = None
+    #: the classifier's scores the choice read (None without a classifier)
+    p_cls: np.ndarray | None = None
 
     @property
     def flagged(self) -> np.ndarray:
@@ -384,6 +387,18 @@ class Assessment:
         """Why ``frame``'s mask is not an abdomen's outline (the frame choice's verdict), None
         when it is or when there is no segmenter: an AC measured there is doubtful."""
         return _mask_problem(self.choice, frame)
+
+    def disagreement(self, frame: int) -> str | None:
+        """Why the classifier contradicts an AC measured on ``frame`` (it scored the frame below
+        its threshold; :func:`~fetaliqa_core.analysis.units.classifier_doubt`), None when it calls
+        the frame, did not score it or did not run."""
+        return _disagreement(self.p_cls, self.thresholds, frame)
+
+
+def _disagreement(p_cls: np.ndarray | None, thresholds: "Thresholds", frame: int) -> str | None:
+    if p_cls is None or not 0 <= frame < len(p_cls):
+        return None
+    return classifier_doubt(float(p_cls[frame]), thresholds.cls)
 
 
 def _mask_problem(choice: frame_choice.Choice | None, frame: int) -> str | None:
@@ -451,7 +466,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
         frame = b.frame if (b is not None and b.passes) else -1
         m = ac_on(frame)
-        r = read_ac(None if m is None else m.ac_mm, spacing_problem, _mask_problem(choice, frame))
+        r = read_ac(None if m is None else m.ac_mm, spacing_problem, _mask_problem(choice, frame),
+                    _disagreement(p_cls, thresholds, frame))
         sweeps.append(SweepSummary(
             sweep=s + 1, kind=kinds[s] if s < len(kinds) else "unknown",
             first_frame=int(start), last_frame=int(stop) - 1,
@@ -461,8 +477,12 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
             ac_status=r.status, ga=r.ga_text, ac_note=r.note))
     chosen_m = ac_on(chosen)
     chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem,
-                             _mask_problem(choice, chosen))
+                             _mask_problem(choice, chosen), _disagreement(p_cls, thresholds, chosen))
     prov = provenance or {}
+    choice_note = ""
+    if p_cls is not None and p_seg is not None and chosen >= 0 and choice.basis != "all models":
+        alone = "the segmenter's masks" if choice.basis == "segmenter" else "the classifier's scores"
+        choice_note = f"the models disagree: no frame is called by both; chosen on {alone} alone"
     summary = CaseSummary(
         path=str(sweep.path) if getattr(sweep, "path", None) else "",
         content_hash=str(getattr(sweep, "content_hash", "")),
@@ -472,12 +492,13 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         chosen_frame=int(chosen), sweeps=sweeps,
         frames_scored=int(results.n_done), complete=bool(results.complete),
         chosen_ac=chosen_reading.to_dict(), choice_basis=choice.basis,
+        choice_note=choice_note,
         spacing_source=str(getattr(sweep, "spacing_source", "")), spacing_problem=spacing_problem,
         app_version=str(prov.get("app_version", "")), bundles=list(prov.get("bundles", [])),
         demo=bool(prov.get("demo", False)),
         notice=str(prov.get("notice", "")) if prov.get("demo") else "")
     return Assessment(thresholds=thresholds, flags=flags, best=best, chosen_frame=int(chosen),
-                      ac=ac, summary=summary, choice=choice)
+                      ac=ac, summary=summary, choice=choice, p_cls=p_cls)
 
 
 _SHAPES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -34,13 +34,15 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
    a plausible mask). Runs are maximal stretches of positive frames in a sweep, gaps of one
    frame closed.
 4. **Sweep first**: the strongest run (sum of the smoothed evidence over its frames) is chosen;
-   inside it, the frame with the best-fitting largest plausible ellipse (fitted area x IoU),
-   frames the 3-class segmenter calls optimal (optimal share of the mask >= 0.5) first. Where
+   inside it, among its positive frames (never a closed gap), the frame with the best-fitting
+   largest plausible ellipse (fitted area x IoU), frames the 3-class segmenter calls optimal
+   (optimal share of the mask >= 0.5) first. Where
    the run has no plausible mask (no segmenter), the frame of highest evidence (ties: smoothed).
 5. **Abstention**: no positive frame anywhere gives -1. When the models disagree everywhere
    (frames called by one model only), the same steps run on the frames that have a plausible
    mask (or, without a segmenter, a classifier call) and the answer says so
-   (``basis``); with none of those either, -1.
+   (``basis``); with none of those either, -1. An AC measured on a frame the classifier does
+   not call is shown as doubtful (:func:`~fetaliqa_core.analysis.units.classifier_doubt`).
 
 Nothing here is fitted to a data set: the limits are anatomical (abdomen size and shape, the
 skull's bright ring) or geometric (field of view), and the same on any fan, probe or generator.
@@ -308,6 +310,8 @@ def choose(
 
     def best_in(a: int, b: int) -> int:
         idx = np.arange(a, b)
+        if positive[idx].any():  # not a closed gap: a frame the models themselves call
+            idx = idx[positive[idx]]
         if shapes is not None and plaus[idx].any():
             idx = idx[plaus[idx]]
             size = np.array([shapes[i].ellipse_area_px * shapes[i].quality for i in idx])

@@ -81,13 +81,26 @@ class ACReading:
         return asdict(self)
 
 
+def classifier_doubt(p_cls: float | None, threshold: float) -> str | None:
+    """Why an AC measured on a frame is doubtful when the classifier scored that frame below its
+    threshold: the segmenter outlined something the classifier does not take for an abdomen, and
+    with two models that disagree neither is to be believed on its own. None when the classifier
+    calls the frame, did not score it (NaN) or did not run (None)."""
+    if p_cls is None or not math.isfinite(float(p_cls)) or float(p_cls) >= threshold:
+        return None
+    return (f"the classifier does not call this frame an abdomen (score {float(p_cls):.2f}, threshold "
+            f"{threshold:.2f}): the models disagree")
+
+
 def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
-            mask_problem: str | None = None) -> ACReading:
+            mask_problem: str | None = None, disagreement: str | None = None) -> ACReading:
     """The reading of an AC measured in mm with the sweep's spacing.
 
     spacing_problem: the sweep's :attr:`~fetaliqa_core.io.Sweep.spacing_problem` (None when the
     spacing is known and plausible). mask_problem: why the mask measured is not an abdomen's
     outline (:attr:`~fetaliqa_core.analysis.frame_choice.MaskShape.reason`; None when it is).
+    disagreement: why the other model contradicts the frame (:func:`classifier_doubt`; None when
+    it does not).
     """
     if ac_mm is None or not math.isfinite(float(ac_mm)) or float(ac_mm) <= 0:
         return ACReading(NONE, None, None, "", "")
@@ -98,6 +111,8 @@ def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
         return ACReading(DOUBTFUL, round(ac, 1), None, "",
                          f"the mask there does not outline an abdomen ({mask_problem}); check the frame "
                          "and the mask")
+    if disagreement:
+        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{disagreement}; check the frame")
     lo, hi = AC_PLAUSIBLE_MM
     if not lo <= ac <= hi:
         return ACReading(DOUBTFUL, round(ac, 1), None, "",

@@ -138,6 +138,8 @@ def _print_summary(summary: dict, out: Path) -> None:
           f"chosen frame {chosen if chosen >= 0 else 'none (-1)'} (frames numbered from 0)")
     if summary.get("spacing_problem"):
         print(f"  {summary['spacing_problem']} (--spacing MM sets it)")
+    if summary.get("choice_note"):
+        print(f"  {summary['choice_note']}")
     for s in summary["sweeps"]:
         if s["best_frame"] < 0:
             print(f"  sweep {s['sweep']} ({s['kind']}): no frame above threshold")
