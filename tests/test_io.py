@@ -430,9 +430,66 @@ def _bad_small_frames(tmp_path):
     return tmp_path / "s.mha"
 
 
-def _bad_zero_spacing(tmp_path):
-    _write_mha_header(tmp_path / "sp.mha", (48, 40, 2), bytes(48 * 40 * 2), spacing="0 0.28 1")
-    return tmp_path / "sp.mha"
+def _mhd_pointing_at(tmp_path, data_file: str, extra: str = "") -> Path:
+    (tmp_path / "h.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 48 40 2\n"
+                                    f"ElementType = MET_UCHAR\n{extra}ElementDataFile = {data_file}\n")
+    return tmp_path / "h.mhd"
+
+
+def _bad_mhd_data_outside(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "d.raw").write_bytes(bytes(48 * 40 * 2))
+    return _mhd_pointing_at(tmp_path, str(tmp_path / "elsewhere" / "d.raw"))
+
+
+def _bad_mhd_data_parent(tmp_path):
+    (tmp_path / "d.raw").write_bytes(bytes(48 * 40 * 2))
+    (tmp_path / "sub").mkdir()
+    path = _mhd_pointing_at(tmp_path, "../d.raw")
+    return path.rename(tmp_path / "sub" / "h.mhd")
+
+
+def _bad_mhd_system_file_tail(tmp_path):
+    """A header reading the last bytes of a system file as its pixels (HeaderSize = -1)."""
+    return _mhd_pointing_at(tmp_path, "/etc/passwd", extra="HeaderSize = -1\n")
+
+
+def _bad_mhd_list_of_pipes(tmp_path):
+    """A data-file list naming a pipe: a reader that opens it waits forever."""
+    os.mkfifo(tmp_path / "slice0.raw")
+    (tmp_path / "h.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 48 40 1\n"
+                                    "ElementType = MET_UCHAR\nElementDataFile = LIST 2D\nslice0.raw\n")
+    return tmp_path / "h.mhd"
+
+
+def _bad_mhd_pattern(tmp_path):
+    os.mkfifo(tmp_path / "s001.raw")
+    return _mhd_pointing_at(tmp_path, "s%03d.raw 1 2 1")
+
+
+def _compressed_mha(tmp_path, payload: bytes, name: str = "c.mha") -> Path:
+    header = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+              "CompressedData = True\nElementSpacing = 0.28 0.28 1\nDimSize = 48 40 2\n"
+              "ElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
+    (tmp_path / name).write_bytes(header.encode() + payload)
+    return tmp_path / name
+
+
+def _bad_compressed_garbage(tmp_path):
+    return _compressed_mha(tmp_path, np.random.default_rng(0).integers(0, 256, 600, np.uint8).tobytes())
+
+
+def _bad_compressed_cut(tmp_path):
+    import zlib
+
+    data = zlib.compress(np.random.default_rng(1).integers(0, 256, 48 * 40 * 2, np.uint8).tobytes())
+    return _compressed_mha(tmp_path, data[: len(data) // 2])
+
+
+def _bad_compressed_short(tmp_path):
+    import zlib
+
+    return _compressed_mha(tmp_path, zlib.compress(bytes(48 * 40)))  # one frame of the two
 
 
 def _bad_mhd_missing_raw(tmp_path):
@@ -467,8 +524,15 @@ BAD_SWEEPS = [
     ("48 channels", _bad_many_channels, "vector data"),
     ("zero frames", _bad_zero_frames, "no frames"),
     ("frames under 32 px", _bad_small_frames, "at least 32 x 32"),
-    ("zero spacing", _bad_zero_spacing, "spacing"),
     (".mhd without its data file", _bad_mhd_missing_raw, "is missing"),
+    (".mhd data file in another folder", _bad_mhd_data_outside, "outside its own folder"),
+    (".mhd data file in the parent folder", _bad_mhd_data_parent, "outside its own folder"),
+    (".mhd reading a system file's tail", _bad_mhd_system_file_tail, "outside its own folder"),
+    (".mhd data-file list naming a pipe", _bad_mhd_list_of_pipes, "several files"),
+    (".mhd data-file pattern", _bad_mhd_pattern, "several files"),
+    ("compressed data that is garbage", _bad_compressed_garbage, "cannot be inflated"),
+    ("compressed data cut short", _bad_compressed_cut, "compressed pixel data"),
+    ("compressed data one frame short", _bad_compressed_short, "ends after 1920"),
     ("all NaN", _bad_all_nan, "NaN"),
 ]
 
@@ -490,6 +554,31 @@ def test_bad_sweep_input(tmp_path, label, make, expected):
     with pytest.raises(FetalIQAError) as exc:
         load_sweep(path)
     _assert_user_error(exc.value, path, expected)
+
+
+@pytest.mark.parametrize("spacing", ["0 0.28 1", "-0.28 -0.28 1", "nan 0.28 1"])
+def test_a_spacing_that_is_no_length_leaves_the_sweep_readable_without_lengths(tmp_path, spacing):
+    """A header whose pixel spacing is zero, negative or not a number: the frames are read, no
+    length may be shown (the problem says what the file records), and a spacing the user gives
+    replaces it."""
+    _write_mha_header(tmp_path / "sp.mha", (48, 40, 2), bytes(range(48)) * 80, spacing=spacing)
+    sweep = load_sweep(tmp_path / "sp.mha")
+    assert sweep.frames.shape == (2, 40, 48)
+    assert sweep.spacing_problem and "no length" in sweep.spacing_problem
+    fixed = sweep.with_spacing(0.3)
+    assert fixed.spacing_problem is None and fixed.spacing_mm == (0.3, 0.3)
+
+
+def test_compressed_metaimage_is_inflated_exactly(tmp_path):
+    """A compressed .mha (zlib, as MetaIO writes it) is read bit for bit, and a second read in the
+    same process is not fed the first one's pixels."""
+    import zlib
+
+    arr = np.random.default_rng(2).integers(0, 256, (2, 40, 48), np.uint8)
+    good = _compressed_mha(tmp_path, zlib.compress(arr.tobytes()), "good.mha")
+    np.testing.assert_array_equal(load_sweep(good).frames, arr)
+    with pytest.raises(FetalIQAError):
+        load_sweep(_bad_compressed_garbage(tmp_path))
 
 
 def _mask_case(tmp_path, mask: np.ndarray, name: str = "m.mha", is_vector: bool = False):

@@ -200,3 +200,37 @@ def test_user_spacing_outside_the_plausible_range_is_refused(tmp_path, bad):
 def test_plausible_range_is_documented_and_contains_acouslic():
     lo, hi = PLAUSIBLE_SPACING_MM
     assert lo <= 0.28 < hi and hi <= 1.0
+
+
+@pytest.mark.parametrize("change,expected", [
+    (lambda ds: setattr(ds, "NumberOfFrames", 5000), "needs"),   # 5000 frames claimed, 4 stored
+    (lambda ds: setattr(ds, "BitsAllocated", 16), "needs"),      # 8-bit pixels read as 16-bit
+    (lambda ds: setattr(ds, "BitsAllocated", 12), "12 bits"),
+], ids=["frames claimed", "16 bits over 8", "12 bits"])
+def test_dicom_whose_pixel_data_is_shorter_than_its_header_is_refused_before_reading(tmp_path, change, expected):
+    """A DICOM header that claims more pixel data than the file holds is refused from the header
+    alone (one line, what to do), before the image reader allocates what the header claims or
+    pads the missing frames with zeros; in a series folder as well."""
+    from fetaliqa_core.errors import FetalIQAError
+
+    path = tmp_path / "us.dcm"
+    write_us_dicom(path, _frames(), pixel_spacing=(0.3, 0.3))
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.save_as(str(path))
+    with pytest.raises(FetalIQAError) as exc:
+        load_sweep(path)
+    msg = str(exc.value)
+    assert expected in msg and "\n" not in msg and ("Export" in msg or "Copy" in msg)
+    series = tmp_path / "series"
+    series.mkdir()
+    path.rename(series / "us.dcm")
+    write_us_dicom(series / "us2.dcm", _frames(), pixel_spacing=(0.3, 0.3))
+    other = pydicom.dcmread(series / "us2.dcm")  # the same series as the damaged file
+    other.StudyInstanceUID, other.SeriesInstanceUID = ds.StudyInstanceUID, ds.SeriesInstanceUID
+    other.InstanceNumber, ds.InstanceNumber = 2, 1
+    other.save_as(str(series / "us2.dcm"))
+    ds.save_as(str(series / "us.dcm"))
+    with pytest.raises(FetalIQAError) as exc:
+        load_sweep(series)
+    assert "us.dcm" in str(exc.value)

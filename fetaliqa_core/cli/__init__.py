@@ -123,8 +123,8 @@ def _run_parsed(parser: argparse.ArgumentParser, argv: list[str]) -> int:
 
 def run_guarded(run, interrupted: str = "interrupted") -> int:
     """Run a command's body the way every ``fetaliqa`` command ends: a project error or an OS
-    error (disk full, read-only, permission, not a folder) as one line and its exit status,
-    SIGTERM and Ctrl-C as ``interrupted`` with status 130, never a traceback."""
+    error (disk full, read-only, permission, not a folder) or running out of memory as one line
+    and its exit status, SIGTERM and Ctrl-C as ``interrupted`` with status 130, never a traceback."""
     from fetaliqa_core.paths import os_error_message
 
     terminate_as_interrupt()
@@ -138,6 +138,10 @@ def run_guarded(run, interrupted: str = "interrupted") -> int:
         return 130
     except OSError as exc:
         print(f"fetaliqa: {os_error_message(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("fetaliqa: out of memory: this machine has not enough free memory for the file and the "
+              "models. Close other programs, or use a machine with more memory.", file=sys.stderr)
         return 1
 
 if __name__ == "__main__":

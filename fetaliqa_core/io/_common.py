@@ -58,10 +58,15 @@ def truthy(value: str) -> bool:
     return value.strip().lower() in ("true", "1", "yes")
 
 
-def check_spacing(spacing_mm: tuple[float, float], path: Path) -> None:
-    if not all(np.isfinite(s) and s > 0 for s in spacing_mm):
-        raise FetalIQAError(f"{path}: the pixel spacing {spacing_mm} (mm) is not a positive number, so "
-                            "lengths cannot be measured. Fix the spacing in the file's header.")
+def usable_spacing(spacing_mm: tuple[float, float], source: str, note: str) -> tuple[tuple[float, float], str, str]:
+    """``(spacing_mm, source, note)`` as read, or, when the recorded spacing is no length at all
+    (zero, negative, not a number), an unknown spacing that says what the file records: the
+    frames can still be scored and viewed, lengths are not shown, and a spacing the user gives
+    (``--spacing``, the View menu) replaces it."""
+    if all(np.isfinite(s) and s > 0 for s in spacing_mm):
+        return spacing_mm, source, note
+    shown = " x ".join(f"{s:g}" for s in spacing_mm)
+    return (1.0, 1.0), SPACING_NONE, f"the file records {shown} mm per pixel, which is no length"
 
 
 def sitk_reason(exc: BaseException) -> str:
