@@ -4,6 +4,7 @@ separate processes registering the same new sweep at once never fail or lose a w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.review.store import ReviewStore
+from fetaliqa_core.review.store import SCHEMA_VERSION, ReviewStore, apply_migrations
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,102 @@ def test_sqlite_file_of_another_program_is_refused_and_left_unmodified(tmp_path,
     assert path.read_bytes() == before
     assert _journal_mode(path) == "delete"  # not switched to WAL
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite3"]  # no -wal / -shm left
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("setup", [
+    {"application_id": 0x12345678, "user_version": 7},  # another program's mark, no tables yet
+    {"application_id": 0x12345678},
+    {"user_version": 7},  # a schema version but no FetalIQA mark: not ours, nor a newer FetalIQA's
+    {"journal_mode": "WAL", "application_id": 0x12345678, "user_version": 7},
+])
+def test_sqlite_file_of_another_program_without_tables_is_refused_before_any_write(tmp_path, setup):
+    """Another program's database that holds no tables yet is recognised by its header alone: no
+    journal-mode switch, no change counter bump, no -wal / -shm files beside it."""
+    path = tmp_path / "other.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for key, value in setup.items():
+        conn.execute(f"PRAGMA {key} = {value}")
+    conn.close()
+    before = _sha256(path)
+    for create in (True, False):
+        with pytest.raises(FetalIQAError, match="another program") as info:
+            ReviewStore(path, create=create)
+        assert "\n" not in str(info.value) and "--db" in str(info.value)
+        assert _sha256(path) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite3"]
+
+
+def test_sqlite_file_of_another_program_in_wal_mode_is_refused_without_leaving_wal_files(tmp_path):
+    path = tmp_path / "other.sqlite3"
+    _foreign(path, journal_mode="WAL")
+    before = _sha256(path)
+    with pytest.raises(FetalIQAError, match="another program"):
+        ReviewStore(path, create=False)
+    assert _sha256(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite3"]
+
+
+def test_review_database_of_a_newer_fetaliqa_is_refused_before_any_write(tmp_path):
+    path = tmp_path / "newer.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    apply_migrations(conn)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    before = _sha256(path)
+    with pytest.raises(FetalIQAError, match="newer FetalIQA"):
+        ReviewStore(path)
+    assert _sha256(path) == before
+    assert _journal_mode(path) == "delete"
+
+
+def test_empty_file_is_refused_by_a_command_that_does_not_create_and_left_at_zero_bytes(tmp_path):
+    path = tmp_path / "reviews.sqlite3"
+    path.touch()
+    with pytest.raises(FetalIQAError, match="is empty.*not a FetalIQA review database") as info:
+        ReviewStore(path, create=False)
+    assert "\n" not in str(info.value) and "--db" in str(info.value)
+    assert path.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reviews.sqlite3"]
+
+
+def test_sqlite_file_without_tables_is_refused_by_a_command_that_does_not_create(tmp_path):
+    path = tmp_path / "reviews.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("DROP TABLE t")  # a valid SQLite file that holds nothing
+    conn.close()
+    before = _sha256(path)
+    with pytest.raises(FetalIQAError, match="empty SQLite database.*not a FetalIQA review database"):
+        ReviewStore(path, create=False)
+    assert _sha256(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reviews.sqlite3"]
+
+
+def test_empty_file_becomes_a_new_review_database_when_the_store_may_create_one(tmp_path):
+    """The app opening its own store: a 0-byte file holds nothing to lose (and is what a second
+    app instance creating the same new file leaves for a moment), so it is created there."""
+    path = tmp_path / "reviews.sqlite3"
+    path.touch()
+    with ReviewStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        store.add_sweep("abc", "/x/case.mha", 3)
+    with ReviewStore(path, create=False) as store:
+        assert [s.content_hash for s in store.sweeps()] == ["abc"]
+
+
+@pytest.mark.parametrize("content", [b"S", b"SQLite format 3\x00", b"\x00" * 50])
+def test_short_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path, content):
+    path = tmp_path / "reviews.sqlite3"
+    path.write_bytes(content)
+    for create in (True, False):
+        with pytest.raises(FetalIQAError, match="cannot be read.*left as it is"):
+            ReviewStore(path, create=create)
+        assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reviews.sqlite3"]
 
 
 def _store_with_run(tmp_path) -> tuple[Path, int, int]:

@@ -103,36 +103,98 @@ def apply_migrations(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> 
     return max(version, target)
 
 
-def recognise(path: Path) -> None:
-    """Check, read-only, that an existing file is a FetalIQA review database (or empty).
+#: The first 16 bytes of every SQLite database file.
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
-    Runs before the store's own connection sets anything (journal mode, migrations), so a
-    file that belongs to another program is never modified."""
+
+def sqlite_uri(path: Path, mode: str) -> str:
+    """An SQLite URI for ``path`` opened with ``mode`` ("ro" or "rw": never creating the file)."""
+    return "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=" + mode
+
+
+def read_identity(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """(user_version, application_id, number of schema objects) of an open database; only reads."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    return version, app_id, n_objects
+
+
+def foreign_error(path: Path) -> FetalIQAError:
+    """The one-line refusal of another program's SQLite database."""
+    return FetalIQAError(f"{path} is an SQLite database of another program, not a FetalIQA review "
+                         "database. It has been left as it is: choose another file with --db.")
+
+
+def unreadable_error(path: Path, cause: object) -> FetalIQAError:
+    """The one-line refusal of a file SQLite cannot read (``cause``: what SQLite said)."""
+    return FetalIQAError(f"The review database {path} cannot be read ({cause}). It has been left as it "
+                         "is: move it aside (or restore it from a backup) and start again, or choose "
+                         "another file with --db.")
+
+
+def check_identity(path: Path, version: int, app_id: int, n_objects: int) -> None:
+    """Refuse a database that is not a FetalIQA review database this version can open.
+
+    A FetalIQA database gets its application id and its schema version in the transaction that
+    creates its tables, so the only database without the id that may become one is a blank one
+    (no tables, schema version 0). Anything else without the id, anything with another program's
+    id, and a file with the id but tables and no schema version belong to another program.
+    """
+    blank = version == 0 and n_objects == 0
+    ours = app_id == APPLICATION_ID and version != 0
+    if not (ours or blank and app_id in (0, APPLICATION_ID)):
+        raise foreign_error(path)
+    if version > SCHEMA_VERSION:
+        raise FetalIQAError(f"The review database {path} was written by a newer FetalIQA (schema "
+                            f"{version}; this version knows up to {SCHEMA_VERSION}). Update FetalIQA "
+                            "to open it.")
+
+
+def recognise(path: Path) -> int | None:
+    """Check, read-only, that an existing file is a FetalIQA review database (or a blank one).
+
+    Runs before the store's own connection sets anything (journal mode, migrations), so a file
+    that belongs to another program is never modified. The 100-byte SQLite header is read first:
+    a file that is not an SQLite database, or that carries another program's application id, is
+    refused without SQLite opening it at all. The rest is read through a read-only connection,
+    which also sees what is still in a write-ahead log. A file in WAL mode with no log beside it
+    is read as immutable, so that no -wal / -shm files are left next to another program's file.
+
+    Returns the number of schema objects (tables, indexes) the file holds, 0 for an empty
+    (0-byte) file, or None when it cannot tell read-only (the store's own connection then
+    reports what is wrong).
+    """
     try:
-        if not path.is_file() or path.stat().st_size == 0:
-            return
+        if not path.is_file():
+            return None
+        with path.open("rb") as f:
+            header = f.read(100)
     except OSError:
-        return
-    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+        return None
+    if not header:
+        return 0
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        raise unreadable_error(path, "file is not a database")
+    if int.from_bytes(header[68:72], "big", signed=True) not in (0, APPLICATION_ID):
+        raise foreign_error(path)
+    uri = sqlite_uri(path, "ro")
+    if header[18] == 2 and not path.with_name(path.name + "-wal").exists():
+        uri += "&immutable=1"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error:
-        return  # cannot tell read-only: the normal open reports what is wrong
+        return None
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        n_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        version, app_id, n_objects = read_identity(conn)
     except sqlite3.DatabaseError as exc:
         if "not a database" in str(exc) or "malformed" in str(exc):
-            raise FetalIQAError(f"The review database {path} cannot be read ({exc}). It has been left as it "
-                                "is: move it aside (or restore it from a backup) and start again, or choose "
-                                "another file with --db.") from None
-        return
+            raise unreadable_error(path, exc) from None
+        return None
     finally:
         conn.close()
-    if n_tables > 0 and app_id != APPLICATION_ID:  # every FetalIQA database carries the id
-        raise FetalIQAError(f"{path} is an SQLite database of another program, not a FetalIQA review "
-                            "database. It has been left as it is: choose another file with --db.")
+    check_identity(path, version, app_id, n_objects)
+    return n_objects
 
 
 def rollback(conn: sqlite3.Connection) -> None:

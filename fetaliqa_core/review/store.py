@@ -39,7 +39,10 @@ Schema
     steps. Opening an older file applies the missing steps in one transaction, after copying the
     file to ``<name>.v<old>.bak`` (SQLite backup API). A file from a newer FetalIQA, a file that
     is not an SQLite database, or an SQLite database that belongs to another program is left
-    untouched and reported as a ``FetalIQAError``.
+    untouched and reported as a ``FetalIQAError``: the file is identified read-only (its header,
+    then a read-only connection) before anything that can write to it, the journal mode
+    included. An empty (0-byte) file, or an SQLite database without tables, becomes a new
+    review database only when the store may create one (``create=True``).
 """
 
 from __future__ import annotations
@@ -88,8 +91,12 @@ from fetaliqa_core.review.schema import (  # noqa: F401
     MIGRATIONS,
     SCHEMA_VERSION,
     apply_migrations,
+    check_identity,
+    read_identity,
     recognise,
     rollback,
+    sqlite_uri,
+    unreadable_error,
 )
 
 DB_FILENAME = "reviews.sqlite3"
@@ -127,14 +134,16 @@ def _db_errors(method):
 class ReviewStore:
     """The review database. ``ReviewStore()`` opens (creating if needed) the default file.
 
-    ``create=False`` refuses to create a missing file (the export commands use it so that a
-    mistyped ``--db`` is reported instead of producing an empty report).
+    ``create=False`` refuses to create a missing file, and refuses an empty (0-byte) file or an
+    SQLite database without tables instead of making it a review database (the export commands
+    use it so that a mistyped ``--db`` is reported instead of producing an empty report).
     """
 
     def __init__(self, path: str | Path | None = None, *, create: bool = True) -> None:
         self.path = Path(path) if path is not None else default_db_path()
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._create = create
         if self.path.is_dir():
             raise FetalIQAError(f"The review database path {self.path} is a folder: "
                                 "give a file name, e.g. reviews.sqlite3.")
@@ -148,9 +157,13 @@ class ReviewStore:
             except OSError as exc:
                 raise FetalIQAError(f"Cannot create the folder for the review database "
                                     f"{self.path}: {paths.os_error_cause(exc)}. Choose another --db.") from None
-        recognise(self.path)  # read-only: a file of another program is never modified
+        # Read-only: a file of another program is never modified, an empty one never filled.
+        if recognise(self.path) == 0 and not create:
+            raise self._empty_error()
+        # create=False: "rw" never creates the file, even if it is removed in the meantime.
+        target = self.path if create else sqlite_uri(self.path, "rw")
         try:
-            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+            self._conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=not create,
                                          isolation_level=None, check_same_thread=False)
             self._configure()
             self._migrate()
@@ -199,17 +212,29 @@ class ReviewStore:
         if isinstance(exc, sqlite3.IntegrityError):
             return FetalIQAError(f"The review database {self.path} refused the change "
                                  f"({text}).")
-        return FetalIQAError(
-            f"The review database {self.path} cannot be read ({text}). It has been left as it "
-            "is: move it aside (or restore it from a backup) and start again, or choose another "
-            "file with --db.")
+        return unreadable_error(self.path, text)
+
+    def _empty_error(self) -> FetalIQAError:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            size = 0
+        what = "is empty (0 bytes)" if size == 0 else "is an empty SQLite database (no tables)"
+        return FetalIQAError(f"{self.path} {what}, not a FetalIQA review database. It has been left "
+                             "as it is: check the --db path (the app keeps its database in "
+                             f"{default_db_path()}).")
 
     def _configure(self) -> None:
         conn = self._conn
         assert conn is not None
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # Reading the schema first makes a non-database file fail here, before any write.
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        # Identify the file again on this connection before any write (the journal mode
+        # included): a non-database fails here, and a file that changed since ``recognise``
+        # is still refused untouched.
+        version, app_id, n_objects = read_identity(conn)
+        check_identity(self.path, version, app_id, n_objects)
+        if n_objects == 0 and not self._create:
+            raise self._empty_error()
         mode = self._set_wal(conn)
         if str(mode).lower() != "wal":
             raise FetalIQAError(f"The review database {self.path} cannot use write-ahead "
@@ -235,17 +260,7 @@ class ReviewStore:
         conn = self._conn
         assert conn is not None
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        n_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if version == 0 and n_tables > 0 or app_id not in (0, APPLICATION_ID):
-            raise FetalIQAError(f"{self.path} is an SQLite database of another program, not a "
-                                "FetalIQA review database. It has been left as it is: choose "
-                                "another file with --db.")
-        if version > SCHEMA_VERSION:
-            raise FetalIQAError(f"The review database {self.path} was written by a newer "
-                                f"FetalIQA (schema {version}; this version knows up to "
-                                f"{SCHEMA_VERSION}). Update FetalIQA to open it.")
-        if version == SCHEMA_VERSION:
+        if version >= SCHEMA_VERSION:  # a newer one was refused by _configure
             return
         if version > 0:
             self._backup(self.path.with_name(f"{self.path.name}.v{version}.bak"))
