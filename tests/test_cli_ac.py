@@ -116,3 +116,59 @@ def test_no_spacing_no_mm_unless_given(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["ac_mm"] == pytest.approx(ac_of(BIG), rel=0.01)
     assert main(["ac", str(path), "--spacing", "7"]) == 1  # implausible: refused in one line
     assert "implausible" in capsys.readouterr().err
+
+
+def _write(tmp_path, masks, name, spacing=0.28):
+    image = sitk.GetImageFromArray(masks)
+    image.SetSpacing((spacing, spacing, 1.0))
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path), True)
+    return path
+
+
+def test_crossing_lines_give_a_doubtful_ac_without_ga(tmp_path, capsys):
+    lines = np.zeros((1, 256, 256), np.uint8)  # two 1-pixel lines crossing near a corner
+    lines[0, 10, :] = 1
+    lines[0, :, 10] = 2
+    path = _write(tmp_path, lines, "lines.mha")
+    assert main(["ac", str(path), "--no-fov"]) == 0  # a doubtful number is still an answer
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("frame 0: AC ") and "GA" not in out
+    assert "(doubtful: the mask there does not outline an abdomen (not ellipse-like)" in out
+    assert main(["ac", str(path), "--no-fov", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_status"] == "doubtful" and record["ac_mm"] is not None
+    assert record["ga_weeks"] is None and record["ga"] is None
+    assert record["mask_plausible"] is False and record["mask_problem"] == "not ellipse-like"
+    assert "not ellipse-like" in record["note"]
+    cross = np.zeros((1, H, W), np.uint8)  # the same across the middle, inside the field of view
+    cross[0, 300, :] = 1
+    cross[0, :, 372] = 2
+    assert main(["ac", str(_write(tmp_path, cross, "cross.mha"))]) == 0
+    out = capsys.readouterr().out
+    assert "doubtful" in out and "not ellipse-like" in out and "GA" not in out
+
+
+def test_round_abdomen_mask_gives_a_plain_ac(mask_file, capsys):
+    for extra in ([], ["--no-fov"]):
+        assert main(["ac", str(mask_file), *extra]) == 0
+        assert re.fullmatch(r"frame 2: AC [\d.]+ mm, GA \d+w \dd", capsys.readouterr().out.strip())
+        assert main(["ac", str(mask_file), "--json", *extra]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["ac_status"] == "ok" and record["ga"] and record["note"] is None
+        assert record["mask_plausible"] is True and record["mask_problem"] is None
+
+
+def test_outline_cut_by_image_edge_without_field_of_view(tmp_path, capsys):
+    masks = np.zeros((1, H, W), np.uint8)
+    cv2.ellipse(masks[0], (100, 300), BIG, 0, 0, 360, 1, -1)  # runs past the left edge
+    path = _write(tmp_path, masks, "edge.mha")
+    assert main(["ac", str(path), "--no-fov"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"frame 0: AC [\d.]+ mm, GA \d+w \dd \[outline cut by the image's edge; "
+                        r"ellipse extrapolated\]", out), out
+    fan = np.zeros((1, H, W), np.uint8)
+    cv2.ellipse(fan[0], (372, 60), BIG, 0, 0, 360, 1, -1)  # runs past the fan's top
+    assert main(["ac", str(_write(tmp_path, fan, "fan.mha"))]) == 0
+    out = capsys.readouterr().out
+    assert "[outline cut by the field of view; ellipse extrapolated]" in out and "image's edge" not in out

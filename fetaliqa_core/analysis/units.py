@@ -108,9 +108,9 @@ def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
         return ACReading(NO_UNITS, None, None, "", spacing_problem)
     ac = float(ac_mm)
     if mask_problem:
+        check = "the frame, the mask and the pixel spacing" if "size" in mask_problem else "the frame and the mask"
         return ACReading(DOUBTFUL, round(ac, 1), None, "",
-                         f"the mask there does not outline an abdomen ({mask_problem}); check the frame "
-                         "and the mask")
+                         f"the mask there does not outline an abdomen ({mask_problem}); check {check}")
     if disagreement:
         return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{disagreement}; check the frame")
     lo, hi = AC_PLAUSIBLE_MM

@@ -4,7 +4,12 @@ The mask is read by :func:`fetaliqa_core.io.read_mask_volume`, with the label ch
 other mask reader (a grey image is refused), and measured as the app and ``fetaliqa score``
 measure (``analysis.measure_ac``), so a value shown there can be checked by hand against a mask
 exported or annotated elsewhere. Lengths are printed only with a known, plausible pixel spacing
-(the file's or ``--spacing``); an AC outside the plausible range is marked doubtful.
+(the file's or ``--spacing``). The mask is judged as the frame choice judges every mask
+(:func:`~fetaliqa_core.analysis.frame_choice.mask_shape`, at the mask's own size, inside the field
+of view the command uses, its size in mm when the spacing is known; the file has no grey levels,
+so the outline is judged by its shape alone): an AC fitted to a mask that is not an abdomen's
+outline, or outside the plausible range, is marked doubtful with the reason and has no GA
+(:func:`~fetaliqa_core.analysis.units.read_ac`), as in ``fetaliqa score``, the viewer and reports.
 """
 
 from __future__ import annotations
@@ -51,9 +56,21 @@ def _pick_frame(masks: np.ndarray, frame: int | None, path: Path) -> int:
     return int(np.argmax(areas))
 
 
+def _mask_shape(frame: np.ndarray, fov: np.ndarray | None, spacing: tuple, problem: str | None):
+    """The frame choice's verdict on ``frame``'s mask at its own size, inside ``fov`` (None: the
+    whole frame), with its size in mm when the pixel spacing is known and plausible (``problem``
+    None; the geometric mean of the two spacings, as the reports use), else as a share of the
+    field of view."""
+    from fetaliqa_core.analysis import frame_choice
+
+    px_mm = None if problem is not None else float(np.sqrt(float(spacing[0]) * float(spacing[-1])))
+    return frame_choice.mask_shape(frame, fov, px_mm)
+
+
 def run(args: argparse.Namespace) -> int:
     from fetaliqa_core import analysis
     from fetaliqa_core import io as fio
+    from fetaliqa_core.analysis.ac import resolve_fov
     from fetaliqa_core.io import spacing as fspacing
 
     path = Path(args.mask)
@@ -69,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
 
     index = _pick_frame(masks, args.frame, path)
     frame = masks[index]
-    m = analysis.measure_ac(frame, spacing, fov=None if args.no_fov else "acouslic")
-    reading = analysis.read_ac(None if m is None else m.ac_mm, problem)
+    fov = None if args.no_fov else resolve_fov("acouslic", frame.shape)
+    m = analysis.measure_ac(frame, spacing, fov=fov)
+    shape = None if m is None else _mask_shape(frame, fov, spacing, problem)
+    reading = analysis.read_ac(None if m is None else m.ac_mm, problem,
+                               None if shape is None else shape.problem)
 
     if args.json:
         record = {
@@ -84,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
             "ga_weeks": reading.ga_weeks,
             "ga": reading.ga_text or None,
             "note": reading.note or None,
+            "mask_plausible": None if shape is None else shape.plausible,
+            "mask_problem": None if shape is None else shape.problem,
             "truncated": None if m is None else m.truncated,
             "n_points": None if m is None else m.n_points,
             "ellipse_px": None if m is None else {"center": list(m.center), "axes": list(m.axes), "angle": m.angle},
@@ -96,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         why = "the frame is empty" if area == 0 else f"the mask ({area} px) is too small or too cut off for an ellipse fit"
         print(f"frame {index}: no AC ({why})")
         return 1
-    tail = " [outline cut by the field of view; ellipse extrapolated]" if m.truncated else ""
+    edge = "the image's edge" if fov is None else "the field of view"
+    tail = f" [outline cut by {edge}; ellipse extrapolated]" if m.truncated else ""
     print(f"frame {index}: {reading.text()}{tail}")
     return 0 if reading.status != analysis.units.NO_UNITS else 1
