@@ -467,6 +467,18 @@ def _bad_mhd_pattern(tmp_path):
     return _mhd_pointing_at(tmp_path, "s%03d.raw 1 2 1")
 
 
+def _nifti_patched(tmp_path, offset: int, fmt: str, value: int) -> Path:
+    """A valid NIfTI-1 file with one header field overwritten."""
+    import struct
+
+    path = tmp_path / "n.nii"
+    write_volume(path, _frames(2))
+    data = bytearray(path.read_bytes())
+    data[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def _compressed_mha(tmp_path, payload: bytes, name: str = "c.mha") -> Path:
     header = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
               "CompressedData = True\nElementSpacing = 0.28 0.28 1\nDimSize = 48 40 2\n"
@@ -530,6 +542,8 @@ BAD_SWEEPS = [
     (".mhd reading a system file's tail", _bad_mhd_system_file_tail, "outside its own folder"),
     (".mhd data-file list naming a pipe", _bad_mhd_list_of_pipes, "several files"),
     (".mhd data-file pattern", _bad_mhd_pattern, "several files"),
+    ("NIfTI with -1 dimensions", lambda t: _nifti_patched(t, 40, "<h", -1), "dimensions"),
+    ("NIfTI with an unknown datatype", lambda t: _nifti_patched(t, 70, "<h", 1234), "datatype code 1234"),
     ("compressed data that is garbage", _bad_compressed_garbage, "cannot be inflated"),
     ("compressed data cut short", _bad_compressed_cut, "compressed pixel data"),
     ("compressed data one frame short", _bad_compressed_short, "ends after 1920"),
@@ -630,3 +644,13 @@ def test_unreadable_file(tmp_path):
     with pytest.raises(FetalIQAError) as exc:
         load_sweep(tmp_path / "p.mha")
     _assert_user_error(exc.value, tmp_path / "p.mha", "permission")
+
+
+@pytest.mark.parametrize("offset,value", [(40, -1), (70, 1234)], ids=["dimensions", "datatype"])
+def test_a_damaged_nifti_header_is_one_line_and_nothing_on_stderr(tmp_path, capfd, offset, value):
+    """The NIfTI library prints its own '** ERROR' on stderr for such a header; it is refused
+    before the library reads it."""
+    path = _nifti_patched(tmp_path, offset, "<h", value)
+    with pytest.raises(FetalIQAError):
+        load_sweep(path)
+    assert capfd.readouterr().err == ""

@@ -234,3 +234,27 @@ def test_dicom_whose_pixel_data_is_shorter_than_its_header_is_refused_before_rea
     with pytest.raises(FetalIQAError) as exc:
         load_sweep(series)
     assert "us.dcm" in str(exc.value)
+
+
+def test_a_damaged_file_of_a_series_is_named_not_dropped_and_other_series_are_left_alone(tmp_path):
+    """A series folder whose third file is cut short: the series scan leaves it out, which would
+    make a sweep with a frame missing and no word said; it is named instead. A file of another
+    series in the same folder (a localiser) is left out without complaint."""
+    from fetaliqa_core.errors import FetalIQAError
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    first = None
+    for k in range(3):
+        write_us_dicom(folder / f"f{k}.dcm", _frames(1), pixel_spacing=(0.3, 0.3))
+        ds = pydicom.dcmread(folder / f"f{k}.dcm")
+        first = first or ds
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = first.StudyInstanceUID, first.SeriesInstanceUID, k + 1
+        ds.save_as(str(folder / f"f{k}.dcm"))
+    write_us_dicom(folder / "localiser.dcm", _frames(1), pixel_spacing=(0.3, 0.3))  # another series
+    assert load_sweep(folder).n_frames == 3
+    data = (folder / "f2.dcm").read_bytes()
+    (folder / "f2.dcm").write_bytes(data[: len(data) - 700])
+    with pytest.raises(FetalIQAError) as exc:
+        load_sweep(folder)
+    assert "f2.dcm" in str(exc.value) and "localiser" not in str(exc.value)

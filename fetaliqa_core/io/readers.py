@@ -84,6 +84,13 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     # Several series: take the one with most files (the cine; others are usually localisers).
     files_by_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
     files = max(files_by_series.values(), key=len)
+    listed = {Path(name).resolve() for names in files_by_series.values() for name in names}
+    unread = sorted(p.name for p in entries if p.is_file() and p.resolve() not in listed
+                    and _damaged_member(p, Path(files[0])))
+    if unread:  # a damaged file of the series would otherwise be a frame missing without a word
+        shown = ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else "")
+        raise FetalIQAError(f"{folder}: {len(unread)} DICOM file(s) of this folder cannot be read ({shown}): "
+                            "they are damaged or truncated. Copy the series again, or remove them.")
     for name in files:
         _precheck_dicom(Path(name))
     if len(files) == 1:
@@ -119,6 +126,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     nrrd_stored = _nrrd_stored_bytes(path)  # before ITK opens a data file that may be a pipe
     if has_dicom_magic(path):
         _precheck_dicom(path)
+    _precheck_nifti_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -192,6 +200,25 @@ class _quiet_itk:
         import SimpleITK as sitk
 
         sitk.ProcessObject.SetGlobalWarningDisplay(self._shown)
+
+
+def _damaged_member(path: Path, member: Path) -> bool:
+    """Whether ``path``, a file the series scan left out, is a damaged file of the same series as
+    ``member``: a DICOM file (by its magic) whose header cannot be parsed, or one of that series
+    with pixel data. Other series, non-image objects and files that are not DICOM are not."""
+    if not has_dicom_magic(path):
+        return False
+    import pydicom
+
+    try:
+        series = str(pydicom.dcmread(member, stop_before_pixels=True).get("SeriesInstanceUID", ""))
+    except Exception:  # noqa: BLE001 - cannot tell: the series reader judges
+        return False
+    try:
+        ds = pydicom.dcmread(path, defer_size=1024)
+    except Exception:  # noqa: BLE001 - a DICOM file whose header cannot be parsed is damaged
+        return True
+    return "PixelData" in ds and str(ds.get("SeriesInstanceUID", "")) == series
 
 
 #: DICOM transfer syntaxes whose pixel data is stored as it is (its length is known in advance).
@@ -362,6 +389,39 @@ def _nrrd_stored_bytes(path: Path) -> int | None:
     else:
         stored = max(path.stat().st_size - len(text), 0)
     return stored if encoding in ("gzip", "gz") else None
+
+
+#: NIfTI datatype codes (nifti1.h): the only values a writer may put in the header.
+_NIFTI_DATATYPES = frozenset({2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304})
+
+
+def _precheck_nifti_header(path: Path) -> None:
+    """A NIfTI header whose dimension count or datatype is not one the format defines is refused
+    here, in one line, before the NIfTI library prints its own error on stderr."""
+    suffix = full_suffix(path)
+    if suffix not in (".nii", ".nii.gz"):
+        return
+    try:
+        opener = gzip.open if suffix == ".nii.gz" else open
+        with opener(path, "rb") as fh:
+            head = fh.read(540)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return  # _precheck_nifti reports a damaged file
+    for endian in ("<", ">"):
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            ndim, datatype = struct.unpack(endian + "h", head[40:42])[0], struct.unpack(endian + "h", head[70:72])[0]
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            ndim, datatype = struct.unpack(endian + "q", head[16:24])[0], struct.unpack(endian + "h", head[12:14])[0]
+            break
+    else:
+        return
+    if not 1 <= ndim <= 7:
+        raise FetalIQAError(f"{path}: the NIfTI header gives {ndim} dimensions (1 to 7 are possible): the "
+                            "header is damaged. Export the file again.")
+    if datatype not in _NIFTI_DATATYPES:
+        raise FetalIQAError(f"{path}: the NIfTI header's datatype code {datatype} is not one the format "
+                            "defines: the header is damaged. Export the file again.")
 
 
 def _nifti_vox_offset(head: bytes) -> int | None:
