@@ -281,3 +281,26 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_model(archive_d
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "cannot write results" in err[0] and "--out" in err[0]
     assert blocker.read_text() == "not a folder"
+
+
+def test_entries_named_like_sweeps_that_are_no_files_fail_in_their_own_rows(archive_dir, tmp_path, capsys):
+    """A broken link, a pipe and a folder named like sweep files are members of the archive that
+    fail with the reason, not entries left out without a word; the good sweep is scored."""
+    import os
+
+    first = sorted(archive_dir.iterdir())[0]
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / first.name).write_bytes(first.read_bytes())
+    (folder / "gone.mha").symlink_to(folder / "nowhere.mha")
+    (folder / "box.mha").mkdir()
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(folder / "pipe.mha")
+    out = tmp_path / "out"
+    rc = main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"])
+    rows = {r["file"]: r for r in _table(out)}
+    assert rc != 0 and rows[first.name]["status"] == "ok"
+    odd = ["box.mha", "gone.mha"] + (["pipe.mha"] if hasattr(os, "mkfifo") else [])
+    for name in odd:
+        assert rows[name]["status"] == "failed" and rows[name]["error"], rows[name]
+    capsys.readouterr()

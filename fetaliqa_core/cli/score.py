@@ -36,16 +36,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def sweep_folder_members(path: Path) -> list[Path] | None:
     """The sweeps of a folder of sweeps: its sweep files and its subfolders that are DICOM
     series (one sweep each), sorted by name; or None if ``path`` is not such a folder (a file,
-    or a DICOM series folder, which is one sweep)."""
+    or a DICOM series folder, which is one sweep). Everything named like a sweep file counts,
+    whatever it is (a pipe, a broken link, a folder): it then fails in its own row, with the
+    reason, instead of being left out without a word."""
     from fetaliqa_core.io import looks_like_dicom_series
 
     if not path.is_dir():
         return None
     entries = sorted(path.iterdir())
-    files = [p for p in entries if p.is_file() and p.name.lower().endswith(SWEEP_SUFFIXES[:-1])]
+    series = [p for p in entries if p.is_dir() and not p.name.startswith(".") and looks_like_dicom_series(p)]
+    files = [p for p in entries if p.name.lower().endswith(SWEEP_SUFFIXES[:-1]) and p not in series
+             and (p.is_file() or not p.name.startswith("."))]
     if not files and looks_like_dicom_series(path):
         return None
-    series = [p for p in entries if p.is_dir() and not p.name.startswith(".") and looks_like_dicom_series(p)]
     return sorted(files + series) or None
 
 
