@@ -150,3 +150,25 @@ def test_eval_errors(tiny_data, bundles, tmp_path):
                  "--out", str(tmp_path / "o")]) == 1
     assert main(["eval", "--cls", str(bundles["cls"]), "--data", str(tmp_path / "nodata"), "--device", "cpu",
                  "--out", str(tmp_path / "o")]) == 1
+
+
+def test_eval_leaves_a_folder_that_is_not_an_evaluation_alone(tiny_data, bundles, tmp_path, capsys):
+    """--out pointing at a training run (or any folder holding files an evaluation does not
+    write) is refused before anything runs: its metrics.json would be replaced without a word.
+    A negative split seed and --max-cases below 1 are usage errors, not tracebacks."""
+    from fetaliqa_core.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "metrics.json").write_text('{"best_epoch": 3}')
+    args = ["eval", "--cls", str(bundles["cls"]), "--data", str(tiny_data), "--split", "all", "--device", "cpu",
+            "--quiet", "--out"]
+    assert main(args + [str(run)]) == 1
+    assert (run / "metrics.json").read_text() == '{"best_epoch": 3}'
+    assert "an evaluation does not write" in capsys.readouterr().err
+    for bad in (["--split-seed", "-1"], ["--max-cases", "-2"], ["--max-cases", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(args + [str(tmp_path / "o")] + bad)
+        assert exc.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -283,3 +283,11 @@ def test_app_instances_registering_the_same_new_sweep_at_once_never_fail_or_lose
         tenth = {s.id for s in sweeps if int(s.content_hash.split("-")[1]) % 10 == 0}
         assert {(v.sweep_id, v.reviewer) for v in verdicts} == {
             (sid, f"reviewer-{w}") for sid in tenth for w in range(workers)}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_pipe_given_as_the_database_is_refused_in_one_line(tmp_path):
+    """A pipe named as --db: one line saying it is no file (SQLite would report a disk I/O error)."""
+    os.mkfifo(tmp_path / "db.sqlite3")
+    with pytest.raises(FetalIQAError, match="not a regular file"):
+        ReviewStore(tmp_path / "db.sqlite3", create=False)

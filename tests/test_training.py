@@ -104,6 +104,52 @@ def test_read_cases_errors(tmp_path, tiny_data):
         ds.read_cases(layout)
 
 
+@pytest.mark.parametrize("csv_bytes,expected", [
+    (b"uuid,subject_id,sweep_1_ac_mm\n../outside/abc,1,100\n", "not a plain name"),
+    (b"uuid,subject_id,sweep_1_ac_mm\n/etc/abc,1,100\n", "not a plain name"),
+    (b"uuid,subject_id,sweep_1_ac_mm\nabc,1,-27.05\n", "not a circumference in mm"),
+    (b"uuid,subject_id,sweep_1_ac_mm\nabc,1,inf\n", "not a circumference in mm"),
+    (b"uuid,subject_id,sweep_1_ac_mm\nabc,1,1e308\n", "not a circumference in mm"),
+    (b"uuid,subject_id,sweep_1_ac_mm\nabc,1,0\n", "not a circumference in mm"),
+    (b"uuid,subject_id,sweep_1_ac_mm,sweep_2_ac_mm\nabc,1\n", "2 cell(s) where the header has 4"),
+    (b"uuid,subject_id,sweep_1_ac_mm,sweep_3_ac_mm\nabc,1,100,\n", "without a gap"),
+    (b"uuid;subject_id;sweep_1_ac_mm\nabc;1;100\n", "separated by ';'"),
+    (b"uuid,subject_id,sweep_1_ac_mm\nabc,\xff\xfe,100\n", "not UTF-8"),
+    (b"uuid,subject_id,sweep_1_ac_mm\nabc,1,\"" + b"x" * 200_000 + b"\"\n", "not a readable CSV"),
+], ids=["uuid with a folder", "uuid absolute", "negative AC", "infinite AC", "AC 1e308", "AC 0",
+        "short row", "sweep column gap", "semicolons", "not UTF-8", "huge field"])
+def test_a_bad_circumferences_csv_is_one_line_saying_where(tmp_path, csv_bytes, expected):
+    """Values that are no reference AC, case ids that would name files outside the dataset, rows
+    that do not fit the header and files that are no CSV are refused with the line and what to
+    do, instead of a traceback or a case silently dropped from training."""
+    layout = tmp_path / "d"
+    (layout / ds.CSV_RELPATH).parent.mkdir(parents=True)
+    (layout / ds.CSV_RELPATH).write_bytes(csv_bytes)
+    with pytest.raises(FetalIQAError) as exc:
+        ds.read_cases(layout)
+    assert expected in str(exc.value) and "\n" not in str(exc.value)
+    # a blank cell and the words data tools write for one are no AC, not an error
+    (layout / ds.CSV_RELPATH).write_text("uuid,subject_id,sweep_1_ac_mm,sweep_2_ac_mm\nabc,1,,NaN\n")
+    with pytest.raises(FetalIQAError, match="missing"):  # the files of case abc, not the values
+        ds.read_cases(layout)
+
+
+def test_a_mask_that_does_not_match_its_image_is_refused_for_training(tiny_data, tmp_path):
+    """Training takes the frame labels from the mask: a mask with more or fewer frames (or another
+    size) than its image would pair labels with the wrong frames."""
+    import shutil
+
+    from fetaliqa_core.io import load_mask, write_volume
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    cases = ds.read_cases(data)
+    mask = np.asarray(load_mask(cases[0].mask_path))
+    write_volume(cases[0].mask_path, np.concatenate([mask, mask[:4]]))
+    with pytest.raises(FetalIQAError, match="must match"):
+        ds.build_index(ds.read_cases(data), all_sweeps=True)
+
+
 def test_frames_are_read_lazily(tiny_data, tmp_path):
     from fetaliqa_core.io import load_sweep, write_volume
 

@@ -75,7 +75,9 @@ def check_resume(cfg: TrainConfig) -> None:
     saved_path = run / CONFIG_FILE
     if not cfg.resume:
         if run.exists() and any(run.iterdir()):
-            raise FetalIQAError(f"--out {run} already holds a run; pass --resume to continue it or choose an empty folder")
+            if (run / CONFIG_FILE).is_file():
+                raise FetalIQAError(f"--out {run} already holds a run; pass --resume to continue it or choose an empty folder")
+            raise FetalIQAError(f"--out {run} is not empty and holds no run; choose an empty (or new) folder for the run")
         return
     if not saved_path.is_file():
         raise FetalIQAError(f"--resume: {run} holds no run to resume ({CONFIG_FILE} missing); drop --resume to start one")

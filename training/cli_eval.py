@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fetaliqa_core.cli._args import non_negative_int, positive_int
 from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
 HELP = "Evaluate model bundles on a split of an ACOUSLIC-layout dataset (per-frame and challenge metrics)."
@@ -14,12 +15,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset folder in the ACOUSLIC-AI layout")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="which cases: a split of the training split (default test) or all (a held-out dataset)")
-    p.add_argument("--split-seed", type=int, default=None, help="case split seed (default: the bundle's)")
+    p.add_argument("--split-seed", type=non_negative_int, default=None, help="case split seed (default: the bundle's)")
     p.add_argument("--all-sweeps", dest="all_sweeps", action="store_true", default=None,
                    help="per-frame metrics on every sweep (default: as trained; the paper: sweeps with an AC)")
     p.add_argument("--ac-sweeps", dest="all_sweeps", action="store_false",
                    help="per-frame metrics only on sweeps with an AC value")
-    p.add_argument("--max-cases", type=int, default=None, help="evaluate at most this many cases")
+    p.add_argument("--max-cases", type=positive_int, default=None, help="evaluate at most this many cases")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder for metrics.json and per_case.csv (default: ./fetaliqa-eval-<split>)")
     p.add_argument("--compare-paper", action="store_true", help="print the paper's table beside the results")
@@ -32,6 +33,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_options(p, demo=False)
 
 
+#: What an evaluation writes into its --out folder; a folder holding anything else is not one.
+EVAL_OUTPUTS = ("metrics.json", "per_case.csv", "paper")
+
+
+def check_eval_out(out: Path) -> None:
+    """Refuse an --out folder that holds anything an evaluation does not write (a training run, a
+    dataset): its metrics.json would be replaced without a word. An earlier evaluation's folder
+    is written over, as asked."""
+    from fetaliqa_core.errors import FetalIQAError
+
+    if out.exists() and not out.is_dir():
+        raise FetalIQAError(f"--out {out} is an existing file; give a folder for the evaluation")
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in EVAL_OUTPUTS)
+        if other:
+            shown = ", ".join(other[:4]) + (" ..." if len(other) > 4 else "")
+            raise FetalIQAError(f"--out {out} holds files an evaluation does not write ({shown}); choose an empty "
+                                "(or new) folder, or an earlier evaluation's")
+
+
 def run(args: argparse.Namespace) -> int:
     from training.evaluate import EvalSettings, evaluate, format_report
 
@@ -40,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
                             device=choice.device, precision=choice.precision, split_seed=args.split_seed, all_sweeps=args.all_sweeps,
                             max_cases=args.max_cases, progress=not args.quiet)
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
+    check_eval_out(out)
     metrics = evaluate(settings, out_dir=out)
     also = None
     if args.paper_cls is not None or args.paper_seg is not None:

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fetaliqa_core.cli._args import non_negative_int
 from fetaliqa_core.errors import FetalIQAError, UsageError
 from fetaliqa_core.models.tasks import TASKS
 from training.dataset import DEFAULT_CACHE_CASES, SPLIT_SEED
@@ -135,7 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="augmented copies of every frame per epoch, fixed across epochs (paper: 2); 0 augments "
                         "on the fly (fetaliqa)")
     p.add_argument("--seed", type=int, default=0, help="training seed (initialisation, order, augmentation)")
-    p.add_argument("--split-seed", type=int, default=SPLIT_SEED, help=f"seed of the case split (default {SPLIT_SEED})")
+    p.add_argument("--split-seed", type=non_negative_int, default=SPLIT_SEED, help=f"seed of the case split (default {SPLIT_SEED})")
     p.add_argument("--all-sweeps", action="store_true", help="train on every sweep, not only those with an AC value")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")

@@ -63,23 +63,46 @@ class CaseRecord:
         return [i for i, v in enumerate(self.ac_mm) if v is not None]
 
 
+#: More rows than any fetal ultrasound dataset holds (ACOUSLIC-AI: 300 cases); a CSV with more
+#: is refused while it is read, before its rows fill the memory.
+MAX_CSV_CASES = 100_000
+#: A reference AC in mm is a length between 0 and this (a term abdomen is ~350 mm).
+MAX_REFERENCE_AC_MM = 1000.0
+
+
 def _parse_ac(text: str, where: str) -> float | None:
+    """A sweep's reference AC in mm; None for a blank cell (or the words data tools write for
+    one: nan, none, na). Anything else that is not a length in mm is refused with its place."""
     text = (text or "").strip()
     if not text or text.lower() in ("nan", "none", "na"):
         return None
     try:
         value = float(text)
     except ValueError:
-        raise FetalIQAError(f"{where}: '{text}' is not a number; leave the cell blank when a sweep has no AC") from None
-    return value if math.isfinite(value) and value > 0 else None
+        raise FetalIQAError(f"{where}: {_shown(text)} is not a number; leave the cell blank when a sweep has no AC") from None
+    if not math.isfinite(value) or not 0 < value < MAX_REFERENCE_AC_MM:
+        raise FetalIQAError(f"{where}: {_shown(text)} is not a circumference in mm (0-{MAX_REFERENCE_AC_MM:.0f}); "
+                            "correct it, or leave the cell blank when a sweep has no AC")
+    return value
 
 
-def _sweep_columns(header: Sequence[str]) -> list[str]:
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` quoted for a message, printable characters only and cut to ``limit``."""
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+    return repr(clean + ("..." if len(text) > limit else ""))
+
+
+def _sweep_columns(header: Sequence[str], csv_path: Path) -> list[str]:
     cols = []
     k = 1
     while f"sweep_{k}_ac_mm" in header:
         cols.append(f"sweep_{k}_ac_mm")
         k += 1
+    stray = sorted(h for h in header if h.startswith("sweep_") and h.endswith("_ac_mm") and h not in cols)
+    if stray:
+        raise FetalIQAError(f"{csv_path}: the sweep columns must run sweep_1_ac_mm, sweep_2_ac_mm, ... without a "
+                            f"gap; {', '.join(stray[:3])} follow(s) a missing one. Add the missing column (blank "
+                            "cells) or renumber them.")
     return cols
 
 
@@ -94,24 +117,24 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
         raise FetalIQAError(
             f"{csv_path} is missing: --data must be a folder in the ACOUSLIC-AI layout "
             f"({IMAGES_SUBDIR}/, {MASKS_SUBDIR}/, {CSV_RELPATH}); `fetaliqa synth --out DIR` writes one")
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        missing = [c for c in ("uuid", "subject_id") if c not in header]
-        sweep_cols = _sweep_columns(header)
-        if missing or not sweep_cols:
-            need = missing + ([] if sweep_cols else ["sweep_1_ac_mm ..."])
-            raise FetalIQAError(f"{csv_path}: column(s) {', '.join(need)} missing; expected uuid, subject_id, "
-                                "sweep_1_ac_mm ... sweep_6_ac_mm")
-        rows = list(reader)
+    try:
+        rows, sweep_cols = _read_csv_rows(csv_path)
+    except UnicodeDecodeError:
+        raise FetalIQAError(f"{csv_path}: the file is not UTF-8 text; save it as UTF-8 CSV (comma-separated)") from None
+    except csv.Error as exc:
+        raise FetalIQAError(f"{csv_path}: not a readable CSV file ({exc}); save it as a comma-separated table with "
+                            "one row per case") from None
     cases: list[CaseRecord] = []
     seen: set[str] = set()
     missing_files: list[str] = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         uuid = (row.get("uuid") or "").strip()
         if not uuid:
             continue
+        if uuid in (".", "..") or any(ch in uuid for ch in "/\\:") or not uuid.isprintable():
+            raise FetalIQAError(f"{csv_path}, line {line}: the case id {_shown(uuid)} is not a plain name (it holds a "
+                                "folder, a drive or control characters); a case id names its files in images/ and "
+                                "masks/")
         if uuid in seen:
             raise FetalIQAError(f"{csv_path}, line {line}: case {uuid} is listed twice; keep one row per case")
         seen.add(uuid)
@@ -130,6 +153,36 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
     if not cases:
         raise FetalIQAError(f"{csv_path} lists no case; add one row per case (uuid, subject_id, sweep ACs)")
     return cases
+
+
+def _read_csv_rows(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    """``(line, row)`` of every row of the circumferences CSV and its sweep columns; every row must
+    have as many cells as the header, and there may be at most :data:`MAX_CSV_CASES` rows."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        missing = [c for c in ("uuid", "subject_id") if c not in header]
+        sweep_cols = _sweep_columns(header, csv_path)
+        if missing or not sweep_cols:
+            need = missing + ([] if sweep_cols else ["sweep_1_ac_mm ..."])
+            found = ", ".join(_shown(h, 24) for h in header[:6]) or "nothing"
+            sep = (" (the header looks separated by ';' or tabs: save the CSV with commas)"
+                   if len(header) == 1 and any(c in header[0] for c in ";\t") else "")
+            raise FetalIQAError(f"{csv_path}: column(s) {', '.join(need)} missing; expected uuid, subject_id, "
+                                f"sweep_1_ac_mm ... sweep_6_ac_mm, found {found}{sep}")
+        rows: list[tuple[int, dict]] = []
+        for cells in reader:
+            line = reader.line_num
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                raise FetalIQAError(f"{csv_path}, line {line}: {len(cells)} cell(s) where the header has "
+                                    f"{len(header)}; every row needs one cell per column (blank where there is no AC)")
+            if len(rows) >= MAX_CSV_CASES:
+                raise FetalIQAError(f"{csv_path}: more than {MAX_CSV_CASES} rows; a dataset's CSV has one row per "
+                                    "case. Check that this is the circumferences file.")
+            rows.append((line, dict(zip(header, cells))))
+    return rows, sweep_cols
 
 
 def permutation_split(cases: Sequence[CaseRecord], seed: int = SPLIT_SEED,
@@ -277,6 +330,36 @@ class FrameIndex:
         return f"{len(self.cases)} cases, {len(self)} frames, {self.n_positive} positive"
 
 
+def _header_shape(path: Path) -> tuple[int, ...] | None:
+    """``(frames, height, width)`` from a volume's header alone, None when the header cannot be
+    read here (reading the volume itself then says what is wrong)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        reader.ReadImageInformation()
+        size = tuple(int(v) for v in reader.GetSize())
+    except RuntimeError:
+        return None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    return tuple(reversed(size)) if len(size) == 3 else None
+
+
+def _check_same_shape(case: CaseRecord) -> None:
+    """A case's image and mask must hold the same frames of the same size: labels taken from a
+    mask of another length or size would be paired with the wrong frames without a word."""
+    image, mask = _header_shape(case.image_path), _header_shape(case.mask_path)
+    if image is not None and mask is not None and image != mask:
+        fmt = lambda s: " x ".join(map(str, s))  # noqa: E731
+        raise FetalIQAError(f"{case.mask_path}: the mask has {fmt(mask)} (frames x height x width) but its image "
+                            f"{case.image_path.name} has {fmt(image)}; image and mask of a case must match. "
+                            "Choose the mask made for this sweep.")
+
+
 def build_index(
     cases: Sequence[CaseRecord],
     all_sweeps: bool = False,
@@ -287,6 +370,7 @@ def build_index(
     case_idx, frame_idx, sweep_idx, label = [], [], [], []
     kept: list[CaseRecord] = []
     for case in cases:
+        _check_same_shape(case)
         labels = frame_labels(case, cache_dir)
         ranges = _sweep_ranges(labels.shape[0], case.n_sweeps, case.mask_path)
         sweeps = range(case.n_sweeps) if all_sweeps else case.sweeps_with_ac()
@@ -362,7 +446,7 @@ def read_extra_labels(path: str | Path) -> dict[tuple[str, int], float]:
         case_col = next((c for c in _CASE_COLUMNS if c in header), None)
         if case_col is None or "frame" not in header or "label" not in header:
             raise FetalIQAError(f"--extra-labels {p}: needs columns uuid (or case/sweep_path), frame and label; "
-                                f"found {', '.join(header) or 'none'}")
+                                f"found {', '.join(_shown(h, 24) for h in header[:6]) or 'none'}")
         for line, row in enumerate(reader, start=2):
             raw_case = (row.get(case_col) or "").strip()
             if not raw_case:

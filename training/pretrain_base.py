@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fetaliqa_core.cli._args import non_negative_int
 from fetaliqa_core.errors import FetalIQAError, exit_code
 
 
@@ -46,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", type=int, default=None, help="case split seed (default: training's)")
+    p.add_argument("--split-seed", type=non_negative_int, default=None, help="case split seed (default: training's)")
     p.add_argument("--all-sweeps", action="store_true", help="use every sweep, not only those with an AC value")
     p.add_argument("--neg-ratio", type=float, default=1.0,
                    help="per epoch: every positive frame and this many negatives per positive (default 1)")

@@ -147,6 +147,9 @@ class ReviewStore:
         if self.path.is_dir():
             raise FetalIQAError(f"The review database path {self.path} is a folder: "
                                 "give a file name, e.g. reviews.sqlite3.")
+        if self.path.exists() and not self.path.is_file():
+            raise FetalIQAError(f"The review database path {self.path} is not a regular file (a pipe, device "
+                                "or socket): give the path of a database file, e.g. reviews.sqlite3.")
         if not self.path.exists():
             if not create:
                 raise FetalIQAError(f"The review database {self.path} does not exist: check "
