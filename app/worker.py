@@ -135,6 +135,7 @@ class ScoringController(QObject):
         # Runs replaced by a newer one: cancelled, finishing their last batch, kept referenced
         # until their thread ends (so that opening another case never waits for a batch).
         self._retired: list[tuple[QThread, ScoringWorker]] = []
+        self._ending: list[QThread] = []  # threads that signalled 'finished' but may not have ended
         self.engine_factory = engine_factory
 
     @property
@@ -193,6 +194,12 @@ class ScoringController(QObject):
 
     def _on_thread_finished(self) -> None:
         thread = self.sender()
+        # 'finished' is emitted from the thread in its last steps, before it has ended: the last
+        # reference to it must not go here (destroying a running QThread aborts the app). It is
+        # kept until a later call finds it ended.
+        self._ending = [t for t in self._ending if not t.isFinished()]
+        if isinstance(thread, QThread) and not thread.isFinished():
+            self._ending.append(thread)
         self._retired = [(t, w) for t, w in self._retired if t is not thread and t.isRunning()]
         if thread is self._thread:
             self._thread = None

@@ -268,3 +268,38 @@ def test_base_weights_hash_cache_with_junk_is_ignored(tmp_path, monkeypatch):
     weights.write_bytes(b"abc")
     (paths.cache_dir() / base._HASH_CACHE_FILE).write_text("[" * 100_000)
     assert base.file_sha256(weights) == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_a_copy_of_the_demo_bundles_keeps_the_not_for_clinical_use_notice(tmp_path):
+    """The notice follows the demonstration model's content, not its folder: the same manifest
+    and weights copied elsewhere are still the demo, and numbers from them say so."""
+    from types import SimpleNamespace
+
+    from fetaliqa_core.models.bundle import bundle_hash
+    from fetaliqa_core.models.choice import provenance
+
+    copy = tmp_path / "my-models" / "student"
+    shutil.copytree(paths.resources_dir() / "demo" / "student", copy)
+    model = SimpleNamespace(path=copy, bundle_hash=bundle_hash(copy))
+    prov = provenance(SimpleNamespace(cls=model, seg=model))
+    assert prov["demo"] and "not for clinical use" in prov["notice"]
+    (copy / HEAD_FILE).write_bytes((copy / HEAD_FILE).read_bytes()[:-4] + b"\0\0\0\1")  # no longer the demo
+    other = SimpleNamespace(path=copy, bundle_hash=bundle_hash(copy))
+    assert not provenance(SimpleNamespace(cls=other, seg=other))["demo"]
+
+
+def test_base_weights_far_larger_than_any_fetalclip_are_refused_before_hashing(tmp_path, monkeypatch):
+    """A base file of hundreds of GB (a sparse file costs nothing to make) would be hashed for
+    minutes without a word; it is refused from its size."""
+    from types import SimpleNamespace
+
+    from fetaliqa_core.models import bundle as b
+
+    big = tmp_path / "FetalCLIP_weights.pt"
+    with open(big, "wb") as fh:
+        fh.truncate(10**6)
+    monkeypatch.setattr(b, "MAX_BASE_WEIGHTS_BYTES", 10**5)
+    monkeypatch.setattr(b, "file_sha256", lambda p: pytest.fail("hashed"))
+    manifest = SimpleNamespace(base_sha256="0" * 64, is_student=False, base_fingerprint=None)
+    with pytest.raises(FetalIQAError, match="far more than FetalCLIP"):
+        b.base_for(manifest, {}, big, None, "bundle x")

@@ -75,3 +75,59 @@ def test_load_models_shares_the_base_of_bundles_on_one_base(trained_pair, tiny_b
     # bundles on different bases are loaded apart
     other = load_models(ModelChoice(model=None, cls=trained_pair["cls"], seg=tiny_bundle_dirs["seg"], device="cpu"))
     assert other.cls is not other.seg and other.cls.task == "cls"
+
+
+def _rewrite(bundle, name: str, change) -> None:
+    """Change one tensor file of a bundle and record its new SHA-256 in the manifest, as a bundle
+    edited on purpose would be (the checksum alone cannot catch it)."""
+    import hashlib
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    path = bundle / name
+    tensors = load_file(str(path))
+    save_file(change(tensors), str(path))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name,change,expected", [
+    ("adapter.safetensors", lambda t: {}, "missing"),
+    ("adapter.safetensors", lambda t: {k: v[:4] if "lora_A" in k else v for k, v in t.items()}, "has shape"),
+    ("adapter.safetensors", lambda t: {k: v.to(torch.int64) for k, v in t.items()}, "int64"),
+    ("head.safetensors", lambda t: {**t, "head.extra": torch.zeros(2)}, "unexpected"),
+    ("head.safetensors", lambda t: {k: v.to(torch.int32) for k, v in t.items()}, "int32"),
+], ids=["no adapters", "adapter rank 4 for 8", "integer adapters", "extra head tensor", "integer head"])
+def test_the_shared_loader_checks_every_tensor_as_the_single_loader_does(trained_pair, tmp_path, name, change, expected):
+    """Scoring with a classifier and a segmenter loads both onto one base; that path must refuse
+    what loading one bundle refuses: adapters missing (scored with no adapters at all), of
+    another rank or shape, integer tensors cast silently, unknown head tensors."""
+    import shutil
+
+    from fetaliqa_core.errors import FetalIQAError
+
+    cls_dir = tmp_path / "cls"
+    shutil.copytree(trained_pair["cls"], cls_dir)
+    _rewrite(cls_dir, name, change)
+    for load in (lambda: load_shared(cls_dir, trained_pair["seg"], device="cpu"),
+                 lambda: load_bundle(cls_dir, device="cpu")):
+        with pytest.raises(FetalIQAError, match=expected):
+            load()
+
+
+def test_weights_that_give_no_numbers_stop_scoring_in_one_line(trained_pair, tmp_path):
+    """Finite but absurd adapter values (1e30) make every output NaN: scoring stops with a line
+    naming the bundles instead of writing empty scores as a complete result."""
+    import shutil
+
+    from fetaliqa_core.errors import FetalIQAError
+
+    cls_dir = tmp_path / "cls"
+    shutil.copytree(trained_pair["cls"], cls_dir)
+    _rewrite(cls_dir, "adapter.safetensors", lambda t: {k: v * 1e30 if "lora_B" in k else v for k, v in t.items()})
+    pair = load_shared(cls_dir, trained_pair["seg"], device="cpu")
+    with pytest.raises(FetalIQAError, match="not numbers") as exc:
+        pair.predict_labels(torch.randn(2, 3, 224, 224))
+    assert str(cls_dir) in str(exc.value)

@@ -140,9 +140,18 @@ def run_guarded(run, interrupted: str = "interrupted") -> int:
         print(f"fetaliqa: {os_error_message(exc)}", file=sys.stderr)
         return 1
     except MemoryError:
-        print("fetaliqa: out of memory: this machine has not enough free memory for the file and the "
-              "models. Close other programs, or use a machine with more memory.", file=sys.stderr)
+        print(OUT_OF_MEMORY, file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # PyTorch reports a failed allocation as a RuntimeError
+        if "allocate" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        print(OUT_OF_MEMORY, file=sys.stderr)
+        return 1
+
+
+OUT_OF_MEMORY = ("fetaliqa: out of memory: this machine has not enough free memory for the file and the "
+                 "models. Close other programs, or use a machine with more memory.")
+
 
 if __name__ == "__main__":
     sys.exit(main())

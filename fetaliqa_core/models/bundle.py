@@ -323,6 +323,14 @@ class LoadedModel:
         with torch.inference_mode():
             x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
             cls_logits, seg_logits = TASKS[self.task].split(self.model(x))
+            for logits in (cls_logits, seg_logits):
+                if logits is not None and not bool(torch.isfinite(logits).all()):
+                    parts = getattr(self, "parts", None)  # two bundles on one base: name both
+                    where = " / ".join(str(part[1]) for part in parts) if parts else str(self.path)
+                    raise FetalIQAError(
+                        f"model bundle {where}: its outputs are not numbers (NaN or infinite) on these "
+                        "frames, so its scores would be meaningless: its weights are damaged or out of range. "
+                        "Export the bundle again.")
             p_cls = None if cls_logits is None else torch.sigmoid(cls_logits.float())[:, 0].cpu()
             if seg_logits is None:
                 return LabelPrediction(p_cls=p_cls)
@@ -367,17 +375,29 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _load_head(model: AnyModel, state: dict[str, torch.Tensor], source: str) -> None:
-    expected = _head_state(model)
+def check_tensors(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """``state`` (tensors read from a bundle file) must hold exactly the keys of ``expected`` (the
+    model's own tensors, real or on the meta device), each of the same shape, and floating-point
+    numbers wherever the model's are: an integer tensor would be cast without a word, a missing
+    one would leave the model's own values in place."""
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
         raise FetalIQAError(f"{source} does not fit the model: {len(missing)} missing "
                             f"({', '.join(sorted(missing)[:3])}), {len(unexpected)} unexpected "
-                            f"({', '.join(sorted(unexpected)[:3])})")
+                            f"({', '.join(sorted(unexpected)[:3])}); the bundle is damaged or was made for "
+                            "other settings: export it again")
     for key, want in expected.items():
-        if tuple(state[key].shape) != tuple(want.shape):
-            raise FetalIQAError(f"{source}: {key} has shape {list(state[key].shape)}, the model expects "
-                                f"{list(want.shape)}")
+        have = state[key]
+        if tuple(have.shape) != tuple(want.shape):
+            raise FetalIQAError(f"{source}: {key} has shape {list(have.shape)}, the model expects "
+                                f"{list(want.shape)}; the bundle does not fit this model: export it again")
+        if want.is_floating_point() and not have.is_floating_point():
+            raise FetalIQAError(f"{source}: {key} holds {str(have.dtype).replace('torch.', '')} values where the "
+                                "model has real numbers; the bundle is damaged: export it again")
+
+
+def _load_head(model: AnyModel, state: dict[str, torch.Tensor], source: str) -> None:
+    check_tensors(state, _head_state(model), source)
     with torch.no_grad():
         for name, module in model.head_modules().items():
             prefix = f"{name}."
@@ -403,6 +423,10 @@ def bundle_hash(bundle_dir: str | Path) -> str:
                 while chunk := fh.read(1 << 20):
                     digest.update(chunk)
     return digest.hexdigest()
+
+
+#: Larger than any FetalCLIP-family checkpoint (ViT-L/14 with its text tower: ~1.7 GB in fp32).
+MAX_BASE_WEIGHTS_BYTES = 8 * 10**9
 
 
 def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
@@ -496,7 +520,12 @@ def base_for(manifest: BundleManifest, config: dict, base_weights, choice: Devic
                                 f"{manifest.base_sha256[:12]}...): pass --base FetalCLIP_weights.pt")
         weights = Path(base_weights).expanduser()
         if not weights.is_file():
-            raise FetalIQAError(f"base weights file {weights} does not exist; give the path of FetalCLIP_weights.pt")
+            what = "is not a regular file (a folder, pipe or device)" if weights.exists() else "does not exist"
+            raise FetalIQAError(f"base weights file {weights} {what}; give the path of FetalCLIP_weights.pt")
+        size = weights.stat().st_size
+        if size > MAX_BASE_WEIGHTS_BYTES:  # hashing it alone would take minutes
+            raise FetalIQAError(f"base weights file {weights} is {size / 1e9:.0f} GB, far more than FetalCLIP's "
+                                "weights (~1.7 GB); give the path of FetalCLIP_weights.pt")
         sha = file_sha256(weights)
         if sha != manifest.base_sha256:
             raise FetalIQAError(f"{where} was trained on base weights with SHA-256 {manifest.base_sha256[:12]}..., "

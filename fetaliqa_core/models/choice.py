@@ -7,6 +7,7 @@ models; the command line, the app and the benchmark all go through it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,22 +131,33 @@ DEMO_NOTICE = ("Demonstration model trained on synthetic data only: not for clin
 
 
 def is_demo_bundle(model) -> bool:
-    """The model was loaded from the bundled demonstration models (``resources/demo``)."""
+    """The model is one of the bundled demonstration models: loaded from ``resources/demo``, or a
+    copy of one elsewhere (the same manifest and weights), which must carry the same notice."""
     path = getattr(model, "path", None)
     if path is None:
         return False
-    return _under_demo(path)
+    return _under_demo(path) or str(getattr(model, "bundle_hash", "")) in _demo_hashes()
 
 
-def _under_demo(path) -> bool:
+def _under_demo(path, bundle_hash: str | None = None) -> bool:
     from fetaliqa_core import paths
     from fetaliqa_core.models.bundle import DEMO_DIR_NAME
 
     try:
         Path(path).resolve().relative_to((paths.resources_dir() / DEMO_DIR_NAME).resolve())
     except ValueError:
-        return False
+        return bundle_hash is not None and bundle_hash in _demo_hashes()
     return True
+
+
+@functools.lru_cache(maxsize=1)
+def _demo_hashes() -> frozenset[str]:
+    """The SHA-256 (manifest and weights) of every bundle shipped under ``resources/demo``."""
+    from fetaliqa_core import paths
+    from fetaliqa_core.models.bundle import DEMO_DIR_NAME, MANIFEST_FILE, bundle_hash
+
+    root = paths.resources_dir() / DEMO_DIR_NAME
+    return frozenset(bundle_hash(m.parent) for m in root.rglob(MANIFEST_FILE)) if root.is_dir() else frozenset()
 
 
 def provenance(models) -> dict:
@@ -167,7 +179,7 @@ def provenance(models) -> dict:
         parts = getattr(m, "parts", None)  # two bundles sharing one base (models/shared.py)
         if parts:
             for part_role, part_path, part_hash in parts:
-                demo = _under_demo(part_path)
+                demo = _under_demo(part_path, part_hash)
                 name = f"demo/{Path(part_path).name}" if demo else Path(part_path).name
                 bundles.append({"role": part_role, "name": name, "sha256": part_hash, "demo": demo})
             continue

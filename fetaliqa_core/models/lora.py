@@ -193,20 +193,17 @@ class FetalCLIPEncoder(nn.Module):
         """Copy LoRA tensors in; keys and shapes must match exactly."""
         if not self.has_adapters:
             raise FetalIQAError(f"{source}: this model has no LoRA adapters to load into")
-        params = {_file_key(n): p for n, p in self.visual.named_parameters() if "lora_" in n}
-        missing, unexpected = set(params) - set(state), set(state) - set(params)
-        if missing or unexpected:
-            raise FetalIQAError(
-                f"{source} do not fit the model: {len(missing)} missing ({', '.join(sorted(missing)[:3])}), "
-                f"{len(unexpected)} unexpected ({', '.join(sorted(unexpected)[:3])}); the bundle and its "
-                "LoRA settings or base config disagree")
+        from fetaliqa_core.models.bundle import check_tensors
+
+        params = self.adapter_params()
+        check_tensors(state, params, source)
         for key, param in params.items():
-            value = state[key]
-            if tuple(value.shape) != tuple(param.shape):
-                raise FetalIQAError(f"{source}: {key} has shape {list(value.shape)}, the model expects "
-                                    f"{list(param.shape)}; the bundle does not fit this base config")
             with torch.no_grad():
-                param.copy_(value)
+                param.copy_(state[key])
+
+    def adapter_params(self) -> dict[str, torch.Tensor]:
+        """The LoRA parameters by their key in a bundle's adapter file."""
+        return {_file_key(n): p for n, p in self.visual.named_parameters() if "lora_" in n}
 
     def merge_lora(self) -> None:
         """Fold the adapters into the base weights (peft ``merge_and_unload``) for inference:

@@ -149,6 +149,17 @@ def can_share(cls_manifest, seg_manifest) -> bool:
             and cls_manifest.base_architecture == seg_manifest.base_architecture)
 
 
+def _expected_adapters(config: dict, manifest) -> dict[str, torch.Tensor]:
+    """The adapter tensors a bundle must hold for its base config and LoRA settings, as the
+    single-bundle loader demands them: the adapted tower built on the meta device (no memory,
+    no arithmetic), its LoRA parameters by key."""
+    from fetaliqa_core.models.base import build_vision_tower
+
+    with torch.device("meta"):
+        visual, _ = build_vision_tower(config, None, device="meta", dtype=torch.float32)
+        return FetalCLIPEncoder(visual, manifest.lora_settings).adapter_params()
+
+
 def load_shared(cls_dir, seg_dir, base_weights=None, device="auto"):
     """A classifier and a segmenter bundle on the same base as one ``LoadedModel`` (task
     ``joint``): the base loaded once, both adapters unmerged, one encoder pass per batch."""
@@ -171,16 +182,16 @@ def load_shared(cls_dir, seg_dir, base_weights=None, device="auto"):
         if manifest.lora is None:
             return None, 0.0
         state = b._read_tensors(bundle / b.ADAPTER_FILE)
+        b.check_tensors(state, _expected_adapters(config, manifest), str(bundle / b.ADAPTER_FILE))
         return state, manifest.lora_settings.scaling
 
     model = SharedPair(visual, [adapters(cls_dir, cm), adapters(seg_dir, sm)], sm.n_classes, sm.init_filters,
                        decoder_block=getattr(sm, "decoder_block", "res"))
     head_c, head_s = b._read_tensors(cls_dir / b.HEAD_FILE), b._read_tensors(seg_dir / b.HEAD_FILE)
-    try:
-        model.head.load_state_dict({k[5:]: v for k, v in head_c.items() if k.startswith("head.")}, strict=True)
-        model.seg.load_state_dict({k[4:]: v for k, v in head_s.items() if k.startswith("seg.")}, strict=True)
-    except RuntimeError as exc:
-        raise FetalIQAError(f"{where_c} / {where_s}: head tensors do not fit ({str(exc).splitlines()[0]})") from exc
+    b.check_tensors(head_c, {f"head.{k}": v for k, v in model.head.state_dict().items()}, str(cls_dir / b.HEAD_FILE))
+    b.check_tensors(head_s, {f"seg.{k}": v for k, v in model.seg.state_dict().items()}, str(seg_dir / b.HEAD_FILE))
+    model.head.load_state_dict({k[5:]: v for k, v in head_c.items()}, strict=True)
+    model.seg.load_state_dict({k[4:]: v for k, v in head_s.items()}, strict=True)
     model.requires_grad_(False)
     model.eval()
     model.to(device=choice.device, dtype=choice.dtype)

@@ -113,10 +113,15 @@ def sqlite_uri(path: Path, mode: str) -> str:
 
 
 def read_identity(conn: sqlite3.Connection) -> tuple[int, int, int]:
-    """(user_version, application_id, number of schema objects) of an open database; only reads."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    """(user_version, application_id, number of schema objects) of an open database; only reads.
+
+    One statement, so one snapshot: read one by one, another process creating the database in
+    between could be seen half-way (no version yet, but its id and tables), which is neither a
+    blank database nor a FetalIQA one."""
+    version, app_id, n_objects = conn.execute(
+        "SELECT (SELECT user_version FROM pragma_user_version), "
+        "(SELECT application_id FROM pragma_application_id), "
+        "(SELECT count(*) FROM sqlite_master)").fetchall()[0]  # all: the statement ends, no read stays open
     return version, app_id, n_objects
 
 
