@@ -335,17 +335,16 @@ def _header_shape(path: Path) -> tuple[int, ...] | None:
     read here (reading the volume itself then says what is wrong)."""
     import SimpleITK as sitk
 
+    from fetaliqa_core.io import quiet_itk
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        reader.ReadImageInformation()
+        with quiet_itk():
+            reader.ReadImageInformation()
         size = tuple(int(v) for v in reader.GetSize())
     except RuntimeError:
         return None
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     return tuple(reversed(size)) if len(size) == 3 else None
 
 

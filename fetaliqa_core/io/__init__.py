@@ -12,10 +12,11 @@ Speed and memory:
 * An uncompressed 8-bit MetaImage (the fast path) is memory-mapped after its header has been
   parsed here and its byte count checked against the file size, so frame 0 is available at once
   and pages are read on demand.
-* Everything else (compressed MetaImage included) is decoded once by SimpleITK; when the pixels
-  are already 8-bit grey the frames are a view of SimpleITK's buffer (no copy), so the peak
-  extra memory is the compressed data while it is inflated. Every header is read and its sizes
-  checked before any pixel is decoded.
+* A compressed MetaImage is inflated here, in chunks, into one buffer of the size its header
+  gives; a stream that is damaged, short or long is refused (SimpleITK only warns and hands on
+  its buffer). Everything else is decoded once by SimpleITK; when the pixels are already 8-bit
+  grey the frames are a view of SimpleITK's buffer (no copy). Every header is read and its
+  sizes checked before any pixel is decoded.
 
 Every problem a user can cause raises :class:`~fetaliqa_core.errors.FetalIQAError` with the file
 name, what is wrong and what to do. SimpleITK's ``RuntimeError`` (with its C++ trace) never
@@ -37,6 +38,7 @@ from fetaliqa_core.io._common import (
     SPACING_NONE,
     SUPPORTED_FORMATS,
     SWEEP_KINDS,
+    quiet_itk,
 )
 from fetaliqa_core.io.readers import looks_like_dicom_series
 from fetaliqa_core.io.spacing import PLAUSIBLE_SPACING_MM
@@ -55,5 +57,5 @@ __all__ = [
     "META_SWEEP_RANGES", "MIN_FRAME_PX", "PLAUSIBLE_SPACING_MM", "SPACING_FROM_DICOM_PIXEL_SPACING",
     "SPACING_FROM_HEADER", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
     "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "MaskVolume", "Sweep", "default_sweep_layout",
-    "load_mask", "load_sweep", "looks_like_dicom_series", "read_mask_volume", "write_volume",
+    "load_mask", "load_sweep", "looks_like_dicom_series", "quiet_itk", "read_mask_volume", "write_volume",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,21 @@ def full_suffix(path: Path) -> str:
 
 def truthy(value: str) -> bool:
     return value.strip().lower() in ("true", "1", "yes")
+
+
+@contextmanager
+def quiet_itk() -> Iterator[None]:
+    """ITK's warnings off while a file is read: a reader that copes with an odd header (or finds
+    no DICOM series) still prints a C++ source location on stderr, which says nothing to a user;
+    what matters is reported as one line by the readers' own checks."""
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def usable_spacing(spacing_mm: tuple[float, float], source: str, note: str) -> tuple[tuple[float, float], str, str]:

@@ -26,6 +26,7 @@ from fetaliqa_core.io._common import (
     Raw,
     fmt_dims,
     full_suffix,
+    quiet_itk,
     sitk_reason,
     truthy,
     usable_spacing,
@@ -69,15 +70,12 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     if not entries:
         raise FetalIQAError(f"{folder}: the folder is empty. Choose the {what} file itself, or a folder "
                             "holding one DICOM series.")
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found" goes to stderr
     try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        with quiet_itk():  # "No Series were found" goes to stderr
+            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
         raise FetalIQAError(f"{folder}: the folder could not be scanned for DICOM files "
                             f"({sitk_reason(exc)}). Check the folder's permissions.") from None
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if not series:
         raise FetalIQAError(f"{folder}: no DICOM series in this folder. Choose the {what} file itself "
                             f"({SUPPORTED_FORMATS}), or a folder of DICOM files of one series.")
@@ -85,16 +83,15 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     files_by_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
     files = max(files_by_series.values(), key=len)
     listed = {Path(name).resolve() for names in files_by_series.values() for name in names}
-    unread = sorted(p.name for p in entries if p.is_file() and p.resolve() not in listed
-                    and _damaged_member(p, Path(files[0])))
+    unread = _damaged_members([p for p in entries if p.is_file() and p.resolve() not in listed], Path(files[0]))
     if unread:  # a damaged file of the series would otherwise be a frame missing without a word
         shown = ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else "")
         raise FetalIQAError(f"{folder}: {len(unread)} DICOM file(s) of this folder cannot be read ({shown}): "
                             "they are damaged or truncated. Copy the series again, or remove them.")
+    if len(files) == 1:
+        return _read_with_sitk(Path(files[0]), what)  # checks the file's pixel data itself
     for name in files:
         _precheck_dicom(Path(name))
-    if len(files) == 1:
-        return _read_with_sitk(Path(files[0]), what)
     if len(files) > validate.MAX_SERIES_FILES:
         raise FetalIQAError(f"{folder}: the DICOM series has {len(files)} files, more than the "
                             f"{validate.MAX_SERIES_FILES} frames a sweep may have. Choose the folder of one sweep.")
@@ -130,7 +127,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with _quiet_itk():
+        with quiet_itk():
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -151,7 +148,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     metadata = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()
                 if k in (META_SWEEP_RANGES, META_SWEEP_KINDS)}
     try:
-        with _quiet_itk():
+        with quiet_itk():
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -185,40 +182,30 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                spacing_source=source, spacing_note=note)
 
 
-class _quiet_itk:
-    """ITK's warnings off while a file is read: a reader that copes with an odd header still
-    prints a C++ source location on stderr, which says nothing to a user; what matters is
-    reported as one line by the checks here."""
-
-    def __enter__(self) -> None:
-        import SimpleITK as sitk
-
-        self._shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)
-
-    def __exit__(self, *exc: object) -> None:
-        import SimpleITK as sitk
-
-        sitk.ProcessObject.SetGlobalWarningDisplay(self._shown)
-
-
-def _damaged_member(path: Path, member: Path) -> bool:
-    """Whether ``path``, a file the series scan left out, is a damaged file of the same series as
-    ``member``: a DICOM file (by its magic) whose header cannot be parsed, or one of that series
-    with pixel data. Other series, non-image objects and files that are not DICOM are not."""
-    if not has_dicom_magic(path):
-        return False
+def _damaged_members(left_out: list[Path], member: Path) -> list[str]:
+    """The names of the DICOM files (by their magic) among ``left_out``, files the series scan
+    left out, that are damaged files of ``member``'s series: a header that cannot be parsed, or
+    one of that series with pixel data. Other series, non-image objects and files that are not
+    DICOM are not."""
+    candidates = [p for p in left_out if has_dicom_magic(p)]
+    if not candidates:
+        return []
     import pydicom
 
     try:
         series = str(pydicom.dcmread(member, stop_before_pixels=True).get("SeriesInstanceUID", ""))
     except Exception:  # noqa: BLE001 - cannot tell: the series reader judges
-        return False
-    try:
-        ds = pydicom.dcmread(path, defer_size=1024)
-    except Exception:  # noqa: BLE001 - a DICOM file whose header cannot be parsed is damaged
-        return True
-    return "PixelData" in ds and str(ds.get("SeriesInstanceUID", "")) == series
+        return []
+    damaged = []
+    for path in candidates:
+        try:
+            ds = pydicom.dcmread(path, defer_size=1024)
+        except Exception:  # noqa: BLE001 - a DICOM file whose header cannot be parsed is damaged
+            damaged.append(path.name)
+            continue
+        if "PixelData" in ds and str(ds.get("SeriesInstanceUID", "")) == series:
+            damaged.append(path.name)
+    return sorted(damaged)
 
 
 #: DICOM transfer syntaxes whose pixel data is stored as it is (its length is known in advance).
