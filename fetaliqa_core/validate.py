@@ -373,6 +373,160 @@ def check_finite(tensors: dict, source: str, what: str = "the file") -> None:
                                 "would be meaningless. The model is damaged; export or train it again.")
 
 
+# --- PyTorch checkpoints (.pt) -----------------------------------------------------------------------------
+#: The pickle of a state dict names its tensors and storages; FetalCLIP's is about 100 KB.
+MAX_TORCH_PICKLE = 64 << 20
+MAX_TORCH_RECORDS = 100_000
+#: Bytes per element of each storage class ``torch.save`` names in its pickle.
+TORCH_STORAGE_ITEMSIZE = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+    "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+    "ComplexDoubleStorage": 16, "ComplexFloatStorage": 8, "UntypedStorage": 1,
+    "Float8_e4m3fnStorage": 1, "Float8_e5m2Storage": 1,
+}
+_ZIP_LOCAL_HEADER = struct.Struct("<4s5H3I2H")
+
+
+class _Opaque:
+    """Stands for anything a checkpoint's pickle builds: calling it, indexing it or setting its
+    state gives another placeholder. No code from the file or from any module runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Opaque":
+        return _Opaque()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+def _storage_claims(pickled: bytes) -> list[tuple[str, str, int]]:
+    """(record key, storage class name, element count) of every storage a checkpoint's pickle
+    refers to, read with an unpickler whose every global is a placeholder."""
+    import io
+    import pickle
+
+    claims: list[tuple[str, str, int]] = []
+
+    class _Storage:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    class _Reader(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "torch" and name.endswith("Storage"):
+                return _Storage(name)
+            return _Opaque
+
+        def persistent_load(self, pid: Any) -> Any:
+            if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+                raise pickle.UnpicklingError("unknown persistent id")
+            _, kind, key, _location, numel = pid
+            if not isinstance(kind, _Storage) or not isinstance(key, str) or not is_int(numel) or numel < 0:
+                raise pickle.UnpicklingError("malformed storage reference")
+            if len(claims) >= MAX_TORCH_RECORDS:
+                raise pickle.UnpicklingError("too many storages")
+            claims.append((key, kind.name, int(numel)))
+            return _Opaque()
+
+    _Reader(io.BytesIO(pickled)).load()
+    return claims
+
+
+def check_torch_checkpoint(path: Path, what: str, todo: str) -> None:
+    """Check a ``torch.save`` file against itself before ``torch.load`` reads it.
+
+    ``torch.load`` trusts the sizes in the file: a pickle record claiming gigabytes is read into
+    memory, and a storage larger than its record is mapped over the records after it. Here the
+    zip's directory, each record's place in the file and every storage the pickle refers to
+    (element count x element size, read without running anything from the file) are checked
+    against the file's real size. The legacy (pre-1.6, not zip) format is refused: its sizes
+    cannot be checked before they are allocated."""
+    try:
+        size = path.stat().st_size
+        check_regular_file(path, what)
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as fh:
+                if fh.read(4) == b"PK\x03\x04":
+                    raise FetalIQAError(f"{path}: {what} is a zip archive without its directory at the end: it "
+                                        f"was cut short or is damaged. {todo}")
+            raise FetalIQAError(
+                f"{path}: {what} is not a PyTorch checkpoint in the zip format torch.save has written since "
+                "PyTorch 1.6 (older or other files are not read, as their sizes cannot be checked first). "
+                f"{todo}")
+        with open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_TORCH_RECORDS:
+                raise FetalIQAError(f"{path}: {what} holds {len(infos)} records, more than a checkpoint has. {todo}")
+            records: dict[str, zipfile.ZipInfo] = {}
+            pickles = [i for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
+            if len(pickles) != 1:
+                raise FetalIQAError(f"{path}: {what} is a zip archive but not a PyTorch checkpoint "
+                                    f"({len(pickles)} data.pkl records). {todo}")
+            prefix = pickles[0].filename[: -len("data.pkl")]
+            for info in infos:
+                problem = _zip_record_problem(fh, info, size)
+                if problem:
+                    raise FetalIQAError(f"{path}: {what}: record {info.filename[:80]!r} {problem}. {todo}")
+                records[info.filename] = info
+            pkl = pickles[0]
+            if pkl.file_size > MAX_TORCH_PICKLE:
+                raise FetalIQAError(f"{path}: {what}'s index (data.pkl) claims {_size_text(pkl.file_size)}, far "
+                                    f"more than a state dict needs. {todo}")
+            pickled = zf.read(pkl)
+    except FetalIQAError:
+        raise
+    except OSError as exc:
+        raise FetalIQAError(f"{path}: {what} cannot be read ({exc.strerror or exc}). {todo}") from None
+    except Exception as exc:  # noqa: BLE001 - zip structure, CRC: the file is damaged
+        raise FetalIQAError(f"{path}: {what} is a damaged zip archive ({type(exc).__name__}). {todo}") from None
+    try:
+        claims = _storage_claims(pickled)
+    except Exception as exc:  # noqa: BLE001 - any malformed pickle: damaged or not a checkpoint
+        detail = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__
+        raise FetalIQAError(f"{path}: {what}'s index (data.pkl) cannot be read ({detail}). {todo}") from None
+    for key, kind, numel in claims:
+        itemsize = TORCH_STORAGE_ITEMSIZE.get(kind)
+        if itemsize is None:
+            raise FetalIQAError(f"{path}: {what} holds a storage of unknown type {kind[:40]!r}. {todo}")
+        record = records.get(f"{prefix}data/{key}")
+        if record is None:
+            raise FetalIQAError(f"{path}: {what} refers to tensor data {key[:40]!r} that it does not hold. {todo}")
+        need = numel * itemsize
+        if need > record.file_size:
+            raise FetalIQAError(f"{path}: {what}: tensor data {key[:40]!r} claims {_size_text(need)} but its record "
+                                f"holds {_size_text(record.file_size)}. {todo}")
+
+
+def _zip_record_problem(fh: Any, info: zipfile.ZipInfo, size: int) -> str | None:
+    """Where a zip record's bytes lie, checked against the file (torch stores records uncompressed)."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return "is compressed, which torch.save never does"
+    if info.file_size != info.compress_size:
+        return "has two different sizes"
+    if info.header_offset < 0 or info.header_offset + _ZIP_LOCAL_HEADER.size > size:
+        return "starts beyond the end of the file"
+    fh.seek(info.header_offset)
+    head = fh.read(_ZIP_LOCAL_HEADER.size)
+    if len(head) != _ZIP_LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
+        return "has no record header where the directory says"
+    fields = _ZIP_LOCAL_HEADER.unpack(head)
+    start = info.header_offset + _ZIP_LOCAL_HEADER.size + fields[-2] + fields[-1]
+    if start + info.file_size > size:
+        return f"claims {_size_text(info.file_size)}, more than the file holds after it"
+    return None
+
+
 # --- cached results (.npz) ------------------------------------------------------------------------------------
 
 

@@ -156,6 +156,63 @@ def test_bad_files_give_clear_errors(tmp_path, tiny_file):
         build_vision_tower("tiny", empty)
 
 
+def _rewrite_zip(src, dst, change):
+    """Copy a torch.save zip record by record, letting ``change(name, data)`` return new bytes
+    and a compression type (or None to drop the record)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            out = change(info.filename, zin.read(info))
+            if out is not None:
+                data, compression = out
+                zout.writestr(zipfile.ZipInfo(info.filename), data, compress_type=compression)
+    return dst
+
+
+def test_hostile_zip_checkpoints_are_refused_before_torch_reads_them(tmp_path, tiny_file, monkeypatch):
+    """torch.load trusts a checkpoint's sizes: an index that inflates to gigabytes, a storage
+    longer than its record (mapped over the records after it) and the legacy format (storages
+    allocated from the pickle's claim) are refused from the file's own structure first."""
+    import zipfile
+
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    # the unchanged file loads: the check accepts what torch.save writes
+    assert "visual.proj" in base_mod.load_clip_state_dict(tiny_file) and len(loads) == 1
+    stored = zipfile.ZIP_STORED
+
+    # an index (data.pkl) deflated: a few MB that would inflate to gigabytes
+    bomb = _rewrite_zip(tiny_file, tmp_path / "bomb.pt", lambda n, d: (
+        (d + b"\0" * (32 << 20), zipfile.ZIP_DEFLATED) if n.endswith("data.pkl") else (d, stored)))
+    # one storage's record cut to 40 bytes: torch would map the tensor over the records after it
+    with zipfile.ZipFile(tiny_file) as zf:
+        biggest = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size).filename
+    short = _rewrite_zip(tiny_file, tmp_path / "short.pt",
+                         lambda n, d: (d[:40] if n == biggest else d, stored))
+    # a storage the index names but the archive does not hold
+    missing = _rewrite_zip(tiny_file, tmp_path / "missing.pt", lambda n, d: None if n == biggest else (d, stored))
+    # the legacy (pre-1.6) format, whose storages are allocated from the pickle's claim
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"visual.proj": torch.zeros(4, 4)}, legacy, _use_new_zipfile_serialization=False)
+    # a zip cut short: the directory at its end is gone
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(tiny_file.read_bytes()[:-200])
+    loads.clear()
+    for path, words in ((bomb, "compressed"), (short, "claims .* but its record holds 40 bytes"),
+                        (missing, "does not hold"), (legacy, "zip format"), (cut, "cut short")):
+        with pytest.raises(FetalIQAError, match=words) as err:
+            base_mod.load_clip_state_dict(path)
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert loads == [], "torch.load ran on a file the check should have refused"
+    # a training checkpoint is held to the same check before it is read
+    from training.checkpoints import load_checkpoint
+
+    with pytest.raises(FetalIQAError, match="claims .* but its record holds 40 bytes.*delete it"):
+        load_checkpoint(short)
+
+
 def test_wrong_keys_and_shapes_are_named(tmp_path, tiny_state):
     other = save_base_weights({"features.0.weight": torch.zeros(4, 3, 3, 3), "fc.bias": torch.zeros(2)},
                               tmp_path / "resnet.pt")

@@ -38,6 +38,10 @@ def load_checkpoint(path: Path) -> dict:
 
     import pickle
 
+    from fetaliqa_core import validate
+
+    validate.check_torch_checkpoint(path, "the checkpoint", "It is damaged or was not written by FetalIQA: delete "
+                                    "it to resume from the epoch before.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

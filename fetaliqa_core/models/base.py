@@ -17,7 +17,6 @@ import json
 import pickle
 import re
 import warnings
-import zipfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -248,12 +247,16 @@ def _torch_load(path: Path) -> Any:
     bad = f"base weights file {path}"
     if path.stat().st_size == 0:
         raise FetalIQAError(f"{bad} is empty; download FetalCLIP_weights.pt again")
-    zipped = zipfile.is_zipfile(path)
+    from fetaliqa_core import validate
+
+    validate.check_torch_checkpoint(path, "the base weights file",
+                                    "Give FetalCLIP_weights.pt as published (download it again if it was cut "
+                                    "short), or convert the weights to .safetensors.")
     try:
         # mmap: only the pages of the tensors we keep (the vision tower) are read from disk
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol notes meant for developers
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
@@ -264,8 +267,7 @@ def _torch_load(path: Path) -> Any:
         raise FetalIQAError(f"{bad} is not a PyTorch checkpoint ({first}); give FetalCLIP_weights.pt") from exc
     except Exception as exc:  # noqa: BLE001 - any failure to parse a user's file is that file's fault
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "it looks truncated or damaged: download it again" if zipped or isinstance(exc, EOFError) \
-            else "it is not a PyTorch checkpoint: give FetalCLIP_weights.pt"
+        hint = "it looks truncated or damaged: download it again"
         raise FetalIQAError(f"{bad} cannot be read ({detail}); {hint}") from exc
 
 
