@@ -1,9 +1,11 @@
 """Reading and writing ultrasound sweeps.
 
 ``load_sweep`` turns a sweep file (MetaImage ``.mha``/``.mhd``, ``.nrrd``, NIfTI, a multi-frame
-DICOM file or a DICOM series folder) into a :class:`Sweep`: frames ``(N, H, W)`` uint8, pixel
-spacing in mm with its provenance (known from the file or its DICOM ultrasound calibration,
-plausible for obstetric ultrasound, see :mod:`fetaliqa_core.io.spacing`) and the sweep ranges.
+DICOM file or a DICOM series folder) into a :class:`Sweep`: frames ``(N, H, W)`` uint8 in the
+file's storage order (a header's orientation is not applied), pixel spacing in mm with its
+provenance (known from the file or its DICOM ultrasound calibration, units converted, plausible
+for obstetric ultrasound, see :mod:`fetaliqa_core.io.spacing`), the sweep ranges, and
+``read_notes``: what reading did that the user should see with the answer.
 ``load_mask`` reads the matching label volume (0 background, 1 optimal plane, 2 suboptimal
 plane).
 

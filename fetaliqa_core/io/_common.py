@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,12 @@ class Raw:
     #: One of the SPACING_* constants; SPACING_NONE when the file records no spacing.
     spacing_source: str = SPACING_FROM_HEADER
     spacing_note: str = ""
+    #: The file's own display window (DICOM VOI: the values shown black and white), if any.
+    window: tuple[float, float] | None = None
+    #: A value the file marks as padding outside the image (DICOM Pixel Padding Value, rescaled).
+    padding: float | None = None
+    #: What reading did that the user should know (one line each); shown with the answer.
+    notes: list[str] = field(default_factory=list)
 
 
 def full_suffix(path: Path) -> str:

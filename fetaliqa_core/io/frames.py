@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +85,25 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
             lum = (77 * c[..., 0] + 150 * c[..., 1] + 29 * c[..., 2] + 128) >> 8
             out[s:s + CHUNK_FRAMES] = lum.astype(np.uint8)
         return out
-    lo, hi = _robust_window(arr, comps, path)
+    lo, hi, padding = _display_window(arr, comps, path, raw.window, raw.padding)
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    bad = 0
     for s in range(0, n, CHUNK_FRAMES):
         lum = _luminance_float(arr[s:s + CHUNK_FRAMES], comps)
+        if padding is not None:
+            lum[lum == padding] = lo
         lum = (lum - lo) * scale
-        np.nan_to_num(lum, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        finite = np.isfinite(lum)
+        if not finite.all():
+            bad += int(lum.size - np.count_nonzero(finite))
+            np.nan_to_num(lum, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         np.clip(lum, 0.0, 255.0, out=lum)
         out[s:s + CHUNK_FRAMES] = np.rint(lum).astype(np.uint8)
+    if bad:
+        share = bad / float(out.size)
+        raw.notes.append(f"{bad} pixel(s) ({share:.2%} of the image) hold no number (NaN or infinite) and are "
+                         "shown black; if they lie inside the field of view, the frames there are not what "
+                         "was recorded")
     return out
 
 
@@ -102,13 +114,22 @@ def _luminance_float(chunk: np.ndarray, comps: int) -> np.ndarray:
     return 0.299 * c[..., 0] + 0.587 * c[..., 1] + 0.114 * c[..., 2]
 
 
-def _robust_window(arr: np.ndarray, comps: int, path: Path) -> tuple[float, float]:
-    """The values that become grey levels 0 and 255, from up to 32 evenly spread frames.
+def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float, float] | None,
+                    padding: float | None) -> tuple[float, float, float | None]:
+    """The values that become grey levels 0 and 255, and the padding value (shown black), from
+    up to 32 evenly spread frames.
 
-    Values that already are grey levels are kept as they are: all within 0-255 (8-bit frames
-    stored as 16-bit integers or as floats by another tool), or floats within 0-1 (frames
-    normalised to 1), scaled by 255. Anything else is windowed between the 0.5th and 99.5th
-    percentiles of the finite values, so a few outliers cannot squash the rest."""
+    * A window the file gives (DICOM VOI, already turned into its black and white values) is used
+      as it is.
+    * Padding, a single value filling the area outside the image far below everything in it (the
+      file's Pixel Padding Value, or found: >= 1 % of the pixels, further below the rest than the
+      rest's own range), takes no part in the window and is shown black (DICOM PS3.3 C.7.5.1.1.2).
+    * Values that already are grey levels are kept as they are: integers within 0-255 (8-bit
+      frames stored as 16-bit), floats within 0-1 (frames normalised to 1; a little overshoot from
+      resampling is clipped), and floats within 0-255 that use more than 0-1.5.
+    * Anything else is windowed between the 0.5th and 99.5th percentiles of the finite values, so
+      a few outliers cannot squash the rest.
+    """
     n = arr.shape[0]
     idx = np.unique(np.linspace(0, n - 1, num=min(n, 32)).astype(int))
     sample = _luminance_float(arr[idx], comps).ravel()
@@ -118,15 +139,42 @@ def _robust_window(arr: np.ndarray, comps: int, path: Path) -> tuple[float, floa
     if finite.size == 0:
         raise FetalIQAError(f"{path}: the pixel values are all NaN or infinite; there is nothing to show. "
                             "Export the sweep again.")
-    mn, mx = float(finite.min()), float(finite.max())
-    if mn >= 0.0 and mx <= 1.0 and np.issubdtype(arr.dtype, np.floating):
-        return 0.0, 1.0
-    if mn >= 0.0 and mx <= 255.0:
-        return 0.0, 255.0
-    lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
-    if hi <= lo:
-        lo, hi = float(finite.min()), float(finite.max())
-    return lo, hi
+    content = finite
+    if padding is not None and math.isfinite(padding):
+        content = finite[finite != np.float32(padding)]
+        padding = float(np.float32(padding))
+    else:
+        padding = _found_padding(finite)
+        if padding is not None:
+            content = finite[finite != padding]
+    if content.size == 0:
+        raise FetalIQAError(f"{path}: every pixel holds the padding value; there is nothing to show. "
+                            "Export the sweep again.")
+    if window is not None and window[1] > window[0]:
+        return float(window[0]), float(window[1]), padding
+    mn, mx = float(content.min()), float(content.max())
+    p_lo, p_hi = (float(v) for v in np.percentile(content, [0.5, 99.5]))
+    is_float = np.issubdtype(arr.dtype, np.floating)
+    if is_float and p_lo >= 0.0 and mn > -0.05 and p_hi <= 1.05:
+        return 0.0, 1.0, padding
+    if mn >= 0.0 and mx <= 255.0 and (not is_float or p_hi > 1.5):
+        return 0.0, 255.0, padding
+    if p_hi <= p_lo:
+        p_lo, p_hi = mn, mx
+    return p_lo, p_hi, padding
+
+
+def _found_padding(values: np.ndarray) -> float | None:
+    """The minimum of ``values`` when it is padding: >= 1 % of them, and further below the 0.5th
+    percentile of the others than those span from their 0.5th to their 99.5th percentile."""
+    mn = values.min()
+    at_min = values == mn
+    count = int(np.count_nonzero(at_min))
+    if count < 0.01 * values.size or count == values.size:
+        return None
+    rest = values[~at_min]
+    r_lo, r_hi = (float(v) for v in np.percentile(rest, [0.5, 99.5]))
+    return float(mn) if r_lo - float(mn) > max(r_hi - r_lo, 1e-6) else None
 
 
 def as_labels(arr: np.ndarray, path: Path) -> np.ndarray:

@@ -22,6 +22,7 @@ from fetaliqa_core.io._common import (
     MAX_DEFLATE_RATIO,
     META_SWEEP_KINDS,
     META_SWEEP_RANGES,
+    SPACING_NONE,
     SUPPORTED_FORMATS,
     Raw,
     fmt_dims,
@@ -77,11 +78,25 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         raise FetalIQAError(f"{folder}: the folder could not be scanned for DICOM files "
                             f"({sitk_reason(exc)}). Check the folder's permissions.") from None
     if not series:
+        if any(p.name.upper() == "DICOMDIR" for p in entries):
+            raise FetalIQAError(f"{folder}: a DICOM media folder (it holds a DICOMDIR); the images are in its "
+                                "subfolders. Choose the subfolder of one series (e.g. .../SE000000).")
         raise FetalIQAError(f"{folder}: no DICOM series in this folder. Choose the {what} file itself "
                             f"({SUPPORTED_FORMATS}), or a folder of DICOM files of one series.")
-    # Several series: take the one with most files (the cine; others are usually localisers).
+    # Several series: take the one with most files (the cine; others are usually single captures),
+    # and say so; two equally long ones cannot be told apart.
     files_by_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
-    files = max(files_by_series.values(), key=len)
+    ranked = sorted(files_by_series.items(), key=lambda item: -len(item[1]))
+    files = ranked[0][1]
+    notes = []
+    if len(ranked) > 1:
+        if len(ranked[1][1]) == len(files):
+            raise FetalIQAError(f"{folder}: the folder holds {len(ranked)} DICOM series, {len(files)} files each "
+                                "at most, and none is the obvious sweep. Put each series in its own folder and "
+                                "choose one.")
+        others = ", ".join(str(len(names)) for _, names in ranked[1:4]) + (", ..." if len(ranked) > 4 else "")
+        notes.append(f"the folder holds {len(ranked)} DICOM series; the longest ({len(files)} files) is read, "
+                     f"the other(s) ({others} file(s)) are left out")
     listed = {Path(name).resolve() for names in files_by_series.values() for name in names}
     unread = _damaged_members([p for p in entries if p.is_file() and p.resolve() not in listed], Path(files[0]))
     if unread:  # a damaged file of the series would otherwise be a frame missing without a word
@@ -89,9 +104,14 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         raise FetalIQAError(f"{folder}: {len(unread)} DICOM file(s) of this folder cannot be read ({shown}): "
                             "they are damaged or truncated. Copy the series again, or remove them.")
     if len(files) == 1:
-        return _read_with_sitk(Path(files[0]), what)  # checks the file's pixel data itself
+        raw = _read_with_sitk(Path(files[0]), what)  # checks the file's pixel data itself
+        raw.notes.extend(notes)
+        return raw
     for name in files:
         _precheck_dicom(Path(name))
+    files, order_note = _acquisition_order(list(files))
+    if order_note:
+        notes.append(order_note)
     if len(files) > validate.MAX_SERIES_FILES:
         raise FetalIQAError(f"{folder}: the DICOM series has {len(files)} files, more than the "
                             f"{validate.MAX_SERIES_FILES} frames a sweep may have. Choose the folder of one sweep.")
@@ -114,13 +134,16 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     except RuntimeError as exc:
         raise FetalIQAError(f"{folder}: the DICOM series could not be read ({sitk_reason(exc)}). "
                             "Check that all files belong to one series and are complete.") from None
-    return _raw_from_image(image, folder, {}, dicom_file=Path(files[0]))
+    raw = _raw_from_image(image, folder, {}, dicom_file=Path(files[0]))
+    raw.notes.extend(notes)
+    return raw
 
 
 def _read_with_sitk(path: Path, what: str) -> Raw:
     import SimpleITK as sitk
 
-    nrrd_stored = _nrrd_stored_bytes(path)  # before ITK opens a data file that may be a pipe
+    nrrd = _nrrd_fields(path)
+    nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
     if has_dicom_magic(path):
         _precheck_dicom(path)
     _precheck_nifti_header(path)
@@ -134,6 +157,10 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         if "Unable to determine ImageIO" in reason:
             raise FetalIQAError(f"{path}: not a readable image file (no supported image header found). "
                                 f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.") from None
+        if nrrd is not None and "match" in reason.lower():
+            raise FetalIQAError(f"{path}: this NRRD's axes do not fit its space as the image reader needs "
+                                f"({reason}). Save the sweep as .mha, or as a NRRD with one domain axis per "
+                                "dimension of its space.") from None
         raise FetalIQAError(f"{path}: the image header cannot be read ({reason}). The file is damaged "
                             "or not an image; export it again.") from None
     size = tuple(int(s) for s in reader.GetSize())       # (X, Y[, Z[, T]])
@@ -158,10 +185,13 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         raise FetalIQAError(f"{path}: the pixel data cannot be read ({reason}). The file is "
                             "truncated or damaged; copy or export it again.") from None
     is_dicom = _looks_like_dicom(path, reader)
-    return _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None)
+    scale, unit_note = _nrrd_spacing_units(nrrd)
+    return _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None,
+                           spacing_scale=scale, spacing_unit_note=unit_note)
 
 
-def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None) -> Raw:
+def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None,
+                    spacing_scale: tuple[float, float] = (1.0, 1.0), spacing_unit_note: str = "") -> Raw:
     import SimpleITK as sitk
 
     components = int(image.GetNumberOfComponentsPerPixel())
@@ -172,14 +202,86 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         spacing_mm = (spacing[1], spacing[0])
     else:
         spacing_mm = (1.0, spacing[0] if spacing else 1.0)
+    window = padding = None
+    notes = []
     if dicom_file is not None:
         calibrated, source, note = dicom_calibration(dicom_file)
         spacing_mm = calibrated or spacing_mm
+        if calibrated and note:
+            notes.append(f"pixel spacing: {note}")
+        if components == 1 and arr.dtype != np.uint8:
+            window, padding = dicom_display(dicom_file)
     else:
+        spacing_mm = (spacing_mm[0] * spacing_scale[0], spacing_mm[1] * spacing_scale[1])
         source, note = classify_header_spacing(spacing_mm, recorded=True)
+        if spacing_unit_note:
+            source, note = SPACING_NONE, spacing_unit_note
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
-               spacing_source=source, spacing_note=note)
+               spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes)
+
+
+def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]:
+    """The grey-level window (values shown black and white) and the padding value of a greyscale
+    DICOM image, in the rescaled values the image reader returns; ``None`` where the file has
+    none. VOI window: PS3.3 C.11.2.1.2 (first window; LINEAR and LINEAR_EXACT; a SIGMOID window is
+    left to the default). Pixel Padding Value: C.7.5.1.1.2, in stored values, so rescaled here.
+    MONOCHROME2 only: a MONOCHROME1 image is inverted by the reader, its window is not."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=[
+            "PhotometricInterpretation", "WindowCenter", "WindowWidth", "VOILUTFunction",
+            "PixelPaddingValue", "RescaleSlope", "RescaleIntercept"])
+        if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() != "MONOCHROME2":
+            return None, None
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        padding = ds.get("PixelPaddingValue", None)
+        pad = None if padding is None else float(padding) * slope + intercept
+        window = None
+        centre, width = ds.get("WindowCenter", None), ds.get("WindowWidth", None)
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        if centre is not None and width is not None and function in ("LINEAR", "LINEAR_EXACT"):
+            c = float(centre[0] if isinstance(centre, (list, tuple, pydicom.multival.MultiValue)) else centre)
+            w = float(width[0] if isinstance(width, (list, tuple, pydicom.multival.MultiValue)) else width)
+            if function == "LINEAR" and w >= 1 and math.isfinite(c) and math.isfinite(w):
+                window = (c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2)
+            elif function == "LINEAR_EXACT" and w > 0 and math.isfinite(c) and math.isfinite(w):
+                window = (c - w / 2, c + w / 2)
+            if window is not None and not window[1] > window[0]:
+                window = None
+        return window, (pad if pad is not None and math.isfinite(pad) else None)
+    except Exception:  # noqa: BLE001 - an odd display header: the default window, never a failure
+        return None, None
+
+
+def _acquisition_order(files: list[str]) -> tuple[list[str], str]:
+    """A cine's files in acquisition order: by Instance Number when every file has a distinct one
+    (PS3.3 C.7.6.1; the series scan sorts by position, which a tracked probe may run backwards);
+    with neither numbers nor positions, by file name with numbers compared as numbers (``2``
+    before ``10``), and the answer says so. Otherwise the scan's order."""
+    import pydicom
+
+    numbers, positions = [], 0
+    for name in files:
+        try:
+            ds = pydicom.dcmread(name, stop_before_pixels=True, force=True,
+                                 specific_tags=["InstanceNumber", "ImagePositionPatient"])
+            value = ds.get("InstanceNumber", None)
+            numbers.append(None if value is None or str(value).strip() == "" else int(value))
+            positions += "ImagePositionPatient" in ds
+        except Exception:  # noqa: BLE001 - unreadable here: the scan's order stands
+            return files, ""
+    if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
+        return [name for _, name in sorted(zip(numbers, files))], ""
+    if not any(n is not None for n in numbers) and positions == 0:
+        def natural(name: str) -> list:
+            return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", Path(name).name)]
+
+        return sorted(files, key=natural), ("the DICOM files carry no Instance Number or position; the frames "
+                                            "are in the order of the file names")
+    return files, ""
 
 
 def _damaged_members(left_out: list[Path], member: Path) -> list[str]:
@@ -229,6 +331,8 @@ def _precheck_dicom(path: Path) -> None:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422" and samples == 3:
+            samples = 2  # two luma and one each of Cb, Cr per pair of pixels (PS3.3 C.7.6.3.1.2)
         bits = int(ds.BitsAllocated)
     except Exception:  # noqa: BLE001 - a header pydicom cannot parse is left to the reader's own check
         return
@@ -319,6 +423,11 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     vox_offset = _nifti_vox_offset(head)
     if vox_offset is None:
         return
+    stored = _nifti_bitpix(head)  # the stored type: a scaled (scl_slope) file is read as float
+    if stored:
+        bits, datatype = stored
+        per_voxel = bits if datatype in (128, 2304) else bits * components  # RGB24 / RGBA32: all channels
+        data_bytes = (validate.checked_product(size) * per_voxel + 7) // 8
     if vox_offset < 0:
         raise FetalIQAError(f"{path}: the NIfTI header's data offset (vox_offset) is not a valid byte "
                             "position: the header is damaged. Export the file again.")
@@ -348,10 +457,8 @@ def bound_volume(path: Path, shape_zyx: tuple[int, ...], components: int, itemsi
     validate.check_volume(path, n, h, w, decoded, 0 if grey8 else 1)
 
 
-def _nrrd_stored_bytes(path: Path) -> int | None:
-    """For a gzip-encoded NRRD, the bytes of compressed data (to bound what they can inflate to);
-    None for other files. A detached data file must be one regular file: a named pipe would
-    block the reader forever."""
+def _nrrd_fields(path: Path) -> dict[str, str] | None:
+    """The fields of a NRRD header (keys lower-case), None for other files."""
     if full_suffix(path) not in (".nrrd", ".nhdr"):
         return None
     fields: dict[str, str] = {}
@@ -361,21 +468,79 @@ def _nrrd_stored_bytes(path: Path) -> int | None:
     except OSError:
         return None
     text = head.split(b"\n\n", 1)[0].decode("latin-1")
+    fields[""] = text  # the header itself, for its length
     for line in text.splitlines()[1:]:
         if line.startswith("#") or ":" not in line or ":=" in line:
             continue
         key, _, value = line.partition(":")
         fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def _nrrd_stored_bytes(path: Path, fields: dict[str, str] | None) -> int | None:
+    """For a gzip-encoded NRRD, the bytes of compressed data (to bound what they can inflate to);
+    None for other files. A detached data file must be one regular file: a named pipe would
+    block the reader forever."""
+    if fields is None:
+        return None
     encoding = fields.get("encoding", "raw").lower()
     if encoding in ("ascii", "text", "txt"):  # ITK's text decoder crashes the process on binary data
         raise FetalIQAError(f"{path}: the NRRD stores its pixels as text (encoding: {encoding}), which is not "
                             "supported for sweeps. Save it with raw or gzip encoding (or as .mha).")
+    if encoding in ("bzip2", "bz2", "hex"):
+        raise FetalIQAError(f"{path}: the NRRD's pixels are stored with encoding '{encoding}', which this reader "
+                            "does not support. Save it with raw or gzip encoding (or as .mha).")
     data_file = fields.get("data file", fields.get("datafile"))
     if data_file is not None:
         stored = _detached_data_file(path, data_file, "data file").stat().st_size
     else:
-        stored = max(path.stat().st_size - len(text), 0)
+        stored = max(path.stat().st_size - len(fields[""]), 0)
     return stored if encoding in ("gzip", "gz") else None
+
+
+#: Length units a NRRD header may name (the format leaves the strings free), in mm.
+_LENGTH_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetre": 1.0, "millimetres": 1.0,
+                    "cm": 10.0, "centimeter": 10.0, "centimeters": 10.0, "centimetre": 10.0, "centimetres": 10.0,
+                    "m": 1000.0, "meter": 1000.0, "meters": 1000.0, "metre": 1000.0, "metres": 1000.0,
+                    "um": 1e-3, "\u00b5m": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3,
+                    "micrometers": 1e-3, "micrometre": 1e-3, "micrometres": 1e-3}
+_NRRD_NO_UNIT = {"", "???", "none", "unknown"}
+#: NRRD axis kinds that are not positions in space (their "units" entry is not a length).
+_NRRD_VALUE_KINDS = {"rgb-color", "rgba-color", "3-color", "4-color", "vector", "covariant-vector",
+                     "normal", "2-vector", "3-vector", "4-vector", "3-gradient", "3-normal", "list",
+                     "point", "scalar", "complex", "hsv-color", "xyz-color", "quaternion", "2d-symmetric-matrix",
+                     "2d-masked-symmetric-matrix", "2d-matrix", "2d-masked-matrix", "3d-symmetric-matrix",
+                     "3d-masked-symmetric-matrix", "3d-matrix", "3d-masked-matrix", "time"}
+
+
+def _nrrd_spacing_units(fields: dict[str, str] | None) -> tuple[tuple[float, float], str]:
+    """How to turn a NRRD's spacing into mm, ``(row, col)``, from its ``space units`` (or, with
+    ``spacings``, its per-axis ``units``): the image reader takes every length as mm. A unit that
+    is no length gives a note that makes the spacing unknown."""
+    if fields is None:
+        return (1.0, 1.0), ""
+    if "space units" in fields:
+        units = re.findall(r'"([^"]*)"', fields["space units"])[:2]
+    elif "units" in fields:
+        units = re.findall(r'"([^"]*)"', fields["units"])
+        kinds = fields.get("kinds", "").lower().split()
+        if len(kinds) == len(units):
+            units = [u for u, k in zip(units, kinds) if k not in _NRRD_VALUE_KINDS]
+        units = units[:2]
+    else:
+        return (1.0, 1.0), ""
+    factors = []
+    for unit in units:
+        key = unit.strip().lower()
+        if key in _NRRD_NO_UNIT:
+            factors.append(1.0)
+        elif key in _LENGTH_UNITS_MM:
+            factors.append(_LENGTH_UNITS_MM[key])
+        else:
+            return (1.0, 1.0), f"the file gives its pixel spacing in '{unit[:20]}', which is not a length"
+    while len(factors) < 2:
+        factors.append(factors[0] if factors else 1.0)
+    return (factors[1], factors[0]), ""
 
 
 #: NIfTI datatype codes (nifti1.h): the only values a writer may put in the header.
@@ -399,8 +564,8 @@ def _precheck_nifti_header(path: Path) -> None:
             ndim, datatype = struct.unpack(endian + "h", head[40:42])[0], struct.unpack(endian + "h", head[70:72])[0]
             break
         if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
-            ndim, datatype = struct.unpack(endian + "q", head[16:24])[0], struct.unpack(endian + "h", head[12:14])[0]
-            break
+            raise FetalIQAError(f"{path}: a NIfTI-2 file, which this reader does not support. Save the sweep as "
+                                "NIfTI-1 (nibabel: Nifti1Image) or as .mha.")
     else:
         return
     if not 1 <= ndim <= 7:
@@ -409,6 +574,18 @@ def _precheck_nifti_header(path: Path) -> None:
     if datatype not in _NIFTI_DATATYPES:
         raise FetalIQAError(f"{path}: the NIfTI header's datatype code {datatype} is not one the format "
                             "defines: the header is damaged. Export the file again.")
+
+
+def _nifti_bitpix(head: bytes) -> tuple[int, int] | None:
+    """Bits per stored value and the datatype code of a NIfTI-1 header; None when not one."""
+    if len(head) < 348:
+        return None
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", head[:4])[0] == 348:
+            bits = int(struct.unpack(endian + "h", head[72:74])[0])
+            datatype = int(struct.unpack(endian + "h", head[70:72])[0])
+            return (bits, datatype) if bits > 0 and bits % 8 == 0 else None
+    return None
 
 
 def _nifti_vox_offset(head: bytes) -> int | None:
@@ -484,6 +661,8 @@ def _read_metaimage(path: Path) -> Raw | None:
     else:
         data_path = _detached_data_file(path, data_file, "ElementDataFile")
     element_type = header.get("elementtype", "").upper()
+    if element_type.endswith("_ARRAY") and element_type[:-len("_ARRAY")] in _MET_DTYPES:
+        element_type = element_type[:-len("_ARRAY")]  # MetaIO's name for the same values, per channel
     if element_type not in _MET_DTYPES:
         if element_type in ("MET_LONG", "MET_ULONG"):
             return None

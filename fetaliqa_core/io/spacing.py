@@ -6,8 +6,8 @@ when they were given nothing, and a DICOM ultrasound image keeps its calibration
 Sequence of Ultrasound Regions (Physical Delta X/Y), which general image readers ignore. So:
 
 * a DICOM file's calibration is read here with pydicom from the Sequence of Ultrasound Regions
-  (units must be cm; the largest calibrated 2-D region is used), else from Pixel Spacing
-  (0028,0030); with neither, the spacing is unknown;
+  (units must be cm; the largest calibrated 2-D tissue region is used), else from Pixel Spacing
+  (0028,0030) or an enhanced object's shared Pixel Measures; with neither, the spacing is unknown;
 * any other file's spacing is known when its header records one other than exactly 1 x 1 mm
   (the value writers put when none was known);
 * a known spacing is *plausible for obstetric ultrasound* when both values lie in
@@ -40,7 +40,9 @@ PLACEHOLDER_SPACING_MM = 1.0
 
 # DICOM PS3.3 C.8.5.5.1.15: Physical Units X/Y Direction code 0x0003 is centimetres.
 _DICOM_UNITS_CM = 3
-_DICOM_TAGS = ("SequenceOfUltrasoundRegions", "PixelSpacing")
+_DICOM_TAGS = ("SequenceOfUltrasoundRegions", "PixelSpacing", "SharedFunctionalGroupsSequence")
+# PS3.3 C.8.5.5.1.1: Region Spatial Format 1 is a 2-D tissue image (others: M-mode, Doppler, ...).
+_REGION_2D = 1
 
 
 def is_plausible(spacing_mm: tuple[float, float]) -> bool:
@@ -106,10 +108,13 @@ def dicom_calibration(path: Path) -> tuple[tuple[float, float] | None, str, str]
     except ImportError:  # declared dependency; a broken install must not stop reading pixels
         return None, SPACING_NONE, "pydicom is not installed, so the DICOM calibration was not read"
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, defer_size="1 MB",
+        # force: a file without the 128-byte preamble is common and the image reader reads it
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, defer_size="1 MB", force=True,
                              specific_tags=list(_DICOM_TAGS))
         regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
         pixel_spacing = ds.get("PixelSpacing", None)
+        if pixel_spacing is None:  # enhanced multi-frame objects: Pixel Measures (C.7.6.16.2.1)
+            pixel_spacing = _shared_pixel_spacing(ds)
     except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError,
             IndexError, EOFError, OverflowError, NotImplementedError):
         return None, SPACING_NONE, "the DICOM header's calibration could not be read"
@@ -129,12 +134,24 @@ def dicom_calibration(path: Path) -> tuple[tuple[float, float] | None, str, str]
     return None, SPACING_NONE, "the DICOM file has no ultrasound region calibration and no Pixel Spacing"
 
 
+def _shared_pixel_spacing(ds: Any) -> Any:
+    """Pixel Spacing from an enhanced object's Shared Functional Groups > Pixel Measures."""
+    try:
+        shared = ds.get("SharedFunctionalGroupsSequence", None)
+        measures = shared[0].get("PixelMeasuresSequence", None) if shared else None
+        return measures[0].get("PixelSpacing", None) if measures else None
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+
+
 def _region_spacing(regions: list[Any]) -> tuple[tuple[float, float], str] | None:
     """The largest region calibrated in cm in both directions: ``((row_mm, col_mm), note)``."""
     best: tuple[float, tuple[float, float]] | None = None
     spacings = set()
     for item in regions:
         try:
+            if int(item.get("RegionSpatialFormat", _REGION_2D)) != _REGION_2D:
+                continue  # an M-mode or Doppler strip: its deltas are not the image's
             if int(item.get("PhysicalUnitsXDirection", 0)) != _DICOM_UNITS_CM:
                 continue
             if int(item.get("PhysicalUnitsYDirection", 0)) != _DICOM_UNITS_CM:

@@ -55,6 +55,9 @@ class Sweep:
     #: The spacing the content hash covers: the file's, so a spacing set by the user later does
     #: not make the same recording a different sweep (review database, cache).
     hash_spacing_mm: tuple[float, float] | None = dataclasses.field(default=None, repr=False)
+    #: What reading the file did that the user should know, one line each (pixels that hold no
+    #: number, series left out of a folder, how the spacing was chosen); shown with the answer.
+    read_notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 3 or self.frames.dtype != np.uint8:
@@ -141,9 +144,12 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read a sweep file or DICOM series folder into a :class:`Sweep`.
 
     The pixel spacing's provenance is on the sweep (``spacing_source``, ``spacing_problem``).
-    Colour frames become grey; 16-bit and float data that already hold grey levels (0-255, or
-    floats within 0-1) keep them, other data are windowed to uint8 between the 0.5th and 99.5th
-    percentile of the finite values; a single 2-D image becomes a one-frame sweep.
+    Colour frames become grey; 16-bit and float data are shown through the file's own window
+    (DICOM VOI) when it has one, keep grey levels they already hold (0-255, or floats within 0-1),
+    and are otherwise windowed to uint8 between the 0.5th and 99.5th percentile of the finite
+    values, padding left out (see :func:`fetaliqa_core.io.frames.to_uint8_frames`); a single 2-D
+    image becomes a one-frame sweep. Frames are in the file's storage order (rows top to bottom as
+    stored): an orientation in the header (direction cosines, a NIfTI affine) is not applied.
     """
     path = Path(path).expanduser()
     raw = read_raw(path, purpose="sweep")
@@ -153,7 +159,8 @@ def load_sweep(path: str | Path) -> Sweep:
     if frames.flags.writeable:
         frames.flags.writeable = False
     return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
-                 path=path, spacing_source=raw.spacing_source, spacing_note=raw.spacing_note)
+                 path=path, spacing_source=raw.spacing_source, spacing_note=raw.spacing_note,
+                 read_notes=tuple(raw.notes))
 
 
 @dataclass(eq=False)

@@ -1,0 +1,303 @@
+"""Sweeps as other tools write them: display windows, padding, units, layouts and header
+variants that scanners, PACS exports and research pipelines produce. Each case is one a reader
+got wrong without a word, or refused although it is valid."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.io import SPACING_FROM_DICOM_PIXEL_SPACING, SPACING_FROM_US_REGION, SPACING_NONE, load_sweep
+
+pydicom = pytest.importorskip("pydicom")
+
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+ENHANCED_US_VOLUME = "1.2.840.10008.5.1.4.1.1.6.2"
+
+
+def _grey(n: int = 4, h: int = 40, w: int = 48) -> np.ndarray:
+    """A ramp 20..235 along the columns with a bright 8 x 8 marker at the top left."""
+    ramp = np.linspace(20, 235, w)[None, None, :].repeat(h, 1).repeat(n, 0)
+    ramp[:, :8, :8] = 250
+    return ramp
+
+
+def _region(dx_cm: float, dy_cm: float, spatial_format: int = 1, box=(0, 0, 47, 39)):
+    from pydicom.dataset import Dataset
+
+    r = Dataset()
+    r.RegionSpatialFormat, r.RegionDataType, r.RegionFlags = spatial_format, 1, 0
+    r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = box
+    r.PhysicalUnitsXDirection = r.PhysicalUnitsYDirection = 3
+    r.PhysicalDeltaX, r.PhysicalDeltaY = dx_cm, dy_cm
+    return r
+
+
+def _dicom(path: Path, arr: np.ndarray, bits: int = 8, signed: bool = False, sop: str = US_MULTIFRAME,
+           series: str | None = None, instance: int | None = None, preamble: bool = True, **attrs) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop, meta.MediaStorageSOPInstanceUID, "US"
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = series or generate_uid()
+    if instance is not None:
+        ds.InstanceNumber = instance
+    ds.Rows, ds.Columns = arr.shape[-2], arr.shape[-1]
+    if arr.ndim == 3:
+        ds.NumberOfFrames = arr.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, int(signed)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    dtype = {8: np.uint8, 16: np.int16 if signed else np.uint16}[bits]
+    ds.PixelData = np.ascontiguousarray(arr.astype(dtype)).tobytes()
+    if preamble:
+        ds.save_as(str(path), enforce_file_format=True)
+    else:  # no preamble, no "DICM": common in exports, and the image reader reads it
+        ds.preamble = None
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=False)
+    return path
+
+
+# --- grey levels ------------------------------------------------------------------------------------------
+
+
+def test_float_frames_normalised_to_one_keep_their_grey_levels_despite_overshoot(tmp_path):
+    """Resampling a 0-1 image overshoots a little; the frames were shown black (0 and 1 taken as
+    grey levels) once any value passed 1."""
+    img = _grey()
+    arr = (img / 255.0).astype(np.float32)
+    arr[:, 20:22, 20:22] = 1.01  # the overshoot of a resampling filter
+    path = tmp_path / "norm.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    frames = np.asarray(load_sweep(path).frames, dtype=float)
+    keep = np.ones(img.shape, bool)
+    keep[:, 20:22, 20:22] = False
+    assert np.abs(frames - img)[keep].max() <= 1
+    assert frames[:, 20, 20].min() == 255
+
+
+def test_padding_far_below_the_image_is_left_out_of_the_window(tmp_path):
+    """A research pipeline's -32768 background (or a DICOM Pixel Padding Value) took the 0.5th
+    percentile, and the image itself was washed out to grey 242-255."""
+    img = _grey(w=72) * 10
+    arr = img.astype(np.int16)
+    arr[:, :, 34:] = -32768
+    path = tmp_path / "padded.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    unpadded = tmp_path / "unpadded.mha"  # the image alone: what the padded one must look like
+    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(arr[:, :, :34])), str(unpadded))
+    want = np.asarray(load_sweep(unpadded).frames)
+    assert want.max() - want.min() > 200
+    frames = np.asarray(load_sweep(path).frames)
+    assert np.array_equal(frames[:, :, :34], want)  # the image keeps its contrast
+    assert (frames[:, :, 34:] == 0).all()  # padding shows black
+    # the same with a DICOM file naming its padding value
+    dcm = _dicom(tmp_path / "padded.dcm", arr, bits=16, signed=True, PixelPaddingValue=-32768)
+    frames = np.asarray(load_sweep(dcm).frames)
+    assert np.array_equal(frames[:, :, :34], want) and (frames[:, :, 34:] == 0).all()
+
+
+def test_dicom_voi_window_is_applied(tmp_path):
+    """PS3.3 C.11.2.1.2: values below c - 0.5 - (w-1)/2 show black, above c - 0.5 + (w-1)/2 white.
+    The file's window was ignored and a burnt-in 4095 band darkened the whole image."""
+    arr = np.full((3, 40, 48), 1080, dtype=np.uint16)
+    arr[:, :, 24:] = 2020
+    arr[:, 30:, :] = 4095
+    arr[:, 10, 10] = 1550  # the window's centre
+    path = _dicom(tmp_path / "win.dcm", arr, bits=16, WindowCenter=1550, WindowWidth=1100)
+    frames = np.asarray(load_sweep(path).frames, dtype=int)
+    lo, hi = 1550 - 0.5 - 549.5, 1550 - 0.5 + 549.5
+    expect = lambda v: round(float(np.clip((v - lo) / (hi - lo), 0, 1)) * 255)  # noqa: E731
+    assert frames[0, 0, 0] == expect(1080) and frames[0, 0, 30] == expect(2020)
+    assert abs(frames[0, 10, 10] - 127) <= 1 and frames[0, 35, 0] == 255
+
+
+def test_pixels_without_a_number_are_named_in_the_read_notes(tmp_path):
+    arr = (_grey() / 255.0).astype(np.float32)
+    arr[:, 5:7, 5:7] = np.nan
+    path = tmp_path / "nan.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    sweep = load_sweep(path)
+    assert any("16 pixel(s)" in n and "NaN" in n for n in sweep.read_notes)
+    clean = tmp_path / "clean.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.nan_to_num(arr)), str(clean))
+    assert load_sweep(clean).read_notes == ()
+
+
+# --- units and calibration ------------------------------------------------------------------------------
+
+
+def _nrrd(path: Path, arr: np.ndarray, extra: str, encoding: str = "raw") -> Path:
+    n, h, w = arr.shape
+    head = (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {w} {h} {n}\nencoding: {encoding}\n{extra}\n")
+    data = arr.astype(np.uint8).tobytes()
+    if encoding == "gzip":
+        data = gzip.compress(data)
+    path.write_bytes(head.encode() + b"\n" + data)
+    return path
+
+
+def test_nrrd_lengths_in_cm_are_converted_and_a_unit_that_is_no_length_is_unknown(tmp_path):
+    """The image reader takes every NRRD length as mm: 0.05 cm was shown as 0.05 mm, so an AC
+    was ten times too short."""
+    arr = _grey().astype(np.uint8)
+    cm = _nrrd(tmp_path / "cm.nrrd", arr, 'space: left-posterior-superior\nspace units: "cm" "cm" "cm"\n'
+               "space directions: (0.03,0,0) (0,0.025,0) (0,0,1)\nkinds: domain domain domain")
+    sweep = load_sweep(cm)
+    assert sweep.spacing_mm == pytest.approx((0.25, 0.3)) and sweep.spacing_plausible
+    per_axis = _nrrd(tmp_path / "units.nrrd", arr, 'spacings: 0.03 0.025 1\nunits: "cm" "cm" "s"\n'
+                     "kinds: domain domain time")
+    assert load_sweep(per_axis).spacing_mm == pytest.approx((0.25, 0.3))
+    pixels = _nrrd(tmp_path / "px.nrrd", arr, 'spacings: 0.3 0.25 1\nunits: "px" "px" ""')
+    sweep = load_sweep(pixels)
+    assert sweep.spacing_source == SPACING_NONE and "'px'" in sweep.spacing_problem
+
+
+def test_dicom_calibration_without_preamble_in_enhanced_objects_and_beside_m_mode(tmp_path):
+    arr = _grey().astype(np.uint8)
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    bare = _dicom(tmp_path / "bare.dcm", arr, preamble=False, SequenceOfUltrasoundRegions=Sequence([_region(0.03, 0.025)]))
+    sweep = load_sweep(bare)
+    assert sweep.spacing_source == SPACING_FROM_US_REGION and sweep.spacing_mm == pytest.approx((0.25, 0.3))
+    measures = Dataset()
+    measures.PixelSpacing = [0.25, 0.3]
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([measures])
+    enhanced = _dicom(tmp_path / "enh.dcm", arr, sop=ENHANCED_US_VOLUME,
+                      SharedFunctionalGroupsSequence=Sequence([shared]))
+    sweep = load_sweep(enhanced)
+    assert sweep.spacing_source == SPACING_FROM_DICOM_PIXEL_SPACING and sweep.spacing_mm == pytest.approx((0.25, 0.3))
+    # an M-mode strip (Region Spatial Format 2) larger than the 2-D image: its deltas are not the image's
+    mixed = _dicom(tmp_path / "mmode.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
+        _region(0.03, 0.025, box=(0, 0, 20, 20)), _region(0.1, 0.1, spatial_format=2, box=(0, 0, 47, 39))]))
+    assert load_sweep(mixed).spacing_mm == pytest.approx((0.25, 0.3))
+    two = _dicom(tmp_path / "two.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
+        _region(0.03, 0.025, box=(0, 0, 47, 30)), _region(0.05, 0.05, box=(0, 31, 47, 39))]))
+    assert any("differently calibrated" in n for n in load_sweep(two).read_notes)
+
+
+# --- layouts that were refused although valid -------------------------------------------------------------
+
+
+def test_ybr_full_422_native_is_not_taken_for_truncated(tmp_path):
+    """Two bytes per pixel (PS3.3 C.7.6.3.1.2), not three."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    n, h, w = 2, 40, 48
+    y = np.full((n, h, w), 150, dtype=np.uint8)
+    packed = np.empty((n, h, w // 2, 4), dtype=np.uint8)
+    packed[..., 0], packed[..., 1], packed[..., 2], packed[..., 3] = y[..., ::2], y[..., 1::2], 128, 128
+    path = _dicom(tmp_path / "ybr.dcm", y)
+    ds = pydicom.dcmread(path)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.PixelData = packed.tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    frames = np.asarray(load_sweep(path).frames, dtype=int)
+    assert frames.shape == (n, h, w) and abs(frames.mean() - 150) <= 2
+
+
+def _nifti_scaled(path: Path, stored: np.ndarray, slope: float, inter: float) -> Path:
+    sitk.WriteImage(sitk.GetImageFromArray(stored), str(path))
+    data = bytearray(path.read_bytes())
+    data[112:120] = struct.pack("<ff", slope, inter)  # scl_slope, scl_inter (nifti1.h)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_nifti_with_scaling_is_sized_on_its_stored_type(tmp_path):
+    """scl_slope makes the reader return floats; the size check took those for the stored bytes
+    and called the file truncated."""
+    img = _grey()
+    path = _nifti_scaled(tmp_path / "scaled.nii", ((img - 10) / 2).astype(np.uint8), 2.0, 10.0)
+    frames = np.asarray(load_sweep(path).frames, dtype=float)
+    assert np.abs(frames - np.floor((img - 10) / 2) * 2 - 10).max() <= 1
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(FetalIQAError, match="truncated"):
+        load_sweep(cut)
+
+
+def test_metaimage_array_element_types_are_read(tmp_path):
+    arr = _grey().astype(np.uint8)
+    head = (f"ObjectType = Image\nNDims = 3\nDimSize = 48 40 4\nElementType = MET_UCHAR_ARRAY\n"
+            f"ElementNumberOfChannels = 1\nElementSpacing = 0.3 0.25 1\nElementDataFile = LOCAL\n")
+    path = tmp_path / "arr.mha"
+    path.write_bytes(head.encode() + arr.tobytes())
+    assert np.array_equal(np.asarray(load_sweep(path).frames), arr)
+
+
+# --- what cannot be read says what it is ---------------------------------------------------------------
+
+
+def test_unsupported_variants_are_named(tmp_path):
+    arr = _grey().astype(np.uint8)
+    bz = _nrrd(tmp_path / "b.nrrd", arr, "", encoding="bzip2")
+    with pytest.raises(FetalIQAError, match="encoding 'bzip2'.*raw or gzip"):
+        load_sweep(bz)
+    nifti2 = tmp_path / "n2.nii"
+    nifti2.write_bytes(struct.pack("<i", 540) + b"n+2\0" + bytes(600))
+    with pytest.raises(FetalIQAError, match="NIfTI-2.*NIfTI-1"):
+        load_sweep(nifti2)
+    media = tmp_path / "cd"
+    (media / "PT000000" / "ST000000" / "SE000000").mkdir(parents=True)
+    _dicom(media / "PT000000" / "ST000000" / "SE000000" / "IM000000", arr)
+    (media / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
+    with pytest.raises(FetalIQAError, match="DICOMDIR.*subfolder of one series"):
+        load_sweep(media)
+    assert load_sweep(media / "PT000000" / "ST000000" / "SE000000").n_frames == 4
+
+
+def test_a_folder_of_several_series_says_which_it_read_or_refuses_a_tie(tmp_path):
+    arr = _grey(n=1)[0]
+    tie = tmp_path / "tie"
+    tie.mkdir()
+    for k in range(4):
+        _dicom(tie / f"a{k}.dcm", arr, series="1.2.3.4.1", instance=k + 1)
+        _dicom(tie / f"b{k}.dcm", arr, series="1.2.3.4.2", instance=k + 1)
+    with pytest.raises(FetalIQAError, match="2 DICOM series.*own folder"):
+        load_sweep(tie)
+    (tie / "b3.dcm").unlink()
+    sweep = load_sweep(tie)
+    assert sweep.n_frames == 4
+    assert any("2 DICOM series" in n and "(3 file(s)) are left out" in n for n in sweep.read_notes)
+
+
+def test_a_series_is_read_in_acquisition_order(tmp_path):
+    """Instance Number orders a cine (PS3.3 C.7.6.1), even where the positions run backwards; files
+    with neither are taken in the order of their names, numbers compared as numbers, and said so."""
+    def frame(k: int) -> np.ndarray:
+        f = _grey(n=1)[0]
+        f[30:, :] = 10 * k  # each file's own grey level in its bottom rows
+        return f
+
+    tracked = tmp_path / "tracked"
+    tracked.mkdir()
+    for k in range(5):
+        _dicom(tracked / f"f{k}.dcm", frame(k), series="1.2.3.9", instance=k + 1,
+               ImagePositionPatient=[0, 0, -float(k)], ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    sweep = load_sweep(tracked)
+    assert [int(f[35, 20]) for f in np.asarray(sweep.frames)] == [0, 10, 20, 30, 40] and sweep.read_notes == ()
+    named = tmp_path / "named"
+    named.mkdir()
+    for k in range(12):
+        _dicom(named / str(k + 1), frame(k), series="1.2.3.10")
+    sweep = load_sweep(named)
+    assert [int(f[35, 20]) for f in np.asarray(sweep.frames)] == [10 * k for k in range(12)]
+    assert any("order of the file names" in n for n in sweep.read_notes)
