@@ -236,6 +236,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._drawn_version = -1
         self._show_frame(self.model.frame)
         self.refresh()
+        notes = tuple(getattr(sweep, "read_notes", ()))
+        if notes:  # what reading the file did (pixels without a number, series left out, ...)
+            self.notify(f"{name}: " + "; ".join(notes), 30000)
         if score:
             self.start_scoring()
 

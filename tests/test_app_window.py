@@ -288,6 +288,20 @@ def test_bad_file_gives_message_and_app_survives(qtbot, make_window, warnings, t
     assert win.model.frame == 1
 
 
+def test_what_reading_a_file_did_is_shown_when_it_opens(qtbot, make_window, tmp_path):
+    import SimpleITK as sitk
+
+    arr = tiny_sweep(1, 6, 40, 50).frames.astype(np.float32)
+    arr[:, 3, 3] = np.nan
+    path = tmp_path / "holes.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    win = make_window(score=False)
+    assert win.open_path(path, block=True) is not False
+    assert win.status_message.text().startswith("holes.mha: 6 pixel(s)")  # elided to the bar's width
+    text = win.status_message.toolTip()
+    assert "holes.mha" in text and "6 pixel(s)" in text and "NaN" in text
+
+
 def test_drop_a_file_opens_it_in_the_background(qtbot, make_window, tmp_path):
     from PySide6.QtCore import QMimeData, QUrl
     from PySide6.QtGui import QDropEvent

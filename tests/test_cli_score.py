@@ -57,6 +57,24 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     assert "chosen frame" in capsys.readouterr().out
 
 
+def test_what_reading_the_file_did_is_printed_and_written(tmp_path, tiny_bundle_dirs, capsys):
+    """Pixels that hold no number are shown black; the answer says so (summary and output)."""
+    import SimpleITK as sitk
+
+    from fetaliqa_core.synth import synthesize_case
+
+    frames = synthesize_case(seed=4, n_sweeps=1, frames_per_sweep=4, height=96, width=128).frames
+    arr = frames.astype(np.float32) / 255.0
+    arr[:, 40:42, 60:62] = np.nan
+    path = tmp_path / "nan.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    out = tmp_path / "out"
+    assert main(["score", str(path), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"]) == 0
+    notes = json.loads((out / "summary.json").read_text())["read_notes"]
+    assert len(notes) == 1 and notes[0].startswith("16 pixel(s)") and "NaN" in notes[0]
+    assert f"note: {notes[0]}" in capsys.readouterr().out
+
+
 def test_a_changed_threshold_is_written_as_such(case, tiny_bundle_dirs, tmp_path):
     own = json.loads((tiny_bundle_dirs["cls"] / "manifest.json").read_text())["threshold"]
     mine = 0.62 if abs(own - 0.62) > 0.01 else 0.3

@@ -343,6 +343,7 @@ class CaseSummary:
     choice_note: str = ""  # set when the models disagree everywhere and the choice rests on one
     spacing_source: str = ""
     spacing_problem: str | None = None  # set: no mm and no GA anywhere, and why
+    read_notes: list = field(default_factory=list)  # io.Sweep.read_notes: what reading the file did
     app_version: str = ""
     bundles: list = field(default_factory=list)  # {"role", "name", "sha256", "demo"} per bundle
     demo: bool = False
@@ -494,6 +495,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         chosen_ac=chosen_reading.to_dict(), choice_basis=choice.basis,
         choice_note=choice_note,
         spacing_source=str(getattr(sweep, "spacing_source", "")), spacing_problem=spacing_problem,
+        read_notes=[str(n) for n in getattr(sweep, "read_notes", ())],
         app_version=str(prov.get("app_version", "")), bundles=list(prov.get("bundles", [])),
         demo=bool(prov.get("demo", False)),
         notice=str(prov.get("notice", "")) if prov.get("demo") else "")

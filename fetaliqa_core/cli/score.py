@@ -139,6 +139,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     chosen = summary["chosen_frame"]
     print(f"{summary['path']}: {summary['frames_scored']}/{summary['n_frames']} frames scored; "
           f"chosen frame {chosen if chosen >= 0 else 'none (-1)'} (frames numbered from 0)")
+    for note in summary.get("read_notes") or ():
+        print(f"  note: {note}")
     if summary.get("spacing_problem"):
         print(f"  {summary['spacing_problem']} (--spacing MM sets it)")
     if summary.get("choice_note"):
