@@ -301,3 +301,30 @@ def test_a_series_is_read_in_acquisition_order(tmp_path):
     sweep = load_sweep(named)
     assert [int(f[35, 20]) for f in np.asarray(sweep.frames)] == [10 * k for k in range(12)]
     assert any("order of the file names" in n for n in sweep.read_notes)
+
+
+def test_jfif_frames_in_a_dicom_labelled_rgb_keep_their_grey_levels(tmp_path):
+    """A JPEG stream is YCbCr (JFIF) while the header says RGB: the reader hands on YCbCr as RGB,
+    and its 'luminance' pulled every grey level toward 128 (PS3.5 8.2.1 wants YBR_FULL_422)."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    grey = _grey(n=2).astype(np.uint8)
+    streams = []
+    for f in grey:
+        buf = io.BytesIO()
+        Image.fromarray(np.repeat(f[..., None], 3, axis=2), "RGB").save(buf, format="JPEG", quality=95)
+        streams.append(buf.getvalue())
+    assert streams[0][6:11] == b"JFIF\0"
+    path = _dicom(tmp_path / "jfif.dcm", grey)
+    ds = pydicom.dcmread(path)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = encapsulate(streams)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(path, enforce_file_format=True)
+    frames = np.asarray(load_sweep(path).frames, dtype=int)
+    assert np.abs(frames - grey).max() <= 4  # JPEG's own loss only

@@ -51,6 +51,9 @@ class Raw:
     window: tuple[float, float] | None = None
     #: A value the file marks as padding outside the image (DICOM Pixel Padding Value, rescaled).
     padding: float | None = None
+    #: Colour pixels that are YCbCr although the header says RGB (a JFIF stream in a DICOM file
+    #: labelled RGB): the first component is the luminance.
+    ycbcr: bool = False
     #: What reading did that the user should know (one line each); shown with the answer.
     notes: list[str] = field(default_factory=list)
 

@@ -78,6 +78,8 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
     if comps not in (1, 3, 4):
         raise FetalIQAError(f"{path}: {comps} values per pixel; only grey, RGB or RGBA frames can be shown.")
     n = arr.shape[0]
+    if raw.ycbcr and comps == 3 and arr.dtype == np.uint8:  # Y is the grey level already
+        return np.ascontiguousarray(arr[..., 0])
     out = np.empty(arr.shape[:3], dtype=np.uint8)
     if arr.dtype == np.uint8:  # colour 8-bit: integer luminance, chunk by chunk
         for s in range(0, n, CHUNK_FRAMES):

@@ -203,6 +203,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     else:
         spacing_mm = (1.0, spacing[0] if spacing else 1.0)
     window = padding = None
+    ycbcr = False
     notes = []
     if dicom_file is not None:
         calibrated, source, note = dicom_calibration(dicom_file)
@@ -211,6 +212,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
             notes.append(f"pixel spacing: {note}")
         if components == 1 and arr.dtype != np.uint8:
             window, padding = dicom_display(dicom_file)
+        ycbcr = components == 3 and _jfif_labelled_rgb(dicom_file)
     else:
         spacing_mm = (spacing_mm[0] * spacing_scale[0], spacing_mm[1] * spacing_scale[1])
         source, note = classify_header_spacing(spacing_mm, recorded=True)
@@ -218,7 +220,31 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
             source, note = SPACING_NONE, spacing_unit_note
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
-               spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes)
+               spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
+               ycbcr=ycbcr)
+
+
+#: JPEG Baseline and Extended: the syntaxes whose colour streams are JFIF (YCbCr) by default.
+_JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
+def _jfif_labelled_rgb(path: Path) -> bool:
+    """Whether a DICOM file says RGB but holds JFIF (YCbCr) JPEG frames, a common export quirk
+    (PS3.5 8.2.1 asks for YBR_FULL_422 there): the image reader then hands on YCbCr as RGB."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
+                             specific_tags=["PhotometricInterpretation"])
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        if syntax not in _JPEG_LOSSY or str(ds.get("PhotometricInterpretation", "")).strip() != "RGB":
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+        start = head.find(b"\xff\xd8\xff")  # the first frame's start-of-image
+        return start >= 0 and head[start + 3:start + 4] == b"\xe0" and head[start + 6:start + 11] == b"JFIF\0"
+    except Exception:  # noqa: BLE001 - cannot tell: the reader's colours stand
+        return False
 
 
 def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]:
