@@ -146,7 +146,7 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
 
     settings = AppSettings.load()
     if review_db is not None:
-        settings.review_db = str(Path(review_db).expanduser().resolve())
+        settings.review_db = str(checked_review_db(review_db))
     win = MainWindow(settings=settings, choice=choice)
     win.interactive = not headless
     if headless:
@@ -241,12 +241,25 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
                       scores=state["scores"], told=state["message"] in win.told_on_stderr)
 
 
+def checked_review_db(path: Path) -> Path:
+    """A review database the user names: a new file is created when needed, but an existing one
+    must already be a review database (an empty or foreign file is never filled or taken over)."""
+    db = Path(path).expanduser().resolve()
+    if db.exists():
+        from fetaliqa_core.review import ReviewStore
+
+        ReviewStore(db, create=False).close()
+    return db
+
+
 def run(args) -> int:
     from fetaliqa_core.errors import FetalIQAError, UsageError
 
     choice = model_choice_from_args(args, remembered=True)  # None: the remembered choice
     if args.sweep is not None and not Path(args.sweep).expanduser().exists():
         raise FetalIQAError(f"{args.sweep}: no such file or folder.")
+    if args.db is not None:
+        checked_review_db(args.db)
     unattended = bool(args.screenshot or args.exit_when_scored or args.max_seconds or args.save_scores)
     headless = not display_available()
     problem = display_problem()

@@ -65,6 +65,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.choice = choice
         self.models = None  # models.choice.LoadedModels once loaded
         self._models_for = None  # the ModelChoice self.models was loaded for
+        self._loaded_choice: ModelChoice | None = None  # the last choice whose models loaded
         self._user_asked_models = False
         self._drawn_version = -1
         self._last_frame_ms = 0.0
@@ -327,7 +328,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         return True
 
     def set_model_choice(self, choice: ModelChoice, user: bool = True) -> None:
+        if self._loaded_choice is None and self._models_for is None:
+            self._loaded_choice = self.choice  # what the settings held: kept if the new one fails
         self.choice = choice
+        self._save_choice(choice)
+        self._update_model_label()
+        if self.model.sweep is not None:
+            self.start_scoring(user=user)
+
+    def _save_choice(self, choice: ModelChoice) -> None:
         s = self.settings
         s.model = "demo" if choice.model == "demo" else "custom"
         s.cls_bundle = str(choice.cls or "")
@@ -335,14 +344,12 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         s.base_weights = str(choice.base or "")
         s.device = choice.device
         s.save()
-        self._update_model_label()
-        if self.model.sweep is not None:
-            self.start_scoring(user=user)
 
     def use_models(self, models) -> None:
         """Score with already loaded models (``models.choice.LoadedModels``-like) from now on."""
         self.models = models
         self._models_for = self.choice
+        self._loaded_choice = self.choice
         self.model.set_models(models)
         self._restore_threshold()
         self._update_model_label()
@@ -413,6 +420,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if loading:
             self.models = None
             self._models_for = None
+            if self._loaded_choice is not None and self._loaded_choice != self.choice:
+                # the next start must not begin with models that do not load: keep the last that did
+                self._save_choice(self._loaded_choice)
         self._update_model_label(message if loading else None)
         quiet = loading and not self._user_asked_models and self.choice.model == "demo"
         if quiet:
@@ -684,7 +694,14 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if self.scoring.any_running:
             self.hide()
         if self._loader is not None:
-            self._loader.wait()
+            # A file being read cannot be interrupted: its result must not reach a closed window
+            # (it would open the sweep and start scoring nothing stops), and closing must not wait.
+            from app.worker import detach_until_finished
+
+            loader, self._loader = self._loader, None
+            if loader.isRunning():
+                self.hide()
+                detach_until_finished(loader)
         if self._train_dialog is not None:
             self._train_dialog.shutdown()
         self.scoring.shutdown()

@@ -16,7 +16,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from fetaliqa_core.errors import FetalIQAError
 
@@ -251,6 +251,25 @@ class SweepLoader(QThread):
                                         f"({type(exc).__name__}: {exc}).")
         else:
             self.loaded.emit(self.path, sweep)
+
+
+_DETACHED: list[QThread] = []
+_WAITS_AT_QUIT = False
+
+
+def detach_until_finished(thread: QThread) -> None:
+    """Let a thread that cannot be interrupted (a file being read) end on its own after its
+    window closed: unparented and held here, since a QThread destroyed while running aborts the
+    process; whatever it signals must already go nowhere. The application waits for it before
+    it quits."""
+    global _WAITS_AT_QUIT
+    thread.setParent(None)
+    _DETACHED.append(thread)
+    thread.finished.connect(lambda t=thread: _DETACHED.remove(t) if t in _DETACHED else None)
+    app = QCoreApplication.instance()
+    if app is not None and not _WAITS_AT_QUIT:
+        app.aboutToQuit.connect(lambda: [t.wait() for t in list(_DETACHED)])
+        _WAITS_AT_QUIT = True
 
 
 def load_sweep_for_viewer(path: str | Path):

@@ -49,7 +49,9 @@ MLP_RATIO_RANGE = (0.25, 16.0)
 MAX_VISION_PARAMS = 3_000_000_000
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_JSON_DEPTH = 32
-MAX_SAFETENSORS_HEADER = 64 << 20
+#: A safetensors header lists its tensors (~100 bytes each): FetalCLIP's whole model needs < 100 KB.
+#: Parsing one is a single call that holds the interpreter, so a huge one would stall the viewer.
+MAX_SAFETENSORS_HEADER = 8 << 20
 SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
                         "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
@@ -327,6 +329,9 @@ def check_safetensors(path: Path, what: str) -> None:
             if len(head) < 8:
                 raise FetalIQAError(f"{path}: {what} is {size} bytes, too short for a safetensors file. {todo}")
             (n,) = struct.unpack("<Q", head)
+            if MAX_SAFETENSORS_HEADER < n <= size - 8:
+                raise FetalIQAError(f"{path}: {what}'s header takes {_size_text(n)}, far more than a model's list of "
+                                    f"tensors needs (at most {_size_text(MAX_SAFETENSORS_HEADER)}). {todo}")
             if n > min(size - 8, MAX_SAFETENSORS_HEADER):
                 raise FetalIQAError(f"{path}: {what}'s header claims {_size_text(n)} but the file holds "
                                     f"{_size_text(size)}. {todo}")

@@ -69,6 +69,12 @@ def test_gui_errors_are_one_line(tmp_path, capsys):
     assert "missing.mha" in err and "Traceback" not in err
     assert cli_main(["gui", "--base", str(tmp_path / "w.pt")]) == 2
     assert "--cls" in capsys.readouterr().err
+    # a review database the user names is never filled or taken over: an empty file stays empty
+    empty = tmp_path / "empty.sqlite3"
+    empty.touch()
+    assert cli_main(["gui", "--db", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert "empty (0 bytes)" in err and "left as it is" in err and empty.stat().st_size == 0
 
 
 def test_gui_headless_without_model_still_renders(tmp_path, small_sweep):

@@ -333,6 +333,11 @@ def test_wrong_model_files_give_message(qtbot, make_window, warnings, tmp_path):
     assert "none loaded" in win.status_model.text()
     key(qtbot, win, Qt.Key_Right)
     assert win.model.frame == 1
+    # the settings keep the models that loaded: the next start does not begin with a broken choice
+    loaded = win._loaded_choice
+    assert loaded is not None and loaded.cls != tmp_path / "no_such_bundle"
+    assert win.settings.cls_bundle == str(loaded.cls or "") and win.settings.model == (
+        "demo" if loaded.model == "demo" else "custom")
 
 
 def test_closing_mid_run_stops_worker(qtbot, make_window):
@@ -346,6 +351,44 @@ def test_closing_mid_run_stops_worker(qtbot, make_window):
     n_after_close = win.model.results.n_done
     qtbot.wait(400)  # no batch arrives after the window is gone
     assert win.model.results.n_done == n_after_close
+
+
+def test_closing_while_a_file_loads_neither_waits_nor_opens_it_afterwards(qtbot, make_window, monkeypatch,
+                                                                          tmp_path):
+    """A file being read cannot be interrupted: closing used to wait for it (seconds, the window
+    frozen), and its result then opened the sweep in the closed window and started scoring that
+    nothing stopped (a QThread destroyed while running aborts the process)."""
+    import time
+
+    import app.worker as worker
+
+    release = []
+    late = tiny_sweep(1, 5, 40, 50)
+
+    def slow_load(path):
+        t0 = time.monotonic()
+        while not release and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        return late
+
+    monkeypatch.setattr(worker, "load_sweep_for_viewer", slow_load)
+    win = make_window(score=False)
+    shown = win.model.sweep
+    started = []
+    win.scoring.started_scoring.connect(lambda *a: started.append(a))
+    win.open_path(tmp_path / "slow.mha")
+    loader = win._loader
+    done = []
+    loader.finished.connect(lambda: done.append(True))
+    qtbot.waitUntil(loader.isRunning, timeout=3000)
+    t0 = time.monotonic()
+    win.close()
+    assert time.monotonic() - t0 < 1.0 and not win.isVisible()
+    release.append(True)
+    qtbot.waitUntil(lambda: bool(done), timeout=5000)
+    qtbot.wait(200)
+    assert win.model.sweep is shown and started == [] and not win.scoring.any_running
+    assert str(tmp_path / "slow.mha") not in win.settings.recent_files
 
 
 def test_frame_display_is_cheap(qtbot, make_window):
