@@ -185,6 +185,14 @@ def test_mhd_with_a_named_pipe_as_data_file_is_refused_without_hang(tmp_path):
     _assert_refused(tmp_path / "pipe.mhd", "not a regular file", within_s=3.0)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_opened_as_the_sweep_is_named_as_such(tmp_path):
+    """It used to be called an empty file from an interrupted copy."""
+    os.mkfifo(tmp_path / "sweep.mha")
+    _assert_refused(tmp_path / "sweep.mha", "not a regular file", within_s=3.0)
+
+
 def test_nrrd_spreading_data_over_a_file_list_is_refused(tmp_path):
     (tmp_path / "list.nhdr").write_text(
         "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 48 40 2\nencoding: raw\ndata file: LIST\na.raw\nb.raw\n")

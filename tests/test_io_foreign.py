@@ -328,3 +328,19 @@ def test_jfif_frames_in_a_dicom_labelled_rgb_keep_their_grey_levels(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     frames = np.asarray(load_sweep(path).frames, dtype=int)
     assert np.abs(frames - grey).max() <= 4  # JPEG's own loss only
+
+
+@pytest.mark.parametrize("spacing", [b"0\\0 ", b"abc\\1 ", b"-0.28\\nan "])
+def test_a_dicom_whose_pixel_spacing_is_no_length_opens_with_the_spacing_unknown(tmp_path, spacing):
+    """The image reader refuses such a file whole, so it could not be opened at all, and neither
+    --spacing nor the View menu could help; an .mha with the same spacing opened without mm."""
+    arr = _grey().astype(np.uint8)
+    placeholder = b"9" * (len(spacing) - 3) + b"\\1 "  # a valid value of the same length, then replaced
+    path = _dicom(tmp_path / "bad_spacing.dcm", arr, PixelSpacing=placeholder.decode().strip().split("\\"))
+    data = path.read_bytes()
+    assert data.count(placeholder) == 1
+    path.write_bytes(data.replace(placeholder, spacing))
+    sweep = load_sweep(path)
+    assert np.array_equal(np.asarray(sweep.frames), arr)
+    assert sweep.spacing_source == SPACING_NONE and "not a length" in sweep.spacing_problem
+    assert sweep.with_spacing(0.28).spacing_plausible

@@ -44,6 +44,7 @@ def read_raw(path: Path, purpose: str) -> Raw:
                             f"file ({SUPPORTED_FORMATS}).")
     if path.is_dir():
         return _read_dicom_folder(path, what)
+    validate.check_regular_file(path, f"the {what} file")  # a pipe reads as 0 bytes, or blocks
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -180,6 +181,10 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     except RuntimeError as exc:
         reason = sitk_reason(exc)
         if "spacing" in reason.lower():
+            if _looks_like_dicom(path, reader):
+                raw = _dicom_without_its_spacing(path)
+                if raw is not None:
+                    return raw
             raise FetalIQAError(f"{path}: the image reader refuses the file's pixel spacing ({reason}). Fix "
                                 "or remove the spacing (DICOM: Pixel Spacing) and export the file again.") from None
         raise FetalIQAError(f"{path}: the pixel data cannot be read ({reason}). The file is "
@@ -245,6 +250,35 @@ def _jfif_labelled_rgb(path: Path) -> bool:
         return start >= 0 and head[start + 3:start + 4] == b"\xe0" and head[start + 6:start + 11] == b"JFIF\0"
     except Exception:  # noqa: BLE001 - cannot tell: the reader's colours stand
         return False
+
+
+def _dicom_without_its_spacing(path: Path) -> Raw | None:
+    """A DICOM file whose Pixel Spacing is no length (zero, negative, text) is refused whole by
+    the image reader; its pixels are decoded here instead (pydicom: the modality rescale applied,
+    MONOCHROME1 inverted, colour as RGB, as the image reader gives them), with the spacing
+    unknown unless the ultrasound regions calibrate it, so that --spacing or the View menu can
+    set it. None when pydicom cannot decode the pixels either."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_rescale
+
+        ds = pydicom.dcmread(str(path), force=True)
+        arr = ds.pixel_array
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        if samples == 1:
+            arr = apply_rescale(arr, ds)
+            if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+                arr = arr.min() + arr.max() - arr
+    except Exception:  # noqa: BLE001 - not decodable here either: the caller's message stands
+        return None
+    arr = np.ascontiguousarray(arr)
+    calibrated, source, note = dicom_calibration(path)
+    if calibrated is None:
+        note = "the file's Pixel Spacing is not a length the image reader accepts"
+    spacing_mm, source, note = usable_spacing(calibrated or (1.0, 1.0), source, note)
+    window, padding = dicom_display(path) if samples == 1 and arr.dtype != np.uint8 else (None, None)
+    return Raw(array=arr, components=samples, spacing_mm=spacing_mm, metadata={}, path=path,
+               spacing_source=source, spacing_note=note, window=window, padding=padding)
 
 
 def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]:
