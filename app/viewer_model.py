@@ -472,14 +472,16 @@ class ViewerModel:
     def reading(self, ac, frame: int | None = None):
         """What may be shown of an AC measurement (``analysis.ACReading``) made on ``frame``: mm
         and GA only with a known, plausible pixel spacing; doubtful outside the plausible range or
-        where the frame's mask does not outline an abdomen or the classifier does not call the frame
-        (as ``fetaliqa score`` reads it)."""
+        where the frame's mask does not outline an abdomen or the classifier does not call the frame,
+        and always with a demonstration model (as ``fetaliqa score`` reads it)."""
         from fetaliqa_core import analysis
 
         a = self.assessment if frame is not None else None
         problem = None if a is None else a.mask_problem(int(frame))
         disagreement = None if a is None else a.disagreement(int(frame))
-        return analysis.read_ac(None if ac is None else ac.ac_mm, self.spacing_problem, problem, disagreement)
+        doubt = analysis.DEMO_MODEL_DOUBT if getattr(self, "provenance", {}).get("demo") else None
+        return analysis.read_ac(None if ac is None else ac.ac_mm, self.spacing_problem, problem, disagreement,
+                                doubt)
 
     def set_spacing(self, mm: float) -> None:
         """Use a pixel spacing the user gives (mm per pixel) for this sweep's lengths; raises

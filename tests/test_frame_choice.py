@@ -251,6 +251,23 @@ def test_an_ac_on_a_frame_the_classifier_does_not_call_is_doubtful():
     assert a.summary.chosen_ac["status"] == "ok"
 
 
+def test_an_ac_from_the_demonstration_models_is_never_a_number_to_act_on():
+    """The same plausible round mask both models call: a plain AC and GA with the user's models,
+    doubtful (no GA) when the numbers come from the demonstration model, per sweep too."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+    from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT
+
+    sweep, res = _scored_case(ellipse((112, 112), (40, 34)))
+    thresholds = Thresholds(value=0.5, model=0.5)
+    own = assess(sweep, res, thresholds, provenance={"demo": False})
+    assert own.summary.chosen_ac["status"] == "ok" and own.summary.chosen_ac["ga_weeks"] is not None
+    demo = assess(sweep, res, thresholds, provenance={"demo": True, "notice": "demo"})
+    reading = demo.summary.chosen_ac
+    assert demo.chosen_frame == own.chosen_frame and reading["ac_mm"] == own.summary.chosen_ac["ac_mm"]
+    assert reading["status"] == "doubtful" and reading["ga_weeks"] is None and reading["note"] == DEMO_MODEL_DOUBT
+    assert [s.ac_status for s in demo.summary.sweeps if s.best_frame >= 0] == ["doubtful"]
+
+
 def test_the_chosen_frame_is_one_both_models_call_not_a_closed_gap():
     """A run of frames 8-12 that both models call, with a one-frame dip of the classifier at 10
     (the run closes that gap): the frame with the largest mask is the gap frame, but the frame

@@ -43,11 +43,12 @@ from fetaliqa_core.analysis.challenge import (
     wfss,
 )
 from fetaliqa_core.analysis.metrics import BinaryMetrics, binary_metrics, dice, dice_per_frame
-from fetaliqa_core.analysis.units import AC_PLAUSIBLE_MM, ACReading, read_ac
+from fetaliqa_core.analysis.units import AC_PLAUSIBLE_MM, DEMO_MODEL_DOUBT, ACReading, read_ac
 
 __all__ = [
     "AC_PLAUSIBLE_MM",
     "ACReading",
+    "DEMO_MODEL_DOUBT",
     "read_ac",
     "DEFAULT_MIN_AREA_PX",
     "DSC_SOFT_WINDOW",

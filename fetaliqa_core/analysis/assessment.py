@@ -23,7 +23,7 @@ import numpy as np
 
 from fetaliqa_core.analysis import frame_choice
 from fetaliqa_core.analysis.ac import ACMeasurement, hadlock_ga, measure_frame_ac
-from fetaliqa_core.analysis.units import classifier_doubt, read_ac
+from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, classifier_doubt, read_ac
 
 #: Threshold on the segmenter's score ``p_seg = f / (f + 0.01)`` (``f``: share of the 224 x 224
 #: input covered by the mask): 0.5 exactly where the mask covers 1 %, the paper's rule.
@@ -420,7 +420,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     summary. measure: ``frame -> ACMeasurement | None`` (default
     :func:`~fetaliqa_core.analysis.ac.measure_frame_ac` inside the sweep's field of view); the
     viewer passes its per-frame cache. provenance: ``{"app_version", "bundles", "demo",
-    "notice"}`` (:func:`fetaliqa_core.models.choice.provenance`) for the summary.
+    "notice"}`` (:func:`fetaliqa_core.models.choice.provenance`) for the summary; with a demonstration
+    model every AC is doubtful (:data:`~fetaliqa_core.analysis.units.DEMO_MODEL_DOUBT`).
 
     Lengths: with the sweep's ``spacing_problem`` set (unknown or implausible pixel spacing) the
     summary holds no mm and no GA, and says why (:func:`~fetaliqa_core.analysis.units.read_ac`).
@@ -463,12 +464,14 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
 
     kinds = list(getattr(sweep, "sweep_kinds", []) or [])
     spacing_problem = getattr(sweep, "spacing_problem", None)
+    prov = provenance or {}
+    model_doubt = DEMO_MODEL_DOUBT if prov.get("demo") else None
     sweeps: list[SweepSummary] = []
     for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
         frame = b.frame if (b is not None and b.passes) else -1
         m = ac_on(frame)
         r = read_ac(None if m is None else m.ac_mm, spacing_problem, _mask_problem(choice, frame),
-                    _disagreement(p_cls, thresholds, frame))
+                    _disagreement(p_cls, thresholds, frame), model_doubt)
         sweeps.append(SweepSummary(
             sweep=s + 1, kind=kinds[s] if s < len(kinds) else "unknown",
             first_frame=int(start), last_frame=int(stop) - 1,
@@ -478,8 +481,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
             ac_status=r.status, ga=r.ga_text, ac_note=r.note))
     chosen_m = ac_on(chosen)
     chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem,
-                             _mask_problem(choice, chosen), _disagreement(p_cls, thresholds, chosen))
-    prov = provenance or {}
+                             _mask_problem(choice, chosen), _disagreement(p_cls, thresholds, chosen), model_doubt)
     choice_note = ""
     if p_cls is not None and p_seg is not None and chosen >= 0 and choice.basis != "all models":
         alone = "the segmenter's masks" if choice.basis == "segmenter" else "the classifier's scores"

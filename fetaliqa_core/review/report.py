@@ -200,21 +200,22 @@ def _thumbnail_ac(mask, frames, sweep, fov):
     return measure_ac(np.asarray(mask) > 0, spacing, fov=fov), fov
 
 
-def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | None = None) -> str:
+def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | None = None,
+                       demo: bool = False) -> str:
     """A thumbnail's AC read by the viewer's rules: a plain number only when the frame choice's
     verdict on its mask (here at the frame's own size, with the frame's grey levels ``frame`` for
     the outline) is a plausible abdomen, the classifier does not contradict it (``disagreement``,
-    :func:`~fetaliqa_core.analysis.units.classifier_doubt`) and the value is in the plausible
-    range, else marked doubtful (no GA either way)."""
+    :func:`~fetaliqa_core.analysis.units.classifier_doubt`), the run is not the demonstration
+    model's and the value is in the plausible range, else marked doubtful (no GA either way)."""
     from fetaliqa_core.analysis import frame_choice
     from fetaliqa_core.analysis.ac import resolve_fov
-    from fetaliqa_core.analysis.units import read_ac
+    from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, read_ac
 
     region = np.asarray(mask) > 0
     px_mm = float(np.sqrt(sweep.spacing_mm[0] * sweep.spacing_mm[1]))
     grey = None if frame is None or np.asarray(frame).shape != region.shape else np.asarray(frame)
     shape = frame_choice.mask_shape(region, resolve_fov(fov, region.shape), px_mm, grey=grey)
-    r = read_ac(ac.ac_mm, None, shape.problem, disagreement)
+    r = read_ac(ac.ac_mm, None, shape.problem, disagreement, DEMO_MODEL_DOUBT if demo else None)
     return f"AC {r.ac_mm:.1f} mm" + ("" if r.trusted else " (doubtful)")
 
 
@@ -439,7 +440,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                 if ac is not None and sweep.spacing_mm:
                     t = run.thresholds
                     doubt = classifier_doubt(float(run.p_cls[f]), t.cls) if t.score == "p_cls" else None
-                    caption += f"<br>{_e(_thumbnail_ac_text(mask, ac, sweep, fov, frames[f], doubt))}"
+                    caption += f"<br>{_e(_thumbnail_ac_text(mask, ac, sweep, fov, frames[f], doubt, is_demo_run(run)))}"
                 if f in latest_by_frame:
                     caption += "<br>" + _label_html(latest_by_frame[f].label)
                 cells.append(f'<td width="{disp_w + 6}" valign="top" align="center">'
