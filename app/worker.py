@@ -261,15 +261,27 @@ def detach_until_finished(thread: QThread) -> None:
     """Let a thread that cannot be interrupted (a file being read) end on its own after its
     window closed: unparented and held here, since a QThread destroyed while running aborts the
     process; whatever it signals must already go nowhere. The application waits for it before
-    it quits."""
+    it quits, or the process before it ends."""
     global _WAITS_AT_QUIT
     thread.setParent(None)
     _DETACHED.append(thread)
     thread.finished.connect(lambda t=thread: _DETACHED.remove(t) if t in _DETACHED else None)
-    app = QCoreApplication.instance()
-    if app is not None and not _WAITS_AT_QUIT:
-        app.aboutToQuit.connect(lambda: [t.wait() for t in list(_DETACHED)])
+    if not _WAITS_AT_QUIT:
+        import atexit
+
+        atexit.register(_wait_detached)  # also when the process ends without the event loop quitting
+        app = QCoreApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(_wait_detached)
         _WAITS_AT_QUIT = True
+
+
+def _wait_detached() -> None:
+    for thread in list(_DETACHED):
+        try:
+            thread.wait()
+        except RuntimeError:  # its C++ object is already gone: nothing to wait for
+            pass
 
 
 def load_sweep_for_viewer(path: str | Path):
