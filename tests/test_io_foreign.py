@@ -344,3 +344,21 @@ def test_a_dicom_whose_pixel_spacing_is_no_length_opens_with_the_spacing_unknown
     assert np.array_equal(np.asarray(sweep.frames), arr)
     assert sweep.spacing_source == SPACING_NONE and "not a length" in sweep.spacing_problem
     assert sweep.with_spacing(0.28).spacing_plausible
+
+
+def test_jpeg_frames_that_are_not_jpeg_are_refused_before_the_decoder_prints(tmp_path, capfd):
+    """The JPEG decoder used to print 'Not a JPEG file' lines on stderr before the refusal."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    grey = _grey(n=2).astype(np.uint8)
+    path = _dicom(tmp_path / "garbage.dcm", grey)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([bytes([0xBA, 0xBB]) + bytes(998)] * 2)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(path, enforce_file_format=True)
+    capfd.readouterr()
+    with pytest.raises(FetalIQAError, match="JPEG-compressed frames do not begin as JPEG data does"):
+        load_sweep(path)
+    assert capfd.readouterr().err == ""

@@ -374,6 +374,34 @@ def _damaged_members(left_out: list[Path], member: Path) -> list[str]:
 _NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 
 
+#: JPEG baseline, extended, lossless, lossless SV1, JPEG-LS: each frame starts with an SOI marker.
+_JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                  "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian: every encapsulated syntax is
+
+
+def _first_fragment_head(path: Path, offset: int | None) -> bytes | None:
+    """The first two bytes of the first fragment of encapsulated pixel data whose value starts at
+    ``offset`` (after the Basic Offset Table item), or None when the layout is not as expected
+    (the reader judges it)."""
+    if offset is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(int(offset))
+            table = fh.read(8)
+            if len(table) != 8 or table[:4] != _ITEM_TAG:
+                return None
+            fh.seek(int.from_bytes(table[4:], "little"), os.SEEK_CUR)
+            item = fh.read(8)
+            if len(item) != 8 or item[:4] != _ITEM_TAG:
+                return None
+            head = fh.read(2)
+            return head if len(head) == 2 else None
+    except (OSError, ValueError, OverflowError):
+        return None
+
+
 def _precheck_dicom(path: Path) -> None:
     """The pixel data of an uncompressed DICOM file must be as long as its header says (rows x
     columns x frames x samples x bits allocated): the image reader would otherwise allocate what
@@ -385,6 +413,11 @@ def _precheck_dicom(path: Path) -> None:
         ds = pydicom.dcmread(path, defer_size=1024)
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+        if element is not None and syntax in _JPEG_SYNTAXES:
+            head = _first_fragment_head(path, getattr(element, "value_tell", None))
+            if head is not None and head != b"\xff\xd8":  # the decoder would print its own errors first
+                raise FetalIQAError(f"{path}: the file's JPEG-compressed frames do not begin as JPEG data does: "
+                                    "they are damaged. Export the file again.")
         if element is None or syntax not in _NATIVE_SYNTAXES:
             return  # compressed or no pixels: the reader judges it
         stored = int(element.length)
@@ -394,6 +427,8 @@ def _precheck_dicom(path: Path) -> None:
         if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422" and samples == 3:
             samples = 2  # two luma and one each of Cb, Cr per pair of pixels (PS3.3 C.7.6.3.1.2)
         bits = int(ds.BitsAllocated)
+    except FetalIQAError:
+        raise
     except Exception:  # noqa: BLE001 - a header pydicom cannot parse is left to the reader's own check
         return
     if stored == 0xFFFFFFFF:
