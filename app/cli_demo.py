@@ -21,7 +21,8 @@ PROGRESS_SECONDS = 10.0  # headless into a file or pipe: a progress line this of
 
 
 def answer_line(window) -> str:
-    """What the run found, as the window's status bar says it: the chosen frame, AC and GA."""
+    """What the run found, as the window's status bar says it: the chosen frame, AC and GA, then
+    (indented) why the AC is doubtful or not shown and the demonstration notice, as its tooltip does."""
     m = window.model
     chosen = m.flags.chosen
     where = ""
@@ -30,7 +31,8 @@ def answer_line(window) -> str:
         kind = m.sweep_kinds[k] if k < len(m.sweep_kinds) else "unknown"
         where = f" (sweep {k + 1}{'' if kind == 'unknown' else ', ' + kind})"
     text = window.status_ac.text() or "no frame chosen"
-    return text + where
+    why = [line for line in window.status_ac.toolTip().splitlines() if line.strip()]  # the reading's note, the notice
+    return "\n  ".join([text + where, *why])
 
 
 def add_arguments(parser) -> None:

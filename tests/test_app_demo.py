@@ -49,6 +49,9 @@ def test_headless_demo_shows_progress_then_the_answer(qtbot, demo_sweep, slow_mo
     assert not ("doubtful" in answer and "GA" in answer), answer
     assert "(sweep " in answer, answer
     assert lines.index(answer) > lines.index(progress[-1])
+    if "doubtful" in answer:  # the reason follows, indented, as the status bar's tooltip gives it
+        why = lines[lines.index(answer) + 1]
+        assert why.startswith("  ") and len(why.strip()) > 20, text
     assert f"demo output: {out}" in text and "frames.csv" in text and "screenshot.png" in text
 
 
