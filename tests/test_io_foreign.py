@@ -362,3 +362,15 @@ def test_jpeg_frames_that_are_not_jpeg_are_refused_before_the_decoder_prints(tmp
     with pytest.raises(FetalIQAError, match="JPEG-compressed frames do not begin as JPEG data does"):
         load_sweep(path)
     assert capfd.readouterr().err == ""
+
+
+def test_frames_far_narrower_than_ultrasound_are_noted(tmp_path):
+    """numpy's (N, H, W) handed to a NIfTI writer as (x, y, z) reads as H frames of W x N pixels:
+    a stack of 40 frames of 200 x 300 became 300 frames of 200 x 40, scored without a word."""
+    rng = np.random.default_rng(0)
+    fine = _nrrd(tmp_path / "fine.nrrd", rng.integers(0, 255, (10, 60, 80)), "")
+    assert load_sweep(fine).read_notes == ()
+    strips = _nrrd(tmp_path / "strips.nrrd", rng.integers(0, 255, (12, 200, 40)), "")
+    sweep = load_sweep(strips)
+    assert sweep.frames.shape == (12, 200, 40)
+    assert any("200 x 40" in n and "far narrower than ultrasound" in n for n in sweep.read_notes)

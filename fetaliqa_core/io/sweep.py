@@ -140,6 +140,10 @@ class Sweep:
 # Public functions
 
 
+#: Height/width (either way) beyond which frames are taken for a stack read along the wrong axis.
+NARROW_FRAME_ASPECT = 3
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read a sweep file or DICOM series folder into a :class:`Sweep`.
 
@@ -158,6 +162,13 @@ def load_sweep(path: str | Path) -> Sweep:
     ranges, kinds = _sweep_layout(frames.shape[0], raw.metadata)
     if frames.flags.writeable:
         frames.flags.writeable = False
+    n, h, w = frames.shape
+    if max(h, w) > NARROW_FRAME_ASPECT * min(h, w):
+        # A stack written in numpy's (N, H, W) order as a NIfTI/NRRD's (x, y, z) reads as frames
+        # of H x N pixels: ultrasound frames are never this narrow.
+        raw.notes.append(f"the frames are {h} x {w} pixels (height x width), far narrower than ultrasound "
+                         f"frames; if the file stores its {n} frames along another axis, export it with the "
+                         "frames along the last (slowest) axis")
     return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
                  path=path, spacing_source=raw.spacing_source, spacing_note=raw.spacing_note,
                  read_notes=tuple(raw.notes))
