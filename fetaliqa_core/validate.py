@@ -109,6 +109,10 @@ def check_path_name(path: Path) -> None:
                             "encoding), so it cannot be opened safely. Rename the file or its folder.") from None
     if "\0" in text:
         raise FetalIQAError(f"{text!r}: the file name contains a NUL character. Rename the file.")
+    if "\ufffd" in text and not os.path.lexists(text):
+        # A file dialog hands on a name it could not decode with U+FFFD in place of the bytes.
+        raise FetalIQAError(f"{text}: the file name holds bytes that are not valid UTF-8 text (shown as \ufffd), "
+                            "so it cannot be opened by this name. Rename the file or its folder.")
 
 
 def check_volume(source: str | Path, frames: int, height: int, width: int, bytes_per_pixel: int,

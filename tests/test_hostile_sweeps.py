@@ -167,6 +167,16 @@ def test_compressed_volume_larger_than_memory_is_refused(tmp_path, small_memory)
     _assert_refused(path, "zeros.nrrd", "memory")
 
 
+def test_a_name_a_file_dialog_could_not_decode_says_so_not_that_the_file_is_missing(tmp_path):
+    """Qt hands on undecodable bytes as U+FFFD; 'no such file' was wrong after a user picked it."""
+    with pytest.raises(FetalIQAError, match="not valid UTF-8.*Rename") as err:
+        load_sweep(tmp_path / "sweep-\ufffd\ufffd.mha")
+    assert "no such file" not in str(err.value)
+    real = tmp_path / "odd-\ufffd.mha"  # a name that really holds U+FFFD opens as any other
+    write_volume(real, np.zeros((2, 40, 48), np.uint8))
+    assert load_sweep(real).n_frames == 2
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_detached_nrrd_with_a_named_pipe_as_data_file_is_refused_without_hang(tmp_path):
