@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -144,3 +145,42 @@ class FakeLoadedModels:
 def fake_models(delay: float = 0.0, batch_size: int = 8, choice=None) -> FakeLoadedModels:
     return FakeLoadedModels(FakeModel("cls", delay, batch_size), FakeModel("seg", 0.0, batch_size),
                             choice=choice)
+
+
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame Image Storage
+
+
+def us_dicom(path: Path, arr: np.ndarray, bits: int = 8, signed: bool = False, sop: str = US_MULTIFRAME,
+           series: str | None = None, instance: int | None = None, preamble: bool = True, **attrs) -> Path:
+    """A multi-frame (or, for a 2-D ``arr``, single-frame) ultrasound DICOM file, MONOCHROME2,
+    uncompressed; ``attrs`` are set on the dataset as they are (regions, spacing, windows, ...)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop, meta.MediaStorageSOPInstanceUID, "US"
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = series or generate_uid()
+    if instance is not None:
+        ds.InstanceNumber = instance
+    ds.Rows, ds.Columns = arr.shape[-2], arr.shape[-1]
+    if arr.ndim == 3:
+        ds.NumberOfFrames = arr.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, int(signed)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    dtype = {8: np.uint8, 16: np.int16 if signed else np.uint16}[bits]
+    ds.PixelData = np.ascontiguousarray(arr.astype(dtype)).tobytes()
+    if preamble:
+        ds.save_as(str(path), enforce_file_format=True)
+    else:  # no preamble, no "DICM": common in exports, and the image reader reads it
+        ds.preamble = None
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=False)
+    return path

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from fakes import us_dicom
+
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.io import (
     PLAUSIBLE_SPACING_MM,
@@ -23,7 +25,6 @@ from fetaliqa_core.io import (
 
 pydicom = pytest.importorskip("pydicom")
 
-US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame Image Storage
 
 
 def _frames(n: int = 4, h: int = 40, w: int = 48) -> np.ndarray:
@@ -48,32 +49,14 @@ def _region(x0: int, y0: int, x1: int, y1: int, dx_cm: float, dy_cm: float, unit
 
 def write_us_dicom(path: Path, arr: np.ndarray, regions=(), pixel_spacing=None) -> None:
     """A multi-frame ultrasound DICOM file with an optional Sequence of Ultrasound Regions."""
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = US_MULTIFRAME
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = US_MULTIFRAME
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Rows, ds.Columns = arr.shape[1], arr.shape[2]
-    ds.NumberOfFrames = arr.shape[0]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    attrs = {}
     if regions:
-        ds.SequenceOfUltrasoundRegions = Sequence(list(regions))
+        attrs["SequenceOfUltrasoundRegions"] = Sequence(list(regions))
     if pixel_spacing is not None:
-        ds.PixelSpacing = list(pixel_spacing)
-    ds.PixelData = np.ascontiguousarray(arr).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
+        attrs["PixelSpacing"] = list(pixel_spacing)
+    us_dicom(path, arr, **attrs)
 
 
 def test_dicom_ultrasound_region_calibration_is_read(tmp_path):
