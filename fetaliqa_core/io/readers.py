@@ -108,9 +108,8 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         raw = _read_with_sitk(Path(files[0]), what)  # checks the file's pixel data itself
         raw.notes.extend(notes)
         return raw
-    for name in files:
-        _precheck_dicom(Path(name))
-    files, order_note = _acquisition_order(list(files))
+    orders = [_precheck_dicom(Path(name)) for name in files]
+    files, order_note = _acquisition_order(list(files), orders)
     if order_note:
         notes.append(order_note)
     if len(files) > validate.MAX_SERIES_FILES:
@@ -316,26 +315,26 @@ def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]
         return None, None
 
 
-def _acquisition_order(files: list[str]) -> tuple[list[str], str]:
+def _instance_number(ds: Any) -> int | None:
+    value = ds.get("InstanceNumber", None)
+    try:
+        return None if value is None or str(value).strip() == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _acquisition_order(files: list[str], orders: list[tuple[int | None, bool] | None]) -> tuple[list[str], str]:
     """A cine's files in acquisition order: by Instance Number when every file has a distinct one
     (PS3.3 C.7.6.1; the series scan sorts by position, which a tracked probe may run backwards);
     with neither numbers nor positions, by file name with numbers compared as numbers (``2``
-    before ``10``), and the answer says so. Otherwise the scan's order."""
-    import pydicom
-
-    numbers, positions = [], 0
-    for name in files:
-        try:
-            ds = pydicom.dcmread(name, stop_before_pixels=True, force=True,
-                                 specific_tags=["InstanceNumber", "ImagePositionPatient"])
-            value = ds.get("InstanceNumber", None)
-            numbers.append(None if value is None or str(value).strip() == "" else int(value))
-            positions += "ImagePositionPatient" in ds
-        except Exception:  # noqa: BLE001 - unreadable here: the scan's order stands
-            return files, ""
+    before ``10``), and the answer says so. Otherwise (or when a header could not be read) the
+    scan's order. ``orders``: per file, :func:`_precheck_dicom`'s result."""
+    if any(o is None for o in orders):
+        return files, ""
+    numbers = [o[0] for o in orders]  # type: ignore[index]
     if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
         return [name for _, name in sorted(zip(numbers, files))], ""
-    if not any(n is not None for n in numbers) and positions == 0:
+    if not any(n is not None for n in numbers) and not any(o[1] for o in orders):  # type: ignore[index]
         def natural(name: str) -> list:
             return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", Path(name).name)]
 
@@ -402,15 +401,19 @@ def _first_fragment_head(path: Path, offset: int | None) -> bytes | None:
         return None
 
 
-def _precheck_dicom(path: Path) -> None:
+def _precheck_dicom(path: Path) -> tuple[int | None, bool] | None:
     """The pixel data of an uncompressed DICOM file must be as long as its header says (rows x
     columns x frames x samples x bits allocated): the image reader would otherwise allocate what
     the header claims (gigabytes for a 5 MB file) and fill the missing frames with zeros, or read
-    8-bit pixels as 16-bit ones. Checked from the header alone, before any pixel is read."""
+    8-bit pixels as 16-bit ones. Checked from the header alone, before any pixel is read.
+
+    Returns what orders a series, read from the same header: the Instance Number (None without
+    one) and whether the file has an Image Position; None when pydicom cannot parse the header."""
     try:
         import pydicom
 
         ds = pydicom.dcmread(path, defer_size=1024)
+        order = (_instance_number(ds), "ImagePositionPatient" in ds)
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         if element is not None and syntax in _JPEG_SYNTAXES:
@@ -419,7 +422,7 @@ def _precheck_dicom(path: Path) -> None:
                 raise FetalIQAError(f"{path}: the file's JPEG-compressed frames do not begin as JPEG data does: "
                                     "they are damaged. Export the file again.")
         if element is None or syntax not in _NATIVE_SYNTAXES:
-            return  # compressed or no pixels: the reader judges it
+            return order  # compressed or no pixels: the reader judges it
         stored = int(element.length)
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -430,9 +433,9 @@ def _precheck_dicom(path: Path) -> None:
     except FetalIQAError:
         raise
     except Exception:  # noqa: BLE001 - a header pydicom cannot parse is left to the reader's own check
-        return
+        return None
     if stored == 0xFFFFFFFF:
-        return
+        return order
     if bits not in (1, 8, 16, 32, 64):
         raise FetalIQAError(f"{path}: the DICOM header allocates {bits} bits per pixel, which no "
                             "ultrasound export uses: the header is damaged. Export the file again.")
@@ -443,6 +446,7 @@ def _precheck_dicom(path: Path) -> None:
             f"{path}: the file holds {stored} bytes of pixel data but its header ({frames} frames of "
             f"{cols} x {rows} pixels, {samples} sample(s) of {bits} bits) needs {needed}: the file is "
             "truncated or its header is wrong. Copy or export it again.")
+    return order
 
 
 def has_dicom_magic(path: Path) -> bool:
