@@ -383,8 +383,13 @@ def check_finite(tensors: dict, source: str, what: str = "the file") -> None:
 
 
 # --- PyTorch checkpoints (.pt) -----------------------------------------------------------------------------
-#: The pickle of a state dict names its tensors and storages; FetalCLIP's is about 100 KB.
-MAX_TORCH_PICKLE = 64 << 20
+#: The pickle of a state dict names its tensors and storages; FetalCLIP's is about 100 KB, a
+#: training checkpoint's (adapters, optimiser state, history) well under 1 MB.
+MAX_TORCH_PICKLE = 8 << 20
+#: Opcodes in that pickle: FetalCLIP's has ~15 a tensor (~10,000); each may build an object.
+MAX_PICKLE_OPS = 1_000_000
+#: Elements of one storage: 2**40 is 4 TB of float32, far beyond any file this reads.
+MAX_STORAGE_ELEMENTS = 2**40
 MAX_TORCH_RECORDS = 100_000
 #: Bytes per element of each storage class ``torch.save`` names in its pickle.
 TORCH_STORAGE_ITEMSIZE = {
@@ -419,21 +424,44 @@ class _Opaque:
         pass
 
 
+def _walk_pickle(pickled: bytes) -> None:
+    """Read a pickle's opcodes without building anything, and refuse one that would make an
+    unpickler allocate far beyond its size: more than :data:`MAX_PICKLE_OPS` opcodes (each may
+    build an object), or a memo index beyond the opcode count (the memo is sized by the index:
+    nine bytes could claim gigabytes)."""
+    import pickle
+    import pickletools
+
+    memo_ops = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+    for n, (op, arg, _pos) in enumerate(pickletools.genops(pickled)):
+        if n >= MAX_PICKLE_OPS:
+            raise pickle.UnpicklingError(f"more than {MAX_PICKLE_OPS} operations")
+        if op.name in memo_ops and (not isinstance(arg, int) or arg < 0 or arg > MAX_PICKLE_OPS):
+            raise pickle.UnpicklingError("a memo index out of range")
+
+
 def _storage_claims(pickled: bytes) -> list[tuple[str, str, int]]:
     """(record key, storage class name, element count) of every storage a checkpoint's pickle
-    refers to, read with an unpickler whose every global is a placeholder."""
+    refers to, read with an unpickler whose every global is a placeholder (after
+    :func:`_walk_pickle` has bounded what it may build)."""
     import io
     import pickle
 
+    _walk_pickle(pickled)
     claims: list[tuple[str, str, int]] = []
 
     class _Storage:
+        __slots__ = ("name",)
+
         def __init__(self, name: str) -> None:
             self.name = name
 
+        def __setstate__(self, state: Any) -> None:  # the file cannot rename it
+            pass
+
     class _Reader(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
-            if module == "torch" and name.endswith("Storage"):
+            if module in ("torch", "torch.storage") and name.endswith("Storage"):
                 return _Storage(name)
             return _Opaque
 
@@ -441,7 +469,8 @@ def _storage_claims(pickled: bytes) -> list[tuple[str, str, int]]:
             if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
                 raise pickle.UnpicklingError("unknown persistent id")
             _, kind, key, _location, numel = pid
-            if not isinstance(kind, _Storage) or not isinstance(key, str) or not is_int(numel) or numel < 0:
+            if (not isinstance(kind, _Storage) or not isinstance(kind.name, str) or not isinstance(key, str)
+                    or not is_int(numel) or not 0 <= numel <= MAX_STORAGE_ELEMENTS):
                 raise pickle.UnpicklingError("malformed storage reference")
             if len(claims) >= MAX_TORCH_RECORDS:
                 raise pickle.UnpicklingError("too many storages")

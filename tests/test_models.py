@@ -206,6 +206,32 @@ def test_hostile_zip_checkpoints_are_refused_before_torch_reads_them(tmp_path, t
             base_mod.load_clip_state_dict(path)
         assert "\n" not in str(err.value) and str(path) in str(err.value)
     assert loads == [], "torch.load ran on a file the check should have refused"
+    # an index crafted to make the unpickler allocate: nine bytes claiming a memo of 2**27 entries,
+    # a million objects, an element count of 10**400; each is one line, nothing is built
+    import pickle as _pickle
+    import struct as _struct
+
+    def index(pkl):
+        return _rewrite_zip(tiny_file, tmp_path / f"idx{len(pkl)}.pt",
+                            lambda n, d: (pkl if n.endswith("data.pkl") else d, stored))
+
+    def text(v):
+        return b"X" + _struct.pack("<I", len(v)) + v.encode()
+
+    long4 = _pickle.encode_long(10**400)
+    for pkl, words in ((b"\x80\x02Nr" + _struct.pack("<I", 2**27) + b".", "memo index out of range"),
+                       (b"\x80\x02(" + b"\x8f" * 1_000_001 + b"l.", "more than 1000000 operations"),
+                       (b"\x80\x02(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0") + text("cpu")
+                        + b"\x8b" + _struct.pack("<i", len(long4)) + long4 + b"tQ.", "malformed storage reference")):
+        with pytest.raises(FetalIQAError, match=words):
+            base_mod.load_clip_state_dict(index(pkl))
+    assert loads == []
+    # what torch.save writes for every dtype passes (uint16 and float8 storages are untyped ones)
+    odd = tmp_path / "odd.pt"
+    torch.save({"a": torch.zeros(3, dtype=torch.uint16), "b": torch.zeros(2, dtype=torch.float8_e4m3fn)}, odd)
+    from fetaliqa_core import validate
+
+    validate.check_torch_checkpoint(odd, "the file", "")
     # a training checkpoint is held to the same check before it is read
     from training.checkpoints import load_checkpoint
 
