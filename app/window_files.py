@@ -44,7 +44,11 @@ class SweepFilesMixin:
             self._opened(path, sweep, score)
             return True
         loader = SweepLoader(path, self)
-        self._loader = loader  # the latest request wins; older results are dropped
+        previous, self._loader = self._loader, loader  # the latest request wins; older results are dropped
+        if previous is not None and previous.isRunning():
+            from app.worker import detach_until_finished
+
+            detach_until_finished(previous)  # not a child of the window: closing it must not destroy a running read
         loader.loaded.connect(lambda p, sw, ld=loader: self._opened(p, sw, score) if ld is self._loader else None)
         loader.failed.connect(lambda p, msg, ld=loader: self._open_failed(msg) if ld is self._loader else None)
         loader.finished.connect(loader.deleteLater)

@@ -376,19 +376,24 @@ def test_closing_while_a_file_loads_neither_waits_nor_opens_it_afterwards(qtbot,
     shown = win.model.sweep
     started = []
     win.scoring.started_scoring.connect(lambda *a: started.append(a))
+    win.open_path(tmp_path / "first.mha")  # replaced by the next request while it still reads
+    first = win._loader
     win.open_path(tmp_path / "slow.mha")
     loader = win._loader
     done = []
+    first.finished.connect(lambda: done.append(True))
     loader.finished.connect(lambda: done.append(True))
-    qtbot.waitUntil(loader.isRunning, timeout=3000)
+    qtbot.waitUntil(lambda: first.isRunning() and loader.isRunning(), timeout=3000)
     t0 = time.monotonic()
     win.close()
     assert time.monotonic() - t0 < 1.0 and not win.isVisible()
+    # destroying the window must not destroy a running read (an abort): neither is its child now
+    assert first.parent() is None and loader.parent() is None
     release.append(True)
-    qtbot.waitUntil(lambda: bool(done), timeout=5000)
+    qtbot.waitUntil(lambda: len(done) == 2, timeout=5000)
     qtbot.wait(200)
-    assert win.model.sweep is shown and started == [] and not win.scoring.any_running
-    assert str(tmp_path / "slow.mha") not in win.settings.recent_files
+    assert started == [] and all(str(tmp_path / f) not in win.settings.recent_files
+                                 for f in ("first.mha", "slow.mha"))
 
 
 def test_frame_display_is_cheap(qtbot, make_window):

@@ -345,3 +345,47 @@ def test_frames_far_narrower_than_ultrasound_are_noted(tmp_path):
     sweep = load_sweep(strips)
     assert sweep.frames.shape == (12, 200, 40)
     assert any("200 x 40" in n and "far narrower than ultrasound" in n for n in sweep.read_notes)
+
+
+def test_signed_padding_in_an_implicit_vr_file_is_read_as_signed(tmp_path):
+    """Without Pixel Representation pydicom read -2000 as 63536 in implicit VR: the padding was
+    missed and the image washed out."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    img = (_grey(w=72) * 10).astype(np.int16)
+    img[:, :, 34:] = -2000
+    explicit = _dicom(tmp_path / "explicit.dcm", img, bits=16, signed=True, PixelPaddingValue=-2000)
+    ds = pydicom.dcmread(explicit)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    implicit = tmp_path / "implicit.dcm"
+    ds.save_as(implicit, enforce_file_format=True)
+    a, b = np.asarray(load_sweep(explicit).frames), np.asarray(load_sweep(implicit).frames)
+    assert np.array_equal(a, b) and (a[:, :, 34:] == 0).all() and a[:, 10:, 8:34].min() < 60  # not washed out
+
+
+def test_one_grey_level_on_a_black_ground_is_an_image_not_padding(tmp_path):
+    arr = np.zeros((3, 40, 48), np.uint16)
+    arr[:, 10:30, 10:38] = 1000  # a phantom: one level inside, black outside
+    path = tmp_path / "phantom.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    frames = np.asarray(load_sweep(path).frames)
+    assert frames[0, 20, 20] == 255 and frames[0, 0, 0] == 0
+
+
+def test_the_fallback_reader_inverts_monochrome1_as_the_image_reader_does(tmp_path):
+    arr = _grey().astype(np.uint8)
+    good = _dicom(tmp_path / "m1.dcm", arr, PhotometricInterpretation="MONOCHROME1")
+    placeholder = b"9\\1 "
+    bad = _dicom(tmp_path / "m1_bad.dcm", arr, PhotometricInterpretation="MONOCHROME1", PixelSpacing=["9", "1"])
+    data = bad.read_bytes()
+    bad.write_bytes(data.replace(placeholder, b"0\\0 "))
+    a, b = np.asarray(load_sweep(good).frames), np.asarray(load_sweep(bad).frames)
+    assert np.array_equal(a, 255 - arr) and np.array_equal(a, b)
+
+
+def test_file_names_with_digits_that_are_not_decimal_still_sort(tmp_path):
+    folder = tmp_path / "names"
+    folder.mkdir()
+    for k, name in enumerate(["img1", "img2\u00b2", "img10"]):
+        _dicom(folder / name, _grey(n=1)[0], series="1.2.3.11")
+    assert load_sweep(folder).n_frames == 3

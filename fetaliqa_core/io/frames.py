@@ -142,13 +142,15 @@ def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float
         raise FetalIQAError(f"{path}: the pixel values are all NaN or infinite; there is nothing to show. "
                             "Export the sweep again.")
     content = finite
-    if padding is not None and math.isfinite(padding):
+    if padding is not None and math.isfinite(padding) and np.any(finite == np.float32(padding)):
         content = finite[finite != np.float32(padding)]
         padding = float(np.float32(padding))
-    else:
+    else:  # none given, or a value no pixel holds (a header's claim that does not fit its pixels)
         padding = _found_padding(finite)
         if padding is not None:
             content = finite[finite != padding]
+            if content.size and content.min() == content.max():
+                padding, content = None, finite  # one grey level on a black ground: an image, not padding
     if content.size == 0:
         raise FetalIQAError(f"{path}: every pixel holds the padding value; there is nothing to show. "
                             "Export the sweep again.")

@@ -243,10 +243,11 @@ def _jfif_labelled_rgb(path: Path) -> bool:
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         if syntax not in _JPEG_LOSSY or str(ds.get("PhotometricInterpretation", "")).strip() != "RGB":
             return False
-        with open(path, "rb") as fh:
-            head = fh.read(1 << 20)
-        start = head.find(b"\xff\xd8\xff")  # the first frame's start-of-image
-        return start >= 0 and head[start + 3:start + 4] == b"\xe0" and head[start + 6:start + 11] == b"JFIF\0"
+        full = pydicom.dcmread(str(path), defer_size=1024, force=True)
+        element = full.get_item("PixelData", keep_deferred=True) if "PixelData" in full else None
+        head = _first_fragment_head(path, getattr(element, "value_tell", None), 11)
+        # the first frame's start-of-image, then an APP0 segment named JFIF
+        return head is not None and head[:4] == b"\xff\xd8\xff\xe0" and head[6:11] == b"JFIF\0"
     except Exception:  # noqa: BLE001 - cannot tell: the reader's colours stand
         return False
 
@@ -265,9 +266,13 @@ def _dicom_without_its_spacing(path: Path) -> Raw | None:
         arr = ds.pixel_array
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         if samples == 1:
-            arr = apply_rescale(arr, ds)
             if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-                arr = arr.min() + arr.max() - arr
+                bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize) or 8 * arr.dtype.itemsize)
+                wide = arr.astype(np.int64)  # stored values inverted over their range, as the image reader does
+                arr = (-1 - wide) if int(ds.get("PixelRepresentation", 0) or 0) else ((1 << bits) - 1) - wide
+                arr = arr.astype(np.int32) if arr.min() >= np.iinfo(np.int32).min and \
+                    arr.max() <= np.iinfo(np.int32).max else arr
+            arr = apply_rescale(arr, ds)
     except Exception:  # noqa: BLE001 - not decodable here either: the caller's message stands
         return None
     arr = np.ascontiguousarray(arr)
@@ -291,7 +296,7 @@ def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]
 
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=[
             "PhotometricInterpretation", "WindowCenter", "WindowWidth", "VOILUTFunction",
-            "PixelPaddingValue", "RescaleSlope", "RescaleIntercept"])
+            "PixelPaddingValue", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsAllocated"])
         if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() != "MONOCHROME2":
             return None, None
         slope = float(ds.get("RescaleSlope", 1) or 1)
@@ -336,7 +341,7 @@ def _acquisition_order(files: list[str], orders: list[tuple[int | None, bool] | 
         return [name for _, name in sorted(zip(numbers, files))], ""
     if not any(n is not None for n in numbers) and not any(o[1] for o in orders):  # type: ignore[index]
         def natural(name: str) -> list:
-            return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", Path(name).name)]
+            return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", Path(name).name)]
 
         return sorted(files, key=natural), ("the DICOM files carry no Instance Number or position; the frames "
                                             "are in the order of the file names")
@@ -379,9 +384,9 @@ _JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.1
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian: every encapsulated syntax is
 
 
-def _first_fragment_head(path: Path, offset: int | None) -> bytes | None:
-    """The first two bytes of the first fragment of encapsulated pixel data whose value starts at
-    ``offset`` (after the Basic Offset Table item), or None when the layout is not as expected
+def _first_fragment_head(path: Path, offset: int | None, n: int = 2) -> bytes | None:
+    """The first ``n`` bytes of the first fragment of encapsulated pixel data whose value starts
+    at ``offset`` (after the Basic Offset Table item), or None when the layout is not as expected
     (the reader judges it)."""
     if offset is None:
         return None
@@ -395,8 +400,8 @@ def _first_fragment_head(path: Path, offset: int | None) -> bytes | None:
             item = fh.read(8)
             if len(item) != 8 or item[:4] != _ITEM_TAG:
                 return None
-            head = fh.read(2)
-            return head if len(head) == 2 else None
+            head = fh.read(n)
+            return head if len(head) == n else None
     except (OSError, ValueError, OverflowError):
         return None
 
