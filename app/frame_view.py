@@ -217,6 +217,11 @@ class FrameView(QWidget):
                           (self.corner_bl, bl), (self.corner_br, br)):
             if lab.text() != text:
                 lab.setText(text)
+                # taller only for more lines (a file's read notes): scrubbing never changes its size
+                need = max(CORNER_SIZE[1], (text.count("<br>") + 1) * lab.fontMetrics().lineSpacing() + 4)
+                if lab.height() != need:
+                    lab.setFixedSize(CORNER_SIZE[0], need)
+                    self._place_corners()
 
     def _place_corners(self) -> None:
         w, h, m = self.width(), self.height(), 10

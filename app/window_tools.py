@@ -3,7 +3,9 @@ frame as a picture, and the About box."""
 
 from __future__ import annotations
 
+import html
 import platform
+import textwrap
 from pathlib import Path
 
 from PySide6.QtWidgets import QFileDialog, QMessageBox
@@ -112,6 +114,12 @@ def _esc(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+#: A read note in the image corner is cut to this many characters (the status bar's tooltip and
+#: summary.json keep the whole text).
+READ_NOTE_CHARS = 90
+READ_NOTE_WIDTH = 32  # characters a line: the corner beside a typical fan is narrow
+
+
 def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) -> tuple[str, str, str, str]:
     """The frame view's corner annotations for frame ``i`` of sweep ``k``: (the scores as plain
     text, top-left, top-right, bottom-left HTML). ``hide_model``: a blinded review before the
@@ -146,7 +154,12 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
         tags.append(f"reviewed: {verdict.replace('_', ' ')}")
     name = Path(m.sweep.path).name if getattr(m.sweep, "path", None) else ""
     tl = (f"<b>{i}</b> / {m.n_frames - 1}<br>sweep {k + 1}{kind_text}"
-          + (f"<br><span style='color:{theme.TEXT_DIM}'>{name}</span>" if name else ""))
+          + (f"<br><span style='color:{theme.TEXT_DIM}'>{html.escape(name)}</span>" if name else ""))
+    for note in getattr(m.sweep, "read_notes", ()) or ():  # what reading the file did, for as long as it is shown
+        short = str(note).split(";")[0].strip()
+        short = short if len(short) <= READ_NOTE_CHARS else short[:READ_NOTE_CHARS - 1] + "…"
+        lines = "<br>".join(html.escape(line) for line in textwrap.wrap("⚠ " + short, READ_NOTE_WIDTH))
+        tl += f"<br><span style='color:{theme.THRESHOLD_COLOUR}'>{lines}</span>"
     return plain, tl, values_html, "<br>".join(tags)
 
 

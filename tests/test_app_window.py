@@ -300,6 +300,11 @@ def test_what_reading_a_file_did_is_shown_when_it_opens(qtbot, make_window, tmp_
     assert win.status_message.text().startswith("holes.mha: 6 pixel(s)")  # elided to the bar's width
     text = win.status_message.toolTip()
     assert "holes.mha" in text and "6 pixel(s)" in text and "NaN" in text
+    # and for as long as the sweep is shown, in the image's corner (the status bar moves on)
+    corner = win.frame_view.corner_tl
+    shown = corner.text().replace("<br>", " ")
+    assert "6 pixel(s)" in shown and "hold no number" in shown
+    assert corner.height() >= (corner.text().count("<br>") + 1) * corner.fontMetrics().lineSpacing()
 
 
 def test_drop_a_file_opens_it_in_the_background(qtbot, make_window, tmp_path):
