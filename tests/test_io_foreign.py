@@ -389,3 +389,19 @@ def test_file_names_with_digits_that_are_not_decimal_still_sort(tmp_path):
     for k, name in enumerate(["img1", "img2\u00b2", "img10"]):
         _dicom(folder / name, _grey(n=1)[0], series="1.2.3.11")
     assert load_sweep(folder).n_frames == 3
+
+
+def test_extreme_float_values_count_only_real_holes_and_warn_nothing(tmp_path, recwarn):
+    """Values near float32's limit overflowed while scaled: counted as pixels without a number,
+    with numpy's warnings on stderr."""
+    arr = np.zeros((2, 40, 48), np.float32)
+    arr[:, :20] = 3e38
+    arr[:, 20:] = -3e38
+    arr[0, 0, 0] = np.nan
+    path = tmp_path / "extreme.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    sweep = load_sweep(path)
+    frames = np.asarray(sweep.frames)
+    assert frames[1, 30, 30] == 0 and frames[1, 5, 5] == 255
+    assert [n.split(" ")[0] for n in sweep.read_notes] == ["1"]
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -94,11 +94,12 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
         lum = _luminance_float(arr[s:s + CHUNK_FRAMES], comps)
         if padding is not None:
             lum[lum == padding] = lo
-        lum = (lum - lo) * scale
-        finite = np.isfinite(lum)
+        finite = np.isfinite(lum)  # counted before scaling, which may overflow far outside the window
         if not finite.all():
             bad += int(lum.size - np.count_nonzero(finite))
-            np.nan_to_num(lum, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            lum = (lum - lo) * scale
+        np.nan_to_num(lum, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         np.clip(lum, 0.0, 255.0, out=lum)
         out[s:s + CHUNK_FRAMES] = np.rint(lum).astype(np.uint8)
     if bad:
@@ -110,10 +111,12 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
 
 
 def _luminance_float(chunk: np.ndarray, comps: int) -> np.ndarray:
-    if comps == 1:
-        return chunk.astype(np.float32)
-    c = chunk.astype(np.float32)
-    return 0.299 * c[..., 0] + 0.587 * c[..., 1] + 0.114 * c[..., 2]
+    # float64 beyond float32's range becomes inf, inf - inf NaN: counted and shown black, no warning
+    with np.errstate(invalid="ignore", over="ignore"):
+        if comps == 1:
+            return chunk.astype(np.float32)
+        c = chunk.astype(np.float32)
+        return 0.299 * c[..., 0] + 0.587 * c[..., 1] + 0.114 * c[..., 2]
 
 
 def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float, float] | None,
