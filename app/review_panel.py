@@ -180,7 +180,16 @@ class ReviewPanel(QWidget):
             from fetaliqa_core.review import ReviewStore
 
             db = self.settings.review_db or None
-            self._store = ReviewStore(Path(db) if db else None)
+            store = ReviewStore(Path(db) if db else None)
+            try:
+                # a database whose rows are damaged is refused before a review writes into it
+                # (its reports and exports would refuse it afterwards, with the new verdicts in it)
+                store.sweeps()
+                store.verdicts()
+            except FetalIQAError:
+                store.close()
+                raise
+            self._store = store
         return self._store
 
     def close_store(self) -> None:

@@ -104,3 +104,23 @@ def test_export_report_html_and_pdf(qtbot, tmp_path):
     assert win.review.write_labels(tmp_path / "labels.csv") == 1
     row = (tmp_path / "labels.csv").read_text().splitlines()[1].split(",")
     assert row[2] == str(win.model.queue[0]) and row[3] == "1" and row[4] == "carol"
+
+
+def test_a_review_never_starts_in_a_database_with_damaged_rows(qtbot, tmp_path, no_modal):
+    """Its reports and exports refuse it; a review used to write its verdicts into it all the same."""
+    import hashlib
+    import sqlite3
+
+    db = tmp_path / "reviews.sqlite3"
+    with ReviewStore(db) as store:
+        sid = store.add_sweep("abc", "/x/case.mha", 3)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE sweeps SET sweep_ranges = '[[0, 6' WHERE id = ?", (sid,))
+    conn.commit()
+    conn.close()
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    win = scored_window(qtbot, AppSettings(reviewer="alice", review_db=str(db)))
+    assert win.review.start() is False and not win.review.active
+    assert len(no_modal) == 1 and "damaged row" in no_modal[0]
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    win.close()
