@@ -391,7 +391,7 @@ def test_closing_while_a_file_loads_neither_waits_nor_opens_it_afterwards(qtbot,
     qtbot.waitUntil(lambda: first.isRunning() and loader.isRunning(), timeout=3000)
     t0 = time.monotonic()
     win.close()
-    assert time.monotonic() - t0 < 1.0 and not win.isVisible()
+    assert time.monotonic() - t0 < 3.0 and not win.isVisible()  # the read itself runs on for 10 s
     # destroying the window must not destroy a running read (an abort): neither is its child now
     assert first.parent() is None and loader.parent() is None
     release.append(True)
