@@ -3,7 +3,6 @@ frame as a picture, and the About box."""
 
 from __future__ import annotations
 
-import html
 import platform
 import textwrap
 from pathlib import Path
@@ -154,11 +153,11 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
         tags.append(f"reviewed: {verdict.replace('_', ' ')}")
     name = Path(m.sweep.path).name if getattr(m.sweep, "path", None) else ""
     tl = (f"<b>{i}</b> / {m.n_frames - 1}<br>sweep {k + 1}{kind_text}"
-          + (f"<br><span style='color:{theme.TEXT_DIM}'>{html.escape(name)}</span>" if name else ""))
+          + (f"<br><span style='color:{theme.TEXT_DIM}'>{_esc(name)}</span>" if name else ""))
     for note in getattr(m.sweep, "read_notes", ()) or ():  # what reading the file did, for as long as it is shown
         short = str(note).split(";")[0].strip()
         short = short if len(short) <= READ_NOTE_CHARS else short[:READ_NOTE_CHARS - 1] + "…"
-        lines = "<br>".join(html.escape(line) for line in textwrap.wrap("⚠ " + short, READ_NOTE_WIDTH))
+        lines = "<br>".join(_esc(line) for line in textwrap.wrap("⚠ " + short, READ_NOTE_WIDTH))
         tl += f"<br><span style='color:{theme.THRESHOLD_COLOUR}'>{lines}</span>"
     return plain, tl, values_html, "<br>".join(tags)
 

@@ -395,8 +395,8 @@ MAX_TORCH_RECORDS = 100_000
 TORCH_STORAGE_ITEMSIZE = {
     "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
     "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
-    "ComplexDoubleStorage": 16, "ComplexFloatStorage": 8, "UntypedStorage": 1,
-    "Float8_e4m3fnStorage": 1, "Float8_e5m2Storage": 1,
+    "ComplexDoubleStorage": 16, "ComplexFloatStorage": 8,
+    "UntypedStorage": 1,  # dtypes without a class of their own (uint16-64, float8, ...): counted in bytes
 }
 _ZIP_LOCAL_HEADER = struct.Struct("<4s5H3I2H")
 

@@ -353,9 +353,10 @@ def _check_same_shape(case: CaseRecord) -> None:
     mask of another length or size would be paired with the wrong frames without a word."""
     image, mask = _header_shape(case.image_path), _header_shape(case.mask_path)
     if image is not None and mask is not None and image != mask:
-        fmt = lambda s: " x ".join(map(str, s))  # noqa: E731
-        raise FetalIQAError(f"{case.mask_path}: the mask has {fmt(mask)} (frames x height x width) but its image "
-                            f"{case.image_path.name} has {fmt(image)}; image and mask of a case must match. "
+        from fetaliqa_core.io import fmt_shape
+
+        raise FetalIQAError(f"{case.mask_path}: the mask has {fmt_shape(mask)} (frames x height x width) but its "
+                            f"image {case.image_path.name} has {fmt_shape(image)}; image and mask of a case must match. "
                             "Choose the mask made for this sweep.")
 
 

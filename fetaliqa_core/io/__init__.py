@@ -40,6 +40,7 @@ from fetaliqa_core.io._common import (
     SPACING_NONE,
     SUPPORTED_FORMATS,
     SWEEP_KINDS,
+    fmt_shape,
     quiet_itk,
 )
 from fetaliqa_core.io.readers import looks_like_dicom_series
@@ -59,5 +60,5 @@ __all__ = [
     "META_SWEEP_RANGES", "MIN_FRAME_PX", "PLAUSIBLE_SPACING_MM", "SPACING_FROM_DICOM_PIXEL_SPACING",
     "SPACING_FROM_HEADER", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
     "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "MaskVolume", "Sweep", "default_sweep_layout",
-    "load_mask", "load_sweep", "looks_like_dicom_series", "quiet_itk", "read_mask_volume", "write_volume",
+    "fmt_shape", "load_mask", "load_sweep", "looks_like_dicom_series", "quiet_itk", "read_mask_volume", "write_volume",
 ]

@@ -145,9 +145,10 @@ def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float
         raise FetalIQAError(f"{path}: the pixel values are all NaN or infinite; there is nothing to show. "
                             "Export the sweep again.")
     content = finite
-    if padding is not None and math.isfinite(padding) and np.any(finite == np.float32(padding)):
-        content = finite[finite != np.float32(padding)]
-        padding = float(np.float32(padding))
+    given = np.float32(padding) if padding is not None and math.isfinite(padding) else None
+    if given is not None and np.any(finite == given):
+        content = finite[finite != given]
+        padding = float(given)
     else:  # none given, or a value no pixel holds (a header's claim that does not fit its pixels)
         padding = _found_padding(finite)
         if padding is not None:

@@ -238,13 +238,11 @@ def _jfif_labelled_rgb(path: Path) -> bool:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
-                             specific_tags=["PhotometricInterpretation"])
+        ds = pydicom.dcmread(str(path), defer_size=1024, force=True)  # the pixel data stays on disk
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         if syntax not in _JPEG_LOSSY or str(ds.get("PhotometricInterpretation", "")).strip() != "RGB":
             return False
-        full = pydicom.dcmread(str(path), defer_size=1024, force=True)
-        element = full.get_item("PixelData", keep_deferred=True) if "PixelData" in full else None
+        element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         head = _first_fragment_head(path, getattr(element, "value_tell", None), 11)
         # the first frame's start-of-image, then an APP0 segment named JFIF
         return head is not None and head[:4] == b"\xff\xd8\xff\xe0" and head[6:11] == b"JFIF\0"
@@ -307,12 +305,15 @@ def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]
         centre, width = ds.get("WindowCenter", None), ds.get("WindowWidth", None)
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
         if centre is not None and width is not None and function in ("LINEAR", "LINEAR_EXACT"):
-            c = float(centre[0] if isinstance(centre, (list, tuple, pydicom.multival.MultiValue)) else centre)
-            w = float(width[0] if isinstance(width, (list, tuple, pydicom.multival.MultiValue)) else width)
-            if function == "LINEAR" and w >= 1 and math.isfinite(c) and math.isfinite(w):
-                window = (c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2)
-            elif function == "LINEAR_EXACT" and w > 0 and math.isfinite(c) and math.isfinite(w):
-                window = (c - w / 2, c + w / 2)
+            def first(value):  # a file may list several windows: the first is the default
+                return value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value
+
+            c, w = float(first(centre)), float(first(width))
+            if math.isfinite(c) and math.isfinite(w):
+                if function == "LINEAR" and w >= 1:
+                    window = (c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2)
+                elif function == "LINEAR_EXACT" and w > 0:
+                    window = (c - w / 2, c + w / 2)
             if window is not None and not window[1] > window[0]:
                 window = None
         return window, (pad if pad is not None and math.isfinite(pad) else None)

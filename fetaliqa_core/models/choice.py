@@ -136,7 +136,7 @@ def is_demo_bundle(model) -> bool:
     path = getattr(model, "path", None)
     if path is None:
         return False
-    return _under_demo(path) or str(getattr(model, "bundle_hash", "")) in _demo_hashes()
+    return _under_demo(path, getattr(model, "bundle_hash", None))
 
 
 def _under_demo(path, bundle_hash: str | None = None) -> bool:
