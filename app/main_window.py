@@ -416,15 +416,25 @@ class MainWindow(SweepFilesMixin, QMainWindow):
 
     def _scoring_failed(self, message: str) -> None:
         loading = self.models is None or self._models_for != self.choice
-        self.model.set_scoring(False, "no model loaded" if loading else "failed")
-        if loading:
-            self.models = None
-            self._models_for = None
-            if self._loaded_choice is not None and self._loaded_choice != self.choice:
-                # the next start must not begin with models that do not load: keep the last that did
-                self._save_choice(self._loaded_choice)
-        self._update_model_label(message if loading else None)
         quiet = loading and not self._user_asked_models and self.choice.model == "demo"
+        kept = False
+        if loading:
+            previous = self._loaded_choice
+            if previous is not None and previous != self.choice:
+                # the next start must not begin with models that do not load: keep the last that did
+                self._save_choice(previous)
+            if self.models is not None and self._models_for is not None and self._models_for == previous:
+                # The models that loaded before are still in memory, and what is on screen came
+                # from them: go back to them rather than show their results under no model.
+                self.choice = previous
+                kept = True
+                message = f"{message}\nStill using {self.models.describe()}."
+            else:
+                self.models = None
+                self._models_for = None
+        self.model.set_scoring(False, "failed" if not loading else (
+            "model not changed" if kept else "no model loaded"))
+        self._update_model_label(message if loading and not kept else None)
         if quiet:
             # Starting up without the demo model is normal: say so, keep showing frames.
             self.notify(f"No model: {message}", 15000)

@@ -329,20 +329,43 @@ def test_drop_a_file_opens_it_in_the_background(qtbot, make_window, tmp_path):
 def test_wrong_model_files_give_message(qtbot, make_window, warnings, tmp_path):
     from fetaliqa_core.models.choice import ModelChoice
 
-    win = make_window(score=False)
+    win = make_window()
+    _wait_scored(qtbot, win)
+    before = win.model.results
+    assert before is not None and before.complete
+    old_models, old_label = win.models, win.status_model.full_text()
     ended = []
     win.scoring_ended.connect(lambda c, m: ended.append(m))
-    win.set_model_choice(ModelChoice(model=None, cls=tmp_path / "no_such_bundle", device="cpu"))
+    win.set_model_choice(ModelChoice(model=None, cls=tmp_path / "no_such_bundle", device="cpu"), user=True)
     qtbot.waitUntil(lambda: bool(ended), timeout=30000)
     assert len(warnings) == 1 and "no_such_bundle" in warnings[0]
-    assert "none loaded" in win.status_model.text()
+    # What is on screen came from the models that loaded before: the window goes back to them
+    # (it used to show their curve and AC under "Model: none loaded").
+    assert "Still using" in warnings[0] and old_models.describe() in warnings[0]
+    assert win.models is old_models and win.model.results is before
+    assert win.status_model.full_text() == old_label and "none loaded" not in old_label
     key(qtbot, win, Qt.Key_Right)
     assert win.model.frame == 1
     # the settings keep the models that loaded: the next start does not begin with a broken choice
     loaded = win._loaded_choice
-    assert loaded is not None and loaded.cls != tmp_path / "no_such_bundle"
+    assert loaded is not None and loaded.cls != tmp_path / "no_such_bundle" and win.choice == loaded
     assert win.settings.cls_bundle == str(loaded.cls or "") and win.settings.model == (
         "demo" if loaded.model == "demo" else "custom")
+
+
+def test_wrong_model_files_with_no_model_loaded_before(qtbot, warnings, tmp_path):
+    from fetaliqa_core.models.choice import ModelChoice
+
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    win.set_sweep(tiny_sweep(1, 6, height=40, width=50), score=False)
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(m))
+    win.set_model_choice(ModelChoice(model=None, cls=tmp_path / "no_such_bundle", device="cpu"), user=True)
+    qtbot.waitUntil(lambda: bool(ended), timeout=30000)
+    assert len(warnings) == 1 and "no_such_bundle" in warnings[0] and "Still using" not in warnings[0]
+    assert win.models is None and win.model.results is None
+    assert "none loaded" in win.status_model.full_text()
 
 
 def test_closing_mid_run_stops_worker(qtbot, make_window):
