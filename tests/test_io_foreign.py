@@ -205,6 +205,42 @@ def test_nifti_with_scaling_is_sized_on_its_stored_type(tmp_path):
         load_sweep(cut)
 
 
+def _nifti_with_sform(path: Path, spacing: tuple[float, float], sform_scale: tuple[float, float] | None,
+                      units: int = 2) -> Path:
+    """A NIfTI written by SimpleITK (qform and sform from ``spacing``, in mm), then given another
+    sform (rotated 30 degrees in-plane, columns scaled by ``sform_scale``) and spatial unit code."""
+    image = sitk.GetImageFromArray(_grey().astype(np.uint8))
+    image.SetSpacing((spacing[1], spacing[0], 1.0))
+    sitk.WriteImage(image, str(path))
+    data = bytearray(path.read_bytes())
+    data[123] = (data[123] & ~0x07) | units  # xyzt_units: the spatial part
+    if sform_scale is not None:
+        c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+        col, row = sform_scale[1], sform_scale[0]
+        srow = [c * col, -s * row, 0, 1.5, s * col, c * row, 0, -2.0, 0, 0, 1.0, 0]
+        data[254:256] = struct.pack("<h", 1)  # sform_code: scanner
+        data[280:328] = struct.pack("<12f", *srow)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_nifti_whose_two_pixel_sizes_disagree_gives_no_length(tmp_path):
+    """A NIfTI header holds the pixel size twice (pixdim, the sform's columns). The image reader
+    takes pixdim; when the sform says otherwise the file contradicts itself and no mm is shown."""
+    agree = load_sweep(_nifti_with_sform(tmp_path / "agree.nii", (0.3, 0.25), (0.3, 0.25)))
+    assert agree.spacing_mm == pytest.approx((0.3, 0.25)) and agree.spacing_problem is None
+    # pixdim left at 1 x 1 (a writer that only set the sform): not read as a placeholder alone
+    lone = load_sweep(_nifti_with_sform(tmp_path / "lone.nii", (1.0, 1.0), (0.3, 0.25)))
+    assert lone.spacing_source == "none"
+    assert "disagree" in lone.spacing_problem and "0.3 x 0.25 mm (its sform" in lone.spacing_problem
+    # pixdim set, sform another size: neither is used
+    both = load_sweep(_nifti_with_sform(tmp_path / "both.nii", (0.3, 0.3), (0.6, 0.6)))
+    assert both.spacing_source == "none" and "0.3 x 0.3 mm (its voxel sizes" in both.spacing_problem
+    # the spatial unit applies to both: micrometres
+    um = load_sweep(_nifti_with_sform(tmp_path / "um.nii", (300.0, 250.0), (300.0, 250.0), units=3))
+    assert um.spacing_mm == pytest.approx((0.3, 0.25)) and um.spacing_problem is None
+
+
 def test_metaimage_array_element_types_are_read(tmp_path):
     arr = _grey().astype(np.uint8)
     head = (f"ObjectType = Image\nNDims = 3\nDimSize = 48 40 4\nElementType = MET_UCHAR_ARRAY\n"

@@ -222,6 +222,9 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         source, note = classify_header_spacing(spacing_mm, recorded=True)
         if spacing_unit_note:
             source, note = SPACING_NONE, spacing_unit_note
+        disagreement = _nifti_spacing_disagreement(path, spacing_mm)
+        if disagreement:
+            source, note = SPACING_NONE, disagreement
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
@@ -705,6 +708,50 @@ def _nifti_vox_offset(head: bytes) -> int | None:
             offset = int(struct.unpack(endian + "q", head[168:176])[0])
             return offset if offset >= 0 else -1
     return None
+
+
+# NIfTI-1 xyzt_units (nifti1.h): the spatial unit's code -> millimetres; 0 (unknown) is read as mm.
+_NIFTI_SPACE_UNITS_MM = {0: 1.0, 1: 1000.0, 2: 1.0, 3: 0.001}
+
+
+def _nifti_sform_spacing(head: bytes) -> tuple[float, float] | None:
+    """``(row_mm, col_mm)`` of one pixel by a NIfTI-1 header's sform matrix (the lengths of its
+    first two columns), or None when the header has no sform (sform_code 0) or is not NIfTI-1."""
+    if len(head) < 348:
+        return None
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", head[:4])[0] != 348:
+            continue
+        if struct.unpack(endian + "h", head[254:256])[0] <= 0:
+            return None
+        rows = np.array(struct.unpack(endian + "12f", head[280:328]), dtype=np.float64).reshape(3, 4)
+        factor = _NIFTI_SPACE_UNITS_MM.get(head[123] & 0x07)
+        col_mm, row_mm = (float(np.linalg.norm(rows[:, j])) for j in (0, 1))
+        if factor is None or not all(math.isfinite(v) and v > 0 for v in (row_mm, col_mm)):
+            return None
+        return float(f"{row_mm * factor:.7g}"), float(f"{col_mm * factor:.7g}")
+    return None
+
+
+def _nifti_spacing_disagreement(path: Path, spacing_mm: tuple[float, float]) -> str:
+    """A NIfTI header holds the pixel size twice: as voxel sizes (pixdim, what the image reader
+    reports) and in its sform matrix. When both are set and differ by more than 1 %, the file
+    contradicts itself and neither is used; the note gives both."""
+    suffix = full_suffix(path)
+    if suffix not in (".nii", ".nii.gz"):
+        return ""
+    try:
+        opener = gzip.open if suffix == ".nii.gz" else open
+        with opener(path, "rb") as fh:
+            head = fh.read(348)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return ""
+    sform = _nifti_sform_spacing(head)
+    if sform is None or all(abs(a - b) <= 0.01 * max(a, b) for a, b in zip(sform, spacing_mm)):
+        return ""
+    fmt = " x ".join
+    return (f"the NIfTI header gives two pixel sizes that disagree: {fmt(f'{v:g}' for v in spacing_mm)} mm "
+            f"(its voxel sizes, pixdim) and {fmt(f'{v:g}' for v in sform)} mm (its sform matrix)")
 
 
 def _sitk_pixel_itemsize(reader: Any) -> int | None:
