@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fetaliqa_core.cli._args import positive_seconds
+from fetaliqa_core.cli._args import positive_seconds, spacing_mm
 from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
 HELP = "Open the viewer: scrub a sweep, watch its quality curve fill in, review flagged frames."
@@ -16,7 +16,7 @@ HELP = "Open the viewer: scrub a sweep, watch its quality curve fill in, review 
 def add_arguments(parser) -> None:
     parser.add_argument("sweep", nargs="?", help="sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM) to open")
     add_model_options(parser, remembered=True, cascade=True)
-    parser.add_argument("--spacing", type=float, default=None, metavar="MM",
+    parser.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM",
                         help="pixel spacing in mm per pixel for a sweep whose file records none (or a wrong one)")
     parser.add_argument("--db", metavar="FILE", type=Path, default=None,
                         help="review database (default: the one in the user data folder; remembered)")
@@ -220,7 +220,12 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     # Qt events, hence the idle timer).
     import signal
 
-    previous = signal.signal(signal.SIGINT, lambda *_: win.close())
+    def interrupt(*_) -> None:
+        state["interrupted"] = True
+        win.close()
+
+    # SIGTERM as Ctrl+C (the command line's rule): raised inside a Qt slot it would only print.
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     wake = QTimer()
     wake.timeout.connect(lambda: None)
     wake.start(250)
@@ -234,11 +239,45 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     finally:
         wake.stop()
         reporter.stop()
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if state.get("interrupted"):
+        # As everywhere in the command line: "interrupted", status 130, and nothing more written
+        # (run_guarded); the window is closed and its scoring stopped.
+        raise KeyboardInterrupt
     code = 0 if state["complete"] or not (exit_when_scored or max_seconds) else 1
     return GuiOutcome(code=code, complete=state["complete"], message=state["message"],
                       screenshot=state["shot"], window=win if keep_window else None,
                       scores=state["scores"], told=state["message"] in win.told_on_stderr)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def checked_screenshot(path: Path, sweep: Path | None = None) -> Path:
+    """The file ``--screenshot`` names: a .png that is new or already a PNG (a screenshot taken
+    before); any other existing file, the sweep itself included, is refused and left as it is."""
+    from fetaliqa_core.errors import FetalIQAError, UsageError
+
+    shot = Path(path).expanduser()
+    if shot.suffix.lower() != ".png":
+        raise UsageError(f"--screenshot {path}: a screenshot is a PNG image; give a file name ending in .png.")
+    if not shot.exists():
+        return shot
+    if sweep is not None and Path(sweep).expanduser().exists() and shot.samefile(Path(sweep).expanduser()):
+        raise FetalIQAError(f"--screenshot {path} is the sweep being opened; choose another file name.")
+    if not shot.is_file():
+        raise FetalIQAError(f"--screenshot {path} exists and is not a file; choose another file name.")
+    try:
+        with open(shot, "rb") as fh:
+            is_png = fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError as exc:
+        raise FetalIQAError(f"--screenshot {path} cannot be read ({exc.strerror or exc}); choose another "
+                            "file name.") from None
+    if not is_png:
+        raise FetalIQAError(f"--screenshot {path} exists and is not a PNG image; it is left as it is. Choose "
+                            "another file name.")
+    return shot
 
 
 def checked_review_db(path: Path) -> Path:
@@ -260,6 +299,12 @@ def run(args) -> int:
         raise FetalIQAError(f"{args.sweep}: no such file or folder.")
     if args.db is not None:
         checked_review_db(args.db)
+    if args.screenshot is not None:
+        args.screenshot = checked_screenshot(args.screenshot, args.sweep)
+    if args.save_scores is not None:
+        from fetaliqa_core.cli.score import check_out_folder
+
+        check_out_folder(Path(args.save_scores).expanduser())
     unattended = bool(args.screenshot or args.exit_when_scored or args.max_seconds or args.save_scores)
     headless = not display_available()
     problem = display_problem()

@@ -23,6 +23,8 @@ PROGRESS_SECONDS = 10.0  # headless into a file or pipe: a progress line this of
 def answer_line(window) -> str:
     """What the run found, as the window's status bar says it: the chosen frame, AC and GA, then
     (indented) why the AC is doubtful or not shown and the demonstration notice, as its tooltip does."""
+    window.refresh()
+    window.update_case_status()  # the bar as the results stand now, not as last drawn
     m = window.model
     chosen = m.flags.chosen
     where = ""
@@ -64,8 +66,10 @@ def run(args) -> int:
         outcome = run_window(sweep_path, choice, headless=False)
         return outcome.code
 
-    out_dir = Path(args.out) if args.out else paths.cache_dir() / OUTPUT_FOLDER
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from fetaliqa_core.cli.score import check_out_folder
+
+    out_dir = Path(args.out).expanduser() if args.out else paths.cache_dir() / OUTPUT_FOLDER
+    check_out_folder(out_dir)  # created by the first file written into it
     shot = out_dir / "screenshot.png"
     print(f"no display: scoring {sweep_path.name} offscreen…", flush=True)
     outcome = run_window(sweep_path, choice, screenshot=shot, exit_when_scored=True,

@@ -101,11 +101,18 @@ def show_about(win) -> None:
 
 def write_screenshot(win, path: str | Path) -> Path:
     """Render the whole window to a PNG (works offscreen)."""
+    from fetaliqa_core.files import atomic_path
+
     win.refresh()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not win.grab().save(str(path), "PNG"):
-        raise FetalIQAError(f"Could not write the screenshot {path}: check that its folder is writable.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".png") as tmp:  # a failed write leaves ``path`` as it was
+            if not win.grab().save(str(tmp), "PNG"):
+                raise OSError("the image could not be saved")
+    except OSError:
+        raise FetalIQAError(f"Could not write the screenshot {path}: check that its folder is writable "
+                            "and the disk has space.") from None
     return path
 
 

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from fetaliqa_core.errors import FetalIQAError
+
 __all__ = ["atomic_output_dir", "atomic_path", "atomic_write", "csv_writer", "json_safe", "json_text",
            "spreadsheet_safe",
            "write_json"]
@@ -111,25 +113,26 @@ def atomic_output_dir(out: str | Path) -> Iterator[Path]:
     other files there are kept (a folder with other content is never deleted).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FetalIQAError(f"{out} is an existing file, not a folder: choose a folder for the results "
+                            "(it is created if needed).")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     _normal_permissions(tmp)  # mkdtemp makes 0700: colleagues on a shared folder must read results
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        for p in tmp.iterdir():
-            target = out / p.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(p, target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(out)
-    else:
-        os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        if out.exists():
+            for p in tmp.iterdir():
+                target = out / p.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(p, target)
+            _fsync_dir(out)
+        else:
+            os.replace(tmp, out)
+            _fsync_dir(out.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
 
 
 def spreadsheet_safe(value: Any) -> str:

@@ -173,3 +173,88 @@ def test_gui_cascade_marks_teacher_frames_and_saves_what_score_cascade_writes(qt
     assert chosen == -1 or chosen in teacher  # the answer comes from the teacher's frames only
     unconfirmed = next(f for f in range(24) if f not in teacher)
     assert win.model.measure_ac(unconfirmed) is None  # no AC from a student's mask
+
+
+def test_gui_never_writes_its_picture_or_scores_over_a_file_it_was_not_given(qtbot, small_sweep, fast_models,
+                                                                             tmp_path, capsys):
+    """`--screenshot` used to replace whatever it named, the sweep being opened included, with a
+    PNG; `--save-scores` on a file printed an OS error and left a hidden folder behind."""
+    sweep_bytes = small_sweep.read_bytes()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me", encoding="utf-8")
+    for target in (small_sweep, notes, tmp_path / "shot.jpg"):
+        code = cli_main(["gui", str(small_sweep), "--screenshot", str(target), "--exit-when-scored"])
+        err = capsys.readouterr().err
+        assert code in (1, 2) and "--screenshot" in err and "Traceback" not in err
+    renamed = tmp_path / "case.png"  # the sweep itself under a .png name (a link to it)
+    renamed.symlink_to(small_sweep)
+    assert cli_main(["gui", str(renamed), "--screenshot", str(renamed), "--exit-when-scored"]) == 1
+    assert "is the sweep being opened" in capsys.readouterr().err
+    assert small_sweep.read_bytes() == sweep_bytes and notes.read_text(encoding="utf-8") == "keep me"
+    # a screenshot taken before is a PNG and is replaced
+    shot = tmp_path / "again.png"
+    assert cli_main(["gui", str(small_sweep), "--screenshot", str(shot), "--exit-when-scored"]) == 0
+    first = shot.read_bytes()
+    assert cli_main(["gui", str(small_sweep), "--screenshot", str(shot), "--exit-when-scored"]) == 0
+    _png_size(shot)
+    capsys.readouterr()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli_main(["gui", str(small_sweep), "--save-scores", str(notes), "--exit-when-scored"]) == 1
+    err = capsys.readouterr().err
+    assert "existing file" in err and "Errno" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and first[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_folder_on_a_file_leaves_nothing_behind(tmp_path):
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.files import atomic_output_dir
+
+    taken = tmp_path / "taken"
+    taken.write_text("x", encoding="utf-8")
+    with pytest.raises(FetalIQAError, match="existing file"):
+        with atomic_output_dir(taken) as tmp:
+            (tmp / "a.csv").write_text("1", encoding="utf-8")
+    # a failure while the files are put in place: the temporary folder goes too
+    out = tmp_path / "out"
+    (out / "a.csv").mkdir(parents=True)
+    (out / "a.csv" / "inner").mkdir()
+    import os
+
+    real = os.replace
+
+    def failing(src, dst):
+        raise OSError(28, "No space left on device")
+
+    os.replace = failing
+    try:
+        with pytest.raises(OSError):
+            with atomic_output_dir(out) as tmp:
+                (tmp / "a.csv").write_text("1", encoding="utf-8")
+    finally:
+        os.replace = real
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "taken"]
+
+
+def test_ctrl_c_in_the_viewer_is_an_interruption_and_the_demo_writes_nothing(qtbot, small_sweep, tmp_path,
+                                                                            monkeypatch, capsys):
+    """Ctrl+C (or SIGTERM) used to close the window as if scoring had failed: the demo then printed
+    an answer from a stale status bar (another sweep's frame), or 'could not score the sweep: '
+    with no reason, left an empty folder and exited 1."""
+    import os
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    from fetaliqa_core import synth
+    from fetaliqa_core.models import choice
+
+    monkeypatch.setattr(choice, "load_models", lambda choice: fake_models(delay=0.5, batch_size=1, choice=choice))
+    monkeypatch.setattr(synth, "demo_sweep_path", lambda: small_sweep)
+    out = tmp_path / "demo-out"
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        QTimer.singleShot(1500, lambda sig=sig: os.kill(os.getpid(), sig))
+        code = cli_main(["demo", "--headless", "--out", str(out)])
+        captured = capsys.readouterr()
+        assert code == 130, captured.err
+        assert "fetaliqa: interrupted" in captured.err and "answer:" not in captured.out
+        assert not out.exists()

@@ -47,6 +47,6 @@ def test_demo_numbers_are_labelled_beside_the_measurement(qtbot, window):
     assert "clinical" not in window.status_ac.text()
     window.model.provenance = {"demo": True, "notice": "Demonstration model trained on synthetic data only: "
                                                        "not for clinical use"}
-    window._update_case_status()
+    window.update_case_status()
     assert "demo, not clinical" in window.status_ac.text()
     assert "synthetic data" in window.status_ac.toolTip()
