@@ -77,7 +77,7 @@ class FlaggedPanel(QWidget):
     def update_flags(self, flags: FlaggedFrames) -> None:
         """Rebuild the lists if they changed (cheap no-op otherwise)."""
         key = (tuple(flags.best), tuple(flags.best_passes), tuple(flags.candidates),
-               tuple(flags.disagreements), self.model.n_frames)
+               tuple(flags.disagreements), tuple(flags.why_none), self.model.n_frames)
         if key == self._shown:
             return
         self._shown = key
@@ -88,12 +88,15 @@ class FlaggedPanel(QWidget):
             for k, (b, ok) in enumerate(zip(flags.best, flags.best_passes)):
                 if b is None:
                     continue
-                item = self._row(b, f"{b}" + ("  ★" if b == flags.chosen else ""))
+                item = self._row(b, f"{b}" + ("  ★" if b == flags.chosen else "  (none chosen)" if not ok else ""))
                 if not ok:
+                    # the sweep's highest-scored frame, shown dimmed: nothing there is chosen, and why
+                    why = flags.why_none[k] if k < len(flags.why_none) else ""
                     item.setForeground(0, QBrush(QColor(theme.TEXT_DIM)))
-                    item.setToolTip(0, "best of this sweep, but below the threshold")
+                    item.setToolTip(0, f"highest-scored frame of sweep {k + 1}; no frame chosen there: "
+                                       f"{why or 'no frame above threshold'}")
                 best.addChild(item)
-            best.setText(0, f"Best frame per sweep ({sum(b is not None for b in flags.best)})")
+            best.setText(0, f"Best frame per sweep ({sum(bool(ok) for ok in flags.best_passes)})")
             for name, title in (("candidates", "Candidates"), ("disagreements", "Models disagree")):
                 group = self._groups[name]
                 group.takeChildren()

@@ -388,12 +388,13 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         info: dict = {}
         if self.models is None:
             return info
-        for key in ("cls", "seg"):
+        from fetaliqa_core.models.choice import bundle_part, is_demo_bundle
+
+        for key, role in (("cls", "classifier"), ("seg", "segmenter")):
             lm = getattr(self.models, key)
             if lm is not None:
-                from fetaliqa_core.models.choice import is_demo_bundle
-
-                info[key] = {"hash": getattr(lm, "bundle_hash", None),
+                # the bundle in that role (a pair on one base has one hash over both: not either's)
+                info[key] = {"hash": bundle_part(lm, role)[1],
                              "task": getattr(lm, "task", None), "demo": is_demo_bundle(lm)}
                 if key == "cls" and getattr(lm, "threshold", None) is not None:
                     info[key]["threshold"] = float(lm.threshold)  # the bundle's own
@@ -618,7 +619,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.flagged.update_flags(flags)
         self._update_overlay()
         self._update_frame_text()
-        self._update_case_status()
+        self.update_case_status()
         self._update_progress()
 
     def _blinding_changed(self) -> None:
@@ -632,7 +633,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._update_frame_text()
         self.refresh()
 
-    def _update_case_status(self) -> None:
+    def update_case_status(self) -> None:
+        """The status bar's answer: the case's chosen frame with its AC, as the results stand."""
         m = self.model
         if self.review.active and self.review.blinded.isChecked():
             self.status_ac.setText("AC hidden (blinded review)")

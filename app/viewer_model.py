@@ -81,6 +81,7 @@ class FlaggedFrames:
     candidates: list[int] = field(default_factory=list)
     disagreements: list[int] = field(default_factory=list)
     chosen: int | None = None  # the case's one frame (challenge convention), None if none passes
+    why_none: list[str] = field(default_factory=list)  # per sweep: why no frame is chosen there ("" if one is)
 
     def all_frames(self) -> list[int]:
         """Sorted union of every flagged frame (what n / p step through)."""
@@ -102,6 +103,7 @@ class FlaggedFrames:
             candidates=np.flatnonzero(a.flags.candidates).tolist(),
             disagreements=np.flatnonzero(a.flags.disagreements).tolist(),
             chosen=None if a.chosen_frame < 0 else int(a.chosen_frame),
+            why_none=[sw.ac_note if sw.best_frame < 0 else "" for sw in a.summary.sweeps],
         )
 
 

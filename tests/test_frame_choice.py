@@ -421,3 +421,38 @@ def test_the_answer_moves_off_a_head_to_the_abdomen():
     assert 13 <= a.chosen_frame <= 16 and a.summary.chosen_ac["status"] == "ok"
     assert all(a.mask_problem(i) == fc.SKULL_REASON for i in range(4, 8))
     assert a.summary.sweeps[0].best_frame == a.chosen_frame
+
+
+def test_a_sweep_with_frames_above_threshold_but_no_chosen_frame_says_why():
+    """Sweep 1 holds a round mask both models call; in sweep 2 the classifier calls frame 30 as
+    firmly but the mask there is a limb-like bar. Sweep 2 then has no chosen frame, and `score`
+    said "no frame above threshold" beside frames.csv flagging frame 30."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+    from fetaliqa_core.engine import SweepResults
+    from fetaliqa_core.io import Sweep
+
+    frames = np.zeros((40, S, S), np.uint8)
+    frames[:, linear()] = 90
+    sweep = Sweep(frames=frames, spacing_mm=(0.5, 0.5), sweep_ranges=[(0, 20), (20, 40)],
+                  sweep_kinds=["transverse", "transverse"])
+    res = SweepResults(40, True, True)
+    res.p_cls[:] = 0.1
+    res.p_opt[:] = 0.0
+    res.done[:] = True
+    for i in range(40):
+        res.masks[i] = np.zeros((S, S), np.uint8)
+    res.seg_area_px[:] = 0
+    for i, mask in ((10, ellipse((112, 112), (40, 34))), (30, ellipse((112, 112), (60, 9), 15))):
+        res.masks[i] = mask
+        res.seg_area_px[i] = int(np.count_nonzero(mask))
+    res.p_cls[[10, 30]] = 0.9
+    res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * S * S)
+    a = assess(sweep, res, Thresholds(value=0.5, model=0.5))
+    first, second = a.summary.sweeps
+    assert first.best_frame == 10 and a.chosen_frame == 10
+    assert a.flags.candidates[30] and second.best_frame == -1
+    assert second.ac_note.startswith("1 frame(s) above threshold, but no mask there outlines an abdomen")
+    # with nothing above threshold the old words stay true
+    res.p_cls[30] = 0.2
+    assert assess(sweep, res, Thresholds(value=0.5, model=0.5)).summary.sweeps[1].ac_note == \
+        "no frame above threshold"

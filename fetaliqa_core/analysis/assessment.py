@@ -472,6 +472,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         m = ac_on(frame)
         r = read_ac(None if m is None else m.ac_mm, spacing_problem, _mask_problem(choice, frame),
                     _disagreement(p_cls, thresholds, frame), model_doubt)
+        if frame < 0:
+            r = replace(r, note=_why_no_frame(flags, choice, start, stop))
         sweeps.append(SweepSummary(
             sweep=s + 1, kind=kinds[s] if s < len(kinds) else "unknown",
             first_frame=int(start), last_frame=int(stop) - 1,
@@ -556,6 +558,20 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
             cache[k] = frame_choice.mask_shape(m, fov224, px_mm, grey=lambda i=i: grey(i))
         out.append(cache[k])
     return out
+
+
+def _why_no_frame(flags: FrameFlags, choice, start: int, stop: int) -> str:
+    """Why a sweep has no chosen frame, in the words ``score`` and the viewer use: frames can be
+    flagged (above threshold) and still not be chosen, when no mask there outlines an abdomen."""
+    if not (flags.scored_cls[start:stop] | flags.scored_seg[start:stop]).any():
+        return "no frame scored"
+    n = int(flags.candidates[start:stop].sum())
+    if n and choice.shapes is not None:
+        return (f"{n} frame(s) above threshold, but no mask there outlines an abdomen (shape, size or "
+                "place implausible), so none is chosen")
+    if n:
+        return f"{n} frame(s) above threshold, none chosen"
+    return "no frame above threshold"
 
 
 def _best_of_choice(choice, ranges, flags: FrameFlags, area, p_opt) -> list[BestFrame | None]:

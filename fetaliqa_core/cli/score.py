@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fetaliqa_core.cli._args import spacing_mm
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
@@ -21,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_options(p, threshold=True, cascade=True)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./fetaliqa-scores/<sweep name>)")
-    p.add_argument("--spacing", type=float, default=None, metavar="MM",
+    p.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM",
                    help="pixel spacing in mm per pixel, for a sweep whose file records none (or a wrong one); "
                         "without a known, plausible spacing no length in mm and no GA is given")
     p.add_argument("--challenge-output", action="store_true",
@@ -139,6 +140,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     chosen = summary["chosen_frame"]
     print(f"{summary['path']}: {summary['frames_scored']}/{summary['n_frames']} frames scored; "
           f"chosen frame {chosen if chosen >= 0 else 'none (-1)'} (frames numbered from 0)")
+    if summary.get("threshold_changed"):
+        print(f"  threshold {summary['threshold']:.2f} (model: {summary['model_threshold']:.2f})")
     for note in summary.get("read_notes") or ():
         print(f"  note: {note}")
     if summary.get("spacing_problem"):
@@ -147,7 +150,7 @@ def _print_summary(summary: dict, out: Path) -> None:
         print(f"  {summary['choice_note']}")
     for s in summary["sweeps"]:
         if s["best_frame"] < 0:
-            print(f"  sweep {s['sweep']} ({s['kind']}): no frame above threshold")
+            print(f"  sweep {s['sweep']} ({s['kind']}): {s.get('ac_note') or 'no frame above threshold'}")
             continue
         reading = ""
         if s["ac_status"] == "ok":
@@ -297,7 +300,10 @@ def print_table(rows: list[list]) -> None:
     for row in rows:
         r = dict(zip(TABLE_COLUMNS, row))
         scored = r["sweep"] != ""
-        body.append((str(r["file"]), f"{r['sweep']} {r['kind']}".strip(), str(r["best_frame"]), str(r["ac_mm"]),
+        ac = str(r["ac_mm"])
+        if ac and r["ac_status"] not in ("", "ok"):
+            ac += f" ({r['ac_status']})"  # as each sweep's own lines say: not a number to act on
+        body.append((str(r["file"]), f"{r['sweep']} {r['kind']}".strip(), str(r["best_frame"]), ac,
                      str(r["ga"]), str(r["chosen_frame"]) if scored else str(r["status"])))
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     for line in (head, *body):

@@ -104,6 +104,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     names, files = plan["names"], [m.name for m in members]
     tag = f"[rank {ranks.rank}/{ranks.world}] " if ranks.distributed else ""
     models = load_models(model_choice_from_args(args))
+    from fetaliqa_core.models.choice import provenance
+
+    notice = provenance(models).get("notice") or ""  # the demonstration models' notice, as summary.json has it
     threshold = Thresholds.of_models(models, args.threshold).value
     hashes = ar.model_hashes(models)
     settings = ar.settings_key(hashes, threshold)
@@ -163,6 +166,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             rec = ar.read_record(ar.case_dir(out, item.name)) or {}
             frame = rec.get("chosen_frame", -1)
             ac = f", AC {rec['ac_mm']:.1f} mm" if rec.get("ac_mm") is not None else ""
+            if ac and rec.get("ac_status") != "ok":
+                ac += f" ({rec.get('ac_status') or 'doubtful'})"  # not a number to act on (summary.json says why)
             print(f"{position}{item.name}: chosen frame {frame if frame >= 0 else 'none (-1)'}{ac} "
                   f"({rec.get('seconds', 0):.1f} s)", flush=True)
         else:
@@ -207,6 +212,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
               "remaining cases are 'missing' in the table. Run the same command again to score them.",
               file=sys.stderr)
     print(f"table: {table}")
+    if notice:
+        print(notice)
     if args.challenge_output:
         try:
             tree, n, left_out = ar.write_challenge_tree(out, rows)

@@ -368,7 +368,9 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         if is_demo_run(run):
             parts.append(f'<p class="warn"><b>{_e(DEMO_REPORT_NOTICE)}</b></p>')
         chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
-        ac = "–" if run.ac_mm is None else f"{run.ac_mm:.1f} mm"
+        # Only a number to act on is stored with a run; a doubtful reading is on the chosen frame's tile.
+        ac = ("–" if run.chosen_frame is None else "– (no measurement to act on)") if run.ac_mm is None else (
+            f"{run.ac_mm:.1f} mm")
         parts.append(_grid(
             ["Chosen frame", "AC at chosen frame", "GA (Hadlock)", "Flagged frames"],
             [[f"<b>{chosen}</b>", f"<b>{ac}</b>", f"<b>{_e(_ga_text(ga_weeks_of(run)))}</b>",
