@@ -114,6 +114,11 @@ def test_refuses_other_base_weights(cls_bundle, tmp_path):
     with pytest.raises(FetalIQAError, match="pass --base FetalCLIP_weights.pt") as missing:
         load_bundle(bundle, base_weights=None, device="cpu")
     assert "--base-weights" not in str(missing.value)  # the option is --base
+    # a bundle trained on the bundled demo base finds it (checked by hash as any base is)
+    from fetaliqa_core.paths import resources_dir
+
+    demo = load_bundle(resources_dir() / "demo" / "cls", base_weights=None, device="cpu")
+    assert demo.manifest.base_sha256 == json.loads((resources_dir() / "demo" / "base_tiny.json").read_text())["sha256"]
     with pytest.raises(FetalIQAError, match="base config 'tiny'"):
         load_bundle(bundle, base_weights=other, device="cpu", base_config="fetalclip")
 

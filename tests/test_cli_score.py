@@ -75,12 +75,13 @@ def test_what_reading_the_file_did_is_printed_and_written(tmp_path, tiny_bundle_
     assert f"note: {notes[0]}" in capsys.readouterr().out
 
 
-def test_a_changed_threshold_is_written_as_such(case, tiny_bundle_dirs, tmp_path):
+def test_a_changed_threshold_is_written_as_such(case, tiny_bundle_dirs, tmp_path, capsys):
     own = json.loads((tiny_bundle_dirs["cls"] / "manifest.json").read_text())["threshold"]
     mine = 0.62 if abs(own - 0.62) > 0.01 else 0.3
     out = tmp_path / "out"
     assert main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet",
                  "--threshold", str(mine)]) == 0
+    assert f"threshold {mine:.2f} (model: {own:.2f})" in capsys.readouterr().out  # printed as well as written
     summary = json.loads((out / "summary.json").read_text())
     assert summary["threshold"] == pytest.approx(mine) and summary["model_threshold"] == pytest.approx(own)
     assert summary["threshold_changed"] is True
@@ -215,5 +216,47 @@ def test_no_pixel_spacing_no_mm_anywhere_unless_given(hand_drawn_nifti, tmp_path
     assert reading["status"] == "ok" and reading["ac_mm"] == pytest.approx(truth, rel=0.03)
     assert reading["ga_text"] == format_ga(hadlock_ga(reading["ac_mm"]).weeks)
     assert f"GA {reading['ga_text']}" in text
-    assert main(["score", str(hand_drawn_nifti), "--out", str(out2), "--quiet", "--spacing", "5"]) == 1
-    assert "implausible" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # a wrong command line (status 2), before the file is read
+        main(["score", str(hand_drawn_nifti), "--out", str(out2), "--quiet", "--spacing", "5"])
+    assert usage.value.code == 2 and "implausible" in capsys.readouterr().err
+
+
+def test_folder_table_marks_an_ac_that_is_not_a_number_to_act_on(capsys):
+    """The per-sweep lines said "(doubtful: ...)", but the folder's table printed the bare number."""
+    from fetaliqa_core.cli.score import print_table, table_rows
+
+    def sweep(k, status, ac):
+        return {"sweep": k, "kind": "transverse", "best_frame": 10 * k, "score": 0.8, "ac_mm": ac,
+                "ac_status": status, "ga": "", "ga_weeks": None}
+
+    summary = {"complete": True, "frames_scored": 30, "n_frames": 30, "chosen_frame": 10,
+               "sweeps": [sweep(1, "doubtful", 276.8), sweep(2, "ok", 250.1), sweep(3, "no units", None)]}
+    print_table(table_rows("a.mha", summary))
+    lines = capsys.readouterr().out.splitlines()
+    assert "276.8 (doubtful)" in lines[1]
+    assert "250.1" in lines[2] and "(" not in lines[2]
+    assert "mm" not in lines[3] and "(no units)" not in lines[3]  # no number, nothing to mark
+
+
+def test_a_student_of_the_demo_models_is_a_demo_model(tmp_path):
+    """A student learns nothing but its teachers' outputs: distilled from the demonstration
+    models it carries their notice. And a pair on one base reports each bundle's own hash."""
+    from types import SimpleNamespace
+
+    from fetaliqa_core.models.bundle import bundle_hash
+    from fetaliqa_core.models.choice import bundle_part, is_demo_bundle, provenance
+    from fetaliqa_core.paths import resources_dir
+
+    demo_cls = bundle_hash(resources_dir() / "demo" / "cls")
+    student = SimpleNamespace(path=tmp_path / "mine", bundle_hash="0" * 64,
+                              manifest=SimpleNamespace(student={"teacher": {"cls_bundle_sha256": demo_cls}}))
+    own = SimpleNamespace(path=tmp_path / "mine", bundle_hash="0" * 64,
+                          manifest=SimpleNamespace(student={"teacher": {"cls_bundle_sha256": "1" * 64}}))
+    assert is_demo_bundle(student) and not is_demo_bundle(own)
+    record = provenance(SimpleNamespace(cls=student, seg=None))
+    assert record["demo"] and "not for clinical use" in record["notice"]
+    assert record["bundles"][0]["name"] == "mine"  # not named as one of the shipped files
+    pair = SimpleNamespace(path=tmp_path, bundle_hash="f" * 64,
+                           parts=[("classifier", tmp_path / "c", "a" * 64), ("segmenter", tmp_path / "s", "b" * 64)])
+    assert bundle_part(pair, "segmenter") == (tmp_path / "s", "b" * 64)
+    assert bundle_part(own, "segmenter") == (tmp_path / "mine", "0" * 64)

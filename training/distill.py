@@ -40,7 +40,7 @@ LABEL_WEIGHT = 0.25  # weight of the dataset's own labels against the teacher's 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fetaliqa_core.models.student import DEFAULT_BACKBONE, STUDENT_BACKBONES
+    from fetaliqa_core.models.options import DEFAULT_BACKBONE, STUDENT_BACKBONES
 
     p.add_argument("--cls", type=Path, required=True, metavar="BUNDLE", help="teacher classifier (or joint) bundle")
     p.add_argument("--seg", type=Path, required=True, metavar="BUNDLE", help="teacher segmenter (or joint) bundle")
@@ -50,9 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"student backbone (timm name; default {DEFAULT_BACKBONE})")
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder (ACOUSLIC-AI layout)")
     p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder (bundle in RUN/bundle)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=int, default=6, help="passes over the kept frames (default 6)")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per training step (default 16)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate of the one-cycle schedule (default 0.002)")
     p.add_argument("--frames-per-case", type=int, default=96,
                    help="frames kept per case: the positive (and, mined, the teacher's flagged) frames first, the rest "
                         "spread evenly")
@@ -60,12 +60,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the teacher scores every frame and the frames it flags (with their neighbours) are "
                         "kept first, so the student learns where the teacher's candidates are (default on; "
                         "--no-mine scores only the kept frames: faster, a weaker cascade)")
-    p.add_argument("--decoder-width", type=int, default=32)
+    p.add_argument("--decoder-width", type=int, default=32,
+                   help="channels of the student's light decoder (default 32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (teacher and student)")
     p.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
                    help="the teacher's number format (default auto; the student trains in fp32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the frame choice, order and initialisation (default 0)")
     p.add_argument("--description", default="", help="text written into the bundle's manifest")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--resume", action="store_true",
@@ -352,8 +353,20 @@ def distill(args, log=print) -> Path:
                "teacher_seconds": round(teacher_s, 1), "train_seconds": round(time.perf_counter() - t1, 1),
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "data": str(args.data),
                "frames_per_case": args.frames_per_case, "mined": bool(mine), "seed": args.seed}
-    teacher = {"cls_bundle_sha256": cls_lm.bundle_hash, "seg_bundle_sha256": seg_lm.bundle_hash,
-               "cls": cls_lm.manifest.description[:200], "seg": seg_lm.manifest.description[:200]}
+    from fetaliqa_core.models.bundle import read_manifest
+    from fetaliqa_core.models.choice import bundle_part
+
+    # Each teacher's own bundle: a classifier and segmenter sharing one base load as one model
+    # whose hash covers both and whose description joins both.
+    teacher = {}
+    for key, lm, role in (("cls", cls_lm, "classifier"), ("seg", seg_lm, "segmenter")):
+        folder, digest = bundle_part(lm, role)
+        try:
+            described = read_manifest(folder).description if folder is not None else lm.manifest.description
+        except FetalIQAError:
+            described = lm.manifest.description
+        teacher[f"{key}_bundle_sha256"] = digest
+        teacher[key] = described[:200]
     description = args.description or (
         f"student ({args.student} + light decoder) distilled by fetaliqa distill from {Path(args.cls).name} and "
         f"{Path(args.seg).name}")

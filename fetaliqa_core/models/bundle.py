@@ -516,6 +516,8 @@ def base_for(manifest: BundleManifest, config: dict, base_weights, choice: Devic
                                 "does not reproduce (different PyTorch initialisation); retrain or export it again")
     else:
         if base_weights is None:
+            base_weights = _bundled_demo_base(manifest.base_sha256)  # trained on the demo's own base
+        if base_weights is None:
             raise FetalIQAError(f"{where} needs the FetalCLIP base weights it was trained on (SHA-256 "
                                 f"{manifest.base_sha256[:12]}...): pass --base FetalCLIP_weights.pt")
         weights = Path(base_weights).expanduser()
@@ -540,6 +542,16 @@ DEMO_DIR_NAME = "demo"
 
 DEMO_BASE_FILE = "base_tiny.pt"
 DEMO_STUDENT_DIR = "student"
+
+
+def _bundled_demo_base(sha256: str) -> Path | None:
+    """The bundled demo base (``resources/demo/base_tiny.pt``) when it is the base ``sha256``
+    names: a bundle trained on it needs no ``--base`` (the file's hash is checked as any base's)."""
+    path = paths.resources_dir() / DEMO_DIR_NAME / DEMO_BASE_FILE
+    try:
+        return path if path.is_file() and file_sha256(path) == sha256 else None
+    except OSError:
+        return None
 
 
 def demo_student(device: str | torch.device | DeviceChoice = "auto") -> LoadedModel:

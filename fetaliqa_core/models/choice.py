@@ -8,6 +8,7 @@ models; the command line, the app and the benchmark all go through it.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,11 +133,32 @@ DEMO_NOTICE = ("Demonstration model trained on synthetic data only: not for clin
 
 def is_demo_bundle(model) -> bool:
     """The model is one of the bundled demonstration models: loaded from ``resources/demo``, or a
-    copy of one elsewhere (the same manifest and weights), which must carry the same notice."""
+    copy of one elsewhere (the same manifest and weights), which must carry the same notice; or a
+    student distilled from one (it learnt nothing but their outputs)."""
     path = getattr(model, "path", None)
-    if path is None:
+    if path is not None and _under_demo(path, getattr(model, "bundle_hash", None)):
+        return True
+    return _taught_by_demo(getattr(model, "manifest", None))
+
+
+def _taught_by_demo(manifest) -> bool:
+    student = getattr(manifest, "student", None)
+    teacher = student.get("teacher") if isinstance(student, dict) else None
+    if not isinstance(teacher, dict):
         return False
-    return _under_demo(path, getattr(model, "bundle_hash", None))
+    demo = _demo_hashes()
+    return any(teacher.get(key) in demo for key in ("cls_bundle_sha256", "seg_bundle_sha256"))
+
+
+def bundle_part(model, role: str) -> tuple[Path | None, str | None]:
+    """``(folder, SHA-256)`` of the bundle that plays ``role`` ("classifier" or "segmenter") in a
+    loaded model: one of the two bundles of a pair sharing one base (``models/shared.py``, whose
+    own hash covers both), else the model's own."""
+    for part_role, part_path, part_hash in getattr(model, "parts", None) or ():
+        if part_role == role:
+            return Path(part_path), str(part_hash)
+    path = getattr(model, "path", None)
+    return (Path(path) if path is not None else None), getattr(model, "bundle_hash", None)
 
 
 def _under_demo(path, bundle_hash: str | None = None) -> bool:
@@ -157,7 +179,12 @@ def _demo_hashes() -> frozenset[str]:
     from fetaliqa_core.models.bundle import DEMO_DIR_NAME, MANIFEST_FILE, bundle_hash
 
     root = paths.resources_dir() / DEMO_DIR_NAME
-    return frozenset(bundle_hash(m.parent) for m in root.rglob(MANIFEST_FILE)) if root.is_dir() else frozenset()
+    if not root.is_dir():
+        return frozenset()
+    own = {bundle_hash(m.parent) for m in root.rglob(MANIFEST_FILE)}
+    # a pair of them loaded on one base has a hash of its own (models/shared.py: of both hashes)
+    pairs = {hashlib.sha256((a + b).encode()).hexdigest() for a in own for b in own}
+    return frozenset(own | pairs)
 
 
 def provenance(models) -> dict:
@@ -185,7 +212,8 @@ def provenance(models) -> dict:
             continue
         path = getattr(m, "path", None)
         demo = is_demo_bundle(m)
-        name = (f"demo/{Path(path).name}" if demo else Path(path).name) if path is not None else ""
+        shipped = path is not None and _under_demo(path, getattr(m, "bundle_hash", None))
+        name = (f"demo/{Path(path).name}" if shipped else Path(path).name) if path is not None else ""
         bundles.append({"role": role, "name": name, "sha256": str(getattr(m, "bundle_hash", "")),
                         "demo": demo})
     demo = any(b["demo"] for b in bundles)
