@@ -112,3 +112,29 @@ def test_predict_all_runs_a_joint_model_once_per_batch():
     other = Joint()
     predict_all(joint, other, torch.zeros(4, 3, 4, 4), batch=2)  # two models: each runs
     assert calls == [2, 2, 2, 2]
+
+
+def test_the_measured_choice_is_kept_per_machine(monkeypatch):
+    """A probe disturbed by other programs must not flip the precision (and so the answer) of the
+    same command on the same machine: the first measurement is kept, in the cache folder."""
+    from fetaliqa_core import paths
+
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: (("avx512_bf16",), True))
+    rates = iter([(60.0, 140.0), (60.0, 62.0), (60.0, 62.0)])
+    calls = []
+    monkeypatch.setattr(dev, "measure_cpu_matmul", lambda *a, **k: calls.append(1) or next(rates))
+    try:
+        dev.cpu_precision_probe.cache_clear()
+        assert dev.select_device("cpu", "auto").dtype == torch.bfloat16
+        dev.cpu_precision_probe.cache_clear()  # a new process on the same machine
+        assert dev.select_device("cpu", "auto").dtype == torch.bfloat16 and len(calls) == 1
+        # a damaged or foreign file is measured again (and replaced), never trusted
+        kept = paths.cache_dir() / dev.PROBE_FILE
+        kept.write_text('{"key": {"cpu": "x"}, "fp32_gflops": 1, "bf16_gflops": "nan"}', encoding="utf-8")
+        dev.cpu_precision_probe.cache_clear()
+        assert dev.select_device("cpu", "auto").dtype == torch.float32 and len(calls) == 2
+        kept.write_bytes(b"\xff" * 10_000)
+        dev.cpu_precision_probe.cache_clear()
+        assert dev.select_device("cpu", "auto").dtype == torch.float32 and len(calls) == 3
+    finally:
+        dev.cpu_precision_probe.cache_clear()

@@ -3,12 +3,16 @@
 Precision: bf16 on CUDA; on a CPU, bf16 only where the CPU has bf16 matrix instructions (Intel
 AMX, AVX-512 BF16) *and* a short measured matrix product confirms that bf16 is faster here
 than fp32 (on a CPU without them bf16 runs several times slower than fp32); fp32 elsewhere.
-The user can force either (``precision="bf16"`` / ``"fp32"``, ``--precision``, or the
+The measured decision is kept in the cache folder for this CPU and torch version, so that the
+same command on the same machine runs in the same precision (and gives the same answer) even
+when a later probe would be disturbed by other programs. The user can force either (``precision="bf16"`` / ``"fp32"``, ``--precision``, or the
 ``FETALIQA_PRECISION`` environment variable).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -132,18 +136,78 @@ def measure_cpu_matmul(m: int = 512, n: int = 1024, k: int = 1024, rounds: int =
     return flop / fp32 / 1e9, flop / bf16 / 1e9
 
 
+#: The kept probe (in the cache folder): one small JSON object.
+PROBE_FILE = "cpu_precision.json"
+_PROBE_FILE_LIMIT = 4096
+
+
+def _machine_key(flags: tuple[str, ...]) -> dict:
+    """What the probe's answer depends on: the CPU (model name, bf16 flags, cores) and torch."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()[:200]
+                break
+    except OSError:
+        pass
+    import platform
+
+    return {"cpu": model or platform.processor()[:200], "flags": list(flags), "cores": os.cpu_count() or 0,
+            "torch": torch.__version__}
+
+
+def _kept_probe(key: dict, flags: tuple[str, ...], known: bool) -> CpuPrecisionProbe | None:
+    """The probe measured before on this machine, if the cache holds one for ``key``."""
+    from fetaliqa_core import paths
+
+    try:
+        path = paths.cache_dir() / PROBE_FILE
+        with open(path, "rb") as fh:
+            raw = fh.read(_PROBE_FILE_LIMIT + 1)
+        if len(raw) > _PROBE_FILE_LIMIT:
+            return None
+        kept = json.loads(raw.decode("utf-8"))
+        if not isinstance(kept, dict) or kept.get("key") != key:
+            return None
+        fp32, bf16 = float(kept["fp32_gflops"]), float(kept["bf16_gflops"])
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, FetalIQAError):
+        return None  # none kept, unreadable or damaged: measure again
+    if not all(math.isfinite(v) and v > 0 for v in (fp32, bf16)):
+        return None
+    return CpuPrecisionProbe(flags, known, fp32, bf16, use_bf16=fp32 / bf16 <= BF16_MAX_TIME_RATIO)
+
+
+def _keep_probe(key: dict, probe: CpuPrecisionProbe) -> None:
+    from fetaliqa_core import paths
+    from fetaliqa_core.files import atomic_write
+
+    try:
+        atomic_write(paths.cache_dir() / PROBE_FILE, json.dumps(
+            {"key": key, "fp32_gflops": probe.fp32_gflops, "bf16_gflops": probe.bf16_gflops}))
+    except (OSError, FetalIQAError):
+        pass  # an unwritable cache: measured again next time
+
+
 @lru_cache(maxsize=1)
 def cpu_precision_probe() -> CpuPrecisionProbe:
     """Whether bf16 pays on this CPU: its flags, then (only where it has bf16 instructions, or
-    where flags cannot be read) one short measured product in each dtype. Cached per process."""
+    where flags cannot be read) one short measured product in each dtype, measured once per
+    machine (kept in the cache folder) and cached per process."""
     flags, known = cpu_bf16_flags()
     if known and not flags:
         return CpuPrecisionProbe(flags, known, None, None, use_bf16=False)
+    key = _machine_key(flags)
+    kept = _kept_probe(key, flags, known)
+    if kept is not None:
+        return kept
     try:
         fp32, bf16 = measure_cpu_matmul()
     except RuntimeError:  # a build without bf16 CPU kernels
         return CpuPrecisionProbe(flags, known, None, None, use_bf16=False)
-    return CpuPrecisionProbe(flags, known, fp32, bf16, use_bf16=fp32 / bf16 <= BF16_MAX_TIME_RATIO)
+    probe = CpuPrecisionProbe(flags, known, fp32, bf16, use_bf16=fp32 / bf16 <= BF16_MAX_TIME_RATIO)
+    _keep_probe(key, probe)
+    return probe
 
 
 def _precision_preference(precision: str | None) -> str:
