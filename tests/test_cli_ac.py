@@ -37,7 +37,7 @@ def ac_of(axes, spacing=0.28):
 def test_largest_frame_by_default(mask_file, capsys):
     assert main(["ac", str(mask_file)]) == 0
     out = capsys.readouterr().out.strip()
-    match = re.fullmatch(r"frame 2: AC ([\d.]+) mm, GA (\d+w \d+d)", out)
+    match = re.fullmatch(r"frame 2: AC ([\d.]+) mm, GA (\d+w \d+d) \(pixel 0.28 x 0.28 mm, file header\)", out)
     assert match, out
     ac = float(match.group(1))
     assert ac == pytest.approx(ac_of(BIG), rel=0.01)
@@ -114,7 +114,9 @@ def test_no_spacing_no_mm_unless_given(tmp_path, capsys):
     assert "GA" in capsys.readouterr().out
     assert main(["ac", str(path), "--spacing", "0.28", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ac_mm"] == pytest.approx(ac_of(BIG), rel=0.01)
-    assert main(["ac", str(path), "--spacing", "7"]) == 1  # implausible: refused in one line
+    with pytest.raises(SystemExit) as usage:  # implausible: a wrong command line, refused in one line
+        main(["ac", str(path), "--spacing", "7"])
+    assert usage.value.code == 2
     assert "implausible" in capsys.readouterr().err
 
 
@@ -152,7 +154,8 @@ def test_crossing_lines_give_a_doubtful_ac_without_ga(tmp_path, capsys):
 def test_round_abdomen_mask_gives_a_plain_ac(mask_file, capsys):
     for extra in ([], ["--no-fov"]):
         assert main(["ac", str(mask_file), *extra]) == 0
-        assert re.fullmatch(r"frame 2: AC [\d.]+ mm, GA \d+w \dd", capsys.readouterr().out.strip())
+        assert re.fullmatch(r"frame 2: AC [\d.]+ mm, GA \d+w \dd \(pixel [\d.]+ x [\d.]+ mm, [a-z -]+\)",
+                            capsys.readouterr().out.strip())
         assert main(["ac", str(mask_file), "--json", *extra]) == 0
         record = json.loads(capsys.readouterr().out)
         assert record["ac_status"] == "ok" and record["ga"] and record["note"] is None
@@ -166,7 +169,7 @@ def test_outline_cut_by_image_edge_without_field_of_view(tmp_path, capsys):
     assert main(["ac", str(path), "--no-fov"]) == 0
     out = capsys.readouterr().out.strip()
     assert re.fullmatch(r"frame 0: AC [\d.]+ mm, GA \d+w \dd \[outline cut by the image's edge; "
-                        r"ellipse extrapolated\]", out), out
+                        r"ellipse extrapolated\] \(pixel 0.28 x 0.28 mm, file header\)", out), out
     fan = np.zeros((1, H, W), np.uint8)
     cv2.ellipse(fan[0], (372, 60), BIG, 0, 0, 360, 1, -1)  # runs past the fan's top
     assert main(["ac", str(_write(tmp_path, fan, "fan.mha"))]) == 0

@@ -144,3 +144,17 @@ def test_folder_table_cells_are_not_formulas():
     assert _cell("=HYPERLINK(1).mha") == "'=HYPERLINK(1).mha"
     assert _cell("@sum.mha") == "'@sum.mha"
     assert _cell(-1) == "-1" and _cell("case.mha") == "case.mha"
+
+
+def test_the_command_line_is_built_without_torch():
+    """`fetaliqa --version` and a wrong option answer at once (torch takes ~1.5 s to import),
+    and Ctrl-C in that time is not a traceback."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fetaliqa_core.cli import _available_commands, build_parser; "
+            "build_parser(_available_commands()); print(sorted(m for m in ('torch', 'PySide6.QtWidgets', "
+            "'SimpleITK') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

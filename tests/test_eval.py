@@ -172,3 +172,15 @@ def test_eval_leaves_a_folder_that_is_not_an_evaluation_alone(tiny_data, bundles
             main(args + [str(tmp_path / "o")] + bad)
         assert exc.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_no_interval_is_printed_over_a_single_case():
+    """Resampling one case gives that case back: the report printed '[0.6207, 0.6207]' as a 95 %
+    interval. With two cases or more the interval is printed."""
+    from training.evaluate import _interval_lines
+
+    r = {"value": 0.6207, "ci95": [0.6207, 0.6207], "n": 1, "k": 1}
+    one = _interval_lines({"intervals": {"n_cases": 1, "cls_frame_f1": r}}, "")
+    assert "[" not in "\n".join(one) and "only 1" in one[-1]
+    two = _interval_lines({"intervals": {"n_cases": 2, "cls_frame_f1": dict(r, ci95=[0.5, 0.7])}}, "")
+    assert any("[0.5" in line for line in two)

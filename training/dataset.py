@@ -111,7 +111,8 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
     incomplete (missing CSV, columns, or image/mask files)."""
     data = Path(data_dir)
     if not data.is_dir():
-        raise FetalIQAError(f"--data {data}: no such folder; give the folder that holds images/, masks/ and circumferences/")
+        what = "is a file, not a folder" if data.exists() else "no such folder"
+        raise FetalIQAError(f"--data {data}: {what}; give the folder that holds images/, masks/ and circumferences/")
     csv_path = data / CSV_RELPATH
     if not csv_path.is_file():
         raise FetalIQAError(

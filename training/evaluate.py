@@ -411,6 +411,9 @@ def _interval_lines(run: dict, tag: str) -> list[str]:
     iv = run.get("intervals", {})
     if len(iv) <= 1:
         return []
+    if int(iv.get("n_cases", 0)) < 2:  # resampling one case gives it back: no interval to speak of
+        return ["", f"no 95 % intervals{tag}: they are resampled over cases, and there is only "
+                    f"{iv.get('n_cases', 0)}"]
     lines = ["", f"with 95 % intervals over the {iv['n_cases']} cases{tag}:"]
     names = {"cls": "classifier", "seg": "segmenter", "cls+seg": "both"}
     for key, text in (("frame_f1", "frame F1"), ("flags_on_empty", "flags frames without abdomen")):

@@ -72,7 +72,9 @@ def build_parser(commands: dict[str, object] | None = None) -> argparse.Argument
     parser.add_argument("--version", action="version", version=f"fetaliqa {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in commands.items():
-        _add_command(sub.add_parser(name, help=module.HELP, description=module.HELP), module)
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        _add_command(command, module)
+        command.set_defaults(_parser=command)
     return parser
 
 
@@ -90,8 +92,13 @@ def _with_default_command(argv: list[str], commands) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = _available_commands()
-    return _run_parsed(build_parser(commands), _with_default_command(argv, commands))
+    try:
+        commands = _available_commands()
+        parser = build_parser(commands)
+    except KeyboardInterrupt:  # Ctrl-C while the commands load: the same line as later on
+        print("fetaliqa: interrupted", file=sys.stderr)
+        return 130
+    return _run_parsed(parser, _with_default_command(argv, commands))
 
 
 def run_command(module, argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -117,7 +124,9 @@ def terminate_as_interrupt() -> None:
 
 
 def _run_parsed(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # told with the command's own usage (a mistyped option of `score` shows score's options)
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     return run_guarded(lambda: args._run(args))
 
 

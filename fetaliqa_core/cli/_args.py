@@ -44,3 +44,17 @@ def positive_seconds(text: str) -> float:
     value = _parsed(text, float, "a number of seconds")
     ok = math.isfinite(value) and 0 < value < MAX_SECONDS
     return value if ok else _refuse(f"{text} must be a positive number of seconds")
+
+
+def spacing_mm(text: str) -> float:
+    """argparse type: a pixel spacing in mm per pixel, plausible for obstetric ultrasound (the
+    range the readers apply, ``io.spacing.PLAUSIBLE_SPACING_MM``); a wrong value is a wrong
+    command line (status 2), told before any file is read."""
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.io.spacing import user_spacing
+
+    value = _parsed(text, float, "a number of mm per pixel, e.g. 0.28")
+    try:
+        return user_spacing(value)[0]
+    except FetalIQAError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fetaliqa_core.cli._args import spacing_mm
 from fetaliqa_core.errors import FetalIQAError
 
 HELP = "measure the abdominal circumference (mm) and gestational age on a mask file's frame"
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="frame number, 0-based as everywhere in FetalIQA (default: the frame with the largest labelled area)",
     )
     parser.add_argument(
-        "--spacing", type=float, default=None, metavar="MM",
+        "--spacing", type=spacing_mm, default=None, metavar="MM",
         help="pixel spacing in mm per pixel, overriding the file's (needed when the file records none)",
     )
     parser.add_argument(
@@ -80,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
     masks = volume.labels
     spacing = tuple(volume.spacing_mm)
     problem = volume.spacing_problem
+    source = volume.spacing_source
     if args.spacing is not None:
         spacing = fspacing.user_spacing(args.spacing)
-        problem = None
+        problem, source = None, "--spacing option"
 
     index = _pick_frame(masks, args.frame, path)
     frame = masks[index]
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             "frame": index,
             "area_px": int(np.count_nonzero(frame)),
             "spacing_mm": list(spacing) if problem is None else None,
+            "spacing_source": source if problem is None else None,
             "spacing_problem": problem,
             "ac_mm": reading.ac_mm,
             "ac_status": reading.status,
@@ -120,5 +123,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     edge = "the image's edge" if fov is None else "the field of view"
     tail = f" [outline cut by {edge}; ellipse extrapolated]" if m.truncated else ""
-    print(f"frame {index}: {reading.text()}{tail}")
+    units = "" if problem is not None else (
+        f" (pixel {' x '.join(f'{v:g}' for v in spacing)} mm, {source})")
+    print(f"frame {index}: {reading.text()}{tail}{units}")
     return 0 if reading.status != analysis.units.NO_UNITS else 1

@@ -14,6 +14,12 @@ from pathlib import Path
 
 from fetaliqa_core.errors import UsageError
 
+#: Student backbones (timm names) with the feature stages the light decoder reads
+#: (``models/student.py``); here so that building the command line imports no torch.
+STUDENT_BACKBONES = {"mobilenetv3_large_100": (1, 2, 3, 4), "efficientvit_b0": (0, 1, 2, 3),
+                     "efficientvit_b1": (0, 1, 2, 3), "fastvit_t8": (0, 1, 2, 3)}
+DEFAULT_BACKBONE = "efficientvit_b0"
+
 # what --device and --precision accept (this module imports no torch: commands' --help stays quick)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
 PRECISION_CHOICES = ("auto", "bf16", "fp32")

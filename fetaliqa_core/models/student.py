@@ -22,14 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.models.segmenter import HEAD_KINDS
 
 # Backbones a student bundle may name (measured on a 2-core CPU: docs/BENCHMARKS.md). Bundles are
-# untrusted input: only these names are ever built.
-# name -> timm feature indices at strides 4, 8, 16, 32
-STUDENT_BACKBONES = {"mobilenetv3_large_100": (1, 2, 3, 4), "efficientvit_b0": (0, 1, 2, 3),
-                     "efficientvit_b1": (0, 1, 2, 3), "fastvit_t8": (0, 1, 2, 3)}
-DEFAULT_BACKBONE = "efficientvit_b0"
+# untrusted input: only these names are ever built. Name -> timm feature indices at strides 4, 8,
+# 16, 32; kept with the command-line options, which must not import torch.
+from fetaliqa_core.models.options import DEFAULT_BACKBONE, STUDENT_BACKBONES
+from fetaliqa_core.models.segmenter import HEAD_KINDS
+
 DECODER_WIDTH = 32
 MAX_DECODER_WIDTH = 256
 
