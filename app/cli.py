@@ -254,28 +254,28 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def checked_screenshot(path: Path, sweep: Path | None = None) -> Path:
+def checked_screenshot(path: Path, sweep: Path | None = None, what: str = "--screenshot") -> Path:
     """The file ``--screenshot`` names: a .png that is new or already a PNG (a screenshot taken
     before); any other existing file, the sweep itself included, is refused and left as it is."""
     from fetaliqa_core.errors import FetalIQAError, UsageError
 
     shot = Path(path).expanduser()
     if shot.suffix.lower() != ".png":
-        raise UsageError(f"--screenshot {path}: a screenshot is a PNG image; give a file name ending in .png.")
+        raise UsageError(f"{what} {path}: a screenshot is a PNG image; give a file name ending in .png.")
     if not shot.exists():
         return shot
     if sweep is not None and Path(sweep).expanduser().exists() and shot.samefile(Path(sweep).expanduser()):
-        raise FetalIQAError(f"--screenshot {path} is the sweep being opened; choose another file name.")
+        raise FetalIQAError(f"{what} {path} is the sweep being opened; choose another file name.")
     if not shot.is_file():
-        raise FetalIQAError(f"--screenshot {path} exists and is not a file; choose another file name.")
+        raise FetalIQAError(f"{what} {path} exists and is not a file; choose another file name.")
     try:
         with open(shot, "rb") as fh:
             is_png = fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
     except OSError as exc:
-        raise FetalIQAError(f"--screenshot {path} cannot be read ({exc.strerror or exc}); choose another "
+        raise FetalIQAError(f"{what} {path} cannot be read ({exc.strerror or exc}); choose another "
                             "file name.") from None
     if not is_png:
-        raise FetalIQAError(f"--screenshot {path} exists and is not a PNG image; it is left as it is. Choose "
+        raise FetalIQAError(f"{what} {path} exists and is not a PNG image; it is left as it is. Choose "
                             "another file name.")
     return shot
 
@@ -301,10 +301,6 @@ def run(args) -> int:
         checked_review_db(args.db)
     if args.screenshot is not None:
         args.screenshot = checked_screenshot(args.screenshot, args.sweep)
-    if args.save_scores is not None:
-        from fetaliqa_core.cli.score import check_out_folder
-
-        check_out_folder(Path(args.save_scores).expanduser())
     unattended = bool(args.screenshot or args.exit_when_scored or args.max_seconds or args.save_scores)
     headless = not display_available()
     problem = display_problem()
@@ -318,6 +314,11 @@ def run(args) -> int:
         raise UsageError(NO_DISPLAY_HELP)
     if args.save_scores is not None and args.sweep is None:
         raise UsageError("--save-scores needs a sweep to score: fetaliqa gui SWEEP --save-scores DIR")
+    if args.save_scores is not None:
+        from fetaliqa_core.cli.score import check_out_folder
+
+        args.save_scores = Path(args.save_scores).expanduser()
+        check_out_folder(args.save_scores, "--save-scores")
     outcome = run_window(args.sweep, choice, args.screenshot, args.exit_when_scored, args.max_seconds,
                          headless=headless, review_db=args.db, scores_dir=args.save_scores,
                          spacing_mm=getattr(args, "spacing", None))

@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from app.cli import display_available, display_problem, run_window, save_scores
+    from app.cli import checked_screenshot, display_available, display_problem, run_window, save_scores
     from fetaliqa_core import paths, synth
     from fetaliqa_core.errors import FetalIQAError
 
@@ -70,7 +70,7 @@ def run(args) -> int:
 
     out_dir = Path(args.out).expanduser() if args.out else paths.cache_dir() / OUTPUT_FOLDER
     check_out_folder(out_dir)  # created by the first file written into it
-    shot = out_dir / "screenshot.png"
+    shot = checked_screenshot(out_dir / "screenshot.png", what="the screenshot")  # a file of that name that is no PNG stays
     print(f"no display: scoring {sweep_path.name} offscreen…", flush=True)
     outcome = run_window(sweep_path, choice, screenshot=shot, exit_when_scored=True,
                          max_seconds=args.max_seconds, headless=True, keep_window=True,

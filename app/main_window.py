@@ -388,14 +388,14 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         info: dict = {}
         if self.models is None:
             return info
-        from fetaliqa_core.models.choice import bundle_part, is_demo_bundle
+        from fetaliqa_core.models.choice import bundle_part, part_is_demo
 
         for key, role in (("cls", "classifier"), ("seg", "segmenter")):
             lm = getattr(self.models, key)
             if lm is not None:
                 # the bundle in that role (a pair on one base has one hash over both: not either's)
                 info[key] = {"hash": bundle_part(lm, role)[1],
-                             "task": getattr(lm, "task", None), "demo": is_demo_bundle(lm)}
+                             "task": getattr(lm, "task", None), "demo": part_is_demo(lm, role)}
                 if key == "cls" and getattr(lm, "threshold", None) is not None:
                     info[key]["threshold"] = float(lm.threshold)  # the bundle's own
         info["description"] = self.models.describe()
@@ -442,6 +442,11 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         else:
             self.alert("Models" if loading else "Scoring", message)
         self.scoring_ended.emit(False, message)
+        r = self.model.results
+        if kept and self.isVisible() and self.model.sweep is not None and (r is None or not r.complete):
+            # The attempt stopped the kept models' run (or a new sweep waits for one): go on with
+            # them; what they scored is cached, so only the rest is scored.
+            QTimer.singleShot(0, self.start_scoring)
 
     def _update_model_label(self, problem: str | None = None) -> None:
         if self.models is not None and self._models_for == self.choice:

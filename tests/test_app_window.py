@@ -353,6 +353,24 @@ def test_wrong_model_files_give_message(qtbot, make_window, warnings, tmp_path):
         "demo" if loaded.model == "demo" else "custom")
 
 
+def test_a_model_that_fails_to_load_mid_run_lets_the_kept_models_finish(qtbot, make_window, warnings, tmp_path):
+    """Choosing another model stops the run in progress; when the new one fails to load the
+    window goes back to the models it had, and their run must go on (it stopped, silently)."""
+    from fetaliqa_core.models.choice import ModelChoice
+
+    win = make_window(delay=0.2, batch_size=4)
+    qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.n_done > 0, timeout=10000)
+    old = win.models
+    win.set_model_choice(ModelChoice(model=None, cls=tmp_path / "no_such_bundle", device="cpu"), user=True)
+    qtbot.waitUntil(lambda: bool(warnings), timeout=30000)
+    assert "Still using" in warnings[0]
+    # the kept models score on: their run is going again (or already done), and frames come in
+    qtbot.waitUntil(lambda: win.scoring.running or win.model.results.complete, timeout=10000)
+    assert win.models is old
+    before = win.model.results.n_done
+    qtbot.waitUntil(lambda: win.model.results.complete or win.model.results.n_done > before, timeout=20000)
+
+
 def test_wrong_model_files_with_no_model_loaded_before(qtbot, warnings, tmp_path):
     from fetaliqa_core.models.choice import ModelChoice
 

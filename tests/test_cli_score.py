@@ -253,10 +253,19 @@ def test_a_student_of_the_demo_models_is_a_demo_model(tmp_path):
     own = SimpleNamespace(path=tmp_path / "mine", bundle_hash="0" * 64,
                           manifest=SimpleNamespace(student={"teacher": {"cls_bundle_sha256": "1" * 64}}))
     assert is_demo_bundle(student) and not is_demo_bundle(own)
+    odd = SimpleNamespace(path=tmp_path / "odd", manifest=SimpleNamespace(
+        student={"teacher": {"cls_bundle_sha256": [demo_cls], "seg_bundle_sha256": {"a": 1}}}))
+    assert not is_demo_bundle(odd)  # a manifest's odd values are not hashes (and raise nothing)
     record = provenance(SimpleNamespace(cls=student, seg=None))
     assert record["demo"] and "not for clinical use" in record["notice"]
     assert record["bundles"][0]["name"] == "mine"  # not named as one of the shipped files
     pair = SimpleNamespace(path=tmp_path, bundle_hash="f" * 64,
                            parts=[("classifier", tmp_path / "c", "a" * 64), ("segmenter", tmp_path / "s", "b" * 64)])
     assert bundle_part(pair, "segmenter") == (tmp_path / "s", "b" * 64)
+    from fetaliqa_core.models.choice import part_is_demo
+
+    mixed = SimpleNamespace(path=tmp_path / "mine_seg", bundle_hash="f" * 64,
+                            parts=[("classifier", resources_dir() / "demo" / "cls", demo_cls),
+                                   ("segmenter", tmp_path / "mine_seg", "c" * 64)])
+    assert part_is_demo(mixed, "classifier") and not part_is_demo(mixed, "segmenter")
     assert bundle_part(own, "segmenter") == (tmp_path / "mine", "0" * 64)

@@ -451,8 +451,16 @@ def test_a_sweep_with_frames_above_threshold_but_no_chosen_frame_says_why():
     first, second = a.summary.sweeps
     assert first.best_frame == 10 and a.chosen_frame == 10
     assert a.flags.candidates[30] and second.best_frame == -1
-    assert second.ac_note.startswith("1 frame(s) above threshold, but no mask there outlines an abdomen")
-    # with nothing above threshold the old words stay true
-    res.p_cls[30] = 0.2
+    assert second.ac_note.startswith("1 frame(s) above the classifier's threshold, but no mask there outlines an "
+                                     "abdomen")
+    # a round mask the classifier does not call: the classifier is the reason, not the mask
+    round_mask = ellipse((112, 112), (40, 34))
+    res.masks[30], res.seg_area_px[30], res.p_cls[30] = round_mask, int(np.count_nonzero(round_mask)), 0.3
+    res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * S * S)
+    note = assess(sweep, res, Thresholds(value=0.5, model=0.5)).summary.sweeps[1].ac_note
+    assert note.startswith("no frame above the classifier's threshold; the segmenter outlines an abdomen on 1")
+    # nothing called, nothing outlined: the old words stay true
+    res.masks[30], res.seg_area_px[30] = np.zeros((S, S), np.uint8), 0
+    res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * S * S)
     assert assess(sweep, res, Thresholds(value=0.5, model=0.5)).summary.sweeps[1].ac_note == \
         "no frame above threshold"

@@ -59,6 +59,17 @@ def _nifti_header(dims: tuple[int, ...], datatype: int = 2, bitpix: int = 8) -> 
     return bytes(hdr) + b"\0\0\0\0"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _readers_imported(tmp_path_factory):
+    """The time limits below are on refusing a file, not on importing the image libraries (which
+    a loaded CI machine can take seconds over): read one small file of each kind first."""
+    folder = tmp_path_factory.mktemp("warm")
+    frames = np.zeros((2, 40, 48), np.uint8)
+    for name in ("warm.mha", "warm.nii.gz", "warm.nrrd"):
+        write_volume(folder / name, frames)
+        load_sweep(folder / name)
+
+
 def _assert_refused(path: Path, *words: str, within_s: float = 5.0) -> str:
     t0 = time.monotonic()
     with pytest.raises(FetalIQAError) as info:

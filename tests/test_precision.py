@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -136,5 +137,12 @@ def test_the_measured_choice_is_kept_per_machine(monkeypatch):
         kept.write_bytes(b"\xff" * 10_000)
         dev.cpu_precision_probe.cache_clear()
         assert dev.select_device("cpu", "auto").dtype == torch.float32 and len(calls) == 3
+        # nested past the JSON reader's depth, or a number too large for a float: measured again
+        key = dev._machine_key(("avx512_bf16",))
+        for text in ("[" * 4000, json.dumps({"key": key, "fp32_gflops": 1, "bf16_gflops": 1})[:-2] + "9" * 400 + "}"):
+            kept.write_text(text, encoding="utf-8")
+            rates = iter([(60.0, 140.0)])
+            dev.cpu_precision_probe.cache_clear()
+            assert dev.select_device("cpu", "auto").dtype == torch.bfloat16
     finally:
         dev.cpu_precision_probe.cache_clear()

@@ -271,8 +271,10 @@ def distill(args, log=print) -> Path:
     from fetaliqa_core.preprocess import normalise_grey
     from training.dataset import read_cases, split_cases
 
-    if args.epochs < 1 or args.batch_size < 1 or args.frames_per_case < 2 or not args.lr > 0:
-        raise FetalIQAError("--epochs, --batch-size must be >= 1, --frames-per-case >= 2 and --lr > 0")
+    if (args.epochs < 1 or args.batch_size < 1 or args.frames_per_case < 2 or not args.lr > 0
+            or args.decoder_width < 1 or (args.threads is not None and args.threads < 1)):
+        raise FetalIQAError("--epochs, --batch-size, --decoder-width and --threads must be >= 1, "
+                            "--frames-per-case >= 2 and --lr > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

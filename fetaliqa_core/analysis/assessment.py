@@ -561,16 +561,27 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
 
 
 def _why_no_frame(flags: FrameFlags, choice, start: int, stop: int) -> str:
-    """Why a sweep has no chosen frame, in the words ``score`` and the viewer use: frames can be
-    flagged (above threshold) and still not be chosen, when no mask there outlines an abdomen."""
-    if not (flags.scored_cls[start:stop] | flags.scored_seg[start:stop]).any():
+    """Why a sweep has no chosen frame, in the words ``score`` and the viewer use. A frame is
+    chosen where the models' calls meet a mask that outlines an abdomen (frame_choice.choose):
+    frames above a threshold can still miss one or the other."""
+    sl = slice(start, stop)
+    if not (flags.scored_cls[sl] | flags.scored_seg[sl]).any():
         return "no frame scored"
-    n = int(flags.candidates[start:stop].sum())
-    if n and choice.shapes is not None:
-        return (f"{n} frame(s) above threshold, but no mask there outlines an abdomen (shape, size or "
-                "place implausible), so none is chosen")
-    if n:
-        return f"{n} frame(s) above threshold, none chosen"
+    shapes = choice.shapes
+    plaus = None if shapes is None else np.array([shapes[i].plausible for i in range(start, stop)], bool)
+    cls_calls = flags.cls_call[sl] if flags.scored_cls[sl].any() else None
+    calls = cls_calls if cls_calls is not None else flags.seg_call[sl]
+    n_calls, n_plaus = int(calls.sum()), (0 if plaus is None else int(plaus.sum()))
+    who = "the classifier's threshold" if cls_calls is not None else "threshold"
+    if plaus is not None and n_calls and not n_plaus:
+        return (f"{n_calls} frame(s) above {who}, but no mask there outlines an abdomen (shape, size or place "
+                "implausible), so none is chosen")
+    if cls_calls is not None and n_plaus and not n_calls:
+        return (f"no frame above the classifier's threshold; the segmenter outlines an abdomen on {n_plaus} "
+                "frame(s) the classifier does not call")
+    if n_calls and n_plaus:
+        return (f"{n_calls} frame(s) above the classifier's threshold and {n_plaus} with a mask outlining an "
+                "abdomen, but never the same frame, so none is chosen")
     return "no frame above threshold"
 
 

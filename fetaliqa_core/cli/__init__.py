@@ -74,8 +74,18 @@ def build_parser(commands: dict[str, object] | None = None) -> argparse.Argument
     for name, module in commands.items():
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         _add_command(command, module)
-        command.set_defaults(_parser=command)
+        _remember_parsers(command)
     return parser
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command's parser in its own defaults, so that an unknown option is told with the
+    usage of the command it was given to (``review export``'s, not ``review``'s)."""
+    parser.set_defaults(_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                _remember_parsers(nested)
 
 
 def _with_default_command(argv: list[str], commands) -> list[str]:
@@ -92,6 +102,7 @@ def _with_default_command(argv: list[str], commands) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    terminate_as_interrupt()  # SIGTERM as Ctrl-C from the start, while the commands load too
     try:
         commands = _available_commands()
         parser = build_parser(commands)

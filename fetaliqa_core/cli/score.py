@@ -167,15 +167,17 @@ def _print_summary(summary: dict, out: Path) -> None:
     print(f"  results in {out}")
 
 
-def check_out_folder(out: Path) -> None:
-    """Refuse an output folder that cannot be one, before anything is loaded."""
+def check_out_folder(out: Path, option: str = "--out") -> None:
+    """Refuse an output folder that cannot be one, before anything is loaded (``option``: the
+    option that named it, for the message)."""
     if out.exists() and not out.is_dir():
-        raise FetalIQAError(f"--out {out} is an existing file; give a folder for the results (it is created "
+        raise FetalIQAError(f"{option} {out} is an existing file; give a folder for the results (it is created "
                             "if needed).")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise FetalIQAError(f"--out {out}: {parent} is a file, not a folder; choose another output folder.")
+                raise FetalIQAError(f"{option} {out}: {parent} is a file, not a folder; choose another output "
+                                    "folder.")
             break
 
 

@@ -147,7 +147,17 @@ def _taught_by_demo(manifest) -> bool:
     if not isinstance(teacher, dict):
         return False
     demo = _demo_hashes()
-    return any(teacher.get(key) in demo for key in ("cls_bundle_sha256", "seg_bundle_sha256"))
+    return any(isinstance(teacher.get(key), str) and teacher[key] in demo
+               for key in ("cls_bundle_sha256", "seg_bundle_sha256"))
+
+
+def part_is_demo(model, role: str) -> bool:
+    """The bundle playing ``role`` in a loaded model is a demonstration model (each bundle of a
+    pair on one base on its own, as :func:`provenance` does)."""
+    if getattr(model, "parts", None):
+        path, digest = bundle_part(model, role)
+        return path is not None and _under_demo(path, digest)
+    return is_demo_bundle(model)
 
 
 def bundle_part(model, role: str) -> tuple[Path | None, str | None]:

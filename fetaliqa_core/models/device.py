@@ -142,7 +142,8 @@ _PROBE_FILE_LIMIT = 4096
 
 
 def _machine_key(flags: tuple[str, ...]) -> dict:
-    """What the probe's answer depends on: the CPU (model name, bf16 flags, cores) and torch."""
+    """What the probe's answer depends on: the CPU (model name, bf16 flags, cores), the threads
+    torch uses and its version."""
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
@@ -154,7 +155,7 @@ def _machine_key(flags: tuple[str, ...]) -> dict:
     import platform
 
     return {"cpu": model or platform.processor()[:200], "flags": list(flags), "cores": os.cpu_count() or 0,
-            "torch": torch.__version__}
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def _kept_probe(key: dict, flags: tuple[str, ...], known: bool) -> CpuPrecisionProbe | None:
@@ -171,8 +172,9 @@ def _kept_probe(key: dict, flags: tuple[str, ...], known: bool) -> CpuPrecisionP
         if not isinstance(kept, dict) or kept.get("key") != key:
             return None
         fp32, bf16 = float(kept["fp32_gflops"]), float(kept["bf16_gflops"])
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, FetalIQAError):
-        return None  # none kept, unreadable or damaged: measure again
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError, OverflowError,
+            FetalIQAError):
+        return None  # none kept, unreadable or damaged (deeply nested, huge numbers): measure again
     if not all(math.isfinite(v) and v > 0 for v in (fp32, bf16)):
         return None
     return CpuPrecisionProbe(flags, known, fp32, bf16, use_bf16=fp32 / bf16 <= BF16_MAX_TIME_RATIO)

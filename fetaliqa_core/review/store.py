@@ -152,9 +152,10 @@ class ReviewStore:
                                 "or socket): give the path of a database file, e.g. reviews.sqlite3.")
         if not self.path.exists():
             if not create:
-                if path is None:  # the app's own, never made: nothing was reviewed on this account
-                    raise FetalIQAError(f"No reviews yet: the app's review database {self.path} does not exist. "
-                                        "Review frames in the viewer first (R), or give --db FILE.")
+                if path is None:  # the default one, never made
+                    raise FetalIQAError(f"There is no review database at {self.path} (the default): nothing was "
+                                        "reviewed there. Give --db FILE for one chosen in the viewer, or review "
+                                        "frames in the viewer first.")
                 raise FetalIQAError(f"The review database {self.path} does not exist: check "
                                     "the --db path (the app keeps its database in "
                                     f"{default_db_path()}).")
