@@ -88,7 +88,8 @@ class FlaggedPanel(QWidget):
             for k, (b, ok) in enumerate(zip(flags.best, flags.best_passes)):
                 if b is None:
                     continue
-                item = self._row(b, f"{b}" + ("  ★" if b == flags.chosen else "  (none chosen)" if not ok else ""))
+                # a sweep without a chosen frame shows its highest-scored frame in brackets, dimmed
+                item = self._row(b, f"{b}  ★" if b == flags.chosen else f"{b}" if ok else f"({b})")
                 if not ok:
                     # the sweep's highest-scored frame, shown dimmed: nothing there is chosen, and why
                     why = flags.why_none[k] if k < len(flags.why_none) else ""

@@ -560,3 +560,23 @@ def test_one_model_only(qtbot, make_window, which):
     win.model.set_frame(win.model.flags.best[0])
     assert win.frame_view.overlay.isVisible() == (which == "seg")
     assert ("AC" in win.status_ac.text() and "mm" in win.status_ac.text()) == (which == "seg")
+
+
+def test_a_sweep_without_a_chosen_frame_is_not_listed_as_having_a_best_frame(qtbot, make_window):
+    """The panel listed every sweep's highest-scored frame under "Best frame per sweep", dimmed,
+    with "below the threshold" as its tooltip, where score said -1 and the reason was often
+    another. It is now bracketed, not counted, and its tooltip gives the sweep's own reason."""
+    from app.viewer_model import FlaggedFrames
+
+    win = make_window(score=False)
+    flags = FlaggedFrames(best=[5, 25, 45], best_passes=[True, False, False], best_score=[0.9, 0.4, 0.3],
+                          candidates=[5], chosen=5,
+                          why_none=["", "2 frame(s) above the classifier's threshold, but no mask there outlines "
+                                        "an abdomen", "no frame above threshold"])
+    win.flagged.update_flags(flags)
+    best = win.flagged._groups["best"]
+    assert best.text(0) == "Best frame per sweep (1)"
+    texts = [best.child(i).text(0) for i in range(best.childCount())]
+    assert texts == ["5  ★", "(25)", "(45)"]
+    assert "no mask there outlines" in best.child(1).toolTip(0) and "sweep 2" in best.child(1).toolTip(0)
+    assert best.child(2).toolTip(0).endswith("no frame above threshold")
