@@ -221,9 +221,12 @@ class ScoringController(QObject):
         """
         self.stop()
         ok = True
-        for thread, _worker in list(self._retired):
+        # Threads that said 'finished' may still be in their last steps: a QThread destroyed
+        # before it has ended aborts the process, so they are waited for too (briefly).
+        for thread in [t for t, _w in self._retired] + list(self._ending):
             ok = (thread.wait() if timeout_ms is None else thread.wait(int(timeout_ms))) and ok
         self._retired = [(t, w) for t, w in self._retired if t.isRunning()]
+        self._ending = [t for t in self._ending if not t.isFinished()]
         return bool(ok)
 
 
