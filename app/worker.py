@@ -135,7 +135,8 @@ class ScoringController(QObject):
         # Runs replaced by a newer one: cancelled, finishing their last batch, kept referenced
         # until their thread ends (so that opening another case never waits for a batch).
         self._retired: list[tuple[QThread, ScoringWorker]] = []
-        self._ending: list[QThread] = []  # threads that signalled 'finished' but may not have ended
+        # threads that signalled 'finished' but may not have ended, with their workers
+        self._ending: list[tuple[QThread, ScoringWorker | None]] = []
         self.engine_factory = engine_factory
 
     @property
@@ -195,11 +196,14 @@ class ScoringController(QObject):
     def _on_thread_finished(self) -> None:
         thread = self.sender()
         # 'finished' is emitted from the thread in its last steps, before it has ended: the last
-        # reference to it must not go here (destroying a running QThread aborts the app). It is
-        # kept until a later call finds it ended.
-        self._ending = [t for t in self._ending if not t.isFinished()]
+        # reference to it, or to its worker (an object living in that thread), must not go here:
+        # destroying a running QThread aborts the app, and deleting its worker from this thread
+        # while it still runs crashes it. Both are kept until a later call finds it ended.
+        worker = self._worker if thread is self._thread else next(
+            (w for t, w in self._retired if t is thread), None)
+        self._ending = [(t, w) for t, w in self._ending if not t.isFinished()]
         if isinstance(thread, QThread) and not thread.isFinished():
-            self._ending.append(thread)
+            self._ending.append((thread, worker))
         self._retired = [(t, w) for t, w in self._retired if t is not thread and t.isRunning()]
         if thread is self._thread:
             self._thread = None
@@ -223,10 +227,11 @@ class ScoringController(QObject):
         ok = True
         # Threads that said 'finished' may still be in their last steps: a QThread destroyed
         # before it has ended aborts the process, so they are waited for too (briefly).
-        for thread in [t for t, _w in self._retired] + list(self._ending):
+        for thread in [t for t, _w in self._retired] + [t for t, _w in self._ending]:
+            thread.quit()  # again: a run stopped before its thread reached its event loop may sit there
             ok = (thread.wait() if timeout_ms is None else thread.wait(int(timeout_ms))) and ok
         self._retired = [(t, w) for t, w in self._retired if t.isRunning()]
-        self._ending = [t for t in self._ending if not t.isFinished()]
+        self._ending = [(t, w) for t, w in self._ending if not t.isFinished()]
         return bool(ok)
 
 

@@ -157,3 +157,25 @@ def test_typing_in_the_fps_box_does_not_trigger_review_keys(win, qtbot):
     QTest.keyClick(win.fps_spin, Qt.Key_Return)
     assert win.fps_spin.value() == 20 and win.model.fps == 20
     assert not win.review.active  # "2" and "0" went into the box, not to the review
+
+
+def test_emitting_a_signal_keeps_the_interpreter_intact():
+    """PySide6 6.12.0's Signal.emit() returned True without a reference of its own: every emit
+    dropped one, and a long session (or the test run) aborted at random ("bool_dealloc:
+    deallocating True"). pyproject excludes that release; this fails on any that does it again."""
+    import gc
+    import sys
+
+    from PySide6.QtCore import QObject, Signal
+
+    class Emitter(QObject):
+        ping = Signal(int)
+
+    e = Emitter()
+    e.ping.connect(lambda _n: None)
+    gc.collect()
+    before = sys.getrefcount(True)
+    for i in range(200):
+        e.ping.emit(i)
+    gc.collect()
+    assert sys.getrefcount(True) - before > -50, "Signal.emit() leaks references to True in this PySide6"
