@@ -273,7 +273,10 @@ def detach_until_finished(thread: QThread) -> None:
     global _WAITS_AT_QUIT
     thread.setParent(None)
     _DETACHED.append(thread)
-    thread.finished.connect(lambda t=thread: _DETACHED.remove(t) if t in _DETACHED else None)
+    # Not removed in its own 'finished' (emitted in its last steps: dropping the last reference
+    # there would destroy it running, as ScoringController._on_thread_finished says): the next
+    # 'finished' of any of them lets go of those that have ended.
+    thread.finished.connect(_forget_ended)
     if not _WAITS_AT_QUIT:
         import atexit
 
@@ -282,6 +285,17 @@ def detach_until_finished(thread: QThread) -> None:
         if app is not None:
             app.aboutToQuit.connect(_wait_detached)
         _WAITS_AT_QUIT = True
+
+
+def _forget_ended() -> None:
+    alive = []
+    for thread in _DETACHED:
+        try:
+            if not thread.isFinished():
+                alive.append(thread)
+        except RuntimeError:  # its C++ object is already gone (deleteLater)
+            pass
+    _DETACHED[:] = alive
 
 
 def _wait_detached() -> None:

@@ -221,8 +221,8 @@ def provenance(models) -> dict:
                 bundles.append({"role": part_role, "name": name, "sha256": part_hash, "demo": demo})
             continue
         path = getattr(m, "path", None)
-        demo = is_demo_bundle(m)
         shipped = path is not None and _under_demo(path, getattr(m, "bundle_hash", None))
+        demo = shipped or _taught_by_demo(getattr(m, "manifest", None))  # is_demo_bundle, shipped known
         name = (f"demo/{Path(path).name}" if shipped else Path(path).name) if path is not None else ""
         bundles.append({"role": role, "name": name, "sha256": str(getattr(m, "bundle_hash", "")),
                         "demo": demo})

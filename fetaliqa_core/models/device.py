@@ -5,8 +5,9 @@ AMX, AVX-512 BF16) *and* a short measured matrix product confirms that bf16 is f
 than fp32 (on a CPU without them bf16 runs several times slower than fp32); fp32 elsewhere.
 The measured decision is kept in the cache folder for this CPU and torch version, so that the
 same command on the same machine runs in the same precision (and gives the same answer) even
-when a later probe would be disturbed by other programs. The user can force either (``precision="bf16"`` / ``"fp32"``, ``--precision``, or the
-``FETALIQA_PRECISION`` environment variable).
+when a later probe would be disturbed by other programs. The user can force either
+(``precision="bf16"`` / ``"fp32"``, ``--precision``, or the ``FETALIQA_PRECISION`` environment
+variable).
 """
 
 from __future__ import annotations
@@ -98,17 +99,27 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def cpu_bf16_flags() -> tuple[tuple[str, ...], bool]:
-    """(bf16 matrix-instruction flags of this CPU, whether the flags could be read at all)."""
+@lru_cache(maxsize=1)
+def _cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in Linux's /proc/cpuinfo (read once a process), None where
+    it cannot be read or has no such field."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return (), False
+        return None
     for line in text.splitlines():
-        if line.lower().startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return tuple(f for f in CPU_BF16_FLAGS if f in have), True
-    return (), False
+        if line.lower().startswith(field):
+            return line.split(":", 1)[1].strip() if ":" in line else ""
+    return None
+
+
+def cpu_bf16_flags() -> tuple[tuple[str, ...], bool]:
+    """(bf16 matrix-instruction flags of this CPU, whether the flags could be read at all)."""
+    flags = _cpuinfo("flags")
+    if flags is None:
+        return (), False
+    have = set(flags.split())
+    return tuple(f for f in CPU_BF16_FLAGS if f in have), True
 
 
 def _matmul_seconds(dtype: torch.dtype, m: int = 512, n: int = 1024, k: int = 1024, reps: int = 3) -> float:
@@ -144,16 +155,9 @@ _PROBE_FILE_LIMIT = 4096
 def _machine_key(flags: tuple[str, ...]) -> dict:
     """What the probe's answer depends on: the CPU (model name, bf16 flags, cores), the threads
     torch uses and its version."""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()[:200]
-                break
-    except OSError:
-        pass
     import platform
 
+    model = (_cpuinfo("model name") or "")[:200]
     return {"cpu": model or platform.processor()[:200], "flags": list(flags), "cores": os.cpu_count() or 0,
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
