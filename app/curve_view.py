@@ -93,9 +93,9 @@ class QualityCurve(QWidget):
             it.setZValue(5)
             self.vb.addItem(it)
 
-        self.curve_cls = pg.PlotDataItem(pen=pg.mkPen(theme.CLS_COLOUR, width=1.6), name="classifier p",
+        self.curve_cls = pg.PlotDataItem(pen=pg.mkPen(theme.CLS_COLOUR, width=1.6), name="classifier p_cls",
                                          antialias=True)
-        self.curve_seg = pg.PlotDataItem(pen=pg.mkPen(theme.SEG_COLOUR, width=1.6), name="mask score",
+        self.curve_seg = pg.PlotDataItem(pen=pg.mkPen(theme.SEG_COLOUR, width=1.6), name="mask p_seg",
                                          antialias=True)
         for it in (self.curve_cls, self.curve_seg):
             it.setZValue(10)
@@ -135,6 +135,7 @@ class QualityCurve(QWidget):
         self.legend.setTextFormat(Qt.RichText)
         self.legend.setContentsMargins(10, 3, 10, 0)
         self.legend.setWordWrap(True)  # wraps in a narrow window instead of widening it
+        self.legend.setToolTip(self.SCORES_TIP)
         self.legend.setMinimumWidth(200)
 
         layout = QVBoxLayout(self)
@@ -143,13 +144,18 @@ class QualityCurve(QWidget):
         layout.addWidget(self.legend)
         layout.addWidget(self.plot)
 
+    SCORES_TIP = ("p_cls: the classifier's probability that the frame shows the abdomen well enough to "
+                  "measure. p_seg: the mask score, 0.5 where the segmenter's mask covers 1 % of the "
+                  "model input (the paper's rule). The same names are used in frames.csv, summary.json "
+                  "and review reports.")
+
     @staticmethod
     def _legend_html() -> str:
         def sw(colour: str, glyph: str = "━━") -> str:
             return f"<span style='color:{colour}; font-weight:bold'>{glyph}</span>"
 
         return ("Quality curve &nbsp;&nbsp; "
-                f"{sw(theme.CLS_COLOUR)} classifier p &nbsp; {sw(theme.SEG_COLOUR)} mask score &nbsp; "
+                f"{sw(theme.CLS_COLOUR)} classifier p_cls &nbsp; {sw(theme.SEG_COLOUR)} mask p_seg &nbsp; "
                 f"{sw(theme.THRESHOLD_COLOUR, '╌╌')} threshold (drag) &nbsp; "
                 f"{sw(theme.BEST_COLOUR, '★')} best of sweep &nbsp;&nbsp;│&nbsp;&nbsp; strip: "
                 f"{sw(theme.UNSCORED_COLOUR, '▮')} not scored &nbsp; {sw(theme.CANDIDATE_COLOUR, '▮')} candidate "
@@ -162,8 +168,8 @@ class QualityCurve(QWidget):
                      "</span> re-scored by the teacher") if on else ""
             self.legend.setText(self._legend_html() + extra)
             self.legend.setToolTip("Cascade: a small student scored every frame; the chosen models re-scored the "
-                                   "marked frames, and the best frames and any AC come from those only."
-                                   if on else "")
+                                   "marked frames, and the best frames and any AC come from those only.\n\n"
+                                   + self.SCORES_TIP if on else self.SCORES_TIP)
 
     # -- sweep layout ----------------------------------------------------------------------
     def set_sweep(self, n_frames: int, sweep_ranges: list[tuple[int, int]], sweep_kinds: list[str]) -> None:

@@ -59,9 +59,9 @@ class FlaggedPanel(QWidget):
         v = self.model.frame_values(frame)
         parts = []
         if v["p_cls"] is not None:
-            parts.append(f"c {v['p_cls']:.2f}")
+            parts.append(f"p_cls {v['p_cls']:.2f}")
         if v["p_seg"] is not None:
-            parts.append(f"m {v['p_seg']:.2f}")
+            parts.append(f"p_seg {v['p_seg']:.2f}")
         return "  ".join(parts)
 
     def _row(self, frame: int, label: str | None = None) -> QTreeWidgetItem:

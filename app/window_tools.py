@@ -146,8 +146,8 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
             parts.append(f"mask {v['area'] if v['area'] is not None else 0} px")
         plain = " · ".join(parts)
         values_html = "<br>".join(
-            ([f"<span style='color:{theme.CLS_COLOUR}'>classifier {fmt_p(v['p_cls'])}</span>"] if r.has_cls else [])
-            + ([f"<span style='color:{theme.SEG_COLOUR}'>mask score {fmt_p(v['p_seg'])}</span>"] if r.has_seg else []))
+            ([f"<span style='color:{theme.CLS_COLOUR}'>classifier p_cls {fmt_p(v['p_cls'])}</span>"] if r.has_cls else [])
+            + ([f"<span style='color:{theme.SEG_COLOUR}'>mask p_seg {fmt_p(v['p_seg'])}</span>"] if r.has_seg else []))
     fl = m.last_flags
     tags = []
     if not hide_model:

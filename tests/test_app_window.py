@@ -580,3 +580,24 @@ def test_a_sweep_without_a_chosen_frame_is_not_listed_as_having_a_best_frame(qtb
     assert texts == ["5  ★", "(25)", "(45)"]
     assert "no mask there outlines" in best.child(1).toolTip(0) and "sweep 2" in best.child(1).toolTip(0)
     assert best.child(2).toolTip(0).endswith("no frame above threshold")
+
+
+def test_scores_carry_the_names_the_files_use(qtbot, make_window):
+    """The panel once wrote "c 0.71  m 0.40", the curve "classifier p" and "mask score", the
+    frame corner "classifier 0.71": four names for the two columns frames.csv calls p_cls and
+    p_seg. Every place the window shows a score now uses the files' names."""
+    from app.window_tools import corner_texts
+
+    win = make_window()
+    _wait_scored(qtbot, win)
+    win.refresh()
+    best = win.flagged._groups["best"]
+    assert best.childCount() > 0
+    score_text = best.child(0).text(2)
+    assert score_text.startswith("p_cls ") and " p_seg " in score_text
+    assert "p_cls" in win.curve.legend.text() and "p_seg" in win.curve.legend.text()
+    assert "p_cls" in win.curve.legend.toolTip() and "frames.csv" in win.curve.legend.toolTip()
+    frame = win.model.flags.best[0]
+    plain, _tl, tr, _bl = corner_texts(win.model, frame, win.model.sweep_index(frame), "")
+    assert "p_cls" in plain and "p_seg" in plain
+    assert "p_cls" in tr and "p_seg" in tr

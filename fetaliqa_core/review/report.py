@@ -438,7 +438,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                 caption = f"<b>{_e(_where(sweep, f))}</b>"
                 if f == run.chosen_frame:
                     caption += ' <span style="color:#aa28aa">chosen</span>'
-                caption += f"<br>cls {_fmt(float(run.p_cls[f]))} · seg {_fmt(float(run.p_seg[f]))}"
+                caption += f"<br>p_cls {_fmt(float(run.p_cls[f]))} · p_seg {_fmt(float(run.p_seg[f]))}"
                 if ac is not None and sweep.spacing_mm:
                     t = run.thresholds
                     doubt = classifier_doubt(float(run.p_cls[f]), t.cls) if t.score == "p_cls" else None
@@ -464,7 +464,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
             model = "–"
             if run is not None:
                 model = ("flagged" if run.flagged[v.frame] else "not flagged") + (
-                    f" ({_fmt(float(run.p_cls[v.frame]))} / {_fmt(float(run.p_seg[v.frame]))})")
+                    f" (p_cls {_fmt(float(run.p_cls[v.frame]))} / p_seg {_fmt(float(run.p_seg[v.frame]))})")
             agrees = {True: "yes", False: "<b>no</b>", None: "–"}[v.agrees_with_model]
             rows.append([_e(_where(sweep, v.frame)), _e(v.reviewer), _label_html(v.label),
                          model, agrees, _e(v.note), _e(_fmt_time(v.time, utc_suffix=False))])
