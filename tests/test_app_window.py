@@ -367,8 +367,11 @@ def test_a_model_that_fails_to_load_mid_run_lets_the_kept_models_finish(qtbot, m
     # the kept models score on: their run is going again (or already done), and frames come in
     qtbot.waitUntil(lambda: win.scoring.running or win.model.results.complete, timeout=10000)
     assert win.models is old
-    before = win.model.results.n_done
-    qtbot.waitUntil(lambda: win.model.results.complete or win.model.results.n_done > before, timeout=20000)
+    # ... to the end: every frame scored, by the kept models, and the window's answer from them
+    qtbot.waitUntil(lambda: win.model.results.complete and not win.scoring.running, timeout=60000)
+    assert win.models is old and bool(win.model.results.done.all())
+    win.refresh()
+    assert win.model.flags is not None and len(win.model.flags.best) > 0
 
 
 def test_wrong_model_files_with_no_model_loaded_before(qtbot, warnings, tmp_path):
