@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fetaliqa_core.files import atomic_output_dir, atomic_write, csv_writer, write_json
+from fetaliqa_core.io import _common as fio_keys
 
 FRAMES_CSV = "frames.csv"
 SUMMARY_JSON = "summary.json"
@@ -142,8 +143,38 @@ def write_challenge_files(folder: Path, sweep, results, assessment) -> int:
     volume = np.zeros((sweep.n_frames, sweep.height, sweep.width), dtype=np.uint8)
     if frame >= 0 and mask is not None:
         volume[frame] = mask
-    fio.write_volume(folder / CHALLENGE_MASK_FILE, volume, spacing_mm=sweep.spacing_mm, compress=True)
+    fio.write_volume(folder / CHALLENGE_MASK_FILE, volume, spacing_mm=sweep.spacing_mm, compress=True,
+                     metadata=challenge_mask_metadata(assessment, frame))
     return frame
+
+
+def challenge_mask_metadata(assessment, frame: int) -> dict[str, str]:
+    """What the challenge's mask file carries about its frame, so that measuring the mask again
+    (``fetaliqa ac``) keeps the answer's doubt: ``doubtful`` and why when the answer doubted the
+    AC there for a reason a mask alone cannot show (the frame's grey levels, the classifier, a
+    demonstration model, a frame next to the chosen one), else ``ok`` (the mask's own shape and
+    size are judged again when it is measured), or ``none`` without a mask; and what made it."""
+    from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT
+
+    summary = assessment.summary
+    chosen = int(summary.chosen_frame)
+    if frame < 0:
+        status, note = "none", ""
+    else:
+        mask_problem = assessment.mask_problem(chosen)
+        reasons = [
+            f"this is the mask of frame {frame}, next to the chosen frame {chosen} whose mask is empty"
+            if frame != chosen else None,
+            f"the mask there does not outline an abdomen ({mask_problem})" if mask_problem else None,
+            assessment.disagreement(chosen),
+            DEMO_MODEL_DOUBT if summary.demo else None,
+        ]
+        reasons = [r for r in reasons if r]
+        status, note = ("doubtful", "; ".join(reasons)) if reasons else ("ok", "")
+    source = f"FetalIQA {summary.app_version}".strip() + f", models: {summary.models or 'unknown'}"
+    if summary.demo:
+        source += " (demonstration model, not for clinical use)"
+    return {fio_keys.META_AC_STATUS: status, fio_keys.META_AC_NOTE: note[:900], fio_keys.META_SOURCE: source[:600]}
 
 
 def challenge_job_files(folder: Path) -> list[tuple[Path, str]]:

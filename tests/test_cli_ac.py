@@ -175,3 +175,65 @@ def test_outline_cut_by_image_edge_without_field_of_view(tmp_path, capsys):
     assert main(["ac", str(_write(tmp_path, fan, "fan.mha"))]) == 0
     out = capsys.readouterr().out
     assert "[outline cut by the field of view; ellipse extrapolated]" in out and "image's edge" not in out
+
+
+def _written_mask(path, masks, metadata):
+    from fetaliqa_core.io import write_volume
+
+    write_volume(path, masks, spacing_mm=(0.28, 0.28), compress=True, metadata=metadata)
+    return path
+
+
+def test_a_mask_the_answer_doubted_stays_doubtful(tmp_path, capsys):
+    """The challenge's mask of a demo-model answer, measured again by hand, gave a plain AC and
+    a GA (a mask on amniotic fluid: 261 mm, "30w 2d"): the file kept nothing of the answer's
+    doubt. The mask now carries it, and ``ac`` keeps it."""
+    from fetaliqa_core.io import META_AC_NOTE, META_AC_STATUS, META_SOURCE
+
+    masks = np.zeros((3, H, W), np.uint8)
+    cv2.ellipse(masks[2], (372, 300), BIG, 10, 0, 360, 1, -1)
+    meta = {META_AC_STATUS: "doubtful", META_AC_NOTE: "from a demonstration model\nnot a measurement",
+            META_SOURCE: "FetalIQA 9.9, models: demo"}
+    path = _written_mask(tmp_path / "answer.mha", masks, meta)
+    assert main(["ac", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "doubtful: the answer that wrote this mask doubted it: from a demonstration model not a measurement" in out
+    assert "GA" not in out and "mask written by FetalIQA 9.9, models: demo" in out
+    assert main(["ac", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_status"] == "doubtful" and record["ga"] is None
+    assert record["written_by"] == "FetalIQA 9.9, models: demo" and record["recorded_doubt"]
+
+    # the same mask, its answer without doubt: measured as any mask (plain AC and GA)
+    meta[META_AC_STATUS] = "ok"
+    path = _written_mask(tmp_path / "ok.mha", masks, meta)
+    assert main(["ac", str(path)]) == 0
+    assert re.match(r"frame 2: AC [\d.]+ mm, GA \d+w \d+d ", capsys.readouterr().out)
+
+    # a doubt recorded for one frame says nothing of a mask with several labelled frames
+    masks[1] = 0
+    cv2.ellipse(masks[1], (372, 280), SMALL, 30, 0, 360, 2, -1)
+    meta[META_AC_STATUS] = "doubtful"
+    path = _written_mask(tmp_path / "edited.mha", masks, meta)
+    assert main(["ac", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recorded_doubt"] is None
+
+
+def test_score_challenge_mask_carries_the_demo_answers_doubt(tmp_path, capsys):
+    from fetaliqa_core.io import read_mask_volume, write_volume
+    from fetaliqa_core.synth import synthesize_case
+
+    case = synthesize_case(seed=2, n_sweeps=1, frames_per_sweep=24, height=281, width=372)
+    path = tmp_path / "case.mha"
+    write_volume(path, case.frames, spacing_mm=(0.56, 0.56))
+    out = tmp_path / "out"
+    assert main(["score", str(path), "--challenge-output", "--out", str(out), "--quiet", "--no-cache"]) == 0
+    capsys.readouterr()
+    frame = int((out / "fetal-abdomen-frame-number.json").read_text())
+    assert frame >= 0, "the demo model chose no frame on this case: choose another seed"
+    written = read_mask_volume(out / "fetal-abdomen-segmentation.mha")
+    assert written.metadata["FetalIQA_ACStatus"] == "doubtful"
+    assert "demonstration" in written.metadata["FetalIQA_Source"]
+    assert main(["ac", str(out / "fetal-abdomen-segmentation.mha")]) == 0
+    text = capsys.readouterr().out
+    assert f"frame {frame}: " in text and "doubtful" in text and "GA" not in text

@@ -327,7 +327,7 @@ class CaseSummary:
     path: str
     content_hash: str
     n_frames: int
-    spacing_mm: tuple[float, float]
+    spacing_mm: tuple[float, float] | None  # None: unknown or implausible (``spacing_problem`` says why)
     models: str
     threshold: float  # in use, on ``threshold_score``
     model_threshold: float  # the models' own
@@ -491,7 +491,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     summary = CaseSummary(
         path=str(sweep.path) if getattr(sweep, "path", None) else "",
         content_hash=str(getattr(sweep, "content_hash", "")),
-        n_frames=int(sweep.n_frames), spacing_mm=tuple(float(v) for v in sweep.spacing_mm),
+        n_frames=int(sweep.n_frames),
+        spacing_mm=None if spacing_problem else tuple(float(v) for v in sweep.spacing_mm),
         models=models, threshold=float(thresholds.value), model_threshold=float(thresholds.model),
         threshold_score=thresholds.score, threshold_changed=thresholds.changed,
         chosen_frame=int(chosen), sweeps=sweeps,

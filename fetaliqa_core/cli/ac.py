@@ -10,6 +10,9 @@ of view the command uses, its size in mm when the spacing is known; the file has
 so the outline is judged by its shape alone): an AC fitted to a mask that is not an abdomen's
 outline, or outside the plausible range, is marked doubtful with the reason and has no GA
 (:func:`~fetaliqa_core.analysis.units.read_ac`), as in ``fetaliqa score``, the viewer and reports.
+A mask FetalIQA wrote (``score --challenge-output``) carries the doubt its answer had about that
+frame (``io.META_AC_STATUS``: the grey levels, the classifier, a demonstration model); measured
+again here it stays doubtful, and the line after the AC says what wrote it.
 """
 
 from __future__ import annotations
@@ -91,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     fov = None if args.no_fov else resolve_fov("acouslic", frame.shape)
     m = analysis.measure_ac(frame, spacing, fov=fov)
     shape = None if m is None else _mask_shape(frame, fov, spacing, problem)
+    recorded = _recorded_doubt(volume.metadata, masks, index)
     reading = analysis.read_ac(None if m is None else m.ac_mm, problem,
-                               None if shape is None else shape.problem)
+                               None if shape is None else shape.problem, model_doubt=recorded)
+    writer = " ".join(volume.metadata.get(fio.META_SOURCE, "").split())
 
     if args.json:
         record = {
@@ -112,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
             "truncated": None if m is None else m.truncated,
             "n_points": None if m is None else m.n_points,
             "ellipse_px": None if m is None else {"center": list(m.center), "axes": list(m.axes), "angle": m.angle},
+            "written_by": writer or None,
+            "recorded_doubt": recorded,
         }
         print(json.dumps(record))
         return 0 if reading.status in (analysis.units.OK, analysis.units.DOUBTFUL) else 1
@@ -126,4 +133,21 @@ def run(args: argparse.Namespace) -> int:
     units = "" if problem is not None else (
         f" (pixel {' x '.join(f'{v:g}' for v in spacing)} mm, {source})")
     print(f"frame {index}: {reading.text()}{tail}{units}")
+    if writer:
+        print(f"mask written by {writer}")
     return 0 if reading.status != analysis.units.NO_UNITS else 1
+
+
+def _recorded_doubt(metadata: dict[str, str], masks: np.ndarray, index: int) -> str | None:
+    """The doubt a mask FetalIQA wrote carries about the AC on its frame (its answer saw the
+    frame's grey levels, the classifier, the models' provenance; a mask alone shows none of
+    them), when ``index`` is that frame: the mask's only labelled frame. None otherwise."""
+    from fetaliqa_core import io as fio
+
+    if metadata.get(fio.META_AC_STATUS, "").strip().lower() != "doubtful":
+        return None
+    labelled = np.flatnonzero(masks.reshape(masks.shape[0], -1).any(axis=1))
+    if labelled.size != 1 or int(labelled[0]) != index:
+        return None
+    note = " ".join(metadata.get(fio.META_AC_NOTE, "").split())
+    return "the answer that wrote this mask doubted it" + (f": {note}" if note else "")

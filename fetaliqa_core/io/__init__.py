@@ -29,6 +29,9 @@ checks, conversion to uint8, mask labels), ``spacing`` (pixel spacing provenance
 """
 
 from fetaliqa_core.io._common import (
+    META_AC_NOTE,
+    META_AC_STATUS,
+    META_SOURCE,
     META_SWEEP_KINDS,
     META_SWEEP_RANGES,
     MIN_FRAME_PX,
@@ -56,7 +59,7 @@ from fetaliqa_core.io.sweep import (
 )
 
 __all__ = [
-    "META_SWEEP_KINDS",
+    "META_AC_NOTE", "META_AC_STATUS", "META_SOURCE", "META_SWEEP_KINDS",
     "META_SWEEP_RANGES", "MIN_FRAME_PX", "PLAUSIBLE_SPACING_MM", "SPACING_FROM_DICOM_PIXEL_SPACING",
     "SPACING_FROM_HEADER", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
     "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "MaskVolume", "Sweep", "default_sweep_layout",

@@ -19,6 +19,14 @@ MIN_FRAME_PX = 32
 #: Value formats: ``"0-140,140-280"`` (half-open frame ranges) and ``"transverse,sagittal"``.
 META_SWEEP_RANGES = "FetalIQA_SweepRanges"
 META_SWEEP_KINDS = "FetalIQA_SweepKinds"
+#: Keys a mask FetalIQA writes (the challenge's segmentation) carries about the AC measured on it:
+#: its status (``ok``, ``doubtful``, ``no units``, ``none``), why, and what made it. ``fetaliqa ac``
+#: keeps a doubt recorded there, so the mask does not turn a doubtful AC into a plain one.
+META_AC_STATUS = "FetalIQA_ACStatus"
+META_AC_NOTE = "FetalIQA_ACNote"
+META_SOURCE = "FetalIQA_Source"
+#: Every key the readers keep from a header.
+META_KEYS = (META_SWEEP_RANGES, META_SWEEP_KINDS, META_AC_STATUS, META_AC_NOTE, META_SOURCE)
 
 SUPPORTED_FORMATS = ".mha, .mhd, .nrrd, .nii, .nii.gz, DICOM (.dcm file or series folder)"
 

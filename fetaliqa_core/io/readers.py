@@ -20,8 +20,7 @@ from fetaliqa_core import validate
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.io._common import (
     MAX_DEFLATE_RATIO,
-    META_SWEEP_KINDS,
-    META_SWEEP_RANGES,
+    META_KEYS,
     SPACING_NONE,
     SUPPORTED_FORMATS,
     Raw,
@@ -34,6 +33,10 @@ from fetaliqa_core.io._common import (
 )
 from fetaliqa_core.io.frames import frame_stack_shape, precheck_dims
 from fetaliqa_core.io.spacing import classify_header_spacing, dicom_calibration
+
+
+#: A kept header value is cut to this many characters (a hostile header cannot make it large).
+META_VALUE_CHARS = 2000
 
 
 def read_raw(path: Path, purpose: str) -> Raw:
@@ -172,8 +175,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     if nrrd_stored is not None:
         validate.check_inflation(path, validate.checked_product(size) * components * itemsize, nrrd_stored,
                                  MAX_DEFLATE_RATIO)
-    metadata = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()
-                if k in (META_SWEEP_RANGES, META_SWEEP_KINDS)}
+    metadata = {k: reader.GetMetaData(k)[:META_VALUE_CHARS] for k in reader.GetMetaDataKeys() if k in META_KEYS}
     try:
         with quiet_itk():
             image = reader.Execute()
@@ -842,7 +844,7 @@ def _read_metaimage(path: Path) -> Raw | None:
 
     shape = tuple(reversed(dims)) + ((components,) if components > 1 else ())
     precheck_dims(path, tuple(reversed(dims)), components)
-    metadata = {k: header[k.lower()] for k in (META_SWEEP_RANGES, META_SWEEP_KINDS) if k.lower() in header}
+    metadata = {k: header[k.lower()][:META_VALUE_CHARS] for k in META_KEYS if k.lower() in header}
     expected = validate.checked_product(shape) * dtype.itemsize
 
     # Uncompressed data is memory-mapped (nothing allocated unless converted); compressed data is

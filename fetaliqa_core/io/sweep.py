@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -183,6 +183,8 @@ class MaskVolume:
     spacing_mm: tuple[float, float]
     spacing_source: str
     spacing_note: str = ""
+    #: header keys FetalIQA reads (``io.META_KEYS``), e.g. the AC status a mask it wrote carries
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def spacing_problem(self) -> str | None:
@@ -204,7 +206,7 @@ def read_mask_volume(path: str | Path) -> MaskVolume:
     if labels.flags.writeable and labels is not arr:
         labels.flags.writeable = False
     return MaskVolume(labels=labels, spacing_mm=tuple(raw.spacing_mm), spacing_source=raw.spacing_source,
-                      spacing_note=raw.spacing_note)
+                      spacing_note=raw.spacing_note, metadata=dict(raw.metadata))
 
 
 def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
@@ -223,11 +225,13 @@ def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
 
 def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, float] = (0.28, 0.28),
                  compress: bool = False, *, sweep_ranges: list[tuple[int, int]] | None = None,
-                 sweep_kinds: list[str] | None = None, compression_level: int = -1) -> None:
+                 sweep_kinds: list[str] | None = None, compression_level: int = -1,
+                 metadata: dict[str, str] | None = None) -> None:
     """Write ``array`` ``(N, H, W)`` (or ``(H, W)``) uint8 to ``path`` (format from the suffix,
     e.g. ``.mha``). ``spacing_mm`` is ``(row_mm, col_mm)``; ``compression_level`` a zlib level
     1-9 (-1: the writer's default). Sweep ranges and kinds, when given, are stored in the header
-    (MetaImage and NRRD) and read back by :func:`load_sweep`.
+    (MetaImage and NRRD) and read back by :func:`load_sweep`; ``metadata`` adds header keys (one
+    line each: line breaks become spaces).
 
     Single-file formats are written to a temporary file that is renamed into place, so a reader
     never sees a half-written file.
@@ -250,6 +254,8 @@ def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, f
             raise ValueError(f"sweep_kinds {kinds} must be one of {SWEEP_KINDS} per sweep")
         image.SetMetaData(META_SWEEP_RANGES, ",".join(f"{a}-{b}" for a, b in sweep_ranges))
         image.SetMetaData(META_SWEEP_KINDS, ",".join(kinds))
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(str(key), " ".join(str(value).split()))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
