@@ -124,6 +124,8 @@ class SweepResults:
             getattr(out, name)[keep] = getattr(self, name)[keep]
         out.done = keep
         out.masks = {i: m for i, m in self.masks.items() if keep[i]}
+        # the same mask arrays: what was judged of them holds (analysis.assessment.mask_shapes)
+        out.shape_cache_owner = getattr(self, "shape_cache_owner", None) or self
         return out
 
     def apply(self, batch: "BatchResult") -> None:

@@ -464,3 +464,39 @@ def test_a_sweep_with_frames_above_threshold_but_no_chosen_frame_says_why():
     res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * S * S)
     assert assess(sweep, res, Thresholds(value=0.5, model=0.5)).summary.sweeps[1].ac_note == \
         "no frame above threshold"
+
+
+def test_each_mask_is_judged_once_per_results_and_again_only_when_replaced(monkeypatch):
+    """The viewer assesses its results 10 times a second while scoring. The cache of judged masks
+    was keyed on the results object, which has no hash, so it was never used: every refresh judged
+    every mask again (0.4-1.8 s stalls of the window on a full case). Copies made for a cascade's
+    answer (``SweepResults.only``) share it; a mask replaced by a teacher is judged again."""
+    from fakes import tiny_sweep
+
+    from fetaliqa_core.analysis import assessment
+    from fetaliqa_core.engine import SweepResults
+
+    sweep = tiny_sweep(2, 10, height=96, width=128)
+    n = sweep.n_frames
+    results = SweepResults(n, True, True)
+    results.p_cls[:] = 0.9
+    results.p_seg[:] = 0.9
+    for i in range(n):
+        results.masks[i] = ellipse((112, 112), (50 + i, 40))
+    results.seg_area_px[:] = [int(m.sum()) for m in results.masks.values()]
+    results.done[:] = True
+    judged = []
+    real = fc.mask_shape
+    monkeypatch.setattr(fc, "mask_shape", lambda m, *a, **k: judged.append(m) or real(m, *a, **k))
+    thresholds = assessment.Thresholds(0.5, 0.5)
+    first = assessment.assess(sweep, results, thresholds)
+    assert len(judged) == n
+    again = assessment.assess(sweep, results, thresholds)
+    assert len(judged) == n and again.chosen_frame == first.chosen_frame
+    part = np.zeros(n, bool)
+    part[:5] = True
+    assessment.assess(sweep, results.only(part), thresholds)
+    assert len(judged) == n
+    results.masks[3] = np.zeros((224, 224), np.uint8)  # scored again: another mask
+    after = assessment.assess(sweep, results, thresholds)
+    assert len(judged) == n + 1 and after.choice.shapes[3].plausible is False

@@ -508,21 +508,43 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
                       ac=ac, summary=summary, choice=choice, p_cls=p_cls)
 
 
-_SHAPES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: ``id(results) -> (weak reference to it, its cache)``. Keyed by identity: results objects are
+#: dataclasses that compare by value, so they have no hash and cannot key a WeakKeyDictionary
+#: (which silently left every call without a cache: the viewer re-judged every mask 10 times a
+#: second while scoring, stalling its window for up to 1.8 s).
+_SHAPES: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _shape_cache(results) -> dict:
+    """The shape cache of one results object, dropped when that object is."""
+    key = id(results)
+    entry = _SHAPES.get(key)
+    if entry is not None and entry[0]() is results:
+        return entry[1]
+
+    def forget(ref: weakref.ref, key: int = key) -> None:
+        if _SHAPES.get(key, (None,))[0] is ref:
+            _SHAPES.pop(key, None)
+
+    try:
+        ref = weakref.ref(results, forget)
+    except TypeError:  # not weak-referenceable: no cache
+        return {}
+    cache: dict = {}
+    _SHAPES[key] = (ref, cache)
+    return cache
 
 
 def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
     """:func:`frame_choice.mask_shape` of every scored frame's mask, in the sweep's field of view
     at model resolution, with the model pixel's size in mm when the sweep's spacing is known and
     plausible, and the frame's grey levels at that size for the outline's check. Cached per
-    results object (a scored frame's mask never changes)."""
+    results object and mask array (copies made by ``SweepResults.only`` share their parent's
+    cache and masks)."""
     from fetaliqa_core import acouslic
     from fetaliqa_core.preprocess import pad_geometry, preprocess_masks, resize_frames_uint8
 
-    try:
-        cache = _SHAPES.setdefault(results, {})
-    except TypeError:  # not weak-referenceable: no cache
-        cache = {}
+    cache = _shape_cache(getattr(results, "shape_cache_owner", None) or results)
     key = ("fov", sweep.height, sweep.width)
     if key not in cache:
         fov = acouslic.sweep_fov(sweep)
@@ -550,14 +572,15 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
 
     out: list[frame_choice.MaskShape] = []
     for i in range(int(sweep.n_frames)):
+        m = results.mask(i)
+        if m is None:
+            out.append(frame_choice.NO_MASK)
+            continue
         k = (i, px_mm)
-        if k not in cache:
-            m = results.mask(i)
-            if m is None:
-                out.append(frame_choice.NO_MASK)
-                continue
-            cache[k] = frame_choice.mask_shape(m, fov224, px_mm, grey=lambda i=i: grey(i))
-        out.append(cache[k])
+        hit = cache.get(k)
+        if hit is None or hit[0] is not m:  # a frame scored again (a cascade's teacher) has a new mask
+            hit = cache[k] = (m, frame_choice.mask_shape(m, fov224, px_mm, grey=lambda i=i: grey(i)))
+        out.append(hit[1])
     return out
 
 
