@@ -93,6 +93,10 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._build_status()
         self._connect()
 
+        self._settings_save_timer = QTimer(self)
+        self._settings_save_timer.setSingleShot(True)
+        self._settings_save_timer.setInterval(500)
+        self._settings_save_timer.timeout.connect(lambda: self.settings.save())
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(int(1000 / REFRESH_HZ))
         self._refresh_timer.timeout.connect(self.refresh)
@@ -382,7 +386,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.settings.thresholds.pop(key, None)
         else:
             self.settings.thresholds[key] = round(float(value), 4)
-        self.settings.save()
+        # A drag moves the line dozens of times a second; the settings file (written and synced
+        # to disk) follows once the line rests, and at the latest when the window closes.
+        self._settings_save_timer.start()
 
     def _bundle_info(self) -> dict:
         info: dict = {}
@@ -703,6 +709,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
     def closeEvent(self, ev):  # noqa: N802
         self.model.set_playing(False)
         self._refresh_timer.stop()
+        self._settings_save_timer.stop()  # saved just below
         s = self.settings
         s.geometry = bytes(self.saveGeometry().toBase64()).decode()
         s.window_state = bytes(self.saveState().toBase64()).decode()

@@ -4,6 +4,7 @@ disagreement counts explained, and the threshold remembered per model."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PySide6.QtWidgets import QApplication, QMessageBox
 
@@ -111,4 +112,22 @@ def test_threshold_remembered_per_model(qtbot):
     again.use_models(fake_models())
     assert again.model.threshold == pytest.approx(0.73)
     again.curve.threshold_moved.emit(own)
-    assert key not in AppSettings.load().thresholds
+    qtbot.waitUntil(lambda: key not in AppSettings.load().thresholds, timeout=5000)
+
+
+def test_dragging_the_threshold_writes_the_settings_once_it_rests(qtbot, monkeypatch):
+    """Each drag event wrote and synced the settings file on the window's thread (dozens a
+    second); now the file is written once the line rests, and on closing."""
+    settings = AppSettings()
+    win = scored_window(qtbot, settings)
+    saves = []
+    real = settings.save
+    monkeypatch.setattr(settings, "save", lambda: saves.append(1) or real())
+    for v in np.linspace(0.6, 0.8, 30):
+        win.curve.threshold_moved.emit(float(v))
+    assert saves == [] and win.model.threshold == pytest.approx(0.8)
+    qtbot.waitUntil(lambda: len(saves) == 1, timeout=5000)
+    assert AppSettings.load().thresholds[win._models_key()] == pytest.approx(0.8)
+    win.curve.threshold_moved.emit(0.7)
+    win.close()  # before the pause: the close writes it
+    assert AppSettings.load().thresholds[win._models_key()] == pytest.approx(0.7)
