@@ -127,6 +127,22 @@ def test_models_disagreeing_everywhere_fall_back_to_the_plausible_masks():
     assert c.basis == "segmenter" and c.frame == 29
 
 
+def test_a_mask_the_segmenter_does_not_call_is_no_evidence():
+    """A plausible outline under the paper's 1 % rule is a mask the segmenter itself does not
+    call: the answer said "chosen on the segmenter's masks alone" on such a frame, where
+    neither model called it. Only masks the segmenter calls count."""
+    ranges, p_cls, shapes = _sweep_case()
+    called = np.zeros(40, bool)
+    called[25:34] = True
+    assert fc.choose(ranges, p_cls, 0.5, shapes, seg_call=called).frame == 29
+    called[25:34] = False  # no mask is called: the classifier's calls alone remain
+    c = fc.choose(ranges, p_cls, 0.5, shapes, seg_call=called)
+    assert c.basis == "classifier"
+    c = fc.choose(ranges, np.full(40, 0.1), 0.5, shapes, seg_call=called)
+    assert c.basis == "none" and c.frame == -1  # the classifier calls nothing either
+    assert fc.choose(ranges, np.full(40, 0.1), 0.5, shapes).basis == "segmenter"  # without the rule
+
+
 def test_abstains_when_nothing_is_plausible():
     ranges = [(0, 20), (20, 40)]
     elongated = fc.mask_shape(ellipse((112, 120), (60, 12)), None, PX_MM)

@@ -438,7 +438,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     thr_cls, thr_seg = thresholds.cls, thresholds.seg
     flags = flag_frames(p_cls, p_seg, thr_cls, thr_seg)
     shapes = mask_shapes(sweep, results) if results.has_seg else None
-    choice = frame_choice.choose(sweep.sweep_ranges, p_cls, thr_cls, shapes, p_opt)
+    choice = frame_choice.choose(sweep.sweep_ranges, p_cls, thr_cls, shapes, p_opt,
+                                 seg_call=flags.seg_call if results.has_seg else None)
     chosen = choice.frame
     best = _best_of_choice(choice, sweep.sweep_ranges, flags, area, p_opt)
 
@@ -487,7 +488,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     choice_note = ""
     if p_cls is not None and p_seg is not None and chosen >= 0 and choice.basis != "all models":
         alone = "the segmenter's masks" if choice.basis == "segmenter" else "the classifier's scores"
-        choice_note = f"the models disagree: no frame is called by both; chosen on {alone} alone"
+        choice_note = (f"the models disagree: no frame has both the classifier's call (p_cls >= {thr_cls:.2f}) "
+                       f"and a segmenter mask that outlines an abdomen; chosen on {alone} alone")
     summary = CaseSummary(
         path=str(sweep.path) if getattr(sweep, "path", None) else "",
         content_hash=str(getattr(sweep, "content_hash", "")),

@@ -30,8 +30,8 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
    Its quality ``q`` is that IoU (0 when not plausible).
 2. **Per-frame evidence** ``v``: ``p_cls * q`` with both models, ``p_cls`` or ``q`` with one;
    smoothed along each sweep (NaN-aware moving average over 5 frames, never across sweeps).
-3. **Positive frames**: every model that scored the frame calls it (``p_cls >=`` the threshold,
-   a plausible mask). Runs are maximal stretches of positive frames in a sweep, gaps of one
+3. **Positive frames**: every model that scored the frame calls it (``p_cls >=`` the threshold;
+   the segmenter's own call, mask >= 1 % of the model input, on a plausible mask). Runs are maximal stretches of positive frames in a sweep, gaps of one
    frame closed.
 4. **Sweep first**: the strongest run (sum of the smoothed evidence over its frames) is chosen;
    inside it, among its positive frames (never a closed gap), the frame with the best-fitting
@@ -280,16 +280,23 @@ def choose(
     threshold_cls: float = 0.5,
     shapes: list[MaskShape] | None = None,
     p_opt: np.ndarray | None = None,
+    seg_call: np.ndarray | None = None,
 ) -> Choice:
     """The sweep-first choice (see the module's text). ``p_cls``: ``(N,)`` NaN where unscored
     (None: no classifier). ``shapes``: :func:`mask_shape` per frame (None: no segmenter; an
-    unscored frame has :data:`NO_MASK`). ``p_opt``: optimal share of each mask (NaN: unknown)."""
+    unscored frame has :data:`NO_MASK`). ``p_opt``: optimal share of each mask (NaN: unknown).
+    ``seg_call``: the segmenter's own call per frame (the paper's rule, mask >= 1 % of the model
+    input); a mask counts for a frame only where the segmenter calls it (None: every mask)."""
     if p_cls is None and shapes is None:
         raise ValueError("frame choice needs a classifier or a segmenter")
     n = len(shapes) if shapes is not None else int(np.asarray(p_cls).shape[0])
     pc = None if p_cls is None else np.asarray(p_cls, np.float64).reshape(-1)
     q = None if shapes is None else np.array([s.quality for s in shapes])
     plaus = None if shapes is None else np.array([s.plausible for s in shapes])
+    if plaus is not None and seg_call is not None:
+        called = np.asarray(seg_call, dtype=bool).reshape(-1)
+        plaus = plaus & called  # a mask the segmenter itself does not call is no evidence of it
+        q = np.where(called, q, 0.0)
     cls_call = None if pc is None else np.isfinite(pc) & (np.nan_to_num(pc, nan=-1.0) >= threshold_cls)
     if pc is not None and q is not None:
         v = np.where(np.isfinite(pc), pc, np.nan) * q
