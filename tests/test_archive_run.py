@@ -304,3 +304,24 @@ def test_entries_named_like_sweeps_that_are_no_files_fail_in_their_own_rows(arch
     for name in odd:
         assert rows[name]["status"] == "failed" and rows[name]["error"], rows[name]
     capsys.readouterr()
+
+
+def test_an_ac_not_shown_for_want_of_a_spacing_says_so_in_the_table(tmp_path, capsys):
+    """cases.csv left ac_status empty where summary.json said "no units", and the progress line
+    said nothing of the AC: a reader of the table could not tell "no AC" from "no spacing"."""
+    from fetaliqa_core.io import write_volume
+    from fetaliqa_core.synth import synthesize_case
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    case = synthesize_case(seed=2, n_sweeps=1, frames_per_sweep=24, height=281, width=372)
+    write_volume(folder / "nospacing.mha", case.frames, spacing_mm=(1.0, 1.0))  # 1 x 1: the writers' default
+    out = tmp_path / "scores"
+    assert main(["score", str(folder), "--archive", "--out", str(out), "--no-cache"]) == 0
+    text = capsys.readouterr().out
+    (row,) = _table(out)
+    summary = json.loads((ar.case_dir(out, row["case"]) / "summary.json").read_text())
+    assert int(row["chosen_frame"]) >= 0, "the demo model chose no frame on this case: choose another seed"
+    assert summary["chosen_ac"]["status"] == "no units" and summary["spacing_mm"] is None
+    assert row["ac_status"] == "no units" and row["ac_mm"] == "" and row["ga_weeks"] == ""
+    assert "AC not shown (pixel spacing unknown" in text

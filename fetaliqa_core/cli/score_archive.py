@@ -63,7 +63,9 @@ def _record_writer(item: ar.Item, base: dict):
                       chosen_sweep=(sweep.sweep_index(chosen) + 1) if chosen >= 0 else None,
                       ac_mm=round(float(m.ac_mm), 1) if m is not None else None,
                       # "ok": a number to act on; "doubtful": implausible value or mask (summary.json)
-                      ac_status=reading.get("status") if m is not None else None,
+                      # "no units": an AC measured but not shown without a known, plausible spacing
+                      ac_status=(reading.get("status") if m is not None
+                                 else reading.get("status") if reading.get("status") == "no units" else None),
                       ga_weeks=round(float(ga.weeks), 1) if ga is not None else None,
                       ga_out_of_range=bool(ga.out_of_range) if ga is not None else None,
                       n_frames=int(sweep.n_frames), frames_scored=int(results.n_done),
@@ -168,6 +170,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             ac = f", AC {rec['ac_mm']:.1f} mm" if rec.get("ac_mm") is not None else ""
             if ac and rec.get("ac_status") != "ok":
                 ac += f" ({rec.get('ac_status') or 'doubtful'})"  # not a number to act on (summary.json says why)
+            elif rec.get("ac_status") == "no units":
+                ac = ", AC not shown (pixel spacing unknown or implausible; --spacing MM)"
             print(f"{position}{item.name}: chosen frame {frame if frame >= 0 else 'none (-1)'}{ac} "
                   f"({rec.get('seconds', 0):.1f} s)", flush=True)
         else:
