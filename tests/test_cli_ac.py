@@ -170,8 +170,11 @@ def test_outline_cut_by_image_edge_without_field_of_view(tmp_path, capsys):
     out = capsys.readouterr().out.strip()
     assert re.fullmatch(r"frame 0: AC [\d.]+ mm, GA \d+w \dd \[outline cut by the image's edge; "
                         r"ellipse extrapolated\] \(pixel 0.28 x 0.28 mm, file header\)", out), out
+    from fetaliqa_core.analysis.ac import resolve_fov
+
     fan = np.zeros((1, H, W), np.uint8)
-    cv2.ellipse(fan[0], (372, 60), BIG, 0, 0, 360, 1, -1)  # runs past the fan's top
+    cv2.ellipse(fan[0], (372, 60), BIG, 0, 0, 360, 1, -1)  # runs past the fan's top ...
+    fan[0][~resolve_fov("acouslic", (H, W))] = 0  # ... drawn inside it, as an annotation is
     assert main(["ac", str(_write(tmp_path, fan, "fan.mha"))]) == 0
     out = capsys.readouterr().out
     assert "[outline cut by the field of view; ellipse extrapolated]" in out and "image's edge" not in out
@@ -237,3 +240,27 @@ def test_score_challenge_mask_carries_the_demo_answers_doubt(tmp_path, capsys):
     assert main(["ac", str(out / "fetal-abdomen-segmentation.mha")]) == 0
     text = capsys.readouterr().out
     assert f"frame {frame}: " in text and "doubtful" in text and "GA" not in text
+
+
+def test_the_acouslic_fan_is_not_applied_to_a_mask_drawn_outside_it(tmp_path, capsys):
+    """Every 744 x 562 mask was cut by the ACOUSLIC fan, so a whole ellipse drawn on another
+    probe's image near its edge was measured as "cut by the field of view; extrapolated"."""
+    from fetaliqa_core.analysis.ac import resolve_fov
+
+    fov = resolve_fov("acouslic", (H, W))
+    masks = np.zeros((1, H, W), np.uint8)
+    centre, axes = (120, 300), (100, 80)
+    cv2.ellipse(masks[0], centre, axes, 0, 0, 360, 1, -1)
+    spill = 1 - np.count_nonzero(masks[0][fov]) / np.count_nonzero(masks[0])
+    assert 0.01 < spill < 0.5  # the ellipse crosses the fan's edge
+    image = sitk.GetImageFromArray(masks)
+    image.SetSpacing((0.28, 0.28, 1.0))
+    path = tmp_path / "other_probe.mha"
+    sitk.WriteImage(image, str(path), True)
+    assert main(["ac", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["truncated"] is False and record["field_of_view"] == "whole frame"
+    assert record["ac_mm"] == pytest.approx(ac_of(axes), rel=0.01)
+    assert main(["ac", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "extrapolated" not in out and "outside the ACOUSLIC field of view" in out

@@ -26,6 +26,10 @@ import numpy as np
 from fetaliqa_core.cli._args import spacing_mm
 from fetaliqa_core.errors import FetalIQAError
 
+#: Share of a mask outside the ACOUSLIC fan above which the fan is not applied (the mask was
+#: drawn on another probe's image; a cut it does not have would be extrapolated).
+FOV_SPILL = 0.01
+
 HELP = "measure the abdominal circumference (mm) and gestational age on a mask file's frame"
 
 
@@ -41,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-fov", action="store_true",
-        help="do not apply the ACOUSLIC probe's field-of-view mask (measure the whole frame)",
+        help="do not apply the ACOUSLIC probe's field-of-view mask (measure the whole frame); it is "
+             "applied only to a 744 x 562 mask lying inside it",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -92,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
     index = _pick_frame(masks, args.frame, path)
     frame = masks[index]
     fov = None if args.no_fov else resolve_fov("acouslic", frame.shape)
+    fov_note = ""
+    if fov is not None and frame.any():
+        outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)
+        if outside > FOV_SPILL:
+            # an ACOUSLIC annotation lies inside the probe's fan: this mask was drawn on another one
+            fov, fov_note = None, (f"{outside:.0%} of the mask lies outside the ACOUSLIC field of view: "
+                                   "measured on the whole frame (another probe's image)")
     m = analysis.measure_ac(frame, spacing, fov=fov)
     shape = None if m is None else _mask_shape(frame, fov, spacing, problem)
     recorded = _recorded_doubt(volume.metadata, masks, index)
@@ -117,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
             "truncated": None if m is None else m.truncated,
             "n_points": None if m is None else m.n_points,
             "ellipse_px": None if m is None else {"center": list(m.center), "axes": list(m.axes), "angle": m.angle},
+            "field_of_view": "acouslic" if fov is not None else "whole frame",
+            "field_of_view_note": fov_note or None,
             "written_by": writer or None,
             "recorded_doubt": recorded,
         }
@@ -133,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     units = "" if problem is not None else (
         f" (pixel {' x '.join(f'{v:g}' for v in spacing)} mm, {source})")
     print(f"frame {index}: {reading.text()}{tail}{units}")
+    if fov_note:
+        print(f"note: {fov_note}")
     if writer:
         print(f"mask written by {writer}")
     return 0 if reading.status != analysis.units.NO_UNITS else 1
