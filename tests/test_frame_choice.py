@@ -516,3 +516,18 @@ def test_each_mask_is_judged_once_per_results_and_again_only_when_replaced(monke
     results.masks[3] = np.zeros((224, 224), np.uint8)  # scored again: another mask
     after = assessment.assess(sweep, results, thresholds)
     assert len(judged) == n + 1 and after.choice.shapes[3].plausible is False
+
+
+def test_a_doubtful_reading_names_every_reason():
+    """An AC of 535 mm read "doubtful: not ellipse-like" alone; the size is the first thing a
+    sonographer would check, so it is said beside the other reason."""
+    from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, read_ac
+
+    big = read_ac(535.5, mask_problem="not ellipse-like")
+    assert "not ellipse-like" in big.note and "outside the plausible 75-420 mm" in big.note
+    assert "pixel spacing" in big.note
+    small = read_ac(41.8, model_doubt=DEMO_MODEL_DOUBT)
+    assert small.note.startswith(DEMO_MODEL_DOUBT) and "outside the plausible" in small.note
+    assert read_ac(200.0, model_doubt=DEMO_MODEL_DOUBT).note == DEMO_MODEL_DOUBT
+    sized = read_ac(535.5, mask_problem="implausible size")
+    assert sized.note.count("plausible") == 1  # the mask's own reason already says it

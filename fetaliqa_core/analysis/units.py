@@ -117,15 +117,18 @@ def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
     if spacing_problem:
         return ACReading(NO_UNITS, None, None, "", spacing_problem)
     ac = float(ac_mm)
-    if mask_problem:
-        check = "the frame, the mask and the pixel spacing" if "size" in mask_problem else "the frame and the mask"
-        return ACReading(DOUBTFUL, round(ac, 1), None, "",
-                         f"the mask there does not outline an abdomen ({mask_problem}); check {check}")
-    if disagreement:
-        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{disagreement}; check the frame")
-    if model_doubt:
-        return ACReading(DOUBTFUL, round(ac, 1), None, "", model_doubt)
     lo, hi = AC_PLAUSIBLE_MM
+    # every reason counts: a value out of range is said beside the first other reason
+    size = "" if lo <= ac <= hi or (mask_problem and "size" in mask_problem) else (
+        f"; also outside the plausible {lo:.0f}-{hi:.0f} mm")
+    if mask_problem:
+        check = "the frame, the mask and the pixel spacing" if "size" in mask_problem or size else "the frame and the mask"
+        return ACReading(DOUBTFUL, round(ac, 1), None, "",
+                         f"the mask there does not outline an abdomen ({mask_problem}); check {check}{size}")
+    if disagreement:
+        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{disagreement}; check the frame{size}")
+    if model_doubt:
+        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{model_doubt}{size}")
     if not lo <= ac <= hi:
         return ACReading(DOUBTFUL, round(ac, 1), None, "",
                          f"outside the plausible {lo:.0f}-{hi:.0f} mm; check the frame, the mask "
