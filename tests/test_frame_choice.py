@@ -197,6 +197,12 @@ def test_challenge_answer_never_a_frame_without_a_mask():
     assert challenge_answer(sweep, SimpleNamespace(has_seg=False), SimpleNamespace(chosen_frame=5)) == (-1, None)
 
 
+def _paint(frames: np.ndarray, i: int, mask: np.ndarray) -> None:
+    """Frame ``i`` shows the body ``mask`` outlines (tissue against the fluid around it): an
+    outline in a featureless frame follows no edge and is no abdomen's."""
+    frames[i][(mask != 0) & linear()] = 120
+
+
 def _scored_case(mask_at_10: np.ndarray):
     """One 20-frame sweep of 224 x 224 frames (0.5 mm a pixel, a linear probe's field) scored by
     a classifier that calls only frame 10 and a segmenter whose mask there is ``mask_at_10``
@@ -205,7 +211,8 @@ def _scored_case(mask_at_10: np.ndarray):
     from fetaliqa_core.io import Sweep
 
     frames = np.zeros((20, S, S), np.uint8)
-    frames[:, linear()] = 90
+    frames[:, linear()] = 40  # fluid
+    frames[10][(mask_at_10 != 0) & linear()] = 120  # the body the mask outlines
     sweep = Sweep(frames=frames, spacing_mm=(0.5, 0.5), sweep_ranges=[(0, 20)], sweep_kinds=["transverse"])
     res = SweepResults(20, True, True)
     res.p_cls[:] = 0.1
@@ -293,6 +300,7 @@ def test_the_chosen_frame_is_one_both_models_call_not_a_closed_gap():
     sweep, res = _scored_case(ellipse((112, 112), (44, 38)))
     for i, axes in zip((8, 9, 11, 12), ((36, 31), (38, 33), (40, 34), (37, 32))):
         res.masks[i] = ellipse((112, 112), axes)
+        _paint(sweep.frames, i, res.masks[i])
         res.seg_area_px[i] = int(np.count_nonzero(res.masks[i]))
         res.p_cls[i] = 0.9
     res.p_cls[10] = 0.4
@@ -448,7 +456,9 @@ def test_a_sweep_with_frames_above_threshold_but_no_chosen_frame_says_why():
     from fetaliqa_core.io import Sweep
 
     frames = np.zeros((40, S, S), np.uint8)
-    frames[:, linear()] = 90
+    frames[:, linear()] = 40
+    _paint(frames, 10, ellipse((112, 112), (40, 34)))
+    _paint(frames, 30, ellipse((112, 112), (40, 34)))  # the round body below; the bar of the first check lies across it
     sweep = Sweep(frames=frames, spacing_mm=(0.5, 0.5), sweep_ranges=[(0, 20), (20, 40)],
                   sweep_kinds=["transverse", "transverse"])
     res = SweepResults(40, True, True)
@@ -531,3 +541,25 @@ def test_a_doubtful_reading_names_every_reason():
     assert read_ac(200.0, model_doubt=DEMO_MODEL_DOUBT).note == DEMO_MODEL_DOUBT
     sized = read_ac(535.5, mask_problem="implausible size")
     assert sized.note.count("plausible") == 1  # the mask's own reason already says it
+
+
+def test_an_outline_that_follows_no_edge_is_no_abdomen():
+    """An independent generator's sweeps had round masks drawn in a featureless stretch of fluid
+    chosen as abdomens (their AC only doubtful because the model was the demo). An abdomen's
+    outline is an interface: the grey just inside differs from that just outside along part of it."""
+    rng = np.random.default_rng(0)
+    fov = sector()
+    mask = ellipse((112, 120), (34, 30))
+
+    def frame(inside: float, outside: float) -> np.ndarray:
+        g = np.full((S, S), outside, np.float32)
+        g[mask != 0] = inside
+        g *= cv2.GaussianBlur(rng.gamma(16.0, 1 / 16.0, size=g.shape).astype(np.float32), (0, 0), 1.5)  # speckle
+        g[~fov] = 0
+        return np.clip(g, 0, 255).astype(np.uint8)
+
+    flat = fc.mask_shape(mask, fov, PX_MM, grey=frame(60, 60))
+    assert not flat.plausible and flat.reason == fc.NO_EDGE_REASON
+    assert fc.mask_shape(mask, fov, PX_MM, grey=frame(120, 30)).plausible  # a body in fluid
+    assert fc.mask_shape(mask, fov, PX_MM, grey=frame(50, 40)).plausible  # a faint one
+    assert fc.mask_shape(mask, fov, PX_MM).plausible  # no grey levels: the shape alone

@@ -25,7 +25,10 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
      ring around a darker inside, as a head's does, and is not an abdomen. Below
      :data:`FLUID_RIM_RATIO` the band around the outline holds nothing as bright as the body's
      inside: the outline runs through the fluid around the body, not along its edge (a mask
-     much larger than the body it covers), and an AC measured on it would be too long.
+     much larger than the body it covers), and an AC measured on it would be too long. And an
+   abdomen's outline is an interface: along at least a quarter of it the mean grey just inside
+   differs from that just outside by :data:`MIN_EDGE_CONTRAST` of their level
+   (:func:`edge_contrast`); a mask drawn in a featureless stretch of fluid or tissue does not.
 
    Its quality ``q`` is that IoU (0 when not plausible).
 2. **Per-frame evidence** ``v``: ``p_cls * q`` with both models, ``p_cls`` or ``q`` with one;
@@ -79,6 +82,16 @@ SKULL_REASON = "its outline is a bright ring around a darker inside, as a skull'
 #: its inside: ~1; in the fluid around the body it is far darker.
 FLUID_RIM_RATIO = 0.5
 FLUID_REASON = "its outline runs through the dark around the body, not along the body's edge"
+#: An abdomen's outline is an interface (skin against fluid, wall or placenta): along at least a
+#: quarter of it the grey levels just inside differ from those just outside. A mask drawn in a
+#: featureless stretch of fluid or tissue differs by speckle alone (measured: 0.01-0.07 on such
+#: masks of an independent generator's sweeps, 0.10-0.23 on its low-contrast abdomens, >= 0.59
+#: on the project's own synthetic abdomens).
+MIN_EDGE_CONTRAST = 0.08
+EDGE_INNER = (0.75, 0.95)  # bands just inside and just outside the fitted ellipse (shares of its size)
+EDGE_OUTER = (1.05, 1.25)
+EDGE_SECTORS = 24
+NO_EDGE_REASON = "its outline follows no edge in the image: the grey inside it is that outside it"
 
 
 @dataclass(frozen=True)
@@ -209,10 +222,50 @@ def rim_ratio(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> float
     return float(np.median(rim[valid]) / max(float(np.median(inner[valid])), 4.0))
 
 
+def edge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> float | None:
+    """How clearly a fitted ellipse follows an edge of the frame's grey levels ``grey`` (the
+    mask's size; ``fov`` bool or None): in each of :data:`EDGE_SECTORS` sectors, the mean grey of
+    the band :data:`EDGE_INNER` just inside and of :data:`EDGE_OUTER` just outside, and their
+    difference over their mean (floored at 8 grey levels); the 75th percentile over the sectors
+    whose bands lie in the image and the field of view. Means over a sector average speckle out.
+    None when fewer than a quarter of the sectors can be measured."""
+    g = np.asarray(grey, dtype=np.float32)
+    if g.ndim != 2 or not all(math.isfinite(float(v)) for v in (*ellipse[0], *ellipse[1], ellipse[2])):
+        return None
+    h_img, w_img = g.shape
+    g = cv2.GaussianBlur(g, (0, 0), max(1.0, max(g.shape) / 224.0))
+    inside = np.ones(g.shape, bool) if fov is None else np.asarray(fov, bool)
+    (cx, cy), (w, h), angle = ellipse
+    per = 8
+    t = np.linspace(0.0, 2.0 * math.pi, EDGE_SECTORS * per, endpoint=False)
+    ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+
+    def band(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+        scales = np.linspace(lo, hi, 7)[:, None]
+        ex, ey = scales * (w / 2.0) * np.cos(t), scales * (h / 2.0) * np.sin(t)
+        xi = np.rint(cx + ex * ca - ey * sa).astype(np.int64)
+        yi = np.rint(cy + ex * sa + ey * ca).astype(np.int64)
+        ok = (xi >= 0) & (xi < w_img) & (yi >= 0) & (yi < h_img)
+        xi, yi = np.clip(xi, 0, w_img - 1), np.clip(yi, 0, h_img - 1)
+        ok &= inside[yi, xi]
+        return (g[yi, xi].reshape(-1, EDGE_SECTORS, per).transpose(1, 0, 2).reshape(EDGE_SECTORS, -1),
+                ok.reshape(-1, EDGE_SECTORS, per).transpose(1, 0, 2).reshape(EDGE_SECTORS, -1))
+
+    vi, oki = band(*EDGE_INNER)
+    vo, oko = band(*EDGE_OUTER)
+    valid = (oki.mean(axis=1) >= 0.8) & (oko.mean(axis=1) >= 0.8)
+    if valid.sum() < EDGE_SECTORS // 4:
+        return None
+    mi = np.array([vi[k][oki[k]].mean() for k in np.flatnonzero(valid)])
+    mo = np.array([vo[k][oko[k]].mean() for k in np.flatnonzero(valid)])
+    return float(np.percentile(np.abs(mi - mo) / np.maximum((mi + mo) / 2.0, 8.0), 75))
+
+
 def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | None) -> MaskShape:
     """``shape`` with the frame's verdict on its outline: a plausible mask whose :func:`rim_ratio`
-    reaches :data:`SKULL_RIM_RATIO` outlines a skull, and one below :data:`FLUID_RIM_RATIO` runs
-    through the fluid around the body; neither is an abdomen's outline (not plausible, with the
+    reaches :data:`SKULL_RIM_RATIO` outlines a skull, one below :data:`FLUID_RIM_RATIO` runs
+    through the fluid around the body, and one whose :func:`edge_contrast` is below
+    :data:`MIN_EDGE_CONTRAST` follows no edge; none is an abdomen's outline (not plausible, with the
     reason). Unchanged when the shape is already not plausible or there is no frame."""
     if not shape.plausible or shape.ellipse is None or grey is None:
         return shape
@@ -221,6 +274,9 @@ def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | N
         return replace(shape, plausible=False, quality=0.0, reason=SKULL_REASON, rim=r)
     if r is not None and r < FLUID_RIM_RATIO:
         return replace(shape, plausible=False, quality=0.0, reason=FLUID_REASON, rim=r)
+    e = edge_contrast(grey, fov, shape.ellipse)
+    if e is not None and e < MIN_EDGE_CONTRAST:
+        return replace(shape, plausible=False, quality=0.0, reason=NO_EDGE_REASON, rim=r)
     return replace(shape, rim=r)
 
 
