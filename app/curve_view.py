@@ -122,6 +122,14 @@ class QualityCurve(QWidget):
         self.threshold.setZValue(20)
         self.threshold.sigDragged.connect(lambda line: self.threshold_moved.emit(float(line.value())))
         self.vb.addItem(self.threshold)
+        self._threshold_on = ""
+        self.seg_line = pg.InfiniteLine(
+            pos=0.5, angle=0, movable=False, pen=pg.mkPen(theme.SEG_COLOUR, width=1, style=Qt.DotLine),
+            label="p_seg 0.50 (mask 1 %)",
+            labelOpts={"position": 0.985, "color": theme.SEG_COLOUR, "anchors": [(1, 0), (1, 0)]})
+        self.seg_line.setZValue(19)
+        self.seg_line.setVisible(False)
+        self.vb.addItem(self.seg_line)
 
         self.cursor = pg.InfiniteLine(pos=0, angle=90, movable=True,
                                       pen=pg.mkPen(theme.CURSOR_COLOUR, width=1.4),
@@ -246,7 +254,11 @@ class QualityCurve(QWidget):
         if flags is not None:
             self.strip_cand.setData(*self._ticks(np.asarray(flags.candidates, dtype=np.int64)))
             self.strip_dis.setData(*self._ticks(np.asarray(flags.disagreements, dtype=np.int64)))
-            pts = [(b, s) for b, s, ok in zip(flags.best, flags.best_score, flags.best_passes)
+            # on the classifier's curve (the segmenter's without one), not at the frame choice's
+            # evidence, which no curve shows
+            shown = results.p_cls if results.has_cls else results.p_seg
+            pts = [(b, float(shown[b]) if 0 <= b < len(shown) and np.isfinite(shown[b]) else s)
+                   for b, s, ok in zip(flags.best, flags.best_score, flags.best_passes)
                    if b is not None and s is not None and ok]
             if pts:
                 xs, ys = zip(*pts)
@@ -256,6 +268,13 @@ class QualityCurve(QWidget):
         # Legend entries only for the models that exist.
         self.curve_cls.setVisible(results.has_cls)
         self.curve_seg.setVisible(results.has_seg)
+        # which score the draggable threshold applies to; with both models, the segmenter's own
+        # call (mask >= 1 %, p_seg 0.5) as a fixed line of its colour
+        on = "p_cls" if results.has_cls else "p_seg"
+        if on != self._threshold_on:
+            self._threshold_on = on
+            self.threshold.label.setFormat(on + " threshold {value:.2f}")
+        self.seg_line.setVisible(results.has_cls and results.has_seg)
 
     def set_cursor(self, frame: int) -> None:
         if self.cursor.value() != frame:

@@ -14,7 +14,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPen
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGraphicsDropShadowEffect, QLabel, QVBoxLayout, QWidget
 
 from app import theme
 
@@ -205,6 +205,13 @@ class FrameView(QWidget):
         lab.setAttribute(Qt.WA_TransparentForMouseEvents)
         lab.setTextFormat(Qt.RichText)
         lab.setFixedSize(CORNER_SIZE[0], CORNER_SIZE[1])
+        # a dark halo keeps the text readable where it lies over bright echoes (it is drawn over
+        # the image wherever the fan comes close to the corner)
+        halo = QGraphicsDropShadowEffect(lab)
+        halo.setOffset(0, 0)
+        halo.setBlurRadius(4)
+        halo.setColor(QColor(0, 0, 0, 255))
+        lab.setGraphicsEffect(halo)
         return lab
 
     def resizeEvent(self, ev):  # noqa: N802

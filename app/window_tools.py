@@ -124,6 +124,7 @@ def _esc(text: str) -> str:
 #: summary.json keep the whole text).
 READ_NOTE_CHARS = 90
 READ_NOTE_WIDTH = 32  # characters a line: the corner beside a typical fan is narrow
+NAME_CHARS = 40  # the file's name in that corner (the window's title has the whole path)
 
 
 def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) -> tuple[str, str, str, str]:
@@ -159,6 +160,8 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
     if verdict:
         tags.append(f"reviewed: {verdict.replace('_', ' ')}")
     name = Path(m.sweep.path).name if getattr(m.sweep, "path", None) else ""
+    if len(name) > NAME_CHARS:  # the corner beside the fan is narrow: keep the start and the end
+        name = name[:NAME_CHARS // 2 - 1] + "…" + name[-(NAME_CHARS - NAME_CHARS // 2):]
     tl = (f"<b>{i}</b> / {m.n_frames - 1}<br>sweep {k + 1}{kind_text}"
           + (f"<br><span style='color:{theme.TEXT_DIM}'>{_esc(name)}</span>" if name else ""))
     for note in getattr(m.sweep, "read_notes", ()) or ():  # what reading the file did, for as long as it is shown

@@ -563,3 +563,25 @@ def test_an_outline_that_follows_no_edge_is_no_abdomen():
     assert fc.mask_shape(mask, fov, PX_MM, grey=frame(120, 30)).plausible  # a body in fluid
     assert fc.mask_shape(mask, fov, PX_MM, grey=frame(50, 40)).plausible  # a faint one
     assert fc.mask_shape(mask, fov, PX_MM).plausible  # no grey levels: the shape alone
+
+
+def test_an_ac_on_a_mask_the_segmenter_does_not_call_is_doubtful():
+    """The classifier calls frame 10; the segmenter's mask there is a plausible outline but under
+    the paper's 1 % (its own call is no). The choice rests on the classifier alone, and the AC
+    measured on that mask read as a number to act on: the models disagree, so it is doubtful."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+
+    sweep, res = _scored_case(ellipse((112, 112), (40, 34)))
+    # under 1 % at the model's input: on a frame of 224 x 224 such a mask is also too small to be
+    # an abdomen, on a larger frame (coarser model pixels) it is not; only its score says so here
+    res.p_seg[10] = 0.45
+    a = assess(sweep, res, Thresholds(value=0.5, model=0.5))
+    assert not a.flags.seg_call[10] and a.chosen_frame == 10 and a.choice.basis == "classifier"
+    reading = a.summary.chosen_ac
+    assert reading["status"] == "doubtful" and reading["ga_weeks"] is None
+    assert "segmenter does not call this frame" in reading["note"]
+    assert "segmenter does not call" in a.disagreement(10)
+    big = ellipse((112, 112), (40, 34))
+    sweep, res = _scored_case(big)
+    a = assess(sweep, res, Thresholds(value=0.5, model=0.5))
+    assert a.disagreement(10) is None and a.summary.chosen_ac["status"] == "ok"

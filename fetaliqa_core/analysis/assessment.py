@@ -23,7 +23,7 @@ import numpy as np
 
 from fetaliqa_core.analysis import frame_choice
 from fetaliqa_core.analysis.ac import ACMeasurement, hadlock_ga, measure_frame_ac
-from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, classifier_doubt, read_ac
+from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, classifier_doubt, read_ac, segmenter_doubt
 
 #: Threshold on the segmenter's score ``p_seg = f / (f + 0.01)`` (``f``: share of the 224 x 224
 #: input covered by the mask): 0.5 exactly where the mask covers 1 %, the paper's rule.
@@ -390,16 +390,25 @@ class Assessment:
         return _mask_problem(self.choice, frame)
 
     def disagreement(self, frame: int) -> str | None:
-        """Why the classifier contradicts an AC measured on ``frame`` (it scored the frame below
-        its threshold; :func:`~fetaliqa_core.analysis.units.classifier_doubt`), None when it calls
-        the frame, did not score it or did not run."""
-        return _disagreement(self.p_cls, self.thresholds, frame)
+        """Why one model contradicts an AC measured on ``frame``: the classifier scored the frame
+        below its threshold (:func:`~fetaliqa_core.analysis.units.classifier_doubt`), or the
+        segmenter's own call there is no (:func:`~fetaliqa_core.analysis.units.segmenter_doubt`);
+        None when both call it, or only one model ran."""
+        return _disagreement(self.p_cls, self.thresholds, frame, self.flags)
 
 
-def _disagreement(p_cls: np.ndarray | None, thresholds: "Thresholds", frame: int) -> str | None:
-    if p_cls is None or not 0 <= frame < len(p_cls):
-        return None
-    return classifier_doubt(float(p_cls[frame]), thresholds.cls)
+def _disagreement(p_cls: np.ndarray | None, thresholds: "Thresholds", frame: int,
+                  flags: FrameFlags | None = None) -> str | None:
+    """Why one model contradicts an AC measured on ``frame``: the classifier scored it below its
+    threshold, or (with a classifier beside it) the segmenter's own call is no, its mask under
+    the paper's 1 % (an outline it does not stand by). None when neither."""
+    if p_cls is not None and 0 <= frame < len(p_cls):
+        doubt = classifier_doubt(float(p_cls[frame]), thresholds.cls)
+        if doubt:
+            return doubt
+        if flags is not None and flags.scored_seg[frame] and not flags.seg_call[frame]:
+            return segmenter_doubt(thresholds.seg)
+    return None
 
 
 def _mask_problem(choice: frame_choice.Choice | None, frame: int) -> str | None:
@@ -472,7 +481,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         frame = b.frame if (b is not None and b.passes) else -1
         m = ac_on(frame)
         r = read_ac(None if m is None else m.ac_mm, spacing_problem, _mask_problem(choice, frame),
-                    _disagreement(p_cls, thresholds, frame), model_doubt)
+                    _disagreement(p_cls, thresholds, frame, flags), model_doubt)
         if frame < 0:
             r = replace(r, note=_why_no_frame(flags, choice, start, stop))
         sweeps.append(SweepSummary(
@@ -484,7 +493,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
             ac_status=r.status, ga=r.ga_text, ac_note=r.note))
     chosen_m = ac_on(chosen)
     chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem,
-                             _mask_problem(choice, chosen), _disagreement(p_cls, thresholds, chosen), model_doubt)
+                             _mask_problem(choice, chosen), _disagreement(p_cls, thresholds, chosen, flags),
+                             model_doubt)
     choice_note = ""
     if p_cls is not None and p_seg is not None and chosen >= 0 and choice.basis != "all models":
         alone = "the segmenter's masks" if choice.basis == "segmenter" else "the classifier's scores"

@@ -92,6 +92,14 @@ def classifier_doubt(p_cls: float | None, threshold: float) -> str | None:
             f"{threshold:.2f}): the models disagree")
 
 
+def segmenter_doubt(threshold: float = 0.5) -> str:
+    """Why an AC measured on a frame is doubtful when the segmenter's own call there is no (its
+    mask covers less than the paper's 1 % of the model input, ``p_seg`` below ``threshold``): an
+    outline the segmenter does not stand by, on a frame only the classifier calls."""
+    return (f"the segmenter does not call this frame (its mask covers under 1 % of the image, p_seg "
+            f"below {threshold:.2f}): the models disagree")
+
+
 #: Why an AC from a demonstration model is never a number to act on. Measured: on 12 held-out
 #: synthetic cases of the project's own generator its AC at the chosen frame was within 3 % of the
 #: truth in 0 of 9 cases (resources/README.md), and on sweeps of a generator it never saw it
