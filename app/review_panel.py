@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QProgressBar,
+    QProgressDialog,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -335,13 +336,32 @@ class ReviewPanel(QWidget):
         """Write the report of the sweep under review (all sweeps in the database when none)."""
         from app.report_pdf import html_to_pdf
         from fetaliqa_core.io import load_sweep
-        from fetaliqa_core.review.report import build_report
+        from fetaliqa_core.review.report import ReportCancelled, build_report
 
         if out.suffix.lower() not in (".pdf", ".html", ".csv"):
             out = out.with_suffix(".pdf")
         current = self.model.sweep
+        ids = [self.session.sweep_id] if self.session is not None else None
+        try:
+            n_sweeps = len(ids) if ids is not None else len(self.store().sweeps())
+        except FetalIQAError as exc:
+            QMessageBox.warning(self, "Export report", str(exc))
+            return None
+        # Each sweep's frames are read again for its thumbnails (all sweeps of the database when no
+        # review is open): a modal progress dialog, one step a sweep, that can stop the report.
+        progress = QProgressDialog("Writing the report…", "Cancel", 0, max(n_sweeps, 1), self)
+        progress.setWindowTitle("Export report")
+        progress.setWindowModality(Qt.WindowModal)
+        progress.setMinimumDuration(400)
+        done = [0]
 
         def frames_of(path: str):
+            progress.setValue(min(done[0], n_sweeps))
+            progress.setLabelText(f"Reading sweep {done[0] + 1} of {n_sweeps}: {Path(str(path)).name}")
+            QApplication.processEvents()
+            if progress.wasCanceled():
+                raise ReportCancelled()
+            done[0] += 1
             if current is not None and current.path is not None and str(current.path) == str(path):
                 return current.frames
             return load_sweep(path).frames
@@ -350,12 +370,15 @@ class ReviewPanel(QWidget):
         try:
             if self.session is not None:
                 self.session.sync_run()
-            ids = [self.session.sweep_id] if self.session is not None else None
             result = build_report(self.store(), out, ids, sweep_loader=frames_of, pdf_writer=html_to_pdf)
+        except ReportCancelled:
+            self.message.emit("Report cancelled: nothing written")
+            return None
         except FetalIQAError as exc:
             QMessageBox.warning(self, "Export report", str(exc))
             return None
         finally:
+            progress.close()
             QApplication.restoreOverrideCursor()
         self.message.emit(f"Report written: {result}")
         return result

@@ -24,8 +24,9 @@ def answered_window(qtbot, monkeypatch, width: int, height: int) -> MainWindow:
     return win
 
 
-def scored_window(qtbot, settings: AppSettings, models=None) -> MainWindow:
-    """The window on a scored 2 x 20-frame sweep (64 x 80), keyboard focus on its splitter."""
+def scored_window(qtbot, settings: AppSettings, models=None, sweep=None) -> MainWindow:
+    """The window on a scored 2 x 20-frame sweep (64 x 80; or ``sweep``), keyboard focus on its
+    splitter."""
     win = MainWindow(settings=settings)
     qtbot.addWidget(win)
     win.use_models(models or fake_models())
@@ -36,7 +37,7 @@ def scored_window(qtbot, settings: AppSettings, models=None) -> MainWindow:
     win.splitter.setFocus()
     ended = []
     win.scoring_ended.connect(lambda c, m: ended.append(c))
-    win.set_sweep(tiny_sweep(n_sweeps=2, per_sweep=20, height=64, width=80))
+    win.set_sweep(sweep if sweep is not None else tiny_sweep(n_sweeps=2, per_sweep=20, height=64, width=80))
     qtbot.waitUntil(lambda: bool(ended), timeout=20000)
     win.refresh()
     return win

@@ -60,6 +60,10 @@ from fetaliqa_core.review.store import (
     Verdict,
 )
 
+class ReportCancelled(Exception):
+    """Raised by a sweep loader to stop the report (the user cancelled): nothing is written."""
+
+
 #: sweep_loader(path) -> frames (N, H, W) uint8, or (frames, masks (N, H, W) uint8 | None).
 SweepLoader = Callable[[str], Any]
 #: pdf_writer(html, out_path): the "pdf" report writer registered by the viewer (keeps this module Qt-free).
@@ -245,13 +249,15 @@ def _bundle_text(bundles: dict[str, Any]) -> str:
 
 def _load_frames(loader: SweepLoader | None, sweep: SweepRecord
                  ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """(frames, masks, why-not) from the loader; never raises."""
+    """(frames, masks, why-not) from the loader; never raises, except :class:`ReportCancelled`."""
     if loader is None:
         return None, None, None
     if not sweep.path:
         return None, None, "the sweep's file path is unknown"
     try:
         loaded = loader(sweep.path)
+    except ReportCancelled:
+        raise
     except FetalIQAError as exc:
         return None, None, str(exc)
     except Exception as exc:  # a report must not fail because one file cannot be read
