@@ -134,7 +134,11 @@ def broadcast_from_main(ranks: Ranks, obj):
 
     group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     box = [obj]
-    dist.broadcast_object_list(box, src=0, group=group)
+    try:
+        dist.broadcast_object_list(box, src=0, group=group)
+    except RuntimeError as exc:  # a rank that stopped before sharing: one line, not a traceback
+        raise FetalIQAError(f"rank {ranks.rank}: lost contact with the other processes before the run "
+                            f"began ({str(exc).splitlines()[0][:160]}); see rank 0's message") from None
     return box[0]
 
 
@@ -206,6 +210,28 @@ def file_hash(path: Path) -> str:
         h.update(p.name.encode("utf-8", "surrogateescape") + b"\0")
         _hash_bytes(h, p)
     return h.hexdigest()
+
+
+def file_stat(path: Path) -> str | None:
+    """A cheap signature of an archive member as it is now (size and modification time of the
+    file, and of its detached data file; of every file of a DICOM series folder): the table
+    compares it with the one recorded when the case was scored, so a file changed since (a case
+    another process never rescored) is not reported as scored. None when it cannot be read."""
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file())
+        else:
+            files = [path]
+            extra = _detached_data_file(path)
+            if extra is not None and extra.is_file():
+                files.append(extra)
+        parts = []
+        for p in files:
+            st = p.stat()
+            parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+    except OSError:
+        return None
+    return hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def _hash_bytes(h, path: Path) -> None:
@@ -287,6 +313,17 @@ def is_finished(record: dict | None, key: str, needed_files: Sequence[str] = (),
     if record is None or record.get("status") != STATUS_OK or record.get("key") != key:
         return False
     return folder is None or all((folder / name).is_file() for name in needed_files)
+
+
+def refresh_file_stat(folder: Path, record: dict, fstat: str | None) -> None:
+    """Record ``fstat`` in a finished case's record whose file was found unchanged by its hash
+    but whose signature (modification time) differs: the table must not call it stale."""
+    if fstat is None or record.get("file_stat") == fstat:
+        return
+    try:
+        atomic_write(folder / RECORD_FILE, record_json(dict(record, file_stat=fstat)))
+    except OSError:
+        pass  # a read-only result folder: the table says "stale", a rerun says why
 
 
 def utc_now() -> str:
@@ -373,10 +410,13 @@ def _cell(column: str, value) -> str:
     return text
 
 
-def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: str | None) -> list[dict]:
-    """One row per case from its folder alone: its record, or ``missing`` / ``stale``."""
+def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: str | None,
+               members: Sequence[Path] | None = None) -> list[dict]:
+    """One row per case from its folder alone: its record, or ``missing`` / ``stale`` (scored
+    with other settings, or its file changed since: ``members`` given, their :func:`file_stat`
+    against the one recorded)."""
     rows = []
-    for name, fname in zip(names, files):
+    for k, (name, fname) in enumerate(zip(names, files)):
         rec = read_record(case_dir(out, name))
         if rec is None:
             rows.append({"case": name, "file": fname, "status": STATUS_MISSING,
@@ -386,7 +426,11 @@ def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: 
         row["case"], row["file"] = name, fname
         if settings is not None and rec.get("settings_key") != settings:
             row["status"] = STATUS_STALE
-            row["error"] = "scored with other models, precision or threshold; run again to rescore"
+            row["error"] = ("scored with other models, precision, threshold, pixel spacing or cascade; "
+                            "run again to rescore")
+        elif members is not None and rec.get("file_stat") and rec.get("file_stat") != file_stat(Path(members[k])):
+            row["status"] = STATUS_STALE
+            row["error"] = "the file changed since it was scored; run again to rescore"
         rows.append(row)
     return rows
 
@@ -465,6 +509,7 @@ class Item:
     member: Path
     key: str | None = None
     fhash: str | None = None
+    fstat: str | None = None  # file_stat() taken before hashing
     finished: bool = False
     sweep: object | None = None
     error: str | None = None

@@ -325,3 +325,65 @@ def test_an_ac_not_shown_for_want_of_a_spacing_says_so_in_the_table(tmp_path, ca
     assert summary["chosen_ac"]["status"] == "no units" and summary["spacing_mm"] is None
     assert row["ac_status"] == "no units" and row["ac_mm"] == "" and row["ga_weeks"] == ""
     assert "AC not shown (pixel spacing unknown" in text
+
+
+def _fresh_archive(tmp_path, n=3):
+    import shutil
+
+    from fetaliqa_core.acouslic import IMAGES_SUBDIR
+    from fetaliqa_core.synth import write_dataset
+
+    root = tmp_path / "data"
+    write_dataset(root, cases=n, seed=11, n_sweeps=2, frames_per_sweep=3, height=64, width=96)
+    folder = tmp_path / "archive"
+    shutil.move(str(root / IMAGES_SUBDIR), folder)
+    return folder
+
+
+def test_reruns_rescore_what_changed_and_keep_what_a_passing_error_could_not_read(tmp_path, capsys, monkeypatch):
+    """Found by scoring archives as several machines would:
+    - a rerun with --spacing (or --cascade) skipped every case and kept results made without it;
+    - the table called a case "ok" with its old results when its file had changed since and the
+      process that should have rescored it never did (a rank that stopped);
+    - a file that could not be read for a moment on a rerun had its finished results replaced by
+      a failure record;
+    - challenge/ kept answers from before when a rerun without --challenge-output rescored."""
+    folder = _fresh_archive(tmp_path)
+    out = tmp_path / "scores"
+    base = ["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]
+    assert main(base + ["--challenge-output"]) == 0
+    first = {r["case"]: r for r in _table(out)}
+    assert {r["status"] for r in first.values()} == {"ok"}
+    capsys.readouterr()
+
+    # --spacing is part of what a case was scored with
+    assert main(base + ["--spacing", "0.3"]) == 0
+    assert "skipped" not in capsys.readouterr().out
+    assert all(r["finished_utc"] >= first[r["case"]]["finished_utc"] for r in _table(out))
+    # ... and challenge/ was rebuilt from the case folders, which now hold no answer
+    assert not any((out / ar.CHALLENGE_DIR).glob("*/output/*.json"))
+
+    # a file changed since it was scored, not rescored: stale, not ok
+    members = sorted(folder.iterdir())
+    names = [r["case"] for r in _table(out)]
+    victim = members[0]
+    victim.write_bytes(victim.read_bytes())  # the same bytes, a new modification time ...
+    os.utime(victim, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+    rows = ar.table_rows(out, names, [m.name for m in members], None, members)
+    assert rows[0]["status"] == "stale" and "changed" in rows[0]["error"]
+    assert {r["status"] for r in rows[1:]} == {"ok"}
+    # ... a rerun finds the same bytes by their hash, skips the case and records its new signature
+    assert main(base + ["--spacing", "0.3"]) == 0
+    assert {r["status"] for r in _table(out)} == {"ok"}
+    assert capsys.readouterr().out.count("skipped") == 3
+
+    # a passing read error keeps the results of the same settings on the unchanged file
+    real = ar.file_hash
+    monkeypatch.setattr(ar, "file_hash", lambda p: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if p == victim else real(p))
+    kept = (ar.case_dir(out, names[0]) / "summary.json").read_bytes()
+    assert main(base + ["--spacing", "0.3"]) == 0
+    err = capsys.readouterr().err
+    assert "could not be read now" in err and "are kept" in err
+    assert (ar.case_dir(out, names[0]) / "summary.json").read_bytes() == kept
+    assert {r["status"] for r in _table(out)} == {"ok"}

@@ -97,10 +97,17 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     out: Path = args.out or Path("fetaliqa-scores") / score_cmd._stem(path)
     plan = None
     if ranks.is_main:
-        members = _members(path)
-        names = ar.case_names(members, score_cmd._stem)
-        plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id()}
+        try:
+            members = _members(path)
+            names = ar.case_names(members, score_cmd._stem)
+            plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id()}
+        except FetalIQAError as exc:
+            if not ranks.distributed:
+                raise
+            plan = {"error": str(exc)}  # the other ranks stop with the same line, not a lost connection
     plan = ar.broadcast_from_main(ranks, plan)
+    if "error" in plan:
+        raise FetalIQAError(plan["error"] if ranks.is_main else f"rank {ranks.rank}: stopped with rank 0: {plan['error']}")
     ar.prepare_out(out)
     members = [Path(m) for m in plan["members"]]
     names, files = plan["names"], [m.name for m in members]
@@ -111,7 +118,12 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     notice = provenance(models).get("notice") or ""  # the demonstration models' notice, as summary.json has it
     threshold = Thresholds.of_models(models, args.threshold).value
     hashes = ar.model_hashes(models)
-    settings = ar.settings_key(hashes, threshold)
+    # everything else the results depend on: a spacing given on the command line (the AC, its
+    # doubt) and a cascade's student (which frames the models score)
+    student = getattr(models, "student", None)
+    settings = ar.settings_key(dict(hashes, spacing=getattr(args, "spacing", None),
+                                    student_hash=getattr(student, "bundle_hash", None) if student else None),
+                               threshold)
     needed = [export.CHALLENGE_FRAME_FILE, export.CHALLENGE_MASK_FILE] if args.challenge_output else []
     heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
     mine = ar.shard(len(members), ranks)
@@ -122,12 +134,16 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     def prepare(item: ar.Item) -> None:
         try:
             # a sweep file or a DICOM series folder (never a pipe or device: opening it may block)
-            item.fhash = ar.file_hash(item.member) if item.member.is_file() or item.member.is_dir() else None
+            readable = item.member.is_file() or item.member.is_dir()
+            item.fstat = ar.file_stat(item.member) if readable else None
+            item.fhash = ar.file_hash(item.member) if readable else None
             if item.fhash is not None:
                 item.key = ar.case_key(item.fhash, settings)
                 folder = ar.case_dir(out, item.name)
-                if ar.is_finished(ar.read_record(folder), item.key, needed, folder):
+                record = ar.read_record(folder)
+                if ar.is_finished(record, item.key, needed, folder):
                     item.finished = True
+                    ar.refresh_file_stat(folder, record, item.fstat)  # the same bytes, touched since
                     return
             item.sweep = fio.load_sweep(item.member)
             _ = item.sweep.content_hash  # hashed here, off the model's thread
@@ -145,7 +161,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             continue
         base = {"format": ar.RECORD_FORMAT, "version": ar.RECORD_VERSION, "case": item.name,
                 "file": item.member.name, "models": models.choice.describe(), **hashes,
-                "threshold": float(threshold), "settings_key": settings, "rank": ranks.rank,
+                "threshold": float(threshold), "settings_key": settings, "file_stat": item.fstat, "rank": ranks.rank,
                 "host": ar.hostname(), "device": models.device, "_t0": time.perf_counter()}
         foreign = ar.foreign_folder(ar.case_dir(out, item.name))
         if foreign:
@@ -179,6 +195,15 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             base.pop("_t0")
             failure = dict(base, status=export.STATUS_FAILED, error=item.error, key=item.key, file_hash=item.fhash,
                            finished_utc=ar.utc_now())
+            previous = ar.read_record(ar.case_dir(out, item.name)) if not foreign else None
+            if (previous is not None and previous.get("status") == export.STATUS_OK and item.fstat is not None
+                    and previous.get("settings_key") == settings and previous.get("file_stat") == item.fstat):
+                # a passing read error (permissions, a network file system) must not destroy results
+                # of these settings on the same, unchanged file
+                print(f"{position}{item.name}: could not be read now ({item.error}); its results of "
+                      f"{previous.get('finished_utc', 'an earlier run')} are kept: the file has not changed "
+                      "since", file=sys.stderr, flush=True)
+                continue
             try:
                 if not foreign:
                     ar.write_failure(out, item.name, failure)
@@ -200,7 +225,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             for name in counts:
                 counts[name] += int(c.get(name, 0))
         ar.remove_state(out)
-    rows = ar.table_rows(out, names, files, settings)
+    rows = ar.table_rows(out, names, files, settings, members)
     table = ar.write_table(out, rows)
     status = ar.count_statuses(rows)
     scoring = max(time.perf_counter() - t_scoring, 1e-9)
@@ -218,7 +243,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     print(f"table: {table}")
     if notice:
         print(notice)
-    if args.challenge_output:
+    # rebuilt whenever it exists, as the README says: a case rescored without its challenge files
+    # must not keep an answer from before
+    if args.challenge_output or (out / ar.CHALLENGE_DIR).is_dir():
         try:
             tree, n, left_out = ar.write_challenge_tree(out, rows)
         except OSError as exc:
@@ -226,4 +253,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                                 "folder you can write to.") from None
         print(f"challenge output: {n} case(s) in {tree}" + (
             f"; {len(left_out)} without an answer (not 'ok' in the table)" if left_out else ""))
-    return 0 if ok == len(rows) else 1
+    if ranks.distributed and not dead and ok < len(rows):
+        # torchrun takes a non-zero exit for a crash and, with --max-restarts, would start every
+        # rank again to retry the same bad files: the run itself finished, the table has the rest
+        print(f"fetaliqa: {len(rows) - ok} case(s) not ok: see {table} (exit status 0 under torchrun: "
+              "the run itself finished)", file=sys.stderr)
+        return 0
+    return 0 if ok == len(rows) and not dead else 1
