@@ -26,6 +26,7 @@ flight), so reading overlaps inference.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -355,33 +356,81 @@ def replace_case_dir(staged: Path, target: Path) -> None:
 
 
 def _swap_dir(staged: Path, target: Path) -> None:
-    """Rename ``staged`` to ``target``; an old ``target`` is renamed away first, removed after."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-    os.replace(staged, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename ``staged`` to ``target``; an old ``target`` is renamed away first, removed after.
+    Another process (a second machine on the same folder) may put its own ``target`` in place
+    between the two renames: then it is moved away in turn (both are complete; the last wins)."""
+    olds = []
+    try:
+        for attempt in range(5):
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+                try:
+                    os.replace(target, old)
+                    olds.append(old)
+                except FileNotFoundError:  # the other process moved it first
+                    pass
+            try:
+                os.replace(staged, target)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 4:
+                    raise
+    finally:
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def staging_dir(out: Path, name: str) -> Path:
     """A fresh, not yet existing path next to the case folders to write a case into."""
     root = out / CASES_DIR
     root.mkdir(parents=True, exist_ok=True)
-    return root / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return root / f".{name}.tmp-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+#: A temporary folder of another machine is taken for a leftover only when this old (its process
+#: may still be writing it: machines sharing one --out cannot see each other's processes).
+FOREIGN_LEFTOVER_S = 6 * 3600
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "", hostname())[:40] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, another user's
+    return True
 
 
 def clean_leftovers(out: Path, names: Sequence[str]) -> None:
-    """Remove temporary folders a killed process left for the given cases (ours only)."""
+    """Remove temporary folders a killed process left for the given cases (ours only): an old
+    case folder moved away, or a case being written by a process of this machine that no longer
+    runs, or by another machine's process :data:`FOREIGN_LEFTOVER_S` ago. A second process on the
+    same folder, here or on another machine, keeps the folder it is writing."""
     root = out / CASES_DIR
     wanted = set(names)
     if not root.is_dir():
         return
+    now = time.time()
     for p in root.iterdir():
-        m = re.match(r"^\.(.+)\.(tmp-\d+-[0-9a-f]{8}|old-[0-9a-f]{8})$", p.name)
-        if m and m.group(1) in wanted and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
+        m = re.match(r"^\.(.+)\.(?:old-[0-9a-f]{8}|tmp-(?:([A-Za-z0-9.]+)-)?(\d+)-[0-9a-f]{8})$", p.name)
+        if not (m and m.group(1) in wanted and p.is_dir()):
+            continue
+        if ".tmp-" in p.name[len(m.group(1)) + 1:]:
+            host, pid = m.group(2), int(m.group(3))
+            if host == _host_tag() and pid != os.getpid() and _pid_alive(pid):
+                continue  # another process of this machine is writing it
+            if host not in (None, _host_tag()):
+                try:
+                    if now - p.stat().st_mtime < FOREIGN_LEFTOVER_S:
+                        continue
+                except OSError:
+                    continue
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def write_failure(out: Path, name: str, record: dict) -> None:

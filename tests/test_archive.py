@@ -110,6 +110,47 @@ def test_replacing_a_case_folder_leaves_only_the_new_one(tmp_path):
     assert sorted(p.name for p in (tmp_path / ar.CASES_DIR).iterdir()) == [".c2.tmp-12-0123abcd", "c1"]
 
 
+def test_two_processes_on_one_folder_keep_each_others_work(tmp_path, monkeypatch):
+    """Two machines scoring the same archive into one shared --out: the second one's start-up
+    removed the first one's case being written, and when the first put its case in place between
+    the second's two renames, the second failed ("Directory not empty") and wrote a failure
+    record over the good result."""
+    import os
+    import time
+
+    root = tmp_path / ar.CASES_DIR
+    root.mkdir()
+    me, alive = ar._host_tag(), os.getppid()
+    kept = [f".c1.tmp-{me}-{alive}-0123abcd", ".c1.tmp-otherhost-99999-0123abcd"]
+    gone = [f".c1.tmp-{me}-999999999-0123abcd", ".c1.tmp-otherhost-4-0123abcd", ".c1.old-0123abcd"]
+    for name in kept + gone:
+        (root / name).mkdir()
+    old = time.time() - ar.FOREIGN_LEFTOVER_S - 60
+    os.utime(root / ".c1.tmp-otherhost-4-0123abcd", (old, old))
+    ar.clean_leftovers(tmp_path, ["c1"])
+    assert sorted(p.name for p in root.iterdir()) == sorted(kept)
+
+    # the other process puts its complete folder in place between our two renames
+    staged = ar.staging_dir(tmp_path, "c2")
+    staged.mkdir()
+    (staged / "mine.txt").write_text("mine")
+    target = ar.case_dir(tmp_path, "c2")
+    real = os.replace
+    raced = []
+
+    def replace(src, dst):
+        if Path(dst) == target and not raced:
+            raced.append(1)
+            target.mkdir()
+            (target / "theirs.txt").write_text("theirs")
+        return real(src, dst)
+
+    monkeypatch.setattr(ar.os, "replace", replace)
+    ar.replace_case_dir(staged, target)
+    assert raced and sorted(p.name for p in target.iterdir()) == ["mine.txt"]
+    assert not [p for p in root.iterdir() if p.name.startswith(".c2.")]
+
+
 def test_table_is_rebuilt_from_the_folders_and_neutralises_formulas(tmp_path):
     _put_case(tmp_path, "=evil", {ar.RECORD_FILE: ar.record_json(_record("=evil", chosen_frame=-1,
                                                                          ac_mm=None))})
