@@ -165,7 +165,17 @@ def case_names(members: Sequence[Path], stem: Callable[[Path], str]) -> list[str
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
-    return [s if counts[s] == 1 else m.name for s, m in zip(stems, members)]
+    names = [s if counts[s] == 1 else m.name for s, m in zip(stems, members)]
+    # a stem can still equal another member's whole name (a.mha, a.nii, a.mha.nii): number the
+    # later ones, so that two files never share one case folder
+    seen: set[str] = set()
+    for k, name in enumerate(names):
+        unique, n = name, 2
+        while unique in seen:
+            unique, n = f"{name}~{n}", n + 1
+        seen.add(unique)
+        names[k] = unique
+    return names
 
 
 _DETACHED = re.compile(rb"^\s*(ElementDataFile|data file|datafile)\s*[:=]\s*(.+?)\s*$",

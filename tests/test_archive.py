@@ -39,6 +39,11 @@ def test_case_names_are_unique_when_stems_collide():
     members = [Path("a/x.mha"), Path("a/x.nii.gz"), Path("a/y.mha")]
     stem = lambda p: p.name.split(".")[0]  # noqa: E731
     assert ar.case_names(members, stem) == ["x.mha", "x.nii.gz", "y"]
+    # a stem equal to another member's whole name: a.mha, a.nii and a.mha.nii shared cases/a.mha/
+    members = [Path("d/a.mha"), Path("d/a.mha.nii"), Path("d/a.nii")]
+    stem = lambda p: p.name[: -len(p.suffix)]  # noqa: E731
+    names = ar.case_names(members, stem)
+    assert len(set(names)) == 3 and names == ["a.mha", "a.mha~2", "a.nii"]
 
 
 def test_file_hash_follows_the_bytes_and_a_detached_data_file(tmp_path):

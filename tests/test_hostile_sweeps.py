@@ -293,3 +293,18 @@ def test_mutated_nrrd_headers_never_crash(tmp_path, small_memory, sizes, kind, e
 def test_validation_limits_are_documented_numbers():
     assert validate.MAX_FRAMES >= 840 and validate.MAX_FRAME_SIDE >= 744
     json.dumps({k: getattr(validate, k) for k in ("MAX_FRAMES", "MAX_FRAME_SIDE", "MAX_FRAME_ASPECT")})
+
+
+def test_a_link_to_nothing_says_so(tmp_path):
+    """A link that leads back to itself read as 'no such file or folder', which sends the user
+    looking for a file that is there."""
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.io import load_sweep
+
+    loop = tmp_path / "loop.mha"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "gone.mha"
+    dangling.symlink_to(tmp_path / "never.mha")
+    for link in (loop, dangling):
+        with pytest.raises(FetalIQAError, match="a link to nothing readable"):
+            load_sweep(link)

@@ -43,6 +43,9 @@ def read_raw(path: Path, purpose: str) -> Raw:
     what = "sweep" if purpose == "sweep" else "mask"
     validate.check_path_name(path)
     if not path.exists():
+        if path.is_symlink():
+            raise FetalIQAError(f"{path}: a link to nothing readable (its target is missing, or the link "
+                                f"leads back to itself). Choose the {what} file itself ({SUPPORTED_FORMATS}).")
         raise FetalIQAError(f"{path}: no such file or folder. Check the path and choose the {what} "
                             f"file ({SUPPORTED_FORMATS}).")
     if path.is_dir():
