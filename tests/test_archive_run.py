@@ -387,3 +387,25 @@ def test_reruns_rescore_what_changed_and_keep_what_a_passing_error_could_not_rea
     assert "could not be read now" in err and "are kept" in err
     assert (ar.case_dir(out, names[0]) / "summary.json").read_bytes() == kept
     assert {r["status"] for r in _table(out)} == {"ok"}
+
+
+def test_an_interrupted_run_writes_the_table_of_what_it_finished(tmp_path, capsys, monkeypatch):
+    """Ctrl-C left the previous run's cases.csv (or none) behind: the cases finished before the
+    interruption had no row until the next complete run."""
+    from fetaliqa_core.cli import score as score_cmd
+
+    folder = _fresh_archive(tmp_path)
+    out = tmp_path / "scores"
+    real, calls = score_cmd.score_one, []
+
+    def interrupted_on_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(score_cmd, "score_one", interrupted_on_the_second)
+    assert main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    rows = _table(out)
+    assert [r["status"] for r in rows] == ["ok", "missing", "missing"]

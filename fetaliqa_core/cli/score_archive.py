@@ -169,64 +169,74 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     counts = {"scored": 0, "skipped": 0, "failed": 0}
     items = [ar.Item(i, names[i], members[i]) for i in mine]
     t_scoring = time.perf_counter()
-    for k, item in enumerate(ar.read_ahead(items, prepare, args.prefetch), 1):
-        position = f"{tag}[{k}/{len(items)}] "
-        if item.finished:
-            counts["skipped"] += 1
-            print(f"{position}{item.name}: already scored with these models, skipped", flush=True)
-            continue
-        base = {"format": ar.RECORD_FORMAT, "version": ar.RECORD_VERSION, "case": item.name,
-                "file": item.member.name, "models": models.choice.describe(), **hashes,
-                "threshold": float(threshold), "settings_key": settings, "file_stat": item.fstat, "rank": ranks.rank,
-                "host": ar.hostname(), "device": models.device, "_t0": time.perf_counter()}
-        foreign = ar.foreign_folder(ar.case_dir(out, item.name))
-        if foreign:
-            item.error = (f"{ar.case_dir(out, item.name)}: exists and was not written by FetalIQA; "
-                          "it is left as it is. Move it away or choose another --out.")
-        if item.error is None:
-            staged = ar.staging_dir(out, item.name)
-            try:
-                score_cmd.score_one(item.member, staged, models, case_args, position=position,
-                                    sweep=item.sweep, extra=_record_writer(item, base))
-                ar.replace_case_dir(staged, ar.case_dir(out, item.name))
-            except Exception as exc:  # noqa: BLE001 - recorded in the case's row
-                import shutil
-
-                shutil.rmtree(staged, ignore_errors=True)
-                item.error = ar.case_error(exc, item.member)
-        item.sweep = None
-        if item.error is None:
-            counts["scored"] += 1
-            rec = ar.read_record(ar.case_dir(out, item.name)) or {}
-            frame = rec.get("chosen_frame", -1)
-            ac = f", AC {rec['ac_mm']:.1f} mm" if rec.get("ac_mm") is not None else ""
-            if ac and rec.get("ac_status") != "ok":
-                ac += f" ({rec.get('ac_status') or 'doubtful'})"  # not a number to act on (summary.json says why)
-            elif rec.get("ac_status") == "no units":
-                ac = ", AC not shown (pixel spacing unknown or implausible; --spacing MM)"
-            print(f"{position}{item.name}: chosen frame {frame if frame >= 0 else 'none (-1)'}{ac} "
-                  f"({rec.get('seconds', 0):.1f} s)", flush=True)
-        else:
-            counts["failed"] += 1
-            base.pop("_t0")
-            failure = dict(base, status=export.STATUS_FAILED, error=item.error, key=item.key, file_hash=item.fhash,
-                           finished_utc=ar.utc_now())
-            previous = ar.read_record(ar.case_dir(out, item.name)) if not foreign else None
-            if (previous is not None and previous.get("status") == export.STATUS_OK and item.fstat is not None
-                    and previous.get("settings_key") == settings and previous.get("file_stat") == item.fstat):
-                # a passing read error (permissions, a network file system) must not destroy results
-                # of these settings on the same, unchanged file
-                print(f"{position}{item.name}: could not be read now ({item.error}); its results of "
-                      f"{previous.get('finished_utc', 'an earlier run')} are kept: the file has not changed "
-                      "since", file=sys.stderr, flush=True)
+    try:
+        for k, item in enumerate(ar.read_ahead(items, prepare, args.prefetch), 1):
+            position = f"{tag}[{k}/{len(items)}] "
+            if item.finished:
+                counts["skipped"] += 1
+                print(f"{position}{item.name}: already scored with these models, skipped", flush=True)
                 continue
+            base = {"format": ar.RECORD_FORMAT, "version": ar.RECORD_VERSION, "case": item.name,
+                    "file": item.member.name, "models": models.choice.describe(), **hashes,
+                    "threshold": float(threshold), "settings_key": settings, "file_stat": item.fstat, "rank": ranks.rank,
+                    "host": ar.hostname(), "device": models.device, "_t0": time.perf_counter()}
+            foreign = ar.foreign_folder(ar.case_dir(out, item.name))
+            if foreign:
+                item.error = (f"{ar.case_dir(out, item.name)}: exists and was not written by FetalIQA; "
+                              "it is left as it is. Move it away or choose another --out.")
+            if item.error is None:
+                staged = ar.staging_dir(out, item.name)
+                try:
+                    score_cmd.score_one(item.member, staged, models, case_args, position=position,
+                                        sweep=item.sweep, extra=_record_writer(item, base))
+                    ar.replace_case_dir(staged, ar.case_dir(out, item.name))
+                except Exception as exc:  # noqa: BLE001 - recorded in the case's row
+                    import shutil
+
+                    shutil.rmtree(staged, ignore_errors=True)
+                    item.error = ar.case_error(exc, item.member)
+            item.sweep = None
+            if item.error is None:
+                counts["scored"] += 1
+                rec = ar.read_record(ar.case_dir(out, item.name)) or {}
+                frame = rec.get("chosen_frame", -1)
+                ac = f", AC {rec['ac_mm']:.1f} mm" if rec.get("ac_mm") is not None else ""
+                if ac and rec.get("ac_status") != "ok":
+                    ac += f" ({rec.get('ac_status') or 'doubtful'})"  # not a number to act on (summary.json says why)
+                elif rec.get("ac_status") == "no units":
+                    ac = ", AC not shown (pixel spacing unknown or implausible; --spacing MM)"
+                print(f"{position}{item.name}: chosen frame {frame if frame >= 0 else 'none (-1)'}{ac} "
+                      f"({rec.get('seconds', 0):.1f} s)", flush=True)
+            else:
+                counts["failed"] += 1
+                base.pop("_t0")
+                failure = dict(base, status=export.STATUS_FAILED, error=item.error, key=item.key, file_hash=item.fhash,
+                               finished_utc=ar.utc_now())
+                previous = ar.read_record(ar.case_dir(out, item.name)) if not foreign else None
+                if (previous is not None and previous.get("status") == export.STATUS_OK and item.fstat is not None
+                        and previous.get("settings_key") == settings and previous.get("file_stat") == item.fstat):
+                    # a passing read error (permissions, a network file system) must not destroy results
+                    # of these settings on the same, unchanged file
+                    print(f"{position}{item.name}: could not be read now ({item.error}); its results of "
+                          f"{previous.get('finished_utc', 'an earlier run')} are kept: the file has not changed "
+                          "since", file=sys.stderr, flush=True)
+                    continue
+                try:
+                    if not foreign:
+                        ar.write_failure(out, item.name, failure)
+                except OSError as exc:
+                    raise FetalIQAError(f"{out}: cannot write results ({exc.strerror}). Choose a folder "
+                                        "you can write to.") from None
+                print(f"{position}{item.name}: failed: {item.error}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the finished cases are kept; the table says so now, not at the next run
+        if ranks.is_main and not ranks.distributed:
             try:
-                if not foreign:
-                    ar.write_failure(out, item.name, failure)
-            except OSError as exc:
-                raise FetalIQAError(f"{out}: cannot write results ({exc.strerror}). Choose a folder "
-                                    "you can write to.") from None
-            print(f"{position}{item.name}: failed: {item.error}", file=sys.stderr, flush=True)
+                ar.write_table(out, ar.table_rows(out, names, files, settings, members))
+                print(f"table (up to the interruption): {out / ar.TABLE_FILE}", file=sys.stderr)
+            except OSError:
+                pass
+        raise
     elapsed = max(time.perf_counter() - t_scoring, 1e-9)
     if ranks.distributed:
         print(f"{tag}scored {counts['scored']}, skipped {counts['skipped']}, failed {counts['failed']} "
