@@ -174,7 +174,10 @@ def challenge_mask_metadata(assessment, frame: int) -> dict[str, str]:
     source = f"FetalIQA {summary.app_version}".strip() + f", models: {summary.models or 'unknown'}"
     if summary.demo:
         source += " (demonstration model, not for clinical use)"
-    return {fio_keys.META_AC_STATUS: status, fio_keys.META_AC_NOTE: note[:900], fio_keys.META_SOURCE: source[:600]}
+    meta = {fio_keys.META_AC_STATUS: status, fio_keys.META_AC_NOTE: note[:900], fio_keys.META_SOURCE: source[:600]}
+    if summary.spacing_problem:  # the header's ElementSpacing then only repeats the sweep's (1 x 1 when none)
+        meta[fio_keys.META_SPACING] = "unknown: " + summary.spacing_problem[:600]
+    return meta
 
 
 def challenge_job_files(folder: Path) -> list[tuple[Path, str]]:

@@ -317,9 +317,14 @@ def test_an_ac_not_shown_for_want_of_a_spacing_says_so_in_the_table(tmp_path, ca
     case = synthesize_case(seed=2, n_sweeps=1, frames_per_sweep=24, height=281, width=372)
     write_volume(folder / "nospacing.mha", case.frames, spacing_mm=(1.0, 1.0))  # 1 x 1: the writers' default
     out = tmp_path / "scores"
-    assert main(["score", str(folder), "--archive", "--out", str(out), "--no-cache"]) == 0
+    assert main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--challenge-output"]) == 0
     text = capsys.readouterr().out
     (row,) = _table(out)
+    from fetaliqa_core.io import read_mask_volume
+
+    written = read_mask_volume(ar.case_dir(out, row["case"]) / "fetal-abdomen-segmentation.mha")
+    assert written.metadata["FetalIQA_PixelSpacing"].startswith("unknown: pixel spacing unknown")
+    assert written.spacing_problem  # its 1 x 1 is read as no length
     summary = json.loads((ar.case_dir(out, row["case"]) / "summary.json").read_text())
     assert int(row["chosen_frame"]) >= 0, "the demo model chose no frame on this case: choose another seed"
     assert summary["chosen_ac"]["status"] == "no units" and summary["spacing_mm"] is None

@@ -237,6 +237,7 @@ def test_score_challenge_mask_carries_the_demo_answers_doubt(tmp_path, capsys):
     written = read_mask_volume(out / "fetal-abdomen-segmentation.mha")
     assert written.metadata["FetalIQA_ACStatus"] == "doubtful"
     assert "demonstration" in written.metadata["FetalIQA_Source"]
+    assert "FetalIQA_PixelSpacing" not in written.metadata  # the sweep's spacing is known
     assert main(["ac", str(out / "fetal-abdomen-segmentation.mha")]) == 0
     text = capsys.readouterr().out
     assert f"frame {frame}: " in text and "doubtful" in text and "GA" not in text

@@ -25,8 +25,11 @@ META_SWEEP_KINDS = "FetalIQA_SweepKinds"
 META_AC_STATUS = "FetalIQA_ACStatus"
 META_AC_NOTE = "FetalIQA_ACNote"
 META_SOURCE = "FetalIQA_Source"
+#: Set when the sweep's pixel spacing was unknown or implausible: the mask's ElementSpacing is
+#: then no length (MetaImage cannot leave it out; 1 x 1 stands for "none").
+META_SPACING = "FetalIQA_PixelSpacing"
 #: Every key the readers keep from a header.
-META_KEYS = (META_SWEEP_RANGES, META_SWEEP_KINDS, META_AC_STATUS, META_AC_NOTE, META_SOURCE)
+META_KEYS = (META_SWEEP_RANGES, META_SWEEP_KINDS, META_AC_STATUS, META_AC_NOTE, META_SOURCE, META_SPACING)
 
 SUPPORTED_FORMATS = ".mha, .mhd, .nrrd, .nii, .nii.gz, DICOM (.dcm file or series folder)"
 
