@@ -718,13 +718,14 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if self.scoring.any_running:
             self.hide()
         if self._loader is not None:
-            # A file being read cannot be interrupted: its result must not reach a closed window
-            # (it would open the sweep and start scoring nothing stops), and closing must not wait.
+            # A file being read is told to stop (between chunks); its result must not reach a closed
+            # window (it would open the sweep and start scoring nothing stops), and closing must not wait.
             from app.worker import detach_until_finished
 
             loader, self._loader = self._loader, None
             if loader.isRunning():
                 self.hide()
+                loader.stop()
                 detach_until_finished(loader)
         if self._train_dialog is not None:
             self._train_dialog.shutdown()

@@ -48,6 +48,7 @@ class SweepFilesMixin:
         if previous is not None and previous.isRunning():
             from app.worker import detach_until_finished
 
+            previous.stop()  # the latest request wins: the earlier read stops between chunks
             detach_until_finished(previous)  # not a child of the window: closing it must not destroy a running read
         loader.loaded.connect(lambda p, sw, ld=loader: self._opened(p, sw, score) if ld is self._loader else None)
         loader.failed.connect(lambda p, msg, ld=loader: self._open_failed(msg) if ld is self._loader else None)

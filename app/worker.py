@@ -248,10 +248,21 @@ class SweepLoader(QThread):
     def __init__(self, path: str, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.path = str(path)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Stop reading soon (between chunks of inflating or converting; a read inside an image
+        library's own call runs to its end): nothing is signalled then. From any thread."""
+        self._stop.set()
 
     def run(self) -> None:
+        from fetaliqa_core.io._common import ReadCancelled, cancellable
+
         try:
-            sweep = load_sweep_for_viewer(self.path)
+            with cancellable(self._stop.is_set):
+                sweep = load_sweep_for_viewer(self.path)
+        except ReadCancelled:
+            return  # superseded or its window closed: its memory goes now, not at the end of the read
         except FetalIQAError as exc:
             self.failed.emit(self.path, str(exc))
         except Exception as exc:  # noqa: BLE001 - reported to the user, the app goes on

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,32 @@ META_KEYS = (META_SWEEP_RANGES, META_SWEEP_KINDS, META_AC_STATUS, META_AC_NOTE, 
 SUPPORTED_FORMATS = ".mha, .mhd, .nrrd, .nii, .nii.gz, DICOM (.dcm file or series folder)"
 
 CHUNK_FRAMES = 16
+
+
+class ReadCancelled(FetalIQAError):
+    """Reading was stopped by the caller (:func:`cancellable`); nothing was read."""
+
+
+_CANCEL = threading.local()
+
+
+@contextmanager
+def cancellable(stop: Callable[[], bool]) -> Iterator[None]:
+    """Within the block, reading in this thread stops with :class:`ReadCancelled` soon after
+    ``stop()`` is true: the readers ask between chunks (inflating, converting, DICOM files). A
+    read inside an image library's own call runs to its end."""
+    previous = getattr(_CANCEL, "stop", None)
+    _CANCEL.stop = stop
+    try:
+        yield
+    finally:
+        _CANCEL.stop = previous
+
+
+def check_cancelled() -> None:
+    stop = getattr(_CANCEL, "stop", None)
+    if stop is not None and stop():
+        raise ReadCancelled("reading the file was stopped")
 # Deflate cannot expand data more than about 1032:1; a header claiming more is lying.
 MAX_DEFLATE_RATIO = 1100
 

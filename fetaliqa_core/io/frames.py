@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.io._common import CHUNK_FRAMES, MIN_FRAME_PX, Raw, fmt_shape
+from fetaliqa_core.io._common import CHUNK_FRAMES, MIN_FRAME_PX, Raw, check_cancelled, fmt_shape
 
 def frame_stack_shape(shape_zyx: tuple[int, ...]) -> tuple[int, ...]:
     """Spatial shape (numpy order) as frames x height x width: a 2-D image becomes one frame,
@@ -83,6 +83,7 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
     out = np.empty(arr.shape[:3], dtype=np.uint8)
     if arr.dtype == np.uint8:  # colour 8-bit: integer luminance, chunk by chunk
         for s in range(0, n, CHUNK_FRAMES):
+            check_cancelled()
             c = arr[s:s + CHUNK_FRAMES].astype(np.uint16)
             lum = (77 * c[..., 0] + 150 * c[..., 1] + 29 * c[..., 2] + 128) >> 8
             out[s:s + CHUNK_FRAMES] = lum.astype(np.uint8)
@@ -91,6 +92,7 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     bad = 0
     for s in range(0, n, CHUNK_FRAMES):
+        check_cancelled()
         lum = _luminance_float(arr[s:s + CHUNK_FRAMES], comps)
         if padding is not None:
             lum[lum == padding] = lo

@@ -24,6 +24,7 @@ from fetaliqa_core.io._common import (
     SPACING_NONE,
     SUPPORTED_FORMATS,
     Raw,
+    check_cancelled,
     fmt_dims,
     full_suffix,
     quiet_itk,
@@ -953,6 +954,7 @@ def _inflate(data_path: Path, offset: int, stored: int, expected: int, hdr_desc:
             fh.seek(offset)
             left = stored
             while left > 0 and not inflater.eof:
+                check_cancelled()
                 chunk = fh.read(min(left, 1 << 22))
                 if not chunk:
                     break
