@@ -36,7 +36,7 @@ import numpy as np
 from fetaliqa_core import paths
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_write
-from fetaliqa_core.models.segmenter import LABEL_ABDOMEN, MASK_AREA_FRACTION  # noqa: F401
+from fetaliqa_core.models.labels import LABEL_ABDOMEN, MASK_AREA_FRACTION  # noqa: F401
 from fetaliqa_core.models.tasks import TASKS
 
 ENGINE_VERSION = "1"

@@ -94,3 +94,17 @@ def test_pdf_export_without_a_registered_writer_says_so(monkeypatch, tmp_path, c
     err = capsys.readouterr().err
     assert "PDF export" in err and ".html" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r.pdf").exists()
+
+
+def test_the_window_opens_before_torch_is_imported():
+    """The viewer's modules pulled in torch (through the engine's constants from the segmenter),
+    1.6-3.8 s before the window could first paint; torch is needed only once models load."""
+    import subprocess
+    import sys
+
+    code = ("import sys, app.main_window, app.cli, fetaliqa_core.engine, fetaliqa_core.analysis.assessment; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -22,11 +22,15 @@ from torch import nn
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.lora import FetalCLIPEncoder, LoraSettings
 
-# A frame is called "good" by the segmenter when at least this fraction of the model's pixels
-# (224*224 -> 502 px) is foreground with probability above PIXEL_THRESHOLD. The paper's rule:
-# a few stray pixels are noise, an abdomen at the scanning depth covers far more than 1 %.
-MASK_AREA_FRACTION = 0.01
-PIXEL_THRESHOLD = 0.5
+# the paper's 1 % rule and the mask labels (models/labels.py, importable without torch)
+from fetaliqa_core.models.labels import (  # noqa: E402,F401
+    LABEL_ABDOMEN,
+    LABEL_OPTIMAL,
+    LABEL_SUBOPTIMAL,
+    MASK_AREA_FRACTION,
+    PIXEL_THRESHOLD,
+)
+
 # Blocks FetalCLIP_SEG taps, 1-based, out of REFERENCE_DEPTH blocks.
 REFERENCE_BLOCKS = (6, 8, 12, 24)
 REFERENCE_DEPTH = 24
@@ -71,8 +75,6 @@ def mask_area(prob: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` probabilities -> ``(B,)`` int64 count of pixels with P(abdomen) > 0.5."""
     return (foreground_probability(prob) > PIXEL_THRESHOLD).flatten(1).sum(dim=1)
 
-
-LABEL_OPTIMAL, LABEL_SUBOPTIMAL, LABEL_ABDOMEN = 1, 2, 3
 
 
 def label_masks(prob: torch.Tensor) -> torch.Tensor:
