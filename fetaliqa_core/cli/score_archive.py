@@ -184,6 +184,12 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             if foreign:
                 item.error = (f"{ar.case_dir(out, item.name)}: exists and was not written by FetalIQA; "
                               "it is left as it is. Move it away or choose another --out.")
+            if item.error is None and not foreign:
+                earlier = ar.read_record(ar.case_dir(out, item.name))
+                if earlier is not None and earlier.get("file") not in (None, item.member.name):
+                    # another archive scored into this --out, or a renamed file: say what is replaced
+                    print(f"{position}{item.name}: replaces the results of {earlier.get('file')!r} in "
+                          f"{ar.case_dir(out, item.name)}", file=sys.stderr, flush=True)
             if item.error is None:
                 staged = ar.staging_dir(out, item.name)
                 try:
