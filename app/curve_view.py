@@ -237,6 +237,7 @@ class QualityCurve(QWidget):
             self.curve_cls.setData([], [])
             self.curve_seg.setData([], [])
             self.best.setData([], [])
+            self.seg_line.setVisible(False)
             self.strip_unscored.setData(*self._ticks(np.arange(n)))
             self.strip_cand.setData([], [])
             self.strip_dis.setData([], [])

@@ -379,6 +379,7 @@ class ReviewPanel(QWidget):
             return None
         finally:
             progress.close()
+            progress.deleteLater()
             QApplication.restoreOverrideCursor()
         self.message.emit(f"Report written: {result}")
         return result

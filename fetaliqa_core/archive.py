@@ -271,6 +271,15 @@ def settings_key(hashes: dict, threshold: float) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def run_settings_key(hashes: dict, threshold: float, spacing: float | None = None,
+                     student_hash: str | None = None) -> str:
+    """:func:`settings_key` of a run, with a spacing given on the command line (the AC, its doubt)
+    and a cascade's student (which frames the models score) when there are: a plain run keeps the
+    key of the records written before these counted."""
+    extra = {"spacing": spacing, "student_hash": student_hash}
+    return settings_key(dict(hashes, **{k: v for k, v in extra.items() if v is not None}), threshold)
+
+
 def case_key(fhash: str, settings: str) -> str:
     return hashlib.sha256(f"{fhash}:{settings}".encode()).hexdigest()[:32]
 
@@ -369,7 +378,8 @@ def _swap_dir(staged: Path, target: Path) -> None:
     """Rename ``staged`` to ``target``; an old ``target`` is renamed away first, removed after.
     Another process (a second machine on the same folder) may put its own ``target`` in place
     between the two renames: then it is moved away in turn (both are complete; the last wins)."""
-    olds = []
+    olds: list[Path] = []
+    placed = False
     try:
         for attempt in range(5):
             if target.exists():
@@ -381,11 +391,17 @@ def _swap_dir(staged: Path, target: Path) -> None:
                     pass
             try:
                 os.replace(staged, target)
+                placed = True
                 return
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 4:
                     raise
     finally:
+        if not placed and olds and not target.exists():
+            try:  # ours could not be put in place: the result that was there goes back
+                os.replace(olds.pop(), target)
+            except OSError:
+                pass
         for old in olds:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -403,7 +419,11 @@ FOREIGN_LEFTOVER_S = 6 * 3600
 
 
 def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", "", hostname())[:40] or "host"
+    """This machine in a temporary folder's name: readable, and unique by a short hash of the
+    whole host name (two names that differ only in dropped characters or past the cut differ)."""
+    name = hostname()
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+    return (re.sub(r"[^A-Za-z0-9.]", "", name)[:32] or "host") + "." + digest
 
 
 def _pid_alive(pid: int) -> bool:

@@ -305,3 +305,28 @@ def test_one_spreadsheet_rule_for_every_table(cell, shown):
 
     assert spreadsheet_safe(cell) == shown
     assert _cell(cell) == shown  # the folder table of plain `fetaliqa score FOLDER`
+
+
+def test_run_settings_keep_the_key_of_plain_runs_and_tell_machines_apart(monkeypatch, tmp_path):
+    """Review findings: adding the spacing and the student to the key changed it for every plain
+    run (each archive scored before would be rescored in full); and two host names that differ
+    only in dropped characters (gpu-1-12, gpu-11-2) gave one tag, so one machine removed the
+    other's case being written."""
+    hashes = {"cls_hash": "a", "seg_hash": "b", "base_hash": "c", "precision": "bf16"}
+    assert ar.run_settings_key(hashes, 0.5) == ar.settings_key(hashes, 0.5)
+    assert ar.run_settings_key(hashes, 0.5, spacing=0.3) != ar.settings_key(hashes, 0.5)
+    assert ar.run_settings_key(hashes, 0.5, student_hash="s") != ar.run_settings_key(hashes, 0.5, spacing=0.3)
+    tags = set()
+    for name in ("gpu-1-12", "gpu-11-2", "node_3", "node-3"):
+        monkeypatch.setattr(ar, "hostname", lambda name=name: name)
+        tags.add(ar._host_tag())
+    assert len(tags) == 4
+
+
+def test_a_swap_that_fails_puts_the_old_result_back(tmp_path):
+    _put_case(tmp_path, "c1", {"old.txt": "old", ar.RECORD_FILE: ar.record_json(_record("c1"))})
+    gone = ar.staging_dir(tmp_path, "c1")  # removed by someone else before the rename
+    with pytest.raises(OSError):
+        ar.replace_case_dir(gone, ar.case_dir(tmp_path, "c1"))
+    assert sorted(p.name for p in ar.case_dir(tmp_path, "c1").iterdir()) == [ar.RECORD_FILE, "old.txt"]
+    assert [p.name for p in (tmp_path / ar.CASES_DIR).iterdir()] == ["c1"]

@@ -693,3 +693,12 @@ def test_the_viewers_loader_stopped_says_nothing(qtbot, tmp_path):
     loader.stop()
     loader.run()  # in this thread: stopped before the first chunk
     assert said == []
+
+
+def test_empty_header_values_are_left_out(tmp_path, capfd):
+    from fetaliqa_core.io import read_mask_volume, write_volume
+
+    path = tmp_path / "m.mha"
+    write_volume(path, np.zeros((2, 40, 50), np.uint8), metadata={"FetalIQA_ACNote": "", "FetalIQA_ACStatus": "ok"})
+    assert "WARNING" not in capfd.readouterr().err
+    assert read_mask_volume(path).metadata == {"FetalIQA_ACStatus": "ok"}

@@ -294,3 +294,20 @@ def test_thumbnail_ac_is_plain_only_on_an_abdomens_outline():
     assert "doubtful" not in _thumbnail_ac_text(mask, ac, sweep, fov, flat)
     # the same abdomen's outline on a frame the classifier does not call: doubtful too
     assert _thumbnail_ac_text(mask, ac, sweep, fov, flat, "the classifier does not call it").endswith("(doubtful)")
+
+
+def test_thumbnail_doubt_follows_the_viewer_for_both_models():
+    """The viewer calls an AC doubtful where the segmenter itself does not call the frame; the
+    report's thumbnails passed the classifier's doubt only (review finding)."""
+    from types import SimpleNamespace
+
+    from fetaliqa_core.analysis.assessment import Thresholds
+    from fetaliqa_core.review.report import _thumbnail_doubt
+
+    run = SimpleNamespace(thresholds=Thresholds(0.5, 0.5), seg_threshold=0.5,
+                          p_cls=np.array([0.9, 0.3, 0.9]), p_seg=np.array([0.3, 0.9, 0.9]))
+    assert "segmenter does not call" in _thumbnail_doubt(run, 0)
+    assert "classifier does not call" in _thumbnail_doubt(run, 1)
+    assert _thumbnail_doubt(run, 2) is None
+    run.p_seg = np.full(3, np.nan)  # a classifier alone: its word only
+    assert _thumbnail_doubt(run, 0) is None

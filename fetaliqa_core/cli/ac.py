@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-fov", action="store_true",
         help="do not apply the ACOUSLIC probe's field-of-view mask (measure the whole frame); it is "
-             "applied only to a 744 x 562 mask lying inside it",
+             "applied, resized to the frame, only to a mask lying inside it",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 

@@ -137,9 +137,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     # everything else the results depend on: a spacing given on the command line (the AC, its
     # doubt) and a cascade's student (which frames the models score)
     student = getattr(models, "student", None)
-    settings = ar.settings_key(dict(hashes, spacing=getattr(args, "spacing", None),
-                                    student_hash=getattr(student, "bundle_hash", None) if student else None),
-                               threshold)
+    settings = ar.run_settings_key(hashes, threshold, spacing=getattr(args, "spacing", None),
+                                   student_hash=getattr(student, "bundle_hash", None) if student is not None else None)
     needed = [export.CHALLENGE_FRAME_FILE, export.CHALLENGE_MASK_FILE] if args.challenge_output else []
     heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
     mine = ar.shard(len(members), ranks)
@@ -184,6 +183,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             if foreign:
                 item.error = (f"{ar.case_dir(out, item.name)}: exists and was not written by FetalIQA; "
                               "it is left as it is. Move it away or choose another --out.")
+            read_failed = item.error is not None  # before scoring: reading or hashing the file
             if item.error is None and not foreign:
                 earlier = ar.read_record(ar.case_dir(out, item.name))
                 if earlier is not None and earlier.get("file") not in (None, item.member.name):
@@ -218,9 +218,11 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 base.pop("_t0")
                 failure = dict(base, status=export.STATUS_FAILED, error=item.error, key=item.key, file_hash=item.fhash,
                                finished_utc=ar.utc_now())
-                previous = ar.read_record(ar.case_dir(out, item.name)) if not foreign else None
-                if (previous is not None and previous.get("status") == export.STATUS_OK and item.fstat is not None
-                        and previous.get("settings_key") == settings and previous.get("file_stat") == item.fstat):
+                folder = ar.case_dir(out, item.name)
+                previous = ar.read_record(folder) if not foreign else None
+                if (read_failed and previous is not None and item.fstat is not None
+                        and previous.get("settings_key") == settings and previous.get("file_stat") == item.fstat
+                        and ar.is_finished(previous, previous.get("key"), needed, folder)):
                     # a passing read error (permissions, a network file system) must not destroy results
                     # of these settings on the same, unchanged file
                     print(f"{position}{item.name}: could not be read now ({item.error}); its results of "
@@ -284,7 +286,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             raise FetalIQAError(f"{out}: cannot write the challenge output ({exc.strerror}). Choose a "
                                 "folder you can write to.") from None
         print(f"challenge output: {n} case(s) in {tree}" + (
-            f"; {len(left_out)} without an answer (not 'ok' in the table)" if left_out else ""))
+            f"; {len(left_out)} without an answer (not 'ok' in the table, or scored without --challenge-output)"
+            if left_out else ""))
     if ranks.distributed and not dead and ok < len(rows):
         # torchrun takes a non-zero exit for a crash and, with --max-restarts, would start every
         # rank again to retry the same bad files: the run itself finished, the table has the rest

@@ -255,7 +255,9 @@ def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, f
         image.SetMetaData(META_SWEEP_RANGES, ",".join(f"{a}-{b}" for a, b in sweep_ranges))
         image.SetMetaData(META_SWEEP_KINDS, ",".join(kinds))
     for key, value in (metadata or {}).items():
-        image.SetMetaData(str(key), " ".join(str(value).split()))
+        text = " ".join(str(value).split())
+        if text:  # an empty value is not written (MetaImage warns and drops it)
+            image.SetMetaData(str(key), text)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -40,7 +40,7 @@ import numpy as np
 
 from fetaliqa_core import __version__
 from fetaliqa_core.analysis.ac import ellipse_polygon, format_ga
-from fetaliqa_core.analysis.units import classifier_doubt
+from fetaliqa_core.analysis.units import classifier_doubt, segmenter_doubt
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_write, csv_writer
 from fetaliqa_core.review.figures import (
@@ -208,8 +208,8 @@ def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | Non
                        demo: bool = False) -> str:
     """A thumbnail's AC read by the viewer's rules: a plain number only when the frame choice's
     verdict on its mask (here at the frame's own size, with the frame's grey levels ``frame`` for
-    the outline) is a plausible abdomen, the classifier does not contradict it (``disagreement``,
-    :func:`~fetaliqa_core.analysis.units.classifier_doubt`), the run is not the demonstration
+    the outline) is a plausible abdomen, neither model contradicts it (``disagreement``:
+    :func:`~fetaliqa_core.analysis.units.classifier_doubt` or ``segmenter_doubt``), the run is not the demonstration
     model's and the value is in the plausible range, else marked doubtful (no GA either way)."""
     from fetaliqa_core.analysis import frame_choice
     from fetaliqa_core.analysis.ac import resolve_fov
@@ -221,6 +221,18 @@ def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | Non
     shape = frame_choice.mask_shape(region, resolve_fov(fov, region.shape), px_mm, grey=grey)
     r = read_ac(ac.ac_mm, None, shape.problem, disagreement, DEMO_MODEL_DOUBT if demo else None)
     return f"AC {r.ac_mm:.1f} mm" + ("" if r.trusted else " (doubtful)")
+
+
+def _thumbnail_doubt(run, f: int) -> str | None:
+    """Why one model contradicts an AC on frame ``f`` of ``run``, by the viewer's rule: with both
+    models, the classifier scores it below its threshold or the segmenter's own call is no."""
+    t = run.thresholds
+    if t.score != "p_cls":
+        return None
+    doubt = classifier_doubt(float(run.p_cls[f]), t.cls)
+    if doubt is None and np.isfinite(run.p_seg[f]) and float(run.p_seg[f]) < run.seg_threshold:
+        doubt = segmenter_doubt(run.seg_threshold)
+    return doubt
 
 
 #: Printed beside the numbers of a run made with the bundled demonstration model.
@@ -446,8 +458,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                     caption += ' <span style="color:#aa28aa">chosen</span>'
                 caption += f"<br>p_cls {_fmt(float(run.p_cls[f]))} · p_seg {_fmt(float(run.p_seg[f]))}"
                 if ac is not None and sweep.spacing_mm:
-                    t = run.thresholds
-                    doubt = classifier_doubt(float(run.p_cls[f]), t.cls) if t.score == "p_cls" else None
+                    doubt = _thumbnail_doubt(run, f)
                     caption += f"<br>{_e(_thumbnail_ac_text(mask, ac, sweep, fov, frames[f], doubt, is_demo_run(run)))}"
                 if f in latest_by_frame:
                     caption += "<br>" + _label_html(latest_by_frame[f].label)
