@@ -321,3 +321,25 @@ def test_base_weights_far_larger_than_any_fetalclip_are_refused_before_hashing(t
     manifest = SimpleNamespace(base_sha256="0" * 64, is_student=False, base_fingerprint=None)
     with pytest.raises(FetalIQAError, match="far more than FetalCLIP"):
         b.base_for(manifest, {}, big, None, "bundle x")
+
+
+def test_a_demo_bundle_with_its_manifest_edited_is_still_the_demo(tmp_path):
+    """An independent test renamed the demo models' description (another bundle hash), and the
+    same weights then gave plain ACs with a GA on skulls and hearts. A model on the
+    demonstration base is the demo's kind whatever its manifest says."""
+    import json
+
+    from fetaliqa_core.models.bundle import MANIFEST_FILE, load_bundle
+    from fetaliqa_core.models.choice import is_demo_bundle, provenance
+
+    copy = tmp_path / "renamed" / "cls"
+    shutil.copytree(paths.resources_dir() / "demo" / "cls", copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["description"] = "my clinic's classifier"
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    model = load_bundle(copy, base_weights=paths.resources_dir() / "demo" / "base_tiny.pt", device="cpu")
+    assert is_demo_bundle(model)
+    from types import SimpleNamespace
+
+    prov = provenance(SimpleNamespace(cls=model, seg=None))
+    assert prov["demo"] and prov["bundles"][0]["demo"] and "not for clinical use" in prov["notice"]

@@ -138,7 +138,38 @@ def is_demo_bundle(model) -> bool:
     path = getattr(model, "path", None)
     if path is not None and _under_demo(path, getattr(model, "bundle_hash", None)):
         return True
-    return _taught_by_demo(getattr(model, "manifest", None))
+    return _taught_by_demo(getattr(model, "manifest", None)) or on_demo_base(model)
+
+
+def on_demo_base(model) -> bool:
+    """The model runs on the demonstration base (the tiny tower trained here on synthetic sweeps,
+    or an earlier stage of it): whatever its adapters learnt, and whatever its manifest says (a
+    copy of a demo bundle with its description edited has another hash), it has never seen an
+    ultrasound frame through anything but that base, and its numbers are the demo's kind."""
+    digests = {getattr(getattr(model, "base", None), "sha256", None),
+               getattr(getattr(model, "manifest", None), "base_sha256", None)}
+    return bool(digests & _demo_base_hashes())
+
+
+@functools.lru_cache(maxsize=1)
+def _demo_base_hashes() -> frozenset[str]:
+    """SHA-256 of the shipped demonstration base and of each earlier stage it was trained from
+    (``resources/demo/base_tiny.json``)."""
+    import json
+
+    from fetaliqa_core import paths
+    from fetaliqa_core.models.bundle import DEMO_DIR_NAME
+
+    found: set[str] = set()
+    try:
+        record = json.loads((paths.resources_dir() / DEMO_DIR_NAME / "base_tiny.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return frozenset()
+    while isinstance(record, dict):
+        if isinstance(record.get("sha256"), str) and len(record["sha256"]) == 64:
+            found.add(record["sha256"])
+        record = record.get("previous_stage")
+    return frozenset(found)
 
 
 def _taught_by_demo(manifest) -> bool:
@@ -156,7 +187,7 @@ def part_is_demo(model, role: str) -> bool:
     pair on one base on its own, as :func:`provenance` does)."""
     if getattr(model, "parts", None):
         path, digest = bundle_part(model, role)
-        return path is not None and _under_demo(path, digest)
+        return (path is not None and _under_demo(path, digest)) or on_demo_base(model)
     return is_demo_bundle(model)
 
 
@@ -216,13 +247,13 @@ def provenance(models) -> dict:
         parts = getattr(m, "parts", None)  # two bundles sharing one base (models/shared.py)
         if parts:
             for part_role, part_path, part_hash in parts:
-                demo = _under_demo(part_path, part_hash)
+                demo = _under_demo(part_path, part_hash) or on_demo_base(m)
                 name = f"demo/{Path(part_path).name}" if demo else Path(part_path).name
                 bundles.append({"role": part_role, "name": name, "sha256": part_hash, "demo": demo})
             continue
         path = getattr(m, "path", None)
         shipped = path is not None and _under_demo(path, getattr(m, "bundle_hash", None))
-        demo = shipped or _taught_by_demo(getattr(m, "manifest", None))  # is_demo_bundle, shipped known
+        demo = shipped or _taught_by_demo(getattr(m, "manifest", None)) or on_demo_base(m)  # is_demo_bundle
         name = (f"demo/{Path(path).name}" if shipped else Path(path).name) if path is not None else ""
         bundles.append({"role": role, "name": name, "sha256": str(getattr(m, "bundle_hash", "")),
                         "demo": demo})
