@@ -265,3 +265,27 @@ def test_the_acouslic_fan_is_not_applied_to_a_mask_drawn_outside_it(tmp_path, ca
     assert main(["ac", str(path)]) == 0
     out = capsys.readouterr().out
     assert "extrapolated" not in out and "outside the ACOUSLIC field of view" in out
+
+
+def test_another_size_is_measured_without_the_acouslic_fan(tmp_path, capsys):
+    """The ACOUSLIC fan, stretched to a 600 x 800 mask of a linear probe, cut a whole ellipse."""
+    masks = np.zeros((1, 600, 800), np.uint8)
+    axes = (300, 200)
+    cv2.ellipse(masks[0], (400, 300), axes, 0, 0, 360, 1, -1)
+    image = sitk.GetImageFromArray(masks)
+    image.SetSpacing((0.28, 0.28, 1.0))
+    path = tmp_path / "linear.mha"
+    sitk.WriteImage(image, str(path), True)
+    assert main(["ac", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["field_of_view"] == "whole frame" and record["truncated"] is False
+    assert record["ac_mm"] == pytest.approx(ac_of(axes), rel=0.01)
+
+
+def test_the_mask_of_an_answer_without_a_frame_says_so(tmp_path, capsys):
+    from fetaliqa_core.io import META_AC_STATUS
+
+    path = _written_mask(tmp_path / "none.mha", np.zeros((3, H, W), np.uint8), {META_AC_STATUS: "none"})
+    assert main(["ac", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "chose no frame (-1)" in err and "give --frame" not in err

@@ -489,7 +489,7 @@ def test_a_sweep_with_frames_above_threshold_but_no_chosen_frame_says_why():
     res.masks[30], res.seg_area_px[30] = np.zeros((S, S), np.uint8), 0
     res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * S * S)
     assert assess(sweep, res, Thresholds(value=0.5, model=0.5)).summary.sweeps[1].ac_note == \
-        "no frame above threshold"
+        "no frame reaches the classifier's threshold and none has a mask outlining an abdomen"
 
 
 def test_each_mask_is_judged_once_per_results_and_again_only_when_replaced(monkeypatch):

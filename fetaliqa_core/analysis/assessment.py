@@ -500,6 +500,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         alone = "the segmenter's masks" if choice.basis == "segmenter" else "the classifier's scores"
         choice_note = (f"the models disagree: no frame has both the classifier's call (p_cls >= {thr_cls:.2f}) "
                        f"and a segmenter mask that outlines an abdomen; chosen on {alone} alone")
+        if results.n_done < sweep.n_frames:  # a cascade's teacher, or a run not finished: say of which frames
+            choice_note += f" (of the {results.n_done} of {sweep.n_frames} frames these models scored)"
     summary = CaseSummary(
         path=str(sweep.path) if getattr(sweep, "path", None) else "",
         content_hash=str(getattr(sweep, "content_hash", "")),
@@ -605,6 +607,8 @@ def _why_no_frame(flags: FrameFlags, choice, start: int, stop: int) -> str:
         return "no frame scored"
     shapes = choice.shapes
     plaus = None if shapes is None else np.array([shapes[i].plausible for i in range(start, stop)], bool)
+    if plaus is not None:
+        plaus &= flags.seg_call[sl]  # as the choice counts them: masks the segmenter itself calls
     cls_calls = flags.cls_call[sl] if flags.scored_cls[sl].any() else None
     calls = cls_calls if cls_calls is not None else flags.seg_call[sl]
     n_calls, n_plaus = int(calls.sum()), (0 if plaus is None else int(plaus.sum()))
@@ -618,7 +622,11 @@ def _why_no_frame(flags: FrameFlags, choice, start: int, stop: int) -> str:
     if n_calls and n_plaus:
         return (f"{n_calls} frame(s) above the classifier's threshold and {n_plaus} with a mask outlining an "
                 "abdomen, but never the same frame, so none is chosen")
-    return "no frame above threshold"
+    if cls_calls is not None:
+        # flagged frames (the two scores' mean) may exist all the same: the choice needs the call
+        return ("no frame reaches the classifier's threshold" +
+                (" and none has a mask outlining an abdomen" if plaus is not None else ""))
+    return "no frame above threshold" if plaus is None else "no frame has a mask outlining an abdomen"
 
 
 def _best_of_choice(choice, ranges, flags: FrameFlags, area, p_opt) -> list[BestFrame | None]:

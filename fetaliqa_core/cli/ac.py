@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-fov", action="store_true",
         help="do not apply the ACOUSLIC probe's field-of-view mask (measure the whole frame); it is "
-             "applied, resized to the frame, only to a mask lying inside it",
+             "applied only to a mask of ACOUSLIC's frame size (744 x 562) lying inside it",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -94,9 +94,15 @@ def run(args: argparse.Namespace) -> int:
         spacing = fspacing.user_spacing(args.spacing)
         problem, source = None, "--spacing option"
 
+    if args.frame is None and not masks.any() and volume.metadata.get(fio.META_AC_STATUS, "").strip() == "none":
+        raise FetalIQAError(f"{path}: the answer that wrote this mask chose no frame (-1): it found no "
+                            "abdomen to measure, so the mask is empty")
     index = _pick_frame(masks, args.frame, path)
     frame = masks[index]
-    fov = None if args.no_fov else resolve_fov("acouslic", frame.shape)
+    from fetaliqa_core.acouslic import FRAME_SHAPE
+
+    # the ACOUSLIC probe's fan belongs to its frames' size; another size is another probe's image
+    fov = None if args.no_fov or tuple(frame.shape) != FRAME_SHAPE else resolve_fov("acouslic", frame.shape)
     fov_note = ""
     if fov is not None and frame.any():
         outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)

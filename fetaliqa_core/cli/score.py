@@ -15,6 +15,12 @@ HELP = "Score every frame of a sweep and write frames.csv and summary.json."
 SWEEP_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz", ".dcm")
 
 
+
+def _kind(kind: str) -> str:
+    """`` (transverse)``, or nothing for a sweep whose kind the file does not say ("unknown" read
+    as if the sweep itself were unknown)."""
+    return "" if not kind or kind == "unknown" else f" ({kind})"
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", type=Path, metavar="SWEEP",
                    help="a sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM), a DICOM series folder, "
@@ -150,7 +156,7 @@ def _print_summary(summary: dict, out: Path) -> None:
         print(f"  {summary['choice_note']}")
     for s in summary["sweeps"]:
         if s["best_frame"] < 0:
-            print(f"  sweep {s['sweep']} ({s['kind']}): {s.get('ac_note') or 'no frame above threshold'}")
+            print(f"  sweep {s['sweep']}{_kind(s['kind'])}: {s.get('ac_note') or 'no frame above threshold'}")
             continue
         reading = ""
         if s["ac_status"] == "ok":
@@ -160,7 +166,7 @@ def _print_summary(summary: dict, out: Path) -> None:
             reading = f", AC {s['ac_mm']:.1f} mm (doubtful: {s['ac_note']})"
         elif s["ac_status"] == "no units":
             reading = ", AC not shown (pixel spacing)"
-        print(f"  sweep {s['sweep']} ({s['kind']}): best frame {s['best_frame']} "
+        print(f"  sweep {s['sweep']}{_kind(s['kind'])}: best frame {s['best_frame']} "
               f"(score {s['score']:.2f}){reading}")
     if summary.get("notice"):
         print(f"  {summary['notice']}")
