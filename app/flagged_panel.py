@@ -21,7 +21,7 @@ class FlaggedPanel(QWidget):
         self.model = model
         self.tree = QTreeWidget()
         self.tree.setColumnCount(3)
-        self.tree.setHeaderLabels(["frame", "sweep", "score"])
+        self.tree.setHeaderLabels(["frame", "sweep", "p_cls / p_seg"])
         self.tree.setRootIsDecorated(True)
         self.tree.setUniformRowHeights(True)
         self.tree.setFocusPolicy(Qt.ClickFocus)
@@ -56,13 +56,8 @@ class FlaggedPanel(QWidget):
             self.frame_chosen.emit(int(frame))
 
     def _score(self, frame: int) -> str:
-        v = self.model.frame_values(frame)
-        parts = []
-        if v["p_cls"] is not None:
-            parts.append(f"p_cls {v['p_cls']:.2f}")
-        if v["p_seg"] is not None:
-            parts.append(f"p_seg {v['p_seg']:.2f}")
-        return "  ".join(parts)
+        v = self.model.frame_values(frame)  # under the column's "p_cls / p_seg"
+        return " / ".join("–" if v[k] is None else f"{v[k]:.2f}" for k in ("p_cls", "p_seg"))
 
     def _row(self, frame: int, label: str | None = None) -> QTreeWidgetItem:
         k = self.model.sweep_index(frame)

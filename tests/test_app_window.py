@@ -586,7 +586,7 @@ def test_a_sweep_without_a_chosen_frame_is_not_listed_as_having_a_best_frame(qtb
 
 
 def test_scores_carry_the_names_the_files_use(qtbot, make_window):
-    """The panel once wrote "c 0.71  m 0.40", the curve "classifier p" and "mask score", the
+    """The panel once wrote "c 0.71  m 0.40" under "score", the curve "classifier p" and "mask score", the
     frame corner "classifier 0.71": four names for the two columns frames.csv calls p_cls and
     p_seg. Every place the window shows a score now uses the files' names."""
     from app.window_tools import corner_texts
@@ -597,7 +597,11 @@ def test_scores_carry_the_names_the_files_use(qtbot, make_window):
     best = win.flagged._groups["best"]
     assert best.childCount() > 0
     score_text = best.child(0).text(2)
-    assert score_text.startswith("p_cls ") and " p_seg " in score_text
+    assert win.flagged.tree.headerItem().text(2) == "p_cls / p_seg"
+    from app.flagged_panel import FRAME_ROLE
+
+    v = win.model.frame_values(int(best.child(0).data(0, FRAME_ROLE)))
+    assert score_text == f"{v['p_cls']:.2f} / {v['p_seg']:.2f}"
     assert "p_cls" in win.curve.legend.text() and "p_seg" in win.curve.legend.text()
     assert "p_cls" in win.curve.legend.toolTip() and "frames.csv" in win.curve.legend.toolTip()
     frame = win.model.flags.best[0]
