@@ -585,3 +585,18 @@ def test_an_ac_on_a_mask_the_segmenter_does_not_call_is_doubtful():
     sweep, res = _scored_case(big)
     a = assess(sweep, res, Thresholds(value=0.5, model=0.5))
     assert a.disagreement(10) is None and a.summary.chosen_ac["status"] == "ok"
+
+
+def test_a_mask_of_the_brain_inside_the_skull_is_a_head():
+    """An independent generator's heads were chosen where the segmenter outlined the brain inside
+    the bone: the bright ring then lies just outside the mask's ellipse, beyond the band that was
+    searched (0.8-1.1 of its size); the skull's band now reaches 1.25."""
+    rng = np.random.default_rng(1)
+    frame = np.full((S, S), 25, np.float32)  # fluid
+    cv2.ellipse(frame, (112, 120), (78, 68), 0, 0, 360, 220, -1)  # bone ...
+    cv2.ellipse(frame, (112, 120), (70, 60), 0, 0, 360, 70, -1)  # ... round the brain
+    frame = np.clip(frame * rng.gamma(16.0, 1 / 16.0, frame.shape), 0, 255).astype(np.uint8)
+    brain = ellipse((112, 120), (62, 52))  # the mask: inside the bone, not on it
+    assert fc.rim_ratio(frame, None, fc.mask_shape(brain, None, None).ellipse) < fc.SKULL_RIM_RATIO
+    shape = fc.mask_shape(brain, None, None, grey=frame)
+    assert not shape.plausible and shape.reason == fc.SKULL_REASON
