@@ -254,10 +254,7 @@ def test_the_acouslic_fan_is_not_applied_to_a_mask_drawn_outside_it(tmp_path, ca
     cv2.ellipse(masks[0], centre, axes, 0, 0, 360, 1, -1)
     spill = 1 - np.count_nonzero(masks[0][fov]) / np.count_nonzero(masks[0])
     assert 0.01 < spill < 0.5  # the ellipse crosses the fan's edge
-    image = sitk.GetImageFromArray(masks)
-    image.SetSpacing((0.28, 0.28, 1.0))
-    path = tmp_path / "other_probe.mha"
-    sitk.WriteImage(image, str(path), True)
+    path = _write(tmp_path, masks, "other_probe.mha")
     assert main(["ac", str(path), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["truncated"] is False and record["field_of_view"] == "whole frame"
@@ -272,10 +269,7 @@ def test_another_size_is_measured_without_the_acouslic_fan(tmp_path, capsys):
     masks = np.zeros((1, 600, 800), np.uint8)
     axes = (300, 200)
     cv2.ellipse(masks[0], (400, 300), axes, 0, 0, 360, 1, -1)
-    image = sitk.GetImageFromArray(masks)
-    image.SetSpacing((0.28, 0.28, 1.0))
-    path = tmp_path / "linear.mha"
-    sitk.WriteImage(image, str(path), True)
+    path = _write(tmp_path, masks, "linear.mha")
     assert main(["ac", str(path), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["field_of_view"] == "whole frame" and record["truncated"] is False
