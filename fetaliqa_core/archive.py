@@ -266,6 +266,19 @@ def model_hashes(models) -> dict:
             "precision": {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(dtype, dtype)}
 
 
+def bundle_columns(models, hashes: dict) -> dict:
+    """``hashes`` for the table: each bundle's own SHA-256, as summary.json gives it, also for a
+    pair loaded on one base (whose loaded model carries the pair's hash; the settings key keeps
+    that one, so records written before stay valid)."""
+    from fetaliqa_core.models.choice import bundle_part
+
+    out = dict(hashes)
+    for key, role, m in (("cls_hash", "classifier", models.cls), ("seg_hash", "segmenter", models.seg)):
+        if m is not None and getattr(m, "parts", None):
+            out[key] = bundle_part(m, role)[1]
+    return out
+
+
 def settings_key(hashes: dict, threshold: float) -> str:
     text = json.dumps({"v": RECORD_VERSION, **hashes, "threshold": float(threshold)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -202,7 +202,9 @@ def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = 
     into ``out`` at once: a failure leaves ``out`` as it was. ``extra(folder)`` may write more
     files into the folder before it is put in place. Returns the files written here."""
     out = Path(out)
-    with atomic_output_dir(out) as tmp:
+    # a folder scored before with --challenge-output or --cascade must not keep that run's answer
+    # beside this one's summary
+    with atomic_output_dir(out, drop=(CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, "cascade.json")) as tmp:
         write_frames_csv(tmp / FRAMES_CSV, sweep, results, assessment)
         write_summary_json(tmp / SUMMARY_JSON, assessment)
         names = [FRAMES_CSV, SUMMARY_JSON]

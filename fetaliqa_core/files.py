@@ -105,12 +105,14 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2, sort_keys: bo
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | Path) -> Iterator[Path]:
+def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = ()) -> Iterator[Path]:
     """Context manager: files are written into a temporary sibling folder that replaces ``out``
     only when everything succeeded, so a failed run leaves nothing half-written.
 
     When ``out`` already exists only the files written this time replace their namesakes in it;
-    other files there are kept (a folder with other content is never deleted).
+    other files there are kept (a folder with other content is never deleted), except those
+    named in ``drop`` that were not written this time: files of an earlier run of the same
+    writer that would now contradict the new ones (e.g. a challenge answer beside a new summary).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -122,11 +124,16 @@ def atomic_output_dir(out: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         if out.exists():
+            written = {p.name for p in tmp.iterdir()}
             for p in tmp.iterdir():
                 target = out / p.name
                 if target.is_dir():
                     shutil.rmtree(target)
                 os.replace(p, target)
+            for name in drop:
+                old = out / name
+                if name not in written and old.is_file() and not old.is_symlink():
+                    old.unlink()
             _fsync_dir(out)
         else:
             os.replace(tmp, out)

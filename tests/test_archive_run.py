@@ -414,3 +414,31 @@ def test_an_interrupted_run_writes_the_table_of_what_it_finished(tmp_path, capsy
     assert "interrupted" in capsys.readouterr().err
     rows = _table(out)
     assert [r["status"] for r in rows] == ["ok", "missing", "missing"]
+
+    # scored in full with the challenge's files, then rescored with --spacing and interrupted:
+    # challenge/ keeps no answer of a case the table no longer calls ok
+    monkeypatch.setattr(score_cmd, "score_one", real)
+    assert main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet",
+                 "--challenge-output"]) == 0
+    assert len(json.loads((out / ar.CHALLENGE_DIR / ar.PREDICTIONS_FILE).read_text())) == 3
+    calls.clear()
+    monkeypatch.setattr(score_cmd, "score_one", interrupted_on_the_second)
+    assert main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet",
+                 "--challenge-output", "--spacing", "0.3"]) == 130
+    rows = _table(out)
+    assert [r["status"] for r in rows] == ["ok", "stale", "stale"]
+    jobs = json.loads((out / ar.CHALLENGE_DIR / ar.PREDICTIONS_FILE).read_text())
+    assert [j["pk"] for j in jobs] == [rows[0]["case"]]
+
+
+def test_the_table_gives_each_bundle_of_a_pair_its_own_hash(tmp_path, capsys):
+    """The demo pair runs on one base, whose loaded model carries the pair's hash: cases.csv gave
+    it as both cls_hash and seg_hash, where summary.json gives each bundle's own."""
+    folder = _fresh_archive(tmp_path, n=1)
+    out = tmp_path / "scores"
+    assert main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]) == 0
+    (row,) = _table(out)
+    summary = json.loads((ar.case_dir(out, row["case"]) / "summary.json").read_text())
+    own = {b["role"]: b["sha256"] for b in summary["bundles"]}
+    assert row["cls_hash"] == own["classifier"] and row["seg_hash"] == own["segmenter"]
+    assert row["cls_hash"] != row["seg_hash"]

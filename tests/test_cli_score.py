@@ -269,3 +269,16 @@ def test_a_student_of_the_demo_models_is_a_demo_model(tmp_path):
                                    ("segmenter", tmp_path / "mine_seg", "c" * 64)])
     assert part_is_demo(mixed, "classifier") and not part_is_demo(mixed, "segmenter")
     assert bundle_part(own, "segmenter") == (tmp_path / "mine", "0" * 64)
+
+
+def test_a_folder_scored_again_keeps_no_answer_of_the_run_before(case, tiny_bundle_dirs, tmp_path, capsys):
+    """The challenge's frame number and mask of a run with --challenge-output stayed beside the
+    summary of a later run without it (frame 13 beside chosen_frame -1), and `ac` measured them."""
+    out = tmp_path / "out"
+    models = ["--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"])]
+    assert main(["score", str(case), *models, "--out", str(out), "--challenge-output", "--quiet"]) == 0
+    assert (out / "fetal-abdomen-frame-number.json").exists()
+    (out / "notes.txt").write_text("mine")
+    assert main(["score", str(case), *models, "--out", str(out), "--quiet", "--no-cache"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["frames.csv", "notes.txt", "summary.json"]  # the user's own file stays

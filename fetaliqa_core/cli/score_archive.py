@@ -134,6 +134,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     notice = provenance(models).get("notice") or ""  # the demonstration models' notice, as summary.json has it
     threshold = Thresholds.of_models(models, args.threshold).value
     hashes = ar.model_hashes(models)
+    columns = ar.bundle_columns(models, hashes)  # each bundle's own hash in the table
     # everything else the results depend on: a spacing given on the command line (the AC, its
     # doubt) and a cascade's student (which frames the models score)
     student = getattr(models, "student", None)
@@ -176,7 +177,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 print(f"{position}{item.name}: already scored with these models, skipped", flush=True)
                 continue
             base = {"format": ar.RECORD_FORMAT, "version": ar.RECORD_VERSION, "case": item.name,
-                    "file": item.member.name, "models": models.choice.describe(), **hashes,
+                    "file": item.member.name, "models": models.choice.describe(), **columns,
                     "threshold": float(threshold), "settings_key": settings, "file_stat": item.fstat, "rank": ranks.rank,
                     "host": ar.hostname(), "device": models.device, "_t0": time.perf_counter()}
             foreign = ar.foreign_folder(ar.case_dir(out, item.name))
@@ -240,7 +241,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         # Ctrl-C or SIGTERM: the finished cases are kept; the table says so now, not at the next run
         if ranks.is_main and not ranks.distributed:
             try:
-                ar.write_table(out, ar.table_rows(out, names, files, settings, members))
+                rows = ar.table_rows(out, names, files, settings, members)
+                ar.write_table(out, rows)
+                if (out / ar.CHALLENGE_DIR).is_dir():  # no answer there that the table does not call ok
+                    ar.write_challenge_tree(out, rows)
                 print(f"table (up to the interruption): {out / ar.TABLE_FILE}", file=sys.stderr)
             except OSError:
                 pass
