@@ -106,7 +106,7 @@ def test_no_spacing_no_mm_unless_given(tmp_path, capsys):
     sitk.WriteImage(sitk.GetImageFromArray(masks), str(path))  # written without spacing: 1 x 1
     assert main(["ac", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "mm," not in out and "GA" not in out and "pixel spacing unknown" in out
+    assert "mm," not in out and "GA" not in out and "pixel spacing unknown" in out and "--spacing MM" in out
     assert main(["ac", str(path), "--json"]) == 1
     record = json.loads(capsys.readouterr().out)
     assert record["ac_mm"] is None and record["ga_weeks"] is None and record["ac_status"] == "no units"

@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     tail = f" [outline cut by {edge}; ellipse extrapolated]" if m.truncated else ""
     units = "" if problem is not None else (
         f" (pixel {' x '.join(f'{v:g}' for v in spacing)} mm, {source})")
-    print(f"frame {index}: {reading.text()}{tail}{units}")
+    hint = " Give it with --spacing MM." if reading.status == analysis.units.NO_UNITS else ""
+    print(f"frame {index}: {reading.text()}{tail}{units}{hint}")
     if fov_note:
         print(f"note: {fov_note}")
     if writer:
