@@ -159,7 +159,11 @@ def test_gui_cascade_marks_teacher_frames_and_saves_what_score_cascade_writes(qt
     assert cli_main(["score", str(small_sweep), *models, "--out", str(cli_out), "--quiet"]) == 0
     assert cli_main(["gui", str(small_sweep), *models, "--exit-when-scored", "--save-scores", str(gui_out)]) == 0
     assert (gui_out / "frames.csv").read_text() == (cli_out / "frames.csv").read_text()
-    assert json.loads((gui_out / "summary.json").read_text()) == json.loads((cli_out / "summary.json").read_text())
+    summary = json.loads((cli_out / "summary.json").read_text())
+    assert json.loads((gui_out / "summary.json").read_text()) == summary
+    # what ran: the student that chose the teacher's frames is listed beside the two bundles
+    assert [b["role"] for b in summary["bundles"]] == ["classifier", "segmenter", "student (cascade)"]
+    assert summary["bundles"][-1]["name"] == "demo/student" and len(summary["bundles"][-1]["sha256"]) == 64
     record = json.loads((cli_out / "cascade.json").read_text())
     assert json.loads((gui_out / "cascade.json").read_text())["teacher_frames"] == record["teacher_frames"]
     teacher = record["teacher_frames"]

@@ -600,3 +600,20 @@ def test_a_mask_of_the_brain_inside_the_skull_is_a_head():
     assert fc.rim_ratio(frame, None, fc.mask_shape(brain, None, None).ellipse) < fc.SKULL_RIM_RATIO
     shape = fc.mask_shape(brain, None, None, grey=frame)
     assert not shape.plausible and shape.reason == fc.SKULL_REASON
+
+
+def test_ga_out_of_range_is_said_only_of_an_ac_shown():
+    """``ga_out_of_range`` was false where no AC was shown (summary.json) and never true in
+    cases.csv (it was read from the GA, which an AC out of Hadlock's range does not have)."""
+    import dataclasses
+
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+
+    big = ellipse((112, 112), (70, 60))
+    sweep, res = _scored_case(big)
+    sweep = dataclasses.replace(sweep, spacing_mm=(0.99, 0.99))  # ~405 mm: plausible, beyond Hadlock
+    a = assess(sweep, res, Thresholds(value=0.5, model=0.5))
+    s = a.summary.sweeps[0]
+    assert s.ac_status == "ok" and s.ga_weeks is None and s.ga_out_of_range is True
+    sweep, res = _scored_case(np.zeros((S, S), np.uint8))  # no mask: no AC, nothing to say of a GA
+    assert assess(sweep, res, Thresholds(value=0.5, model=0.5)).summary.sweeps[0].ga_out_of_range is None

@@ -313,7 +313,7 @@ class SweepSummary:
     score: float | None
     ac_mm: float | None  # None when not measurable or when the pixel spacing is unknown
     ga_weeks: float | None  # only with a trusted AC inside Hadlock's range
-    ga_out_of_range: bool = False
+    ga_out_of_range: bool | None = None  # None: no AC shown
     ac_status: str = "none"  # "ok" | "doubtful" | "no units" | "none" (analysis.units)
     ga: str = ""  # "24w 3d"
     ac_note: str = ""  # why doubtful / not shown
@@ -489,7 +489,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
             first_frame=int(start), last_frame=int(stop) - 1,
             best_frame=int(frame), score=(float(b.score) if frame >= 0 else None),
             ac_mm=r.ac_mm, ga_weeks=(None if r.ga_weeks is None else round(r.ga_weeks, 1)),
-            ga_out_of_range=bool(m is not None and r.ac_mm is not None and hadlock_ga(m.ac_mm).out_of_range),
+            ga_out_of_range=(bool(hadlock_ga(m.ac_mm).out_of_range) if m is not None and r.ac_mm is not None
+                             else None),  # null where no AC is shown, as in cases.csv
             ac_status=r.status, ga=r.ga_text, ac_note=r.note))
     chosen_m = ac_on(chosen)
     chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem,

@@ -83,7 +83,8 @@ def _record_writer(item: ar.Item, base: dict):
                       ac_status=(reading.get("status") if m is not None
                                  else reading.get("status") if reading.get("status") == "no units" else None),
                       ga_weeks=round(float(ga.weeks), 1) if ga is not None else None,
-                      ga_out_of_range=bool(ga.out_of_range) if ga is not None else None,
+                      # whether the AC shown lies outside Hadlock's range (then no GA): empty without an AC
+                      ga_out_of_range=bool(an.hadlock_ga(m.ac_mm).out_of_range) if m is not None else None,
                       n_frames=int(sweep.n_frames), frames_scored=int(results.n_done),
                       seconds=round(time.perf_counter() - base["_t0"], 3), finished_utc=ar.utc_now())
         record.pop("_t0")

@@ -258,5 +258,14 @@ def provenance(models) -> dict:
         bundles.append({"role": role, "name": name, "sha256": str(getattr(m, "bundle_hash", "")),
                         "demo": demo})
     demo = any(b["demo"] for b in bundles)
+    student = getattr(models, "student", None)
+    if student is not None:
+        # a cascade's student chose the frames the models above re-scored; the numbers are theirs,
+        # so it is listed (what ran) without making them a demonstration model's
+        path = getattr(student, "path", None)
+        shipped = path is not None and _under_demo(path, getattr(student, "bundle_hash", None))
+        bundles.append({"role": "student (cascade)",
+                        "name": (f"demo/{Path(path).name}" if shipped else Path(path).name) if path is not None else "",
+                        "sha256": str(getattr(student, "bundle_hash", "")), "demo": is_demo_bundle(student)})
     return {"app_version": __version__, "bundles": bundles, "demo": demo,
             "notice": DEMO_NOTICE if demo else ""}
