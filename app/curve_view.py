@@ -216,9 +216,9 @@ class QualityCurve(QWidget):
 
     # -- data ------------------------------------------------------------------------------
     @staticmethod
-    def _ticks(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _ticks(frames: np.ndarray, span: tuple[float, float] = STRIP) -> tuple[np.ndarray, np.ndarray]:
         x = np.repeat(frames.astype(np.float64), 2)
-        y = np.tile(np.array(STRIP), len(frames))
+        y = np.tile(np.array(span), len(frames))
         return x, y
 
     def set_results(self, results, flags, confirmed: np.ndarray | None = None) -> None:
@@ -253,8 +253,11 @@ class QualityCurve(QWidget):
                 curve.setData([], [])
         self.strip_unscored.setData(*self._ticks(np.flatnonzero(~results.done)))
         if flags is not None:
-            self.strip_cand.setData(*self._ticks(np.asarray(flags.candidates, dtype=np.int64)))
-            self.strip_dis.setData(*self._ticks(np.asarray(flags.disagreements, dtype=np.int64)))
+            # candidates in the strip's lower half, disagreements in its upper half: a frame that
+            # is both shows both (the red tick hid the green one)
+            mid = (STRIP[0] + STRIP[1]) / 2
+            self.strip_cand.setData(*self._ticks(np.asarray(flags.candidates, dtype=np.int64), (STRIP[0], mid)))
+            self.strip_dis.setData(*self._ticks(np.asarray(flags.disagreements, dtype=np.int64), (mid, STRIP[1])))
             # on the classifier's curve (the segmenter's without one), not at the frame choice's
             # evidence, which no curve shows
             shown = results.p_cls if results.has_cls else results.p_seg

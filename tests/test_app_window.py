@@ -608,3 +608,16 @@ def test_scores_carry_the_names_the_files_use(qtbot, make_window):
     plain, _tl, tr, _bl = corner_texts(win.model, frame, win.model.sweep_index(frame), "")
     assert "p_cls" in plain and "p_seg" in plain
     assert "p_cls" in tr and "p_seg" in tr
+
+
+def test_a_candidate_that_the_models_disagree_on_shows_both_ticks(qtbot, make_window):
+    """The red 'models disagree' tick was drawn over the green 'candidate' tick of the same frame,
+    so a sweep could show no candidate at all beside 'Candidates (4)' in the panel."""
+    win = make_window()
+    _wait_scored(qtbot, win)
+    win.refresh()
+    _, cand_y = win.curve.strip_cand.getData()
+    _, dis_y = win.curve.strip_dis.getData()
+    if len(cand_y) and len(dis_y):
+        assert cand_y.max() <= dis_y.min()  # two rows: neither hides the other
+    assert len(cand_y) == 2 * len(win.model.flags.candidates)
