@@ -228,6 +228,16 @@ def _demo_hashes() -> frozenset[str]:
     return frozenset(own | pairs)
 
 
+def _bundle_entry(role: str, path, digest: str | None, demo_otherwise: bool) -> dict:
+    """One bundle in :func:`provenance`: named ``demo/<folder>`` only when it is a shipped demo
+    bundle (its folder, or the same content elsewhere); a demonstration model all the same when
+    ``demo_otherwise`` (taught by one, or on the demonstration base)."""
+    shipped = path is not None and _under_demo(path, digest)
+    name = (f"demo/{Path(path).name}" if shipped else Path(path).name) if path is not None else ""
+    return {"role": role, "name": name, "sha256": str(digest if digest is not None else ""),
+            "demo": shipped or demo_otherwise}
+
+
 def provenance(models) -> dict:
     """Where the numbers come from, for ``summary.json`` and reports: the app version and each
     bundle's role, name and SHA-256 (over its manifest and weights), and the demonstration
@@ -246,26 +256,18 @@ def provenance(models) -> dict:
         seen.add(id(m))
         parts = getattr(m, "parts", None)  # two bundles sharing one base (models/shared.py)
         if parts:
-            for part_role, part_path, part_hash in parts:
-                demo = _under_demo(part_path, part_hash) or on_demo_base(m)
-                name = f"demo/{Path(part_path).name}" if demo else Path(part_path).name
-                bundles.append({"role": part_role, "name": name, "sha256": part_hash, "demo": demo})
+            bundles += [_bundle_entry(part_role, part_path, part_hash, on_demo_base(m))
+                        for part_role, part_path, part_hash in parts]
             continue
-        path = getattr(m, "path", None)
-        shipped = path is not None and _under_demo(path, getattr(m, "bundle_hash", None))
-        demo = shipped or _taught_by_demo(getattr(m, "manifest", None)) or on_demo_base(m)  # is_demo_bundle
-        name = (f"demo/{Path(path).name}" if shipped else Path(path).name) if path is not None else ""
-        bundles.append({"role": role, "name": name, "sha256": str(getattr(m, "bundle_hash", "")),
-                        "demo": demo})
+        bundles.append(_bundle_entry(role, getattr(m, "path", None), getattr(m, "bundle_hash", None),
+                                     _taught_by_demo(getattr(m, "manifest", None)) or on_demo_base(m)))
     demo = any(b["demo"] for b in bundles)
     student = getattr(models, "student", None)
     if student is not None:
         # a cascade's student chose the frames the models above re-scored; the numbers are theirs,
         # so it is listed (what ran) without making them a demonstration model's
-        path = getattr(student, "path", None)
-        shipped = path is not None and _under_demo(path, getattr(student, "bundle_hash", None))
-        bundles.append({"role": "student (cascade)",
-                        "name": (f"demo/{Path(path).name}" if shipped else Path(path).name) if path is not None else "",
-                        "sha256": str(getattr(student, "bundle_hash", "")), "demo": is_demo_bundle(student)})
+        bundles.append(_bundle_entry("student (cascade)", getattr(student, "path", None),
+                                     getattr(student, "bundle_hash", None),
+                                     _taught_by_demo(getattr(student, "manifest", None)) or on_demo_base(student)))
     return {"app_version": __version__, "bundles": bundles, "demo": demo,
             "notice": DEMO_NOTICE if demo else ""}
