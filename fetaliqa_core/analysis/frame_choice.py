@@ -35,8 +35,8 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
 2. **Per-frame evidence** ``v``: ``p_cls * q`` with both models, ``p_cls`` or ``q`` with one;
    smoothed along each sweep (NaN-aware moving average over 5 frames, never across sweeps).
 3. **Positive frames**: every model that scored the frame calls it (``p_cls >=`` the threshold;
-   the segmenter's own call, mask >= 1 % of the model input, on a plausible mask). Runs are maximal stretches of positive frames in a sweep, gaps of one
-   frame closed.
+   the segmenter's own call, mask >= 1 % of the model input, on a plausible mask). Runs are
+   maximal stretches of positive frames in a sweep, gaps of one frame closed.
 4. **Sweep first**: the strongest run (sum of the smoothed evidence over its frames) is chosen;
    inside it, among its positive frames (never a closed gap), the frame with the best-fitting
    largest plausible ellipse (fitted area x IoU), frames the 3-class segmenter calls optimal
@@ -192,15 +192,13 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None, px_mm: float | N
     return shape
 
 
-def rim_ratio(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple,
-              band: tuple[float, float] | None = None) -> float | None:
-    """How much brighter a fitted ellipse's outline echoes than the inside of the shape, on the
-    frame's grey levels ``grey`` (the mask's size; ``fov`` bool or None): at :data:`RIM_ANGLES`
-    angles, the brightest level (lightly smoothed) of the band :data:`RIM_BAND` and of the band
-    :data:`RIM_INNER` (shares of the ellipse's size); the median of the first over the median of
-    the second. Comparing the brightest levels of two bands of the same width makes speckle
-    cancel: a homogeneous texture gives ~1 at any gain. None when fewer than
-    :data:`MIN_RIM_ANGLES` of the angles have both bands inside the image and the field of view."""
+def _band_sampler(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple, n_angles: int
+                  ) -> Callable[[float, float, int], tuple[np.ndarray, np.ndarray]] | None:
+    """Samples of the frame's grey levels ``grey`` (lightly smoothed: one model pixel) along
+    bands around a fitted ellipse: ``sample(lo, hi, n_scales)`` gives the grey levels and whether
+    each point lies in the image and the field of view ``fov`` (bool or None), both
+    ``(n_scales, n_angles)``, at scales ``lo``..``hi`` of the ellipse's size and ``n_angles``
+    evenly spread angles. None when the frame is no 2-D image or the ellipse no finite one."""
     g = np.asarray(grey, dtype=np.float32)
     if g.ndim != 2 or not all(math.isfinite(float(v)) for v in (*ellipse[0], *ellipse[1], ellipse[2])):
         return None
@@ -209,23 +207,39 @@ def rim_ratio(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple,
     sigma = max(1.0, max(g.shape) / 224.0)  # one model pixel, at the model's or the frame's size
     g = cv2.GaussianBlur(g, (0, 0), sigma)
     inside = np.ones(g.shape, bool) if fov is None else np.asarray(fov, bool)
-    t = np.linspace(0.0, 2.0 * math.pi, RIM_ANGLES, endpoint=False)
+    t = np.linspace(0.0, 2.0 * math.pi, n_angles, endpoint=False)
     ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
 
-    def brightest(band: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-        scales = np.linspace(band[0], band[1], 11)[:, None]
+    def sample(lo: float, hi: float, n_scales: int) -> tuple[np.ndarray, np.ndarray]:
+        scales = np.linspace(lo, hi, n_scales)[:, None]
         ex, ey = scales * (w / 2.0) * np.cos(t), scales * (h / 2.0) * np.sin(t)
         xi = np.rint(cx + ex * ca - ey * sa).astype(np.int64)
         yi = np.rint(cy + ex * sa + ey * ca).astype(np.int64)
-        in_image = (xi >= 0) & (xi < w_img) & (yi >= 0) & (yi < h_img)
+        ok = (xi >= 0) & (xi < w_img) & (yi >= 0) & (yi < h_img)
         xi, yi = np.clip(xi, 0, w_img - 1), np.clip(yi, 0, h_img - 1)
-        return g[yi, xi].max(axis=0), (in_image & inside[yi, xi]).all(axis=0)
+        return g[yi, xi], ok & inside[yi, xi]
 
-    rim, rim_ok = brightest(RIM_BAND if band is None else band)
-    inner, inner_ok = brightest(RIM_INNER)
-    valid = rim_ok & inner_ok
+    return sample
+
+
+def rim_ratio(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple,
+              band: tuple[float, float] | None = None) -> float | None:
+    """How much brighter a fitted ellipse's outline echoes than the inside of the shape, on the
+    frame's grey levels ``grey`` (the mask's size; ``fov`` bool or None): at :data:`RIM_ANGLES`
+    angles, the brightest level (lightly smoothed) of the band :data:`RIM_BAND` (or ``band``) and
+    of the band :data:`RIM_INNER` (shares of the ellipse's size); the median of the first over the
+    median of the second. Comparing the brightest levels of two bands of the same width makes
+    speckle cancel: a homogeneous texture gives ~1 at any gain. None when fewer than
+    :data:`MIN_RIM_ANGLES` of the angles have both bands inside the image and the field of view."""
+    sample = _band_sampler(grey, fov, ellipse, RIM_ANGLES)
+    if sample is None:
+        return None
+    rim, rim_ok = sample(*(RIM_BAND if band is None else band), 11)
+    inner, inner_ok = sample(*RIM_INNER, 11)
+    valid = rim_ok.all(axis=0) & inner_ok.all(axis=0)
     if valid.sum() < MIN_RIM_ANGLES * RIM_ANGLES:
         return None
+    rim, inner = rim.max(axis=0), inner.max(axis=0)
     return float(np.median(rim[valid]) / max(float(np.median(inner[valid])), 4.0))
 
 
@@ -236,30 +250,17 @@ def edge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> f
     difference over their mean (floored at 8 grey levels); the 75th percentile over the sectors
     whose bands lie in the image and the field of view. Means over a sector average speckle out.
     None when fewer than a quarter of the sectors can be measured."""
-    g = np.asarray(grey, dtype=np.float32)
-    if g.ndim != 2 or not all(math.isfinite(float(v)) for v in (*ellipse[0], *ellipse[1], ellipse[2])):
+    per = 8  # angles a sector
+    sample = _band_sampler(grey, fov, ellipse, EDGE_SECTORS * per)
+    if sample is None:
         return None
-    h_img, w_img = g.shape
-    g = cv2.GaussianBlur(g, (0, 0), max(1.0, max(g.shape) / 224.0))
-    inside = np.ones(g.shape, bool) if fov is None else np.asarray(fov, bool)
-    (cx, cy), (w, h), angle = ellipse
-    per = 8
-    t = np.linspace(0.0, 2.0 * math.pi, EDGE_SECTORS * per, endpoint=False)
-    ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
 
-    def band(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-        scales = np.linspace(lo, hi, 7)[:, None]
-        ex, ey = scales * (w / 2.0) * np.cos(t), scales * (h / 2.0) * np.sin(t)
-        xi = np.rint(cx + ex * ca - ey * sa).astype(np.int64)
-        yi = np.rint(cy + ex * sa + ey * ca).astype(np.int64)
-        ok = (xi >= 0) & (xi < w_img) & (yi >= 0) & (yi < h_img)
-        xi, yi = np.clip(xi, 0, w_img - 1), np.clip(yi, 0, h_img - 1)
-        ok &= inside[yi, xi]
-        return (g[yi, xi].reshape(-1, EDGE_SECTORS, per).transpose(1, 0, 2).reshape(EDGE_SECTORS, -1),
-                ok.reshape(-1, EDGE_SECTORS, per).transpose(1, 0, 2).reshape(EDGE_SECTORS, -1))
+    def by_sector(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+        v, ok = sample(lo, hi, 7)
+        return tuple(a.reshape(-1, EDGE_SECTORS, per).transpose(1, 0, 2).reshape(EDGE_SECTORS, -1) for a in (v, ok))
 
-    vi, oki = band(*EDGE_INNER)
-    vo, oko = band(*EDGE_OUTER)
+    vi, oki = by_sector(*EDGE_INNER)
+    vo, oko = by_sector(*EDGE_OUTER)
     valid = (oki.mean(axis=1) >= 0.8) & (oko.mean(axis=1) >= 0.8)
     if valid.sum() < EDGE_SECTORS // 4:
         return None
