@@ -23,7 +23,7 @@ import numpy as np
 
 from fetaliqa_core.analysis import frame_choice
 from fetaliqa_core.analysis.ac import ACMeasurement, hadlock_ga, measure_frame_ac
-from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, classifier_doubt, read_ac, segmenter_doubt
+from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, models_disagree, read_ac
 
 #: Threshold on the segmenter's score ``p_seg = f / (f + 0.01)`` (``f``: share of the 224 x 224
 #: input covered by the mask): 0.5 exactly where the mask covers 1 %, the paper's rule.
@@ -402,13 +402,10 @@ def _disagreement(p_cls: np.ndarray | None, thresholds: "Thresholds", frame: int
     """Why one model contradicts an AC measured on ``frame``: the classifier scored it below its
     threshold, or (with a classifier beside it) the segmenter's own call is no, its mask under
     the paper's 1 % (an outline it does not stand by). None when neither."""
-    if p_cls is not None and 0 <= frame < len(p_cls):
-        doubt = classifier_doubt(float(p_cls[frame]), thresholds.cls)
-        if doubt:
-            return doubt
-        if flags is not None and flags.scored_seg[frame] and not flags.seg_call[frame]:
-            return segmenter_doubt(thresholds.seg)
-    return None
+    if p_cls is None or not 0 <= frame < len(p_cls):
+        return None
+    seg_called = None if flags is None or not flags.scored_seg[frame] else bool(flags.seg_call[frame])
+    return models_disagree(float(p_cls[frame]), thresholds.cls, seg_called, thresholds.seg)
 
 
 def _mask_problem(choice: frame_choice.Choice | None, frame: int) -> str | None:

@@ -100,6 +100,18 @@ def segmenter_doubt(threshold: float = 0.5) -> str:
             f"below {threshold:.2f}): the models disagree")
 
 
+def models_disagree(p_cls: float, threshold_cls: float, seg_called: bool | None,
+                    threshold_seg: float = 0.5) -> str | None:
+    """Why one of two models contradicts an AC measured on a frame: the classifier scored it
+    below its threshold (:func:`classifier_doubt`), else the segmenter's own call there is no
+    (``seg_called`` False: :func:`segmenter_doubt`; None where it did not score the frame). For
+    runs with a classifier; None when neither contradicts it."""
+    doubt = classifier_doubt(p_cls, threshold_cls)
+    if doubt is None and seg_called is False:
+        doubt = segmenter_doubt(threshold_seg)
+    return doubt
+
+
 #: Why an AC from a demonstration model is never a number to act on. Measured: on 12 held-out
 #: synthetic cases of the project's own generator its AC at the chosen frame was within 3 % of the
 #: truth in 0 of 9 cases (resources/README.md), and on sweeps of a generator it never saw it

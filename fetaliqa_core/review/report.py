@@ -40,7 +40,7 @@ import numpy as np
 
 from fetaliqa_core import __version__
 from fetaliqa_core.analysis.ac import ellipse_polygon, format_ga
-from fetaliqa_core.analysis.units import classifier_doubt, segmenter_doubt
+from fetaliqa_core.analysis.units import models_disagree
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_write, csv_writer
 from fetaliqa_core.review.figures import (
@@ -209,7 +209,7 @@ def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | Non
     """A thumbnail's AC read by the viewer's rules: a plain number only when the frame choice's
     verdict on its mask (here at the frame's own size, with the frame's grey levels ``frame`` for
     the outline) is a plausible abdomen, neither model contradicts it (``disagreement``:
-    :func:`~fetaliqa_core.analysis.units.classifier_doubt` or ``segmenter_doubt``), the run is not the demonstration
+    :func:`~fetaliqa_core.analysis.units.models_disagree`), the run is not the demonstration
     model's and the value is in the plausible range, else marked doubtful (no GA either way)."""
     from fetaliqa_core.analysis import frame_choice
     from fetaliqa_core.analysis.ac import resolve_fov
@@ -229,10 +229,9 @@ def _thumbnail_doubt(run, f: int) -> str | None:
     t = run.thresholds
     if t.score != "p_cls":
         return None
-    doubt = classifier_doubt(float(run.p_cls[f]), t.cls)
-    if doubt is None and np.isfinite(run.p_seg[f]) and float(run.p_seg[f]) < run.seg_threshold:
-        doubt = segmenter_doubt(run.seg_threshold)
-    return doubt
+    p_seg = float(run.p_seg[f])
+    return models_disagree(float(run.p_cls[f]), t.cls, None if not np.isfinite(p_seg) else p_seg >= run.seg_threshold,
+                           run.seg_threshold)
 
 
 #: Printed beside the numbers of a run made with the bundled demonstration model.
