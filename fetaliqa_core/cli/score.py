@@ -15,11 +15,11 @@ HELP = "Score every frame of a sweep and write frames.csv and summary.json."
 SWEEP_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz", ".dcm")
 
 
-
 def _kind(kind: str) -> str:
     """`` (transverse)``, or nothing for a sweep whose kind the file does not say ("unknown" read
     as if the sweep itself were unknown)."""
     return "" if not kind or kind == "unknown" else f" ({kind})"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", type=Path, metavar="SWEEP",

@@ -36,6 +36,9 @@ SUPPORTED_FORMATS = ".mha, .mhd, .nrrd, .nii, .nii.gz, DICOM (.dcm file or serie
 
 CHUNK_FRAMES = 16
 
+# Deflate cannot expand data more than about 1032:1; a header claiming more is lying.
+MAX_DEFLATE_RATIO = 1100
+
 
 class ReadCancelled(FetalIQAError):
     """Reading was stopped by the caller (:func:`cancellable`); nothing was read."""
@@ -47,8 +50,9 @@ _CANCEL = threading.local()
 @contextmanager
 def cancellable(stop: Callable[[], bool]) -> Iterator[None]:
     """Within the block, reading in this thread stops with :class:`ReadCancelled` soon after
-    ``stop()`` is true: the readers ask between chunks (inflating, converting, DICOM files). A
-    read inside an image library's own call runs to its end."""
+    ``stop()`` is true: the readers ask between chunks of inflating compressed pixel data and of
+    converting frames to grey levels. A read inside an image library's own call (a DICOM series,
+    NIfTI, NRRD) runs to its end."""
     previous = getattr(_CANCEL, "stop", None)
     _CANCEL.stop = stop
     try:
@@ -61,8 +65,7 @@ def check_cancelled() -> None:
     stop = getattr(_CANCEL, "stop", None)
     if stop is not None and stop():
         raise ReadCancelled("reading the file was stopped")
-# Deflate cannot expand data more than about 1032:1; a header claiming more is lying.
-MAX_DEFLATE_RATIO = 1100
+
 
 #: Where a sweep's pixel spacing came from (``Sweep.spacing_source``).
 SPACING_FROM_HEADER = "file header"
