@@ -283,3 +283,26 @@ def test_the_mask_of_an_answer_without_a_frame_says_so(tmp_path, capsys):
     assert main(["ac", str(path)]) == 1
     err = capsys.readouterr().err
     assert "chose no frame (-1)" in err and "give --frame" not in err
+
+
+def test_json_says_when_there_is_nothing_to_measure(tmp_path, capsys):
+    """`ac --json` on an empty mask printed nothing on stdout (only the error line): a script
+    reading its JSON had nothing to parse. It prints the record, with the same keys as a
+    measurement's, its status "none" and why, and still ends with 1."""
+    from fetaliqa_core.io import META_AC_STATUS
+
+    axes = (120, 90)
+    masks = np.zeros((2, H, W), np.uint8)
+    cv2.ellipse(masks[1], (W // 2, H // 2), axes, 0, 0, 360, 1, -1)
+    measured = _write(tmp_path, masks, "one.mha")
+    assert main(["ac", str(measured), "--json"]) == 0
+    keys = list(json.loads(capsys.readouterr().out))
+    for name, meta, why in ((
+            "none.mha", {META_AC_STATUS: "none"}, "chose no frame (-1)"), ("blank.mha", {}, "no frame has a label")):
+        path = _written_mask(tmp_path / name, np.zeros((3, H, W), np.uint8), meta)
+        assert main(["ac", str(path), "--json"]) == 1
+        out = capsys.readouterr().out
+        record = json.loads(out)
+        assert list(record) == keys
+        assert record["ac_status"] == "none" and record["ac_mm"] is None and record["frame"] is None
+        assert why in record["note"] and record["file"] == str(path)

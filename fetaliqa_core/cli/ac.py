@@ -76,6 +76,13 @@ def _mask_shape(frame: np.ndarray, fov: np.ndarray | None, spacing: tuple, probl
     return frame_choice.mask_shape(frame, fov, px_mm)
 
 
+#: The keys of ``ac --json``'s record, in order (the same when there is nothing to measure).
+_JSON_KEYS = ("file", "frame", "area_px", "spacing_mm", "spacing_source", "spacing_problem", "ac_mm",
+              "ac_status", "ga_weeks", "ga", "note", "mask_plausible", "mask_problem", "truncated",
+              "n_points", "ellipse_px", "field_of_view", "field_of_view_note", "written_by",
+              "recorded_doubt")
+
+
 def run(args: argparse.Namespace) -> int:
     from fetaliqa_core import analysis
     from fetaliqa_core import io as fio
@@ -94,9 +101,19 @@ def run(args: argparse.Namespace) -> int:
         spacing = fspacing.user_spacing(args.spacing)
         problem, source = None, "--spacing option"
 
-    if args.frame is None and not masks.any() and volume.metadata.get(fio.META_AC_STATUS, "").strip() == "none":
-        raise FetalIQAError(f"{path}: the answer that wrote this mask chose no frame (-1): it found no "
-                            "abdomen to measure, so the mask is empty")
+    writer = " ".join(volume.metadata.get(fio.META_SOURCE, "").split())
+    if args.frame is None and not masks.any():
+        # nothing to measure: an answer of its own (JSON too, for the scripts that read it)
+        why = (f"{path}: the answer that wrote this mask chose no frame (-1): it found no abdomen "
+               "to measure, so the mask is empty"
+               if volume.metadata.get(fio.META_AC_STATUS, "").strip() == "none" else
+               f"{path}: no frame has a label; give --frame I or a mask with an annotation")
+        if not args.json:
+            raise FetalIQAError(why)
+        print(json.dumps(dict.fromkeys(_JSON_KEYS) | {
+            "file": str(path), "area_px": 0, "ac_status": analysis.units.NONE, "note": why,
+            "written_by": writer or None}))
+        return 1
     index = _pick_frame(masks, args.frame, path)
     frame = masks[index]
     from fetaliqa_core.acouslic import FRAME_SHAPE
@@ -115,7 +132,6 @@ def run(args: argparse.Namespace) -> int:
     recorded = _recorded_doubt(volume.metadata, masks, index)
     reading = analysis.read_ac(None if m is None else m.ac_mm, problem,
                                None if shape is None else shape.problem, model_doubt=recorded)
-    writer = " ".join(volume.metadata.get(fio.META_SOURCE, "").split())
 
     if args.json:
         record = {
