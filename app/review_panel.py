@@ -12,7 +12,7 @@ import html
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEventLoop, Qt, Signal
 from PySide6.QtWidgets import (
     QApplication,
     QButtonGroup,
@@ -333,10 +333,16 @@ class ReviewPanel(QWidget):
             self.write_report(Path(path))
 
     def write_report(self, out: Path) -> Path | None:
-        """Write the report of the sweep under review (all sweeps in the database when none)."""
+        """Write the report of the sweep under review (all sweeps in the database when none).
+
+        Each sweep's frames are read again for its thumbnails, on a thread of its own
+        (:class:`app.worker.ReportRenderer`): the window keeps drawing behind a modal progress
+        dialog, one step a sweep, whose Cancel writes nothing. The file is written here at the end.
+        """
         from app.report_pdf import html_to_pdf
+        from app.worker import ReportRenderer
         from fetaliqa_core.io import load_sweep
-        from fetaliqa_core.review.report import ReportCancelled, build_report
+        from fetaliqa_core.review.report import save_report
 
         if out.suffix.lower() not in (".pdf", ".html", ".csv"):
             out = out.with_suffix(".pdf")
@@ -344,42 +350,57 @@ class ReviewPanel(QWidget):
         ids = [self.session.sweep_id] if self.session is not None else None
         try:
             n_sweeps = len(ids) if ids is not None else len(self.store().sweeps())
+            if self.session is not None:
+                self.session.sync_run()
         except FetalIQAError as exc:
             QMessageBox.warning(self, "Export report", str(exc))
             return None
-        # Each sweep's frames are read again for its thumbnails (all sweeps of the database when no
-        # review is open): a modal progress dialog, one step a sweep, that can stop the report.
-        progress = QProgressDialog("Writing the report…", "Cancel", 0, max(n_sweeps, 1), self)
-        progress.setWindowTitle("Export report")
-        progress.setWindowModality(Qt.WindowModal)
-        progress.setMinimumDuration(400)
-        done = [0]
 
-        def frames_of(path: str):
-            progress.setValue(min(done[0], n_sweeps))
-            progress.setLabelText(f"Reading sweep {done[0] + 1} of {n_sweeps}: {Path(str(path)).name}")
-            QApplication.processEvents()
-            if progress.wasCanceled():
-                raise ReportCancelled()
-            done[0] += 1
+        def frames_of(path: str):  # in the renderer's thread
             if current is not None and current.path is not None and str(current.path) == str(path):
                 return current.frames
             return load_sweep(path).frames
 
-        QApplication.setOverrideCursor(Qt.WaitCursor)
+        progress = QProgressDialog("Writing the report…", "Cancel", 0, max(n_sweeps, 1), self)
+        progress.setWindowTitle("Export report")
+        progress.setWindowModality(Qt.WindowModal)
+        progress.setMinimumDuration(400)
+        renderer = ReportRenderer(self.store(), out, ids, frames_of)
+        loop = QEventLoop()
+
+        def reading(done: int, name: str) -> None:
+            progress.setValue(min(done, n_sweeps))
+            progress.setLabelText(f"Reading sweep {done + 1} of {n_sweeps}: {name}")
+            if progress.wasCanceled():
+                renderer.cancel()
+
+        renderer.reading.connect(reading)
+        progress.canceled.connect(renderer.cancel)
+        renderer.finished.connect(loop.quit)
+        QApplication.setOverrideCursor(Qt.BusyCursor)
         try:
-            if self.session is not None:
-                self.session.sync_run()
-            result = build_report(self.store(), out, ids, sweep_loader=frames_of, pdf_writer=html_to_pdf)
-        except ReportCancelled:
-            self.message.emit("Report cancelled: nothing written")
-            return None
+            renderer.start()
+            if not renderer.isFinished():
+                loop.exec()  # returns when the renderer ends (or the application quits)
+            QApplication.processEvents()  # its last progress steps, queued before it ended
+            if progress.wasCanceled() or not renderer.isFinished():
+                renderer.cancel()
+            renderer.wait()
+            if renderer.cancelled:
+                self.message.emit("Report cancelled: nothing written")
+                return None
+            if renderer.error is not None:
+                QMessageBox.warning(self, "Export report", renderer.error)
+                return None
+            progress.setLabelText("Writing the file…")
+            result = save_report(renderer.text or "", out, pdf_writer=html_to_pdf)
         except FetalIQAError as exc:
             QMessageBox.warning(self, "Export report", str(exc))
             return None
         finally:
             progress.close()
             progress.deleteLater()
+            renderer.deleteLater()
             QApplication.restoreOverrideCursor()
         self.message.emit(f"Report written: {result}")
         return result

@@ -272,6 +272,64 @@ class SweepLoader(QThread):
             self.loaded.emit(self.path, sweep)
 
 
+class ReportRenderer(QThread):
+    """Renders a review report off the UI thread: each sweep is read again for its thumbnails
+    (0.5-1.2 s a sweep, every sweep of the database when no review is open).
+
+    ``reading(done, name)`` before each sweep is read; the text (CSV or the HTML page) is in
+    :attr:`text` once the thread has ended, or the user-facing message in :attr:`error`. Writing
+    the file is left to the caller, so that a report cancelled at any moment writes nothing.
+    ``frames_of(path)`` returns a sweep's frames (the open sweep's without reading it again).
+    """
+
+    reading = Signal(int, str)
+
+    def __init__(self, store, out_path, sweep_ids, frames_of, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("fetaliqa-report")
+        self._args = (store, out_path, sweep_ids)
+        self._frames_of = frames_of
+        self._stop = threading.Event()
+        self._done = 0
+        self.text: str | None = None
+        self.error: str | None = None
+
+    def cancel(self) -> None:
+        """Stop before the next sweep is read (or while one inflates). From any thread."""
+        self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def _load(self, path: str):
+        from fetaliqa_core.review.report import ReportCancelled
+
+        if self._stop.is_set():
+            raise ReportCancelled()
+        self.reading.emit(self._done, Path(str(path)).name)
+        self._done += 1
+        return self._frames_of(path)
+
+    def run(self) -> None:
+        from fetaliqa_core.io._common import ReadCancelled, cancellable
+        from fetaliqa_core.review.report import ReportCancelled, render_report
+
+        store, out_path, sweep_ids = self._args
+        try:
+            with cancellable(self._stop.is_set):
+                self.text = render_report(store, out_path, sweep_ids, sweep_loader=self._load)
+        except (ReportCancelled, ReadCancelled):
+            self._stop.set()
+        except FetalIQAError as exc:
+            self.error = str(exc)
+        except MemoryError:
+            self.error = "Out of memory while writing the report: export fewer sweeps (open one and review it)."
+        except Exception as exc:  # noqa: BLE001 - reported to the user, the app goes on
+            traceback.print_exc(file=sys.stderr)
+            self.error = f"The report stopped on an unexpected error: {type(exc).__name__}: {exc}"
+
+
 _DETACHED: list[QThread] = []
 _WAITS_AT_QUIT = False
 

@@ -108,8 +108,8 @@ def test_export_report_html_and_pdf(qtbot, tmp_path):
 
 def test_a_report_shows_progress_and_can_be_cancelled(qtbot, tmp_path, monkeypatch):
     """Writing a report reads each sweep again for its thumbnails (every sweep in the database
-    when no review is open) on the window's thread: 0.5-1.2 s a sweep with no progress and no way
-    out. It now steps a progress dialog a sweep at a time, and Cancel writes nothing."""
+    when no review is open): 0.5-1.2 s a sweep. A progress dialog steps a sweep at a time, and
+    Cancel writes nothing."""
     from PySide6.QtWidgets import QProgressDialog
 
     from fakes import tiny_sweep
@@ -129,6 +129,51 @@ def test_a_report_shows_progress_and_can_be_cancelled(qtbot, tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     assert shown and shown[0].startswith("Reading sweep 1 of 1")
     assert messages[-1] == "Report cancelled: nothing written"
+
+
+def test_a_report_reads_its_sweeps_off_the_window_thread(qtbot, tmp_path):
+    """The sweeps a report reads again were read on the window's thread: it froze for as long
+    (a progress dialog stepped between them). They are read on a thread of their own now, and
+    the window's event loop keeps running meanwhile."""
+    import threading
+    import time
+
+    from PySide6.QtCore import QTimer
+
+    import fetaliqa_core.io as fio
+    from fakes import tiny_sweep
+
+    fio.write_volume(tmp_path / "first.mha", tiny_sweep(n_sweeps=2, per_sweep=20, height=64, width=80).frames)
+    win = scored_window(qtbot, AppSettings(reviewer="carol"), sweep=fio.load_sweep(tmp_path / "first.mha"))
+    press(win, "1")
+    press(win, "\n")
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(c))
+    win.set_sweep(tiny_sweep(n_sweeps=1, per_sweep=12, height=64, width=80))  # first.mha is not open now
+    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
+    assert win.review.session is None
+
+    readers, real_load = [], fio.load_sweep
+
+    def slow_load(path, *args, **kwargs):
+        readers.append(threading.current_thread() is threading.main_thread())
+        time.sleep(0.6)
+        return real_load(path, *args, **kwargs)
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(20)
+    try:
+        import unittest.mock as mock
+
+        with mock.patch.object(fio, "load_sweep", slow_load):
+            out = win.review.write_report(tmp_path / "report.html")
+    finally:
+        timer.stop()
+    assert out is not None and "first.mha" in out.read_text(encoding="utf-8")
+    assert readers == [False]  # read once, not on the window's thread
+    assert len(ticks) >= 10  # the event loop ran while it was read (0.6 s: ~30 ticks)
 
 
 def test_a_review_never_starts_in_a_database_with_damaged_rows(qtbot, tmp_path, no_modal):

@@ -616,6 +616,39 @@ def write_labels_csv(store: ReviewStore, out_path: str | Path,
 # ----------------------------------------------------------------------------- entry point
 
 
+_NO_PDF_WRITER = ("PDF reports need the app's PDF writer (PySide6); write .html or .csv instead, "
+                  "or install FetalIQA with its app.")
+
+
+def render_report(store: ReviewStore, out_path: str | Path, sweep_ids: Sequence[int] | None = None,
+                  sweep_loader: SweepLoader | None = None) -> str:
+    """The report's text for ``out_path``'s format: CSV, or the HTML page (.html and .pdf).
+
+    The slow part of a report (each sweep read again for its thumbnails); writes nothing, so a
+    viewer can run it off its window's thread and drop it when the user cancels.
+    """
+    ext = Path(out_path).suffix.lower()
+    if ext not in REPORT_EXTENSIONS:
+        raise FetalIQAError(f"Cannot tell the report format from {Path(out_path).name!r}: name the "
+                            "output file .html, .pdf or .csv.")
+    if ext == ".csv":
+        return report_csv_text(store, sweep_ids)
+    return render_report_html(store, sweep_ids, sweep_loader)
+
+
+def save_report(text: str, out_path: str | Path, pdf_writer: PdfWriter | None = None) -> Path:
+    """Write what :func:`render_report` made for ``out_path`` (atomically; a PDF through
+    ``pdf_writer(html, out_path)``, which the viewer registers: ``fetaliqa.report_writers``)."""
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".pdf":
+        _write_atomic(out_path, text.encode("utf-8"))
+    elif pdf_writer is None:
+        raise FetalIQAError(_NO_PDF_WRITER)
+    else:
+        pdf_writer(text, out_path)
+    return out_path
+
+
 def build_report(store: ReviewStore, out_path: str | Path, sweep_ids: Sequence[int] | None = None,
                  sweep_loader: SweepLoader | None = None,
                  pdf_writer: PdfWriter | None = None) -> Path:
@@ -625,20 +658,6 @@ def build_report(store: ReviewStore, out_path: str | Path, sweep_ids: Sequence[i
     without it, or when a file cannot be read, the report says so and goes on.
     pdf_writer(html, out_path) renders the PDF (the viewer registers one: ``fetaliqa.report_writers``).
     """
-    out_path = Path(out_path)
-    ext = out_path.suffix.lower()
-    if ext not in REPORT_EXTENSIONS:
-        raise FetalIQAError(f"Cannot tell the report format from {out_path.name!r}: name the "
-                            "output file .html, .pdf or .csv.")
-    if ext == ".csv":
-        _write_atomic(out_path, report_csv_text(store, sweep_ids).encode("utf-8"))
-        return out_path
-    page = render_report_html(store, sweep_ids, sweep_loader)
-    if ext == ".html":
-        _write_atomic(out_path, page.encode("utf-8"))
-    else:
-        if pdf_writer is None:
-            raise FetalIQAError("PDF reports need the app's PDF writer (PySide6); write .html "
-                                "or .csv instead, or install FetalIQA with its app.")
-        pdf_writer(page, out_path)
-    return out_path
+    if Path(out_path).suffix.lower() == ".pdf" and pdf_writer is None:  # said before any sweep is read
+        raise FetalIQAError(_NO_PDF_WRITER)
+    return save_report(render_report(store, out_path, sweep_ids, sweep_loader), out_path, pdf_writer)
