@@ -63,6 +63,7 @@ class QualityCurve(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._n = 0
+        self._sweep_starts = np.zeros(0, dtype=np.int64)  # first frame of each sweep after the first
         self.vb = _TimelineViewBox(self._pick, self.reset_range)
         self.plot = pg.PlotWidget(viewBox=self.vb, background=theme.BG)
         self.plot.setFocusPolicy(Qt.NoFocus)
@@ -183,6 +184,7 @@ class QualityCurve(QWidget):
     def set_sweep(self, n_frames: int, sweep_ranges: list[tuple[int, int]], sweep_kinds: list[str]) -> None:
         """Lay out a new case: bands per sweep, every frame marked as not scored."""
         self._n = int(n_frames)
+        self._sweep_starts = np.asarray([a for a, _b in sweep_ranges[1:]], dtype=np.int64)
         for it in self._regions + self._labels:
             self.vb.removeItem(it)
         self._regions, self._labels = [], []
@@ -248,7 +250,13 @@ class QualityCurve(QWidget):
             if has and len(done):
                 y = arr[done]
                 ok = np.isfinite(y)
-                curve.setData(done[ok].astype(np.float64), y[ok].astype(np.float64))
+                xs = done[ok]
+                # scored frames are joined across the frames still to score (a coarse curve that
+                # fills in), never from one sweep's last frame to the next sweep's first
+                joined = np.searchsorted(self._sweep_starts, xs[:-1], side="right") == \
+                    np.searchsorted(self._sweep_starts, xs[1:], side="right")
+                curve.setData(xs.astype(np.float64), y[ok].astype(np.float64),
+                              connect=np.append(joined, False))
             else:
                 curve.setData([], [])
         self.strip_unscored.setData(*self._ticks(np.flatnonzero(~results.done)))

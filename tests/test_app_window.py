@@ -209,6 +209,11 @@ def test_progressive_curve_and_overlay(qtbot, make_window):
     win.refresh()
     x, _ = win.curve.curve_cls.getData()
     assert len(x) == N
+    # one line per sweep: never drawn from a sweep's last frame to the next sweep's first
+    joined = np.asarray(win.curve.curve_cls.opts["connect"], dtype=bool)
+    ends = {a - 1 for a, _b in win.model.sweep_ranges[1:]} | {N - 1}
+    assert len(win.model.sweep_ranges) > 1 and not joined[sorted(ends)].any()
+    assert joined[[f for f in range(N) if f not in ends]].all()
     ux, _ = win.curve.strip_unscored.getData()
     assert ux is None or len(ux) == 0
     # The best frame of sweep 1 has a mask: the overlay shows it, the AC ellipse is drawn.
