@@ -197,7 +197,11 @@ def ask_spacing(win, value: float | None = None) -> bool:
         from PySide6.QtWidgets import QInputDialog
 
         current = float(m.sweep.spacing_mm[1])
-        why = m.spacing_problem or f"Now {current:g} mm per pixel ({m.sweep.spacing_source})."
+        from fetaliqa_core.io import SPACING_FROM_USER
+
+        source = m.sweep.spacing_source
+        why = m.spacing_problem or (f"Now {current:g} mm per pixel ("
+                                    f"{'set here' if source == SPACING_FROM_USER else source}).")
         value, ok = QInputDialog.getDouble(win, "Pixel spacing", f"{why}\n\nmm per pixel:",
                                            current if not m.spacing_problem else 0.28, 0.01, 5.0, 4)
         if not ok:

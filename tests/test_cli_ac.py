@@ -111,9 +111,12 @@ def test_no_spacing_no_mm_unless_given(tmp_path, capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["ac_mm"] is None and record["ga_weeks"] is None and record["ac_status"] == "no units"
     assert main(["ac", str(path), "--spacing", "0.28"]) == 0
-    assert "GA" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "GA" in out and "mm, given with --spacing)" in out
     assert main(["ac", str(path), "--spacing", "0.28", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["ac_mm"] == pytest.approx(ac_of(BIG), rel=0.01)
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_mm"] == pytest.approx(ac_of(BIG), rel=0.01)
+    assert record["spacing_source"] == "user"  # the value `score --spacing` records
     with pytest.raises(SystemExit) as usage:  # implausible: a wrong command line, refused in one line
         main(["ac", str(path), "--spacing", "7"])
     assert usage.value.code == 2

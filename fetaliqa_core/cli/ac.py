@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     source = volume.spacing_source
     if args.spacing is not None:
         spacing = fspacing.user_spacing(args.spacing)
-        problem, source = None, "--spacing option"
+        problem, source = None, fio.SPACING_FROM_USER  # as `score --spacing` records it
 
     writer = " ".join(volume.metadata.get(fio.META_SOURCE, "").split())
     if args.frame is None and not masks.any():
@@ -166,8 +166,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     edge = "the image's edge" if fov is None else "the field of view"
     tail = f" [outline cut by {edge}; ellipse extrapolated]" if m.truncated else ""
+    from_where = "given with --spacing" if source == fio.SPACING_FROM_USER else source
     units = "" if problem is not None else (
-        f" (pixel {' x '.join(f'{v:g}' for v in spacing)} mm, {source})")
+        f" (pixel {' x '.join(f'{v:g}' for v in spacing)} mm, {from_where})")
     hint = " Give it with --spacing MM." if reading.status == analysis.units.NO_UNITS else ""
     print(f"frame {index}: {reading.text()}{tail}{units}{hint}")
     if fov_note:
