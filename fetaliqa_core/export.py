@@ -177,6 +177,8 @@ def challenge_mask_metadata(assessment, frame: int) -> dict[str, str]:
     meta = {fio_keys.META_AC_STATUS: status, fio_keys.META_AC_NOTE: note[:900], fio_keys.META_SOURCE: source[:600]}
     if summary.spacing_problem:  # the header's ElementSpacing then only repeats the sweep's (1 x 1 when none)
         meta[fio_keys.META_SPACING] = "unknown: " + summary.spacing_problem[:600]
+    elif summary.spacing_source:  # where the sweep's spacing came from (a DICOM calibration, the user...)
+        meta[fio_keys.META_SPACING] = "sweep: " + summary.spacing_source[:200]
     return meta
 
 

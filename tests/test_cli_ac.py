@@ -240,10 +240,16 @@ def test_score_challenge_mask_carries_the_demo_answers_doubt(tmp_path, capsys):
     written = read_mask_volume(out / "fetal-abdomen-segmentation.mha")
     assert written.metadata["FetalIQA_ACStatus"] == "doubtful"
     assert "demonstration" in written.metadata["FetalIQA_Source"]
-    assert "FetalIQA_PixelSpacing" not in written.metadata  # the sweep's spacing is known
+    # the sweep's spacing is known: where it came from goes with the mask
+    assert written.metadata["FetalIQA_PixelSpacing"] == "sweep: file header"
     assert main(["ac", str(out / "fetal-abdomen-segmentation.mha")]) == 0
     text = capsys.readouterr().out
     assert f"frame {frame}: " in text and "doubtful" in text and "GA" not in text
+    assert "mm, the sweep's file header)" in text
+    # another frame of it is empty: said as what it is, not as if the frame had no abdomen
+    other = 0 if frame else 1
+    assert main(["ac", str(out / "fetal-abdomen-segmentation.mha"), "--frame", str(other)]) == 1
+    assert f"holds the answer's chosen frame {frame} only" in capsys.readouterr().out
 
 
 def test_the_acouslic_fan_is_not_applied_to_a_mask_drawn_outside_it(tmp_path, capsys):

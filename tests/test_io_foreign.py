@@ -441,3 +441,85 @@ def test_extreme_float_values_count_only_real_holes_and_warn_nothing(tmp_path, r
     assert frames[1, 30, 30] == 0 and frames[1, 5, 5] == 255
     assert [n.split(" ")[0] for n in sweep.read_notes] == ["1"]
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_pixel_data_longer_than_the_header_says_is_refused(tmp_path):
+    """A header counting fewer frames than the file holds was read short without a word: a DICOM
+    without Number of Frames gave 1 frame of 24, a NIfTI or NRRD whose header says 12 gave 12."""
+    import pydicom
+
+    arr = _grey(n=6)
+    dcm = us_dicom(tmp_path / "no_count.dcm", arr)
+    ds = pydicom.dcmread(dcm)
+    del ds.NumberOfFrames
+    ds.save_as(str(dcm))
+    with pytest.raises(FetalIQAError, match=r"Number of Frames is missing\); the data hold 6 frames"):
+        load_sweep(dcm)
+    ds.NumberOfFrames = 3
+    ds.save_as(str(dcm))
+    with pytest.raises(FetalIQAError, match=r"more than the .* its header describes \(3 frame"):
+        load_sweep(dcm)
+    ds.NumberOfFrames = 6
+    ds.save_as(str(dcm))
+    assert load_sweep(dcm).n_frames == 6
+    for name, encoding in (("raw.nrrd", "raw"), ("gz.nrrd", "gzip")):
+        path = _nrrd(tmp_path / name, arr, "kinds: domain domain domain", encoding)
+        assert load_sweep(path).n_frames == 6
+        text = path.read_bytes().replace(b"sizes: 48 40 6", b"sizes: 48 40 3")
+        path.write_bytes(text)
+        with pytest.raises(FetalIQAError, match="more than the 5760 its header describes"):
+            load_sweep(path)
+    nii = tmp_path / "x.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr.astype(np.uint8)), str(nii))
+    assert load_sweep(nii).n_frames == 6
+    nii.write_bytes(nii.read_bytes() + bytes(arr[:2].astype(np.uint8).tobytes()))
+    with pytest.raises(FetalIQAError, match="more than the 11520 its header describes"):
+        load_sweep(nii)
+
+
+def test_a_picture_s_print_resolution_is_no_pixel_size(tmp_path):
+    """A TIFF's 96 dpi read as 0.26 mm per pixel from the 'file header': an AC in mm from a
+    printing resolution."""
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in _grey(n=3).astype(np.uint8)]
+    tif = tmp_path / "stack.tif"
+    frames[0].save(tif, save_all=True, append_images=frames[1:], dpi=(96, 96))
+    sweep = load_sweep(tif)
+    assert sweep.n_frames == 3 and sweep.spacing_source == SPACING_NONE
+    assert "printing resolution" in sweep.spacing_problem
+
+
+def test_nrrd_in_inches_and_a_frame_axis_marked_as_a_list(tmp_path):
+    arr = _grey().astype(np.uint8)
+    inches = _nrrd(tmp_path / "in.nrrd", arr, 'spacings: 0.01 0.01 1\nunits: "in" "in" ""')
+    assert load_sweep(inches).spacing_mm == pytest.approx((0.254, 0.254))
+    listed = _nrrd(tmp_path / "list.nrrd", arr, "kinds: domain domain list")
+    with pytest.raises(FetalIQAError, match="marks an axis of 4 as 'list'.*Mark the frame axis 'domain'"):
+        load_sweep(listed)
+
+
+def test_a_folder_of_dicom_cines_is_a_folder_of_sweeps(tmp_path):
+    """An ultrasound system exports one multi-frame DICOM file a sweep: a folder of them was
+    refused as 'several DICOM series, 1 file each'; loose ones beside .mha sweeps were left out."""
+    from fetaliqa_core.cli.score import left_out_note, sweep_folder_members
+    from fetaliqa_core.io import write_volume
+
+    for k in range(3):
+        us_dicom(tmp_path / f"cine{k}.dcm", _grey(n=4 + k))
+    members = sweep_folder_members(tmp_path)
+    assert [p.name for p in members] == ["cine0.dcm", "cine1.dcm", "cine2.dcm"]
+    with pytest.raises(FetalIQAError, match="DICOM files of several frames each: one sweep a file"):
+        load_sweep(tmp_path)
+    write_volume(tmp_path / "other.mha", _grey().astype(np.uint8))
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG")
+    (tmp_path / "other.raw").write_bytes(b"")
+    members = sweep_folder_members(tmp_path)
+    assert [p.name for p in members] == ["cine0.dcm", "cine1.dcm", "cine2.dcm", "other.mha"]
+    note = left_out_note(tmp_path, members)
+    assert "1 file(s) are not sweeps and are left out: photo.png" in note
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(3):  # single frames of one series: one sweep, read as before
+        us_dicom(series / f"f{k}.dcm", _grey(n=1)[0], series="1.2.3", instance=k + 1)
+    assert sweep_folder_members(series) is None and load_sweep(series).n_frames == 3

@@ -97,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
     spacing = tuple(volume.spacing_mm)
     problem = volume.spacing_problem
     source = volume.spacing_source
+    recorded_spacing = " ".join(volume.metadata.get(fio.META_SPACING, "").split())
     if args.spacing is not None:
         spacing = fspacing.user_spacing(args.spacing)
         problem, source = None, fio.SPACING_FROM_USER  # as `score --spacing` records it
+    elif problem is None and recorded_spacing.startswith("sweep: "):
+        source = f"the sweep's {recorded_spacing[7:]}"  # a mask FetalIQA wrote: the spacing's origin
 
     writer = " ".join(volume.metadata.get(fio.META_SOURCE, "").split())
     if args.frame is None and not masks.any():
@@ -145,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             "ac_status": reading.status,
             "ga_weeks": reading.ga_weeks,
             "ga": reading.ga_text or None,
-            "note": reading.note or None,
+            "note": reading.note or (_why_no_ac(frame, masks, writer) if m is None else None),
             "mask_plausible": None if shape is None else shape.plausible,
             "mask_problem": None if shape is None else shape.problem,
             "truncated": None if m is None else m.truncated,
@@ -160,9 +163,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if reading.status in (analysis.units.OK, analysis.units.DOUBTFUL) else 1
 
     if m is None:
-        area = int(np.count_nonzero(frame))
-        why = "the frame is empty" if area == 0 else f"the mask ({area} px) is too small or too cut off for an ellipse fit"
-        print(f"frame {index}: no AC ({why})")
+        print(f"frame {index}: no AC ({_why_no_ac(frame, masks, writer)})")
         return 1
     edge = "the image's edge" if fov is None else "the field of view"
     tail = f" [outline cut by {edge}; ellipse extrapolated]" if m.truncated else ""
@@ -176,6 +177,17 @@ def run(args: argparse.Namespace) -> int:
     if writer:
         print(f"mask written by {writer}")
     return 0 if reading.status != analysis.units.NO_UNITS else 1
+
+
+def _why_no_ac(frame: np.ndarray, masks: np.ndarray, writer: str) -> str:
+    area = int(np.count_nonzero(frame))
+    if area:
+        return f"the mask ({area} px) is too small or too cut off for an ellipse fit"
+    labelled = np.flatnonzero(masks.reshape(masks.shape[0], -1).any(axis=1))
+    if writer and labelled.size == 1:  # the challenge's mask: the answer's frame alone
+        return (f"the frame is empty: this mask holds the answer's chosen frame {int(labelled[0])} only; "
+                "the other frames' masks are not written")
+    return "the frame is empty"
 
 
 def _recorded_doubt(metadata: dict[str, str], masks: np.ndarray, index: int) -> str | None:

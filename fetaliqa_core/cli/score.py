@@ -12,7 +12,9 @@ from fetaliqa_core.models.options import add_model_options, model_choice_from_ar
 
 HELP = "Score every frame of a sweep and write frames.csv and summary.json."
 
-SWEEP_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz", ".dcm")
+SWEEP_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz", ".dcm")
+#: Pixel data files beside a header (.mhd, .nhdr): part of that sweep, never left out with a word.
+DATA_SUFFIXES = (".raw", ".zraw", ".raw.gz", ".dat", ".img")
 
 
 def _kind(kind: str) -> str:
@@ -46,7 +48,7 @@ def sweep_folder_members(path: Path) -> list[Path] | None:
     or a DICOM series folder, which is one sweep). Everything named like a sweep file counts,
     whatever it is (a pipe, a broken link, a folder): it then fails in its own row, with the
     reason, instead of being left out without a word."""
-    from fetaliqa_core.io import looks_like_dicom_series
+    from fetaliqa_core.io import looks_like_dicom_series, multiframe_dicom_files
 
     if not path.is_dir():
         return None
@@ -54,9 +56,32 @@ def sweep_folder_members(path: Path) -> list[Path] | None:
     series = [p for p in entries if p.is_dir() and not p.name.startswith(".") and looks_like_dicom_series(p)]
     files = [p for p in entries if p.name.lower().endswith(SWEEP_SUFFIXES[:-1]) and p not in series
              and (p.is_file() or not p.name.startswith("."))]
-    if not files and looks_like_dicom_series(path):
-        return None
+    if looks_like_dicom_series(path):
+        # DICOM files of several frames each are one sweep a file; single frames make one series
+        cines = multiframe_dicom_files(path)
+        if not files and not cines:
+            return None
+        files += cines
     return sorted(files + series) or None
+
+
+def left_out_note(path: Path, members: list[Path]) -> str:
+    """One line naming the files of a folder of sweeps that are not scored (a picture, a video, a
+    single DICOM frame beside sweep files...), or "" when there are none: a folder's files are
+    never left out without a word. Hidden files and the pixel data files of .mhd/.nhdr headers
+    do not count."""
+    try:
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return ""
+    scored = set(members)
+    left = [p.name for p in entries if p not in scored and p.is_file()
+            and not p.name.lower().endswith(DATA_SUFFIXES)]
+    if not left:
+        return ""
+    shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    return (f"{path}: {len(left)} file(s) are not sweeps and are left out: {shown} (sweeps: "
+            f"{', '.join(SWEEP_SUFFIXES[:-1])}, DICOM cines and series folders)")
 
 
 def _stem(path: Path) -> str:
@@ -218,6 +243,9 @@ def run(args) -> int:
         summary = score_one(path, base_out, models, args, sweep=sweep)
         _print_summary(summary, base_out)
         return 0
+    note = left_out_note(path, members)
+    if note:
+        print(f"fetaliqa: {note}", file=sys.stderr)
     failures = 0
     rows: list[list] = []
     models = None

@@ -116,6 +116,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     if ranks.is_main:
         try:
             members = _members(path)
+            note = score_cmd.left_out_note(path, members) if path.is_dir() else ""
+            if note:
+                print(f"fetaliqa: {note}", file=sys.stderr, flush=True)
             names = ar.case_names(members, score_cmd._stem)
             plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id()}
         except FetalIQAError as exc:

@@ -32,6 +32,7 @@ from fetaliqa_core.io._common import (
     META_AC_NOTE,
     META_AC_STATUS,
     META_SOURCE,
+    META_SPACING,
     META_SWEEP_KINDS,
     META_SWEEP_RANGES,
     MIN_FRAME_PX,
@@ -46,7 +47,7 @@ from fetaliqa_core.io._common import (
     fmt_shape,
     quiet_itk,
 )
-from fetaliqa_core.io.readers import looks_like_dicom_series
+from fetaliqa_core.io.readers import looks_like_dicom_series, multiframe_dicom_files
 from fetaliqa_core.io.spacing import PLAUSIBLE_SPACING_MM
 from fetaliqa_core.io.sweep import (
     MaskVolume,
@@ -59,9 +60,10 @@ from fetaliqa_core.io.sweep import (
 )
 
 __all__ = [
-    "META_AC_NOTE", "META_AC_STATUS", "META_SOURCE", "META_SWEEP_KINDS",
+    "META_AC_NOTE", "META_AC_STATUS", "META_SOURCE", "META_SPACING", "META_SWEEP_KINDS",
     "META_SWEEP_RANGES", "MIN_FRAME_PX", "PLAUSIBLE_SPACING_MM", "SPACING_FROM_DICOM_PIXEL_SPACING",
     "SPACING_FROM_HEADER", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
     "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "MaskVolume", "Sweep", "default_sweep_layout",
-    "fmt_shape", "load_mask", "load_sweep", "looks_like_dicom_series", "quiet_itk", "read_mask_volume", "write_volume",
+    "fmt_shape", "load_mask", "load_sweep", "looks_like_dicom_series", "multiframe_dicom_files", "quiet_itk",
+    "read_mask_volume", "write_volume",
 ]

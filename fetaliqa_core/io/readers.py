@@ -99,6 +99,10 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     notes = []
     if len(ranked) > 1:
         if len(ranked[1][1]) == len(files):
+            if len(files) == 1 and multiframe_dicom_files(folder):
+                raise FetalIQAError(f"{folder}: the folder holds {len(ranked)} DICOM files of several frames each: "
+                                    "one sweep a file. Open one of them, or score the folder (fetaliqa score "
+                                    "FOLDER scores each).")
             raise FetalIQAError(f"{folder}: the folder holds {len(ranked)} DICOM series, {len(files)} files each "
                                 "at most, and none is the obvious sweep. Put each series in its own folder and "
                                 "choose one.")
@@ -172,10 +176,19 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                             "or not an image; export it again.") from None
     size = tuple(int(s) for s in reader.GetSize())       # (X, Y[, Z[, T]])
     components = int(reader.GetNumberOfComponents())
+    if nrrd is not None and components > 1:
+        # values per pixel lie on the fastest (first) axis; one marked so after it holds the frames
+        kinds = nrrd.get("kinds", "").split()
+        listed = [k for k in kinds[1:] if k.lower() in ("list", "vector", "point", "covariant-vector")]
+        if listed:
+            raise FetalIQAError(f"{path}: the NRRD marks an axis of {components} as '{listed[0]}' (kinds: "
+                                f"{' '.join(kinds)}), so its frames would be read as {components} values per "
+                                "pixel. Mark the frame axis 'domain' (or 'time') and open it again.")
     precheck_dims(path, size[::-1], components)
     itemsize = _sitk_pixel_itemsize(reader) or 8
     bound_volume(path, size[::-1], components, itemsize, mapped=False)
     _precheck_nifti(path, size, components, reader)
+    _check_nrrd_length(path, nrrd, size, components, itemsize)
     if nrrd_stored is not None:
         validate.check_inflation(path, validate.checked_product(size) * components * itemsize, nrrd_stored,
                                  MAX_DEFLATE_RATIO)
@@ -226,6 +239,10 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     else:
         spacing_mm = (spacing_mm[0] * spacing_scale[0], spacing_mm[1] * spacing_scale[1])
         source, note = classify_header_spacing(spacing_mm, recorded=True)
+        if full_suffix(path) in _PICTURE_SUFFIXES:
+            kind = {".tif": "TIFF", ".jpg": "JPEG"}.get(full_suffix(path), full_suffix(path)[1:].upper())
+            source, note = SPACING_NONE, (f"a {kind} picture records at most a "
+                                          "printing resolution (dots per inch), not the size of a pixel in the body")
         if spacing_unit_note:
             source, note = SPACING_NONE, spacing_unit_note
         disagreement = _nifti_spacing_disagreement(path, spacing_mm)
@@ -236,6 +253,9 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
                ycbcr=ycbcr)
 
+
+#: Picture formats the image reader also opens: their resolution is for printing, not a calibration.
+_PICTURE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 #: JPEG Baseline and Extended: the syntaxes whose colour streams are JFIF (YCbCr) by default.
 _JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
@@ -461,6 +481,17 @@ def _precheck_dicom(path: Path) -> tuple[int | None, bool] | None:
             f"{path}: the file holds {stored} bytes of pixel data but its header ({frames} frames of "
             f"{cols} x {rows} pixels, {samples} sample(s) of {bits} bits) needs {needed}: the file is "
             "truncated or its header is wrong. Copy or export it again.")
+    per_frame = needed // max(frames, 1)
+    if stored - needed >= max(per_frame, 2):  # (one byte pads an odd length to an even one: PS3.5 7.1.1)
+        # the reader would read the frames the header counts and leave the rest out without a word
+        held = (f"; the data hold {stored // per_frame} frames"
+                if per_frame and stored - stored % per_frame in (stored, stored - 1) else "")
+        missing = "" if "NumberOfFrames" in ds else "; Number of Frames is missing"
+        raise FetalIQAError(
+            f"{path}: the file holds {stored} bytes of pixel data, more than the {needed} its header describes "
+            f"({frames} frame(s) of {cols} x {rows} pixels, {samples} sample(s) of {bits} bits{missing}){held}. "
+            "Reading it would leave frames out: export the file again"
+            + (" with its right Number of Frames." if held else "."))
     return order
 
 
@@ -483,6 +514,31 @@ def looks_like_dicom_series(folder: Path, probe: int = 16) -> bool:
         return False
     return (any(p.name.lower().endswith(".dcm") for p in files)
             or any(has_dicom_magic(p) for p in files[:probe]))
+
+
+def multiframe_dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files of ``folder`` when each holds several frames: an ultrasound system's
+    export of several cines, one sweep a file (read as a series, they would be refused as
+    several series of one file each). Empty when any DICOM file there holds one frame: a series
+    of single frames is one sweep. The headers are read without their pixels, in name order,
+    up to the first single frame."""
+    try:
+        files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    except OSError:
+        return []
+    dicoms = [p for p in files if p.name.lower().endswith(".dcm") or has_dicom_magic(p)]
+    if len(dicoms) < 2:
+        return []
+    try:
+        import pydicom
+
+        for p in dicoms:
+            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["NumberOfFrames"], force=True)
+            if int(ds.get("NumberOfFrames", 1) or 1) < 2:
+                return []
+    except Exception:  # noqa: BLE001 - a file pydicom cannot parse: the folder is left to the series reader
+        return []
+    return dicoms
 
 
 def _looks_like_dicom(path: Path, reader: Any) -> bool:
@@ -548,15 +604,75 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     if suffix == ".nii.gz":
         validate.check_inflation(path, vox_offset + data_bytes, path.stat().st_size, MAX_DEFLATE_RATIO)
     expected = vox_offset + data_bytes
-    if suffix == ".nii":
-        if actual < expected:
-            raise FetalIQAError(
-                f"{path}: the file holds {actual} bytes but its header ({fmt_dims(size)} voxels) needs "
-                f"{expected}: the file is truncated or its header is wrong. Copy or export it again.")
-    elif actual != expected % (1 << 32):
+    if suffix == ".nii" and actual < expected:
+        raise FetalIQAError(
+            f"{path}: the file holds {actual} bytes but its header ({fmt_dims(size)} voxels) needs "
+            f"{expected}: the file is truncated or its header is wrong. Copy or export it again.")
+    if actual - expected >= data_bytes // max(_frames_of(size), 1) and (suffix == ".nii" or expected < (1 << 32)):
+        # the reader would read what the header counts and leave the rest out without a word
+        raise _longer_than_header(path, actual - vox_offset, data_bytes, f"{fmt_dims(size)} voxels")
+    if suffix == ".nii.gz" and actual != expected % (1 << 32):
         raise FetalIQAError(
             f"{path}: the compressed file does not hold the {expected} bytes its header "
             f"({fmt_dims(size)} voxels) announces: it is truncated or damaged. Copy or export it again.")
+
+
+def _frames_of(size_xyz: tuple[int, ...]) -> int:
+    """Frames in an image of ``size`` (x, y, z...): every axis after the first two."""
+    return validate.checked_product(size_xyz[2:]) if len(size_xyz) > 2 else 1
+
+
+def _longer_than_header(path: Path, stored: int, described: int, dims: str) -> FetalIQAError:
+    """The error for a file holding more pixel data than its header describes (reading it would
+    leave frames out without a word)."""
+    return FetalIQAError(
+        f"{path}: the file holds {stored} bytes of pixel data, more than the {described} its header "
+        f"describes ({dims}): its header is wrong, and reading it would leave frames out. Export the "
+        "file again.")
+
+
+def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[int, ...], components: int,
+                       itemsize: int) -> None:
+    """A NRRD whose data are longer than its sizes say is refused: ITK reads the frames the header
+    counts and leaves the rest out without a word (raw: the stored bytes; gzip: the inflated length
+    its trailer records). Data read from the end (byte skip -1) or after skipped lines are left to
+    the reader."""
+    if fields is None:
+        return
+    encoding = fields.get("encoding", "raw").lower()
+    if encoding not in ("raw", "gzip", "gz"):
+        return
+    try:
+        line_skip = int(fields.get("line skip", fields.get("lineskip", "0")) or 0)
+        byte_skip = int(fields.get("byte skip", fields.get("byteskip", "0")) or 0)
+    except ValueError:
+        return
+    if line_skip != 0 or byte_skip < 0:
+        return
+    described = validate.checked_product(size) * components * itemsize
+    data_file = fields.get("data file", fields.get("datafile"))
+    try:
+        if data_file is not None:
+            data_path, offset = _detached_data_file(path, data_file, "data file"), 0
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 16)
+            end = head.find(b"\n\n")
+            if end < 0:
+                return
+            data_path, offset = path, end + 2
+        if encoding == "raw":
+            stored = data_path.stat().st_size - offset - byte_skip
+        else:
+            if described + byte_skip >= (1 << 32) or data_path.stat().st_size - offset < 18:
+                return  # the gzip trailer counts modulo 4 GiB
+            with open(data_path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                stored = struct.unpack("<I", fh.read(4))[0] - byte_skip
+    except (OSError, struct.error):
+        return
+    if stored - described >= described // max(_frames_of(size), 1):  # a frame or more beyond the header's
+        raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels")
 
 
 def bound_volume(path: Path, shape_zyx: tuple[int, ...], components: int, itemsize: int, mapped: bool) -> None:
@@ -617,7 +733,8 @@ _LENGTH_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetr
                     "cm": 10.0, "centimeter": 10.0, "centimeters": 10.0, "centimetre": 10.0, "centimetres": 10.0,
                     "m": 1000.0, "meter": 1000.0, "meters": 1000.0, "metre": 1000.0, "metres": 1000.0,
                     "um": 1e-3, "\u00b5m": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3,
-                    "micrometers": 1e-3, "micrometre": 1e-3, "micrometres": 1e-3}
+                    "micrometers": 1e-3, "micrometre": 1e-3, "micrometres": 1e-3,
+                    "in": 25.4, "inch": 25.4, "inches": 25.4}
 _NRRD_NO_UNIT = {"", "???", "none", "unknown"}
 #: NRRD axis kinds that are not positions in space (their "units" entry is not a length).
 _NRRD_VALUE_KINDS = {"rgb-color", "rgba-color", "3-color", "4-color", "vector", "covariant-vector",
