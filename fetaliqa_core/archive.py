@@ -549,6 +549,32 @@ def count_statuses(rows: Sequence[dict]) -> dict[str, int]:
 
 # -- the challenge's output layout -----------------------------------------------------------
 
+def _challenge_tree_is_ours(out: Path, target: Path) -> bool:
+    """``OUT/challenge`` may be rebuilt: absent, empty, or what :func:`write_challenge_tree`
+    makes (its predictions.json and per case the challenge's two files, in its layout), nothing
+    else: files of the user's own there (notes, another program's files) are never deleted."""
+    if not target.exists() and not target.is_symlink():
+        return True
+    if not target.is_dir() or target.is_symlink():
+        return False
+    entries = list(target.iterdir())
+    if not entries:
+        return True
+    if not (target / PREDICTIONS_FILE).is_file():
+        return False
+    from fetaliqa_core import export
+
+    layout = {rel for _src, rel in export.challenge_job_files(Path())}  # output/... of one case
+
+    def a_case_of_ours(folder: Path) -> bool:  # the challenge's files of one case, nothing else
+        if not folder.is_dir() or folder.is_symlink():
+            return False
+        return all(p.is_dir() and not p.is_symlink() or p.relative_to(folder).as_posix() in layout
+                   for p in folder.rglob("*"))
+
+    return all(e.name == PREDICTIONS_FILE or a_case_of_ours(e) for e in entries)
+
+
 def write_challenge_tree(out: Path, rows: Sequence[dict]) -> tuple[Path, int, list[str]]:
     """``OUT/challenge``: the challenge's two files of every case whose row says ``ok``, copied
     from its folder (as :func:`fetaliqa_core.export.write_challenge_files` wrote them) into the
@@ -559,9 +585,7 @@ def write_challenge_tree(out: Path, rows: Sequence[dict]) -> tuple[Path, int, li
     from fetaliqa_core.files import write_json
 
     target = out / CHALLENGE_DIR
-    ours = not target.exists() and not target.is_symlink() or target.is_dir() and not target.is_symlink() and (
-        (target / PREDICTIONS_FILE).is_file() or not any(target.iterdir()))
-    if not ours:
+    if not _challenge_tree_is_ours(out, target):
         raise FetalIQAError(f"{target}: exists and was not written by FetalIQA; it is left as it is. "
                             "Move it away or choose another --out.")
     for p in out.iterdir():  # what a killed rank 0 left

@@ -8,6 +8,7 @@ threshold give the same files.
 from __future__ import annotations
 
 import io as _io
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -198,6 +199,31 @@ def challenge_job(pk: str, input_name: str) -> dict:
             "outputs": [{"interface": {"slug": s, "relative_path": r}} for s, r, _name, _target in CHALLENGE_OUTPUTS]}
 
 
+#: What the last :func:`write_scores` into a folder wrote there (hidden): only those of its files
+#: are ever removed by a later run; files of the same names put there by anyone else are kept.
+OUTPUTS_FILE = ".fetaliqa-outputs.json"
+
+
+def _previous_outputs(out: Path) -> set[str]:
+    """The files an earlier :func:`write_scores` wrote into ``out``: its list, or for a folder an
+    earlier version wrote (a summary.json of ours, no list) its optional files; else none."""
+    def small_json(path: Path):
+        try:
+            if not path.is_file() or path.stat().st_size > (1 << 22):
+                return None
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    listed = small_json(out / OUTPUTS_FILE)
+    if isinstance(listed, list):
+        return {str(n) for n in listed}
+    summary = small_json(out / SUMMARY_JSON)
+    if isinstance(summary, dict) and "app_version" in summary and "chosen_frame" in summary:
+        return {CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, "cascade.json"}
+    return set()
+
+
 def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = False,
                  extra: Callable[[Path], None] | None = None) -> list[Path]:
     """Write ``frames.csv`` and ``summary.json`` (and with ``challenge`` the challenge's files)
@@ -205,8 +231,10 @@ def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = 
     files into the folder before it is put in place. Returns the files written here."""
     out = Path(out)
     # a folder scored before with --challenge-output or --cascade must not keep that run's answer
-    # beside this one's summary
-    with atomic_output_dir(out, drop=(CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, "cascade.json")) as tmp:
+    # beside this one's summary; files of those names in any other folder are the user's own
+    previous = _previous_outputs(out)
+    stale = tuple(n for n in (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, "cascade.json") if n in previous)
+    with atomic_output_dir(out, drop=stale) as tmp:
         write_frames_csv(tmp / FRAMES_CSV, sweep, results, assessment)
         write_summary_json(tmp / SUMMARY_JSON, assessment)
         names = [FRAMES_CSV, SUMMARY_JSON]
@@ -215,4 +243,5 @@ def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = 
             names += [CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE]
         if extra is not None:
             extra(tmp)
+        write_json(tmp / OUTPUTS_FILE, sorted(p.name for p in tmp.iterdir()))
     return [out / n for n in names]

@@ -112,7 +112,9 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = ()) -> Iterator[P
     When ``out`` already exists only the files written this time replace their namesakes in it;
     other files there are kept (a folder with other content is never deleted), except those
     named in ``drop`` that were not written this time: files of an earlier run of the same
-    writer that would now contradict the new ones (e.g. a challenge answer beside a new summary).
+    writer that would now contradict the new ones (e.g. a challenge answer beside a new summary;
+    the caller passes them only for a folder it knows it wrote). A folder where a file is to go
+    is refused, before anything is replaced: it is never deleted.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -125,10 +127,14 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = ()) -> Iterator[P
         yield tmp
         if out.exists():
             written = {p.name for p in tmp.iterdir()}
+            in_the_way = sorted(n for n in written if (out / n).is_dir() and not (out / n).is_symlink())
+            if in_the_way:
+                raise FetalIQAError(f"{out / in_the_way[0]} is a folder where a result file goes; nothing was "
+                                    "written. Move it away, or choose another output folder.")
             for p in tmp.iterdir():
                 target = out / p.name
-                if target.is_dir():
-                    shutil.rmtree(target)
+                if target.is_symlink() and target.is_dir():
+                    target.unlink()  # the link itself, never what it points to
                 os.replace(p, target)
             for name in drop:
                 old = out / name

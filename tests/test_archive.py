@@ -330,3 +330,26 @@ def test_a_swap_that_fails_puts_the_old_result_back(tmp_path):
         ar.replace_case_dir(gone, ar.case_dir(tmp_path, "c1"))
     assert sorted(p.name for p in ar.case_dir(tmp_path, "c1").iterdir()) == [ar.RECORD_FILE, "old.txt"]
     assert [p.name for p in (tmp_path / ar.CASES_DIR).iterdir()] == ["c1"]
+
+
+def test_a_challenge_folder_with_the_user_s_own_files_is_never_rebuilt(tmp_path):
+    """OUT/challenge holding a predictions.json counted as FetalIQA's, and was replaced whole:
+    the user's other files there went with it."""
+    from fetaliqa_core import archive as ar
+    from fetaliqa_core import export
+
+    target = tmp_path / ar.CHALLENGE_DIR
+    assert ar._challenge_tree_is_ours(tmp_path, target)  # absent
+    target.mkdir()
+    assert ar._challenge_tree_is_ours(tmp_path, target)  # empty
+    (target / ar.PREDICTIONS_FILE).write_text("[]")
+    for _src, rel in export.challenge_job_files(target / "case1"):
+        (target / "case1" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (target / "case1" / rel).write_text("1")
+    (target / "gone").mkdir()
+    assert ar._challenge_tree_is_ours(tmp_path, target)  # its own layout only
+    (target / "case1" / "output" / "notes.txt").write_text("mine")
+    assert not ar._challenge_tree_is_ours(tmp_path, target)
+    (target / "case1" / "output" / "notes.txt").unlink()
+    (target / "README.txt").write_text("mine")
+    assert not ar._challenge_tree_is_ours(tmp_path, target)

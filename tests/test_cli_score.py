@@ -280,5 +280,45 @@ def test_a_folder_scored_again_keeps_no_answer_of_the_run_before(case, tiny_bund
     assert (out / "fetal-abdomen-frame-number.json").exists()
     (out / "notes.txt").write_text("mine")
     assert main(["score", str(case), *models, "--out", str(out), "--quiet", "--no-cache"]) == 0
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == ["frames.csv", "notes.txt", "summary.json"]  # the user's own file stays
+
+
+def test_results_stay_in_out_and_never_delete_the_user_s_files(case, tiny_bundle_dirs, tmp_path, capsys):
+    """A sweep named '...mha' had its folder named '..': results went to the parent of --out,
+    over the user's frames.csv, and deleted files there named like FetalIQA's; case.mha and
+    case.nrrd shared one folder; an --out holding the user's cascade.json or a folder named
+    summary.json lost them."""
+    import shutil
+
+    models = ["--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]), "--quiet", "--no-cache"]
+    home = tmp_path / "work"
+    (home / "sweeps").mkdir(parents=True)
+    (home / "frames.csv").write_text("the user's own table\n")
+    (home / "cascade.json").write_text("{}\n")
+    shutil.copy(case, home / "sweeps" / "...mha")
+    shutil.copy(case, home / "sweeps" / "case.mha")
+    write_volume(home / "sweeps" / "case.nrrd", load_sweep(case).frames[:7])
+    out = home / "run"
+    assert main(["score", str(home / "sweeps"), "--out", str(out), *models]) == 0
+    assert (home / "frames.csv").read_text() == "the user's own table\n" and (home / "cascade.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["...mha", "case.mha", "case.nrrd", "summary.csv"]
+    assert json.loads((out / "case.nrrd" / "summary.json").read_text())["n_frames"] == 7
+    assert json.loads((out / "case.mha" / "summary.json").read_text())["n_frames"] == 12
+    capsys.readouterr()
+
+    mine = tmp_path / "mine"
+    (mine / "summary.json").mkdir(parents=True)
+    (mine / "summary.json" / "precious.txt").write_text("keep")
+    (mine / "cascade.json").write_text('{"user": "notes"}')
+    (mine / "fetal-abdomen-frame-number.json").write_text("7")
+    assert main(["score", str(case), "--out", str(mine), *models]) == 1
+    assert "summary.json is a folder where a result file goes; nothing was written" in capsys.readouterr().err
+    assert (mine / "summary.json" / "precious.txt").read_text() == "keep" and not (mine / "frames.csv").exists()
+    shutil.rmtree(mine / "summary.json")
+    # files named like FetalIQA's optional outputs that it did not write are the user's: kept,
+    # in a folder new to it and after it has written there too
+    for _ in range(2):
+        assert main(["score", str(case), "--out", str(mine), *models]) == 0
+        assert (mine / "cascade.json").read_text() == '{"user": "notes"}'
+        assert (mine / "fetal-abdomen-frame-number.json").read_text() == "7"

@@ -85,10 +85,14 @@ def left_out_note(path: Path, members: list[Path]) -> str:
 
 
 def _stem(path: Path) -> str:
+    """The name of a sweep's output folder: its file name without the sweep suffix; the whole
+    name where that leaves nothing or a name that is no folder of its own ('...mha' gave '..',
+    and the results went into the parent of --out)."""
     name = path.name
     for suffix in sorted(SWEEP_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
+            stem = name[: -len(suffix)]
+            return stem if stem.strip(". ") else name
     return name
 
 
@@ -249,8 +253,11 @@ def run(args) -> int:
     failures = 0
     rows: list[list] = []
     models = None
-    for k, member in enumerate(members, 1):
-        out = base_out / _stem(member)
+    from fetaliqa_core.archive import case_names
+
+    # one folder per member, also for case.mha beside case.nrrd (one overwrote the other)
+    for k, (member, name) in enumerate(zip(members, case_names(members, _stem)), 1):
+        out = base_out / name
         try:
             sweep = fio.load_sweep(member)
         except Exception as exc:  # noqa: BLE001 - one bad member is reported in its row; the others are scored
