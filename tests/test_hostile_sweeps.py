@@ -308,3 +308,50 @@ def test_a_link_to_nothing_says_so(tmp_path):
     for link in (loop, dangling):
         with pytest.raises(FetalIQAError, match="a link to nothing readable"):
             load_sweep(link)
+
+
+def test_dicom_sequences_nested_thousands_deep_are_refused_not_a_crash(tmp_path):
+    """The image library's DICOM parser crashed the process (SIGSEGV, no word, no archive
+    table) on a 50 KB file of sequences nested 20,000 deep, alone or inside a series folder.
+    In a child process: a regression must not take the test run down with it."""
+    from fakes import us_dicom
+
+    good = us_dicom(tmp_path / "good.dcm", np.zeros((3, 40, 48), np.uint8))
+    raw = good.read_bytes()
+    pixels = raw.rfind(b"\xe0\x7f\x10\x00")
+    depth = 20000
+    sq = b"\x09\x00\x10\x10SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    ends = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    deep = tmp_path / "deep.dcm"
+    deep.write_bytes(raw[:pixels] + sq * depth + ends * depth + raw[pixels:])
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(2):
+        us_dicom(series / f"IM{k}", np.zeros((40, 48), np.uint8), series="1.2.3", instance=k + 1)
+    (series / "IM9").write_bytes(deep.read_bytes())
+    code = ("import sys\nfrom fetaliqa_core.io import load_sweep\nfrom fetaliqa_core.errors import FetalIQAError\n"
+            "try:\n    load_sweep(sys.argv[1])\nexcept FetalIQAError as exc:\n    print(exc)\n")
+    for path in (deep, series):
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+        assert done.returncode == 0, done.stderr[-400:]
+        assert "nests its sequences deeper than any image file" in done.stdout
+
+
+def test_a_header_the_image_library_would_read_otherwise_is_refused(tmp_path):
+    """MET_LONG pixels are read by the image library, whose header parser takes keys in their
+    exact spelling only: 'elementdatafile = LOCAL' before 'ElementDataFile = /elsewhere' passed
+    every check on the first and had the second read (a foreign file, a device, a pipe that hung).
+    Its damaged compressed data were scored as uninitialised memory."""
+    foreign = tmp_path / "foreign.bin"
+    foreign.write_bytes(bytes(range(256)) * 64)
+    two = _mha(tmp_path / "two.mha", "8 8 2", bytes(512), "MET_LONG",
+               extra="").read_bytes().replace(b"ElementDataFile = LOCAL",
+                                              b"elementdatafile = LOCAL\nElementDataFile = " + str(foreign).encode())
+    (tmp_path / "two.mha").write_bytes(two)
+    _assert_refused(tmp_path / "two.mha", "spelled 'elementdatafile'", "not supported")
+    packed = _mha(tmp_path / "z.mha", "8 8 2", b"x\x9c" + bytes(40), "MET_LONG", extra="CompressedDataSize = 42\n")
+    packed.write_bytes(packed.read_bytes().replace(b"CompressedData = False", b"CompressedData = True"))
+    _assert_refused(packed, "MET_LONG with compressed data")
+    twice = _mha(tmp_path / "twice.mha", "8 8 2", bytes(128), extra="dimsize = 8 8 1\n")
+    _assert_refused(twice, "gives 'DimSize' twice")

@@ -79,6 +79,8 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     if not entries:
         raise FetalIQAError(f"{folder}: the folder is empty. Choose the {what} file itself, or a folder "
                             "holding one DICOM series.")
+    _refuse_deep_nesting([p for p in entries if p.is_file() and (p.name.lower().endswith(".dcm")
+                                                                 or has_dicom_magic(p))])
     try:
         with quiet_itk():  # "No Series were found" goes to stderr
             series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -155,7 +157,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
 
     nrrd = _nrrd_fields(path)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
-    if has_dicom_magic(path):
+    if has_dicom_magic(path) or full_suffix(path) == ".dcm":  # (a DICOM file may lack the preamble)
         _precheck_dicom(path)
     _precheck_nifti_header(path)
     reader = sitk.ImageFileReader()
@@ -205,6 +207,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                     return raw
             raise FetalIQAError(f"{path}: the image reader refuses the file's pixel spacing ({reason}). Fix "
                                 "or remove the spacing (DICOM: Pixel Spacing) and export the file again.") from None
+        if "File cannot be read" in reason:  # its "Reason:" is the last system error, often unrelated
+            reason = "there is less of it than the header describes"
         raise FetalIQAError(f"{path}: the pixel data cannot be read ({reason}). The file is "
                             "truncated or damaged; copy or export it again.") from None
     is_dicom = _looks_like_dicom(path, reader)
@@ -436,6 +440,25 @@ def _first_fragment_head(path: Path, offset: int | None, n: int = 2) -> bytes | 
         return None
 
 
+_TOO_DEEP = ("{path}: the DICOM header nests its sequences deeper than any image file does: it is damaged "
+             "or crafted, and is not read. Export the file again.")
+
+
+def _refuse_deep_nesting(files: list[Path]) -> None:
+    """Parse each DICOM file's header (not its pixels) before the image library scans a folder:
+    its parser crashes the whole process (no message, no table) on sequences nested thousands
+    deep, where pydicom stops at Python's recursion limit."""
+    import pydicom
+
+    for p in files:
+        try:
+            pydicom.dcmread(p, stop_before_pixels=True, defer_size=256)
+        except RecursionError:
+            raise FetalIQAError(_TOO_DEEP.format(path=p)) from None
+        except Exception:  # noqa: BLE001 - not DICOM, or damaged otherwise: the series reader judges it
+            continue
+
+
 def _precheck_dicom(path: Path) -> tuple[int | None, bool] | None:
     """The pixel data of an uncompressed DICOM file must be as long as its header says (rows x
     columns x frames x samples x bits allocated): the image reader would otherwise allocate what
@@ -467,6 +490,8 @@ def _precheck_dicom(path: Path) -> tuple[int | None, bool] | None:
         bits = int(ds.BitsAllocated)
     except FetalIQAError:
         raise
+    except RecursionError:  # the image library's own parser crashes the process on such a file
+        raise FetalIQAError(_TOO_DEEP.format(path=path)) from None
     except Exception:  # noqa: BLE001 - a header pydicom cannot parse is left to the reader's own check
         return None
     if stored == 0xFFFFFFFF:
@@ -912,6 +937,10 @@ def _read_metaimage(path: Path) -> Raw | None:
     if header is None:
         raise FetalIQAError(f"{path}: not a MetaImage file (no 'ElementDataFile' header line found). "
                             f"The file is damaged or not an image; choose a file in one of: {SUPPORTED_FORMATS}.")
+    if "#duplicate" in header:
+        raise FetalIQAError(f"{path}: the MetaImage header gives {header['#duplicate']!r} twice (in any "
+                            "spelling): image readers differ on which one counts. Fix the header or export "
+                            "the file again.")
     if header.get("objecttype", "Image").lower() != "image":
         raise FetalIQAError(f"{path}: the MetaImage object is a {header['objecttype']!r}, not an image. "
                             "Choose an image file.")
@@ -940,6 +969,13 @@ def _read_metaimage(path: Path) -> Raw | None:
         element_type = element_type[:-len("_ARRAY")]  # MetaIO's name for the same values, per channel
     if element_type not in _MET_DTYPES:
         if element_type in ("MET_LONG", "MET_ULONG"):
+            # read by the image library, which knows their size on this platform; its parser takes
+            # only the exact spelling of a key, and lets damaged compressed data through unsaid
+            if header["#spelling"] != "ElementDataFile" or compressed:
+                raise FetalIQAError(f"{path}: ElementType {element_type}"
+                                    + (" with compressed data" if compressed else
+                                       f" with the key spelled {header['#spelling']!r}")
+                                    + " is not supported. Export the sweep as 8-bit, 16-bit or float pixels.")
             return None
         raise FetalIQAError(f"{path}: unsupported or missing ElementType {element_type or '(none)'}. "
                             "Export the sweep as 8-bit, 16-bit or float pixels.")
@@ -1111,7 +1147,11 @@ def _parse_meta_header(head: bytes) -> tuple[dict[str, str] | None, int]:
             return None, 0
         if not key or not re.fullmatch(r"[A-Za-z0-9_\-.]+", key):
             return None, 0
+        if key.lower() in header:  # two values: readers differ on which counts (MetaIO's keys are case-sensitive)
+            header["#duplicate"] = key
         header[key.lower()] = value
+        header.setdefault("#spelling", "")
         if key.lower() == "elementdatafile":
+            header["#spelling"] = key
             return header, pos
     return None, 0
