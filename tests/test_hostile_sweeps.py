@@ -355,3 +355,30 @@ def test_a_header_the_image_library_would_read_otherwise_is_refused(tmp_path):
     _assert_refused(packed, "MET_LONG with compressed data")
     twice = _mha(tmp_path / "twice.mha", "8 8 2", bytes(128), extra="dimsize = 8 8 1\n")
     _assert_refused(twice, "gives 'DimSize' twice")
+
+
+def test_pixels_in_a_second_file_the_checks_do_not_see_are_refused(tmp_path):
+    """An Analyze/NIfTI pair (.hdr + .img) was handed to the image library, which opened its .img
+    unchecked: a pipe there hung the command (and the viewer), a link to /dev/zero or outside the
+    folder was scored. A .mhd whose data file is a link out of its folder was read too."""
+    import SimpleITK as sitk
+
+    frames = np.zeros((2, 40, 48), np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(tmp_path / "pair.hdr"))
+    assert (tmp_path / "pair.img").exists()
+    _assert_refused(tmp_path / "pair.hdr", "NIfTI pair", "one .nii")
+    nii = tmp_path / "one.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(nii))
+    head = bytearray(nii.read_bytes())
+    head[344:348] = b"ni1\0"
+    nii.write_bytes(bytes(head))
+    _assert_refused(nii, "separate .img file")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.bin").write_bytes(bytes(2 * 40 * 48))
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "data.raw").symlink_to(outside / "secret.bin")
+    (folder / "sym.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 48 40 2\nElementType = MET_UCHAR\n"
+                                    "ElementDataFile = data.raw\n")
+    _assert_refused(folder / "sym.mhd", "a link to a file outside the header's folder")

@@ -62,6 +62,11 @@ def read_raw(path: Path, purpose: str) -> Raw:
     if not os.access(path, os.R_OK):
         raise FetalIQAError(f"{path}: permission denied. Check the file's permissions.")
     suffix = full_suffix(path)
+    if suffix in (".hdr", ".img", ".img.gz", ".hdr.gz"):
+        # a header whose pixels lie in a second file the image library opens unchecked (a pipe there
+        # blocks forever, a link leads anywhere)
+        raise FetalIQAError(f"{path}: an Analyze or NIfTI pair (.hdr + .img), which is not read. Save the sweep "
+                            f"as one .nii or .nii.gz file (or another of: {SUPPORTED_FORMATS}).")
     if suffix in (".mha", ".mhd"):
         raw = _read_metaimage(path)
         if raw is not None:
@@ -824,6 +829,9 @@ def _precheck_nifti_header(path: Path) -> None:
                                 "NIfTI-1 (nibabel: Nifti1Image) or as .mha.")
     else:
         return
+    if head[344:348] == b"ni1\0":  # "pixels in the .img beside me": opened unchecked by the library
+        raise FetalIQAError(f"{path}: the NIfTI header says its pixels are in a separate .img file (a NIfTI "
+                            "pair), which is not read. Save the sweep as one .nii or .nii.gz file.")
     if not 1 <= ndim <= 7:
         raise FetalIQAError(f"{path}: the NIfTI header gives {ndim} dimensions (1 to 7 are possible): the "
                             "header is damaged. Export the file again.")
@@ -1084,6 +1092,10 @@ def _detached_data_file(path: Path, data_file: str, field: str) -> Path:
         raise FetalIQAError(f"{path}: the pixel data file {name!r} named in the header is missing "
                             f"(looked for {data_path}). Keep the header and its data file together.")
     validate.check_regular_file(data_path, "the pixel data file named in the header")
+    if data_path.is_symlink() and data_path.resolve().parent != path.resolve().parent:
+        raise FetalIQAError(f"{path}: the pixel data file {name!r} is a link to a file outside the header's folder "
+                            f"({data_path.resolve()}); only a file beside the header is read. Put the data file "
+                            "itself beside its header.")
     return data_path
 
 
