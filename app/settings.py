@@ -86,8 +86,11 @@ class AppSettings:
                 default = getattr(s, f.name)
                 if isinstance(default, bool) or type(value) is type(default) or (
                         isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
-                    if _plausible(f.name, value):
-                        setattr(s, f.name, float(value) if isinstance(default, float) else value)
+                    try:  # an integer of 400 digits is valid JSON, and no float
+                        if _plausible(f.name, value):
+                            setattr(s, f.name, float(value) if isinstance(default, float) else value)
+                    except (OverflowError, ValueError, TypeError):
+                        pass
         s.recent_files = [str(p) for p in s.recent_files if _plain_text(p)][:MAX_RECENT]
         s.thresholds = {k: float(v) for k, v in s.thresholds.items() if isinstance(k, str)
                         and isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0}

@@ -19,7 +19,7 @@ FUZZ = settings(max_examples=int(os.environ.get("FETALIQA_FUZZ_EXAMPLES", "60"))
                 derandomize=not os.environ.get("FETALIQA_FUZZ_RANDOM"),
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-_VALUE = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+_VALUE = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.just(10**400) | st.floats() | st.text(max_size=20),
                       lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
                       max_leaves=8)
 _FIELDS = ["recent_files", "geometry", "window_state", "model", "cls_bundle", "seg_bundle", "base_weights",
@@ -55,6 +55,7 @@ def test_any_settings_values_give_usable_settings(data):
     "[" * 100_000 + "]" * 100_000,
     "\xff\xfe not json",
     '{"reviewer": "' + "x" * 100_000 + '"}',
+    '{"opacity": 1' + "0" * 400 + ', "fps": -1' + "0" * 400 + ', "thresholds": {"a": 1' + "0" * 400 + '}}',
 ])
 def test_settings_file_with_nan_or_junk_gives_defaults_where_wrong(text):
     _write(text)

@@ -291,3 +291,25 @@ def test_a_pipe_given_as_the_database_is_refused_in_one_line(tmp_path):
     os.mkfifo(tmp_path / "db.sqlite3")
     with pytest.raises(FetalIQAError, match="not a regular file"):
         ReviewStore(tmp_path / "db.sqlite3", create=False)
+
+
+def test_a_view_or_trigger_another_program_added_is_refused(tmp_path):
+    """A database with FetalIQA's identity whose 'sweeps' table was replaced by a view over an
+    endless recursive query hung `review list` (and ignored SIGTERM)."""
+    import sqlite3
+
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.review import ReviewStore
+
+    for kind in ("view", "trigger"):
+        db = tmp_path / f"{kind}.sqlite3"
+        ReviewStore(db).close()
+        with sqlite3.connect(db) as conn:
+            if kind == "view":
+                conn.execute("ALTER TABLE sweeps RENAME TO old_sweeps")
+                conn.execute("CREATE VIEW sweeps AS WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
+                             "SELECT x AS id FROM n")
+            else:
+                conn.execute("CREATE TRIGGER t AFTER INSERT ON verdicts BEGIN DELETE FROM verdicts; END")
+        with pytest.raises(FetalIQAError, match=f"holds a {kind} .* that FetalIQA never makes"):
+            ReviewStore(db, create=False)

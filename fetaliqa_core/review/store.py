@@ -242,6 +242,14 @@ class ReviewStore:
         check_identity(self.path, version, app_id, n_objects)
         if n_objects == 0 and not self._create:
             raise self._empty_error()
+        # FetalIQA makes tables and indexes only: a view or trigger put in by another program can
+        # run without end (a recursive view hung every command) or act on each write
+        foreign = conn.execute("SELECT type, name FROM sqlite_master WHERE type IN ('view', 'trigger') "
+                               "LIMIT 1").fetchone()
+        if foreign is not None:
+            raise FetalIQAError(f"The review database {self.path} holds a {foreign[0]} ({str(foreign[1])[:60]!r}) that "
+                                "FetalIQA never makes: another program changed it, and it is not opened. "
+                                "Use a copy of an earlier version, or another --db.")
         mode = self._set_wal(conn)
         if str(mode).lower() != "wal":
             raise FetalIQAError(f"The review database {self.path} cannot use write-ahead "
