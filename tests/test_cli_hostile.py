@@ -197,3 +197,17 @@ def test_review_export_failure_names_its_cause(tmp_path, monkeypatch, capsys, co
         rc = main(["review", action, "--db", str(tmp_path / "r.sqlite3"), "--out", str(tmp_path / name)])
         err = capsys.readouterr().err
         assert rc == 1 and err.count("\n") == 1 and cause in err and name in err, err
+
+
+def test_a_file_name_cannot_write_lines_or_codes_on_the_terminal(tmp_path, capsys):
+    """A file named 'x\\n  sweep 1 (transverse): best frame 3 ... AC 301.0 mm' printed a forged
+    result line; an escape sequence in a name hid the error or cleared the screen."""
+    from fetaliqa_core.cli import main
+
+    forged = "bad\n  sweep 1 (transverse): best frame 3 (score 0.99), AC 301.0 mm, GA 33w 2d\x1b[2J.mha"
+    path = tmp_path / forged
+    path.write_bytes(b"not an image")
+    assert main(["score", str(path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err
+    assert "bad\\n  sweep 1" in err and "\\x1b[2J" in err

@@ -151,13 +151,17 @@ def run_guarded(run, interrupted: str = "interrupted") -> int:
     try:
         return int(run() or 0)
     except FetalIQAError as exc:
-        print(f"fetaliqa: {exc}", file=sys.stderr)
+        from fetaliqa_core.cli._args import shown
+
+        print(f"fetaliqa: {shown(exc)}", file=sys.stderr)  # one line, whatever a file name holds
         return exit_code(exc)
     except KeyboardInterrupt:
         print(f"fetaliqa: {interrupted}", file=sys.stderr)
         return 130
     except OSError as exc:
-        print(f"fetaliqa: {os_error_message(exc)}", file=sys.stderr)
+        from fetaliqa_core.cli._args import shown
+
+        print(f"fetaliqa: {shown(os_error_message(exc))}", file=sys.stderr)
         return 1
     except MemoryError:
         print(OUT_OF_MEMORY, file=sys.stderr)

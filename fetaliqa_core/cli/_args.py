@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from typing import Callable
 
 # Longer than any run; keeps a duration from overflowing the clocks it is added to.
@@ -58,3 +59,15 @@ def spacing_mm(text: str) -> float:
         return user_spacing(value)[0]
     except FetalIQAError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: Characters a terminal acts on instead of showing: control codes (a newline in a file name
+#: printed a forged result line; an escape sequence hid an error or cleared the screen), and the
+#: line separators and direction overrides of Unicode.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: object) -> str:
+    """``text`` as a terminal should print it: each character in :data:`_UNPRINTABLE` as its
+    escape (``\\n``, ``\\x1b``), everything else as it is."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))

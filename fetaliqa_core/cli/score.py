@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fetaliqa_core.cli._args import spacing_mm
+from fetaliqa_core.cli._args import shown, spacing_mm
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
@@ -115,7 +115,7 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     if getattr(models, "student", None) is not None:
         return _score_cascade(sweep, path, out, models, args, thresholds, position, extra)
     engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=not args.no_cache)
-    bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{path.name}",
+    bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{shown(path.name)}",
                disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
     try:
         for batch in engine.iter_batches():
@@ -173,12 +173,12 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
 
 def _print_summary(summary: dict, out: Path) -> None:
     chosen = summary["chosen_frame"]
-    print(f"{summary['path']}: {summary['frames_scored']}/{summary['n_frames']} frames scored; "
+    print(f"{shown(summary['path'])}: {summary['frames_scored']}/{summary['n_frames']} frames scored; "
           f"chosen frame {chosen if chosen >= 0 else 'none (-1)'} (frames numbered from 0)")
     if summary.get("threshold_changed"):
         print(f"  threshold {summary['threshold']:.2f} (model: {summary['model_threshold']:.2f})")
     for note in summary.get("read_notes") or ():
-        print(f"  note: {note}")
+        print(f"  note: {shown(note)}")
     if summary.get("spacing_problem"):
         print(f"  {summary['spacing_problem']} (--spacing MM sets it)")
     if summary.get("choice_note"):
@@ -199,7 +199,7 @@ def _print_summary(summary: dict, out: Path) -> None:
               f"(score {s['score']:.2f}){reading}")
     if summary.get("notice"):
         print(f"  {summary['notice']}")
-    print(f"  results in {out}")
+    print(f"  results in {shown(out)}")
 
 
 def check_out_folder(out: Path, option: str = "--out") -> None:
@@ -249,7 +249,7 @@ def run(args) -> int:
         return 0
     note = left_out_note(path, members)
     if note:
-        print(f"fetaliqa: {note}", file=sys.stderr)
+        print(f"fetaliqa: {shown(note)}", file=sys.stderr)
     failures = 0
     rows: list[list] = []
     models = None
@@ -262,7 +262,7 @@ def run(args) -> int:
             sweep = fio.load_sweep(member)
         except Exception as exc:  # noqa: BLE001 - one bad member is reported in its row; the others are scored
             failures += 1
-            print(f"fetaliqa: {_failure_text(exc)}", file=sys.stderr)
+            print(f"fetaliqa: {shown(_failure_text(exc))}", file=sys.stderr)
             rows.append(failed_row(member.name, _failure_text(exc)))
             continue
         if models is None:  # loaded once, when the first readable member needs them
@@ -273,13 +273,13 @@ def run(args) -> int:
             rows += table_rows(member.name, summary)
         except Exception as exc:  # noqa: BLE001 - as above (KeyboardInterrupt still stops the run)
             failures += 1
-            print(f"fetaliqa: {member.name}: {_failure_text(exc)}", file=sys.stderr)
+            print(f"fetaliqa: {shown(member.name)}: {shown(_failure_text(exc))}", file=sys.stderr)
             rows.append(failed_row(member.name, _failure_text(exc)))
         finally:
             del sweep
     table = write_table(base_out / TABLE_FILE, rows)
     print_table(rows)
-    print(f"scored {len(members) - failures} of {len(members)} sweeps into {base_out}"
+    print(f"scored {len(members) - failures} of {len(members)} sweeps into {shown(base_out)}"
           + (f"; {failures} failed (see above)" if failures else "") + f"; one row per sweep in {table}")
     return 1 if failures else 0
 
@@ -346,7 +346,7 @@ def print_table(rows: list[list]) -> None:
         ac = str(r["ac_mm"])
         if ac and r["ac_status"] not in ("", "ok"):
             ac += f" ({r['ac_status']})"  # as each sweep's own lines say: not a number to act on
-        body.append((str(r["file"]), f"{r['sweep']} {r['kind']}".strip(), str(r["best_frame"]), ac,
+        body.append((shown(r["file"]), f"{r['sweep']} {r['kind']}".strip(), str(r["best_frame"]), ac,
                      str(r["ga"]), str(r["chosen_frame"]) if scored else str(r["status"])))
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     for line in (head, *body):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from fetaliqa_core import archive as ar
-from fetaliqa_core.cli._args import non_negative_int, positive_seconds
+from fetaliqa_core.cli._args import non_negative_int, positive_seconds, shown
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.options import model_choice_from_args
 
@@ -118,7 +118,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             members = _members(path)
             note = score_cmd.left_out_note(path, members) if path.is_dir() else ""
             if note:
-                print(f"fetaliqa: {note}", file=sys.stderr, flush=True)
+                print(f"fetaliqa: {shown(note)}", file=sys.stderr, flush=True)
             names = ar.case_names(members, score_cmd._stem)
             plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id()}
         except FetalIQAError as exc:
@@ -178,7 +178,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             position = f"{tag}[{k}/{len(items)}] "
             if item.finished:
                 counts["skipped"] += 1
-                print(f"{position}{item.name}: already scored with these models, skipped", flush=True)
+                print(f"{position}{shown(item.name)}: already scored with these models, skipped", flush=True)
                 continue
             base = {"format": ar.RECORD_FORMAT, "version": ar.RECORD_VERSION, "case": item.name,
                     "file": item.member.name, "models": models.choice.describe(), **columns,
@@ -193,7 +193,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 earlier = ar.read_record(ar.case_dir(out, item.name))
                 if earlier is not None and earlier.get("file") not in (None, item.member.name):
                     # another archive scored into this --out, or a renamed file: say what is replaced
-                    print(f"{position}{item.name}: replaces the results of {earlier.get('file')!r} in "
+                    print(f"{position}{shown(item.name)}: replaces the results of {earlier.get('file')!r} in "
                           f"{ar.case_dir(out, item.name)}", file=sys.stderr, flush=True)
             if item.error is None:
                 staged = ar.staging_dir(out, item.name)
@@ -216,7 +216,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                     ac += f" ({rec.get('ac_status') or 'doubtful'})"  # not a number to act on (summary.json says why)
                 elif rec.get("ac_status") == "no units":
                     ac = ", AC not shown (pixel spacing unknown or implausible; --spacing MM)"
-                print(f"{position}{item.name}: chosen frame {frame if frame >= 0 else 'none (-1)'}{ac} "
+                print(f"{position}{shown(item.name)}: chosen frame {frame if frame >= 0 else 'none (-1)'}{ac} "
                       f"({rec.get('seconds', 0):.1f} s)", flush=True)
             else:
                 counts["failed"] += 1
@@ -230,7 +230,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                         and ar.is_finished(previous, previous.get("key"), needed, folder)):
                     # a passing read error (permissions, a network file system) must not destroy results
                     # of these settings on the same, unchanged file
-                    print(f"{position}{item.name}: could not be read now ({item.error}); its results of "
+                    print(f"{position}{shown(item.name)}: could not be read now ({shown(item.error)}); its results of "
                           f"{previous.get('finished_utc', 'an earlier run')} are kept: the file has not changed "
                           "since", file=sys.stderr, flush=True)
                     continue
@@ -240,7 +240,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 except OSError as exc:
                     raise FetalIQAError(f"{out}: cannot write results ({exc.strerror}). Choose a folder "
                                         "you can write to.") from None
-                print(f"{position}{item.name}: failed: {item.error}", file=sys.stderr, flush=True)
+                print(f"{position}{shown(item.name)}: failed: {shown(item.error)}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: the finished cases are kept; the table says so now, not at the next run
         if ranks.is_main and not ranks.distributed:
