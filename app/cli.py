@@ -135,11 +135,11 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
         headless = not display_available()
     if headless and not (exit_when_scored or max_seconds):
         exit_when_scored = True  # nothing would ever close an invisible window
-    from fetaliqa_core.io import load_sweep
+    from app.worker import load_sweep_for_viewer
 
     ensure_application(headless)
     # Read the file first: an unreadable one is a one-line error, not a window.
-    sweep = load_sweep(sweep_path) if sweep_path is not None else None
+    sweep = load_sweep_for_viewer(sweep_path) if sweep_path is not None else None
     if sweep is not None and spacing_mm is not None:
         sweep = sweep.with_spacing(spacing_mm)  # FetalIQAError (one line) when implausible
     from app.settings import AppSettings

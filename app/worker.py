@@ -379,4 +379,4 @@ def load_sweep_for_viewer(path: str | Path):
     """``io.load_sweep`` (one place, so that the window's sync and async paths agree)."""
     from fetaliqa_core.io import load_sweep
 
-    return load_sweep(path)
+    return load_sweep(path).in_memory()  # read here, off the window's thread: see Sweep.in_memory

@@ -702,3 +702,20 @@ def test_empty_header_values_are_left_out(tmp_path, capfd):
     write_volume(path, np.zeros((2, 40, 50), np.uint8), metadata={"FetalIQA_ACNote": "", "FetalIQA_ACStatus": "ok"})
     assert "WARNING" not in capfd.readouterr().err
     assert read_mask_volume(path).metadata == {"FetalIQA_ACStatus": "ok"}
+
+
+def test_a_sweep_in_memory_no_longer_depends_on_its_file(tmp_path):
+    """An uncompressed sweep's frames are mapped from its file; truncating the file while it was
+    scored killed the process (SIGBUS). Scoring and the viewer use it in memory."""
+    from fetaliqa_core.io import write_volume
+
+    frames = np.arange(3 * 40 * 48, dtype=np.uint8).reshape(3, 40, 48)
+    write_volume(tmp_path / "u.mha", frames, compress=False)
+    mapped = load_sweep(tmp_path / "u.mha")
+    assert isinstance(mapped.frames, np.memmap)
+    held = mapped.in_memory()
+    del mapped
+    (tmp_path / "u.mha").write_bytes(b"")  # truncated under it
+    assert not isinstance(held.frames, np.memmap) and not held.frames.flags.writeable
+    assert np.array_equal(held.frames, frames)
+    assert held.in_memory() is held

@@ -242,7 +242,7 @@ def run(args) -> int:
     base_out = args.out or Path("fetaliqa-scores") / _stem(path)
     check_out_folder(base_out)
     if members is None:
-        sweep = fio.load_sweep(path)  # a bad input is reported before seconds of model loading
+        sweep = fio.load_sweep(path).in_memory()  # a bad input is reported before seconds of model loading
         models = choice_mod.load_models(choice)
         summary = score_one(path, base_out, models, args, sweep=sweep)
         _print_summary(summary, base_out)
@@ -259,7 +259,7 @@ def run(args) -> int:
     for k, (member, name) in enumerate(zip(members, case_names(members, _stem)), 1):
         out = base_out / name
         try:
-            sweep = fio.load_sweep(member)
+            sweep = fio.load_sweep(member).in_memory()
         except Exception as exc:  # noqa: BLE001 - one bad member is reported in its row; the others are scored
             failures += 1
             print(f"fetaliqa: {shown(_failure_text(exc))}", file=sys.stderr)

@@ -46,22 +46,6 @@ def _members(path: Path) -> list[Path]:
     return [path]  # one sweep file, or one DICOM series folder
 
 
-def _in_memory(sweep):
-    """``sweep`` with its frames read into memory when they are mapped from the file: in an
-    archive another program may rewrite or truncate a file while it is scored, and a mapped page
-    that no longer exists kills the process (SIGBUS) with no word and no table. The reader
-    thread has just hashed the file, so the copy comes from the page cache."""
-    import dataclasses
-
-    import numpy as np
-
-    if isinstance(sweep.frames, np.memmap):
-        frames = np.array(sweep.frames)  # an ndarray of its own, no longer backed by the file
-        frames.flags.writeable = False
-        sweep = dataclasses.replace(sweep, frames=frames)
-    return sweep
-
-
 def _record_writer(item: ar.Item, base: dict):
     """The ``extra`` hook of ``score_one``: writes case.json into the case's folder before it
     is put in place, so a folder with a record is always complete."""
@@ -165,7 +149,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                     item.finished = True
                     ar.refresh_file_stat(folder, record, item.fstat)  # the same bytes, touched since
                     return
-            item.sweep = _in_memory(fio.load_sweep(item.member))
+            item.sweep = fio.load_sweep(item.member).in_memory()
             _ = item.sweep.content_hash  # hashed here, off the model's thread
         except Exception as exc:  # noqa: BLE001 - one bad case must not end the run
             item.error = ar.case_error(exc, item.member)

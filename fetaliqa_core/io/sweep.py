@@ -105,6 +105,17 @@ class Sweep:
         """One line saying why no length (mm) or gestational age may be shown; None when they may."""
         return _spacing.problem(tuple(self.spacing_mm), self.spacing_source, self.spacing_note)
 
+    def in_memory(self) -> Sweep:
+        """This sweep with its frames read into memory when they are mapped from the file (an
+        uncompressed sweep opens without reading it). For a sweep used for a while (scored, shown):
+        another program may rewrite or truncate the file meanwhile, and a mapped page that no
+        longer exists kills the process (SIGBUS) with no word and no result."""
+        if not isinstance(self.frames, np.memmap):
+            return self
+        frames = np.array(self.frames)  # an ndarray of its own, no longer backed by the file
+        frames.flags.writeable = False
+        return dataclasses.replace(self, frames=frames)
+
     def with_spacing(self, spacing_mm: float | tuple[float, float]) -> Sweep:
         """The same sweep with a pixel spacing the user gave (mm per pixel, one value or
         ``(row_mm, col_mm)``). Raises FetalIQAError when it is not plausible."""
