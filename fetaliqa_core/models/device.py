@@ -37,8 +37,19 @@ CPU_FP32_BATCH = 4
 PRECISION_ENV = "FETALIQA_PRECISION"
 # CPU flags (Linux /proc/cpuinfo names) of bf16 matrix instructions
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-# bf16 is chosen on a CPU only when the probe's bf16 product takes at most this share of fp32's
+# bf16 is chosen on a CPU whose flags cannot be read only when the probe's bf16 product takes at
+# most this share of fp32's. Where the CPU reports bf16 matrix instructions, bf16 is chosen unless
+# the probe finds it slower than fp32: the instructions make it 2-8x faster, and a probe on a busy
+# machine (another program on the cores) measured both near-equal and chose fp32 one time, bf16
+# the next, so that the same sweep got another answer on the same machine.
 BF16_MAX_TIME_RATIO = 0.8
+BF16_FLAGGED_MAX_TIME_RATIO = 1.0
+
+
+def bf16_pays(flags: tuple[str, ...], fp32_gflops: float, bf16_gflops: float) -> bool:
+    """Whether the probe's rates make bf16 this CPU's automatic precision (see above)."""
+    limit = BF16_FLAGGED_MAX_TIME_RATIO if flags else BF16_MAX_TIME_RATIO
+    return fp32_gflops / bf16_gflops <= limit
 
 
 @dataclass(frozen=True)
@@ -136,9 +147,9 @@ def _matmul_seconds(dtype: torch.dtype, m: int = 512, n: int = 1024, k: int = 10
     return best
 
 
-def measure_cpu_matmul(m: int = 512, n: int = 1024, k: int = 1024, rounds: int = 3) -> tuple[float, float]:
+def measure_cpu_matmul(m: int = 512, n: int = 1024, k: int = 1024, rounds: int = 5) -> tuple[float, float]:
     """(fp32, bf16) GFLOP/s of a ``(m,k) @ (k,n)`` product, measured alternately so that both
-    see the same load from other processes; the best of ``rounds`` each (~0.1 s in all)."""
+    see the same load from other processes; the best of ``rounds`` each (~0.2 s in all)."""
     fp32 = bf16 = float("inf")
     for _ in range(rounds):
         fp32 = min(fp32, _matmul_seconds(torch.float32, m, n, k))
@@ -181,7 +192,7 @@ def _kept_probe(key: dict, flags: tuple[str, ...], known: bool) -> CpuPrecisionP
         return None  # none kept, unreadable or damaged (deeply nested, huge numbers): measure again
     if not all(math.isfinite(v) and v > 0 for v in (fp32, bf16)):
         return None
-    return CpuPrecisionProbe(flags, known, fp32, bf16, use_bf16=fp32 / bf16 <= BF16_MAX_TIME_RATIO)
+    return CpuPrecisionProbe(flags, known, fp32, bf16, use_bf16=bf16_pays(flags, fp32, bf16))
 
 
 def _keep_probe(key: dict, probe: CpuPrecisionProbe) -> None:
@@ -211,7 +222,7 @@ def cpu_precision_probe() -> CpuPrecisionProbe:
         fp32, bf16 = measure_cpu_matmul()
     except RuntimeError:  # a build without bf16 CPU kernels
         return CpuPrecisionProbe(flags, known, None, None, use_bf16=False)
-    probe = CpuPrecisionProbe(flags, known, fp32, bf16, use_bf16=fp32 / bf16 <= BF16_MAX_TIME_RATIO)
+    probe = CpuPrecisionProbe(flags, known, fp32, bf16, use_bf16=bf16_pays(flags, fp32, bf16))
     _keep_probe(key, probe)
     return probe
 
