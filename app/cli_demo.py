@@ -59,8 +59,10 @@ def run(args) -> int:
         print(f"fetaliqa: {problem}", file=sys.stderr)
         print("fetaliqa: rendering the demo offscreen instead (no window).", file=sys.stderr, flush=True)
         headless = True
-    print("preparing the demo sweep (synthesised once into the cache)…", flush=True)
+    if not synth.demo_case_exists():
+        print("making the demo sweep (synthetic, once: it is kept in the cache)…", flush=True)
     sweep_path = synth.demo_sweep_path()
+    print(f"demo sweep: {sweep_path}", flush=True)
     choice = model_choice_from_args(args)  # the demo model on --device, in --precision
     if not headless:
         outcome = run_window(sweep_path, choice, headless=False)

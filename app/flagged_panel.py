@@ -83,8 +83,9 @@ class FlaggedPanel(QWidget):
             for k, (b, ok) in enumerate(zip(flags.best, flags.best_passes)):
                 if b is None:
                     continue
-                # a sweep without a chosen frame shows its highest-scored frame in brackets, dimmed
-                item = self._row(b, f"{b}  ★" if b == flags.chosen else f"{b}" if ok else f"({b})")
+                # a sweep without a chosen frame shows its highest-scored frame in brackets, dimmed,
+                # and says so (summary.json's best_frame is -1 there)
+                item = self._row(b, f"{b}  ★" if b == flags.chosen else f"{b}" if ok else f"({b}) none")
                 if not ok:
                     # the sweep's highest-scored frame, shown dimmed: nothing there is chosen, and why
                     why = flags.why_none[k] if k < len(flags.why_none) else ""
@@ -92,7 +93,8 @@ class FlaggedPanel(QWidget):
                     item.setToolTip(0, f"highest-scored frame of sweep {k + 1}; no frame chosen there: "
                                        f"{why or 'no frame above threshold'}")
                 best.addChild(item)
-            best.setText(0, f"Best frame per sweep ({sum(bool(ok) for ok in flags.best_passes)})")
+            n_sweeps = sum(b is not None for b in flags.best)
+            best.setText(0, f"Best frame per sweep ({sum(bool(ok) for ok in flags.best_passes)} of {n_sweeps})")
             for name, title in (("candidates", "Candidates"), ("disagreements", "Models disagree")):
                 group = self._groups[name]
                 group.takeChildren()

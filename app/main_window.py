@@ -656,15 +656,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             return
         ac = m.measure_ac(chosen)
         if ac is None:
-            self.status_ac.setText(f"best {chosen}: AC not measurable")
+            self.status_ac.setText(f"chosen frame {chosen}: AC not measurable")
             return
         reading = m.reading(ac, chosen)
         if reading.status == "no units":  # short here; the full reason in the tooltip
-            text = f"best {chosen}: AC not shown (pixel spacing; View menu)"
+            text = f"chosen frame {chosen}: AC not shown (pixel spacing; View menu)"
         elif reading.status == "doubtful":
-            text = f"best {chosen}: AC {reading.ac_mm:.1f} mm (doubtful)"
+            text = f"chosen frame {chosen}: AC {reading.ac_mm:.1f} mm (doubtful)"
         else:
-            text = f"best {chosen}: AC {reading.ac_mm:.1f} mm · GA {reading.ga_text or '–'}"
+            text = f"chosen frame {chosen}: AC {reading.ac_mm:.1f} mm · GA {reading.ga_text or '–'}"
         if m.demo_notice:
             text += " · demo, not clinical"
         self.status_ac.setText(text)

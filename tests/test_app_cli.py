@@ -220,8 +220,8 @@ def test_results_folder_on_a_file_leaves_nothing_behind(tmp_path):
             (tmp / "a.csv").write_text("1", encoding="utf-8")
     # a failure while the files are put in place: the temporary folder goes too
     out = tmp_path / "out"
-    (out / "a.csv").mkdir(parents=True)
-    (out / "a.csv" / "inner").mkdir()
+    out.mkdir()
+    (out / "a.csv").write_text("old", encoding="utf-8")
     import os
 
     real = os.replace
@@ -237,6 +237,7 @@ def test_results_folder_on_a_file_leaves_nothing_behind(tmp_path):
     finally:
         os.replace = real
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "taken"]
+    assert (out / "a.csv").read_text(encoding="utf-8") == "old"
 
 
 def test_ctrl_c_in_the_viewer_is_an_interruption_and_the_demo_writes_nothing(qtbot, small_sweep, tmp_path,

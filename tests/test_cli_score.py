@@ -54,7 +54,16 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     assert summary["app_version"] and [b["role"] for b in summary["bundles"]] == ["classifier", "segmenter"]
     assert all(len(b["sha256"]) == 64 and b["demo"] is False for b in summary["bundles"])
     assert summary["demo"] is False and summary["notice"] == "" and summary["frame_numbering"] == "0-based"
-    assert "chosen frame" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "chosen frame" in printed
+    for s in summary["sweeps"]:  # the models' own scores at the best frame, as frames.csv has them
+        if s["best_frame"] >= 0:
+            row = rows[s["best_frame"]]
+            assert s["p_cls"] == pytest.approx(float(row["p_cls"]), abs=1e-3)
+            assert s["p_seg"] == pytest.approx(float(row["p_seg"]), abs=1e-3)
+            assert f"best frame {s['best_frame']} (p_cls {s['p_cls']:.2f}, p_seg {s['p_seg']:.2f})" in printed
+        else:
+            assert s["p_cls"] is None and s["p_seg"] is None
 
 
 def test_what_reading_the_file_did_is_printed_and_written(tmp_path, tiny_bundle_dirs, capsys):

@@ -317,6 +317,14 @@ class SweepSummary:
     ac_status: str = "none"  # "ok" | "doubtful" | "no units" | "none" (analysis.units)
     ga: str = ""  # "24w 3d"
     ac_note: str = ""  # why doubtful / not shown
+    p_cls: float | None = None  # the models' own scores at the best frame (None: no such model or frame)
+    p_seg: float | None = None
+
+
+def _score_at(scores, frame: int, has: bool) -> float | None:
+    if frame < 0 or not has or not np.isfinite(scores[frame]):
+        return None
+    return round(float(scores[frame]), 4)
 
 
 @dataclass
@@ -488,7 +496,9 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
             ac_mm=r.ac_mm, ga_weeks=(None if r.ga_weeks is None else round(r.ga_weeks, 1)),
             ga_out_of_range=(bool(hadlock_ga(m.ac_mm).out_of_range) if m is not None and r.ac_mm is not None
                              else None),  # null where no AC is shown, as in cases.csv
-            ac_status=r.status, ga=r.ga_text, ac_note=r.note))
+            ac_status=r.status, ga=r.ga_text, ac_note=r.note,
+            p_cls=_score_at(results.p_cls, frame, results.has_cls),
+            p_seg=_score_at(results.p_seg, frame, results.has_seg)))
     chosen_m = ac_on(chosen)
     chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem,
                              _mask_problem(choice, chosen), _disagreement(p_cls, thresholds, chosen, flags),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from fetaliqa_core import __version__, plugins
 from fetaliqa_core.errors import FetalIQAError, exit_code
@@ -94,10 +95,30 @@ def _with_default_command(argv: list[str], commands) -> list[str]:
     if not argv:
         return [DEFAULT_COMMAND]
     first = argv[0]
-    if first in commands or first.startswith("-"):
+    if first in commands or first in ("-h", "--help", "--version"):
         return argv
-    # ``fetaliqa case.mha`` opens the file in the viewer.
+    if first == "help":
+        return ["--help", *argv[1:]]
+    if not first.startswith("-") and not _looks_like_a_path(first):
+        # a mistyped command was taken for a file to open ("scor: no such file or folder")
+        import difflib
+
+        close = difflib.get_close_matches(first, list(commands), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        from fetaliqa_core.cli._args import shown
+
+        print(f"fetaliqa: unknown command {shown(first)!r}{hint}; the commands are "
+              f"{', '.join(commands)} (fetaliqa --help), or give a sweep file to open it.", file=sys.stderr)
+        raise SystemExit(2)
+    # ``fetaliqa case.mha`` (or ``fetaliqa --threshold 0.3 case.mha``) opens the file in the viewer.
     return [DEFAULT_COMMAND, *argv]
+
+
+def _looks_like_a_path(arg: str) -> bool:
+    """A file or folder that exists, or a name with a folder or a file suffix in it."""
+    import os
+
+    return os.path.lexists(arg) or "/" in arg or os.sep in arg or bool(Path(arg).suffix)
 
 
 def main(argv: list[str] | None = None) -> int:

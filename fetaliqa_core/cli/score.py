@@ -195,8 +195,9 @@ def _print_summary(summary: dict, out: Path) -> None:
             reading = f", AC {s['ac_mm']:.1f} mm (doubtful: {s['ac_note']})"
         elif s["ac_status"] == "no units":
             reading = ", AC not shown (pixel spacing)"
+        scores = ", ".join(f"{name} {s[name]:.2f}" for name in ("p_cls", "p_seg") if s.get(name) is not None)
         print(f"  sweep {s['sweep']}{_kind(s['kind'])}: best frame {s['best_frame']} "
-              f"(score {s['score']:.2f}){reading}")
+              f"({scores or 'score ' + format(s['score'], '.2f')}){reading}")
     if summary.get("notice"):
         print(f"  {summary['notice']}")
     print(f"  results in {shown(out)}")

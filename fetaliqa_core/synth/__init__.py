@@ -73,17 +73,26 @@ __all__ = [
 ]
 
 
+def _demo_files() -> tuple[Path, Path]:
+    from fetaliqa_core import paths
+
+    folder = paths.cache_dir() / "demo"
+    stem = f"demo_s{DEMO_SEED}_v{SYNTH_VERSION}"
+    return folder / f"{stem}.mha", folder / f"{stem}_mask.mha"
+
+
+def demo_case_exists() -> bool:
+    """Whether the demo case is in the cache already (else :func:`demo_case_paths` makes it)."""
+    return all(p.is_file() for p in _demo_files())
+
+
 def demo_case_paths() -> tuple[Path, Path]:
     """(sweep, mask) paths of the demo case in the user cache, synthesised on first use.
 
     The sweep is written uncompressed so that it opens memory-mapped; both files appear
     atomically (temporary file, then rename)."""
-    from fetaliqa_core import paths
-
-    folder = paths.cache_dir() / "demo"
-    stem = f"demo_s{DEMO_SEED}_v{SYNTH_VERSION}"
-    sweep_path, mask_path = folder / f"{stem}.mha", folder / f"{stem}_mask.mha"
-    if sweep_path.is_file() and mask_path.is_file():
+    sweep_path, mask_path = _demo_files()
+    if demo_case_exists():
         return sweep_path, mask_path
     case = synthesize_case(DEMO_SEED)
     write_case(case, sweep_path, mask_path, compress_images=False)
