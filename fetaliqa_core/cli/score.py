@@ -257,7 +257,8 @@ def run(args) -> int:
     from fetaliqa_core.archive import case_names
 
     # one folder per member, also for case.mha beside case.nrrd (one overwrote the other)
-    for k, (member, name) in enumerate(zip(members, case_names(members, _stem)), 1):
+    names = [f"{n}~sweep" if n == TABLE_FILE else n for n in case_names(members, _stem)]  # the table's own name
+    for k, (member, name) in enumerate(zip(members, names), 1):
         out = base_out / name
         try:
             sweep = fio.load_sweep(member).in_memory()
