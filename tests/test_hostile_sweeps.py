@@ -382,3 +382,23 @@ def test_pixels_in_a_second_file_the_checks_do_not_see_are_refused(tmp_path):
     (folder / "sym.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 48 40 2\nElementType = MET_UCHAR\n"
                                     "ElementDataFile = data.raw\n")
     _assert_refused(folder / "sym.mhd", "a link to a file outside the header's folder")
+
+
+def test_a_series_folder_holding_what_is_no_file_names_it(tmp_path):
+    """A pipe in a series folder read as 'no DICOM series in this folder'; a link to /dev/zero or
+    looping links made good files of the series 'damaged ... remove them'."""
+    from fakes import us_dicom
+
+    for kind in ("pipe", "device", "loop"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        for k in range(2):
+            us_dicom(folder / f"IM{k}", np.zeros((40, 48), np.uint8), series="1.2.3", instance=k + 1)
+        if kind == "pipe":
+            os.mkfifo(folder / "IM9")
+        elif kind == "device":
+            (folder / "IM9").symlink_to("/dev/zero")
+        else:
+            (folder / "self").symlink_to(folder / "self")
+        message = _assert_refused(folder, "holds 1 thing(s) that are not files")
+        assert "IM0" not in message and "IM1" not in message  # good files are not blamed

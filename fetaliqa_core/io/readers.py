@@ -84,6 +84,7 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     if not entries:
         raise FetalIQAError(f"{folder}: the folder is empty. Choose the {what} file itself, or a folder "
                             "holding one DICOM series.")
+    _refuse_odd_entries(folder, entries)
     _refuse_deep_nesting([p for p in entries if p.is_file() and (p.name.lower().endswith(".dcm")
                                                                  or has_dicom_magic(p))])
     try:
@@ -447,6 +448,29 @@ def _first_fragment_head(path: Path, offset: int | None, n: int = 2) -> bytes | 
 
 _TOO_DEEP = ("{path}: the DICOM header nests its sequences deeper than any image file does: it is damaged "
              "or crafted, and is not read. Export the file again.")
+
+
+def _refuse_odd_entries(folder: Path, entries: list[Path]) -> None:
+    """A series folder holding what is no file (a pipe, a device, a link that leads nowhere or
+    back to itself) is refused naming those: the image library's scan blocks on a pipe, and the
+    others made it call good files of the series damaged."""
+    import stat
+
+    odd = []
+    for p in entries:
+        try:
+            mode = os.stat(p).st_mode
+        except OSError:  # a dangling or looping link
+            odd.append(f"{p.name} (a link to nothing readable)")
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            odd.append(f"{p.name} ({'a pipe' if stat.S_ISFIFO(mode) else 'a device or socket'})")
+        elif stat.S_ISDIR(mode) and p.is_symlink() and p.resolve() in (folder.resolve(), *folder.resolve().parents):
+            odd.append(f"{p.name} (a link back to this folder)")
+    if odd:
+        shown = ", ".join(odd[:3]) + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
+        raise FetalIQAError(f"{folder}: the DICOM series folder holds {len(odd)} thing(s) that are not files: "
+                            f"{shown}. Remove them, or copy the series' files into a folder of their own.")
 
 
 def _refuse_deep_nesting(files: list[Path]) -> None:
