@@ -523,3 +523,22 @@ def test_a_folder_of_dicom_cines_is_a_folder_of_sweeps(tmp_path):
     for k in range(3):  # single frames of one series: one sweep, read as before
         us_dicom(series / f"f{k}.dcm", _grey(n=1)[0], series="1.2.3", instance=k + 1)
     assert sweep_folder_members(series) is None and load_sweep(series).n_frames == 3
+
+
+def test_dicom_files_this_reader_cannot_decode_say_what_they_are(tmp_path):
+    """A 64-bit DICOM was 'not a readable image file (no supported image header found)'; one
+    with no pixel data (or a header damaged before them) had the image library probe 2 GB."""
+    import pydicom
+
+    arr = _grey(n=2)
+    path = us_dicom(tmp_path / "wide.dcm", arr)
+    ds = pydicom.dcmread(path)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 64, 64, 63
+    ds.PixelData = arr.astype(np.uint64).tobytes()
+    ds.save_as(str(path))
+    with pytest.raises(FetalIQAError, match="whose pixels this reader cannot decode \\(64 bits allocated"):
+        load_sweep(path)
+    del ds.PixelData
+    ds.save_as(str(path))
+    with pytest.raises(FetalIQAError, match="holds no pixel data"):
+        load_sweep(path)

@@ -173,6 +173,9 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
+        if "Unable to determine ImageIO" in reason and has_dicom_magic(path):
+            raise FetalIQAError(f"{path}: a DICOM file whose pixels this reader cannot decode ({_dicom_pixel_format(path)}). "
+                                "Export the sweep with 8- or 16-bit grey or RGB pixels.") from None
         if "Unable to determine ImageIO" in reason:
             raise FetalIQAError(f"{path}: not a readable image file (no supported image header found). "
                                 f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.") from None
@@ -450,6 +453,20 @@ _TOO_DEEP = ("{path}: the DICOM header nests its sequences deeper than any image
              "or crafted, and is not read. Export the file again.")
 
 
+def _dicom_pixel_format(path: Path) -> str:
+    """A DICOM file's pixel format in words (bits, samples, photometric, transfer syntax)."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        return (f"{ds.get('BitsAllocated', '?')} bits allocated, {ds.get('SamplesPerPixel', 1)} sample(s) per pixel, "
+                f"{ds.get('PhotometricInterpretation', '?')}, transfer syntax "
+                f"{getattr(syntax, 'name', None) or syntax or 'unknown'}")
+    except Exception:  # noqa: BLE001 - only a description
+        return "its header cannot be parsed"
+
+
 def _refuse_odd_entries(folder: Path, entries: list[Path]) -> None:
     """A series folder holding what is no file (a pipe, a device, a link that leads nowhere or
     back to itself) is refused naming those: the image library's scan blocks on a pipe, and the
@@ -503,6 +520,10 @@ def _precheck_dicom(path: Path) -> tuple[int | None, bool] | None:
         order = (_instance_number(ds), "ImagePositionPatient" in ds)
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+        if element is None and not any(k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")):
+            # an image library would probe what the header claims (2 GB for a 52 KB file) to find nothing
+            raise FetalIQAError(f"{path}: the DICOM file holds no pixel data (or its header is damaged before "
+                                "them): it is no image. Choose the sweep's image file, or export it again.")
         if element is not None and syntax in _JPEG_SYNTAXES:
             head = _first_fragment_head(path, getattr(element, "value_tell", None))
             if head is not None and head != b"\xff\xd8":  # the decoder would print its own errors first
@@ -521,7 +542,10 @@ def _precheck_dicom(path: Path) -> tuple[int | None, bool] | None:
         raise
     except RecursionError:  # the image library's own parser crashes the process on such a file
         raise FetalIQAError(_TOO_DEEP.format(path=path)) from None
-    except Exception:  # noqa: BLE001 - a header pydicom cannot parse is left to the reader's own check
+    except Exception as exc:  # noqa: BLE001 - a header pydicom cannot parse is left to the reader's own check
+        if type(exc).__name__ == "BytesLengthException":  # e.g. Rows 3 bytes long: the library probed 2 GB on it
+            raise FetalIQAError(f"{path}: the DICOM header is damaged (an element's length does not fit its "
+                                "type). Export the file again.") from None
         return None
     if stored == 0xFFFFFFFF:
         return order
