@@ -30,7 +30,7 @@ from fetaliqa_core.errors import FetalIQAError
 #: drawn on another probe's image; a cut it does not have would be extrapolated).
 FOV_SPILL = 0.01
 
-HELP = "measure the abdominal circumference (mm) and gestational age on a mask file's frame"
+HELP = "Measure the abdominal circumference (mm) and gestational age on a mask file's frame."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

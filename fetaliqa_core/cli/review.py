@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _db_argument(p)
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="labels.csv")
     _sweep_argument(p)
-    p = sub.add_parser("list", help="list the sweeps in the review database")
+    p = sub.add_parser("list", help="list the sweeps in the review database",
+                       description="List the sweeps in the review database.")
     _db_argument(p)
 
 

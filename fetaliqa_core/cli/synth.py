@@ -8,7 +8,7 @@ import time
 
 from fetaliqa_core.cli._args import positive_int
 
-HELP = "write synthetic blind-sweep cases (images, masks, circumference CSV) in the ACOUSLIC-AI layout"
+HELP = "Write synthetic blind-sweep cases (images, masks, circumference CSV) in the ACOUSLIC-AI layout."
 
 
 def _frame_size(text: str) -> int:
@@ -60,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
                                 width=args.width, compress=not args.no_compress, overwrite=args.overwrite,
                                 jobs=args.jobs, progress=progress, fan_variety=args.fan_variety)
     if not args.quiet:
-        print(f"wrote {len(uuids)} cases to {args.out}")
+        print(f"wrote {len(uuids)} case{'' if len(uuids) == 1 else 's'} to {args.out}")
     return 0
