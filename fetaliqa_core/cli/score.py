@@ -245,7 +245,13 @@ def run(args) -> int:
     if members is None:
         sweep = fio.load_sweep(path).in_memory()  # a bad input is reported before seconds of model loading
         models = choice_mod.load_models(choice)
-        summary = score_one(path, base_out, models, args, sweep=sweep)
+        try:
+            summary = score_one(path, base_out, models, args, sweep=sweep)
+        except KeyboardInterrupt:
+            kept = ("the frames scored so far are not kept (--no-cache)" if args.no_cache else
+                    "the frames scored so far are kept in the results cache: scoring the sweep again goes on from them")
+            print(f"fetaliqa: nothing was written to {shown(base_out)}; {kept}", file=sys.stderr)
+            raise
         _print_summary(summary, base_out)
         return 0
     note = left_out_note(path, members)
