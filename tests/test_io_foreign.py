@@ -518,6 +518,11 @@ def test_a_folder_of_dicom_cines_is_a_folder_of_sweeps(tmp_path):
     assert [p.name for p in members] == ["cine0.dcm", "cine1.dcm", "cine2.dcm", "other.mha"]
     note = left_out_note(tmp_path, members)
     assert "1 file(s) are not sweeps and are left out: photo.png" in note
+    lone = tmp_path / "lone"  # one cine beside a sweep of another format is a sweep too
+    lone.mkdir()
+    us_dicom(lone / "cine.dcm", _grey(n=4))
+    write_volume(lone / "other.mha", _grey().astype(np.uint8))
+    assert [p.name for p in sweep_folder_members(lone)] == ["cine.dcm", "other.mha"]
     series = tmp_path / "series"
     series.mkdir()
     for k in range(3):  # single frames of one series: one sweep, read as before

@@ -58,7 +58,7 @@ def sweep_folder_members(path: Path) -> list[Path] | None:
              and (p.is_file() or not p.name.startswith("."))]
     if looks_like_dicom_series(path):
         # DICOM files of several frames each are one sweep a file; single frames make one series
-        cines = multiframe_dicom_files(path)
+        cines = multiframe_dicom_files(path, at_least=1 if files else 2)
         if not files and not cines:
             return None
         files += cines

@@ -594,18 +594,19 @@ def looks_like_dicom_series(folder: Path, probe: int = 16) -> bool:
             or any(has_dicom_magic(p) for p in files[:probe]))
 
 
-def multiframe_dicom_files(folder: Path) -> list[Path]:
+def multiframe_dicom_files(folder: Path, at_least: int = 2) -> list[Path]:
     """The DICOM files of ``folder`` when each holds several frames: an ultrasound system's
     export of several cines, one sweep a file (read as a series, they would be refused as
     several series of one file each). Empty when any DICOM file there holds one frame: a series
     of single frames is one sweep. The headers are read without their pixels, in name order,
-    up to the first single frame."""
+    up to the first single frame. ``at_least``: how many such files make the answer (one, beside
+    sweep files of other formats)."""
     try:
         files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
     except OSError:
         return []
     dicoms = [p for p in files if p.name.lower().endswith(".dcm") or has_dicom_magic(p)]
-    if len(dicoms) < 2:
+    if len(dicoms) < max(at_least, 1):
         return []
     try:
         import pydicom
