@@ -42,8 +42,8 @@ class ModelDialog(QDialog):
         self.device.addItems(DEVICES)
         self.precision = QComboBox()
         self.precision.addItems(["auto", "bf16", "fp32"])
-        self.precision.setToolTip("auto: bf16 on a GPU and on CPUs with bf16 matrix instructions where it "
-                                  "measures faster, fp32 elsewhere")
+        self.precision.setToolTip("auto: bf16 on a GPU and on CPUs with bf16 matrix instructions unless it "
+                                  "measures slower there, fp32 elsewhere")
 
         form = QFormLayout()
         form.addRow("FetalCLIP weights", self.base)

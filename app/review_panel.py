@@ -56,6 +56,7 @@ class ReviewPanel(QWidget):
         self.settings = settings
         self.session: ReviewSession | None = None
         self._store = None
+        self._renderer = None  # the report being written (app.worker.ReportRenderer), if any
         self.bundles: dict = {}
         self._pending: str | None = None
 
@@ -194,6 +195,9 @@ class ReviewPanel(QWidget):
         return self._store
 
     def close_store(self) -> None:
+        if self._renderer is not None:  # a report being written reads the store: it stops first
+            self._renderer.cancel()
+            self._renderer.wait()
         self.session = None
         if self._store is not None:
             self._store.close()
@@ -364,8 +368,9 @@ class ReviewPanel(QWidget):
         progress = QProgressDialog("Writing the report…", "Cancel", 0, max(n_sweeps, 1), self)
         progress.setWindowTitle("Export report")
         progress.setWindowModality(Qt.WindowModal)
-        progress.setMinimumDuration(400)
+        progress.setMinimumDuration(0)  # modal at once: the window takes no keys while it runs
         renderer = ReportRenderer(self.store(), out, ids, frames_of)
+        self._renderer = renderer
         loop = QEventLoop()
 
         def reading(done: int, name: str) -> None:
@@ -398,6 +403,7 @@ class ReviewPanel(QWidget):
             QMessageBox.warning(self, "Export report", str(exc))
             return None
         finally:
+            self._renderer = None
             progress.close()
             progress.deleteLater()
             renderer.deleteLater()

@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QFileDialog
 
 from fetaliqa_core.errors import FetalIQAError
 
-SWEEP_FILTER = "Sweeps (*.mha *.mhd *.nrrd *.nii *.nii.gz *.dcm);;All files (*)"
+SWEEP_FILTER = "Sweeps (*.mha *.mhd *.nrrd *.nhdr *.nii *.nii.gz *.dcm);;All files (*)"
 
 
 class SweepFilesMixin:

@@ -175,6 +175,29 @@ def test_a_report_reads_its_sweeps_off_the_window_thread(qtbot, tmp_path):
     assert readers == [False]  # read once, not on the window's thread
     assert len(ticks) >= 10  # the event loop ran while it was read (0.6 s: ~30 ticks)
 
+    # Cancel while a sweep is being read: the next one is never read, nothing is written.
+    from PySide6.QtWidgets import QProgressDialog
+
+    fio.write_volume(tmp_path / "second.mha", tiny_sweep(n_sweeps=1, per_sweep=12, height=64, width=80).frames)
+    win.set_sweep(fio.load_sweep(tmp_path / "second.mha"))
+    ended.clear()
+    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
+    press(win, "1")
+    press(win, "\n")
+    win.review.close_store()  # the review ends: the report covers every sweep of the database
+    win.set_sweep(tiny_sweep(n_sweeps=1, per_sweep=12, height=64, width=80))
+    readers.clear()
+
+    def press_cancel():
+        for w in QApplication.topLevelWidgets():
+            if isinstance(w, QProgressDialog) and w.isVisible():
+                w.cancel()
+
+    QTimer.singleShot(300, press_cancel)  # during the first sweep's 0.6 s read
+    with mock.patch.object(fio, "load_sweep", slow_load):
+        assert win.review.write_report(tmp_path / "cancelled.html") is None
+    assert len(readers) == 1 and not (tmp_path / "cancelled.html").exists()
+
 
 def test_a_review_never_starts_in_a_database_with_damaged_rows(qtbot, tmp_path, no_modal):
     """Its reports and exports refuse it; a review used to write its verdicts into it all the same."""

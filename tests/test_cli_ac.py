@@ -246,6 +246,8 @@ def test_score_challenge_mask_carries_the_demo_answers_doubt(tmp_path, capsys):
     text = capsys.readouterr().out
     assert f"frame {frame}: " in text and "doubtful" in text and "GA" not in text
     assert "mm, the sweep's file header)" in text
+    assert main(["ac", str(out / "fetal-abdomen-segmentation.mha"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["spacing_source"] == "file header"  # the sweep's, as recorded
     # another frame of it is empty: said as what it is, not as if the frame had no abdomen
     other = 0 if frame else 1
     assert main(["ac", str(out / "fetal-abdomen-segmentation.mha"), "--frame", str(other)]) == 1

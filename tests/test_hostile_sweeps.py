@@ -324,6 +324,9 @@ def test_dicom_sequences_nested_thousands_deep_are_refused_not_a_crash(tmp_path)
     ends = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
     deep = tmp_path / "deep.dcm"
     deep.write_bytes(raw[:pixels] + sq * depth + ends * depth + raw[pixels:])
+    bare = us_dicom(tmp_path / "bare.dcm", np.zeros((3, 40, 48), np.uint8), preamble=False).read_bytes()
+    at = bare.rfind(b"\xe0\x7f\x10\x00")
+    (tmp_path / "deep_bare.dcm").write_bytes(bare[:at] + sq * depth + ends * depth + bare[at:])  # no preamble
     series = tmp_path / "series"
     series.mkdir()
     for k in range(2):
@@ -331,7 +334,7 @@ def test_dicom_sequences_nested_thousands_deep_are_refused_not_a_crash(tmp_path)
     (series / "IM9").write_bytes(deep.read_bytes())
     code = ("import sys\nfrom fetaliqa_core.io import load_sweep\nfrom fetaliqa_core.errors import FetalIQAError\n"
             "try:\n    load_sweep(sys.argv[1])\nexcept FetalIQAError as exc:\n    print(exc)\n")
-    for path in (deep, series):
+    for path in (deep, tmp_path / "deep_bare.dcm", series):
         done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
                               env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
         assert done.returncode == 0, done.stderr[-400:]
@@ -367,6 +370,10 @@ def test_pixels_in_a_second_file_the_checks_do_not_see_are_refused(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(frames), str(tmp_path / "pair.hdr"))
     assert (tmp_path / "pair.img").exists()
     _assert_refused(tmp_path / "pair.hdr", "NIfTI pair", "one .nii")
+    import gzip as _gzip
+
+    (tmp_path / "pair.img.gz").write_bytes(_gzip.compress((tmp_path / "pair.img").read_bytes()))
+    _assert_refused(tmp_path / "pair.img.gz", "NIfTI pair")
     nii = tmp_path / "one.nii"
     sitk.WriteImage(sitk.GetImageFromArray(frames), str(nii))
     head = bytearray(nii.read_bytes())
@@ -400,5 +407,5 @@ def test_a_series_folder_holding_what_is_no_file_names_it(tmp_path):
             (folder / "IM9").symlink_to("/dev/zero")
         else:
             (folder / "self").symlink_to(folder / "self")
-        message = _assert_refused(folder, "holds 1 thing(s) that are not files")
+        message = _assert_refused(folder, "holds 1 entry that is not a file")
         assert "IM0" not in message and "IM1" not in message  # good files are not blamed

@@ -462,6 +462,12 @@ def test_pixel_data_longer_than_the_header_says_is_refused(tmp_path):
     ds.NumberOfFrames = 6
     ds.save_as(str(dcm))
     assert load_sweep(dcm).n_frames == 6
+    bare = us_dicom(tmp_path / "bare.dcm", arr, preamble=False)  # no preamble: checked all the same
+    ds = pydicom.dcmread(bare, force=True)
+    del ds.NumberOfFrames
+    ds.save_as(str(bare), enforce_file_format=False)
+    with pytest.raises(FetalIQAError, match=r"the data hold 6 frames"):
+        load_sweep(bare)
     for name, encoding in (("raw.nrrd", "raw"), ("gz.nrrd", "gzip")):
         path = _nrrd(tmp_path / name, arr, "kinds: domain domain domain", encoding)
         assert load_sweep(path).n_frames == 6
@@ -547,3 +553,16 @@ def test_dicom_files_this_reader_cannot_decode_say_what_they_are(tmp_path):
     ds.save_as(str(path))
     with pytest.raises(FetalIQAError, match="holds no pixel data"):
         load_sweep(path)
+
+
+def test_cines_beside_a_dicomdir_or_a_still_are_still_sweeps(tmp_path):
+    """One file of a single frame (a still, or a DICOMDIR) made a folder of cines 'several
+    series, 1 file each': refused."""
+    from fetaliqa_core.cli.score import left_out_note, sweep_folder_members
+
+    for k in range(2):
+        us_dicom(tmp_path / f"cine{k}.dcm", _grey(n=4))
+    us_dicom(tmp_path / "still.dcm", _grey(n=1)[0])
+    members = sweep_folder_members(tmp_path)
+    assert [p.name for p in members] == ["cine0.dcm", "cine1.dcm"]
+    assert "left out: still.dcm" in left_out_note(tmp_path, members)

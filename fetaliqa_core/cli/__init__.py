@@ -97,8 +97,8 @@ def _with_default_command(argv: list[str], commands) -> list[str]:
     first = argv[0]
     if first in commands or first in ("-h", "--help", "--version"):
         return argv
-    if first == "help":
-        return ["--help", *argv[1:]]
+    if first == "help":  # "help" or "help score"
+        return [*argv[1:2], "--help"] if argv[1:2] and argv[1] in commands else ["--help"]
     if not first.startswith("-") and not _looks_like_a_path(first):
         # a mistyped command was taken for a file to open ("scor: no such file or folder")
         import difflib
@@ -107,7 +107,7 @@ def _with_default_command(argv: list[str], commands) -> list[str]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         from fetaliqa_core.cli._args import shown
 
-        print(f"fetaliqa: unknown command {shown(first)!r}{hint}; the commands are "
+        print(f"fetaliqa: unknown command '{shown(first)}'{hint}; the commands are "
               f"{', '.join(commands)} (fetaliqa --help), or give a sweep file to open it.", file=sys.stderr)
         raise SystemExit(2)
     # ``fetaliqa case.mha`` (or ``fetaliqa --threshold 0.3 case.mha``) opens the file in the viewer.

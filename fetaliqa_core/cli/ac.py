@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fetaliqa_core.cli._args import spacing_mm
+from fetaliqa_core.cli._args import shown, spacing_mm
 from fetaliqa_core.errors import FetalIQAError
 
 #: Share of a mask outside the ACOUSLIC fan above which the fan is not applied (the mask was
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         spacing = fspacing.user_spacing(args.spacing)
         problem, source = None, fio.SPACING_FROM_USER  # as `score --spacing` records it
     elif problem is None and recorded_spacing.startswith("sweep: "):
-        source = f"the sweep's {recorded_spacing[7:]}"  # a mask FetalIQA wrote: the spacing's origin
+        source = recorded_spacing[7:]  # a mask FetalIQA wrote: where its sweep's spacing came from
 
     writer = " ".join(volume.metadata.get(fio.META_SOURCE, "").split())
     if args.frame is None and not masks.any():
@@ -163,19 +163,23 @@ def run(args: argparse.Namespace) -> int:
         return 0 if reading.status in (analysis.units.OK, analysis.units.DOUBTFUL) else 1
 
     if m is None:
-        print(f"frame {index}: no AC ({_why_no_ac(frame, masks, writer)})")
+        print(f"frame {index}: no AC ({shown(_why_no_ac(frame, masks, writer))})")
         return 1
     edge = "the image's edge" if fov is None else "the field of view"
     tail = f" [outline cut by {edge}; ellipse extrapolated]" if m.truncated else ""
-    from_where = "given with --spacing" if source == fio.SPACING_FROM_USER else source
+    of_sweep = args.spacing is None and recorded_spacing.startswith("sweep: ")
+    from_where = {(False, fio.SPACING_FROM_USER): "given with --spacing",
+                  (True, fio.SPACING_FROM_USER): "given for its sweep with --spacing",
+                  (True, fio.SPACING_GIVEN): "given with its sweep"}.get(
+        (of_sweep, source), f"the sweep's {source}" if of_sweep else source)
     units = "" if problem is not None else (
         f" (pixel {' x '.join(f'{v:g}' for v in spacing)} mm, {from_where})")
     hint = " Give it with --spacing MM." if reading.status == analysis.units.NO_UNITS else ""
-    print(f"frame {index}: {reading.text()}{tail}{units}{hint}")
+    print(shown(f"frame {index}: {reading.text()}{tail}{units}{hint}"))  # (texts from the file's header)
     if fov_note:
         print(f"note: {fov_note}")
     if writer:
-        print(f"mask written by {writer}")
+        print(f"mask written by {shown(writer)}")
     return 0 if reading.status != analysis.units.NO_UNITS else 1
 
 

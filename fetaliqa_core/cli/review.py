@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from fetaliqa_core import plugins
+from fetaliqa_core.cli._args import shown
 from fetaliqa_core.errors import FetalIQAError, UsageError
 
 HELP = "Export trainers' verdicts: a report (.html/.pdf/.csv) or labels for training."
@@ -129,12 +130,12 @@ def _list(args) -> int:
     with _open(args) as store:
         sweeps = store.sweeps()
         if not sweeps:
-            print(f"{store.path}: no sweeps yet")
+            print(f"{shown(store.path)}: no sweeps yet")
         for s in sweeps:
             verdicts = store.verdicts(s.id)
             reviewers = ", ".join(sorted({v.reviewer for v in verdicts})) or "-"
             print(f"{s.content_hash[:16]}  {s.n_frames:5d} frames  {len(verdicts):4d} verdicts"
-                  f"  {reviewers}  {s.path or ''}")
+                  f"  {shown(reviewers)}  {shown(s.path or '')}")
     return 0
 
 

@@ -142,7 +142,7 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
 
     engine = CascadeEngine(sweep, models.student, models.cls, models.seg, cache=not args.no_cache,
                            thresholds=thresholds)
-    bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{path.name} (student)",
+    bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{shown(path.name)} (student)",
                disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
     stage = "student"
     try:
@@ -150,7 +150,7 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
             if item.stage != stage:  # the teacher's pass: the bar counts its frames
                 stage = item.stage
                 bar.reset(total=len(engine.teacher_plan))  # before the new label, which redraws the bar
-                bar.set_description(f"{position}{path.name} (teacher)")
+                bar.set_description(f"{position}{shown(path.name)} (teacher)")
             elif stage == "teacher" and bar.total != len(engine.teacher_plan):
                 bar.total = len(engine.teacher_plan)  # the teacher follows a run past its first frames
             bar.n = item.batch.n_done
@@ -180,19 +180,19 @@ def _print_summary(summary: dict, out: Path) -> None:
     for note in summary.get("read_notes") or ():
         print(f"  note: {shown(note)}")
     if summary.get("spacing_problem"):
-        print(f"  {summary['spacing_problem']} (--spacing MM sets it)")
+        print(f"  {shown(summary['spacing_problem'])} (--spacing MM sets it)")
     if summary.get("choice_note"):
-        print(f"  {summary['choice_note']}")
+        print(f"  {shown(summary['choice_note'])}")
     for s in summary["sweeps"]:
         if s["best_frame"] < 0:
-            print(f"  sweep {s['sweep']}{_kind(s['kind'])}: {s.get('ac_note') or 'no frame above threshold'}")
+            print(f"  sweep {s['sweep']}{_kind(s['kind'])}: {shown(s.get('ac_note') or 'no frame above threshold')}")
             continue
         reading = ""
         if s["ac_status"] == "ok":
             reading = f", AC {s['ac_mm']:.1f} mm" + (f", GA {s['ga']}" if s["ga"] else "")
             reading += f" ({s['ac_note']})" if s["ac_note"] else ""
         elif s["ac_status"] == "doubtful":
-            reading = f", AC {s['ac_mm']:.1f} mm (doubtful: {s['ac_note']})"
+            reading = f", AC {s['ac_mm']:.1f} mm (doubtful: {shown(s['ac_note'])})"
         elif s["ac_status"] == "no units":
             reading = ", AC not shown (pixel spacing)"
         scores = ", ".join(f"{name} {s[name]:.2f}" for name in ("p_cls", "p_seg") if s.get(name) is not None)
@@ -249,6 +249,8 @@ def run(args) -> int:
             summary = score_one(path, base_out, models, args, sweep=sweep)
         except KeyboardInterrupt:
             kept = ("the frames scored so far are not kept (--no-cache)" if args.no_cache else
+                    "the student's frames scored so far are kept in the results cache (a new run goes on from "
+                    "them); the teacher's re-scoring starts again" if getattr(models, "student", None) is not None else
                     "the frames scored so far are kept in the results cache: scoring the sweep again goes on from them")
             print(f"fetaliqa: nothing was written to {shown(base_out)}; {kept}", file=sys.stderr)
             raise

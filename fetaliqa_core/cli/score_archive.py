@@ -100,7 +100,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     if ranks.is_main:
         try:
             members = _members(path)
-            note = score_cmd.left_out_note(path, members) if path.is_dir() else ""
+            # (only for a folder of sweeps: a DICOM series folder is one member, its files its frames)
+            note = score_cmd.left_out_note(path, members) if members != [path] else ""
             if note:
                 print(f"fetaliqa: {shown(note)}", file=sys.stderr, flush=True)
             names = ar.case_names(members, score_cmd._stem)

@@ -32,7 +32,7 @@ META_SPACING = "FetalIQA_PixelSpacing"
 #: Every key the readers keep from a header.
 META_KEYS = (META_SWEEP_RANGES, META_SWEEP_KINDS, META_AC_STATUS, META_AC_NOTE, META_SOURCE, META_SPACING)
 
-SUPPORTED_FORMATS = ".mha, .mhd, .nrrd, .nii, .nii.gz, DICOM (.dcm file or series folder)"
+SUPPORTED_FORMATS = ".mha, .mhd, .nrrd, .nhdr, .nii, .nii.gz, DICOM (.dcm file or series folder)"
 
 CHUNK_FRAMES = 16
 

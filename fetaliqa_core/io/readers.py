@@ -62,7 +62,7 @@ def read_raw(path: Path, purpose: str) -> Raw:
     if not os.access(path, os.R_OK):
         raise FetalIQAError(f"{path}: permission denied. Check the file's permissions.")
     suffix = full_suffix(path)
-    if suffix in (".hdr", ".img", ".img.gz", ".hdr.gz"):
+    if path.name.lower().endswith((".hdr", ".img", ".img.gz", ".hdr.gz")):
         # a header whose pixels lie in a second file the image library opens unchecked (a pipe there
         # blocks forever, a link leads anywhere)
         raise FetalIQAError(f"{path}: an Analyze or NIfTI pair (.hdr + .img), which is not read. Save the sweep "
@@ -163,7 +163,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
 
     nrrd = _nrrd_fields(path)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
-    if has_dicom_magic(path) or full_suffix(path) == ".dcm":  # (a DICOM file may lack the preamble)
+    if has_dicom_magic(path) or _bare_dicom(path):
         _precheck_dicom(path)
     _precheck_nifti_header(path)
     reader = sitk.ImageFileReader()
@@ -486,7 +486,8 @@ def _refuse_odd_entries(folder: Path, entries: list[Path]) -> None:
             odd.append(f"{p.name} (a link back to this folder)")
     if odd:
         shown = ", ".join(odd[:3]) + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
-        raise FetalIQAError(f"{folder}: the DICOM series folder holds {len(odd)} thing(s) that are not files: "
+        what = "1 entry that is not a file" if len(odd) == 1 else f"{len(odd)} entries that are not files"
+        raise FetalIQAError(f"{folder}: the DICOM series folder holds {what}: "
                             f"{shown}. Remove them, or copy the series' files into a folder of their own.")
 
 
@@ -498,7 +499,7 @@ def _refuse_deep_nesting(files: list[Path]) -> None:
 
     for p in files:
         try:
-            pydicom.dcmread(p, stop_before_pixels=True, defer_size=256)
+            pydicom.dcmread(p, stop_before_pixels=True, defer_size=256, force=_bare_dicom(p))
         except RecursionError:
             raise FetalIQAError(_TOO_DEEP.format(path=p)) from None
         except Exception:  # noqa: BLE001 - not DICOM, or damaged otherwise: the series reader judges it
@@ -516,7 +517,7 @@ def _precheck_dicom(path: Path) -> tuple[int | None, bool] | None:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(path, defer_size=1024)
+        ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
         order = (_instance_number(ds), "ImagePositionPatient" in ds)
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
@@ -573,6 +574,17 @@ def _precheck_dicom(path: Path) -> tuple[int | None, bool] | None:
     return order
 
 
+def _bare_dicom(path: Path) -> bool:
+    """A DICOM file without its 128-byte preamble and "DICM" (common in exports; the image library
+    reads them): it starts with an element of group 0002 or 0008, little endian."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and head[:2] in (b"\x02\x00", b"\x08\x00") and not has_dicom_magic(path)
+
+
 def has_dicom_magic(path: Path) -> bool:
     """A DICOM Part 10 file: ``DICM`` after its 128-byte preamble."""
     try:
@@ -594,13 +606,17 @@ def looks_like_dicom_series(folder: Path, probe: int = 16) -> bool:
             or any(has_dicom_magic(p) for p in files[:probe]))
 
 
+_SERIES_PROBE = 16  # single-frame files that, with no cine before them, make a folder one series
+
+
 def multiframe_dicom_files(folder: Path, at_least: int = 2) -> list[Path]:
     """The DICOM files of ``folder`` when each holds several frames: an ultrasound system's
     export of several cines, one sweep a file (read as a series, they would be refused as
-    several series of one file each). Empty when any DICOM file there holds one frame: a series
-    of single frames is one sweep. The headers are read without their pixels, in name order,
-    up to the first single frame. ``at_least``: how many such files make the answer (one, beside
-    sweep files of other formats)."""
+    several series of one file each); a DICOMDIR, a report or a few still images beside them
+    are left out (the caller names them). Empty for a series of single frames (one sweep): when
+    single images outnumber the cines, or the first 16 files are single images. The headers are
+    read without their pixels. ``at_least``: how many cines make the answer (one, beside sweep
+    files of other formats)."""
     try:
         files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
     except OSError:
@@ -608,16 +624,23 @@ def multiframe_dicom_files(folder: Path, at_least: int = 2) -> list[Path]:
     dicoms = [p for p in files if p.name.lower().endswith(".dcm") or has_dicom_magic(p)]
     if len(dicoms) < max(at_least, 1):
         return []
-    try:
-        import pydicom
+    import pydicom
 
-        for p in dicoms:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["NumberOfFrames"], force=True)
-            if int(ds.get("NumberOfFrames", 1) or 1) < 2:
-                return []
-    except Exception:  # noqa: BLE001 - a file pydicom cannot parse: the folder is left to the series reader
-        return []
-    return dicoms
+    cines, singles = [], 0
+    for p in dicoms:
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True, specific_tags=["NumberOfFrames", "Rows"])
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            image = "Rows" in ds  # a DICOMDIR or a report has none
+        except Exception:  # noqa: BLE001 - a file pydicom cannot parse is no cine (the series reader judges it)
+            frames, image = 0, False
+        if image and frames >= 2:
+            cines.append(p)
+        elif image:
+            singles += 1
+            if singles >= _SERIES_PROBE and not cines:
+                return []  # a series of single frames, however long: not read to its end
+    return cines if len(cines) >= max(at_least, 1) and len(cines) >= singles else []
 
 
 def _looks_like_dicom(path: Path, reader: Any) -> bool:
@@ -1141,9 +1164,12 @@ def _detached_data_file(path: Path, data_file: str, field: str) -> Path:
         raise FetalIQAError(f"{path}: the pixel data file {name!r} named in the header is missing "
                             f"(looked for {data_path}). Keep the header and its data file together.")
     validate.check_regular_file(data_path, "the pixel data file named in the header")
-    if data_path.is_symlink() and data_path.resolve().parent != path.resolve().parent:
+    target = data_path.resolve()
+    if data_path.is_symlink() and not (target.is_relative_to(path.resolve().parent)
+                                       or "/annex/objects/" in target.as_posix()):
+        # (a git-annex / DataLad data set links every file into its annex: those are the user's own)
         raise FetalIQAError(f"{path}: the pixel data file {name!r} is a link to a file outside the header's folder "
-                            f"({data_path.resolve()}); only a file beside the header is read. Put the data file "
+                            f"({target}); only a file beside the header is read. Put the data file "
                             "itself beside its header.")
     return data_path
 

@@ -1,8 +1,8 @@
 """The one place that decides where models run, in which dtype, and how many frames per batch.
 
 Precision: bf16 on CUDA; on a CPU, bf16 only where the CPU has bf16 matrix instructions (Intel
-AMX, AVX-512 BF16) *and* a short measured matrix product confirms that bf16 is faster here
-than fp32 (on a CPU without them bf16 runs several times slower than fp32); fp32 elsewhere.
+AMX, AVX-512 BF16) *and* a short measured matrix product does not find bf16 slower than fp32
+there (on a CPU without them bf16 runs several times slower than fp32); fp32 elsewhere.
 The measured decision is kept in the cache folder for this CPU and torch version, so that the
 same command on the same machine runs in the same precision (and gives the same answer) even
 when a later probe would be disturbed by other programs. The user can force either

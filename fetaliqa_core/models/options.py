@@ -63,7 +63,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, bundles: bool = True, 
     if precision:
         g.add_argument("--precision", default=None, choices=PRECISION_CHOICES,
                        help="number format of the models (default: auto = bf16 on CUDA and on CPUs with bf16 "
-                            "matrix instructions where a short measurement shows it is faster, else fp32)")
+                            "matrix instructions unless a short measurement finds it slower, else fp32)")
     if cascade:
         g.add_argument("--cascade", action="store_true",
                        help="a student scores every frame first; the chosen models re-score its best runs of frames "
