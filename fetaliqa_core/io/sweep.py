@@ -112,6 +112,10 @@ class Sweep:
         longer exists kills the process (SIGBUS) with no word and no result."""
         if not isinstance(self.frames, np.memmap):
             return self
+        from fetaliqa_core import validate
+
+        n, h, w = self.frames.shape
+        validate.check_memory(str(self.path), int(self.frames.nbytes), f"a sweep of {n} x {h} x {w} pixels")
         frames = np.array(self.frames)  # an ndarray of its own, no longer backed by the file
         frames.flags.writeable = False
         return dataclasses.replace(self, frames=frames)
