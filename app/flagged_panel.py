@@ -85,7 +85,7 @@ class FlaggedPanel(QWidget):
                     continue
                 # a sweep without a chosen frame shows its highest-scored frame in brackets, dimmed,
                 # and says so (summary.json's best_frame is -1 there)
-                item = self._row(b, f"{b}  ★" if b == flags.chosen else f"{b}" if ok else f"({b}) not chosen")
+                item = self._row(b, f"{b}  ★" if b == flags.chosen else f"{b}" if ok else f"({b}) none")
                 if not ok:
                     # the sweep's highest-scored frame, shown dimmed: nothing there is chosen, and why
                     why = flags.why_none[k] if k < len(flags.why_none) else ""

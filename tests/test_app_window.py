@@ -585,7 +585,7 @@ def test_a_sweep_without_a_chosen_frame_is_not_listed_as_having_a_best_frame(qtb
     best = win.flagged._groups["best"]
     assert best.text(0) == "Best frame per sweep (1 of 3)"
     texts = [best.child(i).text(0) for i in range(best.childCount())]
-    assert texts == ["5  ★", "(25) not chosen", "(45) not chosen"]
+    assert texts == ["5  ★", "(25) none", "(45) none"]
     assert "no mask there outlines" in best.child(1).toolTip(0) and "sweep 2" in best.child(1).toolTip(0)
     assert best.child(2).toolTip(0).endswith("no frame above threshold")
 
