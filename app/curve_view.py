@@ -24,6 +24,7 @@ Y_MIN, Y_MAX = -0.16, 1.2
 STRIP = (-0.13, -0.05)  # status strip under the curves
 LABEL_Y = 1.17
 EMPTY_FRAMES = 100  # x range shown before a sweep is open
+SHORT_SWEEP_TICKS = 12  # up to this many frames, one labelled tick per frame
 
 
 class _TimelineViewBox(pg.ViewBox):
@@ -206,6 +207,9 @@ class QualityCurve(QWidget):
             lab.setPos(a + 0.5, LABEL_Y)
             self.vb.addItem(lab)
             self._labels.append(lab)
+        # frames are whole numbers: a short sweep gets one tick a frame, not 0.5 steps
+        bottom = self.plot.getPlotItem().getAxis("bottom")
+        bottom.setTicks([[(f, str(f)) for f in range(self._n)]] if 0 < self._n <= SHORT_SWEEP_TICKS else None)
         self.cursor.setBounds((0, max(self._n - 1, 0)))
         self.vb.setLimits(xMin=-0.5 - 0.02 * self._n, xMax=self._n - 0.5 + 0.02 * self._n)
         self.reset_range()

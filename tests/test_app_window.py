@@ -626,3 +626,13 @@ def test_a_candidate_that_the_models_disagree_on_shows_both_ticks(qtbot, make_wi
     if len(cand_y) and len(dis_y):
         assert cand_y.max() <= dis_y.min()  # two rows: neither hides the other
     assert len(cand_y) == 2 * len(win.model.flags.candidates)
+
+
+def test_a_short_sweep_s_frame_axis_has_whole_frames(qtbot, make_window):
+    """A one-frame sweep's axis ran -0.5 ... 0.5 with a tick at 0.5: frames are whole numbers."""
+    win = make_window(score=False)
+    win.curve.set_sweep(3, [(0, 3)], ["unknown"])
+    ticks = win.curve.plot.getPlotItem().getAxis("bottom")._tickLevels
+    assert ticks == [[(0, "0"), (1, "1"), (2, "2")]]
+    win.curve.set_sweep(500, [(0, 500)], ["unknown"])
+    assert win.curve.plot.getPlotItem().getAxis("bottom")._tickLevels is None  # automatic again
