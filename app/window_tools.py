@@ -124,7 +124,7 @@ def _esc(text: str) -> str:
 #: summary.json keep the whole text).
 READ_NOTE_CHARS = 90
 READ_NOTE_WIDTH = 32  # characters a line: the corner beside a typical fan is narrow
-NAME_CHARS = 40  # the file's name in that corner (the window's title has the whole path)
+NAME_CHARS = 22  # the file's name in that corner (the window's title has the whole path): 40 reached into a 4:3 frame
 
 
 def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) -> tuple[str, str, str, str]:
