@@ -30,6 +30,7 @@ import numpy as np
 
 from fetaliqa_core.analysis.frame_choice import close_gaps
 from fetaliqa_core.engine import BatchResult, ScoringEngine, SweepResults
+from fetaliqa_core.export import CASCADE_JSON
 
 # Chosen on 12 held-out synthetic full cases (the demo teacher and its student, by replaying the
 # choice on both models' complete results). Without following runs: margin 2 / runs of 12 gave the
@@ -250,9 +251,6 @@ class CascadeEngine:
             if on_batch is not None:
                 on_batch(b)
         return self
-
-
-CASCADE_JSON = "cascade.json"
 
 
 def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, student_path,

@@ -8,13 +8,13 @@ threshold give the same files.
 from __future__ import annotations
 
 import io as _io
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_output_dir, atomic_write, csv_writer, write_json
 from fetaliqa_core.io import _common as fio_keys
 
@@ -22,6 +22,10 @@ FRAMES_CSV = "frames.csv"
 SUMMARY_JSON = "summary.json"
 CHALLENGE_FRAME_FILE = "fetal-abdomen-frame-number.json"
 CHALLENGE_MASK_FILE = "fetal-abdomen-segmentation.mha"
+CASCADE_JSON = "cascade.json"  # written by cascade.write_cascade_scores
+#: Files a run writes only with some options (--challenge-output, --cascade): a later run without
+#: them removes those an earlier run wrote, or they would contradict its summary.
+OPTIONAL_OUTPUTS = (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, CASCADE_JSON)
 #: The challenge's algorithm interfaces: the input sweep, and the two outputs with where the
 #: algorithm writes each under its output folder (``/output`` in the challenge's container; the
 #: organisers' evaluator reads ``<job>/output/<relative path>`` for each job of predictions.json).
@@ -207,12 +211,14 @@ OUTPUTS_FILE = ".fetaliqa-outputs.json"
 def _previous_outputs(out: Path) -> set[str]:
     """The files an earlier :func:`write_scores` wrote into ``out``: its list, or for a folder an
     earlier version wrote (a summary.json of ours, no list) its optional files; else none."""
+    from fetaliqa_core import validate
+
     def small_json(path: Path):
+        if not path.is_file():
+            return None
         try:
-            if not path.is_file() or path.stat().st_size > (1 << 22):
-                return None
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return validate.read_json_bounded(path, path.name, "", max_bytes=1 << 22)
+        except FetalIQAError:
             return None
 
     listed = small_json(out / OUTPUTS_FILE)
@@ -220,7 +226,7 @@ def _previous_outputs(out: Path) -> set[str]:
         return {str(n) for n in listed}
     summary = small_json(out / SUMMARY_JSON)
     if isinstance(summary, dict) and "app_version" in summary and "chosen_frame" in summary:
-        return {CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, "cascade.json"}
+        return set(OPTIONAL_OUTPUTS)
     return set()
 
 
@@ -233,7 +239,7 @@ def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = 
     # a folder scored before with --challenge-output or --cascade must not keep that run's answer
     # beside this one's summary; files of those names in any other folder are the user's own
     previous = _previous_outputs(out)
-    stale = tuple(n for n in (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, "cascade.json") if n in previous)
+    stale = tuple(n for n in OPTIONAL_OUTPUTS if n in previous)
     with atomic_output_dir(out, drop=stale) as tmp:
         write_frames_csv(tmp / FRAMES_CSV, sweep, results, assessment)
         write_summary_json(tmp / SUMMARY_JSON, assessment)
