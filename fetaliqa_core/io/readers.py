@@ -85,8 +85,7 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         raise FetalIQAError(f"{folder}: the folder is empty. Choose the {what} file itself, or a folder "
                             "holding one DICOM series.")
     _refuse_odd_entries(folder, entries)
-    _refuse_deep_nesting([p for p in entries if p.is_file() and (p.name.lower().endswith(".dcm")
-                                                                 or has_dicom_magic(p))])
+    _refuse_deep_nesting([p for p in entries if p.is_file() and _named_or_marked_dicom(p)])
     try:
         with quiet_itk():  # "No Series were found" goes to stderr
             series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -585,6 +584,11 @@ def _bare_dicom(path: Path) -> bool:
     return len(head) == 4 and head[:2] in (b"\x02\x00", b"\x08\x00") and not has_dicom_magic(path)
 
 
+def _named_or_marked_dicom(path: Path) -> bool:
+    """A file taken for DICOM in a folder: named ``.dcm``, or with the DICOM magic."""
+    return path.name.lower().endswith(".dcm") or has_dicom_magic(path)
+
+
 def has_dicom_magic(path: Path) -> bool:
     """A DICOM Part 10 file: ``DICM`` after its 128-byte preamble."""
     try:
@@ -621,7 +625,7 @@ def multiframe_dicom_files(folder: Path, at_least: int = 2) -> list[Path]:
         files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
     except OSError:
         return []
-    dicoms = [p for p in files if p.name.lower().endswith(".dcm") or has_dicom_magic(p)]
+    dicoms = [p for p in files if _named_or_marked_dicom(p)]
     if len(dicoms) < max(at_least, 1):
         return []
     import pydicom
@@ -756,13 +760,10 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
     try:
         if data_file is not None:
             data_path, offset = _detached_data_file(path, data_file, "data file"), 0
+        elif ":data offset" in fields:  # (read with the header by _nrrd_fields)
+            data_path, offset = path, int(fields[":data offset"])
         else:
-            with open(path, "rb") as fh:
-                head = fh.read(1 << 16)
-            end = head.find(b"\n\n")
-            if end < 0:
-                return
-            data_path, offset = path, end + 2
+            return
         if encoding == "raw":
             stored = data_path.stat().st_size - offset - byte_skip
         else:
@@ -799,8 +800,11 @@ def _nrrd_fields(path: Path) -> dict[str, str] | None:
             head = fh.read(1 << 16)
     except OSError:
         return None
-    text = head.split(b"\n\n", 1)[0].decode("latin-1")
+    raw_header, blank, _ = head.partition(b"\n\n")
+    text = raw_header.decode("latin-1")
     fields[""] = text  # the header itself, for its length
+    if blank:  # attached data start after the blank line (a key never holds ':')
+        fields[":data offset"] = str(len(raw_header) + 2)
     for line in text.splitlines()[1:]:
         if line.startswith("#") or ":" not in line or ":=" in line:
             continue
