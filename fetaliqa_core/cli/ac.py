@@ -98,11 +98,13 @@ def run(args: argparse.Namespace) -> int:
     problem = volume.spacing_problem
     source = volume.spacing_source
     recorded_spacing = " ".join(volume.metadata.get(fio.META_SPACING, "").split())
+    # a mask FetalIQA wrote says where its sweep's spacing came from
+    of_sweep = args.spacing is None and problem is None and recorded_spacing.startswith(fio.META_SPACING_OF_SWEEP)
     if args.spacing is not None:
         spacing = fspacing.user_spacing(args.spacing)
         problem, source = None, fio.SPACING_FROM_USER  # as `score --spacing` records it
-    elif problem is None and recorded_spacing.startswith("sweep: "):
-        source = recorded_spacing[7:]  # a mask FetalIQA wrote: where its sweep's spacing came from
+    elif of_sweep:
+        source = recorded_spacing[len(fio.META_SPACING_OF_SWEEP):]
 
     writer = " ".join(volume.metadata.get(fio.META_SOURCE, "").split())
     if args.frame is None and not masks.any():
@@ -167,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     edge = "the image's edge" if fov is None else "the field of view"
     tail = f" [outline cut by {edge}; ellipse extrapolated]" if m.truncated else ""
-    of_sweep = args.spacing is None and recorded_spacing.startswith("sweep: ")
     from_where = {(False, fio.SPACING_FROM_USER): "given with --spacing",
                   (True, fio.SPACING_FROM_USER): "given for its sweep with --spacing",
                   (True, fio.SPACING_GIVEN): "given with its sweep"}.get(

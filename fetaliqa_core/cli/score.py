@@ -248,10 +248,13 @@ def run(args) -> int:
         try:
             summary = score_one(path, base_out, models, args, sweep=sweep)
         except KeyboardInterrupt:
-            kept = ("the frames scored so far are not kept (--no-cache)" if args.no_cache else
-                    "the student's frames scored so far are kept in the results cache (a new run goes on from "
-                    "them); the teacher's re-scoring starts again" if getattr(models, "student", None) is not None else
-                    "the frames scored so far are kept in the results cache: scoring the sweep again goes on from them")
+            if args.no_cache:
+                kept = "the frames scored so far are not kept (--no-cache)"
+            elif getattr(models, "student", None) is not None:
+                kept = ("the student's frames scored so far are kept in the results cache (a new run goes on "
+                        "from them); the teacher's re-scoring starts again")
+            else:
+                kept = "the frames scored so far are kept in the results cache: scoring the sweep again goes on from them"
             print(f"fetaliqa: nothing was written to {shown(base_out)}; {kept}", file=sys.stderr)
             raise
         _print_summary(summary, base_out)

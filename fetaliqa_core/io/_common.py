@@ -29,6 +29,8 @@ META_SOURCE = "FetalIQA_Source"
 #: Set when the sweep's pixel spacing was unknown or implausible: the mask's ElementSpacing is
 #: then no length (MetaImage cannot leave it out; 1 x 1 stands for "none").
 META_SPACING = "FetalIQA_PixelSpacing"
+#: Its value when the sweep's spacing was known: this prefix, then where it came from (``spacing_source``).
+META_SPACING_OF_SWEEP = "sweep: "
 #: Every key the readers keep from a header.
 META_KEYS = (META_SWEEP_RANGES, META_SWEEP_KINDS, META_AC_STATUS, META_AC_NOTE, META_SOURCE, META_SPACING)
 
