@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QMarginsF, QUrl
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMarginsF, QUrl
 from PySide6.QtGui import (
     QFont,
     QGuiApplication,
@@ -30,7 +30,7 @@ from PySide6.QtWidgets import QApplication
 
 from fetaliqa_core import __version__
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_path
+from fetaliqa_core.files import atomic_write
 
 #: Resolution of the PDF's coordinate system (text and vector lines stay sharp at any zoom).
 PDF_DPI = 300
@@ -76,31 +76,46 @@ def _document(html: str) -> QTextDocument:
     return doc
 
 
-def html_to_pdf(html: str, out_path: str | Path, title: str = "FetalIQA review report") -> Path:
-    """Render ``html`` to an A4 portrait PDF at ``out_path`` (written atomically); return it."""
-    out_path = Path(out_path)
-    ensure_gui_application()
+def html_to_pdf_bytes(html: str, title: str = "FetalIQA review report") -> bytes:
+    """The A4 portrait PDF of ``html``, in memory. Safe on a worker thread once the application
+    exists (Qt paints text documents onto a PDF writer outside the GUI thread), so the window
+    can keep drawing while a long report is laid out."""
     doc = _document(html)
+    buffer = QBuffer()
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    writer = QPdfWriter(buffer)
+    writer.setResolution(PDF_DPI)
+    writer.setPageLayout(QPageLayout(
+        QPageSize(QPageSize.PageSizeId.A4), QPageLayout.Orientation.Portrait,
+        QMarginsF(PAGE_MARGIN_MM, PAGE_MARGIN_MM, PAGE_MARGIN_MM, PAGE_MARGIN_MM),
+        QPageLayout.Unit.Millimeter))
+    writer.setTitle(title)
+    writer.setCreator(f"FetalIQA {__version__}")
+    doc.print_(writer)
+    del writer  # the PDF is finished when the writer goes away
+    data = bytes(buffer.data())
+    buffer.close()
+    if not data.startswith(b"%PDF"):
+        raise FetalIQAError("Could not lay out the PDF report; write .html instead.")
+    return data
+
+
+def write_pdf(data: bytes, out_path: str | Path) -> Path:
+    """Write finished PDF bytes to ``out_path`` atomically (the folder is made if needed)."""
+    out_path = Path(out_path)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FetalIQAError(f"Cannot create the folder for {out_path}: {exc.strerror}.") from exc
     try:
-        with atomic_path(out_path) as tmp:
-            writer = QPdfWriter(str(tmp))
-            writer.setResolution(PDF_DPI)
-            writer.setPageLayout(QPageLayout(
-                QPageSize(QPageSize.PageSizeId.A4), QPageLayout.Orientation.Portrait,
-                QMarginsF(PAGE_MARGIN_MM, PAGE_MARGIN_MM, PAGE_MARGIN_MM, PAGE_MARGIN_MM),
-                QPageLayout.Unit.Millimeter))
-            writer.setTitle(title)
-            writer.setCreator(f"FetalIQA {__version__}")
-            doc.print_(writer)
-            del writer  # the PDF is finished when the writer goes away
-            if not tmp.exists() or tmp.stat().st_size == 0:
-                raise FetalIQAError(f"Could not write the PDF {out_path}: check that its folder is "
-                                    "writable and has free space.")
+        atomic_write(out_path, data)
     except OSError as exc:
         raise FetalIQAError(f"Cannot write {out_path}: {exc.strerror}. Close it if another "
                             "program has it open, or choose another name.") from exc
     return out_path
+
+
+def html_to_pdf(html: str, out_path: str | Path, title: str = "FetalIQA review report") -> Path:
+    """Render ``html`` to an A4 portrait PDF at ``out_path`` (written atomically); return it."""
+    ensure_gui_application()
+    return write_pdf(html_to_pdf_bytes(html, title), out_path)

@@ -339,11 +339,12 @@ class ReviewPanel(QWidget):
     def write_report(self, out: Path) -> Path | None:
         """Write the report of the sweep under review (all sweeps in the database when none).
 
-        Each sweep's frames are read again for its thumbnails, on a thread of its own
-        (:class:`app.worker.ReportRenderer`): the window keeps drawing behind a modal progress
-        dialog, one step a sweep, whose Cancel writes nothing. The file is written here at the end.
+        Each sweep's frames are read again for its thumbnails, and a PDF laid out, on a thread
+        of its own (:class:`app.worker.ReportRenderer`): the window keeps drawing behind a modal
+        progress dialog, one step a sweep, whose Cancel writes nothing. The file is written here
+        at the end.
         """
-        from app.report_pdf import html_to_pdf
+        from app.report_pdf import write_pdf
         from app.worker import ReportRenderer
         from fetaliqa_core.io import load_sweep
         from fetaliqa_core.review.report import save_report
@@ -375,7 +376,8 @@ class ReviewPanel(QWidget):
 
         def reading(done: int, name: str) -> None:
             progress.setValue(min(done, n_sweeps))
-            progress.setLabelText(f"Reading sweep {done + 1} of {n_sweeps}: {name}")
+            progress.setLabelText(f"Reading sweep {done + 1} of {n_sweeps}: {name}" if name
+                                  else "Laying out the PDF…")
             if progress.wasCanceled():
                 renderer.cancel()
 
@@ -398,7 +400,12 @@ class ReviewPanel(QWidget):
                 QMessageBox.warning(self, "Export report", renderer.error)
                 return None
             progress.setLabelText("Writing the file…")
-            result = save_report(renderer.text or "", out, pdf_writer=html_to_pdf)
+            def pdf_writer(_html: str, path: Path) -> Path:
+                if renderer.pdf is None:
+                    raise FetalIQAError("The PDF was not laid out; write .html instead.")
+                return write_pdf(renderer.pdf, path)
+
+            result = save_report(renderer.text or "", out, pdf_writer=pdf_writer)
         except FetalIQAError as exc:
             QMessageBox.warning(self, "Export report", str(exc))
             return None

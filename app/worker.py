@@ -277,8 +277,10 @@ class ReportRenderer(QThread):
     (0.5-1.2 s a sweep, every sweep of the database when no review is open).
 
     ``reading(done, name)`` before each sweep is read; the text (CSV or the HTML page) is in
-    :attr:`text` once the thread has ended, or the user-facing message in :attr:`error`. Writing
-    the file is left to the caller, so that a report cancelled at any moment writes nothing.
+    :attr:`text` once the thread has ended, for a ``.pdf`` also the finished document in
+    :attr:`pdf` (laid out here too: 0.3 s and more on the window's thread), or the user-facing
+    message in :attr:`error`. Writing the file is left to the caller, so that a report cancelled
+    at any moment writes nothing.
     ``frames_of(path)`` returns a sweep's frames (the open sweep's without reading it again).
     """
 
@@ -292,6 +294,7 @@ class ReportRenderer(QThread):
         self._stop = threading.Event()
         self._done = 0
         self.text: str | None = None
+        self.pdf: bytes | None = None
         self.error: str | None = None
 
     def cancel(self) -> None:
@@ -319,6 +322,11 @@ class ReportRenderer(QThread):
         try:
             with cancellable(self._stop.is_set):
                 self.text = render_report(store, out_path, sweep_ids, sweep_loader=self._load)
+            if Path(str(out_path)).suffix.lower() == ".pdf" and not self._stop.is_set():
+                from app.report_pdf import html_to_pdf_bytes
+
+                self.reading.emit(self._done, "")  # every sweep read: the pages are laid out
+                self.pdf = html_to_pdf_bytes(self.text)
         except (ReportCancelled, ReadCancelled):
             self._stop.set()
         except FetalIQAError as exc:

@@ -92,15 +92,30 @@ def test_reviewer_name_asked_once_and_queue_switch(qtbot, monkeypatch):
     assert win.model.frame == win.model.queue[win.model.queue_pos]
 
 
-def test_export_report_html_and_pdf(qtbot, tmp_path):
+def test_export_report_html_and_pdf(qtbot, tmp_path, monkeypatch):
+    """The PDF's pages are laid out on the report's thread too (0.3 s and more for a few sweeps
+    froze the window when they were laid out on its thread)."""
+    import threading
+
+    import app.report_pdf as report_pdf
+
     win = scored_window(qtbot, AppSettings(reviewer="carol"))
     press(win, "1")
     press(win, "\n")
     html = win.review.write_report(tmp_path / "report.html")
     assert html is not None and html.stat().st_size > 1000
     assert "carol" in html.read_text(encoding="utf-8")
+    on_main, real = [], report_pdf.html_to_pdf_bytes
+
+    def recording(html_text, *args, **kwargs):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        return real(html_text, *args, **kwargs)
+
+    monkeypatch.setattr(report_pdf, "html_to_pdf_bytes", recording)
     pdf = win.review.write_report(tmp_path / "report.pdf")
     assert pdf is not None and pdf.read_bytes()[:5] == b"%PDF-"
+    assert on_main == [False]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     assert win.review.write_labels(tmp_path / "labels.csv") == 1
     row = (tmp_path / "labels.csv").read_text().splitlines()[1].split(",")
     assert row[2] == str(win.model.queue[0]) and row[3] == "1" and row[4] == "carol"
