@@ -120,7 +120,8 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     try:
         for batch in engine.iter_batches():
             bar.n = batch.n_done
-            bar.refresh()
+            if bar.n < bar.total:  # the last state is drawn once, by close (twice in a log file)
+                bar.refresh()
     finally:
         bar.close()
     results = engine.results
@@ -154,7 +155,8 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
             elif stage == "teacher" and bar.total != len(engine.teacher_plan):
                 bar.total = len(engine.teacher_plan)  # the teacher follows a run past its first frames
             bar.n = item.batch.n_done
-            bar.refresh()
+            if bar.n < bar.total:
+                bar.refresh()
     finally:
         bar.close()
     teacher = engine.teacher_results
