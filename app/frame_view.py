@@ -321,10 +321,23 @@ class FrameView(QWidget):
         (``detail``: its tooltip, e.g. why a value is doubtful)."""
         pts = np.vstack([points, points[:1]])
         self.ellipse.setData(pts[:, 0], pts[:, 1])
-        top = int(np.argmin(pts[:, 1]))
         self.ellipse_label.setText(text)
         self.ellipse_label.setToolTip(detail)
-        self.ellipse_label.setPos(float(pts[:, 0].mean()), float(pts[top, 1]) - 6)
+        # Above the outline, or below it when the view has no room for the label above (an
+        # outline at the top of the frame put its label off the view, or over the abdomen).
+        top, bottom = float(pts[:, 1].min()), float(pts[:, 1].max())
+        try:
+            per_pixel = float(self.view.viewPixelSize()[1])
+        except Exception:  # noqa: BLE001 - a view not laid out yet: one screen pixel per frame pixel
+            per_pixel = 1.0
+        needed = (self.ellipse_label.textItem.boundingRect().height() + 6) * per_pixel
+        view_top = float(min(self.view.viewRange()[1]))
+        if top - needed >= view_top:
+            self.ellipse_label.setAnchor((0.5, 1.0))
+            self.ellipse_label.setPos(float(pts[:, 0].mean()), top - 6 * per_pixel)
+        else:
+            self.ellipse_label.setAnchor((0.5, 0.0))
+            self.ellipse_label.setPos(float(pts[:, 0].mean()), bottom + 6 * per_pixel)
         self.ellipse.show()
         self.ellipse_label.show()
 

@@ -128,6 +128,31 @@ def test_export_frame_png_has_overlay_and_measurement(win, tmp_path):
     assert label.toPlainText().startswith(reading.short()) and label.toolTip() == reading.text()
 
 
+def test_the_ac_label_stays_on_the_view_above_or_below_its_outline(qtbot):
+    """An outline at the top of the frame had its label drawn off the view (or cut by its edge);
+    it goes under the outline then, and above it wherever there is room."""
+    from app.frame_view import FrameView
+
+    view = FrameView()
+    qtbot.addWidget(view)
+    view.resize(744, 600)
+    view.show()
+    view.set_frame(np.zeros((562, 744), np.uint8))
+    QApplication.processEvents()
+    t = np.linspace(0, 2 * np.pi, 90)
+    for centre_y, above in ((280.0, True), (58.0, False)):
+        pts = np.stack([372 + 120 * np.cos(t), centre_y + 55 * np.sin(t)], 1)
+        view.show_ellipse(pts, "AC 161.5 mm")
+        QApplication.processEvents()
+        label = view.ellipse_label
+        box = label.mapRectToView(label.boundingRect())  # in frame pixels (y down)
+        if above:
+            assert box.bottom() <= centre_y - 55 and box.top() >= 0
+        else:
+            assert box.top() >= centre_y + 55
+        assert box.left() >= 0 and box.right() <= 744
+
+
 def test_about_names_version_models_and_device(win):
     from app.window_tools import about_text
     from fetaliqa_core import __version__
