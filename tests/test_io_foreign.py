@@ -283,7 +283,7 @@ def test_a_folder_of_several_series_says_which_it_read_or_refuses_a_tie(tmp_path
     (tie / "b3.dcm").unlink()
     sweep = load_sweep(tie)
     assert sweep.n_frames == 4
-    assert any("2 DICOM series" in n and "(3 file(s)) are left out" in n for n in sweep.read_notes)
+    assert any("2 DICOM series" in n and "(3 frame(s)) are left out" in n for n in sweep.read_notes)
 
 
 def test_a_series_is_read_in_acquisition_order(tmp_path):
@@ -501,7 +501,7 @@ def test_nrrd_in_inches_and_a_frame_axis_marked_as_a_list(tmp_path):
     inches = _nrrd(tmp_path / "in.nrrd", arr, 'spacings: 0.01 0.01 1\nunits: "in" "in" ""')
     assert load_sweep(inches).spacing_mm == pytest.approx((0.254, 0.254))
     listed = _nrrd(tmp_path / "list.nrrd", arr, "kinds: domain domain list")
-    with pytest.raises(FetalIQAError, match="marks an axis of 4 as 'list'.*Mark the frame axis 'domain'"):
+    with pytest.raises(FetalIQAError, match="marks an axis of 4 as 'list'.*Save the sweep as .mha"):
         load_sweep(listed)
 
 
@@ -566,3 +566,108 @@ def test_cines_beside_a_dicomdir_or_a_still_are_still_sweeps(tmp_path):
     members = sweep_folder_members(tmp_path)
     assert [p.name for p in members] == ["cine0.dcm", "cine1.dcm"]
     assert "left out: still.dcm" in left_out_note(tmp_path, members)
+
+
+# --- several files, several calibrations -------------------------------------------------------------------
+
+
+def test_a_series_whose_calibration_changes_gives_no_one_pixel_size(tmp_path):
+    """The first file's calibration stood for every frame: a depth change half-way through gave
+    lengths off by half for the other frames, without a word."""
+    from pydicom.sequence import Sequence
+
+    arr = _grey(n=1)[0].astype(np.uint8)
+    folder = tmp_path / "depth"
+    folder.mkdir()
+    for k in range(6):
+        dx = 0.02 if k < 3 else 0.04
+        _dicom(folder / f"f{k}.dcm", arr, series="1.2.3.20", instance=k + 1,
+               SequenceOfUltrasoundRegions=Sequence([_region(dx, dx)]))
+    sweep = load_sweep(folder)
+    assert sweep.n_frames == 6 and sweep.spacing_source == SPACING_NONE
+    assert "changes within the series" in sweep.spacing_note and sweep.spacing_problem is not None
+    steady = tmp_path / "steady"
+    steady.mkdir()
+    for k in range(3):
+        _dicom(steady / f"f{k}.dcm", arr, series="1.2.3.21", instance=k + 1,
+               SequenceOfUltrasoundRegions=Sequence([_region(0.03, 0.03)]))
+    assert load_sweep(steady).spacing_mm == pytest.approx((0.3, 0.3))
+
+
+def test_one_series_uid_over_two_studies_or_a_cine_and_stills_is_refused(tmp_path):
+    arr = _grey(n=1)[0].astype(np.uint8)
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for k in range(4):  # an anonymiser gave both studies one series UID; instance numbers repeat
+        _dicom(studies / f"a{k}.dcm", arr, series="1.2.3.30", instance=k + 1)
+        _dicom(studies / f"b{k}.dcm", arr, series="1.2.3.30", instance=k + 1, StudyInstanceUID="1.2.3.5")
+    with pytest.raises(FetalIQAError, match="come from 2 studies"):
+        load_sweep(studies)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    _dicom(mixed / "cine.dcm", _grey(n=6).astype(np.uint8), series="1.2.3.31", instance=1)
+    for k in range(3):
+        _dicom(mixed / f"still{k}.dcm", arr, series="1.2.3.31", instance=k + 2)
+    with pytest.raises(FetalIQAError, match=r"cine beside single images.*\(cine.dcm\)"):
+        load_sweep(mixed)
+    # in series of their own, the cine is read: it has the most frames, the stills the most files
+    apart = tmp_path / "apart"
+    apart.mkdir()
+    _dicom(apart / "cine.dcm", _grey(n=6).astype(np.uint8), series="1.2.3.32", instance=1)
+    for k in range(3):
+        _dicom(apart / f"still{k}.dcm", arr, series="1.2.3.33", instance=k + 1)
+    sweep = load_sweep(apart)
+    assert sweep.n_frames == 6
+    assert any("longest (6 frames) is read" in n for n in sweep.read_notes)
+
+
+def test_like_sized_regions_calibrated_differently_leave_the_pixel_size_unknown(tmp_path):
+    """A split screen: the first region's calibration was used for the whole image ("the largest")."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    arr = _grey().astype(np.uint8)
+    split = _dicom(tmp_path / "split.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
+        _region(0.02, 0.03, box=(0, 0, 23, 39)), _region(0.04, 0.06, box=(24, 0, 47, 39))]))
+    sweep = load_sweep(split)
+    assert sweep.spacing_source == SPACING_NONE and "like size" in sweep.spacing_note
+    # Pixel Measures stated per frame (Enhanced US Volume), the same on every frame: read
+    def per_frame(spacing):
+        measures = Dataset()
+        measures.PixelSpacing = spacing
+        item = Dataset()
+        item.PixelMeasuresSequence = Sequence([measures])
+        return item
+
+    enhanced = _dicom(tmp_path / "perframe.dcm", arr, sop=ENHANCED_US_VOLUME,
+                      PerFrameFunctionalGroupsSequence=Sequence([per_frame([0.2, 0.3]) for _ in range(4)]))
+    sweep = load_sweep(enhanced)
+    assert sweep.spacing_source == SPACING_FROM_DICOM_PIXEL_SPACING and sweep.spacing_mm == pytest.approx((0.2, 0.3))
+    varying = _dicom(tmp_path / "varying.dcm", arr, sop=ENHANCED_US_VOLUME,
+                     PerFrameFunctionalGroupsSequence=Sequence([per_frame([0.2 + 0.1 * (k > 1), 0.3])
+                                                                for k in range(4)]))
+    assert load_sweep(varying).spacing_source == SPACING_NONE
+
+
+def test_nrrd_time_axis_before_the_pixels_and_units_that_differ_between_space_axes(tmp_path):
+    arr = _grey(n=6).astype(np.uint8)
+    # frames on the fastest axis: read as rows, with the frame interval taken for a pixel size
+    first = tmp_path / "time_first.nrrd"
+    first.write_bytes(b"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 6 48 40\nkinds: time domain domain\n"
+                      b"spacings: 0.066 0.3 0.2\nencoding: raw\n\n" + np.ascontiguousarray(arr.transpose(1, 2, 0)).tobytes())
+    with pytest.raises(FetalIQAError, match="time axis is its axis 1 of 3"):
+        load_sweep(first)
+    # a unit belongs to an axis of the space: here the image's rows run along the space's first (cm)
+    rotated = _nrrd(tmp_path / "rotated.nrrd", arr, "space: left-posterior-superior\n"
+                    "space directions: (0,0.3,0) (0.02,0,0) (0,0,1)\nspace units: \"cm\" \"mm\" \"mm\"")
+    assert load_sweep(rotated).spacing_mm == pytest.approx((0.2, 0.3))
+
+
+def test_a_metaimage_that_states_both_byte_orders_is_refused(tmp_path):
+    arr = _grey().astype(np.uint16)
+    path = tmp_path / "both.mha"
+    header = ("ObjectType = Image\nNDims = 3\nDimSize = 48 40 4\nElementType = MET_USHORT\n"
+              "BinaryDataByteOrderMSB = False\nElementByteOrderMSB = True\nElementDataFile = LOCAL\n")
+    path.write_bytes(header.encode() + arr.astype("<u2").tobytes())
+    with pytest.raises(FetalIQAError, match="big-endian and that they are not"):
+        load_sweep(path)

@@ -80,7 +80,7 @@ def _mask_shape(frame: np.ndarray, fov: np.ndarray | None, spacing: tuple, probl
 _JSON_KEYS = ("file", "frame", "area_px", "spacing_mm", "spacing_source", "spacing_problem", "ac_mm",
               "ac_status", "ga_weeks", "ga", "note", "mask_plausible", "mask_problem", "truncated",
               "n_points", "ellipse_px", "field_of_view", "field_of_view_note", "written_by",
-              "recorded_doubt")
+              "recorded_doubt", "read_notes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             "field_of_view_note": fov_note or None,
             "written_by": writer or None,
             "recorded_doubt": recorded,
+            "read_notes": list(volume.notes) or None,
         }
         print(json.dumps(record))
         return 0 if reading.status in (analysis.units.OK, analysis.units.DOUBTFUL) else 1
@@ -177,8 +178,9 @@ def run(args: argparse.Namespace) -> int:
         f" (pixel {' x '.join(f'{v:g}' for v in spacing)} mm, {from_where})")
     hint = " Give it with --spacing MM." if reading.status == analysis.units.NO_UNITS else ""
     print(shown(f"frame {index}: {reading.text()}{tail}{units}{hint}"))  # (texts from the file's header)
-    if fov_note:
-        print(f"note: {fov_note}")
+    notes = [n for n in volume.notes if args.spacing is None or not n.startswith("pixel spacing:")]
+    for note in notes + ([fov_note] if fov_note else []):
+        print(shown(f"note: {note}"))
     if writer:
         print(f"mask written by {shown(writer)}")
     return 0 if reading.status != analysis.units.NO_UNITS else 1

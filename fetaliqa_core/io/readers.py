@@ -12,7 +12,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from fetaliqa_core.io._common import (
     usable_spacing,
 )
 from fetaliqa_core.io.frames import frame_stack_shape, precheck_dims
-from fetaliqa_core.io.spacing import classify_header_spacing, dicom_calibration
+from fetaliqa_core.io.spacing import classify_header_spacing, dataset_calibration, dicom_calibration
 
 
 #: A kept header value is cut to this many characters (a hostile header cannot make it large).
@@ -98,24 +98,27 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
                                 "subfolders. Choose the subfolder of one series (e.g. .../SE000000).")
         raise FetalIQAError(f"{folder}: no DICOM series in this folder. Choose the {what} file itself "
                             f"({SUPPORTED_FORMATS}), or a folder of DICOM files of one series.")
-    # Several series: take the one with most files (the cine; others are usually single captures),
-    # and say so; two equally long ones cannot be told apart.
+    # Several series: take the one with most frames (the cine; others are usually single captures,
+    # and a cine may be one multi-frame file beside them), and say so; two equally long ones cannot
+    # be told apart.
     files_by_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
-    ranked = sorted(files_by_series.items(), key=lambda item: -len(item[1]))
+    frames_by_series = {sid: _series_frames(names) for sid, names in files_by_series.items()}
+    ranked = sorted(files_by_series.items(), key=lambda item: -frames_by_series[item[0]])
     files = ranked[0][1]
     notes = []
     if len(ranked) > 1:
-        if len(ranked[1][1]) == len(files):
-            if len(files) == 1 and multiframe_dicom_files(folder):
-                raise FetalIQAError(f"{folder}: the folder holds {len(ranked)} DICOM files of several frames each: "
-                                    "one sweep a file. Open one of them, or score the folder (fetaliqa score "
-                                    "FOLDER scores each).")
-            raise FetalIQAError(f"{folder}: the folder holds {len(ranked)} DICOM series, {len(files)} files each "
+        longest = frames_by_series[ranked[0][0]]
+        if len(files) == 1 and longest > 1 and multiframe_dicom_files(folder):
+            raise FetalIQAError(f"{folder}: the folder holds {len(ranked)} DICOM files of several frames each: "
+                                "one sweep a file. Open one of them, or score the folder (fetaliqa score "
+                                "FOLDER scores each).")
+        if frames_by_series[ranked[1][0]] == longest:
+            raise FetalIQAError(f"{folder}: the folder holds {len(ranked)} DICOM series, {longest} frames each "
                                 "at most, and none is the obvious sweep. Put each series in its own folder and "
                                 "choose one.")
-        others = ", ".join(str(len(names)) for _, names in ranked[1:4]) + (", ..." if len(ranked) > 4 else "")
-        notes.append(f"the folder holds {len(ranked)} DICOM series; the longest ({len(files)} files) is read, "
-                     f"the other(s) ({others} file(s)) are left out")
+        others = ", ".join(str(frames_by_series[sid]) for sid, _ in ranked[1:4]) + (", ..." if len(ranked) > 4 else "")
+        notes.append(f"the folder holds {len(ranked)} DICOM series; the longest ({longest} frames) is read, "
+                     f"the other(s) ({others} frame(s)) are left out")
     listed = {Path(name).resolve() for names in files_by_series.values() for name in names}
     unread = _damaged_members([p for p in entries if p.is_file() and p.resolve() not in listed], Path(files[0]))
     if unread:  # a damaged file of the series would otherwise be a frame missing without a word
@@ -127,6 +130,7 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         raw.notes.extend(notes)
         return raw
     orders = [_precheck_dicom(Path(name)) for name in files]
+    _refuse_mixed_series(folder, files, orders)
     files, order_note = _acquisition_order(list(files), orders)
     if order_note:
         notes.append(order_note)
@@ -154,13 +158,79 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
                             "Check that all files belong to one series and are complete.") from None
     raw = _raw_from_image(image, folder, {}, dicom_file=Path(files[0]))
     raw.notes.extend(notes)
+    changed = _calibration_change(files, orders)
+    if changed:  # the first file's calibration would stand for frames taken at another depth or zoom
+        raw.spacing_mm, raw.spacing_source, raw.spacing_note = (1.0, 1.0), SPACING_NONE, changed
     return raw
+
+
+def _series_frames(names: list[str]) -> int:
+    """Frames a series holds: its files times the first file's Number of Frames (one header read
+    a series; a header that cannot be read counts one frame a file)."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(names[0], stop_before_pixels=True, force=True, specific_tags=["NumberOfFrames"])
+        per_file = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except Exception:  # noqa: BLE001 - the series' own read says what is wrong with the file
+        per_file = 1
+    return len(names) * min(per_file, validate.MAX_FRAMES)
+
+
+def _refuse_mixed_series(folder: Path, files: list[str], members: list[_Member | None]) -> None:
+    """One series UID over files that are no one sweep: two studies (an anonymiser that gave them
+    one series UID: their frames would interleave), or a cine beside single images."""
+    known = [m for m in members if m is not None]
+    from collections import Counter
+
+    # (a writer that gives each file a Study UID of its own, as SimpleITK does, makes no two studies)
+    studies = [uid for uid, n in Counter(m.study for m in known if m.study).items() if n > 1]
+    if len(studies) > 1:
+        raise FetalIQAError(f"{folder}: the files of this DICOM series come from {len(studies)} studies (their "
+                            "Study Instance UIDs differ; an anonymiser may have given them one series UID): "
+                            "their frames would be mixed. Put each study's files in a folder of its own.")
+    counts = {m.frames for m in known}
+    if len(counts) > 1:
+        cine = max(zip((m.frames if m else 0 for m in members), files))[1]
+        raise FetalIQAError(f"{folder}: this DICOM series mixes files of {max(counts)} frames with files of "
+                            f"{min(counts)}, a cine beside single images: no one sweep. Open the cine file "
+                            f"itself ({Path(cine).name}), or move the other images out of the folder.")
+
+
+def _calibration_change(files: list[str], members: list[_Member | None]) -> str:
+    """A note when a series' files state different pixel sizes (the depth or zoom was changed
+    during the sweep), else ""."""
+    seen: dict[Any, str] = {}
+    for name, member in zip(files, members):
+        if member is None:
+            continue
+        spacing = member.calibration[0]
+        key = None if spacing is None else tuple(round(float(v), 6) for v in spacing)
+        seen.setdefault(key, Path(name).name)
+    if len(seen) < 2:
+        return ""
+    shown = "; ".join(f"{'none' if key is None else ' x '.join(f'{v:g}' for v in key) + ' mm'} from "
+                      f"{first}" for key, first in list(seen.items())[:2])
+    return (f"the pixel size changes within the series ({shown}{'; ...' if len(seen) > 2 else ''}): "
+            "the depth or zoom changed during the sweep, so no one pixel size applies")
+
+
+def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None) -> None:
+    """A NRRD's frames must lie on its last (slowest) axis: with ``time`` on an earlier one the
+    image reader takes frames for rows or columns and the frame interval for a pixel size."""
+    kinds = (nrrd or {}).get("kinds", "").split()
+    early = [i for i, kind in enumerate(kinds[:-1]) if kind.lower() == "time"]
+    if early:
+        raise FetalIQAError(f"{path}: the NRRD's time axis is its axis {early[0] + 1} of {len(kinds)} (kinds: "
+                            f"{' '.join(kinds)}), not its last, so its frames are interleaved with the pixels. "
+                            "Save the sweep with the frames on the last axis (e.g. as .mha) and open that.")
 
 
 def _read_with_sitk(path: Path, what: str) -> Raw:
     import SimpleITK as sitk
 
     nrrd = _nrrd_fields(path)
+    _refuse_early_time_axis(path, nrrd)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
     if has_dicom_magic(path) or _bare_dicom(path):
         _precheck_dicom(path)
@@ -193,7 +263,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         if listed:
             raise FetalIQAError(f"{path}: the NRRD marks an axis of {components} as '{listed[0]}' (kinds: "
                                 f"{' '.join(kinds)}), so its frames would be read as {components} values per "
-                                "pixel. Mark the frame axis 'domain' (or 'time') and open it again.")
+                                "pixel. Save the sweep as .mha (frames on its last axis) and open that.")
     precheck_dims(path, size[::-1], components)
     itemsize = _sitk_pixel_itemsize(reader) or 8
     bound_volume(path, size[::-1], components, itemsize, mapped=False)
@@ -370,7 +440,7 @@ def _instance_number(ds: Any) -> int | None:
         return None
 
 
-def _acquisition_order(files: list[str], orders: list[tuple[int | None, bool] | None]) -> tuple[list[str], str]:
+def _acquisition_order(files: list[str], orders: list[_Member | None]) -> tuple[list[str], str]:
     """A cine's files in acquisition order: by Instance Number when every file has a distinct one
     (PS3.3 C.7.6.1; the series scan sorts by position, which a tracked probe may run backwards);
     with neither numbers nor positions, by file name with numbers compared as numbers (``2``
@@ -505,19 +575,35 @@ def _refuse_deep_nesting(files: list[Path]) -> None:
             continue
 
 
-def _precheck_dicom(path: Path) -> tuple[int | None, bool] | None:
+class _Member(NamedTuple):
+    """What a series file's header says about its place in the series (:func:`_precheck_dicom`)."""
+
+    instance: int | None   # Instance Number
+    positioned: bool       # has an Image Position
+    study: str             # Study Instance UID ("" without one)
+    frames: int            # Number of Frames (1 without one)
+    calibration: tuple     # spacing.dataset_calibration of the header: (spacing or None, source, note)
+
+
+def _precheck_dicom(path: Path) -> _Member | None:
     """The pixel data of an uncompressed DICOM file must be as long as its header says (rows x
     columns x frames x samples x bits allocated): the image reader would otherwise allocate what
     the header claims (gigabytes for a 5 MB file) and fill the missing frames with zeros, or read
     8-bit pixels as 16-bit ones. Checked from the header alone, before any pixel is read.
 
-    Returns what orders a series, read from the same header: the Instance Number (None without
-    one) and whether the file has an Image Position; None when pydicom cannot parse the header."""
+    Returns what places the file in a series, read from the same header (:class:`_Member`); None
+    when pydicom cannot parse the header."""
     try:
         import pydicom
 
         ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
-        order = (_instance_number(ds), "ImagePositionPatient" in ds)
+        try:
+            frame_count = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        except (TypeError, ValueError):
+            frame_count = 1
+        order = _Member(_instance_number(ds), "ImagePositionPatient" in ds,
+                        str(ds.get("StudyInstanceUID", "") or "").strip(), frame_count,
+                        dataset_calibration(ds))
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         if element is None and not any(k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")):
@@ -857,7 +943,10 @@ def _nrrd_spacing_units(fields: dict[str, str] | None) -> tuple[tuple[float, flo
     if fields is None:
         return (1.0, 1.0), ""
     if "space units" in fields:
-        units = re.findall(r'"([^"]*)"', fields["space units"])[:2]
+        units = re.findall(r'"([^"]*)"', fields["space units"])
+        if len({u.strip().lower() for u in units}) > 1:
+            return _nrrd_mixed_space_units(fields, units)
+        units = units[:2]
     elif "units" in fields:
         units = re.findall(r'"([^"]*)"', fields["units"])
         kinds = fields.get("kinds", "").lower().split()
@@ -878,6 +967,35 @@ def _nrrd_spacing_units(fields: dict[str, str] | None) -> tuple[tuple[float, flo
     while len(factors) < 2:
         factors.append(factors[0] if factors else 1.0)
     return (factors[1], factors[0]), ""
+
+
+def _nrrd_mixed_space_units(fields: dict[str, str], units: list[str]) -> tuple[tuple[float, float], str]:
+    """:func:`_nrrd_spacing_units` when the space's axes have different units ("cm" "mm" "mm"):
+    a unit belongs to an axis of the space, not of the image, so each image axis's direction is
+    measured in mm component by component (the image reader took every component as mm)."""
+    factors = []
+    for unit in units:
+        key = unit.strip().lower()
+        if key not in _LENGTH_UNITS_MM and key not in _NRRD_NO_UNIT:
+            return (1.0, 1.0), f"the file gives its pixel spacing in '{unit[:20]}', which is not a length"
+        factors.append(_LENGTH_UNITS_MM.get(key, 1.0))
+    vectors = []
+    for text in re.findall(r"\(([^)]*)\)", fields.get("space directions", "")):
+        try:
+            vectors.append([float(v) for v in text.split(",")])
+        except ValueError:
+            vectors = []
+            break
+    if len(vectors) < 2 or any(len(v) != len(factors) for v in vectors[:2]):
+        return (1.0, 1.0), "the file's space units differ between axes and its space directions cannot be read"
+    scales = []
+    for vector in vectors[:2]:  # the image's columns (x), then its rows (y)
+        as_read = math.sqrt(sum(v * v for v in vector))
+        in_mm = math.sqrt(sum((v * f) ** 2 for v, f in zip(vector, factors)))
+        if not (as_read > 0 and math.isfinite(in_mm)):
+            return (1.0, 1.0), "the file's space directions give no length"
+        scales.append(in_mm / as_read)
+    return (scales[1], scales[0]), ""
 
 
 #: NIfTI datatype codes (nifti1.h): the only values a writer may put in the header.
@@ -1069,7 +1187,12 @@ def _read_metaimage(path: Path) -> Raw | None:
         components = 0
     if components < 1:
         raise FetalIQAError(f"{path}: invalid ElementNumberOfChannels in the header. Export it again.")
-    msb = truthy(header.get("elementbyteordermsb", header.get("binarydatabyteordermsb", "false")))
+    orders = {truthy(header[k]) for k in ("elementbyteordermsb", "binarydatabyteordermsb") if k in header}
+    if len(orders) > 1:  # two names of one setting (MetaIO reads one, this reader read the other)
+        raise FetalIQAError(f"{path}: the MetaImage header says both that its bytes are big-endian and that "
+                            "they are not (ElementByteOrderMSB and BinaryDataByteOrderMSB differ): image readers "
+                            "differ on which counts. Fix the header or export the file again.")
+    msb = orders == {True}
     dtype = np.dtype(_MET_DTYPES[element_type]).newbyteorder(">" if msb else "<")
     spacing_text = header.get("elementspacing", header.get("elementsize", ""))
     try:

@@ -40,7 +40,8 @@ PLACEHOLDER_SPACING_MM = 1.0
 
 # DICOM PS3.3 C.8.5.5.1.15: Physical Units X/Y Direction code 0x0003 is centimetres.
 _DICOM_UNITS_CM = 3
-_DICOM_TAGS = ("SequenceOfUltrasoundRegions", "PixelSpacing", "SharedFunctionalGroupsSequence")
+_DICOM_TAGS = ("SequenceOfUltrasoundRegions", "PixelSpacing", "SharedFunctionalGroupsSequence",
+               "PerFrameFunctionalGroupsSequence")
 # PS3.3 C.8.5.5.1.1: Region Spatial Format 1 is a 2-D tissue image (others: M-mode, Doppler, ...).
 _REGION_2D = 1
 
@@ -111,16 +112,30 @@ def dicom_calibration(path: Path) -> tuple[tuple[float, float] | None, str, str]
         # force: a file without the 128-byte preamble is common and the image reader reads it
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, defer_size="1 MB", force=True,
                              specific_tags=list(_DICOM_TAGS))
-        regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
-        pixel_spacing = ds.get("PixelSpacing", None)
-        if pixel_spacing is None:  # enhanced multi-frame objects: Pixel Measures (C.7.6.16.2.1)
-            pixel_spacing = _shared_pixel_spacing(ds)
     except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError,
             IndexError, EOFError, OverflowError, NotImplementedError):
         return None, SPACING_NONE, "the DICOM header's calibration could not be read"
+    return dataset_calibration(ds)
+
+
+def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
+    """:func:`dicom_calibration` of a header pydicom has already parsed."""
+    try:
+        regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
+        pixel_spacing = ds.get("PixelSpacing", None)
+        per_frame_note = ""
+        if pixel_spacing is None:  # enhanced multi-frame objects: Pixel Measures (C.7.6.16.2.1)
+            pixel_spacing = _shared_pixel_spacing(ds)
+        if pixel_spacing is None:
+            pixel_spacing, per_frame_note = _per_frame_pixel_spacing(ds)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, EOFError, OverflowError,
+            NotImplementedError, OSError):
+        return None, SPACING_NONE, "the DICOM header's calibration could not be read"
     found = _region_spacing(regions)
     if found is not None:
-        return found[0], SPACING_FROM_US_REGION, found[1]
+        return (found[0], SPACING_FROM_US_REGION, found[1]) if found[0] else (None, SPACING_NONE, found[1])
+    if per_frame_note:
+        return None, SPACING_NONE, per_frame_note
     try:
         if pixel_spacing is not None and len(pixel_spacing) == 2:
             row, col = float(pixel_spacing[0]), float(pixel_spacing[1])
@@ -144,10 +159,34 @@ def _shared_pixel_spacing(ds: Any) -> Any:
         return None
 
 
-def _region_spacing(regions: list[Any]) -> tuple[tuple[float, float], str] | None:
-    """The largest region calibrated in cm in both directions: ``((row_mm, col_mm), note)``."""
-    best: tuple[float, tuple[float, float]] | None = None
-    spacings = set()
+def _per_frame_pixel_spacing(ds: Any) -> tuple[Any, str]:
+    """Pixel Spacing from an enhanced object's Per-Frame Functional Groups > Pixel Measures, when
+    every frame that states one states the same: ``(spacing or None, note)``; the note says why
+    there is none when frames disagree."""
+    try:
+        frames = ds.get("PerFrameFunctionalGroupsSequence", None)
+        if not frames:
+            return None, ""
+        found = set()
+        for item in frames:
+            measures = item.get("PixelMeasuresSequence", None)
+            value = measures[0].get("PixelSpacing", None) if measures else None
+            if value is not None and len(value) == 2:
+                found.add((round(float(value[0]), 9), round(float(value[1]), 9)))
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None, ""
+    if len(found) > 1:
+        return None, ("the pixel size changes from frame to frame (Pixel Measures of "
+                      f"{len(found)} kinds), so no one pixel size applies")
+    return (next(iter(found)) if found else None), ""
+
+
+def _region_spacing(regions: list[Any]) -> tuple[tuple[float, float] | None, str] | None:
+    """The largest region calibrated in cm in both directions: ``((row_mm, col_mm), note)``;
+    None without one. Regions calibrated differently (a split screen, a zoomed inset) leave the
+    pixel size unknown, ``(None, note)``, unless the largest is at least twice the size of any
+    calibrated otherwise: which of two like-sized images an abdomen lies in is not known here."""
+    found: list[tuple[float, tuple[float, float]]] = []
     for item in regions:
         try:
             if int(item.get("RegionSpatialFormat", _REGION_2D)) != _REGION_2D:
@@ -165,12 +204,16 @@ def _region_spacing(regions: list[Any]) -> tuple[tuple[float, float], str] | Non
         except (TypeError, ValueError, OverflowError):
             continue
         spacing = (round(dy * 10.0, 9), round(dx * 10.0, 9))  # cm -> mm, (row, col)
-        spacings.add(spacing)
-        area = float(max(width, 0) * max(height, 0))
-        if best is None or area > best[0]:
-            best = (area, spacing)
-    if best is None:
+        found.append((float(max(width, 0) * max(height, 0)), spacing))
+    if not found:
         return None
-    note = "" if len(spacings) == 1 else (f"{len(spacings)} differently calibrated regions; the "
-                                          "largest is used")
-    return best[1], note
+    area, best = max(found, key=lambda item: item[0])  # the first of equals
+    kinds = {spacing for _, spacing in found}
+    if len(kinds) == 1:
+        return best, ""
+    other = max(a for a, spacing in found if spacing != best)
+    shown = " and ".join(f"{r:g} x {c:g} mm" for r, c in sorted(kinds)[:2])
+    if other * 2 > area:
+        return None, (f"the image has {len(kinds)} calibrated regions of like size with different pixel "
+                      f"sizes ({shown}{', ...' if len(kinds) > 2 else ''}), so which applies is not known")
+    return best, f"{len(kinds)} differently calibrated regions; the largest (at least twice any other) is used"

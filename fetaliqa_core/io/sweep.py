@@ -200,6 +200,8 @@ class MaskVolume:
     spacing_note: str = ""
     #: header keys FetalIQA reads (``io.META_KEYS``), e.g. the AC status a mask it wrote carries
     metadata: dict[str, str] = field(default_factory=dict)
+    #: what reading did that the user should know (e.g. which of several calibrations was used)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def spacing_problem(self) -> str | None:
@@ -221,7 +223,7 @@ def read_mask_volume(path: str | Path) -> MaskVolume:
     if labels.flags.writeable and labels is not arr:
         labels.flags.writeable = False
     return MaskVolume(labels=labels, spacing_mm=tuple(raw.spacing_mm), spacing_source=raw.spacing_source,
-                      spacing_note=raw.spacing_note, metadata=dict(raw.metadata))
+                      spacing_note=raw.spacing_note, metadata=dict(raw.metadata), notes=list(raw.notes))
 
 
 def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
