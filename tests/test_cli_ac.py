@@ -36,9 +36,12 @@ def ac_of(axes, spacing=0.28):
 
 def test_largest_frame_by_default(mask_file, capsys):
     assert main(["ac", str(mask_file)]) == 0
-    out = capsys.readouterr().out.strip()
-    match = re.fullmatch(r"frame 2: AC ([\d.]+) mm, GA (\d+w \d+d) \(pixel 0.28 x 0.28 mm, file header\)", out)
+    out, note = capsys.readouterr().out.strip().splitlines()
+    match = re.fullmatch(r"frame 2: AC ([\d.]+) mm, GA (\d+w \d+d) \(pixel 0.28 x 0.28 mm, file header; "
+                         r"in ACOUSLIC's fan\)", out)
     assert match, out
+    # a number to act on from a mask nobody judged: ac checks its shape, not its anatomy
+    assert note.startswith("note: the outline's shape is checked here, not what it outlines")
     ac = float(match.group(1))
     assert ac == pytest.approx(ac_of(BIG), rel=0.01)
     assert match.group(2) == analysis.format_ga(analysis.hadlock_ga(ac).weeks)
@@ -112,7 +115,7 @@ def test_no_spacing_no_mm_unless_given(tmp_path, capsys):
     assert record["ac_mm"] is None and record["ga_weeks"] is None and record["ac_status"] == "no units"
     assert main(["ac", str(path), "--spacing", "0.28"]) == 0
     out = capsys.readouterr().out
-    assert "GA" in out and "mm, given with --spacing)" in out
+    assert "GA" in out and "mm, given with --spacing; in ACOUSLIC's fan)" in out
     assert main(["ac", str(path), "--spacing", "0.28", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["ac_mm"] == pytest.approx(ac_of(BIG), rel=0.01)
@@ -157,8 +160,8 @@ def test_crossing_lines_give_a_doubtful_ac_without_ga(tmp_path, capsys):
 def test_round_abdomen_mask_gives_a_plain_ac(mask_file, capsys):
     for extra in ([], ["--no-fov"]):
         assert main(["ac", str(mask_file), *extra]) == 0
-        assert re.fullmatch(r"frame 2: AC [\d.]+ mm, GA \d+w \dd \(pixel [\d.]+ x [\d.]+ mm, [a-z -]+\)",
-                            capsys.readouterr().out.strip())
+        assert re.fullmatch(r"frame 2: AC [\d.]+ mm, GA \d+w \dd \(pixel [\d.]+ x [\d.]+ mm, [a-z -]+; [a-zA-Z' ]+\)",
+                            capsys.readouterr().out.strip().splitlines()[0])
         assert main(["ac", str(mask_file), "--json", *extra]) == 0
         record = json.loads(capsys.readouterr().out)
         assert record["ac_status"] == "ok" and record["ga"] and record["note"] is None
@@ -170,9 +173,9 @@ def test_outline_cut_by_image_edge_without_field_of_view(tmp_path, capsys):
     cv2.ellipse(masks[0], (100, 300), BIG, 0, 0, 360, 1, -1)  # runs past the left edge
     path = _write(tmp_path, masks, "edge.mha")
     assert main(["ac", str(path), "--no-fov"]) == 0
-    out = capsys.readouterr().out.strip()
+    out = capsys.readouterr().out.strip().splitlines()[0]
     assert re.fullmatch(r"frame 0: AC [\d.]+ mm, GA \d+w \dd \[outline cut by the image's edge; "
-                        r"ellipse extrapolated\] \(pixel 0.28 x 0.28 mm, file header\)", out), out
+                        r"ellipse extrapolated\] \(pixel 0.28 x 0.28 mm, file header; on the whole frame\)", out), out
     from fetaliqa_core.analysis.ac import resolve_fov
 
     fan = np.zeros((1, H, W), np.uint8)
@@ -245,7 +248,7 @@ def test_score_challenge_mask_carries_the_demo_answers_doubt(tmp_path, capsys):
     assert main(["ac", str(out / "fetal-abdomen-segmentation.mha")]) == 0
     text = capsys.readouterr().out
     assert f"frame {frame}: " in text and "doubtful" in text and "GA" not in text
-    assert "mm, the sweep's file header)" in text
+    assert "mm, the sweep's file header; on the whole frame)" in text  # (281 x 372: not ACOUSLIC's fan)
     assert main(["ac", str(out / "fetal-abdomen-segmentation.mha"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["spacing_source"] == "file header"  # the sweep's, as recorded
     # another frame of it is empty: said as what it is, not as if the frame had no abdomen
@@ -317,3 +320,50 @@ def test_json_says_when_there_is_nothing_to_measure(tmp_path, capsys):
         assert list(record) == keys
         assert record["ac_status"] == "none" and record["ac_mm"] is None and record["frame"] is None
         assert why in record["note"] and record["file"] == str(path)
+
+
+def test_an_outline_cut_by_another_probe_s_edge_is_doubtful_unless_measured_in_that_probe_s_view(tmp_path, capsys):
+    """A mask of ACOUSLIC's frame size drawn on a linear probe's image, its abdomen cut by the
+    image's right edge: measured in ACOUSLIC's fan the cut was fitted as outline (AC 11-15 % short
+    with a GA, 'ok'). It is doubtful now; with --sweep the sweep's own field of view is used and
+    the ellipse is extrapolated past the cut."""
+    from fetaliqa_core.io import write_volume
+
+    rng = np.random.default_rng(3)
+    frames = np.zeros((4, H, W), np.uint8)
+    frames[:, 40:520, 150:500] = rng.integers(30, 200, (4, 480, 350), dtype=np.uint8)  # the probe's image
+    write_volume(tmp_path / "linear.mha", frames, spacing_mm=(0.28, 0.28))
+    whole = np.zeros((H, W), np.uint8)
+    cv2.ellipse(whole, (430, 280), BIG, 0, 0, 360, 1, -1)
+    masks = np.zeros((1, H, W), np.uint8)
+    masks[0, 40:520, 150:500] = whole[40:520, 150:500]  # cut at x = 500
+    path = _write(tmp_path, masks, "cut.mha")
+    truth = ac_of(BIG)
+
+    assert main(["ac", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_status"] == "doubtful" and record["ga"] is None and "cut off straight" in record["mask_problem"]
+    assert record["ac_mm"] < 0.95 * truth  # what the cut makes of it
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "linear.mha"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["field_of_view"] == "the sweep's own fan" and record["truncated"] is True
+    assert record["ac_mm"] == pytest.approx(truth, rel=0.02) and record["ac_status"] == "ok"
+    # the straightness measure itself: whole outlines near 1, the cut one well above the bar
+    from fetaliqa_core.analysis.ac import STRAIGHT_CUT_RATIO, straight_cut
+
+    assert straight_cut(whole, None) < 1.5 < STRAIGHT_CUT_RATIO < straight_cut(masks[0], None)
+    wrong = np.zeros((H, W), np.uint8)
+    assert main(["ac", str(path), "--sweep", str(_write(tmp_path, wrong[None, :100], "small.mha"))]) == 1
+    assert "give the sweep the mask was drawn on" in capsys.readouterr().err
+
+
+def test_scores_beside_a_threshold_and_anisotropic_pixels_read_as_they_are(tmp_path):
+    from fetaliqa_core.analysis.units import beside_threshold, classifier_doubt
+    from fetaliqa_core.io._common import spacing_text
+
+    assert beside_threshold(0.6663, 0.67) == "0.666" and beside_threshold(0.38, 0.67) == "0.38"
+    assert beside_threshold(0.67, 0.67) == "0.67" and beside_threshold(0.67004, 0.67) == "0.67004"
+    assert "score 0.666, threshold 0.67" in classifier_doubt(0.6663, 0.67)
+    # (row, col) = (0.35, 0.28): width first, as frame sizes are given, and said so
+    assert spacing_text((0.35, 0.28)) == "0.28 x 0.35 mm (width x height)"
+    assert spacing_text((0.28, 0.28)) == "0.28 x 0.28 mm"

@@ -81,6 +81,16 @@ class ACReading:
         return asdict(self)
 
 
+def beside_threshold(p: float, threshold: float) -> str:
+    """``p`` with two decimals, or as many more (up to five) as it takes not to read as equal to
+    ``threshold`` when it is not (0.6663 against 0.67 is "0.666", not "0.67")."""
+    p, threshold = float(p), float(threshold)
+    for digits in (2, 3, 4, 5):
+        if p == threshold or round(p, digits) != round(threshold, digits):
+            break
+    return f"{p:.{digits}f}"
+
+
 def classifier_doubt(p_cls: float | None, threshold: float) -> str | None:
     """Why an AC measured on a frame is doubtful when the classifier scored that frame below its
     threshold: the segmenter outlined something the classifier does not take for an abdomen, and
@@ -88,8 +98,8 @@ def classifier_doubt(p_cls: float | None, threshold: float) -> str | None:
     calls the frame, did not score it (NaN) or did not run (None)."""
     if p_cls is None or not math.isfinite(float(p_cls)) or float(p_cls) >= threshold:
         return None
-    return (f"the classifier does not call this frame an abdomen (score {float(p_cls):.2f}, threshold "
-            f"{threshold:.2f}): the models disagree")
+    return (f"the classifier does not call this frame an abdomen (score {beside_threshold(p_cls, threshold)}, "
+            f"threshold {threshold:.2f}): the models disagree")
 
 
 def segmenter_doubt(threshold: float = 0.5) -> str:

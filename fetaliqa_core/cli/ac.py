@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not apply the ACOUSLIC probe's field-of-view mask (measure the whole frame); it is "
              "applied only to a mask of ACOUSLIC's frame size (744 x 562) lying inside it",
     )
+    parser.add_argument(
+        "--sweep", default=None, metavar="SWEEP",
+        help="the sweep the mask was drawn on: its own field of view (its fan) is used, so an outline "
+             "cut by that fan's edge is fitted without it",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -86,8 +91,9 @@ _JSON_KEYS = ("file", "frame", "area_px", "spacing_mm", "spacing_source", "spaci
 def run(args: argparse.Namespace) -> int:
     from fetaliqa_core import analysis
     from fetaliqa_core import io as fio
-    from fetaliqa_core.analysis.ac import resolve_fov
+    from fetaliqa_core.analysis.ac import STRAIGHT_CUT_RATIO, resolve_fov, straight_cut
     from fetaliqa_core.io import spacing as fspacing
+    from fetaliqa_core.io._common import spacing_text
 
     path = Path(args.mask)
     if not path.exists():
@@ -125,18 +131,28 @@ def run(args: argparse.Namespace) -> int:
 
     # the ACOUSLIC probe's fan belongs to its frames' size; another size is another probe's image
     fov = None if args.no_fov or tuple(frame.shape) != FRAME_SHAPE else resolve_fov("acouslic", frame.shape)
+    fov_name = "acouslic" if fov is not None else "whole frame"
+    if args.sweep is not None and not args.no_fov:
+        fov, fov_name = _sweep_fov(Path(args.sweep), frame.shape), "the sweep's own fan"
     fov_note = ""
-    if fov is not None and frame.any():
+    if fov is not None and frame.any() and fov_name == "acouslic":
         outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)
         if outside > FOV_SPILL:
             # an ACOUSLIC annotation lies inside the probe's fan: this mask was drawn on another one
             fov, fov_note = None, (f"{outside:.0%} of the mask lies outside the ACOUSLIC field of view: "
                                    "measured on the whole frame (another probe's image)")
+    if fov is None and fov_name != "whole frame":
+        fov_name = "whole frame"
     m = analysis.measure_ac(frame, spacing, fov=fov)
     shape = None if m is None else _mask_shape(frame, fov, spacing, problem)
+    mask_problem = None if shape is None else shape.problem
+    cut = None if m is None else straight_cut(frame, fov)
+    if mask_problem is None and cut is not None and cut >= STRAIGHT_CUT_RATIO:
+        # an edge the field of view used does not know: the body may go on past it
+        where = {"acouslic": "ACOUSLIC's fan", "whole frame": "the whole frame"}.get(fov_name, fov_name)
+        mask_problem = f"cut off straight, by an edge {where} does not have; give the sweep with --sweep"
     recorded = _recorded_doubt(volume.metadata, masks, index)
-    reading = analysis.read_ac(None if m is None else m.ac_mm, problem,
-                               None if shape is None else shape.problem, model_doubt=recorded)
+    reading = analysis.read_ac(None if m is None else m.ac_mm, problem, mask_problem, model_doubt=recorded)
 
     if args.json:
         record = {
@@ -151,12 +167,12 @@ def run(args: argparse.Namespace) -> int:
             "ga_weeks": reading.ga_weeks,
             "ga": reading.ga_text or None,
             "note": reading.note or (_why_no_ac(frame, masks, writer) if m is None else None),
-            "mask_plausible": None if shape is None else shape.plausible,
-            "mask_problem": None if shape is None else shape.problem,
+            "mask_plausible": None if shape is None else mask_problem is None,
+            "mask_problem": mask_problem,
             "truncated": None if m is None else m.truncated,
             "n_points": None if m is None else m.n_points,
             "ellipse_px": None if m is None else {"center": list(m.center), "axes": list(m.axes), "angle": m.angle},
-            "field_of_view": "acouslic" if fov is not None else "whole frame",
+            "field_of_view": fov_name,
             "field_of_view_note": fov_note or None,
             "written_by": writer or None,
             "recorded_doubt": recorded,
@@ -174,8 +190,10 @@ def run(args: argparse.Namespace) -> int:
                   (True, fio.SPACING_FROM_USER): "given for its sweep with --spacing",
                   (True, fio.SPACING_GIVEN): "given with its sweep"}.get(
         (of_sweep, source), f"the sweep's {source}" if of_sweep else source)
+    fov_words = {"acouslic": "; in ACOUSLIC's fan", "whole frame": "; on the whole frame"}.get(
+        fov_name, f"; in {fov_name}")
     units = "" if problem is not None else (
-        f" (pixel {' x '.join(f'{v:g}' for v in spacing)} mm, {from_where})")
+        f" (pixel {spacing_text(spacing)}, {from_where}{fov_words})")
     hint = " Give it with --spacing MM." if reading.status == analysis.units.NO_UNITS else ""
     print(shown(f"frame {index}: {reading.text()}{tail}{units}{hint}"))  # (texts from the file's header)
     notes = [n for n in volume.notes if args.spacing is None or not n.startswith("pixel spacing:")]
@@ -183,7 +201,25 @@ def run(args: argparse.Namespace) -> int:
         print(shown(f"note: {note}"))
     if writer:
         print(f"mask written by {shown(writer)}")
+    elif reading.status == analysis.units.OK:
+        print("note: the outline's shape is checked here, not what it outlines: check that the frame "
+              "shows the abdomen")
     return 0 if reading.status != analysis.units.NO_UNITS else 1
+
+
+def _sweep_fov(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The field of view of the sweep the mask was drawn on (its own fan; ACOUSLIC's for a sweep
+    in that fan), as the app and ``score`` use it; None (the whole frame) when no fan is found."""
+    from fetaliqa_core import acouslic
+    from fetaliqa_core import io as fio
+    from fetaliqa_core.analysis.ac import resolve_fov
+
+    sweep = fio.load_sweep(path)
+    if (sweep.height, sweep.width) != tuple(shape):
+        raise FetalIQAError(f"{path}: the sweep's frames are {sweep.width} x {sweep.height} pixels, the mask's "
+                            f"{shape[1]} x {shape[0]}: give the sweep the mask was drawn on")
+    fov = acouslic.sweep_fov(sweep)
+    return resolve_fov(fov, tuple(shape)) if isinstance(fov, str) else np.asarray(fov, bool)
 
 
 def _why_no_ac(frame: np.ndarray, masks: np.ndarray, writer: str) -> str:

@@ -174,6 +174,8 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
 
 
 def _print_summary(summary: dict, out: Path) -> None:
+    from fetaliqa_core.analysis.units import beside_threshold
+
     chosen = summary["chosen_frame"]
     print(f"{shown(summary['path'])}: {summary['frames_scored']}/{summary['n_frames']} frames scored; "
           f"chosen frame {chosen if chosen >= 0 else 'none (-1)'} (frames numbered from 0)")
@@ -197,7 +199,9 @@ def _print_summary(summary: dict, out: Path) -> None:
             reading = f", AC {s['ac_mm']:.1f} mm (doubtful: {shown(s['ac_note'])})"
         elif s["ac_status"] == "no units":
             reading = ", AC not shown (pixel spacing)"
-        scores = ", ".join(f"{name} {s[name]:.2f}" for name in ("p_cls", "p_seg") if s.get(name) is not None)
+        cuts = {"p_cls": summary.get("threshold") or 0.5, "p_seg": 0.5}  # (the segmenter's call: 1 % of the image)
+        scores = ", ".join(f"{name} {beside_threshold(s[name], cuts[name])}" for name in ("p_cls", "p_seg")
+                           if s.get(name) is not None)
         print(f"  sweep {s['sweep']}{_kind(s['kind'])}: best frame {s['best_frame']} "
               f"({scores or 'score ' + format(s['score'], '.2f')}){reading}")
     if summary.get("notice"):

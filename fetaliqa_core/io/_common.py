@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,6 +129,14 @@ def quiet_itk() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
+def spacing_text(spacing_mm: Any, fmt: str = "g") -> str:
+    """A ``(row_mm, col_mm)`` pixel size as people read it: ``0.28 x 0.28 mm``; width first when
+    the two differ, and said so (``0.28 x 0.35 mm (width x height)``), as frame sizes are."""
+    row, col = (float(v) for v in tuple(spacing_mm)[:2])
+    text = f"{col:{fmt}} x {row:{fmt}} mm"
+    return text if row == col or not (math.isfinite(row) and math.isfinite(col)) else f"{text} (width x height)"
+
+
 def usable_spacing(spacing_mm: tuple[float, float], source: str, note: str) -> tuple[tuple[float, float], str, str]:
     """``(spacing_mm, source, note)`` as read, or, when the recorded spacing is no length at all
     (zero, negative, not a number), an unknown spacing that says what the file records: the
@@ -134,8 +144,7 @@ def usable_spacing(spacing_mm: tuple[float, float], source: str, note: str) -> t
     (``--spacing``, the View menu) replaces it."""
     if all(np.isfinite(s) and s > 0 for s in spacing_mm):
         return spacing_mm, source, note
-    shown = " x ".join(f"{s:g}" for s in spacing_mm)
-    return (1.0, 1.0), SPACING_NONE, f"the file records {shown} mm per pixel, which is no length"
+    return (1.0, 1.0), SPACING_NONE, f"the file records {spacing_text(spacing_mm)} per pixel, which is no length"
 
 
 def sitk_reason(exc: BaseException) -> str:

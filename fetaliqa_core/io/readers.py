@@ -29,6 +29,7 @@ from fetaliqa_core.io._common import (
     full_suffix,
     quiet_itk,
     sitk_reason,
+    spacing_text,
     truthy,
     usable_spacing,
 )
@@ -209,8 +210,8 @@ def _calibration_change(files: list[str], members: list[_Member | None]) -> str:
         seen.setdefault(key, Path(name).name)
     if len(seen) < 2:
         return ""
-    shown = "; ".join(f"{'none' if key is None else ' x '.join(f'{v:g}' for v in key) + ' mm'} from "
-                      f"{first}" for key, first in list(seen.items())[:2])
+    shown = "; ".join(f"{'none' if key is None else spacing_text(key)} from {first}"
+                      for key, first in list(seen.items())[:2])
     return (f"the pixel size changes within the series ({shown}{'; ...' if len(seen) > 2 else ''}): "
             "the depth or zoom changed during the sweep, so no one pixel size applies")
 
@@ -1194,16 +1195,16 @@ def _read_metaimage(path: Path) -> Raw | None:
                             "differ on which counts. Fix the header or export the file again.")
     msb = orders == {True}
     dtype = np.dtype(_MET_DTYPES[element_type]).newbyteorder(">" if msb else "<")
-    spacing_text = header.get("elementspacing", header.get("elementsize", ""))
+    spacing_field = header.get("elementspacing", header.get("elementsize", ""))
     try:
-        spacing_xyz = [float(v) for v in spacing_text.split()] if spacing_text else [1.0] * ndims
+        spacing_xyz = [float(v) for v in spacing_field.split()] if spacing_field else [1.0] * ndims
     except ValueError:
         spacing_xyz = []
     if len(spacing_xyz) < min(ndims, 2):
-        raise FetalIQAError(f"{path}: the header's ElementSpacing {spacing_text!r} is not a list of "
+        raise FetalIQAError(f"{path}: the header's ElementSpacing {spacing_field!r} is not a list of "
                             f"{ndims} numbers. Fix the header or export the file again.")
     spacing_mm = (spacing_xyz[1], spacing_xyz[0]) if ndims >= 2 else (1.0, spacing_xyz[0])
-    spacing_source, spacing_note = classify_header_spacing(spacing_mm, recorded=bool(spacing_text))
+    spacing_source, spacing_note = classify_header_spacing(spacing_mm, recorded=bool(spacing_field))
     spacing_mm, spacing_source, spacing_note = usable_spacing(spacing_mm, spacing_source, spacing_note)
 
     shape = tuple(reversed(dims)) + ((components,) if components > 1 else ())

@@ -31,6 +31,7 @@ from fetaliqa_core.io._common import (
     SPACING_FROM_HEADER,
     SPACING_FROM_US_REGION,
     SPACING_NONE,
+    spacing_text,
 )
 
 #: Plausible pixel spacing for obstetric ultrasound, mm per pixel: ``lo <= s < hi``.
@@ -74,8 +75,7 @@ def problem(spacing_mm: tuple[float, float], source: str, note: str = "") -> str
                 "shown. Set the pixel spacing (mm per pixel) to measure.")
     if not is_plausible(spacing_mm):
         lo, hi = PLAUSIBLE_SPACING_MM
-        shown = " x ".join(f"{s:g}" for s in spacing_mm)
-        return (f"pixel spacing {shown} mm ({source}) is outside {lo:g}-{hi:g} mm per pixel, "
+        return (f"pixel spacing {spacing_text(spacing_mm)} ({source}) is outside {lo:g}-{hi:g} mm per pixel, "
                 "implausible for obstetric ultrasound: lengths in mm and the gestational age are "
                 "not shown. Check the file's calibration or set the pixel spacing.")
     return None

@@ -43,6 +43,7 @@ from fetaliqa_core.analysis.ac import ellipse_polygon, format_ga
 from fetaliqa_core.analysis.units import models_disagree
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_write, csv_writer
+from fetaliqa_core.io._common import spacing_text
 from fetaliqa_core.review.figures import (
     CURVE_SIZE,
     THUMB_WIDTH,
@@ -370,7 +371,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
     parts: list[str] = []
     brk = ' style="page-break-before: always"' if number > 1 else ""
     parts.append(f"<h2{brk}>{number}. {_e(sweep.name)}</h2>")
-    spacing = (f"{sweep.spacing_mm[0]:.3g} x {sweep.spacing_mm[1]:.3g} mm/px"
+    spacing = (f"{spacing_text(sweep.spacing_mm, '.3g')} per pixel"
                if sweep.spacing_mm else "spacing unknown")
     parts.append(
         f'<p class="meta">{_e(sweep.path or "path unknown")}<br>'
