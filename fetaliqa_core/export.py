@@ -181,7 +181,7 @@ def challenge_mask_metadata(assessment, frame: int) -> dict[str, str]:
         source += " (demonstration model, not for clinical use)"
     meta = {fio_keys.META_AC_STATUS: status, fio_keys.META_AC_NOTE: note[:900], fio_keys.META_SOURCE: source[:600]}
     if summary.spacing_problem:  # the header's ElementSpacing then only repeats the sweep's (1 x 1 when none)
-        meta[fio_keys.META_SPACING] = "unknown: " + summary.spacing_problem[:600]
+        meta[fio_keys.META_SPACING] = fio_keys.META_SPACING_UNKNOWN + summary.spacing_problem[:600]
     elif summary.spacing_source:  # where the sweep's spacing came from (a DICOM calibration, the user...)
         meta[fio_keys.META_SPACING] = fio_keys.META_SPACING_OF_SWEEP + summary.spacing_source[:200]
     return meta

@@ -367,3 +367,21 @@ def test_scores_beside_a_threshold_and_anisotropic_pixels_read_as_they_are(tmp_p
     # (row, col) = (0.35, 0.28): width first, as frame sizes are given, and said so
     assert spacing_text((0.35, 0.28)) == "0.28 x 0.35 mm (width x height)"
     assert spacing_text((0.28, 0.28)) == "0.28 x 0.28 mm"
+
+
+def test_a_challenge_mask_of_a_sweep_without_pixel_size_says_so_not_that_1_mm_is_a_placeholder(tmp_path, capsys):
+    """MetaImage cannot leave the spacing out: the mask of a sweep with none has 1 x 1 in its header,
+    which ac called 'the value image writers put when no spacing was known' (FetalIQA put it)."""
+    from fetaliqa_core.io import META_SPACING, META_SPACING_UNKNOWN, write_volume
+
+    masks = np.zeros((1, H, W), np.uint8)
+    cv2.ellipse(masks[0], (372, 300), BIG, 10, 0, 360, 1, -1)
+    path = tmp_path / "written.mha"
+    write_volume(path, masks, spacing_mm=(1.0, 1.0), compress=True, metadata={
+        META_SPACING: META_SPACING_UNKNOWN + "pixel spacing unknown (the file records no pixel spacing): lengths "
+                                             "in mm and the gestational age are not shown."})
+    assert main(["ac", str(path)]) == 1
+    text = capsys.readouterr().out
+    assert "its sweep's file records no pixel spacing" in text and "image writers" not in text and "GA" not in text
+    assert main(["ac", str(path), "--spacing", "0.28"]) == 0  # the user's pixel size still measures it
+    assert "GA" in capsys.readouterr().out

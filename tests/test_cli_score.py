@@ -244,7 +244,15 @@ def test_folder_table_marks_an_ac_that_is_not_a_number_to_act_on(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "276.8 (doubtful)" in lines[1]
     assert "250.1" in lines[2] and "(" not in lines[2]
-    assert "mm" not in lines[3] and "(no units)" not in lines[3]  # no number, nothing to mark
+    assert "mm" not in lines[3] and "(no units)" in lines[3]  # no number, and why (the cell was blank)
+    # the table holds the models' scores at each best frame, and how the file's frame was chosen
+    from fetaliqa_core.cli.score import TABLE_COLUMNS
+
+    summary["sweeps"][0].update(p_cls=0.6663, p_seg=0.91)
+    summary["choice_basis"] = "segmenter"
+    row = dict(zip(TABLE_COLUMNS, table_rows("a.mha", summary)[0]))
+    assert row["p_cls"] == "0.6663" and row["p_seg"] == "0.9100" and row["choice_basis"] == "segmenter"
+    assert "score" not in TABLE_COLUMNS
 
 
 def test_a_student_of_the_demo_models_is_a_demo_model(tmp_path):

@@ -111,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
         problem, source = None, fio.SPACING_FROM_USER  # as `score --spacing` records it
     elif of_sweep:
         source = recorded_spacing[len(fio.META_SPACING_OF_SWEEP):]
+    elif recorded_spacing.startswith(fio.META_SPACING_UNKNOWN):
+        # FetalIQA wrote this mask from a sweep without a usable pixel size: its header's spacing
+        # only repeats the sweep's (1 x 1 when there was none); the reason is the sweep's
+        problem = recorded_spacing[len(fio.META_SPACING_UNKNOWN):].replace(
+            "the file records", "its sweep's file records", 1)
+        source = fio.SPACING_NONE
 
     writer = " ".join(volume.metadata.get(fio.META_SOURCE, "").split())
     if args.frame is None and not masks.any():

@@ -304,8 +304,8 @@ def run(args) -> int:
 
 
 TABLE_FILE = "summary.csv"
-TABLE_COLUMNS = ("file", "sweep", "kind", "frames_scored", "n_frames", "best_frame", "score", "ac_mm",
-                 "ac_status", "ga", "ga_weeks", "chosen_frame", "status", "error")
+TABLE_COLUMNS = ("file", "sweep", "kind", "frames_scored", "n_frames", "best_frame", "p_cls", "p_seg", "ac_mm",
+                 "ac_status", "ga", "ga_weeks", "chosen_frame", "choice_basis", "status", "error")
 
 
 def table_rows(name: str, summary: dict) -> list[list]:
@@ -317,12 +317,15 @@ def table_rows(name: str, summary: dict) -> list[list]:
     status = scored_status(summary.get("complete", True))
     for s in summary["sweeps"]:
         best = s["best_frame"]
+        # the models' own scores at the best frame (the frame choice's composite ranks frames by
+        # another rule where the models disagree, so it read as a confidence it is not)
+        probabilities = ["" if s.get(k) is None or best < 0 else f"{s[k]:.4f}" for k in ("p_cls", "p_seg")]
         rows.append([name, s["sweep"], s["kind"], summary["frames_scored"], summary["n_frames"], best,
-                     "" if s["score"] is None or best < 0 else f"{s['score']:.4f}",
+                     *probabilities,
                      "" if s["ac_mm"] is None else f"{s['ac_mm']:.1f}",
                      s.get("ac_status", ""), s.get("ga", ""),
                      "" if s["ga_weeks"] is None else f"{s['ga_weeks']:.2f}",
-                     summary["chosen_frame"], status, ""])
+                     summary["chosen_frame"], summary.get("choice_basis", ""), status, ""])
     return rows
 
 
@@ -365,6 +368,8 @@ def print_table(rows: list[list]) -> None:
         ac = str(r["ac_mm"])
         if ac and r["ac_status"] not in ("", "ok"):
             ac += f" ({r['ac_status']})"  # as each sweep's own lines say: not a number to act on
+        elif not ac and r["ac_status"] == "no units":
+            ac = "(no units)"  # measured, but the pixel size is unknown
         body.append((shown(r["file"]), f"{r['sweep']} {r['kind']}".strip(), str(r["best_frame"]), ac,
                      str(r["ga"]), str(r["chosen_frame"]) if scored else str(r["status"])))
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]

@@ -33,6 +33,8 @@ META_SOURCE = "FetalIQA_Source"
 META_SPACING = "FetalIQA_PixelSpacing"
 #: Its value when the sweep's spacing was known: this prefix, then where it came from (``spacing_source``).
 META_SPACING_OF_SWEEP = "sweep: "
+#: ... or, before the reason, that the sweep's pixel size was unknown (the header's then repeats 1 x 1)
+META_SPACING_UNKNOWN = "unknown: "
 #: Every key the readers keep from a header.
 META_KEYS = (META_SWEEP_RANGES, META_SWEEP_KINDS, META_AC_STATUS, META_AC_NOTE, META_SOURCE, META_SPACING)
 
