@@ -455,14 +455,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             QTimer.singleShot(0, self.start_scoring)
 
     def _update_model_label(self, problem: str | None = None) -> None:
+        full = None
         if self.models is not None and self._models_for == self.choice:
-            text = f"Model: {self.models.describe()}"
+            text, full = f"Model: {self.models.short()}", f"Model: {self.models.describe()}"
         elif problem:
             text = "Model: none loaded"
         else:
             text = f"Model: {self.choice.describe() or 'none'} (not loaded yet)"
         # Elided to the room there is; the whole description is in the tooltip.
-        self.status_model.set_full_text(text, tooltip=problem or text)
+        self.status_model.set_full_text(text, tooltip=problem or full or text)
         self.legend_label.setText(window_chrome.legend_html(window_chrome.segmenter_labels(
             self.models if self._models_for == self.choice else None)))
 

@@ -138,6 +138,9 @@ class FakeLoadedModels:
     def describe(self) -> str:
         return "test models on cpu"
 
+    def short(self) -> str:
+        return "test · CPU"
+
     def record(self) -> str:
         return self.describe()
 

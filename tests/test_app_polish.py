@@ -89,6 +89,19 @@ def test_model_label_elided_with_full_text_in_tooltip(win):
     assert win.status_model.fontMetrics().horizontalAdvance(shown) <= win.status_model.width()
 
 
+def test_model_label_is_short_enough_to_read_whole_with_the_rest_in_its_tooltip():
+    """The status bar cut "Model: demo model (tiny, trained on synthetic ." at 1,600 px: it names
+    the models, the device and the number format; the whole description is its tooltip."""
+    from fetaliqa_core.models.choice import LoadedModels, ModelChoice
+
+    demo = LoadedModels(None, None, ModelChoice(model="demo"), "cpu", "CPU (2 threads, bf16: AVX512_BF16)", "bf16")
+    assert demo.short() == "demo · CPU bf16"
+    own = LoadedModels(None, None, ModelChoice(cls="/runs/cls/bundle", seg="/runs/seg/bundle", cascade=True),
+                       "cuda:0", "cuda:0 (H200)", "bf16")
+    assert own.short() == "cls + seg (cascade) · cuda:0 bf16"
+    assert "AVX512_BF16" in demo.describe()
+
+
 def test_sweep_kind_not_cut_in_flagged_panel(win, qtbot):
     win.set_sweep(tiny_sweep(2, 10, 48, 64))
     qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.complete, timeout=20000)

@@ -216,4 +216,4 @@ def _region_spacing(regions: list[Any]) -> tuple[tuple[float, float] | None, str
     if other * 2 > area:
         return None, (f"the image has {len(kinds)} calibrated regions of like size with different pixel "
                       f"sizes ({shown}{', ...' if len(kinds) > 2 else ''}), so which applies is not known")
-    return best, f"{len(kinds)} differently calibrated regions; the largest (at least twice any other) is used"
+    return best, f"{len(kinds)} differently calibrated regions, the largest (twice any other) used"

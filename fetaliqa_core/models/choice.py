@@ -58,6 +58,21 @@ class LoadedModels:
         """For people: the models and where they run, with why this number format."""
         return f"{self.choice.describe()} on {self.device_label or self.device}"
 
+    def short(self) -> str:
+        """:meth:`describe` in a few words, for a status bar: the models' names (``demo`` for the
+        demonstration models), the device and the number format."""
+        c = self.choice
+        if c.model in ("demo", "demo-student") and not (c.cls or c.seg):
+            names = "demo student" if c.model == "demo-student" else "demo"
+        else:
+            # a training run writes RUN/bundle: the run's name tells bundles apart
+            names = " + ".join((Path(p).parent.name if Path(p).name == "bundle" else Path(p).name) or str(p)
+                               for p in (c.cls, c.seg) if p)
+        if c.cascade:
+            names += " (cascade)"
+        fmt = f" {self.precision}" if self.precision else ""
+        return f"{names} · {self.device.upper() if self.device == 'cpu' else self.device}{fmt}"
+
     def record(self) -> str:
         """For files (``summary.json``): the models, the device and the number format, without
         the measurements behind the choice, so the same set-up always writes the same text."""
