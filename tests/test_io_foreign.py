@@ -371,6 +371,31 @@ def test_jpeg_frames_that_are_not_jpeg_are_refused_before_the_decoder_prints(tmp
     assert capfd.readouterr().err == ""
 
 
+def test_frames_compressed_otherwise_than_labelled_are_named(tmp_path):
+    """A JPEG stream labelled JPEG-LS: the decoder's "Failed to change to Implicit Transfer Syntax"
+    was passed on as 'truncated or damaged'. The compression the header claims is named."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    grey = _grey(n=2).astype(np.uint8)
+    frames = []
+    for frame in grey:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG")
+        frames.append(buffer.getvalue())
+    path = _dicom(tmp_path / "mislabelled.dcm", grey)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(FetalIQAError, match=r"compressed as JPEG-LS.*could not be decoded"):
+        load_sweep(path)
+
+
 def test_frames_far_narrower_than_ultrasound_are_noted(tmp_path):
     """numpy's (N, H, W) handed to a NIfTI writer as (x, y, z) reads as H frames of W x N pixels:
     a stack of 40 frames of 200 x 300 became 300 frames of 200 x 40, scored without a word."""

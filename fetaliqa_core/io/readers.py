@@ -288,6 +288,11 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                 "or remove the spacing (DICOM: Pixel Spacing) and export the file again.") from None
         if "File cannot be read" in reason:  # its "Reason:" is the last system error, often unrelated
             reason = "there is less of it than the header describes"
+        compressed = _dicom_compression(path) if _looks_like_dicom(path, reader) else None
+        if compressed:  # the decoder's own words ("Failed to change to Implicit Transfer Syntax") say little
+            raise FetalIQAError(f"{path}: the frames are compressed as {compressed} and could not be decoded: "
+                                "they are damaged, or compressed otherwise than the header says. Export the "
+                                "sweep again, uncompressed if you can.") from None
         raise FetalIQAError(f"{path}: the pixel data cannot be read ({reason}). The file is "
                             "truncated or damaged; copy or export it again.") from None
     is_dicom = _looks_like_dicom(path, reader)
@@ -521,6 +526,20 @@ def _first_fragment_head(path: Path, offset: int | None, n: int = 2) -> bytes | 
 
 _TOO_DEEP = ("{path}: the DICOM header nests its sequences deeper than any image file does: it is damaged "
              "or crafted, and is not read. Export the file again.")
+
+
+def _dicom_compression(path: Path) -> str | None:
+    """The name of a DICOM file's compressed transfer syntax, None when it is not compressed."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=_bare_dicom(path))
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is None or str(syntax) in _NATIVE_SYNTAXES:
+            return None
+        return f"{getattr(syntax, 'name', '') or 'an unknown syntax'} ({syntax})"
+    except Exception:  # noqa: BLE001 - only a description
+        return None
 
 
 def _dicom_pixel_format(path: Path) -> str:
