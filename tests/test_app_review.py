@@ -232,3 +232,27 @@ def test_a_review_never_starts_in_a_database_with_damaged_rows(qtbot, tmp_path, 
     assert len(no_modal) == 1 and "damaged row" in no_modal[0]
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     win.close()
+
+
+def test_a_report_shows_no_length_where_the_viewer_shows_none(qtbot, tmp_path):
+    """A sweep with a writer's 1 x 1 mm (or another implausible pixel size): the viewer said "AC not
+    shown (pixel spacing)" while the report's thumbnails printed "AC 184.9 mm" as a measurement."""
+    import dataclasses
+    import re
+
+    from fakes import tiny_sweep
+
+    for spacing, lengths in (((1.0, 1.0), False), ((0.28, 0.28), True)):
+        sweep = dataclasses.replace(tiny_sweep(n_sweeps=2, per_sweep=20, height=160, width=200),
+                                    spacing_mm=spacing, path=f"/nowhere/case_{spacing[0]}.mha")
+        win = scored_window(qtbot, AppSettings(reviewer="kim", review_db=str(tmp_path / f"{spacing[0]}.sqlite3")),
+                            sweep=sweep)
+        press(win, "1")
+        press(win, "\n")
+        out = win.review.write_report(tmp_path / f"r{spacing[0]}.html")
+        html = out.read_text(encoding="utf-8")
+        assert bool(re.search(r"AC [\d.]+ mm", html)) is lengths
+        if not lengths:
+            assert "AC not shown" in win.status_ac.text() and "no lengths" in html
+        win.close()
+        win.review.close_store()

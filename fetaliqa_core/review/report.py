@@ -205,6 +205,14 @@ def _thumbnail_ac(mask, frames, sweep, fov):
     return measure_ac(np.asarray(mask) > 0, spacing, fov=fov), fov
 
 
+def _lengths_shown(sweep) -> bool:
+    """Whether the database holds a pixel size lengths may be shown with (a database written
+    before only usable sizes were kept may hold a writer's 1 x 1 placeholder)."""
+    from fetaliqa_core.io.spacing import is_plausible
+
+    return bool(sweep.spacing_mm) and None not in tuple(sweep.spacing_mm) and is_plausible(tuple(sweep.spacing_mm))
+
+
 def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | None = None,
                        demo: bool = False) -> str:
     """A thumbnail's AC read by the viewer's rules: a plain number only when the frame choice's
@@ -372,7 +380,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
     brk = ' style="page-break-before: always"' if number > 1 else ""
     parts.append(f"<h2{brk}>{number}. {_e(sweep.name)}</h2>")
     spacing = (f"{spacing_text(sweep.spacing_mm, '.3g')} per pixel"
-               if sweep.spacing_mm else "spacing unknown")
+               if _lengths_shown(sweep) else "pixel spacing unknown or implausible: no lengths")
     parts.append(
         f'<p class="meta">{_e(sweep.path or "path unknown")}<br>'
         f"{sweep.n_frames} frames in {len(sweep.sweep_ranges)} sub-sweep(s), {spacing}; "
@@ -457,7 +465,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                 if f == run.chosen_frame:
                     caption += ' <span style="color:#aa28aa">chosen</span>'
                 caption += f"<br>p_cls {_fmt(float(run.p_cls[f]))} · p_seg {_fmt(float(run.p_seg[f]))}"
-                if ac is not None and sweep.spacing_mm:
+                if ac is not None and _lengths_shown(sweep):
                     doubt = _thumbnail_doubt(run, f)
                     caption += f"<br>{_e(_thumbnail_ac_text(mask, ac, sweep, fov, frames[f], doubt, is_demo_run(run)))}"
                 if f in latest_by_frame:

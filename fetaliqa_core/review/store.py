@@ -354,9 +354,11 @@ class ReviewStore:
         return int(sweep_id)
 
     def add_sweep_from(self, sweep: Any) -> int:
-        """``add_sweep`` from a ``fetaliqa_core.io.Sweep`` (computes its content hash)."""
+        """``add_sweep`` from a ``fetaliqa_core.io.Sweep`` (computes its content hash); its pixel
+        spacing only when lengths may be shown with it (no ``spacing_problem``)."""
+        usable = getattr(sweep, "spacing_problem", None) is None
         return self.add_sweep(sweep.content_hash, sweep.path, sweep.n_frames,
-                              sweep.sweep_ranges, sweep.spacing_mm,
+                              sweep.sweep_ranges, sweep.spacing_mm if usable else None,
                               getattr(sweep, "sweep_kinds", None))
 
     _sweep_row = staticmethod(sweep_from_row)
