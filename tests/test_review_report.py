@@ -183,7 +183,7 @@ def test_a_changed_threshold_is_reported_with_the_models_own(tmp_path):
 
 def test_labels_csv_uses_acouslic_codes_and_case_ids(store):
     rows = list(csv.DictReader(io.StringIO(labels_csv_text(store))))
-    assert list(rows[0]) == ["uuid_or_hash", "path", "frame", "label", "reviewer", "time"]
+    assert list(rows[0]) == ["uuid_or_hash", "path", "frame", "label", "reviewer", "time", "content_hash"]
     got = [(r["uuid_or_hash"], int(r["frame"]), int(r["label"]), r["reviewer"]) for r in rows]
     assert got == [
         (UUID, 2, 1, "alice"), (UUID, 9, 1, "alice"), (UUID, 10, 2, "alice"),
@@ -311,3 +311,24 @@ def test_thumbnail_doubt_follows_the_viewer_for_both_models():
     assert _thumbnail_doubt(run, 2) is None
     run.p_seg = np.full(3, np.nan)  # a classifier alone: its word only
     assert _thumbnail_doubt(run, 0) is None
+
+
+def test_verdicts_on_a_file_since_replaced_never_label_the_new_file(tmp_path):
+    """Another acquisition saved under a reviewed file's name: the labels CSV gave both the same
+    case id, so training put the old verdicts on the new frames."""
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    path = f"/data/{UUID}.mha"
+    old = s.add_sweep("aa" * 32, path, 6)
+    s.record_verdict(old, 3, "alice", "optimal")
+    new = s.add_sweep("bb" * 32, path, 6)  # the file now holds other pixels
+    s.record_verdict(new, 3, "alice", "not_usable")
+    rows = list(csv.DictReader(io.StringIO(labels_csv_text(s))))
+    by_hash = {r["content_hash"]: r for r in rows}
+    assert by_hash["bb" * 32]["uuid_or_hash"] == UUID and by_hash["bb" * 32]["label"] == "0"
+    assert by_hash["aa" * 32]["uuid_or_hash"] == "aa" * 32  # no longer the case the file now is
+    from training.dataset import read_extra_labels
+
+    out = tmp_path / "labels.csv"
+    out.write_text(labels_csv_text(s), encoding="utf-8")
+    assert read_extra_labels(out)[(UUID, 3)] == 0.0
+    s.close()

@@ -6,7 +6,7 @@
     skips them).
 ``fetaliqa review labels --db DB --out labels.csv``
     Reviewer labels as extra training labels: columns ``uuid_or_hash, path, frame, label,
-    reviewer, time`` with label 1 optimal, 2 suboptimal, 0 not usable (ACOUSLIC convention);
+    reviewer, time, content_hash`` with label 1 optimal, 2 suboptimal, 0 not usable (ACOUSLIC convention);
     see :mod:`fetaliqa_core.review.report` for the details.
 ``fetaliqa review list --db DB``
     The sweeps in the database with their review counts.
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="do not load the sweep files (no thumbnails; faster)")
     p = sub.add_parser("labels", help="write reviewer labels as a CSV for training",
                        description="Write reviewer labels (uuid_or_hash, path, frame, label "
-                                   "1 optimal / 2 suboptimal / 0 not usable, reviewer, time).")
+                                   "1 optimal / 2 suboptimal / 0 not usable, reviewer, time, content_hash).")
     _db_argument(p)
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="labels.csv")
     _sweep_argument(p)

@@ -13,11 +13,13 @@ model's flag), AC and GA at the chosen frame, and the verdicts.
 
 Labels CSV (``write_labels_csv``), one row per latest verdict of each reviewer on each frame::
 
-    uuid_or_hash,path,frame,label,reviewer,time
-    0199616b-b9d7-4c6d-9a4e-9a2c1d0c7d11,/data/images/0199616b-...mha,312,1,alice,2025-01-31T14:05:09.123+00:00
+    uuid_or_hash,path,frame,label,reviewer,time,content_hash
+    0199616b-b9d7-4c6d-9a4e-9a2c1d0c7d11,/data/images/0199616b-...mha,312,1,alice,2025-01-31T14:05:09.123+00:00,5f2c...
 
 ``uuid_or_hash``: the file name without extension when it is an ACOUSLIC case UUID, otherwise
-the sweep's content hash. ``frame``: zero-based index into the stacked file (all sub-sweeps).
+the sweep's content hash; also the content hash for a sweep whose file has since been replaced
+by other pixels under its name (reviewed later), so that its verdicts never label the new file.
+``content_hash``: SHA-256 of the pixels the verdicts were given on. ``frame``: zero-based index into the stacked file (all sub-sweeps).
 ``label``: ACOUSLIC mask convention, 1 optimal plane, 2 suboptimal plane, 0 not usable. Several
 reviewers may label the same frame (one row each); a reviewer's earlier verdicts on a frame are
 superseded by their latest. ``time``: UTC ISO 8601 of the verdict. Rows are sorted by sweep,
@@ -598,7 +600,7 @@ def case_id(sweep: SweepRecord) -> str:
     return sweep.content_hash
 
 
-LABELS_CSV_COLUMNS = ["uuid_or_hash", "path", "frame", "label", "reviewer", "time"]
+LABELS_CSV_COLUMNS = ["uuid_or_hash", "path", "frame", "label", "reviewer", "time", "content_hash"]
 
 
 def labels_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
@@ -606,11 +608,18 @@ def labels_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
     buf = io.StringIO()
     writer = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     writer.writerow(LABELS_CSV_COLUMNS)
+    # A file replaced by another under its name: the earlier pixels' verdicts keep their own
+    # identity (their content hash), or training would put them on the new file's frames.
+    latest: dict[str, int] = {}
+    for sweep in store.sweeps():
+        if sweep.path:
+            latest[sweep.path] = max(latest.get(sweep.path, sweep.id), sweep.id)
     for sweep in _select_sweeps(store, sweep_ids):
-        ident = case_id(sweep)
+        replaced = bool(sweep.path) and latest.get(sweep.path, sweep.id) != sweep.id
+        ident = sweep.content_hash if replaced else case_id(sweep)
         for v in store.verdicts(sweep.id):
             writer.writerow([ident, sweep.path or "", v.frame, ACOUSLIC_CODE[v.label],
-                             v.reviewer, v.time])
+                             v.reviewer, v.time, sweep.content_hash])
     return buf.getvalue()
 
 
