@@ -332,3 +332,23 @@ def test_verdicts_on_a_file_since_replaced_never_label_the_new_file(tmp_path):
     out.write_text(labels_csv_text(s), encoding="utf-8")
     assert read_extra_labels(out)[(UUID, 3)] == 0.0
     s.close()
+
+
+def test_agreement_is_with_the_run_the_report_shows(tmp_path):
+    """A verdict saved while the frame was not yet flagged (scoring in progress, or before the
+    threshold moved) kept 'agrees: no' beside 'flagged' in the exports, while the agreement table
+    of the same report counted it as agreeing."""
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    sid = s.add_sweep("c4" * 32, "/data/c.mha", 6)
+    p = np.linspace(0.1, 0.9, 6).astype(np.float32)
+    nan = np.full(6, np.nan)
+    s.add_model_run(sid, {"cls": {"hash": "ab", "threshold": 0.7}}, p, nan, np.zeros(6, int), p >= 0.9, threshold=0.9)
+    s.record_verdict(sid, 3, "alice", "optimal")  # frame 3 not flagged at 0.9: stored as disagreeing
+    s.add_model_run(sid, {"cls": {"hash": "ab", "threshold": 0.7}}, p, nan, np.zeros(6, int), p >= 0.4, threshold=0.4)
+    rows = [r for r in csv.DictReader(io.StringIO(report_csv_text(s))) if r["reviewer"]]
+    assert [(r["flagged"], r["agrees_with_model"]) for r in rows] == [("1", "1")]
+    out = tmp_path / "r.html"
+    build_report(s, out)
+    text = out.read_text(encoding="utf-8")
+    assert "<b>no</b>" not in text
+    s.close()

@@ -119,6 +119,15 @@ class Agreement:
     neither: int
 
 
+def _agrees(v: Verdict, run: ModelRun | None) -> bool | None:
+    """Whether a verdict agrees with the model run the report shows beside it (the one the
+    agreement table counts); the agreement stored with the verdict was made against the run of
+    that moment, which may have been partial or at another threshold."""
+    if run is None or not 0 <= v.frame < len(run.flagged):
+        return v.agrees_with_model
+    return v.positive == bool(run.flagged[v.frame])
+
+
 def agreement(verdicts: Sequence[Verdict], run: ModelRun) -> list[Agreement]:
     """Per reviewer, sorted by name: compare the latest verdicts with ``run.flagged``."""
     by_reviewer: dict[str, list[Verdict]] = {}
@@ -492,7 +501,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
             if run is not None:
                 model = ("flagged" if run.flagged[v.frame] else "not flagged") + (
                     f" (p_cls {_fmt(float(run.p_cls[v.frame]))} / p_seg {_fmt(float(run.p_seg[v.frame]))})")
-            agrees = {True: "yes", False: "<b>no</b>", None: "–"}[v.agrees_with_model]
+            agrees = {True: "yes", False: "<b>no</b>", None: "–"}[_agrees(v, run)]
             rows.append([_e(_where(sweep, v.frame)), _e(v.reviewer), _label_html(v.label),
                          model, agrees, _e(v.note), _e(_fmt_time(v.time, utc_suffix=False))])
         parts.append(_grid(["Frame", "Reviewer", "Verdict", "Model (cls / seg)", "Agrees",
@@ -579,7 +588,8 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                 if v is None:
                     writer.writerow(base + ["", "", "", "", "", ""] + thr)
                 else:
-                    agrees = "" if v.agrees_with_model is None else int(v.agrees_with_model)
+                    agrees = _agrees(v, run)
+                    agrees = "" if agrees is None else int(agrees)
                     writer.writerow(base + [v.reviewer, v.label, v.code, agrees, v.note, v.time] + thr)
     return buf.getvalue()
 
