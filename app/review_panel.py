@@ -312,7 +312,7 @@ class ReviewPanel(QWidget):
         self.message.emit(f"Saved frame {frame}: {label.replace('_', ' ')}.{reveal}")
         self.blinding_changed.emit()
         self._pending = None
-        self.note.clear()
+        self.note.setText(self.session.notes.get(self.model.frame, ""))  # the frame now shown (the next)
         self._sync_buttons()
 
     def model_call(self, frame: int) -> str:
@@ -441,6 +441,9 @@ class ReviewPanel(QWidget):
     def _frame_changed(self, frame: int) -> None:
         self.model.queue_goto_frame(frame)
         self._pending = None
+        # a note belongs to its frame: the one typed here is not carried to the next frame, and
+        # a frame judged before shows its saved note (a corrected label would save it empty)
+        self.note.setText(getattr(self.session, "notes", {}).get(frame, "") if self.session is not None else "")
         self._sync_buttons()
         self._update_where()
 

@@ -26,6 +26,7 @@ class ReviewSession:
         self._stored_version: int | None = None
         self._stored_threshold: float | None = None
         self.bundles: dict = {}
+        self.notes: dict[int, str] = {}
 
     # -- sweep and model run ---------------------------------------------------------------
     def open_sweep(self) -> int:
@@ -74,7 +75,10 @@ class ReviewSession:
 
     # -- queue -----------------------------------------------------------------------------
     def _load_verdicts(self) -> None:
-        verdicts = {v.frame: v.label for v in self.store.verdicts(self.sweep_id, self.reviewer)}
+        mine = self.store.verdicts(self.sweep_id, self.reviewer)
+        verdicts = {v.frame: v.label for v in mine}
+        #: the reviewer's saved note per frame, shown again when they come back to it
+        self.notes = {v.frame: v.note for v in mine if v.note}
         self.model.set_verdicts(verdicts, self._progress(self.model.queue_kind))
 
     def _progress(self, kind: str) -> tuple[int, int]:
@@ -133,6 +137,10 @@ class ReviewSession:
         verdict = self.store.record_verdict(self.sweep_id, frame, self.reviewer, label,
                                             note=note, queue=kind)
         self.model.verdicts[frame] = verdict.label
+        if verdict.note:
+            self.notes[frame] = verdict.note
+        else:
+            self.notes.pop(frame, None)
         if advance:
             frames = self._queue_frames(kind)
             if self.best_only:

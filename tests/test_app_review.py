@@ -256,3 +256,30 @@ def test_a_report_shows_no_length_where_the_viewer_shows_none(qtbot, tmp_path):
             assert "AC not shown" in win.status_ac.text() and "no lengths" in html
         win.close()
         win.review.close_store()
+
+
+def test_a_note_stays_with_its_frame(qtbot, tmp_path):
+    """A note typed on one frame, then left unsaved, was saved with the next frame's verdict; coming
+    back to a judged frame showed an empty note, which a corrected label then saved over the old."""
+    win = scored_window(qtbot, AppSettings(reviewer="lee", review_db=str(tmp_path / "r.sqlite3")))
+    panel = win.review
+    press(win, "1")
+    first = win.model.frame
+    panel.note.setText(f"frame {first}: stomach bubble")
+    win.splitter.setFocus()
+    press(win, "]")  # moves on without saving
+    second = win.model.frame
+    assert second != first and panel.note.text() == ""
+    press(win, "2")
+    panel.note.setText("cord insertion")
+    win.splitter.setFocus()
+    press(win, "\n")  # saved with its note, on to the next frame
+    assert win.model.frame != second and panel.note.text() == ""
+    win.model.set_frame(second)
+    QApplication.processEvents()
+    assert panel.note.text() == "cord insertion"
+    press(win, "1")
+    press(win, "\n")  # the label corrected: the note goes with it
+    latest = panel.session.store.verdict_for(panel.session.sweep_id, second, "lee")
+    assert latest.label == "optimal" and latest.note == "cord insertion"
+    assert all(v.note != f"frame {first}: stomach bubble" for v in panel.session.store.verdicts(panel.session.sweep_id))
