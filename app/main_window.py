@@ -640,6 +640,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         blind = self.review.active and self.review.blinded.isChecked()
         self.curve.setVisible(not blind)
         self.flagged.setVisible(not blind)
+        for act in (self.act_best, self.act_prev_flag, self.act_next_flag):
+            act.setEnabled(not blind)
         self._drawn_version = -1
         self._update_overlay()
         self._update_frame_text()

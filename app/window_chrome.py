@@ -153,9 +153,22 @@ def build_actions(win) -> None:
     win.act_overlay = QAction("Overlay", win, checkable=True, checked=m.overlay_visible)
     win.act_overlay.toggled.connect(m.set_overlay_visible)
     win.act_overlay.setToolTip("Show the segmentation overlay (s)")
-    win.act_best = action("Best frame", m.go_to_best, "Best frame of this sweep (b)")
-    win.act_prev_flag = action("◀ Flagged", lambda: m.next_flagged(-1), "Previous flagged frame (p)")
-    win.act_next_flag = action("Flagged ▶", lambda: m.next_flagged(1), "Next flagged frame (n)")
+    def unless_blinded(jump):
+        """A jump to the frames the model singled out shows its call: not during a blinded review."""
+        def go() -> None:
+            if win.review.active and win.review.blinded.isChecked():
+                win.notify("Blinded review: jumping to the model's flagged or best frames would show its "
+                           "call. Step with ← / → or through the queue ([ / ]).", 8000)
+                return
+            jump()
+        return go
+
+    win.jumps = {"best_frame": unless_blinded(m.go_to_best),
+                 "prev_flagged": unless_blinded(lambda: m.next_flagged(-1)),
+                 "next_flagged": unless_blinded(lambda: m.next_flagged(1))}
+    win.act_best = action("Best frame", win.jumps["best_frame"], "Best frame of this sweep (b)")
+    win.act_prev_flag = action("◀ Flagged", win.jumps["prev_flagged"], "Previous flagged frame (p)")
+    win.act_next_flag = action("Flagged ▶", win.jumps["next_flagged"], "Next flagged frame (n)")
     win.act_fit = action("Fit", lambda: win.frame_view.view.autoRange(padding=0.0),
                          "Fit the frame to the view (double-click)")
     win.act_goto = action("Go to frame…", win.go_to_frame)
@@ -230,8 +243,7 @@ def build_actions(win) -> None:
         "page_back": lambda: m.page(-1), "page_on": lambda: m.page(1),
         "first_frame": m.home, "last_frame": m.end, "go_to_frame": win.go_to_frame,
         "play": m.toggle_playing,
-        "next_flagged": lambda: m.next_flagged(1), "prev_flagged": lambda: m.next_flagged(-1),
-        "best_frame": m.go_to_best, "toggle_overlay": m.toggle_overlay,
+        **win.jumps, "toggle_overlay": m.toggle_overlay,
         "opacity_down": lambda: m.change_opacity(-OPACITY_STEP),
         "opacity_up": lambda: m.change_opacity(OPACITY_STEP),
         "reset_window_level": win.frame_view.reset_window_level,

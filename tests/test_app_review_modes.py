@@ -65,6 +65,26 @@ def test_blinded_review_hides_the_models_call_until_the_verdict(qtbot):
     assert win.curve.isVisible() and win.flagged.isVisible() and "AC" in win.status_ac.text()
 
 
+def test_blinded_review_does_not_jump_to_the_models_frames(qtbot):
+    """b, n, p and the toolbar's Flagged / Best frame went straight to the frames the model singled
+    out while its call was hidden."""
+    win = scored_window(qtbot, AppSettings(reviewer="cy"))
+    panel = win.review
+    assert panel.start()
+    panel.blinded.setChecked(True)
+    win.model.set_frame(0)
+    QApplication.processEvents()
+    assert 0 not in win.model.flags.best and 0 not in set(win.model.flags.candidates)
+    for key in "bnp":
+        press(win, key)
+        assert win.model.frame == 0, key
+    assert "Blinded review" in win.status_message.full_text()
+    assert not win.act_best.isEnabled() and not win.act_next_flag.isEnabled()
+    panel.blinded.setChecked(False)
+    press(win, "b")
+    assert win.model.frame in win.model.flags.best and win.act_best.isEnabled()
+
+
 def test_disagreement_counts_of_panel_and_queue_are_explained(qtbot):
     """The flagged panel lists the frames where the two models disagree; the review queue holds
     those plus the frames where a verdict disagrees with the model. Both say so, and the counts
