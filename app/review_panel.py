@@ -225,12 +225,17 @@ class ReviewPanel(QWidget):
         if self.model.sweep is None:
             self.message.emit("Open a sweep to review it.")
             return False
-        if not self.settings.reviewer and not self._ask_reviewer():
-            return False
-        self._update_reviewer_label()
+        if not (self.settings.reviewer or "").strip() and not self._ask_reviewer():
+            return False  # (a name of spaces in the settings made every save fail)
         QApplication.setOverrideCursor(Qt.WaitCursor)
         try:
-            session = ReviewSession(self.model, self.store(), self.settings.reviewer)
+            store = self.store()
+            known = store.known_reviewer(self.settings.reviewer)
+            if known != self.settings.reviewer:  # the same person as the database spells them
+                self.settings.reviewer = known
+                self.settings.save()
+            self._update_reviewer_label()
+            session = ReviewSession(self.model, store, self.settings.reviewer)
             session.bundles = dict(self.bundles)
             session.best_only = self.best_only.isChecked()
             session.open_sweep()

@@ -289,3 +289,20 @@ def test_damaged_or_foreign_files_are_reported_and_left_alone(tmp_path):
     assert not (tmp_path / "missing.db").exists()
     with pytest.raises(FetalIQAError, match="folder"):
         ReviewStore(tmp_path)
+
+
+def test_one_person_is_one_reviewer_whatever_the_case_they_type(tmp_path):
+    """"Alice" and "alice" were two reviewers: each had half the verdicts, her own resume position,
+    an agreement row, and contradicting labels in the training CSV."""
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    sid = s.add_sweep("d5" * 32, "/data/c.mha", 6)
+    s.record_verdict(sid, 1, "Alice", "optimal")
+    s.record_verdict(sid, 2, " alice ", "suboptimal")
+    s.record_verdict(sid, 1, "ALICE", "not_usable")
+    assert s.reviewers() == ["Alice"]
+    assert [(v.frame, v.label) for v in s.verdicts(sid, "Alice")] == [(1, "not_usable"), (2, "suboptimal")]
+    assert s.known_reviewer("alice") == "Alice" and s.known_reviewer("Bob") == "Bob"
+    # the same letters in another Unicode form are the same name (kept in the composed form)
+    s.record_verdict(sid, 3, "Zoe\u0301", "optimal")
+    assert s.known_reviewer("Zo\u00e9") == "Zo\u00e9" and "Zo\u00e9" in s.reviewers()
+    s.close()

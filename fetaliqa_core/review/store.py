@@ -52,6 +52,7 @@ import json
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -499,7 +500,7 @@ class ReviewStore:
         if not 0 <= frame < sweep.n_frames:
             raise FetalIQAError(f"Frame {frame} is outside sweep {sweep.name} "
                                 f"(0..{sweep.n_frames - 1}).")
-        reviewer = check_reviewer(reviewer)
+        reviewer = self.known_reviewer(reviewer)
         label = check_label(label)
         run = self.latest_run(sweep_id)
         if isinstance(agrees_with_model, str):
@@ -561,6 +562,19 @@ class ReviewStore:
             f"SELECT {self._VERDICT_COLS} FROM verdicts WHERE sweep_id = ? AND frame = ? AND "
             "reviewer = ? ORDER BY id DESC LIMIT 1", (sweep_id, int(frame), reviewer)).fetchone()
         return None if row is None else self._verdict_row(row)
+
+    @_db_errors
+    def known_reviewer(self, name: str) -> str:
+        """``name`` as this database already spells it: one person is one reviewer whatever the
+        case or the Unicode form they typed ("Alice" and "alice" were two, each with half the
+        verdicts and her own resume position); a new name as typed (trimmed, NFC)."""
+        name = unicodedata.normalize("NFC", check_reviewer(name))
+        key = name.casefold()
+        for known in self._conn.execute("SELECT DISTINCT reviewer FROM verdicts UNION "
+                                        "SELECT DISTINCT reviewer FROM positions ORDER BY 1"):
+            if isinstance(known[0], str) and unicodedata.normalize("NFC", known[0]).casefold() == key:
+                return known[0]
+        return name
 
     @_db_errors
     def reviewers(self, sweep_id: int | None = None) -> list[str]:
