@@ -287,9 +287,12 @@ class ReviewPanel(QWidget):
         if self.session is None:
             return
         kind = self.queue_combo.currentData()
-        self.session.set_queue(kind, self.model.frame)
-        self.session.store.set_position(self.session.sweep_id, self.session.reviewer,
-                                        self.model.frame, kind)
+        try:
+            self.session.set_queue(kind, self.model.frame)
+        except FetalIQAError as exc:  # (a slot: an exception here went to stderr only)
+            QMessageBox.warning(self, "Review", str(exc))
+            return
+        self.session.remember_position(self.model.frame, kind)
 
     # -- actions ---------------------------------------------------------------------------
     def choose(self, label: str) -> None:
@@ -332,7 +335,10 @@ class ReviewPanel(QWidget):
 
     def move(self, delta: int) -> None:
         if self.session is not None:
-            self.session.move(delta)
+            try:
+                self.session.move(delta)
+            except FetalIQAError as exc:  # (a key's slot: an exception here went to stderr only)
+                QMessageBox.warning(self, "Review", str(exc))
 
     def export_report(self) -> None:
         path, _ = QFileDialog.getSaveFileName(

@@ -15,6 +15,11 @@ import numpy as np
 from app.viewer_model import ViewerModel
 
 
+#: How long moving through a queue waits for another program's write to end before it gives up
+#: storing the resume position (the verdicts themselves wait the database's full busy timeout).
+POSITION_WAIT_MS = 250
+
+
 class ReviewSession:
     """Review of the sweep shown by ``model``; ``bundles`` describes the models for the store."""
 
@@ -120,10 +125,22 @@ class ReviewSession:
             # The frame left the queue (e.g. reviewed in "unreviewed"): still show it.
             self.model.set_frame(pos.frame)
 
+    def remember_position(self, frame: int, kind: str | None) -> bool:
+        """Store where the reviewer is, if the database lets us within a moment: a resume position
+        is not worth a frozen window, nor a verdict reported unsaved after it was saved (another
+        program may hold the database's lock for seconds). False when it was not stored."""
+        from fetaliqa_core.errors import FetalIQAError
+
+        try:
+            self.store.set_position(self.sweep_id, self.reviewer, frame, kind, wait_ms=POSITION_WAIT_MS)
+        except FetalIQAError:
+            return False
+        return True
+
     def move(self, delta: int) -> int | None:
         frame = self.model.queue_move(delta)
         if frame is not None:
-            self.store.set_position(self.sweep_id, self.reviewer, frame, self.model.queue_kind)
+            self.remember_position(frame, self.model.queue_kind)
         return frame
 
     def record(self, label: str, note: str = "", advance: bool = True) -> object:
@@ -151,7 +168,7 @@ class ReviewSession:
             pos = frames.index(nxt) if nxt is not None and nxt in frames else 0
             self.model.set_review_queue(kind, frames, pos, self._queue_progress(kind, frames))
             if nxt is not None:
-                self.store.set_position(self.sweep_id, self.reviewer, nxt, kind)
+                self.remember_position(nxt, kind)  # (the verdict itself is committed by now)
         else:
             self.model.set_verdicts(self.model.verdicts, self._queue_progress(kind, self.model.queue))
         return verdict

@@ -283,3 +283,28 @@ def test_a_note_stays_with_its_frame(qtbot, tmp_path):
     latest = panel.session.store.verdict_for(panel.session.sweep_id, second, "lee")
     assert latest.label == "optimal" and latest.note == "cord insertion"
     assert all(v.note != f"frame {first}: stomach bubble" for v in panel.session.store.verdicts(panel.session.sweep_id))
+
+
+def test_moving_through_the_queue_while_another_program_holds_the_database(qtbot, tmp_path, no_modal):
+    """Another program's write lock: ']' raised out of its key's slot (the message went to stderr
+    only) after freezing the window for the database's 5 s busy timeout. The resume position is
+    given up after a moment; the move itself happens."""
+    import sqlite3
+    import time
+
+    db = tmp_path / "r.sqlite3"
+    win = scored_window(qtbot, AppSettings(reviewer="finn", review_db=str(db)))
+    press(win, "1")
+    press(win, "\n")
+    before = win.model.frame
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        win.review.move(1)
+        assert time.monotonic() - started < 2.0
+        assert win.model.frame != before
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert not no_modal  # nothing to warn about: only the resume position was not stored

@@ -652,9 +652,23 @@ class ReviewStore:
 
     @_db_errors
     def set_position(self, sweep_id: int, reviewer: str, frame: int,
-                     queue: str | None = None) -> None:
-        """Remember where the reviewer is (the panel calls it when moving between frames)."""
+                     queue: str | None = None, wait_ms: int | None = None) -> None:
+        """Remember where the reviewer is (the panel calls it when moving between frames).
+        ``wait_ms``: how long to wait for another writer (default: the database's busy timeout);
+        the viewer waits briefly, as a resume position is worth no frozen window."""
         reviewer = check_reviewer(reviewer)
+        if wait_ms is None:
+            self._write_position(sweep_id, reviewer, frame, queue)
+            return
+        conn = self._conn
+        assert conn is not None
+        conn.execute(f"PRAGMA busy_timeout = {max(int(wait_ms), 0)}")
+        try:
+            self._write_position(sweep_id, reviewer, frame, queue)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def _write_position(self, sweep_id: int, reviewer: str, frame: int, queue: str | None) -> None:
         self._write([(
             "INSERT INTO positions (sweep_id, reviewer, queue, frame, updated_utc) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sweep_id, reviewer) DO UPDATE SET "
