@@ -306,3 +306,23 @@ def test_one_person_is_one_reviewer_whatever_the_case_they_type(tmp_path):
     s.record_verdict(sid, 3, "Zoe\u0301", "optimal")
     assert s.known_reviewer("Zo\u00e9") == "Zo\u00e9" and "Zo\u00e9" in s.reviewers()
     s.close()
+
+
+def test_the_read_only_commands_open_the_database_only_to_read(tmp_path):
+    """`review list / labels / export` failed on a database on read-only media or in a folder one
+    may not write ('attempt to write a readonly database'): they open it read-only now."""
+    import hashlib
+
+    path = tmp_path / "r.sqlite3"
+    with ReviewStore(path) as s:
+        sid = s.add_sweep("e6" * 32, "/data/c.mha", 6)
+        s.record_verdict(sid, 1, "ann", "optimal")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with ReviewStore(path, create=False, read_only=True) as s:
+        assert [v.frame for v in s.verdicts()] == [1]
+        with pytest.raises(FetalIQAError):
+            s.record_verdict(sid, 2, "ann", "optimal")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    from fetaliqa_core.cli import review as review_cli
+
+    assert review_cli._open(type("Args", (), {"db": str(path)})())._read_only

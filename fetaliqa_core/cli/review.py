@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _open(args):
     from fetaliqa_core.review.store import ReviewStore
 
-    return ReviewStore(args.db, create=False)
+    return ReviewStore(args.db, create=False, read_only=True)  # these commands only read it
 
 
 def _sweep_ids(store, hashes: list[str] | None) -> list[int] | None:

@@ -140,11 +140,12 @@ class ReviewStore:
     use it so that a mistyped ``--db`` is reported instead of producing an empty report).
     """
 
-    def __init__(self, path: str | Path | None = None, *, create: bool = True) -> None:
+    def __init__(self, path: str | Path | None = None, *, create: bool = True, read_only: bool = False) -> None:
         self.path = Path(path) if path is not None else default_db_path()
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
-        self._create = create
+        self._create = create = create and not read_only
+        self._read_only = read_only
         if self.path.is_dir():
             raise FetalIQAError(f"The review database path {self.path} is a folder: "
                                 "give a file name, e.g. reviews.sqlite3.")
@@ -171,8 +172,11 @@ class ReviewStore:
         # create=False: "rw" never creates the file, even if it is removed in the meantime.
         target = self.path if create else sqlite_uri(self.path, "rw")
         try:
-            self._conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=not create,
-                                         isolation_level=None, check_same_thread=False)
+            if read_only:
+                self._conn = self._connect_read_only()
+            else:
+                self._conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=not create,
+                                             isolation_level=None, check_same_thread=False)
             self._configure()
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -182,6 +186,22 @@ class ReviewStore:
         except BaseException:
             self.close()
             raise
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that can only read (``read_only``: the export and list commands), so that a
+        database on read-only media or in a folder one may not write still reports; when SQLite
+        cannot even keep its shared-memory file beside it, the file is read as unchanging."""
+        last: sqlite3.OperationalError | None = None
+        for extra in ("", "&immutable=1"):
+            conn = sqlite3.connect(sqlite_uri(self.path, "ro") + extra, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   uri=True, isolation_level=None, check_same_thread=False)
+            try:
+                read_identity(conn)
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                last = exc
+        raise last  # type: ignore[misc]
 
     # -- lifecycle
 
@@ -251,6 +271,9 @@ class ReviewStore:
             raise FetalIQAError(f"The review database {self.path} holds a {foreign[0]} ({str(foreign[1])[:60]!r}) that "
                                 "FetalIQA never makes: another program changed it, and it is not opened. "
                                 "Use a copy of an earlier version, or another --db.")
+        if self._read_only:
+            conn.execute("PRAGMA query_only = ON")
+            return
         mode = self._set_wal(conn)
         if str(mode).lower() != "wal":
             raise FetalIQAError(f"The review database {self.path} cannot use write-ahead "
@@ -278,6 +301,10 @@ class ReviewStore:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version >= SCHEMA_VERSION:  # a newer one was refused by _configure
             return
+        if self._read_only:
+            raise FetalIQAError(f"The review database {self.path} was written by an earlier FetalIQA and must be "
+                                "updated before it is read, which needs it writable: open it once in the viewer, "
+                                "or copy it to a folder you may write and give that with --db.")
         if version > 0:
             self._backup(self.path.with_name(f"{self.path.name}.v{version}.bak"))
         apply_migrations(conn, SCHEMA_VERSION)
