@@ -148,12 +148,20 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = ()) -> Iterator[P
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
 
 
+#: Characters a spreadsheet may skip before it reads a formula: spaces, zero-width and direction
+#: marks, the byte-order mark.
+_INVISIBLE_LEAD = " \u00a0\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
+#: Formula starts (OWASP's list for CSV injection), with their full-width forms.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
 def spreadsheet_safe(value: Any) -> str:
     """A CSV cell that a spreadsheet shows as text, never runs: one that starts with ``=``, ``+``,
-    ``-``, ``@``, a tab or a carriage return (OWASP's list for CSV injection) gets a leading
-    apostrophe, unless it is a plain number such as ``-1`` or ``-0.25``."""
+    ``-``, ``@``, a tab or a carriage return (OWASP's list for CSV injection), or their full-width
+    forms, also behind spaces or invisible marks, gets a leading apostrophe, unless it is a plain
+    number such as ``-1`` or ``-0.25``."""
     text = str(value)
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    if text.lstrip(_INVISIBLE_LEAD)[:1] in _FORMULA_START:
         try:
             float(text)
         except ValueError:

@@ -298,7 +298,10 @@ def test_a_folder_not_written_by_us_is_never_replaced(tmp_path):
 
 @pytest.mark.parametrize("cell, shown", [("=1+1", "'=1+1"), ("+cmd|x", "'+cmd|x"), ("-2+3", "'-2+3"),
                                          ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("-1", "-1"),
-                                         ("-0.25", "-0.25"), ("case.mha", "case.mha"), (-1, "-1")])
+                                         ("-0.25", "-0.25"), ("case.mha", "case.mha"), (-1, "-1"),
+                                         # behind spaces or invisible marks, and full-width forms
+                                         (" =HYPERLINK(x)", "' =HYPERLINK(x)"), ("\u200b=cmd", "'\u200b=cmd"),
+                                         ("\uff1dSUM(A1)", "'\uff1dSUM(A1)"), (" -2", " -2")])
 def test_one_spreadsheet_rule_for_every_table(cell, shown):
     from fetaliqa_core.cli.score import _cell
     from fetaliqa_core.files import spreadsheet_safe

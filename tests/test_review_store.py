@@ -326,3 +326,12 @@ def test_the_read_only_commands_open_the_database_only_to_read(tmp_path):
     from fetaliqa_core.cli import review as review_cli
 
     assert review_cli._open(type("Args", (), {"db": str(path)})())._read_only
+
+
+def test_a_reviewer_name_carries_no_direction_overrides_or_control_characters(tmp_path):
+    from fetaliqa_core.review.records import check_reviewer
+
+    assert check_reviewer("ann\u202egpj.exe") == "anngpj.exe"
+    assert check_reviewer(" bo\x07b\n") == "bob" and check_reviewer("\u0645\u0631\u064a\u0645") == "\u0645\u0631\u064a\u0645"
+    with pytest.raises(FetalIQAError):
+        check_reviewer("\u202e\u2066")

@@ -214,8 +214,12 @@ def check_label(label: str | int) -> str:
                         f"{', '.join(LABELS)} (or the codes 1, 2, 0).")
 
 
+#: Direction overrides and isolates: in a name they would turn the text after it around in a report.
+_BIDI_CONTROLS = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+
+
 def check_reviewer(reviewer: str) -> str:
-    name = (reviewer or "").strip()
+    name = "".join(ch for ch in (reviewer or "").translate(_BIDI_CONTROLS) if ch >= " " and ch != "\x7f").strip()
     if not name:
         raise FetalIQAError("The reviewer name is empty: enter your name before reviewing, "
                             "so that every verdict says who made it.")
