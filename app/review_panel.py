@@ -317,7 +317,10 @@ class ReviewPanel(QWidget):
             QMessageBox.warning(self, "Review", str(exc))
             return
         reveal = f" The model's call: {self.model_call(frame)}." if was_blinded else ""
-        self.message.emit(f"Saved frame {frame}: {label.replace('_', ' ')}.{reveal}")
+        done, total = self.model.review_progress
+        finished = (f" Queue finished: all {total} frames judged; a verdict key now judges the frame shown "
+                    f"({self.model.frame}). Choose another queue or frame." if total and done >= total else "")
+        self.message.emit(f"Saved frame {frame}: {label.replace('_', ' ')}.{reveal}{finished}")
         self.blinding_changed.emit()
         self._pending = None
         self.note.setText(self.session.notes.get(self.model.frame, ""))  # the frame now shown (the next)

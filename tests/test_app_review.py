@@ -308,3 +308,20 @@ def test_moving_through_the_queue_while_another_program_holds_the_database(qtbot
         locker.execute("ROLLBACK")
         locker.close()
     assert not no_modal  # nothing to warn about: only the resume position was not stored
+
+
+def test_the_last_verdict_of_a_queue_says_the_queue_is_finished(qtbot, tmp_path):
+    """After the last frame of a queue, a verdict key silently judged the frame still shown again."""
+    win = scored_window(qtbot, AppSettings(reviewer="max", review_db=str(tmp_path / "r.sqlite3")))
+    panel = win.review
+    messages = []
+    panel.message.connect(messages.append)
+    press(win, "1")
+    for _ in range(200):
+        press(win, "\n")
+        done, total = win.model.review_progress
+        if total and done >= total:
+            break
+        press(win, "1")
+    assert total and done >= total
+    assert "Queue finished" in messages[-1]
