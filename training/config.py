@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fetaliqa_core.cli._args import non_negative_int
+from fetaliqa_core.cli._args import non_negative_int, thread_count
 from fetaliqa_core.errors import FetalIQAError, UsageError
 from fetaliqa_core.models.tasks import TASKS
 from training.dataset import DEFAULT_CACHE_CASES, SPLIT_SEED
@@ -135,13 +135,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--offline-copies", type=int, default=None,
                    help="augmented copies of every frame per epoch, fixed across epochs (paper: 2); 0 augments "
                         "on the fly (fetaliqa)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (initialisation, order, augmentation)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="training seed (initialisation, order, augmentation)")
     p.add_argument("--split-seed", type=non_negative_int, default=SPLIT_SEED, help=f"seed of the case split (default {SPLIT_SEED})")
     p.add_argument("--all-sweeps", action="store_true", help="train on every sweep, not only those with an AC value")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--workers", type=int, default=None, help="data loader processes (default: min(8, CPUs-1))")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=thread_count, default=None,
                    help="CPU threads for the model (default: PyTorch's; 1 is fastest on a busy, shared CPU)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                    help="bf16 autocast for training: auto (on CUDA, and on CPUs with bf16 matrix instructions "

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fetaliqa_core.cli._args import non_negative_int, thread_count
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import write_json
 
@@ -65,8 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (teacher and student)")
     p.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
                    help="the teacher's number format (default auto; the student trains in fp32)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the frame choice, order and initialisation (default 0)")
+    p.add_argument("--threads", type=thread_count, default=None, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the frame choice, order and initialisation (default 0)")
     p.add_argument("--description", default="", help="text written into the bundle's manifest")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--resume", action="store_true",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fetaliqa_core.cli._args import non_negative_int
+from fetaliqa_core.cli._args import non_negative_int, thread_count
 from fetaliqa_core.errors import FetalIQAError, exit_code
 
 
@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--split-seed", type=non_negative_int, default=None, help="case split seed (default: training's)")
     p.add_argument("--all-sweeps", action="store_true", help="use every sweep, not only those with an AC value")
     p.add_argument("--neg-ratio", type=float, default=1.0,
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="at most this many steps per epoch")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (1 is fastest on a busy CPU)")
+    p.add_argument("--threads", type=thread_count, default=None, help="CPU threads (1 is fastest on a busy CPU)")
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                    help="bf16 autocast: auto (CUDA; CPUs with bf16 matrix instructions where it pays), bf16, fp32")

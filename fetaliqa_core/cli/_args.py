@@ -28,6 +28,17 @@ def positive_int(text: str) -> int:
     return value if value >= 1 else _refuse(f"{value} must be at least 1")
 
 
+#: More CPU threads than any machine: a larger count makes PyTorch map a stack per thread and crash.
+MAX_THREADS = 1024
+
+
+def thread_count(text: str) -> int:
+    """argparse type: CPU threads, 1 to :data:`MAX_THREADS`."""
+    value = positive_int(text)
+    return value if value <= MAX_THREADS else _refuse(f"{value} threads is more than any machine has; give "
+                                                      f"1 to {MAX_THREADS} (e.g. the number of cores)")
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: a whole number of 0 or more."""
     value = _parsed(text, int, "a whole number")

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from fetaliqa_core.cli._args import positive_int
+from fetaliqa_core.cli._args import non_negative_int, positive_int
 
 HELP = "Write synthetic blind-sweep cases (images, masks, circumference CSV) in the ACOUSLIC-AI layout."
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset folder to create")
     parser.add_argument("--cases", type=positive_int, default=1, metavar="N", help="number of cases (default 1)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="random seed (default 0)")
     parser.add_argument("--sweeps", type=positive_int, default=synth.DEFAULT_SWEEPS,
                         help=f"sweeps per case (default {synth.DEFAULT_SWEEPS}; first half transverse)")
     parser.add_argument("--frames-per-sweep", type=positive_int, default=synth.DEFAULT_FRAMES_PER_SWEEP,
