@@ -372,11 +372,36 @@ def _tensor_entry_problem(entry: Any, data_bytes: int) -> str | None:
     return None
 
 
+def check_weight_dtypes(tensors: dict, source: str, what: str = "the file") -> None:
+    """Every tensor holds its values (not a meta or sparse placeholder) as 16-, 32- or 64-bit
+    floats: what a vision tower's weights are. Integer, boolean, complex and 8-bit float tensors
+    failed deep in PyTorch with a traceback, or loaded as nonsense."""
+    import torch
+
+    floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.is_meta or t.layout != torch.strided:
+            kind = "as a meta tensor, without its values" if t.is_meta else f"in a {t.layout} layout, not as a dense array"
+            raise FetalIQAError(f"{source}: {what} holds tensor {str(name)[:80]} {kind.replace('torch.', '')}: "
+                                "it is no model's weights as FetalIQA reads them. Export the weights again.")
+        if t.dtype not in floats:
+            raise FetalIQAError(f"{source}: {what} holds tensor {str(name)[:80]} as {str(t.dtype).replace('torch.', '')}, "
+                                "not as 16-, 32- or 64-bit floating-point weights. Export the weights again "
+                                "(float32 or bfloat16).")
+
+
 def check_finite(tensors: dict, source: str, what: str = "the file") -> None:
-    """Every floating-point tensor holds finite values only (NaN weights score nonsense)."""
+    """Every floating-point tensor holds finite values only (NaN weights score nonsense); 8-bit
+    float and meta tensors, which cannot be checked, are refused."""
     import torch
 
     for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and (t.is_meta or (t.is_floating_point() and t.element_size() == 1)):
+            raise FetalIQAError(f"{source}: {what} holds tensor {str(name)[:80]} as "
+                                f"{'a meta tensor without values' if t.is_meta else str(t.dtype).replace('torch.', '')}, "
+                                "which FetalIQA does not load. Export the weights as float32 or bfloat16.")
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             raise FetalIQAError(f"{source}: {what} holds NaN or infinite values (tensor {name}), so its scores "
                                 "would be meaningless. The model is damaged; export or train it again.")

@@ -212,3 +212,14 @@ def test_missing_demo_models_say_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "resources_dir", lambda: tmp_path)
     with pytest.raises(FetalIQAError, match="demo model"):
         demo_models(device="cpu")
+
+
+def test_a_random_base_named_without_its_fingerprint_is_refused(tmp_path):
+    """A demo bundle whose manifest was edited to name random:0 (no fingerprint) loaded onto a random
+    tower and scored other frames without a word (its demo notice gone too)."""
+    visual, info = random_base("tiny", 2)
+    model = FetalCLIPClassifier(visual, None)
+    bundle = save_bundle(model, tmp_path / "b", manifest_for(model, info))
+    _edit_manifest(bundle, base_fingerprint=None)
+    with pytest.raises(FetalIQAError, match="without the fingerprint"):
+        load_bundle(bundle, device="cpu")

@@ -343,3 +343,60 @@ def test_a_demo_bundle_with_its_manifest_edited_is_still_the_demo(tmp_path):
 
     prov = provenance(SimpleNamespace(cls=model, seg=None))
     assert prov["demo"] and prov["bundles"][0]["demo"] and "not for clinical use" in prov["notice"]
+
+
+@pytest.mark.parametrize("make", ["int64", "bool", "float8_e4m3fn", "meta", "sparse"])
+def test_a_base_whose_tensors_are_not_float_weights_is_refused_in_one_line(tmp_path, make):
+    """Right shapes, wrong kind of tensor: int, bool and float8 bases ended in PyTorch tracebacks
+    ("Only Tensors of floating point ... can require gradients", "isfinite not implemented"),
+    meta and sparse ones too."""
+    import torch
+
+    from fetaliqa_core.models.base import build_vision_tower, random_base
+
+    visual, _ = random_base("tiny", 0)
+    state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
+    key = next(k for k in state if k.endswith("c_fc.weight"))
+    if make == "meta":
+        state[key] = torch.empty(state[key].shape, device="meta")
+    elif make == "sparse":
+        state[key] = state[key].to_sparse()
+    else:
+        state[key] = state[key].to(getattr(torch, make))
+    path = tmp_path / "base.pt"
+    torch.save(state, path)
+    with pytest.raises(FetalIQAError, match=r"base weights file .*holds tensor .*(not as 16-|without its values|layout)"):
+        build_vision_tower("tiny", path)
+
+
+def test_cache_files_that_are_pipes_or_huge_neither_hang_nor_fill_memory(tmp_path, monkeypatch):
+    """A FIFO at cache/cpu_precision.json hung every CPU run; one at cache/base_sha256.json every run
+    with a base of 64 MB or more; a 1.5 GB file there was read whole."""
+    from fetaliqa_core.models import base as base_mod
+    from fetaliqa_core.models import device
+
+    monkeypatch.setenv("FETALIQA_HOME", str(tmp_path / "home"))
+    cache = paths.cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(cache / device.PROBE_FILE)
+    assert device._kept_probe({"cpu": "x"}, (), False) is None  # returns at once (a read would block)
+    os.mkfifo(cache / base_mod._HASH_CACHE_FILE)
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(base_mod._ALWAYS_HASH_BELOW + 1)  # sparse: large enough to consult the cache
+    assert len(base_mod.file_sha256(big)) == 64
+
+
+def test_a_base_config_file_is_read_within_bounds_and_its_text_tower_checked(tmp_path):
+    from fetaliqa_core.models.base import load_base_config
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)  # was a RecursionError traceback
+    with pytest.raises(FetalIQAError, match="base config"):
+        load_base_config(str(deep))
+    odd = tmp_path / "odd.json"
+    config = load_base_config("tiny")
+    config["text_cfg"] = {"layers": "x", "width": None}  # was a TypeError traceback from torch.empty
+    odd.write_text(json.dumps(config))
+    with pytest.raises(FetalIQAError, match="text_cfg"):
+        load_base_config(str(odd))

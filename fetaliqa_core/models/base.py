@@ -54,10 +54,10 @@ def load_base_config(name_or_path: str | Path | dict) -> dict:
             raise FetalIQAError(
                 f"base config {key!r} not found: use one of {', '.join(CONFIG_NAMES)} or the path of a "
                 "FetalCLIP-style config JSON file")
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FetalIQAError(f"base config {path} is not readable JSON ({exc}); give a FetalCLIP config file") from exc
+        from fetaliqa_core.validate import read_json_bounded
+
+        # bounded in size and nesting (a 1.2 GB file was read whole, 200,000 levels a RecursionError)
+        config = read_json_bounded(path, "the base config", "Give a FetalCLIP config file (fetalclip or tiny).")
     _validate_config(config, source)
     return config
 
@@ -75,6 +75,12 @@ def _validate_config(config: Any, source: str) -> None:
                 "timm towers are not supported)")
     if vision.get("timm_model_name"):
         raise FetalIQAError(f"base config {source}: timm vision towers are not supported, only open_clip ViTs")
+    text = config.get("text_cfg", {})
+    # the text tower is built (and never run) to read FetalCLIP's checkpoint: its sizes must be sizes
+    if not isinstance(text, dict) or any(not isinstance(text[k], int) or isinstance(text[k], bool) or not 0 < text[k] <= 1 << 20
+                                         for k in ("layers", "width", "heads", "context_length", "vocab_size") if k in text):
+        raise FetalIQAError(f"base config {source}: text_cfg's layers, width, heads, context_length and vocab_size "
+                            "must be positive integers; give a FetalCLIP-family config (fetalclip or tiny)")
     from fetaliqa_core import validate
 
     problem = validate.vision_config_problem(config)
@@ -206,6 +212,7 @@ def build_vision_tower(config: str | Path | dict, weights: str | Path | None = N
     visual_state = _check_state_dict(state, config, path)
     from fetaliqa_core import validate
 
+    validate.check_weight_dtypes(visual_state, f"base weights file {path}", "the vision tower")
     validate.check_finite(visual_state, f"base weights file {path}", "the vision tower")
     visual_state = {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
                     for k, v in visual_state.items()}
@@ -372,6 +379,10 @@ _HASH_CACHE_FILE = "base_sha256.json"
 _ALWAYS_HASH_BELOW = 64 << 20
 
 
+#: The hash cache holds one short entry per base file hashed: far below this.
+_HASH_CACHE_LIMIT = 4 << 20
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file; remembered in the cache dir because a FetalCLIP checkpoint is 1.7 GB and
     hashing it takes seconds.
@@ -386,10 +397,14 @@ def file_sha256(path: str | Path) -> str:
     stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
     cache_path = paths.cache_dir() / _HASH_CACHE_FILE
     try:
-        cache = json.loads(cache_path.read_text(encoding="utf-8")) if stat.st_size >= _ALWAYS_HASH_BELOW else {}
+        # bounded, and a regular file only (a pipe there hung, a 1.5 GB file was read whole)
+        from fetaliqa_core.validate import read_json_bounded
+
+        cache = (read_json_bounded(cache_path, "the hash cache", "", max_bytes=_HASH_CACHE_LIMIT)
+                 if stat.st_size >= _ALWAYS_HASH_BELOW and cache_path.exists() else {})
         if not isinstance(cache, dict):
             cache = {}
-    except (OSError, ValueError, RecursionError):
+    except (OSError, ValueError, RecursionError, FetalIQAError):
         cache = {}
     entry = cache.get(key)
     if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str) \

@@ -510,8 +510,12 @@ def base_for(manifest: BundleManifest, config: dict, base_weights, choice: Devic
         visual, base = None, _info(config, manifest.base_sha256)
     elif manifest.base_sha256.startswith(RANDOM_PREFIX):
         seed = int(manifest.base_sha256[len(RANDOM_PREFIX):])
+        if not manifest.base_fingerprint:  # every bundle trained on a random base records its tensors' hash
+            raise FetalIQAError(f"{where} names random base {manifest.base_sha256} without the fingerprint of its "
+                                "tensors that FetalIQA writes with one: the manifest was edited, and the bundle "
+                                "may belong to another base. Export or train it again.")
         visual, base = build_vision_tower(config, None, device=choice.device, dtype=torch.float32, seed=seed)
-        if manifest.base_fingerprint and tensors_sha256(visual.state_dict()) != manifest.base_fingerprint:
+        if tensors_sha256(visual.state_dict()) != manifest.base_fingerprint:
             raise FetalIQAError(f"{where} was trained on random base {manifest.base_sha256}, which this installation "
                                 "does not reproduce (different PyTorch initialisation); retrain or export it again")
     else:

@@ -177,13 +177,14 @@ def _kept_probe(key: dict, flags: tuple[str, ...], known: bool) -> CpuPrecisionP
     """The probe measured before on this machine, if the cache holds one for ``key``."""
     from fetaliqa_core import paths
 
+    from fetaliqa_core.validate import read_json_bounded
+
     try:
         path = paths.cache_dir() / PROBE_FILE
-        with open(path, "rb") as fh:
-            raw = fh.read(_PROBE_FILE_LIMIT + 1)
-        if len(raw) > _PROBE_FILE_LIMIT:
+        if not path.exists():
             return None
-        kept = json.loads(raw.decode("utf-8"))
+        # bounded, and a regular file only: a pipe put there hung every run on this machine
+        kept = read_json_bounded(path, "the kept precision probe", "", max_bytes=_PROBE_FILE_LIMIT)
         if not isinstance(kept, dict) or kept.get("key") != key:
             return None
         fp32, bf16 = float(kept["fp32_gflops"]), float(kept["bf16_gflops"])
