@@ -59,3 +59,12 @@ def test_extra_labels_csv_in_latin1_is_read(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_bytes("uuid,frame,label,reviewer\ncase-1,3,optimal,Dr Müller\ncase-2,4,0,Zoë\n".encode("latin-1"))
     assert ds.read_extra_labels(path) == {("case-1", 3): 1.0, ("case-2", 4): 0.0}
+
+
+def test_an_extra_labels_file_with_a_huge_field_is_one_line(tmp_path):
+    from training.dataset import read_extra_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_text("uuid,frame,label\n" + "x" * 400_000 + ",1,1\n")
+    with pytest.raises(FetalIQAError, match="not a readable CSV"):
+        read_extra_labels(path)

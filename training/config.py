@@ -207,6 +207,17 @@ def validate_config(cfg: TrainConfig) -> None:
                              ("--cache-cases", cfg.cache_cases, 1), ("--lora-r", cfg.lora_r, 1)):
         if value < low:
             raise UsageError(f"{name} must be at least {low}; got {value}")
+    # upper bounds: a value past them only fills the disk or memory before it fails
+    from fetaliqa_core.validate import INIT_FILTERS_RANGE
+
+    for name, value, high in (("--trials", cfg.trials, 100), ("--init-filters", cfg.init_filters, INIT_FILTERS_RANGE[1]),
+                              ("--offline-copies", cfg.offline_copies, 100)):
+        if value is not None and value > high:
+            raise UsageError(f"{name} must be at most {high}; got {value}")
+    for name, value in (("--keep-checkpoints", cfg.keep_checkpoints), ("--val-frames", cfg.val_frames),
+                        ("--offline-copies", cfg.offline_copies)):
+        if value is not None and value < 0:
+            raise UsageError(f"{name} must be 0 or more; got {value}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UsageError(f"--lr must be a positive number; got {cfg.lr}")
     if cfg.threshold != "auto":

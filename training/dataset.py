@@ -419,6 +419,10 @@ _LABEL_WORDS = {
 _CASE_COLUMNS = ("uuid", "case", "sweep_path", "path")
 
 
+#: Largest reviewer-labels CSV read (about 2 million rows).
+MAX_LABELS_BYTES = 256 << 20
+
+
 def read_extra_labels(path: str | Path) -> dict[tuple[str, int], float]:
     """Frame labels from a CSV: ``(case uuid, frame) -> target``.
 
@@ -429,8 +433,11 @@ def read_extra_labels(path: str | Path) -> dict[tuple[str, int], float]:
     p = Path(path)
     if not p.is_file():
         raise FetalIQAError(f"--extra-labels {p}: no such file")
-    out: dict[tuple[str, int], float] = {}
     try:
+        size = p.stat().st_size
+        if size > MAX_LABELS_BYTES:  # ~2 million rows; read whole below
+            raise FetalIQAError(f"--extra-labels {p}: {size / 1e6:.0f} MB, more than a labels file of "
+                                f"{MAX_LABELS_BYTES / 1e6:.0f} MB; give the reviewers' labels CSV")
         raw = p.read_bytes()
     except OSError as exc:
         raise FetalIQAError(f"--extra-labels {p}: cannot be read ({exc.strerror})") from None
@@ -438,8 +445,16 @@ def read_extra_labels(path: str | Path) -> dict[tuple[str, int], float]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:  # a spreadsheet's export in Latin-1 / Windows-1252: names and notes only
         text = raw.decode("cp1252", errors="replace")
+    try:
+        return _parse_extra_labels(text, p)
+    except csv.Error as exc:  # e.g. a field over the csv module's limit
+        raise FetalIQAError(f"--extra-labels {p}: not a readable CSV ({exc}); give the reviewers' labels CSV") from None
+
+
+def _parse_extra_labels(text: str, p: Path) -> dict[tuple[str, int], float]:
     import io
 
+    out: dict[tuple[str, int], float] = {}
     with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
