@@ -13,6 +13,20 @@ from fetaliqa_core.models.options import add_model_options
 HELP = "Measure scoring speed and memory against the seed-style pipeline and the hardware limit."
 
 
+SECTIONS = ("preprocess", "precision", "rss", "student", "heldout")
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    """argparse type for --sections: names from :data:`SECTIONS` (an unknown one gave an empty report)."""
+    import argparse
+
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'nothing'}: give one or more of {', '.join(SECTIONS)}")
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, bundles=False, precision=False)
     parser.add_argument("--arch", default="fetalclip", choices=("fetalclip", "tiny"),
@@ -38,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="only the CPU speed paths, side by side: preprocessing, bf16 vs fp32 on the real "
                         "architecture, one base for two bundles (peak RSS), the student, student and cascade vs teacher")
     g.add_argument("--student", type=Path, default=None, metavar="BUNDLE", help="student bundle (default: the demo student)")
-    g.add_argument("--sections", default="preprocess,precision,rss,student,heldout",
+    g.add_argument("--sections", type=_sections, default="preprocess,precision,rss,student,heldout",
                    help="comma-separated subset of preprocess, precision, rss, student, heldout")
     g.add_argument("--real-frames", type=positive_int, default=4,
                    help="frames timed through the real architecture per precision (default 4)")
@@ -78,7 +92,7 @@ def _run_speed(args: argparse.Namespace) -> int:
 
     report = run_speed_bench(student_dir=args.student, real_frames=args.real_frames, heldout_cases=args.heldout_cases,
                              heldout_per_sweep=args.heldout_frames_per_sweep, log=log,
-                             sections=tuple(s.strip() for s in args.sections.split(",") if s.strip()))
+                             sections=args.sections)
     text = json.dumps(report, indent=1, default=float)
     print(text)
     from fetaliqa_core.bench.speed import target_lines
