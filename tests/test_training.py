@@ -701,3 +701,38 @@ def test_demo_recipe_trains_the_paper_pair_and_installs_both(tmp_path):
     assert _json.loads((dest / "cls" / "manifest.json").read_text()) == {"name": "cls"}
     assert _json.loads((dest / "paper" / "eval_heldout.json").read_text()) == {"who": "eval_paper/paper"}
     assert _json.loads((dest / "eval_heldout.json").read_text()) == {"who": "eval_heldout"}
+
+
+def test_a_training_split_without_an_abdomen_is_refused(tiny_data, tmp_path, capsys):
+    """No mask labels a frame: the run 'trained', chose a threshold 'with the best F1' of 0.5 and
+    wrote a bundle, without a word."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    from fetaliqa_core.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for mask in (data / "masks").rglob("*.mha"):
+        image = sitk.ReadImage(str(mask))
+        empty = sitk.GetImageFromArray(np.zeros_like(sitk.GetArrayFromImage(image)))
+        empty.CopyInformation(image)
+        sitk.WriteImage(empty, str(mask), True)
+    assert main(["train", "--task", "cls", "--data", str(data), "--out", str(tmp_path / "r"), *TINY_ARGS]) == 1
+    assert "no frame with an abdomen" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "bundle").exists()
+
+
+def test_resume_refuses_a_dataset_split_otherwise(tmp_path):
+    """Cases added to --data between the start and --resume were split again without a word: a
+    training case became a test case."""
+    from fetaliqa_core.errors import FetalIQAError
+    from training.trials import check_same_split
+
+    kept = {"train": {"cases": ["a", "b"]}, "val": {"cases": ["c"]}, "test": {"cases": ["d"]}}
+    (tmp_path / "split.json").write_text(json.dumps(kept))
+    check_same_split(tmp_path / "split.json", kept)  # the same cases: resumed
+    moved = {"train": {"cases": ["a", "e"]}, "val": {"cases": ["c"]}, "test": {"cases": ["b", "d"]}}
+    with pytest.raises(FetalIQAError, match="train split differs.*1 case\\(s\\) added, 1 gone"):
+        check_same_split(tmp_path / "split.json", moved)

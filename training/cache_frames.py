@@ -32,6 +32,19 @@ from fetaliqa_core.cli._args import non_negative_int, thread_count
 from fetaliqa_core.errors import FetalIQAError
 
 
+def _input_size(text: str) -> int:
+    """argparse type for --size: a model input side of 16 to 2048 pixels."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 16 <= value <= 2048:
+        raise argparse.ArgumentTypeError(f"{value}: give a model input side of 16 to 2048 pixels (FetalCLIP: 224)")
+    return value
+
+
 def model_view(frames: np.ndarray, size: int = 224, chunk: int = 64) -> np.ndarray:
     """``(N, H, W)`` uint8 frames -> ``(N, size, size)`` uint8: pad to a square and resize exactly as
     the models' preprocessing does (its normalisation undone, which is exact for 8-bit values)."""
@@ -167,21 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synth-cases", type=int, default=0, help="instead of --data: this many synthetic cases")
     p.add_argument("--synth-seed", type=non_negative_int, default=1, help="dataset seed of the synthetic cases")
     p.add_argument("--fan-variety", action="store_true", help="synthetic cases: half on other fan geometries")
-    p.add_argument("--size", type=int, default=224, help="model input size (default 224)")
+    p.add_argument("--size", type=_input_size, default=224, help="model input size (default 224)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes for synthetic cases")
     p.add_argument("--threads", type=thread_count, default=1, help="torch threads per process (default 1)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     args = p.parse_args(argv)
     import torch
 
+    from fetaliqa_core.cli import run_guarded
+
     torch.set_num_threads(max(1, args.threads))
-    try:
-        cache_dataset(args.out.expanduser().resolve(), args.data, args.synth_cases, args.synth_seed,
-                      args.fan_variety, args.size, args.jobs, args.resume)
-    except FetalIQAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    # one line for an error, "interrupted" (status 130; finished cases are kept, --resume goes on)
+    # for Ctrl-C and SIGTERM: a traceback and a silent status 143 before
+    return run_guarded(lambda: cache_dataset(args.out.expanduser().resolve(), args.data, args.synth_cases,
+                                             args.synth_seed, args.fan_variety, args.size, args.jobs,
+                                             args.resume) and 0,
+                       interrupted="interrupted (the cases written are kept; --resume continues)")
 
 
 if __name__ == "__main__":

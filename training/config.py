@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fetaliqa_core.cli._args import non_negative_int, thread_count
+from fetaliqa_core.cli._args import non_negative_int, non_negative_number, thread_count
 from fetaliqa_core.errors import FetalIQAError, UsageError
 from fetaliqa_core.models.tasks import TASKS
 from training.dataset import DEFAULT_CACHE_CASES, SPLIT_SEED
@@ -120,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "augmented copies, permutation split, 5 epochs, 5 trials); options given explicitly win")
     p.add_argument("--epochs", type=int, default=None, help="epochs (both presets: 5)")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (both presets: 3e-4)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--weight-decay", type=non_negative_number, default=0.01, help="AdamW weight decay (default 0.01)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="frames per step, over all processes (both presets: 32)")
     p.add_argument("--trials", type=int, default=None,

@@ -33,6 +33,11 @@ def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
     if not len(idx["train"]):
         raise FetalIQAError(f"--data {cfg.data}: the training split has no frame (no sweep with an AC value); "
                             "add cases or pass --all-sweeps")
+    if not idx["train"].n_positive:
+        # a threshold "with the best F1" and a model of no abdomen would come out of it without a word
+        raise FetalIQAError(f"--data {cfg.data}: the training split has no frame with an abdomen (no mask "
+                            f"labels one in its {len(idx['train'])} frames): there is nothing to learn. Check the "
+                            "masks, or add cases with annotated frames")
     if not len(idx["val"]):
         raise FetalIQAError(f"--data {cfg.data}: the validation split is empty ({len(cases)} cases in "
                             f"{len({c.subject_id for c in cases})} subjects); the 70/10/20 split needs at least 3 "

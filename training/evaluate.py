@@ -236,6 +236,11 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         bar.close()
 
     truth = np.concatenate(col.truth_label) > 0 if col.truth_label else np.zeros(0, bool)
+    if not truth.size:  # an empty table and a challenge score of 0 read as a result
+        raise FetalIQAError(f"the {settings.split} split of {settings.data} has no frame to evaluate"
+                            + ("" if all_sweeps else " in sweeps with an AC value (the paper's protocol)")
+                            + f" ({len(chosen)} case(s)): give --split all"
+                            + ("" if all_sweeps else " or --all-sweeps") + ", or more cases")
     metrics: dict = {
         "split": settings.split, "split_seed": split_seed, "all_sweeps": all_sweeps, "data": str(settings.data),
         "n_cases": len(chosen), "n_frames": int(truth.size), "n_positive": int(truth.sum()),

@@ -30,8 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fetaliqa_core.cli._args import non_negative_int, thread_count
-from fetaliqa_core.errors import FetalIQAError, exit_code
+from fetaliqa_core.cli._args import (
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+    positive_number,
+    thread_count,
+)
+from fetaliqa_core.errors import FetalIQAError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,10 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-weights", default=None,
                    help="start from this base weights file (FetalCLIP format) instead of a random tower, "
                         "e.g. to continue an earlier pretraining on other frames")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=positive_int, default=4)
+    p.add_argument("--lr", type=positive_number, default=5e-4)
+    p.add_argument("--weight-decay", type=non_negative_number, default=0.05)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--split-seed", type=non_negative_int, default=None, help="case split seed (default: training's)")
     p.add_argument("--all-sweeps", action="store_true", help="use every sweep, not only those with an AC value")
@@ -261,12 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.pretrain_base", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        pretrain(args)
-        return 0
-    except FetalIQAError as exc:
-        print(f"fetaliqa: {exc}", file=sys.stderr)
-        return exit_code(exc)
+    from fetaliqa_core.cli import run_guarded
+
+    # Ctrl-C / SIGTERM: one line and status 130, not a traceback
+    return run_guarded(lambda: pretrain(args) and 0)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def train(cfg: TrainConfig) -> dict:
             raise FetalIQAError(problem)
         run = cfg.run_dir
         splits = prepare_splits(cfg, reporter)
+        if cfg.resume:
+            check_same_split(run / "split.json", splits.split_record)
         if info.is_main:
             run.mkdir(parents=True, exist_ok=True)
             write_json(run / CONFIG_FILE, cfg.to_json())
@@ -72,6 +74,33 @@ def train(cfg: TrainConfig) -> dict:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def check_same_split(path, record: dict) -> None:
+    """A resumed run must see the cases it started with in the same splits: a dataset that gained
+    or lost cases was split again without a word (a training case became a validation or test
+    case, and the best epoch was chosen on two different validation sets)."""
+    import json
+
+    from fetaliqa_core.validate import read_json_bounded
+
+    if not path.is_file():
+        return
+    try:
+        kept = read_json_bounded(path, "the run's split", "")
+    except (FetalIQAError, json.JSONDecodeError):
+        kept = None
+    if not isinstance(kept, dict):
+        raise FetalIQAError(f"{path}: the run's case split cannot be read, so --resume cannot check that it "
+                            "trains on the same cases: start a new run (another --out)")
+    for name in ("train", "val", "test"):
+        before = sorted((kept.get(name) or {}).get("cases") or [])
+        now = sorted(record[name]["cases"])
+        if before != now:
+            added, gone = len(set(now) - set(before)), len(set(before) - set(now))
+            raise FetalIQAError(f"--resume: the {name} split differs from the one this run started with ({added} "
+                                f"case(s) added, {gone} gone: --data changed): resuming would mix cases between "
+                                "splits. Resume with the data it started with, or start a new run (another --out)")
 
 
 def summarise_trials(cfg: TrainConfig, results: list[dict]) -> dict:

@@ -45,6 +45,18 @@ def non_negative_int(text: str) -> int:
     return value if value >= 0 else _refuse(f"{value} is negative; give 0 or more")
 
 
+def positive_number(text: str) -> float:
+    """argparse type: a finite number greater than 0 (a learning rate)."""
+    value = _parsed(text, float, "a number")
+    return value if math.isfinite(value) and value > 0 else _refuse(f"{text} must be a number greater than 0")
+
+
+def non_negative_number(text: str) -> float:
+    """argparse type: a finite number of 0 or more (a weight decay)."""
+    value = _parsed(text, float, "a number")
+    return value if math.isfinite(value) and value >= 0 else _refuse(f"{text} must be a number of 0 or more")
+
+
 def probability(text: str) -> float:
     """argparse type: a number from 0 to 1 (a threshold on a probability); nan and inf refused."""
     value = _parsed(text, float, "a number; give one from 0 to 1")
