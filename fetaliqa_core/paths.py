@@ -31,6 +31,20 @@ def _home_override() -> Path | None:
 _warned: set[str] = set()
 
 
+def is_text_path(path: str | Path) -> bool:
+    """Whether a path is UTF-8 text: a name read from a non-UTF-8 file system holds undecodable
+    bytes as surrogates, which SimpleITK's image writers abort the process on."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+NOT_TEXT_PATH = ("the path holds bytes that are not UTF-8 text, which FetalIQA's file writers cannot take: "
+                 "choose a folder and name that are plain text")
+
+
 def os_error_cause(exc: OSError) -> str:
     """What an OSError means for the user, in words: disk full, read-only, permission, ..."""
     causes = {errno.ENOSPC: "the disk is full", errno.EROFS: "the disk is read-only",

@@ -352,6 +352,12 @@ def test_an_outline_cut_by_another_probe_s_edge_is_doubtful_unless_measured_in_t
     from fetaliqa_core.analysis.ac import STRAIGHT_CUT_RATIO, straight_cut
 
     assert straight_cut(whole, None) < 1.5 < STRAIGHT_CUT_RATIO < straight_cut(masks[0], None)
+    # a whole abdomen drawn as a polygon of a few clicks has several straight sides, none alone
+    for clicks in (5, 7, 10):
+        t = np.linspace(0, 2 * np.pi, clicks, endpoint=False)
+        polygon = np.zeros((H, W), np.uint8)
+        cv2.fillPoly(polygon, [np.stack([372 + 150 * np.cos(t), 280 + 110 * np.sin(t)], 1).astype(np.int32)], 1)
+        assert straight_cut(polygon, None) < 1.5, clicks
     wrong = np.zeros((H, W), np.uint8)
     assert main(["ac", str(path), "--sweep", str(_write(tmp_path, wrong[None, :100], "small.mha"))]) == 1
     assert "give the sweep the mask was drawn on" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fetaliqa_core.cli import main
@@ -211,3 +212,21 @@ def test_a_file_name_cannot_write_lines_or_codes_on_the_terminal(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err
     assert "bad\\n  sweep 1" in err and "\\x1b[2J" in err
+
+
+def test_an_output_path_that_is_not_text_is_a_wrong_command_line(tmp_path, capsys):
+    """A non-UTF-8 --out: the image writer aborted the process (SIGABRT) after the scoring, and
+    left a half-written folder behind."""
+    import os
+
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.io import write_volume
+
+    bad = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xff\xfename")
+    with pytest.raises(SystemExit) as usage:
+        main(["score", str(tmp_path / "any.mha"), "--out", bad])
+    assert usage.value.code == 2 and "not UTF-8 text" in capsys.readouterr().err
+    with pytest.raises(FetalIQAError, match="not UTF-8 text"):
+        write_volume(os.path.join(bad, "x.mha"), np.zeros((2, 8, 8), np.uint8))
+    assert not os.path.exists(bad)

@@ -319,7 +319,7 @@ def test_verdicts_on_a_file_since_replaced_never_label_the_new_file(tmp_path):
     s = ReviewStore(tmp_path / "r.sqlite3")
     path = f"/data/{UUID}.mha"
     old = s.add_sweep("aa" * 32, path, 6)
-    s.record_verdict(old, 3, "alice", "optimal")
+    s.record_verdict(old, 4, "alice", "optimal")
     new = s.add_sweep("bb" * 32, path, 6)  # the file now holds other pixels
     s.record_verdict(new, 3, "alice", "not_usable")
     rows = list(csv.DictReader(io.StringIO(labels_csv_text(s))))
@@ -330,7 +330,8 @@ def test_verdicts_on_a_file_since_replaced_never_label_the_new_file(tmp_path):
 
     out = tmp_path / "labels.csv"
     out.write_text(labels_csv_text(s), encoding="utf-8")
-    assert read_extra_labels(out)[(UUID, 3)] == 0.0
+    labels = read_extra_labels(out)
+    assert labels[(UUID, 3)] == 0.0 and (UUID, 4) not in labels  # the old pixels' verdict labels no frame of it
     s.close()
 
 

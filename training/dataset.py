@@ -416,7 +416,10 @@ _LABEL_WORDS = {
     "not_usable": 0.0, "not usable": 0.0, "unusable": 0.0, "negative": 0.0, "bad": 0.0, "false": 0.0, "no": 0.0,
     "optimal": 1.0, "suboptimal": 1.0, "positive": 1.0, "good": 1.0, "true": 1.0, "yes": 1.0,
 }
-_CASE_COLUMNS = ("uuid", "case", "sweep_path", "path")
+#: The column naming the case, first found wins: ``uuid_or_hash`` is the review export's own (a
+#: verdict on pixels since replaced under the same file name carries their hash there, never the
+#: file's case id, so it labels no case; its ``path`` still names the new file).
+_CASE_COLUMNS = ("uuid", "uuid_or_hash", "case", "sweep_path", "path")
 
 
 #: Largest reviewer-labels CSV read (about 2 million rows).
@@ -426,7 +429,7 @@ MAX_LABELS_BYTES = 256 << 20
 def read_extra_labels(path: str | Path) -> dict[tuple[str, int], float]:
     """Frame labels from a CSV: ``(case uuid, frame) -> target``.
 
-    Columns: one of ``uuid`` / ``case`` / ``sweep_path`` / ``path`` (the case's uuid, or a path
+    Columns: one of ``uuid`` / ``uuid_or_hash`` / ``case`` / ``sweep_path`` / ``path`` (the case's uuid, or a path
     whose file stem is the uuid), ``frame`` (zero-based, in the stacked case volume) and
     ``label`` (``optimal`` / ``suboptimal`` -> positive, ``not_usable`` -> negative, or 0/1/2).
     """

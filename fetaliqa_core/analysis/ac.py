@@ -96,8 +96,9 @@ def _border_zone(fov: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
 
 
 #: A straight stretch of a mask's outline this many times longer than the straightest stretch
-#: of its own fitted ellipse (at the same tolerance) is an edge, not a body's outline: measured
-#: on whole abdomens 0.7-1.3, on abdomens cut by a probe's edge 3.6-4.4.
+#: of its own fitted ellipse (at the same tolerance) and than its next longest is an edge, not a
+#: body's outline (:func:`straight_cut`): measured on whole abdomens 0.8-1.3 (also polygons of
+#: 5-10 clicks: 1.0-1.1), on abdomens cut by another probe's edge 3.2-4.5.
 STRAIGHT_CUT_RATIO = 2.0
 
 
@@ -118,21 +119,24 @@ def _cyclic_runs(keep: np.ndarray) -> tuple[list[np.ndarray], bool]:
     return runs, False
 
 
-def _longest_segment(points: np.ndarray, eps: float, closed: bool) -> float:
+def _segments(points: np.ndarray, eps: float, closed: bool) -> np.ndarray:
+    """Lengths of the straight pieces of an outline simplified at ``eps`` pixels."""
     poly = cv2.approxPolyDP(points.reshape(-1, 1, 2).astype(np.int32), eps, closed).reshape(-1, 2).astype(float)
     if len(poly) < 2:
-        return 0.0
+        return np.zeros(0)
     if closed:
         poly = np.vstack([poly, poly[:1]])
-    return float(np.hypot(*np.diff(poly, axis=0).T).max())
+    return np.hypot(*np.diff(poly, axis=0).T)
 
 
 def straight_cut(mask: np.ndarray, fov: FovArg = None) -> float | None:
     """How straight the straightest stretch of ``mask``'s outline is, inside ``fov`` and away from
     its edge: its length over that of the straightest stretch of the ellipse fitted to it (both
-    simplified with :func:`cv2.approxPolyDP` at 4 % of the minor semi-axis). An abdomen cut off
-    by an edge the field of view does not know (another probe's fan, the image's border) shows
-    that edge as a straight chord. None when there is no outline to judge."""
+    simplified with :func:`cv2.approxPolyDP` at 4 % of the minor semi-axis), and over its own next
+    longest stretch, whichever is smaller. An abdomen cut off by an edge the field of view does not
+    know (another probe's fan, the image's border) shows that edge as one straight chord; a polygon
+    drawn with a few clicks has several sides of like length. None when there is no outline to
+    judge."""
     mask, shape, fov_mask = _one_frame(mask, fov, "straight_cut")
     region = mask != 0
     if fov_mask is not None:
@@ -150,13 +154,18 @@ def straight_cut(mask: np.ndarray, fov: FovArg = None) -> float | None:
     (cx, cy), (a, b), angle = fit
     eps = max(1.0, 0.04 * min(a, b))
     runs, closed = _cyclic_runs(keep)
-    longest = max((_longest_segment(outline[r], eps, closed) for r in runs if len(r) >= 3), default=0.0)
-    if not (math.isfinite(cx) and math.isfinite(cy)) or max(a, b) > 8 * max(shape):
+    pieces = np.sort(np.concatenate([_segments(outline[r], eps, closed) for r in runs if len(r) >= 3] or [np.zeros(0)]))
+    if not pieces.size or not (math.isfinite(cx) and math.isfinite(cy)) or max(a, b) > 8 * max(shape):
         return None
     ideal = cv2.ellipse2Poly((int(round(cx)), int(round(cy))), (max(int(round(a)), 1), max(int(round(b)), 1)),
                              int(round(angle)), 0, 360, 1)
-    reference = _longest_segment(ideal, eps, True)
-    return longest / reference if reference > 0 else None
+    reference = float(_segments(ideal, eps, True).max(initial=0.0))
+    if reference <= 0:
+        return None
+    # one stretch far longer than the rest: a polygon drawn with a few clicks has several long
+    # sides of like length, and is whole
+    longest, next_longest = float(pieces[-1]), float(pieces[-2]) if pieces.size > 1 else 0.0
+    return min(longest / reference, longest / next_longest if next_longest > 0 else math.inf)
 
 
 def _fit(points: np.ndarray) -> tuple[tuple[float, float], tuple[float, float], float] | None:

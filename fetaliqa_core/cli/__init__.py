@@ -159,24 +159,14 @@ def _run_parsed(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # told with the command's own usage (a mistyped option of `score` shows score's options)
         getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    from fetaliqa_core.paths import NOT_TEXT_PATH, is_text_path
+
     for name in ("out", "save_scores", "screenshot", "json"):
         value = getattr(args, name, None)
         if isinstance(value, (str, Path)) and not is_text_path(value):
             # the image library aborts the process on such a name (after the work, leaving it half-written)
-            getattr(args, "_parser", parser).error(
-                f"--{name.replace('_', '-')}: the path holds bytes that are not UTF-8 text, which the image "
-                "writer cannot take: choose a folder whose name is plain text")
+            getattr(args, "_parser", parser).error(f"--{name.replace('_', '-')}: {NOT_TEXT_PATH}")
     return run_guarded(lambda: args._run(args))
-
-
-def is_text_path(path: str | Path) -> bool:
-    """Whether a path is UTF-8 text (a name read from a non-UTF-8 file system holds undecodable
-    bytes as surrogates, which SimpleITK's writers abort the process on)."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def run_guarded(run, interrupted: str = "interrupted") -> int:

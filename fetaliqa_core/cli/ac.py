@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     if mask_problem is None and cut is not None and cut >= STRAIGHT_CUT_RATIO:
         # an edge the field of view used does not know: the body may go on past it
         where = {"acouslic": "ACOUSLIC's fan", "whole frame": "the whole frame"}.get(fov_name, fov_name)
-        mask_problem = f"cut off straight, by an edge {where} does not have; give the sweep with --sweep"
+        mask_problem = f"cut off straight, by an edge {where} does not have" + (
+            "" if args.sweep is not None else "; give the sweep with --sweep")
     recorded = _recorded_doubt(volume.metadata, masks, index)
     reading = analysis.read_ac(None if m is None else m.ac_mm, problem, mask_problem, model_doubt=recorded)
 
@@ -213,9 +214,9 @@ def run(args: argparse.Namespace) -> int:
     return 0 if reading.status != analysis.units.NO_UNITS else 1
 
 
-def _sweep_fov(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+def _sweep_fov(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """The field of view of the sweep the mask was drawn on (its own fan; ACOUSLIC's for a sweep
-    in that fan), as the app and ``score`` use it; None (the whole frame) when no fan is found."""
+    in that fan), as the app and ``score`` use it."""
     from fetaliqa_core import acouslic
     from fetaliqa_core import io as fio
     from fetaliqa_core.analysis.ac import resolve_fov

@@ -150,6 +150,8 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
         for item in engine.iter_batches():
             if item.stage != stage:  # the teacher's pass: the bar counts its frames
                 stage = item.stage
+                bar.n = bar.total  # the student's pass finished: drawn once before the bar starts again
+                bar.refresh()
                 bar.reset(total=len(engine.teacher_plan))  # before the new label, which redraws the bar
                 bar.set_description(f"{position}{shown(path.name)} (teacher)")
             elif stage == "teacher" and bar.total != len(engine.teacher_plan):

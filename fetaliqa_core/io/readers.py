@@ -132,7 +132,9 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         return raw
     orders = [_precheck_dicom(Path(name)) for name in files]
     _refuse_mixed_series(folder, files, orders)
+    member_of = dict(zip(files, orders))
     files, order_note = _acquisition_order(list(files), orders)
+    orders = [member_of[name] for name in files]  # in the frames' order, as the files now are
     if order_note:
         notes.append(order_note)
     if len(files) > validate.MAX_SERIES_FILES:
@@ -193,9 +195,11 @@ def _refuse_mixed_series(folder: Path, files: list[str], members: list[_Member |
     counts = {m.frames for m in known}
     if len(counts) > 1:
         cine = max(zip((m.frames if m else 0 for m in members), files))[1]
+        what = ("a cine beside single images" if min(counts) == 1 else
+                "several cines under one series UID")
         raise FetalIQAError(f"{folder}: this DICOM series mixes files of {max(counts)} frames with files of "
-                            f"{min(counts)}, a cine beside single images: no one sweep. Open the cine file "
-                            f"itself ({Path(cine).name}), or move the other images out of the folder.")
+                            f"{min(counts)}, {what}: no one sweep. Open a cine file itself (e.g. "
+                            f"{Path(cine).name}), or move the other files out of the folder.")
 
 
 def _calibration_change(files: list[str], members: list[_Member | None]) -> str:
@@ -291,8 +295,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         compressed = _dicom_compression(path) if _looks_like_dicom(path, reader) else None
         if compressed:  # the decoder's own words ("Failed to change to Implicit Transfer Syntax") say little
             raise FetalIQAError(f"{path}: the frames are compressed as {compressed} and could not be decoded: "
-                                "they are damaged, or compressed otherwise than the header says. Export the "
-                                "sweep again, uncompressed if you can.") from None
+                                "a compression this reader does not decode, frames compressed otherwise than the "
+                                "header says, or damaged ones. Export the sweep again, uncompressed if you can.") from None
         raise FetalIQAError(f"{path}: the pixel data cannot be read ({reason}). The file is "
                             "truncated or damaged; copy or export it again.") from None
     is_dicom = _looks_like_dicom(path, reader)
@@ -993,12 +997,6 @@ def _nrrd_mixed_space_units(fields: dict[str, str], units: list[str]) -> tuple[t
     """:func:`_nrrd_spacing_units` when the space's axes have different units ("cm" "mm" "mm"):
     a unit belongs to an axis of the space, not of the image, so each image axis's direction is
     measured in mm component by component (the image reader took every component as mm)."""
-    factors = []
-    for unit in units:
-        key = unit.strip().lower()
-        if key not in _LENGTH_UNITS_MM and key not in _NRRD_NO_UNIT:
-            return (1.0, 1.0), f"the file gives its pixel spacing in '{unit[:20]}', which is not a length"
-        factors.append(_LENGTH_UNITS_MM.get(key, 1.0))
     vectors = []
     for text in re.findall(r"\(([^)]*)\)", fields.get("space directions", "")):
         try:
@@ -1006,8 +1004,17 @@ def _nrrd_mixed_space_units(fields: dict[str, str], units: list[str]) -> tuple[t
         except ValueError:
             vectors = []
             break
-    if len(vectors) < 2 or any(len(v) != len(factors) for v in vectors[:2]):
+    if len(vectors) < 2 or any(len(v) != len(units) for v in vectors[:2]):
         return (1.0, 1.0), "the file's space units differ between axes and its space directions cannot be read"
+    factors = []
+    for axis, unit in enumerate(units):
+        key = unit.strip().lower()
+        if key not in _LENGTH_UNITS_MM and key not in _NRRD_NO_UNIT:
+            if any(v[axis] != 0 for v in vectors[:2]):  # a pixel axis runs along it
+                return (1.0, 1.0), f"the file gives its pixel spacing in '{unit[:20]}', which is not a length"
+            factors.append(1.0)  # a space axis the frames do not lie along (time): no bearing on the pixels
+            continue
+        factors.append(_LENGTH_UNITS_MM.get(key, 1.0))
     scales = []
     for vector in vectors[:2]:  # the image's columns (x), then its rows (y)
         as_read = math.sqrt(sum(v * v for v in vector))

@@ -212,7 +212,7 @@ def _region_spacing(regions: list[Any]) -> tuple[tuple[float, float] | None, str
     if len(kinds) == 1:
         return best, ""
     other = max(a for a, spacing in found if spacing != best)
-    shown = " and ".join(f"{r:g} x {c:g} mm" for r, c in sorted(kinds)[:2])
+    shown = " and ".join(spacing_text(k) for k in sorted(kinds)[:2])
     if other * 2 > area:
         return None, (f"the image has {len(kinds)} calibrated regions of like size with different pixel "
                       f"sizes ({shown}{', ...' if len(kinds) > 2 else ''}), so which applies is not known")

@@ -255,12 +255,11 @@ def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, f
     """
     import SimpleITK as sitk
 
+    from fetaliqa_core.paths import NOT_TEXT_PATH, is_text_path
+
     path = Path(path)
-    try:
-        str(path.absolute()).encode("utf-8")
-    except UnicodeEncodeError:  # the image library aborts the process on such a name
-        raise FetalIQAError(f"{ascii(str(path))}: the path holds bytes that are not UTF-8 text, which the image "
-                            "writer cannot take: choose a folder whose name is plain text.") from None
+    if not is_text_path(path.absolute()):  # the image library aborts the process on such a name
+        raise FetalIQAError(f"{ascii(str(path))}: {NOT_TEXT_PATH}.")
     arr = np.asarray(array)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
         raise TypeError(f"write_volume needs a (N, H, W) or (H, W) uint8 array, got {arr.shape} {arr.dtype}")

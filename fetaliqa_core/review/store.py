@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -174,10 +175,23 @@ class ReviewStore:
         try:
             if read_only:
                 self._conn = self._connect_read_only()
+                self._configure()
+                if self._schema_behind() and self._writable():
+                    # an earlier version's database that may be written: updated (with its backup) as
+                    # any command would, then read only
+                    self.close()
+                    self._read_only = False
+                    self._conn = sqlite3.connect(sqlite_uri(self.path, "rw"), timeout=BUSY_TIMEOUT_MS / 1000,
+                                                 uri=True, isolation_level=None, check_same_thread=False)
+                    self._configure()
+                    self._migrate()
+                    self._conn.execute("PRAGMA query_only = ON")
+                    self._read_only = True
+                    return
             else:
                 self._conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=not create,
                                              isolation_level=None, check_same_thread=False)
-            self._configure()
+                self._configure()
             self._migrate()
         except sqlite3.DatabaseError as exc:
             error = self._user_error(exc)
@@ -187,12 +201,21 @@ class ReviewStore:
             self.close()
             raise
 
+    def _schema_behind(self) -> bool:
+        return self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION  # type: ignore[union-attr]
+
+    def _writable(self) -> bool:
+        return os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+
     def _connect_read_only(self) -> sqlite3.Connection:
         """A connection that can only read (``read_only``: the export and list commands), so that a
         database on read-only media or in a folder one may not write still reports; when SQLite
         cannot even keep its shared-memory file beside it, the file is read as unchanging."""
         last: sqlite3.OperationalError | None = None
-        for extra in ("", "&immutable=1"):
+        wal = self.path.with_name(self.path.name + "-wal")
+        # (immutable reads ignore a write-ahead log: only when there is none holding changes)
+        unchanging = not (wal.exists() and wal.stat().st_size > 0)
+        for extra in ("", "&immutable=1") if unchanging else ("",):
             conn = sqlite3.connect(sqlite_uri(self.path, "ro") + extra, timeout=BUSY_TIMEOUT_MS / 1000,
                                    uri=True, isolation_level=None, check_same_thread=False)
             try:
