@@ -188,3 +188,30 @@ def test_mined_frames_keep_what_the_teacher_flags_with_its_neighbours_inside_eac
     # more hot frames than the budget allows: a capped random share of them, still within budget
     many = _pick_frames(labels, 6, np.random.default_rng(1), np.ones(40, dtype=bool))
     assert len(many) == 6
+
+
+def test_resume_continues_only_the_same_distillation(tmp_path):
+    """--resume with another teacher, dataset or learning rate went on without a word; an --out
+    holding other files had them overwritten."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fetaliqa_core.errors import FetalIQAError
+    from training.distill import checkpoint_epoch, distill, save_checkpoint
+
+    args = SimpleNamespace(cls=str(tmp_path / "cls"), seg=str(tmp_path / "seg"), base=None, data=str(tmp_path / "d"),
+                           lr=1e-3, batch_size=8, frames_per_case=20, seed=0, mine=True, epochs=4,
+                           student="efficientvit_b0", decoder_width=16)
+    out = tmp_path / "run"
+    save_checkpoint(out, torch.nn.Linear(2, 2), 2, args)
+    assert checkpoint_epoch(out, args) == 2
+    other = SimpleNamespace(**{**vars(args), "cls": str(tmp_path / "other"), "lr": 1e-2})
+    with pytest.raises(FetalIQAError, match="other cls, lr"):
+        checkpoint_epoch(out, other)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "metrics.json").write_text("{}")
+    with pytest.raises(FetalIQAError, match="not empty and holds no distillation run"):
+        distill(SimpleNamespace(**{**vars(args), "out": str(busy), "resume": False, "threads": None}), log=lambda *_: None)
+    assert (busy / "metrics.json").read_text() == "{}"

@@ -223,7 +223,20 @@ def save_checkpoint(out: Path, student, epoch: int, args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / CHECKPOINT, save({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}))
     write_json(out / CHECKPOINT_INFO, {"epoch": int(epoch), "epochs": int(args.epochs), "student": args.student,
-                                       "decoder_width": int(args.decoder_width)})
+                                       "decoder_width": int(args.decoder_width), "settings": _resume_settings(args)})
+
+
+def _resume_settings(args) -> dict:
+    """What a resumed run must share with the run it continues: the teachers, the data, and what
+    orders and weighs its steps (another teacher or dataset went on without a word, and the
+    manifest named only the second)."""
+    def where(value):
+        return None if value is None else str(Path(value).expanduser().resolve())
+
+    return {"cls": where(args.cls), "seg": where(args.seg), "base": where(getattr(args, "base", None)),
+            "data": where(args.data), "lr": float(args.lr), "batch_size": int(args.batch_size),
+            "frames_per_case": int(args.frames_per_case), "seed": int(args.seed),
+            "mine": bool(getattr(args, "mine", True))}
 
 
 def checkpoint_epoch(out: Path, args) -> int:
@@ -243,6 +256,15 @@ def checkpoint_epoch(out: Path, args) -> int:
                             f"{info['decoder_width']}); resume with those settings or start a new --out folder")
     if not 1 <= epoch <= args.epochs:
         raise FetalIQAError(f"{info_path}: checkpoint after epoch {epoch}, but --epochs is {args.epochs}")
+    kept, now = info.get("settings"), _resume_settings(args)
+    if not isinstance(kept, dict):
+        raise FetalIQAError(f"{info_path}: the checkpoint does not say what it was trained with, so --resume cannot "
+                            "check it continues the same run; start a new --out folder")
+    changed = sorted(k for k in now if kept.get(k) != now[k])
+    if changed:
+        raise FetalIQAError(f"{out}: the run started with other {', '.join(changed)} ("
+                            + "; ".join(f"{k}: {kept.get(k)}" for k in changed[:2])
+                            + "): resume with the same settings, or start a new --out folder")
     return epoch
 
 
@@ -284,6 +306,11 @@ def distill(args, log=print) -> Path:
         raise FetalIQAError(f"{out} already holds a bundle; choose a new --out folder")
     if (out / CHECKPOINT).exists() and not getattr(args, "resume", False):
         raise FetalIQAError(f"{out} holds an unfinished run: add --resume to continue it, or choose a new --out folder")
+    if out.exists() and not out.is_dir():
+        raise FetalIQAError(f"--out {out} is a file; choose a new folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / CHECKPOINT).exists():
+        # its files (an earlier evaluation's metrics.json, a dataset) would be overwritten or mixed in
+        raise FetalIQAError(f"--out {out} is not empty and holds no distillation run; choose a new folder")
     if getattr(args, "resume", False):
         checkpoint_epoch(out, args)  # a checkpoint that cannot resume is told before the teacher runs
     models = choice_mod.load_models(choice_mod.ModelChoice(model=None, cls=args.cls, seg=args.seg, base=args.base,
