@@ -68,3 +68,14 @@ def test_an_extra_labels_file_with_a_huge_field_is_one_line(tmp_path):
     path.write_text("uuid,frame,label\n" + "x" * 400_000 + ",1,1\n")
     with pytest.raises(FetalIQAError, match="not a readable CSV"):
         read_extra_labels(path)
+
+
+def test_a_run_that_stopped_before_its_first_epoch_says_its_folder_can_go(tmp_path):
+    """A wrong --base or a divergence left config.json behind: the corrected command was refused
+    without --resume ('already holds a run') and with it ('started with base=...'), and nothing
+    said to delete the folder."""
+    (tmp_path / CONFIG_FILE).write_text('{"lr": 1000000.0}')
+    for resume in (False, True):
+        cfg = SimpleNamespace(run_dir=tmp_path, resume=resume, to_json=lambda: {"lr": 0.001})
+        with pytest.raises(FetalIQAError, match="stopped before its first epoch ended.*Delete that folder"):
+            check_resume(cfg)

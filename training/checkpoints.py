@@ -77,8 +77,14 @@ def prune_checkpoints(trial_dir: Path, keep: int) -> None:
 def check_resume(cfg: TrainConfig) -> None:
     run = cfg.run_dir
     saved_path = run / CONFIG_FILE
+    # a run that stopped before its first epoch ended (a wrong base, LoRA setting or a divergence)
+    # has nothing to resume: say that the folder can go, or it held the corrected command back
+    unstarted = not any(run.glob("trial_*/checkpoints/*.pt")) and not (run / "bundle").exists()
     if not cfg.resume:
         if run.exists() and any(run.iterdir()):
+            if (run / CONFIG_FILE).is_file() and unstarted:
+                raise FetalIQAError(f"--out {run} holds a run that stopped before its first epoch ended: nothing to "
+                                    "resume. Delete that folder, or choose another --out")
             if (run / CONFIG_FILE).is_file():
                 raise FetalIQAError(f"--out {run} already holds a run; pass --resume to continue it or choose an empty folder")
             raise FetalIQAError(f"--out {run} is not empty and holds no run; choose an empty (or new) folder for the run")
@@ -98,5 +104,8 @@ def check_resume(cfg: TrainConfig) -> None:
     changed = [k for k in RESUME_KEYS if saved.get(k, defaults.get(k)) != now.get(k)]
     if changed:
         k = changed[0]
+        if unstarted:
+            raise FetalIQAError(f"--resume: the run in {run} was started with {k}={saved.get(k)!r} and stopped before "
+                                "its first epoch ended: nothing to resume. Delete that folder, or choose another --out")
         raise FetalIQAError(f"--resume: the run in {run} was started with {k}={saved.get(k)!r}, now {now.get(k)!r}; "
                             "resume with the same settings (only --epochs, --trials, --device, --workers may change)")
