@@ -736,3 +736,18 @@ def test_resume_refuses_a_dataset_split_otherwise(tmp_path):
     moved = {"train": {"cases": ["a", "e"]}, "val": {"cases": ["c"]}, "test": {"cases": ["b", "d"]}}
     with pytest.raises(FetalIQAError, match="train split differs.*1 case\\(s\\) added, 1 gone"):
         check_same_split(tmp_path / "split.json", moved)
+
+
+def test_a_case_file_in_another_format_or_case_is_named_as_such(tiny_data, tmp_path):
+    """A dataset in .nii.gz (or with ids in another letter case) read '12 file(s) are missing' with
+    no word that the files are there under another name."""
+    import shutil
+
+    from fetaliqa_core.errors import FetalIQAError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    first = sorted((data / "images" / "stacked_fetal_ultrasound").glob("*.mha"))[0]
+    first.rename(first.with_name(first.name[:-4].upper() + ".nii.gz"))
+    with pytest.raises(FetalIQAError, match=r"the folder holds .*\.nii\.gz: training reads the ACOUSLIC-AI layout"):
+        ds.read_cases(data)

@@ -150,10 +150,24 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
     if missing_files:
         more = f" and {len(missing_files) - 3} more" if len(missing_files) > 3 else ""
         raise FetalIQAError(f"{len(missing_files)} file(s) named in {csv_path} are missing: "
-                            f"{', '.join(missing_files[:3])}{more}")
+                            f"{', '.join(missing_files[:3])}{more}{_other_names_hint(Path(missing_files[0]))}")
     if not cases:
         raise FetalIQAError(f"{csv_path} lists no case; add one row per case (uuid, subject_id, sweep ACs)")
     return cases
+
+
+def _other_names_hint(missing: Path) -> str:
+    """What a missing ``<uuid>.mha`` may be under another name in its folder (another format,
+    another letter case): training reads the challenge's layout, ``.mha`` files named by case id."""
+    try:
+        stem = missing.name[: -len(".mha")].lower()
+        found = [p.name for p in missing.parent.iterdir() if p.name.lower().split(".")[0] == stem][:1]
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    return (f" (the folder holds {found[0]}: training reads the ACOUSLIC-AI layout, one .mha file a case "
+            "named by its case id as the CSV writes it; convert the files or rename them)")
 
 
 def _read_csv_rows(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
