@@ -411,7 +411,12 @@ def distill(args, log=print) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    bundle = distill(args, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)))
+    try:
+        bundle = distill(args, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (also under `fetaliqa distill`): say what is kept
+        print(f"fetaliqa: interrupted (the last finished epoch's checkpoint is kept in {args.out}; --resume "
+              "continues)", file=sys.stderr)
+        return 130
     print(f"BUNDLE {bundle.resolve()}", flush=True)
     return 0
 
@@ -422,8 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fetaliqa_core.cli import run_guarded
 
-    return run_guarded(lambda: run(args), interrupted=(
-        f"interrupted (the last finished epoch's checkpoint is kept in {args.out}; --resume continues)"))
+    return run_guarded(lambda: run(args))
 
 
 if __name__ == "__main__":
