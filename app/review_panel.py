@@ -378,7 +378,7 @@ class ReviewPanel(QWidget):
         def frames_of(path: str):  # in the renderer's thread
             if current is not None and current.path is not None and str(current.path) == str(path):
                 return current.frames
-            return load_sweep(path).frames
+            return load_sweep(path).in_memory().frames  # (a file rewritten meanwhile: a line, not SIGBUS)
 
         progress = QProgressDialog("Writing the report…", "Cancel", 0, max(n_sweeps, 1), self)
         progress.setWindowTitle("Export report")

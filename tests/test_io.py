@@ -726,3 +726,10 @@ def test_a_sweep_in_memory_no_longer_depends_on_its_file(tmp_path, monkeypatch):
     monkeypatch.setattr(validate, "machine_memory_bytes", lambda: 1000)
     with pytest.raises(FetalIQAError, match="needs .* of memory"):
         load_sweep(tmp_path / "v.mha").in_memory()
+    monkeypatch.undo()
+    # truncated between opening and reading into memory (a new export copied over it): the copy
+    # from the mapping itself died of SIGBUS; it is read with ordinary reads, and the short read said
+    opened = load_sweep(tmp_path / "v.mha")
+    os.truncate(tmp_path / "v.mha", (tmp_path / "v.mha").stat().st_size - 100)
+    with pytest.raises(FetalIQAError, match="became shorter while it was read"):
+        opened.in_memory()

@@ -221,7 +221,7 @@ def _sweep_fov(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     from fetaliqa_core import io as fio
     from fetaliqa_core.analysis.ac import resolve_fov
 
-    sweep = fio.load_sweep(path)
+    sweep = fio.load_sweep(path).in_memory()
     if (sweep.height, sweep.width) != tuple(shape):
         raise FetalIQAError(f"{path}: the sweep's frames are {sweep.width} x {sweep.height} pixels, the mask's "
                             f"{shape[1]} x {shape[0]}: give the sweep the mask was drawn on")

@@ -86,7 +86,7 @@ def load_frames_for_report(path: str):
         raise FetalIQAError(f"{path} no longer exists (moved or on a disconnected drive)")
     from fetaliqa_core.io import load_sweep
 
-    return load_sweep(path).frames
+    return load_sweep(path).in_memory().frames  # (a file rewritten meanwhile: a line, not SIGBUS)
 
 
 def _export(args) -> int:

@@ -116,7 +116,7 @@ class Sweep:
 
         n, h, w = self.frames.shape
         validate.check_memory(str(self.path), int(self.frames.nbytes), f"a sweep of {n} x {h} x {w} pixels")
-        frames = np.array(self.frames)  # an ndarray of its own, no longer backed by the file
+        frames = _read_mapped(self.frames, self.path)  # an ndarray of its own, no longer backed by the file
         frames.flags.writeable = False
         return dataclasses.replace(self, frames=frames)
 
@@ -238,6 +238,28 @@ def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
             f"sweep {like.path or ''} has {fmt_shape(like.frames.shape)}. Choose the mask made "
             "for this sweep.")
     return labels
+
+
+def _read_mapped(view: np.memmap, path) -> np.ndarray:
+    """The bytes a memory-mapped array shows, read from its file with ordinary reads: copying from
+    the mapping itself dies of SIGBUS when another program truncates or rewrites the file during
+    the copy (a new export copied over it); a read comes back short instead, and is said."""
+    root = view
+    while isinstance(root.base, np.memmap):
+        root = root.base
+    filename = getattr(root, "filename", None)
+    if filename is None or not view.flags.c_contiguous or not isinstance(root, np.memmap):
+        return np.array(view)
+    start = int(root.offset) + (view.__array_interface__["data"][0] - root.__array_interface__["data"][0])
+    try:
+        data = np.fromfile(filename, dtype=view.dtype, count=view.size, offset=start)
+    except OSError as exc:
+        raise FetalIQAError(f"{path}: the file could not be read again ({exc.strerror}): another program may "
+                            "be moving or writing it. Open it again when it is done.") from None
+    if data.size != view.size:
+        raise FetalIQAError(f"{path}: the file became shorter while it was read: another program is writing or "
+                            "truncating it. Open it again once it is complete.")
+    return data.reshape(view.shape)
 
 
 def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, float] = (0.28, 0.28),
