@@ -157,17 +157,55 @@ class ScoringController(QObject):
                                engine_factory=self.engine_factory, focus=focus)
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
-        worker.models_ready.connect(self.models_ready)
-        worker.started_scoring.connect(self.started_scoring)
-        worker.batch.connect(self.batch)
-        worker.teacher_batch.connect(self.teacher_batch)
-        worker.finished.connect(self.finished)
-        worker.failed.connect(self.failed)
+        # Through slots that check which run sent them: a replaced run's results already posted to
+        # this thread arrive after its signals are disconnected (batches of another sweep raised
+        # IndexError on the new one, and its 'finished' ended the new run in the window).
+        worker.models_ready.connect(self._on_models_ready)
+        worker.started_scoring.connect(self._on_started_scoring)
+        worker.batch.connect(self._on_batch)
+        worker.teacher_batch.connect(self._on_teacher_batch)
+        worker.finished.connect(self._on_finished)
+        worker.failed.connect(self._on_failed)
         worker.finished.connect(thread.quit)
         worker.failed.connect(thread.quit)
         thread.finished.connect(self._on_thread_finished)
         self._thread, self._worker = thread, worker
         thread.start()
+
+    def _current(self) -> bool:
+        """The signal being delivered comes from the current run's worker."""
+        sender = self.sender()
+        return sender is not None and sender is self._worker
+
+    @Slot(object)
+    def _on_models_ready(self, models) -> None:
+        if self._current():
+            self.models_ready.emit(models)
+
+    @Slot(bool, bool)
+    def _on_started_scoring(self, has_cls: bool, has_seg: bool) -> None:
+        if self._current():
+            self.started_scoring.emit(has_cls, has_seg)
+
+    @Slot(object)
+    def _on_batch(self, item) -> None:
+        if self._current():
+            self.batch.emit(item)
+
+    @Slot(object)
+    def _on_teacher_batch(self, item) -> None:
+        if self._current():
+            self.teacher_batch.emit(item)
+
+    @Slot(bool, int)
+    def _on_finished(self, complete: bool, n_done: int) -> None:
+        if self._current():
+            self.finished.emit(complete, n_done)
+
+    @Slot(str)
+    def _on_failed(self, message: str) -> None:
+        if self._current():
+            self.failed.emit(message)
 
     def stop(self) -> None:
         """Cancel the current run without waiting (its thread ends after its batch)."""

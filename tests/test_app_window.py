@@ -636,3 +636,30 @@ def test_a_short_sweep_s_frame_axis_has_whole_frames(qtbot, make_window):
     assert ticks == [[(0, "0"), (1, "1"), (2, "2")]]
     win.curve.set_sweep(500, [(0, 500)], ["unknown"])
     assert win.curve.plot.getPlotItem().getAxis("bottom")._tickLevels is None  # automatic again
+
+
+def test_a_replaced_runs_last_results_never_reach_the_new_sweep(qtbot, make_window):
+    """Results the replaced run had already posted arrived after its signals were disconnected:
+    its batches raised IndexError on a shorter new sweep, and its 'finished' ended the new run in
+    the window ("All 120 frames scored" at 1 of 120)."""
+    import sys
+    import time
+
+    win = make_window(delay=0.2, score=False)
+    errors = []
+    hook, sys.excepthook = sys.excepthook, lambda *exc: errors.append(exc)
+    try:
+        long_sweep = tiny_sweep(1, 24, height=72, width=96, seed=11)
+        win.set_sweep(long_sweep)
+        qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.n_done >= 8, timeout=20000)
+        time.sleep(0.5)  # the window is busy while the old run posts its next batches
+        ended = []
+        win.scoring_ended.connect(lambda c, m: ended.append(win.model.results.n_done))
+        win.set_sweep(tiny_sweep(1, 6, height=72, width=96, seed=12))  # shorter: old frame numbers fall outside
+        qtbot.wait(300)
+        assert not ended and win.scoring.running
+        qtbot.waitUntil(lambda: bool(ended), timeout=20000)
+        assert ended == [6] and win.model.n_frames == 6
+    finally:
+        sys.excepthook = hook
+    assert not errors
