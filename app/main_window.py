@@ -731,6 +731,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
                 loader.stop()
                 detach_until_finished(loader)
         if self._train_dialog is not None:
+            self.hide()  # stopping the training run waits for it (a second or more): not in view
             self._train_dialog.shutdown()
         self.scoring.shutdown()
         self.review.close_store()

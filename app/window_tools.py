@@ -80,11 +80,12 @@ def about_text(win) -> str:
     else:
         rows.append(("Models", f"{win.choice.describe() or 'none'} (not loaded)"))
         rows.append(("Device", f"{win.choice.device} (asked)"))
-    try:
-        import torch
+    import sys
+    from importlib import metadata
 
-        torch_version = torch.__version__
-    except ImportError:  # pragma: no cover - torch is a dependency
+    try:  # from the installed package's record: importing torch here froze the window 1.5-1.9 s
+        torch_version = sys.modules["torch"].__version__ if "torch" in sys.modules else metadata.version("torch")
+    except metadata.PackageNotFoundError:  # pragma: no cover - torch is a dependency
         torch_version = "not installed"
     rows.append(("Libraries", f"Python {platform.python_version()}, PySide6 {PySide6.__version__}, "
                               f"PyTorch {torch_version}"))
