@@ -655,7 +655,13 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             return
         chosen = m.flags.chosen
         if chosen is None:
-            self.status_ac.setText("AC –" if m.results is None or not m.results.n_done else "AC – (no frame passes)")
+            r = m.results
+            if r is None or not r.n_done:
+                self.status_ac.setText("AC –")
+            elif not r.complete:  # a stopped or running scoring: the rest may hold the abdomen
+                self.status_ac.setText(f"AC – (none passes in the {r.n_done} of {r.n_frames} frames scored)")
+            else:
+                self.status_ac.setText("AC – (no frame passes)")
             return
         ac = m.measure_ac(chosen)
         if ac is None:

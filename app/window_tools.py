@@ -149,7 +149,10 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
         plain = " · ".join(parts)
         values_html = "<br>".join(
             ([f"<span style='color:{theme.CLS_COLOUR}'>classifier p_cls {fmt_p(v['p_cls'])}</span>"] if r.has_cls else [])
-            + ([f"<span style='color:{theme.SEG_COLOUR}'>mask p_seg {fmt_p(v['p_seg'])}</span>"] if r.has_seg else []))
+            + ([f"<span style='color:{theme.SEG_COLOUR}'>mask p_seg {fmt_p(v['p_seg'])}</span>"] if r.has_seg else [])
+            # the demonstration model's numbers say so wherever they appear (an exported frame too)
+            + ([f"<span style='color:{theme.TEXT_DIM}'>demo model, not for clinical use</span>"]
+               if m.demo_notice else []))
     fl = m.last_flags
     tags = []
     if not hide_model:

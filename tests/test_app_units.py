@@ -50,3 +50,9 @@ def test_demo_numbers_are_labelled_beside_the_measurement(qtbot, window):
     window.update_case_status()
     assert "demo, not clinical" in window.status_ac.text()
     assert "synthetic data" in window.status_ac.toolTip()
+    # on every frame, not only the one with a measurement (an exported frame showed the demo's
+    # scores and mask without a word)
+    best = set(window.model.last_flags.best) | {window.model.last_flags.chosen}
+    window.model.set_frame(next(f for f in range(window.model.n_frames) if f not in best))
+    window._update_frame_text()
+    assert "not for clinical use" in window.frame_view.corner_tr.text()
