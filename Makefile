@@ -10,6 +10,7 @@ export PYTHONUTF8 := 1
 .PHONY: install demo test clean-venv
 
 $(STAMP): pyproject.toml Makefile
+	@echo "Installing FetalIQA into $(VENV) (the first time only: about 3 minutes and 6.5 GB, PyTorch included)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet "pip>=23"
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1

@@ -47,9 +47,9 @@ def display_problem() -> str | None:
     return problem() if display_available() else None
 
 
-NO_DISPLAY_HELP = ("there is no display here to open the viewer on: give a sweep to render it offscreen "
-                   "(`fetaliqa gui SWEEP --screenshot shot.png`), score one with `fetaliqa score SWEEP`, "
-                   "or try `fetaliqa demo`.")
+NO_DISPLAY_HELP = ("there is no display here to open the viewer on: give a sweep and a picture to render "
+                   "it offscreen (`fetaliqa gui SWEEP --screenshot shot.png`), score one with `fetaliqa score "
+                   "SWEEP`, or try `fetaliqa demo`.")
 
 
 @dataclass
@@ -312,6 +312,11 @@ def run(args) -> int:
         headless = True
     if headless and args.sweep is None:
         raise UsageError(NO_DISPLAY_HELP)
+    if headless and not unattended:
+        # a window nobody can see, scored for nothing: it ran 20 s, wrote nothing and said nothing
+        raise UsageError("there is no display here to open the viewer on: add --screenshot shot.png and/or "
+                         "--save-scores DIR to render the sweep offscreen and keep what it shows, or score it "
+                         "with `fetaliqa score SWEEP`.")
     if args.save_scores is not None and args.sweep is None:
         raise UsageError("--save-scores needs a sweep to score: fetaliqa gui SWEEP --save-scores DIR")
     if args.save_scores is not None:

@@ -77,6 +77,16 @@ def test_gui_errors_are_one_line(tmp_path, capsys):
     assert "empty (0 bytes)" in err and "left as it is" in err and empty.stat().st_size == 0
 
 
+def test_a_sweep_alone_without_a_display_says_what_to_add(tmp_path, capsys, monkeypatch):
+    """`fetaliqa SWEEP` with no display ran 20 s, wrote nothing and said nothing (status 0)."""
+    from fetaliqa_core.io import write_volume
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    write_volume(tmp_path / "s.mha", np.zeros((3, 40, 48), np.uint8))
+    assert cli_main(["gui", str(tmp_path / "s.mha")]) == 2
+    assert "--screenshot" in capsys.readouterr().err
+
+
 def test_gui_headless_without_model_still_renders(tmp_path, small_sweep):
     """A real process, the real model loader: with no model available (a bundle folder that
     does not exist) the window still renders the frames, says why, and exits non-zero."""

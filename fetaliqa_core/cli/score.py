@@ -217,12 +217,30 @@ def check_out_folder(out: Path, option: str = "--out") -> None:
     if out.exists() and not out.is_dir():
         raise FetalIQAError(f"{option} {out} is an existing file; give a folder for the results (it is created "
                             "if needed).")
-    for parent in out.parents:
+    for parent in (out, *out.parents):
         if parent.exists():
             if not parent.is_dir():
                 raise FetalIQAError(f"{option} {out}: {parent} is a file, not a folder; choose another output "
                                     "folder.")
+            _check_writable(parent, out, option)
             break
+
+
+def _check_writable(folder: Path, out: Path, option: str) -> None:
+    """A folder the results cannot be written in is said before the frames are scored (it was
+    found after every frame, with a temporary file's name in the message)."""
+    import os
+    import tempfile
+
+    from fetaliqa_core.paths import os_error_cause
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fetaliqa-probe-", dir=folder)
+    except OSError as exc:
+        raise FetalIQAError(f"{option} {out}: nothing can be written in {folder} ({os_error_cause(exc)}); "
+                            "choose another output folder.") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _failure_text(exc: BaseException) -> str:
