@@ -166,8 +166,18 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
     name = Path(m.sweep.path).name if getattr(m.sweep, "path", None) else ""
     if len(name) > NAME_CHARS:  # the corner beside the fan is narrow: keep the start and the end
         name = name[:NAME_CHARS // 2 - 1] + "…" + name[-(NAME_CHARS - NAME_CHARS // 2):]
-    tl = (f"<b>{i}</b> / {m.n_frames - 1}<br>sweep {k + 1}{kind_text}"
-          + (f"<br><span style='color:{theme.TEXT_DIM}'>{_esc(name)}</span>" if name else ""))
+    # frames are numbered from 0 ("153 / 839" read as 153 of 839); the pixel size beside the name,
+    # with where it comes from: the lengths on the frame rest on it
+    sweep = m.sweep
+    if getattr(sweep, "spacing_problem", None) is None and getattr(sweep, "spacing_mm", None) is not None:
+        from fetaliqa_core.io._common import spacing_text
+
+        pixel = f"pixel {spacing_text(sweep.spacing_mm).replace(' (width x height)', '')} · {sweep.spacing_source}"
+    else:
+        pixel = "pixel size unknown: no lengths"
+    tl = (f"frame <b>{i}</b> of 0–{m.n_frames - 1}<br>sweep {k + 1}{kind_text}"
+          + (f"<br><span style='color:{theme.TEXT_DIM}'>{_esc(name)}</span>" if name else "")
+          + f"<br><span style='color:{theme.TEXT_DIM}'>{_esc(pixel)}</span>")
     for note in getattr(m.sweep, "read_notes", ()) or ():  # what reading the file did, for as long as it is shown
         short = str(note).split(";")[0].strip()
         short = short if len(short) <= READ_NOTE_CHARS else short[:READ_NOTE_CHARS - 1] + "…"

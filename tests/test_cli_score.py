@@ -61,7 +61,9 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
             row = rows[s["best_frame"]]
             assert s["p_cls"] == pytest.approx(float(row["p_cls"]), abs=1e-3)
             assert s["p_seg"] == pytest.approx(float(row["p_seg"]), abs=1e-3)
-            assert f"best frame {s['best_frame']} (p_cls {s['p_cls']:.2f}, p_seg {s['p_seg']:.2f})" in printed
+            plane = f", {s['plane']} plane (segmenter)" if s["plane"] else ""
+            assert f"best frame {s['best_frame']} (p_cls {s['p_cls']:.2f}, p_seg {s['p_seg']:.2f}{plane})" in printed
+            assert s["plane"] in (None, "optimal", "suboptimal")
         else:
             assert s["p_cls"] is None and s["p_seg"] is None
 

@@ -319,6 +319,9 @@ class SweepSummary:
     ac_note: str = ""  # why doubtful / not shown
     p_cls: float | None = None  # the models' own scores at the best frame (None: no such model or frame)
     p_seg: float | None = None
+    #: the plane at the best frame as a 3-class segmenter grades it ("optimal" | "suboptimal"; None:
+    #: no such segmenter, or no frame): a measurement on a suboptimal plane is to be read as such
+    plane: str | None = None
 
 
 def _score_at(scores, frame: int, has: bool) -> float | None:
@@ -498,7 +501,9 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
                              else None),  # null where no AC is shown, as in cases.csv
             ac_status=r.status, ga=r.ga_text, ac_note=r.note,
             p_cls=_score_at(results.p_cls, frame, results.has_cls),
-            p_seg=_score_at(results.p_seg, frame, results.has_seg)))
+            p_seg=_score_at(results.p_seg, frame, results.has_seg),
+            plane=(None if frame < 0 or b is None or b.optimal is None
+                   else ("optimal" if b.optimal else "suboptimal"))))
     chosen_m = ac_on(chosen)
     chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem,
                              _mask_problem(choice, chosen), _disagreement(p_cls, thresholds, chosen, flags),

@@ -204,8 +204,9 @@ def _print_summary(summary: dict, out: Path) -> None:
         cuts = {"p_cls": summary.get("threshold") or 0.5, "p_seg": 0.5}  # (the segmenter's call: 1 % of the image)
         scores = ", ".join(f"{name} {beside_threshold(s[name], cuts[name])}" for name in ("p_cls", "p_seg")
                            if s.get(name) is not None)
+        plane = f", {s['plane']} plane (segmenter)" if s.get("plane") else ""
         print(f"  sweep {s['sweep']}{_kind(s['kind'])}: best frame {s['best_frame']} "
-              f"({scores or 'score ' + format(s['score'], '.2f')}){reading}")
+              f"({scores or 'score ' + format(s['score'], '.2f')}{plane}){reading}")
     if summary.get("notice"):
         print(f"  {summary['notice']}")
     print(f"  results in {shown(out)}")
