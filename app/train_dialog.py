@@ -329,6 +329,8 @@ class TrainDialog(QDialog):
         self.status = QLabel("Set up a run and press Start.")
         self.status.setObjectName("dim")
         self.status.setWordWrap(True)
+        # room for a message of three lines (a two-line one was cut at the top and bottom)
+        self.status.setMinimumHeight(self.status.fontMetrics().lineSpacing() * 3 + 4)
         self.message = QLabel()  # validation problems and errors
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -572,8 +574,12 @@ class TrainDialog(QDialog):
             self.progress_bar.setRange(0, PROGRESS_SCALE)
             self.progress_bar.setFormat("cancelled")
             out = self.request.out if self.request else ""
-            self.status.setText(f"Training cancelled after {elapsed}. Finished epochs keep their checkpoints in "
-                                f"{out}; tick 'Continue the run in this folder' to resume it.")
+            kept = bool(out) and any(Path(out).glob("trial_*/checkpoints/*.pt"))
+            self.status.setText(
+                f"Training cancelled after {elapsed}. Finished epochs keep their checkpoints in {out}; tick "
+                "'Continue the run in this folder' to resume it." if kept else
+                f"Training cancelled after {elapsed}, before its first epoch ended: nothing to resume "
+                "(start it again, in an empty folder).")
             self._set_state(IDLE)
         elif status == QProcess.NormalExit and code == 0 and self.bundle_path:
             self.progress_bar.setRange(0, PROGRESS_SCALE)
