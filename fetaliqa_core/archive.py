@@ -459,14 +459,35 @@ def clean_leftovers(out: Path, names: Sequence[str]) -> None:
         return
     now = time.time()
     for p in root.iterdir():
-        m = re.match(r"^\.(.+)\.(?:old-[0-9a-f]{8}|tmp-(?:([A-Za-z0-9.]+)-)?(\d+)-[0-9a-f]{8})$", p.name)
+        # (also the results folder's own temporary one inside a staging folder's name: "..<case>.tmp-….<random>")
+        m = re.match(r"^\.\.?(.+?)\.(?:old-[0-9a-f]{8}|tmp-(?:([A-Za-z0-9.]+)-)?(\d+)-[0-9a-f]{8})(?:\.[A-Za-z0-9_]+)?$",
+                     p.name)
         if not (m and m.group(1) in wanted and p.is_dir()):
             continue
-        if ".tmp-" in p.name[len(m.group(1)) + 1:]:
+        if m.group(3) is not None:
             host, pid = m.group(2), int(m.group(3))
             if host == _host_tag() and pid != os.getpid() and _pid_alive(pid):
                 continue  # another process of this machine is writing it
             if host not in (None, _host_tag()):
+                try:
+                    if now - p.stat().st_mtime < FOREIGN_LEFTOVER_S:
+                        continue
+                except OSError:
+                    continue
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _clean_challenge_leftovers(out: Path) -> None:
+    now = time.time()
+    for p in out.iterdir():
+        m = re.match(rf"^\.{CHALLENGE_DIR}\.(?:old-[0-9a-f]{{8}}|tmp-(?:([A-Za-z0-9.]+)-)?(\d+)-[0-9a-f]{{8}})$", p.name)
+        if not (m and p.is_dir()):
+            continue
+        if m.group(2) is not None:
+            host, pid = m.group(1), int(m.group(2))
+            if host == _host_tag() and pid != os.getpid() and _pid_alive(pid):
+                continue  # another process of this machine is writing it
+            if host != _host_tag():  # another machine's, or one named before hosts were: by its age
                 try:
                     if now - p.stat().st_mtime < FOREIGN_LEFTOVER_S:
                         continue
@@ -588,10 +609,11 @@ def write_challenge_tree(out: Path, rows: Sequence[dict]) -> tuple[Path, int, li
     if not _challenge_tree_is_ours(out, target):
         raise FetalIQAError(f"{target}: exists and was not written by FetalIQA; it is left as it is. "
                             "Move it away or choose another --out.")
-    for p in out.iterdir():  # what a killed rank 0 left
-        if re.match(rf"^\.{CHALLENGE_DIR}\.(tmp-\d+-[0-9a-f]{{8}}|old-[0-9a-f]{{8}})$", p.name) and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-    staged = out / f".{CHALLENGE_DIR}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    # What a killed run left, under the rules of the case folders' leftovers: another run of this
+    # machine or of another one may be filling its own tree right now (deleting it left a partial
+    # challenge/ in place, reported as written).
+    _clean_challenge_leftovers(out)
+    staged = out / f".{CHALLENGE_DIR}.tmp-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staged.mkdir()
     jobs, left_out = [], []
     try:

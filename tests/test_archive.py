@@ -4,6 +4,7 @@ rank 0's wait on heartbeats (no models here; the end-to-end runs are in test_arc
 from __future__ import annotations
 
 import csv
+import os
 import json
 import threading
 import time
@@ -356,3 +357,33 @@ def test_a_challenge_folder_with_the_user_s_own_files_is_never_rebuilt(tmp_path)
     (target / "case1" / "output" / "notes.txt").unlink()
     (target / "README.txt").write_text("mine")
     assert not ar._challenge_tree_is_ours(tmp_path, target)
+
+
+def test_a_full_disk_stops_the_archive_and_leftovers_of_the_results_folder_go(tmp_path):
+    """A full disk was recorded as the failure of every later sweep file (naming the input); the
+    results folder's own temporary folder a killed process left inside a case's staging name was
+    never removed; a challenge tree being written by another run was deleted under it."""
+    import errno
+
+    from fetaliqa_core.cli.score_archive import _output_side
+    from fetaliqa_core.errors import FetalIQAError
+
+    assert _output_side(OSError(errno.ENOSPC, "No space left on device")) == "the disk is full"
+    assert _output_side(FetalIQAError("x.mha: could not write the file (No space left on device).")) == "the disk is full"
+    assert _output_side(FetalIQAError("x.mha: the file is truncated")) == ""
+    root = tmp_path / ar.CASES_DIR
+    root.mkdir()
+    dead = 2 ** 22 + 12345  # no such process
+    left = root / f"..c1.tmp-{ar._host_tag()}-{dead}-0123abcd.x1y2z3"
+    left.mkdir()
+    mine = root / f"..c1.tmp-{ar._host_tag()}-{os.getpid()}-0123abcd.x1y2z3"
+    mine.mkdir()
+    ar.clean_leftovers(tmp_path, ["c1"])
+    assert not left.exists()
+    # another machine's challenge tree in the writing is kept (until it is old); a dead one of ours goes
+    theirs = tmp_path / f".{ar.CHALLENGE_DIR}.tmp-otherhost.abcd1234-77-0123abcd"
+    ours = tmp_path / f".{ar.CHALLENGE_DIR}.tmp-{ar._host_tag()}-{dead}-0123abcd"
+    theirs.mkdir()
+    ours.mkdir()
+    ar._clean_challenge_leftovers(tmp_path)
+    assert theirs.exists() and not ours.exists()

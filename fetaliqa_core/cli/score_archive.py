@@ -76,6 +76,23 @@ def _record_writer(item: ar.Item, base: dict):
     return write
 
 
+def _output_side(exc: BaseException) -> str:
+    """Why writing results failed, when it is the output's disk (full, over quota, read-only);
+    "" for a failure of the case itself."""
+    import errno
+
+    causes = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+              errno.EROFS: "the disk is read-only"}
+    if isinstance(exc, OSError) and exc.errno in causes:
+        return causes[exc.errno]
+    text = str(exc)
+    for words, why in (("No space left on device", "the disk is full"), ("Disk quota exceeded", "the disk quota is used up"),
+                       ("Read-only file system", "the disk is read-only")):
+        if words in text:
+            return why
+    return ""
+
+
 def run(args) -> int:
     from fetaliqa_core import io as fio
     from fetaliqa_core.cli import score as score_cmd
@@ -96,6 +113,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
 
     path: Path = args.sweep
     out: Path = args.out or Path("fetaliqa-scores") / score_cmd._stem(path)
+    archive_root = str(Path(path).expanduser().resolve())  # recorded with each case: which archive it is of
     plan = None
     if ranks.is_main:
         try:
@@ -166,6 +184,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 print(f"{position}{shown(item.name)}: already scored with these models, skipped", flush=True)
                 continue
             base = {"format": ar.RECORD_FORMAT, "version": ar.RECORD_VERSION, "case": item.name,
+                    "archive": archive_root,
                     "file": item.member.name, "models": models.choice.describe(), **columns,
                     "threshold": float(threshold), "settings_key": settings, "file_stat": item.fstat, "rank": ranks.rank,
                     "host": ar.hostname(), "device": models.device, "_t0": time.perf_counter()}
@@ -176,10 +195,15 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             read_failed = item.error is not None  # before scoring: reading or hashing the file
             if item.error is None and not foreign:
                 earlier = ar.read_record(ar.case_dir(out, item.name))
-                if earlier is not None and earlier.get("file") not in (None, item.member.name):
+                other_archive = earlier is not None and earlier.get("archive") not in (None, archive_root)
+                if earlier is not None and (earlier.get("file") not in (None, item.member.name) or other_archive):
                     # another archive scored into this --out, or a renamed file: say what is replaced
-                    print(f"{position}{shown(item.name)}: replaces the results of {earlier.get('file')!r} in "
-                          f"{ar.case_dir(out, item.name)}", file=sys.stderr, flush=True)
+                    # (a file of the same name in another archive was replaced without a word)
+                    source = f" of archive {earlier.get('archive')}" if other_archive else ""
+                    print(f"{position}{shown(item.name)}: replaces the results of {earlier.get('file')!r}"
+                          f"{shown(source)} in {ar.case_dir(out, item.name)}"
+                          + (" (another archive scored into this --out; give each its own --out)"
+                             if other_archive else ""), file=sys.stderr, flush=True)
             if item.error is None:
                 staged = ar.staging_dir(out, item.name)
                 try:
@@ -190,6 +214,12 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                     import shutil
 
                     shutil.rmtree(staged, ignore_errors=True)
+                    if _output_side(exc):
+                        # a full or read-only disk is no failure of this sweep: every case after it
+                        # would fail the same way, each recorded against its own file
+                        raise FetalIQAError(f"{out}: the results cannot be written ({_output_side(exc)}): free "
+                                            "space or choose another --out, then run the same command again; "
+                                            "the cases scored so far are kept.") from None
                     item.error = ar.case_error(exc, item.member)
             item.sweep = None
             if item.error is None:

@@ -25,6 +25,7 @@ from fetaliqa_core.io._common import (
     SWEEP_KINDS,
     fmt_shape,
     full_suffix,
+    quiet_itk,
     sitk_reason,
 )
 from fetaliqa_core.io.frames import as_frame_stack, as_labels, check_frame_shape, to_uint8_frames
@@ -308,11 +309,12 @@ def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, f
                             "Choose a folder you can write to.") from None
     suffix = full_suffix(path)
     try:
-        if suffix == ".mhd":  # header + separate data file whose name it records: write in place
-            sitk.WriteImage(image, str(path), useCompression=compress, compressionLevel=compression_level)
-            return
-        with atomic_path(path, suffix=suffix) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=compress, compressionLevel=compression_level)
+        with quiet_itk():  # (its own "file stream is fail after write" on a full disk: the line below says it)
+            if suffix == ".mhd":  # header + separate data file whose name it records: write in place
+                sitk.WriteImage(image, str(path), useCompression=compress, compressionLevel=compression_level)
+                return
+            with atomic_path(path, suffix=suffix) as tmp:
+                sitk.WriteImage(image, str(tmp), useCompression=compress, compressionLevel=compression_level)
     except RuntimeError as exc:
         raise FetalIQAError(f"{path}: could not write the file ({sitk_reason(exc)}). Check the "
                             f"suffix (supported: {SUPPORTED_FORMATS}) and that the disk has space.") from None
