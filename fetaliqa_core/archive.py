@@ -530,6 +530,12 @@ def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: 
     rows = []
     for k, (name, fname) in enumerate(zip(names, files)):
         rec = read_record(case_dir(out, name))
+        if rec is None and foreign_folder(case_dir(out, name)):
+            # a rerun cannot change it: it said 'missing … run again' for ever
+            rows.append({"case": name, "file": fname, "status": STATUS_FAILED,
+                         "error": f"{case_dir(out, name)} exists and was not written by FetalIQA (or lost its "
+                                  "case.json); move it away, then run the same command again"})
+            continue
         if rec is None:
             rows.append({"case": name, "file": fname, "status": STATUS_MISSING,
                          "error": "not scored yet; run the same command again to score it"})

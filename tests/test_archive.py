@@ -387,3 +387,13 @@ def test_a_full_disk_stops_the_archive_and_leftovers_of_the_results_folder_go(tm
     ours.mkdir()
     ar._clean_challenge_leftovers(tmp_path)
     assert theirs.exists() and not ours.exists()
+
+
+def test_a_foreign_folder_where_a_case_goes_is_a_failure_in_the_table(tmp_path):
+    """It was 'missing: not scored yet; run the same command again' for ever: a rerun refuses it."""
+    folder = ar.case_dir(tmp_path, "c1")
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    rows = ar.table_rows(tmp_path, ["c1", "c2"], ["c1.mha", "c2.mha"], None)
+    assert rows[0]["status"] == "failed" and "not written by FetalIQA" in rows[0]["error"]
+    assert rows[1]["status"] == "missing"
