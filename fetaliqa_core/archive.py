@@ -464,36 +464,32 @@ def clean_leftovers(out: Path, names: Sequence[str]) -> None:
                      p.name)
         if not (m and m.group(1) in wanted and p.is_dir()):
             continue
-        if m.group(3) is not None:
-            host, pid = m.group(2), int(m.group(3))
-            if host == _host_tag() and pid != os.getpid() and _pid_alive(pid):
-                continue  # another process of this machine is writing it
-            if host not in (None, _host_tag()):
-                try:
-                    if now - p.stat().st_mtime < FOREIGN_LEFTOVER_S:
-                        continue
-                except OSError:
-                    continue
-        shutil.rmtree(p, ignore_errors=True)
+        if m.group(3) is None or _left_over(p, m.group(2), int(m.group(3)), now):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _left_over(path: Path, host: str | None, pid: int, now: float) -> bool:
+    """Whether a temporary folder named by ``host`` and ``pid`` was left by a process that no longer
+    writes it: one of this machine that no longer runs, one named before hosts were, or another
+    machine's :data:`FOREIGN_LEFTOVER_S` ago (its process may still be writing it)."""
+    if host == _host_tag():
+        return pid == os.getpid() or not _pid_alive(pid)
+    if host is None:
+        return True
+    try:
+        return now - path.stat().st_mtime >= FOREIGN_LEFTOVER_S
+    except OSError:
+        return False
 
 
 def _clean_challenge_leftovers(out: Path) -> None:
+    """What a killed run left of a challenge tree, under :func:`_left_over`'s rules: another run,
+    here or on another machine, may be filling its own tree now."""
     now = time.time()
     for p in out.iterdir():
         m = re.match(rf"^\.{CHALLENGE_DIR}\.(?:old-[0-9a-f]{{8}}|tmp-(?:([A-Za-z0-9.]+)-)?(\d+)-[0-9a-f]{{8}})$", p.name)
-        if not (m and p.is_dir()):
-            continue
-        if m.group(2) is not None:
-            host, pid = m.group(1), int(m.group(2))
-            if host == _host_tag() and pid != os.getpid() and _pid_alive(pid):
-                continue  # another process of this machine is writing it
-            if host != _host_tag():  # another machine's, or one named before hosts were: by its age
-                try:
-                    if now - p.stat().st_mtime < FOREIGN_LEFTOVER_S:
-                        continue
-                except OSError:
-                    continue
-        shutil.rmtree(p, ignore_errors=True)
+        if m and p.is_dir() and (m.group(2) is None or _left_over(p, m.group(1), int(m.group(2)), now)):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def write_failure(out: Path, name: str, record: dict) -> None:
