@@ -52,6 +52,10 @@ def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
                         "frames": len(idx[name]), "positive_frames": idx[name].n_positive}
     for name in ("train", "val", "test"):
         reporter.message(f"{name}: {idx[name].summary()}")
+    shared = set(record["train"]["subjects"]) & (set(record["val"]["subjects"]) | set(record["test"]["subjects"]))
+    if shared:  # the paper's permutation split ignores subjects: its metrics are not subject-independent
+        reporter.message(f"note: {len(shared)} subject(s) have cases in training and in validation or test "
+                         f"(split {cfg.split_method}): their metrics are not of unseen subjects")
     return Splits(idx["train"], idx["val"], idx["test"], record)
 
 
