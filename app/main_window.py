@@ -640,6 +640,13 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         blind = self.review.active and self.review.blinded.isChecked()
         self.curve.setVisible(not blind)
         self.flagged.setVisible(not blind)
+        # the dock goes with its list (an empty title bar was left), and comes back as it was
+        if blind and not getattr(self, "_dock_hidden_for_blinding", False):
+            self._dock_hidden_for_blinding = self.flagged_dock.isVisible()
+            self.flagged_dock.setVisible(False)
+        elif not blind and getattr(self, "_dock_hidden_for_blinding", False):
+            self._dock_hidden_for_blinding = False
+            self.flagged_dock.setVisible(True)
         for act in (self.act_best, self.act_prev_flag, self.act_next_flag):
             act.setEnabled(not blind)
         self._drawn_version = -1

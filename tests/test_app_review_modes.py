@@ -50,6 +50,7 @@ def test_blinded_review_hides_the_models_call_until_the_verdict(qtbot):
     assert "blinded" in win.frame_view.corner_tr.text() and "classifier" not in win.frame_view.corner_tr.text()
     assert "chosen" not in win.frame_view.corner_bl.text() and "best of" not in win.frame_view.corner_bl.text()
     assert not win.curve.isVisible() and not win.flagged.isVisible()
+    assert not win.flagged_dock.isVisible()  # not an empty title bar either
     assert "hidden" in win.status_ac.text()
     messages = []
     panel.message.connect(messages.append)
@@ -63,6 +64,7 @@ def test_blinded_review_hides_the_models_call_until_the_verdict(qtbot):
     assert win.frame_view.overlay.isVisible() and "classifier" in win.frame_view.corner_tr.text()
     panel.blinded.setChecked(False)
     assert win.curve.isVisible() and win.flagged.isVisible() and "AC" in win.status_ac.text()
+    assert win.flagged_dock.isVisible()
 
 
 def test_blinded_review_does_not_jump_to_the_models_frames(qtbot):
