@@ -80,9 +80,11 @@ class ReviewPanel(QWidget):
         self.best_only.toggled.connect(self._best_only_toggled)
         self.blinded = QCheckBox("Blinded: my verdict first")
         self.blinded.setToolTip("Hide the model's call (scores, overlay, curve, flags) on a frame until "
-                                "you have saved your verdict on it")
+                                "you have saved your verdict on it. The Candidates, Unreviewed and disagreement "
+                                "queues hold frames the model singled out: for a review blind to that too, "
+                                "choose All frames")
         self.blinded.setFocusPolicy(Qt.NoFocus)
-        self.blinded.toggled.connect(lambda _on: self.blinding_changed.emit())
+        self.blinded.toggled.connect(self._blinded_toggled)
         self.progress_label = QLabel("0 / 0 reviewed")
         self.progress_bar = QProgressBar()
         self.progress_bar.setTextVisible(False)
@@ -170,6 +172,13 @@ class ReviewPanel(QWidget):
         if self.session is None or not self.blinded.isChecked() or self.model.sweep is None:
             return False
         return (self.model.frame if frame is None else frame) not in self.model.verdicts
+
+    def _blinded_toggled(self, on: bool) -> None:
+        if on and self.model.queue_kind != "all":
+            # a queue of the model's flagged frames tells its call by being one
+            self.message.emit(f"Blinded review: the '{QUEUE_TITLES.get(self.model.queue_kind, self.model.queue_kind)}' "
+                              "queue holds frames the model singled out; choose All frames to be blind to that too.")
+        self.blinding_changed.emit()
 
     def _best_only_toggled(self, on: bool) -> None:
         if self.session is None:
