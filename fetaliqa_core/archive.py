@@ -159,9 +159,12 @@ def shard(n_cases: int, ranks: Ranks) -> list[int]:
 
 # -- cases and keys --------------------------------------------------------------------------
 
-def case_names(members: Sequence[Path], stem: Callable[[Path], str]) -> list[str]:
-    """A folder name per member: its stem, or its whole file name where two stems collide."""
+def case_names(members: Sequence[Path], stem: Callable[[Path], str], reserved: Sequence[str] = (),
+               suffix: str = "~case") -> list[str]:
+    """A folder name per member: its stem, or its whole file name where two stems collide; a name
+    in ``reserved`` (a file of the output's own beside the folders) gets ``suffix``."""
     stems = [stem(m) for m in members]
+    stems = [f"{s}{suffix}" if s in reserved else s for s in stems]
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1

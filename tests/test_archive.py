@@ -45,6 +45,9 @@ def test_case_names_are_unique_when_stems_collide():
     stem = lambda p: p.name[: -len(p.suffix)]  # noqa: E731
     names = ar.case_names(members, stem)
     assert len(set(names)) == 3 and names == ["a.mha", "a.mha~2", "a.nii"]
+    # a sweep named predictions.json.mha took the challenge tree's predictions.json (no tree written)
+    members = [Path("d/predictions.json.mha"), Path("d/b.mha")]
+    assert ar.case_names(members, stem, reserved=(ar.PREDICTIONS_FILE,)) == ["predictions.json~case", "b"]
 
 
 def test_file_hash_follows_the_bytes_and_a_detached_data_file(tmp_path):

@@ -295,7 +295,7 @@ def run(args) -> int:
     from fetaliqa_core.archive import case_names
 
     # one folder per member, also for case.mha beside case.nrrd (one overwrote the other)
-    names = [f"{n}~sweep" if n == TABLE_FILE else n for n in case_names(members, _stem)]  # the table's own name
+    names = case_names(members, _stem, reserved=(TABLE_FILE,), suffix="~sweep")  # the table's own name
     for k, (member, name) in enumerate(zip(members, names), 1):
         out = base_out / name
         try:

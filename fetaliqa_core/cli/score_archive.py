@@ -122,7 +122,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             note = score_cmd.left_out_note(path, members) if members != [path] else ""
             if note:
                 print(f"fetaliqa: {shown(note)}", file=sys.stderr, flush=True)
-            names = ar.case_names(members, score_cmd._stem)
+            # (a case named like the challenge tree's predictions.json would take its place there)
+            names = ar.case_names(members, score_cmd._stem, reserved=(ar.PREDICTIONS_FILE,))
             plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id()}
         except FetalIQAError as exc:
             if not ranks.distributed:
