@@ -348,6 +348,11 @@ class ViewerModel:
         if self.results is None:
             self.start_results(batch.p_cls is not None, batch.p_seg is not None)
         self._apply(batch)
+        hints = getattr(batch, "shape_hints", None)
+        if hints:  # the masks were judged in the worker: not again on this thread
+            from fetaliqa_core.analysis.assessment import adopt_shape_hints
+
+            adopt_shape_hints(self.results, hints)
         self.scoring.n_done = int(batch.n_done)
         self.scoring.n_total = int(batch.n_total)
         if batch.frames_per_second > 0:

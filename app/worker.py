@@ -78,6 +78,19 @@ class ScoringWorker(QObject):
 
         return ScoringEngine(self.sweep, cls=models.cls, seg=models.seg)
 
+    def _judge_masks(self, engine, item) -> None:
+        """The frame choice's verdict on the batch's masks, judged here rather than on the window's
+        thread (``BatchResult.shape_hints``); the window judges itself what this leaves out."""
+        results = getattr(engine, "results", None)
+        if results is None or not getattr(results, "has_seg", False) or not hasattr(item, "shape_hints"):
+            return
+        try:
+            from fetaliqa_core.analysis.assessment import shape_hints
+
+            item.shape_hints = shape_hints(self.sweep, results, item.indices)
+        except Exception:  # noqa: BLE001 - only a head start: the window judges the masks itself then
+            item.shape_hints = None
+
     @Slot()
     def run(self) -> None:
         try:
@@ -105,6 +118,7 @@ class ScoringWorker(QObject):
                 if cascade:
                     (self.batch if item.stage == "student" else self.teacher_batch).emit(item.batch)
                 else:
+                    self._judge_masks(engine, item)
                     self.batch.emit(item)
             complete = engine.complete if cascade else engine.results.complete
             self.finished.emit(bool(complete), int(engine.results.n_done))

@@ -220,6 +220,10 @@ class BatchResult:
     n_total: int
     frames_per_second: float
     from_cache: bool = False
+    #: what the frame choice judged of these frames' masks where they were scored
+    #: (``analysis.assessment.shape_hints``): the window takes it instead of judging them again
+    #: on its own thread (2 s for a case of 840 masked frames opened again from the cache)
+    shape_hints: dict | None = None
 
 
 class ResultCache:

@@ -669,3 +669,24 @@ def test_a_replaced_runs_last_results_never_reach_the_new_sweep(qtbot, make_wind
     finally:
         sys.excepthook = hook
     assert not errors
+
+
+def test_masks_are_judged_in_the_worker_not_on_the_window_thread(qtbot, make_window, monkeypatch):
+    """The frame choice judged every new mask on the window's thread (~2.5 ms each): a case of 840
+    masked frames opened again from the cache froze the window for 2.1 s."""
+    import threading
+
+    from fetaliqa_core.analysis import frame_choice
+
+    on_main, real = [], frame_choice.mask_shape
+
+    def counting(*args, **kwargs):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(frame_choice, "mask_shape", counting)
+    win = make_window()
+    _wait_scored(qtbot, win)
+    win.refresh()
+    assert win.model.flags is not None and on_main  # judged, and used for the answer
+    assert not any(on_main), f"{sum(on_main)} of {len(on_main)} masks judged on the window's thread"

@@ -562,6 +562,26 @@ def _shape_cache(results) -> dict:
     return cache
 
 
+def shape_hints(sweep, results, frames) -> dict:
+    """What :func:`mask_shapes` has judged of ``frames`` of ``results`` (judging what it has not
+    yet), for another results object that holds the same mask arrays to take over
+    (:func:`adopt_shape_hints`): a worker thread judges them, the window's thread does not."""
+    mask_shapes(sweep, results)
+    cache = _shape_cache(getattr(results, "shape_cache_owner", None) or results)
+    wanted = {int(f) for f in frames}
+    return {k: v for k, v in list(cache.items())
+            if k[0] == "fov" or (isinstance(k[0], int) and k[0] in wanted)}
+
+
+def adopt_shape_hints(results, hints: dict) -> None:
+    """Take over :func:`shape_hints` where ``results`` holds the very mask judged (a frame scored
+    again since has another mask, and is judged anew)."""
+    cache = _shape_cache(getattr(results, "shape_cache_owner", None) or results)
+    for k, v in hints.items():
+        if k[0] == "fov" or (isinstance(k[0], int) and results.mask(k[0]) is v[0]):
+            cache.setdefault(k, v)
+
+
 def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
     """:func:`frame_choice.mask_shape` of every scored frame's mask, in the sweep's field of view
     at model resolution, with the model pixel's size in mm when the sweep's spacing is known and
