@@ -97,6 +97,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._settings_save_timer.setSingleShot(True)
         self._settings_save_timer.setInterval(500)
         self._settings_save_timer.timeout.connect(lambda: self.settings.save())
+        # and the review's queues follow a threshold once it rests (they kept the old one's flags)
+        self._settings_save_timer.timeout.connect(lambda: self.review.results_updated())
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(int(1000 / REFRESH_HZ))
         self._refresh_timer.timeout.connect(self.refresh)

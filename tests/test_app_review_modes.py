@@ -153,3 +153,18 @@ def test_dragging_the_threshold_writes_the_settings_once_it_rests(qtbot, monkeyp
     win.curve.threshold_moved.emit(0.7)
     win.close()  # before the pause: the close writes it
     assert AppSettings.load().thresholds[win._models_key()] == pytest.approx(0.7)
+
+
+def test_the_review_queue_follows_a_threshold_once_it_rests(qtbot):
+    """The queues came from the run stored before the threshold moved: a frame flagged only at the
+    new threshold was not in the Candidates queue."""
+    win = scored_window(qtbot, AppSettings(reviewer="cy"))
+    panel = win.review
+    assert panel.start()
+    before = set(win.model.flags.candidates)
+    p_cls = win.model.results.p_cls
+    low = float(np.nanmin(p_cls[p_cls > 0])) + 1e-3
+    win.curve.threshold_moved.emit(low)  # as a drag of the line does
+    newly = sorted(set(win.model.flags.candidates) - before)
+    assert newly
+    qtbot.waitUntil(lambda: newly[0] in win.model.queue, timeout=5000)
