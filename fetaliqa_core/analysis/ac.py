@@ -137,14 +137,11 @@ def straight_cut(mask: np.ndarray, fov: FovArg = None) -> float | None:
     know (another probe's fan, the image's border) shows that edge as one straight chord; a polygon
     drawn with a few clicks has several sides of like length. None when there is no outline to
     judge."""
-    mask, shape, fov_mask = _one_frame(mask, fov, "straight_cut")
-    region = mask != 0
-    if fov_mask is not None:
-        region &= fov_mask
-    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
+    found = _largest_outline(mask, fov, "straight_cut")
+    if found is None:
         return None
-    outline = max(contours, key=lambda c: (cv2.contourArea(c), len(c))).reshape(-1, 2)
+    largest, shape, fov_mask = found
+    outline = largest.reshape(-1, 2)
     keep = ~_border_zone(fov_mask, shape)[outline[:, 1], outline[:, 0]]
     if keep.sum() < MIN_ELLIPSE_POINTS:
         return None
@@ -166,6 +163,22 @@ def straight_cut(mask: np.ndarray, fov: FovArg = None) -> float | None:
     # sides of like length, and is whole
     longest, next_longest = float(pieces[-1]), float(pieces[-2]) if pieces.size > 1 else 0.0
     return min(longest / reference, longest / next_longest if next_longest > 0 else math.inf)
+
+
+def _largest_outline(mask, fov: FovArg, who: str):
+    """The outer outline of the largest piece of ``mask`` inside ``fov`` (every boundary pixel, as
+    ``cv2.findContours`` gives it) with the frame's shape and the resolved field of view:
+    ``(contour, shape, fov_mask)``; None when nothing is left inside the field of view."""
+    mask, shape, fov_mask = _one_frame(mask, fov, who)
+    region = mask != 0
+    if fov_mask is not None:
+        region &= fov_mask
+    if not region.any():
+        return None
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    return max(contours, key=lambda c: (cv2.contourArea(c), len(c))), shape, fov_mask
 
 
 def _fit(points: np.ndarray) -> tuple[tuple[float, float], tuple[float, float], float] | None:
@@ -210,18 +223,11 @@ def measure_ac(
     piece of the remaining outline, so an outline cut into two arcs loses the smaller arc; here
     every non-border point of the largest region's outline is used (same result for one arc).
     """
-    mask, shape, fov_mask = _one_frame(mask, fov, "measure_ac")
     row_mm, col_mm = _as_spacing(spacing_mm)
-
-    region = mask != 0
-    if fov_mask is not None:
-        region &= fov_mask
-    if not region.any():
+    found = _largest_outline(mask, fov, "measure_ac")
+    if found is None:
         return None
-    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return None
-    largest = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
+    largest, shape, fov_mask = found
     # Pixels of the region enclosed by this outline (contourArea underestimates small blobs).
     area_px = cv2.contourArea(largest) + len(largest) / 2.0 + 1.0
     if area_px < min_area_px:

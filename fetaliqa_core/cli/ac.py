@@ -145,10 +145,9 @@ def run(args: argparse.Namespace) -> int:
         outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)
         if outside > FOV_SPILL:
             # an ACOUSLIC annotation lies inside the probe's fan: this mask was drawn on another one
-            fov, fov_note = None, (f"{outside:.0%} of the mask lies outside the ACOUSLIC field of view: "
-                                   "measured on the whole frame (another probe's image)")
-    if fov is None and fov_name != "whole frame":
-        fov_name = "whole frame"
+            fov, fov_name, fov_note = None, "whole frame", (
+                f"{outside:.0%} of the mask lies outside the ACOUSLIC field of view: measured on the whole "
+                "frame (another probe's image)")
     m = analysis.measure_ac(frame, spacing, fov=fov)
     shape = None if m is None else _mask_shape(frame, fov, spacing, problem)
     mask_problem = None if shape is None else shape.problem
@@ -225,8 +224,7 @@ def _sweep_fov(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     if (sweep.height, sweep.width) != tuple(shape):
         raise FetalIQAError(f"{path}: the sweep's frames are {sweep.width} x {sweep.height} pixels, the mask's "
                             f"{shape[1]} x {shape[0]}: give the sweep the mask was drawn on")
-    fov = acouslic.sweep_fov(sweep)
-    return resolve_fov(fov, tuple(shape)) if isinstance(fov, str) else np.asarray(fov, bool)
+    return resolve_fov(acouslic.sweep_fov(sweep), tuple(shape))
 
 
 def _why_no_ac(frame: np.ndarray, masks: np.ndarray, writer: str) -> str:
