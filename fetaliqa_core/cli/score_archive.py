@@ -80,16 +80,14 @@ def _output_side(exc: BaseException) -> str:
     """Why writing results failed, when it is the output's disk (full, over quota, read-only);
     "" for a failure of the case itself."""
     import errno
+    import os
 
-    causes = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-              errno.EROFS: "the disk is read-only"}
-    if isinstance(exc, OSError) and exc.errno in causes:
-        return causes[exc.errno]
-    text = str(exc)
-    for words, why in (("No space left on device", "the disk is full"), ("Disk quota exceeded", "the disk quota is used up"),
-                       ("Read-only file system", "the disk is read-only")):
-        if words in text:
-            return why
+    from fetaliqa_core.paths import os_error_cause
+
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        # an OSError, or a FetalIQAError that names the system's words for it (a writer's message)
+        if (isinstance(exc, OSError) and exc.errno == code) or os.strerror(code) in str(exc):
+            return os_error_cause(OSError(code, os.strerror(code)))
     return ""
 
 
@@ -215,10 +213,11 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                     import shutil
 
                     shutil.rmtree(staged, ignore_errors=True)
-                    if _output_side(exc):
+                    disk = _output_side(exc)
+                    if disk:
                         # a full or read-only disk is no failure of this sweep: every case after it
                         # would fail the same way, each recorded against its own file
-                        raise FetalIQAError(f"{out}: the results cannot be written ({_output_side(exc)}): free "
+                        raise FetalIQAError(f"{out}: the results cannot be written ({disk}): free "
                                             "space or choose another --out, then run the same command again; "
                                             "the cases scored so far are kept.") from None
                     item.error = ar.case_error(exc, item.member)
