@@ -11,6 +11,7 @@ import math
 import os
 import re
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -167,14 +168,22 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     return raw
 
 
+def _number_of_frames(ds: Any) -> int:
+    """A parsed header's Number of Frames: 1 without one, or with one that is no count."""
+    try:
+        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
 def _series_frames(names: list[str]) -> int:
     """Frames a series holds: its files times the first file's Number of Frames (one header read
     a series; a header that cannot be read counts one frame a file)."""
     try:
         import pydicom
 
-        ds = pydicom.dcmread(names[0], stop_before_pixels=True, force=True, specific_tags=["NumberOfFrames"])
-        per_file = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        per_file = _number_of_frames(pydicom.dcmread(names[0], stop_before_pixels=True, force=True,
+                                                      specific_tags=["NumberOfFrames"]))
     except Exception:  # noqa: BLE001 - the series' own read says what is wrong with the file
         per_file = 1
     return len(names) * min(per_file, validate.MAX_FRAMES)
@@ -184,8 +193,6 @@ def _refuse_mixed_series(folder: Path, files: list[str], members: list[_Member |
     """One series UID over files that are no one sweep: two studies (an anonymiser that gave them
     one series UID: their frames would interleave), or a cine beside single images."""
     known = [m for m in members if m is not None]
-    from collections import Counter
-
     # (a writer that gives each file a Study UID of its own, as SimpleITK does, makes no two studies)
     studies = [uid for uid, n in Counter(m.study for m in known if m.study).items() if n > 1]
     if len(studies) > 1:
@@ -621,12 +628,8 @@ def _precheck_dicom(path: Path) -> _Member | None:
         import pydicom
 
         ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
-        try:
-            frame_count = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
-        except (TypeError, ValueError):
-            frame_count = 1
         order = _Member(_instance_number(ds), "ImagePositionPatient" in ds,
-                        str(ds.get("StudyInstanceUID", "") or "").strip(), frame_count,
+                        str(ds.get("StudyInstanceUID", "") or "").strip(), _number_of_frames(ds),
                         dataset_calibration(ds))
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
