@@ -335,3 +335,19 @@ def test_a_reviewer_name_carries_no_direction_overrides_or_control_characters(tm
     assert check_reviewer(" bo\x07b\n") == "bob" and check_reviewer("\u0645\u0631\u064a\u0645") == "\u0645\u0631\u064a\u0645"
     with pytest.raises(FetalIQAError):
         check_reviewer("\u202e\u2066")
+
+
+def test_a_writable_database_of_an_earlier_version_is_updated_then_read_only(tmp_path):
+    from fetaliqa_core.review.schema import apply_migrations
+
+    db = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(db, isolation_level=None)
+    apply_migrations(conn, 1)
+    conn.execute("INSERT INTO sweeps (id, content_hash, path, n_frames, sweep_ranges, added_utc) "
+                 "VALUES (1, 'abc', '/d/c.mha', 10, '[[0, 10]]', '2024-01-01')")
+    conn.close()
+    with ReviewStore(db, create=False, read_only=True) as s:
+        assert [r.content_hash for r in s.sweeps()] == ["abc"] and s.schema_version == SCHEMA_VERSION
+        with pytest.raises(FetalIQAError):
+            s.add_sweep("def", "/d/e.mha", 4)
+    assert (tmp_path / "old.sqlite3.v1.bak").is_file()

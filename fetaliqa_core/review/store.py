@@ -177,22 +177,18 @@ class ReviewStore:
                 self._conn = self._connect_read_only()
                 self._configure()
                 if self._schema_behind() and self._writable():
-                    # an earlier version's database that may be written: updated (with its backup) as
-                    # any command would, then read only
+                    # an earlier version's database that may be written: opened as any command opens
+                    # it, updated (with its backup), then read only
                     self.close()
                     self._read_only = False
-                    self._conn = sqlite3.connect(sqlite_uri(self.path, "rw"), timeout=BUSY_TIMEOUT_MS / 1000,
-                                                 uri=True, isolation_level=None, check_same_thread=False)
-                    self._configure()
-                    self._migrate()
-                    self._conn.execute("PRAGMA query_only = ON")
-                    self._read_only = True
-                    return
-            else:
+            if not self._read_only:
                 self._conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=not create,
                                              isolation_level=None, check_same_thread=False)
                 self._configure()
             self._migrate()
+            if read_only and not self._read_only:
+                self._conn.execute("PRAGMA query_only = ON")
+                self._read_only = True
         except sqlite3.DatabaseError as exc:
             error = self._user_error(exc)
             self.close()
