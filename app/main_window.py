@@ -71,6 +71,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._last_frame_ms = 0.0
         self._loader = None  # SweepLoader of the file being opened
         self._train_dialog = None  # app.train_dialog.TrainDialog, kept while the window lives
+        self._dock_hidden_for_blinding = False  # the flagged frames' dock, hidden while a review is blind
         # False for headless runs: problems go to stderr and the status bar, never a modal box.
         self.interactive = True
         #: Problems already printed on stderr (headless), so the command line does not repeat them.
@@ -643,10 +644,10 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.curve.setVisible(not blind)
         self.flagged.setVisible(not blind)
         # the dock goes with its list (an empty title bar was left), and comes back as it was
-        if blind and not getattr(self, "_dock_hidden_for_blinding", False):
+        if blind and not self._dock_hidden_for_blinding:
             self._dock_hidden_for_blinding = self.flagged_dock.isVisible()
             self.flagged_dock.setVisible(False)
-        elif not blind and getattr(self, "_dock_hidden_for_blinding", False):
+        elif not blind and self._dock_hidden_for_blinding:
             self._dock_hidden_for_blinding = False
             self.flagged_dock.setVisible(True)
         for act in (self.act_best, self.act_prev_flag, self.act_next_flag):

@@ -466,7 +466,7 @@ class ReviewPanel(QWidget):
         self._pending = None
         # a note belongs to its frame: the one typed here is not carried to the next frame, and
         # a frame judged before shows its saved note (a corrected label would save it empty)
-        self.note.setText(getattr(self.session, "notes", {}).get(frame, "") if self.session is not None else "")
+        self.note.setText(self.session.notes.get(frame, "") if self.session is not None else "")
         self._sync_buttons()
         self._update_where()
 
