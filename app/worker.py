@@ -147,7 +147,8 @@ class ScoringController(QObject):
         self._thread: QThread | None = None
         self._worker: ScoringWorker | None = None
         # Runs replaced by a newer one: cancelled, finishing their last batch, kept referenced
-        # until their thread ends (so that opening another case never waits for a batch).
+        # until their thread's 'finished' is handled (so that opening another case never waits
+        # for a batch, and no thread is deleted with that signal still queued).
         self._retired: list[tuple[QThread, ScoringWorker]] = []
         # threads that signalled 'finished' but may not have ended, with their workers
         self._ending: list[tuple[QThread, ScoringWorker | None]] = []
@@ -229,8 +230,10 @@ class ScoringController(QObject):
             return
         self._silence(worker)
         thread.quit()
-        if thread.isRunning():
-            self._retired.append((thread, worker))
+        # Kept until its own 'finished' is handled, even when it has ended: a thread let go of
+        # earlier can be deleted with that signal still queued, and a new run's thread made at its
+        # address was then taken for its sender (the new run was forgotten and its results dropped).
+        self._retired.append((thread, worker))
 
     @staticmethod
     def _silence(worker: ScoringWorker | None) -> None:
@@ -256,7 +259,7 @@ class ScoringController(QObject):
         self._ending = [(t, w) for t, w in self._ending if not t.isFinished()]
         if isinstance(thread, QThread) and not thread.isFinished():
             self._ending.append((thread, worker))
-        self._retired = [(t, w) for t, w in self._retired if t is not thread and t.isRunning()]
+        self._retired = [(t, w) for t, w in self._retired if t is not thread]
         if thread is self._thread:
             self._thread = None
             self._worker = None
