@@ -176,6 +176,7 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
 
 
 def _print_summary(summary: dict, out: Path) -> None:
+    from fetaliqa_core.analysis.assessment import SEG_THRESHOLD
     from fetaliqa_core.analysis.units import beside_threshold
 
     chosen = summary["chosen_frame"]
@@ -201,7 +202,7 @@ def _print_summary(summary: dict, out: Path) -> None:
             reading = f", AC {s['ac_mm']:.1f} mm (doubtful: {shown(s['ac_note'])})"
         elif s["ac_status"] == "no units":
             reading = ", AC not shown (pixel spacing)"
-        cuts = {"p_cls": summary.get("threshold") or 0.5, "p_seg": 0.5}  # (the segmenter's call: 1 % of the image)
+        cuts = {"p_cls": summary.get("threshold") or SEG_THRESHOLD, "p_seg": SEG_THRESHOLD}  # (p_seg: the 1 % rule)
         scores = ", ".join(f"{name} {beside_threshold(s[name], cuts[name])}" for name in ("p_cls", "p_seg")
                            if s.get(name) is not None)
         plane = f", {s['plane']} plane (segmenter)" if s.get("plane") else ""
