@@ -148,9 +148,12 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = ()) -> Iterator[P
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
 
 
+#: Unicode's direction marks, embeddings, overrides and isolates: invisible, they turn the text
+#: around them (a reviewer's name strips them; a cell may hide a formula behind them).
+BIDI_CONTROLS = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 #: Characters a spreadsheet may skip before it reads a formula: spaces, zero-width and direction
 #: marks, the byte-order mark.
-_INVISIBLE_LEAD = " \u00a0\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
+_INVISIBLE_LEAD = " \u00a0\u200b\u200c\u200d\ufeff" + BIDI_CONTROLS
 #: Formula starts (OWASP's list for CSV injection), with their full-width forms.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 

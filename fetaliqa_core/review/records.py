@@ -18,6 +18,7 @@ import numpy as np
 
 from fetaliqa_core.analysis.assessment import SEG_THRESHOLD
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import BIDI_CONTROLS
 
 #: Verdict labels, in the order the review panel offers them.
 LABELS: tuple[str, ...] = ("optimal", "suboptimal", "not_usable")
@@ -215,7 +216,7 @@ def check_label(label: str | int) -> str:
 
 
 #: Direction overrides and isolates: in a name they would turn the text after it around in a report.
-_BIDI_CONTROLS = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+_BIDI_CONTROLS = dict.fromkeys(map(ord, BIDI_CONTROLS))
 
 
 def check_reviewer(reviewer: str) -> str:
