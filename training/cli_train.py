@@ -17,11 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from training.train import run_from_args
+    from training.train import INTERRUPTED, run_from_args
 
     try:
         return run_from_args(args)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say what is kept, as python -m training.train does
-        print("fetaliqa: interrupted (the last finished epoch's checkpoint is kept; --resume continues)",
-              file=sys.stderr)
+        print(f"fetaliqa: {INTERRUPTED}", file=sys.stderr)
         return 130

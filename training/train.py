@@ -41,6 +41,10 @@ from training.config import add_arguments, config_from_args
 from training.trials import train
 
 
+#: What Ctrl-C or SIGTERM leaves of a run (``python -m training.train`` and ``fetaliqa train``).
+INTERRUPTED = "interrupted (the last finished epoch's checkpoint is kept; --resume continues)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
@@ -58,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     # SIGTERM stops like Ctrl-C: the last finished epoch's checkpoint is kept.
-    return run_guarded(lambda: run_from_args(args),
-                       interrupted="interrupted (the last finished epoch's checkpoint is kept; --resume continues)")
+    return run_guarded(lambda: run_from_args(args), interrupted=INTERRUPTED)
 
 if __name__ == "__main__":
     sys.exit(main())
