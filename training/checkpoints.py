@@ -79,7 +79,7 @@ def check_resume(cfg: TrainConfig) -> None:
     saved_path = run / CONFIG_FILE
     # a run that stopped before its first epoch ended (a wrong base, LoRA setting or a divergence)
     # has nothing to resume: say that the folder can go, or it held the corrected command back
-    unstarted = not any(run.glob("trial_*/checkpoints/*.pt")) and not (run / "bundle").exists()
+    unstarted = not any(run.glob(f"trial_*/{CHECKPOINT_DIR}/*.pt")) and not (run / "bundle").exists()
     if not cfg.resume:
         if run.exists() and any(run.iterdir()):
             if (run / CONFIG_FILE).is_file() and unstarted:
