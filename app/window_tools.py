@@ -172,7 +172,7 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
     if getattr(sweep, "spacing_problem", None) is None and getattr(sweep, "spacing_mm", None) is not None:
         from fetaliqa_core.io._common import spacing_text
 
-        pixel = f"pixel {spacing_text(sweep.spacing_mm).replace(' (width x height)', '')} · {sweep.spacing_source}"
+        pixel = f"pixel {spacing_text(sweep.spacing_mm, say_order=False)} · {sweep.spacing_source}"  # (a narrow corner)
     else:
         pixel = "pixel size unknown: no lengths"
     tl = (f"frame <b>{i}</b> of 0–{m.n_frames - 1}<br>sweep {k + 1}{kind_text}"

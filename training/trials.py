@@ -38,11 +38,11 @@ def train(cfg: TrainConfig) -> dict:
         run = cfg.run_dir
         splits = prepare_splits(cfg, reporter)
         if cfg.resume:
-            check_same_split(run / "split.json", splits.split_record)
+            check_same_split(run / SPLIT_FILE, splits.split_record)
         if info.is_main:
             run.mkdir(parents=True, exist_ok=True)
             write_json(run / CONFIG_FILE, cfg.to_json())
-            write_json(run / "split.json", splits.split_record)
+            write_json(run / SPLIT_FILE, splits.split_record)
         reporter.message(f"device: {device}" + (f" x {info.world_size} processes" if info.enabled else ""))
         results = []
         for trial in range(1, cfg.trials + 1):
@@ -76,19 +76,21 @@ def train(cfg: TrainConfig) -> dict:
                 dist.destroy_process_group()
 
 
+#: The run's case split, as it started (``RUN/split.json``).
+SPLIT_FILE = "split.json"
+
+
 def check_same_split(path, record: dict) -> None:
     """A resumed run must see the cases it started with in the same splits: a dataset that gained
     or lost cases was split again without a word (a training case became a validation or test
     case, and the best epoch was chosen on two different validation sets)."""
-    import json
-
     from fetaliqa_core.validate import read_json_bounded
 
     if not path.is_file():
         return
     try:
         kept = read_json_bounded(path, "the run's split", "")
-    except (FetalIQAError, json.JSONDecodeError):
+    except FetalIQAError:  # (not JSON, too large or too deep: said as such just below)
         kept = None
     if not isinstance(kept, dict):
         raise FetalIQAError(f"{path}: the run's case split cannot be read, so --resume cannot check that it "

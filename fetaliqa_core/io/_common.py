@@ -130,12 +130,14 @@ def quiet_itk() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-def spacing_text(spacing_mm: Any, fmt: str = "g") -> str:
+def spacing_text(spacing_mm: Any, fmt: str = "g", say_order: bool = True) -> str:
     """A ``(row_mm, col_mm)`` pixel size as people read it: ``0.28 x 0.28 mm``; width first when
-    the two differ, and said so (``0.28 x 0.35 mm (width x height)``), as frame sizes are."""
+    the two differ, and said so (``0.28 x 0.35 mm (width x height)``; ``say_order=False`` where
+    there is no room), as frame sizes are."""
     row, col = (float(v) for v in tuple(spacing_mm)[:2])
     text = f"{col:{fmt}} x {row:{fmt}} mm"
-    return text if row == col or not (math.isfinite(row) and math.isfinite(col)) else f"{text} (width x height)"
+    plain = not say_order or row == col or not (math.isfinite(row) and math.isfinite(col))
+    return text if plain else f"{text} (width x height)"
 
 
 def usable_spacing(spacing_mm: tuple[float, float], source: str, note: str) -> tuple[tuple[float, float], str, str]:
