@@ -241,6 +241,16 @@ def test_nifti_whose_two_pixel_sizes_disagree_gives_no_length(tmp_path):
     assert um.spacing_mm == pytest.approx((0.3, 0.25)) and um.spacing_problem is None
 
 
+def test_nifti_without_a_unit_code_says_its_pixel_size_is_read_as_mm(tmp_path):
+    """xyzt_units 0 means "unknown" (nibabel's default): the pixel size is read as mm, as image
+    readers do, and the sweep's notes say so; a header naming mm has no such note."""
+    unknown = load_sweep(_nifti_with_sform(tmp_path / "unknown.nii", (0.3, 0.25), None, units=0))
+    assert unknown.spacing_mm == pytest.approx((0.3, 0.25)) and unknown.spacing_problem is None
+    assert any("names no unit" in n and "read as mm" in n for n in unknown.read_notes)
+    named = load_sweep(_nifti_with_sform(tmp_path / "mm.nii", (0.3, 0.25), None, units=2))
+    assert not any("unit" in n for n in named.read_notes)
+
+
 def test_metaimage_array_element_types_are_read(tmp_path):
     arr = _grey().astype(np.uint8)
     head = (f"ObjectType = Image\nNDims = 3\nDimSize = 48 40 4\nElementType = MET_UCHAR_ARRAY\n"

@@ -22,6 +22,7 @@ from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.io._common import (
     MAX_DEFLATE_RATIO,
     META_KEYS,
+    SPACING_FROM_HEADER,
     SPACING_NONE,
     SUPPORTED_FORMATS,
     Raw,
@@ -344,9 +345,13 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                                           "printing resolution (dots per inch), not the size of a pixel in the body")
         if spacing_unit_note:
             source, note = SPACING_NONE, spacing_unit_note
-        disagreement = _nifti_spacing_disagreement(path, spacing_mm)
+        head = _nifti_head(path)
+        disagreement = _nifti_spacing_disagreement(head, spacing_mm)
         if disagreement:
             source, note = SPACING_NONE, disagreement
+        elif source == SPACING_FROM_HEADER and _nifti_space_unit_code(head) == 0:
+            notes.append("pixel spacing: the NIfTI header names no unit for it (xyzt_units 0); read as mm, "
+                         "as image readers do")
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
@@ -1113,19 +1118,32 @@ def _nifti_sform_spacing(head: bytes) -> tuple[float, float] | None:
     return None
 
 
-def _nifti_spacing_disagreement(path: Path, spacing_mm: tuple[float, float]) -> str:
-    """A NIfTI header holds the pixel size twice: as voxel sizes (pixdim, what the image reader
-    reports) and in its sform matrix. When both are set and differ by more than 1 %, the file
-    contradicts itself and neither is used; the note gives both."""
+def _nifti_head(path: Path) -> bytes:
+    """The first 348 bytes of a NIfTI file (.nii or .nii.gz); empty for other files or when
+    they cannot be read."""
     suffix = full_suffix(path)
     if suffix not in (".nii", ".nii.gz"):
-        return ""
+        return b""
     try:
         opener = gzip.open if suffix == ".nii.gz" else open
         with opener(path, "rb") as fh:
-            head = fh.read(348)
+            return fh.read(348)
     except (OSError, EOFError, gzip.BadGzipFile):
-        return ""
+        return b""
+
+
+def _nifti_space_unit_code(head: bytes) -> int | None:
+    """The spatial unit code of a NIfTI-1 header's xyzt_units (0 unknown, 1 m, 2 mm, 3 um); None
+    when the header is not NIfTI-1."""
+    if len(head) < 348 or 348 not in (struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0]):
+        return None
+    return head[123] & 0x07
+
+
+def _nifti_spacing_disagreement(head: bytes, spacing_mm: tuple[float, float]) -> str:
+    """A NIfTI header holds the pixel size twice: as voxel sizes (pixdim, what the image reader
+    reports) and in its sform matrix. When both are set and differ by more than 1 %, the file
+    contradicts itself and neither is used; the note gives both."""
     sform = _nifti_sform_spacing(head)
     if sform is None or all(abs(a - b) <= 0.01 * max(a, b) for a, b in zip(sform, spacing_mm)):
         return ""
