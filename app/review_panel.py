@@ -9,10 +9,11 @@ curve cursor) follows the queue. The reviewer's name is asked once and remembere
 from __future__ import annotations
 
 import html
-
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QEventLoop, Qt, Signal
+from PySide6.QtCore import QEventLoop, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QApplication,
     QButtonGroup,
@@ -35,6 +36,7 @@ from app.review_session import ReviewSession
 from app.settings import AppSettings
 from app.viewer_model import QUEUE_KINDS, ViewerModel
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.review.store import DatabaseBusy
 
 LABEL_KEYS = {"1": "optimal", "2": "suboptimal", "0": "not_usable"}
 LABEL_TITLES = {"optimal": "1  Optimal", "suboptimal": "2  Suboptimal", "not_usable": "0  Not usable"}
@@ -42,6 +44,26 @@ LABEL_TITLES = {"optimal": "1  Optimal", "suboptimal": "2  Suboptimal", "not_usa
 # disagree") plus those where a verdict disagrees with the model's call: the title says both.
 QUEUE_TITLES = {"candidates": "Candidates", "disagreements": "Models disagree, or you and the model",
                 "unreviewed": "Unreviewed", "all": "All frames"}
+
+
+#: Saving a verdict while another program writes to the review database: one attempt waits at
+#: most SAVE_WAIT_MS, the panel tries again every SAVE_RETRY_MS, and gives up (saying so, the
+#: verdict kept to save again) after SAVE_GIVE_UP_S. The window never waits out a lock.
+SAVE_WAIT_MS = 100
+SAVE_RETRY_MS = 400
+SAVE_GIVE_UP_S = 20.0
+
+
+@dataclass
+class _Save:
+    """A verdict being saved: what the reviewer entered, and on which frame of which session."""
+
+    session: ReviewSession
+    frame: int
+    label: str
+    note: str
+    was_blinded: bool
+    started: float
 
 
 class ReviewPanel(QWidget):
@@ -59,6 +81,7 @@ class ReviewPanel(QWidget):
         self._renderer = None  # the report being written (app.worker.ReportRenderer), if any
         self.bundles: dict = {}
         self._pending: str | None = None
+        self._saving: _Save | None = None  # a verdict waiting for another program's write to end
 
         self.reviewer_label = QLabel()
         self.reviewer_label.setObjectName("dim")
@@ -204,6 +227,7 @@ class ReviewPanel(QWidget):
         return self._store
 
     def close_store(self) -> None:
+        self.finish_saving()
         if self._renderer is not None:  # a report being written reads the store: it stops first
             self._renderer.cancel()
             self._renderer.wait()
@@ -231,6 +255,7 @@ class ReviewPanel(QWidget):
 
     def start(self) -> bool:
         """Open the review of the current sweep, resuming where this reviewer stopped."""
+        self.finish_saving()
         if self.model.sweep is None:
             self.message.emit("Open a sweep to review it.")
             return False
@@ -265,6 +290,7 @@ class ReviewPanel(QWidget):
         return True
 
     def close_session(self) -> None:
+        self.finish_saving()
         self.session = None
         self._pending = None
         self._set_active(False)
@@ -315,25 +341,68 @@ class ReviewPanel(QWidget):
     def save_and_next(self) -> None:
         if self.session is None:
             return
+        if self._saving is not None:
+            self.message.emit(f"Still saving frame {self._saving.frame}'s verdict: the review database is busy.")
+            return
         if self._pending is None:
             self.message.emit("Choose a verdict first: 1 optimal, 2 suboptimal, 0 not usable.")
             return
-        frame, label = self.model.frame, self._pending
-        was_blinded = self.hides_model(frame)
+        frame = self.model.frame
+        self._attempt_save(_Save(self.session, frame, self._pending, self.note.text().strip(),
+                                 self.hides_model(frame), time.monotonic()))
+
+    def _attempt_save(self, job: _Save, wait_ms: int | None = SAVE_WAIT_MS, final: bool = False) -> bool:
+        """Save ``job``'s verdict; while another program holds the database, try again later
+        (the window goes on). ``final``: the last try as the review closes (the viewer may show
+        another sweep already: it is not moved). True when it was saved."""
+        self._saving = None
+        if self.session is not job.session:  # the review was closed or restarted meanwhile
+            self.message.emit(f"Frame {job.frame}'s verdict was not saved: the review was closed while the "
+                              "database was busy. Enter it again.")
+            return False
+        here = not final and self.model.frame == job.frame  # (else the reviewer moved on while it waited)
         try:
-            self.session.record(label, self.note.text().strip())
+            job.session.record(job.label, job.note, advance=here, frame=job.frame, wait_ms=wait_ms)
+        except DatabaseBusy as exc:
+            if wait_ms is not None and time.monotonic() - job.started < SAVE_GIVE_UP_S:
+                self._saving = job
+                self.message.emit(f"Saving frame {job.frame}'s verdict: the review database is busy (another "
+                                  "program is writing to it); trying again…")
+                QTimer.singleShot(SAVE_RETRY_MS, self._retry_save)
+                return False
+            if here:
+                self._pending = job.label
+                self._sync_buttons()
+                again = "press Enter to try again"
+            else:
+                again = f"go back to frame {job.frame} to enter it again"
+            QMessageBox.warning(self, "Review", f"{exc} Frame {job.frame}'s verdict was not saved: {again}.")
+            return False
         except FetalIQAError as exc:
             QMessageBox.warning(self, "Review", str(exc))
-            return
-        reveal = f" The model's call: {self.model_call(frame)}." if was_blinded else ""
+            return False
+        reveal = f" The model's call: {self.model_call(job.frame)}." if job.was_blinded else ""
         done, total = self.model.review_progress
         finished = (f" Queue finished: all {total} frames judged; a verdict key now judges the frame shown "
                     f"({self.model.frame}). Choose another queue or frame." if total and done >= total else "")
-        self.message.emit(f"Saved frame {frame}: {label.replace('_', ' ')}.{reveal}{finished}")
+        self.message.emit(f"Saved frame {job.frame}: {job.label.replace('_', ' ')}.{reveal}{finished}")
         self.blinding_changed.emit()
-        self._pending = None
-        self.note.setText(self.session.notes.get(self.model.frame, ""))  # the frame now shown (the next)
+        if here:
+            self._pending = None
+            self.note.setText(self.session.notes.get(self.model.frame, ""))  # the frame now shown (the next)
         self._sync_buttons()
+        self._update_where()
+        return True
+
+    def _retry_save(self) -> None:
+        if self._saving is not None:
+            self._attempt_save(self._saving)
+
+    def finish_saving(self) -> None:
+        """Before the review closes: a verdict still waiting for the database gets one last try,
+        waiting the database's full busy timeout."""
+        if self._saving is not None:
+            self._attempt_save(self._saving, wait_ms=None, final=True)
 
     def model_call(self, frame: int) -> str:
         """The model's call on a frame in words (shown after a blinded verdict)."""

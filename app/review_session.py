@@ -16,7 +16,7 @@ from app.viewer_model import ViewerModel
 
 
 #: How long moving through a queue waits for another program's write to end before it gives up
-#: storing the resume position (the verdicts themselves wait the database's full busy timeout).
+#: storing the resume position.
 POSITION_WAIT_MS = 250
 
 
@@ -143,16 +143,19 @@ class ReviewSession:
             self.remember_position(frame, self.model.queue_kind)
         return frame
 
-    def record(self, label: str, note: str = "", advance: bool = True) -> object:
-        """Commit a verdict on the current frame (and step to the next frame of the queue).
+    def record(self, label: str, note: str = "", advance: bool = True, frame: int | None = None,
+               wait_ms: int | None = None) -> object:
+        """Commit a verdict on ``frame`` (default: the current frame) and step to the next frame
+        of the queue.
 
         The current frame is the viewer's frame, so a reviewer who scrubbed away from the
-        queue judges the frame they are looking at.
+        queue judges the frame they are looking at. ``wait_ms``: how long to wait for another
+        program's write (``DatabaseBusy`` after it, nothing changed; see ``ReviewStore.record_verdict``).
         """
-        frame = self.model.frame
+        frame = self.model.frame if frame is None else int(frame)
         kind = self.model.queue_kind
         verdict = self.store.record_verdict(self.sweep_id, frame, self.reviewer, label,
-                                            note=note, queue=kind)
+                                            note=note, queue=kind, wait_ms=wait_ms)
         self.model.verdicts[frame] = verdict.label
         if verdict.note:
             self.notes[frame] = verdict.note

@@ -310,6 +310,71 @@ def test_moving_through_the_queue_while_another_program_holds_the_database(qtbot
     assert not no_modal  # nothing to warn about: only the resume position was not stored
 
 
+def test_saving_a_verdict_while_another_program_holds_the_database_never_freezes_the_window(
+        qtbot, tmp_path, no_modal):
+    """Enter under another program's write lock froze the window for the database's 5 s busy
+    timeout, then said it was busy. The panel waits a moment, tries again while the window goes
+    on, and saves the verdict once the lock is gone (on its frame, even after the reviewer moved)."""
+    import sqlite3
+    import time
+
+    db = tmp_path / "r.sqlite3"
+    win = scored_window(qtbot, AppSettings(reviewer="ida", review_db=str(db)))
+    panel = win.review
+    messages = []
+    panel.message.connect(messages.append)
+    press(win, "1")
+    frame = win.model.frame
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        press(win, "\n")
+        assert time.monotonic() - started < 1.0
+        assert "busy" in messages[-1] and "trying again" in messages[-1]
+        assert panel.session.store is not None and win.model.verdicts.get(frame) is None
+        press(win, "\n")  # a second Enter does not save twice
+        assert "Still saving" in messages[-1]
+        win.model.set_frame(frame + 1)  # the reviewer goes on meanwhile
+        qtbot.wait(900)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    qtbot.waitUntil(lambda: win.model.verdicts.get(frame) == "optimal", timeout=3000)
+    assert messages[-1].startswith(f"Saved frame {frame}: optimal")
+    assert win.model.frame == frame + 1  # not moved back nor on
+    saved = [v for v in panel.session.store.verdicts(panel.session.sweep_id) if v.frame == frame]
+    assert [v.label for v in saved] == ["optimal"]
+    assert not no_modal
+
+
+def test_a_verdict_the_database_never_takes_is_kept_to_save_again(qtbot, tmp_path, no_modal, monkeypatch):
+    """When the other program keeps its lock, the panel gives up after a while, says the verdict
+    was not saved, and keeps it chosen so that Enter saves it later."""
+    import sqlite3
+
+    import app.review_panel as review_panel
+
+    monkeypatch.setattr(review_panel, "SAVE_GIVE_UP_S", 0.5)
+    db = tmp_path / "r.sqlite3"
+    win = scored_window(qtbot, AppSettings(reviewer="jo", review_db=str(db)))
+    panel = win.review
+    press(win, "2")
+    frame = win.model.frame
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        press(win, "\n")
+        qtbot.waitUntil(lambda: bool(no_modal), timeout=3000)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert "busy" in no_modal[-1] and f"Frame {frame}'s verdict was not saved: press Enter" in no_modal[-1]
+    assert win.model.verdicts.get(frame) is None and panel.label_buttons["suboptimal"].isChecked()
+    press(win, "\n")
+    assert win.model.verdicts.get(frame) == "suboptimal"
+
+
 def test_the_last_verdict_of_a_queue_says_the_queue_is_finished(qtbot, tmp_path):
     """After the last frame of a queue, a verdict key silently judged the frame still shown again."""
     win = scored_window(qtbot, AppSettings(reviewer="max", review_db=str(tmp_path / "r.sqlite3")))

@@ -47,6 +47,7 @@ Schema
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -107,6 +108,11 @@ DB_FILENAME = "reviews.sqlite3"
 def default_db_path() -> Path:
     """``paths.data_dir() / "reviews.sqlite3"``."""
     return paths.data_dir() / DB_FILENAME
+
+
+class DatabaseBusy(FetalIQAError):
+    """Another program held the review database's write lock for longer than the wait allowed:
+    nothing was changed, and the same change can be tried again."""
 
 
 def _db_errors(method):
@@ -249,7 +255,7 @@ class ReviewStore:
             return FetalIQAError(f"The disk holding the review database {self.path} failed to write (disk I/O "
                                  "error): the last change was not saved. Check the disk, then enter it again.")
         if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
-            return FetalIQAError(f"The review database {self.path} is busy (another FetalIQA "
+            return DatabaseBusy(f"The review database {self.path} is busy (another FetalIQA "
                                  "window or command is writing to it). Try again in a moment.")
         if isinstance(exc, sqlite3.OperationalError) and ("readonly" in text
                                                           or "unable to open" in text):
@@ -533,8 +539,12 @@ class ReviewStore:
     @_db_errors
     def record_verdict(self, sweep_id: int, frame: int, reviewer: str, label: str | int, *,
                        agrees_with_model: bool | None | str = AUTO, note: str = "",
-                       queue: str | None = None) -> Verdict:
+                       queue: str | None = None, wait_ms: int | None = None) -> Verdict:
         """Add a verdict and commit it before returning; also remember the resume position.
+
+        ``wait_ms``: how long to wait for another program's write (default: the database's busy
+        timeout); when it is not over by then, :class:`DatabaseBusy` and nothing is changed (the
+        viewer waits briefly and tries again later, so that its window never freezes).
 
         label: "optimal" | "suboptimal" | "not_usable" (or ACOUSLIC code 1 | 2 | 0).
         agrees_with_model: True/False as the reviewer said, None for "not stated", or AUTO
@@ -558,17 +568,18 @@ class ReviewStore:
         else:
             agrees = None if agrees_with_model is None else bool(agrees_with_model)
         now = utc_now()
-        (vid, _) = self._write([
-            ("INSERT INTO verdicts (sweep_id, frame, reviewer, label, agrees_with_model, note, "
-             "created_utc, model_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-             (sweep_id, frame, reviewer, label, None if agrees is None else int(agrees),
-              note or "", now, None if run is None else run.id)),
-            ("INSERT INTO positions (sweep_id, reviewer, queue, frame, updated_utc) "
-             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sweep_id, reviewer) DO UPDATE SET "
-             "queue = coalesce(excluded.queue, positions.queue), frame = excluded.frame, "
-             "updated_utc = excluded.updated_utc",
-             (sweep_id, reviewer, queue, frame, now)),
-        ])
+        with self._busy_wait(wait_ms):
+            (vid, _) = self._write([
+                ("INSERT INTO verdicts (sweep_id, frame, reviewer, label, agrees_with_model, note, "
+                 "created_utc, model_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (sweep_id, frame, reviewer, label, None if agrees is None else int(agrees),
+                  note or "", now, None if run is None else run.id)),
+                ("INSERT INTO positions (sweep_id, reviewer, queue, frame, updated_utc) "
+                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sweep_id, reviewer) DO UPDATE SET "
+                 "queue = coalesce(excluded.queue, positions.queue), frame = excluded.frame, "
+                 "updated_utc = excluded.updated_utc",
+                 (sweep_id, reviewer, queue, frame, now)),
+            ])
         return Verdict(id=int(vid), sweep_id=sweep_id, frame=frame, reviewer=reviewer,  # type: ignore[arg-type]
                        label=label, agrees_with_model=agrees, note=note or "", time=now,
                        model_run_id=None if run is None else run.id)
@@ -703,14 +714,21 @@ class ReviewStore:
         ``wait_ms``: how long to wait for another writer (default: the database's busy timeout);
         the viewer waits briefly, as a resume position is worth no frozen window."""
         reviewer = check_reviewer(reviewer)
-        if wait_ms is None:
+        with self._busy_wait(wait_ms):
             self._write_position(sweep_id, reviewer, frame, queue)
+
+    @contextlib.contextmanager
+    def _busy_wait(self, wait_ms: int | None):
+        """Wait at most ``wait_ms`` for another program's write inside the block (None: the
+        database's busy timeout)."""
+        if wait_ms is None:
+            yield
             return
         conn = self._conn
         assert conn is not None
         conn.execute(f"PRAGMA busy_timeout = {max(int(wait_ms), 0)}")
         try:
-            self._write_position(sweep_id, reviewer, frame, queue)
+            yield
         finally:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
