@@ -273,3 +273,20 @@ def test_ctrl_c_in_the_viewer_is_an_interruption_and_the_demo_writes_nothing(qtb
         assert code == 130, captured.err
         assert "fetaliqa: interrupted" in captured.err and "answer:" not in captured.out
         assert not out.exists()
+
+
+def test_the_window_loads_the_model_libraries_while_it_opens():
+    """The first model load froze the window 0.3-0.8 s while PyTorch's native libraries loaded
+    (they hold the interpreter lock): the window imports them in the background as it opens."""
+    code = ("import sys, threading\n"
+            "from app.cli import preload_model_libraries\n"
+            "assert 'torch' not in sys.modules\n"
+            "preload_model_libraries()\n"
+            "[t.join() for t in threading.enumerate() if t.name == 'fetaliqa-preload']\n"
+            "missing = [m for m in ('torch', 'open_clip', 'peft', 'fetaliqa_core.engine', "
+            "'fetaliqa_core.models.choice') if m not in sys.modules]\n"
+            "print(missing)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
