@@ -348,17 +348,20 @@ class ViewerModel:
         if self.results is None:
             self.start_results(batch.p_cls is not None, batch.p_seg is not None)
         self._apply(batch)
-        hints = getattr(batch, "shape_hints", None)
-        if hints:  # the masks were judged in the worker: not again on this thread
-            from fetaliqa_core.analysis.assessment import adopt_shape_hints
-
-            adopt_shape_hints(self.results, hints)
+        self._adopt_hints(batch)
         self.scoring.n_done = int(batch.n_done)
         self.scoring.n_total = int(batch.n_total)
         if batch.frames_per_second > 0:
             self.scoring.frames_per_second = float(batch.frames_per_second)
         self.events.results.emit()
         self.events.progress.emit()
+
+    def _adopt_hints(self, batch) -> None:
+        hints = getattr(batch, "shape_hints", None)
+        if hints:  # the masks were judged in the worker: not again on this thread
+            from fetaliqa_core.analysis.assessment import adopt_shape_hints
+
+            adopt_shape_hints(self.results, hints)
 
     def apply_teacher_batch(self, batch) -> None:
         """A cascade's teacher re-scored these frames: its results replace the student's there,
@@ -368,6 +371,7 @@ class ViewerModel:
         if self.confirmed is None:
             self.confirmed = np.zeros(self.n_frames, dtype=bool)
         self._apply(batch)
+        self._adopt_hints(batch)
         self.confirmed[batch.indices] = True
         for f in batch.indices.tolist():  # measured on the student's mask, if at all: measure again
             self._ac_cache.pop(f, None)

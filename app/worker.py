@@ -78,10 +78,10 @@ class ScoringWorker(QObject):
 
         return ScoringEngine(self.sweep, cls=models.cls, seg=models.seg)
 
-    def _judge_masks(self, engine, item) -> None:
-        """The frame choice's verdict on the batch's masks, judged here rather than on the window's
-        thread (``BatchResult.shape_hints``); the window judges itself what this leaves out."""
-        results = getattr(engine, "results", None)
+    def _judge_masks(self, results, item) -> None:
+        """The frame choice's verdict on the batch's masks (``results``: the engine's, holding
+        them), judged here rather than on the window's thread (``BatchResult.shape_hints``); the
+        window judges itself what this leaves out."""
         if results is None or not getattr(results, "has_seg", False) or not hasattr(item, "shape_hints"):
             return
         try:
@@ -115,10 +115,13 @@ class ScoringWorker(QObject):
             cascade = isinstance(engine, CascadeEngine)  # student batches, then the teacher's
             self.started_scoring.emit(engine.results.has_cls, engine.results.has_seg)
             for item in engine.iter_batches():
-                if cascade:
-                    (self.batch if item.stage == "student" else self.teacher_batch).emit(item.batch)
+                if cascade and item.stage == "student":
+                    self.batch.emit(item.batch)  # (the answer is taken from the teacher's frames only)
+                elif cascade:
+                    self._judge_masks(engine.teacher_results, item.batch)
+                    self.teacher_batch.emit(item.batch)
                 else:
-                    self._judge_masks(engine, item)
+                    self._judge_masks(getattr(engine, "results", None), item)
                     self.batch.emit(item)
             complete = engine.complete if cascade else engine.results.complete
             self.finished.emit(bool(complete), int(engine.results.n_done))

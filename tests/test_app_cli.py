@@ -167,7 +167,20 @@ def test_gui_cascade_marks_teacher_frames_and_saves_what_score_cascade_writes(qt
     models = ["--model", "demo", "--cascade", "--device", "cpu", "--precision", "fp32"]
     cli_out, gui_out = tmp_path / "cli", tmp_path / "gui"
     assert cli_main(["score", str(small_sweep), *models, "--out", str(cli_out), "--quiet"]) == 0
+    import threading
+
+    from fetaliqa_core.analysis import frame_choice
+
+    on_main, real_shape = [], frame_choice.mask_shape
+
+    def counting(*args, **kwargs):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        return real_shape(*args, **kwargs)
+
+    monkeypatch.setattr(frame_choice, "mask_shape", counting)
     assert cli_main(["gui", str(small_sweep), *models, "--exit-when-scored", "--save-scores", str(gui_out)]) == 0
+    # the teacher's masks are judged in the scoring thread, not on the window's
+    assert on_main and not any(on_main), f"{sum(on_main)} of {len(on_main)} masks judged on the window's thread"
     assert (gui_out / "frames.csv").read_text() == (cli_out / "frames.csv").read_text()
     summary = json.loads((cli_out / "summary.json").read_text())
     assert json.loads((gui_out / "summary.json").read_text()) == summary
