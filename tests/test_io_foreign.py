@@ -320,6 +320,49 @@ def test_a_series_is_read_in_acquisition_order(tmp_path):
     assert any("order of the file names" in n for n in sweep.read_notes)
 
 
+def test_a_series_whose_instance_numbers_do_not_order_it_is_ordered_by_time_or_says_how(tmp_path):
+    """Instance Numbers all 1, one repeated, or missing in some files (files named IM1..IM12)
+    were read in the plain text order of the names (IM1, IM10, IM11, IM12, IM2, ...) without a
+    word. The acquisition times order them when each file has its own; positions that run
+    backwards do not beat them; with neither, the names' natural order, and the answer says which."""
+    def frame(k: int) -> np.ndarray:
+        f = _grey(n=1)[0]
+        f[30:, :] = 10 * k
+        return f
+
+    def levels(folder):
+        sweep = load_sweep(folder)
+        return [int(f[35, 20]) for f in np.asarray(sweep.frames)], " ".join(sweep.read_notes)
+
+    cases = {
+        "all_one": lambda k: {"instance": 1},
+        "a_pair": lambda k: {"instance": 5 if k in (4, 5) else k + 1},
+        "two_missing": lambda k: {"instance": None if k in (3, 7) else k + 1},
+    }
+    for name, numbering in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for k in range(12):
+            _dicom(folder / f"IM{k + 1}", frame(k), series=f"1.2.3.{len(name)}", ContentDate="20261130",
+                   ContentTime=f"1015{k:02d}.250000", **numbering(k))
+        order, notes = levels(folder)
+        assert order == [10 * k for k in range(12)], name
+        assert "Instance Numbers do not order them" in notes and "acquisition times" in notes, name
+    backwards = tmp_path / "backwards"
+    backwards.mkdir()
+    for k in range(6):  # no numbers; positions run backwards while the times run forwards
+        _dicom(backwards / f"x{5 - k}.dcm", frame(k), series="1.2.3.40", instance=None, AcquisitionTime=f"0900{k:02d}",
+               ImagePositionPatient=[0, 0, -2.0 * k], ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    order, notes = levels(backwards)
+    assert order == [10 * k for k in range(6)] and "carry no Instance Number" in notes
+    untimed = tmp_path / "untimed"
+    untimed.mkdir()
+    for k in range(12):
+        _dicom(untimed / f"IM{k + 1}", frame(k), series="1.2.3.41", instance=1)
+    order, notes = levels(untimed)
+    assert order == [10 * k for k in range(12)] and "order of the file names" in notes
+
+
 def test_jfif_frames_in_a_dicom_labelled_rgb_keep_their_grey_levels(tmp_path):
     """A JPEG stream is YCbCr (JFIF) while the header says RGB: the reader hands on YCbCr as RGB,
     and its 'luminance' pulled every grey level toward 128 (PS3.5 8.2.1 wants YBR_FULL_422)."""

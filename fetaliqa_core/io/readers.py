@@ -462,24 +462,78 @@ def _instance_number(ds: Any) -> int | None:
         return None
 
 
+def _image_position(ds: Any) -> tuple | None:
+    try:
+        value = tuple(round(float(v), 4) for v in ds.get("ImagePositionPatient", None) or ())
+    except (TypeError, ValueError):
+        return None
+    return value if len(value) == 3 else None
+
+
+def _time_key(ds: Any) -> tuple[str, float] | None:
+    """When a DICOM file's image was taken, as ``(which attributes, seconds)``: Acquisition
+    DateTime, else Acquisition or Content Date and Time, else a time of day alone; None without
+    one that can be read. Only keys of one kind are compared."""
+    def seconds_of_day(text: str) -> float | None:
+        text = text.strip().replace(":", "")  # (ACR-NEMA wrote HH:MM:SS)
+        match = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?", text)
+        if match is None:
+            return None
+        hh, mm, ss, frac = match.groups()
+        return int(hh) * 3600 + int(mm or 0) * 60 + int(ss or 0) + float(frac or 0)
+
+    def day(text: str) -> int | None:
+        text = text.strip()
+        return int(text) if re.fullmatch(r"\d{8}", text) else None
+
+    stamp = str(ds.get("AcquisitionDateTime", "") or "").strip()
+    match = re.fullmatch(r"(\d{8})([\d.]*)([+-]\d{4})?", stamp)
+    if match and seconds_of_day(match.group(2) or "00") is not None:
+        return "datetime", int(match.group(1)) * 86400.0 + seconds_of_day(match.group(2) or "00")
+    for date_key, time_key in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime")):
+        d, t = day(str(ds.get(date_key, "") or "")), seconds_of_day(str(ds.get(time_key, "") or ""))
+        if d is not None and t is not None:
+            return date_key, d * 86400.0 + t
+    for time_key in ("AcquisitionTime", "ContentTime"):
+        t = seconds_of_day(str(ds.get(time_key, "") or ""))
+        if t is not None:
+            return time_key, t
+    return None
+
+
 def _acquisition_order(files: list[str], orders: list[_Member | None]) -> tuple[list[str], str]:
     """A cine's files in acquisition order: by Instance Number when every file has a distinct one
     (PS3.3 C.7.6.1; the series scan sorts by position, which a tracked probe may run backwards);
-    with neither numbers nor positions, by file name with numbers compared as numbers (``2``
-    before ``10``), and the answer says so. Otherwise (or when a header could not be read) the
-    scan's order. ``orders``: per file, :func:`_precheck_dicom`'s result."""
+    else by acquisition (or content) time when every file has a distinct one; else by Image
+    Position (the series scan's order) when the files have one each; else by file name with
+    numbers compared as numbers (``2`` before ``10``). The answer says which when it is not the
+    Instance Number. When a header could not be read, the scan's order. ``orders``: per file,
+    :func:`_precheck_dicom`'s result."""
     if any(o is None for o in orders):
         return files, ""
-    numbers = [o[0] for o in orders]  # type: ignore[index]
+    members: list[_Member] = orders  # type: ignore[assignment]
+    numbers = [m.instance for m in members]
     if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
         return [name for _, name in sorted(zip(numbers, files))], ""
-    if not any(n is not None for n in numbers) and not any(o[1] for o in orders):  # type: ignore[index]
-        def natural(name: str) -> list:
-            return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", Path(name).name)]
+    if not any(n is not None for n in numbers):
+        why = "the DICOM files carry no Instance Number"
+    else:
+        missing = sum(n is None for n in numbers)
+        why = ("the DICOM files' Instance Numbers do not order them ("
+               + (f"{missing} file(s) without one" if missing else "some are repeated") + ")")
+    times = [m.time for m in members]
+    if (all(t is not None for t in times) and len({t[0] for t in times}) == 1  # type: ignore[index]
+            and len({t[1] for t in times}) == len(times)):  # type: ignore[index]
+        return ([name for _, name in sorted(zip([t[1] for t in times], files))],  # type: ignore[index]
+                f"{why}; the frames are in the order of their acquisition times")
+    positions = [m.position for m in members]
+    if all(positions) and len(set(positions)) == len(positions):
+        return files, f"{why}; the frames are in the order of their Image Positions"
 
-        return sorted(files, key=natural), ("the DICOM files carry no Instance Number or position; the frames "
-                                            "are in the order of the file names")
-    return files, ""
+    def natural(name: str) -> list:
+        return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", Path(name).name)]
+
+    return sorted(files, key=natural), f"{why}; the frames are in the order of the file names"
 
 
 def _damaged_members(left_out: list[Path], member: Path) -> list[str]:
@@ -615,10 +669,11 @@ class _Member(NamedTuple):
     """What a series file's header says about its place in the series (:func:`_precheck_dicom`)."""
 
     instance: int | None   # Instance Number
-    positioned: bool       # has an Image Position
+    position: tuple | None  # Image Position (Patient), when it has one that can be read
     study: str             # Study Instance UID ("" without one)
     frames: int            # Number of Frames (1 without one)
     calibration: tuple     # spacing.dataset_calibration of the header: (spacing or None, source, note)
+    time: tuple | None     # _time_key: when its image was taken
 
 
 def _precheck_dicom(path: Path) -> _Member | None:
@@ -633,9 +688,9 @@ def _precheck_dicom(path: Path) -> _Member | None:
         import pydicom
 
         ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
-        order = _Member(_instance_number(ds), "ImagePositionPatient" in ds,
+        order = _Member(_instance_number(ds), _image_position(ds),
                         str(ds.get("StudyInstanceUID", "") or "").strip(), _number_of_frames(ds),
-                        dataset_calibration(ds))
+                        dataset_calibration(ds), _time_key(ds))
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         if element is None and not any(k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")):
