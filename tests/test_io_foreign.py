@@ -29,13 +29,13 @@ def _grey(n: int = 4, h: int = 40, w: int = 48) -> np.ndarray:
     return ramp
 
 
-def _region(dx_cm: float, dy_cm: float, spatial_format: int = 1, box=(0, 0, 47, 39)):
+def _region(dx_cm: float, dy_cm: float, spatial_format: int = 1, box=(0, 0, 47, 39), units: int = 3):
     from pydicom.dataset import Dataset
 
     r = Dataset()
     r.RegionSpatialFormat, r.RegionDataType, r.RegionFlags = spatial_format, 1, 0
     r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = box
-    r.PhysicalUnitsXDirection = r.PhysicalUnitsYDirection = 3
+    r.PhysicalUnitsXDirection = r.PhysicalUnitsYDirection = units  # 3: cm
     r.PhysicalDeltaX, r.PhysicalDeltaY = dx_cm, dy_cm
     return r
 
@@ -725,6 +725,46 @@ def test_like_sized_regions_calibrated_differently_leave_the_pixel_size_unknown(
                      PerFrameFunctionalGroupsSequence=Sequence([per_frame([0.2 + 0.1 * (k > 1), 0.3])
                                                                 for k in range(4)]))
     assert load_sweep(varying).spacing_source == SPACING_NONE
+
+
+def test_a_dicom_header_stating_two_pixel_sizes_that_disagree_gives_no_length(tmp_path):
+    """A region calibrated at 0.03 cm (0.3 mm) beside a Pixel Spacing of 0.03 mm: the region was
+    used without a word, though one of them is ten times wrong. An enhanced object's top-level
+    Pixel Spacing silently beat its Pixel Measures; Pixel Measures on some frames only were applied
+    to all. A small calibrated inset set the size of an image whose main region is uncalibrated."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    arr = _grey().astype(np.uint8)
+    both = _dicom(tmp_path / "both.dcm", arr, PixelSpacing=[0.03, 0.03],
+                  SequenceOfUltrasoundRegions=Sequence([_region(0.03, 0.03)]))
+    sweep = load_sweep(both)
+    assert sweep.spacing_source == SPACING_NONE
+    assert "disagree" in sweep.spacing_note and "region calibration" in sweep.spacing_note
+    same = _dicom(tmp_path / "same.dcm", arr, PixelSpacing=[0.3, 0.3],
+                  SequenceOfUltrasoundRegions=Sequence([_region(0.03, 0.03)]))
+    assert load_sweep(same).spacing_mm == pytest.approx((0.3, 0.3))  # the same size written twice
+
+    def measures(spacing):
+        m = Dataset()
+        m.PixelSpacing = spacing
+        item = Dataset()
+        item.PixelMeasuresSequence = Sequence([m])
+        return item
+
+    shared = _dicom(tmp_path / "shared.dcm", arr, sop=ENHANCED_US_VOLUME, PixelSpacing=[0.4, 0.4],
+                    SharedFunctionalGroupsSequence=Sequence([measures([0.2, 0.2])]))
+    sweep = load_sweep(shared)
+    assert sweep.spacing_source == SPACING_NONE and "Pixel Measures" in sweep.spacing_note
+    partial = _dicom(tmp_path / "partial.dcm", arr, sop=ENHANCED_US_VOLUME,
+                     PerFrameFunctionalGroupsSequence=Sequence([measures([0.2, 0.2]) if k < 2 else Dataset()
+                                                                for k in range(4)]))
+    sweep = load_sweep(partial)
+    assert sweep.spacing_source == SPACING_NONE and "2 of its 4 frames only" in sweep.spacing_note
+    inset = _dicom(tmp_path / "inset.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
+        _region(0.5, 0.5, units=0, box=(0, 0, 47, 39)), _region(0.01, 0.01, box=(0, 0, 9, 9))]))
+    sweep = load_sweep(inset)
+    assert sweep.spacing_source == SPACING_NONE and "largest region is not calibrated" in sweep.spacing_note
 
 
 def test_nrrd_time_axis_before_the_pixels_and_units_that_differ_between_space_axes(tmp_path):

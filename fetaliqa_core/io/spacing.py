@@ -122,31 +122,52 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
     """:func:`dicom_calibration` of a header pydicom has already parsed."""
     try:
         regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
-        pixel_spacing = ds.get("PixelSpacing", None)
-        per_frame_note = ""
-        if pixel_spacing is None:  # enhanced multi-frame objects: Pixel Measures (C.7.6.16.2.1)
-            pixel_spacing = _shared_pixel_spacing(ds)
-        if pixel_spacing is None:
-            pixel_spacing, per_frame_note = _per_frame_pixel_spacing(ds)
+        top_level = _pair(ds.get("PixelSpacing", None))
+        # enhanced multi-frame objects: Pixel Measures, shared or per frame (C.7.6.16.2.1)
+        measures, per_frame_note = _pair(_shared_pixel_spacing(ds)), ""
+        if measures is None:
+            measures, per_frame_note = _per_frame_pixel_spacing(ds)
+            measures = _pair(measures)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError, EOFError, OverflowError,
             NotImplementedError, OSError):
         return None, SPACING_NONE, "the DICOM header's calibration could not be read"
+    # the same header stating two pixel sizes: one of them is wrong, and which is not known here
+    stated = [(top_level, "its Pixel Spacing"), (measures, "its Pixel Measures")]
     found = _region_spacing(regions)
+    if found is not None and found[0] is not None:
+        stated.insert(0, (found[0], "its ultrasound region calibration"))
+    stated = [(value, name) for value, name in stated if value is not None]
+    for value, name in stated[1:]:
+        if not _agree(stated[0][0], value):
+            return None, SPACING_NONE, (f"the DICOM header gives two pixel sizes that disagree: "
+                                        f"{spacing_text(stated[0][0])} ({stated[0][1]}) and {spacing_text(value)} ({name})")
     if found is not None:
         return (found[0], SPACING_FROM_US_REGION, found[1]) if found[0] else (None, SPACING_NONE, found[1])
     if per_frame_note:
         return None, SPACING_NONE, per_frame_note
-    try:
-        if pixel_spacing is not None and len(pixel_spacing) == 2:
-            row, col = float(pixel_spacing[0]), float(pixel_spacing[1])
-            if all(math.isfinite(s) and s > 0 for s in (row, col)):
-                return (row, col), SPACING_FROM_DICOM_PIXEL_SPACING, ""
-    except (TypeError, ValueError):
-        pass
+    pixel_spacing = top_level or measures
+    if pixel_spacing is not None:
+        return pixel_spacing, SPACING_FROM_DICOM_PIXEL_SPACING, ""
     if regions:
         return None, SPACING_NONE, ("the DICOM ultrasound regions are not calibrated in cm, and "
                                     "there is no Pixel Spacing")
     return None, SPACING_NONE, "the DICOM file has no ultrasound region calibration and no Pixel Spacing"
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    """A Pixel Spacing value as ``(row_mm, col_mm)``: two finite positive numbers, else None."""
+    try:
+        if value is None or len(value) != 2:
+            return None
+        row, col = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if all(math.isfinite(v) and v > 0 for v in (row, col)) else None
+
+
+def _agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Two pixel sizes are the same one written twice (within 2 %: rounding, cm against mm digits)."""
+    return all(abs(x - y) <= 0.02 * max(x, y) for x, y in zip(a, b))
 
 
 def _shared_pixel_spacing(ds: Any) -> Any:
@@ -167,17 +188,21 @@ def _per_frame_pixel_spacing(ds: Any) -> tuple[Any, str]:
         frames = ds.get("PerFrameFunctionalGroupsSequence", None)
         if not frames:
             return None, ""
-        found = set()
+        found, stating = set(), 0
         for item in frames:
             measures = item.get("PixelMeasuresSequence", None)
             value = measures[0].get("PixelSpacing", None) if measures else None
             if value is not None and len(value) == 2:
                 found.add((round(float(value[0]), 9), round(float(value[1]), 9)))
+                stating += 1
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         return None, ""
     if len(found) > 1:
         return None, ("the pixel size changes from frame to frame (Pixel Measures of "
                       f"{len(found)} kinds), so no one pixel size applies")
+    if found and stating < len(frames):
+        return None, (f"Pixel Measures give the pixel size of {stating} of its {len(frames)} frames only, "
+                      "so that of the others is not known")
     return (next(iter(found)) if found else None), ""
 
 
@@ -187,27 +212,32 @@ def _region_spacing(regions: list[Any]) -> tuple[tuple[float, float] | None, str
     pixel size unknown, ``(None, note)``, unless the largest is at least twice the size of any
     calibrated otherwise: which of two like-sized images an abdomen lies in is not known here."""
     found: list[tuple[float, tuple[float, float]]] = []
+    uncalibrated = 0.0  # the largest 2-D region not calibrated in cm
     for item in regions:
         try:
             if int(item.get("RegionSpatialFormat", _REGION_2D)) != _REGION_2D:
                 continue  # an M-mode or Doppler strip: its deltas are not the image's
-            if int(item.get("PhysicalUnitsXDirection", 0)) != _DICOM_UNITS_CM:
-                continue
-            if int(item.get("PhysicalUnitsYDirection", 0)) != _DICOM_UNITS_CM:
-                continue
-            dx = abs(float(item.get("PhysicalDeltaX")))
-            dy = abs(float(item.get("PhysicalDeltaY")))
-            if not (math.isfinite(dx) and math.isfinite(dy) and dx > 0 and dy > 0):
-                continue
             width = int(item.get("RegionLocationMaxX1", 0)) - int(item.get("RegionLocationMinX0", 0)) + 1
             height = int(item.get("RegionLocationMaxY1", 0)) - int(item.get("RegionLocationMinY0", 0)) + 1
+            area = float(max(width, 0) * max(height, 0))
+            dx = dy = math.nan
+            if (int(item.get("PhysicalUnitsXDirection", 0)) == _DICOM_UNITS_CM
+                    and int(item.get("PhysicalUnitsYDirection", 0)) == _DICOM_UNITS_CM):
+                dx = abs(float(item.get("PhysicalDeltaX")))
+                dy = abs(float(item.get("PhysicalDeltaY")))
         except (TypeError, ValueError, OverflowError):
             continue
+        if not (math.isfinite(dx) and math.isfinite(dy) and dx > 0 and dy > 0):
+            uncalibrated = max(uncalibrated, area)
+            continue
         spacing = (round(dy * 10.0, 9), round(dx * 10.0, 9))  # cm -> mm, (row, col)
-        found.append((float(max(width, 0) * max(height, 0)), spacing))
+        found.append((area, spacing))
     if not found:
         return None
     area, best = max(found, key=lambda item: item[0])  # the first of equals
+    if uncalibrated * 2 > area:
+        return None, (f"the image's largest region is not calibrated in cm; a smaller one is "
+                      f"({spacing_text(best)}), so which applies where the abdomen lies is not known")
     kinds = {spacing for _, spacing in found}
     if len(kinds) == 1:
         return best, ""
