@@ -767,6 +767,39 @@ def test_a_dicom_header_stating_two_pixel_sizes_that_disagree_gives_no_length(tm
     assert sweep.spacing_source == SPACING_NONE and "largest region is not calibrated" in sweep.spacing_note
 
 
+def test_dicom_headers_that_contradict_themselves_are_refused_in_one_line(tmp_path):
+    """Samples per Pixel 3 labelled MONOCHROME2 was scored as scrambled grey with a confident pixel
+    size; a header without Rows was blamed on its pixel format; one 16-bit file in an 8-bit series
+    became an all-black frame; a Pixel Spacing of three values was called missing."""
+    import pydicom
+
+    arr = _grey().astype(np.uint8)
+    mislabelled = _dicom(tmp_path / "mono.dcm", arr)
+    ds = pydicom.dcmread(mislabelled)
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0  # RGB samples, still labelled MONOCHROME2
+    ds.PixelData = np.repeat(arr[..., None], 3, axis=-1).tobytes()
+    ds.save_as(mislabelled)
+    with pytest.raises(FetalIQAError, match="3 sample.*MONOCHROME2, which has 1"):
+        load_sweep(mislabelled)
+    no_rows = _dicom(tmp_path / "norows.dcm", arr)
+    ds = pydicom.dcmread(no_rows)
+    del ds.Rows
+    ds.save_as(no_rows)
+    with pytest.raises(FetalIQAError, match="Rows missing"):
+        load_sweep(no_rows)
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(4):
+        frame = arr[k].astype(np.uint16) * 256 if k == 2 else arr[k]
+        _dicom(series / f"f{k}.dcm", frame, series="1.2.3.77",
+               instance=k + 1, **({"bits": 16} if k == 2 else {}))
+    with pytest.raises(FetalIQAError, match="store their pixels differently.*16 bits.*f2.dcm"):
+        load_sweep(series)
+    three = _dicom(tmp_path / "three.dcm", arr, PixelSpacing=[0.3, 0.3, 1.0])
+    sweep = load_sweep(three)
+    assert sweep.spacing_source == SPACING_NONE and "not two positive numbers" in sweep.spacing_note
+
+
 def test_nrrd_time_axis_before_the_pixels_and_units_that_differ_between_space_axes(tmp_path):
     arr = _grey(n=6).astype(np.uint8)
     # frames on the fastest axis: read as rows, with the frame interval taken for a pixel size

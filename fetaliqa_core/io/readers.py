@@ -200,6 +200,15 @@ def _refuse_mixed_series(folder: Path, files: list[str], members: list[_Member |
         raise FetalIQAError(f"{folder}: the files of this DICOM series come from {len(studies)} studies (their "
                             "Study Instance UIDs differ; an anonymiser may have given them one series UID): "
                             "their frames would be mixed. Put each study's files in a folder of its own.")
+    formats = Counter(m.pixels for m in known if m.pixels)
+    if len(formats) > 1:
+        odd = min(formats, key=lambda f: formats[f])
+        name = next(Path(f).name for f, m in zip(files, members) if m is not None and m.pixels == odd)
+        words = "; ".join(f"{n} file(s) of {b} bits ({st} stored), {sp} sample(s), {ph or '?'}"
+                          for (b, st, sp, ph), n in formats.most_common(3))
+        raise FetalIQAError(f"{folder}: the files of this DICOM series store their pixels differently ({words}; "
+                            f"e.g. {name}): their frames cannot be read as one sweep. Export the series again, "
+                            "or move the odd files out.")
     counts = {m.frames for m in known}
     if len(counts) > 1:
         cine = max(zip((m.frames if m else 0 for m in members), files))[1]
@@ -674,6 +683,7 @@ class _Member(NamedTuple):
     frames: int            # Number of Frames (1 without one)
     calibration: tuple     # spacing.dataset_calibration of the header: (spacing or None, source, note)
     time: tuple | None     # _time_key: when its image was taken
+    pixels: tuple = ()     # how it stores its pixels: bits allocated and stored, samples, photometric
 
 
 def _precheck_dicom(path: Path) -> _Member | None:
@@ -688,15 +698,23 @@ def _precheck_dicom(path: Path) -> _Member | None:
         import pydicom
 
         ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
+        photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
         order = _Member(_instance_number(ds), _image_position(ds),
                         str(ds.get("StudyInstanceUID", "") or "").strip(), _number_of_frames(ds),
-                        dataset_calibration(ds), _time_key(ds))
+                        dataset_calibration(ds), _time_key(ds),
+                        tuple(str(ds.get(k, "") or "")[:16] for k in ("BitsAllocated", "BitsStored",
+                                                                       "SamplesPerPixel")) + (photometric[:16],))
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         if element is None and not any(k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")):
             # an image library would probe what the header claims (2 GB for a 52 KB file) to find nothing
             raise FetalIQAError(f"{path}: the DICOM file holds no pixel data (or its header is damaged before "
                                 "them): it is no image. Choose the sweep's image file, or export it again.")
+        missing = [k for k in ("Rows", "Columns") if ds.get(k, None) in (None, "")]
+        if missing:
+            raise FetalIQAError(f"{path}: the DICOM header does not give the image's size ({' and '.join(missing)} "
+                                "missing): it is damaged. Export the file again.")
+        _refuse_contradicting_photometric(path, ds, photometric)
         if element is not None and syntax in _JPEG_SYNTAXES:
             head = _first_fragment_head(path, getattr(element, "value_tell", None))
             if head is not None and head != b"\xff\xd8":  # the decoder would print its own errors first
@@ -744,6 +762,26 @@ def _precheck_dicom(path: Path) -> _Member | None:
             "Reading it would leave frames out: export the file again"
             + (" with its right Number of Frames." if held else "."))
     return order
+
+
+#: Photometric interpretations and the samples per pixel each has (PS3.3 C.7.6.3.1.2).
+_PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3,
+                        "YBR_FULL_422": 3, "YBR_PARTIAL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3,
+                        "YBR_RCT": 3}
+
+
+def _refuse_contradicting_photometric(path: Path, ds: Any, photometric: str) -> None:
+    """Samples per Pixel 3 with a grey photometric interpretation (or 1 with a colour one): the
+    reader would take the colour samples for grey pixels and score a scrambled image."""
+    expected = _PHOTOMETRIC_SAMPLES.get(photometric)
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        return
+    if expected is not None and samples != expected:
+        raise FetalIQAError(f"{path}: the DICOM header contradicts itself: {samples} sample(s) per pixel with "
+                            f"Photometric Interpretation {photometric}, which has {expected}. Its frames would be "
+                            "read scrambled: export the file again.")
 
 
 def _bare_dicom(path: Path) -> bool:

@@ -148,6 +148,13 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
     pixel_spacing = top_level or measures
     if pixel_spacing is not None:
         return pixel_spacing, SPACING_FROM_DICOM_PIXEL_SPACING, ""
+    try:
+        raw = ds.get("PixelSpacing", None)
+    except Exception:  # noqa: BLE001 - a value pydicom cannot convert: said as not usable
+        raw = "a value that cannot be read"
+    if raw is not None:
+        shown = str(raw)[:60].replace("\n", " ")
+        return None, SPACING_NONE, f"the DICOM file's Pixel Spacing ({shown}) is not two positive numbers"
     if regions:
         return None, SPACING_NONE, ("the DICOM ultrasound regions are not calibrated in cm, and "
                                     "there is no Pixel Spacing")
@@ -159,8 +166,8 @@ def _pair(value: Any) -> tuple[float, float] | None:
     try:
         if value is None or len(value) != 2:
             return None
-        row, col = float(value[0]), float(value[1])
-    except (TypeError, ValueError):
+        row, col = (float(f"{float(v):.9g}") for v in value)  # (a writer's 0.30000000000000004)
+    except (TypeError, ValueError, OverflowError):
         return None
     return (row, col) if all(math.isfinite(v) and v > 0 for v in (row, col)) else None
 
