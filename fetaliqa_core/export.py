@@ -230,6 +230,19 @@ def _previous_outputs(out: Path) -> set[str]:
     return set()
 
 
+def refuse_writing_over_input(out: str | Path, source: str | Path, challenge: bool = False) -> None:
+    """Before a sweep is scored: results written into ``out`` would replace ``source``, the
+    sweep itself (``--challenge-output`` into the sweep's folder when it is named as the
+    challenge's mask, or any sweep named as a result file)."""
+    from fetaliqa_core.files import is_protected
+
+    names = [FRAMES_CSV, SUMMARY_JSON, OUTPUTS_FILE, CASCADE_JSON, *OPTIONAL_OUTPUTS]
+    for name in names:
+        if is_protected(Path(out) / name, (source,)):
+            raise FetalIQAError(f"{source}: the results for it go into {out}, where {name} would replace "
+                                "this sweep itself. Choose another output folder (--out).")
+
+
 def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = False,
                  extra: Callable[[Path], None] | None = None) -> list[Path]:
     """Write ``frames.csv`` and ``summary.json`` (and with ``challenge`` the challenge's files)
@@ -240,7 +253,8 @@ def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = 
     # beside this one's summary; files of those names in any other folder are the user's own
     previous = _previous_outputs(out)
     stale = tuple(n for n in OPTIONAL_OUTPUTS if n in previous)
-    with atomic_output_dir(out, drop=stale) as tmp:
+    inputs = (sweep.path,) if getattr(sweep, "path", None) is not None else ()
+    with atomic_output_dir(out, drop=stale, protect=inputs) as tmp:
         write_frames_csv(tmp / FRAMES_CSV, sweep, results, assessment)
         write_summary_json(tmp / SUMMARY_JSON, assessment)
         names = [FRAMES_CSV, SUMMARY_JSON]

@@ -105,7 +105,8 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2, sort_keys: bo
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = ()) -> Iterator[Path]:
+def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
+                      protect: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Context manager: files are written into a temporary sibling folder that replaces ``out``
     only when everything succeeded, so a failed run leaves nothing half-written.
 
@@ -114,14 +115,16 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = ()) -> Iterator[P
     named in ``drop`` that were not written this time: files of an earlier run of the same
     writer that would now contradict the new ones (e.g. a challenge answer beside a new summary;
     the caller passes them only for a folder it knows it wrote). A folder where a file is to go
-    is refused, before anything is replaced: it is never deleted.
+    is refused, before anything is replaced: it is never deleted. So is a file in ``protect``
+    (the input being read) where a result file goes: it is neither replaced nor dropped.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FetalIQAError(f"{out} is an existing file, not a folder: choose a folder for the results "
                             "(it is created if needed).")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # (a short prefix: a folder named near the 255-byte limit must still have its temporary sibling)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:40]}.", dir=out.parent))
     _normal_permissions(tmp)  # mkdtemp makes 0700: colleagues on a shared folder must read results
     try:
         yield tmp
@@ -131,6 +134,10 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = ()) -> Iterator[P
             if in_the_way:
                 raise FetalIQAError(f"{out / in_the_way[0]} is a folder where a result file goes; nothing was "
                                     "written. Move it away, or choose another output folder.")
+            inputs = sorted(n for n in written | set(drop) if is_protected(out / n, protect))
+            if inputs:
+                raise FetalIQAError(f"{out / inputs[0]} is the file being read: the results would replace it; "
+                                    "nothing was written. Choose another output folder.")
             for p in tmp.iterdir():
                 target = out / p.name
                 if target.is_symlink() and target.is_dir():
@@ -146,6 +153,17 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = ()) -> Iterator[P
             _fsync_dir(out.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
+
+
+def is_protected(target: Path, protect: tuple[str | Path, ...]) -> bool:
+    """Whether writing a file at ``target`` would replace one of ``protect`` (the same file under
+    that name; a link there is replaced itself, never what it points to)."""
+    try:
+        if target.is_symlink() or not target.is_file():
+            return False
+        return any(Path(p).is_file() and os.path.samefile(target, p) for p in protect)
+    except OSError:
+        return False
 
 
 #: Unicode's direction marks, embeddings, overrides and isolates: invisible, they turn the text

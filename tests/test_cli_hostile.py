@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from fetaliqa_core.cli import main
+from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.io import write_volume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,42 @@ def test_score_out_below_a_file_gives_one_line(case, tmp_path, capsys):
     assert main(["score", str(case), "--out", str(tmp_path / "afile" / "sub"), "--quiet"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a folder" in err
+
+
+def test_results_never_replace_the_sweep_being_scored(case, tiny_bundle_dirs, tmp_path, capsys):
+    """`score DIR/fetal-abdomen-segmentation.mha --out DIR --challenge-output` replaced the sweep
+    with its own 1.5 KB answer and exited 0. Refused before scoring, the sweep untouched; and the
+    writer itself never replaces (nor drops) the file being read."""
+    from fetaliqa_core.files import atomic_output_dir
+
+    folder = tmp_path / "case"
+    folder.mkdir()
+    sweep = folder / "fetal-abdomen-segmentation.mha"
+    sweep.write_bytes(case.read_bytes())
+    before = sweep.read_bytes()
+    rc = main(["score", str(sweep), "--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
+               "--out", str(folder), "--challenge-output", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "would replace this sweep itself" in err
+    assert sweep.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == [sweep.name]
+    with pytest.raises(FetalIQAError, match="is the file being read"):
+        with atomic_output_dir(folder, protect=(sweep,)) as tmp:
+            (tmp / sweep.name).write_text("an answer")
+    with pytest.raises(FetalIQAError, match="is the file being read"):
+        with atomic_output_dir(folder, drop=(sweep.name,), protect=(sweep,)) as tmp:
+            (tmp / "frames.csv").write_text("frame")
+    assert sweep.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == [sweep.name]
+
+
+def test_a_sweep_named_near_the_length_limit_is_scored_into_its_folder(case, tiny_bundle_dirs, tmp_path, capsys):
+    """A 250-byte file name (legal) was scored, then its results failed to be written: the
+    temporary folder's name ('.' + the name + 9 characters) went past the 255-byte limit."""
+    long = tmp_path / ("a" * 246 + ".mha")
+    long.write_bytes(case.read_bytes())
+    rc = main(["score", str(long), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(tmp_path / ("b" * 250)),
+               "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / ("b" * 250) / "summary.json").is_file()
 
 
 @pytest.mark.parametrize("code,cause", [(errno.ENOSPC, "disk is full"), (errno.EROFS, "read-only"),
