@@ -154,6 +154,49 @@ def test_nrrd_of_700_bytes_claiming_4gb_is_refused_before_allocating(tmp_path):
     assert rss_mb < 600, f"peak RSS {rss_mb:.0f} MB"
 
 
+def test_nrrd_checks_read_the_whole_header_and_a_short_raw_payload_is_refused_before_allocating(tmp_path):
+    """80 KB of comments before 'data file:' hid it from every check (only the first 64 KiB were
+    read; the image library reads all): a file outside the header's folder was read. A 76-byte raw
+    NRRD claiming 3.2 GB made the library allocate it before finding the data missing."""
+    padding = "".join(f"# comment line {k:06d} {'x' * 60}\n" for k in range(1200))
+    (tmp_path / "outside.raw").write_bytes(bytes(48 * 40 * 2))
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "escape.nhdr").write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 48 40 2\nencoding: raw\n"
+                                     + padding + "data file: ../outside.raw\n")
+    _assert_refused(sub / "escape.nhdr", "outside its own folder")
+    (sub / "long.nrrd").write_text("NRRD0004\ntype: uint8\n" + "# x\n" * 300_000 + "\n")
+    _assert_refused(sub / "long.nrrd", "header is longer than 1 MB")
+    short = tmp_path / "short.nrrd"
+    short.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4000 4000 200\nencoding: raw\n\n" + bytes(8))
+    _assert_refused(short, "describes 3200000000 bytes", within_s=3.0)
+
+
+def test_a_compressed_dicom_claiming_gigabytes_from_a_few_bytes_is_refused_before_decoding(tmp_path):
+    """An 840-byte RLE file claiming 800 frames of 2000 x 2000 made the decoder allocate 3.2 GB
+    before it found the frames missing."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = RLELossless
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 2000, 2000, 800
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    segment_table = (1).to_bytes(4, "little") + (64).to_bytes(4, "little") + bytes(56)
+    ds.PixelData = encapsulate([segment_table + bytes([0x81, 0x00]) * 10])  # runs of 128 zeros
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "bomb.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    _assert_refused(path, "3200000000 bytes", "compressed data", within_s=3.0)
+
+
 def test_frames_of_32_by_20000_pixels_are_refused(tmp_path):
     path = _mha(tmp_path / "strip.mha", "20000 32 4", bytes(20000 * 32 * 4))
     _assert_refused(path, "strip.mha", "32 x 20000")

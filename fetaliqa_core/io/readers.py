@@ -720,15 +720,18 @@ def _precheck_dicom(path: Path) -> _Member | None:
             if head is not None and head != b"\xff\xd8":  # the decoder would print its own errors first
                 raise FetalIQAError(f"{path}: the file's JPEG-compressed frames do not begin as JPEG data does: "
                                     "they are damaged. Export the file again.")
-        if element is None or syntax not in _NATIVE_SYNTAXES:
-            return order  # compressed or no pixels: the reader judges it
-        stored = int(element.length)
+        if element is None:
+            return order  # float pixels: the reader judges them
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422" and samples == 3:
             samples = 2  # two luma and one each of Cb, Cr per pair of pixels (PS3.3 C.7.6.3.1.2)
         bits = int(ds.BitsAllocated)
+        if syntax not in _NATIVE_SYNTAXES:
+            _refuse_compression_bomb(path, element, (rows, cols, max(frames, 1), max(samples, 1), max(bits, 1)))
+            return order  # compressed: the reader judges the rest
+        stored = int(element.length)
     except FetalIQAError:
         raise
     except RecursionError:  # the image library's own parser crashes the process on such a file
@@ -762,6 +765,27 @@ def _precheck_dicom(path: Path) -> _Member | None:
             "Reading it would leave frames out: export the file again"
             + (" with its right Number of Frames." if held else "."))
     return order
+
+
+#: Compressed DICOM pixel data: what a header may claim beyond this many bytes must be backed by
+#: at least 1 / _DICOM_MAX_RATIO of it in the file (no codec ultrasound uses compresses frames that
+#: have content further; a 840-byte RLE file claiming 3.2 GB made the decoder allocate all of it).
+_DICOM_FREE_BYTES = 256 << 20
+_DICOM_MAX_RATIO = 2000
+
+
+def _refuse_compression_bomb(path: Path, element: Any, dims: tuple[int, ...]) -> None:
+    try:
+        offset = int(getattr(element, "value_tell", 0) or 0)
+        held = max(path.stat().st_size - offset, 0)
+    except (OSError, TypeError, ValueError):
+        return
+    rows, cols, frames, samples, bits = dims
+    needed = (validate.checked_product(dims) + 7) // 8
+    if needed > _DICOM_FREE_BYTES and needed > held * _DICOM_MAX_RATIO:
+        raise FetalIQAError(f"{path}: the header describes {needed} bytes of pixels ({frames} frame(s) of {cols} x "
+                            f"{rows} pixels) but the file holds {held} bytes of compressed data, far less than any "
+                            "compression gives: it is damaged or crafted, and is not read. Export the file again.")
 
 
 #: Photometric interpretations and the samples per pixel each has (PS3.3 C.7.6.3.1.2).
@@ -987,6 +1011,12 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
         return
     if stored - described >= described // max(_frames_of(size), 1):  # a frame or more beyond the header's
         raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels")
+    if stored < described:  # the image library would allocate what the header claims, then fail
+        where = "its data file holds" if data_file is not None else "the file holds"
+        raise FetalIQAError(f"{path}: the header describes {described} bytes of pixel data ({fmt_dims(size)} "
+                            f"pixels) but {where} {max(stored, 0)}"
+                            + (" once inflated" if encoding != "raw" else "")
+                            + ": the file is truncated or its header is wrong. Copy or export it again.")
 
 
 def bound_volume(path: Path, shape_zyx: tuple[int, ...], components: int, itemsize: int, mapped: bool) -> None:
@@ -1001,6 +1031,10 @@ def bound_volume(path: Path, shape_zyx: tuple[int, ...], components: int, itemsi
     validate.check_volume(path, n, h, w, decoded, 0 if grey8 else 1)
 
 
+#: The longest NRRD header read (image writers write a few hundred bytes; comments may add some).
+_NRRD_HEADER_LIMIT = 1 << 20
+
+
 def _nrrd_fields(path: Path) -> dict[str, str] | None:
     """The fields of a NRRD header (keys lower-case), None for other files."""
     if full_suffix(path) not in (".nrrd", ".nhdr"):
@@ -1008,10 +1042,13 @@ def _nrrd_fields(path: Path) -> dict[str, str] | None:
     fields: dict[str, str] = {}
     try:
         with open(path, "rb") as fh:
-            head = fh.read(1 << 16)
+            head = fh.read(_NRRD_HEADER_LIMIT + 1)
     except OSError:
         return None
     raw_header, blank, _ = head.partition(b"\n\n")
+    if len(raw_header) > _NRRD_HEADER_LIMIT:  # the image library reads a header of any length: all of it is checked
+        raise FetalIQAError(f"{path}: the NRRD header is longer than {_NRRD_HEADER_LIMIT >> 20} MB, far longer than "
+                            "any image's: the file is damaged or crafted, and is not read. Export the file again.")
     text = raw_header.decode("latin-1")
     fields[""] = text  # the header itself, for its length
     if blank:  # attached data start after the blank line (a key never holds ':')
