@@ -196,6 +196,36 @@ def test_database_mask_that_is_not_a_png_gives_one_line(tmp_path):
         store.run_masks(rid)
 
 
+def _png_header_of(width: int, height: int) -> bytes:
+    """A PNG of 8 x 8 whose header states another size (the decoder would allocate that)."""
+    import struct
+    import zlib
+
+    import cv2
+
+    png = bytearray(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
+    png[16:24] = struct.pack(">II", width, height)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+@pytest.mark.parametrize("sql,params,call", [
+    ("UPDATE verdicts SET frame = 100", (), lambda s, sid, rid: s.verdicts(sid)),
+    ("UPDATE model_runs SET created_utc = x'00ff'", (), lambda s, sid, rid: s.latest_run(sid)),
+    ("UPDATE sweeps SET sweep_ranges = '[[0, 1e21]]'", (), lambda s, sid, rid: s.sweeps()),
+    ("UPDATE sweeps SET sweep_ranges = '[[-5, 6]]'", (), lambda s, sid, rid: s.sweeps()),
+    ("UPDATE run_masks SET png = ?", (_png_header_of(30000, 30000),), lambda s, sid, rid: s.run_masks(rid)),
+])
+def test_rows_another_program_changed_give_one_line_before_any_allocation(tmp_path, sql, params, call):
+    """A verdict on frame 100 of a 6-frame sweep, a run's time as a blob, sub-sweeps past the
+    sweep: tracebacks in `review export`. A 875 KB mask PNG stating 30,000 x 30,000 pixels: 1.8 GB."""
+    path, sid, rid = _store_with_run(tmp_path)
+    _tamper(path, sql, *params)
+    with ReviewStore(path) as store, pytest.raises(FetalIQAError, match="damaged row") as info:
+        call(store, sid, rid)
+    assert "\n" not in str(info.value)
+
+
 class _FullDisk:
     """A connection whose COMMIT fails as on a full disk (after which SQLite has already rolled
     back, so ROLLBACK fails too)."""

@@ -245,6 +245,8 @@ def sweep_from_row(row: tuple) -> SweepRecord:
     try:
         parsed = _json(ranges, what)
         sweep_ranges = [(int(a), int(b)) for a, b in parsed]
+        if not isinstance(n, int) or not all(0 <= a < b <= n for a, b in sweep_ranges):
+            raise DamagedRow(what)  # (sub-sweeps are ranges of the sweep's own frames)
         kind_list = _json(kinds, what) if kinds else None
         if kind_list is not None and not (isinstance(kind_list, list) and all(isinstance(k, str) for k in kind_list)):
             raise DamagedRow(what)
@@ -269,7 +271,7 @@ def run_from_row(row: tuple) -> ModelRun:
     (rid, sid, created, bundles, thr, seg_thr, p_cls, p_seg, area, flagged, chosen, ac, ga, n) = row
     what = f"model run {rid}"
     info = _json(bundles, what)
-    if not isinstance(info, dict) or not isinstance(n, int) or n <= 0:
+    if not isinstance(info, dict) or not isinstance(n, int) or n <= 0 or not isinstance(created, str):
         raise DamagedRow(what)
     try:
         threshold = float(thr)
@@ -287,16 +289,27 @@ def run_from_row(row: tuple) -> ModelRun:
 
 
 def verdict_from_row(row: tuple) -> Verdict:
-    vid, sid, frame, reviewer, label, agrees, note, time, run_id = row
-    if label not in ACOUSLIC_CODE or not isinstance(frame, int) or frame < 0 or not isinstance(reviewer, str):
+    """``row``: the verdicts columns followed by the sweep's frame count."""
+    vid, sid, frame, reviewer, label, agrees, note, time, run_id, n = row
+    if (label not in ACOUSLIC_CODE or not isinstance(frame, int) or not isinstance(n, int) or not 0 <= frame < n
+            or not isinstance(reviewer, str) or not isinstance(time, str) or not isinstance(note, (str, type(None)))):
         raise DamagedRow(f"verdict {vid}")
     return Verdict(id=vid, sweep_id=sid, frame=frame, reviewer=reviewer, label=label,
                    agrees_with_model=None if agrees is None else bool(agrees), note=note or "",
                    time=time, model_run_id=run_id)
 
 
+#: The largest mask side a review database holds (masks are stored at the model's resolution,
+#: 224 for FetalCLIP): a PNG stating more is refused before it is decoded (30,000 x 30,000 in
+#: 875 KB took 1.8 GB).
+MAX_MASK_SIDE = 4096
+
+
 def mask_from_blob(blob: Any, what: str) -> np.ndarray:
-    if not isinstance(blob, bytes) or not blob:
+    if not isinstance(blob, bytes) or len(blob) < 24 or blob[:8] != b"\x89PNG\r\n\x1a\n" or blob[12:16] != b"IHDR":
+        raise DamagedRow(what)
+    width, height = int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
+    if not (0 < width <= MAX_MASK_SIDE and 0 < height <= MAX_MASK_SIDE):
         raise DamagedRow(what)
     mask = decode_mask(blob)
     if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:

@@ -584,8 +584,9 @@ class ReviewStore:
                        label=label, agrees_with_model=agrees, note=note or "", time=now,
                        model_run_id=None if run is None else run.id)
 
+    # (the last: the sweep's frame count, to tell a verdict on a frame it does not have)
     _VERDICT_COLS = ("id, sweep_id, frame, reviewer, label, agrees_with_model, note, "
-                     "created_utc, model_run_id")
+                     "created_utc, model_run_id, (SELECT n_frames FROM sweeps WHERE sweeps.id = verdicts.sweep_id)")
 
     _verdict_row = staticmethod(verdict_from_row)
 
