@@ -244,6 +244,11 @@ def parse_seed(text: str) -> int | None:
     return seed if seed <= MAX_SEED else None
 
 
+#: The settings of a FetalCLIP-family vision tower (open_clip's ViT) a config may give; every other
+#: open_clip setting stays at its default (FetalCLIP's own config gives the first four only).
+_VISION_KEYS = ("image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio")
+
+
 def vision_config_problem(config: dict) -> str | None:
     """What is out of range in a FetalCLIP-style config (``embed_dim`` + ``vision_cfg``), or None.
 
@@ -257,6 +262,12 @@ def vision_config_problem(config: dict) -> str | None:
         return f"embed_dim {embed!r} is not an integer in {EMBED_DIM_RANGE[0]}-{EMBED_DIM_RANGE[1]}"
     if not isinstance(vision, dict):
         return "vision_cfg is not an object"
+    unknown = sorted(str(k) for k in vision if k not in _VISION_KEYS and not (k == "timm_model_name" and not vision[k]))
+    if unknown:
+        return (f"vision_cfg.{unknown[0][:40]} is not a setting of a FetalCLIP-family ViT "
+                f"(those are {', '.join(_VISION_KEYS)})")
+    if "quick_gelu" in config and not isinstance(config["quick_gelu"], bool):
+        return f"quick_gelu {config['quick_gelu']!r} is not true or false"
     width, layers = vision.get("width"), vision.get("layers")
     patch, image = vision.get("patch_size"), vision.get("image_size")
     if not int_in_range(width, WIDTH_RANGE):

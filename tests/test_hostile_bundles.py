@@ -91,6 +91,11 @@ def test_manifest_seed_that_overflows_or_is_not_ascii_digits_is_refused(bundle, 
     ("base_architecture.vision_cfg.patch_size", 448, "patch_size"),
     ("base_architecture.vision_cfg.image_size", 100_000, "image_size"),
     ("base_architecture.vision_cfg.head_width", 0, "head_width"),
+    # open_clip settings beyond a FetalCLIP-family ViT's went straight into open_clip: tracebacks
+    ("base_architecture.vision_cfg.global_average_pool", True, "global_average_pool is not a setting"),
+    ("base_architecture.vision_cfg.patch_dropout", 5, "patch_dropout is not a setting"),
+    ("base_architecture.vision_cfg.output_tokens", True, "output_tokens is not a setting"),
+    ("base_architecture.quick_gelu", "no", "quick_gelu 'no' is not true or false"),
 ])
 def test_manifest_number_out_of_range_is_refused_before_building(bundle, field, value, word):
     _write_manifest(bundle, _set(_manifest(bundle), field, value))
