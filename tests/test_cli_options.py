@@ -20,6 +20,16 @@ def test_score_threshold_outside_0_1_is_a_usage_error(value, tmp_path, capsys):
     assert err.strip().splitlines()[-1].count("\n") == 0
 
 
+@pytest.mark.parametrize("args,word", [
+    (["score", "x", "--archive", "--out", "y", "--prefetch", "1000"], "0 to 16"),  # read ahead without limit
+    (["synth", "--out", "y", "--jobs", "10000"], "1 to 64"),  # thousands of 1.5 GB workers
+])
+def test_counts_that_would_fill_memory_are_a_usage_error(args, word, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(args)
+    assert exc.value.code == 2 and word in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["0", "-3", "nan"])
 def test_max_seconds_must_be_positive(value, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fetaliqa_core.acouslic import CSV_RELPATH, IMAGES_SUBDIR, MASKS_SUBDIR
-from fetaliqa_core.cli._args import non_negative_int, thread_count
+from fetaliqa_core.cli._args import job_count, non_negative_int, thread_count
 from fetaliqa_core.errors import FetalIQAError
 
 
@@ -177,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path, help="output folder (created; must be empty)")
     p.add_argument("--data", type=Path, default=None, help="source dataset in the ACOUSLIC-AI layout")
-    p.add_argument("--synth-cases", type=int, default=0, help="instead of --data: this many synthetic cases")
+    p.add_argument("--synth-cases", type=non_negative_int, default=0, help="instead of --data: this many synthetic cases")
     p.add_argument("--synth-seed", type=non_negative_int, default=1, help="dataset seed of the synthetic cases")
     p.add_argument("--fan-variety", action="store_true", help="synthetic cases: half on other fan geometries")
     p.add_argument("--size", type=_input_size, default=224, help="model input size (default 224)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for synthetic cases")
+    p.add_argument("--jobs", type=job_count, default=1, help="worker processes for synthetic cases")
     p.add_argument("--threads", type=thread_count, default=1, help="torch threads per process (default 1)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     args = p.parse_args(argv)

@@ -39,6 +39,27 @@ def thread_count(text: str) -> int:
                                                       f"1 to {MAX_THREADS} (e.g. the number of cores)")
 
 
+#: Sweeps read ahead of the model: each one decoded is up to a few hundred MB, and more than a few
+#: never make the model wait less (a thousand filled 2.4 GB and went on growing).
+MAX_PREFETCH = 16
+#: Worker processes making synthetic cases (~1.5 GB each at full size).
+MAX_JOBS = 64
+
+
+def prefetch_count(text: str) -> int:
+    """argparse type: sweeps read ahead, 0 to :data:`MAX_PREFETCH`."""
+    value = non_negative_int(text)
+    return value if value <= MAX_PREFETCH else _refuse(f"{value} sweeps read ahead would hold them all in memory "
+                                                       f"and gain nothing; give 0 to {MAX_PREFETCH}")
+
+
+def job_count(text: str) -> int:
+    """argparse type: worker processes, 1 to :data:`MAX_JOBS`."""
+    value = positive_int(text)
+    return value if value <= MAX_JOBS else _refuse(f"{value} worker processes of ~1.5 GB each is more than any "
+                                                   f"machine holds; give 1 to {MAX_JOBS} (e.g. the number of cores)")
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: a whole number of 0 or more."""
     value = _parsed(text, int, "a whole number")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from fetaliqa_core import archive as ar
-from fetaliqa_core.cli._args import non_negative_int, positive_seconds, shown
+from fetaliqa_core.cli._args import non_negative_int, positive_seconds, prefetch_count, shown
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.options import model_choice_from_args
 
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score the folder as an archive: one result folder per case in OUT/cases/, "
                         "one combined table OUT/cases.csv, and a rerun skips the cases already "
                         "scored with the same models")
-    g.add_argument("--prefetch", type=non_negative_int, default=2, metavar="N",
+    g.add_argument("--prefetch", type=prefetch_count, default=2, metavar="N",
                    help="sweeps read and decoded ahead of the model by a reader thread (default 2; "
                         "0 reads each sweep only when its turn comes)")
     g.add_argument("--rank-timeout", type=positive_seconds, default=ar.DEFAULT_RANK_TIMEOUT, metavar="S",

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from fetaliqa_core.cli._args import non_negative_int, positive_int
+from fetaliqa_core.cli._args import job_count, non_negative_int, positive_int
 
 HELP = "Write synthetic blind-sweep cases (images, masks, circumference CSV) in the ACOUSLIC-AI layout."
 
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fan-variety", action="store_true",
                         help="put half of the cases on other curved-array fans than ACOUSLIC-AI's (opening, "
                              "probe-face radius, depth), so that models do not learn one fan's outline")
-    parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+    parser.add_argument("--jobs", type=job_count, default=1, metavar="N",
                         help="cases made in parallel (worker processes, ~1.5 GB memory each at full size; "
                              "the output does not depend on it)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
