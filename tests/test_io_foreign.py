@@ -800,6 +800,35 @@ def test_dicom_headers_that_contradict_themselves_are_refused_in_one_line(tmp_pa
     assert sweep.spacing_source == SPACING_NONE and "not two positive numbers" in sweep.spacing_note
 
 
+def test_pictures_and_names_the_image_library_misreads_are_refused_saying_why(tmp_path):
+    """An animated PNG was read as its first frame without a word; '.Nii' printed the NIfTI
+    library's lines and 'not a readable image'; a TIFF with a thumbnail page and a grey+alpha PNG
+    were called damaged."""
+    from PIL import Image
+
+    arr = _grey().astype(np.uint8)
+    arr[:, 30:, :] = (10 * np.arange(len(arr)))[:, None, None]  # frames that differ (Pillow merges equal ones)
+    frames = [Image.fromarray(f) for f in arr]
+    apng = tmp_path / "anim.png"
+    frames[0].save(apng, save_all=True, append_images=frames[1:], duration=50)
+    with pytest.raises(FetalIQAError, match=f"animated PNG of {len(frames)} frames"):
+        load_sweep(apng)
+    nii = tmp_path / "case.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(nii))
+    mixed = tmp_path / "case.Nii"
+    nii.rename(mixed)
+    with pytest.raises(FetalIQAError, match="rename it to end in '.nii'"):
+        load_sweep(mixed)
+    tif = tmp_path / "thumb.tif"
+    frames[0].save(tif, save_all=True, append_images=[*frames[1:], frames[0].resize((24, 20))])
+    with pytest.raises(FetalIQAError, match="pages are of different sizes"):
+        load_sweep(tif)
+    la = tmp_path / "la.png"
+    Image.fromarray(np.stack([arr[0], np.full_like(arr[0], 255)], axis=-1), mode="LA").save(la)
+    with pytest.raises(FetalIQAError, match="grey with transparency"):
+        load_sweep(la)
+
+
 def test_nrrd_time_axis_before_the_pixels_and_units_that_differ_between_space_axes(tmp_path):
     arr = _grey(n=6).astype(np.uint8)
     # frames on the fastest axis: read as rows, with the frame interval taken for a pixel size

@@ -257,6 +257,13 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     if has_dicom_magic(path) or _bare_dicom(path):
         _precheck_dicom(path)
     _precheck_nifti_header(path)
+    _refuse_animated_png(path)
+    _refuse_mixed_case_nifti(path)
+    pages = _tiff_page_sizes(path)  # (the image library reads on past a smaller page, printing to the terminal)
+    if len(pages) > 1:
+        shown = ", ".join(f"{w} x {h}" for w, h in pages[:3])
+        raise FetalIQAError(f"{path}: the TIFF's pages are of different sizes ({shown}, width x height): they "
+                            "are no one sweep (a thumbnail page?). Save the frames alone, all of one size.")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -270,6 +277,9 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         if "Unable to determine ImageIO" in reason:
             raise FetalIQAError(f"{path}: not a readable image file (no supported image header found). "
                                 f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.") from None
+        if "Unknown PixelType" in reason:  # e.g. a PNG of grey with transparency
+            raise FetalIQAError(f"{path}: its pixels are of a kind the image reader does not read ({reason.strip(': ')}; "
+                                "grey with transparency, for one). Save the image as grey or RGB.") from None
         if nrrd is not None and "match" in reason.lower():
             raise FetalIQAError(f"{path}: this NRRD's axes do not fit its space as the image reader needs "
                                 f"({reason}). Save the sweep as .mha, or as a NRRD with one domain axis per "
@@ -309,6 +319,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                 "or remove the spacing (DICOM: Pixel Spacing) and export the file again.") from None
         if "File cannot be read" in reason:  # its "Reason:" is the last system error, often unrelated
             reason = "there is less of it than the header describes"
+
         compressed = _dicom_compression(path) if _looks_like_dicom(path, reader) else None
         if compressed:  # the decoder's own words ("Failed to change to Implicit Transfer Syntax") say little
             raise FetalIQAError(f"{path}: the frames are compressed as {compressed} and could not be decoded: "
@@ -372,6 +383,61 @@ _PICTURE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 #: JPEG Baseline and Extended: the syntaxes whose colour streams are JFIF (YCbCr) by default.
 _JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
+def _tiff_page_sizes(path: Path) -> list[tuple[int, int]]:
+    """The distinct page sizes of a TIFF (empty for other files or when they cannot be read)."""
+    if full_suffix(path) not in (".tif", ".tiff"):
+        return []
+    try:
+        from PIL import Image
+
+        sizes: list[tuple[int, int]] = []
+        with Image.open(path) as im:
+            for k in range(min(getattr(im, "n_frames", 1), validate.MAX_FRAMES)):
+                im.seek(k)
+                if im.size not in sizes:
+                    sizes.append(im.size)
+        return sizes
+    except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
+        return []
+
+
+def _refuse_animated_png(path: Path) -> None:
+    """An animated PNG holds frames the image reader never sees (it reads the first): refused,
+    as every file whose frames would be left out is."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                return
+            for _ in range(64):  # the animation control chunk comes before the first image data
+                head = fh.read(8)
+                if len(head) < 8:
+                    return
+                length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if kind == b"acTL":
+                    frames = int.from_bytes(fh.read(4), "big")
+                    break
+                if kind in (b"IDAT", b"IEND"):
+                    return
+                fh.seek(length + 4, os.SEEK_CUR)
+            else:
+                return
+    except OSError:
+        return
+    if frames > 1:
+        raise FetalIQAError(f"{path}: an animated PNG of {frames} frames; the image reader reads its first frame "
+                            f"only. Save the sweep in a format that keeps every frame ({SUPPORTED_FORMATS}).")
+
+
+def _refuse_mixed_case_nifti(path: Path) -> None:
+    """The NIfTI library takes '.nii' and '.NII' but not '.Nii' (and says so on the terminal)."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        tail = name[-len(suffix):]
+        if name.lower().endswith(suffix) and tail not in (suffix, suffix.upper()):
+            raise FetalIQAError(f"{path}: the image library reads a NIfTI file only when its extension is all "
+                                f"lower or all upper case ('{tail}'): rename it to end in '{suffix}'.")
 
 
 def _jfif_labelled_rgb(path: Path) -> bool:
