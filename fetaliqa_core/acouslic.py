@@ -86,15 +86,30 @@ SAME_FAN_IOU = 0.9
 
 
 def data_fan(frames: np.ndarray) -> np.ndarray:
-    """The field of view a sweep's own frames show: the pixels non-zero in any of up to 64 evenly
-    spread frames, with the holes inside filled (fluid drawn pure black is still inside the fan).
-    Bool ``(H, W)``."""
+    """The field of view a sweep's own frames show: the pixels above the black level outside it
+    in any of up to 64 evenly spread frames, as one region with the holes inside filled (fluid
+    drawn pure black is still inside the fan). Bool ``(H, W)``.
+
+    The black level is 0 when a tenth of the frame or more is exactly 0 (a clean export), or when
+    its darkest tenth is not dark (an image filling the frame); else the darkest tenth plus a margin (a video black level of 2, or faint noise, outside the fan
+    of a screen capture or a lossy export: every pixel was "non-zero", so the whole frame counted
+    as the fan). Lines and marks thinner than 5 pixels (a burnt-in frame around the image, text)
+    are no part of it, nor is anything apart from its largest region."""
     import cv2
 
     step = max(1, len(frames) // 64)
-    seen = (np.asarray(frames[::step]).max(axis=0) > 0).astype(np.uint8)
-    padded = np.pad(seen, 1)
-    cv2.floodFill(padded, None, (0, 0), 2)  # what the border reaches through zeros lies outside
+    peak = np.asarray(frames[::step]).max(axis=0).astype(np.float32)
+    low, high = (float(v) for v in np.percentile(peak, (10, 99)))
+    # (a darkest tenth that is not dark beside the brightest is image, not a surround)
+    level = 0.0 if low <= 0 or low > 0.1 * high else low + max(2.0, 0.03 * (high - low))
+    seen = (peak > level).astype(np.uint8)
+    seen = cv2.morphologyEx(seen, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(seen, connectivity=8)
+    if count <= 1:
+        return np.zeros(peak.shape, bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    padded = np.pad((labels == largest).astype(np.uint8), 1)
+    cv2.floodFill(padded, None, (0, 0), 2)  # what the border reaches around the region lies outside
     return padded[1:-1, 1:-1] != 2
 
 
