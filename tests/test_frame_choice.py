@@ -617,3 +617,19 @@ def test_ga_out_of_range_is_said_only_of_an_ac_shown():
     assert s.ac_status == "ok" and s.ga_weeks is None and s.ga_out_of_range is True
     sweep, res = _scored_case(np.zeros((S, S), np.uint8))  # no mask: no AC, nothing to say of a GA
     assert assess(sweep, res, Thresholds(value=0.5, model=0.5)).summary.sweeps[0].ga_out_of_range is None
+
+
+def test_elongation_and_size_are_judged_in_mm_when_the_pixels_are_not_square():
+    """A 36 x 12 mm outline (a limb) round in 0.1 x 0.3 mm pixels passed as an abdomen; a round
+    abdomen drawn in such pixels was called elongated. The axis ratio and the circumference are
+    those of the outline in mm."""
+    from fetaliqa_core.analysis.frame_choice import mask_shape
+
+    round_in_px = ellipse((112, 112), (60, 60))  # rows 0.9 mm, columns 0.3 mm: 108 x 36 mm
+    shape = mask_shape(round_in_px, None, (0.9, 0.3))
+    assert not shape.plausible and shape.reason == "elongated" and shape.axis_ratio == pytest.approx(1 / 3, rel=0.03)
+    round_in_mm = ellipse((112, 112), (90, 30))  # 54 x 54 mm
+    shape = mask_shape(round_in_mm, None, (0.9, 0.3))
+    assert shape.plausible and shape.axis_ratio > 0.95
+    assert shape.circumference_mm == pytest.approx(math.pi * 54, rel=0.03)
+    assert mask_shape(round_in_px, None, 0.5).plausible  # square pixels: as before

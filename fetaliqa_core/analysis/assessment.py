@@ -603,7 +603,7 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
     px_mm = None
     if spacing is not None:
         side = pad_geometry(sweep.height, sweep.width).side
-        px_mm = float(np.sqrt(spacing[0] * spacing[1])) * side / fov224.shape[0]
+        px_mm = (float(spacing[0]) * side / fov224.shape[0], float(spacing[1]) * side / fov224.shape[0])
     frames = getattr(sweep, "frames", None)
     size = fov224.shape[0]
 

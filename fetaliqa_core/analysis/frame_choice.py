@@ -128,10 +128,13 @@ class MaskShape:
 NO_MASK = MaskShape(False, 0.0, 0.0, 0.0, 0.0, 0.0, None, "no mask")
 
 
-def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None, px_mm: float | None = None,
+def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
+               px_mm: float | tuple[float, float] | None = None,
                grey: np.ndarray | Callable[[], np.ndarray | None] | None = None) -> MaskShape:
     """Plausibility of one label mask ``(S, S)`` (non-zero = abdomen) inside ``fov`` (bool, same
-    shape; None: the whole image). ``px_mm``: size of one mask pixel in mm (None: unknown).
+    shape; None: the whole image). ``px_mm``: size of one mask pixel in mm, one number or
+    ``(row_mm, col_mm)`` (None: unknown); with pixels that are not square, the axis ratio and the
+    circumference are those of the outline in mm (a round abdomen is not round in such pixels).
     ``grey``: the frame's grey levels at the mask's size (uint8 ``(S, S)``), or a function giving
     them, called only when the shape alone is plausible; None: the outline is judged by its
     shape alone (:func:`judge_outline`)."""
@@ -167,7 +170,16 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None, px_mm: float | N
     union = float((clipped | piece).sum())
     iou = float((clipped & piece).sum()) / union if union else 0.0
     ratio = b / a
-    circ = ramanujan_circumference(a, b) * px_mm if px_mm else None
+    row_mm, col_mm = (px_mm, px_mm) if px_mm is None or np.isscalar(px_mm) else (float(px_mm[0]), float(px_mm[1]))
+    circ = None
+    if row_mm and col_mm and abs(row_mm - col_mm) > 0.01 * max(row_mm, col_mm):
+        in_mm = outline.astype(np.float32) * np.array([col_mm, row_mm], np.float32)  # (x, y) = (column, row)
+        _, (w_mm, h_mm), _ = cv2.fitEllipse(in_mm.reshape(-1, 1, 2))
+        if w_mm > 0 and h_mm > 0:
+            ratio = min(w_mm, h_mm) / max(w_mm, h_mm)
+            circ = ramanujan_circumference(max(w_mm, h_mm) / 2.0, min(w_mm, h_mm) / 2.0)
+    elif row_mm:
+        circ = ramanujan_circumference(a, b) * float(row_mm)
     reason = ""
     if share < MIN_PIECE_SHARE:
         reason = "fragmented"

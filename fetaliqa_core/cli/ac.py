@@ -72,12 +72,11 @@ def _pick_frame(masks: np.ndarray, frame: int | None, path: Path) -> int:
 
 def _mask_shape(frame: np.ndarray, fov: np.ndarray | None, spacing: tuple, problem: str | None):
     """The frame choice's verdict on ``frame``'s mask at its own size, inside ``fov`` (None: the
-    whole frame), with its size in mm when the pixel spacing is known and plausible (``problem``
-    None; the geometric mean of the two spacings, as the reports use), else as a share of the
-    field of view."""
+    whole frame), with its size and shape in mm when the pixel spacing is known and plausible
+    (``problem`` None), else as a share of the field of view."""
     from fetaliqa_core.analysis import frame_choice
 
-    px_mm = None if problem is not None else float(np.sqrt(float(spacing[0]) * float(spacing[-1])))
+    px_mm = None if problem is not None else (float(spacing[0]), float(spacing[-1]))
     return frame_choice.mask_shape(frame, fov, px_mm)
 
 

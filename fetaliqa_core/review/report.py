@@ -236,7 +236,7 @@ def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | Non
     from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, read_ac
 
     region = np.asarray(mask) > 0
-    px_mm = float(np.sqrt(sweep.spacing_mm[0] * sweep.spacing_mm[1]))
+    px_mm = (float(sweep.spacing_mm[0]), float(sweep.spacing_mm[1]))
     grey = None if frame is None or np.asarray(frame).shape != region.shape else np.asarray(frame)
     shape = frame_choice.mask_shape(region, resolve_fov(fov, region.shape), px_mm, grey=grey)
     r = read_ac(ac.ac_mm, None, shape.problem, disagreement, DEMO_MODEL_DOUBT if demo else None)
