@@ -633,3 +633,22 @@ def test_elongation_and_size_are_judged_in_mm_when_the_pixels_are_not_square():
     assert shape.plausible and shape.axis_ratio > 0.95
     assert shape.circumference_mm == pytest.approx(math.pi * 54, rel=0.03)
     assert mask_shape(round_in_px, None, 0.5).plausible  # square pixels: as before
+
+
+def test_two_round_bodies_touching_are_measured_as_doubtful_not_as_one_abdomen():
+    """Twins side by side, one connected mask: "AC 298.2 mm, GA 33w 6d" for two abdomens of 200 and
+    190 mm. The outline is pinched in the middle: the frame may still be chosen, its AC is doubtful;
+    an abdomen flattened on one side, or with one notch, is not pinched."""
+    from fetaliqa_core.analysis.frame_choice import WAIST_REASON, mask_shape
+
+    for gap in (1.0, 1.3, 1.6):  # centre distance in radii
+        r = 30
+        twins = ellipse((112 - int(gap * r / 2), 112), (r, r)) | ellipse((112 + int(gap * r / 2), 112), (r - 2, r - 2))
+        shape = mask_shape(twins, None, 0.9)
+        assert shape.problem == WAIST_REASON, gap
+    flattened = ellipse((112, 112), (50, 44))
+    flattened[140:] = 0
+    notched = ellipse((112, 112), (50, 44))
+    cv2.circle(notched, (112, 160), 20, 0, -1)
+    for body in (flattened, notched, ellipse((112, 112), (50, 44), 30)):
+        assert mask_shape(body, None, 0.9).problem is None

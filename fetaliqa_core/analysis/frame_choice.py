@@ -31,7 +31,9 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
      :data:`MIN_EDGE_CONTRAST` of their level (:func:`edge_contrast`); a mask drawn in a
      featureless stretch of fluid or tissue does not.
 
-   Its quality ``q`` is that IoU (0 when not plausible).
+   Its quality ``q`` is that IoU (0 when not plausible). A plausible outline pinched in the
+   middle (two wide notches facing each other across its centre, as where twins touch) may still
+   be chosen, but the AC measured on it is doubtful.
 2. **Per-frame evidence** ``v``: ``p_cls * q`` with both models, ``p_cls`` or ``q`` with one;
    smoothed along each sweep (NaN-aware moving average over 5 frames, never across sweeps).
 3. **Positive frames**: every model that scored the frame calls it (``p_cls >=`` the threshold;
@@ -97,6 +99,13 @@ MIN_EDGE_CONTRAST = 0.08
 EDGE_INNER = (0.75, 0.95)  # bands just inside and just outside the fitted ellipse (shares of its size)
 EDGE_OUTER = (1.05, 1.25)
 EDGE_SECTORS = 24
+#: A waist: two notches at least this share of the minor semi-axis deep, facing each other within
+#: WAIST_CENTRE of the major semi-axis from the centre (two round bodies touching: 0.14 of it deep
+#: where their centres are one radius apart; an abdomen's outline has no such pair).
+WAIST_DEPTH = 0.1
+WAIST_CENTRE = 0.3
+WAIST_MOUTH = 0.8  # and wide: a notch's mouth at least this share of the minor semi-axis (not a bite)
+WAIST_REASON = "pinched in the middle, as two bodies side by side are"
 NO_EDGE_REASON = "its outline follows no edge in the image: the grey inside it is that outside it"
 
 
@@ -117,12 +126,18 @@ class MaskShape:
     ellipse: tuple | None = None
     #: :func:`rim_ratio` on the frame's grey levels (None: not measured, or no frame given)
     rim: float | None = None
+    #: a plausible outline pinched in the middle (:func:`_waist`): the frame may still be chosen,
+    #: but an AC measured on it is doubtful (two bodies side by side measure as one)
+    pinched: bool = False
 
     @property
     def problem(self) -> str | None:
-        """Why the mask is not an abdomen's outline, None when it is plausible (what makes an AC
-        measured on it doubtful, :func:`~fetaliqa_core.analysis.units.read_ac`)."""
-        return None if self.plausible else (self.reason or "not ellipse-like")
+        """Why an AC measured on the mask is doubtful: it is not an abdomen's outline, or one
+        pinched in the middle; None when it is a plausible one
+        (:func:`~fetaliqa_core.analysis.units.read_ac`)."""
+        if self.plausible:
+            return WAIST_REASON if self.pinched else None
+        return self.reason or "not ellipse-like"
 
 
 NO_MASK = MaskShape(False, 0.0, 0.0, 0.0, 0.0, 0.0, None, "no mask")
@@ -198,10 +213,48 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
             reason = "implausible size"
     ok = not reason
     shape = MaskShape(ok, iou if ok else 0.0, ell_area, iou, ratio, in_fan, circ, reason,
-                      ellipse=((float(cx), float(cy)), (float(w), float(h)), float(angle)))
+                      ellipse=((float(cx), float(cy)), (float(w), float(h)), float(angle)),
+                      pinched=ok and _waist(max(contours, key=len), (cx, cy), (w, h), angle))
     if ok and grey is not None:
         shape = judge_outline(shape, grey() if callable(grey) else grey, fov)
     return shape
+
+
+def _waist(contour: np.ndarray, center: tuple, size: tuple, angle: float) -> bool:
+    """Whether an outline is pinched in the middle: two wide notches, each at least
+    :data:`WAIST_DEPTH` of the fitted ellipse's minor semi-axis deep, on opposite sides of its
+    major axis and facing each other across its centre, as where two round bodies touch (twins
+    side by side). An abdomen's outline is convex, or flattened on one side at most."""
+    hull = cv2.convexHull(contour, returnPoints=False)
+    if hull is None or len(hull) < 4:
+        return False
+    try:
+        defects = cv2.convexityDefects(contour, np.sort(hull.ravel())[::-1].reshape(-1, 1).astype(np.int32))
+    except cv2.error:  # an outline that crosses itself
+        return False
+    if defects is None:
+        return False
+    a, b = max(size) / 2.0, min(size) / 2.0
+    rows = defects.reshape(-1, 4)
+    outline = contour.reshape(-1, 2).astype(float)
+    span = np.linalg.norm(outline[rows[:, 0]] - outline[rows[:, 1]], axis=1)  # the notch's mouth
+    deep = rows[(rows[:, 3] / 256.0 >= WAIST_DEPTH * b) & (span >= WAIST_MOUTH * b)]
+    if len(deep) < 2:
+        return False
+    theta = math.radians(angle + (0.0 if size[0] >= size[1] else 90.0))  # along the major axis
+    axis = np.array([math.cos(theta), math.sin(theta)])
+    normal = np.array([-axis[1], axis[0]])
+    centre = np.asarray(center, float)
+    points = outline[deep[:, 2]] - centre
+    for i in range(len(points)):
+        for j in range(i + 1, len(points)):
+            p, q = points[i], points[j]
+            if (p @ normal) * (q @ normal) >= 0:
+                continue  # the same side of the major axis
+            t = np.clip(-(p @ (q - p)) / max(float((q - p) @ (q - p)), 1e-9), 0.0, 1.0)
+            if float(np.linalg.norm(p + t * (q - p))) <= WAIST_CENTRE * a:
+                return True
+    return False
 
 
 def _band_sampler(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple, n_angles: int
