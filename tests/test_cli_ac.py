@@ -331,10 +331,12 @@ def test_an_outline_cut_by_another_probe_s_edge_is_doubtful_unless_measured_in_t
 
     rng = np.random.default_rng(3)
     frames = np.zeros((4, H, W), np.uint8)
-    frames[:, 40:520, 150:500] = rng.integers(30, 200, (4, 480, 350), dtype=np.uint8)  # the probe's image
-    write_volume(tmp_path / "linear.mha", frames, spacing_mm=(0.28, 0.28))
+    frames[:, 40:520, 150:500] = rng.integers(20, 80, (4, 480, 350), dtype=np.uint8)  # the probe's image
     whole = np.zeros((H, W), np.uint8)
     cv2.ellipse(whole, (430, 280), BIG, 0, 0, 360, 1, -1)
+    body = (whole != 0)[None] & (frames > 0)
+    frames[body] = rng.integers(110, 170, int(body.sum()), dtype=np.uint8)  # the body, brighter than around it
+    write_volume(tmp_path / "linear.mha", frames, spacing_mm=(0.28, 0.28))
     masks = np.zeros((1, H, W), np.uint8)
     masks[0, 40:520, 150:500] = whole[40:520, 150:500]  # cut at x = 500
     path = _write(tmp_path, masks, "cut.mha")
@@ -391,3 +393,37 @@ def test_a_challenge_mask_of_a_sweep_without_pixel_size_says_so_not_that_1_mm_is
     assert "its sweep's file records no pixel spacing" in text and "image writers" not in text and "GA" not in text
     assert main(["ac", str(path), "--spacing", "0.28"]) == 0  # the user's pixel size still measures it
     assert "GA" in capsys.readouterr().out
+
+
+def test_with_its_sweep_ac_judges_the_outline_by_the_frame_and_takes_the_sweep_s_pixel_size(tmp_path, capsys):
+    """`ac --sweep` used the sweep's fan only: a mask of the brain inside a bright skull ring read
+    "AC 201.9 mm, GA 24w 6d" where `score` rejects the same outline; a mask whose own pixel size
+    (0.30 mm) disagreed with its sweep's (0.25 mm) was measured with its own, without a word."""
+    from fetaliqa_core.io import write_volume
+
+    rng = np.random.default_rng(5)
+    frames = rng.integers(20, 60, (3, H, W), dtype=np.uint8)
+    brain = np.zeros((H, W), np.uint8)
+    cv2.ellipse(brain, (372, 280), (120, 100), 0, 0, 360, 1, -1)
+    ring = np.zeros((H, W), np.uint8)
+    cv2.ellipse(ring, (372, 280), (130, 110), 0, 0, 360, 1, 14)
+    frames[:, brain != 0] = rng.integers(5, 25, int(brain.sum()), dtype=np.uint8)  # dark brain
+    frames[:, ring != 0] = 230  # bright bone around it
+    write_volume(tmp_path / "head.mha", frames, spacing_mm=(0.25, 0.25))
+    path = _write(tmp_path, brain[None].repeat(3, 0), "brain.mha", spacing=0.25)
+    assert main(["ac", str(path), "--frame", "1", "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["ac_status"] == "ok"  # a mask alone shows no bone: its shape is an abdomen's
+    assert main(["ac", str(path), "--frame", "1", "--sweep", str(tmp_path / "head.mha"), "--json"]) == 0
+    judged = json.loads(capsys.readouterr().out)
+    assert judged["ac_status"] == "doubtful" and "skull" in judged["mask_problem"] and judged["ga"] is None
+    # the mask says 0.30 mm, its sweep 0.25 mm: one is wrong, no length
+    other = _write(tmp_path, brain[None].repeat(3, 0), "other.mha", spacing=0.30)
+    main(["ac", str(other), "--frame", "1", "--sweep", str(tmp_path / "head.mha"), "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_mm"] is None and "disagree" in record["spacing_problem"]
+    # a mask without a pixel size measured with its sweep's
+    none = _write(tmp_path, brain[None].repeat(3, 0), "none.mha", spacing=1.0)
+    main(["ac", str(none), "--frame", "1", "--sweep", str(tmp_path / "head.mha"), "--no-fov", "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert record["spacing_mm"] == [0.25, 0.25] and record["spacing_source"] == "its sweep's file header"

@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sweep", default=None, metavar="SWEEP",
         help="the sweep the mask was drawn on: its own field of view (its fan) is used, so an outline "
-             "cut by that fan's edge is fitted without it",
+             "cut by that fan's edge is fitted without it; its pixel size stands for the mask's, and its "
+             "grey levels tell a skull's outline from an abdomen's",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -70,14 +71,17 @@ def _pick_frame(masks: np.ndarray, frame: int | None, path: Path) -> int:
     return int(np.argmax(areas))
 
 
-def _mask_shape(frame: np.ndarray, fov: np.ndarray | None, spacing: tuple, problem: str | None):
+def _mask_shape(frame: np.ndarray, fov: np.ndarray | None, spacing: tuple, problem: str | None,
+                grey: np.ndarray | None = None):
     """The frame choice's verdict on ``frame``'s mask at its own size, inside ``fov`` (None: the
     whole frame), with its size and shape in mm when the pixel spacing is known and plausible
-    (``problem`` None), else as a share of the field of view."""
+    (``problem`` None), else as a share of the field of view; with the frame's grey levels
+    ``grey`` (the sweep given), its outline is judged as the frame choice judges it (a skull's
+    bright ring, an outline through fluid or along no edge)."""
     from fetaliqa_core.analysis import frame_choice
 
     px_mm = None if problem is not None else (float(spacing[0]), float(spacing[-1]))
-    return frame_choice.mask_shape(frame, fov, px_mm)
+    return frame_choice.mask_shape(frame, fov, px_mm, grey=grey)
 
 
 #: The keys of ``ac --json``'s record, in order (the same when there is nothing to measure).
@@ -137,8 +141,25 @@ def run(args: argparse.Namespace) -> int:
     # the ACOUSLIC probe's fan belongs to its frames' size; another size is another probe's image
     fov = None if args.no_fov or tuple(frame.shape) != FRAME_SHAPE else resolve_fov("acouslic", frame.shape)
     fov_name = "acouslic" if fov is not None else "whole frame"
-    if args.sweep is not None and not args.no_fov:
-        fov, fov_name = _sweep_fov(Path(args.sweep), frame.shape), "the sweep's own fan"
+    sweep = None if args.sweep is None else _sweep_of(Path(args.sweep), frame.shape)
+    if sweep is not None and not args.no_fov:
+        from fetaliqa_core import acouslic
+
+        fov, fov_name = resolve_fov(acouslic.sweep_fov(sweep), frame.shape), "the sweep's own fan"
+    if sweep is not None and args.spacing is None:
+        # the sweep's calibration stands for its mask's: a mask file's pixel size may be a writer's
+        sweep_spacing = tuple(sweep.spacing_mm)
+        if sweep.spacing_problem is None and problem is None and not all(
+                abs(x - y) <= 0.02 * max(x, y) for x, y in zip(spacing, sweep_spacing)):
+            source, problem = fio.SPACING_NONE, fspacing.problem(spacing, fio.SPACING_NONE, (
+                f"the mask's pixel size, {spacing_text(spacing)} ({source}), and its sweep's, "
+                f"{spacing_text(sweep_spacing)} ({sweep.spacing_source}), disagree: one of them is wrong"))
+        elif sweep.spacing_problem is None and problem is not None:
+            spacing, problem, source = sweep_spacing, None, f"its sweep's {sweep.spacing_source}"
+    grey = None
+    if sweep is not None and index < sweep.n_frames:
+        candidate = np.asarray(sweep.frames[index])
+        grey = candidate if candidate.dtype == np.uint8 and candidate.shape == frame.shape else None
     fov_note = ""
     if fov is not None and frame.any() and fov_name == "acouslic":
         outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)
@@ -148,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{outside:.0%} of the mask lies outside the ACOUSLIC field of view: measured on the whole "
                 "frame (another probe's image)")
     m = analysis.measure_ac(frame, spacing, fov=fov)
-    shape = None if m is None else _mask_shape(frame, fov, spacing, problem)
+    shape = None if m is None else _mask_shape(frame, fov, spacing, problem, grey)
     mask_problem = None if shape is None else shape.problem
     cut = None if m is None else straight_cut(frame, fov)
     if mask_problem is None and cut is not None and cut >= STRAIGHT_CUT_RATIO:
@@ -212,18 +233,16 @@ def run(args: argparse.Namespace) -> int:
     return 0 if reading.status != analysis.units.NO_UNITS else 1
 
 
-def _sweep_fov(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """The field of view of the sweep the mask was drawn on (its own fan; ACOUSLIC's for a sweep
-    in that fan), as the app and ``score`` use it."""
-    from fetaliqa_core import acouslic
+def _sweep_of(path: Path, shape: tuple[int, ...]):
+    """The sweep the mask was drawn on (read whole): its field of view, calibration and grey
+    levels, as the app and ``score`` use them."""
     from fetaliqa_core import io as fio
-    from fetaliqa_core.analysis.ac import resolve_fov
 
     sweep = fio.load_sweep(path).in_memory()
     if (sweep.height, sweep.width) != tuple(shape):
         raise FetalIQAError(f"{path}: the sweep's frames are {sweep.width} x {sweep.height} pixels, the mask's "
                             f"{shape[1]} x {shape[0]}: give the sweep the mask was drawn on")
-    return resolve_fov(acouslic.sweep_fov(sweep), tuple(shape))
+    return sweep
 
 
 def _why_no_ac(frame: np.ndarray, masks: np.ndarray, writer: str) -> str:
