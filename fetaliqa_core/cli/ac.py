@@ -229,7 +229,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"mask written by {shown(writer)}")
     elif reading.status == analysis.units.OK:
         print("note: the outline's shape is checked here, not what it outlines: check that the frame "
-              "shows the abdomen")
+              "shows the abdomen" + ("" if args.sweep is not None else "; give the sweep with --sweep to "
+                                     "check it against the frame"))
+    if reading.status == analysis.units.OK and fov_name == "acouslic" and args.sweep is None:
+        print("note: measured in ACOUSLIC's fan: for a mask drawn on another probe's image, give that sweep "
+              "with --sweep (an outline cut by its fan's edge measures short)")
     return 0 if reading.status != analysis.units.NO_UNITS else 1
 
 
