@@ -56,6 +56,7 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     assert summary["demo"] is False and summary["notice"] == "" and summary["frame_numbering"] == "0-based"
     printed = capsys.readouterr().out
     assert "chosen frame" in printed
+    assert "  pixel 0.28 x 0.28 mm (file header)\n" in printed  # every length's unit and its source
     for s in summary["sweeps"]:  # the models' own scores at the best frame, as frames.csv has them
         if s["best_frame"] >= 0:
             row = rows[s["best_frame"]]

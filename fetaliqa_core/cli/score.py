@@ -189,6 +189,10 @@ def _print_summary(summary: dict, out: Path) -> None:
         print(f"  note: {shown(note)}")
     if summary.get("spacing_problem"):
         print(f"  {shown(summary['spacing_problem'])} (--spacing MM sets it)")
+    elif summary.get("spacing_mm"):
+        from fetaliqa_core.io._common import spacing_text
+
+        print(f"  pixel {spacing_text(tuple(summary['spacing_mm']))} ({shown(summary.get('spacing_source') or '?')})")
     if summary.get("choice_note"):
         print(f"  {shown(summary['choice_note'])}")
     for s in summary["sweeps"]:
