@@ -255,6 +255,18 @@ class FrameView(QWidget):
     def reset_window_level(self) -> None:
         self.set_window_level(*FULL_WINDOW)
 
+    def set_pixel_aspect(self, spacing_mm: tuple[float, float] | None) -> None:
+        """Draw pixels of ``(row_mm, col_mm)`` in their shape (a pixel 0.3 mm tall and 0.1 mm wide is
+        three times as tall on screen as it is wide); square when the pixel size is not known."""
+        ratio = 1.0 if not spacing_mm else float(spacing_mm[1]) / float(spacing_mm[0])
+        if not np.isfinite(ratio) or ratio <= 0:
+            ratio = 1.0
+        if ratio != getattr(self, "_aspect", 1.0):
+            self._aspect = ratio
+            self.view.setAspectLocked(True, ratio=ratio)
+            if self._shape is not None:
+                self.view.setRange(QRectF(0, 0, self._shape[1], self._shape[0]), padding=0.0)
+
     # -- content ---------------------------------------------------------------------------
     def set_frame(self, frame: np.ndarray) -> None:
         """Show a (H, W) uint8 frame. Fixed levels 0-255: no per-frame statistics."""

@@ -518,6 +518,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.status_frame.setText("No sweep open")
             return
         self.frame_view.set_frame(m.sweep.frames[index])
+        self.frame_view.set_pixel_aspect(m.sweep.measurement_spacing_mm)
         self._update_overlay()
         self.curve.set_cursor(index)
         if self.slider.value() != index:

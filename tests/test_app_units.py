@@ -56,3 +56,17 @@ def test_demo_numbers_are_labelled_beside_the_measurement(qtbot, window):
     window.model.set_frame(next(f for f in range(window.model.n_frames) if f not in best))
     window._update_frame_text()
     assert "not for clinical use" in window.frame_view.corner_tr.text()
+
+
+def test_pixels_that_are_not_square_are_drawn_in_their_shape(qtbot, window):
+    """A sweep with 0.3 mm rows and 0.1 mm columns was drawn with square pixels: an abdomen wider
+    than tall in mm looked taller than wide. Drawn in mm now; square again where no size is known."""
+    sweep = dataclasses.replace(tiny_sweep(2, 10, height=72, width=96), spacing_mm=(0.3, 0.1))
+    _scored(qtbot, window, sweep)
+    view = window.frame_view.view
+    sx, sy = view.viewPixelSize()  # data units per screen pixel, x and y
+    assert sy / sx == pytest.approx(0.1 / 0.3, rel=0.02)
+    window.set_sweep(dataclasses.replace(sweep, spacing_source=SPACING_NONE, spacing_note="none"), score=False)
+    window._show_frame(0)
+    sx, sy = view.viewPixelSize()
+    assert sy / sx == pytest.approx(1.0, rel=0.02)
