@@ -652,3 +652,25 @@ def test_two_round_bodies_touching_are_measured_as_doubtful_not_as_one_abdomen()
     cv2.circle(notched, (112, 160), 20, 0, -1)
     for body in (flattened, notched, ellipse((112, 112), (50, 44), 30)):
         assert mask_shape(body, None, 0.9).problem is None
+
+
+def test_an_outline_flattened_along_one_side_makes_its_ac_doubtful():
+    """An abdomen cut by another probe's curved fan edge, measured where that edge is not known,
+    read "AC 261.4 mm, GA 30w 2d" for 300 mm (the straight-cut check misses a curved cut). A whole
+    outline, smooth or ragged, is its own ellipse; a flattened one is doubtful (the frame may still
+    be chosen)."""
+    from fetaliqa_core.analysis.frame_choice import FLATTENED_REASON, flattening, mask_shape
+
+    whole = ellipse((112, 112), (60, 50), 20)
+    cut = whole.copy()
+    yy, xx = np.mgrid[:S, :S]
+    cut[np.hypot(yy + 300, xx - 112) > 445] = 0  # a fan's arc (centre far above) across the bottom
+    assert whole.sum() * 0.7 < cut.sum() < whole.sum() * 0.9
+    assert flattening(cv2.findContours(whole, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0][0]) < 1.01
+    shape = mask_shape(cut, None, 1.0)
+    assert shape.plausible and shape.problem == FLATTENED_REASON
+    rng = np.random.default_rng(1)
+    ragged = whole.copy()
+    for angle in rng.uniform(0, 2 * np.pi, 12):  # small bumps and bites along the edge
+        cv2.circle(ragged, (int(112 + 58 * np.cos(angle)), int(112 + 48 * np.sin(angle))), 3, int(rng.integers(0, 2)), -1)
+    assert mask_shape(ragged, None, 1.0).problem is None
