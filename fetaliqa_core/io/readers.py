@@ -319,7 +319,6 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                 "or remove the spacing (DICOM: Pixel Spacing) and export the file again.") from None
         if "File cannot be read" in reason:  # its "Reason:" is the last system error, often unrelated
             reason = "there is less of it than the header describes"
-
         compressed = _dicom_compression(path) if _looks_like_dicom(path, reader) else None
         if compressed:  # the decoder's own words ("Failed to change to Implicit Transfer Syntax") say little
             raise FetalIQAError(f"{path}: the frames are compressed as {compressed} and could not be decoded: "
