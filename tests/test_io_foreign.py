@@ -43,6 +43,18 @@ def _region(dx_cm: float, dy_cm: float, spatial_format: int = 1, box=(0, 0, 47, 
 _dicom = us_dicom
 
 
+def _pixel_measures(spacing):
+    """A functional group item (shared or per frame) stating a Pixel Measures pixel spacing."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    measures = Dataset()
+    measures.PixelSpacing = spacing
+    item = Dataset()
+    item.PixelMeasuresSequence = Sequence([measures])
+    return item
+
+
 # --- grey levels ------------------------------------------------------------------------------------------
 
 
@@ -710,13 +722,7 @@ def test_like_sized_regions_calibrated_differently_leave_the_pixel_size_unknown(
     sweep = load_sweep(split)
     assert sweep.spacing_source == SPACING_NONE and "like size" in sweep.spacing_note
     # Pixel Measures stated per frame (Enhanced US Volume), the same on every frame: read
-    def per_frame(spacing):
-        measures = Dataset()
-        measures.PixelSpacing = spacing
-        item = Dataset()
-        item.PixelMeasuresSequence = Sequence([measures])
-        return item
-
+    per_frame = _pixel_measures
     enhanced = _dicom(tmp_path / "perframe.dcm", arr, sop=ENHANCED_US_VOLUME,
                       PerFrameFunctionalGroupsSequence=Sequence([per_frame([0.2, 0.3]) for _ in range(4)]))
     sweep = load_sweep(enhanced)
@@ -744,14 +750,7 @@ def test_a_dicom_header_stating_two_pixel_sizes_that_disagree_gives_no_length(tm
     same = _dicom(tmp_path / "same.dcm", arr, PixelSpacing=[0.3, 0.3],
                   SequenceOfUltrasoundRegions=Sequence([_region(0.03, 0.03)]))
     assert load_sweep(same).spacing_mm == pytest.approx((0.3, 0.3))  # the same size written twice
-
-    def measures(spacing):
-        m = Dataset()
-        m.PixelSpacing = spacing
-        item = Dataset()
-        item.PixelMeasuresSequence = Sequence([m])
-        return item
-
+    measures = _pixel_measures
     shared = _dicom(tmp_path / "shared.dcm", arr, sop=ENHANCED_US_VOLUME, PixelSpacing=[0.4, 0.4],
                     SharedFunctionalGroupsSequence=Sequence([measures([0.2, 0.2])]))
     sweep = load_sweep(shared)
