@@ -57,6 +57,7 @@ class ReviewSession:
         a = m.assessment
         if a is None:
             return False
+        self.store.add_sweep_from(m.sweep)  # the pixel size this run is measured with (the user may set one)
         # what may be shown of the AC: no mm / GA without a known, plausible pixel spacing
         reading = m.reading(a.chosen_ac(), a.chosen_frame)
         # only a number to act on is stored: the report prints what is stored as a plain number

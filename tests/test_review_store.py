@@ -66,6 +66,18 @@ def test_sweep_is_found_by_hash_and_follows_a_moved_file(tmp_path):
             store.add_sweep("ab" * 32, "/x.mha", 100)
 
 
+def test_the_pixel_size_a_sweep_is_measured_with_now_replaces_the_one_stored(tmp_path):
+    """A sweep reviewed once with --spacing 0.2, then with its file's own 0.28 mm: the reports went
+    on measuring the latest run with 0.2 mm (the first pixel size ever seen); one unknown now is
+    unknown in the reports too."""
+    with ReviewStore(tmp_path / "r.db") as store:
+        sid = store.add_sweep("cd" * 32, "/case.mha", 40, None, (0.2, 0.2))
+        assert store.add_sweep("cd" * 32, "/case.mha", 40, None, (0.28, 0.28)) == sid
+        assert store.sweep(sid).spacing_mm == (0.28, 0.28)
+        store.add_sweep("cd" * 32, "/case.mha", 40, None, None)
+        assert store.sweep(sid).spacing_mm is None
+
+
 def test_model_run_round_trips_arrays_and_masks(tmp_path):
     with ReviewStore(tmp_path / "r.db") as store:
         sid = store.add_sweep("c" * 64, None, 5)

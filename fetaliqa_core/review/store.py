@@ -370,7 +370,8 @@ class ReviewStore:
                   sweep_kinds: Sequence[str] | None = None) -> int:
         """Register a sweep (or find it by ``content_hash``) and return its id.
 
-        A known hash keeps its id; a new ``path`` replaces the old one (the file was moved).
+        A known hash keeps its id; a new ``path`` replaces the old one (the file was moved), and
+        the pixel spacing given (None: unknown) replaces the one stored.
         ``sweep_ranges``: half-open [start, stop) per sub-sweep (default: one covering all).
         """
         if not content_hash:
@@ -392,14 +393,21 @@ class ReviewStore:
                  None if spacing[0] is None else float(spacing[0]),
                  None if spacing[1] is None else float(spacing[1]), utc_now(),
                  json.dumps(list(sweep_kinds)) if sweep_kinds is not None else None))
-            sweep_id, known_frames, known_path = conn.execute(
-                "SELECT id, n_frames, path FROM sweeps WHERE content_hash = ?", (content_hash,)).fetchone()
+            sweep_id, known_frames, known_path, row_mm, col_mm = conn.execute(
+                "SELECT id, n_frames, path, spacing_row_mm, spacing_col_mm FROM sweeps WHERE content_hash = ?",
+                (content_hash,)).fetchone()
             if known_frames != n_frames:
                 raise FetalIQAError(f"The review database {self.path} already holds sweep "
                                     f"{content_hash[:12]} with {known_frames} frames, not "
                                     f"{n_frames}: the file's hash is inconsistent.")
             if path_text and path_text != known_path:
                 conn.execute("UPDATE sweeps SET path = ? WHERE id = ?", (path_text, sweep_id))
+            new_spacing = tuple(None if v is None else float(v) for v in spacing)
+            if new_spacing != (row_mm, col_mm):
+                # the pixel size the app measures with now (the file's, or one the user set): the
+                # reports measure the latest run with it (they kept the first one ever seen)
+                conn.execute("UPDATE sweeps SET spacing_row_mm = ?, spacing_col_mm = ? WHERE id = ?",
+                             (*new_spacing, sweep_id))
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
