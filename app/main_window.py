@@ -685,10 +685,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             text = f"chosen frame {chosen}: AC {reading.ac_mm:.1f} mm (doubtful)"
         else:
             text = f"chosen frame {chosen}: AC {reading.ac_mm:.1f} mm · GA {reading.ga_text or '–'}"
+        # the choice resting on one model (they disagree on every frame): said as score says it
+        summary = getattr(m.assessment, "summary", None)
+        choice_note = str(getattr(summary, "choice_note", "") or "")
+        if choice_note:
+            text += " · models disagree"
         if m.demo_notice:
             text += " · demo, not clinical"
         self.status_ac.setText(text)
-        self.status_ac.setToolTip("\n".join(t for t in (reading.note, m.demo_notice) if t))
+        self.status_ac.setToolTip("\n".join(t for t in (reading.note, choice_note, m.demo_notice) if t))
 
     # -- misc ------------------------------------------------------------------------------
     def notify(self, text: str, timeout_ms: int = 8000) -> None:

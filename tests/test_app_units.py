@@ -70,3 +70,14 @@ def test_pixels_that_are_not_square_are_drawn_in_their_shape(qtbot, window):
     window._show_frame(0)
     sx, sy = view.viewPixelSize()
     assert sy / sx == pytest.approx(1.0, rel=0.02)
+
+
+def test_a_choice_resting_on_one_model_is_said_in_the_window_as_score_says_it(qtbot, window):
+    """`score` says when the models disagree on every frame and the choice rests on one; the
+    window's answer did not."""
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    window.model.set_threshold(0.999)  # the classifier calls no frame: the segmenter's masks alone
+    window.refresh()
+    window.update_case_status()
+    note = window.model.assessment.summary.choice_note
+    assert window.model.flags.chosen is not None and note and "models disagree" in window.status_ac.text() and note in window.status_ac.toolTip()
