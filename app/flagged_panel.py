@@ -56,8 +56,11 @@ class FlaggedPanel(QWidget):
             self.frame_chosen.emit(int(frame))
 
     def _score(self, frame: int) -> str:
+        from app.window_tools import fmt_p, score_cuts
+
         v = self.model.frame_values(frame)  # under the column's "p_cls / p_seg"
-        return " / ".join("–" if v[k] is None else f"{v[k]:.2f}" for k in ("p_cls", "p_seg"))
+        cut = score_cuts(self.model)
+        return " / ".join(fmt_p(v[k], cut[k]) for k in ("p_cls", "p_seg"))
 
     def _row(self, frame: int, label: str | None = None) -> QTreeWidgetItem:
         k = self.model.sweep_index(frame)

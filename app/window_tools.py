@@ -13,8 +13,24 @@ from app import theme
 from fetaliqa_core.errors import FetalIQAError
 
 
-def fmt_p(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
+def fmt_p(v: float | None, threshold: float | None = None) -> str:
+    """A score with two decimals, or the digits that tell it from ``threshold`` (0.6723 beside a
+    threshold of 0.67 is "0.672", as ``score`` prints it)."""
+    if v is None:
+        return "–"
+    if threshold is None:
+        return f"{v:.2f}"
+    from fetaliqa_core.analysis.units import beside_threshold
+
+    return beside_threshold(v, threshold)
+
+
+def score_cuts(model) -> dict[str, float]:
+    """The threshold each score is read against: the operating threshold for ``p_cls``, the
+    segmenter's own call for ``p_seg``."""
+    from fetaliqa_core.analysis.assessment import SEG_THRESHOLD
+
+    return {"p_cls": float(model.threshold), "p_seg": SEG_THRESHOLD}
 
 
 def default_frame_name(win) -> str:
@@ -140,16 +156,19 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
         plain, values_html = "not scored yet", f"<span style='color:{theme.TEXT_DIM}'>not scored yet</span>"
     else:
         v = m.frame_values()
+        cut = score_cuts(m)
         parts = []
         if r.has_cls:
-            parts.append(f"p_cls {fmt_p(v['p_cls'])}")
+            parts.append(f"p_cls {fmt_p(v['p_cls'], cut['p_cls'])}")
         if r.has_seg:
-            parts.append(f"p_seg {fmt_p(v['p_seg'])}")
+            parts.append(f"p_seg {fmt_p(v['p_seg'], cut['p_seg'])}")
             parts.append(f"mask {v['area'] if v['area'] is not None else 0} px")
         plain = " · ".join(parts)
         values_html = "<br>".join(
-            ([f"<span style='color:{theme.CLS_COLOUR}'>classifier p_cls {fmt_p(v['p_cls'])}</span>"] if r.has_cls else [])
-            + ([f"<span style='color:{theme.SEG_COLOUR}'>mask p_seg {fmt_p(v['p_seg'])}</span>"] if r.has_seg else [])
+            ([f"<span style='color:{theme.CLS_COLOUR}'>classifier p_cls {fmt_p(v['p_cls'], cut['p_cls'])}</span>"]
+             if r.has_cls else [])
+            + ([f"<span style='color:{theme.SEG_COLOUR}'>mask p_seg {fmt_p(v['p_seg'], cut['p_seg'])}</span>"]
+               if r.has_seg else [])
             # the demonstration model's numbers say so wherever they appear (an exported frame too)
             + ([f"<span style='color:{theme.TEXT_DIM}'>demo model, not for clinical use</span>"]
                if m.demo_notice else []))

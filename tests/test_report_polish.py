@@ -64,3 +64,20 @@ def test_models_line_is_not_cut():
     text = _bundle_text({"cls": {"hash": "ab" * 32, "name": "cls"},
                          "description": "demo model (tiny, trained on synthetic sweeps) on CPU (2 threads)"})
     assert "on CPU (2 threads)" in text
+
+
+def test_scores_beside_their_threshold_get_the_digits_that_tell_them_apart():
+    """score printed "p_cls 0.672" for a frame at 0.6723 against a threshold of 0.67; the window,
+    the flagged list and the report printed 0.67, which reads as on the threshold."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from app.window_tools import fmt_p
+    from fetaliqa_core.review.report import _scores
+
+    run = SimpleNamespace(p_cls=np.array([0.6723, 0.91]), p_seg=np.array([0.4996, np.nan]),
+                          thresholds=SimpleNamespace(cls=0.67), seg_threshold=0.5)
+    assert _scores(run, 0) == "p_cls 0.672 · p_seg 0.4996"
+    assert _scores(run, 1) == "p_cls 0.91 · p_seg –"
+    assert fmt_p(0.6723, 0.67) == "0.672" and fmt_p(0.6723) == "0.67" and fmt_p(None, 0.67) == "–"

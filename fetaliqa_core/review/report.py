@@ -156,6 +156,18 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
+def _scores(run, f: int) -> str:
+    """``p_cls 0.672 · p_seg 0.92``: each with the digits that tell it from its threshold (a
+    score of 0.6723 beside 0.67 is not "0.67"), as ``score`` prints them."""
+    from fetaliqa_core.analysis.units import beside_threshold
+
+    def one(name: str, value: float, cut: float) -> str:
+        return f"{name} {beside_threshold(value, cut) if math.isfinite(value) else '–'}"
+
+    return " · ".join([one("p_cls", float(run.p_cls[f]), float(run.thresholds.cls)),
+                       one("p_seg", float(run.p_seg[f]), float(run.seg_threshold))])
+
+
 def _ga_text(weeks: float | None) -> str:
     """Gestational age as ``24w 3d`` (the one format); an en dash when unknown."""
     return format_ga(weeks)
@@ -475,7 +487,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                 caption = f"<b>{_e(_where(sweep, f))}</b>"
                 if f == run.chosen_frame:
                     caption += ' <span style="color:#aa28aa">chosen</span>'
-                caption += f"<br>p_cls {_fmt(float(run.p_cls[f]))} · p_seg {_fmt(float(run.p_seg[f]))}"
+                caption += f"<br>{_scores(run, f)}"
                 if ac is not None and _lengths_shown(sweep):
                     doubt = _thumbnail_doubt(run, f)
                     caption += f"<br>{_e(_thumbnail_ac_text(mask, ac, sweep, fov, frames[f], doubt, is_demo_run(run)))}"
@@ -500,7 +512,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
             model = "–"
             if run is not None:
                 model = ("flagged" if run.flagged[v.frame] else "not flagged") + (
-                    f" (p_cls {_fmt(float(run.p_cls[v.frame]))} / p_seg {_fmt(float(run.p_seg[v.frame]))})")
+                    f" ({_scores(run, v.frame)})")
             agrees = {True: "yes", False: "<b>no</b>", None: "–"}[_agrees(v, run)]
             rows.append([_e(_where(sweep, v.frame)), _e(v.reviewer), _label_html(v.label),
                          model, agrees, _e(v.note), _e(_fmt_time(v.time, utc_suffix=False))])
