@@ -397,13 +397,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         info: dict = {}
         if self.models is None:
             return info
-        from fetaliqa_core.models.choice import bundle_part, part_is_demo
+        from fetaliqa_core.models.choice import bundle_part, part_is_demo, provenance
 
+        names = {b["role"]: b["name"] for b in provenance(self.models)["bundles"]}  # as summary.json names them
         for key, role in (("cls", "classifier"), ("seg", "segmenter")):
             lm = getattr(self.models, key)
             if lm is not None:
                 # the bundle in that role (a pair on one base has one hash over both: not either's)
-                info[key] = {"hash": bundle_part(lm, role)[1],
+                info[key] = {"name": names.get(role) or names.get("classifier+segmenter", ""),
+                             "hash": bundle_part(lm, role)[1],
                              "task": getattr(lm, "task", None), "demo": part_is_demo(lm, role)}
                 if key == "cls" and getattr(lm, "threshold", None) is not None:
                     info[key]["threshold"] = float(lm.threshold)  # the bundle's own

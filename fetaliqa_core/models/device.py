@@ -98,7 +98,8 @@ class DeviceChoice:
             return f"{name} (CUDA, {self.precision}{why})"
         if self.device.type == "mps":
             return f"Apple GPU (MPS, {self.precision}{why})"
-        return f"CPU ({torch.get_num_threads()} threads, {self.precision}{why})"
+        n = torch.get_num_threads()
+        return f"CPU ({n} thread{'' if n == 1 else 's'}, {self.precision}{why})"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

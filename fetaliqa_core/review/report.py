@@ -284,7 +284,7 @@ def _bundle_text(bundles: dict[str, Any]) -> str:
         if isinstance(info, dict):
             name = info.get("name") or ""
             digest = str(info.get("hash") or "")[:12]
-            parts.append(f"{role}: {name} {digest}".strip())
+            parts.append(f"{role}: " + (" ".join(t for t in (name, digest) if t) or "–"))
         else:
             parts.append(f"{role}: {info}")  # whole: the PDF wraps it, never cuts a word
     return "; ".join(parts) or "–"
