@@ -168,3 +168,9 @@ def test_the_command_line_is_built_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_eval_without_a_bundle_is_a_wrong_command_line_that_names_the_demo_pair(tmp_path, capsys):
+    assert cli_main(["eval", "--data", str(tmp_path), "--split", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "--cls BUNDLE" in err and "resources/demo/cls" in err.replace("\\", "/")

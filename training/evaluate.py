@@ -33,7 +33,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core import paths
+from fetaliqa_core.errors import FetalIQAError, UsageError
 from fetaliqa_core.files import csv_writer, write_json
 
 SPLITS = ("train", "val", "test", "all")
@@ -145,9 +146,11 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     from training.dataset import SPLIT_SEED, _sweep_ranges, read_cases, split_cases
 
     if settings.cls is None and settings.seg is None:
-        raise FetalIQAError("give --cls BUNDLE and/or --seg BUNDLE to evaluate")
+        demo = paths.resources_dir() / "demo"
+        raise UsageError(f"give --cls BUNDLE and/or --seg BUNDLE to evaluate (the demonstration pair: --cls {demo / 'cls'} "
+                         f"--seg {demo / 'seg'})")
     if settings.split not in SPLITS:
-        raise FetalIQAError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
+        raise UsageError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
     choice = ModelChoice(model=None, cls=settings.cls, seg=settings.seg, base=settings.base,
                          device=settings.device, precision=settings.precision)
     models = load_models(choice)
