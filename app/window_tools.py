@@ -191,7 +191,9 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
     if getattr(sweep, "spacing_problem", None) is None and getattr(sweep, "spacing_mm", None) is not None:
         from fetaliqa_core.io._common import spacing_text
 
-        pixel = f"pixel {spacing_text(sweep.spacing_mm, say_order=False)} · {sweep.spacing_source}"  # (a narrow corner)
+        row, col = (float(v) for v in tuple(sweep.spacing_mm)[:2])
+        order = "" if row == col else " (w x h)"  # (a narrow corner: the order in short)
+        pixel = f"pixel {spacing_text(sweep.spacing_mm, say_order=False)}{order} · {sweep.spacing_source}"
     else:
         pixel = "pixel size unknown: no lengths"
     tl = (f"frame <b>{i}</b> of 0–{m.n_frames - 1}<br>sweep {k + 1}{kind_text}"

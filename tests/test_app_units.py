@@ -66,6 +66,8 @@ def test_pixels_that_are_not_square_are_drawn_in_their_shape(qtbot, window):
     view = window.frame_view.view
     sx, sy = view.viewPixelSize()  # data units per screen pixel, x and y
     assert sy / sx == pytest.approx(0.1 / 0.3, rel=0.02)
+    window._update_frame_text()
+    assert "pixel 0.1 x 0.3 mm (w x h)" in window.frame_view.corner_tl.text()  # the order said, in short
     window.set_sweep(dataclasses.replace(sweep, spacing_source=SPACING_NONE, spacing_note="none"), score=False)
     window._show_frame(0)
     sx, sy = view.viewPixelSize()
