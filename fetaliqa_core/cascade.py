@@ -256,7 +256,8 @@ class CascadeEngine:
 def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, student_path,
                          challenge: bool = False, extra=None) -> list:
     """Write a cascade's scores as ``fetaliqa score --cascade`` and the app both do: ``frames.csv``
-    from the merged results (the student's, the teacher's where it re-scored), the summary from
+    from the merged results (the student's, the teacher's where it re-scored, as its last column
+    ``scored_by`` says), the summary from
     ``assessment`` (made on the teacher's frames only) and ``cascade.json`` listing those frames.
     ``extra(folder)`` may add files, as in :func:`fetaliqa_core.export.write_scores`."""
     import json
@@ -277,7 +278,7 @@ def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, 
         if extra is not None:
             extra(folder)
 
-    return export.write_scores(out, sweep, merged, assessment, challenge=challenge, extra=hook)
+    return export.write_scores(out, sweep, merged, assessment, challenge=challenge, extra=hook, teacher=confirmed)
 
 
 @dataclass

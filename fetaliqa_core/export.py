@@ -68,25 +68,32 @@ def _score(v: float) -> str:
     return f"{v:.4f}" if math.isfinite(v) else ""
 
 
-def frames_csv_text(sweep, results, assessment) -> str:
+#: A cascade's frames.csv has one more column: which model's scores the row holds.
+SCORED_BY_COLUMN = "scored_by"
+
+
+def frames_csv_text(sweep, results, assessment, teacher: np.ndarray | None = None) -> str:
     """``frames.csv``: one row per frame; empty cells where a model did not score the frame.
-    ``threshold`` / ``model_threshold`` repeat the operating point the ``flagged`` column used."""
+    ``threshold`` / ``model_threshold`` repeat the operating point the ``flagged`` column used.
+    ``teacher`` (a cascade's): per frame, whether the teacher re-scored it; a last column,
+    ``scored_by``, says whose scores each row holds ("teacher" or "student")."""
     buf = _io.StringIO()
     w = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
-    w.writerow(FRAMES_COLUMNS)
+    w.writerow(FRAMES_COLUMNS + (() if teacher is None else (SCORED_BY_COLUMN,)))
     t = assessment.thresholds
     thr, own = f"{t.value:.4f}", f"{t.model:.4f}"
     flagged = assessment.flagged
     for i in range(sweep.n_frames):
         area = int(results.seg_area_px[i])
-        w.writerow([i, sweep.sweep_index(i) + 1, _score(float(results.p_cls[i])),
-                    _score(float(results.p_seg[i])), "" if area < 0 else area,
-                    int(bool(flagged[i])), thr, own])
+        row = [i, sweep.sweep_index(i) + 1, _score(float(results.p_cls[i])),
+               _score(float(results.p_seg[i])), "" if area < 0 else area,
+               int(bool(flagged[i])), thr, own]
+        w.writerow(row if teacher is None else [*row, "teacher" if teacher[i] else "student"])
     return buf.getvalue()
 
 
-def write_frames_csv(path: str | Path, sweep, results, assessment) -> Path:
-    return atomic_write(path, frames_csv_text(sweep, results, assessment))
+def write_frames_csv(path: str | Path, sweep, results, assessment, teacher: np.ndarray | None = None) -> Path:
+    return atomic_write(path, frames_csv_text(sweep, results, assessment, teacher))
 
 
 def write_summary_json(path: str | Path, assessment) -> Path:
@@ -244,7 +251,7 @@ def refuse_writing_over_input(out: str | Path, source: str | Path, challenge: bo
 
 
 def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = False,
-                 extra: Callable[[Path], None] | None = None) -> list[Path]:
+                 extra: Callable[[Path], None] | None = None, teacher: np.ndarray | None = None) -> list[Path]:
     """Write ``frames.csv`` and ``summary.json`` (and with ``challenge`` the challenge's files)
     into ``out`` at once: a failure leaves ``out`` as it was. ``extra(folder)`` may write more
     files into the folder before it is put in place. Returns the files written here."""
@@ -255,7 +262,7 @@ def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = 
     stale = tuple(n for n in OPTIONAL_OUTPUTS if n in previous)
     inputs = (sweep.path,) if getattr(sweep, "path", None) is not None else ()
     with atomic_output_dir(out, drop=stale, protect=inputs) as tmp:
-        write_frames_csv(tmp / FRAMES_CSV, sweep, results, assessment)
+        write_frames_csv(tmp / FRAMES_CSV, sweep, results, assessment, teacher)
         write_summary_json(tmp / SUMMARY_JSON, assessment)
         names = [FRAMES_CSV, SUMMARY_JSON]
         if challenge:

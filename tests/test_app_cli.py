@@ -191,6 +191,9 @@ def test_gui_cascade_marks_teacher_frames_and_saves_what_score_cascade_writes(qt
     assert json.loads((gui_out / "cascade.json").read_text())["teacher_frames"] == record["teacher_frames"]
     teacher = record["teacher_frames"]
     assert 0 < len(teacher) < 24
+    rows = list(csv.DictReader(open(cli_out / "frames.csv")))  # whose scores each row holds
+    assert [int(r["frame"]) for r in rows if r["scored_by"] == "teacher"] == teacher
+    assert {r["scored_by"] for r in rows} == {"teacher", "student"}
     win = windows[0]
     assert np.flatnonzero(win.model.confirmed).tolist() == teacher
     xs, _ = win.curve.confirmed.getData()
