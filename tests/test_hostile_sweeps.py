@@ -167,6 +167,14 @@ def test_nrrd_checks_read_the_whole_header_and_a_short_raw_payload_is_refused_be
     _assert_refused(sub / "escape.nhdr", "outside its own folder")
     (sub / "long.nrrd").write_text("NRRD0004\ntype: uint8\n" + "# x\n" * 300_000 + "\n")
     _assert_refused(sub / "long.nrrd", "header is longer than 1 MB")
+    # a header written on Windows (CR LF) ends in a blank line too: read, its length checked
+    crlf = tmp_path / "crlf.nrrd"
+    frames = (np.arange(20 * 200 * 300) % 251).astype(np.uint8)
+    crlf.write_bytes(b"NRRD0004\r\ntype: uint8\r\ndimension: 3\r\nsizes: 300 200 20\r\nspacings: 0.3 0.3 1\r\n"
+                     b"encoding: raw\r\n\r\n" + frames.tobytes())
+    assert load_sweep(crlf).n_frames == 20
+    crlf.write_bytes(crlf.read_bytes()[:-300 * 200])  # a frame short
+    _assert_refused(crlf, "truncated")
     short = tmp_path / "short.nrrd"
     short.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4000 4000 200\nencoding: raw\n\n" + bytes(8))
     _assert_refused(short, "describes 3200000000 bytes", within_s=3.0)

@@ -1110,14 +1110,15 @@ def _nrrd_fields(path: Path) -> dict[str, str] | None:
             head = fh.read(_NRRD_HEADER_LIMIT + 1)
     except OSError:
         return None
-    raw_header, blank, _ = head.partition(b"\n\n")
+    end = re.search(rb"\r?\n\r?\n", head)  # the blank line (a header written on Windows ends in CR LF CR LF)
+    raw_header = head if end is None else head[:end.start()]
     if len(raw_header) > _NRRD_HEADER_LIMIT:  # the image library reads a header of any length: all of it is checked
         raise FetalIQAError(f"{path}: the NRRD header is longer than {_NRRD_HEADER_LIMIT >> 20} MB, far longer than "
                             "any image's: the file is damaged or crafted, and is not read. Export the file again.")
     text = raw_header.decode("latin-1")
     fields[""] = text  # the header itself, for its length
-    if blank:  # attached data start after the blank line (a key never holds ':')
-        fields[":data offset"] = str(len(raw_header) + 2)
+    if end is not None:  # attached data start after the blank line (a key never holds ':')
+        fields[":data offset"] = str(end.end())
     for line in text.splitlines()[1:]:
         if line.startswith("#") or ":" not in line or ":=" in line:
             continue
