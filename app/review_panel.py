@@ -255,7 +255,6 @@ class ReviewPanel(QWidget):
 
     def start(self) -> bool:
         """Open the review of the current sweep, resuming where this reviewer stopped."""
-        self.finish_saving()
         if self.model.sweep is None:
             self.message.emit("Open a sweep to review it.")
             return False
@@ -290,8 +289,7 @@ class ReviewPanel(QWidget):
         return True
 
     def close_session(self) -> None:
-        self.finish_saving()
-        self.session = None
+        self.session = None  # (a verdict still waiting for the database is saved to its own sweep)
         self._pending = None
         self._set_active(False)
         self.refresh()
@@ -336,6 +334,12 @@ class ReviewPanel(QWidget):
             return
         self._pending = label
         self.label_buttons[label].setChecked(True)
+        job = self._saving
+        if job is not None and job.session is self.session and job.frame == self.model.frame:
+            job.label = label  # changed before the busy database took the first one: this one is saved
+            self.message.emit(f"Frame {job.frame}: {label.replace('_', ' ')} — saved as soon as the review "
+                              "database lets it.")
+            return
         self.message.emit(f"Frame {self.model.frame}: {label.replace('_', ' ')} — Enter saves and goes on.")
 
     def save_and_next(self) -> None:
@@ -351,36 +355,41 @@ class ReviewPanel(QWidget):
         self._attempt_save(_Save(self.session, frame, self._pending, self.note.text().strip(),
                                  self.hides_model(frame), time.monotonic()))
 
-    def _attempt_save(self, job: _Save, wait_ms: int | None = SAVE_WAIT_MS, final: bool = False) -> bool:
+    def _attempt_save(self, job: _Save, wait_ms: int | None = SAVE_WAIT_MS) -> bool:
         """Save ``job``'s verdict; while another program holds the database, try again later
-        (the window goes on). ``final``: the last try as the review closes (the viewer may show
-        another sweep already: it is not moved). True when it was saved."""
+        (the window goes on). A verdict of a review since closed (another sweep opened, another
+        reviewer) is still saved, to its own sweep, without touching what the viewer shows now.
+        ``wait_ms`` None: the last try before the database closes, waiting its full busy timeout.
+        True when it was saved."""
         self._saving = None
-        if self.session is not job.session:  # the review was closed or restarted meanwhile
-            self.message.emit(f"Frame {job.frame}'s verdict was not saved: the review was closed while the "
-                              "database was busy. Enter it again.")
-            return False
-        here = not final and self.model.frame == job.frame  # (else the reviewer moved on while it waited)
+        current = self.session is job.session
+        here = current and self.model.frame == job.frame  # (else the reviewer moved on while it waited)
+        earlier = "" if current else " (of the sweep reviewed before)"
         try:
-            job.session.record(job.label, job.note, advance=here, frame=job.frame, wait_ms=wait_ms)
+            job.session.record(job.label, job.note, advance=here, frame=job.frame, wait_ms=wait_ms, view=current)
         except DatabaseBusy as exc:
             if wait_ms is not None and time.monotonic() - job.started < SAVE_GIVE_UP_S:
                 self._saving = job
-                self.message.emit(f"Saving frame {job.frame}'s verdict: the review database is busy (another "
-                                  "program is writing to it); trying again…")
+                self.message.emit(f"Saving frame {job.frame}'s verdict{earlier}: the review database is busy "
+                                  "(another program is writing to it); trying again…")
                 QTimer.singleShot(SAVE_RETRY_MS, self._retry_save)
                 return False
             if here:
                 self._pending = job.label
                 self._sync_buttons()
                 again = "press Enter to try again"
-            else:
+            elif current:
                 again = f"go back to frame {job.frame} to enter it again"
-            QMessageBox.warning(self, "Review", f"{exc} Frame {job.frame}'s verdict was not saved: {again}.")
+            else:
+                again = "open that sweep again to enter it"
+            QMessageBox.warning(self, "Review", f"{exc} Frame {job.frame}'s verdict{earlier} was not saved: {again}.")
             return False
         except FetalIQAError as exc:
             QMessageBox.warning(self, "Review", str(exc))
             return False
+        if not current:
+            self.message.emit(f"Saved frame {job.frame}{earlier}: {job.label.replace('_', ' ')}.")
+            return True
         reveal = f" The model's call: {self.model_call(job.frame)}." if job.was_blinded else ""
         done, total = self.model.review_progress
         finished = (f" Queue finished: all {total} frames judged; a verdict key now judges the frame shown "
@@ -399,10 +408,10 @@ class ReviewPanel(QWidget):
             self._attempt_save(self._saving)
 
     def finish_saving(self) -> None:
-        """Before the review closes: a verdict still waiting for the database gets one last try,
-        waiting the database's full busy timeout."""
+        """Before the review database closes: a verdict still waiting for it gets one last try,
+        waiting its full busy timeout."""
         if self._saving is not None:
-            self._attempt_save(self._saving, wait_ms=None, final=True)
+            self._attempt_save(self._saving, wait_ms=None)
 
     def model_call(self, frame: int) -> str:
         """The model's call on a frame in words (shown after a blinded verdict)."""

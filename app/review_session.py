@@ -145,18 +145,21 @@ class ReviewSession:
         return frame
 
     def record(self, label: str, note: str = "", advance: bool = True, frame: int | None = None,
-               wait_ms: int | None = None) -> object:
+               wait_ms: int | None = None, view: bool = True) -> object:
         """Commit a verdict on ``frame`` (default: the current frame) and step to the next frame
         of the queue.
 
         The current frame is the viewer's frame, so a reviewer who scrubbed away from the
         queue judges the frame they are looking at. ``wait_ms``: how long to wait for another
         program's write (``DatabaseBusy`` after it, nothing changed; see ``ReviewStore.record_verdict``).
+        ``view`` False: only store it (the viewer shows another sweep since).
         """
         frame = self.model.frame if frame is None else int(frame)
-        kind = self.model.queue_kind
+        kind = self.model.queue_kind if view else None
         verdict = self.store.record_verdict(self.sweep_id, frame, self.reviewer, label,
                                             note=note, queue=kind, wait_ms=wait_ms)
+        if not view:
+            return verdict
         self.model.verdicts[frame] = verdict.label
         if verdict.note:
             self.notes[frame] = verdict.note

@@ -8,6 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QInputDialog, QMessageBox
 
+from fakes import tiny_sweep
 from review_window import press, scored_window
 from app.settings import AppSettings
 from fetaliqa_core.review import ReviewStore, default_db_path
@@ -346,6 +347,41 @@ def test_saving_a_verdict_while_another_program_holds_the_database_never_freezes
     saved = [v for v in panel.session.store.verdicts(panel.session.sweep_id) if v.frame == frame]
     assert [v.label for v in saved] == ["optimal"]
     assert not no_modal
+
+
+def test_a_verdict_waiting_for_the_database_is_saved_to_its_own_sweep_after_another_opens(
+        qtbot, tmp_path, no_modal):
+    """A verdict waiting for a busy database when the reviewer opened another sweep was marked on
+    the new sweep's frame (or, with the lock still held, froze the window 5 s and then told the
+    reviewer to go back to a frame of a closed review). It goes on waiting without freezing, and
+    is saved to the sweep it was entered on; a label changed while it waited is the one saved."""
+    import sqlite3
+    import time
+
+    db = tmp_path / "r.sqlite3"
+    win = scored_window(qtbot, AppSettings(reviewer="ida", review_db=str(db)))
+    panel = win.review
+    messages = []
+    panel.message.connect(messages.append)
+    press(win, "1")
+    frame, old_sweep = win.model.frame, panel.session.sweep_id
+    store = panel.session.store
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        press(win, "\n")
+        press(win, "2")  # the reviewer changes their mind before the database takes the first
+        started = time.monotonic()
+        win.set_sweep(tiny_sweep(n_sweeps=1, per_sweep=30, height=64, width=80))
+        assert time.monotonic() - started < 1.0
+        qtbot.wait(500)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    qtbot.waitUntil(lambda: messages[-1].startswith("Saved frame"), timeout=3000)
+    assert messages[-1].startswith(f"Saved frame {frame} (of the sweep reviewed before): suboptimal")
+    assert [v.label for v in store.verdicts(old_sweep) if v.frame == frame] == ["suboptimal"]
+    assert win.model.verdicts == {} and not no_modal
 
 
 def test_a_verdict_the_database_never_takes_is_kept_to_save_again(qtbot, tmp_path, no_modal, monkeypatch):
