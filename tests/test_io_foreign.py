@@ -367,6 +367,20 @@ def test_a_series_whose_instance_numbers_do_not_order_it_is_ordered_by_time_or_s
                ImagePositionPatient=[0, 0, -2.0 * k], ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
     order, notes = levels(backwards)
     assert order == [10 * k for k in range(6)] and "carry no Instance Number" in notes
+    midnight = tmp_path / "midnight"
+    midnight.mkdir()
+    for k in range(6):  # times of day alone, across midnight: 23:59:57 ... 00:00:02
+        _dicom(midnight / f"m{k}.dcm", frame(k), series="1.2.3.42", instance=1,
+               ContentTime=f"{(86397 + k) % 86400 // 3600:02d}{(86397 + k) % 3600 // 60:02d}{(86397 + k) % 60:02d}")
+    order, notes = levels(midnight)
+    assert order == [10 * k for k in range(6)] and "acquisition times" in notes
+    # positions alone (no numbers, no times), side by side in the image plane: along them
+    placed = tmp_path / "placed"
+    placed.mkdir()
+    for k in range(12):
+        _dicom(placed / f"IM{k + 1}", frame(k), series="1.2.3.43", instance=1, ImagePositionPatient=[float(k), 0.0, 0.0])
+    order, notes = levels(placed)
+    assert order == [10 * k for k in range(12)] and "Image Positions" in notes
     untimed = tmp_path / "untimed"
     untimed.mkdir()
     for k in range(12):

@@ -575,6 +575,18 @@ def _time_key(ds: Any) -> tuple[str, float] | None:
     return None
 
 
+def _across_midnight(seconds: list[float]) -> list[float]:
+    """Times of day (seconds) of one short acquisition, made to run on across midnight: the
+    acquisition starts after the longest pause between them (23:59:59 before 00:00:01)."""
+    ordered = sorted(seconds)
+    gaps = np.diff(ordered)
+    wrap = ordered[0] + 86400.0 - ordered[-1]
+    if not len(gaps) or gaps.max() <= wrap:
+        return seconds
+    start = ordered[int(np.argmax(gaps)) + 1]
+    return [(t - start) % 86400.0 for t in seconds]
+
+
 def _acquisition_order(files: list[str], orders: list[_Member | None]) -> tuple[list[str], str]:
     """A cine's files in acquisition order: by Instance Number when every file has a distinct one
     (PS3.3 C.7.6.1; the series scan sorts by position, which a tracked probe may run backwards);
@@ -598,11 +610,23 @@ def _acquisition_order(files: list[str], orders: list[_Member | None]) -> tuple[
     times = [m.time for m in members]
     if (all(t is not None for t in times) and len({t[0] for t in times}) == 1  # type: ignore[index]
             and len({t[1] for t in times}) == len(times)):  # type: ignore[index]
-        return ([name for _, name in sorted(zip([t[1] for t in times], files))],  # type: ignore[index]
+        seconds = [float(t[1]) for t in times]  # type: ignore[index]
+        if times[0][0] in ("AcquisitionTime", "ContentTime"):  # type: ignore[index]
+            seconds = _across_midnight(seconds)
+        return ([name for _, name in sorted(zip(seconds, files))],
                 f"{why}; the frames are in the order of their acquisition times")
     positions = [m.position for m in members]
     if all(positions) and len(set(positions)) == len(positions):
-        return files, f"{why}; the frames are in the order of their Image Positions"
+        # along the line the positions spread on most (the series scan orders positions only along
+        # the slice normal, and falls back to the names' text order otherwise)
+        points = np.asarray(positions, dtype=np.float64)
+        centred = points - points.mean(axis=0)
+        axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+        axis = axis if axis.sum() >= 0 else -axis
+        along = centred @ axis
+        if len(set(np.round(along, 4))) == len(files):
+            return ([name for _, name in sorted(zip(along.tolist(), files))],
+                    f"{why}; the frames are in the order of their Image Positions")
 
     def natural(name: str) -> list:
         return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", Path(name).name)]
