@@ -90,20 +90,36 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     in any of up to 64 evenly spread frames, as one region with the holes inside filled (fluid
     drawn pure black is still inside the fan). Bool ``(H, W)``.
 
-    The black level is 0 when a tenth of the frame or more is exactly 0 (a clean export), or when
-    its darkest tenth is not dark (an image filling the frame); else the darkest tenth plus a margin (a video black level of 2, or faint noise, outside the fan
-    of a screen capture or a lossy export: every pixel was "non-zero", so the whole frame counted
-    as the fan). Lines and marks thinner than 5 pixels (a burnt-in frame around the image, text)
-    are no part of it, nor is anything apart from its largest region."""
-    import cv2
-
+    The black level is 0 (a clean export: what is exactly 0 and reaches the image's border lies
+    outside) when a tenth of the frame is exactly 0. Else the darkest tenth plus a margin, when
+    the dark it leaves outside runs along at least :data:`SURROUND_BORDER_SHARE` of the image's
+    border, more of it than the exact zeros do, as a fan's surround does (a video black level of 2, or faint noise, around the fan of
+    a screen capture or a lossy export made the whole frame the fan); dark fluid reaching one edge
+    of an image that fills the frame does not, and stays inside. Lines and marks thinner than 5
+    pixels (a burnt-in frame around the image, text) are no part of the fan, nor is anything apart
+    from its largest region."""
     step = max(1, len(frames) // 64)
     peak = np.asarray(frames[::step]).max(axis=0).astype(np.float32)
+    fan = _region_above(peak, 0.0)
     low, high = (float(v) for v in np.percentile(peak, (10, 99)))
-    # (a darkest tenth that is not dark beside the brightest is image, not a surround)
-    level = 0.0 if low <= 0 or low > 0.1 * high else low + max(2.0, 0.03 * (high - low))
-    seen = (peak > level).astype(np.uint8)
-    seen = cv2.morphologyEx(seen, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    if low <= 0 or low > 0.1 * high:  # (a darkest tenth not dark beside the brightest is image)
+        return fan
+    above = _region_above(peak, low + max(2.0, 0.03 * (high - low)))
+    share = _outside_border_share(above)
+    return above if share >= SURROUND_BORDER_SHARE and share > _outside_border_share(fan) else fan
+
+
+#: A fan's surround runs along most of the image's border (ACOUSLIC's: 0.8; a linear probe's
+#: rectangle inside the frame: all of it); fluid reaching one edge of an image runs along little.
+SURROUND_BORDER_SHARE = 0.4
+
+
+def _region_above(peak: np.ndarray, level: float) -> np.ndarray:
+    """The largest region above ``level`` after an opening that removes what is thinner than 5
+    pixels, with the holes inside filled."""
+    import cv2
+
+    seen = cv2.morphologyEx((peak > level).astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(seen, connectivity=8)
     if count <= 1:
         return np.zeros(peak.shape, bool)
@@ -111,6 +127,12 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     padded = np.pad((labels == largest).astype(np.uint8), 1)
     cv2.floodFill(padded, None, (0, 0), 2)  # what the border reaches around the region lies outside
     return padded[1:-1, 1:-1] != 2
+
+
+def _outside_border_share(fan: np.ndarray) -> float:
+    """The share of the image's outermost pixels that lie outside ``fan``."""
+    ring = np.concatenate([fan[0], fan[-1], fan[1:-1, 0], fan[1:-1, -1]])
+    return float((~ring).mean()) if ring.size else 0.0
 
 
 def _hull_iou(fan: np.ndarray, other: np.ndarray) -> float:

@@ -322,6 +322,10 @@ def test_a_fan_is_found_on_a_black_level_above_zero_and_inside_a_burnt_in_frame(
         assert (fan != rect).mean() < 0.002, name
     flat = np.full((4, 96, 128), 50, np.uint8)  # an image filling the frame: all of it
     assert acouslic.data_fan(flat).all()
+    # an image filling the frame with dark fluid (grey 1-4) along its left edge: all of it too
+    filled = rng.integers(40, 200, (6, 300, 400), dtype=np.uint8)
+    filled[:, 60:240, :60] = rng.integers(1, 5, (6, 180, 60), dtype=np.uint8)
+    assert acouslic.data_fan(filled).all()
 
 
 def test_another_fan_at_acouslic_frame_size_is_its_own_field_of_view():

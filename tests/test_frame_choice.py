@@ -651,7 +651,8 @@ def test_two_round_bodies_touching_are_measured_as_doubtful_not_as_one_abdomen()
     notched = ellipse((112, 112), (50, 44))
     cv2.circle(notched, (112, 160), 20, 0, -1)
     for body in (flattened, notched, ellipse((112, 112), (50, 44), 30)):
-        assert mask_shape(body, None, 0.9).problem is None
+        assert not mask_shape(body, None, 0.9).pinched
+    assert mask_shape(ellipse((112, 112), (50, 44), 30), None, 0.9).problem is None
 
 
 def test_an_outline_flattened_along_one_side_makes_its_ac_doubtful():
