@@ -166,7 +166,7 @@ def challenge_mask_metadata(assessment, frame: int) -> dict[str, str]:
     AC there for a reason a mask alone cannot show (the frame's grey levels, the classifier, a
     demonstration model, a frame next to the chosen one), else ``ok`` (the mask's own shape and
     size are judged again when it is measured), or ``none`` without a mask; and what made it."""
-    from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT
+    from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, mask_doubt
 
     summary = assessment.summary
     chosen = int(summary.chosen_frame)
@@ -177,7 +177,7 @@ def challenge_mask_metadata(assessment, frame: int) -> dict[str, str]:
         reasons = [
             f"this is the mask of frame {frame}, next to the chosen frame {chosen} whose mask is empty"
             if frame != chosen else None,
-            f"the mask there does not outline an abdomen ({mask_problem})" if mask_problem else None,
+            mask_doubt(mask_problem) if mask_problem else None,
             assessment.disagreement(chosen),
             DEMO_MODEL_DOUBT if summary.demo else None,
         ]

@@ -670,6 +670,10 @@ def test_an_outline_flattened_along_one_side_makes_its_ac_doubtful():
     assert flattening(cv2.findContours(whole, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0][0]) < 1.01
     shape = mask_shape(cut, None, 1.0)
     assert shape.plausible and shape.problem == FLATTENED_REASON
+    from fetaliqa_core.analysis.units import read_ac
+
+    note = read_ac(250.0, None, shape.problem).note  # said as an outline's doubt, not as no abdomen
+    assert note.startswith("the mask's outline is flattened") and "does not outline" not in note
     rng = np.random.default_rng(1)
     ragged = whole.copy()
     for angle in rng.uniform(0, 2 * np.pi, 12):  # small bumps and bites along the edge

@@ -81,6 +81,19 @@ class ACReading:
         return asdict(self)
 
 
+#: Doubts about an outline that may still be an abdomen's (pinched, flattened, cut off straight:
+#: ``analysis.frame_choice`` and ``analysis.ac``), said as such rather than as no abdomen.
+OUTLINE_DOUBTS = ("pinched", "flattened", "cut off straight")
+
+
+def mask_doubt(mask_problem: str) -> str:
+    """Why an AC on a mask is doubtful, in words: its outline is pinched, flattened or cut off
+    (an abdomen's, maybe, but not whole or not one), or it outlines no abdomen at all."""
+    if mask_problem.startswith(OUTLINE_DOUBTS):
+        return f"the mask's outline is {mask_problem}"
+    return f"the mask there does not outline an abdomen ({mask_problem})"
+
+
 def beside_threshold(p: float, threshold: float) -> str:
     """``p`` with two decimals, or as many more (up to five) as it takes not to read as equal to
     ``threshold`` when it is not (0.6663 against 0.67 is "0.666", not "0.67")."""
@@ -153,8 +166,7 @@ def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
         f"; also outside the plausible {lo:.0f}-{hi:.0f} mm")
     if mask_problem:
         check = "the frame, the mask and the pixel spacing" if "size" in mask_problem or size else "the frame and the mask"
-        return ACReading(DOUBTFUL, round(ac, 1), None, "",
-                         f"the mask there does not outline an abdomen ({mask_problem}); check {check}{size}")
+        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{mask_doubt(mask_problem)}; check {check}{size}")
     if disagreement:
         return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{disagreement}; check the frame{size}")
     if model_doubt:

@@ -172,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
     shape = None if m is None else _mask_shape(frame, fov, spacing, problem, grey)
     mask_problem = None if shape is None else shape.problem
     cut = None if m is None else straight_cut(frame, fov)
-    if mask_problem is None and cut is not None and cut >= STRAIGHT_CUT_RATIO:
+    if (mask_problem is None or shape.plausible) and cut is not None and cut >= STRAIGHT_CUT_RATIO:
+        # (before a flattened side: the straight cut says more, and what to do)
         # an edge the field of view used does not know: the body may go on past it
         where = {"acouslic": "ACOUSLIC's fan", "whole frame": "the whole frame"}.get(fov_name, fov_name)
         mask_problem = f"cut off straight, by an edge {where} does not have" + (
@@ -193,7 +194,10 @@ def run(args: argparse.Namespace) -> int:
             "ga_weeks": reading.ga_weeks,
             "ga": reading.ga_text or None,
             "note": reading.note or (_why_no_ac(frame, masks, writer) if m is None else None),
-            "mask_plausible": None if shape is None else mask_problem is None,
+            # the frame choice's verdict (a pinched or flattened outline is plausible, its AC doubtful);
+            # an outline cut off straight is not taken for a whole one
+            "mask_plausible": None if shape is None else bool(shape.plausible) and not (cut is not None
+                                                                                     and cut >= STRAIGHT_CUT_RATIO),
             "mask_problem": mask_problem,
             "truncated": None if m is None else m.truncated,
             "n_points": None if m is None else m.n_points,
