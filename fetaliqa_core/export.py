@@ -237,13 +237,17 @@ def _previous_outputs(out: Path) -> set[str]:
     return set()
 
 
-def refuse_writing_over_input(out: str | Path, source: str | Path, challenge: bool = False) -> None:
-    """Before a sweep is scored: results written into ``out`` would replace ``source``, the
-    sweep itself (``--challenge-output`` into the sweep's folder when it is named as the
-    challenge's mask, or any sweep named as a result file)."""
+def refuse_writing_over_input(out: str | Path, source: str | Path, challenge: bool = False,
+                              cascade: bool = False) -> None:
+    """Before a sweep is scored: results written into ``out`` (or an earlier run's answer dropped
+    from it) would replace ``source``, the sweep itself (``--challenge-output`` into the sweep's
+    folder when it is named as the challenge's mask, or any sweep named as a result file)."""
     from fetaliqa_core.files import is_protected
 
-    names = [FRAMES_CSV, SUMMARY_JSON, OUTPUTS_FILE, CASCADE_JSON, *OPTIONAL_OUTPUTS]
+    names = [FRAMES_CSV, SUMMARY_JSON, OUTPUTS_FILE]
+    names += [CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE] if challenge else []
+    names += [CASCADE_JSON] if cascade else []
+    names += [n for n in OPTIONAL_OUTPUTS if n in _previous_outputs(Path(out))]  # (dropped: see write_scores)
     for name in names:
         if is_protected(Path(out) / name, (source,)):
             raise FetalIQAError(f"{source}: the results for it go into {out}, where {name} would replace "

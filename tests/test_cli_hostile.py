@@ -118,13 +118,16 @@ def test_results_never_replace_the_sweep_being_scored(case, tiny_bundle_dirs, tm
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "would replace this sweep itself" in err
     assert sweep.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == [sweep.name]
+    # without --challenge-output nothing would go over it: scored
+    assert main(["score", str(sweep), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(folder), "--quiet"]) == 0
+    assert sweep.read_bytes() == before and (folder / "summary.json").is_file()
     with pytest.raises(FetalIQAError, match="is the file being read"):
         with atomic_output_dir(folder, protect=(sweep,)) as tmp:
             (tmp / sweep.name).write_text("an answer")
     with pytest.raises(FetalIQAError, match="is the file being read"):
         with atomic_output_dir(folder, drop=(sweep.name,), protect=(sweep,)) as tmp:
             (tmp / "frames.csv").write_text("frame")
-    assert sweep.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == [sweep.name]
+    assert sweep.read_bytes() == before
 
 
 def test_a_sweep_named_near_the_length_limit_is_scored_into_its_folder(case, tiny_bundle_dirs, tmp_path, capsys):

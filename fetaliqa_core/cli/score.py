@@ -108,7 +108,8 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     from fetaliqa_core.analysis.assessment import Thresholds, assess
     from fetaliqa_core.engine import ScoringEngine
 
-    export.refuse_writing_over_input(out, path)
+    export.refuse_writing_over_input(out, path, challenge=bool(args.challenge_output),
+                                     cascade=getattr(models, "student", None) is not None)
     sweep = fio.load_sweep(path).in_memory() if sweep is None else sweep
     if getattr(args, "spacing", None) is not None:
         sweep = sweep.with_spacing(args.spacing)
