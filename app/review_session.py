@@ -57,7 +57,11 @@ class ReviewSession:
         a = m.assessment
         if a is None:
             return False
-        self.store.add_sweep_from(m.sweep)  # the pixel size this run is measured with (the user may set one)
+        # the pixel size this run is measured with (the user may have set one): written when it changed
+        usable = getattr(m.sweep, "spacing_problem", None) is None
+        wanted = tuple(float(v) for v in m.sweep.spacing_mm) if usable else None
+        if self.store.sweep(self.sweep_id).spacing_mm != wanted:
+            self.store.add_sweep_from(m.sweep)
         # what may be shown of the AC: no mm / GA without a known, plausible pixel spacing
         reading = m.reading(a.chosen_ac(), a.chosen_frame)
         # only a number to act on is stored: the report prints what is stored as a plain number

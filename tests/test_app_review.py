@@ -426,3 +426,18 @@ def test_the_last_verdict_of_a_queue_says_the_queue_is_finished(qtbot, tmp_path)
         press(win, "1")
     assert total and done >= total
     assert "Queue finished" in messages[-1]
+
+
+def test_the_review_database_measures_with_the_pixel_size_the_window_uses(qtbot, tmp_path):
+    """A sweep reviewed, then given another pixel size in the window: the reports measured its
+    runs with the first one ever stored."""
+    from app import window_tools
+
+    win = scored_window(qtbot, AppSettings(reviewer="kai", review_db=str(tmp_path / "r.sqlite3")))
+    press(win, "1")
+    store, sid = win.review.session.store, win.review.session.sweep_id
+    first = store.sweep(sid).spacing_mm
+    assert window_tools.ask_spacing(win, 0.31) is True
+    qtbot.waitUntil(lambda: win.model.sweep.spacing_source == "user", timeout=5000)
+    win.review.session.sync_run(force=True)
+    assert store.sweep(sid).spacing_mm == (0.31, 0.31) != first
