@@ -353,3 +353,25 @@ def test_agreement_is_with_the_run_the_report_shows(tmp_path):
     text = out.read_text(encoding="utf-8")
     assert "<b>no</b>" not in text
     s.close()
+
+
+def test_the_csv_report_lists_a_sweep_with_nothing_flagged(tmp_path):
+    """A sweep in the review with no flagged, chosen or judged frame was in the HTML report and
+    not in the CSV."""
+    import csv
+    import io
+
+    import numpy as np
+
+    from fetaliqa_core.review import ReviewStore
+    from fetaliqa_core.review.report import REPORT_CSV_COLUMNS, report_csv_text
+
+    with ReviewStore(tmp_path / "r.db") as store:
+        sid = store.add_sweep("ef" * 32, "/quiet.mha", 6)
+        store.add_model_run(sid, {"cls": {"hash": "h"}}, np.zeros(6), np.zeros(6), np.zeros(6),
+                            np.zeros(6, bool), chosen_frame=None)
+        rows = list(csv.reader(io.StringIO(report_csv_text(store))))
+    assert rows[0] == REPORT_CSV_COLUMNS and len(rows) == 2
+    row = dict(zip(REPORT_CSV_COLUMNS, rows[1]))
+    assert row["path"] == "/quiet.mha" and row["frame"] == "" and row["threshold"] != ""
+    assert all(len(r) == len(REPORT_CSV_COLUMNS) for r in rows)

@@ -566,7 +566,8 @@ REPORT_CSV_COLUMNS = [
 
 def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
     """Report rows: every flagged, chosen or reviewed frame; one row per reviewer's latest
-    verdict (a row with an empty reviewer for frames nobody reviewed). AC/GA on chosen rows."""
+    verdict (a row with an empty reviewer for frames nobody reviewed). AC/GA on chosen rows. A
+    sweep with no such frame has one row with an empty frame (the HTML report lists it too)."""
     buf = io.StringIO()
     writer = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     writer.writerow(REPORT_CSV_COLUMNS)
@@ -578,8 +579,13 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
         frames = set(by_frame)
         if run is not None:
             frames |= set(np.flatnonzero(run.flagged).tolist())
-            if run.chosen_frame is not None:
+            if run.chosen_frame is not None and run.chosen_frame >= 0:
                 frames.add(int(run.chosen_frame))
+        if not frames:  # a sweep in the review with nothing flagged, chosen or judged: one row, no frame
+            t = None if run is None else run.thresholds
+            thr = ["", "", ""] if t is None else [f"{t.value:.4f}", f"{t.model:.4f}",
+                                                  DEMO_REPORT_NOTICE if is_demo_run(run) else ""]
+            writer.writerow([sweep.content_hash, sweep.path or ""] + [""] * 16 + thr)
         for f in sorted(frames):
             i = sweep.sweep_index(f)
             base = [sweep.content_hash, sweep.path or "", f, i + 1,
