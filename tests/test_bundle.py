@@ -132,6 +132,8 @@ def test_refuses_damaged_or_malformed_bundles(cls_bundle, base_file, tmp_path):
         "task": lambda b: _edit_manifest(b, task="detect"),
         "missing": lambda b: _drop_key(b, "base_sha256"),
         "future": lambda b: _edit_manifest(b, format_version=99),
+        "version true": lambda b: _edit_manifest(b, format_version=True),  # (a bool is an int in Python)
+        "version -5": lambda b: _edit_manifest(b, format_version=-5),
         "lora": lambda b: _edit_manifest(b, lora={"r": 4, "alpha": 8, "dropout": 0.1, "bias": "none",
                                                   "targets": ["attn", "mlp.c_fc", "mlp.c_proj"]}),
         "preprocess": lambda b: _edit_manifest(b, preprocess={"version": "0"}),
@@ -140,6 +142,7 @@ def test_refuses_damaged_or_malformed_bundles(cls_bundle, base_file, tmp_path):
         "threshold": lambda b: _edit_manifest(b, threshold=3.0),
     }
     expected_words = {"json": "JSON", "task": "task", "missing": "lacks", "future": "update FetalIQA",
+                      "version true": "format_version", "version -5": "format_version",
                       "lora": "shape", "preprocess": "preprocessing", "no head file": "missing",
                       "changed head": "changed or damaged", "threshold": "threshold"}
     for name, damage in cases.items():

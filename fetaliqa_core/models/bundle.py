@@ -103,8 +103,8 @@ class BundleManifest:
         if not isinstance(data, dict):
             raise FetalIQAError(f"{source} must be a JSON object")
         version = data.get("format_version")
-        if not isinstance(version, int):
-            raise FetalIQAError(f"{source} has no integer 'format_version': not a FetalIQA model bundle")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise FetalIQAError(f"{source} has no 'format_version' of 1 or more: not a FetalIQA model bundle")
         if version > FORMAT_VERSION:
             raise FetalIQAError(f"{source} has format version {version}; this FetalIQA reads up to "
                                 f"{FORMAT_VERSION}: update FetalIQA to use this bundle")
