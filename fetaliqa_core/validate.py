@@ -187,11 +187,28 @@ def json_depth_ok(value: Any, max_depth: int = MAX_JSON_DEPTH) -> bool:
     return True
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object names one key twice (the key is the message)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def parse_json_bounded(text: str | bytes, source: str, what: str, todo: str,
                        max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``json.loads`` that reports deep nesting, bad text and bad UTF-8 as one line."""
+    """``json.loads`` that reports deep nesting, bad text, bad UTF-8 and a key given twice in one
+    object (JSON readers differ on which one counts) as one line."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise FetalIQAError(f"{source}: {what} gives {str(exc)[:60]!r} twice in one object (readers differ on "
+                            f"which counts): it was edited by hand or is damaged. {todo}") from None
     except RecursionError:
         raise FetalIQAError(f"{source}: {what} is nested too deeply to be genuine. {todo}") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError

@@ -102,6 +102,13 @@ def test_manifest_number_out_of_range_is_refused_before_building(bundle, field, 
     _refused(bundle, word)
 
 
+def test_a_manifest_giving_a_key_twice_is_refused(bundle):
+    """Two "threshold" entries: Python's reader took the last, another reader may take the first."""
+    text = (bundle / "manifest.json").read_text()
+    (bundle / "manifest.json").write_text(text.replace('"threshold":', '"threshold": 0.01, "threshold":', 1))
+    _refused(bundle, "'threshold' twice")
+
+
 def test_manifest_tower_too_large_for_any_fetalclip_is_refused(bundle):
     data = _manifest(bundle)
     _set(data, "base_architecture.vision_cfg.width", 8192)
