@@ -63,7 +63,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from fetaliqa_core.analysis.ac import _border_zone, ramanujan_circumference
+from fetaliqa_core.analysis.ac import _border_zone, _fit, ramanujan_circumference
 from fetaliqa_core.analysis.units import AC_PLAUSIBLE_MM
 
 MIN_PIECE_SHARE = 0.7
@@ -171,7 +171,8 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
     piece = lab == k
     share = float(stats[k, cv2.CC_STAT_AREA]) / total
     contours, _ = cv2.findContours(piece.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    outline = max(contours, key=len).reshape(-1, 2)
+    contour = max(contours, key=len)
+    outline = contour.reshape(-1, 2)
     # the outline along the fan's edge is the fan's, not the abdomen's: fit the rest
     keep = ~_border_zone(fov, region.shape)[outline[:, 1], outline[:, 0]]
     outline = outline[keep]
@@ -195,11 +196,10 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
     row_mm, col_mm = (px_mm, px_mm) if px_mm is None or np.isscalar(px_mm) else (float(px_mm[0]), float(px_mm[1]))
     circ = None
     if row_mm and col_mm and abs(row_mm - col_mm) > 0.01 * max(row_mm, col_mm):
-        in_mm = outline.astype(np.float32) * np.array([col_mm, row_mm], np.float32)  # (x, y) = (column, row)
-        _, (w_mm, h_mm), _ = cv2.fitEllipse(in_mm.reshape(-1, 1, 2))
-        if w_mm > 0 and h_mm > 0:
-            ratio = min(w_mm, h_mm) / max(w_mm, h_mm)
-            circ = ramanujan_circumference(max(w_mm, h_mm) / 2.0, min(w_mm, h_mm) / 2.0)
+        fit_mm = _fit(outline * np.array([col_mm, row_mm]))  # (x, y) = (column, row), as measure_ac fits
+        if fit_mm is not None:
+            ratio = min(fit_mm[1]) / max(fit_mm[1])
+            circ = ramanujan_circumference(*fit_mm[1])
     elif row_mm:
         circ = ramanujan_circumference(a, b) * float(row_mm)
     reason = ""
@@ -221,7 +221,7 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
     ok = not reason
     shape = MaskShape(ok, iou if ok else 0.0, ell_area, iou, ratio, in_fan, circ, reason,
                       ellipse=((float(cx), float(cy)), (float(w), float(h)), float(angle)),
-                      pinched=ok and _waist(max(contours, key=len), (cx, cy), (w, h), angle),
+                      pinched=ok and _waist(contour, (cx, cy), (w, h), angle),
                       flattened=ok and flattening(outline) >= FLATTENED_RATIO)
     if ok and grey is not None:
         shape = judge_outline(shape, grey() if callable(grey) else grey, fov)
@@ -236,29 +236,25 @@ def flattening(outline: np.ndarray) -> float:
     ellipses with ragged edges median 1.00, 95 % below 1.035); one flattened along a side, by an
     edge that cut the body (another probe's fan: ACs 4 and 11 % short gave 1.04 and 1.13) or by a
     mask covering part of it (the demo segmenter's plausible masks: 1.06-1.24), has a stretch
-    inside its ellipse that pulls the fit in. ``outline``: ``(N, 2)`` points (x, y) of the outline the AC is fitted to."""
+    inside its ellipse that pulls the fit in. ``outline``: ``(N, 2)`` points (x, y) of the
+    outline the AC is fitted to."""
     pts = np.asarray(outline, np.float64).reshape(-1, 2)
-    if len(pts) < 20:
+    first = _fit(pts) if len(pts) >= 20 else None
+    if first is None:
         return 1.0
-    first = cv2.fitEllipse(pts.astype(np.float32).reshape(-1, 1, 2))
     fit = first
     for _ in range(4):
-        (cx, cy), (w, h), angle = fit
-        if not (w > 0 and h > 0 and math.isfinite(cx) and math.isfinite(cy)):
-            return 1.0
+        (cx, cy), (a, b), angle = fit
         t = math.radians(angle)
         x, y = pts[:, 0] - cx, pts[:, 1] - cy
         u, v = x * math.cos(t) + y * math.sin(t), -x * math.sin(t) + y * math.cos(t)
-        outer = pts[np.hypot(u / (w / 2.0), v / (h / 2.0)) >= 0.97]
+        outer = pts[np.hypot(u / a, v / b) >= 0.97]
         if len(outer) < 20:
             break
-        fit = cv2.fitEllipse(outer.astype(np.float32).reshape(-1, 1, 2))
-
-    def circumference(e) -> float:
-        return ramanujan_circumference(max(e[1]) / 2.0, min(e[1]) / 2.0)
-
-    base = circumference(first)
-    return float(circumference(fit) / base) if base > 0 and math.isfinite(circumference(fit)) else 1.0
+        fit = _fit(outer)
+        if fit is None:
+            return 1.0
+    return float(ramanujan_circumference(*fit[1]) / ramanujan_circumference(*first[1]))
 
 
 def _waist(contour: np.ndarray, center: tuple, size: tuple, angle: float) -> bool:
