@@ -122,7 +122,8 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
     """:func:`dicom_calibration` of a header pydicom has already parsed."""
     try:
         regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
-        top_level = _pair(ds.get("PixelSpacing", None))
+        raw_spacing = ds.get("PixelSpacing", None)
+        top_level = _pair(raw_spacing)
         # enhanced multi-frame objects: Pixel Measures, shared or per frame (C.7.6.16.2.1)
         measures, per_frame_note = _pair(_shared_pixel_spacing(ds)), ""
         if measures is None:
@@ -138,7 +139,7 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
         stated.insert(0, (found[0], "its ultrasound region calibration"))
     stated = [(value, name) for value, name in stated if value is not None]
     for value, name in stated[1:]:
-        if not _agree(stated[0][0], value):
+        if not same_pixel_size(stated[0][0], value):
             return None, SPACING_NONE, (f"the DICOM header gives two pixel sizes that disagree: "
                                         f"{spacing_text(stated[0][0])} ({stated[0][1]}) and {spacing_text(value)} ({name})")
     if found is not None:
@@ -148,12 +149,8 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
     pixel_spacing = top_level or measures
     if pixel_spacing is not None:
         return pixel_spacing, SPACING_FROM_DICOM_PIXEL_SPACING, ""
-    try:
-        raw = ds.get("PixelSpacing", None)
-    except Exception:  # noqa: BLE001 - a value pydicom cannot convert: said as not usable
-        raw = "a value that cannot be read"
-    if raw is not None:
-        shown = str(raw)[:60].replace("\n", " ")
+    if raw_spacing is not None:
+        shown = str(raw_spacing)[:60].replace("\n", " ")
         return None, SPACING_NONE, f"the DICOM file's Pixel Spacing ({shown}) is not two positive numbers"
     if regions:
         return None, SPACING_NONE, ("the DICOM ultrasound regions are not calibrated in cm, and "
@@ -172,7 +169,7 @@ def _pair(value: Any) -> tuple[float, float] | None:
     return (row, col) if all(math.isfinite(v) and v > 0 for v in (row, col)) else None
 
 
-def _agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
+def same_pixel_size(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Two pixel sizes are the same one written twice (within 2 %: rounding, cm against mm digits)."""
     return all(abs(x - y) <= 0.02 * max(x, y) for x, y in zip(a, b))
 
