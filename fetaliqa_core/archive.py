@@ -463,12 +463,15 @@ def clean_leftovers(out: Path, names: Sequence[str]) -> None:
     now = time.time()
     for p in root.iterdir():
         # (also the results folder's own temporary one inside a staging folder's name: "..<case>.tmp-….<random>")
-        m = re.match(r"^\.\.?(.+?)\.(?:old-[0-9a-f]{8}|tmp-(?:([A-Za-z0-9.]+)-)?(\d+)-[0-9a-f]{8})(?:\.[A-Za-z0-9_]+)?$",
-                     p.name)
+        m = re.match(rf"^\.\.?(.+?)\.{_LEFTOVER_TAG}(?:\.[A-Za-z0-9_]+)?$", p.name)
         if not (m and m.group(1) in wanted and p.is_dir()):
             continue
         if m.group(3) is None or _left_over(p, m.group(2), int(m.group(3)), now):
             shutil.rmtree(p, ignore_errors=True)
+
+
+#: The tag of a folder being replaced (old-<hex>) or written (tmp-[<host>-]<pid>-<hex>): groups host, pid.
+_LEFTOVER_TAG = r"(?:old-[0-9a-f]{8}|tmp-(?:([A-Za-z0-9.]+)-)?(\d+)-[0-9a-f]{8})"
 
 
 def _left_over(path: Path, host: str | None, pid: int, now: float) -> bool:
@@ -490,7 +493,7 @@ def _clean_challenge_leftovers(out: Path) -> None:
     here or on another machine, may be filling its own tree now."""
     now = time.time()
     for p in out.iterdir():
-        m = re.match(rf"^\.{CHALLENGE_DIR}\.(?:old-[0-9a-f]{{8}}|tmp-(?:([A-Za-z0-9.]+)-)?(\d+)-[0-9a-f]{{8}})$", p.name)
+        m = re.match(rf"^\.{CHALLENGE_DIR}\.{_LEFTOVER_TAG}$", p.name)
         if m and p.is_dir() and (m.group(2) is None or _left_over(p, m.group(1), int(m.group(2)), now)):
             shutil.rmtree(p, ignore_errors=True)
 
