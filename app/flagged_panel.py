@@ -9,6 +9,7 @@ from PySide6.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem, QVBoxLa
 
 from app import theme
 from app.viewer_model import FlaggedFrames, ViewerModel
+from app.window_tools import fmt_p, score_cuts
 
 FRAME_ROLE = Qt.UserRole + 1
 
@@ -55,18 +56,15 @@ class FlaggedPanel(QWidget):
         if frame is not None:
             self.frame_chosen.emit(int(frame))
 
-    def _score(self, frame: int) -> str:
-        from app.window_tools import fmt_p, score_cuts
-
+    def _score(self, frame: int, cut: dict[str, float]) -> str:
         v = self.model.frame_values(frame)  # under the column's "p_cls / p_seg"
-        cut = score_cuts(self.model)
         return " / ".join(fmt_p(v[k], cut[k]) for k in ("p_cls", "p_seg"))
 
-    def _row(self, frame: int, label: str | None = None) -> QTreeWidgetItem:
+    def _row(self, frame: int, cut: dict[str, float], label: str | None = None) -> QTreeWidgetItem:
         k = self.model.sweep_index(frame)
         kind = self.model.sweep_kinds[k] if k < len(self.model.sweep_kinds) else ""
         kind = "" if kind == "unknown" else kind  # "unknown" says nothing: the number alone
-        item = QTreeWidgetItem([label or str(frame), f"{k + 1} {kind}".strip(), self._score(frame)])
+        item = QTreeWidgetItem([label or str(frame), f"{k + 1} {kind}".strip(), self._score(frame, cut)])
         if kind:
             item.setToolTip(1, f"sweep {k + 1}, {kind}")
         item.setData(0, FRAME_ROLE, int(frame))
@@ -74,11 +72,14 @@ class FlaggedPanel(QWidget):
 
     def update_flags(self, flags: FlaggedFrames) -> None:
         """Rebuild the lists if they changed (cheap no-op otherwise)."""
+        # (the threshold: the scores' digits are those that tell them from it)
         key = (tuple(flags.best), tuple(flags.best_passes), tuple(flags.candidates),
-               tuple(flags.disagreements), tuple(flags.why_none), self.model.n_frames)
+               tuple(flags.disagreements), tuple(flags.why_none), self.model.n_frames, self.model.threshold)
         if key == self._shown:
             return
         self._shown = key
+        rows = any(b is not None for b in flags.best) or flags.candidates or flags.disagreements
+        cut = score_cuts(self.model) if rows else {}  # (no scores to show: nothing imported for them)
         self.tree.setUpdatesEnabled(False)
         try:
             best = self._groups["best"]
@@ -88,7 +89,7 @@ class FlaggedPanel(QWidget):
                     continue
                 # a sweep without a chosen frame shows its highest-scored frame in brackets, dimmed,
                 # and says so (summary.json's best_frame is -1 there)
-                item = self._row(b, f"{b}  ★" if b == flags.chosen else f"{b}" if ok else f"({b}) none")
+                item = self._row(b, cut, f"{b}  ★" if b == flags.chosen else f"{b}" if ok else f"({b}) none")
                 if not ok:
                     # the sweep's highest-scored frame, shown dimmed: nothing there is chosen, and why
                     why = flags.why_none[k] if k < len(flags.why_none) else ""
@@ -102,7 +103,7 @@ class FlaggedPanel(QWidget):
                 group = self._groups[name]
                 group.takeChildren()
                 frames = getattr(flags, name)
-                group.addChildren([self._row(f) for f in frames])
+                group.addChildren([self._row(f, cut) for f in frames])
                 group.setText(0, f"{title} ({len(frames)})")
         finally:
             self.tree.setUpdatesEnabled(True)
