@@ -3,6 +3,10 @@ a restart, reviewer name asked once, report export."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
+
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
@@ -19,6 +23,29 @@ def no_modal(monkeypatch):
     seen: list[str] = []
     monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda p, t, text, *a, **k: seen.append(text)))
     return seen
+
+
+
+@contextlib.contextmanager
+def _held_by_another_program(db):
+    """Another program's write lock on the review database ``db`` for the block's duration."""
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+
+def _reviewing(qtbot, tmp_path, reviewer: str):
+    """A scored window reviewing as ``reviewer`` into ``tmp_path/r.sqlite3``: the window, the
+    database's path and the panel's messages as they come."""
+    db = tmp_path / "r.sqlite3"
+    win = scored_window(qtbot, AppSettings(reviewer=reviewer, review_db=str(db)))
+    messages: list[str] = []
+    win.review.message.connect(messages.append)
+    return win, db, messages
 
 
 def test_keys_commit_verdicts_and_resume_after_restart(qtbot):
@@ -152,7 +179,6 @@ def test_a_report_reads_its_sweeps_off_the_window_thread(qtbot, tmp_path):
     (a progress dialog stepped between them). They are read on a thread of their own now, and
     the window's event loop keeps running meanwhile."""
     import threading
-    import time
 
     from PySide6.QtCore import QTimer
 
@@ -218,7 +244,6 @@ def test_a_report_reads_its_sweeps_off_the_window_thread(qtbot, tmp_path):
 def test_a_review_never_starts_in_a_database_with_damaged_rows(qtbot, tmp_path, no_modal):
     """Its reports and exports refuse it; a review used to write its verdicts into it all the same."""
     import hashlib
-    import sqlite3
 
     db = tmp_path / "reviews.sqlite3"
     with ReviewStore(db) as store:
@@ -290,24 +315,15 @@ def test_moving_through_the_queue_while_another_program_holds_the_database(qtbot
     """Another program's write lock: ']' raised out of its key's slot (the message went to stderr
     only) after freezing the window for the database's 5 s busy timeout. The resume position is
     given up after a moment; the move itself happens."""
-    import sqlite3
-    import time
-
-    db = tmp_path / "r.sqlite3"
-    win = scored_window(qtbot, AppSettings(reviewer="finn", review_db=str(db)))
+    win, db, _ = _reviewing(qtbot, tmp_path, "finn")
     press(win, "1")
     press(win, "\n")
     before = win.model.frame
-    locker = sqlite3.connect(db, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
+    with _held_by_another_program(db):
         started = time.monotonic()
         win.review.move(1)
         assert time.monotonic() - started < 2.0
         assert win.model.frame != before
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
     assert not no_modal  # nothing to warn about: only the resume position was not stored
 
 
@@ -316,19 +332,11 @@ def test_saving_a_verdict_while_another_program_holds_the_database_never_freezes
     """Enter under another program's write lock froze the window for the database's 5 s busy
     timeout, then said it was busy. The panel waits a moment, tries again while the window goes
     on, and saves the verdict once the lock is gone (on its frame, even after the reviewer moved)."""
-    import sqlite3
-    import time
-
-    db = tmp_path / "r.sqlite3"
-    win = scored_window(qtbot, AppSettings(reviewer="ida", review_db=str(db)))
+    win, db, messages = _reviewing(qtbot, tmp_path, "ida")
     panel = win.review
-    messages = []
-    panel.message.connect(messages.append)
     press(win, "1")
     frame = win.model.frame
-    locker = sqlite3.connect(db, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
+    with _held_by_another_program(db):
         started = time.monotonic()
         press(win, "\n")
         assert time.monotonic() - started < 1.0
@@ -338,9 +346,6 @@ def test_saving_a_verdict_while_another_program_holds_the_database_never_freezes
         assert "Still saving" in messages[-1]
         win.model.set_frame(frame + 1)  # the reviewer goes on meanwhile
         qtbot.wait(900)
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
     qtbot.waitUntil(lambda: win.model.verdicts.get(frame) == "optimal", timeout=3000)
     assert messages[-1].startswith(f"Saved frame {frame}: optimal")
     assert win.model.frame == frame + 1  # not moved back nor on
@@ -355,29 +360,18 @@ def test_a_verdict_waiting_for_the_database_is_saved_to_its_own_sweep_after_anot
     the new sweep's frame (or, with the lock still held, froze the window 5 s and then told the
     reviewer to go back to a frame of a closed review). It goes on waiting without freezing, and
     is saved to the sweep it was entered on; a label changed while it waited is the one saved."""
-    import sqlite3
-    import time
-
-    db = tmp_path / "r.sqlite3"
-    win = scored_window(qtbot, AppSettings(reviewer="ida", review_db=str(db)))
+    win, db, messages = _reviewing(qtbot, tmp_path, "ida")
     panel = win.review
-    messages = []
-    panel.message.connect(messages.append)
     press(win, "1")
     frame, old_sweep = win.model.frame, panel.session.sweep_id
     store = panel.session.store
-    locker = sqlite3.connect(db, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
+    with _held_by_another_program(db):
         press(win, "\n")
         press(win, "2")  # the reviewer changes their mind before the database takes the first
         started = time.monotonic()
         win.set_sweep(tiny_sweep(n_sweeps=1, per_sweep=30, height=64, width=80))
         assert time.monotonic() - started < 1.0
         qtbot.wait(500)
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
     qtbot.waitUntil(lambda: messages[-1].startswith("Saved frame"), timeout=3000)
     assert messages[-1].startswith(f"Saved frame {frame} (of the sweep reviewed before): suboptimal")
     assert [v.label for v in store.verdicts(old_sweep) if v.frame == frame] == ["suboptimal"]
@@ -387,24 +381,16 @@ def test_a_verdict_waiting_for_the_database_is_saved_to_its_own_sweep_after_anot
 def test_a_verdict_the_database_never_takes_is_kept_to_save_again(qtbot, tmp_path, no_modal, monkeypatch):
     """When the other program keeps its lock, the panel gives up after a while, says the verdict
     was not saved, and keeps it chosen so that Enter saves it later."""
-    import sqlite3
-
     import app.review_panel as review_panel
 
     monkeypatch.setattr(review_panel, "SAVE_GIVE_UP_S", 0.5)
-    db = tmp_path / "r.sqlite3"
-    win = scored_window(qtbot, AppSettings(reviewer="jo", review_db=str(db)))
+    win, db, _ = _reviewing(qtbot, tmp_path, "jo")
     panel = win.review
     press(win, "2")
     frame = win.model.frame
-    locker = sqlite3.connect(db, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
+    with _held_by_another_program(db):
         press(win, "\n")
         qtbot.waitUntil(lambda: bool(no_modal), timeout=3000)
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
     assert "busy" in no_modal[-1] and f"Frame {frame}'s verdict was not saved: press Enter" in no_modal[-1]
     assert win.model.verdicts.get(frame) is None and panel.label_buttons["suboptimal"].isChecked()
     press(win, "\n")

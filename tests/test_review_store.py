@@ -239,12 +239,19 @@ def test_sigkill_mid_review_loses_no_entered_verdict(tmp_path):
     assert sorted(stored) == list(range(len(stored)))
 
 
-def test_opens_a_v1_database_and_migrates_it(tmp_path):
-    db = tmp_path / "old.sqlite3"
+def _v1_database(db: Path) -> sqlite3.Connection:
+    """A review database of schema version 1 holding one 10-frame sweep (id 1, hash 'abc');
+    the connection is left open for more rows."""
     conn = sqlite3.connect(db, isolation_level=None)
     apply_migrations(conn, 1)
     conn.execute("INSERT INTO sweeps (id, content_hash, path, n_frames, sweep_ranges, "
                  "added_utc) VALUES (1, 'abc', '/d/c.mha', 10, '[[0, 10]]', '2024-01-01')")
+    return conn
+
+
+def test_opens_a_v1_database_and_migrates_it(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    conn = _v1_database(db)
     conn.execute("INSERT INTO verdicts (sweep_id, frame, reviewer, label, agrees_with_model, "
                  "note, created_utc) VALUES (1, 7, 'alice', 'suboptimal', 1, 'old', "
                  "'2024-01-01T10:00:00+00:00')")
@@ -350,14 +357,8 @@ def test_a_reviewer_name_carries_no_direction_overrides_or_control_characters(tm
 
 
 def test_a_writable_database_of_an_earlier_version_is_updated_then_read_only(tmp_path):
-    from fetaliqa_core.review.schema import apply_migrations
-
     db = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(db, isolation_level=None)
-    apply_migrations(conn, 1)
-    conn.execute("INSERT INTO sweeps (id, content_hash, path, n_frames, sweep_ranges, added_utc) "
-                 "VALUES (1, 'abc', '/d/c.mha', 10, '[[0, 10]]', '2024-01-01')")
-    conn.close()
+    _v1_database(db).close()
     with ReviewStore(db, create=False, read_only=True) as s:
         assert [r.content_hash for r in s.sweeps()] == ["abc"] and s.schema_version == SCHEMA_VERSION
         with pytest.raises(FetalIQAError):
