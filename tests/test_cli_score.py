@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from fetaliqa_core.analysis.units import beside_threshold
 from fetaliqa_core.cli import main
 from fetaliqa_core.io import load_mask, load_sweep, write_volume
 
@@ -63,7 +64,10 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
             assert s["p_cls"] == pytest.approx(float(row["p_cls"]), abs=1e-3)
             assert s["p_seg"] == pytest.approx(float(row["p_seg"]), abs=1e-3)
             plane = f", {s['plane']} plane (segmenter)" if s["plane"] else ""
-            assert f"best frame {s['best_frame']} (p_cls {s['p_cls']:.2f}, p_seg {s['p_seg']:.2f}{plane})" in printed
+            # two decimals, or the digits that tell a score from its threshold (random test models
+            # often score ~0.5, which "0.50" would show as on the threshold)
+            p_cls, p_seg = beside_threshold(s["p_cls"], summary["threshold"]), beside_threshold(s["p_seg"], 0.5)
+            assert f"best frame {s['best_frame']} (p_cls {p_cls}, p_seg {p_seg}{plane})" in printed
             assert s["plane"] in (None, "optimal", "suboptimal")
         else:
             assert s["p_cls"] is None and s["p_seg"] is None
