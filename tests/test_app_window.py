@@ -612,7 +612,10 @@ def test_scores_carry_the_names_the_files_use(qtbot, make_window):
     from app.flagged_panel import FRAME_ROLE
 
     v = win.model.frame_values(int(best.child(0).data(0, FRAME_ROLE)))
-    assert score_text == f"{v['p_cls']:.2f} / {v['p_seg']:.2f}"
+    from app.window_tools import fmt_p, score_cuts
+
+    cut = score_cuts(win.model)  # two decimals, or the digits that tell a score from its threshold
+    assert score_text == f"{fmt_p(v['p_cls'], cut['p_cls'])} / {fmt_p(v['p_seg'], cut['p_seg'])}"
     assert "p_cls" in win.curve.legend.text() and "p_seg" in win.curve.legend.text()
     assert "p_cls" in win.curve.legend.toolTip() and "frames.csv" in win.curve.legend.toolTip()
     frame = win.model.flags.best[0]
