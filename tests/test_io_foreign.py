@@ -196,6 +196,26 @@ def test_ybr_full_422_native_is_not_taken_for_truncated(tmp_path):
     assert frames.shape == (n, h, w) and abs(frames.mean() - 150) <= 2
 
 
+@pytest.mark.parametrize("spelling", ["Monochrome1", "ybr_full_422"])
+def test_photometric_in_another_case_is_refused_not_misread(tmp_path, spelling):
+    """The image library matches the code string exactly: 'Monochrome1' was read without its
+    inversion (every grey level flipped) and a lower-case YBR as three bytes a pixel."""
+    y = (np.arange(2 * 40 * 48).reshape(2, 40, 48) % 200).astype(np.uint8)
+    path = _dicom(tmp_path / "odd.dcm", y)
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = spelling
+    if spelling.upper().startswith("YBR"):
+        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+        ds.PixelData = np.repeat(y[..., ::2, None], 4, -1).tobytes()
+    ds.save_as(path)
+    with pytest.raises(FetalIQAError, match="spells its Photometric Interpretation"):
+        load_sweep(path)
+    ds.PhotometricInterpretation = "monochrome2"  # read the same as MONOCHROME2: accepted
+    ds.SamplesPerPixel, ds.PixelData = 1, y.tobytes()
+    ds.save_as(path)
+    assert np.array_equal(np.asarray(load_sweep(path).frames), y)
+
+
 def _nifti_scaled(path: Path, stored: np.ndarray, slope: float, inter: float) -> Path:
     sitk.WriteImage(sitk.GetImageFromArray(stored), str(path))
     data = bytearray(path.read_bytes())

@@ -439,6 +439,12 @@ def _refuse_mixed_case_nifti(path: Path) -> None:
                                 f"lower or all upper case ('{tail}'): rename it to end in '{suffix}'.")
 
 
+def _photometric(ds: Any) -> str:
+    """The Photometric Interpretation as the standard spells it (code strings are upper case;
+    some writers send them in lower case or padded)."""
+    return str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+
+
 def _jfif_labelled_rgb(path: Path) -> bool:
     """Whether a DICOM file says RGB but holds JFIF (YCbCr) JPEG frames, a common export quirk
     (PS3.5 8.2.1 asks for YBR_FULL_422 there): the image reader then hands on YCbCr as RGB."""
@@ -447,7 +453,7 @@ def _jfif_labelled_rgb(path: Path) -> bool:
 
         ds = pydicom.dcmread(str(path), defer_size=1024, force=True)  # the pixel data stays on disk
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-        if syntax not in _JPEG_LOSSY or str(ds.get("PhotometricInterpretation", "")).strip() != "RGB":
+        if syntax not in _JPEG_LOSSY or _photometric(ds) != "RGB":
             return False
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         head = _first_fragment_head(path, getattr(element, "value_tell", None), 11)
@@ -471,7 +477,7 @@ def _dicom_without_its_spacing(path: Path) -> Raw | None:
         arr = ds.pixel_array
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         if samples == 1:
-            if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+            if _photometric(ds) == "MONOCHROME1":
                 bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize) or 8 * arr.dtype.itemsize)
                 wide = arr.astype(np.int64)  # stored values inverted over their range, as the image reader does
                 arr = (-1 - wide) if int(ds.get("PixelRepresentation", 0) or 0) else ((1 << bits) - 1) - wide
@@ -502,7 +508,7 @@ def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=[
             "PhotometricInterpretation", "WindowCenter", "WindowWidth", "VOILUTFunction",
             "PixelPaddingValue", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsAllocated"])
-        if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() != "MONOCHROME2":
+        if (_photometric(ds) or "MONOCHROME2") != "MONOCHROME2":
             return None, None
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
@@ -787,7 +793,7 @@ def _precheck_dicom(path: Path) -> _Member | None:
         import pydicom
 
         ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
-        photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+        photometric = _photometric(ds)
         order = _Member(_instance_number(ds), _image_position(ds),
                         str(ds.get("StudyInstanceUID", "") or "").strip(), _number_of_frames(ds),
                         dataset_calibration(ds), _time_key(ds),
@@ -814,7 +820,7 @@ def _precheck_dicom(path: Path) -> _Member | None:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422" and samples == 3:
+        if photometric == "YBR_FULL_422" and samples == 3:
             samples = 2  # two luma and one each of Cb, Cr per pair of pixels (PS3.3 C.7.6.3.1.2)
         bits = int(ds.BitsAllocated)
         if syntax not in _NATIVE_SYNTAXES:
@@ -886,6 +892,13 @@ _PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, 
 def _refuse_contradicting_photometric(path: Path, ds: Any, photometric: str) -> None:
     """Samples per Pixel 3 with a grey photometric interpretation (or 1 with a colour one): the
     reader would take the colour samples for grey pixels and score a scrambled image."""
+    written = str(ds.get("PhotometricInterpretation", "") or "").strip()
+    if written != photometric and photometric not in ("MONOCHROME2", "RGB"):
+        # the image library matches the code string exactly: 'Monochrome1' was read without its
+        # inversion, 'ybr_full_422' as three bytes per pixel (grey and RGB are read the same either way)
+        raise FetalIQAError(f"{path}: the DICOM header spells its Photometric Interpretation '{written}', not "
+                            f"'{photometric}' as the standard does, and its pixels would be read with the wrong "
+                            "grey levels or colours: export the file again.")
     expected = _PHOTOMETRIC_SAMPLES.get(photometric)
     try:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
