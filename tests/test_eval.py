@@ -184,3 +184,26 @@ def test_no_interval_is_printed_over_a_single_case():
     assert "[" not in "\n".join(one) and "only 1" in one[-1]
     two = _interval_lines({"intervals": {"n_cases": 2, "cls_frame_f1": dict(r, ci95=[0.5, 0.7])}}, "")
     assert any("[0.5" in line for line in two)
+
+
+def test_eval_refuses_reference_acs_written_in_cm(tiny_data, bundles, tmp_path, capsys):
+    """A circumferences CSV in cm made every NAE_AC about 9 and the challenge score meaningless
+    without a word; the reference ACs are now held against their own annotations first."""
+    import csv
+    import shutil
+
+    from fetaliqa_core.cli import main
+
+    data = tmp_path / "cm"
+    shutil.copytree(tiny_data, data)
+    path = data / "circumferences" / "fetal_abdominal_circumferences_per_sweep.csv"
+    rows = list(csv.reader(path.open()))
+    rows[1:] = [row[:2] + [f"{float(v) / 10:.2f}" if v else "" for v in row[2:]] for row in rows[1:]]
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    args = ["eval", "--cls", str(bundles["cls"]), "--split", "all", "--device", "cpu", "--quiet", "--data"]
+    assert main(args + [str(data), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "written in cm" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "metrics.json").exists()
+    assert main(args + [str(tiny_data), "--out", str(tmp_path / "mm")]) == 0  # the same cases in mm

@@ -50,6 +50,35 @@ ROW_LABELS = {
 }
 #: The engine's mask score p_seg = f / (f + 1 %) is 0.5 exactly at the paper's 1 % area rule.
 
+#: A reference AC this many times shorter than its own annotation's outline was written in cm.
+CM_RATIO = (7.0, 14.0)
+
+
+def _check_reference_units(case, gt: np.ndarray, ranges, spacing_mm, data) -> None:
+    """Refuses a circumferences CSV written in cm: each reference AC is measured on its sweep's
+    optimal plane, so the annotation's largest optimal outline, fitted in mm, is close to it. A
+    value about a tenth of that (every NAE_AC would be ~9 and the score meaningless) is refused
+    before any model runs. Nothing is judged without a pixel size or an optimal frame."""
+    if spacing_mm is None:
+        return
+    from fetaliqa_core.analysis.ac import measure_ac
+
+    for s, ref in enumerate(case.ac_mm):
+        if ref is None or s >= len(ranges):
+            continue
+        lo, hi = ranges[s]
+        area = (np.asarray(gt[lo:hi]) == 1).reshape(hi - lo, -1).sum(axis=1)
+        if not area.size or area.max() == 0:
+            continue
+        m = measure_ac((np.asarray(gt[lo + int(area.argmax())]) == 1).astype(np.uint8), spacing_mm, fov=None)
+        if m is None or not CM_RATIO[0] <= m.ac_mm / ref <= CM_RATIO[1]:
+            continue
+        raise FetalIQAError(
+            f"{Path(data) / 'circumferences'}: case {case.uuid}, sweep {s + 1}: the reference AC is {ref:g} but "
+            f"its own annotation's outline measures {m.ac_mm:.0f} mm, ten times more: the CSV looks written in "
+            "cm. Write the circumferences in mm (multiply by 10) and evaluate again.")
+
+
 # The paper's test results (arXiv 2507.22802, mean of 5 runs) - accuracy, F1, precision, recall.
 PAPER_TABLE: list[tuple[str, float | None, float, float | None, float | None]] = [
     ("DenseNet", 0.9516, 0.7024, 0.7805, 0.6420),
@@ -187,6 +216,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
             gt = fio.load_mask(case.mask_path, like=sweep)  # FetalIQAError when the shapes differ
             labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
             ranges = _sweep_ranges(sweep.n_frames, case.n_sweeps, case.mask_path)
+            _check_reference_units(case, gt, ranges, sweep.spacing_mm, settings.data)
             engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=False)
             results = engine.run()
 
