@@ -286,6 +286,24 @@ def settings_key(hashes: dict, threshold: float) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def run_settings_keys(hashes: dict, threshold: float, spacing: float | None = None,
+                      student_hash: str | None = None, precision_asked: bool = False) -> tuple[str, ...]:
+    """The settings keys a run writes (the first) and accepts (all). The number format counts
+    only when the user asked for one: left to each machine (bf16 where its CPU or GPU has it,
+    fp32 elsewhere), it is recorded but does not make another machine's results stale, so an
+    archive shared by machines of both kinds is scored once (the two agree within the bound
+    ``fetaliqa bench`` checks; ``--precision`` makes every case computed one way, and such
+    results are accepted too). Records from before this rule, keyed with a number format, stay
+    valid."""
+    exact = run_settings_key(hashes, threshold, spacing, student_hash)
+    if precision_asked:
+        return (exact,)
+    shared = run_settings_key({k: v for k, v in hashes.items() if k != "precision"}, threshold, spacing, student_hash)
+    keyed = [run_settings_key(dict(hashes, precision=p), threshold, spacing, student_hash)
+             for p in ("bf16", "fp32", "fp16")]
+    return (shared, exact, *[k for k in keyed if k != exact])
+
+
 def run_settings_key(hashes: dict, threshold: float, spacing: float | None = None,
                      student_hash: str | None = None) -> str:
     """:func:`settings_key` of a run, with a spacing given on the command line (the AC, its doubt)
@@ -342,10 +360,12 @@ def read_record(folder: Path) -> dict | None:
     return data
 
 
-def is_finished(record: dict | None, key: str, needed_files: Sequence[str] = (),
+def is_finished(record: dict | None, key: str | Sequence[str], needed_files: Sequence[str] = (),
                 folder: Path | None = None) -> bool:
-    """A record of a successful run on the same inputs (and with the files asked for now)."""
-    if record is None or record.get("status") != STATUS_OK or record.get("key") != key:
+    """A record of a successful run on the same inputs (and with the files asked for now);
+    ``key``: the case key, or the keys a run accepts."""
+    keys = (key,) if isinstance(key, str) or key is None else tuple(key)
+    if record is None or record.get("status") != STATUS_OK or record.get("key") not in keys:
         return False
     return folder is None or all((folder / name).is_file() for name in needed_files)
 
@@ -524,11 +544,13 @@ def _cell(column: str, value) -> str:
     return text
 
 
-def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: str | None,
+def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: str | Sequence[str] | None,
                members: Sequence[Path] | None = None) -> list[dict]:
     """One row per case from its folder alone: its record, or ``missing`` / ``stale`` (scored
     with other settings, or its file changed since: ``members`` given, their :func:`file_stat`
-    against the one recorded)."""
+    against the one recorded). ``settings``: the settings key, or the keys the run accepts."""
+    if isinstance(settings, str):
+        settings = (settings,)
     rows = []
     for k, (name, fname) in enumerate(zip(names, files)):
         rec = read_record(case_dir(out, name))
@@ -544,7 +566,7 @@ def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: 
             continue
         row = {c: rec.get(c) for c in TABLE_COLUMNS}
         row["case"], row["file"] = name, fname
-        if settings is not None and rec.get("settings_key") != settings:
+        if settings is not None and rec.get("settings_key") not in settings:
             row["status"] = STATUS_STALE
             row["error"] = ("scored with other models, precision, threshold, pixel spacing or cascade; "
                             "run again to rescore")

@@ -108,6 +108,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     from fetaliqa_core import export
     from fetaliqa_core.analysis.assessment import Thresholds
     from fetaliqa_core.models.choice import load_models
+    from fetaliqa_core.models.device import precision_preference
 
     path: Path = args.sweep
     out: Path = args.out or Path("fetaliqa-scores") / score_cmd._stem(path)
@@ -144,8 +145,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     # everything else the results depend on: a spacing given on the command line (the AC, its
     # doubt) and a cascade's student (which frames the models score)
     student = getattr(models, "student", None)
-    settings = ar.run_settings_key(hashes, threshold, spacing=getattr(args, "spacing", None),
-                                   student_hash=getattr(student, "bundle_hash", None) if student is not None else None)
+    accepted = ar.run_settings_keys(hashes, threshold, spacing=getattr(args, "spacing", None),
+                                    student_hash=getattr(student, "bundle_hash", None) if student is not None else None,
+                                    precision_asked=precision_preference(models.choice.precision) != "auto")
+    settings = accepted[0]  # what this run writes; records of the others are this run's too
     needed = [export.CHALLENGE_FRAME_FILE, export.CHALLENGE_MASK_FILE] if args.challenge_output else []
     heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
     mine = ar.shard(len(members), ranks)
@@ -163,7 +166,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 item.key = ar.case_key(item.fhash, settings)
                 folder = ar.case_dir(out, item.name)
                 record = ar.read_record(folder)
-                if ar.is_finished(record, item.key, needed, folder):
+                if ar.is_finished(record, [ar.case_key(item.fhash, s) for s in accepted], needed, folder):
                     item.finished = True
                     ar.refresh_file_stat(folder, record, item.fstat)  # the same bytes, touched since
                     return
@@ -241,7 +244,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 folder = ar.case_dir(out, item.name)
                 previous = ar.read_record(folder) if not foreign else None
                 if (read_failed and previous is not None and item.fstat is not None
-                        and previous.get("settings_key") == settings and previous.get("file_stat") == item.fstat
+                        and previous.get("settings_key") in accepted and previous.get("file_stat") == item.fstat
                         and ar.is_finished(previous, previous.get("key"), needed, folder)):
                     # a passing read error (permissions, a network file system) must not destroy results
                     # of these settings on the same, unchanged file
@@ -260,7 +263,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         # Ctrl-C or SIGTERM: the finished cases are kept; the table says so now, not at the next run
         if ranks.is_main and not ranks.distributed:
             try:
-                rows = ar.table_rows(out, names, files, settings, members)
+                rows = ar.table_rows(out, names, files, accepted, members)
                 ar.write_table(out, rows)
                 if (out / ar.CHALLENGE_DIR).is_dir():  # no answer there that the table does not call ok
                     ar.write_challenge_tree(out, rows)
@@ -282,7 +285,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             for name in counts:
                 counts[name] += int(c.get(name, 0))
         ar.remove_state(out)
-    rows = ar.table_rows(out, names, files, settings, members)
+    rows = ar.table_rows(out, names, files, accepted, members)
     table = ar.write_table(out, rows)
     status = ar.count_statuses(rows)
     scoring = max(time.perf_counter() - t_scoring, 1e-9)

@@ -229,6 +229,11 @@ def cpu_precision_probe() -> CpuPrecisionProbe:
     return probe
 
 
+def precision_preference(precision: str | None) -> str:
+    """"auto", "bf16" or "fp32": what the user asked for (None: ``FETALIQA_PRECISION``, else auto)."""
+    return _precision_preference(precision)
+
+
 def _precision_preference(precision: str | None) -> str:
     text = (precision if precision is not None else os.environ.get(PRECISION_ENV) or "auto")
     text = str(text).strip().lower()
