@@ -856,6 +856,15 @@ def test_pictures_and_names_the_image_library_misreads_are_refused_saying_why(tm
     frames[0].save(tif, save_all=True, append_images=[*frames[1:], frames[0].resize((24, 20))])
     with pytest.raises(FetalIQAError, match="pages are of different sizes"):
         load_sweep(tif)
+    # pages of one size but other pixels: decoded as the first is laid out, into scrambled frames
+    # (different ones at each read, for an RGB first page)
+    for first, rest in ((frames[0].convert("RGB"), frames[1:]), (frames[0], [f.convert("RGB") for f in frames[1:]]),
+                        (frames[0], [Image.fromarray(f.astype(np.uint16) * 257) for f in arr[1:]])):
+        first.save(tif, save_all=True, append_images=rest)
+        with pytest.raises(FetalIQAError, match="pages hold different kinds of pixels"):
+            load_sweep(tif)
+    frames[0].convert("RGB").save(tif, save_all=True, append_images=[f.convert("RGB") for f in frames[1:]])
+    assert np.abs(np.asarray(load_sweep(tif).frames, dtype=int) - arr).max() <= 1
     la = tmp_path / "la.png"
     Image.fromarray(np.stack([arr[0], np.full_like(arr[0], 255)], axis=-1), mode="LA").save(la)
     with pytest.raises(FetalIQAError, match="grey with transparency"):

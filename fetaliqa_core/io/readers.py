@@ -259,11 +259,17 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _precheck_nifti_header(path)
     _refuse_animated_png(path)
     _refuse_mixed_case_nifti(path)
-    pages = _tiff_page_sizes(path)  # (the image library reads on past a smaller page, printing to the terminal)
-    if len(pages) > 1:
-        shown = ", ".join(f"{w} x {h}" for w, h in pages[:3])
+    pages = _tiff_page_layouts(path)  # (the image library reads on past a smaller page, printing to the terminal)
+    sizes = list(dict.fromkeys(size for size, _ in pages))
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
         raise FetalIQAError(f"{path}: the TIFF's pages are of different sizes ({shown}, width x height): they "
                             "are no one sweep (a thumbnail page?). Save the frames alone, all of one size.")
+    if len(pages) > 1:  # the image library decodes every page as the first is laid out: scrambled frames
+        shown = ", ".join(_PIL_MODE_NAMES.get(mode, mode) for _, mode in pages[:3])
+        raise FetalIQAError(f"{path}: the TIFF's pages hold different kinds of pixels ({shown}): they would be "
+                            "read scrambled. Save every frame the same way (all grey or all colour, one bit "
+                            "depth).")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -384,20 +390,27 @@ _PICTURE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 
 
-def _tiff_page_sizes(path: Path) -> list[tuple[int, int]]:
-    """The distinct page sizes of a TIFF (empty for other files or when they cannot be read)."""
+_PIL_MODE_NAMES = {"1": "1-bit", "L": "8-bit grey", "P": "palette colour", "RGB": "RGB", "RGBA": "RGBA",
+                   "CMYK": "CMYK", "I;16": "16-bit grey", "I;16B": "16-bit grey", "I": "32-bit integer",
+                   "F": "32-bit float", "LA": "grey with transparency"}
+
+
+def _tiff_page_layouts(path: Path) -> list[tuple[tuple[int, int], str]]:
+    """The distinct ``(size, mode)`` of a TIFF's pages (empty for other files or when they cannot
+    be read)."""
     if full_suffix(path) not in (".tif", ".tiff"):
         return []
     try:
         from PIL import Image
 
-        sizes: list[tuple[int, int]] = []
+        layouts: list[tuple[tuple[int, int], str]] = []
         with Image.open(path) as im:
             for k in range(min(getattr(im, "n_frames", 1), validate.MAX_FRAMES)):
                 im.seek(k)
-                if im.size not in sizes:
-                    sizes.append(im.size)
-        return sizes
+                layout = (tuple(im.size), str(im.mode).replace("I;16B", "I;16"))
+                if layout not in layouts:
+                    layouts.append(layout)
+        return layouts
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return []
 
