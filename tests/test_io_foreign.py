@@ -695,6 +695,20 @@ def test_cines_beside_a_dicomdir_or_a_still_are_still_sweeps(tmp_path):
 # --- several files, several calibrations -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("suffix", [".mhd", ".nhdr"])
+def test_a_detached_data_file_whose_name_has_a_space_is_read(tmp_path, suffix):
+    """SimpleITK writes 'case 12.mhd' with 'ElementDataFile = case 12.raw' (and the NRRD's 'data
+    file: case 12.raw'); a name of two words was taken for a pattern of several files."""
+    arr = _grey(n=3).astype(np.uint8)
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.25, 0.3, 1.0))
+    path = tmp_path / f"case 12{suffix}"
+    sitk.WriteImage(image, str(path))
+    assert (tmp_path / "case 12.raw").is_file()
+    sweep = load_sweep(path)
+    assert np.array_equal(np.asarray(sweep.frames), arr) and sweep.spacing_mm == pytest.approx((0.3, 0.25))
+
+
 def test_a_series_whose_calibration_changes_gives_no_one_pixel_size(tmp_path):
     """The first file's calibration stood for every frame: a depth change half-way through gave
     lengths off by half for the other frames, without a word."""

@@ -1571,7 +1571,7 @@ def _detached_data_file(path: Path, data_file: str, field: str) -> Path:
     name = data_file.strip()
     if not name:
         raise FetalIQAError(f"{path}: the header names no pixel data file ({field}). Export the file again.")
-    if name.upper().startswith("LIST") or "%" in name or len(name.split()) > 1:
+    if name.upper().startswith("LIST") or "%" in name:
         raise FetalIQAError(f"{path}: the header spreads the pixel data over several files ({field} = "
                             f"{name[:60]!r}); only one data file is supported. Export the sweep as a single "
                             ".mha (or .nrrd) file.")
