@@ -907,3 +907,18 @@ def test_a_metaimage_that_states_both_byte_orders_is_refused(tmp_path):
     path.write_bytes(header.encode() + arr.astype("<u2").tobytes())
     with pytest.raises(FetalIQAError, match="big-endian and that they are not"):
         load_sweep(path)
+
+
+def test_a_local_metaimage_with_its_pixels_at_the_end_is_read(tmp_path):
+    """HeaderSize = -1 puts the pixels at the end of the file (MetaIO reads them from there), also
+    when the data are LOCAL: the bytes between the header and them were taken for a wrong size."""
+    arr = _grey(n=4).astype(np.uint8)
+    head = (f"ObjectType = Image\nNDims = 3\nDimSize = {arr.shape[2]} {arr.shape[1]} {arr.shape[0]}\n"
+            "ElementType = MET_UCHAR\nHeaderSize = -1\nElementSpacing = 0.25 0.3 1\nElementDataFile = LOCAL\n")
+    path = tmp_path / "local.mha"
+    path.write_bytes(head.encode() + b"JUNK" * 16 + arr.tobytes())
+    sweep = load_sweep(path)
+    assert np.array_equal(np.asarray(sweep.frames), arr) and sweep.spacing_mm == pytest.approx((0.3, 0.25))
+    path.write_bytes(head.encode() + arr.tobytes()[:-10])
+    with pytest.raises(FetalIQAError, match="truncated"):
+        load_sweep(path)

@@ -1508,14 +1508,16 @@ def _read_metaimage(path: Path) -> Raw | None:
     # Uncompressed data is memory-mapped (nothing allocated unless converted); compressed data is
     # inflated into memory.
     bound_volume(path, tuple(reversed(dims)), components, dtype.itemsize, mapped=not compressed)
+    try:
+        header_size = int(header.get("headersize", "0"))
+    except ValueError:
+        header_size = 0
     if data_path == path:
         offset = data_offset
+        if header_size == -1 and not compressed:  # MetaIO reads the pixels from the end of the file
+            offset = max(data_path.stat().st_size - expected, data_offset)
     else:
         offset = 0
-        try:
-            header_size = int(header.get("headersize", "0"))
-        except ValueError:
-            header_size = 0
         if header_size == -1:
             if compressed:
                 raise FetalIQAError(f"{path}: the header puts compressed pixel data at the end of its data "
