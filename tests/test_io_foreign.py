@@ -709,6 +709,21 @@ def test_a_detached_data_file_whose_name_has_a_space_is_read(tmp_path, suffix):
     assert np.array_equal(np.asarray(sweep.frames), arr) and sweep.spacing_mm == pytest.approx((0.3, 0.25))
 
 
+def test_a_region_calibrated_past_the_image_gives_no_pixel_size(tmp_path):
+    """A region reaching to 1024 x 768 in a 48 x 40 image (calibrated before the frame was made
+    smaller) gave its pixel size to the smaller image: every length half of what it is."""
+    from pydicom.sequence import Sequence
+
+    arr = _grey(n=1)[0].astype(np.uint8)
+    past = _dicom(tmp_path / "past.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
+        _region(0.02, 0.02, box=(0, 0, 1023, 767))]), PixelSpacing=[0.2, 0.2])
+    sweep = load_sweep(past)
+    assert sweep.spacing_source == SPACING_NONE and "past the 48 x 40 image" in sweep.spacing_note
+    edge = _dicom(tmp_path / "edge.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
+        _region(0.02, 0.02, box=(0, 0, 48, 40))]))  # one past the last pixel, as some scanners write it
+    assert load_sweep(edge).spacing_mm == pytest.approx((0.2, 0.2))
+
+
 def test_a_series_whose_calibration_changes_gives_no_one_pixel_size(tmp_path):
     """The first file's calibration stood for every frame: a depth change half-way through gave
     lengths off by half for the other frames, without a word."""

@@ -42,7 +42,7 @@ PLACEHOLDER_SPACING_MM = 1.0
 # DICOM PS3.3 C.8.5.5.1.15: Physical Units X/Y Direction code 0x0003 is centimetres.
 _DICOM_UNITS_CM = 3
 _DICOM_TAGS = ("SequenceOfUltrasoundRegions", "PixelSpacing", "SharedFunctionalGroupsSequence",
-               "PerFrameFunctionalGroupsSequence")
+               "PerFrameFunctionalGroupsSequence", "Rows", "Columns")
 # PS3.3 C.8.5.5.1.1: Region Spatial Format 1 is a 2-D tissue image (others: M-mode, Doppler, ...).
 _REGION_2D = 1
 
@@ -134,7 +134,7 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
         return None, SPACING_NONE, "the DICOM header's calibration could not be read"
     # the same header stating two pixel sizes: one of them is wrong, and which is not known here
     stated = [(top_level, "its Pixel Spacing"), (measures, "its Pixel Measures")]
-    found = _region_spacing(regions)
+    found = _region_spacing(regions, _image_size(ds))
     if found is not None and found[0] is not None:
         stated.insert(0, (found[0], "its ultrasound region calibration"))
     stated = [(value, name) for value, name in stated if value is not None]
@@ -210,19 +210,33 @@ def _per_frame_pixel_spacing(ds: Any) -> tuple[Any, str]:
     return (next(iter(found)) if found else None), ""
 
 
-def _region_spacing(regions: list[Any]) -> tuple[tuple[float, float] | None, str] | None:
+def _image_size(ds: Any) -> tuple[int, int] | None:
+    """``(rows, columns)`` of a DICOM header, None when it does not say."""
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return (rows, cols) if rows > 0 and cols > 0 else None
+
+
+def _region_spacing(regions: list[Any], image: tuple[int, int] | None = None
+                    ) -> tuple[tuple[float, float] | None, str] | None:
     """The largest region calibrated in cm in both directions: ``((row_mm, col_mm), note)``;
     None without one. Regions calibrated differently (a split screen, a zoomed inset) leave the
     pixel size unknown, ``(None, note)``, unless the largest is at least twice the size of any
-    calibrated otherwise: which of two like-sized images an abdomen lies in is not known here."""
+    calibrated otherwise: which of two like-sized images an abdomen lies in is not known here.
+    A calibrated region reaching past the image (``image``: rows, columns) was calibrated on
+    another one (a frame resized after the calibration was written): unknown too."""
     found: list[tuple[float, tuple[float, float]]] = []
     uncalibrated = 0.0  # the largest 2-D region not calibrated in cm
+    outside = None
     for item in regions:
         try:
             if int(item.get("RegionSpatialFormat", _REGION_2D)) != _REGION_2D:
                 continue  # an M-mode or Doppler strip: its deltas are not the image's
-            width = int(item.get("RegionLocationMaxX1", 0)) - int(item.get("RegionLocationMinX0", 0)) + 1
-            height = int(item.get("RegionLocationMaxY1", 0)) - int(item.get("RegionLocationMinY0", 0)) + 1
+            x1, y1 = int(item.get("RegionLocationMaxX1", 0)), int(item.get("RegionLocationMaxY1", 0))
+            width = x1 - int(item.get("RegionLocationMinX0", 0)) + 1
+            height = y1 - int(item.get("RegionLocationMinY0", 0)) + 1
             area = float(max(width, 0) * max(height, 0))
             dx = dy = math.nan
             if (int(item.get("PhysicalUnitsXDirection", 0)) == _DICOM_UNITS_CM
@@ -235,7 +249,15 @@ def _region_spacing(regions: list[Any]) -> tuple[tuple[float, float] | None, str
             uncalibrated = max(uncalibrated, area)
             continue
         spacing = (round(dy * 10.0, 9), round(dx * 10.0, 9))  # cm -> mm, (row, col)
+        if image is not None and (x1 > image[1] or y1 > image[0]):  # (one past the last pixel is let pass)
+            outside = outside or (spacing, x1 + 1, y1 + 1)
+            continue
         found.append((area, spacing))
+    if outside is not None:
+        spacing, w, h = outside
+        return None, (f"the DICOM ultrasound region calibrated at {spacing_text(spacing)} reaches to {w} x {h} "
+                      f"pixels, past the {image[1]} x {image[0]} image: it was calibrated on another image "
+                      "(resized since?)")
     if not found:
         return None
     area, best = max(found, key=lambda item: item[0])  # the first of equals
