@@ -937,3 +937,17 @@ def test_a_local_metaimage_with_its_pixels_at_the_end_is_read(tmp_path):
     path.write_bytes(head.encode() + arr.tobytes()[:-10])
     with pytest.raises(FetalIQAError, match="truncated"):
         load_sweep(path)
+
+
+@pytest.mark.parametrize("spacing", [None, [0, 0]])
+def test_palette_colour_is_read_through_its_table_on_every_path(tmp_path, spacing):
+    """A palette image whose Pixel Spacing is no length goes through the second decoder, which
+    gave its raw indices: an inverting colour table came out as the inverse image."""
+    arr = _grey().astype(np.uint8)
+    lut = ((255 - np.arange(256)).astype("<u2") * 257).tobytes()
+    attrs = {f"{c}PaletteColorLookupTableDescriptor": [256, 0, 16] for c in ("Red", "Green", "Blue")}
+    attrs.update({f"{c}PaletteColorLookupTableData": lut for c in ("Red", "Green", "Blue")})
+    if spacing is not None:
+        attrs["PixelSpacing"] = spacing
+    path = _dicom(tmp_path / "palette.dcm", arr, PhotometricInterpretation="PALETTE COLOR", **attrs)
+    assert np.abs(np.asarray(load_sweep(path).frames, dtype=int) - (255 - arr)).max() <= 1

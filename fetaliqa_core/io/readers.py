@@ -481,7 +481,8 @@ def _dicom_without_its_spacing(path: Path) -> Raw | None:
     the image reader; its pixels are decoded here instead (pydicom: the modality rescale applied,
     MONOCHROME1 inverted, colour as RGB, as the image reader gives them), with the spacing
     unknown unless the ultrasound regions calibrate it, so that --spacing or the View menu can
-    set it. None when pydicom cannot decode the pixels either."""
+    set it. None when pydicom cannot decode the pixels either. A palette colour image is turned
+    into RGB through its colour table, as the image reader does."""
     try:
         import pydicom
         from pydicom.pixels import apply_rescale
@@ -489,7 +490,13 @@ def _dicom_without_its_spacing(path: Path) -> Raw | None:
         ds = pydicom.dcmread(str(path), force=True)
         arr = ds.pixel_array
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        if samples == 1:
+        if samples == 1 and _photometric(ds) == "PALETTE COLOR":  # indices into the colour table, as RGB
+            from pydicom.pixels import apply_color_lut
+
+            arr, samples = apply_color_lut(arr, ds), 3
+            if arr.dtype == np.uint16:  # a 16-bit table: its colours in 8 bits, as the image reader gives them
+                arr = (arr >> 8).astype(np.uint8)
+        elif samples == 1:
             if _photometric(ds) == "MONOCHROME1":
                 bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize) or 8 * arr.dtype.itemsize)
                 wide = arr.astype(np.int64)  # stored values inverted over their range, as the image reader does
