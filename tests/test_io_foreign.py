@@ -951,3 +951,23 @@ def test_palette_colour_is_read_through_its_table_on_every_path(tmp_path, spacin
         attrs["PixelSpacing"] = spacing
     path = _dicom(tmp_path / "palette.dcm", arr, PhotometricInterpretation="PALETTE COLOR", **attrs)
     assert np.abs(np.asarray(load_sweep(path).frames, dtype=int) - (255 - arr)).max() <= 1
+
+
+def test_video_is_named_as_video(tmp_path):
+    """A DICOM file of H.264 frames was 'damaged or compressed otherwise than the header says'; an
+    MP4 or AVI file 'not a readable image file': neither said that video is not read."""
+    from pydicom.encaps import encapsulate
+
+    arr = _grey(n=2).astype(np.uint8)
+    path = _dicom(tmp_path / "h264.dcm", arr)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"
+    ds.PixelData = encapsulate([b"\x00\x00\x00\x01\x67" + bytes(100)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path)
+    with pytest.raises(FetalIQAError, match=r"as video \(H\.264\)"):
+        load_sweep(path)
+    for name, head in (("clip.mp4", b"\x00\x00\x00\x18ftypmp42"), ("clip.avi", b"RIFF\x00\x10\x00\x00AVI LIST")):
+        (tmp_path / name).write_bytes(head + bytes(200))
+        with pytest.raises(FetalIQAError, match="a video file"):
+            load_sweep(tmp_path / name)

@@ -280,6 +280,11 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         if "Unable to determine ImageIO" in reason and has_dicom_magic(path):
             raise FetalIQAError(f"{path}: a DICOM file whose pixels this reader cannot decode ({_dicom_pixel_format(path)}). "
                                 "Export the sweep with 8- or 16-bit grey or RGB pixels.") from None
+        video = _video_container(path) if "Unable to determine ImageIO" in reason else None
+        if video:
+            raise FetalIQAError(f"{path}: a video file ({video}); FetalIQA reads sweeps from image files. Export "
+                                "the sweep's frames as DICOM, .mha, .nrrd or .nii (or a multi-page TIFF) and "
+                                "open that.") from None
         if "Unable to determine ImageIO" in reason:
             raise FetalIQAError(f"{path}: not a readable image file (no supported image header found). "
                                 f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.") from None
@@ -413,6 +418,38 @@ def _tiff_page_layouts(path: Path) -> list[tuple[tuple[int, int], str]]:
         return layouts
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return []
+
+
+def _video_container(path: Path) -> str | None:
+    """The kind of video file ``path`` is, from its first bytes (None for anything else)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp":
+        return "MP4 / QuickTime"
+    if head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
+        return "QuickTime"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "Matroska / WebM"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF animation" if _gif_frames(path) > 1 else None
+    if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
+        return "MPEG"
+    return None
+
+
+def _gif_frames(path: Path) -> int:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except Exception:  # noqa: BLE001 - only a better message
+        return 1
 
 
 def _refuse_animated_png(path: Path) -> None:
@@ -693,6 +730,10 @@ _NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
 #: JPEG baseline, extended, lossless, lossless SV1, JPEG-LS: each frame starts with an SOI marker.
 _JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                   "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+#: Video transfer syntaxes (PS3.5 8.2.5-8.2.8): MPEG-2, MPEG-4 AVC/H.264, HEVC/H.265.
+_VIDEO_SYNTAXES = {**{f"1.2.840.10008.1.2.4.{k}": "MPEG-2" for k in (100, 101)},
+                   **{f"1.2.840.10008.1.2.4.{k}": "H.264" for k in (102, 103, 104, 105, 106)},
+                   **{f"1.2.840.10008.1.2.4.{k}": "HEVC" for k in (107, 108)}}
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian: every encapsulated syntax is
 
 
@@ -830,6 +871,10 @@ def _precheck_dicom(path: Path) -> _Member | None:
             raise FetalIQAError(f"{path}: the DICOM header does not give the image's size ({' and '.join(missing)} "
                                 "missing): it is damaged. Export the file again.")
         _refuse_contradicting_photometric(path, ds, photometric)
+        if syntax in _VIDEO_SYNTAXES:
+            raise FetalIQAError(f"{path}: the DICOM file holds its frames as video ({_VIDEO_SYNTAXES[syntax]}), "
+                                "which this reader does not decode. Export the sweep's frames as DICOM images "
+                                "(uncompressed or JPEG) or as .mha.")
         if element is not None and syntax in _JPEG_SYNTAXES:
             head = _first_fragment_head(path, getattr(element, "value_tell", None))
             if head is not None and head != b"\xff\xd8":  # the decoder would print its own errors first
