@@ -971,3 +971,21 @@ def test_video_is_named_as_video(tmp_path):
         (tmp_path / name).write_bytes(head + bytes(200))
         with pytest.raises(FetalIQAError, match="a video file"):
             load_sweep(tmp_path / name)
+
+
+def test_lookup_tables_the_reader_does_not_apply_are_not_passed_over(tmp_path):
+    """A Modality LUT Sequence (the values meant) and a VOI LUT Sequence (a display table) were
+    ignored without a word; both inverted the image here."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    arr = _grey().astype(np.uint8)
+    table = Dataset()
+    table.LUTDescriptor = [256, 0, 8]
+    table.add_new(0x00283006, "OW", np.arange(255, -1, -1, dtype="<u2").tobytes())  # LUT Data
+    modality = _dicom(tmp_path / "modality.dcm", arr, ModalityLUTSequence=Sequence([table]))
+    with pytest.raises(FetalIQAError, match="Modality LUT Sequence"):
+        load_sweep(modality)
+    voi = load_sweep(_dicom(tmp_path / "voi.dcm", arr, VOILUTSequence=Sequence([table])))
+    assert np.array_equal(np.asarray(voi.frames), arr) and any("VOI LUT" in n for n in voi.read_notes)
+    assert not load_sweep(_dicom(tmp_path / "plain.dcm", arr)).read_notes

@@ -365,6 +365,9 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
             notes.append(f"pixel spacing: {note}")
         if components == 1 and arr.dtype != np.uint8:
             window, padding = dicom_display(dicom_file)
+        if components == 1 and _has_voi_lut_table(dicom_file):
+            notes.append("the file's VOI LUT (the grey levels meant for display) is not applied: the frames are "
+                         "shown and scored as stored")
         ycbcr = components == 3 and _jfif_labelled_rgb(dicom_file)
     else:
         spacing_mm = (spacing_mm[0] * spacing_scale[0], spacing_mm[1] * spacing_scale[1])
@@ -551,6 +554,17 @@ def _dicom_without_its_spacing(path: Path) -> Raw | None:
     window, padding = dicom_display(path) if samples == 1 and arr.dtype != np.uint8 else (None, None)
     return Raw(array=arr, components=samples, spacing_mm=spacing_mm, metadata={}, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding)
+
+
+def _has_voi_lut_table(path: Path) -> bool:
+    """Whether a DICOM header holds a VOI LUT Sequence (0028,3010), a display table."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=["VOILUTSequence"])
+        return "VOILUTSequence" in ds
+    except Exception:  # noqa: BLE001 - only a note
+        return False
 
 
 def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]:
@@ -871,6 +885,10 @@ def _precheck_dicom(path: Path) -> _Member | None:
             raise FetalIQAError(f"{path}: the DICOM header does not give the image's size ({' and '.join(missing)} "
                                 "missing): it is damaged. Export the file again.")
         _refuse_contradicting_photometric(path, ds, photometric)
+        if "ModalityLUTSequence" in ds:  # (0028,3000): stored values -> the values meant; not applied by the reader
+            raise FetalIQAError(f"{path}: the DICOM file maps its stored pixel values through a Modality LUT "
+                                "Sequence, which this reader does not apply: its grey levels would be wrong. "
+                                "Export the sweep with the values applied (plain 8- or 16-bit grey).")
         if syntax in _VIDEO_SYNTAXES:
             raise FetalIQAError(f"{path}: the DICOM file holds its frames as video ({_VIDEO_SYNTAXES[syntax]}), "
                                 "which this reader does not decode. Export the sweep's frames as DICOM images "
