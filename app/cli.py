@@ -351,9 +351,31 @@ def run(args) -> int:
 
         args.save_scores = Path(args.save_scores).expanduser()
         check_out_folder(args.save_scores, "--save-scores")
-    outcome = run_window(args.sweep, choice, args.screenshot, args.exit_when_scored, args.max_seconds,
-                         headless=headless, review_db=args.db, scores_dir=args.save_scores,
-                         spacing_mm=getattr(args, "spacing", None))
+    try:
+        outcome = run_window(args.sweep, choice, args.screenshot, args.exit_when_scored, args.max_seconds,
+                             headless=headless, review_db=args.db, scores_dir=args.save_scores,
+                             spacing_mm=getattr(args, "spacing", None))
+    except KeyboardInterrupt:
+        end_without_loading_models(130, "fetaliqa: interrupted")
+        raise
+    code = _report_outcome(args, outcome)
+    end_without_loading_models(code)
+    return code
+
+
+def end_without_loading_models(code: int, line: str = "") -> None:
+    """Closed while its models were still loading (which cannot be interrupted), the viewer's
+    process ended seconds after its window: it ends now (saying ``line`` first), since the load
+    writes nothing. Returns when nothing of the kind is running."""
+    from app.worker import abandoned_work_running, end_process
+
+    if abandoned_work_running():
+        if line:
+            print(line, file=sys.stderr)
+        end_process(code)
+
+
+def _report_outcome(args, outcome) -> int:
     if outcome.screenshot is not None:
         print(f"screenshot: {outcome.screenshot}")
     elif args.screenshot is not None:

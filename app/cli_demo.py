@@ -65,7 +65,14 @@ def run(args) -> int:
     print(f"demo sweep: {sweep_path}", flush=True)
     choice = model_choice_from_args(args)  # the demo model on --device, in --precision
     if not headless:
-        outcome = run_window(sweep_path, choice, headless=False)
+        from app.cli import end_without_loading_models
+
+        try:
+            outcome = run_window(sweep_path, choice, headless=False)
+        except KeyboardInterrupt:
+            end_without_loading_models(130, "fetaliqa: interrupted")
+            raise
+        end_without_loading_models(outcome.code)
         return outcome.code
 
     from fetaliqa_core.cli.score import check_out_folder

@@ -757,7 +757,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if self._train_dialog is not None:
             self.hide()  # stopping the training run waits for it (a second or more): not in view
             self._train_dialog.shutdown()
-        self.scoring.shutdown()
+        self.scoring.shutdown(abandon_loading=True)  # models still loading are not waited for
         self.review.close_store()
         super().closeEvent(ev)
         self.closed.emit()

@@ -11,6 +11,7 @@ the window mid-run never leaves a thread running.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import traceback
@@ -46,6 +47,9 @@ class ScoringWorker(QObject):
         self._lock = threading.Lock()
         self._cancelled = False
         self._focus = focus
+        # True until the models are loaded: nothing is written before, so a closing window need
+        # not wait for the load (imports and a precision probe that cannot be interrupted)
+        self.loading = models is None
 
     def cancel(self) -> None:
         """Stop after the batch in progress (any thread)."""
@@ -102,6 +106,7 @@ class ScoringWorker(QObject):
                 from fetaliqa_core.models.choice import load_models
 
                 self.models = load_models(self.choice)
+            self.loading = False
             self.models_ready.emit(self.models)
             engine = self._make_engine(self.models)
             with self._lock:
@@ -276,13 +281,22 @@ class ScoringController(QObject):
         if self._worker is not None:
             self._worker.cancel()
 
-    def shutdown(self, timeout_ms: int | None = None) -> bool:
+    def shutdown(self, timeout_ms: int | None = None, abandon_loading: bool = False) -> bool:
         """Cancel and wait for the thread to end; True when it ended (always with no timeout).
 
-        The engine stops after the batch in progress, so this waits at most one batch.
+        The engine stops after the batch in progress, so this waits at most one batch. A run
+        still loading its models cannot be stopped before the load ends (seconds: imports, the
+        precision probe); with ``abandon_loading`` (a closing window) it is not waited for but
+        detached (:func:`detach_until_finished`), and :func:`end_process` lets the process end
+        without it.
         """
         self.stop()
         ok = True
+        if abandon_loading:
+            for pairs in (self._retired, self._ending):
+                for thread, worker in [(t, w) for t, w in pairs if w is not None and w.loading and t.isRunning()]:
+                    detach_until_finished(thread, keep=worker, abandonable=True)
+                    pairs.remove((thread, worker))
         # Threads that said 'finished' may still be in their last steps: a QThread destroyed
         # before it has ended aborts the process, so they are waited for too (briefly).
         for thread in [t for t, _w in self._retired] + [t for t, _w in self._ending]:
@@ -397,17 +411,25 @@ class ReportRenderer(QThread):
 
 
 _DETACHED: list[QThread] = []
+_KEPT: dict[int, QObject] = {}  # the object working in a detached thread, by the thread's id
+_ABANDONABLE: set[int] = set()  # detached threads that write nothing, by id
 _WAITS_AT_QUIT = False
 
 
-def detach_until_finished(thread: QThread) -> None:
+def detach_until_finished(thread: QThread, keep: QObject | None = None, abandonable: bool = False) -> None:
     """Let a thread that cannot be interrupted (a file being read) end on its own after its
-    window closed: unparented and held here, since a QThread destroyed while running aborts the
-    process; whatever it signals must already go nowhere. The application waits for it before
-    it quits, or the process before it ends."""
+    window closed: unparented and held here (with ``keep``, the object working in it), since a
+    QThread destroyed while running aborts the process; whatever it signals must already go
+    nowhere. The application waits for it before it quits, or the process before it ends,
+    unless it is ``abandonable`` (it writes nothing: models being loaded), which
+    :func:`end_process` does not wait for."""
     global _WAITS_AT_QUIT
     thread.setParent(None)
     _DETACHED.append(thread)
+    if keep is not None:
+        _KEPT[id(thread)] = keep
+    if abandonable:
+        _ABANDONABLE.add(id(thread))
     # Not removed in its own 'finished' (emitted in its last steps: dropping the last reference
     # there would destroy it running, as ScoringController._on_thread_finished says): the next
     # 'finished' of any of them lets go of those that have ended.
@@ -428,17 +450,51 @@ def _forget_ended() -> None:
         try:
             if not thread.isFinished():
                 alive.append(thread)
+                continue
         except RuntimeError:  # its C++ object is already gone (deleteLater)
             pass
+        _KEPT.pop(id(thread), None)
+        _ABANDONABLE.discard(id(thread))
     _DETACHED[:] = alive
 
 
-def _wait_detached() -> None:
+def _wait_detached(abandonable: bool = True) -> None:
     for thread in list(_DETACHED):
+        if not abandonable and id(thread) in _ABANDONABLE:
+            continue
         try:
             thread.wait()
         except RuntimeError:  # its C++ object is already gone: nothing to wait for
             pass
+
+
+def abandoned_work_running() -> bool:
+    """Whether a detached thread that writes nothing (models being loaded) is still running."""
+    for thread in _DETACHED:
+        try:
+            if id(thread) in _ABANDONABLE and thread.isRunning():
+                return True
+        except RuntimeError:
+            pass
+    return False
+
+
+def end_process(code: int) -> None:
+    """End the process now with ``code`` when only work that writes nothing is left running
+    (models still loading after their window closed: a load cannot be interrupted and would
+    keep a closed viewer's process alive for seconds); otherwise return. Threads that write
+    (files being read, a last batch being stored) are waited for first."""
+    if not abandoned_work_running():
+        return
+    _wait_detached(abandonable=False)
+    if not abandoned_work_running():
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
 
 
 def load_sweep_for_viewer(path: str | Path):

@@ -306,3 +306,47 @@ def test_the_window_loads_the_model_libraries_while_it_opens():
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_closing_while_the_models_load_ends_the_process_without_waiting_for_them(qtbot, small_sweep, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """Ctrl+C or closing the window while the models loaded (imports and a precision probe that
+    cannot be interrupted) hid the window and kept the process 8-13 s: the load writes nothing,
+    so the process now ends at once, with the usual line and status."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from PySide6.QtCore import QTimer
+
+    from app import worker
+    from fetaliqa_core.models import choice
+
+    release = threading.Event()
+
+    def slow_load(c):
+        release.wait(60)
+        return fake_models(choice=c)
+
+    class Exited(BaseException):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(choice, "load_models", slow_load)
+    monkeypatch.setattr(worker.os, "_exit", fake_exit)
+    QTimer.singleShot(800, lambda: os.kill(os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(Exited) as ended:
+            cli_main(["gui", str(small_sweep), "--save-scores", str(tmp_path / "scores")])
+        assert ended.value.args == (130,) and time.monotonic() - t0 < 20
+        assert "fetaliqa: interrupted" in capsys.readouterr().err
+        assert worker.abandoned_work_running()
+    finally:
+        release.set()
+        worker._wait_detached()
+    assert not worker.abandoned_work_running()
+    assert not (tmp_path / "scores").exists()
