@@ -419,11 +419,14 @@ class MainWindow(SweepFilesMixin, QMainWindow):
     def _scoring_finished(self, complete: bool, n_done: int) -> None:
         n = self.model.n_frames
         msg = "scored" if complete else f"stopped: {n_done} of {n} frames scored"
-        self.model.set_scoring(False, msg)
+        # the progress bar already counts the frames ("113 / 2000 frames · stopped"): its text was
+        # cut at both ends when the status repeated the count
+        self.model.set_scoring(False, "scored" if complete else "stopped")
         self.refresh()
         self.review.results_updated(final=True)
-        self.notify(
-            f"All {n} frames scored." if complete else f"Scoring stopped; {n_done} of {n} frames scored.", 8000)
+        frames = "frame" if n == 1 else "frames"
+        self.notify(f"All {n} {frames} scored." if complete
+                    else f"Scoring stopped; {n_done} of {n} {frames} scored.", 8000)
         self.scoring_ended.emit(bool(complete), msg)
 
     def _scoring_failed(self, message: str) -> None:
@@ -692,10 +695,16 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         choice_note = str(getattr(summary, "choice_note", "") or "")
         if choice_note:
             text += " · models disagree"
+        r = m.results
+        partial = ""
+        if r is not None and not r.complete:  # stopped (or still running): the rest may hold a better frame
+            text += f" · {r.n_done}/{r.n_frames} scored"
+            partial = (f"Chosen among the {r.n_done} of {r.n_frames} frames scored so far; the others may hold "
+                       "a better one (Resume scores them).")
         if m.demo_notice:
             text += " · demo, not clinical"
         self.status_ac.setText(text)
-        self.status_ac.setToolTip("\n".join(t for t in (reading.note, choice_note, m.demo_notice) if t))
+        self.status_ac.setToolTip("\n".join(t for t in (reading.note, choice_note, partial, m.demo_notice) if t))
 
     # -- misc ------------------------------------------------------------------------------
     def notify(self, text: str, timeout_ms: int = 8000) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
 import pytest
 
 from fakes import tiny_sweep
@@ -83,3 +84,20 @@ def test_a_choice_resting_on_one_model_is_said_in_the_window_as_score_says_it(qt
     window.update_case_status()
     note = window.model.assessment.summary.choice_note
     assert window.model.flags.chosen is not None and note and "models disagree" in window.status_ac.text() and note in window.status_ac.toolTip()
+
+
+def test_an_answer_from_part_of_the_sweep_says_so(qtbot, window):
+    """After scoring was stopped the status bar gave the chosen frame and its AC as if the whole
+    sweep had been scored; the frames not scored may hold a better one."""
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    full = window.model.results
+    chosen = window.model.flags.chosen
+    assert chosen is not None and f"/{full.n_frames} scored" not in window.status_ac.text()
+    half = np.arange(full.n_frames // 2) if chosen < full.n_frames // 2 else np.arange(full.n_frames // 2, full.n_frames)
+    window.model.results = full.only(half)  # as a stopped run leaves them
+    window.model._flags_dirty, window.model.results_version = True, window.model.results_version + 1
+    window.refresh()
+    part = window.model.results
+    assert window.model.flags.chosen is not None
+    assert f"{part.n_done}/{part.n_frames} scored" in window.status_ac.text()
+    assert "Resume" in window.status_ac.toolTip()
