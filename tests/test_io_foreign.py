@@ -5,6 +5,7 @@ got wrong without a word, or refused although it is valid."""
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 from pathlib import Path
 
@@ -989,3 +990,15 @@ def test_lookup_tables_the_reader_does_not_apply_are_not_passed_over(tmp_path):
     voi = load_sweep(_dicom(tmp_path / "voi.dcm", arr, VOILUTSequence=Sequence([table])))
     assert np.array_equal(np.asarray(voi.frames), arr) and any("VOI LUT" in n for n in voi.read_notes)
     assert not load_sweep(_dicom(tmp_path / "plain.dcm", arr)).read_notes
+
+
+@pytest.mark.parametrize("written, named", [(".mha", "case.dat"), (".mha", "case"), (".mha", "case.nrrd"),
+                                            (".nrrd", "case.mha"), (".nii", "case.mha"), (".nii.gz", "case.bin")])
+def test_a_sweep_file_named_as_another_kind_is_named_for_what_it_is(tmp_path, written, named):
+    """A MetaImage copied without its extension (or given another) was 'not a readable image file
+    (no supported image header found)', though it begins 'ObjectType = Image'."""
+    path = tmp_path / f"sweep{written}"
+    sitk.WriteImage(sitk.GetImageFromArray(_grey().astype(np.uint8)), str(path))
+    wrong = path.rename(tmp_path / named)
+    with pytest.raises(FetalIQAError, match=rf"rename it \(or a copy\) to end in {re.escape(written)} and open"):
+        load_sweep(wrong)

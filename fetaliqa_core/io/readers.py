@@ -285,6 +285,12 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             raise FetalIQAError(f"{path}: a video file ({video}); FetalIQA reads sweeps from image files. Export "
                                 "the sweep's frames as DICOM, .mha, .nrrd or .nii (or a multi-page TIFF) and "
                                 "open that.") from None
+        named = _format_by_content(path) if "Unable to determine ImageIO" in reason else None
+        if named:
+            kind, suffix = named
+            raise FetalIQAError(f"{path}: this is a {kind} file, but its name does not end in {suffix}, and image "
+                                f"readers go by the name: rename it (or a copy) to end in {suffix} and open that."
+                                ) from None
         if "Unable to determine ImageIO" in reason:
             raise FetalIQAError(f"{path}: not a readable image file (no supported image header found). "
                                 f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.") from None
@@ -421,6 +427,35 @@ def _tiff_page_layouts(path: Path) -> list[tuple[tuple[int, int], str]]:
         return layouts
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return []
+
+
+def _format_by_content(path: Path) -> tuple[str, str] | None:
+    """``(kind, suffix)`` of a sweep file its name does not tell (a MetaImage, NRRD or NIfTI-1
+    file named otherwise), from its first bytes; None for anything else."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(352)
+    except OSError:
+        return None
+    if head[:7] == b"NRRD000":
+        return "NRRD", ".nrrd"
+    first = head.split(b"\n", 1)[0].strip().lower()
+    if first.split(b"=")[0].strip() in (b"objecttype", b"ndims", b"comment"):
+        return "MetaImage", ".mha"
+    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1") and \
+            int.from_bytes(head[:4], "little") in (348, 348 << 24):
+        return "NIfTI", ".nii"
+    if head[:2] == b"\x1f\x8b":
+        try:
+            import gzip
+
+            with gzip.open(path, "rb") as fh:
+                inner = fh.read(348)
+            if inner[344:347] == b"n+1" and int.from_bytes(inner[:4], "little") in (348, 348 << 24):
+                return "gzip-compressed NIfTI", ".nii.gz"
+        except (OSError, EOFError, ValueError):
+            return None
+    return None
 
 
 def _video_container(path: Path) -> str | None:
@@ -1501,6 +1536,11 @@ def _read_metaimage(path: Path) -> Raw | None:
         head = fh.read(_HEADER_LIMIT)
     header, data_offset = _parse_meta_header(head)
     if header is None:
+        named = _format_by_content(path)
+        if named and named[0] != "MetaImage":
+            raise FetalIQAError(f"{path}: this is a {named[0]} file, but its name ends in {full_suffix(path)}, and "
+                                f"image readers go by the name: rename it (or a copy) to end in {named[1]} and open "
+                                "that.")
         raise FetalIQAError(f"{path}: not a MetaImage file (no 'ElementDataFile' header line found). "
                             f"The file is damaged or not an image; choose a file in one of: {SUPPORTED_FORMATS}.")
     if "#duplicate" in header:
