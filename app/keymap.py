@@ -47,6 +47,8 @@ KEYMAP: tuple[KeyRow, ...] = (
     KeyRow("Enter", "review: save and next", (("Return", "review_save"), ("Enter", "review_save")), "review"),
     KeyRow("[ / ]", "review: previous / next in the queue",
            (("[", "review_prev"), ("]", "review_next")), "review"),
+    KeyRow("Alt+R", "review menu: start, queue, best frames only, blinded, reviewer, export (the review panel"
+           " controls, from the keyboard)", group="review"),
     KeyRow("wheel", "previous / next frame", group="mouse"),
     KeyRow("Ctrl+wheel", "zoom; left-drag pans; double-click fits the frame", group="mouse"),
     KeyRow("right-drag", "window/level: left-right contrast, up-down brightness", group="mouse"),

@@ -129,6 +129,49 @@ def legend_html(labels) -> str:
     return "&nbsp;&nbsp;" + "&nbsp;&nbsp;".join(parts) + "&nbsp;&nbsp;"
 
 
+def build_review_menu(win, rm) -> None:
+    """The review panel's controls as a menu (Alt+R), for keyboard use: the panel's own controls
+    take no keyboard focus, so that the arrow keys and digits always reach the frame and the
+    verdicts. The menu reads the panel's state each time it opens and sets the panel's controls,
+    so the two cannot disagree."""
+    from PySide6.QtGui import QActionGroup
+
+    review = win.review
+    win.act_review_start = rm.addAction("Start review", review.start)
+    queues = rm.addMenu("Queue")
+    group = QActionGroup(win)
+    group.setExclusive(True)
+    win.review_queue_actions = {}
+    for i in range(review.queue_combo.count()):
+        act = queues.addAction(review.queue_combo.itemText(i))
+        act.setCheckable(True)
+        act.triggered.connect(lambda _=False, i=i: review.queue_combo.setCurrentIndex(i))
+        group.addAction(act)
+        win.review_queue_actions[review.queue_combo.itemData(i)] = act
+    win.act_review_best_only = rm.addAction(review.best_only.text())
+    win.act_review_blinded = rm.addAction(review.blinded.text())
+    for act, box in ((win.act_review_best_only, review.best_only), (win.act_review_blinded, review.blinded)):
+        act.setCheckable(True)
+        act.setToolTip(box.toolTip())
+        act.triggered.connect(lambda checked=False, box=box: box.setChecked(bool(checked)))
+    rm.addSeparator()
+    win.act_review_reviewer = rm.addAction("Change reviewer…", review._ask_reviewer)
+    rm.addAction(win.act_export)
+    rm.addAction(win.act_labels)
+
+    def sync() -> None:
+        win.act_review_start.setEnabled(not review.start_button.isHidden())
+        queues.setEnabled(review.queue_combo.isEnabled())
+        for kind, act in win.review_queue_actions.items():
+            act.setChecked(review.queue_combo.currentData() == kind)
+        for act, box in ((win.act_review_best_only, review.best_only), (win.act_review_blinded, review.blinded)):
+            act.setEnabled(box.isEnabled())
+            act.setChecked(box.isChecked())
+
+    rm.aboutToShow.connect(sync)
+    win.sync_review_menu = sync
+
+
 def build_actions(win) -> None:
     """Toolbar, menus and the window-wide keys of :data:`app.keymap.KEYMAP`."""
     m = win.model
@@ -233,6 +276,7 @@ def build_actions(win) -> None:
     sm.addAction(win.act_train)
     sm.addAction(win.act_rescore)
     sm.addAction(win.act_cancel)
+    build_review_menu(win, menu.addMenu("&Review"))
     hm = menu.addMenu("&Help")
     hm.addAction(win.act_keys)
     hm.addAction(win.act_about)

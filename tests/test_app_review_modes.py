@@ -168,3 +168,31 @@ def test_the_review_queue_follows_a_threshold_once_it_rests(qtbot):
     newly = sorted(set(win.model.flags.candidates) - before)
     assert newly
     qtbot.waitUntil(lambda: newly[0] in win.model.queue, timeout=5000)
+
+
+def test_the_review_controls_are_reachable_from_the_keyboard(qtbot):
+    """The panel's queue, 'Best frames only', 'Blinded', reviewer and export controls take no
+    keyboard focus (so that arrows and digits reach the frame): a trainer without a mouse could
+    not switch queues or start a blinded review. The Review menu (Alt+R) holds them all."""
+    win = scored_window(qtbot, AppSettings(reviewer="cy"))
+    panel = win.review
+    titles = [a.text() for a in win.menuBar().actions()]
+    assert "&Review" in titles
+    win.sync_review_menu()
+    assert win.act_review_start.isEnabled() and win.act_review_blinded.isEnabled() == panel.blinded.isEnabled()
+    win.act_review_start.trigger()
+    assert panel.session is not None
+    win.sync_review_menu()
+    assert not win.act_review_start.isEnabled()
+    win.act_review_blinded.trigger()
+    assert panel.blinded.isChecked() and "hidden" in win.status_ac.text()
+    kinds = list(win.review_queue_actions)
+    win.review_queue_actions[kinds[-1]].trigger()
+    assert panel.queue_combo.currentData() == kinds[-1] == win.model.queue_kind
+    win.act_review_blinded.trigger()
+    win.act_review_best_only.trigger()
+    assert not panel.blinded.isChecked() and panel.best_only.isChecked()
+    win.sync_review_menu()  # the menu shows the panel's state, however it was set
+    panel.best_only.setChecked(False)
+    win.sync_review_menu()
+    assert not win.act_review_best_only.isChecked() and win.review_queue_actions[kinds[-1]].isChecked()
