@@ -83,7 +83,7 @@ class ACReading:
 
 #: Doubts about an outline that may still be an abdomen's (pinched, flattened, cut off straight:
 #: ``analysis.frame_choice`` and ``analysis.ac``), said as such rather than as no abdomen.
-OUTLINE_DOUBTS = ("pinched", "flattened", "cut off straight")
+OUTLINE_DOUBTS = ("pinched", "flattened", "cut off")
 
 
 def mask_doubt(mask_problem: str) -> str:
