@@ -682,6 +682,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         ac = m.measure_ac(chosen)
         if ac is None:
             self.status_ac.setText(f"chosen frame {chosen}: AC not measurable")
+            summary = getattr(m.assessment, "summary", None)
+            why = (getattr(summary, "chosen_ac", None) or {}).get("note", "") if summary is not None else ""
+            self.status_ac.setToolTip(why or "the segmenter's mask at this frame cannot be measured")
             return
         reading = m.reading(ac, chosen)
         if reading.status == "no units":  # short here; the full reason in the tooltip

@@ -267,6 +267,23 @@ def test_an_ac_on_a_mask_that_outlines_no_abdomen_is_doubtful():
     assert a.summary.chosen_ac["status"] == "ok" and a.summary.chosen_ac["ga_weeks"] is not None
 
 
+def test_a_chosen_frame_without_a_measurable_mask_says_why_there_is_no_ac():
+    """A frame chosen on the classifier's word where the segmenter drew 3 pixels (or nothing)
+    gave ac_status 'none' with an empty note, and `score` said nothing of the AC at all."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+
+    thresholds = Thresholds(value=0.5, model=0.5)
+    speck = np.zeros((S, S), np.uint8)
+    speck[100, 100:103] = 1
+    for mask, words in ((speck, "(3 pixel(s) at the model's resolution) is too small"),
+                        (np.zeros((S, S), np.uint8), "draws no mask at this frame")):
+        sweep, res = _scored_case(mask)
+        a = assess(sweep, res, thresholds)
+        assert a.chosen_frame == 10
+        assert a.summary.chosen_ac["status"] == "none" and words in a.summary.chosen_ac["note"]
+        assert a.summary.sweeps[0].ac_status == "none" and words in a.summary.sweeps[0].ac_note
+
+
 def test_an_ac_on_a_frame_the_classifier_does_not_call_is_doubtful():
     """The classifier scores every frame below its threshold, the segmenter outlines a round shape
     on frame 10: the choice falls back to the segmenter alone and says so, and the AC there is

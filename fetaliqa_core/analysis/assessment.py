@@ -492,6 +492,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
                     _disagreement(p_cls, thresholds, frame, flags), model_doubt)
         if frame < 0:
             r = replace(r, note=_why_no_frame(flags, choice, start, stop))
+        elif m is None:
+            r = replace(r, note=_why_no_ac(results, frame))
         sweeps.append(SweepSummary(
             sweep=s + 1, kind=kinds[s] if s < len(kinds) else "unknown",
             first_frame=int(start), last_frame=int(stop) - 1,
@@ -508,6 +510,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem,
                              _mask_problem(choice, chosen), _disagreement(p_cls, thresholds, chosen, flags),
                              model_doubt)
+    if chosen >= 0 and chosen_m is None:
+        chosen_reading = replace(chosen_reading, note=_why_no_ac(results, chosen))
     choice_note = ""
     if p_cls is not None and p_seg is not None and chosen >= 0 and choice.basis != "all models":
         alone = "the segmenter's masks" if choice.basis == "segmenter" else "the classifier's scores"
@@ -629,6 +633,18 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
             hit = cache[k] = (m, frame_choice.mask_shape(m, fov224, px_mm, grey=lambda i=i: grey(i)))
         out.append(hit[1])
     return out
+
+
+def _why_no_ac(results, frame: int) -> str:
+    """Why a chosen frame has no AC: it is measured on the segmenter's mask, and there is no
+    segmenter, no mask at that frame, or one too small or thin to fit an ellipse to."""
+    if not results.has_seg:
+        return "no AC: it is measured on a segmenter's mask, and no segmenter is loaded"
+    area = results.seg_area_px[frame] if 0 <= frame < len(results.seg_area_px) else float("nan")
+    if not np.isfinite(area) or area <= 0:
+        return "no AC: the segmenter draws no mask at this frame (it was chosen on the classifier's call)"
+    return (f"no AC: the segmenter's mask at this frame ({int(area)} pixel(s) at the model's resolution) is "
+            "too small or too thin to fit an ellipse to")
 
 
 def _why_no_frame(flags: FrameFlags, choice, start: int, stop: int) -> str:

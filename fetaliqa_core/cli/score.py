@@ -208,6 +208,8 @@ def _print_summary(summary: dict, out: Path) -> None:
             reading = f", AC {s['ac_mm']:.1f} mm (doubtful: {shown(s['ac_note'])})"
         elif s["ac_status"] == "no units":
             reading = ", AC not shown (pixel spacing)"
+        elif s.get("ac_note"):
+            reading = f"; {shown(s['ac_note'])}"
         cuts = {"p_cls": summary.get("threshold") or SEG_THRESHOLD, "p_seg": SEG_THRESHOLD}  # (p_seg: the 1 % rule)
         scores = ", ".join(f"{name} {beside_threshold(s[name], cuts[name])}" for name in ("p_cls", "p_seg")
                            if s.get(name) is not None)
