@@ -1002,3 +1002,20 @@ def test_a_sweep_file_named_as_another_kind_is_named_for_what_it_is(tmp_path, wr
     wrong = path.rename(tmp_path / named)
     with pytest.raises(FetalIQAError, match=rf"rename it \(or a copy\) to end in {re.escape(written)} and open"):
         load_sweep(wrong)
+
+
+@pytest.mark.parametrize("field", ["kinds: " + "domain " * 300, "spacings: " + "0.3 " * 300,
+                                   'labels: ' + '"x" ' * 300, "space directions: " + "(1,0,0) " * 101,
+                                   "measurement frame: " + "(1,0,0) " * 120])
+def test_a_nrrd_field_with_more_entries_than_axes_is_refused_before_the_image_library(tmp_path, field):
+    """300 kinds for 3 axes (a 2 KB line) crashed the process inside the image library's NRRD
+    parser (SIGSEGV): an archive run lost every case, the viewer its window."""
+    data = (np.arange(6 * 64 * 80) % 251).astype(np.uint8).tobytes()
+    path = tmp_path / "overfull.nrrd"
+    path.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 80 64 6\n" + field.encode()
+                     + b"\nencoding: raw\n\n" + data)
+    with pytest.raises(FetalIQAError, match="entries for an image of 3 axes"):
+        load_sweep(path)
+    path.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 300\nsizes: 80 64 6\nencoding: raw\n\n" + data)
+    with pytest.raises(FetalIQAError, match="dimension '300'"):
+        load_sweep(path)

@@ -252,6 +252,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     import SimpleITK as sitk
 
     nrrd = _nrrd_fields(path)
+    _refuse_overfull_nrrd_fields(path, nrrd)
     _refuse_early_time_axis(path, nrrd)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
     if has_dicom_magic(path) or _bare_dicom(path):
@@ -1280,6 +1281,44 @@ def _nrrd_fields(path: Path) -> dict[str, str] | None:
         key, _, value = line.partition(":")
         fields[key.strip().lower()] = value.strip()
     return fields
+
+
+#: NRRD fields with one entry per axis (the NRRD format's specification), and those with one
+#: per axis of the world space.
+_NRRD_PER_AXIS = ("sizes", "spacings", "thicknesses", "axis mins", "axismins", "axis maxs", "axismaxs",
+                  "centers", "centerings", "labels", "units", "kinds", "space directions")
+_NRRD_PER_SPACE_AXIS = ("space units", "space origin", "measurement frame")
+_NRRD_MAX_DIM = 16  # NRRD_DIM_MAX of the format's reference library
+
+
+def _nrrd_entries(key: str, value: str) -> int:
+    """How many entries a NRRD field lists: quoted strings, vectors or words."""
+    if key in ("labels", "units", "space units"):
+        return len(re.findall(r'"[^"]*"', value)) or len(value.split())
+    if key in ("space directions", "space origin", "measurement frame"):
+        return len(re.findall(r"\([^)]*\)|\bnone\b", value))
+    return len(value.split())
+
+
+def _refuse_overfull_nrrd_fields(path: Path, fields: dict[str, str] | None) -> None:
+    """A NRRD header listing more entries in a per-axis field than the image has axes (300 kinds
+    for 3 axes: a line of 2 KB) crashed the process inside the image library's parser, taking an
+    archive run and the viewer with it: refused first, with the dimension itself."""
+    if fields is None or not fields.get("", "").startswith("NRRD"):
+        return  # (not a NRRD file: named so, another kind's message follows)
+    try:
+        dimension = int(fields.get("dimension", "0"))
+    except ValueError:
+        dimension = 0
+    if not 1 <= dimension <= _NRRD_MAX_DIM:
+        raise FetalIQAError(f"{path}: the NRRD header gives dimension {fields.get('dimension', '(none)')[:20]!r}, "
+                            f"not a number of axes from 1 to {_NRRD_MAX_DIM}: it is damaged. Export the file again.")
+    for keys, limit in ((_NRRD_PER_AXIS, dimension), (_NRRD_PER_SPACE_AXIS, _NRRD_MAX_DIM)):
+        for key in keys:
+            if key in fields and _nrrd_entries(key, fields[key]) > limit:
+                raise FetalIQAError(f"{path}: the NRRD header's '{key}' lists {_nrrd_entries(key, fields[key])} "
+                                    f"entries for an image of {dimension} axes: it is damaged or crafted, and "
+                                    "is not read. Export the file again.")
 
 
 def _nrrd_stored_bytes(path: Path, fields: dict[str, str] | None) -> int | None:
