@@ -1019,3 +1019,18 @@ def test_a_nrrd_field_with_more_entries_than_axes_is_refused_before_the_image_li
     path.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 300\nsizes: 80 64 6\nencoding: raw\n\n" + data)
     with pytest.raises(FetalIQAError, match="dimension '300'"):
         load_sweep(path)
+
+
+def test_a_damaged_gzip_nifti_is_one_line_never_a_zlib_error(tmp_path):
+    """Bits flipped in a .nii.gz's compressed stream escaped as zlib.error: a traceback from `ac`
+    and `score`, 'unexpected error' in a folder's table."""
+    good = tmp_path / "good.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(_grey(n=6).astype(np.uint8)), str(good))
+    data = good.read_bytes()
+    for start in (12, 40, 80, len(data) // 2, len(data) - 30):
+        bad = tmp_path / f"bad{start}.nii.gz"
+        bad.write_bytes(data[:start] + b"\xff" * 8 + data[start + 8:])
+        try:
+            load_sweep(bad)
+        except FetalIQAError:
+            pass

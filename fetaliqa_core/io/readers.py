@@ -11,6 +11,7 @@ import math
 import os
 import re
 import struct
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -286,6 +287,9 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             raise FetalIQAError(f"{path}: a video file ({video}); FetalIQA reads sweeps from image files. Export "
                                 "the sweep's frames as DICOM, .mha, .nrrd or .nii (or a multi-page TIFF) and "
                                 "open that.") from None
+        if "Unable to determine ImageIO" in reason and full_suffix(path).endswith(".gz") and not _gzip_readable(path):
+            raise FetalIQAError(f"{path}: the file's compressed data is damaged (or it is no gzip file): it cannot "
+                                "be read. Copy or export it again.") from None
         named = _format_by_content(path) if "Unable to determine ImageIO" in reason else None
         if named:
             kind, suffix = named
@@ -430,6 +434,16 @@ def _tiff_page_layouts(path: Path) -> list[tuple[tuple[int, int], str]]:
         return []
 
 
+def _gzip_readable(path: Path) -> bool:
+    """Whether the start of a gzip file inflates (a header's worth)."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            fh.read(4096)
+        return True
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
 def _format_by_content(path: Path) -> tuple[str, str] | None:
     """``(kind, suffix)`` of a sweep file its name does not tell (a MetaImage, NRRD or NIfTI-1
     file named otherwise), from its first bytes; None for anything else."""
@@ -454,7 +468,7 @@ def _format_by_content(path: Path) -> tuple[str, str] | None:
                 inner = fh.read(348)
             if inner[344:347] == b"n+1" and int.from_bytes(inner[:4], "little") in (348, 348 << 24):
                 return "gzip-compressed NIfTI", ".nii.gz"
-        except (OSError, EOFError, ValueError):
+        except (OSError, EOFError, ValueError, zlib.error):
             return None
     return None
 
@@ -1149,7 +1163,7 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
             with open(path, "rb") as fh:
                 fh.seek(-4, os.SEEK_END)
                 actual = struct.unpack("<I", fh.read(4))[0]  # gzip ISIZE: length mod 2**32
-    except (OSError, EOFError, gzip.BadGzipFile, struct.error):
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error, struct.error):
         raise FetalIQAError(f"{path}: the file is truncated or damaged (its compressed data cannot be "
                             "read). Copy or export it again.") from None
     vox_offset = _nifti_vox_offset(head)
@@ -1437,7 +1451,7 @@ def _precheck_nifti_header(path: Path) -> None:
         opener = gzip.open if suffix == ".nii.gz" else open
         with opener(path, "rb") as fh:
             head = fh.read(540)
-    except (OSError, EOFError, gzip.BadGzipFile):
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error):
         return  # _precheck_nifti reports a damaged file
     for endian in ("<", ">"):
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
@@ -1518,7 +1532,7 @@ def _nifti_head(path: Path) -> bytes:
         opener = gzip.open if suffix == ".nii.gz" else open
         with opener(path, "rb") as fh:
             return fh.read(348)
-    except (OSError, EOFError, gzip.BadGzipFile):
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error):
         return b""
 
 
@@ -1751,7 +1765,6 @@ def _inflate(data_path: Path, offset: int, stored: int, expected: int, hdr_desc:
     ``data_path`` inflates to, read in chunks into one buffer that never grows past ``expected``.
     A stream that is damaged, ends early or holds more than the header says is refused: a reader
     that only warns would hand on whatever the buffer held before."""
-    import zlib
 
     out = np.empty(expected, np.uint8)
     done = 0
