@@ -60,6 +60,13 @@ MAX_CACHE_FILE_BYTES = 1 << 30
 MAX_NPZ_MEMBERS = 32
 
 
+
+def shown_value(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters (a manifest's value of 200,000
+    characters was echoed whole into a one-line error and a dialog)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 def _size_text(n: int) -> str:
     for unit, scale in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
         if n >= scale:
@@ -276,7 +283,7 @@ def vision_config_problem(config: dict) -> str | None:
     embed = config.get("embed_dim")
     vision = config.get("vision_cfg")
     if not int_in_range(embed, EMBED_DIM_RANGE):
-        return f"embed_dim {embed!r} is not an integer in {EMBED_DIM_RANGE[0]}-{EMBED_DIM_RANGE[1]}"
+        return f"embed_dim {shown_value(embed)} is not an integer in {EMBED_DIM_RANGE[0]}-{EMBED_DIM_RANGE[1]}"
     if not isinstance(vision, dict):
         return "vision_cfg is not an object"
     unknown = sorted(str(k) for k in vision if k not in _VISION_KEYS and not (k == "timm_model_name" and not vision[k]))
@@ -284,24 +291,24 @@ def vision_config_problem(config: dict) -> str | None:
         return (f"vision_cfg.{unknown[0][:40]} is not a setting of a FetalCLIP-family ViT "
                 f"(those are {', '.join(_VISION_KEYS)})")
     if "quick_gelu" in config and not isinstance(config["quick_gelu"], bool):
-        return f"quick_gelu {config['quick_gelu']!r} is not true or false"
+        return f"quick_gelu {shown_value(config['quick_gelu'])} is not true or false"
     width, layers = vision.get("width"), vision.get("layers")
     patch, image = vision.get("patch_size"), vision.get("image_size")
     if not int_in_range(width, WIDTH_RANGE):
-        return f"vision_cfg.width {width!r} is not an integer in {WIDTH_RANGE[0]}-{WIDTH_RANGE[1]}"
+        return f"vision_cfg.width {shown_value(width)} is not an integer in {WIDTH_RANGE[0]}-{WIDTH_RANGE[1]}"
     if not int_in_range(layers, LAYERS_RANGE):
-        return f"vision_cfg.layers {layers!r} is not an integer in {LAYERS_RANGE[0]}-{LAYERS_RANGE[1]}"
+        return f"vision_cfg.layers {shown_value(layers)} is not an integer in {LAYERS_RANGE[0]}-{LAYERS_RANGE[1]}"
     if image != MODEL_INPUT_SIZE:
-        return f"vision_cfg.image_size {image!r} is not {MODEL_INPUT_SIZE}, the size frames are given to the model"
+        return f"vision_cfg.image_size {shown_value(image)} is not {MODEL_INPUT_SIZE}, the size frames are given to the model"
     if not is_int(patch) or not 1 <= patch <= image // 2:
-        return (f"vision_cfg.patch_size {patch!r} does not fit the {image}-pixel image (at most {image // 2}, "
+        return (f"vision_cfg.patch_size {shown_value(patch)} does not fit the {image}-pixel image (at most {image // 2}, "
                 "so that the image holds at least 2 x 2 patches)")
     head_width = vision.get("head_width", 64)
     if not is_int(head_width) or not 1 <= head_width <= width or width % head_width:
-        return f"vision_cfg.head_width {head_width!r} does not divide the width {width}"
+        return f"vision_cfg.head_width {shown_value(head_width)} does not divide the width {width}"
     mlp_ratio = vision.get("mlp_ratio", 4.0)
     if not is_number(mlp_ratio) or not MLP_RATIO_RANGE[0] <= mlp_ratio <= MLP_RATIO_RANGE[1]:
-        return f"vision_cfg.mlp_ratio {mlp_ratio!r} is not a number in {MLP_RATIO_RANGE[0]}-{MLP_RATIO_RANGE[1]}"
+        return f"vision_cfg.mlp_ratio {shown_value(mlp_ratio)} is not a number in {MLP_RATIO_RANGE[0]}-{MLP_RATIO_RANGE[1]}"
     tokens = (image // patch) ** 2 + 1
     params = (layers * (4 + 2 * mlp_ratio) * width * width + 3 * patch * patch * width
               + tokens * width + width * embed)
@@ -322,11 +329,11 @@ def check_vision_memory(config: dict, source: str) -> None:
 def lora_problem(data: dict) -> str | None:
     r, alpha, dropout = data.get("r", 8), data.get("alpha", 16), data.get("dropout", 0.1)
     if not int_in_range(r, LORA_R_RANGE):
-        return f"LoRA r {r!r} is not an integer in {LORA_R_RANGE[0]}-{LORA_R_RANGE[1]}"
+        return f"LoRA r {shown_value(r)} is not an integer in {LORA_R_RANGE[0]}-{LORA_R_RANGE[1]}"
     if not is_number(alpha) or not 0 < alpha <= LORA_ALPHA_MAX:
-        return f"LoRA alpha {alpha!r} is not a number in (0, {LORA_ALPHA_MAX:g}]"
+        return f"LoRA alpha {shown_value(alpha)} is not a number in (0, {LORA_ALPHA_MAX:g}]"
     if not is_number(dropout) or not 0 <= dropout < 1:
-        return f"LoRA dropout {dropout!r} is not a number in [0, 1)"
+        return f"LoRA dropout {shown_value(dropout)} is not a number in [0, 1)"
     return None
 
 

@@ -102,6 +102,20 @@ def test_manifest_number_out_of_range_is_refused_before_building(bundle, field, 
     _refused(bundle, word)
 
 
+@pytest.mark.parametrize("field", ["area_fraction", "task", "base_sha256", "init_filters", "lora.r", "lora.bias",
+                                   "base_architecture.embed_dim", "base_architecture.vision_cfg.width",
+                                   "preprocess.version"])
+def test_a_long_manifest_value_is_cut_in_its_message(bundle, field):
+    """A value of 200,000 characters was echoed whole into the one-line error (and the app's
+    dialog)."""
+    from fetaliqa_core.models.bundle import load_bundle
+
+    _write_manifest(bundle, _set(_manifest(bundle), field, "A" * 200_000))
+    with pytest.raises(FetalIQAError) as info:
+        load_bundle(bundle, device="cpu")
+    assert len(str(info.value)) < 600 and "\n" not in str(info.value)
+
+
 def test_a_manifest_giving_a_key_twice_is_refused(bundle):
     """Two "threshold" entries: Python's reader took the last, another reader may take the first."""
     text = (bundle / "manifest.json").read_text()

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fetaliqa_core import __version__, paths, validate
+from fetaliqa_core.validate import shown_value
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_path, write_json
 from fetaliqa_core.models.base import (RANDOM_PREFIX, BaseInfo, _info, architecture, build_vision_tower,
@@ -122,9 +123,9 @@ class BundleManifest:
             return FetalIQAError(f"{source}: {what}; the bundle is damaged or was not written by FetalIQA")
 
         if self.task not in TASKS:
-            raise bad(f"task {self.task!r} is not one of {list(TASKS)}")
+            raise bad(f"task {shown_value(self.task)} is not one of {list(TASKS)}")
         if self.kind not in KINDS:
-            raise bad(f"kind {self.kind!r} is not one of {list(KINDS)}")
+            raise bad(f"kind {shown_value(self.kind)} is not one of {list(KINDS)}")
         if self.is_student:
             if self.task != "joint" or self.lora is not None or self.format_version < STUDENT_FORMAT_VERSION:
                 raise bad(f"a student bundle must have task 'joint', no LoRA and format version "
@@ -136,10 +137,10 @@ class BundleManifest:
         elif self.student is not None:
             raise bad("only student bundles carry a 'student' object")
         if self.head not in HEAD_KINDS.values() or (not TASKS[self.task].has_seg and self.head != "binary"):
-            raise bad(f"head {self.head!r} is not valid for task {self.task!r}")
+            raise bad(f"head {shown_value(self.head)} is not valid for task {shown_value(self.task)}")
         if not isinstance(self.base_sha256, str) or not (
                 self.base_sha256.startswith(RANDOM_PREFIX) or len(self.base_sha256) == 64):
-            raise bad(f"base_sha256 {self.base_sha256!r} is neither a SHA-256 nor 'random:<seed>'")
+            raise bad(f"base_sha256 {shown_value(self.base_sha256)} is neither a SHA-256 nor 'random:<seed>'")
         if self.base_sha256.startswith(RANDOM_PREFIX) and \
                 validate.parse_seed(self.base_sha256[len(RANDOM_PREFIX):]) is None:
             raise bad(f"base_sha256 {self.base_sha256[:40]!r} has no seed (digits 0-9, at most "
@@ -163,12 +164,12 @@ class BundleManifest:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0 \
                     or math.isnan(value):
-                raise bad(f"{name} {value!r} is not a number in [0, 1]")
+                raise bad(f"{name} {shown_value(value)} is not a number in [0, 1]")
         if not validate.int_in_range(self.init_filters, validate.INIT_FILTERS_RANGE):
             lo, hi = validate.INIT_FILTERS_RANGE
-            raise bad(f"init_filters {self.init_filters!r} is not an integer in {lo}-{hi}")
+            raise bad(f"init_filters {shown_value(self.init_filters)} is not an integer in {lo}-{hi}")
         if self.decoder_block not in DECODER_BLOCKS:
-            raise bad(f"decoder_block {self.decoder_block!r} is not one of {sorted(DECODER_BLOCKS)}")
+            raise bad(f"decoder_block {shown_value(self.decoder_block)} is not one of {sorted(DECODER_BLOCKS)}")
         if not isinstance(self.preprocess, dict) or not isinstance(self.metrics, dict) \
                 or not isinstance(self.files, dict):
             raise bad("preprocess, metrics and files must be objects")
@@ -482,7 +483,7 @@ def checked_bundle(bundle: Path, base_config: str | Path | None = None) -> tuple
 
     version = manifest.preprocess.get("version")
     if version != PREPROCESS_VERSION:
-        raise FetalIQAError(f"{where} was trained with preprocessing version {version!r}, this FetalIQA uses "
+        raise FetalIQAError(f"{where} was trained with preprocessing version {shown_value(version)}, this FetalIQA uses "
                             f"{PREPROCESS_VERSION!r}: its scores would be off; retrain or use a matching FetalIQA")
 
     # files present and unchanged

@@ -50,11 +50,13 @@ class LoraSettings:
         if problem:
             raise FetalIQAError(f"{problem}; give LoRA settings in range (the paper uses r=8, alpha=16)")
         if self.bias != "none":
-            raise FetalIQAError(f"LoRA bias must be 'none' (bias training is not supported); got {self.bias!r}")
+            raise FetalIQAError(f"LoRA bias must be 'none' (bias training is not supported); got "
+                                f"{validate.shown_value(self.bias)}")
         targets = tuple(self.targets)
         bad = [t for t in targets if t not in ALLOWED_TARGETS]
         if not targets or bad:
-            raise FetalIQAError(f"LoRA targets must be a non-empty subset of {list(ALLOWED_TARGETS)}; got {list(targets)}")
+            raise FetalIQAError(f"LoRA targets must be a non-empty subset of {list(ALLOWED_TARGETS)}; got "
+                                f"{validate.shown_value(list(targets))}")
         object.__setattr__(self, "targets", targets)
 
     @property
