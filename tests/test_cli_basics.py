@@ -38,3 +38,28 @@ def test_a_mistyped_command_is_told_as_one(capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as done:  # as --help
         main(["help"])
     assert done.value.code == 0 and "COMMAND" in capsys.readouterr().out
+
+
+def test_sigterm_after_a_command_ended_exits_with_that_commands_status():
+    """SIGTERM arriving while the interpreter shut down killed a finished run (status 143 after
+    'scored 3 of 3 sweeps' was printed): once the command has ended, it ends the process with the
+    command's own status."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    code = ("import atexit, sys, time\n"
+            "from fetaliqa_core.cli import end_with_on_terminate\n"
+            "atexit.register(lambda: time.sleep(20))  # a shutdown that takes its time\n"
+            "end_with_on_terminate(3)\n"
+            "print('done', flush=True)\n"
+            "raise SystemExit(3)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "done"
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=10) == 3
+    assert "Traceback" not in p.stderr.read()

@@ -156,6 +156,37 @@ def test_folder_of_sweeps_is_scored_one_after_another(case, tiny_bundle_dirs, tm
     assert [line.split()[-1] for line in captured.out.splitlines() if line.startswith("c.mha")] == ["failed"]
 
 
+def test_an_interrupted_folder_run_writes_the_table_of_what_it_finished(case, tiny_bundle_dirs, tmp_path, capsys,
+                                                                       monkeypatch):
+    """Ctrl-C or SIGTERM during `score FOLDER` kept the sweeps scored but wrote no summary.csv
+    (an archive run writes its table up to the interruption)."""
+    import csv as _csv
+
+    from fetaliqa_core.cli import score as score_cmd
+
+    folder = tmp_path / "sweeps"
+    folder.mkdir()
+    for name in ("a.mha", "b.mha", "c.mha"):
+        (folder / name).write_bytes(case.read_bytes())
+    real = score_cmd.score_one
+
+    def stopped_at_b(member, *a, **k):
+        if member.name == "b.mha":
+            raise KeyboardInterrupt
+        return real(member, *a, **k)
+
+    monkeypatch.setattr(score_cmd, "score_one", stopped_at_b)
+    out = tmp_path / "out"
+    assert main(["score", str(folder), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "table (up to the interruption)" in err
+    table = list(_csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
+    assert {r["status"] for r in table if r["file"] == "a.mha"} == {"ok"}
+    assert [(r["file"], r["status"]) for r in table if r["file"] != "a.mha"] == [("b.mha", "missing"),
+                                                                                ("c.mha", "missing")]
+    assert (out / "a" / "summary.json").is_file() and not (out / "b").exists()
+
+
 @pytest.fixture(scope="module")
 def nifti_without_spacing(tmp_path_factory):
     import SimpleITK as sitk

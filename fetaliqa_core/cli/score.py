@@ -300,37 +300,61 @@ def run(args) -> int:
         print(f"fetaliqa: {shown(note)}", file=sys.stderr)
     failures = 0
     rows: list[list] = []
-    models = None
     from fetaliqa_core.archive import case_names
 
     # one folder per member, also for case.mha beside case.nrrd (one overwrote the other)
     names = case_names(members, _stem, reserved=(TABLE_FILE,), suffix="~sweep")  # the table's own name
-    for k, (member, name) in enumerate(zip(members, names), 1):
-        out = base_out / name
+    box: dict = {"models": None}  # loaded once, when the first readable member needs them
+    done = 0
+    try:
+        for k, (member, name) in enumerate(zip(members, names), 1):
+            failures += _score_member(k, member, base_out / name, len(members), box, choice, args, rows)
+            done = k
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the sweeps scored so far are kept; the table says so now, as an archive's does
+        from fetaliqa_core.export import STATUS_MISSING
+
+        rest = [[m.name] + [""] * (len(TABLE_COLUMNS) - 3) + [STATUS_MISSING, "interrupted before it was scored; "
+                "run the same command again"] for m in members[done:]]
         try:
-            sweep = fio.load_sweep(member).in_memory()
-        except Exception as exc:  # noqa: BLE001 - one bad member is reported in its row; the others are scored
-            failures += 1
-            print(f"fetaliqa: {shown(_failure_text(exc))}", file=sys.stderr)
-            rows.append(failed_row(member.name, _failure_text(exc)))
-            continue
-        if models is None:  # loaded once, when the first readable member needs them
-            models = choice_mod.load_models(choice)
-        try:
-            summary = score_one(member, out, models, args, position=f"[{k}/{len(members)}] ", sweep=sweep)
-            _print_summary(summary, out)
-            rows += table_rows(member.name, summary)
-        except Exception as exc:  # noqa: BLE001 - as above (KeyboardInterrupt still stops the run)
-            failures += 1
-            print(f"fetaliqa: {shown(member.name)}: {shown(_failure_text(exc))}", file=sys.stderr)
-            rows.append(failed_row(member.name, _failure_text(exc)))
-        finally:
-            del sweep
+            table = write_table(base_out / TABLE_FILE, rows + rest)
+            print(f"table (up to the interruption): {shown(table)}", file=sys.stderr)
+        except OSError:
+            pass
+        raise
     table = write_table(base_out / TABLE_FILE, rows)
     print_table(rows)
     print(f"scored {len(members) - failures} of {len(members)} sweeps into {shown(base_out)}"
           + (f"; {failures} failed (see above)" if failures else "") + f"; one row per sweep in {table}")
     return 1 if failures else 0
+
+
+def _score_member(k: int, member: Path, out: Path, n_members: int, box: dict, choice, args, rows: list) -> int:
+    """Score one member of a folder into ``out``, its rows appended to ``rows``; 1 when it failed
+    (reported in its row; the others are scored). ``box["models"]``: loaded once, when the first
+    readable member needs them."""
+    from fetaliqa_core import io as fio
+    from fetaliqa_core.models import choice as choice_mod
+
+    try:
+        sweep = fio.load_sweep(member).in_memory()
+    except Exception as exc:  # noqa: BLE001 - one bad member is reported in its row
+        print(f"fetaliqa: {shown(_failure_text(exc))}", file=sys.stderr)
+        rows.append(failed_row(member.name, _failure_text(exc)))
+        return 1
+    if box["models"] is None:
+        box["models"] = choice_mod.load_models(choice)
+    try:
+        summary = score_one(member, out, box["models"], args, position=f"[{k}/{n_members}] ", sweep=sweep)
+        _print_summary(summary, out)
+        rows += table_rows(member.name, summary)
+    except Exception as exc:  # noqa: BLE001 - as above (KeyboardInterrupt still stops the run)
+        print(f"fetaliqa: {shown(member.name)}: {shown(_failure_text(exc))}", file=sys.stderr)
+        rows.append(failed_row(member.name, _failure_text(exc)))
+        return 1
+    finally:
+        del sweep
+    return 0
 
 
 TABLE_FILE = "summary.csv"
