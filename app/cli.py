@@ -323,7 +323,9 @@ def run(args) -> int:
 
     choice = model_choice_from_args(args, remembered=True)  # None: the remembered choice
     if args.sweep is not None and not Path(args.sweep).expanduser().exists():
-        raise FetalIQAError(f"{args.sweep}: no such file or folder.")
+        from fetaliqa_core.paths import missing_path
+
+        raise FetalIQAError(missing_path(args.sweep, "Check the path of the sweep to open."))
     if args.db is not None:
         checked_review_db(args.db)
     if args.screenshot is not None:

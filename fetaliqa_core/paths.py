@@ -64,6 +64,16 @@ _ADVICE = {errno.ENOSPC: "free disk space or write elsewhere", errno.EDQUOT: "fr
            errno.EISDIR: "give a file name, not a folder"}
 
 
+def missing_path(path, advice: str) -> str:
+    """Why ``path`` cannot be opened although given: no such file or folder, or a link that leads
+    nowhere (its target missing, or back to itself: a loop read as 'no such file')."""
+    from pathlib import Path
+
+    if Path(path).is_symlink():
+        return f"{path}: a link to nothing readable (its target is missing, or the link leads back to itself). {advice}"
+    return f"{path}: no such file or folder. {advice}"
+
+
 def os_error_message(exc: OSError) -> str:
     """One line for a failed file operation: the file, the cause in words, what to do."""
     where = f"{exc.filename}: " if exc.filename else ""

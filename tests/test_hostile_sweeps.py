@@ -346,7 +346,7 @@ def test_validation_limits_are_documented_numbers():
     json.dumps({k: getattr(validate, k) for k in ("MAX_FRAMES", "MAX_FRAME_SIDE", "MAX_FRAME_ASPECT")})
 
 
-def test_a_link_to_nothing_says_so(tmp_path):
+def test_a_link_to_nothing_says_so(tmp_path, capsys):
     """A link that leads back to itself read as 'no such file or folder', which sends the user
     looking for a file that is there."""
     from fetaliqa_core.errors import FetalIQAError
@@ -359,6 +359,12 @@ def test_a_link_to_nothing_says_so(tmp_path):
     for link in (loop, dangling):
         with pytest.raises(FetalIQAError, match="a link to nothing readable"):
             load_sweep(link)
+    # the commands say so too, before any model is loaded (they said 'no such file or folder')
+    from fetaliqa_core.cli import main
+
+    for args in (["score", str(loop)], ["score", str(loop), "--archive"], ["gui", str(loop)]):
+        assert main(args) == 1
+        assert "a link to nothing readable" in capsys.readouterr().err
 
 
 def test_dicom_sequences_nested_thousands_deep_are_refused_not_a_crash(tmp_path):

@@ -107,6 +107,7 @@ def test_read_cases_errors(tmp_path, tiny_data):
 @pytest.mark.parametrize("csv_bytes,expected", [
     (b"uuid,subject_id,sweep_1_ac_mm\n../outside/abc,1,100\n", "not a plain name"),
     (b"uuid,subject_id,sweep_1_ac_mm\n/etc/abc,1,100\n", "not a plain name"),
+    (b"uuid,subject_id,sweep_1_ac_mm\n" + b"u" * 300 + b",1,100\n", "file names end at 255 bytes"),
     (b"uuid,subject_id,sweep_1_ac_mm\nabc,1,-27.05\n", "not a circumference in mm"),
     (b"uuid,subject_id,sweep_1_ac_mm\nabc,1,inf\n", "not a circumference in mm"),
     (b"uuid,subject_id,sweep_1_ac_mm\nabc,1,1e308\n", "not a circumference in mm"),
@@ -116,7 +117,7 @@ def test_read_cases_errors(tmp_path, tiny_data):
     (b"uuid;subject_id;sweep_1_ac_mm\nabc;1;100\n", "separated by ';'"),
     (b"uuid,subject_id,sweep_1_ac_mm\nabc,\xff\xfe,100\n", "not UTF-8"),
     (b"uuid,subject_id,sweep_1_ac_mm\nabc,1,\"" + b"x" * 200_000 + b"\"\n", "not a readable CSV"),
-], ids=["uuid with a folder", "uuid absolute", "negative AC", "infinite AC", "AC 1e308", "AC 0",
+], ids=["uuid with a folder", "uuid absolute", "uuid too long", "negative AC", "infinite AC", "AC 1e308", "AC 0",
         "short row", "sweep column gap", "semicolons", "not UTF-8", "huge field"])
 def test_a_bad_circumferences_csv_is_one_line_saying_where(tmp_path, csv_bytes, expected):
     """Values that are no reference AC, case ids that would name files outside the dataset, rows

@@ -132,6 +132,10 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
         uuid = (row.get("uuid") or "").strip()
         if not uuid:
             continue
+        if len(uuid.encode("utf-8")) > 200:  # names its files: longer than a file name may be
+            raise FetalIQAError(f"{csv_path}, line {line}: the case id {_shown(uuid)} is {len(uuid)} characters "
+                                "long; a case id names its files in images/ and masks/, and file names end at "
+                                "255 bytes. Shorten it.")
         if uuid in (".", "..") or any(ch in uuid for ch in "/\\:") or not uuid.isprintable():
             raise FetalIQAError(f"{csv_path}, line {line}: the case id {_shown(uuid)} is not a plain name (it holds a "
                                 "folder, a drive or control characters); a case id names its files in images/ and "

@@ -274,7 +274,9 @@ def run(args) -> int:
     choice = model_choice_from_args(args)  # a wrong command line is told first (exit 2)
     path: Path = args.sweep
     if not path.exists():
-        raise FetalIQAError(f"{path}: no such file or folder. Check the path of the sweep to score.")
+        from fetaliqa_core.paths import missing_path
+
+        raise FetalIQAError(missing_path(path, "Check the path of the sweep to score."))
     members = sweep_folder_members(path)
     base_out = args.out or Path("fetaliqa-scores") / _stem(path)
     check_out_folder(base_out)

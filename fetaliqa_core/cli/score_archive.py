@@ -37,7 +37,9 @@ def _members(path: Path) -> list[Path]:
     from fetaliqa_core.cli.score import sweep_folder_members
 
     if not path.exists():
-        raise FetalIQAError(f"{path}: no such file or folder. Check the path of the archive to score.")
+        from fetaliqa_core.paths import missing_path
+
+        raise FetalIQAError(missing_path(path, "Check the path of the archive to score."))
     members = sweep_folder_members(path)
     if members is not None:
         return members
@@ -112,6 +114,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
 
     path: Path = args.sweep
     out: Path = args.out or Path("fetaliqa-scores") / score_cmd._stem(path)
+    if not path.exists():  # (before resolving it: a link that loops raised there)
+        from fetaliqa_core.paths import missing_path
+
+        raise FetalIQAError(missing_path(path, "Check the path of the archive to score."))
     archive_root = str(Path(path).expanduser().resolve())  # recorded with each case: which archive it is of
     plan = None
     if ranks.is_main:
