@@ -75,7 +75,7 @@ def problem(spacing_mm: tuple[float, float], source: str, note: str = "") -> str
                 "shown. Set the pixel spacing (mm per pixel) to measure.")
     if not is_plausible(spacing_mm):
         lo, hi = PLAUSIBLE_SPACING_MM
-        return (f"pixel spacing {spacing_text(spacing_mm)} ({source}) is outside {lo:g}-{hi:g} mm per pixel, "
+        return (f"pixel spacing {spacing_text(spacing_mm)} ({source}) is outside {lo:g} to under {hi:g} mm per pixel, "
                 "implausible for obstetric ultrasound: lengths in mm and the gestational age are "
                 "not shown. Check the file's calibration or set the pixel spacing.")
     return None
@@ -91,7 +91,7 @@ def user_spacing(value: float | tuple[float, float]) -> tuple[float, float]:
                             "e.g. 0.28.") from None
     lo, hi = PLAUSIBLE_SPACING_MM
     if not is_plausible((row, col)):
-        raise FetalIQAError(f"pixel spacing {value!r} mm is outside {lo:g}-{hi:g} mm per pixel, "
+        raise FetalIQAError(f"pixel spacing {value!r} mm is outside {lo:g} to under {hi:g} mm per pixel, "
                             "implausible for obstetric ultrasound. Give mm per pixel, e.g. 0.28.")
     return row, col
 
