@@ -506,6 +506,11 @@ def test_frames_far_narrower_than_ultrasound_are_noted(tmp_path):
     sweep = load_sweep(strips)
     assert sweep.frames.shape == (12, 200, 40)
     assert any("200 x 40" in n and "far narrower than ultrasound" in n for n in sweep.read_notes)
+    # frames of 200 x 40 pixels of 0.1 x 0.6 mm are 20 x 24 mm: judged in mm, nothing is said
+    image = sitk.GetImageFromArray(rng.integers(0, 255, (12, 200, 40)).astype(np.uint8))
+    image.SetSpacing((0.6, 0.1, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "wide_pixels.mha"))
+    assert load_sweep(tmp_path / "wide_pixels.mha").read_notes == ()
 
 
 def test_signed_padding_in_an_implicit_vr_file_is_read_as_signed(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -179,7 +180,10 @@ def load_sweep(path: str | Path) -> Sweep:
     if frames.flags.writeable:
         frames.flags.writeable = False
     n, h, w = frames.shape
-    if max(h, w) > NARROW_FRAME_ASPECT * min(h, w):
+    tall, wide = float(h), float(w)
+    if raw.spacing_source != SPACING_NONE and all(0 < float(v) < math.inf for v in raw.spacing_mm):
+        tall, wide = h * float(raw.spacing_mm[0]), w * float(raw.spacing_mm[1])  # in mm: pixels need not be square
+    if max(tall, wide) > NARROW_FRAME_ASPECT * min(tall, wide):
         # A stack written in numpy's (N, H, W) order as a NIfTI/NRRD's (x, y, z) reads as frames
         # of H x N pixels: ultrasound frames are never this narrow.
         raw.notes.append(f"the frames are {h} x {w} pixels (height x width), far narrower than ultrasound "
