@@ -1039,3 +1039,18 @@ def test_a_damaged_gzip_nifti_is_one_line_never_a_zlib_error(tmp_path):
             load_sweep(bad)
         except FetalIQAError:
             pass
+
+
+@pytest.mark.parametrize("scale, dtype", [(257, np.uint16), (16, np.uint16), (256, np.uint16), (64, np.uint16)])
+def test_an_8_bit_sweep_stored_wider_keeps_its_grey_levels(tmp_path, scale, dtype):
+    """The same sweep as 16-bit (x257, x256), 12-bit (x16) or 14-bit (x64) was windowed between
+    its percentiles, 6 % more contrast than the 8-bit file: the models answered differently."""
+    rng = np.random.default_rng(3)
+    eight = rng.integers(0, 256, (4, 60, 80)).astype(np.uint8)
+    eight[:, :, :10] = 0  # the dark outside a fan
+    paths = []
+    for name, arr in (("eight.mha", eight), ("wide.mha", (eight.astype(np.uint32) * scale).astype(dtype))):
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / name))
+        paths.append(tmp_path / name)
+    a, b = (np.asarray(load_sweep(p).frames, dtype=int) for p in paths)
+    assert np.abs(a - b).max() <= 1

@@ -134,6 +134,8 @@ def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float
     * Values that already are grey levels are kept as they are: integers within 0-255 (8-bit
       frames stored as 16-bit), floats within 0-1 (frames normalised to 1; a little overshoot from
       resampling is clipped), and floats within 0-255 that use more than 0-1.5.
+    * Unsigned integers spanning nearly all of a bit depth (0-4095, 0-65535: an 8-bit sweep stored
+      wider) are shown linearly over that depth (:func:`_bit_depth_range`).
     * Anything else is windowed between the 0.5th and 99.5th percentiles of the finite values, so
       a few outliers cannot squash the rest.
     """
@@ -169,9 +171,27 @@ def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float
         return 0.0, 1.0, padding
     if mn >= 0.0 and mx <= 255.0 and (not is_float or p_hi > 1.5):
         return 0.0, 255.0, padding
+    full = _bit_depth_range(arr.dtype, mn, mx, p_lo, p_hi)
+    if full is not None:
+        return 0.0, full, padding
     if p_hi <= p_lo:
         p_lo, p_hi = mn, mx
     return p_lo, p_hi, padding
+
+
+def _bit_depth_range(dtype: np.dtype, mn: float, mx: float, p_lo: float, p_hi: float) -> float | None:
+    """The top of the bit depth (12, 14 or 16 bits) unsigned integer frames fill, when they span
+    nearly all of it (their 0.5th percentile in its bottom 5 %, their 99.5th in its top quarter):
+    such frames are grey levels of that depth (an 8-bit sweep stored as 12 or 16 bits), shown
+    linearly over it, so that the same sweep in another depth gives the same grey levels (a
+    percentile window stretched them by 6 %, and the models then answered differently). None
+    otherwise."""
+    if not np.issubdtype(dtype, np.integer) or mn < 0 or mx <= 255:
+        return None
+    top = next((float((1 << b) - 1) for b in (12, 14, 16) if mx <= (1 << b) - 1), None)
+    if top is None or p_hi < 0.75 * top or p_lo > 0.05 * top:
+        return None
+    return top
 
 
 def _found_padding(values: np.ndarray) -> float | None:
