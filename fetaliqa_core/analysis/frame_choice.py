@@ -110,10 +110,12 @@ WAIST_DEPTH = 0.1
 WAIST_CENTRE = 0.3
 WAIST_MOUTH = 0.8  # and wide: a notch's mouth at least this share of the minor semi-axis (not a bite)
 WAIST_REASON = "pinched in the middle, as two bodies side by side are"
-#: :func:`flattening` at or above this: an AC measured on the outline may be short.
+#: :func:`flattening` at or above this: an AC measured on the outline may be off (short where the
+#: body goes on past a flattened side, long where a strand sticks out).
 FLATTENED_RATIO = 1.04
-FLATTENED_REASON = ("flattened along one side: the body may go on past it (cut by an edge, or outlined "
-                    "in part), so the AC may be short")
+FLATTENED_REASON = ("flattened along one side, or with a part sticking out: it is no one ellipse's (the "
+                    "body cut by an edge or outlined in part, or a strand leaking out of it), so the AC may "
+                    "be off")
 NO_EDGE_REASON = "its outline follows no edge in the image: the grey inside it is that outside it"
 
 
