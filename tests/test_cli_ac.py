@@ -428,3 +428,23 @@ def test_with_its_sweep_ac_judges_the_outline_by_the_frame_and_takes_the_sweep_s
     main(["ac", str(none), "--frame", "1", "--sweep", str(tmp_path / "head.mha"), "--no-fov", "--json"])
     record = json.loads(capsys.readouterr().out)
     assert record["spacing_mm"] == [0.25, 0.25] and record["spacing_source"] == "its sweep's file header"
+
+
+def test_ac_with_its_sweep_says_what_reading_the_sweep_found(tmp_path, capsys):
+    """Pixels of the sweep that hold no number (NaN) were taken for the fan's edge without a word
+    in `ac --sweep` (`score` notes them)."""
+    frames = np.full((2, 120, 160), 60.0, np.float32)
+    frames[:, 40:80, 50:110] = 140.0
+    frames[:, :, :6] = np.nan
+    image = sitk.GetImageFromArray(frames)
+    image.SetSpacing((0.28, 0.28, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "sweep.mha"))
+    masks = np.zeros((2, 120, 160), np.uint8)
+    cv2.ellipse(masks[1], (80, 60), (30, 20), 0, 0, 360, 1, -1)
+    path = _write(tmp_path, masks, "mask.mha")
+    main(["ac", str(path), "--sweep", str(tmp_path / "sweep.mha")])
+    out = capsys.readouterr().out
+    assert "note: the sweep:" in out and "hold no number" in out
+    main(["ac", str(path), "--sweep", str(tmp_path / "sweep.mha"), "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert any(n.startswith("sweep:") and "hold no number" in n for n in record["read_notes"])

@@ -155,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{spacing_text(sweep_spacing)} ({sweep.spacing_source}), disagree: one of them is wrong"))
         elif sweep.spacing_problem is None and problem is not None:
             spacing, problem, source = sweep_spacing, None, f"its sweep's {sweep.spacing_source}"
+    # what reading the sweep found (pixels that hold no number make part of its fan unknown)
+    sweep_notes = [] if sweep is None else [n for n in sweep.read_notes
+                                            if args.spacing is None or not n.startswith("pixel spacing:")]
     grey = None
     if sweep is not None and index < sweep.n_frames:
         candidate = np.asarray(sweep.frames[index])
@@ -205,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             "field_of_view_note": fov_note or None,
             "written_by": writer or None,
             "recorded_doubt": recorded,
-            "read_notes": list(volume.notes) or None,
+            "read_notes": list(volume.notes) + [f"sweep: {n}" for n in sweep_notes] or None,
         }
         print(json.dumps(record))
         return 0 if reading.status in (analysis.units.OK, analysis.units.DOUBTFUL) else 1
@@ -226,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     hint = " Give it with --spacing MM." if reading.status == analysis.units.NO_UNITS else ""
     print(shown(f"frame {index}: {reading.text()}{tail}{units}{hint}"))  # (texts from the file's header)
     notes = [n for n in volume.notes if args.spacing is None or not n.startswith("pixel spacing:")]
+    notes += [f"the sweep: {n}" for n in sweep_notes]
     for note in notes + ([fov_note] if fov_note else []):
         print(shown(f"note: {note}"))
     if writer:
