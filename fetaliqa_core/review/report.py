@@ -418,7 +418,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
             parts.append(f'<p class="warn"><b>{_e(DEMO_REPORT_NOTICE)}</b></p>')
         chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
         # Only a number to act on is stored with a run; a doubtful reading is on the chosen frame's tile.
-        ac = ("–" if run.chosen_frame is None else "– (no measurement to act on)") if run.ac_mm is None else (
+        ac = ("–" if run.chosen_frame is None else "– (none to act on: a doubtful reading, with why, is on the "
+               "chosen frame's picture below)") if run.ac_mm is None else (
             f"{run.ac_mm:.1f} mm")
         parts.append(_grid(
             ["Chosen frame", "AC at chosen frame", "GA (Hadlock)", "Flagged frames"],
