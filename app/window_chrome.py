@@ -100,8 +100,32 @@ class ElidedLabel(QLabel):
         self._elide()
 
     def _elide(self) -> None:
-        room = max(self.width() - 4, 10)
-        super().setText(self.fontMetrics().elidedText(self._full, self._mode, room))
+        # the room inside the label's margins (the status bar gives its labels some): eliding to
+        # the whole width still cut the last characters
+        room = max(self.contentsRect().width() - 2 * self.margin() - 8, 10)
+        shown = self.fontMetrics().elidedText(self._full, self._mode, room)
+        # a letter and an ellipsis say nothing: nothing then (the tooltip has the whole text)
+        super().setText("" if shown != self._full and len(shown.rstrip("…. ")) < 4 else shown)
+
+
+class AnswerLabel(ElidedLabel):
+    """The status bar's answer (chosen frame, AC, and the demo models' notice at its end): elided
+    in the middle when the window is narrow, so that its beginning and the notice both stay (cut
+    at its end, 'demo, not clinical' was lost first). ``text()`` is the whole answer; the tooltip
+    is set apart (the reasons)."""
+
+    def __init__(self) -> None:
+        super().__init__(mode=Qt.ElideMiddle)
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
+
+    def text(self) -> str:  # noqa: D401 - Qt naming
+        return self._full
+
+    def set_full_text(self, text: str, tooltip: str | None = None) -> None:
+        self._full = text
+        self.setToolTip(tooltip if tooltip is not None else text)
+        self.updateGeometry()  # its size hint is the whole text's
+        self._elide()
 
 
 def segmenter_labels(models) -> tuple[int, ...]:
@@ -308,8 +332,8 @@ def build_status(win) -> None:
     sb.setSizeGripEnabled(False)
     win.status_frame = QLabel()
     win.status_values = QLabel()
-    win.status_ac = QLabel()
-    win.status_threshold = QLabel()
+    win.status_ac = AnswerLabel()
+    win.status_threshold = ElidedLabel()
     win.status_model = ElidedLabel()
     win.status_model.setObjectName("dim")
     win.status_model.setMaximumWidth(MODEL_LABEL_WIDTH)
@@ -334,8 +358,9 @@ def build_status(win) -> None:
     # The frame's own values are in the frame view's corner and the go-to box: the status bar
     # keeps what a narrow window must still show (sweep, the case's AC/GA, the threshold).
     for w in (win.status_frame, win.status_ac, win.status_threshold):
-        w.setMinimumWidth(40)  # may shrink below its text when the window is narrow
+        w.setMinimumWidth(40)  # may shrink below its text when the window is narrow (elided, not cut)
         sb.addWidget(w)
+    win.status_threshold.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
     win.status_message.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
     sb.addWidget(win.status_message, 1)
     sb.addPermanentWidget(win.status_model, 1)

@@ -101,3 +101,20 @@ def test_an_answer_from_part_of_the_sweep_says_so(qtbot, window):
     assert window.model.flags.chosen is not None
     assert f"{part.n_done}/{part.n_frames} scored" in window.status_ac.text()
     assert "Resume" in window.status_ac.toolTip()
+
+
+def test_a_narrow_window_keeps_the_demo_notice_of_the_answer(qtbot, window):
+    """At the smallest window size the status bar's answer was cut at its end: '· demo,' without
+    'not clinical'. It is elided in the middle now, so both ends stay."""
+    from PySide6.QtWidgets import QApplication, QLabel
+
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    window.model.provenance = {"demo": True, "notice": "Demonstration model: not for clinical use"}
+    window.show()
+    window.resize(*window.minimumSize().toTuple())
+    window.update_case_status()
+    QApplication.processEvents()
+    shown = QLabel.text(window.status_ac)  # what is drawn (text() is the whole answer)
+    assert shown.startswith("chosen frame") and shown.endswith("demo, not clinical"), shown
+    assert "…" in shown  # (elided: the whole answer does not fit at this size)
+    assert window.status_ac.text().endswith("demo, not clinical")
