@@ -102,6 +102,16 @@ def test_manifest_number_out_of_range_is_refused_before_building(bundle, field, 
     _refused(bundle, word)
 
 
+def test_adapters_the_manifest_does_not_describe_are_not_left_out(bundle):
+    """'lora: null' in the manifest of a bundle with LoRA weights loaded it without them, without
+    a word: another model's scores."""
+    from fetaliqa_core.models.bundle import load_bundle
+
+    _write_manifest(bundle, _set(_manifest(bundle), "lora", None))
+    with pytest.raises(FetalIQAError, match="holds adapter weights"):
+        load_bundle(bundle, device="cpu")
+
+
 @pytest.mark.parametrize("field", ["area_fraction", "task", "base_sha256", "init_filters", "lora.r", "lora.bias",
                                    "base_architecture.embed_dim", "base_architecture.vision_cfg.width",
                                    "preprocess.version"])

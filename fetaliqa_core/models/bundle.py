@@ -450,6 +450,10 @@ def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
     model = _new_model(manifest, visual)
     if manifest.lora is not None:
         model.encoder.load_lora_state_dict(_read_tensors(bundle / ADAPTER_FILE), source=f"{bundle / ADAPTER_FILE}")
+    elif ADAPTER_FILE in manifest.files and (bundle / ADAPTER_FILE).is_file() and _read_tensors(bundle / ADAPTER_FILE):
+        # adapters the manifest does not describe would be left out without a word: another model
+        raise FetalIQAError(f"{where}: the manifest gives no LoRA settings (lora: null) but {ADAPTER_FILE} holds "
+                            "adapter weights: the model would run without them. Export the bundle again.")
     _load_head(model, _read_tensors(bundle / HEAD_FILE), source=str(bundle / HEAD_FILE))
     model.to(choice.device)
     if merge and not manifest.is_student:
