@@ -134,8 +134,8 @@ def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float
     * Values that already are grey levels are kept as they are: integers within 0-255 (8-bit
       frames stored as 16-bit), floats within 0-1 (frames normalised to 1; a little overshoot from
       resampling is clipped), and floats within 0-255 that use more than 0-1.5.
-    * Unsigned integers spanning nearly all of a bit depth (0-4095, 0-65535: an 8-bit sweep stored
-      wider) are shown linearly over that depth (:func:`_bit_depth_range`).
+    * Unsigned integers reaching the upper half of 12, 14 or 16 bits (an 8-bit sweep stored wider)
+      are shown linearly over that depth (:func:`_bit_depth_range`).
     * Anything else is windowed between the 0.5th and 99.5th percentiles of the finite values, so
       a few outliers cannot squash the rest.
     """
@@ -171,7 +171,7 @@ def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float
         return 0.0, 1.0, padding
     if mn >= 0.0 and mx <= 255.0 and (not is_float or p_hi > 1.5):
         return 0.0, 255.0, padding
-    full = _bit_depth_range(arr.dtype, mn, mx, p_lo, p_hi)
+    full = _bit_depth_range(arr.dtype, content, mx)
     if full is not None:
         return 0.0, full, padding
     if p_hi <= p_lo:
@@ -179,17 +179,23 @@ def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float
     return p_lo, p_hi, padding
 
 
-def _bit_depth_range(dtype: np.dtype, mn: float, mx: float, p_lo: float, p_hi: float) -> float | None:
-    """The top of the bit depth (12, 14 or 16 bits) unsigned integer frames fill, when they span
-    nearly all of it (their 0.5th percentile in its bottom 5 %, their 99.5th in its top quarter):
-    such frames are grey levels of that depth (an 8-bit sweep stored as 12 or 16 bits), shown
-    linearly over it, so that the same sweep in another depth gives the same grey levels (a
-    percentile window stretched them by 6 %, and the models then answered differently). None
+#: At least this share of the pixels must lie in the upper half of a bit depth for frames to be
+#: taken as grey levels of that depth (one hot pixel is not enough).
+BIT_DEPTH_SHARE = 0.001
+
+
+def _bit_depth_range(dtype: np.dtype, content: np.ndarray, mx: float) -> float | None:
+    """The top of the bit depth (12, 14 or 16 bits) of unsigned frames that use its upper half
+    (at least :data:`BIT_DEPTH_SHARE` of their pixels there): grey levels of that depth (an 8-bit
+    sweep stored as 12 or 16 bits: x16, x257, shifted), shown linearly over it, so that the same
+    sweep in another depth gives the same grey levels (a percentile window stretched them, and
+    the models then answered differently). Not judged on a high percentile: an ultrasound frame
+    is mostly dark (its 99.5th percentile lies near half its range), its bright echoes few. None
     otherwise."""
-    if not np.issubdtype(dtype, np.integer) or mn < 0 or mx <= 255:
+    if not np.issubdtype(dtype, np.unsignedinteger) or mx <= 255:
         return None
     top = next((float((1 << b) - 1) for b in (12, 14, 16) if mx <= (1 << b) - 1), None)
-    if top is None or p_hi < 0.75 * top or p_lo > 0.05 * top:
+    if top is None or np.count_nonzero(content >= (top + 1) / 2) < BIT_DEPTH_SHARE * content.size:
         return None
     return top
 
