@@ -48,7 +48,7 @@ def test_an_abdomen_past_the_image_edge_is_not_measured_whole(center, axes):
     full = np.ones((S, S), bool)
     for fov in (None, full):
         s = fc.mask_shape(ellipse(center, axes), fov, PX_MM)
-        assert not s.plausible and s.reason.startswith("cut off: mostly outside"), (fov is None, s)
+        assert not s.plausible and s.reason.startswith("cut off:"), (fov is None, s)
     inside = fc.mask_shape(ellipse((S // 2, S // 2), axes), None, PX_MM)
     assert inside.plausible and inside.in_fan == 1.0
 
@@ -84,7 +84,7 @@ def test_distractors_are_not_plausible():
     blob[100:140, 112:150] = 0  # a bite out of it: far from an ellipse
     assert fc.mask_shape(blob, None, PX_MM).reason == "not ellipse-like"
     outside = ellipse((20, 200), (30, 26))  # mostly outside the sector
-    assert fc.mask_shape(outside, fov, PX_MM).reason.startswith(("cut off: mostly outside", "not ellipse-like"))
+    assert fc.mask_shape(outside, fov, PX_MM).reason.startswith(("cut off:", "not ellipse-like"))
     assert fc.mask_shape(np.zeros((S, S), np.uint8), fov, PX_MM) == fc.NO_MASK
 
 

@@ -977,6 +977,10 @@ def test_video_is_named_as_video(tmp_path):
         (tmp_path / name).write_bytes(head + bytes(200))
         with pytest.raises(FetalIQAError, match="a video file"):
             load_sweep(tmp_path / name)
+    (tmp_path / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(200))  # a still photo, no video
+    with pytest.raises(FetalIQAError) as info:
+        load_sweep(tmp_path / "photo.heic")
+    assert "a video file" not in str(info.value)
 
 
 def test_lookup_tables_the_reader_does_not_apply_are_not_passed_over(tmp_path):
@@ -995,6 +999,10 @@ def test_lookup_tables_the_reader_does_not_apply_are_not_passed_over(tmp_path):
     voi = load_sweep(_dicom(tmp_path / "voi.dcm", arr, VOILUTSequence=Sequence([table])))
     assert np.array_equal(np.asarray(voi.frames), arr) and any("VOI LUT" in n for n in voi.read_notes)
     assert not load_sweep(_dicom(tmp_path / "plain.dcm", arr)).read_notes
+    # empty sequences (as anonymisers write them) map nothing: read as they are, without a note
+    empty = load_sweep(_dicom(tmp_path / "empty.dcm", arr, ModalityLUTSequence=Sequence([]),
+                              VOILUTSequence=Sequence([])))
+    assert np.array_equal(np.asarray(empty.frames), arr) and not empty.read_notes
 
 
 @pytest.mark.parametrize("written, named", [(".mha", "case.dat"), (".mha", "case"), (".mha", "case.nrrd"),

@@ -644,7 +644,7 @@ def _why_no_ac(results, frame: int) -> str:
     if not np.isfinite(area) or area <= 0:
         return "no AC: the segmenter draws no mask at this frame (it was chosen on the classifier's call)"
     return (f"no AC: the segmenter's mask at this frame ({int(area)} pixel(s) at the model's resolution) is "
-            "too small or too thin to fit an ellipse to")
+            "too small or too thin to fit an ellipse to, or lies outside the field of view")
 
 
 def _why_no_frame(flags: FrameFlags, choice, start: int, stop: int) -> str:

@@ -457,8 +457,9 @@ def _format_by_content(path: Path) -> tuple[str, str] | None:
     first = head.split(b"\n", 1)[0].strip().lower()
     if first.split(b"=")[0].strip() in (b"objecttype", b"ndims", b"comment"):
         return "MetaImage", ".mha"
-    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1") and \
-            int.from_bytes(head[:4], "little") in (348, 348 << 24):
+    if len(head) >= 348 and head[344:347] == b"ni1" and _nifti_size_field(head):
+        return None  # the header of a NIfTI pair (.hdr/.img): refused as such under its own name
+    if len(head) >= 348 and head[344:347] == b"n+1" and _nifti_size_field(head):
         return "NIfTI", ".nii"
     if head[:2] == b"\x1f\x8b":
         try:
@@ -466,11 +467,20 @@ def _format_by_content(path: Path) -> tuple[str, str] | None:
 
             with gzip.open(path, "rb") as fh:
                 inner = fh.read(348)
-            if inner[344:347] == b"n+1" and int.from_bytes(inner[:4], "little") in (348, 348 << 24):
+            if inner[344:347] == b"n+1" and _nifti_size_field(inner):
                 return "gzip-compressed NIfTI", ".nii.gz"
         except (OSError, EOFError, ValueError, zlib.error):
             return None
     return None
+
+
+def _nifti_size_field(head: bytes) -> bool:
+    """A NIfTI-1 header's sizeof_hdr (348), in either byte order."""
+    return head[:4] in ((348).to_bytes(4, "little"), (348).to_bytes(4, "big"))
+
+
+#: ISO media files (an 'ftyp' box) that hold a still picture, not video: HEIF and AVIF photos.
+_STILL_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"mif1", b"msf1", b"avif", b"avis")
 
 
 def _video_container(path: Path) -> str | None:
@@ -481,7 +491,7 @@ def _video_container(path: Path) -> str | None:
     except OSError:
         return None
     if head[4:8] == b"ftyp":
-        return "MP4 / QuickTime"
+        return None if head[8:12] in _STILL_BRANDS else "MP4 / QuickTime"
     if head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
         return "QuickTime"
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
@@ -612,7 +622,7 @@ def _has_voi_lut_table(path: Path) -> bool:
         import pydicom
 
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=["VOILUTSequence"])
-        return "VOILUTSequence" in ds
+        return bool(len(ds.get("VOILUTSequence", None) or []))  # an empty sequence is no table
     except Exception:  # noqa: BLE001 - only a note
         return False
 
@@ -935,7 +945,8 @@ def _precheck_dicom(path: Path) -> _Member | None:
             raise FetalIQAError(f"{path}: the DICOM header does not give the image's size ({' and '.join(missing)} "
                                 "missing): it is damaged. Export the file again.")
         _refuse_contradicting_photometric(path, ds, photometric)
-        if "ModalityLUTSequence" in ds:  # (0028,3000): stored values -> the values meant; not applied by the reader
+        if len(ds.get("ModalityLUTSequence", None) or []):  # (0028,3000): stored -> meant values; not applied
+            # (an empty sequence, as anonymisers and converters write, maps nothing)
             raise FetalIQAError(f"{path}: the DICOM file maps its stored pixel values through a Modality LUT "
                                 "Sequence, which this reader does not apply: its grey levels would be wrong. "
                                 "Export the sweep with the values applied (plain 8- or 16-bit grey).")
