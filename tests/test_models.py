@@ -298,6 +298,10 @@ def test_lora_settings_and_trainable_parameters():
 
 
 def test_every_lora_adapter_changes_the_output():
+    """Each adapter changes the encoder's embedding (the classifier's single logit could miss a
+    change by chance: a random head once projected it to 1e-5, and the test failed depending on
+    what ran before it)."""
+    torch.manual_seed(0)
     model = FetalCLIPClassifier(_visual())
     model.eval()
     x = _x(1)
@@ -307,14 +311,14 @@ def test_every_lora_adapter_changes_the_output():
     assert len(adapted) == 8 * 4
     assert any(n.endswith("attn") for n in names) and any(n.endswith("attn.base_layer.out_proj") for n in names)
     with torch.no_grad():
-        y0 = model(x)
+        y0, e0 = model(x), model.encoder(x)
         for name, module in adapted:
             w = module.lora_B["default"].weight
             saved = w.clone()
             w.normal_(0, 0.5)
-            y1 = model(x)
+            e1 = model.encoder(x)
             w.copy_(saved)
-            assert (y1 - y0).abs().max() > 1e-4, f"LoRA on {name} has no effect"
+            assert (e1 - e0).abs().max() > 1e-3, f"LoRA on {name} has no effect"
         # peft's attention LoRA adds and subtracts its update around each call: fp32 rounding only
         assert torch.allclose(model(x), y0, atol=1e-6)
 
