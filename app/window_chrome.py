@@ -88,11 +88,14 @@ class ElidedLabel(QLabel):
     def set_full_text(self, text: str, tooltip: str | None = None) -> None:
         self._full = text
         self.setToolTip(tooltip if tooltip is not None else text)
+        self.updateGeometry()  # its size hint is the whole text's: a layout gives it that room if it can
         self._elide()
 
     def sizeHint(self):  # noqa: N802
         hint = super().sizeHint()
-        hint.setWidth(self.fontMetrics().horizontalAdvance(self._full) + 8)
+        margins = self.contentsMargins()
+        hint.setWidth(self.fontMetrics().horizontalAdvance(self._full) + margins.left() + margins.right()
+                      + 2 * self.margin() + 12)
         return hint
 
     def resizeEvent(self, ev):  # noqa: N802
@@ -102,7 +105,7 @@ class ElidedLabel(QLabel):
     def _elide(self) -> None:
         # the room inside the label's margins (the status bar gives its labels some): eliding to
         # the whole width still cut the last characters
-        room = max(self.contentsRect().width() - 2 * self.margin() - 8, 10)
+        room = max(self.contentsRect().width() - 2 * self.margin() - 2, 10)
         shown = self.fontMetrics().elidedText(self._full, self._mode, room)
         # a letter and an ellipsis say nothing: nothing then (the tooltip has the whole text)
         super().setText("" if shown != self._full and len(shown.rstrip("…. ")) < 4 else shown)
@@ -120,12 +123,6 @@ class AnswerLabel(ElidedLabel):
 
     def text(self) -> str:  # noqa: D401 - Qt naming
         return self._full
-
-    def set_full_text(self, text: str, tooltip: str | None = None) -> None:
-        self._full = text
-        self.setToolTip(tooltip if tooltip is not None else text)
-        self.updateGeometry()  # its size hint is the whole text's
-        self._elide()
 
 
 def segmenter_labels(models) -> tuple[int, ...]:

@@ -118,3 +118,22 @@ def test_a_narrow_window_keeps_the_demo_notice_of_the_answer(qtbot, window):
     assert shown.startswith("chosen frame") and shown.endswith("demo, not clinical"), shown
     assert "…" in shown  # (elided: the whole answer does not fit at this size)
     assert window.status_ac.text().endswith("demo, not clinical")
+
+
+def test_a_wide_window_shows_the_whole_answer_and_the_threshold(qtbot, window):
+    """Eliding labels cut their own text at the width they asked for (the answer read 'AC 262.6
+    m…ubtful)' at 1600 px), and the threshold label never grew past its 40 px minimum, so a
+    threshold the user changed was shown nowhere in the status bar."""
+    from PySide6.QtWidgets import QApplication, QLabel
+
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    window.model.provenance = {"demo": True, "notice": "Demonstration model: not for clinical use"}
+    window.show()
+    window.resize(1600, 900)
+    window.update_case_status()
+    window.model.set_threshold(0.42)
+    for _ in range(5):
+        QApplication.processEvents()
+    assert QLabel.text(window.status_ac) == window.status_ac.text()
+    assert QLabel.text(window.status_threshold) == window.status_threshold.full_text()
+    assert "0.42" in window.status_threshold.full_text()
