@@ -73,12 +73,67 @@ def missing_xcb_packages(loads=None) -> list[str]:
     return packages
 
 
-def display_problem(environ=None, loads=None) -> str | None:
-    """One line saying what to install when Qt would abort on this X display; None when fine."""
-    if not will_use_xcb(environ):
+def _wayland_socket(env) -> str | None:
+    """The socket Qt's Wayland plugin would connect to (None when Qt would not use Wayland)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    asked = env.get("QT_QPA_PLATFORM", "").split(";")[0].split(":")[0].strip()
+    name = env.get("WAYLAND_DISPLAY", "")
+    if not name or not (asked == "wayland" or (not asked and env.get("XDG_SESSION_TYPE") == "wayland")):
+        return None
+    return name if os.path.isabs(name) else os.path.join(env.get("XDG_RUNTIME_DIR", "/run/user/%d" % os.getuid()), name)
+
+
+def x_display_reachable(display: str, timeout: float = 3.0) -> bool:
+    """Whether an X server answers at ``display`` (xcb_connect, as Qt's plugin does): a DISPLAY
+    left from an ssh session or another user's, with no server there, made Qt abort (exit 134)
+    while the QApplication was being built. True when it cannot be told (libxcb not loadable:
+    :func:`missing_xcb_packages` says so), False when the connection fails or takes longer than
+    ``timeout`` seconds (a remote display that does not answer)."""
+    import threading
+
+    try:
+        xcb = ctypes.CDLL("libxcb.so.1")
+    except OSError:
+        return True
+    xcb.xcb_connect.restype = ctypes.c_void_p
+    xcb.xcb_connect.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    xcb.xcb_connection_has_error.argtypes = [ctypes.c_void_p]
+    xcb.xcb_disconnect.argtypes = [ctypes.c_void_p]
+    answer: list[bool] = []
+
+    def connect() -> None:
+        conn = xcb.xcb_connect(display.encode(), None)
+        try:
+            answer.append(bool(conn) and xcb.xcb_connection_has_error(conn) == 0)
+        finally:
+            if conn:
+                xcb.xcb_disconnect(conn)
+
+    worker = threading.Thread(target=connect, name="fetaliqa-x-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(answer and answer[0])
+
+
+def display_problem(environ=None, loads=None, reachable=None) -> str | None:
+    """One line saying why Qt would abort on this X display (libraries missing, or no X server
+    answering there) and what to do; None when fine."""
+    env = os.environ if environ is None else environ
+    wayland = _wayland_socket(env)
+    if wayland is not None and not os.path.exists(wayland):
+        return (f"no Wayland compositor answers at WAYLAND_DISPLAY={env.get('WAYLAND_DISPLAY')!r} ({wayland} does "
+                "not exist): Qt cannot open a window there. Fix WAYLAND_DISPLAY, or run headless with "
+                "QT_QPA_PLATFORM=offscreen.")
+    if not will_use_xcb(env):
         return None
     missing = missing_xcb_packages(loads)
-    if not missing:
-        return None
-    return ("Qt cannot open a window on this X display: system libraries are missing; install them "
-            f"with `sudo apt install {' '.join(missing)}` (or run headless with QT_QPA_PLATFORM=offscreen).")
+    if missing:
+        return ("Qt cannot open a window on this X display: system libraries are missing; install them "
+                f"with `sudo apt install {' '.join(missing)}` (or run headless with QT_QPA_PLATFORM=offscreen).")
+    display = env.get("DISPLAY", "")
+    if not (reachable or x_display_reachable)(display):
+        return (f"no X server answers on the display DISPLAY={display!r} (a setting left from another session, or "
+                "one this user may not use): Qt cannot open a window there. Unset DISPLAY or set it to your "
+                "screen, or run headless with QT_QPA_PLATFORM=offscreen.")
+    return None

@@ -64,7 +64,13 @@ def test_missing_xcb_libraries_named_in_one_line(monkeypatch, capsys):
     absent = {"libxcb-cursor.so.0", "libxcb-icccm.so.4", "libxcb-keysyms.so.1"}
     line = qt_platform.display_problem(env, loads=lambda so: so not in absent)
     assert "apt install libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1" in line
-    assert qt_platform.display_problem(env, loads=lambda so: True) is None
+    assert qt_platform.display_problem(env, loads=lambda so: True, reachable=lambda d: True) is None
+    # a DISPLAY with no X server behind it (left from an ssh session) made Qt abort (exit 134)
+    line = qt_platform.display_problem(env, loads=lambda so: True, reachable=lambda d: False)
+    assert "no X server answers" in line and "DISPLAY=':0'" in line and "offscreen" in line
+    assert qt_platform.x_display_reachable(":987") is False  # nothing listens there
+    wayland = {"WAYLAND_DISPLAY": "wayland-9", "XDG_SESSION_TYPE": "wayland", "XDG_RUNTIME_DIR": "/nonexistent"}
+    assert "no Wayland compositor answers" in qt_platform.display_problem(wayland, loads=lambda so: True)
     assert qt_platform.display_problem({}, loads=lambda so: False) is None  # no X display
     assert qt_platform.display_problem({"DISPLAY": ":0", "QT_QPA_PLATFORM": "offscreen"},
                                        loads=lambda so: False) is None
