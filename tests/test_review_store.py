@@ -66,6 +66,15 @@ def test_sweep_is_found_by_hash_and_follows_a_moved_file(tmp_path):
             store.add_sweep("ab" * 32, "/x.mha", 100)
 
 
+def test_a_sweep_opened_by_a_relative_path_is_stored_by_its_absolute_one(tmp_path, monkeypatch):
+    """'fetaliqa gui case.mha' stored 'case.mha': a report exported from another folder said the
+    sweep no longer existed and showed no frames."""
+    monkeypatch.chdir(tmp_path)
+    with ReviewStore(tmp_path / "r.db") as store:
+        sid = store.add_sweep("cd" * 32, "sub/case.mha", 10)
+        assert store.sweep(sid).path == str(tmp_path / "sub" / "case.mha")
+
+
 def test_the_pixel_size_a_sweep_is_measured_with_now_replaces_the_one_stored(tmp_path):
     """A sweep reviewed once with --spacing 0.2, then with its file's own 0.28 mm: the reports went
     on measuring the latest run with 0.2 mm (the first pixel size ever seen); one unknown now is

@@ -378,7 +378,8 @@ class ReviewStore:
             raise ValueError("content_hash must not be empty")
         n_frames = int(n_frames)
         ranges = [(int(a), int(b)) for a, b in (sweep_ranges or [(0, n_frames)])]
-        path_text = str(path) if path is not None else None
+        # absolute: a path as typed ('case.mha') named no file once a report was exported elsewhere
+        path_text = os.path.abspath(os.path.expanduser(str(path))) if path is not None and str(path) else None
         spacing = spacing_mm or (None, None)
         conn = self._conn
         # One immediate transaction with an upsert: two processes registering the same new
