@@ -377,3 +377,15 @@ def test_results_stay_in_out_and_never_delete_the_user_s_files(case, tiny_bundle
         assert main(["score", str(case), "--out", str(mine), *models]) == 0
         assert (mine / "cascade.json").read_text() == '{"user": "notes"}'
         assert (mine / "fetal-abdomen-frame-number.json").read_text() == "7"
+
+
+def test_a_dataset_folder_points_at_its_sweep_files(tmp_path, capsys):
+    """`score DATASET` (the folder `synth` writes) said 'no DICOM series in this folder', though
+    score reads a folder of .mha files: the folder holding them is named."""
+    from fetaliqa_core.synth import write_dataset
+
+    write_dataset(tmp_path / "d", cases=1, seed=3, frames_per_sweep=3, height=64, width=80)
+    for folder in (tmp_path / "d", tmp_path / "d" / "images"):
+        assert main(["score", str(folder), "--out", str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err
+        assert "images/stacked_fetal_ultrasound holds image files" in err and "score them all" in err

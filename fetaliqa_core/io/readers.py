@@ -100,6 +100,11 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         if any(p.name.upper() == "DICOMDIR" for p in entries):
             raise FetalIQAError(f"{folder}: a DICOM media folder (it holds a DICOMDIR); the images are in its "
                                 "subfolders. Choose the subfolder of one series (e.g. .../SE000000).")
+        deeper = _folder_of_sweep_files(folder)
+        if deeper is not None:  # e.g. a dataset in the ACOUSLIC layout, its sweeps in images/stacked_fetal_ultrasound
+            raise FetalIQAError(f"{folder}: no DICOM series in this folder, but {deeper} holds image files: choose "
+                                + ("one of them (or that folder, to score them all)." if what == "sweep" else
+                                   f"the {what} file itself."))
         raise FetalIQAError(f"{folder}: no DICOM series in this folder. Choose the {what} file itself "
                             f"({SUPPORTED_FORMATS}), or a folder of DICOM files of one series.")
     # Several series: take the one with most frames (the cine; others are usually single captures,
@@ -863,6 +868,35 @@ def _dicom_pixel_format(path: Path) -> str:
                 f"{getattr(syntax, 'name', None) or syntax or 'unknown'}")
     except Exception:  # noqa: BLE001 - only a description
         return "its header cannot be parsed"
+
+
+_SWEEP_FILE_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz")
+
+
+def _folder_of_sweep_files(folder: Path, depth: int = 3) -> Path | None:
+    """The first folder below ``folder`` (breadth first, at most ``depth`` levels, 200 folders)
+    that holds sweep files; None when there is none."""
+    level, seen = [folder], 0
+    for _ in range(depth):
+        below = []
+        for parent in level:
+            try:
+                children = sorted(p for p in parent.iterdir() if not p.name.startswith("."))
+            except OSError:
+                continue
+            for child in children:
+                if child.is_dir() and not child.is_symlink():
+                    seen += 1
+                    if seen > 200:
+                        return None
+                    try:
+                        if any(p.name.lower().endswith(_SWEEP_FILE_SUFFIXES) for p in child.iterdir()):
+                            return child
+                    except OSError:
+                        continue
+                    below.append(child)
+        level = below
+    return None
 
 
 def _refuse_odd_entries(folder: Path, entries: list[Path]) -> None:
