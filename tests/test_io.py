@@ -733,3 +733,15 @@ def test_a_sweep_in_memory_no_longer_depends_on_its_file(tmp_path, monkeypatch):
     os.truncate(tmp_path / "v.mha", (tmp_path / "v.mha").stat().st_size - 100)
     with pytest.raises(FetalIQAError, match="became shorter while it was read"):
         opened.in_memory()
+
+
+def test_a_label_mask_opened_as_a_sweep_is_noted(tmp_path):
+    """`score MASK` ran without a word on an annotation (values 0-2), answering 'no frame'."""
+    masks = np.zeros((20, 40, 48), np.uint8)
+    masks[13, 10:20, 10:30] = 1  # one annotated frame, between the frames a quick look samples
+    path = tmp_path / "mask.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(masks), str(path))
+    assert any("looks like a label mask" in n for n in load_sweep(path).read_notes)
+    masks[13, 10:20, 10:30] = 200
+    sitk.WriteImage(sitk.GetImageFromArray(masks), str(path))
+    assert not any("label mask" in n for n in load_sweep(path).read_notes)

@@ -189,6 +189,11 @@ def load_sweep(path: str | Path) -> Sweep:
         raw.notes.append(f"the frames are {h} x {w} pixels (height x width), far narrower than ultrasound "
                          f"frames; if the file stores its {n} frames along another axis, export it with the "
                          "frames along the last (slowest) axis")
+    sample = frames[:: max(1, n // 16)]
+    if sample.size and int(sample.max()) <= 2 and 0 < int(frames.max()) <= 2:
+        # (a sweep is grey levels 0-255; 0, 1 and 2 are a label mask's values)
+        raw.notes.append("the frames hold only the values 0, 1 and 2: this looks like a label mask (an "
+                         "annotation), not a sweep; choose the sweep's image file")
     return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
                  path=path, spacing_source=raw.spacing_source, spacing_note=raw.spacing_note,
                  read_notes=tuple(raw.notes))
