@@ -180,6 +180,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                          f"--seg {demo / 'seg'})")
     if settings.split not in SPLITS:
         raise UsageError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
+    cases = read_cases(settings.data)  # a wrong --data is told before seconds of model loading
     choice = ModelChoice(model=None, cls=settings.cls, seg=settings.seg, base=settings.base,
                          device=settings.device, precision=settings.precision)
     models = load_models(choice)
@@ -187,7 +188,6 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     split_seed = settings.split_seed if settings.split_seed is not None else int(record.get("split_seed", SPLIT_SEED))
     all_sweeps = settings.all_sweeps if settings.all_sweeps is not None else bool(record.get("all_sweeps", False))
 
-    cases = read_cases(settings.data)
     split_method = str(record.get("split_method", "grouped"))
     chosen = (cases if settings.split == "all"
               else split_cases(cases, seed=split_seed, method=split_method)[settings.split])
