@@ -159,7 +159,8 @@ def test_report_csv_lists_flagged_and_reviewed_frames(store):
     assert sorted({int(r["frame"]) for r in first}) == [2, 8, 9, 10, 11, 12]
     chosen = [r for r in first if r["chosen"] == "1"]
     assert {r["reviewer"] for r in chosen} == {"alice", "bob"}
-    assert all(r["ac_mm"] == "250" for r in chosen)
+    assert all(r["ac_mm"] == "250" and r["ac_status"] == "ok" for r in chosen)
+    assert all(r["ac_status"] == "" for r in first if r["chosen"] != "1")
     (frame2,) = [r for r in first if r["frame"] == "2"]
     assert (frame2["label"], frame2["label_code"], frame2["flagged"], frame2["sub_sweep"]) == (
         "optimal", "1", "0", "1")
@@ -178,6 +179,20 @@ def test_a_changed_threshold_is_reported_with_the_models_own(tmp_path):
     assert "threshold 0.62 (model: 0.70) on p_cls" in out.read_text(encoding="utf-8")
     rows = list(csv.DictReader(io.StringIO(report_csv_text(s))))
     assert rows and all((r["threshold"], r["model_threshold"]) == ("0.6200", "0.7000") for r in rows)
+    s.close()
+
+
+def test_the_csv_report_tells_an_ac_not_to_act_on_from_no_chosen_frame(tmp_path):
+    """The chosen frame's row had an empty ac_mm whether its AC was doubtful or there was none:
+    ac_status says 'not to act on' there (score printed 276.8 mm, doubtful, for that frame)."""
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    sid = s.add_sweep("c4" * 32, "/data/d.mha", 6)
+    p = np.linspace(0.1, 0.9, 6).astype(np.float32)
+    s.add_model_run(sid, {"cls": {"hash": "ab", "threshold": 0.5}}, p, np.full(6, np.nan), np.zeros(6, int),
+                    p >= 0.5, chosen_frame=5, ac_mm=None)
+    rows = list(csv.DictReader(io.StringIO(report_csv_text(s))))
+    (chosen,) = [r for r in rows if r["chosen"] == "1"]
+    assert chosen["ac_mm"] == "" and chosen["ac_status"] == "not to act on"
     s.close()
 
 

@@ -562,7 +562,11 @@ def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = Non
 REPORT_CSV_COLUMNS = [
     "content_hash", "path", "frame", "sub_sweep", "frame_in_sub_sweep", "p_cls", "p_seg",
     "seg_area_px", "flagged", "chosen", "ac_mm", "ga_weeks", "reviewer", "label", "label_code",
-    "agrees_with_model", "note", "time", "threshold", "model_threshold", "notice"]
+    "agrees_with_model", "note", "time", "threshold", "model_threshold", "notice", "ac_status"]
+#: ac_status on the chosen frame's rows: "ok" (ac_mm is a number to act on) or "not to act on"
+#: (doubtful, not measurable, or the pixel size unknown: the HTML report's picture of the frame
+#: says which); empty on the other rows.
+AC_NOT_TO_ACT_ON = "not to act on"
 
 
 def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
@@ -586,11 +590,12 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
             t = None if run is None else run.thresholds
             thr = ["", "", ""] if t is None else [f"{t.value:.4f}", f"{t.model:.4f}",
                                                   DEMO_REPORT_NOTICE if is_demo_run(run) else ""]
-            writer.writerow([sweep.content_hash, sweep.path or ""] + [""] * 16 + thr)
+            writer.writerow([sweep.content_hash, sweep.path or ""] + [""] * 16 + thr + [""])
         for f in sorted(frames):
             i = sweep.sweep_index(f)
             base = [sweep.content_hash, sweep.path or "", f, i + 1,
                     f - sweep.sweep_ranges[i][0] if sweep.sweep_ranges else f]
+            status = ""
             if run is None:
                 base += ["", "", "", "", "", "", ""]
                 thr = ["", "", ""]
@@ -603,13 +608,15 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                          int(run.seg_area_px[f]), int(bool(run.flagged[f])), int(chosen),
                          _csv_num(run.ac_mm) if chosen else "",
                          _csv_num(ga_weeks_of(run)) if chosen else ""]
+                if chosen:  # an empty ac_mm alone did not tell a doubtful AC from none
+                    status = "ok" if _csv_num(run.ac_mm) else AC_NOT_TO_ACT_ON
             for v in by_frame.get(f) or [None]:
                 if v is None:
-                    writer.writerow(base + ["", "", "", "", "", ""] + thr)
+                    writer.writerow(base + ["", "", "", "", "", ""] + thr + [status])
                 else:
                     agrees = _agrees(v, run)
                     agrees = "" if agrees is None else int(agrees)
-                    writer.writerow(base + [v.reviewer, v.label, v.code, agrees, v.note, v.time] + thr)
+                    writer.writerow(base + [v.reviewer, v.label, v.code, agrees, v.note, v.time] + thr + [status])
     return buf.getvalue()
 
 
