@@ -154,6 +154,11 @@ def format_report(r: BenchReport) -> str:
         mm = c["matmul"]
         lines.append(f"hardware: {mm['dtype']} matmul {mm['n']}x{mm['n']}: {c['rate_flops'] / 1e9:.1f} GFLOP/s median "
                      f"(best {mm['best_flops'] / 1e9:.1f}) over {mm['reps']} runs")
+        if c["rate_flops"] < 0.25 * mm["best_flops"] or any(c.get(f"{t}_over_limit", 0) < -0.2 for t in ("cls", "seg")):
+            # (a small matrix, or a CPU shared with other work: the median says little of the hardware)
+            lines.append("          warning: the matrix-product rate varied too much in this run (or the model beat "
+                         "it by over 20 %): the limit below is not a measure of this machine; run bench on a quiet "
+                         "machine with the default --matmul-size")
         if "cpu_bf16_matmul" in c:
             lines.append(f"          (bf16 matmul on this CPU, for comparison: "
                          f"{c['cpu_bf16_matmul']['median_flops'] / 1e9:.1f} GFLOP/s median)")

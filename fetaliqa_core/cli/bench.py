@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--real-frames", type=positive_int, default=4,
                    help="frames timed through the real architecture per precision (default 4)")
     g.add_argument("--heldout-cases", type=positive_int, default=10, help="held-out synthetic cases (default 10)")
-    g.add_argument("--heldout-frames-per-sweep", type=positive_int, default=24)
+    g.add_argument("--heldout-frames-per-sweep", type=positive_int, default=24,
+                   help="frames per sweep of each held-out case (default 24; the student-vs-teacher and cascade "
+                        "figures are replayed on them)")
 
 
 def run(args: argparse.Namespace) -> int:
