@@ -977,6 +977,12 @@ def test_video_is_named_as_video(tmp_path):
         (tmp_path / name).write_bytes(head + bytes(200))
         with pytest.raises(FetalIQAError, match="a video file"):
             load_sweep(tmp_path / name)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "case.zip", "w") as z:
+        z.writestr("case.mha", b"ObjectType = Image")
+    with pytest.raises(FetalIQAError, match="a ZIP archive of files, not an image: unpack it"):
+        load_sweep(tmp_path / "case.zip")
     (tmp_path / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(200))  # a still photo, no video
     with pytest.raises(FetalIQAError) as info:
         load_sweep(tmp_path / "photo.heic")

@@ -287,6 +287,10 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         if "Unable to determine ImageIO" in reason and has_dicom_magic(path):
             raise FetalIQAError(f"{path}: a DICOM file whose pixels this reader cannot decode ({_dicom_pixel_format(path)}). "
                                 "Export the sweep with 8- or 16-bit grey or RGB pixels.") from None
+        packed = _archive_kind(path) if "Unable to determine ImageIO" in reason else None
+        if packed:
+            raise FetalIQAError(f"{path}: a {packed} archive of files, not an image: unpack it and choose the "
+                                f"{what} file{' (or its folder)' if what == 'sweep' else ''} inside.") from None
         video = _video_container(path) if "Unable to determine ImageIO" in reason else None
         if video:
             raise FetalIQAError(f"{path}: a video file ({video}); FetalIQA reads sweeps from image files. Export "
@@ -486,6 +490,24 @@ def _nifti_size_field(head: bytes) -> bool:
 
 #: ISO media files (an 'ftyp' box) that hold a still picture, not video: HEIF and AVIF photos.
 _STILL_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def _archive_kind(path: Path) -> str | None:
+    """'ZIP', '7-Zip', 'tar' or 'RAR' for an archive of files (None for anything else)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(262)
+    except OSError:
+        return None
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "ZIP"
+    if head[:6] == b"7z\xbc\xaf\x27\x1c":
+        return "7-Zip"
+    if head[:4] == b"Rar!":
+        return "RAR"
+    if head[257:262] == b"ustar":
+        return "tar"
+    return None
 
 
 def _video_container(path: Path) -> str | None:
