@@ -207,3 +207,25 @@ def test_eval_refuses_reference_acs_written_in_cm(tiny_data, bundles, tmp_path, 
     assert "written in cm" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "metrics.json").exists()
     assert main(args + [str(tiny_data), "--out", str(tmp_path / "mm")]) == 0  # the same cases in mm
+
+
+def test_paper_bundles_are_evaluated_on_the_first_pairs_cases(tiny_data, bundles, tmp_path, capsys):
+    """`--paper-cls/--paper-seg` scored the other bundles on their own split (a permutation of
+    the cases, where the first pair's is grouped by subject): the two rows printed side by side
+    came from different cases."""
+    import shutil
+
+    from fetaliqa_core.cli import main
+
+    paper = tmp_path / "paper_cls"
+    shutil.copytree(bundles["cls"], paper)
+    manifest = json.loads((paper / "manifest.json").read_text())
+    manifest.setdefault("metrics", {})["training"] = {"split_method": "permutation", "split_seed": 5}
+    (paper / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "ev"
+    assert main(["eval", "--cls", str(bundles["cls"]), "--paper-cls", str(paper), "--data", str(tiny_data),
+                 "--split", "val", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    mine = json.loads((out / "metrics.json").read_text())
+    other = json.loads((out / "paper" / "metrics.json").read_text())
+    assert mine["case_uuids"] and other["case_uuids"] == mine["case_uuids"]
+    assert other["n_frames"] == mine["n_frames"]

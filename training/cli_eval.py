@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fetaliqa_core.cli._args import non_negative_int, positive_int
@@ -65,11 +66,16 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate(settings, out_dir=out)
     also = None
     if args.paper_cls is not None or args.paper_seg is not None:
+        # on the very cases of the first pair (its split), not the other bundles' own split
         other = EvalSettings(cls=args.paper_cls, seg=args.paper_seg, data=args.data, split=args.split,
                              base=choice.base, device=choice.device, precision=choice.precision,
-                             split_seed=args.split_seed,
-                             all_sweeps=metrics["all_sweeps"], max_cases=args.max_cases, progress=not args.quiet)
+                             split_seed=args.split_seed, all_sweeps=metrics["all_sweeps"],
+                             progress=not args.quiet, case_ids=tuple(metrics["case_uuids"]))
         also = evaluate(other, out_dir=out / "paper")
+        leaked = also.get("cases_in_own_training_split") or []
+        if leaked and args.split != "all":
+            print(f"fetaliqa: note: {len(leaked)} of these {len(metrics['case_uuids'])} {args.split} case(s) are in "
+                  "the other bundles' own training split: their numbers on them are flattered", file=sys.stderr)
     print(format_report(metrics, compare_paper=args.compare_paper, also=also))
     print(f"metrics written to {out / 'metrics.json'}"
           + (f" (the other bundles': {out / 'paper' / 'metrics.json'})" if also is not None else ""))

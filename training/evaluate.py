@@ -105,6 +105,8 @@ class EvalSettings:
     all_sweeps: bool | None = None  # None: as the bundle was trained
     max_cases: int | None = None
     progress: bool = True
+    # these cases (by id, in this order) instead of a split: another pair evaluated on the same cases
+    case_ids: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -189,10 +191,16 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     all_sweeps = settings.all_sweeps if settings.all_sweeps is not None else bool(record.get("all_sweeps", False))
 
     split_method = str(record.get("split_method", "grouped"))
-    chosen = (cases if settings.split == "all"
-              else split_cases(cases, seed=split_seed, method=split_method)[settings.split])
-    if settings.max_cases is not None:
-        chosen = chosen[: settings.max_cases]
+    own = split_cases(cases, seed=split_seed, method=split_method)
+    if settings.case_ids is not None:
+        by_id = {c.uuid: c for c in cases}
+        chosen = [by_id[u] for u in settings.case_ids if u in by_id]
+    else:
+        chosen = cases if settings.split == "all" else own[settings.split]
+        if settings.max_cases is not None:
+            chosen = chosen[: settings.max_cases]
+    # cases these bundles were trained on (by their own split): an evaluation on them flatters
+    trained_on = sorted({c.uuid for c in own["train"]} & {c.uuid for c in chosen})
     if not chosen:
         raise FetalIQAError(f"the {settings.split} split of {settings.data} has no case")
 
@@ -300,6 +308,8 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         metrics["challenge"][name] = {k: agg[k] for k in CHALLENGE_KEYS}
     metrics["intervals"] = _intervals(col, truth, threshold, len(chosen))
     metrics["cases"] = col.cases
+    metrics["case_uuids"] = [c.uuid for c in chosen]
+    metrics["cases_in_own_training_split"] = trained_on
 
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics)
