@@ -214,16 +214,34 @@ CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_INFO = "checkpoint.json"
 
 
-def save_checkpoint(out: Path, student, epoch: int, args) -> None:
-    """The student's weights after a finished epoch (tensors only), then what they are."""
+_OPT_PREFIX = "optimizer."  # the optimiser's state in the checkpoint: optimizer.<param index>.<name>
+
+
+def save_checkpoint(out: Path, student, epoch: int, args, opt=None, seconds: float = 0.0) -> None:
+    """The student's weights and the optimiser's moments after a finished epoch (tensors only),
+    then what they are: a resumed run goes on as the uninterrupted one would (the optimiser
+    restarted from zero before, and the resumed run diverged)."""
     from safetensors.torch import save
 
     from fetaliqa_core.files import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / CHECKPOINT, save({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    if opt is not None:
+        for index, state in opt.state_dict()["state"].items():
+            for name, value in state.items():
+                tensors[f"{_OPT_PREFIX}{index}.{name}"] = torch_tensor(value)
+    atomic_write(out / CHECKPOINT, save(tensors))
     write_json(out / CHECKPOINT_INFO, {"epoch": int(epoch), "epochs": int(args.epochs), "student": args.student,
-                                       "decoder_width": int(args.decoder_width), "settings": _resume_settings(args)})
+                                       "decoder_width": int(args.decoder_width), "settings": _resume_settings(args),
+                                       "train_seconds": round(float(seconds), 1)})
+
+
+def torch_tensor(value):
+    """An optimiser state value as a contiguous CPU tensor (a step count may be a number)."""
+    import torch
+
+    return (value if isinstance(value, torch.Tensor) else torch.tensor(float(value))).detach().cpu().contiguous()
 
 
 def _resume_settings(args) -> dict:
@@ -268,19 +286,34 @@ def checkpoint_epoch(out: Path, args) -> int:
     return epoch
 
 
-def load_checkpoint(out: Path, student, args) -> int:
-    """Load RUN's checkpoint into ``student``; returns the epochs it had finished."""
+def load_checkpoint(out: Path, student, args, opt=None) -> tuple[int, float]:
+    """Load RUN's checkpoint into ``student`` (and the optimiser's moments into ``opt`` when it
+    holds them); returns the epochs it had finished and the training seconds they took."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     epoch = checkpoint_epoch(out, args)
     weights = out / CHECKPOINT
     try:
-        student.load_state_dict(load_file(str(weights)), strict=True)
-    except (SafetensorError, RuntimeError, OSError) as exc:
+        tensors = load_file(str(weights))
+        student.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(_OPT_PREFIX)}, strict=True)
+        moments = {k[len(_OPT_PREFIX):]: v for k, v in tensors.items() if k.startswith(_OPT_PREFIX)}
+        if opt is not None and moments:
+            state = opt.state_dict()
+            restored: dict = {}
+            for key, value in moments.items():
+                index, _, name = key.partition(".")
+                restored.setdefault(int(index), {})[name] = value
+            state["state"] = restored
+            opt.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError, ValueError, KeyError) as exc:
         raise FetalIQAError(f"{weights}: cannot be loaded into this student ({str(exc).splitlines()[0]}); "
                             "start a new --out folder") from None
-    return epoch
+    try:
+        seconds = float(json.loads((out / CHECKPOINT_INFO).read_text(encoding="utf-8")).get("train_seconds", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        seconds = 0.0
+    return epoch, seconds
 
 
 def distill(args, log=print) -> Path:
@@ -336,13 +369,12 @@ def distill(args, log=print) -> Path:
     n = len(train.grey)
     steps = max(1, n // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps * args.epochs, pct_start=0.15)
-    rng = np.random.default_rng(args.seed)
     gt_cls_all = (train.gt_labels.reshape(n, -1).max(axis=1) > 0).astype(np.float32)
-    done = 0
+    done, earlier_s = 0, 0.0
     if getattr(args, "resume", False):
         import warnings
 
-        done = load_checkpoint(out, student, args)
+        done, earlier_s = load_checkpoint(out, student, args, opt)
         with warnings.catch_warnings():  # the schedule moves on to where the run stopped
             warnings.simplefilter("ignore")
             for _ in range(steps * done):
@@ -351,6 +383,7 @@ def distill(args, log=print) -> Path:
     t1 = time.perf_counter()
     for epoch in range(done + 1, args.epochs + 1):
         student.train()
+        rng = np.random.default_rng([args.seed, epoch])  # each epoch's order and flips, resumed or not
         order = rng.permutation(n)
         total = 0.0
         for step in range(1, steps + 1):
@@ -371,7 +404,7 @@ def distill(args, log=print) -> Path:
             total += loss.item()
             if not args.quiet and (step % 10 == 0 or step == steps):
                 print(f"PROGRESS epoch={epoch}/{args.epochs} step={step}/{steps} loss={total / step:.4f}", flush=True)
-        save_checkpoint(out, student, epoch, args)
+        save_checkpoint(out, student, epoch, args, opt, earlier_s + time.perf_counter() - t1)
         log(f"epoch {epoch}/{args.epochs}: loss {total / steps:.4f} ({time.perf_counter() - t1:.0f} s)")
     student.eval()
     rows = np.arange(len(test.grey))
@@ -380,7 +413,8 @@ def distill(args, log=print) -> Path:
     s_labels = np.where(labels == LABEL_ABDOMEN, 1, labels)
     agree = output_agreement(test.t_cls, t_labels, p, s_labels, threshold=cls_lm.threshold)
     metrics = {"held_out_vs_teacher": agree, "held_out_cases": len(held), "train_frames": int(n),
-               "teacher_seconds": round(teacher_s, 1), "train_seconds": round(time.perf_counter() - t1, 1),
+               "teacher_seconds": round(teacher_s, 1),
+               "train_seconds": round(earlier_s + time.perf_counter() - t1, 1),  # a resumed run's too
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "data": str(args.data),
                "frames_per_case": args.frames_per_case, "mined": bool(mine), "seed": args.seed}
     from fetaliqa_core.models.bundle import read_manifest
@@ -414,8 +448,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         bundle = distill(args, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (also under `fetaliqa distill`): say what is kept
-        print(f"fetaliqa: interrupted (the last finished epoch's checkpoint is kept in {args.out}; --resume "
-              "continues)", file=sys.stderr)
+        if (Path(args.out) / CHECKPOINT).is_file():
+            print(f"fetaliqa: interrupted (the last finished epoch's checkpoint is kept in {args.out}; --resume "
+                  "continues)", file=sys.stderr)
+        else:
+            print("fetaliqa: interrupted before a first epoch finished: nothing was kept; run the same command "
+                  "again (without --resume)", file=sys.stderr)
         return 130
     print(f"BUNDLE {bundle.resolve()}", flush=True)
     return 0
