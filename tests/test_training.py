@@ -752,3 +752,16 @@ def test_a_case_file_in_another_format_or_case_is_named_as_such(tiny_data, tmp_p
     first.rename(first.with_name(first.name[:-4].upper() + ".nii.gz"))
     with pytest.raises(FetalIQAError, match=r"the folder holds .*\.nii\.gz: training reads the ACOUSLIC-AI layout"):
         ds.read_cases(data)
+
+
+def test_an_interruption_says_whether_a_checkpoint_was_kept(tmp_path):
+    """Stopped in its first epoch, training said 'the last finished epoch's checkpoint is kept;
+    --resume continues' with no checkpoint anywhere (and --resume then started over silently)."""
+    from training.train import INTERRUPTED, INTERRUPTED_EARLY, interrupted_text
+
+    out = tmp_path / "run"
+    (out / "trial_1").mkdir(parents=True)
+    assert interrupted_text(out) == INTERRUPTED_EARLY and "no checkpoint was kept" in INTERRUPTED_EARLY
+    (out / "trial_1" / "checkpoints").mkdir()
+    (out / "trial_1" / "checkpoints" / "epoch_001.pt").write_bytes(b"")
+    assert interrupted_text(out) == INTERRUPTED

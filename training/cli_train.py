@@ -17,10 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from training.train import INTERRUPTED, run_from_args
+    from training.train import interrupted_text, run_from_args
 
     try:
         return run_from_args(args)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say what is kept, as python -m training.train does
-        print(f"fetaliqa: {INTERRUPTED}", file=sys.stderr)
+        print(f"fetaliqa: {interrupted_text(getattr(args, 'out', None))}", file=sys.stderr)
         return 130

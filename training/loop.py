@@ -195,6 +195,8 @@ def _resume(cfg: TrainConfig, trial_dir: Path, model, optimizer, reporter: Repor
     best = {"val_loss": float("inf"), "epoch": 0}
     last = latest_checkpoint(trial_dir) if cfg.resume else None
     if last is None:
+        if cfg.resume:  # (it went on without a word, as if resumed)
+            reporter.message(f"trial {tag}: nothing to resume (no epoch had finished): starting at epoch 1")
         return history, best, 1
     ckpt = load_checkpoint(last)
     load_trainable_state(model, ckpt["model"], str(last))

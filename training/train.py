@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from training.config import add_arguments, config_from_args
 from training.trials import train
@@ -43,6 +44,19 @@ from training.trials import train
 
 #: What Ctrl-C or SIGTERM leaves of a run (``python -m training.train`` and ``fetaliqa train``).
 INTERRUPTED = "interrupted (the last finished epoch's checkpoint is kept; --resume continues)"
+INTERRUPTED_EARLY = ("interrupted before a first epoch finished: no checkpoint was kept (--resume starts the run "
+                     "again at epoch 1)")
+
+
+def interrupted_text(out) -> str:
+    """What an interruption left of the run in ``out``: a finished epoch's checkpoint or none."""
+    from training.checkpoints import CHECKPOINT_DIR
+
+    try:
+        kept = out is not None and any(Path(out).glob(f"**/{CHECKPOINT_DIR}/epoch_*.pt"))
+    except OSError:
+        kept = False
+    return INTERRUPTED if kept else INTERRUPTED_EARLY
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +76,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     # SIGTERM stops like Ctrl-C: the last finished epoch's checkpoint is kept.
-    return run_guarded(lambda: run_from_args(args), interrupted=INTERRUPTED)
+    def body() -> int:
+        try:
+            return run_from_args(args)
+        except KeyboardInterrupt:
+            print(f"fetaliqa: {interrupted_text(getattr(args, 'out', None))}", file=sys.stderr)
+            return 130
+
+    return run_guarded(body, interrupted=INTERRUPTED)
 
 if __name__ == "__main__":
     sys.exit(main())
