@@ -705,7 +705,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             partial = (f"Chosen among the {r.n_done} of {r.n_frames} frames scored so far; the others may hold "
                        "a better one (Resume scores them).")
         if m.demo_notice:
-            text += " · demo, not clinical"
+            text += " · demo, not clinical" if getattr(m, "provenance", {}).get("demo") else " · test model, not clinical"
         self.status_ac.setText(text)
         self.status_ac.setToolTip("\n".join(t for t in (reading.note, choice_note, partial, m.demo_notice) if t))
 

@@ -490,7 +490,8 @@ class ViewerModel:
         a = self.assessment if frame is not None else None
         problem = None if a is None else a.mask_problem(int(frame))
         disagreement = None if a is None else a.disagreement(int(frame))
-        doubt = analysis.DEMO_MODEL_DOUBT if getattr(self, "provenance", {}).get("demo") else None
+        prov = getattr(self, "provenance", {}) or {}
+        doubt = analysis.units.model_doubt(bool(prov.get("demo")))
         return analysis.read_ac(None if ac is None else ac.ac_mm, self.spacing_problem, problem, disagreement,
                                 doubt)
 

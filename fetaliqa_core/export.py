@@ -166,7 +166,7 @@ def challenge_mask_metadata(assessment, frame: int) -> dict[str, str]:
     AC there for a reason a mask alone cannot show (the frame's grey levels, the classifier, a
     demonstration model, a frame next to the chosen one), else ``ok`` (the mask's own shape and
     size are judged again when it is measured), or ``none`` without a mask; and what made it."""
-    from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, mask_doubt
+    from fetaliqa_core.analysis.units import mask_doubt, model_doubt
 
     summary = assessment.summary
     chosen = int(summary.chosen_frame)
@@ -179,7 +179,7 @@ def challenge_mask_metadata(assessment, frame: int) -> dict[str, str]:
             if frame != chosen else None,
             mask_doubt(mask_problem) if mask_problem else None,
             assessment.disagreement(chosen),
-            DEMO_MODEL_DOUBT if summary.demo else None,
+            model_doubt(summary.demo),
         ]
         reasons = [r for r in reasons if r]
         status, note = ("doubtful", "; ".join(reasons)) if reasons else ("ok", "")

@@ -63,3 +63,26 @@ def test_sigterm_after_a_command_ended_exits_with_that_commands_status():
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=10) == 3
     assert "Traceback" not in p.stderr.read()
+
+
+def test_a_reader_that_closes_the_output_does_not_fail_the_command(tmp_path):
+    """`fetaliqa ... | head -1`: the closed pipe was reported as 'Broken pipe; check the path and
+    try again', with status 1, and a folder's sweeps after it were recorded as failed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fetaliqa_core.synth import write_dataset
+
+    write_dataset(tmp_path / "d", cases=2, seed=3, frames_per_sweep=3, height=64, width=80)
+    folder = tmp_path / "d" / "images" / "stacked_fetal_ultrasound"
+    out = tmp_path / "scores"
+    p = subprocess.Popen([sys.executable, "-m", "fetaliqa_core.cli", "score", str(folder), "--out", str(out),
+                          "--quiet", "--no-cache"], cwd=Path(__file__).resolve().parents[1],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.readline()
+    p.stdout.close()  # as `| head -1` does
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0, err
+    assert "Broken pipe" not in err and "Traceback" not in err
+    assert (out / "summary.csv").is_file() and len(list(out.glob("*/summary.json"))) == 2

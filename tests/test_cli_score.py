@@ -54,7 +54,9 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     assert written == -1 or (chosen >= 0 and abs(written - chosen) <= 15)
     assert summary["app_version"] and [b["role"] for b in summary["bundles"]] == ["classifier", "segmenter"]
     assert all(len(b["sha256"]) == 64 and b["demo"] is False for b in summary["bundles"])
-    assert summary["demo"] is False and summary["notice"] == "" and summary["frame_numbering"] == "0-based"
+    assert summary["demo"] is False and summary["frame_numbering"] == "0-based"
+    # these test bundles adapt a random tower: said as such, not as a trained model
+    assert summary["random_base"] is True and "randomly initialised base" in summary["notice"]
     printed = capsys.readouterr().out
     assert "chosen frame" in printed
     assert "  pixel 0.28 x 0.28 mm (file header)\n" in printed  # every length's unit and its source

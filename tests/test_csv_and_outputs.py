@@ -36,6 +36,10 @@ def test_csv_writer_neutralises_formula_cells_but_keeps_numbers():
 def hostile_store(tmp_path):
     store = ReviewStore(tmp_path / "r.sqlite3")
     sid = store.add_sweep("=cafe", "=evil.mha", 4)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "r.sqlite3") as raw:  # as a database written before paths were made absolute
+        raw.execute("UPDATE sweeps SET path = ? WHERE id = ?", ("=evil.mha", sid))
     store.add_model_run(sid, {"cls": {"hash": "h", "name": "@model"}}, np.full(4, 0.9), np.full(4, 0.9),
                         np.full(4, 500), np.ones(4, bool), chosen_frame=1)
     for name in HOSTILE[:4]:

@@ -7,6 +7,7 @@ rectangle), with distractors of other shapes, so nothing depends on the project'
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -321,6 +322,26 @@ def test_an_ac_from_the_demonstration_models_is_never_a_number_to_act_on():
     assert demo.chosen_frame == own.chosen_frame and reading["ac_mm"] == own.summary.chosen_ac["ac_mm"]
     assert reading["status"] == "doubtful" and reading["ga_weeks"] is None and reading["note"] == DEMO_MODEL_DOUBT
     assert [s.ac_status for s in demo.summary.sweeps if s.best_frame >= 0] == ["doubtful"]
+
+
+def test_a_model_on_a_random_base_says_so(tmp_path):
+    """Bundles trained on a randomly initialised base (a test run) were shown like any trained
+    model, without a word: they carry a notice now (their ACs read as the user's own models')."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+    from fetaliqa_core.models.base import random_base
+    from fetaliqa_core.models.bundle import load_bundle, manifest_for, save_bundle
+    from fetaliqa_core.models.choice import RANDOM_BASE_NOTICE, provenance
+    from fetaliqa_core.models.classifier import FetalCLIPClassifier
+
+    visual, info = random_base("tiny")
+    model = FetalCLIPClassifier(visual)
+    save_bundle(model, tmp_path / "cls", manifest_for(model, info))
+    loaded = SimpleNamespace(cls=load_bundle(tmp_path / "cls", device="cpu"), seg=None, student=None)
+    prov = provenance(loaded)
+    assert prov["random_base"] and not prov["demo"] and prov["notice"] == RANDOM_BASE_NOTICE
+    sweep, res = _scored_case(ellipse((112, 112), (40, 34)))
+    a = assess(sweep, res, Thresholds(value=0.5, model=0.5), provenance=prov)
+    assert a.summary.random_base and a.summary.notice == RANDOM_BASE_NOTICE
 
 
 def test_the_chosen_frame_is_one_both_models_call_not_a_closed_gap():

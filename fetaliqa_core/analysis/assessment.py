@@ -23,7 +23,7 @@ import numpy as np
 
 from fetaliqa_core.analysis import frame_choice
 from fetaliqa_core.analysis.ac import ACMeasurement, hadlock_ga, measure_frame_ac
-from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, models_disagree, read_ac
+from fetaliqa_core.analysis.units import model_doubt, models_disagree, read_ac
 
 #: Threshold on the segmenter's score ``p_seg = f / (f + 0.01)`` (``f``: share of the 224 x 224
 #: input covered by the mask): 0.5 exactly where the mask covers 1 %, the paper's rule.
@@ -358,7 +358,8 @@ class CaseSummary:
     app_version: str = ""
     bundles: list = field(default_factory=list)  # {"role", "name", "sha256", "demo"} per bundle
     demo: bool = False
-    notice: str = ""  # the demonstration model's notice when a number came from it
+    random_base: bool = False  # a test model on a randomly initialised base
+    notice: str = ""  # the demonstration (or test) model's notice when a number came from it
 
     def to_json(self) -> dict:
         from fetaliqa_core.files import json_safe
@@ -483,13 +484,13 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     kinds = list(getattr(sweep, "sweep_kinds", []) or [])
     spacing_problem = getattr(sweep, "spacing_problem", None)
     prov = provenance or {}
-    model_doubt = DEMO_MODEL_DOUBT if prov.get("demo") else None
+    doubt_of_models = model_doubt(bool(prov.get("demo")))
     sweeps: list[SweepSummary] = []
     for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
         frame = b.frame if (b is not None and b.passes) else -1
         m = ac_on(frame)
         r = read_ac(None if m is None else m.ac_mm, spacing_problem, _mask_problem(choice, frame),
-                    _disagreement(p_cls, thresholds, frame, flags), model_doubt)
+                    _disagreement(p_cls, thresholds, frame, flags), doubt_of_models)
         if frame < 0:
             r = replace(r, note=_why_no_frame(flags, choice, start, stop))
         elif m is None:
@@ -509,7 +510,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     chosen_m = ac_on(chosen)
     chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem,
                              _mask_problem(choice, chosen), _disagreement(p_cls, thresholds, chosen, flags),
-                             model_doubt)
+                             doubt_of_models)
     if chosen >= 0 and chosen_m is None:
         chosen_reading = replace(chosen_reading, note=_why_no_ac(results, chosen))
     choice_note = ""
@@ -534,7 +535,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         read_notes=[str(n) for n in getattr(sweep, "read_notes", ())],
         app_version=str(prov.get("app_version", "")), bundles=list(prov.get("bundles", [])),
         demo=bool(prov.get("demo", False)),
-        notice=str(prov.get("notice", "")) if prov.get("demo") else "")
+        random_base=bool(prov.get("random_base", False)),
+        notice=str(prov.get("notice", "")) if prov.get("demo") or prov.get("random_base") else "")
     return Assessment(thresholds=thresholds, flags=flags, best=best, chosen_frame=int(chosen),
                       ac=ac, summary=summary, choice=choice, p_cls=p_cls)
 

@@ -143,6 +143,13 @@ DEMO_MODEL_DOUBT = ("from a demonstration model trained on synthetic sweeps only
                     "reliable outside them: not a measurement")
 
 
+def model_doubt(demo: bool) -> str | None:
+    """Why the models themselves cannot give an AC to act on: a demonstration model; None for
+    the user's own (a test model on a randomly initialised base is labelled as such, not
+    doubted: it stands for the user's own models in the tests)."""
+    return DEMO_MODEL_DOUBT if demo else None
+
+
 def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
             mask_problem: str | None = None, disagreement: str | None = None,
             model_doubt: str | None = None) -> ACReading:

@@ -121,8 +121,39 @@ def _looks_like_a_path(arg: str) -> bool:
     return os.path.lexists(arg) or "/" in arg or os.sep in arg or bool(Path(arg).suffix)
 
 
+class _ClosedPipeTolerant:
+    """The program's stdout, which stops writing (instead of failing the command) once the program
+    reading it has gone (`fetaliqa eval ... | head -2`): the command finishes its work and its
+    files; 'Broken pipe; check the path and try again' was printed, and a folder's sweeps were
+    recorded as failed."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text):
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._closed = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._closed = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     process = argv is None  # the program itself (not a caller in the same process)
+    if process and not isinstance(sys.stdout, _ClosedPipeTolerant) and sys.stdout is not None:
+        sys.stdout = _ClosedPipeTolerant(sys.stdout)
     argv = list(sys.argv[1:] if argv is None else argv)
     terminate_as_interrupt()  # SIGTERM as Ctrl-C from the start, while the commands load too
     try:

@@ -146,6 +146,18 @@ DEMO_NOTICE = ("Demonstration model trained on synthetic data only: not for clin
                "its numbers are not measurements of a patient.")
 
 
+RANDOM_BASE_NOTICE = ("Test model trained on a randomly initialised base (not FetalCLIP, not pretrained): not for "
+                      "clinical use; its numbers are not measurements of a patient.")
+
+
+def on_random_base(model) -> bool:
+    """The model adapts a randomly initialised tower (``random:<seed>``): a test run of the
+    pipeline, whatever it was trained on; its numbers are not a trained model's."""
+    digests = {getattr(getattr(model, "base", None), "sha256", None),
+               getattr(getattr(model, "manifest", None), "base_sha256", None)}
+    return any(isinstance(d, str) and d.startswith("random:") for d in digests)
+
+
 def is_demo_bundle(model) -> bool:
     """The model is one of the bundled demonstration models: loaded from ``resources/demo``, or a
     copy of one elsewhere (the same manifest and weights), which must carry the same notice; or a
@@ -277,6 +289,8 @@ def provenance(models) -> dict:
         bundles.append(_bundle_entry(role, getattr(m, "path", None), getattr(m, "bundle_hash", None),
                                      _taught_by_demo(getattr(m, "manifest", None)) or on_demo_base(m)))
     demo = any(b["demo"] for b in bundles)
+    random_base = not demo and any(on_random_base(m) for m in (getattr(models, "cls", None),
+                                                                getattr(models, "seg", None)) if m is not None)
     student = getattr(models, "student", None)
     if student is not None:
         # a cascade's student chose the frames the models above re-scored; the numbers are theirs,
@@ -284,5 +298,5 @@ def provenance(models) -> dict:
         bundles.append(_bundle_entry("student (cascade)", getattr(student, "path", None),
                                      getattr(student, "bundle_hash", None),
                                      _taught_by_demo(getattr(student, "manifest", None)) or on_demo_base(student)))
-    return {"app_version": __version__, "bundles": bundles, "demo": demo,
-            "notice": DEMO_NOTICE if demo else ""}
+    return {"app_version": __version__, "bundles": bundles, "demo": demo, "random_base": random_base,
+            "notice": DEMO_NOTICE if demo else RANDOM_BASE_NOTICE if random_base else ""}
