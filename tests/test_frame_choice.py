@@ -277,7 +277,8 @@ def test_a_chosen_frame_without_a_measurable_mask_says_why_there_is_no_ac():
     speck = np.zeros((S, S), np.uint8)
     speck[100, 100:103] = 1
     for mask, words in ((speck, "(3 pixel(s) at the model's resolution) is too small"),
-                        (np.zeros((S, S), np.uint8), "draws no mask at this frame")):
+                        (np.zeros((S, S), np.uint8), "draws no mask at this frame"),
+                        (np.ones((S, S), np.uint8), "covers (nearly) the whole image")):
         sweep, res = _scored_case(mask)
         a = assess(sweep, res, thresholds)
         assert a.chosen_frame == 10

@@ -645,6 +645,10 @@ def _why_no_ac(results, frame: int) -> str:
     area = results.seg_area_px[frame] if 0 <= frame < len(results.seg_area_px) else float("nan")
     if not np.isfinite(area) or area <= 0:
         return "no AC: the segmenter draws no mask at this frame (it was chosen on the classifier's call)"
+    size = int(getattr(results, "mask_size", 0) or 0)
+    if size and area >= 0.9 * size * size:
+        return ("no AC: the segmenter's mask at this frame covers (nearly) the whole image: it has no outline to "
+                "fit an ellipse to")
     return (f"no AC: the segmenter's mask at this frame ({int(area)} pixel(s) at the model's resolution) is "
             "too small or too thin to fit an ellipse to, or lies outside the field of view")
 
