@@ -283,7 +283,8 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                             + f" ({len(chosen)} case(s)): give --split all"
                             + ("" if all_sweeps else " or --all-sweeps") + ", or more cases")
     metrics: dict = {
-        "split": settings.split, "split_seed": split_seed, "all_sweeps": all_sweeps, "data": str(settings.data),
+        "split": settings.split, "split_seed": split_seed, "all_sweeps": all_sweeps,
+        "data": str(Path(settings.data).expanduser().resolve()),  # (as typed, it named nothing from elsewhere)
         "n_cases": len(chosen), "n_frames": int(truth.size), "n_positive": int(truth.sum()),
         "threshold": threshold, "challenge_thresholds": {
             k: {"p_cls": t.cls, "p_seg": t.seg} if k == "cls+seg" else {t.score: t.value}
@@ -291,7 +292,10 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         "challenge_rows": {k: ROW_LABELS[k] for k in names},
         "device": models.device,
         "presets": {k: _preset(getattr(models, k)) for k in ("cls", "seg") if getattr(models, k) is not None},
-        "bundles": {k: str(getattr(settings, k)) for k in ("cls", "seg") if getattr(settings, k) is not None},
+        "bundles": {k: str(Path(getattr(settings, k)).expanduser().resolve()) for k in ("cls", "seg")
+                    if getattr(settings, k) is not None},
+        "bundle_sha256": {k: getattr(getattr(models, k), "bundle_hash", None) for k in ("cls", "seg")
+                          if getattr(models, k) is not None},
         "frame": {}, "challenge": {},
     }
     in_ac = np.concatenate(col.in_ac_sweep) if col.in_ac_sweep else np.zeros(0, bool)
