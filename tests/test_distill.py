@@ -151,7 +151,7 @@ def test_distill_resume_refuses_a_damaged_or_foreign_checkpoint_in_one_line(tmp_
     student = torch.nn.Linear(4, 2)
     save_checkpoint(tmp_path, student, 2, args)
     fresh = torch.nn.Linear(4, 2)
-    assert load_checkpoint(tmp_path, fresh, args) == 2
+    assert load_checkpoint(tmp_path, fresh, args)[0] == 2  # (epochs finished, seconds they took)
     assert torch.equal(fresh.weight, student.weight)
     with pytest.raises(FetalIQAError, match="cannot be loaded"):
         load_checkpoint(tmp_path, torch.nn.Linear(5, 2), args)  # another architecture
