@@ -59,7 +59,8 @@ def will_use_xcb(environ=None) -> bool:
     if not env.get("DISPLAY"):
         return False
     if not asked and env.get("WAYLAND_DISPLAY") and env.get("XDG_SESSION_TYPE") == "wayland":
-        return False  # Qt prefers its Wayland plugin in a Wayland session
+        socket = _wayland_socket(env)
+        return socket is not None and not os.path.exists(socket)  # Qt prefers Wayland there, X only as fallback
     return True
 
 
@@ -71,6 +72,15 @@ def missing_xcb_packages(loads=None) -> list[str]:
         if not loads(soname) and package not in packages:
             packages.append(package)
     return packages
+
+
+def _x_fallback(env) -> bool:
+    """Whether Qt, failing to reach a Wayland compositor, goes on to X: a DISPLAY is set, and
+    an explicit QT_QPA_PLATFORM list (``wayland;xcb``) names xcb."""
+    if not env.get("DISPLAY"):
+        return False
+    asked = [p.split(":")[0].strip() for p in env.get("QT_QPA_PLATFORM", "").split(";") if p.strip()]
+    return not asked or "xcb" in asked
 
 
 def _wayland_socket(env) -> str | None:
@@ -121,7 +131,7 @@ def display_problem(environ=None, loads=None, reachable=None) -> str | None:
     answering there) and what to do; None when fine."""
     env = os.environ if environ is None else environ
     wayland = _wayland_socket(env)
-    if wayland is not None and not os.path.exists(wayland):
+    if wayland is not None and not os.path.exists(wayland) and not _x_fallback(env):
         return (f"no Wayland compositor answers at WAYLAND_DISPLAY={env.get('WAYLAND_DISPLAY')!r} ({wayland} does "
                 "not exist): Qt cannot open a window there. Fix WAYLAND_DISPLAY, or run headless with "
                 "QT_QPA_PLATFORM=offscreen.")

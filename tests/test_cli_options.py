@@ -71,6 +71,12 @@ def test_missing_xcb_libraries_named_in_one_line(monkeypatch, capsys):
     assert qt_platform.x_display_reachable(":987") is False  # nothing listens there
     wayland = {"WAYLAND_DISPLAY": "wayland-9", "XDG_SESSION_TYPE": "wayland", "XDG_RUNTIME_DIR": "/nonexistent"}
     assert "no Wayland compositor answers" in qt_platform.display_problem(wayland, loads=lambda so: True)
+    # with an X display too, Qt falls back to it (also for QT_QPA_PLATFORM="wayland;xcb"): not refused
+    for extra in ({"DISPLAY": ":0"}, {"DISPLAY": ":0", "QT_QPA_PLATFORM": "wayland;xcb"}):
+        assert qt_platform.display_problem({**wayland, **extra}, loads=lambda so: True,
+                                           reachable=lambda d: True) is None
+    assert "wayland-9" in qt_platform.display_problem({**wayland, "DISPLAY": ":0", "QT_QPA_PLATFORM": "wayland"},
+                                                      loads=lambda so: True, reachable=lambda d: True)
     assert qt_platform.display_problem({}, loads=lambda so: False) is None  # no X display
     assert qt_platform.display_problem({"DISPLAY": ":0", "QT_QPA_PLATFORM": "offscreen"},
                                        loads=lambda so: False) is None

@@ -152,8 +152,11 @@ class _ClosedPipeTolerant:
 
 def main(argv: list[str] | None = None) -> int:
     process = argv is None  # the program itself (not a caller in the same process)
-    if process and not isinstance(sys.stdout, _ClosedPipeTolerant) and sys.stdout is not None:
-        sys.stdout = _ClosedPipeTolerant(sys.stdout)
+    if process:  # (stderr too: `2>&1 | head` closed the progress bar's stream)
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if stream is not None and not isinstance(stream, _ClosedPipeTolerant):
+                setattr(sys, name, _ClosedPipeTolerant(stream))
     argv = list(sys.argv[1:] if argv is None else argv)
     terminate_as_interrupt()  # SIGTERM as Ctrl-C from the start, while the commands load too
     try:
