@@ -397,7 +397,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         info: dict = {}
         if self.models is None:
             return info
-        from fetaliqa_core.models.choice import bundle_part, part_is_demo, provenance
+        from fetaliqa_core.models.choice import bundle_part, on_random_base, part_is_demo, provenance
 
         names = {b["role"]: b["name"] for b in provenance(self.models)["bundles"]}  # as summary.json names them
         for key, role in (("cls", "classifier"), ("seg", "segmenter")):
@@ -406,7 +406,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
                 # the bundle in that role (a pair on one base has one hash over both: not either's)
                 info[key] = {"name": names.get(role) or names.get("classifier+segmenter", ""),
                              "hash": bundle_part(lm, role)[1],
-                             "task": getattr(lm, "task", None), "demo": part_is_demo(lm, role)}
+                             "task": getattr(lm, "task", None), "demo": part_is_demo(lm, role),
+                             "random_base": on_random_base(lm)}
                 if key == "cls" and getattr(lm, "threshold", None) is not None:
                     info[key]["threshold"] = float(lm.threshold)  # the bundle's own
         info["description"] = self.models.describe()
@@ -561,7 +562,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         reading = m.reading(ac, f)
         text = reading.short()
         if m.demo_notice:
-            text += " · demo model, not for clinical use"
+            text += f" · {m.notice_words}, not for clinical use"
         self.frame_view.show_ellipse(ellipse_polygon(ac), text, reading.text())
 
     def _update_frame_text(self) -> None:
@@ -705,7 +706,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             partial = (f"Chosen among the {r.n_done} of {r.n_frames} frames scored so far; the others may hold "
                        "a better one (Resume scores them).")
         if m.demo_notice:
-            text += " · demo, not clinical" if getattr(m, "provenance", {}).get("demo") else " · test model, not clinical"
+            text += " · demo, not clinical" if m.notice_words == "demo model" else " · test model, not clinical"
         self.status_ac.setText(text)
         self.status_ac.setToolTip("\n".join(t for t in (reading.note, choice_note, partial, m.demo_notice) if t))
 

@@ -472,8 +472,16 @@ class ViewerModel:
 
     @property
     def demo_notice(self) -> str:
-        """The demonstration model's notice when the loaded models include it, else empty."""
+        """The demonstration (or test) model's notice when the loaded models include one, else empty."""
         return str(getattr(self, "provenance", {}).get("notice", "") or "")
+
+    @property
+    def notice_words(self) -> str:
+        """The notice in a few words for the image and the status bar: 'demo model, not for clinical
+        use', or 'test model, ...' for models on a randomly initialised base; empty for the user's own."""
+        if not self.demo_notice:
+            return ""
+        return "demo model" if getattr(self, "provenance", {}).get("demo") else "test model"
 
     @property
     def spacing_problem(self) -> str | None:

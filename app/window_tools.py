@@ -170,7 +170,7 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
             + ([f"<span style='color:{theme.SEG_COLOUR}'>mask p_seg {fmt_p(v['p_seg'], cut['p_seg'])}</span>"]
                if r.has_seg else [])
             # the demonstration model's numbers say so wherever they appear (an exported frame too)
-            + ([f"<span style='color:{theme.TEXT_DIM}'>demo model, not for clinical use</span>"]
+            + ([f"<span style='color:{theme.TEXT_DIM}'>{m.notice_words}, not for clinical use</span>"]
                if m.demo_notice else []))
     fl = m.last_flags
     tags = []

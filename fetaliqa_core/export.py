@@ -186,6 +186,8 @@ def challenge_mask_metadata(assessment, frame: int) -> dict[str, str]:
     source = f"FetalIQA {summary.app_version}".strip() + f", models: {summary.models or 'unknown'}"
     if summary.demo:
         source += " (demonstration model, not for clinical use)"
+    elif getattr(summary, "random_base", False):
+        source += " (test model on a randomly initialised base, not for clinical use)"
     meta = {fio_keys.META_AC_STATUS: status, fio_keys.META_AC_NOTE: note[:900], fio_keys.META_SOURCE: source[:600]}
     if summary.spacing_problem:  # the header's ElementSpacing then only repeats the sweep's (1 x 1 when none)
         meta[fio_keys.META_SPACING] = fio_keys.META_SPACING_UNKNOWN + summary.spacing_problem[:600]

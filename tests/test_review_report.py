@@ -390,3 +390,21 @@ def test_the_csv_report_lists_a_sweep_with_nothing_flagged(tmp_path):
     row = dict(zip(REPORT_CSV_COLUMNS, rows[1]))
     assert row["path"] == "/quiet.mha" and row["frame"] == "" and row["threshold"] != ""
     assert all(len(r) == len(REPORT_CSV_COLUMNS) for r in rows)
+
+
+def test_a_run_of_models_on_a_random_base_carries_their_notice(tmp_path):
+    """The window's review run of a test model (randomly initialised base) carried no notice:
+    its report read like the user's own trained models'."""
+    from fetaliqa_core.review.report import RANDOM_BASE_REPORT_NOTICE
+
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    sid = s.add_sweep("c5" * 32, "/data/e.mha", 6)
+    p = np.linspace(0.1, 0.9, 6).astype(np.float32)
+    s.add_model_run(sid, {"cls": {"hash": "ab", "threshold": 0.5, "demo": False, "random_base": True}}, p,
+                    np.full(6, np.nan), np.zeros(6, int), p >= 0.5, chosen_frame=5)
+    rows = list(csv.DictReader(io.StringIO(report_csv_text(s))))
+    assert rows and all(r["notice"] == RANDOM_BASE_REPORT_NOTICE for r in rows)
+    out = tmp_path / "r.html"
+    build_report(s, out)
+    assert "randomly initialised base" in out.read_text(encoding="utf-8")
+    s.close()

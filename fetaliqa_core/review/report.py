@@ -271,6 +271,21 @@ DEMO_REPORT_NOTICE = ("Numbers from the demonstration model, trained on syntheti
                       "not for clinical use.")
 
 
+RANDOM_BASE_REPORT_NOTICE = ("Numbers from a test model trained on a randomly initialised base (not FetalCLIP, "
+                             "not pretrained): not for clinical use; they are not measurements of a patient.")
+
+
+def run_notice(run: ModelRun) -> str:
+    """The notice a run's numbers carry: the demonstration model's, a test model's (on a
+    randomly initialised base), or none for the user's own models."""
+    if is_demo_run(run):
+        return DEMO_REPORT_NOTICE
+    bundles = run.bundles if isinstance(run.bundles, dict) else {}
+    if any(isinstance(v, dict) and v.get("random_base") for v in bundles.values()):
+        return RANDOM_BASE_REPORT_NOTICE
+    return ""
+
+
 def is_demo_run(run: ModelRun) -> bool:
     """The run's models include the bundled demonstration model."""
     bundles = run.bundles if isinstance(run.bundles, dict) else {}
@@ -414,8 +429,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         parts.append(
             f'<p class="meta">Models: {_e(_bundle_text(run.bundles))}<br>'
             f"Run of {_e(_fmt_time(run.created))}; {_e(_threshold_text(run))}</p>")
-        if is_demo_run(run):
-            parts.append(f'<p class="warn"><b>{_e(DEMO_REPORT_NOTICE)}</b></p>')
+        if run_notice(run):
+            parts.append(f'<p class="warn"><b>{_e(run_notice(run))}</b></p>')
         chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
         # Only a number to act on is stored with a run; a doubtful reading is on the chosen frame's tile.
         ac = ("–" if run.chosen_frame is None else "– (none to act on: a doubtful reading, with why, is on the "
@@ -589,7 +604,7 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
         if not frames:  # a sweep in the review with nothing flagged, chosen or judged: one row, no frame
             t = None if run is None else run.thresholds
             thr = ["", "", ""] if t is None else [f"{t.value:.4f}", f"{t.model:.4f}",
-                                                  DEMO_REPORT_NOTICE if is_demo_run(run) else ""]
+                                                  run_notice(run)]
             writer.writerow([sweep.content_hash, sweep.path or ""] + [""] * 16 + thr + [""])
         for f in sorted(frames):
             i = sweep.sweep_index(f)
@@ -602,7 +617,7 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
             else:
                 t = run.thresholds
                 # The demonstration model's numbers say so on every row that carries them.
-                thr = [f"{t.value:.4f}", f"{t.model:.4f}", DEMO_REPORT_NOTICE if is_demo_run(run) else ""]
+                thr = [f"{t.value:.4f}", f"{t.model:.4f}", run_notice(run)]
                 chosen = run.chosen_frame == f
                 base += [_csv_num(run.p_cls[f]), _csv_num(run.p_seg[f]),
                          int(run.seg_area_px[f]), int(bool(run.flagged[f])), int(chosen),
