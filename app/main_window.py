@@ -689,26 +689,32 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             return
         reading = m.reading(ac, chosen)
         if reading.status == "no units":  # short here; the full reason in the tooltip
-            text = f"chosen frame {chosen}: AC not shown (pixel spacing; View menu)"
+            core = "AC not shown (pixel spacing; View menu)"
         elif reading.status == "doubtful":
-            text = f"chosen frame {chosen}: AC {reading.ac_mm:.1f} mm (doubtful)"
+            core = f"AC {reading.ac_mm:.1f} mm (doubtful)"
         else:
-            text = f"chosen frame {chosen}: AC {reading.ac_mm:.1f} mm · GA {reading.ga_text or '–'}"
+            core = f"AC {reading.ac_mm:.1f} mm · GA {reading.ga_text or '–'}"
+        asides = []
         # the choice resting on one model (they disagree on every frame): said as score says it
         summary = getattr(m.assessment, "summary", None)
         choice_note = str(getattr(summary, "choice_note", "") or "")
         if choice_note:
-            text += " · models disagree"
+            asides.append(" · models disagree")
         r = m.results
         partial = ""
         if r is not None and not r.complete:  # stopped (or still running): the rest may hold a better frame
-            text += f" · {r.n_done}/{r.n_frames} scored"
+            asides.append(f" · {r.n_done}/{r.n_frames} scored")
             partial = (f"Chosen among the {r.n_done} of {r.n_frames} frames scored so far; the others may hold "
                        "a better one (Resume scores them).")
+        notice = ""
         if m.demo_notice:
-            text += " · demo, not clinical" if m.notice_words == "demo model" else " · test model, not clinical"
-        self.status_ac.setText(text)
+            notice = " · demo, not clinical" if m.notice_words == "demo model" else " · test model, not clinical"
+        lead = f"chosen frame {chosen}: "
         self.status_ac.setToolTip("\n".join(t for t in (reading.note, choice_note, partial, m.demo_notice) if t))
+        # shorter forms for a narrow window: the asides go first, then 'chosen frame N:'; the AC and
+        # the notice stay
+        self.status_ac.set_answer([lead + core + "".join(asides) + notice, lead + core + notice,
+                                   f"frame {chosen}: {core}{notice}", core + notice])
 
     # -- misc ------------------------------------------------------------------------------
     def notify(self, text: str, timeout_ms: int = 8000) -> None:

@@ -69,10 +69,11 @@ class ElidedLabel(QLabel):
     """A one-line label that elides its text to the room it gets (the whole text in the
     tooltip) instead of being cut mid-word."""
 
-    def __init__(self, text: str = "", mode=Qt.ElideRight) -> None:
+    def __init__(self, text: str = "", mode=Qt.ElideRight, all_or_nothing: bool = False) -> None:
         super().__init__()
         self._full = text
         self._mode = mode
+        self._all_or_nothing = all_or_nothing  # a value cut off says nothing ('threshold …'): the whole or nothing
         self.setMinimumWidth(40)
         self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
 
@@ -106,23 +107,51 @@ class ElidedLabel(QLabel):
         # the room inside the label's margins (the status bar gives its labels some): eliding to
         # the whole width still cut the last characters
         room = max(self.contentsRect().width() - 2 * self.margin() - 2, 10)
-        shown = self.fontMetrics().elidedText(self._full, self._mode, room)
+        for text in self._alternatives():  # the first that fits whole
+            if self.fontMetrics().horizontalAdvance(text) <= room:
+                super().setText(text)
+                return
+        if self._all_or_nothing:
+            super().setText("")
+            return
+        shown = self.fontMetrics().elidedText(self._alternatives()[-1], self._mode, room)
         # a letter and an ellipsis say nothing: nothing then (the tooltip has the whole text)
-        super().setText("" if shown != self._full and len(shown.rstrip("…. ")) < 4 else shown)
+        super().setText("" if len(shown.rstrip("…. ")) < 4 else shown)
+
+    def _alternatives(self) -> list[str]:
+        """The texts to show, longest first (the whole text alone, here)."""
+        return [self._full]
 
 
 class AnswerLabel(ElidedLabel):
-    """The status bar's answer (chosen frame, AC, and the demo models' notice at its end): elided
-    in the middle when the window is narrow, so that its beginning and the notice both stay (cut
-    at its end, 'demo, not clinical' was lost first). ``text()`` is the whole answer; the tooltip
-    is set apart (the reasons)."""
+    """The status bar's answer (chosen frame, AC, and the demo models' notice at its end). When the
+    window is narrow it shows the longest of its shorter forms that fits (given with
+    :meth:`set_answer`: the asides dropped first, then 'chosen frame N:'), so that the AC's
+    number and the notice stay (cut at its end, 'demo, not clinical' was lost first; cut in its
+    middle, the number). ``text()`` is the whole answer; the tooltip is set apart (the reasons)."""
 
     def __init__(self) -> None:
-        super().__init__(mode=Qt.ElideMiddle)
+        super().__init__(mode=Qt.ElideRight)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
+        self._shorter: list[str] = []
 
     def text(self) -> str:  # noqa: D401 - Qt naming
         return self._full
+
+    def set_full_text(self, text: str, tooltip: str | None = None) -> None:
+        self._shorter = []
+        super().set_full_text(text, tooltip)
+
+    def set_answer(self, forms: list[str]) -> None:
+        """The answer, longest form first (the tooltip is left as it is)."""
+        forms = [f for f in forms if f] or [""]
+        tooltip = self.toolTip()
+        super().set_full_text(forms[0], tooltip)
+        self._shorter = forms[1:]
+        self._elide()
+
+    def _alternatives(self) -> list[str]:
+        return [self._full, *self._shorter]
 
 
 def segmenter_labels(models) -> tuple[int, ...]:
@@ -327,10 +356,11 @@ def build_status(win) -> None:
     1024 px wide window: the passing message and the model label give way first."""
     sb = win.statusBar()
     sb.setSizeGripEnabled(False)
-    win.status_frame = QLabel()
+    win.status_frame = ElidedLabel()
+    win.status_frame.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
     win.status_values = QLabel()
     win.status_ac = AnswerLabel()
-    win.status_threshold = ElidedLabel()
+    win.status_threshold = ElidedLabel(all_or_nothing=True)
     win.status_model = ElidedLabel()
     win.status_model.setObjectName("dim")
     win.status_model.setMaximumWidth(MODEL_LABEL_WIDTH)
