@@ -390,4 +390,4 @@ def test_a_dataset_folder_points_at_its_sweep_files(tmp_path, capsys):
     for folder in (tmp_path / "d", tmp_path / "d" / "images"):
         assert main(["score", str(folder), "--out", str(tmp_path / "o")]) == 1
         err = capsys.readouterr().err
-        assert "images/stacked_fetal_ultrasound holds image files" in err and "score them all" in err
+        assert "images/stacked_fetal_ultrasound holds image files" in err and "takes that folder, to score them all" in err

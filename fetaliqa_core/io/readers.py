@@ -103,8 +103,8 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         deeper = _folder_of_sweep_files(folder)
         if deeper is not None:  # e.g. a dataset in the ACOUSLIC layout, its sweeps in images/stacked_fetal_ultrasound
             raise FetalIQAError(f"{folder}: no DICOM series in this folder, but {deeper} holds image files: choose "
-                                + ("one of them (or that folder, to score them all)." if what == "sweep" else
-                                   f"the {what} file itself."))
+                                + ("one of them (`fetaliqa score` also takes that folder, to score them all)."
+                                   if what == "sweep" else f"the {what} file itself."))
         raise FetalIQAError(f"{folder}: no DICOM series in this folder. Choose the {what} file itself "
                             f"({SUPPORTED_FORMATS}), or a folder of DICOM files of one series.")
     # Several series: take the one with most frames (the cine; others are usually single captures,
