@@ -1055,8 +1055,10 @@ def test_a_damaged_gzip_nifti_is_one_line_never_a_zlib_error(tmp_path):
             pass
 
 
-@pytest.mark.parametrize("scale, dtype", [(257, np.uint16), (16, np.uint16), (256, np.uint16), (64, np.uint16)])
-def test_an_8_bit_sweep_stored_wider_keeps_its_grey_levels(tmp_path, scale, dtype):
+@pytest.mark.parametrize("scale, dtype, gain", [(257, np.uint16, 1.0), (16, np.uint16, 1.0), (256, np.uint16, 1.0),
+                                                (64, np.uint16, 1.0), (16, np.int16, 1.0), (257, np.uint16, 0.6),
+                                                (16, np.uint16, 0.6)])
+def test_an_8_bit_sweep_stored_wider_keeps_its_grey_levels(tmp_path, scale, dtype, gain):
     """The same sweep as 16-bit (x257, x256), 12-bit (x16) or 14-bit (x64) was windowed between
     its percentiles, 6 % more contrast than the 8-bit file: the models answered differently."""
     rng = np.random.default_rng(3)
@@ -1065,6 +1067,7 @@ def test_an_8_bit_sweep_stored_wider_keeps_its_grey_levels(tmp_path, scale, dtyp
     eight[:, 30, 20:40] = 230
     eight[:, :, :10] = 0  # the dark outside a fan
     assert np.percentile(eight, 99.5) < 170
+    eight = (eight * gain).astype(np.uint8)  # a low gain: nothing above 140
     paths = []
     for name, arr in (("eight.mha", eight), ("wide.mha", (eight.astype(np.uint32) * scale).astype(dtype))):
         sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / name))

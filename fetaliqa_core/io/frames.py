@@ -134,8 +134,9 @@ def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float
     * Values that already are grey levels are kept as they are: integers within 0-255 (8-bit
       frames stored as 16-bit), floats within 0-1 (frames normalised to 1; a little overshoot from
       resampling is clipped), and floats within 0-255 that use more than 0-1.5.
-    * Unsigned integers reaching the upper half of 12, 14 or 16 bits (an 8-bit sweep stored wider)
-      are shown linearly over that depth (:func:`_bit_depth_range`).
+    * Integers that look like grey levels of 12, 14 or 16 bits (black at 0, bright echoes in the
+      upper part: an 8-bit sweep stored wider) are shown linearly over that depth
+      (:func:`_bit_depth_range`).
     * Anything else is windowed between the 0.5th and 99.5th percentiles of the finite values, so
       a few outliers cannot squash the rest.
     """
@@ -179,23 +180,25 @@ def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float
     return p_lo, p_hi, padding
 
 
-#: At least this share of the pixels must lie in the upper half of a bit depth for frames to be
-#: taken as grey levels of that depth (one hot pixel is not enough).
+#: At least this share of the pixels must lie in the upper three quarters of a bit depth for
+#: frames to be taken as grey levels of that depth (one hot pixel is not enough).
 BIT_DEPTH_SHARE = 0.001
 
 
 def _bit_depth_range(dtype: np.dtype, content: np.ndarray, mx: float) -> float | None:
-    """The top of the bit depth (12, 14 or 16 bits) of unsigned frames that use its upper half
-    (at least :data:`BIT_DEPTH_SHARE` of their pixels there): grey levels of that depth (an 8-bit
-    sweep stored as 12 or 16 bits: x16, x257, shifted), shown linearly over it, so that the same
-    sweep in another depth gives the same grey levels (a percentile window stretched them, and
-    the models then answered differently). Not judged on a high percentile: an ultrasound frame
-    is mostly dark (its 99.5th percentile lies near half its range), its bright echoes few. None
-    otherwise."""
-    if not np.issubdtype(dtype, np.unsignedinteger) or mx <= 255:
+    """The top of the bit depth (12, 14 or 16 bits) of integer frames that look like grey levels
+    of that depth (an 8-bit sweep stored as 12 or 16 bits: x16, x257, shifted): their black is
+    black (their minimum in the bottom 1/256 of the depth) and at least :data:`BIT_DEPTH_SHARE` of
+    their pixels lie in its upper three quarters. They are shown linearly over the depth, so
+    that the same sweep in another depth gives the same grey levels (a percentile window
+    stretched them, and the models then answered differently). Not judged on a high
+    percentile: an ultrasound frame is mostly dark, its bright echoes few. None otherwise."""
+    if not np.issubdtype(dtype, np.integer) or mx <= 255 or content.size == 0:
         return None
     top = next((float((1 << b) - 1) for b in (12, 14, 16) if mx <= (1 << b) - 1), None)
-    if top is None or np.count_nonzero(content >= (top + 1) / 2) < BIT_DEPTH_SHARE * content.size:
+    if top is None or float(content.min()) > top / 256:
+        return None
+    if np.count_nonzero(content >= top / 4) < BIT_DEPTH_SHARE * content.size:
         return None
     return top
 
