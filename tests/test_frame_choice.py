@@ -437,6 +437,20 @@ def test_a_skull_outline_is_not_an_abdomen_at_any_gain_or_fan(fov, gain):
         assert a.plausible and a.reason == "" and a.rim < fc.SKULL_RIM_RATIO
 
 
+def test_a_large_head_whose_outer_band_leaves_the_image_is_still_a_skull():
+    """The skull's band reaches 1.25 of the outline outwards: for a head filling the field of view
+    it lies outside it along most angles and gave no verdict, so three skulls read 'AC 249-288 mm,
+    GA 29-33w' without a doubt. The outline's own band decides then."""
+    for seed, axes in enumerate([(60, 54), (52, 47)]):
+        fov = ellipse((112, 112), (int(axes[0] * 1.15), int(axes[1] * 1.15))) > 0  # a field just round the head
+        head, mask = _scene("head", center=(112, 112), axes=axes, seed=seed, fov=fov)
+        assert fc.rim_ratio(head, fov, fc.mask_shape(mask, fov, 0.3).ellipse, fc.SKULL_BAND) is None
+        h = fc.mask_shape(mask, fov, 0.3, grey=head)
+        assert not h.plausible and h.reason == fc.SKULL_REASON
+        abdomen, mask = _scene("abdomen", center=(112, 112), axes=axes, seed=seed, fov=fov)
+        assert fc.mask_shape(mask, fov, 0.3, grey=abdomen).plausible
+
+
 def test_an_outline_far_outside_the_body_is_not_an_abdomens():
     """A mask 40 % larger than the abdomen it covers has its outline in the fluid around it (the
     AC would be 40 % too long): not plausible, with the reason. One 10 % larger still follows the

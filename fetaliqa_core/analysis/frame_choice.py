@@ -410,6 +410,10 @@ def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | N
         return shape
     r = rim_ratio(grey, fov, shape.ellipse)
     skull = rim_ratio(grey, fov, shape.ellipse, SKULL_BAND)
+    if skull is None:
+        # a large head: the wider band leaves the image or the fan along most angles; the outline's
+        # own band still sees its ring (three skulls read 'AC 249-288 mm, GA 29-33w' without a doubt)
+        skull = r
     if skull is not None and skull >= SKULL_RIM_RATIO:
         return replace(shape, plausible=False, quality=0.0, reason=SKULL_REASON, rim=skull)
     if r is not None and r < FLUID_RIM_RATIO:
