@@ -388,6 +388,18 @@ def test_a_series_whose_instance_numbers_do_not_order_it_is_ordered_by_time_or_s
                ImagePositionPatient=[0, 0, -2.0 * k], ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
     order, notes = levels(backwards)
     assert order == [10 * k for k in range(6)] and "carry no Instance Number" in notes
+    # numbers counting down while the times go up: the numbers' order, said (it was silent)
+    counted = tmp_path / "counted_down"
+    counted.mkdir()
+    for k in range(6):
+        _dicom(counted / f"c{k}.dcm", frame(k), series="1.2.3.41", instance=6 - k, AcquisitionTime=f"0900{k:02d}")
+    order, notes = levels(counted)
+    assert order == [10 * k for k in range(6)][::-1] and "acquisition times run backwards" in notes
+    forwards = tmp_path / "forwards"
+    forwards.mkdir()
+    for k in range(6):
+        _dicom(forwards / f"f{k}.dcm", frame(k), series="1.2.3.43", instance=k + 1, AcquisitionTime=f"0900{k:02d}")
+    assert "backwards" not in levels(forwards)[1]
     midnight = tmp_path / "midnight"
     midnight.mkdir()
     for k in range(6):  # times of day alone, across midnight: 23:59:57 ... 00:00:02

@@ -751,6 +751,23 @@ def _across_midnight(seconds: list[float]) -> list[float]:
     return [(t - start) % 86400.0 for t in seconds]
 
 
+def _times_disagree(ordered: list[str], members: dict) -> str:
+    """A note when the acquisition (or content) times of files put in Instance Number order run
+    backwards all along (a writer that numbered the frames from the last): the order used is said,
+    not changed. Empty when the times agree, or do not all exist and differ."""
+    times = [members[name].time for name in ordered]
+    if len(times) < 3 or any(t is None for t in times) or len({t[0] for t in times}) != 1:
+        return ""
+    seconds = [float(t[1]) for t in times]
+    if times[0][0] in ("AcquisitionTime", "ContentTime"):
+        seconds = _across_midnight(seconds)
+    steps = np.diff(np.asarray(seconds, dtype=np.float64))
+    if steps.size and (steps < 0).all():
+        return ("the frames are in the order of their Instance Numbers, but their acquisition times run "
+                "backwards along it: if the sweep plays backwards, its files were numbered from the last frame")
+    return ""
+
+
 def _acquisition_order(files: list[str], orders: list[_Member | None]) -> tuple[list[str], str]:
     """A cine's files in acquisition order: by Instance Number when every file has a distinct one
     (PS3.3 C.7.6.1; the series scan sorts by position, which a tracked probe may run backwards);
@@ -764,7 +781,8 @@ def _acquisition_order(files: list[str], orders: list[_Member | None]) -> tuple[
     members: list[_Member] = orders  # type: ignore[assignment]
     numbers = [m.instance for m in members]
     if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
-        return [name for _, name in sorted(zip(numbers, files))], ""
+        ordered = [name for _, name in sorted(zip(numbers, files))]
+        return ordered, _times_disagree(ordered, dict(zip(files, members)))
     if not any(n is not None for n in numbers):
         why = "the DICOM files carry no Instance Number"
     else:
