@@ -390,7 +390,8 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                          "shown and scored as stored")
         ycbcr = components == 3 and _jfif_labelled_rgb(dicom_file)
     else:
-        spacing_mm = (spacing_mm[0] * spacing_scale[0], spacing_mm[1] * spacing_scale[1])
+        # (rounded: 0.035 cm read back as 0.35000000000000003 mm)
+        spacing_mm = (float(f"{spacing_mm[0] * spacing_scale[0]:.9g}"), float(f"{spacing_mm[1] * spacing_scale[1]:.9g}"))
         source, note = classify_header_spacing(spacing_mm, recorded=True)
         if full_suffix(path) in _PICTURE_SUFFIXES:
             kind = {".tif": "TIFF", ".jpg": "JPEG"}.get(full_suffix(path), full_suffix(path)[1:].upper())
