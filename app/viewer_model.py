@@ -499,7 +499,9 @@ class ViewerModel:
         problem = None if a is None else a.mask_problem(int(frame))
         disagreement = None if a is None else a.disagreement(int(frame))
         prov = getattr(self, "provenance", {}) or {}
-        doubt = analysis.units.model_doubt(bool(prov.get("demo")))
+        doubt = analysis.units.model_doubt(bool(prov.get("demo")),
+                                           None if self.sweep is None or self.spacing_problem
+                                           else self.sweep.spacing_mm)
         return analysis.read_ac(None if ac is None else ac.ac_mm, self.spacing_problem, problem, disagreement,
                                 doubt)
 

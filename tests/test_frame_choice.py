@@ -325,6 +325,24 @@ def test_an_ac_from_the_demonstration_models_is_never_a_number_to_act_on():
     assert [s.ac_status for s in demo.summary.sweeps if s.best_frame >= 0] == ["doubtful"]
 
 
+def test_an_ac_from_frames_the_models_saw_stretched_is_doubtful():
+    """Pixels that are not square reach the models as stored: a 0.2 x 0.3 mm copy of a sweep read
+    its AC 9 % short (the models were trained on square pixels). Such an AC is not one to act on,
+    and says why; on square pixels it is."""
+    import dataclasses
+
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+
+    sweep, res = _scored_case(ellipse((112, 112), (40, 34)))
+    thresholds = Thresholds(value=0.5, model=0.5)
+    assert assess(sweep, res, thresholds).summary.chosen_ac["status"] == "ok"
+    stretched = dataclasses.replace(sweep, spacing_mm=(0.5, 0.35))
+    reading = assess(stretched, res, thresholds).summary.chosen_ac
+    assert reading["status"] == "doubtful" and "pixels are not square (0.35 mm wide x 0.5 mm high)" in reading["note"]
+    near = dataclasses.replace(sweep, spacing_mm=(0.5, 0.49))  # 2 %: square to the models
+    assert assess(near, res, thresholds).summary.chosen_ac["status"] == "ok"
+
+
 def test_a_model_on_a_random_base_says_so(tmp_path):
     """Bundles trained on a randomly initialised base (a test run) were shown like any trained
     model, without a word: they carry a notice now (their ACs read as the user's own models')."""

@@ -484,7 +484,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     kinds = list(getattr(sweep, "sweep_kinds", []) or [])
     spacing_problem = getattr(sweep, "spacing_problem", None)
     prov = provenance or {}
-    doubt_of_models = model_doubt(bool(prov.get("demo")))
+    doubt_of_models = model_doubt(bool(prov.get("demo")), None if spacing_problem else sweep.spacing_mm)
     sweeps: list[SweepSummary] = []
     for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
         frame = b.frame if (b is not None and b.passes) else -1

@@ -143,11 +143,35 @@ DEMO_MODEL_DOUBT = ("from a demonstration model trained on synthetic sweeps only
                     "reliable outside them: not a measurement")
 
 
-def model_doubt(demo: bool) -> str | None:
-    """Why the models themselves cannot give an AC to act on: a demonstration model; None for
-    the user's own (a test model on a randomly initialised base is labelled as such, not
-    doubted: it stands for the user's own models in the tests)."""
-    return DEMO_MODEL_DOUBT if demo else None
+#: Pixels whose sides differ by more than this share are not square to the models: they see the
+#: frames stretched (the models are trained on square pixels, as ACOUSLIC's are).
+SQUARE_PIXEL_TOLERANCE = 0.05
+
+
+def stretch_doubt(spacing_mm) -> str | None:
+    """Why an AC from the models is not to be acted on when the sweep's pixels are not square:
+    the frames reach the models stretched (as stored), and their masks are those of a stretched
+    body (a 0.2 x 0.3 mm copy of a sweep read its AC 9 % short, though the AC itself is measured
+    in mm). None for square pixels or an unknown size."""
+    if spacing_mm is None:
+        return None
+    try:
+        row, col = (float(v) for v in spacing_mm)
+    except (TypeError, ValueError):
+        return None
+    if not (row > 0 and col > 0) or abs(row - col) <= SQUARE_PIXEL_TOLERANCE * max(row, col):
+        return None
+    return (f"the pixels are not square ({col:g} mm wide x {row:g} mm high): the models saw the frames "
+            "stretched, so their mask may be off; resample the sweep to square pixels")
+
+
+def model_doubt(demo: bool, spacing_mm=None) -> str | None:
+    """Why the models themselves cannot give an AC to act on: a demonstration model, or frames
+    they saw stretched (:func:`stretch_doubt`); None for the user's own on square pixels (a test
+    model on a randomly initialised base is labelled as such, not doubted: it stands for the
+    user's own models in the tests)."""
+    reasons = [r for r in (DEMO_MODEL_DOUBT if demo else None, stretch_doubt(spacing_mm)) if r]
+    return "; ".join(reasons) or None
 
 
 def read_ac(ac_mm: float | None, spacing_problem: str | None = None,

@@ -245,13 +245,13 @@ def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | Non
     model's and the value is in the plausible range, else marked doubtful (no GA either way)."""
     from fetaliqa_core.analysis import frame_choice
     from fetaliqa_core.analysis.ac import resolve_fov
-    from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, read_ac
+    from fetaliqa_core.analysis.units import model_doubt, read_ac
 
     region = np.asarray(mask) > 0
     px_mm = (float(sweep.spacing_mm[0]), float(sweep.spacing_mm[1]))
     grey = None if frame is None or np.asarray(frame).shape != region.shape else np.asarray(frame)
     shape = frame_choice.mask_shape(region, resolve_fov(fov, region.shape), px_mm, grey=grey)
-    r = read_ac(ac.ac_mm, None, shape.problem, disagreement, DEMO_MODEL_DOUBT if demo else None)
+    r = read_ac(ac.ac_mm, None, shape.problem, disagreement, model_doubt(demo, px_mm))
     return f"AC {r.ac_mm:.1f} mm" + ("" if r.trusted else " (doubtful)")
 
 
