@@ -448,3 +448,24 @@ def test_ac_with_its_sweep_says_what_reading_the_sweep_found(tmp_path, capsys):
     main(["ac", str(path), "--sweep", str(tmp_path / "sweep.mha"), "--json"])
     record = json.loads(capsys.readouterr().out)
     assert any(n.startswith("sweep:") and "hold no number" in n for n in record["read_notes"])
+
+
+def test_a_mask_scored_with_a_given_spacing_is_measured_with_its_sweep(tmp_path, capsys):
+    """`score SWEEP --spacing 0.3` writes a mask recording that size as given for its sweep; `ac
+    MASK --sweep SWEEP` called the two sizes a disagreement (0.3 against the file's 0.28) and
+    measured nothing."""
+    from fetaliqa_core.io import META_SPACING, META_SPACING_OF_SWEEP
+
+    frames = np.full((2, 120, 160), 60, np.uint8)
+    image = sitk.GetImageFromArray(frames)
+    image.SetSpacing((0.28, 0.28, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "sweep.mha"))
+    masks = np.zeros((2, 120, 160), np.uint8)
+    cv2.ellipse(masks[1], (80, 60), (30, 24), 0, 0, 360, 1, -1)
+    mask = sitk.GetImageFromArray(masks)
+    mask.SetSpacing((0.3, 0.3, 1.0))
+    mask.SetMetaData(META_SPACING, f"{META_SPACING_OF_SWEEP}user")
+    sitk.WriteImage(mask, str(tmp_path / "mask.mha"))
+    main(["ac", str(tmp_path / "mask.mha"), "--sweep", str(tmp_path / "sweep.mha"), "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert record["spacing_mm"] == [0.3, 0.3] and record["ac_mm"] is not None and record["spacing_problem"] is None

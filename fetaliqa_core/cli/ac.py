@@ -149,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
     if sweep is not None and args.spacing is None:
         # the sweep's calibration stands for its mask's: a mask file's pixel size may be a writer's
         sweep_spacing = tuple(sweep.spacing_mm)
-        if sweep.spacing_problem is None and problem is None and not fspacing.same_pixel_size(spacing, sweep_spacing):
+        given_for_it = of_sweep and source.strip() == fio.SPACING_FROM_USER  # score --spacing wrote it: that stands
+        if (sweep.spacing_problem is None and problem is None and not given_for_it
+                and not fspacing.same_pixel_size(spacing, sweep_spacing)):
             source, problem = fio.SPACING_NONE, fspacing.problem(spacing, fio.SPACING_NONE, (
                 f"the mask's pixel size, {spacing_text(spacing)} ({source}), and its sweep's, "
                 f"{spacing_text(sweep_spacing)} ({sweep.spacing_source}), disagree: one of them is wrong"))
