@@ -297,18 +297,20 @@ def test_thumbnail_ac_is_plain_only_on_an_abdomens_outline():
         cv2.ellipse(mask, (200, 150), axes, 10, 0, 360, 1, -1)
         ac = measure_ac(mask > 0, sweep.spacing_mm, fov=fov)
         texts.append(_thumbnail_ac_text(mask, ac, sweep, fov))
-    assert texts[0].endswith("(doubtful)") and texts[0].startswith("AC ")
+    assert "(doubtful: " in texts[0] and "elongated" in texts[0] and texts[0].startswith("AC ")
     assert texts[1].startswith("AC ") and "doubtful" not in texts[1]
     # the same round mask on a frame where it runs along a bright bone ring round a dark inside
     # (a head, at the frame's own size): doubtful, as the viewer and `score` read it
     frame = np.full((300, 400), 10, np.uint8)
     cv2.ellipse(frame, (200, 150), (70, 60), 10, 0, 360, 200, -1)
     cv2.ellipse(frame, (200, 150), (62, 52), 10, 0, 360, 40, -1)
-    assert _thumbnail_ac_text(mask, ac, sweep, fov, frame).endswith("(doubtful)")
+    assert "(doubtful: " in _thumbnail_ac_text(mask, ac, sweep, fov, frame) and "skull" in _thumbnail_ac_text(
+        mask, ac, sweep, fov, frame)
     flat = np.where(mask > 0, 100, 10).astype(np.uint8)  # an even inside: an abdomen's reading
     assert "doubtful" not in _thumbnail_ac_text(mask, ac, sweep, fov, flat)
     # the same abdomen's outline on a frame the classifier does not call: doubtful too
-    assert _thumbnail_ac_text(mask, ac, sweep, fov, flat, "the classifier does not call it").endswith("(doubtful)")
+    assert _thumbnail_ac_text(mask, ac, sweep, fov, flat, "the classifier does not call it").endswith(
+        "(doubtful: the classifier does not call it; check the frame)")
 
 
 def test_thumbnail_doubt_follows_the_viewer_for_both_models():

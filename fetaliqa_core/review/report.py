@@ -252,7 +252,8 @@ def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | Non
     grey = None if frame is None or np.asarray(frame).shape != region.shape else np.asarray(frame)
     shape = frame_choice.mask_shape(region, resolve_fov(fov, region.shape), px_mm, grey=grey)
     r = read_ac(ac.ac_mm, None, shape.problem, disagreement, model_doubt(demo, px_mm))
-    return f"AC {r.ac_mm:.1f} mm" + ("" if r.trusted else " (doubtful)")
+    # the reason too (the summary points here for it): 'doubtful' alone said nothing of why
+    return f"AC {r.ac_mm:.1f} mm" + ("" if r.trusted else f" (doubtful: {r.note})")
 
 
 def _thumbnail_doubt(run, f: int) -> str | None:
@@ -433,8 +434,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
             parts.append(f'<p class="warn"><b>{_e(run_notice(run))}</b></p>')
         chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
         # Only a number to act on is stored with a run; a doubtful reading is on the chosen frame's tile.
-        ac = ("–" if run.chosen_frame is None else "– (none to act on: a doubtful reading, with why, is on the "
-               "chosen frame's picture below)") if run.ac_mm is None else (
+        ac = ("–" if run.chosen_frame is None else "– (none to act on: doubtful or not measurable; the chosen "
+               "frame's picture, when the sweep is shown, gives its reading and why)") if run.ac_mm is None else (
             f"{run.ac_mm:.1f} mm")
         parts.append(_grid(
             ["Chosen frame", "AC at chosen frame", "GA (Hadlock)", "Flagged frames"],
