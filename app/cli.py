@@ -356,7 +356,7 @@ def run(args) -> int:
     try:
         outcome = run_window(args.sweep, choice, args.screenshot, args.exit_when_scored, args.max_seconds,
                              headless=headless, review_db=args.db, scores_dir=args.save_scores,
-                             spacing_mm=getattr(args, "spacing", None))
+                             spacing_mm=getattr(args, "spacing", None), keep_window=args.save_scores is not None)
     except KeyboardInterrupt:
         end_without_loading_models(130, "fetaliqa: interrupted")
         raise
@@ -378,6 +378,13 @@ def end_without_loading_models(code: int, line: str = "") -> None:
 
 
 def _report_outcome(args, outcome) -> int:
+    try:
+        return _report(args, outcome)
+    finally:
+        outcome.window = None  # (kept for the answer line only)
+
+
+def _report(args, outcome) -> int:
     if outcome.screenshot is not None:
         print(f"screenshot: {outcome.screenshot}")
     elif args.screenshot is not None:
@@ -385,6 +392,10 @@ def _report_outcome(args, outcome) -> int:
         return 1
     if args.save_scores is not None:
         if outcome.scores:
+            if outcome.window is not None:  # the answer and its notice, as `score` and `demo` print them
+                from app.cli_demo import answer_line
+
+                print(f"answer: {answer_line(outcome.window)}")
             print(f"scores: {args.save_scores}")
         else:
             print(f"fetaliqa: no scores written ({outcome.message or 'nothing was scored'})", file=sys.stderr)

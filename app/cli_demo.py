@@ -33,7 +33,10 @@ def answer_line(window) -> str:
         kind = m.sweep_kinds[k] if k < len(m.sweep_kinds) else "unknown"
         where = f" (sweep {k + 1}{'' if kind == 'unknown' else ', ' + kind})"
     text = window.status_ac.text() or "no frame chosen"
-    why = [line for line in window.status_ac.toolTip().splitlines() if line.strip()]  # the reading's note, the notice
+    # the reading's note and the notice, as the tooltip gives them (not the answer again)
+    why = [line for line in window.status_ac.toolTip().splitlines() if line.strip() and line.strip() != text]
+    if m.demo_notice and m.demo_notice not in why:  # (also when no frame passes: the numbers are the models')
+        why.append(m.demo_notice)
     return "\n  ".join([text + where, *why])
 
 
