@@ -11,7 +11,6 @@ the window mid-run never leaves a thread running.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import traceback
@@ -489,12 +488,9 @@ def end_process(code: int) -> None:
     _wait_detached(abandonable=False)
     if not abandoned_work_running():
         return
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-    os._exit(code)
+    from fetaliqa_core.cli import exit_now
+
+    exit_now(code)
 
 
 def load_sweep_for_viewer(path: str | Path):

@@ -340,7 +340,7 @@ def test_closing_while_the_models_load_ends_the_process_without_waiting_for_them
         raise Exited(code)
 
     monkeypatch.setattr(choice, "load_models", slow_load)
-    monkeypatch.setattr(worker.os, "_exit", fake_exit)
+    monkeypatch.setattr(os, "_exit", fake_exit)
     QTimer.singleShot(800, lambda: os.kill(os.getpid(), signal.SIGINT))
     t0 = time.monotonic()
     try:

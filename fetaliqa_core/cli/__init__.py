@@ -171,21 +171,28 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def exit_now(code: int) -> None:
+    """End the process at once with ``code``, its output flushed first (no interpreter shutdown:
+    nothing else runs, nothing is waited for)."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
+
+
 def end_with_on_terminate(code: int) -> None:
     """Once a command has ended, SIGTERM ends the process with that command's status: arriving
     while the interpreter shut down, it killed a finished run (status 143, after 'scored 3 of 3
     sweeps' was printed)."""
-    import os
     import signal
     import threading
 
     def finished(*_) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
-        os._exit(code)
+        exit_now(code)
 
     if threading.current_thread() is threading.main_thread():
         try:

@@ -457,11 +457,7 @@ def _gzip_readable(path: Path) -> bool:
 def _format_by_content(path: Path) -> tuple[str, str] | None:
     """``(kind, suffix)`` of a sweep file its name does not tell (a MetaImage, NRRD or NIfTI-1
     file named otherwise), from its first bytes; None for anything else."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(352)
-    except OSError:
-        return None
+    head = _head(path, 352)
     if head[:7] == b"NRRD000":
         return "NRRD", ".nrrd"
     first = head.split(b"\n", 1)[0].strip().lower()
@@ -493,13 +489,18 @@ def _nifti_size_field(head: bytes) -> bool:
 _STILL_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"mif1", b"msf1", b"avif", b"avis")
 
 
-def _archive_kind(path: Path) -> str | None:
-    """'ZIP', '7-Zip', 'tar' or 'RAR' for an archive of files (None for anything else)."""
+def _head(path: Path, n: int) -> bytes:
+    """The first ``n`` bytes of a file (fewer for a shorter one; none when it cannot be read)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(262)
+            return fh.read(n)
     except OSError:
-        return None
+        return b""
+
+
+def _archive_kind(path: Path) -> str | None:
+    """'ZIP', '7-Zip', 'tar' or 'RAR' for an archive of files (None for anything else)."""
+    head = _head(path, 262)
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "ZIP"
     if head[:6] == b"7z\xbc\xaf\x27\x1c":
@@ -513,11 +514,7 @@ def _archive_kind(path: Path) -> str | None:
 
 def _video_container(path: Path) -> str | None:
     """The kind of video file ``path`` is, from its first bytes (None for anything else)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError:
-        return None
+    head = _head(path, 16)
     if head[4:8] == b"ftyp":
         return None if head[8:12] in _STILL_BRANDS else "MP4 / QuickTime"
     if head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
