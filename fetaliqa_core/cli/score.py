@@ -8,11 +8,12 @@ from pathlib import Path
 
 from fetaliqa_core.cli._args import shown, spacing_mm
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.io._common import SWEEP_FILE_SUFFIXES
 from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
 HELP = "Score every frame of a sweep and write frames.csv and summary.json."
 
-SWEEP_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz", ".dcm")
+SWEEP_SUFFIXES = (*SWEEP_FILE_SUFFIXES, ".dcm")
 #: Pixel data files beside a header (.mhd, .nhdr): part of that sweep, never left out with a word.
 DATA_SUFFIXES = (".raw", ".zraw", ".raw.gz", ".dat", ".img")
 

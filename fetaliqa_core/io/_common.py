@@ -38,6 +38,8 @@ META_SPACING_UNKNOWN = "unknown: "
 META_KEYS = (META_SWEEP_RANGES, META_SWEEP_KINDS, META_AC_STATUS, META_AC_NOTE, META_SOURCE, META_SPACING)
 
 SUPPORTED_FORMATS = ".mha, .mhd, .nrrd, .nhdr, .nii, .nii.gz, DICOM (.dcm file or series folder)"
+#: The endings of sweep files other than DICOM (which is known by its content as well).
+SWEEP_FILE_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz")
 
 CHUNK_FRAMES = 16
 

@@ -26,6 +26,7 @@ from fetaliqa_core.io._common import (
     SPACING_FROM_HEADER,
     SPACING_NONE,
     SUPPORTED_FORMATS,
+    SWEEP_FILE_SUFFIXES,
     Raw,
     check_cancelled,
     fmt_dims,
@@ -284,30 +285,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
-        if "Unable to determine ImageIO" in reason and has_dicom_magic(path):
-            raise FetalIQAError(f"{path}: a DICOM file whose pixels this reader cannot decode ({_dicom_pixel_format(path)}). "
-                                "Export the sweep with 8- or 16-bit grey or RGB pixels.") from None
-        packed = _archive_kind(path) if "Unable to determine ImageIO" in reason else None
-        if packed:
-            raise FetalIQAError(f"{path}: a {packed} archive of files, not an image: unpack it and choose the "
-                                f"{what} file{' (or its folder)' if what == 'sweep' else ''} inside.") from None
-        video = _video_container(path) if "Unable to determine ImageIO" in reason else None
-        if video:
-            raise FetalIQAError(f"{path}: a video file ({video}); FetalIQA reads sweeps from image files. Export "
-                                "the sweep's frames as DICOM, .mha, .nrrd or .nii (or a multi-page TIFF) and "
-                                "open that.") from None
-        if "Unable to determine ImageIO" in reason and full_suffix(path).endswith(".gz") and not _gzip_readable(path):
-            raise FetalIQAError(f"{path}: the file's compressed data is damaged (or it is no gzip file): it cannot "
-                                "be read. Copy or export it again.") from None
-        named = _format_by_content(path) if "Unable to determine ImageIO" in reason else None
-        if named:
-            kind, suffix = named
-            raise FetalIQAError(f"{path}: this is a {kind} file, but its name does not end in {suffix}, and image "
-                                f"readers go by the name: rename it (or a copy) to end in {suffix} and open that."
-                                ) from None
-        if "Unable to determine ImageIO" in reason:
-            raise FetalIQAError(f"{path}: not a readable image file (no supported image header found). "
-                                f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.") from None
+        if "Unable to determine ImageIO" in reason:  # no reader takes it: say what the file is
+            raise FetalIQAError(_no_image_reader(path, what)) from None
         if "Unknown PixelType" in reason:  # e.g. a PNG of grey with transparency
             raise FetalIQAError(f"{path}: its pixels are of a kind the image reader does not read ({reason.strip(': ')}; "
                                 "grey with transparency, for one). Save the image as grey or RGB.") from None
@@ -444,6 +423,32 @@ def _tiff_page_layouts(path: Path) -> list[tuple[tuple[int, int], str]]:
         return []
 
 
+def _no_image_reader(path: Path, what: str) -> str:
+    """Why no image reader takes ``path``, from what the file is: a DICOM file of pixels none
+    decodes, an archive, a video, a damaged gzip stream, a sweep file named as another kind, or
+    nothing known."""
+    if has_dicom_magic(path):
+        return (f"{path}: a DICOM file whose pixels this reader cannot decode ({_dicom_pixel_format(path)}). "
+                "Export the sweep with 8- or 16-bit grey or RGB pixels.")
+    packed = _archive_kind(path)
+    if packed:
+        return (f"{path}: a {packed} archive of files, not an image: unpack it and choose the "
+                f"{what} file{' (or its folder)' if what == 'sweep' else ''} inside.")
+    video = _video_container(path)
+    if video:
+        return (f"{path}: a video file ({video}); FetalIQA reads sweeps from image files. Export "
+                "the sweep's frames as DICOM, .mha, .nrrd or .nii (or a multi-page TIFF) and open that.")
+    if full_suffix(path).endswith(".gz") and not _gzip_readable(path):
+        return f"{path}: the file's compressed data is damaged (or it is no gzip file): it cannot be read. Copy or export it again."
+    named = _format_by_content(path)
+    if named:
+        kind, suffix = named
+        return (f"{path}: this is a {kind} file, but its name does not end in {suffix}, and image "
+                f"readers go by the name: rename it (or a copy) to end in {suffix} and open that.")
+    return (f"{path}: not a readable image file (no supported image header found). "
+            f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.")
+
+
 def _gzip_readable(path: Path) -> bool:
     """Whether the start of a gzip file inflates (a header's worth)."""
     try:
@@ -469,8 +474,6 @@ def _format_by_content(path: Path) -> tuple[str, str] | None:
         return "NIfTI", ".nii"
     if head[:2] == b"\x1f\x8b":
         try:
-            import gzip
-
             with gzip.open(path, "rb") as fh:
                 inner = fh.read(348)
             if inner[344:347] == b"n+1" and _nifti_size_field(inner):
@@ -749,6 +752,12 @@ def _across_midnight(seconds: list[float]) -> list[float]:
     return [(t - start) % 86400.0 for t in seconds]
 
 
+def _time_seconds(times: list) -> list[float]:
+    """The files' times of one kind in seconds, times of day taken across midnight."""
+    seconds = [float(t[1]) for t in times]
+    return _across_midnight(seconds) if times[0][0] in ("AcquisitionTime", "ContentTime") else seconds
+
+
 def _times_disagree(ordered: list[str], members: dict) -> str:
     """A note when the acquisition (or content) times of files put in Instance Number order run
     backwards all along (a writer that numbered the frames from the last): the order used is said,
@@ -756,9 +765,7 @@ def _times_disagree(ordered: list[str], members: dict) -> str:
     times = [members[name].time for name in ordered]
     if len(times) < 3 or any(t is None for t in times) or len({t[0] for t in times}) != 1:
         return ""
-    seconds = [float(t[1]) for t in times]
-    if times[0][0] in ("AcquisitionTime", "ContentTime"):
-        seconds = _across_midnight(seconds)
+    seconds = _time_seconds(times)
     steps = np.diff(np.asarray(seconds, dtype=np.float64))
     if steps.size and (steps < 0).all():
         return ("the frames are in the order of their Instance Numbers, but their acquisition times run "
@@ -790,9 +797,7 @@ def _acquisition_order(files: list[str], orders: list[_Member | None]) -> tuple[
     times = [m.time for m in members]
     if (all(t is not None for t in times) and len({t[0] for t in times}) == 1  # type: ignore[index]
             and len({t[1] for t in times}) == len(times)):  # type: ignore[index]
-        seconds = [float(t[1]) for t in times]  # type: ignore[index]
-        if times[0][0] in ("AcquisitionTime", "ContentTime"):  # type: ignore[index]
-            seconds = _across_midnight(seconds)
+        seconds = _time_seconds(times)
         return ([name for _, name in sorted(zip(seconds, files))],
                 f"{why}; the frames are in the order of their acquisition times")
     positions = [m.position for m in members]
@@ -908,9 +913,6 @@ def _dicom_pixel_format(path: Path) -> str:
         return "its header cannot be parsed"
 
 
-_SWEEP_FILE_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz")
-
-
 def _folder_of_sweep_files(folder: Path, depth: int = 3) -> Path | None:
     """The first folder below ``folder`` (breadth first, at most ``depth`` levels, 200 folders)
     that holds sweep files; None when there is none."""
@@ -928,7 +930,7 @@ def _folder_of_sweep_files(folder: Path, depth: int = 3) -> Path | None:
                     if seen > 200:
                         return None
                     try:
-                        if any(p.name.lower().endswith(_SWEEP_FILE_SUFFIXES) for p in child.iterdir()):
+                        if any(p.name.lower().endswith(SWEEP_FILE_SUFFIXES) for p in child.iterdir()):
                             return child
                     except OSError:
                         continue
