@@ -59,6 +59,9 @@ def candidate_runs(combined: np.ndarray, candidates: np.ndarray, sweep_ranges, r
     score across the case while the total stays within ``max_fraction`` of the frames. Each run
     is widened by ``margin`` frames inside its sweep; a run longer than ``max_run`` frames is first
     cut to that many around its best frame. Candidates at most ``gap`` frames apart are one run.
+    The budget is never below two full runs' worth of frames: in a file of one or two sweeps a
+    tenth of the frames is less than the best run alone, and a second run the student flags there
+    would never reach the teacher (one such case chose frame 36 where the teacher alone chose 58).
     ``fallback``: a sweep where the student flags nothing
     still sends its ``max_run`` best-scored frames (around its highest combined score), so a
     student that misses a sweep's good frames does not decide alone that there are none.
@@ -94,7 +97,7 @@ def candidate_runs(combined: np.ndarray, candidates: np.ndarray, sweep_ranges, r
     chosen = np.zeros(n, dtype=bool)
     for frames in firsts:
         chosen[frames] = True
-    budget = int(max_fraction * n)
+    budget = max(int(max_fraction * n), 2 * (max_run + 2 * margin))
     for _, frames in sorted(others, key=lambda r: -r[0]):
         if chosen.sum() + (~chosen[frames]).sum() > max(budget, int(chosen.sum())):
             continue

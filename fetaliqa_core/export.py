@@ -76,13 +76,21 @@ def frames_csv_text(sweep, results, assessment, teacher: np.ndarray | None = Non
     """``frames.csv``: one row per frame; empty cells where a model did not score the frame.
     ``threshold`` / ``model_threshold`` repeat the operating point the ``flagged`` column used.
     ``teacher`` (a cascade's): per frame, whether the teacher re-scored it; a last column,
-    ``scored_by``, says whose scores each row holds ("teacher" or "student")."""
+    ``scored_by``, says whose scores each row holds ("teacher" or "student"); a student's row is
+    flagged by the same rule applied to the student's scores it shows (the answer is the teacher's
+    alone, but a row must not read unflagged beside scores above the threshold)."""
     buf = _io.StringIO()
     w = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     w.writerow(FRAMES_COLUMNS + (() if teacher is None else (SCORED_BY_COLUMN,)))
     t = assessment.thresholds
     thr, own = f"{t.value:.4f}", f"{t.model:.4f}"
     flagged = assessment.flagged
+    if teacher is not None:
+        from fetaliqa_core.analysis.assessment import flag_frames
+
+        shown = flag_frames(results.p_cls if results.has_cls else None,
+                            results.p_seg if results.has_seg else None, t.cls, t.seg).candidates
+        flagged = np.where(np.asarray(teacher, dtype=bool), flagged, shown)
     for i in range(sweep.n_frames):
         area = int(results.seg_area_px[i])
         row = [i, sweep.sweep_index(i) + 1, _score(float(results.p_cls[i])),

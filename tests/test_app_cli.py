@@ -198,6 +198,13 @@ def test_gui_cascade_marks_teacher_frames_and_saves_what_score_cascade_writes(qt
     rows = list(csv.DictReader(open(cli_out / "frames.csv")))  # whose scores each row holds
     assert [int(r["frame"]) for r in rows if r["scored_by"] == "teacher"] == teacher
     assert {r["scored_by"] for r in rows} == {"teacher", "student"}
+    for r in rows:  # a student's row is flagged by the rule on the scores it shows, as the teacher's are
+        if r["scored_by"] == "student" and r["p_cls"] and r["p_seg"]:
+            from fetaliqa_core.analysis.assessment import SEG_THRESHOLD, flag_frames
+
+            f = flag_frames(np.array([float(r["p_cls"])]), np.array([float(r["p_seg"])]),
+                            float(r["threshold"]), SEG_THRESHOLD)
+            assert int(r["flagged"]) == int(f.candidates[0]), r
     win = windows[0]
     assert np.flatnonzero(win.model.confirmed).tolist() == teacher
     xs, _ = win.curve.confirmed.getData()

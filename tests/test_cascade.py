@@ -25,8 +25,8 @@ def test_candidate_runs_best_run_per_sweep_margin_and_budget():
     combined[20:22] = 0.7
     got = candidate_runs(combined, cand, ranges, runs_per_sweep=2, margin=1, max_fraction=1.0)
     assert got.tolist() == [2, 3, 4, 5, 9, 10, 11, 12, 13, 20, 21, 22]
-    # a small budget keeps each sweep's best run only
-    got = candidate_runs(combined, cand, ranges, runs_per_sweep=2, margin=1, max_fraction=0.05)
+    # a small budget keeps each sweep's best run only (runs of up to 3 frames: a floor of 10)
+    got = candidate_runs(combined, cand, ranges, runs_per_sweep=2, margin=1, max_fraction=0.05, max_run=3)
     assert got.tolist() == [9, 10, 11, 12, 13, 20, 21, 22]
     # one run per sweep asked for
     assert candidate_runs(combined, cand, ranges, runs_per_sweep=1, margin=0).tolist() == [10, 11, 12, 20, 21]
@@ -40,6 +40,25 @@ def test_candidate_runs_best_run_per_sweep_margin_and_budget():
     peak = np.zeros(n)
     peak[15] = 1.0
     assert candidate_runs(peak, long, ranges, margin=0, max_run=4, fallback=False).tolist() == [13, 14, 15, 16]
+
+
+def test_candidate_runs_a_file_of_one_sweep_sends_its_second_run_too():
+    # 140 frames: a tenth (14) is less than the best run widened (20); the second run the
+    # student flags must still reach the teacher, whose own choice may be there
+    n = 140
+    cand = np.zeros(n, bool)
+    combined = np.zeros(n)
+    cand[30:46] = True
+    combined[30:46] = 0.8
+    cand[55:61] = True
+    combined[55:61] = 0.7
+    got = candidate_runs(combined, cand, [(0, n)])
+    assert set(range(30, 46)) <= set(got.tolist()) and set(range(55, 61)) <= set(got.tolist())
+    assert len(got) <= 2 * (MAX_RUN_FRAMES + 2 * RUN_MARGIN)
+    # a third, weaker run does not fit: the floor is two runs, not every run
+    cand[100:116] = True
+    combined[100:116] = 0.6
+    assert not set(range(100, 116)) & set(candidate_runs(combined, cand, [(0, n)], runs_per_sweep=3).tolist())
 
 
 def test_cascade_teacher_sees_only_candidate_runs_and_decides_the_answer():
