@@ -529,6 +529,99 @@ def write_failure(out: Path, name: str, record: dict) -> None:
         raise
 
 
+# -- a process that died on a case ------------------------------------------------------------
+#
+# A crash inside an image library (a segmentation fault in a file's parser) or the system ending
+# the process (memory) takes the whole run with it, with no Python left to record anything: a
+# rerun would reach the same file and die the same way, for ever. So a case in hand has a small
+# marker next to its folder (``.<case>.attempt.json``: the file's hash, the stage, this process)
+# from before its file is read until its record is written; a Python error or Ctrl-C removes it.
+# A marker left behind means a process died there: on the next run that file is first read in a
+# child process, and a crash there fails the case with what happened instead of ending the run.
+# A run that died twice while scoring a case (after reading it) fails it too.
+
+ATTEMPT_SUFFIX = ".attempt.json"
+STAGE_READING, STAGE_SCORING = "reading", "scoring"
+MAX_SCORING_DEATHS = 2  # runs that may die while scoring one case before it is failed
+PROBE_TIMEOUT_S = 600.0  # reading a sweep in the child process (a few seconds for a full case)
+
+
+def attempt_file(out: Path, name: str) -> Path:
+    return out / CASES_DIR / f".{name}{ATTEMPT_SUFFIX}"
+
+
+def read_attempt(out: Path, name: str) -> dict | None:
+    """The marker a process left on case ``name`` (None when absent or not one of ours)."""
+    try:
+        data = json.loads(attempt_file(out, name).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT + "-attempt":
+        return None
+    return data
+
+
+def mark_attempt(out: Path, name: str, fhash: str | None, stage: str, deaths: int = 0) -> None:
+    """Say that this process has case ``name`` in hand at ``stage`` (``deaths``: earlier runs that
+    died scoring it). Best effort: a marker that cannot be written only loses this protection."""
+    record = {"format": RECORD_FORMAT + "-attempt", "file_hash": fhash, "stage": stage,
+              "scoring_deaths": int(deaths), "host": _host_tag(), "pid": os.getpid(), "started_utc": utc_now()}
+    try:
+        atomic_write(attempt_file(out, name), json_text(record) + "\n")
+    except OSError:
+        pass
+
+
+def clear_attempt(out: Path, name: str) -> None:
+    """Remove this process's marker on case ``name`` (another live process's stays)."""
+    marker = read_attempt(out, name)
+    if marker is not None and (marker.get("host"), marker.get("pid")) != (_host_tag(), os.getpid()):
+        return
+    try:
+        attempt_file(out, name).unlink()
+    except OSError:
+        pass
+
+
+def died_on(marker: dict | None, fhash: str | None) -> bool:
+    """Whether ``marker`` was left by a process that died with this case (same file bytes) in hand:
+    not a live process of this machine (another run on the same folder may be at it now)."""
+    if marker is None or fhash is None or marker.get("file_hash") != fhash:
+        return False
+    pid = marker.get("pid")
+    if marker.get("host") == _host_tag() and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+        return False
+    return True
+
+
+def read_in_child(member: Path, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Read ``member`` as a sweep in a child process; why it could not be read there when the child
+    crashed, was killed or did not finish (None when it read, or failed with a message of ours:
+    that message comes again when this process reads it)."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom fetaliqa_core import io\n"
+            "try:\n    io.load_sweep(sys.argv[1]).in_memory()\nexcept Exception:\n    pass\n")
+    here = str(Path(__file__).resolve().parents[1])  # this package, installed or not
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(member)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return f"reading it did not finish in {timeout:.0f} s"
+    except OSError:
+        return None  # no child could be started: read it here, as without a marker
+    if done.returncode >= 0:
+        return None
+    try:
+        name = signal.Signals(-done.returncode).name
+    except ValueError:
+        name = f"signal {-done.returncode}"
+    return f"reading it ended the process ({name})"
+
+
 # -- the combined table ----------------------------------------------------------------------
 
 def _cell(column: str, value) -> str:
@@ -680,6 +773,7 @@ class Item:
     finished: bool = False
     sweep: object | None = None
     error: str | None = None
+    deaths: int = 0  # earlier runs that died while scoring it (its marker says)
 
 
 def read_ahead(items: Sequence[Item], prepare: Callable[[Item], None], depth: int,

@@ -468,3 +468,106 @@ def test_machines_that_choose_other_number_formats_share_an_archive(archive_dir,
     assert main(args + ["--precision", here]) == 0
     assert capsys.readouterr().out.count("already scored with these models, skipped") == 0
     assert {r["precision"] for r in _table(out)} == {here}
+
+
+_CRASHING_READER = '''
+import os, resource, signal, threading, time
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+from fetaliqa_core import io as _io
+_real = _io.load_sweep
+
+
+def _load_sweep(path, *args, **kwargs):
+    # stands for a file whose parser crashes inside the image library: no Python error, the process ends
+    if "crash" in os.path.basename(str(path)):
+        signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)  # in this thread, as a crash is
+        time.sleep(60)
+    return _real(path, *args, **kwargs)
+
+
+_io.load_sweep = _load_sweep
+'''
+
+
+def _archive_process(folder: Path, out: Path, hooks: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(hooks), str(REPO)]))
+    cmd = [sys.executable, "-m", "fetaliqa_core.cli", "score", str(folder), "--archive", "--out", str(out),
+           "--no-cache", "--quiet", "--device", "cpu"]
+    return subprocess.run(cmd, cwd=hooks, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_file_that_crashes_the_reader_fails_its_case_on_the_next_run_instead_of_every_run(archive_dir, tmp_path):
+    """A segmentation fault inside an image library ends the process without a word; every rerun
+    used to reach the same file and die the same way, so the archive could never be finished."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    good = sorted(archive_dir.iterdir())[:2]
+    for p in good:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "a_crash.mha").write_bytes(good[0].read_bytes())  # first in the list: read while the others wait
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_CRASHING_READER)
+    out = tmp_path / "out"
+    first = _archive_process(folder, out, hooks)
+    assert first.returncode == -signal.SIGSEGV, first.stderr[-2000:]
+    marker = ar.read_attempt(out, "a_crash")
+    assert marker is not None and marker["stage"] == ar.STAGE_READING
+
+    second = _archive_process(folder, out, hooks)
+    assert second.returncode == 1, second.stderr[-2000:]  # a failed case, not a crash
+    rows = {r["file"]: r for r in _table(out)}
+    assert rows["a_crash.mha"]["status"] == "failed"
+    error = rows["a_crash.mha"]["error"]
+    assert "reading it ended the process (SIGSEGV), as it did in an earlier run" in error
+    assert str(ar.attempt_file(out, "a_crash")) in error  # what to delete to try again
+    assert all(rows[p.name]["status"] == "ok" for p in good)  # read ahead when the first run died: scored
+    assert "Traceback" not in second.stderr
+    # the failure stands on every later run, which never reads the file in its own process again
+    third = _archive_process(folder, out, hooks)
+    assert third.returncode == 1 and "Traceback" not in third.stderr
+    assert {r["file"]: r["status"] for r in _table(out)} == {"a_crash.mha": "failed", **{p.name: "ok" for p in good}}
+    # nothing is left of the good cases' markers
+    assert sorted(p.name for p in (out / ar.CASES_DIR).glob(f"*{ar.ATTEMPT_SUFFIX}")) == [".a_crash.attempt.json"]
+
+
+def test_a_run_that_died_scoring_a_case_scores_it_again_once_then_fails_it(archive_dir, tmp_path, capsys):
+    """A marker left while scoring (the process killed: memory, a crash in the model's libraries):
+    the next run scores the case again; a second death there fails it rather than loop for ever."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    src = sorted(archive_dir.iterdir())[0]
+    (folder / src.name).write_bytes(src.read_bytes())
+    out = tmp_path / "out"
+    ar.prepare_out(out)
+    name = ar.case_names([folder / src.name], lambda p: p.name.split(".")[0])[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process of this machine that has ended
+    fhash = ar.file_hash(folder / src.name)
+
+    def left(stage: str, deaths: int) -> None:
+        record = {"format": ar.RECORD_FORMAT + "-attempt", "file_hash": fhash, "stage": stage,
+                  "scoring_deaths": deaths, "host": ar._host_tag(), "pid": pid, "started_utc": ar.utc_now()}
+        ar.attempt_file(out, name).write_text(json.dumps(record))
+
+    args = ["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet", "--device", "cpu"]
+    left(ar.STAGE_SCORING, 0)
+    assert main(args) == 0
+    assert _table(out)[0]["status"] == "ok" and not ar.attempt_file(out, name).exists()
+    # a marker of a live process (another run on this folder, at this case now) is not taken as a death
+    assert not ar.died_on(dict(json.loads(json.dumps({"file_hash": fhash, "host": ar._host_tag(),
+                                                       "pid": os.getppid()})), stage="scoring"), fhash)
+    import shutil
+
+    shutil.rmtree(ar.case_dir(out, name))
+    left(ar.STAGE_SCORING, 1)  # it died scoring this case before, and again
+    capsys.readouterr()
+    assert main(args) == 1
+    row = _table(out)[0]
+    assert row["status"] == "failed" and "the run stopped 2 times while scoring it" in row["error"]
+    assert ar.attempt_file(out, name).exists()  # kept: the next run does not try it again
+    # a marker of other bytes (the file replaced since) is not this file's
+    left(ar.STAGE_SCORING, 5)
+    (folder / src.name).write_bytes(src.read_bytes() + b"")
+    assert not ar.died_on(ar.read_attempt(out, name), "0" * 64)

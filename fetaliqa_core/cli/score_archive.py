@@ -176,10 +176,43 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                     item.finished = True
                     ar.refresh_file_stat(folder, record, item.fstat)  # the same bytes, touched since
                     return
-            item.sweep = fio.load_sweep(item.member).in_memory()
-            _ = item.sweep.content_hash  # hashed here, off the model's thread
+                if _died_on_before(item):
+                    return
+                ar.mark_attempt(out, item.name, item.fhash, ar.STAGE_READING, item.deaths)
+            try:
+                item.sweep = fio.load_sweep(item.member).in_memory()
+                _ = item.sweep.content_hash  # hashed here, off the model's thread
+            finally:
+                if item.fhash is not None:
+                    ar.clear_attempt(out, item.name)  # read (or refused in words): no crash here
         except Exception as exc:  # noqa: BLE001 - one bad case must not end the run
             item.error = ar.case_error(exc, item.member)
+
+    def _died_on_before(item: ar.Item) -> bool:
+        """Whether an earlier process died with this case in hand (its marker is left): a file
+        whose reading crashes a child process too, or one the run died on twice while scoring it,
+        is failed with what happened (True); otherwise it is scored as usual."""
+        marker = ar.read_attempt(out, item.name)
+        if not ar.died_on(marker, item.fhash):
+            return False
+        scoring = marker.get("stage") == ar.STAGE_SCORING
+        deaths = marker.get("scoring_deaths")
+        item.deaths = (deaths if isinstance(deaths, int) and deaths >= 0 else 0) + int(scoring)
+        retry = (f"; the rest of the archive is scored (delete {ar.attempt_file(out, item.name)} to "
+                 "try this file again).")
+        if not scoring:
+            crash = ar.read_in_child(item.member)
+            if crash is not None:
+                item.error = (f"{item.member.name}: {crash}, as it did in an earlier run: the image library "
+                              "crashes on this file. Export the sweep again or convert it with another "
+                              "tool" + retry)
+                return True
+        if item.deaths >= ar.MAX_SCORING_DEATHS:
+            item.error = (f"{item.member.name}: the run stopped {item.deaths} times while scoring it, without "
+                          "an error of its own (a crash, or the system ended the process: out of memory?)"
+                          + retry)
+            return True
+        return False
 
     counts = {"scored": 0, "skipped": 0, "failed": 0}
     items = [ar.Item(i, names[i], members[i]) for i in mine]
@@ -215,9 +248,13 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             if item.error is None:
                 staged = ar.staging_dir(out, item.name)
                 try:
-                    score_cmd.score_one(item.member, staged, models, case_args, position=position,
-                                        sweep=item.sweep, extra=_record_writer(item, base))
-                    ar.replace_case_dir(staged, ar.case_dir(out, item.name))
+                    ar.mark_attempt(out, item.name, item.fhash, ar.STAGE_SCORING, item.deaths)
+                    try:
+                        score_cmd.score_one(item.member, staged, models, case_args, position=position,
+                                            sweep=item.sweep, extra=_record_writer(item, base))
+                        ar.replace_case_dir(staged, ar.case_dir(out, item.name))
+                    finally:
+                        ar.clear_attempt(out, item.name)  # done, or an error of ours, or Ctrl-C: no crash
                 except Exception as exc:  # noqa: BLE001 - recorded in the case's row
                     import shutil
 
