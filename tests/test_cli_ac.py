@@ -469,3 +469,44 @@ def test_a_mask_scored_with_a_given_spacing_is_measured_with_its_sweep(tmp_path,
     main(["ac", str(tmp_path / "mask.mha"), "--sweep", str(tmp_path / "sweep.mha"), "--json"])
     record = json.loads(capsys.readouterr().out)
     assert record["spacing_mm"] == [0.3, 0.3] and record["ac_mm"] is not None and record["spacing_problem"] is None
+
+
+def test_a_mask_of_another_frame_count_than_its_sweep_is_refused(tmp_path, capsys):
+    """A skull outline labelled on frame 6 of an 8-frame mask, given with a 5-frame sweep of heads,
+    read "AC 230.2 mm, GA 27w 3d": the checks against the image were skipped without a word."""
+    from fetaliqa_core.io import write_volume
+
+    write_volume(tmp_path / "sweep.mha", np.full((5, 120, 160), 40, np.uint8), spacing_mm=(0.3, 0.3))
+    masks = np.zeros((8, 120, 160), np.uint8)
+    cv2.ellipse(masks[6], (80, 60), (40, 30), 0, 0, 360, 1, -1)
+    path = _write(tmp_path, masks, "mask.mha", spacing=0.3)
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "sweep.mha")]) == 1
+    captured = capsys.readouterr()
+    assert "the sweep has 5 frame(s), the mask 8" in captured.err and "AC" not in captured.out
+    # a mask of one frame is measured in the sweep's fan, saying that its grey levels were not looked at
+    one = _write(tmp_path, masks[6:7], "one.mha", spacing=0.3)
+    assert main(["ac", str(one), "--sweep", str(tmp_path / "sweep.mha")]) == 0
+    assert "the mask has one frame and the sweep 5" in capsys.readouterr().out
+
+
+def test_a_binary_mask_saved_as_0_and_255_is_measured_and_said(tmp_path, capsys):
+    masks = np.zeros((2, H, W), np.uint8)
+    cv2.ellipse(masks[1], (372, 300), BIG, 10, 0, 360, 255, -1)
+    path = _write(tmp_path, masks, "mask255.mha")
+    assert main(["ac", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["frame"] == 1 and record["ac_mm"] == pytest.approx(ac_of(BIG), rel=0.02)
+    assert any("0 and 255" in n for n in record["read_notes"])
+    # where a label's meaning matters (training, evaluation) it is refused, saying what it is
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.io import load_mask
+
+    with pytest.raises(FetalIQAError, match="binary mask stored as 0 and 255"):
+        load_mask(path)
+    # a probability map is called one
+    probs = np.clip(masks.astype(np.float32) / 255 * 0.9 + 0.05, 0, 1)
+    image = sitk.GetImageFromArray(probs)
+    image.SetSpacing((0.28, 0.28, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "probs.mha"))
+    assert main(["ac", str(tmp_path / "probs.mha")]) == 1
+    assert "a probability map, not labels. Threshold it" in capsys.readouterr().err

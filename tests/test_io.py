@@ -611,7 +611,7 @@ BAD_MASKS = [
     ("label 3 and 255", lambda: np.pad(np.full((1, 2, 2), 3, np.uint8), ((0, 3), (0, 38), (0, 46)),
                                        constant_values=255), "labels other than 0, 1, 2"),
     ("negative int labels", lambda: np.full((4, 40, 48), -1, np.int16), "labels other than 0, 1, 2"),
-    ("probability map", lambda: np.full((4, 40, 48), 0.5, np.float32), "labels other than 0, 1, 2"),
+    ("probability map", lambda: np.full((4, 40, 48), 0.5, np.float32), "a probability map, not labels"),
 ]
 
 

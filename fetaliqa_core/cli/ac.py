@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.mask)
     if not path.exists():
         raise FetalIQAError(f"{path}: no such file; give the path of a mask volume (.mha)")
-    volume = fio.read_mask_volume(path)
+    volume = fio.read_mask_volume(path, binary_255=True)  # only the outline counts here
     masks = volume.labels
     spacing = tuple(volume.spacing_mm)
     problem = volume.spacing_problem
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     # the ACOUSLIC probe's fan belongs to its frames' size; another size is another probe's image
     fov = None if args.no_fov or tuple(frame.shape) != FRAME_SHAPE else resolve_fov("acouslic", frame.shape)
     fov_name = "acouslic" if fov is not None else "whole frame"
-    sweep = None if args.sweep is None else _sweep_of(Path(args.sweep), frame.shape)
+    sweep = None if args.sweep is None else _sweep_of(Path(args.sweep), masks.shape)
     if sweep is not None and not args.no_fov:
         from fetaliqa_core import acouslic
 
@@ -161,7 +161,12 @@ def run(args: argparse.Namespace) -> int:
     sweep_notes = [] if sweep is None else [n for n in sweep.read_notes
                                             if args.spacing is None or not n.startswith("pixel spacing:")]
     grey = None
-    if sweep is not None and index < sweep.n_frames:
+    if sweep is not None and masks.shape[0] != sweep.n_frames:
+        # a mask of one frame: the sweep's fan holds for every frame, but which frame's grey levels
+        # it was drawn on is not known
+        sweep_notes.append(f"the mask has one frame and the sweep {sweep.n_frames}: measured in the sweep's "
+                           "fan, without the checks against the frame's grey levels (a skull's ring among them)")
+    elif sweep is not None and index < sweep.n_frames:
         candidate = np.asarray(sweep.frames[index])
         grey = candidate if candidate.dtype == np.uint8 and candidate.shape == frame.shape else None
     fov_note = ""
@@ -248,13 +253,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _sweep_of(path: Path, shape: tuple[int, ...]):
     """The sweep the mask was drawn on (read whole): its field of view, calibration and grey
-    levels, as the app and ``score`` use them."""
+    levels, as the app and ``score`` use them. ``shape``: the mask's (frames, height, width); a
+    mask of another frame count is of another sweep (its frame I is not the sweep's frame I, and
+    the checks against the image, a skull's ring among them, would look at the wrong frame)."""
     from fetaliqa_core import io as fio
 
     sweep = fio.load_sweep(path).in_memory()
-    if (sweep.height, sweep.width) != tuple(shape):
+    n, h, w = shape
+    if (sweep.height, sweep.width) != (h, w):
         raise FetalIQAError(f"{path}: the sweep's frames are {sweep.width} x {sweep.height} pixels, the mask's "
-                            f"{shape[1]} x {shape[0]}: give the sweep the mask was drawn on")
+                            f"{w} x {h}: give the sweep the mask was drawn on")
+    if sweep.n_frames != n and n != 1:
+        raise FetalIQAError(f"{path}: the sweep has {sweep.n_frames} frame(s), the mask {n}: a mask's frame I is "
+                            "its sweep's frame I, so give the sweep the mask was drawn on (or leave out --sweep)")
     return sweep
 
 

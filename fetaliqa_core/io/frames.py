@@ -243,6 +243,15 @@ def as_labels(arr: np.ndarray, path: Path) -> np.ndarray:
     else:
         raise FetalIQAError(f"{path}: mask pixels of type {arr.dtype} cannot be labels. Export the mask as "
                             "8-bit labels 0/1/2.")
+    if bad == [255] or bad == [255.0]:
+        raise FetalIQAError(
+            f"{path}: the mask holds 255 where a label (0, 1, 2) belongs: a binary mask stored as 0 and "
+            "255, as an image. Export it as labels: 0 and 1 (divide by 255), or 1 and 2 for optimal and "
+            "suboptimal planes.")
+    if bad and all(isinstance(v, float) and 0.0 < v < 1.0 for v in bad):
+        raise FetalIQAError(
+            f"{path}: the mask holds values between 0 and 1 (such as {bad[0]:.3g}): a probability map, "
+            "not labels. Threshold it (at 0.5, say) and export the labels 0/1/2.")
     if bad:
         shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
         raise FetalIQAError(

@@ -219,8 +219,11 @@ class MaskVolume:
         return _spacing.problem(tuple(self.spacing_mm), self.spacing_source, self.spacing_note)
 
 
-def read_mask_volume(path: str | Path) -> MaskVolume:
-    """Read a label volume with the checks of :func:`load_mask` and keep the file's spacing."""
+def read_mask_volume(path: str | Path, binary_255: bool = False) -> MaskVolume:
+    """Read a label volume with the checks of :func:`load_mask` and keep the file's spacing.
+    ``binary_255``: a mask of 0 and 255 alone (a binary mask saved as an image, as many tools do)
+    is read as 0 and 1, with a note; where the label's meaning matters (optimal 1, suboptimal 2:
+    training, evaluation) it is refused."""
     path = Path(path).expanduser()
     raw = read_raw(path, purpose="mask")
     arr = raw.array
@@ -229,11 +232,32 @@ def read_mask_volume(path: str | Path) -> MaskVolume:
             f"{path}: the mask has {raw.components} values per pixel; a mask holds one label "
             "(0, 1 or 2) per pixel. Export the mask as a single-channel label image.")
     arr = as_frame_stack(arr, 1, path)
-    labels = as_labels(arr, path)
+    notes = list(raw.notes)
+    try:
+        labels = as_labels(arr, path)
+    except FetalIQAError:
+        if not (binary_255 and _zero_and_255(arr)):
+            raise
+        labels = np.ascontiguousarray(arr != 0).view(np.uint8)
+        notes.append("the mask holds 0 and 255 only (a binary mask saved as an image): 255 read as label 1")
     if labels.flags.writeable and labels is not arr:
         labels.flags.writeable = False
     return MaskVolume(labels=labels, spacing_mm=tuple(raw.spacing_mm), spacing_source=raw.spacing_source,
-                      spacing_note=raw.spacing_note, metadata=dict(raw.metadata), notes=list(raw.notes))
+                      spacing_note=raw.spacing_note, metadata=dict(raw.metadata), notes=notes)
+
+
+def _zero_and_255(arr: np.ndarray) -> bool:
+    """Whether ``arr`` holds 0 and 255 and nothing else (frame by frame: no copy of the volume)."""
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        return False
+    seen = False
+    for frame in arr:
+        f = np.asarray(frame)
+        high = f == 255
+        if not (high | (f == 0)).all():
+            return False
+        seen = seen or bool(high.any())
+    return seen
 
 
 def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
