@@ -355,6 +355,12 @@ def test_an_outline_cut_by_another_probe_s_edge_is_doubtful_unless_measured_in_t
     from fetaliqa_core.analysis.ac import STRAIGHT_CUT_RATIO, straight_cut
 
     assert straight_cut(whole, None) < 1.5 < STRAIGHT_CUT_RATIO < straight_cut(masks[0], None)
+    # cut on both sides (an abdomen wider than a narrow fan): two chords of like length, which the
+    # polygon rule below used to take for the sides of a polygon ("AC 355.4 mm, GA 39w 3d" for 370)
+    both = whole.copy()
+    both[:, :430 - 120] = 0
+    both[:, 430 + 120:] = 0
+    assert straight_cut(both, None) > STRAIGHT_CUT_RATIO
     # a whole abdomen drawn as a polygon of a few clicks has several straight sides, none alone
     for clicks in (5, 7, 10):
         t = np.linspace(0, 2 * np.pi, clicks, endpoint=False)

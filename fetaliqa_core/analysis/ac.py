@@ -100,6 +100,10 @@ def _border_zone(fov: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
 #: body's outline (:func:`straight_cut`): measured on whole abdomens 0.8-1.3 (also polygons of
 #: 5-10 clicks: 1.0-1.1), on abdomens cut by another probe's edge 3.2-4.5.
 STRAIGHT_CUT_RATIO = 2.0
+#: Long straight stretches (:data:`STRAIGHT_CUT_RATIO` and more) making up at most this share of an
+#: outline are cuts across a curved outline; more, and it is a polygon of a few clicks, straight all
+#: round (an abdomen cut by both sides of a fan and the image's bottom: 46 %; a 5-click polygon: 100 %).
+MAX_CUT_SHARE = 0.6
 
 
 def _cyclic_runs(keep: np.ndarray) -> tuple[list[np.ndarray], bool]:
@@ -132,11 +136,13 @@ def _segments(points: np.ndarray, eps: float, closed: bool) -> np.ndarray:
 def straight_cut(mask: np.ndarray, fov: FovArg = None) -> float | None:
     """How straight the straightest stretch of ``mask``'s outline is, inside ``fov`` and away from
     its edge: its length over that of the straightest stretch of the ellipse fitted to it (both
-    simplified with :func:`cv2.approxPolyDP` at 4 % of the minor semi-axis), and over its own next
-    longest stretch, whichever is smaller. An abdomen cut off by an edge the field of view does not
-    know (another probe's fan, the image's border) shows that edge as one straight chord; a polygon
-    drawn with a few clicks has several sides of like length. None when there is no outline to
-    judge."""
+    simplified with :func:`cv2.approxPolyDP` at 4 % of the minor semi-axis). An abdomen cut off by
+    an edge the field of view does not know (another probe's fan, the image's border) shows that
+    edge as a straight chord (or two or three: cut by both sides of a narrow fan) across an outline
+    that is curved elsewhere. A polygon drawn with a few clicks is straight all round: where such
+    long stretches make up more than :data:`MAX_CUT_SHARE` of the outline, the longest is measured
+    over the next longest instead (several sides of like length: near 1). None when there is no
+    outline to judge."""
     found = _largest_outline(mask, fov, "straight_cut")
     if found is None:
         return None
@@ -159,9 +165,13 @@ def straight_cut(mask: np.ndarray, fov: FovArg = None) -> float | None:
     reference = float(_segments(ideal, eps, True).max(initial=0.0))
     if reference <= 0:
         return None
-    # one stretch far longer than the rest: a polygon drawn with a few clicks has several long
-    # sides of like length, and is whole
     longest, next_longest = float(pieces[-1]), float(pieces[-2]) if pieces.size > 1 else 0.0
+    long = pieces[pieces >= STRAIGHT_CUT_RATIO * reference]
+    if long.size and long.sum() <= MAX_CUT_SHARE * pieces.sum():
+        # edges cut across an otherwise curved outline (one, or two or three: an abdomen wider than
+        # the fan, cut by both its sides and the image's bottom)
+        return longest / reference
+    # a polygon drawn with a few clicks is straight all round, its sides of like length: whole
     return min(longest / reference, longest / next_longest if next_longest > 0 else math.inf)
 
 
