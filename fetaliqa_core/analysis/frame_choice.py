@@ -15,7 +15,8 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
      else its area is 1-50 % of the field of view;
    - it lies in the fan: >= 60 % of the fitted ellipse is inside the field of view;
    - it is not elongated: minor / major axis >= 0.5 (a transverse abdomen is nearly round; a
-     lengthwise body or a limb is not);
+     lengthwise body or a limb is not); an *oval* one (below :data:`ROUND_RATIO`, 0.7) is cut
+     obliquely: it may be chosen after the rounder frames of its run, its AC is doubtful;
    - with the frame's grey levels: its outline is not a skull's. Bone is the brightest echo in a
      fetal scan and the brain inside the skull among the darkest, while the abdominal wall is a
      thin line about as bright as the echoes of the liver inside it. At 72 angles around the
@@ -42,7 +43,7 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
 4. **Sweep first**: the strongest run (sum of the smoothed evidence over its frames) is chosen;
    inside it, among its positive frames (never a closed gap), the frame with the best-fitting
    largest plausible ellipse (fitted area x IoU), frames the 3-class segmenter calls optimal
-   (optimal share of the mask >= 0.5) first. Where
+   (optimal share of the mask >= 0.5) first, then those that are not oval. Where
    the run has no plausible mask (no segmenter), the frame of highest evidence (ties: smoothed).
 5. **Abstention**: no positive frame anywhere gives -1. When the models disagree everywhere
    (frames called by one model only), the same steps run on the frames that have a plausible
@@ -75,6 +76,13 @@ MIN_IN_FAN = 0.6
 #: synthetic abdomens with 43-45 % unseen still read within 0.2 %).
 MAX_EXTRAPOLATED = 0.5
 MIN_AXIS_RATIO = 0.5
+#: A transverse section of the abdomen is nearly round (its two diameters within about 10-20 % of
+#: each other); a section this much longer than wide (minor / major below it: 1.43 : 1) is cut
+#: obliquely, or is no abdomen, and its circumference reads long: a round body cut at 45 degrees
+#: gives 0.71 and +23 % (an independent generator's tilted sections: 30 degrees +8 %, 45 degrees
+#: +23 %, 55 degrees +42 %, each read "ok" with a GA before). Such an outline may still be chosen,
+#: after the rounder frames of its run, but the AC measured on it is doubtful.
+ROUND_RATIO = 0.7
 AREA_SHARE_OF_FOV = (0.01, 0.5)  # used only when the pixel spacing is unknown
 SMOOTH_WINDOW = 5
 OPTIMAL_SHARE = 0.5
@@ -117,6 +125,8 @@ FLATTENED_RATIO = 1.04
 FLATTENED_REASON = ("flattened along one side, or with a part sticking out: it is no one ellipse's (the "
                     "body cut by an edge or outlined in part, or a strand leaking out of it), so the AC may "
                     "be off")
+OVAL_REASON = ("oval (minor / major axis {ratio:.2f}): a transverse section of the abdomen is nearly round, "
+               "and an oblique cut reads long")
 NO_EDGE_REASON = "its outline follows no edge in the image: the grey inside it is that outside it"
 
 
@@ -145,12 +155,21 @@ class MaskShape:
     flattened: bool = False
 
     @property
+    def oval(self) -> bool:
+        """A plausible outline much longer than wide (:data:`ROUND_RATIO`): an oblique section."""
+        return self.plausible and self.axis_ratio < ROUND_RATIO
+
+    @property
     def problem(self) -> str | None:
         """Why an AC measured on the mask is doubtful: it is not an abdomen's outline, or one
-        pinched in the middle or flattened along one side; None when it is a plausible one
+        pinched in the middle, flattened along one side or oval; None when it is a plausible one
         (:func:`~fetaliqa_core.analysis.units.read_ac`)."""
         if self.plausible:
-            return WAIST_REASON if self.pinched else FLATTENED_REASON if self.flattened else None
+            if self.pinched:
+                return WAIST_REASON
+            if self.flattened:
+                return FLATTENED_REASON
+            return OVAL_REASON.format(ratio=self.axis_ratio) if self.oval else None
         return self.reason or "not ellipse-like"
 
 
@@ -522,7 +541,9 @@ def choose(
         if shapes is not None and plaus[idx].any():
             idx = idx[plaus[idx]]
             size = np.array([shapes[i].ellipse_area_px * shapes[i].quality for i in idx])
-            order = np.lexsort((idx, -size, ~opt[idx]))
+            # optimal first, then round ones: an oblique section is larger than the transverse one
+            oval = np.array([shapes[i].oval for i in idx])
+            order = np.lexsort((idx, -size, oval, ~opt[idx]))
         else:
             raw = np.nan_to_num(v[idx], nan=-1.0)
             order = np.lexsort((idx, -smooth[idx], -raw))

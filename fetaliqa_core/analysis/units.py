@@ -81,14 +81,15 @@ class ACReading:
         return asdict(self)
 
 
-#: Doubts about an outline that may still be an abdomen's (pinched, flattened, cut off straight:
-#: ``analysis.frame_choice`` and ``analysis.ac``), said as such rather than as no abdomen.
-OUTLINE_DOUBTS = ("pinched", "flattened", "cut off")
+#: Doubts about an outline that may still be an abdomen's (pinched, flattened, cut off straight,
+#: oval: ``analysis.frame_choice`` and ``analysis.ac``), said as such rather than as no abdomen.
+OUTLINE_DOUBTS = ("pinched", "flattened", "cut off", "oval")
 
 
 def mask_doubt(mask_problem: str) -> str:
-    """Why an AC on a mask is doubtful, in words: its outline is pinched, flattened or cut off
-    (an abdomen's, maybe, but not whole or not one), or it outlines no abdomen at all."""
+    """Why an AC on a mask is doubtful, in words: its outline is pinched, flattened, cut off or
+    oval (an abdomen's, maybe, but not whole, not one, or cut obliquely), or it outlines no
+    abdomen at all."""
     if mask_problem.startswith(OUTLINE_DOUBTS):
         return f"the mask's outline is {mask_problem}"
     return f"the mask there does not outline an abdomen ({mask_problem})"
