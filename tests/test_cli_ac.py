@@ -516,3 +516,26 @@ def test_a_binary_mask_saved_as_0_and_255_is_measured_and_said(tmp_path, capsys)
     sitk.WriteImage(image, str(tmp_path / "probs.mha"))
     assert main(["ac", str(tmp_path / "probs.mha")]) == 1
     assert "a probability map, not labels. Threshold it" in capsys.readouterr().err
+
+
+def test_the_optimal_plane_is_measured_first_and_other_outlines_are_said(tmp_path, capsys):
+    """An ACOUSLIC-style mask (label 1 on the optimal frame, label 2 on a larger oblique one) was
+    measured on the larger label-2 frame, +17 %, without a word; twins in one frame were measured
+    as the larger one without saying another outline was left out."""
+    masks = np.zeros((3, H, W), np.uint8)
+    cv2.ellipse(masks[0], (372, 300), SMALL, 0, 0, 360, 1, -1)  # optimal plane, smaller
+    cv2.ellipse(masks[2], (372, 300), BIG, 0, 0, 360, 2, -1)  # suboptimal, larger
+    path = _write(tmp_path, masks, "planes.mha")
+    assert main(["ac", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["frame"] == 0 and record["ac_mm"] == pytest.approx(ac_of(SMALL), rel=0.02)
+    assert record["frame_notes"] is None
+    main(["ac", str(path), "--frame", "2"])
+    out = capsys.readouterr().out
+    assert "frame 2 is labelled 2 (a suboptimal plane) only; frame(s) 0 hold label 1" in out
+    twins = np.zeros((1, H, W), np.uint8)
+    cv2.ellipse(twins[0], (250, 280), (110, 100), 0, 0, 360, 1, -1)
+    cv2.ellipse(twins[0], (520, 280), (50, 45), 0, 0, 360, 1, -1)
+    main(["ac", str(_write(tmp_path, twins, "twins.mha")), "--no-fov"])
+    out = capsys.readouterr().out
+    assert "2 separate outlines" in out and "the largest" in out

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mask", metavar="MASK", help="label volume (.mha/.nii.gz...): 0 background, 1/2 abdomen")
     parser.add_argument(
         "--frame", type=int, default=None, metavar="I",
-        help="frame number, 0-based as everywhere in FetalIQA (default: the frame with the largest labelled area)",
+        help="frame number, 0-based as everywhere in FetalIQA (default: the frame with the largest area of "
+             "label 1, the optimal plane; without label 1, the largest area of label 2)",
     )
     parser.add_argument(
         "--spacing", type=spacing_mm, default=None, metavar="MM",
@@ -65,10 +66,43 @@ def _pick_frame(masks: np.ndarray, frame: int | None, path: Path) -> int:
                 f"{path}: frame {frame} is out of range; the file has {n} frames (0..{n - 1})"
             )
         return frame
-    areas = np.count_nonzero(masks.reshape(n, -1), axis=1)
+    flat = masks.reshape(n, -1)
+    areas = np.count_nonzero(flat, axis=1)
     if not areas.any():
         raise FetalIQAError(f"{path}: no frame has a label; give --frame I or a mask with an annotation")
-    return int(np.argmax(areas))
+    # ACOUSLIC's annotations mark the plane to measure on with 1 (optimal) and others with 2
+    # (suboptimal): the optimal plane first, as the challenge's baseline takes it
+    optimal = np.count_nonzero(flat == 1, axis=1)
+    return int(np.argmax(optimal)) if optimal.any() else int(np.argmax(areas))
+
+
+#: A separate piece of a frame's mask at least this share of the largest one's area is said (twins,
+#: or a stray blob): the AC is the largest outline's.
+OTHER_PIECE_SHARE = 0.05
+
+
+def _frame_notes(masks: np.ndarray, index: int, fov) -> list[str]:
+    """What the user should know about the frame measured: a suboptimal plane's label where an
+    optimal one exists, separate outlines of which only the largest is measured."""
+    import cv2
+
+    frame = masks[index]
+    notes = []
+    if (frame == 2).any() and not (frame == 1).any():
+        ones = np.flatnonzero(np.count_nonzero(masks.reshape(masks.shape[0], -1) == 1, axis=1))
+        notes.append(f"frame {index} is labelled 2 (a suboptimal plane) only" + (
+            f"; frame(s) {', '.join(map(str, ones[:5]))}{' ...' if ones.size > 5 else ''} hold label 1, the "
+            "optimal plane the AC is measured on" if ones.size else ""))
+    region = frame != 0
+    if fov is not None:
+        region &= fov
+    n, _, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+    areas = np.sort(stats[1:, cv2.CC_STAT_AREA])[::-1]
+    others = int((areas[1:] >= OTHER_PIECE_SHARE * areas[0]).sum()) if areas.size else 0
+    if others:
+        notes.append(f"the frame's mask has {others + 1} separate outlines (twins, or a stray piece): the "
+                     f"largest ({int(areas[0])} px) is measured, the other(s) ({', '.join(str(int(a)) for a in areas[1:others + 1])} px) left out")
+    return notes
 
 
 def _mask_shape(frame: np.ndarray, fov: np.ndarray | None, spacing: tuple, problem: str | None,
@@ -88,7 +122,7 @@ def _mask_shape(frame: np.ndarray, fov: np.ndarray | None, spacing: tuple, probl
 _JSON_KEYS = ("file", "frame", "area_px", "spacing_mm", "spacing_source", "spacing_problem", "ac_mm",
               "ac_status", "ga_weeks", "ga", "note", "mask_plausible", "mask_problem", "truncated",
               "n_points", "ellipse_px", "field_of_view", "field_of_view_note", "written_by",
-              "recorded_doubt", "read_notes")
+              "recorded_doubt", "read_notes", "frame_notes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         where = {"acouslic": "ACOUSLIC's fan", "whole frame": "the whole frame"}.get(fov_name, fov_name)
         mask_problem = f"cut off straight, by an edge {where} does not have" + (
             "" if args.sweep is not None else "; give the sweep with --sweep")
+    frame_notes = _frame_notes(masks, index, fov)
     recorded = _recorded_doubt(volume.metadata, masks, index)
     reading = analysis.read_ac(None if m is None else m.ac_mm, problem, mask_problem, model_doubt=recorded)
 
@@ -216,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
             "written_by": writer or None,
             "recorded_doubt": recorded,
             "read_notes": list(volume.notes) + [f"sweep: {n}" for n in sweep_notes] or None,
+            "frame_notes": frame_notes or None,
         }
         print(json.dumps(record))
         return 0 if reading.status in (analysis.units.OK, analysis.units.DOUBTFUL) else 1
@@ -236,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     hint = " Give it with --spacing MM." if reading.status == analysis.units.NO_UNITS else ""
     print(shown(f"frame {index}: {reading.text()}{tail}{units}{hint}"))  # (texts from the file's header)
     notes = [n for n in volume.notes if args.spacing is None or not n.startswith("pixel spacing:")]
-    notes += [f"the sweep: {n}" for n in sweep_notes]
+    notes += [f"the sweep: {n}" for n in sweep_notes] + frame_notes
     for note in notes + ([fov_note] if fov_note else []):
         print(shown(f"note: {note}"))
     if writer:
