@@ -351,3 +351,16 @@ def test_another_fan_at_acouslic_frame_size_is_its_own_field_of_view():
     assert frame_choice.mask_shape(mask, fov, 0.28).plausible
     m = an.measure_ac(mask, 0.28, fov=fov)
     assert not m.truncated and m.ac_mm == pytest.approx(true_ac_mm((90, 75)), rel=0.01)
+
+
+def test_the_ranges_are_judged_on_the_ac_as_shown():
+    """'AC 380.0 mm (no GA: outside Hadlock's 75-380 mm)' and 'AC 420.0 mm (doubtful: ... implausible
+    size)': the value was tested unrounded and shown rounded."""
+    from fetaliqa_core.analysis.ac import hadlock_ga
+    from fetaliqa_core.analysis.units import OK, read_ac
+
+    r = read_ac(380.04)
+    assert r.text().startswith("AC 380.0 mm") and r.ga_weeks is not None and not hadlock_ga(380.04).out_of_range
+    assert read_ac(380.06).ga_weeks is None and hadlock_ga(380.06).out_of_range
+    assert read_ac(420.04).status == OK and read_ac(420.06).status != OK
+    assert read_ac(74.96).status == OK and read_ac(74.94).status != OK

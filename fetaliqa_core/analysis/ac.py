@@ -372,7 +372,8 @@ def hadlock_ga(ac_mm: float) -> GestationalAge:
     cm = ac / 10.0
     weeks = 8.14 + 0.753 * cm + 0.0036 * cm * cm
     lo, hi = HADLOCK_AC_RANGE_MM
-    return GestationalAge(weeks=float(weeks), out_of_range=not (lo <= ac <= hi), ac_mm=ac)
+    # the range is judged on the AC as it is shown (0.1 mm): 380.04 mm reads "380.0", inside it
+    return GestationalAge(weeks=float(weeks), out_of_range=not (lo <= round(ac, 1) <= hi), ac_mm=ac)
 
 
 

@@ -243,7 +243,7 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
     elif in_fan < MIN_IN_FAN or extrapolated > MAX_EXTRAPOLATED:
         reason = (f"cut off: {extrapolated:.0%} of its outline and {1 - in_fan:.0%} of its area lie outside the "
                   "field of view (or the image), so the AC would be extrapolated")
-    elif circ is not None and not AC_PLAUSIBLE_MM[0] <= circ <= AC_PLAUSIBLE_MM[1]:
+    elif circ is not None and not AC_PLAUSIBLE_MM[0] <= round(circ, 1) <= AC_PLAUSIBLE_MM[1]:  # as shown
         reason = "implausible size"
     elif circ is None:
         fov_area = float(region.size if fov is None else fov.sum())

@@ -191,7 +191,7 @@ def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
         return ACReading(NONE, None, None, "", "")
     if spacing_problem:
         return ACReading(NO_UNITS, None, None, "", spacing_problem)
-    ac = float(ac_mm)
+    ac = round(float(ac_mm), 1)  # judged as shown: "AC 380.0 mm" is inside 75-380 mm, not past it
     lo, hi = AC_PLAUSIBLE_MM
     # every reason counts: a value out of range is said beside the first other reason
     size = "" if lo <= ac <= hi or (mask_problem and "size" in mask_problem) else (
