@@ -539,3 +539,13 @@ def test_the_optimal_plane_is_measured_first_and_other_outlines_are_said(tmp_pat
     main(["ac", str(_write(tmp_path, twins, "twins.mha")), "--no-fov"])
     out = capsys.readouterr().out
     assert "2 separate outlines" in out and "the largest" in out
+
+
+def test_a_one_hot_mask_is_refused_as_a_mask_not_as_a_sweep(tmp_path, capsys):
+    onehot = np.zeros((3, 2, 40, 64), np.uint8)  # channels, frames, height, width
+    onehot[0] = 1
+    image = sitk.GetImageFromArray(onehot)
+    sitk.WriteImage(image, str(tmp_path / "onehot.nii.gz"))
+    assert main(["ac", str(tmp_path / "onehot.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert "a mask holds one label" in err and "Export the sweep" not in err and "\n" not in err.strip()

@@ -24,9 +24,9 @@ def frame_stack_shape(shape_zyx: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def precheck_dims(path: Path, shape_zyx: tuple[int, ...], components: int) -> None:
+def precheck_dims(path: Path, shape_zyx: tuple[int, ...], components: int, what: str = "sweep") -> None:
     """Reject shapes no sweep can have before any pixel data is read. ``shape_zyx`` is the
-    spatial shape in numpy order (no component axis)."""
+    spatial shape in numpy order (no component axis); ``what``: "sweep" or "mask"."""
     dims = frame_stack_shape(shape_zyx)
     if len(dims) > 3:
         raise FetalIQAError(
@@ -38,6 +38,11 @@ def precheck_dims(path: Path, shape_zyx: tuple[int, ...], components: int) -> No
     if dims[0] == 0:
         raise FetalIQAError(f"{path}: the file contains no frames (0 x {dims[1]} x {dims[2]}). Export the "
                             "sweep again.")
+    if what == "mask" and components != 1:
+        raise FetalIQAError(
+            f"{path}: the mask has {components} values per pixel (one-hot channels, or a 4-D file whose extra "
+            "axis was read as values per pixel); a mask holds one label (0, 1 or 2) per pixel. Export the "
+            "mask as a single-channel label image.")
     if components not in (1, 3, 4):
         raise FetalIQAError(
             f"{path}: {components} values per pixel (vector data); only grey, RGB or RGBA frames can be "

@@ -306,7 +306,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             raise FetalIQAError(f"{path}: the NRRD marks an axis of {components} as '{listed[0]}' (kinds: "
                                 f"{' '.join(kinds)}), so its frames would be read as {components} values per "
                                 "pixel. Save the sweep as .mha (frames on its last axis) and open that.")
-    precheck_dims(path, size[::-1], components)
+    precheck_dims(path, size[::-1], components, "mask" if what == "mask" else "sweep")
     itemsize = _sitk_pixel_itemsize(reader) or 8
     bound_volume(path, size[::-1], components, itemsize, mapped=False)
     _precheck_nifti(path, size, components, reader)
