@@ -153,8 +153,23 @@ def sweep_fov(sweep) -> np.ndarray | str:
     mask (``"acouslic"``) for frames of ACOUSLIC size drawn in that fan, otherwise the sweep's own
     fan (:func:`data_fan`): another probe's, or another fan saved at ACOUSLIC's frame size, whose
     edges are not ACOUSLIC's (a mask cut by the real fan's edge must not be fitted along it, and
-    an abdomen outside ACOUSLIC's fan must not be cut)."""
-    fan = data_fan(sweep.frames)
+    an abdomen outside ACOUSLIC's fan must not be cut).
+
+    Where the file says which rectangles of the screen show the body (a DICOM ultrasound image's
+    tissue regions: :attr:`~fetaliqa_core.io.Sweep.image_regions`), the fan is looked for inside
+    each of them: the scanner's grey control panel, a spectral Doppler strip or a thumbnail beside
+    the image is no field of view (the largest bright region of a whole screen capture was the
+    panel), and both images of a dual display are."""
+    regions = [r for r in getattr(sweep, "image_regions", ()) or ()
+               if 0 <= r[0] <= r[2] < sweep.width and 0 <= r[1] <= r[3] < sweep.height]
+    if regions:
+        fan = np.zeros((sweep.height, sweep.width), bool)
+        for x0, y0, x1, y1 in regions:
+            fan[y0:y1 + 1, x0:x1 + 1] |= data_fan(sweep.frames[:, y0:y1 + 1, x0:x1 + 1])
+        if not fan.any():
+            fan = data_fan(sweep.frames)
+    else:
+        fan = data_fan(sweep.frames)
     if (sweep.height, sweep.width) == FRAME_SHAPE and _hull_iou(fan, fov_mask()) >= SAME_FAN_IOU:
         return "acouslic"
     return fan

@@ -241,3 +241,39 @@ def test_a_damaged_file_of_a_series_is_named_not_dropped_and_other_series_are_le
     with pytest.raises(FetalIQAError) as exc:
         load_sweep(folder)
     assert "f2.dcm" in str(exc.value) and "localiser" not in str(exc.value)
+
+
+def test_the_field_of_view_is_looked_for_inside_the_image_regions_the_file_names(tmp_path):
+    """A scanner screen: a large grey control panel and a spectral Doppler strip beside the image.
+    The field of view was the largest bright region of the whole screen, the panel (an abdomen in
+    the fan then had 'no AC: too small or cut off'); the strip took it in duplex mode; of a dual
+    display only one image was used."""
+    import cv2
+
+    from fetaliqa_core.acouslic import sweep_fov
+
+    rng = np.random.default_rng(4)
+    h, w = 300, 520
+    frames = np.zeros((6, h, w), np.uint8)
+    fan = np.zeros((h, w), np.uint8)
+    cv2.ellipse(fan, (100, 10), (150, 150), 90, -35, 35, 1, -1)  # a sector fan at left
+    second = np.zeros((h, w), np.uint8)
+    cv2.ellipse(second, (270, 10), (150, 150), 90, -35, 35, 1, -1)  # a second image beside it
+    frames[:, fan != 0] = rng.integers(30, 120, (6, int(fan.sum())), dtype=np.uint8)
+    frames[:, second != 0] = rng.integers(30, 120, (6, int(second.sum())), dtype=np.uint8)
+    frames[:, 20:290, 360:515] = 128  # the scanner's grey panel, larger than either fan
+    frames[:, 200:290, 20:340] = np.maximum(frames[:, 200:290, 20:340], 8)  # a strip's noise floor
+    strip = _region(20, 200, 339, 289, dx_cm=0.01, dy_cm=1.0, units=4)
+    strip.RegionSpatialFormat, strip.RegionDataType = 3, 3  # spectral Doppler
+    path = tmp_path / "screen.dcm"
+    write_us_dicom(path, frames, regions=[_region(0, 0, 185, 170, 0.03, 0.03),
+                                          _region(186, 0, 355, 170, 0.03, 0.03), strip])
+    sweep = load_sweep(path)
+    assert sweep.image_regions == ((0, 0, 185, 170), (186, 0, 355, 170))
+    fov = sweep_fov(sweep)
+    truth = (fan != 0) | (second != 0)
+    assert not fov[:, 360:].any() and not fov[200:].any()  # neither the panel nor the strip
+    assert (fov & truth).sum() / (fov | truth).sum() > 0.9  # both images of the dual display
+    # without regions (another format), the largest region is still what the frames show
+    write_volume(tmp_path / "screen.mha", frames)
+    assert not load_sweep(tmp_path / "screen.mha").image_regions

@@ -104,6 +104,9 @@ class Raw:
     ycbcr: bool = False
     #: What reading did that the user should know (one line each); shown with the answer.
     notes: list[str] = field(default_factory=list)
+    #: The rectangles that show the body, ``(x0, y0, x1, y1)`` inclusive, where the file says
+    #: (a DICOM ultrasound image's tissue regions): the field of view lies inside them.
+    regions: tuple = ()
 
 
 def full_suffix(path: Path) -> str:

@@ -38,7 +38,8 @@ from fetaliqa_core.io._common import (
     usable_spacing,
 )
 from fetaliqa_core.io.frames import frame_stack_shape, precheck_dims
-from fetaliqa_core.io.spacing import classify_header_spacing, dataset_calibration, dicom_calibration
+from fetaliqa_core.io.spacing import (classify_header_spacing, dataset_calibration, dicom_calibration,
+                                     dicom_image_regions)
 
 
 #: A kept header value is cut to this many characters (a hostile header cannot make it large).
@@ -357,7 +358,9 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     window = padding = None
     ycbcr = False
     notes = []
+    regions = ()
     if dicom_file is not None:
+        regions = dicom_image_regions(dicom_file)
         calibrated, source, note = dicom_calibration(dicom_file)
         spacing_mm = calibrated or spacing_mm
         if calibrated and note:
@@ -388,7 +391,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
-               ycbcr=ycbcr)
+               ycbcr=ycbcr, regions=regions)
 
 
 #: Picture formats the image reader also opens: their resolution is for printing, not a calibration.
@@ -641,7 +644,8 @@ def _dicom_without_its_spacing(path: Path) -> Raw | None:
     spacing_mm, source, note = usable_spacing(calibrated or (1.0, 1.0), source, note)
     window, padding = dicom_display(path) if samples == 1 and arr.dtype != np.uint8 else (None, None)
     return Raw(array=arr, components=samples, spacing_mm=spacing_mm, metadata={}, path=path,
-               spacing_source=source, spacing_note=note, window=window, padding=padding)
+               spacing_source=source, spacing_note=note, window=window, padding=padding,
+               regions=dicom_image_regions(path))
 
 
 def _has_voi_lut_table(path: Path) -> bool:

@@ -219,6 +219,58 @@ def _image_size(ds: Any) -> tuple[int, int] | None:
     return (rows, cols) if rows > 0 and cols > 0 else None
 
 
+#: PS3.3 C.8.5.5.1.2: Region Data Type 1 is tissue, 2 colour flow (drawn over a tissue image);
+#: the others (spectral Doppler, traces, ECG, ...) are no image of the body.
+_REGION_IMAGE_TYPES = (1, 2)
+#: A region narrower than this (pixels) is a strip or a thumbnail, not the image.
+_MIN_REGION_PX = 32
+
+
+def image_regions(ds: Any, image: tuple[int, int] | None = None) -> tuple[tuple[int, int, int, int], ...]:
+    """The rectangles of a DICOM ultrasound image that show the body (2-D tissue or colour-flow
+    regions of its Sequence of Ultrasound Regions): ``(x0, y0, x1, y1)``, inclusive, clipped to the
+    image (``image``: rows, columns). Empty without such regions; a region past the image, or one
+    that cannot be read, is left out. What lies outside them on the screen (the scanner's panels,
+    a spectral Doppler strip) is no part of the field of view."""
+    found = []
+    try:
+        items = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
+    except Exception:  # noqa: BLE001 - a damaged sequence: no regions, as without one
+        return ()
+    for item in items:
+        try:
+            if int(item.get("RegionSpatialFormat", _REGION_2D)) != _REGION_2D:
+                continue
+            kind = item.get("RegionDataType", None)
+            if kind is not None and int(kind) not in _REGION_IMAGE_TYPES:
+                continue
+            box = tuple(int(item.get(k)) for k in ("RegionLocationMinX0", "RegionLocationMinY0",
+                                                   "RegionLocationMaxX1", "RegionLocationMaxY1"))
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError):
+            continue
+        x0, y0, x1, y1 = box
+        if image is not None:
+            if x0 >= image[1] or y0 >= image[0]:
+                continue
+            x1, y1 = min(x1, image[1] - 1), min(y1, image[0] - 1)
+        if x0 < 0 or y0 < 0 or x1 - x0 + 1 < _MIN_REGION_PX or y1 - y0 + 1 < _MIN_REGION_PX:
+            continue
+        found.append((x0, y0, x1, y1))
+    return tuple(dict.fromkeys(found))
+
+
+def dicom_image_regions(path: Path) -> tuple[tuple[int, int, int, int], ...]:
+    """:func:`image_regions` of a DICOM file's header (empty when it cannot be read)."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, defer_size="1 MB", force=True,
+                             specific_tags=["SequenceOfUltrasoundRegions", "Rows", "Columns"])
+        return image_regions(ds, _image_size(ds))
+    except Exception:  # noqa: BLE001 - only the field of view's hint; the reader reports damage
+        return ()
+
+
 def _region_spacing(regions: list[Any], image: tuple[int, int] | None = None
                     ) -> tuple[tuple[float, float] | None, str] | None:
     """The largest region calibrated in cm in both directions: ``((row_mm, col_mm), note)``;

@@ -60,6 +60,11 @@ class Sweep:
     #: What reading the file did that the user should know, one line each (pixels that hold no
     #: number, series left out of a folder, how the spacing was chosen); shown with the answer.
     read_notes: tuple[str, ...] = ()
+    #: Where the file says the image of the body lies: ``(x0, y0, x1, y1)`` rectangles, inclusive
+    #: (a DICOM ultrasound image's tissue regions; empty when it says nothing). The field of view
+    #: is looked for inside them (:func:`fetaliqa_core.acouslic.sweep_fov`), not on the scanner's
+    #: panels or a Doppler strip beside them.
+    image_regions: tuple = ()
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 3 or self.frames.dtype != np.uint8:
@@ -196,7 +201,8 @@ def load_sweep(path: str | Path) -> Sweep:
                          "annotation), not a sweep; choose the sweep's image file")
     return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
                  path=path, spacing_source=raw.spacing_source, spacing_note=raw.spacing_note,
-                 read_notes=tuple(raw.notes))
+                 read_notes=tuple(raw.notes),
+                 image_regions=tuple(r for r in raw.regions if r[2] < w and r[3] < h))
 
 
 @dataclass(eq=False)
