@@ -339,17 +339,23 @@ class FrameView(QWidget):
         # outline at the top of the frame put its label off the view, or over the abdomen).
         top, bottom = float(pts[:, 1].min()), float(pts[:, 1].max())
         try:
-            per_pixel = float(self.view.viewPixelSize()[1])
+            per_x, per_pixel = (float(v) for v in self.view.viewPixelSize())
         except Exception:  # noqa: BLE001 - a view not laid out yet: one screen pixel per frame pixel
-            per_pixel = 1.0
-        needed = (self.ellipse_label.textItem.boundingRect().height() + 6) * per_pixel
-        view_top = float(min(self.view.viewRange()[1]))
+            per_x = per_pixel = 1.0
+        box = self.ellipse_label.textItem.boundingRect()
+        needed = (box.height() + 6) * per_pixel
+        (view_left, view_right), (view_top, _) = (sorted(float(v) for v in r) for r in self.view.viewRange())
+        # centred on the outline, but kept inside the view: an outline near the side put half its
+        # label off the view ("4.7 mm (doubtful)" for 194.7 mm)
+        half = box.width() * per_x / 2.0
+        x = float(pts[:, 0].mean())
+        x = min(max(x, view_left + half), view_right - half) if view_right - view_left > 2 * half else view_left + half
         if top - needed >= view_top:
             self.ellipse_label.setAnchor((0.5, 1.0))
-            self.ellipse_label.setPos(float(pts[:, 0].mean()), top - 6 * per_pixel)
+            self.ellipse_label.setPos(x, top - 6 * per_pixel)
         else:
             self.ellipse_label.setAnchor((0.5, 0.0))
-            self.ellipse_label.setPos(float(pts[:, 0].mean()), bottom + 6 * per_pixel)
+            self.ellipse_label.setPos(x, bottom + 6 * per_pixel)
         self.ellipse.show()
         self.ellipse_label.show()
 

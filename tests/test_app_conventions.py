@@ -151,6 +151,15 @@ def test_the_ac_label_stays_on_the_view_above_or_below_its_outline(qtbot):
         else:
             assert box.top() >= centre_y + 55
         assert box.left() >= 0 and box.right() <= 744
+    # an outline near either side keeps its label whole inside the view ("4.7 mm (doubtful)" was shown)
+    x_lo, x_hi = sorted(view.view.viewRange()[0])
+    for centre_x in (30.0, 714.0):
+        pts = np.stack([centre_x + 40 * np.cos(t), 280 + 35 * np.sin(t)], 1)
+        view.show_ellipse(pts, "AC 194.7 mm (doubtful) · demo model, not for clinical use")
+        QApplication.processEvents()
+        label = view.ellipse_label
+        box = label.mapRectToView(label.boundingRect())
+        assert box.left() >= x_lo - 0.5 and box.right() <= x_hi + 0.5, (centre_x, box, x_lo, x_hi)
 
 
 def test_about_names_version_models_and_device(win):
