@@ -91,7 +91,9 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     drawn pure black is still inside the fan). Bool ``(H, W)``.
 
     The black level is 0 (a clean export: what is exactly 0 and reaches the image's border lies
-    outside) when a tenth of the frame is exactly 0. Else the darkest tenth plus a margin, when
+    outside) when a tenth of the frame is exactly 0; or another exact grey level (a capture's video
+    black level of 16 or 20) that fills a tenth of the frame and most of its border, dark beside the
+    image. Else the darkest tenth plus a margin, when
     the dark it leaves outside runs along at least :data:`SURROUND_BORDER_SHARE` of the image's
     border, more of it than the exact zeros do, as a fan's surround does (a video black level of 2, or faint noise, around the fan of
     a screen capture or a lossy export made the whole frame the fan); dark fluid reaching one edge
@@ -102,7 +104,20 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     peak = np.asarray(frames[::step]).max(axis=0).astype(np.float32)
     fan = _region_above(peak, 0.0)
     low, high = (float(v) for v in np.percentile(peak, (10, 99)))
-    if low <= 0 or low > 0.1 * high:  # (a darkest tenth not dark beside the brightest is image)
+    if low <= 0:
+        return fan
+    # a surround of one exact grey level (a video black level of 16 or 20 in a clean capture) that
+    # runs along the border and fills a tenth of the frame, dark beside the image: the black level,
+    # whatever its value (at 20 of a brightest 173 the whole screen was taken for the fan)
+    ring = np.concatenate([peak[0], peak[-1], peak[1:-1, 0], peak[1:-1, -1]])
+    values, counts = np.unique(ring, return_counts=True)
+    level = float(values[int(np.argmax(counts))])
+    if (counts.max() / ring.size >= SURROUND_BORDER_SHARE and level <= 0.25 * high
+            and float((peak == level).mean()) >= 0.1):
+        above = _region_above(peak, level)
+        if above.any():
+            return above
+    if low > 0.1 * high:  # (a darkest tenth not dark beside the brightest is image)
         return fan
     above = _region_above(peak, low + max(2.0, 0.03 * (high - low)))
     share = _outside_border_share(above)

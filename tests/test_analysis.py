@@ -315,6 +315,11 @@ def test_a_fan_is_found_on_a_black_level_above_zero_and_inside_a_burnt_in_frame(
     boxed[:, 5:7, 5:-5] = boxed[:, -7:-5, 5:-5] = boxed[:, 5:-5, 5:7] = boxed[:, 5:-5, -7:-5] = 200
     boxed[:, 2:12, 300:420] = 255  # and a line of text above the fan
     variants["burnt-in frame"] = boxed
+    # a capture's video black level of 20 where the darkest image is about 200 (a tenth of it:
+    # the whole screen was taken for the fan), and 16
+    bright = np.where(frames == 0, 0, np.maximum(frames, 40)).astype(np.uint8)
+    variants["black level 20"] = np.maximum(bright, 20)
+    variants["black level 16"] = np.maximum(bright, 16)
     for name, arr in variants.items():
         arr = arr.copy()
         arr[:, 250:300, 340:400] = 0  # pure black fluid inside: still the fan
