@@ -757,6 +757,10 @@ def test_a_series_whose_calibration_changes_gives_no_one_pixel_size(tmp_path):
     sweep = load_sweep(folder)
     assert sweep.n_frames == 6 and sweep.spacing_source == SPACING_NONE
     assert "changes within the series" in sweep.spacing_note and sweep.spacing_problem is not None
+    # a pixel size given for it (--spacing) is used, but the change is still said
+    given = sweep.with_spacing(0.2)
+    assert given.spacing_problem is None
+    assert any("changes within the series" in n and "applied to every frame" in n for n in given.read_notes)
     steady = tmp_path / "steady"
     steady.mkdir()
     for k in range(3):

@@ -38,8 +38,8 @@ from fetaliqa_core.io._common import (
     usable_spacing,
 )
 from fetaliqa_core.io.frames import frame_stack_shape, precheck_dims
-from fetaliqa_core.io.spacing import (classify_header_spacing, dataset_calibration, dicom_calibration,
-                                     dicom_image_regions)
+from fetaliqa_core.io.spacing import (SPACING_CHANGES, classify_header_spacing, dataset_calibration,
+                                     dicom_calibration, dicom_image_regions)
 
 
 #: A kept header value is cut to this many characters (a hostile header cannot make it large).
@@ -241,7 +241,7 @@ def _calibration_change(files: list[str], members: list[_Member | None]) -> str:
         return ""
     shown = "; ".join(f"{'none' if key is None else spacing_text(key)} from {first}"
                       for key, first in list(seen.items())[:2])
-    return (f"the pixel size changes within the series ({shown}{'; ...' if len(seen) > 2 else ''}): "
+    return (f"{SPACING_CHANGES} ({shown}{'; ...' if len(seen) > 2 else ''}): "
             "the depth or zoom changed during the sweep, so no one pixel size applies")
 
 

@@ -219,6 +219,10 @@ def _image_size(ds: Any) -> tuple[int, int] | None:
     return (rows, cols) if rows > 0 and cols > 0 else None
 
 
+#: How a series' note begins when its files state different pixel sizes (the depth or zoom was
+#: changed during the sweep): a pixel size the user gives later does not make that go away.
+SPACING_CHANGES = "the pixel size changes within the series"
+
 #: PS3.3 C.8.5.5.1.2: Region Data Type 1 is tissue, 2 colour flow (drawn over a tissue image);
 #: the others (spectral Doppler, traces, ECG, ...) are no image of the body.
 _REGION_IMAGE_TYPES = (1, 2)

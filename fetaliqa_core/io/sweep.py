@@ -131,8 +131,13 @@ class Sweep:
         """The same sweep with a pixel spacing the user gave (mm per pixel, one value or
         ``(row_mm, col_mm)``). Raises FetalIQAError when it is not plausible."""
         pair = _spacing.user_spacing(spacing_mm)
+        notes = self.read_notes
+        if self.spacing_note.startswith(_spacing.SPACING_CHANGES):
+            # one value for every frame of a sweep whose depth changed: said, not forgotten
+            notes += (f"{self.spacing_note}; the pixel size given, {_spacing.spacing_text(pair)}, is applied "
+                      "to every frame: check that it holds for the frame measured",)
         return dataclasses.replace(self, spacing_mm=pair, spacing_source=SPACING_FROM_USER, spacing_note="",
-                                   hash_spacing_mm=self._hash_spacing())
+                                   hash_spacing_mm=self._hash_spacing(), read_notes=notes)
 
     def _hash_spacing(self) -> tuple[float, float]:
         return tuple(self.hash_spacing_mm if self.hash_spacing_mm is not None else self.spacing_mm)  # type: ignore
