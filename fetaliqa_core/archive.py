@@ -58,12 +58,12 @@ DEFAULT_RANK_TIMEOUT = 300.0  # seconds without a heartbeat before rank 0 takes 
 
 TABLE_COLUMNS = (
     "case", "file", "status", "error", "chosen_frame", "chosen_sweep", "ac_mm", "ac_status", "ga_weeks",
-    "ga_out_of_range", "n_frames", "frames_scored", "threshold", "models", "precision", "cls_hash", "seg_hash",
+    "ga_out_of_range", "n_frames", "frames_scored", "threshold", "models", "notice", "precision", "cls_hash", "seg_hash",
     "base_hash", "file_hash", "content_hash", "rank", "host", "device", "seconds", "finished_utc",
 )
 # Columns that differ between two runs with the same results (when and where a case ran).
 RUN_COLUMNS = ("rank", "host", "device", "seconds", "finished_utc")
-_TEXT_COLUMNS = {"case", "file", "error", "models", "host", "device"}
+_TEXT_COLUMNS = {"case", "file", "error", "models", "notice", "host", "device"}
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -296,9 +296,11 @@ def run_settings_keys(hashes: dict, threshold: float, spacing: float | None = No
     results are accepted too). Records from before this rule, keyed with a number format, stay
     valid."""
     exact = run_settings_key(hashes, threshold, spacing, student_hash)
-    if precision_asked:
-        return (exact,)
     shared = run_settings_key({k: v for k, v in hashes.items() if k != "precision"}, threshold, spacing, student_hash)
+    if precision_asked:
+        # a record a machine left to choose scored in the format asked for is one of these too
+        # (``KEY@FORMAT``: the settings key when the record's own precision is FORMAT)
+        return (exact, f"{shared}@{hashes.get('precision')}")
     keyed = [run_settings_key(dict(hashes, precision=p), threshold, spacing, student_hash)
              for p in ("bf16", "fp32", "fp16")]
     return (shared, exact, *[k for k in keyed if k != exact])
@@ -315,6 +317,19 @@ def run_settings_key(hashes: dict, threshold: float, spacing: float | None = Non
 
 def case_key(fhash: str, settings: str) -> str:
     return hashlib.sha256(f"{fhash}:{settings}".encode()).hexdigest()[:32]
+
+
+def settings_accepted(record: dict, accepted: Sequence[str]) -> bool:
+    """Whether ``record`` was scored with settings a run accepts (:func:`run_settings_keys`)."""
+    return any(record.get("settings_key") == key and (not fmt or record.get("precision") == fmt)
+               for key, _, fmt in (a.partition("@") for a in accepted))
+
+
+def accepted_case_keys(record: dict | None, fhash: str, accepted: Sequence[str]) -> list[str]:
+    """The case keys of ``fhash`` a run accepts for ``record`` (a ``KEY@FORMAT`` entry counts only
+    for a record scored in that format)."""
+    return [case_key(fhash, key) for key, _, fmt in (a.partition("@") for a in accepted)
+            if not fmt or (record or {}).get("precision") == fmt]
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -542,7 +557,7 @@ def write_failure(out: Path, name: str, record: dict) -> None:
 
 ATTEMPT_SUFFIX = ".attempt.json"
 STAGE_READING, STAGE_SCORING = "reading", "scoring"
-MAX_SCORING_DEATHS = 2  # runs that may die while scoring one case before it is failed
+MAX_SCORING_DEATHS = 3  # runs that may die while scoring one case before it is failed (two kill -9s may be a user's)
 PROBE_TIMEOUT_S = 600.0  # reading a sweep in the child process (a few seconds for a full case)
 
 
@@ -583,15 +598,20 @@ def clear_attempt(out: Path, name: str) -> None:
         pass
 
 
-def died_on(marker: dict | None, fhash: str | None) -> bool:
+def died_on(marker: dict | None, fhash: str | None, path: Path | None = None) -> bool:
     """Whether ``marker`` was left by a process that died with this case (same file bytes) in hand:
-    not a live process of this machine (another run on the same folder may be at it now)."""
+    a process of this machine that no longer runs, or one of another machine whose marker
+    (``path``) is :data:`FOREIGN_LEFTOVER_S` old (machines sharing one --out cannot see each
+    other's processes: another machine's run may be at this case now)."""
     if marker is None or fhash is None or marker.get("file_hash") != fhash:
         return False
     pid = marker.get("pid")
-    if marker.get("host") == _host_tag() and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+    if marker.get("host") == _host_tag():
+        return not (isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid))
+    try:
+        return path is not None and time.time() - path.stat().st_mtime >= FOREIGN_LEFTOVER_S
+    except OSError:
         return False
-    return True
 
 
 def read_in_child(member: Path, timeout: float = PROBE_TIMEOUT_S) -> str | None:
@@ -659,7 +679,7 @@ def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: 
             continue
         row = {c: rec.get(c) for c in TABLE_COLUMNS}
         row["case"], row["file"] = name, fname
-        if settings is not None and rec.get("settings_key") not in settings:
+        if settings is not None and not settings_accepted(rec, settings):
             row["status"] = STATUS_STALE
             row["error"] = ("scored with other models, precision, threshold, pixel spacing or cascade; "
                             "run again to rescore")
@@ -896,9 +916,24 @@ def wait_for_ranks(out: Path, run_id: str, ranks: Sequence[int], timeout: float,
         time.sleep(poll)
 
 
-def remove_state(out: Path) -> None:
-    """Heartbeats of this run and of earlier ones that were killed (rank 0, at the end)."""
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+def remove_state(out: Path, run_id: str | None = None) -> None:
+    """Heartbeats of run ``run_id`` (rank 0, at the end) and of earlier runs that were killed, by
+    :data:`FOREIGN_LEFTOVER_S`: another torchrun launch on the same --out may be running now, and
+    removing its heartbeats made its rank 0 take its other ranks for dead. ``run_id`` None: all."""
+    root = out / STATE_DIR
+    if run_id is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    shutil.rmtree(root / run_id, ignore_errors=True)
+    now = time.time()
+    try:
+        for folder in root.iterdir():
+            stamps = [p.stat().st_mtime for p in folder.iterdir()] if folder.is_dir() else []
+            if folder.is_dir() and now - max(stamps, default=0.0) >= FOREIGN_LEFTOVER_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        root.rmdir()  # only when nothing is left in it
+    except OSError:
+        pass
 
 
 def new_run_id() -> str:

@@ -264,7 +264,14 @@ def test_rank0_waits_for_live_ranks_and_gives_up_on_a_silent_one(tmp_path):
     assert finished == {1: {"scored": 2, "skipped": 1, "failed": 0}}
     assert dead == [2]
     assert 0.7 < waited < 5  # waited for the live rank, not for ever for the dead one
-    ar.remove_state(tmp_path)
+    other = ar.Heartbeat(tmp_path, ar.new_run_id(), 1, interval=0.05).start()  # another launch, running
+    other._stop.set()
+    other._thread.join()
+    ar.remove_state(tmp_path, run_id)  # this run's heartbeats only: the other's rank 0 still waits on them
+    assert not (tmp_path / ar.STATE_DIR / run_id).exists() and other.path.exists()
+    old = time.time() - ar.FOREIGN_LEFTOVER_S - 1
+    os.utime(other.path, (old, old))  # ... until they are as old as a killed run's
+    ar.remove_state(tmp_path, run_id)
     assert not (tmp_path / ar.STATE_DIR).exists()
 
 

@@ -69,6 +69,7 @@ def test_one_process_archive_then_a_rerun_skips_everything(archive_dir, referenc
         assert row["content_hash"] == summary["content_hash"] and int(row["n_frames"]) == 6
         assert row["cls_hash"] and row["seg_hash"] and row["base_hash"] and row["file_hash"]
         assert "demo model" in row["models"] and row["device"] == "cpu"
+        assert "not for clinical use" in row["notice"]  # on each row, as summary.csv has it
         assert row["precision"] in ("fp32", "bf16")
         if row["ac_mm"]:
             assert int(row["chosen_frame"]) >= 0 and float(row["ac_mm"]) > 0
@@ -459,6 +460,11 @@ def test_machines_that_choose_other_number_formats_share_an_archive(archive_dir,
     monkeypatch.delenv("FETALIQA_PRECISION", raising=False)
     args = ["score", str(archive_dir), "--archive", "--out", str(out), "--no-cache", "--quiet"]
     capsys.readouterr()
+    # asked for the format this machine chose anyway: the cases scored so are these settings' too
+    # (they were all scored again, and called stale after an interruption)
+    assert main(args + ["--precision", here]) == 0
+    assert capsys.readouterr().out.count("already scored with these models, skipped") == 4
+    assert {r["status"] for r in _table(out)} == {"ok"}
     assert main(args + ["--precision", other]) == 0  # asked for: every case is computed that way
     assert capsys.readouterr().out.count("already scored with these models, skipped") == 0
     assert {r["precision"] for r in _table(out)} == {other} and {r["status"] for r in _table(out)} == {"ok"}
@@ -561,12 +567,19 @@ def test_a_run_that_died_scoring_a_case_scores_it_again_once_then_fails_it(archi
     import shutil
 
     shutil.rmtree(ar.case_dir(out, name))
-    left(ar.STAGE_SCORING, 1)  # it died scoring this case before, and again
+    left(ar.STAGE_SCORING, ar.MAX_SCORING_DEATHS - 1)  # it died scoring this case before, and again
     capsys.readouterr()
     assert main(args) == 1
     row = _table(out)[0]
-    assert row["status"] == "failed" and "the run stopped 2 times while scoring it" in row["error"]
+    assert row["status"] == "failed" and f"the run stopped {ar.MAX_SCORING_DEATHS} times while scoring it" in row["error"]
     assert ar.attempt_file(out, name).exists()  # kept: the next run does not try it again
+    # another machine's marker is a death only when old: its run may be at this case now
+    foreign = {"file_hash": fhash, "host": "elsewhere.0000", "pid": 1, "stage": "scoring"}
+    ar.attempt_file(out, name).write_text(json.dumps(foreign))
+    assert not ar.died_on(foreign, fhash, ar.attempt_file(out, name))
+    old = time.time() - ar.FOREIGN_LEFTOVER_S - 60
+    os.utime(ar.attempt_file(out, name), (old, old))
+    assert ar.died_on(foreign, fhash, ar.attempt_file(out, name))
     # a marker of other bytes (the file replaced since) is not this file's
     left(ar.STAGE_SCORING, 5)
     (folder / src.name).write_bytes(src.read_bytes() + b"")

@@ -666,6 +666,11 @@ def test_a_folder_of_dicom_cines_is_a_folder_of_sweeps(tmp_path):
     assert [p.name for p in members] == ["cine0.dcm", "cine1.dcm", "cine2.dcm", "other.mha"]
     note = left_out_note(tmp_path, members)
     assert "1 file(s) are not sweeps and are left out: photo.png" in note
+    # a subfolder of sweeps (one a patient) was passed over without a word
+    (tmp_path / "patient1").mkdir()
+    write_volume(tmp_path / "patient1" / "sweep.mha", _grey().astype(np.uint8))
+    note = left_out_note(tmp_path, sweep_folder_members(tmp_path))
+    assert "1 subfolder(s) hold no DICOM series and are not looked into: patient1" in note and "photo.png" in note
     lone = tmp_path / "lone"  # one cine beside a sweep of another format is a sweep too
     lone.mkdir()
     us_dicom(lone / "cine.dcm", _grey(n=4))

@@ -78,11 +78,18 @@ def left_out_note(path: Path, members: list[Path]) -> str:
     scored = set(members)
     left = [p.name for p in entries if p not in scored and p.is_file()
             and not p.name.lower().endswith(DATA_SUFFIXES)]
-    if not left:
-        return ""
-    shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
-    return (f"{path}: {len(left)} file(s) are not sweeps and are left out: {shown} (sweeps: "
-            f"{', '.join(SWEEP_SUFFIXES[:-1])}, DICOM cines and series folders)")
+    # folders that hold no DICOM series: their sweeps are not looked for (one folder, one level)
+    folders = [p.name for p in entries if p not in scored and p.is_dir()]
+    notes = []
+    if left:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        notes.append(f"{len(left)} file(s) are not sweeps and are left out: {shown} (sweeps: "
+                     f"{', '.join(SWEEP_SUFFIXES[:-1])}, DICOM cines and series folders)")
+    if folders:
+        shown = ", ".join(folders[:5]) + (f" and {len(folders) - 5} more" if len(folders) > 5 else "")
+        notes.append(f"{len(folders)} subfolder(s) hold no DICOM series and are not looked into: {shown} "
+                     "(score each as a folder of its own, or move its sweeps up)")
+    return f"{path}: " + "; ".join(notes) if notes else ""
 
 
 def _stem(path: Path) -> str:

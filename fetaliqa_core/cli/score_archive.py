@@ -66,8 +66,7 @@ def _record_writer(item: ar.Item, base: dict):
                       ac_mm=round(float(m.ac_mm), 1) if m is not None else None,
                       # "ok": a number to act on; "doubtful": implausible value or mask (summary.json)
                       # "no units": an AC measured but not shown without a known, plausible spacing
-                      ac_status=(reading.get("status") if m is not None
-                                 else reading.get("status") if reading.get("status") == "no units" else None),
+                      ac_status=reading.get("status") or None,  # "none" when no AC, as summary.json says
                       ga_weeks=round(float(ga.weeks), 1) if ga is not None else None,
                       # whether the AC shown lies outside Hadlock's range (then no GA): empty without an AC
                       ga_out_of_range=bool(an.hadlock_ga(m.ac_mm).out_of_range) if m is not None else None,
@@ -172,7 +171,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 item.key = ar.case_key(item.fhash, settings)
                 folder = ar.case_dir(out, item.name)
                 record = ar.read_record(folder)
-                if ar.is_finished(record, [ar.case_key(item.fhash, s) for s in accepted], needed, folder):
+                if ar.is_finished(record, ar.accepted_case_keys(record, item.fhash, accepted), needed, folder):
                     item.finished = True
                     ar.refresh_file_stat(folder, record, item.fstat)  # the same bytes, touched since
                     return
@@ -193,7 +192,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         whose reading crashes a child process too, or one the run died on twice while scoring it,
         is failed with what happened (True); otherwise it is scored as usual."""
         marker = ar.read_attempt(out, item.name)
-        if not ar.died_on(marker, item.fhash):
+        if not ar.died_on(marker, item.fhash, ar.attempt_file(out, item.name)):
             return False
         scoring = marker.get("stage") == ar.STAGE_SCORING
         deaths = marker.get("scoring_deaths")
@@ -209,7 +208,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 return True
         if item.deaths >= ar.MAX_SCORING_DEATHS:
             item.error = (f"{item.member.name}: the run stopped {item.deaths} times while scoring it, without "
-                          "an error of its own (a crash, or the system ended the process: out of memory?)"
+                          "an error of its own (a crash, the system ending the process for memory, or kill -9)"
                           + retry)
             return True
         return False
@@ -226,7 +225,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 continue
             base = {"format": ar.RECORD_FORMAT, "version": ar.RECORD_VERSION, "case": item.name,
                     "archive": archive_root,
-                    "file": item.member.name, "models": models.choice.describe(), **columns,
+                    "file": item.member.name, "models": models.choice.describe(),
+                    "notice": notice or None,  # a demonstration or test model's, on each of its rows
+                    **columns,
                     "threshold": float(threshold), "settings_key": settings, "file_stat": item.fstat, "rank": ranks.rank,
                     "host": ar.hostname(), "device": models.device, "_t0": time.perf_counter()}
             foreign = ar.foreign_folder(ar.case_dir(out, item.name))
@@ -236,7 +237,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             read_failed = item.error is not None  # before scoring: reading or hashing the file
             if item.error is None and not foreign:
                 earlier = ar.read_record(ar.case_dir(out, item.name))
-                other_archive = earlier is not None and earlier.get("archive") not in (None, archive_root)
+                other_archive = (earlier is not None and earlier.get("archive") not in (None, archive_root)
+                                 and earlier.get("file_hash") != item.fhash)  # (the same bytes: moved or copied)
                 if earlier is not None and (earlier.get("file") not in (None, item.member.name) or other_archive):
                     # another archive scored into this --out, or a renamed file: say what is replaced
                     # (a file of the same name in another archive was replaced without a word)
@@ -280,21 +282,22 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 print(f"{position}{shown(item.name)}: chosen frame {frame if frame >= 0 else 'none (-1)'}{ac} "
                       f"({rec.get('seconds', 0):.1f} s)", flush=True)
             else:
-                counts["failed"] += 1
                 base.pop("_t0")
                 failure = dict(base, status=export.STATUS_FAILED, error=item.error, key=item.key, file_hash=item.fhash,
                                finished_utc=ar.utc_now())
                 folder = ar.case_dir(out, item.name)
                 previous = ar.read_record(folder) if not foreign else None
                 if (read_failed and previous is not None and item.fstat is not None
-                        and previous.get("settings_key") in accepted and previous.get("file_stat") == item.fstat
+                        and ar.settings_accepted(previous, accepted) and previous.get("file_stat") == item.fstat
                         and ar.is_finished(previous, previous.get("key"), needed, folder)):
                     # a passing read error (permissions, a network file system) must not destroy results
                     # of these settings on the same, unchanged file
                     print(f"{position}{shown(item.name)}: could not be read now ({shown(item.error)}); its results of "
                           f"{previous.get('finished_utc', 'an earlier run')} are kept: the file has not changed "
                           "since", file=sys.stderr, flush=True)
+                    counts["skipped"] += 1  # (not failed: the table calls it ok)
                     continue
+                counts["failed"] += 1
                 try:
                     if not foreign:
                         ar.write_failure(out, item.name, failure)
@@ -304,7 +307,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 print(f"{position}{shown(item.name)}: failed: {shown(item.error)}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: the finished cases are kept; the table says so now, not at the next run
-        if ranks.is_main and not ranks.distributed:
+        # (under torchrun too: the table is built from the case folders alone, and the previous
+        # run's rows must not stand for cases rescored since)
+        if ranks.is_main:
             try:
                 rows = ar.table_rows(out, names, files, accepted, members)
                 ar.write_table(out, rows)
@@ -327,7 +332,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         for c in others.values():
             for name in counts:
                 counts[name] += int(c.get(name, 0))
-        ar.remove_state(out)
+        ar.remove_state(out, plan["run_id"])
     rows = ar.table_rows(out, names, files, accepted, members)
     table = ar.write_table(out, rows)
     status = ar.count_statuses(rows)
