@@ -122,13 +122,20 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
     if out.exists() and not out.is_dir():
         raise FetalIQAError(f"{out} is an existing file, not a folder: choose a folder for the results "
                             "(it is created if needed).")
+    if out.is_symlink() and not out.exists():
+        raise FetalIQAError(f"{out} is a link to nothing ({os.readlink(out)}): choose a folder for the results, "
+                            "or remove the link.")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # An existing folder gets its temporary one inside it: the files then move within one file
+    # system, and only the folder itself need be writable (a mount point, a link to another disk,
+    # a folder in one the user cannot write: each failed after every frame was scored). A new one
+    # is made beside it and renamed into place.
     # (a short prefix: a folder named near the 255-byte limit must still have its temporary sibling)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:40]}.", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:40]}.", dir=out if out.is_dir() else out.parent))
     _normal_permissions(tmp)  # mkdtemp makes 0700: colleagues on a shared folder must read results
     try:
         yield tmp
-        if out.exists():
+        if tmp.parent == out:
             written = {p.name for p in tmp.iterdir()}
             in_the_way = sorted(n for n in written if (out / n).is_dir() and not (out / n).is_symlink())
             if in_the_way:
@@ -212,6 +219,15 @@ def _normal_permissions(folder: Path) -> None:
     os.umask(umask)
     with contextlib.suppress(OSError):
         os.chmod(folder, 0o777 & ~umask)
+
+
+def normal_file_permissions(path: Path) -> None:
+    """The permissions a plain ``open(..., "w")`` would give a new file (0666 less the umask), for
+    files a library writes private (safetensors writes 0600: a bundle others could not load)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~umask)
 
 
 def _one_line_break(text: str) -> str:

@@ -198,6 +198,7 @@ def test_torchrun_two_ranks_killed_mid_run_then_rerun_completes(archive_dir, ref
     assert set(_finished(out, 1)) == {names[1]}  # rank 1 lost only the case it was scoring
     assert names[3] not in done
     records = {n: (ar.case_dir(out, n) / ar.RECORD_FILE).read_text() for n in done}
+    killed_state = {p.name for p in (out / ar.STATE_DIR).iterdir()} if (out / ar.STATE_DIR).is_dir() else set()
 
     proc = _torchrun(archive_dir, out)
     log = proc.communicate(timeout=180)[0]
@@ -207,7 +208,9 @@ def test_torchrun_two_ranks_killed_mid_run_then_rerun_completes(archive_dir, ref
     # finished cases were kept as they were, the rest scored, no temporary folder left
     assert {n: (ar.case_dir(out, n) / ar.RECORD_FILE).read_text() for n in done} == records
     assert sorted(p.name for p in (out / ar.CASES_DIR).iterdir()) == sorted(names)
-    assert not (out / ar.STATE_DIR).exists()
+    # the rerun's own heartbeats are gone; the killed run's stay until they are hours old (another
+    # launch on the same --out may be running: its heartbeats must not be taken away)
+    assert not (out / ar.STATE_DIR).exists() or {p.name for p in (out / ar.STATE_DIR).iterdir()} <= killed_state
     rows = _table(out)
     assert [r["rank"] for r in rows] == ["0", "1", "0", "1"]  # index modulo the world size
     assert _results(out) == _results(reference)  # identical to one uninterrupted process
@@ -393,6 +396,22 @@ def test_reruns_rescore_what_changed_and_keep_what_a_passing_error_could_not_rea
     assert "could not be read now" in err and "are kept" in err
     assert (ar.case_dir(out, names[0]) / "summary.json").read_bytes() == kept
     assert {r["status"] for r in _table(out)} == {"ok"}
+    # ... but not when the bytes hash otherwise (changed in place, size and time kept) and do not read
+    monkeypatch.setattr(ar, "file_hash", lambda p: "0" * 32 if p == victim else real(p))
+    from fetaliqa_core import io as fio
+    from fetaliqa_core.errors import FetalIQAError
+
+    readable = fio.load_sweep
+
+    def unreadable(p, *a, **k):
+        if Path(p) == victim:
+            raise FetalIQAError(f"{p}: the file is truncated")
+        return readable(p, *a, **k)
+
+    monkeypatch.setattr(fio, "load_sweep", unreadable)
+    assert main(base + ["--spacing", "0.3"]) == 1
+    assert "are kept" not in capsys.readouterr().err
+    assert _table(out)[0]["status"] == "failed"
 
 
 def test_an_interrupted_run_writes_the_table_of_what_it_finished(tmp_path, capsys, monkeypatch):

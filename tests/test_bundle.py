@@ -95,6 +95,13 @@ def test_seg_and_joint_round_trip_on_random_base(tmp_path, kind):
         out = model(x)
     bundle = save_bundle(model, tmp_path / kind, manifest_for(model, info))
     assert read_manifest(bundle).base_sha256 == "random:11"
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in bundle.iterdir():  # readable as any file its user writes (safetensors wrote 0600)
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name
     loaded = load_bundle(bundle, device="cpu")  # a random base needs no weights file
     pred = loaded.predict(x)
     if kind == "seg":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,35 @@ def test_output_folder_appears_only_complete(tmp_path):
         (tmp / "frames.csv").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["frames.csv", "keep.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_results_go_into_a_folder_on_another_disk_and_never_through_a_dangling_link(tmp_path):
+    """An --out that was a mount point or a link to another disk failed with 'Invalid cross-device
+    link' after every frame was scored (the temporary folder was made beside it); a link to
+    nothing said 'a part of the path is a file'."""
+    import os
+    import uuid
+
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.files import atomic_output_dir
+
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system to write to")
+    target = other / f"fetaliqa-test-{uuid.uuid4().hex[:8]}"
+    target.mkdir()
+    try:
+        (tmp_path / "usb").symlink_to(target)
+        (target / "mine.txt").write_text("kept")
+        with atomic_output_dir(tmp_path / "usb") as tmp:
+            (tmp / "summary.json").write_text("{}")
+        assert sorted(p.name for p in target.iterdir()) == ["mine.txt", "summary.json"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["usb"]  # nothing left beside it
+    finally:
+        import shutil
+
+        shutil.rmtree(target, ignore_errors=True)
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FetalIQAError, match="is a link to nothing"):
+        with atomic_output_dir(tmp_path / "gone"):
+            pass

@@ -369,6 +369,9 @@ def save_base_weights(clip_state_dict: dict[str, torch.Tensor], path: str | Path
         from safetensors.torch import save_file
 
         save_file(state, str(path))
+        from fetaliqa_core.files import normal_file_permissions
+
+        normal_file_permissions(path)  # (safetensors writes 0600)
     else:
         torch.save(state, path)
     return path

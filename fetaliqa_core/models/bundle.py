@@ -29,7 +29,7 @@ from torch import nn
 from fetaliqa_core import __version__, paths, validate
 from fetaliqa_core.validate import shown_value
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_path, write_json
+from fetaliqa_core.files import atomic_path, normal_file_permissions, write_json
 from fetaliqa_core.models.base import (RANDOM_PREFIX, BaseInfo, _info, architecture, build_vision_tower,
                                        file_sha256, load_base_config, tensors_sha256)
 from fetaliqa_core.models.classifier import FetalCLIPClassifier
@@ -268,6 +268,7 @@ def save_bundle(model: AnyModel, out_dir: str | Path, manifest: BundleManifest) 
         with atomic_path(target) as tmp:
             save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(tmp),
                       metadata={"format": "pt", "fetaliqa_bundle": str(FORMAT_VERSION)})
+            normal_file_permissions(tmp)  # (0600 as written: colleagues could not load the bundle)
         files[name] = _sha256_file(target)
     manifest.files = files
     write_json(out / MANIFEST_FILE, manifest.to_dict(), sort_keys=True)
