@@ -54,14 +54,22 @@ def export_frame(win, path: str | Path | None = None) -> Path | None:
     path = Path(path)
     if path.suffix.lower() != ".png":
         path = path.with_suffix(".png")
+    from fetaliqa_core.files import atomic_path
+
     win.refresh()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        ok = win.frame_view.grab().save(str(path), "PNG")
+        # written beside it and renamed: a full disk left a broken PNG in place of an earlier export,
+        # and a link at the path had the file it points to overwritten
+        with atomic_path(path, suffix=".png") as tmp:
+            if not win.frame_view.grab().save(str(tmp), "PNG"):
+                raise OSError("the image could not be saved")
+        ok = True
     except OSError:
         ok = False
     if not ok:
-        win.alert("Export frame", f"Could not write {path}: check that its folder is writable.")
+        win.alert("Export frame", f"Could not write {path}: check that its folder is writable and the disk "
+                                  "has space; an earlier file there is left as it was.")
         return None
     win.notify(f"Frame {win.model.frame} saved as {path}.", 8000)
     return path

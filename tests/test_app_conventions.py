@@ -113,8 +113,13 @@ def test_export_frame_png_has_overlay_and_measurement(win, tmp_path):
     assert best is not None
     win.refresh()
     assert win.frame_view.ellipse.isVisible()  # the AC ellipse is drawn on a best frame
+    foreign = tmp_path / "theirs.png"
+    foreign.write_bytes(b"someone else's picture")
+    (tmp_path / "shots").mkdir()
+    (tmp_path / "shots" / "best.png").symlink_to(foreign)  # a link at the path: replaced, not written through
     out = win.export_frame(tmp_path / "shots" / "best")
-    assert out == tmp_path / "shots" / "best.png" and out.is_file()
+    assert out == tmp_path / "shots" / "best.png" and out.is_file() and not out.is_symlink()
+    assert foreign.read_bytes() == b"someone else's picture"
     img = QImage(str(out))
     assert img.width() == win.frame_view.width() and img.height() == win.frame_view.height()
     # the overlay's colours are in the picture (not only grey frame pixels)

@@ -229,3 +229,18 @@ def test_paper_bundles_are_evaluated_on_the_first_pairs_cases(tiny_data, bundles
     other = json.loads((out / "paper" / "metrics.json").read_text())
     assert mine["case_uuids"] and other["case_uuids"] == mine["case_uuids"]
     assert other["n_frames"] == mine["n_frames"]
+
+
+def test_eval_outputs_replace_a_link_and_never_write_through_it(tmp_path):
+    from training.evaluate import write_outputs
+
+    foreign = tmp_path / "important.csv"
+    foreign.write_text("someone else's table\n")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "per_case.csv").symlink_to(foreign)
+    metrics = {"cases": {"cls": [{"uuid": "u1", "chosen_frame": 3, "wfss": 1.0, "nae_ac": None, "dsc_soft": 0.5,
+                                  "score": 0.7, "ac_pred_mm": 250.0, "ac_gt_mm": None}]}}
+    write_outputs(out, metrics)
+    assert foreign.read_text() == "someone else's table\n"
+    assert not (out / "per_case.csv").is_symlink() and "u1" in (out / "per_case.csv").read_text()

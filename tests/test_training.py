@@ -765,3 +765,28 @@ def test_an_interruption_says_whether_a_checkpoint_was_kept(tmp_path):
     (out / "trial_1" / "checkpoints").mkdir()
     (out / "trial_1" / "checkpoints" / "epoch_001.pt").write_bytes(b"")
     assert interrupted_text(out) == INTERRUPTED
+
+
+def test_labels_of_a_mask_corrected_in_place_are_read_again(tmp_path):
+    """The label cache was keyed on size and modification time: a mask emptied in place with both
+    kept (cp -p, rsync -t, a restore) trained a model on labels that no longer existed."""
+    import os
+
+    import numpy as np
+
+    from fetaliqa_core.io import write_volume
+    from training.dataset import CaseRecord, frame_labels
+
+    masks = np.zeros((4, 32, 40), np.uint8)
+    masks[2, 10:20, 10:20] = 1
+    path = tmp_path / "mask.mha"
+    write_volume(path, masks)
+    case = CaseRecord("u", "s", tmp_path / "img.mha", path, (None,))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    assert frame_labels(case, cache).tolist() == [0, 0, 1, 0]
+    st = path.stat()
+    write_volume(path, np.zeros_like(masks))  # the same size: an uncompressed volume of the same shape
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert frame_labels(case, cache).tolist() == [0, 0, 0, 0]

@@ -285,16 +285,19 @@ def _sweep_ranges(n_frames: int, n_sweeps: int, where: Path) -> list[tuple[int, 
 
 
 def _file_key(path: Path) -> str:
+    """The file as it is now: a mask corrected in place keeping its size and modification time
+    (``cp -p``, ``rsync -t``, a restore) has a new change time, or a new inode, which no user sets."""
     st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{st.st_dev}"
 
 
 def frame_labels(case: CaseRecord, cache_dir: Path | None = None) -> np.ndarray:
     """Per-frame ground-truth label of a case ``(N,)`` uint8: the largest mask label in the frame
     (0 empty, 1 optimal, 2 suboptimal; a frame with both counts as 2 - both are positive).
 
-    Reads the mask once; the result is cached in ``cache_dir`` keyed by the file's path, size and
-    modification time, so re-indexing 300 ACOUSLIC cases does not decode 100 GB again.
+    Reads the mask once; the result is cached in ``cache_dir`` keyed by the file's path, size,
+    modification and change times and inode, so re-indexing 300 ACOUSLIC cases does not decode
+    100 GB again.
     """
     key = hashlib.sha256(f"{INDEX_VERSION}|{_file_key(case.mask_path)}".encode()).hexdigest()[:32]
     cached = cache_dir / f"{key}.npy" if cache_dir is not None else None

@@ -35,7 +35,7 @@ import numpy as np
 
 from fetaliqa_core import paths
 from fetaliqa_core.errors import FetalIQAError, UsageError
-from fetaliqa_core.files import csv_writer, write_json
+from fetaliqa_core.files import atomic_write, csv_writer, write_json
 
 SPLITS = ("train", "val", "test", "all")
 FRAME_KEYS = ("accuracy", "f1", "precision", "recall", "specificity")
@@ -432,16 +432,21 @@ def _frame_metrics(col: _Collected, truth: np.ndarray, threshold: float, keep: n
 
 
 def write_outputs(out: Path, metrics: dict) -> None:
+    """``metrics.json`` and ``per_case.csv``, each written whole or not at all (a full disk left an
+    empty table beside complete metrics; a link at the table's path had its target overwritten)."""
+    import io
+
     out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv_writer(buf)
+    w.writerow(["model", "uuid", "chosen_frame", "wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm"])
+    for name, per_case in metrics["cases"].items():
+        for c in per_case:
+            w.writerow([name, c["uuid"], c["chosen_frame"]] + [
+                "" if c[k] is None else f"{c[k]:.4f}" for k in
+                ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm")])
+    atomic_write(out / "per_case.csv", buf.getvalue())
     write_json(out / "metrics.json", metrics)
-    with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv_writer(fh)
-        w.writerow(["model", "uuid", "chosen_frame", "wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm"])
-        for name, per_case in metrics["cases"].items():
-            for c in per_case:
-                w.writerow([name, c["uuid"], c["chosen_frame"]] + [
-                    "" if c[k] is None else f"{c[k]:.4f}" for k in
-                    ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm")])
 
 
 def _fmt(v, digits: int = 4) -> str:

@@ -102,7 +102,9 @@ def _run_speed(args: argparse.Namespace) -> int:
     for line in target_lines(report):
         log(line)
     if args.json is not None:
-        args.json.write_text(text + "\n", encoding="utf-8")
+        from fetaliqa_core.files import atomic_write
+
+        atomic_write(args.json, text + "\n")  # (a link there is replaced, not written through)
         print(f"report written to {args.json}")
     return 0
 
