@@ -247,6 +247,25 @@ def _previous_outputs(out: Path) -> set[str]:
     return set()
 
 
+def earlier_results(out: str | Path) -> tuple[dict | None, list[str]]:
+    """What ``out`` holds already: the ``summary.json`` of an earlier FetalIQA run (None without
+    one), and the names of result files there that FetalIQA did not write (a ``frames.csv`` or
+    ``summary.json`` of the user's own, which a run would replace)."""
+    out = Path(out)
+    ours = bool(_previous_outputs(out))  # a list of what an earlier run wrote, or a summary of ours
+    foreign = [] if ours else [n for n in (FRAMES_CSV, SUMMARY_JSON) if (out / n).is_file()]
+    summary = None
+    if SUMMARY_JSON not in foreign and (out / SUMMARY_JSON).is_file():
+        try:
+            from fetaliqa_core import validate
+
+            found = validate.read_json_bounded(out / SUMMARY_JSON, SUMMARY_JSON, "", max_bytes=1 << 22)
+            summary = found if isinstance(found, dict) else None
+        except FetalIQAError:
+            summary = None
+    return summary, foreign
+
+
 def refuse_writing_over_input(out: str | Path, source: str | Path, challenge: bool = False,
                               cascade: bool = False) -> None:
     """Before a sweep is scored: results written into ``out`` (or an earlier run's answer dropped

@@ -393,3 +393,39 @@ def test_a_dataset_folder_points_at_its_sweep_files(tmp_path, capsys):
         assert main(["score", str(folder), "--out", str(tmp_path / "o")]) == 1
         err = capsys.readouterr().err
         assert "images/stacked_fetal_ultrasound holds image files" in err and "takes that folder, to score them all" in err
+
+
+def test_results_of_another_sweep_or_of_the_user_are_not_replaced_without_a_word(tmp_path, capsys, monkeypatch):
+    """`score patientA/sweep.mha` then `score patientB/sweep.mha` both wrote fetaliqa-scores/sweep:
+    A's results were replaced without a word; a folder holding the user's own frames.csv and
+    summary.json had both overwritten."""
+    import numpy as np
+
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.io import write_volume
+
+    rng = np.random.default_rng(0)
+    for patient in ("patientA", "patientB"):
+        (tmp_path / patient).mkdir()
+        write_volume(tmp_path / patient / "sweep.mha", rng.integers(0, 200, (3, 64, 80), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    models = ["--model", "demo", "--device", "cpu", "--quiet", "--no-cache"]
+    assert main(["score", "patientA/sweep.mha", *models]) == 0
+    assert main(["score", "patientB/sweep.mha", *models]) == 0
+    err = capsys.readouterr().err
+    a = json.loads((tmp_path / "fetaliqa-scores" / "sweep" / "summary.json").read_text())
+    b = json.loads((tmp_path / "fetaliqa-scores" / "sweep-2" / "summary.json").read_text())
+    assert a["path"].startswith("patientA") and b["path"].startswith("patientB")
+    assert "these go into fetaliqa-scores/sweep-2" in err
+    assert main(["score", "patientA/sweep.mha", *models]) == 0  # the same sweep again: its own folder
+    assert "patientA" in json.loads((tmp_path / "fetaliqa-scores" / "sweep" / "summary.json").read_text())["path"]
+    # an --out given is the user's choice: replaced, and said
+    assert main(["score", "patientB/sweep.mha", *models, "--out", "fetaliqa-scores/sweep"]) == 0
+    assert "held the results of patientA/sweep.mha; they are replaced" in capsys.readouterr().err
+    # the user's own files of those names are not replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text('{"my": "notes"}')
+    assert main(["score", "patientA/sweep.mha", *models, "--out", "mine"]) == 1
+    assert "holds summary.json that FetalIQA did not write" in capsys.readouterr().err
+    assert (mine / "summary.json").read_text() == '{"my": "notes"}'

@@ -30,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or a folder of sweep files and DICOM series folders")
     add_model_options(p, threshold=True, cascade=True)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="output folder (default: ./fetaliqa-scores/<sweep name>)")
+                   help="output folder (default: ./fetaliqa-scores/<sweep name>, or <sweep name>-2, -3... when "
+                        "that holds another sweep's results); a folder holding frames.csv or summary.json "
+                        "FetalIQA did not write is refused")
     p.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM",
                    help="pixel spacing in mm per pixel, for a sweep whose file records none (or a wrong one); "
                         "without a known, plausible spacing no length in mm and no GA is given")
@@ -271,6 +273,40 @@ def _failure_text(exc: BaseException) -> str:
     return f"unexpected error ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
 
 
+def _results_folder(out: Path, path: Path, sweep, given: bool) -> Path:
+    """Where one sweep's results go: ``out``, unless it holds results files FetalIQA did not write
+    (refused: they would be replaced) or, when the folder is the default one, another sweep's
+    results (``score patientA/sweep.mha`` then ``score patientB/sweep.mha`` replaced A's without a
+    word): then the next free ``<name>-2``, ``-3``... A folder given with --out that holds another
+    sweep's results is replaced, and that is said."""
+    from fetaliqa_core import export
+
+    def other_sweep(summary: dict | None) -> str | None:
+        if not summary or summary.get("content_hash") in (None, sweep.content_hash):
+            return None
+        return str(summary.get("path") or "another sweep")
+
+    candidate = out
+    for k in range(2, 1000):
+        summary, foreign = export.earlier_results(candidate)
+        if foreign:
+            raise FetalIQAError(f"{candidate} holds {' and '.join(foreign)} that FetalIQA did not write; the results "
+                                "would replace them. Choose another output folder (--out), or move them away.")
+        other = other_sweep(summary)
+        if other is None:
+            if candidate != out:
+                print(f"fetaliqa: {shown(str(out))} holds the results of another sweep; these go into "
+                      f"{shown(str(candidate))}", file=sys.stderr, flush=True)
+            return candidate
+        if given:
+            print(f"fetaliqa: {shown(str(candidate))} held the results of {shown(other)}; they are replaced by "
+                  f"those of {shown(str(path))}", file=sys.stderr, flush=True)
+            return candidate
+        candidate = out.with_name(f"{out.name}-{k}")
+        check_out_folder(candidate)
+    return candidate
+
+
 def run(args) -> int:
     from fetaliqa_core import io as fio
     from fetaliqa_core.cli import score_archive
@@ -290,6 +326,7 @@ def run(args) -> int:
     check_out_folder(base_out)
     if members is None:
         sweep = fio.load_sweep(path).in_memory()  # a bad input is reported before seconds of model loading
+        base_out = _results_folder(base_out, path, sweep, given=args.out is not None)
         models = choice_mod.load_models(choice)
         try:
             summary = score_one(path, base_out, models, args, sweep=sweep)
