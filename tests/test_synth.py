@@ -332,11 +332,17 @@ def test_demo_sweep_is_made_once_in_the_cache(monkeypatch):
     assert path.is_file() and path.parent == paths.cache_dir() / "demo"
     assert calls == [synth.DEMO_SEED]
     assert synth.demo_sweep_path() == path and calls == [synth.DEMO_SEED]  # cached
-    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, synth.demo_case_paths()[1].name])
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, synth.demo_case_paths()[1].name,
+                                                                     path.name + ".sizes.json"])
     sweep = load_sweep(path)
     assert isinstance(sweep.frames, np.memmap)  # uncompressed: opens instantly
     mask = load_mask(synth.demo_case_paths()[1], like=sweep)
     assert (mask == 1).any()
+    # a file damaged in the cache (cut short) is made again, not refused on every run
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert synth.demo_sweep_path() == path and calls == [synth.DEMO_SEED] * 2
+    assert load_sweep(path).n_frames == sweep.n_frames
 
 
 def test_full_size_demo_case():

@@ -81,22 +81,41 @@ def _demo_files() -> tuple[Path, Path]:
     return folder / f"{stem}.mha", folder / f"{stem}_mask.mha"
 
 
+def _demo_stamp(files) -> Path:
+    return files[0].with_name(files[0].name + ".sizes.json")
+
+
+def _sizes(files) -> list[int]:
+    return [p.stat().st_size for p in files]
+
+
 def demo_case_exists() -> bool:
-    """Whether the demo case is in the cache already (else :func:`demo_case_paths` makes it)."""
-    return all(p.is_file() for p in _demo_files())
+    """Whether the demo case is in the cache already, whole (else :func:`demo_case_paths` makes it):
+    both files of the sizes they were written with (a file truncated or damaged in the cache was
+    refused by every later `fetaliqa demo`, and never made again)."""
+    import json
+
+    files = _demo_files()
+    try:
+        return json.loads(_demo_stamp(files).read_text(encoding="utf-8")) == _sizes(files)
+    except (OSError, ValueError):
+        return False
 
 
 def demo_case_paths() -> tuple[Path, Path]:
     """(sweep, mask) paths of the demo case in the user cache, synthesised on first use.
 
     The sweep is written uncompressed so that it opens memory-mapped; both files appear
-    atomically (temporary file, then rename)."""
-    sweep_path, mask_path = _demo_files()
+    atomically (temporary file, then rename), and a small record of their sizes after them."""
+    from fetaliqa_core.files import atomic_write
+
+    files = _demo_files()
     if demo_case_exists():
-        return sweep_path, mask_path
+        return files
     case = synthesize_case(DEMO_SEED)
-    write_case(case, sweep_path, mask_path, compress_images=False)
-    return sweep_path, mask_path
+    write_case(case, files[0], files[1], compress_images=False)
+    atomic_write(_demo_stamp(files), str(_sizes(files)))
+    return files
 
 
 def demo_sweep_path() -> Path:
