@@ -3,6 +3,7 @@ advice to load a file unsafely."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -79,3 +80,36 @@ def test_a_run_that_stopped_before_its_first_epoch_says_its_folder_can_go(tmp_pa
         cfg = SimpleNamespace(run_dir=tmp_path, resume=resume, to_json=lambda: {"lr": 0.001})
         with pytest.raises(FetalIQAError, match="stopped before its first epoch ended.*Delete that folder"):
             check_resume(cfg)
+
+
+def test_a_full_disk_leaves_the_earlier_bundle_whole_and_says_so(tmp_path, monkeypatch):
+    """`train` on a full disk printed 'fetaliqa: Error; check the path and try again.' and left
+    RUN/bundle with a half-copied adapter beside a complete manifest."""
+    import errno
+    import os
+    import shutil
+
+    from fetaliqa_core.errors import FetalIQAError
+    from training import trials
+
+    source, final = tmp_path / "trial1" / "bundle", tmp_path / "run" / "bundle"
+    for folder, text in ((source, "new"), (final, "old")):
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(text)
+        (folder / "adapter.safetensors").write_text(text * 100)
+
+    def full(src, dst, *a, **k):
+        os.makedirs(dst)
+        (Path(dst) / "manifest.json").write_text("new")
+        raise shutil.Error([(str(src), str(dst), f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}")])
+
+    monkeypatch.setattr(trials.shutil, "copytree", full)
+    with pytest.raises(FetalIQAError) as exc:
+        trials._put_bundle(source, final)
+    assert "full" in str(exc.value) and "--resume" in str(exc.value) and "Error;" not in str(exc.value)
+    assert (final / "adapter.safetensors").read_text() == "old" * 100  # the earlier bundle, whole
+    assert sorted(p.name for p in final.parent.iterdir()) == ["bundle"]  # nothing half-written beside it
+    monkeypatch.undo()
+    trials._put_bundle(source, final)
+    assert (final / "manifest.json").read_text() == "new"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["bundle"]

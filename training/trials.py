@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -13,6 +14,38 @@ from training.data import prepare_splits
 from training.distributed import barrier, broadcast_object, init_distributed
 from training.loop import run_trial
 from training.reporting import Reporter, write_json
+
+
+def _put_bundle(source: Path, final: Path) -> None:
+    """Copy the best trial's bundle to ``final`` whole or not at all: into a staging folder beside
+    it, renamed into place (a full disk left a half-copied adapter beside a complete manifest, and
+    the message said only "Error")."""
+    import errno
+    import os
+    import uuid
+
+    from fetaliqa_core.paths import os_error_message
+
+    staged = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        shutil.copytree(source, staged)
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(final, old)
+        os.replace(staged, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except (OSError, shutil.Error) as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        if isinstance(exc, shutil.Error):  # (a list of (source, target, reason) for the files that failed)
+            reasons = [str(e[2]) for e in exc.args[0]] if exc.args and isinstance(exc.args[0], list) else [str(exc)]
+            full = any(os.strerror(errno.ENOSPC) in r for r in reasons)
+            exc = OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC if full else errno.EIO),
+                          str(final))
+        raise FetalIQAError(f"the trained bundle could not be put in {final}: {os_error_message(exc)} The best "
+                            f"trial's bundle is kept in {source}; run the same command with --resume once "
+                            "there is room.") from None
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -51,9 +84,7 @@ def train(cfg: TrainConfig) -> dict:
         if info.is_main:
             best = min(results, key=lambda r: r["best_val_loss"])
             final = run / "bundle"
-            if final.exists():
-                shutil.rmtree(final)
-            shutil.copytree(best["bundle"], final)
+            _put_bundle(Path(best["bundle"]), final)
             summary["bundle"] = str(final)
             summary["best_trial"] = best["trial"]
             if cfg.full_finetune:
