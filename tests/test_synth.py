@@ -297,6 +297,15 @@ def test_cli_no_compress_and_overwrite(tmp_path, capsys):
     img = next((out / "images" / "stacked_fetal_ultrasound").glob("*.mha"))
     assert b"CompressedData = False" in img.read_bytes()[:600]
     assert isinstance(load_sweep(img).frames, np.memmap)
+    # another seed over it: the earlier cases go (they stayed, and scoring images/ took them in),
+    # a file of the user's own there stays
+    (out / "images" / "stacked_fetal_ultrasound" / "mine.mha").write_bytes(b"mine")
+    assert _run_synth(out, "--overwrite", "--seed", "4") == 0
+    listed = (out / "circumferences" / "fetal_abdominal_circumferences_per_sweep.csv").read_text().splitlines()[1:]
+    uuids = sorted(line.split(",")[0] for line in listed)
+    for sub in ("images/stacked_fetal_ultrasound", "masks/stacked_fetal_abdomen"):
+        names = sorted(p.stem for p in (out / sub).glob("*.mha"))
+        assert names == sorted(uuids + (["mine"] if sub.startswith("images") else [])), sub
 
 
 def test_cli_rejects_bad_sizes(tmp_path):

@@ -80,6 +80,7 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int, n_sweeps: int = DE
     if not overwrite and (csv_path.exists() or (img_dir.is_dir() and any(img_dir.glob("*.mha")))):
         raise FetalIQAError(f"{out}: already holds a dataset. Choose an empty folder, or overwrite it "
                             "explicitly (--overwrite).")
+    earlier = _listed_cases(csv_path) if overwrite else []
     try:
         for d in (img_dir, mask_dir, csv_path.parent):
             d.mkdir(parents=True, exist_ok=True)
@@ -112,4 +113,25 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int, n_sweeps: int = DE
     for s in summaries:
         w.writerow([s.uuid, str(s.index + 1)] + ["" if v is None else f"{v:.2f}" for v in s.ac_mm])
     atomic_write(csv_path, buf.getvalue())
+    # --overwrite: the earlier dataset's cases that are not in this one go (only those its table
+    # listed: every other file is left); they stayed, and scoring images/ took them for this one's
+    kept = {s.uuid for s in summaries}
+    for uuid in earlier:
+        if uuid not in kept:
+            for folder in (img_dir, mask_dir):
+                (folder / f"{uuid}.mha").unlink(missing_ok=True)
     return [s.uuid for s in summaries]
+
+
+def _listed_cases(csv_path: Path) -> list[str]:
+    """The case ids an earlier dataset's table lists (none when it cannot be read), each a plain
+    file name (nothing a table could smuggle in reaches outside the dataset's folders)."""
+    import csv
+
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    ids = [str(r.get("uuid") or "") for r in rows[:100000] if isinstance(r, dict)]
+    return [u for u in ids if u and u == Path(u).name and u not in (".", "..")]
