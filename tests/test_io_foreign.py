@@ -1095,3 +1095,20 @@ def test_an_8_bit_sweep_stored_wider_keeps_its_grey_levels(tmp_path, scale, dtyp
         paths.append(tmp_path / name)
     a, b = (np.asarray(load_sweep(p).frames, dtype=int) for p in paths)
     assert np.abs(a - b).max() <= 1
+
+
+def test_a_folder_scored_into_itself_never_writes_into_a_series_folder(tmp_path, capsys):
+    """`score FOLDER --out FOLDER`: the results of a DICOM series went into the series folder."""
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.io import write_volume
+
+    arr = _grey(n=1)[0].astype(np.uint8)
+    root = tmp_path / "study"
+    (root / "s1").mkdir(parents=True)
+    for k in range(3):
+        _dicom(root / "s1" / f"f{k}.dcm", arr, series="1.2.3.30", instance=k + 1)
+    write_volume(root / "other.mha", _grey().astype(np.uint8))
+    before = sorted(p.name for p in (root / "s1").iterdir())
+    assert main(["score", str(root), "--out", str(root), "--model", "demo", "--device", "cpu", "--quiet"]) == 1
+    assert "would go into the series folder itself" in capsys.readouterr().err
+    assert sorted(p.name for p in (root / "s1").iterdir()) == before

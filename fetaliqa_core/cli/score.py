@@ -351,6 +351,11 @@ def run(args) -> int:
 
     # one folder per member, also for case.mha beside case.nrrd (one overwrote the other)
     names = case_names(members, _stem, reserved=(TABLE_FILE,), suffix="~sweep")  # the table's own name
+    for member, name in zip(members, names):
+        # `score FOLDER --out FOLDER`: a DICOM series folder's results would go into the series itself
+        if member.is_dir() and (base_out / name).resolve() == member.resolve():
+            raise FetalIQAError(f"{base_out}: the results of the DICOM series {member.name} would go into the "
+                                "series folder itself. Choose an output folder outside the one scored (--out).")
     box: dict = {"models": None}  # loaded once, when the first readable member needs them
     done = 0
     try:
