@@ -126,14 +126,11 @@ def preload_model_libraries() -> None:
     if "torch" in sys.modules:
         return
 
+    from app.worker import import_model_libraries
+
     def load() -> None:
         try:
-            import open_clip  # noqa: F401  (imports torch)
-            import peft  # noqa: F401
-
-            import fetaliqa_core.analysis  # noqa: F401
-            import fetaliqa_core.engine  # noqa: F401
-            import fetaliqa_core.models.choice  # noqa: F401
+            import_model_libraries()  # (the first model load waits for these rather than race them)
         except Exception:  # noqa: BLE001 - a broken install is reported when a model loads
             pass
 

@@ -20,6 +20,23 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from fetaliqa_core.errors import FetalIQAError
 
+#: One thread at a time imports the model libraries: the window's preload thread and the first
+#: model load importing peft at once gave "partially initialized module 'peft.tuners'" (about 1
+#: start in 25 failed to load its models).
+_IMPORTS = threading.Lock()
+
+
+def import_model_libraries() -> None:
+    """Import PyTorch, open_clip, peft and the analysis and model modules (no-ops once done);
+    never two threads at once."""
+    with _IMPORTS:
+        import open_clip  # noqa: F401  (imports torch)
+        import peft  # noqa: F401
+
+        import fetaliqa_core.analysis  # noqa: F401
+        import fetaliqa_core.engine  # noqa: F401
+        import fetaliqa_core.models.choice  # noqa: F401
+
 
 class ScoringWorker(QObject):
     """Lives in a worker thread; :meth:`run` does the work (model loading, then scoring).
@@ -98,8 +115,9 @@ class ScoringWorker(QObject):
     def run(self) -> None:
         try:
             # The views need the analysis module (OpenCV) once results come: import it here,
-            # not in the UI thread (a quarter of a second on a slow machine).
-            import fetaliqa_core.analysis  # noqa: F401
+            # not in the UI thread (a quarter of a second on a slow machine); after the preload
+            # thread's imports, if they are still under way.
+            import_model_libraries()
 
             if self.models is None:
                 from fetaliqa_core.models.choice import load_models

@@ -218,3 +218,23 @@ def test_emitting_a_signal_keeps_the_interpreter_intact():
         e.ping.emit(i)
     gc.collect()
     assert sys.getrefcount(True) - before > -50, "Signal.emit() leaks references to True in this PySide6"
+
+
+def test_the_model_libraries_are_imported_by_one_thread_at_a_time():
+    """The window's preload thread and the first model load imported peft at once: 'partially
+    initialized module peft.tuners' failed about 1 start in 25. The load waits for the preload."""
+    import threading
+    import time
+
+    from app import worker
+
+    assert worker._IMPORTS.acquire(timeout=60)  # as a preload still importing holds it
+    try:
+        t = threading.Thread(target=worker.import_model_libraries, daemon=True)
+        t.start()
+        time.sleep(0.3)
+        assert t.is_alive()  # the model load's imports wait
+    finally:
+        worker._IMPORTS.release()
+    t.join(timeout=120)
+    assert not t.is_alive()
