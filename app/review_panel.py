@@ -81,6 +81,7 @@ class ReviewPanel(QWidget):
         self._renderer = None  # the report being written (app.worker.ReportRenderer), if any
         self.bundles: dict = {}
         self._pending: str | None = None
+        self._pending_frame = -1  # the frame the pending verdict was chosen on
         self._saving: _Save | None = None  # a verdict waiting for another program's write to end
 
         self.reviewer_label = QLabel()
@@ -330,9 +331,16 @@ class ReviewPanel(QWidget):
     # -- actions ---------------------------------------------------------------------------
     def choose(self, label: str) -> None:
         """Choose a label (keys 1 / 2 / 0); Enter saves it."""
-        if self.session is None and not self.start():
-            return
+        if self.session is None:
+            shown = self.model.frame
+            if not self.start():
+                return
+            if self.model.frame != shown:
+                # the review resumed elsewhere, but the key judges the frame that was shown, the one
+                # the reviewer looked at (frame 5's "1" + Enter saved the resumed frame 17 as optimal)
+                self.model.set_frame(shown)
         self._pending = label
+        self._pending_frame = self.model.frame
         self.label_buttons[label].setChecked(True)
         job = self._saving
         if job is not None and job.session is self.session and job.frame == self.model.frame:
@@ -541,6 +549,12 @@ class ReviewPanel(QWidget):
     # -- display ---------------------------------------------------------------------------
     def _frame_changed(self, frame: int) -> None:
         self.model.queue_goto_frame(frame)
+        left = self._pending_frame if self._pending is not None else None
+        if left is not None and left != frame:
+            # a verdict chosen but not saved (Enter) was dropped without a word, and the status bar
+            # went on saying "Enter saves" beside the next frame
+            self.message.emit(f"Frame {left}: {self._pending.replace('_', ' ')} was not saved (Enter saves); go "
+                              f"back to frame {left} to judge it again.")
         self._pending = None
         # a note belongs to its frame: the one typed here is not carried to the next frame, and
         # a frame judged before shows its saved note (a corrected label would save it empty)

@@ -52,7 +52,8 @@ def test_keys_commit_verdicts_and_resume_after_restart(qtbot):
     settings = AppSettings(reviewer="alice")
     win = scored_window(qtbot, settings)
     panel = win.review
-    press(win, "1")  # starts the review (resume: first unreviewed candidate) and picks "optimal"
+    assert panel.start()  # resume: the first unreviewed candidate
+    press(win, "1")  # picks "optimal"
     assert panel.active
     queue = list(win.model.queue)
     assert queue and win.model.queue_kind == "candidates"
@@ -128,6 +129,7 @@ def test_export_report_html_and_pdf(qtbot, tmp_path, monkeypatch):
     import app.report_pdf as report_pdf
 
     win = scored_window(qtbot, AppSettings(reviewer="carol"))
+    assert win.review.start()
     press(win, "1")
     press(win, "\n")
     html = win.review.write_report(tmp_path / "report.html")
@@ -427,3 +429,25 @@ def test_the_review_database_measures_with_the_pixel_size_the_window_uses(qtbot,
     qtbot.waitUntil(lambda: win.model.sweep.spacing_source == "user", timeout=5000)
     win.review.session.sync_run(force=True)
     assert store.sweep(sid).spacing_mm == (0.31, 0.31) != first
+
+
+def test_a_verdict_key_judges_the_frame_shown_and_an_unsaved_one_is_not_dropped_silently(qtbot, tmp_path):
+    """A trainer on frame 5 pressed 1 and Enter: the key opened the review at its resume position
+    (frame 17) and saved frame 17, which they never looked at, as optimal. A verdict chosen but not
+    saved was dropped without a word when the reviewer moved on."""
+    win, db, messages = _reviewing(qtbot, tmp_path, "gil")
+    candidates = set(int(f) for f in win.model.flags.candidates)
+    assert candidates  # the review resumes at one of these
+    shown = next(f for f in range(1, win.model.n_frames) if f not in candidates)
+    win.model.set_frame(shown)
+    QApplication.processEvents()
+    press(win, "1")
+    assert win.review.active and win.model.frame == shown and win.review.label_buttons["optimal"].isChecked()
+    press(win, "\n")
+    with ReviewStore(db) as store:
+        assert [(v.frame, v.label) for v in store.verdicts(reviewer="gil")] == [(shown, "optimal")]
+    now = win.model.frame
+    press(win, "2")
+    win.model.set_frame(now + 1 if now + 1 < win.model.n_frames else now - 1)
+    QApplication.processEvents()
+    assert any(f"Frame {now}: suboptimal was not saved" in m for m in messages)
