@@ -79,7 +79,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
 
         self.setWindowTitle("FetalIQA")
         self.setAcceptDrops(True)
-        self.resize(1440, 900)
+        self.resize(*window_tools.fitted_size(self, (1440, 900)))
         self.setMinimumSize(*MIN_SIZE)
         self.setDockOptions(QMainWindow.AnimatedDocks | QMainWindow.AllowTabbedDocks)
 

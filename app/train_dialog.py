@@ -376,7 +376,9 @@ class TrainDialog(QDialog):
         lay.addWidget(self.bundle_label)
         lay.addWidget(self.log, 1)
         lay.addLayout(buttons)
-        self.resize(760, 720)
+        from app.window_tools import fitted_size
+
+        self.resize(*fitted_size(self, (760, 720)))
 
     def _base_changed(self) -> None:
         self.weights.setEnabled(self.base.currentData() == BASE_WEIGHTS)

@@ -39,6 +39,20 @@ def default_frame_name(win) -> str:
     return f"{stem}_frame{win.model.frame:04d}.png"
 
 
+def fitted_size(widget, wanted: tuple[int, int]) -> tuple[int, int]:
+    """``wanted`` (width, height), made no larger than the screen's available area (less a margin
+    for the window's frame): on a 1366 x 768 laptop the window opened at 1440 x 900, its answer
+    line and Stop button below the screen, and the Train dialog's Start and Close buttons too."""
+    from PySide6.QtGui import QGuiApplication
+
+    screen = widget.screen() if hasattr(widget, "screen") else None
+    screen = screen or QGuiApplication.primaryScreen()
+    if screen is None:
+        return wanted
+    avail = screen.availableGeometry()
+    return min(wanted[0], max(avail.width() - 16, 1)), min(wanted[1], max(avail.height() - 40, 1))
+
+
 def export_frame(win, path: str | Path | None = None) -> Path | None:
     """Save the frame view as shown (frame, overlay, AC ellipse and its measurement, corner
     annotations) as a PNG. Without ``path`` a save dialog asks where."""

@@ -359,3 +359,21 @@ def test_real_one_epoch_tiny_training_through_the_dialog(qtbot, tmp_path):
     assert bundle == (tmp_path / "run" / "bundle").resolve()
     assert read_manifest(bundle).task == "cls"
     assert fractions and fractions[-1] == pytest.approx(1.0)
+
+
+def test_the_window_and_the_train_dialog_open_no_taller_than_the_screen(qtbot):
+    """On a 1366 x 768 laptop the window opened at 1440 x 900 (its answer line and Stop button
+    below the screen) and the Train dialog at 760 x 720 (Start and Close below it)."""
+    from PySide6.QtGui import QGuiApplication
+
+    from app.main_window import MainWindow
+    from app.settings import AppSettings
+
+    avail = QGuiApplication.primaryScreen().availableGeometry()
+    assert avail.height() < 900  # the offscreen screen is smaller than the window's wanted size
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    assert win.height() <= avail.height()
+    dlg = TrainDialog(interactive=False)
+    qtbot.addWidget(dlg)
+    assert dlg.height() <= avail.height() and dlg.width() <= avail.width()
