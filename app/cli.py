@@ -353,7 +353,9 @@ def run(args) -> int:
     try:
         outcome = run_window(args.sweep, choice, args.screenshot, args.exit_when_scored, args.max_seconds,
                              headless=headless, review_db=args.db, scores_dir=args.save_scores,
-                             spacing_mm=getattr(args, "spacing", None), keep_window=args.save_scores is not None)
+                             spacing_mm=getattr(args, "spacing", None),
+                             keep_window=args.save_scores is not None or (args.screenshot is not None
+                                                                         and bool(args.exit_when_scored)))
     except KeyboardInterrupt:
         end_without_loading_models(130, "fetaliqa: interrupted")
         raise
@@ -387,6 +389,11 @@ def _report(args, outcome) -> int:
     elif args.screenshot is not None:
         print(f"fetaliqa: no screenshot written ({outcome.message})", file=sys.stderr)
         return 1
+    scored = outcome.window is not None and getattr(outcome.window.model, "results", None) is not None
+    if args.save_scores is None and outcome.screenshot is not None and scored and outcome.code == 0:
+        from app.cli_demo import answer_line
+
+        print(f"answer: {answer_line(outcome.window)}")  # (the picture's answer, and its notice, in words)
     if args.save_scores is not None:
         if outcome.scores:
             if outcome.window is not None:  # the answer and its notice, as `score` and `demo` print them

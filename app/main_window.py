@@ -711,10 +711,12 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             notice = " · demo, not clinical" if m.notice_words == "demo model" else " · test model, not clinical"
         lead = f"chosen frame {chosen}: "
         self.status_ac.setToolTip("\n".join(t for t in (reading.note, choice_note, partial, m.demo_notice) if t))
-        # shorter forms for a narrow window: the asides go first, then 'chosen frame N:'; the AC and
-        # the notice stay
-        self.status_ac.set_answer([lead + core + "".join(asides) + notice, lead + core + notice,
-                                   f"frame {chosen}: {core}{notice}", core + notice])
+        # shorter forms for a narrow window: 'chosen frame N:' shortens and goes first, then the
+        # asides; the AC and the notice stay (at 1024 px a stopped run's answer dropped "25/40
+        # scored" and "models disagree" and kept "chosen frame 0:")
+        extra = "".join(asides)
+        self.status_ac.set_answer([lead + core + extra + notice, f"frame {chosen}: {core}{extra}{notice}",
+                                   core + extra + notice, core + notice])
 
     # -- misc ------------------------------------------------------------------------------
     def notify(self, text: str, timeout_ms: int = 8000) -> None:

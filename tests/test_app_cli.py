@@ -44,7 +44,9 @@ def test_gui_screenshot_when_scored(qtbot, small_sweep, fast_models, tmp_path, c
     assert code == 0
     w, h = _png_size(shot)
     assert w >= 1000 and h >= 700
-    assert "screenshot:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    # the picture's answer in words too, with the model's notice (only "screenshot: X" was printed)
+    assert "screenshot:" in printed and "\nanswer: " in printed, printed
 
 
 def test_demo_headless_writes_scores_and_screenshot(qtbot, small_sweep, fast_models, tmp_path, monkeypatch, capsys):

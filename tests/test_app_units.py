@@ -101,6 +101,9 @@ def test_an_answer_from_part_of_the_sweep_says_so(qtbot, window):
     assert window.model.flags.chosen is not None
     assert f"{part.n_done}/{part.n_frames} scored" in window.status_ac.text()
     assert "Resume" in window.status_ac.toolTip()
+    # the shorter forms of a narrow window keep that qualifier longer than "chosen frame N:"
+    shorter = window.status_ac._shorter
+    assert f"{part.n_done}/{part.n_frames} scored" in shorter[0] and not shorter[0].startswith("chosen frame")
 
 
 def test_a_narrow_window_keeps_the_demo_notice_of_the_answer(qtbot, window):
