@@ -718,6 +718,25 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.status_ac.set_answer([lead + core + extra + notice, f"frame {chosen}: {core}{extra}{notice}",
                                    core + extra + notice, core + notice])
 
+    def _keep_unsaved_verdict(self) -> bool:
+        """Before the window closes: a verdict chosen but not saved (Enter) is saved or dropped as
+        the trainer says (it was dropped without a word); False: they chose to stay. Asked only
+        where someone can answer (not offscreen)."""
+        from PySide6.QtGui import QGuiApplication
+
+        pending = self.review.unsaved_verdict()
+        if pending is None or not self.interactive or QGuiApplication.platformName() in ("offscreen", "minimal"):
+            return True
+        frame, label = pending
+        answer = QMessageBox.question(
+            self, "Review", f"Frame {frame}: {label.replace('_', ' ')} is chosen but not saved. Save it before "
+            "closing?", QMessageBox.Save | QMessageBox.Discard | QMessageBox.Cancel, QMessageBox.Save)
+        if answer == QMessageBox.Cancel:
+            return False
+        if answer == QMessageBox.Save:
+            self.review.save_and_next()  # (a busy database gets one last try as the store closes)
+        return True
+
     # -- misc ------------------------------------------------------------------------------
     def notify(self, text: str, timeout_ms: int = 8000) -> None:
         """A passing message in the status bar (the frame/score fields stay visible)."""
@@ -755,6 +774,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         return window_tools.write_screenshot(self, path)
 
     def closeEvent(self, ev):  # noqa: N802
+        if not self._keep_unsaved_verdict():
+            ev.ignore()
+            return
         self.model.set_playing(False)
         self._refresh_timer.stop()
         self._settings_save_timer.stop()  # saved just below

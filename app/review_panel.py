@@ -227,6 +227,12 @@ class ReviewPanel(QWidget):
             self._store = store
         return self._store
 
+    def unsaved_verdict(self) -> tuple[int, str] | None:
+        """The verdict chosen on the frame shown but not saved yet (Enter): ``(frame, label)``."""
+        if self.session is None or self._pending is None or self._pending_frame != self.model.frame:
+            return None
+        return self._pending_frame, self._pending
+
     def close_store(self) -> None:
         self.finish_saving()
         if self._renderer is not None:  # a report being written reads the store: it stops first

@@ -451,3 +451,27 @@ def test_a_verdict_key_judges_the_frame_shown_and_an_unsaved_one_is_not_dropped_
     win.model.set_frame(now + 1 if now + 1 < win.model.n_frames else now - 1)
     QApplication.processEvents()
     assert any(f"Frame {now}: suboptimal was not saved" in m for m in messages)
+
+
+def test_closing_with_a_chosen_unsaved_verdict_asks_to_save_it(qtbot, tmp_path, monkeypatch):
+    """A verdict chosen (1) but not saved (Enter) was dropped without a word when the window closed."""
+    from PySide6.QtGui import QGuiApplication
+
+    win, db, _ = _reviewing(qtbot, tmp_path, "hal")
+    assert win.review.start()
+    frame = win.model.frame
+    press(win, "2")
+    monkeypatch.setattr(QGuiApplication, "platformName", staticmethod(lambda: "xcb"))  # someone can answer
+    asked = []
+
+    def answer(parent, title, text, *a, **k):
+        asked.append(text)
+        return QMessageBox.Cancel if len(asked) == 1 else QMessageBox.Save
+
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(answer))
+    assert not win.close()  # Cancel: the window stays, the choice too
+    assert win.review.unsaved_verdict() == (frame, "suboptimal")
+    assert win.close()
+    assert f"Frame {frame}: suboptimal is chosen but not saved" in asked[0]
+    with ReviewStore(db) as store:
+        assert [(v.frame, v.label) for v in store.verdicts(reviewer="hal")] == [(frame, "suboptimal")]
