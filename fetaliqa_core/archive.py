@@ -690,6 +690,18 @@ def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: 
     return rows
 
 
+def orphan_cases(out: Path, names: Sequence[str]) -> list[str]:
+    """Case folders of ours in ``OUT/cases`` whose case is not among ``names`` (a file deleted or
+    renamed since, or named otherwise now that a file was added beside it): sorted."""
+    root = out / CASES_DIR
+    try:
+        found = [p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir()]
+    except OSError:
+        return []
+    wanted = set(names)
+    return sorted(p.name for p in found if p.name not in wanted and read_record(p) is not None)
+
+
 def write_table(out: Path, rows: Sequence[dict]) -> Path:
     import io
 

@@ -603,3 +603,19 @@ def test_a_run_that_died_scoring_a_case_scores_it_again_once_then_fails_it(archi
     left(ar.STAGE_SCORING, 5)
     (folder / src.name).write_bytes(src.read_bytes() + b"")
     assert not ar.died_on(ar.read_attempt(out, name), "0" * 64)
+
+
+def test_case_folders_of_files_no_longer_in_the_archive_are_said(tmp_path, capsys):
+    """A deleted or renamed file's case folder stayed in cases/ without a word (the table never
+    mentions it)."""
+    folder = _fresh_archive(tmp_path, n=2)
+    out = tmp_path / "scores"
+    args = ["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]
+    assert main(args) == 0
+    gone = sorted(folder.iterdir())[0]
+    gone.rename(folder / "renamed.mha")
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"1 case folder(s) in {out / ar.CASES_DIR} are of files no longer in the archive" in err
+    assert gone.name.split(".")[0] in err

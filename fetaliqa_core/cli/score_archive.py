@@ -351,6 +351,12 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
               "remaining cases are 'missing' in the table. Run the same command again to score them.",
               file=sys.stderr)
     print(f"table: {table}")
+    orphans = ar.orphan_cases(out, names)
+    if orphans:
+        shown_names = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+        print(f"fetaliqa: {len(orphans)} case folder(s) in {out / ar.CASES_DIR} are of files no longer in the "
+              f"archive (or named otherwise now): {shown(shown_names)}; they are not in the table (delete them "
+              "if they are not wanted)", file=sys.stderr)
     if notice:
         print(notice)
     # rebuilt whenever it exists, as the README says: a case rescored without its challenge files
