@@ -248,6 +248,8 @@ def test_the_field_of_view_is_looked_for_inside_the_image_regions_the_file_names
     The field of view was the largest bright region of the whole screen, the panel (an abdomen in
     the fan then had 'no AC: too small or cut off'); the strip took it in duplex mode; of a dual
     display only one image was used."""
+    from types import SimpleNamespace
+
     import cv2
 
     from fetaliqa_core.acouslic import sweep_fov
@@ -269,11 +271,48 @@ def test_the_field_of_view_is_looked_for_inside_the_image_regions_the_file_names
     write_us_dicom(path, frames, regions=[_region(0, 0, 185, 170, 0.03, 0.03),
                                           _region(186, 0, 355, 170, 0.03, 0.03), strip])
     sweep = load_sweep(path)
+    # the frames are cut to the two images (the panel and the strip are no part of what is scored)
+    assert sweep.crop == ((0, 0, 355, 170), (h, w)) and sweep.frames.shape == (6, 171, 356)
+    assert np.array_equal(sweep.frames, frames[:, :171, :356])
+    assert any("cut to the ultrasound image" in n for n in sweep.read_notes)
     assert sweep.image_regions == ((0, 0, 185, 170), (186, 0, 355, 170))
     fov = sweep_fov(sweep)
-    truth = (fan != 0) | (second != 0)
-    assert not fov[:, 360:].any() and not fov[200:].any()  # neither the panel nor the strip
+    truth = ((fan != 0) | (second != 0))[:171, :356]
     assert (fov & truth).sum() / (fov | truth).sum() > 0.9  # both images of the dual display
+    # the same screen with the panel inside the regions' rectangle: the fan is still looked for in
+    # each region, not on the panel (the largest bright region)
+    uncut = SimpleNamespace(frames=frames, height=h, width=w, n_frames=6,
+                            image_regions=((0, 0, 185, 170), (186, 0, 355, 170)))
+    fov = sweep_fov(uncut)
+    assert not fov[:, 360:].any() and not fov[200:].any()
+    # a mask drawn on the whole screen is cut as the frames are
+    from fetaliqa_core.io import crop_like
+
+    assert crop_like(np.zeros((6, h, w), np.uint8), sweep).shape == (6, 171, 356)
     # without regions (another format), the largest region is still what the frames show
     write_volume(tmp_path / "screen.mha", frames)
     assert not load_sweep(tmp_path / "screen.mha").image_regions
+
+
+def test_a_mask_drawn_on_the_whole_screen_is_measured_on_the_cut_frames(tmp_path, capsys):
+    import json
+
+    import cv2
+
+    from fetaliqa_core.cli import main
+
+    h, w = 400, 600
+    frames = np.zeros((3, h, w), np.uint8)
+    frames[:, 50:350, 100:400] = 60  # the image; a grey panel at the right
+    frames[:, 20:380, 450:590] = 128
+    cv2.ellipse(frames[1], (250, 200), (80, 70), 0, 0, 360, 150, -1)
+    path = tmp_path / "screen.dcm"
+    write_us_dicom(path, frames, regions=[_region(100, 50, 399, 349, 0.03, 0.03)])
+    masks = np.zeros((3, h, w), np.uint8)
+    cv2.ellipse(masks[1], (250, 200), (80, 70), 0, 0, 360, 1, -1)
+    sitk.WriteImage(sitk.GetImageFromArray(masks), str(tmp_path / "mask.mha"))
+    assert main(["ac", str(tmp_path / "mask.mha"), "--sweep", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    truth = 2 * np.pi * np.sqrt((80 ** 2 + 70 ** 2) / 2) * 0.3
+    assert record["frame"] == 1 and abs(record["ac_mm"] - truth) / truth < 0.03
+    assert any("cut to the ultrasound image" in n for n in record["read_notes"])

@@ -168,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
             "file": str(path), "area_px": 0, "ac_status": analysis.units.NONE, "note": why,
             "written_by": writer or None}))
         return 1
+    sweep = None
+    if args.sweep is not None:
+        sweep = fio.load_sweep(Path(args.sweep)).in_memory()
+        masks = fio.crop_like(masks, sweep)  # a mask drawn on the scanner's whole screen, cut as its frames are
     index = _pick_frame(masks, args.frame, path)
     frame = masks[index]
     from fetaliqa_core.acouslic import FRAME_SHAPE
@@ -175,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     # the ACOUSLIC probe's fan belongs to its frames' size; another size is another probe's image
     fov = None if args.no_fov or tuple(frame.shape) != FRAME_SHAPE else resolve_fov("acouslic", frame.shape)
     fov_name = "acouslic" if fov is not None else "whole frame"
-    sweep = None if args.sweep is None else _sweep_of(Path(args.sweep), masks.shape)
+    sweep = None if sweep is None else _sweep_of(Path(args.sweep), masks.shape, sweep)
     if sweep is not None and not args.no_fov:
         from fetaliqa_core import acouslic
 
@@ -287,14 +291,14 @@ def run(args: argparse.Namespace) -> int:
     return 0 if reading.status != analysis.units.NO_UNITS else 1
 
 
-def _sweep_of(path: Path, shape: tuple[int, ...]):
+def _sweep_of(path: Path, shape: tuple[int, ...], sweep=None):
     """The sweep the mask was drawn on (read whole): its field of view, calibration and grey
     levels, as the app and ``score`` use them. ``shape``: the mask's (frames, height, width); a
     mask of another frame count is of another sweep (its frame I is not the sweep's frame I, and
     the checks against the image, a skull's ring among them, would look at the wrong frame)."""
     from fetaliqa_core import io as fio
 
-    sweep = fio.load_sweep(path).in_memory()
+    sweep = fio.load_sweep(path).in_memory() if sweep is None else sweep
     n, h, w = shape
     if (sweep.height, sweep.width) != (h, w):
         raise FetalIQAError(f"{path}: the sweep's frames are {sweep.width} x {sweep.height} pixels, the mask's "

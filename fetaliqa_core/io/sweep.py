@@ -65,6 +65,10 @@ class Sweep:
     #: is looked for inside them (:func:`fetaliqa_core.acouslic.sweep_fov`), not on the scanner's
     #: panels or a Doppler strip beside them.
     image_regions: tuple = ()
+    #: The frames cut from a larger screen: ``((x0, y0, x1, y1), (height, width))``, the rectangle
+    #: kept (inclusive, in the file's pixels) and the file's own frame size; None when not cut. A
+    #: mask drawn on the whole screen is cut the same way (:func:`crop_like`).
+    crop: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 3 or self.frames.dtype != np.uint8:
@@ -204,10 +208,39 @@ def load_sweep(path: str | Path) -> Sweep:
         # (a sweep is grey levels 0-255; 0, 1 and 2 are a label mask's values)
         raw.notes.append("the frames hold only the values 0, 1 and 2: this looks like a label mask (an "
                          "annotation), not a sweep; choose the sweep's image file")
+    regions = tuple(r for r in raw.regions if r[2] < w and r[3] < h)
+    crop = _image_area(regions, h, w)
+    if crop is not None:
+        # a scanner's screen (panels, text, a Doppler strip around the image): the frames are cut to
+        # the image the file names, as the models were trained on frames that are all image (on a
+        # 1920 x 1080 capture an abdomen was a dozen pixels across in the model's input)
+        x0, y0, x1, y1 = crop
+        frames = np.ascontiguousarray(frames[:, y0:y1 + 1, x0:x1 + 1])
+        frames.flags.writeable = False
+        regions = tuple((a - x0, b - y0, c - x0, d - y0) for a, b, c, d in regions)
+        raw.notes.append(f"the frames are cut to the ultrasound image the file names (columns {x0}-{x1}, rows "
+                         f"{y0}-{y1} of its {w} x {h}): the scanner's panels and text around it are left out")
     return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
                  path=path, spacing_source=raw.spacing_source, spacing_note=raw.spacing_note,
-                 read_notes=tuple(raw.notes),
-                 image_regions=tuple(r for r in raw.regions if r[2] < w and r[3] < h))
+                 read_notes=tuple(raw.notes), image_regions=regions,
+                 crop=None if crop is None else (crop, (h, w)))
+
+
+#: The image regions a file names must leave out at least this share of the frame's width or
+#: height for the frames to be cut to them (a region drawn around the whole frame is no cut).
+MIN_CROP_SHARE = 0.05
+
+
+def _image_area(regions: tuple, h: int, w: int) -> tuple[int, int, int, int] | None:
+    """The rectangle ``(x0, y0, x1, y1)`` (inclusive) that holds every image region, when it
+    leaves out a part of the frame worth cutting off; None otherwise."""
+    if not regions:
+        return None
+    x0, y0 = min(r[0] for r in regions), min(r[1] for r in regions)
+    x1, y1 = max(r[2] for r in regions), max(r[3] for r in regions)
+    if (x1 - x0 + 1) > (1 - MIN_CROP_SHARE) * w and (y1 - y0 + 1) > (1 - MIN_CROP_SHARE) * h:
+        return None
+    return x0, y0, x1, y1
 
 
 @dataclass(eq=False)
@@ -271,12 +304,24 @@ def _zero_and_255(arr: np.ndarray) -> bool:
     return seen
 
 
+def crop_like(labels: np.ndarray, sweep) -> np.ndarray:
+    """``labels`` ``(N, H, W)`` cut as ``sweep``'s frames were cut from the file's screen, when the
+    mask has the file's own frame size (drawn on the whole screen); else as they are."""
+    crop = getattr(sweep, "crop", None)
+    if crop is None or tuple(labels.shape[1:]) != tuple(crop[1]):
+        return labels
+    x0, y0, x1, y1 = crop[0]
+    return np.ascontiguousarray(labels[:, y0:y1 + 1, x0:x1 + 1])
+
+
 def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
     """Read a label volume: ``(N, H, W)`` uint8 (read-only) with values 0 (background),
     1 (optimal plane) and 2 (suboptimal plane). With ``like``, the shape must equal the sweep's
     frames' shape."""
     path = Path(path).expanduser()
     labels = read_mask_volume(path).labels
+    if like is not None:
+        labels = crop_like(labels, like)
     if like is not None and tuple(labels.shape) != tuple(like.frames.shape):
         raise FetalIQAError(
             f"{path}: the mask has shape {fmt_shape(labels.shape)} (frames x height x width) but the "
