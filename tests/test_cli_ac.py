@@ -361,6 +361,17 @@ def test_an_outline_cut_by_another_probe_s_edge_is_doubtful_unless_measured_in_t
     both[:, :430 - 120] = 0
     both[:, 430 + 120:] = 0
     assert straight_cut(both, None) > STRAIGHT_CUT_RATIO
+    # ... while whole outlines drawn as polygons of 6-12 unevenly spaced clicks stay whole (the first
+    # rule for two cuts called 11-28 of 40 of them cut off)
+    rng = np.random.default_rng(15)
+    flagged = 0
+    for clicks in range(6, 13):
+        for _ in range(20):
+            t = np.sort(np.linspace(0, 2 * np.pi, clicks, endpoint=False) + rng.uniform(-0.15, 0.15, clicks))
+            polygon = np.zeros((H, W), np.uint8)
+            cv2.fillPoly(polygon, [np.stack([372 + 150 * np.cos(t), 280 + 110 * np.sin(t)], 1).astype(np.int32)], 1)
+            flagged += straight_cut(polygon, None) >= STRAIGHT_CUT_RATIO
+    assert flagged <= 2, flagged  # of 140
     # a whole abdomen drawn as a polygon of a few clicks has several straight sides, none alone
     for clicks in (5, 7, 10):
         t = np.linspace(0, 2 * np.pi, clicks, endpoint=False)

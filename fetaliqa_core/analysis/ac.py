@@ -104,6 +104,10 @@ STRAIGHT_CUT_RATIO = 2.0
 #: outline are cuts across a curved outline; more, and it is a polygon of a few clicks, straight all
 #: round (an abdomen cut by both sides of a fan and the image's bottom: 46 %; a 5-click polygon: 100 %).
 MAX_CUT_SHARE = 0.6
+#: Two or three cuts stand apart from the rest of the outline by this factor in length (an abdomen
+#: cut by both sides of a fan: 1.6; the sides of polygons of 6-12 unevenly spaced clicks: no gap
+#: this wide among their longest).
+CUT_GAP = 1.5
 
 
 def _cyclic_runs(keep: np.ndarray) -> tuple[list[np.ndarray], bool]:
@@ -139,10 +143,10 @@ def straight_cut(mask: np.ndarray, fov: FovArg = None) -> float | None:
     simplified with :func:`cv2.approxPolyDP` at 4 % of the minor semi-axis). An abdomen cut off by
     an edge the field of view does not know (another probe's fan, the image's border) shows that
     edge as a straight chord (or two or three: cut by both sides of a narrow fan) across an outline
-    that is curved elsewhere. A polygon drawn with a few clicks is straight all round: where such
-    long stretches make up more than :data:`MAX_CUT_SHARE` of the outline, the longest is measured
-    over the next longest instead (several sides of like length: near 1). None when there is no
-    outline to judge."""
+    that is curved elsewhere. A polygon drawn with a few clicks is straight all round: the longest
+    is measured over the next longest too (several sides of like length: near 1), and two or three
+    cuts count only as a minor part of the outline (:data:`MAX_CUT_SHARE`) standing apart from the
+    rest in length (:data:`CUT_GAP`). None when there is no outline to judge."""
     found = _largest_outline(mask, fov, "straight_cut")
     if found is None:
         return None
@@ -166,13 +170,20 @@ def straight_cut(mask: np.ndarray, fov: FovArg = None) -> float | None:
     if reference <= 0:
         return None
     longest, next_longest = float(pieces[-1]), float(pieces[-2]) if pieces.size > 1 else 0.0
-    long = pieces[pieces >= STRAIGHT_CUT_RATIO * reference]
-    if long.size and long.sum() <= MAX_CUT_SHARE * pieces.sum():
-        # edges cut across an otherwise curved outline (one, or two or three: an abdomen wider than
-        # the fan, cut by both its sides and the image's bottom)
-        return longest / reference
-    # a polygon drawn with a few clicks is straight all round, its sides of like length: whole
-    return min(longest / reference, longest / next_longest if next_longest > 0 else math.inf)
+    one = min(longest / reference, longest / next_longest if next_longest > 0 else math.inf)
+    # two or three edges cut across an otherwise curved outline (an abdomen wider than a narrow
+    # fan, cut by both its sides and the image's bottom): each far longer than the ellipse's
+    # straightest stretch, together a minor part of the outline, and standing apart from the rest
+    # by a clear gap in length. A polygon drawn with a few (unevenly spaced) clicks has sides of
+    # every length in between: no such gap, and it stays whole.
+    for k in (2, 3):
+        if pieces.size <= k:
+            break
+        cut, rest = pieces[-k:], float(pieces[-k - 1])
+        if (cut[0] >= STRAIGHT_CUT_RATIO * reference and cut.sum() <= MAX_CUT_SHARE * pieces.sum()
+                and rest > 0 and cut[0] >= CUT_GAP * rest):
+            return max(one, float(cut[0]) / reference)
+    return one
 
 
 def _largest_outline(mask, fov: FovArg, who: str):
