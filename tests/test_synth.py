@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 
 import cv2
 import numpy as np
@@ -275,7 +276,7 @@ def test_cli_is_deterministic_to_the_byte(tmp_path):
     _run_synth(tmp_path / "b")
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 5
+    assert files_a == files_b and len(files_a) == 6  # 2 cases x (image, mask), the table, synth's record
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
@@ -297,6 +298,14 @@ def test_cli_no_compress_and_overwrite(tmp_path, capsys):
     img = next((out / "images" / "stacked_fetal_ultrasound").glob("*.mha"))
     assert b"CompressedData = False" in img.read_bytes()[:600]
     assert isinstance(load_sweep(img).frames, np.memmap)
+    # a dataset synth did not write (a real one) is never overwritten, its scans never deleted
+    real = tmp_path / "real"
+    shutil.copytree(out, real)
+    (real / ".fetaliqa-synth.json").unlink()
+    before = sorted(p.relative_to(real) for p in real.rglob("*"))
+    assert _run_synth(real, "--overwrite", "--seed", "4") == 1
+    assert "did not write" in capsys.readouterr().err
+    assert sorted(p.relative_to(real) for p in real.rglob("*")) == before
     # another seed over it: the earlier cases go (they stayed, and scoring images/ took them in),
     # a file of the user's own there stays
     (out / "images" / "stacked_fetal_ultrasound" / "mine.mha").write_bytes(b"mine")

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compress", action="store_true",
                         help="write image volumes uncompressed (open instantly, 2-3x larger); masks "
                              "are always compressed")
-    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace a dataset synth wrote into --out before (its cases go; a dataset synth did not write is never touched)")
     parser.add_argument("--fan-variety", action="store_true",
                         help="put half of the cases on other curved-array fans than ACOUSLIC-AI's (opening, "
                              "probe-face radius, depth), so that models do not learn one fan's outline")

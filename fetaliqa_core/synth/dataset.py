@@ -77,10 +77,16 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int, n_sweeps: int = DE
     if cases < 1:
         raise FetalIQAError(f"--cases {cases}: give at least 1 case.")
     img_dir, mask_dir, csv_path = out / IMAGES_SUBDIR, out / MASKS_SUBDIR, out / CSV_PATH
-    if not overwrite and (csv_path.exists() or (img_dir.is_dir() and any(img_dir.glob("*.mha")))):
+    holds = csv_path.exists() or (img_dir.is_dir() and any(img_dir.glob("*.mha")))
+    if not overwrite and holds:
         raise FetalIQAError(f"{out}: already holds a dataset. Choose an empty folder, or overwrite it "
                             "explicitly (--overwrite).")
-    earlier = _listed_cases(csv_path) if overwrite else []
+    earlier = _synth_cases(out)
+    if holds and earlier is None:
+        # --overwrite replaces a dataset synth wrote, never one it did not (a real one's table would
+        # have been replaced, and its scans deleted with the cases its table listed)
+        raise FetalIQAError(f"{out}: holds a dataset that `fetaliqa synth` did not write (no {SYNTH_MARKER}): "
+                            "it is left as it is, --overwrite or not. Choose an empty folder.")
     try:
         for d in (img_dir, mask_dir, csv_path.parent):
             d.mkdir(parents=True, exist_ok=True)
@@ -113,25 +119,36 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int, n_sweeps: int = DE
     for s in summaries:
         w.writerow([s.uuid, str(s.index + 1)] + ["" if v is None else f"{v:.2f}" for v in s.ac_mm])
     atomic_write(csv_path, buf.getvalue())
-    # --overwrite: the earlier dataset's cases that are not in this one go (only those its table
-    # listed: every other file is left); they stayed, and scoring images/ took them for this one's
-    kept = {s.uuid for s in summaries}
-    for uuid in earlier:
-        if uuid not in kept:
+    # --overwrite: the cases an earlier synth run wrote here that this one does not hold go (only
+    # those its own record lists: every other file is left); they stayed, and scoring images/ took
+    # them for this one's
+    kept = [s.uuid for s in summaries]
+    for uuid in earlier or []:
+        if uuid not in set(kept):
             for folder in (img_dir, mask_dir):
                 (folder / f"{uuid}.mha").unlink(missing_ok=True)
-    return [s.uuid for s in summaries]
+    from fetaliqa_core.files import write_json
+
+    write_json(out / SYNTH_MARKER, {"written_by": "fetaliqa synth", "seed": int(seed), "cases": kept})
+    return kept
 
 
-def _listed_cases(csv_path: Path) -> list[str]:
-    """The case ids an earlier dataset's table lists (none when it cannot be read), each a plain
-    file name (nothing a table could smuggle in reaches outside the dataset's folders)."""
-    import csv
+#: What ``fetaliqa synth`` records of the cases it wrote into a dataset folder: --overwrite removes
+#: those and no other file.
+SYNTH_MARKER = ".fetaliqa-synth.json"
+
+
+def _synth_cases(out: Path) -> list[str] | None:
+    """The case ids an earlier ``synth`` run wrote into ``out`` (its record), each a plain file name
+    (nothing a record could smuggle in reaches outside the dataset's folders); None without one."""
+    import json
 
     try:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-    ids = [str(r.get("uuid") or "") for r in rows[:100000] if isinstance(r, dict)]
+        record = json.loads((out / SYNTH_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    cases = record.get("cases") if isinstance(record, dict) else None
+    if not isinstance(cases, list):
+        return None
+    ids = [str(u) for u in cases[:100000] if isinstance(u, str)]
     return [u for u in ids if u and u == Path(u).name and u not in (".", "..")]
