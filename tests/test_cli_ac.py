@@ -520,6 +520,15 @@ def test_a_binary_mask_saved_as_0_and_255_is_measured_and_said(tmp_path, capsys)
 
     with pytest.raises(FetalIQAError, match="binary mask stored as 0 and 255"):
         load_mask(path)
+    # 255 beside labels 1/2 is an 'ignore' value, not a binary mask: dividing by 255 would erase the 1s
+    ignore = masks.copy()
+    ignore[0, :10, :10] = 1
+    with pytest.raises(FetalIQAError, match="beside the labels 1 and 2"):
+        load_mask(_write(tmp_path, ignore, "ignore.mha"))
+    # a 16-bit binary mask (0 and 65535) is measured as the 8-bit one is
+    wide = (masks.astype(np.uint16) // 255) * 65535
+    assert main(["ac", str(_write(tmp_path, wide, "mask65535.mha")), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ac_mm"] == pytest.approx(record["ac_mm"])
     # a probability map is called one
     probs = np.clip(masks.astype(np.float32) / 255 * 0.9 + 0.05, 0, 1)
     image = sitk.GetImageFromArray(probs)

@@ -221,6 +221,11 @@ def _found_padding(values: np.ndarray) -> float | None:
     return float(mn) if r_lo - float(mn) > max(r_hi - r_lo, 1e-6) else None
 
 
+def _holds_labels(arr: np.ndarray) -> bool:
+    """Whether ``arr`` holds a 1 or a 2 anywhere (frame by frame: no copy of the volume)."""
+    return any(bool(((np.asarray(f) == 1) | (np.asarray(f) == 2)).any()) for f in arr)
+
+
 def as_labels(arr: np.ndarray, path: Path) -> np.ndarray:
     """Check a mask holds only 0/1/2 and return it as uint8 (no copy when already uint8)."""
     bad: list[Any] = []
@@ -248,11 +253,17 @@ def as_labels(arr: np.ndarray, path: Path) -> np.ndarray:
     else:
         raise FetalIQAError(f"{path}: mask pixels of type {arr.dtype} cannot be labels. Export the mask as "
                             "8-bit labels 0/1/2.")
-    if bad == [255] or bad == [255.0]:
+    if len(bad) == 1 and bad[0] in (255, 65535):
+        high = int(bad[0])
+        if not _holds_labels(arr):
+            raise FetalIQAError(
+                f"{path}: the mask holds {high} where a label (0, 1, 2) belongs: a binary mask stored as 0 and "
+                f"{high}, as an image. Export it as labels: 0 and 1 (divide by {high}), or 1 and 2 for optimal "
+                "and suboptimal planes.")
         raise FetalIQAError(
-            f"{path}: the mask holds 255 where a label (0, 1, 2) belongs: a binary mask stored as 0 and "
-            "255, as an image. Export it as labels: 0 and 1 (divide by 255), or 1 and 2 for optimal and "
-            "suboptimal planes.")
+            f"{path}: the mask holds {high} beside the labels 1 and 2 (an 'ignore' value?); masks label each pixel "
+            "0 (background), 1 (optimal plane) or 2 (suboptimal plane). Export it with 0 in place of "
+            f"{high}.")
     if bad and all(isinstance(v, float) and 0.0 < v < 1.0 for v in bad):
         raise FetalIQAError(
             f"{path}: the mask holds values between 0 and 1 (such as {bad[0]:.3g}): a probability map, "

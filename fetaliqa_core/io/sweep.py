@@ -283,7 +283,8 @@ def read_mask_volume(path: str | Path, binary_255: bool = False) -> MaskVolume:
         if not (binary_255 and _zero_and_255(arr)):
             raise
         labels = np.ascontiguousarray(arr != 0).view(np.uint8)
-        notes.append("the mask holds 0 and 255 only (a binary mask saved as an image): 255 read as label 1")
+        notes.append(f"the mask holds 0 and {int(np.asarray(arr).max())} only (a binary mask saved as an image): "
+                     "that value read as label 1")
     if labels.flags.writeable and labels is not arr:
         labels.flags.writeable = False
     return MaskVolume(labels=labels, spacing_mm=tuple(raw.spacing_mm), spacing_source=raw.spacing_source,
@@ -291,17 +292,22 @@ def read_mask_volume(path: str | Path, binary_255: bool = False) -> MaskVolume:
 
 
 def _zero_and_255(arr: np.ndarray) -> bool:
-    """Whether ``arr`` holds 0 and 255 and nothing else (frame by frame: no copy of the volume)."""
+    """Whether ``arr`` holds 0 and one high value (255, or 65535 for 16 bits) and nothing else
+    (frame by frame: no copy of the volume)."""
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         return False
-    seen = False
-    for frame in arr:
-        f = np.asarray(frame)
-        high = f == 255
-        if not (high | (f == 0)).all():
-            return False
-        seen = seen or bool(high.any())
-    return seen
+    for value in (255, 65535):
+        seen = False
+        for frame in arr:
+            f = np.asarray(frame)
+            high = f == value
+            if not (high | (f == 0)).all():
+                break
+            seen = seen or bool(high.any())
+        else:
+            if seen:
+                return True
+    return False
 
 
 def crop_like(labels: np.ndarray, sweep) -> np.ndarray:
