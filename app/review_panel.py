@@ -82,6 +82,7 @@ class ReviewPanel(QWidget):
         self.bundles: dict = {}
         self._pending: str | None = None
         self._pending_frame = -1  # the frame the pending verdict was chosen on
+        self._recording = False  # a verdict being saved (its save moves to the next frame)
         self._saving: _Save | None = None  # a verdict waiting for another program's write to end
 
         self.reviewer_label = QLabel()
@@ -380,7 +381,11 @@ class ReviewPanel(QWidget):
         here = current and self.model.frame == job.frame  # (else the reviewer moved on while it waited)
         earlier = "" if current else " (of the sweep reviewed before)"
         try:
-            job.session.record(job.label, job.note, advance=here, frame=job.frame, wait_ms=wait_ms, view=current)
+            self._recording = True  # (the move to the next frame is the save's, not a verdict left behind)
+            try:
+                job.session.record(job.label, job.note, advance=here, frame=job.frame, wait_ms=wait_ms, view=current)
+            finally:
+                self._recording = False
         except DatabaseBusy as exc:
             if wait_ms is not None and time.monotonic() - job.started < SAVE_GIVE_UP_S:
                 self._saving = job
@@ -555,7 +560,7 @@ class ReviewPanel(QWidget):
     # -- display ---------------------------------------------------------------------------
     def _frame_changed(self, frame: int) -> None:
         self.model.queue_goto_frame(frame)
-        left = self._pending_frame if self._pending is not None else None
+        left = self._pending_frame if self._pending is not None and not self._recording else None
         if left is not None and left != frame:
             # a verdict chosen but not saved (Enter) was dropped without a word, and the status bar
             # went on saying "Enter saves" beside the next frame

@@ -444,6 +444,7 @@ def test_a_verdict_key_judges_the_frame_shown_and_an_unsaved_one_is_not_dropped_
     press(win, "1")
     assert win.review.active and win.model.frame == shown and win.review.label_buttons["optimal"].isChecked()
     press(win, "\n")
+    assert not any("not saved" in m for m in messages)  # (the save's own move to the next frame)
     with ReviewStore(db) as store:
         assert [(v.frame, v.label) for v in store.verdicts(reviewer="gil")] == [(shown, "optimal")]
     now = win.model.frame

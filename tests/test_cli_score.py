@@ -419,6 +419,15 @@ def test_results_of_another_sweep_or_of_the_user_are_not_replaced_without_a_word
     assert "these go into fetaliqa-scores/sweep-2" in err
     assert main(["score", "patientA/sweep.mha", *models]) == 0  # the same sweep again: its own folder
     assert "patientA" in json.loads((tmp_path / "fetaliqa-scores" / "sweep" / "summary.json").read_text())["path"]
+    # the same file changed since: its own results are replaced (it went to sweep-3 as "another sweep")
+    write_volume(tmp_path / "patientA" / "sweep.mha", rng.integers(0, 200, (3, 64, 80), dtype=np.uint8))
+    capsys.readouterr()
+    assert main(["score", "patientA/sweep.mha", *models]) == 0
+    assert "another sweep" not in capsys.readouterr().err and not (tmp_path / "fetaliqa-scores" / "sweep-3").exists()
+    # scoring the folder the results went into does not call the results folder a folder of sweeps left out
+    write_volume(tmp_path / "top.mha", rng.integers(0, 200, (3, 64, 80), dtype=np.uint8))
+    assert main(["score", ".", *models, "--out", "folder-scores"]) == 0
+    assert "fetaliqa-scores" not in capsys.readouterr().err
     # an --out given is the user's choice: replaced, and said
     assert main(["score", "patientB/sweep.mha", *models, "--out", "fetaliqa-scores/sweep"]) == 0
     assert "held the results of patientA/sweep.mha; they are replaced" in capsys.readouterr().err

@@ -789,3 +789,7 @@ def test_an_oval_section_is_chosen_after_the_round_ones_and_its_ac_is_doubtful()
     from fetaliqa_core.analysis.units import mask_doubt
 
     assert mask_doubt(shapes[c.frame].problem).startswith("the mask's outline is oval")
+    # judged as the ratio is shown: "0.70" is round, "0.69" oval (one ellipse, turned, gave both)
+    from dataclasses import replace
+
+    assert not replace(shapes[0], axis_ratio=0.6951).oval and replace(shapes[0], axis_ratio=0.6949).oval

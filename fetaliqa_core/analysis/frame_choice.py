@@ -157,7 +157,7 @@ class MaskShape:
     @property
     def oval(self) -> bool:
         """A plausible outline much longer than wide (:data:`ROUND_RATIO`): an oblique section."""
-        return self.plausible and self.axis_ratio < ROUND_RATIO
+        return self.plausible and round(self.axis_ratio, 2) < ROUND_RATIO  # judged as shown (0.70 is round)
 
     @property
     def problem(self) -> str | None:

@@ -80,8 +80,9 @@ def left_out_note(path: Path, members: list[Path]) -> str:
     scored = set(members)
     left = [p.name for p in entries if p not in scored and p.is_file()
             and not p.name.lower().endswith(DATA_SUFFIXES)]
-    # folders that hold no DICOM series: their sweeps are not looked for (one folder, one level)
-    folders = [p.name for p in entries if p not in scored and p.is_dir()]
+    # folders that hold no DICOM series: their sweeps are not looked for (one folder, one level);
+    # FetalIQA's own results folders are no sweeps left out
+    folders = [p.name for p in entries if p not in scored and p.is_dir() and not _results_of_ours(p)]
     notes = []
     if left:
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
@@ -92,6 +93,20 @@ def left_out_note(path: Path, members: list[Path]) -> str:
         notes.append(f"{len(folders)} subfolder(s) hold no DICOM series and are not looked into: {shown} "
                      "(score each as a folder of its own, or move its sweeps up)")
     return f"{path}: " + "; ".join(notes) if notes else ""
+
+
+def _results_of_ours(folder: Path) -> bool:
+    """Whether ``folder`` holds what FetalIQA writes (a results table, or results folders: the
+    default ``fetaliqa-scores``, an archive's ``--out``)."""
+    from fetaliqa_core import archive as ar
+    from fetaliqa_core import export
+
+    try:
+        if any((folder / name).is_file() for name in (TABLE_FILE, ar.TABLE_FILE, export.OUTPUTS_FILE)):
+            return True
+        return any((child / export.OUTPUTS_FILE).is_file() for child in list(folder.iterdir())[:200] if child.is_dir())
+    except OSError:
+        return False
 
 
 def _stem(path: Path) -> str:
@@ -284,7 +299,13 @@ def _results_folder(out: Path, path: Path, sweep, given: bool) -> Path:
     def other_sweep(summary: dict | None) -> str | None:
         if not summary or summary.get("content_hash") in (None, sweep.content_hash):
             return None
-        return str(summary.get("path") or "another sweep")
+        earlier = str(summary.get("path") or "")
+        try:
+            if earlier and Path(earlier).expanduser().resolve() == path.expanduser().resolve():
+                return None  # this file, changed since: its own results are replaced
+        except (OSError, RuntimeError, ValueError):
+            pass
+        return earlier or "another sweep"
 
     candidate = out
     for k in range(2, 1000):
