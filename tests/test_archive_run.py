@@ -619,3 +619,18 @@ def test_case_folders_of_files_no_longer_in_the_archive_are_said(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"1 case folder(s) in {out / ar.CASES_DIR} are of files no longer in the archive" in err
     assert gone.name.split(".")[0] in err
+
+
+def test_an_archive_of_subfolders_only_says_so_in_one_line(tmp_path, capsys):
+    """A folder holding only subfolders of sweeps was scored as one failed case named after it."""
+    import shutil
+
+    folder = _fresh_archive(tmp_path, n=2)
+    top = tmp_path / "patients"
+    for k, sweep in enumerate(sorted(folder.iterdir())):
+        (top / f"patient{k + 1}").mkdir(parents=True)
+        shutil.copy(sweep, top / f"patient{k + 1}" / sweep.name)
+    assert main(["score", str(top), "--archive", "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "holds no sweep files, only subfolders (patient1, patient2)" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / ar.TABLE_FILE).exists()

@@ -125,7 +125,7 @@ FLATTENED_RATIO = 1.04
 FLATTENED_REASON = ("flattened along one side, or with a part sticking out: it is no one ellipse's (the "
                     "body cut by an edge or outlined in part, or a strand leaking out of it), so the AC may "
                     "be off")
-OVAL_REASON = ("oval (minor / major axis {ratio:.2f}): a transverse section of the abdomen is nearly round, "
+OVAL_REASON = ("oval (minor / major axis {ratio}): a transverse section of the abdomen is nearly round, "
                "and an oblique cut reads long")
 NO_EDGE_REASON = "its outline follows no edge in the image: the grey inside it is that outside it"
 
@@ -157,7 +157,7 @@ class MaskShape:
     @property
     def oval(self) -> bool:
         """A plausible outline much longer than wide (:data:`ROUND_RATIO`): an oblique section."""
-        return self.plausible and round(self.axis_ratio, 2) < ROUND_RATIO  # judged as shown (0.70 is round)
+        return self.plausible and self.axis_ratio < ROUND_RATIO
 
     @property
     def problem(self) -> str | None:
@@ -169,7 +169,12 @@ class MaskShape:
                 return WAIST_REASON
             if self.flattened:
                 return FLATTENED_REASON
-            return OVAL_REASON.format(ratio=self.axis_ratio) if self.oval else None
+            if not self.oval:
+                return None
+            from fetaliqa_core.analysis.units import beside_threshold
+
+            # (as many digits as it takes not to read as the limit itself: 0.695 is not "0.70")
+            return OVAL_REASON.format(ratio=beside_threshold(self.axis_ratio, ROUND_RATIO))
         return self.reason or "not ellipse-like"
 
 

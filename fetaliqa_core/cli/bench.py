@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fetaliqa_core.cli._args import positive_int
+from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.options import add_model_options
 
 HELP = "Measure scoring speed and memory against the seed-style pipeline and the hardware limit."
@@ -103,8 +104,13 @@ def _run_speed(args: argparse.Namespace) -> int:
         log(line)
     if args.json is not None:
         from fetaliqa_core.files import atomic_write
+        from fetaliqa_core.paths import os_error_cause
 
-        atomic_write(args.json, text + "\n")  # (a link there is replaced, not written through)
+        try:
+            atomic_write(args.json, text + "\n")  # (a link there is replaced, not written through)
+        except OSError as exc:  # (named by the file asked for, not the temporary one beside it)
+            raise FetalIQAError(f"{args.json}: the report cannot be written ({os_error_cause(exc)}); it is printed "
+                                "above. Give --json a file in a folder you can write to.") from None
         print(f"report written to {args.json}")
     return 0
 

@@ -45,6 +45,16 @@ def _members(path: Path) -> list[Path]:
         return members
     if path.is_dir() and not any(path.iterdir()):
         raise FetalIQAError(f"{path}: the folder is empty. Give a folder that holds sweep files.")
+    if path.is_dir():
+        from fetaliqa_core.io import looks_like_dicom_series
+
+        if not looks_like_dicom_series(path):
+            # no sweep here, only folders of them (one a patient): not one failed case named after the folder
+            subs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            shown_subs = ", ".join(subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
+            raise FetalIQAError(f"{path}: holds no sweep files" + (f", only subfolders ({shown_subs})" if subs else "")
+                                + ". Give the folder that holds the sweep files as the archive (one run each), "
+                                "or move the sweeps into one folder.")
     return [path]  # one sweep file, or one DICOM series folder
 
 
