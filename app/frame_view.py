@@ -178,6 +178,10 @@ class FrameView(QWidget):
         self.view.addItem(self.ellipse_label)
         self.ellipse.hide()
         self.ellipse_label.hide()
+        self._ellipse_pts: np.ndarray | None = None
+        # the label is kept inside the view when the view changes too (resized, maximised, zoomed):
+        # a maximised window left "C 148.5 mm" cut at its edge until the frame changed
+        self.view.sigRangeChanged.connect(self._place_ellipse_label)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -335,8 +339,18 @@ class FrameView(QWidget):
         self.ellipse.setData(pts[:, 0], pts[:, 1])
         self.ellipse_label.setText(text)
         self.ellipse_label.setToolTip(detail)
-        # Above the outline, or below it when the view has no room for the label above (an
-        # outline at the top of the frame put its label off the view, or over the abdomen).
+        self._ellipse_pts = pts
+        self._place_ellipse_label()
+        self.ellipse.show()
+        self.ellipse_label.show()
+
+    def _place_ellipse_label(self, *_args) -> None:
+        """Put the AC label above the outline (below it when the view has no room above: an
+        outline at the top of the frame put its label off the view, or over the abdomen), centred
+        on it but inside the view."""
+        pts = self._ellipse_pts
+        if pts is None:
+            return
         top, bottom = float(pts[:, 1].min()), float(pts[:, 1].max())
         try:
             per_x, per_pixel = (float(v) for v in self.view.viewPixelSize())
@@ -356,10 +370,9 @@ class FrameView(QWidget):
         else:
             self.ellipse_label.setAnchor((0.5, 0.0))
             self.ellipse_label.setPos(x, bottom + 6 * per_pixel)
-        self.ellipse.show()
-        self.ellipse_label.show()
 
     def hide_ellipse(self) -> None:
+        self._ellipse_pts = None
         if self.ellipse.isVisible():
             self.ellipse.hide()
             self.ellipse_label.hide()

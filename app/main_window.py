@@ -718,10 +718,10 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.status_ac.set_answer([lead + core + extra + notice, f"frame {chosen}: {core}{extra}{notice}",
                                    core + extra + notice, core + notice])
 
-    def _keep_unsaved_verdict(self) -> bool:
-        """Before the window closes: a verdict chosen but not saved (Enter) is saved or dropped as
-        the trainer says (it was dropped without a word); False: they chose to stay. Asked only
-        where someone can answer (not offscreen)."""
+    def _keep_unsaved_verdict(self, before: str) -> bool:
+        """Before the window closes or another sweep opens (``before``: "closing", ...): a verdict
+        chosen but not saved (Enter) is saved or dropped as the trainer says (it was dropped without
+        a word); False: they chose to stay. Asked only where someone can answer (not offscreen)."""
         from PySide6.QtGui import QGuiApplication
 
         pending = self.review.unsaved_verdict()
@@ -730,7 +730,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         frame, label = pending
         answer = QMessageBox.question(
             self, "Review", f"Frame {frame}: {label.replace('_', ' ')} is chosen but not saved. Save it before "
-            "closing?", QMessageBox.Save | QMessageBox.Discard | QMessageBox.Cancel, QMessageBox.Save)
+            f"{before}?", QMessageBox.Save | QMessageBox.Discard | QMessageBox.Cancel, QMessageBox.Save)
         if answer == QMessageBox.Cancel:
             return False
         if answer == QMessageBox.Save:
@@ -774,7 +774,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         return window_tools.write_screenshot(self, path)
 
     def closeEvent(self, ev):  # noqa: N802
-        if not self._keep_unsaved_verdict():
+        if not self._keep_unsaved_verdict("closing"):
             ev.ignore()
             return
         self.model.set_playing(False)

@@ -31,6 +31,8 @@ class SweepFilesMixin:
         from app.worker import SweepLoader, load_sweep_for_viewer
 
         path = str(path)
+        if not self._keep_unsaved_verdict("opening another sweep"):
+            return False  # (the trainer chose to stay with the verdict they have not saved)
         if block:
             try:
                 sweep = load_sweep_for_viewer(path)

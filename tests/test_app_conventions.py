@@ -165,6 +165,12 @@ def test_the_ac_label_stays_on_the_view_above_or_below_its_outline(qtbot):
         label = view.ellipse_label
         box = label.mapRectToView(label.boundingRect())
         assert box.left() >= x_lo - 0.5 and box.right() <= x_hi + 0.5, (centre_x, box, x_lo, x_hi)
+    # ... and when the view changes without a new frame (resized, maximised): placed again
+    view.resize(500, 400)
+    QApplication.processEvents()
+    x_lo, x_hi = sorted(view.view.viewRange()[0])
+    box = label.mapRectToView(label.boundingRect())
+    assert box.left() >= x_lo - 0.5 and box.right() <= x_hi + 0.5, (box, x_lo, x_hi)
 
 
 def test_about_names_version_models_and_device(win):

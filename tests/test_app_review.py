@@ -473,6 +473,7 @@ def test_closing_with_a_chosen_unsaved_verdict_asks_to_save_it(qtbot, tmp_path, 
     assert not win.close()  # Cancel: the window stays, the choice too
     assert win.review.unsaved_verdict() == (frame, "suboptimal")
     assert win.close()
+    assert "before closing?" in asked[0]
     assert f"Frame {frame}: suboptimal is chosen but not saved" in asked[0]
     with ReviewStore(db) as store:
         assert [(v.frame, v.label) for v in store.verdicts(reviewer="hal")] == [(frame, "suboptimal")]
