@@ -553,7 +553,7 @@ def write_failure(out: Path, name: str, record: dict) -> None:
 # from before its file is read until its record is written; a Python error or Ctrl-C removes it.
 # A marker left behind means a process died there: on the next run that file is first read in a
 # child process, and a crash there fails the case with what happened instead of ending the run.
-# A run that died twice while scoring a case (after reading it) fails it too.
+# Runs that died MAX_SCORING_DEATHS times while scoring a case (after reading it) fail it too.
 
 ATTEMPT_SUFFIX = ".attempt.json"
 STAGE_READING, STAGE_SCORING = "reading", "scoring"

@@ -199,7 +199,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
 
     def _died_on_before(item: ar.Item) -> bool:
         """Whether an earlier process died with this case in hand (its marker is left): a file
-        whose reading crashes a child process too, or one the run died on twice while scoring it,
+        whose reading crashes a child process too, or one runs died on while scoring it
+        :data:`~fetaliqa_core.archive.MAX_SCORING_DEATHS` times,
         is failed with what happened (True); otherwise it is scored as usual."""
         marker = ar.read_attempt(out, item.name)
         if not ar.died_on(marker, item.fhash, ar.attempt_file(out, item.name)):
