@@ -316,3 +316,15 @@ def test_a_mask_drawn_on_the_whole_screen_is_measured_on_the_cut_frames(tmp_path
     truth = 2 * np.pi * np.sqrt((80 ** 2 + 70 ** 2) / 2) * 0.3
     assert record["frame"] == 1 and abs(record["ac_mm"] - truth) / truth < 0.03
     assert any("cut to the ultrasound image" in n for n in record["read_notes"])
+
+
+def test_a_colour_box_alone_says_nothing_of_where_the_image_lies(tmp_path):
+    """A file listing only its colour-flow box (no tissue region) would have had its frames cut to
+    the box: only tissue regions (or regions of no stated type) place the image."""
+    frames = _frames(n=2, h=120, w=160)
+    box = _region(40, 30, 100, 90, 0.03, 0.03)
+    box.RegionDataType = 2  # colour flow
+    path = tmp_path / "colour.dcm"
+    write_us_dicom(path, frames, regions=[box])
+    sweep = load_sweep(path)
+    assert sweep.crop is None and sweep.image_regions == () and sweep.frames.shape == (2, 120, 160)

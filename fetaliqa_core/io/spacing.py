@@ -223,16 +223,17 @@ def _image_size(ds: Any) -> tuple[int, int] | None:
 #: changed during the sweep): a pixel size the user gives later does not make that go away.
 SPACING_CHANGES = "the pixel size changes within the series"
 
-#: PS3.3 C.8.5.5.1.2: Region Data Type 1 is tissue, 2 colour flow (drawn over a tissue image);
-#: the others (spectral Doppler, traces, ECG, ...) are no image of the body.
-_REGION_IMAGE_TYPES = (1, 2)
+#: PS3.3 C.8.5.5.1.2: Region Data Type 1 is tissue; 2, colour flow, is a box drawn over a tissue
+#: image (never the image itself: a file listing only that box says nothing of where the image
+#: lies); the others (spectral Doppler, traces, ECG, ...) are no image of the body.
+_REGION_IMAGE_TYPES = (1,)
 #: A region narrower than this (pixels) is a strip or a thumbnail, not the image.
 _MIN_REGION_PX = 32
 
 
 def image_regions(ds: Any, image: tuple[int, int] | None = None) -> tuple[tuple[int, int, int, int], ...]:
-    """The rectangles of a DICOM ultrasound image that show the body (2-D tissue or colour-flow
-    regions of its Sequence of Ultrasound Regions): ``(x0, y0, x1, y1)``, inclusive, clipped to the
+    """The rectangles of a DICOM ultrasound image that show the body (2-D tissue regions of its
+    Sequence of Ultrasound Regions, or 2-D regions of no stated type): ``(x0, y0, x1, y1)``, inclusive, clipped to the
     image (``image``: rows, columns). Empty without such regions; a region past the image, or one
     that cannot be read, is left out. What lies outside them on the screen (the scanner's panels,
     a spectral Doppler strip) is no part of the field of view."""
