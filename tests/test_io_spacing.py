@@ -316,6 +316,13 @@ def test_a_mask_drawn_on_the_whole_screen_is_measured_on_the_cut_frames(tmp_path
     truth = 2 * np.pi * np.sqrt((80 ** 2 + 70 ** 2) / 2) * 0.3
     assert record["frame"] == 1 and abs(record["ac_mm"] - truth) / truth < 0.03
     assert any("cut to the ultrasound image" in n for n in record["read_notes"])
+    # a mask whose own pixel size agrees: the sweep's calibration is named as the source, not the mask's header
+    image = sitk.GetImageFromArray(masks)
+    image.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "mask03.mha"))
+    assert main(["ac", str(tmp_path / "mask03.mha"), "--sweep", str(path), "--json"]) == 0
+    source = json.loads(capsys.readouterr().out)["spacing_source"]
+    assert source.startswith("its sweep's DICOM ultrasound region calibration") and "agrees" in source
 
 
 def test_a_colour_box_alone_says_nothing_of_where_the_image_lies(tmp_path):

@@ -195,6 +195,10 @@ def run(args: argparse.Namespace) -> int:
                 f"{spacing_text(sweep_spacing)} ({sweep.spacing_source}), disagree: one of them is wrong"))
         elif sweep.spacing_problem is None and problem is not None:
             spacing, problem, source = sweep_spacing, None, f"its sweep's {sweep.spacing_source}"
+        elif (sweep.spacing_problem is None and problem is None and not given_for_it and not of_sweep
+              and sweep.spacing_source != source):
+            # the two agree: the sweep's calibration is named (a DICOM region's, say), the mask's beside it
+            source = f"its sweep's {sweep.spacing_source}; the mask's {source} agrees"
     # what reading the sweep found (pixels that hold no number make part of its fan unknown)
     sweep_notes = [] if sweep is None else [n for n in sweep.read_notes
                                             if args.spacing is None or not n.startswith("pixel spacing:")]
