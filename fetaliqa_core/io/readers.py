@@ -39,7 +39,7 @@ from fetaliqa_core.io._common import (
 )
 from fetaliqa_core.io.frames import frame_stack_shape, precheck_dims
 from fetaliqa_core.io.spacing import (SPACING_CHANGES, classify_header_spacing, dataset_calibration,
-                                     dicom_calibration, dicom_image_regions)
+                                     dicom_calibration_and_regions)
 
 
 #: A kept header value is cut to this many characters (a hostile header cannot make it large).
@@ -360,8 +360,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     notes = []
     regions = ()
     if dicom_file is not None:
-        regions = dicom_image_regions(dicom_file)
-        calibrated, source, note = dicom_calibration(dicom_file)
+        (calibrated, source, note), regions = dicom_calibration_and_regions(dicom_file)
         spacing_mm = calibrated or spacing_mm
         if calibrated and note:
             notes.append(f"pixel spacing: {note}")
@@ -638,14 +637,14 @@ def _dicom_without_its_spacing(path: Path) -> Raw | None:
     except Exception:  # noqa: BLE001 - not decodable here either: the caller's message stands
         return None
     arr = np.ascontiguousarray(arr)
-    calibrated, source, note = dicom_calibration(path)
+    (calibrated, source, note), regions = dicom_calibration_and_regions(path)
     if calibrated is None:
         note = "the file's Pixel Spacing is not a length the image reader accepts"
     spacing_mm, source, note = usable_spacing(calibrated or (1.0, 1.0), source, note)
     window, padding = dicom_display(path) if samples == 1 and arr.dtype != np.uint8 else (None, None)
     return Raw(array=arr, components=samples, spacing_mm=spacing_mm, metadata={}, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding,
-               regions=dicom_image_regions(path))
+               regions=regions)
 
 
 def _has_voi_lut_table(path: Path) -> bool:

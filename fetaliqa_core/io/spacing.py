@@ -96,13 +96,12 @@ def user_spacing(value: float | tuple[float, float]) -> tuple[float, float]:
     return row, col
 
 
-def dicom_calibration(path: Path) -> tuple[tuple[float, float] | None, str, str]:
-    """Spacing ``(row_mm, col_mm)``, source and note from a DICOM file's header.
-
-    Returns ``(None, SPACING_NONE, note)`` when the file has neither a calibrated ultrasound
-    region nor Pixel Spacing. Raises nothing for unreadable headers: the caller's image reader
-    reports those.
-    """
+def dicom_calibration_and_regions(path: Path) -> tuple[tuple[tuple[float, float] | None, str, str],
+                                                        tuple[tuple[int, int, int, int], ...]]:
+    """From one reading of a DICOM file's header: its calibration, spacing ``(row_mm, col_mm)``,
+    source and note (``(None, SPACING_NONE, note)`` when the file has neither a calibrated
+    ultrasound region nor Pixel Spacing), and its :func:`image_regions`. Raises nothing for
+    unreadable headers (no spacing, no regions): the caller's image reader reports those."""
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -114,12 +113,16 @@ def dicom_calibration(path: Path) -> tuple[tuple[float, float] | None, str, str]
                              specific_tags=list(_DICOM_TAGS))
     except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError,
             IndexError, EOFError, OverflowError, NotImplementedError):
-        return None, SPACING_NONE, "the DICOM header's calibration could not be read"
-    return dataset_calibration(ds)
+        return (None, SPACING_NONE, "the DICOM header's calibration could not be read"), ()
+    try:
+        regions = image_regions(ds, _image_size(ds))
+    except Exception:  # noqa: BLE001 - only the field of view's hint; the reader reports damage
+        regions = ()
+    return dataset_calibration(ds), regions
 
 
 def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
-    """:func:`dicom_calibration` of a header pydicom has already parsed."""
+    """The calibration :func:`dicom_calibration_and_regions` gives, of a header pydicom has already parsed."""
     try:
         regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
         raw_spacing = ds.get("PixelSpacing", None)
@@ -262,18 +265,6 @@ def image_regions(ds: Any, image: tuple[int, int] | None = None) -> tuple[tuple[
             continue
         found.append((x0, y0, x1, y1))
     return tuple(dict.fromkeys(found))
-
-
-def dicom_image_regions(path: Path) -> tuple[tuple[int, int, int, int], ...]:
-    """:func:`image_regions` of a DICOM file's header (empty when it cannot be read)."""
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, defer_size="1 MB", force=True,
-                             specific_tags=["SequenceOfUltrasoundRegions", "Rows", "Columns"])
-        return image_regions(ds, _image_size(ds))
-    except Exception:  # noqa: BLE001 - only the field of view's hint; the reader reports damage
-        return ()
 
 
 def _region_spacing(regions: list[Any], image: tuple[int, int] | None = None
