@@ -179,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     # the ACOUSLIC probe's fan belongs to its frames' size; another size is another probe's image
     fov = None if args.no_fov or tuple(frame.shape) != FRAME_SHAPE else resolve_fov("acouslic", frame.shape)
     fov_name = "acouslic" if fov is not None else "whole frame"
-    sweep = None if sweep is None else _sweep_of(Path(args.sweep), masks.shape, sweep)
+    if sweep is not None:
+        _check_fits(sweep, Path(args.sweep), masks.shape)
     if sweep is not None and not args.no_fov:
         from fetaliqa_core import acouslic
 
@@ -295,14 +296,11 @@ def run(args: argparse.Namespace) -> int:
     return 0 if reading.status != analysis.units.NO_UNITS else 1
 
 
-def _sweep_of(path: Path, shape: tuple[int, ...], sweep=None):
-    """The sweep the mask was drawn on (read whole): its field of view, calibration and grey
-    levels, as the app and ``score`` use them. ``shape``: the mask's (frames, height, width); a
-    mask of another frame count is of another sweep (its frame I is not the sweep's frame I, and
-    the checks against the image, a skull's ring among them, would look at the wrong frame)."""
-    from fetaliqa_core import io as fio
-
-    sweep = fio.load_sweep(path).in_memory() if sweep is None else sweep
+def _check_fits(sweep, path: Path, shape: tuple[int, ...]) -> None:
+    """That ``sweep`` (read from ``path``) is the one the mask was drawn on, as far as its shape
+    tells: ``shape``, the mask's (frames, height, width). A mask of another frame count is of
+    another sweep (its frame I is not the sweep's frame I, and the checks against the image, a
+    skull's ring among them, would look at the wrong frame); one of one frame is let pass."""
     n, h, w = shape
     if (sweep.height, sweep.width) != (h, w):
         raise FetalIQAError(f"{path}: the sweep's frames are {sweep.width} x {sweep.height} pixels, the mask's "
@@ -310,7 +308,6 @@ def _sweep_of(path: Path, shape: tuple[int, ...], sweep=None):
     if sweep.n_frames != n and n != 1:
         raise FetalIQAError(f"{path}: the sweep has {sweep.n_frames} frame(s), the mask {n}: a mask's frame I is "
                             "its sweep's frame I, so give the sweep the mask was drawn on (or leave out --sweep)")
-    return sweep
 
 
 def _why_no_ac(frame: np.ndarray, masks: np.ndarray, writer: str) -> str:
