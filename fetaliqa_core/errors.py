@@ -20,3 +20,9 @@ class UsageError(FetalIQAError):
 def exit_code(exc: FetalIQAError) -> int:
     """The process exit status for an error: 2 for usage errors, 1 for failures at run time."""
     return 2 if isinstance(exc, UsageError) else 1
+
+
+def first_names(names, first: int = 5) -> str:
+    """The first ``first`` of ``names`` for a message, and how many more: ``a, b, c and 4 more``."""
+    names = [str(n) for n in names]
+    return ", ".join(names[:first]) + (f" and {len(names) - first} more" if len(names) > first else "")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fetaliqa_core.cli._args import shown, spacing_mm
-from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.errors import FetalIQAError, first_names
 from fetaliqa_core.io._common import SWEEP_FILE_SUFFIXES
 from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
@@ -85,12 +85,10 @@ def left_out_note(path: Path, members: list[Path]) -> str:
     folders = [p.name for p in entries if p not in scored and p.is_dir() and not _results_of_ours(p)]
     notes = []
     if left:
-        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
-        notes.append(f"{len(left)} file(s) are not sweeps and are left out: {shown} (sweeps: "
+        notes.append(f"{len(left)} file(s) are not sweeps and are left out: {first_names(left)} (sweeps: "
                      f"{', '.join(SWEEP_SUFFIXES[:-1])}, DICOM cines and series folders)")
     if folders:
-        shown = ", ".join(folders[:5]) + (f" and {len(folders) - 5} more" if len(folders) > 5 else "")
-        notes.append(f"{len(folders)} subfolder(s) hold no DICOM series and are not looked into: {shown} "
+        notes.append(f"{len(folders)} subfolder(s) hold no DICOM series and are not looked into: {first_names(folders)} "
                      "(score each as a folder of its own, or move its sweeps up)")
     return f"{path}: " + "; ".join(notes) if notes else ""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fetaliqa_core import archive as ar
 from fetaliqa_core.cli._args import non_negative_int, positive_seconds, prefetch_count, shown
-from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.errors import FetalIQAError, first_names
 from fetaliqa_core.models.options import model_choice_from_args
 
 
@@ -51,8 +51,7 @@ def _members(path: Path) -> list[Path]:
         if not looks_like_dicom_series(path):
             # no sweep here, only folders of them (one a patient): not one failed case named after the folder
             subs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-            shown_subs = ", ".join(subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
-            raise FetalIQAError(f"{path}: holds no sweep files" + (f", only subfolders ({shown_subs})" if subs else "")
+            raise FetalIQAError(f"{path}: holds no sweep files" + (f", only subfolders ({first_names(subs)})" if subs else "")
                                 + ". Give the folder that holds the sweep files as the archive (one run each), "
                                 "or move the sweeps into one folder.")
     return [path]  # one sweep file, or one DICOM series folder
@@ -364,9 +363,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     print(f"table: {table}")
     orphans = ar.orphan_cases(out, names)
     if orphans:
-        shown_names = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
         print(f"fetaliqa: {len(orphans)} case folder(s) in {out / ar.CASES_DIR} are of files no longer in the "
-              f"archive (or named otherwise now): {shown(shown_names)}; they are not in the table (delete them "
+              f"archive (or named otherwise now): {shown(first_names(orphans))}; they are not in the table (delete them "
               "if they are not wanted)", file=sys.stderr)
     if notice:
         print(notice)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fetaliqa_core import validate
-from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.errors import FetalIQAError, first_names
 from fetaliqa_core.io._common import (
     MAX_DEFLATE_RATIO,
     META_KEYS,
@@ -133,7 +133,7 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     listed = {Path(name).resolve() for names in files_by_series.values() for name in names}
     unread = _damaged_members([p for p in entries if p.is_file() and p.resolve() not in listed], Path(files[0]))
     if unread:  # a damaged file of the series would otherwise be a frame missing without a word
-        shown = ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else "")
+        shown = first_names(unread, 3)
         raise FetalIQAError(f"{folder}: {len(unread)} DICOM file(s) of this folder cannot be read ({shown}): "
                             "they are damaged or truncated. Copy the series again, or remove them.")
     if len(files) == 1:
@@ -960,7 +960,7 @@ def _refuse_odd_entries(folder: Path, entries: list[Path]) -> None:
         elif stat.S_ISDIR(mode) and p.is_symlink() and p.resolve() in (folder.resolve(), *folder.resolve().parents):
             odd.append(f"{p.name} (a link back to this folder)")
     if odd:
-        shown = ", ".join(odd[:3]) + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
+        shown = first_names(odd, 3)
         what = "1 entry that is not a file" if len(odd) == 1 else f"{len(odd)} entries that are not files"
         raise FetalIQAError(f"{folder}: the DICOM series folder holds {what}: "
                             f"{shown}. Remove them, or copy the series' files into a folder of their own.")
