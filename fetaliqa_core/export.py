@@ -225,23 +225,25 @@ def challenge_job(pk: str, input_name: str) -> dict:
 OUTPUTS_FILE = ".fetaliqa-outputs.json"
 
 
+def _small_json(path: Path):
+    """A small JSON file's content (4 MB at most), or None when absent or not readable as such."""
+    from fetaliqa_core import validate
+
+    if not path.is_file():
+        return None
+    try:
+        return validate.read_json_bounded(path, path.name, "", max_bytes=1 << 22)
+    except FetalIQAError:
+        return None
+
+
 def _previous_outputs(out: Path) -> set[str]:
     """The files an earlier :func:`write_scores` wrote into ``out``: its list, or for a folder an
     earlier version wrote (a summary.json of ours, no list) its optional files; else none."""
-    from fetaliqa_core import validate
-
-    def small_json(path: Path):
-        if not path.is_file():
-            return None
-        try:
-            return validate.read_json_bounded(path, path.name, "", max_bytes=1 << 22)
-        except FetalIQAError:
-            return None
-
-    listed = small_json(out / OUTPUTS_FILE)
+    listed = _small_json(out / OUTPUTS_FILE)
     if isinstance(listed, list):
         return {str(n) for n in listed}
-    summary = small_json(out / SUMMARY_JSON)
+    summary = _small_json(out / SUMMARY_JSON)
     if isinstance(summary, dict) and "app_version" in summary and "chosen_frame" in summary:
         return set(OPTIONAL_OUTPUTS)
     return set()
@@ -254,16 +256,8 @@ def earlier_results(out: str | Path) -> tuple[dict | None, list[str]]:
     out = Path(out)
     ours = bool(_previous_outputs(out))  # a list of what an earlier run wrote, or a summary of ours
     foreign = [] if ours else [n for n in (FRAMES_CSV, SUMMARY_JSON) if (out / n).is_file()]
-    summary = None
-    if SUMMARY_JSON not in foreign and (out / SUMMARY_JSON).is_file():
-        try:
-            from fetaliqa_core import validate
-
-            found = validate.read_json_bounded(out / SUMMARY_JSON, SUMMARY_JSON, "", max_bytes=1 << 22)
-            summary = found if isinstance(found, dict) else None
-        except FetalIQAError:
-            summary = None
-    return summary, foreign
+    summary = None if SUMMARY_JSON in foreign else _small_json(out / SUMMARY_JSON)
+    return (summary if isinstance(summary, dict) else None), foreign
 
 
 def refuse_writing_over_input(out: str | Path, source: str | Path, challenge: bool = False,
