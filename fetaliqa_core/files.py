@@ -213,21 +213,22 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _normal_permissions(folder: Path) -> None:
-    """The permissions a plain ``mkdir`` would give (0777 less the umask)."""
+def _chmod_less_umask(path: Path, mode: int) -> None:
     umask = os.umask(0)
     os.umask(umask)
     with contextlib.suppress(OSError):
-        os.chmod(folder, 0o777 & ~umask)
+        os.chmod(path, mode & ~umask)
+
+
+def _normal_permissions(folder: Path) -> None:
+    """The permissions a plain ``mkdir`` would give (0777 less the umask)."""
+    _chmod_less_umask(folder, 0o777)
 
 
 def normal_file_permissions(path: Path) -> None:
     """The permissions a plain ``open(..., "w")`` would give a new file (0666 less the umask), for
     files a library writes private (safetensors writes 0600: a bundle others could not load)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~umask)
+    _chmod_less_umask(path, 0o666)
 
 
 def _one_line_break(text: str) -> str:
