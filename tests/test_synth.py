@@ -471,3 +471,15 @@ def test_acoustic_shadow_darkens_the_scan_lines_below_it():
     below, above = band & (r - fan.g.r_in > 200), band & (r - fan.g.r_in < 120)
     assert shaded[below].mean() < 0.5 * plain[below].mean() and plain[below].mean() - shaded[below].mean() > 15
     assert np.array_equal(plain[above], shaded[above])
+
+
+def test_a_hostile_synth_record_is_read_bounded_and_taken_for_none(tmp_path, capsys):
+    """synth's record of the cases it wrote is read with a size bound: a huge or damaged one is no
+    record, so --overwrite refuses the folder rather than read it whole or trust it."""
+    out = tmp_path / "ds"
+    assert _run_synth(out) == 0
+    marker = out / ".fetaliqa-synth.json"
+    with open(marker, "wb") as fh:
+        fh.truncate(64 << 20)  # sparse: 64 MB of zeros
+    assert _run_synth(out, "--overwrite") == 1
+    assert "did not write" in capsys.readouterr().err

@@ -65,7 +65,7 @@ import cv2
 import numpy as np
 
 from fetaliqa_core.analysis.ac import _border_zone, _fit, ramanujan_circumference
-from fetaliqa_core.analysis.units import AC_PLAUSIBLE_MM
+from fetaliqa_core.analysis.units import AC_PLAUSIBLE_MM, beside_threshold
 
 MIN_PIECE_SHARE = 0.7
 MIN_FIT_IOU = 0.75
@@ -171,8 +171,6 @@ class MaskShape:
                 return FLATTENED_REASON
             if not self.oval:
                 return None
-            from fetaliqa_core.analysis.units import beside_threshold
-
             # (as many digits as it takes not to read as the limit itself: 0.695 is not "0.70")
             return OVAL_REASON.format(ratio=beside_threshold(self.axis_ratio, ROUND_RATIO))
         return self.reason or "not ellipse-like"

@@ -430,8 +430,9 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         parts.append(
             f'<p class="meta">Models: {_e(_bundle_text(run.bundles))}<br>'
             f"Run of {_e(_fmt_time(run.created))}; {_e(_threshold_text(run))}</p>")
-        if run_notice(run):
-            parts.append(f'<p class="warn"><b>{_e(run_notice(run))}</b></p>')
+        notice = run_notice(run)
+        if notice:
+            parts.append(f'<p class="warn"><b>{_e(notice)}</b></p>')
         chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
         # Only a number to act on is stored with a run; a doubtful reading is on the chosen frame's tile.
         ac = ("–" if run.chosen_frame is None else "– (none to act on: doubtful or not measurable; the chosen "

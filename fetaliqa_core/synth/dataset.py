@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fetaliqa_core import acouslic
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_write, csv_writer
+from fetaliqa_core.files import atomic_write, csv_writer, write_json
 from fetaliqa_core.synth.case import (
     DEFAULT_FRAMES_PER_SWEEP,
     DEFAULT_HEIGHT,
@@ -123,12 +123,11 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int, n_sweeps: int = DE
     # those its own record lists: every other file is left); they stayed, and scoring images/ took
     # them for this one's
     kept = [s.uuid for s in summaries]
+    new = set(kept)
     for uuid in earlier or []:
-        if uuid not in set(kept):
+        if uuid not in new:
             for folder in (img_dir, mask_dir):
                 (folder / f"{uuid}.mha").unlink(missing_ok=True)
-    from fetaliqa_core.files import write_json
-
     write_json(out / SYNTH_MARKER, {"written_by": "fetaliqa synth", "seed": int(seed), "cases": kept})
     return kept
 
@@ -141,11 +140,11 @@ SYNTH_MARKER = ".fetaliqa-synth.json"
 def _synth_cases(out: Path) -> list[str] | None:
     """The case ids an earlier ``synth`` run wrote into ``out`` (its record), each a plain file name
     (nothing a record could smuggle in reaches outside the dataset's folders); None without one."""
-    import json
+    from fetaliqa_core import validate
 
-    try:
-        record = json.loads((out / SYNTH_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+    try:  # (bounded: a record of 100,000 cases is 4 MB)
+        record = validate.read_json_bounded(out / SYNTH_MARKER, SYNTH_MARKER, "", max_bytes=1 << 24)
+    except FetalIQAError:
         return None
     cases = record.get("cases") if isinstance(record, dict) else None
     if not isinstance(cases, list):
