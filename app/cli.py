@@ -389,17 +389,17 @@ def _report(args, outcome) -> int:
     elif args.screenshot is not None:
         print(f"fetaliqa: no screenshot written ({outcome.message})", file=sys.stderr)
         return 1
-    scored = outcome.window is not None and getattr(outcome.window.model, "results", None) is not None
-    if args.save_scores is None and outcome.screenshot is not None and scored and outcome.code == 0:
+    # the answer and its notice in words, as `score` and `demo` print them: with the scores saved,
+    # or beside a picture of a finished scoring
+    if outcome.window is not None and (
+            bool(outcome.scores) if args.save_scores is not None else
+            (outcome.screenshot is not None and outcome.code == 0
+             and getattr(outcome.window.model, "results", None) is not None)):
         from app.cli_demo import answer_line
 
-        print(f"answer: {answer_line(outcome.window)}")  # (the picture's answer, and its notice, in words)
+        print(f"answer: {answer_line(outcome.window)}")
     if args.save_scores is not None:
         if outcome.scores:
-            if outcome.window is not None:  # the answer and its notice, as `score` and `demo` print them
-                from app.cli_demo import answer_line
-
-                print(f"answer: {answer_line(outcome.window)}")
             print(f"scores: {args.save_scores}")
         else:
             print(f"fetaliqa: no scores written ({outcome.message or 'nothing was scored'})", file=sys.stderr)
