@@ -68,20 +68,10 @@ def export_frame(win, path: str | Path | None = None) -> Path | None:
     path = Path(path)
     if path.suffix.lower() != ".png":
         path = path.with_suffix(".png")
-    from fetaliqa_core.files import atomic_path
-
     win.refresh()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written beside it and renamed: a full disk left a broken PNG in place of an earlier export,
-        # and a link at the path had the file it points to overwritten
-        with atomic_path(path, suffix=".png") as tmp:
-            if not win.frame_view.grab().save(str(tmp), "PNG"):
-                raise OSError("the image could not be saved")
-        ok = True
+        _save_picture(win.frame_view, path)
     except OSError:
-        ok = False
-    if not ok:
         win.alert("Export frame", f"Could not write {path}: check that its folder is writable and the disk "
                                   "has space; an earlier file there is left as it was.")
         return None
@@ -138,17 +128,24 @@ def show_about(win) -> None:
     QMessageBox.about(win, "About FetalIQA", about_text(win))
 
 
-def write_screenshot(win, path: str | Path) -> Path:
-    """Render the whole window to a PNG (works offscreen)."""
+def _save_picture(widget, path: Path) -> None:
+    """``widget`` as shown, as a PNG at ``path``, written beside it and renamed: a failed write
+    (a full disk) leaves an earlier file there as it was, and a link there is replaced, never
+    written through. OSError when it cannot be written."""
     from fetaliqa_core.files import atomic_path
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as tmp:
+        if not widget.grab().save(str(tmp), "PNG"):
+            raise OSError("the image could not be saved")
+
+
+def write_screenshot(win, path: str | Path) -> Path:
+    """Render the whole window to a PNG (works offscreen)."""
     win.refresh()
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, suffix=".png") as tmp:  # a failed write leaves ``path`` as it was
-            if not win.grab().save(str(tmp), "PNG"):
-                raise OSError("the image could not be saved")
+        _save_picture(win, path)
     except OSError:
         raise FetalIQAError(f"Could not write the screenshot {path}: check that its folder is writable "
                             "and the disk has space.") from None
