@@ -260,6 +260,11 @@ def _resume_settings(args) -> dict:
 def checkpoint_epoch(out: Path, args) -> int:
     """The epochs RUN's checkpoint had finished, checked against ``args`` from its description
     alone (FetalIQAError in one line for a missing, damaged or mismatched checkpoint)."""
+    return int(_checkpoint_info(out, args)["epoch"])
+
+
+def _checkpoint_info(out: Path, args) -> dict:
+    """RUN's checkpoint description, checked as :func:`checkpoint_epoch` says."""
     info_path = out / CHECKPOINT_INFO
     if not (info_path.is_file() and (out / CHECKPOINT).is_file()):
         raise FetalIQAError(f"{out}: no checkpoint to resume from; run without --resume")
@@ -283,7 +288,7 @@ def checkpoint_epoch(out: Path, args) -> int:
         raise FetalIQAError(f"{out}: the run started with other {', '.join(changed)} ("
                             + "; ".join(f"{k}: {kept.get(k)}" for k in changed[:2])
                             + "): resume with the same settings, or start a new --out folder")
-    return epoch
+    return info
 
 
 def load_checkpoint(out: Path, student, args, opt=None) -> tuple[int, float]:
@@ -292,7 +297,7 @@ def load_checkpoint(out: Path, student, args, opt=None) -> tuple[int, float]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    epoch = checkpoint_epoch(out, args)
+    info = _checkpoint_info(out, args)
     weights = out / CHECKPOINT
     try:
         tensors = load_file(str(weights))
@@ -310,10 +315,10 @@ def load_checkpoint(out: Path, student, args, opt=None) -> tuple[int, float]:
         raise FetalIQAError(f"{weights}: cannot be loaded into this student ({str(exc).splitlines()[0]}); "
                             "start a new --out folder") from None
     try:
-        seconds = float(json.loads((out / CHECKPOINT_INFO).read_text(encoding="utf-8")).get("train_seconds", 0.0))
-    except (OSError, ValueError, TypeError, AttributeError):
+        seconds = float(info.get("train_seconds", 0.0))
+    except (ValueError, TypeError):
         seconds = 0.0
-    return epoch, seconds
+    return int(info["epoch"]), seconds
 
 
 def distill(args, log=print) -> Path:
