@@ -26,7 +26,6 @@ flight), so reading overlaps inference.
 from __future__ import annotations
 
 import datetime
-import errno
 import hashlib
 import json
 import os
@@ -43,7 +42,7 @@ from pathlib import Path
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.export import (STATUS_FAILED, STATUS_INCOMPLETE, STATUS_MISSING, STATUS_OK, STATUS_STALE,
                                   STATUSES)
-from fetaliqa_core.files import atomic_write, csv_writer, json_text
+from fetaliqa_core.files import atomic_write, csv_writer, json_text, swap_in_dir
 
 CASES_DIR = "cases"
 RECORD_FILE = "case.json"
@@ -421,39 +420,7 @@ def replace_case_dir(staged: Path, target: Path) -> None:
     if foreign_folder(target):
         raise FetalIQAError(f"{target}: exists and was not written by FetalIQA; it is left as it is. "
                             "Move it away or choose another --out.")
-    _swap_dir(staged, target)
-
-
-def _swap_dir(staged: Path, target: Path) -> None:
-    """Rename ``staged`` to ``target``; an old ``target`` is renamed away first, removed after.
-    Another process (a second machine on the same folder) may put its own ``target`` in place
-    between the two renames: then it is moved away in turn (both are complete; the last wins)."""
-    olds: list[Path] = []
-    placed = False
-    try:
-        for attempt in range(5):
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-                try:
-                    os.replace(target, old)
-                    olds.append(old)
-                except FileNotFoundError:  # the other process moved it first
-                    pass
-            try:
-                os.replace(staged, target)
-                placed = True
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 4:
-                    raise
-    finally:
-        if not placed and olds and not target.exists():
-            try:  # ours could not be put in place: the result that was there goes back
-                os.replace(olds.pop(), target)
-            except OSError:
-                pass
-        for old in olds:
-            shutil.rmtree(old, ignore_errors=True)
+    swap_in_dir(staged, target)
 
 
 def staging_dir(out: Path, name: str) -> Path:
@@ -783,7 +750,7 @@ def write_challenge_tree(out: Path, rows: Sequence[dict]) -> tuple[Path, int, li
                 shutil.copyfile(src, dst)
             jobs.append(export.challenge_job(row["case"], row["file"]))
         write_json(staged / PREDICTIONS_FILE, jobs)
-        _swap_dir(staged, target)
+        swap_in_dir(staged, target)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

@@ -12,6 +12,7 @@ numpy scalars and arrays into plain Python numbers and lists.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from typing import Any
 from fetaliqa_core.errors import FetalIQAError
 
 __all__ = ["atomic_output_dir", "atomic_path", "atomic_write", "csv_writer", "json_safe", "json_text",
-           "spreadsheet_safe",
+           "spreadsheet_safe", "swap_in_dir",
            "write_json"]
 
 
@@ -160,6 +161,40 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
             _fsync_dir(out.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
+
+
+def swap_in_dir(staged: Path, target: Path) -> None:
+    """Put the complete folder ``staged`` in place of ``target``: an old ``target`` is renamed away
+    (``.<name>.old-<hex>``) first, removed after, so that ``target`` is at every instant absent or
+    complete; when ``staged`` cannot be put in place the old one goes back.
+    Another process (a second machine on the same folder) may put its own ``target`` in place
+    between the two renames: then it is moved away in turn (both are complete; the last wins)."""
+    olds: list[Path] = []
+    placed = False
+    try:
+        for attempt in range(5):
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+                try:
+                    os.replace(target, old)
+                    olds.append(old)
+                except FileNotFoundError:  # the other process moved it first
+                    pass
+            try:
+                os.replace(staged, target)
+                placed = True
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 4:
+                    raise
+    finally:
+        if not placed and olds and not target.exists():
+            try:  # ours could not be put in place: the result that was there goes back
+                os.replace(olds.pop(), target)
+            except OSError:
+                pass
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def is_protected(target: Path, protect: tuple[str | Path, ...]) -> bool:

@@ -26,16 +26,12 @@ def _put_bundle(source: Path, final: Path) -> None:
 
     from fetaliqa_core.paths import os_error_message
 
+    from fetaliqa_core.files import swap_in_dir
+
     staged = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         shutil.copytree(source, staged)
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-        os.replace(staged, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in_dir(staged, final)
     except (OSError, shutil.Error) as exc:
         shutil.rmtree(staged, ignore_errors=True)
         if isinstance(exc, shutil.Error):  # (a list of (source, target, reason) for the files that failed)
