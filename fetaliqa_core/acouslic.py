@@ -43,11 +43,11 @@ def _fov_native() -> np.ndarray:
     from fetaliqa_core import paths
 
     path = paths.resources_dir() / FOV_FILENAME
-    try:
-        import SimpleITK as sitk
+    from fetaliqa_core.io.readers import read_raw
 
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except Exception as exc:  # SimpleITK raises RuntimeError with a long C++ message
+    try:  # the project's own MetaImage reader: no image library needed (the GPU machines lack one)
+        arr = np.asarray(read_raw(path, "mask").array)
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the same advice
         raise FetalIQAError(
             f"{path}: cannot read the field-of-view mask ({type(exc).__name__}); "
             "reinstall FetalIQA to restore the bundled resources"

@@ -5,7 +5,7 @@ ahead, and the same table both ways.
 What it does (about a minute on one NVIDIA GPU with the defaults):
 
 1. writes ``--cases`` copies of one ``--frames``-frame case at ACOUSLIC size as uncompressed
-   ``.mha`` (``bench.quick_frames`` and ``bench.write_plain_mha``: no SimpleITK needed) and a
+   ``.mha`` (``bench.quick_frames`` and ``io.write_volume``, which writes ``.mha`` itself without SimpleITK) and a
    classifier and a segmenter bundle on a random ``--arch`` base;
 2. runs ``torchrun --standalone --nproc_per_node G -m fetaliqa_core.cli score ARCHIVE --out O
    --cls C --seg S --device DEVICE --no-cache --prefetch P`` for P = 0, then 2 (G: ``--nproc``,
@@ -63,7 +63,8 @@ def main() -> int:
 
     import torch
 
-    from fetaliqa_core.bench.inputs import make_bundles, quick_frames, write_plain_mha
+    from fetaliqa_core.bench.inputs import make_bundles, quick_frames
+    from fetaliqa_core.io import write_volume
 
     nproc = args.nproc or (torch.cuda.device_count() if args.device.startswith("cuda") else 2) or 1
     report: dict = {"device": args.device, "nproc": nproc, "arch": args.arch, "cases": args.cases,
@@ -79,7 +80,7 @@ def main() -> int:
     ranges = [(0, half), (half, args.frames)] if half else [(0, args.frames)]
     kinds = ["transverse"] * len(ranges)
     for i in range(args.cases):
-        write_plain_mha(archive / f"case{i:03d}.mha", frames, (0.28, 0.28), ranges, kinds)
+        write_volume(archive / f"case{i:03d}.mha", frames, (0.28, 0.28), sweep_ranges=ranges, sweep_kinds=kinds)
     del frames
     cls_dir, seg_dir = make_bundles(args.arch, work / "bundles", seed=5)
     report["setup_s"] = round(time.perf_counter() - t0, 1)

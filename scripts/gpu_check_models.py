@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = {}
         for name, path in bundles.items():
             t0 = time.perf_counter()
-            ref = load_bundle(path, device="cpu")
+            ref = load_bundle(path, device=select_device("cpu", precision="fp32"))  # the fp32 reference
             dev = load_bundle(path, device=choice)
             loaded[name] = dev
             print(f"  loaded {name} on cpu and {device} in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -132,19 +132,6 @@ def test_bad_settings_are_reported(capsys):
     assert "--case-frames" in err and "--frames" in err
 
 
-def test_plain_metaimage_reads_back_through_io(tmp_path):
-    """The case file written without SimpleITK (GPU machines) opens through io.load_sweep with its
-    pixels, spacing and sweep layout."""
-    from fetaliqa_core.io import load_sweep
-
-    frames = (np.arange(3 * 40 * 50) % 251).astype(np.uint8).reshape(3, 40, 50)
-    bench.write_plain_mha(tmp_path / "case.mha", frames, (0.28, 0.3), [(0, 1), (1, 3)], ["transverse", "sagittal"])
-    sweep = load_sweep(tmp_path / "case.mha")
-    assert np.array_equal(np.asarray(sweep.frames), frames)
-    assert sweep.spacing_mm == (0.28, 0.3)
-    assert sweep.sweep_ranges == [(0, 1), (1, 3)] and sweep.sweep_kinds == ["transverse", "sagittal"]
-
-
 def test_quick_frames_look_like_a_fan_of_speckle():
     frames = bench.quick_frames(3, seed=1, shape=(120, 160))
     assert frames.shape == (3, 120, 160) and frames.dtype == np.uint8

@@ -303,6 +303,33 @@ def test_write_volume_leaves_no_temporary_files(tmp_path):
     assert load_sweep(tmp_path / "x.mha").n_frames == 3
 
 
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("shape", [(3, 40, 50), (40, 50)])
+def test_write_volume_without_simpleitk_writes_what_simpleitk_reads(tmp_path, monkeypatch, compress, shape):
+    """Where SimpleITK is missing (the GPU machines' image), .mha is written by FetalIQA's own code:
+    SimpleITK and io read back the same pixels, spacing and sweep layout as from its own file."""
+    import sys
+
+    frames = (np.arange(int(np.prod(shape))) % 251).astype(np.uint8).reshape(shape)
+    layout = dict(sweep_ranges=[(0, 1), (1, 3)], sweep_kinds=["transverse", "sagittal"]) if len(shape) == 3 else {}
+    write_volume(tmp_path / "ref.mha", frames, (0.28, 0.3), compress=compress, **layout, metadata={"Note": "a\nb"})
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import SimpleITK now raises ImportError
+    write_volume(tmp_path / "own.mha", frames, (0.28, 0.3), compress=compress, **layout, metadata={"Note": "a\nb"})
+    with pytest.raises(FetalIQAError, match="needs SimpleITK"):
+        write_volume(tmp_path / "own.nrrd", frames)
+    monkeypatch.undo()
+    ref, own = sitk.ReadImage(str(tmp_path / "ref.mha")), sitk.ReadImage(str(tmp_path / "own.mha"))
+    assert np.array_equal(sitk.GetArrayFromImage(own), frames)
+    assert own.GetSpacing() == ref.GetSpacing() and own.GetSize() == ref.GetSize()
+    assert {k: own.GetMetaData(k) for k in ref.GetMetaDataKeys()} == {k: ref.GetMetaData(k)
+                                                                       for k in ref.GetMetaDataKeys()}
+    assert (tmp_path / "own.mha").stat().st_size < frames.size if compress else True
+    if len(shape) == 3:
+        sweep = load_sweep(tmp_path / "own.mha")
+        assert np.array_equal(np.asarray(sweep.frames), frames) and sweep.spacing_mm == (0.28, 0.3)
+        assert sweep.sweep_ranges == [(0, 1), (1, 3)] and sweep.sweep_kinds == ["transverse", "sagittal"]
+
+
 def test_write_volume_to_unwritable_place_is_a_user_error(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")

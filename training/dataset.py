@@ -355,8 +355,14 @@ class FrameIndex:
 def _header_shape(path: Path) -> tuple[int, ...] | None:
     """``(frames, height, width)`` from a volume's header alone, None when the header cannot be
     read here (reading the volume itself then says what is wrong)."""
-    import SimpleITK as sitk
+    try:
+        import SimpleITK as sitk
+    except ImportError:  # a machine with the models' libraries alone (the GPU checks'): MetaImage only
+        from fetaliqa_core.io._common import full_suffix
+        from fetaliqa_core.io.readers import metaimage_size
 
+        size = metaimage_size(path) if full_suffix(path) in (".mha", ".mhd") else None
+        return tuple(reversed(size)) if size is not None and len(size) == 3 else None
     from fetaliqa_core.io import quiet_itk
 
     reader = sitk.ImageFileReader()

@@ -36,10 +36,10 @@ FLOPs), :mod:`.inputs` (case file, bundles), :mod:`.seed_style`, :mod:`.ours`, :
 run, display probes), :mod:`.report` (targets, text, JSON).
 """
 
-from fetaliqa_core.bench.inputs import quick_frames, write_plain_mha
+from fetaliqa_core.bench.inputs import quick_frames
 from fetaliqa_core.bench.report import evaluate_targets, format_report, write_json
 from fetaliqa_core.bench.run import run_bench
 from fetaliqa_core.bench.settings import BenchProbeInput, BenchReport, BenchSettings
 
 __all__ = ["BenchProbeInput", "BenchReport", "BenchSettings", "evaluate_targets", "format_report", "quick_frames",
-           "run_bench", "write_json", "write_plain_mha"]
+           "run_bench", "write_json"]

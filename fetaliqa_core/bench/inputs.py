@@ -13,21 +13,14 @@ import torch
 
 from fetaliqa_core.bench.settings import ACOUSLIC_SHAPE, ACOUSLIC_SWEEPS, LORA_B_STD
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_path
 
 
 def synthetic_case(n_frames: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int]], list[str]]:
     """``(N, 562, 744)`` uint8 frames from :func:`fetaliqa_core.synth.synthesize_case`
-    (6 sweeps when N divides by 6, else one sweep), with its sweep ranges and kinds.
-
-    Without SimpleITK (the GPU machines' image) the synthesiser cannot read the bundled FOV mask;
-    :func:`quick_frames` stands in: the same size and dtype, which is all the timings depend on."""
+    (6 sweeps when N divides by 6, else one sweep), with its sweep ranges and kinds."""
     n_sweeps = ACOUSLIC_SWEEPS if n_frames % ACOUSLIC_SWEEPS == 0 else 1
     per = n_frames // n_sweeps
     ranges = [(i * per, (i + 1) * per) for i in range(n_sweeps)]
-    if not have_simpleitk():
-        kinds = (["transverse"] * 3 + ["sagittal"] * 3) if n_sweeps == ACOUSLIC_SWEEPS else ["unknown"]
-        return quick_frames(n_frames, seed), ranges, kinds
     from fetaliqa_core.synth import synthesize_case
 
     case = synthesize_case(seed, n_sweeps=n_sweeps, frames_per_sweep=per,
@@ -88,36 +81,13 @@ def have_simpleitk() -> bool:
     return True
 
 
-def write_plain_mha(path: Path, frames: np.ndarray, spacing_mm: tuple[float, float],
-                    ranges: list[tuple[int, int]], kinds: list[str]) -> None:
-    """Uncompressed MetaImage ``(N, H, W)`` uint8, written without SimpleITK (the GPU machines'
-    image lacks it, and its wheel alone nearly fills what a device call may carry). The header is
-    the one SimpleITK writes, with the sweep layout keys ``io.load_sweep`` reads."""
-    from fetaliqa_core.io import META_SWEEP_KINDS, META_SWEEP_RANGES
-
-    n, h, w = frames.shape
-    header = "\n".join([
-        "ObjectType = Image", "NDims = 3", "BinaryData = True", "BinaryDataByteOrderMSB = False",
-        "CompressedData = False", "TransformMatrix = 1 0 0 0 1 0 0 0 1", "Offset = 0 0 0",
-        "CenterOfRotation = 0 0 0", f"ElementSpacing = {spacing_mm[1]} {spacing_mm[0]} 1",
-        f"DimSize = {w} {h} {n}", "ElementType = MET_UCHAR",
-        f"{META_SWEEP_RANGES} = " + ",".join(f"{a}-{b}" for a, b in ranges),
-        f"{META_SWEEP_KINDS} = " + ",".join(kinds), "ElementDataFile = LOCAL"]) + "\n"
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(header.encode("ascii"))
-        fh.write(np.ascontiguousarray(frames, dtype=np.uint8).tobytes())
-
-
 def prepare_inputs(case_frames: int, arch: str, seed: int, workdir: Path) -> tuple[Path, Path, Path]:
     """Write the synthetic case (uncompressed ``workdir/case.mha``) and the two bundles."""
     from fetaliqa_core.io import write_volume
 
     frames, ranges, kinds = synthetic_case(case_frames, seed)
     case_path = workdir / "case.mha"
-    if have_simpleitk():
-        write_volume(case_path, frames, compress=False, sweep_ranges=ranges, sweep_kinds=kinds)
-    else:
-        write_plain_mha(case_path, frames, (0.28, 0.28), ranges, kinds)
+    write_volume(case_path, frames, compress=False, sweep_ranges=ranges, sweep_kinds=kinds)
     del frames
     cls_dir, seg_dir = make_bundles(arch, workdir / "bundles", seed)
     return case_path, cls_dir, seg_dir

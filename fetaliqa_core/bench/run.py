@@ -58,9 +58,9 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
             report.notes.append(f"set-up (synthesis, file, bundles; in a child process so that its memory "
                                 f"does not count) took {time.perf_counter() - t0:.1f} s")
             if not have_simpleitk():
-                report.notes.append("SimpleITK is not installed here: frames from bench.quick_frames (speckle in a "
-                                    "fan) instead of the synthesiser, case file written by bench.write_plain_mha, "
-                                    "and the seed-style path copies the whole volume instead of SimpleITK reading it")
+                report.notes.append("SimpleITK is not installed here: the case file was written and read by "
+                                    "FetalIQA's own MetaImage code, and the seed-style path copies the whole volume "
+                                    "instead of SimpleITK reading it")
         free_memory(device)
 
         # ---------------------------------------------------------------- ours

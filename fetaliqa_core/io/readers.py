@@ -1668,6 +1668,17 @@ _MET_DTYPES = {
 _HEADER_LIMIT = 1 << 16
 
 
+def metaimage_size(path: Path) -> tuple[int, ...] | None:
+    """A MetaImage's ``DimSize`` (x, y, z order) from its header alone, None when the file or its
+    header cannot be read (reading the image itself then says what is wrong)."""
+    try:
+        with open(path, "rb") as fh:
+            header, _ = _parse_meta_header(fh.read(_HEADER_LIMIT))
+        return tuple(int(v) for v in header["dimsize"].split()) if header else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _read_metaimage(path: Path) -> Raw | None:
     """Parse and check a MetaImage header; memory-map uncompressed pixel data.
 

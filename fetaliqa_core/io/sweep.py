@@ -371,8 +371,6 @@ def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, f
     Single-file formats are written to a temporary file that is renamed into place, so a reader
     never sees a half-written file.
     """
-    import SimpleITK as sitk
-
     from fetaliqa_core.paths import NOT_TEXT_PATH, is_text_path
 
     path = Path(path)
@@ -381,9 +379,8 @@ def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, f
     arr = np.asarray(array)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
         raise TypeError(f"write_volume needs a (N, H, W) or (H, W) uint8 array, got {arr.shape} {arr.dtype}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False)
     row_mm, col_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
-    image.SetSpacing((col_mm, row_mm, 1.0) if arr.ndim == 3 else (col_mm, row_mm))
+    keys: dict[str, str] = {}
     if sweep_ranges is not None:
         n = arr.shape[0] if arr.ndim == 3 else 1
         if not _ranges_cover(sweep_ranges, n):
@@ -391,18 +388,30 @@ def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, f
         kinds = list(sweep_kinds) if sweep_kinds is not None else ["unknown"] * len(sweep_ranges)
         if len(kinds) != len(sweep_ranges) or any(k not in SWEEP_KINDS for k in kinds):
             raise ValueError(f"sweep_kinds {kinds} must be one of {SWEEP_KINDS} per sweep")
-        image.SetMetaData(META_SWEEP_RANGES, ",".join(f"{a}-{b}" for a, b in sweep_ranges))
-        image.SetMetaData(META_SWEEP_KINDS, ",".join(kinds))
+        keys[META_SWEEP_RANGES] = ",".join(f"{a}-{b}" for a, b in sweep_ranges)
+        keys[META_SWEEP_KINDS] = ",".join(kinds)
     for key, value in (metadata or {}).items():
         text = " ".join(str(value).split())
         if text:  # an empty value is not written (MetaImage warns and drops it)
-            image.SetMetaData(str(key), text)
+            keys[str(key)] = text
+    suffix = full_suffix(path)
+    try:
+        import SimpleITK as sitk
+    except ImportError:  # a machine with the models' libraries alone (the GPU benchmark's)
+        if suffix != ".mha":
+            raise FetalIQAError(f"{path}: writing {suffix} files needs SimpleITK, which is not installed here. "
+                                "Install FetalIQA's requirements, or write a .mha file.") from None
+        _write_metaimage(path, arr, (row_mm, col_mm), keys, compress, compression_level)
+        return
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False)
+    image.SetSpacing((col_mm, row_mm, 1.0) if arr.ndim == 3 else (col_mm, row_mm))
+    for key, text in keys.items():
+        image.SetMetaData(key, text)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FetalIQAError(f"{path.parent}: cannot create the folder ({exc.strerror}). "
                             "Choose a folder you can write to.") from None
-    suffix = full_suffix(path)
     try:
         with quiet_itk():  # (its own "file stream is fail after write" on a full disk: the line below says it)
             if suffix == ".mhd":  # header + separate data file whose name it records: write in place
@@ -413,6 +422,36 @@ def write_volume(path: str | Path, array: np.ndarray, spacing_mm: tuple[float, f
     except RuntimeError as exc:
         raise FetalIQAError(f"{path}: could not write the file ({sitk_reason(exc)}). Check the "
                             f"suffix (supported: {SUPPORTED_FORMATS}) and that the disk has space.") from None
+    except OSError as exc:
+        raise FetalIQAError(f"{path}: could not write the file ({exc.strerror}). Check that the "
+                            "folder is writable and the disk has space.") from None
+
+
+def _write_metaimage(path: Path, arr: np.ndarray, spacing_mm: tuple[float, float], keys: dict[str, str],
+                     compress: bool, level: int) -> None:
+    """``arr`` as one ``.mha`` file, written without an image library: the header SimpleITK writes
+    (``ElementSpacing`` width first), then the pixels, zlib-deflated when ``compress``."""
+    import zlib
+
+    shape = arr.shape[::-1]  # MetaImage sizes run x, y, z
+    ndims = len(shape)
+    pixels = np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+    if compress:
+        pixels = zlib.compress(pixels, level)
+    identity = " ".join("1" if i == j else "0" for i in range(ndims) for j in range(ndims))
+    lines = ["ObjectType = Image", f"NDims = {ndims}", "BinaryData = True", "BinaryDataByteOrderMSB = False",
+             f"CompressedData = {compress}"] + ([f"CompressedDataSize = {len(pixels)}"] if compress else []) + [
+        f"TransformMatrix = {identity}", "Offset = " + " ".join(["0"] * ndims),
+        "CenterOfRotation = " + " ".join(["0"] * ndims),
+        "ElementSpacing = " + " ".join([repr(spacing_mm[1]), repr(spacing_mm[0])] + ["1"] * (ndims - 2)),
+        "DimSize = " + " ".join(str(v) for v in shape), "ElementType = MET_UCHAR"]
+    lines += [f"{key} = {text}" for key, text in keys.items()]
+    lines.append("ElementDataFile = LOCAL")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".mha") as tmp, open(tmp, "wb") as fh:
+            fh.write(("\n".join(lines) + "\n").encode("utf-8"))
+            fh.write(pixels)
     except OSError as exc:
         raise FetalIQAError(f"{path}: could not write the file ({exc.strerror}). Check that the "
                             "folder is writable and the disk has space.") from None
