@@ -20,8 +20,9 @@
 #
 # A device call may run 10 minutes and a session holds the machine about 15, its start included,
 # so the steps are split over two calls made back to back while the machine is warm:
-#   run 1 (timeout_s 420):  bash scripts/gpu_bench.sh env bench models cpu2
+#   run 1 (timeout_s 420):  GPU_BENCH_BUDGET_S=400 bash scripts/gpu_bench.sh env bench:170 models:100 cpu2
 #   run 2 (what is left):   bash scripts/gpu_bench.sh product speed training archive
+# (STEP:SECONDS gives a step its own limit; other steps share what is left evenly.)
 # GPU_BENCH_BUDGET_S (default 400) caps one call's steps together; a step is skipped when less
 # than 30 s of it would be left.
 #
@@ -98,9 +99,14 @@ run_step() {  # name, limit in seconds, command...
     if [ "$rc" -ne 0 ]; then status=1; echo "== $name: exit status $rc"; fi
 }
 
-for step in "${steps[@]}"; do
+for item in "${steps[@]}"; do
+    step=${item%%:*}  # STEP or STEP:SECONDS (that step's own limit, within what is left)
     share=$(( (BUDGET - SECONDS) / left ))
     left=$((left - 1))
+    if [ "$item" != "$step" ]; then
+        share=${item#*:}
+        [ "$share" -gt $((BUDGET - SECONDS)) ] && share=$((BUDGET - SECONDS))
+    fi
     if [ "$step" != env ] && [ "$share" -lt 30 ]; then
         echo "== $step: skipped, only ${share} s left" | tee "$OUT/$step.txt"; status=1; continue
     fi
