@@ -160,7 +160,7 @@ class SepUNETRDecoder(nn.Module):
     grids ``(B, width, S/16, S/16)`` (shallow to deep) -> ``(B, n_classes, S, S)`` logits.
     Each grid is brought up by ``SepUp`` steps (3, 2, 1 for the three shallow ones, a bare
     upsampler for the deepest); from the deepest up, each level is joined to the next shallower
-    one by concatenation, refined by ``SepConvUnit``\s and upsampled 2x; the image's own
+    one by concatenation, refined by ``SepConvUnit`` blocks and upsampled 2x; the image's own
     full-resolution features join last.
     """
 
