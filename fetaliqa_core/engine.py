@@ -42,6 +42,7 @@ from fetaliqa_core.models.tasks import TASKS
 ENGINE_VERSION = "1"
 COARSE_STRIDES = (16, 8, 4, 2, 1)
 FOCUS_RADIUS = 12  # frames either side of the cursor scored before the coarse-to-fine order
+TIMING_PARTS = ("cache_key", "wait_prepare", "infer", "results", "caller", "cache_save")
 CHECKPOINT_SECONDS = 20.0  # partial results are written at most this often
 
 
@@ -305,6 +306,10 @@ class ScoringEngine:
         self._focus: int | None = None
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        # where the scoring thread's time went in the last iter_batches (seconds): identifying the
+        # sweep for the cache, waiting for prepared batches, the models, turning their output into
+        # results, the caller's own work between batches, and writing the cache
+        self.timings: dict[str, float] = dict.fromkeys(TIMING_PARTS, 0.0)
         self._in_flight = np.zeros(sweep.n_frames, dtype=bool)
 
     # -- identity of what is computed ------------------------------------------------------
@@ -451,10 +456,14 @@ class ScoringEngine:
         A complete cached result is yielded as one batch without running a model; a partial one
         is loaded and scoring goes on from there.
         """
+        spent = self.timings = dict.fromkeys(TIMING_PARTS, 0.0)
+        clock = time.perf_counter
         key = meta = None
         if self.cache is not None:
+            t = clock()
             meta = self.cache_meta()
             key = self.cache_key()
+            spent["cache_key"] += clock() - t
             cached = self.cache.load(key, meta)
             if cached is not None:
                 self.results = cached
@@ -485,22 +494,32 @@ class ScoringEngine:
                         break
                     pending = (idx, pool.submit(self._prepare, idx))
                 idx, fut = pending
+                t = clock()
                 x = fut.result()
+                spent["wait_prepare"] += clock() - t
                 # Prepare the next batch while this one runs through the model.
                 nxt = self._next_indices(self.batch_size)
                 pending = (nxt, pool.submit(self._prepare, nxt)) if len(nxt) else None
+                t = clock()
                 try:
                     parts = self._infer_with_backoff(idx, x)
                 finally:
                     del x
+                spent["infer"] += clock() - t
                 computed = True
                 for part_idx, p_cls, labels in parts:
+                    t = clock()
                     batch = self._batch_result(part_idx, p_cls, labels, t0, n_at_start)
                     self.results.apply(batch)
                     self._release(part_idx)
+                    spent["results"] += clock() - t
+                    t = clock()
                     yield batch
+                    spent["caller"] += clock() - t
                 if self.cache is not None and time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                    t = clock()
                     self.cache.save(key, meta, self.results)
+                    spent["cache_save"] += clock() - t
                     last_save = time.monotonic()
             if pending is not None:
                 pending[1].cancel()
@@ -510,7 +529,9 @@ class ScoringEngine:
             with self._lock:
                 self._in_flight[:] = False
             if self.cache is not None and computed:
+                t = clock()
                 self.cache.save(key, meta, self.results)
+                spent["cache_save"] += clock() - t
 
     def run(self, on_batch: Callable[[BatchResult], None] | None = None) -> SweepResults:
         """Score until complete or cancelled, calling ``on_batch`` after each batch."""

@@ -132,7 +132,7 @@ for item in "${steps[@]}"; do
                 "$PY" -m fetaliqa_core.cli.bench --speed --sections preprocess,precision,rss,student --real-frames 8 \
                 --json "$OUT/bench_cpu2.json" ;;
         product)
-            run_step gpu_check_product "$share" "$PY" scripts/gpu_check_product.py --timeout $((share / 5)) ;;
+            run_step gpu_check_product "$share" "$PY" scripts/gpu_check_product.py --timeout $((share / 3)) ;;
         speed)
             run_step gpu_check_speed "$share" "$PY" scripts/gpu_check_speed.py ;;
         training)

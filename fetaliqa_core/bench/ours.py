@@ -132,7 +132,7 @@ def run_engine(path: Path, cls_lm, seg_lm, batch: int, cache_root: Path, stop_af
     total = time.perf_counter() - t0
     return {"open_s": opened, "open_to_first_s": first, "first_batch_frames": first_n, "open_to_done_s": total,
             "frames_done": n_done, "complete": engine.results.complete, "first_from_cache": from_cache,
-            "_sweep": sweep, "_results": engine.results}
+            "engine_seconds": dict(engine.timings), "_sweep": sweep, "_results": engine.results}
 
 
 def run_reopen(path: Path, cls_lm, seg_lm, batch: int, cache_root: Path) -> dict:

@@ -139,6 +139,13 @@ def format_report(r: BenchReport) -> str:
     lines.append(f"ours: bundles loaded in {_fmt(o.get('model_load_s'), 's')}; file opened in {_fmt(o.get('open_s'), 's')}; "
                  f"first result after {o.get('first_batch_frames')} frames; with engine batch 1: "
                  f"{_fmt(o.get('open_to_first_batch1_s'), 's')}")
+    spent = o.get("engine_seconds")
+    if spent:
+        names = {"cache_key": "identifying the sweep for the cache", "wait_prepare": "waiting for prepared batches",
+                 "infer": "models", "results": "model output to results", "caller": "the caller between batches",
+                 "cache_save": "writing the cache"}
+        lines.append("ours, where the engine's time went (the table's pass): " + "; ".join(
+            f"{names.get(k, k)} {_fmt(v, 's')}" for k, v in spent.items()))
     rp = r.reopen
     if rp:
         lines.append(f"reopening the cached sweep: {_fmt(rp.get('seconds'), 's')} to {rp.get('frames')} cached results "

@@ -102,6 +102,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
         ours = dict(components)
         ours.update(model_load_s=load_s, open_s=engine["open_s"], open_to_first_s=engine["open_to_first_s"],
                     first_batch_frames=engine["first_batch_frames"], engine_frames_done=engine["frames_done"],
+                    engine_seconds=engine["engine_seconds"],
                     open_to_first_batch1_s=first_b1["open_to_first_s"],
                     cold_open_to_first_s=None if cold is None else cold["open_to_first_s"],
                     cold_open_to_done_s=None if cold is None else cold["open_to_done_s"])

@@ -70,6 +70,9 @@ def _bundle_pair(workdir: Path, arch: str) -> tuple[Path, Path]:
     return target / "cls", target / "seg"
 
 
+VIT_L14_FLOPS = 162.03e9  # one ViT-L/14 pass at 224 px (FlopCounterMode on the merged classifier, fetaliqa bench)
+
+
 def precision(workdir: Path, frames: int, log) -> dict:
     """Probe, ViT-L/14 per-frame time in fp32 and bf16, pair agreement bf16 vs fp32."""
     from fetaliqa_core.bench.inputs import quick_frames
@@ -79,6 +82,9 @@ def precision(workdir: Path, frames: int, log) -> dict:
     from fetaliqa_core.preprocess import preprocess_frames
 
     probe = cpu_precision_probe()
+    if probe.bf16_gflops and probe.fp32_gflops:
+        log(f"bf16 probe: {probe.reason}; matrix products {probe.bf16_gflops:.0f} GFLOP/s bf16, "
+            f"{probe.fp32_gflops:.0f} fp32")
     cls_dir, seg_dir = _bundle_pair(workdir, "fetalclip")
     x = preprocess_frames(quick_frames(frames, 5))
     res: dict = {"probe": probe.to_dict(), "frames": frames}
@@ -90,7 +96,14 @@ def precision(workdir: Path, frames: int, log) -> dict:
         preds[prec] = predict_all(pair, pair, x, batch=2)
         res[f"pair_{prec}_s_per_frame"] = (time.perf_counter() - t0) / frames
         del pair
-        log(f"precision {prec}: {res[f'pair_{prec}_s_per_frame']:.2f} s/frame (cls + seg, one encoder pass)")
+        # the two ViT-L/14 passes' arithmetic (2B rows), the decoder left out: what share of the
+        # probe's matrix-product rate the pair reached
+        rate = 2 * VIT_L14_FLOPS / res[f"pair_{prec}_s_per_frame"] / 1e9
+        probe_rate = probe.bf16_gflops if prec == "bf16" else probe.fp32_gflops
+        res[f"pair_{prec}_vit_gflops"] = rate
+        log(f"precision {prec}: {res[f'pair_{prec}_s_per_frame']:.2f} s/frame (cls + seg, one encoder pass): "
+            f"{rate:.0f} GFLOP/s in the two ViT passes"
+            + (f", {rate / probe_rate:.0%} of the probe's matrix-product rate" if probe_rate else ""))
     p32, l32 = preds["fp32"]
     p16, l16 = preds["bf16"]
     agree = output_agreement(p32, l32, p16, l16)
