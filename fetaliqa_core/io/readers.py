@@ -1373,7 +1373,10 @@ def _nrrd_fields(path: Path) -> dict[str, str] | None:
     if len(raw_header) > _NRRD_HEADER_LIMIT:  # the image library reads a header of any length: all of it is checked
         raise FetalIQAError(f"{path}: the NRRD header is longer than {_NRRD_HEADER_LIMIT >> 20} MB, far longer than "
                             "any image's: the file is damaged or crafted, and is not read. Export the file again.")
-    text = raw_header.decode("latin-1")
+    try:  # 3D Slicer and other current writers write UTF-8 ("µm" as two bytes); older ones Latin-1
+        text = raw_header.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw_header.decode("latin-1")
     fields[""] = text  # the header itself, for its length
     if end is not None:  # attached data start after the blank line (a key never holds ':')
         fields[":data offset"] = str(end.end())
@@ -1448,7 +1451,7 @@ def _nrrd_stored_bytes(path: Path, fields: dict[str, str] | None) -> int | None:
 _LENGTH_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetre": 1.0, "millimetres": 1.0,
                     "cm": 10.0, "centimeter": 10.0, "centimeters": 10.0, "centimetre": 10.0, "centimetres": 10.0,
                     "m": 1000.0, "meter": 1000.0, "meters": 1000.0, "metre": 1000.0, "metres": 1000.0,
-                    "um": 1e-3, "\u00b5m": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3,
+                    "um": 1e-3, "\u00b5m": 1e-3, "\u03bcm": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3,
                     "micrometers": 1e-3, "micrometre": 1e-3, "micrometres": 1e-3,
                     "in": 25.4, "inch": 25.4, "inches": 25.4}
 _NRRD_NO_UNIT = {"", "???", "none", "unknown"}
