@@ -569,3 +569,21 @@ def test_a_one_hot_mask_is_refused_as_a_mask_not_as_a_sweep(tmp_path, capsys):
     assert main(["ac", str(tmp_path / "onehot.nii.gz")]) == 1
     err = capsys.readouterr().err
     assert "a mask holds one label" in err and "Export the sweep" not in err and "\n" not in err.strip()
+
+
+def test_without_a_pixel_size_in_either_file_the_sweeps_reason_is_given(tmp_path, capsys):
+    """A mask and its sweep both without a usable pixel size: ac gave the mask file's reason ("the file
+    records 1 x 1 mm per pixel, the value image writers put..."), sending the user to the wrong file;
+    the sweep's is the one to fix (here its NRRD gives lengths in pixels)."""
+    masks = np.zeros((1, H, W), np.uint8)
+    cv2.ellipse(masks[0], (372, 300), BIG, 10, 0, 360, 1, -1)
+    mask = tmp_path / "mask.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(masks), str(mask))  # written without spacing: 1 x 1
+    sweep = tmp_path / "sweep.nrrd"
+    frames = np.full((1, H, W), 60, np.uint8)
+    sweep.write_bytes(f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {W} {H} 1\nencoding: raw\n"
+                      'spacings: 0.3 0.3 1\nunits: "px" "px" ""\n\n'.encode() + frames.tobytes())
+    assert main(["ac", str(mask), "--sweep", str(sweep)]) == 1
+    out = capsys.readouterr().out
+    assert "pixel spacing unknown (its sweep: " in out and "'px'" in out and "image writers" not in out
+    assert "mm," not in out and "GA" not in out

@@ -196,6 +196,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{spacing_text(sweep_spacing)} ({sweep.spacing_source}), disagree: one of them is wrong"))
         elif sweep.spacing_problem is None and problem is not None:
             spacing, problem, source = sweep_spacing, None, f"its sweep's {sweep.spacing_source}"
+        elif sweep.spacing_problem is not None and problem is not None:
+            # neither has a usable pixel size: the sweep's reason is the one to act on (its calibration
+            # stands for its mask's; the mask file's header often only holds a writer's default)
+            problem = sweep.spacing_problem
+            problem = (problem.replace("pixel spacing unknown (", "pixel spacing unknown (its sweep: ", 1)
+                       if problem.startswith("pixel spacing unknown (") else f"its sweep's {problem}")
         elif (sweep.spacing_problem is None and problem is None and not given_for_it and not of_sweep
               and sweep.spacing_source != source):
             # the two agree: the sweep's calibration is named (a DICOM region's, say), the mask's beside it
