@@ -166,6 +166,18 @@ def test_nrrd_micrometres_are_read_whichever_way_the_micro_sign_is_written(tmp_p
     assert sweep.spacing_mm == pytest.approx((0.25, 0.3)) and sweep.spacing_plausible, sweep.spacing_problem
 
 
+def test_a_dicom_with_only_imager_pixel_spacing_says_why_that_is_not_used(tmp_path):
+    """Imager Pixel Spacing (the detector's pitch) is no size in the body: the pixel size stays unknown,
+    and the reason names it (it read "no ultrasound region calibration and no Pixel Spacing" as if
+    the file held nothing); beside a Pixel Spacing, the Pixel Spacing is used."""
+    arr = _grey().astype(np.uint8)
+    only = load_sweep(_dicom(tmp_path / "imager.dcm", arr, ImagerPixelSpacing=[0.2, 0.2]))
+    assert only.spacing_source == SPACING_NONE
+    assert "Imager Pixel Spacing (0.2 x 0.2 mm)" in only.spacing_problem and "not used" in only.spacing_problem
+    both = load_sweep(_dicom(tmp_path / "both.dcm", arr, ImagerPixelSpacing=[0.25, 0.25], PixelSpacing=[0.2, 0.2]))
+    assert both.spacing_mm == pytest.approx((0.2, 0.2)) and both.spacing_plausible
+
+
 def test_dicom_calibration_without_preamble_in_enhanced_objects_and_beside_m_mode(tmp_path):
     arr = _grey().astype(np.uint8)
     from pydicom.dataset import Dataset

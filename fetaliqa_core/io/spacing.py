@@ -42,7 +42,7 @@ PLACEHOLDER_SPACING_MM = 1.0
 # DICOM PS3.3 C.8.5.5.1.15: Physical Units X/Y Direction code 0x0003 is centimetres.
 _DICOM_UNITS_CM = 3
 _DICOM_TAGS = ("SequenceOfUltrasoundRegions", "PixelSpacing", "SharedFunctionalGroupsSequence",
-               "PerFrameFunctionalGroupsSequence", "Rows", "Columns")
+               "PerFrameFunctionalGroupsSequence", "Rows", "Columns", "ImagerPixelSpacing")
 # PS3.3 C.8.5.5.1.1: Region Spatial Format 1 is a 2-D tissue image (others: M-mode, Doppler, ...).
 _REGION_2D = 1
 
@@ -158,6 +158,14 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
     if regions:
         return None, SPACING_NONE, ("the DICOM ultrasound regions are not calibrated in cm, and "
                                     "there is no Pixel Spacing")
+    try:
+        imager = _pair(ds.get("ImagerPixelSpacing", None))
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError):
+        imager = None
+    if imager is not None:  # (0018,1164): the detector's pixel pitch (projection radiography), not the body's
+        return None, SPACING_NONE, ("the DICOM file has no ultrasound region calibration and no Pixel Spacing; its "
+                                    f"Imager Pixel Spacing ({spacing_text(imager)}) is the detector's, not a size in "
+                                    "the body, and is not used")
     return None, SPACING_NONE, "the DICOM file has no ultrasound region calibration and no Pixel Spacing"
 
 
