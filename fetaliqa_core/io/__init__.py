@@ -40,6 +40,7 @@ from fetaliqa_core.io._common import (
     MIN_FRAME_PX,
     SPACING_FROM_DICOM_PIXEL_SPACING,
     SPACING_FROM_HEADER,
+    SPACING_FROM_IMAGEJ,
     SPACING_FROM_US_REGION,
     SPACING_FROM_USER,
     SPACING_GIVEN,
@@ -65,7 +66,7 @@ from fetaliqa_core.io.sweep import (
 __all__ = [
     "META_AC_NOTE", "META_AC_STATUS", "META_SOURCE", "META_SPACING", "META_SPACING_OF_SWEEP", "META_SPACING_UNKNOWN", "META_SWEEP_KINDS",
     "META_SWEEP_RANGES", "MIN_FRAME_PX", "PLAUSIBLE_SPACING_MM", "SPACING_FROM_DICOM_PIXEL_SPACING",
-    "SPACING_FROM_HEADER", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
+    "SPACING_FROM_HEADER", "SPACING_FROM_IMAGEJ", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
     "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "MaskVolume", "Sweep", "crop_like", "default_sweep_layout",
     "fmt_shape", "load_mask", "load_sweep", "looks_like_dicom_series", "multiframe_dicom_files", "quiet_itk",
     "read_mask_volume", "write_volume",

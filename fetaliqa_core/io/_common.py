@@ -78,6 +78,7 @@ def check_cancelled() -> None:
 SPACING_FROM_HEADER = "file header"
 SPACING_FROM_US_REGION = "DICOM ultrasound region calibration"
 SPACING_FROM_DICOM_PIXEL_SPACING = "DICOM Pixel Spacing"
+SPACING_FROM_IMAGEJ = "ImageJ calibration in the TIFF"
 SPACING_NONE = "none"
 SPACING_FROM_USER = "user"
 SPACING_GIVEN = "given"

@@ -24,6 +24,7 @@ from fetaliqa_core.io._common import (
     MAX_DEFLATE_RATIO,
     META_KEYS,
     SPACING_FROM_HEADER,
+    SPACING_FROM_IMAGEJ,
     SPACING_NONE,
     SUPPORTED_FORMATS,
     SWEEP_FILE_SUFFIXES,
@@ -377,7 +378,12 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         if full_suffix(path) in _PICTURE_SUFFIXES:
             kind = {".tif": "TIFF", ".jpg": "JPEG"}.get(full_suffix(path), full_suffix(path)[1:].upper())
             source, note = SPACING_NONE, (f"a {kind} picture records at most a "
-                                          "printing resolution (dots per inch), not the size of a pixel in the body")
+                                          "printing resolution (dots per inch or per cm), not the size of a pixel in the body")
+            calibrated, why = _imagej_calibration(path)
+            if calibrated is not None:
+                spacing_mm, source, note = calibrated, SPACING_FROM_IMAGEJ, ""
+            elif why:
+                note = why
         if spacing_unit_note:
             source, note = SPACING_NONE, spacing_unit_note
         head = _nifti_head(path)
@@ -391,6 +397,48 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
                ycbcr=ycbcr, regions=regions)
+
+
+#: ImageJ's length units (its ``unit=`` line; it writes the micro sign escaped as ``\\u00B5m``) in mm.
+_IMAGEJ_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "cm": 10.0, "centimeter": 10.0, "m": 1000.0, "meter": 1000.0,
+                    "micron": 1e-3, "microns": 1e-3, "um": 1e-3, "\u00b5m": 1e-3, "\u03bcm": 1e-3,
+                    "\\u00b5m": 1e-3, "inch": 25.4, "in": 25.4}
+_IMAGEJ_DESCRIPTION_LIMIT = 1 << 16
+
+
+def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
+    """The pixel size of a TIFF that ImageJ or Fiji wrote after its scale was set (Analyze > Set
+    Scale): the ImageDescription starts ``ImageJ=`` and names a length ``unit=``, and X/YResolution
+    count pixels per that unit. That is a calibration someone made, not a printing resolution.
+    ``(None, "")`` for any other TIFF (and for ImageJ's own "pixel"); ``(None, why)`` when ImageJ's
+    unit is not a length."""
+    if full_suffix(path) not in (".tif", ".tiff"):
+        return None, ""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:  # the first directory's tags only: no pixels are read
+            tags = getattr(im, "tag_v2", {})
+            desc, xres, yres = tags.get(270), tags.get(282), tags.get(283)
+    except Exception:  # noqa: BLE001 - any damage: the image reader's own checks report it
+        return None, ""
+    if not isinstance(desc, str) or not desc.startswith("ImageJ=") or len(desc) > _IMAGEJ_DESCRIPTION_LIMIT:
+        return None, ""
+    fields = dict(line.split("=", 1) for line in desc.splitlines() if "=" in line)
+    unit = fields.get("unit", "").strip()
+    if unit.lower() in ("", "pixel", "pixels"):
+        return None, ""
+    factor = _IMAGEJ_UNITS_MM.get(unit.lower())
+    if factor is None:
+        return None, f"the TIFF's ImageJ calibration is in '{unit[:20]}', which is not a length"
+    try:
+        per_col = float(xres)
+        per_row = float(yres) if yres is not None else per_col
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None, ""
+    if not (math.isfinite(per_col) and math.isfinite(per_row) and per_col > 0 and per_row > 0):
+        return None, ""
+    return (float(f"{factor / per_row:.9g}"), float(f"{factor / per_col:.9g}")), ""
 
 
 #: Picture formats the image reader also opens: their resolution is for printing, not a calibration.
