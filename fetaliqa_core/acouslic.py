@@ -97,9 +97,11 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     the dark it leaves outside runs along at least :data:`SURROUND_BORDER_SHARE` of the image's
     border, more of it than the exact zeros do, as a fan's surround does (a video black level of 2, or faint noise, around the fan of
     a screen capture or a lossy export made the whole frame the fan); dark fluid reaching one edge
-    of an image that fills the frame does not, and stays inside. Lines and marks thinner than 5
-    pixels (a burnt-in frame around the image, text) are no part of the fan, nor is anything apart
-    from its largest region."""
+    of an image that fills the frame does not, and stays inside. A surround of one grey level give
+    or take :data:`SURROUND_NOISE` (a lossy capture's 16 +- 2) is the black level too. Lines and
+    marks thinner than 5 pixels (a burnt-in frame around the image, text) are no part of the fan,
+    nor is anything apart from its largest region, but for tissue inside that region's convex hull
+    (a body in fluid shown pure black that reaches the fan's edge: :func:`_with_islands`)."""
     step = max(1, len(frames) // 64)
     peak = np.asarray(frames[::step]).max(axis=0).astype(np.float32)
     fan = _region_above(peak, 0.0)
@@ -117,6 +119,15 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
         above = _region_above(peak, level)
         if above.any():
             return above
+    # the same surround with a little noise (a lossy capture's 16 +- 2): one narrow band of grey
+    # along most of the border, dark beside the image (the whole screen was taken for the fan)
+    band = np.abs(ring - level) <= SURROUND_NOISE
+    top = level + SURROUND_NOISE
+    if (band.mean() >= SURROUND_BORDER_SHARE and top <= 0.25 * high
+            and float((np.abs(peak - level) <= SURROUND_NOISE).mean()) >= 0.1):
+        above = _region_above(peak, top)
+        if above.any() and _outside_border_share(above) >= SURROUND_BORDER_SHARE:
+            return above
     if low > 0.1 * high:  # (a darkest tenth not dark beside the brightest is image)
         return fan
     above = _region_above(peak, low + max(2.0, 0.03 * (high - low)))
@@ -127,6 +138,9 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
 #: A fan's surround runs along most of the image's border (ACOUSLIC's: 0.8; a linear probe's
 #: rectangle inside the frame: all of it); fluid reaching one edge of an image runs along little.
 SURROUND_BORDER_SHARE = 0.4
+#: How far (grey levels) a surround's noise may stray from its most common level: a lossy capture's
+#: video black level of 16 reads 14-18.
+SURROUND_NOISE = 4
 
 
 def _region_above(peak: np.ndarray, level: float) -> np.ndarray:
@@ -141,7 +155,40 @@ def _region_above(peak: np.ndarray, level: float) -> np.ndarray:
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     padded = np.pad((labels == largest).astype(np.uint8), 1)
     cv2.floodFill(padded, None, (0, 0), 2)  # what the border reaches around the region lies outside
-    return padded[1:-1, 1:-1] != 2
+    region = padded[1:-1, 1:-1] != 2
+    return _with_islands(region, labels, stats, largest)
+
+
+#: A piece of tissue apart from the fan's largest region counts as inside the fan when it holds at
+#: least this share of that region's pixels (and :data:`ISLAND_MIN_PX`) and lies within its convex
+#: hull (:data:`ISLAND_INSIDE`): a body in fluid shown pure black that reaches the fan's edge.
+ISLAND_SHARE = 0.01
+ISLAND_MIN_PX = 200
+ISLAND_INSIDE = 0.9
+
+
+def _with_islands(region: np.ndarray, labels: np.ndarray, stats: np.ndarray, largest: int) -> np.ndarray:
+    """``region`` (the largest piece, holes filled), or its convex hull when other pieces of tissue
+    lie inside that hull: fluid shown pure black (a scanner's reject, a clean export) that reaches the
+    fan's edge joins the black outside, and the body in it was an island left out of the field of
+    view (its whole outline then lay on the field's edge, and no AC was measured). A sector's or a
+    linear probe's field is convex; the hull brings the fluid back in with the body."""
+    import cv2
+
+    area = stats[largest, cv2.CC_STAT_AREA]
+    candidates = [i for i in range(1, len(stats))
+                  if i != largest and stats[i, cv2.CC_STAT_AREA] >= max(ISLAND_MIN_PX, ISLAND_SHARE * area)]
+    if not candidates:
+        return region
+    points = cv2.findNonZero((labels == largest).astype(np.uint8))
+    hull = np.zeros(region.shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    inside = hull.astype(bool)
+    for i in candidates:
+        piece = labels == i
+        if float(inside[piece].mean()) >= ISLAND_INSIDE:
+            return region | inside
+    return region
 
 
 def _outside_border_share(fan: np.ndarray) -> float:

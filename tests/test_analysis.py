@@ -333,6 +333,45 @@ def test_a_fan_is_found_on_a_black_level_above_zero_and_inside_a_burnt_in_frame(
     assert acouslic.data_fan(filled).all()
 
 
+def test_a_body_in_pure_black_fluid_reaching_the_fans_edge_stays_in_the_field_of_view():
+    """Fluid shown pure black (a scanner's reject) that reaches the edge of the image joined the
+    black outside, and the body in it was an island left out of the field of view: its outline lay
+    on the field's edge and no AC was measured on a whole, correct mask."""
+    rect = np.zeros((H, W), bool)
+    rect[20:540, 40:704] = True
+    frames = _frames_in(rect, n=1)
+    yy, xx = np.mgrid[0:H, 0:W]
+    body = ((yy - 300) / 120.0) ** 2 + ((xx - 372) / 100.0) ** 2 <= 1
+    ring = (((yy - 300) / 150.0) ** 2 + ((xx - 372) / 130.0) ** 2 <= 1) & ~body
+    frames[:, ring] = 0
+    frames[:, 20:170, 340:404] = 0  # the fluid runs up to the probe
+    frames[:, body] = np.maximum(frames[:, body], 60)
+    fan = acouslic.data_fan(frames)
+    assert fan[body].all() and (fan != rect).mean() < 0.002
+    mask = body.astype(np.uint8)
+    m = an.measure_ac(mask, 0.3, fov=fan)
+    assert m is not None and m.ac_mm == pytest.approx(an.measure_ac(mask, 0.3, fov=None).ac_mm, rel=1e-3)
+    # a second image beside the first (a dual display without regions) is no island of it
+    dual = np.zeros((1, H, W), np.uint8)
+    dual[:, 40:520, 20:360] = 90
+    dual[:, 40:520, 400:720] = 90
+    left = acouslic.data_fan(dual)
+    assert left[:, :380].any() != left[:, 380:].any()
+
+
+def test_a_noisy_video_black_level_around_a_dim_image_is_no_part_of_the_fan():
+    """A capture's black level of 16 +- 2 (lossy) around an image whose brightest grey is 135: the
+    exact-level rule did not hold, the darkest tenth was not dark beside the image, and the whole
+    screen was taken for the fan (an abdomen cut by the fan's edge then read -9.6 %)."""
+    rect = np.zeros((H, W), bool)
+    rect[60:500, 120:640] = True
+    rng = np.random.default_rng(5)
+    frames = (rng.integers(30, 140, size=(1, H, W)) * rect).astype(np.uint8)  # one frame: no maximum evens the noise
+    frames = np.where(rect, frames, rng.integers(14, 19, size=frames.shape)).astype(np.uint8)
+    fan = acouslic.data_fan(frames)
+    assert (fan != rect).mean() < 0.002
+
+
 def test_another_fan_at_acouslic_frame_size_is_its_own_field_of_view():
     """Frames of ACOUSLIC's size drawn in ACOUSLIC's fan use the challenge's mask; the same size
     from a linear probe (a rectangle reaching where ACOUSLIC's fan does not) uses its own fan, holes
