@@ -563,19 +563,19 @@ def test_a_sweep_with_frames_above_threshold_but_no_chosen_frame_says_why():
     first, second = a.summary.sweeps
     assert first.best_frame == 10 and a.chosen_frame == 10
     assert a.flags.candidates[30] and second.best_frame == -1
-    assert second.ac_note.startswith("1 frame(s) above the classifier's threshold, but no mask there outlines an "
-                                     "abdomen")
+    assert second.ac_note.startswith("1 frame(s) above the classifier's threshold, but no mask there is shaped "
+                                     "like an abdomen's outline")
     # a round mask the classifier does not call: the classifier is the reason, not the mask
     round_mask = ellipse((112, 112), (40, 34))
     res.masks[30], res.seg_area_px[30], res.p_cls[30] = round_mask, int(np.count_nonzero(round_mask)), 0.3
     res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * S * S)
     note = assess(sweep, res, Thresholds(value=0.5, model=0.5)).summary.sweeps[1].ac_note
-    assert note.startswith("no frame above the classifier's threshold; the segmenter outlines an abdomen on 1")
+    assert note.startswith("no frame above the classifier's threshold; the segmenter's mask is shaped like an abdomen's outline on 1")
     # nothing called, nothing outlined: the old words stay true
     res.masks[30], res.seg_area_px[30] = np.zeros((S, S), np.uint8), 0
     res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * S * S)
     assert assess(sweep, res, Thresholds(value=0.5, model=0.5)).summary.sweeps[1].ac_note == \
-        "no frame reaches the classifier's threshold and none has a mask outlining an abdomen"
+        "no frame reaches the classifier's threshold and no mask is shaped like an abdomen's outline"
 
 
 def test_each_mask_is_judged_once_per_results_and_again_only_when_replaced(monkeypatch):
@@ -795,3 +795,10 @@ def test_an_oval_section_is_chosen_after_the_round_ones_and_its_ac_is_doubtful()
     near = replace(shapes[0], axis_ratio=0.6951)
     assert near.oval and "minor / major axis 0.695)" in near.problem
     assert not replace(shapes[0], axis_ratio=0.7).oval
+    # an oval outline also flattened (or pinched) says both: "flattened" alone read as too short,
+    # where an oblique cut reads long (an oblique section: AC 270 mm shown for a transverse 230)
+    both = replace(near, flattened=True)
+    assert both.problem.startswith(fc.FLATTENED_REASON) and "oval (minor / major axis 0.695)" in both.problem
+    assert mask_doubt(both.problem).startswith("the mask's outline is flattened")
+    assert replace(near, pinched=True).problem == fc.WAIST_REASON  # two bodies side by side: no oblique cut
+    assert replace(shapes[0], flattened=True).problem == fc.FLATTENED_REASON

@@ -517,7 +517,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     if p_cls is not None and p_seg is not None and chosen >= 0 and choice.basis != "all models":
         alone = "the segmenter's masks" if choice.basis == "segmenter" else "the classifier's scores"
         choice_note = (f"the models disagree: no frame has both the classifier's call (p_cls >= {thr_cls:.2f}) "
-                       f"and a segmenter mask that outlines an abdomen; chosen on {alone} alone")
+                       f"and a segmenter mask shaped like an abdomen's outline; chosen on {alone} alone")
         if results.n_done < sweep.n_frames:  # a cascade's teacher, or a run not finished: say of which frames
             choice_note += f" (of the {results.n_done} of {sweep.n_frames} frames these models scored)"
     summary = CaseSummary(
@@ -669,19 +669,19 @@ def _why_no_frame(flags: FrameFlags, choice, start: int, stop: int) -> str:
     n_calls, n_plaus = int(calls.sum()), (0 if plaus is None else int(plaus.sum()))
     who = "the classifier's threshold" if cls_calls is not None else "threshold"
     if plaus is not None and n_calls and not n_plaus:
-        return (f"{n_calls} frame(s) above {who}, but no mask there outlines an abdomen (shape, size or place "
-                "implausible), so none is chosen")
+        return (f"{n_calls} frame(s) above {who}, but no mask there is shaped like an abdomen's outline (shape, size or "
+                "place implausible), so none is chosen")
     if cls_calls is not None and n_plaus and not n_calls:
-        return (f"no frame above the classifier's threshold; the segmenter outlines an abdomen on {n_plaus} "
-                "frame(s) the classifier does not call")
+        return (f"no frame above the classifier's threshold; the segmenter's mask is shaped like an abdomen's "
+                f"outline on {n_plaus} frame(s) the classifier does not call")
     if n_calls and n_plaus:
-        return (f"{n_calls} frame(s) above the classifier's threshold and {n_plaus} with a mask outlining an "
-                "abdomen, but never the same frame, so none is chosen")
+        return (f"{n_calls} frame(s) above the classifier's threshold and {n_plaus} with a mask shaped like "
+                "an abdomen's outline, but never the same frame, so none is chosen")
     if cls_calls is not None:
         # flagged frames (the two scores' mean) may exist all the same: the choice needs the call
         return ("no frame reaches the classifier's threshold" +
-                (" and none has a mask outlining an abdomen" if plaus is not None else ""))
-    return "no frame above threshold" if plaus is None else "no frame has a mask outlining an abdomen"
+                (" and no mask is shaped like an abdomen's outline" if plaus is not None else ""))
+    return "no frame above threshold" if plaus is None else "no frame has a mask shaped like an abdomen's outline"
 
 
 def _best_of_choice(choice, ranges, flags: FrameFlags, area, p_opt) -> list[BestFrame | None]:

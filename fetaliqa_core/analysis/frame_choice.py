@@ -165,14 +165,13 @@ class MaskShape:
         pinched in the middle, flattened along one side or oval; None when it is a plausible one
         (:func:`~fetaliqa_core.analysis.units.read_ac`)."""
         if self.plausible:
-            if self.pinched:
-                return WAIST_REASON
-            if self.flattened:
-                return FLATTENED_REASON
-            if not self.oval:
-                return None
             # (as many digits as it takes not to read as the limit itself: 0.695 is not "0.70")
-            return OVAL_REASON.format(ratio=beside_threshold(self.axis_ratio, ROUND_RATIO))
+            if self.pinched:  # (two bodies side by side are long together: that is no oblique cut)
+                return WAIST_REASON
+            oval = OVAL_REASON.format(ratio=beside_threshold(self.axis_ratio, ROUND_RATIO)) if self.oval else None
+            if self.flattened and oval:  # both said: "flattened" alone reads short, an oblique cut reads long
+                return f"{FLATTENED_REASON}; and {oval}"
+            return FLATTENED_REASON if self.flattened else oval
         return self.reason or "not ellipse-like"
 
 
