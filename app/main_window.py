@@ -691,7 +691,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if reading.status == "no units":  # short here; the full reason in the tooltip
             core = "AC not shown (pixel spacing; View menu)"
         elif reading.status == "doubtful":
-            core = f"AC {reading.ac_mm:.1f} mm (doubtful)"
+            # why, in a few words (the whole reason is in the tooltip): a sonographer reading only the
+            # status bar saw "doubtful" and never why
+            core = reading.short()
         else:
             core = f"AC {reading.ac_mm:.1f} mm · GA {reading.ga_text or '–'}"
         asides = []
@@ -715,8 +717,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         # asides; the AC and the notice stay (at 1024 px a stopped run's answer dropped "25/40
         # scored" and "models disagree" and kept "chosen frame 0:")
         extra = "".join(asides)
+        plain = core.split(" (doubtful")[0] + " (doubtful)" if reading.status == "doubtful" else core
         self.status_ac.set_answer([lead + core + extra + notice, f"frame {chosen}: {core}{extra}{notice}",
-                                   core + extra + notice, core + notice])
+                                   core + extra + notice, core + notice, plain + notice])
 
     def _keep_unsaved_verdict(self, before: str) -> bool:
         """Before the window closes or another sweep opens (``before``: "closing", ...): a verdict

@@ -408,3 +408,24 @@ def test_the_ranges_are_judged_on_the_ac_as_shown():
     assert read_ac(380.06).ga_weeks is None and hadlock_ga(380.06).out_of_range
     assert read_ac(420.04).status == OK and read_ac(420.06).status != OK
     assert read_ac(74.96).status == OK and read_ac(74.94).status != OK
+
+
+def test_a_doubtful_ac_has_a_few_words_for_why():
+    """The window's status bar said only "(doubtful)": the reason was in a tooltip no sonographer
+    hovers over. The few words it shows now follow the reading's own reason."""
+    from fetaliqa_core.analysis import frame_choice as fc
+    from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, classifier_doubt, read_ac, short_doubt
+
+    def why(**kw):
+        return short_doubt(read_ac(200.0, **kw).note)
+
+    assert why(mask_problem=fc.FLATTENED_REASON) == "flattened outline"
+    assert why(mask_problem=fc.FLATTENED_REASON + "; and " + fc.OVAL_REASON.format(ratio="0.66")) == \
+        "flattened, oval outline"
+    assert why(mask_problem=fc.WAIST_REASON) == "pinched outline"
+    assert why(mask_problem="cut off straight, by an edge the sweep's own fan does not have") == "outline cut off"
+    assert why(mask_problem="fragmented") == "not an abdomen's outline"
+    assert why(disagreement=classifier_doubt(0.2, 0.5)) == "models disagree"
+    assert why(model_doubt=DEMO_MODEL_DOUBT) == "demo model"
+    assert short_doubt(read_ac(500.0).note) == "implausible size"
+    assert short_doubt("something else entirely") == ""

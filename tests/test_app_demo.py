@@ -45,7 +45,7 @@ def test_headless_demo_shows_progress_then_the_answer(qtbot, demo_sweep, slow_mo
     assert any(re.search(r"[\d.]+/s", ln) and "left" in ln for ln in progress), text
     answer = next(ln for ln in lines if ln.startswith("answer:"))
     # A plausible AC comes with its GA; an implausible one is marked doubtful and has no GA.
-    assert re.search(r"AC [\d.]+ mm( · GA \d+w ?\d+d| \(doubtful\))", answer), answer
+    assert re.search(r"AC [\d.]+ mm( · GA \d+w ?\d+d| \(doubtful(: [a-z ,']+)?\))", answer), answer
     assert not ("doubtful" in answer and "GA" in answer), answer
     assert "(sweep " in answer, answer
     assert lines.index(answer) > lines.index(progress[-1])

@@ -120,6 +120,8 @@ def test_a_narrow_window_keeps_the_demo_notice_of_the_answer(qtbot, window):
     shown = QLabel.text(window.status_ac)  # what is drawn (text() is the whole answer)
     whole = window.status_ac.text()
     assert whole.endswith("demo, not clinical") and shown != whole  # (the whole does not fit at this size)
+    # why the AC is doubtful, in a few words (it said "doubtful" and never why, outside the tooltip)
+    assert re.search(r"\(doubtful: [a-z ,']+\)", whole), whole
     # a shorter form: the asides go, the AC's number and the notice stay (elided in the middle,
     # the number itself was cut: 'AC 176.…ful)')
     number = re.search(r"AC \d+\.\d mm", whole).group(0)

@@ -390,8 +390,8 @@ def test_the_reading_in_a_few_words_keeps_its_doubt():
     ok = read_ac(231.4)
     assert ok.short() == f"AC 231.4 mm · GA {ok.ga_text}" and ok.ga_text
     doubtful = read_ac(231.4, mask_problem="elongated")
-    assert doubtful.short() == "AC 231.4 mm (doubtful)" and "elongated" in doubtful.text()
-    assert read_ac(600.0).short() == "AC 600.0 mm (doubtful)"
+    assert doubtful.short() == "AC 231.4 mm (doubtful: not an abdomen's outline)" and "elongated" in doubtful.text()
+    assert read_ac(600.0).short() == "AC 600.0 mm (doubtful: implausible size)"
     assert read_ac(231.4, "the file records no pixel spacing").short() == "AC not shown (pixel spacing)"
     assert read_ac(None).short() == "no AC"
     disagree = read_ac(231.4, disagreement="the classifier does not call this frame")

@@ -68,14 +68,18 @@ class ACReading:
         return text
 
     def short(self) -> str:
-        """The same in a few words, for a label on the image (the reason goes elsewhere):
-        ``AC 231.4 mm · GA 27w 1d``; ``AC 52.0 mm (doubtful)``; ``AC not shown (pixel spacing)``."""
+        """The same in a few words, for a label on the image (the whole reason goes elsewhere):
+        ``AC 231.4 mm · GA 27w 1d``; ``AC 52.0 mm (doubtful: flattened outline)`` (:func:`short_doubt`);
+        ``AC not shown (pixel spacing)``."""
         if self.status == NONE:
             return "no AC"
         if self.status == NO_UNITS:
             return "AC not shown (pixel spacing)"
         text = f"AC {self.ac_mm:.1f} mm" + (f" · GA {self.ga_text}" if self.ga_text else "")
-        return text + (" (doubtful)" if self.status == DOUBTFUL else "")
+        if self.status != DOUBTFUL:
+            return text
+        why = short_doubt(self.note)
+        return text + (f" (doubtful: {why})" if why else " (doubtful)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,6 +177,27 @@ def model_doubt(demo: bool, spacing_mm=None) -> str | None:
     user's own models in the tests)."""
     reasons = [r for r in (DEMO_MODEL_DOUBT if demo else None, stretch_doubt(spacing_mm)) if r]
     return "; ".join(reasons) or None
+
+
+def short_doubt(note: str) -> str:
+    """A few words for why an AC is doubtful (:func:`read_ac`'s note), where a line has no room for
+    the whole reason (the window's status bar, whose tooltip holds it): "flattened, oval outline",
+    "not an abdomen's outline", "models disagree", "demo model"; "" when none fits."""
+    first = note.split("; check")[0].lower()
+    if first.startswith("the mask's outline is "):
+        found = [w for w in ("pinched", "flattened", "cut off", "oval") if w in first]
+        if "cut off" in found:
+            return "outline cut off"
+        return f"{', '.join(found)} outline" if found else "outline"
+    if first.startswith("the mask there does not outline an abdomen"):
+        return "not an abdomen's outline"
+    if "the models disagree" in first:
+        return "models disagree"
+    if first.startswith(DEMO_MODEL_DOUBT[:30].lower()):
+        return "demo model"
+    if first.startswith("outside the plausible"):
+        return "implausible size"
+    return ""
 
 
 def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
