@@ -802,3 +802,34 @@ def test_an_oval_section_is_chosen_after_the_round_ones_and_its_ac_is_doubtful()
     assert mask_doubt(both.problem).startswith("the mask's outline is flattened")
     assert replace(near, pinched=True).problem == fc.WAIST_REASON  # two bodies side by side: no oblique cut
     assert replace(shapes[0], flattened=True).problem == fc.FLATTENED_REASON
+
+
+def test_a_frame_beside_skulls_is_a_head_not_the_answer():
+    """A sweep through a head: the frames whose ring reads bright are judged skulls, but one between
+    them whose ring read fainter (rim ratio 1.28 beside 1.73 and 1.69) was a one-frame run and the
+    case's answer. Within two frames of a skull, a plausible outline is the same head; an abdomen
+    further along the sweep is chosen, and in another sweep a frame next to a skull is not touched."""
+    from dataclasses import replace
+
+    fov = linear()
+    n = 20
+    round_ = fc.mask_shape(ellipse((112, 112), (30, 28)), fov, PX_MM)
+    assert round_.plausible
+    skull = replace(round_, plausible=False, quality=0.0, reason=fc.SKULL_REASON)
+    shapes = [fc.NO_MASK] * n
+    shapes[3] = shapes[5] = skull
+    shapes[4] = replace(round_, ellipse_area_px=round_.ellipse_area_px * 1.5)  # the faint ring, larger
+    shapes[14] = round_  # the abdomen, further along
+    shapes[10] = round_  # first frame of the second sweep, beside sweep 1's last frames
+    shapes[9] = skull
+    p_cls = np.full(n, 0.9)
+    c = fc.choose([(0, 10), (10, 20)], p_cls, 0.5, shapes)
+    assert c.shapes[4].reason == fc.BESIDE_SKULL_REASON and not c.shapes[4].plausible
+    assert c.per_sweep[0] == -1 or c.per_sweep[0] not in (2, 3, 4, 5, 6)
+    assert c.shapes[10].plausible and c.frame in (10, 14)
+    # and where nothing else is plausible, no head's frame is chosen on its outline
+    only = [fc.NO_MASK] * n
+    only[3] = only[5] = skull
+    only[4] = round_
+    c = fc.choose([(0, n)], np.where(np.arange(n) == 4, 0.9, 0.1), 0.5, only)
+    assert c.basis != "all models" and "skull" in c.shapes[4].problem

@@ -102,6 +102,12 @@ SKULL_REASON = "its outline is a bright ring around a darker inside, as a skull'
 #: The band around a body's real outline holds the body's own edge (0.8-1.0 of it), as bright as
 #: its inside: ~1; in the fluid around the body it is far darker.
 FLUID_RIM_RATIO = 0.5
+#: Frames this close to a frame whose outline is a skull's (same sweep) show the same head: a blind
+#: sweep moves ~1 mm a frame, and a head is centimetres from the abdomen. A head's frame whose own
+#: ring reads fainter (1.28, its neighbours 1.73 and 1.69) was the case's answer.
+SKULL_REACH = 2
+BESIDE_SKULL_REASON = ("beside frames whose outline is a bright ring around a darker inside, as a skull's "
+                       "is: a section of the head")
 FLUID_REASON = "its outline runs through the dark around the body, not along the body's edge"
 #: An abdomen's outline is an interface (skin against fluid, wall or placenta): along at least a
 #: quarter of it the grey levels just inside differ from those just outside. A mask drawn in a
@@ -511,6 +517,8 @@ def choose(
     if p_cls is None and shapes is None:
         raise ValueError("frame choice needs a classifier or a segmenter")
     n = len(shapes) if shapes is not None else int(np.asarray(p_cls).shape[0])
+    if shapes is not None:
+        shapes = _beside_skulls(shapes, sweep_ranges)
     pc = None if p_cls is None else np.asarray(p_cls, np.float64).reshape(-1)
     q = None if shapes is None else np.array([s.quality for s in shapes])
     plaus = None if shapes is None else np.array([s.plausible for s in shapes])
@@ -569,6 +577,21 @@ def choose(
         basis = "none"
     return Choice(frame=-1 if best_case is None else best_case[1], per_sweep=per_sweep, runs=runs,
                   evidence=smooth, positive=positive, basis=basis, shapes=shapes)
+
+
+def _beside_skulls(shapes: list[MaskShape], sweep_ranges: Sequence[tuple[int, int]],
+                   reach: int = SKULL_REACH) -> list[MaskShape]:
+    """``shapes`` with each plausible outline within ``reach`` frames of a skull's (same sweep)
+    judged a head's too (:data:`BESIDE_SKULL_REASON`)."""
+    skull = np.array([s.reason == SKULL_REASON for s in shapes], bool)
+    if not skull.any():
+        return shapes
+    out = list(shapes)
+    for start, stop in sweep_ranges:
+        for i in range(start, stop):
+            if out[i].plausible and skull[max(start, i - reach):min(stop, i + reach + 1)].any():
+                out[i] = replace(out[i], plausible=False, quality=0.0, reason=BESIDE_SKULL_REASON)
+    return out
 
 
 def baseline_choice(labels_area_opt: np.ndarray, labels_area_sub: np.ndarray) -> int:
