@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0:
             print("    " + "\n    ".join(entry["output_tail"]), flush=True)
     result["ok"] = ok
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
     path = args.out or (os.path.join(os.environ["OUT"], "gpu_check_product.json") if os.environ.get("OUT") else None)
     if path:
+        from fetaliqa_core.files import write_json
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(path, result)
     return 0 if ok else 1
 
 
