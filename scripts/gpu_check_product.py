@@ -77,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=work)
-            code, text = proc.returncode, proc.stdout + proc.stderr
+            code, said, text = proc.returncode, proc.stdout, proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as exc:
-            code, text = "timeout", (exc.stdout or "") if isinstance(exc.stdout, str) else ""
+            code, said = "timeout", (exc.stdout or "") if isinstance(exc.stdout, str) else ""
+            text = said
         wall = round(time.perf_counter() - t, 1)
         lines = [ln for ln in text.splitlines() if ln.strip()]
-        answer = next((ln for ln in lines if "AC" in ln or "no AC" in ln), lines[-1] if lines else "")
+        told = [ln for ln in said.splitlines() if ln.strip()]  # the answer is on stdout (progress on stderr)
+        answer = next((ln for ln in told if "chosen frame" in ln), told[0] if told else "")
         entry = {"exit": code, "wall_s": wall, "answer": answer.strip()[:300]}
         if code != 0:
             entry["output_tail"] = lines[-8:]
