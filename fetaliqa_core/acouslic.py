@@ -121,9 +121,12 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
             return above
     # the same surround with a little noise (a lossy capture's 16 +- 2): one narrow band of grey
     # along most of the border, dark beside the image (the whole screen was taken for the fan)
+    # (a surround holds the frame's four corners, beside a fan or a linear probe's rectangle alike;
+    # fluid filling the lower part of an image that fills the frame does not reach the top ones)
     band = np.abs(ring - level) <= SURROUND_NOISE
     top = level + SURROUND_NOISE
-    if (band.mean() >= SURROUND_BORDER_SHARE and top <= 0.25 * high
+    corners = np.array([peak[0, 0], peak[0, -1], peak[-1, 0], peak[-1, -1]])
+    if (band.mean() >= SURROUND_BORDER_SHARE and top <= 0.25 * high and bool((np.abs(corners - level) <= SURROUND_NOISE).all())
             and float((np.abs(peak - level) <= SURROUND_NOISE).mean()) >= 0.1):
         above = _region_above(peak, top)
         if above.any() and _outside_border_share(above) >= SURROUND_BORDER_SHARE:

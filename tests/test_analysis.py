@@ -370,6 +370,13 @@ def test_a_noisy_video_black_level_around_a_dim_image_is_no_part_of_the_fan():
     frames = np.where(rect, frames, rng.integers(14, 19, size=frames.shape)).astype(np.uint8)
     fan = acouslic.data_fan(frames)
     assert (fan != rect).mean() < 0.002
+    # an image filling the frame with fluid of one grey level give or take a little (28 +- 2) in its
+    # lower part, reaching the bottom and both sides: all of it is the fan (the band rule cut the
+    # fluid and the abdomen in it away); a surround holds the frame's top corners, fluid does not
+    filled = rng.integers(40, 200, size=(1, H, W)).astype(np.uint8)
+    filled[:, 200:] = rng.integers(26, 31, size=(1, H - 200, W))
+    filled[:, 300:420, 300:450] = rng.integers(60, 160, size=(1, 120, 150))  # a body in the fluid
+    assert acouslic.data_fan(filled).all()
 
 
 def test_another_fan_at_acouslic_frame_size_is_its_own_field_of_view():

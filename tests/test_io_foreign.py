@@ -668,16 +668,19 @@ def test_a_picture_s_print_resolution_is_no_pixel_size(tmp_path):
 
 @pytest.mark.parametrize("unit,per_unit,expected", [
     ("mm", (5.0, 4.0), (0.25, 0.2)), ("micron", (0.005, 0.005), (0.2, 0.2)), ("\\u00B5m", (0.004, 0.004), (0.25, 0.25)),
-    ("cm", (40.0, 40.0), (0.25, 0.25)), ("pixel", (1.0, 1.0), None), ("furlong", (5.0, 5.0), "'furlong'")])
+    ("\u00b5m", (0.004, 0.004), (0.25, 0.25)),  # raw UTF-8, as writers that copy ImageJ's format put it
+    ("millimetres", (4.0, 4.0), (0.25, 0.25)), ("pixel", (1.0, 1.0), None), ("furlong", (5.0, 5.0), "'furlong'"),
+    ("inch", (72.0, 72.0), "printing resolution"), ("cm", (40.0, 40.0), "printing resolution")])
 def test_a_tiff_scaled_in_imagej_keeps_its_calibration(tmp_path, unit, per_unit, expected):
     """Fiji's Set Scale writes "unit=mm" in the ImageDescription and pixels per mm in X/YResolution: a
     calibration someone made, which was refused as a printing resolution. ImageJ's own "pixel" (no
-    scale set) and a unit that is no length stay unknown, the latter saying so."""
+    scale set), a unit that is no length, and inches or centimetres (ImageJ's scale for a picture's
+    dots per inch: 72 dpi read 0.35 mm) stay unknown, saying why."""
     from PIL import Image, TiffImagePlugin
 
     frames = [Image.fromarray(f) for f in _grey(n=3).astype(np.uint8)]
     info = TiffImagePlugin.ImageFileDirectory_v2()
-    info[270] = f"ImageJ=1.54f\nimages=3\nslices=3\nunit={unit}\nspacing=1.0\nloop=false\n"
+    info[270] = f"ImageJ=1.54f\nimages=3\nslices=3\nunit={unit}\nspacing=1.0\nloop=false\n".encode()  # (bytes: as written)
     info[282], info[283], info[296] = per_unit[0], per_unit[1], 1
     tif = tmp_path / "fiji.tif"
     frames[0].save(tif, save_all=True, append_images=frames[1:], tiffinfo=info)
@@ -687,8 +690,7 @@ def test_a_tiff_scaled_in_imagej_keeps_its_calibration(tmp_path, unit, per_unit,
         assert sweep.spacing_mm == pytest.approx(expected) and sweep.spacing_source == SPACING_FROM_IMAGEJ
     else:
         assert sweep.spacing_source == SPACING_NONE
-        assert (expected in sweep.spacing_problem and "not a length" in sweep.spacing_problem) if expected else \
-            "printing resolution" in sweep.spacing_problem
+        assert expected in sweep.spacing_problem if expected else "printing resolution" in sweep.spacing_problem
 
 
 def test_nrrd_in_inches_and_a_frame_axis_marked_as_a_list(tmp_path):

@@ -399,10 +399,14 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                ycbcr=ycbcr, regions=regions)
 
 
-#: ImageJ's length units (its ``unit=`` line; it writes the micro sign escaped as ``\\u00B5m``) in mm.
-_IMAGEJ_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "cm": 10.0, "centimeter": 10.0, "m": 1000.0, "meter": 1000.0,
+#: ImageJ's units of a calibration someone set (its ``unit=`` line; it writes the micro sign
+#: escaped as ``\\u00B5m``), in mm. Inches and centimetres are left out: ImageJ turns a picture's
+#: printing resolution into a scale in them (72 dpi became "unit=inch", 0.35 mm per pixel).
+_IMAGEJ_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetre": 1.0, "millimetres": 1.0,
                     "micron": 1e-3, "microns": 1e-3, "um": 1e-3, "\u00b5m": 1e-3, "\u03bcm": 1e-3,
-                    "\\u00b5m": 1e-3, "inch": 25.4, "in": 25.4}
+                    "\\u00b5m": 1e-3, "micrometer": 1e-3, "micrometers": 1e-3, "micrometre": 1e-3,
+                    "micrometres": 1e-3}
+_IMAGEJ_PRINT_UNITS = ("inch", "inches", "in", "cm", "centimeter", "centimeters", "centimetre", "centimetres")
 _IMAGEJ_DESCRIPTION_LIMIT = 1 << 16
 
 
@@ -424,13 +428,21 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
         return None, ""
     if not isinstance(desc, str) or not desc.startswith("ImageJ=") or len(desc) > _IMAGEJ_DESCRIPTION_LIMIT:
         return None, ""
+    try:  # the tag is read as Latin-1; writers that copy ImageJ's format write UTF-8 ("µm" as two bytes)
+        desc = desc.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        pass
     fields = dict(line.split("=", 1) for line in desc.splitlines() if "=" in line)
     unit = fields.get("unit", "").strip()
     if unit.lower() in ("", "pixel", "pixels"):
         return None, ""
+    if unit.lower() in _IMAGEJ_PRINT_UNITS:
+        return None, (f"the TIFF's ImageJ scale is in '{unit[:20]}', the unit ImageJ gives a picture's printing "
+                      "resolution (dots per inch or per cm), not a size in the body; scales set in mm or "
+                      "micrometres are read")
     factor = _IMAGEJ_UNITS_MM.get(unit.lower())
     if factor is None:
-        return None, f"the TIFF's ImageJ calibration is in '{unit[:20]}', which is not a length"
+        return None, f"the TIFF's ImageJ scale is in '{unit[:20]}', which is not a length unit FetalIQA reads"
     try:
         per_col = float(xres)
         per_row = float(yres) if yres is not None else per_col
