@@ -693,14 +693,14 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         elif reading.status == "doubtful":
             # why, in a few words (the whole reason is in the tooltip): a sonographer reading only the
             # status bar saw "doubtful" and never why
-            core = reading.short()
+            core = reading.short(why=True)
         else:
             core = f"AC {reading.ac_mm:.1f} mm · GA {reading.ga_text or '–'}"
         asides = []
         # the choice resting on one model (they disagree on every frame): said as score says it
         summary = getattr(m.assessment, "summary", None)
         choice_note = str(getattr(summary, "choice_note", "") or "")
-        if choice_note:
+        if choice_note and not core.endswith("(doubtful: models disagree)"):  # (said once)
             asides.append(" · models disagree")
         r = m.results
         partial = ""
@@ -714,12 +714,12 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         lead = f"chosen frame {chosen}: "
         self.status_ac.setToolTip("\n".join(t for t in (reading.note, choice_note, partial, m.demo_notice) if t))
         # shorter forms for a narrow window: 'chosen frame N:' shortens and goes first, then the
-        # asides; the AC and the notice stay (at 1024 px a stopped run's answer dropped "25/40
-        # scored" and "models disagree" and kept "chosen frame 0:")
+        # doubt's few words, then the asides; the AC and the notice stay (at 1024 px a stopped run's
+        # answer dropped "25/40 scored" and "models disagree" and kept "chosen frame 0:")
         extra = "".join(asides)
-        plain = core.split(" (doubtful")[0] + " (doubtful)" if reading.status == "doubtful" else core
+        plain = reading.short() if reading.status == "doubtful" else core
         self.status_ac.set_answer([lead + core + extra + notice, f"frame {chosen}: {core}{extra}{notice}",
-                                   core + extra + notice, core + notice, plain + notice])
+                                   core + extra + notice, plain + extra + notice, core + notice, plain + notice])
 
     def _keep_unsaved_verdict(self, before: str) -> bool:
         """Before the window closes or another sweep opens (``before``: "closing", ...): a verdict

@@ -9,6 +9,7 @@ fan) ships as ``resources/acouslic_fov_mask.mha``; :func:`fov_mask` is the one r
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -168,6 +169,9 @@ def _region_above(peak: np.ndarray, level: float) -> np.ndarray:
 ISLAND_SHARE = 0.01
 ISLAND_MIN_PX = 200
 ISLAND_INSIDE = 0.9
+#: ... and its pixels lie, at the median, this deep inside the hull (px; share of the hull's side).
+ISLAND_MIN_DEPTH_PX = 10
+ISLAND_DEPTH_SHARE = 0.08
 
 
 def _with_islands(region: np.ndarray, labels: np.ndarray, stats: np.ndarray, largest: int) -> np.ndarray:
@@ -187,9 +191,13 @@ def _with_islands(region: np.ndarray, labels: np.ndarray, stats: np.ndarray, lar
     hull = np.zeros(region.shape, np.uint8)
     cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
     inside = hull.astype(bool)
+    # deep inside, not along the hull's edge: a mark burnt in beside the fan (between a curved fan's
+    # top arc and its chord) is no body, and taking the hull there cut the fan's own edge away
+    depth = cv2.distanceTransform(np.pad(hull, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    deep = max(ISLAND_MIN_DEPTH_PX, ISLAND_DEPTH_SHARE * math.sqrt(float(inside.sum())))
     for i in candidates:
         piece = labels == i
-        if float(inside[piece].mean()) >= ISLAND_INSIDE:
+        if float(inside[piece].mean()) >= ISLAND_INSIDE and float(np.median(depth[piece])) >= deep:
             return region | inside
     return region
 

@@ -351,6 +351,16 @@ def test_a_body_in_pure_black_fluid_reaching_the_fans_edge_stays_in_the_field_of
     mask = body.astype(np.uint8)
     m = an.measure_ac(mask, 0.3, fov=fan)
     assert m is not None and m.ac_mm == pytest.approx(an.measure_ac(mask, 0.3, fov=None).ac_mm, rel=1e-3)
+    # a mark burnt in between a curved fan's top arc and its chord is no body: the hull there took
+    # in the space above the arc, and an abdomen cut by the arc was measured 3.8 % short, unflagged
+    yy2, xx2 = np.mgrid[0:H, 0:W]
+    radius, angle = np.hypot(xx2 - 372, yy2 + 100), np.arctan2(xx2 - 372, yy2 + 100)
+    sector = (radius >= 200) & (radius <= 650) & (np.abs(angle) <= math.radians(35))
+    curved = _frames_in(sector, n=1)
+    curved[:, 250:300, 340:400] = 90  # (no fluid hole here)
+    curved[:, 66:95, 330:414] = 230  # the mark, inside the lens above the arc
+    found = acouslic.data_fan(curved)
+    assert (found != sector).mean() < 0.002
     # a second image beside the first (a dual display without regions) is no island of it
     dual = np.zeros((1, H, W), np.uint8)
     dual[:, 40:520, 20:360] = 90
@@ -423,8 +433,8 @@ def test_a_doubtful_ac_has_a_few_words_for_why():
     from fetaliqa_core.analysis import frame_choice as fc
     from fetaliqa_core.analysis.units import DEMO_MODEL_DOUBT, classifier_doubt, read_ac, short_doubt
 
-    def why(**kw):
-        return short_doubt(read_ac(200.0, **kw).note)
+    def why(ac_mm=200.0, **kw):
+        return short_doubt(read_ac(ac_mm, **kw).note)
 
     assert why(mask_problem=fc.FLATTENED_REASON) == "flattened outline"
     assert why(mask_problem=fc.FLATTENED_REASON + "; and " + fc.OVAL_REASON.format(ratio="0.66")) == \
@@ -436,3 +446,11 @@ def test_a_doubtful_ac_has_a_few_words_for_why():
     assert why(model_doubt=DEMO_MODEL_DOUBT) == "demo model"
     assert short_doubt(read_ac(500.0).note) == "implausible size"
     assert short_doubt("something else entirely") == ""
+    # the value out of range is kept beside the first reason; a mask of implausible size says size;
+    # the user's own models on pixels that are not square say so
+    from fetaliqa_core.analysis.units import model_doubt
+
+    assert why(mask_problem=fc.FLATTENED_REASON, ac_mm=40.0) == "flattened outline, implausible size"
+    assert short_doubt(read_ac(600.0, model_doubt=DEMO_MODEL_DOUBT).note) == "demo model, implausible size"
+    assert why(mask_problem="implausible size for an abdomen") == "implausible size"
+    assert why(model_doubt=model_doubt(False, (0.2, 0.3))) == "pixels not square"

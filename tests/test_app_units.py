@@ -104,6 +104,17 @@ def test_an_answer_from_part_of_the_sweep_says_so(qtbot, window):
     # the shorter forms of a narrow window keep that qualifier longer than "chosen frame N:"
     shorter = window.status_ac._shorter
     assert f"{part.n_done}/{part.n_frames} scored" in shorter[0] and not shorter[0].startswith("chosen frame")
+    # a doubt's few words go before the qualifier does (at 1024 px they pushed "10/20 scored" out)
+    from fetaliqa_core.analysis import frame_choice as fc
+    from fetaliqa_core.analysis.units import read_ac
+
+    doubtful = read_ac(270.1, mask_problem=f"{fc.FLATTENED_REASON}; and {fc.OVAL_REASON.format(ratio='0.62')}")
+    window.model.reading = lambda ac, frame: doubtful
+    window.update_case_status()
+    forms = [window.status_ac.text(), *window.status_ac._shorter]
+    assert "(doubtful: flattened, oval outline)" in forms[0]
+    kept = next(i for i, f in enumerate(forms) if "(doubtful)" in f)  # the first form without the words
+    assert all(f"{part.n_done}/{part.n_frames} scored" in f for f in forms[:kept + 1])
 
 
 def test_a_narrow_window_keeps_the_demo_notice_of_the_answer(qtbot, window):

@@ -581,16 +581,31 @@ def choose(
 
 def _beside_skulls(shapes: list[MaskShape], sweep_ranges: Sequence[tuple[int, int]],
                    reach: int = SKULL_REACH) -> list[MaskShape]:
-    """``shapes`` with each plausible outline within ``reach`` frames of a skull's (same sweep)
-    judged a head's too (:data:`BESIDE_SKULL_REASON`)."""
-    skull = np.array([s.reason == SKULL_REASON for s in shapes], bool)
-    if not skull.any():
+    """``shapes`` with a plausible outline judged a head's too (:data:`BESIDE_SKULL_REASON`) where,
+    within ``reach`` frames of it in the same sweep, more outlines at the same place (centres closer
+    than the larger's half-length) are skulls' than plausible ones: one frame judged a skull in a
+    run of abdomens is the exception there, and a twin's head beside the other's abdomen lies
+    elsewhere in the image."""
+    skull = [s.reason == SKULL_REASON and s.ellipse is not None for s in shapes]
+    if not any(skull):
         return shapes
+
+    def same_place(a: MaskShape, b: MaskShape) -> bool:
+        (ax, ay), (aw, ah), _ = a.ellipse
+        (bx, by), (bw, bh), _ = b.ellipse
+        return math.hypot(ax - bx, ay - by) < max(aw, ah, bw, bh) / 2
+
     out = list(shapes)
     for start, stop in sweep_ranges:
         for i in range(start, stop):
-            if out[i].plausible and skull[max(start, i - reach):min(stop, i + reach + 1)].any():
-                out[i] = replace(out[i], plausible=False, quality=0.0, reason=BESIDE_SKULL_REASON)
+            here = shapes[i]
+            if not here.plausible or here.ellipse is None:
+                continue
+            near = [j for j in range(max(start, i - reach), min(stop, i + reach + 1))
+                    if j != i and shapes[j].ellipse is not None and same_place(here, shapes[j])]
+            skulls = sum(1 for j in near if skull[j])
+            if skulls and skulls > sum(1 for j in near if shapes[j].plausible):
+                out[i] = replace(here, plausible=False, quality=0.0, reason=BESIDE_SKULL_REASON)
     return out
 
 

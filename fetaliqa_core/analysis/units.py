@@ -67,10 +67,11 @@ class ACReading:
             text += f" ({self.note})"
         return text
 
-    def short(self) -> str:
-        """The same in a few words, for a label on the image (the whole reason goes elsewhere):
-        ``AC 231.4 mm · GA 27w 1d``; ``AC 52.0 mm (doubtful: flattened outline)`` (:func:`short_doubt`);
-        ``AC not shown (pixel spacing)``."""
+    def short(self, why: bool = False) -> str:
+        """The same in a few words, for a label on the image (the reason goes elsewhere):
+        ``AC 231.4 mm · GA 27w 1d``; ``AC 52.0 mm (doubtful)``; ``AC not shown (pixel spacing)``.
+        ``why``: a doubt with its reason in a few words, ``AC 52.0 mm (doubtful: flattened outline)``
+        (:func:`short_doubt`; the window's status bar)."""
         if self.status == NONE:
             return "no AC"
         if self.status == NO_UNITS:
@@ -78,8 +79,8 @@ class ACReading:
         text = f"AC {self.ac_mm:.1f} mm" + (f" · GA {self.ga_text}" if self.ga_text else "")
         if self.status != DOUBTFUL:
             return text
-        why = short_doubt(self.note)
-        return text + (f" (doubtful: {why})" if why else " (doubtful)")
+        words = short_doubt(self.note) if why else ""
+        return text + (f" (doubtful: {words})" if words else " (doubtful)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,21 +184,25 @@ def short_doubt(note: str) -> str:
     """A few words for why an AC is doubtful (:func:`read_ac`'s note), where a line has no room for
     the whole reason (the window's status bar, whose tooltip holds it): "flattened, oval outline",
     "not an abdomen's outline", "models disagree", "demo model"; "" when none fits."""
-    first = note.split("; check")[0].lower()
+    text = note.lower()
+    first = text.split("; check")[0]
+    words = ""
     if first.startswith("the mask's outline is "):
         found = [w for w in ("pinched", "flattened", "cut off", "oval") if w in first]
-        if "cut off" in found:
-            return "outline cut off"
-        return f"{', '.join(found)} outline" if found else "outline"
-    if first.startswith("the mask there does not outline an abdomen"):
-        return "not an abdomen's outline"
-    if "the models disagree" in first:
-        return "models disagree"
-    if first.startswith(DEMO_MODEL_DOUBT[:30].lower()):
-        return "demo model"
-    if first.startswith("outside the plausible"):
+        words = "outline cut off" if "cut off" in found else f"{', '.join(found)} outline" if found else "outline"
+    elif first.startswith("the mask there does not outline an abdomen"):
+        words = "implausible size" if "size" in first else "not an abdomen's outline"
+    elif "the models disagree" in first:
+        words = "models disagree"
+    elif first.startswith(DEMO_MODEL_DOUBT[:30].lower()):
+        words = "demo model"
+    elif first.startswith("outside the plausible"):
         return "implausible size"
-    return ""
+    elif "not square" in first or "stretched" in first:
+        words = "pixels not square"
+    if "outside the plausible" in text and words and words != "implausible size":
+        words += ", implausible size"  # (said after the first reason: the stronger one is kept too)
+    return words
 
 
 def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
