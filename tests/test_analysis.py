@@ -454,3 +454,7 @@ def test_a_doubtful_ac_has_a_few_words_for_why():
     assert short_doubt(read_ac(600.0, model_doubt=DEMO_MODEL_DOUBT).note) == "demo model, implausible size"
     assert why(mask_problem="implausible size for an abdomen") == "implausible size"
     assert why(model_doubt=model_doubt(False, (0.2, 0.3))) == "pixels not square"
+    # a mask problem and the other model's word: both in the reason (the second was dropped)
+    both = read_ac(200.0, mask_problem=fc.FLATTENED_REASON, disagreement=classifier_doubt(0.28, 0.67))
+    assert "flattened" in both.note and "score 0.28" in both.note and "models disagree" in both.note
+    assert short_doubt(both.note) == "flattened outline"

@@ -228,7 +228,10 @@ def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
         f"; also outside the plausible {lo:.0f}-{hi:.0f} mm")
     if mask_problem:
         check = "the frame, the mask and the pixel spacing" if "size" in mask_problem or size else "the frame and the mask"
-        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{mask_doubt(mask_problem)}; check {check}{size}")
+        # the other model's word is said too (it was dropped: a frame the classifier scored 0.28 read
+        # only "flattened")
+        also = f"; also {disagreement}" if disagreement else ""
+        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{mask_doubt(mask_problem)}{also}; check {check}{size}")
     if disagreement:
         return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{disagreement}; check the frame{size}")
     if model_doubt:
