@@ -111,6 +111,26 @@ def share_base(device) -> bool:
     return total < SEPARATE_ON_GPU_BYTES
 
 
+def _load_pair(cls_dir: Path | None, seg_dir: Path | None, base, device, one_base: bool | None = None):
+    """The classifier and the segmenter bundles (either may be None) as ``(cls, seg)``: one joint
+    bundle as one model for both; two on the same base (``one_base``, or None: as their manifests
+    say) as one copy of it with one encoder pass where :func:`share_base` holds (models/shared.py);
+    else each loaded as itself."""
+    from fetaliqa_core.models import bundle as bundle_mod
+
+    joint = cls_dir is not None and seg_dir is not None and seg_dir.resolve() == cls_dir.resolve()
+    if cls_dir is not None and seg_dir is not None and not joint and share_base(device) \
+            and (one_base if one_base is not None else _same_base(cls_dir, seg_dir)):
+        from fetaliqa_core.models.shared import load_shared
+
+        pair = load_shared(cls_dir, seg_dir, base_weights=base, device=device)
+        return pair, pair
+    cls = None if cls_dir is None else bundle_mod.load_bundle(cls_dir, base_weights=base, device=device)
+    if joint:
+        return cls, cls  # one joint bundle: one encoder pass gives both
+    return cls, None if seg_dir is None else bundle_mod.load_bundle(seg_dir, base_weights=base, device=device)
+
+
 def load_models(choice: ModelChoice) -> LoadedModels:
     """Load the classifier and/or segmenter the user chose (FetalIQAError on any problem)."""
     from fetaliqa_core.models import bundle as bundle_mod
@@ -124,31 +144,12 @@ def load_models(choice: ModelChoice) -> LoadedModels:
         cls = seg = bundle_mod.demo_student(device=device)
     elif choice.model == "demo" and not (choice.cls or choice.seg):
         root = bundle_mod.demo_models_dir()  # classifier and segmenter on one tiny base
-        base = root / bundle_mod.DEMO_BASE_FILE
-        if share_base(device):
-            from fetaliqa_core.models.shared import load_shared
-
-            cls = seg = load_shared(root / "cls", root / "seg", base_weights=base, device=device)
-        else:
-            cls = bundle_mod.load_bundle(root / "cls", base_weights=base, device=device)
-            seg = bundle_mod.load_bundle(root / "seg", base_weights=base, device=device)
+        cls, seg = _load_pair(root / "cls", root / "seg", root / bundle_mod.DEMO_BASE_FILE, device, one_base=True)
     else:
         if not (choice.cls or choice.seg):
             raise FetalIQAError("No model given: pass --model demo, or --cls and/or --seg bundle folders.")
-        cls = seg = None
-        if choice.cls and choice.seg and Path(choice.seg).resolve() != Path(choice.cls).resolve() \
-                and share_base(device) and _same_base(Path(choice.cls), Path(choice.seg)):
-            # one copy of the base, one encoder pass for both heads (models/shared.py)
-            from fetaliqa_core.models.shared import load_shared
-
-            cls = seg = load_shared(Path(choice.cls), Path(choice.seg), base_weights=choice.base, device=device)
-        elif choice.cls:
-            cls = bundle_mod.load_bundle(Path(choice.cls), base_weights=choice.base, device=device)
-        if choice.seg and seg is None:
-            if choice.cls and Path(choice.seg).resolve() == Path(choice.cls).resolve():
-                seg = cls  # one joint bundle: one encoder pass gives both
-            else:
-                seg = bundle_mod.load_bundle(Path(choice.seg), base_weights=choice.base, device=device)
+        cls, seg = _load_pair(Path(choice.cls) if choice.cls else None, Path(choice.seg) if choice.seg else None,
+                              choice.base, device)
     student = None
     if choice.cascade:
         if choice.student is not None:
