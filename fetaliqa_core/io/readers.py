@@ -399,14 +399,12 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                ycbcr=ycbcr, regions=regions)
 
 
-#: ImageJ's units of a calibration someone set (its ``unit=`` line; it writes the micro sign
-#: escaped as ``\\u00B5m``), in mm. Inches and centimetres are left out: ImageJ turns a picture's
-#: printing resolution into a scale in them (72 dpi became "unit=inch", 0.35 mm per pixel).
-_IMAGEJ_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetre": 1.0, "millimetres": 1.0,
-                    "micron": 1e-3, "microns": 1e-3, "um": 1e-3, "\u00b5m": 1e-3, "\u03bcm": 1e-3,
-                    "\\u00b5m": 1e-3, "micrometer": 1e-3, "micrometers": 1e-3, "micrometre": 1e-3,
-                    "micrometres": 1e-3}
-_IMAGEJ_PRINT_UNITS = ("inch", "inches", "in", "cm", "centimeter", "centimeters", "centimetre", "centimetres")
+#: ImageJ's scales read (its ``unit=`` line, in any spelling :data:`_LENGTH_UNITS_MM` knows; it
+#: writes the micro sign escaped as ``\\u00B5m``): millimetres and micrometres, a calibration
+#: someone set. Inches and centimetres are not: ImageJ turns a picture's printing resolution into a
+#: scale in them (72 dpi became "unit=inch", 0.35 mm per pixel).
+_IMAGEJ_MM_PER_UNIT = (1.0, 1e-3)
+_IMAGEJ_PRINT_MM_PER_UNIT = (10.0, 25.4)
 _IMAGEJ_DESCRIPTION_LIMIT = 1 << 16
 
 
@@ -436,12 +434,12 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
     unit = fields.get("unit", "").strip()
     if unit.lower() in ("", "pixel", "pixels"):
         return None, ""
-    if unit.lower() in _IMAGEJ_PRINT_UNITS:
+    factor = 1e-3 if unit.lower() == "\\u00b5m" else _LENGTH_UNITS_MM.get(unit.lower())
+    if factor in _IMAGEJ_PRINT_MM_PER_UNIT:
         return None, (f"the TIFF's ImageJ scale is in '{unit[:20]}', the unit ImageJ gives a picture's printing "
                       "resolution (dots per inch or per cm), not a size in the body; scales set in mm or "
                       "micrometres are read")
-    factor = _IMAGEJ_UNITS_MM.get(unit.lower())
-    if factor is None:
+    if factor not in _IMAGEJ_MM_PER_UNIT:
         return None, f"the TIFF's ImageJ scale is in '{unit[:20]}', which is not a length unit FetalIQA reads"
     try:
         per_col = float(xres)
