@@ -30,6 +30,7 @@ def main() -> int:
     p.add_argument("--config", default="fetalclip", help="base config (fetalclip = real size)")
     args = p.parse_args()
     from fetaliqa_core.bench.inputs import make_bundles, quick_frames
+    from fetaliqa_core.bench.machine import free_memory, sync
     from fetaliqa_core.models.agreement import output_agreement, predict_all
     from fetaliqa_core.models.bundle import load_bundle
     from fetaliqa_core.models.device import select_device
@@ -44,24 +45,20 @@ def main() -> int:
 
         cuda = choice.device.type == "cuda"
 
-        def sync():
-            if cuda:
-                torch.cuda.synchronize()
-
         def peak_gb():
             return torch.cuda.max_memory_allocated() / 1e9 if cuda else None
 
         def reset():
+            free_memory(choice.device)
             if cuda:
-                torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
 
         def timed(fn):
             fn()
-            sync()
+            sync(choice.device)
             t0 = time.perf_counter()
             r = fn()
-            sync()
+            sync(choice.device)
             return r, args.batch / (time.perf_counter() - t0)
 
         reset()
