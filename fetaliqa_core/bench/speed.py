@@ -70,13 +70,12 @@ def _bundle_pair(workdir: Path, arch: str) -> tuple[Path, Path]:
     return target / "cls", target / "seg"
 
 
-VIT_L14_FLOPS = 162.03e9  # one ViT-L/14 pass at 224 px (FlopCounterMode on the merged classifier, fetaliqa bench)
-
-
 def precision(workdir: Path, frames: int, log) -> dict:
     """Probe, ViT-L/14 per-frame time in fp32 and bf16, pair agreement bf16 vs fp32."""
     from fetaliqa_core.bench.inputs import quick_frames
+    from fetaliqa_core.bench.machine import vit_flops
     from fetaliqa_core.models.agreement import output_agreement, predict_all
+    from fetaliqa_core.models.base import load_base_config
     from fetaliqa_core.models.device import cpu_precision_probe, select_device
     from fetaliqa_core.models.shared import load_shared
     from fetaliqa_core.preprocess import preprocess_frames
@@ -89,6 +88,7 @@ def precision(workdir: Path, frames: int, log) -> dict:
     x = preprocess_frames(quick_frames(frames, 5))
     res: dict = {"probe": probe.to_dict(), "frames": frames}
     preds = {}
+    vit = vit_flops(load_base_config("fetalclip"))  # one ViT-L/14 pass (the decoder left out)
     for prec in ("fp32", "bf16"):
         pair = load_shared(cls_dir, seg_dir, device=select_device("cpu", prec))
         predict_all(pair, pair, x[:1], batch=1)  # warm-up
@@ -98,7 +98,7 @@ def precision(workdir: Path, frames: int, log) -> dict:
         del pair
         # the two ViT-L/14 passes' arithmetic (2B rows), the decoder left out: what share of the
         # probe's matrix-product rate the pair reached
-        rate = 2 * VIT_L14_FLOPS / res[f"pair_{prec}_s_per_frame"] / 1e9
+        rate = 2 * vit / res[f"pair_{prec}_s_per_frame"] / 1e9
         probe_rate = probe.bf16_gflops if prec == "bf16" else probe.fp32_gflops
         res[f"pair_{prec}_vit_gflops"] = rate
         log(f"precision {prec}: {res[f'pair_{prec}_s_per_frame']:.2f} s/frame (cls + seg, one encoder pass): "
