@@ -700,8 +700,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         # the choice resting on one model (they disagree on every frame): said as score says it
         summary = getattr(m.assessment, "summary", None)
         choice_note = str(getattr(summary, "choice_note", "") or "")
-        if choice_note and not core.endswith("(doubtful: models disagree)"):  # (said once)
-            asides.append(" · models disagree")
+        if choice_note:  # "models disagree" here read against the flagged panel's "Models disagree (0)"
+            asides.append(" · chosen on one model")
         r = m.results
         partial = ""
         if r is not None and not r.complete:  # stopped (or still running): the rest may hold a better frame
@@ -715,7 +715,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.status_ac.setToolTip("\n".join(t for t in (reading.note, choice_note, partial, m.demo_notice) if t))
         # shorter forms for a narrow window: 'chosen frame N:' shortens and goes first, then the
         # doubt's few words, then the asides; the AC and the notice stay (at 1024 px a stopped run's
-        # answer dropped "25/40 scored" and "models disagree" and kept "chosen frame 0:")
+        # answer dropped "25/40 scored" and "chosen on one model" and kept "chosen frame 0:")
         extra = "".join(asides)
         plain = reading.short() if reading.status == "doubtful" else core
         self.status_ac.set_answer([lead + core + extra + notice, f"frame {chosen}: {core}{extra}{notice}",

@@ -83,7 +83,10 @@ def test_a_choice_resting_on_one_model_is_said_in_the_window_as_score_says_it(qt
     window.refresh()
     window.update_case_status()
     note = window.model.assessment.summary.choice_note
-    assert window.model.flags.chosen is not None and note and "models disagree" in window.status_ac.text() and note in window.status_ac.toolTip()
+    assert window.model.flags.chosen is not None and note and "chosen on one model" in window.status_ac.text() and note in window.status_ac.toolTip()
+    # said as a choice on one model, not as "models disagree", which read against a flagged panel
+    # listing "Models disagree (0)" where the calls agreed but no backed mask was an abdomen's
+    assert "no frame is backed by both models" in note and " · models disagree" not in window.status_ac.text()
 
 
 def test_an_answer_from_part_of_the_sweep_says_so(qtbot, window):

@@ -516,8 +516,10 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     choice_note = ""
     if p_cls is not None and p_seg is not None and chosen >= 0 and choice.basis != "all models":
         alone = "the segmenter's masks" if choice.basis == "segmenter" else "the classifier's scores"
-        choice_note = (f"the models disagree: no frame has both the classifier's call (p_cls >= {thr_cls:.2f}) "
-                       f"and a segmenter mask shaped like an abdomen's outline; chosen on {alone} alone")
+        # not "the models disagree": their calls may agree on every frame (the flagged panel's
+        # "Models disagree (0)") while no mask the classifier backs is shaped like an abdomen's
+        choice_note = (f"no frame is backed by both models (the classifier's call, p_cls >= {thr_cls:.2f}, and a "
+                       f"segmenter mask shaped like an abdomen's outline): chosen on {alone} alone")
         if results.n_done < sweep.n_frames:  # a cascade's teacher, or a run not finished: say of which frames
             choice_note += f" (of the {results.n_done} of {sweep.n_frames} frames these models scored)"
     summary = CaseSummary(
