@@ -152,17 +152,22 @@ def test_nrrd_lengths_in_cm_are_converted_and_a_unit_that_is_no_length_is_unknow
     assert sweep.spacing_source == SPACING_NONE and "'px'" in sweep.spacing_problem
 
 
-@pytest.mark.parametrize("unit,encoding", [("\u00b5m", "utf-8"), ("\u03bcm", "utf-8"), ("\u00b5m", "latin-1")])
+@pytest.mark.parametrize("unit,encoding", [("\u00b5m", "utf-8"), ("\u03bcm", "utf-8"), ("\u00b5m", "latin-1"),
+                                           ("\u00b5m", "mixed")])
 def test_nrrd_micrometres_are_read_whichever_way_the_micro_sign_is_written(tmp_path, unit, encoding):
     """3D Slicer writes its header in UTF-8: "\u00b5m" read as Latin-1 became 'Âµm', "not a length", and
-    the pixel size was unknown; the Greek mu (U+03BC) was refused the same way."""
+    the pixel size was unknown; the Greek mu (U+03BC) was refused the same way; and a header edited by
+    hand, a Latin-1 comment beside Slicer's UTF-8 lines, read the "\u00b5m" as 'Âµm' again."""
     arr = _grey().astype(np.uint8)
     n, h, w = arr.shape
     head = (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {w} {h} {n}\nencoding: raw\n"
             f'space: left-posterior-superior\nspace units: "{unit}" "{unit}" "{unit}"\n'
             "space directions: (300,0,0) (0,250,0) (0,0,1000)\nkinds: domain domain domain\n\n")
     path = tmp_path / "micro.nrrd"
-    path.write_bytes(head.encode(encoding) + arr.tobytes())
+    raw = head.encode("utf-8" if encoding == "mixed" else encoding)
+    if encoding == "mixed":
+        raw = raw.replace(b"type:", "# Fötus, Schädel\n".encode("latin-1") + b"type:", 1)
+    path.write_bytes(raw + arr.tobytes())
     sweep = load_sweep(path)
     assert sweep.spacing_mm == pytest.approx((0.25, 0.3)) and sweep.spacing_plausible, sweep.spacing_problem
 

@@ -1416,6 +1416,13 @@ def bound_volume(path: Path, shape_zyx: tuple[int, ...], components: int, itemsi
 _NRRD_HEADER_LIMIT = 1 << 20
 
 
+def _utf8_or_latin1(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def _nrrd_fields(path: Path) -> dict[str, str] | None:
     """The fields of a NRRD header (keys lower-case), None for other files."""
     if full_suffix(path) not in (".nrrd", ".nhdr"):
@@ -1431,10 +1438,10 @@ def _nrrd_fields(path: Path) -> dict[str, str] | None:
     if len(raw_header) > _NRRD_HEADER_LIMIT:  # the image library reads a header of any length: all of it is checked
         raise FetalIQAError(f"{path}: the NRRD header is longer than {_NRRD_HEADER_LIMIT >> 20} MB, far longer than "
                             "any image's: the file is damaged or crafted, and is not read. Export the file again.")
-    try:  # 3D Slicer and other current writers write UTF-8 ("µm" as two bytes); older ones Latin-1
-        text = raw_header.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw_header.decode("latin-1")
+    # 3D Slicer and other current writers write UTF-8 ("µm" as two bytes), older ones Latin-1, and a
+    # header edited by hand can hold both: each line in the one it is valid in (UTF-8 first; a
+    # whole-header fallback read the UTF-8 "µm" of such a header as "Âµm", no length)
+    text = "\n".join(_utf8_or_latin1(line) for line in raw_header.splitlines())
     fields[""] = text  # the header itself, for its length
     if end is not None:  # attached data start after the blank line (a key never holds ':')
         fields[":data offset"] = str(end.end())
