@@ -130,6 +130,28 @@ def test_missing_sweep_and_bad_bundle(tmp_path, tiny_bundle_dirs, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_score_json_prints_the_answer_as_one_line_and_nothing_else(case, tiny_bundle_dirs, tmp_path, capsys):
+    """A script reading `score`'s answer had to parse lines of text or find summary.json: --json
+    prints summary.json's record (and where the results are) as the only line on stdout."""
+    out = tmp_path / "out"
+    rc = main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
+               "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0 and len(captured.out.splitlines()) == 1
+    record = json.loads(captured.out)
+    assert record.pop("results") == str(out.resolve())
+    assert record == json.loads((out / "summary.json").read_text())
+    assert "chosen frame" not in captured.out and "frame" in captured.err  # the progress bar stays on stderr
+    # a folder's answers are in its table: one clear line, nothing scored
+    folder = tmp_path / "sweeps"
+    folder.mkdir()
+    (folder / "a.mha").write_bytes(case.read_bytes())
+    rc = main(["score", str(folder), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(tmp_path / "o2"), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 1 and captured.out == "" and "--json prints one sweep's answer" in captured.err
+    assert not (tmp_path / "o2").exists()
+
+
 def test_folder_of_sweeps_is_scored_one_after_another(case, tiny_bundle_dirs, tmp_path, capsys):
     folder = tmp_path / "sweeps"
     folder.mkdir()

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the ACOUSLIC-AI challenge's output files")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write cached results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true",
+                   help="print the answer as one line of JSON on stdout (summary.json's record and the "
+                        "results folder as \"results\"; everything else goes to stderr); one sweep only")
     from fetaliqa_core.cli import score_archive
 
     score_archive.add_arguments(p)
@@ -326,11 +329,14 @@ def _results_folder(out: Path, path: Path, sweep, given: bool) -> Path:
     return candidate
 
 
-def run(args) -> int:
+def run(args, report=None) -> int:
+    """``report(summary, folder)``: how one sweep's answer is told (default: in lines of text)."""
     from fetaliqa_core import io as fio
     from fetaliqa_core.cli import score_archive
     from fetaliqa_core.models import choice as choice_mod
 
+    if getattr(args, "json", False):
+        return _run_json(args)
     if score_archive.wanted(args):
         return score_archive.run(args)
 
@@ -359,7 +365,7 @@ def run(args) -> int:
                 kept = "the frames scored so far are kept in the results cache: scoring the sweep again goes on from them"
             print(f"fetaliqa: nothing was written to {shown(base_out)}; {kept}", file=sys.stderr)
             raise
-        _print_summary(summary, base_out)
+        (report or _print_summary)(summary, base_out)
         return 0
     note = left_out_note(path, members)
     if note:
@@ -398,6 +404,28 @@ def run(args) -> int:
     print(f"scored {len(members) - failures} of {len(members)} sweeps into {shown(base_out)}"
           + (f"; {failures} failed (see above)" if failures else "") + f"; one row per sweep in {table}")
     return 1 if failures else 0
+
+
+def _run_json(args) -> int:
+    """``score --json``: the one sweep's answer as one line of JSON on stdout, everything the run
+    says on the way on stderr (a script reads stdout whole)."""
+    import contextlib
+    import json
+
+    from fetaliqa_core.cli import score_archive
+
+    if score_archive.wanted(args) or sweep_folder_members(args.sweep) is not None:
+        raise FetalIQAError(f"{args.sweep}: --json prints one sweep's answer; a folder's answers are in its table "
+                            f"({TABLE_FILE}, or cases.csv with --archive): leave out --json, or give one sweep.")
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        args.json = False
+        lines: dict = {}
+        rc = run(args, report=lambda summary, out: lines.update(summary=summary, out=out))
+    if "summary" in lines:
+        record = dict(lines["summary"]) | {"results": str(Path(lines["out"]).resolve())}
+        print(json.dumps(record), file=stdout)
+    return rc
 
 
 def _score_member(k: int, member: Path, out: Path, n_members: int, box: dict, choice, args, rows: list) -> int:
