@@ -669,6 +669,45 @@ def test_a_picture_s_print_resolution_is_no_pixel_size(tmp_path):
     sweep = load_sweep(tif)
     assert sweep.n_frames == 3 and sweep.spacing_source == SPACING_NONE
     assert "printing resolution" in sweep.spacing_problem
+    # the same bytes under another name: the image reader opens a TIFF by its content, and its 96 dpi
+    # was read as 0.26 mm from the "file header" (an AC and a GA in mm)
+    for name in ("stack.dat", "stack", "stack.tif.orig"):
+        other = tmp_path / name
+        other.write_bytes(tif.read_bytes())
+        sweep = load_sweep(other)
+        assert sweep.spacing_source == SPACING_NONE and "TIFF picture" in sweep.spacing_problem, name
+
+
+def _tiff_ifd_offsets(raw: bytes) -> list[tuple[int, int]]:
+    """(offset of each directory, position of its 'next directory' pointer) of a little-endian TIFF."""
+    import struct
+
+    out, offset = [], struct.unpack("<I", raw[4:8])[0]
+    while offset:
+        count = struct.unpack("<H", raw[offset:offset + 2])[0]
+        at = offset + 2 + 12 * count
+        out.append((offset, at))
+        offset = struct.unpack("<I", raw[at:at + 4])[0]
+    return out
+
+
+def test_a_tiff_whose_pages_loop_back_is_refused_not_read_forever(tmp_path):
+    """A TIFF whose last directory points back at its first made the image library loop forever in
+    its C code: `score` and the window hung, and neither Ctrl-C nor SIGTERM stopped them."""
+    import struct
+
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in _grey(n=3).astype(np.uint8)]
+    tif = tmp_path / "loop.tif"
+    frames[0].save(tif, save_all=True, append_images=frames[1:])
+    raw = bytearray(tif.read_bytes())
+    ifds = _tiff_ifd_offsets(bytes(raw))
+    assert len(ifds) == 3
+    raw[ifds[-1][1]:ifds[-1][1] + 4] = struct.pack("<I", ifds[0][0])
+    tif.write_bytes(bytes(raw))
+    with pytest.raises(FetalIQAError, match="loops back on itself"):
+        load_sweep(tif)
 
 
 @pytest.mark.parametrize("unit,per_unit,expected", [

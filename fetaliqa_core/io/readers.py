@@ -269,6 +269,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _precheck_nifti_header(path)
     _refuse_animated_png(path)
     _refuse_mixed_case_nifti(path)
+    _refuse_looping_tiff(path)
     pages = _tiff_page_layouts(path)  # (the image library reads on past a smaller page, printing to the terminal)
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
@@ -375,8 +376,8 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         # (rounded: 0.035 cm read back as 0.35000000000000003 mm)
         spacing_mm = (float(f"{spacing_mm[0] * spacing_scale[0]:.9g}"), float(f"{spacing_mm[1] * spacing_scale[1]:.9g}"))
         source, note = classify_header_spacing(spacing_mm, recorded=True)
-        if full_suffix(path) in _PICTURE_SUFFIXES:
-            kind = {".tif": "TIFF", ".jpg": "JPEG"}.get(full_suffix(path), full_suffix(path)[1:].upper())
+        kind = _picture_kind(path) or (full_suffix(path)[1:].upper() if full_suffix(path) in _PICTURE_SUFFIXES else None)
+        if kind:
             source, note = SPACING_NONE, (f"a {kind} picture records at most a "
                                           "printing resolution (dots per inch or per cm), not the size of a pixel in the body")
             calibrated, why = _imagej_calibration(path)
@@ -414,7 +415,7 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
     count pixels per that unit. That is a calibration someone made, not a printing resolution.
     ``(None, "")`` for any other TIFF (and for ImageJ's own "pixel"); ``(None, why)`` when ImageJ's
     unit is not a length."""
-    if full_suffix(path) not in (".tif", ".tiff"):
+    if _picture_kind(path) != "TIFF":
         return None, ""
     try:
         from PIL import Image
@@ -453,6 +454,57 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
 
 #: Picture formats the image reader also opens: their resolution is for printing, not a calibration.
 _PICTURE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif")
+#: Their first bytes: the image reader recognises them by content, whatever the file's name.
+_PICTURE_MAGIC = ((b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
+                  (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
+
+
+def _picture_kind(path: Path) -> str | None:
+    """"TIFF", "PNG", "JPEG", "GIF" or "BMP" for a picture file, by its first bytes (a TIFF named
+    ``.dat`` or without a suffix is opened by the image reader all the same, and its 72 dpi was read
+    as a pixel size of 0.35 mm from the "file header"); None for anything else."""
+    head = _head(path, 8)
+    for magic, kind in _PICTURE_MAGIC:
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def _refuse_looping_tiff(path: Path) -> None:
+    """A TIFF's directories (one per page) form a chain of file offsets; one that points back to an
+    earlier directory made the image library loop forever inside its C code, where neither Ctrl-C
+    nor SIGTERM reached it. The chain is followed here first (its offsets only, no pixels)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            size = os.fstat(fh.fileno()).st_size
+            if head[:2] not in (b"II", b"MM"):
+                return
+            order = "<" if head[:2] == b"II" else ">"
+            big = struct.unpack(order + "H", head[2:4])[0] == 43
+            if big:  # BigTIFF: 8-byte offsets, 8-byte entry counts, 20-byte entries
+                offset, count_fmt, entry, next_fmt = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, "Q"
+            else:
+                offset, count_fmt, entry, next_fmt = struct.unpack(order + "I", head[4:8])[0], "H", 12, "I"
+            seen: set[int] = set()
+            while offset and len(seen) <= validate.MAX_FRAMES:
+                if offset in seen:
+                    raise FetalIQAError(f"{path}: the TIFF's list of pages loops back on itself (page {len(seen) + 1} "
+                                        "is an earlier one again): the file is damaged or crafted, and is not read. "
+                                        "Export the sweep again.")
+                if offset + struct.calcsize(count_fmt) > size:
+                    return  # cut short: the image reader's own checks say so
+                seen.add(offset)
+                fh.seek(offset)
+                raw = fh.read(struct.calcsize(count_fmt))
+                count = struct.unpack(order + count_fmt, raw)[0]
+                at = offset + len(raw) + count * entry
+                if at + struct.calcsize(next_fmt) > size:
+                    return
+                fh.seek(at)
+                offset = struct.unpack(order + next_fmt, fh.read(struct.calcsize(next_fmt)))[0]
+    except (OSError, struct.error):
+        return
 
 #: JPEG Baseline and Extended: the syntaxes whose colour streams are JFIF (YCbCr) by default.
 _JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
@@ -466,7 +518,7 @@ _PIL_MODE_NAMES = {"1": "1-bit", "L": "8-bit grey", "P": "palette colour", "RGB"
 def _tiff_page_layouts(path: Path) -> list[tuple[tuple[int, int], str]]:
     """The distinct ``(size, mode)`` of a TIFF's pages (empty for other files or when they cannot
     be read)."""
-    if full_suffix(path) not in (".tif", ".tiff"):
+    if _picture_kind(path) != "TIFF":
         return []
     try:
         from PIL import Image
