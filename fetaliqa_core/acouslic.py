@@ -116,7 +116,7 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     ring = np.concatenate([peak[0], peak[-1], peak[1:-1, 0], peak[1:-1, -1]])
     values, counts = np.unique(ring, return_counts=True)
     level = float(values[int(np.argmax(counts))])
-    if (counts.max() / ring.size >= SURROUND_BORDER_SHARE and level <= SURROUND_MAX * high
+    if (counts.max() / ring.size >= SURROUND_BORDER_SHARE and level <= 0.25 * high
             and float((peak == level).mean()) >= 0.1):
         above = _region_above(peak, level)
         if above.any():
@@ -128,7 +128,7 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     band = np.abs(ring - level) <= SURROUND_NOISE
     top = level + SURROUND_NOISE
     corners = np.array([peak[0, 0], peak[0, -1], peak[-1, 0], peak[-1, -1]])
-    if (band.mean() >= SURROUND_BORDER_SHARE and top <= SURROUND_MAX * high and bool((np.abs(corners - level) <= SURROUND_NOISE).all())
+    if (band.mean() >= SURROUND_BORDER_SHARE and top <= 0.25 * high and bool((np.abs(corners - level) <= SURROUND_NOISE).all())
             and float((np.abs(peak - level) <= SURROUND_NOISE).mean()) >= 0.1):
         above = _region_above(peak, top)
         if above.any() and _outside_border_share(above) >= SURROUND_BORDER_SHARE:
@@ -143,10 +143,6 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
 #: A fan's surround runs along most of the image's border (ACOUSLIC's: 0.8; a linear probe's
 #: rectangle inside the frame: all of it); fluid reaching one edge of an image runs along little.
 SURROUND_BORDER_SHARE = 0.4
-#: A surround is dark beside the image: its level at most this share of the image's brightest (the
-#: 99th percentile). A grey surround of 60 around an image whose brightest is 230 (0.26) was taken
-#: for image, and the whole frame for the fan; an image filling the frame is far from one level.
-SURROUND_MAX = 0.4
 #: How far (grey levels) a surround's noise may stray from its most common level: a lossy capture's
 #: video black level of 16 reads 14-18.
 SURROUND_NOISE = 4
