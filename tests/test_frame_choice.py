@@ -128,12 +128,29 @@ def test_sweep_first_strongest_run_then_largest_best_fitting_ellipse():
     assert fc.choose(ranges, p_cls, 0.5, shapes, p_opt).frame == 27
 
 
-def test_one_frame_gap_closed_and_runs_stay_inside_sweeps():
+def test_gaps_of_up_to_two_frames_closed_and_runs_stay_inside_sweeps():
     pos = np.zeros(40, bool)
     pos[[17, 18, 19, 20, 21]] = True  # crosses the sweep boundary at 20
-    pos[[30, 32]] = True  # one-frame gap
+    pos[[26, 28, 29, 32]] = True  # one-frame gap, two-frame gap
+    pos[[36, 37]] = True  # three frames after 32: another run
     assert fc._runs(pos, 0, 20) == [(17, 20)]
-    assert fc._runs(pos, 20, 40) == [(20, 22), (30, 33)]
+    assert fc._runs(pos, 20, 40) == [(20, 22), (26, 33), (36, 38)]
+
+
+def test_an_abdomen_run_split_by_two_borderline_frames_is_one_run():
+    """An abdomen's run (two pieces of 6 frames split by two masks just under the fit limit) lost the
+    sweep to a thorax's run of 9 frames, longer than either piece: the frame chosen was the thorax's."""
+    n, fov = 40, sector()
+    p_cls = np.full(n, 0.05)
+    shapes = [fc.NO_MASK] * n
+    for f in range(2, 11):  # the thorax: larger (a thorax's outline can pass every shape rule)
+        shapes[f], p_cls[f] = fc.mask_shape(ellipse((112, 120), (32, 29)), fov, PX_MM), 0.8
+    for f in [*range(20, 26), *range(28, 34)]:
+        shapes[f], p_cls[f] = fc.mask_shape(ellipse((112, 120), (28, 25)), fov, PX_MM), 0.8
+    assert all(shapes[f].plausible for f in (2, 20))
+    p_cls[[26, 27]] = 0.75  # the classifier calls them; their masks just fail the fit (none here)
+    c = fc.choose([(0, n)], p_cls, 0.5, shapes)
+    assert 20 <= c.frame < 34 and c.frame not in (26, 27)
 
 
 def test_models_disagreeing_everywhere_fall_back_to_the_plausible_masks():
