@@ -865,3 +865,55 @@ def test_a_frame_beside_skulls_is_a_head_not_the_answer():
     only[4] = round_
     c = fc.choose([(0, n)], np.where(np.arange(n) == 4, 0.9, 0.1), 0.5, only)
     assert c.basis != "all models" and "skull" in c.shapes[4].problem
+
+
+def test_an_outline_inside_or_outside_the_body_s_edge_makes_its_ac_doubtful():
+    """A mask lying inside a low-contrast abdomen (an ellipse in the liver's texture, as a demo
+    segmenter drew it: 122.5 mm for 278.6) passed every check and read a plain AC and GA; so did one
+    15-30 % larger than the body. Where the body's own edge lies says which way the AC is off; an
+    abdomen with no fluid around it (against the wall) has no clear edge, and nothing is said."""
+    from fetaliqa_core.analysis.units import read_ac, short_doubt
+
+    rng = np.random.default_rng(7)
+    body = ellipse((112, 112), (60, 54)) > 0
+    fov = np.ones((224, 224), bool)
+    px = 0.6  # mm at model resolution: the body's outline ~215 mm
+
+    def frame(surround: int) -> np.ndarray:
+        base = np.where(body, 95.0, float(surround))
+        base[ellipse((80, 100), (16, 14)) > 0] = 30  # the stomach, dark
+        base[body & (np.arange(224)[None, :] > 128)] = 135  # the liver, brighter
+        speckle = cv2.GaussianBlur(rng.normal(0, 25, (224, 224)).astype(np.float32), (0, 0), 1.0)
+        return np.clip(base + speckle, 0, 255).astype(np.float32)
+
+    in_fluid = frame(12)
+    whole = fc.mask_shape(body.astype(np.uint8), fov, px, grey=in_fluid)
+    assert whole.plausible and whole.off_edge == "" and whole.problem is None
+    inner = fc.mask_shape(ellipse((112, 112), (40, 36)), fov, px, grey=in_fluid)
+    assert inner.plausible and inner.off_edge == "inside"
+    reading = read_ac(150.0, None, inner.problem)
+    assert reading.status == "doubtful" and "inside the body's edge" in reading.note and "reads short" in reading.note
+    assert short_doubt(reading.note) == "outline inside the body"
+    outer = fc.mask_shape(ellipse((112, 112), (72, 65)), fov, px, grey=in_fluid)
+    assert outer.plausible and outer.off_edge == "outside" and "reads long" in outer.problem
+    # a whole abdomen against a wall as bright as itself (no fluid around it): nothing said
+    walled = frame(105)
+    against = fc.mask_shape(body.astype(np.uint8), fov, px, grey=walled)
+    assert against.plausible and against.off_edge == ""
+
+
+def test_a_thin_skull_ring_reads_as_bright_in_the_skull_band_as_in_the_outline_s_own():
+    """The skull's wider band was sampled as coarsely as the outline's own (11 points over 0.8-1.25
+    of the size): a thin bright ring fell between its samples and read 15 % fainter there (1.39
+    against 1.54), so a frame `ac --sweep` called a skull's was an abdomen's for `score`."""
+    fov = np.ones((224, 224), bool)
+    ell = ((112.0, 112.0), (100.0, 90.0), 0.0)
+    for share in np.arange(0.86, 1.09, 0.01):  # the ring anywhere inside both bands
+        g = np.full((224, 224), 50.0, np.float32)
+        cv2.ellipse(g, (112, 112), (int(round(50 * share)), int(round(45 * share))), 0, 0, 360, 200, 1)
+        assert fc.rim_ratio(g, fov, ell, fc.SKULL_BAND) >= 0.97 * fc.rim_ratio(g, fov, ell), share
+    # a faint ring (outline's band ~1.5) at 0.95 of the outline: a skull's, whichever band
+    g = np.full((224, 224), 50.0, np.float32)
+    cv2.ellipse(g, (112, 112), (int(round(50 * 0.95)), int(round(45 * 0.95))), 0, 0, 360, 125, 1)
+    shape = fc.mask_shape(ellipse((112, 112), (50, 45)), fov, 0.6, grey=g)
+    assert not shape.plausible and shape.reason == fc.SKULL_REASON

@@ -88,7 +88,7 @@ class ACReading:
 
 #: Doubts about an outline that may still be an abdomen's (pinched, flattened, cut off straight,
 #: oval: ``analysis.frame_choice`` and ``analysis.ac``), said as such rather than as no abdomen.
-OUTLINE_DOUBTS = ("pinched", "flattened", "cut off", "oval")
+OUTLINE_DOUBTS = ("pinched", "flattened", "cut off", "oval", "inside the body", "outside the body")
 
 
 def mask_doubt(mask_problem: str) -> str:
@@ -190,6 +190,9 @@ def short_doubt(note: str) -> str:
     if first.startswith("the mask's outline is "):
         found = [w for w in ("pinched", "flattened", "cut off", "oval") if w in first]
         words = "outline cut off" if "cut off" in found else f"{', '.join(found)} outline" if found else "outline"
+        edge = next((w for w in ("inside the body", "outside the body") if first.startswith(f"the mask's outline is {w}")), "")
+        if edge:  # which way the AC is off comes first
+            words = f"outline {edge}" + (f", {', '.join(found)}" if found else "")
     elif first.startswith("the mask there does not outline an abdomen"):
         words = "implausible size" if "size" in first else "not an abdomen's outline"
     elif "the models disagree" in first:
