@@ -294,3 +294,39 @@ def csv_writer(fh: Any, **kwargs: Any) -> _SafeWriter:
     import csv
 
     return _SafeWriter(csv.writer(fh, **kwargs))
+
+
+#: Folders this process is writing results into, each with the lock that tells other runs so
+#: (held until the process ends).
+_CLAIMED: dict[str, object] = {}
+
+
+def claim_output_folder(folder: str | Path) -> bool | None:
+    """Claim ``folder`` for this process's results, for as long as it runs: True when claimed (or
+    claimed before), False when another FetalIQA run holds it now (two runs of the same default
+    folder each chose it as free, and one's results replaced the other's, both saying done), None
+    when no lock can be taken (an unwritable cache folder): the run goes on unclaimed. The lock is
+    a file in the cache folder named after the folder's full path, never one beside the results."""
+    import hashlib
+
+    from filelock import FileLock, Timeout
+
+    from fetaliqa_core import paths
+
+    try:
+        key = str(Path(folder).expanduser().resolve())
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if key in _CLAIMED:
+        return True
+    locks = paths.cache_dir() / "locks"
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(locks / (hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:24] + ".lock")))
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    except OSError:
+        return None
+    _CLAIMED[key] = lock
+    return True

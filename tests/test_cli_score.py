@@ -152,6 +152,63 @@ def test_score_json_prints_the_answer_as_one_line_and_nothing_else(case, tiny_bu
     assert not (tmp_path / "o2").exists()
 
 
+def test_two_runs_never_write_into_one_results_folder_at_once(case, tiny_bundle_dirs, tmp_path, capsys, monkeypatch):
+    """Two `score` runs started together on two sweeps of the same name both chose the free default
+    folder: one's results replaced the other's and both said where their results were. A folder
+    another run is writing into is refused (--out) or passed over (the default)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from fetaliqa_core.files import claim_output_folder; "
+        f"assert claim_output_folder({str(out)!r}); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "another FetalIQA run is writing its results there now" in err and not out.exists()
+        default = tmp_path / "fetaliqa-scores" / "case"
+        monkeypatch.chdir(tmp_path)
+        holder2 = subprocess.Popen([sys.executable, "-c", (
+            "import sys, time; from fetaliqa_core.files import claim_output_folder; "
+            f"assert claim_output_folder({str(default)!r}); print('held', flush=True); time.sleep(60)")],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder2.stdout.readline().strip() == "held"
+            assert main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--quiet"]) == 0
+            assert (tmp_path / "fetaliqa-scores" / "case-2" / "summary.json").is_file() and not default.exists()
+            assert "another run is writing" in capsys.readouterr().err
+        finally:
+            holder2.kill()
+    finally:
+        holder.kill()
+
+
+def test_an_interrupted_run_says_the_folder_still_holds_an_earlier_run(case, tiny_bundle_dirs, tmp_path, capsys,
+                                                                         monkeypatch):
+    """Ctrl-C said "nothing was written to OUT" where OUT held an earlier, complete run's answer (at
+    another threshold), which then read as this run's."""
+    from fetaliqa_core.cli import score as score_cli
+
+    out = tmp_path / "out"
+    args = ["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"]
+    assert main([*args, "--threshold", "0.3"]) == 0
+    capsys.readouterr()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(score_cli, "score_one", interrupted)
+    try:
+        rc = main(args)
+    except KeyboardInterrupt:
+        rc = 130
+    err = capsys.readouterr().err
+    assert rc == 130 and "nothing was written to" in err and "its files are an earlier run's (threshold 0.30)" in err
+
+
 def test_folder_of_sweeps_is_scored_one_after_another(case, tiny_bundle_dirs, tmp_path, capsys):
     folder = tmp_path / "sweeps"
     folder.mkdir()

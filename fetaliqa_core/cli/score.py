@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fetaliqa_core.cli._args import shown, spacing_mm
 from fetaliqa_core.errors import FetalIQAError, first_names
+from fetaliqa_core.files import claim_output_folder
 from fetaliqa_core.io._common import SWEEP_FILE_SUFFIXES
 from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
@@ -310,6 +311,13 @@ def _results_folder(out: Path, path: Path, sweep, given: bool) -> Path:
 
     candidate = out
     for k in range(2, 1000):
+        if claim_output_folder(candidate) is False:  # another run is writing there now
+            if given:
+                raise FetalIQAError(f"{candidate}: another FetalIQA run is writing its results there now; wait for "
+                                    "it to finish, or choose another output folder (--out).")
+            candidate = out.with_name(f"{out.name}-{k}")
+            check_out_folder(candidate)
+            continue
         summary, foreign = export.earlier_results(candidate)
         if foreign:
             raise FetalIQAError(f"{candidate} holds {' and '.join(foreign)} that FetalIQA did not write; the results "
@@ -317,8 +325,8 @@ def _results_folder(out: Path, path: Path, sweep, given: bool) -> Path:
         other = other_sweep(summary)
         if other is None:
             if candidate != out:
-                print(f"fetaliqa: {shown(str(out))} holds the results of another sweep; these go into "
-                      f"{shown(str(candidate))}", file=sys.stderr, flush=True)
+                print(f"fetaliqa: {shown(str(out))} holds (or another run is writing) the results of another "
+                      f"sweep; these go into {shown(str(candidate))}", file=sys.stderr, flush=True)
             return candidate
         if given:
             print(f"fetaliqa: {shown(str(candidate))} held the results of {shown(other)}; they are replaced by "
@@ -363,7 +371,12 @@ def run(args, report=None) -> int:
                         "from them); the teacher's re-scoring starts again")
             else:
                 kept = "the frames scored so far are kept in the results cache: scoring the sweep again goes on from them"
-            print(f"fetaliqa: nothing was written to {shown(base_out)}; {kept}", file=sys.stderr)
+            from fetaliqa_core import export
+
+            earlier = export.earlier_results(base_out)[0]
+            held = ("; its files are an earlier run's" + (f" (threshold {earlier['threshold']:.2f})"
+                    if isinstance(earlier.get("threshold"), (int, float)) else "")) if earlier else ""
+            print(f"fetaliqa: nothing was written to {shown(base_out)}{held}; {kept}", file=sys.stderr)
             raise
         (report or _print_summary)(summary, base_out)
         return 0
