@@ -32,6 +32,11 @@ def test_a_mistyped_command_is_told_as_one(capsys, tmp_path, monkeypatch):
         assert done.value.code == 2
         err = capsys.readouterr().err
         assert f"unknown command '{argv[0]}'" in err and "did you mean" in err and err.count("\n") == 1
+    # options before the command: the viewer's usage said "fetaliqa gui: unrecognized arguments: x"
+    with pytest.raises(SystemExit) as done:
+        main(["--device", "cpu", "score", "x"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err == "fetaliqa: options go after the command: fetaliqa score --device cpu x\n"
     # a file to open still goes to the viewer, which says it is missing
     assert main(["missing.mha"]) == 1
     assert "missing.mha: no such file" in capsys.readouterr().err

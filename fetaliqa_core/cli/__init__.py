@@ -110,6 +110,17 @@ def _with_default_command(argv: list[str], commands) -> list[str]:
         print(f"fetaliqa: unknown command '{shown(first)}'{hint}; the commands are "
               f"{', '.join(commands)} (fetaliqa --help), or give a sweep file to open it.", file=sys.stderr)
         raise SystemExit(2)
+    if first.startswith("-"):
+        # ``fetaliqa --device cpu score x``: the options went before the command, and the viewer's
+        # parser said "fetaliqa gui: unrecognized arguments: x", a command never typed
+        named = next((a for a in argv[1:] if a in commands and a != DEFAULT_COMMAND and not _looks_like_a_path(a)), None)
+        if named is not None:
+            from fetaliqa_core.cli._args import shown
+
+            k = argv.index(named)
+            fixed = " ".join(shown(a) for a in [named, *argv[:k], *argv[k + 1:]])
+            print(f"fetaliqa: options go after the command: fetaliqa {fixed}", file=sys.stderr)
+            raise SystemExit(2)
     # ``fetaliqa case.mha`` (or ``fetaliqa --threshold 0.3 case.mha``) opens the file in the viewer.
     return [DEFAULT_COMMAND, *argv]
 
