@@ -731,6 +731,18 @@ def test_empty_header_values_are_left_out(tmp_path, capfd):
     assert read_mask_volume(path).metadata == {"FetalIQA_ACStatus": "ok"}
 
 
+def test_a_note_with_other_than_ascii_reads_back_as_written(tmp_path):
+    """Header values are written as UTF-8 and were read back as Latin-1: an AC note stored in a mask
+    came back from `fetaliqa ac` with "–" as "â\x80\x93" and "µm" as "Âµm"."""
+    from fetaliqa_core.io import read_mask_volume, write_volume
+
+    note = "AC 231.2 mm (doubtful) – pixel 280 µm, café"
+    for compress in (False, True):
+        path = tmp_path / f"m{int(compress)}.mha"
+        write_volume(path, np.zeros((2, 40, 50), np.uint8), compress=compress, metadata={"FetalIQA_ACNote": note})
+        assert read_mask_volume(path).metadata["FetalIQA_ACNote"] == note
+
+
 def test_a_sweep_in_memory_no_longer_depends_on_its_file(tmp_path, monkeypatch):
     """An uncompressed sweep's frames are mapped from its file; truncating the file while it was
     scored killed the process (SIGBUS). Scoring and the viewer use it in memory."""

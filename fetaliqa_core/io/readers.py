@@ -2033,7 +2033,7 @@ def _parse_meta_header(head: bytes) -> tuple[dict[str, str] | None, int]:
         key_b, _, value_b = line.partition(b"=")
         try:
             key = key_b.decode("ascii").strip()
-            value = value_b.decode("latin-1").strip()
+            value = _utf8_or_latin1(value_b).strip()  # (written as UTF-8; older writers Latin-1)
         except UnicodeDecodeError:
             return None, 0
         if not key or not re.fullmatch(r"[A-Za-z0-9_\-.]+", key):
