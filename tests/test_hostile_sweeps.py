@@ -399,7 +399,7 @@ def test_dicom_sequences_nested_thousands_deep_are_refused_not_a_crash(tmp_path)
 
 
 def test_a_header_the_image_library_would_read_otherwise_is_refused(tmp_path):
-    """MET_LONG pixels are read by the image library, whose header parser takes keys in their
+    """MET_LONG pixels were read by the image library, whose header parser takes keys in their
     exact spelling only: 'elementdatafile = LOCAL' before 'ElementDataFile = /elsewhere' passed
     every check on the first and had the second read (a foreign file, a device, a pipe that hung).
     Its damaged compressed data were scored as uninitialised memory."""
@@ -409,12 +409,28 @@ def test_a_header_the_image_library_would_read_otherwise_is_refused(tmp_path):
                extra="").read_bytes().replace(b"ElementDataFile = LOCAL",
                                               b"elementdatafile = LOCAL\nElementDataFile = " + str(foreign).encode())
     (tmp_path / "two.mha").write_bytes(two)
-    _assert_refused(tmp_path / "two.mha", "spelled 'elementdatafile'", "not supported")
+    # (read by FetalIQA's own reader now, as every other type: the header ends at its first data file)
+    _assert_refused(tmp_path / "two.mha", "the header's size is wrong")
     packed = _mha(tmp_path / "z.mha", "8 8 2", b"x\x9c" + bytes(40), "MET_LONG", extra="CompressedDataSize = 42\n")
     packed.write_bytes(packed.read_bytes().replace(b"CompressedData = False", b"CompressedData = True"))
-    _assert_refused(packed, "MET_LONG with compressed data")
+    _assert_refused(packed, "compressed")
     twice = _mha(tmp_path / "twice.mha", "8 8 2", bytes(128), extra="dimsize = 8 8 1\n")
     _assert_refused(twice, "gives 'DimSize' twice")
+
+
+def test_met_long_pixels_get_the_same_length_checks(tmp_path):
+    """MET_LONG / MET_ULONG files went to the image library unchecked: one with a frame more than
+    its header describes (or twice the data) was read as the header's frames without a word. They
+    are 4-byte integers (as MetaIO and the image library read them)."""
+    import SimpleITK as sitk
+
+    frames = (np.arange(3 * 48 * 64) % 200).astype("<i4").reshape(3, 48, 64)
+    for element in ("MET_LONG", "MET_ULONG"):
+        exact = _mha(tmp_path / f"{element}.mha", "64 48 3", frames.tobytes(), element)
+        sweep = load_sweep(exact)
+        assert sweep.n_frames == 3 and np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(exact))), frames)
+        longer = _mha(tmp_path / f"{element}_more.mha", "64 48 3", frames.tobytes() + frames[:1].tobytes(), element)
+        _assert_refused(longer, "the header's size is wrong")
 
 
 def test_pixels_in_a_second_file_the_checks_do_not_see_are_refused(tmp_path):
