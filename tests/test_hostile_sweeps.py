@@ -418,6 +418,23 @@ def test_a_header_the_image_library_would_read_otherwise_is_refused(tmp_path):
     _assert_refused(twice, "gives 'DimSize' twice")
 
 
+def test_a_cut_gzip_nrrd_is_called_truncated_not_a_wrong_header(tmp_path):
+    """A gzip NRRD cut short (an interrupted copy) was said to hold "2005384948 bytes of pixel data,
+    more than ... its header describes": the last 4 bytes of a cut stream are no length."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(17)
+    image = sitk.GetImageFromArray((rng.random((6, 60, 80)) * 255).astype(np.uint8))
+    whole = tmp_path / "whole.nrrd"
+    sitk.WriteImage(image, str(whole), useCompression=True)
+    assert load_sweep(whole).n_frames == 6
+    raw = whole.read_bytes()
+    for share in (0.5, 0.9, 0.99):
+        cut = tmp_path / f"cut{int(share * 100)}.nrrd"
+        cut.write_bytes(raw[:int(len(raw) * share)])
+        _assert_refused(cut, "stop short", "truncated or damaged")
+
+
 def test_met_long_pixels_get_the_same_length_checks(tmp_path):
     """MET_LONG / MET_ULONG files went to the image library unchecked: one with a frame more than
     its header describes (or twice the data) was read as the header's frames without a word. They

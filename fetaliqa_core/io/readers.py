@@ -1440,6 +1440,16 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
             with open(data_path, "rb") as fh:
                 fh.seek(-4, os.SEEK_END)
                 stored = struct.unpack("<I", fh.read(4))[0] - byte_skip
+            if stored != described:
+                # the trailer is a cut stream's last 4 bytes when the file is truncated (an interrupted
+                # copy read "holds 2005384948 bytes ... its header is wrong"): inflate to be sure
+                frame = described // max(_frames_of(size), 1)
+                inflated, whole = _inflated_length(data_path, offset, described + frame + byte_skip + 1)
+                if not whole:
+                    raise FetalIQAError(f"{path}: the compressed pixel data stop short (after {inflated} "
+                                        f"of the {described + byte_skip} bytes the header describes, inflated): the "
+                                        "file is truncated or damaged. Copy or export it again.")
+                stored = inflated - byte_skip
     except (OSError, struct.error):
         return
     if stored - described >= described // max(_frames_of(size), 1):  # a frame or more beyond the header's
@@ -1450,6 +1460,29 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
                             f"pixels) but {where} {max(stored, 0)}"
                             + (" once inflated" if encoding != "raw" else "")
                             + ": the file is truncated or its header is wrong. Copy or export it again.")
+
+
+def _inflated_length(path: Path, offset: int, limit: int) -> tuple[int, bool]:
+    """How many bytes the gzip data of ``path`` from ``offset`` inflate to, counting up to ``limit``
+    (nothing is kept), and whether the data end as a whole gzip stream does (False: cut short or
+    damaged). Stops counting at ``limit`` (then whole is True: long enough to say so)."""
+    total, decoder = 0, zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while True:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                return total, decoder.eof
+            try:
+                while chunk:
+                    total += len(decoder.decompress(chunk, 1 << 22))
+                    chunk = decoder.unconsumed_tail
+                    if decoder.eof and decoder.unused_data:  # another gzip member follows
+                        chunk, decoder = decoder.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    if total >= limit:
+                        return total, True
+            except zlib.error:
+                return total, False
 
 
 def bound_volume(path: Path, shape_zyx: tuple[int, ...], components: int, itemsize: int, mapped: bool) -> None:
