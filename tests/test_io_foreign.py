@@ -172,6 +172,25 @@ def test_nrrd_micrometres_are_read_whichever_way_the_micro_sign_is_written(tmp_p
     assert sweep.spacing_mm == pytest.approx((0.25, 0.3)) and sweep.spacing_plausible, sweep.spacing_problem
 
 
+def test_bytes_appended_after_a_dicom_s_pixel_data_are_refused_before_the_image_library(tmp_path):
+    """Ten stray bytes after the pixel data of a 37 KB DICOM made the image library's reader take
+    3.6 GB while probing it, then call its pixels undecodable. Trailing padding is an element."""
+    import struct
+
+    arr = _grey().astype(np.uint8)
+    good = _dicom(tmp_path / "good.dcm", arr)
+    raw = good.read_bytes()
+    padded = tmp_path / "padded.dcm"  # Data Set Trailing Padding (FFFC,FFFC), explicit VR OB
+    padded.write_bytes(raw + struct.pack("<HH", 0xFFFC, 0xFFFC) + b"OB\0\0" + struct.pack("<I", 4) + bytes(4))
+    assert load_sweep(padded).n_frames == arr.shape[0]
+    for name, tail in (("junk", b"}\xc9[\xb0]\x94s5Q\x10"),
+                       ("huge", struct.pack("<HH", 0x7FE0, 0x0020) + b"OB\0\0" + struct.pack("<I", 0xC0000000))):
+        bad = tmp_path / f"{name}.dcm"
+        bad.write_bytes(raw + tail)
+        with pytest.raises(FetalIQAError, match="goes on after its pixel data"):
+            load_sweep(bad)
+
+
 def test_a_dicom_with_only_imager_pixel_spacing_says_why_that_is_not_used(tmp_path):
     """Imager Pixel Spacing (the detector's pitch) is no size in the body: the pixel size stays unknown,
     and the reason names it (it read "no ultrasound region calibration and no Pixel Spacing" as if

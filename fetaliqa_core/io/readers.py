@@ -1148,6 +1148,7 @@ def _precheck_dicom(path: Path) -> _Member | None:
                                     "they are damaged. Export the file again.")
         if element is None:
             return order  # float pixels: the reader judges them
+        _refuse_junk_after_pixel_data(path, ds)
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -1191,6 +1192,27 @@ def _precheck_dicom(path: Path) -> _Member | None:
             "Reading it would leave frames out: export the file again"
             + (" with its right Number of Frames." if held else "."))
     return order
+
+
+def _refuse_junk_after_pixel_data(path: Path, ds) -> None:
+    """Bytes appended after a DICOM file's pixel data that are no element (out of the tags' order,
+    or claiming more than the file holds): the image library's reader sized a buffer from such a
+    length while only probing the file (3.6 GB for a 37 KB file with 10 stray bytes), then called the
+    file's pixels undecodable. Trailing padding (FFFC,FFFC) and signatures are elements like any."""
+    from pydicom.tag import Tag
+
+    pixel = Tag(0x7FE0, 0x0010)
+    tags = list(ds.keys())
+    if pixel not in tags:
+        return
+    size = path.stat().st_size
+    for tag in tags[tags.index(pixel) + 1:]:
+        item = ds.get_item(tag, keep_deferred=True)
+        start, length = getattr(item, "value_tell", None), getattr(item, "length", 0)
+        beyond = start is not None and length not in (None, 0xFFFFFFFF) and start + int(length) > size
+        if tag <= pixel or beyond:
+            raise FetalIQAError(f"{path}: the file goes on after its pixel data with bytes that are no DICOM "
+                                "element (damaged, or something appended to it): export the file again.")
 
 
 #: Compressed DICOM pixel data: what a header may claim beyond this many bytes must be backed by
