@@ -435,6 +435,22 @@ def test_a_cut_gzip_nrrd_is_called_truncated_not_a_wrong_header(tmp_path):
         _assert_refused(cut, "stop short", "truncated or damaged")
 
 
+def test_finite_doubles_beyond_float32_are_numbers(tmp_path):
+    """float64 values beyond float32's range became infinite on conversion: finite pixels were said to
+    "hold no number (NaN or infinite)" and shown black, and a sweep of +-1e300 refused as all NaN."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(3)
+    values = rng.uniform(-1.0, 1.0, (3, 48, 64)) * 1e300
+    path = tmp_path / "huge.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(path))
+    sweep = load_sweep(path)
+    assert not any("no number" in n for n in sweep.read_notes)
+    frames = np.asarray(sweep.frames, dtype=np.float64)
+    # shown in order: the brightest pixel is the largest value, the darkest the smallest
+    assert frames.ravel()[values.argmax()] >= 250 and frames.ravel()[values.argmin()] <= 5
+
+
 def test_met_long_pixels_get_the_same_length_checks(tmp_path):
     """MET_LONG / MET_ULONG files went to the image library unchecked: one with a frame more than
     its header describes (or twice the data) was read as the header's frames without a word. They

@@ -118,11 +118,13 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
 
 
 def _luminance_float(chunk: np.ndarray, comps: int) -> np.ndarray:
-    # float64 beyond float32's range becomes inf, inf - inf NaN: counted and shown black, no warning
+    # float64 stays float64: beyond float32's range its finite values became inf ("99.58 % of the
+    # image hold no number (NaN or infinite)", or a whole sweep of +-1e300 refused as all NaN)
+    kind = np.float64 if chunk.dtype == np.float64 else np.float32
     with np.errstate(invalid="ignore", over="ignore"):
         if comps == 1:
-            return chunk.astype(np.float32)
-        c = chunk.astype(np.float32)
+            return chunk.astype(kind)
+        c = chunk.astype(kind)
         return 0.299 * c[..., 0] + 0.587 * c[..., 1] + 0.114 * c[..., 2]
 
 
@@ -155,7 +157,7 @@ def _display_window(arr: np.ndarray, comps: int, path: Path, window: tuple[float
         raise FetalIQAError(f"{path}: the pixel values are all NaN or infinite; there is nothing to show. "
                             "Export the sweep again.")
     content = finite
-    given = np.float32(padding) if padding is not None and math.isfinite(padding) else None
+    given = sample.dtype.type(padding) if padding is not None and math.isfinite(padding) else None
     if given is not None and np.any(finite == given):
         content = finite[finite != given]
         padding = float(given)
