@@ -731,6 +731,24 @@ def test_empty_header_values_are_left_out(tmp_path, capfd):
     assert read_mask_volume(path).metadata == {"FetalIQA_ACStatus": "ok"}
 
 
+def test_without_simpleitk_other_formats_are_refused_in_one_line_and_metaimage_reads(tmp_path, monkeypatch):
+    """On a machine without SimpleITK every file but a MetaImage ended in an ImportError traceback."""
+    import sys
+
+    import SimpleITK as sitk
+
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.io import load_sweep, write_volume
+
+    frames = np.zeros((2, 40, 50), np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(tmp_path / "s.nrrd"))
+    write_volume(tmp_path / "s.mha", frames)
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import SimpleITK now raises ImportError
+    with pytest.raises(FetalIQAError, match="needs SimpleITK, which is not installed here"):
+        load_sweep(tmp_path / "s.nrrd")
+    assert load_sweep(tmp_path / "s.mha").n_frames == 2
+
+
 def test_a_note_with_other_than_ascii_reads_back_as_written(tmp_path):
     """Header values are written as UTF-8 and were read back as Latin-1: an AC note stored in a mask
     came back from `fetaliqa ac` with "–" as "â\x80\x93" and "µm" as "Âµm"."""

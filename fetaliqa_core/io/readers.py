@@ -81,8 +81,20 @@ def read_raw(path: Path, purpose: str) -> Raw:
     return _read_with_sitk(path, what)
 
 
+def _image_library(path: Path) -> Any:
+    """SimpleITK, which reads every format but MetaImage; where it is not installed, one line that
+    says so (a bare ImportError traceback was all a machine without it gave)."""
+    try:
+        import SimpleITK
+    except ImportError:
+        raise FetalIQAError(f"{path}: reading this kind of file needs SimpleITK, which is not installed here "
+                            "(pip install SimpleITK); without it FetalIQA reads MetaImage (.mha, .mhd) "
+                            "files only.") from None
+    return SimpleITK
+
+
 def _read_dicom_folder(folder: Path, what: str) -> Raw:
-    import SimpleITK as sitk
+    sitk = _image_library(folder)
 
     try:
         entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -258,7 +270,7 @@ def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None) -> None:
 
 
 def _read_with_sitk(path: Path, what: str) -> Raw:
-    import SimpleITK as sitk
+    sitk = _image_library(path)
 
     nrrd = _nrrd_fields(path)
     _refuse_overfull_nrrd_fields(path, nrrd)
