@@ -191,6 +191,14 @@ def test_bytes_appended_after_a_dicom_s_pixel_data_are_refused_before_the_image_
             load_sweep(bad)
 
 
+def test_a_vanishing_pixel_spacing_is_implausible_not_damage(tmp_path):
+    """A Pixel Spacing of 1e-300 made the image reader fail on a 'singular matrix', and the file was
+    called truncated or damaged; other bad spacings read as unknown."""
+    arr = _grey().astype(np.uint8)
+    sweep = load_sweep(_dicom(tmp_path / "tiny.dcm", arr, PixelSpacing=[1e-300, 1e-300]))
+    assert sweep.n_frames == arr.shape[0] and not sweep.spacing_plausible and "implausible" in sweep.spacing_problem
+
+
 def test_a_dicom_with_only_imager_pixel_spacing_says_why_that_is_not_used(tmp_path):
     """Imager Pixel Spacing (the detector's pitch) is no size in the body: the pixel size stays unknown,
     and the reason names it (it read "no ultrasound region calibration and no Pixel Spacing" as if

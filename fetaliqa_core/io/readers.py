@@ -335,7 +335,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
-        if "spacing" in reason.lower():
+        # (a Pixel Spacing of 1e-300 makes the image's direction matrix "singular")
+        if "spacing" in reason.lower() or "singular matrix" in reason.lower():
             if _looks_like_dicom(path, reader):
                 raw = _dicom_without_its_spacing(path)
                 if raw is not None:
