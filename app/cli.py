@@ -14,7 +14,9 @@ HELP = "Open the viewer: scrub a sweep, watch its quality curve fill in, review 
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("sweep", nargs="?", help="sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM) to open")
+    parser.add_argument("sweep", nargs="?",
+                        help="sweep file (.mha/.mhd/.nrrd/.nhdr/.nii[.gz]/DICOM; a multi-page TIFF or a "
+                        "picture is read too, its pixel size only from an ImageJ scale) to open")
     add_model_options(parser, remembered=True, cascade=True)
     parser.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM",
                         help="pixel spacing in mm per pixel for a sweep whose file records none (or a wrong one)")

@@ -56,6 +56,8 @@ def test_select_device_cpu_and_errors():
         assert auto.device.type in ("cpu", "mps") and auto.dtype == torch.float32
         with pytest.raises(FetalIQAError, match="cuda"):
             select_device("cuda")
+        with pytest.raises(FetalIQAError, match="device 'cuda:1' was asked for"):  # (the index was dropped)
+            select_device("cuda:1")
     with pytest.raises(FetalIQAError, match="not known"):
         select_device("tpu")
 

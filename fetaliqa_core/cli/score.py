@@ -27,8 +27,9 @@ def _kind(kind: str) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", type=Path, metavar="SWEEP",
-                   help="a sweep file (.mha/.mhd/.nrrd/.nii[.gz]/DICOM), a DICOM series folder, "
-                        "or a folder of sweep files and DICOM series folders")
+                   help="a sweep file (.mha/.mhd/.nrrd/.nhdr/.nii[.gz]/DICOM; a multi-page TIFF or a picture "
+                        "is read too, its pixel size only from an ImageJ scale), a DICOM series folder, or a "
+                        "folder of sweep files and DICOM series folders")
     add_model_options(p, threshold=True, cascade=True)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default: ./fetaliqa-scores/<sweep name>, or <sweep name>-2, -3... when "

@@ -290,7 +290,7 @@ def select_device(preference: str | torch.device | DeviceChoice = "auto", precis
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise FetalIQAError(
-                "device 'cuda' was asked for but no CUDA GPU is usable here (no NVIDIA GPU, no driver, "
+                f"device {text!r} was asked for but no CUDA GPU is usable here (no NVIDIA GPU, no driver, "
                 "or a CPU-only PyTorch); use --device auto or --device cpu")
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
