@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,8 +183,35 @@ def test_two_runs_never_write_into_one_results_folder_at_once(case, tiny_bundle_
             assert "another run is writing" in capsys.readouterr().err
         finally:
             holder2.kill()
+        # a folder of sweeps into a folder another run holds: refused, nothing written
+        folder = tmp_path / "sweeps"
+        folder.mkdir()
+        (folder / "a.mha").write_bytes(case.read_bytes())
+        rc = main(["score", str(folder), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"])
+        assert rc == 1 and "another FetalIQA run is writing" in capsys.readouterr().err and not out.exists()
+        rc = main(["score", str(folder), "--archive", "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out),
+                   "--quiet"])
+        assert rc == 1 and "another FetalIQA run is writing" in capsys.readouterr().err and not out.exists()
     finally:
         holder.kill()
+
+
+def test_a_results_folder_passed_over_is_not_kept_claimed(case, tiny_bundle_dirs, tmp_path, capsys, monkeypatch):
+    """A run that passed over the default folder (another sweep's results there) kept it claimed to
+    the end, and the other sweep's own rerun into it was refused as if a run were writing there."""
+    from fetaliqa_core import files
+
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other" / "case.mha"
+    other.parent.mkdir()
+    frames = load_sweep(case).frames.copy()
+    frames[0] = 255 - frames[0]  # another sweep of the same name
+    write_volume(other, frames, spacing_mm=(0.28, 0.28))
+    assert main(["score", str(other), "--cls", str(tiny_bundle_dirs["cls"]), "--quiet"]) == 0
+    files._CLAIMED.clear()  # as a new process
+    assert main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--quiet"]) == 0
+    claimed = {Path(k).name for k in files._CLAIMED}
+    assert claimed == {"case-2"}, claimed
 
 
 def test_an_interrupted_run_says_the_folder_still_holds_an_earlier_run(case, tiny_bundle_dirs, tmp_path, capsys,

@@ -249,6 +249,10 @@ def _print_summary(summary: dict, out: Path) -> None:
     print(f"  results in {shown(out)}")
 
 
+#: Why a results folder is not written into: another run has claimed it (files.claim_output_folder).
+ANOTHER_RUN = "another FetalIQA run is writing its results there now"
+
+
 def check_out_folder(out: Path, option: str = "--out") -> None:
     """Refuse an output folder that cannot be one, before anything is loaded (``option``: the
     option that named it, for the message)."""
@@ -312,18 +316,19 @@ def _results_folder(out: Path, path: Path, sweep, given: bool) -> Path:
 
     candidate = out
     for k in range(2, 1000):
-        if claim_output_folder(candidate) is False:  # another run is writing there now
-            if given:
-                raise FetalIQAError(f"{candidate}: another FetalIQA run is writing its results there now; wait for "
-                                    "it to finish, or choose another output folder (--out).")
-            candidate = out.with_name(f"{out.name}-{k}")
-            check_out_folder(candidate)
-            continue
         summary, foreign = export.earlier_results(candidate)
         if foreign:
             raise FetalIQAError(f"{candidate} holds {' and '.join(foreign)} that FetalIQA did not write; the results "
                                 "would replace them. Choose another output folder (--out), or move them away.")
         other = other_sweep(summary)
+        # claimed once chosen (a folder passed over stayed claimed, and refused its own sweep's rerun)
+        if (other is None or given) and claim_output_folder(candidate) is False:  # another run writes there now
+            if given:
+                raise FetalIQAError(f"{candidate}: {ANOTHER_RUN}; wait for it to finish, or choose another output "
+                                    "folder (--out).")
+            candidate = out.with_name(f"{out.name}-{k}")
+            check_out_folder(candidate)
+            continue
         if other is None:
             if candidate != out:
                 print(f"fetaliqa: {shown(str(out))} holds (or another run is writing) the results of another "
@@ -381,6 +386,9 @@ def run(args, report=None) -> int:
             raise
         (report or _print_summary)(summary, base_out)
         return 0
+    if claim_output_folder(base_out) is False:  # (two runs of one folder: one's sweeps replaced the other's)
+        raise FetalIQAError(f"{base_out}: {ANOTHER_RUN}; wait for it to finish, or choose another output "
+                            "folder (--out).")
     note = left_out_note(path, members)
     if note:
         print(f"fetaliqa: {shown(note)}", file=sys.stderr)
