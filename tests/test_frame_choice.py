@@ -908,4 +908,3 @@ def test_an_outline_inside_or_outside_the_body_s_edge_makes_its_ac_doubtful():
     walled = frame(105)
     against = fc.mask_shape(body.astype(np.uint8), fov, px, grey=walled)
     assert against.plausible and against.off_edge == ""
-
