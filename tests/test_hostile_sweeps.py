@@ -429,6 +429,10 @@ def test_a_cut_gzip_nrrd_is_called_truncated_not_a_wrong_header(tmp_path):
     sitk.WriteImage(image, str(whole), useCompression=True)
     assert load_sweep(whole).n_frames == 6
     raw = whole.read_bytes()
+    for tail in (b"\n", bytes(512)):  # padding after a whole stream: ignored, as the image library does
+        padded = tmp_path / "padded.nrrd"
+        padded.write_bytes(raw + tail)
+        assert load_sweep(padded).n_frames == 6
     for share in (0.5, 0.9, 0.99):
         cut = tmp_path / f"cut{int(share * 100)}.nrrd"
         cut.write_bytes(raw[:int(len(raw) * share)])

@@ -1512,7 +1512,9 @@ def _inflated_length(path: Path, offset: int, limit: int) -> tuple[int, bool]:
                 while chunk:
                     total += len(decoder.decompress(chunk, 1 << 22))
                     chunk = decoder.unconsumed_tail
-                    if decoder.eof and decoder.unused_data:  # another gzip member follows
+                    if decoder.eof and decoder.unused_data:
+                        if not decoder.unused_data.startswith(b"\x1f\x8b"):  # padding after the stream
+                            return total, True  # (as the image library's reader, which ignores it)
                         chunk, decoder = decoder.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS)
                     if total >= limit:
                         return total, True
