@@ -183,6 +183,9 @@ def test_bytes_appended_after_a_dicom_s_pixel_data_are_refused_before_the_image_
     padded = tmp_path / "padded.dcm"  # Data Set Trailing Padding (FFFC,FFFC), explicit VR OB
     padded.write_bytes(raw + struct.pack("<HH", 0xFFFC, 0xFFFC) + b"OB\0\0" + struct.pack("<I", 4) + bytes(4))
     assert load_sweep(padded).n_frames == arr.shape[0]
+    zeros = tmp_path / "zeros.dcm"  # zero bytes after the pixel data: padding too
+    zeros.write_bytes(raw + bytes(512))
+    assert load_sweep(zeros).n_frames == arr.shape[0]
     for name, tail in (("junk", b"}\xc9[\xb0]\x94s5Q\x10"),
                        ("huge", struct.pack("<HH", 0x7FE0, 0x0020) + b"OB\0\0" + struct.pack("<I", 0xC0000000))):
         bad = tmp_path / f"{name}.dcm"

@@ -1219,6 +1219,13 @@ def _refuse_junk_after_pixel_data(path: Path, ds) -> None:
     if pixel not in tags:
         return
     size = path.stat().st_size
+    item = ds.get_item(pixel, keep_deferred=True)
+    start, length = getattr(item, "value_tell", None), getattr(item, "length", None)
+    if start is not None and length not in (None, 0xFFFFFFFF) and 0 < size - (start + int(length)) <= 1 << 20:
+        with open(path, "rb") as fh:  # zeros after the pixel data are padding (the image library reads on)
+            fh.seek(start + int(length))
+            if not fh.read().strip(b"\0"):
+                return
     for tag in tags[tags.index(pixel) + 1:]:
         item = ds.get_item(tag, keep_deferred=True)
         start, length = getattr(item, "value_tell", None), getattr(item, "length", 0)
