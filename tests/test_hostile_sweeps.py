@@ -453,6 +453,10 @@ def test_finite_doubles_beyond_float32_are_numbers(tmp_path):
     frames = np.asarray(sweep.frames, dtype=np.float64)
     # shown in order: the brightest pixel is the largest value, the darkest the smallest
     assert frames.ravel()[values.argmax()] >= 250 and frames.ravel()[values.argmin()] <= 5
+    # spanning nearly float64's whole range (+-1.5e308: the window's width is no finite number)
+    sitk.WriteImage(sitk.GetImageFromArray(values * 1.5e8), str(path))
+    frames = np.asarray(load_sweep(path).frames, dtype=np.float64)
+    assert frames.ravel()[values.argmax()] >= 250 and frames.ravel()[values.argmin()] <= 5
 
 
 def test_met_long_pixels_get_the_same_length_checks(tmp_path):

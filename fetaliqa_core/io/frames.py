@@ -94,7 +94,10 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
             out[s:s + CHUNK_FRAMES] = lum.astype(np.uint8)
         return out
     lo, hi, padding = _display_window(arr, comps, path, raw.window, raw.padding)
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    # (hi - lo of a window over +-1.5e308 is no finite number: the values are scaled in halves, or
+    # every frame came out black without a word)
+    half = not math.isfinite(hi - lo)
+    scale = 255.0 / (hi / 2 - lo / 2) if half else (255.0 / (hi - lo) if hi > lo else 0.0)
     bad = 0
     for s in range(0, n, CHUNK_FRAMES):
         check_cancelled()
@@ -105,7 +108,7 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
         if not finite.all():
             bad += int(lum.size - np.count_nonzero(finite))
         with np.errstate(over="ignore", invalid="ignore"):
-            lum = (lum - lo) * scale
+            lum = (lum / 2 - lo / 2) * scale if half else (lum - lo) * scale
         np.nan_to_num(lum, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         np.clip(lum, 0.0, 255.0, out=lum)
         out[s:s + CHUNK_FRAMES] = np.rint(lum).astype(np.uint8)
