@@ -37,6 +37,9 @@ def test_a_mistyped_command_is_told_as_one(capsys, tmp_path, monkeypatch):
         main(["--device", "cpu", "score", "x"])
     assert done.value.code == 2
     assert capsys.readouterr().err == "fetaliqa: options go after the command: fetaliqa score --device cpu x\n"
+    # a command's name as an option's value is that value (--save-scores into ./review)
+    assert main(["--save-scores", "review", "missing.mha"]) == 1
+    assert "missing.mha: no such file" in capsys.readouterr().err
     # a file to open still goes to the viewer, which says it is missing
     assert main(["missing.mha"]) == 1
     assert "missing.mha: no such file" in capsys.readouterr().err

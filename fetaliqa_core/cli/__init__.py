@@ -113,7 +113,10 @@ def _with_default_command(argv: list[str], commands) -> list[str]:
     if first.startswith("-"):
         # ``fetaliqa --device cpu score x``: the options went before the command, and the viewer's
         # parser said "fetaliqa gui: unrecognized arguments: x", a command never typed
-        named = next((a for a in argv[1:] if a in commands and a != DEFAULT_COMMAND and not _looks_like_a_path(a)), None)
+        # (not an option's value: "fetaliqa --save-scores review case.mha" saves into ./review)
+        values = _options_with_values(commands[DEFAULT_COMMAND])
+        named = next((a for k, a in enumerate(argv[1:], 1) if a in commands and a != DEFAULT_COMMAND
+                      and argv[k - 1] not in values and not _looks_like_a_path(a)), None)
         if named is not None:
             from fetaliqa_core.cli._args import shown
 
@@ -123,6 +126,16 @@ def _with_default_command(argv: list[str], commands) -> list[str]:
             raise SystemExit(2)
     # ``fetaliqa case.mha`` (or ``fetaliqa --threshold 0.3 case.mha``) opens the file in the viewer.
     return [DEFAULT_COMMAND, *argv]
+
+
+def _options_with_values(module) -> set[str]:
+    """The option strings of a command that take a value."""
+    parser = argparse.ArgumentParser(add_help=False)
+    try:
+        module.add_arguments(parser)
+    except Exception:  # noqa: BLE001 - a command that cannot say: none known
+        return set()
+    return {o for action in parser._actions if action.nargs != 0 for o in action.option_strings}
 
 
 def _looks_like_a_path(arg: str) -> bool:
