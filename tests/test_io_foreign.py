@@ -708,6 +708,15 @@ def test_a_picture_s_print_resolution_is_no_pixel_size(tmp_path):
         assert sweep.spacing_source == SPACING_NONE and "TIFF picture" in sweep.spacing_problem, name
 
 
+def test_a_damaged_tiff_is_called_a_damaged_tiff(tmp_path):
+    """A TIFF the image library could not open read "not a readable image file (no supported image
+    header found)", naming formats without TIFF, after the picture library's own warnings."""
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00" + b"\xff\xff\xff\x7f" + bytes(range(256)) * 4)
+    with pytest.raises(FetalIQAError, match="a TIFF file whose contents cannot be read: it is damaged"):
+        load_sweep(bad)
+
+
 def _tiff_ifd_offsets(raw: bytes) -> list[tuple[int, int]]:
     """(offset of each directory, position of its 'next directory' pointer) of a little-endian TIFF."""
     import struct

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import struct
+import warnings
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -433,9 +434,11 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
     try:
         from PIL import Image
 
-        with Image.open(path) as im:  # the first directory's tags only: no pixels are read
-            tags = getattr(im, "tag_v2", {})
-            desc, xres, yres = tags.get(270), tags.get(282), tags.get(283)
+        with warnings.catch_warnings():  # (damage is the image reader's to say, once)
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:  # the first directory's tags only: no pixels are read
+                tags = getattr(im, "tag_v2", {})
+                desc, xres, yres = tags.get(270), tags.get(282), tags.get(283)
     except Exception:  # noqa: BLE001 - any damage: the image reader's own checks report it
         return None, ""
     if not isinstance(desc, str) or not desc.startswith("ImageJ=") or len(desc) > _IMAGEJ_DESCRIPTION_LIMIT:
@@ -537,12 +540,14 @@ def _tiff_page_layouts(path: Path) -> list[tuple[tuple[int, int], str]]:
         from PIL import Image
 
         layouts: list[tuple[tuple[int, int], str]] = []
-        with Image.open(path) as im:
-            for k in range(min(getattr(im, "n_frames", 1), validate.MAX_FRAMES)):
-                im.seek(k)
-                layout = (tuple(im.size), str(im.mode).replace("I;16B", "I;16"))
-                if layout not in layouts:
-                    layouts.append(layout)
+        with warnings.catch_warnings():  # (damage is the image reader's to say, once)
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                for k in range(min(getattr(im, "n_frames", 1), validate.MAX_FRAMES)):
+                    im.seek(k)
+                    layout = (tuple(im.size), str(im.mode).replace("I;16B", "I;16"))
+                    if layout not in layouts:
+                        layouts.append(layout)
         return layouts
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return []
@@ -565,6 +570,10 @@ def _no_image_reader(path: Path, what: str) -> str:
                 "the sweep's frames as DICOM, .mha, .nrrd or .nii (or a multi-page TIFF) and open that.")
     if full_suffix(path).endswith(".gz") and not _gzip_readable(path):
         return f"{path}: the file's compressed data is damaged (or it is no gzip file): it cannot be read. Copy or export it again."
+    picture = _picture_kind(path)
+    if picture:  # (it starts as one: "no supported image header" said nothing of what it is)
+        return (f"{path}: a {picture} file whose contents cannot be read: it is damaged or cut short. "
+                "Copy or export it again.")
     named = _format_by_content(path)
     if named:
         kind, suffix = named
@@ -2061,8 +2070,10 @@ def _inflate(data_path: Path, offset: int, stored: int, expected: int, hdr_desc:
     inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, as MetaIO writers use
 
     def damaged(why: str) -> FetalIQAError:
+        # (more data than described is no truncation: "damaged or truncated" read as a contradiction)
+        state = "damaged (or its header wrong)" if "more than" in why else "damaged or truncated"
         return FetalIQAError(f"{data_path}: the compressed pixel data {why} ({hdr_desc}, {expected} bytes): "
-                             "the file is damaged or truncated. Copy or export it again.")
+                             f"the file is {state}. Copy or export it again.")
 
     try:
         with open(data_path, "rb") as fh:
