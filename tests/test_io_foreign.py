@@ -776,6 +776,21 @@ def test_a_tiff_scaled_in_imagej_keeps_its_calibration(tmp_path, unit, per_unit,
         assert expected in sweep.spacing_problem if expected else "printing resolution" in sweep.spacing_problem
 
 
+def test_an_imagej_stack_on_one_page_is_refused_not_read_as_one_frame(tmp_path):
+    """ImageJ writes a large stack as one page followed by the other frames ("images=3"): the image
+    library read its first frame alone, and a 3-frame sweep was scored as one without a word."""
+    from PIL import Image, TiffImagePlugin
+
+    frames = _grey(n=3).astype(np.uint8)
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[270] = "ImageJ=1.54f\nimages=3\nslices=3\nunit=mm\nloop=false\n".encode()
+    tif = tmp_path / "stack.tif"
+    Image.fromarray(frames[0]).save(tif, tiffinfo=info)
+    tif.write_bytes(tif.read_bytes() + frames[1:].tobytes())
+    with pytest.raises(FetalIQAError, match="stack of 3 images as 1 page"):
+        load_sweep(tif)
+
+
 def test_nrrd_in_inches_and_a_frame_axis_marked_as_a_list(tmp_path):
     arr = _grey().astype(np.uint8)
     inches = _nrrd(tmp_path / "in.nrrd", arr, 'spacings: 0.01 0.01 1\nunits: "in" "in" ""')

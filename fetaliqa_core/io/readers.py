@@ -284,6 +284,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _refuse_mixed_case_nifti(path)
     _refuse_looping_tiff(path)
     pages = _tiff_page_layouts(path)  # (the image library reads on past a smaller page, printing to the terminal)
+    _refuse_imagej_one_page_stack(path)
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -551,6 +552,31 @@ def _tiff_page_layouts(path: Path) -> list[tuple[tuple[int, int], str]]:
         return layouts
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return []
+
+
+def _refuse_imagej_one_page_stack(path: Path) -> None:
+    """ImageJ saves a large stack as one page whose description says how many images follow it
+    (``images=N``) with the rest of the frames laid after the first: the image library reads the
+    first frame alone, and a sweep of N frames was scored as one without a word."""
+    if _picture_kind(path) != "TIFF":
+        return
+    try:
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                desc, pages = getattr(im, "tag_v2", {}).get(270), int(getattr(im, "n_frames", 1))
+    except Exception:  # noqa: BLE001 - any damage: the image reader's own checks report it
+        return
+    if not isinstance(desc, str) or not desc.startswith("ImageJ=") or len(desc) > _IMAGEJ_DESCRIPTION_LIMIT:
+        return
+    found = re.search(r"^images=(\d{1,9})\s*$", desc, re.MULTILINE)
+    images = int(found.group(1)) if found else 1
+    if images > pages:
+        raise FetalIQAError(f"{path}: ImageJ wrote this stack of {images} images as {pages} page(s), its layout for "
+                            "large stacks, which is not read (only the first frame would be). Save the sweep as "
+                            ".mha, or as a TIFF with one page per frame.")
 
 
 def _no_image_reader(path: Path, what: str) -> str:
