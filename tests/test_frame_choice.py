@@ -908,3 +908,18 @@ def test_an_outline_inside_or_outside_the_body_s_edge_makes_its_ac_doubtful():
     walled = frame(105)
     against = fc.mask_shape(body.astype(np.uint8), fov, px, grey=walled)
     assert against.plausible and against.off_edge == ""
+
+
+def test_a_closed_gap_joins_a_run_but_adds_nothing_to_its_strength():
+    """With gaps of two frames closed, a thorax's two pieces (2 + 3 frames around two rejected
+    masks) became a 7-frame run whose smoothed evidence outweighed the abdomen's 5 frames, and the
+    thorax was chosen; a run's strength counts its positive frames only."""
+    n, fov = 40, sector()
+    p_cls = np.full(n, 0.05)
+    shapes = [fc.NO_MASK] * n
+    for f in (5, 6, 9, 10, 11):  # the thorax (frames 7-8: masks rejected for shape)
+        shapes[f], p_cls[f] = fc.mask_shape(ellipse((112, 120), (30, 27)), fov, PX_MM), 0.8
+    for f in range(20, 25):  # the abdomen
+        shapes[f], p_cls[f] = fc.mask_shape(ellipse((112, 120), (28, 25)), fov, PX_MM), 0.8
+    c = fc.choose([(0, n)], p_cls, 0.5, shapes)
+    assert c.runs[0][0][:2] == (20, 25) and 20 <= c.frame < 25

@@ -40,7 +40,7 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
 3. **Positive frames**: every model that scored the frame calls it (``p_cls >=`` the threshold;
    the segmenter's own call, mask >= 1 % of the model input, on a plausible mask). Runs are
    maximal stretches of positive frames in a sweep, gaps of up to two frames closed.
-4. **Sweep first**: the strongest run (sum of the smoothed evidence over its frames) is chosen;
+4. **Sweep first**: the strongest run (sum of the smoothed evidence over its positive frames) is chosen;
    inside it, among its positive frames (never a closed gap), the frame with the best-fitting
    largest plausible ellipse (fitted area x IoU), frames the 3-class segmenter calls optimal
    (optimal share of the mask >= 0.5) first, then those that are not oval. Where
@@ -654,7 +654,9 @@ def choose(
     per_sweep: list[int] = []
     best_case: tuple[float, int] | None = None
     for start, stop in sweep_ranges:
-        found = [(a, b, float(smooth[a:b].sum())) for a, b in _runs(positive, start, stop)]
+        # a run's strength is its positive frames' evidence: a closed gap joins two pieces but adds
+        # nothing (with gaps of two closed, a thorax's two pieces outweighed the abdomen's run)
+        found = [(a, b, float(smooth[a:b][positive[a:b]].sum())) for a, b in _runs(positive, start, stop)]
         found.sort(key=lambda r: (-r[2], r[0]))
         runs.append(found)
         if not found:
