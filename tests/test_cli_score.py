@@ -153,31 +153,33 @@ def test_score_json_prints_the_answer_as_one_line_and_nothing_else(case, tiny_bu
     assert not (tmp_path / "o2").exists()
 
 
+def _another_run_holding(folder: Path):
+    """Another process that has claimed ``folder`` for its results (as a run scoring into it)."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from fetaliqa_core.files import claim_output_folder; "
+        f"assert claim_output_folder({str(folder)!r}); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_two_runs_never_write_into_one_results_folder_at_once(case, tiny_bundle_dirs, tmp_path, capsys, monkeypatch):
     """Two `score` runs started together on two sweeps of the same name both chose the free default
     folder: one's results replaced the other's and both said where their results were. A folder
     another run is writing into is refused (--out) or passed over (the default)."""
-    import subprocess
-    import sys
-
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from fetaliqa_core.files import claim_output_folder; "
-        f"assert claim_output_folder({str(out)!r}); print('held', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
+    holder = _another_run_holding(out)
     try:
-        assert holder.stdout.readline().strip() == "held"
         rc = main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"])
         err = capsys.readouterr().err
         assert rc == 1 and "another FetalIQA run is writing its results there now" in err and not out.exists()
         default = tmp_path / "fetaliqa-scores" / "case"
         monkeypatch.chdir(tmp_path)
-        holder2 = subprocess.Popen([sys.executable, "-c", (
-            "import sys, time; from fetaliqa_core.files import claim_output_folder; "
-            f"assert claim_output_folder({str(default)!r}); print('held', flush=True); time.sleep(60)")],
-            stdout=subprocess.PIPE, text=True)
+        holder2 = _another_run_holding(default)
         try:
-            assert holder2.stdout.readline().strip() == "held"
             assert main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--quiet"]) == 0
             assert (tmp_path / "fetaliqa-scores" / "case-2" / "summary.json").is_file() and not default.exists()
             assert "another run is writing" in capsys.readouterr().err
