@@ -173,6 +173,9 @@ def check_regular_file(path: Path, what: str) -> None:
     except OSError as exc:
         raise FetalIQAError(f"{path}: {what} cannot be opened ({exc.strerror}). Keep the files of the "
                             "image together.") from None
+    if stat.S_ISDIR(mode):  # (it was called "a pipe, device or socket")
+        raise FetalIQAError(f"{path}: {what} is a folder, not a file: choose (or name, in a header that names "
+                            "it) the file itself.")
     if not stat.S_ISREG(mode):
         raise FetalIQAError(f"{path}: {what} is not a regular file (a pipe, device or socket). Choose "
                             "an image file saved on disk.")

@@ -255,6 +255,11 @@ def test_mhd_with_a_named_pipe_as_data_file_is_refused_without_hang(tmp_path):
     (tmp_path / "pipe.mhd").write_text(
         "ObjectType = Image\nNDims = 3\nDimSize = 48 40 2\nElementType = MET_UCHAR\nElementDataFile = data.raw\n")
     _assert_refused(tmp_path / "pipe.mhd", "not a regular file", within_s=3.0)
+    # a folder named as the data file is called a folder (it was "a pipe, device or socket")
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "folder.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 48 40 2\nElementType = MET_UCHAR\nElementDataFile = frames\n")
+    _assert_refused(tmp_path / "folder.mhd", "is a folder, not a file")
 
 
 @pytest.mark.timeout(60)
