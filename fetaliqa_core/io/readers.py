@@ -283,8 +283,9 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _refuse_animated_png(path)
     _refuse_mixed_case_nifti(path)
     _refuse_looping_tiff(path)
-    pages = _tiff_page_layouts(path)  # (the image library reads on past a smaller page, printing to the terminal)
-    _refuse_imagej_one_page_stack(path)
+    tiff = _tiff_pages(path)  # (the image library reads on past a smaller page, printing to the terminal)
+    _refuse_imagej_one_page_stack(path, tiff)
+    pages = tiff.layouts
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -424,6 +425,18 @@ _IMAGEJ_PRINT_MM_PER_UNIT = (10.0, 25.4)
 _IMAGEJ_DESCRIPTION_LIMIT = 1 << 16
 
 
+def _imagej_fields(desc: Any) -> dict[str, str] | None:
+    """The ``key=value`` lines of a TIFF's ImageDescription that ImageJ or Fiji wrote (it starts
+    ``ImageJ=``), None for any other description (or one longer than any ImageJ writes)."""
+    if not isinstance(desc, str) or not desc.startswith("ImageJ=") or len(desc) > _IMAGEJ_DESCRIPTION_LIMIT:
+        return None
+    try:  # the tag is read as Latin-1; writers that copy ImageJ's format write UTF-8 ("µm" as two bytes)
+        desc = desc.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        pass
+    return dict(line.split("=", 1) for line in desc.splitlines() if "=" in line)
+
+
 def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
     """The pixel size of a TIFF that ImageJ or Fiji wrote after its scale was set (Analyze > Set
     Scale): the ImageDescription starts ``ImageJ=`` and names a length ``unit=``, and X/YResolution
@@ -442,13 +455,9 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
                 desc, xres, yres = tags.get(270), tags.get(282), tags.get(283)
     except Exception:  # noqa: BLE001 - any damage: the image reader's own checks report it
         return None, ""
-    if not isinstance(desc, str) or not desc.startswith("ImageJ=") or len(desc) > _IMAGEJ_DESCRIPTION_LIMIT:
+    fields = _imagej_fields(desc)
+    if fields is None:
         return None, ""
-    try:  # the tag is read as Latin-1; writers that copy ImageJ's format write UTF-8 ("µm" as two bytes)
-        desc = desc.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        pass
-    fields = dict(line.split("=", 1) for line in desc.splitlines() if "=" in line)
     unit = fields.get("unit", "").strip()
     if unit.lower() in ("", "pixel", "pixels"):
         return None, ""
@@ -532,11 +541,21 @@ _PIL_MODE_NAMES = {"1": "1-bit", "L": "8-bit grey", "P": "palette colour", "RGB"
                    "F": "32-bit float", "LA": "grey with transparency"}
 
 
-def _tiff_page_layouts(path: Path) -> list[tuple[tuple[int, int], str]]:
-    """The distinct ``(size, mode)`` of a TIFF's pages (empty for other files or when they cannot
-    be read)."""
+class _TiffPages(NamedTuple):
+    """A TIFF's pages: their distinct ``(size, mode)`` layouts, how many there are, and the fields
+    of the first page's ImageJ description (None: not ImageJ's)."""
+
+    layouts: list[tuple[tuple[int, int], str]]
+    count: int
+    imagej: dict[str, str] | None
+
+
+def _tiff_pages(path: Path) -> _TiffPages:
+    """:class:`_TiffPages` of a TIFF, from one pass over its pages (no layouts, and no count, for
+    other files or when they cannot be read)."""
+    none = _TiffPages([], 0, None)
     if _picture_kind(path) != "TIFF":
-        return []
+        return none
     try:
         from PIL import Image
 
@@ -544,39 +563,30 @@ def _tiff_page_layouts(path: Path) -> list[tuple[tuple[int, int], str]]:
         with warnings.catch_warnings():  # (damage is the image reader's to say, once)
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                for k in range(min(getattr(im, "n_frames", 1), validate.MAX_FRAMES)):
+                imagej = _imagej_fields(getattr(im, "tag_v2", {}).get(270))
+                count = int(getattr(im, "n_frames", 1))
+                for k in range(min(count, validate.MAX_FRAMES)):
                     im.seek(k)
                     layout = (tuple(im.size), str(im.mode).replace("I;16B", "I;16"))
                     if layout not in layouts:
                         layouts.append(layout)
-        return layouts
+        return _TiffPages(layouts, count, imagej)
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
-        return []
+        return none
 
 
-def _refuse_imagej_one_page_stack(path: Path) -> None:
+def _refuse_imagej_one_page_stack(path: Path, pages: _TiffPages) -> None:
     """ImageJ saves a large stack as one page whose description says how many images follow it
     (``images=N``) with the rest of the frames laid after the first: the image library reads the
     first frame alone, and a sweep of N frames was scored as one without a word."""
-    if _picture_kind(path) != "TIFF":
+    if pages.imagej is None:
         return
-    try:
-        from PIL import Image
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                desc, pages = getattr(im, "tag_v2", {}).get(270), int(getattr(im, "n_frames", 1))
-    except Exception:  # noqa: BLE001 - any damage: the image reader's own checks report it
-        return
-    if not isinstance(desc, str) or not desc.startswith("ImageJ=") or len(desc) > _IMAGEJ_DESCRIPTION_LIMIT:
-        return
-    found = re.search(r"^images=(\d{1,9})\s*$", desc, re.MULTILINE)
+    found = re.fullmatch(r"(\d{1,9})\s*", pages.imagej.get("images", ""))
     images = int(found.group(1)) if found else 1
-    if images > pages:
-        raise FetalIQAError(f"{path}: ImageJ wrote this stack of {images} images as {pages} page(s), its layout for "
-                            "large stacks, which is not read (only the first frame would be). Save the sweep as "
-                            ".mha, or as a TIFF with one page per frame.")
+    if images > pages.count:
+        raise FetalIQAError(f"{path}: ImageJ wrote this stack of {images} images as {pages.count} page(s), its "
+                            "layout for large stacks, which is not read (only the first frame would be). Save the "
+                            "sweep as .mha, or as a TIFF with one page per frame.")
 
 
 def _no_image_reader(path: Path, what: str) -> str:
@@ -1501,6 +1511,7 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
     if line_skip != 0 or byte_skip < 0:
         return
     described = validate.checked_product(size) * components * itemsize
+    frame = described // max(_frames_of(size), 1)
     data_file = fields.get("data file", fields.get("datafile"))
     try:
         if data_file is not None:
@@ -1520,7 +1531,6 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
             if stored != described:
                 # the trailer is a cut stream's last 4 bytes when the file is truncated (an interrupted
                 # copy read "holds 2005384948 bytes ... its header is wrong"): inflate to be sure
-                frame = described // max(_frames_of(size), 1)
                 inflated, whole = _inflated_length(data_path, offset, described + frame + byte_skip + 1)
                 if not whole:
                     raise FetalIQAError(f"{path}: the compressed pixel data stop short (after {inflated} "
@@ -1529,7 +1539,7 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
                 stored = inflated - byte_skip
     except (OSError, struct.error):
         return
-    if stored - described >= described // max(_frames_of(size), 1):  # a frame or more beyond the header's
+    if stored - described >= frame:  # a frame or more beyond the header's
         raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels")
     if stored < described:  # the image library would allocate what the header claims, then fail
         where = "its data file holds" if data_file is not None else "the file holds"
