@@ -523,7 +523,8 @@ def edge_offset(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> str
     inner = (csum[i] - csum[i - k]) / k
     outer = (csum[i + 1 + k] - csum[i + 1]) / k
     whole = ((cnan[i] - cnan[i - k]) == 0) & ((cnan[i + 1 + k] - cnan[i + 1]) == 0)
-    d = np.where(whole, (inner - outer) / np.maximum((inner + outer) / 2.0, 8.0), -np.inf)
+    fall = (inner - outer) / np.maximum((inner + outer) / 2.0, 8.0)  # outwards; a rise is its negative
+    d = np.where(whole, fall, -np.inf)
     best = d.max(axis=0)
     at = d.argmax(axis=0)
     where = scales[i][at]
@@ -531,7 +532,7 @@ def edge_offset(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> str
     # a sector whose grey rises outwards between the outline and that step shows the body against
     # something brighter (the placenta, the wall): the step is that layer's far side, not the body's
     # edge (a whole abdomen against a bright placenta over half its outline read "inside", the AC short)
-    rise = np.where(whole, (outer - inner) / np.maximum((inner + outer) / 2.0, 8.0), -np.inf)
+    rise = np.where(whole, -fall, -np.inf)
     past = (scales[i][:, None] >= EDGE_NEAR[0]) & (np.arange(len(i))[:, None] < at[None, :])
     brighter = np.where(past, rise, -np.inf).max(axis=0) >= MIN_EDGE_STEP
     beyond = where > EDGE_NEAR[1]
