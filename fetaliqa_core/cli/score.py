@@ -249,8 +249,10 @@ def _print_summary(summary: dict, out: Path) -> None:
     print(f"  results in {shown(out)}")
 
 
-#: Why a results folder is not written into: another run has claimed it (files.claim_output_folder).
-ANOTHER_RUN = "another FetalIQA run is writing its results there now"
+def another_run(folder: Path) -> FetalIQAError:
+    """Why a results folder is not written into: another run has claimed it (files.claim_output_folder)."""
+    return FetalIQAError(f"{folder}: another FetalIQA run is writing its results there now; wait for it to finish, "
+                         "or choose another output folder (--out).")
 
 
 def check_out_folder(out: Path, option: str = "--out") -> None:
@@ -324,8 +326,7 @@ def _results_folder(out: Path, path: Path, sweep, given: bool) -> Path:
         # claimed once chosen (a folder passed over stayed claimed, and refused its own sweep's rerun)
         if (other is None or given) and claim_output_folder(candidate) is False:  # another run writes there now
             if given:
-                raise FetalIQAError(f"{candidate}: {ANOTHER_RUN}; wait for it to finish, or choose another output "
-                                    "folder (--out).")
+                raise another_run(candidate)
             candidate = out.with_name(f"{out.name}-{k}")
             check_out_folder(candidate)
             continue
@@ -387,8 +388,7 @@ def run(args, report=None) -> int:
         (report or _print_summary)(summary, base_out)
         return 0
     if claim_output_folder(base_out) is False:  # (two runs of one folder: one's sweeps replaced the other's)
-        raise FetalIQAError(f"{base_out}: {ANOTHER_RUN}; wait for it to finish, or choose another output "
-                            "folder (--out).")
+        raise another_run(base_out)
     note = left_out_note(path, members)
     if note:
         print(f"fetaliqa: {shown(note)}", file=sys.stderr)

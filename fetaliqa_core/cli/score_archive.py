@@ -133,8 +133,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             from fetaliqa_core.files import claim_output_folder
 
             if claim_output_folder(out) is False:  # (the main rank's: the other ranks write into its folder)
-                raise FetalIQAError(f"{out}: {score_cmd.ANOTHER_RUN}; wait for it to finish, or choose another "
-                                    "output folder (--out).")
+                raise score_cmd.another_run(out)
             members = _members(path)
             # (only for a folder of sweeps: a DICOM series folder is one member, its files its frames)
             note = score_cmd.left_out_note(path, members) if members != [path] else ""
