@@ -228,9 +228,7 @@ def _with_islands(region: np.ndarray, labels: np.ndarray, stats: np.ndarray, lar
                   if i != largest and stats[i, cv2.CC_STAT_AREA] >= max(ISLAND_MIN_PX, ISLAND_SHARE * area)]
     if not candidates:
         return region
-    points = cv2.findNonZero((labels == largest).astype(np.uint8))
-    hull = np.zeros(region.shape, np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    hull = _filled_hull(labels == largest).astype(np.uint8)
     inside = hull.astype(bool)
     # deep inside, not along the hull's edge: a mark burnt in beside the fan (between a curved fan's
     # top arc and its chord) is no body, and taking the hull there cut the fan's own edge away
@@ -249,15 +247,21 @@ def _outside_border_share(fan: np.ndarray) -> float:
     return float((~ring).mean()) if ring.size else 0.0
 
 
-def _hull_iou(fan: np.ndarray, other: np.ndarray) -> float:
+def _filled_hull(mask: np.ndarray) -> np.ndarray:
+    """The convex hull of ``mask``'s pixels, filled (bool, all False for an empty mask)."""
     import cv2
 
-    points = cv2.findNonZero(fan.astype(np.uint8))
-    if points is None:
+    hull = np.zeros(mask.shape, np.uint8)
+    points = cv2.findNonZero(np.asarray(mask, np.uint8))
+    if points is not None:
+        cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    return hull != 0
+
+
+def _hull_iou(fan: np.ndarray, other: np.ndarray) -> float:
+    h = _filled_hull(fan)
+    if not h.any():
         return 0.0
-    hull = np.zeros(fan.shape, np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
-    h = hull != 0
     union = float((h | other).sum())
     return float((h & other).sum()) / union if union else 0.0
 
