@@ -717,6 +717,31 @@ def test_a_damaged_tiff_is_called_a_damaged_tiff(tmp_path):
         load_sweep(bad)
 
 
+def test_a_damaged_tiff_says_one_line_not_the_tiff_librarys_too(tmp_path, capfd):
+    """The TIFF library inside the image readers wrote its own complaints to stderr, from C code
+    ("TIFFReadDirectoryCheckOrder: Warning, Invalid TIFF directory; ..."), before the one line that
+    says what to do. Other text written to stderr meanwhile still gets through."""
+    import os
+    import struct
+
+    from fetaliqa_core.io._common import quiet_native_stderr
+
+    # tags out of order and no ImageLength: the TIFF library warns about both
+    tags = [(259, 3, 1, 1), (256, 3, 1, 16), (258, 3, 1, 8), (262, 3, 1, 1), (273, 4, 1, 90), (279, 4, 1, 256)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags) + struct.pack("<I", 0)
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(256))
+    with pytest.raises(FetalIQAError, match="TIFF file whose contents cannot be read"):
+        load_sweep(bad)
+    err = capfd.readouterr().err
+    assert "TIFF" not in err and "Warning" not in err, err
+    with quiet_native_stderr():
+        os.write(2, b"TIFFFetchNormalTag: Warning, ASCII value for tag is not NUL-terminated.\n")
+        os.write(2, b"another thread's message\n")
+    err = capfd.readouterr().err
+    assert "another thread's message" in err and "TIFFFetch" not in err
+
+
 def _tiff_ifd_offsets(raw: bytes) -> list[tuple[int, int]]:
     """(offset of each directory, position of its 'next directory' pointer) of a little-endian TIFF."""
     import struct

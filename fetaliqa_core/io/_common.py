@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,17 +122,64 @@ def truthy(value: str) -> bool:
     return value.strip().lower() in ("true", "1", "yes")
 
 
+_NATIVE_STDERR_LOCK = threading.RLock()  # (a quiet read inside another)
+#: What the TIFF library inside the image readers writes straight to stderr about a damaged file
+#: (``TIFFReadDirectoryCheckOrder: Warning, ...``, ``MissingRequired: ...``, ``FILE: 0: Row out of
+#: range, max 0.``): the readers' own checks say what is wrong in one line.
+_TIFF_LIBRARY_LINE = re.compile(r"^(\w+: (Warning, |Error, )?.*(TIFF|tag|directory|field|strip|tile|IFD).*"
+                                r"|.*: \d+: Row out of range.*)$", re.IGNORECASE)
+
+
+@contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """The TIFF library's complaints, which C code writes to the process's stderr (file
+    descriptor 2) where no Python setting reaches them, kept off the terminal while a file is
+    probed or read; anything else written there meanwhile (another thread's message) is passed on
+    afterwards. One at a time: descriptor 2 belongs to the whole process."""
+    import os
+    import sys
+    import tempfile
+
+    with _NATIVE_STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no descriptor 2 (a windowed app): nothing to keep quiet
+            yield
+            return
+        try:
+            with tempfile.TemporaryFile() as caught:
+                os.dup2(caught.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    try:
+                        sys.stderr.flush()
+                    except (OSError, ValueError):
+                        pass
+                    os.dup2(saved, 2)
+                    caught.seek(0)
+                    text = caught.read(1 << 20).decode("utf-8", "replace")
+                    kept = [line for line in text.splitlines() if line.strip() and not _TIFF_LIBRARY_LINE.match(line)]
+                    if kept:
+                        os.write(2, ("\n".join(kept) + "\n").encode("utf-8", "replace"))
+        finally:
+            os.close(saved)
+
+
 @contextmanager
 def quiet_itk() -> Iterator[None]:
     """ITK's warnings off while a file is read: a reader that copes with an odd header (or finds
     no DICOM series) still prints a C++ source location on stderr, which says nothing to a user;
-    what matters is reported as one line by the readers' own checks."""
+    what matters is reported as one line by the readers' own checks. The TIFF library inside it
+    writes to stderr by itself: kept quiet too (``quiet_native_stderr``)."""
     import SimpleITK as sitk
 
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        yield
+        with quiet_native_stderr():
+            yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 

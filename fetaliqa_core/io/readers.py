@@ -34,6 +34,7 @@ from fetaliqa_core.io._common import (
     fmt_dims,
     full_suffix,
     quiet_itk,
+    quiet_native_stderr,
     sitk_reason,
     spacing_text,
     truthy,
@@ -448,7 +449,7 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
     try:
         from PIL import Image
 
-        with warnings.catch_warnings():  # (damage is the image reader's to say, once)
+        with warnings.catch_warnings(), quiet_native_stderr():  # (damage is the image reader's to say, once)
             warnings.simplefilter("ignore")
             with Image.open(path) as im:  # the first directory's tags only: no pixels are read
                 tags = getattr(im, "tag_v2", {})
@@ -560,7 +561,7 @@ def _tiff_pages(path: Path) -> _TiffPages:
         from PIL import Image
 
         layouts: list[tuple[tuple[int, int], str]] = []
-        with warnings.catch_warnings():  # (damage is the image reader's to say, once)
+        with warnings.catch_warnings(), quiet_native_stderr():  # (damage is the image reader's to say, once)
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 imagej = _imagej_fields(getattr(im, "tag_v2", {}).get(270))
