@@ -188,9 +188,9 @@ def _detached_data_file(path: Path) -> Path | None:
     """The data file a MetaImage (.mhd) or NRRD header points to, if any."""
     if path.suffix.lower() not in (".mhd", ".nrrd", ".nhdr"):
         return None
-    try:
+    try:  # (a sequence metafile's header runs to megabytes; a .mhd file is only a header)
         with open(path, "rb") as fh:
-            head = fh.read(65536)
+            head = fh.read(16 << 20 if path.suffix.lower() == ".mhd" else 1 << 20)
     except OSError:
         return None
     head = head.split(b"\n\n", 1)[0] if path.suffix.lower() != ".mhd" else head

@@ -423,6 +423,44 @@ def test_a_header_the_image_library_would_read_otherwise_is_refused(tmp_path):
     _assert_refused(twice, "gives 'DimSize' twice")
 
 
+@pytest.mark.parametrize("field, value", [("DimSize", "8 8 1_6"), ("DimSize", "8 8 \u0661\u0666"),
+                                          ("ElementSpacing", "0.2_8 0.28 1"), ("HeaderSize", "1_0")])
+def test_a_header_number_python_reads_otherwise_than_metaio_is_refused(tmp_path, field, value):
+    """Python's int() reads "1_6" and Arabic-Indic "16" as 16, MetaIO as 1 and 0: a header the image
+    library would read as one frame was read here as 16 (no such number is plain ASCII)."""
+    path = _mha(tmp_path / "odd.mha", "8 8 16", bytes(1024))
+    raw = path.read_bytes().decode()
+    head, _, rest = raw.partition("ElementType")
+    head = "\n".join(f"{field} = {value}" if line.startswith(field) else line for line in head.split("\n"))
+    if field not in head:
+        head += f"{field} = {value}\n"
+    path.write_bytes((head + "ElementType" + rest).encode("utf-8"))
+    _assert_refused(path, f"header's {field} is", "not plain numbers")
+
+
+def test_a_sequence_metafile_with_a_long_header_is_read(tmp_path):
+    """A PLUS / SlicerIGT sequence metafile (a tracked freehand sweep) writes eight lines a frame
+    before its data: past ~90 frames its header ran over 64 KB and the file was called "not a
+    MetaImage file ... damaged". A header of lines that never names its data stays refused."""
+    n, h, w = 300, 40, 48
+    lines = ["ObjectType = Image", "NDims = 3", "BinaryData = True", "CompressedData = False", f"DimSize = {w} {h} {n}",
+             "ElementSpacing = 0.3 0.3 1", "ElementType = MET_UCHAR"]
+    for i in range(n):
+        lines += [f"Seq_Frame{i:04d}_ImageToProbeTransform = " + " ".join(["0.107"] * 16),
+                  f"Seq_Frame{i:04d}_ProbeToTrackerTransform = " + " ".join(["12.5"] * 16),
+                  f"Seq_Frame{i:04d}_Timestamp = {1000 + i / 30:.6f}", f"Seq_Frame{i:04d}_ImageStatus = OK"]
+    head = ("\n".join(lines) + "\nElementDataFile = LOCAL\n").encode()
+    assert len(head) > 1 << 16
+    frames = (np.arange(n * h * w) % 251).astype(np.uint8)
+    path = tmp_path / "sweep.seq.mha"
+    path.write_bytes(head + frames.tobytes())
+    sweep = load_sweep(path)
+    assert sweep.n_frames == n and np.array_equal(np.asarray(sweep.frames[-1]).ravel(), frames[-h * w:])
+    endless = tmp_path / "endless.mha"
+    endless.write_bytes(b"ObjectType = Image\n" + b"Comment = x\n" * ((17 << 20) // 12))
+    _assert_refused(endless, "header runs past 16 MB")
+
+
 def test_a_cut_gzip_nrrd_is_called_truncated_not_a_wrong_header(tmp_path):
     """A gzip NRRD cut short (an interrupted copy) was said to hold "2005384948 bytes of pixel data,
     more than ... its header describes": the last 4 bytes of a cut stream are no length."""

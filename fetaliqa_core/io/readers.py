@@ -15,7 +15,7 @@ import warnings
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -1912,6 +1912,16 @@ _MET_DTYPES = {
     "MET_ULONG": "u4", "MET_LONG": "i4",
 }
 _HEADER_LIMIT = 1 << 16
+#: A sequence metafile (PLUS, SlicerIGT: a tracked freehand sweep) writes ~8 lines a frame before
+#: its data: ~0.5 KB, so 20,000 frames need ~10 MB. The header is read in growing steps up to this.
+_HEADER_MAX = 16 << 20
+#: Header fields that hold numbers. MetaIO reads them as C does ("1_28" as 1, "١٢٨" as 0), Python
+#: as it does ("1_28" and "١٢٨" are 128): only plain ASCII numbers mean the same to both.
+_META_NUMBER_FIELDS = {key.lower(): key for key in (
+    "NDims", "DimSize", "ElementSpacing", "ElementSize", "HeaderSize", "CompressedDataSize", "ElementNumberOfChannels",
+    "Offset", "Origin", "Position", "TransformMatrix", "Rotation", "Orientation", "CenterOfRotation")}
+_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)"
+_PLAIN_NUMBERS = re.compile(rf"\s*(?:(?:{_NUMBER})(?:\s+(?:{_NUMBER}))*)?\s*", re.IGNORECASE | re.ASCII)
 
 
 def metaimage_size(path: Path) -> tuple[int, ...] | None:
@@ -1919,10 +1929,26 @@ def metaimage_size(path: Path) -> tuple[int, ...] | None:
     header cannot be read (reading the image itself then says what is wrong)."""
     try:
         with open(path, "rb") as fh:
-            header, _ = _parse_meta_header(fh.read(_HEADER_LIMIT))
+            header, _ = _read_meta_header(fh)
         return tuple(int(v) for v in header["dimsize"].split()) if header else None
     except (OSError, KeyError, ValueError):
         return None
+
+
+def _read_meta_header(fh: BinaryIO) -> tuple[dict[str, str] | None, int]:
+    """A MetaImage header read from the start of ``fh``: 64 KB first, more while what was read is
+    all header lines with no data file named yet (a long sequence metafile), up to ``_HEADER_MAX``.
+    ``(None, 0)`` when it is no MetaImage header; ``(None, -1)`` when it is one longer than that."""
+    head, size = b"", _HEADER_LIMIT
+    while True:
+        more = fh.read(size - len(head))
+        head += more
+        header, offset = _parse_meta_header(head)
+        if header is not None or offset == 0 or len(head) < size:  # found, not a header, or the end of the file
+            return header, (0 if header is None and len(head) < size else offset)
+        if size >= _HEADER_MAX:
+            return None, -1
+        size = min(size * 4, _HEADER_MAX)
 
 
 def _read_metaimage(path: Path) -> Raw | None:
@@ -1931,8 +1957,11 @@ def _read_metaimage(path: Path) -> Raw | None:
     Compressed pixel data is inflated here, with its length checked (:func:`_inflate`). Returns
     None when SimpleITK should decode the pixels: element types with platform-dependent size."""
     with open(path, "rb") as fh:
-        head = fh.read(_HEADER_LIMIT)
-    header, data_offset = _parse_meta_header(head)
+        header, data_offset = _read_meta_header(fh)
+    if data_offset < 0:
+        raise FetalIQAError(f"{path}: the MetaImage header runs past {_HEADER_MAX >> 20} MB without naming its "
+                            "data (no 'ElementDataFile' line), far longer than any image's. The file is damaged "
+                            "or not an image; export it again.")
     if header is None:
         named = _format_by_content(path)
         if named and named[0] != "MetaImage":
@@ -1945,6 +1974,10 @@ def _read_metaimage(path: Path) -> Raw | None:
         raise FetalIQAError(f"{path}: the MetaImage header gives {header['#duplicate']!r} twice (in any "
                             "spelling): image readers differ on which one counts. Fix the header or export "
                             "the file again.")
+    odd = next((key for key in _META_NUMBER_FIELDS if key in header and not _PLAIN_NUMBERS.fullmatch(header[key])), None)
+    if odd is not None:
+        raise FetalIQAError(f"{path}: the MetaImage header's {_META_NUMBER_FIELDS[odd]} is {header[odd][:40]!r}, which is not plain "
+                            "numbers: image readers differ on what it means. Fix the header or export the file again.")
     if header.get("objecttype", "Image").lower() != "image":
         raise FetalIQAError(f"{path}: the MetaImage object is a {header['objecttype']!r}, not an image. "
                             "Choose an image file.")
@@ -2137,12 +2170,14 @@ def _inflate(data_path: Path, offset: int, stored: int, expected: int, hdr_desc:
 
 
 def _parse_meta_header(head: bytes) -> tuple[dict[str, str] | None, int]:
+    """``(header, where its data start)``; ``(None, 0)`` when ``head`` holds a line no header has,
+    ``(None, -1)`` when every line of it is a header's and no data file is named yet."""
     header: dict[str, str] = {}
     pos = 0
     while pos < len(head):
         end = head.find(b"\n", pos)
         if end < 0:
-            return None, 0
+            return None, -1
         line = head[pos:end]
         pos = end + 1
         if b"=" not in line:
@@ -2164,4 +2199,4 @@ def _parse_meta_header(head: bytes) -> tuple[dict[str, str] | None, int]:
         if key.lower() == "elementdatafile":
             header["#spelling"] = key
             return header, pos
-    return None, 0
+    return None, -1
