@@ -424,7 +424,7 @@ def _speckled(shape, level, rng) -> np.ndarray:
     return level * rng.rayleigh(1.0 / math.sqrt(math.pi / 2), size=shape)
 
 
-def _scene(kind: str, center=(112, 120), axes=(34, 29), angle=15.0, gain=1.0, seed=0, fov=None):
+def _scene(kind: str, center=(112, 120), axes=(34, 29), angle=15.0, gain=1.0, seed=0, fov=None, offset=0.0):
     """A frame of ``kind`` ``"head"`` or ``"abdomen"`` drawn here, independently of the project's
     synthesiser: dark fluid around it; a head is a thick bright bone ring round a dark brain with a
     midline echo; an abdomen is grey liver texture with a thin skin line a little brighter, the
@@ -451,7 +451,7 @@ def _scene(kind: str, center=(112, 120), axes=(34, 29), angle=15.0, gain=1.0, se
         img[shadow & outer] *= 0.3
         img[spine] = 230.0
         img[ellipse((center[0] + 8, center[1] - 6), (6, 5)) > 0] = 15.0
-    img = np.clip(img * gain, 0, 255)
+    img = np.clip(img * gain + offset, 0, 255)
     if fov is not None:
         img[~fov] = 0
     return img.astype(np.uint8), outer.astype(np.uint8)
@@ -472,6 +472,22 @@ def test_a_skull_outline_is_not_an_abdomen_at_any_gain_or_fan(fov, gain):
         abdomen, mask = _scene("abdomen", axes=axes, angle=angle, gain=gain, seed=seed, fov=fov)
         a = fc.mask_shape(mask, fov, PX_MM, grey=abdomen)
         assert a.plausible and a.reason == "" and a.rim < fc.SKULL_RIM_RATIO
+
+
+@pytest.mark.parametrize("offset", [120.0, 130.0])
+def test_a_skull_is_a_skull_at_a_high_display_gain(offset):
+    """A log-compressed display's gain adds to every grey level until white clips: the skull's
+    ring over the brain fell below 1.4 (an independent generator's heads read 'AC 147-149 mm,
+    GA 20w' at +8 to +14 dB) while its lead in grey levels stayed. An abdomen at the same gain
+    stays an abdomen."""
+    for seed, (axes, angle) in enumerate([((34, 29), 15.0), ((42, 33), -30.0)]):
+        head, mask = _scene("head", axes=axes, angle=angle, seed=seed, offset=offset)
+        assert fc.rim_ratio(head, None, fc.mask_shape(mask, None, PX_MM).ellipse, fc.SKULL_BAND) < fc.SKULL_RIM_RATIO
+        h = fc.mask_shape(mask, None, PX_MM, grey=head)
+        assert not h.plausible and h.reason == fc.SKULL_REASON
+        abdomen, mask = _scene("abdomen", axes=axes, angle=angle, seed=seed, offset=offset)
+        a = fc.mask_shape(mask, None, PX_MM, grey=abdomen)
+        assert a.plausible and a.reason == "", a.reason
 
 
 def test_a_large_head_whose_outer_band_leaves_the_image_is_still_a_skull():

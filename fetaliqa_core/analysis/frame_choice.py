@@ -23,8 +23,9 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
      fitted ellipse, the brightest grey level of a band from 0.8 to 1.25 of its size (the bone may
      lie just outside a mask of the brain) and of a band from 0.4 to 0.7 inside; the median of the
      first over the median of the second is the *rim ratio* (:func:`rim_ratio`). At
-     :data:`SKULL_RIM_RATIO` or above, the mask outlines a bright ring around a darker inside, as
-     a head's does, and is not an abdomen. Below :data:`FLUID_RIM_RATIO` the band 0.8-1.1 around
+     :data:`SKULL_RIM_RATIO` or above (or, at a high display gain, which adds to every grey level
+     and lowers the ratio, :data:`SKULL_LEAD` grey levels ahead at :data:`SKULL_LEAD_RATIO`), the
+     mask outlines a bright ring around a darker inside, as a head's does, and is not an abdomen. Below :data:`FLUID_RIM_RATIO` the band 0.8-1.1 around
      the outline holds nothing as bright as the body's inside: the outline runs through the fluid
      around the body, not along its edge (a mask much larger than the body it covers), and an AC
      measured on it would be too long. And an abdomen's outline is an interface: along at least a
@@ -89,6 +90,16 @@ OPTIMAL_SHARE = 0.5
 #: Bone echoes far brighter than the brain inside the skull; the abdominal wall about as bright
 #: as the liver inside it (docs/FRAME_CHOICE.md gives the values measured on both).
 SKULL_RIM_RATIO = 1.4
+#: ... and a skull at a high display gain: on a log-compressed display, gain adds to every grey
+#: level (until white clips), so the ring's ratio over the brain falls (1.76 at one gain, 1.38 at
+#: +8 dB, 1.21 at +14 dB on an independent generator's head) while its lead in grey levels stays.
+#: A ring this many grey levels brighter than the inside, at this ratio or more, is a skull's too.
+#: Measured on truth outlines (ratio, lead): heads of two independent generators at every gain,
+#: 712 of 752 caught (674 by the ratio alone; the rest faint skulls); abdomens of four generators
+#: (this project's held-out cases, three independent ones), 0 of 724: their lead is at most 23
+#: grey levels, 33 for an abdomen packed in bright tissue (ratio 1.19).
+SKULL_LEAD = 40.0
+SKULL_LEAD_RATIO = 1.2
 RIM_BAND = (0.8, 1.1)  # the band around the fitted ellipse searched for its outline's echo
 #: The band searched for a skull: wider outwards, since a mask may cover the brain inside the bone
 #: (the ring then lies at 1.0-1.2 of its ellipse). Measured on three independent generators' sweeps
@@ -420,6 +431,13 @@ def rim_ratio(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple,
     median of the second. Comparing the brightest levels of two bands of the same width makes
     speckle cancel: a homogeneous texture gives ~1 at any gain. None when fewer than
     :data:`MIN_RIM_ANGLES` of the angles have both bands inside the image and the field of view."""
+    levels = rim_levels(grey, fov, ellipse, band)
+    return None if levels is None else levels[0] / max(levels[1], 4.0)
+
+
+def rim_levels(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple,
+               band: tuple[float, float] | None = None) -> tuple[float, float] | None:
+    """The two medians :func:`rim_ratio` compares: ``(outline's band, inside band)`` in grey levels."""
     sample = _band_sampler(grey, fov, ellipse, RIM_ANGLES)
     if sample is None:
         return None
@@ -432,7 +450,18 @@ def rim_ratio(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple,
     if valid.sum() < MIN_RIM_ANGLES * RIM_ANGLES:
         return None
     rim, inner = rim.max(axis=0), inner.max(axis=0)
-    return float(np.median(rim[valid]) / max(float(np.median(inner[valid])), 4.0))
+    return float(np.median(rim[valid])), float(np.median(inner[valid]))
+
+
+def _skull_like(levels: tuple[float, float] | None) -> float | None:
+    """The rim ratio of ``levels`` when they make the outline a skull's (:data:`SKULL_RIM_RATIO`,
+    or :data:`SKULL_LEAD` grey levels ahead at :data:`SKULL_LEAD_RATIO`), else None."""
+    if levels is None:
+        return None
+    ratio = levels[0] / max(levels[1], 4.0)
+    if ratio >= SKULL_RIM_RATIO or (ratio >= SKULL_LEAD_RATIO and levels[0] - levels[1] >= SKULL_LEAD):
+        return ratio
+    return None
 
 
 def edge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> float | None:
@@ -478,13 +507,13 @@ def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | N
     reason). Unchanged when the shape is already not plausible or there is no frame."""
     if not shape.plausible or shape.ellipse is None or grey is None:
         return shape
-    r = rim_ratio(grey, fov, shape.ellipse)
-    skull = rim_ratio(grey, fov, shape.ellipse, SKULL_BAND)
-    if skull is None:
-        # a large head: the wider band leaves the image or the fan along most angles; the outline's
-        # own band still sees its ring (three skulls read 'AC 249-288 mm, GA 29-33w' without a doubt)
-        skull = r
-    if skull is not None and skull >= SKULL_RIM_RATIO:
+    own = rim_levels(grey, fov, shape.ellipse)
+    r = None if own is None else own[0] / max(own[1], 4.0)
+    wide = rim_levels(grey, fov, shape.ellipse, SKULL_BAND)
+    # a large head: the wider band leaves the image or the fan along most angles; the outline's
+    # own band still sees its ring (three skulls read 'AC 249-288 mm, GA 29-33w' without a doubt)
+    skull = _skull_like(own if wide is None else wide)
+    if skull is not None:
         return replace(shape, plausible=False, quality=0.0, reason=SKULL_REASON, rim=skull)
     if r is not None and r < FLUID_RIM_RATIO:
         return replace(shape, plausible=False, quality=0.0, reason=FLUID_REASON, rim=r)
