@@ -587,3 +587,28 @@ def test_without_a_pixel_size_in_either_file_the_sweeps_reason_is_given(tmp_path
     out = capsys.readouterr().out
     assert "pixel spacing unknown (its sweep: " in out and "'px'" in out and "image writers" not in out
     assert "mm," not in out and "GA" not in out
+
+
+def test_a_mask_outside_the_field_of_view_found_in_its_sweep_is_measured_on_the_whole_frame(tmp_path, capsys):
+    """Fluid shown pure black hides a fan's edges: the field of view found in the frames was the
+    band of uterine wall along the fan's arc (the largest region), a whole abdomen floating in the
+    black lay wholly outside it and read 'no AC (the mask ... is too small or too cut off for an
+    ellipse fit)'. The mask is measured on the whole frame now, and the note says why."""
+    from fetaliqa_core.io import write_volume
+
+    rng = np.random.default_rng(5)
+    frames = np.zeros((4, H, W), np.uint8)
+    wall = np.zeros((H, W), np.uint8)
+    cv2.ellipse(wall, (372, -300), (700, 760), 0, 0, 180, 1, -1)
+    cv2.ellipse(wall, (372, -300), (700, 680), 0, 0, 180, 0, -1)
+    frames[:, wall != 0] = rng.integers(60, 140, (4, int((wall != 0).sum())), dtype=np.uint8)
+    body = np.zeros((H, W), np.uint8)
+    cv2.ellipse(body, (372, 190), SMALL, 0, 0, 360, 1, -1)
+    frames[:, body != 0] = rng.integers(90, 170, (4, int((body != 0).sum())), dtype=np.uint8)
+    write_volume(tmp_path / "black.mha", frames, spacing_mm=(0.28, 0.28))
+    masks = np.repeat(body[None], 4, axis=0)
+    path = _write(tmp_path, masks, "body.mha")
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "black.mha"), "--frame", "2", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["field_of_view"] == "whole frame" and "outside the field of view found" in record["field_of_view_note"]
+    assert record["ac_mm"] == pytest.approx(ac_of(SMALL), rel=0.02)

@@ -29,6 +29,11 @@ from fetaliqa_core.errors import FetalIQAError
 #: Share of a mask outside the ACOUSLIC fan above which the fan is not applied (the mask was
 #: drawn on another probe's image; a cut it does not have would be extrapolated).
 FOV_SPILL = 0.01
+#: Share of a mask outside the field of view found in its sweep's own frames above which that
+#: field of view is not applied: the mask was drawn on pixels the search left out (fluid shown pure
+#: black hides the fan's edges, and a band of tissue along the fan's arc was taken for the fan: a
+#: whole abdomen floating in the black was 'too small or too cut off for an ellipse fit').
+OWN_FAN_SPILL = 0.5
 
 HELP = "Measure the abdominal circumference (mm) and gestational age on a mask file's frame."
 
@@ -226,6 +231,13 @@ def run(args: argparse.Namespace) -> int:
             fov, fov_name, fov_note = None, "whole frame", (
                 f"{outside:.0%} of the mask lies outside the ACOUSLIC field of view: measured on the whole "
                 "frame (another probe's image)")
+    elif fov is not None and frame.any() and fov.shape == frame.shape:
+        outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)
+        if outside > OWN_FAN_SPILL:
+            fov, fov_name, fov_note = None, "whole frame", (
+                f"{outside:.0%} of the mask lies outside the field of view found in the sweep's frames (where "
+                "fluid is shown pure black the fan's edges cannot be seen): measured on the whole frame, so a "
+                "cut by the fan's edge is not known")
     m = analysis.measure_ac(frame, spacing, fov=fov)
     shape = None if m is None else _mask_shape(frame, fov, spacing, problem, grey)
     mask_problem = None if shape is None else shape.problem
