@@ -686,6 +686,29 @@ def test_an_outline_that_follows_no_edge_is_no_abdomen():
     assert fc.mask_shape(mask, fov, PX_MM).plausible  # no grey levels: the shape alone
 
 
+def test_an_abdomen_packed_in_tissue_shows_its_edge_as_the_skin_s_line():
+    """With little fluid around it an abdomen lies in tissue as echogenic as its liver: its only
+    edge is the skin's thin echo on the outline, which the bands beside it leave out ('its outline
+    follows no edge in the image' on a true abdomen). A line brighter than both sides is an edge;
+    the same mask with no line there still follows none."""
+    rng = np.random.default_rng(1)
+    fov = sector()
+    mask = ellipse((112, 120), (36, 31))
+    skin = (mask != 0) & ~(ellipse((112, 120), (34, 29)) != 0)
+
+    def frame(line: float) -> np.ndarray:
+        g = np.full((S, S), 90.0, np.float32)
+        g[skin] = line
+        g *= cv2.GaussianBlur(rng.gamma(16.0, 1 / 16.0, size=g.shape).astype(np.float32), (0, 0), 1.0)
+        g[~fov] = 0
+        return np.clip(g, 0, 255).astype(np.uint8)
+
+    packed = fc.mask_shape(mask, fov, PX_MM, grey=frame(120))
+    assert packed.plausible and packed.reason == "", packed.reason
+    flat = fc.mask_shape(mask, fov, PX_MM, grey=frame(90))
+    assert not flat.plausible and flat.reason == fc.NO_EDGE_REASON
+
+
 def test_an_ac_on_a_mask_the_segmenter_does_not_call_is_doubtful():
     """The classifier calls frame 10; the segmenter's mask there is a plausible outline but under
     the paper's 1 % (its own call is no). The choice rests on the classifier alone, and the AC

@@ -25,13 +25,15 @@ The algorithm (documented with its measured effect in docs/FRAME_CHOICE.md):
      first over the median of the second is the *rim ratio* (:func:`rim_ratio`). At
      :data:`SKULL_RIM_RATIO` or above (or, at a high display gain, which adds to every grey level
      and lowers the ratio, :data:`SKULL_LEAD` grey levels ahead at :data:`SKULL_LEAD_RATIO`), the
-     mask outlines a bright ring around a darker inside, as a head's does, and is not an abdomen. Below :data:`FLUID_RIM_RATIO` the band 0.8-1.1 around
-     the outline holds nothing as bright as the body's inside: the outline runs through the fluid
-     around the body, not along its edge (a mask much larger than the body it covers), and an AC
-     measured on it would be too long. And an abdomen's outline is an interface: along at least a
+     mask outlines a bright ring around a darker inside, as a head's does, and is not an
+     abdomen. Below :data:`FLUID_RIM_RATIO` the band 0.8-1.1 around the outline holds nothing as
+     bright as the body's inside: the outline runs through the fluid around the body, not along
+     its edge (a mask much larger than the body it covers), and an AC measured on it would be too
+     long. And an abdomen's outline is an interface: along at least a
      quarter of it the mean grey just inside differs from that just outside by
-     :data:`MIN_EDGE_CONTRAST` of their level (:func:`edge_contrast`); a mask drawn in a
-     featureless stretch of fluid or tissue does not.
+     :data:`MIN_EDGE_CONTRAST` of their level (:func:`edge_contrast`), or a line on the outline
+     is brighter than both sides (the skin's echo where little fluid lies around the body:
+     :func:`ridge_contrast`); a mask drawn in a featureless stretch of fluid or tissue does not.
 
    Its quality ``q`` is that IoU (0 when not plausible). A plausible outline pinched in the
    middle (two wide notches facing each other across its centre, as where twins touch) may still
@@ -126,6 +128,15 @@ FLUID_REASON = "its outline runs through the dark around the body, not along the
 #: masks of an independent generator's sweeps, 0.10-0.23 on its low-contrast abdomens, >= 0.59
 #: on the project's own synthetic abdomens).
 MIN_EDGE_CONTRAST = 0.08
+#: ... or a bright line on the outline itself: an abdomen packed in tissue as echogenic as its
+#: liver (little fluid) shows its edge only as the skin's echo, which the bands beside the outline
+#: leave out (truth outlines of such abdomens: 0.04 beside, 0.075-0.09 on the line). In each sector
+#: the mean grey of the band :data:`RIDGE_BAND` over the brighter of the bands :data:`RIDGE_BESIDE`
+#: (positive part, over their mean), at the 75th percentile of the sectors (:func:`ridge_contrast`):
+#: at least this much. Masks drawn in featureless speckle of three textures: at most 0.04 (118).
+MIN_RIDGE_CONTRAST = 0.06
+RIDGE_BAND = (0.96, 1.04)
+RIDGE_BESIDE = ((0.86, 0.93), (1.07, 1.14))
 EDGE_INNER = (0.75, 0.95)  # bands just inside and just outside the fitted ellipse (shares of its size)
 EDGE_OUTER = (1.05, 1.25)
 EDGE_OUTER_THIN = (1.02, 1.1)
@@ -499,6 +510,31 @@ def edge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> f
     return best
 
 
+def ridge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> float | None:
+    """How much brighter a line along a fitted ellipse's outline is than the grey on both sides of
+    it, on the frame's grey levels ``grey`` (``fov`` bool or None): in each of :data:`EDGE_SECTORS`
+    sectors, the mean grey of the band :data:`RIDGE_BAND` less the brighter of the two bands
+    :data:`RIDGE_BESIDE` (0 when not brighter), over the three bands' mean (floored at 8 grey
+    levels); the 75th percentile over the sectors whose bands lie in the image and the field of
+    view. None when fewer than a quarter of the sectors can be measured."""
+    per = 8  # angles a sector
+    sample = _band_sampler(grey, fov, ellipse, EDGE_SECTORS * per)
+    if sample is None:
+        return None
+
+    def by_sector(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+        v, ok = sample(lo, hi, 5)
+        return tuple(a.reshape(-1, EDGE_SECTORS, per).transpose(1, 0, 2).reshape(EDGE_SECTORS, -1) for a in (v, ok))
+
+    bands = [by_sector(*RIDGE_BAND), *(by_sector(*b) for b in RIDGE_BESIDE)]
+    valid = np.logical_and.reduce([ok.mean(axis=1) >= 0.8 for _, ok in bands])
+    if valid.sum() < EDGE_SECTORS // 4:
+        return None
+    on, near, far = (np.array([v[k][ok[k]].mean() for k in np.flatnonzero(valid)]) for v, ok in bands)
+    step = np.maximum(on - np.maximum(near, far), 0.0)
+    return float(np.percentile(step / np.maximum((on + near + far) / 3.0, 8.0), 75))
+
+
 def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | None) -> MaskShape:
     """``shape`` with the frame's verdict on its outline: a plausible mask whose :func:`rim_ratio`
     reaches :data:`SKULL_RIM_RATIO` outlines a skull, one below :data:`FLUID_RIM_RATIO` runs
@@ -519,7 +555,9 @@ def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | N
         return replace(shape, plausible=False, quality=0.0, reason=FLUID_REASON, rim=r)
     e = edge_contrast(grey, fov, shape.ellipse)
     if e is not None and e < MIN_EDGE_CONTRAST:
-        return replace(shape, plausible=False, quality=0.0, reason=NO_EDGE_REASON, rim=r)
+        ridge = ridge_contrast(grey, fov, shape.ellipse)  # (the skin's echo on the outline is an edge too)
+        if ridge is None or ridge < MIN_RIDGE_CONTRAST:
+            return replace(shape, plausible=False, quality=0.0, reason=NO_EDGE_REASON, rim=r)
     return replace(shape, rim=r, off_edge=edge_offset(grey, fov, shape.ellipse))
 
 
