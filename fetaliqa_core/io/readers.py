@@ -1941,14 +1941,24 @@ def _read_meta_header(fh: BinaryIO) -> tuple[dict[str, str] | None, int]:
     ``(None, 0)`` when it is no MetaImage header; ``(None, -1)`` when it is one longer than that."""
     head, size = b"", _HEADER_LIMIT
     while True:
-        more = fh.read(size - len(head))
-        head += more
-        header, offset = _parse_meta_header(head)
-        if header is not None or offset == 0 or len(head) < size:  # found, not a header, or the end of the file
-            return header, (0 if header is None and len(head) < size else offset)
-        if size >= _HEADER_MAX:
-            return None, -1
+        head += fh.read(size - len(head))
+        named = _DATA_FILE_LINE.search(head)  # (found by one search: a long header is parsed once, up to it)
+        if named is not None or len(head) < size or size >= _HEADER_MAX or _NOT_TEXT.search(head):
+            break
         size = min(size * 4, _HEADER_MAX)
+    if named is None and len(head) >= size:  # header lines (or not) past the limit: its start tells which
+        text = not _NOT_TEXT.search(head) and _parse_meta_header(head[:_HEADER_LIMIT])[1] != 0
+        return None, (-1 if text else 0)
+    header, offset = _parse_meta_header(head if named is None else head[:named.end()])
+    if header is None and (len(head) < size or offset == 0):  # the end of the file, or a line no header has
+        return None, 0
+    return header, offset
+
+
+#: The line that ends a MetaImage header (keys in any spelling: readers differ), and bytes no
+#: header holds (a binary file is no header however far it is read).
+_DATA_FILE_LINE = re.compile(rb"^[ \t]*ElementDataFile[ \t]*=[^\n]*\n", re.IGNORECASE | re.MULTILINE)
+_NOT_TEXT = re.compile(rb"[\x00-\x08\x0e-\x1f]")
 
 
 def _read_metaimage(path: Path) -> Raw | None:
