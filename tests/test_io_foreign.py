@@ -546,6 +546,43 @@ def test_jpeg_frames_that_are_not_jpeg_are_refused_before_the_decoder_prints(tmp
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.parametrize("kind,counted", [("rle", None), ("rle", 3), ("jpeg", 4), ("jpeg", 6), ("jpeg_nobot", 2)])
+def test_compressed_frames_the_header_does_not_count_are_refused(tmp_path, kind, counted):
+    """Compressed frames beyond Number of Frames (or without one) were left out without a word:
+    6 RLE frames without the count read as 1 frame, 5 JPEG frames counted 4 as 4. Too high a count
+    was 'could not be decoded'. With the right count the same file reads."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, RLELossless
+
+    grey = _grey(n=5).astype(np.uint8)
+    path = _dicom(tmp_path / "frames.dcm", grey)
+    ds = pydicom.dcmread(path)
+    if kind == "rle":
+        ds.compress(RLELossless)
+    else:
+        streams = []
+        for frame in grey:
+            buffer = io.BytesIO()
+            Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+            streams.append(buffer.getvalue())
+        ds.PixelData = encapsulate(streams, has_bot=kind == "jpeg")
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    if counted is None:
+        del ds.NumberOfFrames
+    else:
+        ds.NumberOfFrames = counted
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(FetalIQAError, match="holds 5 compressed frames but its header's Number of Frames"):
+        load_sweep(path)
+    ds.NumberOfFrames = 5
+    ds.save_as(path, enforce_file_format=True)
+    assert load_sweep(path).n_frames == 5
+
+
 def test_frames_compressed_otherwise_than_labelled_are_named(tmp_path):
     """A JPEG stream labelled JPEG-LS: the decoder's "Failed to change to Implicit Transfer Syntax"
     was passed on as 'truncated or damaged'. The compression the header claims is named."""

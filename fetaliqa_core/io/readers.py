@@ -1053,6 +1053,77 @@ def _first_fragment_head(path: Path, offset: int | None, n: int = 2) -> bytes | 
         return None
 
 
+#: More items than this in encapsulated pixel data are not counted further (no sweep has as many frames).
+_MAX_ITEMS = 100_000
+
+
+class _Encapsulated(NamedTuple):
+    """What the item headers of encapsulated pixel data say (:func:`_encapsulated_items`)."""
+
+    offsets: int     # entries in the Basic Offset Table (0 when it is empty)
+    fragments: int   # fragments after it
+    jpeg_starts: int  # fragments that begin as a JPEG stream does (SOI followed by a marker)
+
+
+def _encapsulated_items(path: Path, offset: int | None) -> _Encapsulated | None:
+    """Count the items of encapsulated pixel data whose value starts at ``offset``, reading each
+    item's 8-byte header (and a fragment's first 3 bytes) only: no pixel is decoded. None when the
+    layout is not as expected (the reader judges it) or there are too many items to count."""
+    if offset is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(int(offset))
+            table = fh.read(8)
+            if len(table) != 8 or table[:4] != _ITEM_TAG:
+                return None
+            length = int.from_bytes(table[4:], "little")
+            fh.seek(length, os.SEEK_CUR)
+            fragments = starts = 0
+            while fragments <= _MAX_ITEMS:
+                item = fh.read(8)
+                if len(item) != 8 or item[:4] == b"\xfe\xff\xdd\xe0":  # the end, or the sequence delimiter
+                    return _Encapsulated(length // 4, fragments, starts)
+                if item[:4] != _ITEM_TAG:
+                    return None
+                size = int.from_bytes(item[4:], "little")
+                head = fh.read(min(size, 3))
+                starts += head == b"\xff\xd8\xff"
+                fh.seek(size - len(head), os.SEEK_CUR)
+                fragments += 1
+            return None
+    except (OSError, ValueError, OverflowError):
+        return None
+
+
+def _refuse_frames_left_out(path: Path, ds: Any, syntax: str, element: Any, frames: int) -> None:
+    """Compressed frames the header does not count: the reader decodes as many as Number of Frames
+    says (one when it is missing) and left the rest out without a word (or, counting more than the
+    file holds, failed as 'could not be decoded'). Counted from the items' headers; a frame may span
+    several fragments, so only a definite mismatch is refused: an offset table's one entry a frame,
+    RLE's one fragment a frame (PS3.5 A.4.2), or more fragments beginning as a JPEG stream than
+    there are frames."""
+    items = _encapsulated_items(path, getattr(element, "value_tell", None))
+    if items is None:
+        return
+    extended = ds.get_item("ExtendedOffsetTable", keep_deferred=True) if "ExtendedOffsetTable" in ds else None
+    held, exact = 0, True  # exact: the count is the number of frames, not a least one
+    if extended is not None and getattr(extended, "length", None) not in (None, 0xFFFFFFFF):
+        held = int(extended.length) // 8  # (7FE0,0001): 8 bytes a frame
+    elif items.offsets:
+        held = items.offsets
+    elif syntax == "1.2.840.10008.1.2.5":  # RLE Lossless
+        held = items.fragments
+    elif syntax in _JPEG_SYNTAXES:
+        held, exact = items.jpeg_starts, False
+    if held and (held > frames or (exact and held != frames)):
+        counted = (f"Number of Frames says {frames}" if "NumberOfFrames" in ds
+                   else "Number of Frames is missing (1 frame)")
+        raise FetalIQAError(f"{path}: the file holds {held} compressed frames but its header's {counted}: "
+                            "reading it would leave frames out or fail. Export the file again with its right "
+                            "Number of Frames.")
+
+
 _TOO_DEEP = ("{path}: the DICOM header nests its sequences deeper than any image file does: it is damaged "
              "or crafted, and is not read. Export the file again.")
 
@@ -1216,6 +1287,7 @@ def _precheck_dicom(path: Path) -> _Member | None:
         bits = int(ds.BitsAllocated)
         if syntax not in _NATIVE_SYNTAXES:
             _refuse_compression_bomb(path, element, (rows, cols, max(frames, 1), max(samples, 1), max(bits, 1)))
+            _refuse_frames_left_out(path, ds, syntax, element, frames)
             return order  # compressed: the reader judges the rest
         stored = int(element.length)
     except FetalIQAError:
