@@ -853,6 +853,30 @@ def test_an_imagej_stack_on_one_page_is_refused_not_read_as_one_frame(tmp_path):
         load_sweep(tif)
 
 
+@pytest.mark.parametrize("desc,pages,match", [
+    ("images=12\nchannels=3\nframes=4\nhyperstack=true\nmode=composite\n", 12, "hyperstack of 3 channels"),
+    ("images=4\nframes=6\n", 4, "holds 4 page.*counts 6"),
+    ("images=4\nslices=2\nframes=4\nhyperstack=true\n", 4, "holds 4 page.*counts 8"),
+    ("images=4\nframes=4\n", 4, None)])
+def test_an_imagej_hyperstack_of_channels_is_refused_not_read_as_frames(tmp_path, desc, pages, match):
+    """A composite of 4 time points in 3 channels keeps each channel on a page of its own: it was
+    scored as 12 frames, with ImageJ's calibration shown. Counts that do not give the pages are
+    a description that does not fit the file."""
+    from PIL import Image, TiffImagePlugin
+
+    frames = [Image.fromarray(f) for f in _grey(n=pages).astype(np.uint8)]
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[270] = f"ImageJ=1.54f\n{desc}unit=mm\nloop=false\n"
+    info[282], info[283], info[296] = 4.0, 4.0, 1
+    tif = tmp_path / "hyper.tif"
+    frames[0].save(tif, save_all=True, append_images=frames[1:], tiffinfo=info)
+    if match is None:
+        assert load_sweep(tif).n_frames == pages
+    else:
+        with pytest.raises(FetalIQAError, match=match):
+            load_sweep(tif)
+
+
 def test_nrrd_in_inches_and_a_frame_axis_marked_as_a_list(tmp_path):
     arr = _grey().astype(np.uint8)
     inches = _nrrd(tmp_path / "in.nrrd", arr, 'spacings: 0.01 0.01 1\nunits: "in" "in" ""')

@@ -582,12 +582,37 @@ def _refuse_imagej_one_page_stack(path: Path, pages: _TiffPages) -> None:
     first frame alone, and a sweep of N frames was scored as one without a word."""
     if pages.imagej is None:
         return
-    found = re.fullmatch(r"(\d{1,9})\s*", pages.imagej.get("images", ""))
-    images = int(found.group(1)) if found else 1
+    images = _imagej_count(pages.imagej, "images")
     if images > pages.count:
         raise FetalIQAError(f"{path}: ImageJ wrote this stack of {images} images as {pages.count} page(s), its "
                             "layout for large stacks, which is not read (only the first frame would be). Save the "
                             "sweep as .mha, or as a TIFF with one page per frame.")
+    _refuse_imagej_hyperstack(path, pages)
+
+
+def _imagej_count(fields: dict[str, str], key: str) -> int:
+    """A count in ImageJ's description (``images``, ``channels``, ``slices``, ``frames``); 1 without one."""
+    found = re.fullmatch(r"(\d{1,9})\s*", fields.get(key, ""))
+    return int(found.group(1)) if found else 1
+
+
+def _refuse_imagej_hyperstack(path: Path, pages: _TiffPages) -> None:
+    """An ImageJ hyperstack keeps each channel on a page of its own, channel fastest: read page by
+    page, a composite of 4 time points in 3 channels was scored as 12 frames. Such a file, and one
+    whose counts do not multiply to its pages, is refused."""
+    fields = pages.imagej or {}
+    if not any(k in fields for k in ("channels", "slices", "frames")):
+        return
+    channels, slices, frames = (_imagej_count(fields, k) for k in ("channels", "slices", "frames"))
+    if channels > 1:
+        raise FetalIQAError(f"{path}: an ImageJ hyperstack of {channels} channels, each stored as a page of its "
+                            "own: read as frames, the channels would be scored as separate frames. Split or merge "
+                            "the channels in ImageJ (Image > Color) and save the frames as one channel.")
+    described = channels * slices * frames
+    if described != pages.count or ("images" in fields and described != _imagej_count(fields, "images")):
+        raise FetalIQAError(f"{path}: the TIFF holds {pages.count} page(s) but its ImageJ description counts "
+                            f"{described} ({channels} channel(s) x {slices} slice(s) x {frames} frame(s)): it "
+                            "is damaged or was changed after ImageJ saved it. Save the stack again from ImageJ.")
 
 
 def _no_image_reader(path: Path, what: str) -> str:
