@@ -877,6 +877,25 @@ def test_an_imagej_hyperstack_of_channels_is_refused_not_read_as_frames(tmp_path
             load_sweep(tif)
 
 
+@pytest.mark.parametrize("yunit,expected", [("cm", (2.5, 0.25)), ("mm", (0.25, 0.25)), ("sec", "rows in 'sec'")])
+def test_an_imagej_scale_with_its_rows_in_another_unit(tmp_path, yunit, expected):
+    """ImageJ writes ``yunit=`` when the rows are measured in another unit than the columns: it
+    was ignored, and rows in cm read 10 times too small, shown as ImageJ's calibration."""
+    from PIL import Image, TiffImagePlugin
+
+    frames = [Image.fromarray(f) for f in _grey(n=3).astype(np.uint8)]
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[270] = f"ImageJ=1.54f\nimages=3\nframes=3\nunit=mm\nyunit={yunit}\nloop=false\n"
+    info[282], info[283], info[296] = 4.0, 4.0, 1
+    tif = tmp_path / "yunit.tif"
+    frames[0].save(tif, save_all=True, append_images=frames[1:], tiffinfo=info)
+    sweep = load_sweep(tif)
+    if isinstance(expected, tuple):
+        assert sweep.spacing_mm == pytest.approx(expected) and sweep.spacing_source == SPACING_FROM_IMAGEJ
+    else:
+        assert sweep.spacing_source == SPACING_NONE and expected in sweep.spacing_problem
+
+
 def test_nrrd_in_inches_and_a_frame_axis_marked_as_a_list(tmp_path):
     arr = _grey().astype(np.uint8)
     inches = _nrrd(tmp_path / "in.nrrd", arr, 'spacings: 0.01 0.01 1\nunits: "in" "in" ""')

@@ -462,7 +462,7 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
     unit = fields.get("unit", "").strip()
     if unit.lower() in ("", "pixel", "pixels"):
         return None, ""
-    factor = 1e-3 if unit.lower() == "\\u00b5m" else _LENGTH_UNITS_MM.get(unit.lower())
+    factor = _imagej_unit_mm(unit)
     if factor in _IMAGEJ_PRINT_MM_PER_UNIT:
         return None, (f"the TIFF's ImageJ scale is in '{unit[:20]}', the unit ImageJ gives a picture's printing "
                       "resolution (dots per inch or per cm), not a size in the body; scales set in mm or "
@@ -476,7 +476,18 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
         return None, ""
     if not (math.isfinite(per_col) and math.isfinite(per_row) and per_col > 0 and per_row > 0):
         return None, ""
-    return (float(f"{factor / per_row:.9g}"), float(f"{factor / per_col:.9g}")), ""
+    row_factor = factor
+    yunit = fields.get("yunit", "").strip()
+    if yunit and yunit.lower() != unit.lower():  # ImageJ writes it when rows are measured in another unit
+        row_factor = _imagej_unit_mm(yunit)
+        if row_factor is None:
+            return None, f"the TIFF's ImageJ scale gives its rows in '{yunit[:20]}', which is not a length unit FetalIQA reads"
+    return (float(f"{row_factor / per_row:.9g}"), float(f"{factor / per_col:.9g}")), ""
+
+
+def _imagej_unit_mm(unit: str) -> float | None:
+    """Millimetres in one of ImageJ's length units (it escapes µ as ``\\u00B5``); None for no length."""
+    return 1e-3 if unit.lower() == "\\u00b5m" else _LENGTH_UNITS_MM.get(unit.lower())
 
 
 #: Picture formats the image reader also opens: their resolution is for printing, not a calibration.
