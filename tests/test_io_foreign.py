@@ -1319,6 +1319,30 @@ def test_a_nrrd_field_with_more_entries_than_axes_is_refused_before_the_image_li
         load_sweep(path)
 
 
+@pytest.mark.parametrize("layout", ["members", "padding", "uncompressed"])
+def test_a_nii_gz_in_several_gzip_members_or_padded_is_read(tmp_path, layout):
+    """The check of a .nii.gz's length trusted the last gzip member's size field: a file in several
+    members (block compressors, concatenated parts), one padded with zeros after the stream, and an
+    uncompressed NIfTI named .nii.gz (all read by the image reader) were called truncated."""
+    grey = _grey(n=6).astype(np.uint8)
+    good = tmp_path / "good.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(grey), str(good))
+    raw = gzip.decompress(good.read_bytes())
+    path = tmp_path / f"{layout}.nii.gz"
+    if layout == "members":
+        path.write_bytes(gzip.compress(raw[:5000]) + gzip.compress(raw[5000:]))
+    elif layout == "padding":
+        path.write_bytes(good.read_bytes() + bytes(512))
+    else:
+        path.write_bytes(raw)
+    assert np.array_equal(np.asarray(load_sweep(path).frames), grey)
+    cut = tmp_path / f"cut_{layout}.nii.gz"  # a member short is still truncated
+    cut.write_bytes({"members": gzip.compress(raw[:5000]), "padding": good.read_bytes()[:len(good.read_bytes()) // 2],
+                     "uncompressed": raw[:len(raw) // 2]}[layout])
+    with pytest.raises(FetalIQAError, match="truncated"):
+        load_sweep(cut)
+
+
 def test_a_damaged_gzip_nifti_is_one_line_never_a_zlib_error(tmp_path):
     """Bits flipped in a .nii.gz's compressed stream escaped as zlib.error: a traceback from `ac`
     and `score`, 'unexpected error' in a folder's table."""

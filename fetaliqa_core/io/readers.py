@@ -1546,17 +1546,16 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     if itemsize is None:
         return
     data_bytes = validate.checked_product(size) * components * itemsize
+    # a .nii.gz that is not compressed (the image reader reads it as it is) is checked as a .nii
+    compressed = suffix == ".nii.gz" and _head(path, 2) == b"\x1f\x8b"
     try:
-        if suffix == ".nii":
+        if not compressed:
             with open(path, "rb") as fh:
                 head = fh.read(544)
             actual = path.stat().st_size
         else:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(544)
-            with open(path, "rb") as fh:
-                fh.seek(-4, os.SEEK_END)
-                actual = struct.unpack("<I", fh.read(4))[0]  # gzip ISIZE: length mod 2**32
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error, struct.error):
         raise FetalIQAError(f"{path}: the file is truncated or damaged (its compressed data cannot be "
                             "read). Copy or export it again.") from None
@@ -1571,20 +1570,27 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     if vox_offset < 0:
         raise FetalIQAError(f"{path}: the NIfTI header's data offset (vox_offset) is not a valid byte "
                             "position: the header is damaged. Export the file again.")
-    if suffix == ".nii.gz":
-        validate.check_inflation(path, vox_offset + data_bytes, path.stat().st_size, MAX_DEFLATE_RATIO)
     expected = vox_offset + data_bytes
-    if suffix == ".nii" and actual < expected:
+    per_frame = data_bytes // max(_frames_of(size), 1)
+    if compressed:
+        validate.check_inflation(path, expected, path.stat().st_size, MAX_DEFLATE_RATIO)
+        # inflated, not read from the last member's length field: several gzip members (as block
+        # compressors write) or padding after the stream are valid, and the image reader reads them
+        try:
+            actual, whole = _inflated_length(path, 0, expected + max(per_frame, 1))
+        except OSError:
+            whole = False
+        if not whole or actual < expected:
+            raise FetalIQAError(
+                f"{path}: the compressed file does not hold the {expected} bytes its header "
+                f"({fmt_dims(size)} voxels) announces: it is truncated or damaged. Copy or export it again.")
+    if actual < expected:
         raise FetalIQAError(
             f"{path}: the file holds {actual} bytes but its header ({fmt_dims(size)} voxels) needs "
             f"{expected}: the file is truncated or its header is wrong. Copy or export it again.")
-    if actual - expected >= data_bytes // max(_frames_of(size), 1) and (suffix == ".nii" or expected < (1 << 32)):
+    if actual - expected >= per_frame:
         # the reader would read what the header counts and leave the rest out without a word
         raise _longer_than_header(path, actual - vox_offset, data_bytes, f"{fmt_dims(size)} voxels")
-    if suffix == ".nii.gz" and actual != expected % (1 << 32):
-        raise FetalIQAError(
-            f"{path}: the compressed file does not hold the {expected} bytes its header "
-            f"({fmt_dims(size)} voxels) announces: it is truncated or damaged. Copy or export it again.")
 
 
 def _frames_of(size_xyz: tuple[int, ...]) -> int:
