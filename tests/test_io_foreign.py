@@ -356,6 +356,23 @@ def test_metaimage_array_element_types_are_read(tmp_path):
     assert np.array_equal(np.asarray(load_sweep(path).frames), arr)
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_nifti_whose_pixels_would_start_inside_its_header_is_refused(tmp_path, gz):
+    """vox_offset 0 in a single .nii file: the image reader read the 352 header bytes as pixels,
+    every frame shifted, without a word."""
+    arr = _grey().astype(np.uint8)
+    good = tmp_path / "good.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(good))
+    raw = bytearray(good.read_bytes())
+    assert raw[344:348] == b"n+1\0"
+    struct.pack_into("<f", raw, 108, 0.0)
+    path = tmp_path / ("vox0.nii.gz" if gz else "vox0.nii")
+    path.write_bytes(gzip.compress(bytes(raw)) if gz else bytes(raw))
+    with pytest.raises(FetalIQAError, match="pixels at byte 0, inside the header"):
+        load_sweep(path)
+    assert np.array_equal(np.asarray(load_sweep(good).frames), arr)
+
+
 # --- what cannot be read says what it is ---------------------------------------------------------------
 
 

@@ -1910,6 +1910,12 @@ def _precheck_nifti_header(path: Path) -> None:
     if head[344:348] == b"ni1\0":  # "pixels in the .img beside me": opened unchecked by the library
         raise FetalIQAError(f"{path}: the NIfTI header says its pixels are in a separate .img file (a NIfTI "
                             "pair), which is not read. Save the sweep as one .nii or .nii.gz file.")
+    vox_offset = _nifti_vox_offset(head)
+    if head[344:348] == b"n+1\0" and vox_offset is not None and 0 <= vox_offset < 352:
+        # the library reads from there: the header's own bytes became pixels, every frame shifted
+        raise FetalIQAError(f"{path}: the NIfTI header puts its pixels at byte {vox_offset}, inside the header "
+                            "itself (in a single .nii file they start at byte 352 or later): its frames would be "
+                            "read shifted. The header is damaged: export the file again.")
     if not 1 <= ndim <= 7:
         raise FetalIQAError(f"{path}: the NIfTI header gives {ndim} dimensions (1 to 7 are possible): the "
                             "header is damaged. Export the file again.")
