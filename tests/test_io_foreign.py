@@ -600,6 +600,20 @@ def test_compressed_frames_the_header_does_not_count_are_refused(tmp_path, kind,
     assert load_sweep(path).n_frames == 5
 
 
+def test_a_dicom_segmentation_object_is_named_not_read_as_a_mask(tmp_path):
+    """A DICOM Segmentation stores only the annotated frames, each pointing at a sweep frame: a
+    valid one was called damaged in the image library's words, or its one frame measured as frame 0."""
+    from fetaliqa_core.io import load_mask
+
+    mask = np.zeros((1, 40, 48), np.uint8)
+    mask[0, 10:30, 12:36] = 1
+    path = us_dicom(tmp_path / "seg.dcm", mask, sop="1.2.840.10008.5.1.4.1.1.66.4", Modality="SEG")
+    with pytest.raises(FetalIQAError, match="DICOM Segmentation object.*label image"):
+        load_mask(path)
+    plain = us_dicom(tmp_path / "mask.dcm", mask)
+    assert np.array_equal(load_mask(plain), mask)
+
+
 def test_frames_compressed_otherwise_than_labelled_are_named(tmp_path):
     """A JPEG stream labelled JPEG-LS: the decoder's "Failed to change to Implicit Transfer Syntax"
     was passed on as 'truncated or damaged'. The compression the header claims is named."""

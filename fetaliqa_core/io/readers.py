@@ -279,6 +279,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _refuse_early_time_axis(path, nrrd)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
     if has_dicom_magic(path) or _bare_dicom(path):
+        _refuse_dicom_segmentation(path)
         _precheck_dicom(path)
     _precheck_nifti_header(path)
     _refuse_animated_png(path)
@@ -1359,6 +1360,27 @@ def _precheck_dicom(path: Path) -> _Member | None:
             "Reading it would leave frames out: export the file again"
             + (" with its right Number of Frames." if held else "."))
     return order
+
+
+#: SOP Class UID of DICOM Segmentation Storage (PS3.4 B.5).
+_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _refuse_dicom_segmentation(path: Path) -> None:
+    """A DICOM Segmentation object keeps only the annotated frames, each pointing at its frame of
+    the sweep (ReferencedFrameNumber), as bits: the image reader called a valid one damaged (in
+    its library's own words), or read its one stored frame as the sweep's frame 0."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=256, force=_bare_dicom(path))
+        sop = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    except Exception:  # noqa: BLE001 - the header checks that follow judge a damaged one
+        return
+    if sop.strip() == _SEGMENTATION_STORAGE:
+        raise FetalIQAError(f"{path}: a DICOM Segmentation object, which is not read: its frames are the "
+                            "annotated ones alone, each pointing at a frame of the sweep. Export the mask as a "
+                            "label image (.mha, .nrrd or .nii) with the sweep's frames, and open that.")
 
 
 def _refuse_junk_after_pixel_data(path: Path, ds) -> None:
