@@ -600,6 +600,23 @@ def test_compressed_frames_the_header_does_not_count_are_refused(tmp_path, kind,
     assert load_sweep(path).n_frames == 5
 
 
+@pytest.mark.parametrize("offset,refused", [("150 90 2", True), ("0 0 2", True), ("0 0 0", False)])
+def test_a_slicer_segmentation_cropped_to_its_extent_is_refused(tmp_path, offset, refused):
+    """3D Slicer saves a .seg.nrrd cropped to its segment and says where it starts in the image
+    it was drawn on: read as it was, a mask drawn on frame 2 was measured as frame 0."""
+    from fetaliqa_core.io import load_mask
+
+    mask = np.zeros((1, 40, 48), np.uint8)
+    mask[0, 10:30, 12:36] = 1
+    path = _nrrd(tmp_path / "abdomen.seg.nrrd", mask, f"Segment0_LabelValue:=1\n"
+                 f"Segmentation_ReferenceImageExtentOffset:={offset}")
+    if refused:
+        with pytest.raises(FetalIQAError, match="3D Slicer segmentation cropped.*Export to labelmap"):
+            load_mask(path)
+    else:
+        assert np.array_equal(load_mask(path), mask)
+
+
 def test_a_dicom_segmentation_object_is_named_not_read_as_a_mask(tmp_path):
     """A DICOM Segmentation stores only the annotated frames, each pointing at a sweep frame: a
     valid one was called damaged in the image library's words, or its one frame measured as frame 0."""

@@ -260,6 +260,23 @@ def _calibration_change(files: list[str], members: list[_Member | None]) -> str:
             "the depth or zoom changed during the sweep, so no one pixel size applies")
 
 
+def _refuse_cropped_slicer_segmentation(path: Path, nrrd: dict[str, str] | None) -> None:
+    """3D Slicer saves a segmentation (.seg.nrrd) cropped to its segments' extent, and says where
+    that extent starts in the image it was drawn on (``Segmentation_ReferenceImageExtentOffset``,
+    in voxels): read as it is, a mask drawn on frame 2 was measured as frame 0, and with its sweep
+    it was refused as drawn on another one."""
+    key = "segmentation_referenceimageextentoffset:="
+    for line in (nrrd or {}).get("", "").splitlines():
+        if line.lower().startswith(key):
+            offset = line[len(key):].split()
+            if any(value.strip("+-0.") for value in offset):  # (any but zeros: the extent starts elsewhere)
+                raise FetalIQAError(f"{path}: a 3D Slicer segmentation cropped to its segments' extent (it starts "
+                                    f"at voxel {' '.join(offset[:3])[:40]} of the image it was drawn on): its frames "
+                                    "and pixels would be misplaced. Export it with the sweep's geometry (Segmentations: "
+                                    "Export to labelmap, with the sweep as the reference volume) and open that.")
+            return
+
+
 def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None) -> None:
     """A NRRD's frames must lie on its last (slowest) axis: with ``time`` on an earlier one the
     image reader takes frames for rows or columns and the frame interval for a pixel size."""
@@ -277,6 +294,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     nrrd = _nrrd_fields(path)
     _refuse_overfull_nrrd_fields(path, nrrd)
     _refuse_early_time_axis(path, nrrd)
+    _refuse_cropped_slicer_segmentation(path, nrrd)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
     if has_dicom_magic(path) or _bare_dicom(path):
         _refuse_dicom_segmentation(path)
