@@ -1313,7 +1313,20 @@ def test_video_is_named_as_video(tmp_path):
     (tmp_path / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(200))  # a still photo, no video
     with pytest.raises(FetalIQAError) as info:
         load_sweep(tmp_path / "photo.heic")
-    assert "a video file" not in str(info.value)
+    assert "a video file" not in str(info.value) and "a HEIF picture" in str(info.value)
+
+
+@pytest.mark.parametrize("animated", [False, True])
+def test_a_webp_picture_is_named(tmp_path, animated):
+    """A WebP (still or animated) was 'not a readable image file (no supported image header
+    found)': the format was not named, as other formats not read are."""
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in _grey(n=2 if animated else 1).astype(np.uint8)]
+    path = tmp_path / "sweep.webp"
+    frames[0].save(path, save_all=animated, append_images=frames[1:], lossless=True)
+    with pytest.raises(FetalIQAError, match="a WebP picture, a format this reader does not read"):
+        load_sweep(path)
 
 
 def test_lookup_tables_the_reader_does_not_apply_are_not_passed_over(tmp_path):

@@ -666,6 +666,10 @@ def _no_image_reader(path: Path, what: str) -> str:
     if picture:  # (it starts as one: "no supported image header" said nothing of what it is)
         return (f"{path}: a {picture} file whose contents cannot be read: it is damaged or cut short. "
                 "Copy or export it again.")
+    unread = _unread_picture(path)
+    if unread:
+        return (f"{path}: a {unread} picture, a format this reader does not read. Save the frames as a "
+                f"multi-page TIFF or PNG files (or the sweep as .mha) and open that.")
     named = _format_by_content(path)
     if named:
         kind, suffix = named
@@ -756,6 +760,17 @@ def _video_container(path: Path) -> str | None:
         return "GIF animation" if _gif_frames(path) > 1 else None
     if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
         return "MPEG"
+    return None
+
+
+def _unread_picture(path: Path) -> str | None:
+    """The name of a picture format the image reader does not open (WebP, still or animated;
+    HEIF and AVIF photos), from its first bytes; None for anything else."""
+    head = _head(path, 16)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[4:8] == b"ftyp" and head[8:12] in _STILL_BRANDS:
+        return "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIF"
     return None
 
 
