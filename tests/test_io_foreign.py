@@ -356,6 +356,23 @@ def test_metaimage_array_element_types_are_read(tmp_path):
     assert np.array_equal(np.asarray(load_sweep(path).frames), arr)
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_nifti_whose_pixels_would_start_inside_its_header_is_refused(tmp_path, gz):
+    """vox_offset 0 in a single .nii file: the image reader read the 352 header bytes as pixels,
+    every frame shifted, without a word."""
+    arr = _grey().astype(np.uint8)
+    good = tmp_path / "good.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(good))
+    raw = bytearray(good.read_bytes())
+    assert raw[344:348] == b"n+1\0"
+    struct.pack_into("<f", raw, 108, 0.0)
+    path = tmp_path / ("vox0.nii.gz" if gz else "vox0.nii")
+    path.write_bytes(gzip.compress(bytes(raw)) if gz else bytes(raw))
+    with pytest.raises(FetalIQAError, match="pixels at byte 0, inside the header"):
+        load_sweep(path)
+    assert np.array_equal(np.asarray(load_sweep(good).frames), arr)
+
+
 # --- what cannot be read says what it is ---------------------------------------------------------------
 
 
@@ -544,6 +561,74 @@ def test_jpeg_frames_that_are_not_jpeg_are_refused_before_the_decoder_prints(tmp
     with pytest.raises(FetalIQAError, match="JPEG-compressed frames do not begin as JPEG data does"):
         load_sweep(path)
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("kind,counted", [("rle", None), ("rle", 3), ("jpeg", 4), ("jpeg", 6), ("jpeg_nobot", 2)])
+def test_compressed_frames_the_header_does_not_count_are_refused(tmp_path, kind, counted):
+    """Compressed frames beyond Number of Frames (or without one) were left out without a word:
+    6 RLE frames without the count read as 1 frame, 5 JPEG frames counted 4 as 4. Too high a count
+    was 'could not be decoded'. With the right count the same file reads."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, RLELossless
+
+    grey = _grey(n=5).astype(np.uint8)
+    path = _dicom(tmp_path / "frames.dcm", grey)
+    ds = pydicom.dcmread(path)
+    if kind == "rle":
+        ds.compress(RLELossless)
+    else:
+        streams = []
+        for frame in grey:
+            buffer = io.BytesIO()
+            Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+            streams.append(buffer.getvalue())
+        ds.PixelData = encapsulate(streams, has_bot=kind == "jpeg")
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    if counted is None:
+        del ds.NumberOfFrames
+    else:
+        ds.NumberOfFrames = counted
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(FetalIQAError, match="holds 5 compressed frames but its header's Number of Frames"):
+        load_sweep(path)
+    ds.NumberOfFrames = 5
+    ds.save_as(path, enforce_file_format=True)
+    assert load_sweep(path).n_frames == 5
+
+
+@pytest.mark.parametrize("offset,refused", [("150 90 2", True), ("0 0 2", True), ("0 0 0", False)])
+def test_a_slicer_segmentation_cropped_to_its_extent_is_refused(tmp_path, offset, refused):
+    """3D Slicer saves a .seg.nrrd cropped to its segment and says where it starts in the image
+    it was drawn on: read as it was, a mask drawn on frame 2 was measured as frame 0."""
+    from fetaliqa_core.io import load_mask
+
+    mask = np.zeros((1, 40, 48), np.uint8)
+    mask[0, 10:30, 12:36] = 1
+    path = _nrrd(tmp_path / "abdomen.seg.nrrd", mask, f"Segment0_LabelValue:=1\n"
+                 f"Segmentation_ReferenceImageExtentOffset:={offset}")
+    if refused:
+        with pytest.raises(FetalIQAError, match="3D Slicer segmentation cropped.*Export to labelmap"):
+            load_mask(path)
+    else:
+        assert np.array_equal(load_mask(path), mask)
+
+
+def test_a_dicom_segmentation_object_is_named_not_read_as_a_mask(tmp_path):
+    """A DICOM Segmentation stores only the annotated frames, each pointing at a sweep frame: a
+    valid one was called damaged in the image library's words, or its one frame measured as frame 0."""
+    from fetaliqa_core.io import load_mask
+
+    mask = np.zeros((1, 40, 48), np.uint8)
+    mask[0, 10:30, 12:36] = 1
+    path = us_dicom(tmp_path / "seg.dcm", mask, sop="1.2.840.10008.5.1.4.1.1.66.4", Modality="SEG")
+    with pytest.raises(FetalIQAError, match="DICOM Segmentation object.*label image"):
+        load_mask(path)
+    plain = us_dicom(tmp_path / "mask.dcm", mask)
+    assert np.array_equal(load_mask(plain), mask)
 
 
 def test_frames_compressed_otherwise_than_labelled_are_named(tmp_path):
@@ -814,6 +899,49 @@ def test_an_imagej_stack_on_one_page_is_refused_not_read_as_one_frame(tmp_path):
     tif.write_bytes(tif.read_bytes() + frames[1:].tobytes())
     with pytest.raises(FetalIQAError, match="stack of 3 images as 1 page"):
         load_sweep(tif)
+
+
+@pytest.mark.parametrize("desc,pages,match", [
+    ("images=12\nchannels=3\nframes=4\nhyperstack=true\nmode=composite\n", 12, "hyperstack of 3 channels"),
+    ("images=4\nframes=6\n", 4, "holds 4 page.*counts 6"),
+    ("images=4\nslices=2\nframes=4\nhyperstack=true\n", 4, "holds 4 page.*counts 8"),
+    ("images=4\nframes=4\n", 4, None)])
+def test_an_imagej_hyperstack_of_channels_is_refused_not_read_as_frames(tmp_path, desc, pages, match):
+    """A composite of 4 time points in 3 channels keeps each channel on a page of its own: it was
+    scored as 12 frames, with ImageJ's calibration shown. Counts that do not give the pages are
+    a description that does not fit the file."""
+    from PIL import Image, TiffImagePlugin
+
+    frames = [Image.fromarray(f) for f in _grey(n=pages).astype(np.uint8)]
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[270] = f"ImageJ=1.54f\n{desc}unit=mm\nloop=false\n"
+    info[282], info[283], info[296] = 4.0, 4.0, 1
+    tif = tmp_path / "hyper.tif"
+    frames[0].save(tif, save_all=True, append_images=frames[1:], tiffinfo=info)
+    if match is None:
+        assert load_sweep(tif).n_frames == pages
+    else:
+        with pytest.raises(FetalIQAError, match=match):
+            load_sweep(tif)
+
+
+@pytest.mark.parametrize("yunit,expected", [("cm", (2.5, 0.25)), ("mm", (0.25, 0.25)), ("sec", "rows in 'sec'")])
+def test_an_imagej_scale_with_its_rows_in_another_unit(tmp_path, yunit, expected):
+    """ImageJ writes ``yunit=`` when the rows are measured in another unit than the columns: it
+    was ignored, and rows in cm read 10 times too small, shown as ImageJ's calibration."""
+    from PIL import Image, TiffImagePlugin
+
+    frames = [Image.fromarray(f) for f in _grey(n=3).astype(np.uint8)]
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[270] = f"ImageJ=1.54f\nimages=3\nframes=3\nunit=mm\nyunit={yunit}\nloop=false\n"
+    info[282], info[283], info[296] = 4.0, 4.0, 1
+    tif = tmp_path / "yunit.tif"
+    frames[0].save(tif, save_all=True, append_images=frames[1:], tiffinfo=info)
+    sweep = load_sweep(tif)
+    if isinstance(expected, tuple):
+        assert sweep.spacing_mm == pytest.approx(expected) and sweep.spacing_source == SPACING_FROM_IMAGEJ
+    else:
+        assert sweep.spacing_source == SPACING_NONE and expected in sweep.spacing_problem
 
 
 def test_nrrd_in_inches_and_a_frame_axis_marked_as_a_list(tmp_path):
@@ -1185,7 +1313,20 @@ def test_video_is_named_as_video(tmp_path):
     (tmp_path / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(200))  # a still photo, no video
     with pytest.raises(FetalIQAError) as info:
         load_sweep(tmp_path / "photo.heic")
-    assert "a video file" not in str(info.value)
+    assert "a video file" not in str(info.value) and "a HEIF picture" in str(info.value)
+
+
+@pytest.mark.parametrize("animated", [False, True])
+def test_a_webp_picture_is_named(tmp_path, animated):
+    """A WebP (still or animated) was 'not a readable image file (no supported image header
+    found)': the format was not named, as other formats not read are."""
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in _grey(n=2 if animated else 1).astype(np.uint8)]
+    path = tmp_path / "sweep.webp"
+    frames[0].save(path, save_all=animated, append_images=frames[1:], lossless=True)
+    with pytest.raises(FetalIQAError, match="a WebP picture, a format this reader does not read"):
+        load_sweep(path)
 
 
 def test_lookup_tables_the_reader_does_not_apply_are_not_passed_over(tmp_path):
@@ -1237,6 +1378,30 @@ def test_a_nrrd_field_with_more_entries_than_axes_is_refused_before_the_image_li
     path.write_bytes(b"NRRD0004\ntype: uint8\ndimension: 300\nsizes: 80 64 6\nencoding: raw\n\n" + data)
     with pytest.raises(FetalIQAError, match="dimension '300'"):
         load_sweep(path)
+
+
+@pytest.mark.parametrize("layout", ["members", "padding", "uncompressed"])
+def test_a_nii_gz_in_several_gzip_members_or_padded_is_read(tmp_path, layout):
+    """The check of a .nii.gz's length trusted the last gzip member's size field: a file in several
+    members (block compressors, concatenated parts), one padded with zeros after the stream, and an
+    uncompressed NIfTI named .nii.gz (all read by the image reader) were called truncated."""
+    grey = _grey(n=6).astype(np.uint8)
+    good = tmp_path / "good.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(grey), str(good))
+    raw = gzip.decompress(good.read_bytes())
+    path = tmp_path / f"{layout}.nii.gz"
+    if layout == "members":
+        path.write_bytes(gzip.compress(raw[:5000]) + gzip.compress(raw[5000:]))
+    elif layout == "padding":
+        path.write_bytes(good.read_bytes() + bytes(512))
+    else:
+        path.write_bytes(raw)
+    assert np.array_equal(np.asarray(load_sweep(path).frames), grey)
+    cut = tmp_path / f"cut_{layout}.nii.gz"  # a member short is still truncated
+    cut.write_bytes({"members": gzip.compress(raw[:5000]), "padding": good.read_bytes()[:len(good.read_bytes()) // 2],
+                     "uncompressed": raw[:len(raw) // 2]}[layout])
+    with pytest.raises(FetalIQAError, match="truncated"):
+        load_sweep(cut)
 
 
 def test_a_damaged_gzip_nifti_is_one_line_never_a_zlib_error(tmp_path):

@@ -260,6 +260,23 @@ def _calibration_change(files: list[str], members: list[_Member | None]) -> str:
             "the depth or zoom changed during the sweep, so no one pixel size applies")
 
 
+def _refuse_cropped_slicer_segmentation(path: Path, nrrd: dict[str, str] | None) -> None:
+    """3D Slicer saves a segmentation (.seg.nrrd) cropped to its segments' extent, and says where
+    that extent starts in the image it was drawn on (``Segmentation_ReferenceImageExtentOffset``,
+    in voxels): read as it is, a mask drawn on frame 2 was measured as frame 0, and with its sweep
+    it was refused as drawn on another one."""
+    key = "segmentation_referenceimageextentoffset:="
+    for line in (nrrd or {}).get("", "").splitlines():
+        if line.lower().startswith(key):
+            offset = line[len(key):].split()
+            if any(value.strip("+-0.") for value in offset):  # (any but zeros: the extent starts elsewhere)
+                raise FetalIQAError(f"{path}: a 3D Slicer segmentation cropped to its segments' extent (it starts "
+                                    f"at voxel {' '.join(offset[:3])[:40]} of the image it was drawn on): its frames "
+                                    "and pixels would be misplaced. Export it with the sweep's geometry (Segmentations: "
+                                    "Export to labelmap, with the sweep as the reference volume) and open that.")
+            return
+
+
 def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None) -> None:
     """A NRRD's frames must lie on its last (slowest) axis: with ``time`` on an earlier one the
     image reader takes frames for rows or columns and the frame interval for a pixel size."""
@@ -277,8 +294,10 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     nrrd = _nrrd_fields(path)
     _refuse_overfull_nrrd_fields(path, nrrd)
     _refuse_early_time_axis(path, nrrd)
+    _refuse_cropped_slicer_segmentation(path, nrrd)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
     if has_dicom_magic(path) or _bare_dicom(path):
+        _refuse_dicom_segmentation(path)
         _precheck_dicom(path)
     _precheck_nifti_header(path)
     _refuse_animated_png(path)
@@ -462,7 +481,7 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
     unit = fields.get("unit", "").strip()
     if unit.lower() in ("", "pixel", "pixels"):
         return None, ""
-    factor = 1e-3 if unit.lower() == "\\u00b5m" else _LENGTH_UNITS_MM.get(unit.lower())
+    factor = _imagej_unit_mm(unit)
     if factor in _IMAGEJ_PRINT_MM_PER_UNIT:
         return None, (f"the TIFF's ImageJ scale is in '{unit[:20]}', the unit ImageJ gives a picture's printing "
                       "resolution (dots per inch or per cm), not a size in the body; scales set in mm or "
@@ -476,7 +495,18 @@ def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
         return None, ""
     if not (math.isfinite(per_col) and math.isfinite(per_row) and per_col > 0 and per_row > 0):
         return None, ""
-    return (float(f"{factor / per_row:.9g}"), float(f"{factor / per_col:.9g}")), ""
+    row_factor = factor
+    yunit = fields.get("yunit", "").strip()
+    if yunit and yunit.lower() != unit.lower():  # ImageJ writes it when rows are measured in another unit
+        row_factor = _imagej_unit_mm(yunit)
+        if row_factor is None:
+            return None, f"the TIFF's ImageJ scale gives its rows in '{yunit[:20]}', which is not a length unit FetalIQA reads"
+    return (float(f"{row_factor / per_row:.9g}"), float(f"{factor / per_col:.9g}")), ""
+
+
+def _imagej_unit_mm(unit: str) -> float | None:
+    """Millimetres in one of ImageJ's length units (it escapes µ as ``\\u00B5``); None for no length."""
+    return 1e-3 if unit.lower() == "\\u00b5m" else _LENGTH_UNITS_MM.get(unit.lower())
 
 
 #: Picture formats the image reader also opens: their resolution is for printing, not a calibration.
@@ -582,12 +612,37 @@ def _refuse_imagej_one_page_stack(path: Path, pages: _TiffPages) -> None:
     first frame alone, and a sweep of N frames was scored as one without a word."""
     if pages.imagej is None:
         return
-    found = re.fullmatch(r"(\d{1,9})\s*", pages.imagej.get("images", ""))
-    images = int(found.group(1)) if found else 1
+    images = _imagej_count(pages.imagej, "images")
     if images > pages.count:
         raise FetalIQAError(f"{path}: ImageJ wrote this stack of {images} images as {pages.count} page(s), its "
                             "layout for large stacks, which is not read (only the first frame would be). Save the "
                             "sweep as .mha, or as a TIFF with one page per frame.")
+    _refuse_imagej_hyperstack(path, pages)
+
+
+def _imagej_count(fields: dict[str, str], key: str) -> int:
+    """A count in ImageJ's description (``images``, ``channels``, ``slices``, ``frames``); 1 without one."""
+    found = re.fullmatch(r"(\d{1,9})\s*", fields.get(key, ""))
+    return int(found.group(1)) if found else 1
+
+
+def _refuse_imagej_hyperstack(path: Path, pages: _TiffPages) -> None:
+    """An ImageJ hyperstack keeps each channel on a page of its own, channel fastest: read page by
+    page, a composite of 4 time points in 3 channels was scored as 12 frames. Such a file, and one
+    whose counts do not multiply to its pages, is refused."""
+    fields = pages.imagej or {}
+    if not any(k in fields for k in ("channels", "slices", "frames")):
+        return
+    channels, slices, frames = (_imagej_count(fields, k) for k in ("channels", "slices", "frames"))
+    if channels > 1:
+        raise FetalIQAError(f"{path}: an ImageJ hyperstack of {channels} channels, each stored as a page of its "
+                            "own: read as frames, the channels would be scored as separate frames. Split or merge "
+                            "the channels in ImageJ (Image > Color) and save the frames as one channel.")
+    described = channels * slices * frames
+    if described != pages.count or ("images" in fields and described != _imagej_count(fields, "images")):
+        raise FetalIQAError(f"{path}: the TIFF holds {pages.count} page(s) but its ImageJ description counts "
+                            f"{described} ({channels} channel(s) x {slices} slice(s) x {frames} frame(s)): it "
+                            "is damaged or was changed after ImageJ saved it. Save the stack again from ImageJ.")
 
 
 def _no_image_reader(path: Path, what: str) -> str:
@@ -611,6 +666,10 @@ def _no_image_reader(path: Path, what: str) -> str:
     if picture:  # (it starts as one: "no supported image header" said nothing of what it is)
         return (f"{path}: a {picture} file whose contents cannot be read: it is damaged or cut short. "
                 "Copy or export it again.")
+    unread = _unread_picture(path)
+    if unread:
+        return (f"{path}: a {unread} picture, a format this reader does not read. Save the frames as a "
+                f"multi-page TIFF or PNG files (or the sweep as .mha) and open that.")
     named = _format_by_content(path)
     if named:
         kind, suffix = named
@@ -701,6 +760,17 @@ def _video_container(path: Path) -> str | None:
         return "GIF animation" if _gif_frames(path) > 1 else None
     if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
         return "MPEG"
+    return None
+
+
+def _unread_picture(path: Path) -> str | None:
+    """The name of a picture format the image reader does not open (WebP, still or animated;
+    HEIF and AVIF photos), from its first bytes; None for anything else."""
+    head = _head(path, 16)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[4:8] == b"ftyp" and head[8:12] in _STILL_BRANDS:
+        return "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIF"
     return None
 
 
@@ -1053,6 +1123,77 @@ def _first_fragment_head(path: Path, offset: int | None, n: int = 2) -> bytes | 
         return None
 
 
+#: More items than this in encapsulated pixel data are not counted further (no sweep has as many frames).
+_MAX_ITEMS = 100_000
+
+
+class _Encapsulated(NamedTuple):
+    """What the item headers of encapsulated pixel data say (:func:`_encapsulated_items`)."""
+
+    offsets: int     # entries in the Basic Offset Table (0 when it is empty)
+    fragments: int   # fragments after it
+    jpeg_starts: int  # fragments that begin as a JPEG stream does (SOI followed by a marker)
+
+
+def _encapsulated_items(path: Path, offset: int | None) -> _Encapsulated | None:
+    """Count the items of encapsulated pixel data whose value starts at ``offset``, reading each
+    item's 8-byte header (and a fragment's first 3 bytes) only: no pixel is decoded. None when the
+    layout is not as expected (the reader judges it) or there are too many items to count."""
+    if offset is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(int(offset))
+            table = fh.read(8)
+            if len(table) != 8 or table[:4] != _ITEM_TAG:
+                return None
+            length = int.from_bytes(table[4:], "little")
+            fh.seek(length, os.SEEK_CUR)
+            fragments = starts = 0
+            while fragments <= _MAX_ITEMS:
+                item = fh.read(8)
+                if len(item) != 8 or item[:4] == b"\xfe\xff\xdd\xe0":  # the end, or the sequence delimiter
+                    return _Encapsulated(length // 4, fragments, starts)
+                if item[:4] != _ITEM_TAG:
+                    return None
+                size = int.from_bytes(item[4:], "little")
+                head = fh.read(min(size, 3))
+                starts += head == b"\xff\xd8\xff"
+                fh.seek(size - len(head), os.SEEK_CUR)
+                fragments += 1
+            return None
+    except (OSError, ValueError, OverflowError):
+        return None
+
+
+def _refuse_frames_left_out(path: Path, ds: Any, syntax: str, element: Any, frames: int) -> None:
+    """Compressed frames the header does not count: the reader decodes as many as Number of Frames
+    says (one when it is missing) and left the rest out without a word (or, counting more than the
+    file holds, failed as 'could not be decoded'). Counted from the items' headers; a frame may span
+    several fragments, so only a definite mismatch is refused: an offset table's one entry a frame,
+    RLE's one fragment a frame (PS3.5 A.4.2), or more fragments beginning as a JPEG stream than
+    there are frames."""
+    items = _encapsulated_items(path, getattr(element, "value_tell", None))
+    if items is None:
+        return
+    extended = ds.get_item("ExtendedOffsetTable", keep_deferred=True) if "ExtendedOffsetTable" in ds else None
+    held, exact = 0, True  # exact: the count is the number of frames, not a least one
+    if extended is not None and getattr(extended, "length", None) not in (None, 0xFFFFFFFF):
+        held = int(extended.length) // 8  # (7FE0,0001): 8 bytes a frame
+    elif items.offsets:
+        held = items.offsets
+    elif syntax == "1.2.840.10008.1.2.5":  # RLE Lossless
+        held = items.fragments
+    elif syntax in _JPEG_SYNTAXES:
+        held, exact = items.jpeg_starts, False
+    if held and (held > frames or (exact and held != frames)):
+        counted = (f"Number of Frames says {frames}" if "NumberOfFrames" in ds
+                   else "Number of Frames is missing (1 frame)")
+        raise FetalIQAError(f"{path}: the file holds {held} compressed frames but its header's {counted}: "
+                            "reading it would leave frames out or fail. Export the file again with its right "
+                            "Number of Frames.")
+
+
 _TOO_DEEP = ("{path}: the DICOM header nests its sequences deeper than any image file does: it is damaged "
              "or crafted, and is not read. Export the file again.")
 
@@ -1216,6 +1357,7 @@ def _precheck_dicom(path: Path) -> _Member | None:
         bits = int(ds.BitsAllocated)
         if syntax not in _NATIVE_SYNTAXES:
             _refuse_compression_bomb(path, element, (rows, cols, max(frames, 1), max(samples, 1), max(bits, 1)))
+            _refuse_frames_left_out(path, ds, syntax, element, frames)
             return order  # compressed: the reader judges the rest
         stored = int(element.length)
     except FetalIQAError:
@@ -1251,6 +1393,27 @@ def _precheck_dicom(path: Path) -> _Member | None:
             "Reading it would leave frames out: export the file again"
             + (" with its right Number of Frames." if held else "."))
     return order
+
+
+#: SOP Class UID of DICOM Segmentation Storage (PS3.4 B.5).
+_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _refuse_dicom_segmentation(path: Path) -> None:
+    """A DICOM Segmentation object keeps only the annotated frames, each pointing at its frame of
+    the sweep (ReferencedFrameNumber), as bits: the image reader called a valid one damaged (in
+    its library's own words), or read its one stored frame as the sweep's frame 0."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=256, force=_bare_dicom(path))
+        sop = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    except Exception:  # noqa: BLE001 - the header checks that follow judge a damaged one
+        return
+    if sop.strip() == _SEGMENTATION_STORAGE:
+        raise FetalIQAError(f"{path}: a DICOM Segmentation object, which is not read: its frames are the "
+                            "annotated ones alone, each pointing at a frame of the sweep. Export the mask as a "
+                            "label image (.mha, .nrrd or .nii) with the sweep's frames, and open that.")
 
 
 def _refuse_junk_after_pixel_data(path: Path, ds) -> None:
@@ -1438,17 +1601,16 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     if itemsize is None:
         return
     data_bytes = validate.checked_product(size) * components * itemsize
+    # a .nii.gz that is not compressed (the image reader reads it as it is) is checked as a .nii
+    compressed = suffix == ".nii.gz" and _head(path, 2) == b"\x1f\x8b"
     try:
-        if suffix == ".nii":
+        if not compressed:
             with open(path, "rb") as fh:
                 head = fh.read(544)
             actual = path.stat().st_size
         else:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(544)
-            with open(path, "rb") as fh:
-                fh.seek(-4, os.SEEK_END)
-                actual = struct.unpack("<I", fh.read(4))[0]  # gzip ISIZE: length mod 2**32
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error, struct.error):
         raise FetalIQAError(f"{path}: the file is truncated or damaged (its compressed data cannot be "
                             "read). Copy or export it again.") from None
@@ -1463,20 +1625,27 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     if vox_offset < 0:
         raise FetalIQAError(f"{path}: the NIfTI header's data offset (vox_offset) is not a valid byte "
                             "position: the header is damaged. Export the file again.")
-    if suffix == ".nii.gz":
-        validate.check_inflation(path, vox_offset + data_bytes, path.stat().st_size, MAX_DEFLATE_RATIO)
     expected = vox_offset + data_bytes
-    if suffix == ".nii" and actual < expected:
+    per_frame = data_bytes // max(_frames_of(size), 1)
+    if compressed:
+        validate.check_inflation(path, expected, path.stat().st_size, MAX_DEFLATE_RATIO)
+        # inflated, not read from the last member's length field: several gzip members (as block
+        # compressors write) or padding after the stream are valid, and the image reader reads them
+        try:
+            actual, whole = _inflated_length(path, 0, expected + max(per_frame, 1))
+        except OSError:
+            whole = False
+        if not whole or actual < expected:
+            raise FetalIQAError(
+                f"{path}: the compressed file does not hold the {expected} bytes its header "
+                f"({fmt_dims(size)} voxels) announces: it is truncated or damaged. Copy or export it again.")
+    if actual < expected:
         raise FetalIQAError(
             f"{path}: the file holds {actual} bytes but its header ({fmt_dims(size)} voxels) needs "
             f"{expected}: the file is truncated or its header is wrong. Copy or export it again.")
-    if actual - expected >= data_bytes // max(_frames_of(size), 1) and (suffix == ".nii" or expected < (1 << 32)):
+    if actual - expected >= per_frame:
         # the reader would read what the header counts and leave the rest out without a word
         raise _longer_than_header(path, actual - vox_offset, data_bytes, f"{fmt_dims(size)} voxels")
-    if suffix == ".nii.gz" and actual != expected % (1 << 32):
-        raise FetalIQAError(
-            f"{path}: the compressed file does not hold the {expected} bytes its header "
-            f"({fmt_dims(size)} voxels) announces: it is truncated or damaged. Copy or export it again.")
 
 
 def _frames_of(size_xyz: tuple[int, ...]) -> int:
@@ -1796,6 +1965,12 @@ def _precheck_nifti_header(path: Path) -> None:
     if head[344:348] == b"ni1\0":  # "pixels in the .img beside me": opened unchecked by the library
         raise FetalIQAError(f"{path}: the NIfTI header says its pixels are in a separate .img file (a NIfTI "
                             "pair), which is not read. Save the sweep as one .nii or .nii.gz file.")
+    vox_offset = _nifti_vox_offset(head)
+    if head[344:348] == b"n+1\0" and vox_offset is not None and 0 <= vox_offset < 352:
+        # the library reads from there: the header's own bytes became pixels, every frame shifted
+        raise FetalIQAError(f"{path}: the NIfTI header puts its pixels at byte {vox_offset}, inside the header "
+                            "itself (in a single .nii file they start at byte 352 or later): its frames would be "
+                            "read shifted. The header is damaged: export the file again.")
     if not 1 <= ndim <= 7:
         raise FetalIQAError(f"{path}: the NIfTI header gives {ndim} dimensions (1 to 7 are possible): the "
                             "header is damaged. Export the file again.")
