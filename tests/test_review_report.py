@@ -410,3 +410,29 @@ def test_a_run_of_models_on_a_random_base_carries_their_notice(tmp_path):
     build_report(s, out)
     assert "randomly initialised base" in out.read_text(encoding="utf-8")
     s.close()
+
+
+def test_report_hides_the_frames_of_a_file_replaced_under_its_name(tmp_path, capsys):
+    """A sweep file overwritten by another sweep of the same size has the same path and shape:
+    its thumbnails would show the new pixels beside the old sweep's masks and verdicts."""
+    from fetaliqa_core.io import load_sweep, write_volume
+
+    path = tmp_path / "case.mha"
+    write_volume(path, np.full((6, 32, 40), 40, np.uint8))
+    db = tmp_path / "r.sqlite3"
+    with ReviewStore(db) as s:
+        sid = s.add_sweep_from(load_sweep(path))
+        flagged = np.zeros(6, bool)
+        flagged[2:4] = True
+        s.add_model_run(sid, {}, np.where(flagged, 0.9, 0.1), np.full(6, np.nan), np.zeros(6), flagged,
+                        chosen_frame=2)
+        s.record_verdict(sid, 2, "alice", "optimal")
+    out = tmp_path / "r.html"
+    assert main(["review", "export", "--db", str(db), "--out", str(out)]) == 0
+    assert len(_images(out.read_text(encoding="utf-8"))) == 1 + 2  # its own file: curve + 2 frames
+
+    write_volume(path, np.full((6, 32, 40), 200, np.uint8))  # another sweep, same name and size
+    assert main(["review", "export", "--db", str(db), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "Frames not shown" in page and "changed since it was reviewed" in page
+    assert len(_images(page)) == 1  # the curve only: no thumbnail of pixels nobody reviewed

@@ -81,12 +81,13 @@ def _sweep_ids(store, hashes: list[str] | None) -> list[int] | None:
 
 
 def load_frames_for_report(path: str):
-    """Sweep loader for reports: the frames of the file at ``path`` ((N, H, W) uint8)."""
+    """Sweep loader for reports: the sweep in the file at ``path``, its frames in memory (the
+    report shows them only when its content hash is the one reviewed)."""
     if not Path(path).exists():
         raise FetalIQAError(f"{path} no longer exists (moved or on a disconnected drive)")
     from fetaliqa_core.io import load_sweep
 
-    return load_sweep(path).in_memory().frames  # (a file rewritten meanwhile: a line, not SIGBUS)
+    return load_sweep(path).in_memory()  # (a file rewritten meanwhile: a line, not SIGBUS)
 
 
 def _export(args) -> int:

@@ -67,7 +67,9 @@ class ReportCancelled(Exception):
     """Raised by a sweep loader to stop the report (the user cancelled): nothing is written."""
 
 
-#: sweep_loader(path) -> frames (N, H, W) uint8, or (frames, masks (N, H, W) uint8 | None).
+#: sweep_loader(path) -> the file's ``fetaliqa_core.io.Sweep`` (its frames are shown only when its
+#: content hash is the one reviewed), or frames (N, H, W) uint8 the caller vouches for, or
+#: (frames, masks (N, H, W) uint8 | None).
 SweepLoader = Callable[[str], Any]
 #: pdf_writer(html, out_path): the "pdf" report writer registered by the viewer (keeps this module Qt-free).
 PdfWriter = Callable[[str, Path], None]
@@ -326,6 +328,17 @@ def _load_frames(loader: SweepLoader | None, sweep: SweepRecord
     masks = None
     if isinstance(loaded, tuple):
         loaded, masks = loaded[0], (loaded[1] if len(loaded) > 1 else None)
+    if hasattr(loaded, "content_hash"):
+        # A file replaced by another sweep of the same size under its name has the same shape:
+        # only the hash tells that its frames are not the ones the verdicts and masks were given on.
+        try:
+            same = loaded.content_hash == sweep.content_hash
+        except Exception as exc:  # a file rewritten while it is read: a line, not a failed report
+            return None, None, f"{type(exc).__name__}: {exc}"
+        if not same:
+            return None, None, (f"{sweep.path} changed since it was reviewed: its pixels are not the "
+                                "ones the verdicts were given on")
+        loaded = loaded.frames
     frames = np.asarray(loaded)
     if frames.ndim != 3 or frames.shape[0] != sweep.n_frames:
         return None, None, (f"{sweep.path} has shape {frames.shape}, not the "
@@ -479,7 +492,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         parts.append("<h3>Flagged frames</h3>")
         if frames is None:
             reason = f" ({_e(why_not)})" if why_not else ""
-            parts.append(f"<p><i>Frames not shown: the sweep file was not loaded{reason}.</i></p>")
+            parts.append(f"<p><i>Frames not shown: the sweep file was not loaded or is not the one "
+                         f"reviewed{reason}.</i></p>")
         else:
             stored = store.run_masks(run.id)
             n_shown = sum(1 for f in thumbs if run.flagged[f])
