@@ -22,6 +22,7 @@ from fetaliqa_core.review.report import (
     build_report,
     cohen_kappa,
     labels_csv_text,
+    render_report_html,
     report_csv_text,
 )
 
@@ -436,3 +437,26 @@ def test_report_hides_the_frames_of_a_file_replaced_under_its_name(tmp_path, cap
     page = out.read_text(encoding="utf-8")
     assert "Frames not shown" in page and "changed since it was reviewed" in page
     assert len(_images(page)) == 1  # the curve only: no thumbnail of pixels nobody reviewed
+
+
+def test_frames_a_stopped_run_never_scored_count_in_no_agreement(tmp_path):
+    """Scoring stopped part-way leaves NaN scores and flagged False on the frames it never
+    reached: that is no call of the model's, and counting it made every verdict of "optimal"
+    there a disagreement."""
+    with ReviewStore(tmp_path / "r.sqlite3") as s:
+        sid = s.add_sweep("ab" * 32, "/data/case.mha", 10, [(0, 10)], (0.3, 0.3))
+        p_cls = np.full(10, np.nan, np.float32)
+        p_cls[:4] = [0.1, 0.9, 0.9, 0.1]  # stopped after frame 3
+        s.add_model_run(sid, {}, p_cls, np.full(10, np.nan), np.zeros(10), p_cls > 0.5)
+        s.record_verdict(sid, 1, "alice", "optimal")  # scored, agrees
+        for f in (6, 7, 8):  # never scored
+            v = s.record_verdict(sid, f, "alice", "optimal")
+        assert v.agrees_with_model is None
+        assert s.review_queue(sid, "disagreements", "alice") == []
+        (a,) = agreement(s.verdicts(sid), s.latest_run(sid))
+        assert (a.n, a.accuracy) == (1, 1.0)
+        rows = [r for r in csv.DictReader(io.StringIO(report_csv_text(s))) if r["frame"] == "7"]
+        assert rows[0]["flagged"] == "" and rows[0]["agrees_with_model"] == ""
+        page = render_report_html(s)
+    assert "stopped part-way: 4 of 10 frames scored" in page
+    assert "not scored" in page and "100 %" in page

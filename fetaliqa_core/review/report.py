@@ -127,14 +127,19 @@ def _agrees(v: Verdict, run: ModelRun | None) -> bool | None:
     that moment, which may have been partial or at another threshold."""
     if run is None or not 0 <= v.frame < len(run.flagged):
         return v.agrees_with_model
+    if not run.scored[v.frame]:  # a run stopped part-way: no call of the model's on this frame
+        return None
     return v.positive == bool(run.flagged[v.frame])
 
 
 def agreement(verdicts: Sequence[Verdict], run: ModelRun) -> list[Agreement]:
-    """Per reviewer, sorted by name: compare the latest verdicts with ``run.flagged``."""
+    """Per reviewer, sorted by name: compare the latest verdicts with ``run.flagged``, on the
+    frames the run scored (a run stopped part-way made no call on the others)."""
     by_reviewer: dict[str, list[Verdict]] = {}
+    scored = run.scored
     for v in verdicts:
-        by_reviewer.setdefault(v.reviewer, []).append(v)
+        if 0 <= v.frame < len(scored) and scored[v.frame]:
+            by_reviewer.setdefault(v.reviewer, []).append(v)
     out = []
     for name in sorted(by_reviewer):
         human = [v.positive for v in by_reviewer[name]]
@@ -446,6 +451,11 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         notice = run_notice(run)
         if notice:
             parts.append(f'<p class="warn"><b>{_e(notice)}</b></p>')
+        n_scored = int(run.scored.sum())
+        if n_scored < sweep.n_frames:
+            parts.append(f'<p class="warn">The run was stopped part-way: {n_scored} of {sweep.n_frames} '
+                         "frames scored. The others are marked not scored, and verdicts on them are "
+                         "left out of the agreement with the model.</p>")
         chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
         # Only a number to act on is stored with a run; a doubtful reading is on the chosen frame's tile.
         ac = ("–" if run.chosen_frame is None else "– (none to act on: doubtful or not measurable; the chosen "
@@ -470,6 +480,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         parts.append("<p><i>No verdicts yet.</i></p>")
     elif run is None:
         parts.append("<p><i>No model results to compare with.</i></p>")
+    elif not any(run.scored[v.frame] for v in verdicts):
+        parts.append("<p><i>No verdict is on a frame the model scored.</i></p>")
     else:
         rows = []
         for a in agreement(verdicts, run):
@@ -542,7 +554,9 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         rows = []
         for v in verdicts:
             model = "–"
-            if run is not None:
+            if run is not None and not run.scored[v.frame]:
+                model = "not scored"
+            elif run is not None:
                 model = ("flagged" if run.flagged[v.frame] else "not flagged") + (
                     f" ({_scores(run, v.frame)})")
             agrees = {True: "yes", False: "<b>no</b>", None: "–"}[_agrees(v, run)]
@@ -594,6 +608,7 @@ REPORT_CSV_COLUMNS = [
     "content_hash", "path", "frame", "sub_sweep", "frame_in_sub_sweep", "p_cls", "p_seg",
     "seg_area_px", "flagged", "chosen", "ac_mm", "ga_weeks", "reviewer", "label", "label_code",
     "agrees_with_model", "note", "time", "threshold", "model_threshold", "notice", "ac_status"]
+#: flagged and agrees_with_model are empty on a frame the run never scored (stopped part-way).
 #: ac_status on the chosen frame's rows: "ok" (ac_mm is a number to act on) or "not to act on"
 #: (doubtful, not measurable, or the pixel size unknown: the HTML report's picture of the frame
 #: says which); empty on the other rows.
@@ -636,7 +651,9 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                 thr = [f"{t.value:.4f}", f"{t.model:.4f}", run_notice(run)]
                 chosen = run.chosen_frame == f
                 base += [_csv_num(run.p_cls[f]), _csv_num(run.p_seg[f]),
-                         int(run.seg_area_px[f]), int(bool(run.flagged[f])), int(chosen),
+                         int(run.seg_area_px[f]),
+                         int(bool(run.flagged[f])) if run.scored[f] else "",  # not scored: no call
+                         int(chosen),
                          _csv_num(run.ac_mm) if chosen else "",
                          _csv_num(ga_weeks_of(run)) if chosen else ""]
                 if chosen:  # an empty ac_mm alone did not tell a doubtful AC from none

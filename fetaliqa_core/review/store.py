@@ -572,7 +572,8 @@ class ReviewStore:
             if agrees_with_model != AUTO:
                 raise ValueError(f"agrees_with_model must be True, False, None or AUTO, "
                                  f"not {agrees_with_model!r}")
-            agrees = None if run is None else bool(
+            # a frame the run never scored (stopped part-way) has no call to agree with
+            agrees = None if run is None or not run.scored[frame] else bool(
                 (label != "not_usable") == bool(run.flagged[frame]))
         else:
             agrees = None if agrees_with_model is None else bool(agrees_with_model)
@@ -672,8 +673,9 @@ class ReviewStore:
             if run.chosen_frame is not None:
                 candidates.add(int(run.chosen_frame))
             disagreements = set(np.flatnonzero(run.models_disagree()).tolist())
+            scored = run.scored
             for v in self._reviewed_frames(sweep_id, reviewer).values():
-                if v.positive != bool(run.flagged[v.frame]):
+                if scored[v.frame] and v.positive != bool(run.flagged[v.frame]):
                     disagreements.add(v.frame)
         chosen = {"candidates": candidates, "disagreements": disagreements,
                   "unreviewed": candidates | disagreements}[kind]
