@@ -460,3 +460,28 @@ def test_frames_a_stopped_run_never_scored_count_in_no_agreement(tmp_path):
         page = render_report_html(s)
     assert "stopped part-way: 4 of 10 frames scored" in page
     assert "not scored" in page and "100 %" in page
+
+
+def test_review_reads_the_database_the_window_remembers(tmp_path, capsys):
+    """After `fetaliqa gui --db project.sqlite3` the window goes on writing there; `review`
+    without --db read the default database instead and silently missed those verdicts."""
+    from app.settings import AppSettings
+    from fetaliqa_core.review.store import default_db_path, remembered_db_path
+
+    with ReviewStore(default_db_path()) as s:
+        s.add_sweep("cd" * 32, "/data/default.mha", 4, [(0, 4)], None)
+    project = tmp_path / "project.sqlite3"
+    with ReviewStore(project) as s:
+        sid = s.add_sweep("ef" * 32, "/data/project.mha", 4, [(0, 4)], None)
+        s.record_verdict(sid, 1, "alice", "optimal")
+    settings = AppSettings.load()
+    settings.review_db = str(project)  # what `gui --db` leaves behind
+    settings.save()
+    assert remembered_db_path() == project
+
+    assert main(["review", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert "project.mha" in out and "default.mha" not in out
+    assert str(project) in err  # which database it read, since it is not the default
+    assert main(["review", "list", "--db", str(default_db_path())]) == 0
+    assert "default.mha" in capsys.readouterr().out
