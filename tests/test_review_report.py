@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -203,7 +204,7 @@ def test_labels_csv_uses_acouslic_codes_and_case_ids(store):
     got = [(r["uuid_or_hash"], int(r["frame"]), int(r["label"]), r["reviewer"]) for r in rows]
     assert got == [
         (UUID, 2, 1, "alice"), (UUID, 9, 1, "alice"), (UUID, 10, 2, "alice"),
-        (UUID, 10, 1, "bob"), (UUID, 11, 0, "alice"), ("b2" * 32, 4, 2, "carol")]
+        (UUID, 10, 1, "bob"), (UUID, 11, 0, "alice"), ("other", 4, 2, "carol")]  # any file name is a case id
     assert all(r["time"].endswith("+00:00") for r in rows)
 
 
@@ -331,26 +332,43 @@ def test_thumbnail_doubt_follows_the_viewer_for_both_models():
     assert _thumbnail_doubt(run, 0) is None
 
 
-def test_verdicts_on_a_file_since_replaced_never_label_the_new_file(tmp_path):
-    """Another acquisition saved under a reviewed file's name: the labels CSV gave both the same
-    case id, so training put the old verdicts on the new frames."""
-    s = ReviewStore(tmp_path / "r.sqlite3")
-    path = f"/data/{UUID}.mha"
-    old = s.add_sweep("aa" * 32, path, 6)
-    s.record_verdict(old, 4, "alice", "optimal")
-    new = s.add_sweep("bb" * 32, path, 6)  # the file now holds other pixels
-    s.record_verdict(new, 3, "alice", "not_usable")
-    rows = list(csv.DictReader(io.StringIO(labels_csv_text(s))))
-    by_hash = {r["content_hash"]: r for r in rows}
-    assert by_hash["bb" * 32]["uuid_or_hash"] == UUID and by_hash["bb" * 32]["label"] == "0"
-    assert by_hash["aa" * 32]["uuid_or_hash"] == "aa" * 32  # no longer the case the file now is
-    from training.dataset import read_extra_labels
+def test_labels_follow_the_pixels_not_the_file_name(tmp_path):
+    """A file name says nothing of the pixels. Replaced and then restored, a file's own verdicts
+    were exported under their hash (training dropped them) and the other pixels' verdicts under
+    its case id; the same name in two folders gave one frame two labels, the last row winning;
+    so did two reviewers who disagree."""
+    from fetaliqa_core.io import load_sweep, write_volume
+    from training.dataset import FrameIndex, apply_extra_labels, read_extra_labels
 
+    mine = np.full((6, 32, 40), 40, np.uint8)
+    theirs = np.full((6, 32, 40), 200, np.uint8)
+    path = tmp_path / "data" / f"{UUID}.mha"
+    path.parent.mkdir()
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    write_volume(path, mine)
+    a = s.add_sweep_from(load_sweep(path))
+    s.record_verdict(a, 1, "alice", "optimal")
+    s.record_verdict(a, 2, "alice", "optimal")
+    s.record_verdict(a, 2, "bob", "not_usable")  # reviewers disagree
+    write_volume(path, theirs)  # replaced by other pixels under the same name, reviewed later
+    b = s.add_sweep_from(load_sweep(path))
+    s.record_verdict(b, 1, "alice", "not_usable")
+    s.record_verdict(b, 3, "alice", "not_usable")
+    write_volume(tmp_path / f"{UUID}.mha", theirs)  # the same name in another folder
+    c = s.add_sweep_from(load_sweep(tmp_path / f"{UUID}.mha"))
+    s.record_verdict(c, 4, "alice", "optimal")
+    write_volume(path, mine)  # ... and the dataset's file restored
     out = tmp_path / "labels.csv"
     out.write_text(labels_csv_text(s), encoding="utf-8")
-    labels = read_extra_labels(out)
-    assert labels[(UUID, 3)] == 0.0 and (UUID, 4) not in labels  # the old pixels' verdict labels no frame of it
     s.close()
+    assert {r["uuid_or_hash"] for r in csv.DictReader(io.StringIO(out.read_text()))} == {UUID}
+
+    case = SimpleNamespace(uuid=UUID, image_path=path)
+    index = FrameIndex([case], np.zeros(6, np.int32), np.arange(6, dtype=np.int32), np.zeros(6, np.int16),
+                       np.zeros(6, np.uint8))
+    done = apply_extra_labels(index, read_extra_labels(out))
+    assert index.target.tolist() == [0, 1, 0, 0, 0, 0]  # its own verdict on frame 1, nothing else
+    assert (done.changed, done.other_pixels, done.conflicting) == (1, 3, 1)
 
 
 def test_agreement_is_with_the_run_the_report_shows(tmp_path):

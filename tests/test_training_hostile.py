@@ -59,7 +59,7 @@ def test_resume_with_a_corrupt_run_config_gives_one_line(tmp_path, text):
 def test_extra_labels_csv_in_latin1_is_read(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_bytes("uuid,frame,label,reviewer\ncase-1,3,optimal,Dr Müller\ncase-2,4,0,Zoë\n".encode("latin-1"))
-    assert ds.read_extra_labels(path) == {("case-1", 3): 1.0, ("case-2", 4): 0.0}
+    assert ds.read_extra_labels(path).targets() == {("case-1", 3): 1.0, ("case-2", 4): 0.0}
 
 
 def test_an_extra_labels_file_with_a_huge_field_is_one_line(tmp_path):

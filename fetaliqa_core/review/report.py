@@ -16,10 +16,13 @@ Labels CSV (``write_labels_csv``), one row per latest verdict of each reviewer o
     uuid_or_hash,path,frame,label,reviewer,time,content_hash
     0199616b-b9d7-4c6d-9a4e-9a2c1d0c7d11,/data/images/0199616b-...mha,312,1,alice,2025-01-31T14:05:09.123+00:00,5f2c...
 
-``uuid_or_hash``: the file name without extension when it is an ACOUSLIC case UUID, otherwise
-the sweep's content hash; also the content hash for a sweep whose file has since been replaced
-by other pixels under its name (reviewed later), so that its verdicts never label the new file.
-``content_hash``: SHA-256 of the pixels the verdicts were given on. ``frame``: zero-based index into the stacked file (all sub-sweeps).
+``uuid_or_hash``: the file name without extension (the case id of an ACOUSLIC-layout dataset,
+UUID or not), or the sweep's content hash when the path is unknown. A name says nothing of the
+pixels: ``content_hash`` does, and ``fetaliqa train --extra-labels`` uses a row only when it is
+the hash of the dataset's file of that name (a file replaced, restored, or the same name in two
+folders, never lends one sweep's verdicts to another's frames).
+``content_hash``: the content hash of the pixels the verdicts were given on (as the viewer and
+``review list`` show it). ``frame``: zero-based index into the stacked file (all sub-sweeps).
 ``label``: ACOUSLIC mask convention, 1 optimal plane, 2 suboptimal plane, 0 not usable. Several
 reviewers may label the same frame (one row each); a reviewer's earlier verdicts on a frame are
 superseded by their latest. ``time``: UTC ISO 8601 of the verdict. Rows are sorted by sweep,
@@ -31,7 +34,6 @@ from __future__ import annotations
 import html
 import io
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -82,7 +84,6 @@ COLUMN_PX = 620
 #: At most this many thumbnails per sweep: the chosen frame, then the highest-scoring flagged.
 MAX_THUMBNAILS = 12
 THUMBS_PER_ROW = 4
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -676,10 +677,12 @@ def _csv_num(x: Any) -> str:
 
 
 def case_id(sweep: SweepRecord) -> str:
-    """The ACOUSLIC case UUID (file name without extension) when there is one, else the hash."""
+    """The file name without extension (an ACOUSLIC-layout dataset's case id: a UUID, or any
+    name such as ``case001``), else the content hash."""
     if sweep.path:
-        stem = Path(sweep.path).name.split(".")[0]
-        if _UUID_RE.match(stem):
+        name = Path(sweep.path).name
+        stem = name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+        if stem:
             return stem
     return sweep.content_hash
 
@@ -692,15 +695,11 @@ def labels_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
     buf = io.StringIO()
     writer = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     writer.writerow(LABELS_CSV_COLUMNS)
-    # A file replaced by another under its name: the earlier pixels' verdicts keep their own
-    # identity (their content hash), or training would put them on the new file's frames.
-    latest: dict[str, int] = {}
-    for sweep in store.sweeps():
-        if sweep.path:
-            latest[sweep.path] = max(latest.get(sweep.path, sweep.id), sweep.id)
+    # Which sweep's pixels a file of that name holds is known only where the file is read: the
+    # content_hash column tells, and training compares it with the dataset's file (the newest
+    # sweep under a name was taken for the file's content, wrong once the file was restored).
     for sweep in _select_sweeps(store, sweep_ids):
-        replaced = bool(sweep.path) and latest.get(sweep.path, sweep.id) != sweep.id
-        ident = sweep.content_hash if replaced else case_id(sweep)
+        ident = case_id(sweep)
         for v in store.verdicts(sweep.id):
             writer.writerow([ident, sweep.path or "", v.frame, ACOUSLIC_CODE[v.label],
                              v.reviewer, v.time, sweep.content_hash])
