@@ -36,6 +36,12 @@ def extra_labels_message(labels_path, train_index, cases) -> str:
                  "--data holds (replaced, or another folder's file)")
     if done.conflicting:
         text += f"; {done.conflicting} frame(s) not relabelled: their reviewers disagree"
+    unknown = labels.cases() - {c.uuid for c in cases}
+    if unknown:
+        n = sum(len(rows) for (case, _), rows in labels.rows.items() if case in unknown)
+        names = sorted(unknown)
+        text += (f"; {n} label(s) name no case in --data ({', '.join(u[:24] for u in names[:3])}"
+                 f"{', …' if len(names) > 3 else ''}): export them from sweeps at the dataset's own files")
     return text
 
 
