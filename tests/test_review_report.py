@@ -503,3 +503,33 @@ def test_review_reads_the_database_the_window_remembers(tmp_path, capsys):
     assert str(project) in err  # which database it read, since it is not the default
     assert main(["review", "list", "--db", str(default_db_path())]) == 0
     assert "default.mha" in capsys.readouterr().out
+
+
+def test_an_export_never_replaces_the_database_or_a_file_it_did_not_write(store, tmp_path, capsys):
+    """`review labels --db reviews.csv --out reviews.csv` replaced the database with the CSV,
+    every verdict lost; an existing spreadsheet given as --out was replaced without a word."""
+    import shutil
+
+    store.close()
+    db = tmp_path / "reviews.csv"
+    shutil.copy(store.path, db)
+    before = db.read_bytes()
+    assert main(["review", "labels", "--db", str(db), "--out", str(db)]) != 0
+    assert "is the review database" in capsys.readouterr().err
+    assert db.read_bytes() == before
+    assert main(["review", "export", "--db", str(db), "--out", str(db), "--no-frames"]) != 0
+    assert "is the review database" in capsys.readouterr().err and db.read_bytes() == before
+
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my precious spreadsheet\n")
+    for command in (["labels"], ["export", "--no-frames"]):
+        assert main(["review", *command, "--db", str(db), "--out", str(mine)]) != 0
+        err = capsys.readouterr().err
+        assert "left as it is" in err and err.count("\n") == 1
+    assert mine.read_text() == "my precious spreadsheet\n"
+
+    labels, report = tmp_path / "labels.csv", tmp_path / "r.html"
+    for _ in range(2):  # an earlier export of the same kind is replaced
+        assert main(["review", "labels", "--db", str(db), "--out", str(labels)]) == 0
+        assert main(["review", "export", "--db", str(db), "--out", str(report), "--no-frames"]) == 0
+    assert main(["review", "export", "--db", str(db), "--out", str(labels), "--no-frames"]) != 0  # no report CSV

@@ -11,6 +11,9 @@
 ``fetaliqa review list --db DB``
     The sweeps in the database with their review counts.
 
+``--out`` replaces an existing file only when it is an earlier export of the same kind, and is
+never the database itself.
+
 ``--db`` defaults to the database the window uses: the one ``fetaliqa gui --db`` last named
 (the window remembers it), else reviews.sqlite3 in the user data folder.
 """

@@ -34,6 +34,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -381,6 +382,56 @@ def _write_atomic(out_path: Path, data: bytes) -> None:
         raise FetalIQAError(f"Cannot write {os_error_message(exc)}") from None
 
 
+#: How far into an existing output file its kind is looked for.
+_OUTPUT_HEAD_BYTES = 4096
+
+
+def _looks_like_ours(head: bytes, ext: str, labels: bool) -> bool:
+    """Whether the first bytes of an existing file are those of an earlier file of the kind
+    about to replace it: a labels CSV or a report CSV (their header row), a review report
+    (HTML naming FetalIQA), a PDF."""
+    if ext == ".csv":
+        header = ",".join(LABELS_CSV_COLUMNS if labels else REPORT_CSV_COLUMNS).encode()
+        return head.removeprefix(b"\xef\xbb\xbf").startswith(header)
+    if ext == ".html":
+        return b"<html" in head.lower() and b"fetaliqa" in head.lower()
+    if ext == ".pdf":
+        return head.startswith(b"%PDF-")
+    return False
+
+
+def check_output(out_path: str | Path, store: ReviewStore, labels: bool = False) -> None:
+    """Refuse an output that would destroy data, before anything is read or written: the review
+    database itself (or its -wal/-shm/-journal companions), or an existing file that is not an
+    earlier export of the same kind (a spreadsheet of someone's, a file typed by mistake);
+    one line saying what to do."""
+    out = Path(out_path).expanduser()
+    db = Path(store.path).expanduser()
+    companions = [db] + [db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal")]
+    try:
+        target = out.resolve()
+        same = any(target == c.resolve() or (out.exists() and c.exists() and os.path.samefile(out, c))
+                   for c in companions)
+    except OSError:
+        same = False
+    if same:
+        raise FetalIQAError(f"--out {out} is the review database (or one of its files) being read; name "
+                            "another output file.")
+    if not out.is_file():
+        return  # a new file (a folder or a missing parent: the write names the problem)
+    try:
+        with open(out, "rb") as fh:
+            head = fh.read(_OUTPUT_HEAD_BYTES)
+    except OSError as exc:
+        raise FetalIQAError(f"--out {out} exists and cannot be read ({exc.strerror or exc}); name another "
+                            "output file.") from None
+    if not _looks_like_ours(head, out.suffix.lower(), labels):
+        kind = "labels CSV" if labels else {".csv": "report CSV", ".html": "FetalIQA report",
+                                            ".pdf": "PDF"}.get(out.suffix.lower(), "report")
+        raise FetalIQAError(f"--out {out} exists and is not an earlier {kind}; it is left as it is. Name "
+                            "another output file, or remove that one first.")
+
+
 def _select_sweeps(store: ReviewStore, sweep_ids: Sequence[int] | None) -> list[SweepRecord]:
     if sweep_ids is None:
         return store.sweeps()
@@ -708,7 +759,9 @@ def labels_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
 
 def write_labels_csv(store: ReviewStore, out_path: str | Path,
                      sweep_ids: Sequence[int] | None = None) -> int:
-    """Write the labels CSV; return the number of label rows."""
+    """Write the labels CSV; return the number of label rows. An output that is the database,
+    or an existing file that is no labels CSV, is refused (:func:`check_output`)."""
+    check_output(out_path, store, labels=True)
     text = labels_csv_text(store, sweep_ids)
     _write_atomic(Path(out_path), text.encode("utf-8"))
     return text.count("\n") - 1
@@ -758,7 +811,10 @@ def build_report(store: ReviewStore, out_path: str | Path, sweep_ids: Sequence[i
     sweep_loader(path) -> frames (N, H, W) uint8 (or (frames, masks)) enables thumbnails;
     without it, or when a file cannot be read, the report says so and goes on.
     pdf_writer(html, out_path) renders the PDF (the viewer registers one: ``fetaliqa.report_writers``).
+    An output that is the database, or an existing file that is no earlier report of that kind,
+    is refused (:func:`check_output`).
     """
     if Path(out_path).suffix.lower() == ".pdf" and pdf_writer is None:  # said before any sweep is read
         raise FetalIQAError(_NO_PDF_WRITER)
+    check_output(out_path, store)
     return save_report(render_report(store, out_path, sweep_ids, sweep_loader), out_path, pdf_writer)
