@@ -533,3 +533,17 @@ def test_an_export_never_replaces_the_database_or_a_file_it_did_not_write(store,
         assert main(["review", "labels", "--db", str(db), "--out", str(labels)]) == 0
         assert main(["review", "export", "--db", str(db), "--out", str(report), "--no-frames"]) == 0
     assert main(["review", "export", "--db", str(db), "--out", str(labels), "--no-frames"]) != 0  # no report CSV
+
+
+def test_a_long_note_is_cut_in_the_pdf_page_only(tmp_path):
+    """A 100,000-character note made a 77-page PDF; the HTML and CSV keep it whole."""
+    from fetaliqa_core.review.report import PDF_NOTE_CHARS, render_report
+
+    with ReviewStore(tmp_path / "r.sqlite3") as s:
+        sid = s.add_sweep("ab" * 32, "/data/case.mha", 4, [(0, 4)], None)
+        s.record_verdict(sid, 1, "alice", "optimal", note="x" * 100_000)
+        pdf_page = render_report(s, tmp_path / "r.pdf")
+        html_page = render_report(s, tmp_path / "r.html")
+    assert "x" * 100_000 not in pdf_page and "x" * PDF_NOTE_CHARS in pdf_page
+    assert f"({100_000 - PDF_NOTE_CHARS} more characters in the HTML/CSV report)" in pdf_page
+    assert "x" * 100_000 in html_page

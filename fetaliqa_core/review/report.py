@@ -478,8 +478,19 @@ def _label_html(label: str) -> str:
     return f'<span style="color:{_LABEL_HEX[label]}"><b>{_e(LABEL_TITLES[label])}</b></span>'
 
 
+#: Characters of a verdict's note a PDF report shows (a 100,000-character note made 77 pages);
+#: the HTML and the CSV hold it whole.
+PDF_NOTE_CHARS = 1000
+
+
+def _note_text(note: str, limit: int | None) -> str:
+    if limit is None or len(note) <= limit:
+        return note
+    return f"{note[:limit]}…({len(note) - limit} more characters in the HTML/CSV report)"
+
+
 def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
-                   loader: SweepLoader | None) -> str:
+                   loader: SweepLoader | None, note_limit: int | None = None) -> str:
     run = store.latest_run(sweep.id)
     verdicts = store.verdicts(sweep.id)
     latest_by_frame: dict[int, Verdict] = {}
@@ -613,7 +624,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                     f" ({_scores(run, v.frame)})")
             agrees = {True: "yes", False: "<b>no</b>", None: "–"}[_agrees(v, run)]
             rows.append([_e(_where(sweep, v.frame)), _e(v.reviewer), _label_html(v.label),
-                         model, agrees, _e(v.note), _e(_fmt_time(v.time, utc_suffix=False))])
+                         model, agrees, _e(_note_text(v.note, note_limit)), _e(_fmt_time(v.time, utc_suffix=False))])
         parts.append(_grid(["Frame", "Reviewer", "Verdict", "Model (cls / seg)", "Agrees",
                             "Note", "Time (UTC)"], rows, [13, 11, 12, 20, 8, 19, 17]))
     return "\n".join(parts)
@@ -621,8 +632,9 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
 
 def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = None,
                        sweep_loader: SweepLoader | None = None,
-                       title: str = "FetalIQA review report") -> str:
-    """The report as one self-contained HTML page (see the module docstring)."""
+                       title: str = "FetalIQA review report", note_limit: int | None = None) -> str:
+    """The report as one self-contained HTML page (see the module docstring); ``note_limit``:
+    at most that many characters of each note (the page a PDF is laid out from)."""
     sweeps = _select_sweeps(store, sweep_ids)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
@@ -648,7 +660,7 @@ def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = Non
         parts.append(_grid(["#", "Sweep", "Frames", "Flagged", "Verdicts", "Reviewers",
                             "AC (mm)", "GA"], rows, [4, 33, 9, 9, 9, 15, 10, 11]))
         for i, s in enumerate(sweeps, 1):
-            parts.append(_sweep_section(store, s, i, sweep_loader))
+            parts.append(_sweep_section(store, s, i, sweep_loader, note_limit))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -787,7 +799,8 @@ def render_report(store: ReviewStore, out_path: str | Path, sweep_ids: Sequence[
                             "output file .html, .pdf or .csv.")
     if ext == ".csv":
         return report_csv_text(store, sweep_ids)
-    return render_report_html(store, sweep_ids, sweep_loader)
+    return render_report_html(store, sweep_ids, sweep_loader,
+                              note_limit=PDF_NOTE_CHARS if ext == ".pdf" else None)
 
 
 def save_report(text: str, out_path: str | Path, pdf_writer: PdfWriter | None = None) -> Path:
