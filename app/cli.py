@@ -21,7 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM",
                         help="pixel spacing in mm per pixel for a sweep whose file records none (or a wrong one)")
     parser.add_argument("--db", metavar="FILE", type=Path, default=None,
-                        help="review database (default: the one in the user data folder; remembered)")
+                        help="review database (default: the one in the user data folder); remembered for "
+                             "later windows and for `fetaliqa review`")
     parser.add_argument("--screenshot", metavar="PNG", type=Path,
                         help="save a picture of the window when scoring has ended (or at --max-seconds)")
     parser.add_argument("--exit-when-scored", action="store_true",

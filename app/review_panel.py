@@ -482,9 +482,11 @@ class ReviewPanel(QWidget):
             return None
 
         def frames_of(path: str):  # in the renderer's thread
+            # the sweep, not its frames: the report compares its content hash with the one
+            # reviewed (a file replaced under the same name has the same path)
             if current is not None and current.path is not None and str(current.path) == str(path):
-                return current.frames
-            return load_sweep(path).in_memory().frames  # (a file rewritten meanwhile: a line, not SIGBUS)
+                return current
+            return load_sweep(path).in_memory()  # (a file rewritten meanwhile: a line, not SIGBUS)
 
         progress = QProgressDialog("Writing the report…", "Cancel", 0, max(n_sweeps, 1), self)
         progress.setWindowTitle("Export report")

@@ -370,7 +370,7 @@ class ReportRenderer(QThread):
     :attr:`pdf` (laid out here too: 0.3 s and more on the window's thread), or the user-facing
     message in :attr:`error`. Writing the file is left to the caller, so that a report cancelled
     at any moment writes nothing.
-    ``frames_of(path)`` returns a sweep's frames (the open sweep's without reading it again).
+    ``frames_of(path)`` returns the sweep at ``path`` (the open one without reading it again).
     """
 
     reading = Signal(int, str)

@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -22,6 +23,7 @@ from fetaliqa_core.review.report import (
     build_report,
     cohen_kappa,
     labels_csv_text,
+    render_report_html,
     report_csv_text,
 )
 
@@ -202,7 +204,7 @@ def test_labels_csv_uses_acouslic_codes_and_case_ids(store):
     got = [(r["uuid_or_hash"], int(r["frame"]), int(r["label"]), r["reviewer"]) for r in rows]
     assert got == [
         (UUID, 2, 1, "alice"), (UUID, 9, 1, "alice"), (UUID, 10, 2, "alice"),
-        (UUID, 10, 1, "bob"), (UUID, 11, 0, "alice"), ("b2" * 32, 4, 2, "carol")]
+        (UUID, 10, 1, "bob"), (UUID, 11, 0, "alice"), ("other", 4, 2, "carol")]  # any file name is a case id
     assert all(r["time"].endswith("+00:00") for r in rows)
 
 
@@ -330,26 +332,43 @@ def test_thumbnail_doubt_follows_the_viewer_for_both_models():
     assert _thumbnail_doubt(run, 0) is None
 
 
-def test_verdicts_on_a_file_since_replaced_never_label_the_new_file(tmp_path):
-    """Another acquisition saved under a reviewed file's name: the labels CSV gave both the same
-    case id, so training put the old verdicts on the new frames."""
-    s = ReviewStore(tmp_path / "r.sqlite3")
-    path = f"/data/{UUID}.mha"
-    old = s.add_sweep("aa" * 32, path, 6)
-    s.record_verdict(old, 4, "alice", "optimal")
-    new = s.add_sweep("bb" * 32, path, 6)  # the file now holds other pixels
-    s.record_verdict(new, 3, "alice", "not_usable")
-    rows = list(csv.DictReader(io.StringIO(labels_csv_text(s))))
-    by_hash = {r["content_hash"]: r for r in rows}
-    assert by_hash["bb" * 32]["uuid_or_hash"] == UUID and by_hash["bb" * 32]["label"] == "0"
-    assert by_hash["aa" * 32]["uuid_or_hash"] == "aa" * 32  # no longer the case the file now is
-    from training.dataset import read_extra_labels
+def test_labels_follow_the_pixels_not_the_file_name(tmp_path):
+    """A file name says nothing of the pixels. Replaced and then restored, a file's own verdicts
+    were exported under their hash (training dropped them) and the other pixels' verdicts under
+    its case id; the same name in two folders gave one frame two labels, the last row winning;
+    so did two reviewers who disagree."""
+    from fetaliqa_core.io import load_sweep, write_volume
+    from training.dataset import FrameIndex, apply_extra_labels, read_extra_labels
 
+    mine = np.full((6, 32, 40), 40, np.uint8)
+    theirs = np.full((6, 32, 40), 200, np.uint8)
+    path = tmp_path / "data" / f"{UUID}.mha"
+    path.parent.mkdir()
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    write_volume(path, mine)
+    a = s.add_sweep_from(load_sweep(path))
+    s.record_verdict(a, 1, "alice", "optimal")
+    s.record_verdict(a, 2, "alice", "optimal")
+    s.record_verdict(a, 2, "bob", "not_usable")  # reviewers disagree
+    write_volume(path, theirs)  # replaced by other pixels under the same name, reviewed later
+    b = s.add_sweep_from(load_sweep(path))
+    s.record_verdict(b, 1, "alice", "not_usable")
+    s.record_verdict(b, 3, "alice", "not_usable")
+    write_volume(tmp_path / f"{UUID}.mha", theirs)  # the same name in another folder
+    c = s.add_sweep_from(load_sweep(tmp_path / f"{UUID}.mha"))
+    s.record_verdict(c, 4, "alice", "optimal")
+    write_volume(path, mine)  # ... and the dataset's file restored
     out = tmp_path / "labels.csv"
     out.write_text(labels_csv_text(s), encoding="utf-8")
-    labels = read_extra_labels(out)
-    assert labels[(UUID, 3)] == 0.0 and (UUID, 4) not in labels  # the old pixels' verdict labels no frame of it
     s.close()
+    assert {r["uuid_or_hash"] for r in csv.DictReader(io.StringIO(out.read_text()))} == {UUID}
+
+    case = SimpleNamespace(uuid=UUID, image_path=path)
+    index = FrameIndex([case], np.zeros(6, np.int32), np.arange(6, dtype=np.int32), np.zeros(6, np.int16),
+                       np.zeros(6, np.uint8))
+    done = apply_extra_labels(index, read_extra_labels(out))
+    assert index.target.tolist() == [0, 1, 0, 0, 0, 0]  # its own verdict on frame 1, nothing else
+    assert (done.changed, done.other_pixels, done.conflicting) == (1, 3, 1)
 
 
 def test_agreement_is_with_the_run_the_report_shows(tmp_path):
@@ -410,3 +429,121 @@ def test_a_run_of_models_on_a_random_base_carries_their_notice(tmp_path):
     build_report(s, out)
     assert "randomly initialised base" in out.read_text(encoding="utf-8")
     s.close()
+
+
+def test_report_hides_the_frames_of_a_file_replaced_under_its_name(tmp_path, capsys):
+    """A sweep file overwritten by another sweep of the same size has the same path and shape:
+    its thumbnails would show the new pixels beside the old sweep's masks and verdicts."""
+    from fetaliqa_core.io import load_sweep, write_volume
+
+    path = tmp_path / "case.mha"
+    write_volume(path, np.full((6, 32, 40), 40, np.uint8))
+    db = tmp_path / "r.sqlite3"
+    with ReviewStore(db) as s:
+        sid = s.add_sweep_from(load_sweep(path))
+        flagged = np.zeros(6, bool)
+        flagged[2:4] = True
+        s.add_model_run(sid, {}, np.where(flagged, 0.9, 0.1), np.full(6, np.nan), np.zeros(6), flagged,
+                        chosen_frame=2)
+        s.record_verdict(sid, 2, "alice", "optimal")
+    out = tmp_path / "r.html"
+    assert main(["review", "export", "--db", str(db), "--out", str(out)]) == 0
+    assert len(_images(out.read_text(encoding="utf-8"))) == 1 + 2  # its own file: curve + 2 frames
+
+    write_volume(path, np.full((6, 32, 40), 200, np.uint8))  # another sweep, same name and size
+    assert main(["review", "export", "--db", str(db), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "Frames not shown" in page and "changed since it was reviewed" in page
+    assert len(_images(page)) == 1  # the curve only: no thumbnail of pixels nobody reviewed
+
+
+def test_frames_a_stopped_run_never_scored_count_in_no_agreement(tmp_path):
+    """Scoring stopped part-way leaves NaN scores and flagged False on the frames it never
+    reached: that is no call of the model's, and counting it made every verdict of "optimal"
+    there a disagreement."""
+    with ReviewStore(tmp_path / "r.sqlite3") as s:
+        sid = s.add_sweep("ab" * 32, "/data/case.mha", 10, [(0, 10)], (0.3, 0.3))
+        p_cls = np.full(10, np.nan, np.float32)
+        p_cls[:4] = [0.1, 0.9, 0.9, 0.1]  # stopped after frame 3
+        s.add_model_run(sid, {}, p_cls, np.full(10, np.nan), np.zeros(10), p_cls > 0.5)
+        s.record_verdict(sid, 1, "alice", "optimal")  # scored, agrees
+        for f in (6, 7, 8):  # never scored
+            v = s.record_verdict(sid, f, "alice", "optimal")
+        assert v.agrees_with_model is None
+        assert s.review_queue(sid, "disagreements", "alice") == []
+        (a,) = agreement(s.verdicts(sid), s.latest_run(sid))
+        assert (a.n, a.accuracy) == (1, 1.0)
+        rows = [r for r in csv.DictReader(io.StringIO(report_csv_text(s))) if r["frame"] == "7"]
+        assert rows[0]["flagged"] == "" and rows[0]["agrees_with_model"] == ""
+        page = render_report_html(s)
+    assert "stopped part-way: 4 of 10 frames scored" in page
+    assert "not scored" in page and "100 %" in page
+
+
+def test_review_reads_the_database_the_window_remembers(tmp_path, capsys):
+    """After `fetaliqa gui --db project.sqlite3` the window goes on writing there; `review`
+    without --db read the default database instead and silently missed those verdicts."""
+    from app.settings import AppSettings
+    from fetaliqa_core.review.store import default_db_path, remembered_db_path
+
+    with ReviewStore(default_db_path()) as s:
+        s.add_sweep("cd" * 32, "/data/default.mha", 4, [(0, 4)], None)
+    project = tmp_path / "project.sqlite3"
+    with ReviewStore(project) as s:
+        sid = s.add_sweep("ef" * 32, "/data/project.mha", 4, [(0, 4)], None)
+        s.record_verdict(sid, 1, "alice", "optimal")
+    settings = AppSettings.load()
+    settings.review_db = str(project)  # what `gui --db` leaves behind
+    settings.save()
+    assert remembered_db_path() == project
+
+    assert main(["review", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert "project.mha" in out and "default.mha" not in out
+    assert str(project) in err  # which database it read, since it is not the default
+    assert main(["review", "list", "--db", str(default_db_path())]) == 0
+    assert "default.mha" in capsys.readouterr().out
+
+
+def test_an_export_never_replaces_the_database_or_a_file_it_did_not_write(store, tmp_path, capsys):
+    """`review labels --db reviews.csv --out reviews.csv` replaced the database with the CSV,
+    every verdict lost; an existing spreadsheet given as --out was replaced without a word."""
+    import shutil
+
+    store.close()
+    db = tmp_path / "reviews.csv"
+    shutil.copy(store.path, db)
+    before = db.read_bytes()
+    assert main(["review", "labels", "--db", str(db), "--out", str(db)]) != 0
+    assert "is the review database" in capsys.readouterr().err
+    assert db.read_bytes() == before
+    assert main(["review", "export", "--db", str(db), "--out", str(db), "--no-frames"]) != 0
+    assert "is the review database" in capsys.readouterr().err and db.read_bytes() == before
+
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my precious spreadsheet\n")
+    for command in (["labels"], ["export", "--no-frames"]):
+        assert main(["review", *command, "--db", str(db), "--out", str(mine)]) != 0
+        err = capsys.readouterr().err
+        assert "left as it is" in err and err.count("\n") == 1
+    assert mine.read_text() == "my precious spreadsheet\n"
+
+    labels, report = tmp_path / "labels.csv", tmp_path / "r.html"
+    for _ in range(2):  # an earlier export of the same kind is replaced
+        assert main(["review", "labels", "--db", str(db), "--out", str(labels)]) == 0
+        assert main(["review", "export", "--db", str(db), "--out", str(report), "--no-frames"]) == 0
+    assert main(["review", "export", "--db", str(db), "--out", str(labels), "--no-frames"]) != 0  # no report CSV
+
+
+def test_a_long_note_is_cut_in_the_pdf_page_only(tmp_path):
+    """A 100,000-character note made a 77-page PDF; the HTML and CSV keep it whole."""
+    from fetaliqa_core.review.report import PDF_NOTE_CHARS, render_report
+
+    with ReviewStore(tmp_path / "r.sqlite3") as s:
+        sid = s.add_sweep("ab" * 32, "/data/case.mha", 4, [(0, 4)], None)
+        s.record_verdict(sid, 1, "alice", "optimal", note="x" * 100_000)
+        pdf_page = render_report(s, tmp_path / "r.pdf")
+        html_page = render_report(s, tmp_path / "r.html")
+    assert "x" * 100_000 not in pdf_page and "x" * PDF_NOTE_CHARS in pdf_page
+    assert f"({100_000 - PDF_NOTE_CHARS} more characters in the HTML/CSV report)" in pdf_page
+    assert "x" * 100_000 in html_page

@@ -187,7 +187,7 @@ def test_extra_labels(tmp_path, tiny_data):
     path.write_text(f"sweep_path,frame,label\n/some/where/{uuid}.mha,{f0},"
                     f"{'not_usable' if before > 0.5 else 'optimal'}\nunknown-case,3,optimal\n")
     labels = ds.read_extra_labels(path)
-    assert ds.apply_extra_labels(idx, labels) == 1
+    assert ds.apply_extra_labels(idx, labels).changed == 1
     assert float(idx.target[0]) == 1.0 - before
     path.write_text("uuid,frame,label\nabc,1,maybe\n")
     with pytest.raises(FetalIQAError, match="maybe"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,7 +60,7 @@ def test_resume_with_a_corrupt_run_config_gives_one_line(tmp_path, text):
 def test_extra_labels_csv_in_latin1_is_read(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_bytes("uuid,frame,label,reviewer\ncase-1,3,optimal,Dr Müller\ncase-2,4,0,Zoë\n".encode("latin-1"))
-    assert ds.read_extra_labels(path) == {("case-1", 3): 1.0, ("case-2", 4): 0.0}
+    assert ds.read_extra_labels(path).targets() == {("case-1", 3): 1.0, ("case-2", 4): 0.0}
 
 
 def test_an_extra_labels_file_with_a_huge_field_is_one_line(tmp_path):
@@ -113,3 +114,19 @@ def test_a_full_disk_leaves_the_earlier_bundle_whole_and_says_so(tmp_path, monke
     trials._put_bundle(source, final)
     assert (final / "manifest.json").read_text() == "new"
     assert sorted(p.name for p in final.parent.iterdir()) == ["bundle"]
+
+
+def test_labels_that_name_no_case_of_the_dataset_are_counted(tmp_path):
+    """Labels exported under ids the dataset does not use relabelled 0 frames, and the line said
+    only that: nobody could tell labels that matched nothing from labels that changed nothing."""
+    from training.data import extra_labels_message
+
+    path = tmp_path / "labels.csv"
+    path.write_text("uuid_or_hash,frame,label\n" + "".join(f"{'ab' * 32},{f},0\n" for f in range(5))
+                    + "case001,2,1\n")
+    cases = [SimpleNamespace(uuid="case001"), SimpleNamespace(uuid="case002")]
+    index = ds.FrameIndex(cases, np.zeros(4, np.int32), np.arange(4, dtype=np.int32), np.zeros(4, np.int16),
+                          np.zeros(4, np.uint8))
+    line = extra_labels_message(path, index, cases)
+    assert "\n" not in line
+    assert "1 training frame(s) relabelled" in line and "5 label(s) name no case in --data" in line

@@ -159,8 +159,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="start the segmentation head at this P(abdomen) per pixel (e.g. 0.03: most pixels "
                         "are background) instead of PyTorch's default initialisation")
     p.add_argument("--extra-labels", default=None,
-                   help="CSV of frame labels (uuid, frame, label) that override the mask-derived "
-                        "classification targets of training frames (e.g. reviewers' verdicts)")
+                   help="CSV of frame labels (uuid, frame, label, optionally content_hash) that override the "
+                        "mask-derived classification targets of training frames (e.g. `fetaliqa review labels`); "
+                        "a label given on other pixels than the case's file, or a frame whose labels disagree, "
+                        "relabels nothing")
     p.add_argument("--full-finetune", action="store_true",
                    help="train every weight of the vision tower instead of LoRA; also writes the trained "
                         "tower as a base weights file in FetalCLIP's format")

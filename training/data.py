@@ -22,9 +22,32 @@ class Splits:
     split_record: dict = field(default_factory=dict)
 
 
+def extra_labels_message(labels_path, train_index, cases) -> str:
+    """Apply the reviewers' labels to the training frames; the one line that says what came of
+    them: frames relabelled, and the labels not used and why (a count of 0 with no reason
+    looked like labels that agreed with the masks)."""
+    from training.dataset import apply_extra_labels, read_extra_labels
+
+    labels = read_extra_labels(labels_path)
+    done = apply_extra_labels(train_index, labels)
+    text = f"extra labels: {done.changed} training frame(s) relabelled from {labels_path}"
+    if done.other_pixels:
+        text += (f"; {done.other_pixels} label(s) not used: given on other pixels than the file of that name in "
+                 "--data holds (replaced, or another folder's file)")
+    if done.conflicting:
+        text += f"; {done.conflicting} frame(s) not relabelled: their reviewers disagree"
+    unknown = labels.cases() - {c.uuid for c in cases}
+    if unknown:
+        n = sum(len(rows) for (case, _), rows in labels.rows.items() if case in unknown)
+        names = sorted(unknown)
+        text += (f"; {n} label(s) name no case in --data ({', '.join(u[:24] for u in names[:3])}"
+                 f"{', …' if len(names) > 3 else ''}): export them from sweeps at the dataset's own files")
+    return text
+
+
 def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
     from fetaliqa_core import paths
-    from training.dataset import apply_extra_labels, build_index, read_cases, read_extra_labels, split_cases
+    from training.dataset import build_index, read_cases, split_cases
 
     cases = read_cases(cfg.data)
     split = split_cases(cases, seed=cfg.split_seed, method=cfg.split_method)
@@ -43,8 +66,7 @@ def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
                             f"{len({c.subject_id for c in cases})} subjects); the 70/10/20 split needs at least 3 "
                             "subjects with frames")
     if cfg.extra_labels:
-        changed = apply_extra_labels(idx["train"], read_extra_labels(cfg.extra_labels))
-        reporter.message(f"extra labels: {changed} training frame(s) relabelled from {cfg.extra_labels}")
+        reporter.message(extra_labels_message(cfg.extra_labels, idx["train"], cases))
     record = {"seed": cfg.split_seed, "fractions": list(SPLIT_FRACTIONS), "all_sweeps": cfg.all_sweeps}
     for name in split:
         record[name] = {"cases": [c.uuid for c in split[name]],

@@ -443,9 +443,8 @@ _LABEL_WORDS = {
     "not_usable": 0.0, "not usable": 0.0, "unusable": 0.0, "negative": 0.0, "bad": 0.0, "false": 0.0, "no": 0.0,
     "optimal": 1.0, "suboptimal": 1.0, "positive": 1.0, "good": 1.0, "true": 1.0, "yes": 1.0,
 }
-#: The column naming the case, first found wins: ``uuid_or_hash`` is the review export's own (a
-#: verdict on pixels since replaced under the same file name carries their hash there, never the
-#: file's case id, so it labels no case; its ``path`` still names the new file).
+#: The column naming the case, first found wins: ``uuid_or_hash`` is the review export's own (the
+#: file's stem; its ``content_hash`` column says which pixels, see :func:`apply_extra_labels`).
 _CASE_COLUMNS = ("uuid", "uuid_or_hash", "case", "sweep_path", "path")
 
 
@@ -453,12 +452,44 @@ _CASE_COLUMNS = ("uuid", "uuid_or_hash", "case", "sweep_path", "path")
 MAX_LABELS_BYTES = 256 << 20
 
 
-def read_extra_labels(path: str | Path) -> dict[tuple[str, int], float]:
-    """Frame labels from a CSV: ``(case uuid, frame) -> target``.
+@dataclass
+class ExtraLabels:
+    """Reviewers' frame labels as a CSV gives them, before they meet the dataset: per
+    ``(case id, frame)`` every row's ``(target, content_hash)`` (``""`` where the CSV has no
+    hash). Rows are kept apart, not merged: which of them count depends on the pixels of the
+    dataset's file (:func:`apply_extra_labels`)."""
+
+    rows: dict[tuple[str, int], list[tuple[float, str]]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.rows.values())
+
+    def cases(self) -> set[str]:
+        return {case for case, _ in self.rows}
+
+    def targets(self) -> dict[tuple[str, int], float]:
+        """``(case id, frame) -> target`` of the frames whose rows all give one target."""
+        return {key: rows[0][0] for key, rows in self.rows.items() if len({t for t, _ in rows}) == 1}
+
+
+@dataclass(frozen=True)
+class ExtraLabelsApplied:
+    """What :func:`apply_extra_labels` did: frames relabelled, label rows given on other pixels
+    than the dataset's file holds (not used), frames whose remaining labels disagree (not used)."""
+
+    changed: int = 0
+    other_pixels: int = 0
+    conflicting: int = 0
+
+
+def read_extra_labels(path: str | Path) -> ExtraLabels:
+    """Frame labels from a CSV: ``(case id, frame) -> [(target, content_hash), ...]``.
 
     Columns: one of ``uuid`` / ``uuid_or_hash`` / ``case`` / ``sweep_path`` / ``path`` (the case's uuid, or a path
-    whose file stem is the uuid), ``frame`` (zero-based, in the stacked case volume) and
-    ``label`` (``optimal`` / ``suboptimal`` -> positive, ``not_usable`` -> negative, or 0/1/2).
+    whose file stem is the uuid), ``frame`` (zero-based, in the stacked case volume),
+    ``label`` (``optimal`` / ``suboptimal`` -> positive, ``not_usable`` -> negative, or 0/1/2) and,
+    optionally, ``content_hash`` (the pixels the label was given on, as ``fetaliqa review labels``
+    writes it).
     """
     p = Path(path)
     if not p.is_file():
@@ -481,10 +512,10 @@ def read_extra_labels(path: str | Path) -> dict[tuple[str, int], float]:
         raise FetalIQAError(f"--extra-labels {p}: not a readable CSV ({exc}); give the reviewers' labels CSV") from None
 
 
-def _parse_extra_labels(text: str, p: Path) -> dict[tuple[str, int], float]:
+def _parse_extra_labels(text: str, p: Path) -> ExtraLabels:
     import io
 
-    out: dict[tuple[str, int], float] = {}
+    out = ExtraLabels()
     with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
@@ -510,24 +541,52 @@ def _parse_extra_labels(text: str, p: Path) -> dict[tuple[str, int], float]:
             if word not in _LABEL_WORDS:
                 raise FetalIQAError(f"--extra-labels {p}, line {line}: label '{word}' is not one of "
                                     "optimal, suboptimal, not_usable, 0, 1, 2")
-            out[(uuid, frame)] = _LABEL_WORDS[word]
+            content = str(row.get("content_hash") or "").strip().lower()
+            out.rows.setdefault((uuid, frame), []).append((_LABEL_WORDS[word], content))
     return out
 
 
-def apply_extra_labels(index: FrameIndex, labels: dict[tuple[str, int], float]) -> int:
-    """Override the classification target of indexed frames named in ``labels``; returns how
-    many frames changed. Frames not in the index (other sweeps, other splits) are ignored."""
-    if not labels or not len(index):
-        return 0
-    pos = {(index.cases[int(c)].uuid, int(f)): i
+def sweep_content_hash(path: Path) -> str:
+    """The content hash of a case's image file as the viewer computes it for the review database
+    (pixels, shape and the file's pixel spacing)."""
+    from fetaliqa_core.io import load_sweep
+
+    return load_sweep(path).content_hash
+
+
+def apply_extra_labels(index: FrameIndex, labels: ExtraLabels, content_hash=sweep_content_hash) -> ExtraLabelsApplied:
+    """Override the classification target of indexed frames named in ``labels``. Frames not in
+    the index (other sweeps, other splits) are ignored.
+
+    A label row with a content hash counts only when it is the hash of the case's file here
+    (``content_hash(path)``, computed once per case named): a file name says nothing of the
+    pixels, and a file replaced, restored or re-exported under the same name (or the same name in
+    two folders) must not take another sweep's verdicts. Of the rows that count, those that
+    disagree (one reviewer's optimal, another's not usable) relabel nothing: no row order or
+    reviewer's rank decides for the trainers."""
+    if not labels.rows or not len(index):
+        return ExtraLabelsApplied()
+    pos = {(index.cases[int(c)].uuid, int(f)): (i, int(c))
            for i, (c, f) in enumerate(zip(index.case_idx.tolist(), index.frame_idx.tolist()))}
-    changed = 0
-    for key, target in labels.items():
-        i = pos.get(key)
-        if i is not None:
-            index.target[i] = target
-            changed += 1
-    return changed
+    hashes: dict[int, str] = {}
+    changed = other = conflicting = 0
+    for key, rows in labels.rows.items():
+        found = pos.get(key)
+        if found is None:
+            continue
+        i, c = found
+        if any(h for _, h in rows) and c not in hashes:
+            hashes[c] = content_hash(index.cases[c].image_path).lower()
+        kept = [t for t, h in rows if not h or h == hashes[c]]
+        other += len(rows) - len(kept)
+        if not kept:
+            continue
+        if len(set(kept)) > 1:
+            conflicting += 1
+            continue
+        index.target[i] = kept[0]
+        changed += 1
+    return ExtraLabelsApplied(changed, other, conflicting)
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,7 +11,11 @@
 ``fetaliqa review list --db DB``
     The sweeps in the database with their review counts.
 
-``--db`` defaults to the app's database in the user data folder.
+``--out`` replaces an existing file only when it is an earlier export of the same kind, and is
+never the database itself.
+
+``--db`` defaults to the database the window uses: the one ``fetaliqa gui --db`` last named
+(the window remembers it), else reviews.sqlite3 in the user data folder.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ HELP = "Export trainers' verdicts: a report (.html/.pdf/.csv) or labels for trai
 
 def _db_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, default=None, metavar="DB",
-                   help="review database (default: reviews.sqlite3 in the user data folder)")
+                   help="review database (default: the one the window uses: the last `fetaliqa gui "
+                        "--db`, else reviews.sqlite3 in the user data folder)")
 
 
 def _sweep_argument(p: argparse.ArgumentParser) -> None:
@@ -60,10 +65,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _db_argument(p)
 
 
+def _db_path(args) -> Path | None:
+    """--db, else the database the window remembers (said on stderr: it is not the default),
+    else None for the default."""
+    if args.db is not None:
+        return args.db
+    from fetaliqa_core.review.store import remembered_db_path
+
+    db = remembered_db_path()
+    if db is not None:
+        print(f"reading the review database the window uses, {shown(str(db))} (set by `fetaliqa gui --db`; "
+              "--db names another)", file=sys.stderr)
+    return db
+
+
 def _open(args):
     from fetaliqa_core.review.store import ReviewStore
 
-    return ReviewStore(args.db, create=False, read_only=True)  # these commands only read it
+    return ReviewStore(_db_path(args), create=False, read_only=True)  # these commands only read it
 
 
 def _sweep_ids(store, hashes: list[str] | None) -> list[int] | None:
@@ -81,12 +100,13 @@ def _sweep_ids(store, hashes: list[str] | None) -> list[int] | None:
 
 
 def load_frames_for_report(path: str):
-    """Sweep loader for reports: the frames of the file at ``path`` ((N, H, W) uint8)."""
+    """Sweep loader for reports: the sweep in the file at ``path``, its frames in memory (the
+    report shows them only when its content hash is the one reviewed)."""
     if not Path(path).exists():
         raise FetalIQAError(f"{path} no longer exists (moved or on a disconnected drive)")
     from fetaliqa_core.io import load_sweep
 
-    return load_sweep(path).in_memory().frames  # (a file rewritten meanwhile: a line, not SIGBUS)
+    return load_sweep(path).in_memory()  # (a file rewritten meanwhile: a line, not SIGBUS)
 
 
 def _export(args) -> int:

@@ -110,6 +110,13 @@ class ModelRun:
             return Thresholds(float(self.threshold), float(self.threshold if own is None else own), "p_cls")
         return Thresholds(float(self.seg_threshold), SEG_THRESHOLD, "p_seg")
 
+    @property
+    def scored(self) -> np.ndarray:
+        """(n_frames,) bool: a model scored the frame. False on the frames a run stopped
+        part-way never reached: "not flagged" there is no call of the model's, so those frames
+        count in no agreement with it."""
+        return np.isfinite(self.p_cls) | np.isfinite(self.p_seg)
+
     def frame_flags(self):
         """The run's per-frame calls (``analysis.assessment.FrameFlags``), by the same rule as
         the assessment that flagged its frames."""

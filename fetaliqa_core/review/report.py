@@ -16,10 +16,13 @@ Labels CSV (``write_labels_csv``), one row per latest verdict of each reviewer o
     uuid_or_hash,path,frame,label,reviewer,time,content_hash
     0199616b-b9d7-4c6d-9a4e-9a2c1d0c7d11,/data/images/0199616b-...mha,312,1,alice,2025-01-31T14:05:09.123+00:00,5f2c...
 
-``uuid_or_hash``: the file name without extension when it is an ACOUSLIC case UUID, otherwise
-the sweep's content hash; also the content hash for a sweep whose file has since been replaced
-by other pixels under its name (reviewed later), so that its verdicts never label the new file.
-``content_hash``: SHA-256 of the pixels the verdicts were given on. ``frame``: zero-based index into the stacked file (all sub-sweeps).
+``uuid_or_hash``: the file name without extension (the case id of an ACOUSLIC-layout dataset,
+UUID or not), or the sweep's content hash when the path is unknown. A name says nothing of the
+pixels: ``content_hash`` does, and ``fetaliqa train --extra-labels`` uses a row only when it is
+the hash of the dataset's file of that name (a file replaced, restored, or the same name in two
+folders, never lends one sweep's verdicts to another's frames).
+``content_hash``: the content hash of the pixels the verdicts were given on (as the viewer and
+``review list`` show it). ``frame``: zero-based index into the stacked file (all sub-sweeps).
 ``label``: ACOUSLIC mask convention, 1 optimal plane, 2 suboptimal plane, 0 not usable. Several
 reviewers may label the same frame (one row each); a reviewer's earlier verdicts on a frame are
 superseded by their latest. ``time``: UTC ISO 8601 of the verdict. Rows are sorted by sweep,
@@ -31,7 +34,7 @@ from __future__ import annotations
 import html
 import io
 import math
-import re
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -67,7 +70,9 @@ class ReportCancelled(Exception):
     """Raised by a sweep loader to stop the report (the user cancelled): nothing is written."""
 
 
-#: sweep_loader(path) -> frames (N, H, W) uint8, or (frames, masks (N, H, W) uint8 | None).
+#: sweep_loader(path) -> the file's ``fetaliqa_core.io.Sweep`` (its frames are shown only when its
+#: content hash is the one reviewed), or frames (N, H, W) uint8 the caller vouches for, or
+#: (frames, masks (N, H, W) uint8 | None).
 SweepLoader = Callable[[str], Any]
 #: pdf_writer(html, out_path): the "pdf" report writer registered by the viewer (keeps this module Qt-free).
 PdfWriter = Callable[[str, Path], None]
@@ -80,7 +85,6 @@ COLUMN_PX = 620
 #: At most this many thumbnails per sweep: the chosen frame, then the highest-scoring flagged.
 MAX_THUMBNAILS = 12
 THUMBS_PER_ROW = 4
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -125,14 +129,19 @@ def _agrees(v: Verdict, run: ModelRun | None) -> bool | None:
     that moment, which may have been partial or at another threshold."""
     if run is None or not 0 <= v.frame < len(run.flagged):
         return v.agrees_with_model
+    if not run.scored[v.frame]:  # a run stopped part-way: no call of the model's on this frame
+        return None
     return v.positive == bool(run.flagged[v.frame])
 
 
 def agreement(verdicts: Sequence[Verdict], run: ModelRun) -> list[Agreement]:
-    """Per reviewer, sorted by name: compare the latest verdicts with ``run.flagged``."""
+    """Per reviewer, sorted by name: compare the latest verdicts with ``run.flagged``, on the
+    frames the run scored (a run stopped part-way made no call on the others)."""
     by_reviewer: dict[str, list[Verdict]] = {}
+    scored = run.scored
     for v in verdicts:
-        by_reviewer.setdefault(v.reviewer, []).append(v)
+        if 0 <= v.frame < len(scored) and scored[v.frame]:
+            by_reviewer.setdefault(v.reviewer, []).append(v)
     out = []
     for name in sorted(by_reviewer):
         human = [v.positive for v in by_reviewer[name]]
@@ -326,6 +335,17 @@ def _load_frames(loader: SweepLoader | None, sweep: SweepRecord
     masks = None
     if isinstance(loaded, tuple):
         loaded, masks = loaded[0], (loaded[1] if len(loaded) > 1 else None)
+    if hasattr(loaded, "content_hash"):
+        # A file replaced by another sweep of the same size under its name has the same shape:
+        # only the hash tells that its frames are not the ones the verdicts and masks were given on.
+        try:
+            same = loaded.content_hash == sweep.content_hash
+        except Exception as exc:  # a file rewritten while it is read: a line, not a failed report
+            return None, None, f"{type(exc).__name__}: {exc}"
+        if not same:
+            return None, None, (f"{sweep.path} changed since it was reviewed: its pixels are not the "
+                                "ones the verdicts were given on")
+        loaded = loaded.frames
     frames = np.asarray(loaded)
     if frames.ndim != 3 or frames.shape[0] != sweep.n_frames:
         return None, None, (f"{sweep.path} has shape {frames.shape}, not the "
@@ -360,6 +380,56 @@ def _write_atomic(out_path: Path, data: bytes) -> None:
 
         exc.filename = str(out_path)
         raise FetalIQAError(f"Cannot write {os_error_message(exc)}") from None
+
+
+#: How far into an existing output file its kind is looked for.
+_OUTPUT_HEAD_BYTES = 4096
+
+
+def _looks_like_ours(head: bytes, ext: str, labels: bool) -> bool:
+    """Whether the first bytes of an existing file are those of an earlier file of the kind
+    about to replace it: a labels CSV or a report CSV (their header row), a review report
+    (HTML naming FetalIQA), a PDF."""
+    if ext == ".csv":
+        header = ",".join(LABELS_CSV_COLUMNS if labels else REPORT_CSV_COLUMNS).encode()
+        return head.removeprefix(b"\xef\xbb\xbf").startswith(header)
+    if ext == ".html":
+        return b"<html" in head.lower() and b"fetaliqa" in head.lower()
+    if ext == ".pdf":
+        return head.startswith(b"%PDF-")
+    return False
+
+
+def check_output(out_path: str | Path, store: ReviewStore, labels: bool = False) -> None:
+    """Refuse an output that would destroy data, before anything is read or written: the review
+    database itself (or its -wal/-shm/-journal companions), or an existing file that is not an
+    earlier export of the same kind (a spreadsheet of someone's, a file typed by mistake);
+    one line saying what to do."""
+    out = Path(out_path).expanduser()
+    db = Path(store.path).expanduser()
+    companions = [db] + [db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal")]
+    try:
+        target = out.resolve()
+        same = any(target == c.resolve() or (out.exists() and c.exists() and os.path.samefile(out, c))
+                   for c in companions)
+    except OSError:
+        same = False
+    if same:
+        raise FetalIQAError(f"--out {out} is the review database (or one of its files) being read; name "
+                            "another output file.")
+    if not out.is_file():
+        return  # a new file (a folder or a missing parent: the write names the problem)
+    try:
+        with open(out, "rb") as fh:
+            head = fh.read(_OUTPUT_HEAD_BYTES)
+    except OSError as exc:
+        raise FetalIQAError(f"--out {out} exists and cannot be read ({exc.strerror or exc}); name another "
+                            "output file.") from None
+    if not _looks_like_ours(head, out.suffix.lower(), labels):
+        kind = "labels CSV" if labels else {".csv": "report CSV", ".html": "FetalIQA report",
+                                            ".pdf": "PDF"}.get(out.suffix.lower(), "report")
+        raise FetalIQAError(f"--out {out} exists and is not an earlier {kind}; it is left as it is. Name "
+                            "another output file, or remove that one first.")
 
 
 def _select_sweeps(store: ReviewStore, sweep_ids: Sequence[int] | None) -> list[SweepRecord]:
@@ -408,8 +478,19 @@ def _label_html(label: str) -> str:
     return f'<span style="color:{_LABEL_HEX[label]}"><b>{_e(LABEL_TITLES[label])}</b></span>'
 
 
+#: Characters of a verdict's note a PDF report shows (a 100,000-character note made 77 pages);
+#: the HTML and the CSV hold it whole.
+PDF_NOTE_CHARS = 1000
+
+
+def _note_text(note: str, limit: int | None) -> str:
+    if limit is None or len(note) <= limit:
+        return note
+    return f"{note[:limit]}…({len(note) - limit} more characters in the HTML/CSV report)"
+
+
 def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
-                   loader: SweepLoader | None) -> str:
+                   loader: SweepLoader | None, note_limit: int | None = None) -> str:
     run = store.latest_run(sweep.id)
     verdicts = store.verdicts(sweep.id)
     latest_by_frame: dict[int, Verdict] = {}
@@ -433,6 +514,11 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         notice = run_notice(run)
         if notice:
             parts.append(f'<p class="warn"><b>{_e(notice)}</b></p>')
+        n_scored = int(run.scored.sum())
+        if n_scored < sweep.n_frames:
+            parts.append(f'<p class="warn">The run was stopped part-way: {n_scored} of {sweep.n_frames} '
+                         "frames scored. The others are marked not scored, and verdicts on them are "
+                         "left out of the agreement with the model.</p>")
         chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
         # Only a number to act on is stored with a run; a doubtful reading is on the chosen frame's tile.
         ac = ("–" if run.chosen_frame is None else "– (none to act on: doubtful or not measurable; the chosen "
@@ -457,6 +543,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         parts.append("<p><i>No verdicts yet.</i></p>")
     elif run is None:
         parts.append("<p><i>No model results to compare with.</i></p>")
+    elif not any(run.scored[v.frame] for v in verdicts):
+        parts.append("<p><i>No verdict is on a frame the model scored.</i></p>")
     else:
         rows = []
         for a in agreement(verdicts, run):
@@ -479,7 +567,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         parts.append("<h3>Flagged frames</h3>")
         if frames is None:
             reason = f" ({_e(why_not)})" if why_not else ""
-            parts.append(f"<p><i>Frames not shown: the sweep file was not loaded{reason}.</i></p>")
+            parts.append(f"<p><i>Frames not shown: the sweep file was not loaded or is not the one "
+                         f"reviewed{reason}.</i></p>")
         else:
             stored = store.run_masks(run.id)
             n_shown = sum(1 for f in thumbs if run.flagged[f])
@@ -528,12 +617,14 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         rows = []
         for v in verdicts:
             model = "–"
-            if run is not None:
+            if run is not None and not run.scored[v.frame]:
+                model = "not scored"
+            elif run is not None:
                 model = ("flagged" if run.flagged[v.frame] else "not flagged") + (
                     f" ({_scores(run, v.frame)})")
             agrees = {True: "yes", False: "<b>no</b>", None: "–"}[_agrees(v, run)]
             rows.append([_e(_where(sweep, v.frame)), _e(v.reviewer), _label_html(v.label),
-                         model, agrees, _e(v.note), _e(_fmt_time(v.time, utc_suffix=False))])
+                         model, agrees, _e(_note_text(v.note, note_limit)), _e(_fmt_time(v.time, utc_suffix=False))])
         parts.append(_grid(["Frame", "Reviewer", "Verdict", "Model (cls / seg)", "Agrees",
                             "Note", "Time (UTC)"], rows, [13, 11, 12, 20, 8, 19, 17]))
     return "\n".join(parts)
@@ -541,8 +632,9 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
 
 def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = None,
                        sweep_loader: SweepLoader | None = None,
-                       title: str = "FetalIQA review report") -> str:
-    """The report as one self-contained HTML page (see the module docstring)."""
+                       title: str = "FetalIQA review report", note_limit: int | None = None) -> str:
+    """The report as one self-contained HTML page (see the module docstring); ``note_limit``:
+    at most that many characters of each note (the page a PDF is laid out from)."""
     sweeps = _select_sweeps(store, sweep_ids)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
@@ -568,7 +660,7 @@ def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = Non
         parts.append(_grid(["#", "Sweep", "Frames", "Flagged", "Verdicts", "Reviewers",
                             "AC (mm)", "GA"], rows, [4, 33, 9, 9, 9, 15, 10, 11]))
         for i, s in enumerate(sweeps, 1):
-            parts.append(_sweep_section(store, s, i, sweep_loader))
+            parts.append(_sweep_section(store, s, i, sweep_loader, note_limit))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -580,6 +672,7 @@ REPORT_CSV_COLUMNS = [
     "content_hash", "path", "frame", "sub_sweep", "frame_in_sub_sweep", "p_cls", "p_seg",
     "seg_area_px", "flagged", "chosen", "ac_mm", "ga_weeks", "reviewer", "label", "label_code",
     "agrees_with_model", "note", "time", "threshold", "model_threshold", "notice", "ac_status"]
+#: flagged and agrees_with_model are empty on a frame the run never scored (stopped part-way).
 #: ac_status on the chosen frame's rows: "ok" (ac_mm is a number to act on) or "not to act on"
 #: (doubtful, not measurable, or the pixel size unknown: the HTML report's picture of the frame
 #: says which); empty on the other rows.
@@ -622,7 +715,9 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                 thr = [f"{t.value:.4f}", f"{t.model:.4f}", run_notice(run)]
                 chosen = run.chosen_frame == f
                 base += [_csv_num(run.p_cls[f]), _csv_num(run.p_seg[f]),
-                         int(run.seg_area_px[f]), int(bool(run.flagged[f])), int(chosen),
+                         int(run.seg_area_px[f]),
+                         int(bool(run.flagged[f])) if run.scored[f] else "",  # not scored: no call
+                         int(chosen),
                          _csv_num(run.ac_mm) if chosen else "",
                          _csv_num(ga_weeks_of(run)) if chosen else ""]
                 if chosen:  # an empty ac_mm alone did not tell a doubtful AC from none
@@ -645,10 +740,12 @@ def _csv_num(x: Any) -> str:
 
 
 def case_id(sweep: SweepRecord) -> str:
-    """The ACOUSLIC case UUID (file name without extension) when there is one, else the hash."""
+    """The file name without extension (an ACOUSLIC-layout dataset's case id: a UUID, or any
+    name such as ``case001``), else the content hash."""
     if sweep.path:
-        stem = Path(sweep.path).name.split(".")[0]
-        if _UUID_RE.match(stem):
+        name = Path(sweep.path).name
+        stem = name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+        if stem:
             return stem
     return sweep.content_hash
 
@@ -661,15 +758,11 @@ def labels_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
     buf = io.StringIO()
     writer = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     writer.writerow(LABELS_CSV_COLUMNS)
-    # A file replaced by another under its name: the earlier pixels' verdicts keep their own
-    # identity (their content hash), or training would put them on the new file's frames.
-    latest: dict[str, int] = {}
-    for sweep in store.sweeps():
-        if sweep.path:
-            latest[sweep.path] = max(latest.get(sweep.path, sweep.id), sweep.id)
+    # Which sweep's pixels a file of that name holds is known only where the file is read: the
+    # content_hash column tells, and training compares it with the dataset's file (the newest
+    # sweep under a name was taken for the file's content, wrong once the file was restored).
     for sweep in _select_sweeps(store, sweep_ids):
-        replaced = bool(sweep.path) and latest.get(sweep.path, sweep.id) != sweep.id
-        ident = sweep.content_hash if replaced else case_id(sweep)
+        ident = case_id(sweep)
         for v in store.verdicts(sweep.id):
             writer.writerow([ident, sweep.path or "", v.frame, ACOUSLIC_CODE[v.label],
                              v.reviewer, v.time, sweep.content_hash])
@@ -678,7 +771,9 @@ def labels_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
 
 def write_labels_csv(store: ReviewStore, out_path: str | Path,
                      sweep_ids: Sequence[int] | None = None) -> int:
-    """Write the labels CSV; return the number of label rows."""
+    """Write the labels CSV; return the number of label rows. An output that is the database,
+    or an existing file that is no labels CSV, is refused (:func:`check_output`)."""
+    check_output(out_path, store, labels=True)
     text = labels_csv_text(store, sweep_ids)
     _write_atomic(Path(out_path), text.encode("utf-8"))
     return text.count("\n") - 1
@@ -704,7 +799,8 @@ def render_report(store: ReviewStore, out_path: str | Path, sweep_ids: Sequence[
                             "output file .html, .pdf or .csv.")
     if ext == ".csv":
         return report_csv_text(store, sweep_ids)
-    return render_report_html(store, sweep_ids, sweep_loader)
+    return render_report_html(store, sweep_ids, sweep_loader,
+                              note_limit=PDF_NOTE_CHARS if ext == ".pdf" else None)
 
 
 def save_report(text: str, out_path: str | Path, pdf_writer: PdfWriter | None = None) -> Path:
@@ -728,7 +824,10 @@ def build_report(store: ReviewStore, out_path: str | Path, sweep_ids: Sequence[i
     sweep_loader(path) -> frames (N, H, W) uint8 (or (frames, masks)) enables thumbnails;
     without it, or when a file cannot be read, the report says so and goes on.
     pdf_writer(html, out_path) renders the PDF (the viewer registers one: ``fetaliqa.report_writers``).
+    An output that is the database, or an existing file that is no earlier report of that kind,
+    is refused (:func:`check_output`).
     """
     if Path(out_path).suffix.lower() == ".pdf" and pdf_writer is None:  # said before any sweep is read
         raise FetalIQAError(_NO_PDF_WRITER)
+    check_output(out_path, store)
     return save_report(render_report(store, out_path, sweep_ids, sweep_loader), out_path, pdf_writer)

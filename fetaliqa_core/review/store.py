@@ -110,6 +110,30 @@ def default_db_path() -> Path:
     return paths.data_dir() / DB_FILENAME
 
 
+#: The viewer's settings file in ``paths.config_dir()`` (the window's own), where ``fetaliqa gui
+#: --db`` leaves the database the window goes on using.
+APP_SETTINGS_FILENAME = "app_settings.json"
+
+
+def remembered_db_path() -> Path | None:
+    """The review database the window uses when it is not the default one: the last that
+    ``fetaliqa gui --db`` named (kept in the viewer's settings), or None. Read here so that
+    ``fetaliqa review`` without ``--db`` reads the database the trainers write to."""
+    from fetaliqa_core import validate
+
+    path = paths.config_dir() / APP_SETTINGS_FILENAME
+    try:
+        if not path.is_file():
+            return None
+        data = validate.read_json_bounded(path, "the settings file", "", max_bytes=1 << 20)
+    except (OSError, FetalIQAError):
+        return None  # the window falls back to its defaults on such a file too
+    value = data.get("review_db") if isinstance(data, dict) else None
+    if not isinstance(value, str) or not value or "\0" in value or len(value) > 4096:
+        return None
+    return Path(value)
+
+
 class DatabaseBusy(FetalIQAError):
     """Another program held the review database's write lock for longer than the wait allowed:
     nothing was changed, and the same change can be tried again."""
@@ -572,7 +596,8 @@ class ReviewStore:
             if agrees_with_model != AUTO:
                 raise ValueError(f"agrees_with_model must be True, False, None or AUTO, "
                                  f"not {agrees_with_model!r}")
-            agrees = None if run is None else bool(
+            # a frame the run never scored (stopped part-way) has no call to agree with
+            agrees = None if run is None or not run.scored[frame] else bool(
                 (label != "not_usable") == bool(run.flagged[frame]))
         else:
             agrees = None if agrees_with_model is None else bool(agrees_with_model)
@@ -672,8 +697,9 @@ class ReviewStore:
             if run.chosen_frame is not None:
                 candidates.add(int(run.chosen_frame))
             disagreements = set(np.flatnonzero(run.models_disagree()).tolist())
+            scored = run.scored
             for v in self._reviewed_frames(sweep_id, reviewer).values():
-                if v.positive != bool(run.flagged[v.frame]):
+                if scored[v.frame] and v.positive != bool(run.flagged[v.frame]):
                     disagreements.add(v.frame)
         chosen = {"candidates": candidates, "disagreements": disagreements,
                   "unreviewed": candidates | disagreements}[kind]
