@@ -223,12 +223,12 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
             sweep = fio.load_sweep(case.image_path)
             gt = fio.load_mask(case.mask_path, like=sweep)  # FetalIQAError when the shapes differ
             labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
-            ranges = _sweep_ranges(sweep.n_frames, case.n_sweeps, case.mask_path)
+            ranges = _sweep_ranges(case, sweep.n_frames)  # the file's own sweeps, as `score` reads them
             _check_reference_units(case, gt, ranges, sweep.spacing_mm, settings.data)
             engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=False)
             results = engine.run()
 
-            sweeps = range(case.n_sweeps) if all_sweeps else case.sweeps_with_ac()
+            sweeps = range(len(ranges)) if all_sweeps else case.sweeps_with_ac()
             frames = np.concatenate([np.arange(*ranges[s]) for s in sweeps]) if sweeps else np.zeros(0, np.int64)
             if frames.size:
                 col.truth_label.append(labels[frames])
