@@ -231,6 +231,35 @@ def test_paper_bundles_are_evaluated_on_the_first_pairs_cases(tiny_data, bundles
     assert other["n_frames"] == mine["n_frames"]
 
 
+def test_the_cases_a_bundle_trained_on_are_those_its_manifest_records(tiny_data, bundles, tmp_path, capsys):
+    """The check for evaluated cases a bundle was trained on reads the cases its manifest records,
+    not a split of today's data (a case added moves others between splits); a bundle that records
+    none is said to be uncheckable, not guessed about."""
+    import shutil
+
+    from fetaliqa_core.cli import main
+    from training.dataset import case_digest, read_cases
+
+    uuids = [c.uuid for c in read_cases(tiny_data)]
+    recorded = tmp_path / "recorded"
+    shutil.copytree(bundles["cls"], recorded)
+    manifest = json.loads((recorded / "manifest.json").read_text())
+    manifest.setdefault("metrics", {})["training"] = {"train_cases": [case_digest(uuids[2])]}
+    (recorded / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    args = ["--data", str(tiny_data), "--split", "all", "--device", "cpu", "--quiet", "--max-cases", "3"]
+    assert main(["eval", "--cls", str(recorded), "--out", str(tmp_path / "a"), *args]) == 0
+    err = capsys.readouterr().err
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["cases_in_own_training_split"] == [uuids[2]]
+    assert f"1 of these 3 case(s) are in the training split of these bundles ({uuids[2]})" in err
+    # a bundle with a training record (a split seed) but no cases recorded: nothing is guessed
+    manifest["metrics"]["training"] = {"split_seed": 42}
+    (recorded / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["eval", "--cls", str(recorded), "--out", str(tmp_path / "b"), *args]) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["cases_in_own_training_split"] is None
+    assert "cannot be checked" in capsys.readouterr().err
+
+
 def test_eval_outputs_replace_a_link_and_never_write_through_it(tmp_path):
     from training.evaluate import write_outputs
 

@@ -574,6 +574,9 @@ def test_one_epoch_tiny_training_end_to_end(tiny_data, tmp_path):
 
     loaded = load_bundle(bundle, device="cpu")
     assert loaded.task == "cls" and loaded.manifest.metrics["training"]["split_seed"] == split["seed"]
+    # the cases it trained on, recorded for eval's check (whatever the dataset holds later)
+    assert loaded.manifest.metrics["training"]["train_cases"] == sorted(
+        ds.case_digest(u) for u in split["train"]["cases"])
 
     from fetaliqa_core.cli import main
 
@@ -581,7 +584,7 @@ def test_one_epoch_tiny_training_end_to_end(tiny_data, tmp_path):
     assert main(["eval", "--cls", str(bundle), "--data", str(tiny_data), "--split", "test", "--out", str(ev),
                  "--device", "cpu", "--quiet"]) == 0
     result = json.loads((ev / "metrics.json").read_text())
-    assert result["n_cases"] == len(split["test"]["cases"])
+    assert result["n_cases"] == len(split["test"]["cases"]) and result["cases_in_own_training_split"] == []
     assert set(result["frame"]["cls"]) >= {"accuracy", "f1", "precision", "recall", "specificity"}
 
 

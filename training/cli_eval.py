@@ -55,7 +55,7 @@ def check_eval_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.evaluate import EvalSettings, evaluate, format_report
+    from training.evaluate import EvalSettings, evaluate, format_report, training_overlap_note
 
     choice = model_choice_from_args(args)
     settings = EvalSettings(cls=choice.cls, seg=choice.seg, data=args.data, split=args.split, base=choice.base,
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
     check_eval_out(out)
     metrics = evaluate(settings, out_dir=out)
+    notes = [training_overlap_note(metrics)]
     also = None
     if args.paper_cls is not None or args.paper_seg is not None:
         # on the very cases of the first pair (its split), not the other bundles' own split
@@ -72,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
                              split_seed=args.split_seed, all_sweeps=metrics["all_sweeps"],
                              progress=not args.quiet, case_ids=tuple(metrics["case_uuids"]))
         also = evaluate(other, out_dir=out / "paper")
-        leaked = also.get("cases_in_own_training_split") or []
-        if leaked and args.split != "all":
-            print(f"fetaliqa: note: {len(leaked)} of these {len(metrics['case_uuids'])} {args.split} case(s) are in "
-                  "the other bundles' own training split: their numbers on them are flattered", file=sys.stderr)
+        notes.append(training_overlap_note(also, "the other bundles"))
+    for note in notes:
+        if note:
+            print(f"fetaliqa: {note}", file=sys.stderr)
     print(format_report(metrics, compare_paper=args.compare_paper, also=also))
     print(f"metrics written to {out / 'metrics.json'}"
           + (f" (the other bundles': {out / 'paper' / 'metrics.json'})" if also is not None else ""))

@@ -204,6 +204,12 @@ def _read_csv_rows(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
     return rows, sweep_cols
 
 
+def case_digest(uuid: str) -> str:
+    """A short fingerprint of a case id (16 hex digits of its SHA-256), as a bundle's manifest
+    records the cases it was trained on: 100 000 cases fit its size limit whatever their ids."""
+    return hashlib.sha256(uuid.encode("utf-8")).hexdigest()[:16]
+
+
 def permutation_split(cases: Sequence[CaseRecord], seed: int = SPLIT_SEED,
                       fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, list[CaseRecord]]:
     """The reference code's split: a seeded permutation of the cases (in CSV order), cut at

@@ -131,6 +131,38 @@ def _training_record(models) -> dict:
     return {}
 
 
+def _trained_cases(models) -> set[str] | None:
+    """The cases the loaded bundles were trained on (their manifests' ``train_cases`` digests,
+    together); None when one of them does not record them (a bundle from before they were recorded,
+    a distilled student): which cases it saw cannot be told from today's dataset, which may have
+    gained or lost cases since and so be split otherwise."""
+    digests: set[str] = set()
+    for m in (models.cls, models.seg):
+        if m is None:
+            continue
+        rec = m.manifest.metrics.get("training") if isinstance(m.manifest.metrics, dict) else None
+        cases = rec.get("train_cases") if isinstance(rec, dict) else None
+        if not isinstance(cases, list) or not all(isinstance(d, str) for d in cases):
+            return None
+        digests.update(cases)
+    return digests
+
+
+def training_overlap_note(metrics: dict, whose: str = "these bundles") -> str | None:
+    """One line saying which evaluated cases ``whose`` were trained on, or that this cannot be
+    checked; None when none of them was."""
+    n = len(metrics.get("case_uuids", []))
+    trained_on = metrics.get("cases_in_own_training_split")
+    if trained_on is None:
+        return (f"note: {whose} do not record the cases they were trained on: whether any of these {n} case(s) "
+                "were among them cannot be checked")
+    if not trained_on:
+        return None
+    shown = ", ".join(trained_on[:3]) + (" ..." if len(trained_on) > 3 else "")
+    return (f"note: {len(trained_on)} of these {n} case(s) are in the training split of {whose} ({shown}): "
+            "their numbers on them are flattered")
+
+
 def _preset(model) -> str:
     """The training preset recorded in a bundle's manifest ("fetaliqa" for bundles from before presets)."""
     rec = model.manifest.metrics.get("training") if isinstance(model.manifest.metrics, dict) else None
@@ -174,7 +206,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     from fetaliqa_core.engine import ScoringEngine
     from fetaliqa_core.models.choice import ModelChoice, load_models
     from fetaliqa_core.preprocess import mask_to_frame, preprocess_masks
-    from training.dataset import SPLIT_SEED, _sweep_ranges, read_cases, split_cases
+    from training.dataset import SPLIT_SEED, _sweep_ranges, case_digest, read_cases, split_cases
 
     if settings.cls is None and settings.seg is None:
         demo = paths.resources_dir() / "demo"
@@ -191,7 +223,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     all_sweeps = settings.all_sweeps if settings.all_sweeps is not None else bool(record.get("all_sweeps", False))
 
     split_method = str(record.get("split_method", "grouped"))
-    own = split_cases(cases, seed=split_seed, method=split_method)
+    own = split_cases(cases, seed=split_seed, method=split_method)  # today's data: which cases to evaluate
     if settings.case_ids is not None:
         by_id = {c.uuid: c for c in cases}
         chosen = [by_id[u] for u in settings.case_ids if u in by_id]
@@ -199,8 +231,10 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         chosen = cases if settings.split == "all" else own[settings.split]
         if settings.max_cases is not None:
             chosen = chosen[: settings.max_cases]
-    # cases these bundles were trained on (by their own split): an evaluation on them flatters
-    trained_on = sorted({c.uuid for c in own["train"]} & {c.uuid for c in chosen})
+    # cases these bundles were trained on (as their manifests record them, not today's split of
+    # the data, which moves when a case is added): an evaluation on them flatters
+    trained = _trained_cases(models)
+    trained_on = None if trained is None else [c.uuid for c in chosen if case_digest(c.uuid) in trained]
     if not chosen:
         raise FetalIQAError(f"the {settings.split} split of {settings.data} has no case")
 

@@ -308,7 +308,11 @@ def _describe(cfg: TrainConfig) -> str:
 
 
 def training_record(cfg: TrainConfig, seed: int, splits: Splits) -> dict:
-    """What went into a bundle (stored in its manifest's metrics)."""
+    """What went into a bundle (stored in its manifest's metrics). ``train_cases``: the cases of
+    its training split (:func:`training.dataset.case_digest` of each id, sorted), so that an
+    evaluation can tell which of its cases the bundle saw, whatever the dataset holds by then."""
+    from training.dataset import case_digest
+
     return {"data": cfg.data, "split_seed": cfg.split_seed, "all_sweeps": cfg.all_sweeps, "seed": seed,
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seg_loss": cfg.seg_loss,
             "full_finetune": cfg.full_finetune, "augment": cfg.augment, "neg_ratio": cfg.neg_ratio,
@@ -316,4 +320,5 @@ def training_record(cfg: TrainConfig, seed: int, splits: Splits) -> dict:
             "train_frames": len(splits.train), "val_frames": len(splits.val), "test_frames": len(splits.test),
             "preset": cfg.preset, "lora_targets": cfg.lora_targets, "split_method": cfg.split_method,
             "offline_copies": cfg.offline_copies, "augment_recipe": cfg.augment_recipe, "pre_resize": cfg.pre_resize,
-            "precision": cfg.precision}
+            "precision": cfg.precision,
+            "train_cases": sorted(case_digest(u) for u in splits.split_record.get("train", {}).get("cases", []))}
