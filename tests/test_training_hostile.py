@@ -94,6 +94,29 @@ def test_a_folder_of_another_program_is_not_called_a_run(tmp_path):
     assert (tmp_path / CONFIG_FILE).read_text() == '{"lr": 0.1, "model": "resnet"}'
 
 
+def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path):
+    """Two trainings into one --out at once both said done and left one's bundle beside the
+    other's configuration; one started seconds later was told to delete the live run's folder."""
+    import subprocess
+    import sys
+
+    from training.trials import claim_run_folder
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from training.trials import claim_run_folder; "
+        f"claim_run_folder(__import__('pathlib').Path({str(run)!r})); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FetalIQAError, match=f"another training is writing to this folder \\(pid {holder.pid}\\)"):
+            claim_run_folder(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    claim_run_folder(run)  # free again once that run has ended
+
+
 def test_a_full_disk_leaves_the_earlier_bundle_whole_and_says_so(tmp_path, monkeypatch):
     """`train` on a full disk printed 'fetaliqa: Error; check the path and try again.' and left
     RUN/bundle with a half-copied adapter beside a complete manifest."""
