@@ -167,6 +167,17 @@ def test_eval_leaves_a_folder_that_is_not_an_evaluation_alone(tiny_data, bundles
     assert main(args + [str(run)]) == 1
     assert (run / "metrics.json").read_text() == '{"best_epoch": 3}'
     assert "an evaluation does not write" in capsys.readouterr().err
+    # files of an evaluation's names that no evaluation wrote (the user's own) are left alone too
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text('{"mine": true}')
+    (mine / "per_case.csv").write_text("my,table\n")
+    assert main(args + [str(mine), "--max-cases", "1", "--all-sweeps"]) == 1
+    assert (mine / "metrics.json").read_text() == '{"mine": true}' and (mine / "per_case.csv").read_text() == "my,table\n"
+    assert "an evaluation does not write (metrics.json, per_case.csv)" in capsys.readouterr().err
+    # ... while an evaluation's own folder is written over, as asked
+    for _ in range(2):
+        assert main(args + [str(tmp_path / "ev"), "--max-cases", "1", "--all-sweeps"]) == 0
     for bad in (["--split-seed", "-1"], ["--max-cases", "-2"], ["--max-cases", "0"]):
         with pytest.raises(SystemExit) as exc:
             main(args + [str(tmp_path / "o")] + bad)

@@ -38,20 +38,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 EVAL_OUTPUTS = ("metrics.json", "per_case.csv", "paper")
 
 
+def _written_by_eval(out: Path) -> bool:
+    """Whether ``out``'s metrics.json and per_case.csv are an earlier evaluation's: its record of
+    what it wrote lists them, or (written before that record existed) its metrics.json is one."""
+    from fetaliqa_core.export import OUTPUTS_FILE, _small_json
+
+    listed = _small_json(out / OUTPUTS_FILE)
+    if isinstance(listed, list):
+        return {str(n) for n in listed} >= {n for n in EVAL_OUTPUTS[:2] if (out / n).exists()}
+    metrics = _small_json(out / "metrics.json")
+    return isinstance(metrics, dict) and {"challenge", "case_uuids", "split"} <= metrics.keys()
+
+
 def check_eval_out(out: Path) -> None:
     """Refuse an --out folder that holds anything an evaluation does not write (a training run, a
-    dataset): its metrics.json would be replaced without a word. An earlier evaluation's folder
-    is written over, as asked."""
+    dataset), or a metrics.json / per_case.csv an evaluation did not write (the user's own): it
+    would be replaced without a word. An earlier evaluation's folder is written over, as asked."""
     from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.export import OUTPUTS_FILE
 
     if out.exists() and not out.is_dir():
         raise FetalIQAError(f"--out {out} is an existing file; give a folder for the evaluation")
-    if out.is_dir():
-        other = sorted(p.name for p in out.iterdir() if p.name not in EVAL_OUTPUTS)
-        if other:
-            shown = ", ".join(other[:4]) + (" ..." if len(other) > 4 else "")
-            raise FetalIQAError(f"--out {out} holds files an evaluation does not write ({shown}); choose an empty "
-                                "(or new) folder, or an earlier evaluation's")
+    if not out.is_dir():
+        return
+    other = sorted(p.name for p in out.iterdir() if p.name not in EVAL_OUTPUTS + (OUTPUTS_FILE,))
+    if not other and any((out / n).exists() for n in EVAL_OUTPUTS[:2]) and not _written_by_eval(out):
+        other = [n for n in EVAL_OUTPUTS[:2] if (out / n).exists()]
+    if other:
+        shown = ", ".join(other[:4]) + (" ..." if len(other) > 4 else "")
+        raise FetalIQAError(f"--out {out} holds files an evaluation does not write ({shown}); choose an empty "
+                            "(or new) folder, or an earlier evaluation's")
+    if (out / "paper").exists():
+        check_eval_out(out / "paper")
 
 
 def run(args: argparse.Namespace) -> int:

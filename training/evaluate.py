@@ -466,9 +466,11 @@ def _frame_metrics(col: _Collected, truth: np.ndarray, threshold: float, keep: n
 
 
 def write_outputs(out: Path, metrics: dict) -> None:
-    """``metrics.json`` and ``per_case.csv``, each written whole or not at all (a full disk left an
+    """``metrics.json`` and ``per_case.csv`` (and the list of them), each written whole or not at all (a full disk left an
     empty table beside complete metrics; a link at the table's path had its target overwritten)."""
     import io
+
+    from fetaliqa_core.export import OUTPUTS_FILE
 
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -481,6 +483,9 @@ def write_outputs(out: Path, metrics: dict) -> None:
                 ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm")])
     atomic_write(out / "per_case.csv", buf.getvalue())
     write_json(out / "metrics.json", metrics)
+    # what was written, as `score` records its own: a later evaluation writes over these files
+    # only, never a metrics.json or per_case.csv of the user's own (training.cli_eval.check_eval_out)
+    write_json(out / OUTPUTS_FILE, ["metrics.json", "per_case.csv"])
 
 
 def _fmt(v, digits: int = 4) -> str:
