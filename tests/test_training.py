@@ -574,6 +574,10 @@ def test_one_epoch_tiny_training_end_to_end(tiny_data, tmp_path):
 
     loaded = load_bundle(bundle, device="cpu")
     assert loaded.task == "cls" and loaded.manifest.metrics["training"]["split_seed"] == split["seed"]
+    # the number format it ran in, not the request (none: the device's choice)
+    record = loaded.manifest.metrics["training"]
+    assert record["precision"] in ("bf16", "fp32") and record["precision_requested"] is None
+    assert record["precision"] == trials[0]["precision"]
     # the cases it trained on, recorded for eval's check (whatever the dataset holds later)
     assert loaded.manifest.metrics["training"]["train_cases"] == sorted(
         ds.case_digest(u) for u in split["train"]["cases"])
