@@ -271,6 +271,46 @@ def test_the_cases_a_bundle_trained_on_are_those_its_manifest_records(tiny_data,
     assert "cannot be checked" in capsys.readouterr().err
 
 
+def test_reference_acs_that_disagree_with_the_annotation_are_said(tiny_data, bundles, tmp_path, capsys):
+    """An AC written a column off (on a sweep without annotation, its annotated sweep left blank)
+    scored the case NAE_AC 1, or rewarded a frame of the wrong sweep, without a word, and counted
+    it in "AC within 3 %". Now each kind is a note naming the case, the case is left out of "AC
+    within 3 %", and NAE_AC is also given without it."""
+    import csv
+    import shutil
+
+    from fetaliqa_core.cli import main
+    from training.dataset import CSV_RELPATH, frame_labels, read_cases
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    case = next(c for c in read_cases(data) if c.sweeps_with_ac())
+    labels = frame_labels(case)
+    per = labels.size // case.n_sweeps
+    s = case.sweeps_with_ac()[0]
+    empty = next(k for k in range(case.n_sweeps) if not labels[k * per:(k + 1) * per].any())
+    rows = list(csv.reader((data / CSV_RELPATH).open()))
+    row = next(r for r in rows if r[0] == case.uuid)
+    row[2 + empty], row[2 + s] = row[2 + s], ""
+    with (data / CSV_RELPATH).open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    capsys.readouterr()
+    assert main(["eval", "--seg", str(bundles["seg"]), "--data", str(data), "--split", "all", "--all-sweeps",
+                 "--device", "cpu", "--quiet", "--out", str(tmp_path / "ev")]) == 0
+    captured = capsys.readouterr()
+    assert f"an annotated sweep without a reference AC (NAE_AC 1 there whatever the frame): {case.uuid} sweep {s + 1}" \
+        in captured.err
+    assert f"a reference AC on a sweep without annotation (is the CSV a column off?): {case.uuid} sweep {empty + 1}" \
+        in captured.err
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["reference_ac_mismatch"] == {case.uuid: {"no_ac": [s + 1], "not_annotated": [empty + 1]}}
+    annotated = sum(1 for c in saved["cases"]["seg"] if c["has_annotation"])
+    assert saved["intervals"]["seg_ac_within_3pct"]["n"] == annotated - 1
+    other = [c["nae_ac"] for c in saved["cases"]["seg"] if c["uuid"] != case.uuid]
+    assert saved["challenge"]["seg"]["nae_ac_matching_reference"]["mean"] == pytest.approx(np.mean(other))
+    assert "NAE_AC without the 1 case(s) whose reference AC and annotation disagree" in captured.out
+
+
 def test_eval_outputs_replace_a_link_and_never_write_through_it(tmp_path):
     from training.evaluate import write_outputs
 

@@ -73,7 +73,8 @@ def check_eval_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.evaluate import EvalSettings, evaluate, format_report, training_overlap_note
+    from training.evaluate import (EvalSettings, evaluate, format_report, reference_ac_notes,
+                                   training_overlap_note)
 
     choice = model_choice_from_args(args)
     settings = EvalSettings(cls=choice.cls, seg=choice.seg, data=args.data, split=args.split, base=choice.base,
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
     check_eval_out(out)
     metrics = evaluate(settings, out_dir=out)
-    notes = [training_overlap_note(metrics)]
+    notes = [training_overlap_note(metrics)] + reference_ac_notes(metrics)
     also = None
     if args.paper_cls is not None or args.paper_seg is not None:
         # on the very cases of the first pair (its split), not the other bundles' own split

@@ -120,6 +120,36 @@ class _Collected:
     seg_area: list = field(default_factory=list)  # per frame: predicted foreground pixels at 224
     case_ix: list = field(default_factory=list)  # per frame: index of its case (intervals over cases)
     cases: dict = field(default_factory=dict)  # model name -> list of per-case dicts
+    ac_mismatch: dict = field(default_factory=dict)  # uuid -> _reference_ac_mismatch's, where it finds any
+
+
+def _reference_ac_mismatch(case, labels: np.ndarray, ranges) -> dict[str, list[int]]:
+    """Where the CSV and the annotation disagree, by sweep (numbered from 1): ``no_ac``, annotated
+    sweeps without a reference AC (a frame chosen there gets NAE_AC 1 however right it is);
+    ``not_annotated``, sweeps with a reference AC but no annotated frame (an AC written a column
+    off rewards a frame in the wrong sweep)."""
+    annotated = [bool(np.asarray(labels[a:b]).any()) for a, b in ranges]
+    has_ac = [s < len(case.ac_mm) and case.ac_mm[s] is not None for s in range(len(ranges))]
+    return {"no_ac": [s + 1 for s in range(len(ranges)) if annotated[s] and not has_ac[s]],
+            "not_annotated": [s + 1 for s in range(len(ranges)) if has_ac[s] and not annotated[s]]}
+
+
+def reference_ac_notes(metrics: dict) -> list[str]:
+    """One line per kind of disagreement between the CSV's reference ACs and the annotation
+    (:func:`_reference_ac_mismatch`), naming the cases. The challenge table keeps the organisers'
+    numbers (such a case's NAE_AC is what their evaluator gives); its NAE_AC without these cases
+    is printed below it, and "AC within 3 %" leaves them out."""
+    found = metrics.get("reference_ac_mismatch") or {}
+    lines = []
+    for key, what in (("no_ac", "an annotated sweep without a reference AC (NAE_AC 1 there whatever "
+                                "the frame)"),
+                      ("not_annotated", "a reference AC on a sweep without annotation (is the CSV a column "
+                                        "off?)")):
+        cases = [f"{u} sweep {','.join(map(str, m[key]))}" for u, m in found.items() if m.get(key)]
+        if cases:
+            shown = "; ".join(cases[:3]) + (" ..." if len(cases) > 3 else "")
+            lines.append(f"note: {len(cases)} case(s) have {what}: {shown}; check the circumferences CSV")
+    return lines
 
 
 def _training_record(models) -> dict:
@@ -262,6 +292,9 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
             engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=False)
             results = engine.run()
 
+            mismatch = _reference_ac_mismatch(case, labels, ranges)
+            if any(mismatch.values()):
+                col.ac_mismatch[case.uuid] = mismatch
             sweeps = range(len(ranges)) if all_sweeps else case.sweeps_with_ac()
             frames = np.concatenate([np.arange(*ranges[s]) for s in sweeps]) if sweeps else np.zeros(0, np.int64)
             if frames.size:
@@ -305,6 +338,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                 d["has_optimal"] = bool((labels == 1).any())
                 d["has_annotation"] = bool(labels.any())
                 d["ac_status"] = ac_status
+                d["reference_ac_matches"] = case.uuid not in col.ac_mismatch
                 col.cases[name].append(d)
             bar.update(1)
     finally:
@@ -344,10 +378,15 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         agg = an.aggregate_case_metrics([an.CaseMetrics(**{k: v for k, v in c.items() if k in case_fields})
                                          for c in per_case])
         metrics["challenge"][name] = {k: agg[k] for k in CHALLENGE_KEYS}
+        # NAE_AC of the cases whose reference ACs lie on their annotated sweeps alone
+        kept = [c["nae_ac"] for c in per_case if c.get("reference_ac_matches", True)]
+        metrics["challenge"][name]["nae_ac_matching_reference"] = {
+            "mean": float(np.mean(kept)) if kept else float("nan"), "n": len(kept)}
     metrics["intervals"] = _intervals(col, truth, threshold, len(chosen))
     metrics["cases"] = col.cases
     metrics["case_uuids"] = [c.uuid for c in chosen]
     metrics["cases_in_own_training_split"] = trained_on
+    metrics["reference_ac_mismatch"] = col.ac_mismatch
 
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics)
@@ -421,7 +460,8 @@ def _intervals(col: _Collected, truth: np.ndarray, threshold: float, n_cases: in
         k = sum(1 for c in opt if c.get("chosen_label") == 1)
         out[f"{name}_chosen_optimal"] = {"k": k, "n": len(opt), "value": k / len(opt) if opt else float("nan"),
                                          "ci95": wilson(k, len(opt))}
-        ann = [c for c in per_case if c.get("has_annotation")]
+        # (not the cases whose reference AC and annotation disagree: their reference is not the AC of the frame)
+        ann = [c for c in per_case if c.get("has_annotation") and c.get("reference_ac_matches", True)]
         k = sum(1 for c in ann if c.get("ac_pred_mm") and c.get("ac_gt_mm")
                 and abs(c["ac_pred_mm"] - c["ac_gt_mm"]) <= 0.03 * c["ac_gt_mm"])
         out[f"{name}_ac_within_3pct"] = {"k": k, "n": len(ann), "value": k / len(ann) if ann else float("nan"),
@@ -592,6 +632,13 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
             lines.append(f"{label:<{width}}{cells}{_fmt(row['dsc_soft']['mean'], 3) + mark:>10}{row['score']['n']:>7}")
     lines.append("score = 0.5 (1 - NAE_AC) + 0.25 WFSS + 0.25 DSC_soft, as the organisers' evaluator computes "
                  "them; every row is measured on the segmenter's mask of the frame it chooses")
+    for run in runs:
+        left = len(run.get("reference_ac_mismatch") or {})
+        if left:
+            cells = ", ".join(f"{ROW_LABELS.get(name, name)} {_fmt(row['nae_ac_matching_reference']['mean'], 3)}"
+                              for name, row in run["challenge"].items() if "nae_ac_matching_reference" in row)
+            lines.append(f"NAE_AC without the {left} case(s) whose reference AC and annotation disagree (see the "
+                         f"notes){_tag(run, also)}: {cells}")
     if undefined:
         lines.append("* the evaluator's DSC_soft is undefined (infinite) on some cases (a frame without a mask "
                      "and without annotation, or -1); counted as 0 here, see metrics.json 'undefined'")
