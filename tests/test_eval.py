@@ -311,6 +311,21 @@ def test_reference_acs_that_disagree_with_the_annotation_are_said(tiny_data, bun
     assert "NAE_AC without the 1 case(s) whose reference AC and annotation disagree" in captured.out
 
 
+def test_the_report_says_how_a_case_without_annotation_is_scored():
+    """WFSS 0 for any answer, -1 included, on a case without annotation (the organisers'
+    convention, not the project's credit for abstaining): the table says which it used."""
+    from training.evaluate import format_report
+
+    row = {k: {"mean": 0.0, "n": 2, "undefined": 0} for k in ("score", "wfss", "nae_ac", "dsc_soft")}
+    cases = [{"uuid": "a", "has_annotation": True}, {"uuid": "b", "has_annotation": False}]
+    metrics = {"split": "all", "n_cases": 2, "n_frames": 4, "n_positive": 1, "all_sweeps": True, "frame": {},
+               "challenge": {"seg": row}, "cases": {"seg": cases}}
+    text = format_report(metrics)
+    assert "WFSS of the 1 case(s) without annotation is 0 whatever is chosen, -1 (no frame) included" in text
+    cases[1]["has_annotation"] = True
+    assert "without annotation" not in format_report(metrics)
+
+
 def test_eval_outputs_replace_a_link_and_never_write_through_it(tmp_path):
     from training.evaluate import write_outputs
 

@@ -632,6 +632,11 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
             lines.append(f"{label:<{width}}{cells}{_fmt(row['dsc_soft']['mean'], 3) + mark:>10}{row['score']['n']:>7}")
     lines.append("score = 0.5 (1 - NAE_AC) + 0.25 WFSS + 0.25 DSC_soft, as the organisers' evaluator computes "
                  "them; every row is measured on the segmenter's mask of the frame it chooses")
+    rows = next(iter(metrics["cases"].values()), [])
+    bare = sum(1 for c in rows if not c.get("has_annotation", True))
+    if bare:
+        lines.append(f"WFSS of the {bare} case(s) without annotation is 0 whatever is chosen, -1 (no frame) "
+                     "included, as in the organisers' evaluator")
     for run in runs:
         left = len(run.get("reference_ac_mismatch") or {})
         if left:
