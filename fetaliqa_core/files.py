@@ -301,32 +301,52 @@ def csv_writer(fh: Any, **kwargs: Any) -> _SafeWriter:
 _CLAIMED: dict[str, object] = {}
 
 
+def _claim_file(folder: str | Path) -> tuple[str, Path]:
+    """``(the folder's full path, the cache path of its lock without suffix)``."""
+    import hashlib
+
+    from fetaliqa_core import paths
+
+    key = str(Path(folder).expanduser().resolve())
+    return key, paths.cache_dir() / "locks" / hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
 def claim_output_folder(folder: str | Path) -> bool | None:
     """Claim ``folder`` for this process's results, for as long as it runs: True when claimed (or
     claimed before), False when another FetalIQA run holds it now (two runs of the same default
     folder each chose it as free, and one's results replaced the other's, both saying done), None
     when no lock can be taken (an unwritable cache folder): the run goes on unclaimed. The lock is
-    a file in the cache folder named after the folder's full path, never one beside the results."""
-    import hashlib
-
+    a file in the cache folder named after the folder's full path, never one beside the results;
+    the holder's process id is written beside it (:func:`output_folder_holder`)."""
     from filelock import FileLock, Timeout
 
-    from fetaliqa_core import paths
-
     try:
-        key = str(Path(folder).expanduser().resolve())
+        key, name = _claim_file(folder)
     except (OSError, RuntimeError, ValueError):
         return None
     if key in _CLAIMED:
         return True
-    locks = paths.cache_dir() / "locks"
     try:
-        locks.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(locks / (hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:24] + ".lock")))
+        name.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(name) + ".lock")
         lock.acquire(timeout=0)
     except Timeout:
         return False
     except OSError:
         return None
     _CLAIMED[key] = lock
+    try:  # (not in the lock file itself: opening it to lock may empty it)
+        Path(str(name) + ".pid").write_text(str(os.getpid()))
+    except OSError:
+        pass
     return True
+
+
+def output_folder_holder(folder: str | Path) -> int | None:
+    """The process id of the run that last claimed ``folder`` (:func:`claim_output_folder`), None
+    when unknown: for the message that refuses the folder to another run."""
+    try:
+        text = Path(str(_claim_file(folder)[1]) + ".pid").read_text()[:20].strip()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return int(text) if text.isdigit() else None

@@ -167,6 +167,17 @@ def test_eval_leaves_a_folder_that_is_not_an_evaluation_alone(tiny_data, bundles
     assert main(args + [str(run)]) == 1
     assert (run / "metrics.json").read_text() == '{"best_epoch": 3}'
     assert "an evaluation does not write" in capsys.readouterr().err
+    # files of an evaluation's names that no evaluation wrote (the user's own) are left alone too
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text('{"mine": true}')
+    (mine / "per_case.csv").write_text("my,table\n")
+    assert main(args + [str(mine), "--max-cases", "1", "--all-sweeps"]) == 1
+    assert (mine / "metrics.json").read_text() == '{"mine": true}' and (mine / "per_case.csv").read_text() == "my,table\n"
+    assert "an evaluation does not write (metrics.json, per_case.csv)" in capsys.readouterr().err
+    # ... while an evaluation's own folder is written over, as asked
+    for _ in range(2):
+        assert main(args + [str(tmp_path / "ev"), "--max-cases", "1", "--all-sweeps"]) == 0
     for bad in (["--split-seed", "-1"], ["--max-cases", "-2"], ["--max-cases", "0"]):
         with pytest.raises(SystemExit) as exc:
             main(args + [str(tmp_path / "o")] + bad)
@@ -229,6 +240,90 @@ def test_paper_bundles_are_evaluated_on_the_first_pairs_cases(tiny_data, bundles
     other = json.loads((out / "paper" / "metrics.json").read_text())
     assert mine["case_uuids"] and other["case_uuids"] == mine["case_uuids"]
     assert other["n_frames"] == mine["n_frames"]
+
+
+def test_the_cases_a_bundle_trained_on_are_those_its_manifest_records(tiny_data, bundles, tmp_path, capsys):
+    """The check for evaluated cases a bundle was trained on reads the cases its manifest records,
+    not a split of today's data (a case added moves others between splits); a bundle that records
+    none is said to be uncheckable, not guessed about."""
+    import shutil
+
+    from fetaliqa_core.cli import main
+    from training.dataset import case_digest, read_cases
+
+    uuids = [c.uuid for c in read_cases(tiny_data)]
+    recorded = tmp_path / "recorded"
+    shutil.copytree(bundles["cls"], recorded)
+    manifest = json.loads((recorded / "manifest.json").read_text())
+    manifest.setdefault("metrics", {})["training"] = {"train_cases": [case_digest(uuids[2])]}
+    (recorded / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    args = ["--data", str(tiny_data), "--split", "all", "--device", "cpu", "--quiet", "--max-cases", "3"]
+    assert main(["eval", "--cls", str(recorded), "--out", str(tmp_path / "a"), *args]) == 0
+    err = capsys.readouterr().err
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["cases_in_own_training_split"] == [uuids[2]]
+    assert f"1 of these 3 case(s) are in the training split of these bundles ({uuids[2]})" in err
+    # a bundle with a training record (a split seed) but no cases recorded: nothing is guessed
+    manifest["metrics"]["training"] = {"split_seed": 42}
+    (recorded / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["eval", "--cls", str(recorded), "--out", str(tmp_path / "b"), *args]) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["cases_in_own_training_split"] is None
+    assert "cannot be checked" in capsys.readouterr().err
+
+
+def test_reference_acs_that_disagree_with_the_annotation_are_said(tiny_data, bundles, tmp_path, capsys):
+    """An AC written a column off (on a sweep without annotation, its annotated sweep left blank)
+    scored the case NAE_AC 1, or rewarded a frame of the wrong sweep, without a word, and counted
+    it in "AC within 3 %". Now each kind is a note naming the case, the case is left out of "AC
+    within 3 %", and NAE_AC is also given without it."""
+    import csv
+    import shutil
+
+    from fetaliqa_core.cli import main
+    from training.dataset import CSV_RELPATH, frame_labels, read_cases
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    case = next(c for c in read_cases(data) if c.sweeps_with_ac())
+    labels = frame_labels(case)
+    per = labels.size // case.n_sweeps
+    s = case.sweeps_with_ac()[0]
+    empty = next(k for k in range(case.n_sweeps) if not labels[k * per:(k + 1) * per].any())
+    rows = list(csv.reader((data / CSV_RELPATH).open()))
+    row = next(r for r in rows if r[0] == case.uuid)
+    row[2 + empty], row[2 + s] = row[2 + s], ""
+    with (data / CSV_RELPATH).open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    capsys.readouterr()
+    assert main(["eval", "--seg", str(bundles["seg"]), "--data", str(data), "--split", "all", "--all-sweeps",
+                 "--device", "cpu", "--quiet", "--out", str(tmp_path / "ev")]) == 0
+    captured = capsys.readouterr()
+    assert f"an annotated sweep without a reference AC (NAE_AC 1 there whatever the frame): {case.uuid} sweep {s + 1}" \
+        in captured.err
+    assert f"a reference AC on a sweep without annotation (is the CSV a column off?): {case.uuid} sweep {empty + 1}" \
+        in captured.err
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["reference_ac_mismatch"] == {case.uuid: {"no_ac": [s + 1], "not_annotated": [empty + 1]}}
+    annotated = sum(1 for c in saved["cases"]["seg"] if c["has_annotation"])
+    assert saved["intervals"]["seg_ac_within_3pct"]["n"] == annotated - 1
+    other = [c["nae_ac"] for c in saved["cases"]["seg"] if c["uuid"] != case.uuid]
+    assert saved["challenge"]["seg"]["nae_ac_matching_reference"]["mean"] == pytest.approx(np.mean(other))
+    assert "NAE_AC without the 1 case(s) whose reference AC and annotation disagree" in captured.out
+
+
+def test_the_report_says_how_a_case_without_annotation_is_scored():
+    """WFSS 0 for any answer, -1 included, on a case without annotation (the organisers'
+    convention, not the project's credit for abstaining): the table says which it used."""
+    from training.evaluate import format_report
+
+    row = {k: {"mean": 0.0, "n": 2, "undefined": 0} for k in ("score", "wfss", "nae_ac", "dsc_soft")}
+    cases = [{"uuid": "a", "has_annotation": True}, {"uuid": "b", "has_annotation": False}]
+    metrics = {"split": "all", "n_cases": 2, "n_frames": 4, "n_positive": 1, "all_sweeps": True, "frame": {},
+               "challenge": {"seg": row}, "cases": {"seg": cases}}
+    text = format_report(metrics)
+    assert "WFSS of the 1 case(s) without annotation is 0 whatever is chosen, -1 (no frame) included" in text
+    cases[1]["has_annotation"] = True
+    assert "without annotation" not in format_report(metrics)
 
 
 def test_eval_outputs_replace_a_link_and_never_write_through_it(tmp_path):

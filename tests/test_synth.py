@@ -159,6 +159,14 @@ def test_case_kinds(kind):
         assert all(v is None for v in c.ac_mm)
 
 
+def test_the_kind_said_is_what_the_mask_holds():
+    """With 20 frames per sweep an optimal plane can fall between frames: synth printed
+    "optimal" for a case whose mask held no label-1 frame."""
+    c = synthesize_case(9, frames_per_sweep=20, height=64, width=96, kind="optimal", labels_only=True)
+    assert not (c.mask == 1).any() and (c.mask == 2).any()
+    assert c.kind == "suboptimal"
+
+
 def test_kinds_mix_and_circumference_range():
     kinds = []
     for seed in range(30):
@@ -388,7 +396,8 @@ def test_fan_variety_puts_cases_on_other_fans():
     for seed in range(20):
         c = synthesize_case(seed, n_sweeps=1, frames_per_sweep=3, height=h, width=w, fan_variety=True)
         plain = synthesize_case(seed, n_sweeps=1, frames_per_sweep=3, height=h, width=w)
-        assert c.kind == plain.kind and c.abdomen_sweeps == plain.abdomen_sweeps  # same layout
+        # same layout (the kind is what the mask holds: another fan may leave the optimal frames out)
+        assert c.abdomen_sweeps == plain.abdomen_sweeps and c.across == plain.across
         fov = Fan(h, w, c.fan).fov
         assert not c.frames[:, ~fov].any() and not c.mask[:, ~fov].any()
         assert c.frames[:, fov].mean() > 10

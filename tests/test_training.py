@@ -151,6 +151,48 @@ def test_a_mask_that_does_not_match_its_image_is_refused_for_training(tiny_data,
         ds.build_index(ds.read_cases(data), all_sweeps=True)
 
 
+
+def _two_sweep_case(data: Path, ranges: list[tuple[int, int]] | None, row: str) -> ds.CaseRecord:
+    """One 60-frame case (annotated on frames 18-22) under a table of six sweep columns."""
+    from fetaliqa_core.io import write_volume
+
+    frames = np.full((60, 32, 32), 80, np.uint8)
+    mask = np.zeros((60, 32, 32), np.uint8)
+    mask[18:23, 10:20, 10:20] = 1
+    for sub, arr in (("images/stacked_fetal_ultrasound", frames), ("masks/stacked_fetal_abdomen", mask)):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+        write_volume(data / sub / "two.mha", arr, sweep_ranges=ranges)
+    (data / ds.CSV_RELPATH).parent.mkdir(parents=True, exist_ok=True)
+    (data / ds.CSV_RELPATH).write_text("uuid,subject_id," + ",".join(f"sweep_{k}_ac_mm" for k in range(1, 7))
+                                       + f"\ntwo,1,{row}\n")
+    return ds.read_cases(data)[0]
+
+
+def test_a_case_is_cut_into_the_sweeps_its_file_records(tmp_path):
+    """A 2-sweep case in the usual six-column table: its sweeps are the file's (what `score`
+    reads), not six blocks of ten frames, so the reference AC of sweep 1 belongs to frames 0-29."""
+    case = _two_sweep_case(tmp_path / "d", [(0, 30), (30, 60)], "213.37,,,,,")
+    idx = ds.build_index([case])
+    assert (idx.frame_idx.min(), idx.frame_idx.max()) == (0, 29) and idx.n_positive == 5
+    assert len(ds.build_index([case], all_sweeps=True)) == 60
+    # an AC for a sweep the file does not hold is a wrong row, said in one line
+    case = _two_sweep_case(tmp_path / "e", [(0, 30), (30, 60)], ",,213.37,,,")
+    with pytest.raises(FetalIQAError, match="records 2 sweep") as exc:
+        ds.build_index([case])
+    assert "\n" not in str(exc.value)
+
+
+def test_a_case_whose_sweeps_cannot_be_told_is_refused(tmp_path):
+    """No sweep ranges in the file and blank last columns: six sweeps of ten frames or two of
+    thirty cannot be told apart, and a guess puts the reference AC on the wrong frames."""
+    case = _two_sweep_case(tmp_path / "d", None, "213.37,,,,,")
+    with pytest.raises(FetalIQAError, match="fewer, longer ones") as exc:
+        ds.build_index([case])
+    assert "\n" not in str(exc.value)
+    # a value in the last column: the table's six sweeps are the case's
+    case = _two_sweep_case(tmp_path / "e", None, "213.37,,,,,200")
+    assert (ds.build_index([case]).frame_idx.max()) == 59 and len(ds.build_index([case])) == 20
+
 def test_frames_are_read_lazily(tiny_data, tmp_path):
     from fetaliqa_core.io import load_sweep, write_volume
 
@@ -532,6 +574,13 @@ def test_one_epoch_tiny_training_end_to_end(tiny_data, tmp_path):
 
     loaded = load_bundle(bundle, device="cpu")
     assert loaded.task == "cls" and loaded.manifest.metrics["training"]["split_seed"] == split["seed"]
+    # the number format it ran in, not the request (none: the device's choice)
+    record = loaded.manifest.metrics["training"]
+    assert record["precision"] in ("bf16", "fp32") and record["precision_requested"] is None
+    assert record["precision"] == trials[0]["precision"]
+    # the cases it trained on, recorded for eval's check (whatever the dataset holds later)
+    assert loaded.manifest.metrics["training"]["train_cases"] == sorted(
+        ds.case_digest(u) for u in split["train"]["cases"])
 
     from fetaliqa_core.cli import main
 
@@ -539,7 +588,7 @@ def test_one_epoch_tiny_training_end_to_end(tiny_data, tmp_path):
     assert main(["eval", "--cls", str(bundle), "--data", str(tiny_data), "--split", "test", "--out", str(ev),
                  "--device", "cpu", "--quiet"]) == 0
     result = json.loads((ev / "metrics.json").read_text())
-    assert result["n_cases"] == len(split["test"]["cases"])
+    assert result["n_cases"] == len(split["test"]["cases"]) and result["cases_in_own_training_split"] == []
     assert set(result["frame"]["cls"]) >= {"accuracy", "f1", "precision", "recall", "specificity"}
 
 

@@ -76,11 +76,46 @@ def test_a_run_that_stopped_before_its_first_epoch_says_its_folder_can_go(tmp_pa
     """A wrong --base or a divergence left config.json behind: the corrected command was refused
     without --resume ('already holds a run') and with it ('started with base=...'), and nothing
     said to delete the folder."""
-    (tmp_path / CONFIG_FILE).write_text('{"lr": 1000000.0}')
+    (tmp_path / CONFIG_FILE).write_text('{"task": "cls", "data": "d", "out": "r", "split_seed": 42, "lr": 1000000.0}')
     for resume in (False, True):
         cfg = SimpleNamespace(run_dir=tmp_path, resume=resume, to_json=lambda: {"lr": 0.001})
         with pytest.raises(FetalIQAError, match="stopped before its first epoch ended.*Delete that folder"):
             check_resume(cfg)
+
+
+def test_a_folder_of_another_program_is_not_called_a_run(tmp_path):
+    """Another tool's config.json in --out was called 'a run that stopped before its first epoch
+    ended ... Delete that folder' (with 'task=None' under --resume)."""
+    (tmp_path / CONFIG_FILE).write_text('{"lr": 0.1, "model": "resnet"}')
+    for resume in (False, True):
+        cfg = SimpleNamespace(run_dir=tmp_path, resume=resume, to_json=lambda: {"lr": 0.001})
+        with pytest.raises(FetalIQAError, match="not a FetalIQA training run.*choose another --out") as exc:
+            check_resume(cfg)
+        assert "Delete" not in str(exc.value) and "None" not in str(exc.value)
+    assert (tmp_path / CONFIG_FILE).read_text() == '{"lr": 0.1, "model": "resnet"}'
+
+
+def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path):
+    """Two trainings into one --out at once both said done and left one's bundle beside the
+    other's configuration; one started seconds later was told to delete the live run's folder."""
+    import subprocess
+    import sys
+
+    from training.trials import claim_run_folder
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from training.trials import claim_run_folder; "
+        f"claim_run_folder(__import__('pathlib').Path({str(run)!r})); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FetalIQAError, match=f"another training is writing to this folder \\(pid {holder.pid}\\)"):
+            claim_run_folder(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    claim_run_folder(run)  # free again once that run has ended
 
 
 def test_a_full_disk_leaves_the_earlier_bundle_whole_and_says_so(tmp_path, monkeypatch):

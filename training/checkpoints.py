@@ -74,9 +74,24 @@ def prune_checkpoints(trial_dir: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is the configuration a FetalIQA training wrote (another tool's config.json
+    in a folder given as --out is not a run, whatever it holds)."""
+    from fetaliqa_core import validate
+
+    try:
+        saved = validate.read_json_bounded(path, "the run's configuration", "")
+    except FetalIQAError:
+        return False
+    return isinstance(saved, dict) and {"task", "data", "out", "split_seed"} <= saved.keys()
+
+
 def check_resume(cfg: TrainConfig) -> None:
     run = cfg.run_dir
     saved_path = run / CONFIG_FILE
+    if saved_path.is_file() and not _is_run_config(saved_path):
+        raise FetalIQAError(f"--out {run} holds files that are not a FetalIQA training run (its {CONFIG_FILE} is "
+                            "another program's); choose another --out" + (" and drop --resume" if cfg.resume else ""))
     # a run that stopped before its first epoch ended (a wrong base, LoRA setting or a divergence)
     # has nothing to resume: say that the folder can go, or it held the corrected command back
     unstarted = not any(run.glob(f"trial_*/{CHECKPOINT_DIR}/*.pt")) and not (run / "bundle").exists()

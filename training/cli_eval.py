@@ -38,24 +38,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 EVAL_OUTPUTS = ("metrics.json", "per_case.csv", "paper")
 
 
+def _written_by_eval(out: Path) -> bool:
+    """Whether ``out``'s metrics.json and per_case.csv are an earlier evaluation's: its record of
+    what it wrote lists them, or (written before that record existed) its metrics.json is one."""
+    from fetaliqa_core.export import OUTPUTS_FILE, _small_json
+
+    listed = _small_json(out / OUTPUTS_FILE)
+    if isinstance(listed, list):
+        return {str(n) for n in listed} >= {n for n in EVAL_OUTPUTS[:2] if (out / n).exists()}
+    metrics = _small_json(out / "metrics.json")
+    return isinstance(metrics, dict) and {"challenge", "case_uuids", "split"} <= metrics.keys()
+
+
 def check_eval_out(out: Path) -> None:
     """Refuse an --out folder that holds anything an evaluation does not write (a training run, a
-    dataset): its metrics.json would be replaced without a word. An earlier evaluation's folder
-    is written over, as asked."""
+    dataset), or a metrics.json / per_case.csv an evaluation did not write (the user's own): it
+    would be replaced without a word. An earlier evaluation's folder is written over, as asked."""
     from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.export import OUTPUTS_FILE
 
     if out.exists() and not out.is_dir():
         raise FetalIQAError(f"--out {out} is an existing file; give a folder for the evaluation")
-    if out.is_dir():
-        other = sorted(p.name for p in out.iterdir() if p.name not in EVAL_OUTPUTS)
-        if other:
-            shown = ", ".join(other[:4]) + (" ..." if len(other) > 4 else "")
-            raise FetalIQAError(f"--out {out} holds files an evaluation does not write ({shown}); choose an empty "
-                                "(or new) folder, or an earlier evaluation's")
+    if not out.is_dir():
+        return
+    other = sorted(p.name for p in out.iterdir() if p.name not in EVAL_OUTPUTS + (OUTPUTS_FILE,))
+    if not other and any((out / n).exists() for n in EVAL_OUTPUTS[:2]) and not _written_by_eval(out):
+        other = [n for n in EVAL_OUTPUTS[:2] if (out / n).exists()]
+    if other:
+        shown = ", ".join(other[:4]) + (" ..." if len(other) > 4 else "")
+        raise FetalIQAError(f"--out {out} holds files an evaluation does not write ({shown}); choose an empty "
+                            "(or new) folder, or an earlier evaluation's")
+    if (out / "paper").exists():
+        check_eval_out(out / "paper")
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.evaluate import EvalSettings, evaluate, format_report
+    from training.evaluate import (EvalSettings, evaluate, format_report, reference_ac_notes,
+                                   training_overlap_note)
 
     choice = model_choice_from_args(args)
     settings = EvalSettings(cls=choice.cls, seg=choice.seg, data=args.data, split=args.split, base=choice.base,
@@ -64,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
     check_eval_out(out)
     metrics = evaluate(settings, out_dir=out)
+    notes = [training_overlap_note(metrics)] + reference_ac_notes(metrics)
     also = None
     if args.paper_cls is not None or args.paper_seg is not None:
         # on the very cases of the first pair (its split), not the other bundles' own split
@@ -72,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
                              split_seed=args.split_seed, all_sweeps=metrics["all_sweeps"],
                              progress=not args.quiet, case_ids=tuple(metrics["case_uuids"]))
         also = evaluate(other, out_dir=out / "paper")
-        leaked = also.get("cases_in_own_training_split") or []
-        if leaked and args.split != "all":
-            print(f"fetaliqa: note: {len(leaked)} of these {len(metrics['case_uuids'])} {args.split} case(s) are in "
-                  "the other bundles' own training split: their numbers on them are flattered", file=sys.stderr)
+        notes.append(training_overlap_note(also, "the other bundles"))
+    for note in notes:
+        if note:
+            print(f"fetaliqa: {note}", file=sys.stderr)
     print(format_report(metrics, compare_paper=args.compare_paper, also=also))
     print(f"metrics written to {out / 'metrics.json'}"
           + (f" (the other bundles': {out / 'paper' / 'metrics.json'})" if also is not None else ""))

@@ -204,6 +204,12 @@ def _read_csv_rows(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
     return rows, sweep_cols
 
 
+def case_digest(uuid: str) -> str:
+    """A short fingerprint of a case id (16 hex digits of its SHA-256), as a bundle's manifest
+    records the cases it was trained on: 100 000 cases fit its size limit whatever their ids."""
+    return hashlib.sha256(uuid.encode("utf-8")).hexdigest()[:16]
+
+
 def permutation_split(cases: Sequence[CaseRecord], seed: int = SPLIT_SEED,
                       fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, list[CaseRecord]]:
     """The reference code's split: a seeded permutation of the cases (in CSV order), cut at
@@ -274,14 +280,48 @@ def split_cases(
 # ------------------------------------------------------------------------------------------
 
 
-def _sweep_ranges(n_frames: int, n_sweeps: int, where: Path) -> list[tuple[int, int]]:
-    """Equal consecutive blocks, one per sweep (the ACOUSLIC stacking: 6 x 140)."""
-    if n_sweeps <= 0 or n_frames % n_sweeps:
+def _sweep_ranges(case: CaseRecord, n_frames: int) -> list[tuple[int, int]]:
+    """The case's sweeps as half-open frame ranges, one per sweep the case holds.
+
+    The sweep ranges its image file records (``FetalIQA_SweepRanges``, what ``fetaliqa score``
+    reads) come first: a 2-sweep case in a table with six sweep columns was otherwise cut into
+    six sweeps, its reference AC put on the wrong frames. Without them, equal consecutive blocks,
+    one per sweep column of the CSV (the ACOUSLIC stacking: 6 x 140), when that count is sure: the
+    ACOUSLIC case's 840 frames, one column, or a value in the case's last column. A case whose
+    last columns are blank could hold fewer, longer sweeps, and is refused.
+    """
+    from fetaliqa_core import acouslic
+    from fetaliqa_core.io import META_SWEEP_RANGES
+    from fetaliqa_core.io.sweep import recorded_sweep_layout
+
+    n_cols = case.n_sweeps
+    metadata = _header_info(case.image_path)[1]
+    recorded = recorded_sweep_layout(n_frames, metadata)
+    if recorded is not None:
+        ranges = recorded[0]
+        beyond = [s + 1 for s in case.sweeps_with_ac() if s >= len(ranges)]
+        if beyond:
+            raise FetalIQAError(
+                f"{case.image_path}: the file records {len(ranges)} sweep(s) ({META_SWEEP_RANGES} "
+                f"{_shown(metadata[META_SWEEP_RANGES])}) but the CSV gives case {case.uuid} a reference AC for "
+                f"sweep {beyond[0]}; correct its row (one AC per sweep, in the file's sweep order)")
+        return ranges
+    if n_cols <= 0 or n_frames % n_cols:
         raise FetalIQAError(
-            f"{where}: {n_frames} frames cannot be cut into {n_sweeps} equal sweeps (the CSV has "
-            f"{n_sweeps} sweep columns); every case must stack its sweeps with equal frame counts")
-    per = n_frames // n_sweeps
-    return [(i * per, (i + 1) * per) for i in range(n_sweeps)]
+            f"{case.image_path}: {n_frames} frames cannot be cut into {n_cols} equal sweeps (the CSV has "
+            f"{n_cols} sweep columns) and the file records no sweep ranges ({META_SWEEP_RANGES}); every case "
+            "must stack its sweeps with equal frame counts, or record where each sweep starts")
+    sure = (n_cols == 1 or case.ac_mm[-1] is not None
+            or (n_frames == acouslic.FRAMES_PER_CASE and n_cols == len(acouslic.CASE_SWEEP_KINDS)))
+    if not sure:
+        raise FetalIQAError(
+            f"{case.image_path}: {n_frames} frames, no sweep ranges recorded in the file ({META_SWEEP_RANGES}) and "
+            f"the CSV's last sweep column(s) blank for case {case.uuid}: it may hold {n_cols} sweeps of "
+            f"{n_frames // n_cols} frames or fewer, longer ones. Record its sweeps in the file (e.g. "
+            f"{META_SWEEP_RANGES} = 0-{n_frames // 2},{n_frames // 2}-{n_frames}), or give the CSV one sweep "
+            "column per sweep the cases hold")
+    per = n_frames // n_cols
+    return [(i * per, (i + 1) * per) for i in range(n_cols)]
 
 
 def _file_key(path: Path) -> str:
@@ -352,17 +392,29 @@ class FrameIndex:
         return f"{len(self.cases)} cases, {len(self)} frames, {self.n_positive} positive"
 
 
-def _header_shape(path: Path) -> tuple[int, ...] | None:
-    """``(frames, height, width)`` from a volume's header alone, None when the header cannot be
-    read here (reading the volume itself then says what is wrong)."""
+def _header_info(path: Path) -> tuple[tuple[int, ...] | None, dict[str, str]]:
+    """``(frames, height, width)`` and the FetalIQA metadata (sweep ranges) from a volume's header
+    alone; ``(None, {})`` when the header cannot be read here (reading the volume itself then says
+    what is wrong)."""
+    from fetaliqa_core.io import META_SWEEP_KINDS, META_SWEEP_RANGES
+
+    keys = (META_SWEEP_RANGES, META_SWEEP_KINDS)
     try:
         import SimpleITK as sitk
     except ImportError:  # a machine with the models' libraries alone (the GPU checks'): MetaImage only
         from fetaliqa_core.io._common import full_suffix
-        from fetaliqa_core.io.readers import metaimage_size
+        from fetaliqa_core.io.readers import _read_meta_header
 
-        size = metaimage_size(path) if full_suffix(path) in (".mha", ".mhd") else None
-        return tuple(reversed(size)) if size is not None and len(size) == 3 else None
+        if full_suffix(path) not in (".mha", ".mhd"):
+            return None, {}
+        try:
+            with open(path, "rb") as fh:
+                header, _ = _read_meta_header(fh)
+            size = tuple(int(v) for v in header["dimsize"].split()) if header else None
+        except (OSError, KeyError, ValueError):
+            return None, {}
+        metadata = {k: header[k.lower()] for k in keys if k.lower() in header}
+        return (tuple(reversed(size)) if size is not None and len(size) == 3 else None), metadata
     from fetaliqa_core.io import quiet_itk
 
     reader = sitk.ImageFileReader()
@@ -371,9 +423,15 @@ def _header_shape(path: Path) -> tuple[int, ...] | None:
         with quiet_itk():
             reader.ReadImageInformation()
         size = tuple(int(v) for v in reader.GetSize())
+        metadata = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys() if k in keys}
     except RuntimeError:
-        return None
-    return tuple(reversed(size)) if len(size) == 3 else None
+        return None, {}
+    return (tuple(reversed(size)) if len(size) == 3 else None), metadata
+
+
+def _header_shape(path: Path) -> tuple[int, ...] | None:
+    """``(frames, height, width)`` from a volume's header alone, None when it cannot be read here."""
+    return _header_info(path)[0]
 
 
 def _check_same_shape(case: CaseRecord) -> None:
@@ -400,8 +458,8 @@ def build_index(
     for case in cases:
         _check_same_shape(case)
         labels = frame_labels(case, cache_dir)
-        ranges = _sweep_ranges(labels.shape[0], case.n_sweeps, case.mask_path)
-        sweeps = range(case.n_sweeps) if all_sweeps else case.sweeps_with_ac()
+        ranges = _sweep_ranges(case, labels.shape[0])
+        sweeps = range(len(ranges)) if all_sweeps else case.sweeps_with_ac()
         if not sweeps:
             continue
         ci = len(kept)

@@ -120,6 +120,36 @@ class _Collected:
     seg_area: list = field(default_factory=list)  # per frame: predicted foreground pixels at 224
     case_ix: list = field(default_factory=list)  # per frame: index of its case (intervals over cases)
     cases: dict = field(default_factory=dict)  # model name -> list of per-case dicts
+    ac_mismatch: dict = field(default_factory=dict)  # uuid -> _reference_ac_mismatch's, where it finds any
+
+
+def _reference_ac_mismatch(case, labels: np.ndarray, ranges) -> dict[str, list[int]]:
+    """Where the CSV and the annotation disagree, by sweep (numbered from 1): ``no_ac``, annotated
+    sweeps without a reference AC (a frame chosen there gets NAE_AC 1 however right it is);
+    ``not_annotated``, sweeps with a reference AC but no annotated frame (an AC written a column
+    off rewards a frame in the wrong sweep)."""
+    annotated = [bool(np.asarray(labels[a:b]).any()) for a, b in ranges]
+    has_ac = [s < len(case.ac_mm) and case.ac_mm[s] is not None for s in range(len(ranges))]
+    return {"no_ac": [s + 1 for s in range(len(ranges)) if annotated[s] and not has_ac[s]],
+            "not_annotated": [s + 1 for s in range(len(ranges)) if has_ac[s] and not annotated[s]]}
+
+
+def reference_ac_notes(metrics: dict) -> list[str]:
+    """One line per kind of disagreement between the CSV's reference ACs and the annotation
+    (:func:`_reference_ac_mismatch`), naming the cases. The challenge table keeps the organisers'
+    numbers (such a case's NAE_AC is what their evaluator gives); its NAE_AC without these cases
+    is printed below it, and "AC within 3 %" leaves them out."""
+    found = metrics.get("reference_ac_mismatch") or {}
+    lines = []
+    for key, what in (("no_ac", "an annotated sweep without a reference AC (NAE_AC 1 there whatever "
+                                "the frame)"),
+                      ("not_annotated", "a reference AC on a sweep without annotation (is the CSV a column "
+                                        "off?)")):
+        cases = [f"{u} sweep {','.join(map(str, m[key]))}" for u, m in found.items() if m.get(key)]
+        if cases:
+            shown = "; ".join(cases[:3]) + (" ..." if len(cases) > 3 else "")
+            lines.append(f"note: {len(cases)} case(s) have {what}: {shown}; check the circumferences CSV")
+    return lines
 
 
 def _training_record(models) -> dict:
@@ -129,6 +159,38 @@ def _training_record(models) -> dict:
             if isinstance(rec, dict):
                 return rec
     return {}
+
+
+def _trained_cases(models) -> set[str] | None:
+    """The cases the loaded bundles were trained on (their manifests' ``train_cases`` digests,
+    together); None when one of them does not record them (a bundle from before they were recorded,
+    a distilled student): which cases it saw cannot be told from today's dataset, which may have
+    gained or lost cases since and so be split otherwise."""
+    digests: set[str] = set()
+    for m in (models.cls, models.seg):
+        if m is None:
+            continue
+        rec = m.manifest.metrics.get("training") if isinstance(m.manifest.metrics, dict) else None
+        cases = rec.get("train_cases") if isinstance(rec, dict) else None
+        if not isinstance(cases, list) or not all(isinstance(d, str) for d in cases):
+            return None
+        digests.update(cases)
+    return digests
+
+
+def training_overlap_note(metrics: dict, whose: str = "these bundles") -> str | None:
+    """One line saying which evaluated cases ``whose`` were trained on, or that this cannot be
+    checked; None when none of them was."""
+    n = len(metrics.get("case_uuids", []))
+    trained_on = metrics.get("cases_in_own_training_split")
+    if trained_on is None:
+        return (f"note: {whose} do not record the cases they were trained on: whether any of these {n} case(s) "
+                "were among them cannot be checked")
+    if not trained_on:
+        return None
+    shown = ", ".join(trained_on[:3]) + (" ..." if len(trained_on) > 3 else "")
+    return (f"note: {len(trained_on)} of these {n} case(s) are in the training split of {whose} ({shown}): "
+            "their numbers on them are flattered")
 
 
 def _preset(model) -> str:
@@ -174,7 +236,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     from fetaliqa_core.engine import ScoringEngine
     from fetaliqa_core.models.choice import ModelChoice, load_models
     from fetaliqa_core.preprocess import mask_to_frame, preprocess_masks
-    from training.dataset import SPLIT_SEED, _sweep_ranges, read_cases, split_cases
+    from training.dataset import SPLIT_SEED, _sweep_ranges, case_digest, read_cases, split_cases
 
     if settings.cls is None and settings.seg is None:
         demo = paths.resources_dir() / "demo"
@@ -191,7 +253,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     all_sweeps = settings.all_sweeps if settings.all_sweeps is not None else bool(record.get("all_sweeps", False))
 
     split_method = str(record.get("split_method", "grouped"))
-    own = split_cases(cases, seed=split_seed, method=split_method)
+    own = split_cases(cases, seed=split_seed, method=split_method)  # today's data: which cases to evaluate
     if settings.case_ids is not None:
         by_id = {c.uuid: c for c in cases}
         chosen = [by_id[u] for u in settings.case_ids if u in by_id]
@@ -199,8 +261,10 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         chosen = cases if settings.split == "all" else own[settings.split]
         if settings.max_cases is not None:
             chosen = chosen[: settings.max_cases]
-    # cases these bundles were trained on (by their own split): an evaluation on them flatters
-    trained_on = sorted({c.uuid for c in own["train"]} & {c.uuid for c in chosen})
+    # cases these bundles were trained on (as their manifests record them, not today's split of
+    # the data, which moves when a case is added): an evaluation on them flatters
+    trained = _trained_cases(models)
+    trained_on = None if trained is None else [c.uuid for c in chosen if case_digest(c.uuid) in trained]
     if not chosen:
         raise FetalIQAError(f"the {settings.split} split of {settings.data} has no case")
 
@@ -223,12 +287,15 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
             sweep = fio.load_sweep(case.image_path)
             gt = fio.load_mask(case.mask_path, like=sweep)  # FetalIQAError when the shapes differ
             labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
-            ranges = _sweep_ranges(sweep.n_frames, case.n_sweeps, case.mask_path)
+            ranges = _sweep_ranges(case, sweep.n_frames)  # the file's own sweeps, as `score` reads them
             _check_reference_units(case, gt, ranges, sweep.spacing_mm, settings.data)
             engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=False)
             results = engine.run()
 
-            sweeps = range(case.n_sweeps) if all_sweeps else case.sweeps_with_ac()
+            mismatch = _reference_ac_mismatch(case, labels, ranges)
+            if any(mismatch.values()):
+                col.ac_mismatch[case.uuid] = mismatch
+            sweeps = range(len(ranges)) if all_sweeps else case.sweeps_with_ac()
             frames = np.concatenate([np.arange(*ranges[s]) for s in sweeps]) if sweeps else np.zeros(0, np.int64)
             if frames.size:
                 col.truth_label.append(labels[frames])
@@ -271,6 +338,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                 d["has_optimal"] = bool((labels == 1).any())
                 d["has_annotation"] = bool(labels.any())
                 d["ac_status"] = ac_status
+                d["reference_ac_matches"] = case.uuid not in col.ac_mismatch
                 col.cases[name].append(d)
             bar.update(1)
     finally:
@@ -310,10 +378,15 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         agg = an.aggregate_case_metrics([an.CaseMetrics(**{k: v for k, v in c.items() if k in case_fields})
                                          for c in per_case])
         metrics["challenge"][name] = {k: agg[k] for k in CHALLENGE_KEYS}
+        # NAE_AC of the cases whose reference ACs lie on their annotated sweeps alone
+        kept = [c["nae_ac"] for c in per_case if c.get("reference_ac_matches", True)]
+        metrics["challenge"][name]["nae_ac_matching_reference"] = {
+            "mean": float(np.mean(kept)) if kept else float("nan"), "n": len(kept)}
     metrics["intervals"] = _intervals(col, truth, threshold, len(chosen))
     metrics["cases"] = col.cases
     metrics["case_uuids"] = [c.uuid for c in chosen]
     metrics["cases_in_own_training_split"] = trained_on
+    metrics["reference_ac_mismatch"] = col.ac_mismatch
 
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics)
@@ -387,7 +460,8 @@ def _intervals(col: _Collected, truth: np.ndarray, threshold: float, n_cases: in
         k = sum(1 for c in opt if c.get("chosen_label") == 1)
         out[f"{name}_chosen_optimal"] = {"k": k, "n": len(opt), "value": k / len(opt) if opt else float("nan"),
                                          "ci95": wilson(k, len(opt))}
-        ann = [c for c in per_case if c.get("has_annotation")]
+        # (not the cases whose reference AC and annotation disagree: their reference is not the AC of the frame)
+        ann = [c for c in per_case if c.get("has_annotation") and c.get("reference_ac_matches", True)]
         k = sum(1 for c in ann if c.get("ac_pred_mm") and c.get("ac_gt_mm")
                 and abs(c["ac_pred_mm"] - c["ac_gt_mm"]) <= 0.03 * c["ac_gt_mm"])
         out[f"{name}_ac_within_3pct"] = {"k": k, "n": len(ann), "value": k / len(ann) if ann else float("nan"),
@@ -432,9 +506,11 @@ def _frame_metrics(col: _Collected, truth: np.ndarray, threshold: float, keep: n
 
 
 def write_outputs(out: Path, metrics: dict) -> None:
-    """``metrics.json`` and ``per_case.csv``, each written whole or not at all (a full disk left an
+    """``metrics.json`` and ``per_case.csv`` (and the list of them), each written whole or not at all (a full disk left an
     empty table beside complete metrics; a link at the table's path had its target overwritten)."""
     import io
+
+    from fetaliqa_core.export import OUTPUTS_FILE
 
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -447,6 +523,9 @@ def write_outputs(out: Path, metrics: dict) -> None:
                 ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm")])
     atomic_write(out / "per_case.csv", buf.getvalue())
     write_json(out / "metrics.json", metrics)
+    # what was written, as `score` records its own: a later evaluation writes over these files
+    # only, never a metrics.json or per_case.csv of the user's own (training.cli_eval.check_eval_out)
+    write_json(out / OUTPUTS_FILE, ["metrics.json", "per_case.csv"])
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -553,6 +632,18 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
             lines.append(f"{label:<{width}}{cells}{_fmt(row['dsc_soft']['mean'], 3) + mark:>10}{row['score']['n']:>7}")
     lines.append("score = 0.5 (1 - NAE_AC) + 0.25 WFSS + 0.25 DSC_soft, as the organisers' evaluator computes "
                  "them; every row is measured on the segmenter's mask of the frame it chooses")
+    rows = next(iter(metrics["cases"].values()), [])
+    bare = sum(1 for c in rows if not c.get("has_annotation", True))
+    if bare:
+        lines.append(f"WFSS of the {bare} case(s) without annotation is 0 whatever is chosen, -1 (no frame) "
+                     "included, as in the organisers' evaluator")
+    for run in runs:
+        left = len(run.get("reference_ac_mismatch") or {})
+        if left:
+            cells = ", ".join(f"{ROW_LABELS.get(name, name)} {_fmt(row['nae_ac_matching_reference']['mean'], 3)}"
+                              for name, row in run["challenge"].items() if "nae_ac_matching_reference" in row)
+            lines.append(f"NAE_AC without the {left} case(s) whose reference AC and annotation disagree (see the "
+                         f"notes){_tag(run, also)}: {cells}")
     if undefined:
         lines.append("* the evaluator's DSC_soft is undefined (infinite) on some cases (a frame without a mask "
                      "and without annotation, or -1); counted as 0 here, see metrics.json 'undefined'")

@@ -20,7 +20,7 @@ from training.distributed import DistInfo, barrier, default_workers
 from training.losses import compute_loss
 from training.metrics import best_f1_threshold, frame_metrics, predict_index
 from training.modelling import (autocast_context, build_model, export_base_weights, load_trainable_state,
-                                model_outputs, to_model_input)
+                                model_outputs, to_model_input, uses_bf16)
 from fetaliqa_core.files import json_safe
 from training.reporting import Reporter, write_json
 
@@ -119,6 +119,8 @@ def run_trial(cfg: TrainConfig, trial: int, splits: Splits, info: DistInfo, devi
         "train_time_s": train_time, "train_frames_per_s": train_frames / train_time if train_time else None,
         "steps_per_s": (steps_per_epoch * max(cfg.epochs - start_epoch + 1, 0)) / train_time if train_time else None,
         "peak_gpu_memory_mb": peak_mb, "device": str(device), "world_size": info.world_size,
+        # the number format it ran in ("auto" or no --precision is decided by the device)
+        "precision": "bf16" if uses_bf16(device, cfg.precision) else "fp32",
     }
     if info.is_main:
         _write_trial_bundle(cfg, trial_dir, model, base_info, threshold, test, best, seed, splits, result)
@@ -289,7 +291,7 @@ def _write_trial_bundle(cfg: TrainConfig, trial_dir: Path, model, base_info, thr
         base_for_bundle = replace(base_info, sha256=file_sha256(base_path), weights_path=str(base_path))
         result["base_weights"] = str(base_path)
     metrics = {"test": test, "best_val_loss": best["val_loss"], "best_epoch": best["epoch"],
-               "training": training_record(cfg, seed, splits)}
+               "training": training_record(cfg, seed, splits, result["precision"])}
     description = cfg.description or _describe(cfg)
     manifest = manifest_for(model, base_for_bundle, threshold=threshold, metrics=json_safe(metrics),
                             description=description)
@@ -307,8 +309,14 @@ def _describe(cfg: TrainConfig) -> str:
     return f"{what} trained by training.train ({how}) on {Path(cfg.data).name} over {base}"
 
 
-def training_record(cfg: TrainConfig, seed: int, splits: Splits) -> dict:
-    """What went into a bundle (stored in its manifest's metrics)."""
+def training_record(cfg: TrainConfig, seed: int, splits: Splits, precision: str | None = None) -> dict:
+    """What went into a bundle (stored in its manifest's metrics). ``precision``: the number
+    format training ran in ("bf16" / "fp32"; --precision as asked is ``precision_requested``,
+    None for the device's choice). ``train_cases``: the cases of
+    its training split (:func:`training.dataset.case_digest` of each id, sorted), so that an
+    evaluation can tell which of its cases the bundle saw, whatever the dataset holds by then."""
+    from training.dataset import case_digest
+
     return {"data": cfg.data, "split_seed": cfg.split_seed, "all_sweeps": cfg.all_sweeps, "seed": seed,
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seg_loss": cfg.seg_loss,
             "full_finetune": cfg.full_finetune, "augment": cfg.augment, "neg_ratio": cfg.neg_ratio,
@@ -316,4 +324,5 @@ def training_record(cfg: TrainConfig, seed: int, splits: Splits) -> dict:
             "train_frames": len(splits.train), "val_frames": len(splits.val), "test_frames": len(splits.test),
             "preset": cfg.preset, "lora_targets": cfg.lora_targets, "split_method": cfg.split_method,
             "offline_copies": cfg.offline_copies, "augment_recipe": cfg.augment_recipe, "pre_resize": cfg.pre_resize,
-            "precision": cfg.precision}
+            "precision": precision, "precision_requested": cfg.precision,
+            "train_cases": sorted(case_digest(u) for u in splits.split_record.get("train", {}).get("cases", []))}

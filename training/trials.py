@@ -44,6 +44,19 @@ def _put_bundle(source: Path, final: Path) -> None:
                             "there is room.") from None
 
 
+def claim_run_folder(run: Path) -> None:
+    """Hold the run folder for this training until the process ends (the lock ``score`` takes on
+    its results folders): two trainings started into one --out both said done and left one's
+    bundle beside the other's configuration; a second started seconds later was told to delete
+    the first's live folder."""
+    from fetaliqa_core.files import claim_output_folder, output_folder_holder
+
+    if claim_output_folder(run) is False:
+        pid = output_folder_holder(run)
+        raise FetalIQAError(f"--out {run}: another training is writing to this folder"
+                            + (f" (pid {pid})" if pid else "") + "; wait for it to end, or choose another --out")
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train ``cfg.trials`` models and export the best as a bundle. Returns the run summary
     (also written to ``RUN/metrics.json``); its ``"bundle"`` is the bundle's path."""
@@ -58,6 +71,7 @@ def train(cfg: TrainConfig) -> dict:
         problem = None
         if info.is_main:
             try:
+                claim_run_folder(cfg.run_dir)
                 check_resume(cfg)
             except FetalIQAError as exc:
                 problem = str(exc)

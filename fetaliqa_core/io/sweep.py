@@ -468,8 +468,9 @@ def default_sweep_layout(n_frames: int) -> tuple[list[tuple[int, int]], list[str
     return [(0, n_frames)], ["unknown"]
 
 
-def _sweep_layout(n_frames: int, metadata: dict[str, str]) -> tuple[list[tuple[int, int]], list[str]]:
-    """Sweep ranges from the file's metadata when present and valid, else the default layout."""
+def recorded_sweep_layout(n_frames: int, metadata: dict[str, str]) -> tuple[list[tuple[int, int]], list[str]] | None:
+    """Sweep ranges and kinds the file's metadata records (``FetalIQA_SweepRanges``), None when it
+    records none or ranges that do not cover its ``n_frames`` frames."""
     text = metadata.get(META_SWEEP_RANGES)
     if text:
         try:
@@ -484,7 +485,12 @@ def _sweep_layout(n_frames: int, metadata: dict[str, str]) -> tuple[list[tuple[i
         if (ranges and _ranges_cover(ranges, n_frames) and len(kinds) == len(ranges)
                 and all(k in SWEEP_KINDS for k in kinds)):
             return ranges, kinds
-    return default_sweep_layout(n_frames)
+    return None
+
+
+def _sweep_layout(n_frames: int, metadata: dict[str, str]) -> tuple[list[tuple[int, int]], list[str]]:
+    """Sweep ranges from the file's metadata when present and valid, else the default layout."""
+    return recorded_sweep_layout(n_frames, metadata) or default_sweep_layout(n_frames)
 
 
 def _ranges_cover(ranges: list[tuple[int, int]], n: int) -> bool:

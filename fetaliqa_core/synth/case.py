@@ -46,7 +46,7 @@ class SynthCase:
     sweep_kinds: list[str]
     seed: int
     uuid: str
-    kind: str                     # "optimal" | "suboptimal" | "none"
+    kind: str                     # what the mask holds: "optimal" | "suboptimal" | "none"
     abdomen_sweeps: list[int] = field(default_factory=list)  # zero-based sweep indices
     across: bool = False          # the fetus lies across the maternal axis
     fan: FanGeometry = ACOUSLIC_FAN  # another geometry with ``fan_variety``
@@ -201,6 +201,10 @@ def synthesize_case(seed: int, n_sweeps: int = DEFAULT_SWEEPS, frames_per_sweep:
             a, b = tracks[0].a, tracks[0].b * (1.0 if tracks[0].optimal else 0.82)
             ac_mm[sw] = round(ramanujan_circumference(a, b) * spacing_mm, 2)
 
+    # the kind written, from the mask: with few frames per sweep an optimal plane can fall between
+    # frames (and a short track can leave no label at all), and "optimal" was printed for a case
+    # whose mask held no label-1 frame
+    written = "optimal" if (mask == 1).any() else "suboptimal" if (mask == 2).any() else "none"
     return SynthCase(frames=frames, mask=mask, ac_mm=ac_mm, spacing_mm=(spacing_mm, spacing_mm),
                      sweep_ranges=ranges, sweep_kinds=kinds, seed=int(seed), uuid=case_uuid(seed),
-                     kind=kind, abdomen_sweeps=abdomen_sweeps, across=across, fan=geometry)
+                     kind=written, abdomen_sweeps=abdomen_sweeps, across=across, fan=geometry)
