@@ -475,6 +475,23 @@ def _skull_like(levels: tuple[float, float] | None) -> float | None:
     return None
 
 
+def _sector_sampler(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple,
+                    across: int) -> Callable[[float, float], tuple[np.ndarray, np.ndarray]] | None:
+    """``by_sector(lo, hi)``: the grey levels of the band ``lo``-``hi`` (shares of the ellipse's
+    size) at 8 angles in each of :data:`EDGE_SECTORS` sectors and ``across`` radii, one row a sector,
+    and which of them lie in the image and the field of view; None when the ellipse cannot be sampled."""
+    per = 8  # angles a sector
+    sample = _band_sampler(grey, fov, ellipse, EDGE_SECTORS * per)
+    if sample is None:
+        return None
+
+    def by_sector(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+        v, ok = sample(lo, hi, across)
+        return tuple(a.reshape(-1, EDGE_SECTORS, per).transpose(1, 0, 2).reshape(EDGE_SECTORS, -1) for a in (v, ok))
+
+    return by_sector
+
+
 def edge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> float | None:
     """How clearly a fitted ellipse follows an edge of the frame's grey levels ``grey`` (the
     mask's size; ``fov`` bool or None): in each of :data:`EDGE_SECTORS` sectors, the mean grey of
@@ -482,15 +499,9 @@ def edge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> f
     difference over their mean (floored at 8 grey levels); the 75th percentile over the sectors
     whose bands lie in the image and the field of view. Means over a sector average speckle out.
     None when fewer than a quarter of the sectors can be measured."""
-    per = 8  # angles a sector
-    sample = _band_sampler(grey, fov, ellipse, EDGE_SECTORS * per)
-    if sample is None:
+    by_sector = _sector_sampler(grey, fov, ellipse, 7)
+    if by_sector is None:
         return None
-
-    def by_sector(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-        v, ok = sample(lo, hi, 7)
-        return tuple(a.reshape(-1, EDGE_SECTORS, per).transpose(1, 0, 2).reshape(EDGE_SECTORS, -1) for a in (v, ok))
-
     vi, oki = by_sector(*EDGE_INNER)
     best = None
     # the band just outside, and a narrower one: a thin layer of fluid between the body and brighter
@@ -517,15 +528,9 @@ def ridge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> 
     :data:`RIDGE_BESIDE` (0 when not brighter), over the three bands' mean (floored at 8 grey
     levels); the 75th percentile over the sectors whose bands lie in the image and the field of
     view. None when fewer than a quarter of the sectors can be measured."""
-    per = 8  # angles a sector
-    sample = _band_sampler(grey, fov, ellipse, EDGE_SECTORS * per)
-    if sample is None:
+    by_sector = _sector_sampler(grey, fov, ellipse, 5)
+    if by_sector is None:
         return None
-
-    def by_sector(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
-        v, ok = sample(lo, hi, 5)
-        return tuple(a.reshape(-1, EDGE_SECTORS, per).transpose(1, 0, 2).reshape(EDGE_SECTORS, -1) for a in (v, ok))
-
     bands = [by_sector(*RIDGE_BAND), *(by_sector(*b) for b in RIDGE_BESIDE)]
     valid = np.logical_and.reduce([ok.mean(axis=1) >= 0.8 for _, ok in bands])
     if valid.sum() < EDGE_SECTORS // 4:

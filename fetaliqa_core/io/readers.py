@@ -1101,6 +1101,18 @@ _VIDEO_SYNTAXES = {**{f"1.2.840.10008.1.2.4.{k}": "MPEG-2" for k in (100, 101)},
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian: every encapsulated syntax is
 
 
+def _skip_offset_table(fh: BinaryIO, offset: int) -> int | None:
+    """Move ``fh`` past the Basic Offset Table item of encapsulated pixel data whose value starts at
+    ``offset``: the table's length in bytes, or None when no item starts there."""
+    fh.seek(int(offset))
+    table = fh.read(8)
+    if len(table) != 8 or table[:4] != _ITEM_TAG:
+        return None
+    length = int.from_bytes(table[4:], "little")
+    fh.seek(length, os.SEEK_CUR)
+    return length
+
+
 def _first_fragment_head(path: Path, offset: int | None, n: int = 2) -> bytes | None:
     """The first ``n`` bytes of the first fragment of encapsulated pixel data whose value starts
     at ``offset`` (after the Basic Offset Table item), or None when the layout is not as expected
@@ -1109,11 +1121,8 @@ def _first_fragment_head(path: Path, offset: int | None, n: int = 2) -> bytes | 
         return None
     try:
         with open(path, "rb") as fh:
-            fh.seek(int(offset))
-            table = fh.read(8)
-            if len(table) != 8 or table[:4] != _ITEM_TAG:
+            if _skip_offset_table(fh, offset) is None:
                 return None
-            fh.seek(int.from_bytes(table[4:], "little"), os.SEEK_CUR)
             item = fh.read(8)
             if len(item) != 8 or item[:4] != _ITEM_TAG:
                 return None
@@ -1143,12 +1152,9 @@ def _encapsulated_items(path: Path, offset: int | None) -> _Encapsulated | None:
         return None
     try:
         with open(path, "rb") as fh:
-            fh.seek(int(offset))
-            table = fh.read(8)
-            if len(table) != 8 or table[:4] != _ITEM_TAG:
+            length = _skip_offset_table(fh, offset)
+            if length is None:
                 return None
-            length = int.from_bytes(table[4:], "little")
-            fh.seek(length, os.SEEK_CUR)
             fragments = starts = 0
             while fragments <= _MAX_ITEMS:
                 item = fh.read(8)
