@@ -126,8 +126,13 @@ _NATIVE_STDERR_LOCK = threading.RLock()  # (a quiet read inside another)
 #: What the TIFF library inside the image readers writes straight to stderr about a damaged file
 #: (``TIFFReadDirectoryCheckOrder: Warning, ...``, ``MissingRequired: ...``, ``FILE: 0: Row out of
 #: range, max 0.``): the readers' own checks say what is wrong in one line.
-_TIFF_LIBRARY_LINE = re.compile(r"^(\w+: (Warning, |Error, )?.*(TIFF|tag|directory|field|strip|tile|IFD).*"
-                                r"|.*: \d+: Row out of range.*)$", re.IGNORECASE)
+#: Only lines in the TIFF library's own forms are dropped: its function or codec names
+#: (``TIFF...``, ``_TIFF...``, ``...Decode``, ``OJPEG...``, ``MissingRequired``) before the colon, or
+#: its "FILE: ROW: Row out of range"; a Python traceback's last line or another library's
+#: message written meanwhile is passed on.
+_TIFF_LIBRARY_LINE = re.compile(r"^(?:(?:_?TIFF\w*|MissingRequired|OJPEG\w*|\w*(?:Decode|Encode|PreDecode)\w*|"
+                                r"Fax3\w*|LZW\w*|ZIP\w*|PixarLog\w*|LogLuv\w*): .*"
+                                r"|.*: \d+: Row out of range.*)$")
 
 
 @contextmanager
