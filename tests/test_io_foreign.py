@@ -1459,3 +1459,25 @@ def test_a_folder_scored_into_itself_never_writes_into_a_series_folder(tmp_path,
     assert main(["score", str(root), "--out", str(root), "--model", "demo", "--device", "cpu", "--quiet"]) == 1
     assert "would go into the series folder itself" in capsys.readouterr().err
     assert sorted(p.name for p in (root / "s1").iterdir()) == before
+
+
+def test_gzip_members_are_counted_whole_when_a_read_ends_inside_the_next_member_s_magic(tmp_path):
+    """The inflated length of gzip data in several members (block compressors write thousands) is
+    counted in reads of 1 MiB: a member ending one byte before a read's end left the next one's
+    first magic byte alone, taken for padding, and a valid .nii.gz or gzip NRRD was 'truncated'."""
+    import gzip
+
+    from fetaliqa_core.io.readers import _inflated_length
+
+    rng = np.random.default_rng(0)
+    target = (1 << 20) - 1  # the first member ends here: the next read starts at its magic's second byte
+    n = target - 18
+    while True:
+        first = gzip.compress(rng.integers(0, 256, n, dtype=np.uint8).tobytes(), compresslevel=0, mtime=0)
+        if len(first) == target:
+            break
+        n += target - len(first)
+    second = gzip.compress(bytes(5000), mtime=0)
+    path = tmp_path / "members.gz"
+    path.write_bytes(first + second)
+    assert _inflated_length(path, 0, 1 << 30) == (n + 5000, True)

@@ -1741,9 +1741,12 @@ def _inflated_length(path: Path, offset: int, limit: int) -> tuple[int, bool]:
                     total += len(decoder.decompress(chunk, 1 << 22))
                     chunk = decoder.unconsumed_tail
                     if decoder.eof and decoder.unused_data:
-                        if not decoder.unused_data.startswith(b"\x1f\x8b"):  # padding after the stream
+                        rest = decoder.unused_data
+                        if len(rest) < 2 and b"\x1f\x8b".startswith(rest):  # a member's magic cut by the read
+                            rest += fh.read(2 - len(rest))
+                        if not rest.startswith(b"\x1f\x8b"):  # padding after the stream
                             return total, True  # (as the image library's reader, which ignores it)
-                        chunk, decoder = decoder.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS)
+                        chunk, decoder = rest, zlib.decompressobj(16 + zlib.MAX_WBITS)
                     if total >= limit:
                         return total, True
             except zlib.error:
