@@ -286,11 +286,11 @@ def _sweep_ranges(case: CaseRecord, n_frames: int) -> list[tuple[int, int]]:
     The sweep ranges its image file records (``FetalIQA_SweepRanges``, what ``fetaliqa score``
     reads) come first: a 2-sweep case in a table with six sweep columns was otherwise cut into
     six sweeps, its reference AC put on the wrong frames. Without them, equal consecutive blocks,
-    one per sweep column of the CSV (the ACOUSLIC stacking: 6 x 140), when that count is sure: the
-    ACOUSLIC case's 840 frames, one column, or a value in the case's last column. A case whose
-    last columns are blank could hold fewer, longer sweeps, and is refused.
+    one per sweep column of the CSV: the layout's own statement of how many sweeps a case holds
+    (the ACOUSLIC stacking: 6 x 140; a blank AC is a sweep without a measurement, not a sweep
+    missing, and refusing such cases stopped whole datasets of NIfTI files, which cannot record
+    their sweeps).
     """
-    from fetaliqa_core import acouslic
     from fetaliqa_core.io import META_SWEEP_RANGES
     from fetaliqa_core.io.sweep import recorded_sweep_layout
 
@@ -311,15 +311,6 @@ def _sweep_ranges(case: CaseRecord, n_frames: int) -> list[tuple[int, int]]:
             f"{case.image_path}: {n_frames} frames cannot be cut into {n_cols} equal sweeps (the CSV has "
             f"{n_cols} sweep columns) and the file records no sweep ranges ({META_SWEEP_RANGES}); every case "
             "must stack its sweeps with equal frame counts, or record where each sweep starts")
-    sure = (n_cols == 1 or case.ac_mm[-1] is not None
-            or (n_frames == acouslic.FRAMES_PER_CASE and n_cols == len(acouslic.CASE_SWEEP_KINDS)))
-    if not sure:
-        raise FetalIQAError(
-            f"{case.image_path}: {n_frames} frames, no sweep ranges recorded in the file ({META_SWEEP_RANGES}) and "
-            f"the CSV's last sweep column(s) blank for case {case.uuid}: it may hold {n_cols} sweeps of "
-            f"{n_frames // n_cols} frames or fewer, longer ones. Record its sweeps in the file (e.g. "
-            f"{META_SWEEP_RANGES} = 0-{n_frames // 2},{n_frames // 2}-{n_frames}), or give the CSV one sweep "
-            "column per sweep the cases hold")
     per = n_frames // n_cols
     return [(i * per, (i + 1) * per) for i in range(n_cols)]
 
