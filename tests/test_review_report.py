@@ -527,6 +527,14 @@ def test_an_export_never_replaces_the_database_or_a_file_it_did_not_write(store,
         err = capsys.readouterr().err
         assert "left as it is" in err and err.count("\n") == 1
     assert mine.read_text() == "my precious spreadsheet\n"
+    # a page that names FetalIQA and a PDF of someone's are not earlier reports either
+    notes, thesis = tmp_path / "notes.html", tmp_path / "thesis.pdf"
+    notes.write_text("<html><head><title>My notes on FetalIQA</title></head><body>fetaliqa</body></html>")
+    thesis.write_bytes(b"%PDF-1.4\n1 0 obj\n<< /Title (My thesis) >>\nendobj\n")
+    for other in (notes, thesis):
+        before = other.read_bytes()
+        assert main(["review", "export", "--db", str(db), "--out", str(other), "--no-frames"]) != 0
+        assert "left as it is" in capsys.readouterr().err and other.read_bytes() == before
 
     labels, report = tmp_path / "labels.csv", tmp_path / "r.html"
     for _ in range(2):  # an earlier export of the same kind is replaced

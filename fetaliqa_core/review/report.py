@@ -78,6 +78,8 @@ SweepLoader = Callable[[str], Any]
 PdfWriter = Callable[[str, Path], None]
 
 REPORT_EXTENSIONS = (".html", ".pdf", ".csv")
+#: The report's title, also the PDF's document title (which tells an earlier report from another PDF).
+REPORT_TITLE = "FetalIQA review report"
 #: Width of the report's pictures in CSS px: the PDF's text column (A4 portrait minus Qt's
 #: margins) is about 627 px at 96 dpi. (Qt ignores ``margin: auto``, so the page is not centred
 #: in a browser; ``max-width`` keeps it readable there.)
@@ -393,10 +395,11 @@ def _looks_like_ours(head: bytes, ext: str, labels: bool) -> bool:
     if ext == ".csv":
         header = ",".join(LABELS_CSV_COLUMNS if labels else REPORT_CSV_COLUMNS).encode()
         return head.removeprefix(b"\xef\xbb\xbf").startswith(header)
-    if ext == ".html":
-        return b"<html" in head.lower() and b"fetaliqa" in head.lower()
-    if ext == ".pdf":
-        return head.startswith(b"%PDF-")
+    if ext == ".html":  # (the report's own line under its title, not any page that names FetalIQA)
+        return b"<html" in head.lower() and b'<p class="meta">Generated ' in head and b" by FetalIQA " in head
+    if ext == ".pdf":  # (the report's title in the document's information, as the viewer writes it)
+        return head.startswith(b"%PDF-") and any(t in head for t in (
+            REPORT_TITLE.encode("latin-1"), REPORT_TITLE.encode("utf-16-be")))
     return False
 
 
@@ -632,7 +635,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
 
 def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = None,
                        sweep_loader: SweepLoader | None = None,
-                       title: str = "FetalIQA review report", note_limit: int | None = None) -> str:
+                       title: str = REPORT_TITLE, note_limit: int | None = None) -> str:
     """The report as one self-contained HTML page (see the module docstring); ``note_limit``:
     at most that many characters of each note (the page a PDF is laid out from)."""
     sweeps = _select_sweeps(store, sweep_ids)
