@@ -503,6 +503,11 @@ def test_review_reads_the_database_the_window_remembers(tmp_path, capsys):
     assert str(project) in err  # which database it read, since it is not the default
     assert main(["review", "list", "--db", str(default_db_path())]) == 0
     assert "default.mha" in capsys.readouterr().out
+    # the remembered database removed since: said so, not "check the --db path" (none was given)
+    project.unlink()
+    assert main(["review", "list"]) != 0
+    err = capsys.readouterr().err
+    assert "the window was last given" in err and "no longer exists" in err and err.count("\n") == 1
 
 
 def test_an_export_never_replaces_the_database_or_a_file_it_did_not_write(store, tmp_path, capsys):

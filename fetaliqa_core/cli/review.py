@@ -74,6 +74,10 @@ def _db_path(args) -> Path | None:
 
     db = remembered_db_path()
     if db is not None:
+        if not db.exists():
+            raise FetalIQAError(f"The review database the window was last given, {shown(str(db))} (by `fetaliqa gui "
+                                "--db`), no longer exists: name the database to read with --db (or open the window "
+                                "with --db on the one it should use).")
         print(f"reading the review database the window uses, {shown(str(db))} (set by `fetaliqa gui --db`; "
               "--db names another)", file=sys.stderr)
     return db
