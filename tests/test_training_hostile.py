@@ -110,7 +110,7 @@ def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path):
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(FetalIQAError, match=f"another training is writing to this folder \\(pid {holder.pid}\\)"):
+        with pytest.raises(FetalIQAError, match=f"another FetalIQA run .* is writing to this folder \\(pid {holder.pid}\\)"):
             claim_run_folder(run)
     finally:
         holder.kill()

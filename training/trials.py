@@ -53,7 +53,8 @@ def claim_run_folder(run: Path) -> None:
 
     if claim_output_folder(run) is False:
         pid = output_folder_holder(run)
-        raise FetalIQAError(f"--out {run}: another training is writing to this folder"
+        raise FetalIQAError(f"--out {run}: another FetalIQA run (a training, or a scoring into the same folder) is "
+                            "writing to this folder"
                             + (f" (pid {pid})" if pid else "") + "; wait for it to end, or choose another --out")
 
 
