@@ -600,6 +600,36 @@ def test_compressed_frames_the_header_does_not_count_are_refused(tmp_path, kind,
     assert load_sweep(path).n_frames == 5
 
 
+def test_compressed_frames_indexed_by_an_extended_offset_table_are_named_not_called_damaged(tmp_path):
+    """A valid DICOM file whose JPEG frames come with an Extended Offset Table (7FE0,0001) made
+    the image reader fail with 'An invalid logic behavior occurred0', shown as 'the image header
+    cannot be read ... The file is damaged': the layout is named now, with what to do."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate_extended
+    from pydicom.uid import JPEGBaseline8Bit
+
+    grey = _grey(n=3).astype(np.uint8)
+    path = _dicom(tmp_path / "frames.dcm", grey)
+    ds = pydicom.dcmread(path)
+    streams = []
+    for frame in grey:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+        streams.append(buffer.getvalue())
+    ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(streams)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(path, enforce_file_format=True)
+    try:
+        sweep = load_sweep(path)
+    except FetalIQAError as exc:
+        assert "Extended Offset Table" in str(exc) and "damaged" not in str(exc)
+    else:  # (an image reader that reads the layout: then the frames must be all there)
+        assert sweep.n_frames == 3
+
+
 @pytest.mark.parametrize("offset,refused", [("150 90 2", True), ("0 0 2", True), ("0 0 0", False)])
 def test_a_slicer_segmentation_cropped_to_its_extent_is_refused(tmp_path, offset, refused):
     """3D Slicer saves a .seg.nrrd cropped to its segment and says where it starts in the image
