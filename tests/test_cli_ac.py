@@ -612,3 +612,22 @@ def test_a_mask_outside_the_field_of_view_found_in_its_sweep_is_measured_on_the_
     record = json.loads(capsys.readouterr().out)
     assert record["field_of_view"] == "whole frame" and "outside the field of view found" in record["field_of_view_note"]
     assert record["ac_mm"] == pytest.approx(ac_of(SMALL), rel=0.02)
+
+
+def test_a_body_that_is_all_its_sweep_shows_is_measured_on_the_whole_frame(tmp_path, capsys):
+    """Fluid shown pure black and no fan edge to be seen: the field of view found in the frames is
+    the body itself, the whole abdomen's outline ran along its edge all round, and it read 'no AC
+    (the mask ... is too small or too cut off for an ellipse fit)'."""
+    from fetaliqa_core.io import write_volume
+
+    rng = np.random.default_rng(6)
+    frames = np.zeros((3, H, W), np.uint8)
+    body = np.zeros((H, W), np.uint8)
+    cv2.ellipse(body, (372, 280), SMALL, 20, 0, 360, 1, -1)
+    frames[:, body != 0] = rng.integers(90, 170, (3, int((body != 0).sum())), dtype=np.uint8)
+    write_volume(tmp_path / "only.mha", frames, spacing_mm=(0.28, 0.28))
+    path = _write(tmp_path, np.repeat(body[None], 3, axis=0), "body.mha")
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "only.mha"), "--frame", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["field_of_view"] == "whole frame" and "this outline itself" in record["field_of_view_note"]
+    assert record["ac_mm"] == pytest.approx(ac_of(SMALL), rel=0.02)

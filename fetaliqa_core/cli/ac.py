@@ -34,6 +34,26 @@ FOV_SPILL = 0.01
 #: black hides the fan's edges, and a band of tissue along the fan's arc was taken for the fan: a
 #: whole abdomen floating in the black was 'too small or too cut off for an ellipse fit').
 OWN_FAN_SPILL = 0.5
+#: ... and where the body is all the frames show (fluid pure black around it), the field of view
+#: found is the body itself: a whole abdomen's outline ran along its edge all round and was 'too
+#: small or too cut off'. A mask that fills this share of the field of view, along this share of
+#: its outline, is that body (a fan-cut abdomen covers little of its fan).
+OWN_FAN_OUTLINE = 0.8
+
+
+def _outline_on_edge(mask: np.ndarray, fov: np.ndarray) -> float:
+    """The share of ``mask``'s outline pixels that lie on (within 2 pixels of) ``fov``'s edge."""
+    import cv2
+
+    def outline(region: np.ndarray) -> np.ndarray:
+        region = (region != 0).astype(np.uint8)
+        return region & ~cv2.erode(region, np.ones((3, 3), np.uint8)).astype(bool)
+
+    own = outline(mask).astype(bool)
+    if not own.any():
+        return 0.0
+    edge = cv2.dilate(outline(fov).astype(np.uint8), np.ones((5, 5), np.uint8)) != 0
+    return float(np.count_nonzero(own & edge)) / float(np.count_nonzero(own))
 
 HELP = "Measure the abdominal circumference (mm) and gestational age on a mask file's frame."
 
@@ -238,6 +258,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{outside:.0%} of the mask lies outside the field of view found in the sweep's frames (where "
                 "fluid is shown pure black the fan's edges cannot be seen): measured on the whole frame, so a "
                 "cut by the fan's edge is not known")
+        elif (np.count_nonzero(frame[fov]) >= OWN_FAN_OUTLINE * np.count_nonzero(fov)
+              and _outline_on_edge(frame, fov) > OWN_FAN_OUTLINE):
+            fov, fov_name, fov_note = None, "whole frame", (
+                "the field of view found in the sweep's frames is this outline itself (a body in fluid shown "
+                "pure black, no edge of the fan to be seen): measured on the whole frame, so a cut by the fan's "
+                "edge is not known")
     m = analysis.measure_ac(frame, spacing, fov=fov)
     shape = None if m is None else _mask_shape(frame, fov, spacing, problem, grey)
     mask_problem = None if shape is None else shape.problem
