@@ -171,10 +171,21 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     from app.settings import AppSettings
 
     settings = AppSettings.load()
+    gone = None
     if review_db is not None:
         settings.review_db = str(checked_review_db(review_db))
+    elif settings.review_db and not Path(settings.review_db).expanduser().exists():
+        # the database `gui --db` left remembered was moved or removed: a new empty one made in its
+        # place, without a word, split the verdicts between two files
+        gone, settings.review_db = settings.review_db, ""
     win = MainWindow(settings=settings, choice=choice)
     win.interactive = not headless
+    if gone is not None:
+        from fetaliqa_core.review.store import default_db_path
+
+        win.alert("Review database", f"The review database the window was last given, {gone}, no longer exists: "
+                                     f"verdicts go to the default database, {default_db_path()}, from now on (open "
+                                     "the window with --db to use another).")
     preload_model_libraries()
     if headless:
         win.resize(1600, 1000)

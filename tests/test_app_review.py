@@ -477,3 +477,20 @@ def test_closing_with_a_chosen_unsaved_verdict_asks_to_save_it(qtbot, tmp_path, 
     assert f"Frame {frame}: suboptimal is chosen but not saved" in asked[0]
     with ReviewStore(db) as store:
         assert [(v.frame, v.label) for v in store.verdicts(reviewer="hal")] == [(frame, "suboptimal")]
+
+
+def test_a_remembered_database_that_is_gone_is_not_made_again_empty(tmp_path, capsys):
+    """After `gui --db project.sqlite3`, the window remembers that database; once the file was
+    moved away, a plain window made a new empty one in its place without a word, and the
+    verdicts were split between two files. It says so now and uses the default database."""
+    from app.cli import run_window
+    from fetaliqa_core.review.store import default_db_path
+
+    gone = tmp_path / "moved" / "project.sqlite3"
+    settings = AppSettings.load()
+    settings.review_db = str(gone)
+    settings.save()
+    run_window(None, headless=True, max_seconds=0.5)
+    err = capsys.readouterr().err
+    assert str(gone) in err and "no longer exists" in err and str(default_db_path()) in err
+    assert not gone.exists() and AppSettings.load().review_db == ""
