@@ -165,3 +165,9 @@ def test_labels_that_name_no_case_of_the_dataset_are_counted(tmp_path):
     line = extra_labels_message(path, index, cases)
     assert "\n" not in line
     assert "1 training frame(s) relabelled" in line and "5 label(s) name no case in --data" in line
+    # labels on a case of the data outside the training split: said, not a bare 0
+    path.write_text("uuid_or_hash,frame,label\ncase002,1,1\ncase002,2,1\n")
+    train = ds.FrameIndex(cases[:1], np.zeros(4, np.int32), np.arange(4, dtype=np.int32), np.zeros(4, np.int16),
+                          np.zeros(4, np.uint8))
+    line = extra_labels_message(path, train, cases)
+    assert "0 training frame(s) relabelled" in line and "2 label(s) on validation or test cases" in line

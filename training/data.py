@@ -37,6 +37,10 @@ def extra_labels_message(labels_path, train_index, cases) -> str:
     if done.conflicting:
         text += f"; {done.conflicting} frame(s) not relabelled: their reviewers disagree"
     unknown = labels.cases() - {c.uuid for c in cases}
+    elsewhere = labels.cases() - unknown - {c.uuid for c in train_index.cases}
+    if elsewhere:  # (a validation or test case keeps its masks' targets: it judges the model)
+        n = sum(len(rows) for (case, _), rows in labels.rows.items() if case in elsewhere)
+        text += f"; {n} label(s) on validation or test cases, which keep their masks' labels"
     if unknown:
         n = sum(len(rows) for (case, _), rows in labels.rows.items() if case in unknown)
         names = sorted(unknown)
