@@ -174,7 +174,7 @@ def test_eval_leaves_a_folder_that_is_not_an_evaluation_alone(tiny_data, bundles
     (mine / "per_case.csv").write_text("my,table\n")
     assert main(args + [str(mine), "--max-cases", "1", "--all-sweeps"]) == 1
     assert (mine / "metrics.json").read_text() == '{"mine": true}' and (mine / "per_case.csv").read_text() == "my,table\n"
-    assert "an evaluation does not write (metrics.json, per_case.csv)" in capsys.readouterr().err
+    assert "holds a metrics.json, per_case.csv that no evaluation wrote" in capsys.readouterr().err
     # ... while an evaluation's own folder is written over, as asked
     for _ in range(2):
         assert main(args + [str(tmp_path / "ev"), "--max-cases", "1", "--all-sweeps"]) == 0

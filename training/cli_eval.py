@@ -62,12 +62,14 @@ def check_eval_out(out: Path) -> None:
     if not out.is_dir():
         return
     other = sorted(p.name for p in out.iterdir() if p.name not in EVAL_OUTPUTS + (OUTPUTS_FILE,))
-    if not other and any((out / n).exists() for n in EVAL_OUTPUTS[:2]) and not _written_by_eval(out):
-        other = [n for n in EVAL_OUTPUTS[:2] if (out / n).exists()]
     if other:
         shown = ", ".join(other[:4]) + (" ..." if len(other) > 4 else "")
         raise FetalIQAError(f"--out {out} holds files an evaluation does not write ({shown}); choose an empty "
                             "(or new) folder, or an earlier evaluation's")
+    if any((out / n).exists() for n in EVAL_OUTPUTS[:2]) and not _written_by_eval(out):
+        shown = ", ".join(n for n in EVAL_OUTPUTS[:2] if (out / n).exists())
+        raise FetalIQAError(f"--out {out} holds a {shown} that no evaluation wrote (files of that name are "
+                            "replaced by one); choose an empty (or new) folder, or an earlier evaluation's")
     if (out / "paper").exists():
         check_eval_out(out / "paper")
 
