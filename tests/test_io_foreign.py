@@ -861,6 +861,34 @@ def test_a_damaged_tiff_says_one_line_not_the_tiff_librarys_too(tmp_path, capfd)
     assert all(line.decode() in err for line in others) and "TIFFFetch" not in err and "LZWDecode" not in err
 
 
+def test_stderr_is_caught_only_while_a_tiff_is_read(tmp_path, monkeypatch):
+    """Catching the process's stderr holds every thread's output back (a progress bar among it)
+    and reads files one at a time: only the TIFF library needs it, so other files do not."""
+    from contextlib import contextmanager
+
+    import fetaliqa_core.io._common as common
+    from fetaliqa_core.io import write_volume
+
+    entered = []
+    real = common.quiet_native_stderr
+
+    @contextmanager
+    def spy():
+        entered.append(1)
+        with real():
+            yield
+
+    monkeypatch.setattr(common, "quiet_native_stderr", spy)
+    write_volume(tmp_path / "s.mha", np.zeros((2, 40, 48), np.uint8))
+    load_sweep(tmp_path / "s.mha")
+    assert not entered
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "s.tif")
+    load_sweep(tmp_path / "s.tif")
+    assert entered
+
+
 def _tiff_ifd_offsets(raw: bytes) -> list[tuple[int, int]]:
     """(offset of each directory, position of its 'next directory' pointer) of a little-endian TIFF."""
     import struct

@@ -173,17 +173,22 @@ def quiet_native_stderr() -> Iterator[None]:
 
 
 @contextmanager
-def quiet_itk() -> Iterator[None]:
+def quiet_itk(tiff: bool = False) -> Iterator[None]:
     """ITK's warnings off while a file is read: a reader that copes with an odd header (or finds
     no DICOM series) still prints a C++ source location on stderr, which says nothing to a user;
-    what matters is reported as one line by the readers' own checks. The TIFF library inside it
-    writes to stderr by itself: kept quiet too (``quiet_native_stderr``)."""
+    what matters is reported as one line by the readers' own checks. With ``tiff`` (a TIFF is
+    read), the TIFF library inside it, which writes to stderr by itself, is kept quiet too
+    (``quiet_native_stderr``; only then: the whole process's stderr waits meanwhile, a progress
+    bar among it, and other files are read one at a time)."""
     import SimpleITK as sitk
 
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        with quiet_native_stderr():
+        if tiff:
+            with quiet_native_stderr():
+                yield
+        else:
             yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)

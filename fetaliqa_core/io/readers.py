@@ -319,7 +319,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with quiet_itk():
+        with quiet_itk(tiff=_picture_kind(path) == "TIFF"):
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -358,7 +358,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                  MAX_DEFLATE_RATIO)
     metadata = {k: reader.GetMetaData(k)[:META_VALUE_CHARS] for k in reader.GetMetaDataKeys() if k in META_KEYS}
     try:
-        with quiet_itk():
+        with quiet_itk(tiff=_picture_kind(path) == "TIFF"):
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
