@@ -1653,12 +1653,24 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     per_frame = data_bytes // max(_frames_of(size), 1)
     if compressed:
         validate.check_inflation(path, expected, path.stat().st_size, MAX_DEFLATE_RATIO)
-        # inflated, not read from the last member's length field: several gzip members (as block
-        # compressors write) or padding after the stream are valid, and the image reader reads them
         try:
-            actual, whole = _inflated_length(path, 0, expected + max(per_frame, 1))
-        except OSError:
-            whole = False
+            with open(path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                trailer = struct.unpack("<I", fh.read(4))[0]  # gzip ISIZE: the last member's length mod 2**32
+        except (OSError, struct.error):
+            trailer = None
+        # one stream of the length the header needs (as image writers write): not inflated here too,
+        # which doubled the time to open the file (1.0 of 2.1 s for an 840-frame case), as for NRRD;
+        # else inflated: several gzip members (as block compressors write) or padding after the stream
+        # are valid, and the image reader reads them
+        whole = trailer == expected and expected < (1 << 32)
+        if whole:
+            actual = expected
+        else:
+            try:
+                actual, whole = _inflated_length(path, 0, expected + max(per_frame, 1))
+            except OSError:
+                whole = False
         if not whole or actual < expected:
             raise FetalIQAError(
                 f"{path}: the compressed file does not hold the {expected} bytes its header "
