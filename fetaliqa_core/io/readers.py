@@ -297,8 +297,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _refuse_cropped_slicer_segmentation(path, nrrd)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
     if has_dicom_magic(path) or _bare_dicom(path):
-        _refuse_dicom_segmentation(path)
-        _precheck_dicom(path)
+        _precheck_dicom(path, single=True)
     _precheck_nifti_header(path)
     _refuse_animated_png(path)
     _refuse_mixed_case_nifti(path)
@@ -306,6 +305,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     tiff = _tiff_pages(path)  # (the image library reads on past a smaller page, printing to the terminal)
     _refuse_imagej_one_page_stack(path, tiff)
     pages = tiff.layouts
+    is_tiff = _picture_kind(path) == "TIFF"  # (the TIFF library's complaints are kept quiet while it reads)
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -319,7 +319,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with quiet_itk(tiff=_picture_kind(path) == "TIFF"):
+        with quiet_itk(tiff=is_tiff):
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -358,7 +358,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                  MAX_DEFLATE_RATIO)
     metadata = {k: reader.GetMetaData(k)[:META_VALUE_CHARS] for k in reader.GetMetaDataKeys() if k in META_KEYS}
     try:
-        with quiet_itk(tiff=_picture_kind(path) == "TIFF"):
+        with quiet_itk(tiff=is_tiff):
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -1313,18 +1313,22 @@ class _Member(NamedTuple):
     pixels: tuple = ()     # how it stores its pixels: bits allocated and stored, samples, photometric
 
 
-def _precheck_dicom(path: Path) -> _Member | None:
+def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
     """The pixel data of an uncompressed DICOM file must be as long as its header says (rows x
     columns x frames x samples x bits allocated): the image reader would otherwise allocate what
     the header claims (gigabytes for a 5 MB file) and fill the missing frames with zeros, or read
     8-bit pixels as 16-bit ones. Checked from the header alone, before any pixel is read.
 
     Returns what places the file in a series, read from the same header (:class:`_Member`); None
-    when pydicom cannot parse the header."""
+    when pydicom cannot parse the header. ``single``: the file is read as a sweep of its own (not
+    as one of a series folder's, where one such object would stop the whole folder): a DICOM
+    Segmentation object is refused (:func:`_refuse_dicom_segmentation`)."""
     try:
         import pydicom
 
         ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
+        if single:
+            _refuse_dicom_segmentation(path, ds)
         photometric = _photometric(ds)
         order = _Member(_instance_number(ds), _image_position(ds),
                         str(ds.get("StudyInstanceUID", "") or "").strip(), _number_of_frames(ds),
@@ -1423,14 +1427,12 @@ def _has_extended_offset_table(path: Path) -> bool:
 _SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
-def _refuse_dicom_segmentation(path: Path) -> None:
+def _refuse_dicom_segmentation(path: Path, ds: Any) -> None:
     """A DICOM Segmentation object keeps only the annotated frames, each pointing at its frame of
     the sweep (ReferencedFrameNumber), as bits: the image reader called a valid one damaged (in
-    its library's own words), or read its one stored frame as the sweep's frame 0."""
+    its library's own words), or read its one stored frame as the sweep's frame 0. ``ds``: the
+    file's header, as :func:`_precheck_dicom` read it."""
     try:
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=256, force=_bare_dicom(path))
         sop = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     except Exception:  # noqa: BLE001 - the header checks that follow judge a damaged one
         return
