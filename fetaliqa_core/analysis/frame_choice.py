@@ -442,7 +442,11 @@ def rim_ratio(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple,
     median of the second. Comparing the brightest levels of two bands of the same width makes
     speckle cancel: a homogeneous texture gives ~1 at any gain. None when fewer than
     :data:`MIN_RIM_ANGLES` of the angles have both bands inside the image and the field of view."""
-    levels = rim_levels(grey, fov, ellipse, band)
+    return _ratio(rim_levels(grey, fov, ellipse, band))
+
+
+def _ratio(levels: tuple[float, float] | None) -> float | None:
+    """The rim ratio of :func:`rim_levels`' two medians (the inside's floored at 4 grey levels)."""
     return None if levels is None else levels[0] / max(levels[1], 4.0)
 
 
@@ -467,9 +471,9 @@ def rim_levels(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple,
 def _skull_like(levels: tuple[float, float] | None) -> float | None:
     """The rim ratio of ``levels`` when they make the outline a skull's (:data:`SKULL_RIM_RATIO`,
     or :data:`SKULL_LEAD` grey levels ahead at :data:`SKULL_LEAD_RATIO`), else None."""
-    if levels is None:
+    ratio = _ratio(levels)
+    if ratio is None:
         return None
-    ratio = levels[0] / max(levels[1], 4.0)
     if ratio >= SKULL_RIM_RATIO or (ratio >= SKULL_LEAD_RATIO and levels[0] - levels[1] >= SKULL_LEAD):
         return ratio
     return None
@@ -492,6 +496,11 @@ def _sector_sampler(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple,
     return by_sector
 
 
+def _sector_means(values: np.ndarray, ok: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The mean of each ``valid`` sector's samples that lie in the image and the field of view."""
+    return np.array([values[k][ok[k]].mean() for k in np.flatnonzero(valid)])
+
+
 def edge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> float | None:
     """How clearly a fitted ellipse follows an edge of the frame's grey levels ``grey`` (the
     mask's size; ``fov`` bool or None): in each of :data:`EDGE_SECTORS` sectors, the mean grey of
@@ -511,8 +520,7 @@ def edge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> f
         valid = (oki.mean(axis=1) >= 0.8) & (oko.mean(axis=1) >= 0.8)
         if valid.sum() < EDGE_SECTORS // 4:
             continue
-        mi = np.array([vi[k][oki[k]].mean() for k in np.flatnonzero(valid)])
-        mo = np.array([vo[k][oko[k]].mean() for k in np.flatnonzero(valid)])
+        mi, mo = _sector_means(vi, oki, valid), _sector_means(vo, oko, valid)
         # (the thin band counts the body brighter than the layer only: its fewer samples make
         # speckle's differences larger, either way)
         step = np.abs(mi - mo) if outer == EDGE_OUTER else np.maximum(mi - mo, 0.0)
@@ -535,7 +543,7 @@ def ridge_contrast(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> 
     valid = np.logical_and.reduce([ok.mean(axis=1) >= 0.8 for _, ok in bands])
     if valid.sum() < EDGE_SECTORS // 4:
         return None
-    on, near, far = (np.array([v[k][ok[k]].mean() for k in np.flatnonzero(valid)]) for v, ok in bands)
+    on, near, far = (_sector_means(v, ok, valid) for v, ok in bands)
     step = np.maximum(on - np.maximum(near, far), 0.0)
     return float(np.percentile(step / np.maximum((on + near + far) / 3.0, 8.0), 75))
 
@@ -549,7 +557,7 @@ def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | N
     if not shape.plausible or shape.ellipse is None or grey is None:
         return shape
     own = rim_levels(grey, fov, shape.ellipse)
-    r = None if own is None else own[0] / max(own[1], 4.0)
+    r = _ratio(own)
     wide = rim_levels(grey, fov, shape.ellipse, SKULL_BAND)
     # a large head: the wider band leaves the image or the fan along most angles; the outline's
     # own band still sees its ring (three skulls read 'AC 249-288 mm, GA 29-33w' without a doubt)
