@@ -13,7 +13,7 @@ from pathlib import Path
 from fetaliqa_core import paths
 from fetaliqa_core.files import write_json
 
-SETTINGS_FILENAME = "app_settings.json"
+SETTINGS_FILENAME = paths.APP_SETTINGS_FILENAME
 MAX_RECENT = 10
 
 

@@ -14,6 +14,9 @@ from pathlib import Path
 import platformdirs
 
 APP_NAME = "FetalIQA"
+#: The viewer's settings file in :func:`config_dir` (the window writes it; ``fetaliqa review``
+#: reads the review database it names).
+APP_SETTINGS_FILENAME = "app_settings.json"
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 

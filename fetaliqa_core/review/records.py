@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -110,7 +111,7 @@ class ModelRun:
             return Thresholds(float(self.threshold), float(self.threshold if own is None else own), "p_cls")
         return Thresholds(float(self.seg_threshold), SEG_THRESHOLD, "p_seg")
 
-    @property
+    @cached_property
     def scored(self) -> np.ndarray:
         """(n_frames,) bool: a model scored the frame. False on the frames a run stopped
         part-way never reached: "not flagged" there is no call of the model's, so those frames

@@ -110,18 +110,13 @@ def default_db_path() -> Path:
     return paths.data_dir() / DB_FILENAME
 
 
-#: The viewer's settings file in ``paths.config_dir()`` (the window's own), where ``fetaliqa gui
-#: --db`` leaves the database the window goes on using.
-APP_SETTINGS_FILENAME = "app_settings.json"
-
-
 def remembered_db_path() -> Path | None:
     """The review database the window uses when it is not the default one: the last that
     ``fetaliqa gui --db`` named (kept in the viewer's settings), or None. Read here so that
     ``fetaliqa review`` without ``--db`` reads the database the trainers write to."""
     from fetaliqa_core import validate
 
-    path = paths.config_dir() / APP_SETTINGS_FILENAME
+    path = paths.config_dir() / paths.APP_SETTINGS_FILENAME  # (where `fetaliqa gui --db` leaves it)
     try:
         if not path.is_file():
             return None
