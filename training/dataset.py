@@ -394,16 +394,11 @@ def _header_info(path: Path) -> tuple[tuple[int, ...] | None, dict[str, str]]:
         import SimpleITK as sitk
     except ImportError:  # a machine with the models' libraries alone (the GPU checks'): MetaImage only
         from fetaliqa_core.io._common import full_suffix
-        from fetaliqa_core.io.readers import _read_meta_header
+        from fetaliqa_core.io.readers import metaimage_header
 
         if full_suffix(path) not in (".mha", ".mhd"):
             return None, {}
-        try:
-            with open(path, "rb") as fh:
-                header, _ = _read_meta_header(fh)
-            size = tuple(int(v) for v in header["dimsize"].split()) if header else None
-        except (OSError, KeyError, ValueError):
-            return None, {}
+        size, header = metaimage_header(path)
         metadata = {k: header[k.lower()] for k in keys if k.lower() in header}
         return (tuple(reversed(size)) if size is not None and len(size) == 3 else None), metadata
     from fetaliqa_core.io import quiet_itk

@@ -2140,15 +2140,16 @@ _NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:in
 _PLAIN_NUMBERS = re.compile(rf"\s*(?:(?:{_NUMBER})(?:\s+(?:{_NUMBER}))*)?\s*", re.IGNORECASE | re.ASCII)
 
 
-def metaimage_size(path: Path) -> tuple[int, ...] | None:
-    """A MetaImage's ``DimSize`` (x, y, z order) from its header alone, None when the file or its
-    header cannot be read (reading the image itself then says what is wrong)."""
+def metaimage_header(path: Path) -> tuple[tuple[int, ...] | None, dict[str, str]]:
+    """A MetaImage's ``DimSize`` (x, y, z order) and its header's fields (keys in lower case) from
+    its header alone; ``(None, {})`` when the file or its header cannot be read (reading the image
+    itself then says what is wrong)."""
     try:
         with open(path, "rb") as fh:
             header, _ = _read_meta_header(fh)
-        return tuple(int(v) for v in header["dimsize"].split()) if header else None
+        return (tuple(int(v) for v in header["dimsize"].split()), header) if header else (None, {})
     except (OSError, KeyError, ValueError):
-        return None
+        return None, {}
 
 
 def _read_meta_header(fh: BinaryIO) -> tuple[dict[str, str] | None, int]:
