@@ -1556,3 +1556,30 @@ def test_gzip_members_are_counted_whole_when_a_read_ends_inside_the_next_member_
     path = tmp_path / "members.gz"
     path.write_bytes(first + second)
     assert _inflated_length(path, 0, 1 << 30) == (n + 5000, True)
+
+
+def test_a_stack_saved_frames_first_is_not_measured(tmp_path):
+    """numpy's (N, H, W) written as a NIfTI's (x, y, z) with the pixel size set per axis reads as
+    W "frames", each a slice across the sweep, of a plausible size in mm: the narrow-frame note
+    judged in mm said nothing, and an AC on such a slice was shown as a length."""
+    from fetaliqa_core.io.sweep import frames_axis_evidence
+    from fetaliqa_core.synth import synthesize_case
+
+    frames = synthesize_case(seed=3, n_sweeps=1, frames_per_sweep=40, height=140, width=186).frames
+    upright = sitk.GetImageFromArray(frames)
+    upright.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(upright, str(tmp_path / "upright.nii.gz"))
+    sweep = load_sweep(tmp_path / "upright.nii.gz")
+    assert frames_axis_evidence(sweep.frames) is None and sweep.read_notes == ()
+    assert sweep.spacing_problem is None
+
+    across = sitk.GetImageFromArray(np.ascontiguousarray(frames.transpose(2, 1, 0)))
+    across.SetSpacing((1.0, 0.3, 0.3))  # x is the frame axis now
+    sitk.WriteImage(across, str(tmp_path / "frames_first.nii.gz"))
+    sweep = load_sweep(tmp_path / "frames_first.nii.gz")
+    assert sweep.frames.shape == (186, 140, 40)
+    assert any("store its frames along another axis" in n for n in sweep.read_notes), sweep.read_notes
+    assert "slices across the sweep" in sweep.spacing_problem
+    # a pixel size the user gives is theirs to give: lengths are shown again, the note stays
+    given = sweep.with_spacing(0.3)
+    assert given.spacing_problem is None and any("another axis" in n for n in given.read_notes)
