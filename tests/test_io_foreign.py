@@ -1583,3 +1583,24 @@ def test_a_stack_saved_frames_first_is_not_measured(tmp_path):
     # a pixel size the user gives is theirs to give: lengths are shown again, the note stays
     given = sweep.with_spacing(0.3)
     assert given.spacing_problem is None and any("another axis" in n for n in given.read_notes)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_picture_is_read_upright_as_its_exif_orientation_asks(tmp_path, orientation):
+    """A phone's photo of a scanner's screen stores its pixels sideways with an EXIF tag saying how
+    to turn them: it was read in storage order (the fan on its side) without a word."""
+    from PIL import Image, ImageOps
+
+    grey = np.random.default_rng(orientation).integers(0, 255, (60, 90), dtype=np.uint8)
+    for mode, pixels in (("L", grey), ("RGB", np.stack([grey] * 3, axis=-1))):
+        picture = Image.fromarray(pixels, mode=mode)
+        exif = picture.getexif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"photo_{mode}.png"
+        picture.save(path, exif=exif.tobytes())
+        with Image.open(path) as stored:
+            upright = np.asarray(ImageOps.exif_transpose(stored).convert("L"))
+        sweep = load_sweep(path)
+        assert np.array_equal(sweep.frames[0], upright), (mode, orientation)
+        noted = [n for n in sweep.read_notes if "EXIF orientation" in n]
+        assert len(noted) == (orientation != 1), sweep.read_notes

@@ -425,6 +425,14 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                 spacing_mm, source, note = calibrated, SPACING_FROM_IMAGEJ, ""
             elif why:
                 note = why
+            orientation = _exif_orientation(path)
+            if orientation in _EXIF_ORIENTATIONS:
+                arr = _upright(arr, components, orientation)
+                turns, _, words = _EXIF_ORIENTATIONS[orientation]
+                notes.append(f"the picture is shown {words}, as its EXIF orientation tag asks (picture viewers "
+                             "do the same; the pixels are stored otherwise)")
+                if turns % 2:  # rows become columns
+                    spacing_mm = (spacing_mm[1], spacing_mm[0])
         if spacing_unit_note:
             source, note = SPACING_NONE, spacing_unit_note
         head = _nifti_head(path)
@@ -459,6 +467,38 @@ def _imagej_fields(desc: Any) -> dict[str, str] | None:
     except (UnicodeEncodeError, UnicodeDecodeError):
         pass
     return dict(line.split("=", 1) for line in desc.splitlines() if "=" in line)
+
+
+#: EXIF orientation (TIFF tag 274, the same in JPEG's EXIF): what is done to the stored pixels
+#: to show them upright, as ``(quarter turns counter-clockwise, flip left-right first, words)``.
+_EXIF_ORIENTATIONS = {2: (0, True, "mirrored left to right"), 3: (2, False, "turned 180 degrees"),
+                      4: (2, True, "mirrored top to bottom"), 5: (1, True, "transposed"),
+                      6: (3, False, "turned 90 degrees clockwise"), 7: (3, True, "transposed the other way"),
+                      8: (1, False, "turned 90 degrees counter-clockwise")}
+
+
+def _exif_orientation(path: Path) -> int:
+    """A picture's EXIF orientation (1 to 8; 1, the stored order, when it has none or it cannot be read)."""
+    try:
+        from PIL import Image
+
+        with warnings.catch_warnings(), quiet_native_stderr():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                value = im.getexif().get(0x0112, 1)
+        return int(value) if int(value) in _EXIF_ORIENTATIONS else 1
+    except Exception:  # noqa: BLE001 - no tag read is the stored order, as before
+        return 1
+
+
+def _upright(arr: np.ndarray, components: int, orientation: int) -> np.ndarray:
+    """The pixels as a picture viewer shows them under an EXIF ``orientation`` (2 to 8); the
+    image's axes are the last two (before the colour values)."""
+    turns, mirror, _ = _EXIF_ORIENTATIONS[orientation]
+    rows = arr.ndim - 2 - (components > 1)
+    if mirror:
+        arr = np.flip(arr, axis=rows + 1)
+    return np.ascontiguousarray(np.rot90(arr, k=turns, axes=(rows, rows + 1)))
 
 
 def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
