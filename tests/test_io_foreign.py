@@ -966,12 +966,15 @@ def test_an_imagej_stack_on_one_page_is_refused_not_read_as_one_frame(tmp_path):
 @pytest.mark.parametrize("desc,pages,match", [
     ("images=12\nchannels=3\nframes=4\nhyperstack=true\nmode=composite\n", 12, "hyperstack of 3 channels"),
     ("images=4\nframes=6\n", 4, "holds 4 page.*counts 6"),
-    ("images=4\nslices=2\nframes=4\nhyperstack=true\n", 4, "holds 4 page.*counts 8"),
+    ("images=4\nslices=2\nframes=3\nhyperstack=true\n", 4, "2 slices at each of 3 time points"),
+    ("images=8\nslices=2\nframes=4\nhyperstack=true\n", 8, "2 slices at each of 4 time points"),
+    ("images=4\nslices=4\n", 4, None),
     ("images=4\nframes=4\n", 4, None)])
 def test_an_imagej_hyperstack_of_channels_is_refused_not_read_as_frames(tmp_path, desc, pages, match):
     """A composite of 4 time points in 3 channels keeps each channel on a page of its own: it was
-    scored as 12 frames, with ImageJ's calibration shown. Counts that do not give the pages are
-    a description that does not fit the file."""
+    scored as 12 frames, with ImageJ's calibration shown; slices at several time points were read
+    interleaved as one sweep. Counts that do not give the pages are a description that does not
+    fit the file."""
     from PIL import Image, TiffImagePlugin
 
     frames = [Image.fromarray(f) for f in _grey(n=pages).astype(np.uint8)]

@@ -672,8 +672,9 @@ def _imagej_count(fields: dict[str, str], key: str) -> int:
 
 def _refuse_imagej_hyperstack(path: Path, pages: _TiffPages) -> None:
     """An ImageJ hyperstack keeps each channel on a page of its own, channel fastest: read page by
-    page, a composite of 4 time points in 3 channels was scored as 12 frames. Such a file, and one
-    whose counts do not multiply to its pages, is refused."""
+    page, a composite of 4 time points in 3 channels was scored as 12 frames. Such a file, one of
+    several slices at several time points (slice fastest: the two interleaved as one series), and
+    one whose counts do not multiply to its pages, is refused."""
     fields = pages.imagej or {}
     if not any(k in fields for k in ("channels", "slices", "frames")):
         return
@@ -682,6 +683,11 @@ def _refuse_imagej_hyperstack(path: Path, pages: _TiffPages) -> None:
         raise FetalIQAError(f"{path}: an ImageJ hyperstack of {channels} channels, each stored as a page of its "
                             "own: read as frames, the channels would be scored as separate frames. Split or merge "
                             "the channels in ImageJ (Image > Color) and save the frames as one channel.")
+    if slices > 1 and frames > 1:
+        raise FetalIQAError(f"{path}: an ImageJ hyperstack of {slices} slices at each of {frames} time points: read "
+                            "page by page, the slices of one time point and the next would follow each other as one "
+                            "sweep's frames. Keep one of the two in ImageJ (Image > Hyperstacks > Reduce Dimensionality) "
+                            "and save that stack.")
     described = channels * slices * frames
     if described != pages.count or ("images" in fields and described != _imagej_count(fields, "images")):
         raise FetalIQAError(f"{path}: the TIFF holds {pages.count} page(s) but its ImageJ description counts "
