@@ -560,3 +560,29 @@ def test_a_long_note_is_cut_in_the_pdf_page_only(tmp_path):
     assert "x" * 100_000 not in pdf_page and "x" * PDF_NOTE_CHARS in pdf_page
     assert f"({100_000 - PDF_NOTE_CHARS} more characters in the HTML/CSV report)" in pdf_page
     assert "x" * 100_000 in html_page
+
+
+def test_the_verdict_history_is_exported_with_what_replaced_what(store, tmp_path, capsys):
+    """The store keeps every verdict entered, but no export gave the replaced ones: a trainer
+    could not see that alice first called frame 2 not usable, then optimal."""
+    out = tmp_path / "history.csv"
+    assert main(["review", "history", "--db", str(store.path), "--out", str(out)]) == 0
+    assert "wrote 7 verdict(s)" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert list(rows[0]) == ["content_hash", "path", "frame", "reviewer", "label", "label_code", "note", "time",
+                             "current"]
+    frame2 = [(r["label"], r["label_code"], r["current"]) for r in rows if r["frame"] == "2"]
+    assert frame2 == [("not_usable", "0", "0"), ("optimal", "1", "1")]  # oldest first; the later one stands
+    assert sum(r["current"] == "1" for r in rows) == len(list(csv.DictReader(io.StringIO(labels_csv_text(store)))))
+    assert {r["content_hash"] for r in rows} == {"a1" * 32, "b2" * 32}
+    # an earlier history is replaced; the labels CSV, the database and a stranger's file are not
+    assert main(["review", "history", "--db", str(store.path), "--out", str(out), "--sweep", "b2b2"]) == 0
+    assert [r["reviewer"] for r in csv.DictReader(open(out, encoding="utf-8"))] == ["carol"]
+    labels = tmp_path / "labels.csv"
+    assert main(["review", "labels", "--db", str(store.path), "--out", str(labels)]) == 0
+    capsys.readouterr()
+    for other in (labels, store.path):
+        before = other.read_bytes()
+        assert main(["review", "history", "--db", str(store.path), "--out", str(other)]) != 0
+        assert other.read_bytes() == before
+    assert "not an earlier verdict history CSV" in capsys.readouterr().err

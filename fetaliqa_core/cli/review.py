@@ -8,6 +8,9 @@
     Reviewer labels as extra training labels: columns ``uuid_or_hash, path, frame, label,
     reviewer, time, content_hash`` with label 1 optimal, 2 suboptimal, 0 not usable (ACOUSLIC convention);
     see :mod:`fetaliqa_core.review.report` for the details.
+``fetaliqa review history --db DB --out history.csv``
+    Every verdict ever entered, the replaced ones too: columns ``content_hash, path, frame,
+    reviewer, label, label_code, note, time, current`` (1 on the verdict that stands).
 ``fetaliqa review list --db DB``
     The sweeps in the database with their review counts.
 
@@ -59,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    "1 optimal / 2 suboptimal / 0 not usable, reviewer, time, content_hash).")
     _db_argument(p)
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="labels.csv")
+    _sweep_argument(p)
+    p = sub.add_parser("history", help="write every verdict ever entered (replaced ones too) as a CSV",
+                       description="Write every verdict ever entered, oldest first (content_hash, path, frame, "
+                                   "reviewer, label, label_code, note, time, current: 1 on the verdict that "
+                                   "stands, 0 on those a later one replaced).")
+    _db_argument(p)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="history.csv")
     _sweep_argument(p)
     p = sub.add_parser("list", help="list the sweeps in the review database",
                        description="List the sweeps in the review database.")
@@ -150,6 +160,18 @@ def _labels(args) -> int:
     return 0
 
 
+def _history(args) -> int:
+    from fetaliqa_core.review.report import write_history_csv
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".csv":
+        raise FetalIQAError(f"--out {out} must be a .csv file.")
+    with _open(args) as store:
+        n = write_history_csv(store, out, _sweep_ids(store, args.sweep))
+    print(f"wrote {n} verdict(s), replaced ones included, to {out}")
+    return 0
+
+
 def _list(args) -> int:
     with _open(args) as store:
         sweeps = store.sweeps()
@@ -169,7 +191,9 @@ def run(args: argparse.Namespace) -> int:
         return _export(args)
     if action == "labels":
         return _labels(args)
+    if action == "history":
+        return _history(args)
     if action == "list":
         return _list(args)
-    print("usage: fetaliqa review {export,labels,list} --help", file=sys.stderr)
+    print("usage: fetaliqa review {export,labels,history,list} --help", file=sys.stderr)
     return 2

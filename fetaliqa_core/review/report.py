@@ -388,13 +388,12 @@ def _write_atomic(out_path: Path, data: bytes) -> None:
 _OUTPUT_HEAD_BYTES = 4096
 
 
-def _looks_like_ours(head: bytes, ext: str, labels: bool) -> bool:
+def _looks_like_ours(head: bytes, ext: str, columns: Sequence[str]) -> bool:
     """Whether the first bytes of an existing file are those of an earlier file of the kind
-    about to replace it: a labels CSV or a report CSV (their header row), a review report
-    (HTML naming FetalIQA), a PDF."""
+    about to replace it: a CSV with the same header row (``columns``), a review report (HTML
+    naming FetalIQA), a PDF."""
     if ext == ".csv":
-        header = ",".join(LABELS_CSV_COLUMNS if labels else REPORT_CSV_COLUMNS).encode()
-        return head.removeprefix(b"\xef\xbb\xbf").startswith(header)
+        return head.removeprefix(b"\xef\xbb\xbf").startswith(",".join(columns).encode())
     if ext == ".html":  # (the report's own line under its title, not any page that names FetalIQA)
         return b"<html" in head.lower() and b'<p class="meta">Generated ' in head and b" by FetalIQA " in head
     if ext == ".pdf":  # (the report's title in the document's information, as the viewer writes it)
@@ -403,11 +402,16 @@ def _looks_like_ours(head: bytes, ext: str, labels: bool) -> bool:
     return False
 
 
-def check_output(out_path: str | Path, store: ReviewStore, labels: bool = False) -> None:
+#: The CSV exports, by kind: their header rows (an existing file is replaced only when it starts
+#: with its kind's) and how the refusal names them.
+_CSV_KINDS = {"report": "report CSV", "labels": "labels CSV", "history": "verdict history CSV"}
+
+
+def check_output(out_path: str | Path, store: ReviewStore, kind: str = "report") -> None:
     """Refuse an output that would destroy data, before anything is read or written: the review
     database itself (or its -wal/-shm/-journal companions), or an existing file that is not an
-    earlier export of the same kind (a spreadsheet of someone's, a file typed by mistake);
-    one line saying what to do."""
+    earlier export of the same ``kind`` ("report", "labels", "history": a spreadsheet of
+    someone's, a file typed by mistake); one line saying what to do."""
     out = Path(out_path).expanduser()
     db = Path(store.path).expanduser()
     companions = [db] + [db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal")]
@@ -428,10 +432,11 @@ def check_output(out_path: str | Path, store: ReviewStore, labels: bool = False)
     except OSError as exc:
         raise FetalIQAError(f"--out {out} exists and cannot be read ({exc.strerror or exc}); name another "
                             "output file.") from None
-    if not _looks_like_ours(head, out.suffix.lower(), labels):
-        kind = "labels CSV" if labels else {".csv": "report CSV", ".html": "FetalIQA report",
-                                            ".pdf": "PDF"}.get(out.suffix.lower(), "report")
-        raise FetalIQAError(f"--out {out} exists and is not an earlier {kind}; it is left as it is. Name "
+    columns = {"labels": LABELS_CSV_COLUMNS, "history": HISTORY_CSV_COLUMNS}.get(kind, REPORT_CSV_COLUMNS)
+    if not _looks_like_ours(head, out.suffix.lower(), columns):
+        name = _CSV_KINDS[kind] if kind != "report" else {
+            ".csv": "report CSV", ".html": "FetalIQA report", ".pdf": "PDF"}.get(out.suffix.lower(), "report")
+        raise FetalIQAError(f"--out {out} exists and is not an earlier {name}; it is left as it is. Name "
                             "another output file, or remove that one first.")
 
 
@@ -776,8 +781,38 @@ def write_labels_csv(store: ReviewStore, out_path: str | Path,
                      sweep_ids: Sequence[int] | None = None) -> int:
     """Write the labels CSV; return the number of label rows. An output that is the database,
     or an existing file that is no labels CSV, is refused (:func:`check_output`)."""
-    check_output(out_path, store, labels=True)
+    check_output(out_path, store, kind="labels")
     text = labels_csv_text(store, sweep_ids)
+    _write_atomic(Path(out_path), text.encode("utf-8"))
+    return text.count("\n") - 1
+
+
+HISTORY_CSV_COLUMNS = ["content_hash", "path", "frame", "reviewer", "label", "label_code", "note", "time",
+                       "current"]
+
+
+def history_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
+    """Every verdict ever entered, oldest first per sweep, frame and reviewer; ``current`` is 1
+    on the verdict that stands (the reviewer's latest on that frame), 0 on those it replaced.
+    The report and the labels give the standing verdicts only; this is how a trainer sees
+    who changed their mind, and when."""
+    buf = io.StringIO()
+    writer = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
+    writer.writerow(HISTORY_CSV_COLUMNS)
+    for sweep in _select_sweeps(store, sweep_ids):
+        current = {v.id for v in store.verdicts(sweep.id)}
+        for v in store.verdicts(sweep.id, history=True):
+            writer.writerow([sweep.content_hash, sweep.path or "", v.frame, v.reviewer, v.label, v.code,
+                             v.note, v.time, int(v.id in current)])
+    return buf.getvalue()
+
+
+def write_history_csv(store: ReviewStore, out_path: str | Path,
+                      sweep_ids: Sequence[int] | None = None) -> int:
+    """Write the verdict history CSV; return the number of verdict rows. Outputs are checked as
+    for the labels (:func:`check_output`)."""
+    check_output(out_path, store, kind="history")
+    text = history_csv_text(store, sweep_ids)
     _write_atomic(Path(out_path), text.encode("utf-8"))
     return text.count("\n") - 1
 
