@@ -559,6 +559,25 @@ class ReviewPanel(QWidget):
         self.message.emit(f"{n} labels written: {out}")
         return n
 
+    def export_history(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export verdict history (CSV)", str(Path.home() / "fetaliqa-verdict-history.csv"),
+            "CSV (*.csv)")
+        if path:
+            self.write_history(Path(path))
+
+    def write_history(self, out: Path) -> int | None:
+        """Every verdict ever entered, replaced ones too, all sweeps (as `fetaliqa review history`)."""
+        from fetaliqa_core.review.report import write_history_csv
+
+        try:
+            n = write_history_csv(self.store(), out)
+        except FetalIQAError as exc:
+            QMessageBox.warning(self, "Export verdict history", str(exc))
+            return None
+        self.message.emit(f"{n} verdicts (replaced ones included) written: {out}")
+        return n
+
     # -- display ---------------------------------------------------------------------------
     def _frame_changed(self, frame: int) -> None:
         self.model.queue_goto_frame(frame)

@@ -208,6 +208,7 @@ def build_review_menu(win, rm) -> None:
     win.act_review_reviewer = rm.addAction("Change reviewer…", review._ask_reviewer)
     rm.addAction(win.act_export)
     rm.addAction(win.act_labels)
+    rm.addAction(win.act_history)
 
     def sync() -> None:
         win.act_review_start.setEnabled(not review.start_button.isHidden())
@@ -270,6 +271,8 @@ def build_actions(win) -> None:
     win.act_export_frame = action("Export frame as PNG…", win.export_frame)
     win.act_export = action("Export report…", win.review.export_report)
     win.act_labels = action("Export reviewer labels…", win.review.export_labels)
+    win.act_history = action("Export verdict history…", win.review.export_history,
+                             "Every verdict entered, the replaced ones too (CSV)")
     win.act_quit = action("Quit", win.close, shortcut=QKeySequence.Quit)
     win.act_keys = action("Keyboard shortcuts", win.show_keys)
     win.act_about = action("About FetalIQA", win.show_about)
@@ -305,6 +308,7 @@ def build_actions(win) -> None:
     fm.addAction(win.act_export_frame)
     fm.addAction(win.act_export)
     fm.addAction(win.act_labels)
+    fm.addAction(win.act_history)
     fm.addSeparator()
     fm.addAction(win.act_quit)
     vm = menu.addMenu("&View")

@@ -149,6 +149,9 @@ def test_export_report_html_and_pdf(qtbot, tmp_path, monkeypatch):
     assert win.review.write_labels(tmp_path / "labels.csv") == 1
     row = (tmp_path / "labels.csv").read_text().splitlines()[1].split(",")
     assert row[2] == str(win.model.queue[0]) and row[3] == "1" and row[4] == "carol"
+    assert win.review.write_history(tmp_path / "history.csv") == 1  # the menu's verdict history
+    menus = [a.menu() for a in win.menuBar().actions() if a.menu() is not None]
+    assert any(win.act_history in m.actions() for m in menus)
 
 
 def test_a_report_shows_progress_and_can_be_cancelled(qtbot, tmp_path, monkeypatch):
