@@ -104,6 +104,8 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     nor are straight frame lines up to 12 pixels wide drawn around it (:func:`_frame_lines`),
     nor is anything apart from its largest region, but for tissue inside that region's convex hull
     (a body in fluid shown pure black that reaches the fan's edge: :func:`_with_islands`)."""
+    import cv2
+
     step = max(1, len(frames) // 64)
     peak = np.asarray(frames[::step]).max(axis=0).astype(np.float32)
     fan = _region_above(peak, 0.0)
@@ -116,7 +118,7 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     ring = np.concatenate([peak[0], peak[-1], peak[1:-1, 0], peak[1:-1, -1]])
     values, counts = np.unique(ring, return_counts=True)
     level = float(values[int(np.argmax(counts))])
-    if (counts.max() / ring.size >= SURROUND_BORDER_SHARE and level <= 0.25 * high
+    if (counts.max() / ring.size >= SURROUND_BORDER_SHARE and level <= SURROUND_MAX_GREY * high
             and float((peak == level).mean()) >= 0.1):
         above = _region_above(peak, level)
         if above.any():
@@ -128,9 +130,13 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     band = np.abs(ring - level) <= SURROUND_NOISE
     top = level + SURROUND_NOISE
     corners = np.array([peak[0, 0], peak[0, -1], peak[-1, 0], peak[-1, -1]])
-    if (band.mean() >= SURROUND_BORDER_SHARE and top <= 0.25 * high and bool((np.abs(corners - level) <= SURROUND_NOISE).all())
+    if (band.mean() >= SURROUND_BORDER_SHARE and top <= SURROUND_MAX_GREY * high
+            and bool((np.abs(corners - level) <= SURROUND_NOISE).all())
             and float((np.abs(peak - level) <= SURROUND_NOISE).mean()) >= 0.1):
-        above = _region_above(peak, top)
+        # (the median of 5 x 5 pixels: the noise's brightest pixels beside the fan's edge joined it
+        # and moved the edge outward, and an outline cut there was taken for a whole one)
+        smooth = cv2.medianBlur(np.clip(peak, 0, 255).astype(np.uint8), 5).astype(np.float32)
+        above = _region_above(smooth, top)
         if above.any() and _outside_border_share(above) >= SURROUND_BORDER_SHARE:
             return above
     if low > 0.1 * high:  # (a darkest tenth not dark beside the brightest is image)
@@ -143,9 +149,15 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
 #: A fan's surround runs along most of the image's border (ACOUSLIC's: 0.8; a linear probe's
 #: rectangle inside the frame: all of it); fluid reaching one edge of an image runs along little.
 SURROUND_BORDER_SHARE = 0.4
+#: A surround of one grey level is at most this share of the image's bright grey (its 99th
+#: percentile): a grey background of 50 beside tissue up to 182 is one (at 0.25 it was not, and
+#: the whole frame was the fan), as is a video black level of 25 in a dim sweep (tissue to 90).
+SURROUND_MAX_GREY = 0.4
 #: How far (grey levels) a surround's noise may stray from its most common level: a lossy capture's
-#: video black level of 16 reads 14-18.
-SURROUND_NOISE = 4
+#: video black level of 16 reads 14-18; a grey background of 47 that is noisy frame to frame (+-3)
+#: reads 43-53 at its brightest over the frames (at 4 it was no surround: the whole frame was the
+#: fan, and an abdomen cut by the fan's edge was measured plain, 4-7 % short).
+SURROUND_NOISE = 6
 
 
 def _region_above(peak: np.ndarray, level: float) -> np.ndarray:

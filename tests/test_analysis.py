@@ -485,3 +485,21 @@ def test_a_doubtful_ac_has_a_few_words_for_why():
     both = read_ac(200.0, mask_problem=fc.FLATTENED_REASON, disagreement=classifier_doubt(0.28, 0.67))
     assert "flattened" in both.note and "score 0.28" in both.note and "models disagree" in both.note
     assert short_doubt(both.note) == "flattened outline"
+
+
+def test_a_fan_on_a_grey_background_is_no_whole_frame():
+    """A fan exported on a flat grey background of 50 beside tissue up to ~180 (more than a quarter
+    of the bright grey), or on a grey of 47 noisy from frame to frame (+-3: 43-53 at its brightest
+    over the frames), was no surround: the whole frame was the fan, and an abdomen cut by the
+    fan's arc was measured plain, 3-4 % short. Both are surrounds now; the fan's edge stays put."""
+    fan = acouslic.fov_mask((H, W))
+    rng = np.random.default_rng(11)
+    frames = (rng.integers(60, 200, size=(24, H, W)) * fan).astype(np.uint8)
+    flat = np.where(fan, frames, 50).astype(np.uint8)
+    noisy = np.where(fan, frames, 47 + rng.integers(-3, 4, size=frames.shape)).astype(np.uint8)
+    for name, arr in (("flat grey 50", flat), ("noisy grey 47", noisy)):
+        found = acouslic.data_fan(arr)
+        assert (found != fan).mean() < 0.002, name
+    # a dim export whose video black level is 25 beside tissue up to ~90
+    dim = np.where(fan, (frames.astype(np.float32) * 0.45).astype(np.uint8), 25).astype(np.uint8)
+    assert (acouslic.data_fan(dim) != fan).mean() < 0.002
