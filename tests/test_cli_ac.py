@@ -631,3 +631,23 @@ def test_a_body_that_is_all_its_sweep_shows_is_measured_on_the_whole_frame(tmp_p
     record = json.loads(capsys.readouterr().out)
     assert record["field_of_view"] == "whole frame" and "this outline itself" in record["field_of_view_note"]
     assert record["ac_mm"] == pytest.approx(ac_of(SMALL), rel=0.02)
+
+
+def test_a_sweep_in_acouslic_s_fan_names_that_fan_as_the_field_of_view(tmp_path, capsys):
+    """With --sweep, a sweep whose frames show ACOUSLIC's fan is measured in ACOUSLIC's own mask,
+    but the answer said "in the sweep's own fan" (and a cut "by an edge the sweep's own fan does
+    not have"): the field of view named was not the one used."""
+    from fetaliqa_core.acouslic import fov_mask
+    from fetaliqa_core.io import write_volume
+
+    rng = np.random.default_rng(4)
+    frames = (rng.integers(30, 200, (4, H, W)) * fov_mask((H, W))).astype(np.uint8)
+    write_volume(tmp_path / "sweep.mha", frames, spacing_mm=(0.28, 0.28))
+    masks = np.zeros((4, H, W), np.uint8)
+    cv2.ellipse(masks[1], (372, 300), BIG, 0, 0, 360, 1, -1)
+    path = _write(tmp_path, masks, "mask.mha")
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "sweep.mha"), "--frame", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["field_of_view"] == "acouslic"
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "sweep.mha"), "--frame", "1"]) == 0
+    assert "in ACOUSLIC's fan" in capsys.readouterr().out

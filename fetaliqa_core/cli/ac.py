@@ -209,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
     if sweep is not None and not args.no_fov:
         from fetaliqa_core import acouslic
 
-        fov, fov_name = resolve_fov(acouslic.sweep_fov(sweep), frame.shape), "the sweep's own fan"
+        found = acouslic.sweep_fov(sweep)  # ACOUSLIC's own mask where the sweep's fan is that probe's
+        fov = resolve_fov(found, frame.shape)
+        fov_name = "acouslic" if isinstance(found, str) else "the sweep's own fan"
     if sweep is not None and args.spacing is None:
         # the sweep's calibration stands for its mask's: a mask file's pixel size may be a writer's
         sweep_spacing = tuple(sweep.spacing_mm)
