@@ -651,3 +651,16 @@ def test_a_sweep_in_acouslic_s_fan_names_that_fan_as_the_field_of_view(tmp_path,
     assert record["field_of_view"] == "acouslic"
     assert main(["ac", str(path), "--sweep", str(tmp_path / "sweep.mha"), "--frame", "1"]) == 0
     assert "in ACOUSLIC's fan" in capsys.readouterr().out
+
+
+def test_a_mask_measured_on_the_whole_frame_says_a_fan_s_cut_is_not_known(tmp_path, capsys):
+    """A mask of another probe's frame size, cut by its fan's curved depth arc, read a plain AC and
+    GA 3 % short with nothing said of the fan: without the sweep its edges are unknown."""
+    masks = np.zeros((1, 300, 400), np.uint8)
+    cv2.ellipse(masks[0], (200, 150), (80, 60), 0, 0, 360, 1, -1)
+    path = _write(tmp_path, masks, "other_probe.mha")
+    assert main(["ac", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "on the whole frame" in out and "whether the fan's edge cuts the outline is known only from the sweep" in out
+    assert main(["ac", str(path), "--no-fov"]) == 0  # asked for: nothing to add
+    assert "known only from the sweep" not in capsys.readouterr().out

@@ -339,6 +339,10 @@ def run(args: argparse.Namespace) -> int:
     if reading.status == analysis.units.OK and fov_name == "acouslic" and args.sweep is None:
         print("note: measured in ACOUSLIC's fan: for a mask drawn on another probe's image, give that sweep "
               "with --sweep (an outline cut by its fan's edge measures short)")
+    elif reading.status == analysis.units.OK and fov_name == "whole frame" and args.sweep is None and not args.no_fov:
+        # (a straight cut is seen in the outline alone; one along a fan's curved edge is not)
+        print("note: measured on the whole frame: whether the fan's edge cuts the outline is known only from the "
+              "sweep: give it with --sweep (an outline cut by a fan's curved edge measures short)")
     return 0 if reading.status != analysis.units.NO_UNITS else 1
 
 
