@@ -138,8 +138,34 @@ def broadcast_from_main(ranks: Ranks, obj):
         dist.broadcast_object_list(box, src=0, group=group)
     except RuntimeError as exc:  # a rank that stopped before sharing: one line, not a traceback
         raise FetalIQAError(f"rank {ranks.rank}: lost contact with the other processes before the run "
-                            f"began ({str(exc).splitlines()[0][:160]}); see rank 0's message") from None
+                            f"began ({str(exc).splitlines()[0][:160]}); see "
+                            f"{'the other processes' if ranks.is_main else 'rank 0'}'s messages") from None
     return box[0]
+
+
+def first_problem(ranks: Ranks, problem: str | None) -> str | None:
+    """Every rank's ``problem`` (None: none) gathered on every rank: the first one found, so that
+    all stop together with it (a rank that stopped alone left rank 0 waiting out its timeout and
+    then calling it a rank that "stopped without finishing")."""
+    if not ranks.distributed:
+        return problem
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    found: list = [None] * ranks.world
+    try:
+        dist.all_gather_object(found, problem, group=group)
+    except RuntimeError as exc:
+        raise FetalIQAError(f"rank {ranks.rank}: lost contact with the other processes before the run "
+                            f"began ({str(exc).splitlines()[0][:160]}); see the other processes' messages") from None
+    return next((p for p in found if p), None)
+
+
+def plan_file(out: Path, run_id: str) -> Path:
+    """Where rank 0 leaves its run's plan in its output folder: a rank that does not find it under
+    its own --out writes to another folder than rank 0 (a relative --out started from another
+    working folder, a path another machine mounts elsewhere)."""
+    return out / STATE_DIR / run_id / "plan.json"
 
 
 def close_process_group(ranks: Ranks) -> None:

@@ -634,3 +634,41 @@ def test_an_archive_of_subfolders_only_says_so_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds no sweep files, only subfolders (patient1, patient2)" in err and "Traceback" not in err
     assert not (tmp_path / "o" / ar.TABLE_FILE).exists()
+
+
+@pytest.mark.slow
+def test_ranks_that_would_write_to_different_folders_stop_together_and_say_why(archive_dir, tmp_path):
+    """Two machines given the same relative --out from different working folders: each rank wrote
+    into its own folder; rank 0 waited out its timeout, called rank 1 (which had finished) a rank
+    that "stopped without finishing", and told the user to run the same command again, which
+    never finished either. The ranks compare folders before scoring and stop together."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        here = tmp_path / f"machine{rank}"
+        here.mkdir()
+        (here / "archive").symlink_to(archive_dir)
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "fetaliqa_core.cli", "score", "archive", "--out", "scores", "--no-cache",
+             "--device", "cpu", "--rank-timeout", "60"],
+            cwd=here, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = []
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=120)[0])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert [p.returncode for p in procs] == [1, 1], logs
+    for log in logs:
+        assert "rank 1 on" in log and "not to rank 0's output folder" in log, log[-2000:]
+        assert "stopped without finishing" not in log and "Traceback" not in log
+    for rank in (0, 1):  # nothing scored anywhere
+        assert not (tmp_path / f"machine{rank}" / "scores" / ar.CASES_DIR).exists() or not any(
+            (tmp_path / f"machine{rank}" / "scores" / ar.CASES_DIR).iterdir())

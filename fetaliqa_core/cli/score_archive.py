@@ -5,6 +5,7 @@ starts, with one combined table. The mechanics live in :mod:`fetaliqa_core.archi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -141,7 +142,11 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 print(f"fetaliqa: {shown(note)}", file=sys.stderr, flush=True)
             # (a case named like the challenge tree's predictions.json would take its place there)
             names = ar.case_names(members, score_cmd._stem, reserved=(ar.PREDICTIONS_FILE,))
-            plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id()}
+            plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id(),
+                    "out": str(out.expanduser().resolve()), "host": ar.hostname()}
+            if ranks.distributed:  # (each rank looks for it under its own --out: the same folder?)
+                ar.plan_file(out, plan["run_id"]).parent.mkdir(parents=True, exist_ok=True)
+                ar.plan_file(out, plan["run_id"]).write_text(json.dumps(plan), encoding="utf-8")
         except FetalIQAError as exc:
             if not ranks.distributed:
                 raise
@@ -149,6 +154,16 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     plan = ar.broadcast_from_main(ranks, plan)
     if "error" in plan:
         raise FetalIQAError(plan["error"] if ranks.is_main else f"rank {ranks.rank}: stopped with rank 0: {plan['error']}")
+    elsewhere = None
+    if ranks.distributed and not ranks.is_main and not ar.plan_file(out, plan["run_id"]).is_file():
+        elsewhere = (f"rank {ranks.rank} on {ar.hostname()} would write to {out.expanduser().resolve()}, not to rank 0's "
+                     f"output folder ({plan['out']} on {plan['host']}): give --out (and the archive) as a path every "
+                     "machine sees at the same place, e.g. an absolute path on shared storage")
+    elsewhere = ar.first_problem(ranks, shown(elsewhere) if elsewhere else None)
+    if elsewhere:
+        if ranks.is_main:
+            ar.remove_state(out, plan["run_id"])
+        raise FetalIQAError(elsewhere)
     ar.prepare_out(out)
     members = [Path(m) for m in plan["members"]]
     names, files = plan["names"], [m.name for m in members]
