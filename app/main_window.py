@@ -548,7 +548,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         m = self.model
         fl = m.last_flags
         f = m.frame
-        if not m.overlay_visible or (f not in fl.best and f != fl.chosen) or self.review.hides_model():
+        if not m.overlay_visible or (f not in fl.chosen_best() and f != fl.chosen) or self.review.hides_model():
             self.frame_view.hide_ellipse()
             return
         ac = m.measure_ac(f)

@@ -196,7 +196,7 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
     if not hide_model:
         if i == fl.chosen:
             tags.append(f"<span style='color:{theme.BEST_COLOUR}'>★ chosen frame</span>")
-        elif i in fl.best:
+        elif i in fl.chosen_best():
             tags.append(f"<span style='color:{theme.BEST_COLOUR}'>best of sweep {k + 1}</span>")
     verdict = m.verdicts.get(i)
     if verdict:

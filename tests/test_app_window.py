@@ -597,6 +597,39 @@ def test_a_sweep_without_a_chosen_frame_is_not_listed_as_having_a_best_frame(qtb
     assert best.child(2).toolTip(0).endswith("no frame above threshold")
 
 
+def test_a_sweep_whose_best_frame_fails_has_no_best_frame_in_the_window(qtbot, make_window):
+    """Where `score` wrote best_frame -1 (the sweep's highest-scored frame fails), the window still
+    tagged that frame "best of sweep N", drew its ellipse with an AC, and `b` jumped there. It now
+    tags, measures and jumps to a passing best frame only; `b` says why the sweep has none."""
+    from dataclasses import replace
+
+    win = make_window()
+    _wait_scored(qtbot, win)
+    m = win.model
+    fl = m.flags
+    b = fl.best[1]
+    assert b is not None and fl.best_passes[1] and fl.chosen != b
+    win.refresh()
+    m.set_frame(b)
+    assert "best of sweep 2" in win.frame_view.corner_bl.text() and win.frame_view.ellipse.isVisible()
+    # the same sweep as `score` sees it when that frame fails
+    why = "no frame reaches the classifier's threshold and no mask is shaped like an abdomen's outline"
+    m._flags = replace(fl, best_passes=[fl.best_passes[0], False, fl.best_passes[2]],
+                       why_none=[fl.why_none[0], why, fl.why_none[2]])
+    m.set_frame(PER_SWEEP)
+    win._update_overlay()
+    m.set_frame(b)
+    assert "best of sweep" not in win.frame_view.corner_bl.text()
+    assert not win.frame_view.ellipse.isVisible() and not win.frame_view.ellipse_label.isVisible()
+    m.set_frame(PER_SWEEP)
+    win.act_best.trigger()
+    assert m.frame == PER_SWEEP
+    assert win.status_message.toolTip() == f"Sweep 2 has no best frame: {why}."
+    m.set_frame(0)
+    win.act_best.trigger()
+    assert m.frame == fl.best[0]  # a passing one is still a jump away
+
+
 def test_scores_carry_the_names_the_files_use(qtbot, make_window):
     """The panel once wrote "c 0.71  m 0.40" under "score", the curve "classifier p" and "mask score", the
     frame corner "classifier 0.71": four names for the two columns frames.csv calls p_cls and
