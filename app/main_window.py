@@ -115,6 +115,11 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._update_model_label()
         self._show_frame(0)
         self._update_scoring_button()
+        if s.problem:  # a damaged settings file, set aside: said once the window is up
+            QTimer.singleShot(0, self._tell_settings_problem)
+
+    def _tell_settings_problem(self) -> None:
+        self.alert("Settings", self.settings.problem)
 
     # -- construction ----------------------------------------------------------------------
     def _build_views(self) -> None:
