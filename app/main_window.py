@@ -747,9 +747,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
 
     # -- misc ------------------------------------------------------------------------------
     def notify(self, text: str, timeout_ms: int = 8000) -> None:
-        """A passing message in the status bar (the frame/score fields stay visible)."""
-        self.status_message.setText(text)
-        self.status_message.setToolTip(text)
+        """A passing message in the status bar (the frame/score fields stay visible): a file's
+        path at its start is shortened to the file's name, so that the reason shows."""
+        self.status_message.set_full_text(window_tools.name_for_path(text), tooltip=text)
         self._message_timer.start(timeout_ms)
 
     def alert(self, title: str, message: str) -> None:

@@ -294,6 +294,24 @@ def test_bad_file_gives_message_and_app_survives(qtbot, make_window, warnings, t
     assert win.model.frame == 1
 
 
+def test_a_file_that_cannot_be_opened_shows_its_reason_in_the_status_bar(qtbot, make_window, tmp_path, warnings):
+    """The status bar showed "/work/build/…/zoo/trunc.dc…" after a failed open: the folder took the
+    room and the reason was cut off. The file's name now stands for its path there (the whole
+    message in the tooltip and the message box)."""
+    deep = tmp_path / ("a-rather-long-folder-name" * 3) / "deeper" / "trunc.mha"
+    deep.parent.mkdir(parents=True)
+    deep.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 64 64 9\nElementType = MET_UCHAR\n"
+                     b"ElementDataFile = LOCAL\n" + bytes(100))
+    win = make_window(score=False)
+    assert win.open_path(deep, block=True) is False
+    assert warnings and warnings[-1].startswith(f"{deep}: ")
+    reason = warnings[-1][len(f"{deep}: "):]
+    assert win.status_message.full_text() == f"trunc.mha: {reason}"
+    assert win.status_message.toolTip() == warnings[-1]
+    win.notify("Sweep 2 has no best frame: none passes.")  # no path: as it is
+    assert win.status_message.full_text() == "Sweep 2 has no best frame: none passes."
+
+
 def test_what_reading_a_file_did_is_shown_when_it_opens(qtbot, make_window, tmp_path):
     import SimpleITK as sitk
 
