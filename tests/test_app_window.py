@@ -507,6 +507,33 @@ def test_settings_remember_layout_and_recent(qtbot, make_window, tmp_path):
     assert win2.flagged_dock.isVisible() and not win2.review_dock.isVisible()
 
 
+def test_a_recent_file_that_is_gone_leaves_the_recent_menu(qtbot, make_window, tmp_path, warnings):
+    """A recent file that had been deleted stayed in File > Recent after "no such file or folder",
+    and every click failed the same way. It now leaves the menu (and the saved settings) when
+    opening it finds it gone; one that exists but cannot be read stays."""
+    from fetaliqa_core.io import write_volume
+
+    gone, kept, bad = tmp_path / "gone.mha", tmp_path / "kept.mha", tmp_path / "bad.mha"
+    for p in (gone, kept):
+        write_volume(p, tiny_sweep(1, 6, 40, 50).frames)
+    bad.write_bytes(b"not a sweep")
+    win = make_window(score=False)
+    for p in (bad, kept, gone):
+        win.add_recent(p)
+    gone.unlink()
+    recent = win.recent_menu.actions()
+    assert [a.text() for a in recent] == [str(gone.resolve()), str(kept.resolve()), str(bad.resolve())]
+    failed = []
+    win.sweep_open_failed.connect(failed.append)
+    recent[0].trigger()  # read off the UI thread, as a click does
+    qtbot.waitUntil(lambda: bool(failed), timeout=10000)
+    assert "no such file" in failed[0]
+    assert [a.text() for a in win.recent_menu.actions()] == [str(kept.resolve()), str(bad.resolve())]
+    assert AppSettings.load().recent_files == [str(kept.resolve()), str(bad.resolve())]
+    assert win.open_path(bad, block=True) is False
+    assert win.settings.recent_files == [str(kept.resolve()), str(bad.resolve())]
+
+
 def test_model_dialog_round_trip(qtbot, tmp_path):
     from app.model_dialog import ModelDialog
     from fetaliqa_core.models.choice import ModelChoice
