@@ -597,6 +597,35 @@ def test_overlay_lands_on_the_frame_pixels_of_the_mask(qtbot):
     assert colour_at(35, 55) == (0, 0, 0)
 
 
+def test_corner_text_is_readable_over_a_bright_frame(qtbot):
+    """The grey corner lines ("pixel size unknown: no lengths", the demo model's notice) had
+    nothing behind them but a thin halo: on a bright frame they could not be read. The letters
+    now have a dark backing; the rest of the corner's box still shows the image."""
+    from app import theme
+    from app.frame_view import FrameView
+
+    view = FrameView()
+    qtbot.addWidget(view)
+    view.resize(640, 480)
+    view.show()
+    qtbot.waitExposed(view)
+    view.set_frame(np.full((480, 640), 255, np.uint8))
+    view.set_corners(tl=f"frame 0<br><span style='color:{theme.TEXT_DIM}'>pixel size unknown: no lengths</span>")
+    QApplication.processEvents()
+    img = view.grab().toImage()
+    lab = view.corner_tl
+    line = lab.fontMetrics().lineSpacing()
+    width = lab.fontMetrics().horizontalAdvance("pixel size unknown: no lengths")
+
+    def grey(x0, x1, y0, y1):
+        values = sorted(img.pixelColor(lab.x() + x, lab.y() + y).lightness()
+                        for x in range(x0, x1, 2) for y in range(y0, y1))
+        return values[len(values) // 2]
+
+    assert grey(0, width, line + 2, 2 * line - 2) < 80  # behind the grey line: dark
+    assert grey(width + 20, lab.width(), line + 2, 2 * line - 2) > 200  # beside it: the frame
+
+
 @pytest.mark.parametrize("which", ["cls", "seg"])
 def test_one_model_only(qtbot, make_window, which):
     from fakes import FakeLoadedModels, FakeModel
