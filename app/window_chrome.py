@@ -150,6 +150,10 @@ class AnswerLabel(ElidedLabel):
         self._shorter = forms[1:]
         self._elide()
 
+    def forms(self) -> list[str]:
+        """The forms given to :meth:`set_answer`, longest first."""
+        return [self._full, *self._shorter]
+
     def _alternatives(self) -> list[str]:
         return [self._full, *self._shorter]
 

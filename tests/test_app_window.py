@@ -294,6 +294,24 @@ def test_bad_file_gives_message_and_app_survives(qtbot, make_window, warnings, t
     assert win.model.frame == 1
 
 
+def test_the_answers_count_of_frames_scored_keeps_up_with_the_progress_bar(qtbot, make_window):
+    """While scoring, the answer's "· 17/80 scored" lagged the progress bar's "25 / 80 frames":
+    the answer is redrawn only when the window refreshes. Its count now follows each batch."""
+    win = make_window(delay=0.3)
+    win._refresh_timer.stop()  # the answer is worked out only when the test asks
+    r = lambda: win.model.results  # noqa: E731
+    qtbot.waitUntil(lambda: win.refresh() or (win.model.flags.chosen is not None and r().n_done < N
+                                              and f" · {r().n_done}/{N} scored" in win.status_ac.text()),
+                    timeout=20000)
+    before = r().n_done
+    qtbot.waitUntil(lambda: before < r().n_done < N, timeout=20000)
+    QApplication.processEvents()
+    n = r().n_done
+    assert win.progress.format().startswith(f"{n} / {N} frames")
+    assert f" · {n}/{N} scored" in win.status_ac.text() and f"{before}/{N}" not in win.status_ac.text()
+    assert all(f"{before}/{N}" not in form for form in win.status_ac.forms())
+
+
 def test_a_file_that_cannot_be_opened_shows_its_reason_in_the_status_bar(qtbot, make_window, tmp_path, warnings):
     """The status bar showed "/work/build/…/zoo/trunc.dc…" after a failed open: the folder took the
     room and the reason was cut off. The file's name now stands for its path there (the whole
