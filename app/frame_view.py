@@ -22,6 +22,7 @@ pg.setConfigOptions(imageAxisOrder="row-major")
 
 WHEEL_STEP = 120  # one notch of a mouse wheel (Qt angle delta units)
 CORNER_SIZE = (340, 64)  # px: room for three lines of corner annotation
+CORNER_BACKING = "rgba(11, 13, 16, 220)"  # behind corner text: grey on it stays readable over white
 FULL_WINDOW = (256.0, 127.5)  # (window, level) that shows the stored grey values as they are
 # Window/level presets for 8-bit B-mode frames: (window, level).
 WINDOW_LEVEL_PRESETS: dict[str, tuple[float, float]] = {
@@ -226,6 +227,10 @@ class FrameView(QWidget):
     def set_corners(self, tl: str = "", tr: str = "", bl: str = "", br: str = "") -> None:
         for lab, text in ((self.corner_tl, tl), (self.corner_tr, tr),
                           (self.corner_bl, bl), (self.corner_br, br)):
+            # a dark backing behind the letters (not the whole box): the halo alone left the grey
+            # lines ("pixel size unknown: no lengths", the demo model's notice) unreadable on a
+            # bright frame
+            text = f"<span style='background-color:{CORNER_BACKING}'>{text}</span>" if text else ""
             if lab.text() != text:
                 lab.setText(text)
                 # taller only for more lines (a file's read notes): scrubbing never changes its size

@@ -69,6 +69,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._user_asked_models = False
         self._drawn_version = -1
         self._last_frame_ms = 0.0
+        self._answer_count = ""  # the status bar answer's "· n/N scored" (see _update_answer_count)
         self._loader = None  # SweepLoader of the file being opened
         self._train_dialog = None  # app.train_dialog.TrainDialog, kept while the window lives
         self._dock_hidden_for_blinding = False  # the flagged frames' dock, hidden while a review is blind
@@ -115,6 +116,11 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._update_model_label()
         self._show_frame(0)
         self._update_scoring_button()
+        if s.problem:  # a damaged settings file, set aside: said once the window is up
+            QTimer.singleShot(0, self._tell_settings_problem)
+
+    def _tell_settings_problem(self) -> None:
+        self.alert("Settings", self.settings.problem)
 
     # -- construction ----------------------------------------------------------------------
     def _build_views(self) -> None:
@@ -476,8 +482,22 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.legend_label.setText(window_chrome.legend_html(window_chrome.segmenter_labels(
             self.models if self._models_for == self.choice else None)))
 
+    def _update_answer_count(self) -> None:
+        """The answer's count of frames scored, as each batch arrives: the answer itself is worked
+        out again only at the next refresh, and its "· 17/80 scored" lagged the progress bar's
+        "25 / 80 frames" until then. Only the words change here (no flags are recomputed)."""
+        r = self.model.results
+        old = self._answer_count
+        if not old or r is None or r.complete:
+            return
+        new = f" · {r.n_done}/{r.n_frames} scored"
+        if new != old:
+            self._answer_count = new
+            self.status_ac.set_answer([form.replace(old, new) for form in self.status_ac.forms()])
+
     def _update_progress(self) -> None:
         st = self.model.scoring
+        self._update_answer_count()
         total = max(st.n_total, 1)
         self.progress.setRange(0, total)
         self.progress.setValue(st.n_done)
@@ -548,7 +568,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         m = self.model
         fl = m.last_flags
         f = m.frame
-        if not m.overlay_visible or (f not in fl.best and f != fl.chosen) or self.review.hides_model():
+        if not m.overlay_visible or (f not in fl.chosen_best() and f != fl.chosen) or self.review.hides_model():
             self.frame_view.hide_ellipse()
             return
         ac = m.measure_ac(f)
@@ -667,6 +687,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
     def update_case_status(self) -> None:
         """The status bar's answer: the case's chosen frame with its AC, as the results stand."""
         m = self.model
+        self._answer_count = ""  # the answer's "· 17/80 scored", kept level with the progress bar
         if self.review.active and self.review.blinded.isChecked():
             self.status_ac.setText("AC hidden (blinded review)")
             return
@@ -705,7 +726,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         r = m.results
         partial = ""
         if r is not None and not r.complete:  # stopped (or still running): the rest may hold a better frame
-            asides.append(f" · {r.n_done}/{r.n_frames} scored")
+            self._answer_count = f" · {r.n_done}/{r.n_frames} scored"
+            asides.append(self._answer_count)
             partial = (f"Chosen among the {r.n_done} of {r.n_frames} frames scored so far; the others may hold "
                        "a better one (Resume scores them).")
         notice = ""
@@ -742,9 +764,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
 
     # -- misc ------------------------------------------------------------------------------
     def notify(self, text: str, timeout_ms: int = 8000) -> None:
-        """A passing message in the status bar (the frame/score fields stay visible)."""
-        self.status_message.setText(text)
-        self.status_message.setToolTip(text)
+        """A passing message in the status bar (the frame/score fields stay visible): a file's
+        path at its start is shortened to the file's name, so that the reason shows."""
+        self.status_message.set_full_text(window_tools.name_for_path(text), tooltip=text)
         self._message_timer.start(timeout_ms)
 
     def alert(self, title: str, message: str) -> None:

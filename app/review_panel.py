@@ -438,7 +438,7 @@ class ReviewPanel(QWidget):
         call = "flagged" if frame in set(fl.candidates) else "not flagged"
         if frame == fl.chosen:
             call += ", the case's chosen frame"
-        elif frame in fl.best:
+        elif frame in fl.chosen_best():
             call += ", best frame of its sweep"
         return call
 

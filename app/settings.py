@@ -2,11 +2,13 @@
 
 Recent files, window geometry and dock layout, the chosen models and device, the reviewer's
 name, overlay opacity and cine speed. A missing or damaged file gives the defaults (the app
-must open whatever is on disk); writes are atomic.
+must open whatever is on disk); a damaged one is first set aside beside it, never overwritten, and
+the window says so (:attr:`AppSettings.problem`). Writes are atomic.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -58,9 +60,40 @@ class AppSettings:
     review_db: str = ""  # empty: the default database in the user data folder
     thresholds: dict = field(default_factory=dict)  # model key -> threshold the user set for it
 
+    #: What was wrong with the file on disk, in one line for the window ("" when nothing was).
+    #: (Class attributes, not fields: they are not written to the file.)
+    problem = ""
+    _keep_file = False  # a damaged file that could not be set aside: not overwritten either
+
     @staticmethod
     def path() -> Path:
         return paths.config_dir() / SETTINGS_FILENAME
+
+    @classmethod
+    def _set_aside(cls, path: Path, why: str, s: "AppSettings | None" = None) -> "AppSettings":
+        """The settings to start with when the file is damaged, the file renamed beside itself
+        first: saving on close would otherwise replace it, and with it the user's model choice,
+        without a word."""
+        s = s if s is not None else cls()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for n in range(1, 100):
+            aside = path.with_name(f"{path.name}.damaged-{stamp}" + (f"-{n}" if n > 1 else ""))
+            if aside.exists() or aside.is_symlink():
+                continue
+            try:
+                path.rename(aside)
+            except OSError:
+                break
+            s.problem = f"{why} {s._starting_with()}; the file was set aside as {aside}."
+            return s
+        s._keep_file = True
+        s.problem = (f"{why} {s._starting_with()}; the file could not be set aside, so it is left as it "
+                     f"is and nothing is saved to it: {path}.")
+        return s
+
+    def _starting_with(self) -> str:
+        return ("The window starts with the default settings (models, recent files, layout)"
+                if self == type(self)() else "Those start from their defaults")
 
     @classmethod
     def load(cls) -> "AppSettings":
@@ -74,29 +107,45 @@ class AppSettings:
             path = cls.path()
             if not path.is_file():
                 return cls()
+        except OSError:
+            return cls()
+        try:
             data = validate.read_json_bounded(path, "the settings file", "", max_bytes=MAX_SETTINGS_BYTES)
-        except (OSError, FetalIQAError):
-            return cls()
+        except FetalIQAError as exc:  # (the reason first: a status bar cuts a long line's end)
+            why = str(exc).strip().removeprefix(f"{path}: ")
+            return cls._set_aside(path, why[:1].upper() + why[1:])
         if not isinstance(data, dict):
-            return cls()
+            return cls._set_aside(path, "The settings file holds no settings (no JSON object).")
         s = cls()
+        unused = []
         for f in fields(cls):
             if f.name in data:
                 value = data[f.name]
                 default = getattr(s, f.name)
+                used = False
                 if isinstance(default, bool) or type(value) is type(default) or (
                         isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
                     try:  # an integer of 400 digits is valid JSON, and no float
                         if _plausible(f.name, value):
                             setattr(s, f.name, float(value) if isinstance(default, float) else value)
+                            used = True
                     except (OverflowError, ValueError, TypeError):
                         pass
-        s.recent_files = [str(p) for p in s.recent_files if _plain_text(p)][:MAX_RECENT]
-        s.thresholds = {k: float(v) for k, v in s.thresholds.items() if isinstance(k, str)
-                        and isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0}
+                if not used:
+                    unused.append(f.name)
+        recent = [str(p) for p in s.recent_files if _plain_text(p)]
+        thresholds = {k: float(v) for k, v in s.thresholds.items() if isinstance(k, str)
+                      and isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0}
+        unused += [name for name, kept, was in (("recent_files", recent, s.recent_files),
+                                                 ("thresholds", thresholds, s.thresholds)) if len(kept) < len(was)]
+        s.recent_files, s.thresholds = recent[:MAX_RECENT], thresholds
+        if unused:
+            return cls._set_aside(path, f"Some settings could not be used ({', '.join(unused)}).", s)
         return s
 
     def save(self) -> None:
+        if self._keep_file:
+            return
         try:
             write_json(self.path(), asdict(self))
         except OSError:

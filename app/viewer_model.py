@@ -70,7 +70,9 @@ class ViewerEvents:
 class FlaggedFrames:
     """Frames worth a look, from the results so far.
 
-    ``best``: per sweep the best frame (None where no frame passes the threshold);
+    ``best``: per sweep its highest-scored frame (None before any is scored), passing or not
+    (``best_passes``): the panel lists a failing one, dimmed; :meth:`chosen_best` is what
+    ``fetaliqa score`` calls the sweep's best frame;
     ``candidates``: frames whose score passes the threshold; ``disagreements``: scored frames
     where the classifier and the segmenter disagree about passing.
     """
@@ -82,6 +84,11 @@ class FlaggedFrames:
     disagreements: list[int] = field(default_factory=list)
     chosen: int | None = None  # the case's one frame (challenge convention), None if none passes
     why_none: list[str] = field(default_factory=list)  # per sweep: why no frame is chosen there ("" if one is)
+
+    def chosen_best(self) -> list[int | None]:
+        """Per sweep the best frame that passes (summary.json's ``best_frame``), None where none
+        does: a sweep whose highest-scored frame fails has no best frame to tag, measure or jump to."""
+        return [b if ok else None for b, ok in zip(self.best, self.best_passes)]
 
     def all_frames(self) -> list[int]:
         """Sorted union of every flagged frame (what n / p step through)."""
@@ -542,7 +549,7 @@ class ViewerModel:
 
     def best_frame(self, sweep: int | None = None) -> int | None:
         k = self.sweep_index() if sweep is None else int(sweep)
-        best = self.flags.best
+        best = self.flags.chosen_best()
         return best[k] if 0 <= k < len(best) else None
 
     def go_to_best(self) -> int | None:

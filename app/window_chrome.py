@@ -150,6 +150,10 @@ class AnswerLabel(ElidedLabel):
         self._shorter = forms[1:]
         self._elide()
 
+    def forms(self) -> list[str]:
+        """The forms given to :meth:`set_answer`, longest first."""
+        return [self._full, *self._shorter]
+
     def _alternatives(self) -> list[str]:
         return [self._full, *self._shorter]
 
@@ -257,7 +261,14 @@ def build_actions(win) -> None:
             jump()
         return go
 
-    win.jumps = {"best_frame": unless_blinded(m.go_to_best),
+    def go_to_best() -> None:
+        """``b``: the sweep's best frame, or why it has none (as ``fetaliqa score``'s best_frame -1)."""
+        if m.go_to_best() is None:
+            k = m.sweep_index()
+            why = m.flags.why_none[k].rstrip(".") if k < len(m.flags.why_none) else ""
+            win.notify(f"Sweep {k + 1} has no best frame: {why or 'no frame scored there passes yet'}.", 8000)
+
+    win.jumps = {"best_frame": unless_blinded(go_to_best),
                  "prev_flagged": unless_blinded(lambda: m.next_flagged(-1)),
                  "next_flagged": unless_blinded(lambda: m.next_flagged(1))}
     win.act_best = action("Best frame", win.jumps["best_frame"], "Best frame of this sweep (b)")

@@ -37,9 +37,11 @@ class SweepFilesMixin:
             try:
                 sweep = load_sweep_for_viewer(path)
             except FetalIQAError as exc:
+                self._forget_if_gone(path)
                 self.alert("Cannot open sweep", str(exc))
                 return False
             except (OSError, ValueError, MemoryError) as exc:
+                self._forget_if_gone(path)
                 self.alert("Cannot open sweep",
                            f"{path}: could not be read as a sweep ({type(exc).__name__}: {exc}).")
                 return False
@@ -53,7 +55,7 @@ class SweepFilesMixin:
             previous.stop()  # the latest request wins: the earlier read stops between chunks
             detach_until_finished(previous)  # not a child of the window: closing it must not destroy a running read
         loader.loaded.connect(lambda p, sw, ld=loader: self._opened(p, sw, score) if ld is self._loader else None)
-        loader.failed.connect(lambda p, msg, ld=loader: self._open_failed(msg) if ld is self._loader else None)
+        loader.failed.connect(lambda p, msg, ld=loader: self._open_failed(msg, p) if ld is self._loader else None)
         loader.finished.connect(loader.deleteLater)
         self.notify(f"Opening {Path(path).name}…", 60000)
         loader.start()
@@ -66,8 +68,10 @@ class SweepFilesMixin:
         self.set_sweep(sweep, score=score)
         self.sweep_opened.emit(path)
 
-    def _open_failed(self, message: str) -> None:
+    def _open_failed(self, message: str, path: str | None = None) -> None:
         self._loader = None
+        if path is not None:
+            self._forget_if_gone(path)
         self.status_message.clear()
         self.alert("Cannot open sweep", message)
         self.sweep_open_failed.emit(message)
@@ -76,6 +80,21 @@ class SweepFilesMixin:
         self.settings.add_recent(path)
         self.settings.save()
         self._rebuild_recent()
+
+    def _forget_if_gone(self, path: str | Path) -> None:
+        """A recent file that no longer exists leaves File > Recent: each click on it failed the
+        same way. (One that exists but cannot be read stays: it may be fixed or copied again.)"""
+        p = Path(path).expanduser()
+        try:
+            if p.exists():
+                return
+            key = str(p.resolve())
+        except (OSError, RuntimeError, ValueError):
+            return
+        if key in self.settings.recent_files:
+            self.settings.recent_files.remove(key)
+            self.settings.save()
+            self._rebuild_recent()
 
     def _rebuild_recent(self) -> None:
         self.recent_menu.clear()

@@ -33,6 +33,17 @@ def score_cuts(model) -> dict[str, float]:
     return {"p_cls": float(model.threshold), "p_seg": SEG_THRESHOLD}
 
 
+def name_for_path(text: str) -> str:
+    """A message that starts with a file's whole path ("/a/b/trunc.mha: the file holds ...") as the
+    status bar shows it: the file's name in its place. The bar elides a long line's end, and a deep
+    folder left no room for the reason (the whole message stays in the tooltip)."""
+    head, sep, rest = text.partition(": ")
+    if not sep or "\n" in head or not (head.startswith(("/", "~", "\\")) or head[1:3] in (":\\", ":/")):
+        return text
+    name = Path(head.replace("\\", "/")).name
+    return f"{name}: {rest}" if name else text
+
+
 def default_frame_name(win) -> str:
     sweep = win.model.sweep
     stem = Path(sweep.path).name.split(".")[0] if sweep is not None and getattr(sweep, "path", None) else "sweep"
@@ -196,7 +207,7 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
     if not hide_model:
         if i == fl.chosen:
             tags.append(f"<span style='color:{theme.BEST_COLOUR}'>★ chosen frame</span>")
-        elif i in fl.best:
+        elif i in fl.chosen_best():
             tags.append(f"<span style='color:{theme.BEST_COLOUR}'>best of sweep {k + 1}</span>")
     verdict = m.verdicts.get(i)
     if verdict:

@@ -83,3 +83,48 @@ def test_settings_folder_that_cannot_be_created_gives_defaults(tmp_path, monkeyp
     _valid(s)
     s.save()  # never raises
     assert not paths.config_dir().is_dir()
+
+
+def test_a_damaged_settings_file_is_set_aside_and_the_window_says_so(qtbot, monkeypatch):
+    """A settings file cut off mid-write was replaced by the defaults on close, without a word: the
+    user's model choice was gone. It is now renamed beside itself, and the window says so in one
+    line; a file whose values are only partly unusable keeps the rest."""
+    from app.main_window import MainWindow
+
+    seen = []
+    monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda parent, title, text, *a, **k: seen.append(text)))
+    damaged = '{"recent_files": ["/tmp/a.mha"], "model": "custom", "cls_bundle": "/my/runs/cls/bundle", "opac'
+    _write(damaged)
+    path = AppSettings.path()
+    s = AppSettings.load()
+    assert s == AppSettings() and not path.exists()
+    (aside,) = path.parent.glob(path.name + ".damaged-*")
+    assert aside.read_text(encoding="utf-8") == damaged
+    win = MainWindow(settings=s)
+    qtbot.addWidget(win)
+    qtbot.waitUntil(lambda: bool(seen), timeout=3000)
+    assert len(seen) == 1 and "\n" not in seen[0]
+    assert seen[0].startswith("The settings file is not valid JSON")
+    assert seen[0].endswith(f"default settings (models, recent files, layout); the file was set aside as {aside}.")
+    s.save()
+    assert aside.read_text(encoding="utf-8") == damaged  # saving writes a new file, not over the old one
+
+    _write('{"model": "custom", "cls_bundle": "/my/bundle", "opacity": NaN}')
+    s = AppSettings.load()
+    assert s.model == "custom" and s.cls_bundle == "/my/bundle" and s.opacity == AppSettings().opacity
+    assert "opacity" in s.problem and len(list(path.parent.glob(path.name + ".damaged-*"))) == 2
+
+    _write('{"model": "custom"}')  # a sound file: nothing said, nothing moved
+    s = AppSettings.load()
+    assert s.model == "custom" and s.problem == "" and path.exists()
+
+
+def test_a_damaged_settings_file_that_cannot_be_set_aside_is_not_overwritten(monkeypatch):
+    from pathlib import Path
+
+    _write("\x00 not settings")
+    monkeypatch.setattr(Path, "rename", lambda self, target: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    s = AppSettings.load()
+    assert "left as it is" in s.problem
+    s.save()
+    assert AppSettings.path().read_text(encoding="utf-8") == "\x00 not settings"

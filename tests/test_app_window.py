@@ -294,6 +294,42 @@ def test_bad_file_gives_message_and_app_survives(qtbot, make_window, warnings, t
     assert win.model.frame == 1
 
 
+def test_the_answers_count_of_frames_scored_keeps_up_with_the_progress_bar(qtbot, make_window):
+    """While scoring, the answer's "· 17/80 scored" lagged the progress bar's "25 / 80 frames":
+    the answer is redrawn only when the window refreshes. Its count now follows each batch."""
+    win = make_window(delay=0.3)
+    win._refresh_timer.stop()  # the answer is worked out only when the test asks
+    r = lambda: win.model.results  # noqa: E731
+    qtbot.waitUntil(lambda: win.refresh() or (win.model.flags.chosen is not None and r().n_done < N
+                                              and f" · {r().n_done}/{N} scored" in win.status_ac.text()),
+                    timeout=20000)
+    before = r().n_done
+    qtbot.waitUntil(lambda: before < r().n_done < N, timeout=20000)
+    QApplication.processEvents()
+    n = r().n_done
+    assert win.progress.format().startswith(f"{n} / {N} frames")
+    assert f" · {n}/{N} scored" in win.status_ac.text() and f"{before}/{N}" not in win.status_ac.text()
+    assert all(f"{before}/{N}" not in form for form in win.status_ac.forms())
+
+
+def test_a_file_that_cannot_be_opened_shows_its_reason_in_the_status_bar(qtbot, make_window, tmp_path, warnings):
+    """The status bar showed "/work/build/…/zoo/trunc.dc…" after a failed open: the folder took the
+    room and the reason was cut off. The file's name now stands for its path there (the whole
+    message in the tooltip and the message box)."""
+    deep = tmp_path / ("a-rather-long-folder-name" * 3) / "deeper" / "trunc.mha"
+    deep.parent.mkdir(parents=True)
+    deep.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 64 64 9\nElementType = MET_UCHAR\n"
+                     b"ElementDataFile = LOCAL\n" + bytes(100))
+    win = make_window(score=False)
+    assert win.open_path(deep, block=True) is False
+    assert warnings and warnings[-1].startswith(f"{deep}: ")
+    reason = warnings[-1][len(f"{deep}: "):]
+    assert win.status_message.full_text() == f"trunc.mha: {reason}"
+    assert win.status_message.toolTip() == warnings[-1]
+    win.notify("Sweep 2 has no best frame: none passes.")  # no path: as it is
+    assert win.status_message.full_text() == "Sweep 2 has no best frame: none passes."
+
+
 def test_what_reading_a_file_did_is_shown_when_it_opens(qtbot, make_window, tmp_path):
     import SimpleITK as sitk
 
@@ -489,6 +525,33 @@ def test_settings_remember_layout_and_recent(qtbot, make_window, tmp_path):
     assert win2.flagged_dock.isVisible() and not win2.review_dock.isVisible()
 
 
+def test_a_recent_file_that_is_gone_leaves_the_recent_menu(qtbot, make_window, tmp_path, warnings):
+    """A recent file that had been deleted stayed in File > Recent after "no such file or folder",
+    and every click failed the same way. It now leaves the menu (and the saved settings) when
+    opening it finds it gone; one that exists but cannot be read stays."""
+    from fetaliqa_core.io import write_volume
+
+    gone, kept, bad = tmp_path / "gone.mha", tmp_path / "kept.mha", tmp_path / "bad.mha"
+    for p in (gone, kept):
+        write_volume(p, tiny_sweep(1, 6, 40, 50).frames)
+    bad.write_bytes(b"not a sweep")
+    win = make_window(score=False)
+    for p in (bad, kept, gone):
+        win.add_recent(p)
+    gone.unlink()
+    recent = win.recent_menu.actions()
+    assert [a.text() for a in recent] == [str(gone.resolve()), str(kept.resolve()), str(bad.resolve())]
+    failed = []
+    win.sweep_open_failed.connect(failed.append)
+    recent[0].trigger()  # read off the UI thread, as a click does
+    qtbot.waitUntil(lambda: bool(failed), timeout=10000)
+    assert "no such file" in failed[0]
+    assert [a.text() for a in win.recent_menu.actions()] == [str(kept.resolve()), str(bad.resolve())]
+    assert AppSettings.load().recent_files == [str(kept.resolve()), str(bad.resolve())]
+    assert win.open_path(bad, block=True) is False
+    assert win.settings.recent_files == [str(kept.resolve()), str(bad.resolve())]
+
+
 def test_model_dialog_round_trip(qtbot, tmp_path):
     from app.model_dialog import ModelDialog
     from fetaliqa_core.models.choice import ModelChoice
@@ -552,6 +615,35 @@ def test_overlay_lands_on_the_frame_pixels_of_the_mask(qtbot):
     assert colour_at(35, 55) == (0, 0, 0)
 
 
+def test_corner_text_is_readable_over_a_bright_frame(qtbot):
+    """The grey corner lines ("pixel size unknown: no lengths", the demo model's notice) had
+    nothing behind them but a thin halo: on a bright frame they could not be read. The letters
+    now have a dark backing; the rest of the corner's box still shows the image."""
+    from app import theme
+    from app.frame_view import FrameView
+
+    view = FrameView()
+    qtbot.addWidget(view)
+    view.resize(640, 480)
+    view.show()
+    qtbot.waitExposed(view)
+    view.set_frame(np.full((480, 640), 255, np.uint8))
+    view.set_corners(tl=f"frame 0<br><span style='color:{theme.TEXT_DIM}'>pixel size unknown: no lengths</span>")
+    QApplication.processEvents()
+    img = view.grab().toImage()
+    lab = view.corner_tl
+    line = lab.fontMetrics().lineSpacing()
+    width = lab.fontMetrics().horizontalAdvance("pixel size unknown: no lengths")
+
+    def grey(x0, x1, y0, y1):
+        values = sorted(img.pixelColor(lab.x() + x, lab.y() + y).lightness()
+                        for x in range(x0, x1, 2) for y in range(y0, y1))
+        return values[len(values) // 2]
+
+    assert grey(0, width, line + 2, 2 * line - 2) < 80  # behind the grey line: dark
+    assert grey(width + 20, lab.width(), line + 2, 2 * line - 2) > 200  # beside it: the frame
+
+
 @pytest.mark.parametrize("which", ["cls", "seg"])
 def test_one_model_only(qtbot, make_window, which):
     from fakes import FakeLoadedModels, FakeModel
@@ -595,6 +687,39 @@ def test_a_sweep_without_a_chosen_frame_is_not_listed_as_having_a_best_frame(qtb
     assert texts == ["5  ★", "(25) none", "(45) none"]
     assert "no mask there outlines" in best.child(1).toolTip(0) and "sweep 2" in best.child(1).toolTip(0)
     assert best.child(2).toolTip(0).endswith("no frame above threshold")
+
+
+def test_a_sweep_whose_best_frame_fails_has_no_best_frame_in_the_window(qtbot, make_window):
+    """Where `score` wrote best_frame -1 (the sweep's highest-scored frame fails), the window still
+    tagged that frame "best of sweep N", drew its ellipse with an AC, and `b` jumped there. It now
+    tags, measures and jumps to a passing best frame only; `b` says why the sweep has none."""
+    from dataclasses import replace
+
+    win = make_window()
+    _wait_scored(qtbot, win)
+    m = win.model
+    fl = m.flags
+    b = fl.best[1]
+    assert b is not None and fl.best_passes[1] and fl.chosen != b
+    win.refresh()
+    m.set_frame(b)
+    assert "best of sweep 2" in win.frame_view.corner_bl.text() and win.frame_view.ellipse.isVisible()
+    # the same sweep as `score` sees it when that frame fails
+    why = "no frame reaches the classifier's threshold and no mask is shaped like an abdomen's outline"
+    m._flags = replace(fl, best_passes=[fl.best_passes[0], False, fl.best_passes[2]],
+                       why_none=[fl.why_none[0], why, fl.why_none[2]])
+    m.set_frame(PER_SWEEP)
+    win._update_overlay()
+    m.set_frame(b)
+    assert "best of sweep" not in win.frame_view.corner_bl.text()
+    assert not win.frame_view.ellipse.isVisible() and not win.frame_view.ellipse_label.isVisible()
+    m.set_frame(PER_SWEEP)
+    win.act_best.trigger()
+    assert m.frame == PER_SWEEP
+    assert win.status_message.toolTip() == f"Sweep 2 has no best frame: {why}."
+    m.set_frame(0)
+    win.act_best.trigger()
+    assert m.frame == fl.best[0]  # a passing one is still a jump away
 
 
 def test_scores_carry_the_names_the_files_use(qtbot, make_window):
