@@ -365,8 +365,15 @@ def case_error(exc: BaseException, member: Path) -> str:
     if isinstance(exc, FetalIQAError):
         return str(exc)
     if isinstance(exc, OSError):
+        import errno
+
+        from fetaliqa_core.paths import os_error_cause
+
         where = f" ({exc.filename})" if exc.filename else ""
-        return f"{member.name}: {exc.strerror or exc}{where}"
+        advice = {errno.EACCES: "give this user read access to it (or copy it where it can be read)",
+                  errno.EPERM: "give this user read access to it (or copy it where it can be read)",
+                  errno.ENOENT: "it went away during the run: check the archive"}.get(exc.errno or 0, "check it")
+        return f"{member.name}: {os_error_cause(exc)}{where}; {advice}, then run the same command again"
     return f"{member.name}: unexpected {type(exc).__name__}: {exc}"
 
 

@@ -286,7 +286,11 @@ def test_case_errors_are_one_line_naming_the_cause(tmp_path):
     member = tmp_path / "c.mha"
     assert ar.case_error(FetalIQAError("c.mha: not an image"), member) == "c.mha: not an image"
     text = ar.case_error(PermissionError(13, "Permission denied", str(member)), member)
-    assert text.startswith("c.mha: Permission denied") and "\n" not in text
+    assert text.startswith("c.mha: permission denied") and "\n" not in text
+    # and what to do: a row said "Permission denied" and nothing more
+    assert "give this user read access to it" in text and text.endswith("then run the same command again")
+    gone = ar.case_error(FileNotFoundError(2, "No such file or directory", str(member)), member)
+    assert "went away during the run" in gone
     assert "unexpected ValueError" in ar.case_error(ValueError("bad"), member)
 
 
