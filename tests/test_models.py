@@ -517,3 +517,16 @@ def test_task_table_builds_each_model_and_splits_its_output():
     assert set(TASKS) == {"cls", "seg", "joint"}
     with pytest.raises(FetalIQAError, match="cls, seg, joint"):
         task("both")
+
+
+def test_a_damaged_tensor_in_a_base_of_the_right_architecture_is_called_damaged(tmp_path, tiny_state):
+    """One tensor's shape changed in a file of the config's own architecture gave "the file holds a
+    ViT of width 128, ...; the config expects width 128, ...: pass the matching --base-config",
+    two identical descriptions and a fix no config could give."""
+    key = next(k for k in tiny_state if k.endswith("mlp.c_fc.weight"))
+    bad = dict(tiny_state)
+    bad[key] = torch.zeros(bad[key].shape[0] - 4, bad[key].shape[1])
+    with pytest.raises(FetalIQAError) as err:
+        build_vision_tower("tiny", save_base_weights(bad, tmp_path / "damaged.pt"))
+    msg = str(err.value)
+    assert f"shape mismatch at {key}" in msg and "it is damaged" in msg and "--base-config" not in msg

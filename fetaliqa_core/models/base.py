@@ -320,9 +320,15 @@ def _architecture_hint(state: dict[str, torch.Tensor], config: dict) -> str:
                 architecture(other) != architecture(config):
             return f"this looks like the {name} config: pass --base-config {name}"
     v = config["vision_cfg"]
+    if (found["width"], found["layers"], found["patch_size"], found["embed_dim"]) == \
+            (v["width"], v["layers"], v["patch_size"], config["embed_dim"]):
+        # the same architecture, a tensor of another shape: no config fits a file changed that way
+        return "the file is of this architecture but a tensor in it has another shape: it is damaged; get it again"
     return (f"the file holds a ViT of width {found['width']}, {found['layers']} layers, patch {found['patch_size']}, "
             f"embedding {found['embed_dim']}; the config expects width {v['width']}, {v['layers']} layers, "
-            f"patch {v['patch_size']}, embedding {config['embed_dim']}: pass the matching --base-config")
+            f"patch {v['patch_size']}, embedding {config['embed_dim']}: it is another model than this config's "
+            f"(FetalCLIP is a ViT-L/14: width 1024, 24 layers, patch 14); a config made for it goes to "
+            "--base-config when training")
 
 
 def _first(items, n: int = 5) -> str:
