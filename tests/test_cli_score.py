@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,7 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     assert summary["demo"] is False and summary["frame_numbering"] == "0-based"
     # these test bundles adapt a random tower: said as such, not as a trained model
     assert summary["random_base"] is True and "randomly initialised base" in summary["notice"]
+    assert summary["base_sha256"].startswith("random:")  # the base they ran on, named
     printed = capsys.readouterr().out
     assert "chosen frame" in printed
     assert "  pixel 0.28 x 0.28 mm (file header)\n" in printed  # every length's unit and its source
@@ -321,6 +323,8 @@ def test_demo_numbers_carry_the_notice_and_provenance(nifti_without_spacing, tmp
     assert "not for clinical use" in text
     assert [b["name"] for b in summary["bundles"]] == ["demo/cls", "demo/seg"]
     assert all(len(b["sha256"]) == 64 and b["demo"] for b in summary["bundles"])
+    # the base weights the models ran on: a bundle's hash does not name them (the archive table did)
+    assert re.fullmatch(r"[0-9a-f]{64}", summary["base_sha256"])
     assert "pixel spacing unknown" in summary["spacing_problem"]
 
 

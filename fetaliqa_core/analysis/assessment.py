@@ -357,6 +357,7 @@ class CaseSummary:
     read_notes: list = field(default_factory=list)  # io.Sweep.read_notes: what reading the file did
     app_version: str = ""
     bundles: list = field(default_factory=list)  # {"role", "name", "sha256", "demo"} per bundle
+    base_sha256: str | None = None  # the base weights' file hash ("random:<seed>"; None: a student's own tower)
     demo: bool = False
     random_base: bool = False  # a test model on a randomly initialised base
     notice: str = ""  # the demonstration (or test) model's notice when a number came from it
@@ -437,7 +438,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     and are never flagged. thresholds: :class:`Thresholds`. models: their description for the
     summary. measure: ``frame -> ACMeasurement | None`` (default
     :func:`~fetaliqa_core.analysis.ac.measure_frame_ac` inside the sweep's field of view); the
-    viewer passes its per-frame cache. provenance: ``{"app_version", "bundles", "demo",
+    viewer passes its per-frame cache. provenance: ``{"app_version", "bundles", "base_sha256", "demo",
     "notice"}`` (:func:`fetaliqa_core.models.choice.provenance`) for the summary; with a demonstration
     model every AC is doubtful (:data:`~fetaliqa_core.analysis.units.DEMO_MODEL_DOUBT`).
 
@@ -536,6 +537,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         spacing_source=str(getattr(sweep, "spacing_source", "")), spacing_problem=spacing_problem,
         read_notes=[str(n) for n in getattr(sweep, "read_notes", ())],
         app_version=str(prov.get("app_version", "")), bundles=list(prov.get("bundles", [])),
+        base_sha256=prov.get("base_sha256"),
         demo=bool(prov.get("demo", False)),
         random_base=bool(prov.get("random_base", False)),
         notice=str(prov.get("notice", "")) if prov.get("demo") or prov.get("random_base") else "")
