@@ -921,6 +921,57 @@ def test_a_tiff_whose_pages_loop_back_is_refused_not_read_forever(tmp_path):
         load_sweep(tif)
 
 
+def _imagej_tiff(tif, n=4):
+    """A 4-page TIFF as Fiji saves a stack whose scale is set (images=4, unit=mm)."""
+    from PIL import Image, TiffImagePlugin
+
+    frames = [Image.fromarray(f) for f in _grey(n=n).astype(np.uint8)]
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[270] = f"ImageJ=1.54f\nimages={n}\nslices={n}\nunit=mm\nloop=false\n".encode()
+    info[282], info[283], info[296] = 4.0, 4.0, 1
+    frames[0].save(tif, save_all=True, append_images=frames[1:], tiffinfo=info)
+    return tif.read_bytes()
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.75, "in the last page"])
+def test_a_tiff_cut_short_is_refused_not_read_as_fewer_frames(tmp_path, cut):
+    """An interrupted copy of a 4-page TIFF cut to half its bytes was scored as "2/2 frames", and an
+    ImageJ stack so cut kept its calibration: the image library reads the pages it reaches."""
+    import struct
+
+    raw = _imagej_tiff(tmp_path / "whole.tif")
+    assert load_sweep(tmp_path / "whole.tif").n_frames == 4
+    if cut == "in the last page":
+        last = _tiff_ifd_offsets(raw)[-1][0]
+        count = struct.unpack("<H", raw[last:last + 2])[0]
+        entries = [struct.unpack("<HHII", raw[last + 2 + 12 * k:last + 14 + 12 * k]) for k in range(count)]
+        strip = next(e[3] for e in entries if e[0] == 273)
+        keep = strip + 100  # the directory whole, its pixels not
+    else:
+        keep = int(len(raw) * cut)
+    tif = tmp_path / "cut.tif"
+    tif.write_bytes(raw[:keep])
+    with pytest.raises(FetalIQAError, match="TIFF file whose contents cannot be read: it is damaged or cut short"):
+        load_sweep(tif)
+
+
+@pytest.mark.parametrize("where,to", [("last", 16), ("first", 3), ("last", 8 + 2 + 12 * 3)])
+def test_a_tiff_whose_page_list_points_into_a_page_is_refused(tmp_path, where, to):
+    """A page's link to the next pointing into the middle of a directory made pages of the wrong
+    bytes: a 4-page TIFF read as 6 frames (two copies of the last), an ImageJ stack whose first link
+    was damaged read as 1 calibrated frame."""
+    import struct
+
+    raw = bytearray(_imagej_tiff(tmp_path / "s.tif"))
+    ifds = _tiff_ifd_offsets(bytes(raw))
+    at = ifds[-1 if where == "last" else 0][1]
+    raw[at:at + 4] = struct.pack("<I", to)
+    tif = tmp_path / "linked.tif"
+    tif.write_bytes(bytes(raw))
+    with pytest.raises(FetalIQAError, match="TIFF file whose contents cannot be read: it is damaged or cut short"):
+        load_sweep(tif)
+
+
 @pytest.mark.parametrize("unit,per_unit,expected", [
     ("mm", (5.0, 4.0), (0.25, 0.2)), ("micron", (0.005, 0.005), (0.2, 0.2)), ("\\u00B5m", (0.004, 0.004), (0.25, 0.25)),
     ("\u00b5m", (0.004, 0.004), (0.25, 0.25)),  # raw UTF-8, as writers that copy ImageJ's format put it

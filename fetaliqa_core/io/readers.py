@@ -301,7 +301,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _precheck_nifti_header(path)
     _refuse_animated_png(path)
     _refuse_mixed_case_nifti(path)
-    _refuse_looping_tiff(path)
+    _refuse_damaged_tiff(path)
     tiff = _tiff_pages(path)  # (the image library reads on past a smaller page, printing to the terminal)
     _refuse_imagej_one_page_stack(path, tiff)
     pages = tiff.layouts
@@ -571,15 +571,33 @@ def _picture_kind(path: Path) -> str | None:
     return None
 
 
-def _refuse_looping_tiff(path: Path) -> None:
-    """A TIFF's directories (one per page) form a chain of file offsets; one that points back to an
-    earlier directory made the image library loop forever inside its C code, where neither Ctrl-C
-    nor SIGTERM reached it. The chain is followed here first (its offsets only, no pixels)."""
+#: TIFF field types by size in bytes (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE, UNDEFINED, SSHORT,
+#: SLONG, SRATIONAL, FLOAT, DOUBLE, IFD, LONG8, SLONG8, IFD8), and the struct letter of those a
+#: page's size and pixel places are written in.
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8,
+                    17: 8, 18: 8}
+_TIFF_INTEGER_LETTERS = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
+#: A page's width and height, and where its strips (or tiles) lie and how long they are.
+_TIFF_PIXEL_TAGS = (256, 257, 273, 279, 324, 325)
+
+
+def _damaged_tiff(path: Path, why: str) -> FetalIQAError:
+    return FetalIQAError(f"{path}: a TIFF file whose contents cannot be read: it is damaged or cut short ({why}). "
+                         "Copy or export it again.")
+
+
+def _refuse_damaged_tiff(path: Path) -> None:
+    """A TIFF's directories (one per page) form a chain of file offsets, and each names where its
+    pixels lie. The chain and those places are checked here first (offsets only, no pixels): a
+    chain that points back to an earlier directory made the image library loop forever inside its
+    C code, where neither Ctrl-C nor SIGTERM reached it; and the image library reads the pages it
+    reaches, so a file cut short (an interrupted copy) or with a damaged directory was scored as
+    fewer frames, or with made-up ones, without a word."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
             size = os.fstat(fh.fileno()).st_size
-            if head[:2] not in (b"II", b"MM"):
+            if head[:2] not in (b"II", b"MM") or _picture_kind(path) != "TIFF":
                 return
             order = "<" if head[:2] == b"II" else ">"
             big = struct.unpack(order + "H", head[2:4])[0] == 43
@@ -587,25 +605,69 @@ def _refuse_looping_tiff(path: Path) -> None:
                 offset, count_fmt, entry, next_fmt = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, "Q"
             else:
                 offset, count_fmt, entry, next_fmt = struct.unpack(order + "I", head[4:8])[0], "H", 12, "I"
+            inline = 8 if big else 4
             seen: set[int] = set()
             while offset and len(seen) <= validate.MAX_FRAMES:
+                page = len(seen) + 1
                 if offset in seen:
-                    raise FetalIQAError(f"{path}: the TIFF's list of pages loops back on itself (page {len(seen) + 1} "
+                    raise FetalIQAError(f"{path}: the TIFF's list of pages loops back on itself (page {page} "
                                         "is an earlier one again): the file is damaged or crafted, and is not read. "
                                         "Export the sweep again.")
-                if offset + struct.calcsize(count_fmt) > size:
-                    return  # cut short: the image reader's own checks say so
+                if offset < 8 or offset + struct.calcsize(count_fmt) > size:
+                    raise _damaged_tiff(path, f"page {page}'s directory would lie at byte {offset}, in a file of {size} bytes")
                 seen.add(offset)
                 fh.seek(offset)
                 raw = fh.read(struct.calcsize(count_fmt))
                 count = struct.unpack(order + count_fmt, raw)[0]
                 at = offset + len(raw) + count * entry
-                if at + struct.calcsize(next_fmt) > size:
-                    return
+                if count > 0xFFFF or at + struct.calcsize(next_fmt) > size:  # (a classic TIFF's most)
+                    raise _damaged_tiff(path, f"page {page}'s directory runs past the end of the file")
+                table = np.frombuffer(fh.read(count * entry), dtype=[
+                    ("tag", order + "u2"), ("kind", order + "u2"), ("number", order + next_fmt),
+                    ("field", f"V{inline}")])
+                entries = {int(e["tag"]): (int(e["kind"]), int(e["number"]), bytes(e["field"]))
+                           for e in table if int(e["tag"]) in _TIFF_PIXEL_TAGS}
+                _check_tiff_page(path, fh, order, size, inline, page, entries)
                 fh.seek(at)
                 offset = struct.unpack(order + next_fmt, fh.read(struct.calcsize(next_fmt)))[0]
     except (OSError, struct.error):
         return
+
+
+def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: int, page: int,
+                     entries: dict[int, tuple[int, int, bytes]]) -> None:
+    """Refuses a TIFF page without its size or its pixels' places (a directory read from the wrong
+    bytes), or whose pixels lie past the end of the file (cut short)."""
+    def values(tag: int) -> np.ndarray | None:
+        if tag not in entries:
+            return None
+        kind, number, field = entries[tag]
+        letter = _TIFF_INTEGER_LETTERS.get(kind)
+        if letter is None or number < 1:
+            raise _damaged_tiff(path, f"page {page}'s field {tag} is of no kind a TIFF writes there")
+        nbytes = number * _TIFF_TYPE_SIZES[kind]
+        if nbytes <= inline:
+            data = field[:nbytes]
+        else:
+            where = struct.unpack(order + ("Q" if inline == 8 else "I"), field)[0]
+            if where + nbytes > size:
+                raise _damaged_tiff(path, f"page {page}'s list of where its pixels lie runs past the end of the file")
+            fh.seek(where)
+            data = fh.read(nbytes)
+        return np.frombuffer(data, dtype=np.dtype(letter).newbyteorder(order)).astype(np.uint64)
+
+    width, height = values(256), values(257)
+    places, lengths = values(273), values(279)
+    if places is None:
+        places, lengths = values(324), values(325)
+    if width is None or height is None or places is None or not width[0] or not height[0]:
+        raise _damaged_tiff(path, f"page {page} names no size or no place for its pixels")
+    if lengths is not None:
+        n = min(len(places), len(lengths))
+        ends = np.minimum(places[:n], size + 1) + np.minimum(lengths[:n], size + 1)  # (no wrap past 2**64)
+        if n and int(ends.max()) > size:
+            raise _damaged_tiff(path, f"page {page}'s pixels run past the end of the file, at {size} bytes")
+
 
 #: JPEG Baseline and Extended: the syntaxes whose colour streams are JFIF (YCbCr) by default.
 _JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
