@@ -128,7 +128,8 @@ def test_pixels_without_a_number_are_named_in_the_read_notes(tmp_path):
 
 def _nrrd(path: Path, arr: np.ndarray, extra: str, encoding: str = "raw") -> Path:
     n, h, w = arr.shape
-    head = (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {w} {h} {n}\nencoding: {encoding}\n{extra}\n")
+    head = (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {w} {h} {n}\nencoding: {encoding}\n"
+            + (f"{extra}\n" if extra else ""))  # (a second blank line would be a byte of the data)
     data = arr.astype(np.uint8).tobytes()
     if encoding == "gzip":
         data = gzip.compress(data)
@@ -801,6 +802,43 @@ def test_pixel_data_longer_than_the_header_says_is_refused(tmp_path):
     nii.write_bytes(nii.read_bytes() + bytes(arr[:2].astype(np.uint8).tobytes()))
     with pytest.raises(FetalIQAError, match="more than the 11520 its header describes"):
         load_sweep(nii)
+
+
+@pytest.mark.parametrize("short", ["column", "row"])
+def test_a_header_a_column_or_row_short_is_refused_not_read_askew(tmp_path, short):
+    """A header one column (or row) smaller than the stored pixels was read with every row shifted
+    one pixel further than the last (sheared frames) by the NRRD, NIfTI and DICOM readers: less
+    than a frame more than the header describes was let pass. A DICOM's one byte padding an odd
+    length to an even one is no more data."""
+    import pydicom
+
+    arr = _grey(n=3, h=40, w=48).astype(np.uint8)
+    h, w = (40, 47) if short == "column" else (39, 48)
+    for name, encoding in (("raw.nrrd", "raw"), ("gz.nrrd", "gzip")):
+        path = _nrrd(tmp_path / name, arr, "kinds: domain domain domain", encoding)
+        assert load_sweep(path).n_frames == 3
+        path.write_bytes(path.read_bytes().replace(b"sizes: 48 40 3", f"sizes: {w} {h} 3".encode()))
+        with pytest.raises(FetalIQAError, match=f"5760 bytes .* more than the {w * h * 3} .* read askew"):
+            load_sweep(path)
+    for name in ("x.nii", "x.nii.gz"):
+        nii = tmp_path / name
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(nii))
+        assert load_sweep(nii).n_frames == 3
+        head = bytearray(gzip.decompress(nii.read_bytes()) if name.endswith(".gz") else nii.read_bytes())
+        struct.pack_into("<hh", head, 42, w, h)  # dim[1], dim[2]
+        nii.write_bytes(gzip.compress(bytes(head)) if name.endswith(".gz") else bytes(head))
+        with pytest.raises(FetalIQAError, match=f"5760 bytes .* more than the {w * h * 3} .* read askew"):
+            load_sweep(nii)
+    dcm = us_dicom(tmp_path / "x.dcm", arr)
+    assert load_sweep(dcm).n_frames == 3
+    ds = pydicom.dcmread(dcm)
+    ds.Rows, ds.Columns = h, w
+    ds.save_as(str(dcm))
+    with pytest.raises(FetalIQAError, match=f"5760 bytes .* more than the {w * h * 3} .* read askew"):
+        load_sweep(dcm)
+    odd = us_dicom(tmp_path / "odd.dcm", _grey(n=1, h=39, w=47).astype(np.uint8))  # 1833 bytes, padded to 1834
+    assert pydicom.dcmread(odd).get_item("PixelData").length == 1834
+    assert load_sweep(odd).n_frames == 1
 
 
 def test_a_picture_s_print_resolution_is_no_pixel_size(tmp_path):

@@ -1504,15 +1504,18 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
             f"{cols} x {rows} pixels, {samples} sample(s) of {bits} bits) needs {needed}: the file is "
             "truncated or its header is wrong. Copy or export it again.")
     per_frame = needed // max(frames, 1)
-    if stored - needed >= max(per_frame, 2):  # (one byte pads an odd length to an even one: PS3.5 7.1.1)
-        # the reader would read the frames the header counts and leave the rest out without a word
+    if stored - needed > needed % 2:  # (one byte pads an odd length to an even one: PS3.5 7.1.1)
+        # the reader would read the frames the header counts and leave the rest out without a word, or
+        # with less than a frame more (Rows or Columns one short), read every frame askew
         held = (f"; the data hold {stored // per_frame} frames"
                 if per_frame and stored - stored % per_frame in (stored, stored - 1) else "")
         missing = "" if "NumberOfFrames" in ds else "; Number of Frames is missing"
+        harm = ("Reading it would leave frames out" if stored - needed >= per_frame else
+                "Its frames would be read askew (a row or a column more than Rows and Columns count?)")
         raise FetalIQAError(
             f"{path}: the file holds {stored} bytes of pixel data, more than the {needed} its header describes "
             f"({frames} frame(s) of {cols} x {rows} pixels, {samples} sample(s) of {bits} bits{missing}){held}. "
-            "Reading it would leave frames out: export the file again"
+            f"{harm}: export the file again"
             + (" with its right Number of Frames." if held else "."))
     return order
 
@@ -1789,9 +1792,10 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
         raise FetalIQAError(
             f"{path}: the file holds {actual} bytes but its header ({fmt_dims(size)} voxels) needs "
             f"{expected}: the file is truncated or its header is wrong. Copy or export it again.")
-    if actual - expected >= per_frame:
-        # the reader would read what the header counts and leave the rest out without a word
-        raise _longer_than_header(path, actual - vox_offset, data_bytes, f"{fmt_dims(size)} voxels")
+    if actual > expected:
+        # the reader would read what the header counts and leave the rest out without a word: whole
+        # frames, or a column of each row (every row read shifted); writers store the voxels exactly
+        raise _longer_than_header(path, actual - vox_offset, data_bytes, f"{fmt_dims(size)} voxels", per_frame)
 
 
 def _frames_of(size_xyz: tuple[int, ...]) -> int:
@@ -1799,13 +1803,15 @@ def _frames_of(size_xyz: tuple[int, ...]) -> int:
     return validate.checked_product(size_xyz[2:]) if len(size_xyz) > 2 else 1
 
 
-def _longer_than_header(path: Path, stored: int, described: int, dims: str) -> FetalIQAError:
-    """The error for a file holding more pixel data than its header describes (reading it would
-    leave frames out without a word)."""
+def _longer_than_header(path: Path, stored: int, described: int, dims: str, per_frame: int) -> FetalIQAError:
+    """The error for a file holding more pixel data than its header describes: reading it would
+    leave frames out without a word, or, less than a frame more (a header a row or a column short),
+    read every frame askew."""
+    harm = ("reading it would leave frames out" if stored - described >= per_frame else
+            "its frames would be read askew (a row or a column more than the header counts?)")
     return FetalIQAError(
         f"{path}: the file holds {stored} bytes of pixel data, more than the {described} its header "
-        f"describes ({dims}): its header is wrong, and reading it would leave frames out. Export the "
-        "file again.")
+        f"describes ({dims}): its header is wrong, and {harm}. Export the file again.")
 
 
 def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[int, ...], components: int,
@@ -1855,8 +1861,8 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
                 stored = inflated - byte_skip
     except (OSError, struct.error):
         return
-    if stored - described >= frame:  # a frame or more beyond the header's
-        raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels")
+    if stored > described:  # frames left out, or each read askew (writers store the data exactly)
+        raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels", frame)
     if stored < described:  # the image library would allocate what the header claims, then fail
         where = "its data file holds" if data_file is not None else "the file holds"
         raise FetalIQAError(f"{path}: the header describes {described} bytes of pixel data ({fmt_dims(size)} "
