@@ -841,6 +841,21 @@ def test_a_header_a_column_or_row_short_is_refused_not_read_askew(tmp_path, shor
     assert load_sweep(odd).n_frames == 1
 
 
+@pytest.mark.parametrize("count", ["inf", "+", "4.5"])
+def test_a_number_of_frames_that_is_no_whole_number_is_refused(tmp_path, count):
+    """Number of Frames 'inf' or '+' could not be read as a count: every size check was skipped
+    and a 4-frame file was read as its first frame, calibrated, without a word."""
+    dcm = us_dicom(tmp_path / "x.dcm", _grey(n=4).astype(np.uint8))
+    raw = dcm.read_bytes()
+    at = raw.find(b"\x28\x00\x08\x00IS")  # (0028,0008) IS, explicit VR little endian
+    assert at > 0
+    length = struct.unpack("<H", raw[at + 6:at + 8])[0]
+    value = count.encode() + b" " * (len(count) % 2)
+    dcm.write_bytes(raw[:at + 6] + struct.pack("<H", len(value)) + value + raw[at + 8 + length:])
+    with pytest.raises(FetalIQAError, match=f"Number of Frames is '{re.escape(count)}', not a whole number"):
+        load_sweep(dcm)
+
+
 def test_a_picture_s_print_resolution_is_no_pixel_size(tmp_path):
     """A TIFF's 96 dpi read as 0.26 mm per pixel from the 'file header': an AC in mm from a
     printing resolution."""

@@ -196,8 +196,27 @@ def _number_of_frames(ds: Any) -> int:
     """A parsed header's Number of Frames: 1 without one, or with one that is no count."""
     try:
         return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # ("inf" overflows)
         return 1
+
+
+def _refuse_uncounted_frames(path: Path, ds: Any) -> None:
+    """A Number of Frames that is no whole number ("inf", "+") could not be read as a count: the
+    size checks were skipped and the image library read one frame of a multi-frame file ("4.5"
+    was read as 4). A blank one is left to the size checks (one frame)."""
+    if "NumberOfFrames" not in ds:
+        return
+    value = ds.get_item("NumberOfFrames").value
+    text = (value.decode("latin-1") if isinstance(value, bytes) else str(value if value is not None else ""))
+    text = text.strip(" \x00")
+    try:
+        whole = not text or float(text).is_integer()  # (False for inf and nan)
+    except ValueError:
+        whole = False
+    if not whole:
+        raise FetalIQAError(f"{path}: the DICOM header's Number of Frames is '{text[:20]}', not a whole number, "
+                            "so the frames the file holds cannot be counted: the header is damaged. Export the "
+                            "file again.")
 
 
 def _series_frames(names: list[str]) -> int:
@@ -1437,6 +1456,7 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
         ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
         if single:
             _refuse_dicom_segmentation(path, ds)
+        _refuse_uncounted_frames(path, ds)
         photometric = _photometric(ds)
         order = _Member(_instance_number(ds), _image_position(ds),
                         str(ds.get("StudyInstanceUID", "") or "").strip(), _number_of_frames(ds),
