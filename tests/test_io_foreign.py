@@ -261,6 +261,18 @@ def test_ybr_full_422_native_is_not_taken_for_truncated(tmp_path):
     assert frames.shape == (n, h, w) and abs(frames.mean() - 150) <= 2
 
 
+def test_an_unknown_photometric_word_is_named_unknown_not_misspelt(tmp_path):
+    """'nan' was said to be spelt otherwise than the standard's 'NAN': no such value exists."""
+    path = _dicom(tmp_path / "nan.dcm", (np.arange(2 * 40 * 48).reshape(2, 40, 48) % 200).astype(np.uint8))
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "nan"
+    ds.save_as(path)
+    with pytest.raises(FetalIQAError, match="Photometric Interpretation is 'nan', which is not one the standard "
+                                            "defines") as refused:
+        load_sweep(path)
+    assert "NAN" not in str(refused.value)
+
+
 @pytest.mark.parametrize("spelling", ["Monochrome1", "ybr_full_422"])
 def test_photometric_in_another_case_is_refused_not_misread(tmp_path, spelling):
     """The image library matches the code string exactly: 'Monochrome1' was read without its

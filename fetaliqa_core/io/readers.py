@@ -1635,9 +1635,14 @@ def _refuse_contradicting_photometric(path: Path, ds: Any, photometric: str) -> 
     if written != photometric and photometric not in ("MONOCHROME2", "RGB"):
         # the image library matches the code string exactly: 'Monochrome1' was read without its
         # inversion, 'ybr_full_422' as three bytes per pixel (grey and RGB are read the same either way)
-        raise FetalIQAError(f"{path}: the DICOM header spells its Photometric Interpretation '{written}', not "
-                            f"'{photometric}' as the standard does, and its pixels would be read with the wrong "
-                            "grey levels or colours: export the file again.")
+        if photometric in _PHOTOMETRIC_SAMPLES:
+            raise FetalIQAError(f"{path}: the DICOM header spells its Photometric Interpretation '{written}', not "
+                                f"'{photometric}' as the standard does, and its pixels would be read with the wrong "
+                                "grey levels or colours: export the file again.")
+        # ('nan' is no misspelt 'NAN': no such value exists)
+        raise FetalIQAError(f"{path}: the DICOM header's Photometric Interpretation is '{written[:20]}', which is "
+                            "not one the standard defines, so how its pixels are to be read as grey levels or "
+                            "colours is not known: export the file again.")
     expected = _PHOTOMETRIC_SAMPLES.get(photometric)
     try:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
