@@ -926,6 +926,24 @@ def test_a_damaged_tiff_says_one_line_not_the_tiff_librarys_too(tmp_path, capfd)
     assert all(line.decode() in err for line in others) and "TIFFFetch" not in err and "LZWDecode" not in err
 
 
+def test_a_nifti_orientation_that_is_no_number_prints_no_matrix_dump(tmp_path, capfd):
+    """A NIfTI whose sform held a NaN read fine, but ITK's linear algebra printed its matrix dump
+    ("vnl_svd.hxx: suspicious return value ... M = [ ... nan ...") on the terminal of `score`,
+    three times."""
+    nii = tmp_path / "nan_sform.nii"
+    image = sitk.GetImageFromArray(_grey(n=3).astype(np.uint8))
+    image.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(image, str(nii))
+    raw = bytearray(nii.read_bytes())
+    struct.pack_into("<f", raw, 304, float("nan"))  # srow_y[2]
+    nii.write_bytes(bytes(raw))
+    capfd.readouterr()
+    sweep = load_sweep(nii)
+    assert sweep.n_frames == 3 and sweep.spacing_mm == pytest.approx((0.3, 0.3))
+    err = capfd.readouterr().err
+    assert "vnl" not in err and "nan" not in err and "M = [" not in err, err
+
+
 def test_stderr_is_caught_only_while_a_tiff_is_read(tmp_path, monkeypatch):
     """Catching the process's stderr holds every thread's output back (a progress bar among it)
     and reads files one at a time: only the TIFF library needs it, so other files do not."""
@@ -938,9 +956,9 @@ def test_stderr_is_caught_only_while_a_tiff_is_read(tmp_path, monkeypatch):
     real = common.quiet_native_stderr
 
     @contextmanager
-    def spy():
+    def spy(**kwargs):
         entered.append(1)
-        with real():
+        with real(**kwargs):
             yield
 
     monkeypatch.setattr(common, "quiet_native_stderr", spy)

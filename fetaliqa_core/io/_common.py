@@ -133,14 +133,19 @@ _NATIVE_STDERR_LOCK = threading.RLock()  # (a quiet read inside another)
 _TIFF_LIBRARY_LINE = re.compile(r"^(?:(?:_?TIFF\w*|MissingRequired|OJPEG\w*|\w*(?:Decode|Encode|PreDecode)\w*|"
                                 r"Fax3\w*|LZW\w*|ZIP\w*|PixarLog\w*|LogLuv\w*): .*"
                                 r"|.*: \d+: Row out of range.*)$")
+#: The matrix dump ITK's linear algebra (vnl) writes to stderr when an orientation matrix holds
+#: a value that is not a number: its source file's name, ``M = [ ...``, rows of numbers, ``]``.
+_MATRIX_DUMP_LINE = re.compile(r"^(?:\S*vnl_\w+\.[ch]\w*: .*|M = \[ \.\.\.|\s*(?:[-+]?(?:[\d.]+(?:e[-+]?\d+)?|nan|inf)\s+)*"
+                               r"[-+]?(?:[\d.]+(?:e[-+]?\d+)?|nan|inf)?\s*\]?\s*)$", re.IGNORECASE)
 
 
 @contextmanager
-def quiet_native_stderr() -> Iterator[None]:
+def quiet_native_stderr(matrix_dump: bool = False) -> Iterator[None]:
     """The TIFF library's complaints, which C code writes to the process's stderr (file
     descriptor 2) where no Python setting reaches them, kept off the terminal while a file is
     probed or read; anything else written there meanwhile (another thread's message) is passed on
-    afterwards. One at a time: descriptor 2 belongs to the whole process."""
+    afterwards. One at a time: descriptor 2 belongs to the whole process. ``matrix_dump``: ITK's
+    dump of a matrix that is not a number (:data:`_MATRIX_DUMP_LINE`) is kept off too."""
     import os
     import sys
     import tempfile
@@ -165,7 +170,8 @@ def quiet_native_stderr() -> Iterator[None]:
                     os.dup2(saved, 2)
                     caught.seek(0)
                     text = caught.read(1 << 20).decode("utf-8", "replace")
-                    kept = [line for line in text.splitlines() if line.strip() and not _TIFF_LIBRARY_LINE.match(line)]
+                    kept = [line for line in text.splitlines() if line.strip() and not _TIFF_LIBRARY_LINE.match(line)
+                            and not (matrix_dump and _MATRIX_DUMP_LINE.match(line))]
                     if kept:
                         os.write(2, ("\n".join(kept) + "\n").encode("utf-8", "replace"))
         finally:
@@ -173,20 +179,21 @@ def quiet_native_stderr() -> Iterator[None]:
 
 
 @contextmanager
-def quiet_itk(tiff: bool = False) -> Iterator[None]:
+def quiet_itk(tiff: bool = False, matrix_dump: bool = False) -> Iterator[None]:
     """ITK's warnings off while a file is read: a reader that copes with an odd header (or finds
     no DICOM series) still prints a C++ source location on stderr, which says nothing to a user;
     what matters is reported as one line by the readers' own checks. With ``tiff`` (a TIFF is
     read), the TIFF library inside it, which writes to stderr by itself, is kept quiet too
     (``quiet_native_stderr``; only then: the whole process's stderr waits meanwhile, a progress
-    bar among it, and other files are read one at a time)."""
+    bar among it, and other files are read one at a time). With ``matrix_dump`` (a header whose
+    orientation is not a number), the matrix dump its linear algebra prints is kept quiet so."""
     import SimpleITK as sitk
 
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        if tiff:
-            with quiet_native_stderr():
+        if tiff or matrix_dump:
+            with quiet_native_stderr(matrix_dump=matrix_dump):
                 yield
         else:
             yield

@@ -325,6 +325,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _refuse_imagej_one_page_stack(path, tiff)
     pages = tiff.layouts
     is_tiff = _picture_kind(path) == "TIFF"  # (the TIFF library's complaints are kept quiet while it reads)
+    odd_matrix = _nifti_orientation_not_finite(_nifti_head(path))  # (ITK prints a matrix dump for it)
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -338,7 +339,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with quiet_itk(tiff=is_tiff):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix):
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -377,7 +378,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                  MAX_DEFLATE_RATIO)
     metadata = {k: reader.GetMetaData(k)[:META_VALUE_CHARS] for k in reader.GetMetaDataKeys() if k in META_KEYS}
     try:
-        with quiet_itk(tiff=is_tiff):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix):
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -2206,6 +2207,19 @@ def _nifti_sform_spacing(head: bytes) -> tuple[float, float] | None:
             return None
         return float(f"{row_mm * factor:.7g}"), float(f"{col_mm * factor:.7g}")
     return None
+
+
+def _nifti_orientation_not_finite(head: bytes) -> bool:
+    """Whether a NIfTI-1 header's pixel sizes, quaternion or sform hold a value that is not a
+    number: the image reader copes (the spacing is judged by its own checks) but first prints its
+    linear algebra's matrix dump, with "nan" in it, on the terminal."""
+    if len(head) < 348:
+        return False
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", head[:4])[0] == 348:
+            values = struct.unpack(endian + "8f", head[76:108]) + struct.unpack(endian + "18f", head[256:328])
+            return not all(math.isfinite(v) for v in values)
+    return False
 
 
 def _nifti_head(path: Path) -> bytes:
