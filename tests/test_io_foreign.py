@@ -542,6 +542,43 @@ def test_jfif_frames_in_a_dicom_labelled_rgb_keep_their_grey_levels(tmp_path):
     assert np.abs(frames - grey).max() <= 4  # JPEG's own loss only
 
 
+@pytest.mark.parametrize("damage", ["bytes inserted", "fragment too long"])
+def test_compressed_dicom_frames_whose_item_list_breaks_off_are_refused(tmp_path, damage):
+    """20 bytes inserted inside a JPEG frame of a 7.8 KB file (its fragment's length no longer
+    reaches the next item) made the image library take 3.5 GB of memory and 4 s, then say the
+    pixels were of a kind it cannot decode. The items' headers are followed first."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    grey = _grey(n=3).astype(np.uint8)
+    streams = []
+    for frame in grey:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+        streams.append(buffer.getvalue())
+    path = _dicom(tmp_path / "jpeg.dcm", grey)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate(streams)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(path, enforce_file_format=True)
+    assert load_sweep(path).n_frames == 3
+    raw = path.read_bytes()
+    second = raw.index(streams[1])
+    if damage == "bytes inserted":
+        raw = raw[:second + 100] + bytes(range(20)) + raw[second + 100:]
+    else:  # the last fragment's length says more than the file holds
+        at = raw.index(streams[2]) - 4
+        length = struct.unpack("<I", raw[at:at + 4])[0]
+        raw = raw[:at] + struct.pack("<I", length + 10_000) + raw[at + 4:]
+    path.write_bytes(raw)
+    with pytest.raises(FetalIQAError, match="compressed frames are damaged .*Copy or export it again"):
+        load_sweep(path)
+
+
 @pytest.mark.parametrize("spacing", [b"0\\0 ", b"abc\\1 ", b"-0.28\\nan "])
 def test_a_dicom_whose_pixel_spacing_is_no_length_opens_with_the_spacing_unknown(tmp_path, spacing):
     """The image reader refuses such a file whole, so it could not be opened at all, and neither

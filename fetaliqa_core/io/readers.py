@@ -1274,27 +1274,36 @@ class _Encapsulated(NamedTuple):
     offsets: int     # entries in the Basic Offset Table (0 when it is empty)
     fragments: int   # fragments after it
     jpeg_starts: int  # fragments that begin as a JPEG stream does (SOI followed by a marker)
+    damaged: str = ""  # where the list of items breaks off ("" when it is whole)
 
 
 def _encapsulated_items(path: Path, offset: int | None) -> _Encapsulated | None:
     """Count the items of encapsulated pixel data whose value starts at ``offset``, reading each
     item's 8-byte header (and a fragment's first 3 bytes) only: no pixel is decoded. None when the
-    layout is not as expected (the reader judges it) or there are too many items to count."""
+    layout is not as expected (the reader judges it) or there are too many items to count; with
+    ``damaged`` said when the items begin as they should but their list breaks off (a fragment
+    whose length does not reach the next item, or runs past the end of the file)."""
     if offset is None:
         return None
     try:
         with open(path, "rb") as fh:
+            end = os.fstat(fh.fileno()).st_size
             length = _skip_offset_table(fh, offset)
             if length is None:
                 return None
             fragments = starts = 0
             while fragments <= _MAX_ITEMS:
+                at = fh.tell()
                 item = fh.read(8)
                 if len(item) != 8 or item[:4] == b"\xfe\xff\xdd\xe0":  # the end, or the sequence delimiter
                     return _Encapsulated(length // 4, fragments, starts)
                 if item[:4] != _ITEM_TAG:
-                    return None
+                    return _Encapsulated(length // 4, fragments, starts, f"no item where fragment {fragments + 1} "
+                                                                         f"should begin, at byte {at}")
                 size = int.from_bytes(item[4:], "little")
+                if at + 8 + size > end:
+                    return _Encapsulated(length // 4, fragments, starts, f"fragment {fragments + 1} runs past the "
+                                                                         "end of the file")
                 head = fh.read(min(size, 3))
                 starts += head == b"\xff\xd8\xff"
                 fh.seek(size - len(head), os.SEEK_CUR)
@@ -1311,9 +1320,14 @@ def _refuse_frames_left_out(path: Path, ds: Any, syntax: str, element: Any, fram
     several fragments, so only a definite mismatch is refused: an offset table's one entry a frame,
     RLE's one fragment a frame (PS3.5 A.4.2), or more fragments beginning as a JPEG stream than
     there are frames."""
+    if getattr(element, "length", None) != 0xFFFFFFFF:  # not encapsulated (a deflated file's is inflated)
+        return
     items = _encapsulated_items(path, getattr(element, "value_tell", None))
     if items is None:
         return
+    if items.damaged:  # the image library took gigabytes of memory over such a file, then named no damage
+        raise FetalIQAError(f"{path}: the file's compressed frames are damaged ({items.damaged}): it is damaged "
+                            "or cut short. Copy or export it again.")
     extended = ds.get_item("ExtendedOffsetTable", keep_deferred=True) if "ExtendedOffsetTable" in ds else None
     held, exact = 0, True  # exact: the count is the number of frames, not a least one
     if extended is not None and getattr(extended, "length", None) not in (None, 0xFFFFFFFF):
