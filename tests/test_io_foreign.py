@@ -981,6 +981,28 @@ def test_a_nifti_orientation_that_is_no_number_prints_no_matrix_dump(tmp_path, c
     assert "vnl" not in err and "nan" not in err and "M = [" not in err, err
 
 
+def test_a_damaged_jpeg_read_all_the_same_says_so_in_a_note_not_on_stdout(tmp_path, capfd):
+    """The JPEG library's "Corrupt JPEG data: 20 extraneous bytes before marker 0xd9" went to
+    stdout, among `score`'s lines (and into the line of `score --json`), and the reading said
+    nothing of it."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(_grey(n=1)[0].astype(np.uint8)).save(buffer, format="JPEG")
+    fine = tmp_path / "fine.jpg"
+    fine.write_bytes(buffer.getvalue())
+    capfd.readouterr()
+    assert load_sweep(fine).read_notes == ()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(buffer.getvalue()[:-2] + bytes(range(1, 21)) + buffer.getvalue()[-2:])  # before its end marker
+    sweep = load_sweep(bad)
+    out, err = capfd.readouterr()
+    assert "Corrupt" not in out and "Corrupt" not in err, (out, err)
+    assert sweep.n_frames == 1 and any("the JPEG's data is damaged in places" in n for n in sweep.read_notes)
+
+
 def test_stderr_is_caught_only_while_a_tiff_is_read(tmp_path, monkeypatch):
     """Catching the process's stderr holds every thread's output back (a progress bar among it)
     and reads files one at a time: only the TIFF library needs it, so other files do not."""

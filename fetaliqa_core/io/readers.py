@@ -326,6 +326,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     pages = tiff.layouts
     is_tiff = _picture_kind(path) == "TIFF"  # (the TIFF library's complaints are kept quiet while it reads)
     odd_matrix = _nifti_orientation_not_finite(_nifti_head(path))  # (ITK prints a matrix dump for it)
+    jpeg_said: list[str] | None = [] if _picture_kind(path) == "JPEG" else None  # its decoder's warnings
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -339,7 +340,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said):
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -378,7 +379,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                  MAX_DEFLATE_RATIO)
     metadata = {k: reader.GetMetaData(k)[:META_VALUE_CHARS] for k in reader.GetMetaDataKeys() if k in META_KEYS}
     try:
-        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said):
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -401,8 +402,13 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                             "truncated or damaged; copy or export it again.") from None
     is_dicom = _looks_like_dicom(path, reader)
     scale, unit_note = _nrrd_spacing_units(nrrd)
-    return _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None,
-                           spacing_scale=scale, spacing_unit_note=unit_note)
+    raw = _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None,
+                          spacing_scale=scale, spacing_unit_note=unit_note)
+    damage = [line for line in jpeg_said or () if line.startswith(("Corrupt JPEG data", "Premature end"))]
+    if damage:  # (the decoder's own line went to stdout, where `score --json` writes its one line)
+        raw.notes.append(f"the JPEG's data is damaged in places (its decoder: '{damage[0][:80]}'): parts of the "
+                         "picture may be wrong; export it again if it shows blocks or streaks")
+    return raw
 
 
 def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None,
