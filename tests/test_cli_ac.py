@@ -127,6 +127,26 @@ def test_no_spacing_no_mm_unless_given(tmp_path, capsys):
     assert "implausible" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("huge", [1e308, 1e200])
+def test_an_implausible_spacing_is_the_reason_given_not_the_mask(tmp_path, huge, capfd):
+    """A mask whose spacing read 1e308 mm was fitted in mm: numpy's overflow warning was printed and
+    the answer blamed the mask ("too small or too cut off for an ellipse fit"), while --json named
+    the spacing."""
+    masks = np.zeros((1, H, W), np.uint8)
+    cv2.ellipse(masks[0], (372, 300), BIG, 10, 0, 360, 1, -1)
+    image = sitk.GetImageFromArray(masks)
+    image.SetSpacing((huge, 0.3, 1.0))
+    path = tmp_path / "huge.mha"
+    sitk.WriteImage(image, str(path))
+    assert main(["ac", str(path)]) == 1
+    out, err = capfd.readouterr()
+    assert "AC not shown: pixel spacing" in out and "implausible" in out and "ellipse fit" not in out
+    assert "Warning" not in err and "overflow" not in err, err
+    assert main(["ac", str(path), "--json"]) == 1
+    record = json.loads(capfd.readouterr().out)
+    assert record["ac_status"] == "no units" and "implausible" in record["note"]
+
+
 def _write(tmp_path, masks, name, spacing=0.28):
     image = sitk.GetImageFromArray(masks)
     image.SetSpacing((spacing, spacing, 1.0))

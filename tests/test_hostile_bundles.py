@@ -102,6 +102,23 @@ def test_manifest_number_out_of_range_is_refused_before_building(bundle, field, 
     _refused(bundle, word)
 
 
+@pytest.mark.parametrize("field,value,word", [
+    ("preprocess.size", 448, "size 448"), ("preprocess.pad", "stretch", "pad 'stretch'"),
+    ("preprocess.mean", [1e19, 1e19, 1e19], "mean [1e+19"), ("preprocess.std", [0.0, 0.0, 0.0], "std [0.0"),
+    ("preprocess.channels", "rgb", "channels 'rgb'"), ("preprocess.size", True, "size True")])
+def test_a_manifest_recording_other_preprocessing_is_refused(bundle, field, value, word):
+    """Only the preprocessing version was compared: a manifest saying its model takes 448 pixels,
+    stretched frames or a mean of 1e19 loaded without a word, and was served 224-pixel frames
+    padded and normalised as every other bundle's."""
+    from fetaliqa_core.models.bundle import checked_bundle
+
+    checked_bundle(bundle)  # as written: loads
+    _write_manifest(bundle, _set(_manifest(bundle), field, value))
+    with pytest.raises(FetalIQAError, match="trained with preprocessing") as info:
+        checked_bundle(bundle)
+    assert word in str(info.value) and "\n" not in str(info.value)
+
+
 def test_adapters_the_manifest_does_not_describe_are_not_left_out(bundle):
     """'lora: null' in the manifest of a bundle with LoRA weights loaded it without them, without
     a word: another model's scores."""

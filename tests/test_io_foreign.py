@@ -128,7 +128,8 @@ def test_pixels_without_a_number_are_named_in_the_read_notes(tmp_path):
 
 def _nrrd(path: Path, arr: np.ndarray, extra: str, encoding: str = "raw") -> Path:
     n, h, w = arr.shape
-    head = (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {w} {h} {n}\nencoding: {encoding}\n{extra}\n")
+    head = (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {w} {h} {n}\nencoding: {encoding}\n"
+            + (f"{extra}\n" if extra else ""))  # (a second blank line would be a byte of the data)
     data = arr.astype(np.uint8).tobytes()
     if encoding == "gzip":
         data = gzip.compress(data)
@@ -258,6 +259,18 @@ def test_ybr_full_422_native_is_not_taken_for_truncated(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     frames = np.asarray(load_sweep(path).frames, dtype=int)
     assert frames.shape == (n, h, w) and abs(frames.mean() - 150) <= 2
+
+
+def test_an_unknown_photometric_word_is_named_unknown_not_misspelt(tmp_path):
+    """'nan' was said to be spelt otherwise than the standard's 'NAN': no such value exists."""
+    path = _dicom(tmp_path / "nan.dcm", (np.arange(2 * 40 * 48).reshape(2, 40, 48) % 200).astype(np.uint8))
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "nan"
+    ds.save_as(path)
+    with pytest.raises(FetalIQAError, match="Photometric Interpretation is 'nan', which is not one the standard "
+                                            "defines") as refused:
+        load_sweep(path)
+    assert "NAN" not in str(refused.value)
 
 
 @pytest.mark.parametrize("spelling", ["Monochrome1", "ybr_full_422"])
@@ -527,6 +540,43 @@ def test_jfif_frames_in_a_dicom_labelled_rgb_keep_their_grey_levels(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     frames = np.asarray(load_sweep(path).frames, dtype=int)
     assert np.abs(frames - grey).max() <= 4  # JPEG's own loss only
+
+
+@pytest.mark.parametrize("damage", ["bytes inserted", "fragment too long"])
+def test_compressed_dicom_frames_whose_item_list_breaks_off_are_refused(tmp_path, damage):
+    """20 bytes inserted inside a JPEG frame of a 7.8 KB file (its fragment's length no longer
+    reaches the next item) made the image library take 3.5 GB of memory and 4 s, then say the
+    pixels were of a kind it cannot decode. The items' headers are followed first."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    grey = _grey(n=3).astype(np.uint8)
+    streams = []
+    for frame in grey:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+        streams.append(buffer.getvalue())
+    path = _dicom(tmp_path / "jpeg.dcm", grey)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate(streams)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(path, enforce_file_format=True)
+    assert load_sweep(path).n_frames == 3
+    raw = path.read_bytes()
+    second = raw.index(streams[1])
+    if damage == "bytes inserted":
+        raw = raw[:second + 100] + bytes(range(20)) + raw[second + 100:]
+    else:  # the last fragment's length says more than the file holds
+        at = raw.index(streams[2]) - 4
+        length = struct.unpack("<I", raw[at:at + 4])[0]
+        raw = raw[:at] + struct.pack("<I", length + 10_000) + raw[at + 4:]
+    path.write_bytes(raw)
+    with pytest.raises(FetalIQAError, match="compressed frames are damaged .*Copy or export it again"):
+        load_sweep(path)
 
 
 @pytest.mark.parametrize("spacing", [b"0\\0 ", b"abc\\1 ", b"-0.28\\nan "])
@@ -803,6 +853,58 @@ def test_pixel_data_longer_than_the_header_says_is_refused(tmp_path):
         load_sweep(nii)
 
 
+@pytest.mark.parametrize("short", ["column", "row"])
+def test_a_header_a_column_or_row_short_is_refused_not_read_askew(tmp_path, short):
+    """A header one column (or row) smaller than the stored pixels was read with every row shifted
+    one pixel further than the last (sheared frames) by the NRRD, NIfTI and DICOM readers: less
+    than a frame more than the header describes was let pass. A DICOM's one byte padding an odd
+    length to an even one is no more data."""
+    import pydicom
+
+    arr = _grey(n=3, h=40, w=48).astype(np.uint8)
+    h, w = (40, 47) if short == "column" else (39, 48)
+    for name, encoding in (("raw.nrrd", "raw"), ("gz.nrrd", "gzip")):
+        path = _nrrd(tmp_path / name, arr, "kinds: domain domain domain", encoding)
+        assert load_sweep(path).n_frames == 3
+        path.write_bytes(path.read_bytes().replace(b"sizes: 48 40 3", f"sizes: {w} {h} 3".encode()))
+        with pytest.raises(FetalIQAError, match=f"5760 bytes .* more than the {w * h * 3} .* read askew"):
+            load_sweep(path)
+    for name in ("x.nii", "x.nii.gz"):
+        nii = tmp_path / name
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(nii))
+        assert load_sweep(nii).n_frames == 3
+        head = bytearray(gzip.decompress(nii.read_bytes()) if name.endswith(".gz") else nii.read_bytes())
+        struct.pack_into("<hh", head, 42, w, h)  # dim[1], dim[2]
+        nii.write_bytes(gzip.compress(bytes(head)) if name.endswith(".gz") else bytes(head))
+        with pytest.raises(FetalIQAError, match=f"5760 bytes .* more than the {w * h * 3} .* read askew"):
+            load_sweep(nii)
+    dcm = us_dicom(tmp_path / "x.dcm", arr)
+    assert load_sweep(dcm).n_frames == 3
+    ds = pydicom.dcmread(dcm)
+    ds.Rows, ds.Columns = h, w
+    ds.save_as(str(dcm))
+    with pytest.raises(FetalIQAError, match=f"5760 bytes .* more than the {w * h * 3} .* read askew"):
+        load_sweep(dcm)
+    odd = us_dicom(tmp_path / "odd.dcm", _grey(n=1, h=39, w=47).astype(np.uint8))  # 1833 bytes, padded to 1834
+    assert pydicom.dcmread(odd).get_item("PixelData").length == 1834
+    assert load_sweep(odd).n_frames == 1
+
+
+@pytest.mark.parametrize("count", ["inf", "+", "4.5"])
+def test_a_number_of_frames_that_is_no_whole_number_is_refused(tmp_path, count):
+    """Number of Frames 'inf' or '+' could not be read as a count: every size check was skipped
+    and a 4-frame file was read as its first frame, calibrated, without a word."""
+    dcm = us_dicom(tmp_path / "x.dcm", _grey(n=4).astype(np.uint8))
+    raw = dcm.read_bytes()
+    at = raw.find(b"\x28\x00\x08\x00IS")  # (0028,0008) IS, explicit VR little endian
+    assert at > 0
+    length = struct.unpack("<H", raw[at + 6:at + 8])[0]
+    value = count.encode() + b" " * (len(count) % 2)
+    dcm.write_bytes(raw[:at + 6] + struct.pack("<H", len(value)) + value + raw[at + 8 + length:])
+    with pytest.raises(FetalIQAError, match=f"Number of Frames is '{re.escape(count)}', not a whole number"):
+        load_sweep(dcm)
+
+
 def test_a_picture_s_print_resolution_is_no_pixel_size(tmp_path):
     """A TIFF's 96 dpi read as 0.26 mm per pixel from the 'file header': an AC in mm from a
     printing resolution."""
@@ -861,6 +963,46 @@ def test_a_damaged_tiff_says_one_line_not_the_tiff_librarys_too(tmp_path, capfd)
     assert all(line.decode() in err for line in others) and "TIFFFetch" not in err and "LZWDecode" not in err
 
 
+def test_a_nifti_orientation_that_is_no_number_prints_no_matrix_dump(tmp_path, capfd):
+    """A NIfTI whose sform held a NaN read fine, but ITK's linear algebra printed its matrix dump
+    ("vnl_svd.hxx: suspicious return value ... M = [ ... nan ...") on the terminal of `score`,
+    three times."""
+    nii = tmp_path / "nan_sform.nii"
+    image = sitk.GetImageFromArray(_grey(n=3).astype(np.uint8))
+    image.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(image, str(nii))
+    raw = bytearray(nii.read_bytes())
+    struct.pack_into("<f", raw, 304, float("nan"))  # srow_y[2]
+    nii.write_bytes(bytes(raw))
+    capfd.readouterr()
+    sweep = load_sweep(nii)
+    assert sweep.n_frames == 3 and sweep.spacing_mm == pytest.approx((0.3, 0.3))
+    err = capfd.readouterr().err
+    assert "vnl" not in err and "nan" not in err and "M = [" not in err, err
+
+
+def test_a_damaged_jpeg_read_all_the_same_says_so_in_a_note_not_on_stdout(tmp_path, capfd):
+    """The JPEG library's "Corrupt JPEG data: 20 extraneous bytes before marker 0xd9" went to
+    stdout, among `score`'s lines (and into the line of `score --json`), and the reading said
+    nothing of it."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(_grey(n=1)[0].astype(np.uint8)).save(buffer, format="JPEG")
+    fine = tmp_path / "fine.jpg"
+    fine.write_bytes(buffer.getvalue())
+    capfd.readouterr()
+    assert load_sweep(fine).read_notes == ()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(buffer.getvalue()[:-2] + bytes(range(1, 21)) + buffer.getvalue()[-2:])  # before its end marker
+    sweep = load_sweep(bad)
+    out, err = capfd.readouterr()
+    assert "Corrupt" not in out and "Corrupt" not in err, (out, err)
+    assert sweep.n_frames == 1 and any("the JPEG's data is damaged in places" in n for n in sweep.read_notes)
+
+
 def test_stderr_is_caught_only_while_a_tiff_is_read(tmp_path, monkeypatch):
     """Catching the process's stderr holds every thread's output back (a progress bar among it)
     and reads files one at a time: only the TIFF library needs it, so other files do not."""
@@ -873,9 +1015,9 @@ def test_stderr_is_caught_only_while_a_tiff_is_read(tmp_path, monkeypatch):
     real = common.quiet_native_stderr
 
     @contextmanager
-    def spy():
+    def spy(**kwargs):
         entered.append(1)
-        with real():
+        with real(**kwargs):
             yield
 
     monkeypatch.setattr(common, "quiet_native_stderr", spy)
@@ -918,6 +1060,57 @@ def test_a_tiff_whose_pages_loop_back_is_refused_not_read_forever(tmp_path):
     raw[ifds[-1][1]:ifds[-1][1] + 4] = struct.pack("<I", ifds[0][0])
     tif.write_bytes(bytes(raw))
     with pytest.raises(FetalIQAError, match="loops back on itself"):
+        load_sweep(tif)
+
+
+def _imagej_tiff(tif, n=4):
+    """A 4-page TIFF as Fiji saves a stack whose scale is set (images=4, unit=mm)."""
+    from PIL import Image, TiffImagePlugin
+
+    frames = [Image.fromarray(f) for f in _grey(n=n).astype(np.uint8)]
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[270] = f"ImageJ=1.54f\nimages={n}\nslices={n}\nunit=mm\nloop=false\n".encode()
+    info[282], info[283], info[296] = 4.0, 4.0, 1
+    frames[0].save(tif, save_all=True, append_images=frames[1:], tiffinfo=info)
+    return tif.read_bytes()
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.75, "in the last page"])
+def test_a_tiff_cut_short_is_refused_not_read_as_fewer_frames(tmp_path, cut):
+    """An interrupted copy of a 4-page TIFF cut to half its bytes was scored as "2/2 frames", and an
+    ImageJ stack so cut kept its calibration: the image library reads the pages it reaches."""
+    import struct
+
+    raw = _imagej_tiff(tmp_path / "whole.tif")
+    assert load_sweep(tmp_path / "whole.tif").n_frames == 4
+    if cut == "in the last page":
+        last = _tiff_ifd_offsets(raw)[-1][0]
+        count = struct.unpack("<H", raw[last:last + 2])[0]
+        entries = [struct.unpack("<HHII", raw[last + 2 + 12 * k:last + 14 + 12 * k]) for k in range(count)]
+        strip = next(e[3] for e in entries if e[0] == 273)
+        keep = strip + 100  # the directory whole, its pixels not
+    else:
+        keep = int(len(raw) * cut)
+    tif = tmp_path / "cut.tif"
+    tif.write_bytes(raw[:keep])
+    with pytest.raises(FetalIQAError, match="TIFF file whose contents cannot be read: it is damaged or cut short"):
+        load_sweep(tif)
+
+
+@pytest.mark.parametrize("where,to", [("last", 16), ("first", 3), ("last", 8 + 2 + 12 * 3)])
+def test_a_tiff_whose_page_list_points_into_a_page_is_refused(tmp_path, where, to):
+    """A page's link to the next pointing into the middle of a directory made pages of the wrong
+    bytes: a 4-page TIFF read as 6 frames (two copies of the last), an ImageJ stack whose first link
+    was damaged read as 1 calibrated frame."""
+    import struct
+
+    raw = bytearray(_imagej_tiff(tmp_path / "s.tif"))
+    ifds = _tiff_ifd_offsets(bytes(raw))
+    at = ifds[-1 if where == "last" else 0][1]
+    raw[at:at + 4] = struct.pack("<I", to)
+    tif = tmp_path / "linked.tif"
+    tif.write_bytes(bytes(raw))
+    with pytest.raises(FetalIQAError, match="TIFF file whose contents cannot be read: it is damaged or cut short"):
         load_sweep(tif)
 
 

@@ -266,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
                 "the field of view found in the sweep's frames is this outline itself (a body in fluid shown "
                 "pure black, no edge of the fan to be seen): measured on the whole frame, so a cut by the fan's "
                 "edge is not known")
-    m = analysis.measure_ac(frame, spacing, fov=fov)
+    # fitted in pixels when the spacing is not usable (no mm is shown then): a spacing of 1e308 mm
+    # overflowed the fit in mm, which then blamed the mask for the spacing's fault
+    m = analysis.measure_ac(frame, spacing if problem is None else (1.0, 1.0), fov=fov)
     shape = None if m is None else _mask_shape(frame, fov, spacing, problem, grey)
     mask_problem = None if shape is None else shape.problem
     cut = None if m is None else straight_cut(frame, fov)

@@ -133,60 +133,103 @@ _NATIVE_STDERR_LOCK = threading.RLock()  # (a quiet read inside another)
 _TIFF_LIBRARY_LINE = re.compile(r"^(?:(?:_?TIFF\w*|MissingRequired|OJPEG\w*|\w*(?:Decode|Encode|PreDecode)\w*|"
                                 r"Fax3\w*|LZW\w*|ZIP\w*|PixarLog\w*|LogLuv\w*): .*"
                                 r"|.*: \d+: Row out of range.*)$")
+#: The matrix dump ITK's linear algebra (vnl) writes to stderr when an orientation matrix holds
+#: a value that is not a number: its source file's name, ``M = [ ...``, rows of numbers, ``]``.
+_MATRIX_DUMP_LINE = re.compile(r"^(?:\S*vnl_\w+\.[ch]\w*: .*|M = \[ \.\.\.|\s*(?:[-+]?(?:[\d.]+(?:e[-+]?\d+)?|nan|inf)\s+)*"
+                               r"[-+]?(?:[\d.]+(?:e[-+]?\d+)?|nan|inf)?\s*\]?\s*)$", re.IGNORECASE)
+#: The JPEG library's warnings on a picture it decodes all the same (``Corrupt JPEG data: 20
+#: extraneous bytes before marker 0xd9``, ``Premature end of JPEG file``), which the image reader
+#: prints on stdout, where `score --json` writes its one line.
+_JPEG_LIBRARY_LINE = re.compile(r"^(?:Corrupt JPEG data: .*|Premature end of JPEG file|Warning: .*|"
+                                r"Invalid SOS parameters for sequential JPEG|Inconsistent progression sequence .*)$")
 
 
 @contextmanager
-def quiet_native_stderr() -> Iterator[None]:
+def quiet_native_stderr(matrix_dump: bool = False) -> Iterator[None]:
     """The TIFF library's complaints, which C code writes to the process's stderr (file
     descriptor 2) where no Python setting reaches them, kept off the terminal while a file is
     probed or read; anything else written there meanwhile (another thread's message) is passed on
-    afterwards. One at a time: descriptor 2 belongs to the whole process."""
+    afterwards. One at a time: descriptor 2 belongs to the whole process. ``matrix_dump``: the
+    dump ITK's linear algebra prints of a matrix that is not a number (:data:`_MATRIX_DUMP_LINE`)
+    is kept off too."""
+    with _native_output_caught(2, lambda line: bool(_TIFF_LIBRARY_LINE.match(line)
+                                                    or (matrix_dump and _MATRIX_DUMP_LINE.match(line)))):
+        yield
+
+
+@contextmanager
+def jpeg_warnings_caught(said: list[str]) -> Iterator[None]:
+    """The JPEG library's warnings (:data:`_JPEG_LIBRARY_LINE`), which the image reader prints on
+    the process's stdout (file descriptor 1) while it decodes a damaged picture all the same, kept
+    off it and added to ``said``, for the reader to say what they mean in a note of its own;
+    anything else written there meanwhile is passed on afterwards."""
+    def drop(line: str) -> bool:
+        if _JPEG_LIBRARY_LINE.match(line):
+            said.append(line)
+            return True
+        return False
+
+    with _native_output_caught(1, drop):
+        yield
+
+
+@contextmanager
+def _native_output_caught(fd: int, drop: Any) -> Iterator[None]:
+    """What C code writes to descriptor ``fd`` (1 or 2) meanwhile, held back; the lines ``drop``
+    takes are left out, the rest written there afterwards."""
     import os
     import sys
     import tempfile
 
+    stream = sys.stdout if fd == 1 else sys.stderr
     with _NATIVE_STDERR_LOCK:
         try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError, AttributeError):  # no descriptor 2 (a windowed app): nothing to keep quiet
+            stream.flush()
+            saved = os.dup(fd)
+        except (OSError, ValueError, AttributeError):  # no descriptor (a windowed app): nothing to keep quiet
             yield
             return
         try:
             with tempfile.TemporaryFile() as caught:
-                os.dup2(caught.fileno(), 2)
+                os.dup2(caught.fileno(), fd)
                 try:
                     yield
                 finally:
                     try:
-                        sys.stderr.flush()
-                    except (OSError, ValueError):
+                        stream.flush()
+                    except (OSError, ValueError, AttributeError):
                         pass
-                    os.dup2(saved, 2)
+                    os.dup2(saved, fd)
                     caught.seek(0)
                     text = caught.read(1 << 20).decode("utf-8", "replace")
-                    kept = [line for line in text.splitlines() if line.strip() and not _TIFF_LIBRARY_LINE.match(line)]
+                    kept = [line for line in text.splitlines() if line.strip() and not drop(line)]
                     if kept:
-                        os.write(2, ("\n".join(kept) + "\n").encode("utf-8", "replace"))
+                        os.write(fd, ("\n".join(kept) + "\n").encode("utf-8", "replace"))
         finally:
             os.close(saved)
 
 
 @contextmanager
-def quiet_itk(tiff: bool = False) -> Iterator[None]:
+def quiet_itk(tiff: bool = False, matrix_dump: bool = False, jpeg: list[str] | None = None) -> Iterator[None]:
     """ITK's warnings off while a file is read: a reader that copes with an odd header (or finds
     no DICOM series) still prints a C++ source location on stderr, which says nothing to a user;
     what matters is reported as one line by the readers' own checks. With ``tiff`` (a TIFF is
     read), the TIFF library inside it, which writes to stderr by itself, is kept quiet too
     (``quiet_native_stderr``; only then: the whole process's stderr waits meanwhile, a progress
-    bar among it, and other files are read one at a time)."""
+    bar among it, and other files are read one at a time). With ``matrix_dump`` (a header whose
+    orientation is not a number), the matrix dump its linear algebra prints is kept quiet so. With
+    ``jpeg`` (a list; a JPEG picture is read), the JPEG library's warnings are kept off stdout and
+    added to it (:func:`jpeg_warnings_caught`)."""
     import SimpleITK as sitk
 
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        if tiff:
-            with quiet_native_stderr():
+        if jpeg is not None:
+            with jpeg_warnings_caught(jpeg):
+                yield
+        elif tiff or matrix_dump:
+            with quiet_native_stderr(matrix_dump=matrix_dump):
                 yield
         else:
             yield

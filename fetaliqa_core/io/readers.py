@@ -196,8 +196,27 @@ def _number_of_frames(ds: Any) -> int:
     """A parsed header's Number of Frames: 1 without one, or with one that is no count."""
     try:
         return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # ("inf" overflows)
         return 1
+
+
+def _refuse_uncounted_frames(path: Path, ds: Any) -> None:
+    """A Number of Frames that is no whole number ("inf", "+") could not be read as a count: the
+    size checks were skipped and the image library read one frame of a multi-frame file ("4.5"
+    was read as 4). A blank one is left to the size checks (one frame)."""
+    if "NumberOfFrames" not in ds:
+        return
+    value = ds.get_item("NumberOfFrames").value
+    text = (value.decode("latin-1") if isinstance(value, bytes) else str(value if value is not None else ""))
+    text = text.strip(" \x00")
+    try:
+        whole = not text or float(text).is_integer()  # (False for inf and nan)
+    except ValueError:
+        whole = False
+    if not whole:
+        raise FetalIQAError(f"{path}: the DICOM header's Number of Frames is '{text[:20]}', not a whole number, "
+                            "so the frames the file holds cannot be counted: the header is damaged. Export the "
+                            "file again.")
 
 
 def _series_frames(names: list[str]) -> int:
@@ -301,11 +320,13 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _precheck_nifti_header(path)
     _refuse_animated_png(path)
     _refuse_mixed_case_nifti(path)
-    _refuse_looping_tiff(path)
+    _refuse_damaged_tiff(path)
     tiff = _tiff_pages(path)  # (the image library reads on past a smaller page, printing to the terminal)
     _refuse_imagej_one_page_stack(path, tiff)
     pages = tiff.layouts
     is_tiff = _picture_kind(path) == "TIFF"  # (the TIFF library's complaints are kept quiet while it reads)
+    odd_matrix = _nifti_orientation_not_finite(_nifti_head(path))  # (ITK prints a matrix dump for it)
+    jpeg_said: list[str] | None = [] if _picture_kind(path) == "JPEG" else None  # its decoder's warnings
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -319,7 +340,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with quiet_itk(tiff=is_tiff):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said):
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -358,7 +379,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                  MAX_DEFLATE_RATIO)
     metadata = {k: reader.GetMetaData(k)[:META_VALUE_CHARS] for k in reader.GetMetaDataKeys() if k in META_KEYS}
     try:
-        with quiet_itk(tiff=is_tiff):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said):
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -381,8 +402,13 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                             "truncated or damaged; copy or export it again.") from None
     is_dicom = _looks_like_dicom(path, reader)
     scale, unit_note = _nrrd_spacing_units(nrrd)
-    return _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None,
-                           spacing_scale=scale, spacing_unit_note=unit_note)
+    raw = _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None,
+                          spacing_scale=scale, spacing_unit_note=unit_note)
+    damage = [line for line in jpeg_said or () if line.startswith(("Corrupt JPEG data", "Premature end"))]
+    if damage:  # (the decoder's own line went to stdout, where `score --json` writes its one line)
+        raw.notes.append(f"the JPEG's data is damaged in places (its decoder: '{damage[0][:80]}'): parts of the "
+                         "picture may be wrong; export it again if it shows blocks or streaks")
+    return raw
 
 
 def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None,
@@ -571,15 +597,33 @@ def _picture_kind(path: Path) -> str | None:
     return None
 
 
-def _refuse_looping_tiff(path: Path) -> None:
-    """A TIFF's directories (one per page) form a chain of file offsets; one that points back to an
-    earlier directory made the image library loop forever inside its C code, where neither Ctrl-C
-    nor SIGTERM reached it. The chain is followed here first (its offsets only, no pixels)."""
+#: TIFF field types by size in bytes (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE, UNDEFINED, SSHORT,
+#: SLONG, SRATIONAL, FLOAT, DOUBLE, IFD, LONG8, SLONG8, IFD8), and the struct letter of those a
+#: page's size and pixel places are written in.
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8,
+                    17: 8, 18: 8}
+_TIFF_INTEGER_LETTERS = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
+#: A page's width and height, and where its strips (or tiles) lie and how long they are.
+_TIFF_PIXEL_TAGS = (256, 257, 273, 279, 324, 325)
+
+
+def _damaged_tiff(path: Path, why: str) -> FetalIQAError:
+    return FetalIQAError(f"{path}: a TIFF file whose contents cannot be read: it is damaged or cut short ({why}). "
+                         "Copy or export it again.")
+
+
+def _refuse_damaged_tiff(path: Path) -> None:
+    """A TIFF's directories (one per page) form a chain of file offsets, and each names where its
+    pixels lie. The chain and those places are checked here first (offsets only, no pixels): a
+    chain that points back to an earlier directory made the image library loop forever inside its
+    C code, where neither Ctrl-C nor SIGTERM reached it; and the image library reads the pages it
+    reaches, so a file cut short (an interrupted copy) or with a damaged directory was scored as
+    fewer frames, or with made-up ones, without a word."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
             size = os.fstat(fh.fileno()).st_size
-            if head[:2] not in (b"II", b"MM"):
+            if head[:2] not in (b"II", b"MM") or _picture_kind(path) != "TIFF":
                 return
             order = "<" if head[:2] == b"II" else ">"
             big = struct.unpack(order + "H", head[2:4])[0] == 43
@@ -587,25 +631,69 @@ def _refuse_looping_tiff(path: Path) -> None:
                 offset, count_fmt, entry, next_fmt = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, "Q"
             else:
                 offset, count_fmt, entry, next_fmt = struct.unpack(order + "I", head[4:8])[0], "H", 12, "I"
+            inline = 8 if big else 4
             seen: set[int] = set()
             while offset and len(seen) <= validate.MAX_FRAMES:
+                page = len(seen) + 1
                 if offset in seen:
-                    raise FetalIQAError(f"{path}: the TIFF's list of pages loops back on itself (page {len(seen) + 1} "
+                    raise FetalIQAError(f"{path}: the TIFF's list of pages loops back on itself (page {page} "
                                         "is an earlier one again): the file is damaged or crafted, and is not read. "
                                         "Export the sweep again.")
-                if offset + struct.calcsize(count_fmt) > size:
-                    return  # cut short: the image reader's own checks say so
+                if offset < 8 or offset + struct.calcsize(count_fmt) > size:
+                    raise _damaged_tiff(path, f"page {page}'s directory would lie at byte {offset}, in a file of {size} bytes")
                 seen.add(offset)
                 fh.seek(offset)
                 raw = fh.read(struct.calcsize(count_fmt))
                 count = struct.unpack(order + count_fmt, raw)[0]
                 at = offset + len(raw) + count * entry
-                if at + struct.calcsize(next_fmt) > size:
-                    return
+                if count > 0xFFFF or at + struct.calcsize(next_fmt) > size:  # (a classic TIFF's most)
+                    raise _damaged_tiff(path, f"page {page}'s directory runs past the end of the file")
+                table = np.frombuffer(fh.read(count * entry), dtype=[
+                    ("tag", order + "u2"), ("kind", order + "u2"), ("number", order + next_fmt),
+                    ("field", f"V{inline}")])
+                entries = {int(e["tag"]): (int(e["kind"]), int(e["number"]), bytes(e["field"]))
+                           for e in table if int(e["tag"]) in _TIFF_PIXEL_TAGS}
+                _check_tiff_page(path, fh, order, size, inline, page, entries)
                 fh.seek(at)
                 offset = struct.unpack(order + next_fmt, fh.read(struct.calcsize(next_fmt)))[0]
     except (OSError, struct.error):
         return
+
+
+def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: int, page: int,
+                     entries: dict[int, tuple[int, int, bytes]]) -> None:
+    """Refuses a TIFF page without its size or its pixels' places (a directory read from the wrong
+    bytes), or whose pixels lie past the end of the file (cut short)."""
+    def values(tag: int) -> np.ndarray | None:
+        if tag not in entries:
+            return None
+        kind, number, field = entries[tag]
+        letter = _TIFF_INTEGER_LETTERS.get(kind)
+        if letter is None or number < 1:
+            raise _damaged_tiff(path, f"page {page}'s field {tag} is of no kind a TIFF writes there")
+        nbytes = number * _TIFF_TYPE_SIZES[kind]
+        if nbytes <= inline:
+            data = field[:nbytes]
+        else:
+            where = struct.unpack(order + ("Q" if inline == 8 else "I"), field)[0]
+            if where + nbytes > size:
+                raise _damaged_tiff(path, f"page {page}'s list of where its pixels lie runs past the end of the file")
+            fh.seek(where)
+            data = fh.read(nbytes)
+        return np.frombuffer(data, dtype=np.dtype(letter).newbyteorder(order)).astype(np.uint64)
+
+    width, height = values(256), values(257)
+    places, lengths = values(273), values(279)
+    if places is None:
+        places, lengths = values(324), values(325)
+    if width is None or height is None or places is None or not width[0] or not height[0]:
+        raise _damaged_tiff(path, f"page {page} names no size or no place for its pixels")
+    if lengths is not None:
+        n = min(len(places), len(lengths))
+        ends = np.minimum(places[:n], size + 1) + np.minimum(lengths[:n], size + 1)  # (no wrap past 2**64)
+        if n and int(ends.max()) > size:
+            raise _damaged_tiff(path, f"page {page}'s pixels run past the end of the file, at {size} bytes")
+
 
 #: JPEG Baseline and Extended: the syntaxes whose colour streams are JFIF (YCbCr) by default.
 _JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
@@ -1192,27 +1280,36 @@ class _Encapsulated(NamedTuple):
     offsets: int     # entries in the Basic Offset Table (0 when it is empty)
     fragments: int   # fragments after it
     jpeg_starts: int  # fragments that begin as a JPEG stream does (SOI followed by a marker)
+    damaged: str = ""  # where the list of items breaks off ("" when it is whole)
 
 
 def _encapsulated_items(path: Path, offset: int | None) -> _Encapsulated | None:
     """Count the items of encapsulated pixel data whose value starts at ``offset``, reading each
     item's 8-byte header (and a fragment's first 3 bytes) only: no pixel is decoded. None when the
-    layout is not as expected (the reader judges it) or there are too many items to count."""
+    layout is not as expected (the reader judges it) or there are too many items to count; with
+    ``damaged`` said when the items begin as they should but their list breaks off (a fragment
+    whose length does not reach the next item, or runs past the end of the file)."""
     if offset is None:
         return None
     try:
         with open(path, "rb") as fh:
+            end = os.fstat(fh.fileno()).st_size
             length = _skip_offset_table(fh, offset)
             if length is None:
                 return None
             fragments = starts = 0
             while fragments <= _MAX_ITEMS:
+                at = fh.tell()
                 item = fh.read(8)
                 if len(item) != 8 or item[:4] == b"\xfe\xff\xdd\xe0":  # the end, or the sequence delimiter
                     return _Encapsulated(length // 4, fragments, starts)
                 if item[:4] != _ITEM_TAG:
-                    return None
+                    return _Encapsulated(length // 4, fragments, starts, f"no item where fragment {fragments + 1} "
+                                                                         f"should begin, at byte {at}")
                 size = int.from_bytes(item[4:], "little")
+                if at + 8 + size > end:
+                    return _Encapsulated(length // 4, fragments, starts, f"fragment {fragments + 1} runs past the "
+                                                                         "end of the file")
                 head = fh.read(min(size, 3))
                 starts += head == b"\xff\xd8\xff"
                 fh.seek(size - len(head), os.SEEK_CUR)
@@ -1229,9 +1326,14 @@ def _refuse_frames_left_out(path: Path, ds: Any, syntax: str, element: Any, fram
     several fragments, so only a definite mismatch is refused: an offset table's one entry a frame,
     RLE's one fragment a frame (PS3.5 A.4.2), or more fragments beginning as a JPEG stream than
     there are frames."""
+    if getattr(element, "length", None) != 0xFFFFFFFF:  # not encapsulated (a deflated file's is inflated)
+        return
     items = _encapsulated_items(path, getattr(element, "value_tell", None))
     if items is None:
         return
+    if items.damaged:  # the image library took gigabytes of memory over such a file, then named no damage
+        raise FetalIQAError(f"{path}: the file's compressed frames are damaged ({items.damaged}): it is damaged "
+                            "or cut short. Copy or export it again.")
     extended = ds.get_item("ExtendedOffsetTable", keep_deferred=True) if "ExtendedOffsetTable" in ds else None
     held, exact = 0, True  # exact: the count is the number of frames, not a least one
     if extended is not None and getattr(extended, "length", None) not in (None, 0xFFFFFFFF):
@@ -1375,6 +1477,7 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
         ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
         if single:
             _refuse_dicom_segmentation(path, ds)
+        _refuse_uncounted_frames(path, ds)
         photometric = _photometric(ds)
         order = _Member(_instance_number(ds), _image_position(ds),
                         str(ds.get("StudyInstanceUID", "") or "").strip(), _number_of_frames(ds),
@@ -1442,15 +1545,18 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
             f"{cols} x {rows} pixels, {samples} sample(s) of {bits} bits) needs {needed}: the file is "
             "truncated or its header is wrong. Copy or export it again.")
     per_frame = needed // max(frames, 1)
-    if stored - needed >= max(per_frame, 2):  # (one byte pads an odd length to an even one: PS3.5 7.1.1)
-        # the reader would read the frames the header counts and leave the rest out without a word
+    if stored - needed > needed % 2:  # (one byte pads an odd length to an even one: PS3.5 7.1.1)
+        # the reader would read the frames the header counts and leave the rest out without a word, or
+        # with less than a frame more (Rows or Columns one short), read every frame askew
         held = (f"; the data hold {stored // per_frame} frames"
                 if per_frame and stored - stored % per_frame in (stored, stored - 1) else "")
         missing = "" if "NumberOfFrames" in ds else "; Number of Frames is missing"
+        harm = ("Reading it would leave frames out" if stored - needed >= per_frame else
+                "Its frames would be read askew (a row or a column more than Rows and Columns count?)")
         raise FetalIQAError(
             f"{path}: the file holds {stored} bytes of pixel data, more than the {needed} its header describes "
             f"({frames} frame(s) of {cols} x {rows} pixels, {samples} sample(s) of {bits} bits{missing}){held}. "
-            "Reading it would leave frames out: export the file again"
+            f"{harm}: export the file again"
             + (" with its right Number of Frames." if held else "."))
     return order
 
@@ -1550,9 +1656,14 @@ def _refuse_contradicting_photometric(path: Path, ds: Any, photometric: str) -> 
     if written != photometric and photometric not in ("MONOCHROME2", "RGB"):
         # the image library matches the code string exactly: 'Monochrome1' was read without its
         # inversion, 'ybr_full_422' as three bytes per pixel (grey and RGB are read the same either way)
-        raise FetalIQAError(f"{path}: the DICOM header spells its Photometric Interpretation '{written}', not "
-                            f"'{photometric}' as the standard does, and its pixels would be read with the wrong "
-                            "grey levels or colours: export the file again.")
+        if photometric in _PHOTOMETRIC_SAMPLES:
+            raise FetalIQAError(f"{path}: the DICOM header spells its Photometric Interpretation '{written}', not "
+                                f"'{photometric}' as the standard does, and its pixels would be read with the wrong "
+                                "grey levels or colours: export the file again.")
+        # ('nan' is no misspelt 'NAN': no such value exists)
+        raise FetalIQAError(f"{path}: the DICOM header's Photometric Interpretation is '{written[:20]}', which is "
+                            "not one the standard defines, so how its pixels are to be read as grey levels or "
+                            "colours is not known: export the file again.")
     expected = _PHOTOMETRIC_SAMPLES.get(photometric)
     try:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -1727,9 +1838,10 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
         raise FetalIQAError(
             f"{path}: the file holds {actual} bytes but its header ({fmt_dims(size)} voxels) needs "
             f"{expected}: the file is truncated or its header is wrong. Copy or export it again.")
-    if actual - expected >= per_frame:
-        # the reader would read what the header counts and leave the rest out without a word
-        raise _longer_than_header(path, actual - vox_offset, data_bytes, f"{fmt_dims(size)} voxels")
+    if actual > expected:
+        # the reader would read what the header counts and leave the rest out without a word: whole
+        # frames, or a column of each row (every row read shifted); writers store the voxels exactly
+        raise _longer_than_header(path, actual - vox_offset, data_bytes, f"{fmt_dims(size)} voxels", per_frame)
 
 
 def _frames_of(size_xyz: tuple[int, ...]) -> int:
@@ -1737,13 +1849,15 @@ def _frames_of(size_xyz: tuple[int, ...]) -> int:
     return validate.checked_product(size_xyz[2:]) if len(size_xyz) > 2 else 1
 
 
-def _longer_than_header(path: Path, stored: int, described: int, dims: str) -> FetalIQAError:
-    """The error for a file holding more pixel data than its header describes (reading it would
-    leave frames out without a word)."""
+def _longer_than_header(path: Path, stored: int, described: int, dims: str, per_frame: int) -> FetalIQAError:
+    """The error for a file holding more pixel data than its header describes: reading it would
+    leave frames out without a word, or, less than a frame more (a header a row or a column short),
+    read every frame askew."""
+    harm = ("reading it would leave frames out" if stored - described >= per_frame else
+            "its frames would be read askew (a row or a column more than the header counts?)")
     return FetalIQAError(
         f"{path}: the file holds {stored} bytes of pixel data, more than the {described} its header "
-        f"describes ({dims}): its header is wrong, and reading it would leave frames out. Export the "
-        "file again.")
+        f"describes ({dims}): its header is wrong, and {harm}. Export the file again.")
 
 
 def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[int, ...], components: int,
@@ -1793,8 +1907,8 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
                 stored = inflated - byte_skip
     except (OSError, struct.error):
         return
-    if stored - described >= frame:  # a frame or more beyond the header's
-        raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels")
+    if stored > described:  # frames left out, or each read askew (writers store the data exactly)
+        raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels", frame)
     if stored < described:  # the image library would allocate what the header claims, then fail
         where = "its data file holds" if data_file is not None else "the file holds"
         raise FetalIQAError(f"{path}: the header describes {described} bytes of pixel data ({fmt_dims(size)} "
@@ -2113,6 +2227,19 @@ def _nifti_sform_spacing(head: bytes) -> tuple[float, float] | None:
             return None
         return float(f"{row_mm * factor:.7g}"), float(f"{col_mm * factor:.7g}")
     return None
+
+
+def _nifti_orientation_not_finite(head: bytes) -> bool:
+    """Whether a NIfTI-1 header's pixel sizes, quaternion or sform hold a value that is not a
+    number: the image reader copes (the spacing is judged by its own checks) but first prints its
+    linear algebra's matrix dump, with "nan" in it, on the terminal."""
+    if len(head) < 348:
+        return False
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", head[:4])[0] == 348:
+            values = struct.unpack(endian + "8f", head[76:108]) + struct.unpack(endian + "18f", head[256:328])
+            return not all(math.isfinite(v) for v in values)
+    return False
 
 
 def _nifti_head(path: Path) -> bytes:

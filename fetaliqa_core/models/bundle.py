@@ -490,6 +490,7 @@ def checked_bundle(bundle: Path, base_config: str | Path | None = None) -> tuple
     if version != PREPROCESS_VERSION:
         raise FetalIQAError(f"{where} was trained with preprocessing version {shown_value(version)}, this FetalIQA uses "
                             f"{PREPROCESS_VERSION!r}: its scores would be off; retrain or use a matching FetalIQA")
+    _refuse_other_preprocessing(manifest.preprocess, where)
 
     # files present and unchanged
     for name, sha in manifest.files.items():
@@ -507,6 +508,30 @@ def checked_bundle(bundle: Path, base_config: str | Path | None = None) -> tuple
             raise FetalIQAError(f"{where} is incomplete: the manifest lists no {name}")
 
     return manifest, config, where
+
+
+def _refuse_other_preprocessing(recorded: dict, where: str) -> None:
+    """Scoring prepares frames as :func:`preprocess_spec` says, whatever a manifest records: one
+    recording another input size, padding or normalisation (448 pixels, stretched, a mean of
+    1e19) loaded without a word, and its model was served frames unlike those it was trained on.
+    A setting the manifest does not record is taken as the version's."""
+    for key, served in preprocess_spec().items():
+        if key == "version" or key not in recorded or _same_setting(recorded[key], served):
+            continue
+        raise FetalIQAError(f"{where} was trained with preprocessing {key} {shown_value(recorded[key])}, this FetalIQA "
+                            f"prepares frames with {shown_value(served)}: its scores would be off; retrain or use a "
+                            "matching FetalIQA")
+
+
+def _same_setting(recorded: Any, served: Any) -> bool:
+    """Whether a manifest's preprocessing setting is the one served (numbers as JSON gives them back)."""
+    if isinstance(served, (list, tuple)):
+        return (isinstance(recorded, (list, tuple)) and len(recorded) == len(served)
+                and all(_same_setting(r, s) for r, s in zip(recorded, served)))
+    if isinstance(served, (int, float)) and not isinstance(served, bool):
+        return (isinstance(recorded, (int, float)) and not isinstance(recorded, bool)
+                and math.isclose(recorded, served, rel_tol=1e-6))
+    return recorded == served
 
 
 def base_for(manifest: BundleManifest, config: dict, base_weights, choice: DeviceChoice, where: str
