@@ -1800,3 +1800,17 @@ def test_a_picture_is_read_upright_as_its_exif_orientation_asks(tmp_path, orient
         assert np.array_equal(sweep.frames[0], upright), (mode, orientation)
         noted = [n for n in sweep.read_notes if "EXIF orientation" in n]
         assert len(noted) == (orientation != 1), sweep.read_notes
+
+
+@pytest.mark.parametrize("kept", [0.999, 0.6, 0.2])
+def test_a_dicom_file_cut_short_is_called_truncated(tmp_path, kept):
+    """A multi-frame DICOM cut anywhere in its pixel data (an interrupted copy) was "a DICOM file
+    whose pixels this reader cannot decode ... Export the sweep with 8- or 16-bit grey", for a
+    file that already is 8-bit grey: the advice sent the user the wrong way."""
+    arr = _grey().astype(np.uint8)
+    raw = _dicom(tmp_path / "whole.dcm", arr).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(raw[:int(len(raw) * kept)])
+    with pytest.raises(FetalIQAError, match="it is truncated, probably an interrupted copy") as err:
+        load_sweep(cut)
+    assert "cannot decode" not in str(err.value)

@@ -1539,6 +1539,18 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
                             "ultrasound export uses: the header is damaged. Export the file again.")
     needed = validate.checked_product((rows, cols, max(frames, 1), max(samples, 1), bits))
     needed = (needed + 7) // 8
+    start = getattr(element, "value_tell", None)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    if start is not None and size is not None and int(start) + stored > size:
+        # the header's length is right but the file stops before it: an interrupted copy (the image
+        # library then found no reader for it, and the file was called undecodable)
+        raise FetalIQAError(
+            f"{path}: the file stops {int(start) + stored - size} bytes before the end of its pixel data "
+            f"({stored} bytes from byte {int(start)}, in a file of {size}): it is truncated, probably an "
+            "interrupted copy. Copy or export it again.")
     if stored < needed:
         raise FetalIQAError(
             f"{path}: the file holds {stored} bytes of pixel data but its header ({frames} frames of "
