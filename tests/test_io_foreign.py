@@ -1814,3 +1814,18 @@ def test_a_dicom_file_cut_short_is_called_truncated(tmp_path, kept):
     with pytest.raises(FetalIQAError, match="it is truncated, probably an interrupted copy") as err:
         load_sweep(cut)
     assert "cannot decode" not in str(err.value)
+
+
+def test_colour_frames_read_as_grey_say_so(tmp_path):
+    """RGB frames with a colour Doppler box were made grey without a word: the coloured flow was
+    scored as grey structures. Grey saved as RGB says nothing."""
+    from PIL import Image
+
+    grey = np.random.default_rng(2).integers(0, 200, (60, 80), dtype=np.uint8)
+    rgb = np.stack([grey] * 3, axis=-1)
+    Image.fromarray(rgb).save(tmp_path / "grey_as_rgb.png")
+    assert load_sweep(tmp_path / "grey_as_rgb.png").read_notes == ()
+    rgb[10:30, 20:50] = (200, 30, 30)  # a red flow box
+    Image.fromarray(rgb).save(tmp_path / "doppler.png")
+    (note,) = [n for n in load_sweep(tmp_path / "doppler.png").read_notes if "in colour" in n]
+    assert "read as grey" in note and note.startswith("12.5%")

@@ -70,6 +70,23 @@ def check_frame_shape(shape: tuple[int, ...], path: Path) -> None:
             "are needed. Check that the file holds ultrasound frames (not a thumbnail or a vector field).")
 
 
+#: The share of pixels with colour (channels apart by more than :data:`COLOUR_APART` grey levels)
+#: from which reading the frames as grey is said: grey saved as RGB has none, a lossy export's
+#: fringes a few.
+COLOUR_NOTE_SHARE = 0.002
+COLOUR_APART = 24
+
+
+def _coloured_share(arr: np.ndarray) -> float:
+    """The share of pixels whose colour channels differ by more than :data:`COLOUR_APART`, in up
+    to 16 evenly spread frames of ``(N, H, W, C)`` colour frames."""
+    sample = np.asarray(arr[:: max(1, arr.shape[0] // 16), ..., :3], dtype=np.float32)
+    if sample.size == 0:
+        return 0.0
+    apart = sample.max(axis=-1) - sample.min(axis=-1)
+    return float(np.count_nonzero(apart > COLOUR_APART)) / apart.size
+
+
 def to_uint8_frames(raw: Raw) -> np.ndarray:
     """``raw.array`` -> ``(N, H, W)`` uint8 C-contiguous frames (no copy when already so)."""
     path = raw.path or Path("?")
@@ -86,6 +103,12 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
     if raw.ycbcr and comps == 3 and arr.dtype == np.uint8:  # Y is the grey level already
         return np.ascontiguousarray(arr[..., 0])
     out = np.empty(arr.shape[:3], dtype=np.uint8)
+    if comps in (3, 4) and arr.dtype == np.uint8:
+        coloured = _coloured_share(arr)
+        if coloured >= COLOUR_NOTE_SHARE:
+            raw.notes.append(f"{coloured:.1%} of the pixels are in colour (a Doppler overlay, coloured marks?): the "
+                             "frames are read as grey (their luminance), and the models judge grey B-mode images, so "
+                             "colour areas are scored as grey structures")
     if arr.dtype == np.uint8:  # colour 8-bit: integer luminance, chunk by chunk
         for s in range(0, n, CHUNK_FRAMES):
             check_cancelled()
