@@ -530,3 +530,31 @@ def test_a_damaged_tensor_in_a_base_of_the_right_architecture_is_called_damaged(
         build_vision_tower("tiny", save_base_weights(bad, tmp_path / "damaged.pt"))
     msg = str(err.value)
     assert f"shape mismatch at {key}" in msg and "it is damaged" in msg and "--base-config" not in msg
+
+
+def test_a_pair_trained_on_two_base_files_is_refused_in_one_line(tmp_path, capsys):
+    """A classifier and a segmenter trained on two different weights files: with either file as
+    --base one of them was refused, naming the other file, so the advice went round in a circle."""
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.io import write_volume
+    from fetaliqa_core.models.base import random_clip_state_dict, save_base_weights
+    from fetaliqa_core.models.bundle import manifest_for, save_bundle
+    from fetaliqa_core.models.classifier import FetalCLIPClassifier
+    from fetaliqa_core.models.lora import LoraSettings
+    from fetaliqa_core.models.segmenter import FetalCLIPSegmenter
+    import numpy as np
+
+    bundles = {}
+    for task, seed in (("cls", 1), ("seg", 2)):
+        weights = save_base_weights(random_clip_state_dict("tiny", seed), tmp_path / f"base_{task}.pt")
+        visual, info = build_vision_tower("tiny", weights)
+        model = FetalCLIPClassifier(visual, LoraSettings()) if task == "cls" else \
+            FetalCLIPSegmenter(visual, LoraSettings(), n_classes=3, init_filters=8)
+        bundles[task] = save_bundle(model, tmp_path / task, manifest_for(model, info))
+    sweep = tmp_path / "sweep.mha"
+    write_volume(sweep, np.zeros((2, 64, 64), np.uint8), spacing_mm=(0.3, 0.3))
+    for base in ("base_cls.pt", "base_seg.pt"):
+        assert main(["score", str(sweep), "--cls", str(bundles["cls"]), "--seg", str(bundles["seg"]),
+                     "--base", str(tmp_path / base), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "one scoring run uses one base" in err and err.count("\n") == 1

@@ -90,6 +90,25 @@ def _same_base(cls_dir: Path, seg_dir: Path) -> bool:
         return False  # the ordinary loading says what is wrong
 
 
+def _refuse_two_bases(cls_dir: Path, seg_dir: Path) -> None:
+    """A classifier and a segmenter trained on two different FetalCLIP weights files cannot run in
+    one scoring run (one --base): each was refused in turn, naming the other file, and the advice
+    ("use the weights file the bundle was trained on") went round in a circle."""
+    from fetaliqa_core.models.bundle import RANDOM_PREFIX, read_manifest
+
+    try:
+        cls_m, seg_m = read_manifest(cls_dir), read_manifest(seg_dir)
+    except FetalIQAError:
+        return  # the ordinary loading says what is wrong
+    if cls_m.is_student or seg_m.is_student:
+        return  # a student runs its own tower: the base it records is its teacher's
+    cls_base, seg_base = cls_m.base_sha256, seg_m.base_sha256
+    if cls_base != seg_base and not any(b.startswith(RANDOM_PREFIX) for b in (cls_base, seg_base)):
+        raise FetalIQAError(f"the classifier bundle {cls_dir} was trained on base weights with SHA-256 {cls_base[:12]}... "
+                            f"and the segmenter bundle {seg_dir} on {seg_base[:12]}...: one scoring run uses one base "
+                            "(--base). Train both on the same FetalCLIP weights file, or score with each bundle alone.")
+
+
 # A GPU with at least this much memory holds two merged copies of the base: the pair then runs as
 # two merged models, faster than one base with both adapters unmerged (an H200, real architecture,
 # batch 64: 904 frames/s against 664; 3.3 GB against 2.8 GB of GPU memory).
@@ -119,6 +138,8 @@ def _load_pair(cls_dir: Path | None, seg_dir: Path | None, base, device, one_bas
     from fetaliqa_core.models import bundle as bundle_mod
 
     joint = cls_dir is not None and seg_dir is not None and seg_dir.resolve() == cls_dir.resolve()
+    if cls_dir is not None and seg_dir is not None and not joint:
+        _refuse_two_bases(cls_dir, seg_dir)
     if cls_dir is not None and seg_dir is not None and not joint and share_base(device) \
             and (one_base if one_base is not None else _same_base(cls_dir, seg_dir)):
         from fetaliqa_core.models.shared import load_shared
