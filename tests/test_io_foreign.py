@@ -1829,3 +1829,25 @@ def test_colour_frames_read_as_grey_say_so(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "doppler.png")
     (note,) = [n for n in load_sweep(tmp_path / "doppler.png").read_notes if "in colour" in n]
     assert "read as grey" in note and note.startswith("12.5%")
+
+
+def test_padding_after_the_pixel_data_is_read_past_not_refused(tmp_path):
+    """Refusing any byte past the pixel data a header describes (a column short reads every row
+    askew) also refused valid files with padding: a NIfTI ending in a newline or padded to a
+    block, a NRRD with a newline after its data. A few bytes of padding are read past; a column's
+    or a row's worth in every frame, or a frame's, is still refused."""
+    frames = np.random.default_rng(1).integers(0, 255, (4, 48, 64)).astype(np.uint8)
+    image = sitk.GetImageFromArray(frames)
+    image.SetSpacing((0.3, 0.3, 1.0))
+    for suffix in (".nii", ".nrrd"):
+        path = tmp_path / f"sweep{suffix}"
+        sitk.WriteImage(image, str(path))
+        whole = path.read_bytes()
+        for name, tail in (("newline", b"\n"), ("block", bytes(512 - len(whole) % 512))):
+            padded = tmp_path / f"{name}{suffix}"
+            padded.write_bytes(whole + tail)
+            assert np.array_equal(load_sweep(padded).frames, frames), (suffix, name)
+        shifted = tmp_path / f"column{suffix}"  # one more pixel in every row of every frame
+        shifted.write_bytes(whole + bytes(48 * 4))
+        with pytest.raises(FetalIQAError, match="more than the"):
+            load_sweep(shifted)

@@ -558,3 +558,23 @@ def test_a_pair_trained_on_two_base_files_is_refused_in_one_line(tmp_path, capsy
                      "--base", str(tmp_path / base), "--out", str(tmp_path / "out"), "--quiet"]) == 1
         err = capsys.readouterr().err
         assert "one scoring run uses one base" in err and err.count("\n") == 1
+
+
+def test_a_base_no_bundle_uses_is_refused_not_ignored(tiny_bundle_dirs, tmp_path, capsys):
+    """--base with a student's bundle, or with bundles trained on a random base, was ignored without
+    a word (the run's numbers came from no such file), while --model demo-student --base was refused."""
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.io import write_volume
+    from fetaliqa_core.models.bundle import demo_models_dir
+
+    import numpy as np
+
+    sweep = tmp_path / "sweep.mha"
+    write_volume(sweep, np.zeros((2, 64, 64), np.uint8), spacing_mm=(0.3, 0.3))
+    weights = tmp_path / "FetalCLIP_weights.pt"
+    weights.write_bytes(b"not read")
+    student = demo_models_dir() / "student"
+    for models in (["--cls", str(student), "--seg", str(student)], ["--cls", str(tiny_bundle_dirs["cls"])]):
+        assert main(["score", str(sweep), *models, "--base", str(weights), "--out", str(tmp_path / "o"),
+                     "--quiet"]) == 1
+        assert "is used by none of these bundles" in capsys.readouterr().err

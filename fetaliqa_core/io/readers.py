@@ -1557,7 +1557,8 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
             f"{cols} x {rows} pixels, {samples} sample(s) of {bits} bits) needs {needed}: the file is "
             "truncated or its header is wrong. Copy or export it again.")
     per_frame = needed // max(frames, 1)
-    if stored - needed > needed % 2:  # (one byte pads an odd length to an even one: PS3.5 7.1.1)
+    if stored - needed > needed % 2 and _misread_by(stored - needed, cols, rows, max(frames, 1),
+                                                    max(samples, 1) * bits / 8):
         # the reader would read the frames the header counts and leave the rest out without a word, or
         # with less than a frame more (Rows or Columns one short), read every frame askew
         held = (f"; the data hold {stored // per_frame} frames"
@@ -1850,15 +1851,30 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
         raise FetalIQAError(
             f"{path}: the file holds {actual} bytes but its header ({fmt_dims(size)} voxels) needs "
             f"{expected}: the file is truncated or its header is wrong. Copy or export it again.")
-    if actual > expected:
+    if actual > expected and _misread_by(actual - expected, size[0], size[1] if len(size) > 1 else 1,
+                                         _frames_of(size), data_bytes / max(validate.checked_product(size), 1)):
         # the reader would read what the header counts and leave the rest out without a word: whole
-        # frames, or a column of each row (every row read shifted); writers store the voxels exactly
+        # frames, or a column of each row (every row read shifted)
         raise _longer_than_header(path, actual - vox_offset, data_bytes, f"{fmt_dims(size)} voxels", per_frame)
 
 
 def _frames_of(size_xyz: tuple[int, ...]) -> int:
     """Frames in an image of ``size`` (x, y, z...): every axis after the first two."""
     return validate.checked_product(size_xyz[2:]) if len(size_xyz) > 2 else 1
+
+
+def _misread_by(excess: int, cols: int, rows: int, frames: int, per_pixel: float) -> bool:
+    """Whether ``excess`` bytes after the pixel data a header describes mean the pixels would be read
+    wrongly: a frame or more (frames left out), or exactly one pixel more in every row or one row
+    more in every frame (a header a column or a row short: every row read shifted). A few bytes of
+    padding after the data (a newline, a block's end) are no such thing and are read past."""
+    frame = cols * rows * per_pixel
+    if excess >= frame:
+        return True
+    for unit in (rows * frames * per_pixel, cols * frames * per_pixel):
+        if unit >= 1 and excess % unit == 0:
+            return True
+    return False
 
 
 def _longer_than_header(path: Path, stored: int, described: int, dims: str, per_frame: int) -> FetalIQAError:
@@ -1919,8 +1935,9 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
                 stored = inflated - byte_skip
     except (OSError, struct.error):
         return
-    if stored > described:  # frames left out, or each read askew (writers store the data exactly)
-        raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels", frame)
+    if stored > described and _misread_by(stored - described, size[0], size[1] if len(size) > 1 else 1,
+                                          _frames_of(size), components * itemsize):
+        raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels", frame)  # frames left out, or askew
     if stored < described:  # the image library would allocate what the header claims, then fail
         where = "its data file holds" if data_file is not None else "the file holds"
         raise FetalIQAError(f"{path}: the header describes {described} bytes of pixel data ({fmt_dims(size)} "

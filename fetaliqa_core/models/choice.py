@@ -90,6 +90,21 @@ def _same_base(cls_dir: Path, seg_dir: Path) -> bool:
         return False  # the ordinary loading says what is wrong
 
 
+def _refuse_unused_base(choice: ModelChoice) -> None:
+    """--base given for bundles none of which runs on a weights file (a student holds its own
+    tower; a bundle trained on a random base rebuilds it): it was ignored without a word, while
+    ``--model demo-student --base`` was refused."""
+    from fetaliqa_core.models.bundle import RANDOM_PREFIX, read_manifest
+
+    try:
+        manifests = [read_manifest(Path(d)) for d in (choice.cls, choice.seg) if d]
+    except FetalIQAError:
+        return  # the ordinary loading says what is wrong
+    if manifests and all(m.is_student or m.base_sha256.startswith(RANDOM_PREFIX) for m in manifests):
+        raise FetalIQAError(f"--base {choice.base} is used by none of these bundles (a student holds its own tower; "
+                            "a bundle trained on a random base is a test model that rebuilds it): leave --base out.")
+
+
 def _refuse_two_bases(cls_dir: Path, seg_dir: Path) -> None:
     """A classifier and a segmenter trained on two different FetalCLIP weights files cannot run in
     one scoring run (one --base): each was refused in turn, naming the other file, and the advice
@@ -169,6 +184,8 @@ def load_models(choice: ModelChoice) -> LoadedModels:
     else:
         if not (choice.cls or choice.seg):
             raise FetalIQAError("No model given: pass --model demo, or --cls and/or --seg bundle folders.")
+        if choice.base is not None:
+            _refuse_unused_base(choice)
         cls, seg = _load_pair(Path(choice.cls) if choice.cls else None, Path(choice.seg) if choice.seg else None,
                               choice.base, device)
     student = None
