@@ -1761,7 +1761,7 @@ def test_a_stack_saved_frames_first_is_not_measured(tmp_path):
     from fetaliqa_core.io.sweep import frames_axis_evidence
     from fetaliqa_core.synth import synthesize_case
 
-    frames = synthesize_case(seed=3, n_sweeps=1, frames_per_sweep=40, height=140, width=186).frames
+    frames = synthesize_case(seed=4, n_sweeps=1, frames_per_sweep=40, height=140, width=186).frames
     upright = sitk.GetImageFromArray(frames)
     upright.SetSpacing((0.3, 0.3, 1.0))
     sitk.WriteImage(upright, str(tmp_path / "upright.nii.gz"))
@@ -1779,6 +1779,12 @@ def test_a_stack_saved_frames_first_is_not_measured(tmp_path):
     # a pixel size the user gives is theirs to give: lengths are shown again, the note stays
     given = sweep.with_spacing(0.3)
     assert given.spacing_problem is None and any("another axis" in n for n in given.read_notes)
+    # a probe held still over fine speckle (neighbouring frames alike, a frame's pixels not) is no
+    # such stack: its rows and columns are alike
+    rng = np.random.default_rng(0)
+    still = np.repeat(rng.integers(0, 255, (1, 120, 160)), 12, axis=0).astype(np.uint8)
+    still = np.clip(still + rng.integers(-3, 4, still.shape), 0, 255).astype(np.uint8)
+    assert frames_axis_evidence(still) is None
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
