@@ -636,12 +636,9 @@ def test_an_archive_of_subfolders_only_says_so_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "o" / ar.TABLE_FILE).exists()
 
 
-@pytest.mark.slow
-def test_ranks_that_would_write_to_different_folders_stop_together_and_say_why(archive_dir, tmp_path):
-    """Two machines given the same relative --out from different working folders: each rank wrote
-    into its own folder; rank 0 waited out its timeout, called rank 1 (which had finished) a rank
-    that "stopped without finishing", and told the user to run the same command again, which
-    never finished either. The ranks compare folders before scoring and stop together."""
+def _two_ranks_by_hand(archive_dir: Path, tmp_path: Path, outs: tuple[str, str]) -> list[tuple[int, str]]:
+    """Two ranks started as torchrun would on two machines (RANK, WORLD_SIZE, MASTER_*), each in a
+    working folder of its own holding a link to the archive: ``(returncode, output)`` per rank."""
     import socket
 
     with socket.socket() as s:
@@ -650,25 +647,50 @@ def test_ranks_that_would_write_to_different_folders_stop_together_and_say_why(a
     procs = []
     for rank in (0, 1):
         here = tmp_path / f"machine{rank}"
-        here.mkdir()
-        (here / "archive").symlink_to(archive_dir)
+        here.mkdir(exist_ok=True)
+        if not (here / "archive").exists():
+            (here / "archive").symlink_to(archive_dir)
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), RANK=str(rank), WORLD_SIZE="2",
                    LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "fetaliqa_core.cli", "score", "archive", "--out", "scores", "--no-cache",
+            [sys.executable, "-m", "fetaliqa_core.cli", "score", "archive", "--out", outs[rank], "--no-cache",
              "--device", "cpu", "--rank-timeout", "60"],
             cwd=here, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
+    done = []
     for proc in procs:
         try:
-            logs.append(proc.communicate(timeout=120)[0])
+            done.append((0, proc.communicate(timeout=120)[0]))
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert [p.returncode for p in procs] == [1, 1], logs
-    for log in logs:
+        done[-1] = (proc.returncode, done[-1][1])
+    return done
+
+
+@pytest.mark.slow
+def test_ranks_that_would_write_to_different_folders_stop_together_and_say_why(archive_dir, tmp_path):
+    """Two machines given the same relative --out from different working folders: each rank wrote
+    into its own folder; rank 0 waited out its timeout, called rank 1 (which had finished) a rank
+    that "stopped without finishing", and told the user to run the same command again, which
+    never finished either. The ranks compare folders before scoring and stop together."""
+    done = _two_ranks_by_hand(archive_dir, tmp_path, ("scores", "scores"))
+    assert [rc for rc, _ in done] == [1, 1], done
+    for _, log in done:
         assert "rank 1 on" in log and "not to rank 0's output folder" in log, log[-2000:]
         assert "stopped without finishing" not in log and "Traceback" not in log
     for rank in (0, 1):  # nothing scored anywhere
-        assert not (tmp_path / f"machine{rank}" / "scores" / ar.CASES_DIR).exists() or not any(
-            (tmp_path / f"machine{rank}" / "scores" / ar.CASES_DIR).iterdir())
+        cases = tmp_path / f"machine{rank}" / "scores" / ar.CASES_DIR
+        assert not cases.exists() or not any(cases.iterdir())
+
+
+@pytest.mark.slow
+def test_an_output_path_no_rank_can_write_is_one_line_on_every_rank(archive_dir, tmp_path):
+    """An --out that is a file: rank 0 stopped on an internal folder's path and rank 1 said it had
+    lost contact with the others (a gloo error), where both had named the folder before."""
+    taken = tmp_path / "taken"
+    taken.write_text("someone's file\n")
+    done = _two_ranks_by_hand(archive_dir, tmp_path, (str(taken), str(taken)))
+    assert [rc for rc, _ in done] == [1, 1], done
+    for _, log in done:
+        assert f"{taken}: cannot write results there" in log and "lost contact" not in log, log[-2000:]
+    assert taken.read_text() == "someone's file\n"

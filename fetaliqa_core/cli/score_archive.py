@@ -145,8 +145,13 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id(),
                     "out": str(out.expanduser().resolve()), "host": ar.hostname()}
             if ranks.distributed:  # (each rank looks for it under its own --out: the same folder?)
-                ar.plan_file(out, plan["run_id"]).parent.mkdir(parents=True, exist_ok=True)
-                ar.plan_file(out, plan["run_id"]).write_text(json.dumps(plan), encoding="utf-8")
+                ar.prepare_out(out)  # (an --out that cannot be written says so here, to every rank)
+                try:
+                    ar.plan_file(out, plan["run_id"]).parent.mkdir(parents=True, exist_ok=True)
+                    ar.plan_file(out, plan["run_id"]).write_text(json.dumps(plan), encoding="utf-8")
+                except OSError as exc:
+                    raise FetalIQAError(f"{out}: cannot write results there ({exc.strerror or type(exc).__name__}). "
+                                        "Give --out a folder you can write to.") from None
         except FetalIQAError as exc:
             if not ranks.distributed:
                 raise
