@@ -35,6 +35,15 @@ def _plausible(name: str, value: object) -> bool:
     if name in _RANGES:
         lo, hi = _RANGES[name]
         return math.isfinite(value) and lo <= value <= hi  # type: ignore[arg-type]
+    if name == "device":  # as the command line takes it (cuda:1 among them), so what it saved reads back
+        import argparse
+
+        from fetaliqa_core.models.options import device_name
+
+        try:
+            return isinstance(value, str) and device_name(value) == value
+        except argparse.ArgumentTypeError:
+            return False
     if name in _CHOICES:
         return value in _CHOICES[name]
     if name in ("geometry", "window_state"):
@@ -76,7 +85,8 @@ class AppSettings:
         without a word."""
         s = s if s is not None else cls()
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for n in range(1, 100):
+        # (a link is the user's, to a settings file kept elsewhere: never renamed, nor saved over)
+        for n in range(1, 1 if path.is_symlink() else 100):
             aside = path.with_name(f"{path.name}.damaged-{stamp}" + (f"-{n}" if n > 1 else ""))
             if aside.exists() or aside.is_symlink():
                 continue

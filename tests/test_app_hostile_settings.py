@@ -128,3 +128,29 @@ def test_a_damaged_settings_file_that_cannot_be_set_aside_is_not_overwritten(mon
     assert "left as it is" in s.problem
     s.save()
     assert AppSettings.path().read_text(encoding="utf-8") == "\x00 not settings"
+
+
+def test_a_device_the_command_line_takes_reads_back(tmp_path):
+    """--device cuda:1 (which the command line takes) was saved, then read back as a damaged value:
+    the file was set aside on every start, and the device went back to auto."""
+    s = AppSettings(device="cuda:1")
+    s.save()
+    again = AppSettings.load()
+    assert again.device == "cuda:1" and not again.problem
+    assert not list(AppSettings.path().parent.glob(AppSettings.path().name + ".damaged-*"))
+
+
+def test_a_settings_file_that_is_a_link_is_never_renamed(tmp_path):
+    """A settings file kept elsewhere (a dotfiles folder) and linked: one odd value renamed the
+    link and the next save wrote a plain file in its place."""
+    kept = tmp_path / "dotfiles" / "fetaliqa.json"
+    kept.parent.mkdir()
+    kept.write_text(json.dumps({"opacity": 7.5}), encoding="utf-8")
+    link = AppSettings.path()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(kept)
+    s = AppSettings.load()
+    assert "opacity" in s.problem and "left as it is" in s.problem
+    s.save()
+    assert link.is_symlink() and json.loads(kept.read_text(encoding="utf-8")) == {"opacity": 7.5}
