@@ -296,8 +296,10 @@ class FrameView(QWidget):
         self._mask_shown = None
         self.placeholder.show()
 
-    def set_mask(self, mask: np.ndarray | None) -> None:
-        """Show a (S, S) uint8 label mask at model resolution, or hide the overlay (None)."""
+    def set_mask(self, mask: np.ndarray | None, fov: np.ndarray | None = None) -> None:
+        """Show a (S, S) uint8 label mask at model resolution, or hide the overlay (None); with
+        ``fov`` (bool, the frame's shape), only inside that field of view, as it is measured (the
+        mask drawn over a scanner's colour bar and buttons beside the fan showed what no answer used)."""
         if mask is None or self._shape is None:
             if self._mask_shown is not None:
                 self.overlay.hide()
@@ -313,6 +315,8 @@ class FrameView(QWidget):
             self._mask_rect = rect
         rows, cols = self._mask_slices
         part = mask[rows, cols]
+        if fov is not None and fov.shape == tuple(self._shape[:2]):
+            part = part * self._fov_at_mask(fov, part.shape)
         # Draw only the mask's bounding box: blending a scaled image costs per pixel drawn.
         any_r = np.flatnonzero(part.any(axis=1))
         if not len(any_r):
@@ -327,6 +331,17 @@ class FrameView(QWidget):
                                     (c1 - c0) * scale, (r1 - r0) * scale))
         self.overlay.show()
         self._mask_shown = mask
+
+    def _fov_at_mask(self, fov: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """``fov`` sampled at the centres of the shown mask's pixels (uint8 0/1; kept per field of view)."""
+        key = (id(fov), shape, self._mask_size)
+        if getattr(self, "_fov_key", None) != key:
+            scale = self._mask_rect.width() / shape[1]
+            ys = np.clip(((self._mask_rect.y() + (np.arange(shape[0]) + 0.5) * scale)).astype(int), 0, fov.shape[0] - 1)
+            xs = np.clip(((self._mask_rect.x() + (np.arange(shape[1]) + 0.5) * scale)).astype(int), 0, fov.shape[1] - 1)
+            self._fov_small = fov[np.ix_(ys, xs)].astype(np.uint8)
+            self._fov_key = key
+        return self._fov_small
 
     def set_overlay_opacity(self, opacity: float) -> None:
         self.overlay.setOpacity(float(opacity))

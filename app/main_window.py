@@ -560,7 +560,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if m.sweep is None:
             return
         mask = m.mask() if m.overlay_visible and not self.review.hides_model() else None
-        self.frame_view.set_mask(mask)
+        self.frame_view.set_mask(mask, m.field_of_view_pixels() if mask is not None else None)
         self.frame_view.set_overlay_opacity(m.opacity)
         self._update_ellipse()
 

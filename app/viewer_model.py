@@ -413,6 +413,27 @@ class ViewerModel:
         out["area"] = a if a >= 0 else None
         return out
 
+    def sweep_fov(self):
+        """The sweep's field of view as the answer measures in it (``acouslic.sweep_fov``: ACOUSLIC's
+        own mask by name, or the fan found in the frames), found once per sweep."""
+        if self._fov is None and self.sweep is not None:
+            from fetaliqa_core import acouslic
+
+            self._fov = acouslic.sweep_fov(self.sweep)
+        return self._fov
+
+    def field_of_view_pixels(self) -> np.ndarray | None:
+        """:meth:`sweep_fov` as a bool array of the frame's shape (None without a sweep)."""
+        if self.sweep is None:
+            return None
+        fov = self.sweep_fov()
+        if getattr(self, "_fov_pixels_of", None) is not fov:
+            from fetaliqa_core.analysis.ac import resolve_fov
+
+            self._fov_pixels = resolve_fov(fov, (self.sweep.height, self.sweep.width))
+            self._fov_pixels_of = fov
+        return self._fov_pixels
+
     def mask(self, frame: int | None = None) -> np.ndarray | None:
         """Label mask (224, 224) uint8 of a frame, or None if not scored by a segmenter."""
         if self.results is None:
@@ -469,11 +490,9 @@ class ViewerModel:
             return None  # not scored yet: do not cache, it may come
         if self.confirmed is not None and not self.confirmed[f]:
             return None  # a cascade measures only on the frames its teacher re-scored
-        from fetaliqa_core import acouslic, analysis
+        from fetaliqa_core import analysis
 
-        if self._fov is None:
-            self._fov = acouslic.sweep_fov(self.sweep)
-        ac = analysis.measure_frame_ac(self.sweep, self.results, f, self._fov)
+        ac = analysis.measure_frame_ac(self.sweep, self.results, f, self.sweep_fov())
         self._ac_cache[f] = ac
         return ac
 

@@ -613,6 +613,17 @@ def test_overlay_lands_on_the_frame_pixels_of_the_mask(qtbot):
     QApplication.processEvents()
     img = view.graphics.grab().toImage()
     assert colour_at(35, 55) == (0, 0, 0)
+    # drawn only inside the field of view the answer measures in: a mask over a scanner's colour
+    # bar or buttons beside the fan showed what no answer used
+    fov = np.ones((h, w), bool)
+    fov[:, 100:] = False  # the suboptimal region lies beyond the fan's edge
+    view.set_mask(mask224.copy(), fov)
+    view.set_overlay_visible(True)
+    view.set_mask(mask224.copy(), fov)
+    QApplication.processEvents()
+    img = view.graphics.grab().toImage()
+    assert colour_at(35, 55) == theme.LABEL_COLOURS[1]
+    assert colour_at(95, 20) == theme.LABEL_COLOURS[2] and colour_at(110, 20) == (0, 0, 0)
 
 
 def test_corner_text_is_readable_over_a_bright_frame(qtbot):
