@@ -838,3 +838,27 @@ def test_labels_of_a_mask_corrected_in_place_are_read_again(tmp_path):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
     assert frame_labels(case, cache).tolist() == [0, 0, 0, 0]
+
+
+def test_a_small_base_of_the_tiny_family_needs_no_base_config(tmp_path, capsys):
+    """The window's Train dialog passes --base without --base-config: with the demo's own (tiny)
+    base, training stopped on "this looks like the tiny config: pass --base-config tiny". A small
+    file's architecture is read and its config used, said on one line; a folder given as --base
+    is named as a folder, not "no such file"."""
+    import argparse
+
+    from fetaliqa_core.models.bundle import DEMO_BASE_FILE, demo_models_dir
+    from training.config import add_arguments, config_from_args, validate_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = demo_models_dir() / DEMO_BASE_FILE
+    cfg = config_from_args(parser.parse_args(["--task", "cls", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                                              "--base", str(base)]))
+    validate_config(cfg)
+    assert cfg.base_config == "tiny" and cfg.config_name == "tiny"
+    assert "holds the tiny architecture" in capsys.readouterr().err
+    folder = config_from_args(parser.parse_args(["--task", "cls", "--data", str(tmp_path), "--out",
+                                                 str(tmp_path / "run"), "--base", str(tmp_path)]))
+    with pytest.raises(FetalIQAError, match="is not a regular file"):
+        validate_config(folder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -242,8 +243,19 @@ def validate_config(cfg: TrainConfig) -> None:
     if not TASKS[cfg.task].has_seg and cfg.seg_classes != 1:
         raise UsageError("--seg-classes applies to --task seg or joint only")
     if cfg.base is not None and not Path(cfg.base).is_file():
-        raise FetalIQAError(f"--base {cfg.base}: no such file; give the path of FetalCLIP_weights.pt "
+        what = "is not a regular file (a folder, pipe or device)" if Path(cfg.base).exists() else "no such file"
+        raise FetalIQAError(f"--base {cfg.base}: {what}; give the path of FetalCLIP_weights.pt "
                             "(or omit --base and pass --base-config tiny for a small random base)")
+    if cfg.base is not None and cfg.base_config is None:
+        # a small base of the tiny family (the demo's, one pretrained here) needs no --base-config:
+        # the window's Train dialog has no such field, and training stopped on "pass --base-config tiny"
+        from fetaliqa_core.models.base import config_of_weights
+
+        found = config_of_weights(cfg.base)
+        if found is not None and found != "fetalclip":
+            cfg.base_config = found
+            print(f"--base {cfg.base} holds the {found} architecture: trained with --base-config {found}",
+                  file=sys.stderr)
     if cfg.base is None and cfg.base_config is None:
         raise UsageError("give --base FetalCLIP_weights.pt (the paper's model), or --base-config tiny|fetalclip "
                          "to train on a randomly initialised base")

@@ -308,6 +308,30 @@ def _describe_file_architecture(state: dict[str, torch.Tensor]) -> dict | None:
             "embed_dim": int(proj.shape[1]) if proj is not None and proj.ndim == 2 else None}
 
 
+#: Base weights files up to this size are looked into for their architecture when no config is
+#: named (the tiny family's are megabytes; FetalCLIP's ViT-L/14, ~1.7 GB, is the default anyway).
+CONFIG_SNIFF_BYTES = 200 * 2**20
+
+
+def config_of_weights(path: str | Path) -> str | None:
+    """The name of the bundled config whose architecture a (small) base weights file holds, or None
+    (another, or several, or a file too large to read twice: the default config stands)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > CONFIG_SNIFF_BYTES:
+            return None
+        found = _describe_file_architecture(load_clip_state_dict(path))
+    except (OSError, FetalIQAError):
+        return None  # the loading proper says what is wrong
+    if found is None:
+        return None
+    names = [name for name in CONFIG_NAMES
+             if (found["width"], found["layers"], found["patch_size"], found["embed_dim"]) ==
+             (load_base_config(name)["vision_cfg"]["width"], load_base_config(name)["vision_cfg"]["layers"],
+              load_base_config(name)["vision_cfg"]["patch_size"], load_base_config(name)["embed_dim"])]
+    return names[0] if len(names) == 1 else None
+
+
 def _architecture_hint(state: dict[str, torch.Tensor], config: dict) -> str:
     found = _describe_file_architecture(state)
     if found is None:
