@@ -209,7 +209,7 @@ def load_sweep(path: str | Path) -> Sweep:
         # A stack saved frames-first (numpy's order) as a NIfTI/NRRD's x, y, z reads as slices
         # across the sweep: each "frame" holds one column of every real frame, with a pixel
         # size that can look plausible. Nothing measured on such a slice is a length on the body.
-        raw.notes.append(f"neighbouring frames are more alike than neighbouring pixels of a frame ({across}): "
+        raw.notes.append(f"neighbouring frames and a frame's rows are far more alike than its columns ({across}): "
                          "the file seems to store its frames along another axis (e.g. written in numpy's "
                          "frames-first order), so each frame shown is a slice across the sweep; export it with "
                          "the frames along the last (slowest) axis")
@@ -256,15 +256,15 @@ def _image_area(regions: tuple, h: int, w: int) -> tuple[int, int, int, int] | N
     return x0, y0, x1, y1
 
 
-#: How much more alike neighbouring frames must be than the least alike neighbouring pixels of
-#: a frame (correlation of grey levels) for the frames to be taken for slices across a sweep. A
-#: sweep's frames are planes a probe's move apart, and less alike than a frame's neighbouring
-#: pixels (0.58-0.95 against 0.85-0.99 on the cases of four generators); read along another
-#: axis, one of a frame's axes is the sweep's frame axis (in the demo case 0.95 against 0.58).
-#: A probe held still gives identical frames, far more alike than a frame's neighbouring pixels
-#: where the speckle is fine: so the columns must also be less alike than the rows, by this much
-#: (0.13-0.44 on the project's sweeps saved frames-first; a still probe's fine speckle: 0, and the
-#: columns of a B-mode image are the more alike where the two differ; see :func:`frames_axis_evidence`).
+#: How much more alike neighbouring frames must be than a frame's neighbouring columns, and its
+#: neighbouring rows than its columns (grey-level correlation), for the frames to be taken for
+#: slices across a sweep written frames-first. A sweep's frames are planes a probe's move apart,
+#: less alike than a frame's neighbouring pixels (0.58-0.97 against 0.85-0.99 on the cases of four
+#: generators); written frames-first, the sweep's frame axis lies along the columns (the demo case:
+#: frames 0.93, rows 0.88, columns 0.44). A probe held still over fine speckle makes neighbouring
+#: frames the more alike too, but leaves a frame's rows and columns alike (and a B-mode image's
+#: columns are the more alike where the two differ: the beam is wider than a pulse is long); on
+#: the project's sweeps saved frames-first the rows lead the columns by 0.06-0.44 (under 0.1: not caught).
 ACROSS_MARGIN = 0.2
 ACROSS_SIDE_MARGIN = 0.1
 #: Frame pairs sampled for that comparison, and the grey level above which a pixel counts
