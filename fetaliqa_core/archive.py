@@ -137,9 +137,9 @@ def broadcast_from_main(ranks: Ranks, obj):
     try:
         dist.broadcast_object_list(box, src=0, group=group)
     except RuntimeError as exc:  # a rank that stopped before sharing: one line, not a traceback
+        others = "the other processes' messages" if ranks.is_main else "rank 0's message"
         raise FetalIQAError(f"rank {ranks.rank}: lost contact with the other processes before the run "
-                            f"began ({str(exc).splitlines()[0][:160]}); see "
-                            f"{'the other processes' if ranks.is_main else 'rank 0'}'s messages") from None
+                            f"began ({str(exc).splitlines()[0][:160]}); see {others}") from None
     return box[0]
 
 

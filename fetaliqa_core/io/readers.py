@@ -640,7 +640,8 @@ def _refuse_damaged_tiff(path: Path) -> None:
                                         "is an earlier one again): the file is damaged or crafted, and is not read. "
                                         "Export the sweep again.")
                 if offset < 8 or offset + struct.calcsize(count_fmt) > size:
-                    raise _damaged_tiff(path, f"page {page}'s directory would lie at byte {offset}, in a file of {size} bytes")
+                    where = "inside the file's header" if offset < 8 else f"past the end of the file ({size} bytes)"
+                    raise _damaged_tiff(path, f"page {page}'s directory would lie at byte {offset}, {where}")
                 seen.add(offset)
                 fh.seek(offset)
                 raw = fh.read(struct.calcsize(count_fmt))
