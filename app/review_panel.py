@@ -541,41 +541,36 @@ class ReviewPanel(QWidget):
         return result
 
     def export_labels(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export reviewer labels (training CSV)", str(Path.home() / "fetaliqa-labels.csv"),
-            "CSV (*.csv)")
-        if path:
-            self.write_labels(Path(path))
+        self._export_csv("Export reviewer labels (training CSV)", "fetaliqa-labels.csv", self.write_labels)
 
     def write_labels(self, out: Path) -> int | None:
         """Every reviewer's latest label per frame, all sweeps, as the training script takes them."""
         from fetaliqa_core.review.report import write_labels_csv
 
-        try:
-            n = write_labels_csv(self.store(), out)
-        except FetalIQAError as exc:
-            QMessageBox.warning(self, "Export labels", str(exc))
-            return None
-        self.message.emit(f"{n} labels written: {out}")
-        return n
+        return self._write_csv(write_labels_csv, out, "Export labels", "labels")
 
     def export_history(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export verdict history (CSV)", str(Path.home() / "fetaliqa-verdict-history.csv"),
-            "CSV (*.csv)")
-        if path:
-            self.write_history(Path(path))
+        self._export_csv("Export verdict history (CSV)", "fetaliqa-verdict-history.csv", self.write_history)
 
     def write_history(self, out: Path) -> int | None:
         """Every verdict ever entered, replaced ones too, all sweeps (as `fetaliqa review history`)."""
         from fetaliqa_core.review.report import write_history_csv
 
+        return self._write_csv(write_history_csv, out, "Export verdict history", "verdicts (replaced ones included)")
+
+    def _export_csv(self, title: str, name: str, write) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, title, str(Path.home() / name), "CSV (*.csv)")
+        if path:
+            write(Path(path))
+
+    def _write_csv(self, write, out: Path, title: str, what: str) -> int | None:
+        """``write(store, out)`` (a CSV export), its refusal in a box, its count in the status bar."""
         try:
-            n = write_history_csv(self.store(), out)
+            n = write(self.store(), out)
         except FetalIQAError as exc:
-            QMessageBox.warning(self, "Export verdict history", str(exc))
+            QMessageBox.warning(self, title, str(exc))
             return None
-        self.message.emit(f"{n} verdicts (replaced ones included) written: {out}")
+        self.message.emit(f"{n} {what} written: {out}")
         return n
 
     # -- display ---------------------------------------------------------------------------

@@ -151,24 +151,23 @@ def _export(args) -> int:
 def _labels(args) -> int:
     from fetaliqa_core.review.report import write_labels_csv
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".csv":
-        raise FetalIQAError(f"--out {out} must be a .csv file.")
-    with _open(args) as store:
-        n = write_labels_csv(store, out, _sweep_ids(store, args.sweep))
-    print(f"wrote {n} label(s) to {out}")
-    return 0
+    return _write_csv(args, write_labels_csv, "label(s)")
 
 
 def _history(args) -> int:
     from fetaliqa_core.review.report import write_history_csv
 
+    return _write_csv(args, write_history_csv, "verdict(s), replaced ones included,")
+
+
+def _write_csv(args, write, what: str) -> int:
+    """One of the CSV exports (``write(store, out, sweep_ids)`` -> rows) to --out, said on a line."""
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
         raise FetalIQAError(f"--out {out} must be a .csv file.")
     with _open(args) as store:
-        n = write_history_csv(store, out, _sweep_ids(store, args.sweep))
-    print(f"wrote {n} verdict(s), replaced ones included, to {out}")
+        n = write(store, out, _sweep_ids(store, args.sweep))
+    print(f"wrote {n} {what} to {out}")
     return 0
 
 
