@@ -403,7 +403,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     is_dicom = _looks_like_dicom(path, reader)
     scale, unit_note = _nrrd_spacing_units(nrrd)
     raw = _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None,
-                          spacing_scale=scale, spacing_unit_note=unit_note)
+                          spacing_scale=scale, spacing_unit_note=unit_note, pages=tiff)
     damage = [line for line in jpeg_said or () if line.startswith(("Corrupt JPEG data", "Premature end"))]
     if damage:  # (the decoder's own line went to stdout, where `score --json` writes its one line)
         raw.notes.append(f"the JPEG's data is damaged in places (its decoder: '{damage[0][:80]}'): parts of the "
@@ -412,7 +412,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
 
 
 def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None,
-                    spacing_scale: tuple[float, float] = (1.0, 1.0), spacing_unit_note: str = "") -> Raw:
+                    spacing_scale: tuple[float, float] = (1.0, 1.0), spacing_unit_note: str = "",
+                    pages: _TiffPages | None = None) -> Raw:
     import SimpleITK as sitk
 
     components = int(image.GetNumberOfComponentsPerPixel())
@@ -446,12 +447,13 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         if kind:
             source, note = SPACING_NONE, (f"a {kind} picture records at most a "
                                           "printing resolution (dots per inch or per cm), not the size of a pixel in the body")
-            calibrated, why = _imagej_calibration(path)
+            pages = pages if pages is not None else _tiff_pages(path)
+            calibrated, why = _imagej_calibration(pages)
             if calibrated is not None:
                 spacing_mm, source, note = calibrated, SPACING_FROM_IMAGEJ, ""
             elif why:
                 note = why
-            orientation = _exif_orientation(path)
+            orientation = _exif_orientation(path, pages)
             if orientation in _EXIF_ORIENTATIONS:
                 arr = _upright(arr, components, orientation)
                 turns, _, words = _EXIF_ORIENTATIONS[orientation]
@@ -503,16 +505,26 @@ _EXIF_ORIENTATIONS = {2: (0, True, "mirrored left to right"), 3: (2, False, "tur
                       8: (1, False, "turned 90 degrees counter-clockwise")}
 
 
-def _exif_orientation(path: Path) -> int:
-    """A picture's EXIF orientation (1 to 8; 1, the stored order, when it has none or it cannot be read)."""
+def _known_orientation(value: Any) -> int:
+    """An EXIF orientation tag's value, 1 (the stored order) when it is none of 2 to 8."""
+    try:
+        return int(value) if int(value) in _EXIF_ORIENTATIONS else 1
+    except (TypeError, ValueError, OverflowError):
+        return 1
+
+
+def _exif_orientation(path: Path, pages: _TiffPages) -> int:
+    """A picture's EXIF orientation (1 to 8; 1, the stored order, when it has none or it cannot be
+    read): a TIFF's from the survey of its pages, another picture's from its EXIF block."""
+    if _picture_kind(path) == "TIFF":
+        return pages.orientation
     try:
         from PIL import Image
 
         with warnings.catch_warnings(), quiet_native_stderr():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                value = im.getexif().get(0x0112, 1)
-        return int(value) if int(value) in _EXIF_ORIENTATIONS else 1
+                return _known_orientation(im.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - no tag read is the stored order, as before
         return 1
 
@@ -527,25 +539,14 @@ def _upright(arr: np.ndarray, components: int, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(arr, k=turns, axes=(rows, rows + 1)))
 
 
-def _imagej_calibration(path: Path) -> tuple[tuple[float, float] | None, str]:
+def _imagej_calibration(pages: _TiffPages) -> tuple[tuple[float, float] | None, str]:
     """The pixel size of a TIFF that ImageJ or Fiji wrote after its scale was set (Analyze > Set
     Scale): the ImageDescription starts ``ImageJ=`` and names a length ``unit=``, and X/YResolution
     count pixels per that unit. That is a calibration someone made, not a printing resolution.
     ``(None, "")`` for any other TIFF (and for ImageJ's own "pixel"); ``(None, why)`` when ImageJ's
-    unit is not a length."""
-    if _picture_kind(path) != "TIFF":
-        return None, ""
-    try:
-        from PIL import Image
-
-        with warnings.catch_warnings(), quiet_native_stderr():  # (damage is the image reader's to say, once)
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:  # the first directory's tags only: no pixels are read
-                tags = getattr(im, "tag_v2", {})
-                desc, xres, yres = tags.get(270), tags.get(282), tags.get(283)
-    except Exception:  # noqa: BLE001 - any damage: the image reader's own checks report it
-        return None, ""
-    fields = _imagej_fields(desc)
+    unit is not a length. From the survey of the TIFF's pages (:func:`_tiff_pages`)."""
+    fields = pages.imagej
+    xres, yres = pages.resolution
     if fields is None:
         return None, ""
     unit = fields.get("unit", "").strip()
@@ -706,12 +707,15 @@ _PIL_MODE_NAMES = {"1": "1-bit", "L": "8-bit grey", "P": "palette colour", "RGB"
 
 
 class _TiffPages(NamedTuple):
-    """A TIFF's pages: their distinct ``(size, mode)`` layouts, how many there are, and the fields
-    of the first page's ImageJ description (None: not ImageJ's)."""
+    """A TIFF's pages: their distinct ``(size, mode)`` layouts, how many there are, and of the first
+    page the fields of its ImageJ description (None: not ImageJ's), its X/YResolution and its EXIF
+    orientation (1: none), read in the same pass."""
 
     layouts: list[tuple[tuple[int, int], str]]
     count: int
     imagej: dict[str, str] | None
+    resolution: tuple[Any, Any] = (None, None)
+    orientation: int = 1
 
 
 def _tiff_pages(path: Path) -> _TiffPages:
@@ -727,14 +731,16 @@ def _tiff_pages(path: Path) -> _TiffPages:
         with warnings.catch_warnings(), quiet_native_stderr():  # (damage is the image reader's to say, once)
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                imagej = _imagej_fields(getattr(im, "tag_v2", {}).get(270))
+                tags = getattr(im, "tag_v2", {})
+                imagej = _imagej_fields(tags.get(270))
+                resolution, orientation = (tags.get(282), tags.get(283)), _known_orientation(tags.get(274))
                 count = int(getattr(im, "n_frames", 1))
                 for k in range(min(count, validate.MAX_FRAMES)):
                     im.seek(k)
                     layout = (tuple(im.size), str(im.mode).replace("I;16B", "I;16"))
                     if layout not in layouts:
                         layouts.append(layout)
-        return _TiffPages(layouts, count, imagej)
+        return _TiffPages(layouts, count, imagej, resolution, orientation)
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return none
 
