@@ -1806,6 +1806,9 @@ def test_a_picture_is_read_upright_as_its_exif_orientation_asks(tmp_path, orient
         assert np.array_equal(sweep.frames[0], upright), (mode, orientation)
         noted = [n for n in sweep.read_notes if "EXIF orientation" in n]
         assert len(noted) == (orientation != 1), sweep.read_notes
+    # a TIFF's tag (read with its pages) turns it the same way
+    Image.fromarray(grey).save(tmp_path / "photo.tif", tiffinfo={274: orientation})
+    assert np.array_equal(load_sweep(tmp_path / "photo.tif").frames[0], upright), orientation
 
 
 @pytest.mark.parametrize("kept", [0.999, 0.6, 0.2])

@@ -455,7 +455,9 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                 note = why
             orientation = _exif_orientation(path, pages)
             if orientation in _EXIF_ORIENTATIONS:
-                arr = _upright(arr, components, orientation)
+                left = _TIFF_READER_LEAVES.get(orientation, 1) if kind == "TIFF" else orientation
+                if left in _EXIF_ORIENTATIONS:
+                    arr = _upright(arr, components, left)
                 turns, _, words = _EXIF_ORIENTATIONS[orientation]
                 notes.append(f"the picture is shown {words}, as its EXIF orientation tag asks (picture viewers "
                              "do the same; the pixels are stored otherwise)")
@@ -503,6 +505,13 @@ _EXIF_ORIENTATIONS = {2: (0, True, "mirrored left to right"), 3: (2, False, "tur
                       4: (2, True, "mirrored top to bottom"), 5: (1, True, "transposed"),
                       6: (3, False, "turned 90 degrees clockwise"), 7: (3, True, "transposed the other way"),
                       8: (1, False, "turned 90 degrees counter-clockwise")}
+
+
+#: What the image library leaves undone of a TIFF's orientation: it reads an oriented TIFF with
+#: its flips applied (2-4 whole), not its transposes (5 read as stored, 6 mirrored left to right,
+#: 7 turned 180 degrees, 8 mirrored top to bottom), so what remains is a transpose either way.
+#: (Applied whole over the library's flips, a TIFF tagged 2-4 came out as stored, and 5-8 wrong.)
+_TIFF_READER_LEAVES = {5: 5, 6: 7, 7: 5, 8: 7}
 
 
 def _known_orientation(value: Any) -> int:
