@@ -280,7 +280,7 @@ def split_cases(
 # ------------------------------------------------------------------------------------------
 
 
-def _sweep_ranges(case: CaseRecord, n_frames: int) -> list[tuple[int, int]]:
+def _sweep_ranges(case: CaseRecord, n_frames: int, metadata: dict[str, str] | None = None) -> list[tuple[int, int]]:
     """The case's sweeps as half-open frame ranges, one per sweep the case holds.
 
     The sweep ranges its image file records (``FetalIQA_SweepRanges``, what ``fetaliqa score``
@@ -289,13 +289,14 @@ def _sweep_ranges(case: CaseRecord, n_frames: int) -> list[tuple[int, int]]:
     one per sweep column of the CSV: the layout's own statement of how many sweeps a case holds
     (the ACOUSLIC stacking: 6 x 140; a blank AC is a sweep without a measurement, not a sweep
     missing, and refusing such cases stopped whole datasets of NIfTI files, which cannot record
-    their sweeps).
+    their sweeps). ``metadata``: the image header's FetalIQA fields when already read (:func:`_header_info`).
     """
     from fetaliqa_core.io import META_SWEEP_RANGES
     from fetaliqa_core.io.sweep import recorded_sweep_layout
 
     n_cols = case.n_sweeps
-    metadata = _header_info(case.image_path)[1]
+    if metadata is None:
+        metadata = _header_info(case.image_path)[1]
     recorded = recorded_sweep_layout(n_frames, metadata)
     if recorded is not None:
         ranges = recorded[0]
@@ -420,10 +421,11 @@ def _header_shape(path: Path) -> tuple[int, ...] | None:
     return _header_info(path)[0]
 
 
-def _check_same_shape(case: CaseRecord) -> None:
-    """A case's image and mask must hold the same frames of the same size: labels taken from a
-    mask of another length or size would be paired with the wrong frames without a word."""
-    image, mask = _header_shape(case.image_path), _header_shape(case.mask_path)
+def _check_same_shape(case: CaseRecord, image: tuple[int, ...] | None) -> None:
+    """A case's image (``image``: its header's shape) and mask must hold the same frames of the
+    same size: labels taken from a mask of another length or size would be paired with the wrong
+    frames without a word."""
+    mask = _header_shape(case.mask_path)
     if image is not None and mask is not None and image != mask:
         from fetaliqa_core.io import fmt_shape
 
@@ -442,9 +444,10 @@ def build_index(
     case_idx, frame_idx, sweep_idx, label = [], [], [], []
     kept: list[CaseRecord] = []
     for case in cases:
-        _check_same_shape(case)
+        image_shape, image_fields = _header_info(case.image_path)  # (one read of the header serves both)
+        _check_same_shape(case, image_shape)
         labels = frame_labels(case, cache_dir)
-        ranges = _sweep_ranges(case, labels.shape[0])
+        ranges = _sweep_ranges(case, labels.shape[0], image_fields)
         sweeps = range(len(ranges)) if all_sweeps else case.sweeps_with_ac()
         if not sweeps:
             continue
