@@ -80,48 +80,36 @@ class LoadedModels:
         return f"{self.choice.describe()} on {self.device}{fmt}"
 
 
-def _same_base(cls_dir: Path, seg_dir: Path) -> bool:
-    from fetaliqa_core.models.bundle import read_manifest
+def _check_bases(cls_dir: Path | None, seg_dir: Path | None, base) -> bool:
+    """What the bundles' manifests say of their base, read once: refuses --base given for bundles
+    none of which runs on a weights file (a student holds its own tower; a bundle trained on a
+    random base rebuilds it: it was ignored without a word, while ``--model demo-student --base``
+    was refused), and a classifier and a segmenter trained on two different weights files (one
+    scoring run has one --base: each was refused in turn, naming the other file, and the advice
+    went round in a circle). Returns whether a classifier and a segmenter given apart can share
+    one base (:func:`~fetaliqa_core.models.shared.can_share`)."""
+    from fetaliqa_core.models.bundle import RANDOM_PREFIX, read_manifest
     from fetaliqa_core.models.shared import can_share
 
     try:
-        return can_share(read_manifest(cls_dir), read_manifest(seg_dir))
+        cls_m = read_manifest(cls_dir) if cls_dir is not None else None
+        seg_m = read_manifest(seg_dir) if seg_dir is not None else None
     except FetalIQAError:
         return False  # the ordinary loading says what is wrong
-
-
-def _refuse_unused_base(choice: ModelChoice) -> None:
-    """--base given for bundles none of which runs on a weights file (a student holds its own
-    tower; a bundle trained on a random base rebuilds it): it was ignored without a word, while
-    ``--model demo-student --base`` was refused."""
-    from fetaliqa_core.models.bundle import RANDOM_PREFIX, read_manifest
-
-    try:
-        manifests = [read_manifest(Path(d)) for d in (choice.cls, choice.seg) if d]
-    except FetalIQAError:
-        return  # the ordinary loading says what is wrong
-    if manifests and all(m.is_student or m.base_sha256.startswith(RANDOM_PREFIX) for m in manifests):
-        raise FetalIQAError(f"--base {choice.base} is used by none of these bundles (a student holds its own tower; "
+    given = [m for m in (cls_m, seg_m) if m is not None]
+    if base is not None and given and all(m.is_student or m.base_sha256.startswith(RANDOM_PREFIX) for m in given):
+        raise FetalIQAError(f"--base {base} is used by none of these bundles (a student holds its own tower; "
                             "a bundle trained on a random base is a test model that rebuilds it): leave --base out.")
-
-
-def _refuse_two_bases(cls_dir: Path, seg_dir: Path) -> None:
-    """A classifier and a segmenter trained on two different FetalCLIP weights files cannot run in
-    one scoring run (one --base): each was refused in turn, naming the other file, and the advice
-    ("use the weights file the bundle was trained on") went round in a circle."""
-    from fetaliqa_core.models.bundle import RANDOM_PREFIX, read_manifest
-
-    try:
-        cls_m, seg_m = read_manifest(cls_dir), read_manifest(seg_dir)
-    except FetalIQAError:
-        return  # the ordinary loading says what is wrong
-    if cls_m.is_student or seg_m.is_student:
-        return  # a student runs its own tower: the base it records is its teacher's
-    cls_base, seg_base = cls_m.base_sha256, seg_m.base_sha256
-    if cls_base != seg_base and not any(b.startswith(RANDOM_PREFIX) for b in (cls_base, seg_base)):
-        raise FetalIQAError(f"the classifier bundle {cls_dir} was trained on base weights with SHA-256 {cls_base[:12]}... "
-                            f"and the segmenter bundle {seg_dir} on {seg_base[:12]}...: one scoring run uses one base "
-                            "(--base). Train both on the same FetalCLIP weights file, or score with each bundle alone.")
+    if cls_m is None or seg_m is None:
+        return False
+    # (a student runs its own tower: the base it records is its teacher's; a random base is a test's)
+    if not (cls_m.is_student or seg_m.is_student) and cls_m.base_sha256 != seg_m.base_sha256 \
+            and not any(m.base_sha256.startswith(RANDOM_PREFIX) for m in (cls_m, seg_m)):
+        raise FetalIQAError(f"the classifier bundle {cls_dir} was trained on base weights with SHA-256 "
+                            f"{cls_m.base_sha256[:12]}... and the segmenter bundle {seg_dir} on {seg_m.base_sha256[:12]}...: "
+                            "one scoring run uses one base (--base). Train both on the same FetalCLIP weights file, "
+                            "or score with each bundle alone.")
+    return can_share(cls_m, seg_m)
 
 
 # A GPU with at least this much memory holds two merged copies of the base: the pair then runs as
@@ -153,10 +141,9 @@ def _load_pair(cls_dir: Path | None, seg_dir: Path | None, base, device, one_bas
     from fetaliqa_core.models import bundle as bundle_mod
 
     joint = cls_dir is not None and seg_dir is not None and seg_dir.resolve() == cls_dir.resolve()
-    if cls_dir is not None and seg_dir is not None and not joint:
-        _refuse_two_bases(cls_dir, seg_dir)
+    shareable = _check_bases(cls_dir, None if joint else seg_dir, base)
     if cls_dir is not None and seg_dir is not None and not joint and share_base(device) \
-            and (one_base if one_base is not None else _same_base(cls_dir, seg_dir)):
+            and (one_base if one_base is not None else shareable):
         from fetaliqa_core.models.shared import load_shared
 
         pair = load_shared(cls_dir, seg_dir, base_weights=base, device=device)
@@ -184,8 +171,6 @@ def load_models(choice: ModelChoice) -> LoadedModels:
     else:
         if not (choice.cls or choice.seg):
             raise FetalIQAError("No model given: pass --model demo, or --cls and/or --seg bundle folders.")
-        if choice.base is not None:
-            _refuse_unused_base(choice)
         cls, seg = _load_pair(Path(choice.cls) if choice.cls else None, Path(choice.seg) if choice.seg else None,
                               choice.base, device)
     student = None
