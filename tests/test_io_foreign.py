@@ -31,6 +31,25 @@ def _grey(n: int = 4, h: int = 40, w: int = 48) -> np.ndarray:
     return ramp
 
 
+def _jpeg_frames(ds, grey: np.ndarray, syntax, has_bot: bool = True, **save) -> list[bytes]:
+    """``grey`` frames as JPEG streams put into ``ds``'s pixel data under transfer syntax
+    ``syntax`` (labelled so, whatever they are); the streams, for tests that damage them."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+
+    streams = []
+    for frame in grey:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", **save)
+        streams.append(buffer.getvalue())
+    ds.PixelData = encapsulate(streams, has_bot=has_bot)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+    return streams
+
+
 def _region(dx_cm: float, dy_cm: float, spatial_format: int = 1, box=(0, 0, 47, 39), units: int = 3):
     from pydicom.dataset import Dataset
 
@@ -547,23 +566,12 @@ def test_compressed_dicom_frames_whose_item_list_breaks_off_are_refused(tmp_path
     """20 bytes inserted inside a JPEG frame of a 7.8 KB file (its fragment's length no longer
     reaches the next item) made the image library take 3.5 GB of memory and 4 s, then say the
     pixels were of a kind it cannot decode. The items' headers are followed first."""
-    import io
-
-    from PIL import Image
-    from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit
 
     grey = _grey(n=3).astype(np.uint8)
-    streams = []
-    for frame in grey:
-        buffer = io.BytesIO()
-        Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
-        streams.append(buffer.getvalue())
     path = _dicom(tmp_path / "jpeg.dcm", grey)
     ds = pydicom.dcmread(path)
-    ds.PixelData = encapsulate(streams)
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    streams = _jpeg_frames(ds, grey, JPEGBaseline8Bit, quality=95)
     ds.save_as(path, enforce_file_format=True)
     assert load_sweep(path).n_frames == 3
     raw = path.read_bytes()
@@ -618,10 +626,6 @@ def test_compressed_frames_the_header_does_not_count_are_refused(tmp_path, kind,
     """Compressed frames beyond Number of Frames (or without one) were left out without a word:
     6 RLE frames without the count read as 1 frame, 5 JPEG frames counted 4 as 4. Too high a count
     was 'could not be decoded'. With the right count the same file reads."""
-    import io
-
-    from PIL import Image
-    from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit, RLELossless
 
     grey = _grey(n=5).astype(np.uint8)
@@ -630,14 +634,7 @@ def test_compressed_frames_the_header_does_not_count_are_refused(tmp_path, kind,
     if kind == "rle":
         ds.compress(RLELossless)
     else:
-        streams = []
-        for frame in grey:
-            buffer = io.BytesIO()
-            Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
-            streams.append(buffer.getvalue())
-        ds.PixelData = encapsulate(streams, has_bot=kind == "jpeg")
-        ds["PixelData"].VR = "OB"
-        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        _jpeg_frames(ds, grey, JPEGBaseline8Bit, has_bot=kind == "jpeg", quality=95)
     if counted is None:
         del ds.NumberOfFrames
     else:
@@ -714,23 +711,12 @@ def test_a_dicom_segmentation_object_is_named_not_read_as_a_mask(tmp_path):
 def test_frames_compressed_otherwise_than_labelled_are_named(tmp_path):
     """A JPEG stream labelled JPEG-LS: the decoder's "Failed to change to Implicit Transfer Syntax"
     was passed on as 'truncated or damaged'. The compression the header claims is named."""
-    import io
-
-    from PIL import Image
-    from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGLSLossless
 
     grey = _grey(n=2).astype(np.uint8)
-    frames = []
-    for frame in grey:
-        buffer = io.BytesIO()
-        Image.fromarray(frame).save(buffer, format="JPEG")
-        frames.append(buffer.getvalue())
     path = _dicom(tmp_path / "mislabelled.dcm", grey)
     ds = pydicom.dcmread(path)
-    ds.PixelData = encapsulate(frames)
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    _jpeg_frames(ds, grey, JPEGLSLossless)
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(FetalIQAError, match=r"compressed as JPEG-LS.*could not be decoded"):
         load_sweep(path)
