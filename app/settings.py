@@ -86,20 +86,28 @@ class AppSettings:
         s = s if s is not None else cls()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         # (a link is the user's, to a settings file kept elsewhere: never renamed, nor saved over)
-        for n in range(1, 1 if path.is_symlink() else 100):
-            aside = path.with_name(f"{path.name}.damaged-{stamp}" + (f"-{n}" if n > 1 else ""))
-            if aside.exists() or aside.is_symlink():
-                continue
-            try:
-                path.rename(aside)
-            except OSError:
-                break
+        aside = None if path.is_symlink() else cls._rename_aside(path, stamp)
+        if aside is not None:
             s.problem = f"{why} {s._starting_with()}; the file was set aside as {aside}."
             return s
         s._keep_file = True
         s.problem = (f"{why} {s._starting_with()}; the file could not be set aside, so it is left as it "
                      f"is and nothing is saved to it: {path}.")
         return s
+
+    @staticmethod
+    def _rename_aside(path: Path, stamp: str) -> Path | None:
+        """``path`` renamed to a free ``NAME.damaged-STAMP[-N]`` beside it; None when it cannot be."""
+        for n in range(1, 100):
+            aside = path.with_name(f"{path.name}.damaged-{stamp}" + (f"-{n}" if n > 1 else ""))
+            if aside.exists() or aside.is_symlink():
+                continue
+            try:
+                path.rename(aside)
+            except OSError:
+                return None
+            return aside
+        return None
 
     def _starting_with(self) -> str:
         return ("The window starts with the default settings (models, recent files, layout)"
