@@ -120,7 +120,9 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     level = float(values[int(np.argmax(counts))])
     if (counts.max() / ring.size >= SURROUND_BORDER_SHARE and level <= SURROUND_MAX_GREY * high
             and float((peak == level).mean()) >= 0.1):
-        above = _region_above(peak, level)
+        # (what differs from that level is image, darker or not: in a dim sweep, a band of fluid
+        # darker than a surround of 50 split the fan, and its lower part was left out)
+        above = _region_above(np.abs(peak - level), 0.0)
         if above.any():
             return above
     # the same surround with a little noise (a lossy capture's 16 +- 2): one narrow band of grey
@@ -139,11 +141,16 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
         above = _region_above(smooth, top)
         if above.any() and _outside_border_share(above) >= SURROUND_BORDER_SHARE:
             return above
-    if low > 0.1 * high:  # (a darkest tenth not dark beside the brightest is image)
-        return fan
-    above = _region_above(peak, low + max(2.0, 0.03 * (high - low)))
-    share = _outside_border_share(above)
-    return above if share >= SURROUND_BORDER_SHARE and share > _outside_border_share(fan) else fan
+    if low <= 0.1 * high:  # (a darkest tenth not dark beside the brightest is image)
+        above = _region_above(peak, low + max(2.0, 0.03 * (high - low)))
+        share = _outside_border_share(above)
+        if share >= SURROUND_BORDER_SHARE and share > _outside_border_share(fan):
+            return above
+    if _outside_border_share(fan) < SURROUND_BORDER_SHARE:
+        inside = _inside_smooth_surround(frames, peak, high)
+        if inside is not None:
+            return inside
+    return fan
 
 
 #: A fan's surround runs along most of the image's border (ACOUSLIC's: 0.8; a linear probe's
@@ -158,6 +165,61 @@ SURROUND_MAX_GREY = 0.4
 #: reads 43-53 at its brightest over the frames (at 4 it was no surround: the whole frame was the
 #: fan, and an abdomen cut by the fan's edge was measured plain, 4-7 % short).
 SURROUND_NOISE = 6
+
+
+#: A surround that is no one grey level but shades smoothly (a vignetted background, darker towards
+#: the corners) is told from the image by its texture: speckle varies by tens of grey levels within
+#: a few pixels, the surround by at most :data:`SMOOTH_SURROUND_STD` over :data:`SMOOTH_WINDOW_PX`.
+SMOOTH_SURROUND_STD = 5.0
+SMOOTH_WINDOW_PX = 7
+#: ... at the median over up to this many frames spread over the sweep (a background noisy from frame
+#: to frame by +-6 spreads by about 3.5; speckle by 7 or more, 25 at the median).
+SMOOTH_FRAMES = 8
+#: Its brightest (95th percentile) may reach this share of the image's bright grey: texture, not
+#: level, tells it apart (a grey surround of 40-50 beside a dim sweep's tissue up to 90 was none).
+SMOOTH_SURROUND_MAX_GREY = 0.6
+#: ... and what it leaves is one convex region, as a fan or a probe's rectangle is (this share of its
+#: convex hull at least), of at least this share of the image.
+SMOOTH_FAN_CONVEX = 0.85
+SMOOTH_FAN_MIN_SHARE = 0.1
+
+
+def _inside_smooth_surround(frames: np.ndarray, peak: np.ndarray, high: float) -> np.ndarray | None:
+    """The field of view inside a smoothly shading surround (:data:`SMOOTH_SURROUND_STD` over
+    :data:`SMOOTH_FRAMES` frames), or None where there is none. A fan on a vignetted background
+    (18-45 grey across the frame) matched neither one level nor a dark tenth, so the whole frame
+    was the fan, and an abdomen cut by the fan's depth arc was measured as a whole one (3-4.5 %
+    short). The surround must be smooth along most of the image's border and in its four
+    corners, darker than the image (:data:`SMOOTH_SURROUND_MAX_GREY`), and leave one convex
+    region: tissue filling the frame, with a smooth shadow along one side, has speckle in its
+    corners and stays whole."""
+    import cv2
+
+    h, w = peak.shape
+    if min(h, w) < 4 * SMOOTH_WINDOW_PX:
+        return None
+    k = (SMOOTH_WINDOW_PX, SMOOTH_WINDOW_PX)
+    spreads = []
+    for i in np.unique(np.linspace(0, len(frames) - 1, SMOOTH_FRAMES).astype(int)):
+        # (frame by frame: the brightest over many frames is smooth wherever tissue is bright)
+        frame = np.asarray(frames[i], np.float32)
+        mean = cv2.blur(frame, k)
+        spreads.append(np.sqrt(np.maximum(cv2.blur(frame * frame, k) - mean * mean, 0.0)))
+    spread = np.median(np.stack(spreads), axis=0)
+    smooth = np.pad((spread <= SMOOTH_SURROUND_STD).astype(np.uint8), 1, constant_values=1)
+    _, labels = cv2.connectedComponents(smooth, connectivity=4)
+    outside = (labels == labels[0, 0])[1:-1, 1:-1]
+    corners = outside[[0, 0, -1, -1], [0, -1, 0, -1]]
+    if (not corners.all() or _outside_border_share(~outside) < SURROUND_BORDER_SHARE
+            or float(np.percentile(peak[outside], 95)) > SMOOTH_SURROUND_MAX_GREY * high):
+        return None
+    # the texture measure reaches half a window past the fan's edge
+    inside = cv2.erode((~outside).astype(np.uint8), np.ones(k, np.uint8)).astype(np.float32)
+    region = _region_above(inside, 0.5)
+    area = float(region.sum())
+    if area < SMOOTH_FAN_MIN_SHARE * region.size or area < SMOOTH_FAN_CONVEX * float(_filled_hull(region).sum()):
+        return None
+    return region
 
 
 def _region_above(peak: np.ndarray, level: float) -> np.ndarray:

@@ -503,3 +503,36 @@ def test_a_fan_on_a_grey_background_is_no_whole_frame():
     # a dim export whose video black level is 25 beside tissue up to ~90
     dim = np.where(fan, (frames.astype(np.float32) * 0.45).astype(np.uint8), 25).astype(np.uint8)
     assert (acouslic.data_fan(dim) != fan).mean() < 0.002
+
+
+def test_a_fan_on_a_vignetted_background_is_no_whole_frame():
+    """A fan on a background that shades from 45 in the middle to 18 in the corners is neither one
+    grey level nor a dark tenth: the whole frame was the fan, and an abdomen cut by the fan's depth
+    arc was measured plain, 3-4.5 % short. The smooth surround is told from speckle by its texture.
+    Tissue filling the frame with a smooth dark shadow along its foot stays the whole frame."""
+    fan = acouslic.fov_mask((H, W))
+    rng = np.random.default_rng(12)
+    frames = (rng.integers(60, 200, size=(24, H, W)) * fan).astype(np.uint8)
+    yy, xx = np.mgrid[0:H, 0:W]
+    r = np.hypot((yy - H / 2) / (H / 2), (xx - W / 2) / (W / 2)) / np.sqrt(2)
+    vignette = np.rint(45 - 27 * r).astype(np.uint8)
+    found = acouslic.data_fan(np.where(fan, frames, vignette).astype(np.uint8))
+    assert (found != fan).mean() < 0.005
+    # speckle filling the frame, its lower fifth a smooth dark shadow reaching three sides' ends
+    image = rng.integers(60, 200, size=(24, H, W)).astype(np.uint8)
+    image[:, int(0.8 * H):] = vignette[int(0.8 * H):]
+    assert acouslic.data_fan(image).all()
+
+
+def test_a_dim_fan_split_by_fluid_darker_than_its_grey_surround_stays_whole():
+    """A dim sweep on a flat grey surround of 50: a band of fluid across the fan, darker than the
+    surround, split the image above the surround in two, and the fan's lower part was left out of
+    the field of view (IoU 0.70). What differs from the surround's level is image."""
+    fan = acouslic.fov_mask((H, W))
+    rng = np.random.default_rng(13)
+    frames = rng.integers(40, 120, size=(24, H, W)).astype(np.uint8)
+    top = np.flatnonzero(fan.any(axis=1))
+    band = slice(int(top[0] + 0.45 * len(top)), int(top[0] + 0.55 * len(top)))
+    frames[:, band] = rng.integers(0, 25, size=frames[:, band].shape)
+    found = acouslic.data_fan(np.where(fan, frames, 50).astype(np.uint8))
+    assert (found != fan).mean() < 0.005
