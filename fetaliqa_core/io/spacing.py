@@ -127,16 +127,20 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
         regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
         raw_spacing = ds.get("PixelSpacing", None)
         top_level = _pair(raw_spacing)
-        # enhanced multi-frame objects: Pixel Measures, shared or per frame (C.7.6.16.2.1)
-        measures, per_frame_note = _pair(_shared_pixel_spacing(ds)), ""
-        if measures is None:
-            measures, per_frame_note = _per_frame_pixel_spacing(ds)
-            measures = _pair(measures)
+        # enhanced multi-frame objects: Pixel Measures, shared or per frame (C.7.6.16.2.1); a
+        # header stating both, each its own size, states two sizes, as Pixel Spacing beside a region
+        raw_shared = _shared_pixel_spacing(ds)
+        shared = _pair(raw_shared)
+        raw_per_frame, per_frame_note = _per_frame_pixel_spacing(ds)
+        per_frame = _pair(raw_per_frame)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError, EOFError, OverflowError,
             NotImplementedError, OSError):
         return None, SPACING_NONE, "the DICOM header's calibration could not be read"
+    measures = shared or per_frame
     # the same header stating two pixel sizes: one of them is wrong, and which is not known here
-    stated = [(top_level, "its Pixel Spacing"), (measures, "its Pixel Measures")]
+    stated = [(top_level, "its Pixel Spacing"),
+              (shared, "its shared Pixel Measures" if per_frame else "its Pixel Measures"),
+              (per_frame, "every frame's Pixel Measures" if shared else "its Pixel Measures")]
     found = _region_spacing(regions, _image_size(ds))
     if found is not None and found[0] is not None:
         stated.insert(0, (found[0], "its ultrasound region calibration"))
@@ -152,9 +156,11 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
     pixel_spacing = top_level or measures
     if pixel_spacing is not None:
         return pixel_spacing, SPACING_FROM_DICOM_PIXEL_SPACING, ""
-    if raw_spacing is not None:
-        shown = str(raw_spacing)[:60].replace("\n", " ")
-        return None, SPACING_NONE, f"the DICOM file's Pixel Spacing ({shown}) is not two positive numbers"
+    for raw, name in ((raw_spacing, "Pixel Spacing"), (raw_shared, "shared Pixel Measures"),
+                      (raw_per_frame, "per-frame Pixel Measures")):
+        if raw is not None:
+            shown = str(raw)[:60].replace("\n", " ")
+            return None, SPACING_NONE, f"the DICOM file's {name} ({shown}) is not two positive numbers"
     if regions:
         return None, SPACING_NONE, ("the DICOM ultrasound regions are not calibrated in cm, and "
                                     "there is no Pixel Spacing")
