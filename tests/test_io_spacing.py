@@ -95,6 +95,17 @@ def test_dicom_regions_without_cm_units_and_no_pixel_spacing_are_unknown(tmp_pat
     assert "not calibrated in cm" in sweep.spacing_problem
 
 
+def test_dicom_region_in_cm_with_a_zero_delta_says_so(tmp_path):
+    """A region in cm whose Physical Delta X is 0 was said to be "not calibrated in cm": its units
+    are cm, its size is what is missing."""
+    path = tmp_path / "us.dcm"
+    write_us_dicom(path, _frames(), regions=[_region(0, 0, 47, 39, 0.0, 0.03)])
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_NONE
+    assert "Physical Delta X 0" in sweep.spacing_note and "no length" in sweep.spacing_note
+    assert "not calibrated in cm" not in sweep.spacing_note
+
+
 def test_dicom_without_any_calibration_is_unknown(tmp_path):
     path = tmp_path / "us.dcm"
     write_us_dicom(path, _frames())

@@ -162,6 +162,10 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
             shown = str(raw)[:60].replace("\n", " ")
             return None, SPACING_NONE, f"the DICOM file's {name} ({shown}) is not two positive numbers"
     if regions:
+        no_length = _region_without_length(regions)
+        if no_length:
+            return None, SPACING_NONE, (f"the DICOM ultrasound region is calibrated in cm, but its {no_length} "
+                                        "is no length, and there is no Pixel Spacing")
         return None, SPACING_NONE, ("the DICOM ultrasound regions are not calibrated in cm, and "
                                     "there is no Pixel Spacing")
     try:
@@ -173,6 +177,29 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
                                     f"Imager Pixel Spacing ({spacing_text(imager)}) is the detector's, not a size in "
                                     "the body, and is not used")
     return None, SPACING_NONE, "the DICOM file has no ultrasound region calibration and no Pixel Spacing"
+
+
+def _region_without_length(regions: list[Any]) -> str:
+    """Of 2-D regions whose units are cm, the first Physical Delta that is no length (zero, negative
+    or not a number), said as ``Physical Delta X 0``; "" when there is none. A region calibrated
+    in cm with a delta of 0 is not an uncalibrated one: the writer put its units and not its size."""
+    for item in regions:
+        try:
+            if (int(item.get("RegionSpatialFormat", _REGION_2D)) != _REGION_2D
+                    or int(item.get("PhysicalUnitsXDirection", 0)) != _DICOM_UNITS_CM
+                    or int(item.get("PhysicalUnitsYDirection", 0)) != _DICOM_UNITS_CM):
+                continue
+            deltas = [(axis, item.get(f"PhysicalDelta{axis}", None)) for axis in "XY"]
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError):
+            continue
+        for axis, delta in deltas:
+            try:
+                value = abs(float(delta))
+            except (TypeError, ValueError, OverflowError):
+                value = math.nan
+            if not (math.isfinite(value) and value > 0):
+                return f"Physical Delta {axis} {str(delta)[:20] if delta is not None else '(none)'}"
+    return ""
 
 
 def _pair(value: Any) -> tuple[float, float] | None:
