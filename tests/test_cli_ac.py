@@ -684,3 +684,27 @@ def test_a_mask_measured_on_the_whole_frame_says_a_fan_s_cut_is_not_known(tmp_pa
     assert "on the whole frame" in out and "whether the fan's edge cuts the outline is known only from the sweep" in out
     assert main(["ac", str(path), "--no-fov"]) == 0  # asked for: nothing to add
     assert "known only from the sweep" not in capsys.readouterr().out
+
+
+def test_a_mask_of_one_other_label_is_measured_naming_it(tmp_path, capsys):
+    """A 3D Slicer segmentation whose one segment has label value 3 (and an ITK-SNAP mask of label 5)
+    was refused as "not an image or a probability map": one value beside 0 outlines one thing."""
+    masks = np.zeros((2, H, W), np.uint8)
+    cv2.ellipse(masks[1], (372, 300), BIG, 10, 0, 360, 3, -1)
+    image = sitk.GetImageFromArray(masks)
+    image.SetSpacing((0.28, 0.28, 1.0))
+    image.SetMetaData("Segment0_LabelValue", "3")
+    image.SetMetaData("Segment0_Name", "abdomen")
+    sitk.WriteImage(image, str(tmp_path / "mask.seg.nrrd"), True)
+    assert main(["ac", str(tmp_path / "mask.seg.nrrd"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["frame"] == 1 and record["ac_mm"] == pytest.approx(ac_of(BIG), rel=0.02)
+    assert any("label 3" in n and "'abdomen'" in n for n in record["read_notes"])
+    assert main(["ac", str(_write(tmp_path, masks // 3 * 5, "label5.nii.gz")), "--json"]) == 0
+    assert any("label 5 only" in n for n in json.loads(capsys.readouterr().out)["read_notes"])
+    # several labels: named, with how to relabel the abdomen as 1
+    several = masks.copy()
+    several[1, :20, :20] = 4
+    assert main(["ac", str(_write(tmp_path, several, "several.mha"))]) == 1
+    err = capsys.readouterr().err
+    assert "found 3, 4" in err and "Export to label map" in err and "probability map" not in err

@@ -296,6 +296,27 @@ def _refuse_cropped_slicer_segmentation(path: Path, nrrd: dict[str, str] | None)
             return
 
 
+def slicer_segment_names(path: Path) -> dict[int, str]:
+    """The segments a 3D Slicer segmentation (.seg.nrrd) names, by label value
+    (``SegmentN_LabelValue`` and ``SegmentN_Name``); empty for other files."""
+    try:
+        nrrd = _nrrd_fields(path)
+    except FetalIQAError:
+        return {}
+    found: dict[str, dict[str, str]] = {}
+    for line in (nrrd or {}).get("", "").splitlines():
+        match = re.match(r"segment(\d+)_(labelvalue|name):=(.*)", line.strip(), re.IGNORECASE)
+        if match:
+            found.setdefault(match.group(1), {})[match.group(2).lower()] = match.group(3).strip()
+    names = {}
+    for fields in found.values():
+        try:
+            names[int(fields.get("labelvalue", "1"))] = fields.get("name", "")[:60]
+        except ValueError:
+            continue
+    return names
+
+
 def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None) -> None:
     """A NRRD's frames must lie on its last (slowest) axis: with ``time`` on an earlier one the
     image reader takes frames for rows or columns and the frame interval for a pixel size."""
