@@ -69,6 +69,9 @@ class Sweep:
     #: kept (inclusive, in the file's pixels) and the file's own frame size; None when not cut. A
     #: mask drawn on the whole screen is cut the same way (:func:`crop_like`).
     crop: tuple | None = None
+    #: A pixel's ``(height, width)`` proportions where the file states them but not its size (DICOM
+    #: Pixel Aspect Ratio other than 1:1): a pixel size the user gives must then be two values.
+    pixel_aspect: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 3 or self.frames.dtype != np.uint8:
@@ -131,11 +134,15 @@ class Sweep:
         frames.flags.writeable = False
         return dataclasses.replace(self, frames=frames)
 
-    def with_spacing(self, spacing_mm: float | tuple[float, float]) -> Sweep:
+    def with_spacing(self, spacing_mm: float | tuple[float, float], how: str = "given") -> Sweep:
         """The same sweep with a pixel spacing the user gave (mm per pixel, one value or
-        ``(row_mm, col_mm)``). Raises FetalIQAError when it is not plausible."""
-        pair = _spacing.user_spacing(spacing_mm)
-        notes = self.read_notes
+        ``(row_mm, col_mm)``). Raises FetalIQAError when it is not plausible, or when it is one
+        value and the sweep's pixels are not square (its calibration, its Pixel Aspect Ratio or a
+        size given before): one value would make them square. A calibration of the file's it
+        replaces is said in a note (``how``: how it was given, "given with --spacing")."""
+        stated = tuple(self.spacing_mm) if self.spacing_known else None
+        pair, replaced = _spacing.given_spacing(spacing_mm, stated, self.spacing_source, self.pixel_aspect, how)
+        notes = self.read_notes + ((f"pixel spacing {replaced}",) if replaced else ())
         if self.spacing_note.startswith(_spacing.SPACING_CHANGES):
             # one value for every frame of a sweep whose depth changed: said, not forgotten
             notes += (f"{self.spacing_note}; the pixel size given, {_spacing.spacing_text(pair)}, is applied "
@@ -236,7 +243,7 @@ def load_sweep(path: str | Path) -> Sweep:
     return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
                  path=path, spacing_source=spacing_source, spacing_note=spacing_note,
                  read_notes=tuple(raw.notes), image_regions=regions,
-                 crop=None if crop is None else (crop, (h, w)))
+                 crop=None if crop is None else (crop, (h, w)), pixel_aspect=raw.pixel_aspect)
 
 
 #: The image regions a file names must leave out at least this share of the frame's width or
