@@ -19,7 +19,8 @@ def add_arguments(parser) -> None:
                         "picture is read too, its pixel size only from an ImageJ scale) to open")
     add_model_options(parser, remembered=True, cascade=True)
     parser.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM",
-                        help="pixel spacing in mm per pixel for a sweep whose file records none (or a wrong one)")
+                        help="pixel spacing in mm per pixel for a sweep whose file records none (or a wrong one): "
+                             "one number for square pixels, or width x height (0.3x0.4)")
     parser.add_argument("--db", metavar="FILE", type=Path, default=None,
                         help="review database (default: the one in the user data folder); remembered for "
                              "later windows and for `fetaliqa review`")
@@ -144,7 +145,7 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
                exit_when_scored: bool = False, max_seconds: float | None = None,
                headless: bool | None = None, keep_window: bool = False,
                review_db: Path | None = None, scores_dir: Path | None = None,
-               progress_every: float | None = None, spacing_mm: float | None = None) -> GuiOutcome:
+               progress_every: float | None = None, spacing_mm: float | tuple[float, float] | None = None) -> GuiOutcome:
     """Open the main window (optionally on a sweep) and run the event loop.
 
     With ``exit_when_scored`` or ``max_seconds`` the loop ends by itself: after scoring ends
@@ -167,7 +168,7 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     # Read the file first: an unreadable one is a one-line error, not a window.
     sweep = load_sweep_for_viewer(sweep_path) if sweep_path is not None else None
     if sweep is not None and spacing_mm is not None:
-        sweep = sweep.with_spacing(spacing_mm)  # FetalIQAError (one line) when implausible
+        sweep = sweep.with_spacing(spacing_mm, "given with --spacing")  # FetalIQAError (one line) when implausible
     from app.settings import AppSettings
 
     settings = AppSettings.load()

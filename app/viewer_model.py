@@ -531,12 +531,13 @@ class ViewerModel:
         return analysis.read_ac(None if ac is None else ac.ac_mm, self.spacing_problem, problem, disagreement,
                                 doubt)
 
-    def set_spacing(self, mm: float) -> None:
-        """Use a pixel spacing the user gives (mm per pixel) for this sweep's lengths; raises
-        FetalIQAError when implausible. Measurements are redone with it."""
+    def set_spacing(self, mm: float | tuple[float, float]) -> None:
+        """Use a pixel spacing the user gives (mm per pixel: one value for square pixels, or
+        ``(row_mm, col_mm)``) for this sweep's lengths; raises FetalIQAError when implausible, or
+        when one value is given for pixels that are not square. Measurements are redone with it."""
         if self.sweep is None:
             return
-        self.sweep = self.sweep.with_spacing(mm)
+        self.sweep = self.sweep.with_spacing(mm, "set here")
         self._ac_cache.clear()
         self._flags_dirty = True
         self.events.threshold.emit(self._threshold)

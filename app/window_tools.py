@@ -250,10 +250,16 @@ def models_key(models) -> str:
     return "+".join(parts)
 
 
-def ask_spacing(win, value: float | None = None) -> bool:
+def ask_spacing(win, value: float | tuple[float, float] | str | None = None) -> bool:
     """View > Set pixel spacing: the pixel spacing (mm per pixel) the lengths of this sweep use,
-    for a file that records none or a wrong one. ``value`` skips the dialog (tests). Returns
-    whether a spacing was set."""
+    for a file that records none or a wrong one. The size now is shown and offered as the product
+    prints it, width x height, so that keeping it keeps pixels that are not square as they are;
+    one number makes square pixels, two (``0.3x0.4``) give width and height, and one number for
+    pixels said not to be square is refused, asking for both. ``value`` skips the dialog (tests:
+    a number, ``(row_mm, col_mm)`` or the text typed). Returns whether a spacing was set."""
+    from fetaliqa_core.io._common import spacing_text
+    from fetaliqa_core.io.spacing import parse_spacing
+
     m = win.model
     if m.sweep is None:
         win.notify("Open a sweep first.", 5000)
@@ -261,20 +267,24 @@ def ask_spacing(win, value: float | None = None) -> bool:
     if value is None:
         from PySide6.QtWidgets import QInputDialog
 
-        current = float(m.sweep.spacing_mm[1])
         from fetaliqa_core.io import SPACING_FROM_USER
 
-        source = m.sweep.spacing_source
-        why = m.spacing_problem or (f"Now {current:g} mm per pixel ("
+        sweep = m.sweep
+        row, col = (float(v) for v in sweep.spacing_mm)
+        source = sweep.spacing_source
+        why = m.spacing_problem or (f"Now {spacing_text((row, col))} per pixel ("
                                     f"{'set here' if source == SPACING_FROM_USER else source}).")
-        value, ok = QInputDialog.getDouble(win, "Pixel spacing", f"{why}\n\nmm per pixel:",
-                                           current if not m.spacing_problem else 0.28, 0.01, 5.0, 4)
+        offered = ("" if sweep.pixel_aspect is not None else "0.28") if m.spacing_problem else (
+            f"{col:g}" if row == col else f"{col:g}x{row:g}")
+        value, ok = QInputDialog.getText(win, "Pixel spacing", f"{why}\n\nmm per pixel: one number for square "
+                                         "pixels, or width x height (e.g. 0.3x0.4):", text=offered)
         if not ok:
             return False
     try:
-        m.set_spacing(value)
+        m.set_spacing(parse_spacing(value) if isinstance(value, str) else value)
     except FetalIQAError as exc:
         QMessageBox.warning(win, "Pixel spacing", str(exc))
         return False
-    win.notify(f"Pixel spacing set to {value:g} mm per pixel; lengths are measured with it.", 8000)
+    win.notify(f"Pixel spacing set to {spacing_text(m.sweep.spacing_mm)} per pixel; lengths are measured with it.",
+               8000)
     return True

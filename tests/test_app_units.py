@@ -43,6 +43,36 @@ def test_unknown_spacing_no_mm_until_the_user_sets_it(qtbot, window):
     assert window.model.sweep.spacing_source == "user"
 
 
+def test_set_pixel_spacing_keeps_pixels_that_are_not_square(qtbot, window, monkeypatch):
+    """On a sweep calibrated 0.3 mm wide x 0.4 mm high the dialog showed "Now 0.3 mm per pixel" and
+    OK on what it offered made the pixels square: the AC fell 14 % and a GA appeared."""
+    from PySide6.QtWidgets import QInputDialog
+
+    from app import window_tools
+    from fetaliqa_core.io import SPACING_FROM_US_REGION
+
+    sweep = dataclasses.replace(tiny_sweep(2, 10, height=72, width=96), spacing_mm=(0.4, 0.3),
+                                spacing_source=SPACING_FROM_US_REGION)
+    _scored(qtbot, window, sweep)
+    seen = {}
+
+    def keep_what_is_offered(parent, title, label, *args, text="", **kwargs):
+        seen["label"], seen["text"] = label, text
+        return text, True
+
+    monkeypatch.setattr(QInputDialog, "getText", staticmethod(keep_what_is_offered))
+    monkeypatch.setattr(QInputDialog, "getDouble", staticmethod(  # (a dialog of one number offers one)
+        lambda parent, title, label, value, *a, **k: keep_what_is_offered(parent, title, label, text=value)))
+    assert window_tools.ask_spacing(window) is True
+    assert "0.3 x 0.4 mm (width x height)" in seen["label"] and seen["text"] == "0.3x0.4"
+    assert window.model.sweep.spacing_mm == pytest.approx((0.4, 0.3))
+    # one value would make them square: refused (asking for both); two are taken, width x height
+    assert window_tools.ask_spacing(window, 0.3) is False
+    assert window.model.sweep.spacing_mm == pytest.approx((0.4, 0.3))
+    assert window_tools.ask_spacing(window, "0.3 x 0.45") is True
+    assert window.model.sweep.spacing_mm == pytest.approx((0.45, 0.3))
+
+
 def test_demo_numbers_are_labelled_beside_the_measurement(qtbot, window):
     _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
     assert "clinical" not in window.status_ac.text()

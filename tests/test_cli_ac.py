@@ -684,3 +684,56 @@ def test_a_mask_measured_on_the_whole_frame_says_a_fan_s_cut_is_not_known(tmp_pa
     assert "on the whole frame" in out and "whether the fan's edge cuts the outline is known only from the sweep" in out
     assert main(["ac", str(path), "--no-fov"]) == 0  # asked for: nothing to add
     assert "known only from the sweep" not in capsys.readouterr().out
+
+
+def test_a_mask_of_one_other_label_is_measured_naming_it(tmp_path, capsys):
+    """A 3D Slicer segmentation whose one segment has label value 3 (and an ITK-SNAP mask of label 5)
+    was refused as "not an image or a probability map": one value beside 0 outlines one thing."""
+    masks = np.zeros((2, H, W), np.uint8)
+    cv2.ellipse(masks[1], (372, 300), BIG, 10, 0, 360, 3, -1)
+    image = sitk.GetImageFromArray(masks)
+    image.SetSpacing((0.28, 0.28, 1.0))
+    image.SetMetaData("Segment0_LabelValue", "3")
+    image.SetMetaData("Segment0_Name", "abdomen")
+    sitk.WriteImage(image, str(tmp_path / "mask.seg.nrrd"), True)
+    assert main(["ac", str(tmp_path / "mask.seg.nrrd"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["frame"] == 1 and record["ac_mm"] == pytest.approx(ac_of(BIG), rel=0.02)
+    assert any("label 3" in n and "'abdomen'" in n for n in record["read_notes"])
+    assert main(["ac", str(_write(tmp_path, masks // 3 * 5, "label5.nii.gz")), "--json"]) == 0
+    assert any("label 5 only" in n for n in json.loads(capsys.readouterr().out)["read_notes"])
+    # several labels: named, with how to relabel the abdomen as 1
+    several = masks.copy()
+    several[1, :20, :20] = 4
+    assert main(["ac", str(_write(tmp_path, several, "several.mha"))]) == 1
+    err = capsys.readouterr().err
+    assert "found 3, 4" in err and "Export to label map" in err and "probability map" not in err
+
+
+def test_one_spacing_value_on_pixels_that_are_not_square_is_refused(tmp_path, capsys):
+    """`--spacing 0.3` on a sweep calibrated 0.3 mm wide x 0.4 mm high made its pixels square
+    without a word (AC 288.5 -> 258.4 mm): refused now, and two sizes replace it, said so."""
+    from fakes import us_dicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    region = Dataset()
+    region.RegionSpatialFormat, region.RegionDataType, region.RegionFlags = 1, 1, 0
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, 0
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 159, 119
+    region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3
+    region.PhysicalDeltaX, region.PhysicalDeltaY = 0.03, 0.04
+    sweep = us_dicom(tmp_path / "sweep.dcm", np.full((1, 120, 160), 40, np.uint8),
+                     SequenceOfUltrasoundRegions=Sequence([region]))
+    masks = np.zeros((1, 120, 160), np.uint8)
+    cv2.ellipse(masks[0], (80, 60), (40, 30), 0, 0, 360, 1, -1)
+    mask = _write(tmp_path, masks, "mask.mha", spacing=1.0)
+    assert main(["ac", str(mask), "--sweep", str(sweep), "--spacing", "0.3"]) == 1
+    assert "not square" in capsys.readouterr().err
+    assert main(["ac", str(mask), "--sweep", str(sweep), "--spacing", "0.3x0.4", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["spacing_mm"] == [0.4, 0.3] and record["spacing_source"] == "user"
+    assert any("replacing the file's 0.3 x 0.4 mm" in n for n in record["read_notes"])
+    with pytest.raises(SystemExit) as exc:
+        main(["ac", str(mask), "--spacing", "0.3x"])
+    assert exc.value.code == 2 and "not a pixel spacing" in capsys.readouterr().err

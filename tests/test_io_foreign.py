@@ -1400,6 +1400,13 @@ def test_a_dicom_header_stating_two_pixel_sizes_that_disagree_gives_no_length(tm
                                                                 for k in range(4)]))
     sweep = load_sweep(partial)
     assert sweep.spacing_source == SPACING_NONE and "2 of its 4 frames only" in sweep.spacing_note
+    # shared Pixel Measures of 0.3 mm and every frame's of 0.45 mm: the shared one was used without a word
+    both_measures = _dicom(tmp_path / "both_measures.dcm", arr, sop=ENHANCED_US_VOLUME,
+                           SharedFunctionalGroupsSequence=Sequence([measures([0.3, 0.3])]),
+                           PerFrameFunctionalGroupsSequence=Sequence([measures([0.45, 0.45]) for _ in range(4)]))
+    sweep = load_sweep(both_measures)
+    assert sweep.spacing_source == SPACING_NONE and "disagree" in sweep.spacing_note
+    assert "0.3 x 0.3 mm" in sweep.spacing_note and "0.45 x 0.45 mm" in sweep.spacing_note
     inset = _dicom(tmp_path / "inset.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
         _region(0.5, 0.5, units=0, box=(0, 0, 47, 39)), _region(0.01, 0.01, box=(0, 0, 9, 9))]))
     sweep = load_sweep(inset)
@@ -1411,6 +1418,7 @@ def test_dicom_headers_that_contradict_themselves_are_refused_in_one_line(tmp_pa
     size; a header without Rows was blamed on its pixel format; one 16-bit file in an 8-bit series
     became an all-black frame; a Pixel Spacing of three values was called missing."""
     import pydicom
+    from pydicom.sequence import Sequence
 
     arr = _grey().astype(np.uint8)
     mislabelled = _dicom(tmp_path / "mono.dcm", arr)
@@ -1437,6 +1445,13 @@ def test_dicom_headers_that_contradict_themselves_are_refused_in_one_line(tmp_pa
     three = _dicom(tmp_path / "three.dcm", arr, PixelSpacing=[0.3, 0.3, 1.0])
     sweep = load_sweep(three)
     assert sweep.spacing_source == SPACING_NONE and "not two positive numbers" in sweep.spacing_note
+    # the same of an enhanced object's shared Pixel Measures (it was said to have no Pixel Spacing at all)
+    for name, value in (("zero", [0, 0.3]), ("negative", [-0.3, -0.3])):
+        shared = _dicom(tmp_path / f"{name}.dcm", arr, sop=ENHANCED_US_VOLUME,
+                        SharedFunctionalGroupsSequence=Sequence([_pixel_measures(value)]))
+        sweep = load_sweep(shared)
+        assert sweep.spacing_source == SPACING_NONE
+        assert "shared Pixel Measures" in sweep.spacing_note and "not two positive numbers" in sweep.spacing_note
 
 
 def test_pictures_and_names_the_image_library_misreads_are_refused_saying_why(tmp_path):

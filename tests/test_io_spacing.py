@@ -95,6 +95,17 @@ def test_dicom_regions_without_cm_units_and_no_pixel_spacing_are_unknown(tmp_pat
     assert "not calibrated in cm" in sweep.spacing_problem
 
 
+def test_dicom_region_in_cm_with_a_zero_delta_says_so(tmp_path):
+    """A region in cm whose Physical Delta X is 0 was said to be "not calibrated in cm": its units
+    are cm, its size is what is missing."""
+    path = tmp_path / "us.dcm"
+    write_us_dicom(path, _frames(), regions=[_region(0, 0, 47, 39, 0.0, 0.03)])
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_NONE
+    assert "Physical Delta X 0" in sweep.spacing_note and "no length" in sweep.spacing_note
+    assert "not calibrated in cm" not in sweep.spacing_note
+
+
 def test_dicom_without_any_calibration_is_unknown(tmp_path):
     path = tmp_path / "us.dcm"
     write_us_dicom(path, _frames())
@@ -335,3 +346,42 @@ def test_a_colour_box_alone_says_nothing_of_where_the_image_lies(tmp_path):
     write_us_dicom(path, frames, regions=[box])
     sweep = load_sweep(path)
     assert sweep.crop is None and sweep.image_regions == () and sweep.frames.shape == (2, 120, 160)
+
+
+def test_pixels_said_not_to_be_square_need_both_sizes_from_the_user(tmp_path):
+    """A DICOM's Pixel Aspect Ratio 4\\3 (no Pixel Spacing) was ignored and one --spacing value made
+    its pixels square (an AC 12 % short, shown plainly); one value also replaced a 0.3 x 0.4 mm
+    region calibration by a square one without a word (AC 288.5 -> 258.4 mm)."""
+    aspect = tmp_path / "aspect.dcm"
+    us_dicom(aspect, _frames(), PixelAspectRatio=[4, 3])
+    sweep = load_sweep(aspect)
+    assert sweep.spacing_source == SPACING_NONE and sweep.pixel_aspect == pytest.approx((4.0, 3.0))
+    assert "4:3 (height:width)" in sweep.spacing_note and "both sizes" in sweep.spacing_note
+    with pytest.raises(FetalIQAError, match=r"not square.*Give both sizes, width x height \(e.g. 0.3x0.4\)"):
+        sweep.with_spacing(0.3)
+    assert sweep.with_spacing((0.4, 0.3)).spacing_mm == pytest.approx((0.4, 0.3))
+    square = tmp_path / "square.dcm"
+    us_dicom(square, _frames(), PixelAspectRatio=[1, 1])
+    assert load_sweep(square).pixel_aspect is None and load_sweep(square).with_spacing(0.3).spacing_mm == (0.3, 0.3)
+    # a file's own calibration of pixels that are not square
+    region = tmp_path / "region.dcm"
+    write_us_dicom(region, _frames(), regions=[_region(0, 0, 47, 39, dx_cm=0.03, dy_cm=0.04)])
+    sweep = load_sweep(region)
+    with pytest.raises(FetalIQAError, match=r"not square \(0.3 x 0.4 mm \(width x height\)"):
+        sweep.with_spacing(0.3)
+    given = sweep.with_spacing((0.4, 0.3), "given with --spacing")
+    assert given.spacing_source == SPACING_FROM_USER and given.spacing_mm == pytest.approx((0.4, 0.3))
+    assert any("given with --spacing, replacing the file's 0.3 x 0.4 mm" in n for n in given.read_notes)
+    with pytest.raises(FetalIQAError, match="not square"):  # nor a size given before
+        given.with_spacing(0.3)
+
+
+def test_a_pixel_spacing_is_typed_as_one_number_or_width_x_height():
+    from fetaliqa_core.io.spacing import parse_spacing
+
+    assert parse_spacing("0.28") == 0.28
+    assert parse_spacing("0.3x0.4") == (0.4, 0.3) and parse_spacing("0.3 x 0.4 mm") == (0.4, 0.3)
+    assert parse_spacing("0.3,0.4") == (0.4, 0.3)
+    for bad in ("", "0.3x", "0.3x0.4x0.5", "a"):
+        with pytest.raises(FetalIQAError, match="not a pixel spacing"):
+            parse_spacing(bad)

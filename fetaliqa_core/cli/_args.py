@@ -91,18 +91,21 @@ def positive_seconds(text: str) -> float:
     return value if ok else _refuse(f"{text} must be a positive number of seconds")
 
 
-def spacing_mm(text: str) -> float:
-    """argparse type: a pixel spacing in mm per pixel, plausible for obstetric ultrasound (the
-    range the readers apply, ``io.spacing.PLAUSIBLE_SPACING_MM``); a wrong value is a wrong
-    command line (status 2), told before any file is read."""
+def spacing_mm(text: str) -> float | tuple[float, float]:
+    """argparse type: a pixel spacing in mm per pixel, one number for square pixels (``0.28``) or
+    width x height as the product prints it (``0.3x0.4``, also ``0.3,0.4``), plausible for
+    obstetric ultrasound (the range the readers apply, ``io.spacing.PLAUSIBLE_SPACING_MM``): a
+    float, or ``(row_mm, col_mm)``. A wrong value is a wrong command line (status 2), told before
+    any file is read; whether one number suits the file's pixels is told once it is read."""
     from fetaliqa_core.errors import FetalIQAError
-    from fetaliqa_core.io.spacing import user_spacing
+    from fetaliqa_core.io.spacing import parse_spacing, user_spacing
 
-    value = _parsed(text, float, "a number of mm per pixel, e.g. 0.28")
     try:
-        return user_spacing(value)[0]
+        value = parse_spacing(text)
+        user_spacing(value)
     except FetalIQAError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 #: Characters a terminal acts on instead of showing: control codes (a newline in a file name

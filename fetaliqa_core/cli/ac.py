@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--spacing", type=spacing_mm, default=None, metavar="MM",
-        help="pixel spacing in mm per pixel, overriding the file's (needed when the file records none)",
+        help="pixel spacing in mm per pixel, overriding the file's (needed when the file records none): one "
+             "number for square pixels, or width x height (0.3x0.4) for pixels that are not square",
     )
     parser.add_argument(
         "--no-fov", action="store_true",
@@ -168,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
     recorded_spacing = " ".join(volume.metadata.get(fio.META_SPACING, "").split())
     # a mask FetalIQA wrote says where its sweep's spacing came from
     of_sweep = args.spacing is None and problem is None and recorded_spacing.startswith(fio.META_SPACING_OF_SWEEP)
+    # what the files state of the pixel, for a spacing given with --spacing: the mask's own here, its sweep's below
+    stated = (spacing, source) if problem is None and source != fio.SPACING_NONE else (None, source)
     if args.spacing is not None:
         spacing = fspacing.user_spacing(args.spacing)
         problem, source = None, fio.SPACING_FROM_USER  # as `score --spacing` records it
@@ -206,6 +209,14 @@ def run(args: argparse.Namespace) -> int:
     fov_name = "acouslic" if fov is not None else "whole frame"
     if sweep is not None:
         _check_fits(sweep, Path(args.sweep), masks.shape)
+    given_note = ""
+    if args.spacing is not None:
+        # one value where the pixels are said not to be square would make them square: refused
+        if sweep is not None and (sweep.spacing_known or sweep.pixel_aspect is not None):
+            stated = (tuple(sweep.spacing_mm) if sweep.spacing_known else None, sweep.spacing_source)
+        spacing, given_note = fspacing.given_spacing(args.spacing, stated[0], stated[1],
+                                                     None if sweep is None else sweep.pixel_aspect,
+                                                     "given with --spacing")
     if sweep is not None and not args.no_fov:
         from fetaliqa_core import acouslic
 
@@ -307,7 +318,8 @@ def run(args: argparse.Namespace) -> int:
             "field_of_view_note": fov_note or None,
             "written_by": writer or None,
             "recorded_doubt": recorded,
-            "read_notes": list(volume.notes) + [f"sweep: {n}" for n in sweep_notes] or None,
+            "read_notes": list(volume.notes) + [f"sweep: {n}" for n in sweep_notes]
+            + ([f"pixel spacing {given_note}"] if given_note else []) or None,
             "frame_notes": frame_notes or None,
         }
         print(json.dumps(record))
@@ -318,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     edge = "the image's edge" if fov is None else "the field of view"
     tail = f" [outline cut by {edge}; ellipse extrapolated]" if m.truncated else ""
-    from_where = {(False, fio.SPACING_FROM_USER): "given with --spacing",
+    from_where = {(False, fio.SPACING_FROM_USER): given_note or "given with --spacing",
                   (True, fio.SPACING_FROM_USER): "given for its sweep with --spacing",
                   (True, fio.SPACING_GIVEN): "given with its sweep"}.get(
         (of_sweep, source), f"the sweep's {source}" if of_sweep else source)
@@ -326,7 +338,9 @@ def run(args: argparse.Namespace) -> int:
         fov_name, f"; in {fov_name}")
     units = "" if problem is not None else (
         f" (pixel {spacing_text(spacing)}, {from_where}{fov_words})")
-    hint = " Give it with --spacing MM." if reading.status == analysis.units.NO_UNITS else ""
+    both = sweep is not None and sweep.pixel_aspect is not None  # (pixels said not to be square)
+    hint = "" if reading.status != analysis.units.NO_UNITS else (
+        " Give both sizes with --spacing WxH (width x height)." if both else " Give it with --spacing MM.")
     print(shown(f"frame {index}: {reading.text()}{tail}{units}{hint}"))  # (texts from the file's header)
     notes = [n for n in volume.notes if args.spacing is None or not n.startswith("pixel spacing:")]
     notes += [f"the sweep: {n}" for n in sweep_notes] + frame_notes

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "that holds another sweep's results); a folder holding frames.csv or summary.json "
                         "FetalIQA did not write is refused")
     p.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM",
-                   help="pixel spacing in mm per pixel, for a sweep whose file records none (or a wrong one); "
+                   help="pixel spacing in mm per pixel, for a sweep whose file records none (or a wrong one): one "
+                        "number for square pixels, or width x height (0.3x0.4) for pixels that are not square; "
                         "without a known, plausible spacing no length in mm and no GA is given")
     p.add_argument("--challenge-output", action="store_true",
                    help="also write the ACOUSLIC-AI challenge's output files")
@@ -140,7 +141,7 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
                                      cascade=getattr(models, "student", None) is not None)
     sweep = fio.load_sweep(path).in_memory() if sweep is None else sweep
     if getattr(args, "spacing", None) is not None:
-        sweep = sweep.with_spacing(args.spacing)
+        sweep = sweep.with_spacing(args.spacing, "given with --spacing")
     thresholds = Thresholds.of_models(models, args.threshold)
     if getattr(models, "student", None) is not None:
         return _score_cascade(sweep, path, out, models, args, thresholds, position, extra)

@@ -254,6 +254,11 @@ def _holds_labels(arr: np.ndarray) -> bool:
     return any(bool(((np.asarray(f) == 1) | (np.asarray(f) == 2)).any()) for f in arr)
 
 
+#: At most this many whole numbers other than 0, 1, 2 in a mask are taken for other labels (an
+#: image, even a dark one, holds dozens of grey levels).
+FEW_LABELS = 8
+
+
 def as_labels(arr: np.ndarray, path: Path) -> np.ndarray:
     """Check a mask holds only 0/1/2 and return it as uint8 (no copy when already uint8)."""
     bad: list[Any] = []
@@ -296,6 +301,15 @@ def as_labels(arr: np.ndarray, path: Path) -> np.ndarray:
         raise FetalIQAError(
             f"{path}: the mask holds values between 0 and 1 (such as {bad[0]:.3g}): a probability map, "
             "not labels. Threshold it (at 0.5, say) and export the labels 0/1/2.")
+    if bad and len(bad) <= FEW_LABELS and all(float(v).is_integer() for v in bad):
+        # a few whole numbers: a label map whose abdomen has another number (3D Slicer numbers its
+        # segments 1, 2, 3...; ITK-SNAP's labels are the user's choice), not an image
+        shown = ", ".join(str(int(v)) for v in bad)
+        raise FetalIQAError(
+            f"{path}: the mask holds labels other than 0, 1, 2 (found {shown}). Masks label each pixel 0 "
+            "(background), 1 (optimal plane) or 2 (suboptimal plane): relabel the abdomen as 1 (3D Slicer: "
+            "Segmentations, Export to label map with only the abdomen's segment, as label 1; ITK-SNAP: "
+            "give the abdomen label 1) and open that.")
     if bad:
         shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
         raise FetalIQAError(

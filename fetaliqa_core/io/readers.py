@@ -42,7 +42,7 @@ from fetaliqa_core.io._common import (
 )
 from fetaliqa_core.io.frames import frame_stack_shape, precheck_dims
 from fetaliqa_core.io.spacing import (SPACING_CHANGES, classify_header_spacing, dataset_calibration,
-                                     dicom_calibration_and_regions)
+                                     dicom_calibration_and_regions, dicom_pixel_aspect)
 
 
 #: A kept header value is cut to this many characters (a hostile header cannot make it large).
@@ -296,6 +296,27 @@ def _refuse_cropped_slicer_segmentation(path: Path, nrrd: dict[str, str] | None)
             return
 
 
+def slicer_segment_names(path: Path) -> dict[int, str]:
+    """The segments a 3D Slicer segmentation (.seg.nrrd) names, by label value
+    (``SegmentN_LabelValue`` and ``SegmentN_Name``); empty for other files."""
+    try:
+        nrrd = _nrrd_fields(path)
+    except FetalIQAError:
+        return {}
+    found: dict[str, dict[str, str]] = {}
+    for line in (nrrd or {}).get("", "").splitlines():
+        match = re.match(r"segment(\d+)_(labelvalue|name):=(.*)", line.strip(), re.IGNORECASE)
+        if match:
+            found.setdefault(match.group(1), {})[match.group(2).lower()] = match.group(3).strip()
+    names = {}
+    for fields in found.values():
+        try:
+            names[int(fields.get("labelvalue", "1"))] = fields.get("name", "")[:60]
+        except ValueError:
+            continue
+    return names
+
+
 def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None) -> None:
     """A NRRD's frames must lie on its last (slowest) axis: with ``time`` on an earlier one the
     image reader takes frames for rows or columns and the frame interval for a pixel size."""
@@ -428,8 +449,10 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     ycbcr = False
     notes = []
     regions = ()
+    aspect = None
     if dicom_file is not None:
         (calibrated, source, note), regions = dicom_calibration_and_regions(dicom_file)
+        aspect = None if calibrated else dicom_pixel_aspect(dicom_file)
         spacing_mm = calibrated or spacing_mm
         if calibrated and note:
             notes.append(f"pixel spacing: {note}")
@@ -475,7 +498,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
-               ycbcr=ycbcr, regions=regions)
+               ycbcr=ycbcr, regions=regions, pixel_aspect=aspect)
 
 
 #: ImageJ's scales read (its ``unit=`` line, in any spelling :data:`_LENGTH_UNITS_MM` knows; it
@@ -1037,7 +1060,7 @@ def _dicom_without_its_spacing(path: Path) -> Raw | None:
     window, padding = dicom_display(path) if samples == 1 and arr.dtype != np.uint8 else (None, None)
     return Raw(array=arr, components=samples, spacing_mm=spacing_mm, metadata={}, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding,
-               regions=regions)
+               regions=regions, pixel_aspect=None if calibrated else dicom_pixel_aspect(path))
 
 
 def _has_voi_lut_table(path: Path) -> bool:

@@ -22,6 +22,7 @@ Nothing here prevents scoring a sweep; it decides whether lengths may be shown.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from fetaliqa_core.io._common import (
     SPACING_FROM_DICOM_PIXEL_SPACING,
     SPACING_FROM_HEADER,
     SPACING_FROM_US_REGION,
+    SPACING_FROM_USER,
+    SPACING_GIVEN,
     SPACING_NONE,
     spacing_text,
 )
@@ -42,7 +45,8 @@ PLACEHOLDER_SPACING_MM = 1.0
 # DICOM PS3.3 C.8.5.5.1.15: Physical Units X/Y Direction code 0x0003 is centimetres.
 _DICOM_UNITS_CM = 3
 _DICOM_TAGS = ("SequenceOfUltrasoundRegions", "PixelSpacing", "SharedFunctionalGroupsSequence",
-               "PerFrameFunctionalGroupsSequence", "Rows", "Columns", "ImagerPixelSpacing")
+               "PerFrameFunctionalGroupsSequence", "Rows", "Columns", "ImagerPixelSpacing",
+               "PixelAspectRatio")
 # PS3.3 C.8.5.5.1.1: Region Spatial Format 1 is a 2-D tissue image (others: M-mode, Doppler, ...).
 _REGION_2D = 1
 
@@ -91,9 +95,86 @@ def user_spacing(value: float | tuple[float, float]) -> tuple[float, float]:
                             "e.g. 0.28.") from None
     lo, hi = PLAUSIBLE_SPACING_MM
     if not is_plausible((row, col)):
-        raise FetalIQAError(f"pixel spacing {value!r} mm is outside {lo:g} to under {hi:g} mm per pixel, "
+        shown = f"{value!r} mm" if isinstance(value, (int, float)) else spacing_text((row, col))
+        raise FetalIQAError(f"pixel spacing {shown} is outside {lo:g} to under {hi:g} mm per pixel, "
                             "implausible for obstetric ultrasound. Give mm per pixel, e.g. 0.28.")
     return row, col
+
+
+def parse_spacing(text: str) -> float | tuple[float, float]:
+    """A pixel spacing as the user types it: one number (square pixels, mm per pixel) or two,
+    width x height as the product prints them (``0.3x0.4``, ``0.3 x 0.4``, ``0.3,0.4``): a float,
+    or ``(row_mm, col_mm)``. Raises FetalIQAError for anything else; plausibility is
+    :func:`user_spacing`'s."""
+    parts = [p.strip() for p in re.split(r"[xX×,]", str(text).strip().removesuffix("mm").strip())]
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2):
+        raise FetalIQAError(f"{str(text)[:40]!r} is not a pixel spacing: give mm per pixel, one number for square "
+                            "pixels (0.28) or width x height (0.3x0.4)")
+    return numbers[0] if len(numbers) == 1 else (numbers[1], numbers[0])
+
+
+#: Two sides of a pixel within this share of each other are one size (rounding of the digits).
+_SQUARE_TOLERANCE = 0.01
+
+
+def is_square(shape: tuple[float, float]) -> bool:
+    """Whether a pixel's ``(height, width)`` (a size or proportions) is square."""
+    row, col = (float(v) for v in shape)
+    return abs(row - col) <= _SQUARE_TOLERANCE * max(abs(row), abs(col))
+
+
+def given_spacing(value: float | tuple[float, float], stated: tuple[float, float] | None, stated_source: str,
+                  aspect: tuple[float, float] | None = None, how: str = "given") -> tuple[tuple[float, float], str]:
+    """A spacing the user gives (one value: square pixels; two: ``(row_mm, col_mm)``) in place of
+    what the file states: ``stated`` ``(row_mm, col_mm)`` from ``stated_source`` (None when the size
+    is unknown), ``aspect`` its pixels' ``(height, width)`` proportions when only they are known
+    (DICOM Pixel Aspect Ratio). Returns the spacing and a note saying what it replaced ("" when it
+    replaced no calibration of the file's). One value for pixels said not to be square is refused:
+    it would make them square, every length across them wrong (an AC 10 % short on 0.3 x 0.4 mm)."""
+    pair = user_spacing(value)
+    shape = stated if stated is not None else aspect
+    if isinstance(value, (int, float)) and shape is not None and not is_square(shape):
+        if stated is not None:
+            said = f"{spacing_text(stated)}, {stated_source}"
+            example = f"{stated[1]:g}x{stated[0]:g}"
+        else:
+            said = f"its Pixel Aspect Ratio says {_ratio_text(aspect)}"
+            example = f"{float(value):g}x{float(value) * aspect[0] / aspect[1]:.3g}"
+        raise FetalIQAError(f"the sweep's pixels are not square ({said}): one value ({float(value):g} mm) would make "
+                            f"them so. Give both sizes, width x height (e.g. {example}).")
+    if stated is None or stated_source in (SPACING_NONE, SPACING_FROM_USER, SPACING_GIVEN):
+        return pair, ""
+    return pair, f"{how}, replacing the file's {spacing_text(stated)} from its {stated_source}"
+
+
+def _ratio_text(aspect: tuple[float, float]) -> str:
+    return f"{aspect[0]:g}:{aspect[1]:g} (height:width)"
+
+
+def pixel_aspect_ratio(ds: Any) -> tuple[float, float] | None:
+    """A DICOM header's Pixel Aspect Ratio (0028,0034), vertical and horizontal, as a pixel's
+    ``(height, width)`` proportions: None without one, when it is not two positive numbers, or
+    when it is 1:1."""
+    try:
+        aspect = _pair(ds.get("PixelAspectRatio", None))
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError):
+        return None
+    return None if aspect is None or is_square(aspect) else aspect
+
+
+def dicom_pixel_aspect(path: Path) -> tuple[float, float] | None:
+    """:func:`pixel_aspect_ratio` of a DICOM file (None when its header cannot be read)."""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=["PixelAspectRatio"])
+    except Exception:  # noqa: BLE001 - only proportions; the image reader reports a damaged header
+        return None
+    return pixel_aspect_ratio(ds)
 
 
 def dicom_calibration_and_regions(path: Path) -> tuple[tuple[tuple[float, float] | None, str, str],
@@ -127,16 +208,20 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
         regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
         raw_spacing = ds.get("PixelSpacing", None)
         top_level = _pair(raw_spacing)
-        # enhanced multi-frame objects: Pixel Measures, shared or per frame (C.7.6.16.2.1)
-        measures, per_frame_note = _pair(_shared_pixel_spacing(ds)), ""
-        if measures is None:
-            measures, per_frame_note = _per_frame_pixel_spacing(ds)
-            measures = _pair(measures)
+        # enhanced multi-frame objects: Pixel Measures, shared or per frame (C.7.6.16.2.1); a
+        # header stating both, each its own size, states two sizes, as Pixel Spacing beside a region
+        raw_shared = _shared_pixel_spacing(ds)
+        shared = _pair(raw_shared)
+        raw_per_frame, per_frame_note = _per_frame_pixel_spacing(ds)
+        per_frame = _pair(raw_per_frame)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError, EOFError, OverflowError,
             NotImplementedError, OSError):
         return None, SPACING_NONE, "the DICOM header's calibration could not be read"
+    measures = shared or per_frame
     # the same header stating two pixel sizes: one of them is wrong, and which is not known here
-    stated = [(top_level, "its Pixel Spacing"), (measures, "its Pixel Measures")]
+    stated = [(top_level, "its Pixel Spacing"),
+              (shared, "its shared Pixel Measures" if per_frame else "its Pixel Measures"),
+              (per_frame, "every frame's Pixel Measures" if shared else "its Pixel Measures")]
     found = _region_spacing(regions, _image_size(ds))
     if found is not None and found[0] is not None:
         stated.insert(0, (found[0], "its ultrasound region calibration"))
@@ -152,21 +237,55 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
     pixel_spacing = top_level or measures
     if pixel_spacing is not None:
         return pixel_spacing, SPACING_FROM_DICOM_PIXEL_SPACING, ""
-    if raw_spacing is not None:
-        shown = str(raw_spacing)[:60].replace("\n", " ")
-        return None, SPACING_NONE, f"the DICOM file's Pixel Spacing ({shown}) is not two positive numbers"
+    for raw, name in ((raw_spacing, "Pixel Spacing"), (raw_shared, "shared Pixel Measures"),
+                      (raw_per_frame, "per-frame Pixel Measures")):
+        if raw is not None:
+            shown = str(raw)[:60].replace("\n", " ")
+            return None, SPACING_NONE, f"the DICOM file's {name} ({shown}) is not two positive numbers"
     if regions:
+        no_length = _region_without_length(regions)
+        if no_length:
+            return None, SPACING_NONE, (f"the DICOM ultrasound region is calibrated in cm, but its {no_length} "
+                                        "is no length, and there is no Pixel Spacing")
         return None, SPACING_NONE, ("the DICOM ultrasound regions are not calibrated in cm, and "
                                     "there is no Pixel Spacing")
     try:
         imager = _pair(ds.get("ImagerPixelSpacing", None))
     except (ValueError, TypeError, AttributeError, KeyError, OverflowError):
         imager = None
+    aspect = pixel_aspect_ratio(ds)
+    if aspect is not None:  # (0028,0034): the pixels' proportions, not their size
+        return None, SPACING_NONE, ("the DICOM file has no ultrasound region calibration and no Pixel Spacing; its "
+                                    f"Pixel Aspect Ratio says its pixels are {_ratio_text(aspect)}, not square: "
+                                    "give both sizes, width x height")
     if imager is not None:  # (0018,1164): the detector's pixel pitch (projection radiography), not the body's
         return None, SPACING_NONE, ("the DICOM file has no ultrasound region calibration and no Pixel Spacing; its "
                                     f"Imager Pixel Spacing ({spacing_text(imager)}) is the detector's, not a size in "
                                     "the body, and is not used")
     return None, SPACING_NONE, "the DICOM file has no ultrasound region calibration and no Pixel Spacing"
+
+
+def _region_without_length(regions: list[Any]) -> str:
+    """Of 2-D regions whose units are cm, the first Physical Delta that is no length (zero, negative
+    or not a number), said as ``Physical Delta X 0``; "" when there is none. A region calibrated
+    in cm with a delta of 0 is not an uncalibrated one: the writer put its units and not its size."""
+    for item in regions:
+        try:
+            if (int(item.get("RegionSpatialFormat", _REGION_2D)) != _REGION_2D
+                    or int(item.get("PhysicalUnitsXDirection", 0)) != _DICOM_UNITS_CM
+                    or int(item.get("PhysicalUnitsYDirection", 0)) != _DICOM_UNITS_CM):
+                continue
+            deltas = [(axis, item.get(f"PhysicalDelta{axis}", None)) for axis in "XY"]
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError):
+            continue
+        for axis, delta in deltas:
+            try:
+                value = abs(float(delta))
+            except (TypeError, ValueError, OverflowError):
+                value = math.nan
+            if not (math.isfinite(value) and value > 0):
+                return f"Physical Delta {axis} {str(delta)[:20] if delta is not None else '(none)'}"
+    return ""
 
 
 def _pair(value: Any) -> tuple[float, float] | None:

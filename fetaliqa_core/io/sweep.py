@@ -30,7 +30,7 @@ from fetaliqa_core.io._common import (
     sitk_reason,
 )
 from fetaliqa_core.io.frames import as_frame_stack, as_labels, check_frame_shape, to_uint8_frames
-from fetaliqa_core.io.readers import read_raw
+from fetaliqa_core.io.readers import read_raw, slicer_segment_names
 
 
 @dataclass(eq=False)
@@ -69,6 +69,9 @@ class Sweep:
     #: kept (inclusive, in the file's pixels) and the file's own frame size; None when not cut. A
     #: mask drawn on the whole screen is cut the same way (:func:`crop_like`).
     crop: tuple | None = None
+    #: A pixel's ``(height, width)`` proportions where the file states them but not its size (DICOM
+    #: Pixel Aspect Ratio other than 1:1): a pixel size the user gives must then be two values.
+    pixel_aspect: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 3 or self.frames.dtype != np.uint8:
@@ -131,11 +134,15 @@ class Sweep:
         frames.flags.writeable = False
         return dataclasses.replace(self, frames=frames)
 
-    def with_spacing(self, spacing_mm: float | tuple[float, float]) -> Sweep:
+    def with_spacing(self, spacing_mm: float | tuple[float, float], how: str = "given") -> Sweep:
         """The same sweep with a pixel spacing the user gave (mm per pixel, one value or
-        ``(row_mm, col_mm)``). Raises FetalIQAError when it is not plausible."""
-        pair = _spacing.user_spacing(spacing_mm)
-        notes = self.read_notes
+        ``(row_mm, col_mm)``). Raises FetalIQAError when it is not plausible, or when it is one
+        value and the sweep's pixels are not square (its calibration, its Pixel Aspect Ratio or a
+        size given before): one value would make them square. A calibration of the file's it
+        replaces is said in a note (``how``: how it was given, "given with --spacing")."""
+        stated = tuple(self.spacing_mm) if self.spacing_known else None
+        pair, replaced = _spacing.given_spacing(spacing_mm, stated, self.spacing_source, self.pixel_aspect, how)
+        notes = self.read_notes + ((f"pixel spacing {replaced}",) if replaced else ())
         if self.spacing_note.startswith(_spacing.SPACING_CHANGES):
             # one value for every frame of a sweep whose depth changed: said, not forgotten
             notes += (f"{self.spacing_note}; the pixel size given, {_spacing.spacing_text(pair)}, is applied "
@@ -236,7 +243,7 @@ def load_sweep(path: str | Path) -> Sweep:
     return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
                  path=path, spacing_source=spacing_source, spacing_note=spacing_note,
                  read_notes=tuple(raw.notes), image_regions=regions,
-                 crop=None if crop is None else (crop, (h, w)))
+                 crop=None if crop is None else (crop, (h, w)), pixel_aspect=raw.pixel_aspect)
 
 
 #: The image regions a file names must leave out at least this share of the frame's width or
@@ -348,34 +355,42 @@ def read_mask_volume(path: str | Path, binary_255: bool = False) -> MaskVolume:
     try:
         labels = as_labels(arr, path)
     except FetalIQAError:
-        if not (binary_255 and _zero_and_255(arr)):
+        value = _one_value(arr) if binary_255 else None
+        if value is None:
             raise
         labels = np.ascontiguousarray(arr != 0).view(np.uint8)
-        notes.append(f"the mask holds 0 and {int(np.asarray(arr).max())} only (a binary mask saved as an image): "
-                     "that value read as label 1")
+        if value in (255, 65535):
+            notes.append(f"the mask holds 0 and {value} only (a binary mask saved as an image): "
+                         "that value read as label 1")
+        else:
+            segment = slicer_segment_names(path).get(value, "")
+            named = f" (the 3D Slicer segment '{segment}')" if segment else ""
+            notes.append(f"the mask holds 0 and label {value} only{named}: that label read as the abdomen (label 1)")
     if labels.flags.writeable and labels is not arr:
         labels.flags.writeable = False
     return MaskVolume(labels=labels, spacing_mm=tuple(raw.spacing_mm), spacing_source=raw.spacing_source,
                       spacing_note=raw.spacing_note, metadata=dict(raw.metadata), notes=notes)
 
 
-def _zero_and_255(arr: np.ndarray) -> bool:
-    """Whether ``arr`` holds 0 and one high value (255, or 65535 for 16 bits) and nothing else
-    (frame by frame: no copy of the volume)."""
+def _one_value(arr: np.ndarray) -> int | None:
+    """The one whole number other than 0 that ``arr`` holds beside 0, None when it holds none or
+    several (frame by frame: no copy of the volume). Such a mask outlines one thing, whatever its
+    number: a binary mask saved as an image (255, 65535), a 3D Slicer segment exported with its
+    label value (3), an ITK-SNAP label (5)."""
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        return False
-    for value in (255, 65535):
-        seen = False
-        for frame in arr:
-            f = np.asarray(frame)
-            high = f == value
-            if not (high | (f == 0)).all():
-                break
-            seen = seen or bool(high.any())
-        else:
-            if seen:
-                return True
-    return False
+        return None
+    value = None
+    for frame in arr:
+        f = np.asarray(frame)
+        others = f[f != 0]
+        if not others.size:
+            continue
+        value = others[0] if value is None else value
+        if not (others == value).all():
+            return None
+    if value is None or not np.isfinite(value) or value < 0 or not float(value).is_integer():
+        return None
+    return int(value)
 
 
 def crop_like(labels: np.ndarray, sweep) -> np.ndarray:
