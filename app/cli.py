@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
                         help="sweep file (.mha/.mhd/.nrrd/.nhdr/.nii[.gz]/DICOM; a multi-page TIFF or a "
                         "picture is read too, its pixel size only from an ImageJ scale) to open")
     add_model_options(parser, remembered=True, cascade=True)
-    parser.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM",
+    parser.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM|WxH",
                         help="pixel spacing in mm per pixel for a sweep whose file records none (or a wrong one): "
                              "one number for square pixels, or width x height (0.3x0.4)")
     parser.add_argument("--db", metavar="FILE", type=Path, default=None,

@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "label 1, the optimal plane; without label 1, the largest area of label 2)",
     )
     parser.add_argument(
-        "--spacing", type=spacing_mm, default=None, metavar="MM",
+        "--spacing", type=spacing_mm, default=None, metavar="MM|WxH",
         help="pixel spacing in mm per pixel, overriding the file's (needed when the file records none): one "
              "number for square pixels, or width x height (0.3x0.4) for pixels that are not square",
     )

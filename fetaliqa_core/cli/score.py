@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder (default: ./fetaliqa-scores/<sweep name>, or <sweep name>-2, -3... when "
                         "that holds another sweep's results); a folder holding frames.csv or summary.json "
                         "FetalIQA did not write is refused")
-    p.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM",
+    p.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM|WxH",
                    help="pixel spacing in mm per pixel, for a sweep whose file records none (or a wrong one): one "
                         "number for square pixels, or width x height (0.3x0.4) for pixels that are not square; "
                         "without a known, plausible spacing no length in mm and no GA is given")
@@ -218,7 +218,7 @@ def _print_summary(summary: dict, out: Path) -> None:
     for note in summary.get("read_notes") or ():
         print(f"  note: {shown(note)}")
     if summary.get("spacing_problem"):
-        print(f"  {shown(summary['spacing_problem'])} (--spacing MM sets it)")
+        print(f"  {shown(summary['spacing_problem'])} (--spacing MM, or WxH for pixels that are not square, sets it)")
     elif summary.get("spacing_mm"):
         from fetaliqa_core.io._common import spacing_text
 

@@ -312,7 +312,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 if ac and rec.get("ac_status") != "ok":
                     ac += f" ({rec.get('ac_status') or 'doubtful'})"  # not a number to act on (summary.json says why)
                 elif rec.get("ac_status") == "no units":
-                    ac = ", AC not shown (pixel spacing unknown or implausible; --spacing MM)"
+                    ac = ", AC not shown (pixel spacing unknown or implausible; --spacing MM or WxH)"
                 print(f"{position}{shown(item.name)}: chosen frame {frame if frame >= 0 else 'none (-1)'}{ac} "
                       f"({rec.get('seconds', 0):.1f} s)", flush=True)
             else:
