@@ -909,8 +909,9 @@ def test_a_frame_beside_skulls_is_a_head_not_the_answer():
 def test_an_outline_inside_or_outside_the_body_s_edge_makes_its_ac_doubtful():
     """A mask lying inside a low-contrast abdomen (an ellipse in the liver's texture, as a demo
     segmenter drew it: 122.5 mm for 278.6) passed every check and read a plain AC and GA; so did one
-    15-30 % larger than the body. Where the body's own edge lies says which way the AC is off; an
-    abdomen with no fluid around it (against the wall) has no clear edge, and nothing is said."""
+    15-30 % larger than the body. Where the body's own edge lies says which way the AC is off; where
+    no edge shows (an abdomen against the wall, no fluid around it) the outline cannot be checked,
+    and that is said."""
     from fetaliqa_core.analysis.units import read_ac, short_doubt
 
     rng = np.random.default_rng(7)
@@ -943,10 +944,17 @@ def test_an_outline_inside_or_outside_the_body_s_edge_makes_its_ac_doubtful():
     placenta[(radius > 1.0) & (radius < 1.45) & (yy < 112)] = 185
     beside = fc.mask_shape(body.astype(np.uint8), fov, px, grey=placenta)
     assert beside.plausible and beside.off_edge == ""
-    # a whole abdomen against a wall as bright as itself (no fluid around it): nothing said
+    # a whole abdomen against a wall as bright as itself (no fluid around it) shows no edge to check
+    # the outline against, and neither does a mask 30 % inside it there or 20 % outside it: each read
+    # a plain AC and GA; all three are doubtful now, saying why
     walled = frame(105)
-    against = fc.mask_shape(body.astype(np.uint8), fov, px, grey=walled)
-    assert against.plausible and against.off_edge == ""
+    for axes in ((60, 54), (42, 38), (72, 65)):
+        against = fc.mask_shape(ellipse((112, 112), axes), fov, px, grey=walled)
+        assert against.plausible and against.off_edge == "unverified", axes
+        reading = read_ac(200.0, None, against.problem)
+        assert reading.status == "doubtful" and reading.ga_weeks is None
+        assert "not checked against the body's edge" in reading.note
+        assert short_doubt(reading.note) == "edge not seen"
 
 
 def test_a_closed_gap_joins_a_run_but_adds_nothing_to_its_strength():

@@ -176,6 +176,8 @@ OFF_EDGE_SHARE = 0.5
 #: where the strongest step may lie for the outline to be the body's: whole outlines read 1.04-1.13
 #: (the step's windows put it a little outside); 0.93 is an edge ~12 % inside, 1.2 ~15 % outside
 EDGE_NEAR = (0.93, 1.2)
+UNVERIFIED_REASON = ("not checked against the body's edge: too little of the body's edge shows (no fluid "
+                     "around it), so an outline inside or outside the body reads the same and the AC may be off")
 INSIDE_REASON = ("inside the body's edge: a stronger edge of the body runs outside it (the mask covers "
                  "only part of the body), so the AC reads short")
 OUTSIDE_REASON = ("outside the body's edge: the body's edge runs inside it (the mask takes in the fluid "
@@ -205,8 +207,9 @@ class MaskShape:
     #: a plausible outline flattened along one side (:func:`flattening`): the same, as the body
     #: may go on past that side (cut by an edge, or outlined in part)
     flattened: bool = False
-    #: "inside" or "outside": the body's own edge lies outside or inside the outline
-    #: (:func:`edge_offset`); the frame may still be chosen, an AC measured on it is doubtful
+    #: "inside" or "outside": the body's own edge lies outside or inside the outline; "unverified":
+    #: too little of the edge shows to tell (:func:`edge_offset`); the frame may still be chosen,
+    #: an AC measured on it is doubtful
     off_edge: str = ""
 
     @property
@@ -220,7 +223,8 @@ class MaskShape:
         pinched in the middle, flattened along one side or oval; None when it is a plausible one
         (:func:`~fetaliqa_core.analysis.units.read_ac`)."""
         if self.plausible:
-            off = {"inside": INSIDE_REASON, "outside": OUTSIDE_REASON}.get(self.off_edge)
+            off = {"inside": INSIDE_REASON, "outside": OUTSIDE_REASON,
+                   "unverified": UNVERIFIED_REASON}.get(self.off_edge)
             # (as many digits as it takes not to read as the limit itself: 0.695 is not "0.70")
             if self.pinched:  # (two bodies side by side are long together: that is no oblique cut)
                 shape = WAIST_REASON
@@ -579,8 +583,10 @@ def edge_offset(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> str
     ``grey`` (the mask's size; ``fov`` bool or None): ``"inside"`` when the outline lies inside the
     body (the strongest bright-to-dark step outwards lies beyond :data:`EDGE_NEAR` in
     :data:`OFF_EDGE_SHARE` of the sectors that have one), ``"outside"`` when it lies outside it,
-    ``""`` when on it or when too few sectors show a clear step (an abdomen against the wall or
-    the placenta has no fluid around it: nothing is said). Each sector's profile is the mean over
+    ``""`` when on it, ``"unverified"`` when too few sectors show a clear step: an abdomen packed
+    in tissue of its own grey (little or no fluid around it) shows no edge to check the outline
+    against, and a mask 20-40 % inside or outside the body read a plain AC and GA there, as
+    one on it does. Each sector's profile is the mean over
     its angles, so speckle averages out; each step compares the mean grey over
     :data:`EDGE_STEP_HALF` of the size just inside a scale with that just outside it."""
     per, step = 8, 0.025
@@ -618,7 +624,7 @@ def edge_offset(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> str
     beyond = where > EDGE_NEAR[1]
     counted = clear & ~(beyond & brighter)  # (such a sector votes neither way)
     if counted.sum() < MIN_STEP_SECTORS:
-        return ""
+        return "unverified"
     if float(np.mean(beyond[counted])) >= OFF_EDGE_SHARE:
         return "inside"
     if float(np.mean(where[clear] < EDGE_NEAR[0])) >= OFF_EDGE_SHARE:

@@ -88,13 +88,14 @@ class ACReading:
 
 #: Doubts about an outline that may still be an abdomen's (pinched, flattened, cut off straight,
 #: oval: ``analysis.frame_choice`` and ``analysis.ac``), said as such rather than as no abdomen.
-OUTLINE_DOUBTS = ("pinched", "flattened", "cut off", "oval", "inside the body", "outside the body")
+OUTLINE_DOUBTS = ("pinched", "flattened", "cut off", "oval", "inside the body", "outside the body",
+                  "not checked against")
 
 
 def mask_doubt(mask_problem: str) -> str:
     """Why an AC on a mask is doubtful, in words: its outline is pinched, flattened, cut off or
-    oval (an abdomen's, maybe, but not whole, not one, or cut obliquely), or it outlines no
-    abdomen at all."""
+    oval (an abdomen's, maybe, but not whole, not one, or cut obliquely), off the body's edge or
+    not checked against it, or it outlines no abdomen at all."""
     if mask_problem.startswith(OUTLINE_DOUBTS):
         return f"the mask's outline is {mask_problem}"
     return f"the mask there does not outline an abdomen ({mask_problem})"
@@ -193,6 +194,8 @@ def short_doubt(note: str) -> str:
         edge = next((w for w in ("inside the body", "outside the body") if first.startswith(f"the mask's outline is {w}")), "")
         if edge:  # which way the AC is off comes first
             words = f"outline {edge}" + (f", {', '.join(found)}" if found else "")
+        elif first.startswith("the mask's outline is not checked against"):
+            words = "edge not seen" + (f", {', '.join(found)} outline" if found else "")
     elif first.startswith("the mask there does not outline an abdomen"):
         words = "implausible size" if "size" in first else "not an abdomen's outline"
     elif "the models disagree" in first:
