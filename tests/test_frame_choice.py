@@ -261,6 +261,27 @@ def _scored_case(mask_at_10: np.ndarray):
     return sweep, res
 
 
+def test_a_case_without_a_chosen_frame_says_why_in_its_answer():
+    """No frame called by the classifier: `score --json`'s chosen_ac said nothing ("note": ""),
+    the reason stood only in each sweep's line. The case's answer gives its sweeps' reasons, each
+    once, with the sweeps they hold for."""
+    from dataclasses import replace as dc_replace
+
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+
+    sweep, res = _scored_case(np.zeros((S, S), np.uint8))
+    res.p_cls[10] = 0.1
+    a = assess(sweep, res, Thresholds(value=0.5, model=0.5))
+    why = a.summary.sweeps[0].ac_note
+    assert a.chosen_frame == -1 and "threshold" in why and a.summary.chosen_ac["note"] == why
+    # three sweeps: two alike, one not scored at all
+    res.done[14:] = False
+    res.p_cls[14:] = res.p_seg[14:] = np.nan
+    three = dc_replace(sweep, sweep_ranges=[(0, 7), (7, 14), (14, 20)], sweep_kinds=["transverse"] * 3)
+    note = assess(three, res, Thresholds(value=0.5, model=0.5)).summary.chosen_ac["note"]
+    assert note == f"sweeps 1, 2: {why}; sweep 3: no frame scored", note
+
+
 def test_an_ac_on_a_mask_that_outlines_no_abdomen_is_doubtful():
     """A frame chosen on the classifier's word alone, where the segmenter's mask is a limb-like
     bar: the ellipse fitted to that bar measures nothing, so its AC is shown doubtful, without GA,

@@ -514,6 +514,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
                              doubt_of_models)
     if chosen >= 0 and chosen_m is None:
         chosen_reading = replace(chosen_reading, note=_why_no_ac(results, chosen))
+    elif chosen < 0 and sweeps:
+        chosen_reading = replace(chosen_reading, note=_why_no_case_frame(sweeps))
     choice_note = ""
     if p_cls is not None and p_seg is not None and chosen >= 0 and choice.basis != "all models":
         alone = "the segmenter's masks" if choice.basis == "segmenter" else "the classifier's scores"
@@ -686,6 +688,19 @@ def _why_no_frame(flags: FrameFlags, choice, start: int, stop: int) -> str:
         return ("no frame reaches the classifier's threshold" +
                 (" and no mask is shaped like an abdomen's outline" if plaus is not None else ""))
     return "no frame above threshold" if plaus is None else "no frame has a mask shaped like an abdomen's outline"
+
+
+def _why_no_case_frame(sweeps: list[SweepSummary]) -> str:
+    """Why a case has no chosen frame: its sweeps' reasons, each once, with the sweeps it holds for
+    (the case's answer said nothing; the reasons were only in each sweep's line)."""
+    if len(sweeps) == 1:
+        return sweeps[0].ac_note
+    by_reason: dict[str, list[int]] = {}
+    for sw in sweeps:
+        by_reason.setdefault(sw.ac_note, []).append(sw.sweep)
+    if len(by_reason) == 1:
+        return f"in every sweep, {sweeps[0].ac_note}"
+    return "; ".join(f"sweep{'s' if len(n) > 1 else ''} {', '.join(map(str, n))}: {why}" for why, n in by_reason.items())
 
 
 def _best_of_choice(choice, ranges, flags: FrameFlags, area, p_opt) -> list[BestFrame | None]:
