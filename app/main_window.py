@@ -58,10 +58,11 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.settings = settings if settings is not None else AppSettings.load()
         s = self.settings
         if choice is None:
-            choice = (ModelChoice(model="demo", device=s.device) if s.model == "demo" else ModelChoice(
+            cascade = dict(cascade=s.cascade, student=Path(s.student_bundle) if s.cascade and s.student_bundle else None)
+            choice = (ModelChoice(model="demo", device=s.device, **cascade) if s.model == "demo" else ModelChoice(
                 model=None, cls=Path(s.cls_bundle) if s.cls_bundle else None,
                 seg=Path(s.seg_bundle) if s.seg_bundle else None,
-                base=Path(s.base_weights) if s.base_weights else None, device=s.device))
+                base=Path(s.base_weights) if s.base_weights else None, device=s.device, **cascade))
         self.choice = choice
         self.models = None  # models.choice.LoadedModels once loaded
         self._models_for = None  # the ModelChoice self.models was loaded for
@@ -357,6 +358,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         s.seg_bundle = str(choice.seg or "")
         s.base_weights = str(choice.base or "")
         s.device = choice.device
+        s.cascade = bool(choice.cascade)
+        s.student_bundle = str(choice.student or "") if choice.cascade else ""
         s.save()
 
     def use_models(self, models) -> None:

@@ -1,6 +1,6 @@
 """The app's remembered settings: a small JSON file in ``paths.config_dir()``.
 
-Recent files, window geometry and dock layout, the chosen models and device, the reviewer's
+Recent files, window geometry and dock layout, the chosen models, cascade and device, the reviewer's
 name, overlay opacity and cine speed. A missing or damaged file gives the defaults (the app
 must open whatever is on disk); a damaged one is first set aside beside it, never overwritten, and
 the window says so (:attr:`AppSettings.problem`). Writes are atomic, and write only what this
@@ -47,6 +47,8 @@ def _plausible(name: str, value: object) -> bool:
             return isinstance(value, str) and device_name(value) == value
         except argparse.ArgumentTypeError:
             return False
+    if name == "cascade":
+        return isinstance(value, bool)
     if name in _CHOICES:
         return value in _CHOICES[name]
     if name in ("geometry", "window_state"):
@@ -71,6 +73,8 @@ class AppSettings:
     seg_bundle: str = ""
     base_weights: str = ""
     device: str = "auto"
+    cascade: bool = False  # a student scores every frame first, the models above re-score its candidates
+    student_bundle: str = ""  # the cascade's student (empty: the demo student)
     reviewer: str = ""
     opacity: float = 0.45
     fps: float = 15.0

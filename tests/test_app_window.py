@@ -906,3 +906,23 @@ def test_none_passes_in_the_frames_scored_keeps_up_with_the_progress_bar(qtbot, 
     n = r().n_done
     assert win.progress.format().startswith(f"{n} / {N} frames")
     assert win.status_ac.text() == f"AC – (none passes in the {n} of {N} frames scored)"
+
+
+def test_the_cascade_chosen_is_remembered_for_the_next_window(qtbot, tmp_path):
+    """Models and device chosen in Models... were remembered, the cascade ticked beside them was not:
+    the next window scored every frame with the full models again."""
+    from fetaliqa_core.models.choice import ModelChoice
+
+    win = MainWindow(settings=AppSettings.load())
+    qtbot.addWidget(win)
+    win.set_model_choice(ModelChoice(model="demo", device="cpu", cascade=True))
+    nxt = MainWindow(settings=AppSettings.load())
+    qtbot.addWidget(nxt)
+    assert nxt.choice == ModelChoice(model="demo", device="cpu", cascade=True)
+    own = ModelChoice(model=None, cls=tmp_path / "cls", seg=tmp_path / "seg", cascade=True, student=tmp_path / "student")
+    nxt.set_model_choice(own)
+    again = MainWindow(settings=AppSettings.load())
+    qtbot.addWidget(again)
+    assert again.choice == own
+    again.set_model_choice(ModelChoice(model="demo"))
+    assert AppSettings.load().cascade is False and not AppSettings.load().student_bundle
