@@ -79,6 +79,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.interactive = True
         #: Problems already printed on stderr (headless), so the command line does not repeat them.
         self.told_on_stderr: set[str] = set()
+        self._told_not_writable = 0  # the warnings of paths.not_writable() shown so far
 
         self.setWindowTitle("FetalIQA")
         self.setAcceptDrops(True)
@@ -447,7 +448,13 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.model.set_scoring(False, shown)
         self.refresh()
         self.review.results_updated(final=True)
-        self.notify(note, 8000)
+        from fetaliqa_core.paths import not_writable
+
+        # a results cache that cannot be written was said on stderr only: the window said "All
+        # 80 frames scored." and the next opening scored them all again
+        unsaid = not_writable()[self._told_not_writable:]
+        self._told_not_writable += len(unsaid)
+        self.notify(" ".join([note, *unsaid]), 15000 if unsaid else 8000)
         self.scoring_ended.emit(bool(complete), msg)
 
     def _scoring_failed(self, message: str) -> None:
@@ -845,7 +852,11 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         s = self.settings
         s.geometry = bytes(self.saveGeometry().toBase64()).decode()
         s.window_state = bytes(self.saveState().toBase64()).decode()
-        s.save()
+        problem = s.save()
+        if problem:  # the window is going: said where it can still be read
+            import sys
+
+            print(f"fetaliqa: {problem}", file=sys.stderr)
         # The engine stops after the batch in progress; hide first so closing feels instant.
         if self.scoring.any_running:
             self.hide()

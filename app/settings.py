@@ -183,17 +183,18 @@ class AppSettings:
         s._mark_saved()
         return s
 
-    def save(self) -> None:
+    def save(self) -> str:
         """Write the settings this object changed over the file as it is now. Written whole, the
         settings loaded at start dropped what another window saved meanwhile: its `gui --db`
-        database (its verdicts then went to the default one), thresholds and recent files."""
+        database (its verdicts then went to the default one), thresholds and recent files.
+        Returns why they could not be saved, in one line ("" when saved or nothing is to be)."""
         if self._keep_file:
-            return
+            return ""
         try:
             now = asdict(self)
             disk = type(self).load()  # a file damaged since is set aside, as at start
             if disk._keep_file:
-                return
+                return ""
             merged = asdict(disk)
             for name, value in now.items():
                 was = self._saved.get(name)
@@ -210,8 +211,12 @@ class AppSettings:
                     merged[name] = value
             write_json(self.path(), merged)
             self._mark_saved(now)
-        except OSError:
-            pass  # settings are a convenience: never fail the app
+        except OSError as exc:  # settings are a convenience: never fail the app, but say so
+            from fetaliqa_core.paths import os_error_cause
+
+            return (f"the settings could not be saved to {self.path()} ({os_error_cause(exc)}): the models, "
+                    "recent files and layout chosen are not kept for next time")
+        return ""
 
     def add_recent(self, path: str | Path) -> None:
         p = str(Path(path).expanduser().resolve())

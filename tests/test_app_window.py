@@ -926,3 +926,27 @@ def test_the_cascade_chosen_is_remembered_for_the_next_window(qtbot, tmp_path):
     assert again.choice == own
     again.set_model_choice(ModelChoice(model="demo"))
     assert AppSettings.load().cascade is False and not AppSettings.load().student_bundle
+
+
+def test_a_cache_or_settings_folder_that_cannot_be_written_is_said_in_the_window(qtbot, make_window, capsys,
+                                                                                 _isolated_home):
+    """A results cache that cannot be written was said on stderr only, the window saying "All 60
+    frames scored."; settings that could not be saved on close were not said at all."""
+    (_isolated_home / "cache").mkdir(exist_ok=True)
+    (_isolated_home / "cache" / "results").write_text("in the way", encoding="utf-8")
+    (_isolated_home / "config").write_text("in the way", encoding="utf-8")
+    win = make_window(score=False)
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(c))
+    win.start_scoring()
+    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
+    said = win.status_message.toolTip()
+    assert said.startswith(f"All {N} frames scored. The results cache (") and "cannot be written" in said
+    ended.clear()
+    win.start_scoring()
+    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
+    assert "results cache" not in win.status_message.toolTip()  # said once
+    capsys.readouterr()
+    win.close()
+    err = capsys.readouterr().err
+    assert "fetaliqa: the settings could not be saved to" in err and "not kept for next time" in err
