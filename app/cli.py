@@ -82,7 +82,8 @@ def save_scores(window, out_dir: Path) -> list[Path]:
     if m.confirmed is not None and student is not None:
         from fetaliqa_core.cascade import write_cascade_scores
 
-        return write_cascade_scores(out_dir, m.sweep, m.results, m.confirmed, a, student.path)
+        return write_cascade_scores(out_dir, m.sweep, m.results, m.confirmed, a, student.path,
+                                    complete=m.scored_all)
     return export.write_scores(out_dir, m.sweep, m.results, a)
 
 

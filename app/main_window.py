@@ -58,10 +58,11 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.settings = settings if settings is not None else AppSettings.load()
         s = self.settings
         if choice is None:
-            choice = (ModelChoice(model="demo", device=s.device) if s.model == "demo" else ModelChoice(
+            cascade = dict(cascade=s.cascade, student=Path(s.student_bundle) if s.cascade and s.student_bundle else None)
+            choice = (ModelChoice(model="demo", device=s.device, **cascade) if s.model == "demo" else ModelChoice(
                 model=None, cls=Path(s.cls_bundle) if s.cls_bundle else None,
                 seg=Path(s.seg_bundle) if s.seg_bundle else None,
-                base=Path(s.base_weights) if s.base_weights else None, device=s.device))
+                base=Path(s.base_weights) if s.base_weights else None, device=s.device, **cascade))
         self.choice = choice
         self.models = None  # models.choice.LoadedModels once loaded
         self._models_for = None  # the ModelChoice self.models was loaded for
@@ -70,6 +71,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._drawn_version = -1
         self._last_frame_ms = 0.0
         self._answer_count = ""  # the status bar answer's "· n/N scored" (see _update_answer_count)
+        self._answer_count_form = "short"  # which of its wordings (see _count_words)
         self._loader = None  # SweepLoader of the file being opened
         self._train_dialog = None  # app.train_dialog.TrainDialog, kept while the window lives
         self._dock_hidden_for_blinding = False  # the flagged frames' dock, hidden while a review is blind
@@ -77,6 +79,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.interactive = True
         #: Problems already printed on stderr (headless), so the command line does not repeat them.
         self.told_on_stderr: set[str] = set()
+        self._told_not_writable = 0  # the warnings of paths.not_writable() shown so far
 
         self.setWindowTitle("FetalIQA")
         self.setAcceptDrops(True)
@@ -356,6 +359,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         s.seg_bundle = str(choice.seg or "")
         s.base_weights = str(choice.base or "")
         s.device = choice.device
+        s.cascade = bool(choice.cascade)
+        s.student_bundle = str(choice.student or "") if choice.cascade else ""
         s.save()
 
     def use_models(self, models) -> None:
@@ -425,15 +430,31 @@ class MainWindow(SweepFilesMixin, QMainWindow):
 
     def _scoring_finished(self, complete: bool, n_done: int) -> None:
         n = self.model.n_frames
-        msg = "scored" if complete else f"stopped: {n_done} of {n} frames scored"
+        self.model.end_results(complete)
+        part = self.model.partial_count()
+        frames = "frame" if n == 1 else "frames"
+        if part is not None and part[2]:
+            # a cascade stopped in its teacher's pass: the student scored every frame, but the
+            # answer rests on the candidates the teacher re-scored ("80 of 80 scored" read as done)
+            done = f"the teacher re-scored {part[0]} of {part[1] or 'its'} candidate frames"
+            msg, note = f"stopped: {done}", f"Scoring stopped; {done} (Resume finishes them)."
+            shown = f"stopped (teacher: {part[0]} of {part[1]} candidates)" if part[1] else "stopped before the teacher"
+        else:
+            msg = "scored" if complete else f"stopped: {n_done} of {n} frames scored"
+            note = f"All {n} {frames} scored." if complete else f"Scoring stopped; {n_done} of {n} {frames} scored."
+            shown = "scored" if complete else "stopped"
         # the progress bar already counts the frames ("113 / 2000 frames · stopped"): its text was
         # cut at both ends when the status repeated the count
-        self.model.set_scoring(False, "scored" if complete else "stopped")
+        self.model.set_scoring(False, shown)
         self.refresh()
         self.review.results_updated(final=True)
-        frames = "frame" if n == 1 else "frames"
-        self.notify(f"All {n} {frames} scored." if complete
-                    else f"Scoring stopped; {n_done} of {n} {frames} scored.", 8000)
+        from fetaliqa_core.paths import not_writable
+
+        # a results cache that cannot be written was said on stderr only: the window said "All
+        # 80 frames scored." and the next opening scored them all again
+        unsaid = not_writable()[self._told_not_writable:]
+        self._told_not_writable += len(unsaid)
+        self.notify(" ".join([note, *unsaid]), 15000 if unsaid else 8000)
         self.scoring_ended.emit(bool(complete), msg)
 
     def _scoring_failed(self, message: str) -> None:
@@ -463,8 +484,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         else:
             self.alert("Models" if loading else "Scoring", message)
         self.scoring_ended.emit(False, message)
-        r = self.model.results
-        if kept and self.isVisible() and self.model.sweep is not None and (r is None or not r.complete):
+        if kept and self.isVisible() and self.model.sweep is not None and not self.model.scored_all:
             # The attempt stopped the kept models' run (or a new sweep waits for one): go on with
             # them; what they scored is cached, so only the rest is scored.
             QTimer.singleShot(0, self.start_scoring)
@@ -484,16 +504,29 @@ class MainWindow(SweepFilesMixin, QMainWindow):
 
     def _update_answer_count(self) -> None:
         """The answer's count of frames scored, as each batch arrives: the answer itself is worked
-        out again only at the next refresh, and its "· 17/80 scored" lagged the progress bar's
-        "25 / 80 frames" until then. Only the words change here (no flags are recomputed)."""
-        r = self.model.results
+        out again only at the next refresh, and its "· 17/80 scored" (or "none passes in the 17 of
+        80 frames scored") lagged the progress bar's "25 / 80 frames" until then. Only the words
+        change here (no flags are recomputed)."""
         old = self._answer_count
-        if not old or r is None or r.complete:
+        if not old or self.model.partial_count() is None:
             return
-        new = f" · {r.n_done}/{r.n_frames} scored"
+        new = self._count_words(self._answer_count_form)
         if new != old:
             self._answer_count = new
-            self.status_ac.set_answer([form.replace(old, new) for form in self.status_ac.forms()])
+            if self._answer_count_form == "long":  # one text, its own tooltip
+                self.status_ac.setText(self.status_ac.text().replace(old, new))
+            else:
+                self.status_ac.set_answer([form.replace(old, new) for form in self.status_ac.forms()])
+
+    def _count_words(self, form: str) -> str:
+        """The answer's count of what it rests on while partial: " · 17/80 scored" beside a chosen
+        frame ("short"), " the 17 of 80 frames scored" after "none passes in" ("long"); a cascade's
+        teacher counts its candidates (" · 9/35 candidates checked")."""
+        done, total, teacher = self.model.partial_count() or (0, 0, False)
+        if form == "short":
+            return f" · {done}/{total} candidates checked" if teacher else f" · {done}/{total} scored"
+        what = "candidate frames the teacher re-scored" if teacher else "frames scored"
+        return f" the {done} of {total} {what}"
 
     def _update_progress(self) -> None:
         st = self.model.scoring
@@ -524,12 +557,12 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         elif self.model.sweep is None:
             b.setText("Score")
             b.setEnabled(False)
-        elif r is not None and r.n_done and not r.complete:
+        elif r is not None and r.n_done and not self.model.scored_all:
             b.setText("Resume")
             b.setToolTip("Score the frames not scored yet (the scored ones come from the cache)")
             b.setEnabled(True)
         else:
-            b.setText("Score again" if r is not None and r.complete else "Score")
+            b.setText("Score again" if self.model.scored_all else "Score")
             b.setToolTip("Score this sweep with the current model")
             b.setEnabled(True)
 
@@ -692,12 +725,20 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.status_ac.setText("AC hidden (blinded review)")
             return
         chosen = m.flags.chosen
+        part = m.partial_count()
         if chosen is None:
             r = m.results
             if r is None or not r.n_done:
                 self.status_ac.setText("AC –")
-            elif not r.complete:  # a stopped or running scoring: the rest may hold the abdomen
-                self.status_ac.setText(f"AC – (none passes in the {r.n_done} of {r.n_frames} frames scored)")
+            elif part is not None and part[2] and not part[0]:
+                # the student is done, the teacher has not re-scored a candidate yet: nothing is final
+                self.status_ac.setText("AC – (the teacher is still to check the candidate frames)"
+                                       if m.scoring.running else
+                                       "AC – (stopped before the teacher checked the candidate frames)")
+            elif part is not None:  # a stopped or running scoring: the rest may hold the abdomen
+                self._answer_count_form = "long"
+                self._answer_count = self._count_words("long")
+                self.status_ac.setText(f"AC – (none passes in{self._answer_count})")
             else:
                 self.status_ac.setText("AC – (no frame passes)")
             return
@@ -723,12 +764,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         choice_note = str(getattr(summary, "choice_note", "") or "")
         if choice_note:  # "models disagree" here read against the flagged panel's "Models disagree (0)"
             asides.append(" · chosen on one model")
-        r = m.results
         partial = ""
-        if r is not None and not r.complete:  # stopped (or still running): the rest may hold a better frame
-            self._answer_count = f" · {r.n_done}/{r.n_frames} scored"
+        if part is not None:  # stopped (or still running): the rest may hold a better frame
+            self._answer_count_form = "short"
+            self._answer_count = self._count_words("short")
             asides.append(self._answer_count)
-            partial = (f"Chosen among the {r.n_done} of {r.n_frames} frames scored so far; the others may hold "
+            done, total, teacher = part
+            partial = (f"Chosen among the {done} of {total} candidate frames the teacher has re-scored so far; "
+                       "the others may hold a better one (Resume re-scores them)." if teacher else
+                       f"Chosen among the {done} of {total} frames scored so far; the others may hold "
                        "a better one (Resume scores them).")
         notice = ""
         if m.demo_notice:
@@ -808,7 +852,11 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         s = self.settings
         s.geometry = bytes(self.saveGeometry().toBase64()).decode()
         s.window_state = bytes(self.saveState().toBase64()).decode()
-        s.save()
+        problem = s.save()
+        if problem:  # the window is going: said where it can still be read
+            import sys
+
+            print(f"fetaliqa: {problem}", file=sys.stderr)
         # The engine stops after the batch in progress; hide first so closing feels instant.
         if self.scoring.any_running:
             self.hide()

@@ -1,15 +1,18 @@
 """The app's remembered settings: a small JSON file in ``paths.config_dir()``.
 
-Recent files, window geometry and dock layout, the chosen models and device, the reviewer's
+Recent files, window geometry and dock layout, the chosen models, cascade and device, the reviewer's
 name, overlay opacity and cine speed. A missing or damaged file gives the defaults (the app
 must open whatever is on disk); a damaged one is first set aside beside it, never overwritten, and
-the window says so (:attr:`AppSettings.problem`). Writes are atomic.
+the window says so (:attr:`AppSettings.problem`). Writes are atomic, and write only what this
+window changed over what is on disk then: two windows open at once (or a `gui --db` run while one
+is open) each keep the other's settings.
 """
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from fetaliqa_core import paths
@@ -44,6 +47,8 @@ def _plausible(name: str, value: object) -> bool:
             return isinstance(value, str) and device_name(value) == value
         except argparse.ArgumentTypeError:
             return False
+    if name == "cascade":
+        return isinstance(value, bool)
     if name in _CHOICES:
         return value in _CHOICES[name]
     if name in ("geometry", "window_state"):
@@ -51,6 +56,11 @@ def _plausible(name: str, value: object) -> bool:
     if isinstance(value, str):
         return _plain_text(value)
     return True
+
+
+def _defaults() -> dict:
+    """Every setting's default, by name."""
+    return {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(AppSettings)}
 
 
 @dataclass
@@ -63,6 +73,8 @@ class AppSettings:
     seg_bundle: str = ""
     base_weights: str = ""
     device: str = "auto"
+    cascade: bool = False  # a student scores every frame first, the models above re-score its candidates
+    student_bundle: str = ""  # the cascade's student (empty: the demo student)
     reviewer: str = ""
     opacity: float = 0.45
     fps: float = 15.0
@@ -73,6 +85,14 @@ class AppSettings:
     #: (Class attributes, not fields: they are not written to the file.)
     problem = ""
     _keep_file = False  # a damaged file that could not be set aside: not overwritten either
+
+    def __post_init__(self) -> None:
+        self._mark_saved(_defaults())  # made, not loaded: what differs from the defaults is its own
+
+    def _mark_saved(self, values: dict | None = None) -> None:
+        """What the file holds as far as this object knows (as loaded, or as last saved): a save
+        writes only the values that differ from it."""
+        self._saved = copy.deepcopy(values if values is not None else asdict(self))
 
     @staticmethod
     def path() -> Path:
@@ -87,6 +107,7 @@ class AppSettings:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         # (a link is the user's, to a settings file kept elsewhere: never renamed, nor saved over)
         aside = None if path.is_symlink() else cls._rename_aside(path, stamp)
+        s._mark_saved(_defaults())  # what could be used is written again when the settings are saved
         if aside is not None:
             s.problem = f"{why} {s._starting_with()}; the file was set aside as {aside}."
             return s
@@ -159,15 +180,43 @@ class AppSettings:
         s.recent_files, s.thresholds = recent[:MAX_RECENT], thresholds
         if unused:
             return cls._set_aside(path, f"Some settings could not be used ({', '.join(unused)}).", s)
+        s._mark_saved()
         return s
 
-    def save(self) -> None:
+    def save(self) -> str:
+        """Write the settings this object changed over the file as it is now. Written whole, the
+        settings loaded at start dropped what another window saved meanwhile: its `gui --db`
+        database (its verdicts then went to the default one), thresholds and recent files.
+        Returns why they could not be saved, in one line ("" when saved or nothing is to be)."""
         if self._keep_file:
-            return
+            return ""
         try:
-            write_json(self.path(), asdict(self))
-        except OSError:
-            pass  # settings are a convenience: never fail the app
+            now = asdict(self)
+            disk = type(self).load()  # a file damaged since is set aside, as at start
+            if disk._keep_file:
+                return ""
+            merged = asdict(disk)
+            for name, value in now.items():
+                was = self._saved.get(name)
+                if value == was:
+                    continue
+                if isinstance(value, dict) and isinstance(was, dict):  # per key: this window's keys
+                    keep = {k: v for k, v in merged[name].items() if k in value or k not in was}
+                    merged[name] = {**keep, **{k: v for k, v in value.items() if was.get(k) != v}}
+                elif name == "recent_files" and isinstance(was, list):  # this window's first, then the others'
+                    dropped = set(was) - set(value)
+                    rest = [p for p in merged[name] if p not in value and p not in dropped]
+                    merged[name] = (value + rest)[:MAX_RECENT]
+                else:
+                    merged[name] = value
+            write_json(self.path(), merged)
+            self._mark_saved(now)
+        except OSError as exc:  # settings are a convenience: never fail the app, but say so
+            from fetaliqa_core.paths import os_error_cause
+
+            return (f"the settings could not be saved to {self.path()} ({os_error_cause(exc)}): the models, "
+                    "recent files and layout chosen are not kept for next time")
+        return ""
 
     def add_recent(self, path: str | Path) -> None:
         p = str(Path(path).expanduser().resolve())

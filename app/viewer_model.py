@@ -155,6 +155,11 @@ class ViewerModel:
         # A cascade's frames re-scored by its teacher (None: no cascade). The answer (flags, best
         # frames, AC) comes from these frames only; the curve shows every frame.
         self.confirmed: np.ndarray | None = None
+        # A cascade's teacher pass: the frames handed to it so far, and whether it re-scored them
+        # all (a run stopped in that pass has every frame scored by the student, yet its answer
+        # comes from part of the candidates only).
+        self.teacher_total = 0
+        self.teacher_finished = False
         self.scoring = ScoringState()
         self._flags: FlaggedFrames = FlaggedFrames()
         self._ac_cache: dict[int, object] = {}
@@ -338,6 +343,8 @@ class ViewerModel:
         ``cascade``: a student's results, whose answer waits for the teacher's frames."""
         self.results = SweepResults(self.n_frames, has_cls=has_cls, has_seg=has_seg)
         self.confirmed = np.zeros(self.n_frames, dtype=bool) if cascade else None
+        self.teacher_total = 0
+        self.teacher_finished = False
         self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
         self._flags_dirty = True
         self._assessment = None
@@ -382,9 +389,35 @@ class ViewerModel:
         self.confirmed[batch.indices] = True
         for f in batch.indices.tolist():  # measured on the student's mask, if at all: measure again
             self._ac_cache.pop(f, None)
-        self.scoring.message = f"teacher: {int(batch.n_done)} of {int(batch.n_total)} candidate frames"
+        self.teacher_total = int(batch.n_total)  # the frames handed to the teacher (it may add some)
+        self.scoring.message = f"teacher: {int(self.confirmed.sum())} of {self.teacher_total} candidate frames"
         self.events.results.emit()
         self.events.progress.emit()
+
+    def end_results(self, complete: bool) -> None:
+        """The scoring run ended; ``complete``: it scored everything it set out to (a cascade:
+        its teacher re-scored every frame handed to it)."""
+        if self.confirmed is not None and self.results is not None:
+            self.teacher_finished = bool(complete and self.results.complete)
+
+    @property
+    def scored_all(self) -> bool:
+        """Every frame scored and, for a cascade, every candidate re-scored by the teacher: until
+        then the answer is chosen from part of the sweep (so far, and Resume offered)."""
+        r = self.results
+        return r is not None and r.complete and (self.confirmed is None or self.teacher_finished)
+
+    def partial_count(self) -> tuple[int, int, bool] | None:
+        """What the answer rests on while it is partial: (frames done, out of, the teacher's
+        candidates rather than the sweep's frames); None once everything is scored. A cascade
+        counts its teacher's frames once the student has scored every frame (out of 0 until the
+        teacher's first batch says how many it checks)."""
+        r = self.results
+        if r is None or self.scored_all:
+            return None
+        if not r.complete:
+            return r.n_done, r.n_frames, False
+        return int(self.confirmed.sum()), self.teacher_total, True
 
     def answer_results(self) -> SweepResults | None:
         """The results the answer is taken from: all of them, or a cascade's confirmed frames."""

@@ -232,6 +232,8 @@ class CascadeEngine:
         while True:
             for batch in self.teacher.iter_batches():
                 self._merge(batch)
+                # counted out of the frames handed to the teacher, not the sweep's
+                batch.n_total = len(self.teacher_plan)
                 yield CascadeBatch("teacher", batch)
             if self._cancelled or not self.confirmed[self.teacher_plan].all():
                 return
@@ -257,12 +259,15 @@ class CascadeEngine:
 
 
 def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, student_path,
-                         challenge: bool = False, extra=None) -> list:
+                         challenge: bool = False, extra=None, complete: bool | None = None) -> list:
     """Write a cascade's scores as ``fetaliqa score --cascade`` and the app both do: ``frames.csv``
     from the merged results (the student's, the teacher's where it re-scored, as its last column
     ``scored_by`` says), the summary from
     ``assessment`` (made on the teacher's frames only) and ``cascade.json`` listing those frames.
-    ``extra(folder)`` may add files, as in :func:`fetaliqa_core.export.write_scores`."""
+    ``extra(folder)`` may add files, as in :func:`fetaliqa_core.export.write_scores`.
+    ``complete``: the teacher re-scored every frame handed to it (:attr:`CascadeEngine.complete`;
+    None: the merged results' own). A run stopped in the teacher's pass has every frame scored by
+    the student, yet its answer comes from part of the candidates: not complete."""
     import json
     from pathlib import Path
 
@@ -271,7 +276,7 @@ def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, 
     confirmed = np.asarray(confirmed, dtype=bool)
     # every frame was scored (by the student); the numbers shown come from the teacher's frames
     assessment.summary.frames_scored = merged.n_done
-    assessment.summary.complete = merged.complete
+    assessment.summary.complete = bool(merged.complete if complete is None else complete and merged.complete)
     record = {"student": str(student_path), "teacher_frames": np.flatnonzero(confirmed).tolist(),
               "teacher_frame_count": int(confirmed.sum()), "n_frames": int(sweep.n_frames),
               "note": "chosen frame, best frames and AC come from the teacher's results on these frames"}

@@ -32,6 +32,7 @@ def _home_override() -> Path | None:
 
 
 _warned: set[str] = set()
+_not_writable: list[str] = []  # the warnings, in words, for a window to show (:func:`not_writable`)
 
 
 def is_text_path(path: str | Path) -> bool:
@@ -90,8 +91,15 @@ def warn_not_writable(folder: Path, exc: OSError, what: str) -> None:
     if key in _warned:
         return
     _warned.add(key)
-    logging.getLogger("fetaliqa").warning(
-        "warning: %s (%s) cannot be written (%s); continuing without it.", what, folder, os_error_cause(exc))
+    text = f"{what} ({folder}) cannot be written ({os_error_cause(exc)}); continuing without it."
+    _not_writable.append(text[:1].upper() + text[1:])
+    logging.getLogger("fetaliqa").warning("warning: %s", text)
+
+
+def not_writable() -> list[str]:
+    """The warnings :func:`warn_not_writable` gave so far (any thread), oldest first: a window
+    shows them too, since a warning on stderr alone is never seen there."""
+    return list(_not_writable)
 
 
 def _optional_dir(path: Path, what: str) -> Path:

@@ -154,3 +154,29 @@ def test_a_settings_file_that_is_a_link_is_never_renamed(tmp_path):
     assert "opacity" in s.problem and "left as it is" in s.problem
     s.save()
     assert link.is_symlink() and json.loads(kept.read_text(encoding="utf-8")) == {"opacity": 7.5}
+
+
+def test_two_windows_keep_each_others_settings(tmp_path):
+    """Each window wrote the settings it loaded at start whole: the one closing last dropped what the
+    other saved meanwhile (its `gui --db` database, so verdicts split across two files; a threshold;
+    recent files). A save now writes only what its window changed over the file as it is then."""
+    first, second = AppSettings.load(), AppSettings.load()
+    first.review_db = str(tmp_path / "team.sqlite3")
+    first.thresholds["models-a"] = 0.3
+    first.add_recent(tmp_path / "a.mha")
+    first.save()
+    second.thresholds["models-b"] = 0.6
+    second.add_recent(tmp_path / "b.mha")
+    second.opacity = 0.7
+    second.save()
+    s = AppSettings.load()
+    assert s.review_db == str(tmp_path / "team.sqlite3") and s.opacity == 0.7
+    assert s.thresholds == {"models-a": 0.3, "models-b": 0.6}
+    assert s.recent_files == [str((tmp_path / "b.mha").resolve()), str((tmp_path / "a.mha").resolve())]
+    # what a window took away goes (a threshold back at the models' own, a recent file gone), the rest stays
+    first.thresholds.pop("models-a")
+    first.recent_files.remove(str((tmp_path / "a.mha").resolve()))
+    first.save()
+    s = AppSettings.load()
+    assert s.thresholds == {"models-b": 0.6} and s.recent_files == [str((tmp_path / "b.mha").resolve())]
+    assert s.review_db == str(tmp_path / "team.sqlite3") and s.opacity == 0.7

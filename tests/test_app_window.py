@@ -830,3 +830,123 @@ def test_masks_are_judged_in_the_worker_not_on_the_window_thread(qtbot, make_win
     win.refresh()
     assert win.model.flags is not None and on_main  # judged, and used for the answer
     assert not any(on_main), f"{sum(on_main)} of {len(on_main)} masks judged on the window's thread"
+
+
+def test_a_cascade_stopped_in_its_teachers_pass_is_partial_and_resume_finishes_it(qtbot, make_window, tmp_path):
+    """A cascade stopped while its teacher re-scored the candidates read as done: every frame was
+    scored by the student, so the bar said "80 / 80 frames · stopped", the button "Score again",
+    the answer had no "so far" and the saved summary said complete. It is partial until the
+    teacher has re-scored every candidate; Resume finishes that."""
+    import json
+
+    from fakes import FakeModel
+
+    from app.cli import save_scores
+    from fetaliqa_core.models.choice import ModelChoice
+
+    win = make_window(score=False)
+    win.choice = ModelChoice(model="demo", cascade=True)
+    models = fake_models(delay=0.3, batch_size=2)  # a slow teacher
+    models.student = FakeModel("joint", 0.0, 8)
+    models.student.path = tmp_path / "student"
+    win.use_models(models)
+    ended, between = [], []
+    win.scoring_ended.connect(lambda c, m: ended.append((c, m)))
+
+    def student_batch(batch):  # the student's last batch, before the teacher's first: nothing is final
+        if batch.n_done == N and not between:
+            win.refresh()
+            between.append(win.status_ac.text())
+
+    win.scoring.batch.connect(student_batch)
+    win.start_scoring()
+    qtbot.waitUntil(lambda: win.model.confirmed is not None and win.model.confirmed.sum() > 0, timeout=20000)
+    assert between == ["AC – (the teacher is still to check the candidate frames)"]
+    assert "teacher: " in win.progress.format() and f"of {N} candidate" not in win.progress.format()
+    win.cancel_scoring()
+    qtbot.waitUntil(lambda: bool(ended) and not win.scoring.running, timeout=20000)
+    win.refresh()
+    assert win.cancel_button.text() == "Resume"
+    done, total = int(win.model.confirmed.sum()), win.model.teacher_total
+    assert win.model.results.complete and 0 < done < total < N  # the student's pass is whole, the teacher's not
+    assert ended[0] == (False, f"stopped: the teacher re-scored {done} of {total} candidate frames")
+    assert win.progress.format() == f"{N} / {N} frames · stopped (teacher: {done} of {total} candidates)"
+    answer = win.status_ac.text()
+    assert f"{done}/{total} candidates checked" in answer or f"the {done} of {total} candidate frames" in answer
+    save_scores(win, tmp_path / "stopped")
+    assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["complete"] is False
+    # Resume: the student's frames come from the cache, the teacher re-scores every candidate
+    ended.clear()
+    QTest.mouseClick(win.cancel_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: bool(ended) and not win.scoring.running, timeout=30000)
+    win.refresh()
+    assert ended[0] == (True, "scored") and win.model.scored_all
+    assert win.cancel_button.text() == "Score again"
+    assert "candidates checked" not in win.status_ac.text() and "candidate frames" not in win.status_ac.text()
+    save_scores(win, tmp_path / "whole")
+    assert json.loads((tmp_path / "whole" / "summary.json").read_text())["complete"] is True
+
+
+def test_none_passes_in_the_frames_scored_keeps_up_with_the_progress_bar(qtbot, make_window):
+    """On a sweep where no frame passes, "AC – (none passes in the 1 of 60 frames scored)" stayed
+    a batch behind the progress bar ("9 / 60 frames"): only the chosen frame's count followed."""
+    frames = np.minimum(tiny_sweep(N_SWEEPS, PER_SWEEP, height=72, width=96).frames, 150)  # no bright body
+    from fetaliqa_core.io import Sweep
+
+    win = make_window(delay=0.3, score=False)
+    win._refresh_timer.stop()  # the answer is worked out only when the test asks
+    win.set_sweep(Sweep(frames=frames, spacing_mm=(0.28, 0.28), sweep_ranges=[(0, N)],
+                        sweep_kinds=["transverse"]), score=True)
+    r = lambda: win.model.results  # noqa: E731
+    qtbot.waitUntil(lambda: win.refresh() or (r() is not None and 0 < r().n_done < N
+                                              and "none passes in the" in win.status_ac.text()), timeout=20000)
+    before = r().n_done
+    qtbot.waitUntil(lambda: before < r().n_done < N, timeout=20000)
+    QApplication.processEvents()
+    n = r().n_done
+    assert win.progress.format().startswith(f"{n} / {N} frames")
+    assert win.status_ac.text() == f"AC – (none passes in the {n} of {N} frames scored)"
+
+
+def test_the_cascade_chosen_is_remembered_for_the_next_window(qtbot, tmp_path):
+    """Models and device chosen in Models... were remembered, the cascade ticked beside them was not:
+    the next window scored every frame with the full models again."""
+    from fetaliqa_core.models.choice import ModelChoice
+
+    win = MainWindow(settings=AppSettings.load())
+    qtbot.addWidget(win)
+    win.set_model_choice(ModelChoice(model="demo", device="cpu", cascade=True))
+    nxt = MainWindow(settings=AppSettings.load())
+    qtbot.addWidget(nxt)
+    assert nxt.choice == ModelChoice(model="demo", device="cpu", cascade=True)
+    own = ModelChoice(model=None, cls=tmp_path / "cls", seg=tmp_path / "seg", cascade=True, student=tmp_path / "student")
+    nxt.set_model_choice(own)
+    again = MainWindow(settings=AppSettings.load())
+    qtbot.addWidget(again)
+    assert again.choice == own
+    again.set_model_choice(ModelChoice(model="demo"))
+    assert AppSettings.load().cascade is False and not AppSettings.load().student_bundle
+
+
+def test_a_cache_or_settings_folder_that_cannot_be_written_is_said_in_the_window(qtbot, make_window, capsys,
+                                                                                 _isolated_home):
+    """A results cache that cannot be written was said on stderr only, the window saying "All 60
+    frames scored."; settings that could not be saved on close were not said at all."""
+    (_isolated_home / "cache").mkdir(exist_ok=True)
+    (_isolated_home / "cache" / "results").write_text("in the way", encoding="utf-8")
+    (_isolated_home / "config").write_text("in the way", encoding="utf-8")
+    win = make_window(score=False)
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(c))
+    win.start_scoring()
+    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
+    said = win.status_message.toolTip()
+    assert said.startswith(f"All {N} frames scored. The results cache (") and "cannot be written" in said
+    ended.clear()
+    win.start_scoring()
+    qtbot.waitUntil(lambda: bool(ended), timeout=20000)
+    assert "results cache" not in win.status_message.toolTip()  # said once
+    capsys.readouterr()
+    win.close()
+    err = capsys.readouterr().err
+    assert "fetaliqa: the settings could not be saved to" in err and "not kept for next time" in err
