@@ -359,6 +359,7 @@ class SweepLoader(QThread):
                                         f"({type(exc).__name__}: {exc}).")
         else:
             self.loaded.emit(self.path, sweep)
+            _warm_field_of_view(sweep)
 
 
 class ReportRenderer(QThread):
@@ -509,6 +510,18 @@ def end_process(code: int) -> None:
     from fetaliqa_core.cli import exit_now
 
     exit_now(code)
+
+
+def _warm_field_of_view(sweep) -> None:
+    """Work out the sweep's field of view here, off the window's thread, while the window shows
+    its first frame: the first mask's overlay and the answer need it, and on the window's thread
+    it stalled the event loop 0.1-0.4 s (``acouslic.sweep_fov`` keeps it on the sweep)."""
+    from fetaliqa_core import acouslic
+
+    try:
+        acouslic.sweep_fov(sweep)
+    except Exception:  # noqa: BLE001 - worked out again, and reported, where it is needed
+        pass
 
 
 def load_sweep_for_viewer(path: str | Path):

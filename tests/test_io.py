@@ -804,3 +804,25 @@ def test_a_label_mask_opened_as_a_sweep_is_noted(tmp_path):
     masks[13, 10:20, 10:30] = 200
     sitk.WriteImage(sitk.GetImageFromArray(masks), str(path))
     assert not any("label mask" in n for n in load_sweep(path).read_notes)
+
+
+def test_the_viewers_loader_works_out_the_field_of_view_off_the_windows_thread(qtbot, tmp_path, monkeypatch):
+    """The window's first overlay worked out the sweep's field of view on its own thread (0.1-0.4 s
+    of a frozen event loop). The loader does it once the sweep is handed over, and the sweep keeps
+    it, read-only: the window's call is then free."""
+    from fetaliqa_core import acouslic
+    from fetaliqa_core.io import write_volume
+
+    from app.worker import SweepLoader
+
+    path = tmp_path / "s.mha"
+    write_volume(path, (acouslic.fov_mask((64, 80)) * 120).astype(np.uint8)[None].repeat(4, axis=0))
+    loader = SweepLoader(str(path))
+    got = []
+    loader.loaded.connect(lambda p, sweep: got.append(sweep))
+    loader.run()  # in this thread
+    calls = []
+    monkeypatch.setattr(acouslic, "data_fan", lambda frames: calls.append(1) or np.ones(frames.shape[1:], bool))
+    fov = acouslic.sweep_fov(got[0])
+    assert calls == [] and isinstance(fov, np.ndarray) and not fov.flags.writeable
+    assert acouslic.sweep_fov(got[0]) is fov
