@@ -381,7 +381,9 @@ def test_a_pixel_spacing_is_typed_as_one_number_or_width_x_height():
 
     assert parse_spacing("0.28") == 0.28
     assert parse_spacing("0.3x0.4") == (0.4, 0.3) and parse_spacing("0.3 x 0.4 mm") == (0.4, 0.3)
-    assert parse_spacing("0.3,0.4") == (0.4, 0.3)
+    for comma in ("0,3", "0.3,0.4"):  # a decimal comma, or two sizes: not guessed
+        with pytest.raises(FetalIQAError, match="decimals with a point"):
+            parse_spacing(comma)
     for bad in ("", "0.3x", "0.3x0.4x0.5", "a"):
         with pytest.raises(FetalIQAError, match="not a pixel spacing"):
             parse_spacing(bad)

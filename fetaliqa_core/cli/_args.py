@@ -93,7 +93,7 @@ def positive_seconds(text: str) -> float:
 
 def spacing_mm(text: str) -> float | tuple[float, float]:
     """argparse type: a pixel spacing in mm per pixel, one number for square pixels (``0.28``) or
-    width x height as the product prints it (``0.3x0.4``, also ``0.3,0.4``), plausible for
+    width x height as the product prints it (``0.3x0.4``), plausible for
     obstetric ultrasound (the range the readers apply, ``io.spacing.PLAUSIBLE_SPACING_MM``): a
     float, or ``(row_mm, col_mm)``. A wrong value is a wrong command line (status 2), told before
     any file is read; whether one number suits the file's pixels is told once it is read."""

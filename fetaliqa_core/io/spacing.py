@@ -103,10 +103,14 @@ def user_spacing(value: float | tuple[float, float]) -> tuple[float, float]:
 
 def parse_spacing(text: str) -> float | tuple[float, float]:
     """A pixel spacing as the user types it: one number (square pixels, mm per pixel) or two,
-    width x height as the product prints them (``0.3x0.4``, ``0.3 x 0.4``, ``0.3,0.4``): a float,
-    or ``(row_mm, col_mm)``. Raises FetalIQAError for anything else; plausibility is
-    :func:`user_spacing`'s."""
-    parts = [p.strip() for p in re.split(r"[xX×,]", str(text).strip().removesuffix("mm").strip())]
+    width x height as the product prints them (``0.3x0.4``, ``0.3 x 0.4``): a float, or
+    ``(row_mm, col_mm)``. Raises FetalIQAError for anything else; plausibility is
+    :func:`user_spacing`'s. A comma is refused, not read: ``0,3`` is 0.3 written with a decimal
+    comma as often as two sizes."""
+    if "," in str(text):
+        raise FetalIQAError(f"{str(text)[:40]!r} is not a pixel spacing: write decimals with a point (0.3) and two "
+                            "sizes as width x height (0.3x0.4)")
+    parts = [p.strip() for p in re.split(r"[xX×]", str(text).strip().removesuffix("mm").strip())]
     try:
         numbers = [float(p) for p in parts]
     except ValueError:
