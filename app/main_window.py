@@ -56,6 +56,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
                  engine_factory=None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.settings = settings if settings is not None else AppSettings.load()
+        self.settings.report = lambda why: self.notify(f"Settings: {why}.", 15000)
         s = self.settings
         if choice is None:
             cascade = dict(cascade=s.cascade, student=Path(s.student_bundle) if s.cascade and s.student_bundle else None)

@@ -84,6 +84,7 @@ class AppSettings:
     #: What was wrong with the file on disk, in one line for the window ("" when nothing was).
     #: (Class attributes, not fields: they are not written to the file.)
     problem = ""
+    aside = None  # where a damaged file was set aside (a Path)
     _keep_file = False  # a damaged file that could not be set aside: not overwritten either
 
     def __post_init__(self) -> None:
@@ -109,6 +110,7 @@ class AppSettings:
         aside = None if path.is_symlink() else cls._rename_aside(path, stamp)
         s._mark_saved(_defaults())  # what could be used is written again when the settings are saved
         if aside is not None:
+            s.aside = aside
             s.problem = f"{why} {s._starting_with()}; the file was set aside as {aside}."
             return s
         s._keep_file = True
@@ -194,7 +196,8 @@ class AppSettings:
             now = asdict(self)
             disk = type(self).load()  # a file damaged since is set aside, as at start
             if disk._keep_file:
-                return ""
+                return self._said(f"the settings file {self.path()} was damaged since this window read it and "
+                                  "cannot be set aside: nothing was saved to it")
             merged = asdict(disk)
             for name, value in now.items():
                 was = self._saved.get(name)
@@ -203,10 +206,14 @@ class AppSettings:
                 if isinstance(value, dict) and isinstance(was, dict):  # per key: this window's keys
                     keep = {k: v for k, v in merged[name].items() if k in value or k not in was}
                     merged[name] = {**keep, **{k: v for k, v in value.items() if was.get(k) != v}}
-                elif name == "recent_files" and isinstance(was, list):  # this window's first, then the others'
+                elif name == "recent_files" and isinstance(was, list):
+                    # what this window opened since, then the file's list as it is now (what another
+                    # window opened meanwhile leads it), then the rest of this window's; what this window
+                    # took off stays off (another's newest were pushed off the end by this one's old)
                     dropped = set(was) - set(value)
-                    rest = [p for p in merged[name] if p not in value and p not in dropped]
-                    merged[name] = (value + rest)[:MAX_RECENT]
+                    opened = [p for p in value if p not in was]
+                    ahead = opened + [p for p in merged[name] if p not in opened and p not in dropped]
+                    merged[name] = (ahead + [p for p in value if p not in ahead])[:MAX_RECENT]
                 else:
                     merged[name] = value
             write_json(self.path(), merged)
@@ -214,9 +221,24 @@ class AppSettings:
         except OSError as exc:  # settings are a convenience: never fail the app, but say so
             from fetaliqa_core.paths import os_error_cause
 
-            return (f"the settings could not be saved to {self.path()} ({os_error_cause(exc)}): the models, "
-                    "recent files and layout chosen are not kept for next time")
+            return self._said(f"the settings could not be saved to {self.path()} ({os_error_cause(exc)}): the "
+                              "models, recent files and layout chosen are not kept for next time")
+        if disk.aside is not None:  # damaged since this window read it: set aside, this window's settings saved
+            return self._said(f"the settings file was damaged since this window read it: it was set aside as "
+                              f"{disk.aside}, and this window's settings were saved (what another window had "
+                              "saved in it is in that file)")
         return ""
+
+    #: Called with why the settings could not be saved (or what was set aside), once per reason: the
+    #: window shows it (a save on a timer, or on a menu's change, said nothing). None: not called.
+    report = None
+
+    def _said(self, why: str) -> str:
+        told = self.__dict__.setdefault("_told", set())
+        if why and why not in told and callable(self.report):
+            told.add(why)
+            self.report(why)
+        return why
 
     def add_recent(self, path: str | Path) -> None:
         p = str(Path(path).expanduser().resolve())

@@ -180,3 +180,41 @@ def test_two_windows_keep_each_others_settings(tmp_path):
     s = AppSettings.load()
     assert s.thresholds == {"models-b": 0.6} and s.recent_files == [str((tmp_path / "b.mha").resolve())]
     assert s.review_db == str(tmp_path / "team.sqlite3") and s.opacity == 0.7
+
+
+def test_a_file_opened_in_one_window_stays_at_the_top_of_recent_files_when_another_saves(tmp_path):
+    """Two windows with a full list of recent files: the first opened X and saved, the second opened
+    Y and saved, and X was gone (this window's list came first, whole, and pushed it off the end).
+    What each opened since leads now, newest saver first."""
+    old = [str(tmp_path / f"old{i}.mha") for i in range(10)]
+    start = AppSettings.load()
+    start.recent_files = list(old)
+    start.save()
+    first, second = AppSettings.load(), AppSettings.load()
+    first.add_recent(tmp_path / "x.mha")
+    first.save()
+    second.add_recent(tmp_path / "y.mha")
+    second.save()
+    recent = AppSettings.load().recent_files
+    assert recent[:3] == [str((tmp_path / "y.mha").resolve()), str((tmp_path / "x.mha").resolve()), old[0]]
+    assert len(recent) == 10
+
+
+def test_a_settings_file_damaged_before_a_save_is_said_and_the_window_told_once():
+    """A file damaged between a window's load and its save was set aside without a word (the save
+    returned "" as if nothing had happened); a save that failed on a timer or a menu's change was
+    said nowhere. Both are said, and the window's reporter is told each reason once."""
+    told = []
+    s = AppSettings.load()
+    s.report = told.append
+    s.opacity = 0.6
+    AppSettings.path().parent.mkdir(parents=True, exist_ok=True)
+    AppSettings.path().write_text("{damaged", encoding="utf-8")
+    why = s.save()
+    assert "set aside as" in why and told == [why]
+    assert AppSettings.load().opacity == 0.6
+    AppSettings.path().unlink()
+    AppSettings.path().mkdir()  # a folder where the file goes: cannot be written
+    s.opacity = 0.5
+    first, again = s.save(), s.save()
+    assert "could not be saved" in first and first == again and told == [why, first]
