@@ -730,9 +730,9 @@ def test_one_spacing_value_on_pixels_that_are_not_square_is_refused(tmp_path, ca
     mask = _write(tmp_path, masks, "mask.mha", spacing=1.0)
     assert main(["ac", str(mask), "--sweep", str(sweep), "--spacing", "0.3"]) == 1
     assert "not square" in capsys.readouterr().err
-    assert main(["ac", str(mask), "--sweep", str(sweep), "--spacing", "0.3x0.4", "--json"]) == 0
+    assert main(["ac", str(mask), "--sweep", str(sweep), "--spacing", "0.3x0.45", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["spacing_mm"] == [0.4, 0.3] and record["spacing_source"] == "user"
+    assert record["spacing_mm"] == [0.45, 0.3] and record["spacing_source"] == "user"
     assert any("replacing the file's 0.3 x 0.4 mm" in n for n in record["read_notes"])
     with pytest.raises(SystemExit) as exc:
         main(["ac", str(mask), "--spacing", "0.3x"])

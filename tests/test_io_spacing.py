@@ -357,7 +357,8 @@ def test_pixels_said_not_to_be_square_need_both_sizes_from_the_user(tmp_path):
     sweep = load_sweep(aspect)
     assert sweep.spacing_source == SPACING_NONE and sweep.pixel_aspect == pytest.approx((4.0, 3.0))
     assert "4:3 (height:width)" in sweep.spacing_note and "both sizes" in sweep.spacing_note
-    with pytest.raises(FetalIQAError, match=r"not square.*Give both sizes, width x height \(e.g. 0.3x0.4\)"):
+    with pytest.raises(FetalIQAError, match=r"not square.*Give both sizes, width x height \(e.g. 0.3x0.4; 0.3x0.3 for "
+                       r"square pixels\)"):
         sweep.with_spacing(0.3)
     assert sweep.with_spacing((0.4, 0.3)).spacing_mm == pytest.approx((0.4, 0.3))
     square = tmp_path / "square.dcm"
@@ -369,11 +370,14 @@ def test_pixels_said_not_to_be_square_need_both_sizes_from_the_user(tmp_path):
     sweep = load_sweep(region)
     with pytest.raises(FetalIQAError, match=r"not square \(0.3 x 0.4 mm \(width x height\)"):
         sweep.with_spacing(0.3)
-    given = sweep.with_spacing((0.4, 0.3), "given with --spacing")
-    assert given.spacing_source == SPACING_FROM_USER and given.spacing_mm == pytest.approx((0.4, 0.3))
+    given = sweep.with_spacing((0.45, 0.3), "given with --spacing")
+    assert given.spacing_source == SPACING_FROM_USER and given.spacing_mm == pytest.approx((0.45, 0.3))
     assert any("given with --spacing, replacing the file's 0.3 x 0.4 mm" in n for n in given.read_notes)
     with pytest.raises(FetalIQAError, match="not square"):  # nor a size given before
         given.with_spacing(0.3)
+    # the file's own size given again replaces nothing, and says nothing of it
+    same = sweep.with_spacing((0.4, 0.3), "given with --spacing")
+    assert same.spacing_mm == pytest.approx((0.4, 0.3)) and not any("replacing" in n for n in same.read_notes)
 
 
 def test_a_pixel_spacing_is_typed_as_one_number_or_width_x_height():

@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
             stated = (tuple(sweep.spacing_mm) if sweep.spacing_known else None, sweep.spacing_source)
         spacing, given_note = fspacing.given_spacing(args.spacing, stated[0], stated[1],
                                                      None if sweep is None else sweep.pixel_aspect,
-                                                     "given with --spacing")
+                                                     "given with --spacing", "sweep" if sweep is not None else "mask")
     if sweep is not None and not args.no_fov:
         from fetaliqa_core import acouslic
 

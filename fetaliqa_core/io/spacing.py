@@ -132,7 +132,8 @@ def is_square(shape: tuple[float, float]) -> bool:
 
 
 def given_spacing(value: float | tuple[float, float], stated: tuple[float, float] | None, stated_source: str,
-                  aspect: tuple[float, float] | None = None, how: str = "given") -> tuple[tuple[float, float], str]:
+                  aspect: tuple[float, float] | None = None, how: str = "given",
+                  whose: str = "sweep") -> tuple[tuple[float, float], str]:
     """A spacing the user gives (one value: square pixels; two: ``(row_mm, col_mm)``) in place of
     what the file states: ``stated`` ``(row_mm, col_mm)`` from ``stated_source`` (None when the size
     is unknown), ``aspect`` its pixels' ``(height, width)`` proportions when only they are known
@@ -148,10 +149,13 @@ def given_spacing(value: float | tuple[float, float], stated: tuple[float, float
         else:
             said = f"its Pixel Aspect Ratio says {_ratio_text(aspect)}"
             example = f"{float(value):g}x{float(value) * aspect[0] / aspect[1]:.3g}"
-        raise FetalIQAError(f"the sweep's pixels are not square ({said}): one value ({float(value):g} mm) would make "
-                            f"them so. Give both sizes, width x height (e.g. {example}).")
+        raise FetalIQAError(f"the {whose}'s pixels are not square ({said}): one value ({float(value):g} mm) would make "
+                            f"them so. Give both sizes, width x height (e.g. {example}; "
+                            f"{float(value):g}x{float(value):g} for square pixels).")
     if stated is None or stated_source in (SPACING_NONE, SPACING_FROM_USER, SPACING_GIVEN):
         return pair, ""
+    if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(pair, stated)):
+        return pair, ""  # (the file's own size: nothing replaced)
     return pair, f"{how}, replacing the file's {spacing_text(stated)} from its {stated_source}"
 
 
