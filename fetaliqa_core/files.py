@@ -16,6 +16,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -26,7 +27,7 @@ from typing import Any
 from fetaliqa_core.errors import FetalIQAError
 
 __all__ = ["atomic_output_dir", "atomic_path", "atomic_write", "csv_writer", "json_safe", "json_text",
-           "spreadsheet_safe", "swap_in_dir",
+           "plain_text", "spreadsheet_safe", "swap_in_dir",
            "write_json"]
 
 
@@ -218,12 +219,28 @@ _INVISIBLE_LEAD = " \u00a0\u200b\u200c\u200d\ufeff" + BIDI_CONTROLS
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
+def plain_text(value: Any) -> str:
+    """``value`` as text that can be written as UTF-8: a file name that is not UTF-8 (made by
+    another system's encoding) holds its undecodable bytes as surrogates, which no UTF-8 file can
+    take; each such byte is written as its escape (``bad\\xff.mha``), as a terminal shows it."""
+    return _SURROGATE.sub(_escaped_surrogate, str(value))
+
+
+#: Lone surrogates: an undecodable byte of a file name (U+DC80-U+DCFF) or a broken character.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped_surrogate(m: re.Match) -> str:
+    code = ord(m.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
 def spreadsheet_safe(value: Any) -> str:
     """A CSV cell that a spreadsheet shows as text, never runs: one that starts with ``=``, ``+``,
     ``-``, ``@``, a tab or a carriage return (OWASP's list for CSV injection), or their full-width
     forms, also behind spaces or invisible marks, gets a leading apostrophe, unless it is a plain
-    number such as ``-1`` or ``-0.25``."""
-    text = str(value)
+    number such as ``-1`` or ``-0.25``. A name that is not UTF-8 is escaped (:func:`plain_text`)."""
+    text = plain_text(value)
     if text.lstrip(_INVISIBLE_LEAD)[:1] in _FORMULA_START:
         try:
             float(text)

@@ -694,3 +694,29 @@ def test_an_output_path_no_rank_can_write_is_one_line_on_every_rank(archive_dir,
     for _, log in done:
         assert f"{taken}: cannot write results there" in log and "lost contact" not in log, log[-2000:]
     assert taken.read_text() == "someone's file\n"
+
+
+def test_a_file_name_that_is_not_utf8_is_one_failed_row_and_reruns_work(archive_dir, tmp_path, capsys):
+    """A name from another system's encoding ended folder and archive runs in a traceback after all
+    the scoring, with no table written (and every archive rerun the same): it is one failed row, its
+    undecodable byte written escaped."""
+    import os
+
+    first = sorted(archive_dir.iterdir())[0]
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / first.name).write_bytes(first.read_bytes())
+    with open(os.path.join(os.fsencode(folder), b"bad\xff.mha"), "wb") as fh:
+        fh.write(first.read_bytes())
+    out = tmp_path / "out"
+    for _ in range(2):  # the rerun reads the failed case's record back
+        main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"])
+        rows = {r["file"]: r for r in _table(out)}
+        assert rows[first.name]["status"] == "ok"
+        assert rows["bad\\xff.mha"]["status"] == "failed" and "UTF-8" in rows["bad\\xff.mha"]["error"]
+    folder_out = tmp_path / "folder_out"
+    main(["score", str(folder), "--out", str(folder_out), "--no-cache", "--quiet"])
+    with open(folder_out / "summary.csv", encoding="utf-8") as fh:
+        rows = {r["file"]: r for r in csv.DictReader(fh)}
+    assert rows["bad\\xff.mha"]["status"] == "failed" and rows[first.name]["status"] != "failed"
+    capsys.readouterr()

@@ -270,3 +270,18 @@ def test_an_output_path_that_is_not_text_is_a_wrong_command_line(tmp_path, capsy
     with pytest.raises(FetalIQAError, match="not UTF-8 text"):
         write_volume(os.path.join(bad, "x.mha"), np.zeros((2, 8, 8), np.uint8))
     assert not os.path.exists(bad)
+
+
+def test_a_name_that_is_not_utf8_is_printed_escaped_where_the_terminal_takes_only_utf8():
+    """With a strict UTF-8 stdout (PYTHONIOENCODING=utf-8) printing such a file name in the
+    folder's table ended the run in a traceback."""
+    import io
+
+    from fetaliqa_core.cli import _ClosedPipeTolerant
+
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+    out = _ClosedPipeTolerant(stream)
+    out.write("bad\udcff.mha  failed\n")
+    out.flush()
+    assert raw.getvalue() == b"bad\\xff.mha  failed\n"
