@@ -1861,3 +1861,44 @@ def test_padding_after_the_pixel_data_is_read_past_not_refused(tmp_path):
         shifted.write_bytes(whole + bytes(48 * 4))
         with pytest.raises(FetalIQAError, match="more than the"):
             load_sweep(shifted)
+
+
+def _tiff_of_pages(path: Path, pages: int, side: int = 1) -> None:
+    """A classic TIFF of ``pages`` 8-bit grey pages of ``side`` x ``side`` pixels, written as raw
+    bytes (fast)."""
+    head = b"II*\x00" + struct.pack("<I", 8)
+    ifd_size = 2 + 6 * 12 + 4
+    body = bytearray()
+    for k in range(pages):
+        at = 8 + k * (ifd_size + side * side)
+        pixel = at + ifd_size
+        tags = [(256, 3, 1, side), (257, 3, 1, side), (258, 3, 1, 8), (262, 3, 1, 1), (273, 4, 1, pixel),
+                (279, 4, 1, side * side)]
+        nxt = at + ifd_size + side * side if k + 1 < pages else 0
+        body += struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags)
+        body += struct.pack("<I", nxt) + bytes((k * 7 + j) % 256 for j in range(side * side))
+    path.write_bytes(head + bytes(body))
+
+
+def test_a_tiff_of_more_pages_than_frames_accepted_is_refused_before_the_image_library_counts_them(
+        tmp_path, monkeypatch):
+    """A TIFF of a million one-pixel pages ran for more than ten minutes without an answer: the
+    image library counted its pages by walking them all before the frame limit was applied. The
+    page chain is refused where it passes the limit, the image library never asked."""
+    from PIL import TiffImagePlugin
+
+    from fetaliqa_core import validate
+
+    tif = tmp_path / "pages.tif"
+    _tiff_of_pages(tif, 9)
+    monkeypatch.setattr(validate, "MAX_FRAMES", 8)
+    counted = []
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "n_frames",
+                        property(lambda self: counted.append(1) or 9))
+    with pytest.raises(FetalIQAError, match="more than 8 pages.*at most 8 are accepted"):
+        load_sweep(tif)
+    assert not counted
+    monkeypatch.undo()
+    monkeypatch.setattr(validate, "MAX_FRAMES", 8)
+    _tiff_of_pages(tif, 8, side=40)  # at the limit: read
+    assert len(load_sweep(tif).frames) == 8

@@ -651,7 +651,9 @@ def _refuse_damaged_tiff(path: Path) -> None:
     chain that points back to an earlier directory made the image library loop forever inside its
     C code, where neither Ctrl-C nor SIGTERM reached it; and the image library reads the pages it
     reaches, so a file cut short (an interrupted copy) or with a damaged directory was scored as
-    fewer frames, or with made-up ones, without a word."""
+    fewer frames, or with made-up ones, without a word. A chain longer than the frame limit is
+    refused here, where it passes the limit: the image library counts pages by walking them all,
+    which took more than ten minutes for a million one-pixel pages."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -692,6 +694,10 @@ def _refuse_damaged_tiff(path: Path) -> None:
                 offset = struct.unpack(order + next_fmt, fh.read(struct.calcsize(next_fmt)))[0]
     except (OSError, struct.error):
         return
+    if len(seen) > validate.MAX_FRAMES:
+        raise FetalIQAError(f"{path}: the TIFF holds more than {validate.MAX_FRAMES} pages (frames); at most "
+                            f"{validate.MAX_FRAMES} are accepted (an ACOUSLIC case has 840). The recording is not "
+                            "one sweep; export the sweep again.")
 
 
 def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: int, page: int,
