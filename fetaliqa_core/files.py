@@ -61,6 +61,14 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def refuse_link_to_nothing(out: Path) -> None:
+    """Refuses a results folder that is a link to nothing (its target missing, or a loop back to
+    itself): resolving such a path raised "Symlink loop" in a traceback."""
+    if out.is_symlink() and not out.exists():
+        raise FetalIQAError(f"{out} is a link to nothing ({os.readlink(out)}): choose a folder for the results, "
+                            "or remove the link.")
+
+
 def atomic_write(path: str | Path, data: bytes | str, encoding: str = "utf-8") -> Path:
     """Write ``data`` (text is encoded with ``encoding``) to ``path`` atomically."""
     path = Path(path)
@@ -124,9 +132,7 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
     if out.exists() and not out.is_dir():
         raise FetalIQAError(f"{out} is an existing file, not a folder: choose a folder for the results "
                             "(it is created if needed).")
-    if out.is_symlink() and not out.exists():
-        raise FetalIQAError(f"{out} is a link to nothing ({os.readlink(out)}): choose a folder for the results, "
-                            "or remove the link.")
+    refuse_link_to_nothing(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # An existing folder gets its temporary one inside it: the files then move within one file
     # system, and only the folder itself need be writable (a mount point, a link to another disk,

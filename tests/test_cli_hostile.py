@@ -285,3 +285,22 @@ def test_a_name_that_is_not_utf8_is_printed_escaped_where_the_terminal_takes_onl
     out.write("bad\udcff.mha  failed\n")
     out.flush()
     assert raw.getvalue() == b"bad\\xff.mha  failed\n"
+
+
+def test_a_link_that_loops_as_a_bundle_or_an_archive_results_folder_gives_one_line(case, tiny_bundle_dirs,
+                                                                                     tmp_path, capsys):
+    """--cls / --seg / --archive --out naming a link that leads back to itself ended in "RuntimeError:
+    Symlink loop" (resolving it), where --base and a sweep's --out said so in one line."""
+    cls, seg = tiny_bundle_dirs["cls"], tiny_bundle_dirs["seg"]
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for option in (["--cls", str(loop), "--seg", str(seg)], ["--cls", str(cls), "--seg", str(loop)]):
+        assert main(["score", str(case), *option, "--out", str(tmp_path / "out"), "--quiet"]) != 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "leads back to itself" in err and str(loop) in err, err
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    (folder / case.name).write_bytes(case.read_bytes())
+    assert main(["score", str(folder), "--archive", "--out", str(loop), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "link to nothing" in err and str(loop) in err, err

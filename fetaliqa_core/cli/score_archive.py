@@ -127,6 +127,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         from fetaliqa_core.paths import missing_path
 
         raise FetalIQAError(missing_path(path, "Check the path of the archive to score."))
+    from fetaliqa_core.files import refuse_link_to_nothing
+
+    refuse_link_to_nothing(out)  # (before resolving it: a link that loops raised there)
     archive_root = str(Path(path).expanduser().resolve())  # recorded with each case: which archive it is of
     plan = None
     if ranks.is_main:

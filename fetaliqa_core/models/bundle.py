@@ -353,6 +353,10 @@ def read_manifest(bundle_dir: str | Path) -> BundleManifest:
     """Read and validate ``manifest.json`` of a bundle directory."""
     bundle = Path(bundle_dir).expanduser()
     path = bundle / MANIFEST_FILE
+    if bundle.is_symlink() and not bundle.exists():  # (a link that loops is no "directory" either)
+        from fetaliqa_core.paths import missing_path
+
+        raise FetalIQAError("model bundle " + missing_path(bundle, "Give the folder that holds manifest.json."))
     if not bundle.is_dir():
         raise FetalIQAError(f"model bundle {bundle} is not a directory; give the folder that holds manifest.json")
     if not path.is_file():
