@@ -720,3 +720,35 @@ def test_a_file_name_that_is_not_utf8_is_one_failed_row_and_reruns_work(archive_
         rows = {r["file"]: r for r in csv.DictReader(fh)}
     assert rows["bad\\xff.mha"]["status"] == "failed" and rows[first.name]["status"] != "failed"
     capsys.readouterr()
+
+
+def test_a_table_fetaliqa_did_not_write_is_refused_not_replaced(archive_dir, tmp_path, capsys):
+    """A cases.csv (archive) or summary.csv (folder of sweeps) of the user's own in the output folder
+    was replaced without a word, and a link of that name by a file; one sweep's frames.csv and
+    summary.json are refused so. The tables of an earlier run are still replaced."""
+    first = sorted(archive_dir.iterdir())[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / first.name).write_bytes(first.read_bytes())
+    notes = tmp_path / "notes.csv"
+    notes.write_text("case,my own notes\nkeep,this\n")
+    for archive, table in ((True, "cases.csv"), (False, "summary.csv")):
+        for kind in ("file", "link"):
+            out = tmp_path / f"out-{table}-{kind}"
+            out.mkdir()
+            if kind == "file":
+                (out / table).write_text(notes.read_text())
+            else:
+                (out / table).symlink_to(notes)
+            rc = main(["score", str(folder), *(["--archive"] if archive else []), "--out", str(out),
+                       "--no-cache", "--quiet"])
+            err = capsys.readouterr().err
+            assert rc != 0 and f"holds {table} that FetalIQA did not write" in err, err
+            assert (out / table).read_text() == "case,my own notes\nkeep,this\n"
+            assert (out / table).is_symlink() == (kind == "link")
+        out = tmp_path / f"rerun-{table}"
+        for _ in range(2):
+            main(["score", str(folder), *(["--archive"] if archive else []), "--out", str(out), "--no-cache",
+                  "--quiet"])
+            assert "did not write" not in capsys.readouterr().err
+        assert first.name in (out / table).read_text()

@@ -138,6 +138,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
 
             if claim_output_folder(out) is False:  # (the main rank's: the other ranks write into its folder)
                 raise score_cmd.another_run(out)
+            export.refuse_foreign_table(out / ar.TABLE_FILE, ar.TABLE_COLUMNS)
             members = _members(path)
             # (only for a folder of sweeps: a DICOM series folder is one member, its files its frames)
             note = score_cmd.left_out_note(path, members) if members != [path] else ""
