@@ -412,6 +412,10 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                     return raw
             raise FetalIQAError(f"{path}: the image reader refuses the file's pixel spacing ({reason}). Fix "
                                 "or remove the spacing (DICOM: Pixel Spacing) and export the file again.") from None
+        if "Failed to allocate memory" in reason:  # the memory the process may use, not damage
+            needed = validate._size_text(validate.checked_product(size) * components * itemsize)
+            raise FetalIQAError(f"{path}: out of memory: its pixel data ({needed}) does not fit in the memory free "
+                                "now. Close other programs, or use a machine with more memory.") from None
         if "File cannot be read" in reason:  # its "Reason:" is the last system error, often unrelated
             reason = "there is less of it than the header describes"
         compressed = _dicom_compression(path) if _looks_like_dicom(path, reader) else None
