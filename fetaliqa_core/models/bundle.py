@@ -359,6 +359,9 @@ def read_manifest(bundle_dir: str | Path) -> BundleManifest:
         raise FetalIQAError("model bundle " + missing_path(bundle, "Give the folder that holds manifest.json."))
     if not bundle.is_dir():
         raise FetalIQAError(f"model bundle {bundle} is not a directory; give the folder that holds manifest.json")
+    if not path.is_file() and path.exists():  # (a folder, or a link to /dev/zero, was "no manifest.json")
+        raise FetalIQAError(f"{bundle}: its {MANIFEST_FILE} is not a regular file (a folder, pipe or device); "
+                            "copy the whole bundle folder again")
     if not path.is_file():
         raise FetalIQAError(f"{bundle} is not a model bundle: it has no {MANIFEST_FILE}")
     data = validate.read_json_bounded(path, "the bundle's manifest", "The bundle is damaged: export it again.")
@@ -502,6 +505,9 @@ def checked_bundle(bundle: Path, base_config: str | Path | None = None) -> tuple
         problem = validate.bundle_file_problem(name, (ADAPTER_FILE, HEAD_FILE))
         if problem:
             raise FetalIQAError(f"{where}: {problem}")
+        if not path.is_file() and path.exists():  # (a link to /dev/zero or a pipe was "missing")
+            raise FetalIQAError(f"{where}: {name} is not a regular file (a folder, pipe or device); copy the whole "
+                                "bundle folder again")
         if not path.is_file():
             raise FetalIQAError(f"{where} is incomplete: {name} is missing; copy the whole bundle folder")
         if _sha256_file(path) != sha:
