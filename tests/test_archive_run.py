@@ -752,3 +752,25 @@ def test_a_table_fetaliqa_did_not_write_is_refused_not_replaced(archive_dir, tmp
                   "--quiet"])
             assert "did not write" not in capsys.readouterr().err
         assert first.name in (out / table).read_text()
+
+
+def test_many_files_failing_alike_are_counted_not_each_listed_and_count_in_the_throughput(archive_dir, tmp_path,
+                                                                                          capsys):
+    """100,000 empty files printed 100,000 failure lines, and the throughput counted only the one
+    good case ("0.003 cases/s (1 cases in 313.5 s)"): the first failures of a kind are listed, the
+    rest counted in one line; the throughput counts failed cases, saying how many."""
+    listed, extra = 20, 3
+    first = sorted(archive_dir.iterdir())[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / first.name).write_bytes(first.read_bytes())
+    for k in range(listed + extra):
+        (folder / f"empty{k:03d}.mha").write_bytes(b"")
+    out = tmp_path / "out"
+    main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"])
+    captured = capsys.readouterr()
+    assert captured.err.count(": failed: ") == listed
+    assert f"{extra} more case(s) failed the same way (the file is empty" in captured.err
+    failed = listed + extra
+    assert f"({failed + 1} cases, {failed} of them failed, in " in captured.out
+    assert sum(r["status"] == "failed" for r in _table(out)) == failed
