@@ -1902,3 +1902,18 @@ def test_a_tiff_of_more_pages_than_frames_accepted_is_refused_before_the_image_l
     monkeypatch.setattr(validate, "MAX_FRAMES", 8)
     _tiff_of_pages(tif, 8, side=40)  # at the limit: read
     assert len(load_sweep(tif).frames) == 8
+
+
+def test_compressed_data_counted_only_up_to_a_limit_are_said_to_be_at_least_that(tmp_path):
+    """A gzip bomb inflating to 20 GB under a 12 MB header read "the file holds 12582560 bytes of
+    pixel data": where inflating stopped counting, presented as what the file holds."""
+    arr = (np.arange(8 * 40 * 48) % 251).astype(np.uint8).reshape(8, 40, 48)
+    nii = tmp_path / "x.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr[:2]), str(nii))
+    packed = tmp_path / "x.nii.gz"
+    packed.write_bytes(gzip.compress(nii.read_bytes() + arr[2:].tobytes()))
+    with pytest.raises(FetalIQAError, match="the file holds at least [0-9]+ bytes of pixel data, more than the 3840"):
+        load_sweep(packed)
+    nii.write_bytes(nii.read_bytes() + arr[2:3].tobytes())  # counted to its end: the number itself
+    with pytest.raises(FetalIQAError, match="the file holds 5760 bytes of pixel data, more than the 3840"):
+        load_sweep(nii)
