@@ -56,6 +56,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)  # the rename itself survives a power cut
+    except OSError as exc:
+        _name_the_target(exc, path)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -166,8 +169,18 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
         else:
             os.replace(tmp, out)
             _fsync_dir(out.parent)
+    except OSError as exc:
+        _name_the_target(exc, out)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
+
+
+def _name_the_target(exc: OSError, target: Path) -> None:
+    """A failed write of an open file (a full disk) names no file: "the disk is full; free disk
+    space or write elsewhere" did not say where. The file or folder being written is named."""
+    if exc.filename is None:
+        exc.filename = str(target)
 
 
 def swap_in_dir(staged: Path, target: Path) -> None:

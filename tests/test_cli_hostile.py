@@ -304,3 +304,18 @@ def test_a_link_that_loops_as_a_bundle_or_an_archive_results_folder_gives_one_li
     assert main(["score", str(folder), "--archive", "--out", str(loop), "--quiet"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "link to nothing" in err and str(loop) in err, err
+
+
+def test_a_full_disk_names_the_folder_being_written(case, tiny_bundle_dirs, tmp_path, monkeypatch, capsys):
+    """A write that fails on a full disk names no file ("the disk is full; free disk space or write
+    elsewhere." alone): the results folder being written is named."""
+    from fetaliqa_core import export
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() on an open file raises it
+
+    monkeypatch.setattr(export, "write_frames_csv", full)
+    out = tmp_path / "o"
+    rc = main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "disk is full" in err and str(out) in err, err
