@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io as _io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +258,26 @@ def earlier_results(out: str | Path) -> tuple[dict | None, list[str]]:
     foreign = [] if ours else [n for n in (FRAMES_CSV, SUMMARY_JSON) if (out / n).is_file()]
     summary = None if SUMMARY_JSON in foreign else _small_json(out / SUMMARY_JSON)
     return (summary if isinstance(summary, dict) else None), foreign
+
+
+def refuse_foreign_table(path: Path, columns: Sequence[str]) -> None:
+    """Before a folder or an archive is scored: its table (``summary.csv``, ``cases.csv``) is
+    written into the output folder, replacing a file of that name; one FetalIQA did not write (a
+    table of the user's own, a link, anything else) was replaced without a word, as
+    :func:`earlier_results` refuses for one sweep's files. A table of ours starts with its first
+    columns (later versions may add columns at its end)."""
+    if not path.is_symlink() and not path.exists():
+        return
+    ours = ",".join(columns[:3]).encode()
+    try:
+        if not path.is_symlink() and path.is_file():
+            with open(path, "rb") as fh:
+                if fh.read(len(ours)) == ours:
+                    return
+    except OSError:
+        pass
+    raise FetalIQAError(f"{path.parent} holds {path.name} that FetalIQA did not write; the results would replace "
+                        "it. Choose another output folder (--out), or move it away.")
 
 
 def refuse_writing_over_input(out: str | Path, source: str | Path, challenge: bool = False,

@@ -16,6 +16,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -26,7 +27,7 @@ from typing import Any
 from fetaliqa_core.errors import FetalIQAError
 
 __all__ = ["atomic_output_dir", "atomic_path", "atomic_write", "csv_writer", "json_safe", "json_text",
-           "spreadsheet_safe", "swap_in_dir",
+           "plain_text", "spreadsheet_safe", "swap_in_dir",
            "write_json"]
 
 
@@ -55,9 +56,20 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)  # the rename itself survives a power cut
+    except OSError as exc:
+        _name_the_target(exc, path)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def refuse_link_to_nothing(out: Path) -> None:
+    """Refuses a results folder that is a link to nothing (its target missing, or a loop back to
+    itself): resolving such a path raised "Symlink loop" in a traceback."""
+    if out.is_symlink() and not out.exists():
+        raise FetalIQAError(f"{out} is a link to nothing ({os.readlink(out)}): choose a folder for the results, "
+                            "or remove the link.")
 
 
 def atomic_write(path: str | Path, data: bytes | str, encoding: str = "utf-8") -> Path:
@@ -123,9 +135,7 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
     if out.exists() and not out.is_dir():
         raise FetalIQAError(f"{out} is an existing file, not a folder: choose a folder for the results "
                             "(it is created if needed).")
-    if out.is_symlink() and not out.exists():
-        raise FetalIQAError(f"{out} is a link to nothing ({os.readlink(out)}): choose a folder for the results, "
-                            "or remove the link.")
+    refuse_link_to_nothing(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # An existing folder gets its temporary one inside it: the files then move within one file
     # system, and only the folder itself need be writable (a mount point, a link to another disk,
@@ -159,8 +169,18 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
         else:
             os.replace(tmp, out)
             _fsync_dir(out.parent)
+    except OSError as exc:
+        _name_the_target(exc, out)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
+
+
+def _name_the_target(exc: OSError, target: Path) -> None:
+    """A failed write of an open file (a full disk) names no file: "the disk is full; free disk
+    space or write elsewhere" did not say where. The file or folder being written is named."""
+    if exc.filename is None:
+        exc.filename = str(target)
 
 
 def swap_in_dir(staged: Path, target: Path) -> None:
@@ -218,12 +238,28 @@ _INVISIBLE_LEAD = " \u00a0\u200b\u200c\u200d\ufeff" + BIDI_CONTROLS
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
+def plain_text(value: Any) -> str:
+    """``value`` as text that can be written as UTF-8: a file name that is not UTF-8 (made by
+    another system's encoding) holds its undecodable bytes as surrogates, which no UTF-8 file can
+    take; each such byte is written as its escape (``bad\\xff.mha``), as a terminal shows it."""
+    return _SURROGATE.sub(_escaped_surrogate, str(value))
+
+
+#: Lone surrogates: an undecodable byte of a file name (U+DC80-U+DCFF) or a broken character.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped_surrogate(m: re.Match) -> str:
+    code = ord(m.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
 def spreadsheet_safe(value: Any) -> str:
     """A CSV cell that a spreadsheet shows as text, never runs: one that starts with ``=``, ``+``,
     ``-``, ``@``, a tab or a carriage return (OWASP's list for CSV injection), or their full-width
     forms, also behind spaces or invisible marks, gets a leading apostrophe, unless it is a plain
-    number such as ``-1`` or ``-0.25``."""
-    text = str(value)
+    number such as ``-1`` or ``-0.25``. A name that is not UTF-8 is escaped (:func:`plain_text`)."""
+    text = plain_text(value)
     if text.lstrip(_INVISIBLE_LEAD)[:1] in _FORMULA_START:
         try:
             float(text)

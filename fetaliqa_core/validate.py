@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import plain_text
 
 # --- sweeps --------------------------------------------------------------------------------------
 #: An ACOUSLIC case has 840 frames; a 5-minute cine at 60 frames/s has 18 000.
@@ -111,7 +112,7 @@ def check_path_name(path: Path) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        shown = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        shown = plain_text(text).encode("ascii", "backslashreplace").decode("ascii")
         raise FetalIQAError(f"{shown}: the file name is not valid UTF-8 text (made by another system's "
                             "encoding), so it cannot be opened safely. Rename the file or its folder.") from None
     if "\0" in text:

@@ -694,3 +694,83 @@ def test_an_output_path_no_rank_can_write_is_one_line_on_every_rank(archive_dir,
     for _, log in done:
         assert f"{taken}: cannot write results there" in log and "lost contact" not in log, log[-2000:]
     assert taken.read_text() == "someone's file\n"
+
+
+def test_a_file_name_that_is_not_utf8_is_one_failed_row_and_reruns_work(archive_dir, tmp_path, capsys):
+    """A name from another system's encoding ended folder and archive runs in a traceback after all
+    the scoring, with no table written (and every archive rerun the same): it is one failed row, its
+    undecodable byte written escaped."""
+    import os
+
+    first = sorted(archive_dir.iterdir())[0]
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / first.name).write_bytes(first.read_bytes())
+    with open(os.path.join(os.fsencode(folder), b"bad\xff.mha"), "wb") as fh:
+        fh.write(first.read_bytes())
+    out = tmp_path / "out"
+    for _ in range(2):  # the rerun reads the failed case's record back
+        main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"])
+        rows = {r["file"]: r for r in _table(out)}
+        assert rows[first.name]["status"] == "ok"
+        assert rows["bad\\xff.mha"]["status"] == "failed" and "UTF-8" in rows["bad\\xff.mha"]["error"]
+    folder_out = tmp_path / "folder_out"
+    main(["score", str(folder), "--out", str(folder_out), "--no-cache", "--quiet"])
+    with open(folder_out / "summary.csv", encoding="utf-8") as fh:
+        rows = {r["file"]: r for r in csv.DictReader(fh)}
+    assert rows["bad\\xff.mha"]["status"] == "failed" and rows[first.name]["status"] != "failed"
+    capsys.readouterr()
+
+
+def test_a_table_fetaliqa_did_not_write_is_refused_not_replaced(archive_dir, tmp_path, capsys):
+    """A cases.csv (archive) or summary.csv (folder of sweeps) of the user's own in the output folder
+    was replaced without a word, and a link of that name by a file; one sweep's frames.csv and
+    summary.json are refused so. The tables of an earlier run are still replaced."""
+    first = sorted(archive_dir.iterdir())[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / first.name).write_bytes(first.read_bytes())
+    notes = tmp_path / "notes.csv"
+    notes.write_text("case,my own notes\nkeep,this\n")
+    for archive, table in ((True, "cases.csv"), (False, "summary.csv")):
+        for kind in ("file", "link"):
+            out = tmp_path / f"out-{table}-{kind}"
+            out.mkdir()
+            if kind == "file":
+                (out / table).write_text(notes.read_text())
+            else:
+                (out / table).symlink_to(notes)
+            rc = main(["score", str(folder), *(["--archive"] if archive else []), "--out", str(out),
+                       "--no-cache", "--quiet"])
+            err = capsys.readouterr().err
+            assert rc != 0 and f"holds {table} that FetalIQA did not write" in err, err
+            assert (out / table).read_text() == "case,my own notes\nkeep,this\n"
+            assert (out / table).is_symlink() == (kind == "link")
+        out = tmp_path / f"rerun-{table}"
+        for _ in range(2):
+            main(["score", str(folder), *(["--archive"] if archive else []), "--out", str(out), "--no-cache",
+                  "--quiet"])
+            assert "did not write" not in capsys.readouterr().err
+        assert first.name in (out / table).read_text()
+
+
+def test_many_files_failing_alike_are_counted_not_each_listed_and_count_in_the_throughput(archive_dir, tmp_path,
+                                                                                          capsys):
+    """100,000 empty files printed 100,000 failure lines, and the throughput counted only the one
+    good case ("0.003 cases/s (1 cases in 313.5 s)"): the first failures of a kind are listed, the
+    rest counted in one line; the throughput counts failed cases, saying how many."""
+    listed, extra = 20, 3
+    first = sorted(archive_dir.iterdir())[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / first.name).write_bytes(first.read_bytes())
+    for k in range(listed + extra):
+        (folder / f"empty{k:03d}.mha").write_bytes(b"")
+    out = tmp_path / "out"
+    main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"])
+    captured = capsys.readouterr()
+    assert captured.err.count(": failed: ") == listed
+    assert f"{extra} more case(s) failed the same way (the file is empty" in captured.err
+    failed = listed + extra
+    assert f"({failed + 1} cases, {failed} of them failed, in " in captured.out
+    assert sum(r["status"] == "failed" for r in _table(out)) == failed

@@ -737,3 +737,12 @@ def test_one_spacing_value_on_pixels_that_are_not_square_is_refused(tmp_path, ca
     with pytest.raises(SystemExit) as exc:
         main(["ac", str(mask), "--spacing", "0.3x"])
     assert exc.value.code == 2 and "not a pixel spacing" in capsys.readouterr().err
+
+
+def test_a_mask_path_that_is_a_link_loop_is_named_so(tmp_path, capsys):
+    """`ac LOOP` said "no such file" of a link that leads back to itself, and named .mha alone."""
+    loop = tmp_path / "loop.mha"
+    loop.symlink_to(loop)
+    assert main(["ac", str(loop)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "leads back to itself" in err and ".nii.gz" in err, err

@@ -270,3 +270,52 @@ def test_an_output_path_that_is_not_text_is_a_wrong_command_line(tmp_path, capsy
     with pytest.raises(FetalIQAError, match="not UTF-8 text"):
         write_volume(os.path.join(bad, "x.mha"), np.zeros((2, 8, 8), np.uint8))
     assert not os.path.exists(bad)
+
+
+def test_a_name_that_is_not_utf8_is_printed_escaped_where_the_terminal_takes_only_utf8():
+    """With a strict UTF-8 stdout (PYTHONIOENCODING=utf-8) printing such a file name in the
+    folder's table ended the run in a traceback."""
+    import io
+
+    from fetaliqa_core.cli import _ClosedPipeTolerant
+
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+    out = _ClosedPipeTolerant(stream)
+    out.write("bad\udcff.mha  failed\n")
+    out.flush()
+    assert raw.getvalue() == b"bad\\xff.mha  failed\n"
+
+
+def test_a_link_that_loops_as_a_bundle_or_an_archive_results_folder_gives_one_line(case, tiny_bundle_dirs,
+                                                                                     tmp_path, capsys):
+    """--cls / --seg / --archive --out naming a link that leads back to itself ended in "RuntimeError:
+    Symlink loop" (resolving it), where --base and a sweep's --out said so in one line."""
+    cls, seg = tiny_bundle_dirs["cls"], tiny_bundle_dirs["seg"]
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for option in (["--cls", str(loop), "--seg", str(seg)], ["--cls", str(cls), "--seg", str(loop)]):
+        assert main(["score", str(case), *option, "--out", str(tmp_path / "out"), "--quiet"]) != 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "leads back to itself" in err and str(loop) in err, err
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    (folder / case.name).write_bytes(case.read_bytes())
+    assert main(["score", str(folder), "--archive", "--out", str(loop), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "link to nothing" in err and str(loop) in err, err
+
+
+def test_a_full_disk_names_the_folder_being_written(case, tiny_bundle_dirs, tmp_path, monkeypatch, capsys):
+    """A write that fails on a full disk names no file ("the disk is full; free disk space or write
+    elsewhere." alone): the results folder being written is named."""
+    from fetaliqa_core import export
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() on an open file raises it
+
+    monkeypatch.setattr(export, "write_frames_csv", full)
+    out = tmp_path / "o"
+    rc = main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "disk is full" in err and str(out) in err, err

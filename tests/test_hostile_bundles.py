@@ -453,3 +453,24 @@ def test_a_base_config_file_is_read_within_bounds_and_its_text_tower_checked(tmp
     odd.write_text(json.dumps(config))
     with pytest.raises(FetalIQAError, match="text_cfg"):
         load_base_config(str(odd))
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo", "folder"])
+def test_a_bundle_file_or_manifest_that_is_no_regular_file_is_said_so_not_called_missing(bundle, target):
+    """adapter.safetensors as a link to /dev/zero or a pipe was "missing", and manifest.json as a
+    folder or such a link "no manifest.json": the file is there, it is not a regular file."""
+    def replace(path: Path) -> None:
+        path.unlink()
+        if target == "fifo":
+            os.mkfifo(path)
+        elif target == "folder":
+            path.mkdir()
+        else:
+            path.symlink_to(target)
+
+    adapter = next(n for n in _manifest(bundle)["files"] if n != HEAD_FILE)
+    replace(bundle / adapter)
+    with pytest.raises(FetalIQAError, match=f"{adapter} is not a regular file"):
+        load_bundle(bundle, base_weights=paths.resources_dir() / "demo" / "base_tiny.pt", device="cpu")
+    replace(bundle / MANIFEST_FILE)
+    _refused(bundle, f"{MANIFEST_FILE} is not a regular file")

@@ -826,3 +826,19 @@ def test_the_viewers_loader_works_out_the_field_of_view_off_the_windows_thread(q
     fov = acouslic.sweep_fov(got[0])
     assert calls == [] and isinstance(fov, np.ndarray) and not fov.flags.writeable
     assert acouslic.sweep_fov(got[0]) is fov
+
+
+def test_running_out_of_memory_reading_a_nifti_is_said_so_not_called_damage(tmp_path, monkeypatch):
+    """An honest 18 GB .nii.gz or .nrrd over the memory the process may have read "the pixel data
+    cannot be read (Failed to allocate memory for image.). The file is truncated or damaged"."""
+    path = tmp_path / "sweep.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 40, 48), np.uint8)), str(path))
+
+    def no_memory(self):
+        raise RuntimeError("Exception thrown in SimpleITK ImageFileReader_Execute: /src/itkImportImageContainer.hxx:"
+                           "196:\nITK ERROR: ImportImageContainer(0x55d0): Failed to allocate memory for image.")
+
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", no_memory)
+    with pytest.raises(FetalIQAError, match="out of memory") as err:
+        load_sweep(path)
+    assert "damaged" not in str(err.value) and "more memory" in str(err.value)

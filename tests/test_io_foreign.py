@@ -1861,3 +1861,59 @@ def test_padding_after_the_pixel_data_is_read_past_not_refused(tmp_path):
         shifted.write_bytes(whole + bytes(48 * 4))
         with pytest.raises(FetalIQAError, match="more than the"):
             load_sweep(shifted)
+
+
+def _tiff_of_pages(path: Path, pages: int, side: int = 1) -> None:
+    """A classic TIFF of ``pages`` 8-bit grey pages of ``side`` x ``side`` pixels, written as raw
+    bytes (fast)."""
+    head = b"II*\x00" + struct.pack("<I", 8)
+    ifd_size = 2 + 6 * 12 + 4
+    body = bytearray()
+    for k in range(pages):
+        at = 8 + k * (ifd_size + side * side)
+        pixel = at + ifd_size
+        tags = [(256, 3, 1, side), (257, 3, 1, side), (258, 3, 1, 8), (262, 3, 1, 1), (273, 4, 1, pixel),
+                (279, 4, 1, side * side)]
+        nxt = at + ifd_size + side * side if k + 1 < pages else 0
+        body += struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags)
+        body += struct.pack("<I", nxt) + bytes((k * 7 + j) % 256 for j in range(side * side))
+    path.write_bytes(head + bytes(body))
+
+
+def test_a_tiff_of_more_pages_than_frames_accepted_is_refused_before_the_image_library_counts_them(
+        tmp_path, monkeypatch):
+    """A TIFF of a million one-pixel pages ran for more than ten minutes without an answer: the
+    image library counted its pages by walking them all before the frame limit was applied. The
+    page chain is refused where it passes the limit, the image library never asked."""
+    from PIL import TiffImagePlugin
+
+    from fetaliqa_core import validate
+
+    tif = tmp_path / "pages.tif"
+    _tiff_of_pages(tif, 9)
+    monkeypatch.setattr(validate, "MAX_FRAMES", 8)
+    counted = []
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "n_frames",
+                        property(lambda self: counted.append(1) or 9))
+    with pytest.raises(FetalIQAError, match="more than 8 pages.*at most 8 are accepted"):
+        load_sweep(tif)
+    assert not counted
+    monkeypatch.undo()
+    monkeypatch.setattr(validate, "MAX_FRAMES", 8)
+    _tiff_of_pages(tif, 8, side=40)  # at the limit: read
+    assert len(load_sweep(tif).frames) == 8
+
+
+def test_compressed_data_counted_only_up_to_a_limit_are_said_to_be_at_least_that(tmp_path):
+    """A gzip bomb inflating to 20 GB under a 12 MB header read "the file holds 12582560 bytes of
+    pixel data": where inflating stopped counting, presented as what the file holds."""
+    arr = (np.arange(8 * 40 * 48) % 251).astype(np.uint8).reshape(8, 40, 48)
+    nii = tmp_path / "x.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr[:2]), str(nii))
+    packed = tmp_path / "x.nii.gz"
+    packed.write_bytes(gzip.compress(nii.read_bytes() + arr[2:].tobytes()))
+    with pytest.raises(FetalIQAError, match="the file holds at least [0-9]+ bytes of pixel data, more than the 3840"):
+        load_sweep(packed)
+    nii.write_bytes(nii.read_bytes() + arr[2:3].tobytes())  # counted to its end: the number itself
+    with pytest.raises(FetalIQAError, match="the file holds 5760 bytes of pixel data, more than the 3840"):
+        load_sweep(nii)

@@ -149,7 +149,8 @@ class _ClosedPipeTolerant:
     """The program's stdout, which stops writing (instead of failing the command) once the program
     reading it has gone (`fetaliqa eval ... | head -2`): the command finishes its work and its
     files; 'Broken pipe; check the path and try again' was printed, and a folder's sweeps were
-    recorded as failed."""
+    recorded as failed. A file name that is not UTF-8 is printed escaped where the stream takes
+    only UTF-8 (it ended a folder's run in a traceback after all its sweeps were scored)."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
@@ -158,7 +159,12 @@ class _ClosedPipeTolerant:
     def write(self, text):
         if not self._closed:
             try:
-                return self._stream.write(text)
+                try:
+                    return self._stream.write(text)
+                except UnicodeEncodeError:
+                    from fetaliqa_core.files import plain_text
+
+                    return self._stream.write(plain_text(text))
             except BrokenPipeError:
                 self._closed = True
         return len(text)

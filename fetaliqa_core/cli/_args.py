@@ -116,5 +116,8 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u
 
 def shown(text: object) -> str:
     """``text`` as a terminal should print it: each character in :data:`_UNPRINTABLE` as its
-    escape (``\\n``, ``\\x1b``), everything else as it is."""
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+    escape (``\\n``, ``\\x1b``), a byte of a file name that is not UTF-8 as ``\\xff``
+    (:func:`~fetaliqa_core.files.plain_text`), everything else as it is."""
+    from fetaliqa_core.files import plain_text
+
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), plain_text(text))

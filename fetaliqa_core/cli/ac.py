@@ -159,8 +159,10 @@ def run(args: argparse.Namespace) -> int:
     from fetaliqa_core.io._common import spacing_text
 
     path = Path(args.mask)
-    if not path.exists():
-        raise FetalIQAError(f"{path}: no such file; give the path of a mask volume (.mha)")
+    if not path.exists():  # (a link that loops or leads nowhere is named so, as score names it)
+        from fetaliqa_core.paths import missing_path
+
+        raise FetalIQAError(missing_path(path, "Give the path of a mask volume (.mha, .nrrd, .nii.gz or DICOM)."))
     volume = fio.read_mask_volume(path, binary_255=True)  # only the outline counts here
     masks = volume.labels
     spacing = tuple(volume.spacing_mm)

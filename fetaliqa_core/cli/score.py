@@ -390,6 +390,9 @@ def run(args, report=None) -> int:
         return 0
     if claim_output_folder(base_out) is False:  # (two runs of one folder: one's sweeps replaced the other's)
         raise another_run(base_out)
+    from fetaliqa_core.export import refuse_foreign_table
+
+    refuse_foreign_table(base_out / TABLE_FILE, TABLE_COLUMNS)
     note = left_out_note(path, members)
     if note:
         print(f"fetaliqa: {shown(note)}", file=sys.stderr)

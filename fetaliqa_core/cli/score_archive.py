@@ -15,6 +15,10 @@ from fetaliqa_core.cli._args import non_negative_int, positive_seconds, prefetch
 from fetaliqa_core.errors import FetalIQAError, first_names
 from fetaliqa_core.models.options import model_choice_from_args
 
+#: Failures of one kind (the same message but for the file's name) listed on the terminal; the
+#: rest are counted in one line at the end (each has its row in the table).
+MAX_FAILURE_LINES = 20
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("archives (a folder of sweeps; always on under torchrun)")
@@ -127,6 +131,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         from fetaliqa_core.paths import missing_path
 
         raise FetalIQAError(missing_path(path, "Check the path of the archive to score."))
+    from fetaliqa_core.files import refuse_link_to_nothing
+
+    refuse_link_to_nothing(out)  # (before resolving it: a link that loops raised there)
     archive_root = str(Path(path).expanduser().resolve())  # recorded with each case: which archive it is of
     plan = None
     if ranks.is_main:
@@ -135,6 +142,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
 
             if claim_output_folder(out) is False:  # (the main rank's: the other ranks write into its folder)
                 raise score_cmd.another_run(out)
+            export.refuse_foreign_table(out / ar.TABLE_FILE, ar.TABLE_COLUMNS)
             members = _members(path)
             # (only for a folder of sweeps: a DICOM series folder is one member, its files its frames)
             note = score_cmd.left_out_note(path, members) if members != [path] else ""
@@ -248,6 +256,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         return False
 
     counts = {"scored": 0, "skipped": 0, "failed": 0}
+    failed_alike: dict[str, int] = {}  # failures by their message without the file's name
     items = [ar.Item(i, names[i], members[i]) for i in mine]
     t_scoring = time.perf_counter()
     try:
@@ -340,7 +349,15 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 except OSError as exc:
                     raise FetalIQAError(f"{out}: cannot write results ({exc.strerror}). Choose a folder "
                                         "you can write to.") from None
-                print(f"{position}{shown(item.name)}: failed: {shown(item.error)}", file=sys.stderr, flush=True)
+                # (100,000 empty files printed 100,000 lines: the table has each; the terminal the first)
+                kind = item.error.replace(str(item.member), "").replace(item.member.name, "").strip(" :")
+                failed_alike[kind] = failed_alike.get(kind, 0) + 1
+                if failed_alike[kind] <= MAX_FAILURE_LINES:
+                    print(f"{position}{shown(item.name)}: failed: {shown(item.error)}", file=sys.stderr, flush=True)
+        for kind, n in failed_alike.items():
+            if n > MAX_FAILURE_LINES:
+                print(f"{tag}fetaliqa: {n - MAX_FAILURE_LINES} more case(s) failed the same way "
+                      f"({shown(kind[:120])}); each has its row in {out / ar.TABLE_FILE}", file=sys.stderr)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: the finished cases are kept; the table says so now, not at the next run
         # (under torchrun too: the table is built from the case folders alone, and the previous
@@ -377,7 +394,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     problems = [f"{n} {s}" for s, n in status.items() if n and s != export.STATUS_OK]
     print(f"archive {out}: {len(rows)} cases, {ok} {export.STATUS_OK}" + (", " + ", ".join(problems) if problems else "")
           + f"; scored {counts['scored']} now, {counts['skipped']} already scored, {counts['failed']} failed")
-    print(f"throughput: {counts['scored'] / scoring:.3f} cases/s ({counts['scored']} cases in {scoring:.1f} s "
+    handled = counts["scored"] + counts["failed"]  # (a failed case took its time too: 1 case in 313 s was said)
+    print(f"throughput: {handled / scoring:.3f} cases/s ({handled} cases"
+          + (f", {counts['failed']} of them failed," if counts["failed"] else "") + f" in {scoring:.1f} s "
           f"with {ranks.world} process(es), read-ahead {args.prefetch}; start-up "
           f"{t_scoring - started:.1f} s)")
     if dead:

@@ -412,6 +412,10 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                     return raw
             raise FetalIQAError(f"{path}: the image reader refuses the file's pixel spacing ({reason}). Fix "
                                 "or remove the spacing (DICOM: Pixel Spacing) and export the file again.") from None
+        if "Failed to allocate memory" in reason:  # the memory the process may use, not damage
+            needed = validate._size_text(validate.checked_product(size) * components * itemsize)
+            raise FetalIQAError(f"{path}: out of memory: its pixel data ({needed}) does not fit in the memory free "
+                                "now. Close other programs, or use a machine with more memory.") from None
         if "File cannot be read" in reason:  # its "Reason:" is the last system error, often unrelated
             reason = "there is less of it than the header describes"
         compressed = _dicom_compression(path) if _looks_like_dicom(path, reader) else None
@@ -651,7 +655,9 @@ def _refuse_damaged_tiff(path: Path) -> None:
     chain that points back to an earlier directory made the image library loop forever inside its
     C code, where neither Ctrl-C nor SIGTERM reached it; and the image library reads the pages it
     reaches, so a file cut short (an interrupted copy) or with a damaged directory was scored as
-    fewer frames, or with made-up ones, without a word."""
+    fewer frames, or with made-up ones, without a word. A chain longer than the frame limit is
+    refused here, where it passes the limit: the image library counts pages by walking them all,
+    which took more than ten minutes for a million one-pixel pages."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -692,6 +698,10 @@ def _refuse_damaged_tiff(path: Path) -> None:
                 offset = struct.unpack(order + next_fmt, fh.read(struct.calcsize(next_fmt)))[0]
     except (OSError, struct.error):
         return
+    if len(seen) > validate.MAX_FRAMES:
+        raise FetalIQAError(f"{path}: the TIFF holds more than {validate.MAX_FRAMES} pages (frames); at most "
+                            f"{validate.MAX_FRAMES} are accepted (an ACOUSLIC case has 840). The recording is not "
+                            "one sweep; export the sweep again.")
 
 
 def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: int, page: int,
@@ -1862,6 +1872,7 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
                             "position: the header is damaged. Export the file again.")
     expected = vox_offset + data_bytes
     per_frame = data_bytes // max(_frames_of(size), 1)
+    counted = True  # (False: inflating stopped past what the header describes)
     if compressed:
         validate.check_inflation(path, expected, path.stat().st_size, MAX_DEFLATE_RATIO)
         try:
@@ -1880,6 +1891,7 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
         else:
             try:
                 actual, whole = _inflated_length(path, 0, expected + max(per_frame, 1))
+                counted = actual < expected + max(per_frame, 1)  # (else it stopped counting there)
             except OSError:
                 whole = False
         if not whole or actual < expected:
@@ -1894,7 +1906,8 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
                                          _frames_of(size), data_bytes / max(validate.checked_product(size), 1)):
         # the reader would read what the header counts and leave the rest out without a word: whole
         # frames, or a column of each row (every row read shifted)
-        raise _longer_than_header(path, actual - vox_offset, data_bytes, f"{fmt_dims(size)} voxels", per_frame)
+        raise _longer_than_header(path, actual - vox_offset, data_bytes, f"{fmt_dims(size)} voxels", per_frame,
+                                  counted)
 
 
 def _frames_of(size_xyz: tuple[int, ...]) -> int:
@@ -1916,14 +1929,17 @@ def _misread_by(excess: int, cols: int, rows: int, frames: int, per_pixel: float
     return False
 
 
-def _longer_than_header(path: Path, stored: int, described: int, dims: str, per_frame: int) -> FetalIQAError:
+def _longer_than_header(path: Path, stored: int, described: int, dims: str, per_frame: int,
+                        counted: bool = True) -> FetalIQAError:
     """The error for a file holding more pixel data than its header describes: reading it would
     leave frames out without a word, or, less than a frame more (a header a row or a column short),
-    read every frame askew."""
+    read every frame askew. ``counted`` False: inflating stopped at ``stored`` bytes, past what the
+    header describes, so the file holds at least that (a gzip bomb's 20 GB were said to be 12 MB)."""
     harm = ("reading it would leave frames out" if stored - described >= per_frame else
             "its frames would be read askew (a row or a column more than the header counts?)")
     return FetalIQAError(
-        f"{path}: the file holds {stored} bytes of pixel data, more than the {described} its header "
+        f"{path}: the file holds {'' if counted else 'at least '}{stored} bytes of pixel data, more than the "
+        f"{described} its header "
         f"describes ({dims}): its header is wrong, and {harm}. Export the file again.")
 
 
@@ -1948,6 +1964,7 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
     described = validate.checked_product(size) * components * itemsize
     frame = described // max(_frames_of(size), 1)
     data_file = fields.get("data file", fields.get("datafile"))
+    counted = True  # (False: inflating stopped past what the header describes)
     try:
         if data_file is not None:
             data_path, offset = _detached_data_file(path, data_file, "data file"), 0
@@ -1967,6 +1984,7 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
                 # the trailer is a cut stream's last 4 bytes when the file is truncated (an interrupted
                 # copy read "holds 2005384948 bytes ... its header is wrong"): inflate to be sure
                 inflated, whole = _inflated_length(data_path, offset, described + frame + byte_skip + 1)
+                counted = inflated < described + frame + byte_skip + 1  # (else it stopped counting there)
                 if not whole:
                     raise FetalIQAError(f"{path}: the compressed pixel data stop short (after {inflated} "
                                         f"of the {described + byte_skip} bytes the header describes, inflated): the "
@@ -1976,7 +1994,8 @@ def _check_nrrd_length(path: Path, fields: dict[str, str] | None, size: tuple[in
         return
     if stored > described and _misread_by(stored - described, size[0], size[1] if len(size) > 1 else 1,
                                           _frames_of(size), components * itemsize):
-        raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels", frame)  # frames left out, or askew
+        raise _longer_than_header(path, stored, described, f"{fmt_dims(size)} pixels", frame,  # frames left out, or askew
+                                  counted)
     if stored < described:  # the image library would allocate what the header claims, then fail
         where = "its data file holds" if data_file is not None else "the file holds"
         raise FetalIQAError(f"{path}: the header describes {described} bytes of pixel data ({fmt_dims(size)} "

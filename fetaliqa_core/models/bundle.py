@@ -353,8 +353,15 @@ def read_manifest(bundle_dir: str | Path) -> BundleManifest:
     """Read and validate ``manifest.json`` of a bundle directory."""
     bundle = Path(bundle_dir).expanduser()
     path = bundle / MANIFEST_FILE
+    if bundle.is_symlink() and not bundle.exists():  # (a link that loops is no "directory" either)
+        from fetaliqa_core.paths import missing_path
+
+        raise FetalIQAError("model bundle " + missing_path(bundle, "Give the folder that holds manifest.json."))
     if not bundle.is_dir():
         raise FetalIQAError(f"model bundle {bundle} is not a directory; give the folder that holds manifest.json")
+    if not path.is_file() and path.exists():  # (a folder, or a link to /dev/zero, was "no manifest.json")
+        raise FetalIQAError(f"{bundle}: its {MANIFEST_FILE} is not a regular file (a folder, pipe or device); "
+                            "copy the whole bundle folder again")
     if not path.is_file():
         raise FetalIQAError(f"{bundle} is not a model bundle: it has no {MANIFEST_FILE}")
     data = validate.read_json_bounded(path, "the bundle's manifest", "The bundle is damaged: export it again.")
@@ -498,6 +505,9 @@ def checked_bundle(bundle: Path, base_config: str | Path | None = None) -> tuple
         problem = validate.bundle_file_problem(name, (ADAPTER_FILE, HEAD_FILE))
         if problem:
             raise FetalIQAError(f"{where}: {problem}")
+        if not path.is_file() and path.exists():  # (a link to /dev/zero or a pipe was "missing")
+            raise FetalIQAError(f"{where}: {name} is not a regular file (a folder, pipe or device); copy the whole "
+                                "bundle folder again")
         if not path.is_file():
             raise FetalIQAError(f"{where} is incomplete: {name} is missing; copy the whole bundle folder")
         if _sha256_file(path) != sha:

@@ -133,6 +133,15 @@ def share_base(device) -> bool:
     return total < SEPARATE_ON_GPU_BYTES
 
 
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file or folder; a link that loops names none (resolving it
+    raised "Symlink loop" in a traceback: the loading then says what is wrong with it)."""
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def _load_pair(cls_dir: Path | None, seg_dir: Path | None, base, device, one_base: bool | None = None):
     """The classifier and the segmenter bundles (either may be None) as ``(cls, seg)``: one joint
     bundle as one model for both; two on the same base (``one_base``, or None: as their manifests
@@ -140,7 +149,7 @@ def _load_pair(cls_dir: Path | None, seg_dir: Path | None, base, device, one_bas
     else each loaded as itself."""
     from fetaliqa_core.models import bundle as bundle_mod
 
-    joint = cls_dir is not None and seg_dir is not None and seg_dir.resolve() == cls_dir.resolve()
+    joint = cls_dir is not None and seg_dir is not None and _same_path(seg_dir, cls_dir)
     shareable = _check_bases(cls_dir, None if joint else seg_dir, base)
     if cls_dir is not None and seg_dir is not None and not joint and share_base(device) \
             and (one_base if one_base is not None else shareable):
