@@ -140,12 +140,18 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
         smooth = cv2.medianBlur(np.clip(peak, 0, 255).astype(np.uint8), 5).astype(np.float32)
         above = _region_above(smooth, top)
         if above.any() and _outside_border_share(above) >= SURROUND_BORDER_SHARE:
-            return above
+            # (a background shading round the frame falls in that band along the border only: its
+            # brighter middle joined the fan; a smooth surround, where there is one, is the fan's)
+            inside = _inside_smooth_surround(frames, peak, high)
+            return above if inside is None else inside
     if low <= 0.1 * high:  # (a darkest tenth not dark beside the brightest is image)
         above = _region_above(peak, low + max(2.0, 0.03 * (high - low)))
         share = _outside_border_share(above)
         if share >= SURROUND_BORDER_SHARE and share > _outside_border_share(fan):
-            return above
+            # a background shading round the frame has its darkest tenth in the corners: its brighter
+            # middle joined the fan (IoU 0.39-0.71); a smooth surround, where there is one, is the fan's
+            inside = _inside_smooth_surround(frames, peak, high)
+            return above if inside is None else inside
     if _outside_border_share(fan) < SURROUND_BORDER_SHARE:
         inside = _inside_smooth_surround(frames, peak, high)
         if inside is not None:
@@ -191,8 +197,9 @@ def _inside_smooth_surround(frames: np.ndarray, peak: np.ndarray, high: float) -
     was the fan, and an abdomen cut by the fan's depth arc was measured as a whole one (3-4.5 %
     short). The surround must be smooth along most of the image's border and in its four
     corners, darker than the image (:data:`SMOOTH_SURROUND_MAX_GREY`), and leave one convex
-    region: tissue filling the frame, with a smooth shadow along one side, has speckle in its
-    corners and stays whole."""
+    region shaped as a fan or a rectangle is (:func:`_fan_shaped`): tissue filling the frame, with
+    a smooth shadow along one side, has speckle in its corners and stays whole, and a body in
+    smooth fluid filling the frame is no fan."""
     import cv2
 
     h, w = peak.shape
@@ -217,9 +224,35 @@ def _inside_smooth_surround(frames: np.ndarray, peak: np.ndarray, high: float) -
     inside = cv2.erode((~outside).astype(np.uint8), np.ones(k, np.uint8)).astype(np.float32)
     region = _region_above(inside, 0.5)
     area = float(region.sum())
-    if area < SMOOTH_FAN_MIN_SHARE * region.size or area < SMOOTH_FAN_CONVEX * float(_filled_hull(region).sum()):
+    if (area < SMOOTH_FAN_MIN_SHARE * region.size or area < SMOOTH_FAN_CONVEX * float(_filled_hull(region).sum())
+            or not _fan_shaped(region)):
         return None
     return region
+
+
+#: A fan's or a probe's rectangle's outline turns sharply where its sides meet (this many degrees
+#: at least, at two corners or more of its convex hull drawn with :data:`FAN_OUTLINE_TOLERANCE` of
+#: its perimeter: 56-102 on the fans of three generators and ACOUSLIC's); a body's does not (26-42
+#: on ellipses of axis ratio 0.44-1): a body in smooth fluid filling the frame is no field of view.
+FAN_CORNER_DEGREES = 50.0
+FAN_OUTLINE_TOLERANCE = 0.01
+
+
+def _fan_shaped(region: np.ndarray) -> bool:
+    """Whether ``region``'s convex hull has two corners or more (:data:`FAN_CORNER_DEGREES`)."""
+    import cv2
+
+    points = cv2.findNonZero(region.astype(np.uint8))
+    if points is None or len(points) < 3:
+        return False
+    hull = cv2.convexHull(points)
+    poly = cv2.approxPolyDP(hull, FAN_OUTLINE_TOLERANCE * cv2.arcLength(hull, True), True)[:, 0, :].astype(float)
+    if len(poly) < 3:
+        return False
+    step = np.roll(poly, -1, axis=0) - poly
+    heading = np.arctan2(step[:, 1], step[:, 0])
+    turn = np.degrees(np.abs((np.roll(heading, -1) - heading + np.pi) % (2 * np.pi) - np.pi))
+    return int((turn >= FAN_CORNER_DEGREES).sum()) >= 2
 
 
 def _region_above(peak: np.ndarray, level: float) -> np.ndarray:
