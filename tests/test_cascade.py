@@ -280,6 +280,26 @@ def test_no_frame_reason_says_of_how_many_frames_the_models_scored():
     assert "frames these models scored" not in assess(sweep, whole, thresholds).summary.sweeps[0].ac_note
 
 
+def test_model_label_names_the_student_given(tmp_path):
+    """`--model demo --cascade --student OWN` was labelled "cascade after the demo student", and a
+    student scored alone "classifier student, segmenter student" like a teacher pair."""
+    import shutil
+
+    from fetaliqa_core import paths
+    from fetaliqa_core.models.choice import ModelChoice
+
+    own = tmp_path / "st_own" / "bundle"
+    shutil.copytree(paths.resources_dir() / "demo" / "student", own)
+    label = ModelChoice(model="demo", cascade=True, student=own).describe()
+    assert "cascade after student st_own" in label and "demo student" not in label
+    assert ModelChoice(model="demo", cascade=True).describe().endswith("cascade after the demo student")
+    alone = ModelChoice(model=None, cls=own, seg=own).describe()
+    assert alone.startswith("student st_own (") and "distilled" in alone and "classifier" not in alone
+    teacher = paths.resources_dir() / "demo" / "cls"
+    assert ModelChoice(model=None, cls=teacher, cascade=True, student=own).describe() == \
+        "classifier cls, cascade after student st_own"
+
+
 def test_the_demo_student_is_not_said_to_be_of_other_models():
     """The demo student records its teachers by the hash of the pair sharing one base: loaded on
     one base or apart (a large GPU), the demo pair is its teacher."""

@@ -31,17 +31,49 @@ class ModelChoice:
     def describe(self) -> str:
         if self.model == "demo-student":
             return "demo student (distilled from the demo model, trained on synthetic sweeps)"
+        student = f"student {_student_name(self.student)}" if self.student else "the demo student"
         if self.model == "demo" and not (self.cls or self.seg):
             text = "demo model (tiny, trained on synthetic sweeps)"
-            return text + (", cascade after the demo student" if self.cascade else "")
-        parts = []
-        if self.cls:
-            parts.append(f"classifier {Path(self.cls).name}")
-        if self.seg:
-            parts.append(f"segmenter {Path(self.seg).name}")
+            return text + (f", cascade after {student}" if self.cascade else "")
+        alone = _student_alone(self.cls, self.seg)
+        if alone:  # a student given as both models is one small network, not a classifier and a segmenter
+            parts = [alone]
+        else:
+            parts = []
+            if self.cls:
+                parts.append(f"classifier {Path(self.cls).name}")
+            if self.seg:
+                parts.append(f"segmenter {Path(self.seg).name}")
         if self.cascade:
-            parts.append(f"cascade after student {Path(self.student).name if self.student else '(demo)'}")
+            parts.append(f"cascade after {student}")
         return ", ".join(parts)
+
+
+def _student_name(folder) -> str:
+    """A student bundle's name for people: its run folder (``distill --out RUN`` writes
+    RUN/bundle, so "bundle" alone would name every student alike)."""
+    path = Path(folder)
+    return (path.parent.name if path.name == "bundle" and path.parent.name else path.name) or str(folder)
+
+
+def _student_alone(cls, seg) -> str:
+    """"student NAME (its backbone)" when ``cls`` and ``seg`` are one distilled student bundle
+    (read from its manifest), else "": it was labelled "classifier bundle, segmenter bundle" like
+    a teacher pair."""
+    from fetaliqa_core.models.bundle import read_manifest
+
+    try:
+        if not cls or not seg or Path(cls).resolve() != Path(seg).resolve():
+            return ""
+        manifest = read_manifest(Path(cls))
+    except (FetalIQAError, OSError, ValueError):
+        return ""  # loading says what is wrong
+    if not manifest.is_student:
+        return ""
+    spec = manifest.student if isinstance(manifest.student, dict) else {}
+    backbone = spec.get("backbone")
+    what = f"{backbone}, distilled" if isinstance(backbone, str) and backbone else "distilled"
+    return f"student {_student_name(cls)} ({what})"
 
 
 @dataclass
