@@ -313,3 +313,14 @@ def test_the_demo_student_is_not_said_to_be_of_other_models():
     apart = [bundle_mod.load_bundle(root / r, base_weights=root / bundle_mod.DEMO_BASE_FILE, device="cpu")
              for r in ("cls", "seg")]
     assert choice_mod.foreign_student_note(shared.student, *apart) == ""
+
+
+def test_a_student_names_no_base_weights_it_never_loaded():
+    """summary.json's base_sha256 named the teacher's base for a student scored alone, which holds
+    a tower of its own; a cascade still names its teacher's."""
+    from fetaliqa_core.models import choice as choice_mod
+
+    student = choice_mod.load_models(choice_mod.ModelChoice(model="demo-student", device="cpu"))
+    assert choice_mod.provenance(student)["base_sha256"] is None
+    cascade = choice_mod.load_models(choice_mod.ModelChoice(model="demo", cascade=True, device="cpu"))
+    assert len(choice_mod.provenance(cascade)["base_sha256"]) == 64

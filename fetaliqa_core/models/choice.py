@@ -412,7 +412,9 @@ def provenance(models) -> dict:
     # the base weights the models ran on (the SHA-256 of the file; "random:<seed>" for a random
     # base; none for a student, which has a tower of its own): a bundle's hash does not name them
     first = next((m for m in (getattr(models, "cls", None), getattr(models, "seg", None)) if m is not None), None)
-    base_hash = getattr(getattr(first, "base", None), "sha256", None)
+    student_alone = bool(getattr(getattr(first, "manifest", None), "is_student", False))
+    # (a student's loaded base info names its teacher's base, which it never loads)
+    base_hash = None if student_alone else getattr(getattr(first, "base", None), "sha256", None)
     return {"app_version": __version__, "bundles": bundles, "base_sha256": base_hash, "demo": demo,
             "random_base": random_base, "notice": DEMO_NOTICE if demo else RANDOM_BASE_NOTICE if random_base else "",
             "student_note": student_note}
