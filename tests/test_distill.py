@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -106,6 +107,14 @@ def test_distill_end_to_end_and_score_loads_the_student(tmp_path, tiny_data, tin
     assert agree["frames"] > 0 and 0.0 <= agree["flag_agreement"] <= 1.0
     manifest = read_manifest(out / "bundle")
     assert manifest.is_student and manifest.metrics["train_frames"] > 0
+    # the cases it learnt from, as train records them: eval notes those it is evaluated on
+    from training.dataset import case_digest, read_cases, split_cases
+    from training.evaluate import _trained_cases
+
+    trained = {case_digest(c.uuid) for c in split_cases(read_cases(tiny_data))["train"]}
+    assert manifest.metrics["train_cases"] == sorted(trained) and trained
+    student = SimpleNamespace(manifest=manifest)
+    assert _trained_cases(SimpleNamespace(cls=student, seg=student)) == trained
     # an ordinary bundle: `score` loads it as a joint bundle, unchanged
     sweep = next((tiny_data / "images" / "stacked_fetal_ultrasound").glob("*.mha"))
     from fetaliqa_core.cli import main as cli_main

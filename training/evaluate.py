@@ -164,13 +164,15 @@ def _training_record(models) -> dict:
 def _trained_cases(models) -> set[str] | None:
     """The cases the loaded bundles were trained on (their manifests' ``train_cases`` digests,
     together); None when one of them does not record them (a bundle from before they were recorded,
-    a distilled student): which cases it saw cannot be told from today's dataset, which may have
+    a student distilled before they were recorded): which cases it saw cannot be told from today's dataset, which may have
     gained or lost cases since and so be split otherwise."""
     digests: set[str] = set()
     for m in (models.cls, models.seg):
         if m is None:
             continue
         rec = m.manifest.metrics.get("training") if isinstance(m.manifest.metrics, dict) else None
+        if rec is None and m.manifest.is_student:  # a distilled student records them beside its metrics
+            rec = m.manifest.metrics
         cases = rec.get("train_cases") if isinstance(rec, dict) else None
         if not isinstance(cases, list) or not all(isinstance(d, str) for d in cases):
             return None
