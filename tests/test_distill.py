@@ -96,7 +96,13 @@ def test_distill_end_to_end_and_score_loads_the_student(tmp_path, tiny_data, tin
     # the resumed run is the uninterrupted one (the optimiser restarted from zero and epoch 2 replayed
     # epoch 1's order: the resumed student agreed with its teacher on 14 % of held-out flags, 41 % uninterrupted)
     whole = tmp_path / "whole"
-    assert main([*argv[:argv.index("--out") + 1], str(whole), *argv[argv.index("--out") + 2:]]) == 0
+    monkeypatch.chdir(tiny_data.parent)  # --data as typed, relative: recorded as the folder it named
+    relative = [tiny_data.name if a == str(tiny_data) else a for a in argv]
+    assert main([*relative[:argv.index("--out") + 1], str(whole), *relative[argv.index("--out") + 2:]]) == 0
+    monkeypatch.chdir(tmp_path)
+    whole_metrics = read_manifest(whole / "bundle").metrics
+    assert whole_metrics["data"] == str(tiny_data.resolve())
+    assert whole_metrics["teacher_precision"] in ("bf16", "fp32") and whole_metrics["precision_requested"] is None
     from safetensors.torch import load_file
 
     resumed, straight = load_file(str(out / "checkpoint.safetensors")), load_file(str(whole / "checkpoint.safetensors"))

@@ -421,8 +421,11 @@ def distill(args, log=print) -> Path:
                "teacher_seconds": round(teacher_s, 1),
                "train_seconds": round(earlier_s + time.perf_counter() - t1, 1),  # a resumed run's too
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-               "data": str(args.data),
+               "data": str(Path(args.data).expanduser().resolve()),  # as train and eval record it
                "frames_per_case": args.frames_per_case, "mined": bool(mine), "seed": args.seed,
+               # the teachers' number format decides what the student copied (bf16 and fp32
+               # teachers gave students differing in 183 of 210 tensors)
+               "teacher_precision": models.precision, "precision_requested": args.precision,
                # as train records them, so that eval notes the cases the student learnt from
                "train_cases": sorted(case_digest(c.uuid) for c in train_cases)}
     from fetaliqa_core.models.bundle import read_manifest
