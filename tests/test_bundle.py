@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,3 +234,43 @@ def test_a_random_base_named_without_its_fingerprint_is_refused(tmp_path):
     _edit_manifest(bundle, base_fingerprint=None)
     with pytest.raises(FetalIQAError, match="without the fingerprint"):
         load_bundle(bundle, device="cpu")
+
+
+_SAVE_TINY = """
+import sys, torch
+from fetaliqa_core.models.base import random_base
+from fetaliqa_core.models.bundle import manifest_for, save_bundle
+from fetaliqa_core.models.classifier import FetalCLIPClassifier
+from fetaliqa_core.models.lora import LoraSettings
+torch.manual_seed(0)
+visual, info = random_base("tiny", 11)
+model = FetalCLIPClassifier(visual, LoraSettings())
+manifest = manifest_for(model, info)
+manifest.created = "fixed"
+for out in sys.argv[1:]:
+    save_bundle(model, out, manifest)
+"""
+
+
+def test_the_same_tensors_give_the_same_bundle_files_in_every_process(tmp_path):
+    """safetensors writes its metadata in an order that changes from one save to the next: a bundle
+    retrained to identical tensors recorded other file SHA-256s. The files are now byte for byte
+    the same, in one process and in another, and still load."""
+    import os
+    import subprocess
+    import sys
+
+    here = [tmp_path / f"here{k}" for k in range(6)]
+    script = tmp_path / "save_tiny.py"
+    script.write_text(_SAVE_TINY, encoding="utf-8")
+    import fetaliqa_core
+
+    root = str(Path(fetaliqa_core.__file__).resolve().parents[1])  # this checkout's code in the child too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    for outs in (here, [tmp_path / "other"]):
+        subprocess.run([sys.executable, str(script), *map(str, outs)], check=True, cwd=root, env=env, timeout=300)
+    bundles = here + [tmp_path / "other"]
+    for name in (HEAD_FILE, ADAPTER_FILE):
+        assert len({(b / name).read_bytes() for b in bundles}) == 1, name
+    assert len({tuple(sorted(read_manifest(b).files.items())) for b in bundles}) == 1
+    assert load_bundle(bundles[-1], device="cpu").predict(_x(1)).p_cls.shape == (1,)

@@ -226,3 +226,101 @@ def test_cascade_teacher_follows_the_runs_its_choice_falls_back_to():
     assert not (runs & ~casc.confirmed).any()  # every run its choice is made from, seen whole
     assert len(casc.teacher_plan) > len(casc.teacher_frames())  # it followed beyond its plan
     assert assess(sweep, casc.teacher_results, thresholds).chosen_frame == own.chosen_frame
+
+
+def _student_of(cls_hash, seg_hash):
+    """A fake student whose manifest records the teachers it was distilled from."""
+    student = FakeModel("joint")
+    teacher = {} if cls_hash is None else {"cls_bundle_sha256": cls_hash, "seg_bundle_sha256": seg_hash}
+    student.manifest.student = {"teacher": teacher}
+    student.path = "runs/st/bundle"
+    return student
+
+
+@pytest.mark.parametrize("cls_hash, seg_hash, said", [
+    ("fake-cls", "fake-seg", None),
+    ("other-cls", "fake-seg", "not the classifier given"),
+    ("other-cls", "other-seg", "not the classifier and segmenter given"),
+    (None, None, "records no teacher"),
+])
+def test_cascade_says_when_its_student_learnt_from_other_models(cls_hash, seg_hash, said):
+    """A student of other models misses frames the teacher would call, which the teacher then
+    never sees: the answer says so (a demo teacher with another student chose no frame where the
+    teacher alone chose one, without a word)."""
+    from fetaliqa_core.models.choice import foreign_student_note, provenance
+
+    sweep = tiny_sweep(n_sweeps=2, per_sweep=30)
+    cls, seg = FakeModel("cls"), FakeModel("seg")
+    student = _student_of(cls_hash, seg_hash)
+    note = foreign_student_note(student, cls, seg)
+    models = type("M", (), {"cls": cls, "seg": seg, "student": student})()
+    thresholds = Thresholds.of_models(models)
+    engine = CascadeEngine(sweep, student, cls, seg, cache=False, thresholds=thresholds).run()
+    summary = assess(sweep, engine.teacher_results, thresholds, provenance=provenance(models)).summary
+    if said is None:
+        assert note == "" and "distilled from other models" not in summary.choice_note
+    else:
+        assert said in note and "the student st was distilled from other models" in note
+        assert note in summary.choice_note
+
+
+def test_no_frame_reason_says_of_how_many_frames_the_models_scored():
+    """In a cascade the teacher scores a few runs: "no frame reaches the threshold" is said of
+    those frames, not of the sweep."""
+    from fetaliqa_core.io import Sweep
+
+    dark = np.zeros((20, 96, 128), dtype=np.uint8)
+    sweep = Sweep(frames=dark, spacing_mm=(0.28, 0.28), sweep_ranges=[(0, 20)], sweep_kinds=["transverse"])
+    cls, seg = FakeModel("cls"), FakeModel("seg")
+    thresholds = Thresholds.of_models(type("M", (), {"cls": cls, "seg": seg})())
+    part = ScoringEngine(sweep, cls=cls, seg=seg, cache=False, frames=np.arange(4, 10)).run()
+    note = assess(sweep, part, thresholds).summary.sweeps[0].ac_note
+    assert note.startswith("no frame") and note.endswith("(of the 6 of 20 frames these models scored)")
+    whole = ScoringEngine(sweep, cls=cls, seg=seg, cache=False).run()
+    assert "frames these models scored" not in assess(sweep, whole, thresholds).summary.sweeps[0].ac_note
+
+
+def test_model_label_names_the_student_given(tmp_path):
+    """`--model demo --cascade --student OWN` was labelled "cascade after the demo student", and a
+    student scored alone "classifier student, segmenter student" like a teacher pair."""
+    import shutil
+
+    from fetaliqa_core import paths
+    from fetaliqa_core.models.choice import ModelChoice
+
+    own = tmp_path / "st_own" / "bundle"
+    shutil.copytree(paths.resources_dir() / "demo" / "student", own)
+    label = ModelChoice(model="demo", cascade=True, student=own).describe()
+    assert "cascade after student st_own" in label and "demo student" not in label
+    assert ModelChoice(model="demo", cascade=True).describe().endswith("cascade after the demo student")
+    alone = ModelChoice(model=None, cls=own, seg=own).describe()
+    assert alone.startswith("student st_own (") and "distilled" in alone and "classifier" not in alone
+    teacher = paths.resources_dir() / "demo" / "cls"
+    assert ModelChoice(model=None, cls=teacher, cascade=True, student=own).describe() == \
+        "classifier cls, cascade after student st_own"
+
+
+def test_the_demo_student_is_not_said_to_be_of_other_models():
+    """The demo student records its teachers by the hash of the pair sharing one base: loaded on
+    one base or apart (a large GPU), the demo pair is its teacher."""
+    from fetaliqa_core import paths
+    from fetaliqa_core.models import bundle as bundle_mod
+    from fetaliqa_core.models import choice as choice_mod
+
+    shared = choice_mod.load_models(choice_mod.ModelChoice(model="demo", cascade=True, device="cpu"))
+    assert choice_mod.foreign_student_note(shared.student, shared.cls, shared.seg) == ""
+    root = paths.resources_dir() / "demo"
+    apart = [bundle_mod.load_bundle(root / r, base_weights=root / bundle_mod.DEMO_BASE_FILE, device="cpu")
+             for r in ("cls", "seg")]
+    assert choice_mod.foreign_student_note(shared.student, *apart) == ""
+
+
+def test_a_student_names_no_base_weights_it_never_loaded():
+    """summary.json's base_sha256 named the teacher's base for a student scored alone, which holds
+    a tower of its own; a cascade still names its teacher's."""
+    from fetaliqa_core.models import choice as choice_mod
+
+    student = choice_mod.load_models(choice_mod.ModelChoice(model="demo-student", device="cpu"))
+    assert choice_mod.provenance(student)["base_sha256"] is None
+    cascade = choice_mod.load_models(choice_mod.ModelChoice(model="demo", cascade=True, device="cpu"))
+    assert len(choice_mod.provenance(cascade)["base_sha256"]) == 64

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -95,7 +96,13 @@ def test_distill_end_to_end_and_score_loads_the_student(tmp_path, tiny_data, tin
     # the resumed run is the uninterrupted one (the optimiser restarted from zero and epoch 2 replayed
     # epoch 1's order: the resumed student agreed with its teacher on 14 % of held-out flags, 41 % uninterrupted)
     whole = tmp_path / "whole"
-    assert main([*argv[:argv.index("--out") + 1], str(whole), *argv[argv.index("--out") + 2:]]) == 0
+    monkeypatch.chdir(tiny_data.parent)  # --data as typed, relative: recorded as the folder it named
+    relative = [tiny_data.name if a == str(tiny_data) else a for a in argv]
+    assert main([*relative[:argv.index("--out") + 1], str(whole), *relative[argv.index("--out") + 2:]]) == 0
+    monkeypatch.chdir(tmp_path)
+    whole_metrics = read_manifest(whole / "bundle").metrics
+    assert whole_metrics["data"] == str(tiny_data.resolve())
+    assert whole_metrics["teacher_precision"] in ("bf16", "fp32") and whole_metrics["precision_requested"] is None
     from safetensors.torch import load_file
 
     resumed, straight = load_file(str(out / "checkpoint.safetensors")), load_file(str(whole / "checkpoint.safetensors"))
@@ -106,6 +113,14 @@ def test_distill_end_to_end_and_score_loads_the_student(tmp_path, tiny_data, tin
     assert agree["frames"] > 0 and 0.0 <= agree["flag_agreement"] <= 1.0
     manifest = read_manifest(out / "bundle")
     assert manifest.is_student and manifest.metrics["train_frames"] > 0
+    # the cases it learnt from, as train records them: eval notes those it is evaluated on
+    from training.dataset import case_digest, read_cases, split_cases
+    from training.evaluate import _trained_cases
+
+    trained = {case_digest(c.uuid) for c in split_cases(read_cases(tiny_data))["train"]}
+    assert manifest.metrics["train_cases"] == sorted(trained) and trained
+    student = SimpleNamespace(manifest=manifest)
+    assert _trained_cases(SimpleNamespace(cls=student, seg=student)) == trained
     # an ordinary bundle: `score` loads it as a joint bundle, unchanged
     sweep = next((tiny_data / "images" / "stacked_fetal_ultrasound").glob("*.mha"))
     from fetaliqa_core.cli import main as cli_main

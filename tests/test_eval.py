@@ -339,3 +339,18 @@ def test_eval_outputs_replace_a_link_and_never_write_through_it(tmp_path):
     write_outputs(out, metrics)
     assert foreign.read_text() == "someone else's table\n"
     assert not (out / "per_case.csv").is_symlink() and "u1" in (out / "per_case.csv").read_text()
+
+
+def test_eval_records_the_number_format_and_version_it_ran_in(tiny_data, bundles, tmp_path, capsys):
+    """bf16 and fp32 give other numbers from the same bundles, and metrics.json said neither, nor
+    the release that measured them."""
+    from fetaliqa_core import __version__
+    from fetaliqa_core.cli import main
+
+    out = tmp_path / "fp32"
+    assert main(["eval", "--cls", str(bundles["cls"]), "--data", str(tiny_data), "--split", "all", "--device", "cpu",
+                 "--precision", "fp32", "--out", str(out), "--quiet", "--all-sweeps"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["precision"] == "fp32" and saved["app_version"] == __version__
+    assert "cpu fp32" in first and f"FetalIQA {__version__}" in first

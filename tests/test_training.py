@@ -862,3 +862,16 @@ def test_a_small_base_of_the_tiny_family_needs_no_base_config(tmp_path, capsys):
                                                  str(tmp_path / "run"), "--base", str(tmp_path)]))
     with pytest.raises(FetalIQAError, match="is not a regular file"):
         validate_config(folder)
+
+
+def test_the_training_record_says_when_the_threshold_was_chosen_on_validation():
+    """With --threshold auto the manifest held only the number chosen; config.json alone said how."""
+    from types import SimpleNamespace
+
+    from training.config import TrainConfig
+    from training.loop import training_record
+
+    splits = SimpleNamespace(train=[0] * 3, val=[0], test=[0], split_record={"train": {"cases": ["a", "b"]}})
+    for asked in ("auto", "0.5"):
+        cfg = TrainConfig(task="cls", data="D", out="R", threshold=asked)
+        assert training_record(cfg, 0, splits)["threshold_requested"] == asked

@@ -330,7 +330,7 @@ def distill(args, log=print) -> Path:
     from fetaliqa_core.models.segmenter import LABEL_ABDOMEN
     from fetaliqa_core.models.student import StudentModel
     from fetaliqa_core.preprocess import normalise_grey
-    from training.dataset import read_cases, split_cases
+    from training.dataset import case_digest, read_cases, split_cases
 
     if (args.epochs < 1 or args.batch_size < 1 or args.frames_per_case < 2 or not args.lr > 0
             or args.decoder_width < 1 or (args.threads is not None and args.threads < 1)):
@@ -420,8 +420,14 @@ def distill(args, log=print) -> Path:
     metrics = {"held_out_vs_teacher": agree, "held_out_cases": len(held), "train_frames": int(n),
                "teacher_seconds": round(teacher_s, 1),
                "train_seconds": round(earlier_s + time.perf_counter() - t1, 1),  # a resumed run's too
-               "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "data": str(args.data),
-               "frames_per_case": args.frames_per_case, "mined": bool(mine), "seed": args.seed}
+               "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+               "data": str(Path(args.data).expanduser().resolve()),  # as train and eval record it
+               "frames_per_case": args.frames_per_case, "mined": bool(mine), "seed": args.seed,
+               # the teachers' number format decides what the student copied (bf16 and fp32
+               # teachers gave students differing in 183 of 210 tensors)
+               "teacher_precision": models.precision, "precision_requested": args.precision,
+               # as train records them, so that eval notes the cases the student learnt from
+               "train_cases": sorted(case_digest(c.uuid) for c in train_cases)}
     from fetaliqa_core.models.bundle import read_manifest
     from fetaliqa_core.models.choice import bundle_part
 

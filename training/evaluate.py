@@ -33,7 +33,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from fetaliqa_core import paths
+from fetaliqa_core import __version__, paths
 from fetaliqa_core.errors import FetalIQAError, UsageError
 from fetaliqa_core.files import atomic_write, csv_writer, write_json
 
@@ -164,13 +164,15 @@ def _training_record(models) -> dict:
 def _trained_cases(models) -> set[str] | None:
     """The cases the loaded bundles were trained on (their manifests' ``train_cases`` digests,
     together); None when one of them does not record them (a bundle from before they were recorded,
-    a distilled student): which cases it saw cannot be told from today's dataset, which may have
+    a student distilled before they were recorded): which cases it saw cannot be told from today's dataset, which may have
     gained or lost cases since and so be split otherwise."""
     digests: set[str] = set()
     for m in (models.cls, models.seg):
         if m is None:
             continue
         rec = m.manifest.metrics.get("training") if isinstance(m.manifest.metrics, dict) else None
+        if rec is None and m.manifest.is_student:  # a distilled student records them beside its metrics
+            rec = m.manifest.metrics
         cases = rec.get("train_cases") if isinstance(rec, dict) else None
         if not isinstance(cases, list) or not all(isinstance(d, str) for d in cases):
             return None
@@ -358,7 +360,9 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
             k: {"p_cls": t.cls, "p_seg": t.seg} if k == "cls+seg" else {t.score: t.value}
             for k, t in view_thresholds.items() if k in names},
         "challenge_rows": {k: ROW_LABELS[k] for k in names},
-        "device": models.device,
+        # what ran (after "auto") and which release: bf16 and fp32 give other numbers (on the demo
+        # pair, classifier F1 0.4103 against 0.4000), and metrics.json said neither
+        "device": models.device, "precision": models.precision, "app_version": __version__,
         "presets": {k: _preset(getattr(models, k)) for k in ("cls", "seg") if getattr(models, k) is not None},
         "bundles": {k: str(Path(getattr(settings, k)).expanduser().resolve()) for k in ("cls", "seg")
                     if getattr(settings, k) is not None},
@@ -576,8 +580,12 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
     """The printed tables: per-frame metrics (optionally beside the paper's) and challenge metrics.
     ``also``: the metrics of other bundles on the same cases (e.g. trained with ``--preset paper``),
     printed beside the first's (per-frame rows, intervals, frame-choice rows) labelled with their preset."""
+    # where and how it ran: the same bundles give other numbers in bf16 and in fp32
+    ran = [f"{metrics.get('device') or '?'} {metrics['precision']}"] if metrics.get("precision") else []
+    ran += [f"FetalIQA {metrics['app_version']}"] if metrics.get("app_version") else []
     lines = [f"{metrics['split']} split: {metrics['n_cases']} cases, {metrics['n_frames']} frames "
-             f"({metrics['n_positive']} positive), sweeps: {'all' if metrics['all_sweeps'] else 'with an AC value'}",
+             f"({metrics['n_positive']} positive), sweeps: {'all' if metrics['all_sweeps'] else 'with an AC value'}"
+             + (f" ({', '.join(ran)})" if ran else ""),
              ""]
     header = (f"{'per-frame':<32}{'accuracy':>10}{'F1':>10}{'precision':>10}{'recall':>10}{'specificity':>12}"
               f"{'Dice':>10}")

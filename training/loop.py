@@ -325,4 +325,5 @@ def training_record(cfg: TrainConfig, seed: int, splits: Splits, precision: str 
             "preset": cfg.preset, "lora_targets": cfg.lora_targets, "split_method": cfg.split_method,
             "offline_copies": cfg.offline_copies, "augment_recipe": cfg.augment_recipe, "pre_resize": cfg.pre_resize,
             "precision": precision, "precision_requested": cfg.precision,
+            "threshold_requested": cfg.threshold,  # "auto": the manifest's threshold is the validation split's best F1
             "train_cases": sorted(case_digest(u) for u in splits.split_record.get("train", {}).get("cases", []))}

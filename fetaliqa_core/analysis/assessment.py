@@ -525,6 +525,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
                        f"segmenter mask shaped like an abdomen's outline): chosen on {alone} alone")
         if results.n_done < sweep.n_frames:  # a cascade's teacher, or a run not finished: say of which frames
             choice_note += f" (of the {results.n_done} of {sweep.n_frames} frames these models scored)"
+    if prov.get("student_note"):  # a cascade's student of other models: what the teacher never saw
+        choice_note = "; ".join(t for t in (choice_note, str(prov["student_note"])) if t)
     summary = CaseSummary(
         path=str(sweep.path) if getattr(sweep, "path", None) else "",
         content_hash=str(getattr(sweep, "content_hash", "")),
@@ -662,7 +664,18 @@ def _why_no_ac(results, frame: int) -> str:
 def _why_no_frame(flags: FrameFlags, choice, start: int, stop: int) -> str:
     """Why a sweep has no chosen frame, in the words ``score`` and the viewer use. A frame is
     chosen where the models' calls meet a mask that outlines an abdomen (frame_choice.choose):
-    frames above a threshold can still miss one or the other."""
+    frames above a threshold can still miss one or the other. Where the models scored part of the
+    sweep (a cascade's teacher, a run not finished) the reason says of how many frames: "no frame
+    reaches the threshold" was read as true of frames the teacher never saw."""
+    why = _why_none_scored(flags, choice, start, stop)
+    n_scored = int((flags.scored_cls[start:stop] | flags.scored_seg[start:stop]).sum())
+    if 0 < n_scored < stop - start:
+        why += f" (of the {n_scored} of {stop - start} frames these models scored)"
+    return why
+
+
+def _why_none_scored(flags: FrameFlags, choice, start: int, stop: int) -> str:
+    """:func:`_why_no_frame` of the frames scored."""
     sl = slice(start, stop)
     if not (flags.scored_cls[sl] | flags.scored_seg[sl]).any():
         return "no frame scored"

@@ -164,6 +164,16 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     return assessment.summary.to_json()
 
 
+def _say_student_note(models) -> None:
+    """Says once, before scoring, that a cascade's student learnt from other models than its
+    teacher (summary.json's choice_note says it too)."""
+    from fetaliqa_core.models.choice import foreign_student_note
+
+    note = foreign_student_note(getattr(models, "student", None), models.cls, models.seg)
+    if note:
+        print(f"fetaliqa: note: {shown(note)}", file=sys.stderr, flush=True)
+
+
 def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, position: str, extra) -> dict:
     """Student on every frame, then the chosen models on its candidate runs; the assessment is
     made on the latter's results only. ``cascade.json`` lists the frames they confirmed."""
@@ -369,6 +379,7 @@ def run(args, report=None) -> int:
         sweep = fio.load_sweep(path).in_memory()  # a bad input is reported before seconds of model loading
         base_out = _results_folder(base_out, path, sweep, given=args.out is not None)
         models = choice_mod.load_models(choice)
+        _say_student_note(models)
         try:
             summary = score_one(path, base_out, models, args, sweep=sweep)
         except KeyboardInterrupt:
@@ -469,6 +480,7 @@ def _score_member(k: int, member: Path, out: Path, n_members: int, box: dict, ch
         return 1
     if box["models"] is None:
         box["models"] = choice_mod.load_models(choice)
+        _say_student_note(box["models"])
     try:
         summary = score_one(member, out, box["models"], args, position=f"[{k}/{n_members}] ", sweep=sweep)
         _print_summary(summary, out)

@@ -240,6 +240,28 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def canonical_safetensors_header(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata's keys sorted, so that the same
+    tensors give the same bytes (and the manifest the same ``files`` SHA-256) in every process:
+    safetensors writes the metadata in an order that changes from one process to the next.
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON, then the data. The JSON keeps
+    its length (the same keys and values, reordered), padded with spaces as safetensors pads it,
+    so N and every data offset stay as written."""
+    import struct
+
+    with open(path, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+        if isinstance(header.get("__metadata__"), dict):
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > n:  # never: the same content, as compact as written
+            raise FetalIQAError(f"{path}: its header could not be written in a fixed order")
+        fh.seek(8)
+        fh.write(text + b" " * (n - len(text)))
+
+
 def save_bundle(model: AnyModel, out_dir: str | Path, manifest: BundleManifest) -> Path:
     """Write ``model``'s trained tensors and ``manifest`` into ``out_dir`` (created).
 
@@ -268,6 +290,7 @@ def save_bundle(model: AnyModel, out_dir: str | Path, manifest: BundleManifest) 
         with atomic_path(target) as tmp:
             save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(tmp),
                       metadata={"format": "pt", "fetaliqa_bundle": str(FORMAT_VERSION)})
+            canonical_safetensors_header(tmp)
             normal_file_permissions(tmp)  # (0600 as written: colleagues could not load the bundle)
         files[name] = _sha256_file(target)
     manifest.files = files

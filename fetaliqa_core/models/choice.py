@@ -31,17 +31,49 @@ class ModelChoice:
     def describe(self) -> str:
         if self.model == "demo-student":
             return "demo student (distilled from the demo model, trained on synthetic sweeps)"
+        student = f"student {_student_name(self.student)}" if self.student else "the demo student"
         if self.model == "demo" and not (self.cls or self.seg):
             text = "demo model (tiny, trained on synthetic sweeps)"
-            return text + (", cascade after the demo student" if self.cascade else "")
-        parts = []
-        if self.cls:
-            parts.append(f"classifier {Path(self.cls).name}")
-        if self.seg:
-            parts.append(f"segmenter {Path(self.seg).name}")
+            return text + (f", cascade after {student}" if self.cascade else "")
+        alone = _student_alone(self.cls, self.seg)
+        if alone:  # a student given as both models is one small network, not a classifier and a segmenter
+            parts = [alone]
+        else:
+            parts = []
+            if self.cls:
+                parts.append(f"classifier {Path(self.cls).name}")
+            if self.seg:
+                parts.append(f"segmenter {Path(self.seg).name}")
         if self.cascade:
-            parts.append(f"cascade after student {Path(self.student).name if self.student else '(demo)'}")
+            parts.append(f"cascade after {student}")
         return ", ".join(parts)
+
+
+def _student_name(folder) -> str:
+    """A student bundle's name for people: its run folder (``distill --out RUN`` writes
+    RUN/bundle, so "bundle" alone would name every student alike)."""
+    path = Path(folder)
+    return (path.parent.name if path.name == "bundle" and path.parent.name else path.name) or str(folder)
+
+
+def _student_alone(cls, seg) -> str:
+    """"student NAME (its backbone)" when ``cls`` and ``seg`` are one distilled student bundle
+    (read from its manifest), else "": it was labelled "classifier bundle, segmenter bundle" like
+    a teacher pair."""
+    from fetaliqa_core.models.bundle import read_manifest
+
+    try:
+        if not cls or not seg or Path(cls).resolve() != Path(seg).resolve():
+            return ""
+        manifest = read_manifest(Path(cls))
+    except (FetalIQAError, OSError, ValueError):
+        return ""  # loading says what is wrong
+    if not manifest.is_student:
+        return ""
+    spec = manifest.student if isinstance(manifest.student, dict) else {}
+    backbone = spec.get("backbone")
+    what = f"{backbone}, distilled" if isinstance(backbone, str) and backbone else "distilled"
+    return f"student {_student_name(cls)} ({what})"
 
 
 @dataclass
@@ -267,6 +299,35 @@ def _taught_by_demo(manifest) -> bool:
                for key in ("cls_bundle_sha256", "seg_bundle_sha256"))
 
 
+def foreign_student_note(student, cls, seg) -> str:
+    """One line when a cascade's student was not distilled from the teacher it runs before (the
+    teacher bundles its manifest records differ from those given, or it records none), else "".
+    The teacher re-scores only the runs the student flags: a student of other models misses
+    frames this teacher would call, and nothing there is ever checked (one such case chose no
+    frame where the teacher alone chose frame 79). The cascade still runs: it may be meant."""
+    if student is None:
+        return ""
+    info = getattr(getattr(student, "manifest", None), "student", None)
+    recorded = info.get("teacher") if isinstance(info, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    given = {key: bundle_part(model, role)[1] for key, role, model in
+             (("cls", "classifier", cls), ("seg", "segmenter", seg)) if model is not None}
+    # students distilled before each role's own bundle was recorded name a classifier and a
+    # segmenter sharing one base by the pair's hash (models/shared.py; the demo student does)
+    pair = (hashlib.sha256((given["cls"] + given["seg"]).encode()).hexdigest()
+            if isinstance(given.get("cls"), str) and isinstance(given.get("seg"), str) else None)
+    differ = [role for key, role in (("cls", "classifier"), ("seg", "segmenter"))
+              if key in given and recorded.get(f"{key}_bundle_sha256") not in (given[key], pair)]
+    if not differ:
+        return ""
+    name = Path(getattr(student, "path", "") or "student").name
+    name = Path(student.path).parent.name if name == "bundle" and getattr(student, "path", None) else name
+    why = ("its manifest records no teacher" if not any(recorded.get(f"{k}_bundle_sha256") for k in ("cls", "seg"))
+           else f"not the {' and '.join(differ)} given")
+    return (f"the student {name} was distilled from other models ({why}): the teacher re-scores only the frames "
+            "this student calls, so frames it misses are never checked")
+
+
 def part_is_demo(model, role: str) -> bool:
     """The bundle playing ``role`` in a loaded model is a demonstration model (each bundle of a
     pair on one base on its own, as :func:`provenance` does)."""
@@ -356,9 +417,13 @@ def provenance(models) -> dict:
         bundles.append(_bundle_entry("student (cascade)", getattr(student, "path", None),
                                      getattr(student, "bundle_hash", None),
                                      _taught_by_demo(getattr(student, "manifest", None)) or on_demo_base(student)))
+    student_note = foreign_student_note(student, getattr(models, "cls", None), getattr(models, "seg", None))
     # the base weights the models ran on (the SHA-256 of the file; "random:<seed>" for a random
     # base; none for a student, which has a tower of its own): a bundle's hash does not name them
     first = next((m for m in (getattr(models, "cls", None), getattr(models, "seg", None)) if m is not None), None)
-    base_hash = getattr(getattr(first, "base", None), "sha256", None)
+    student_alone = bool(getattr(getattr(first, "manifest", None), "is_student", False))
+    # (a student's loaded base info names its teacher's base, which it never loads)
+    base_hash = None if student_alone else getattr(getattr(first, "base", None), "sha256", None)
     return {"app_version": __version__, "bundles": bundles, "base_sha256": base_hash, "demo": demo,
-            "random_base": random_base, "notice": DEMO_NOTICE if demo else RANDOM_BASE_NOTICE if random_base else ""}
+            "random_base": random_base, "notice": DEMO_NOTICE if demo else RANDOM_BASE_NOTICE if random_base else "",
+            "student_note": student_note}
