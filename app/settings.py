@@ -211,13 +211,15 @@ class AppSettings:
                     # window opened meanwhile leads it), then the rest of this window's; what this window
                     # took off stays off (another's newest were pushed off the end by this one's old)
                     dropped = set(was) - set(value)
-                    opened = [p for p in value if p not in was]
+                    mine = self.__dict__.get("_opened", ())
+                    opened = [p for p in value if p not in was or p in mine]
                     ahead = opened + [p for p in merged[name] if p not in opened and p not in dropped]
                     merged[name] = (ahead + [p for p in value if p not in ahead])[:MAX_RECENT]
                 else:
                     merged[name] = value
             write_json(self.path(), merged)
             self._mark_saved(now)
+            self.__dict__["_opened"] = []
         except OSError as exc:  # settings are a convenience: never fail the app, but say so
             from fetaliqa_core.paths import os_error_cause
 
@@ -243,4 +245,6 @@ class AppSettings:
     def add_recent(self, path: str | Path) -> None:
         p = str(Path(path).expanduser().resolve())
         self.recent_files = [p] + [r for r in self.recent_files if r != p]
+        # (opened again here: it leads the list a save merges, as a file new to the list does)
+        self.__dict__.setdefault("_opened", []).insert(0, p)
         del self.recent_files[MAX_RECENT:]

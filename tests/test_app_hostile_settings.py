@@ -218,3 +218,19 @@ def test_a_settings_file_damaged_before_a_save_is_said_and_the_window_told_once(
     s.opacity = 0.5
     first, again = s.save(), s.save()
     assert "could not be saved" in first and first == again and told == [why, first]
+
+
+def test_a_file_opened_again_moves_to_the_top_of_the_saved_recent_files(tmp_path):
+    """Merging on save kept a file opened again where the file on disk had it: the list read
+    [c, b, a] after a was opened again (the window showed [a, c, b])."""
+    a, b, c = (str((tmp_path / f"{n}.mha").resolve()) for n in "abc")
+    start = AppSettings.load()
+    start.recent_files = [c, b, a]
+    start.save()
+    one, two = AppSettings.load(), AppSettings.load()
+    one.add_recent(a)
+    one.save()
+    assert AppSettings.load().recent_files == [a, c, b]
+    two.add_recent(b)  # another window, loaded before, opens b again
+    two.save()
+    assert AppSettings.load().recent_files == [b, a, c]
