@@ -17,6 +17,11 @@ os.environ.setdefault("FETALIQA_PRECISION", "fp32")
 def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("fetaliqa_home")
     monkeypatch.setenv("FETALIQA_HOME", str(home))
+    from fetaliqa_core import paths
+
+    # what cannot be written is said once per process: each test is a fresh process's worth
+    monkeypatch.setattr(paths, "_warned", set())
+    monkeypatch.setattr(paths, "_not_writable", [])
     return home
 
 
