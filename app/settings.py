@@ -198,8 +198,10 @@ class AppSettings:
             if disk._keep_file:
                 return self._said(f"the settings file {self.path()} was damaged since this window read it and "
                                   "cannot be set aside: nothing was saved to it")
-            merged = asdict(disk)
-            for name, value in now.items():
+            # a file damaged since: set aside, and this window's settings written whole (merged onto
+            # the defaults it starts from, what the window had loaded was lost with it)
+            merged = asdict(disk) if disk.aside is None else dict(now)
+            for name, value in (now.items() if disk.aside is None else ()):
                 was = self._saved.get(name)
                 if value == was:
                     continue

@@ -205,6 +205,9 @@ def test_a_settings_file_damaged_before_a_save_is_said_and_the_window_told_once(
     returned "" as if nothing had happened); a save that failed on a timer or a menu's change was
     said nowhere. Both are said, and the window's reporter is told each reason once."""
     told = []
+    start = AppSettings.load()
+    start.recent_files, start.thresholds = ["/tmp/a.mha", "/tmp/b.mha"], {"models-a": 0.9}
+    start.save()
     s = AppSettings.load()
     s.report = told.append
     s.opacity = 0.6
@@ -212,7 +215,9 @@ def test_a_settings_file_damaged_before_a_save_is_said_and_the_window_told_once(
     AppSettings.path().write_text("{damaged", encoding="utf-8")
     why = s.save()
     assert "set aside as" in why and told == [why]
-    assert AppSettings.load().opacity == 0.6
+    saved = AppSettings.load()  # this window's settings whole, not only what it changed
+    assert saved.opacity == 0.6 and saved.recent_files == ["/tmp/a.mha", "/tmp/b.mha"]
+    assert saved.thresholds == {"models-a": 0.9}
     AppSettings.path().unlink()
     AppSettings.path().mkdir()  # a folder where the file goes: cannot be written
     s.opacity = 0.5
