@@ -281,7 +281,11 @@ def ask_spacing(win, value: float | tuple[float, float] | str | None = None) -> 
         if not ok:
             return False
     try:
-        m.set_spacing(parse_spacing(value) if isinstance(value, str) else value)
+        given = parse_spacing(value) if isinstance(value, str) else value
+        pair = (given, given) if isinstance(given, (int, float)) else tuple(given)
+        if m.sweep.spacing_known and all(abs(float(a) - float(b)) <= 1e-9 for a, b in zip(pair, m.sweep.spacing_mm)):
+            return False  # the size it has, kept: still the file's own, not one set here
+        m.set_spacing(given)
     except FetalIQAError as exc:
         QMessageBox.warning(win, "Pixel spacing", str(exc))
         return False

@@ -63,9 +63,10 @@ def test_set_pixel_spacing_keeps_pixels_that_are_not_square(qtbot, window, monke
     monkeypatch.setattr(QInputDialog, "getText", staticmethod(keep_what_is_offered))
     monkeypatch.setattr(QInputDialog, "getDouble", staticmethod(  # (a dialog of one number offers one)
         lambda parent, title, label, value, *a, **k: keep_what_is_offered(parent, title, label, text=value)))
-    assert window_tools.ask_spacing(window) is True
+    assert window_tools.ask_spacing(window) is False  # kept as it is: nothing set, still the file's own
     assert "0.3 x 0.4 mm (width x height)" in seen["label"] and seen["text"] == "0.3x0.4"
     assert window.model.sweep.spacing_mm == pytest.approx((0.4, 0.3))
+    assert window.model.sweep.spacing_source == SPACING_FROM_US_REGION
     # one value would make them square: refused (asking for both); two are taken, width x height
     assert window_tools.ask_spacing(window, 0.3) is False
     assert window.model.sweep.spacing_mm == pytest.approx((0.4, 0.3))

@@ -144,7 +144,7 @@ def given_spacing(value: float | tuple[float, float], stated: tuple[float, float
     shape = stated if stated is not None else aspect
     if isinstance(value, (int, float)) and shape is not None and not is_square(shape):
         if stated is not None:
-            said = f"{spacing_text(stated)}, {stated_source}"
+            said = f"{spacing_text(stated)}, {'given before' if stated_source == SPACING_FROM_USER else stated_source}"
             example = f"{stated[1]:g}x{stated[0]:g}"
         else:
             said = f"its Pixel Aspect Ratio says {_ratio_text(aspect)}"
