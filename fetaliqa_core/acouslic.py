@@ -230,29 +230,38 @@ def _inside_smooth_surround(frames: np.ndarray, peak: np.ndarray, high: float) -
     return region
 
 
-#: A fan's or a probe's rectangle's outline turns sharply where its sides meet (this many degrees
-#: at least, at two corners or more of its convex hull drawn with :data:`FAN_OUTLINE_TOLERANCE` of
-#: its perimeter: 56-102 on the fans of three generators and ACOUSLIC's); a body's does not (26-42
-#: on ellipses of axis ratio 0.44-1): a body in smooth fluid filling the frame is no field of view.
-FAN_CORNER_DEGREES = 50.0
-FAN_OUTLINE_TOLERANCE = 0.01
+#: A fan's or a probe's rectangle's outline has straight sides inside the image: at least two
+#: stretches of its convex hull, each :data:`FAN_SIDE_SHARE` of its perimeter or more, straight to
+#: :data:`FAN_OUTLINE_TOLERANCE` of it (fans of three generators and ACOUSLIC's: 0.12-0.32; a
+#: sector's sides run from one edge of the image to another). A body's outline curves everywhere
+#: (ellipses of axis ratio 0.44-1: at most 0.085; 0.3: 0.10), and where the image's edge cuts it, that
+#: straight stretch lies along the border: a body in smooth fluid filling the frame is no fan.
+FAN_SIDE_SHARE = 0.105
+FAN_OUTLINE_TOLERANCE = 0.003
+#: A stretch whose two ends lie this close (px) to one side of the image runs along that side.
+FAN_BORDER_PX = 3
 
 
 def _fan_shaped(region: np.ndarray) -> bool:
-    """Whether ``region``'s convex hull has two corners or more (:data:`FAN_CORNER_DEGREES`)."""
+    """Whether ``region``'s convex hull has two straight sides or more off the image's border."""
     import cv2
 
     points = cv2.findNonZero(region.astype(np.uint8))
     if points is None or len(points) < 3:
         return False
     hull = cv2.convexHull(points)
-    poly = cv2.approxPolyDP(hull, FAN_OUTLINE_TOLERANCE * cv2.arcLength(hull, True), True)[:, 0, :].astype(float)
-    if len(poly) < 3:
+    perimeter = cv2.arcLength(hull, True)
+    poly = cv2.approxPolyDP(hull, FAN_OUTLINE_TOLERANCE * perimeter, True)[:, 0, :].astype(float)
+    if len(poly) < 3 or perimeter <= 0:
         return False
-    step = np.roll(poly, -1, axis=0) - poly
-    heading = np.arctan2(step[:, 1], step[:, 0])
-    turn = np.degrees(np.abs((np.roll(heading, -1) - heading + np.pi) % (2 * np.pi) - np.pi))
-    return int((turn >= FAN_CORNER_DEGREES).sum()) >= 2
+    ends = np.roll(poly, -1, axis=0)
+    long = np.hypot(*(ends - poly).T) >= FAN_SIDE_SHARE * perimeter
+    h, w = region.shape
+    b = FAN_BORDER_PX
+    along = np.zeros(len(poly), bool)
+    for coord, limit in ((0, 0), (0, w - 1), (1, 0), (1, h - 1)):
+        along |= (np.abs(poly[:, coord] - limit) <= b) & (np.abs(ends[:, coord] - limit) <= b)
+    return int((long & ~along).sum()) >= 2
 
 
 def _region_above(peak: np.ndarray, level: float) -> np.ndarray:
