@@ -285,6 +285,13 @@ def test_a_name_that_is_not_utf8_is_printed_escaped_where_the_terminal_takes_onl
     out.write("bad\udcff.mha  failed\n")
     out.flush()
     assert raw.getvalue() == b"bad\\xff.mha  failed\n"
+    # a stream in another encoding (PYTHONIOENCODING=ascii): a valid name it cannot show ended the
+    # run in a traceback from this very fallback
+    raw = io.BytesIO()
+    out = _ClosedPipeTolerant(io.TextIOWrapper(raw, encoding="ascii", errors="strict"))
+    out.write("\u4e2d\u6587\u00e9.mha  failed\n")
+    out.flush()
+    assert raw.getvalue() == b"\\u4e2d\\u6587\\xe9.mha  failed\n"
 
 
 def test_a_link_that_loops_as_a_bundle_or_an_archive_results_folder_gives_one_line(case, tiny_bundle_dirs,
