@@ -754,6 +754,28 @@ def test_a_table_fetaliqa_did_not_write_is_refused_not_replaced(archive_dir, tmp
         assert first.name in (out / table).read_text()
 
 
+def test_a_table_is_told_ours_by_its_first_fields_not_its_first_bytes(tmp_path):
+    """A table of the user's starting "file,sweep,kindness" was taken for FetalIQA's and replaced,
+    FetalIQA's own re-saved with a byte-order mark was refused as the user's, and a folder named
+    summary.csv was called "a file FetalIQA did not write"."""
+    from fetaliqa_core.cli.score import TABLE_COLUMNS
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.export import refuse_foreign_table
+
+    table = tmp_path / "summary.csv"
+    head = ",".join(TABLE_COLUMNS[:3])
+    for text in (head + ",more\n", "\ufeff" + head + "\r\n", ",".join(f'"{c}"' for c in TABLE_COLUMNS[:3]) + "\n"):
+        table.write_text(text, encoding="utf-8")
+        refuse_foreign_table(table, TABLE_COLUMNS)  # ours
+    table.write_text(head.replace(TABLE_COLUMNS[2], TABLE_COLUMNS[2] + "ness") + ",notes\n", encoding="utf-8")
+    with pytest.raises(FetalIQAError, match="did not write"):
+        refuse_foreign_table(table, TABLE_COLUMNS)
+    table.unlink()
+    table.mkdir()
+    with pytest.raises(FetalIQAError, match="is a folder where"):
+        refuse_foreign_table(table, TABLE_COLUMNS)
+
+
 def test_many_files_failing_alike_are_counted_not_each_listed_and_count_in_the_throughput(archive_dir, tmp_path,
                                                                                           capsys):
     """100,000 empty files printed 100,000 failure lines, and the throughput counted only the one
