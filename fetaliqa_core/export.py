@@ -264,17 +264,26 @@ def refuse_foreign_table(path: Path, columns: Sequence[str]) -> None:
     """Before a folder or an archive is scored: its table (``summary.csv``, ``cases.csv``) is
     written into the output folder, replacing a file of that name; one FetalIQA did not write (a
     table of the user's own, a link, anything else) was replaced without a word, as
-    :func:`earlier_results` refuses for one sweep's files. A table of ours starts with its first
-    columns (later versions may add columns at its end)."""
+    :func:`earlier_results` refuses for one sweep's files. A table of ours has its first columns
+    as its first row's first fields (later versions may add columns at its end; a spreadsheet
+    that saved it again may have added a byte-order mark or quotes): comparing bytes took a table
+    of the user's starting "file,sweep,kindness" for ours, and ours re-saved with a mark for one
+    of the user's."""
+    import csv
+
     if not path.is_symlink() and not path.exists():
         return
-    ours = ",".join(columns[:3]).encode()
+    if path.is_dir() and not path.is_symlink():
+        raise FetalIQAError(f"{path} is a folder where the results' table goes; nothing was written. Move it away, "
+                            "or choose another output folder (--out).")
     try:
         if not path.is_symlink() and path.is_file():
             with open(path, "rb") as fh:
-                if fh.read(len(ours)) == ours:
-                    return
-    except OSError:
+                head = fh.read(64 * 1024).decode("utf-8", errors="replace").removeprefix("\ufeff")
+            first = next(csv.reader(_io.StringIO(head.splitlines()[0] if head else "")), [])
+            if [field.strip() for field in first[:3]] == list(columns[:3]):
+                return
+    except (OSError, csv.Error):
         pass
     raise FetalIQAError(f"{path.parent} holds {path.name} that FetalIQA did not write; the results would replace "
                         "it. Choose another output folder (--out), or move it away.")

@@ -65,11 +65,14 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
 
 def refuse_link_to_nothing(out: Path) -> None:
-    """Refuses a results folder that is a link to nothing (its target missing, or a loop back to
-    itself): resolving such a path raised "Symlink loop" in a traceback."""
-    if out.is_symlink() and not out.exists():
-        raise FetalIQAError(f"{out} is a link to nothing ({os.readlink(out)}): choose a folder for the results, "
-                            "or remove the link.")
+    """Refuses a results folder that is, or lies inside, a link to nothing (its target missing, or
+    a loop back to itself): resolving such a path raised "Symlink loop" in a traceback, and making
+    a folder under it said "a file of that name exists"."""
+    out = Path(out).expanduser()
+    for link in (out, *out.parents):
+        if link.is_symlink() and not link.exists():
+            raise FetalIQAError(f"{link} is a link to nothing ({os.readlink(link)}): choose a folder for the "
+                                "results, or remove the link.")
 
 
 def atomic_write(path: str | Path, data: bytes | str, encoding: str = "utf-8") -> Path:

@@ -754,11 +754,33 @@ def test_a_table_fetaliqa_did_not_write_is_refused_not_replaced(archive_dir, tmp
         assert first.name in (out / table).read_text()
 
 
+def test_a_table_is_told_ours_by_its_first_fields_not_its_first_bytes(tmp_path):
+    """A table of the user's starting "file,sweep,kindness" was taken for FetalIQA's and replaced,
+    FetalIQA's own re-saved with a byte-order mark was refused as the user's, and a folder named
+    summary.csv was called "a file FetalIQA did not write"."""
+    from fetaliqa_core.cli.score import TABLE_COLUMNS
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.export import refuse_foreign_table
+
+    table = tmp_path / "summary.csv"
+    head = ",".join(TABLE_COLUMNS[:3])
+    for text in (head + ",more\n", "\ufeff" + head + "\r\n", ",".join(f'"{c}"' for c in TABLE_COLUMNS[:3]) + "\n"):
+        table.write_text(text, encoding="utf-8")
+        refuse_foreign_table(table, TABLE_COLUMNS)  # ours
+    table.write_text(head.replace(TABLE_COLUMNS[2], TABLE_COLUMNS[2] + "ness") + ",notes\n", encoding="utf-8")
+    with pytest.raises(FetalIQAError, match="did not write"):
+        refuse_foreign_table(table, TABLE_COLUMNS)
+    table.unlink()
+    table.mkdir()
+    with pytest.raises(FetalIQAError, match="is a folder where"):
+        refuse_foreign_table(table, TABLE_COLUMNS)
+
+
 def test_many_files_failing_alike_are_counted_not_each_listed_and_count_in_the_throughput(archive_dir, tmp_path,
                                                                                           capsys):
     """100,000 empty files printed 100,000 failure lines, and the throughput counted only the one
     good case ("0.003 cases/s (1 cases in 313.5 s)"): the first failures of a kind are listed, the
-    rest counted in one line; the throughput counts failed cases, saying how many."""
+    rest counted in one line; the throughput is of the cases scored, the failed ones said apart."""
     listed, extra = 20, 3
     first = sorted(archive_dir.iterdir())[0]
     folder = tmp_path / "in"
@@ -772,5 +794,9 @@ def test_many_files_failing_alike_are_counted_not_each_listed_and_count_in_the_t
     assert captured.err.count(": failed: ") == listed
     assert f"{extra} more case(s) failed the same way (the file is empty" in captured.err
     failed = listed + extra
-    assert f"({failed + 1} cases, {failed} of them failed, in " in captured.out
+    # the rate is of the case scored (the failures, instant, made it "174 cases/s" for one case)
+    line = next(t for t in captured.out.splitlines() if t.startswith("throughput: "))
+    assert f"(1 cases scored, and {failed} failed, in " in line
+    rate, seconds = float(line.split()[1]), float(line.split(" in ")[1].split()[0])
+    assert abs(rate * seconds - 1) <= rate * 0.05 + 0.01  # one case over the time shown (to 0.1 s)
     assert sum(r["status"] == "failed" for r in _table(out)) == failed

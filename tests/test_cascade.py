@@ -264,6 +264,22 @@ def test_cascade_says_when_its_student_learnt_from_other_models(cls_hash, seg_ha
         assert note in summary.choice_note
 
 
+def test_a_student_of_a_pair_with_one_teacher_given_is_not_said_to_be_of_other_models():
+    """A student recording its teachers as the pair's hash (the demo student does) was said to be
+    "distilled from other models" when only its classifier was given: the pair's hash cannot be
+    formed from one teacher, so the note says it cannot be checked; a different pair is still
+    named as other models."""
+    from fetaliqa_core.models.choice import foreign_student_note
+
+    student = _student_of("pair-hash", "pair-hash")
+    for given in ({"cls": FakeModel("cls"), "seg": None}, {"cls": None, "seg": FakeModel("seg")}):
+        note = foreign_student_note(student, **given)
+        assert "other models" not in note and "cannot be checked" in note
+        assert note.count("student") == 1 and "student st " in note
+    assert "other models" in foreign_student_note(student, FakeModel("cls"), FakeModel("seg"))
+    assert "other models" in foreign_student_note(_student_of("other-cls", "fake-seg"), FakeModel("cls"), None)
+
+
 def test_no_frame_reason_says_of_how_many_frames_the_models_scored():
     """In a cascade the teacher scores a few runs: "no frame reaches the threshold" is said of
     those frames, not of the sweep."""
@@ -298,6 +314,9 @@ def test_model_label_names_the_student_given(tmp_path):
     teacher = paths.resources_dir() / "demo" / "cls"
     assert ModelChoice(model=None, cls=teacher, cascade=True, student=own).describe() == \
         "classifier cls, cascade after student st_own"
+    named = tmp_path / "st_named" / "student"  # was "cascade after student student"
+    assert ModelChoice(model=None, cls=teacher, cascade=True, student=named).describe() == \
+        "classifier cls, cascade after student st_named"
 
 
 def test_the_demo_student_is_not_said_to_be_of_other_models():

@@ -285,6 +285,13 @@ def test_a_name_that_is_not_utf8_is_printed_escaped_where_the_terminal_takes_onl
     out.write("bad\udcff.mha  failed\n")
     out.flush()
     assert raw.getvalue() == b"bad\\xff.mha  failed\n"
+    # a stream in another encoding (PYTHONIOENCODING=ascii): a valid name it cannot show ended the
+    # run in a traceback from this very fallback
+    raw = io.BytesIO()
+    out = _ClosedPipeTolerant(io.TextIOWrapper(raw, encoding="ascii", errors="strict"))
+    out.write("\u4e2d\u6587\u00e9.mha  failed\n")
+    out.flush()
+    assert raw.getvalue() == b"\\u4e2d\\u6587\\xe9.mha  failed\n"
 
 
 def test_a_link_that_loops_as_a_bundle_or_an_archive_results_folder_gives_one_line(case, tiny_bundle_dirs,
@@ -304,6 +311,21 @@ def test_a_link_that_loops_as_a_bundle_or_an_archive_results_folder_gives_one_li
     assert main(["score", str(folder), "--archive", "--out", str(loop), "--quiet"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "link to nothing" in err and str(loop) in err, err
+
+
+def test_a_results_folder_inside_a_link_that_loops_gives_one_line(case, tmp_path, capsys):
+    """--out under a link that leads back to itself: the archive ended in "RuntimeError: Symlink
+    loop", a sweep or a folder of sweeps said "a file of that name exists"; each names the link."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    folder = tmp_path / "sweeps"
+    folder.mkdir()
+    (folder / case.name).write_bytes(case.read_bytes())
+    for args in ([str(case), "--out", str(loop / "sub")], [str(folder), "--archive", "--out", str(loop / "sub")],
+                 [str(folder), "--out", str(loop)], [str(folder), "--out", str(loop / "sub")]):
+        assert main(["score", *args, "--quiet"]) != 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{loop} is a link to nothing" in err, (args, err)
 
 
 def test_a_full_disk_names_the_folder_being_written(case, tiny_bundle_dirs, tmp_path, monkeypatch, capsys):

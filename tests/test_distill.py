@@ -97,7 +97,19 @@ def test_distill_end_to_end_and_score_loads_the_student(tmp_path, tiny_data, tin
     # epoch 1's order: the resumed student agreed with its teacher on 14 % of held-out flags, 41 % uninterrupted)
     whole = tmp_path / "whole"
     monkeypatch.chdir(tiny_data.parent)  # --data as typed, relative: recorded as the folder it named
+    # teachers that record their training cases: the student records them too (it copies their
+    # outputs there, so eval notes them as its own)
+    import shutil
+
+    recorded = {}
+    for key in ("cls", "seg"):
+        recorded[key] = shutil.copytree(tiny_bundle_dirs[key], tmp_path / f"teacher_{key}")
+        teacher_manifest = json.loads((recorded[key] / "manifest.json").read_text())
+        teacher_manifest.setdefault("metrics", {})["training"] = {"train_cases": [f"digest-{key}"]}
+        (recorded[key] / "manifest.json").write_text(json.dumps(teacher_manifest))
     relative = [tiny_data.name if a == str(tiny_data) else a for a in argv]
+    relative = [str(recorded["cls"]) if a == str(tiny_bundle_dirs["cls"]) else
+                str(recorded["seg"]) if a == str(tiny_bundle_dirs["seg"]) else a for a in relative]
     assert main([*relative[:argv.index("--out") + 1], str(whole), *relative[argv.index("--out") + 2:]]) == 0
     monkeypatch.chdir(tmp_path)
     whole_metrics = read_manifest(whole / "bundle").metrics
@@ -120,7 +132,12 @@ def test_distill_end_to_end_and_score_loads_the_student(tmp_path, tiny_data, tin
     trained = {case_digest(c.uuid) for c in split_cases(read_cases(tiny_data))["train"]}
     assert manifest.metrics["train_cases"] == sorted(trained) and trained
     student = SimpleNamespace(manifest=manifest)
-    assert _trained_cases(SimpleNamespace(cls=student, seg=student)) == trained
+    # teachers that do not record their cases: which cases the student copied cannot be checked
+    assert manifest.metrics["teacher_train_cases"] is None
+    assert _trained_cases(SimpleNamespace(cls=student, seg=student)) is None
+    assert whole_metrics["teacher_train_cases"] == ["digest-cls", "digest-seg"]
+    student = SimpleNamespace(manifest=read_manifest(whole / "bundle"))
+    assert _trained_cases(SimpleNamespace(cls=student, seg=student)) == trained | {"digest-cls", "digest-seg"}
     # an ordinary bundle: `score` loads it as a joint bundle, unchanged
     sweep = next((tiny_data / "images" / "stacked_fetal_ultrasound").glob("*.mha"))
     from fetaliqa_core.cli import main as cli_main

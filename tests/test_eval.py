@@ -271,6 +271,26 @@ def test_the_cases_a_bundle_trained_on_are_those_its_manifest_records(tiny_data,
     assert "cannot be checked" in capsys.readouterr().err
 
 
+def test_a_students_trained_cases_include_its_teachers():
+    """A distilled student copies its teachers' outputs on their training cases, so its numbers
+    there are flattered too: eval said nothing when a student was evaluated on them. Its teachers'
+    cases count as its own; a student that does not record them cannot be checked."""
+    from types import SimpleNamespace
+
+    from training.dataset import case_digest
+    from training.evaluate import _trained_cases
+
+    def student(**metrics):
+        manifest = SimpleNamespace(is_student=True, metrics=metrics, student={"teacher": {}})
+        model = SimpleNamespace(manifest=manifest)
+        return SimpleNamespace(cls=model, seg=model)
+
+    own, taught = case_digest("case-A"), case_digest("case-B")
+    assert _trained_cases(student(train_cases=[own], teacher_train_cases=[taught])) == {own, taught}
+    assert _trained_cases(student(train_cases=[own])) is None
+    assert _trained_cases(student(train_cases=[own], teacher_train_cases=None)) is None
+
+
 def test_reference_acs_that_disagree_with_the_annotation_are_said(tiny_data, bundles, tmp_path, capsys):
     """An AC written a column off (on a sweep without annotation, its annotated sweep left blank)
     scored the case NAE_AC 1, or rewarded a frame of the wrong sweep, without a word, and counted

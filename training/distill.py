@@ -433,15 +433,23 @@ def distill(args, log=print) -> Path:
 
     # Each teacher's own bundle: a classifier and segmenter sharing one base load as one model
     # whose hash covers both and whose description joins both.
+    from training.evaluate import manifest_train_cases
+
     teacher = {}
+    # the teachers' own training cases: the student copies their outputs there, so eval notes
+    # them as it does the student's (None when a teacher does not record them)
+    taught: set[str] | None = set()
     for key, lm, role in (("cls", cls_lm, "classifier"), ("seg", seg_lm, "segmenter")):
         folder, digest = bundle_part(lm, role)
         try:
-            described = read_manifest(folder).description if folder is not None else lm.manifest.description
+            own = read_manifest(folder) if folder is not None else lm.manifest
         except FetalIQAError:
-            described = lm.manifest.description
+            own = lm.manifest
+        cases = manifest_train_cases(own)
+        taught = None if taught is None or cases is None else taught | cases
         teacher[f"{key}_bundle_sha256"] = digest
-        teacher[key] = described[:200]
+        teacher[key] = own.description[:200]
+    metrics["teacher_train_cases"] = None if taught is None else sorted(taught)
     description = args.description or (
         f"student ({args.student} + light decoder) distilled by fetaliqa distill from {Path(args.cls).name} and "
         f"{Path(args.seg).name}")

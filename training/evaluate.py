@@ -170,14 +170,31 @@ def _trained_cases(models) -> set[str] | None:
     for m in (models.cls, models.seg):
         if m is None:
             continue
-        rec = m.manifest.metrics.get("training") if isinstance(m.manifest.metrics, dict) else None
-        if rec is None and m.manifest.is_student:  # a distilled student records them beside its metrics
-            rec = m.manifest.metrics
-        cases = rec.get("train_cases") if isinstance(rec, dict) else None
-        if not isinstance(cases, list) or not all(isinstance(d, str) for d in cases):
+        cases = manifest_train_cases(m.manifest)
+        if cases is None:
             return None
         digests.update(cases)
     return digests
+
+
+def manifest_train_cases(manifest) -> set[str] | None:
+    """The case digests one bundle's manifest records it was trained on, or None when it does not
+    record them. A distilled student copies its teachers' outputs on their own training cases,
+    so its numbers there are flattered too: its teachers' cases count as its own, and a student
+    that does not record them (distilled before they were recorded) cannot be checked."""
+    metrics = manifest.metrics if isinstance(manifest.metrics, dict) else {}
+    rec = metrics.get("training")
+    if rec is None and manifest.is_student:  # a distilled student records them beside its metrics
+        rec = metrics
+    cases = rec.get("train_cases") if isinstance(rec, dict) else None
+    if not isinstance(cases, list) or not all(isinstance(d, str) for d in cases):
+        return None
+    if rec is metrics and manifest.is_student:
+        teachers = metrics.get("teacher_train_cases")
+        if not isinstance(teachers, list) or not all(isinstance(d, str) for d in teachers):
+            return None
+        return set(cases) | set(teachers)
+    return set(cases)
 
 
 def training_overlap_note(metrics: dict, whose: str = "these bundles") -> str | None:

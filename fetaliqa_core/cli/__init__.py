@@ -149,8 +149,8 @@ class _ClosedPipeTolerant:
     """The program's stdout, which stops writing (instead of failing the command) once the program
     reading it has gone (`fetaliqa eval ... | head -2`): the command finishes its work and its
     files; 'Broken pipe; check the path and try again' was printed, and a folder's sweeps were
-    recorded as failed. A file name that is not UTF-8 is printed escaped where the stream takes
-    only UTF-8 (it ended a folder's run in a traceback after all its sweeps were scored)."""
+    recorded as failed. A file name that is not UTF-8, or a character the stream's encoding lacks,
+    is printed escaped (it ended a folder's run in a traceback after all its sweeps were scored)."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
@@ -164,7 +164,12 @@ class _ClosedPipeTolerant:
                 except UnicodeEncodeError:
                     from fetaliqa_core.files import plain_text
 
-                    return self._stream.write(plain_text(text))
+                    # plain_text escapes only what is not UTF-8; a stream in another encoding
+                    # (PYTHONIOENCODING=ascii, a Latin-1 terminal) failed again on a valid "é"
+                    encoding = getattr(self._stream, "encoding", None) or "utf-8"
+                    shown = plain_text(text).encode(encoding, "backslashreplace").decode(encoding)
+                    self._stream.write(shown)
+                    return len(text)
             except BrokenPipeError:
                 self._closed = True
         return len(text)

@@ -269,6 +269,9 @@ def another_run(folder: Path) -> FetalIQAError:
 def check_out_folder(out: Path, option: str = "--out") -> None:
     """Refuse an output folder that cannot be one, before anything is loaded (``option``: the
     option that named it, for the message)."""
+    from fetaliqa_core.files import refuse_link_to_nothing
+
+    refuse_link_to_nothing(out)  # a link that loops, there or above: "a file of that name exists" misled
     if out.exists() and not out.is_dir():
         raise FetalIQAError(f"{option} {out} is an existing file; give a folder for the results (it is created "
                             "if needed).")

@@ -51,9 +51,10 @@ class ModelChoice:
 
 def _student_name(folder) -> str:
     """A student bundle's name for people: its run folder (``distill --out RUN`` writes
-    RUN/bundle, so "bundle" alone would name every student alike)."""
+    RUN/bundle, so "bundle" alone would name every student alike; a folder named "student" was
+    labelled "student student")."""
     path = Path(folder)
-    return (path.parent.name if path.name == "bundle" and path.parent.name else path.name) or str(folder)
+    return (path.parent.name if path.name in ("bundle", "student") and path.parent.name else path.name) or str(folder)
 
 
 def _student_alone(cls, seg) -> str:
@@ -320,8 +321,13 @@ def foreign_student_note(student, cls, seg) -> str:
               if key in given and recorded.get(f"{key}_bundle_sha256") not in (given[key], pair)]
     if not differ:
         return ""
-    name = Path(getattr(student, "path", "") or "student").name
-    name = Path(student.path).parent.name if name == "bundle" and getattr(student, "path", None) else name
+    name = _student_name(getattr(student, "path", None) or "student")
+    recorded_pair = recorded.get("cls_bundle_sha256")
+    if pair is None and isinstance(recorded_pair, str) and recorded_pair == recorded.get("seg_bundle_sha256"):
+        # it records both teachers as the hash of the pair, which one teacher alone cannot form:
+        # "other models" would be said of its own teacher (the demo student with the demo classifier)
+        return (f"whether the student {name} was distilled from the {differ[0]} given cannot be checked: "
+                "it records its two teachers as one pair, and only one was given")
     why = ("its manifest records no teacher" if not any(recorded.get(f"{k}_bundle_sha256") for k in ("cls", "seg"))
            else f"not the {' and '.join(differ)} given")
     return (f"the student {name} was distilled from other models ({why}): the teacher re-scores only the frames "
