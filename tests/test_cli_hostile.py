@@ -301,7 +301,9 @@ def test_a_link_that_loops_as_a_bundle_or_an_archive_results_folder_gives_one_li
     cls, seg = tiny_bundle_dirs["cls"], tiny_bundle_dirs["seg"]
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
-    for option in (["--cls", str(loop), "--seg", str(seg)], ["--cls", str(cls), "--seg", str(loop)]):
+    demo = Path(__file__).resolve().parents[1] / "resources" / "demo"
+    for option in (["--cls", str(loop), "--seg", str(seg)], ["--cls", str(cls), "--seg", str(loop)],
+                   ["--cls", str(demo / "cls"), "--seg", str(demo / "seg"), "--base", str(loop)]):  # ("does not exist")
         assert main(["score", str(case), *option, "--out", str(tmp_path / "out"), "--quiet"]) != 0
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "leads back to itself" in err and str(loop) in err, err

@@ -590,7 +590,9 @@ def base_for(manifest: BundleManifest, config: dict, base_weights, choice: Devic
                                 f"{manifest.base_sha256[:12]}...): pass --base FetalCLIP_weights.pt")
         weights = Path(base_weights).expanduser()
         if not weights.is_file():
-            what = "is not a regular file (a folder, pipe or device)" if weights.exists() else "does not exist"
+            what = ("is not a regular file (a folder, pipe or device)" if weights.exists() else
+                    "is a link to nothing readable (its target is missing, or the link leads back to itself)"
+                    if weights.is_symlink() else "does not exist")
             raise FetalIQAError(f"base weights file {weights} {what}; give the path of FetalCLIP_weights.pt")
         size = weights.stat().st_size
         if size > MAX_BASE_WEIGHTS_BYTES:  # hashing it alone would take minutes
