@@ -509,7 +509,10 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         80 frames scored") lagged the progress bar's "25 / 80 frames" until then. Only the words
         change here (no flags are recomputed)."""
         old = self._answer_count
-        if not old or self.model.partial_count() is None:
+        part = self.model.partial_count()
+        if not old or part is None:
+            return
+        if part[2] and not part[1]:  # the teacher's pass begins: no count of its yet ("0 of 0"): at the refresh
             return
         new = self._count_words(self._answer_count_form)
         if new != old:

@@ -950,3 +950,19 @@ def test_a_cache_or_settings_folder_that_cannot_be_written_is_said_in_the_window
     win.close()
     err = capsys.readouterr().err
     assert "fetaliqa: the settings could not be saved to" in err and "not kept for next time" in err
+
+
+def test_the_answer_s_count_never_reads_0_of_0_as_the_teacher_s_pass_begins(qtbot, make_window, monkeypatch):
+    """Between a cascade's student and the teacher's first batch the count was rewritten in place to
+    "none passes in the 0 of 0 candidate frames the teacher re-scored": it is left for the next
+    refresh (which says the teacher is still to check them), and follows the teacher from its first
+    batch on."""
+    win = make_window(score=False)
+    win._answer_count_form, win._answer_count = "long", " the 80 of 80 frames scored"
+    win.status_ac.setText("AC – (none passes in the 80 of 80 frames scored)")
+    monkeypatch.setattr(win.model, "partial_count", lambda: (0, 0, True))
+    win._update_answer_count()
+    assert "0 of 0" not in win.status_ac.text()
+    monkeypatch.setattr(win.model, "partial_count", lambda: (9, 31, True))
+    win._update_answer_count()
+    assert win.status_ac.text() == "AC – (none passes in the 9 of 31 candidate frames the teacher re-scored)"
