@@ -1008,3 +1008,23 @@ def test_a_whole_abdomen_behind_a_thin_layer_of_fluid_follows_an_edge():
         grey = np.clip(base + speckle, 0, 255).astype(np.float32)
         shape = fc.mask_shape((rho < 1.0).astype(np.uint8), fov, 0.6, grey=grey)
         assert shape.plausible and shape.off_edge == "", shape.reason
+
+
+def test_a_blank_or_dim_sweep_without_a_frame_says_so():
+    """A black sweep (the probe off the skin) and one recorded at a low gain (brightest grey ~30)
+    got the same words as any sweep without a frame: nothing said why none could pass."""
+    from dataclasses import replace as dc_replace
+
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+
+    sweep, res = _scored_case(np.zeros((S, S), np.uint8))
+    res.p_cls[10] = 0.1
+    bright = sweep.frames.copy()
+    bright[:, :20] = 180  # tissue as bright as a sweep's
+    why = {}
+    for name, frames in (("bright", bright), ("blank", np.zeros_like(bright)), ("dim", bright // 4)):
+        a = assess(dc_replace(sweep, frames=frames), res, Thresholds(value=0.5, model=0.5))
+        why[name] = a.summary.sweeps[0].ac_note
+    assert "blank" not in why["bright"] and "dim" not in why["bright"]
+    assert why["blank"].endswith("(its frames are blank: nothing but black)")
+    assert "its frames are dim: their brightest grey is about 45 of 255" in why["dim"]

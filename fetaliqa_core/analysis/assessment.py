@@ -493,7 +493,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         r = read_ac(None if m is None else m.ac_mm, spacing_problem, _mask_problem(choice, frame),
                     _disagreement(p_cls, thresholds, frame, flags), doubt_of_models)
         if frame < 0:
-            r = replace(r, note=_why_no_frame(flags, choice, start, stop))
+            why = _why_no_frame(flags, choice, start, stop)
+            r = replace(r, note=why if why == "no frame scored" else why + _dim_frames(sweep, start, stop))
         elif m is None:
             r = replace(r, note=_why_no_ac(results, frame))
         sweeps.append(SweepSummary(
@@ -701,6 +702,30 @@ def _why_none_scored(flags: FrameFlags, choice, start: int, stop: int) -> str:
         return ("no frame reaches the classifier's threshold" +
                 (" and no mask is shaped like an abdomen's outline" if plaus is not None else ""))
     return "no frame above threshold" if plaus is None else "no frame has a mask shaped like an abdomen's outline"
+
+
+#: A sweep whose brightest grey (99th percentile over a few of its frames) is at most this is blank:
+#: the probe off the skin, or a recording of nothing.
+BLANK_GREY = 8
+#: ... and at most this, dim: the gain turned low (the models learnt from images whose tissue
+#: reaches 150-255; sweeps of four generators reach 68 and more, a low-gain one 30).
+DIM_GREY = 50
+
+
+def _dim_frames(sweep, start: int, stop: int) -> str:
+    """Words to add to why a sweep has no frame when its frames are blank or dim (a low-gain sweep
+    and a black one got the same words as any other: nothing said why no frame could pass)."""
+    try:
+        picks = np.unique(np.linspace(start, stop - 1, 8).astype(int))
+        top = float(np.percentile(np.asarray(sweep.frames[picks]), 99))
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return ""
+    if top <= BLANK_GREY:
+        return " (its frames are blank: nothing but black)"
+    if top <= DIM_GREY and np.asarray(sweep.frames[start:start + 1]).dtype == np.uint8:
+        return (f" (its frames are dim: their brightest grey is about {top:.0f} of 255; a sweep recorded at a "
+                "low gain shows too little for the models)")
+    return ""
 
 
 def _why_no_case_frame(sweeps: list[SweepSummary]) -> str:
