@@ -1026,5 +1026,5 @@ def test_a_blank_or_dim_sweep_without_a_frame_says_so():
         a = assess(dc_replace(sweep, frames=frames), res, Thresholds(value=0.5, model=0.5))
         why[name] = a.summary.sweeps[0].ac_note
     assert "blank" not in why["bright"] and "dim" not in why["bright"]
-    assert why["blank"].endswith("(its frames are blank: nothing but black)")
+    assert why["blank"].endswith("; its frames are blank: nothing but black")
     assert "its frames are dim: their brightest grey is about 45 of 255" in why["dim"]

@@ -721,9 +721,9 @@ def _dim_frames(sweep, start: int, stop: int) -> str:
     except (TypeError, ValueError, IndexError, AttributeError):
         return ""
     if top <= BLANK_GREY:
-        return " (its frames are blank: nothing but black)"
+        return "; its frames are blank: nothing but black"
     if top <= DIM_GREY and np.asarray(sweep.frames[start:start + 1]).dtype == np.uint8:
-        return (f" (its frames are dim: their brightest grey is about {top:.0f} of 255; a sweep recorded at a "
+        return (f"; its frames are dim: their brightest grey is about {top:.0f} of 255 (a sweep recorded at a "
                 "low gain shows too little for the models)")
     return ""
 
