@@ -315,6 +315,17 @@ def test_a_link_that_loops_as_a_bundle_or_an_archive_results_folder_gives_one_li
     assert err.count("\n") == 1 and "link to nothing" in err and str(loop) in err, err
 
 
+def test_a_model_choice_naming_a_link_that_loops_is_described_without_a_traceback(tmp_path):
+    """The label of a choice whose classifier and segmenter are one folder compared the two paths
+    resolved, and a link that loops raised "Symlink loop" there (the status bar's label is made
+    before any model loads): the paths are compared as the loading compares them."""
+    from fetaliqa_core.models.choice import ModelChoice
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert ModelChoice(model=None, cls=loop, seg=loop).describe() == "classifier loop, segmenter loop"
+
+
 def test_a_results_folder_inside_a_link_that_loops_gives_one_line(case, tmp_path, capsys):
     """--out under a link that leads back to itself: the archive ended in "RuntimeError: Symlink
     loop", a sweep or a folder of sweeps said "a file of that name exists"; each names the link."""

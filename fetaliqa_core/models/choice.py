@@ -64,7 +64,7 @@ def _student_alone(cls, seg) -> str:
     from fetaliqa_core.models.bundle import read_manifest
 
     try:
-        if not cls or not seg or Path(cls).resolve() != Path(seg).resolve():
+        if not cls or not seg or not _same_path(Path(cls), Path(seg)):
             return ""
         manifest = read_manifest(Path(cls))
     except (FetalIQAError, OSError, ValueError):
