@@ -89,6 +89,8 @@ class AppSettings:
 
     def __post_init__(self) -> None:
         self._mark_saved(_defaults())  # made, not loaded: what differs from the defaults is its own
+        self._opened: list[str] = []  # recent files this window opened since its last save, newest first
+        self._told: set[str] = set()  # reasons already given to :attr:`report`
 
     def _mark_saved(self, values: dict | None = None) -> None:
         """What the file holds as far as this object knows (as loaded, or as last saved): a save
@@ -200,28 +202,9 @@ class AppSettings:
                                   "cannot be set aside: nothing was saved to it")
             # a file damaged since: set aside, and this window's settings written whole (merged onto
             # the defaults it starts from, what the window had loaded was lost with it)
-            merged = asdict(disk) if disk.aside is None else dict(now)
-            for name, value in (now.items() if disk.aside is None else ()):
-                was = self._saved.get(name)
-                if value == was:
-                    continue
-                if isinstance(value, dict) and isinstance(was, dict):  # per key: this window's keys
-                    keep = {k: v for k, v in merged[name].items() if k in value or k not in was}
-                    merged[name] = {**keep, **{k: v for k, v in value.items() if was.get(k) != v}}
-                elif name == "recent_files" and isinstance(was, list):
-                    # what this window opened since, then the file's list as it is now (what another
-                    # window opened meanwhile leads it), then the rest of this window's; what this window
-                    # took off stays off (another's newest were pushed off the end by this one's old)
-                    dropped = set(was) - set(value)
-                    mine = self.__dict__.get("_opened", ())
-                    opened = [p for p in value if p not in was or p in mine]
-                    ahead = opened + [p for p in merged[name] if p not in opened and p not in dropped]
-                    merged[name] = (ahead + [p for p in value if p not in ahead])[:MAX_RECENT]
-                else:
-                    merged[name] = value
-            write_json(self.path(), merged)
+            write_json(self.path(), now if disk.aside is not None else self._merged_over(asdict(disk), now))
             self._mark_saved(now)
-            self.__dict__["_opened"] = []
+            self._opened = []
         except OSError as exc:  # settings are a convenience: never fail the app, but say so
             from fetaliqa_core.paths import os_error_cause
 
@@ -233,14 +216,35 @@ class AppSettings:
                               "saved in it is in that file)")
         return ""
 
+    def _merged_over(self, merged: dict, now: dict) -> dict:
+        """The settings on disk (``merged``, changed in place) with what this object changed since
+        it loaded or last saved them (``now``: its values)."""
+        for name, value in now.items():
+            was = self._saved.get(name)
+            if value == was:
+                continue
+            if isinstance(value, dict) and isinstance(was, dict):  # per key: this window's keys
+                keep = {k: v for k, v in merged[name].items() if k in value or k not in was}
+                merged[name] = {**keep, **{k: v for k, v in value.items() if was.get(k) != v}}
+            elif name == "recent_files" and isinstance(was, list):
+                # what this window opened since, then the file's list as it is now (what another
+                # window opened meanwhile leads it), then the rest of this window's; what this window
+                # took off stays off (another's newest were pushed off the end by this one's old)
+                dropped = set(was) - set(value)
+                opened = [p for p in value if p not in was or p in self._opened]
+                ahead = opened + [p for p in merged[name] if p not in opened and p not in dropped]
+                merged[name] = (ahead + [p for p in value if p not in ahead])[:MAX_RECENT]
+            else:
+                merged[name] = value
+        return merged
+
     #: Called with why the settings could not be saved (or what was set aside), once per reason: the
     #: window shows it (a save on a timer, or on a menu's change, said nothing). None: not called.
     report = None
 
     def _said(self, why: str) -> str:
-        told = self.__dict__.setdefault("_told", set())
-        if why and why not in told and callable(self.report):
-            told.add(why)
+        if why and why not in self._told and callable(self.report):
+            self._told.add(why)
             self.report(why)
         return why
 
@@ -248,5 +252,5 @@ class AppSettings:
         p = str(Path(path).expanduser().resolve())
         self.recent_files = [p] + [r for r in self.recent_files if r != p]
         # (opened again here: it leads the list a save merges, as a file new to the list does)
-        self.__dict__.setdefault("_opened", []).insert(0, p)
+        self._opened.insert(0, p)
         del self.recent_files[MAX_RECENT:]
