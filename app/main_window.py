@@ -59,11 +59,12 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.settings.report = lambda why: self.notify(f"Settings: {why}.", 15000)
         s = self.settings
         if choice is None:
-            cascade = dict(cascade=s.cascade, student=Path(s.student_bundle) if s.cascade and s.student_bundle else None)
-            choice = (ModelChoice(model="demo", device=s.device, **cascade) if s.model == "demo" else ModelChoice(
+            kept = dict(cascade=s.cascade, student=Path(s.student_bundle) if s.cascade and s.student_bundle else None,
+                        device=s.device, precision=None if s.precision == "auto" else s.precision)
+            choice = (ModelChoice(model="demo", **kept) if s.model == "demo" else ModelChoice(
                 model=None, cls=Path(s.cls_bundle) if s.cls_bundle else None,
                 seg=Path(s.seg_bundle) if s.seg_bundle else None,
-                base=Path(s.base_weights) if s.base_weights else None, device=s.device, **cascade))
+                base=Path(s.base_weights) if s.base_weights else None, **kept))
         self.choice = choice
         self.models = None  # models.choice.LoadedModels once loaded
         self._models_for = None  # the ModelChoice self.models was loaded for
@@ -340,7 +341,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if TASKS[task].has_seg:
             seg = Path(bundle)
         base_path = Path(base) if base else (cur.base if keep else None)
-        self.set_model_choice(ModelChoice(model=None, cls=cls, seg=seg, base=base_path, device=cur.device))
+        self.set_model_choice(ModelChoice(model=None, cls=cls, seg=seg, base=base_path, device=cur.device,
+                                          precision=cur.precision))
         self.notify(f"Using the trained {task} bundle {Path(bundle).name}.", 8000)
         return True
 
@@ -360,6 +362,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         s.seg_bundle = str(choice.seg or "")
         s.base_weights = str(choice.base or "")
         s.device = choice.device
+        s.precision = choice.precision or "auto"
         s.cascade = bool(choice.cascade)
         s.student_bundle = str(choice.student or "") if choice.cascade else ""
         s.save()

@@ -1,6 +1,6 @@
 """The app's remembered settings: a small JSON file in ``paths.config_dir()``.
 
-Recent files, window geometry and dock layout, the chosen models, cascade and device, the reviewer's
+Recent files, window geometry and dock layout, the chosen models, cascade, device and precision, the reviewer's
 name, overlay opacity and cine speed. A missing or damaged file gives the defaults (the app
 must open whatever is on disk); a damaged one is first set aside beside it, never overwritten, and
 the window says so (:attr:`AppSettings.problem`). Writes are atomic, and write only what this
@@ -24,7 +24,7 @@ MAX_RECENT = 10
 
 MAX_SETTINGS_BYTES = 1 << 20
 _RANGES = {"opacity": (0.0, 1.0), "fps": (1.0, 120.0)}
-_CHOICES = {"model": ("demo", "custom"), "device": ("auto", "cpu", "cuda", "mps")}
+_CHOICES = {"model": ("demo", "custom"), "device": ("auto", "cpu", "cuda", "mps"), "precision": ("auto", "bf16", "fp32")}
 
 
 def _plain_text(value: object, limit: int = 4096) -> bool:
@@ -73,6 +73,7 @@ class AppSettings:
     seg_bundle: str = ""
     base_weights: str = ""
     device: str = "auto"
+    precision: str = "auto"  # "auto" (the device's choice), or one forced in Models...
     cascade: bool = False  # a student scores every frame first, the models above re-score its candidates
     student_bundle: str = ""  # the cascade's student (empty: the demo student)
     reviewer: str = ""

@@ -928,6 +928,31 @@ def test_the_cascade_chosen_is_remembered_for_the_next_window(qtbot, tmp_path):
     assert AppSettings.load().cascade is False and not AppSettings.load().student_bundle
 
 
+def test_the_precision_chosen_is_remembered_like_the_device(qtbot, tmp_path, monkeypatch):
+    """Models... remembered the device but not the precision beside it: fp32 forced (to match a colleague's
+    fp32 results on a bf16 CPU) was back to auto in the next window, and the same sweep could then get
+    another answer. A bundle trained in the window keeps the precision too."""
+    from fetaliqa_core.models.choice import ModelChoice
+
+    win = MainWindow(settings=AppSettings.load())
+    qtbot.addWidget(win)
+    win.set_model_choice(ModelChoice(model="demo", device="cpu", precision="fp32"))
+    nxt = MainWindow(settings=AppSettings.load())
+    qtbot.addWidget(nxt)
+    assert nxt.choice == ModelChoice(model="demo", device="cpu", precision="fp32")
+    assert nxt.choice.precision == "fp32"
+    import types
+
+    import fetaliqa_core.models.bundle as bundle_mod
+
+    monkeypatch.setattr(bundle_mod, "read_manifest", lambda path: types.SimpleNamespace(task="cls"))
+    assert nxt.load_trained_bundle(str(tmp_path / "run"))
+    assert nxt.choice.cls == tmp_path / "run" and nxt.choice.precision == "fp32"
+    assert AppSettings.load().precision == "fp32"
+    nxt.set_model_choice(ModelChoice(model="demo", device="cpu"))
+    assert AppSettings.load().precision == "auto" and MainWindow(settings=AppSettings.load()).choice.precision is None
+
+
 def test_a_cache_or_settings_folder_that_cannot_be_written_is_said_in_the_window(qtbot, make_window, capsys,
                                                                                  _isolated_home):
     """A results cache that cannot be written was said on stderr only, the window saying "All 60
