@@ -1716,6 +1716,24 @@ def test_an_8_bit_sweep_stored_wider_keeps_its_grey_levels(tmp_path, scale, dtyp
     assert np.abs(a - b).max() <= 1
 
 
+@pytest.mark.parametrize("offset, scale", [(-2048, 16), (-12000, 97)])
+def test_signed_frames_below_zero_are_not_cut_to_black(tmp_path, offset, scale):
+    """A sweep stored as signed integers centred on 0 (a signed 12-bit DICOM, an int16 NIfTI or
+    MetaImage) was shown over the 0-based depth 0-4095 or 0-65535: every value below 0 black, the
+    fan's tissue gone, and the models chose another frame. It is windowed as the README says."""
+    rng = np.random.default_rng(4)
+    eight = np.clip(rng.gamma(2.0, 16.0, (4, 60, 80)), 0, 255).astype(np.uint8)
+    eight[:, 30, 20:40] = 230
+    eight[:, :, :10] = 0
+    signed = (eight.astype(np.int32) * scale + offset).astype(np.int16)
+    assert signed.min() < 0 and np.count_nonzero(signed < 0) > signed.size // 2
+    sitk.WriteImage(sitk.GetImageFromArray(signed), str(tmp_path / "signed.mha"))
+    frames = np.asarray(load_sweep(tmp_path / "signed.mha").frames, dtype=float)
+    tissue = eight > 0
+    assert np.count_nonzero(frames[tissue] == 0) < 0.02 * np.count_nonzero(tissue)
+    assert np.corrcoef(frames.ravel(), eight.ravel().astype(float))[0, 1] > 0.95  # (0.79 cut to black)
+
+
 def test_a_folder_scored_into_itself_never_writes_into_a_series_folder(tmp_path, capsys):
     """`score FOLDER --out FOLDER`: the results of a DICOM series went into the series folder."""
     from fetaliqa_core.cli import main

@@ -222,14 +222,16 @@ def _bit_depth_range(dtype: np.dtype, content: np.ndarray, mx: float) -> float |
     """The top of the bit depth (12, 14 or 16 bits) of integer frames that look like grey levels
     of that depth (an 8-bit sweep stored as 12 or 16 bits: x16, x257, shifted): their black is
     black (their minimum in the bottom 1/256 of the depth) and at least :data:`BIT_DEPTH_SHARE` of
-    their pixels lie in its upper three quarters. They are shown linearly over the depth, so
+    their pixels lie in its upper three quarters (and none is below 0: signed frames centred on 0
+    mapped so lost every negative value to black). They are shown linearly over the depth, so
     that the same sweep in another depth gives the same grey levels (a percentile window
     stretched them, and the models then answered differently). Not judged on a high
     percentile: an ultrasound frame is mostly dark, its bright echoes few. None otherwise."""
     if not np.issubdtype(dtype, np.integer) or mx <= 255 or content.size == 0:
         return None
     top = next((float((1 << b) - 1) for b in (12, 14, 16) if mx <= (1 << b) - 1), None)
-    if top is None or float(content.min()) > top / 256:
+    mn = float(content.min())
+    if top is None or mn > top / 256 or mn < 0:  # signed values below 0 span no depth from black
         return None
     if np.count_nonzero(content >= top / 4) < BIT_DEPTH_SHARE * content.size:
         return None
