@@ -1127,6 +1127,59 @@ def test_a_tiff_scaled_in_imagej_keeps_its_calibration(tmp_path, unit, per_unit,
         assert expected in sweep.spacing_problem if expected else "printing resolution" in sweep.spacing_problem
 
 
+def _plain_tiff(path, frames, photometric=1, depth=None, mask=False):
+    """An uncompressed little-endian 8-bit TIFF, one page per frame, or all frames on one page with
+    SGI's ImageDepth (tag 32997) as tifffile writes a volume; white is 0 where ``photometric`` is 0."""
+    import struct
+
+    n, h, w = frames.shape
+    pages = [frames.reshape(1, n * h, w)[0]] if depth else list(frames)
+    out = bytearray(b"II*\x00" + struct.pack("<I", 0))
+    link = 4
+    for page in pages:
+        data = (255 - page if photometric == 0 and not mask else page).astype(np.uint8).tobytes()
+        at = len(out)
+        out += data
+        tags = [(256, 3, w), (257, 3, h), (258, 3, 8), (259, 3, 1), (262, 3, photometric), (273, 4, at),
+                (277, 3, 1), (278, 3, h * (n if depth else 1)), (279, 4, len(data))]
+        if depth:
+            tags.append((32997, 4, n))
+        if len(out) % 2:
+            out += b"\x00"
+        struct.pack_into("<I", out, link, len(out))
+        out += struct.pack("<H", len(tags))
+        for tag, kind, value in tags:
+            out += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        link = len(out)
+        out += struct.pack("<I", 0)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_a_tiff_storing_white_as_zero_is_read_the_right_way_round(tmp_path):
+    """A MinIsWhite TIFF (PhotometricInterpretation 0) was read as stored: the sweep's negative,
+    its black fan white, and `score` chose no frame where the same TIFF stored MinIsBlack chose one.
+    It reads as picture viewers show it, with a note; a mask's labels are never inverted."""
+    from fetaliqa_core.io import load_mask
+
+    grey = _grey(n=3).astype(np.uint8)
+    plain = load_sweep(_plain_tiff(tmp_path / "plain.tif", grey))
+    white = load_sweep(_plain_tiff(tmp_path / "white.tif", grey, photometric=0))
+    assert np.array_equal(np.asarray(white.frames), np.asarray(plain.frames))
+    assert any("MinIsWhite" in note for note in white.read_notes)
+    labels = np.zeros_like(grey)
+    labels[:, 10:20, 10:30] = 1
+    mask = load_mask(_plain_tiff(tmp_path / "mask.tif", labels, photometric=0, mask=True))
+    assert np.array_equal(np.asarray(mask), labels)
+
+
+def test_a_volumetric_tiff_is_refused_not_read_as_its_first_frame(tmp_path):
+    """tifffile's ``volumetric=True`` puts every frame on one page (ImageDepth): the image library
+    read the first frame alone and a 3-frame sweep was scored as one without a word."""
+    with pytest.raises(FetalIQAError, match="volumetric TIFF: its page holds 3 frames"):
+        load_sweep(_plain_tiff(tmp_path / "volume.tif", _grey(n=3).astype(np.uint8), depth=True))
+
+
 def test_an_imagej_stack_on_one_page_is_refused_not_read_as_one_frame(tmp_path):
     """ImageJ writes a large stack as one page followed by the other frames ("images=3"): the image
     library read its first frame alone, and a 3-frame sweep was scored as one without a word."""

@@ -344,6 +344,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _refuse_damaged_tiff(path)
     tiff = _tiff_pages(path)  # (the image library reads on past a smaller page, printing to the terminal)
     _refuse_imagej_one_page_stack(path, tiff)
+    _refuse_volumetric_tiff(path, tiff)
     pages = tiff.layouts
     is_tiff = _picture_kind(path) == "TIFF"  # (the TIFF library's complaints are kept quiet while it reads)
     odd_matrix = _nifti_orientation_not_finite(_nifti_head(path))  # (ITK prints a matrix dump for it)
@@ -428,7 +429,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     is_dicom = _looks_like_dicom(path, reader)
     scale, unit_note = _nrrd_spacing_units(nrrd)
     raw = _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None,
-                          spacing_scale=scale, spacing_unit_note=unit_note, pages=tiff)
+                          spacing_scale=scale, spacing_unit_note=unit_note, pages=tiff, grey=what == "sweep")
     damage = [line for line in jpeg_said or () if line.startswith(("Corrupt JPEG data", "Premature end"))]
     if damage:  # (the decoder's own line went to stdout, where `score --json` writes its one line)
         raw.notes.append(f"the JPEG's data is damaged in places (its decoder: '{damage[0][:80]}'): parts of the "
@@ -438,7 +439,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
 
 def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None,
                     spacing_scale: tuple[float, float] = (1.0, 1.0), spacing_unit_note: str = "",
-                    pages: _TiffPages | None = None) -> Raw:
+                    pages: _TiffPages | None = None, grey: bool = True) -> Raw:
+    """``grey``: the pixels are grey levels (a sweep), not labels (a mask: never inverted)."""
     import SimpleITK as sitk
 
     components = int(image.GetNumberOfComponentsPerPixel())
@@ -480,6 +482,10 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                 spacing_mm, source, note = calibrated, SPACING_FROM_IMAGEJ, ""
             elif why:
                 note = why
+            if kind == "TIFF" and pages.photometric == 0 and grey:
+                arr = _white_is_zero(arr, components, pages, path)
+                notes.append("the TIFF stores white as 0 (MinIsWhite): its grey levels are turned the right way "
+                             "round, as picture viewers show them")
             orientation = _exif_orientation(path, pages)
             if orientation in _EXIF_ORIENTATIONS:
                 left = _TIFF_READER_LEAVES.get(orientation, 1) if kind == "TIFF" else orientation
@@ -758,6 +764,9 @@ class _TiffPages(NamedTuple):
     imagej: dict[str, str] | None
     resolution: tuple[Any, Any] = (None, None)
     orientation: int = 1
+    photometric: int | None = None  # the first page's PhotometricInterpretation (0: white is 0)
+    bits: int | None = None  # its BitsPerSample (the first sample's)
+    depth: int = 1  # its ImageDepth (SGI's tag 32997: several frames on one page)
 
 
 def _tiff_pages(path: Path) -> _TiffPages:
@@ -776,15 +785,53 @@ def _tiff_pages(path: Path) -> _TiffPages:
                 tags = getattr(im, "tag_v2", {})
                 imagej = _imagej_fields(tags.get(270))
                 resolution, orientation = (tags.get(282), tags.get(283)), _known_orientation(tags.get(274))
+                photometric, bits, depth = (_first_int(tags.get(t)) for t in (262, 258, 32997))
                 count = int(getattr(im, "n_frames", 1))
                 for k in range(min(count, validate.MAX_FRAMES)):
                     im.seek(k)
                     layout = (tuple(im.size), str(im.mode).replace("I;16B", "I;16"))
                     if layout not in layouts:
                         layouts.append(layout)
-        return _TiffPages(layouts, count, imagej, resolution, orientation)
+        return _TiffPages(layouts, count, imagej, resolution, orientation, photometric, bits, depth or 1)
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return none
+
+
+def _first_int(value: Any) -> int | None:
+    """A TIFF tag's (first) value as an int; None without one."""
+    if isinstance(value, (tuple, list)):
+        value = value[0] if value else None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _refuse_volumetric_tiff(path: Path, pages: _TiffPages) -> None:
+    """A TIFF page holding several frames (SGI's ImageDepth, as tifffile writes a volume with
+    ``volumetric=True``): the image library reads its first frame alone, and a sweep of N frames
+    was scored as one without a word."""
+    if pages.depth > 1:
+        raise FetalIQAError(f"{path}: a volumetric TIFF: its page holds {pages.depth} frames (ImageDepth), a layout "
+                            "that is not read (only the first frame would be). Save the sweep as .mha, or as a TIFF "
+                            "with one page per frame.")
+
+
+def _white_is_zero(arr: np.ndarray, components: int, pages: _TiffPages, path: Path) -> np.ndarray:
+    """The grey levels of a TIFF that stores white as 0 (PhotometricInterpretation 0, MinIsWhite)
+    turned the way round picture viewers show them: read as stored, the sweep was its negative
+    (the fan's black white) and no frame was chosen. Unsigned integers are inverted over their
+    bits per sample; a signed or floating-point one is refused (no range to invert over)."""
+    if components != 1:
+        return arr
+    if not np.issubdtype(arr.dtype, np.unsignedinteger):
+        raise FetalIQAError(f"{path}: a TIFF that stores white as 0 (MinIsWhite) in {arr.dtype} values, which "
+                            "cannot be turned the right way round. Save the sweep with black as 0 (MinIsBlack), "
+                            "or as .mha.")
+    top = np.iinfo(arr.dtype).max
+    if pages.bits and 1 <= pages.bits < 8 * arr.dtype.itemsize and int(arr.max(initial=0)) < (1 << pages.bits):
+        top = (1 << pages.bits) - 1
+    return (arr.dtype.type(top) - arr).astype(arr.dtype, copy=False)
 
 
 def _refuse_imagej_one_page_stack(path: Path, pages: _TiffPages) -> None:
