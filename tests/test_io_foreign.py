@@ -677,6 +677,92 @@ def test_compressed_frames_indexed_by_an_extended_offset_table_are_named_not_cal
         assert sweep.n_frames == 3
 
 
+def _j2k(frame: np.ndarray) -> bytes:
+    """A lossless JPEG 2000 codestream of an 8-bit frame (Pillow)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG2000", no_jp2=True, irreversible=False)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["one frame", "frames with an offset table", "frames without one", "JPEG 2000"])
+def test_compressed_frames_split_over_several_fragments_are_read(tmp_path, layout):
+    """A valid layout (PS3.5 A.4: a frame may span several fragments) was refused: a JPEG frame in
+    3 fragments as "pixels this reader cannot decode ... Export the sweep with 8- or 16-bit grey",
+    for a file that was 8-bit grey; JPEG 2000 as "could not be decoded". They are read (through
+    pydicom) as the same frames in one fragment each are."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+
+    grey = _grey(n=1 if layout == "one frame" else 3).astype(np.uint8)
+    if layout == "JPEG 2000":
+        streams, syntax = [_j2k(frame) for frame in grey], JPEG2000Lossless
+    else:
+        path = _dicom(tmp_path / "streams.dcm", grey)
+        streams, syntax = _jpeg_frames(pydicom.dcmread(path), grey, JPEGBaseline8Bit, quality=95), JPEGBaseline8Bit
+    has_bot = layout != "frames without one"
+    read = {}
+    for pieces in (1, 3):
+        path = _dicom(tmp_path / f"in{pieces}.dcm", grey if layout != "one frame" else grey[0])
+        ds = pydicom.dcmread(path)
+        ds.PixelData = encapsulate(streams, fragments_per_frame=pieces, has_bot=has_bot)
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path, enforce_file_format=True)
+        read[pieces] = np.asarray(load_sweep(path).frames, dtype=int)
+    assert read[3].shape == grey.shape
+    assert np.abs(read[3] - read[1]).max() <= 1  # (two JPEG decoders may round a level apart)
+    assert np.abs(read[3] - grey).max() <= (0 if layout == "JPEG 2000" else 6)
+
+
+def test_fragmented_frames_no_decoder_reads_are_named_with_what_to_do(tmp_path, monkeypatch):
+    """Where no installed decoder reads frames split over fragments, the line said "Export the
+    sweep with 8- or 16-bit grey or RGB pixels" to a file that was 8-bit grey: it names the layout."""
+    import pydicom.pixels
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    def no_decoder(*args, **kwargs):
+        raise NotImplementedError("no decoder for this transfer syntax")
+
+    monkeypatch.setattr(pydicom.pixels, "iter_pixels", no_decoder)
+    grey = _grey(n=2).astype(np.uint8)
+    path = _dicom(tmp_path / "split.dcm", grey)
+    ds = pydicom.dcmread(path)
+    streams = _jpeg_frames(ds, grey, JPEGBaseline8Bit, quality=95)
+    ds.PixelData = encapsulate(streams, fragments_per_frame=3)
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(FetalIQAError) as err:
+        load_sweep(path)
+    said = str(err.value)
+    assert "split over several fragments each (6 fragments for 2 frame(s))" in said
+    assert "uncompressed, or with each frame in one fragment" in said and "16-bit grey" not in said
+
+
+@pytest.mark.parametrize("bits,intercept", [(12, 2048), (16, 32768)])
+def test_signed_pixels_with_a_rescale_intercept_are_read_as_the_same_unsigned_ones(tmp_path, bits, intercept):
+    """Signed 12-bit pixels with Rescale Intercept 2048 (values 0-4095) and signed 16-bit ones with
+    32768 are valid, and pydicom decodes them exactly; the image reader's "Pixel type larger than
+    output type" made them "damaged or not an image; export it again". They read as the same
+    image stored unsigned does."""
+    scale = 16 if bits == 12 else 256
+    values = (_grey() * scale).astype(np.int64)
+    unsigned = _dicom(tmp_path / "unsigned.dcm", values, bits=16, BitsStored=bits, HighBit=bits - 1)
+    signed = _dicom(tmp_path / "signed.dcm", values - intercept, bits=16, signed=True, BitsStored=bits,
+                    HighBit=bits - 1, RescaleIntercept=intercept, RescaleSlope=1)
+    want = np.asarray(load_sweep(unsigned).frames)
+    assert np.array_equal(np.asarray(load_sweep(signed).frames), want)
+    # a VOI window applies to the rescaled values, as in any file
+    windowed = _dicom(tmp_path / "windowed.dcm", values - intercept, bits=16, signed=True, BitsStored=bits,
+                      HighBit=bits - 1, RescaleIntercept=intercept, RescaleSlope=1,
+                      WindowCenter=125 * scale, WindowWidth=100 * scale)
+    frames = np.asarray(load_sweep(windowed).frames)
+    assert frames[0, 20, 0] == 0 and frames[0, 20, -1] == 255 and 0 < frames[0, 20, 24] < 255
+
+
 @pytest.mark.parametrize("offset,refused", [("150 90 2", True), ("0 0 2", True), ("0 0 0", False)])
 def test_a_slicer_segmentation_cropped_to_its_extent_is_refused(tmp_path, offset, refused):
     """3D Slicer saves a .seg.nrrd cropped to its segment and says where it starts in the image

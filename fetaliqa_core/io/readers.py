@@ -366,6 +366,9 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
+        raw = _dicom_the_image_reader_refuses(path, what, reason)
+        if raw is not None:
+            return raw
         if "Unable to determine ImageIO" in reason:  # no reader takes it: say what the file is
             raise FetalIQAError(_no_image_reader(path, what)) from None
         if "Unknown PixelType" in reason:  # e.g. a PNG of grey with transparency
@@ -417,6 +420,9 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             needed = validate._size_text(validate.checked_product(size) * components * itemsize)
             raise FetalIQAError(f"{path}: out of memory: its pixel data ({needed}) does not fit in the memory free "
                                 "now. Close other programs, or use a machine with more memory.") from None
+        raw = _dicom_the_image_reader_refuses(path, what, reason)
+        if raw is not None:
+            return raw
         if "File cannot be read" in reason:  # its "Reason:" is the last system error, often unrelated
             reason = "there is less of it than the header describes"
         compressed = _dicom_compression(path) if _looks_like_dicom(path, reader) else None
@@ -1079,45 +1085,163 @@ def _jfif_labelled_rgb(path: Path) -> bool:
         return False
 
 
-def _dicom_without_its_spacing(path: Path) -> Raw | None:
-    """A DICOM file whose Pixel Spacing is no length (zero, negative, text) is refused whole by
-    the image reader; its pixels are decoded here instead (pydicom: the modality rescale applied,
-    MONOCHROME1 inverted, colour as RGB, as the image reader gives them), with the spacing
-    unknown unless the ultrasound regions calibrate it, so that --spacing or the View menu can
-    set it. None when pydicom cannot decode the pixels either. A palette colour image is turned
-    into RGB through its colour table, as the image reader does."""
+def _dicom_the_image_reader_refuses(path: Path, what: str, reason: str) -> Raw | None:
+    """A valid DICOM file in a layout the image reader refuses, read through pydicom
+    (:func:`_dicom_through_pydicom`): frames split over several fragments each (PS3.5 A.4: a
+    single JPEG frame in 3 fragments was "pixels this reader cannot decode ... Export the sweep
+    with 8- or 16-bit grey", for a file that was), or pixels whose Rescale Intercept takes them
+    past the image reader's types (a signed 12-bit image with Intercept 2048 was called damaged).
+    When pydicom cannot decode them either, one line names the layout and what to do. None for
+    any other file: the caller's message stands. ``reason``: the image reader's words."""
+    if not (has_dicom_magic(path) or _bare_dicom(path)):
+        return None
+    layout = _unread_dicom_layout(path, reason)
+    if layout is None:
+        return None
+    raw = _dicom_through_pydicom(path, what)
+    if raw is not None:
+        return raw
+    said, advice = layout
+    raise FetalIQAError(f"{path}: {said}: valid DICOM, but this reader cannot decode it. {advice}")
+
+
+def _unread_dicom_layout(path: Path, reason: str) -> tuple[str, str] | None:
+    """``(the layout in words, what to do)`` for a DICOM file whose valid layout the image reader
+    refuses (:func:`_dicom_the_image_reader_refuses`), None for any other."""
     try:
         import pydicom
-        from pydicom.pixels import apply_rescale
 
-        ds = pydicom.dcmread(str(path), force=True)
-        arr = ds.pixel_array
+        ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if "Pixel type larger than output type" in reason:  # (the image reader's words for a rescale it cannot hold)
+            slope = float(ds.get("RescaleSlope", 1) or 1)
+            intercept = float(ds.get("RescaleIntercept", 0) or 0)
+            if slope != 1 or intercept != 0:
+                signed = "signed " if int(ds.get("PixelRepresentation", 0) or 0) else ""
+                return (f"its {signed}pixels are rescaled by a Rescale Intercept of {intercept:g} (Slope {slope:g}) "
+                        "to values the image reader's pixel types do not hold",
+                        "Export the sweep with the values applied (plain 8- or 16-bit grey), or as .mha.")
+        element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+        if element is None or syntax is None or str(syntax) in _NATIVE_SYNTAXES:
+            return None
+        items = _encapsulated_items(path, getattr(element, "value_tell", None))
+        frames = _number_of_frames(ds)
+        if items is not None and not items.damaged and items.fragments > frames:
+            name = getattr(syntax, "name", "") or str(syntax)
+            return (f"its compressed frames ({name}) are split over several fragments each ({items.fragments} "
+                    f"fragments for {frames} frame(s))",
+                    "Export the sweep again uncompressed, or with each frame in one fragment.")
+    except Exception:  # noqa: BLE001 - only a better reading: the caller's message stands
+        return None
+    return None
+
+
+def _dicom_without_its_spacing(path: Path) -> Raw | None:
+    """A DICOM file whose Pixel Spacing is no length (zero, negative, text) is refused whole by
+    the image reader; its pixels are decoded by :func:`_dicom_through_pydicom` instead, with the
+    spacing unknown unless the ultrasound regions calibrate it, so that --spacing or the View menu
+    can set it. None when pydicom cannot decode the pixels either."""
+    raw = _dicom_through_pydicom(path, "sweep")
+    if raw is not None and raw.spacing_source == SPACING_NONE:
+        raw.spacing_note = "the file's Pixel Spacing is not a length the image reader accepts"
+    return raw
+
+
+def _rescaled_type(ds: Any, stored: np.dtype) -> tuple[float, float, np.dtype | None]:
+    """A DICOM image's Rescale Slope and Intercept, and the smallest integer type that holds every
+    stored value rescaled (None when the rescale gives fractions: float64), as the image reader
+    chooses it: a signed 12-bit image with Intercept 2048 reads as 0-4095 integers, so its grey
+    levels are those of the same image stored unsigned."""
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if slope != 1 or not intercept.is_integer():
+        return slope, intercept, None
+    bits = int(ds.get("BitsStored", 8 * stored.itemsize) or 8 * stored.itemsize)
+    if int(ds.get("PixelRepresentation", 0) or 0):
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    else:
+        lo, hi = 0, (1 << bits) - 1
+    lo, hi = lo + int(intercept), hi + int(intercept)
+    for kind in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.int64):
+        if np.iinfo(kind).min <= lo and hi <= np.iinfo(kind).max:
+            return slope, intercept, np.dtype(kind)
+    return slope, intercept, None
+
+
+def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
+    """A DICOM file's pixels decoded with pydicom (and the decoders it finds installed) rather
+    than the image reader, for valid files the image reader refuses (a Pixel Spacing that is no
+    length, frames split over several fragments, signed pixels with a Rescale Intercept): the
+    modality rescale applied, MONOCHROME1 inverted, colour as RGB, as the image reader gives them.
+    The header's size is checked first, as for any file. None when pydicom cannot decode the
+    pixels either. A palette colour image is turned into RGB through its colour table, as the
+    image reader does."""
+    try:
+        import pydicom
+        from pydicom.pixels import iter_pixels
+
+        ds = pydicom.dcmread(str(path), force=True, defer_size=1024)  # the pixel data stay on disk
+        frames, rows, cols = _number_of_frames(ds), int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        if samples == 1 and _photometric(ds) == "PALETTE COLOR":  # indices into the colour table, as RGB
-            from pydicom.pixels import apply_color_lut
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+        _, _, kind = _rescaled_type(ds, np.dtype(np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32))
+        itemsize = 8 if kind is None else max(kind.itemsize, (bits + 7) // 8)  # each value, as kept
+    except Exception:  # noqa: BLE001 - no header to read: the caller's message stands
+        return None
+    precheck_dims(path, (frames, rows, cols), samples, "mask" if what == "mask" else "sweep")
+    bound_volume(path, (frames, rows, cols), samples, itemsize, mapped=False)
+    photometric = _photometric(ds)
+    palette = samples == 1 and photometric == "PALETTE COLOR"
+    arr, decoded = None, 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for decoded, frame in enumerate(iter_pixels(ds), start=1):
+                check_cancelled()
+                if palette:  # indices into the colour table, as RGB
+                    from pydicom.pixels import apply_color_lut
 
-            arr, samples = apply_color_lut(arr, ds), 3
-            if arr.dtype == np.uint16:  # a 16-bit table: its colours in 8 bits, as the image reader gives them
-                arr = (arr >> 8).astype(np.uint8)
-        elif samples == 1:
-            if _photometric(ds) == "MONOCHROME1":
-                bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize) or 8 * arr.dtype.itemsize)
-                wide = arr.astype(np.int64)  # stored values inverted over their range, as the image reader does
-                arr = (-1 - wide) if int(ds.get("PixelRepresentation", 0) or 0) else ((1 << bits) - 1) - wide
-                arr = arr.astype(np.int32) if arr.min() >= np.iinfo(np.int32).min and \
-                    arr.max() <= np.iinfo(np.int32).max else arr
-            arr = apply_rescale(arr, ds)
+                    frame = apply_color_lut(frame, ds)
+                    if frame.dtype == np.uint16:  # a 16-bit table: its colours in 8 bits, as the image reader gives them
+                        frame = (frame >> 8).astype(np.uint8)
+                elif samples == 1:
+                    frame = _rescaled_frame(ds, frame, photometric)
+                if arr is None:
+                    arr = np.empty((frames, *frame.shape), dtype=frame.dtype)
+                arr[decoded - 1] = frame
+    except FetalIQAError:
+        raise
     except Exception:  # noqa: BLE001 - not decodable here either: the caller's message stands
         return None
-    arr = np.ascontiguousarray(arr)
+    if arr is None or decoded != frames:  # (frames it could not find would be left as they were allocated)
+        return None
+    components = 3 if palette else samples
     (calibrated, source, note), regions = dicom_calibration_and_regions(path)
-    if calibrated is None:
-        note = "the file's Pixel Spacing is not a length the image reader accepts"
     spacing_mm, source, note = usable_spacing(calibrated or (1.0, 1.0), source, note)
-    window, padding = dicom_display(path) if samples == 1 and arr.dtype != np.uint8 else (None, None)
-    return Raw(array=arr, components=samples, spacing_mm=spacing_mm, metadata={}, path=path,
-               spacing_source=source, spacing_note=note, window=window, padding=padding,
+    window, padding = dicom_display(path) if components == 1 and arr.dtype != np.uint8 else (None, None)
+    notes = []
+    if components == 1 and _has_voi_lut_table(path):
+        notes.append("the file's VOI LUT (the grey levels meant for display) is not applied: the frames are "
+                     "shown and scored as stored")
+    return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata={}, path=path,
+               spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
                regions=regions, pixel_aspect=None if calibrated else dicom_pixel_aspect(path))
+
+
+def _rescaled_frame(ds: Any, frame: np.ndarray, photometric: str) -> np.ndarray:
+    """One grey frame as the image reader gives it: MONOCHROME1 inverted over its stored values,
+    then the modality rescale applied (integers kept as integers: :func:`_rescaled_type`)."""
+    slope, intercept, kind = _rescaled_type(ds, frame.dtype)
+    if photometric == "MONOCHROME1":
+        bits = int(ds.get("BitsStored", 8 * frame.dtype.itemsize) or 8 * frame.dtype.itemsize)
+        wide = frame.astype(np.int64)  # stored values inverted over their range, as the image reader does
+        frame = (-1 - wide) if int(ds.get("PixelRepresentation", 0) or 0) else ((1 << bits) - 1) - wide
+    if kind is None:
+        return frame.astype(np.float64) * slope + intercept
+    if intercept == 0 and frame.dtype == kind:
+        return frame
+    limits = np.iinfo(kind)
+    return np.clip(frame.astype(np.int64) + int(intercept), limits.min, limits.max).astype(kind)
 
 
 def _has_voi_lut_table(path: Path) -> bool:
