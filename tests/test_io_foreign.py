@@ -1213,9 +1213,11 @@ def test_a_tiff_scaled_in_imagej_keeps_its_calibration(tmp_path, unit, per_unit,
         assert expected in sweep.spacing_problem if expected else "printing resolution" in sweep.spacing_problem
 
 
-def _plain_tiff(path, frames, photometric=1, depth=None, mask=False):
+def _plain_tiff(path, frames, photometric=1, depth=None, mask=False, compression=1, dtype=np.uint8):
     """An uncompressed little-endian 8-bit TIFF, one page per frame, or all frames on one page with
-    SGI's ImageDepth (tag 32997) as tifffile writes a volume; white is 0 where ``photometric`` is 0."""
+    SGI's ImageDepth (tag 32997) as tifffile writes a volume; white is 0 where ``photometric`` is 0.
+    ``compression``: the code written in its Compression tag (the pixels stay as they are);
+    ``dtype``: its samples' type (a float one is written with SampleFormat 3)."""
     import struct
 
     n, h, w = frames.shape
@@ -1223,11 +1225,14 @@ def _plain_tiff(path, frames, photometric=1, depth=None, mask=False):
     out = bytearray(b"II*\x00" + struct.pack("<I", 0))
     link = 4
     for page in pages:
-        data = (255 - page if photometric == 0 and not mask else page).astype(np.uint8).tobytes()
+        data = (255 - page if photometric == 0 and not mask else page).astype(dtype).tobytes()
         at = len(out)
         out += data
-        tags = [(256, 3, w), (257, 3, h), (258, 3, 8), (259, 3, 1), (262, 3, photometric), (273, 4, at),
-                (277, 3, 1), (278, 3, h * (n if depth else 1)), (279, 4, len(data))]
+        tags = [(256, 3, w), (257, 3, h), (258, 3, 8 * np.dtype(dtype).itemsize), (259, 3, compression),
+                (262, 3, photometric), (273, 4, at), (277, 3, 1), (278, 3, h * (n if depth else 1)),
+                (279, 4, len(data))]
+        if np.dtype(dtype).kind == "f":
+            tags.append((339, 3, 3))
         if depth:
             tags.append((32997, 4, n))
         if len(out) % 2:
@@ -1240,6 +1245,22 @@ def _plain_tiff(path, frames, photometric=1, depth=None, mask=False):
         out += struct.pack("<I", 0)
     path.write_bytes(bytes(out))
     return path
+
+
+@pytest.mark.parametrize("compression,dtype,named", [
+    (50000, np.uint8, "compressed with Zstandard .*LZW or deflate"),
+    (34925, np.uint8, "compressed with LZMA .*LZW or deflate"),
+    (1, np.float64, "64-bit floating-point numbers.*32-bit float or as 8- or 16-bit integers")])
+def test_a_tiff_compressed_or_stored_in_a_way_not_decoded_says_which(tmp_path, compression, dtype, named):
+    """A TIFF compressed with Zstandard or LZMA was "truncated or damaged; copy or export it
+    again" ("TIFF CODEC 50000 is not supported"), and one of 64-bit floats "damaged or not an
+    image": copying cannot help. The line names the compression or the sample type, and what to
+    save instead."""
+    grey = _grey(n=2).astype(np.uint8)
+    assert load_sweep(_plain_tiff(tmp_path / "plain.tif", grey)).n_frames == 2
+    with pytest.raises(FetalIQAError, match=named) as err:
+        load_sweep(_plain_tiff(tmp_path / "odd.tif", grey, compression=compression, dtype=dtype))
+    assert "damaged" not in str(err.value)
 
 
 def test_a_tiff_storing_white_as_zero_is_read_the_right_way_round(tmp_path):

@@ -369,6 +369,9 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         raw = _dicom_the_image_reader_refuses(path, what, reason)
         if raw is not None:
             return raw
+        unread = _unread_tiff_encoding(path) if is_tiff else None
+        if unread:  # (the image library's "Sorry, can not handle images with 64-bit samples" said damage)
+            raise FetalIQAError(unread) from None
         if "Unable to determine ImageIO" in reason:  # no reader takes it: say what the file is
             raise FetalIQAError(_no_image_reader(path, what)) from None
         if "Unknown PixelType" in reason:  # e.g. a PNG of grey with transparency
@@ -423,6 +426,9 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         raw = _dicom_the_image_reader_refuses(path, what, reason)
         if raw is not None:
             return raw
+        unread = _unread_tiff_encoding(path) if is_tiff else None
+        if unread:  # ("TIFF CODEC 50000 is not supported" was called truncated or damaged)
+            raise FetalIQAError(unread) from None
         if "File cannot be read" in reason:  # its "Reason:" is the last system error, often unrelated
             reason = "there is less of it than the header describes"
         compressed = _dicom_compression(path) if _looks_like_dicom(path, reader) else None
@@ -714,6 +720,67 @@ def _refuse_damaged_tiff(path: Path) -> None:
         raise FetalIQAError(f"{path}: the TIFF holds more than {validate.MAX_FRAMES} pages (frames); at most "
                             f"{validate.MAX_FRAMES} are accepted (an ACOUSLIC case has 840). The recording is not "
                             "one sweep; export the sweep again.")
+
+
+#: TIFF compressions (tag 259) the image reader decodes: none, LZW, JPEG, deflate (both codes), PackBits.
+_TIFF_DECODED = (1, 5, 7, 8, 32773, 32946)
+#: Names of other compressions writers use (tifffile, libtiff, GDAL, ImageJ's plugins).
+_TIFF_COMPRESSION_NAMES = {2: "CCITT Group 3 (1-bit)", 3: "CCITT fax 3 (1-bit)", 4: "CCITT fax 4 (1-bit)",
+                           6: "old-style JPEG", 32809: "ThunderScan", 32909: "PixarLog", 33003: "JPEG 2000",
+                           33004: "JPEG 2000", 33005: "JPEG 2000", 34712: "JPEG 2000", 34887: "LERC",
+                           34892: "lossy JPEG", 34925: "LZMA", 34933: "PNG", 34934: "JPEG XR",
+                           50000: "Zstandard", 50001: "WebP", 50002: "JPEG XL", 52546: "JPEG XL"}
+
+
+def _tiff_first_page_fields(path: Path, tags: tuple[int, ...]) -> dict[int, int]:
+    """The first value of each of ``tags`` that a TIFF's first page holds (integer fields only),
+    read from its directory alone; empty for other files or when it cannot be read."""
+    found: dict[int, int] = {}
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            if head[:2] not in (b"II", b"MM") or _picture_kind(path) != "TIFF":
+                return found
+            order = "<" if head[:2] == b"II" else ">"
+            big = struct.unpack(order + "H", head[2:4])[0] == 43
+            if big:
+                offset, count_fmt, entry, inline = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, 8
+            else:
+                offset, count_fmt, entry, inline = struct.unpack(order + "I", head[4:8])[0], "H", 12, 4
+            fh.seek(offset)
+            count = struct.unpack(order + count_fmt, fh.read(struct.calcsize(count_fmt)))[0]
+            table = fh.read(min(count, 0xFFFF) * entry)
+            for k in range(len(table) // entry):
+                tag, kind = struct.unpack(order + "HH", table[k * entry:k * entry + 4])
+                letter = _TIFF_INTEGER_LETTERS.get(kind)
+                if tag not in tags or letter is None:
+                    continue
+                size = _TIFF_TYPE_SIZES[kind]
+                field = table[k * entry + entry - inline:(k + 1) * entry]
+                if size > inline:
+                    continue
+                found[tag] = struct.unpack(order + letter, field[:size])[0]  # (the first value lies first)
+    except (OSError, struct.error):
+        return {}
+    return found
+
+
+def _unread_tiff_encoding(path: Path) -> str | None:
+    """One line saying what in a TIFF the image reader cannot decode and what to do, when it is
+    its compression (Zstandard, LZMA, ...) or its 64-bit samples, which the image library's own
+    words called truncated or damaged: copying the file again cannot help. None otherwise."""
+    fields = _tiff_first_page_fields(path, (258, 259, 339))
+    compression, bits, kind = fields.get(259, 1), fields.get(258), fields.get(339, 1)
+    if compression not in _TIFF_DECODED:
+        name = _TIFF_COMPRESSION_NAMES.get(compression, "a compression")
+        return (f"{path}: the TIFF's pixels are compressed with {name} (TIFF compression {compression}), which "
+                "this reader does not decode. Save the frames uncompressed or with LZW or deflate compression and "
+                "open that.")
+    if bits == 64:
+        what = "floating-point numbers" if kind == 3 else "integers"
+        return (f"{path}: the TIFF holds 64-bit {what}, which the image reader does not read. Save the frames "
+                "as 32-bit float or as 8- or 16-bit integers (or the sweep as .mha) and open that.")
+    return None
 
 
 def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: int, page: int,
