@@ -677,6 +677,58 @@ def test_compressed_frames_indexed_by_an_extended_offset_table_are_named_not_cal
         assert sweep.n_frames == 3
 
 
+def _jpeg12(frame: np.ndarray) -> bytes:
+    """A 12-bit DCT JPEG stream (JPEG Extended, SOF1) of a frame made of flat 8 x 8 blocks: each
+    block holds its DC coefficient alone (quantised by 1), so it decodes exactly. No installed
+    writer makes 12-bit JPEG."""
+    h, w = frame.shape
+    seg = lambda marker, body: struct.pack(">HH", marker, len(body) + 2) + body  # noqa: E731
+    out = b"\xff\xd8" + seg(0xFFDB, b"\x00" + b"\x01" * 64)
+    out += seg(0xFFC1, struct.pack(">BHHB", 12, h, w, 1) + b"\x01\x11\x00")
+    out += seg(0xFFC4, b"\x00" + bytes([0, 0, 0, 15, 1] + [0] * 11) + bytes(range(16)))  # DC: sizes 0-14 in 4 bits, 15 in 5
+    out += seg(0xFFC4, b"\x10" + bytes([1] + [0] * 15) + b"\x00")  # AC: end of block alone, code 0
+    out += seg(0xFFDA, b"\x01\x01\x00\x00\x3f\x00")
+    codes = {s: (s, 4) for s in range(15)} | {15: (0b11110, 5)}
+    bits, prev = [], 0
+    for y in range(0, h, 8):
+        for x in range(0, w, 8):
+            dc = 8 * (int(frame[y, x]) - 2048)
+            diff, prev = dc - prev, dc
+            size = abs(diff).bit_length()
+            code, n = codes[size]
+            value = diff if diff >= 0 else diff + (1 << size) - 1
+            bits += [(code >> (n - 1 - i)) & 1 for i in range(n)] + [(value >> (size - 1 - i)) & 1 for i in range(size)]
+            bits.append(0)  # end of block
+    bits += [1] * (-len(bits) % 8)
+    data = bytearray()
+    for i in range(0, len(bits), 8):
+        data.append(int("".join(map(str, bits[i:i + 8])), 2))
+        if data[-1] == 0xFF:
+            data.append(0)
+    return out + bytes(data) + b"\xff\xd9"
+
+
+def test_a_12_bit_jpeg_dicom_reads_without_the_decoders_lines_on_the_terminal(tmp_path, capfd):
+    """A JPEG Extended 12-bit file read right, but its decoder printed "Unsupported JPEG data
+    precision 12" on stderr, several times for one good file (`score --json --quiet` too)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGExtended12Bit
+
+    blocks = np.random.default_rng(1).integers(0, 4096, (3, 5, 6))
+    stored = blocks.repeat(8, 1).repeat(8, 2).astype(np.uint16)
+    plain = _dicom(tmp_path / "plain.dcm", stored, bits=16, BitsStored=12, HighBit=11)
+    path = _dicom(tmp_path / "jpeg12.dcm", stored, bits=16, BitsStored=12, HighBit=11)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([_jpeg12(frame) for frame in stored])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGExtended12Bit
+    ds.save_as(path, enforce_file_format=True)
+    capfd.readouterr()
+    frames = np.asarray(load_sweep(path).frames)
+    assert capfd.readouterr().err == ""
+    assert np.array_equal(frames, np.asarray(load_sweep(plain).frames))
+
+
 def _j2k(frame: np.ndarray) -> bytes:
     """A lossless JPEG 2000 codestream of an 8-bit frame (Pillow)."""
     import io

@@ -14,6 +14,7 @@ import struct
 import warnings
 import zlib
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -180,7 +181,8 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOff()
     try:
-        image = reader.Execute()
+        with quiet_native_stderr(dicom_jpeg=True) if _dicom_syntax(Path(files[0])) in _JPEG_SYNTAXES else nullcontext():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise FetalIQAError(f"{folder}: the DICOM series could not be read ({sitk_reason(exc)}). "
                             "Check that all files belong to one series and are complete.") from None
@@ -349,6 +351,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     is_tiff = _picture_kind(path) == "TIFF"  # (the TIFF library's complaints are kept quiet while it reads)
     odd_matrix = _nifti_orientation_not_finite(_nifti_head(path))  # (ITK prints a matrix dump for it)
     jpeg_said: list[str] | None = [] if _picture_kind(path) == "JPEG" else None  # its decoder's warnings
+    dicom_jpeg = _dicom_syntax(path) in _JPEG_SYNTAXES  # (its decoder's line on 12-bit frames is kept quiet)
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -362,7 +365,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg):
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -407,7 +410,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                  MAX_DEFLATE_RATIO)
     metadata = {k: reader.GetMetaData(k)[:META_VALUE_CHARS] for k in reader.GetMetaDataKeys() if k in META_KEYS}
     try:
-        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg):
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -1641,6 +1644,19 @@ def _refuse_frames_left_out(path: Path, ds: Any, syntax: str, element: Any, fram
 
 _TOO_DEEP = ("{path}: the DICOM header nests its sequences deeper than any image file does: it is damaged "
              "or crafted, and is not read. Export the file again.")
+
+
+def _dicom_syntax(path: Path) -> str:
+    """A DICOM file's transfer syntax UID ("" for other files, or when the header cannot be read)."""
+    if not (has_dicom_magic(path) or _bare_dicom(path)):
+        return ""
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=_bare_dicom(path), specific_tags=[])
+        return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    except Exception:  # noqa: BLE001 - only how quietly it is read
+        return ""
 
 
 def _dicom_compression(path: Path) -> str | None:
