@@ -426,6 +426,62 @@ def test_unsupported_variants_are_named(tmp_path):
     assert load_sweep(media / "PT000000" / "ST000000" / "SE000000").n_frames == 4
 
 
+def test_the_dicomdir_file_itself_gets_the_media_folder_line(tmp_path):
+    """The DICOMDIR given by name was "holds no pixel data ... Choose the sweep's image file, or
+    export it again", where its folder got the line that says where the images are."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.1.3.10", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    index = FileDataset(str(tmp_path / "DICOMDIR"), {}, file_meta=meta, preamble=b"\0" * 128)
+    index.FileSetID, index.DirectoryRecordSequence = "CD", Sequence([])
+    index.save_as(tmp_path / "DICOMDIR", enforce_file_format=True)
+    with pytest.raises(FetalIQAError, match="a DICOMDIR, the index of a DICOM media folder.*subfolder of one series"):
+        load_sweep(tmp_path / "DICOMDIR")
+
+
+def test_a_series_of_frames_of_different_sizes_names_the_odd_file(tmp_path):
+    """One file 40 pixels wide among files 48 wide was "the DICOM series could not be read (Size:
+    [40, 40, 1]). Check that all files belong to one series": neither the file nor the sizes."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for k in range(4):
+        frame = _grey(n=1, w=40 if k == 2 else 48)[0].astype(np.uint8)
+        _dicom(folder / f"IM{k}.dcm", frame, series="1.2.3.40", instance=k + 1)
+    with pytest.raises(FetalIQAError, match=r"frames of different sizes \(3 file\(s\) of 48 x 40; 1 file\(s\) of "
+                                            r"40 x 40 pixels, width x height; e\.g\. IM2\.dcm\).*Move the odd files out"):
+        load_sweep(folder)
+
+
+def test_a_label_mask_stored_as_monochrome1_is_named_not_called_other_labels(tmp_path):
+    """A mask some converters write as MONOCHROME1 is inverted as a grey image is, and was refused
+    as labels 253, 254, 255 to be renumbered in 3D Slicer; the cause is how it is stored. A 0/255
+    one was even read as its negative where a binary mask is taken."""
+    from fetaliqa_core.io import load_mask, read_mask_volume
+
+    labels = np.zeros((2, 40, 48), np.uint8)
+    labels[:, 10:30, 10:30], labels[:, 32:36, 10:30] = 1, 2
+    inverted = us_dicom(tmp_path / "mono1.dcm", labels, PhotometricInterpretation="MONOCHROME1")
+    with pytest.raises(FetalIQAError, match=r"stored as MONOCHROME1 .*labels read inverted \(as 253, 254, 255\)"
+                                            r".*Export the mask as MONOCHROME2"):
+        load_mask(inverted)
+    binary = us_dicom(tmp_path / "binary.dcm", (labels == 1) * 255, PhotometricInterpretation="MONOCHROME1")
+    with pytest.raises(FetalIQAError, match="MONOCHROME1"):
+        read_mask_volume(binary, binary_255=True)
+    assert np.array_equal(load_mask(us_dicom(tmp_path / "mono2.dcm", labels)), labels)
+
+
+def test_a_numpy_array_file_is_named_with_what_to_save_instead(tmp_path):
+    """A .npy was "not a readable image file (no supported image header found)", naming neither
+    NumPy nor what to save instead."""
+    np.save(tmp_path / "frames.npy", _grey().astype(np.uint8))
+    with pytest.raises(FetalIQAError, match=r"a NumPy array file \(\.npy\), which is not read.*Save the sweep as \.mha"):
+        load_sweep(tmp_path / "frames.npy")
+
+
 def test_a_folder_of_several_series_says_which_it_read_or_refuses_a_tie(tmp_path):
     arr = _grey(n=1)[0]
     tie = tmp_path / "tie"

@@ -253,6 +253,14 @@ def _refuse_mixed_series(folder: Path, files: list[str], members: list[_Member |
         raise FetalIQAError(f"{folder}: the files of this DICOM series store their pixels differently ({words}; "
                             f"e.g. {name}): their frames cannot be read as one sweep. Export the series again, "
                             "or move the odd files out.")
+    sizes = Counter(m.size for m in known if m.size and all(m.size))
+    if len(sizes) > 1:  # the series reader's own words named a size only ("Size: [240, 200, 1]")
+        odd = min(sizes, key=lambda size: sizes[size])
+        name = next(Path(f).name for f, m in zip(files, members) if m is not None and m.size == odd)
+        words = "; ".join(f"{n} file(s) of {w} x {h}" for (w, h), n in sizes.most_common(3))
+        raise FetalIQAError(f"{folder}: the files of this DICOM series hold frames of different sizes ({words} "
+                            f"pixels, width x height; e.g. {name}): they cannot be read as one sweep. Move the odd "
+                            "files out, or export the series again.")
     counts = {m.frames for m in known}
     if len(counts) > 1:
         cine = max(zip((m.frames if m else 0 for m in members), files))[1]
@@ -980,6 +988,10 @@ def _no_image_reader(path: Path, what: str) -> str:
     if unread:
         return (f"{path}: a {unread} picture, a format this reader does not read. Save the frames as a "
                 f"multi-page TIFF or PNG files (or the sweep as .mha) and open that.")
+    if _head(path, 6) == b"\x93NUMPY":  # (was "no supported image header found")
+        return (f"{path}: a NumPy array file (.npy), which is not read (it records no pixel size). Save the {what} "
+                "as .mha, e.g. an array of frames x height x width with SimpleITK.WriteImage("
+                f"SimpleITK.GetImageFromArray(array), '{what}.mha'), and open that.")
     named = _format_by_content(path)
     if named:
         kind, suffix = named
@@ -1312,6 +1324,21 @@ def _rescaled_frame(ds: Any, frame: np.ndarray, photometric: str) -> np.ndarray:
         return frame
     limits = np.iinfo(kind)
     return np.clip(frame.astype(np.int64) + int(intercept), limits.min, limits.max).astype(kind)
+
+
+def dicom_stored_inverted(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file of Photometric Interpretation MONOCHROME1 (0 shown white),
+    which the image reader inverts: a label mask stored so reads as 255, 254, 253."""
+    if path.is_dir() or not (has_dicom_magic(path) or _bare_dicom(path)):
+        return False
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
+                             specific_tags=["PhotometricInterpretation"])
+        return _photometric(ds) == "MONOCHROME1"
+    except Exception:  # noqa: BLE001 - only a better message
+        return False
 
 
 def _has_voi_lut_table(path: Path) -> bool:
@@ -1762,6 +1789,7 @@ class _Member(NamedTuple):
     calibration: tuple     # spacing.dataset_calibration of the header: (spacing or None, source, note)
     time: tuple | None     # _time_key: when its image was taken
     pixels: tuple = ()     # how it stores its pixels: bits allocated and stored, samples, photometric
+    size: tuple = ()       # its frames' Columns and Rows (as written)
 
 
 def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
@@ -1786,9 +1814,14 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
                         str(ds.get("StudyInstanceUID", "") or "").strip(), _number_of_frames(ds),
                         dataset_calibration(ds), _time_key(ds),
                         tuple(str(ds.get(k, "") or "")[:16] for k in ("BitsAllocated", "BitsStored",
-                                                                       "SamplesPerPixel")) + (photometric[:16],))
+                                                                       "SamplesPerPixel")) + (photometric[:16],),
+                        tuple(str(ds.get(k, "") or "")[:16] for k in ("Columns", "Rows")))
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+        if element is None and _is_dicomdir(path, ds):  # (was "no pixel data ... or export it again")
+            raise FetalIQAError(f"{path}: a DICOMDIR, the index of a DICOM media folder: it holds no images; they "
+                                "are in the folder's subfolders. Choose the subfolder of one series (e.g. "
+                                ".../SE000000).")
         if element is None and not any(k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")):
             # an image library would probe what the header claims (2 GB for a 52 KB file) to find nothing
             raise FetalIQAError(f"{path}: the DICOM file holds no pixel data (or its header is damaged before "
@@ -1875,6 +1908,17 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
             f"{harm}: export the file again"
             + (" with its right Number of Frames." if held else "."))
     return order
+
+
+#: Media Storage Directory Storage: a DICOMDIR (PS3.10 7.2).
+_DICOMDIR_STORAGE = "1.2.840.10008.1.3.10"
+
+
+def _is_dicomdir(path: Path, ds: Any) -> bool:
+    """Whether ``ds`` (the header of ``path``) is a DICOMDIR: by its SOP class, its directory
+    records, or its name."""
+    sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "").strip()
+    return sop == _DICOMDIR_STORAGE or "DirectoryRecordSequence" in ds or path.name.upper() == "DICOMDIR"
 
 
 def _has_extended_offset_table(path: Path) -> bool:

@@ -30,7 +30,7 @@ from fetaliqa_core.io._common import (
     sitk_reason,
 )
 from fetaliqa_core.io.frames import as_frame_stack, as_labels, check_frame_shape, to_uint8_frames
-from fetaliqa_core.io.readers import read_raw, slicer_segment_names
+from fetaliqa_core.io.readers import dicom_stored_inverted, read_raw, slicer_segment_names
 
 
 @dataclass(eq=False)
@@ -355,6 +355,12 @@ def read_mask_volume(path: str | Path, binary_255: bool = False) -> MaskVolume:
     try:
         labels = as_labels(arr, path)
     except FetalIQAError:
+        if dicom_stored_inverted(path):  # (its labels were called 253, 254, 255, to be renumbered)
+            shown = ", ".join(str(v) for v in np.unique(np.asarray(arr))[:4].tolist())
+            raise FetalIQAError(
+                f"{path}: the mask is a DICOM file stored as MONOCHROME1 (0 shown white), which is read inverted as a "
+                f"grey image is, so its labels read inverted (as {shown}). Export the mask as MONOCHROME2 "
+                "(or as .mha, .nrrd or .nii) and open that.") from None
         value = _one_value(arr) if binary_255 else None
         if value is None:
             raise
