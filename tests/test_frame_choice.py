@@ -1028,3 +1028,37 @@ def test_a_blank_or_dim_sweep_without_a_frame_says_so():
     assert "blank" not in why["bright"] and "dim" not in why["bright"]
     assert why["blank"].endswith("; its frames are blank: nothing but black")
     assert "its frames are dim: their brightest grey is about 45 of 255" in why["dim"]
+
+
+def _wobbled(cx: float, wob: float, shape=(480, 640), cy=240, a=130, b=110) -> np.ndarray:
+    """A filled outline ``wob`` (radially, three lobes) off an ellipse, at full frame size."""
+    t = np.linspace(0, 2 * np.pi, 720, endpoint=False)
+    r = 1 + wob * np.cos(3 * t + 0.5)
+    pts = np.stack([cx + a * r * np.cos(t), cy + b * r * np.sin(t)], 1)
+    m = np.zeros(shape, np.uint8)
+    cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1)
+    return m
+
+
+def test_an_ac_extrapolated_over_much_of_an_outline_that_is_no_exact_ellipse_is_doubtful():
+    """An abdomen cut by the fan's side whose outline is not exactly an ellipse (2 % off it) read
+    plain, with a GA, 5-7 % long once 25-40 % of its outline lay outside: the ellipse fitted to the
+    arc that shows goes its own way where nothing shows. Such an AC is doubtful; an exact ellipse
+    stays plain up to 30 % of its outline outside, and past that any outline is doubtful."""
+    fov = np.zeros((480, 640), bool)
+    fov[:, 200:] = True
+    whole = fc.mask_shape(_wobbled(400, 0.03), fov, 0.25)
+    assert whole.plausible and whole.problem is None
+    exact = fc.mask_shape(_wobbled(300, 0.0), fov, 0.25)
+    assert exact.plausible and 0.2 <= exact.extrapolated < fc.EXTRAPOLATED_FAR and exact.problem is None
+    cut = fc.mask_shape(_wobbled(300, 0.03), fov, 0.25)
+    assert cut.plausible and cut.extrapolated >= fc.EXTRAPOLATED_DOUBT
+    assert abs(cut.circumference_mm / whole.circumference_mm - 1) > 0.015  # the extrapolation's error
+    assert cut.problem.startswith("extrapolated over") and "no exact ellipse" in cut.problem
+    far = fc.mask_shape(_wobbled(240, 0.0), fov, 0.25)
+    assert far.plausible and far.extrapolated >= fc.EXTRAPOLATED_FAR
+    assert far.problem.startswith("extrapolated over") and "no exact ellipse" not in far.problem
+    from fetaliqa_core.analysis.units import mask_doubt, short_doubt
+
+    assert mask_doubt(cut.problem).startswith("the mask's outline is extrapolated over")
+    assert short_doubt(mask_doubt(cut.problem)) == "extrapolated outline"
