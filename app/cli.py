@@ -44,11 +44,24 @@ def display_available() -> bool:
     return True
 
 
-def display_problem() -> str | None:
-    """Why Qt would fail to open a window on the display there is (None when it can)."""
+def display_problem(headless: bool | None = None) -> str | None:
+    """Why Qt would fail to start here (None when it can): on the display there is or, for a
+    ``headless`` run (default: when there is no display), only on a platform QT_QPA_PLATFORM
+    forces; Qt tries that one even for a run it would otherwise render offscreen
+    (QT_QPA_PLATFORM=xcb with no DISPLAY, or a misspelt name, aborted the process)."""
     from app.qt_platform import display_problem as problem
 
-    return problem() if display_available() else None
+    if headless is None:
+        headless = not display_available()
+    if headless and not os.environ.get("QT_QPA_PLATFORM"):
+        return None  # offscreen is set when the QApplication is made
+    return problem()
+
+
+def render_offscreen_instead() -> None:
+    """Have Qt render offscreen, also in place of a QT_QPA_PLATFORM that cannot start here
+    (:func:`ensure_application` keeps one that is set)."""
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 
 NO_DISPLAY_HELP = ("there is no display here to open the viewer on: give a sweep and a picture to render "
@@ -345,13 +358,14 @@ def run(args) -> int:
         args.screenshot = checked_screenshot(args.screenshot, args.sweep)
     unattended = bool(args.screenshot or args.exit_when_scored or args.max_seconds or args.save_scores)
     headless = not display_available()
-    problem = display_problem()
+    problem = display_problem(headless)
     if problem is not None:
         if not unattended:
             raise FetalIQAError(problem)
         # A picture or a timed run does not need the screen: render offscreen instead.
         print(f"fetaliqa: {problem} Rendering offscreen instead.", file=sys.stderr)
         headless = True
+        render_offscreen_instead()
     if headless and args.sweep is None:
         raise UsageError(NO_DISPLAY_HELP)
     if headless and not unattended:

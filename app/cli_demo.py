@@ -51,17 +51,20 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from app.cli import checked_screenshot, display_available, display_problem, run_window, save_scores
+    from app.cli import (checked_screenshot, display_available, display_problem, render_offscreen_instead,
+                         run_window, save_scores)
     from fetaliqa_core import paths, synth
     from fetaliqa_core.errors import FetalIQAError
 
     headless = bool(args.headless or not display_available())
-    problem = display_problem()
-    if problem is not None and not headless:
-        # An X display without the libraries Qt needs: say which, and render offscreen instead.
+    problem = display_problem(headless)
+    if problem is not None:
+        # An X display without the libraries Qt needs, no compositor at WAYLAND_DISPLAY, a
+        # QT_QPA_PLATFORM that cannot start here: say why, and render offscreen instead.
         print(f"fetaliqa: {problem}", file=sys.stderr)
         print("fetaliqa: rendering the demo offscreen instead (no window).", file=sys.stderr, flush=True)
         headless = True
+        render_offscreen_instead()
     if not synth.demo_case_exists():
         print("making the demo sweep (synthetic, once: it is kept in the cache)…", flush=True)
     sweep_path = synth.demo_sweep_path()
