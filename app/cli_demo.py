@@ -66,6 +66,7 @@ def run(args) -> int:
         headless = True
         render_offscreen_instead()
     if not synth.demo_case_exists():
+        paths.required_cache_dir("The demo sweep")  # one line naming FETALIQA_HOME when it cannot be written
         print("making the demo sweep (synthetic, once: it is kept in the cache)…", flush=True)
     sweep_path = synth.demo_sweep_path()
     print(f"demo sweep: {sweep_path}", flush=True)
@@ -83,7 +84,11 @@ def run(args) -> int:
 
     from fetaliqa_core.cli.score import check_out_folder
 
-    out_dir = Path(args.out).expanduser() if args.out else paths.cache_dir() / OUTPUT_FOLDER
+    if args.out:
+        out_dir = Path(args.out).expanduser()
+    else:
+        out_dir = paths.required_cache_dir("Writing the demo's outputs", ", or give them a folder with --out DIR")
+        out_dir = out_dir / OUTPUT_FOLDER
     check_out_folder(out_dir)  # created by the first file written into it
     shot = checked_screenshot(out_dir / "screenshot.png", what="the screenshot")  # a file of that name that is no PNG stays
     print(f"no display: scoring {sweep_path.name} offscreen…", flush=True)
