@@ -188,7 +188,14 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     settings = AppSettings.load()
     gone = None
     if review_db is not None:
-        settings.review_db = str(checked_review_db(review_db))
+        db = checked_review_db(review_db)
+        if not db.exists():
+            # made now, empty, as it is remembered: one left unwritten (nothing reviewed) was said
+            # to "no longer exist" by every `fetaliqa review` and the next window, as if verdicts were lost
+            from fetaliqa_core.review import ReviewStore
+
+            ReviewStore(db).close()
+        settings.review_db = str(db)
     elif settings.review_db and not Path(settings.review_db).expanduser().exists():
         # the database `gui --db` left remembered was moved or removed: a new empty one made in its
         # place, without a word, split the verdicts between two files
