@@ -112,6 +112,9 @@ def ensure_application(headless: bool):
     if app is None:
         if headless:
             _quiet_offscreen_warnings()
+        from app.qt_platform import use_utf8_locale
+
+        use_utf8_locale()  # (under LC_ALL=C Qt warned in four lines on every run)
         app = QApplication(sys.argv[:1] or ["fetaliqa"])
         app.setApplicationName("FetalIQA")
         app.setOrganizationName("FetalIQA")

@@ -5,7 +5,9 @@ container may lack (libxcb-cursor0 above all, since Qt 6.5). Without them Qt pri
 load the Qt platform plugin xcb" and aborts the process (exit 134) while the QApplication is
 being built, too late for a readable message. This module tries to load each library the way
 the plugin would (``dlopen`` through ctypes, so LD_LIBRARY_PATH and the loader cache count), and
-names the distribution packages that provide the missing ones.
+names the distribution packages that provide the missing ones. It also checks the other ways Qt
+aborts or complains as it starts: no compositor at WAYLAND_DISPLAY, a QT_QPA_PLATFORM that names
+no platform or one that cannot start here, a C locale (Qt's four-line warning).
 """
 
 from __future__ import annotations
@@ -210,3 +212,42 @@ def display_problem(environ=None, loads=None, reachable=None, plugins=None) -> s
         else:
             return None  # offscreen, minimal, vnc, eglfs...: not a display this can check
     return problems[-1] if problems else None
+
+
+def utf8_locale_setting(environ=None, available=None) -> tuple[str, str] | None:
+    """The variable and value that give Qt a UTF-8 locale where the locale is C or POSIX
+    (``LC_ALL=C``, or nothing set), None where nothing is to change. Qt switches to C.UTF-8
+    there itself, with a four-line warning on every run; set before the QApplication is made,
+    C.UTF-8 differs from C only in the characters it reads, so the switch is the same, without
+    the warning. LC_ALL overrides LC_CTYPE, so it is the one set when it is set. Another
+    locale that is not UTF-8 (a user's Latin-1 one) is theirs: Qt's warning stays. ``available``:
+    whether a locale name can be set (default: asked of the C library)."""
+    env = os.environ if environ is None else environ
+    if not sys.platform.startswith("linux"):
+        return None
+    current = env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or "C"
+    if current not in ("C", "POSIX"):
+        return None
+    if not (available or _locale_available)("C.UTF-8"):
+        return None
+    return ("LC_ALL" if env.get("LC_ALL") else "LC_CTYPE"), "C.UTF-8"
+
+
+def _locale_available(name: str) -> bool:
+    import locale
+
+    old = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, name)
+    except locale.Error:
+        return False
+    finally:
+        locale.setlocale(locale.LC_CTYPE, old)
+    return True
+
+
+def use_utf8_locale() -> None:
+    """Apply :func:`utf8_locale_setting` to this process's environment (before the QApplication)."""
+    setting = utf8_locale_setting()
+    if setting is not None:
+        os.environ[setting[0]] = setting[1]

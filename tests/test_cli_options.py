@@ -245,3 +245,26 @@ def test_eval_without_a_bundle_is_a_wrong_command_line_that_names_the_demo_pair(
     assert cli_main(["eval", "--data", str(tmp_path), "--split", "all"]) == 2
     err = capsys.readouterr().err
     assert "--cls BUNDLE" in err and "resources/demo/cls" in err.replace("\\", "/")
+
+
+def test_a_c_locale_gives_qt_a_utf8_one_without_its_warning():
+    """Under LC_ALL=C Qt switched to C.UTF-8 itself and said so in four lines ("Detected locale
+    "C" ... reconfigure your locale") on every window, demo and PDF run."""
+    import subprocess
+    import sys
+
+    from app import qt_platform
+
+    yes = lambda name: True  # noqa: E731
+    assert qt_platform.utf8_locale_setting({"LC_ALL": "C"}, yes) == ("LC_ALL", "C.UTF-8")
+    assert qt_platform.utf8_locale_setting({"LANG": "POSIX"}, yes) == ("LC_CTYPE", "C.UTF-8")
+    assert qt_platform.utf8_locale_setting({}, yes) == ("LC_CTYPE", "C.UTF-8")
+    assert qt_platform.utf8_locale_setting({"LC_ALL": "C"}, lambda name: False) is None  # none to switch to
+    for theirs in ({"LANG": "de_DE.UTF-8"}, {"LC_CTYPE": "C.UTF-8"}, {"LANG": "C", "LC_CTYPE": "en_GB.ISO-8859-1"}):
+        assert qt_platform.utf8_locale_setting(theirs, yes) is None
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))}
+    env.update(LC_ALL="C", QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    run = subprocess.run([sys.executable, "-c", "from app.cli import ensure_application; ensure_application(True)"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "locale" not in run.stderr, run.stderr
