@@ -22,8 +22,8 @@ def add_arguments(parser) -> None:
                         help="pixel spacing in mm per pixel for a sweep whose file records none (or a wrong one): "
                              "one number for square pixels, or width x height (0.3x0.4)")
     parser.add_argument("--db", metavar="FILE", type=Path, default=None,
-                        help="review database (default: the one in the user data folder); remembered for "
-                             "later windows and for `fetaliqa review`")
+                        help="review database (default: the one in the user data folder; a new one is made, "
+                             "empty); remembered for later windows and for `fetaliqa review`")
     parser.add_argument("--screenshot", metavar="PNG", type=Path,
                         help="save a picture of the window when scoring has ended (or at --max-seconds)")
     parser.add_argument("--exit-when-scored", action="store_true",
