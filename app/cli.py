@@ -22,8 +22,8 @@ def add_arguments(parser) -> None:
                         help="pixel spacing in mm per pixel for a sweep whose file records none (or a wrong one): "
                              "one number for square pixels, or width x height (0.3x0.4)")
     parser.add_argument("--db", metavar="FILE", type=Path, default=None,
-                        help="review database (default: the one in the user data folder); remembered for "
-                             "later windows and for `fetaliqa review`")
+                        help="review database (default: the one in the user data folder; a new one is made, "
+                             "empty); remembered for later windows and for `fetaliqa review`")
     parser.add_argument("--screenshot", metavar="PNG", type=Path,
                         help="save a picture of the window when scoring has ended (or at --max-seconds)")
     parser.add_argument("--exit-when-scored", action="store_true",
@@ -44,11 +44,24 @@ def display_available() -> bool:
     return True
 
 
-def display_problem() -> str | None:
-    """Why Qt would fail to open a window on the display there is (None when it can)."""
+def display_problem(headless: bool | None = None) -> str | None:
+    """Why Qt would fail to start here (None when it can): on the display there is or, for a
+    ``headless`` run (default: when there is no display), only on a platform QT_QPA_PLATFORM
+    forces; Qt tries that one even for a run it would otherwise render offscreen
+    (QT_QPA_PLATFORM=xcb with no DISPLAY, or a misspelt name, aborted the process)."""
     from app.qt_platform import display_problem as problem
 
-    return problem() if display_available() else None
+    if headless is None:
+        headless = not display_available()
+    if headless and not os.environ.get("QT_QPA_PLATFORM"):
+        return None  # offscreen is set when the QApplication is made
+    return problem()
+
+
+def render_offscreen_instead() -> None:
+    """Have Qt render offscreen, also in place of a QT_QPA_PLATFORM that cannot start here
+    (:func:`ensure_application` keeps one that is set)."""
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 
 NO_DISPLAY_HELP = ("there is no display here to open the viewer on: give a sweep and a picture to render "
@@ -99,6 +112,9 @@ def ensure_application(headless: bool):
     if app is None:
         if headless:
             _quiet_offscreen_warnings()
+        from app.qt_platform import use_utf8_locale
+
+        use_utf8_locale()  # (under LC_ALL=C Qt warned in four lines on every run)
         app = QApplication(sys.argv[:1] or ["fetaliqa"])
         app.setApplicationName("FetalIQA")
         app.setOrganizationName("FetalIQA")
@@ -175,7 +191,14 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     settings = AppSettings.load()
     gone = None
     if review_db is not None:
-        settings.review_db = str(checked_review_db(review_db))
+        db = checked_review_db(review_db)
+        if not db.exists():
+            # made now, empty, as it is remembered: one left unwritten (nothing reviewed) was said
+            # to "no longer exist" by every `fetaliqa review` and the next window, as if verdicts were lost
+            from fetaliqa_core.review import ReviewStore
+
+            ReviewStore(db).close()
+        settings.review_db = str(db)
     elif settings.review_db and not Path(settings.review_db).expanduser().exists():
         # the database `gui --db` left remembered was moved or removed: a new empty one made in its
         # place, without a word, split the verdicts between two files
@@ -345,13 +368,14 @@ def run(args) -> int:
         args.screenshot = checked_screenshot(args.screenshot, args.sweep)
     unattended = bool(args.screenshot or args.exit_when_scored or args.max_seconds or args.save_scores)
     headless = not display_available()
-    problem = display_problem()
+    problem = display_problem(headless)
     if problem is not None:
         if not unattended:
             raise FetalIQAError(problem)
         # A picture or a timed run does not need the screen: render offscreen instead.
         print(f"fetaliqa: {problem} Rendering offscreen instead.", file=sys.stderr)
         headless = True
+        render_offscreen_instead()
     if headless and args.sweep is None:
         raise UsageError(NO_DISPLAY_HELP)
     if headless and not unattended:

@@ -51,18 +51,22 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from app.cli import checked_screenshot, display_available, display_problem, run_window, save_scores
+    from app.cli import (checked_screenshot, display_available, display_problem, render_offscreen_instead,
+                         run_window, save_scores)
     from fetaliqa_core import paths, synth
     from fetaliqa_core.errors import FetalIQAError
 
     headless = bool(args.headless or not display_available())
-    problem = display_problem()
-    if problem is not None and not headless:
-        # An X display without the libraries Qt needs: say which, and render offscreen instead.
+    problem = display_problem(headless)
+    if problem is not None:
+        # An X display without the libraries Qt needs, no compositor at WAYLAND_DISPLAY, a
+        # QT_QPA_PLATFORM that cannot start here: say why, and render offscreen instead.
         print(f"fetaliqa: {problem}", file=sys.stderr)
         print("fetaliqa: rendering the demo offscreen instead (no window).", file=sys.stderr, flush=True)
         headless = True
+        render_offscreen_instead()
     if not synth.demo_case_exists():
+        paths.required_cache_dir("The demo sweep")  # one line naming FETALIQA_HOME when it cannot be written
         print("making the demo sweep (synthetic, once: it is kept in the cache)…", flush=True)
     sweep_path = synth.demo_sweep_path()
     print(f"demo sweep: {sweep_path}", flush=True)
@@ -80,7 +84,11 @@ def run(args) -> int:
 
     from fetaliqa_core.cli.score import check_out_folder
 
-    out_dir = Path(args.out).expanduser() if args.out else paths.cache_dir() / OUTPUT_FOLDER
+    if args.out:
+        out_dir = Path(args.out).expanduser()
+    else:
+        out_dir = paths.required_cache_dir("Writing the demo's outputs", ", or give them a folder with --out DIR")
+        out_dir = out_dir / OUTPUT_FOLDER
     check_out_folder(out_dir)  # created by the first file written into it
     shot = checked_screenshot(out_dir / "screenshot.png", what="the screenshot")  # a file of that name that is no PNG stays
     print(f"no display: scoring {sweep_path.name} offscreen…", flush=True)

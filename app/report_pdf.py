@@ -50,6 +50,9 @@ def ensure_gui_application() -> QGuiApplication:
     if (not os.environ.get("QT_QPA_PLATFORM") and sys.platform.startswith("linux")
             and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from app.qt_platform import use_utf8_locale
+
+    use_utf8_locale()  # (under LC_ALL=C Qt warned in four lines)
     _app = QApplication(sys.argv[:1] or ["fetaliqa"])
     return _app
 

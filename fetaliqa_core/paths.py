@@ -110,12 +110,41 @@ def _optional_dir(path: Path, what: str) -> Path:
     return path
 
 
+def cache_path() -> Path:
+    """Where :func:`cache_dir` is, without making it (nor warning that it cannot be)."""
+    home = _home_override()
+    return home / "cache" if home else Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+
+
 def cache_dir() -> Path:
     """Results cache and the synthesised demo sweep. Safe to delete. May be unwritable: every
     writer there treats a failed write as "not cached"."""
-    home = _home_override()
-    path = home / "cache" if home else Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
-    return _optional_dir(path, "the cache folder")
+    return _optional_dir(cache_path(), "the cache folder")
+
+
+def required_cache_dir(what: str, otherwise: str = "") -> Path:
+    """The cache folder, made and writable, for something that cannot go without it (the demo
+    sweep, the demo's outputs); else one line naming the setting that moves it. The demo warned
+    "continuing without it" and then failed with "cannot create the folder ... Choose a folder
+    you can write to", naming nothing to set. ``otherwise``: another way out, said last."""
+    import sys
+    import tempfile
+
+    from fetaliqa_core.errors import FetalIQAError
+
+    path = cache_path()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".fetaliqa-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        how = "set FETALIQA_HOME to a folder you can write to (FetalIQA keeps its cache, settings and data there)"
+        if _home_override() is None and sys.platform.startswith("linux"):
+            how += ", or XDG_CACHE_HOME for the cache alone"
+        raise FetalIQAError(f"{what} needs the cache folder, and {path} cannot be written ({os_error_cause(exc)}): "
+                            f"{how}{otherwise}.") from None
+    return path
 
 
 def data_dir() -> Path:

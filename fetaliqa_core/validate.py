@@ -113,6 +113,7 @@ def check_path_name(path: Path) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         shown = plain_text(text).encode("ascii", "backslashreplace").decode("ascii")
+        _refuse_utf8_read_as_ascii(text, shown)
         raise FetalIQAError(f"{shown}: the file name is not valid UTF-8 text (made by another system's "
                             "encoding), so it cannot be opened safely. Rename the file or its folder.") from None
     if "\0" in text:
@@ -121,6 +122,24 @@ def check_path_name(path: Path) -> None:
         # A file dialog hands on a name it could not decode with U+FFFD in place of the bytes.
         raise FetalIQAError(f"{text}: the file name holds bytes that are not valid UTF-8 text (shown as \ufffd), "
                             "so it cannot be opened by this name. Rename the file or its folder.")
+
+
+def _refuse_utf8_read_as_ascii(text: str, shown: str) -> None:
+    """A name that is UTF-8 on disk but was read in a process whose file names are not UTF-8 (a
+    C locale with Python's UTF-8 mode off): the setting is at fault, not the name, which was
+    blamed as "not valid UTF-8 text" and to be renamed."""
+    import sys
+
+    encoding = sys.getfilesystemencoding()
+    if encoding.lower().replace("-", "") in ("utf8", "utf8mb4"):
+        return
+    try:
+        text.encode(encoding, "surrogateescape").decode("utf-8")
+    except (UnicodeError, LookupError):
+        return
+    raise FetalIQAError(f"{shown}: the file name is UTF-8 text, but this process reads file names as {encoding} "
+                        "(a C locale with Python's UTF-8 mode off), so it cannot be opened safely. Run with "
+                        "PYTHONUTF8=1, or with a UTF-8 locale (LC_ALL=C.UTF-8).")
 
 
 def check_volume(source: str | Path, frames: int, height: int, width: int, bytes_per_pixel: int,

@@ -68,3 +68,35 @@ def test_demo_on_a_display_without_xcb_libraries_renders_offscreen(qtbot, demo_s
     captured = capsys.readouterr()
     assert "apt install libxcb-cursor0" in captured.err and "offscreen" in captured.err
     assert (out / "frames.csv").is_file() and (out / "screenshot.png").is_file()
+
+
+def test_a_cache_that_cannot_be_written_names_the_setting_that_moves_it(tmp_path, monkeypatch, capsys):
+    """With the cache folder unwritable (HOME read-only or unset, XDG_CACHE_HOME or FETALIQA_HOME
+    under a file) the demo warned "continuing without it", then failed with "cannot create the
+    folder ... Choose a folder you can write to", which named nothing to set."""
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("FETALIQA_HOME", str(tmp_path / "afile" / "home"))
+    assert cli_main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "The demo sweep needs the cache folder" in err and "set FETALIQA_HOME to a folder" in err, err
+    assert "continuing without it" not in err and len(err.strip().splitlines()) == 1, err
+
+    monkeypatch.delenv("FETALIQA_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "afile"))
+    monkeypatch.setattr("sys.platform", "linux")
+    assert cli_main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "or XDG_CACHE_HOME" in err and "continuing without it" not in err, err
+
+
+def test_outputs_for_a_cache_that_cannot_be_written_point_to_out(demo_sweep, tmp_path, monkeypatch, capsys):
+    """The demo sweep there already (a cache made read-only since): the outputs, which go into
+    the cache by default, name --out as well as FETALIQA_HOME."""
+    from fetaliqa_core import synth
+
+    monkeypatch.setattr(synth, "demo_case_exists", lambda: True)
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("FETALIQA_HOME", str(tmp_path / "afile" / "home"))
+    assert cli_main(["demo", "--headless"]) == 1
+    err = capsys.readouterr().err
+    assert "demo's outputs needs the cache folder" in err and "--out DIR" in err and "FETALIQA_HOME" in err, err

@@ -497,3 +497,22 @@ def test_a_remembered_database_that_is_gone_is_not_made_again_empty(tmp_path, ca
     err = capsys.readouterr().err
     assert str(gone) in err and "no longer exists" in err and str(default_db_path()) in err
     assert not gone.exists() and AppSettings.load().review_db == ""
+
+
+def test_a_new_database_named_with_gui_db_is_made_at_once(tmp_path, capsys):
+    """`gui --db new.sqlite3` with nothing reviewed remembered a file that was never written:
+    every `fetaliqa review` command, and the next window, then said it "no longer exists", which
+    reads as lost verdicts (and the next window went back to the default database)."""
+    from app.cli import run_window
+    from fetaliqa_core.cli import main as cli_main
+
+    new = tmp_path / "project" / "new.sqlite3"
+    run_window(None, headless=True, max_seconds=0.5, review_db=new)
+    assert new.is_file()
+    capsys.readouterr()
+    assert cli_main(["review", "list"]) == 0
+    err = capsys.readouterr().err
+    assert "no longer exists" not in err and str(new.resolve()) in err, err
+    run_window(None, headless=True, max_seconds=0.5)
+    assert "no longer exists" not in capsys.readouterr().err
+    assert AppSettings.load().review_db == str(new.resolve())

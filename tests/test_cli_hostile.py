@@ -354,3 +354,18 @@ def test_a_full_disk_names_the_folder_being_written(case, tiny_bundle_dirs, tmp_
     rc = main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "disk is full" in err and str(out) in err, err
+
+
+def test_a_utf8_name_read_under_an_ascii_locale_blames_the_setting_not_the_name(monkeypatch):
+    """Under LC_ALL=C with PYTHONUTF8=0 a name such as "fötal.mha", valid UTF-8 on disk, was
+    refused as "not valid UTF-8 text (made by another system's encoding) ... Rename the file"."""
+    from fetaliqa_core.validate import check_path_name
+
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "ascii")
+    read_as_ascii = "f\xc3\xb6tal.mha".encode("latin-1").decode("ascii", "surrogateescape")
+    with pytest.raises(FetalIQAError, match="PYTHONUTF8=1") as refused:
+        check_path_name(Path(read_as_ascii))
+    assert "Rename" not in str(refused.value)
+    # bytes that are UTF-8 in no locale are still the name's fault
+    with pytest.raises(FetalIQAError, match="Rename"):
+        check_path_name(Path(b"bad\xff\xfe.mha".decode("ascii", "surrogateescape")))

@@ -3,11 +3,14 @@ one readable line either way. And what the viewer does where it cannot open a wi
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
 from fetaliqa_core.cli import main as cli_main
+from fetaliqa_core.errors import FetalIQAError
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "inf", "half"])
@@ -91,6 +94,62 @@ def test_missing_xcb_libraries_named_in_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "libxcb-icccm4" in err[0] and not made
 
+
+
+def test_a_stale_wayland_display_is_found_without_a_wayland_session_type(tmp_path):
+    """Qt tries Wayland whenever WAYLAND_DISPLAY is set; the check looked only when
+    XDG_SESSION_TYPE=wayland too, so a WAYLAND_DISPLAY left from another session, with no
+    DISPLAY, let `fetaliqa demo` and `gui --screenshot` abort inside Qt (exit 134)."""
+    from app import qt_platform
+
+    env = {"WAYLAND_DISPLAY": "wayland-9", "XDG_RUNTIME_DIR": str(tmp_path)}
+    line = qt_platform.display_problem(env, loads=lambda so: True)
+    assert "no Wayland compositor answers" in line and "wayland-9" in line and "offscreen" in line
+    assert qt_platform.platform_order(env) == ["wayland", "xcb"]
+    # with an X server to fall back to, Qt opens its window there
+    assert qt_platform.display_problem({**env, "DISPLAY": ":0"}, loads=lambda so: True,
+                                       reachable=lambda d: True) is None
+    (tmp_path / "wayland-9").touch()  # a compositor's socket: Wayland is used, X is not checked
+    assert qt_platform.display_problem(env, loads=lambda so: False) is None
+    assert not qt_platform.will_use_xcb({**env, "DISPLAY": ":0"})
+
+
+def test_a_forced_platform_that_cannot_start_is_named_in_one_line(monkeypatch, capsys):
+    """QT_QPA_PLATFORM=xcb with no DISPLAY (or a misspelt name) printed "no display: scoring
+    ... offscreen" and then Qt aborted (exit 134): Qt tries the forced platform however headless
+    the run. Now the line names the setting, the window refuses (exit 1) and a run that renders
+    offscreen anyway does so in place of it."""
+    from app import qt_platform
+
+    line = qt_platform.display_problem({"QT_QPA_PLATFORM": "xcb"}, loads=lambda so: True)
+    assert "QT_QPA_PLATFORM='xcb'" in line and "DISPLAY is not set" in line
+    have = ["minimal", "offscreen", "wayland", "xcb"]
+    line = qt_platform.display_problem({"QT_QPA_PLATFORM": "xbc", "DISPLAY": ":0"}, plugins=have)
+    assert "QT_QPA_PLATFORM='xbc' names no platform" in line and "minimal, offscreen, wayland, xcb" in line
+    assert qt_platform.display_problem({"QT_QPA_PLATFORM": "xbc;offscreen"}, plugins=have) is None
+    monkeypatch.delenv("QT_PLUGIN_PATH", raising=False)
+    monkeypatch.delenv("QT_QPA_PLATFORM_PLUGIN_PATH", raising=False)
+    assert {"xcb", "offscreen", "wayland", "wayland-egl"} <= set(qt_platform.platform_plugins())  # (read from PySide6)
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    made = []
+
+    def window(*a, **k):
+        made.append(os.environ.get("QT_QPA_PLATFORM"))
+        raise FetalIQAError("stopped here")
+
+    monkeypatch.setattr("app.cli.run_window", window)
+    assert cli_main(["gui"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "QT_QPA_PLATFORM='xcb'" in err[0] and not made
+    sweep = Path(__file__).parent / "missing-on-purpose.mha"
+    monkeypatch.setattr("fetaliqa_core.synth.demo_sweep_path", lambda: sweep)
+    monkeypatch.setattr("fetaliqa_core.synth.demo_case_exists", lambda: True)
+    assert cli_main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "QT_QPA_PLATFORM='xcb'" in err and "offscreen instead" in err and made == ["offscreen"]
 
 MODEL_COMMANDS = {"score": ["SWEEP"], "gui": [], "eval": ["--data", "D"], "demo": [], "bench": []}
 
@@ -186,3 +245,26 @@ def test_eval_without_a_bundle_is_a_wrong_command_line_that_names_the_demo_pair(
     assert cli_main(["eval", "--data", str(tmp_path), "--split", "all"]) == 2
     err = capsys.readouterr().err
     assert "--cls BUNDLE" in err and "resources/demo/cls" in err.replace("\\", "/")
+
+
+def test_a_c_locale_gives_qt_a_utf8_one_without_its_warning():
+    """Under LC_ALL=C Qt switched to C.UTF-8 itself and said so in four lines ("Detected locale
+    "C" ... reconfigure your locale") on every window, demo and PDF run."""
+    import subprocess
+    import sys
+
+    from app import qt_platform
+
+    yes = lambda name: True  # noqa: E731
+    assert qt_platform.utf8_locale_setting({"LC_ALL": "C"}, yes) == ("LC_ALL", "C.UTF-8")
+    assert qt_platform.utf8_locale_setting({"LANG": "POSIX"}, yes) == ("LC_CTYPE", "C.UTF-8")
+    assert qt_platform.utf8_locale_setting({}, yes) == ("LC_CTYPE", "C.UTF-8")
+    assert qt_platform.utf8_locale_setting({"LC_ALL": "C"}, lambda name: False) is None  # none to switch to
+    for theirs in ({"LANG": "de_DE.UTF-8"}, {"LC_CTYPE": "C.UTF-8"}, {"LANG": "C", "LC_CTYPE": "en_GB.ISO-8859-1"}):
+        assert qt_platform.utf8_locale_setting(theirs, yes) is None
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))}
+    env.update(LC_ALL="C", QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    run = subprocess.run([sys.executable, "-c", "from app.cli import ensure_application; ensure_application(True)"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "locale" not in run.stderr, run.stderr

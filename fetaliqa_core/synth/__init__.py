@@ -76,7 +76,7 @@ __all__ = [
 def _demo_files() -> tuple[Path, Path]:
     from fetaliqa_core import paths
 
-    folder = paths.cache_dir() / "demo"
+    folder = paths.cache_path() / "demo"  # (made when the case is written: no warning for a look)
     stem = f"demo_s{DEMO_SEED}_v{SYNTH_VERSION}"
     return folder / f"{stem}.mha", folder / f"{stem}_mask.mha"
 
