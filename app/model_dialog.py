@@ -42,8 +42,13 @@ class ModelDialog(QDialog):
         self.device.addItems(DEVICES)
         self.precision = QComboBox()
         self.precision.addItems(["auto", "bf16", "fp32"])
-        self.precision.setToolTip("auto: bf16 on a GPU and on CPUs with bf16 matrix instructions unless it "
-                                  "measures slower there, fp32 elsewhere")
+        tip = ("auto: bf16 on a GPU and on CPUs with bf16 matrix instructions unless it "
+               "measures slower there, fp32 elsewhere")
+        from fetaliqa_core.models.device import SLOW_BF16, cpu_lacks_bf16
+
+        if cpu_lacks_bf16():  # the choice is remembered: say what bf16 costs before it is made
+            tip += f". bf16 on the CPU: {SLOW_BF16} (a GPU is not affected)"
+        self.precision.setToolTip(tip)
 
         form = QFormLayout()
         form.addRow("FetalCLIP weights", self.base)

@@ -226,3 +226,74 @@ def test_chosen_runs_are_the_choice_s_run_and_the_candidates_run_holding_the_fra
         "choice": None, "candidates": (4, 6)}
     assert chosen_runs(NS(summary=NS(chosen_frame=-1), choice=None, flags=NS(candidates=cand))) == {
         "choice": None, "candidates": None}
+
+
+def test_bf16_comparison_is_small_on_a_cpu_without_bf16_instructions(monkeypatch):
+    """The bench timed a 2048 bf16 product 8 times "for comparison" on every CPU: 98 s each on an
+    AVX2-only CPU, 13 silent minutes. There only a small product is timed, beside fp32, and the
+    report says what was left out and why."""
+    from fetaliqa_core.bench import report as report_mod
+    from fetaliqa_core.bench import run as run_mod
+    from fetaliqa_core.models import device as dev
+
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: ((), True))
+    monkeypatch.setattr(run_mod, "measure_matmul", lambda *a, **k: pytest.fail("bf16 timed at the full size"))
+    said = []
+    entry = run_mod.cpu_bf16_comparison(torch.device("cpu"), 2048, said.append)
+    assert entry["n"] == machine.SMALL_BF16_SIDE and "not timed at 2048x2048" in entry["skipped_large"]
+    assert _positive(entry["median_flops"]) and _positive(entry["bf16_over_fp32_time"])
+    assert said and "no bf16 matrix instructions" in said[0]  # a progress line before it
+    text = report_mod.format_report(_report_with_bf16(entry))
+    assert "not timed at 2048x2048: this CPU has no bf16 matrix instructions" in text
+    assert f"at {machine.SMALL_BF16_SIDE}x{machine.SMALL_BF16_SIDE}" in text
+
+
+def test_bf16_comparison_keeps_the_full_size_where_the_cpu_has_bf16(monkeypatch):
+    """Only a CPU whose flags show no bf16 instructions gets the small product."""
+    from fetaliqa_core.bench import run as run_mod
+    from fetaliqa_core.models import device as dev
+
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: (("avx512_bf16",), True))
+    asked = []
+    monkeypatch.setattr(run_mod, "measure_matmul", lambda device, dtype, n=None: asked.append((dtype, n)) or {
+        "n": n, "dtype": "bf16", "reps": 7, "median_flops": 1e11, "best_flops": 1e11, "times_s": [0.1]})
+    entry = run_mod.cpu_bf16_comparison(torch.device("cpu"), 2048, lambda s: None)
+    assert asked == [(torch.bfloat16, 2048)] and "skipped_large" not in entry
+
+
+def test_speed_bench_skips_the_real_architecture_in_bf16_without_bf16_instructions(monkeypatch):
+    """`bench --speed` ran FetalCLIP's ViT-L/14 in bf16 for minutes on a CPU without bf16
+    instructions; it now says why it does not (unless FETALIQA_PRECISION=bf16 asks for it)."""
+    from fetaliqa_core.bench import speed
+    from fetaliqa_core.models import device as dev
+
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: ((), True))
+    monkeypatch.delenv(dev.PRECISION_ENV, raising=False)
+    said = []
+    skip = speed.bf16_skipped(said.append)
+    assert skip and "no bf16 matrix instructions" in skip["reason"] and said == [skip["reason"]]
+    assert _positive(skip["bf16_over_fp32_time"])
+    lines = speed.target_lines({"precision": {"bf16_skipped": skip, "probe": {"use_bf16": False}}})
+    assert any("bf16 skipped: no bf16 matrix instructions" in line and "not measured" in line for line in lines)
+    monkeypatch.setenv(dev.PRECISION_ENV, "bf16")
+    assert speed.bf16_skipped(said.append) is None  # forced: timed anyway
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: (("amx_bf16",), True))
+    monkeypatch.delenv(dev.PRECISION_ENV)
+    assert speed.bf16_skipped(said.append) is None
+
+
+def _report_with_bf16(entry: dict):
+    """A minimal CPU report whose ceiling holds ``entry`` as its bf16 comparison."""
+    from fetaliqa_core.bench.settings import BenchReport
+
+    ceiling = {"matmul": {"n": 2048, "dtype": "fp32", "reps": 14, "median_flops": 5e10, "best_flops": 6e10},
+               "rate_flops": 5e10, "cls_fps": 1.0, "seg_fps": 1.0, "cls_seg_fps": 0.5, "case_limit_s": 1680.0,
+               "cpu_bf16_matmul": entry}
+    for t in ("cls", "seg"):
+        ceiling.update({f"{t}_measured_s_per_frame": 1.0, f"{t}_limit_s_per_frame": 1.0, f"{t}_over_limit": 0.0,
+                        f"{t}_measured_s_per_frame_best": 1.0, f"{t}_limit_s_per_frame_best": 1.0,
+                        f"{t}_over_limit_best": 0.0, f"{t}_over_limit_paired": []})
+    return BenchReport(settings={"device_resolved": "cpu", "arch": "tiny", "dtype": "fp32", "batch_size": 4,
+                                 "seed_batch": 32, "frames": 2, "case_frames": 4},
+                       machine={"cpu_model": "x", "cpu_count": 2, "cpu_capability": "AVX2"},
+                       ceiling=ceiling, flops={"cls": 1e9, "seg": 1e9, "vit_analytic": 1e9})

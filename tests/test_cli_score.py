@@ -63,6 +63,12 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     printed = capsys.readouterr().out
     assert "chosen frame" in printed
     assert "  pixel 0.28 x 0.28 mm (file header)\n" in printed  # every length's unit and its source
+    # the number format and why, on the terminal and in summary.json (it was only inside "models")
+    from fetaliqa_core.models.device import select_device
+
+    ran = select_device("cpu")
+    assert summary["precision"] == ran.precision and summary["precision_reason"] == ran.precision_record
+    assert f"  precision {ran.precision} ({ran.precision_record})\n" in printed
     for s in summary["sweeps"]:  # the models' own scores at the best frame, as frames.csv has them
         if s["best_frame"] >= 0:
             row = rows[s["best_frame"]]

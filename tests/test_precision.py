@@ -155,3 +155,59 @@ def test_the_measured_choice_is_kept_per_machine(monkeypatch):
             assert dev.select_device("cpu", "auto").dtype == torch.bfloat16
     finally:
         dev.cpu_precision_probe.cache_clear()
+
+
+def test_forced_bf16_on_a_cpu_without_bf16_instructions_is_honoured_and_said_once(monkeypatch, caplog):
+    """Forcing bf16 (--precision, FETALIQA_PRECISION, the window's remembered choice) on a CPU
+    without bf16 matrix instructions ran several times slower than fp32 without a word: the
+    description said only "bf16: forced" and nothing came on stderr."""
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: ((), True))
+    monkeypatch.setattr(dev, "_slow_bf16_warned", False)
+    choice = dev.select_device("cpu", "bf16")
+    assert choice.dtype == torch.bfloat16  # the user's choice is kept
+    assert "forced; this CPU has no bf16 matrix instructions" in choice.description
+    assert "several times slower than fp32" in choice.description and choice.warning
+    monkeypatch.setenv(dev.PRECISION_ENV, "bf16")
+    assert dev.select_device("cpu").warning  # the environment's bf16 too
+    said = [r.getMessage() for r in caplog.records if r.name == "fetaliqa"]  # (stderr outside pytest)
+    assert len(said) == 1 and said[0].startswith("warning: bf16 forced") and dev.SLOW_BF16 in said[0]  # once
+
+def test_forced_bf16_on_a_cpu_with_bf16_instructions_gives_no_warning(monkeypatch, caplog):
+    """The warning above is for CPUs without bf16 instructions only: with them (or where the
+    flags cannot be read) a forced bf16 is plain "forced"."""
+    monkeypatch.setattr(dev, "_slow_bf16_warned", False)
+    for flags in ((("amx_bf16", "avx512_bf16"), True), ((), False)):
+        monkeypatch.setattr(dev, "cpu_bf16_flags", lambda flags=flags: flags)
+        choice = dev.select_device("cpu", "bf16")
+        assert choice.precision_reason == "forced" and not choice.warning
+    assert not [r for r in caplog.records if r.name == "fetaliqa"]
+
+
+def test_loaded_models_name_the_precision_its_reason_and_a_slow_bf16(monkeypatch):
+    """summary.json held the precision only inside the models string, with no reason; the
+    window's status bar showed "CPU bf16" with nothing saying it was slow there."""
+    from fetaliqa_core.models.choice import ModelChoice, load_models, provenance
+
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: ((), True))
+    monkeypatch.setattr(dev, "_slow_bf16_warned", True)
+    dev.cpu_precision_probe.cache_clear()
+    try:
+        auto = load_models(ModelChoice(model="demo", device="cpu", precision="auto"))
+        forced = load_models(ModelChoice(model="demo", device="cpu", precision="bf16"))
+    finally:
+        dev.cpu_precision_probe.cache_clear()
+    prov = provenance(auto)
+    assert (prov["precision"], prov["precision_reason"]) == ("fp32", "no bf16 matrix instructions")
+    assert "slow" not in auto.short()
+    assert forced.short().endswith("CPU bf16 (slow on this CPU)")
+    assert "no bf16 matrix instructions" in forced.describe()  # the status bar's tooltip
+    assert provenance(forced)["precision_reason"].startswith("forced; ")
+
+
+def test_record_reason_leaves_out_the_measured_rates():
+    """The probe's reason carries measured rates that change from run to run; summary.json gets
+    words that do not."""
+    probe = dev.CpuPrecisionProbe(("avx512_bf16",), True, 60.0, 140.0, use_bf16=True)
+    assert "2.3x" in probe.reason and probe.record_reason == "AVX512_BF16, bf16 measured faster than fp32"
+    choice = dev.DeviceChoice(torch.device("cpu"), torch.float32, 4, probe.reason, record_reason=probe.record_reason)
+    assert choice.precision_record == probe.record_reason

@@ -875,3 +875,25 @@ def test_the_training_record_says_when_the_threshold_was_chosen_on_validation():
     for asked in ("auto", "0.5"):
         cfg = TrainConfig(task="cls", data="D", out="R", threshold=asked)
         assert training_record(cfg, 0, splits)["threshold_requested"] == asked
+
+
+def test_demo_recipe_trains_in_fp32_on_a_cpu_without_bf16_instructions(monkeypatch, capsys):
+    """The demo-model recipe forced --precision bf16 on every CPU: on one without bf16 matrix
+    instructions each training step ran 7.8x slower (hours instead of minutes). There it now
+    trains in fp32 and says why; a bf16 CPU still repeats the recorded recipe (bf16)."""
+    from fetaliqa_core.models import device as dev
+    from training import make_demo_models as mdm
+
+    def precisions(argv):
+        mdm.main(["--work", "W", "--dry-run", "--paper", *argv])
+        printed = capsys.readouterr().out
+        return {line.split("--precision ")[1].split()[0] for line in printed.splitlines()
+                if "--precision " in line and not line.startswith("#")}, printed
+
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: ((), True))
+    used, printed = precisions([])
+    assert used == {"fp32"} and "no bf16 matrix instructions" in printed
+    assert precisions(["--precision", "bf16"])[0] == {"bf16"}  # asked for: kept
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: (("avx512_bf16",), True))
+    used, printed = precisions([])
+    assert used == {"bf16"} and "no bf16 matrix instructions" not in printed

@@ -10,12 +10,17 @@ hand); ``--dry-run`` prints them only. The recipe:
    trained) continued from the previous demo base on these cases (``--from-random``: from a
    random initialisation instead; LoRA on a random tower has nothing to adapt; this base is
    *not* FetalCLIP);
-3. the LoRA classifier and the LoRA 3-class segmenter on that frozen base (``training.train``,
-   bf16 autocast on a CPU with bf16 matrix instructions), exactly as a user trains on FetalCLIP;
+3. the LoRA classifier and the LoRA 3-class segmenter on that frozen base (``training.train``),
+   exactly as a user trains on FetalCLIP;
 4. a held-out synthetic set of another seed at full size and ``fetaliqa eval`` of both models on
    it (the product's path: full frames, the app's frame choice, AC from the mask);
 5. copies into ``resources/demo/``: ``base_tiny.pt`` (+ ``.json``), ``cls/``, ``seg/``,
    ``eval_heldout.json``.
+
+Every training step runs in ``--precision``: by default bf16 (autocast) on a CPU with bf16 matrix
+instructions, as the shipped models were made (AVX-512 BF16), and fp32 on a CPU without them,
+where bf16 runs several times slower (a training step 7.8x on an AVX2-only CPU); fp32 gives models
+close to, not bit-equal with, the shipped ones.
 
 ``--paper`` adds the same pair trained with ``--preset paper`` on the same cases and base
 (:func:`paper_commands`), evaluated beside the project's pair and the paper's table, installed in
@@ -50,7 +55,19 @@ TRAIN_SEED, TRAIN_CASES = 101, 40
 HELDOUT_SEED, HELDOUT_CASES = 9001, 12
 
 
-def paper_commands(work: Path, py: str = sys.executable) -> list[tuple[str, list[str]]]:
+def default_precision() -> str:
+    """The recipe's number format on this CPU: bf16 (as the shipped models were made) unless the
+    CPU's flags show no bf16 matrix instructions, where bf16 runs several times slower: fp32."""
+    from fetaliqa_core.models.device import cpu_lacks_bf16
+
+    return "fp32" if cpu_lacks_bf16() else "bf16"
+
+
+def _cpu_args(precision: str) -> list[str]:
+    return ["--device", "cpu", "--threads", "1", "--workers", "0", "--no-progress-bar", "--precision", precision]
+
+
+def paper_commands(work: Path, py: str = sys.executable, precision: str = "bf16") -> list[tuple[str, list[str]]]:
     """The same models trained with ``--preset paper`` on the same cases and base, and both pairs
     evaluated side by side on the held-out cases (``eval --paper-cls/--paper-seg --compare-paper``).
 
@@ -60,7 +77,7 @@ def paper_commands(work: Path, py: str = sys.executable) -> list[tuple[str, list
     gives each model about the frames the project's demo models saw; the segmenter's decoder is the
     reference's at 8 filters (32 costs ~5x more per frame on a CPU)."""
     w = str(work)
-    cpu = ["--device", "cpu", "--threads", "1", "--workers", "0", "--no-progress-bar", "--precision", "bf16"]
+    cpu = _cpu_args(precision)
     base = f"{w}/base/base_weights.pt"
     common = ["--preset", "paper", "--trials", "1", "--data", f"{w}/train224", "--base", base, "--base-config", "tiny"]
     tower = "on the tiny FetalCLIP-family tower pretrained on synthetic sweeps (not FetalCLIP; not for clinical use)"
@@ -82,10 +99,11 @@ def paper_commands(work: Path, py: str = sys.executable) -> list[tuple[str, list
     ]
 
 
-def commands(work: Path, py: str = sys.executable, from_random: bool = False) -> list[tuple[str, list[str]]]:
+def commands(work: Path, py: str = sys.executable, from_random: bool = False,
+             precision: str = "bf16") -> list[tuple[str, list[str]]]:
     """The recipe: ``(name, argv)`` per step."""
     w = str(work)
-    cpu = ["--device", "cpu", "--threads", "1", "--workers", "0", "--no-progress-bar", "--precision", "bf16"]
+    cpu = _cpu_args(precision)
     start = [] if from_random else ["--init-weights", str(DEMO / "base_tiny.pt")]
     base = f"{w}/base/base_weights.pt"
     return [
@@ -151,8 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paper", action="store_true",
                    help="also train the pair with --preset paper and evaluate both pairs side by side "
                         "(resources/demo/paper/)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="number format of every training step (default: bf16 on a CPU with bf16 matrix "
+                        "instructions, as the shipped models were made; fp32 on a CPU without them, where bf16 "
+                        "runs several times slower)")
     args = p.parse_args(argv)
-    steps = commands(args.work, from_random=args.from_random) + (paper_commands(args.work) if args.paper else [])
+    precision = args.precision or default_precision()
+    if args.precision is None and precision == "fp32":
+        print("# fp32: this CPU has no bf16 matrix instructions (the shipped models were trained in bf16; "
+              "--precision bf16 repeats that, several times slower here)", flush=True)
+    steps = commands(args.work, from_random=args.from_random, precision=precision) + (
+        paper_commands(args.work, precision=precision) if args.paper else [])
     names = [n for n, _ in steps]
     if args.from_step is not None and args.from_step not in names:
         p.error(f"--from-step must be one of {', '.join(names)}")

@@ -356,6 +356,8 @@ class CaseSummary:
     spacing_problem: str | None = None  # set: no mm and no GA anywhere, and why
     read_notes: list = field(default_factory=list)  # io.Sweep.read_notes: what reading the file did
     app_version: str = ""
+    precision: str = ""  # the number format the models ran in ("bf16" / "fp32"; also named in ``models``)
+    precision_reason: str = ""  # why: "forced", "no bf16 matrix instructions", ...
     bundles: list = field(default_factory=list)  # {"role", "name", "sha256", "demo"} per bundle
     base_sha256: str | None = None  # the base weights' file hash ("random:<seed>"; None: a student's own tower)
     demo: bool = False
@@ -438,8 +440,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     and are never flagged. thresholds: :class:`Thresholds`. models: their description for the
     summary. measure: ``frame -> ACMeasurement | None`` (default
     :func:`~fetaliqa_core.analysis.ac.measure_frame_ac` inside the sweep's field of view); the
-    viewer passes its per-frame cache. provenance: ``{"app_version", "bundles", "base_sha256", "demo",
-    "notice"}`` (:func:`fetaliqa_core.models.choice.provenance`) for the summary; with a demonstration
+    viewer passes its per-frame cache. provenance: ``{"app_version", "precision", "precision_reason",
+    "bundles", "base_sha256", "demo", "notice"}`` (:func:`fetaliqa_core.models.choice.provenance`) for the summary; with a demonstration
     model every AC is doubtful (:data:`~fetaliqa_core.analysis.units.DEMO_MODEL_DOUBT`).
 
     Lengths: with the sweep's ``spacing_problem`` set (unknown or implausible pixel spacing) the
@@ -542,6 +544,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         spacing_source=str(getattr(sweep, "spacing_source", "")), spacing_problem=spacing_problem,
         read_notes=[str(n) for n in getattr(sweep, "read_notes", ())],
         app_version=str(prov.get("app_version", "")), bundles=list(prov.get("bundles", [])),
+        precision=str(prov.get("precision", "")), precision_reason=str(prov.get("precision_reason", "")),
         base_sha256=prov.get("base_sha256"),
         demo=bool(prov.get("demo", False)),
         random_base=bool(prov.get("random_base", False)),

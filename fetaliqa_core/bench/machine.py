@@ -178,6 +178,11 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+# The bf16 comparison on a CPU without bf16 matrix instructions: one small product each way (bf16
+# 512^3 took 0.3 s on an AVX2-only CPU, where one 2048^3 bf16 product took 98 s, 8 of them 13 min).
+SMALL_BF16_SIDE = 512
+
+
 def measure_matmul(device: torch.device, dtype: torch.dtype, n: int | None = None, reps: int | None = None) -> dict:
     """Rate of a large square matrix product in ``dtype`` (random inputs), in FLOP/s.
 

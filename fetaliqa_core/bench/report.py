@@ -166,9 +166,14 @@ def format_report(r: BenchReport) -> str:
             lines.append("          warning: the matrix-product rate varied too much in this run (or the model beat "
                          "it by over 20 %): the limit below is not a measure of this machine; run bench on a quiet "
                          "machine with the default --matmul-size")
-        if "cpu_bf16_matmul" in c:
+        b16 = c.get("cpu_bf16_matmul")
+        if b16 and b16.get("skipped_large"):
+            lines.append(f"          (bf16 matmul on this CPU, for comparison: {b16['skipped_large']}; at "
+                         f"{b16['n']}x{b16['n']} {b16['median_flops'] / 1e9:.1f} GFLOP/s, "
+                         f"{b16['bf16_over_fp32_time']:.1f}x fp32's time at that size)")
+        elif b16:
             lines.append(f"          (bf16 matmul on this CPU, for comparison: "
-                         f"{c['cpu_bf16_matmul']['median_flops'] / 1e9:.1f} GFLOP/s median)")
+                         f"{b16['median_flops'] / 1e9:.1f} GFLOP/s median)")
         lines.append(f"FLOPs per frame (FlopCounterMode, merged models): classifier {fl['cls'] / 1e9:.2f} G, "
                      f"segmenter {fl['seg'] / 1e9:.2f} G (ViT analytic {fl['vit_analytic'] / 1e9:.2f} G)")
         lines.append(f"matmul-bound ceiling: classifier {_fmt(c['cls_fps'])} frames/s, segmenter {_fmt(c['seg_fps'])}, "

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from fetaliqa_core.bench.inputs import have_simpleitk, prepare_inputs_in_child
-from fetaliqa_core.bench.machine import (MemoryWatch, count_flops, dtype_name, free_memory, machine_info,
-                                         max_rss_bytes, measure_matmul, merge_matmul, vit_flops)
+from fetaliqa_core.bench.machine import (SMALL_BF16_SIDE, MemoryWatch, count_flops, dtype_name, free_memory,
+                                         machine_info, max_rss_bytes, measure_matmul, merge_matmul, vit_flops)
 from fetaliqa_core.bench.ours import (MatmulProbe, agreement, preprocess_one, run_engine, run_ours_components,
                                       run_reopen)
 from fetaliqa_core.bench.report import evaluate_targets, standard_notes
@@ -73,6 +73,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
         # the matrix-product rate is taken just before and just after the scoring, so that a busy
         # spell of other processes on a shared computer weighs on both alike (outside the memory
         # phases: its matrices are not the product's memory)
+        log(f"matrix-product rate ({dtype_name(choice.dtype)}, before scoring)")
         mm_before = measure_matmul(device, choice.dtype, n=settings.matmul_size)
         with watch.phase("ours-score"):
             cold = None
@@ -98,6 +99,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
             first_b1 = run_engine(case_path, cls_lm, seg_lm, 1, workdir / "results-cache-b1", stop_after=1)
             log("  reopening the cached sweep")
             reopen = run_reopen(case_path, cls_lm, seg_lm, batch, cache_root)
+        log(f"matrix-product rate ({dtype_name(choice.dtype)}, after scoring)")
         mm_after = measure_matmul(device, choice.dtype, n=settings.matmul_size)
         ours = dict(components)
         ours.update(model_load_s=load_s, open_s=engine["open_s"], open_to_first_s=engine["open_to_first_s"],
@@ -151,10 +153,8 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
             ceiling[f"{task}_over_limit_paired"] = paired
             ceiling[f"{task}_over_limit_paired_median"] = statistics.median(paired) if paired else None
         ceiling["case_limit_s"] = settings.case_frames / ceiling["cls_seg_fps"]
-        if device.type == "cpu":
-            # for comparison only: the CPU path runs fp32 (models.device); some CPUs multiply bf16 faster
-            bf16 = measure_matmul(device, torch.bfloat16, n=settings.matmul_size)
-            ceiling["cpu_bf16_matmul"] = {k: v for k, v in bf16.items() if k != "times_s"}
+        if device.type == "cpu" and choice.dtype != torch.bfloat16:
+            ceiling["cpu_bf16_matmul"] = cpu_bf16_comparison(device, settings.matmul_size or mm["n"], log)
         report.ceiling = ceiling
         free_memory(device)
 
@@ -204,6 +204,25 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = lambda s: No
     report.targets = evaluate_targets(report)
     report.notes.extend(standard_notes(report))
     return report
+
+
+def cpu_bf16_comparison(device: torch.device, n: int, log: Callable[[str], None]) -> dict:
+    """bf16's matrix-product rate beside the product's fp32 one, for comparison (auto chose
+    fp32 here: models.device). Where the CPU's flags show no bf16 matrix instructions, bf16 is
+    timed only at :data:`SMALL_BF16_SIDE` beside fp32 at the same size (the large product takes
+    minutes there), and the entry says so (``skipped_large``)."""
+    from fetaliqa_core.models.device import SLOW_BF16, cpu_lacks_bf16, measure_cpu_matmul
+
+    if not cpu_lacks_bf16():
+        log(f"bf16 matrix-product rate {n}x{n}, for comparison")
+        bf16 = measure_matmul(device, torch.bfloat16, n=n)
+        return {k: v for k, v in bf16.items() if k != "times_s"}
+    side = min(n, SMALL_BF16_SIDE)
+    log(f"bf16 matrix product for comparison: {side}x{side} only ({SLOW_BF16})")
+    fp32, bf16 = measure_cpu_matmul(side, side, side, rounds=1)
+    return {"n": side, "dtype": "bf16", "reps": 3, "median_flops": bf16 * 1e9, "best_flops": bf16 * 1e9,
+            "fp32_flops_same_size": fp32 * 1e9, "bf16_over_fp32_time": fp32 / bf16,
+            "skipped_large": f"not timed at {n}x{n}: {SLOW_BF16} (one such product takes minutes)"}
 
 
 def run_display_probes(inp: BenchProbeInput) -> dict:

@@ -233,6 +233,9 @@ def _print_summary(summary: dict, out: Path) -> None:
         from fetaliqa_core.io._common import spacing_text
 
         print(f"  pixel {spacing_text(tuple(summary['spacing_mm']))} ({shown(summary.get('spacing_source') or '?')})")
+    if summary.get("precision"):
+        why = summary.get("precision_reason")
+        print(f"  precision {summary['precision']}{f' ({shown(why)})' if why else ''}")
     if summary.get("choice_note"):
         print(f"  {shown(summary['choice_note'])}")
     for s in summary["sweeps"]:

@@ -86,6 +86,8 @@ class LoadedModels:
     device_label: str = ""  # e.g. "CPU (2 threads, bf16: AVX512_BF16, bf16 matmul 2.3x fp32)"
     precision: str = ""  # "bf16" | "fp32" | ...
     student: object | None = None  # the cascade's student (a loaded joint bundle), when cascading
+    precision_reason: str = ""  # why this number format, words that stay the same run to run (summary.json)
+    precision_warning: str = ""  # set where the forced format is slow here (bf16 on a CPU without bf16 instructions)
 
     def describe(self) -> str:
         """For people: the models and where they run, with why this number format."""
@@ -104,7 +106,9 @@ class LoadedModels:
         if c.cascade:
             names += " (cascade)"
         fmt = f" {self.precision}" if self.precision else ""
-        return f"{names} · {self.device.upper() if self.device == 'cpu' else self.device}{fmt}"
+        # a forced bf16 that is slow here is said where the eye falls, not only in the tooltip
+        slow = " (slow on this CPU)" if self.precision_warning else ""
+        return f"{names} · {self.device.upper() if self.device == 'cpu' else self.device}{fmt}{slow}"
 
     def record(self) -> str:
         """For files (``summary.json``): the models, the device and the number format, without
@@ -228,7 +232,8 @@ def load_models(choice: ModelChoice) -> LoadedModels:
             raise FetalIQAError(f"{choice.student} is not a student bundle (made by fetaliqa distill); "
                                 "give the student for --student")
     return LoadedModels(cls=cls, seg=seg, choice=choice, device=str(device.device), device_label=device.description,
-                        precision=device.precision, student=student)
+                        precision=device.precision, precision_reason=device.precision_record,
+                        precision_warning=device.warning, student=student)
 
 
 
@@ -431,5 +436,6 @@ def provenance(models) -> dict:
     # (a student's loaded base info names its teacher's base, which it never loads)
     base_hash = None if student_alone else getattr(getattr(first, "base", None), "sha256", None)
     return {"app_version": __version__, "bundles": bundles, "base_sha256": base_hash, "demo": demo,
-            "random_base": random_base, "notice": DEMO_NOTICE if demo else RANDOM_BASE_NOTICE if random_base else "",
+            "precision": getattr(models, "precision", "") or "",
+            "precision_reason": getattr(models, "precision_reason", "") or "", "random_base": random_base, "notice": DEMO_NOTICE if demo else RANDOM_BASE_NOTICE if random_base else "",
             "student_note": student_note}

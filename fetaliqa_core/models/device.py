@@ -7,12 +7,15 @@ The measured decision is kept in the cache folder for this CPU and torch version
 same command on the same machine runs in the same precision (and gives the same answer) even
 when a later probe would be disturbed by other programs. The user can force either
 (``precision="bf16"`` / ``"fp32"``, ``--precision``, or the ``FETALIQA_PRECISION`` environment
-variable).
+variable). A forced bf16 on a CPU whose flags show no bf16 matrix instructions is honoured, but
+said once a process (a warning on stderr) and in the choice's description, since it costs a
+several-fold slowdown that nothing else shows.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -44,6 +47,10 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # the next, so that the same sweep got another answer on the same machine.
 BF16_MAX_TIME_RATIO = 0.8
 BF16_FLAGGED_MAX_TIME_RATIO = 1.0
+# Said where bf16 is forced on a CPU without bf16 matrix instructions: measured on an AVX2-only
+# CPU, scoring ran at 1.0 frames/s in bf16 against ~7 in fp32, training at 0.58 against 4.5.
+SLOW_BF16 = "this CPU has no bf16 matrix instructions, so bf16 runs several times slower than fp32 here"
+_slow_bf16_warned = False
 
 
 def bf16_pays(flags: tuple[str, ...], fp32_gflops: float, bf16_gflops: float) -> bool:
@@ -72,6 +79,17 @@ class CpuPrecisionProbe:
         ratio = self.bf16_gflops / self.fp32_gflops
         return f"{what}, bf16 matmul {ratio:.1f}x fp32"
 
+    @property
+    def record_reason(self) -> str:
+        """:attr:`reason` without the measured rates, for files (``summary.json``): the same
+        set-up always writes the same text."""
+        if self.flags_known and not self.flags:
+            return "no bf16 matrix instructions"
+        what = "/".join(f.upper() for f in self.flags) or "bf16"
+        if self.bf16_gflops is None or self.fp32_gflops is None:
+            return f"{what} not measured"
+        return f"{what}, bf16 measured {'faster' if self.use_bf16 else 'not faster'} than fp32"
+
     def to_dict(self) -> dict:
         return {"flags": list(self.flags), "flags_known": self.flags_known, "fp32_gflops": self.fp32_gflops,
                 "bf16_gflops": self.bf16_gflops, "use_bf16": self.use_bf16, "reason": self.reason}
@@ -85,6 +103,15 @@ class DeviceChoice:
     dtype: torch.dtype  # weights and activations: bf16 on CUDA and bf16-capable CPUs, else fp32
     batch_size: int
     precision_reason: str = ""  # why this dtype ("forced", or what the CPU probe found)
+    warning: str = ""  # what the user should know of this choice (forced bf16 on a CPU without bf16 instructions)
+    record_reason: str = ""  # precision_reason without measured rates (for files); "": the same
+
+    @property
+    def precision_record(self) -> str:
+        """Why this dtype, in words that do not change from run to run (``summary.json``)."""
+        if self.record_reason or self.precision_reason:
+            return self.record_reason or self.precision_reason
+        return {"cuda": "auto: bf16 on a CUDA GPU", "mps": "auto: fp32 on Apple MPS"}.get(self.device.type, "auto")
 
     @property
     def precision(self) -> str:
@@ -132,6 +159,25 @@ def cpu_bf16_flags() -> tuple[tuple[str, ...], bool]:
         return (), False
     have = set(flags.split())
     return tuple(f for f in CPU_BF16_FLAGS if f in have), True
+
+
+def cpu_lacks_bf16() -> bool:
+    """Whether this CPU's flags are known and show no bf16 matrix instructions: bf16 then runs
+    several times slower than fp32 (a 2048 x 2048 bf16 product took 98 s on an AVX2-only CPU,
+    fp32 0.22 s). Where the flags cannot be read, nothing is assumed."""
+    flags, known = cpu_bf16_flags()
+    return known and not flags
+
+
+def _warn_slow_bf16() -> None:
+    """One warning a process: bf16 forced on a CPU without bf16 matrix instructions."""
+    global _slow_bf16_warned
+    if _slow_bf16_warned:
+        return
+    _slow_bf16_warned = True
+    logging.getLogger("fetaliqa").warning(
+        "warning: bf16 forced (--precision, %s or the window's Models... choice); %s. "
+        "Choose auto (--precision auto; fp32 on this CPU) for speed.", PRECISION_ENV, SLOW_BF16)
 
 
 def _matmul_seconds(dtype: torch.dtype, m: int = 512, n: int = 1024, k: int = 1024, reps: int = 3) -> float:
@@ -247,6 +293,10 @@ def _choice(device: torch.device, precision: str) -> DeviceChoice:
     batch = BATCH_SIZE[device.type]
     fp32_batch = CPU_FP32_BATCH if device.type == "cpu" else batch
     if precision == "bf16":
+        if device.type == "cpu" and cpu_lacks_bf16():
+            # honoured (the user asked), but never silently: it costs several times the time
+            _warn_slow_bf16()
+            return DeviceChoice(device, torch.bfloat16, batch, f"forced; {SLOW_BF16}", warning=SLOW_BF16)
         return DeviceChoice(device, torch.bfloat16, batch, "forced")
     if precision == "fp32":
         return DeviceChoice(device, torch.float32, fp32_batch, "forced")
@@ -255,8 +305,8 @@ def _choice(device: torch.device, precision: str) -> DeviceChoice:
     if device.type == "cpu":
         probe = cpu_precision_probe()
         if probe.use_bf16:
-            return DeviceChoice(device, torch.bfloat16, batch, probe.reason)
-        return DeviceChoice(device, torch.float32, fp32_batch, probe.reason)
+            return DeviceChoice(device, torch.bfloat16, batch, probe.reason, record_reason=probe.record_reason)
+        return DeviceChoice(device, torch.float32, fp32_batch, probe.reason, record_reason=probe.record_reason)
     return DeviceChoice(device, torch.float32, batch)
 
 
