@@ -57,6 +57,11 @@ def test_frame_and_spacing_and_json(mask_file, capsys):
     assert record["ga_weeks"] == pytest.approx(analysis.hadlock_ga(record["ac_mm"]).weeks, abs=0.01)
     assert record["ga"] == analysis.format_ga(record["ga_weeks"]) and record["ac_status"] == "ok"
     assert record["truncated"] is False and record["n_points"] > 100
+    # the text's caveat under a plain AC is in the record too: a thorax's outline passes as well,
+    # and scripts read only the record (it read "note": null beside a GA)
+    assert record["caveat"].startswith("the outline's shape is checked here, not what it outlines")
+    assert main(["ac", str(mask_file), "--frame", "1", "--spacing", "0.1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["caveat"] is None  # (doubtful: its note says why)
 
 
 def test_small_ac_flagged_outside_hadlock_range(mask_file, capsys):

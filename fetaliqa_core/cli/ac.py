@@ -41,6 +41,11 @@ OWN_FAN_SPILL = 0.5
 OWN_FAN_OUTLINE = 0.8
 
 
+#: Said under every plain AC of a mask: ``ac`` checks the outline's shape (and, with the sweep, the
+#: frame's grey levels round it), not that it is an abdomen's (a thorax's outline passes).
+SHAPE_ONLY_CAVEAT = "the outline's shape is checked here, not what it outlines: check that the frame shows the abdomen"
+
+
 def _outline_on_edge(mask: np.ndarray, fov: np.ndarray) -> float:
     """The share of ``mask``'s outline pixels that lie on (within 2 pixels of) ``fov``'s edge."""
     import cv2
@@ -148,7 +153,7 @@ def _mask_shape(frame: np.ndarray, fov: np.ndarray | None, spacing: tuple, probl
 _JSON_KEYS = ("file", "frame", "area_px", "spacing_mm", "spacing_source", "spacing_problem", "ac_mm",
               "ac_status", "ga_weeks", "ga", "note", "mask_plausible", "mask_problem", "truncated",
               "n_points", "ellipse_px", "field_of_view", "field_of_view_note", "written_by",
-              "recorded_doubt", "read_notes", "frame_notes")
+              "recorded_doubt", "read_notes", "frame_notes", "caveat")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -323,6 +328,8 @@ def run(args: argparse.Namespace) -> int:
             "read_notes": list(volume.notes) + [f"sweep: {n}" for n in sweep_notes]
             + ([f"pixel spacing {given_note}"] if given_note else []) or None,
             "frame_notes": frame_notes or None,
+            # (the line the text output prints under a plain AC: scripts read only this record)
+            "caveat": SHAPE_ONLY_CAVEAT if reading.status == analysis.units.OK and not writer else None,
         }
         print(json.dumps(record))
         return 0 if reading.status in (analysis.units.OK, analysis.units.DOUBTFUL) else 1
@@ -351,9 +358,8 @@ def run(args: argparse.Namespace) -> int:
     if writer:
         print(f"mask written by {shown(writer)}")
     elif reading.status == analysis.units.OK:
-        print("note: the outline's shape is checked here, not what it outlines: check that the frame "
-              "shows the abdomen" + ("" if args.sweep is not None else "; give the sweep with --sweep to "
-                                     "check it against the frame"))
+        print(f"note: {SHAPE_ONLY_CAVEAT}" + ("" if args.sweep is not None else "; give the sweep with --sweep to "
+                                                                          "check it against the frame"))
     if reading.status == analysis.units.OK and fov_name == "acouslic" and args.sweep is None:
         print("note: measured in ACOUSLIC's fan: for a mask drawn on another probe's image, give that sweep "
               "with --sweep (an outline cut by its fan's edge measures short)")
