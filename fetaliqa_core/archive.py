@@ -102,13 +102,90 @@ def ranks_from_env(env: dict | None = None) -> Ranks:
     if not (0 <= r.rank < r.world and r.local_rank >= 0):
         raise FetalIQAError(f"rank {r.rank} of world size {r.world} is impossible; start the run "
                             "with torchrun, which sets them.")
+    if r.distributed:
+        # (without them torch.distributed ended the run in a 30-line traceback)
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+        if missing:
+            raise FetalIQAError(f"RANK, WORLD_SIZE and LOCAL_RANK are set but {' and '.join(missing)} "
+                                f"{'is' if len(missing) == 1 else 'are'} not: start the run with torchrun, or set "
+                                "MASTER_ADDR and MASTER_PORT (rank 0's machine and a free port) for every process.")
+        if not env["MASTER_PORT"].isdigit() or not 0 < int(env["MASTER_PORT"]) < 65536:
+            raise FetalIQAError(f"MASTER_PORT {env['MASTER_PORT']!r} is not a port number; give one from 1 to 65535 "
+                                "(the same on every process), or start the run with torchrun.")
     return r
 
 
-def init_process_group(ranks: Ranks, device: str) -> None:
+#: A rank started by hand waits this long in silence for the others, then says whom it waits for.
+JOIN_NOTICE_S = 3.0
+_JOINED = "fetaliqa/joined/"
+
+
+def join_by_hand(ranks: Ranks, timeout: float, env: dict | None = None, poll: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None):
+    """The store of a run whose ranks were started by hand (RANK, WORLD_SIZE, MASTER_ADDR and
+    MASTER_PORT set, no torchrun): every rank waits here until all have joined, in short steps, so
+    that Ctrl-C and SIGTERM end it at once and it can say which ranks it waits for. (Left to
+    ``init_process_group``, rank 0 waited ten minutes in silence for a rank that never came, deaf
+    to both.) Waits at most ``timeout`` seconds."""
+    import socket as sockets
+    import sys
+
+    import torch.distributed as dist
+
+    env = os.environ if env is None else env
+    addr, port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    where = f"{addr}:{port}"
+    start, told = clock(), None
+    wait = datetime.timedelta(seconds=max(timeout, 1.0))
+
+    def waiting(whom: str) -> None:
+        nonlocal told
+        if clock() - start > timeout:
+            raise FetalIQAError(f"rank {ranks.rank}: {whom} did not join at {where} in {timeout:.0f} s (--rank-timeout): "
+                                f"start all {ranks.world} processes with the same MASTER_ADDR, MASTER_PORT and "
+                                "WORLD_SIZE, or start the run with torchrun.")
+        if whom != told and clock() - start >= JOIN_NOTICE_S:
+            say(f"fetaliqa: rank {ranks.rank}: waiting for {whom} to join at {where} (WORLD_SIZE {ranks.world}; "
+                f"at most {timeout:.0f} s, --rank-timeout; Ctrl-C stops)")
+            told = whom
+        time.sleep(poll)
+
+    if ranks.is_main:
+        try:
+            store = dist.TCPStore(addr, port, ranks.world, True, timeout=wait, wait_for_workers=False)
+        except RuntimeError as exc:
+            raise FetalIQAError(f"rank 0 cannot listen at {where} ({str(exc).splitlines()[0][:160]}): give "
+                                "MASTER_PORT a free port of this machine (the same on every process).") from None
+    else:
+        while True:  # (a store client retries on its own for the whole timeout, deaf to Ctrl-C)
+            try:
+                with sockets.create_connection((addr, port), timeout=2.0):
+                    break
+            except OSError:
+                waiting("rank 0")
+        try:
+            store = dist.TCPStore(addr, port, ranks.world, False, timeout=wait)
+        except RuntimeError as exc:
+            raise FetalIQAError(f"rank {ranks.rank}: cannot reach rank 0 at {where} "
+                                f"({str(exc).splitlines()[0][:160]}); see rank 0's messages") from None
+    try:
+        store.set(f"{_JOINED}{ranks.rank}", hostname())
+        while True:
+            absent = [r for r in range(ranks.world) if not store.check([f"{_JOINED}{r}"])]
+            if not absent:
+                return store
+            waiting(f"rank{'s' if len(absent) > 1 else ''} {', '.join(map(str, absent))}")
+    except RuntimeError as exc:  # rank 0 stopped meanwhile
+        raise FetalIQAError(f"rank {ranks.rank}: lost contact with rank 0 at {where} before the run began "
+                            f"({str(exc).splitlines()[0][:160]}); see rank 0's messages") from None
+
+
+def init_process_group(ranks: Ranks, device: str, join_timeout: float = DEFAULT_RANK_TIMEOUT) -> None:
     """Join the process group ``torchrun`` set up: NCCL when this process runs on a CUDA GPU
     (``cuda:LOCAL_RANK``, made the current device so the models load there), gloo otherwise.
-    Scoring exchanges nothing but the case list, so a gloo group is added for it in both cases."""
+    Scoring exchanges nothing but the case list, so a gloo group is added for it in both cases.
+    Ranks started by hand meet through :func:`join_by_hand` first (at most ``join_timeout`` s)."""
     if not ranks.distributed:
         return
     import torch
@@ -121,9 +198,15 @@ def init_process_group(ranks: Ranks, device: str) -> None:
                 f"local rank {ranks.local_rank} has no GPU: this machine has "
                 f"{torch.cuda.device_count()}; give torchrun --nproc_per_node at most that many.")
         torch.cuda.set_device(ranks.local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo",
-                                timeout=datetime.timedelta(minutes=10))
+    if dist.is_initialized():
+        return
+    backend = "nccl" if use_cuda else "gloo"
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun's agents have met already: its store is ready
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
+        return
+    store = join_by_hand(ranks, join_timeout)
+    dist.init_process_group(backend, store=store, rank=ranks.rank, world_size=ranks.world,
+                            timeout=datetime.timedelta(minutes=10))
 
 
 def broadcast_from_main(ranks: Ranks, obj):

@@ -800,3 +800,34 @@ def test_many_files_failing_alike_are_counted_not_each_listed_and_count_in_the_t
     rate, seconds = float(line.split()[1]), float(line.split(" in ")[1].split()[0])
     assert abs(rate * seconds - 1) <= rate * 0.05 + 0.01  # one case over the time shown (to 0.1 s)
     assert sum(r["status"] == "failed" for r in _table(out)) == failed
+
+
+def test_rank_0_started_by_hand_alone_says_whom_it_waits_for_and_sigterm_ends_it(archive_dir, tmp_path):
+    """RANK=0 WORLD_SIZE=2 with MASTER_ADDR/PORT and rank 1 never started: nothing was printed,
+    and SIGTERM and Ctrl-C went unheard until init_process_group's ten minutes had passed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), RANK="0", WORLD_SIZE="2", LOCAL_RANK="0",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, "-m", "fetaliqa_core.cli", "score", str(archive_dir), "--out",
+                             str(tmp_path / "out"), "--device", "cpu", "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import select
+
+        # (after the start-up and ar.JOIN_NOTICE_S; nothing came in ten minutes before)
+        assert select.select([proc.stderr], [], [], 60)[0], "nothing said in 60 s"
+        line = proc.stderr.readline()
+        assert f"rank 0: waiting for rank 1 to join at 127.0.0.1:{port}" in line and "Ctrl-C stops" in line
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+        assert rc == 130 and time.monotonic() - t0 < 10
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "0 reads each sweep only when its turn comes)")
     g.add_argument("--rank-timeout", type=positive_seconds, default=ar.DEFAULT_RANK_TIMEOUT, metavar="S",
                    help="under torchrun: how long rank 0 waits for a process whose heartbeat has "
-                        f"stopped before writing the table without its cases (default {ar.DEFAULT_RANK_TIMEOUT:.0f})")
+                        "stopped before writing the table without its cases, and how long processes "
+                        "started by hand (RANK, WORLD_SIZE, MASTER_ADDR...) wait for each other to join "
+                        f"(default {ar.DEFAULT_RANK_TIMEOUT:.0f})")
 
 
 def wanted(args) -> bool:
@@ -112,7 +114,7 @@ def run(args) -> int:
 
     ranks = ar.ranks_from_env()
     started = time.perf_counter()
-    ar.init_process_group(ranks, args.device)
+    ar.init_process_group(ranks, args.device, args.rank_timeout)
     try:
         return _run(args, ranks, started, fio, score_cmd)
     finally:
