@@ -226,22 +226,102 @@ def broadcast_from_main(ranks: Ranks, obj):
     return box[0]
 
 
-def first_problem(ranks: Ranks, problem: str | None) -> str | None:
-    """Every rank's ``problem`` (None: none) gathered on every rank: the first one found, so that
-    all stop together with it (a rank that stopped alone left rank 0 waiting out its timeout and
-    then calling it a rank that "stopped without finishing")."""
+def gather(ranks: Ranks, obj) -> list:
+    """Every rank's ``obj``, by rank, on every rank."""
     if not ranks.distributed:
-        return problem
+        return [obj]
     import torch.distributed as dist
 
     group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     found: list = [None] * ranks.world
     try:
-        dist.all_gather_object(found, problem, group=group)
+        dist.all_gather_object(found, obj, group=group)
     except RuntimeError as exc:
         raise FetalIQAError(f"rank {ranks.rank}: lost contact with the other processes before the run "
                             f"began ({str(exc).splitlines()[0][:160]}); see the other processes' messages") from None
-    return next((p for p in found if p), None)
+    return found
+
+
+def first_problem(ranks: Ranks, problem: str | None) -> str | None:
+    """Every rank's ``problem`` (None: none) gathered on every rank: the first one found, so that
+    all stop together with it (a rank that stopped alone left rank 0 waiting out its timeout and
+    then calling it a rank that "stopped without finishing")."""
+    return next((p for p in gather(ranks, problem) if p), None)
+
+
+#: What every rank must score with, for rank 0's table to take the others' cases as this run's:
+#: (field of :func:`rank_settings`, how the message names it).
+_SHARED_SETTINGS = (("hashes", "models"), ("threshold", "threshold"), ("spacing", "--spacing"),
+                    ("student", "cascade student"), ("precision", "precision asked"))
+
+
+def rank_settings(ranks: Ranks, models_text: str, hashes: dict, threshold: float, spacing: float | None,
+                  student_hash: str | None, precision: str, precision_from: str) -> dict:
+    """What this rank's results depend on besides the files, for :func:`settings_problem`. The
+    number format a machine chose itself is left out: left to each machine, formats may differ
+    (:func:`run_settings_keys`); the one asked for (or "auto") is in."""
+    return {"rank": ranks.rank, "host": hostname(), "models": models_text,
+            "hashes": {k: v for k, v in sorted(hashes.items()) if k != "precision"},
+            "threshold": float(threshold), "spacing": spacing, "student": student_hash,
+            "precision": precision, "precision_from": precision_from}
+
+
+def settings_problem(settings: Sequence[dict]) -> str | None:
+    """One line naming the first rank that scores with other settings than rank 0 (models,
+    threshold, spacing, cascade student, precision asked), or None. Each rank scored its shard
+    with its own settings and rank 0 judged the whole table by its own: the other machine's cases
+    were ``stale`` for good, and a rerun changed nothing."""
+    first = settings[0]
+
+    def shown(s: dict, field: str) -> str:
+        if field == "hashes":
+            return s["models"]
+        if field == "precision":
+            return ("auto, left to the machine" if s["precision"] == "auto"
+                    else f"{s['precision']} from {s.get('precision_from') or '--precision'}")
+        return "none" if s[field] is None else str(s[field])
+
+    for s in settings[1:]:
+        differ = [(label, field) for field, label in _SHARED_SETTINGS if s.get(field) != first.get(field)]
+        if not differ:
+            continue
+        label, field = differ[0]
+        if field == "hashes" and s["models"] == first["models"]:
+            what = f"other model files of the same names ({s['models']})"
+        else:
+            what = f"{label} {shown(s, field)} (rank 0 on {first['host']}: {shown(first, field)})"
+        more = f" (also {', '.join(lbl for lbl, _ in differ[1:])})" if differ[1:] else ""
+        return (f"rank {s['rank']} on {s['host']} would score with other settings than rank 0: {what}{more}. "
+                "Every process must score with the same models, threshold, --spacing and precision "
+                "(--precision, or FETALIQA_PRECISION in its environment), or rank 0's table calls the others' "
+                "cases stale: give every machine the same options and environment, then start again.")
+    return None
+
+
+def archive_problem(ranks: Ranks, archive: Path, relative: Sequence[str], stats: Sequence[str | None]) -> str | None:
+    """Whether this rank's ``archive`` holds rank 0's cases (``relative``: their paths in rank 0's
+    archive, ``stats``: their :func:`file_stat` there): one line naming what is absent or differs,
+    or None. A machine that mounts the archive elsewhere reads it through its own path; one that
+    lacks the files failed its whole shard as "no such file" and rank 0 exited 0."""
+    absent, differ = [], []
+    for rel, stat in zip(relative, stats):
+        member = archive / rel if rel else archive
+        if not os.path.lexists(member):
+            absent.append(rel or archive.name)
+        elif stat is not None and file_stat(member) not in (None, stat):
+            differ.append(rel or archive.name)
+    if not absent and not differ:
+        return None
+    from fetaliqa_core.errors import first_names
+
+    where = f"rank {ranks.rank} on {hostname()}: its archive {archive.expanduser().resolve()}"
+    if absent:
+        what = f"lacks {len(absent)} of rank 0's {len(relative)} case file(s) ({first_names(absent)})"
+    else:
+        what = (f"has {len(differ)} file(s) of another size or modification time than rank 0's "
+                f"({first_names(differ)}; a copy must keep the files' times, e.g. rsync -a)")
+    return (f"{where} {what}: give every machine the same archive (it may be mounted at another path; "
+            "give each machine its own path to it), then start again.")
 
 
 def plan_file(out: Path, run_id: str) -> Path:

@@ -99,6 +99,65 @@ def test_ranks_started_by_hand_meet(monkeypatch):
     assert stores[2].get("fetaliqa/joined/0") == ar.hostname().encode()
 
 
+def _settings(rank, host="vm", **changes):
+    s = ar.rank_settings(ar.Ranks(rank, 2, 0), "demo model", {"cls_hash": "a", "seg_hash": "b", "base_hash": None,
+                                                               "precision": "fp32"}, 0.67, None, None, "auto",
+                         "FETALIQA_PRECISION")
+    s.update(host=host)
+    s.update(changes)
+    return s
+
+
+def test_ranks_whose_settings_differ_are_named_before_anything_is_scored():
+    """Each rank scored its shard with its own settings and rank 0 judged the table by its own,
+    so another machine's cases (FETALIQA_PRECISION set on one node only, another --threshold,
+    other models) were 'stale' for good and a rerun changed nothing."""
+    assert ar.settings_problem([_settings(0), _settings(1, "nodeB")]) is None
+    # left to each machine, the number formats may differ (documented); they are not compared
+    bf16 = _settings(1, "nodeB", hashes={"cls_hash": "a", "seg_hash": "b", "base_hash": None})
+    assert ar.settings_problem([_settings(0), bf16]) is None
+    line = ar.settings_problem([_settings(0), _settings(1, "nodeB", threshold=0.5)])
+    assert line.startswith("rank 1 on nodeB would score with other settings than rank 0: threshold 0.5 "
+                           "(rank 0 on vm: 0.67)") and "\n" not in line
+    line = ar.settings_problem([_settings(0), _settings(1, "nodeB", precision="fp32")])
+    assert "precision asked fp32 from FETALIQA_PRECISION (rank 0 on vm: auto, left to the machine)" in line
+    line = ar.settings_problem([_settings(0, precision="fp32", precision_from="--precision"),
+                                _settings(1, "nodeB", precision="bf16", precision_from="--precision")])
+    assert "precision asked bf16 from --precision (rank 0 on vm: fp32 from --precision)" in line
+    other = _settings(1, "nodeB", models="demo student", hashes={"cls_hash": "s", "seg_hash": "s"}, threshold=0.5)
+    assert "models demo student (rank 0 on vm: demo model) (also threshold)" in ar.settings_problem(
+        [_settings(0), _settings(1), other])
+    assert "other model files of the same names" in ar.settings_problem(
+        [_settings(0), _settings(1, hashes={"cls_hash": "a2", "seg_hash": "b"})])
+
+
+def test_a_rank_checks_that_its_own_archive_holds_rank_0s_cases(tmp_path):
+    """A machine that mounts the archive at another path was handed rank 0's paths: its whole
+    shard failed as 'no such file' and rank 0 exited 0. Each rank reads the cases through its
+    own path, after checking that it holds the same files."""
+    import shutil
+
+    here = tmp_path / "nodeA" / "archive"
+    here.mkdir(parents=True)
+    for name in ("a.mha", "b.mha"):
+        (here / name).write_bytes(name.encode() * 10)
+    relative, stats = ["a.mha", "b.mha"], [ar.file_stat(here / "a.mha"), ar.file_stat(here / "b.mha")]
+    mounted = tmp_path / "mnt" / "archB"
+    mounted.parent.mkdir()
+    mounted.symlink_to(here)
+    assert ar.archive_problem(ar.Ranks(1, 2, 0), mounted, relative, stats) is None
+    copy = tmp_path / "copy"
+    shutil.copytree(here, copy)  # (keeps the times)
+    assert ar.archive_problem(ar.Ranks(1, 2, 0), copy, relative, stats) is None
+    (copy / "b.mha").unlink()
+    line = ar.archive_problem(ar.Ranks(1, 2, 0), copy, relative, stats)
+    assert f"rank 1 on {ar.hostname()}: its archive {copy} lacks 1 of rank 0's 2 case file(s) (b.mha)" in line
+    (copy / "b.mha").write_bytes(b"other")
+    line = ar.archive_problem(ar.Ranks(1, 2, 0), copy, relative, stats)
+    assert "has 1 file(s) of another size or modification time than rank 0's (b.mha" in line
+    assert ar.archive_problem(ar.Ranks(1, 2, 0), here / "a.mha", [""], stats[:1]) is None  # a one-file archive
+
+
 def test_case_names_are_unique_when_stems_collide():
     members = [Path("a/x.mha"), Path("a/x.nii.gz"), Path("a/y.mha")]
     stem = lambda p: p.name.split(".")[0]  # noqa: E731

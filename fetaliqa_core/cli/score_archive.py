@@ -155,6 +155,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id(),
                     "out": str(out.expanduser().resolve()), "host": ar.hostname()}
             if ranks.distributed:  # (each rank looks for it under its own --out: the same folder?)
+                # each rank reads the cases through its own archive argument (another machine may
+                # mount it elsewhere), after checking that it holds the same files
+                plan["relative"] = ["" if m == path else m.relative_to(path).as_posix() for m in members]
+                plan["stats"] = [ar.file_stat(m) for m in members]
                 ar.prepare_out(out)  # (an --out that cannot be written says so here, to every rank)
                 try:
                     ar.plan_file(out, plan["run_id"]).parent.mkdir(parents=True, exist_ok=True)
@@ -172,15 +176,20 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     elsewhere = None
     if ranks.distributed and not ranks.is_main and not ar.plan_file(out, plan["run_id"]).is_file():
         elsewhere = (f"rank {ranks.rank} on {ar.hostname()} would write to {out.expanduser().resolve()}, not to rank 0's "
-                     f"output folder ({plan['out']} on {plan['host']}): give --out (and the archive) as a path every "
+                     f"output folder ({plan['out']} on {plan['host']}): give --out as a path every "
                      "machine sees at the same place, e.g. an absolute path on shared storage")
+    if ranks.distributed and not ranks.is_main and not elsewhere:
+        elsewhere = ar.archive_problem(ranks, path, plan["relative"], plan["stats"])
     elsewhere = ar.first_problem(ranks, shown(elsewhere) if elsewhere else None)
     if elsewhere:
         if ranks.is_main:
             ar.remove_state(out, plan["run_id"])
         raise FetalIQAError(elsewhere)
     ar.prepare_out(out)
-    members = [Path(m) for m in plan["members"]]
+    if ranks.is_main or not ranks.distributed:
+        members = [Path(m) for m in plan["members"]]
+    else:  # rank 0's cases, in this machine's archive
+        members = [path / rel if rel else path for rel in plan["relative"]]
     names, files = plan["names"], [m.name for m in members]
     tag = f"[rank {ranks.rank}/{ranks.world}] " if ranks.distributed else ""
     models = load_models(model_choice_from_args(args))
@@ -193,10 +202,22 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     # everything else the results depend on: a spacing given on the command line (the AC, its
     # doubt) and a cascade's student (which frames the models score)
     student = getattr(models, "student", None)
+    student_hash = getattr(student, "bundle_hash", None) if student is not None else None
+    asked = precision_preference(models.choice.precision)
     accepted = ar.run_settings_keys(hashes, threshold, spacing=getattr(args, "spacing", None),
-                                    student_hash=getattr(student, "bundle_hash", None) if student is not None else None,
-                                    precision_asked=precision_preference(models.choice.precision) != "auto")
+                                    student_hash=student_hash, precision_asked=asked != "auto")
     settings = accepted[0]  # what this run writes; records of the others are this run's too
+    if ranks.distributed:  # every rank scores with rank 0's settings, or none starts
+        from fetaliqa_core.models.device import PRECISION_ENV
+
+        mine = ar.rank_settings(ranks, models.choice.describe(), hashes, threshold, getattr(args, "spacing", None),
+                                student_hash, asked,
+                                "--precision" if models.choice.precision is not None else PRECISION_ENV)
+        problem = ar.settings_problem(ar.gather(ranks, mine))
+        if problem:
+            if ranks.is_main:
+                ar.remove_state(out, plan["run_id"])
+            raise FetalIQAError(shown(problem))
     needed = [export.CHALLENGE_FRAME_FILE, export.CHALLENGE_MASK_FILE] if args.challenge_output else []
     heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
     mine = ar.shard(len(members), ranks)
