@@ -889,3 +889,26 @@ def test_rank_0_started_by_hand_alone_says_whom_it_waits_for_and_sigterm_ends_it
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_parts_scored_with_shard_merge_into_the_whole_table_without_scoring_again(archive_dir, reference, tmp_path,
+                                                                                   capsys):
+    """Machines that cannot run torchrun together had no way to split an archive: each plain run
+    scored every case. --shard K/N takes the cases a rank would, and the README's merge (copy
+    each part's cases/ into one --out, run without --shard) gives the whole table."""
+    import shutil
+
+    args = ["score", str(archive_dir), "--no-cache", "--quiet", "--challenge-output"]
+    parts = [tmp_path / "part1", tmp_path / "part2"]
+    for k, out in enumerate(parts, 1):
+        assert main(args + ["--shard", f"{k}/2", "--out", str(out)]) == 0
+        assert f"(part {k}/2 of 4 cases): 2 cases, 2 ok; scored 2 now" in capsys.readouterr().out
+    assert [r["case"] for r in _table(parts[0])] == [r["case"] for r in _table(reference)][0::2]
+    assert [r["case"] for r in _table(parts[1])] == [r["case"] for r in _table(reference)][1::2]
+    merged = tmp_path / "merged"
+    for out in parts:
+        shutil.copytree(out / ar.CASES_DIR, merged / ar.CASES_DIR, dirs_exist_ok=True)
+    assert main(args + ["--archive", "--out", str(merged)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 cases, 4 ok; scored 0 now, 4 already scored" in printed
+    assert _results(merged) == _results(reference) and _tree(merged) == _tree(reference)

@@ -29,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefetch", type=prefetch_count, default=2, metavar="N",
                    help="sweeps read and decoded ahead of the model by a reader thread (default 2; "
                         "0 reads each sweep only when its turn comes)")
+    g.add_argument("--shard", type=shard_part, metavar="K/N",
+                   help="score part K of N of the archive (the cases whose position in the sorted list, "
+                        "modulo N, is K-1), for machines that cannot run torchrun together; the table "
+                        "has this part's cases; copy every part's cases/ into one --out and run the "
+                        "command without --shard there to have the whole table (nothing is scored again)")
     g.add_argument("--rank-timeout", type=positive_seconds, default=ar.DEFAULT_RANK_TIMEOUT, metavar="S",
                    help="under torchrun: how long rank 0 waits for a process whose heartbeat has "
                         "stopped before writing the table without its cases, and how long processes "
@@ -36,8 +41,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {ar.DEFAULT_RANK_TIMEOUT:.0f})")
 
 
+def shard_part(text: str) -> tuple[int, int]:
+    """argparse type: ``K/N``, part K (1 to N) of an archive split in N."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a part K/N of the archive; give K from 1 to N, "
+                                         "e.g. --shard 1/2 on one machine and --shard 2/2 on the other")
+    return int(m.group(1)), int(m.group(2))
+
+
 def wanted(args) -> bool:
-    return bool(getattr(args, "archive", False)) or ar.launched_by_torchrun()
+    return (bool(getattr(args, "archive", False)) or getattr(args, "shard", None) is not None
+            or ar.launched_by_torchrun())
 
 
 def _members(path: Path) -> list[Path]:
@@ -129,6 +146,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
 
     path: Path = args.sweep
     out: Path = args.out or Path("fetaliqa-scores") / score_cmd._stem(path)
+    part = getattr(args, "shard", None)
+    if part is not None and ranks.distributed:
+        raise FetalIQAError("--shard is for runs without torchrun (torchrun shares the archive between its "
+                            "processes itself): leave out --shard.")
     if not path.exists():  # (before resolving it: a link that loops raised there)
         from fetaliqa_core.paths import missing_path
 
@@ -220,7 +241,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             raise FetalIQAError(shown(problem))
     needed = [export.CHALLENGE_FRAME_FILE, export.CHALLENGE_MASK_FILE] if args.challenge_output else []
     heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
-    mine = ar.shard(len(members), ranks)
+    mine = ar.shard(len(members), ar.Ranks(part[0] - 1, part[1]) if part else ranks)
+    # the table's cases: the whole archive's, or with --shard this part's (the merge completes it)
+    listed = mine if part else range(len(members))
+    table_args = ([names[i] for i in listed], [files[i] for i in listed], accepted, [members[i] for i in listed])
     ar.clean_leftovers(out, [names[i] for i in mine])
     case_args = argparse.Namespace(**vars(args))
     case_args.quiet = args.quiet or ranks.distributed  # one progress bar per terminal at most
@@ -387,7 +411,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         # run's rows must not stand for cases rescored since)
         if ranks.is_main:
             try:
-                rows = ar.table_rows(out, names, files, accepted, members)
+                rows = ar.table_rows(out, *table_args)
                 ar.write_table(out, rows)
                 if (out / ar.CHALLENGE_DIR).is_dir():  # no answer there that the table does not call ok
                     ar.write_challenge_tree(out, rows)
@@ -409,13 +433,14 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             for name in counts:
                 counts[name] += int(c.get(name, 0))
         ar.remove_state(out, plan["run_id"])
-    rows = ar.table_rows(out, names, files, accepted, members)
+    rows = ar.table_rows(out, *table_args)
     table = ar.write_table(out, rows)
     status = ar.count_statuses(rows)
     scoring = max(time.perf_counter() - t_scoring, 1e-9)
     ok = status[export.STATUS_OK]
     problems = [f"{n} {s}" for s, n in status.items() if n and s != export.STATUS_OK]
-    print(f"archive {out}: {len(rows)} cases, {ok} {export.STATUS_OK}" + (", " + ", ".join(problems) if problems else "")
+    print(f"archive {out}" + (f" (part {part[0]}/{part[1]} of {len(members)} cases)" if part else "")
+          + f": {len(rows)} cases, {ok} {export.STATUS_OK}" + (", " + ", ".join(problems) if problems else "")
           + f"; scored {counts['scored']} now, {counts['skipped']} already scored, {counts['failed']} failed")
     # the rate of the cases scored: 25 empty files failing at once gave "174 cases/s" for one case
     # scored; the failures are said apart, as they took their share of the time (1 case in 313 s
