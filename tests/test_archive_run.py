@@ -847,7 +847,8 @@ def test_a_rank_reads_the_cases_through_its_own_path_to_the_archive(archive_dir,
     mounted.parent.mkdir()
     mounted.symlink_to(archive_dir)
     _as_rank(monkeypatch, 1, plan=plan)
-    assert main(["score", str(mounted), "--archive", "--out", str(out), "--no-cache", "--quiet", "--device", "cpu"]) == 0
+    args = ["score", str(mounted), "--archive", "--out", str(out), "--no-cache", "--quiet", "--device", "cpu"]
+    assert main(args) == 0
     printed = capsys.readouterr()
     assert "failed" not in printed.err and "scored 2, skipped 0, failed 0" in printed.out, printed
     for i in ar.shard(len(members), ar.Ranks(1, 2, 0)):
@@ -912,3 +913,21 @@ def test_parts_scored_with_shard_merge_into_the_whole_table_without_scoring_agai
     printed = capsys.readouterr().out
     assert "4 cases, 4 ok; scored 0 now, 4 already scored" in printed
     assert _results(merged) == _results(reference) and _tree(merged) == _tree(reference)
+
+
+def test_a_full_disk_while_recording_a_failed_case_says_free_space(tmp_path, capsys, monkeypatch):
+    """A full disk when a failed case's record was written said "Choose a folder you can write
+    to", where a full disk on a scored case said to free space; both now say the latter."""
+    import errno
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "empty.mha").write_bytes(b"")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ar, "write_failure", full)
+    rc = main(["score", str(archive), "--archive", "--out", str(tmp_path / "out"), "--no-cache", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "cannot be written (the disk is full): free space or choose another --out" in err, err

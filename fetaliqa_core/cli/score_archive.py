@@ -394,6 +394,11 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                     if not foreign:
                         ar.write_failure(out, item.name, failure)
                 except OSError as exc:
+                    disk = _output_side(exc)
+                    if disk:  # as for a case scored (it said "choose a folder you can write to")
+                        raise FetalIQAError(f"{out}: the results cannot be written ({disk}): free space or choose "
+                                            "another --out, then run the same command again; the cases scored so "
+                                            "far are kept.") from None
                     raise FetalIQAError(f"{out}: cannot write results ({exc.strerror}). Choose a folder "
                                         "you can write to.") from None
                 # (100,000 empty files printed 100,000 lines: the table has each; the terminal the first)
