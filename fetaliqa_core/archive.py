@@ -142,8 +142,8 @@ def join_by_hand(ranks: Ranks, timeout: float, env: dict | None = None, poll: fl
     def waiting(whom: str) -> None:
         nonlocal told
         if clock() - start > timeout:
-            raise FetalIQAError(f"rank {ranks.rank}: {whom} did not join at {where} in {timeout:.0f} s (--rank-timeout): "
-                                f"start all {ranks.world} processes with the same MASTER_ADDR, MASTER_PORT and "
+            raise FetalIQAError(f"rank {ranks.rank}: {whom} did not join at {where} in {timeout:.0f} s "
+                                f"(--rank-timeout): start all {ranks.world} processes with the same MASTER_ADDR, MASTER_PORT and "
                                 "WORLD_SIZE, or start the run with torchrun.")
         if whom != told and clock() - start >= JOIN_NOTICE_S:
             say(f"fetaliqa: rank {ranks.rank}: waiting for {whom} to join at {where} (WORLD_SIZE {ranks.world}; "
