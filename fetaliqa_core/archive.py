@@ -102,13 +102,90 @@ def ranks_from_env(env: dict | None = None) -> Ranks:
     if not (0 <= r.rank < r.world and r.local_rank >= 0):
         raise FetalIQAError(f"rank {r.rank} of world size {r.world} is impossible; start the run "
                             "with torchrun, which sets them.")
+    if r.distributed:
+        # (without them torch.distributed ended the run in a 30-line traceback)
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+        if missing:
+            raise FetalIQAError(f"RANK, WORLD_SIZE and LOCAL_RANK are set but {' and '.join(missing)} "
+                                f"{'is' if len(missing) == 1 else 'are'} not: start the run with torchrun, or set "
+                                "MASTER_ADDR and MASTER_PORT (rank 0's machine and a free port) for every process.")
+        if not env["MASTER_PORT"].isdigit() or not 0 < int(env["MASTER_PORT"]) < 65536:
+            raise FetalIQAError(f"MASTER_PORT {env['MASTER_PORT']!r} is not a port number; give one from 1 to 65535 "
+                                "(the same on every process), or start the run with torchrun.")
     return r
 
 
-def init_process_group(ranks: Ranks, device: str) -> None:
+#: A rank started by hand waits this long in silence for the others, then says whom it waits for.
+JOIN_NOTICE_S = 3.0
+_JOINED = "fetaliqa/joined/"
+
+
+def join_by_hand(ranks: Ranks, timeout: float, env: dict | None = None, poll: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None):
+    """The store of a run whose ranks were started by hand (RANK, WORLD_SIZE, MASTER_ADDR and
+    MASTER_PORT set, no torchrun): every rank waits here until all have joined, in short steps, so
+    that Ctrl-C and SIGTERM end it at once and it can say which ranks it waits for. (Left to
+    ``init_process_group``, rank 0 waited ten minutes in silence for a rank that never came, deaf
+    to both.) Waits at most ``timeout`` seconds."""
+    import socket as sockets
+    import sys
+
+    import torch.distributed as dist
+
+    env = os.environ if env is None else env
+    addr, port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    where = f"{addr}:{port}"
+    start, told = clock(), None
+    wait = datetime.timedelta(seconds=max(timeout, 1.0))
+
+    def waiting(whom: str) -> None:
+        nonlocal told
+        if clock() - start > timeout:
+            raise FetalIQAError(f"rank {ranks.rank}: {whom} did not join at {where} in {timeout:.0f} s "
+                                f"(--rank-timeout): start all {ranks.world} processes with the same MASTER_ADDR, MASTER_PORT and "
+                                "WORLD_SIZE, or start the run with torchrun.")
+        if whom != told and clock() - start >= JOIN_NOTICE_S:
+            say(f"fetaliqa: rank {ranks.rank}: waiting for {whom} to join at {where} (WORLD_SIZE {ranks.world}; "
+                f"at most {timeout:.0f} s, --rank-timeout; Ctrl-C stops)")
+            told = whom
+        time.sleep(poll)
+
+    if ranks.is_main:
+        try:
+            store = dist.TCPStore(addr, port, ranks.world, True, timeout=wait, wait_for_workers=False)
+        except RuntimeError as exc:
+            raise FetalIQAError(f"rank 0 cannot listen at {where} ({str(exc).splitlines()[0][:160]}): give "
+                                "MASTER_PORT a free port of this machine (the same on every process).") from None
+    else:
+        while True:  # (a store client retries on its own for the whole timeout, deaf to Ctrl-C)
+            try:
+                with sockets.create_connection((addr, port), timeout=2.0):
+                    break
+            except OSError:
+                waiting("rank 0")
+        try:
+            store = dist.TCPStore(addr, port, ranks.world, False, timeout=wait)
+        except RuntimeError as exc:
+            raise FetalIQAError(f"rank {ranks.rank}: cannot reach rank 0 at {where} "
+                                f"({str(exc).splitlines()[0][:160]}); see rank 0's messages") from None
+    try:
+        store.set(f"{_JOINED}{ranks.rank}", hostname())
+        while True:
+            absent = [r for r in range(ranks.world) if not store.check([f"{_JOINED}{r}"])]
+            if not absent:
+                return store
+            waiting(f"rank{'s' if len(absent) > 1 else ''} {', '.join(map(str, absent))}")
+    except RuntimeError as exc:  # rank 0 stopped meanwhile
+        raise FetalIQAError(f"rank {ranks.rank}: lost contact with rank 0 at {where} before the run began "
+                            f"({str(exc).splitlines()[0][:160]}); see rank 0's messages") from None
+
+
+def init_process_group(ranks: Ranks, device: str, join_timeout: float = DEFAULT_RANK_TIMEOUT) -> None:
     """Join the process group ``torchrun`` set up: NCCL when this process runs on a CUDA GPU
     (``cuda:LOCAL_RANK``, made the current device so the models load there), gloo otherwise.
-    Scoring exchanges nothing but the case list, so a gloo group is added for it in both cases."""
+    Scoring exchanges nothing but the case list, so a gloo group is added for it in both cases.
+    Ranks started by hand meet through :func:`join_by_hand` first (at most ``join_timeout`` s)."""
     if not ranks.distributed:
         return
     import torch
@@ -121,9 +198,15 @@ def init_process_group(ranks: Ranks, device: str) -> None:
                 f"local rank {ranks.local_rank} has no GPU: this machine has "
                 f"{torch.cuda.device_count()}; give torchrun --nproc_per_node at most that many.")
         torch.cuda.set_device(ranks.local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo",
-                                timeout=datetime.timedelta(minutes=10))
+    if dist.is_initialized():
+        return
+    backend = "nccl" if use_cuda else "gloo"
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun's agents have met already: its store is ready
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
+        return
+    store = join_by_hand(ranks, join_timeout)
+    dist.init_process_group(backend, store=store, rank=ranks.rank, world_size=ranks.world,
+                            timeout=datetime.timedelta(minutes=10))
 
 
 def broadcast_from_main(ranks: Ranks, obj):
@@ -143,22 +226,102 @@ def broadcast_from_main(ranks: Ranks, obj):
     return box[0]
 
 
-def first_problem(ranks: Ranks, problem: str | None) -> str | None:
-    """Every rank's ``problem`` (None: none) gathered on every rank: the first one found, so that
-    all stop together with it (a rank that stopped alone left rank 0 waiting out its timeout and
-    then calling it a rank that "stopped without finishing")."""
+def gather(ranks: Ranks, obj) -> list:
+    """Every rank's ``obj``, by rank, on every rank."""
     if not ranks.distributed:
-        return problem
+        return [obj]
     import torch.distributed as dist
 
     group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     found: list = [None] * ranks.world
     try:
-        dist.all_gather_object(found, problem, group=group)
+        dist.all_gather_object(found, obj, group=group)
     except RuntimeError as exc:
         raise FetalIQAError(f"rank {ranks.rank}: lost contact with the other processes before the run "
                             f"began ({str(exc).splitlines()[0][:160]}); see the other processes' messages") from None
-    return next((p for p in found if p), None)
+    return found
+
+
+def first_problem(ranks: Ranks, problem: str | None) -> str | None:
+    """Every rank's ``problem`` (None: none) gathered on every rank: the first one found, so that
+    all stop together with it (a rank that stopped alone left rank 0 waiting out its timeout and
+    then calling it a rank that "stopped without finishing")."""
+    return next((p for p in gather(ranks, problem) if p), None)
+
+
+#: What every rank must score with, for rank 0's table to take the others' cases as this run's:
+#: (field of :func:`rank_settings`, how the message names it).
+_SHARED_SETTINGS = (("hashes", "models"), ("threshold", "threshold"), ("spacing", "--spacing"),
+                    ("student", "cascade student"), ("precision", "precision asked"))
+
+
+def rank_settings(ranks: Ranks, models_text: str, hashes: dict, threshold: float, spacing: float | None,
+                  student_hash: str | None, precision: str, precision_from: str) -> dict:
+    """What this rank's results depend on besides the files, for :func:`settings_problem`. The
+    number format a machine chose itself is left out: left to each machine, formats may differ
+    (:func:`run_settings_keys`); the one asked for (or "auto") is in."""
+    return {"rank": ranks.rank, "host": hostname(), "models": models_text,
+            "hashes": {k: v for k, v in sorted(hashes.items()) if k != "precision"},
+            "threshold": float(threshold), "spacing": spacing, "student": student_hash,
+            "precision": precision, "precision_from": precision_from}
+
+
+def settings_problem(settings: Sequence[dict]) -> str | None:
+    """One line naming the first rank that scores with other settings than rank 0 (models,
+    threshold, spacing, cascade student, precision asked), or None. Each rank scored its shard
+    with its own settings and rank 0 judged the whole table by its own: the other machine's cases
+    were ``stale`` for good, and a rerun changed nothing."""
+    first = settings[0]
+
+    def shown(s: dict, field: str) -> str:
+        if field == "hashes":
+            return s["models"]
+        if field == "precision":
+            return ("auto, left to the machine" if s["precision"] == "auto"
+                    else f"{s['precision']} from {s.get('precision_from') or '--precision'}")
+        return "none" if s[field] is None else str(s[field])
+
+    for s in settings[1:]:
+        differ = [(label, field) for field, label in _SHARED_SETTINGS if s.get(field) != first.get(field)]
+        if not differ:
+            continue
+        label, field = differ[0]
+        if field == "hashes" and s["models"] == first["models"]:
+            what = f"other model files of the same names ({s['models']})"
+        else:
+            what = f"{label} {shown(s, field)} (rank 0 on {first['host']}: {shown(first, field)})"
+        more = f" (also {', '.join(lbl for lbl, _ in differ[1:])})" if differ[1:] else ""
+        return (f"rank {s['rank']} on {s['host']} would score with other settings than rank 0: {what}{more}. "
+                "Every process must score with the same models, threshold, --spacing and precision "
+                "(--precision, or FETALIQA_PRECISION in its environment), or rank 0's table calls the others' "
+                "cases stale: give every machine the same options and environment, then start again.")
+    return None
+
+
+def archive_problem(ranks: Ranks, archive: Path, relative: Sequence[str], stats: Sequence[str | None]) -> str | None:
+    """Whether this rank's ``archive`` holds rank 0's cases (``relative``: their paths in rank 0's
+    archive, ``stats``: their :func:`file_stat` there): one line naming what is absent or differs,
+    or None. A machine that mounts the archive elsewhere reads it through its own path; one that
+    lacks the files failed its whole shard as "no such file" and rank 0 exited 0."""
+    absent, differ = [], []
+    for rel, stat in zip(relative, stats):
+        member = archive / rel if rel else archive
+        if not os.path.lexists(member):
+            absent.append(rel or archive.name)
+        elif stat is not None and file_stat(member) not in (None, stat):
+            differ.append(rel or archive.name)
+    if not absent and not differ:
+        return None
+    from fetaliqa_core.errors import first_names
+
+    where = f"rank {ranks.rank} on {hostname()}: its archive {archive.expanduser().resolve()}"
+    if absent:
+        what = f"lacks {len(absent)} of rank 0's {len(relative)} case file(s) ({first_names(absent)})"
+    else:
+        what = (f"has {len(differ)} file(s) of another size or modification time than rank 0's "
+                f"({first_names(differ)}; a copy must keep the files' times, e.g. rsync -a)")
+    return (f"{where} {what}: give every machine the same archive (it may be mounted at another path; "
+            "give each machine its own path to it), then start again.")
 
 
 def plan_file(out: Path, run_id: str) -> Path:

@@ -26,7 +26,7 @@ def test_shards_cover_every_case_once(n, world):
 
 def test_ranks_from_torchrun_variables():
     assert ar.ranks_from_env({}) == ar.Ranks() and not ar.launched_by_torchrun({})
-    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu0", "MASTER_PORT": "29500"}
     assert ar.ranks_from_env(env) == ar.Ranks(3, 4, 1) and ar.launched_by_torchrun(env)
     from fetaliqa_core.errors import FetalIQAError
 
@@ -34,6 +34,128 @@ def test_ranks_from_torchrun_variables():
         ar.ranks_from_env({"RANK": "4", "WORLD_SIZE": "4", "LOCAL_RANK": "0"})
     with pytest.raises(FetalIQAError, match="integers"):
         ar.ranks_from_env({"RANK": "x", "WORLD_SIZE": "4", "LOCAL_RANK": "0"})
+
+
+def test_ranks_set_by_hand_without_a_rendezvous_address_are_one_line():
+    """RANK, WORLD_SIZE and LOCAL_RANK set by hand without MASTER_ADDR ended in a 30-line
+    traceback from torch.distributed's env:// rendezvous."""
+    from fetaliqa_core.errors import FetalIQAError
+
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    with pytest.raises(FetalIQAError, match="MASTER_ADDR and MASTER_PORT are not: start the run with torchrun"):
+        ar.ranks_from_env(env)
+    with pytest.raises(FetalIQAError, match="but MASTER_PORT is not"):
+        ar.ranks_from_env(dict(env, MASTER_ADDR="gpu0"))
+    with pytest.raises(FetalIQAError, match="not a port number"):
+        ar.ranks_from_env(dict(env, MASTER_ADDR="gpu0", MASTER_PORT="http"))
+    assert ar.ranks_from_env(dict(env, WORLD_SIZE="1")) == ar.Ranks()  # one process: no rendezvous
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_rank_started_by_hand_says_whom_it_waits_for_and_gives_up(monkeypatch):
+    """Rank 0 of two started by hand, rank 1 never started: it waited ten minutes in
+    init_process_group without a word, deaf to Ctrl-C and SIGTERM. It now says which rank it
+    waits for, in steps short enough for Ctrl-C, and gives up after its timeout."""
+    from fetaliqa_core.errors import FetalIQAError
+
+    monkeypatch.setattr(ar, "JOIN_NOTICE_S", 0.0)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    said: list[str] = []
+    t0 = time.monotonic()
+    with pytest.raises(FetalIQAError, match="rank 0: rank 1 did not join at 127.0.0.1:.* in 2 s"):
+        ar.join_by_hand(ar.Ranks(0, 2, 0), 1.5, env, poll=0.1, say=said.append)
+    assert time.monotonic() - t0 < 10
+    assert len(said) == 1 and "rank 0: waiting for rank 1 to join" in said[0] and "Ctrl-C" in said[0]
+
+    def interrupt(line):
+        raise KeyboardInterrupt  # what Ctrl-C (or SIGTERM, made one) raises between two steps
+
+    env["MASTER_PORT"] = str(_free_port())
+    with pytest.raises(KeyboardInterrupt):
+        ar.join_by_hand(ar.Ranks(1, 2, 0), 300, env, poll=0.1, say=interrupt)  # rank 0 never came
+
+
+def test_ranks_started_by_hand_meet(monkeypatch):
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    stores: dict[int, object] = {}
+
+    def join(rank):
+        stores[rank] = ar.join_by_hand(ar.Ranks(rank, 3, 0), 30, env, poll=0.05, say=lambda line: None)
+
+    threads = [threading.Thread(target=join, args=(r,)) for r in (2, 1, 0)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(stores) == [0, 1, 2]
+    assert stores[2].get("fetaliqa/joined/0") == ar.hostname().encode()
+
+
+def _settings(rank, host="vm", **changes):
+    s = ar.rank_settings(ar.Ranks(rank, 2, 0), "demo model", {"cls_hash": "a", "seg_hash": "b", "base_hash": None,
+                                                               "precision": "fp32"}, 0.67, None, None, "auto",
+                         "FETALIQA_PRECISION")
+    s.update(host=host)
+    s.update(changes)
+    return s
+
+
+def test_ranks_whose_settings_differ_are_named_before_anything_is_scored():
+    """Each rank scored its shard with its own settings and rank 0 judged the table by its own,
+    so another machine's cases (FETALIQA_PRECISION set on one node only, another --threshold,
+    other models) were 'stale' for good and a rerun changed nothing."""
+    assert ar.settings_problem([_settings(0), _settings(1, "nodeB")]) is None
+    # left to each machine, the number formats may differ (documented); they are not compared
+    bf16 = _settings(1, "nodeB", hashes={"cls_hash": "a", "seg_hash": "b", "base_hash": None})
+    assert ar.settings_problem([_settings(0), bf16]) is None
+    line = ar.settings_problem([_settings(0), _settings(1, "nodeB", threshold=0.5)])
+    assert line.startswith("rank 1 on nodeB would score with other settings than rank 0: threshold 0.5 "
+                           "(rank 0 on vm: 0.67)") and "\n" not in line
+    line = ar.settings_problem([_settings(0), _settings(1, "nodeB", precision="fp32")])
+    assert "precision asked fp32 from FETALIQA_PRECISION (rank 0 on vm: auto, left to the machine)" in line
+    line = ar.settings_problem([_settings(0, precision="fp32", precision_from="--precision"),
+                                _settings(1, "nodeB", precision="bf16", precision_from="--precision")])
+    assert "precision asked bf16 from --precision (rank 0 on vm: fp32 from --precision)" in line
+    other = _settings(1, "nodeB", models="demo student", hashes={"cls_hash": "s", "seg_hash": "s"}, threshold=0.5)
+    assert "models demo student (rank 0 on vm: demo model) (also threshold)" in ar.settings_problem(
+        [_settings(0), _settings(1), other])
+    assert "other model files of the same names" in ar.settings_problem(
+        [_settings(0), _settings(1, hashes={"cls_hash": "a2", "seg_hash": "b"})])
+
+
+def test_a_rank_checks_that_its_own_archive_holds_rank_0s_cases(tmp_path):
+    """A machine that mounts the archive at another path was handed rank 0's paths: its whole
+    shard failed as 'no such file' and rank 0 exited 0. Each rank reads the cases through its
+    own path, after checking that it holds the same files."""
+    import shutil
+
+    here = tmp_path / "nodeA" / "archive"
+    here.mkdir(parents=True)
+    for name in ("a.mha", "b.mha"):
+        (here / name).write_bytes(name.encode() * 10)
+    relative, stats = ["a.mha", "b.mha"], [ar.file_stat(here / "a.mha"), ar.file_stat(here / "b.mha")]
+    mounted = tmp_path / "mnt" / "archB"
+    mounted.parent.mkdir()
+    mounted.symlink_to(here)
+    assert ar.archive_problem(ar.Ranks(1, 2, 0), mounted, relative, stats) is None
+    copy = tmp_path / "copy"
+    shutil.copytree(here, copy)  # (keeps the times)
+    assert ar.archive_problem(ar.Ranks(1, 2, 0), copy, relative, stats) is None
+    (copy / "b.mha").unlink()
+    line = ar.archive_problem(ar.Ranks(1, 2, 0), copy, relative, stats)
+    assert f"rank 1 on {ar.hostname()}: its archive {copy} lacks 1 of rank 0's 2 case file(s) (b.mha)" in line
+    (copy / "b.mha").write_bytes(b"other")
+    line = ar.archive_problem(ar.Ranks(1, 2, 0), copy, relative, stats)
+    assert "has 1 file(s) of another size or modification time than rank 0's (b.mha" in line
+    assert ar.archive_problem(ar.Ranks(1, 2, 0), here / "a.mha", [""], stats[:1]) is None  # a one-file archive
 
 
 def test_case_names_are_unique_when_stems_collide():

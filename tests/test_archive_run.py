@@ -800,3 +800,134 @@ def test_many_files_failing_alike_are_counted_not_each_listed_and_count_in_the_t
     rate, seconds = float(line.split()[1]), float(line.split(" in ")[1].split()[0])
     assert abs(rate * seconds - 1) <= rate * 0.05 + 0.01  # one case over the time shown (to 0.1 s)
     assert sum(r["status"] == "failed" for r in _table(out)) == failed
+
+
+def _as_rank(monkeypatch, rank: int, gather=None, plan=None) -> None:
+    """This process as rank ``rank`` of two, without torchrun: the exchanges between ranks are
+    ``gather`` (every rank's object, from this one's) and ``plan`` (rank 0's broadcast)."""
+    monkeypatch.setattr(ar, "ranks_from_env", lambda env=None: ar.Ranks(rank, 2, 0))
+    monkeypatch.setattr(ar, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(ar, "close_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(ar, "broadcast_from_main", lambda ranks, obj: obj if plan is None else plan)
+    monkeypatch.setattr(ar, "gather", gather or (lambda ranks, obj: [obj, obj]))
+
+
+def test_a_rank_with_another_threshold_stops_every_rank_before_anything_is_scored(archive_dir, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """Rank 1 (another machine) with --threshold 0.5: each rank scored its shard with its own
+    threshold, rank 0's table called rank 1's cases 'stale ... run again to rescore', exit 0, and
+    running again changed nothing."""
+    def gather(ranks, obj):  # what rank 1 on nodeB sends
+        return [obj, dict(obj, rank=1, host="nodeB", threshold=0.5) if isinstance(obj, dict) else obj]
+
+    _as_rank(monkeypatch, 0, gather)
+    out = tmp_path / "out"
+    rc = main(["score", str(archive_dir), "--archive", "--out", str(out), "--no-cache", "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert "rank 1 on nodeB would score with other settings than rank 0: threshold 0.5 (rank 0 on" in err[0]
+    assert not any((out / ar.CASES_DIR).iterdir()) and not (out / ar.TABLE_FILE).exists()
+    assert not (out / ar.STATE_DIR).exists()
+
+
+def test_a_rank_reads_the_cases_through_its_own_path_to_the_archive(archive_dir, tmp_path, capsys, monkeypatch):
+    """A machine that mounts the archive at another path was handed rank 0's paths: every case of
+    its shard failed as 'no such file or folder' and rank 0 exited 0."""
+    from fetaliqa_core.cli.score import sweep_folder_members
+
+    members = sweep_folder_members(archive_dir)
+    on_node_a = tmp_path / "only-on-node-a" / "archive"  # rank 0's path: not on this machine
+    out = tmp_path / "out"
+    plan = {"members": [str(on_node_a / m.name) for m in members], "names": [m.stem for m in members],
+            "run_id": ar.new_run_id(), "out": str(out), "host": "nodeA",
+            "relative": [m.name for m in members], "stats": [ar.file_stat(m) for m in members]}
+    ar.plan_file(out, plan["run_id"]).parent.mkdir(parents=True)
+    ar.plan_file(out, plan["run_id"]).write_text(json.dumps(plan))
+    mounted = tmp_path / "mnt" / "archB"
+    mounted.parent.mkdir()
+    mounted.symlink_to(archive_dir)
+    _as_rank(monkeypatch, 1, plan=plan)
+    args = ["score", str(mounted), "--archive", "--out", str(out), "--no-cache", "--quiet", "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "failed" not in printed.err and "scored 2, skipped 0, failed 0" in printed.out, printed
+    for i in ar.shard(len(members), ar.Ranks(1, 2, 0)):
+        record = ar.read_record(ar.case_dir(out, plan["names"][i]))
+        assert record["status"] == "ok" and record["file"] == members[i].name
+
+    plan["stats"][1] = "another"  # rank 0 sees another file there: refused, on every rank
+    assert main(["score", str(mounted), "--archive", "--out", str(out), "--no-cache", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"rank 1 on {ar.hostname()}: its archive {archive_dir} has 1 file(s) of another size" in err
+
+
+def test_rank_0_started_by_hand_alone_says_whom_it_waits_for_and_sigterm_ends_it(archive_dir, tmp_path):
+    """RANK=0 WORLD_SIZE=2 with MASTER_ADDR/PORT and rank 1 never started: nothing was printed,
+    and SIGTERM and Ctrl-C went unheard until init_process_group's ten minutes had passed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), RANK="0", WORLD_SIZE="2", LOCAL_RANK="0",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, "-m", "fetaliqa_core.cli", "score", str(archive_dir), "--out",
+                             str(tmp_path / "out"), "--device", "cpu", "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import select
+
+        # (after the start-up and ar.JOIN_NOTICE_S; nothing came in ten minutes before)
+        assert select.select([proc.stderr], [], [], 60)[0], "nothing said in 60 s"
+        line = proc.stderr.readline()
+        assert f"rank 0: waiting for rank 1 to join at 127.0.0.1:{port}" in line and "Ctrl-C stops" in line
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+        assert rc == 130 and time.monotonic() - t0 < 10
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_parts_scored_with_shard_merge_into_the_whole_table_without_scoring_again(archive_dir, reference, tmp_path,
+                                                                                   capsys):
+    """Machines that cannot run torchrun together had no way to split an archive: each plain run
+    scored every case. --shard K/N takes the cases a rank would, and the README's merge (copy
+    each part's cases/ into one --out, run without --shard) gives the whole table."""
+    import shutil
+
+    args = ["score", str(archive_dir), "--no-cache", "--quiet", "--challenge-output"]
+    parts = [tmp_path / "part1", tmp_path / "part2"]
+    for k, out in enumerate(parts, 1):
+        assert main(args + ["--shard", f"{k}/2", "--out", str(out)]) == 0
+        assert f"(part {k}/2 of 4 cases): 2 cases, 2 ok; scored 2 now" in capsys.readouterr().out
+    assert [r["case"] for r in _table(parts[0])] == [r["case"] for r in _table(reference)][0::2]
+    assert [r["case"] for r in _table(parts[1])] == [r["case"] for r in _table(reference)][1::2]
+    merged = tmp_path / "merged"
+    for out in parts:
+        shutil.copytree(out / ar.CASES_DIR, merged / ar.CASES_DIR, dirs_exist_ok=True)
+    assert main(args + ["--archive", "--out", str(merged)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 cases, 4 ok; scored 0 now, 4 already scored" in printed
+    assert _results(merged) == _results(reference) and _tree(merged) == _tree(reference)
+
+
+def test_a_full_disk_while_recording_a_failed_case_says_free_space(tmp_path, capsys, monkeypatch):
+    """A full disk when a failed case's record was written said "Choose a folder you can write
+    to", where a full disk on a scored case said to free space; both now say the latter."""
+    import errno
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "empty.mha").write_bytes(b"")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ar, "write_failure", full)
+    rc = main(["score", str(archive), "--archive", "--out", str(tmp_path / "out"), "--no-cache", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "cannot be written (the disk is full): free space or choose another --out" in err, err

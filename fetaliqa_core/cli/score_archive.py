@@ -29,13 +29,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefetch", type=prefetch_count, default=2, metavar="N",
                    help="sweeps read and decoded ahead of the model by a reader thread (default 2; "
                         "0 reads each sweep only when its turn comes)")
+    g.add_argument("--shard", type=shard_part, metavar="K/N",
+                   help="score part K of N of the archive (the cases whose position in the sorted list, "
+                        "modulo N, is K-1), for machines that cannot run torchrun together; the table "
+                        "has this part's cases; copy every part's cases/ into one --out and run the "
+                        "command without --shard there to have the whole table (nothing is scored again)")
     g.add_argument("--rank-timeout", type=positive_seconds, default=ar.DEFAULT_RANK_TIMEOUT, metavar="S",
                    help="under torchrun: how long rank 0 waits for a process whose heartbeat has "
-                        f"stopped before writing the table without its cases (default {ar.DEFAULT_RANK_TIMEOUT:.0f})")
+                        "stopped before writing the table without its cases, and how long processes "
+                        "started by hand (RANK, WORLD_SIZE, MASTER_ADDR...) wait for each other to join "
+                        f"(default {ar.DEFAULT_RANK_TIMEOUT:.0f})")
+
+
+def shard_part(text: str) -> tuple[int, int]:
+    """argparse type: ``K/N``, part K (1 to N) of an archive split in N."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a part K/N of the archive; give K from 1 to N, "
+                                         "e.g. --shard 1/2 on one machine and --shard 2/2 on the other")
+    return int(m.group(1)), int(m.group(2))
 
 
 def wanted(args) -> bool:
-    return bool(getattr(args, "archive", False)) or ar.launched_by_torchrun()
+    return (bool(getattr(args, "archive", False)) or getattr(args, "shard", None) is not None
+            or ar.launched_by_torchrun())
 
 
 def _members(path: Path) -> list[Path]:
@@ -112,7 +131,7 @@ def run(args) -> int:
 
     ranks = ar.ranks_from_env()
     started = time.perf_counter()
-    ar.init_process_group(ranks, args.device)
+    ar.init_process_group(ranks, args.device, args.rank_timeout)
     try:
         return _run(args, ranks, started, fio, score_cmd)
     finally:
@@ -127,6 +146,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
 
     path: Path = args.sweep
     out: Path = args.out or Path("fetaliqa-scores") / score_cmd._stem(path)
+    part = getattr(args, "shard", None)
+    if part is not None and ranks.distributed:
+        raise FetalIQAError("--shard is for runs without torchrun (torchrun shares the archive between its "
+                            "processes itself): leave out --shard.")
     if not path.exists():  # (before resolving it: a link that loops raised there)
         from fetaliqa_core.paths import missing_path
 
@@ -153,6 +176,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id(),
                     "out": str(out.expanduser().resolve()), "host": ar.hostname()}
             if ranks.distributed:  # (each rank looks for it under its own --out: the same folder?)
+                # each rank reads the cases through its own archive argument (another machine may
+                # mount it elsewhere), after checking that it holds the same files
+                plan["relative"] = ["" if m == path else m.relative_to(path).as_posix() for m in members]
+                plan["stats"] = [ar.file_stat(m) for m in members]
                 ar.prepare_out(out)  # (an --out that cannot be written says so here, to every rank)
                 try:
                     ar.plan_file(out, plan["run_id"]).parent.mkdir(parents=True, exist_ok=True)
@@ -170,15 +197,20 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     elsewhere = None
     if ranks.distributed and not ranks.is_main and not ar.plan_file(out, plan["run_id"]).is_file():
         elsewhere = (f"rank {ranks.rank} on {ar.hostname()} would write to {out.expanduser().resolve()}, not to rank 0's "
-                     f"output folder ({plan['out']} on {plan['host']}): give --out (and the archive) as a path every "
+                     f"output folder ({plan['out']} on {plan['host']}): give --out as a path every "
                      "machine sees at the same place, e.g. an absolute path on shared storage")
+    if ranks.distributed and not ranks.is_main and not elsewhere:
+        elsewhere = ar.archive_problem(ranks, path, plan["relative"], plan["stats"])
     elsewhere = ar.first_problem(ranks, shown(elsewhere) if elsewhere else None)
     if elsewhere:
         if ranks.is_main:
             ar.remove_state(out, plan["run_id"])
         raise FetalIQAError(elsewhere)
     ar.prepare_out(out)
-    members = [Path(m) for m in plan["members"]]
+    if ranks.is_main or not ranks.distributed:
+        members = [Path(m) for m in plan["members"]]
+    else:  # rank 0's cases, in this machine's archive
+        members = [path / rel if rel else path for rel in plan["relative"]]
     names, files = plan["names"], [m.name for m in members]
     tag = f"[rank {ranks.rank}/{ranks.world}] " if ranks.distributed else ""
     models = load_models(model_choice_from_args(args))
@@ -191,13 +223,28 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     # everything else the results depend on: a spacing given on the command line (the AC, its
     # doubt) and a cascade's student (which frames the models score)
     student = getattr(models, "student", None)
+    student_hash = getattr(student, "bundle_hash", None) if student is not None else None
+    asked = precision_preference(models.choice.precision)
     accepted = ar.run_settings_keys(hashes, threshold, spacing=getattr(args, "spacing", None),
-                                    student_hash=getattr(student, "bundle_hash", None) if student is not None else None,
-                                    precision_asked=precision_preference(models.choice.precision) != "auto")
+                                    student_hash=student_hash, precision_asked=asked != "auto")
     settings = accepted[0]  # what this run writes; records of the others are this run's too
+    if ranks.distributed:  # every rank scores with rank 0's settings, or none starts
+        from fetaliqa_core.models.device import PRECISION_ENV
+
+        mine = ar.rank_settings(ranks, models.choice.describe(), hashes, threshold, getattr(args, "spacing", None),
+                                student_hash, asked,
+                                "--precision" if models.choice.precision is not None else PRECISION_ENV)
+        problem = ar.settings_problem(ar.gather(ranks, mine))
+        if problem:
+            if ranks.is_main:
+                ar.remove_state(out, plan["run_id"])
+            raise FetalIQAError(shown(problem))
     needed = [export.CHALLENGE_FRAME_FILE, export.CHALLENGE_MASK_FILE] if args.challenge_output else []
     heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
-    mine = ar.shard(len(members), ranks)
+    mine = ar.shard(len(members), ar.Ranks(part[0] - 1, part[1]) if part else ranks)
+    # the table's cases: the whole archive's, or with --shard this part's (the merge completes it)
+    listed = mine if part else range(len(members))
+    table_args = ([names[i] for i in listed], [files[i] for i in listed], accepted, [members[i] for i in listed])
     ar.clean_leftovers(out, [names[i] for i in mine])
     case_args = argparse.Namespace(**vars(args))
     case_args.quiet = args.quiet or ranks.distributed  # one progress bar per terminal at most
@@ -347,6 +394,11 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                     if not foreign:
                         ar.write_failure(out, item.name, failure)
                 except OSError as exc:
+                    disk = _output_side(exc)
+                    if disk:  # as for a case scored (it said "choose a folder you can write to")
+                        raise FetalIQAError(f"{out}: the results cannot be written ({disk}): free space or choose "
+                                            "another --out, then run the same command again; the cases scored so "
+                                            "far are kept.") from None
                     raise FetalIQAError(f"{out}: cannot write results ({exc.strerror}). Choose a folder "
                                         "you can write to.") from None
                 # (100,000 empty files printed 100,000 lines: the table has each; the terminal the first)
@@ -364,7 +416,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         # run's rows must not stand for cases rescored since)
         if ranks.is_main:
             try:
-                rows = ar.table_rows(out, names, files, accepted, members)
+                rows = ar.table_rows(out, *table_args)
                 ar.write_table(out, rows)
                 if (out / ar.CHALLENGE_DIR).is_dir():  # no answer there that the table does not call ok
                     ar.write_challenge_tree(out, rows)
@@ -386,13 +438,14 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             for name in counts:
                 counts[name] += int(c.get(name, 0))
         ar.remove_state(out, plan["run_id"])
-    rows = ar.table_rows(out, names, files, accepted, members)
+    rows = ar.table_rows(out, *table_args)
     table = ar.write_table(out, rows)
     status = ar.count_statuses(rows)
     scoring = max(time.perf_counter() - t_scoring, 1e-9)
     ok = status[export.STATUS_OK]
     problems = [f"{n} {s}" for s, n in status.items() if n and s != export.STATUS_OK]
-    print(f"archive {out}: {len(rows)} cases, {ok} {export.STATUS_OK}" + (", " + ", ".join(problems) if problems else "")
+    print(f"archive {out}" + (f" (part {part[0]}/{part[1]} of {len(members)} cases)" if part else "")
+          + f": {len(rows)} cases, {ok} {export.STATUS_OK}" + (", " + ", ".join(problems) if problems else "")
           + f"; scored {counts['scored']} now, {counts['skipped']} already scored, {counts['failed']} failed")
     # the rate of the cases scored: 25 empty files failing at once gave "174 cases/s" for one case
     # scored; the failures are said apart, as they took their share of the time (1 case in 313 s
