@@ -441,6 +441,23 @@ def test_another_fan_at_acouslic_frame_size_is_its_own_field_of_view():
     assert not m.truncated and m.ac_mm == pytest.approx(true_ac_mm((90, 75)), rel=0.01)
 
 
+def test_a_curved_fan_close_to_acouslic_s_but_shallower_is_its_own_field_of_view():
+    """Other curved-array fans drawn at ACOUSLIC's frame size overlapped its fan 0.91-0.96 and were
+    taken for it: an abdomen cut by the real, shallower depth arc was measured whole, plain with a
+    GA, up to 4 % short. A fan 25 rows shallower is its own; one 10 rows shallower (the depth arc
+    found a little short in a dim sweep) is still ACOUSLIC's."""
+    fov = acouslic.fov_mask()
+    for rows, expected in ((10, "acouslic"), (25, None)):
+        fan = fov.copy()
+        fan[-rows:] = False
+        got = acouslic.sweep_fov(_sweep_of(_frames_in(fan)))
+        if expected:
+            assert got == expected, rows
+        else:
+            assert isinstance(got, np.ndarray) and not got[-rows:].any(), rows  # its own depth arc
+            assert (got & fan).sum() / (got | fan).sum() > 0.97
+
+
 def test_the_ranges_are_judged_on_the_ac_as_shown():
     """'AC 380.0 mm (no GA: outside Hadlock's 75-380 mm)' and 'AC 420.0 mm (doubtful: ... implausible
     size)': the value was tested unrounded and shown rounded."""
