@@ -119,7 +119,8 @@ def _teacher_hot(flagged: np.ndarray, sweep_ranges) -> np.ndarray:
     return hot
 
 
-def teacher_store(cases, cls_lm, seg_lm, budget: int, seed: int, log, mine: bool = False) -> FrameStore:
+def teacher_store(cases, cls_lm, seg_lm, budget: int, seed: int, log, mine: bool = False,
+                  which: str = "") -> FrameStore:
     """Run the teacher over ``budget`` frames of each case (uint8 inputs kept, not floats).
     ``mine``: the teacher scores every frame and the frames it flags are kept first (see
     :func:`_pick_frames`); else only the kept frames are scored."""
@@ -164,7 +165,8 @@ def teacher_store(cases, cls_lm, seg_lm, budget: int, seed: int, log, mine: bool
         mask = load_mask(case.mask_path, like=sweep)
         parts["gt_labels"].append(preprocess_masks(np.ascontiguousarray(mask[idx])).numpy())
         parts["case"].append(np.full(len(idx), ci))
-        log(f"teacher: case {ci + 1}/{len(cases)} ({len(idx)} frames kept, {int(got['flag'].sum())} flagged)")
+        log(f"teacher: {which + ' ' if which else ''}case {ci + 1}/{len(cases)} ({len(idx)} frames kept, "
+            f"{int(got['flag'].sum())} flagged)")
     return FrameStore(**{k: np.concatenate(v) for k, v in parts.items()})
 
 
@@ -365,8 +367,9 @@ def distill(args, log=print) -> Path:
     t0 = time.perf_counter()
     log(f"teacher: {models.describe()}; {len(train_cases)} training and {len(held)} held-out cases")
     mine = getattr(args, "mine", True)
-    train = teacher_store(train_cases, cls_lm, seg_lm, args.frames_per_case, args.seed, log, mine=mine)
-    test = teacher_store(held, cls_lm, seg_lm, args.frames_per_case, args.seed + 1, log)
+    train = teacher_store(train_cases, cls_lm, seg_lm, args.frames_per_case, args.seed, log, mine=mine,
+                          which="training")
+    test = teacher_store(held, cls_lm, seg_lm, args.frames_per_case, args.seed + 1, log, which="held-out")
     teacher_s = time.perf_counter() - t0
     n_classes = seg_lm.manifest.n_classes
     student = StudentModel(args.student, n_classes, args.decoder_width)
