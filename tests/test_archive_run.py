@@ -488,10 +488,18 @@ def test_machines_that_choose_other_number_formats_share_an_archive(archive_dir,
     assert capsys.readouterr().out.count("already scored with these models, skipped") == 0
     assert {r["precision"] for r in _table(out)} == {other} and {r["status"] for r in _table(out)} == {"ok"}
     assert main(args) == 0  # left to this machine, which would choose the other: nothing to do
-    assert capsys.readouterr().out.count("already scored with these models, skipped") == 4
+    said = capsys.readouterr().out
+    assert said.count("already scored with these models, skipped") == 4 and "mixes" not in said
     assert {r["precision"] for r in _table(out)} == {other} and {r["status"] for r in _table(out)} == {"ok"}
+    # one case scored again here: the table mixes both formats, and the run's last lines say so (the
+    # precision column alone did)
+    shutil.rmtree(sorted((out / "cases").iterdir())[0])
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert sorted(r["precision"] for r in _table(out)) == sorted([here] + [other] * 3)
+    assert f"the table mixes cases scored in different number formats (" in said and f"1 in {here}" in said
     assert main(args + ["--precision", here]) == 0
-    assert capsys.readouterr().out.count("already scored with these models, skipped") == 0
+    assert capsys.readouterr().out.count("already scored with these models, skipped") == 1
     assert {r["precision"] for r in _table(out)} == {here}
 
 

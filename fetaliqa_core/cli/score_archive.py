@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from fetaliqa_core import archive as ar
@@ -459,6 +460,12 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
               "remaining cases are 'missing' in the table. Run the same command again to score them.",
               file=sys.stderr)
     print(f"table: {table}")
+    formats = Counter(str(r.get("precision")) for r in rows if r.get("status") == export.STATUS_OK and r.get("precision"))
+    if len(formats) > 1:  # (documented for `auto` on mixed machines; the column alone said it)
+        mixed = ", ".join(f"{n} in {f}" for f, n in sorted(formats.items()))
+        print(f"note: the table mixes cases scored in different number formats ({mixed}; its precision column "
+              "says which): their scores may differ in the last digits. Score again with --precision fp32 (or "
+              "bf16) to have them all one way.")
     orphans = ar.orphan_cases(out, names)
     if orphans:
         print(f"fetaliqa: {len(orphans)} case folder(s) in {out / ar.CASES_DIR} are of files no longer in the "
