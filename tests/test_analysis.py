@@ -458,6 +458,16 @@ def test_a_curved_fan_close_to_acouslic_s_but_shallower_is_its_own_field_of_view
             assert (got & fan).sum() / (got | fan).sum() > 0.97
 
 
+def test_the_summary_names_the_field_of_view_its_acs_are_measured_in():
+    """summary.json did not say whether ACOUSLIC's fan or the sweep's own was used (`ac --json` did)."""
+    from fetaliqa_core.analysis.assessment import _field_of_view_name
+
+    assert _field_of_view_name(_sweep_of(_frames_in(acouslic.fov_mask()))) == "acouslic"
+    rect = np.zeros((H, W), bool)
+    rect[20:540, 40:704] = True
+    assert _field_of_view_name(_sweep_of(_frames_in(rect))) == "the sweep's own fan"
+
+
 def test_the_ranges_are_judged_on_the_ac_as_shown():
     """'AC 380.0 mm (no GA: outside Hadlock's 75-380 mm)' and 'AC 420.0 mm (doubtful: ... implausible
     size)': the value was tested unrounded and shown rounded."""

@@ -69,6 +69,11 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     ran = select_device("cpu")
     assert summary["precision"] == ran.precision and summary["precision_reason"] == ran.precision_record
     assert f"  precision {ran.precision} ({ran.precision_record})\n" in printed
+    # where the ACs are measured, named as `ac --json` names it (summary.json said nothing of it)
+    from fetaliqa_core import acouslic
+
+    own_fan = isinstance(acouslic.sweep_fov(load_sweep(case)), np.ndarray)
+    assert summary["field_of_view"] == ("the sweep's own fan" if own_fan else "acouslic")
     for s in summary["sweeps"]:  # the models' own scores at the best frame, as frames.csv has them
         if s["best_frame"] >= 0:
             row = rows[s["best_frame"]]

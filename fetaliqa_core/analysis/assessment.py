@@ -355,6 +355,9 @@ class CaseSummary:
     spacing_source: str = ""
     spacing_problem: str | None = None  # set: no mm and no GA anywhere, and why
     read_notes: list = field(default_factory=list)  # io.Sweep.read_notes: what reading the file did
+    #: where the ACs are measured (as `ac --json` names it): "acouslic" (the challenge's fan), "the
+    #: sweep's own fan" (another probe's, found in the frames); "" without a segmenter
+    field_of_view: str = ""
     app_version: str = ""
     precision: str = ""  # the number format the models ran in ("bf16" / "fp32"; also named in ``models``)
     precision_reason: str = ""  # why: "forced", "no bf16 matrix instructions", ...
@@ -543,6 +546,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         choice_note=choice_note,
         spacing_source=str(getattr(sweep, "spacing_source", "")), spacing_problem=spacing_problem,
         read_notes=[str(n) for n in getattr(sweep, "read_notes", ())],
+        field_of_view=_field_of_view_name(sweep) if results.has_seg else "",
         app_version=str(prov.get("app_version", "")), bundles=list(prov.get("bundles", [])),
         precision=str(prov.get("precision", "")), precision_reason=str(prov.get("precision_reason", "")),
         base_sha256=prov.get("base_sha256"),
@@ -551,6 +555,16 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         notice=str(prov.get("notice", "")) if prov.get("demo") or prov.get("random_base") else "")
     return Assessment(thresholds=thresholds, flags=flags, best=best, chosen_frame=int(chosen),
                       ac=ac, summary=summary, choice=choice, p_cls=p_cls)
+
+
+def _field_of_view_name(sweep) -> str:
+    """The field of view the sweep's ACs are measured in, named as ``ac --json`` names it."""
+    from fetaliqa_core import acouslic
+
+    try:
+        return "acouslic" if isinstance(acouslic.sweep_fov(sweep), str) else "the sweep's own fan"
+    except (AttributeError, TypeError, ValueError):  # (a stand-in sweep without frames)
+        return ""
 
 
 #: ``id(results) -> (weak reference to it, its cache)``. Keyed by identity: results objects are
