@@ -181,7 +181,8 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOff()
     try:
-        with quiet_native_stderr(dicom_jpeg=True) if _dicom_syntax(Path(files[0])) in _JPEG_SYNTAXES else nullcontext():
+        syntax = orders[0].syntax if orders[0] is not None else _dicom_syntax(Path(files[0]))
+        with quiet_native_stderr(dicom_jpeg=True) if syntax in _JPEG_SYNTAXES else nullcontext():
             image = reader.Execute()
     except RuntimeError as exc:
         raise FetalIQAError(f"{folder}: the DICOM series could not be read ({sitk_reason(exc)}). "
@@ -346,8 +347,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _refuse_early_time_axis(path, nrrd)
     _refuse_cropped_slicer_segmentation(path, nrrd)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
-    if has_dicom_magic(path) or _bare_dicom(path):
-        _precheck_dicom(path, single=True)
+    member = _precheck_dicom(path, single=True) if has_dicom_magic(path) or _bare_dicom(path) else None
     _precheck_nifti_header(path)
     _refuse_animated_png(path)
     _refuse_mixed_case_nifti(path)
@@ -359,7 +359,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     is_tiff = _picture_kind(path) == "TIFF"  # (the TIFF library's complaints are kept quiet while it reads)
     odd_matrix = _nifti_orientation_not_finite(_nifti_head(path))  # (ITK prints a matrix dump for it)
     jpeg_said: list[str] | None = [] if _picture_kind(path) == "JPEG" else None  # its decoder's warnings
-    dicom_jpeg = _dicom_syntax(path) in _JPEG_SYNTAXES  # (its decoder's line on 12-bit frames is kept quiet)
+    # (its decoder's line on 12-bit frames is kept quiet; the header read above names the syntax)
+    dicom_jpeg = (member.syntax if member is not None else _dicom_syntax(path)) in _JPEG_SYNTAXES
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -678,6 +679,26 @@ def _damaged_tiff(path: Path, why: str) -> FetalIQAError:
                          "Copy or export it again.")
 
 
+class _TiffLayout(NamedTuple):
+    """How a TIFF lays out its directories (classic, or BigTIFF: 8-byte offsets and counts)."""
+
+    order: str      # struct's byte order: "<" (II) or ">" (MM)
+    first: int      # where the first page's directory lies
+    count_fmt: str  # struct letter of a directory's entry count
+    entry: int      # bytes per directory entry
+    inline: int     # bytes of an entry's value field, and of an offset
+
+
+def _tiff_layout(path: Path, head: bytes) -> _TiffLayout | None:
+    """:class:`_TiffLayout` from a file's first 16 bytes; None for a file that is no TIFF."""
+    if head[:2] not in (b"II", b"MM") or _picture_kind(path) != "TIFF":
+        return None
+    order = "<" if head[:2] == b"II" else ">"
+    if struct.unpack(order + "H", head[2:4])[0] == 43:  # BigTIFF: 8-byte offsets and counts, 20-byte entries
+        return _TiffLayout(order, struct.unpack(order + "Q", head[8:16])[0], "Q", 20, 8)
+    return _TiffLayout(order, struct.unpack(order + "I", head[4:8])[0], "H", 12, 4)
+
+
 def _refuse_damaged_tiff(path: Path) -> None:
     """A TIFF's directories (one per page) form a chain of file offsets, and each names where its
     pixels lie. The chain and those places are checked here first (offsets only, no pixels): a
@@ -689,17 +710,12 @@ def _refuse_damaged_tiff(path: Path) -> None:
     which took more than ten minutes for a million one-pixel pages."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(16)
             size = os.fstat(fh.fileno()).st_size
-            if head[:2] not in (b"II", b"MM") or _picture_kind(path) != "TIFF":
+            layout = _tiff_layout(path, fh.read(16))
+            if layout is None:
                 return
-            order = "<" if head[:2] == b"II" else ">"
-            big = struct.unpack(order + "H", head[2:4])[0] == 43
-            if big:  # BigTIFF: 8-byte offsets, 8-byte entry counts, 20-byte entries
-                offset, count_fmt, entry, next_fmt = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, "Q"
-            else:
-                offset, count_fmt, entry, next_fmt = struct.unpack(order + "I", head[4:8])[0], "H", 12, "I"
-            inline = 8 if big else 4
+            order, offset, count_fmt, entry, inline = layout
+            next_fmt = "Q" if inline == 8 else "I"
             seen: set[int] = set()
             while offset and len(seen) <= validate.MAX_FRAMES:
                 page = len(seen) + 1
@@ -749,15 +765,10 @@ def _tiff_first_page_fields(path: Path, tags: tuple[int, ...]) -> dict[int, int]
     found: dict[int, int] = {}
     try:
         with open(path, "rb") as fh:
-            head = fh.read(16)
-            if head[:2] not in (b"II", b"MM") or _picture_kind(path) != "TIFF":
+            layout = _tiff_layout(path, fh.read(16))
+            if layout is None:
                 return found
-            order = "<" if head[:2] == b"II" else ">"
-            big = struct.unpack(order + "H", head[2:4])[0] == 43
-            if big:
-                offset, count_fmt, entry, inline = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, 8
-            else:
-                offset, count_fmt, entry, inline = struct.unpack(order + "I", head[4:8])[0], "H", 12, 4
+            order, offset, count_fmt, entry, inline = layout
             fh.seek(offset)
             count = struct.unpack(order + count_fmt, fh.read(struct.calcsize(count_fmt)))[0]
             table = fh.read(min(count, 0xFFFF) * entry)
@@ -1790,6 +1801,7 @@ class _Member(NamedTuple):
     time: tuple | None     # _time_key: when its image was taken
     pixels: tuple = ()     # how it stores its pixels: bits allocated and stored, samples, photometric
     size: tuple = ()       # its frames' Columns and Rows (as written)
+    syntax: str = ""       # its Transfer Syntax UID
 
 
 def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
@@ -1815,8 +1827,9 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
                         dataset_calibration(ds), _time_key(ds),
                         tuple(str(ds.get(k, "") or "")[:16] for k in ("BitsAllocated", "BitsStored",
                                                                        "SamplesPerPixel")) + (photometric[:16],),
-                        tuple(str(ds.get(k, "") or "")[:16] for k in ("Columns", "Rows")))
-        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+                        tuple(str(ds.get(k, "") or "")[:16] for k in ("Columns", "Rows")),
+                        str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or ""))
+        syntax = order.syntax
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         if element is None and _is_dicomdir(path, ds):  # (was "no pixel data ... or export it again")
             raise FetalIQAError(f"{path}: a DICOMDIR, the index of a DICOM media folder: it holds no images; they "
