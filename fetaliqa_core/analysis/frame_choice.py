@@ -365,13 +365,18 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
 def arc_deviation(outline: np.ndarray, ellipse: tuple) -> float:
     """The rms radial deviation of outline points ``(N, 2)`` (x, y) from an ellipse
     ``((cx, cy), (w, h), angle)`` (cv2's), as a share of its radius along each point's direction."""
-    (cx, cy), (w, h), angle = ellipse
-    pts = np.asarray(outline, np.float64).reshape(-1, 2)
-    t = math.radians(angle)
-    x, y = pts[:, 0] - cx, pts[:, 1] - cy
-    u, v = x * math.cos(t) + y * math.sin(t), -x * math.sin(t) + y * math.cos(t)
-    r = np.hypot(u / max(w / 2.0, 1e-9), v / max(h / 2.0, 1e-9))
+    center, (w, h), angle = ellipse
+    r = _ellipse_radii(np.asarray(outline, np.float64).reshape(-1, 2), center, (w / 2.0, h / 2.0), angle)
     return float(np.sqrt(np.mean((r - 1.0) ** 2))) if len(r) else 0.0
+
+
+def _ellipse_radii(pts: np.ndarray, center: tuple, semi_axes: tuple, angle: float) -> np.ndarray:
+    """Each point's distance from an ellipse's centre over the ellipse's radius in its direction
+    (1 on the ellipse, below 1 inside it); ``angle`` in degrees, as cv2 gives it."""
+    t = math.radians(angle)
+    x, y = pts[:, 0] - center[0], pts[:, 1] - center[1]
+    u, v = x * math.cos(t) + y * math.sin(t), -x * math.sin(t) + y * math.cos(t)
+    return np.hypot(u / max(semi_axes[0], 1e-9), v / max(semi_axes[1], 1e-9))
 
 
 def arc_tolerance(ellipse: tuple) -> float:
@@ -412,11 +417,7 @@ def flattening(outline: np.ndarray) -> float:
         return 1.0
     fit = first
     for _ in range(4):
-        (cx, cy), (a, b), angle = fit
-        t = math.radians(angle)
-        x, y = pts[:, 0] - cx, pts[:, 1] - cy
-        u, v = x * math.cos(t) + y * math.sin(t), -x * math.sin(t) + y * math.cos(t)
-        outer = pts[np.hypot(u / a, v / b) >= 0.97]
+        outer = pts[_ellipse_radii(pts, *fit) >= 0.97]
         if len(outer) < 20:
             break
         fit = _fit(outer)
