@@ -122,22 +122,28 @@ def cache_dir() -> Path:
     return _optional_dir(cache_path(), "the cache folder")
 
 
+def probe_writable(folder: Path) -> None:
+    """Raises the OSError of writing a file in ``folder`` (a temporary one, removed at once)."""
+    import tempfile
+
+    fd, probe = tempfile.mkstemp(prefix=".fetaliqa-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def required_cache_dir(what: str, otherwise: str = "") -> Path:
     """The cache folder, made and writable, for something that cannot go without it (the demo
     sweep, the demo's outputs); else one line naming the setting that moves it. The demo warned
     "continuing without it" and then failed with "cannot create the folder ... Choose a folder
     you can write to", naming nothing to set. ``otherwise``: another way out, said last."""
     import sys
-    import tempfile
 
     from fetaliqa_core.errors import FetalIQAError
 
     path = cache_path()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".fetaliqa-probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(path)
     except OSError as exc:
         how = "set FETALIQA_HOME to a folder you can write to (FetalIQA keeps its cache, settings and data there)"
         if _home_override() is None and sys.platform.startswith("linux"):

@@ -290,18 +290,13 @@ def check_out_folder(out: Path, option: str = "--out") -> None:
 def _check_writable(folder: Path, out: Path, option: str) -> None:
     """A folder the results cannot be written in is said before the frames are scored (it was
     found after every frame, with a temporary file's name in the message)."""
-    import os
-    import tempfile
-
-    from fetaliqa_core.paths import os_error_cause
+    from fetaliqa_core.paths import os_error_cause, probe_writable
 
     try:
-        fd, probe = tempfile.mkstemp(prefix=".fetaliqa-probe-", dir=folder)
+        probe_writable(folder)
     except OSError as exc:
         raise FetalIQAError(f"{option} {out}: nothing can be written in {folder} ({os_error_cause(exc)}); "
                             "choose another output folder.") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def _failure_text(exc: BaseException) -> str:

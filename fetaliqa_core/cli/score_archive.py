@@ -126,6 +126,12 @@ def _output_side(exc: BaseException) -> str:
     return ""
 
 
+def _disk_stops(out: Path, disk: str) -> FetalIQAError:
+    """The run stops: its output's disk (``disk``: :func:`_output_side`'s words) takes no more."""
+    return FetalIQAError(f"{out}: the results cannot be written ({disk}): free space or choose another --out, then "
+                         "run the same command again; the cases scored so far are kept.")
+
+
 def run(args) -> int:
     from fetaliqa_core import io as fio
     from fetaliqa_core.cli import score as score_cmd
@@ -356,9 +362,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                     if disk:
                         # a full or read-only disk is no failure of this sweep: every case after it
                         # would fail the same way, each recorded against its own file
-                        raise FetalIQAError(f"{out}: the results cannot be written ({disk}): free "
-                                            "space or choose another --out, then run the same command again; "
-                                            "the cases scored so far are kept.") from None
+                        raise _disk_stops(out, disk) from None
                     item.error = ar.case_error(exc, item.member)
             item.sweep = None
             if item.error is None:
@@ -397,9 +401,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                 except OSError as exc:
                     disk = _output_side(exc)
                     if disk:  # as for a case scored (it said "choose a folder you can write to")
-                        raise FetalIQAError(f"{out}: the results cannot be written ({disk}): free space or choose "
-                                            "another --out, then run the same command again; the cases scored so "
-                                            "far are kept.") from None
+                        raise _disk_stops(out, disk) from None
                     raise FetalIQAError(f"{out}: cannot write results ({exc.strerror}). Choose a folder "
                                         "you can write to.") from None
                 # (100,000 empty files printed 100,000 lines: the table has each; the terminal the first)
