@@ -71,23 +71,22 @@ class CpuPrecisionProbe:
 
     @property
     def reason(self) -> str:
-        if self.flags_known and not self.flags:
-            return "no bf16 matrix instructions"
-        what = "/".join(f.upper() for f in self.flags) or "bf16"
-        if self.bf16_gflops is None or self.fp32_gflops is None:
-            return f"{what} not measured"
-        ratio = self.bf16_gflops / self.fp32_gflops
-        return f"{what}, bf16 matmul {ratio:.1f}x fp32"
+        return self._words(rates=True)
 
     @property
     def record_reason(self) -> str:
         """:attr:`reason` without the measured rates, for files (``summary.json``): the same
         set-up always writes the same text."""
+        return self._words(rates=False)
+
+    def _words(self, rates: bool) -> str:
         if self.flags_known and not self.flags:
             return "no bf16 matrix instructions"
         what = "/".join(f.upper() for f in self.flags) or "bf16"
         if self.bf16_gflops is None or self.fp32_gflops is None:
             return f"{what} not measured"
+        if rates:
+            return f"{what}, bf16 matmul {self.bf16_gflops / self.fp32_gflops:.1f}x fp32"
         return f"{what}, bf16 measured {'faster' if self.use_bf16 else 'not faster'} than fp32"
 
     def to_dict(self) -> dict:
