@@ -1195,7 +1195,9 @@ def _dicom_the_image_reader_refuses(path: Path, what: str, reason: str) -> Raw |
     if raw is not None:
         return raw
     said, advice = layout
-    raise FetalIQAError(f"{path}: {said}: valid DICOM, but this reader cannot decode it. {advice}")
+    # (not called valid: a damaged file fails the same way)
+    raise FetalIQAError(f"{path}: {said}, and they could not be decoded here (no decoder for them, or they are "
+                        f"damaged). {advice}")
 
 
 def _unread_dicom_layout(path: Path, reason: str) -> tuple[str, str] | None:
