@@ -2203,3 +2203,28 @@ def test_compressed_data_counted_only_up_to_a_limit_are_said_to_be_at_least_that
     nii.write_bytes(nii.read_bytes() + arr[2:3].tobytes())  # counted to its end: the number itself
     with pytest.raises(FetalIQAError, match="the file holds 5760 bytes of pixel data, more than the 3840"):
         load_sweep(nii)
+
+
+def test_a_compressed_dicom_file_cut_short_is_called_truncated_without_pydicoms_warning(tmp_path, capfd):
+    """An RLE DICOM cut inside its fragments (an interrupted copy) printed pydicom's two-line
+    "UserWarning: End of file reached before delimiter" and then "holds no pixel data ... it is no
+    image": the user was told the file was the wrong kind when it was only cut short."""
+    pytest.importorskip("pydicom")
+    from pydicom.uid import RLELossless
+
+    arr = _grey().astype(np.uint8)
+    path = _dicom(tmp_path / "whole.dcm", arr)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    ds.save_as(path)
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(raw[:len(raw) * 2 // 3])
+    capfd.readouterr()
+    with pytest.raises(FetalIQAError, match="it is truncated, probably an interrupted copy") as err:
+        load_sweep(cut)
+    assert "no image" not in str(err.value)
+    out, said = capfd.readouterr()
+    assert "End of file" not in said + out and "Warning" not in said

@@ -1819,7 +1819,16 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
+        with warnings.catch_warnings(record=True) as said:  # pydicom's warnings would print above our line
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
+        if any("End of file reached" in str(w.message) for w in said):
+            # an item or sequence of undefined length (compressed frames' fragments) never closed: the
+            # file stops inside it (it was called "holds no pixel data", and pydicom's two-line warning
+            # printed above that)
+            raise FetalIQAError(f"{path}: the file stops before the end of its pixel data (or of another element "
+                                "of its header): it is truncated, probably an interrupted copy. Copy or export it "
+                                "again.")
         if single:
             _refuse_dicom_segmentation(path, ds)
         _refuse_uncounted_frames(path, ds)
