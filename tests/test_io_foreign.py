@@ -480,6 +480,14 @@ def test_a_numpy_array_file_is_named_with_what_to_save_instead(tmp_path):
     np.save(tmp_path / "frames.npy", _grey().astype(np.uint8))
     with pytest.raises(FetalIQAError, match=r"a NumPy array file \(\.npy\), which is not read.*Save the sweep as \.mha"):
         load_sweep(tmp_path / "frames.npy")
+    # numpy.savez / savez_compressed: a ZIP of .npy files, which was "a ZIP archive of files ... unpack it"
+    # (unpacked, .npy files, refused in turn)
+    for save in (np.savez, np.savez_compressed):
+        save(tmp_path / "frames.npz", frames=_grey().astype(np.uint8))
+        with pytest.raises(FetalIQAError, match=r"a NumPy archive of arrays \(\.npz\), which is not read.*"
+                                                 r"Save the sweep as \.mha") as err:
+            load_sweep(tmp_path / "frames.npz")
+        assert "unpack" not in str(err.value)
 
 
 def test_a_folder_of_several_series_says_which_it_read_or_refuses_a_tie(tmp_path):

@@ -982,6 +982,10 @@ def _no_image_reader(path: Path, what: str) -> str:
         return (f"{path}: a DICOM file whose pixels this reader cannot decode ({_dicom_pixel_format(path)}). "
                 "Export the sweep with 8- or 16-bit grey or RGB pixels.")
     packed = _archive_kind(path)
+    if packed == "ZIP" and full_suffix(path).lower().endswith(".npz"):  # numpy.savez: a ZIP of .npy files
+        return (f"{path}: a NumPy archive of arrays (.npz), which is not read (it records no pixel size). Save "
+                f"the {what} as .mha, e.g. an array of frames x height x width with SimpleITK.WriteImage("
+                f"SimpleITK.GetImageFromArray(array), '{what}.mha'), and open that.")
     if packed:
         return (f"{path}: a {packed} archive of files, not an image: unpack it and choose the "
                 f"{what} file{' (or its folder)' if what == 'sweep' else ''} inside.")
