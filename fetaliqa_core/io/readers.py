@@ -393,10 +393,6 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             raise FetalIQAError(f"{path}: this NRRD's axes do not fit its space as the image reader needs "
                                 f"({reason}). Save the sweep as .mha, or as a NRRD with one domain axis per "
                                 "dimension of its space.") from None
-        if _has_extended_offset_table(path):
-            raise FetalIQAError(f"{path}: its compressed frames are indexed by an Extended Offset Table (7FE0,0001), "
-                                "a DICOM layout the image reader does not read. Export the file again uncompressed, or "
-                                "compressed without that table.") from None
         raise FetalIQAError(f"{path}: the image header cannot be read ({reason}). The file is damaged "
                             "or not an image; export it again.") from None
     size = tuple(int(s) for s in reader.GetSize())       # (X, Y[, Z[, T]])
@@ -1223,6 +1219,9 @@ def _unread_dicom_layout(path: Path, reason: str) -> tuple[str, str] | None:
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         if element is None or syntax is None or str(syntax) in _NATIVE_SYNTAXES:
             return None
+        if "ExtendedOffsetTable" in ds:  # (PS3.5 A.4, 2019; the image reader fails on it with an internal message)
+            return ("its compressed frames are indexed by an Extended Offset Table (7FE0,0001)",
+                    "Export the file again uncompressed, or compressed without that table.")
         items = _encapsulated_items(path, getattr(element, "value_tell", None))
         frames = _number_of_frames(ds)
         if items is not None and not items.damaged and items.fragments > frames:
@@ -1947,20 +1946,6 @@ def _is_dicomdir(path: Path, ds: Any) -> bool:
     records, or its name."""
     sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "").strip()
     return sop == _DICOMDIR_STORAGE or "DirectoryRecordSequence" in ds or path.name.upper() == "DICOMDIR"
-
-
-def _has_extended_offset_table(path: Path) -> bool:
-    """Whether ``path`` is a DICOM file whose compressed frames come with an Extended Offset Table
-    (PS3.5 A.4, 2019): valid, but the image reader fails on it with an internal message only."""
-    if not (has_dicom_magic(path) or _bare_dicom(path)):
-        return False
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=256, force=_bare_dicom(path))
-        return "ExtendedOffsetTable" in ds
-    except Exception:  # noqa: BLE001 - only a better message
-        return False
 
 
 #: SOP Class UID of DICOM Segmentation Storage (PS3.4 B.5).
