@@ -580,6 +580,39 @@ def is_finished(record: dict | None, key: str | Sequence[str], needed_files: Seq
     return folder is None or all((folder / name).is_file() for name in needed_files)
 
 
+def rescore_reason(record: dict | None, fhash: str | None, columns: dict, threshold: float,
+                   accepted: Sequence[str], needed_files: Sequence[str] = (), folder: Path | None = None) -> str | None:
+    """Why a case with a record is scored again, in words for its progress line (None for a case
+    never scored): a rerun that rescored a 300-case archive said only each case's answer, so an
+    intended rescore (a new threshold, new models) could not be told from an accidental one (a
+    file touched by a copy). ``columns``: this run's :func:`bundle_columns`."""
+    if record is None:
+        return None
+    status = record.get("status")
+    if status == STATUS_FAILED:
+        return "it failed in an earlier run"
+    if status != STATUS_OK:
+        return "its earlier scoring did not finish"
+    if fhash is not None and record.get("file_hash") not in (None, fhash):
+        return "the file changed since it was scored"
+    if not settings_accepted(record, accepted):
+        changed = [what for key, what in (("cls_hash", "classifier"), ("seg_hash", "segmenter"))
+                   if record.get(key) != columns.get(key)]
+        if changed:
+            return f"scored before with another {' and '.join(changed)}"
+        if record.get("base_hash") != columns.get("base_hash"):
+            return "scored before on other base weights"
+        earlier = record.get("threshold")
+        if isinstance(earlier, (int, float)) and abs(float(earlier) - float(threshold)) > 1e-9:
+            return f"scored before at threshold {float(earlier):g} (now {float(threshold):g})"
+        if record.get("precision") != columns.get("precision"):
+            return f"scored before in {record.get('precision')} (now {columns.get('precision')}, as asked)"
+        return "scored before with other settings (pixel spacing or cascade)"
+    if folder is not None and not all((folder / name).is_file() for name in needed_files):
+        return "its challenge output files are missing"
+    return None
+
+
 def refresh_file_stat(folder: Path, record: dict, fstat: str | None) -> None:
     """Record ``fstat`` in a finished case's record whose file was found unchanged by its hash
     but whose signature (modification time) differs: the table must not call it stale."""
@@ -969,6 +1002,7 @@ class Item:
     sweep: object | None = None
     error: str | None = None
     deaths: int = 0  # earlier runs that died while scoring it (its marker says)
+    why: str | None = None  # why a case scored before is scored again (rescore_reason)
 
 
 def read_ahead(items: Sequence[Item], prepare: Callable[[Item], None], depth: int,

@@ -939,3 +939,36 @@ def test_a_full_disk_while_recording_a_failed_case_says_free_space(tmp_path, cap
     rc = main(["score", str(archive), "--archive", "--out", str(tmp_path / "out"), "--no-cache", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and "cannot be written (the disk is full): free space or choose another --out" in err, err
+
+
+def test_a_rerun_says_why_each_case_is_scored_again(tmp_path, capsys):
+    """Reruns rescored the right cases but said only each case's answer ("chosen frame 4, AC 54.8
+    mm"): in a large archive an intended rescore (a new threshold) could not be told from an
+    accidental one (a file rewritten by a copy) without comparing tables."""
+    folder = _fresh_archive(tmp_path, n=2)
+    out = tmp_path / "scores"
+    base = ["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]
+    assert main(base) == 0
+    assert "rescored" not in capsys.readouterr().out  # nothing scored before
+    threshold = float(_table(out)[0]["threshold"])
+    assert main(base + ["--threshold", "0.25"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "chosen frame" in line]
+    assert len(lines) == 2 and all(f"rescored: scored before at threshold {threshold:g} (now 0.25)" in line
+                                   for line in lines), lines
+    assert main(base + ["--threshold", "0.25"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("skipped") == 2 and "rescored" not in said
+    victim = sorted(folder.iterdir())[0]
+    from fetaliqa_core import io as fio
+
+    sweep = fio.load_sweep(victim)
+    import SimpleITK as sitk
+
+    changed = sitk.GetImageFromArray(255 - sweep.frames)
+    changed.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(changed, str(victim))
+    assert main(base + ["--threshold", "0.25", "--spacing", "0.3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "chosen frame" in line]
+    assert any("rescored: the file changed since it was scored" in line for line in lines), lines
+    assert any("rescored: scored before with other settings (pixel spacing or cascade)" in line
+               for line in lines), lines

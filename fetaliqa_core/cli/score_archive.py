@@ -270,6 +270,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                     item.finished = True
                     ar.refresh_file_stat(folder, record, item.fstat)  # the same bytes, touched since
                     return
+                item.why = ar.rescore_reason(record, item.fhash, columns, threshold, accepted, needed, folder)
                 if _died_on_before(item):
                     return
                 ar.mark_attempt(out, item.name, item.fhash, ar.STAGE_READING, item.deaths)
@@ -374,8 +375,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
                     ac += f" ({rec.get('ac_status') or 'doubtful'})"  # not a number to act on (summary.json says why)
                 elif rec.get("ac_status") == "no units":
                     ac = ", AC not shown (pixel spacing unknown or implausible; --spacing MM or WxH)"
+                why = f"; rescored: {item.why}" if item.why else ""
                 print(f"{position}{shown(item.name)}: chosen frame {frame if frame >= 0 else 'none (-1)'}{ac} "
-                      f"({rec.get('seconds', 0):.1f} s)", flush=True)
+                      f"({rec.get('seconds', 0):.1f} s{why})", flush=True)
             else:
                 base.pop("_t0")
                 failure = dict(base, status=export.STATUS_FAILED, error=item.error, key=item.key, file_hash=item.fhash,
