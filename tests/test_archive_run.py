@@ -944,12 +944,16 @@ def test_a_full_disk_while_recording_a_failed_case_says_free_space(tmp_path, cap
 def test_a_rerun_says_why_each_case_is_scored_again(tmp_path, capsys):
     """Reruns rescored the right cases but said only each case's answer ("chosen frame 4, AC 54.8
     mm"): in a large archive an intended rescore (a new threshold) could not be told from an
-    accidental one (a file rewritten by a copy) without comparing tables."""
+    accidental one (a file rewritten by a copy) without comparing tables. And --rank-timeout was
+    taken without a word by a run of one process."""
     folder = _fresh_archive(tmp_path, n=2)
     out = tmp_path / "scores"
     base = ["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]
-    assert main(base) == 0
-    assert "rescored" not in capsys.readouterr().out  # nothing scored before
+    assert main(base + ["--rank-timeout", "5"]) == 0
+    said = capsys.readouterr()
+    assert "rescored" not in said.out  # nothing scored before
+    # (--rank-timeout was accepted without a word in a run of one process, where it bounds nothing)
+    assert "--rank-timeout applies to runs of several processes" in said.err
     threshold = float(_table(out)[0]["threshold"])
     assert main(base + ["--threshold", "0.25"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "chosen frame" in line]

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "modulo N, is K-1), for machines that cannot run torchrun together; the table "
                         "has this part's cases; copy every part's cases/ into one --out and run the "
                         "command without --shard there to have the whole table (nothing is scored again)")
-    g.add_argument("--rank-timeout", type=positive_seconds, default=ar.DEFAULT_RANK_TIMEOUT, metavar="S",
+    g.add_argument("--rank-timeout", type=positive_seconds, default=None, metavar="S",
                    help="under torchrun: how long rank 0 waits for a process whose heartbeat has "
                         "stopped before writing the table without its cases, and how long processes "
                         "started by hand (RANK, WORLD_SIZE, MASTER_ADDR...) wait for each other to join "
@@ -138,6 +138,11 @@ def run(args) -> int:
 
     ranks = ar.ranks_from_env()
     started = time.perf_counter()
+    if getattr(args, "rank_timeout", None) is None:
+        args.rank_timeout = ar.DEFAULT_RANK_TIMEOUT
+    elif not ranks.distributed:  # (it was accepted without a word, as if it bounded something here)
+        print("fetaliqa: note: --rank-timeout applies to runs of several processes (torchrun, or RANK and "
+              "WORLD_SIZE set by hand); this run is one process, so it has no effect.", file=sys.stderr, flush=True)
     ar.init_process_group(ranks, args.device, args.rank_timeout)
     try:
         return _run(args, ranks, started, fio, score_cmd)
