@@ -1128,21 +1128,37 @@ def wait_for_ranks(out: Path, run_id: str, ranks: Sequence[int], timeout: float,
 def remove_state(out: Path, run_id: str | None = None) -> None:
     """Heartbeats of run ``run_id`` (rank 0, at the end) and of earlier runs that were killed, by
     :data:`FOREIGN_LEFTOVER_S`: another torchrun launch on the same --out may be running now, and
-    removing its heartbeats made its rank 0 take its other ranks for dead. ``run_id`` None: all."""
+    removing its heartbeats made its rank 0 take its other ranks for dead), or sooner when that
+    run's rank 0 was a process of this machine that is gone (:func:`_run_over_here`). ``run_id``
+    None (a run of one process, which has none): the killed runs' only."""
     root = out / STATE_DIR
-    if run_id is None:
-        shutil.rmtree(root, ignore_errors=True)
+    if not root.is_dir():
         return
-    shutil.rmtree(root / run_id, ignore_errors=True)
+    if run_id is not None:
+        shutil.rmtree(root / run_id, ignore_errors=True)
     now = time.time()
     try:
         for folder in root.iterdir():
             stamps = [p.stat().st_mtime for p in folder.iterdir()] if folder.is_dir() else []
-            if folder.is_dir() and now - max(stamps, default=0.0) >= FOREIGN_LEFTOVER_S:
+            if folder.is_dir() and (now - max(stamps, default=0.0) >= FOREIGN_LEFTOVER_S or _run_over_here(folder)):
                 shutil.rmtree(folder, ignore_errors=True)
         root.rmdir()  # only when nothing is left in it
     except OSError:
         pass
+
+
+def _run_over_here(folder: Path) -> bool:
+    """Whether the run of state folder ``folder`` was started on this machine by a rank 0 that is
+    no longer alive (its plan names the host and process): a killed run's folder stayed for 6
+    hours after a rerun had finished the archive."""
+    try:
+        plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    if not isinstance(plan, dict) or plan.get("host") != hostname():
+        return False
+    pid = plan.get("pid")
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and not _pid_alive(pid)
 
 
 def new_run_id() -> str:

@@ -7,6 +7,7 @@ import csv
 import os
 import json
 import threading
+import sys
 import time
 from pathlib import Path
 
@@ -533,3 +534,24 @@ def test_a_foreign_folder_where_a_case_goes_is_a_failure_in_the_table(tmp_path):
     rows = ar.table_rows(tmp_path, ["c1", "c2"], ["c1.mha", "c2.mha"], None)
     assert rows[0]["status"] == "failed" and "not written by FetalIQA" in rows[0]["error"]
     assert rows[1]["status"] == "missing"
+
+
+def test_a_killed_launchs_state_on_this_machine_goes_with_the_next_finished_run(tmp_path):
+    """A torchrun run killed on this machine left OUT/.archive/<run id> behind for 6 hours after a
+    rerun had finished the archive (plain reruns never removed it). A run whose rank 0 is a
+    process of this machine that is gone is over: its folder goes; one of another machine, or
+    whose rank 0 is alive, stays."""
+    import subprocess
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    runs = {}
+    for name, host, pid in (("killed", ar.hostname(), gone.pid), ("alive", ar.hostname(), os.getpid()),
+                            ("elsewhere", ar.hostname() + "-other", gone.pid)):
+        run_id = ar.new_run_id() + name
+        ar.plan_file(tmp_path, run_id).parent.mkdir(parents=True)
+        ar.plan_file(tmp_path, run_id).write_text(json.dumps({"host": host, "pid": pid}), encoding="utf-8")
+        runs[name] = tmp_path / ar.STATE_DIR / run_id
+    ar.remove_state(tmp_path)  # a run of one process has no state of its own
+    assert not runs["killed"].exists()
+    assert runs["alive"].exists() and runs["elsewhere"].exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -115,7 +116,6 @@ def _output_side(exc: BaseException) -> str:
     """Why writing results failed, when it is the output's disk (full, over quota, read-only);
     "" for a failure of the case itself."""
     import errno
-    import os
 
     from fetaliqa_core.paths import os_error_cause
 
@@ -186,7 +186,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             # (a case named like the challenge tree's predictions.json would take its place there)
             names = ar.case_names(members, score_cmd._stem, reserved=(ar.PREDICTIONS_FILE,))
             plan = {"members": [str(m) for m in members], "names": names, "run_id": ar.new_run_id(),
-                    "out": str(out.expanduser().resolve()), "host": ar.hostname()}
+                    "out": str(out.expanduser().resolve()), "host": ar.hostname(), "pid": os.getpid()}
             if ranks.distributed:  # (each rank looks for it under its own --out: the same folder?)
                 # each rank reads the cases through its own archive argument (another machine may
                 # mount it elsewhere), after checking that it holds the same files
@@ -448,6 +448,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             for name in counts:
                 counts[name] += int(c.get(name, 0))
         ar.remove_state(out, plan["run_id"])
+    else:
+        ar.remove_state(out)  # what killed launches of several processes left (a rerun here finished their work)
     rows = ar.table_rows(out, *table_args)
     table = ar.write_table(out, rows)
     status = ar.count_statuses(rows)
