@@ -313,12 +313,18 @@ def verdict_from_row(row: tuple) -> Verdict:
 MAX_MASK_SIDE = 4096
 
 
-def mask_from_blob(blob: Any, what: str) -> np.ndarray:
+def mask_size(blob: Any, what: str) -> tuple[int, int]:
+    """(height, width) a mask PNG's header states, read without decoding it."""
     if not isinstance(blob, bytes) or len(blob) < 24 or blob[:8] != b"\x89PNG\r\n\x1a\n" or blob[12:16] != b"IHDR":
         raise DamagedRow(what)
     width, height = int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
     if not (0 < width <= MAX_MASK_SIDE and 0 < height <= MAX_MASK_SIDE):
         raise DamagedRow(what)
+    return height, width
+
+
+def mask_from_blob(blob: Any, what: str) -> np.ndarray:
+    mask_size(blob, what)
     mask = decode_mask(blob)
     if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
         raise DamagedRow(what)
