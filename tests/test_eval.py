@@ -271,6 +271,56 @@ def test_the_cases_a_bundle_trained_on_are_those_its_manifest_records(tiny_data,
     assert "cannot be checked" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("key,value,option", [("split_seed", "abc", "--split-seed"), ("split_seed", -5, "--split-seed"),
+                                               ("all_sweeps", "no", "--all-sweeps"),
+                                               ("split_method", ["grouped"], "restore the bundle")])
+def test_a_manifest_recording_its_split_wrongly_is_told_in_one_line_alone_or_in_a_pair(
+        tiny_data, bundles, tmp_path, capsys, key, value, option):
+    """A classifier whose manifest recorded split_seed 'abc': a traceback with --cls alone, and
+    with --seg beside it (the two loaded as one pair on one base) the segmenter's record was read
+    instead of the classifier's and the evaluation went on without a word."""
+    import shutil
+
+    from fetaliqa_core.cli import main
+
+    edited = tmp_path / "cls"
+    shutil.copytree(bundles["cls"], edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest.setdefault("metrics", {})["training"] = {key: value}
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    args = ["--data", str(tiny_data), "--split", "all", "--device", "cpu", "--quiet", "--max-cases", "1"]
+    for seg in ([], ["--seg", str(bundles["seg"])]):
+        capsys.readouterr()
+        assert main(["eval", "--cls", str(edited), *seg, "--out", str(tmp_path / "o"), *args]) == 1
+        err = capsys.readouterr().err
+        assert f"the manifest of {edited} records {key} {value!r}" in err and option in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_cases_a_classifier_trained_on_count_when_it_is_loaded_in_a_pair(tiny_data, bundles, tmp_path):
+    """A classifier and a segmenter on one base are loaded as one pair whose manifest is the
+    segmenter's: only the segmenter's recorded cases were checked, never the classifier's."""
+    import shutil
+
+    from fetaliqa_core.cli import main
+    from training.dataset import case_digest, read_cases
+
+    uuid = read_cases(tiny_data)[0].uuid
+    edited = tmp_path / "cls"
+    shutil.copytree(bundles["cls"], edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest.setdefault("metrics", {})["training"] = {"train_cases": [case_digest(uuid)]}
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    seg = tmp_path / "seg"
+    shutil.copytree(bundles["seg"], seg)
+    manifest = json.loads((seg / "manifest.json").read_text())
+    manifest.setdefault("metrics", {})["training"] = {"train_cases": []}
+    (seg / "manifest.json").write_text(json.dumps(manifest))
+    args = ["--data", str(tiny_data), "--split", "all", "--device", "cpu", "--quiet", "--max-cases", "1", "--all-sweeps"]
+    assert main(["eval", "--cls", str(edited), "--seg", str(seg), "--out", str(tmp_path / "p"), *args]) == 0
+    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["cases_in_own_training_split"] == [uuid]
+
+
 def test_a_students_trained_cases_include_its_teachers():
     """A distilled student copies its teachers' outputs on their training cases, so its numbers
     there are flattered too: eval said nothing when a student was evaluated on them. Its teachers'
