@@ -215,10 +215,15 @@ def _png_header_of(width: int, height: int) -> bytes:
     ("UPDATE sweeps SET sweep_ranges = '[[0, 1e21]]'", (), lambda s, sid, rid: s.sweeps()),
     ("UPDATE sweeps SET sweep_ranges = '[[-5, 6]]'", (), lambda s, sid, rid: s.sweeps()),
     ("UPDATE run_masks SET png = ?", (_png_header_of(30000, 30000),), lambda s, sid, rid: s.run_masks(rid)),
+    ("UPDATE model_runs SET ac_mm = 1e308", (), lambda s, sid, rid: s.latest_run(sid)),
+    ("UPDATE model_runs SET ac_mm = 40", (), lambda s, sid, rid: s.latest_run(sid)),
+    ("UPDATE model_runs SET ac_mm = 250, ga_weeks = -5", (), lambda s, sid, rid: s.latest_run(sid)),
 ])
 def test_rows_another_program_changed_give_one_line_before_any_allocation(tmp_path, sql, params, call):
     """A verdict on frame 100 of a 6-frame sweep, a run's time as a blob, sub-sweeps past the
-    sweep: tracebacks in `review export`. A 875 KB mask PNG stating 30,000 x 30,000 pixels: 1.8 GB."""
+    sweep: tracebacks in `review export`. A 875 KB mask PNG stating 30,000 x 30,000 pixels: 1.8 GB.
+    An AC of 1e308 mm or a GA of -5 weeks (only a number to act on is stored): exported as plain
+    numbers with ac_status "ok"."""
     path, sid, rid = _store_with_run(tmp_path)
     _tamper(path, sql, *params)
     with ReviewStore(path) as store, pytest.raises(FetalIQAError, match="damaged row") as info:
