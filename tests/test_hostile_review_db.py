@@ -403,3 +403,12 @@ def test_a_view_or_trigger_another_program_added_is_refused(tmp_path):
                 conn.execute("CREATE TRIGGER t AFTER INSERT ON verdicts BEGIN DELETE FROM verdicts; END")
         with pytest.raises(FetalIQAError, match=f"holds a {kind} .* that FetalIQA never makes"):
             ReviewStore(db, create=False)
+
+
+def test_a_db_path_that_is_a_link_loop_is_said_so_not_called_missing(tmp_path):
+    """`review export --db` given a link that leads back to itself said "does not exist"."""
+    loop = tmp_path / "loop.sqlite3"
+    loop.symlink_to(loop.name)
+    with pytest.raises(FetalIQAError, match="leads back to itself") as info:
+        ReviewStore(loop, create=False)
+    assert "does not exist" not in str(info.value)

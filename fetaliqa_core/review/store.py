@@ -185,6 +185,8 @@ class ReviewStore:
                     raise FetalIQAError(f"There is no review database at {self.path} (the default): nothing was "
                                         "reviewed there. Give --db FILE for one chosen in the viewer, or review "
                                         "frames in the viewer first.")
+                if self.path.is_symlink():  # a link that loops or leads nowhere "did not exist"
+                    raise FetalIQAError("The review database " + paths.missing_path(self.path, "Check the --db path."))
                 raise FetalIQAError(f"The review database {self.path} does not exist: check "
                                     "the --db path (the app keeps its database in "
                                     f"{default_db_path()}).")
