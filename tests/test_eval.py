@@ -424,3 +424,50 @@ def test_eval_records_the_number_format_and_version_it_ran_in(tiny_data, bundles
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["precision"] == "fp32" and saved["app_version"] == __version__
     assert "cpu fp32" in first and f"FetalIQA {__version__}" in first
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop", "folder", "/dev/zero"])
+def test_a_case_file_that_is_no_regular_file_is_said_so_not_called_missing(tiny_data, tmp_path, kind):
+    """A case's image as a pipe, a link loop, a folder or a link to /dev/zero was "missing", the
+    same message saying the folder holds it (and speaking of training, in eval)."""
+    import os
+    import shutil
+
+    from training.dataset import read_cases
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    image = read_cases(data)[0].image_path
+    image.unlink()
+    if kind == "fifo":
+        os.mkfifo(image)
+    elif kind == "folder":
+        image.mkdir()
+    else:
+        image.symlink_to(image.name if kind == "loop" else kind)
+    why = {"fifo": "not a regular file", "/dev/zero": "not a regular file", "folder": "a folder",
+           "loop": "leads back to itself"}[kind]
+    with pytest.raises(FetalIQAError, match=f"cannot be read: {image} \\(.*{why}") as info:
+        read_cases(data)
+    assert "are missing" not in str(info.value) and "training" not in str(info.value)
+
+
+def test_a_case_whose_csv_row_is_gone_is_named_in_a_note(tiny_data, bundles, tmp_path, capsys):
+    """A case whose image and mask are there but whose CSV row was deleted was left out of the
+    evaluation without a word."""
+    import shutil
+
+    from fetaliqa_core.acouslic import CSV_RELPATH
+    from fetaliqa_core.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    lines = (data / CSV_RELPATH).read_text().splitlines()
+    dropped = lines.pop(2).split(",")[0]
+    (data / CSV_RELPATH).write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["eval", "--cls", str(bundles["cls"]), "--data", str(data), "--split", "all", "--device", "cpu",
+                 "--quiet", "--max-cases", "1", "--all-sweeps", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 1 case(s) have files in images/" in err and f"are left out ({dropped})" in err
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["cases_not_in_csv"] == [dropped]

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from fetaliqa_core import __version__, paths
+from fetaliqa_core.acouslic import CSV_RELPATH, IMAGES_SUBDIR, MASKS_SUBDIR
 from fetaliqa_core.errors import FetalIQAError, UsageError
 from fetaliqa_core.files import atomic_write, csv_writer, write_json
 
@@ -240,6 +241,16 @@ def manifest_train_cases(manifest) -> set[str] | None:
     return set(cases)
 
 
+def unlisted_cases_note(metrics: dict) -> str | None:
+    """One line naming the cases with files in images/ or masks/ but no row in the CSV (left out)."""
+    unlisted = metrics.get("cases_not_in_csv") or []
+    if not unlisted:
+        return None
+    shown = ", ".join(unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
+    return (f"note: {len(unlisted)} case(s) have files in {IMAGES_SUBDIR}/ or {MASKS_SUBDIR}/ but no row in "
+            f"{CSV_RELPATH} and are left out ({shown}); add their rows to evaluate them")
+
+
 def training_overlap_note(metrics: dict, whose: str = "these bundles") -> str | None:
     """One line saying which evaluated cases ``whose`` were trained on, or that this cannot be
     checked; None when none of them was."""
@@ -298,7 +309,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     from fetaliqa_core.engine import ScoringEngine
     from fetaliqa_core.models.choice import ModelChoice, load_models
     from fetaliqa_core.preprocess import mask_to_frame, preprocess_masks
-    from training.dataset import _sweep_ranges, case_digest, read_cases, split_cases
+    from training.dataset import _sweep_ranges, case_digest, read_cases, split_cases, unlisted_cases
 
     if settings.cls is None and settings.seg is None:
         demo = paths.resources_dir() / "demo"
@@ -447,6 +458,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     metrics["case_uuids"] = [c.uuid for c in chosen]
     metrics["cases_in_own_training_split"] = trained_on
     metrics["reference_ac_mismatch"] = col.ac_mismatch
+    metrics["cases_not_in_csv"] = unlisted_cases(settings.data, cases)
 
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics)
