@@ -271,6 +271,56 @@ def test_the_cases_a_bundle_trained_on_are_those_its_manifest_records(tiny_data,
     assert "cannot be checked" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("key,value,option", [("split_seed", "abc", "--split-seed"), ("split_seed", -5, "--split-seed"),
+                                               ("all_sweeps", "no", "--all-sweeps"),
+                                               ("split_method", ["grouped"], "restore the bundle")])
+def test_a_manifest_recording_its_split_wrongly_is_told_in_one_line_alone_or_in_a_pair(
+        tiny_data, bundles, tmp_path, capsys, key, value, option):
+    """A classifier whose manifest recorded split_seed 'abc': a traceback with --cls alone, and
+    with --seg beside it (the two loaded as one pair on one base) the segmenter's record was read
+    instead of the classifier's and the evaluation went on without a word."""
+    import shutil
+
+    from fetaliqa_core.cli import main
+
+    edited = tmp_path / "cls"
+    shutil.copytree(bundles["cls"], edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest.setdefault("metrics", {})["training"] = {key: value}
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    args = ["--data", str(tiny_data), "--split", "all", "--device", "cpu", "--quiet", "--max-cases", "1"]
+    for seg in ([], ["--seg", str(bundles["seg"])]):
+        capsys.readouterr()
+        assert main(["eval", "--cls", str(edited), *seg, "--out", str(tmp_path / "o"), *args]) == 1
+        err = capsys.readouterr().err
+        assert f"the manifest of {edited} records {key} {value!r}" in err and option in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_cases_a_classifier_trained_on_count_when_it_is_loaded_in_a_pair(tiny_data, bundles, tmp_path):
+    """A classifier and a segmenter on one base are loaded as one pair whose manifest is the
+    segmenter's: only the segmenter's recorded cases were checked, never the classifier's."""
+    import shutil
+
+    from fetaliqa_core.cli import main
+    from training.dataset import case_digest, read_cases
+
+    uuid = read_cases(tiny_data)[0].uuid
+    edited = tmp_path / "cls"
+    shutil.copytree(bundles["cls"], edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest.setdefault("metrics", {})["training"] = {"train_cases": [case_digest(uuid)]}
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    seg = tmp_path / "seg"
+    shutil.copytree(bundles["seg"], seg)
+    manifest = json.loads((seg / "manifest.json").read_text())
+    manifest.setdefault("metrics", {})["training"] = {"train_cases": []}
+    (seg / "manifest.json").write_text(json.dumps(manifest))
+    args = ["--data", str(tiny_data), "--split", "all", "--device", "cpu", "--quiet", "--max-cases", "1", "--all-sweeps"]
+    assert main(["eval", "--cls", str(edited), "--seg", str(seg), "--out", str(tmp_path / "p"), *args]) == 0
+    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["cases_in_own_training_split"] == [uuid]
+
+
 def test_a_students_trained_cases_include_its_teachers():
     """A distilled student copies its teachers' outputs on their training cases, so its numbers
     there are flattered too: eval said nothing when a student was evaluated on them. Its teachers'
@@ -374,3 +424,50 @@ def test_eval_records_the_number_format_and_version_it_ran_in(tiny_data, bundles
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["precision"] == "fp32" and saved["app_version"] == __version__
     assert "cpu fp32" in first and f"FetalIQA {__version__}" in first
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop", "folder", "/dev/zero"])
+def test_a_case_file_that_is_no_regular_file_is_said_so_not_called_missing(tiny_data, tmp_path, kind):
+    """A case's image as a pipe, a link loop, a folder or a link to /dev/zero was "missing", the
+    same message saying the folder holds it (and speaking of training, in eval)."""
+    import os
+    import shutil
+
+    from training.dataset import read_cases
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    image = read_cases(data)[0].image_path
+    image.unlink()
+    if kind == "fifo":
+        os.mkfifo(image)
+    elif kind == "folder":
+        image.mkdir()
+    else:
+        image.symlink_to(image.name if kind == "loop" else kind)
+    why = {"fifo": "not a regular file", "/dev/zero": "not a regular file", "folder": "a folder",
+           "loop": "leads back to itself"}[kind]
+    with pytest.raises(FetalIQAError, match=f"cannot be read: {image} \\(.*{why}") as info:
+        read_cases(data)
+    assert "are missing" not in str(info.value) and "training" not in str(info.value)
+
+
+def test_a_case_whose_csv_row_is_gone_is_named_in_a_note(tiny_data, bundles, tmp_path, capsys):
+    """A case whose image and mask are there but whose CSV row was deleted was left out of the
+    evaluation without a word."""
+    import shutil
+
+    from fetaliqa_core.acouslic import CSV_RELPATH
+    from fetaliqa_core.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    lines = (data / CSV_RELPATH).read_text().splitlines()
+    dropped = lines.pop(2).split(",")[0]
+    (data / CSV_RELPATH).write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["eval", "--cls", str(bundles["cls"]), "--data", str(data), "--split", "all", "--device", "cpu",
+                 "--quiet", "--max-cases", "1", "--all-sweeps", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 1 case(s) have files in images/" in err and f"are left out ({dropped})" in err
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["cases_not_in_csv"] == [dropped]

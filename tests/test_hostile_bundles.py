@@ -474,3 +474,19 @@ def test_a_bundle_file_or_manifest_that_is_no_regular_file_is_said_so_not_called
         load_bundle(bundle, base_weights=paths.resources_dir() / "demo" / "base_tiny.pt", device="cpu")
     replace(bundle / MANIFEST_FILE)
     _refused(bundle, f"{MANIFEST_FILE} is not a regular file")
+
+
+def test_a_manifest_that_is_a_link_to_itself_is_said_so_not_called_missing(bundle):
+    """manifest.json as a link to itself gave "it has no manifest.json", as if the folder were another."""
+    (bundle / MANIFEST_FILE).unlink()
+    (bundle / MANIFEST_FILE).symlink_to(MANIFEST_FILE)
+    message = _refused(bundle, "leads back to itself")
+    assert "has no manifest.json" not in message
+
+
+@pytest.mark.parametrize("value", [["cls"], {"cls": 1}])
+def test_a_manifest_task_that_is_no_text_is_named_without_python_internals(bundle, value):
+    """`"task": ["cls"]` gave "manifest.json has malformed fields (unhashable type: 'list')"."""
+    _write_manifest(bundle, _set(_manifest(bundle), "task", value))
+    message = _refused(bundle, "task", "is not one of")
+    assert "unhashable" not in message

@@ -215,15 +215,75 @@ def _png_header_of(width: int, height: int) -> bytes:
     ("UPDATE sweeps SET sweep_ranges = '[[0, 1e21]]'", (), lambda s, sid, rid: s.sweeps()),
     ("UPDATE sweeps SET sweep_ranges = '[[-5, 6]]'", (), lambda s, sid, rid: s.sweeps()),
     ("UPDATE run_masks SET png = ?", (_png_header_of(30000, 30000),), lambda s, sid, rid: s.run_masks(rid)),
+    ("UPDATE model_runs SET ac_mm = 1e308", (), lambda s, sid, rid: s.latest_run(sid)),
+    ("UPDATE model_runs SET ac_mm = 40", (), lambda s, sid, rid: s.latest_run(sid)),
+    ("UPDATE model_runs SET ac_mm = 250, ga_weeks = -5", (), lambda s, sid, rid: s.latest_run(sid)),
 ])
 def test_rows_another_program_changed_give_one_line_before_any_allocation(tmp_path, sql, params, call):
     """A verdict on frame 100 of a 6-frame sweep, a run's time as a blob, sub-sweeps past the
-    sweep: tracebacks in `review export`. A 875 KB mask PNG stating 30,000 x 30,000 pixels: 1.8 GB."""
+    sweep: tracebacks in `review export`. A 875 KB mask PNG stating 30,000 x 30,000 pixels: 1.8 GB.
+    An AC of 1e308 mm or a GA of -5 weeks (only a number to act on is stored): exported as plain
+    numbers with ac_status "ok"."""
     path, sid, rid = _store_with_run(tmp_path)
     _tamper(path, sql, *params)
     with ReviewStore(path) as store, pytest.raises(FetalIQAError, match="damaged row") as info:
         call(store, sid, rid)
     assert "\n" not in str(info.value)
+
+
+def _run_with_masks(tmp_path, masks: dict[int, bytes]) -> tuple[Path, int]:
+    """A 6-frame sweep of 40 x 48 frames, all flagged, whose run's mask rows are ``masks``
+    (written as another program would, past the store's checks)."""
+    path = tmp_path / "reviews.sqlite3"
+    with ReviewStore(path) as store:
+        sid = store.add_sweep("abc123", "/x/case.mha", 6)
+        rid = store.add_model_run(sid, {"cls": {"hash": "h"}}, np.linspace(0.6, 1, 6), np.zeros(6),
+                                  np.zeros(6), np.ones(6, bool), chosen_frame=5)
+    conn = sqlite3.connect(path)
+    conn.executemany("INSERT INTO run_masks (run_id, frame, png) VALUES (?, ?, ?)",
+                     [(rid, f, png) for f, png in masks.items()])
+    conn.commit()
+    conn.close()
+    return path, rid
+
+
+def test_a_mask_row_for_a_frame_the_sweep_does_not_have_is_a_damaged_row(tmp_path):
+    """600 mask rows of 4096 x 4096 PNGs for a 12-frame sweep (a 10 MB file): `review export`
+    decoded them all at once and passed 5 GB; a mask for frame 12 of 12 was taken as it came."""
+    import cv2
+
+    from fetaliqa_core.review.report import build_report
+
+    png = cv2.imencode(".png", np.ones((8, 8), np.uint8))[1].tobytes()
+    path, rid = _run_with_masks(tmp_path, {1: png, 6: png})
+    frames = np.zeros((6, 40, 48), np.uint8)
+    with ReviewStore(path) as store:
+        for call in (lambda: store.run_masks(rid), lambda: store.run_mask(rid, 1),
+                     lambda: build_report(store, tmp_path / "r.html", sweep_loader=lambda p: frames)):
+            with pytest.raises(FetalIQAError, match="damaged row .mask of frame 6 in model run") as info:
+                call()
+            assert "\n" not in str(info.value)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_report_decodes_only_the_masks_it_shows_and_only_of_a_size_that_fits(tmp_path, monkeypatch):
+    """Every mask of a run was decoded into one dict before a thumbnail was drawn, whatever its
+    size: memory grew with what the database held, not with what the report shows."""
+    import cv2
+
+    from fetaliqa_core.review import records
+    from fetaliqa_core.review.report import build_report
+
+    fits = cv2.imencode(".png", np.ones((224, 224), np.uint8))[1].tobytes()
+    too_big = cv2.imencode(".png", np.ones((4096, 4096), np.uint8))[1].tobytes()
+    path, rid = _run_with_masks(tmp_path, {0: fits, 1: fits, 2: too_big, 3: too_big, 4: fits, 5: fits})
+    decoded = []
+    real = records.decode_mask
+    monkeypatch.setattr(records, "decode_mask", lambda blob: decoded.append(real(blob)) or decoded[-1])
+    monkeypatch.setattr("fetaliqa_core.review.report.MAX_THUMBNAILS", 3)
+    with ReviewStore(path) as store:
+        build_report(store, tmp_path / "r.html", sweep_loader=lambda p: np.zeros((6, 40, 48), np.uint8))
+    assert [m.shape for m in decoded] == [(224, 224)] * 2  # frames 5 and 4 (3: too big; 0-2: not shown)
 
 
 class _FullDisk:
@@ -343,3 +403,12 @@ def test_a_view_or_trigger_another_program_added_is_refused(tmp_path):
                 conn.execute("CREATE TRIGGER t AFTER INSERT ON verdicts BEGIN DELETE FROM verdicts; END")
         with pytest.raises(FetalIQAError, match=f"holds a {kind} .* that FetalIQA never makes"):
             ReviewStore(db, create=False)
+
+
+def test_a_db_path_that_is_a_link_loop_is_said_so_not_called_missing(tmp_path):
+    """`review export --db` given a link that leads back to itself said "does not exist"."""
+    loop = tmp_path / "loop.sqlite3"
+    loop.symlink_to(loop.name)
+    with pytest.raises(FetalIQAError, match="leads back to itself") as info:
+        ReviewStore(loop, create=False)
+    assert "does not exist" not in str(info.value)

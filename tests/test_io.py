@@ -573,6 +573,11 @@ BAD_SWEEPS = [
     (".mhd data-file pattern", _bad_mhd_pattern, "several files"),
     ("NIfTI with -1 dimensions", lambda t: _nifti_patched(t, 40, "<h", -1), "dimensions"),
     ("NIfTI with an unknown datatype", lambda t: _nifti_patched(t, 70, "<h", 1234), "datatype code 1234"),
+    # a defined datatype the reader does not take, and a negative size: "damaged", ITK's
+    # "UNKNOWNCOMPONENTTYPE", and "frames of 1 x 80 pixels are a strip" before
+    ("NIfTI of 1-bit pixels", lambda t: _nifti_patched(t, 70, "<h", 1), "1 bit per pixel (binary), which is not read"),
+    ("NIfTI of 128-bit floats", lambda t: _nifti_patched(t, 70, "<h", 1536), "128-bit floating-point pixels"),
+    ("NIfTI with a negative size", lambda t: _nifti_patched(t, 44, "<h", -64), "is negative. The file is damaged"),
     ("compressed data that is garbage", _bad_compressed_garbage, "cannot be inflated"),
     ("compressed data cut short", _bad_compressed_cut, "compressed pixel data"),
     ("compressed data one frame short", _bad_compressed_short, "ends after 1920"),

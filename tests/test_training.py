@@ -798,7 +798,7 @@ def test_a_case_file_in_another_format_or_case_is_named_as_such(tiny_data, tmp_p
     shutil.copytree(tiny_data, data)
     first = sorted((data / "images" / "stacked_fetal_ultrasound").glob("*.mha"))[0]
     first.rename(first.with_name(first.name[:-4].upper() + ".nii.gz"))
-    with pytest.raises(FetalIQAError, match=r"the folder holds .*\.nii\.gz: training reads the ACOUSLIC-AI layout"):
+    with pytest.raises(FetalIQAError, match=r"the folder holds .*\.nii\.gz: training and evaluation read the ACOUSLIC-AI layout"):
         ds.read_cases(data)
 
 

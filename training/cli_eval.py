@@ -76,7 +76,7 @@ def check_eval_out(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from training.evaluate import (EvalSettings, evaluate, format_report, reference_ac_notes,
-                                   training_overlap_note)
+                                   training_overlap_note, unlisted_cases_note)
 
     choice = model_choice_from_args(args)
     settings = EvalSettings(cls=choice.cls, seg=choice.seg, data=args.data, split=args.split, base=choice.base,
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
     check_eval_out(out)
     metrics = evaluate(settings, out_dir=out)
-    notes = [training_overlap_note(metrics)] + reference_ac_notes(metrics)
+    notes = [unlisted_cases_note(metrics), training_overlap_note(metrics)] + reference_ac_notes(metrics)
     also = None
     if args.paper_cls is not None or args.paper_seg is not None:
         # on the very cases of the first pair (its split), not the other bundles' own split

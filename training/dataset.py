@@ -127,7 +127,8 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
                             "one row per case") from None
     cases: list[CaseRecord] = []
     seen: set[str] = set()
-    missing_files: list[str] = []
+    missing_files: list[Path] = []
+    not_files: list[Path] = []
     for line, row in rows:
         uuid = (row.get("uuid") or "").strip()
         if not uuid:
@@ -149,15 +150,39 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
         mask = data / MASKS_SUBDIR / f"{uuid}.mha"
         for p in (image, mask):
             if not p.is_file():
-                missing_files.append(str(p))
+                (missing_files if not p.exists() and not p.is_symlink() else not_files).append(p)
         cases.append(CaseRecord(uuid, subject, image, mask, ac))
     if missing_files:
         more = f" and {len(missing_files) - 3} more" if len(missing_files) > 3 else ""
         raise FetalIQAError(f"{len(missing_files)} file(s) named in {csv_path} are missing: "
-                            f"{', '.join(missing_files[:3])}{more}{_other_names_hint(Path(missing_files[0]))}")
+                            f"{', '.join(map(str, missing_files[:3]))}{more}{_other_names_hint(missing_files[0])}")
+    if not_files:  # there, but no file to read: they were "missing", the message listing them as present
+        more = f" and {len(not_files) - 3} more" if len(not_files) > 3 else ""
+        shown = ", ".join(f"{p} ({_not_a_file(p)})" for p in not_files[:3])
+        raise FetalIQAError(f"{len(not_files)} file(s) named in {csv_path} cannot be read: {shown}{more}; put "
+                            "each case's .mha file in their place")
     if not cases:
         raise FetalIQAError(f"{csv_path} lists no case; add one row per case (uuid, subject_id, sweep ACs)")
     return cases
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return "a link to nothing readable: its target is missing, or the link leads back to itself"
+    return "a folder" if path.is_dir() else "not a regular file: a pipe, device or socket"
+
+
+def unlisted_cases(data_dir: str | Path, cases: Sequence[CaseRecord]) -> list[str]:
+    """Case ids of ``.mha`` files in images/ or masks/ that the CSV does not list: such a case is
+    left out of training and evaluation (a row deleted by mistake left it out without a word)."""
+    listed = {c.uuid for c in cases}
+    found: set[str] = set()
+    for sub in (IMAGES_SUBDIR, MASKS_SUBDIR):
+        try:
+            found.update(p.name[:-len(".mha")] for p in (Path(data_dir) / sub).iterdir() if p.name.endswith(".mha"))
+        except OSError:
+            continue
+    return sorted(found - listed)
 
 
 def _other_names_hint(missing: Path) -> str:
@@ -170,7 +195,7 @@ def _other_names_hint(missing: Path) -> str:
         return ""
     if not found:
         return ""
-    return (f" (the folder holds {found[0]}: training reads the ACOUSLIC-AI layout, one .mha file a case "
+    return (f" (the folder holds {found[0]}: training and evaluation read the ACOUSLIC-AI layout, one .mha file a case "
             "named by its case id as the CSV writes it; convert the files or rename them)")
 
 

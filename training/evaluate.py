@@ -30,10 +30,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
 from fetaliqa_core import __version__, paths
+from fetaliqa_core.acouslic import CSV_RELPATH, IMAGES_SUBDIR, MASKS_SUBDIR
 from fetaliqa_core.errors import FetalIQAError, UsageError
 from fetaliqa_core.files import atomic_write, csv_writer, write_json
 
@@ -152,13 +154,57 @@ def reference_ac_notes(metrics: dict) -> list[str]:
     return lines
 
 
-def _training_record(models) -> dict:
-    for m in (models.cls, models.seg):
+def _manifests(models) -> dict[str, tuple[Path, Any]]:
+    """``{"cls" / "seg": (bundle folder, manifest)}`` of the bundles loaded. Two bundles loaded
+    as one pair on one base (models/shared.py) are one model whose manifest is the segmenter's:
+    each part's own is read (the classifier's training record and cases went unread)."""
+    out = {}
+    for key in ("cls", "seg"):
+        m = getattr(models, key)
         if m is not None:
-            rec = m.manifest.metrics.get("training") if isinstance(m.manifest.metrics, dict) else None
-            if isinstance(rec, dict):
-                return rec
-    return {}
+            parts = getattr(m, "part_manifests", None)
+            out[key] = (getattr(m, "path", None), m.manifest) if parts is None else parts[key]
+    return out
+
+
+def _training_record(models) -> tuple[dict, Path | None]:
+    """The first bundle's record of how it was trained (the classifier's, else the segmenter's),
+    and that bundle's folder."""
+    for path, manifest in _manifests(models).values():
+        rec = manifest.metrics.get("training") if isinstance(manifest.metrics, dict) else None
+        if isinstance(rec, dict):
+            return rec, path
+    return {}, None
+
+
+def _split_settings(settings: EvalSettings, models) -> tuple[int, bool, str]:
+    """(split seed, all sweeps, split method): the options given, else as the bundle's manifest
+    records its training, else the defaults. A recorded value of the wrong kind is one line naming
+    the option to give instead ('abc' as the seed was a traceback)."""
+    from training.dataset import SPLIT_SEED
+
+    record, where = _training_record(models)
+
+    def damaged(key: str, wanted: str, instead: str) -> FetalIQAError:
+        shown = repr(record[key])
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return FetalIQAError(f"the manifest of {where} records {key} {shown}, not {wanted}: it was edited or "
+                             f"is damaged; {instead}")
+
+    split_seed = settings.split_seed
+    if split_seed is None:
+        split_seed = record.get("split_seed", SPLIT_SEED)
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+            raise damaged("split_seed", "a whole number of 0 or more", "give --split-seed N, the seed it was trained with")
+    all_sweeps = settings.all_sweeps
+    if all_sweeps is None:
+        all_sweeps = record.get("all_sweeps", False)
+        if not isinstance(all_sweeps, bool):
+            raise damaged("all_sweeps", "true or false", "give --all-sweeps or --ac-sweeps")
+    split_method = record.get("split_method", "grouped")
+    if split_method not in ("grouped", "permutation"):
+        raise damaged("split_method", "grouped or permutation", "restore the bundle from where it came")
+    return split_seed, all_sweeps, split_method
 
 
 def _trained_cases(models) -> set[str] | None:
@@ -167,10 +213,8 @@ def _trained_cases(models) -> set[str] | None:
     a student distilled before they were recorded): which cases it saw cannot be told from today's dataset, which may have
     gained or lost cases since and so be split otherwise."""
     digests: set[str] = set()
-    for m in (models.cls, models.seg):
-        if m is None:
-            continue
-        cases = manifest_train_cases(m.manifest)
+    for _, manifest in _manifests(models).values():
+        cases = manifest_train_cases(manifest)
         if cases is None:
             return None
         digests.update(cases)
@@ -197,6 +241,16 @@ def manifest_train_cases(manifest) -> set[str] | None:
     return set(cases)
 
 
+def unlisted_cases_note(metrics: dict) -> str | None:
+    """One line naming the cases with files in images/ or masks/ but no row in the CSV (left out)."""
+    unlisted = metrics.get("cases_not_in_csv") or []
+    if not unlisted:
+        return None
+    shown = ", ".join(unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
+    return (f"note: {len(unlisted)} case(s) have files in {IMAGES_SUBDIR}/ or {MASKS_SUBDIR}/ but no row in "
+            f"{CSV_RELPATH} and are left out ({shown}); add their rows to evaluate them")
+
+
 def training_overlap_note(metrics: dict, whose: str = "these bundles") -> str | None:
     """One line saying which evaluated cases ``whose`` were trained on, or that this cannot be
     checked; None when none of them was."""
@@ -212,9 +266,9 @@ def training_overlap_note(metrics: dict, whose: str = "these bundles") -> str | 
             "their numbers on them are flattered")
 
 
-def _preset(model) -> str:
+def _preset(manifest) -> str:
     """The training preset recorded in a bundle's manifest ("fetaliqa" for bundles from before presets)."""
-    rec = model.manifest.metrics.get("training") if isinstance(model.manifest.metrics, dict) else None
+    rec = manifest.metrics.get("training") if isinstance(manifest.metrics, dict) else None
     return str(rec.get("preset", "fetaliqa")) if isinstance(rec, dict) else "unknown"
 
 
@@ -255,7 +309,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     from fetaliqa_core.engine import ScoringEngine
     from fetaliqa_core.models.choice import ModelChoice, load_models
     from fetaliqa_core.preprocess import mask_to_frame, preprocess_masks
-    from training.dataset import SPLIT_SEED, _sweep_ranges, case_digest, read_cases, split_cases
+    from training.dataset import _sweep_ranges, case_digest, read_cases, split_cases, unlisted_cases
 
     if settings.cls is None and settings.seg is None:
         demo = paths.resources_dir() / "demo"
@@ -267,11 +321,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     choice = ModelChoice(model=None, cls=settings.cls, seg=settings.seg, base=settings.base,
                          device=settings.device, precision=settings.precision)
     models = load_models(choice)
-    record = _training_record(models)
-    split_seed = settings.split_seed if settings.split_seed is not None else int(record.get("split_seed", SPLIT_SEED))
-    all_sweeps = settings.all_sweeps if settings.all_sweeps is not None else bool(record.get("all_sweeps", False))
-
-    split_method = str(record.get("split_method", "grouped"))
+    split_seed, all_sweeps, split_method = _split_settings(settings, models)
     own = split_cases(cases, seed=split_seed, method=split_method)  # today's data: which cases to evaluate
     if settings.case_ids is not None:
         by_id = {c.uuid: c for c in cases}
@@ -380,7 +430,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         # what ran (after "auto") and which release: bf16 and fp32 give other numbers (on the demo
         # pair, classifier F1 0.4103 against 0.4000), and metrics.json said neither
         "device": models.device, "precision": models.precision, "app_version": __version__,
-        "presets": {k: _preset(getattr(models, k)) for k in ("cls", "seg") if getattr(models, k) is not None},
+        "presets": {k: _preset(manifest) for k, (_, manifest) in _manifests(models).items()},
         "bundles": {k: str(Path(getattr(settings, k)).expanduser().resolve()) for k in ("cls", "seg")
                     if getattr(settings, k) is not None},
         "bundle_sha256": {k: getattr(getattr(models, k), "bundle_hash", None) for k in ("cls", "seg")
@@ -408,6 +458,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     metrics["case_uuids"] = [c.uuid for c in chosen]
     metrics["cases_in_own_training_split"] = trained_on
     metrics["reference_ac_mismatch"] = col.ac_mismatch
+    metrics["cases_not_in_csv"] = unlisted_cases(settings.data, cases)
 
     if out_dir is not None:
         write_outputs(Path(out_dir), metrics)

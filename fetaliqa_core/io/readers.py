@@ -2537,7 +2537,7 @@ def _nrrd_mixed_space_units(fields: dict[str, str], units: list[str]) -> tuple[t
 
 
 #: NIfTI datatype codes (nifti1.h): the only values a writer may put in the header.
-_NIFTI_DATATYPES = frozenset({2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304})
+_NIFTI_DATATYPES = frozenset({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304})
 
 
 def _precheck_nifti_header(path: Path) -> None:
@@ -2554,7 +2554,8 @@ def _precheck_nifti_header(path: Path) -> None:
         return  # _precheck_nifti reports a damaged file
     for endian in ("<", ">"):
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
-            ndim, datatype = struct.unpack(endian + "h", head[40:42])[0], struct.unpack(endian + "h", head[70:72])[0]
+            ndim, *dims = struct.unpack(endian + "8h", head[40:56])
+            datatype = struct.unpack(endian + "h", head[70:72])[0]
             break
         if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
             raise FetalIQAError(f"{path}: a NIfTI-2 file, which this reader does not support. Save the sweep as "
@@ -2573,9 +2574,18 @@ def _precheck_nifti_header(path: Path) -> None:
     if not 1 <= ndim <= 7:
         raise FetalIQAError(f"{path}: the NIfTI header gives {ndim} dimensions (1 to 7 are possible): the "
                             "header is damaged. Export the file again.")
+    if any(d < 0 for d in dims[:ndim]):  # not a strip of frames 1 pixel high, as the library reads it
+        raise FetalIQAError(f"{path}: the NIfTI header's dim {' '.join(map(str, dims[:ndim]))} is negative. The "
+                            "file is damaged; export it again.")
     if datatype not in _NIFTI_DATATYPES:
         raise FetalIQAError(f"{path}: the NIfTI header's datatype code {datatype} is not one the format "
                             "defines: the header is damaged. Export the file again.")
+    if datatype == 1:  # DT_BINARY
+        raise FetalIQAError(f"{path}: the NIfTI file stores 1 bit per pixel (binary), which is not read. Export "
+                            "the sweep with 8-bit pixels (uint8).")
+    if datatype in (1536, 2048):  # DT_FLOAT128, DT_COMPLEX256: the image library has no such type
+        raise FetalIQAError(f"{path}: the NIfTI file stores 128-bit floating-point{' complex' if datatype == 2048 else ''} "
+                            "pixels, which are not read. Export the sweep with 8-bit, 16-bit or 32-bit float pixels.")
 
 
 def _nifti_bitpix(head: bytes) -> tuple[int, int] | None:

@@ -122,7 +122,7 @@ class BundleManifest:
         def bad(what: str) -> FetalIQAError:
             return FetalIQAError(f"{source}: {what}; the bundle is damaged or was not written by FetalIQA")
 
-        if self.task not in TASKS:
+        if not isinstance(self.task, str) or self.task not in TASKS:  # (a list: "unhashable type")
             raise bad(f"task {shown_value(self.task)} is not one of {list(TASKS)}")
         if self.kind not in KINDS:
             raise bad(f"kind {shown_value(self.kind)} is not one of {list(KINDS)}")
@@ -385,6 +385,10 @@ def read_manifest(bundle_dir: str | Path) -> BundleManifest:
     if not path.is_file() and path.exists():  # (a folder, or a link to /dev/zero, was "no manifest.json")
         raise FetalIQAError(f"{bundle}: its {MANIFEST_FILE} is not a regular file (a folder, pipe or device); "
                             "copy the whole bundle folder again")
+    if path.is_symlink() and not path.exists():  # (a link to itself was "no manifest.json")
+        from fetaliqa_core.paths import missing_path
+
+        raise FetalIQAError(missing_path(path, "Copy the whole bundle folder again."))
     if not path.is_file():
         raise FetalIQAError(f"{bundle} is not a model bundle: it has no {MANIFEST_FILE}")
     data = validate.read_json_bounded(path, "the bundle's manifest", "The bundle is damaged: export it again.")

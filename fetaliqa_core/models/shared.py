@@ -209,4 +209,5 @@ def load_shared(cls_dir, seg_dir, base_weights=None, device="auto"):
     loaded = b.LoadedModel(model=model, manifest=manifest, bundle_hash=digest, device=choice.device,
                            dtype=choice.dtype, base=base, path=seg_dir, batch_size=choice.batch_size)
     loaded.parts = [("classifier", cls_dir, b.bundle_hash(cls_dir)), ("segmenter", seg_dir, b.bundle_hash(seg_dir))]
+    loaded.part_manifests = {"cls": (cls_dir, cm), "seg": (seg_dir, sm)}  # the pair's manifest is the segmenter's
     return loaded

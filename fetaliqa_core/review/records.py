@@ -274,6 +274,28 @@ def _blob(blob: Any, dtype: str, n: int, what: str) -> np.ndarray:
     return from_blob(blob, dtype)
 
 
+def _weeks_range() -> tuple[float, float]:
+    from fetaliqa_core.analysis.ac import HADLOCK_AC_RANGE_MM, hadlock_ga
+
+    return tuple(hadlock_ga(ac).weeks for ac in HADLOCK_AC_RANGE_MM)
+
+
+def _stored_reading(ac: Any, ga: Any, what: str) -> tuple[float | None, float | None]:
+    """A run's AC and GA. Only a number to act on is stored (analysis.units.read_ac): an AC
+    outside the plausible 75-420 mm or a GA outside Hadlock's range of weeks was written by
+    another program (1e308 mm and -5 weeks were exported as plain numbers, ac_status "ok")."""
+    from fetaliqa_core.analysis.units import AC_PLAUSIBLE_MM
+
+    ac = ac if isinstance(ac, (int, float)) else None
+    ga = ga if isinstance(ga, (int, float)) else None
+    if ac is not None and not AC_PLAUSIBLE_MM[0] <= round(ac, 1) <= AC_PLAUSIBLE_MM[1]:  # as shown
+        raise DamagedRow(f"{what}: AC {ac:.4g} mm")
+    lo, hi = _weeks_range()
+    if ga is not None and not lo - 0.01 <= ga <= hi + 0.01:  # stored to 0.01 week
+        raise DamagedRow(f"{what}: GA {ga:.4g} weeks")
+    return ac, ga
+
+
 def run_from_row(row: tuple) -> ModelRun:
     """``row``: the model_runs columns followed by the sweep's frame count."""
     (rid, sid, created, bundles, thr, seg_thr, p_cls, p_seg, area, flagged, chosen, ac, ga, n) = row
@@ -288,12 +310,12 @@ def run_from_row(row: tuple) -> ModelRun:
         raise DamagedRow(what) from None
     if chosen is not None and (not isinstance(chosen, int) or not -1 <= chosen < n):
         raise DamagedRow(what)
+    ac, ga = _stored_reading(ac, ga, what)
     return ModelRun(id=rid, sweep_id=sid, created=created, bundles=info, threshold=threshold,
                     seg_threshold=seg_threshold, p_cls=_blob(p_cls, "<f4", n, what),
                     p_seg=_blob(p_seg, "<f4", n, what), seg_area_px=_blob(area, "<i4", n, what),
                     flagged=_blob(flagged, "u1", n, what).astype(bool), chosen_frame=chosen,
-                    ac_mm=ac if isinstance(ac, (int, float)) else None,
-                    ga_weeks=ga if isinstance(ga, (int, float)) else None)
+                    ac_mm=ac, ga_weeks=ga)
 
 
 def verdict_from_row(row: tuple) -> Verdict:
@@ -313,12 +335,18 @@ def verdict_from_row(row: tuple) -> Verdict:
 MAX_MASK_SIDE = 4096
 
 
-def mask_from_blob(blob: Any, what: str) -> np.ndarray:
+def mask_size(blob: Any, what: str) -> tuple[int, int]:
+    """(height, width) a mask PNG's header states, read without decoding it."""
     if not isinstance(blob, bytes) or len(blob) < 24 or blob[:8] != b"\x89PNG\r\n\x1a\n" or blob[12:16] != b"IHDR":
         raise DamagedRow(what)
     width, height = int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
     if not (0 < width <= MAX_MASK_SIDE and 0 < height <= MAX_MASK_SIDE):
         raise DamagedRow(what)
+    return height, width
+
+
+def mask_from_blob(blob: Any, what: str) -> np.ndarray:
+    mask_size(blob, what)
     mask = decode_mask(blob)
     if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
         raise DamagedRow(what)

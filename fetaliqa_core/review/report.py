@@ -31,6 +31,7 @@ frame, reviewer.
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import math
@@ -86,6 +87,8 @@ REPORT_TITLE = "FetalIQA review report"
 COLUMN_PX = 620
 #: At most this many thumbnails per sweep: the chosen frame, then the highest-scoring flagged.
 MAX_THUMBNAILS = 12
+#: The model's input side, where stored masks may lie (preprocess.MODEL_INPUT_SIZE; that module needs torch).
+MODEL_INPUT_SIDE = 224
 THUMBS_PER_ROW = 4
 
 
@@ -357,6 +360,13 @@ def _load_frames(loader: SweepLoader | None, sweep: SweepRecord
     return frames, masks, None
 
 
+def _mask_fits(height: int, width: int, mask_h: int, mask_w: int) -> bool:
+    """Whether a stored mask can lie on frames of height x width: one of the frame's size, or a
+    square model input no larger than the frame or the model's 224 (any other is not decoded)."""
+    return (mask_h, mask_w) == (height, width) or (
+        mask_h == mask_w <= max(height, width, MODEL_INPUT_SIDE))
+
+
 def _thumbnail_frames(run: ModelRun) -> list[int]:
     flagged = np.flatnonzero(run.flagged).tolist()
     score = np.fmax(np.nan_to_num(run.p_cls, nan=-1), np.nan_to_num(run.p_seg, nan=-1))
@@ -578,7 +588,6 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
             parts.append(f"<p><i>Frames not shown: the sweep file was not loaded or is not the one "
                          f"reviewed{reason}.</i></p>")
         else:
-            stored = store.run_masks(run.id)
             n_shown = sum(1 for f in thumbs if run.flagged[f])
             shown = (f"{n_shown} of {n_flagged} flagged frames (highest scores)"
                      if n_shown < n_flagged else f"{n_flagged} flagged frame(s)")
@@ -590,7 +599,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
             h, w = frames.shape[1:]
             fov = None
             for f in thumbs:
-                mask = stored.get(f)
+                mask = store.run_mask(run.id, f, sizes=functools.partial(_mask_fits, h, w))
                 mask = mask_on_frame(mask, h, w) if mask is not None else None
                 if mask is None and loader_masks is not None:
                     mask = loader_masks[f]

@@ -55,7 +55,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ from fetaliqa_core.review.records import (  # noqa: F401  (re-exported: the stor
     f32_blob,
     i32_blob,
     mask_from_blob,
+    mask_size,
     run_from_row,
     sweep_from_row,
     utc_now,
@@ -184,6 +185,8 @@ class ReviewStore:
                     raise FetalIQAError(f"There is no review database at {self.path} (the default): nothing was "
                                         "reviewed there. Give --db FILE for one chosen in the viewer, or review "
                                         "frames in the viewer first.")
+                if self.path.is_symlink():  # a link that loops or leads nowhere "did not exist"
+                    raise FetalIQAError("The review database " + paths.missing_path(self.path, "Check the --db path."))
                 raise FetalIQAError(f"The review database {self.path} does not exist: check "
                                     "the --db path (the app keeps its database in "
                                     f"{default_db_path()}).")
@@ -555,12 +558,40 @@ class ReviewStore:
                                   "ORDER BY id", (sweep_id,))
         return [self._run_row(r) for r in rows]
 
+    def _check_mask_frames(self, run_id: int) -> None:
+        """A mask row for a frame the sweep does not have is a damaged row, as a verdict's is (and,
+        one per frame, no run holds more masks than its sweep has frames): checked without
+        reading a blob. 600 such rows of 4096 x 4096 masks in a 10 MB file took 5 GB and more."""
+        row = self._conn.execute(
+            "SELECT frame FROM run_masks WHERE run_id = ? AND (typeof(frame) != 'integer' OR frame < 0 "
+            "OR frame >= (SELECT n_frames FROM sweeps JOIN model_runs ON sweeps.id = model_runs.sweep_id "
+            "WHERE model_runs.id = ?)) LIMIT 1", (run_id, run_id)).fetchone()
+        if row is not None:
+            raise DamagedRow(f"mask of frame {row[0]} in model run {run_id}, which its sweep does not have")
+
     @_db_errors
     def run_masks(self, run_id: int) -> dict[int, np.ndarray]:
         """{frame: (H, W) uint8 labels} stored with a run (empty when none were stored)."""
+        self._check_mask_frames(run_id)
         rows = self._conn.execute("SELECT frame, png FROM run_masks WHERE run_id = ? "
                                   "ORDER BY frame", (run_id,))
         return {int(f): mask_from_blob(blob, f"mask of frame {f} in model run {run_id}") for f, blob in rows}
+
+    @_db_errors
+    def run_mask(self, run_id: int, frame: int,
+                 sizes: Callable[[int, int], bool] | None = None) -> np.ndarray | None:
+        """The (H, W) uint8 labels stored with a run for one frame, or None: a report decodes only
+        the masks it shows, one at a time. ``sizes(height, width)``: whether a mask of that size
+        can be drawn on the frame; one that cannot is not decoded (None, as when none was stored)."""
+        self._check_mask_frames(run_id)
+        row = self._conn.execute("SELECT png FROM run_masks WHERE run_id = ? AND frame = ?",
+                                 (run_id, int(frame))).fetchone()
+        if row is None:
+            return None
+        what = f"mask of frame {frame} in model run {run_id}"
+        if sizes is not None and not sizes(*mask_size(row[0], what)):
+            return None
+        return mask_from_blob(row[0], what)
 
     # -- verdicts
 
