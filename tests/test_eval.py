@@ -411,6 +411,23 @@ def test_eval_outputs_replace_a_link_and_never_write_through_it(tmp_path):
     assert not (out / "per_case.csv").is_symlink() and "u1" in (out / "per_case.csv").read_text()
 
 
+def test_an_undefined_case_score_is_empty_in_the_table_as_it_is_null_in_the_metrics(tmp_path):
+    """A case whose DSC_soft (and so its score) the evaluator leaves undefined (infinite) was
+    written "inf" in per_case.csv, null in metrics.json and counted 0 in the printed table: a
+    mean taken over the CSV was infinite."""
+    import csv
+
+    from training.evaluate import write_outputs
+
+    metrics = {"cases": {"seg": [{"uuid": "u1", "chosen_frame": -1, "wfss": 0.0, "nae_ac": 1.0,
+                                  "dsc_soft": float("inf"), "score": float("inf"), "ac_pred_mm": None,
+                                  "ac_gt_mm": None}]}}
+    write_outputs(tmp_path, metrics)
+    (row,) = csv.DictReader((tmp_path / "per_case.csv").open())
+    assert row["dsc_soft"] == "" and row["score"] == "" and row["wfss"] == "0.0000"
+    assert json.loads((tmp_path / "metrics.json").read_text())["cases"]["seg"][0]["score"] is None
+
+
 def test_eval_records_the_number_format_and_version_it_ran_in(tiny_data, bundles, tmp_path, capsys):
     """bf16 and fp32 give other numbers from the same bundles, and metrics.json said neither, nor
     the release that measured them."""

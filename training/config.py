@@ -173,7 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--neg-ratio", type=float, default=None,
                    help="class balance: per epoch keep every positive frame and this many negatives per "
                         "positive (default: all frames, as the paper)")
-    p.add_argument("--max-steps", type=int, default=None, help="at most this many steps per epoch (quick runs)")
+    p.add_argument("--max-steps", type=int, default=None, help="at most this many optimiser steps per pass over the training frames (quick runs); "
+                        "an epoch with offline augmented copies (--preset paper: 2) makes one pass per copy "
+                        "and one without, so up to 3x this many")
     p.add_argument("--val-frames", type=int, default=None,
                    help="validate on every positive frame and random negatives up to this many frames "
                         "(default: the whole validation split)")

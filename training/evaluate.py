@@ -590,8 +590,10 @@ def write_outputs(out: Path, metrics: dict) -> None:
     w.writerow(["model", "uuid", "chosen_frame", "wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm"])
     for name, per_case in metrics["cases"].items():
         for c in per_case:
+            # an undefined value (the evaluator's infinite DSC_soft) is empty, as metrics.json's null: "inf"
+            # made a mean over the table infinite
             w.writerow([name, c["uuid"], c["chosen_frame"]] + [
-                "" if c[k] is None else f"{c[k]:.4f}" for k in
+                "" if c[k] is None or not math.isfinite(c[k]) else f"{c[k]:.4f}" for k in
                 ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm")])
     atomic_write(out / "per_case.csv", buf.getvalue())
     write_json(out / "metrics.json", metrics)
@@ -722,5 +724,5 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
                          f"notes){_tag(run, also)}: {cells}")
     if undefined:
         lines.append("* the evaluator's DSC_soft is undefined (infinite) on some cases (a frame without a mask "
-                     "and without annotation, or -1); counted as 0 here, see metrics.json 'undefined'")
+                     "and without annotation, or -1); counted as 0 here, empty in per_case.csv, see metrics.json 'undefined'")
     return "\n".join(lines)
