@@ -210,3 +210,27 @@ def test_review_session_records_progress_and_resumes(tmp_path):
         assert m2.review_progress == (2, 5)
         s2.set_queue("unreviewed")
         assert m2.queue == [7, 25, 26]
+
+
+def test_the_brightness_of_a_sweep_without_a_frame_is_worked_out_once_not_at_every_batch(model, monkeypatch):
+    """The answer says why a sweep has no frame (blank or dim frames) from a percentile over its
+    frames: it was taken again at every refresh after each batch, on the window's thread, for
+    every sweep still without a frame (80 ms a refresh on a full case, a stall every few seconds),
+    though the frames never change."""
+    from fetaliqa_core.analysis import assessment
+
+    calls = []
+    real = np.percentile
+    def percentile(a, *args, **kw):
+        if np.ndim(a) == 3:  # over whole frames
+            calls.append(1)
+        return real(a, *args, **kw)
+
+    monkeypatch.setattr(assessment.np, "percentile", percentile)
+    model.start_results(True, True)
+    for k in range(6):  # low scores: no sweep gets a frame, each one's reason is asked every time
+        model.apply_batch(_batch(np.arange(k * 10, k * 10 + 10), np.full(10, 0.05), n_done=(k + 1) * 10))
+        assert model.flags.best_passes == [False, False, False]
+    assert model.flags.why_none[0]
+    assert len(calls) <= len(model.sweep_ranges)
+
