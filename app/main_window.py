@@ -704,6 +704,22 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.update_case_status()
         self._update_progress()
 
+    def judge_masks_again(self) -> None:
+        """After the pixel spacing changed: the masks' sizes in mm are judged again on a thread of
+        their own while the answer keeps its last values (on the window's thread the next refresh
+        froze it 1.8 s on a full case); the refresh after that finds them judged."""
+        m = self.model
+        r = m.results
+        if r is None or not r.has_seg or not r.n_done:
+            return
+        from app.worker import MaskJudge, detach_until_finished
+
+        judge = MaskJudge(m.sweep, r)
+        m.hold_answer(judge)
+        judge.finished.connect(lambda: m.release_answer(judge))
+        detach_until_finished(judge, abandonable=True)  # writes nothing: a closing window does not wait
+        judge.start()
+
     def _blinding_changed(self) -> None:
         """Blinded review on or off, or a verdict saved: show or hide the model's calls (the
         curve and the flagged list reveal every frame's, so they stay hidden while blinded)."""

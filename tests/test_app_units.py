@@ -190,3 +190,30 @@ def test_a_wide_window_shows_the_whole_answer_and_the_threshold(qtbot, window):
     assert QLabel.text(window.status_ac) == window.status_ac.text()
     assert QLabel.text(window.status_threshold) == window.status_threshold.full_text()
     assert "0.42" in window.status_threshold.full_text()
+
+
+def test_setting_the_pixel_spacing_judges_the_masks_again_off_the_windows_thread(qtbot, window, monkeypatch):
+    """View > Set pixel spacing froze the window 1.8 s on a full case: the next refresh judged every
+    mask again (its size in mm) on the window's thread. Judged on a thread of their own now, while
+    the answer keeps its last values; the answer then follows the new size."""
+    import threading
+
+    from app import window_tools
+    from fetaliqa_core.analysis import frame_choice
+
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    before = window.status_ac.text()
+    where = []
+    real = frame_choice.mask_shape
+
+    def judged(*args, **kwargs):
+        where.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(frame_choice, "mask_shape", judged)
+    assert window_tools.ask_spacing(window, 0.4) is True
+    qtbot.waitUntil(lambda: not window.model.answer_held, timeout=10000)
+    window.refresh()
+    assert window.status_ac.text() != before
+    assert where and not any(where)  # judged, and never on the window's thread
+    assert window.model.assessment.summary.spacing_mm == (0.4, 0.4)

@@ -234,3 +234,22 @@ def test_the_brightness_of_a_sweep_without_a_frame_is_worked_out_once_not_at_eve
     assert model.flags.why_none[0]
     assert len(calls) <= len(model.sweep_ranges)
 
+
+def test_a_pixel_spacing_set_by_the_user_keeps_the_sweeps_content_hash_and_field_of_view(model, monkeypatch):
+    """Setting the pixel spacing made a new sweep object and lost what was worked out from its
+    pixels: the next refresh hashed every pixel again on the window's thread (0.5-0.9 s on a full
+    case), though the hash covers the file's spacing and so stays the same."""
+    from fetaliqa_core import acouslic
+    from fetaliqa_core.io import Sweep
+
+    before = model.sweep.content_hash
+    fov = acouslic.sweep_fov(model.sweep)
+    hashed = []
+    real = Sweep.content_hash.func
+    monkeypatch.setattr(Sweep, "content_hash",
+                        __import__("functools").cached_property(lambda s: hashed.append(1) or real(s)))
+    Sweep.content_hash.__set_name__(Sweep, "content_hash")
+    model.set_spacing(0.3)
+    assert model.sweep.spacing_mm == (0.3, 0.3)
+    assert model.sweep.content_hash == before and not hashed
+    assert acouslic.sweep_fov(model.sweep) is fov
