@@ -77,6 +77,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._loader = None  # SweepLoader of the file being opened
         self._train_dialog = None  # app.train_dialog.TrainDialog, kept while the window lives
         self._dock_hidden_for_blinding = False  # the flagged frames' dock, hidden while a review is blind
+        self._close_when_saved = False  # closing waits for a verdict the review database has not taken yet
         # False for headless runs: problems go to stderr and the status bar, never a modal box.
         self.interactive = True
         #: Problems already printed on stderr (headless), so the command line does not repeat them.
@@ -227,7 +228,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.opacity_slider.valueChanged.connect(lambda v: m.set_opacity(v / 100.0))
         self.flagged.frame_chosen.connect(m.set_frame)
         self.frame_box.valueChanged.connect(m.set_frame)
-        self.review.message.connect(lambda text: self.notify(text, 6000))
+        self.review.message.connect(self._review_message)
+        self.review.saving_ended.connect(self._waiting_verdict_ended)
         self.review.blinding_changed.connect(self._blinding_changed)
         sc = self.scoring
         sc.models_ready.connect(self._models_ready)
@@ -829,6 +831,53 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.review.save_and_next()  # (a busy database gets one last try as the store closes)
         return True
 
+    def _close_after_waiting_verdict(self) -> bool:
+        """Before the window closes: a verdict entered (Enter) but waiting for the review database,
+        which another program is writing to. The window stays open, and responsive, until it is
+        saved, then closes (closing waited out the lock on the window's thread, frozen for seconds,
+        then lost the verdict, telling the trainer to press Enter in a window that was gone). Where
+        someone can answer, they choose: close once it is saved, close without it, or stay. True
+        when nothing waits (or the trainer let it go): close now."""
+        from PySide6.QtGui import QGuiApplication
+
+        waiting = self.review.waiting_verdict()
+        if waiting is None:
+            return True
+        frame, label = waiting
+        if self.interactive and QGuiApplication.platformName() not in ("offscreen", "minimal"):
+            box = QMessageBox(QMessageBox.Question, "Review",
+                              f"Frame {frame}'s verdict ({label.replace('_', ' ')}) is not saved yet: the review "
+                              "database is busy (another program is writing to it). Close once it is saved?", parent=self)
+            wait = box.addButton("Close when saved", QMessageBox.AcceptRole)
+            drop = box.addButton("Close without it", QMessageBox.DestructiveRole)
+            box.addButton(QMessageBox.Cancel)
+            box.setDefaultButton(wait)
+            box.exec()
+            if box.clickedButton() is drop:
+                self.review.drop_waiting_verdict()
+                return True
+            if box.clickedButton() is not wait:
+                return False
+            if self.review.waiting_verdict() is None:  # saved (or given up, and said) while the box was open
+                return True
+        self._close_when_saved = True
+        self.notify(f"Frame {frame}'s verdict waits for the review database (another program is writing to it): "
+                    "the window closes once it is saved.", 30000)
+        return False
+
+    def _waiting_verdict_ended(self, saved: bool) -> None:
+        """The verdict closing waited for is saved: close now. Not saved (the panel gave up and said
+        how to enter it again): the window stays open, where that can be done."""
+        if self._close_when_saved:
+            self._close_when_saved = False
+            if saved:
+                QTimer.singleShot(0, self.close)
+
+    def _review_message(self, text: str) -> None:
+        if self._close_when_saved and self.review.waiting_verdict() is not None:
+            text += " The window closes once it is saved."
+        self.notify(text, 30000 if self._close_when_saved else 6000)
+
     # -- misc ------------------------------------------------------------------------------
     def notify(self, text: str, timeout_ms: int = 8000) -> None:
         """A passing message in the status bar (the frame/score fields stay visible): a file's
@@ -866,7 +915,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         return window_tools.write_screenshot(self, path)
 
     def closeEvent(self, ev):  # noqa: N802
-        if not self._keep_unsaved_verdict("closing"):
+        if not self._close_after_waiting_verdict() or not self._keep_unsaved_verdict("closing"):
             ev.ignore()
             return
         self.model.set_playing(False)
