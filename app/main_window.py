@@ -503,8 +503,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             text = "Model: none loaded"
         else:
             text = f"Model: {self.choice.describe() or 'none'} (not loaded yet)"
-        # Elided to the room there is; the whole description is in the tooltip.
-        self.status_model.set_full_text(text, tooltip=problem or full or text)
+        # Elided to the room there is ("Model: " goes first); the whole description is in the tooltip.
+        self.status_model.set_forms([text, text.removeprefix("Model: ")], tooltip=problem or full or text)
         self.legend_label.setText(window_chrome.legend_html(window_chrome.segmenter_labels(
             self.models if self._models_for == self.choice else None)))
 
@@ -638,8 +638,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.frame_box.blockSignals(True)
             self.frame_box.setValue(i)
             self.frame_box.blockSignals(False)
-        self.status_frame.setText(f"sweep {k + 1}{kind_text}")
-        self.status_frame.setToolTip(f"Frame {i} of 0–{m.n_frames - 1}, sweep {k + 1}{kind_text}")
+        self.status_frame.set_forms([f"sweep {k + 1}{kind_text}", f"sweep {k + 1}"],  # the number stays whole
+                                    tooltip=f"Frame {i} of 0–{m.n_frames - 1}, sweep {k + 1}{kind_text}",
+                                    keep_shortest=True)
         plain, tl, tr, bl = window_tools.corner_texts(m, i, k, kind_text, hide_model=self.review.hides_model())
         self.status_values.setText(plain)
         self.frame_view.set_corners(tl=tl, tr=tr, bl=bl)
@@ -663,11 +664,17 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._update_threshold_label()
 
     def _update_threshold_label(self) -> None:
+        """The threshold in the status bar, kept whole before less important items (at 1366 px a
+        changed one showed as nothing), and on the curve's line, with the models' own where it is
+        changed; no number before the models' own is known (the line said 0.50 for the demo's 0.67)."""
         if self.models is None:
             self.status_threshold.setText("")
+            self.curve.set_model_threshold(None)
             return
         t = self.model.thresholds
-        self.status_threshold.setText(t.describe())
+        self.curve.set_model_threshold(t.model)
+        short = f"thr. {t.value:.2f}" + (f" (model: {t.model:.2f})" if t.changed else "")
+        self.status_threshold.set_forms([t.describe(), short], keep_shortest=True)
         on = "the classifier's p_cls" if t.score == "p_cls" else "the mask score p_seg (0.50: mask covers 1 %)"
         self.status_threshold.setToolTip(f"Frames are flagged at {t.describe()} on {on}; drag the line "
                                          "in the quality curve to change it.")
