@@ -55,6 +55,24 @@ class _TimelineViewBox(pg.ViewBox):
         ev.accept()
 
 
+class _ThresholdWords:
+    """The threshold line's label, which pyqtgraph formats with ``.format(value=...)`` as the line
+    moves: the score it applies to and its value, with the models' own where the user moved it
+    ("p_cls threshold 0.90 (model: 0.67)": the line said 0.90 alone); no number while the models'
+    own is not known (before they load it said 0.50 for a model whose threshold is 0.67)."""
+
+    def __init__(self) -> None:
+        self.on = ""  # "p_cls" or "p_seg"
+        self.model: float | None = None
+
+    def format(self, value: float) -> str:
+        head = f"{self.on} threshold".strip()
+        if self.model is None:
+            return head
+        text = f"{head} {value:.2f}"
+        return f"{text} (model: {self.model:.2f})" if round(value, 3) != round(self.model, 3) else text
+
+
 class QualityCurve(QWidget):
     """Signals: ``frame_picked(int)`` (click/drag/cursor drag), ``threshold_moved(float)``."""
 
@@ -118,13 +136,13 @@ class QualityCurve(QWidget):
             pos=0.5, angle=0, movable=True, bounds=(0.0, 1.0),
             pen=pg.mkPen(theme.THRESHOLD_COLOUR, width=1.2, style=Qt.DashLine),
             hoverPen=pg.mkPen(theme.THRESHOLD_COLOUR, width=2.5),
-            label="threshold {value:.2f}",
+            label=_ThresholdWords(),
             # at the right end: the sweep names sit at the left of each band
             labelOpts={"position": 0.985, "color": theme.THRESHOLD_COLOUR, "anchors": [(1, 1), (1, 1)]})
         self.threshold.setZValue(20)
         self.threshold.sigDragged.connect(lambda line: self.threshold_moved.emit(float(line.value())))
         self.vb.addItem(self.threshold)
-        self._threshold_on = ""
+        self._threshold_words = self.threshold.label.format
         self.seg_line = pg.InfiniteLine(
             pos=0.5, angle=0, movable=False, pen=pg.mkPen(theme.SEG_COLOUR, width=1, style=Qt.DotLine),
             label="p_seg 0.50 (mask 1 %)",
@@ -287,14 +305,21 @@ class QualityCurve(QWidget):
         # which score the draggable threshold applies to; with both models, the segmenter's own
         # call (mask >= 1 %, p_seg 0.5) as a fixed line of its colour
         on = "p_cls" if results.has_cls else "p_seg"
-        if on != self._threshold_on:
-            self._threshold_on = on
-            self.threshold.label.setFormat(on + " threshold {value:.2f}")
+        if on != self._threshold_words.on:
+            self._threshold_words.on = on
+            self.threshold.label.valueChanged()
         self.seg_line.setVisible(results.has_cls and results.has_seg)
 
     def set_cursor(self, frame: int) -> None:
         if self.cursor.value() != frame:
             self.cursor.setValue(frame)
+
+    def set_model_threshold(self, value: float | None) -> None:
+        """The models' own threshold, said beside the line's when the user moved it; None: not
+        known yet (no models loaded), and the line shows no number."""
+        if value != self._threshold_words.model:
+            self._threshold_words.model = value
+            self.threshold.label.valueChanged()
 
     def set_threshold(self, value: float) -> None:
         if abs(self.threshold.value() - value) > 1e-9:

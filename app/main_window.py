@@ -77,6 +77,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._loader = None  # SweepLoader of the file being opened
         self._train_dialog = None  # app.train_dialog.TrainDialog, kept while the window lives
         self._dock_hidden_for_blinding = False  # the flagged frames' dock, hidden while a review is blind
+        self._close_when_saved = False  # closing waits for a verdict the review database has not taken yet
         # False for headless runs: problems go to stderr and the status bar, never a modal box.
         self.interactive = True
         #: Problems already printed on stderr (headless), so the command line does not repeat them.
@@ -227,7 +228,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.opacity_slider.valueChanged.connect(lambda v: m.set_opacity(v / 100.0))
         self.flagged.frame_chosen.connect(m.set_frame)
         self.frame_box.valueChanged.connect(m.set_frame)
-        self.review.message.connect(lambda text: self.notify(text, 6000))
+        self.review.message.connect(self._review_message)
+        self.review.saving_ended.connect(self._waiting_verdict_ended)
         self.review.blinding_changed.connect(self._blinding_changed)
         sc = self.scoring
         sc.models_ready.connect(self._models_ready)
@@ -501,8 +503,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             text = "Model: none loaded"
         else:
             text = f"Model: {self.choice.describe() or 'none'} (not loaded yet)"
-        # Elided to the room there is; the whole description is in the tooltip.
-        self.status_model.set_full_text(text, tooltip=problem or full or text)
+        # Elided to the room there is ("Model: " goes first); the whole description is in the tooltip.
+        self.status_model.set_forms([text, text.removeprefix("Model: ")], tooltip=problem or full or text)
         self.legend_label.setText(window_chrome.legend_html(window_chrome.segmenter_labels(
             self.models if self._models_for == self.choice else None)))
 
@@ -636,8 +638,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.frame_box.blockSignals(True)
             self.frame_box.setValue(i)
             self.frame_box.blockSignals(False)
-        self.status_frame.setText(f"sweep {k + 1}{kind_text}")
-        self.status_frame.setToolTip(f"Frame {i} of 0–{m.n_frames - 1}, sweep {k + 1}{kind_text}")
+        self.status_frame.set_forms([f"sweep {k + 1}{kind_text}", f"sweep {k + 1}"],  # the number stays whole
+                                    tooltip=f"Frame {i} of 0–{m.n_frames - 1}, sweep {k + 1}{kind_text}",
+                                    keep_shortest=True)
         plain, tl, tr, bl = window_tools.corner_texts(m, i, k, kind_text, hide_model=self.review.hides_model())
         self.status_values.setText(plain)
         self.frame_view.set_corners(tl=tl, tr=tr, bl=bl)
@@ -661,11 +664,17 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._update_threshold_label()
 
     def _update_threshold_label(self) -> None:
+        """The threshold in the status bar, kept whole before less important items (at 1366 px a
+        changed one showed as nothing), and on the curve's line, with the models' own where it is
+        changed; no number before the models' own is known (the line said 0.50 for the demo's 0.67)."""
         if self.models is None:
             self.status_threshold.setText("")
+            self.curve.set_model_threshold(None)
             return
         t = self.model.thresholds
-        self.status_threshold.setText(t.describe())
+        self.curve.set_model_threshold(t.model)
+        short = f"thr. {t.value:.2f}" + (f" (model: {t.model:.2f})" if t.changed else "")
+        self.status_threshold.set_forms([t.describe(), short], keep_shortest=True)
         on = "the classifier's p_cls" if t.score == "p_cls" else "the mask score p_seg (0.50: mask covers 1 %)"
         self.status_threshold.setToolTip(f"Frames are flagged at {t.describe()} on {on}; drag the line "
                                          "in the quality curve to change it.")
@@ -703,6 +712,22 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._update_frame_text()
         self.update_case_status()
         self._update_progress()
+
+    def judge_masks_again(self) -> None:
+        """After the pixel spacing changed: the masks' sizes in mm are judged again on a thread of
+        their own while the answer keeps its last values (on the window's thread the next refresh
+        froze it 1.8 s on a full case); the refresh after that finds them judged."""
+        m = self.model
+        r = m.results
+        if r is None or not r.has_seg or not r.n_done:
+            return
+        from app.worker import MaskJudge, detach_until_finished
+
+        judge = MaskJudge(m.sweep, r)
+        m.hold_answer(judge)
+        judge.finished.connect(lambda: m.release_answer(judge))
+        detach_until_finished(judge, abandonable=True)  # writes nothing: a closing window does not wait
+        judge.start()
 
     def _blinding_changed(self) -> None:
         """Blinded review on or off, or a verdict saved: show or hide the model's calls (the
@@ -813,6 +838,53 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.review.save_and_next()  # (a busy database gets one last try as the store closes)
         return True
 
+    def _close_after_waiting_verdict(self) -> bool:
+        """Before the window closes: a verdict entered (Enter) but waiting for the review database,
+        which another program is writing to. The window stays open, and responsive, until it is
+        saved, then closes (closing waited out the lock on the window's thread, frozen for seconds,
+        then lost the verdict, telling the trainer to press Enter in a window that was gone). Where
+        someone can answer, they choose: close once it is saved, close without it, or stay. True
+        when nothing waits (or the trainer let it go): close now."""
+        from PySide6.QtGui import QGuiApplication
+
+        waiting = self.review.waiting_verdict()
+        if waiting is None:
+            return True
+        frame, label = waiting
+        if self.interactive and QGuiApplication.platformName() not in ("offscreen", "minimal"):
+            box = QMessageBox(QMessageBox.Question, "Review",
+                              f"Frame {frame}'s verdict ({label.replace('_', ' ')}) is not saved yet: the review "
+                              "database is busy (another program is writing to it). Close once it is saved?", parent=self)
+            wait = box.addButton("Close when saved", QMessageBox.AcceptRole)
+            drop = box.addButton("Close without it", QMessageBox.DestructiveRole)
+            box.addButton(QMessageBox.Cancel)
+            box.setDefaultButton(wait)
+            box.exec()
+            if box.clickedButton() is drop:
+                self.review.drop_waiting_verdict()
+                return True
+            if box.clickedButton() is not wait:
+                return False
+            if self.review.waiting_verdict() is None:  # saved (or given up, and said) while the box was open
+                return True
+        self._close_when_saved = True
+        self.notify(f"Frame {frame}'s verdict waits for the review database (another program is writing to it): "
+                    "the window closes once it is saved.", 30000)
+        return False
+
+    def _waiting_verdict_ended(self, saved: bool) -> None:
+        """The verdict closing waited for is saved: close now. Not saved (the panel gave up and said
+        how to enter it again): the window stays open, where that can be done."""
+        if self._close_when_saved:
+            self._close_when_saved = False
+            if saved:
+                QTimer.singleShot(0, self.close)
+
+    def _review_message(self, text: str) -> None:
+        if self._close_when_saved and self.review.waiting_verdict() is not None:
+            text += " The window closes once it is saved."
+        self.notify(text, 30000 if self._close_when_saved else 6000)
+
     # -- misc ------------------------------------------------------------------------------
     def notify(self, text: str, timeout_ms: int = 8000) -> None:
         """A passing message in the status bar (the frame/score fields stay visible): a file's
@@ -850,7 +922,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         return window_tools.write_screenshot(self, path)
 
     def closeEvent(self, ev):  # noqa: N802
-        if not self._keep_unsaved_verdict("closing"):
+        if not self._close_after_waiting_verdict() or not self._keep_unsaved_verdict("closing"):
             ev.ignore()
             return
         self.model.set_playing(False)

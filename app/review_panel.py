@@ -71,6 +71,7 @@ class ReviewPanel(QWidget):
 
     message = Signal(str)
     blinding_changed = Signal()  # what the viewer may show of the model's call changed
+    saving_ended = Signal(bool)  # a verdict that waited for the database: saved (True) or given up
 
     def __init__(self, model: ViewerModel, settings: AppSettings, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -233,6 +234,16 @@ class ReviewPanel(QWidget):
         if self.session is None or self._pending is None or self._pending_frame != self.model.frame:
             return None
         return self._pending_frame, self._pending
+
+    def waiting_verdict(self) -> tuple[int, str] | None:
+        """The verdict entered (Enter) that waits for the review database another program holds:
+        ``(frame, label)``; None when none waits."""
+        job = self._saving
+        return None if job is None else (job.frame, job.label)
+
+    def drop_waiting_verdict(self) -> None:
+        """Give up the verdict that waits for the database (the trainer chose to close without it)."""
+        self._saving = None
 
     def close_store(self) -> None:
         self.finish_saving()
@@ -402,12 +413,15 @@ class ReviewPanel(QWidget):
             else:
                 again = "open that sweep again to enter it"
             QMessageBox.warning(self, "Review", f"{exc} Frame {job.frame}'s verdict{earlier} was not saved: {again}.")
+            self.saving_ended.emit(False)
             return False
         except FetalIQAError as exc:
             QMessageBox.warning(self, "Review", str(exc))
+            self.saving_ended.emit(False)
             return False
         if not current:
             self.message.emit(f"Saved frame {job.frame}{earlier}: {job.label.replace('_', ' ')}.")
+            self.saving_ended.emit(True)
             return True
         reveal = f" The model's call: {self.model_call(job.frame)}." if job.was_blinded else ""
         done, total = self.model.review_progress
@@ -420,6 +434,7 @@ class ReviewPanel(QWidget):
             self.note.setText(self.session.notes.get(self.model.frame, ""))  # the frame now shown (the next)
         self._sync_buttons()
         self._update_where()
+        self.saving_ended.emit(True)
         return True
 
     def _retry_save(self) -> None:

@@ -165,6 +165,7 @@ class ViewerModel:
         self._ac_cache: dict[int, object] = {}
         self._fov = None  # field of view for AC measurement, per sweep
         self._flags_dirty = False
+        self._held_for = None  # while set, the answer keeps its last values (see hold_answer)
         self.results_version = 0  # bumped on every change of the results (cheap change test)
         # Review
         self.queue_kind = "candidates"
@@ -188,6 +189,7 @@ class ViewerModel:
         self.scoring = ScoringState(n_total=self.n_frames)
         self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
         self._flags_dirty = False
+        self._held_for = None
         self._assessment = None
         self._ac_cache = {}
         self._fov = None
@@ -347,6 +349,7 @@ class ViewerModel:
         self.teacher_finished = False
         self._flags = FlaggedFrames.empty(len(self.sweep_ranges))
         self._flags_dirty = True
+        self._held_for = None
         self._assessment = None
         self._ac_cache = {}
         self.results_version += 1
@@ -476,8 +479,9 @@ class ViewerModel:
     # -- flags -----------------------------------------------------------------------------
     @property
     def flags(self) -> FlaggedFrames:
-        """Flagged frames, recomputed from the results when they or the threshold changed."""
-        if self._flags_dirty:
+        """Flagged frames, recomputed from the results when they or the threshold changed (not while
+        the answer is held: :meth:`hold_answer`)."""
+        if self._flags_dirty and self._held_for is None:
             self._flags_dirty = False
             self._assessment = None
             results = self.answer_results()
@@ -506,7 +510,22 @@ class ViewerModel:
 
     @property
     def flags_dirty(self) -> bool:
-        return self._flags_dirty
+        return self._flags_dirty and self._held_for is None
+
+    def hold_answer(self, key) -> None:
+        """Keep the flags and the assessment as they are until :meth:`release_answer` with the same
+        ``key`` (or a new sweep or scoring run): the masks are being judged again off the window's
+        thread (a pixel spacing set: 1-2 s for a full case), and assessing now would judge them here."""
+        self._held_for = key
+
+    @property
+    def answer_held(self) -> bool:
+        return self._held_for is not None
+
+    def release_answer(self, key) -> None:
+        """End :meth:`hold_answer` of ``key`` (a later hold, or none, is left as it is)."""
+        if self._held_for is key:
+            self._held_for = None
 
     def measure_ac(self, frame: int | None):
         """AC fitted on a frame's mask (``analysis.ACMeasurement``) or None; cached per frame.

@@ -74,6 +74,7 @@ class ElidedLabel(QLabel):
         self._full = text
         self._mode = mode
         self._all_or_nothing = all_or_nothing  # a value cut off says nothing ('threshold …'): the whole or nothing
+        self._shorter: list[str] = []  # shorter forms of the text, shown whole where the text is not
         self.setMinimumWidth(40)
         self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
 
@@ -88,8 +89,22 @@ class ElidedLabel(QLabel):
 
     def set_full_text(self, text: str, tooltip: str | None = None) -> None:
         self._full = text
+        self._shorter = []
         self.setToolTip(tooltip if tooltip is not None else text)
         self.updateGeometry()  # its size hint is the whole text's: a layout gives it that room if it can
+        self._elide()
+
+    def set_forms(self, forms: list[str], tooltip: str | None = None, keep_shortest: bool = False) -> None:
+        """The text, longest form first: the longest that fits is shown. ``keep_shortest``: the
+        label never gets narrower than its shortest form (what must always be read: a changed
+        threshold was shown as nothing at 1366 px)."""
+        forms = [f for f in forms if f] or [""]
+        self.set_full_text(forms[0], tooltip)
+        self._shorter = forms[1:]
+        if keep_shortest:
+            m = self.contentsMargins()
+            self.setMinimumWidth(max(40, self.fontMetrics().horizontalAdvance(forms[-1]) + 2 * self.margin() + 4
+                                     + m.left() + m.right()))
         self._elide()
 
     def sizeHint(self):  # noqa: N802
@@ -119,8 +134,8 @@ class ElidedLabel(QLabel):
         super().setText("" if len(shown.rstrip("…. ")) < 4 else shown)
 
     def _alternatives(self) -> list[str]:
-        """The texts to show, longest first (the whole text alone, here)."""
-        return [self._full]
+        """The texts to show, longest first."""
+        return [self._full, *self._shorter]
 
 
 class AnswerLabel(ElidedLabel):
@@ -133,28 +148,16 @@ class AnswerLabel(ElidedLabel):
     def __init__(self) -> None:
         super().__init__(mode=Qt.ElideRight)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
-        self._shorter: list[str] = []
 
     def text(self) -> str:  # noqa: D401 - Qt naming
         return self._full
 
-    def set_full_text(self, text: str, tooltip: str | None = None) -> None:
-        self._shorter = []
-        super().set_full_text(text, tooltip)
-
     def set_answer(self, forms: list[str]) -> None:
         """The answer, longest form first (the tooltip is left as it is)."""
-        forms = [f for f in forms if f] or [""]
-        tooltip = self.toolTip()
-        super().set_full_text(forms[0], tooltip)
-        self._shorter = forms[1:]
-        self._elide()
+        self.set_forms(forms, self.toolTip())
 
     def forms(self) -> list[str]:
         """The forms given to :meth:`set_answer`, longest first."""
-        return [self._full, *self._shorter]
-
-    def _alternatives(self) -> list[str]:
         return [self._full, *self._shorter]
 
 
@@ -244,6 +247,8 @@ def build_actions(win) -> None:
         return act
 
     win.act_open = action("Open…", win.open_dialog, shortcut=QKeySequence.Open)
+    win.act_open_folder = action("Open folder…", win.open_folder_dialog, shortcut=QKeySequence("Ctrl+Shift+O"),
+                                 tip="Open a DICOM series folder as one sweep")
     win.act_models = action("Models…", win.models_dialog)
     win.act_train = action("Train…", win.train_dialog, shortcut=QKeySequence("Ctrl+T"))
     win.act_rescore = action("Score again", lambda: win.start_scoring(user=True))
@@ -315,6 +320,7 @@ def build_actions(win) -> None:
     menu = win.menuBar()
     fm = menu.addMenu("&File")
     fm.addAction(win.act_open)
+    fm.addAction(win.act_open_folder)
     win.recent_menu = fm.addMenu("Open recent")
     fm.addAction(win.act_export_frame)
     fm.addAction(win.act_export)

@@ -9,16 +9,28 @@ from PySide6.QtWidgets import QFileDialog
 
 from fetaliqa_core.errors import FetalIQAError
 
-SWEEP_FILTER = "Sweeps (*.mha *.mhd *.nrrd *.nhdr *.nii *.nii.gz *.dcm);;All files (*)"
+#: Every kind the reader reads by name; a DICOM file without an extension (IM0001, as scanners name
+#: them) shows under "All files", and a DICOM series folder opens with File > Open folder.
+SWEEP_FILTER = ("Sweeps and pictures (*.mha *.mhd *.nrrd *.nhdr *.nii *.nii.gz *.dcm *.tif *.tiff *.png *.jpg *.jpeg)"
+                ";;All files, DICOM without an extension (*)")
 
 
 class SweepFilesMixin:
     """Mixed into :class:`app.main_window.MainWindow` (uses its settings, notify, alert and
     set_sweep)."""
 
+    def _dialog_start(self) -> str:
+        return str(Path(self.settings.recent_files[0]).parent) if self.settings.recent_files else str(Path.home())
+
     def open_dialog(self) -> None:
-        start = str(Path(self.settings.recent_files[0]).parent) if self.settings.recent_files else str(Path.home())
-        path, _ = QFileDialog.getOpenFileName(self, "Open sweep", start, SWEEP_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Open sweep", self._dialog_start(), SWEEP_FILTER)
+        if path:
+            self.open_path(path)
+
+    def open_folder_dialog(self) -> None:
+        """File > Open folder: a DICOM series folder is one sweep (the file dialog only went into
+        a folder chosen, and a series could be opened only by dropping it on the window)."""
+        path = QFileDialog.getExistingDirectory(self, "Open a DICOM series folder", self._dialog_start())
         if path:
             self.open_path(path)
 

@@ -286,6 +286,7 @@ def ask_spacing(win, value: float | tuple[float, float] | str | None = None) -> 
         if m.sweep.spacing_known and all(abs(float(a) - float(b)) <= 1e-9 for a, b in zip(pair, m.sweep.spacing_mm)):
             return False  # the size it has, kept: still the file's own, not one set here
         m.set_spacing(given)
+        win.judge_masks_again()
     except FetalIQAError as exc:
         QMessageBox.warning(win, "Pixel spacing", str(exc))
         return False

@@ -362,6 +362,24 @@ class SweepLoader(QThread):
             _warm_field_of_view(sweep)
 
 
+class MaskJudge(QThread):
+    """Judges every scored mask of ``results`` for ``sweep`` (``assessment.mask_shapes``, kept in
+    the results' own cache) off the window's thread: with another pixel spacing each mask's size
+    in mm is judged again, 1-2 s for a full case that froze the window. ``finished`` when done."""
+
+    def __init__(self, sweep, results, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.sweep, self.results = sweep, results
+
+    def run(self) -> None:
+        from fetaliqa_core.analysis.assessment import mask_shapes
+
+        try:
+            mask_shapes(self.sweep, self.results)
+        except Exception:  # noqa: BLE001 - judged again, and reported, where the answer needs it
+            pass
+
+
 class ReportRenderer(QThread):
     """Renders a review report off the UI thread: each sweep is read again for its thumbnails
     (0.5-1.2 s a sweep, every sweep of the database when no review is open).
@@ -515,11 +533,16 @@ def end_process(code: int) -> None:
 def _warm_field_of_view(sweep) -> None:
     """Work out the sweep's field of view here, off the window's thread, while the window shows
     its first frame: the first mask's overlay and the answer need it, and on the window's thread
-    it stalled the event loop 0.1-0.4 s (``acouslic.sweep_fov`` keeps it on the sweep)."""
+    it stalled the event loop 0.1-0.4 s (``acouslic.sweep_fov`` keeps it on the sweep). So too
+    each sweep's brightness, which the answer reads while a sweep has no frame
+    (``assessment.top_grey``, kept on the sweep)."""
     from fetaliqa_core import acouslic
+    from fetaliqa_core.analysis.assessment import top_grey
 
     try:
         acouslic.sweep_fov(sweep)
+        for start, stop in sweep.sweep_ranges:
+            top_grey(sweep, start, stop)
     except Exception:  # noqa: BLE001 - worked out again, and reported, where it is needed
         pass
 

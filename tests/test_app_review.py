@@ -516,3 +516,29 @@ def test_a_new_database_named_with_gui_db_is_made_at_once(tmp_path, capsys):
     run_window(None, headless=True, max_seconds=0.5)
     assert "no longer exists" not in capsys.readouterr().err
     assert AppSettings.load().review_db == str(new.resolve())
+
+
+def test_closing_while_a_verdict_waits_for_the_database_keeps_the_window_open_until_it_is_saved(
+        qtbot, tmp_path, no_modal):
+    """Closing the window while a verdict waited for a database another program held froze the
+    window for the database's busy timeout, then lost the verdict and said "press Enter to try
+    again" in a window that was closing. The window now stays open and responsive, says that it
+    waits, and closes once the verdict is saved."""
+    win, db, messages = _reviewing(qtbot, tmp_path, "lu")
+    press(win, "2")
+    frame = win.model.frame
+    closed: list[int] = []
+    win.closed.connect(lambda: closed.append(1))
+    with _held_by_another_program(db):
+        press(win, "\n")
+        started = time.monotonic()
+        win.close()
+        assert time.monotonic() - started < 1.0
+        qtbot.wait(900)  # the panel tries again meanwhile; the window waits for it, open
+        assert not closed and win.isVisible()
+        assert "closes once it is saved" in win.status_message.full_text()
+    qtbot.waitUntil(lambda: bool(closed), timeout=5000)
+    assert not win.isVisible() and not no_modal
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        rows = con.execute("SELECT label FROM verdicts WHERE frame = ?", (frame,)).fetchall()
+    assert rows == [("suboptimal",)]

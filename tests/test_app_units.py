@@ -190,3 +190,69 @@ def test_a_wide_window_shows_the_whole_answer_and_the_threshold(qtbot, window):
     assert QLabel.text(window.status_ac) == window.status_ac.text()
     assert QLabel.text(window.status_threshold) == window.status_threshold.full_text()
     assert "0.42" in window.status_threshold.full_text()
+
+
+def test_setting_the_pixel_spacing_judges_the_masks_again_off_the_windows_thread(qtbot, window, monkeypatch):
+    """View > Set pixel spacing froze the window 1.8 s on a full case: the next refresh judged every
+    mask again (its size in mm) on the window's thread. Judged on a thread of their own now, while
+    the answer keeps its last values; the answer then follows the new size."""
+    import threading
+
+    from app import window_tools
+    from fetaliqa_core.analysis import frame_choice
+
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    before = window.status_ac.text()
+    where = []
+    real = frame_choice.mask_shape
+
+    def judged(*args, **kwargs):
+        where.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(frame_choice, "mask_shape", judged)
+    assert window_tools.ask_spacing(window, 0.4) is True
+    qtbot.waitUntil(lambda: not window.model.answer_held, timeout=10000)
+    window.refresh()
+    assert window.status_ac.text() != before
+    assert where and not any(where)  # judged, and never on the window's thread
+    assert window.model.assessment.summary.spacing_mm == (0.4, 0.4)
+
+
+@pytest.mark.parametrize("size", [(1366, 768), (1024, 600)])
+def test_a_changed_threshold_stays_readable_as_changed_at_laptop_widths(qtbot, window, size):
+    """At 1366 x 768 the status bar showed a changed threshold, "threshold 0.90 (model: 0.67)", as
+    nothing (the whole or nothing, and the answer took the room), and the curve's line said "p_cls
+    threshold 0.90" without the models' own."""
+    from PySide6.QtWidgets import QApplication, QLabel
+
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    window.model.provenance = {"demo": True, "notice": "Demonstration model: not for clinical use"}
+    window.show()
+    window.resize(*size)
+    window.update_case_status()
+    own = window.model.thresholds.model
+    window.model.set_threshold(0.9)
+    for _ in range(5):
+        QApplication.processEvents()
+    shown = QLabel.text(window.status_threshold)
+    assert "0.90" in shown and f"(model: {own:.2f})" in shown, shown
+    assert window.curve.threshold.label.toPlainText().endswith(f"threshold 0.90 (model: {own:.2f})")
+    assert QLabel.text(window.status_frame).startswith("sweep 1")
+
+
+def test_the_curve_shows_no_threshold_number_before_the_models_are_known(qtbot):
+    """Before the models loaded the curve's line read "threshold 0.50", a threshold of no model
+    (the demo model's is 0.67)."""
+    import re
+
+    from app.main_window import MainWindow
+    from app.settings import AppSettings
+    from fakes import fake_models
+
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    assert not re.search(r"\d", win.curve.threshold.label.toPlainText())
+    win.use_models(fake_models())
+    win._update_threshold_label()
+    assert re.search(r"threshold \d\.\d\d$", win.curve.threshold.label.toPlainText())

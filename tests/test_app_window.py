@@ -991,3 +991,25 @@ def test_the_answer_s_count_never_reads_0_of_0_as_the_teacher_s_pass_begins(qtbo
     monkeypatch.setattr(win.model, "partial_count", lambda: (9, 31, True))
     win._update_answer_count()
     assert win.status_ac.text() == "AC – (none passes in the 9 of 31 candidate frames the teacher re-scored)"
+
+
+def test_file_open_folder_opens_a_dicom_series_and_the_filter_lists_every_kind_read(
+        qtbot, make_window, tmp_path, monkeypatch):
+    """File > Open only chose files: a DICOM series folder, which the README calls a sweep, could
+    be opened only by dropping it on the window, and the "Sweeps" filter hid the TIFF, PNG and
+    JPEG pictures the viewer reads."""
+    from PySide6.QtWidgets import QFileDialog
+
+    from app import window_files
+    from test_io import _write_dicom_series
+
+    folder = tmp_path / "series"
+    _write_dicom_series(folder, tiny_sweep(1, 5, 40, 50).frames)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: str(folder)))
+    win = make_window(score=False)
+    assert win.act_open_folder in win.menuBar().actions()[0].menu().actions()
+    with qtbot.waitSignal(win.sweep_opened, timeout=10000):
+        win.act_open_folder.trigger()
+    assert win.model.n_frames == 5
+    kinds = window_files.SWEEP_FILTER.split(";;")[0]
+    assert all(f"*{s}" in kinds for s in (".mha", ".nii.gz", ".dcm", ".tif", ".tiff", ".png", ".jpg", ".jpeg"))

@@ -210,3 +210,46 @@ def test_review_session_records_progress_and_resumes(tmp_path):
         assert m2.review_progress == (2, 5)
         s2.set_queue("unreviewed")
         assert m2.queue == [7, 25, 26]
+
+
+def test_the_brightness_of_a_sweep_without_a_frame_is_worked_out_once_not_at_every_batch(model, monkeypatch):
+    """The answer says why a sweep has no frame (blank or dim frames) from a percentile over its
+    frames: it was taken again at every refresh after each batch, on the window's thread, for
+    every sweep still without a frame (80 ms a refresh on a full case, a stall every few seconds),
+    though the frames never change."""
+    from fetaliqa_core.analysis import assessment
+
+    calls = []
+    real = np.percentile
+    def percentile(a, *args, **kw):
+        if np.ndim(a) == 3:  # over whole frames
+            calls.append(1)
+        return real(a, *args, **kw)
+
+    monkeypatch.setattr(assessment.np, "percentile", percentile)
+    model.start_results(True, True)
+    for k in range(6):  # low scores: no sweep gets a frame, each one's reason is asked every time
+        model.apply_batch(_batch(np.arange(k * 10, k * 10 + 10), np.full(10, 0.05), n_done=(k + 1) * 10))
+        assert model.flags.best_passes == [False, False, False]
+    assert model.flags.why_none[0]
+    assert len(calls) <= len(model.sweep_ranges)
+
+
+def test_a_pixel_spacing_set_by_the_user_keeps_the_sweeps_content_hash_and_field_of_view(model, monkeypatch):
+    """Setting the pixel spacing made a new sweep object and lost what was worked out from its
+    pixels: the next refresh hashed every pixel again on the window's thread (0.5-0.9 s on a full
+    case), though the hash covers the file's spacing and so stays the same."""
+    from fetaliqa_core import acouslic
+    from fetaliqa_core.io import Sweep
+
+    before = model.sweep.content_hash
+    fov = acouslic.sweep_fov(model.sweep)
+    hashed = []
+    real = Sweep.content_hash.func
+    monkeypatch.setattr(Sweep, "content_hash",
+                        __import__("functools").cached_property(lambda s: hashed.append(1) or real(s)))
+    Sweep.content_hash.__set_name__(Sweep, "content_hash")
+    model.set_spacing(0.3)
+    assert model.sweep.spacing_mm == (0.3, 0.3)
+    assert model.sweep.content_hash == before and not hashed
+    assert acouslic.sweep_fov(model.sweep) is fov

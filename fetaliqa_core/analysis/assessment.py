@@ -732,10 +732,8 @@ DIM_GREY = 50
 def _dim_frames(sweep, start: int, stop: int) -> str:
     """Words to add to why a sweep has no frame when its frames are blank or dim (a low-gain sweep
     and a black one got the same words as any other: nothing said why no frame could pass)."""
-    try:
-        picks = np.unique(np.linspace(start, stop - 1, 8).astype(int))
-        top = float(np.percentile(np.asarray(sweep.frames[picks]), 99))
-    except (TypeError, ValueError, IndexError, AttributeError):
+    top = top_grey(sweep, start, stop)
+    if top is None:
         return ""
     if top <= BLANK_GREY:
         return "; its frames are blank: nothing but black"
@@ -743,6 +741,29 @@ def _dim_frames(sweep, start: int, stop: int) -> str:
         return (f"; its frames are dim: their brightest grey is about {top:.0f} of 255 (a sweep recorded at a "
                 "low gain shows too little for the models)")
     return ""
+
+
+_TOP_GREY_KEPT = "_fetaliqa_top_grey"
+
+
+def top_grey(sweep, start: int, stop: int) -> float | None:
+    """The brightest grey of frames ``start..stop`` (99th percentile over 8 frames spread over
+    them), None where the frames cannot be read so. Worked out once per sweep object and range and
+    kept on it, as :func:`fetaliqa_core.acouslic.sweep_fov` keeps the field of view: it depends on
+    the pixels only, and the window assesses the results after every batch (10-17 ms a sweep each
+    time, on the window's thread, stalled it every few seconds while a case scored)."""
+    kept = getattr(sweep, "__dict__", {}).get(_TOP_GREY_KEPT)
+    key = (int(start), int(stop))
+    if kept is not None and key in kept:
+        return kept[key]
+    try:
+        picks = np.unique(np.linspace(start, stop - 1, 8).astype(int))
+        top = float(np.percentile(np.asarray(sweep.frames[picks]), 99))
+    except (TypeError, ValueError, IndexError, AttributeError):
+        top = None
+    if isinstance(getattr(sweep, "__dict__", None), dict):
+        sweep.__dict__.setdefault(_TOP_GREY_KEPT, {})[key] = top
+    return top
 
 
 def _why_no_case_frame(sweeps: list[SweepSummary]) -> str:

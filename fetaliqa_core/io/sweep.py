@@ -147,8 +147,20 @@ class Sweep:
             # one value for every frame of a sweep whose depth changed: said, not forgotten
             notes += (f"{self.spacing_note}; the pixel size given, {_spacing.spacing_text(pair)}, is applied "
                       "to every frame: check that it holds for the frame measured",)
-        return dataclasses.replace(self, spacing_mm=pair, spacing_source=SPACING_FROM_USER, spacing_note="",
-                                   hash_spacing_mm=self._hash_spacing(), read_notes=notes)
+        given = dataclasses.replace(self, spacing_mm=pair, spacing_source=SPACING_FROM_USER, spacing_note="",
+                                    hash_spacing_mm=self._hash_spacing(), read_notes=notes)
+        given._keep_worked_out(self)
+        return given
+
+    def _keep_worked_out(self, other: Sweep) -> None:
+        """Take over what was worked out from ``other``'s pixels and kept on it (its content hash,
+        which covers the file's spacing, not one given later; its field of view; its frames'
+        brightness): the pixels are the same, and working it out again took the window's thread
+        1-2 s on a full case when the user set a pixel spacing."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key, value in other.__dict__.items():
+            if key not in names:
+                self.__dict__.setdefault(key, value)
 
     def _hash_spacing(self) -> tuple[float, float]:
         return tuple(self.hash_spacing_mm if self.hash_spacing_mm is not None else self.spacing_mm)  # type: ignore
