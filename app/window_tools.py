@@ -171,6 +171,7 @@ def _esc(text: str) -> str:
 #: summary.json keep the whole text).
 READ_NOTE_CHARS = 90
 READ_NOTE_WIDTH = 32  # characters a line: the corner beside a typical fan is narrow
+PIXEL_CHARS = 40  # the pixel size's line in that corner, beyond which its source goes on a line of its own
 NAME_CHARS = 22  # the file's name in that corner (the window's title has the whole path): 40 reached into a 4:3 frame
 
 
@@ -226,9 +227,12 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
         pixel = f"pixel {spacing_text(sweep.spacing_mm, say_order=False)}{order} · {sweep.spacing_source}"
     else:
         pixel = "pixel size unknown: no lengths"
+    # (the corner is a fixed box: "pixel 0.391266 x 0.471115 mm (w x h) · file header" was cut to
+    # "... · file hea"; a long line gives its source a line of its own)
+    pixel_html = "<br>".join(_esc(part) for part in (pixel.split(" · ", 1) if len(pixel) > PIXEL_CHARS else [pixel]))
     tl = (f"frame <b>{i}</b> of 0–{m.n_frames - 1}<br>sweep {k + 1}{kind_text}"
           + (f"<br><span style='color:{theme.TEXT_DIM}'>{_esc(name)}</span>" if name else "")
-          + f"<br><span style='color:{theme.TEXT_DIM}'>{_esc(pixel)}</span>")
+          + f"<br><span style='color:{theme.TEXT_DIM}'>{pixel_html}</span>")
     for note in getattr(m.sweep, "read_notes", ()) or ():  # what reading the file did, for as long as it is shown
         short = str(note).split(";")[0].strip()
         short = short if len(short) <= READ_NOTE_CHARS else short[:READ_NOTE_CHARS - 1] + "…"

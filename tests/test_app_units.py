@@ -100,6 +100,20 @@ def test_pixels_that_are_not_square_are_drawn_in_their_shape(qtbot, window):
     assert sy / sx == pytest.approx(0.1 / 0.3, rel=0.02)
     window._update_frame_text()
     assert "pixel 0.1 x 0.3 mm (w x h)" in window.frame_view.corner_tl.text()  # the order said, in short
+    # a long pixel size gives its source a line of its own: the fixed corner cut it to "· file hea"
+    window.set_sweep(dataclasses.replace(sweep, spacing_mm=(0.471115, 0.391266)), score=False)
+    window._show_frame(0)
+    window._update_frame_text()
+    lines = window.frame_view.corner_tl.text().split("<br>")
+    pixel = next(k for k, line in enumerate(lines) if "pixel 0.391266 x 0.471115 mm (w x h)" in line)
+    assert sweep.spacing_source in lines[pixel + 1]
+    width = window.frame_view.corner_tl.fontMetrics()
+    from PySide6.QtGui import QTextDocument
+
+    for line in lines:
+        doc = QTextDocument()
+        doc.setHtml(line)
+        assert width.horizontalAdvance(doc.toPlainText()) <= window.frame_view.corner_tl.width(), line
     window.set_sweep(dataclasses.replace(sweep, spacing_source=SPACING_NONE, spacing_note="none"), score=False)
     window._show_frame(0)
     sx, sy = view.viewPixelSize()
