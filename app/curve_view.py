@@ -245,9 +245,12 @@ class QualityCurve(QWidget):
         y = np.tile(np.array(span), len(frames))
         return x, y
 
-    def set_results(self, results, flags, confirmed: np.ndarray | None = None) -> None:
+    def set_results(self, results, flags, confirmed: np.ndarray | None = None, filling: bool = True) -> None:
         """Replot from an ``engine.SweepResults`` (or None) and ``viewer_model.FlaggedFrames``.
-        ``confirmed``: a cascade's frames re-scored by its teacher (None: not a cascade)."""
+        ``confirmed``: a cascade's frames re-scored by its teacher (None: not a cascade).
+        ``filling``: scoring goes on, so scored frames are joined across those still to score (a
+        coarse curve that fills in); once it has stopped, only neighbouring frames are (after Stop
+        the lines ran straight over frames that had no score, as if they had one)."""
         n = self._n
         self._set_cascade_legend(confirmed is not None and results is not None)
         if confirmed is not None and results is not None and n:
@@ -277,6 +280,8 @@ class QualityCurve(QWidget):
                 # fills in), never from one sweep's last frame to the next sweep's first
                 joined = np.searchsorted(self._sweep_starts, xs[:-1], side="right") == \
                     np.searchsorted(self._sweep_starts, xs[1:], side="right")
+                if not filling:
+                    joined &= np.diff(xs) == 1
                 curve.setData(xs.astype(np.float64), y[ok].astype(np.float64),
                               connect=np.append(joined, False))
             else:

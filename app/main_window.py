@@ -71,6 +71,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._loaded_choice: ModelChoice | None = None  # the last choice whose models loaded
         self._user_asked_models = False
         self._drawn_version = -1
+        self._drawn_filling = True  # whether the curve was last drawn as scoring went on (set_results)
         self._last_frame_ms = 0.0
         self._answer_count = ""  # the status bar answer's "· n/N scored" (see _update_answer_count)
         self._answer_count_form = "short"  # which of its wordings (see _count_words)
@@ -702,11 +703,13 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         m = self.model
         if m.sweep is None:
             return
-        if m.results_version == self._drawn_version and not m.flags_dirty:
+        filling = bool(self.scoring.running)
+        if m.results_version == self._drawn_version and not m.flags_dirty and filling == self._drawn_filling:
             return
         self._drawn_version = m.results_version
+        self._drawn_filling = filling
         flags = m.flags
-        self.curve.set_results(m.results, flags, confirmed=m.confirmed)
+        self.curve.set_results(m.results, flags, confirmed=m.confirmed, filling=filling)
         self.flagged.update_flags(flags)
         self._update_overlay()
         self._update_frame_text()

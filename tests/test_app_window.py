@@ -247,6 +247,8 @@ def test_flagged_panel_click_jumps(qtbot, make_window):
 def test_esc_asks_before_stopping_and_resume_continues_from_the_cache(qtbot, make_window, questions):
     win = make_window(delay=0.3, batch_size=4)
     qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.n_done > 0, timeout=10000)
+    win.model.set_frame(15)  # scored next: frames without a score lie between it and the first ones (one sweep)
+    qtbot.waitUntil(lambda: bool(win.model.results.done[15]), timeout=10000)
     ended = []
     win.scoring_ended.connect(lambda c, m: ended.append((c, m)))
     # Esc asks; "No" keeps scoring.
@@ -265,6 +267,13 @@ def test_esc_asks_before_stopping_and_resume_continues_from_the_cache(qtbot, mak
     assert 0 < kept < N
     # the bar's text says it once ("7 / 40 frames · stopped"; the count repeated was cut at both ends)
     assert win.progress.format() == f"{kept} / {N} frames · stopped"
+    # stopped, the curve joins neighbouring frames only: lines drawn straight over frames without
+    # a score (a coarse curve that would have filled in) showed values nobody computed
+    win.refresh()
+    x, _ = win.curve.curve_cls.getData()
+    joined = np.asarray(win.curve.curve_cls.opts["connect"], dtype=bool)
+    assert len(x) == kept and (np.diff(x) > 1).any()
+    assert not joined[:-1][np.diff(x) > 1].any() and not joined[-1]
     # The same button now resumes: the scored frames come back from the cache, the rest are scored.
     assert win.cancel_button.isEnabled() and win.cancel_button.text() == "Resume"
     win.use_models(fake_models(delay=0.0, batch_size=8))
