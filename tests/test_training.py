@@ -580,6 +580,10 @@ def test_one_epoch_tiny_training_end_to_end(tiny_data, tmp_path):
     # the cases it trained on, recorded for eval's check (whatever the dataset holds later)
     assert loaded.manifest.metrics["training"]["train_cases"] == sorted(
         ds.case_digest(u) for u in split["train"]["cases"])
+    # what it learnt from, by content, and that it is the best of two trials (the manifest said neither:
+    # relabelled masks in the same folder gave a manifest that could not be told apart)
+    assert record["trials"] == 2
+    assert record["data_sha256"] == ds.data_fingerprint(tiny_data, ds.read_cases(tiny_data))
 
     from fetaliqa_core.cli import main
 
@@ -897,3 +901,21 @@ def test_demo_recipe_trains_in_fp32_on_a_cpu_without_bf16_instructions(monkeypat
     monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: (("avx512_bf16",), True))
     used, printed = precisions([])
     assert used == {"bf16"} and "no bf16 matrix instructions" not in printed
+
+
+def test_the_data_fingerprint_changes_with_a_relabelled_mask_not_with_a_touched_file(tiny_data, tmp_path):
+    """The fingerprint a manifest records is of the labels' bytes (and the sweeps' names and sizes):
+    relabelled masks change it; the same bytes copied elsewhere do not."""
+    import os
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_data, copy)
+    before = ds.data_fingerprint(tiny_data, ds.read_cases(tiny_data))
+    cases = ds.read_cases(copy)
+    os.utime(cases[0].image_path)
+    assert ds.data_fingerprint(copy, cases) == before
+    raw = bytearray(cases[0].mask_path.read_bytes())
+    raw[-1] ^= 1
+    cases[0].mask_path.write_bytes(bytes(raw))
+    assert ds.data_fingerprint(copy, cases) != before

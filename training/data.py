@@ -71,7 +71,10 @@ def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
                             "subjects with frames")
     if cfg.extra_labels:
         reporter.message(extra_labels_message(cfg.extra_labels, idx["train"], cases))
-    record = {"seed": cfg.split_seed, "fractions": list(SPLIT_FRACTIONS), "all_sweeps": cfg.all_sweeps}
+    from training.dataset import data_fingerprint
+
+    record = {"seed": cfg.split_seed, "fractions": list(SPLIT_FRACTIONS), "all_sweeps": cfg.all_sweeps,
+              "data_sha256": data_fingerprint(cfg.data, cases)}
     for name in split:
         record[name] = {"cases": [c.uuid for c in split[name]],
                         "subjects": sorted({c.subject_id for c in split[name]}),

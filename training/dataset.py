@@ -229,6 +229,25 @@ def _read_csv_rows(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
     return rows, sweep_cols
 
 
+def data_fingerprint(data_dir: str | Path, cases: Sequence[CaseRecord]) -> str:
+    """A SHA-256 of what a bundle learnt from: the circumferences CSV's bytes, each case's mask
+    bytes (the labels) and its image file's name and size (hashing every sweep's pixels would cost
+    minutes on a full dataset). A manifest recorded only the data folder's path and its cases' ids:
+    a dataset whose masks were relabelled since could not be told from the one trained on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with (Path(data_dir) / CSV_RELPATH).open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    for case in sorted(cases, key=lambda c: c.uuid):
+        h.update(f"\0{case.uuid}\0{case.image_path.name}\0{case.image_path.stat().st_size}\0".encode())
+        with case.mask_path.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def case_digest(uuid: str) -> str:
     """A short fingerprint of a case id (16 hex digits of its SHA-256), as a bundle's manifest
     records the cases it was trained on: 100 000 cases fit its size limit whatever their ids."""
