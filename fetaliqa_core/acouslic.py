@@ -113,7 +113,7 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     fan = _region_above(peak, 0.0)
     low, high = (float(v) for v in np.percentile(peak, (10, 99)))
     if low <= 0:
-        return _with_walls(fan, frames, peak)
+        return fan
     # a surround of one exact grey level (a video black level of 16 or 20 in a clean capture) that
     # runs along the border and fills a tenth of the frame, dark beside the image: the black level,
     # whatever its value (at 20 of a brightest 173 the whole screen was taken for the fan)
@@ -357,69 +357,6 @@ def _with_islands(region: np.ndarray, labels: np.ndarray, stats: np.ndarray, lar
         if float(inside[piece].mean()) >= ISLAND_INSIDE and float(np.median(depth[piece])) >= deep:
             return region | inside
     return region
-
-
-#: The fan found may touch at most this share of the image's border to be widened to its walls
-#: (:func:`_with_walls`): where the image's sides cut the fan, its edges are the image's.
-WALLS_MAX_BORDER = 0.05
-#: A piece of tissue changes from frame to frame (the probe moves) on at least this share of its
-#: pixels; what is burnt into every frame (a grey bar, a logo, a banner) does not.
-WALLS_CHANGING = 0.5
-WALLS_FRAMES = 8
-#: ... and shares at least this share of its columns (or of the fan's, when fewer) with the fan.
-WALLS_STACKED = 0.5
-
-
-def _with_walls(fan: np.ndarray, frames: np.ndarray, peak: np.ndarray) -> np.ndarray:
-    """``fan`` (the largest region above exact black, :func:`_region_above`), or the convex hull of
-    it and the other substantial pieces of tissue when those together make a fan's shape
-    (:func:`_fan_shaped`): fluid shown pure black from the probe's near wall to the far wall splits
-    the fan into its walls and the bodies between them, and the largest piece (a body, or the far
-    wall with a body on it) was taken for the field of view. A whole abdomen 95 px inside the fan
-    was then "cut by the field of view; ellipse extrapolated" (IoU with the drawn fan 0.25-0.44).
-
-    A piece counts only when it changes from frame to frame (:data:`WALLS_CHANGING`), as tissue
-    under a moving probe does: a grey bar, a banner or a logo burnt into every frame beside the fan
-    must not widen it (a fan widened to a bar below it would take an outline cut at its depth for
-    a whole one). Nor is a fan that runs along the image's border (:data:`WALLS_MAX_BORDER`)
-    widened: there the fan's edges are the image's."""
-    import cv2
-
-    if not fan.any() or 1.0 - _outside_border_share(fan) > WALLS_MAX_BORDER:
-        return fan
-    above = (peak > 0).astype(np.uint8)
-    above[_frame_lines(above)] = 0
-    seen = cv2.morphologyEx(above, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
-    seen[fan] = 0
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(seen, connectivity=8)
-    least = max(ISLAND_MIN_PX, ISLAND_SHARE * float(fan.sum()))
-    pieces = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= least]
-    if not pieces:
-        return fan
-    picked = np.unique(np.linspace(0, len(frames) - 1, WALLS_FRAMES).astype(int))
-    sample = np.stack([np.asarray(frames[i]) for i in picked])
-    changing = sample.max(axis=0) != sample.min(axis=0)
-    walls = []
-    cols = np.flatnonzero(fan.any(axis=0))
-    span = (int(cols[0]), int(cols[-1]))
-    for i in sorted(pieces, key=lambda j: -int(stats[j, cv2.CC_STAT_AREA])):
-        if float(changing[labels == i].mean()) < WALLS_CHANGING:
-            continue
-        # stacked with the fan along the beams (the near wall above a body, the far wall below it),
-        # not beside it: the second image of a dual display is no wall of the first
-        x0 = int(stats[i, cv2.CC_STAT_LEFT])
-        x1 = x0 + int(stats[i, cv2.CC_STAT_WIDTH]) - 1
-        shared = min(x1, span[1]) - max(x0, span[0]) + 1
-        if shared < WALLS_STACKED * min(x1 - x0 + 1, span[1] - span[0] + 1):
-            continue
-        walls.append(i)
-        span = (min(span[0], x0), max(span[1], x1))
-    if not walls:
-        return fan
-    hull = _filled_hull(fan | np.isin(labels, walls))
-    if not _fan_shaped(hull) or float(hull.sum()) < 1.05 * float(_filled_hull(fan).sum()):
-        return fan
-    return fan | hull
 
 
 def _outside_border_share(fan: np.ndarray) -> float:
