@@ -862,14 +862,21 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             drop = box.addButton("Close without it", QMessageBox.DestructiveRole)
             box.addButton(QMessageBox.Cancel)
             box.setDefaultButton(wait)
-            box.exec()
+            ended: list[bool] = []  # how the save went while the box was open (the panel may give up)
+            self.review.saving_ended.connect(ended.append)
+            try:
+                box.exec()
+            finally:
+                self.review.saving_ended.disconnect(ended.append)
             if box.clickedButton() is drop:
                 self.review.drop_waiting_verdict()
                 return True
             if box.clickedButton() is not wait:
                 return False
-            if self.review.waiting_verdict() is None:  # saved (or given up, and said) while the box was open
-                return True
+            if self.review.waiting_verdict() is None:
+                # saved while the box was open: close; given up (and said how to enter it again): stay,
+                # where that can be done (it closed, the verdict lost)
+                return bool(ended) and ended[-1]
         self._close_when_saved = True
         self.notify(f"Frame {frame}'s verdict waits for the review database (another program is writing to it): "
                     "the window closes once it is saved.", 30000)
@@ -925,7 +932,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         return window_tools.write_screenshot(self, path)
 
     def closeEvent(self, ev):  # noqa: N802
-        if not self._close_after_waiting_verdict() or not self._keep_unsaved_verdict("closing"):
+        # (a verdict saved at the question may find the database busy: it then waits as any other)
+        if (not self._close_after_waiting_verdict() or not self._keep_unsaved_verdict("closing")
+                or not self._close_after_waiting_verdict()):
             ev.ignore()
             return
         self.model.set_playing(False)

@@ -230,8 +230,10 @@ class ReviewPanel(QWidget):
         return self._store
 
     def unsaved_verdict(self) -> tuple[int, str] | None:
-        """The verdict chosen on the frame shown but not saved yet (Enter): ``(frame, label)``."""
-        if self.session is None or self._pending is None or self._pending_frame != self.model.frame:
+        """The verdict chosen on the frame shown but not saved yet (Enter): ``(frame, label)``.
+        None while it is being saved (it waits for the database: :meth:`waiting_verdict`)."""
+        if (self.session is None or self._pending is None or self._pending_frame != self.model.frame
+                or self._saving is not None):
             return None
         return self._pending_frame, self._pending
 
@@ -242,8 +244,12 @@ class ReviewPanel(QWidget):
         return None if job is None else (job.frame, job.label)
 
     def drop_waiting_verdict(self) -> None:
-        """Give up the verdict that waits for the database (the trainer chose to close without it)."""
-        self._saving = None
+        """Give up the verdict that waits for the database (the trainer chose to close without it):
+        it is no longer chosen either (closing asked a second time whether to save it, and saving
+        it waited out the lock on the window's thread)."""
+        job, self._saving = self._saving, None
+        if job is not None and self._pending_frame == job.frame:
+            self._pending = None
 
     def close_store(self) -> None:
         self.finish_saving()

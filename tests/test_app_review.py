@@ -542,3 +542,46 @@ def test_closing_while_a_verdict_waits_for_the_database_keeps_the_window_open_un
     with contextlib.closing(sqlite3.connect(db)) as con:
         rows = con.execute("SELECT label FROM verdicts WHERE frame = ?", (frame,)).fetchall()
     assert rows == [("suboptimal",)]
+
+
+@pytest.mark.parametrize("answer", ["Close without it", "Close when saved"])
+def test_the_answers_to_closing_while_a_verdict_waits_are_kept(qtbot, tmp_path, monkeypatch, answer):
+    """Where someone is asked (a real screen): "Close without it" asked a second question (the
+    verdict still counted as chosen), whose default, Save, waited out the lock on the window's
+    thread (5 s) and then said "press Enter to try again" in a closing window; "Close when saved"
+    closed without the verdict when the save gave up while the question was open."""
+    from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QMessageBox
+
+    from app import review_panel
+
+    win, db, _messages = _reviewing(qtbot, tmp_path, "lu")
+    monkeypatch.setattr(QGuiApplication, "platformName", staticmethod(lambda: "xcb"))
+    asked, chosen = [], {}
+
+    def exec_(box):
+        asked.append(box.text())
+        if answer == "Close when saved":  # the question stays open past the time the panel gives up
+            win.review._saving.started -= review_panel.SAVE_GIVE_UP_S + 1
+            win.review._retry_save()
+        chosen["button"] = next(b for b in box.buttons() if b.text() == answer)
+        return 0
+
+    monkeypatch.setattr(QMessageBox, "exec", exec_)
+    monkeypatch.setattr(QMessageBox, "clickedButton", lambda box: chosen.get("button"))
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(
+        lambda *a, **k: (asked.append(a[2]), QMessageBox.Save)[1]))
+    monkeypatch.setattr(QMessageBox, "warning", staticmethod(lambda *a, **k: asked.append(a[2])))
+    closed: list[int] = []
+    win.closed.connect(lambda: closed.append(1))
+    press(win, "2")
+    with _held_by_another_program(db):
+        press(win, "\n")
+        started = time.monotonic()
+        win.close()
+        assert time.monotonic() - started < 1.0  # never the database's busy timeout on the window's thread
+    assert not any("is chosen but not saved" in text for text in asked), asked
+    if answer == "Close without it":
+        assert closed and len(asked) == 1
+    else:  # given up: the window stays where the verdict can be entered again, and said so
+        assert not closed and win.isVisible() and "press Enter to try again" in asked[-1]
