@@ -611,7 +611,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         m = self.model
         fl = m.last_flags
         f = m.frame
-        if not m.overlay_visible or (f not in fl.chosen_best() and f != fl.chosen) or self.review.hides_model():
+        if (not m.overlay_visible or (f not in fl.chosen_best() and f != fl.chosen) or self.review.hides_model()
+                or m.answer_held):  # (judged again for a new pixel size: no reading until it is)
             self.frame_view.hide_ellipse()
             return
         ac = m.measure_ac(f)
@@ -758,6 +759,12 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._answer_count = ""  # the answer's "· 17/80 scored", kept level with the progress bar
         if self.review.active and self.review.blinded.isChecked():
             self.status_ac.setText("AC hidden (blinded review)")
+            return
+        if m.answer_held:
+            # the masks are judged again for a new pixel size: the AC measured with it beside the old
+            # one's doubt read as an answer ("AC 96.1 mm (doubtful: implausible size)", then plain)
+            self.status_ac.setText("AC – (the masks are being judged again for the new pixel size…)")
+            self.status_ac.setToolTip("")
             return
         chosen = m.flags.chosen
         part = m.partial_count()

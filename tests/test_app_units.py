@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 
 import numpy as np
 import pytest
@@ -222,11 +223,17 @@ def test_setting_the_pixel_spacing_judges_the_masks_again_off_the_windows_thread
 
     def judged(*args, **kwargs):
         where.append(threading.current_thread() is threading.main_thread())
+        time.sleep(0.02)  # (a full case's pace: the answer is seen while it is held)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(frame_choice, "mask_shape", judged)
     assert window_tools.ask_spacing(window, 0.4) is True
-    qtbot.waitUntil(lambda: not window.model.answer_held, timeout=10000)
+    # while held, no reading: the AC measured with the new size beside the old size's doubt read as
+    # an answer ("AC 96.1 mm (doubtful: implausible size)", plain once judged)
+    assert window.model.answer_held
+    window.update_case_status()
+    assert "judged again for the new pixel size" in window.status_ac.text() and "mm" not in window.status_ac.text()
+    qtbot.waitUntil(lambda: not window.model.answer_held, timeout=20000)
     window.refresh()
     assert window.status_ac.text() != before
     assert where and not any(where)  # judged, and never on the window's thread
