@@ -605,7 +605,8 @@ def rescore_reason(record: dict | None, fhash: str | None, columns: dict, thresh
         earlier = record.get("threshold")
         if isinstance(earlier, (int, float)) and abs(float(earlier) - float(threshold)) > 1e-9:
             return f"scored before at threshold {float(earlier):g} (now {float(threshold):g})"
-        if record.get("precision") != columns.get("precision"):
+        asked = any("@" in key for key in accepted)  # (--precision given: see run_settings_keys)
+        if asked and record.get("precision") != columns.get("precision"):
             return f"scored before in {record.get('precision')} (now {columns.get('precision')}, as asked)"
         return "scored before with other settings (pixel spacing or cascade)"
     if folder is not None and not all((folder / name).is_file() for name in needed_files):

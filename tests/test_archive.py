@@ -555,3 +555,18 @@ def test_a_killed_launchs_state_on_this_machine_goes_with_the_next_finished_run(
     ar.remove_state(tmp_path)  # a run of one process has no state of its own
     assert not runs["killed"].exists()
     assert runs["alive"].exists() and runs["elsewhere"].exists()
+
+
+def test_a_rescore_reason_names_the_number_format_only_when_one_was_asked_for():
+    """A rerun with --spacing on a machine that chose bf16 by itself said "rescored: scored before
+    in fp32 (now bf16, as asked)": nothing was asked, and the cause was the spacing."""
+    hashes = {"cls_hash": "c", "seg_hash": "s", "base_hash": "b", "precision": "bf16"}
+    columns = ar.bundle_columns(type("M", (), {"cls": None, "seg": None})(), hashes)
+    old = ar.run_settings_keys(dict(hashes, precision="fp32"), 0.5)
+    record = {"status": "ok", "file_hash": "f", "settings_key": old[0], "threshold": 0.5, "precision": "fp32",
+              **dict(columns, precision="fp32")}
+    left = ar.run_settings_keys(hashes, 0.5, spacing=0.3)
+    assert ar.rescore_reason(record, "f", columns, 0.5, left) == \
+        "scored before with other settings (pixel spacing or cascade)"
+    asked = ar.run_settings_keys(hashes, 0.5, precision_asked=True)
+    assert ar.rescore_reason(record, "f", columns, 0.5, asked) == "scored before in fp32 (now bf16, as asked)"
