@@ -107,7 +107,12 @@ def test_model_run_round_trips_arrays_and_masks(tmp_path):
         np.testing.assert_array_equal(masks[3], mask)
         with pytest.raises(ValueError, match="4 values"):
             store.add_model_run(sid, {}, np.zeros(4), np.zeros(5), np.zeros(5), np.zeros(5))
-        assert len(store.model_runs(sid)) == 1  # the failed call left nothing behind
+        # only a number to act on is stored: an AC of 60 mm was written, then called a damaged row
+        # that stopped every export of the database
+        for reading in ({"ac_mm": 60.0}, {"ac_mm": 250.0, "ga_weeks": -5.0}):
+            with pytest.raises(ValueError, match="AC 60|GA -5"):
+                store.add_model_run(sid, {}, np.zeros(5), np.zeros(5), np.zeros(5), np.zeros(5), **reading)
+        assert len(store.model_runs(sid)) == 1  # the failed calls left nothing behind
 
 
 def test_reentered_verdict_keeps_history_and_latest_wins(tmp_path):

@@ -280,19 +280,21 @@ def _weeks_range() -> tuple[float, float]:
     return tuple(hadlock_ga(ac).weeks for ac in HADLOCK_AC_RANGE_MM)
 
 
-def _stored_reading(ac: Any, ga: Any, what: str) -> tuple[float | None, float | None]:
+def stored_reading(ac: Any, ga: Any, what: str, error: type[Exception] = None) -> tuple[float | None, float | None]:
     """A run's AC and GA. Only a number to act on is stored (analysis.units.read_ac): an AC
     outside the plausible 75-420 mm or a GA outside Hadlock's range of weeks was written by
-    another program (1e308 mm and -5 weeks were exported as plain numbers, ac_status "ok")."""
+    another program (1e308 mm and -5 weeks were exported as plain numbers, ac_status "ok").
+    ``error``: what is raised (a :class:`DamagedRow` by default; the store refuses to write one)."""
     from fetaliqa_core.analysis.units import AC_PLAUSIBLE_MM
 
+    error = error or DamagedRow
     ac = ac if isinstance(ac, (int, float)) else None
     ga = ga if isinstance(ga, (int, float)) else None
     if ac is not None and not AC_PLAUSIBLE_MM[0] <= round(ac, 1) <= AC_PLAUSIBLE_MM[1]:  # as shown
-        raise DamagedRow(f"{what}: AC {ac:.4g} mm")
+        raise error(f"{what}: AC {ac:.4g} mm" if what else f"AC {ac:.4g} mm is not a number to act on (75-420 mm)")
     lo, hi = _weeks_range()
     if ga is not None and not lo - 0.01 <= ga <= hi + 0.01:  # stored to 0.01 week
-        raise DamagedRow(f"{what}: GA {ga:.4g} weeks")
+        raise error(f"{what}: GA {ga:.4g} weeks" if what else f"GA {ga:.4g} weeks is outside Hadlock's range")
     return ac, ga
 
 
@@ -310,7 +312,7 @@ def run_from_row(row: tuple) -> ModelRun:
         raise DamagedRow(what) from None
     if chosen is not None and (not isinstance(chosen, int) or not -1 <= chosen < n):
         raise DamagedRow(what)
-    ac, ga = _stored_reading(ac, ga, what)
+    ac, ga = stored_reading(ac, ga, what)
     return ModelRun(id=rid, sweep_id=sid, created=created, bundles=info, threshold=threshold,
                     seg_threshold=seg_threshold, p_cls=_blob(p_cls, "<f4", n, what),
                     p_seg=_blob(p_seg, "<f4", n, what), seg_area_px=_blob(area, "<i4", n, what),

@@ -501,6 +501,13 @@ class ReviewStore:
             raise ValueError(f"flagged has {flagged_arr.shape[0]} values; the sweep has {n}")
         if chosen_frame is not None and not 0 <= int(chosen_frame) < n:
             raise ValueError(f"chosen_frame {chosen_frame} is outside 0..{n - 1}")
+        # only a number to act on is stored (records.run_from_row calls anything else a damaged row,
+        # and the export of the whole database stopped on what this method had accepted)
+        from fetaliqa_core.review.records import stored_reading
+
+        stored_reading(None if ac_mm is None or not np.isfinite(ac_mm) else float(ac_mm),
+                       None if ga_weeks is None or not np.isfinite(ga_weeks) else float(ga_weeks), "",
+                       error=ValueError)
         run_insert = (
             "INSERT INTO model_runs (sweep_id, created_utc, bundles, threshold, seg_threshold, "
             "p_cls, p_seg, seg_area_px, flagged, chosen_frame, ac_mm, ga_weeks) "
