@@ -1091,3 +1091,14 @@ def test_the_narrow_end_of_an_egg_shaped_abdomen_cut_off_counts_as_extrapolated(
     for cx in (360, 400):
         shape = fc.mask_shape(_egg(cx, 0.2)[0], fov, 0.25)
         assert shape.plausible and shape.problem is None, (cx, shape.problem)
+    # an outline that only touches the edge, or runs along it as its own ellipse does, hides nothing
+    # more than that ellipse says (counting every outline pixel near the edge, a touch read 6-12 %)
+    yy, xx = np.mgrid[0:224, 0:224]
+    edge = yy < 180
+    for ripple in (0.0, 0.01):
+        for cut, most in ((0, 0.05), (3, 0.15)):
+            cy = 180 - 40 + cut
+            rho = np.hypot((xx - 112) / 50.0, (yy - cy) / 40.0)
+            mask = rho <= 1 + ripple * np.sin(7 * np.arctan2(yy - cy, xx - 112))
+            shape = fc.mask_shape(mask.astype(np.uint8), edge, 0.6)
+            assert shape.extrapolated < most and shape.problem is None, (ripple, cut, shape.extrapolated)

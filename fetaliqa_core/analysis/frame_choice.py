@@ -302,8 +302,9 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
     contour = max(contours, key=len)
     outline = contour.reshape(-1, 2)
     # the outline along the fan's edge is the fan's, not the abdomen's: fit the rest
-    keep = ~_border_zone(fov, region.shape)[outline[:, 1], outline[:, 0]]
-    along = 1.0 - float(keep.mean())  # the share of the outline cut straight along the field's edge
+    zone = _border_zone(fov, region.shape)
+    keep = ~zone[outline[:, 1], outline[:, 0]]
+    along = 1.0 - float(keep.mean())  # the share of the outline that runs along the field's edge
     outline = outline[keep]
     if len(outline) < 6:
         return MaskShape(False, 0.0, 0.0, 0.0, 0.0, 0.0, None, "too small or cut off")
@@ -322,11 +323,14 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
     # passed as a whole abdomen whose AC was extrapolated from a quarter of it)
     inside = float(ell.sum() if fov is None else (ell & fov).sum())
     in_fan = min(1.0, inside / max(ell_area, float(ell.sum()), 1.0))
-    # what the fitted ellipse leaves outside, or at least the edge the mask is cut along: the hidden
-    # outline is no shorter than that chord (the narrow end of an egg-shaped abdomen cut off: its
-    # fitted ellipse, fat, left 0-10 % outside where 9-16 % of the outline was, and read 1.4-2.8 % short)
-    extrapolated = max(_outline_outside((cx, cy), (w, h), angle, fov, region.shape), along)
     clipped = ell if fov is None else ell & fov
+    # what the fitted ellipse leaves outside, and the edge the mask is cut along beyond what the
+    # ellipse, clipped the same way, runs along (the hidden outline is no shorter than that chord):
+    # the narrow end of an egg-shaped abdomen cut off, its fitted ellipse fat, left 0-10 % outside
+    # where 9-16 % of the outline was, and read 1.4-2.8 % short. (The chord alone counted outline
+    # pixels that touch the edge: an outline whole but for a touch read 6-12 % unseen.)
+    extrapolated = _outline_outside((cx, cy), (w, h), angle, fov, region.shape)
+    extrapolated += max(0.0, along - _edge_run(clipped, zone))
     union = float((clipped | piece).sum())
     iou = float((clipped & piece).sum()) / union if union else 0.0
     ratio = b / a
@@ -366,6 +370,15 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
     if ok and grey is not None:
         shape = judge_outline(shape, grey() if callable(grey) else grey, fov)
     return shape
+
+
+def _edge_run(region: np.ndarray, zone: np.ndarray) -> float:
+    """The share of ``region``'s outer outline (its largest piece's) that lies in ``zone``."""
+    contours, _ = cv2.findContours(np.asarray(region, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return 0.0
+    outline = max(contours, key=len).reshape(-1, 2)
+    return float(zone[outline[:, 1], outline[:, 0]].mean())
 
 
 def arc_deviation(outline: np.ndarray, ellipse: tuple) -> float:
