@@ -4,6 +4,7 @@ frame as a picture, and the About box."""
 from __future__ import annotations
 
 import platform
+import re
 import textwrap
 from pathlib import Path
 
@@ -39,9 +40,15 @@ def name_for_path(text: str) -> str:
     folder left no room for the reason (the whole message stays in the tooltip)."""
     head, sep, rest = text.partition(": ")
     if not sep or "\n" in head or not (head.startswith(("/", "~", "\\")) or head[1:3] in (":\\", ":/")):
-        return text
+        # a path inside the line ("model bundle /a/b/c is not a directory; give ...") took the room the
+        # same way: its name stands for it
+        return _DEEP_PATH.sub(lambda m: m.group(1), text)
     name = Path(head.replace("\\", "/")).name
     return f"{name}: {rest}" if name else text
+
+
+#: An absolute path of two folders or more within a line (no spaces in it), its last part captured.
+_DEEP_PATH = re.compile(r"(?<![\w./~])/(?:[^\s/:;,]+/){2,}([^\s/:;,]+)")
 
 
 def default_frame_name(win) -> str:

@@ -337,6 +337,11 @@ def test_a_file_that_cannot_be_opened_shows_its_reason_in_the_status_bar(qtbot, 
     assert win.status_message.toolTip() == warnings[-1]
     win.notify("Sweep 2 has no best frame: none passes.")  # no path: as it is
     assert win.status_message.full_text() == "Sweep 2 has no best frame: none passes."
+    # a path inside the line (a model bundle that is not a folder) took the room the same way
+    win.notify(f"model bundle {deep} is not a directory; give the folder that holds manifest.json")
+    assert win.status_message.full_text() == ("model bundle trunc.mha is not a directory; give the folder that "
+                                              "holds manifest.json")
+    assert str(deep) in win.status_message.toolTip()
 
 
 def test_what_reading_a_file_did_is_shown_when_it_opens(qtbot, make_window, tmp_path):
