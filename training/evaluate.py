@@ -171,10 +171,15 @@ def _training_record(models) -> tuple[dict, Path | None]:
     """The first bundle's record of how it was trained (the classifier's, else the segmenter's),
     and that bundle's folder."""
     for path, manifest in _manifests(models).values():
-        rec = manifest.metrics.get("training") if isinstance(manifest.metrics, dict) else None
+        rec = _record_of(manifest)
         if isinstance(rec, dict):
             return rec, path
     return {}, None
+
+
+def _record_of(manifest) -> Any:
+    """What a manifest's metrics record of its training (None without one; not checked further)."""
+    return manifest.metrics.get("training") if isinstance(manifest.metrics, dict) else None
 
 
 def _split_settings(settings: EvalSettings, models) -> tuple[int, bool, str]:
@@ -268,7 +273,7 @@ def training_overlap_note(metrics: dict, whose: str = "these bundles") -> str | 
 
 def _preset(manifest) -> str:
     """The training preset recorded in a bundle's manifest ("fetaliqa" for bundles from before presets)."""
-    rec = manifest.metrics.get("training") if isinstance(manifest.metrics, dict) else None
+    rec = _record_of(manifest)
     return str(rec.get("preset", "fetaliqa")) if isinstance(rec, dict) else "unknown"
 
 

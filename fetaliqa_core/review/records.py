@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -274,13 +274,15 @@ def _blob(blob: Any, dtype: str, n: int, what: str) -> np.ndarray:
     return from_blob(blob, dtype)
 
 
+@cache
 def _weeks_range() -> tuple[float, float]:
     from fetaliqa_core.analysis.ac import HADLOCK_AC_RANGE_MM, hadlock_ga
 
     return tuple(hadlock_ga(ac).weeks for ac in HADLOCK_AC_RANGE_MM)
 
 
-def stored_reading(ac: Any, ga: Any, what: str, error: type[Exception] = None) -> tuple[float | None, float | None]:
+def stored_reading(ac: Any, ga: Any, what: str,
+                   error: type[Exception] | None = None) -> tuple[float | None, float | None]:
     """A run's AC and GA. Only a number to act on is stored (analysis.units.read_ac): an AC
     outside the plausible 75-420 mm or a GA outside Hadlock's range of weeks was written by
     another program (1e308 mm and -5 weeks were exported as plain numbers, ac_status "ok").

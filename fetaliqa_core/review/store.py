@@ -505,9 +505,9 @@ class ReviewStore:
         # and the export of the whole database stopped on what this method had accepted)
         from fetaliqa_core.review.records import stored_reading
 
-        stored_reading(None if ac_mm is None or not np.isfinite(ac_mm) else float(ac_mm),
-                       None if ga_weeks is None or not np.isfinite(ga_weeks) else float(ga_weeks), "",
-                       error=ValueError)
+        ac_mm = None if ac_mm is None or not np.isfinite(ac_mm) else float(ac_mm)
+        ga_weeks = None if ga_weeks is None or not np.isfinite(ga_weeks) else float(ga_weeks)
+        stored_reading(ac_mm, ga_weeks, "", error=ValueError)
         run_insert = (
             "INSERT INTO model_runs (sweep_id, created_utc, bundles, threshold, seg_threshold, "
             "p_cls, p_seg, seg_area_px, flagged, chosen_frame, ac_mm, ga_weeks) "
@@ -518,8 +518,7 @@ class ReviewStore:
              i32_blob(seg_area_px, n, "seg_area_px"),
              flagged_arr.astype(bool).astype(np.uint8).tobytes(),
              None if chosen_frame is None else int(chosen_frame),
-             None if ac_mm is None or not np.isfinite(ac_mm) else float(ac_mm),
-             None if ga_weeks is None or not np.isfinite(ga_weeks) else float(ga_weeks)))
+             ac_mm, ga_weeks))
         encoded = [(int(f), encode_mask(m)) for f, m in (masks or {}).items()]
         for frame, _ in encoded:
             if not 0 <= frame < n:
