@@ -412,3 +412,30 @@ def test_a_db_path_that_is_a_link_loop_is_said_so_not_called_missing(tmp_path):
     with pytest.raises(FetalIQAError, match="leads back to itself") as info:
         ReviewStore(loop, create=False)
     assert "does not exist" not in str(info.value)
+
+
+def test_a_database_the_user_may_not_read_is_called_unreadable_not_unwritable(tmp_path, monkeypatch):
+    """A database of mode 000 (another user's) gave an export, which only reads, "Cannot write the
+    review database ... check that the file and its folder are writable": the wrong permission to
+    ask for. (As root every file is readable, so the refusal SQLite gives another user is played.)"""
+    import fetaliqa_core.review.store as store_module
+
+    db = tmp_path / "theirs.sqlite3"
+    ReviewStore(db).close()
+    real_access = os.access
+
+    def no_read(path, mode, *args, **kwargs):
+        if Path(path) == db and mode & os.R_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    def refused(*args, **kwargs):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(store_module.os, "access", no_read)
+    monkeypatch.setattr(store_module.sqlite3, "connect", refused)
+    with pytest.raises(FetalIQAError) as caught:
+        ReviewStore(db, create=False, read_only=True)
+    text = str(caught.value)
+    assert "Cannot read" in text and "permission denied" in text
+    assert "writable" not in text

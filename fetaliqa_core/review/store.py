@@ -279,6 +279,12 @@ class ReviewStore:
         if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
             return DatabaseBusy(f"The review database {self.path} is busy (another FetalIQA "
                                  "window or command is writing to it). Try again in a moment.")
+        if (isinstance(exc, sqlite3.OperationalError) and "unable to open" in text
+                and self.path.exists() and not os.access(self.path, os.R_OK)):
+            # (an export only reads: "cannot write" sent its user to fix the wrong permission)
+            return FetalIQAError(f"Cannot read the review database {self.path}: permission denied. "
+                                 "Ask its owner to let you read it (and write it, to enter verdicts), "
+                                 "or choose another file with --db.")
         if isinstance(exc, sqlite3.OperationalError) and ("readonly" in text
                                                           or "unable to open" in text):
             return FetalIQAError(f"Cannot write the review database {self.path} ({text}): "
