@@ -140,13 +140,16 @@ class QualityCurve(QWidget):
             # at the right end: the sweep names sit at the left of each band
             labelOpts={"position": 0.985, "color": theme.THRESHOLD_COLOUR, "anchors": [(1, 1), (1, 1)]})
         self.threshold.setZValue(20)
+        self.threshold.sigPositionChanged.connect(self._place_threshold_words)
         self.threshold.sigDragged.connect(lambda line: self.threshold_moved.emit(float(line.value())))
         self.vb.addItem(self.threshold)
         self._threshold_words = self.threshold.label.format
         self.seg_line = pg.InfiniteLine(
             pos=0.5, angle=0, movable=False, pen=pg.mkPen(theme.SEG_COLOUR, width=1, style=Qt.DotLine),
             label="p_seg 0.50 (mask 1 %)",
-            labelOpts={"position": 0.985, "color": theme.SEG_COLOUR, "anchors": [(1, 0), (1, 0)]})
+            # left of the threshold's words (at the right end): with the threshold below 0.5 both
+            # were drawn in one place
+            labelOpts={"position": 0.62, "color": theme.SEG_COLOUR, "anchors": [(1, 0), (1, 0)]})
         self.seg_line.setZValue(19)
         self.seg_line.setVisible(False)
         self.vb.addItem(self.seg_line)
@@ -325,6 +328,18 @@ class QualityCurve(QWidget):
         if value != self._threshold_words.model:
             self._threshold_words.model = value
             self.threshold.label.valueChanged()
+
+    #: Above this the threshold's words go below its line: above it they were drawn over the
+    #: sweeps' names ("p_cls threshold 0.90" across "6 · sagittal"), which sit at the band's top.
+    WORDS_BELOW_ABOVE = 0.8
+
+    def _place_threshold_words(self, *_args) -> None:
+        below = self.threshold.value() > self.WORDS_BELOW_ABOVE
+        anchor = (1, 0) if below else (1, 1)
+        label = self.threshold.label
+        if label.anchors[0] != anchor:
+            label.anchors = [anchor, anchor]
+            label.updatePosition()
 
     def set_threshold(self, value: float) -> None:
         if abs(self.threshold.value() - value) > 1e-9:

@@ -277,3 +277,32 @@ def test_the_curve_shows_no_threshold_number_before_the_models_are_known(qtbot):
     win.use_models(fake_models())
     win._update_threshold_label()
     assert re.search(r"threshold \d\.\d\d$", win.curve.threshold.label.toPlainText())
+
+
+@pytest.mark.parametrize("value", [0.9, 0.85, 0.6, 0.5, 0.3, 0.1])
+def test_the_threshold_words_are_never_drawn_over_the_sweeps_names(qtbot, window, value):
+    """At 0.90 the line's words ("p_cls threshold 0.90 (model: 0.67)") sat above it, across the
+    sweep names at the top of the bands ("6 · sagittal"). They go below the line there, and stay
+    above it lower down; the segmenter's fixed line's words (below 0.5) were drawn over them with
+    a threshold under 0.5. (A line above ~0.92 runs through the names itself.)"""
+    from PySide6.QtCore import QPointF
+    from PySide6.QtWidgets import QApplication
+
+    _scored(qtbot, window, tiny_sweep(6, 10, height=72, width=96))
+    window.show()
+    window.resize(1366, 768)
+    window.model.set_threshold(value)
+    for _ in range(5):
+        QApplication.processEvents()
+    curve = window.curve
+    words = curve.threshold.label.sceneBoundingRect()
+    assert words.width() > 0
+    for name in curve._labels:
+        assert not words.intersects(name.sceneBoundingRect()), (value, name.toPlainText())
+    at = curve.vb.mapViewToScene(QPointF(0, value)).y()
+    seg_words = curve.seg_line.label.sceneBoundingRect()
+    if value > curve.WORDS_BELOW_ABOVE:
+        assert words.top() >= at - 1
+    else:
+        assert words.bottom() <= at + 1
+        assert not words.intersects(seg_words)
