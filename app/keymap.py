@@ -45,6 +45,8 @@ KEYMAP: tuple[KeyRow, ...] = (
     KeyRow("1 / 2 / 0", "review: optimal / suboptimal / not usable",
            (("1", "review_optimal"), ("2", "review_suboptimal"), ("0", "review_not_usable")), "review"),
     KeyRow("Enter", "review: save and next", (("Return", "review_save"), ("Enter", "review_save")), "review"),
+    KeyRow("Backspace / Del", "review: withdraw your verdict on the frame shown (it counts as not reviewed again; "
+           "the verdict history keeps it)", (("Backspace", "review_withdraw"), ("Del", "review_withdraw")), "review"),
     KeyRow("[ / ]", "review: previous / next in the queue",
            (("[", "review_prev"), ("]", "review_next")), "review"),
     KeyRow("Alt+R", "review menu: start, queue, best frames only, blinded, reviewer, export (the review panel"

@@ -1,9 +1,10 @@
 """Review panel: a trainer goes through a queue of flagged frames and enters verdicts.
 
 Keys (window-wide while a review is open): ``1`` optimal, ``2`` suboptimal, ``0`` not usable
-(choose the label), Enter save-and-next, ``[`` / ``]`` previous / next in the queue. Each
-verdict is committed to the review database when it is saved. The viewer (frame, overlay,
-curve cursor) follows the queue. The reviewer's name is asked once and remembered.
+(choose the label), Enter save-and-next, Backspace / Del withdraw the verdict on the frame shown,
+``[`` / ``]`` previous / next in the queue. Each verdict, and each withdrawal, is committed to
+the review database when it is saved. The viewer (frame, overlay, curve cursor) follows the
+queue. The reviewer's name is asked once and remembered.
 """
 
 from __future__ import annotations
@@ -134,6 +135,18 @@ class ReviewPanel(QWidget):
             self._group.addButton(b)
             self.label_buttons[label] = b
             row.addWidget(b)
+        # a key pressed on the wrong frame is taken back here (the frame counts as not judged)
+        self.withdraw_button = QPushButton("⌫  Withdraw")
+        self.withdraw_button.setObjectName("verdict_withdraw")
+        self.withdraw_button.setToolTip("Withdraw your verdict on this frame (Backspace or Del): it counts as not "
+                                        "reviewed again, in the queue, the progress, the report and the labels; "
+                                        "the verdict history keeps it")
+        self.withdraw_button.setFocusPolicy(Qt.NoFocus)
+        self.withdraw_button.clicked.connect(self.withdraw)
+        # beside the verdict it withdraws, above the verdict buttons (in their row it widened the panel)
+        verdict_row = QHBoxLayout()
+        verdict_row.addWidget(self.verdict_label, 1)
+        verdict_row.addWidget(self.withdraw_button)
 
         self.note = QLineEdit()
         self.note.setPlaceholderText("note (optional)")
@@ -174,7 +187,7 @@ class ReviewPanel(QWidget):
         lay.addWidget(self.progress_label)
         lay.addWidget(self.progress_bar)
         lay.addWidget(self.where_label)
-        lay.addWidget(self.verdict_label)
+        lay.addLayout(verdict_row)
         lay.addLayout(row)
         lay.addWidget(self.note)
         lay.addLayout(nav)
@@ -330,7 +343,7 @@ class ReviewPanel(QWidget):
 
     def _set_active(self, on: bool) -> None:
         for w in (self.queue_combo, self.note, self.prev_button, self.next_button, self.save_button,
-                  *self.label_buttons.values()):
+                  self.withdraw_button, *self.label_buttons.values()):
             w.setEnabled(on)
         self.start_button.setVisible(not on)
 
@@ -386,6 +399,49 @@ class ReviewPanel(QWidget):
         frame = self.model.frame
         self._attempt_save(_Save(self.session, frame, self._pending, self.note.text().strip(),
                                  self.hides_model(frame), time.monotonic()))
+
+    def withdraw(self) -> bool:
+        """Withdraw this reviewer's verdict on the frame shown (Backspace / Del, the Withdraw
+        button): the frame counts as not judged again, and a blinded review hides the model's call
+        on it again. A label chosen but not saved is only cleared. The withdrawal is committed at
+        once, waiting at most a moment for another program's write: while the database is busy
+        (or a verdict still waits for it) it is refused, saying so, the verdict shown as it
+        stands, rather than kept waiting where closing the window could lose it. True when a
+        verdict was withdrawn."""
+        if self.session is None:
+            self.message.emit("Start the review to withdraw a verdict: no review is open.")
+            return False
+        frame = self.model.frame
+        if self._saving is not None:
+            self.message.emit(f"Frame {self._saving.frame}'s verdict still waits for the review database (another "
+                              "program is writing to it): withdraw once it is saved.")
+            return False
+        label = self.model.verdicts.get(frame)
+        if label is None:
+            if self._pending is not None and self._pending_frame == frame:
+                self._pending = None
+                self._sync_buttons()
+                self.message.emit(f"Frame {frame}: the label chosen is cleared (it was not saved).")
+            else:
+                self.message.emit(f"Frame {frame} has no verdict of yours to withdraw.")
+            return False
+        try:
+            self.session.withdraw(frame, wait_ms=SAVE_WAIT_MS)
+        except DatabaseBusy as exc:
+            QMessageBox.warning(self, "Review", f"{exc} Your verdict on frame {frame} ({label.replace('_', ' ')}) "
+                                "stands, not withdrawn: press Backspace again in a moment.")
+            return False
+        except FetalIQAError as exc:
+            QMessageBox.warning(self, "Review", str(exc))
+            return False
+        self._pending = None
+        self.note.setText("")
+        hidden = " The model's call on it is hidden again (blinded review)." if self.hides_model(frame) else ""
+        self.message.emit(f"Withdrew your verdict on frame {frame} ({label.replace('_', ' ')}): it counts as not "
+                          f"reviewed.{hidden}")
+        self.blinding_changed.emit()
+        self.refresh()
+        return True
 
     def _attempt_save(self, job: _Save, wait_ms: int | None = SAVE_WAIT_MS) -> bool:
         """Save ``job``'s verdict; while another program holds the database, try again later
@@ -574,10 +630,12 @@ class ReviewPanel(QWidget):
         self._export_csv("Export verdict history (CSV)", "fetaliqa-verdict-history.csv", self.write_history)
 
     def write_history(self, out: Path) -> int | None:
-        """Every verdict ever entered, replaced ones too, all sweeps (as `fetaliqa review history`)."""
+        """Every verdict ever entered, replaced ones too, and every withdrawal, all sweeps (as
+        `fetaliqa review history`)."""
         from fetaliqa_core.review.report import write_history_csv
 
-        return self._write_csv(write_history_csv, out, "Export verdict history", "verdicts (replaced ones included)")
+        return self._write_csv(write_history_csv, out, "Export verdict history",
+                               "rows (replaced verdicts and withdrawals included)")
 
     def _export_csv(self, title: str, name: str, write) -> None:
         path, _ = QFileDialog.getSaveFileName(self, title, str(Path.home() / name), "CSV (*.csv)")
@@ -616,6 +674,7 @@ class ReviewPanel(QWidget):
         for name, b in self.label_buttons.items():
             b.setChecked(name == label)
         self._group.setExclusive(True)
+        self.withdraw_button.setEnabled(self.session is not None and label is not None)
 
     def _update_where(self) -> None:
         m = self.model

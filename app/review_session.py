@@ -184,5 +184,24 @@ class ReviewSession:
             self.model.set_verdicts(self.model.verdicts, self._queue_progress(kind, self.model.queue))
         return verdict
 
+    def withdraw(self, frame: int | None = None, wait_ms: int | None = None) -> object:
+        """Withdraw this reviewer's verdict on ``frame`` (default: the current frame) and commit
+        it (``ReviewStore.withdraw_verdict``: ``DatabaseBusy`` after ``wait_ms``, nothing changed).
+        The frame counts as not judged again; the viewer stays on it, and the queue and the
+        progress follow (the frame comes back into "unreviewed", and leaves the disagreements it
+        was in for the verdict alone)."""
+        frame = self.model.frame if frame is None else int(frame)
+        kind = self.model.queue_kind
+        withdrawal = self.store.withdraw_verdict(self.sweep_id, frame, self.reviewer, queue=kind, wait_ms=wait_ms)
+        self.model.verdicts.pop(frame, None)
+        self.notes.pop(frame, None)
+        frames = self._queue_frames(kind)
+        if frame in frames:
+            pos = frames.index(frame)
+        else:  # the viewer stays on the frame; ] goes on to the queue's next frame after it
+            pos = max([k for k, f in enumerate(frames) if f < frame], default=0)
+        self.model.set_review_queue(kind, frames, pos, self._queue_progress(kind, frames), follow=False)
+        return withdrawal
+
     def verdict_for(self, frame: int):
         return self.store.verdict_for(self.sweep_id, frame, self.reviewer)

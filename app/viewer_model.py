@@ -633,8 +633,9 @@ class ViewerModel:
 
     # -- review queue (filled by app.review_session.ReviewSession) -------------------------
     def set_review_queue(self, kind: str, frames: list[int], position: int = 0,
-                         progress: tuple[int, int] | None = None) -> None:
-        """Show a review queue; the viewer follows its current frame."""
+                         progress: tuple[int, int] | None = None, follow: bool = True) -> None:
+        """Show a review queue; the viewer follows its current frame (``follow`` False: the
+        frame shown stays, as after a verdict withdrawn on a frame the queue no longer holds)."""
         if kind not in QUEUE_KINDS:
             raise ValueError(f"unknown queue {kind!r}")
         self.queue_kind = kind
@@ -642,7 +643,7 @@ class ViewerModel:
         self.queue_pos = int(min(max(position, 0), max(len(self.queue) - 1, 0)))
         if progress is not None:
             self.review_progress = (int(progress[0]), int(progress[1]))
-        if self.queue:
+        if self.queue and follow:
             self.set_frame(self.queue[self.queue_pos])
         self.events.review.emit()
 

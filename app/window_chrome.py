@@ -288,7 +288,7 @@ def build_actions(win) -> None:
     win.act_export = action("Export report…", win.review.export_report)
     win.act_labels = action("Export reviewer labels…", win.review.export_labels)
     win.act_history = action("Export verdict history…", win.review.export_history,
-                             "Every verdict entered, the replaced ones too (CSV)")
+                             "Every verdict entered, the replaced and withdrawn ones too (CSV)")
     win.act_quit = action("Quit", win.close, shortcut=QKeySequence.Quit)
     win.act_keys = action("Keyboard shortcuts", win.show_keys)
     win.act_about = action("About FetalIQA", win.show_about)
@@ -367,7 +367,7 @@ def build_actions(win) -> None:
         "review_optimal": lambda: review.choose("optimal"),
         "review_suboptimal": lambda: review.choose("suboptimal"),
         "review_not_usable": lambda: review.choose("not_usable"),
-        "review_save": review.save_and_next,
+        "review_save": review.save_and_next, "review_withdraw": review.withdraw,
         "review_prev": lambda: review.move(-1), "review_next": lambda: review.move(1),
     })
 

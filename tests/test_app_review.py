@@ -97,6 +97,74 @@ def test_keys_commit_verdicts_and_resume_after_restart(qtbot):
     assert win2.model.verdicts[first] == "optimal"
 
 
+def test_a_verdict_withdrawn_in_the_window_leaves_the_frame_not_reviewed(qtbot, tmp_path, no_modal):
+    """A verdict key pressed on the wrong frame could not be taken back: the frame counted as
+    judged in the queue, the progress and every export. Backspace (or Del, or the panel's
+    Withdraw) withdraws it: the panel shows no verdict, the progress drops, the database keeps it
+    as withdrawn, and a blinded review hides the model's call on the frame again."""
+    win, db, messages = _reviewing(qtbot, tmp_path, "vi")
+    panel = win.review
+    assert panel.start()
+    panel.blinded.setChecked(True)
+    frame = win.model.frame
+    total = len(win.model.queue)
+    assert panel.hides_model() and not panel.withdraw_button.isEnabled()
+    press(win, "1")
+    press(win, "\n")
+    assert win.model.frame != frame and f"1 / {total}" in panel.progress_label.text()
+    win.model.set_frame(frame)
+    QApplication.processEvents()
+    assert panel.verdict_label.text() == "Your verdict: optimal" and not panel.hides_model()
+    assert panel.withdraw_button.isEnabled() and win.frame_view.overlay.isVisible()
+    panel.note.setFocus()  # Backspace in the note field edits the note
+    QTest.keyClicks(panel.note, "ab")
+    QTest.keyClick(panel.note, Qt.Key_Backspace)
+    QApplication.processEvents()
+    assert panel.note.text() == "a" and win.model.verdicts[frame] == "optimal"
+    win.splitter.setFocus()
+
+    QTest.keyClick(win.splitter, Qt.Key_Backspace)
+    QApplication.processEvents()
+    assert win.model.frame == frame and frame not in win.model.verdicts
+    assert panel.verdict_label.text() == "Not reviewed yet"
+    assert not any(b.isChecked() for b in panel.label_buttons.values()) and not panel.withdraw_button.isEnabled()
+    assert f"0 / {total}" in panel.progress_label.text() and win.model.review_progress == (0, total)
+    assert messages[-1].startswith(f"Withdrew your verdict on frame {frame} (optimal)")
+    assert "hidden again" in messages[-1]
+    assert panel.hides_model() and not win.frame_view.overlay.isVisible()
+    with ReviewStore(db) as store:
+        assert store.verdicts(reviewer="vi") == []
+        assert [(v.frame, v.label, v.withdrawn) for v in store.verdicts(reviewer="vi", history=True)] == [
+            (frame, "optimal", False), (frame, "optimal", True)]
+    QTest.keyClick(win.splitter, Qt.Key_Delete)  # nothing left to withdraw: said, nothing written
+    QApplication.processEvents()
+    assert messages[-1] == f"Frame {frame} has no verdict of yours to withdraw."
+    press(win, "2")
+    press(win, "\n")
+    assert win.model.verdicts[frame] == "suboptimal" and f"1 / {total}" in panel.progress_label.text()
+    assert not no_modal
+
+
+def test_a_withdrawal_while_another_program_holds_the_database_is_refused_at_once(qtbot, tmp_path, no_modal):
+    """Withdrawing is saved as a verdict is, at once: under another program's write lock the
+    window does not freeze for the busy timeout, says the verdict stands, and shows it so."""
+    win, db, _ = _reviewing(qtbot, tmp_path, "wu")
+    panel = win.review
+    press(win, "0")
+    frame = win.model.frame
+    press(win, "\n")
+    win.model.set_frame(frame)
+    QApplication.processEvents()
+    with _held_by_another_program(db):
+        started = time.monotonic()
+        panel.withdraw_button.click()
+        assert time.monotonic() - started < 1.0
+    assert "busy" in no_modal[-1] and f"on frame {frame} (not usable) stands" in no_modal[-1]
+    assert win.model.verdicts[frame] == "not_usable" and panel.verdict_label.text() == "Your verdict: not usable"
+    panel.withdraw_button.click()
+    assert frame not in win.model.verdicts and panel.session.store.verdicts(panel.session.sweep_id) == []
+
+
 def test_reviewer_name_asked_once_and_queue_switch(qtbot, monkeypatch):
     asked = []
 

@@ -562,15 +562,42 @@ def test_a_long_note_is_cut_in_the_pdf_page_only(tmp_path):
     assert "x" * 100_000 in html_page
 
 
+def test_a_withdrawn_verdict_is_in_no_report_label_or_agreement_but_in_the_history(store, tmp_path, capsys):
+    """A verdict pressed on the wrong frame went into the report, the agreement with the model and
+    the labels for training, with no way to take it back. Withdrawn, it is in none of them; the
+    history shows it and its withdrawal, neither current."""
+    sid = store.find_sweep("a1").id
+    store.withdraw_verdict(sid, 9, "alice")
+    store.withdraw_verdict(sid, 2, "alice")  # (replaced once before)
+    labels = [(int(r["frame"]), r["reviewer"]) for r in csv.DictReader(io.StringIO(labels_csv_text(store)))]
+    assert labels == [(10, "alice"), (10, "bob"), (11, "alice"), (4, "carol")]
+    (alice, _bob) = agreement(store.verdicts(sid), store.latest_run(sid))
+    assert (alice.n, alice.both_usable, alice.reviewer_only, alice.model_only) == (2, 1, 0, 1)
+    report = [r for r in csv.DictReader(io.StringIO(report_csv_text(store))) if r["content_hash"] == "a1" * 32]
+    assert [r["reviewer"] for r in report if r["frame"] == "9"] == [""]  # flagged, judged by nobody now
+    assert not [r for r in report if r["frame"] == "2"]  # neither flagged nor judged
+    page = render_report_html(store)
+    assert re.search(r"<td>1</td><td>[^<]*</td><td>30</td><td>5</td><td>3</td>", page)  # 3 verdicts, not 5
+    out = tmp_path / "history.csv"  # one written before withdrawals (no such column) is replaced
+    out.write_text("content_hash,path,frame,reviewer,label,label_code,note,time,current\n", encoding="utf-8")
+    assert main(["review", "history", "--db", str(store.path), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert [(r["label"], r["current"], r["withdrawn"]) for r in rows if r["frame"] in ("2", "9")] == [
+        ("not_usable", "0", "0"), ("optimal", "0", "0"), ("optimal", "0", "1"),  # frame 2
+        ("optimal", "0", "0"), ("optimal", "0", "1")]  # frame 9
+    assert main(["review", "list", "--db", str(store.path)]) == 0
+    assert "   3 verdicts" in capsys.readouterr().out
+
+
 def test_the_verdict_history_is_exported_with_what_replaced_what(store, tmp_path, capsys):
     """The store keeps every verdict entered, but no export gave the replaced ones: a trainer
     could not see that alice first called frame 2 not usable, then optimal."""
     out = tmp_path / "history.csv"
     assert main(["review", "history", "--db", str(store.path), "--out", str(out)]) == 0
-    assert "wrote 7 verdict(s)" in capsys.readouterr().out
+    assert "wrote 7 verdict row(s)" in capsys.readouterr().out
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
     assert list(rows[0]) == ["content_hash", "path", "frame", "reviewer", "label", "label_code", "note", "time",
-                             "current"]
+                             "current", "withdrawn"]
     frame2 = [(r["label"], r["label_code"], r["current"]) for r in rows if r["frame"] == "2"]
     assert frame2 == [("not_usable", "0", "0"), ("optimal", "1", "1")]  # oldest first; the later one stands
     assert sum(r["current"] == "1" for r in rows) == len(list(csv.DictReader(io.StringIO(labels_csv_text(store)))))

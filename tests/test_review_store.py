@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -165,6 +166,76 @@ def test_queues_progress_and_next(tmp_path):
             store.review_queue(sid, "bogus", "alice")
 
 
+def test_a_withdrawn_verdict_counts_as_not_judged_and_the_history_keeps_it(tmp_path):
+    """A verdict pressed on the wrong frame could only be replaced by another label: the frame,
+    never judged, counted as judged in the queues and the progress for good. Withdrawn now, it
+    counts as not judged; the history keeps the verdict and who withdrew it, and when."""
+    store, sid = _store_with_run(tmp_path / "r.db", flagged_frames=(3, 4, 6), chosen=5)
+    with store:
+        store.record_verdict(sid, 4, "alice", "optimal", note="wrong frame")
+        store.record_verdict(sid, 12, "alice", "suboptimal")  # not flagged: a disagreement
+        store.record_verdict(sid, 4, "bob", "not_usable")
+        assert store.progress(sid, "alice", "unreviewed") == (2, 7)
+
+        withdrawal = store.withdraw_verdict(sid, 12, "ALICE", queue="all", wait_ms=100)
+        assert (withdrawal.frame, withdrawal.reviewer, withdrawal.label, withdrawal.withdrawn) == (
+            12, "alice", "suboptimal", True)
+        store.withdraw_verdict(sid, 4, "alice")
+        assert store.verdicts(sid, "alice") == [] and store.verdict_for(sid, 4, "alice") is None
+        assert [(v.frame, v.label) for v in store.verdicts(sid)] == [(4, "not_usable")]  # bob's stands
+        history = store.verdicts(sid, "alice", history=True)
+        assert [(v.frame, v.label, v.withdrawn) for v in history] == [
+            (4, "optimal", False), (4, "optimal", True), (12, "suboptimal", False), (12, "suboptimal", True)]
+        assert history[0].note == "wrong frame"
+        # the queues and the progress: as before the verdicts
+        assert store.review_queue(sid, "unreviewed", "alice") == [2, 3, 4, 5, 6, 7]
+        assert store.review_queue(sid, "disagreements", "alice") == [2, 7]
+        assert store.progress(sid, "alice", "unreviewed") == (0, 6)
+        assert store.progress(sid, "alice", "candidates") == (0, 4)
+        assert store.next_in_queue(sid, "unreviewed", "alice", 3) == 4
+        assert store.review_queue(sid, "unreviewed", None) == [2, 3, 5, 6, 7]  # bob judged 4
+        pos = store.last_position(sid, "alice")
+        assert (pos.frame, pos.queue) == (4, "all")
+
+        # nothing to withdraw: said, and nothing written
+        for frame in (4, 9):
+            with pytest.raises(FetalIQAError, match=f"no verdict on frame {frame}"):
+                store.withdraw_verdict(sid, frame, "alice")
+        with pytest.raises(FetalIQAError, match="outside"):
+            store.withdraw_verdict(sid, N, "alice")
+        assert len(store.verdicts(sid, history=True)) == 5
+        # a verdict entered again stands again
+        store.record_verdict(sid, 4, "alice", "suboptimal")
+        assert [(v.frame, v.label) for v in store.verdicts(sid, "alice")] == [(4, "suboptimal")]
+        assert store.progress(sid, "alice", "candidates") == (1, 4)
+
+
+def test_a_withdrawal_waits_only_as_long_as_it_is_told_for_another_programs_write(tmp_path):
+    """The viewer withdraws as it saves a verdict: a busy database is said at once (DatabaseBusy),
+    nothing changed, instead of freezing the window for the busy timeout."""
+    import time
+
+    from fetaliqa_core.review.store import DatabaseBusy
+
+    db = tmp_path / "r.db"
+    store, sid = _store_with_run(db)
+    with store:
+        store.record_verdict(sid, 4, "alice", "optimal")
+        locker = sqlite3.connect(db, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(DatabaseBusy):
+                store.withdraw_verdict(sid, 4, "alice", wait_ms=100)
+            assert time.monotonic() - started < 2.0
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert store.verdict_for(sid, 4, "alice").label == "optimal"
+        store.withdraw_verdict(sid, 4, "alice", wait_ms=100)
+        assert store.verdict_for(sid, 4, "alice") is None
+
+
 def test_resume_position_survives_a_restart(tmp_path):
     db = tmp_path / "r.db"
     store, sid = _store_with_run(db)
@@ -291,6 +362,76 @@ def test_opens_a_v1_database_and_migrates_it(tmp_path):
     conn.close()
     with ReviewStore(db) as store:  # reopening does not migrate twice
         assert store.last_position(1, "alice").frame == 3
+
+
+def _v2_database(db: Path) -> None:
+    """A review database as the first two schema steps made it (before withdrawals), holding
+    one 10-frame sweep with a model run, two verdicts and a resume position."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    apply_migrations(conn, 2)
+    conn.execute("INSERT INTO sweeps (id, content_hash, path, n_frames, sweep_ranges, added_utc) "
+                 "VALUES (1, 'abc', '/d/c.mha', 10, '[[0, 10]]', '2024-01-01')")
+    blob = np.zeros(10, "<f4").tobytes()
+    conn.execute("INSERT INTO model_runs (id, sweep_id, created_utc, bundles, threshold, p_cls, p_seg, "
+                 "seg_area_px, flagged, seg_threshold) VALUES (1, 1, '2024-01-01', '{}', 0.5, ?, ?, ?, ?, 0.5)",
+                 (blob, blob, np.zeros(10, "<i4").tobytes(), bytes(10)))
+    for frame, label in ((3, "optimal"), (5, "not_usable")):
+        conn.execute("INSERT INTO verdicts (sweep_id, frame, reviewer, label, agrees_with_model, note, "
+                     "created_utc, model_run_id) VALUES (1, ?, 'ann', ?, NULL, 'old', '2024-01-01T10:00:00+00:00', 1)",
+                     (frame, label))
+    conn.execute("INSERT INTO positions VALUES (1, 'ann', 'all', 5, '2024-01-01T10:00:00+00:00')")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+
+
+def test_a_v2_database_keeps_its_verdicts_and_gets_withdrawals(tmp_path):
+    """Withdrawals need a column a v2 database lacks: opened by this version, it is updated (a
+    backup first), every verdict kept and none withdrawn, and a verdict in it can be withdrawn."""
+    db = tmp_path / "v2.sqlite3"
+    _v2_database(db)
+    with ReviewStore(db) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert [(v.frame, v.label, v.note, v.model_run_id, v.withdrawn) for v in store.verdicts(1)] == [
+            (3, "optimal", "old", 1, False), (5, "not_usable", "old", 1, False)]
+        assert store.last_position(1, "ann").frame == 5
+        store.withdraw_verdict(1, 3, "ann")
+        assert [v.frame for v in store.verdicts(1)] == [5]
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT frame, withdrawn FROM verdicts ORDER BY id").fetchall() == [(3, 0), (5, 0), (3, 1)]
+        with pytest.raises(sqlite3.IntegrityError):  # a withdrawal is 0 or 1, nothing else
+            conn.execute("UPDATE verdicts SET withdrawn = 2 WHERE id = 1")
+    with contextlib.closing(sqlite3.connect(db.with_name(db.name + ".v2.bak"))) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM verdicts").fetchone()[0] == 2
+
+
+def test_a_v2_database_that_may_not_be_written_is_still_read(tmp_path, monkeypatch):
+    """`review export / labels / history` on a v2 database on read-only media: it cannot be updated,
+    and needs not be (none of its rows is a withdrawal), so it is read as it is, untouched; a v1
+    database there is still refused, saying what to do."""
+    import hashlib
+
+    db = tmp_path / "v2.sqlite3"
+    _v2_database(db)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    monkeypatch.setattr(ReviewStore, "_writable", lambda self: False)
+    with ReviewStore(db, create=False, read_only=True) as store:
+        assert store.schema_version == 2
+        assert [(v.frame, v.withdrawn) for v in store.verdicts(1, history=True)] == [(3, False), (5, False)]
+        assert store.verdict_for(1, 5, "ann").label == "not_usable"
+        assert store.progress(1, "ann", "all") == (2, 10)
+        with pytest.raises(FetalIQAError, match="only to read"):
+            store.withdraw_verdict(1, 3, "ann")
+        from fetaliqa_core.review.report import history_csv_text, labels_csv_text
+
+        assert len(labels_csv_text(store).splitlines()) == 3
+        assert [line.split(",")[-2:] for line in history_csv_text(store).splitlines()[1:]] == [["1", "0"]] * 2
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert not db.with_name(db.name + ".v2.bak").exists()
+    old = tmp_path / "v1.sqlite3"
+    _v1_database(old).close()
+    with pytest.raises(FetalIQAError, match="earlier FetalIQA"):
+        ReviewStore(old, create=False, read_only=True)
 
 
 def test_damaged_or_foreign_files_are_reported_and_left_alone(tmp_path):

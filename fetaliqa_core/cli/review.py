@@ -9,8 +9,9 @@
     reviewer, time, content_hash`` with label 1 optimal, 2 suboptimal, 0 not usable (ACOUSLIC convention);
     see :mod:`fetaliqa_core.review.report` for the details.
 ``fetaliqa review history --db DB --out history.csv``
-    Every verdict ever entered, the replaced ones too: columns ``content_hash, path, frame,
-    reviewer, label, label_code, note, time, current`` (1 on the verdict that stands).
+    Every verdict ever entered, the replaced ones too, and every withdrawal: columns
+    ``content_hash, path, frame, reviewer, label, label_code, note, time, current, withdrawn``
+    (current: 1 on the verdict that stands; withdrawn: 1 on a withdrawal, with the label withdrawn).
 ``fetaliqa review list --db DB``
     The sweeps in the database with their review counts.
 
@@ -63,10 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _db_argument(p)
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="labels.csv")
     _sweep_argument(p)
-    p = sub.add_parser("history", help="write every verdict ever entered (replaced ones too) as a CSV",
-                       description="Write every verdict ever entered, oldest first (content_hash, path, frame, "
-                                   "reviewer, label, label_code, note, time, current: 1 on the verdict that "
-                                   "stands, 0 on those a later one replaced).")
+    p = sub.add_parser("history", help="write every verdict ever entered (replaced and withdrawn ones too) as a CSV",
+                       description="Write every verdict ever entered, and every withdrawal, oldest first "
+                                   "(content_hash, path, frame, reviewer, label, label_code, note, time, current: "
+                                   "1 on the verdict that stands, 0 on those a later one replaced or withdrew; "
+                                   "withdrawn: 1 on a withdrawal, its label the one withdrawn).")
     _db_argument(p)
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="history.csv")
     _sweep_argument(p)
@@ -157,7 +159,7 @@ def _labels(args) -> int:
 def _history(args) -> int:
     from fetaliqa_core.review.report import write_history_csv
 
-    return _write_csv(args, write_history_csv, "verdict(s), replaced ones included,")
+    return _write_csv(args, write_history_csv, "verdict row(s), replaced verdicts and withdrawals included,")
 
 
 def _write_csv(args, write, what: str) -> int:

@@ -142,7 +142,8 @@ class ModelRun:
 
 @dataclass(frozen=True)
 class Verdict:
-    """One verdict row. ``time`` is UTC ISO 8601."""
+    """One verdict row. ``time`` is UTC ISO 8601. ``withdrawn``: the row withdraws the reviewer's
+    verdict on the frame (``label``: the one withdrawn); only ``history`` reads return such rows."""
 
     id: int
     sweep_id: int
@@ -153,6 +154,7 @@ class Verdict:
     note: str
     time: str
     model_run_id: int | None
+    withdrawn: bool = False
 
     @property
     def code(self) -> int:
@@ -323,14 +325,15 @@ def run_from_row(row: tuple) -> ModelRun:
 
 
 def verdict_from_row(row: tuple) -> Verdict:
-    """``row``: the verdicts columns followed by the sweep's frame count."""
-    vid, sid, frame, reviewer, label, agrees, note, time, run_id, n = row
+    """``row``: the verdicts columns (``withdrawn`` last) followed by the sweep's frame count."""
+    vid, sid, frame, reviewer, label, agrees, note, time, run_id, withdrawn, n = row
     if (label not in ACOUSLIC_CODE or not isinstance(frame, int) or not isinstance(n, int) or not 0 <= frame < n
-            or not isinstance(reviewer, str) or not isinstance(time, str) or not isinstance(note, (str, type(None)))):
+            or not isinstance(reviewer, str) or not isinstance(time, str) or not isinstance(note, (str, type(None)))
+            or withdrawn not in (0, 1)):
         raise DamagedRow(f"verdict {vid}")
     return Verdict(id=vid, sweep_id=sid, frame=frame, reviewer=reviewer, label=label,
                    agrees_with_model=None if agrees is None else bool(agrees), note=note or "",
-                   time=time, model_run_id=run_id)
+                   time=time, model_run_id=run_id, withdrawn=bool(withdrawn))
 
 
 #: The largest mask side a review database holds (masks are stored at the model's resolution,

@@ -25,8 +25,8 @@ folders, never lends one sweep's verdicts to another's frames).
 ``review list`` show it). ``frame``: zero-based index into the stacked file (all sub-sweeps).
 ``label``: ACOUSLIC mask convention, 1 optimal plane, 2 suboptimal plane, 0 not usable. Several
 reviewers may label the same frame (one row each); a reviewer's earlier verdicts on a frame are
-superseded by their latest. ``time``: UTC ISO 8601 of the verdict. Rows are sorted by sweep,
-frame, reviewer.
+superseded by their latest, and a verdict withdrawn in the viewer gives no row. ``time``: UTC ISO
+8601 of the verdict. Rows are sorted by sweep, frame, reviewer.
 """
 
 from __future__ import annotations
@@ -442,7 +442,8 @@ def check_output(out_path: str | Path, store: ReviewStore, kind: str = "report")
     except OSError as exc:
         raise FetalIQAError(f"--out {out} exists and cannot be read ({exc.strerror or exc}); name another "
                             "output file.") from None
-    columns = {"labels": LABELS_CSV_COLUMNS, "history": HISTORY_CSV_COLUMNS}.get(kind, REPORT_CSV_COLUMNS)
+    # (a history written before verdicts could be withdrawn ends at "current": it is replaced too)
+    columns = {"labels": LABELS_CSV_COLUMNS, "history": HISTORY_CSV_COLUMNS[:-1]}.get(kind, REPORT_CSV_COLUMNS)
     if not _looks_like_ours(head, out.suffix.lower(), columns):
         name = _CSV_KINDS[kind] if kind != "report" else {
             ".csv": "report CSV", ".html": "FetalIQA report", ".pdf": "PDF"}.get(out.suffix.lower(), "report")
@@ -797,14 +798,16 @@ def write_labels_csv(store: ReviewStore, out_path: str | Path,
 
 
 HISTORY_CSV_COLUMNS = ["content_hash", "path", "frame", "reviewer", "label", "label_code", "note", "time",
-                       "current"]
+                       "current", "withdrawn"]
 
 
 def history_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
-    """Every verdict ever entered, oldest first per sweep, frame and reviewer; ``current`` is 1
-    on the verdict that stands (the reviewer's latest on that frame), 0 on those it replaced.
-    The report and the labels give the standing verdicts only; this is how a trainer sees
-    who changed their mind, and when."""
+    """Every verdict ever entered, and every withdrawal, oldest first per sweep, frame and
+    reviewer; ``current`` is 1 on the verdict that stands (the reviewer's latest on that frame),
+    0 on those replaced or withdrawn since; ``withdrawn`` is 1 on a withdrawal's row (its label:
+    the one withdrawn; a frame whose latest row it is has no current row). The report and the
+    labels give the standing verdicts only; this is how a trainer sees who changed their mind,
+    or took a verdict back, and when."""
     buf = io.StringIO()
     writer = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     writer.writerow(HISTORY_CSV_COLUMNS)
@@ -812,14 +815,14 @@ def history_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None)
         current = {v.id for v in store.verdicts(sweep.id)}
         for v in store.verdicts(sweep.id, history=True):
             writer.writerow([sweep.content_hash, sweep.path or "", v.frame, v.reviewer, v.label, v.code,
-                             v.note, v.time, int(v.id in current)])
+                             v.note, v.time, int(v.id in current), int(v.withdrawn)])
     return buf.getvalue()
 
 
 def write_history_csv(store: ReviewStore, out_path: str | Path,
                       sweep_ids: Sequence[int] | None = None) -> int:
-    """Write the verdict history CSV; return the number of verdict rows. Outputs are checked as
-    for the labels (:func:`check_output`)."""
+    """Write the verdict history CSV; return the number of rows (withdrawals included). Outputs
+    are checked as for the labels (:func:`check_output`)."""
     check_output(out_path, store, kind="history")
     text = history_csv_text(store, sweep_ids)
     _write_atomic(Path(out_path), text.encode("utf-8"))

@@ -77,8 +77,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (sweep_id, reviewer)
         )""",
     ),
+    # v3: a trainer can withdraw a verdict (a key pressed on the wrong frame). A withdrawal is a
+    # row of its own, with the label it withdraws, so that the history keeps who withdrew what and
+    # when; every earlier row is a verdict (0).
+    (
+        "ALTER TABLE verdicts ADD COLUMN withdrawn INTEGER NOT NULL DEFAULT 0 CHECK (withdrawn IN (0, 1))",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: The oldest schema read as it is when the database may not be updated (on read-only media, in a
+#: folder one may not write): every step after it only adds what reads take a default for (v3's
+#: ``withdrawn``: no row of a v2 database is a withdrawal). An older one must be updated first.
+READABLE_FROM = 2
 
 
 def apply_migrations(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:

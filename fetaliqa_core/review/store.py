@@ -12,6 +12,10 @@ History
     Verdicts are never updated or deleted: re-entering a verdict for the same (sweep, frame,
     reviewer) adds a row, and the most recent row wins (``verdicts(..., history=True)`` returns
     them all). The audit trail therefore shows when a reviewer changed their mind.
+    ``withdraw_verdict`` (a key pressed on the wrong frame) adds a row too, marked withdrawn
+    and holding the label it withdraws: when it is the most recent row, the reviewer has no
+    verdict on the frame, which counts as not judged in the queues, the progress, the reports,
+    the labels for training and the agreement; a later verdict stands again.
 
 Model calls and agreement
     ``flagged`` marks the frames the models propose as good enough to measure the abdominal
@@ -37,7 +41,9 @@ Threads and processes
 Schema
     ``PRAGMA user_version`` holds the schema version; ``MIGRATIONS`` is the ordered list of
     steps. Opening an older file applies the missing steps in one transaction, after copying the
-    file to ``<name>.v<old>.bak`` (SQLite backup API). A file from a newer FetalIQA, a file that
+    file to ``<name>.v<old>.bak`` (SQLite backup API); opened only to read where it may not be
+    written, a file of schema ``READABLE_FROM`` or later is read as it is (a v2 file holds no
+    withdrawals), an older one is refused. A file from a newer FetalIQA, a file that
     is not an SQLite database, or an SQLite database that belongs to another program is left
     untouched and reported as a ``FetalIQAError``: the file is identified read-only (its header,
     then a read-only connection) before anything that can write to it, the journal mode
@@ -93,6 +99,7 @@ from fetaliqa_core.review.schema import (  # noqa: F401
     APPLICATION_ID,
     BUSY_TIMEOUT_MS,
     MIGRATIONS,
+    READABLE_FROM,
     SCHEMA_VERSION,
     apply_migrations,
     check_identity,
@@ -171,6 +178,7 @@ class ReviewStore:
         self.path = Path(path) if path is not None else default_db_path()
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._withdrawn_col = "withdrawn"  # "0" on a v2 database read as it is (see _migrate)
         self._create = create = create and not read_only
         self._read_only = read_only
         if self.path.is_dir():
@@ -352,8 +360,12 @@ class ReviewStore:
         conn = self._conn
         assert conn is not None
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        # (a v2 database, read as it is, has no withdrawn column: none of its rows is a withdrawal)
+        self._withdrawn_col = "withdrawn" if version >= 3 else "0"
         if version >= SCHEMA_VERSION:  # a newer one was refused by _configure
             return
+        if self._read_only and version >= READABLE_FROM:
+            return  # (only where it may not be written: a writable one was updated, as for any command)
         if self._read_only:
             raise FetalIQAError(f"The review database {self.path} was written by an earlier FetalIQA and must be "
                                 "updated before it is read, which needs it writable: open it once in the viewer, "
@@ -361,6 +373,7 @@ class ReviewStore:
         if version > 0:
             self._backup(self.path.with_name(f"{self.path.name}.v{version}.bak"))
         apply_migrations(conn, SCHEMA_VERSION)
+        self._withdrawn_col = "withdrawn"
 
     def _backup(self, target: Path) -> None:
         if target.exists():
@@ -646,19 +659,72 @@ class ReviewStore:
                  "created_utc, model_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                  (sweep_id, frame, reviewer, label, None if agrees is None else int(agrees),
                   note or "", now, None if run is None else run.id)),
-                ("INSERT INTO positions (sweep_id, reviewer, queue, frame, updated_utc) "
-                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sweep_id, reviewer) DO UPDATE SET "
-                 "queue = coalesce(excluded.queue, positions.queue), frame = excluded.frame, "
-                 "updated_utc = excluded.updated_utc",
-                 (sweep_id, reviewer, queue, frame, now)),
+                (self._POSITION_UPSERT, (sweep_id, reviewer, queue, frame, now)),
             ])
         return Verdict(id=int(vid), sweep_id=sweep_id, frame=frame, reviewer=reviewer,  # type: ignore[arg-type]
                        label=label, agrees_with_model=agrees, note=note or "", time=now,
                        model_run_id=None if run is None else run.id)
 
-    # (the last: the sweep's frame count, to tell a verdict on a frame it does not have)
-    _VERDICT_COLS = ("id, sweep_id, frame, reviewer, label, agrees_with_model, note, "
-                     "created_utc, model_run_id, (SELECT n_frames FROM sweeps WHERE sweeps.id = verdicts.sweep_id)")
+    @_db_errors
+    def withdraw_verdict(self, sweep_id: int, frame: int, reviewer: str, *, queue: str | None = None,
+                         wait_ms: int | None = None) -> Verdict:
+        """Withdraw the reviewer's verdict on a frame and commit it before returning; also remember
+        the resume position (``queue``, ``wait_ms`` and :class:`DatabaseBusy` as for
+        :meth:`record_verdict`). Returns the withdrawal's row.
+
+        Nothing is deleted: a row marked withdrawn, holding the label it withdraws, is added, so
+        the history keeps who withdrew what and when. Where the reviewer has no verdict on the
+        frame (never judged, or withdrawn already), :class:`FetalIQAError` and nothing is written,
+        rather than nothing said: a withdrawal aimed at the wrong frame or name would otherwise
+        pass for done, and a row withdrawing no label is no history. The verdict is looked up in
+        the transaction that adds the row, so two windows withdrawing it at once add one row.
+        """
+        sweep = self.sweep(sweep_id)
+        frame = int(frame)
+        if not 0 <= frame < sweep.n_frames:
+            raise FetalIQAError(f"Frame {frame} is outside sweep {sweep.name} "
+                                f"(0..{sweep.n_frames - 1}).")
+        if self._read_only:
+            raise FetalIQAError(f"The review database {self.path} is open only to read: nothing was withdrawn.")
+        reviewer = self.known_reviewer(reviewer)
+        conn = self._conn
+        now = utc_now()
+        with self._busy_wait(wait_ms):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(f"SELECT {self._verdict_cols} FROM verdicts WHERE sweep_id = ? AND frame = ? "
+                                   "AND reviewer = ? ORDER BY id DESC LIMIT 1",
+                                   (sweep_id, frame, reviewer)).fetchone()
+                standing = None if row is None else self._verdict_row(row)
+                if standing is None or standing.withdrawn:
+                    raise FetalIQAError(f"{reviewer} has no verdict on frame {frame} of {sweep.name} to withdraw"
+                                        f"{' (it is withdrawn already)' if standing is not None else ''}.")
+                vid = conn.execute(
+                    "INSERT INTO verdicts (sweep_id, frame, reviewer, label, agrees_with_model, note, "
+                    "created_utc, model_run_id, withdrawn) VALUES (?, ?, ?, ?, ?, '', ?, ?, 1)",
+                    (sweep_id, frame, reviewer, standing.label,
+                     None if standing.agrees_with_model is None else int(standing.agrees_with_model),
+                     now, standing.model_run_id)).lastrowid
+                conn.execute(self._POSITION_UPSERT, (sweep_id, reviewer, queue, frame, now))
+                conn.execute("COMMIT")
+            except BaseException:
+                rollback(conn)
+                raise
+        return Verdict(id=int(vid), sweep_id=sweep_id, frame=frame, reviewer=reviewer, label=standing.label,
+                       agrees_with_model=standing.agrees_with_model, note="", time=now,
+                       model_run_id=standing.model_run_id, withdrawn=True)
+
+    _POSITION_UPSERT = ("INSERT INTO positions (sweep_id, reviewer, queue, frame, updated_utc) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sweep_id, reviewer) DO UPDATE SET "
+                        "queue = coalesce(excluded.queue, positions.queue), frame = excluded.frame, "
+                        "updated_utc = excluded.updated_utc")
+
+    @property
+    def _verdict_cols(self) -> str:
+        """The columns ``verdict_from_row`` reads; the last: the sweep's frame count, to tell a
+        verdict on a frame it does not have."""
+        return ("id, sweep_id, frame, reviewer, label, agrees_with_model, note, created_utc, model_run_id, "
+                f"{self._withdrawn_col}, (SELECT n_frames FROM sweeps WHERE sweeps.id = verdicts.sweep_id)")
 
     _verdict_row = staticmethod(verdict_from_row)
 
@@ -667,8 +733,9 @@ class ReviewStore:
                  history: bool = False) -> list[Verdict]:
         """Verdicts ordered by sweep, frame, reviewer (then time when ``history``).
 
-        By default only the latest verdict per (sweep, frame, reviewer); ``history=True``
-        returns every row ever entered. ``sweep_id=None``: all sweeps.
+        By default only the verdicts that stand: the latest row per (sweep, frame, reviewer),
+        unless it is a withdrawal. ``history=True`` returns every row ever entered, withdrawals
+        included (``Verdict.withdrawn``). ``sweep_id=None``: all sweeps.
         """
         where, params = [], []
         if sweep_id is not None:
@@ -680,18 +747,21 @@ class ReviewStore:
         if not history:
             where.append("id IN (SELECT max(id) FROM verdicts GROUP BY sweep_id, frame, "
                          "reviewer)")
+            where.append(f"{self._withdrawn_col} = 0")
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        rows = self._conn.execute(f"SELECT {self._VERDICT_COLS} FROM verdicts {clause} "
+        rows = self._conn.execute(f"SELECT {self._verdict_cols} FROM verdicts {clause} "
                                   "ORDER BY sweep_id, frame, reviewer, id", params)
         return [self._verdict_row(r) for r in rows]
 
     @_db_errors
     def verdict_for(self, sweep_id: int, frame: int, reviewer: str) -> Verdict | None:
-        """The reviewer's latest verdict on a frame (to show in the panel), or None."""
+        """The reviewer's verdict on a frame (to show in the panel), or None (never judged, or
+        the latest row withdraws it)."""
         row = self._conn.execute(
-            f"SELECT {self._VERDICT_COLS} FROM verdicts WHERE sweep_id = ? AND frame = ? AND "
+            f"SELECT {self._verdict_cols} FROM verdicts WHERE sweep_id = ? AND frame = ? AND "
             "reviewer = ? ORDER BY id DESC LIMIT 1", (sweep_id, int(frame), reviewer)).fetchone()
-        return None if row is None else self._verdict_row(row)
+        verdict = None if row is None else self._verdict_row(row)
+        return None if verdict is None or verdict.withdrawn else verdict
 
     @_db_errors
     def known_reviewer(self, name: str) -> str:
@@ -807,12 +877,7 @@ class ReviewStore:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _write_position(self, sweep_id: int, reviewer: str, frame: int, queue: str | None) -> None:
-        self._write([(
-            "INSERT INTO positions (sweep_id, reviewer, queue, frame, updated_utc) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sweep_id, reviewer) DO UPDATE SET "
-            "queue = coalesce(excluded.queue, positions.queue), frame = excluded.frame, "
-            "updated_utc = excluded.updated_utc",
-            (sweep_id, reviewer, queue, int(frame), utc_now()))])
+        self._write([(self._POSITION_UPSERT, (sweep_id, reviewer, queue, int(frame), utc_now()))])
 
     @_db_errors
     def last_position(self, sweep_id: int, reviewer: str) -> ReviewPosition | None:
