@@ -430,6 +430,29 @@ def test_jpeg_ringing_around_a_fan_on_exact_black_is_no_part_of_it():
     assert (acouslic.data_fan(dim) == whole).all()
 
 
+def test_black_fluid_in_a_fan_on_a_grey_screen_is_not_taken_for_a_clean_exports_black():
+    """A fan on a grey screen (60, or 60 +- 2 from a lossy capture) holding black amniotic fluid
+    (exactly 0, over a tenth of the frame): the zeros were taken for a clean export's surround,
+    everything above them, the grey screen included, for the fan, and an abdomen cut by the depth
+    arc read 3.6 % short, plain, with a GA."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    radius, angle = np.hypot(xx - 372, yy + 60), np.arctan2(xx - 372, yy + 60)
+    sector = (radius >= 90) & (radius <= 520) & (np.abs(angle) <= math.radians(38))
+    rng = np.random.default_rng(11)
+    frames = rng.integers(40, 220, size=(6, H, W)).astype(np.uint8)
+    frames[:, (radius >= 90) & (radius <= 300)] = 0  # the near field: fluid shown pure black
+    assert ((frames.max(0) == 0) & sector).mean() > 0.1
+    for name, screen in (("grey 60", np.full((6, H, W), 60, np.uint8)),
+                         ("grey 60 +- 2", rng.integers(58, 63, size=(6, H, W)).astype(np.uint8))):
+        arr = np.where(sector, frames, screen).astype(np.uint8)
+        fan = acouslic.data_fan(arr)
+        assert (fan != sector).sum() / sector.sum() < 0.01, name
+        cut = ((yy - 470) / 120.0) ** 2 + ((xx - 372) / 140.0) ** 2 <= 1
+        assert (cut & ~sector).any()
+        m = an.measure_ac((cut & sector).astype(np.uint8), 0.3, fov=fan)
+        assert m.truncated, name
+
+
 def test_a_noisy_video_black_level_around_a_dim_image_is_no_part_of_the_fan():
     """A capture's black level of 16 +- 2 (lossy) around an image whose brightest grey is 135: the
     exact-level rule did not hold, the darkest tenth was not dark beside the image, and the whole
