@@ -230,39 +230,6 @@ def run(args: argparse.Namespace) -> int:
         found = acouslic.sweep_fov(sweep)  # ACOUSLIC's own mask where the sweep's fan is that probe's
         fov = resolve_fov(found, frame.shape)
         fov_name = "acouslic" if isinstance(found, str) else "the sweep's own fan"
-    if sweep is not None and args.spacing is None:
-        # the sweep's calibration stands for its mask's: a mask file's pixel size may be a writer's
-        sweep_spacing = tuple(sweep.spacing_mm)
-        given_for_it = of_sweep and source.strip() == fio.SPACING_FROM_USER  # score --spacing wrote it: that stands
-        if (sweep.spacing_problem is None and problem is None and not given_for_it
-                and not fspacing.same_pixel_size(spacing, sweep_spacing)):
-            source, problem = fio.SPACING_NONE, fspacing.problem(spacing, fio.SPACING_NONE, (
-                f"the mask's pixel size, {spacing_text(spacing)} ({source}), and its sweep's, "
-                f"{spacing_text(sweep_spacing)} ({sweep.spacing_source}), disagree: one of them is wrong"))
-        elif sweep.spacing_problem is None and problem is not None:
-            spacing, problem, source = sweep_spacing, None, f"its sweep's {sweep.spacing_source}"
-        elif sweep.spacing_problem is not None and problem is not None:
-            # neither has a usable pixel size: the sweep's reason is the one to act on (its calibration
-            # stands for its mask's; the mask file's header often only holds a writer's default)
-            problem = sweep.spacing_problem
-            problem = (problem.replace("pixel spacing unknown (", "pixel spacing unknown (its sweep: ", 1)
-                       if problem.startswith("pixel spacing unknown (") else f"its sweep's {problem}")
-        elif (sweep.spacing_problem is None and problem is None and not given_for_it and not of_sweep
-              and sweep.spacing_source != source):
-            # the two agree: the sweep's calibration is named (a DICOM region's, say), the mask's beside it
-            source = f"its sweep's {sweep.spacing_source}; the mask's {source} agrees"
-    # what reading the sweep found (pixels that hold no number make part of its fan unknown)
-    sweep_notes = [] if sweep is None else [n for n in sweep.read_notes
-                                            if args.spacing is None or not n.startswith("pixel spacing:")]
-    grey = None
-    if sweep is not None and masks.shape[0] != sweep.n_frames:
-        # a mask of one frame: the sweep's fan holds for every frame, but which frame's grey levels
-        # it was drawn on is not known
-        sweep_notes.append(f"the mask has one frame and the sweep {sweep.n_frames}: measured in the sweep's "
-                           "fan, without the checks against the frame's grey levels (a skull's ring among them)")
-    elif sweep is not None and index < sweep.n_frames:
-        candidate = np.asarray(sweep.frames[index])
-        grey = candidate if candidate.dtype == np.uint8 and candidate.shape == frame.shape else None
     fov_note = ""
     if fov is not None and frame.any() and fov_name == "acouslic":
         outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)
@@ -284,6 +251,51 @@ def run(args: argparse.Namespace) -> int:
                 "the field of view found in the sweep's frames is this outline itself (a body in fluid shown "
                 "pure black, no edge of the fan to be seen): measured on the whole frame, so a cut by the fan's "
                 "edge is not known")
+    region_note = ""
+    if sweep is not None and args.spacing is None:
+        # the sweep's calibration stands for its mask's: a mask file's pixel size may be a writer's;
+        # where the sweep's image regions state different sizes, that of the region holding the outline
+        inside = frame != 0
+        if isinstance(fov, np.ndarray) and fov.shape == frame.shape:
+            inside = inside & fov
+        sweep_spacing, sweep_problem, region_note = sweep.outline_spacing(inside)
+        regional = sweep_problem is not None and sweep.spacing_problem is None  # the outline's region's, not the sweep's
+        sweep_source = sweep.spacing_source + (", the region holding the outline" if region_note else "")
+        given_for_it = of_sweep and source.strip() == fio.SPACING_FROM_USER  # score --spacing wrote it: that stands
+        if (sweep_problem is None and problem is None and not given_for_it
+                and not fspacing.same_pixel_size(spacing, sweep_spacing)):
+            source, problem = fio.SPACING_NONE, fspacing.problem(spacing, fio.SPACING_NONE, (
+                f"the mask's pixel size, {spacing_text(spacing)} ({source}), and its sweep's, "
+                f"{spacing_text(sweep_spacing)} ({sweep_source}), disagree: one of them is wrong"))
+        elif sweep_problem is None and problem is not None:
+            spacing, problem, source = sweep_spacing, None, f"its sweep's {sweep_source}"
+        elif sweep_problem is not None and problem is not None:
+            # neither has a usable pixel size where the outline lies: the sweep's reason is the one to act
+            # on (its calibration stands for its mask's; the mask file's header often only holds a writer's default)
+            problem = sweep_problem if regional else (
+                sweep_problem.replace("pixel spacing unknown (", "pixel spacing unknown (its sweep: ", 1)
+                if sweep_problem.startswith("pixel spacing unknown (") else f"its sweep's {sweep_problem}")
+        elif regional and not given_for_it:
+            problem, source = sweep_problem, fio.SPACING_NONE  # the mask's own size does not say which region's it is
+        elif (sweep_problem is None and problem is None and not given_for_it and not of_sweep
+              and sweep_source != source):
+            # the two agree: the sweep's calibration is named (a DICOM region's, say), the mask's beside it
+            source = f"its sweep's {sweep_source}; the mask's {source} agrees"
+            spacing = sweep_spacing if region_note else spacing
+        if problem is not None:
+            region_note = ""
+    # what reading the sweep found (pixels that hold no number make part of its fan unknown)
+    sweep_notes = [] if sweep is None else [n for n in sweep.read_notes
+                                            if args.spacing is None or not n.startswith("pixel spacing:")]
+    grey = None
+    if sweep is not None and masks.shape[0] != sweep.n_frames:
+        # a mask of one frame: the sweep's fan holds for every frame, but which frame's grey levels
+        # it was drawn on is not known
+        sweep_notes.append(f"the mask has one frame and the sweep {sweep.n_frames}: measured in the sweep's "
+                           "fan, without the checks against the frame's grey levels (a skull's ring among them)")
+    elif sweep is not None and index < sweep.n_frames:
+        candidate = np.asarray(sweep.frames[index])
+        grey = candidate if candidate.dtype == np.uint8 and candidate.shape == frame.shape else None
     # fitted in pixels when the spacing is not usable (no mm is shown then): a spacing of 1e308 mm
     # overflowed the fit in mm, which then blamed the mask for the spacing's fault
     m = analysis.measure_ac(frame, spacing if problem is None else (1.0, 1.0), fov=fov)
@@ -326,7 +338,8 @@ def run(args: argparse.Namespace) -> int:
             "written_by": writer or None,
             "recorded_doubt": recorded,
             "read_notes": list(volume.notes) + [f"sweep: {n}" for n in sweep_notes]
-            + ([f"pixel spacing {given_note}"] if given_note else []) or None,
+            + ([f"pixel spacing {given_note}"] if given_note else [])
+            + ([f"pixel spacing: {region_note}"] if region_note else []) or None,
             "frame_notes": frame_notes or None,
             # (the line the text output prints under a plain AC: scripts read only this record)
             "caveat": SHAPE_ONLY_CAVEAT if reading.status == analysis.units.OK and not writer else None,
@@ -353,6 +366,7 @@ def run(args: argparse.Namespace) -> int:
     print(shown(f"frame {index}: {reading.text()}{tail}{units}{hint}"))  # (texts from the file's header)
     notes = [n for n in volume.notes if args.spacing is None or not n.startswith("pixel spacing:")]
     notes += [f"the sweep: {n}" for n in sweep_notes] + frame_notes
+    notes += [f"pixel spacing: {region_note}"] if region_note else []
     for note in notes + ([fov_note] if fov_note else []):
         print(shown(f"note: {note}"))
     if writer:

@@ -474,10 +474,10 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     window = padding = None
     ycbcr = False
     notes = []
-    regions = ()
+    regions = calibrations = ()
     aspect = None
     if dicom_file is not None:
-        (calibrated, source, note), regions = dicom_calibration_and_regions(dicom_file)
+        (calibrated, source, note), regions, calibrations = dicom_calibration_and_regions(dicom_file)
         aspect = None if calibrated else dicom_pixel_aspect(dicom_file)
         spacing_mm = calibrated or spacing_mm
         if calibrated and note:
@@ -528,7 +528,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
-               ycbcr=ycbcr, regions=regions, pixel_aspect=aspect)
+               ycbcr=ycbcr, regions=regions, region_calibrations=calibrations, pixel_aspect=aspect)
 
 
 #: ImageJ's scales read (its ``unit=`` line, in any spelling :data:`_LENGTH_UNITS_MM` knows; it
@@ -1314,7 +1314,7 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
     if arr is None or decoded != frames:  # (frames it could not find would be left as they were allocated)
         return None
     components = 3 if palette else samples
-    (calibrated, source, note), regions = dicom_calibration_and_regions(path)
+    (calibrated, source, note), regions, calibrations = dicom_calibration_and_regions(path)
     spacing_mm, source, note = usable_spacing(calibrated or (1.0, 1.0), source, note)
     window, padding = dicom_display(path) if components == 1 and arr.dtype != np.uint8 else (None, None)
     notes = []
@@ -1323,7 +1323,8 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
                      "shown and scored as stored")
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata={}, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
-               regions=regions, pixel_aspect=None if calibrated else dicom_pixel_aspect(path))
+               regions=regions, region_calibrations=calibrations,
+               pixel_aspect=None if calibrated else dicom_pixel_aspect(path))
 
 
 def _rescaled_frame(ds: Any, frame: np.ndarray, photometric: str) -> np.ndarray:

@@ -19,6 +19,7 @@ from fetaliqa_core.io import spacing as _spacing
 from fetaliqa_core.io._common import (
     META_SWEEP_KINDS,
     META_SWEEP_RANGES,
+    SPACING_FROM_US_REGION,
     SPACING_FROM_USER,
     SPACING_GIVEN,
     SPACING_NONE,
@@ -65,6 +66,11 @@ class Sweep:
     #: is looked for inside them (:func:`fetaliqa_core.acouslic.sweep_fov`), not on the scanner's
     #: panels or a Doppler strip beside them.
     image_regions: tuple = ()
+    #: Those regions each with its own pixel size, ``((x0, y0, x1, y1), (row_mm, col_mm) or None)``
+    #: in the frames' pixels, where they do not all state one (a picture-in-picture image at another
+    #: zoom): ``spacing_mm`` is then the largest region's, and holds only for an outline inside it
+    #: (:meth:`outline_spacing`). Empty otherwise.
+    region_calibrations: tuple = ()
     #: The frames cut from a larger screen: ``((x0, y0, x1, y1), (height, width))``, the rectangle
     #: kept (inclusive, in the file's pixels) and the file's own frame size; None when not cut. A
     #: mask drawn on the whole screen is cut the same way (:func:`crop_like`).
@@ -118,6 +124,21 @@ class Sweep:
     def spacing_problem(self) -> str | None:
         """One line saying why no length (mm) or gestational age may be shown; None when they may."""
         return _spacing.problem(tuple(self.spacing_mm), self.spacing_source, self.spacing_note)
+
+    def outline_spacing(self, mask: np.ndarray) -> tuple[tuple[float, float] | None, str | None, str]:
+        """The pixel size to measure the outline ``mask`` (2-D, the frames' size, non-zero inside)
+        with: ``(spacing, problem, note)``. The sweep's :attr:`measurement_spacing_mm` (or its
+        :attr:`spacing_problem`), except where its image regions state different pixel sizes
+        (:attr:`region_calibrations`): then that of the region holding the outline, with a note when
+        it is not the sweep's, or none (``problem`` says why) when the outline lies outside them or
+        across two of different sizes (:func:`fetaliqa_core.io.spacing.outline_spacing`). A size the
+        user gave stands for every pixel."""
+        if self.spacing_problem is not None:
+            return None, self.spacing_problem, ""
+        used = tuple(float(v) for v in self.spacing_mm)
+        if self.spacing_source != SPACING_FROM_US_REGION or not self.region_calibrations:
+            return used, None, ""
+        return _spacing.outline_spacing(self.region_calibrations, used, mask)
 
     def in_memory(self) -> Sweep:
         """This sweep with its frames read into memory when they are mapped from the file (an
@@ -241,6 +262,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raw.notes.append("the frames hold only the values 0, 1 and 2: this looks like a label mask (an "
                          "annotation), not a sweep; choose the sweep's image file")
     regions = tuple(r for r in raw.regions if r[2] < w and r[3] < h)
+    calibrations = tuple((r, size) for r, size in raw.region_calibrations if r[2] < w and r[3] < h)
     crop = _image_area(regions, h, w)
     if crop is not None:
         # a scanner's screen (panels, text, a Doppler strip around the image): the frames are cut to
@@ -250,11 +272,12 @@ def load_sweep(path: str | Path) -> Sweep:
         frames = np.ascontiguousarray(frames[:, y0:y1 + 1, x0:x1 + 1])
         frames.flags.writeable = False
         regions = tuple((a - x0, b - y0, c - x0, d - y0) for a, b, c, d in regions)
+        calibrations = tuple(((a - x0, b - y0, c - x0, d - y0), size) for (a, b, c, d), size in calibrations)
         raw.notes.append(f"the frames are cut to the ultrasound image the file names (columns {x0}-{x1}, rows "
                          f"{y0}-{y1} of its {w} x {h}): the scanner's panels and text around it are left out")
     return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
                  path=path, spacing_source=spacing_source, spacing_note=spacing_note,
-                 read_notes=tuple(raw.notes), image_regions=regions,
+                 read_notes=tuple(raw.notes), image_regions=regions, region_calibrations=calibrations,
                  crop=None if crop is None else (crop, (h, w)), pixel_aspect=raw.pixel_aspect)
 
 
