@@ -753,3 +753,33 @@ def test_a_mask_path_that_is_a_link_loop_is_named_so(tmp_path, capsys):
     assert main(["ac", str(loop)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "leads back to itself" in err and ".nii.gz" in err, err
+
+
+def test_a_mask_file_s_pixel_size_does_not_stand_in_for_a_sweep_that_has_none(tmp_path, capsys):
+    """A mask written with ACOUSLIC's 0.28 mm as a template, given with a sweep that records no
+    pixel size: `ac --sweep` measured at the mask's 0.28 mm, called it "file header" (taken for the
+    sweep's) and printed a plain AC with a GA (116.8 mm, 17w 3d, on a sweep drawn at 0.3 mm). The
+    mask file's size is now named as such and not used: no mm, with the --spacing that would use it."""
+    frames = np.full((2, 120, 160), 60, np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(tmp_path / "sweep.mha"))  # no ElementSpacing
+    masks = np.zeros((2, 120, 160), np.uint8)
+    cv2.ellipse(masks[1], (80, 60), (40, 30), 0, 0, 360, 1, -1)
+    mask = _write(tmp_path, masks, "mask.mha", spacing=0.28)
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep.mha")]) == 1
+    out = capsys.readouterr().out
+    assert "AC not shown" in out and "GA" not in out and "file header" not in out
+    assert "its sweep: the file records" in out and "The mask file's header states 0.28 x 0.28 mm" in out
+    assert "--spacing 0.28." in out and out.count("--spacing") == 1, out
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep.mha"), "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_status"] == "no units" and record["ac_mm"] is None and record["spacing_source"] is None
+    # given with --spacing, it is measured
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep.mha"), "--spacing", "0.28", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_mm"] is not None and record["spacing_mm"] == [0.28, 0.28] and record["spacing_source"] == "user"
+    # beside a sweep that has one, a mask's size that disagrees is named as the mask file's
+    calibrated = sitk.GetImageFromArray(frames)
+    calibrated.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(calibrated, str(tmp_path / "sweep03.mha"))
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep03.mha")]) == 1
+    assert "0.28 x 0.28 mm (the mask file's header)" in capsys.readouterr().out

@@ -83,8 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sweep", default=None, metavar="SWEEP",
         help="the sweep the mask was drawn on: its own field of view (its fan) is used, so an outline "
-             "cut by that fan's edge is fitted without it; its pixel size stands for the mask's, and its "
-             "grey levels tell a skull's outline from an abdomen's",
+             "cut by that fan's edge is fitted without it; its pixel size stands for the mask's (a sweep "
+             "without one gives no mm: the mask file's size is named, not used; give it with --spacing), and "
+             "its grey levels tell a skull's outline from an abdomen's",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -262,21 +263,29 @@ def run(args: argparse.Namespace) -> int:
         regional = sweep_problem is not None and sweep.spacing_problem is None  # the outline's region's, not the sweep's
         sweep_source = sweep.spacing_source + (", the region holding the outline" if region_note else "")
         given_for_it = of_sweep and source.strip() == fio.SPACING_FROM_USER  # score --spacing wrote it: that stands
+        # (never plain "file header" for the mask's: read beside a sweep, that is taken for the sweep's)
+        mask_source = "the mask file's header" if source == fio.SPACING_FROM_HEADER else source
         if (sweep_problem is None and problem is None and not given_for_it
                 and not fspacing.same_pixel_size(spacing, sweep_spacing)):
             source, problem = fio.SPACING_NONE, fspacing.problem(spacing, fio.SPACING_NONE, (
-                f"the mask's pixel size, {spacing_text(spacing)} ({source}), and its sweep's, "
+                f"the mask's pixel size, {spacing_text(spacing)} ({mask_source}), and its sweep's, "
                 f"{spacing_text(sweep_spacing)} ({sweep_source}), disagree: one of them is wrong"))
         elif sweep_problem is None and problem is not None:
             spacing, problem, source = sweep_spacing, None, f"its sweep's {sweep_source}"
-        elif sweep_problem is not None and problem is not None:
-            # neither has a usable pixel size where the outline lies: the sweep's reason is the one to act
-            # on (its calibration stands for its mask's; the mask file's header often only holds a writer's default)
+        elif sweep_problem is not None and not given_for_it:
+            # no usable pixel size where the outline lies: the sweep's reason is the one to act on (its
+            # calibration stands for its mask's; the mask file's header often only holds a writer's
+            # default or a template's size, e.g. ACOUSLIC's 0.28 mm, and is not taken in its place)
+            mask_states = problem is None and not of_sweep
             problem = sweep_problem if regional else (
                 sweep_problem.replace("pixel spacing unknown (", "pixel spacing unknown (its sweep: ", 1)
                 if sweep_problem.startswith("pixel spacing unknown (") else f"its sweep's {sweep_problem}")
-        elif regional and not given_for_it:
-            problem, source = sweep_problem, fio.SPACING_NONE  # the mask's own size does not say which region's it is
+            if mask_states:
+                example = (f"{spacing[1]:g}" if fspacing.is_square(spacing) else f"{spacing[1]:g}x{spacing[0]:g}")
+                problem += (f" The mask file's header states {spacing_text(spacing)} per pixel, which is not used (a "
+                            f"mask writer often leaves a template's or its own default size there): if it is the "
+                            f"sweep's, give it with --spacing {example}.")
+            source = fio.SPACING_NONE
         elif (sweep_problem is None and problem is None and not given_for_it and not of_sweep
               and sweep_source != source):
             # the two agree: the sweep's calibration is named (a DICOM region's, say), the mask's beside it
@@ -361,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     units = "" if problem is not None else (
         f" (pixel {spacing_text(spacing)}, {from_where}{fov_words})")
     both = sweep is not None and sweep.pixel_aspect is not None  # (pixels said not to be square)
-    hint = "" if reading.status != analysis.units.NO_UNITS else (
+    hint = "" if reading.status != analysis.units.NO_UNITS or "--spacing" in (problem or "") else (
         " Give both sizes with --spacing WxH (width x height)." if both else " Give it with --spacing MM.")
     print(shown(f"frame {index}: {reading.text()}{tail}{units}{hint}"))  # (texts from the file's header)
     notes = [n for n in volume.notes if args.spacing is None or not n.startswith("pixel spacing:")]
