@@ -783,3 +783,68 @@ def test_a_mask_file_s_pixel_size_does_not_stand_in_for_a_sweep_that_has_none(tm
     sitk.WriteImage(calibrated, str(tmp_path / "sweep03.mha"))
     assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep03.mha")]) == 1
     assert "0.28 x 0.28 mm (the mask file's header)" in capsys.readouterr().out
+
+
+def test_a_mask_whose_header_stores_it_flipped_against_its_sweep_is_laid_on_it_the_sweep_s_way(tmp_path, capsys):
+    """A NIfTI mask written by a reorienting tool (rows stored bottom to top, its affine saying so)
+    and a 3D Slicer .seg.nrrd with its axes reversed lie where the sweep lies in space, but were laid
+    on the sweep as stored: the outline on the mirrored place of the frame, doubted for a wrong
+    cause. They are turned to the sweep's storage order now, said so; an orientation that is no flip
+    is refused; headers that place the mask elsewhere (a writer's default origin) leave it as stored."""
+    from fetaliqa_core.io import load_mask, load_sweep
+
+    h, w, s = 120, 160, 0.3
+    frames = np.full((2, h, w), 30, np.uint8)
+    cv2.ellipse(frames[1], (70, 40), (40, 30), 0, 0, 360, 140, -1)  # the body, in the upper half
+    sweep = sitk.GetImageFromArray(frames)
+    sweep.SetSpacing((s, s, 1.0))
+    sitk.WriteImage(sweep, str(tmp_path / "sweep.nii.gz"))
+    masks = np.zeros((2, h, w), np.uint8)
+    cv2.ellipse(masks[1], (70, 40), (40, 30), 0, 0, 360, 1, -1)
+
+    def stored(name, flip_rows, flip_cols, origin=None, direction=None):
+        data = masks[:, ::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+        image = sitk.GetImageFromArray(np.ascontiguousarray(data))
+        image.SetSpacing((s, s, 1.0))
+        image.SetDirection(direction or (-1.0 if flip_cols else 1.0, 0, 0, 0, -1.0 if flip_rows else 1.0, 0, 0, 0, 1))
+        image.SetOrigin(origin if origin is not None else
+                        ((w - 1) * s if flip_cols else 0.0, (h - 1) * s if flip_rows else 0.0, 0.0))
+        sitk.WriteImage(image, str(tmp_path / name))
+        return str(tmp_path / name)
+
+    for name, rows, cols, said in (("rows.nii.gz", True, False, "its rows stored bottom to top"),
+                                   ("both.seg.nrrd", True, True, "and its columns stored right to left")):
+        path = stored(name, rows, cols)
+        assert main(["ac", path, "--sweep", str(tmp_path / "sweep.nii.gz"), "--json"]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["ellipse_px"]["center"] == pytest.approx([70, 40], abs=1.5), name
+        assert any(said in n and "turned to the sweep's storage order" in n for n in record["read_notes"]), record
+        on_sweep = load_mask(path, like=load_sweep(tmp_path / "sweep.nii.gz"))
+        assert np.array_equal(on_sweep, masks), name
+    # stored transposed (rows and columns exchanged), its header saying so
+    transposed = sitk.GetImageFromArray(np.ascontiguousarray(masks.transpose(0, 2, 1)))
+    transposed.SetSpacing((s, s, 1.0))
+    transposed.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, 1))
+    sitk.WriteImage(transposed, str(tmp_path / "transposed.nii.gz"))
+    assert main(["ac", str(tmp_path / "transposed.nii.gz"), "--sweep", str(tmp_path / "sweep.nii.gz"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ellipse_px"]["center"] == pytest.approx([70, 40], abs=1.5)
+    assert any("rows and columns exchanged" in n for n in record["read_notes"])
+    # the same flip placed elsewhere in space (its writer's default origin): as stored, said so
+    elsewhere = stored("elsewhere.nii.gz", True, False, origin=(0.0, 0.0, 0.0))
+    assert main(["ac", elsewhere, "--sweep", str(tmp_path / "sweep.nii.gz"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ellipse_px"]["center"] == pytest.approx([70, h - 1 - 40], abs=1.5)
+    assert any("places it elsewhere in space: laid on the sweep as stored" in n for n in record["read_notes"])
+    # turned by 30 degrees: no flip makes it the sweep's
+    c, si = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    turned = stored("turned.nii.gz", False, False, direction=(c, -si, 0, si, c, 0, 0, 0, 1))
+    assert main(["ac", turned, "--sweep", str(tmp_path / "sweep.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert "orients the mask otherwise than the sweep's" in err and err.count("\n") == 1
+    # the same storage and orientation as the sweep: as before, no word
+    same = stored("same.nii.gz", False, False)
+    assert main(["ac", same, "--sweep", str(tmp_path / "sweep.nii.gz"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ellipse_px"]["center"] == pytest.approx([70, 40], abs=1.5)
+    assert not any("orients" in n for n in record["read_notes"] or [])

@@ -172,6 +172,13 @@ def run(args: argparse.Namespace) -> int:
     volume = fio.read_mask_volume(path, binary_255=True)  # only the outline counts here
     masks = volume.labels
     spacing = tuple(volume.spacing_mm)
+    if args.sweep is not None and Path(args.sweep).is_file():
+        # a mask whose header says it is stored flipped against its sweep: laid on it the sweep's way
+        masks, turned, swapped = fio.orient_like(masks, path, Path(args.sweep))
+        if swapped:
+            spacing = (spacing[1], spacing[0])
+        if turned:
+            volume.notes.append(turned)
     problem = volume.spacing_problem
     source = volume.spacing_source
     recorded_spacing = " ".join(volume.metadata.get(fio.META_SPACING, "").split())

@@ -444,12 +444,103 @@ def crop_like(labels: np.ndarray, sweep) -> np.ndarray:
     return np.ascontiguousarray(labels[:, y0:y1 + 1, x0:x1 + 1])
 
 
+#: Suffixes whose headers state an orientation (direction cosines) the image reader gives:
+#: a DICOM ultrasound image or a picture states none a mask's could be compared with.
+_ORIENTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _header_geometry(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]] | None:
+    """A file's direction matrix (columns: its axes in space), origin, spacing and size, read from
+    its header alone; None for a format that states no orientation or a header the image reader
+    cannot read (the reader that reads its pixels says why)."""
+    if full_suffix(path) not in _ORIENTED_SUFFIXES:
+        return None
+    try:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        with quiet_itk():
+            reader.ReadImageInformation()
+        dim = int(reader.GetDimension())
+        if dim not in (2, 3):
+            return None
+        direction = np.asarray(reader.GetDirection(), float).reshape(dim, dim)
+        return direction, np.asarray(reader.GetOrigin(), float), np.asarray(reader.GetSpacing(), float), \
+            tuple(int(v) for v in reader.GetSize())
+    except Exception:  # noqa: BLE001 - no orientation to compare; reading the pixels reports a bad header
+        return None
+
+
+def orient_like(labels: np.ndarray, mask_path: str | Path, sweep_path: str | Path
+                ) -> tuple[np.ndarray, str, bool]:
+    """``labels`` ``(N, H, W)`` (read from ``mask_path``) in the storage order of the sweep at
+    ``sweep_path``, where both headers state an orientation and place the mask where the sweep
+    lies: ``(labels, note, swapped)``, ``swapped`` when rows and columns were exchanged (the
+    mask's pixel size then reads the other way round). A mask stored flipped or transposed relative
+    to its sweep (a reorienting tool's NIfTI with rows flipped, a 3D Slicer ``.seg.nrrd`` with its
+    axes reversed) was laid on the sweep as stored: the outline on the mirrored place of the frame,
+    doubted for a wrong cause. Orientations that differ otherwise (turned by another angle, frames
+    reversed) are refused; headers that place the mask elsewhere in space (each writer's default
+    origin) leave it as stored, said so. Nothing is done where either file states no orientation."""
+    mask_path, sweep_path = Path(mask_path), Path(sweep_path)
+    mine, theirs = _header_geometry(mask_path), _header_geometry(sweep_path)
+    if mine is None or theirs is None or len(mine[3]) != len(theirs[3]):
+        return labels, "", False
+    (dm, om, sm, size_m), (ds, os_, ss, size_s) = mine, theirs
+    relation = ds.T @ dm  # the mask's axes in the sweep's: a signed permutation when they differ by flips
+    if np.allclose(relation, np.eye(len(relation)), atol=1e-3):
+        return labels, "", False
+    rounded = np.round(relation)
+    in_plane = rounded[:2, :2]
+    signed_permutation = (np.allclose(relation, rounded, atol=1e-3) and np.all(np.abs(in_plane).sum(axis=0) == 1)
+                          and np.all(np.abs(in_plane).sum(axis=1) == 1))
+    if len(relation) == 3:
+        signed_permutation = signed_permutation and rounded[2, 2] == 1 and not rounded[2, :2].any() \
+            and not rounded[:2, 2].any()
+    if not signed_permutation:
+        raise FetalIQAError(f"{mask_path}: its header orients the mask otherwise than the sweep's {sweep_path.name} "
+                            "(not by a flip of its rows or columns): save the mask in the sweep's orientation")
+
+    def corners(direction, origin, spacing, size):
+        steps = direction[:, :2] * spacing[:2]
+        return np.array([origin + steps @ np.array([i, j]) for i in (0, size[0] - 1) for j in (0, size[1] - 1)])
+
+    tolerance = 0.5 * float(max(np.max(sm[:2]), np.max(ss[:2]))) + 1e-3
+    mask_box, sweep_box = corners(dm, om, sm, size_m), corners(ds, os_, ss, size_s)
+    same_place = all(np.min(np.linalg.norm(sweep_box - c, axis=1)) <= tolerance for c in mask_box)
+    words = []
+    swapped = bool(in_plane[0, 1])
+    if swapped:
+        words.append("its rows and columns exchanged")
+    col_sign, row_sign = (in_plane[0, 1], in_plane[1, 0]) if swapped else (in_plane[0, 0], in_plane[1, 1])
+    if row_sign < 0:
+        words.append("its rows stored bottom to top")
+    if col_sign < 0:
+        words.append("its columns stored right to left")
+    said = " and ".join(words)
+    if not same_place:
+        return labels, (f"the mask's header orients it otherwise than the sweep's ({said}) but places it elsewhere "
+                        "in space: laid on the sweep as stored"), False
+    out = np.swapaxes(labels, 1, 2) if swapped else labels
+    if row_sign < 0:
+        out = out[:, ::-1, :]
+    if col_sign < 0:
+        out = out[:, :, ::-1]
+    out = np.ascontiguousarray(out)
+    out.flags.writeable = False
+    return out, (f"the mask's header orients it otherwise than the sweep's ({said}): turned to the sweep's "
+                 "storage order before measuring"), swapped
+
+
 def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
     """Read a label volume: ``(N, H, W)`` uint8 (read-only) with values 0 (background),
     1 (optimal plane) and 2 (suboptimal plane). With ``like``, the shape must equal the sweep's
     frames' shape."""
     path = Path(path).expanduser()
     labels = read_mask_volume(path).labels
+    if like is not None and getattr(like, "path", None) is not None:
+        labels = orient_like(labels, path, like.path)[0]  # (a mask stored flipped against its sweep)
     if like is not None:
         labels = crop_like(labels, like)
     if like is not None and tuple(labels.shape) != tuple(like.frames.shape):
