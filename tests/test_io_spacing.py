@@ -491,3 +491,28 @@ def test_the_chosen_frame_s_ac_in_a_picture_in_picture_uses_that_image_s_pixel_s
     assert "calibrated at 0.6 x 0.6 mm" in pip.chosen_ac["note"]
     across = answer(masks["across"])
     assert across.chosen_ac["ac_mm"] is None and across.chosen_ac["status"] == "no units"
+
+
+def test_a_nifti_stating_only_an_sform_has_that_sform_s_pixel_size(tmp_path):
+    """A NIfTI header with qform_code 0, an sform of 0.3 mm and its voxel sizes (pixdim) left at the
+    format's default 1 was called self-contradictory (1 against 0.3 mm), so no mm: the sform is the
+    only transform it states, and its 0.3 mm is read now, said so. Both stated and differing: still
+    refused."""
+    import struct
+
+    path = tmp_path / "sform.nii"
+    image = sitk.GetImageFromArray(_frames())
+    image.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(image, str(path))
+    head = bytearray(path.read_bytes())
+    assert struct.unpack("<i", head[:4])[0] == 348 and struct.unpack("<h", head[254:256])[0] > 0
+    head[80:88] = struct.pack("<2f", 1.0, 1.0)  # pixdim[1], pixdim[2]
+    contradicting = bytes(head)
+    head[252:254] = struct.pack("<h", 0)  # qform_code
+    path.write_bytes(bytes(head))
+    sweep = load_sweep(path)
+    assert sweep.spacing_mm == pytest.approx((0.3, 0.3)) and sweep.spacing_source == SPACING_FROM_HEADER
+    assert any("sform matrix, the only transform" in n for n in sweep.read_notes)
+    path.write_bytes(contradicting)  # a qform too: pixdim 1 is stated, and differs from the sform
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_NONE and "disagree" in sweep.spacing_problem

@@ -519,6 +519,12 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         if spacing_unit_note:
             source, note = SPACING_NONE, spacing_unit_note
         head = _nifti_head(path)
+        from_sform = _nifti_sform_only_spacing(head)
+        if from_sform is not None and not spacing_unit_note and tuple(spacing_mm) == (1.0, 1.0):
+            # the one transform the header states: its voxel sizes were left at the format's default
+            spacing_mm, (source, note) = from_sform, classify_header_spacing(from_sform, recorded=True)
+            notes.append("pixel spacing: read from the NIfTI header's sform matrix, the only transform it states "
+                         "(qform_code 0, voxel sizes left at 1)")
         disagreement = _nifti_spacing_disagreement(head, spacing_mm)
         if disagreement:
             source, note = SPACING_NONE, disagreement
@@ -2635,6 +2641,24 @@ def _nifti_sform_spacing(head: bytes) -> tuple[float, float] | None:
         if factor is None or not all(math.isfinite(v) and v > 0 for v in (row_mm, col_mm)):
             return None
         return float(f"{row_mm * factor:.7g}"), float(f"{col_mm * factor:.7g}")
+    return None
+
+
+def _nifti_sform_only_spacing(head: bytes) -> tuple[float, float] | None:
+    """The sform's pixel size (:func:`_nifti_sform_spacing`) of a NIfTI-1 header that states only an
+    sform (qform_code 0, sform_code above 0) and leaves its voxel sizes (pixdim) at 1, the format's
+    default: the pixel size is then the sform's, which the image reader does not report (a header
+    of 0.3 mm was called self-contradictory, 1 against 0.3 mm). None for any other header."""
+    if len(head) < 348:
+        return None
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", head[:4])[0] != 348:
+            continue
+        qform_code, sform_code = struct.unpack(endian + "2h", head[252:256])
+        pixdim = struct.unpack(endian + "8f", head[76:108])
+        if qform_code != 0 or sform_code <= 0 or pixdim[1] != 1.0 or pixdim[2] != 1.0:
+            return None
+        return _nifti_sform_spacing(head)
     return None
 
 
