@@ -502,6 +502,9 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                 spacing_mm, source, note = calibrated, SPACING_FROM_IMAGEJ, ""
             elif why:
                 note = why
+            elif pages.ome:
+                note = (f"the TIFF's OME metadata states a pixel size ({pages.ome}), which is not read: of a TIFF, "
+                        "only an ImageJ scale is")
             if kind == "TIFF" and pages.photometric == 0 and grey:
                 arr = _white_is_zero(arr, components, pages, path)
                 notes.append("the TIFF stores white as 0 (MinIsWhite): its grey levels are turned the right way "
@@ -864,6 +867,7 @@ class _TiffPages(NamedTuple):
     photometric: int | None = None  # the first page's PhotometricInterpretation (0: white is 0)
     bits: int | None = None  # its BitsPerSample (the first sample's)
     depth: int = 1  # its ImageDepth (SGI's tag 32997: several frames on one page)
+    ome: str = ""  # the pixel size its OME-XML description states, as written ("PhysicalSizeX 0.3 mm, ..."); not read
 
 
 def _tiff_pages(path: Path) -> _TiffPages:
@@ -881,6 +885,7 @@ def _tiff_pages(path: Path) -> _TiffPages:
             with Image.open(path) as im:
                 tags = getattr(im, "tag_v2", {})
                 imagej = _imagej_fields(tags.get(270))
+                ome = _ome_physical_size(tags.get(270))
                 resolution, orientation = (tags.get(282), tags.get(283)), _known_orientation(tags.get(274))
                 photometric, bits, depth = (_first_int(tags.get(t)) for t in (262, 258, 32997))
                 count = int(getattr(im, "n_frames", 1))
@@ -889,9 +894,25 @@ def _tiff_pages(path: Path) -> _TiffPages:
                     layout = (tuple(im.size), str(im.mode).replace("I;16B", "I;16"))
                     if layout not in layouts:
                         layouts.append(layout)
-        return _TiffPages(layouts, count, imagej, resolution, orientation, photometric, bits, depth or 1)
+        return _TiffPages(layouts, count, imagej, resolution, orientation, photometric, bits, depth or 1, ome)
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return none
+
+
+def _ome_physical_size(description: Any) -> str:
+    """The pixel size an OME-TIFF's OME-XML description states (``PhysicalSizeX 0.3 mm,
+    PhysicalSizeY 0.3 mm``; OME's unit is micrometres where none is named), for saying so: it is
+    not read as the sweep's calibration. Empty for any other description."""
+    text = description.decode("utf-8", "replace") if isinstance(description, bytes) else str(description or "")
+    if "<OME" not in text[:4096]:
+        return ""
+    found = []
+    for axis in "XY":
+        size = re.search(rf'PhysicalSize{axis}\s*=\s*"([^"]{{1,30}})"', text)
+        if size:
+            unit = re.search(rf'PhysicalSize{axis}Unit\s*=\s*"([^"]{{1,12}})"', text)
+            found.append(f"PhysicalSize{axis} {size.group(1)} {unit.group(1) if unit else 'µm'}")
+    return ", ".join(found)
 
 
 def _first_int(value: Any) -> int | None:
