@@ -790,7 +790,8 @@ def test_a_mask_whose_header_stores_it_flipped_against_its_sweep_is_laid_on_it_t
     and a 3D Slicer .seg.nrrd with its axes reversed lie where the sweep lies in space, but were laid
     on the sweep as stored: the outline on the mirrored place of the frame, doubted for a wrong
     cause. They are turned to the sweep's storage order now, said so; an orientation that is no flip
-    is refused; headers that place the mask elsewhere (a writer's default origin) leave it as stored."""
+    is refused; headers that place the mask elsewhere leave it as stored, and a mask written with no geometry
+    (its writer's default) is laid as stored, as before."""
     from fetaliqa_core.io import load_mask, load_sweep
 
     h, w, s = 120, 160, 0.3
@@ -842,6 +843,20 @@ def test_a_mask_whose_header_stores_it_flipped_against_its_sweep_is_laid_on_it_t
     assert main(["ac", turned, "--sweep", str(tmp_path / "sweep.nii.gz")]) == 1
     err = capsys.readouterr().err
     assert "orients the mask otherwise than the sweep's" in err and err.count("\n") == 1
+    # a mask written with no geometry (its writer's default: origin 0, no orientation) states none: laid as
+    # stored, without a word, on a sweep whatever its header's orientation (a NIfTI's RAS axes, a turned NRRD)
+    plain = tmp_path / "plain.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(masks), str(plain))
+    for name, direction in (("ras.nii.gz", (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1)),
+                            ("turned.nrrd", (c, -si, 0, si, c, 0, 0, 0, 1))):
+        other = sitk.GetImageFromArray(frames)
+        other.SetSpacing((s, s, 1.0))
+        other.SetDirection(direction)
+        sitk.WriteImage(other, str(tmp_path / name))
+        assert main(["ac", str(plain), "--sweep", str(tmp_path / name), "--json"]) == 0, name
+        record = json.loads(capsys.readouterr().out)
+        assert record["ellipse_px"]["center"] == pytest.approx([70, 40], abs=1.5)
+        assert not any("orients" in n for n in record["read_notes"] or []), name
     # the same storage and orientation as the sweep: as before, no word
     same = stored("same.nii.gz", False, False)
     assert main(["ac", same, "--sweep", str(tmp_path / "sweep.nii.gz"), "--json"]) == 0

@@ -481,13 +481,18 @@ def orient_like(labels: np.ndarray, mask_path: str | Path, sweep_path: str | Pat
     to its sweep (a reorienting tool's NIfTI with rows flipped, a 3D Slicer ``.seg.nrrd`` with its
     axes reversed) was laid on the sweep as stored: the outline on the mirrored place of the frame,
     doubted for a wrong cause. Orientations that differ otherwise (turned by another angle, frames
-    reversed) are refused; headers that place the mask elsewhere in space (each writer's default
-    origin) leave it as stored, said so. Nothing is done where either file states no orientation."""
+    reversed) are refused; headers that place the mask elsewhere in space leave it as stored, said
+    so. Nothing is done where either file states no orientation, nor where the mask's is its writer's
+    default (origin 0, axes along those of the image reader or of a NIfTI writer's RAS space): a mask
+    written from an array with no geometry given was drawn on the frames as stored."""
     mask_path, sweep_path = Path(mask_path), Path(sweep_path)
     mine, theirs = _header_geometry(mask_path), _header_geometry(sweep_path)
     if mine is None or theirs is None or len(mine[3]) != len(theirs[3]):
         return labels, "", False
     (dm, om, sm, size_m), (ds, os_, ss, size_s) = mine, theirs
+    defaults = (np.eye(len(dm)), np.diag([-1.0, -1.0] + [1.0] * (len(dm) - 2)))  # (ITK's, and a NIfTI writer's)
+    if not np.any(om) and any(np.allclose(dm, d) for d in defaults):
+        return labels, "", False  # the writer's default geometry (none given): the mask states no orientation
     relation = ds.T @ dm  # the mask's axes in the sweep's: a signed permutation when they differ by flips
     if np.allclose(relation, np.eye(len(relation)), atol=1e-3):
         return labels, "", False
