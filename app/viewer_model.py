@@ -10,6 +10,7 @@ every key and click can be tested without a display (the same split as napari's
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -580,8 +581,14 @@ class ViewerModel:
         doubt = analysis.units.model_doubt(bool(prov.get("demo")),
                                            None if self.sweep is None or self.spacing_problem
                                            else self.sweep.spacing_mm)
-        return analysis.read_ac(None if ac is None else ac.ac_mm, self.spacing_problem, problem, disagreement,
-                                doubt)
+        reading = analysis.read_ac(None if ac is None else ac.ac_mm,
+                                   self.spacing_problem or getattr(ac, "spacing_problem", None), problem,
+                                   disagreement, doubt)
+        # measured at the size of the image region holding the outline (a picture-in-picture's): said
+        region = getattr(ac, "spacing_note", "")
+        if region and reading.ac_mm is not None:
+            reading = dataclasses.replace(reading, note="; ".join(t for t in (reading.note, region) if t))
+        return reading
 
     def set_spacing(self, mm: float | tuple[float, float]) -> None:
         """Use a pixel spacing the user gives (mm per pixel: one value for square pixels, or

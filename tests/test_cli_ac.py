@@ -753,3 +753,113 @@ def test_a_mask_path_that_is_a_link_loop_is_named_so(tmp_path, capsys):
     assert main(["ac", str(loop)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "leads back to itself" in err and ".nii.gz" in err, err
+
+
+def test_a_mask_file_s_pixel_size_does_not_stand_in_for_a_sweep_that_has_none(tmp_path, capsys):
+    """A mask written with ACOUSLIC's 0.28 mm as a template, given with a sweep that records no
+    pixel size: `ac --sweep` measured at the mask's 0.28 mm, called it "file header" (taken for the
+    sweep's) and printed a plain AC with a GA (116.8 mm, 17w 3d, on a sweep drawn at 0.3 mm). The
+    mask file's size is now named as such and not used: no mm, with the --spacing that would use it."""
+    frames = np.full((2, 120, 160), 60, np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(tmp_path / "sweep.mha"))  # no ElementSpacing
+    masks = np.zeros((2, 120, 160), np.uint8)
+    cv2.ellipse(masks[1], (80, 60), (40, 30), 0, 0, 360, 1, -1)
+    mask = _write(tmp_path, masks, "mask.mha", spacing=0.28)
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep.mha")]) == 1
+    out = capsys.readouterr().out
+    assert "AC not shown" in out and "GA" not in out and "file header" not in out
+    assert "its sweep: the file records" in out and "The mask file's header states 0.28 x 0.28 mm" in out
+    assert "--spacing 0.28." in out and out.count("--spacing") == 1, out
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep.mha"), "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_status"] == "no units" and record["ac_mm"] is None and record["spacing_source"] is None
+    # given with --spacing, it is measured
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep.mha"), "--spacing", "0.28", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_mm"] is not None and record["spacing_mm"] == [0.28, 0.28] and record["spacing_source"] == "user"
+    # beside a sweep that has one, a mask's size that disagrees is named as the mask file's
+    calibrated = sitk.GetImageFromArray(frames)
+    calibrated.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(calibrated, str(tmp_path / "sweep03.mha"))
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep03.mha")]) == 1
+    assert "0.28 x 0.28 mm (the mask file's header)" in capsys.readouterr().out
+
+
+def test_a_mask_whose_header_stores_it_flipped_against_its_sweep_is_laid_on_it_the_sweep_s_way(tmp_path, capsys):
+    """A NIfTI mask written by a reorienting tool (rows stored bottom to top, its affine saying so)
+    and a 3D Slicer .seg.nrrd with its axes reversed lie where the sweep lies in space, but were laid
+    on the sweep as stored: the outline on the mirrored place of the frame, doubted for a wrong
+    cause. They are turned to the sweep's storage order now, said so; an orientation that is no flip
+    is refused; headers that place the mask elsewhere leave it as stored, and a mask written with no geometry
+    (its writer's default) is laid as stored, as before."""
+    from fetaliqa_core.io import load_mask, load_sweep
+
+    h, w, s = 120, 160, 0.3
+    frames = np.full((2, h, w), 30, np.uint8)
+    cv2.ellipse(frames[1], (70, 40), (40, 30), 0, 0, 360, 140, -1)  # the body, in the upper half
+    sweep = sitk.GetImageFromArray(frames)
+    sweep.SetSpacing((s, s, 1.0))
+    sitk.WriteImage(sweep, str(tmp_path / "sweep.nii.gz"))
+    masks = np.zeros((2, h, w), np.uint8)
+    cv2.ellipse(masks[1], (70, 40), (40, 30), 0, 0, 360, 1, -1)
+
+    def stored(name, flip_rows, flip_cols, origin=None, direction=None):
+        data = masks[:, ::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+        image = sitk.GetImageFromArray(np.ascontiguousarray(data))
+        image.SetSpacing((s, s, 1.0))
+        image.SetDirection(direction or (-1.0 if flip_cols else 1.0, 0, 0, 0, -1.0 if flip_rows else 1.0, 0, 0, 0, 1))
+        image.SetOrigin(origin if origin is not None else
+                        ((w - 1) * s if flip_cols else 0.0, (h - 1) * s if flip_rows else 0.0, 0.0))
+        sitk.WriteImage(image, str(tmp_path / name))
+        return str(tmp_path / name)
+
+    for name, rows, cols, said in (("rows.nii.gz", True, False, "its rows stored bottom to top"),
+                                   ("both.seg.nrrd", True, True, "and its columns stored right to left")):
+        path = stored(name, rows, cols)
+        assert main(["ac", path, "--sweep", str(tmp_path / "sweep.nii.gz"), "--json"]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["ellipse_px"]["center"] == pytest.approx([70, 40], abs=1.5), name
+        assert any(said in n and "turned to the sweep's storage order" in n for n in record["read_notes"]), record
+        on_sweep = load_mask(path, like=load_sweep(tmp_path / "sweep.nii.gz"))
+        assert np.array_equal(on_sweep, masks), name
+    # stored transposed (rows and columns exchanged), its header saying so
+    transposed = sitk.GetImageFromArray(np.ascontiguousarray(masks.transpose(0, 2, 1)))
+    transposed.SetSpacing((s, s, 1.0))
+    transposed.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, 1))
+    sitk.WriteImage(transposed, str(tmp_path / "transposed.nii.gz"))
+    assert main(["ac", str(tmp_path / "transposed.nii.gz"), "--sweep", str(tmp_path / "sweep.nii.gz"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ellipse_px"]["center"] == pytest.approx([70, 40], abs=1.5)
+    assert any("rows and columns exchanged" in n for n in record["read_notes"])
+    # the same flip placed elsewhere in space (its writer's default origin): as stored, said so
+    elsewhere = stored("elsewhere.nii.gz", True, False, origin=(0.0, 0.0, 0.0))
+    assert main(["ac", elsewhere, "--sweep", str(tmp_path / "sweep.nii.gz"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ellipse_px"]["center"] == pytest.approx([70, h - 1 - 40], abs=1.5)
+    assert any("places it elsewhere in space: laid on the sweep as stored" in n for n in record["read_notes"])
+    # turned by 30 degrees: no flip makes it the sweep's
+    c, si = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    turned = stored("turned.nii.gz", False, False, direction=(c, -si, 0, si, c, 0, 0, 0, 1))
+    assert main(["ac", turned, "--sweep", str(tmp_path / "sweep.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert "orients the mask otherwise than the sweep's" in err and err.count("\n") == 1
+    # a mask written with no geometry (its writer's default: origin 0, no orientation) states none: laid as
+    # stored, without a word, on a sweep whatever its header's orientation (a NIfTI's RAS axes, a turned NRRD)
+    plain = tmp_path / "plain.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(masks), str(plain))
+    for name, direction in (("ras.nii.gz", (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1)),
+                            ("turned.nrrd", (c, -si, 0, si, c, 0, 0, 0, 1))):
+        other = sitk.GetImageFromArray(frames)
+        other.SetSpacing((s, s, 1.0))
+        other.SetDirection(direction)
+        sitk.WriteImage(other, str(tmp_path / name))
+        assert main(["ac", str(plain), "--sweep", str(tmp_path / name), "--json"]) == 0, name
+        record = json.loads(capsys.readouterr().out)
+        assert record["ellipse_px"]["center"] == pytest.approx([70, 40], abs=1.5)
+        assert not any("orients" in n for n in record["read_notes"] or []), name
+    # the same storage and orientation as the sweep: as before, no word
+    same = stored("same.nii.gz", False, False)
+    assert main(["ac", same, "--sweep", str(tmp_path / "sweep.nii.gz"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ellipse_px"]["center"] == pytest.approx([70, 40], abs=1.5)
+    assert not any("orients" in n for n in record["read_notes"] or [])

@@ -2243,3 +2243,23 @@ def test_a_compressed_dicom_file_cut_short_is_called_truncated_without_pydicoms_
     assert "no image" not in str(err.value)
     out, said = capfd.readouterr()
     assert "End of file" not in said + out and "Warning" not in said
+
+
+def test_an_ome_tiff_s_stated_pixel_size_is_named_not_called_a_printing_resolution(tmp_path):
+    """An OME-TIFF whose OME-XML states PhysicalSizeX/Y 0.3 mm was told "a TIFF picture records at most
+    a printing resolution", untrue of it. Its pixel size is still not read (only an ImageJ scale is),
+    and the reason now names what the file states."""
+    from PIL import Image, TiffImagePlugin
+
+    frames = [Image.fromarray(f) for f in _grey(n=3).astype(np.uint8)]
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[270] = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+                 '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="48" SizeY="40" '
+                 'SizeC="1" SizeZ="1" SizeT="3" PhysicalSizeX="0.3" PhysicalSizeXUnit="mm" PhysicalSizeY="0.3" '
+                 'PhysicalSizeYUnit="mm"></Pixels></Image></OME>')
+    tif = tmp_path / "sweep.ome.tif"
+    frames[0].save(tif, save_all=True, append_images=frames[1:], tiffinfo=info)
+    sweep = load_sweep(tif)
+    assert sweep.n_frames == 3 and sweep.spacing_source == SPACING_NONE
+    assert "OME metadata states a pixel size (PhysicalSizeX 0.3 mm, PhysicalSizeY 0.3 mm)" in sweep.spacing_problem
+    assert "printing resolution" not in sweep.spacing_problem

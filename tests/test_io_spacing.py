@@ -391,3 +391,128 @@ def test_a_pixel_spacing_is_typed_as_one_number_or_width_x_height():
     for bad in ("", "0.3x", "0.3x0.4x0.5", "a"):
         with pytest.raises(FetalIQAError, match="not a pixel spacing"):
             parse_spacing(bad)
+
+
+def _picture_in_picture(tmp_path):
+    """A scanner's screen with a main image at 0.3 mm (300 x 300 px) and a picture-in-picture beside
+    it at 0.6 mm (150 x 150 px), both showing the same abdomen (semi-axes 24 x 19.2 mm), and masks
+    outlining it in each image and one across both."""
+    import cv2
+
+    h, w = 300, 480
+    rng = np.random.default_rng(7)
+    fans = np.zeros((h, w), np.uint8)
+    cv2.ellipse(fans, (150, 0), (299, 299), 90, -45, 45, 1, -1)  # the main image's sector
+    cv2.ellipse(fans, (395, 0), (149, 149), 90, -45, 45, 1, -1)  # the picture-in-picture's
+    frames = np.zeros((3, h, w), np.uint8)
+    frames[:, fans != 0] = rng.integers(30, 90, (3, int(fans.sum())), dtype=np.uint8)
+    body = np.zeros((h, w), np.uint8)
+    cv2.ellipse(body, (150, 150), (80, 64), 0, 0, 360, 1, -1)
+    cv2.ellipse(body, (395, 75), (40, 32), 0, 0, 360, 1, -1)
+    frames[1][body != 0] = rng.integers(110, 170, int(body.sum()), dtype=np.uint8)
+    path = tmp_path / "pip.dcm"
+    write_us_dicom(path, frames, regions=[_region(0, 0, 299, 299, 0.03, 0.03), _region(320, 0, 469, 149, 0.06, 0.06)])
+    masks = {}
+    for name, (center, axes) in {"main": ((150, 150), (80, 64)), "pip": ((395, 75), (40, 32)),
+                                 "across": ((300, 120), (90, 40))}.items():
+        m = np.zeros((3, h, w), np.uint8)
+        cv2.ellipse(m[1], center, axes, 0, 0, 360, 1, -1)
+        masks[name] = m
+    truth = np.pi * (3 * (24 + 19.2) - np.sqrt((3 * 24 + 19.2) * (24 + 3 * 19.2)))
+    return path, masks, truth
+
+
+def test_an_outline_in_a_picture_in_picture_is_measured_at_that_image_s_own_pixel_size(tmp_path, capsys):
+    """A screen with a main image at 0.3 mm and a picture-in-picture at 0.6 mm: the sweep's one pixel
+    size was the largest region's, so an outline drawn in the small image was measured at 0.3 mm,
+    half its length, plain, with a GA ten weeks early. Now an outline is measured at the size of the
+    region holding it, said so; one across the two images, or outside them, has no mm."""
+    import json
+
+    from fetaliqa_core.cli import main
+
+    path, masks, truth = _picture_in_picture(tmp_path)
+    sweep = load_sweep(path)
+    assert sweep.spacing_mm == pytest.approx((0.3, 0.3)) and sweep.spacing_source == SPACING_FROM_US_REGION
+    for name, m in masks.items():
+        sitk.WriteImage(sitk.GetImageFromArray(m), str(tmp_path / f"{name}.mha"))
+    assert main(["ac", str(tmp_path / "main.mha"), "--sweep", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_mm"] == pytest.approx(truth, rel=0.03) and record["spacing_mm"] == [0.3, 0.3]
+    assert main(["ac", str(tmp_path / "pip.mha"), "--sweep", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_mm"] == pytest.approx(truth, rel=0.03) and record["spacing_mm"] == [0.6, 0.6]
+    assert "the region holding the outline" in record["spacing_source"]
+    assert any("image region calibrated at 0.6 x 0.6 mm" in n for n in record["read_notes"])
+    assert main(["ac", str(tmp_path / "pip.mha"), "--sweep", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pixel 0.6 x 0.6 mm" in out and "calibrated at 0.6 x 0.6 mm" in out
+    # across both images: which size applies is not known, so no mm and no GA
+    assert main(["ac", str(tmp_path / "across.mha"), "--sweep", str(path), "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_status"] == "no units" and record["ac_mm"] is None and record["ga"] is None
+    assert record["spacing_problem"].startswith("pixel size unknown where the outline lies")
+    # a size the user gives stands for every pixel
+    assert main(["ac", str(tmp_path / "pip.mha"), "--sweep", str(path), "--spacing", "0.6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["spacing_mm"] == [0.6, 0.6]
+
+
+def test_the_chosen_frame_s_ac_in_a_picture_in_picture_uses_that_image_s_pixel_size():
+    """`score` and the window measured the chosen mask with the sweep's one pixel size, the largest
+    region's, wherever the mask lay. Now the mask in the 0.6 mm picture-in-picture is measured at
+    0.6 mm, said in the note; one across the two images has no mm."""
+    import tempfile
+
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+    from fetaliqa_core.engine import SweepResults
+    from fetaliqa_core.preprocess import preprocess_masks
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, masks, truth = _picture_in_picture(Path(tmp))
+        sweep = load_sweep(path).in_memory()
+
+    def answer(mask):
+        res = SweepResults(3, True, True)
+        res.p_cls[:] = 0.1
+        res.p_cls[1] = 0.9
+        res.p_opt[:] = 0.0
+        res.done[:] = True
+        small = preprocess_masks(mask[1], size=224).numpy().reshape(224, 224).astype(np.uint8)
+        for i in range(3):
+            res.masks[i] = small if i == 1 else np.zeros((224, 224), np.uint8)
+        res.seg_area_px[:] = [int(np.count_nonzero(res.masks[i])) for i in range(3)]
+        res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * 224 * 224)
+        return assess(sweep, res, Thresholds(value=0.5, model=0.5)).summary
+
+    main = answer(masks["main"])
+    assert main.chosen_frame == 1 and main.chosen_ac["ac_mm"] == pytest.approx(truth, rel=0.04)
+    pip = answer(masks["pip"])
+    assert pip.chosen_frame == 1 and pip.chosen_ac["ac_mm"] == pytest.approx(truth, rel=0.06)
+    assert "calibrated at 0.6 x 0.6 mm" in pip.chosen_ac["note"]
+    across = answer(masks["across"])
+    assert across.chosen_ac["ac_mm"] is None and across.chosen_ac["status"] == "no units"
+
+
+def test_a_nifti_stating_only_an_sform_has_that_sform_s_pixel_size(tmp_path):
+    """A NIfTI header with qform_code 0, an sform of 0.3 mm and its voxel sizes (pixdim) left at the
+    format's default 1 was called self-contradictory (1 against 0.3 mm), so no mm: the sform is the
+    only transform it states, and its 0.3 mm is read now, said so. Both stated and differing: still
+    refused."""
+    import struct
+
+    path = tmp_path / "sform.nii"
+    image = sitk.GetImageFromArray(_frames())
+    image.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(image, str(path))
+    head = bytearray(path.read_bytes())
+    assert struct.unpack("<i", head[:4])[0] == 348 and struct.unpack("<h", head[254:256])[0] > 0
+    head[80:88] = struct.pack("<2f", 1.0, 1.0)  # pixdim[1], pixdim[2]
+    contradicting = bytes(head)
+    head[252:254] = struct.pack("<h", 0)  # qform_code
+    path.write_bytes(bytes(head))
+    sweep = load_sweep(path)
+    assert sweep.spacing_mm == pytest.approx((0.3, 0.3)) and sweep.spacing_source == SPACING_FROM_HEADER
+    assert any("sform matrix, the only transform" in n for n in sweep.read_notes)
+    path.write_bytes(contradicting)  # a qform too: pixdim 1 is stated, and differs from the sform
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_NONE and "disagree" in sweep.spacing_problem

@@ -10,6 +10,7 @@ Points and ellipse centres are ``(x, y)`` = ``(column, row)`` in pixels, as Open
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -65,6 +66,11 @@ class ACMeasurement:
     n_points: int
     truncated: bool
     spacing_mm: tuple[float, float]
+    #: Why no length may be shown for this outline although the sweep has a pixel size: it lies
+    #: outside or across image regions calibrated differently (:meth:`fetaliqa_core.io.Sweep.outline_spacing`).
+    spacing_problem: str | None = None
+    #: Said with the length: measured at the size of the image region holding the outline, not the sweep's.
+    spacing_note: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -406,4 +412,12 @@ def measure_frame_ac(sweep, results, frame: int, fov: FovArg | None = None) -> A
     if mask is None or not mask.any():
         return None
     full = mask_to_frame(mask, sweep.height, sweep.width) > 0
-    return measure_ac(full, sweep.spacing_mm, fov=acouslic.sweep_fov(sweep) if fov is None else fov)
+    fov = acouslic.sweep_fov(sweep) if fov is None else fov
+    spacing, problem, note = sweep.spacing_mm, None, ""
+    if getattr(sweep, "region_calibrations", ()) and getattr(sweep, "spacing_problem", None) is None:
+        # image regions of different pixel sizes (a picture-in-picture): the one holding the outline
+        area = resolve_fov(fov, full.shape)
+        found, problem, note = sweep.outline_spacing(full if area is None else full & area)
+        spacing = found or spacing  # (without one, no length is shown: ``spacing_problem``)
+    m = measure_ac(full, spacing, fov=fov)
+    return dataclasses.replace(m, spacing_problem=problem, spacing_note=note) if m is not None else None

@@ -495,8 +495,9 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
         frame = b.frame if (b is not None and b.passes) else -1
         m = ac_on(frame)
-        r = read_ac(None if m is None else m.ac_mm, spacing_problem, _mask_problem(choice, frame),
-                    _disagreement(p_cls, thresholds, frame, flags), doubt_of_models)
+        r = _with_region(read_ac(None if m is None else m.ac_mm, spacing_problem or _region_problem(m),
+                                 _mask_problem(choice, frame), _disagreement(p_cls, thresholds, frame, flags),
+                                 doubt_of_models), m)
         if frame < 0:
             why = _why_no_frame(flags, choice, start, stop)
             r = replace(r, note=why if why == "no frame scored" else why + _dim_frames(sweep, start, stop))
@@ -515,9 +516,9 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
             plane=(None if frame < 0 or b is None or b.optimal is None
                    else ("optimal" if b.optimal else "suboptimal"))))
     chosen_m = ac_on(chosen)
-    chosen_reading = read_ac(None if chosen_m is None else chosen_m.ac_mm, spacing_problem,
-                             _mask_problem(choice, chosen), _disagreement(p_cls, thresholds, chosen, flags),
-                             doubt_of_models)
+    chosen_reading = _with_region(read_ac(None if chosen_m is None else chosen_m.ac_mm,
+                                          spacing_problem or _region_problem(chosen_m), _mask_problem(choice, chosen),
+                                          _disagreement(p_cls, thresholds, chosen, flags), doubt_of_models), chosen_m)
     if chosen >= 0 and chosen_m is None:
         chosen_reading = replace(chosen_reading, note=_why_no_ac(results, chosen))
     elif chosen < 0 and sweeps:
@@ -555,6 +556,21 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         notice=str(prov.get("notice", "")) if prov.get("demo") or prov.get("random_base") else "")
     return Assessment(thresholds=thresholds, flags=flags, best=best, chosen_frame=int(chosen),
                       ac=ac, summary=summary, choice=choice, p_cls=p_cls)
+
+
+def _region_problem(m: ACMeasurement | None) -> str | None:
+    """Why no length may be shown for the outline ``m`` measured although the sweep has a pixel size:
+    it lies outside or across image regions calibrated differently (a picture-in-picture's)."""
+    return None if m is None else getattr(m, "spacing_problem", None)
+
+
+def _with_region(r, m: ACMeasurement | None):
+    """``r`` saying, with its length, that ``m`` was measured at the size of the image region holding
+    the outline, not at the sweep's (``ACMeasurement.spacing_note``)."""
+    note = "" if m is None else getattr(m, "spacing_note", "")
+    if not note or r.ac_mm is None:
+        return r
+    return replace(r, note="; ".join(t for t in (r.note, note) if t))
 
 
 def _field_of_view_name(sweep) -> str:

@@ -83,8 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sweep", default=None, metavar="SWEEP",
         help="the sweep the mask was drawn on: its own field of view (its fan) is used, so an outline "
-             "cut by that fan's edge is fitted without it; its pixel size stands for the mask's, and its "
-             "grey levels tell a skull's outline from an abdomen's",
+             "cut by that fan's edge is fitted without it; its pixel size stands for the mask's (a sweep "
+             "without one gives no mm: the mask file's size is named, not used; give it with --spacing), and "
+             "its grey levels tell a skull's outline from an abdomen's",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -171,6 +172,13 @@ def run(args: argparse.Namespace) -> int:
     volume = fio.read_mask_volume(path, binary_255=True)  # only the outline counts here
     masks = volume.labels
     spacing = tuple(volume.spacing_mm)
+    if args.sweep is not None and Path(args.sweep).is_file():
+        # a mask whose header says it is stored flipped against its sweep: laid on it the sweep's way
+        masks, turned, swapped = fio.orient_like(masks, path, Path(args.sweep))
+        if swapped:
+            spacing = (spacing[1], spacing[0])
+        if turned:
+            volume.notes.append(turned)
     problem = volume.spacing_problem
     source = volume.spacing_source
     recorded_spacing = " ".join(volume.metadata.get(fio.META_SPACING, "").split())
@@ -230,39 +238,6 @@ def run(args: argparse.Namespace) -> int:
         found = acouslic.sweep_fov(sweep)  # ACOUSLIC's own mask where the sweep's fan is that probe's
         fov = resolve_fov(found, frame.shape)
         fov_name = "acouslic" if isinstance(found, str) else "the sweep's own fan"
-    if sweep is not None and args.spacing is None:
-        # the sweep's calibration stands for its mask's: a mask file's pixel size may be a writer's
-        sweep_spacing = tuple(sweep.spacing_mm)
-        given_for_it = of_sweep and source.strip() == fio.SPACING_FROM_USER  # score --spacing wrote it: that stands
-        if (sweep.spacing_problem is None and problem is None and not given_for_it
-                and not fspacing.same_pixel_size(spacing, sweep_spacing)):
-            source, problem = fio.SPACING_NONE, fspacing.problem(spacing, fio.SPACING_NONE, (
-                f"the mask's pixel size, {spacing_text(spacing)} ({source}), and its sweep's, "
-                f"{spacing_text(sweep_spacing)} ({sweep.spacing_source}), disagree: one of them is wrong"))
-        elif sweep.spacing_problem is None and problem is not None:
-            spacing, problem, source = sweep_spacing, None, f"its sweep's {sweep.spacing_source}"
-        elif sweep.spacing_problem is not None and problem is not None:
-            # neither has a usable pixel size: the sweep's reason is the one to act on (its calibration
-            # stands for its mask's; the mask file's header often only holds a writer's default)
-            problem = sweep.spacing_problem
-            problem = (problem.replace("pixel spacing unknown (", "pixel spacing unknown (its sweep: ", 1)
-                       if problem.startswith("pixel spacing unknown (") else f"its sweep's {problem}")
-        elif (sweep.spacing_problem is None and problem is None and not given_for_it and not of_sweep
-              and sweep.spacing_source != source):
-            # the two agree: the sweep's calibration is named (a DICOM region's, say), the mask's beside it
-            source = f"its sweep's {sweep.spacing_source}; the mask's {source} agrees"
-    # what reading the sweep found (pixels that hold no number make part of its fan unknown)
-    sweep_notes = [] if sweep is None else [n for n in sweep.read_notes
-                                            if args.spacing is None or not n.startswith("pixel spacing:")]
-    grey = None
-    if sweep is not None and masks.shape[0] != sweep.n_frames:
-        # a mask of one frame: the sweep's fan holds for every frame, but which frame's grey levels
-        # it was drawn on is not known
-        sweep_notes.append(f"the mask has one frame and the sweep {sweep.n_frames}: measured in the sweep's "
-                           "fan, without the checks against the frame's grey levels (a skull's ring among them)")
-    elif sweep is not None and index < sweep.n_frames:
-        candidate = np.asarray(sweep.frames[index])
-        grey = candidate if candidate.dtype == np.uint8 and candidate.shape == frame.shape else None
     fov_note = ""
     if fov is not None and frame.any() and fov_name == "acouslic":
         outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)
@@ -284,6 +259,59 @@ def run(args: argparse.Namespace) -> int:
                 "the field of view found in the sweep's frames is this outline itself (a body in fluid shown "
                 "pure black, no edge of the fan to be seen): measured on the whole frame, so a cut by the fan's "
                 "edge is not known")
+    region_note = ""
+    if sweep is not None and args.spacing is None:
+        # the sweep's calibration stands for its mask's: a mask file's pixel size may be a writer's;
+        # where the sweep's image regions state different sizes, that of the region holding the outline
+        inside = frame != 0
+        if isinstance(fov, np.ndarray) and fov.shape == frame.shape:
+            inside = inside & fov
+        sweep_spacing, sweep_problem, region_note = sweep.outline_spacing(inside)
+        regional = sweep_problem is not None and sweep.spacing_problem is None  # the outline's region's, not the sweep's
+        sweep_source = sweep.spacing_source + (", the region holding the outline" if region_note else "")
+        given_for_it = of_sweep and source.strip() == fio.SPACING_FROM_USER  # score --spacing wrote it: that stands
+        # (never plain "file header" for the mask's: read beside a sweep, that is taken for the sweep's)
+        mask_source = "the mask file's header" if source == fio.SPACING_FROM_HEADER else source
+        if (sweep_problem is None and problem is None and not given_for_it
+                and not fspacing.same_pixel_size(spacing, sweep_spacing)):
+            source, problem = fio.SPACING_NONE, fspacing.problem(spacing, fio.SPACING_NONE, (
+                f"the mask's pixel size, {spacing_text(spacing)} ({mask_source}), and its sweep's, "
+                f"{spacing_text(sweep_spacing)} ({sweep_source}), disagree: one of them is wrong"))
+        elif sweep_problem is None and problem is not None:
+            spacing, problem, source = sweep_spacing, None, f"its sweep's {sweep_source}"
+        elif sweep_problem is not None and not given_for_it:
+            # no usable pixel size where the outline lies: the sweep's reason is the one to act on (its
+            # calibration stands for its mask's; the mask file's header often only holds a writer's
+            # default or a template's size, e.g. ACOUSLIC's 0.28 mm, and is not taken in its place)
+            mask_states = problem is None and not of_sweep
+            problem = sweep_problem if regional else (
+                sweep_problem.replace("pixel spacing unknown (", "pixel spacing unknown (its sweep: ", 1)
+                if sweep_problem.startswith("pixel spacing unknown (") else f"its sweep's {sweep_problem}")
+            if mask_states:
+                example = (f"{spacing[1]:g}" if fspacing.is_square(spacing) else f"{spacing[1]:g}x{spacing[0]:g}")
+                problem += (f" The mask file's header states {spacing_text(spacing)} per pixel, which is not used (a "
+                            f"mask writer often leaves a template's or its own default size there): if it is the "
+                            f"sweep's, give it with --spacing {example}.")
+            source = fio.SPACING_NONE
+        elif (sweep_problem is None and problem is None and not given_for_it and not of_sweep
+              and sweep_source != source):
+            # the two agree: the sweep's calibration is named (a DICOM region's, say), the mask's beside it
+            source = f"its sweep's {sweep_source}; the mask's {source} agrees"
+            spacing = sweep_spacing if region_note else spacing
+        if problem is not None:
+            region_note = ""
+    # what reading the sweep found (pixels that hold no number make part of its fan unknown)
+    sweep_notes = [] if sweep is None else [n for n in sweep.read_notes
+                                            if args.spacing is None or not n.startswith("pixel spacing:")]
+    grey = None
+    if sweep is not None and masks.shape[0] != sweep.n_frames:
+        # a mask of one frame: the sweep's fan holds for every frame, but which frame's grey levels
+        # it was drawn on is not known
+        sweep_notes.append(f"the mask has one frame and the sweep {sweep.n_frames}: measured in the sweep's "
+                           "fan, without the checks against the frame's grey levels (a skull's ring among them)")
+    elif sweep is not None and index < sweep.n_frames:
+        candidate = np.asarray(sweep.frames[index])
+        grey = candidate if candidate.dtype == np.uint8 and candidate.shape == frame.shape else None
     # fitted in pixels when the spacing is not usable (no mm is shown then): a spacing of 1e308 mm
     # overflowed the fit in mm, which then blamed the mask for the spacing's fault
     m = analysis.measure_ac(frame, spacing if problem is None else (1.0, 1.0), fov=fov)
@@ -326,7 +354,8 @@ def run(args: argparse.Namespace) -> int:
             "written_by": writer or None,
             "recorded_doubt": recorded,
             "read_notes": list(volume.notes) + [f"sweep: {n}" for n in sweep_notes]
-            + ([f"pixel spacing {given_note}"] if given_note else []) or None,
+            + ([f"pixel spacing {given_note}"] if given_note else [])
+            + ([f"pixel spacing: {region_note}"] if region_note else []) or None,
             "frame_notes": frame_notes or None,
             # (the line the text output prints under a plain AC: scripts read only this record)
             "caveat": SHAPE_ONLY_CAVEAT if reading.status == analysis.units.OK and not writer else None,
@@ -348,11 +377,12 @@ def run(args: argparse.Namespace) -> int:
     units = "" if problem is not None else (
         f" (pixel {spacing_text(spacing)}, {from_where}{fov_words})")
     both = sweep is not None and sweep.pixel_aspect is not None  # (pixels said not to be square)
-    hint = "" if reading.status != analysis.units.NO_UNITS else (
+    hint = "" if reading.status != analysis.units.NO_UNITS or "--spacing" in (problem or "") else (
         " Give both sizes with --spacing WxH (width x height)." if both else " Give it with --spacing MM.")
     print(shown(f"frame {index}: {reading.text()}{tail}{units}{hint}"))  # (texts from the file's header)
     notes = [n for n in volume.notes if args.spacing is None or not n.startswith("pixel spacing:")]
     notes += [f"the sweep: {n}" for n in sweep_notes] + frame_notes
+    notes += [f"pixel spacing: {region_note}"] if region_note else []
     for note in notes + ([fov_note] if fov_note else []):
         print(shown(f"note: {note}"))
     if writer:

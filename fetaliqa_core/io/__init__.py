@@ -58,6 +58,7 @@ from fetaliqa_core.io.sweep import (
     crop_like,
     default_sweep_layout,
     load_mask,
+    orient_like,
     read_mask_volume,
     load_sweep,
     write_volume,
@@ -68,6 +69,6 @@ __all__ = [
     "META_SWEEP_RANGES", "MIN_FRAME_PX", "PLAUSIBLE_SPACING_MM", "SPACING_FROM_DICOM_PIXEL_SPACING",
     "SPACING_FROM_HEADER", "SPACING_FROM_IMAGEJ", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
     "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "MaskVolume", "Sweep", "crop_like", "default_sweep_layout",
-    "fmt_shape", "load_mask", "load_sweep", "looks_like_dicom_series", "multiframe_dicom_files", "quiet_itk",
+    "fmt_shape", "load_mask", "load_sweep", "orient_like", "looks_like_dicom_series", "multiframe_dicom_files", "quiet_itk",
     "read_mask_volume", "write_volume",
 ]

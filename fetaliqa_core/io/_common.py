@@ -109,6 +109,9 @@ class Raw:
     #: The rectangles that show the body, ``(x0, y0, x1, y1)`` inclusive, where the file says
     #: (a DICOM ultrasound image's tissue regions): the field of view lies inside them.
     regions: tuple = ()
+    #: Those regions each with its own pixel size, ``((x0, y0, x1, y1), (row_mm, col_mm) or None)``,
+    #: where they do not all state one (:func:`fetaliqa_core.io.spacing.region_calibrations`).
+    region_calibrations: tuple = ()
     #: A pixel's ``(height, width)`` proportions where the file states them without its size
     #: (DICOM Pixel Aspect Ratio other than 1:1); None otherwise.
     pixel_aspect: tuple[float, float] | None = None

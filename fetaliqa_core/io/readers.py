@@ -474,10 +474,10 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     window = padding = None
     ycbcr = False
     notes = []
-    regions = ()
+    regions = calibrations = ()
     aspect = None
     if dicom_file is not None:
-        (calibrated, source, note), regions = dicom_calibration_and_regions(dicom_file)
+        (calibrated, source, note), regions, calibrations = dicom_calibration_and_regions(dicom_file)
         aspect = None if calibrated else dicom_pixel_aspect(dicom_file)
         spacing_mm = calibrated or spacing_mm
         if calibrated and note:
@@ -502,6 +502,9 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
                 spacing_mm, source, note = calibrated, SPACING_FROM_IMAGEJ, ""
             elif why:
                 note = why
+            elif pages.ome:
+                note = (f"the TIFF's OME metadata states a pixel size ({pages.ome}), which is not read: of a TIFF, "
+                        "only an ImageJ scale is")
             if kind == "TIFF" and pages.photometric == 0 and grey:
                 arr = _white_is_zero(arr, components, pages, path)
                 notes.append("the TIFF stores white as 0 (MinIsWhite): its grey levels are turned the right way "
@@ -519,6 +522,12 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         if spacing_unit_note:
             source, note = SPACING_NONE, spacing_unit_note
         head = _nifti_head(path)
+        from_sform = _nifti_sform_only_spacing(head)
+        if from_sform is not None and not spacing_unit_note and tuple(spacing_mm) == (1.0, 1.0):
+            # the one transform the header states: its voxel sizes were left at the format's default
+            spacing_mm, (source, note) = from_sform, classify_header_spacing(from_sform, recorded=True)
+            notes.append("pixel spacing: read from the NIfTI header's sform matrix, the only transform it states "
+                         "(qform_code 0, voxel sizes left at 1)")
         disagreement = _nifti_spacing_disagreement(head, spacing_mm)
         if disagreement:
             source, note = SPACING_NONE, disagreement
@@ -528,7 +537,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
-               ycbcr=ycbcr, regions=regions, pixel_aspect=aspect)
+               ycbcr=ycbcr, regions=regions, region_calibrations=calibrations, pixel_aspect=aspect)
 
 
 #: ImageJ's scales read (its ``unit=`` line, in any spelling :data:`_LENGTH_UNITS_MM` knows; it
@@ -858,6 +867,7 @@ class _TiffPages(NamedTuple):
     photometric: int | None = None  # the first page's PhotometricInterpretation (0: white is 0)
     bits: int | None = None  # its BitsPerSample (the first sample's)
     depth: int = 1  # its ImageDepth (SGI's tag 32997: several frames on one page)
+    ome: str = ""  # the pixel size its OME-XML description states, as written ("PhysicalSizeX 0.3 mm, ..."); not read
 
 
 def _tiff_pages(path: Path) -> _TiffPages:
@@ -875,6 +885,7 @@ def _tiff_pages(path: Path) -> _TiffPages:
             with Image.open(path) as im:
                 tags = getattr(im, "tag_v2", {})
                 imagej = _imagej_fields(tags.get(270))
+                ome = _ome_physical_size(tags.get(270))
                 resolution, orientation = (tags.get(282), tags.get(283)), _known_orientation(tags.get(274))
                 photometric, bits, depth = (_first_int(tags.get(t)) for t in (262, 258, 32997))
                 count = int(getattr(im, "n_frames", 1))
@@ -883,9 +894,25 @@ def _tiff_pages(path: Path) -> _TiffPages:
                     layout = (tuple(im.size), str(im.mode).replace("I;16B", "I;16"))
                     if layout not in layouts:
                         layouts.append(layout)
-        return _TiffPages(layouts, count, imagej, resolution, orientation, photometric, bits, depth or 1)
+        return _TiffPages(layouts, count, imagej, resolution, orientation, photometric, bits, depth or 1, ome)
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return none
+
+
+def _ome_physical_size(description: Any) -> str:
+    """The pixel size an OME-TIFF's OME-XML description states (``PhysicalSizeX 0.3 mm,
+    PhysicalSizeY 0.3 mm``; OME's unit is micrometres where none is named), for saying so: it is
+    not read as the sweep's calibration. Empty for any other description."""
+    text = description.decode("utf-8", "replace") if isinstance(description, bytes) else str(description or "")
+    if "<OME" not in text[:4096]:
+        return ""
+    found = []
+    for axis in "XY":
+        size = re.search(rf'PhysicalSize{axis}\s*=\s*"([^"]{{1,30}})"', text)
+        if size:
+            unit = re.search(rf'PhysicalSize{axis}Unit\s*=\s*"([^"]{{1,12}})"', text)
+            found.append(f"PhysicalSize{axis} {size.group(1)} {unit.group(1) if unit else 'µm'}")
+    return ", ".join(found)
 
 
 def _first_int(value: Any) -> int | None:
@@ -1314,7 +1341,7 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
     if arr is None or decoded != frames:  # (frames it could not find would be left as they were allocated)
         return None
     components = 3 if palette else samples
-    (calibrated, source, note), regions = dicom_calibration_and_regions(path)
+    (calibrated, source, note), regions, calibrations = dicom_calibration_and_regions(path)
     spacing_mm, source, note = usable_spacing(calibrated or (1.0, 1.0), source, note)
     window, padding = dicom_display(path) if components == 1 and arr.dtype != np.uint8 else (None, None)
     notes = []
@@ -1323,7 +1350,8 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
                      "shown and scored as stored")
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata={}, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
-               regions=regions, pixel_aspect=None if calibrated else dicom_pixel_aspect(path))
+               regions=regions, region_calibrations=calibrations,
+               pixel_aspect=None if calibrated else dicom_pixel_aspect(path))
 
 
 def _rescaled_frame(ds: Any, frame: np.ndarray, photometric: str) -> np.ndarray:
@@ -2634,6 +2662,24 @@ def _nifti_sform_spacing(head: bytes) -> tuple[float, float] | None:
         if factor is None or not all(math.isfinite(v) and v > 0 for v in (row_mm, col_mm)):
             return None
         return float(f"{row_mm * factor:.7g}"), float(f"{col_mm * factor:.7g}")
+    return None
+
+
+def _nifti_sform_only_spacing(head: bytes) -> tuple[float, float] | None:
+    """The sform's pixel size (:func:`_nifti_sform_spacing`) of a NIfTI-1 header that states only an
+    sform (qform_code 0, sform_code above 0) and leaves its voxel sizes (pixdim) at 1, the format's
+    default: the pixel size is then the sform's, which the image reader does not report (a header
+    of 0.3 mm was called self-contradictory, 1 against 0.3 mm). None for any other header."""
+    if len(head) < 348:
+        return None
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", head[:4])[0] != 348:
+            continue
+        qform_code, sform_code = struct.unpack(endian + "2h", head[252:256])
+        pixdim = struct.unpack(endian + "8f", head[76:108])
+        if qform_code != 0 or sform_code <= 0 or pixdim[1] != 1.0 or pixdim[2] != 1.0:
+            return None
+        return _nifti_sform_spacing(head)
     return None
 
 

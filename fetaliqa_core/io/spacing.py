@@ -6,7 +6,8 @@ when they were given nothing, and a DICOM ultrasound image keeps its calibration
 Sequence of Ultrasound Regions (Physical Delta X/Y), which general image readers ignore. So:
 
 * a DICOM file's calibration is read here with pydicom from the Sequence of Ultrasound Regions
-  (units must be cm; the largest calibrated 2-D tissue region is used), else from Pixel Spacing
+  (units must be cm; the largest calibrated 2-D tissue region is used, and where regions state
+  different sizes an outline is measured at that of the region holding it: :func:`outline_spacing`), else from Pixel Spacing
   (0028,0030) or an enhanced object's shared Pixel Measures; with neither, the spacing is unknown;
 * any other file's spacing is known when its header records one other than exactly 1 x 1 mm
   (the value writers put when none was known);
@@ -186,28 +187,30 @@ def dicom_pixel_aspect(path: Path) -> tuple[float, float] | None:
 
 
 def dicom_calibration_and_regions(path: Path) -> tuple[tuple[tuple[float, float] | None, str, str],
-                                                        tuple[tuple[int, int, int, int], ...]]:
+                                                        tuple[tuple[int, int, int, int], ...], tuple]:
     """From one reading of a DICOM file's header: its calibration, spacing ``(row_mm, col_mm)``,
     source and note (``(None, SPACING_NONE, note)`` when the file has neither a calibrated
-    ultrasound region nor Pixel Spacing), and its :func:`image_regions`. Raises nothing for
-    unreadable headers (no spacing, no regions): the caller's image reader reports those."""
+    ultrasound region nor Pixel Spacing), its :func:`image_regions` and their
+    :func:`region_calibrations`. Raises nothing for unreadable headers (no spacing, no regions):
+    the caller's image reader reports those."""
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
     except ImportError:  # declared dependency; a broken install must not stop reading pixels
-        return None, SPACING_NONE, "pydicom is not installed, so the DICOM calibration was not read"
+        return (None, SPACING_NONE, "pydicom is not installed, so the DICOM calibration was not read"), (), ()
     try:
         # force: a file without the 128-byte preamble is common and the image reader reads it
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, defer_size="1 MB", force=True,
                              specific_tags=list(_DICOM_TAGS))
     except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError,
             IndexError, EOFError, OverflowError, NotImplementedError):
-        return (None, SPACING_NONE, "the DICOM header's calibration could not be read"), ()
+        return (None, SPACING_NONE, "the DICOM header's calibration could not be read"), (), ()
     try:
         regions = image_regions(ds, _image_size(ds))
+        calibrations = region_calibrations(ds, _image_size(ds))
     except Exception:  # noqa: BLE001 - only the field of view's hint; the reader reports damage
-        regions = ()
-    return dataset_calibration(ds), regions
+        regions, calibrations = (), ()
+    return dataset_calibration(ds), regions, calibrations
 
 
 def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
@@ -375,11 +378,45 @@ def image_regions(ds: Any, image: tuple[int, int] | None = None) -> tuple[tuple[
     image (``image``: rows, columns). Empty without such regions; a region past the image, or one
     that cannot be read, is left out. What lies outside them on the screen (the scanner's panels,
     a spectral Doppler strip) is no part of the field of view."""
+    return tuple(dict.fromkeys(box for box, _ in _tissue_regions(ds, image)))
+
+
+def region_calibrations(ds: Any, image: tuple[int, int] | None = None
+                        ) -> tuple[tuple[tuple[int, int, int, int], tuple[float, float] | None], ...]:
+    """Each of :func:`image_regions` with its own pixel size, ``(box, (row_mm, col_mm))`` (None
+    where the region is not calibrated in cm), when those regions do not all state one size (a
+    picture-in-picture image beside the main one, an inset at another zoom); empty when they do.
+    The sweep's one pixel size (:func:`_region_spacing`: the largest region's) then holds only for
+    an outline inside that region: :func:`outline_spacing` says which applies where."""
+    found = tuple(dict.fromkeys((box, _item_spacing(item)) for box, item in _tissue_regions(ds, image)))
+    sizes = {spacing for _, spacing in found}
+    if len(sizes) < 2 or (None not in sizes and all(same_pixel_size(a, b) for a in sizes for b in sizes)):
+        return ()
+    return found
+
+
+def _item_spacing(item: Any) -> tuple[float, float] | None:
+    """One ultrasound region's pixel size ``(row_mm, col_mm)``; None unless it is calibrated in cm
+    with two positive deltas."""
+    try:
+        if (int(item.get("PhysicalUnitsXDirection", 0)) != _DICOM_UNITS_CM
+                or int(item.get("PhysicalUnitsYDirection", 0)) != _DICOM_UNITS_CM):
+            return None
+        dx, dy = abs(float(item.get("PhysicalDeltaX"))), abs(float(item.get("PhysicalDeltaY")))
+    except (TypeError, ValueError, OverflowError, AttributeError, KeyError):
+        return None
+    if not (math.isfinite(dx) and math.isfinite(dy) and dx > 0 and dy > 0):
+        return None
+    return round(dy * 10.0, 9), round(dx * 10.0, 9)  # cm -> mm, (row, col)
+
+
+def _tissue_regions(ds: Any, image: tuple[int, int] | None) -> list[tuple[tuple[int, int, int, int], Any]]:
+    """The 2-D tissue regions of :func:`image_regions`, each ``(box, item)`` with its sequence item."""
     found = []
     try:
         items = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
     except Exception:  # noqa: BLE001 - a damaged sequence: no regions, as without one
-        return ()
+        return []
     for item in items:
         try:
             if int(item.get("RegionSpatialFormat", _REGION_2D)) != _REGION_2D:
@@ -398,8 +435,52 @@ def image_regions(ds: Any, image: tuple[int, int] | None = None) -> tuple[tuple[
             x1, y1 = min(x1, image[1] - 1), min(y1, image[0] - 1)
         if x0 < 0 or y0 < 0 or x1 - x0 + 1 < _MIN_REGION_PX or y1 - y0 + 1 < _MIN_REGION_PX:
             continue
-        found.append((x0, y0, x1, y1))
-    return tuple(dict.fromkeys(found))
+        found.append(((x0, y0, x1, y1), item))
+    return found
+
+
+def outline_spacing(calibrations: tuple, used: tuple[float, float], mask: Any
+                    ) -> tuple[tuple[float, float] | None, str | None, str]:
+    """The pixel size for an outline ``mask`` (a 2-D array, non-zero inside) on frames whose image
+    regions are calibrated differently (``calibrations``: :func:`region_calibrations`, in the
+    frames' pixels), where the sweep's one size ``used`` is the largest region's: ``(spacing,
+    problem, note)``. Inside one region (or several that state one size): that size, with a note
+    when it is not ``used``. Partly outside every region, across regions of different sizes (an
+    inset inside the main image included), or in a region not calibrated in cm: no size
+    (``spacing`` None, ``problem`` one line why). A length measured at another region's size would
+    be wrong by their ratio, shown plain (an outline in a picture-in-picture at 0.6 mm was measured
+    at the main image's 0.3 mm: half its length, ten weeks early)."""
+    import numpy as np
+
+    if not calibrations:
+        return used, None, ""
+    ys, xs = np.nonzero(np.asarray(mask))
+    if not ys.size:
+        return used, None, ""
+    inside = np.zeros(ys.size, bool)
+    touched = []
+    for (x0, y0, x1, y1), spacing in calibrations:
+        hit = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+        if hit.any():
+            inside |= hit
+            touched.append(spacing)
+    tail = ": lengths in mm and the gestational age are not shown for it"
+    if not inside.all():
+        return None, (f"pixel size unknown where the outline lies: {int((~inside).sum())} of its pixels lie outside "
+                      "the image regions the file calibrates, which state different pixel sizes" + tail), ""
+    if None in touched:
+        return None, ("pixel size unknown where the outline lies: it lies in an image region the file does not "
+                      "calibrate in cm (another region is)" + tail), ""
+    kinds = list(dict.fromkeys(touched))
+    if any(not same_pixel_size(kinds[0], k) for k in kinds[1:]):
+        shown = " and ".join(spacing_text(k) for k in kinds[:2])
+        return None, (f"pixel size unknown where the outline lies: it lies in image regions calibrated differently "
+                      f"({shown}), so which size applies is not known" + tail), ""
+    if same_pixel_size(kinds[0], used):
+        return used, None, ""
+    return kinds[0], None, (f"the outline lies in the image region calibrated at {spacing_text(kinds[0])}, not the "
+                            f"largest one ({spacing_text(used)}, the sweep's pixel size elsewhere): measured at "
+                            f"{spacing_text(kinds[0])}")
 
 
 def _region_spacing(regions: list[Any], image: tuple[int, int] | None = None

@@ -19,6 +19,7 @@ from fetaliqa_core.io import spacing as _spacing
 from fetaliqa_core.io._common import (
     META_SWEEP_KINDS,
     META_SWEEP_RANGES,
+    SPACING_FROM_US_REGION,
     SPACING_FROM_USER,
     SPACING_GIVEN,
     SPACING_NONE,
@@ -65,6 +66,11 @@ class Sweep:
     #: is looked for inside them (:func:`fetaliqa_core.acouslic.sweep_fov`), not on the scanner's
     #: panels or a Doppler strip beside them.
     image_regions: tuple = ()
+    #: Those regions each with its own pixel size, ``((x0, y0, x1, y1), (row_mm, col_mm) or None)``
+    #: in the frames' pixels, where they do not all state one (a picture-in-picture image at another
+    #: zoom): ``spacing_mm`` is then the largest region's, and holds only for an outline inside it
+    #: (:meth:`outline_spacing`). Empty otherwise.
+    region_calibrations: tuple = ()
     #: The frames cut from a larger screen: ``((x0, y0, x1, y1), (height, width))``, the rectangle
     #: kept (inclusive, in the file's pixels) and the file's own frame size; None when not cut. A
     #: mask drawn on the whole screen is cut the same way (:func:`crop_like`).
@@ -118,6 +124,21 @@ class Sweep:
     def spacing_problem(self) -> str | None:
         """One line saying why no length (mm) or gestational age may be shown; None when they may."""
         return _spacing.problem(tuple(self.spacing_mm), self.spacing_source, self.spacing_note)
+
+    def outline_spacing(self, mask: np.ndarray) -> tuple[tuple[float, float] | None, str | None, str]:
+        """The pixel size to measure the outline ``mask`` (2-D, the frames' size, non-zero inside)
+        with: ``(spacing, problem, note)``. The sweep's :attr:`measurement_spacing_mm` (or its
+        :attr:`spacing_problem`), except where its image regions state different pixel sizes
+        (:attr:`region_calibrations`): then that of the region holding the outline, with a note when
+        it is not the sweep's, or none (``problem`` says why) when the outline lies outside them or
+        across two of different sizes (:func:`fetaliqa_core.io.spacing.outline_spacing`). A size the
+        user gave stands for every pixel."""
+        if self.spacing_problem is not None:
+            return None, self.spacing_problem, ""
+        used = tuple(float(v) for v in self.spacing_mm)
+        if self.spacing_source != SPACING_FROM_US_REGION or not self.region_calibrations:
+            return used, None, ""
+        return _spacing.outline_spacing(self.region_calibrations, used, mask)
 
     def in_memory(self) -> Sweep:
         """This sweep with its frames read into memory when they are mapped from the file (an
@@ -241,6 +262,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raw.notes.append("the frames hold only the values 0, 1 and 2: this looks like a label mask (an "
                          "annotation), not a sweep; choose the sweep's image file")
     regions = tuple(r for r in raw.regions if r[2] < w and r[3] < h)
+    calibrations = tuple((r, size) for r, size in raw.region_calibrations if r[2] < w and r[3] < h)
     crop = _image_area(regions, h, w)
     if crop is not None:
         # a scanner's screen (panels, text, a Doppler strip around the image): the frames are cut to
@@ -250,11 +272,12 @@ def load_sweep(path: str | Path) -> Sweep:
         frames = np.ascontiguousarray(frames[:, y0:y1 + 1, x0:x1 + 1])
         frames.flags.writeable = False
         regions = tuple((a - x0, b - y0, c - x0, d - y0) for a, b, c, d in regions)
+        calibrations = tuple(((a - x0, b - y0, c - x0, d - y0), size) for (a, b, c, d), size in calibrations)
         raw.notes.append(f"the frames are cut to the ultrasound image the file names (columns {x0}-{x1}, rows "
                          f"{y0}-{y1} of its {w} x {h}): the scanner's panels and text around it are left out")
     return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
                  path=path, spacing_source=spacing_source, spacing_note=spacing_note,
-                 read_notes=tuple(raw.notes), image_regions=regions,
+                 read_notes=tuple(raw.notes), image_regions=regions, region_calibrations=calibrations,
                  crop=None if crop is None else (crop, (h, w)), pixel_aspect=raw.pixel_aspect)
 
 
@@ -421,12 +444,108 @@ def crop_like(labels: np.ndarray, sweep) -> np.ndarray:
     return np.ascontiguousarray(labels[:, y0:y1 + 1, x0:x1 + 1])
 
 
+#: Suffixes whose headers state an orientation (direction cosines) the image reader gives:
+#: a DICOM ultrasound image or a picture states none a mask's could be compared with.
+_ORIENTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _header_geometry(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]] | None:
+    """A file's direction matrix (columns: its axes in space), origin, spacing and size, read from
+    its header alone; None for a format that states no orientation or a header the image reader
+    cannot read (the reader that reads its pixels says why)."""
+    if full_suffix(path) not in _ORIENTED_SUFFIXES:
+        return None
+    try:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        with quiet_itk():
+            reader.ReadImageInformation()
+        dim = int(reader.GetDimension())
+        if dim not in (2, 3):
+            return None
+        direction = np.asarray(reader.GetDirection(), float).reshape(dim, dim)
+        return direction, np.asarray(reader.GetOrigin(), float), np.asarray(reader.GetSpacing(), float), \
+            tuple(int(v) for v in reader.GetSize())
+    except Exception:  # noqa: BLE001 - no orientation to compare; reading the pixels reports a bad header
+        return None
+
+
+def orient_like(labels: np.ndarray, mask_path: str | Path, sweep_path: str | Path
+                ) -> tuple[np.ndarray, str, bool]:
+    """``labels`` ``(N, H, W)`` (read from ``mask_path``) in the storage order of the sweep at
+    ``sweep_path``, where both headers state an orientation and place the mask where the sweep
+    lies: ``(labels, note, swapped)``, ``swapped`` when rows and columns were exchanged (the
+    mask's pixel size then reads the other way round). A mask stored flipped or transposed relative
+    to its sweep (a reorienting tool's NIfTI with rows flipped, a 3D Slicer ``.seg.nrrd`` with its
+    axes reversed) was laid on the sweep as stored: the outline on the mirrored place of the frame,
+    doubted for a wrong cause. Orientations that differ otherwise (turned by another angle, frames
+    reversed) are refused; headers that place the mask elsewhere in space leave it as stored, said
+    so. Nothing is done where either file states no orientation, nor where the mask's is its writer's
+    default (origin 0, axes along those of the image reader or of a NIfTI writer's RAS space): a mask
+    written from an array with no geometry given was drawn on the frames as stored."""
+    mask_path, sweep_path = Path(mask_path), Path(sweep_path)
+    mine, theirs = _header_geometry(mask_path), _header_geometry(sweep_path)
+    if mine is None or theirs is None or len(mine[3]) != len(theirs[3]):
+        return labels, "", False
+    (dm, om, sm, size_m), (ds, os_, ss, size_s) = mine, theirs
+    defaults = (np.eye(len(dm)), np.diag([-1.0, -1.0] + [1.0] * (len(dm) - 2)))  # (ITK's, and a NIfTI writer's)
+    if not np.any(om) and any(np.allclose(dm, d) for d in defaults):
+        return labels, "", False  # the writer's default geometry (none given): the mask states no orientation
+    relation = ds.T @ dm  # the mask's axes in the sweep's: a signed permutation when they differ by flips
+    if np.allclose(relation, np.eye(len(relation)), atol=1e-3):
+        return labels, "", False
+    rounded = np.round(relation)
+    in_plane = rounded[:2, :2]
+    signed_permutation = (np.allclose(relation, rounded, atol=1e-3) and np.all(np.abs(in_plane).sum(axis=0) == 1)
+                          and np.all(np.abs(in_plane).sum(axis=1) == 1))
+    if len(relation) == 3:
+        signed_permutation = signed_permutation and rounded[2, 2] == 1 and not rounded[2, :2].any() \
+            and not rounded[:2, 2].any()
+    if not signed_permutation:
+        raise FetalIQAError(f"{mask_path}: its header orients the mask otherwise than the sweep's {sweep_path.name} "
+                            "(not by a flip of its rows or columns): save the mask in the sweep's orientation")
+
+    def corners(direction, origin, spacing, size):
+        steps = direction[:, :2] * spacing[:2]
+        return np.array([origin + steps @ np.array([i, j]) for i in (0, size[0] - 1) for j in (0, size[1] - 1)])
+
+    tolerance = 0.5 * float(max(np.max(sm[:2]), np.max(ss[:2]))) + 1e-3
+    mask_box, sweep_box = corners(dm, om, sm, size_m), corners(ds, os_, ss, size_s)
+    same_place = all(np.min(np.linalg.norm(sweep_box - c, axis=1)) <= tolerance for c in mask_box)
+    words = []
+    swapped = bool(in_plane[0, 1])
+    if swapped:
+        words.append("its rows and columns exchanged")
+    col_sign, row_sign = (in_plane[0, 1], in_plane[1, 0]) if swapped else (in_plane[0, 0], in_plane[1, 1])
+    if row_sign < 0:
+        words.append("its rows stored bottom to top")
+    if col_sign < 0:
+        words.append("its columns stored right to left")
+    said = " and ".join(words)
+    if not same_place:
+        return labels, (f"the mask's header orients it otherwise than the sweep's ({said}) but places it elsewhere "
+                        "in space: laid on the sweep as stored"), False
+    out = np.swapaxes(labels, 1, 2) if swapped else labels
+    if row_sign < 0:
+        out = out[:, ::-1, :]
+    if col_sign < 0:
+        out = out[:, :, ::-1]
+    out = np.ascontiguousarray(out)
+    out.flags.writeable = False
+    return out, (f"the mask's header orients it otherwise than the sweep's ({said}): turned to the sweep's "
+                 "storage order before measuring"), swapped
+
+
 def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
     """Read a label volume: ``(N, H, W)`` uint8 (read-only) with values 0 (background),
     1 (optimal plane) and 2 (suboptimal plane). With ``like``, the shape must equal the sweep's
     frames' shape."""
     path = Path(path).expanduser()
     labels = read_mask_volume(path).labels
+    if like is not None and getattr(like, "path", None) is not None:
+        labels = orient_like(labels, path, like.path)[0]  # (a mask stored flipped against its sweep)
     if like is not None:
         labels = crop_like(labels, like)
     if like is not None and tuple(labels.shape) != tuple(like.frames.shape):
