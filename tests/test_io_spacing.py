@@ -516,3 +516,33 @@ def test_a_nifti_stating_only_an_sform_has_that_sform_s_pixel_size(tmp_path):
     path.write_bytes(contradicting)  # a qform too: pixdim 1 is stated, and differs from the sform
     sweep = load_sweep(path)
     assert sweep.spacing_source == SPACING_NONE and "disagree" in sweep.spacing_problem
+
+
+def test_a_review_report_measures_a_thumbnail_s_outline_at_its_own_image_region_s_pixel_size(tmp_path):
+    """The review database keeps one pixel size a sweep (the largest image region's): a report
+    measured a flagged frame's mask across the main image and the 0.6 mm picture-in-picture at
+    0.3 mm, plainly. Such an outline gets no AC now; one in the picture-in-picture is never given
+    the main image's size (half its AC)."""
+    import re
+
+    from fetaliqa_core.review.report import build_report
+    from fetaliqa_core.review.store import ReviewStore
+
+    path, masks, truth = _picture_in_picture(tmp_path)
+    sweep = load_sweep(path).in_memory()
+    for name in ("pip", "across", "main"):
+        with ReviewStore(tmp_path / f"{name}.sqlite3") as store:
+            sid = store.add_sweep_from(sweep)
+            flagged = np.array([False, True, False])
+            store.add_model_run(sid, {"seg": {"hash": "ab", "name": "seg"}}, np.full(3, np.nan, np.float32),
+                                np.array([0.1, 0.9, 0.1], np.float32), np.array([0, 500, 0]), flagged,
+                                masks={1: masks[name][1]})
+            page = build_report(store, tmp_path / f"{name}.html",
+                                sweep_loader=lambda p: sweep).read_text(encoding="utf-8")
+        shown = [float(v) for v in re.findall(r"AC (\d+\.\d) mm", page)]
+        if name == "across":
+            assert not shown and "AC not shown: pixel size unknown where the outline lies" in page
+        elif name == "pip":
+            assert all(v == pytest.approx(truth, rel=0.06) for v in shown), shown
+        else:
+            assert shown and shown[0] == pytest.approx(truth, rel=0.06), (name, shown)

@@ -250,19 +250,38 @@ def _lengths_shown(sweep) -> bool:
     return bool(sweep.spacing_mm) and None not in tuple(sweep.spacing_mm) and is_plausible(tuple(sweep.spacing_mm))
 
 
+def _outline_spacing(calibrations: tuple, sweep, mask) -> tuple[tuple[float, float] | None, str | None]:
+    """(pixel size, problem) for a thumbnail's outline on a sweep whose image regions state
+    different pixel sizes (:func:`fetaliqa_core.io.spacing.outline_spacing`); (None, None) where
+    the database's one size holds."""
+    from fetaliqa_core.io.spacing import outline_spacing
+
+    if not calibrations or mask is None or not _lengths_shown(sweep):
+        return None, None
+    used = (float(sweep.spacing_mm[0]), float(sweep.spacing_mm[1]))
+    spacing, problem, _note = outline_spacing(calibrations, used, np.asarray(mask) > 0)
+    return (None, problem) if problem else (None if spacing == used else spacing, None)
+
+
 def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | None = None,
-                       demo: bool = False) -> str:
+                       demo: bool = False, spacing_mm: tuple[float, float] | None = None) -> str:
     """A thumbnail's AC read by the viewer's rules: a plain number only when the frame choice's
     verdict on its mask (here at the frame's own size, with the frame's grey levels ``frame`` for
     the outline) is a plausible abdomen, neither model contradicts it (``disagreement``:
     :func:`~fetaliqa_core.analysis.units.models_disagree`), the run is not the demonstration
     model's and the value is in the plausible range, else marked doubtful (no GA either way)."""
     from fetaliqa_core.analysis import frame_choice
-    from fetaliqa_core.analysis.ac import resolve_fov
+    from fetaliqa_core.analysis.ac import measure_ac, resolve_fov
     from fetaliqa_core.analysis.units import model_doubt, read_ac
 
     region = np.asarray(mask) > 0
     px_mm = (float(sweep.spacing_mm[0]), float(sweep.spacing_mm[1]))
+    if spacing_mm is not None and tuple(spacing_mm) != px_mm:
+        # (the outline's own region's size: ``ac`` was measured at the database's)
+        px_mm = (float(spacing_mm[0]), float(spacing_mm[1]))
+        ac = measure_ac(region, px_mm, fov=fov)
+        if ac is None:
+            return "AC not measured on this outline"
     grey = None if frame is None or np.asarray(frame).shape != region.shape else np.asarray(frame)
     shape = frame_choice.mask_shape(region, resolve_fov(fov, region.shape), px_mm, grey=grey)
     r = read_ac(ac.ac_mm, None, shape.problem, disagreement, model_doubt(demo, px_mm))
@@ -321,25 +340,34 @@ def _bundle_text(bundles: dict[str, Any]) -> str:
 
 
 def _load_frames(loader: SweepLoader | None, sweep: SweepRecord
-                 ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """(frames, masks, why-not) from the loader; never raises, except :class:`ReportCancelled`."""
+                 ) -> tuple[np.ndarray | None, np.ndarray | None, str | None, tuple]:
+    """(frames, masks, why-not, region calibrations) from the loader; never raises, except
+    :class:`ReportCancelled`. The last: the loaded sweep's image regions with pixel sizes of their
+    own (``Sweep.region_calibrations``; the database keeps one size a sweep), else empty."""
     if loader is None:
-        return None, None, None
+        return None, None, None, ()
     if not sweep.path:
-        return None, None, "the sweep's file path is unknown"
+        return None, None, "the sweep's file path is unknown", ()
     try:
         loaded = loader(sweep.path)
     except ReportCancelled:
         raise
     except FetalIQAError as exc:
-        return None, None, str(exc)
+        return None, None, str(exc), ()
     except Exception as exc:  # a report must not fail because one file cannot be read
-        return None, None, f"{type(exc).__name__}: {exc}"
+        return None, None, f"{type(exc).__name__}: {exc}", ()
     if loaded is None:
-        return None, None, f"{sweep.path} is not available"
+        return None, None, f"{sweep.path} is not available", ()
     masks = None
     if isinstance(loaded, tuple):
         loaded, masks = loaded[0], (loaded[1] if len(loaded) > 1 else None)
+    calibrations = tuple(getattr(loaded, "region_calibrations", ()) or ())
+    frames, masks, why_not = _frames_of(loaded, masks, sweep)
+    return frames, masks, why_not, (calibrations if frames is not None else ())
+
+
+def _frames_of(loaded: Any, masks: Any, sweep: SweepRecord
+               ) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
     if hasattr(loaded, "content_hash"):
         # A file replaced by another sweep of the same size under its name has the same shape:
         # only the hash tells that its frames are not the ones the verdicts and masks were given on.
@@ -581,7 +609,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
     # Thumbnails.
     if run is not None and (run.flagged.any() or run.chosen_frame is not None):
         thumbs = _thumbnail_frames(run)
-        frames, loader_masks, why_not = _load_frames(loader, sweep)
+        frames, loader_masks, why_not, calibrations = _load_frames(loader, sweep)
         n_flagged = int(run.flagged.sum())
         parts.append("<h3>Flagged frames</h3>")
         if frames is None:
@@ -605,6 +633,9 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                 if mask is None and loader_masks is not None:
                     mask = loader_masks[f]
                 ac, fov = _thumbnail_ac(mask, frames, sweep, fov)
+                # an outline in an image region of another pixel size than the one the database
+                # keeps (a picture-in-picture): measured at that region's, or given no mm
+                outline_mm, outline_problem = _outline_spacing(calibrations, sweep, mask)
                 thumb = overlay_thumbnail(frames[f], mask,
                                           ellipse=None if ac is None else ellipse_polygon(ac))
                 disp_w = THUMB_WIDTH // 2
@@ -613,9 +644,11 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                 if f == run.chosen_frame:
                     caption += ' <span style="color:#aa28aa">chosen</span>'
                 caption += f"<br>{_scores(run, f)}"
-                if ac is not None and _lengths_shown(sweep):
+                if ac is not None and _lengths_shown(sweep) and outline_problem:
+                    caption += f"<br>{_e('AC not shown: ' + outline_problem)}"
+                elif ac is not None and _lengths_shown(sweep):
                     doubt = _thumbnail_doubt(run, f)
-                    caption += f"<br>{_e(_thumbnail_ac_text(mask, ac, sweep, fov, frames[f], doubt, is_demo_run(run)))}"
+                    caption += f"<br>{_e(_thumbnail_ac_text(mask, ac, sweep, fov, frames[f], doubt, is_demo_run(run), outline_mm))}"
                 if f in latest_by_frame:
                     caption += "<br>" + _label_html(latest_by_frame[f].label)
                 cells.append(f'<td width="{disp_w + 6}" valign="top" align="center">'
