@@ -44,7 +44,8 @@ KEYMAP: tuple[KeyRow, ...] = (
     KeyRow("F1", "the list of keys", (("F1", "show_keys"),)),
     KeyRow("1 / 2 / 0", "review: optimal / suboptimal / not usable",
            (("1", "review_optimal"), ("2", "review_suboptimal"), ("0", "review_not_usable")), "review"),
-    KeyRow("Enter", "review: save and next", (("Return", "review_save"), ("Enter", "review_save")), "review"),
+    KeyRow("Enter", "review: save and next (in the note too: the keys then work on the frame again; Esc leaves "
+           "the note unsaved)", (("Return", "review_save"), ("Enter", "review_save")), "review"),
     KeyRow("Backspace / Del", "review: withdraw your verdict on the frame shown (it counts as not reviewed again; "
            "the verdict history keeps it)", (("Backspace", "review_withdraw"), ("Del", "review_withdraw")), "review"),
     KeyRow("[ / ]", "review: previous / next in the queue",

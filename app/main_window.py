@@ -192,6 +192,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
     def _build_docks(self) -> None:
         self.flagged = FlaggedPanel(self.model)
         self.review = ReviewPanel(self.model, self.settings)
+        # Enter or Esc in the review note: the keys go back to the frame (verdicts, arrows)
+        self.review.keys_back.connect(lambda: self.splitter.setFocus())
         self.flagged_dock = QDockWidget("Flagged frames", self)
         self.flagged_dock.setObjectName("flagged_dock")
         self.flagged_dock.setWidget(self.flagged)
