@@ -659,10 +659,18 @@ class TrainDialog(QDialog):
 
     def _confirm_stop(self) -> bool:
         """Asked when the dialog is closed mid-run: True to close (the run is being cancelled)."""
+        return self.confirm_stop(self)
+
+    def confirm_stop(self, parent: QWidget, closing: str = "") -> bool:
+        """Asked before the run would end with what holds it (this dialog, or the main window,
+        whose closing ends the child too): True when the user chose to stop it, and it is being
+        stopped (terminated, killed after the grace period if it is still there; never waited for
+        here). ``closing``: a sentence on what happens then. Not asked when not interactive."""
         if self.interactive:
             answer = QMessageBox.question(
-                self, "Stop training?",
-                "Training is still running. Stop it? Finished epochs keep their checkpoints (resume later).",
+                parent, "Stop training?",
+                "Training is still running. Stop it? Finished epochs keep their checkpoints (resume later)."
+                + (f" {closing}" if closing else ""),
                 QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
             if answer != QMessageBox.Yes:
                 return False

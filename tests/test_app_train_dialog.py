@@ -318,18 +318,58 @@ def test_train_action_opens_one_dialog_and_loading_applies_the_bundle(window, ti
     assert win.choice == before and win.alerts and "manifest.json" in win.alerts[-1]
 
 
-def test_closing_the_window_stops_a_training_run(window, qtbot, tmp_path, data_dir):
+def _window_training(window, qtbot, tmp_path, data_dir, mode: str) -> TrainDialog:
+    """The window's Train dialog running the fake training in ``mode``, its first step reported."""
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAIN)
     dlg = window.train_dialog()
-    dlg.command = lambda req: (sys.executable, [str(script), "long", str(req.out), "/x"])
+    dlg.command = lambda req: (sys.executable, [str(script), mode, str(req.out), "/x"])
     dlg.data.set_text(data_dir)
     dlg.out.set_text(tmp_path / "run")
     dlg.start()
     qtbot.waitUntil(lambda: dlg.progress is not None, timeout=15000)
+    return dlg
+
+
+def test_closing_the_window_stops_a_training_run(window, qtbot, tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.Yes))
+    dlg = _window_training(window, qtbot, tmp_path, data_dir, "long")
     pid = _child_pid(dlg)
+    closed: list[bool] = []
+    window.closed.connect(lambda: closed.append(True))
     window.close()
+    qtbot.waitUntil(lambda: bool(closed), timeout=10000)
     assert not dlg.running
+    qtbot.waitUntil(lambda: not _alive(pid), timeout=5000)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM cannot be ignored on Windows")
+def test_closing_the_window_mid_training_asks_and_never_waits_for_the_run(window, qtbot, tmp_path, data_dir,
+                                                                           monkeypatch):
+    """Closing the viewer stopped a training run without the question its own dialog asks, and
+    held the application (the Train dialog too) while the child ended: 3.7 s for a real run, up to
+    twice the grace period for one that does not end on terminate."""
+    asked: list[str] = []
+    answer = [QMessageBox.No]
+    monkeypatch.setattr(QMessageBox, "question",
+                        staticmethod(lambda p, title, text, *a, **k: asked.append(text) or answer[0]))
+    window.show()
+    dlg = _window_training(window, qtbot, tmp_path, data_dir, "stubborn")
+    dlg.terminate_grace_ms = 1500
+    pid = _child_pid(dlg)
+    window.close()  # No: the run goes on, the window stays
+    assert asked and asked[-1].startswith("Training is still running. Stop it?")
+    assert window.isVisible() and dlg.running and dlg.state == td.RUNNING and _alive(pid)
+    answer[0] = QMessageBox.Yes
+    closed: list[bool] = []
+    window.closed.connect(lambda: closed.append(True))
+    t0 = time.monotonic()
+    window.close()  # Yes: stopped on its own time, the window closes once it has ended
+    assert time.monotonic() - t0 < 0.5
+    assert len(asked) == 2 and window.isVisible() and dlg.state == td.CANCELLING
+    assert "closes once it has stopped" in window.status_message.full_text()
+    qtbot.waitUntil(lambda: bool(closed), timeout=10000)
+    assert not window.isVisible() and not dlg.running and "killed" in dlg.log.toPlainText()
     qtbot.waitUntil(lambda: not _alive(pid), timeout=5000)
 
 
