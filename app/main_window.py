@@ -274,7 +274,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._user_asked_models = user
         models = self.models if self._models_for == self.choice else None
         self.model.set_scoring(True, "loading models…" if models is None else "")
-        self.scoring.start(self.model.sweep, choice=self.choice, models=models, focus=self.model.frame)
+        self.scoring.start(self.model.sweep, choice=self.choice, models=models, focus=self.model.frame,
+                           words="window" if self.interactive else "cli")
         self._update_progress()
 
     def cancel_scoring(self) -> None:

@@ -189,7 +189,9 @@ def validate_data_dir(text: str) -> Path:
                             "images/stacked_fetal_ultrasound/ (the ACOUSLIC-AI layout).")
     path = Path(text.strip()).expanduser()
     if not path.is_dir():
-        raise FetalIQAError(f"Data folder {path} does not exist. Choose the dataset folder that holds "
+        # (a file chosen here was said not to exist)
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise FetalIQAError(f"Data folder {path} {what}. Choose the dataset folder that holds "
                             "images/stacked_fetal_ultrasound/.")
     images = path / IMAGES_SUBDIR
     if not images.is_dir():

@@ -163,6 +163,18 @@ def test_invalid_inputs_are_refused_with_a_clear_message(make_dialog, tmp_path, 
     assert not dlg.running
 
 
+def test_a_file_chosen_as_the_data_folder_is_called_a_file(make_dialog, tmp_path):
+    """A sweep file chosen as the data folder was said not to exist: it does, as a file."""
+    dlg = make_dialog()
+    sweep = tmp_path / "one_frame.mha"
+    sweep.write_bytes(b"x")
+    dlg.data.set_text(sweep)
+    assert not dlg.start()
+    assert "is a file, not a folder" in dlg.message.text() and "does not exist" not in dlg.message.text()
+    dlg.data.set_text(tmp_path / "nowhere")
+    assert not dlg.start() and "does not exist" in dlg.message.text()
+
+
 def test_empty_output_folder_gets_a_fresh_run_folder(make_dialog, qtbot):
     dlg = make_dialog()
     dlg.out.set_text("")

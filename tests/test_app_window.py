@@ -445,6 +445,36 @@ def test_wrong_model_files_with_no_model_loaded_before(qtbot, warnings, tmp_path
     assert "none loaded" in win.status_model.full_text()
 
 
+def test_a_model_choice_refused_in_the_window_says_what_to_do_there(qtbot, warnings, monkeypatch, tiny_bundle_dirs):
+    """Models… with no bundle, or cuda on a machine without one, was answered with the command
+    line's advice ("pass --model demo, or --cls and/or --seg", "use --device auto or --device cpu"):
+    the window has no options to pass. The window names its own fields; a headless run, whose
+    message goes to the command line's stderr, keeps the options."""
+    import torch
+
+    from fetaliqa_core.models.choice import ModelChoice
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    win.set_sweep(tiny_sweep(1, 6, height=40, width=50), score=False)
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(m))
+    for choice, words in ((ModelChoice(model=None, device="cpu"), "choose Demo model in Models…"),
+                          (ModelChoice(model="demo", device="cuda"), "choose Device auto or cpu in Models…"),
+                          (ModelChoice(model=None, cls=tiny_bundle_dirs["cls"], device="cpu", cascade=True),
+                           "Student in Models…")):
+        ended.clear()
+        win.set_model_choice(choice, user=True)
+        qtbot.waitUntil(lambda: bool(ended), timeout=30000)
+        assert words in warnings[-1] and "--" not in warnings[-1], warnings[-1]
+    win.interactive = False  # headless (gui --screenshot): said on stderr, in the command line's words
+    ended.clear()
+    win.set_model_choice(ModelChoice(model=None, device="cpu"), user=True)
+    qtbot.waitUntil(lambda: bool(ended), timeout=30000)
+    assert "pass --model demo" in ended[-1]
+
+
 def test_closing_mid_run_stops_worker(qtbot, make_window):
     win = make_window(delay=0.3, batch_size=4)
     qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.n_done > 0, timeout=10000)
