@@ -52,9 +52,12 @@ KEYMAP: tuple[KeyRow, ...] = (
            (("[", "review_prev"), ("]", "review_next")), "review"),
     KeyRow("Alt+R", "review menu: start, queue, best frames only, blinded, reviewer, export (the review panel"
            " controls, from the keyboard)", group="review"),
-    KeyRow("wheel", "previous / next frame", group="mouse"),
-    KeyRow("Ctrl+wheel", "zoom; left-drag pans; double-click fits the frame", group="mouse"),
-    KeyRow("right-drag", "window/level: left-right contrast, up-down brightness", group="mouse"),
+    KeyRow("wheel over the frame", "previous / next frame", group="mouse"),
+    KeyRow("Ctrl+wheel over the frame", "zoom; left-drag pans; double-click fits the frame", group="mouse"),
+    KeyRow("right-drag over the frame", "window/level: left-right contrast, up-down brightness", group="mouse"),
+    KeyRow("wheel over the curve", "zoom the frame axis (down to 5 frames; a zoomed curve follows the frame); "
+           "click or drag picks a frame; drag the dashed line: threshold; double-click shows the whole case",
+           group="mouse"),
 )
 
 

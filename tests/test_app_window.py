@@ -173,6 +173,38 @@ def test_cursor_linked_both_ways(qtbot, make_window):
     assert win.model.frame == 20
 
 
+def test_the_wheel_over_the_curve_zooms_to_a_few_whole_frames_and_the_view_follows_the_frame(qtbot, make_window):
+    """The wheel over the curve zoomed on without a floor (0.28 frames in view after 30 notches:
+    no curve, no cursor, ticks "1000.009"), and a zoomed curve stayed where it was when End moved
+    the frame out of it (the cursor off-screen). The README called the wheel there "previous /
+    next frame"."""
+    from app import keymap
+    from app.curve_view import MIN_FRAMES_IN_VIEW
+
+    win = make_window(score=False)
+    QApplication.processEvents()
+    vp = win.curve.plot.viewport()
+    at = QPointF(_curve_point(win, 20, 0.5))
+    for _ in range(30):
+        QApplication.sendEvent(vp, QWheelEvent(at, vp.mapToGlobal(at), QPoint(0, 0), QPoint(0, 120),
+                                               Qt.NoButton, Qt.NoModifier, Qt.NoScrollPhase, False))
+    (lo, hi), _ = win.curve.vb.viewRange()
+    assert MIN_FRAMES_IN_VIEW - 0.01 <= hi - lo < 10 and lo <= 20 <= hi, (lo, hi)
+    axis = win.curve.plot.getPlotItem().getAxis("bottom")
+    ticks = [v for _spacing, values in axis.tickValues(lo, hi, vp.width()) for v in values]
+    assert ticks and all(float(v).is_integer() for v in ticks), ticks
+    assert all(text.isdigit() for text in axis.tickStrings(ticks, 1.0, 1.0))
+    win.model.set_frame(20)
+    win.model.end()  # the last frame, far outside the zoomed view: the view goes with it
+    (lo2, hi2), _ = win.curve.vb.viewRange()
+    assert lo2 <= N - 1 <= hi2 and abs((hi2 - lo2) - (hi - lo)) < 0.01, (lo2, hi2)
+    win.model.set_frame(10)
+    (lo3, hi3), _ = win.curve.vb.viewRange()
+    assert lo3 <= 10 <= hi3
+    shown = {row.shown: row.what for row in keymap.KEYMAP}
+    assert "wheel" not in shown and f"down to {MIN_FRAMES_IN_VIEW} frames" in shown["wheel over the curve"]
+
+
 def test_threshold_line_drag_changes_flags(qtbot, make_window):
     win = make_window()
     _wait_scored(qtbot, win)
