@@ -98,23 +98,36 @@ def readme_section(text: str) -> str | None:
     return text[start:end + len(README_END)]
 
 
-def bind(window, handlers: dict) -> list:
+def bind(window, handlers: dict, menu_actions: dict | None = None) -> list:
     """Window-wide shortcuts for every binding of the table; ``handlers``: action name -> callable.
-    A name without a handler is an error (the table and the window must agree)."""
+    ``menu_actions``: action name -> the QAction of a menu entry that does the same; that action
+    gets the key itself, so that its menu shows it (bound apart, the menus showed no key for
+    Overlay, Go to frame or Stop scoring), and no second shortcut is made for it (one key bound
+    twice is ambiguous and does nothing). A name with neither is an error (the table and the
+    window must agree)."""
     from PySide6.QtCore import Qt
     from PySide6.QtGui import QKeySequence, QShortcut
 
-    missing = actions() - set(handlers)
+    menu_actions = menu_actions or {}
+    missing = actions() - set(handlers) - set(menu_actions)
     if missing:
         raise KeyError(f"no handler for key action(s): {', '.join(sorted(missing))}")
     shortcuts = []
+    keys_of: dict[str, list] = {}
     for row in KEYMAP:
         for seq, name in row.bindings:
+            if name in menu_actions:
+                keys_of.setdefault(name, []).append(QKeySequence(seq))
+                continue
             sc = QShortcut(QKeySequence(seq), window)
             sc.setContext(Qt.WindowShortcut)
             sc.activated.connect(handlers[name])
             sc.setObjectName(f"key_{name}")
             shortcuts.append(sc)
+    for name, keys in keys_of.items():
+        act = menu_actions[name]
+        act.setShortcuts(keys)
+        act.setShortcutContext(Qt.WindowShortcut)
     return shortcuts
 
 
