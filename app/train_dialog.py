@@ -497,7 +497,7 @@ class TrainDialog(QDialog):
             return
         self._tail.extend(lines)
         self.log.appendPlainText("\n".join(lines))
-        self.log.moveCursor(QTextCursor.End)
+        self._show_last_line()
         if channel != "out":
             return
         for ln in lines:
@@ -515,6 +515,17 @@ class TrainDialog(QDialog):
                 extra = f", {metric} {f[metric]}" if metric else ""
                 self.status.setText(f"Epoch {f.get('epoch', '?')} validated: val loss {f.get('val_loss', '?')}{extra}"
                                     + (" (best so far)" if f.get("best") == "1" else ""))
+
+    def _show_last_line(self) -> None:
+        """Scroll to the log's last line, at its start: following the end of the text put the
+        view at the end of its longest line (the log does not wrap), and the start of every line,
+        where the child says what happened, was off to the left."""
+        cursor = self.log.textCursor()
+        cursor.movePosition(QTextCursor.End)
+        cursor.movePosition(QTextCursor.StartOfBlock)
+        self.log.setTextCursor(cursor)
+        self.log.ensureCursorVisible()
+        self.log.horizontalScrollBar().setValue(0)
 
     def _on_progress(self, prog: TrainProgress) -> None:
         now = time.monotonic()
@@ -555,6 +566,7 @@ class TrainDialog(QDialog):
         if self._process is not None and self._process.state() != QProcess.NotRunning:
             grace = self.terminate_grace_ms / 1000
             self.log.appendPlainText(f"(still running {grace:g} s after the stop request: killed)")
+            self._show_last_line()
             self._process.kill()
 
     def _error(self, proc: QProcess, err) -> None:
@@ -627,6 +639,8 @@ class TrainDialog(QDialog):
         if tail:
             html += ("<br>Last lines of the log:<pre style='margin:0'>" + _esc("\n".join(tail)) + "</pre>")
         self._show_message(html)
+        # the message takes room from the log once laid out: its last lines (the error) stay in view
+        QTimer.singleShot(0, self._show_last_line)
         self.progress_bar.setRange(0, PROGRESS_SCALE)
         self.progress_bar.setFormat("failed")
         self.status.setText("Training failed; the full log is below.")

@@ -261,6 +261,25 @@ def test_non_zero_exit_shows_the_error_and_the_last_log_lines(make_dialog, qtbot
     assert dlg.progress_bar.format() == "failed"
 
 
+def test_the_log_shows_the_start_of_its_lines(qtbot, tmp_path, data_dir):
+    """The log (no wrap) followed the end of the text: it opened scrolled to the end of its longest
+    line, and the start of every line, where the child says what happened, was off to the left."""
+    talk = ("import sys\nfor i in range(60):\n    print(f'line {i}: ' + 'x' * 400)\n"
+            "print('fetaliqa: the run stopped: ' + 'why ' * 100, file=sys.stderr)\nsys.exit(1)\n")
+    dlg = TrainDialog(command=lambda req: (sys.executable, ["-c", talk]), interactive=False)
+    qtbot.addWidget(dlg)
+    dlg.data.set_text(data_dir)
+    dlg.out.set_text(tmp_path / "run")
+    dlg.show()
+    qtbot.waitExposed(dlg)
+    dlg.start()
+    qtbot.waitUntil(lambda: dlg.state == td.FAILED, timeout=15000)
+    qtbot.wait(50)
+    across, down = dlg.log.horizontalScrollBar(), dlg.log.verticalScrollBar()
+    assert across.maximum() > 0 and across.value() == 0
+    assert down.maximum() > 0 and down.value() == down.maximum()  # the last lines in view
+
+
 def test_a_program_that_cannot_start_is_reported(qtbot, tmp_path, data_dir):
     dlg = TrainDialog(command=lambda req: (str(tmp_path / "no-such-python"), []), interactive=False)
     qtbot.addWidget(dlg)
