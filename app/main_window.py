@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QEvent, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QDockWidget,
@@ -245,6 +245,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
 
     def set_sweep(self, sweep, score: bool = True) -> None:
         """Show a sweep at once (frame 0) and score it in the background."""
+        self._file_read = None  # (set again by _opened when it came from a file opened here)
         self.scoring.stop()
         self.model.set_playing(False)
         self.model.set_sweep(sweep)
@@ -272,6 +273,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if self.model.sweep is None:
             return
         self._user_asked_models = user
+        if user:
+            self.check_file_on_disk()  # Score again answers the frames read then, from the cache
         models = self.models if self._models_for == self.choice else None
         self.model.set_scoring(True, "loading models…" if models is None else "")
         self.scoring.start(self.model.sweep, choice=self.choice, models=models, focus=self.model.frame,
@@ -969,6 +972,12 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._close_when_trained = False
         dlg.state_changed.disconnect(self._training_ended_for_closing)
         QTimer.singleShot(0, self.close)
+
+    def changeEvent(self, ev):  # noqa: N802
+        super().changeEvent(ev)
+        if ev.type() == QEvent.ActivationChange and self.isActiveWindow():
+            # back from the program that re-exported it, say (a box: not from inside this event)
+            QTimer.singleShot(0, self.check_file_on_disk)
 
     def closeEvent(self, ev):  # noqa: N802
         # (a verdict saved at the question may find the database busy: it then waits as any other)

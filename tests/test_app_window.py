@@ -507,6 +507,34 @@ def test_a_model_choice_refused_in_the_window_says_what_to_do_there(qtbot, warni
     assert "pass --model demo" in ended[-1]
 
 
+def test_a_sweep_file_rewritten_while_open_is_said_once(qtbot, make_window, warnings, tmp_path):
+    """A sweep's file rewritten in place with another sweep's bytes while it was shown: the window
+    went on with the frames read before (Score again answered those, from the cache) and nothing
+    said the file had changed: a trainer who re-exported it under the same name reviewed the old one."""
+    import os
+
+    import SimpleITK as sitk
+
+    path = tmp_path / "a.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(tiny_sweep(1, 6, 40, 50).frames), str(path))
+    win = make_window(score=False)
+    assert win.open_path(path, block=True) is not False
+    win.act_rescore.trigger()
+    assert not warnings  # as it was read
+    stat = path.stat()
+    other = tiny_sweep(1, 6, 40, 50).frames[::-1].copy()
+    sitk.WriteImage(sitk.GetImageFromArray(other), str(path))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))  # (a coarse clock: later)
+    win.act_rescore.trigger()  # Score again: answers the frames read then, and says so
+    assert len(warnings) == 1 and "a.mha changed on disk since it was opened" in warnings[0]
+    assert "Open it again" in warnings[0]
+    assert not win.check_file_on_disk() and len(warnings) == 1  # said once
+    path.unlink()
+    assert win.check_file_on_disk() and "a.mha is no longer there" in warnings[-1]
+    win.set_sweep(tiny_sweep(1, 4, 40, 50), score=False)  # another sweep, not from a file
+    assert not win.check_file_on_disk()
+
+
 def test_closing_mid_run_stops_worker(qtbot, make_window):
     win = make_window(delay=0.3, batch_size=4)
     qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.n_done > 0, timeout=10000)
