@@ -25,10 +25,26 @@ STRIP = (-0.13, -0.05)  # status strip under the curves
 LABEL_Y = 1.17
 EMPTY_FRAMES = 100  # x range shown before a sweep is open
 SHORT_SWEEP_TICKS = 12  # up to this many frames, one labelled tick per frame
+#: The wheel's zoom stops at this many frames in view (or the whole sweep, when shorter): it went
+#: on to a fraction of a frame, where no curve or cursor shows and the ticks read "1000.009".
+MIN_FRAMES_IN_VIEW = 5
+
+
+class _FrameAxis(pg.AxisItem):
+    """The frame axis: ticks on whole frames only (frame numbers are integers everywhere else)."""
+
+    def tickSpacing(self, minVal, maxVal, size):  # noqa: N802, N803 (pyqtgraph naming)
+        levels = super().tickSpacing(minVal, maxVal, size)
+        whole = [(spacing, offset) for spacing, offset in levels if spacing >= 1 and float(spacing).is_integer()]
+        return whole or [(1.0, 0.0)]
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802
+        return [str(int(round(v))) for v in values]
 
 
 class _TimelineViewBox(pg.ViewBox):
-    """Left click / drag picks a frame; wheel zooms the frame axis; double click resets."""
+    """Left click / drag picks a frame; wheel zooms the frame axis (down to
+    :data:`MIN_FRAMES_IN_VIEW` frames); double click shows the whole case again."""
 
     def __init__(self, on_pick, on_reset) -> None:
         super().__init__(enableMenu=False)
@@ -84,7 +100,7 @@ class QualityCurve(QWidget):
         self._n = 0
         self._sweep_starts = np.zeros(0, dtype=np.int64)  # first frame of each sweep after the first
         self.vb = _TimelineViewBox(self._pick, self.reset_range)
-        self.plot = pg.PlotWidget(viewBox=self.vb, background=theme.BG)
+        self.plot = pg.PlotWidget(viewBox=self.vb, background=theme.BG, axisItems={"bottom": _FrameAxis("bottom")})
         self.plot.setFocusPolicy(Qt.NoFocus)
         pi = self.plot.getPlotItem()
         pi.hideButtons()
@@ -232,7 +248,8 @@ class QualityCurve(QWidget):
         bottom = self.plot.getPlotItem().getAxis("bottom")
         bottom.setTicks([[(f, str(f)) for f in range(self._n)]] if 0 < self._n <= SHORT_SWEEP_TICKS else None)
         self.cursor.setBounds((0, max(self._n - 1, 0)))
-        self.vb.setLimits(xMin=-0.5 - 0.02 * self._n, xMax=self._n - 0.5 + 0.02 * self._n)
+        self.vb.setLimits(xMin=-0.5 - 0.02 * self._n, xMax=self._n - 0.5 + 0.02 * self._n,
+                          minXRange=min(MIN_FRAMES_IN_VIEW, max(self._n, 1)))
         self.reset_range()
         self.set_results(None, None)
 
@@ -321,6 +338,18 @@ class QualityCurve(QWidget):
     def set_cursor(self, frame: int) -> None:
         if self.cursor.value() != frame:
             self.cursor.setValue(frame)
+        self._keep_in_view(frame)
+
+    def _keep_in_view(self, frame: int) -> None:
+        """A zoomed curve follows the frame: when it moves out of the frames in view (End, a
+        jump, cine), the view is centred on it, as wide as it was (it stayed where it was, the
+        cursor off-screen with nothing saying where)."""
+        (lo, hi), _ = self.vb.viewRange()
+        if not self._n or lo <= frame <= hi:
+            return
+        width = hi - lo
+        start = min(max(frame - width / 2, -0.5), max(self._n - 0.5 - width, -0.5))
+        self.vb.setXRange(start, start + width, padding=0)
 
     def set_model_threshold(self, value: float | None) -> None:
         """The models' own threshold, said beside the line's when the user moved it; None: not

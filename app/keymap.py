@@ -44,16 +44,20 @@ KEYMAP: tuple[KeyRow, ...] = (
     KeyRow("F1", "the list of keys", (("F1", "show_keys"),)),
     KeyRow("1 / 2 / 0", "review: optimal / suboptimal / not usable",
            (("1", "review_optimal"), ("2", "review_suboptimal"), ("0", "review_not_usable")), "review"),
-    KeyRow("Enter", "review: save and next", (("Return", "review_save"), ("Enter", "review_save")), "review"),
+    KeyRow("Enter", "review: save and next (in the note too: the keys then work on the frame again; Esc leaves "
+           "the note unsaved)", (("Return", "review_save"), ("Enter", "review_save")), "review"),
     KeyRow("Backspace / Del", "review: withdraw your verdict on the frame shown (it counts as not reviewed again; "
            "the verdict history keeps it)", (("Backspace", "review_withdraw"), ("Del", "review_withdraw")), "review"),
     KeyRow("[ / ]", "review: previous / next in the queue",
            (("[", "review_prev"), ("]", "review_next")), "review"),
     KeyRow("Alt+R", "review menu: start, queue, best frames only, blinded, reviewer, export (the review panel"
            " controls, from the keyboard)", group="review"),
-    KeyRow("wheel", "previous / next frame", group="mouse"),
-    KeyRow("Ctrl+wheel", "zoom; left-drag pans; double-click fits the frame", group="mouse"),
-    KeyRow("right-drag", "window/level: left-right contrast, up-down brightness", group="mouse"),
+    KeyRow("wheel over the frame", "previous / next frame", group="mouse"),
+    KeyRow("Ctrl+wheel over the frame", "zoom; left-drag pans; double-click fits the frame", group="mouse"),
+    KeyRow("right-drag over the frame", "window/level: left-right contrast, up-down brightness", group="mouse"),
+    KeyRow("wheel over the curve", "zoom the frame axis (down to 5 frames; a zoomed curve follows the frame); "
+           "click or drag picks a frame; drag the dashed line: threshold; double-click shows the whole case",
+           group="mouse"),
 )
 
 
@@ -94,23 +98,36 @@ def readme_section(text: str) -> str | None:
     return text[start:end + len(README_END)]
 
 
-def bind(window, handlers: dict) -> list:
+def bind(window, handlers: dict, menu_actions: dict | None = None) -> list:
     """Window-wide shortcuts for every binding of the table; ``handlers``: action name -> callable.
-    A name without a handler is an error (the table and the window must agree)."""
+    ``menu_actions``: action name -> the QAction of a menu entry that does the same; that action
+    gets the key itself, so that its menu shows it (bound apart, the menus showed no key for
+    Overlay, Go to frame or Stop scoring), and no second shortcut is made for it (one key bound
+    twice is ambiguous and does nothing). A name with neither is an error (the table and the
+    window must agree)."""
     from PySide6.QtCore import Qt
     from PySide6.QtGui import QKeySequence, QShortcut
 
-    missing = actions() - set(handlers)
+    menu_actions = menu_actions or {}
+    missing = actions() - set(handlers) - set(menu_actions)
     if missing:
         raise KeyError(f"no handler for key action(s): {', '.join(sorted(missing))}")
     shortcuts = []
+    keys_of: dict[str, list] = {}
     for row in KEYMAP:
         for seq, name in row.bindings:
+            if name in menu_actions:
+                keys_of.setdefault(name, []).append(QKeySequence(seq))
+                continue
             sc = QShortcut(QKeySequence(seq), window)
             sc.setContext(Qt.WindowShortcut)
             sc.activated.connect(handlers[name])
             sc.setObjectName(f"key_{name}")
             shortcuts.append(sc)
+    for name, keys in keys_of.items():
+        act = menu_actions[name]
+        act.setShortcuts(keys)
+        act.setShortcutContext(Qt.WindowShortcut)
     return shortcuts
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QEvent, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QDockWidget,
@@ -79,6 +79,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self._train_dialog = None  # app.train_dialog.TrainDialog, kept while the window lives
         self._dock_hidden_for_blinding = False  # the flagged frames' dock, hidden while a review is blind
         self._close_when_saved = False  # closing waits for a verdict the review database has not taken yet
+        self._close_when_trained = False  # closing waits for a training run being stopped to end
         # False for headless runs: problems go to stderr and the status bar, never a modal box.
         self.interactive = True
         #: Problems already printed on stderr (headless), so the command line does not repeat them.
@@ -192,6 +193,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
     def _build_docks(self) -> None:
         self.flagged = FlaggedPanel(self.model)
         self.review = ReviewPanel(self.model, self.settings)
+        # Enter or Esc in the review note: the keys go back to the frame (verdicts, arrows)
+        self.review.keys_back.connect(lambda: self.splitter.setFocus())
         self.flagged_dock = QDockWidget("Flagged frames", self)
         self.flagged_dock.setObjectName("flagged_dock")
         self.flagged_dock.setWidget(self.flagged)
@@ -242,6 +245,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
 
     def set_sweep(self, sweep, score: bool = True) -> None:
         """Show a sweep at once (frame 0) and score it in the background."""
+        self._file_read = None  # (set again by _opened when it came from a file opened here)
         self.scoring.stop()
         self.model.set_playing(False)
         self.model.set_sweep(sweep)
@@ -269,9 +273,12 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if self.model.sweep is None:
             return
         self._user_asked_models = user
+        if user:
+            self.check_file_on_disk()  # Score again answers the frames read then, from the cache
         models = self.models if self._models_for == self.choice else None
         self.model.set_scoring(True, "loading models…" if models is None else "")
-        self.scoring.start(self.model.sweep, choice=self.choice, models=models, focus=self.model.frame)
+        self.scoring.start(self.model.sweep, choice=self.choice, models=models, focus=self.model.frame,
+                           words="window" if self.interactive else "cli")
         self._update_progress()
 
     def cancel_scoring(self) -> None:
@@ -938,10 +945,44 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         """Render the whole window to a PNG (works offscreen)."""
         return window_tools.write_screenshot(self, path)
 
+    def _close_after_training(self) -> bool:
+        """Before the window closes: a training run of the Train dialog (its child process ends
+        with the window). Asked as the dialog's own close asks; stopped, the run is ended on its
+        own time (terminated, killed after the dialog's grace period) while the window stays open
+        and answering, which closes once it has ended. Closing stopped it without a word, and
+        froze the application for seconds waiting for it. True when no run is going."""
+        dlg = self._train_dialog
+        if dlg is None or not dlg.running:
+            return True
+        if not self._close_when_trained:
+            if not dlg.confirm_stop(self, "The window closes once it has stopped."):
+                return False  # the run goes on, the window stays
+            self._close_when_trained = True
+            dlg.state_changed.connect(self._training_ended_for_closing)
+        self.notify("Stopping the training run (finished epochs keep their checkpoints): the window closes "
+                    "once it has stopped.", 30000)
+        return False
+
+    def _training_ended_for_closing(self, state: str) -> None:
+        from app.train_dialog import CANCELLING, RUNNING
+
+        dlg = self._train_dialog
+        if state in (RUNNING, CANCELLING) or not self._close_when_trained or dlg is None or dlg.running:
+            return
+        self._close_when_trained = False
+        dlg.state_changed.disconnect(self._training_ended_for_closing)
+        QTimer.singleShot(0, self.close)
+
+    def changeEvent(self, ev):  # noqa: N802
+        super().changeEvent(ev)
+        if ev.type() == QEvent.ActivationChange and self.isActiveWindow():
+            # back from the program that re-exported it, say (a box: not from inside this event)
+            QTimer.singleShot(0, self.check_file_on_disk)
+
     def closeEvent(self, ev):  # noqa: N802
         # (a verdict saved at the question may find the database busy: it then waits as any other)
-        if (not self._close_after_waiting_verdict() or not self._keep_unsaved_verdict("closing")
-                or not self._close_after_waiting_verdict()):
+        if (not self._close_after_training() or not self._close_after_waiting_verdict()
+                or not self._keep_unsaved_verdict("closing") or not self._close_after_waiting_verdict()):
             ev.ignore()
             return
         self.model.set_playing(False)
@@ -968,8 +1009,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
                 self.hide()
                 loader.stop()
                 detach_until_finished(loader)
-        if self._train_dialog is not None:
-            self.hide()  # stopping the training run waits for it (a second or more): not in view
+        if self._train_dialog is not None:  # (a run has ended by now: see _close_after_training)
             self._train_dialog.shutdown()
         self.scoring.shutdown(abandon_loading=True)  # models still loading are not waited for
         self.review.close_store()

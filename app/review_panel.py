@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QEventLoop, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QEventLoop, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QApplication,
     QButtonGroup,
@@ -67,10 +67,32 @@ class _Save:
     started: float
 
 
+class NoteEdit(QLineEdit):
+    """The review note. Esc leaves it (``done``): the window's keys (verdicts, arrows) work
+    again, as after Enter in the go-to-frame box. Enter saves (``returnPressed``), and the panel
+    then hands the keys back too."""
+
+    done = Signal()
+
+    def event(self, ev):  # noqa: D102
+        if ev.type() == QEvent.ShortcutOverride and ev.key() == Qt.Key_Escape:
+            ev.accept()  # Esc is the note's (leave it), not the window's (stop scoring)
+            return True
+        return super().event(ev)
+
+    def keyPressEvent(self, ev):  # noqa: N802
+        if ev.key() == Qt.Key_Escape:
+            self.done.emit()
+            return
+        super().keyPressEvent(ev)
+
+
 class ReviewPanel(QWidget):
-    """``message(str)`` reports what happened (for the status bar)."""
+    """``message(str)`` reports what happened (for the status bar); ``keys_back`` asks the window
+    to take the keyboard back from the note (Enter or Esc in it)."""
 
     message = Signal(str)
+    keys_back = Signal()
     blinding_changed = Signal()  # what the viewer may show of the model's call changed
     saving_ended = Signal(bool)  # a verdict that waited for the database: saved (True) or given up
 
@@ -148,9 +170,12 @@ class ReviewPanel(QWidget):
         verdict_row.addWidget(self.verdict_label, 1)
         verdict_row.addWidget(self.withdraw_button)
 
-        self.note = QLineEdit()
+        self.note = NoteEdit()
         self.note.setPlaceholderText("note (optional)")
+        self.note.setToolTip("Enter saves the verdict with this note and hands the keys back to the frame; "
+                             "Esc hands them back without saving")
         self.note.returnPressed.connect(self.save_and_next)
+        self.note.done.connect(self.keys_back)
         self.prev_button = QPushButton("◀ Prev")
         self.next_button = QPushButton("Next ▶")
         self.save_button = QPushButton("Save && next  ⏎")
@@ -388,13 +413,25 @@ class ReviewPanel(QWidget):
         self.message.emit(f"Frame {self.model.frame}: {label.replace('_', ' ')} — Enter saves and goes on.")
 
     def save_and_next(self) -> None:
+        """Enter: save the verdict chosen on the frame shown, with the note, and go on. Pressed in
+        the note, it also hands the keys back to the frame: the focus stayed in the note, and the
+        next frame's verdict keys were typed into it, then saved as that frame's note."""
+        in_note = self.note.hasFocus()
+        try:
+            self._save_and_next(in_note)
+        finally:
+            if in_note:
+                self.keys_back.emit()
+
+    def _save_and_next(self, in_note: bool) -> None:
         if self.session is None:
             return
         if self._saving is not None:
             self.message.emit(f"Still saving frame {self._saving.frame}'s verdict: the review database is busy.")
             return
         if self._pending is None:
-            self.message.emit("Choose a verdict first: 1 optimal, 2 suboptimal, 0 not usable.")
+            kept = " The note keeps what you typed; the keys work on the frame again." if in_note else ""
+            self.message.emit(f"Choose a verdict first: 1 optimal, 2 suboptimal, 0 not usable.{kept}")
             return
         frame = self.model.frame
         self._attempt_save(_Save(self.session, frame, self._pending, self.note.text().strip(),

@@ -189,7 +189,9 @@ def validate_data_dir(text: str) -> Path:
                             "images/stacked_fetal_ultrasound/ (the ACOUSLIC-AI layout).")
     path = Path(text.strip()).expanduser()
     if not path.is_dir():
-        raise FetalIQAError(f"Data folder {path} does not exist. Choose the dataset folder that holds "
+        # (a file chosen here was said not to exist)
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise FetalIQAError(f"Data folder {path} {what}. Choose the dataset folder that holds "
                             "images/stacked_fetal_ultrasound/.")
     images = path / IMAGES_SUBDIR
     if not images.is_dir():
@@ -495,7 +497,7 @@ class TrainDialog(QDialog):
             return
         self._tail.extend(lines)
         self.log.appendPlainText("\n".join(lines))
-        self.log.moveCursor(QTextCursor.End)
+        self._show_last_line()
         if channel != "out":
             return
         for ln in lines:
@@ -513,6 +515,17 @@ class TrainDialog(QDialog):
                 extra = f", {metric} {f[metric]}" if metric else ""
                 self.status.setText(f"Epoch {f.get('epoch', '?')} validated: val loss {f.get('val_loss', '?')}{extra}"
                                     + (" (best so far)" if f.get("best") == "1" else ""))
+
+    def _show_last_line(self) -> None:
+        """Scroll to the log's last line, at its start: following the end of the text put the
+        view at the end of its longest line (the log does not wrap), and the start of every line,
+        where the child says what happened, was off to the left."""
+        cursor = self.log.textCursor()
+        cursor.movePosition(QTextCursor.End)
+        cursor.movePosition(QTextCursor.StartOfBlock)
+        self.log.setTextCursor(cursor)
+        self.log.ensureCursorVisible()
+        self.log.horizontalScrollBar().setValue(0)
 
     def _on_progress(self, prog: TrainProgress) -> None:
         now = time.monotonic()
@@ -553,6 +566,7 @@ class TrainDialog(QDialog):
         if self._process is not None and self._process.state() != QProcess.NotRunning:
             grace = self.terminate_grace_ms / 1000
             self.log.appendPlainText(f"(still running {grace:g} s after the stop request: killed)")
+            self._show_last_line()
             self._process.kill()
 
     def _error(self, proc: QProcess, err) -> None:
@@ -625,6 +639,8 @@ class TrainDialog(QDialog):
         if tail:
             html += ("<br>Last lines of the log:<pre style='margin:0'>" + _esc("\n".join(tail)) + "</pre>")
         self._show_message(html)
+        # the message takes room from the log once laid out: its last lines (the error) stay in view
+        QTimer.singleShot(0, self._show_last_line)
         self.progress_bar.setRange(0, PROGRESS_SCALE)
         self.progress_bar.setFormat("failed")
         self.status.setText("Training failed; the full log is below.")
@@ -659,10 +675,18 @@ class TrainDialog(QDialog):
 
     def _confirm_stop(self) -> bool:
         """Asked when the dialog is closed mid-run: True to close (the run is being cancelled)."""
+        return self.confirm_stop(self)
+
+    def confirm_stop(self, parent: QWidget, closing: str = "") -> bool:
+        """Asked before the run would end with what holds it (this dialog, or the main window,
+        whose closing ends the child too): True when the user chose to stop it, and it is being
+        stopped (terminated, killed after the grace period if it is still there; never waited for
+        here). ``closing``: a sentence on what happens then. Not asked when not interactive."""
         if self.interactive:
             answer = QMessageBox.question(
-                self, "Stop training?",
-                "Training is still running. Stop it? Finished epochs keep their checkpoints (resume later).",
+                parent, "Stop training?",
+                "Training is still running. Stop it? Finished epochs keep their checkpoints (resume later)."
+                + (f" {closing}" if closing else ""),
                 QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
             if answer != QMessageBox.Yes:
                 return False

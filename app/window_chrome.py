@@ -279,12 +279,18 @@ def build_actions(win) -> None:
     win.act_best = action("Best frame", win.jumps["best_frame"], "Best frame of this sweep (b)")
     win.act_prev_flag = action("◀ Flagged", win.jumps["prev_flagged"], "Previous flagged frame (p)")
     win.act_next_flag = action("Flagged ▶", win.jumps["next_flagged"], "Next flagged frame (n)")
+    # the same jumps as View menu entries that show their keys (and own them: the toolbar's are
+    # disabled during a blinded review, where a key still says why it does not jump)
+    win.menu_jumps = {"next_flagged": action("Next flagged frame", win.jumps["next_flagged"]),
+                      "prev_flagged": action("Previous flagged frame", win.jumps["prev_flagged"]),
+                      "best_frame": action("Best frame of this sweep", win.jumps["best_frame"])}
     win.act_fit = action("Fit", lambda: win.frame_view.view.autoRange(padding=0.0),
                          "Fit the frame to the view (double-click)")
     win.act_goto = action("Go to frame…", win.go_to_frame)
     win.act_spacing = action("Set pixel spacing…", lambda: window_tools.ask_spacing(win),
                              "mm per pixel, for a sweep whose file records none: lengths in mm and GA need it")
-    win.act_export_frame = action("Export frame as PNG…", win.export_frame)
+    # (no argument: the menu's 'checked' False reached export_frame as the path, a TypeError on stderr)
+    win.act_export_frame = action("Export frame as PNG…", lambda: win.export_frame())
     win.act_export = action("Export report…", win.review.export_report)
     win.act_labels = action("Export reviewer labels…", win.review.export_labels)
     win.act_history = action("Export verdict history…", win.review.export_history,
@@ -332,6 +338,8 @@ def build_actions(win) -> None:
     vm.addAction(win.act_overlay)
     vm.addAction(win.act_fit)
     vm.addAction(win.act_goto)
+    for act in win.menu_jumps.values():
+        vm.addAction(act)
     vm.addAction(win.act_spacing)
     wl = vm.addMenu("Window/level")
     win.window_level_actions = []
@@ -356,20 +364,19 @@ def build_actions(win) -> None:
     win.shortcuts = keymap.bind(win, {
         "prev_frame": lambda: m.step(-1), "next_frame": lambda: m.step(1),
         "page_back": lambda: m.page(-1), "page_on": lambda: m.page(1),
-        "first_frame": m.home, "last_frame": m.end, "go_to_frame": win.go_to_frame,
+        "first_frame": m.home, "last_frame": m.end,
         "play": m.toggle_playing,
-        **win.jumps, "toggle_overlay": m.toggle_overlay,
         "opacity_down": lambda: m.change_opacity(-OPACITY_STEP),
         "opacity_up": lambda: m.change_opacity(OPACITY_STEP),
         "reset_window_level": win.frame_view.reset_window_level,
-        "export_frame": win.export_frame, "cancel_scoring": win.ask_cancel_scoring,
-        "show_keys": win.show_keys,
         "review_optimal": lambda: review.choose("optimal"),
         "review_suboptimal": lambda: review.choose("suboptimal"),
         "review_not_usable": lambda: review.choose("not_usable"),
         "review_save": review.save_and_next, "review_withdraw": review.withdraw,
         "review_prev": lambda: review.move(-1), "review_next": lambda: review.move(1),
-    })
+    }, menu_actions={"toggle_overlay": win.act_overlay, "go_to_frame": win.act_goto,
+                     "cancel_scoring": win.act_cancel, "export_frame": win.act_export_frame,
+                     "show_keys": win.act_keys, **win.menu_jumps})
 
 
 def build_status(win) -> None:

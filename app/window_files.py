@@ -15,9 +15,45 @@ SWEEP_FILTER = ("Sweeps and pictures (*.mha *.mhd *.nrrd *.nhdr *.nii *.nii.gz *
                 ";;All files, DICOM without an extension (*)")
 
 
+def file_state(path: str | Path) -> tuple | None:
+    """What tells a file rewritten since (size, modification time, inode), or None when it is not
+    there (or cannot be looked at)."""
+    try:
+        st = Path(path).stat()
+    except (OSError, ValueError):
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 class SweepFilesMixin:
     """Mixed into :class:`app.main_window.MainWindow` (uses its settings, notify, alert and
     set_sweep)."""
+
+    #: (path, file_state) of the sweep shown, as it was when it was read; what was last said of it
+    _file_read: tuple | None = None
+    _file_told: tuple | None = None
+
+    def check_file_on_disk(self) -> bool:
+        """Say (once per change) when the file of the sweep shown was rewritten, moved or removed
+        since it was read: the window goes on with the frames read then (Score again answers
+        theirs, from the cache), and nothing said so; a trainer who re-exported the file under the
+        same name reviewed the old one. True when it was said. One look at the file's size and
+        times, on activating the window and on Score again / Resume; said in a box (on stderr when
+        headless)."""
+        if self._file_read is None or self.model.sweep is None:
+            return False
+        path, before = self._file_read
+        now = file_state(path)
+        if now == before or (path, now) == self._file_told:
+            return False
+        self._file_told = (path, now)
+        name = Path(path).name
+        what = "is no longer there" if now is None else "changed on disk"
+        again = "" if now is None else " Open it again (File > Open recent) to read it as it is now."
+        # a box (the status bar's line was replaced by "All 80 frames scored." a moment later)
+        self.alert("Sweep file changed", f"{name} {what} since it was opened: the window shows the sweep as it "
+                   f"was read then (its frames, scores and verdicts).{again}")
+        return True
 
     def _dialog_start(self) -> str:
         return str(Path(self.settings.recent_files[0]).parent) if self.settings.recent_files else str(Path.home())
@@ -45,6 +81,7 @@ class SweepFilesMixin:
         path = str(path)
         if not self._keep_unsaved_verdict("opening another sweep"):
             return False  # (the trainer chose to stay with the verdict they have not saved)
+        before = file_state(path)  # (looked at before reading: a rewrite during the read counts as a change)
         if block:
             try:
                 sweep = load_sweep_for_viewer(path)
@@ -57,7 +94,7 @@ class SweepFilesMixin:
                 self.alert("Cannot open sweep",
                            f"{path}: could not be read as a sweep ({type(exc).__name__}: {exc}).")
                 return False
-            self._opened(path, sweep, score)
+            self._opened(path, sweep, score, before)
             return True
         loader = SweepLoader(path, self)
         previous, self._loader = self._loader, loader  # the latest request wins; older results are dropped
@@ -66,18 +103,19 @@ class SweepFilesMixin:
 
             previous.stop()  # the latest request wins: the earlier read stops between chunks
             detach_until_finished(previous)  # not a child of the window: closing it must not destroy a running read
-        loader.loaded.connect(lambda p, sw, ld=loader: self._opened(p, sw, score) if ld is self._loader else None)
+        loader.loaded.connect(lambda p, sw, ld=loader: self._opened(p, sw, score, before) if ld is self._loader else None)
         loader.failed.connect(lambda p, msg, ld=loader: self._open_failed(msg, p) if ld is self._loader else None)
         loader.finished.connect(loader.deleteLater)
         self.notify(f"Opening {Path(path).name}…", 60000)
         loader.start()
         return True
 
-    def _opened(self, path: str, sweep, score: bool) -> None:
+    def _opened(self, path: str, sweep, score: bool, before: tuple | None = None) -> None:
         self._loader = None
         self.add_recent(path)
         self.notify(f"Opened {Path(path).name}: {sweep.n_frames} frames.", 5000)
         self.set_sweep(sweep, score=score)
+        self._file_read, self._file_told = (path, before if before is not None else file_state(path)), None
         self.sweep_opened.emit(path)
 
     def _open_failed(self, message: str, path: str | None = None) -> None:

@@ -53,10 +53,12 @@ class ScoringWorker(QObject):
     finished = Signal(bool, int)  # complete, frames done
     failed = Signal(str)  # user-facing message
 
-    def __init__(self, sweep, choice=None, models=None, engine_factory=None, focus: int | None = None):
+    def __init__(self, sweep, choice=None, models=None, engine_factory=None, focus: int | None = None,
+                 words: str = "window"):
         super().__init__()
         self.sweep = sweep
         self.choice = choice
+        self.words = words  # what loading errors tell the user to do: in the window, or on the command line
         self.models = models
         self._engine_factory = engine_factory
         self._engine = None
@@ -122,7 +124,7 @@ class ScoringWorker(QObject):
             if self.models is None:
                 from fetaliqa_core.models.choice import load_models
 
-                self.models = load_models(self.choice)
+                self.models = load_models(self.choice, words=self.words)
             self.loading = False
             self.models_ready.emit(self.models)
             engine = self._make_engine(self.models)
@@ -188,13 +190,15 @@ class ScoringController(QObject):
     def any_running(self) -> bool:
         return self.running or any(t.isRunning() for t, _ in self._retired)
 
-    def start(self, sweep, choice=None, models=None, focus: int | None = None) -> None:
-        """Start scoring ``sweep``; an earlier run is cancelled without waiting for it."""
+    def start(self, sweep, choice=None, models=None, focus: int | None = None, words: str = "window") -> None:
+        """Start scoring ``sweep``; an earlier run is cancelled without waiting for it. ``words``:
+        "window" when a loading error is read in the window (it names the Models… dialog), "cli"
+        when it goes to the command line's stderr (it names the options)."""
         self.stop()
         thread = QThread()
         thread.setObjectName("fetaliqa-scoring")
         worker = ScoringWorker(sweep, choice=choice, models=models,
-                               engine_factory=self.engine_factory, focus=focus)
+                               engine_factory=self.engine_factory, focus=focus, words=words)
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
         # Through slots that check which run sent them: a replaced run's results already posted to

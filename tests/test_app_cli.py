@@ -29,7 +29,7 @@ def small_sweep(tmp_path) -> Path:
 def fast_models(monkeypatch):
     from fetaliqa_core.models import choice
 
-    monkeypatch.setattr(choice, "load_models", lambda choice: fake_models(choice=choice))
+    monkeypatch.setattr(choice, "load_models", lambda choice, **_: fake_models(choice=choice))
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -292,7 +292,7 @@ def test_ctrl_c_in_the_viewer_is_an_interruption_and_the_demo_writes_nothing(qtb
     from fetaliqa_core import synth
     from fetaliqa_core.models import choice
 
-    monkeypatch.setattr(choice, "load_models", lambda choice: fake_models(delay=0.5, batch_size=1, choice=choice))
+    monkeypatch.setattr(choice, "load_models", lambda choice, **_: fake_models(delay=0.5, batch_size=1, choice=choice))
     monkeypatch.setattr(synth, "demo_sweep_path", lambda: small_sweep)
     out = tmp_path / "demo-out"
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -338,7 +338,7 @@ def test_closing_while_the_models_load_ends_the_process_without_waiting_for_them
 
     release = threading.Event()
 
-    def slow_load(c):
+    def slow_load(c, **_):
         release.wait(60)
         return fake_models(choice=c)
 

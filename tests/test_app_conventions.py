@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, Qt
-from PySide6.QtGui import QImage, QKeySequence, QShortcut
+from PySide6.QtGui import QAction, QImage, QKeySequence, QShortcut
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
@@ -45,14 +45,68 @@ def test_readme_key_list_is_the_key_table():
         "README's key list is stale: paste the output of `python -m app.keymap`"
 
 
+def _bound_keys(win) -> list[str]:
+    """Every key sequence the window binds: its shortcuts and its actions' (menu entries)."""
+    return ([sc.key().toString() for sc in win.findChildren(QShortcut)]
+            + [seq.toString() for act in win.findChildren(QAction) for seq in act.shortcuts()])
+
+
 def test_every_table_key_is_bound_and_in_the_help(win):
-    bound = {sc.key().toString() for sc in win.findChildren(QShortcut)}
+    bound = set(_bound_keys(win))
     for row in keymap.KEYMAP:
         assert row.what in keymap.help_html()
         for seq, _ in row.bindings:
             assert QKeySequence(seq).toString() in bound, seq
     with pytest.raises(KeyError, match="review_save"):
         keymap.bind(win, {name: (lambda: None) for name in keymap.actions() - {"review_save"}})
+
+
+def test_the_menus_show_the_keys_that_work_and_no_key_is_bound_twice(win, monkeypatch):
+    """View > Overlay (s), Go to frame… (Ctrl+G), Scoring > Stop scoring… (Esc), File > Export
+    frame as PNG… (Ctrl+E) and Help > Keyboard shortcuts (F1) showed no key: the keys were bound
+    apart from the menu entries; the flagged and best frame jumps (n / p / b) had no menu entry at
+    all. File > Export frame as PNG… itself raised a TypeError (the menu's 'checked' False taken for
+    the file's path) and did nothing."""
+    from PySide6.QtWidgets import QFileDialog
+
+    shown: dict[str, str] = {}
+
+    def walk(menu) -> None:
+        for act in menu.actions():
+            if act.menu() is not None:
+                walk(act.menu())
+            elif not act.isSeparator():
+                shown[act.text()] = act.shortcut().toString()
+
+    for top in win.menuBar().actions():
+        walk(top.menu())
+    assert shown["Overlay"] == "S" and shown["Go to frame…"] == "Ctrl+G" and shown["Stop scoring…"] == "Esc"
+    assert shown["Export frame as PNG…"] == "Ctrl+E" and shown["Keyboard shortcuts"] == "F1"
+    assert (shown["Next flagged frame"], shown["Previous flagged frame"], shown["Best frame of this sweep"]) == \
+        ("N", "P", "B")
+    bound = _bound_keys(win)
+    assert len(bound) == len(set(bound)), sorted(k for k in bound if bound.count(k) > 1)
+    # the keys work as before, through those entries
+    m = win.model
+    overlay = m.overlay_visible
+    _key(win, Qt.Key_S)
+    assert m.overlay_visible != overlay and win.act_overlay.isChecked() == m.overlay_visible
+    m.set_frame(0)
+    m.next_flagged(1)
+    flagged = m.frame
+    m.set_frame(0)
+    _key(win, Qt.Key_N)
+    assert m.frame == flagged != 0
+    _key(win, Qt.Key_B)
+    assert m.frame in m.flags.best
+    _key(win, Qt.Key_G, Qt.ControlModifier)
+    assert win.frame_box.hasFocus()
+    win.splitter.setFocus()
+    asked: list[str] = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: asked.append(a[1]) or ("", "")))
+    win.act_export_frame.trigger()  # the menu entry
+    _key(win, Qt.Key_E, Qt.ControlModifier)
+    assert asked == ["Export frame as PNG", "Export frame as PNG"]
 
 
 def test_up_down_step_frames_and_go_to_box(win, qtbot):

@@ -28,7 +28,7 @@ def demo_sweep(tmp_path, monkeypatch) -> Path:
 def slow_models(monkeypatch):
     from fetaliqa_core.models import choice
 
-    monkeypatch.setattr(choice, "load_models", lambda c: fake_models(delay=0.15, batch_size=4, choice=c))
+    monkeypatch.setattr(choice, "load_models", lambda c, **_: fake_models(delay=0.15, batch_size=4, choice=c))
 
 
 def test_headless_demo_shows_progress_then_the_answer(qtbot, demo_sweep, slow_models, tmp_path,

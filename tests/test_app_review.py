@@ -384,6 +384,48 @@ def test_a_note_stays_with_its_frame(qtbot, tmp_path):
     assert all(v.note != f"frame {first}: stomach bubble" for v in panel.session.store.verdicts(panel.session.sweep_id))
 
 
+def _typed(keys) -> None:
+    """Keys as the keyboard sends them: to whatever has the focus (a key or a string)."""
+    target = QApplication.focusWidget()
+    assert target is not None
+    QTest.keyClicks(target, keys) if isinstance(keys, str) else QTest.keyClick(target, keys)
+    QApplication.processEvents()
+
+
+def test_enter_or_esc_in_the_note_hands_the_keys_back_to_the_frame(qtbot, tmp_path):
+    """After Enter in the note (saved, next frame) the focus stayed in the note: the next frame's
+    verdict keys were typed into it ("2", Enter: "Choose a verdict first"), Esc did not leave it,
+    and the frame was then saved with the note "20" made of those keys."""
+    win = scored_window(qtbot, AppSettings(reviewer="noor", review_db=str(tmp_path / "r.sqlite3")))
+    panel = win.review
+    _typed("1")
+    first = win.model.frame
+    panel.note.setFocus()
+    _typed("edge")
+    _typed(Qt.Key_Return)  # saved with its note, on to the next frame
+    second = win.model.frame
+    assert second != first and win.model.verdicts[first] == "optimal"
+    assert not panel.note.hasFocus() and win.splitter.hasFocus()
+    _typed("2")  # the next frame's verdict, as on the frame before
+    _typed(Qt.Key_Return)
+    assert panel.note.text() == "" and win.model.verdicts[second] == "suboptimal"
+    third = win.model.frame
+    panel.note.setFocus()
+    _typed("gas")
+    _typed(Qt.Key_Escape)  # leaves the note, unsaved, the keys back on the frame
+    assert not panel.note.hasFocus() and panel.note.text() == "gas"
+    _typed("0")
+    _typed(Qt.Key_Return)
+    assert win.model.verdicts[third] == "not_usable"
+    panel.note.setFocus()
+    _typed("x")
+    _typed(Qt.Key_Return)  # no verdict chosen: said, the note kept, the keys back on the frame
+    assert not panel.note.hasFocus() and "note keeps what you typed" in win.status_message.full_text()
+    store = panel.session.store
+    notes = {v.frame: v.note for v in store.verdicts(panel.session.sweep_id)}
+    assert notes == {first: "edge", second: "", third: "gas"}
+
+
 def test_moving_through_the_queue_while_another_program_holds_the_database(qtbot, tmp_path, no_modal):
     """Another program's write lock: ']' raised out of its key's slot (the message went to stderr
     only) after freezing the window for the database's 5 s busy timeout. The resume position is

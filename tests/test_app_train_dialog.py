@@ -163,6 +163,18 @@ def test_invalid_inputs_are_refused_with_a_clear_message(make_dialog, tmp_path, 
     assert not dlg.running
 
 
+def test_a_file_chosen_as_the_data_folder_is_called_a_file(make_dialog, tmp_path):
+    """A sweep file chosen as the data folder was said not to exist: it does, as a file."""
+    dlg = make_dialog()
+    sweep = tmp_path / "one_frame.mha"
+    sweep.write_bytes(b"x")
+    dlg.data.set_text(sweep)
+    assert not dlg.start()
+    assert "is a file, not a folder" in dlg.message.text() and "does not exist" not in dlg.message.text()
+    dlg.data.set_text(tmp_path / "nowhere")
+    assert not dlg.start() and "does not exist" in dlg.message.text()
+
+
 def test_empty_output_folder_gets_a_fresh_run_folder(make_dialog, qtbot):
     dlg = make_dialog()
     dlg.out.set_text("")
@@ -249,6 +261,25 @@ def test_non_zero_exit_shows_the_error_and_the_last_log_lines(make_dialog, qtbot
     assert dlg.progress_bar.format() == "failed"
 
 
+def test_the_log_shows_the_start_of_its_lines(qtbot, tmp_path, data_dir):
+    """The log (no wrap) followed the end of the text: it opened scrolled to the end of its longest
+    line, and the start of every line, where the child says what happened, was off to the left."""
+    talk = ("import sys\nfor i in range(60):\n    print(f'line {i}: ' + 'x' * 400)\n"
+            "print('fetaliqa: the run stopped: ' + 'why ' * 100, file=sys.stderr)\nsys.exit(1)\n")
+    dlg = TrainDialog(command=lambda req: (sys.executable, ["-c", talk]), interactive=False)
+    qtbot.addWidget(dlg)
+    dlg.data.set_text(data_dir)
+    dlg.out.set_text(tmp_path / "run")
+    dlg.show()
+    qtbot.waitExposed(dlg)
+    dlg.start()
+    qtbot.waitUntil(lambda: dlg.state == td.FAILED, timeout=15000)
+    qtbot.wait(50)
+    across, down = dlg.log.horizontalScrollBar(), dlg.log.verticalScrollBar()
+    assert across.maximum() > 0 and across.value() == 0
+    assert down.maximum() > 0 and down.value() == down.maximum()  # the last lines in view
+
+
 def test_a_program_that_cannot_start_is_reported(qtbot, tmp_path, data_dir):
     dlg = TrainDialog(command=lambda req: (str(tmp_path / "no-such-python"), []), interactive=False)
     qtbot.addWidget(dlg)
@@ -318,18 +349,58 @@ def test_train_action_opens_one_dialog_and_loading_applies_the_bundle(window, ti
     assert win.choice == before and win.alerts and "manifest.json" in win.alerts[-1]
 
 
-def test_closing_the_window_stops_a_training_run(window, qtbot, tmp_path, data_dir):
+def _window_training(window, qtbot, tmp_path, data_dir, mode: str) -> TrainDialog:
+    """The window's Train dialog running the fake training in ``mode``, its first step reported."""
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAIN)
     dlg = window.train_dialog()
-    dlg.command = lambda req: (sys.executable, [str(script), "long", str(req.out), "/x"])
+    dlg.command = lambda req: (sys.executable, [str(script), mode, str(req.out), "/x"])
     dlg.data.set_text(data_dir)
     dlg.out.set_text(tmp_path / "run")
     dlg.start()
     qtbot.waitUntil(lambda: dlg.progress is not None, timeout=15000)
+    return dlg
+
+
+def test_closing_the_window_stops_a_training_run(window, qtbot, tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.Yes))
+    dlg = _window_training(window, qtbot, tmp_path, data_dir, "long")
     pid = _child_pid(dlg)
+    closed: list[bool] = []
+    window.closed.connect(lambda: closed.append(True))
     window.close()
+    qtbot.waitUntil(lambda: bool(closed), timeout=10000)
     assert not dlg.running
+    qtbot.waitUntil(lambda: not _alive(pid), timeout=5000)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM cannot be ignored on Windows")
+def test_closing_the_window_mid_training_asks_and_never_waits_for_the_run(window, qtbot, tmp_path, data_dir,
+                                                                           monkeypatch):
+    """Closing the viewer stopped a training run without the question its own dialog asks, and
+    held the application (the Train dialog too) while the child ended: 3.7 s for a real run, up to
+    twice the grace period for one that does not end on terminate."""
+    asked: list[str] = []
+    answer = [QMessageBox.No]
+    monkeypatch.setattr(QMessageBox, "question",
+                        staticmethod(lambda p, title, text, *a, **k: asked.append(text) or answer[0]))
+    window.show()
+    dlg = _window_training(window, qtbot, tmp_path, data_dir, "stubborn")
+    dlg.terminate_grace_ms = 1500
+    pid = _child_pid(dlg)
+    window.close()  # No: the run goes on, the window stays
+    assert asked and asked[-1].startswith("Training is still running. Stop it?")
+    assert window.isVisible() and dlg.running and dlg.state == td.RUNNING and _alive(pid)
+    answer[0] = QMessageBox.Yes
+    closed: list[bool] = []
+    window.closed.connect(lambda: closed.append(True))
+    t0 = time.monotonic()
+    window.close()  # Yes: stopped on its own time, the window closes once it has ended
+    assert time.monotonic() - t0 < 0.5
+    assert len(asked) == 2 and window.isVisible() and dlg.state == td.CANCELLING
+    assert "closes once it has stopped" in window.status_message.full_text()
+    qtbot.waitUntil(lambda: bool(closed), timeout=10000)
+    assert not window.isVisible() and not dlg.running and "killed" in dlg.log.toPlainText()
     qtbot.waitUntil(lambda: not _alive(pid), timeout=5000)
 
 

@@ -173,6 +173,38 @@ def test_cursor_linked_both_ways(qtbot, make_window):
     assert win.model.frame == 20
 
 
+def test_the_wheel_over_the_curve_zooms_to_a_few_whole_frames_and_the_view_follows_the_frame(qtbot, make_window):
+    """The wheel over the curve zoomed on without a floor (0.28 frames in view after 30 notches:
+    no curve, no cursor, ticks "1000.009"), and a zoomed curve stayed where it was when End moved
+    the frame out of it (the cursor off-screen). The README called the wheel there "previous /
+    next frame"."""
+    from app import keymap
+    from app.curve_view import MIN_FRAMES_IN_VIEW
+
+    win = make_window(score=False)
+    QApplication.processEvents()
+    vp = win.curve.plot.viewport()
+    at = QPointF(_curve_point(win, 20, 0.5))
+    for _ in range(30):
+        QApplication.sendEvent(vp, QWheelEvent(at, vp.mapToGlobal(at), QPoint(0, 0), QPoint(0, 120),
+                                               Qt.NoButton, Qt.NoModifier, Qt.NoScrollPhase, False))
+    (lo, hi), _ = win.curve.vb.viewRange()
+    assert MIN_FRAMES_IN_VIEW - 0.01 <= hi - lo < 10 and lo <= 20 <= hi, (lo, hi)
+    axis = win.curve.plot.getPlotItem().getAxis("bottom")
+    ticks = [v for _spacing, values in axis.tickValues(lo, hi, vp.width()) for v in values]
+    assert ticks and all(float(v).is_integer() for v in ticks), ticks
+    assert all(text.isdigit() for text in axis.tickStrings(ticks, 1.0, 1.0))
+    win.model.set_frame(20)
+    win.model.end()  # the last frame, far outside the zoomed view: the view goes with it
+    (lo2, hi2), _ = win.curve.vb.viewRange()
+    assert lo2 <= N - 1 <= hi2 and abs((hi2 - lo2) - (hi - lo)) < 0.01, (lo2, hi2)
+    win.model.set_frame(10)
+    (lo3, hi3), _ = win.curve.vb.viewRange()
+    assert lo3 <= 10 <= hi3
+    shown = {row.shown: row.what for row in keymap.KEYMAP}
+    assert "wheel" not in shown and f"down to {MIN_FRAMES_IN_VIEW} frames" in shown["wheel over the curve"]
+
+
 def test_threshold_line_drag_changes_flags(qtbot, make_window):
     win = make_window()
     _wait_scored(qtbot, win)
@@ -443,6 +475,64 @@ def test_wrong_model_files_with_no_model_loaded_before(qtbot, warnings, tmp_path
     assert len(warnings) == 1 and "no_such_bundle" in warnings[0] and "Still using" not in warnings[0]
     assert win.models is None and win.model.results is None
     assert "none loaded" in win.status_model.full_text()
+
+
+def test_a_model_choice_refused_in_the_window_says_what_to_do_there(qtbot, warnings, monkeypatch, tiny_bundle_dirs):
+    """Models… with no bundle, or cuda on a machine without one, was answered with the command
+    line's advice ("pass --model demo, or --cls and/or --seg", "use --device auto or --device cpu"):
+    the window has no options to pass. The window names its own fields; a headless run, whose
+    message goes to the command line's stderr, keeps the options."""
+    import torch
+
+    from fetaliqa_core.models.choice import ModelChoice
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    win.set_sweep(tiny_sweep(1, 6, height=40, width=50), score=False)
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(m))
+    for choice, words in ((ModelChoice(model=None, device="cpu"), "choose Demo model in Models…"),
+                          (ModelChoice(model="demo", device="cuda"), "choose Device auto or cpu in Models…"),
+                          (ModelChoice(model=None, cls=tiny_bundle_dirs["cls"], device="cpu", cascade=True),
+                           "Student in Models…")):
+        ended.clear()
+        win.set_model_choice(choice, user=True)
+        qtbot.waitUntil(lambda: bool(ended), timeout=30000)
+        assert words in warnings[-1] and "--" not in warnings[-1], warnings[-1]
+    win.interactive = False  # headless (gui --screenshot): said on stderr, in the command line's words
+    ended.clear()
+    win.set_model_choice(ModelChoice(model=None, device="cpu"), user=True)
+    qtbot.waitUntil(lambda: bool(ended), timeout=30000)
+    assert "pass --model demo" in ended[-1]
+
+
+def test_a_sweep_file_rewritten_while_open_is_said_once(qtbot, make_window, warnings, tmp_path):
+    """A sweep's file rewritten in place with another sweep's bytes while it was shown: the window
+    went on with the frames read before (Score again answered those, from the cache) and nothing
+    said the file had changed: a trainer who re-exported it under the same name reviewed the old one."""
+    import os
+
+    import SimpleITK as sitk
+
+    path = tmp_path / "a.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(tiny_sweep(1, 6, 40, 50).frames), str(path))
+    win = make_window(score=False)
+    assert win.open_path(path, block=True) is not False
+    win.act_rescore.trigger()
+    assert not warnings  # as it was read
+    stat = path.stat()
+    other = tiny_sweep(1, 6, 40, 50).frames[::-1].copy()
+    sitk.WriteImage(sitk.GetImageFromArray(other), str(path))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))  # (a coarse clock: later)
+    win.act_rescore.trigger()  # Score again: answers the frames read then, and says so
+    assert len(warnings) == 1 and "a.mha changed on disk since it was opened" in warnings[0]
+    assert "Open it again" in warnings[0]
+    assert not win.check_file_on_disk() and len(warnings) == 1  # said once
+    path.unlink()
+    assert win.check_file_on_disk() and "a.mha is no longer there" in warnings[-1]
+    win.set_sweep(tiny_sweep(1, 4, 40, 50), score=False)  # another sweep, not from a file
+    assert not win.check_file_on_disk()
 
 
 def test_closing_mid_run_stops_worker(qtbot, make_window):

@@ -26,7 +26,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from fakes import fake_models
 from fetaliqa_core.models import choice
-choice.load_models = lambda c: fake_models(choice=c)
+choice.load_models = lambda c, **_: fake_models(choice=c)
 from fetaliqa_core.cli import main
 code = main(["gui", {sweep!r}, "--screenshot", {shot!r}, "--exit-when-scored"])
 from PySide6.QtGui import QGuiApplication

@@ -200,12 +200,16 @@ def _load_pair(cls_dir: Path | None, seg_dir: Path | None, base, device, one_bas
     return cls, None if seg_dir is None else bundle_mod.load_bundle(seg_dir, base_weights=base, device=device)
 
 
-def load_models(choice: ModelChoice) -> LoadedModels:
-    """Load the classifier and/or segmenter the user chose (FetalIQAError on any problem)."""
+def load_models(choice: ModelChoice, words: str = "cli") -> LoadedModels:
+    """Load the classifier and/or segmenter the user chose (FetalIQAError on any problem).
+
+    ``words``: where the choice was made, for what the errors tell the user to do: "cli" (the
+    command line's options) or "window" (the app's Models… dialog, which has no options to pass)."""
     from fetaliqa_core.models import bundle as bundle_mod
     from fetaliqa_core.models.device import select_device
 
-    device = select_device(choice.device, choice.precision)
+    window = words == "window"
+    device = select_device(choice.device, choice.precision, words=words)
     if choice.model == "demo-student" and not (choice.cls or choice.seg):
         if choice.cascade:
             raise FetalIQAError("--cascade runs a student before the models you choose: use --model demo "
@@ -216,7 +220,9 @@ def load_models(choice: ModelChoice) -> LoadedModels:
         cls, seg = _load_pair(root / "cls", root / "seg", root / bundle_mod.DEMO_BASE_FILE, device, one_base=True)
     else:
         if not (choice.cls or choice.seg):
-            raise FetalIQAError("No model given: pass --model demo, or --cls and/or --seg bundle folders.")
+            raise FetalIQAError("No model given: choose Demo model in Models…, or a Classifier and/or Segmenter "
+                                "bundle folder." if window else
+                                "No model given: pass --model demo, or --cls and/or --seg bundle folders.")
         cls, seg = _load_pair(Path(choice.cls) if choice.cls else None, Path(choice.seg) if choice.seg else None,
                               choice.base, device)
     student = None
@@ -226,11 +232,14 @@ def load_models(choice: ModelChoice) -> LoadedModels:
         elif choice.model == "demo" and not (choice.cls or choice.seg):
             student = bundle_mod.demo_student(device=device)
         else:
-            raise FetalIQAError("--cascade needs a student bundle for these models: add --student BUNDLE "
-                                "(made by fetaliqa distill from them)")
+            raise FetalIQAError("Cascade needs a student bundle for these models: choose its folder as the "
+                                "Student in Models… (made by fetaliqa distill from them), or untick Cascade."
+                                if window else "--cascade needs a student bundle for these models: add --student "
+                                "BUNDLE (made by fetaliqa distill from them)")
         if not student.manifest.is_student:
             raise FetalIQAError(f"{choice.student} is not a student bundle (made by fetaliqa distill); "
-                                "give the student for --student")
+                                + ("choose the student's folder as the Student in Models…" if window
+                                   else "give the student for --student"))
     return LoadedModels(cls=cls, seg=seg, choice=choice, device=str(device.device), device_label=device.description,
                         precision=device.precision, precision_reason=device.precision_record,
                         precision_warning=device.warning, student=student)

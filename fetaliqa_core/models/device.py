@@ -309,13 +309,15 @@ def _choice(device: torch.device, precision: str) -> DeviceChoice:
     return DeviceChoice(device, torch.float32, batch)
 
 
-def select_device(preference: str | torch.device | DeviceChoice = "auto", precision: str | None = None
-                  ) -> DeviceChoice:
+def select_device(preference: str | torch.device | DeviceChoice = "auto", precision: str | None = None,
+                  words: str = "cli") -> DeviceChoice:
     """``"auto"`` (CUDA, then Apple MPS, then CPU), ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` or ``"mps"``.
 
     ``precision``: ``"auto"`` (bf16 on CUDA and on CPUs where it measurably pays, fp32
     elsewhere), ``"bf16"`` or ``"fp32"``; None reads ``FETALIQA_PRECISION`` (default auto).
-    Asking for a device this computer lacks raises :class:`FetalIQAError`.
+    Asking for a device this computer lacks raises :class:`FetalIQAError`, saying what to do
+    where the device was chosen: ``words`` "cli" (its options) or "window" (the app's Models…
+    dialog, where "use --device auto" named nothing the user could find).
     """
     if isinstance(preference, DeviceChoice):
         if precision is None or _precision_preference(precision) in ("auto", preference.precision):
@@ -336,11 +338,12 @@ def select_device(preference: str | torch.device | DeviceChoice = "auto", precis
     if device is None or device.type not in BATCH_SIZE:
         raise FetalIQAError(
             f"device {preference!r} is not known; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+    instead = "choose Device auto or cpu in Models…" if words == "window" else "use --device auto or --device cpu"
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise FetalIQAError(
                 f"device {text!r} was asked for but no CUDA GPU is usable here (no NVIDIA GPU, no driver, "
-                "or a CPU-only PyTorch); use --device auto or --device cpu")
+                f"or a CPU-only PyTorch); {instead}")
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise FetalIQAError(
@@ -348,6 +351,6 @@ def select_device(preference: str | torch.device | DeviceChoice = "auto", precis
         return _choice(torch.device("cuda", index), prec)
     if device.type == "mps":
         if not _mps_available():
-            raise FetalIQAError("device 'mps' was asked for but no Apple GPU is usable here; use --device auto or cpu")
+            raise FetalIQAError(f"device 'mps' was asked for but no Apple GPU is usable here; {instead}")
         return _choice(torch.device("mps"), prec)
     return _choice(torch.device("cpu"), prec)
