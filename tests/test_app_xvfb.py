@@ -46,7 +46,7 @@ def xvfb_display():
                             pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
     try:
-        with os.fdopen(r) as f:
+        with os.fdopen(r, encoding="ascii", errors="replace") as f:
             number = f.readline().strip()
         if not number:
             pytest.skip("Xvfb did not start")
@@ -70,7 +70,8 @@ def test_window_on_a_real_x_server(xvfb_display, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY")}
     env.update(DISPLAY=xvfb_display, FETALIQA_HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", CHILD.format(tests=str(TESTS), sweep=str(sweep), shot=str(shot))],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+                          cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=240)
     problem = display_problem({"DISPLAY": xvfb_display})
     assert proc.returncode != 134 and "Could not load the Qt platform plugin" not in proc.stderr, proc.stderr
     data = shot.read_bytes()  # a picture either way
