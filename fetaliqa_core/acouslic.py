@@ -118,29 +118,27 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     ring = np.concatenate([peak[0], peak[-1], peak[1:-1, 0], peak[1:-1, -1]])
     values, counts = np.unique(ring, return_counts=True)
     level = float(values[int(np.argmax(counts))])
-    if low <= 0 and level <= SURROUND_NOISE:
-        return _without_ringing(peak, fan)
-    # (exact zeros in a tenth of the frame around a grey surround are the fan's black fluid: taken
-    # for a clean export's black, they made the whole screen the fan, and an abdomen cut by the
-    # depth arc read 3.6 % short, plain)
-    if (counts.max() / ring.size >= SURROUND_BORDER_SHARE and level <= SURROUND_MAX_GREY * high
-            and float((peak == level).mean()) >= 0.1):
+    exact = (counts.max() / ring.size >= SURROUND_BORDER_SHARE and level <= SURROUND_MAX_GREY * high
+             and float((peak == level).mean()) >= 0.1)
+    if low <= 0:
+        clean = _without_ringing(peak, fan)
+        if level <= 0:
+            return clean
+        # exact zeros in a tenth of the frame inside a border of another grey: a clean export's black
+        # with a grey line, bars or text along the border, or a fan on a grey screen holding black
+        # fluid (taken for a clean export's black, it made the whole screen the fan, and an abdomen
+        # cut by the depth arc read 3.6 % short, plain). Each reading gives a region: the smaller is
+        # the field of view (one larger than the fan turns a cut outline into a whole one; a grey
+        # line round a clean export made the whole screen the fan the other way round).
+        grey = _grey_screen_fan(peak, ring, level, high, exact)
+        return grey if grey is not None and grey.sum() < clean.sum() else clean
+    if exact:
         # (what differs from that level is image, darker or not: in a dim sweep, a band of fluid
-        # darker than a surround of 50 split the fan, and its lower part was left out)
+        # darker than a surround of 50 split the fan, and its lower part was left out); less JPEG's
+        # ringing around it (a black decoded as 1 rang 8 px wide)
         above = _region_above(np.abs(peak - level), 0.0)
         if above.any():
-            return above
-    if low <= 0:
-        # a grey surround with a little noise around a fan holding black fluid: what strays from
-        # that grey by more than the noise, on a 5 x 5 median, when it runs along the border as a
-        # surround does; else as before
-        band = np.abs(ring - level) <= SURROUND_NOISE
-        if band.mean() >= SURROUND_BORDER_SHARE and level + SURROUND_NOISE <= SURROUND_MAX_GREY * high:
-            smooth = cv2.medianBlur(np.clip(peak, 0, 255).astype(np.uint8), 5).astype(np.float32)
-            above = _region_above(np.abs(smooth - level), SURROUND_NOISE)
-            if above.any() and _outside_border_share(above) >= SURROUND_BORDER_SHARE:
-                return above
-        return _without_ringing(peak, fan)
+            return _without_ringing(np.abs(peak - level), above)
     # the same surround with a little noise (a lossy capture's 16 +- 2): one narrow band of grey
     # along most of the border, dark beside the image (the whole screen was taken for the fan)
     # (a surround holds the frame's four corners, beside a fan or a linear probe's rectangle alike;
@@ -173,6 +171,25 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
         if inside is not None:
             return inside
     return fan
+
+
+def _grey_screen_fan(peak: np.ndarray, ring: np.ndarray, level: float, high: float,
+                     exact: bool) -> np.ndarray | None:
+    """The fan on a screen of one grey ``level`` (give or take :data:`SURROUND_NOISE`, on a 5 x 5
+    median, where it is not exact) running along the border: what differs from that grey; None
+    where no such screen is seen."""
+    import cv2
+
+    if exact:
+        above = _region_above(np.abs(peak - level), 0.0)
+        return _without_ringing(np.abs(peak - level), above) if above.any() else None
+    band = np.abs(ring - level) <= SURROUND_NOISE
+    if band.mean() >= SURROUND_BORDER_SHARE and level + SURROUND_NOISE <= SURROUND_MAX_GREY * high:
+        smooth = cv2.medianBlur(np.clip(peak, 0, 255).astype(np.uint8), 5).astype(np.float32)
+        above = _region_above(np.abs(smooth - level), SURROUND_NOISE)
+        if above.any() and _outside_border_share(above) >= SURROUND_BORDER_SHARE:
+            return above
+    return None
 
 
 #: JPEG's ringing: frames saved with block compression (a JPEG-compressed DICOM, a folder of JPEG

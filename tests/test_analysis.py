@@ -453,6 +453,39 @@ def test_black_fluid_in_a_fan_on_a_grey_screen_is_not_taken_for_a_clean_exports_
         assert m.truncated, name
 
 
+def test_a_grey_line_round_a_clean_export_or_a_dark_grey_screen_leaves_the_fan_its_own_size():
+    """Two readings of exact zeros inside a border of another grey: a clean export's black with a
+    grey line (or bars) along the border, or black fluid in a fan on a grey screen. A 1 px grey line
+    round a clean export made the whole screen the fan (the grey taken for the screen), and a dark
+    grey screen of 4 did too (the zeros taken for a clean export's black): either way an abdomen
+    cut by the depth arc was measured as a whole, shorter outline. The smaller reading is taken.
+    A JPEG's black decoded as 1 rang 8 px outside the fan: the ringing goes as on exact black."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    radius, angle = np.hypot(xx - 372, yy + 60), np.arctan2(xx - 372, yy + 60)
+    sector = (radius >= 90) & (radius <= 520) & (np.abs(angle) <= math.radians(38))
+    rng = np.random.default_rng(12)
+    tissue = rng.integers(40, 220, size=(6, H, W)).astype(np.uint8)
+    with_fluid = tissue.copy()
+    with_fluid[:, (radius >= 90) & (radius <= 300)] = 0  # the near field: fluid shown pure black
+    lined = np.where(sector, tissue, 0).astype(np.uint8)
+    lined[:, [0, -1], :] = lined[:, :, [0, -1]] = 40  # a 1 px grey line round the image
+    for name, arr in (("grey line", lined), ("dark grey screen 4", np.where(sector, with_fluid, 4))):
+        fan = acouslic.data_fan(arr.astype(np.uint8))
+        assert (fan != sector).sum() / sector.sum() < 0.01, name
+    # (with black fluid reaching the probe under a clean export's black, the fluid's part is lost,
+    # as without the line: never more than the fan)
+    fan = acouslic.data_fan(np.where(sector, with_fluid, lined).astype(np.uint8))
+    assert (fan & ~sector).sum() < 0.001 * sector.sum()
+    smooth = [cv2.GaussianBlur(rng.integers(40, 160, (H, W)).astype(np.uint8), (3, 3), 0) for _ in range(6)]
+    clean = np.stack([np.where(sector, f, 0) for f in smooth]).astype(np.uint8)
+    jpeg = np.stack([cv2.imdecode(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1],
+                                  cv2.IMREAD_GRAYSCALE) for f in clean])
+    lifted = (jpeg.astype(np.int16) + 1).clip(0, 255).astype(np.uint8)  # its black decoded as 1
+    assert ((lifted > 1) & ~sector).sum() > 1000
+    fan = acouslic.data_fan(lifted)
+    assert (fan != sector).sum() / sector.sum() < 0.005
+
+
 def test_a_noisy_video_black_level_around_a_dim_image_is_no_part_of_the_fan():
     """A capture's black level of 16 +- 2 (lossy) around an image whose brightest grey is 135: the
     exact-level rule did not hold, the darkest tenth was not dark beside the image, and the whole
