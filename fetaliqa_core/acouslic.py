@@ -88,7 +88,7 @@ def fov_mask(shape: tuple[int, int] | None = None) -> np.ndarray:
 SAME_FAN_IOU = 0.965
 
 
-def data_fan(frames: np.ndarray) -> np.ndarray:
+def data_fan(frames: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> np.ndarray:
     """The field of view a sweep's own frames show: the pixels above the black level outside it
     in any of up to 64 evenly spread frames, as one region with the holes inside filled (fluid
     drawn pure black is still inside the fan). Bool ``(H, W)``.
@@ -105,12 +105,16 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     marks thinner than 5 pixels (a burnt-in frame around the image, text) are no part of the fan,
     nor are straight frame lines up to 12 pixels wide drawn around it (:func:`_frame_lines`),
     nor is anything apart from its largest region, but for tissue inside that region's convex hull
-    (a body in fluid shown pure black that reaches the fan's edge: :func:`_with_islands`)."""
+    (a body in fluid shown pure black that reaches the fan's edge: :func:`_with_islands`) and, on a
+    surround of exact 0, the other pieces of a fan that such fluid splits from side to side (a near
+    wall, a far wall: :func:`_with_walls`). ``spacing_mm`` (row, column) tells a sector's depth arc
+    where pixels are not square."""
     import cv2
 
     step = max(1, len(frames) // 64)
     peak = np.asarray(frames[::step]).max(axis=0).astype(np.float32)
-    fan = _region_above(peak, 0.0)
+    pieces = _pieces(peak, 0.0)
+    fan = _region_above(peak, 0.0, pieces)
     low, high = (float(v) for v in np.percentile(peak, (10, 99)))
     # a surround of one exact grey level (a video black level of 16 or 20 in a clean capture) that
     # runs along the border and fills a tenth of the frame, dark beside the image: the black level,
@@ -121,7 +125,7 @@ def data_fan(frames: np.ndarray) -> np.ndarray:
     exact = (counts.max() / ring.size >= SURROUND_BORDER_SHARE and level <= SURROUND_MAX_GREY * high
              and float((peak == level).mean()) >= 0.1)
     if low <= 0:
-        clean = _without_ringing(peak, fan)
+        clean = _without_ringing(peak, _with_walls(pieces, fan, _aspect(spacing_mm)))
         if level <= 0:
             return clean
         # exact zeros in a tenth of the frame inside a border of another grey: a clean export's black
@@ -348,18 +352,28 @@ def _fan_shaped(region: np.ndarray) -> bool:
     return int((long & ~along).sum()) >= 2
 
 
-def _region_above(peak: np.ndarray, level: float) -> np.ndarray:
-    """The largest region above ``level`` after an opening that removes what is thinner than 5
-    pixels, with the holes inside filled."""
+def _pieces(peak: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """The regions above ``level`` after an opening that removes what is thinner than 5 pixels
+    (and frame lines drawn around the image): their labels, their statistics (as OpenCV's
+    connected components give them) and the label of the largest, 0 where there is none."""
     import cv2
 
     above = (peak > level).astype(np.uint8)
     above[_frame_lines(above)] = 0  # a frame drawn snug around the fan joined it, and its box became the fan
     seen = cv2.morphologyEx(above, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(seen, connectivity=8)
-    if count <= 1:
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) if count > 1 else 0
+    return labels, stats, largest
+
+
+def _region_above(peak: np.ndarray, level: float, pieces: tuple | None = None) -> np.ndarray:
+    """The largest region above ``level`` after an opening that removes what is thinner than 5
+    pixels, with the holes inside filled (``pieces``: :func:`_pieces` of the same, where known)."""
+    import cv2
+
+    labels, stats, largest = pieces if pieces is not None else _pieces(peak, level)
+    if not largest:
         return np.zeros(peak.shape, bool)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     padded = np.pad((labels == largest).astype(np.uint8), 1)
     cv2.floodFill(padded, None, (0, 0), 2)  # what the border reaches around the region lies outside
     region = padded[1:-1, 1:-1] != 2
@@ -441,6 +455,256 @@ def _with_islands(region: np.ndarray, labels: np.ndarray, stats: np.ndarray, lar
     return region
 
 
+#: A fan's side is a straight line: fitted to the leftmost (rightmost) pixels of each row of the
+#: tissue, at least :data:`SIDE_MIN_ROWS` rows within :data:`SIDE_TOLERANCE_PX` of it, and not the
+#: image's own edge (a fan the image cuts has no side there).
+SIDE_MIN_ROWS = 30
+SIDE_TOLERANCE_PX = 1.5
+#: ... with at most this share of those pixels beyond it (a bar wider than the fan below it may be).
+SIDE_BEYOND = 0.1
+#: Lines through this many pairs of those pixels are tried.
+SIDE_TRIES = 2000
+#: A piece of tissue apart from the fan's largest region is a wall of the same fan (the near wall
+#: under the probe, the far wall at the depth arc, a fan split by fluid shown pure black) when it
+#: lies inside the wedge between the two sides (all but :data:`WALL_OUTSIDE` of it) and its own
+#: left and right edges run along both sides (:func:`_touch_rows`); the farthest piece of a
+#: sector ends on an arc around the apex (its far edge within :data:`WALL_ARC_PX`, or
+#: :data:`WALL_ARC_SHARE` of the radius, of the farthest along :data:`WALL_ARC_ALONG` of its width).
+WALL_OUTSIDE = 0.01
+WALL_TOUCH_ROWS = 8
+WALL_TOUCH_SHARE = 0.3
+WALL_TOUCH_SLANT = 2.0
+WALL_ARC_PX = 3.0
+WALL_ARC_SHARE = 0.01
+WALL_ARC_ALONG = 0.5
+#: Beyond the image by this many times its height, two sides are parallel (a linear probe's).
+APEX_FAR = 10.0
+
+
+def _side_line(ys: np.ndarray, xs: np.ndarray, width: int, sign: float) -> tuple[float, float] | None:
+    """The straight line ``x = a * y + b`` the most points ``(ys, xs)`` (one a row: a side's
+    leftmost pixels with ``sign`` -1, its rightmost with +1) lie on, with at most
+    :data:`SIDE_BEYOND` of them beyond it (a side bounds the tissue; a straight stretch of a body's
+    edge does not); None where fewer than :data:`SIDE_MIN_ROWS` do or they lie along the image's edge."""
+    n = len(ys)
+    if n < SIDE_MIN_ROWS:
+        return None
+    rng = np.random.default_rng(0)  # (the same line every time)
+    i, j = rng.integers(0, n, (2, SIDE_TRIES))
+    ok = ys[i] != ys[j]
+    i, j = i[ok], j[ok]
+    a = (xs[j] - xs[i]) / (ys[j] - ys[i])
+    b = xs[i] - a * ys[i]
+    off = sign * (xs[None, :] - (a[:, None] * ys[None, :] + b[:, None]))
+    hit = np.abs(off) <= SIDE_TOLERANCE_PX
+    on = hit.sum(axis=1)
+    # (how far apart its first and last row on it are: a fan's side runs from the near wall to the
+    # far one, a tangent to the depth arc only along a short stretch of it)
+    span = np.where(hit, ys[None, :], -np.inf).max(axis=1) - np.where(hit, ys[None, :], np.inf).min(axis=1)
+    score = np.where((on >= SIDE_MIN_ROWS) & ((off > SIDE_TOLERANCE_PX).sum(axis=1) <= SIDE_BEYOND * n),
+                     on * np.maximum(span, 1.0), 0.0)
+    if not len(score) or score.max() <= 0:
+        return None
+    k = int(np.argmax(score))
+    near = np.abs(xs - (a[k] * ys + b[k])) <= SIDE_TOLERANCE_PX
+    fa, fb = np.polyfit(ys[near], xs[near], 1)
+    near = np.abs(xs - (fa * ys + fb)) <= SIDE_TOLERANCE_PX
+    if int(near.sum()) < SIDE_MIN_ROWS:
+        fa, fb = a[k], b[k]
+        near = np.abs(xs - (fa * ys + fb)) <= SIDE_TOLERANCE_PX
+    edge = (xs[near] <= FAN_BORDER_PX) | (xs[near] >= width - 1 - FAN_BORDER_PX)
+    if float(edge.mean()) > 0.5:
+        return None
+    return float(fa), float(fb)
+
+
+def _row_ends(piece: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows ``piece`` holds pixels in, and its leftmost and rightmost pixel in each."""
+    rows = np.flatnonzero(piece.any(axis=1))
+    sub = piece[rows]
+    left = np.argmax(sub, axis=1)
+    right = sub.shape[1] - 1 - np.argmax(sub[:, ::-1], axis=1)
+    return rows.astype(float), left.astype(float), right.astype(float)
+
+
+def _touch_rows(slope: float, height: int) -> float:
+    """How many rows a piece ``height`` rows high must run along a side of that ``slope`` (px
+    across per row) to be a wall: :data:`WALL_TOUCH_ROWS` at least, and along a slanting side
+    :data:`WALL_TOUCH_SLANT` times as many as a square corner meets it in, along an upright one
+    (a linear probe's) :data:`WALL_TOUCH_SHARE` of its height."""
+    corner = 2 * SIDE_TOLERANCE_PX / max(abs(slope), 1e-6)
+    return max(WALL_TOUCH_ROWS, min(WALL_TOUCH_SHARE * height, WALL_TOUCH_SLANT * corner))
+
+
+def _aspect(spacing_mm) -> float:
+    """A pixel's height over its width (1 where the spacing is unknown or no length)."""
+    try:
+        row, col = (float(v) for v in tuple(spacing_mm)[:2])
+    except (TypeError, ValueError):
+        return 1.0
+    if not (math.isfinite(row) and math.isfinite(col) and row > 0 and col > 0):
+        return 1.0
+    return row / col
+
+
+def _ends_on_arc(radius: np.ndarray, angle: np.ndarray) -> bool:
+    """Whether the far edge of a piece whose pixels lie at ``radius`` and ``angle`` from the apex
+    is an arc around it: the piece's farthest radius in each of 32 bins across its angular width
+    (less a tenth at either end, its corners) is about the largest in :data:`WALL_ARC_ALONG` of
+    them."""
+    lo, hi = np.percentile(angle, (10, 90))
+    if hi <= lo:
+        return False
+    bins = np.minimum(((angle - lo) / (hi - lo) * 32).astype(int), 31)
+    keep = (angle >= lo) & (angle <= hi)
+    ends = []
+    for k in range(32):
+        sel = keep & (bins == k)
+        if sel.any():
+            ends.append(float(radius[sel].max()))
+    if len(ends) < 16:
+        return False
+    ends = np.array(ends)
+    top = float(np.percentile(ends, 90))
+    # (most of it: dim tissue in the far field leaves the arc ragged in places)
+    return float((ends >= top - max(WALL_ARC_PX, WALL_ARC_SHARE * top)).mean()) >= WALL_ARC_ALONG
+
+
+def _with_walls(pieces: tuple, fan: np.ndarray, aspect: float = 1.0) -> np.ndarray:
+    """``fan`` (the largest of ``pieces``, :func:`_pieces` above an exact-0 surround) with the
+    rest of the fan it is a piece of, where fluid shown pure black splits the
+    fan into pieces (the near wall under the probe, the body, the far wall above the depth arc):
+    that fluid reaching the fan's sides joined the black outside, and the field of view was the
+    largest piece only (IoU 0.31-0.93 with the drawn fan; whole abdomens in the part left out were
+    doubted as cut by the field of view). A fan is a sector, a trapezoid or a rectangle: two
+    straight sides (:func:`_side_line`), and for a sector an arc around their apex at either end.
+    A piece joins only where it fits that shape (:data:`WALL_OUTSIDE`, :func:`_before_a_break`):
+    a bar, a cine progress bar or a scrolling strip below the fan neither runs along both sides
+    nor ends on an arc, and one taken for the far wall widened the field of view to it, so an
+    abdomen cut by the depth arc read whole, 3.1 % short. ``aspect`` is a pixel's height over its
+    width. Only the convex hull of the pieces that belong is added, within the
+    wedge and, for a sector, between their nearest and farthest radius (a curved probe's face is
+    an arc bending into the fan), so the field of view never reaches beyond the fan; where the
+    fluid takes a whole end of the fan, that end stays out (an outline there is only doubted)."""
+    import cv2
+
+    labels, stats, largest = pieces
+    if not fan.any() or not largest:
+        return fan
+    area = stats[largest, cv2.CC_STAT_AREA]
+    big = [i for i in range(1, len(stats))
+           if stats[i, cv2.CC_STAT_AREA] >= max(ISLAND_MIN_PX, ISLAND_SHARE * area)]
+    if len(big) < 2:
+        return fan
+    h, w = labels.shape
+    rows, left, right = _row_ends(np.isin(labels, big))
+    sides = _side_line(rows, left, w, -1.0), _side_line(rows, right, w, 1.0)
+    if sides[0] is None or sides[1] is None:
+        return fan
+    (al, bl), (ar, br) = sides
+    yy, xx = np.mgrid[0:h, 0:w]
+    wedge = (xx >= al * yy + bl - SIDE_TOLERANCE_PX) & (xx <= ar * yy + br + SIDE_TOLERANCE_PX)
+    main = labels == largest
+    ys, xl, xr = _row_ends(main)
+    if float(wedge[main].mean()) < 1 - WALL_OUTSIDE:
+        return fan
+    main_on_side = any(int((np.abs(xs - (a * ys + b)) <= SIDE_TOLERANCE_PX).sum()) >= _touch_rows(a, len(ys))
+                       for xs, a, b in ((xl, al, bl), (xr, ar, br)))
+    apex = None
+    if abs(al - ar) > 1e-9:
+        ay = (br - bl) / (al - ar)
+        if -APEX_FAR * h <= ay <= (1 + APEX_FAR) * h:
+            apex = (al * ay + bl, ay)
+    members, within = [largest], [largest]
+    for i in big:
+        if i == largest:
+            continue
+        piece = labels == i
+        if float(wedge[piece].mean()) < 1 - WALL_OUTSIDE:
+            continue  # (sticks out of the fan's sides: a bar or a strip wider than the fan)
+        within.append(i)
+        ys, xl, xr = _row_ends(piece)
+        if all(int((np.abs(xs - (a * ys + b)) <= SIDE_TOLERANCE_PX).sum()) >= _touch_rows(a, len(ys))
+               for xs, a, b in ((xl, al, bl), (xr, ar, br))):
+            members.append(i)
+    inside = (xx >= al * yy + bl) & (xx <= ar * yy + br)
+    if apex is None:
+        depth = yy.astype(float)
+    else:
+        # (around the apex in the body's lengths: a sector shown with pixels taller than wide has
+        # an elliptical arc)
+        depth = np.hypot(xx - apex[0], (yy - apex[1]) * aspect)
+        angle = np.arctan2(xx - apex[0], (yy - apex[1]) * aspect)
+        # the farthest piece ends on the depth arc (a bar below the fan, or one that touches the
+        # far wall, does not)
+        while len(members) >= 2:
+            farthest = max(members, key=lambda i: float(depth[labels == i].max()))
+            piece = labels == farthest
+            if _ends_on_arc(depth[piece], angle[piece]):
+                break
+            if farthest == largest:
+                return fan
+            members.remove(farthest)
+    members = _before_a_break(labels, members, within, largest, depth, inside)
+    if len(members) < 2:
+        return fan
+    # (the largest piece is the fan's: it runs along one side at least, or lies between walls; a
+    # scrolling strip below the fan, larger than any piece of it, does neither)
+    if not main_on_side and float(_filled_hull(np.isin(labels, members[1:]))[main].mean()) < 1 - WALL_OUTSIDE:
+        return fan
+    walls = np.isin(labels, members)
+    grown = _filled_hull(walls) & inside
+    if apex is not None:
+        grown &= (depth >= float(depth[walls].min())) & (depth <= float(depth[walls].max()))
+    # (a pixel in from the hull's edge: a convex fan drawn in pixels bulges past the hull of its
+    # own pixels by one here and there)
+    grown = cv2.erode(grown.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return fan | grown
+
+
+#: Where the pieces leave a band across the whole fan empty, with this share of the fan's width
+#: or more covered just before and just after it, the fan ends at the band (see
+#: :func:`_before_a_break`).
+WALL_BREAK_FULL = 0.9
+
+
+def _before_a_break(labels: np.ndarray, members: list[int], within: list[int], largest: int,
+                    depth: np.ndarray, inside: np.ndarray) -> list[int]:
+    """The ``members`` on the largest piece's side of every clean break: a band across the whole
+    wedge (rows for parallel sides, arcs around a sector's apex) that no piece reaches, with a
+    straight (or arc-shaped) edge covering the width on both sides of it. That is where a display
+    puts something else below the image (a scrolling strip exactly as wide as a linear probe's
+    image, taken for its far wall, widened the field of view to it); fluid splitting a fan meets a
+    body or a wall of some other shape on one side at least. Every piece ``within`` the wedge (a
+    body in the fluid too) fills the bands it crosses."""
+    group = np.isin(labels, within)
+    d = np.round(depth).astype(int)
+    lo, hi = int(d[group].min()), int(d[group].max())
+    sel = inside & (d >= lo) & (d <= hi)
+    total = np.bincount(d[sel] - lo, minlength=hi - lo + 1)
+    share = np.bincount(d[sel & group] - lo, minlength=hi - lo + 1) / np.maximum(total, 1)
+    empty = (share == 0) & (total > 0)
+    middle = float(np.median(d[labels == largest]))
+    kept = list(members)
+    k = 0
+    while k < len(empty):
+        if not empty[k]:
+            k += 1
+            continue
+        e = k
+        while e + 1 < len(empty) and empty[e + 1]:
+            e += 1
+        if (share[max(0, k - 3):k].max(initial=0) >= WALL_BREAK_FULL
+                and share[e + 1:e + 4].max(initial=0) >= WALL_BREAK_FULL):
+            cut_lo, cut_hi = lo + k, lo + e
+            if middle < cut_lo:
+                kept = [i for i in kept if float(d[labels == i].max()) < cut_lo]
+            else:
+                kept = [i for i in kept if float(d[labels == i].min()) > cut_hi]
+        k = e + 1
+    return kept
+
+
 def _outside_border_share(fan: np.ndarray) -> float:
     """The share of the image's outermost pixels that lie outside ``fan``."""
     ring = np.concatenate([fan[0], fan[-1], fan[1:-1, 0], fan[1:-1, -1]])
@@ -452,9 +716,10 @@ def _filled_hull(mask: np.ndarray) -> np.ndarray:
     import cv2
 
     hull = np.zeros(mask.shape, np.uint8)
-    points = cv2.findNonZero(np.asarray(mask, np.uint8))
-    if points is not None:
-        cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    # (the hull of the outlines' pixels is the hull of all of them, found in a fraction of the time)
+    outlines, _ = cv2.findContours(np.asarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if outlines:
+        cv2.fillConvexPoly(hull, cv2.convexHull(np.concatenate(outlines)), 1)
     return hull != 0
 
 
@@ -497,16 +762,17 @@ _FOV_KEPT = "_fetaliqa_field_of_view"
 
 
 def _sweep_fov(sweep) -> np.ndarray | str:
+    spacing = getattr(sweep, "spacing_mm", None)
     regions = [r for r in getattr(sweep, "image_regions", ()) or ()
                if 0 <= r[0] <= r[2] < sweep.width and 0 <= r[1] <= r[3] < sweep.height]
     if regions:
         fan = np.zeros((sweep.height, sweep.width), bool)
         for x0, y0, x1, y1 in regions:
-            fan[y0:y1 + 1, x0:x1 + 1] |= data_fan(sweep.frames[:, y0:y1 + 1, x0:x1 + 1])
+            fan[y0:y1 + 1, x0:x1 + 1] |= data_fan(sweep.frames[:, y0:y1 + 1, x0:x1 + 1], spacing)
         if not fan.any():
-            fan = data_fan(sweep.frames)
+            fan = data_fan(sweep.frames, spacing)
     else:
-        fan = data_fan(sweep.frames)
+        fan = data_fan(sweep.frames, spacing)
     if (sweep.height, sweep.width) == FRAME_SHAPE and _hull_iou(fan, fov_mask()) >= SAME_FAN_IOU:
         return "acouslic"
     return fan
