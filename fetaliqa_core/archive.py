@@ -25,6 +25,7 @@ flight), so reading overlaps inference.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -694,6 +695,13 @@ def clean_leftovers(out: Path, names: Sequence[str]) -> None:
         return
     now = time.time()
     for p in root.iterdir():
+        # a case's attempt marker being written when its process was killed (see mark_attempt)
+        m = re.match(rf"^\.(.+?){re.escape(ATTEMPT_SUFFIX)}\.{_LEFTOVER_TAG}$", p.name)
+        if m and m.group(1) in wanted and m.group(3) is not None and p.is_file():
+            if _left_over(p, m.group(2), int(m.group(3)), now):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            continue
         # (also the results folder's own temporary one inside a staging folder's name: "..<case>.tmp-….<random>")
         m = re.match(rf"^\.\.?(.+?)\.{_LEFTOVER_TAG}(?:\.[A-Za-z0-9_]+)?$", p.name)
         if not (m and m.group(1) in wanted and p.is_dir()):
@@ -778,10 +786,16 @@ def mark_attempt(out: Path, name: str, fhash: str | None, stage: str, deaths: in
     died scoring it). Best effort: a marker that cannot be written only loses this protection."""
     record = {"format": RECORD_FORMAT + "-attempt", "file_hash": fhash, "stage": stage,
               "scoring_deaths": int(deaths), "host": _host_tag(), "pid": os.getpid(), "started_utc": utc_now()}
+    # (written beside it under a name that says whose it is, then renamed: a process killed in
+    # between left a temporary file nothing could tell from a live writer's, and it stayed for good)
+    target = attempt_file(out, name)
+    tmp = target.with_name(f"{target.name}.tmp-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        atomic_write(attempt_file(out, name), json_text(record) + "\n")
+        tmp.write_text(json_text(record) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def clear_attempt(out: Path, name: str) -> None:

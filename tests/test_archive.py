@@ -242,6 +242,26 @@ def test_replacing_a_case_folder_leaves_only_the_new_one(tmp_path):
     assert sorted(p.name for p in (tmp_path / ar.CASES_DIR).iterdir()) == [".c2.tmp-12-0123abcd", "c1"]
 
 
+def test_an_attempt_marker_a_killed_process_was_writing_is_removed_by_the_next_run(tmp_path):
+    """A worker killed while it wrote a case's attempt marker left its temporary file (named at
+    random, so no run could tell it from a live writer's) among the case folders for good: a
+    torchrun rank killed there failed the archive test now and then. The file is named by host and
+    process now, and a later run removes a dead process's, not a live one's or another case's."""
+    import os
+
+    root = tmp_path / ar.CASES_DIR
+    root.mkdir()
+    ar.mark_attempt(tmp_path, "c1", "abc", ar.STAGE_READING)
+    assert sorted(p.name for p in root.iterdir()) == [".c1" + ar.ATTEMPT_SUFFIX]  # no temporary file left
+    me, alive = ar._host_tag(), os.getppid()
+    dead = f".c1{ar.ATTEMPT_SUFFIX}.tmp-{me}-999999999-0123abcd"
+    kept = [f".c1{ar.ATTEMPT_SUFFIX}.tmp-{me}-{alive}-0123abcd", f".c2{ar.ATTEMPT_SUFFIX}.tmp-{me}-999999999-0123abcd"]
+    for name in [dead, *kept]:
+        (root / name).write_text("{}")
+    ar.clean_leftovers(tmp_path, ["c1"])
+    assert sorted(p.name for p in root.iterdir()) == sorted([".c1" + ar.ATTEMPT_SUFFIX, *kept])
+
+
 def test_two_processes_on_one_folder_keep_each_others_work(tmp_path, monkeypatch):
     """Two machines scoring the same archive into one shared --out: the second one's start-up
     removed the first one's case being written, and when the first put its case in place between
