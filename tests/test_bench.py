@@ -125,6 +125,37 @@ def test_seed_style_preprocessing_pads_centred():
     assert float(x[0, 112, 112]) > 0.5
 
 
+def test_preprocessing_rate_leaves_out_the_matrix_product_probe():
+    """The probe's matrix product (taken before each full batch on a shared CPU) was timed as
+    preprocessing: `fetaliqa bench` printed ours at 0.12x the seed-style preprocessing where ours,
+    timed alone, was several times faster. A probe that sleeps must not lower the rate."""
+    import time
+    from types import SimpleNamespace as NS
+
+    from fetaliqa_core.bench.ours import run_ours_components
+
+    class SlowProbe:
+        calls = 0
+
+        def rate(self) -> float:
+            SlowProbe.calls += 1
+            time.sleep(0.25)
+            return 1e9
+
+    class FakeModel:
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def predict(self, x):
+            return NS(p_cls=torch.zeros(len(x)), seg_prob=torch.zeros(len(x), 1, 8, 8))
+
+    sweep = NS(frames=bench.quick_frames(8, seed=2, shape=(64, 80)))
+    out = run_ours_components(sweep, 8, FakeModel(), FakeModel(), 2, lambda s: None, SlowProbe())
+    assert SlowProbe.calls == 8 and out["batch_matmul_flops"] == {"cls": [1e9] * 4, "seg": [1e9] * 4}
+    # with the probe counted, 16 frames' preprocessing took over 8 x 0.25 s: at most 8 frames/s
+    assert out["preprocess_fps"] > 16
+    assert out["cls_fps"] > 16 and out["seg_fps"] > 16  # nor is it counted as the models' time
+
+
 def test_bad_settings_are_reported(capsys):
     code = main(["bench", "--device", "cpu", "--arch", "tiny", "--frames", "8", "--case-frames", "4"])
     assert code == 2
