@@ -136,9 +136,7 @@ def encoder_passes(models) -> int | None:
     return len(loaded) or None
 
 
-def _base_name(digest: str | None) -> str:
-    if digest is None:
-        return "a student's own network"
+def _base_name(digest: str) -> str:
     return digest if digest.startswith("random:") else f"{digest[:12]}..."
 
 
