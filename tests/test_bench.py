@@ -125,6 +125,37 @@ def test_seed_style_preprocessing_pads_centred():
     assert float(x[0, 112, 112]) > 0.5
 
 
+def test_preprocessing_rate_leaves_out_the_matrix_product_probe():
+    """The probe's matrix product (taken before each full batch on a shared CPU) was timed as
+    preprocessing: `fetaliqa bench` printed ours at 0.12x the seed-style preprocessing where ours,
+    timed alone, was several times faster. A probe that sleeps must not lower the rate."""
+    import time
+    from types import SimpleNamespace as NS
+
+    from fetaliqa_core.bench.ours import run_ours_components
+
+    class SlowProbe:
+        calls = 0
+
+        def rate(self) -> float:
+            SlowProbe.calls += 1
+            time.sleep(0.25)
+            return 1e9
+
+    class FakeModel:
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def predict(self, x):
+            return NS(p_cls=torch.zeros(len(x)), seg_prob=torch.zeros(len(x), 1, 8, 8))
+
+    sweep = NS(frames=bench.quick_frames(8, seed=2, shape=(64, 80)))
+    out = run_ours_components(sweep, 8, FakeModel(), FakeModel(), 2, lambda s: None, SlowProbe())
+    assert SlowProbe.calls == 8 and out["batch_matmul_flops"] == {"cls": [1e9] * 4, "seg": [1e9] * 4}
+    # with the probe counted, 16 frames' preprocessing took over 8 x 0.25 s: at most 8 frames/s
+    assert out["preprocess_fps"] > 16
+    assert out["cls_fps"] > 16 and out["seg_fps"] > 16  # nor is it counted as the models' time
+
+
 def test_bad_settings_are_reported(capsys):
     code = main(["bench", "--device", "cpu", "--arch", "tiny", "--frames", "8", "--case-frames", "4"])
     assert code == 2
@@ -280,6 +311,41 @@ def test_speed_bench_skips_the_real_architecture_in_bf16_without_bf16_instructio
     monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: (("amx_bf16",), True))
     monkeypatch.delenv(dev.PRECISION_ENV)
     assert speed.bf16_skipped(said.append) is None
+
+
+def test_rss_target_is_judged_in_the_format_measured_without_the_precision_section(monkeypatch, tmp_path):
+    """`bench --speed --sections rss` on a CPU without bf16 instructions measured the fp32 peak
+    RSS (2.69 GB), then its target line looked up bf16 (the probe lives in the precision section,
+    and without it bf16 was assumed): "peak RSS ... (bf16) ...: n/a ...: not measured"."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from fetaliqa_core.bench import speed
+    from fetaliqa_core.models import device as dev
+
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: ((), True))
+    monkeypatch.delenv(dev.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(speed, "_bundle_pair", lambda workdir, arch: (tmp_path / "cls", tmp_path / "seg"))
+    children = []
+
+    def child(cmd, **kw):  # the child process that loads the real pair and holds a full-size case
+        children.append(cmd[-1])
+        return SimpleNamespace(returncode=0, stderr="",
+                               stdout=json.dumps({"peak_rss_bytes": int(2.69 * 1024 ** 3), "batch": 4,
+                                                  "encoder_passes": 2}))
+
+    monkeypatch.setattr(subprocess, "run", child)
+    rss = speed.shared_rss(tmp_path, lambda s: None)
+    lines = speed.target_lines({"shared_base_rss": rss})
+    assert "peak RSS, real pair on one base (fp32), full-size case in memory: 2.69 GB (target < 3 GB): met" in lines
+    assert children == ["fp32"] and rss["auto"] == "fp32" and "skipped" in rss["bf16"]
+    # a report written before `auto` was recorded: the one format measured
+    del rss["auto"]
+    assert any("(fp32), full-size case in memory: 2.69 GB" in line for line in speed.target_lines({"shared_base_rss": rss}))
+    # the precision section's probe, when it ran, says what auto runs
+    both = {"bf16": {"peak_rss_gb": 2.1}, "fp32": {"peak_rss_gb": 2.9}, "auto": "bf16"}
+    lines = speed.target_lines({"shared_base_rss": both, "precision": {"probe": {"use_bf16": False}}})
+    assert any("(fp32), full-size case in memory: 2.90 GB" in line for line in lines)
 
 
 def _report_with_bf16(entry: dict):

@@ -562,3 +562,39 @@ def test_results_of_another_sweep_or_of_the_user_are_not_replaced_without_a_word
     assert main(["score", "patientA/sweep.mha", *models, "--out", "mine"]) == 1
     assert "holds summary.json that FetalIQA did not write" in capsys.readouterr().err
     assert (mine / "summary.json").read_text() == '{"my": "notes"}'
+
+
+def test_a_pair_on_two_bases_says_it_runs_two_encoder_passes_and_records_each_base(case, tiny_bundle_dirs,
+                                                                                    tmp_path, capsys):
+    """A classifier and a segmenter on two random bases (test models) ran as two models, two
+    encoder passes and two towers in memory, without a word; summary.json named the classifier's
+    base alone ("random:5") though the segmenter ran on another. Each bundle's base is recorded,
+    and the run says whether the pair shared one encoder pass."""
+    from fetaliqa_core.models.base import random_base
+    from fetaliqa_core.models.bundle import manifest_for, save_bundle
+    from fetaliqa_core.models.lora import LoraSettings
+    from fetaliqa_core.models.segmenter import FetalCLIPSegmenter
+
+    visual, info = random_base("tiny", 6)
+    seg = FetalCLIPSegmenter(visual, LoraSettings(), n_classes=3, init_filters=8)
+    other_seg = save_bundle(seg, tmp_path / "seg6", manifest_for(seg, info))
+    runs = {}
+    for name, seg_dir in (("two", other_seg), ("one", tiny_bundle_dirs["seg"])):
+        out = tmp_path / name
+        assert main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(seg_dir),
+                     "--out", str(out), "--quiet", "--no-cache"]) == 0
+        runs[name] = (json.loads((out / "summary.json").read_text()), capsys.readouterr().out)
+    summary, printed = runs["two"]
+    assert summary["base_sha256"] == "random:5"  # the key readers use: the first model's, as before
+    assert {b["role"]: b["base_sha256"] for b in summary["bundles"]} == {"classifier": "random:5",
+                                                                          "segmenter": "random:6"}
+    assert summary["encoder_passes"] == 2
+    said = ("classifier and segmenter on different bases (random:5, random:6): two encoder passes per batch, "
+            "and two towers in memory where a pair on one base holds one")
+    assert summary["encoder_note"] == said and f"  {said}\n" in printed
+    summary, printed = runs["one"]
+    assert {b["role"]: b["base_sha256"] for b in summary["bundles"]} == {"classifier": "random:5",
+                                                                          "segmenter": "random:5"}
+    assert summary["encoder_passes"] == 1
+    said = "classifier and segmenter on one base: one encoder pass per batch"
+    assert summary["encoder_note"] == said and f"  {said}\n" in printed

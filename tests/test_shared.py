@@ -177,3 +177,31 @@ def test_checking_a_pair_s_adapters_builds_no_random_tower(trained_pair, monkeyp
     expected = _expected_adapters(config, manifest)
     assert expected and all(t.device.type == "meta" for t in expected.values())
     assert built == []
+
+
+def test_the_models_text_says_whether_the_pair_shares_one_encoder_pass(trained_pair, tiny_bundle_dirs,
+                                                                        monkeypatch):
+    """The window's model tooltip (``describe``) and the provenance named the same models alike
+    whether they ran in one encoder pass or in two (a pair on two bases, or loaded apart on a
+    large GPU): the memory and time that differ were nowhere to be seen."""
+    from fetaliqa_core.models import choice as choice_mod
+    from fetaliqa_core.models.choice import ModelChoice, load_models, provenance
+
+    shared = load_models(ModelChoice(model=None, cls=trained_pair["cls"], seg=trained_pair["seg"], device="cpu"))
+    assert shared.describe().endswith("; classifier and segmenter on one base: one encoder pass per batch")
+    prov = provenance(shared)
+    assert prov["encoder_passes"] == 1 and [b["base_sha256"] for b in prov["bundles"]] == ["random:7"] * 2
+    apart = load_models(ModelChoice(model=None, cls=trained_pair["cls"], seg=tiny_bundle_dirs["seg"], device="cpu"))
+    assert "; classifier and segmenter on different bases (random:7, random:5): two encoder passes" \
+        in apart.describe()
+    prov = provenance(apart)
+    assert prov["encoder_passes"] == 2 and prov["base_sha256"] == "random:7"
+    assert [(b["role"], b["base_sha256"]) for b in prov["bundles"]] == [("classifier", "random:7"),
+                                                                         ("segmenter", "random:5")]
+    monkeypatch.setattr(choice_mod, "share_base", lambda device: False)  # as on a large GPU
+    two = load_models(ModelChoice(model=None, cls=trained_pair["cls"], seg=trained_pair["seg"], device="cpu"))
+    assert provenance(two)["encoder_passes"] == 2
+    assert two.describe().endswith("; classifier and segmenter on one base, loaded as two models: "
+                                   "two encoder passes per batch")
+    alone = load_models(ModelChoice(model=None, cls=trained_pair["cls"], device="cpu"))
+    assert provenance(alone)["encoder_passes"] == 1 and "encoder" not in alone.describe()

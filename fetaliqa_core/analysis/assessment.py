@@ -361,8 +361,10 @@ class CaseSummary:
     app_version: str = ""
     precision: str = ""  # the number format the models ran in ("bf16" / "fp32"; also named in ``models``)
     precision_reason: str = ""  # why: "forced", "no bf16 matrix instructions", ...
-    bundles: list = field(default_factory=list)  # {"role", "name", "sha256", "demo"} per bundle
-    base_sha256: str | None = None  # the base weights' file hash ("random:<seed>"; None: a student's own tower)
+    bundles: list = field(default_factory=list)  # {"role", "name", "sha256", "demo", "base_sha256"} per bundle
+    base_sha256: str | None = None  # the first model's base weights' file hash ("random:<seed>"; None: a student's own tower)
+    encoder_passes: int | None = None  # per batch: 1 when one model gives both outputs, 2 for two models
+    encoder_note: str = ""  # for a classifier and a segmenter: one encoder pass or two, and why
     demo: bool = False
     random_base: bool = False  # a test model on a randomly initialised base
     notice: str = ""  # the demonstration (or test) model's notice when a number came from it
@@ -444,7 +446,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     summary. measure: ``frame -> ACMeasurement | None`` (default
     :func:`~fetaliqa_core.analysis.ac.measure_frame_ac` inside the sweep's field of view); the
     viewer passes its per-frame cache. provenance: ``{"app_version", "precision", "precision_reason",
-    "bundles", "base_sha256", "demo", "notice"}`` (:func:`fetaliqa_core.models.choice.provenance`) for the summary; with a demonstration
+    "bundles", "base_sha256", "encoder_passes", "encoder_note", "demo", "notice"}`` (:func:`fetaliqa_core.models.choice.provenance`) for the summary; with a demonstration
     model every AC is doubtful (:data:`~fetaliqa_core.analysis.units.DEMO_MODEL_DOUBT`).
 
     Lengths: with the sweep's ``spacing_problem`` set (unknown or implausible pixel spacing) the
@@ -551,6 +553,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         app_version=str(prov.get("app_version", "")), bundles=list(prov.get("bundles", [])),
         precision=str(prov.get("precision", "")), precision_reason=str(prov.get("precision_reason", "")),
         base_sha256=prov.get("base_sha256"),
+        encoder_passes=prov.get("encoder_passes"), encoder_note=str(prov.get("encoder_note") or ""),
         demo=bool(prov.get("demo", False)),
         random_base=bool(prov.get("random_base", False)),
         notice=str(prov.get("notice", "")) if prov.get("demo") or prov.get("random_base") else "")

@@ -161,8 +161,14 @@ print(json.dumps({"peak_rss_bytes": max_rss_bytes(), "batch": b, "encoder_passes
 """
 
 def shared_rss(workdir: Path, log) -> dict:
+    """Peak RSS of the real pair on one base, in fp32 and (where it is run) bf16, and ``auto``: the
+    number format ``--precision auto`` runs here, which the target is judged in (without the
+    precision section the report held no probe, and the target line looked up bf16 on a CPU that
+    skips it: "not measured" beside an fp32 figure measured a minute before)."""
+    from fetaliqa_core.models.device import cpu_precision_probe
+
     cls_dir, seg_dir = _bundle_pair(workdir, "fetalclip")
-    out = {}
+    out: dict = {"auto": "bf16" if cpu_precision_probe().use_bf16 else "fp32"}
     skip = bf16_skipped(log, measure=False)
     if skip:
         out["bf16"] = {"skipped": skip["reason"]}
@@ -360,6 +366,19 @@ def run_speed_bench(student_dir: Path | None = None, real_frames: int = 4, heldo
     return report
 
 
+def _rss_precision(pre: dict, rss: dict) -> str:
+    """The number format the peak-RSS target is judged in: what auto runs on this CPU (the
+    precision section's probe, else what the rss section recorded), else the one format measured
+    (a report written before ``auto`` was recorded), else bf16."""
+    probe = pre.get("probe") or {}
+    if "use_bf16" in probe:
+        return "bf16" if probe["use_bf16"] else "fp32"
+    if rss.get("auto") in ("bf16", "fp32"):
+        return rss["auto"]
+    measured = [p for p in ("bf16", "fp32") if (rss.get(p) or {}).get("peak_rss_gb") is not None]
+    return measured[0] if len(measured) == 1 else "bf16"
+
+
 def target_lines(report: dict) -> list[str]:
     """One line per target of the CPU speed work, met or not, from one report's own figures."""
     out = []
@@ -374,12 +393,12 @@ def target_lines(report: dict) -> list[str]:
          None if s is None else s <= 30)
     pre = report.get("precision") or {}
     t = pre.get("teacher_full_case_bf16_s_estimate")
-    use_bf16 = (pre.get("probe") or {}).get("use_bf16", True)
     skipped = " (bf16 skipped: no bf16 matrix instructions)" if pre.get("bf16_skipped") else ""
     line(f"teacher (real architecture) full case, bf16, extrapolated{skipped}",
          None if t is None else f"{t / 60:.1f} min", "<= 4 min", None if t is None else t <= 240)
-    prec = "bf16" if use_bf16 else "fp32"  # what select_device gives on this CPU
-    rss = (report.get("shared_base_rss") or {}).get(prec, {}).get("peak_rss_gb")
+    rss_all = report.get("shared_base_rss") or {}
+    prec = _rss_precision(pre, rss_all)
+    rss = (rss_all.get(prec) or {}).get("peak_rss_gb")
     line(f"peak RSS, real pair on one base ({prec}), full-size case in memory", None if rss is None else f"{rss:.2f} GB",
          "< 3 GB", None if rss is None else rss < 3.0)
     h = report.get("heldout") or {}

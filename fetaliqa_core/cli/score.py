@@ -236,6 +236,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     if summary.get("precision"):
         why = summary.get("precision_reason")
         print(f"  precision {summary['precision']}{f' ({shown(why)})' if why else ''}")
+    if summary.get("encoder_note"):
+        print(f"  {shown(summary['encoder_note'])}")
     if summary.get("choice_note"):
         print(f"  {shown(summary['choice_note'])}")
     for s in summary["sweeps"]:

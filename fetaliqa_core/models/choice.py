@@ -90,8 +90,10 @@ class LoadedModels:
     precision_warning: str = ""  # set where the forced format is slow here (bf16 on a CPU without bf16 instructions)
 
     def describe(self) -> str:
-        """For people: the models and where they run, with why this number format."""
-        return f"{self.choice.describe()} on {self.device_label or self.device}"
+        """For people: the models and where they run, with why this number format, and for a
+        classifier and a segmenter whether they share one encoder pass (:func:`encoder_note`)."""
+        note = encoder_note(self)
+        return f"{self.choice.describe()} on {self.device_label or self.device}" + (f"; {note}" if note else "")
 
     def short(self) -> str:
         """:meth:`describe` in a few words, for a status bar: the models' names (``demo`` for the
@@ -115,6 +117,50 @@ class LoadedModels:
         the measurements behind the choice, so the same set-up always writes the same text."""
         fmt = f", {self.precision}" if self.precision else ""
         return f"{self.choice.describe()} on {self.device}{fmt}"
+
+
+def model_base(model) -> str | None:
+    """The base weights a loaded model ran on: the SHA-256 of the file, ``random:<seed>`` for a
+    random tower, None for a student (its loaded base info names its teacher's base, which it
+    never loads)."""
+    if model is None or getattr(getattr(model, "manifest", None), "is_student", False):
+        return None
+    return getattr(getattr(model, "base", None), "sha256", None)
+
+
+def encoder_passes(models) -> int | None:
+    """Encoder passes per batch of frames for the classifier and the segmenter: 1 where one
+    loaded model gives both (a joint bundle, a student, a pair sharing one base:
+    ``models/shared.py``), 2 where they run as two models; None without a model."""
+    loaded = {id(m) for m in (getattr(models, "cls", None), getattr(models, "seg", None)) if m is not None}
+    return len(loaded) or None
+
+
+def _base_name(digest: str) -> str:
+    return digest if digest.startswith("random:") else f"{digest[:12]}..."
+
+
+def encoder_note(models) -> str:
+    """For a classifier and a segmenter given as two bundles: whether they share one encoder pass
+    per batch or run as two models, and why; "" otherwise. Two models cost two passes and two
+    towers in memory: a pair on two random bases (test models) ran so at 3.78 GB where the
+    same pair on one base needed 2.47 GB, and nothing said so."""
+    cls, seg = getattr(models, "cls", None), getattr(models, "seg", None)
+    if cls is None or seg is None:
+        return ""
+    if cls is seg:
+        if not getattr(cls, "parts", None):
+            return ""  # one bundle with both heads (a joint bundle, a student): nothing to share
+        return "classifier and segmenter on one base: one encoder pass per batch"
+    a, b = model_base(cls), model_base(seg)
+    if a is not None and a == b:
+        gpu = str(getattr(models, "device", "")).startswith("cuda")
+        why = " (this GPU has room for both, and runs them faster so)" if gpu else ""
+        return f"classifier and segmenter on one base, loaded as two models{why}: two encoder passes per batch"
+    if a is None or b is None:
+        return "classifier and segmenter are two networks (a student has its own): two encoder passes per batch"
+    return (f"classifier and segmenter on different bases ({_base_name(a)}, {_base_name(b)}): two encoder passes "
+            "per batch, and two towers in memory where a pair on one base holds one")
 
 
 def _check_bases(cls_dir: Path | None, seg_dir: Path | None, base) -> bool:
@@ -394,14 +440,15 @@ def _demo_hashes() -> frozenset[str]:
     return frozenset(own | pairs)
 
 
-def _bundle_entry(role: str, path, digest: str | None, demo_otherwise: bool) -> dict:
+def _bundle_entry(role: str, path, digest: str | None, demo_otherwise: bool, base: str | None) -> dict:
     """One bundle in :func:`provenance`: named ``demo/<folder>`` only when it is a shipped demo
     bundle (its folder, or the same content elsewhere); a demonstration model all the same when
-    ``demo_otherwise`` (taught by one, or on the demonstration base)."""
+    ``demo_otherwise`` (taught by one, or on the demonstration base); ``base_sha256``: the base
+    it ran on (:func:`model_base`)."""
     shipped = path is not None and _under_demo(path, digest)
     name = (f"demo/{Path(path).name}" if shipped else Path(path).name) if path is not None else ""
     return {"role": role, "name": name, "sha256": str(digest if digest is not None else ""),
-            "demo": shipped or demo_otherwise}
+            "demo": shipped or demo_otherwise, "base_sha256": base}
 
 
 def provenance(models) -> dict:
@@ -422,11 +469,11 @@ def provenance(models) -> dict:
         seen.add(id(m))
         parts = getattr(m, "parts", None)  # two bundles sharing one base (models/shared.py)
         if parts:
-            bundles += [_bundle_entry(part_role, part_path, part_hash, on_demo_base(m))
+            bundles += [_bundle_entry(part_role, part_path, part_hash, on_demo_base(m), model_base(m))
                         for part_role, part_path, part_hash in parts]
             continue
         bundles.append(_bundle_entry(role, getattr(m, "path", None), getattr(m, "bundle_hash", None),
-                                     _taught_by_demo(getattr(m, "manifest", None)) or on_demo_base(m)))
+                                     _taught_by_demo(getattr(m, "manifest", None)) or on_demo_base(m), model_base(m)))
     demo = any(b["demo"] for b in bundles)
     random_base = not demo and any(on_random_base(m) for m in (getattr(models, "cls", None),
                                                                 getattr(models, "seg", None)) if m is not None)
@@ -436,15 +483,17 @@ def provenance(models) -> dict:
         # so it is listed (what ran) without making them a demonstration model's
         bundles.append(_bundle_entry("student (cascade)", getattr(student, "path", None),
                                      getattr(student, "bundle_hash", None),
-                                     _taught_by_demo(getattr(student, "manifest", None)) or on_demo_base(student)))
+                                     _taught_by_demo(getattr(student, "manifest", None)) or on_demo_base(student),
+                                     model_base(student)))
     student_note = foreign_student_note(student, getattr(models, "cls", None), getattr(models, "seg", None))
     # the base weights the models ran on (the SHA-256 of the file; "random:<seed>" for a random
-    # base; none for a student, which has a tower of its own): a bundle's hash does not name them
+    # base; none for a student, which has a tower of its own): a bundle's hash does not name them.
+    # The first model's (readers rely on it); each bundle's own is in its entry, as a classifier
+    # and a segmenter on two random bases (test models) run each on its own
     first = next((m for m in (getattr(models, "cls", None), getattr(models, "seg", None)) if m is not None), None)
-    student_alone = bool(getattr(getattr(first, "manifest", None), "is_student", False))
-    # (a student's loaded base info names its teacher's base, which it never loads)
-    base_hash = None if student_alone else getattr(getattr(first, "base", None), "sha256", None)
+    base_hash = model_base(first)
     return {"app_version": __version__, "bundles": bundles, "base_sha256": base_hash, "demo": demo,
+            "encoder_passes": encoder_passes(models), "encoder_note": encoder_note(models),
             "precision": getattr(models, "precision", "") or "",
             "precision_reason": getattr(models, "precision_reason", "") or "", "random_base": random_base, "notice": DEMO_NOTICE if demo else RANDOM_BASE_NOTICE if random_base else "",
             "student_note": student_note}
