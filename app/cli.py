@@ -179,10 +179,12 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
         headless = not display_available()
     if headless and not (exit_when_scored or max_seconds):
         exit_when_scored = True  # nothing would ever close an invisible window
+    from app.window_files import file_state
     from app.worker import load_sweep_for_viewer
 
     ensure_application(headless)
     # Read the file first: an unreadable one is a one-line error, not a window.
+    before = file_state(sweep_path) if sweep_path is not None else None  # (a rewrite while read counts)
     sweep = load_sweep_for_viewer(sweep_path) if sweep_path is not None else None
     if sweep is not None and spacing_mm is not None:
         sweep = sweep.with_spacing(spacing_mm, "given with --spacing")  # FetalIQAError (one line) when implausible
@@ -252,6 +254,7 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     if sweep is not None:
         win.add_recent(sweep_path)
         win.set_sweep(sweep)
+        win.remember_file(sweep_path, before)
     elif exit_when_scored or screenshot is not None:
         QTimer.singleShot(300, lambda: finish(False, "no sweep given"))
     if max_seconds:

@@ -15,14 +15,29 @@ SWEEP_FILTER = ("Sweeps and pictures (*.mha *.mhd *.nrrd *.nhdr *.nii *.nii.gz *
                 ";;All files, DICOM without an extension (*)")
 
 
+#: At most this many files of a DICOM series folder are looked at (a look runs on each activation).
+FILES_LOOKED_AT = 5000
+
+
 def file_state(path: str | Path) -> tuple | None:
-    """What tells a file rewritten since (size, modification time, inode), or None when it is not
-    there (or cannot be looked at)."""
+    """What tells a sweep's files rewritten since: (name, size, modification time, inode) of each
+    file it is read from (a header's detached data file, e.g. a .mhd's .raw, and every file of a
+    DICOM series folder too: re-exporting the data under an unchanged header went unnoticed), or
+    None when it is not there (or cannot be looked at)."""
+    from fetaliqa_core.archive import member_files
+
     try:
-        st = Path(path).stat()
+        where = Path(path)
+        files = member_files(where) if where.exists() else []
+        if not files and not where.is_dir():
+            return None
+        state = []
+        for f in files[:FILES_LOOKED_AT]:
+            st = f.stat()
+            state.append((f.name, st.st_size, st.st_mtime_ns, st.st_ino))
     except (OSError, ValueError):
         return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
+    return tuple(state) + (len(files),)
 
 
 class SweepFilesMixin:
@@ -115,8 +130,15 @@ class SweepFilesMixin:
         self.add_recent(path)
         self.notify(f"Opened {Path(path).name}: {sweep.n_frames} frames.", 5000)
         self.set_sweep(sweep, score=score)
-        self._file_read, self._file_told = (path, before if before is not None else file_state(path)), None
+        self.remember_file(path, before)
         self.sweep_opened.emit(path)
+
+    def remember_file(self, path: str | Path, before: tuple | None = None) -> None:
+        """The sweep shown was read from ``path`` (``before``: its :func:`file_state` looked at
+        before it was read), for :meth:`check_file_on_disk` (a sweep given on the command line was
+        never looked at again)."""
+        path = str(path)
+        self._file_read, self._file_told = (path, before if before is not None else file_state(path)), None
 
     def _open_failed(self, message: str, path: str | None = None) -> None:
         self._loader = None

@@ -393,7 +393,7 @@ def _detached_data_file(path: Path) -> Path | None:
     return path.parent / name
 
 
-def _member_files(path: Path) -> list[Path]:
+def member_files(path: Path) -> list[Path]:
     """The files an archive member is read from: a sweep file (and its detached data file, if it
     has one), or every file of a DICOM series folder, hidden ones aside as the reader skips them."""
     if path.is_dir():
@@ -406,14 +406,14 @@ def _member_files(path: Path) -> list[Path]:
 
 
 def file_hash(path: Path) -> str:
-    """BLAKE2b (128 bit) of an archive member's files (:func:`_member_files`): a sweep file's
+    """BLAKE2b (128 bit) of an archive member's files (:func:`member_files`): a sweep file's
     bytes, or the names, sizes and bytes of every file of a DICOM series folder, so that any file
     added, removed or changed in the series changes the key."""
     h = hashlib.blake2b(digest_size=16)
     series = path.is_dir()
     if series:
         h.update(b"dicom series\0")
-    for p in _member_files(path):
+    for p in member_files(path):
         h.update(p.name.encode("utf-8", "surrogateescape") + b"\0")
         if series:
             h.update(str(p.stat().st_size).encode() + b"\0")
@@ -423,12 +423,12 @@ def file_hash(path: Path) -> str:
 
 def file_stat(path: Path) -> str | None:
     """A cheap signature of an archive member as it is now (size and modification time of each
-    of its files, :func:`_member_files`): the table compares it with the one recorded when the
+    of its files, :func:`member_files`): the table compares it with the one recorded when the
     case was scored, so a file changed since (a case another process never rescored) is not
     reported as scored. None when it cannot be read."""
     try:
         parts = []
-        for p in _member_files(path):
+        for p in member_files(path):
             st = p.stat()
             parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
     except OSError:

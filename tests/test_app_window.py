@@ -535,6 +535,26 @@ def test_a_sweep_file_rewritten_while_open_is_said_once(qtbot, make_window, warn
     assert not win.check_file_on_disk()
 
 
+def test_a_sweep_whose_data_file_is_rewritten_under_its_header_is_said_too(qtbot, make_window, warnings, tmp_path):
+    """A MetaImage header (.mhd) whose data file (.raw) was exported again under it: only the
+    header was looked at, and nothing was said."""
+    import os
+
+    import SimpleITK as sitk
+
+    path = tmp_path / "b.mhd"
+    sitk.WriteImage(sitk.GetImageFromArray(tiny_sweep(1, 6, 40, 50).frames), str(path))
+    raw = tmp_path / "b.raw"
+    assert raw.is_file()
+    win = make_window(score=False)
+    assert win.open_path(path, block=True) is not False
+    assert not win.check_file_on_disk()
+    stat = raw.stat()
+    raw.write_bytes(bytes(reversed(raw.read_bytes())))
+    os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    assert win.check_file_on_disk() and "b.mhd changed on disk" in warnings[-1]
+
+
 def test_closing_mid_run_stops_worker(qtbot, make_window):
     win = make_window(delay=0.3, batch_size=4)
     qtbot.waitUntil(lambda: win.model.results is not None and win.model.results.n_done > 0, timeout=10000)
