@@ -409,6 +409,32 @@ def test_wrong_model_files_give_message(qtbot, make_window, warnings, tmp_path):
         "demo" if loaded.model == "demo" else "custom")
 
 
+def test_a_segmenter_chosen_as_classifier_is_refused_and_the_previous_models_and_answer_stay(
+        qtbot, make_window, warnings):
+    """The demo segmenter given as classifier and the demo classifier as segmenter load as
+    bundles; the window took them, then showed the scoring's refusal and re-judged the old
+    answer under them (threshold 0.50, "Model: seg + cls"), and saved the refused pair."""
+    from fetaliqa_core.models import bundle as bundle_mod
+    from fetaliqa_core.models.choice import ModelChoice
+
+    win = make_window()
+    _wait_scored(qtbot, win)
+    before, old_models, old_label = win.model.results, win.models, win.status_model.full_text()
+    threshold = win.model.thresholds
+    saved = (win.settings.model, win.settings.cls_bundle, win.settings.seg_bundle)
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(m))
+    demo = bundle_mod.demo_models_dir()
+    win.set_model_choice(ModelChoice(model=None, cls=demo / "seg", seg=demo / "cls",
+                                     base=demo / bundle_mod.DEMO_BASE_FILE, device="cpu"), user=True)
+    qtbot.waitUntil(lambda: bool(ended), timeout=60000)
+    assert len(warnings) == 1 and "given as classifier is a 'seg' bundle" in warnings[0]
+    assert "Still using" in warnings[0]
+    assert win.models is old_models and win.model.results is before
+    assert win.model.thresholds == threshold and win.status_model.full_text() == old_label
+    assert (win.settings.model, win.settings.cls_bundle, win.settings.seg_bundle) == saved
+
+
 def test_a_model_that_fails_to_load_mid_run_lets_the_kept_models_finish(qtbot, make_window, warnings, tmp_path):
     """Choosing another model stops the run in progress; when the new one fails to load the
     window goes back to the models it had, and their run must go on (it stopped, silently)."""
