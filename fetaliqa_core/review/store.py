@@ -57,6 +57,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -137,6 +138,25 @@ def remembered_db_path() -> Path | None:
     return Path(value)
 
 
+def _little_space(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (almost) no room left."""
+    try:
+        return shutil.disk_usage(path.parent).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _file_size_limited() -> bool:
+    """Whether this process may write files of a limited size only (``ulimit -f``)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return False
+    return soft != resource.RLIM_INFINITY
+
+
 class DatabaseBusy(FetalIQAError):
     """Another program held the review database's write lock for longer than the wait allowed:
     nothing was changed, and the same change can be tried again."""
@@ -187,6 +207,7 @@ class ReviewStore:
         self._withdrawn_col = "withdrawn"  # "0" on a v2 database read as it is (see _migrate)
         self._create = create = create and not read_only
         self._read_only = read_only
+        self._only_reads = read_only  # (an earlier version's database is still updated: _migrate)
         if self.path.is_dir():
             raise FetalIQAError(f"The review database path {self.path} is a folder: "
                                 "give a file name, e.g. reviews.sqlite3.")
@@ -286,13 +307,20 @@ class ReviewStore:
 
     def _user_error(self, exc: sqlite3.DatabaseError) -> FetalIQAError:
         text = str(exc)
-        if "full" in text:
-            return FetalIQAError(f"The disk holding the review database {self.path} is full: the last change "
-                                 "was not saved (every verdict saved before it is kept). Free disk space and "
-                                 "enter it again.")
+        # A command that only reads (an export) changed nothing: "the last change was not saved"
+        # and "enter it again" sent its user looking for a change they never made.
+        lost = ("nothing was changed" if self._only_reads else
+                "the last change was not saved (every verdict saved before it is kept)")
+        again = "try again" if self._only_reads else "enter it again"
+        if "full" in text or ("disk I/O error" in text and _little_space(self.path)):
+            # (SQLite calls a full disk an I/O error when it cannot make its shared-memory file)
+            return FetalIQAError(f"The disk holding the review database {self.path} is full: {lost}. Free disk "
+                                 f"space and {again}.")
         if "disk I/O error" in text:
+            limit = ("; this process may only write files of a limited size (ulimit -f), which may be the cause"
+                     if _file_size_limited() else "")
             return FetalIQAError(f"The disk holding the review database {self.path} failed to write (disk I/O "
-                                 "error): the last change was not saved. Check the disk, then enter it again.")
+                                 f"error{limit}): {lost}. Check the disk, then {again}.")
         if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
             return DatabaseBusy(f"The review database {self.path} is busy (another FetalIQA "
                                  "window or command is writing to it). Try again in a moment.")
