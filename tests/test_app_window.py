@@ -382,6 +382,27 @@ def test_drop_a_file_opens_it_in_the_background(qtbot, make_window, tmp_path):
     assert "dropped.mha" in win.windowTitle()
 
 
+def test_dropping_two_sweeps_opens_the_first_and_names_the_other(qtbot, make_window, tmp_path):
+    """Two sweeps dropped at once: the first was opened and the second never mentioned."""
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    from fetaliqa_core.io import write_volume
+
+    paths = [tmp_path / "first.mha", tmp_path / "second.mha"]
+    for path in paths:
+        write_volume(path, tiny_sweep(1, 5, 40, 50).frames)
+    win = make_window()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    ev = QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    with qtbot.waitSignal(win.sweep_opened, timeout=10000):
+        win.dropEvent(ev)
+        said = win.status_message.toolTip()
+    assert "first.mha" in win.windowTitle()
+    assert "2 files dropped" in said and "second.mha" in said
+
+
 def test_wrong_model_files_give_message(qtbot, make_window, warnings, tmp_path):
     from fetaliqa_core.models.choice import ModelChoice
 
