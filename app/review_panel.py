@@ -87,6 +87,18 @@ class NoteEdit(QLineEdit):
         super().keyPressEvent(ev)
 
 
+@dataclass
+class _Start:
+    """A verdict key pressed before the review started, while the database was busy: the label
+    and the frame it judges, whether Enter was pressed too, and since when it waits."""
+
+    label: str
+    frame: int
+    started: float
+    sweep: object = None
+    save: bool = False
+
+
 class ReviewPanel(QWidget):
     """``message(str)`` reports what happened (for the status bar); ``keys_back`` asks the window
     to take the keyboard back from the note (Enter or Esc in it)."""
@@ -108,6 +120,7 @@ class ReviewPanel(QWidget):
         self._pending_frame = -1  # the frame the pending verdict was chosen on
         self._recording = False  # a verdict being saved (its save moves to the next frame)
         self._saving: _Save | None = None  # a verdict waiting for another program's write to end
+        self._starting: _Start | None = None  # a verdict key waiting for the review to start
 
         self.reviewer_label = QLabel()
         self.reviewer_label.setObjectName("dim")
@@ -255,7 +268,7 @@ class ReviewPanel(QWidget):
             from fetaliqa_core.review import ReviewStore
 
             db = self.settings.review_db or None
-            store = ReviewStore(Path(db) if db else None)
+            store = ReviewStore(Path(db) if db else None, open_wait_ms=SAVE_WAIT_MS)  # (busy: start retries)
             try:
                 # a database whose rows are damaged is refused before a review writes into it
                 # (its reports and exports would refuse it afterwards, with the new verdicts in it)
@@ -279,6 +292,8 @@ class ReviewPanel(QWidget):
         """The verdict entered (Enter) that waits for the review database another program holds:
         ``(frame, label)``; None when none waits."""
         job = self._saving
+        if job is None and self._starting is not None and self._starting.save:
+            return self._starting.frame, self._starting.label  # entered before the review could start
         return None if job is None else (job.frame, job.label)
 
     def drop_waiting_verdict(self) -> None:
@@ -286,6 +301,7 @@ class ReviewPanel(QWidget):
         it is no longer chosen either (closing asked a second time whether to save it, and saving
         it waited out the lock on the window's thread)."""
         job, self._saving = self._saving, None
+        self._starting = None
         if job is not None and self._pending_frame == job.frame:
             self._pending = None
 
@@ -316,8 +332,11 @@ class ReviewPanel(QWidget):
             self.start()
         return True
 
-    def start(self) -> bool:
-        """Open the review of the current sweep, resuming where this reviewer stopped."""
+    def start(self, waiting: _Start | None = None) -> bool:
+        """Open the review of the current sweep, resuming where this reviewer stopped. Each
+        statement waits a moment at most for another program's write: while the database is
+        busy, a verdict key (``waiting``) is kept and the start tried again shortly (as a verdict
+        being saved is), the window going on; the Start button says it is busy."""
         if self.model.sweep is None:
             self.message.emit("Open a sweep to review it.")
             return False
@@ -326,18 +345,35 @@ class ReviewPanel(QWidget):
         QApplication.setOverrideCursor(Qt.WaitCursor)
         try:
             store = self.store()
-            known = store.known_reviewer(self.settings.reviewer)
-            if known != self.settings.reviewer:  # the same person as the database spells them
-                self.settings.reviewer = known
-                self.settings.save()
-            self._update_reviewer_label()
-            session = ReviewSession(self.model, store, self.settings.reviewer)
-            session.bundles = dict(self.bundles)
-            session.best_only = self.best_only.isChecked()
-            session.open_sweep()
-            session.sync_run()
-            self.session = session
-            session.resume()
+            with store.waiting_at_most(SAVE_WAIT_MS):
+                known = store.known_reviewer(self.settings.reviewer)
+                if known != self.settings.reviewer:  # the same person as the database spells them
+                    self.settings.reviewer = known
+                    self.settings.save()
+                self._update_reviewer_label()
+                session = ReviewSession(self.model, store, self.settings.reviewer)
+                session.bundles = dict(self.bundles)
+                session.best_only = self.best_only.isChecked()
+                session.open_sweep()
+                session.sync_run()
+                self.session = session
+                session.resume()
+        except DatabaseBusy as exc:
+            self.session = None
+            if waiting is not None and time.monotonic() - waiting.started < SAVE_GIVE_UP_S:
+                self._starting = waiting
+                what = "saved" if waiting.save else "kept (Enter saves it)"
+                self.message.emit(f"Frame {waiting.frame}: {waiting.label.replace('_', ' ')} — the review database is "
+                                  "busy (another program is writing to it): the review starts as soon as it lets "
+                                  f"it, and this verdict is {what}…")
+                QTimer.singleShot(SAVE_RETRY_MS, self._retry_start)
+                return False
+            lost = (f" Frame {waiting.frame}'s verdict ({waiting.label.replace('_', ' ')}) was not saved: press its "
+                    "key again." if waiting is not None else "")
+            QMessageBox.warning(self, "Review", f"{exc}{lost}")
+            self.message.emit("The review did not start: the review database is busy." + (
+                f" Frame {waiting.frame}'s verdict was not saved." if waiting is not None else ""))
+            return False
         except FetalIQAError as exc:
             self.session = None
             QMessageBox.warning(self, "Review", str(exc))
@@ -395,7 +431,12 @@ class ReviewPanel(QWidget):
         """Choose a label (keys 1 / 2 / 0); Enter saves it."""
         if self.session is None:
             shown = self.model.frame
-            if not self.start():
+            if self._starting is not None:  # the review waits for the database: this key replaces the last
+                self._starting.label, self._starting.frame = label, shown
+                self.message.emit(f"Frame {shown}: {label.replace('_', ' ')} — kept until the review database "
+                                  "lets the review start (another program is writing to it).")
+                return
+            if not self.start(_Start(label, shown, time.monotonic(), self.model.sweep)):
                 return
             if self.model.frame != shown:
                 # the review resumed elsewhere, but the key judges the frame that was shown, the one
@@ -425,6 +466,10 @@ class ReviewPanel(QWidget):
 
     def _save_and_next(self, in_note: bool) -> None:
         if self.session is None:
+            if self._starting is not None:
+                self._starting.save = True
+                self.message.emit(f"Frame {self._starting.frame}'s verdict is saved as soon as the review database "
+                                  "lets the review start (another program is writing to it).")
             return
         if self._saving is not None:
             self.message.emit(f"Still saving frame {self._saving.frame}'s verdict: the review database is busy.")
@@ -536,6 +581,27 @@ class ReviewPanel(QWidget):
         self.saving_ended.emit(True)
         return True
 
+    def _retry_start(self, final: bool = False) -> None:
+        """Try again to start the review a verdict key waits for (:meth:`start`); once started,
+        the key judges the frame it was pressed on, and Enter pressed meanwhile saves it.
+        ``final``: the last try before the database closes."""
+        job, self._starting = self._starting, None
+        if job is None or self.session is not None:
+            return
+        if self.model.sweep is not job.sweep:  # another sweep was opened meanwhile: the key was for the last one
+            self.message.emit(f"The verdict key pressed on frame {job.frame} of the sweep shown before was not "
+                              "kept: the review database was busy until another sweep was opened.")
+            return
+        if final:
+            job.started = -SAVE_GIVE_UP_S  # no further retry: refused with a box if still busy
+        if not self.start(job):
+            return
+        if self.model.frame != job.frame:
+            self.model.set_frame(job.frame)
+        self.choose(job.label)
+        if job.save:
+            self.save_and_next()
+
     def _retry_save(self) -> None:
         if self._saving is not None:
             self._attempt_save(self._saving)
@@ -543,6 +609,8 @@ class ReviewPanel(QWidget):
     def finish_saving(self) -> None:
         """Before the review database closes: a verdict still waiting for it gets one last try,
         waiting its full busy timeout."""
+        if self._starting is not None and self._starting.save:
+            self._retry_start(final=True)
         if self._saving is not None:
             self._attempt_save(self._saving, wait_ms=None)
 

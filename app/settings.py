@@ -92,6 +92,7 @@ class AppSettings:
         self._mark_saved(_defaults())  # made, not loaded: what differs from the defaults is its own
         self._opened: list[str] = []  # recent files this window opened since its last save, newest first
         self._told: set[str] = set()  # reasons already given to :attr:`report`
+        self._extra: dict = {}  # keys of the file this version does not know (a newer one's): written back
 
     def _mark_saved(self, values: dict | None = None) -> None:
         """What the file holds as far as this object knows (as loaded, or as last saved): a save
@@ -150,6 +151,8 @@ class AppSettings:
         try:
             path = cls.path()
             if not path.is_file():
+                if path.exists() and not path.is_dir():  # a pipe, device or socket: ignored, then replaced
+                    return cls._set_aside(path, "The settings file is no regular file (a pipe, device or socket).")
                 return cls()
         except OSError:
             return cls()
@@ -183,6 +186,8 @@ class AppSettings:
         unused += [name for name, kept, was in (("recent_files", recent, s.recent_files),
                                                  ("thresholds", thresholds, s.thresholds)) if len(kept) < len(was)]
         s.recent_files, s.thresholds = recent[:MAX_RECENT], thresholds
+        names = {f.name for f in fields(cls)}
+        s._extra = {k: v for k, v in data.items() if k not in names}
         if unused:
             return cls._set_aside(path, f"Some settings could not be used ({', '.join(unused)}).", s)
         s._mark_saved()
@@ -203,7 +208,10 @@ class AppSettings:
                                   "cannot be set aside: nothing was saved to it")
             # a file damaged since: set aside, and this window's settings written whole (merged onto
             # the defaults it starts from, what the window had loaded was lost with it)
-            write_json(self.path(), now if disk.aside is not None else self._merged_over(asdict(disk), now))
+            written = now if disk.aside is not None else self._merged_over(asdict(disk), now)
+            # what a newer version keeps there (its own keys) is written back as it was: it was dropped
+            written.update({k: v for k, v in disk._extra.items() if k not in written})
+            write_json(self._target(), written)
             self._mark_saved(now)
             self._opened = []
         except OSError as exc:  # settings are a convenience: never fail the app, but say so
@@ -216,6 +224,19 @@ class AppSettings:
                               f"{disk.aside}, and this window's settings were saved (what another window had "
                               "saved in it is in that file)")
         return ""
+
+    @classmethod
+    def _target(cls) -> Path:
+        """Where a save writes: the settings file, or the file it links to (a link is the user's,
+        to a settings file kept elsewhere: an atomic write replaced the link by a plain file, and
+        later changes no longer reached the file kept elsewhere)."""
+        path = cls.path()
+        if not path.is_symlink():
+            return path
+        try:
+            return path.resolve(strict=False)
+        except RuntimeError as exc:  # a loop of links
+            raise OSError(f"the link {path} leads nowhere (a loop of links)") from exc
 
     def _merged_over(self, merged: dict, now: dict) -> dict:
         """The settings on disk (``merged``, changed in place) with what this object changed since

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QFileDialog
 
-from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.errors import FetalIQAError, first_names
 
 #: Every kind the reader reads by name; a DICOM file without an extension (IM0001, as scanners name
 #: them) shows under "All files", and a DICOM series folder opens with File > Open folder.
@@ -180,9 +180,14 @@ class SweepFilesMixin:
             ev.acceptProposedAction()
 
     def dropEvent(self, ev):  # noqa: N802
-        for url in ev.mimeData().urls():
-            if url.isLocalFile():
-                ev.acceptProposedAction()
-                self.open_path(url.toLocalFile())
-                return
+        """Open the first local file dropped; the others are named as not opened (the window
+        shows one sweep at a time; they were ignored without a word)."""
+        local = [url.toLocalFile() for url in ev.mimeData().urls() if url.isLocalFile()]
+        if not local:
+            return
+        ev.acceptProposedAction()
+        if self.open_path(local[0]) and len(local) > 1:
+            others = first_names([Path(p).name for p in local[1:]], 3)
+            self.notify(f"Opening {Path(local[0]).name}… {len(local)} files dropped: one sweep is shown at a time, "
+                        f"so only the first is opened (not opened: {others}).", 60000)
 

@@ -37,7 +37,7 @@ from fetaliqa_core import paths
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_write
 from fetaliqa_core.models.labels import LABEL_ABDOMEN, MASK_AREA_FRACTION  # noqa: F401
-from fetaliqa_core.models.tasks import TASKS
+from fetaliqa_core.models.choice import check_roles
 
 ENGINE_VERSION = "1"
 COARSE_STRIDES = (16, 8, 4, 2, 1)
@@ -278,10 +278,7 @@ class ScoringEngine:
         """``frames``: score only these frame indices (a cascade's teacher pass; never cached)."""
         if cls is None and seg is None:
             raise FetalIQAError("No model to score with: choose a classifier and/or a segmenter bundle.")
-        if cls is not None and not TASKS[cls.task].has_cls:
-            raise FetalIQAError(f"The bundle given as classifier is a '{cls.task}' bundle; choose a classifier bundle.")
-        if seg is not None and not TASKS[seg.task].has_seg:
-            raise FetalIQAError(f"The bundle given as segmenter is a '{seg.task}' bundle; choose a segmenter bundle.")
+        check_roles(cls, seg)
         self.sweep = sweep
         self.cls = cls
         self.seg = seg

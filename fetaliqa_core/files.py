@@ -173,17 +173,24 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
             os.replace(tmp, out)
             _fsync_dir(out.parent)
     except OSError as exc:
-        _name_the_target(exc, out)
+        _name_the_target(exc, out, tmp)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
 
 
-def _name_the_target(exc: OSError, target: Path) -> None:
+def _name_the_target(exc: OSError, target: Path, staged: Path | None = None) -> None:
     """A failed write of an open file (a full disk) names no file: "the disk is full; free disk
-    space or write elsewhere" did not say where. The file or folder being written is named."""
+    space or write elsewhere" did not say where. The file or folder being written is named; a
+    file in the hidden temporary folder ``staged`` by its place in ``target`` (the user was shown
+    a ``.out._cc_qvjp/summary.json`` they never named, and which is gone)."""
     if exc.filename is None:
         exc.filename = str(target)
+    elif staged is not None:
+        try:
+            exc.filename = str(target / Path(exc.filename).relative_to(staged))
+        except (TypeError, ValueError):
+            pass
 
 
 def swap_in_dir(staged: Path, target: Path) -> None:

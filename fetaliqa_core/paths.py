@@ -55,7 +55,9 @@ def os_error_cause(exc: OSError) -> str:
               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
               errno.ENOTDIR: "a part of the path is a file, not a folder",
               errno.EEXIST: "a file of that name exists", errno.EISDIR: "it is a folder",
-              errno.EDQUOT: "the disk quota is exceeded", errno.ENAMETOOLONG: "the name is too long"}
+              errno.EDQUOT: "the disk quota is exceeded", errno.ENAMETOOLONG: "the name is too long",
+              errno.EFBIG: "the file system refused a file this large (a file size limit, such as ulimit -f, "
+                           "or the file system's own)"}
     return causes.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 
@@ -65,7 +67,8 @@ _ADVICE = {errno.ENOSPC: "free disk space or write elsewhere", errno.EDQUOT: "fr
            errno.EPERM: "choose a folder you can write to, or fix its permissions",
            errno.ENOTDIR: "a file stands where a folder is needed: choose another output folder",
            errno.EEXIST: "choose another output folder, or move the file away",
-           errno.EISDIR: "give a file name, not a folder"}
+           errno.EISDIR: "give a file name, not a folder",
+           errno.EFBIG: "raise the limit, or write to another disk"}
 
 
 def missing_path(path, advice: str) -> str:

@@ -156,6 +156,49 @@ def test_a_settings_file_that_is_a_link_is_never_renamed(tmp_path):
     assert link.is_symlink() and json.loads(kept.read_text(encoding="utf-8")) == {"opacity": 7.5}
 
 
+def test_a_valid_settings_file_that_is_a_link_is_saved_through_the_link(tmp_path):
+    """A valid settings file kept elsewhere and linked was read, then replaced on the first save
+    by a plain file: the link was gone and later changes never reached the file kept elsewhere."""
+    kept = tmp_path / "dotfiles" / "fetaliqa.json"
+    kept.parent.mkdir()
+    kept.write_text(json.dumps({"opacity": 0.3, "reviewer": "ann"}), encoding="utf-8")
+    link = AppSettings.path()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(kept)
+    s = AppSettings.load()
+    assert s.reviewer == "ann" and not s.problem
+    s.fps = 30.0
+    assert s.save() == ""
+    assert link.is_symlink() and link.resolve() == kept.resolve()
+    stored = json.loads(kept.read_text(encoding="utf-8"))
+    assert stored["fps"] == 30.0 and stored["reviewer"] == "ann"
+
+
+def test_a_newer_versions_own_settings_are_kept_on_save(tmp_path):
+    """A settings file written by a newer version, with keys this one does not know: read without
+    a word, and every one of them dropped by the next save."""
+    _write(json.dumps({"version": 99, "future_option": {"a": [1, 2]}, "reviewer": "bo"}))
+    s = AppSettings.load()
+    assert s.reviewer == "bo" and not s.problem
+    s.opacity = 0.2
+    assert s.save() == ""
+    stored = json.loads(AppSettings.path().read_text(encoding="utf-8"))
+    assert stored["version"] == 99 and stored["future_option"] == {"a": [1, 2]}
+    assert stored["opacity"] == 0.2 and stored["reviewer"] == "bo"
+
+
+def test_a_pipe_in_place_of_the_settings_file_is_set_aside_and_said(tmp_path):
+    """A named pipe where the settings file goes was ignored without a word, then replaced by
+    a file on the next save."""
+    path = AppSettings.path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    s = AppSettings.load()
+    assert "no regular file" in s.problem and s.aside is not None and s.aside.name.startswith(path.name)
+    assert s.save() == "" and path.is_file()
+
+
 def test_two_windows_keep_each_others_settings(tmp_path):
     """Each window wrote the settings it loaded at start whole: the one closing last dropped what the
     other saved meanwhile (its `gui --db` database, so verdicts split across two files; a threshold;

@@ -97,6 +97,32 @@ def test_keys_commit_verdicts_and_resume_after_restart(qtbot):
     assert win2.model.verdicts[first] == "optimal"
 
 
+def test_a_verdict_key_that_starts_a_review_while_the_database_is_busy_neither_freezes_nor_is_lost(
+        qtbot, tmp_path, no_modal):
+    """The first verdict key starts the review, which waited the database's full busy timeout on
+    the window's thread (5 s per key press, the window frozen) while another program held it,
+    then said so in a box and dropped the verdict. Now each statement waits a moment; the key
+    and Enter are kept, and the review starts and saves them once the database is free."""
+    win, db, messages = _reviewing(qtbot, tmp_path, "vi")
+    ReviewStore(db).close()
+    panel = win.review
+    frame = win.model.frame
+    with _held_by_another_program(db):
+        t0 = time.monotonic()
+        press(win, "1")
+        press(win, "\n")
+        assert time.monotonic() - t0 < 2.0  # a moment per statement, not 5 s per key
+        assert panel.session is None and panel.waiting_verdict() == (frame, "optimal")
+        assert "saved as soon as" in messages[-1] and not no_modal
+        time.sleep(0.5)
+        QApplication.processEvents()  # a retry while it is still held: no box, still kept
+        assert panel.waiting_verdict() == (frame, "optimal") and not no_modal
+    qtbot.waitUntil(lambda: panel.waiting_verdict() is None and panel.session is not None, timeout=10000)
+    assert not no_modal and messages[-1].startswith(f"Saved frame {frame}: optimal")
+    with ReviewStore(db) as store:
+        assert [(v.frame, v.label) for v in store.verdicts(reviewer="vi")] == [(frame, "optimal")]
+
+
 def test_a_verdict_withdrawn_in_the_window_leaves_the_frame_not_reviewed(qtbot, tmp_path, no_modal):
     """A verdict key pressed on the wrong frame could not be taken back: the frame counted as
     judged in the queue, the progress and every export. Backspace (or Del, or the panel's

@@ -414,6 +414,27 @@ def test_drop_a_file_opens_it_in_the_background(qtbot, make_window, tmp_path):
     assert "dropped.mha" in win.windowTitle()
 
 
+def test_dropping_two_sweeps_opens_the_first_and_names_the_other(qtbot, make_window, tmp_path):
+    """Two sweeps dropped at once: the first was opened and the second never mentioned."""
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    from fetaliqa_core.io import write_volume
+
+    paths = [tmp_path / "first.mha", tmp_path / "second.mha"]
+    for path in paths:
+        write_volume(path, tiny_sweep(1, 5, 40, 50).frames)
+    win = make_window()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    ev = QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    with qtbot.waitSignal(win.sweep_opened, timeout=10000):
+        win.dropEvent(ev)
+        said = win.status_message.toolTip()
+    assert "first.mha" in win.windowTitle()
+    assert "2 files dropped" in said and "second.mha" in said
+
+
 def test_wrong_model_files_give_message(qtbot, make_window, warnings, tmp_path):
     from fetaliqa_core.models.choice import ModelChoice
 
@@ -439,6 +460,32 @@ def test_wrong_model_files_give_message(qtbot, make_window, warnings, tmp_path):
     assert loaded is not None and loaded.cls != tmp_path / "no_such_bundle" and win.choice == loaded
     assert win.settings.cls_bundle == str(loaded.cls or "") and win.settings.model == (
         "demo" if loaded.model == "demo" else "custom")
+
+
+def test_a_segmenter_chosen_as_classifier_is_refused_and_the_previous_models_and_answer_stay(
+        qtbot, make_window, warnings):
+    """The demo segmenter given as classifier and the demo classifier as segmenter load as
+    bundles; the window took them, then showed the scoring's refusal and re-judged the old
+    answer under them (threshold 0.50, "Model: seg + cls"), and saved the refused pair."""
+    from fetaliqa_core.models import bundle as bundle_mod
+    from fetaliqa_core.models.choice import ModelChoice
+
+    win = make_window()
+    _wait_scored(qtbot, win)
+    before, old_models, old_label = win.model.results, win.models, win.status_model.full_text()
+    threshold = win.model.thresholds
+    saved = (win.settings.model, win.settings.cls_bundle, win.settings.seg_bundle)
+    ended = []
+    win.scoring_ended.connect(lambda c, m: ended.append(m))
+    demo = bundle_mod.demo_models_dir()
+    win.set_model_choice(ModelChoice(model=None, cls=demo / "seg", seg=demo / "cls",
+                                     base=demo / bundle_mod.DEMO_BASE_FILE, device="cpu"), user=True)
+    qtbot.waitUntil(lambda: bool(ended), timeout=60000)
+    assert len(warnings) == 1 and "given as classifier is a 'seg' bundle" in warnings[0]
+    assert "Still using" in warnings[0]
+    assert win.models is old_models and win.model.results is before
+    assert win.model.thresholds == threshold and win.status_model.full_text() == old_label
+    assert (win.settings.model, win.settings.cls_bundle, win.settings.seg_bundle) == saved
 
 
 def test_a_model_that_fails_to_load_mid_run_lets_the_kept_models_finish(qtbot, make_window, warnings, tmp_path):

@@ -68,6 +68,22 @@ def test_output_folder_appears_only_complete(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_a_file_too_large_names_the_output_folder_given_and_the_size_limit(tmp_path):
+    """Under a file size limit `score` said "tmp/.out._cc_qvjp/summary.json: File too large; check
+    the path and try again": a hidden temporary folder the user never named (and which is gone),
+    and advice about a path that was right."""
+    import errno
+
+    from fetaliqa_core.paths import os_error_message
+
+    out = tmp_path / "out"
+    with pytest.raises(OSError) as info, atomic_output_dir(out) as tmp:
+        raise OSError(errno.EFBIG, "File too large", str(tmp / "summary.json"))
+    message = os_error_message(info.value)
+    assert message.startswith(f"{out / 'summary.json'}: ") and "._" not in message
+    assert "size limit" in message and "check the path" not in message
+
+
 def test_results_go_into_a_folder_on_another_disk_and_never_through_a_dangling_link(tmp_path):
     """An --out that was a mount point or a link to another disk failed with 'Invalid cross-device
     link' after every frame was scored (the temporary folder was made beside it); a link to

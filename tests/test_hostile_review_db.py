@@ -305,6 +305,27 @@ class _FullDisk:
         return getattr(self._conn, name)
 
 
+def test_a_disk_io_error_on_a_full_disk_is_named_full_and_an_export_is_not_told_of_a_lost_change(
+        tmp_path, monkeypatch):
+    """On a full disk SQLite could not make its shared-memory file and said "disk I/O error":
+    the message sent the user to check a disk that was only full. And a command that only reads
+    (an export) was told "the last change was not saved ... enter it again"."""
+    import collections
+
+    path, _, _ = _store_with_run(tmp_path)
+    io_error = sqlite3.OperationalError("disk I/O error")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda p: usage(1 << 20, 1 << 20, 0))
+    with ReviewStore(path) as store:
+        message = str(store._user_error(io_error))
+    assert "is full" in message and "Free disk space" in message and "Check the disk" not in message
+    monkeypatch.setattr("shutil.disk_usage", lambda p: usage(1 << 40, 0, 1 << 40))
+    with ReviewStore(path, read_only=True) as store:
+        message = str(store._user_error(io_error))
+    assert "disk I/O error" in message and "nothing was changed" in message
+    assert "last change" not in message and "enter it again" not in message
+
+
 def test_disk_full_during_review_is_named_as_a_full_disk_not_hidden_by_the_rollback(tmp_path):
     path, sid, _ = _store_with_run(tmp_path)
     store = ReviewStore(path)

@@ -205,6 +205,35 @@ def test_a_compressed_dicom_claiming_gigabytes_from_a_few_bytes_is_refused_befor
     _assert_refused(path, "3200000000 bytes", "compressed data", within_s=3.0)
 
 
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_a_dicom_marker_followed_by_megabytes_of_zeros_is_refused_from_its_header_alone(tmp_path, as_folder):
+    """A preamble and "DICM" followed by zeros (an interrupted copy, a failed sync) was walked by
+    pydicom as endless empty elements, 2 s per MB: 200 MB ran past 150 s, and the window's Open
+    folder... said "Opening" all that time. A run of zeros where elements should be ends the read."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    path = folder / "IM0001.dcm"
+    with open(path, "wb") as fh:
+        fh.write(b"\0" * 128 + b"DICM")
+        fh.truncate(48 << 20)  # sparse: 48 MB of zeros, written in no time
+    message = _assert_refused(folder if as_folder else path, "IM0001.dcm", "only zero bytes", "copy",
+                              within_s=20.0)  # a hang guard: it takes well under a second
+    assert "byte 132" in message
+
+
+def test_a_dicom_header_cut_off_by_zeros_is_refused_and_a_whole_one_still_reads(tmp_path):
+    """The same run of zeros after the first elements of a real header (a copy that stopped
+    there, its file pre-allocated) is refused the same way; the file it came from reads."""
+    from fakes import us_dicom
+
+    whole = us_dicom(tmp_path / "whole.dcm", np.full((3, 40, 48), 90, np.uint8))
+    assert load_sweep(whole).frames.shape[0] == 3
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:400] + bytes(len(data) - 400 + (8 << 20)))
+    _assert_refused(cut, "cut.dcm", "only zero bytes", within_s=20.0)
+
+
 def test_frames_of_32_by_20000_pixels_are_refused(tmp_path):
     path = _mha(tmp_path / "strip.mha", "20000 32 4", bytes(20000 * 32 * 4))
     _assert_refused(path, "strip.mha", "32 x 20000")

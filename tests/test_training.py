@@ -45,6 +45,46 @@ def _records(subjects: list[str]) -> list[ds.CaseRecord]:
 # ------------------------------------------------------------------------------------------
 
 
+def test_a_validation_split_of_cases_without_an_ac_says_so_not_that_subjects_are_missing(tmp_path):
+    """4 cases of 4 subjects, 3 with an AC: a seed that dealt the one without an AC to the
+    validation split was told "the 70/10/20 split needs at least 3 subjects with frames", a rule
+    the data met. The message names the case and what to do."""
+    from fetaliqa_core.synth import write_dataset
+    from training.config import TrainConfig
+    from training.data import prepare_splits
+    from training.reporting import Reporter
+
+    write_dataset(tmp_path, cases=4, seed=3, frames_per_sweep=4, height=96, width=128, compress=False)
+    cases = ds.read_cases(tmp_path)
+    no_ac = [c.uuid for c in cases if not c.sweeps_with_ac()]
+    assert len(no_ac) == 1 and len({c.subject_id for c in cases}) == 4
+    seed = next(k for k in range(100) if [c.uuid for c in ds.split_cases(cases, seed=k)["val"]] == no_ac)
+    with pytest.raises(FetalIQAError) as info:
+        prepare_splits(TrainConfig(task="cls", data=str(tmp_path), out="-", split_seed=seed), Reporter(False, False))
+    message = str(info.value)
+    assert no_ac[0] in message and "no sweep with an AC" in message
+    assert "--split-seed" in message and "--all-sweeps" in message and "at least 3 subjects" not in message
+
+
+def test_training_names_a_case_whose_files_are_there_but_whose_csv_row_is_gone(tmp_path, capsys):
+    """A case with its image and mask but no row in the CSV (deleted by mistake) was left out of
+    training without a word, where evaluation named it."""
+    from fetaliqa_core.acouslic import CSV_RELPATH
+    from fetaliqa_core.synth import write_dataset
+    from training.config import TrainConfig
+    from training.data import prepare_splits
+    from training.reporting import Reporter
+
+    write_dataset(tmp_path, cases=6, seed=3, frames_per_sweep=4, height=96, width=128, compress=False)
+    csv_path = tmp_path / CSV_RELPATH
+    lines = csv_path.read_text().splitlines()
+    gone = lines.pop(3).split(",")[0]
+    csv_path.write_text("\n".join(lines) + "\n")
+    prepare_splits(TrainConfig(task="cls", data=str(tmp_path), out="-"), Reporter(True, False))
+    err = capsys.readouterr().err
+    assert "note: 1 case(s) have files in images/" in err and "but no row in" in err and gone in err, err
+
+
 def test_split_groups_subjects_and_is_deterministic():
     rng = np.random.default_rng(0)
     subjects = [f"s{int(k)}" for k in rng.integers(0, 60, size=150)]  # 1..n cases per subject

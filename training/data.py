@@ -49,6 +49,27 @@ def extra_labels_message(labels_path, train_index, cases) -> str:
     return text
 
 
+def _empty_validation_message(cfg: TrainConfig, cases, val_cases) -> str:
+    """Why the validation split holds no frame, and what to do. It said "the 70/10/20 split needs
+    at least 3 subjects with frames" where 3 had them: each split takes a subject whatever its
+    frames, and the validation split can get only cases without a sweep with an AC."""
+    from fetaliqa_core.errors import first_names
+
+    n_subjects = len({c.subject_id for c in cases})
+    if not val_cases:
+        return (f"--data {cfg.data}: the validation split is empty: the {len(cases)} cases are of {n_subjects} "
+                "subject(s), and the 70/10/20 split keeps each subject's cases in one split, so it needs at least "
+                "3 subjects. Add cases of other subjects")
+    which = "it has" if len(val_cases) == 1 else "they have"
+    names = first_names([c.uuid for c in val_cases], 3)
+    if cfg.all_sweeps:
+        return (f"--data {cfg.data}: the validation split got only case(s) {names}, and {which} no frame to "
+                "validate on. Give another --split-seed, or add cases")
+    return (f"--data {cfg.data}: the validation split got only case(s) {names}, and {which} no sweep with an AC "
+            "value (only those are used without --all-sweeps): there is no frame to validate on. Give another "
+            "--split-seed, or --all-sweeps to use every sweep")
+
+
 def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
     from fetaliqa_core import paths
     from training.dataset import build_index, read_cases, split_cases
@@ -66,9 +87,7 @@ def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
                             f"labels one in its {len(idx['train'])} frames): there is nothing to learn. Check the "
                             "masks, or add cases with annotated frames")
     if not len(idx["val"]):
-        raise FetalIQAError(f"--data {cfg.data}: the validation split is empty ({len(cases)} cases in "
-                            f"{len({c.subject_id for c in cases})} subjects); the 70/10/20 split needs at least 3 "
-                            "subjects with frames")
+        raise FetalIQAError(_empty_validation_message(cfg, cases, split["val"]))
     if cfg.extra_labels:
         reporter.message(extra_labels_message(cfg.extra_labels, idx["train"], cases))
     from training.dataset import data_fingerprint
@@ -81,6 +100,11 @@ def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
                         "frames": len(idx[name]), "positive_frames": idx[name].n_positive}
     for name in ("train", "val", "test"):
         reporter.message(f"{name}: {idx[name].summary()}")
+    from training.dataset import unlisted_cases_line
+
+    unlisted = unlisted_cases_line(cfg.data, cases, "train on them")
+    if unlisted:
+        reporter.message(unlisted)
     shared = set(record["train"]["subjects"]) & (set(record["val"]["subjects"]) | set(record["test"]["subjects"]))
     if shared:  # the paper's permutation split ignores subjects: its metrics are not subject-independent
         reporter.message(f"note: {len(shared)} subject(s) have cases in training and in validation or test "

@@ -185,6 +185,18 @@ def unlisted_cases(data_dir: str | Path, cases: Sequence[CaseRecord]) -> list[st
     return sorted(found - listed)
 
 
+def unlisted_cases_line(data_dir: str | Path, cases: Sequence[CaseRecord], purpose: str) -> str | None:
+    """One line naming the cases with files in images/ or masks/ but no row in the CSV, left out
+    (``purpose``: what their rows would let the command do, e.g. "train on them"); None when none.
+    Evaluation named them; training and distillation left them out without a word."""
+    unlisted = unlisted_cases(data_dir, cases)
+    if not unlisted:
+        return None
+    shown = ", ".join(unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
+    return (f"note: {len(unlisted)} case(s) have files in {IMAGES_SUBDIR}/ or {MASKS_SUBDIR}/ but no row in "
+            f"{CSV_RELPATH} and are left out ({shown}); add their rows to {purpose}")
+
+
 def _other_names_hint(missing: Path) -> str:
     """What a missing ``<uuid>.mha`` may be under another name in its folder (another format,
     another letter case): training reads the challenge's layout, ``.mha`` files named by case id."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import threading
@@ -293,3 +294,64 @@ def fmt_shape(shape: Any) -> str:
 
 def fmt_dims(size_xyz: tuple[int, ...]) -> str:
     return " x ".join(str(int(s)) for s in size_xyz)
+
+
+class ZeroFilledDicom(FetalIQAError):
+    """A DICOM file that holds zero bytes where its header's elements should be (:class:`_ZeroRunGuard`)."""
+
+
+class _ZeroRunGuard(io.BufferedReader):
+    """A DICOM file read for pydicom that ends at a run of zero bytes where elements should be.
+
+    pydicom reads zeros as endless empty (0000,0000) elements, 8 bytes at a time, in Python: a
+    file of a DICOM preamble and marker followed by zeros (what an interrupted copy or a failed
+    sync leaves behind) took 2 s per MB to refuse, hours for a few GB, and the window's Open
+    folder... said "Opening" all that time. No DICOM header holds even two such elements in a
+    row, so a run of them reads as the end of the file, whatever its size (:func:`dcmread_bounded`
+    then judges where the run began)."""
+
+    #: consecutive small reads of zero bytes only (tags, lengths) taken for a run of empty elements
+    LIMIT = 32
+
+    def __init__(self, path: Path | str):
+        super().__init__(io.FileIO(str(path), "rb"))
+        self._run = 0
+        self._start = 0
+        self.zeros_from: int | None = None  # where the run of zeros began, once one was met
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.zeros_from is not None:
+            return b""
+        data = super().read(size)
+        if data and size is not None and 0 < size <= 16 and not data.strip(b"\0"):
+            if not self._run:
+                self._start = self.tell() - len(data)
+            self._run += 1
+            if self._run >= self.LIMIT:
+                self.zeros_from = self._start
+                return b""
+        elif data:
+            self._run = 0
+        return data
+
+
+def dcmread_bounded(path: Path | str, **options: Any) -> Any:
+    """``pydicom.dcmread(path, **options)`` in time bounded by the file's header, not its size: a
+    run of zero bytes where elements should be (:class:`_ZeroRunGuard`) is refused with a
+    :class:`ZeroFilledDicom`, unless it comes after the pixel data (padding, as the readers take
+    zeros there)."""
+    import pydicom
+
+    with _ZeroRunGuard(path) as fh:
+        ds = pydicom.dcmread(fh, **options)
+    if fh.zeros_from is not None:
+        pixels = ds.get_item(0x7FE00010, keep_deferred=True) if 0x7FE00010 in ds else None
+        start, length = getattr(pixels, "value_tell", None), getattr(pixels, "length", None)
+        end = None if start is None or length is None else (
+            int(start) if int(length) == 0xFFFFFFFF else int(start) + int(length))  # (fragments: read as one value)
+        if end is None or end > fh.zeros_from:
+            raise ZeroFilledDicom(
+                f"{path}: the DICOM file holds only zero bytes where its header should go on (from byte "
+                f"{fh.zeros_from}): it was never fully written, probably an interrupted copy or a failed sync. "
+                "Copy or export it again.")
+    return ds

@@ -31,7 +31,9 @@ from fetaliqa_core.io._common import (
     SUPPORTED_FORMATS,
     SWEEP_FILE_SUFFIXES,
     Raw,
+    ZeroFilledDicom,
     check_cancelled,
+    dcmread_bounded,
     fmt_dims,
     full_suffix,
     quiet_itk,
@@ -228,7 +230,7 @@ def _series_frames(names: list[str]) -> int:
     try:
         import pydicom
 
-        per_file = _number_of_frames(pydicom.dcmread(names[0], stop_before_pixels=True, force=True,
+        per_file = _number_of_frames(dcmread_bounded(names[0], stop_before_pixels=True, force=True,
                                                       specific_tags=["NumberOfFrames"]))
     except Exception:  # noqa: BLE001 - the series' own read says what is wrong with the file
         per_file = 1
@@ -1193,7 +1195,7 @@ def _jfif_labelled_rgb(path: Path) -> bool:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(path), defer_size=1024, force=True)  # the pixel data stays on disk
+        ds = dcmread_bounded(str(path), defer_size=1024, force=True)  # the pixel data stays on disk
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         if syntax not in _JPEG_LOSSY or _photometric(ds) != "RGB":
             return False
@@ -1233,7 +1235,7 @@ def _unread_dicom_layout(path: Path, reason: str) -> tuple[str, str] | None:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
+        ds = dcmread_bounded(path, defer_size=1024, force=_bare_dicom(path))
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if "Pixel type larger than output type" in reason:  # (the image reader's words for a rescale it cannot hold)
             slope = float(ds.get("RescaleSlope", 1) or 1)
@@ -1305,7 +1307,7 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
         import pydicom
         from pydicom.pixels import iter_pixels
 
-        ds = pydicom.dcmread(str(path), force=True, defer_size=1024)  # the pixel data stay on disk
+        ds = dcmread_bounded(str(path), force=True, defer_size=1024)  # the pixel data stay on disk
         frames, rows, cols = _number_of_frames(ds), int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         bits = int(ds.get("BitsAllocated", 8) or 8)
@@ -1378,7 +1380,7 @@ def dicom_stored_inverted(path: Path) -> bool:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
+        ds = dcmread_bounded(str(path), stop_before_pixels=True, force=True,
                              specific_tags=["PhotometricInterpretation"])
         return _photometric(ds) == "MONOCHROME1"
     except Exception:  # noqa: BLE001 - only a better message
@@ -1390,7 +1392,7 @@ def _has_voi_lut_table(path: Path) -> bool:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=["VOILUTSequence"])
+        ds = dcmread_bounded(str(path), stop_before_pixels=True, force=True, specific_tags=["VOILUTSequence"])
         return bool(len(ds.get("VOILUTSequence", None) or []))  # an empty sequence is no table
     except Exception:  # noqa: BLE001 - only a note
         return False
@@ -1405,7 +1407,7 @@ def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=[
+        ds = dcmread_bounded(str(path), stop_before_pixels=True, force=True, specific_tags=[
             "PhotometricInterpretation", "WindowCenter", "WindowWidth", "VOILUTFunction",
             "PixelPaddingValue", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsAllocated"])
         if (_photometric(ds) or "MONOCHROME2") != "MONOCHROME2":
@@ -1568,16 +1570,15 @@ def _damaged_members(left_out: list[Path], member: Path) -> list[str]:
     candidates = [p for p in left_out if has_dicom_magic(p)]
     if not candidates:
         return []
-    import pydicom
 
     try:
-        series = str(pydicom.dcmread(member, stop_before_pixels=True).get("SeriesInstanceUID", ""))
+        series = str(dcmread_bounded(member, stop_before_pixels=True).get("SeriesInstanceUID", ""))
     except Exception:  # noqa: BLE001 - cannot tell: the series reader judges
         return []
     damaged = []
     for path in candidates:
         try:
-            ds = pydicom.dcmread(path, defer_size=1024)
+            ds = dcmread_bounded(path, defer_size=1024)
         except Exception:  # noqa: BLE001 - a DICOM file whose header cannot be parsed is damaged
             damaged.append(path.name)
             continue
@@ -1724,7 +1725,7 @@ def _dicom_syntax(path: Path) -> str:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=_bare_dicom(path), specific_tags=[])
+        ds = dcmread_bounded(path, stop_before_pixels=True, force=_bare_dicom(path), specific_tags=[])
         return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     except Exception:  # noqa: BLE001 - only how quietly it is read
         return ""
@@ -1735,7 +1736,7 @@ def _dicom_compression(path: Path) -> str | None:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=_bare_dicom(path))
+        ds = dcmread_bounded(path, stop_before_pixels=True, force=_bare_dicom(path))
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if syntax is None or str(syntax) in _NATIVE_SYNTAXES:
             return None
@@ -1749,7 +1750,7 @@ def _dicom_pixel_format(path: Path) -> str:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = dcmread_bounded(path, stop_before_pixels=True)
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         return (f"{ds.get('BitsAllocated', '?')} bits allocated, {ds.get('SamplesPerPixel', 1)} sample(s) per pixel, "
                 f"{ds.get('PhotometricInterpretation', '?')}, transfer syntax "
@@ -1812,13 +1813,14 @@ def _refuse_deep_nesting(files: list[Path]) -> None:
     """Parse each DICOM file's header (not its pixels) before the image library scans a folder:
     its parser crashes the whole process (no message, no table) on sequences nested thousands
     deep, where pydicom stops at Python's recursion limit."""
-    import pydicom
 
     for p in files:
         try:
-            pydicom.dcmread(p, stop_before_pixels=True, defer_size=256, force=_bare_dicom(p))
+            dcmread_bounded(p, stop_before_pixels=True, defer_size=256, force=_bare_dicom(p))
         except RecursionError:
             raise FetalIQAError(_TOO_DEEP.format(path=p)) from None
+        except ZeroFilledDicom:  # the series reader would find no series in it, and say only that
+            raise
         except Exception:  # noqa: BLE001 - not DICOM, or damaged otherwise: the series reader judges it
             continue
 
@@ -1852,7 +1854,7 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
 
         with warnings.catch_warnings(record=True) as said:  # pydicom's warnings would print above our line
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, defer_size=1024, force=_bare_dicom(path))
+            ds = dcmread_bounded(path, defer_size=1024, force=_bare_dicom(path))
         if any("End of file reached" in str(w.message) for w in said):
             # an item or sequence of undefined length (compressed frames' fragments) never closed: the
             # file stops inside it (it was called "holds no pixel data", and pydicom's two-line warning
@@ -2131,12 +2133,11 @@ def multiframe_dicom_files(folder: Path, at_least: int = 2) -> list[Path]:
     dicoms = [p for p in files if _named_or_marked_dicom(p)]
     if len(dicoms) < max(at_least, 1):
         return []
-    import pydicom
 
     cines, singles = [], 0
     for p in dicoms:
         try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True, specific_tags=["NumberOfFrames", "Rows"])
+            ds = dcmread_bounded(p, stop_before_pixels=True, force=True, specific_tags=["NumberOfFrames", "Rows"])
             frames = int(ds.get("NumberOfFrames", 1) or 1)
             image = "Rows" in ds  # a DICOMDIR or a report has none
         except Exception:  # noqa: BLE001 - a file pydicom cannot parse is no cine (the series reader judges it)

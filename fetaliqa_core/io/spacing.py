@@ -35,6 +35,7 @@ from fetaliqa_core.io._common import (
     SPACING_FROM_USER,
     SPACING_GIVEN,
     SPACING_NONE,
+    dcmread_bounded,
     spacing_text,
 )
 
@@ -180,7 +181,7 @@ def dicom_pixel_aspect(path: Path) -> tuple[float, float] | None:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True, specific_tags=["PixelAspectRatio"])
+        ds = dcmread_bounded(str(path), stop_before_pixels=True, force=True, specific_tags=["PixelAspectRatio"])
     except Exception:  # noqa: BLE001 - only proportions; the image reader reports a damaged header
         return None
     return pixel_aspect_ratio(ds)
@@ -200,7 +201,7 @@ def dicom_calibration_and_regions(path: Path) -> tuple[tuple[tuple[float, float]
         return (None, SPACING_NONE, "pydicom is not installed, so the DICOM calibration was not read"), (), ()
     try:
         # force: a file without the 128-byte preamble is common and the image reader reads it
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, defer_size="1 MB", force=True,
+        ds = dcmread_bounded(str(path), stop_before_pixels=True, defer_size="1 MB", force=True,
                              specific_tags=list(_DICOM_TAGS))
     except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError,
             IndexError, EOFError, OverflowError, NotImplementedError):

@@ -246,6 +246,17 @@ def _load_pair(cls_dir: Path | None, seg_dir: Path | None, base, device, one_bas
     return cls, None if seg_dir is None else bundle_mod.load_bundle(seg_dir, base_weights=base, device=device)
 
 
+def check_roles(cls, seg) -> None:
+    """Refuse a bundle given in the other's role (a segmenter as classifier, or the reverse), in
+    one line (:class:`FetalIQAError`)."""
+    from fetaliqa_core.models.tasks import TASKS
+
+    if cls is not None and not TASKS[cls.task].has_cls:
+        raise FetalIQAError(f"The bundle given as classifier is a '{cls.task}' bundle; choose a classifier bundle.")
+    if seg is not None and not TASKS[seg.task].has_seg:
+        raise FetalIQAError(f"The bundle given as segmenter is a '{seg.task}' bundle; choose a segmenter bundle.")
+
+
 def load_models(choice: ModelChoice, words: str = "cli") -> LoadedModels:
     """Load the classifier and/or segmenter the user chose (FetalIQAError on any problem).
 
@@ -271,6 +282,10 @@ def load_models(choice: ModelChoice, words: str = "cli") -> LoadedModels:
                                 "No model given: pass --model demo, or --cls and/or --seg bundle folders.")
         cls, seg = _load_pair(Path(choice.cls) if choice.cls else None, Path(choice.seg) if choice.seg else None,
                               choice.base, device)
+        # Checked here, not only when scoring starts: the window took models that load for its
+        # new choice, then showed the scoring engine's refusal and re-judged the old answer under
+        # them (and kept them for the next start); refused here, the previous models stay.
+        check_roles(cls, seg)
     student = None
     if choice.cascade:
         if choice.student is not None:

@@ -57,6 +57,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -137,6 +138,25 @@ def remembered_db_path() -> Path | None:
     return Path(value)
 
 
+def _little_space(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (almost) no room left."""
+    try:
+        return shutil.disk_usage(path.parent).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _file_size_limited() -> bool:
+    """Whether this process may write files of a limited size only (``ulimit -f``)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return False
+    return soft != resource.RLIM_INFINITY
+
+
 class DatabaseBusy(FetalIQAError):
     """Another program held the review database's write lock for longer than the wait allowed:
     nothing was changed, and the same change can be tried again."""
@@ -172,15 +192,22 @@ class ReviewStore:
     ``create=False`` refuses to create a missing file, and refuses an empty (0-byte) file or an
     SQLite database without tables instead of making it a review database (the export commands
     use it so that a mistyped ``--db`` is reported instead of producing an empty report).
+    ``open_wait_ms``: how long opening waits for another program's write (updating an earlier
+    version's database writes), then :class:`DatabaseBusy`; default the busy timeout, also
+    what the open store waits afterwards.
     """
 
-    def __init__(self, path: str | Path | None = None, *, create: bool = True, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path | None = None, *, create: bool = True, read_only: bool = False,
+                 open_wait_ms: int | None = None) -> None:
         self.path = Path(path) if path is not None else default_db_path()
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        # how long a statement waits for another writer (waiting_at_most); opening may wait less
+        self._wait_ms = BUSY_TIMEOUT_MS if open_wait_ms is None else max(int(open_wait_ms), 0)
         self._withdrawn_col = "withdrawn"  # "0" on a v2 database read as it is (see _migrate)
         self._create = create = create and not read_only
         self._read_only = read_only
+        self._only_reads = read_only  # (an earlier version's database is still updated: _migrate)
         if self.path.is_dir():
             raise FetalIQAError(f"The review database path {self.path} is a folder: "
                                 "give a file name, e.g. reviews.sqlite3.")
@@ -218,13 +245,16 @@ class ReviewStore:
                     self.close()
                     self._read_only = False
             if not self._read_only:
-                self._conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=not create,
+                self._conn = sqlite3.connect(target, timeout=self._wait_ms / 1000, uri=not create,
                                              isolation_level=None, check_same_thread=False)
                 self._configure()
             self._migrate()
             if read_only and not self._read_only:
                 self._conn.execute("PRAGMA query_only = ON")
                 self._read_only = True
+            if self._wait_ms != BUSY_TIMEOUT_MS:  # opened: waits as any store does from now on
+                self._wait_ms = BUSY_TIMEOUT_MS
+                self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         except sqlite3.DatabaseError as exc:
             error = self._user_error(exc)
             self.close()
@@ -277,13 +307,20 @@ class ReviewStore:
 
     def _user_error(self, exc: sqlite3.DatabaseError) -> FetalIQAError:
         text = str(exc)
-        if "full" in text:
-            return FetalIQAError(f"The disk holding the review database {self.path} is full: the last change "
-                                 "was not saved (every verdict saved before it is kept). Free disk space and "
-                                 "enter it again.")
+        # A command that only reads (an export) changed nothing: "the last change was not saved"
+        # and "enter it again" sent its user looking for a change they never made.
+        lost = ("nothing was changed" if self._only_reads else
+                "the last change was not saved (every verdict saved before it is kept)")
+        again = "try again" if self._only_reads else "enter it again"
+        if "full" in text or ("disk I/O error" in text and _little_space(self.path)):
+            # (SQLite calls a full disk an I/O error when it cannot make its shared-memory file)
+            return FetalIQAError(f"The disk holding the review database {self.path} is full: {lost}. Free disk "
+                                 f"space and {again}.")
         if "disk I/O error" in text:
+            limit = ("; this process may only write files of a limited size (ulimit -f), which may be the cause"
+                     if _file_size_limited() else "")
             return FetalIQAError(f"The disk holding the review database {self.path} failed to write (disk I/O "
-                                 "error): the last change was not saved. Check the disk, then enter it again.")
+                                 f"error{limit}): {lost}. Check the disk, then {again}.")
         if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
             return DatabaseBusy(f"The review database {self.path} is busy (another FetalIQA "
                                  "window or command is writing to it). Try again in a moment.")
@@ -316,7 +353,7 @@ class ReviewStore:
     def _configure(self) -> None:
         conn = self._conn
         assert conn is not None
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {self._wait_ms}")
         # Identify the file again on this connection before any write (the journal mode
         # included): a non-database fails here, and a file that changed since ``recognise``
         # is still refused untouched.
@@ -335,7 +372,7 @@ class ReviewStore:
         if self._read_only:
             conn.execute("PRAGMA query_only = ON")
             return
-        mode = self._set_wal(conn)
+        mode = self._set_wal(conn, self._wait_ms)
         if str(mode).lower() != "wal":
             raise FetalIQAError(f"The review database {self.path} cannot use write-ahead "
                                 f"logging (journal mode {mode!r}; network drives do not "
@@ -344,10 +381,10 @@ class ReviewStore:
         conn.execute("PRAGMA foreign_keys = ON")
 
     @staticmethod
-    def _set_wal(conn: sqlite3.Connection) -> str:
+    def _set_wal(conn: sqlite3.Connection, wait_ms: int = BUSY_TIMEOUT_MS) -> str:
         """Switch to WAL, waiting for another process that is creating the same new file (the
         switch needs the file to itself, and SQLite does not wait for it on its own)."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        deadline = time.monotonic() + wait_ms / 1000
         while True:
             try:
                 return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -863,8 +900,8 @@ class ReviewStore:
 
     @contextlib.contextmanager
     def _busy_wait(self, wait_ms: int | None):
-        """Wait at most ``wait_ms`` for another program's write inside the block (None: the
-        database's busy timeout)."""
+        """Wait at most ``wait_ms`` for another program's write inside the block (None: as long
+        as outside it: the database's busy timeout, or :meth:`waiting_at_most`'s)."""
         if wait_ms is None:
             yield
             return
@@ -874,7 +911,27 @@ class ReviewStore:
         try:
             yield
         finally:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {self._wait_ms}")
+
+    @contextlib.contextmanager
+    def waiting_at_most(self, wait_ms: int):
+        """Every read and write inside the block waits at most ``wait_ms`` for another program's
+        write, then raises :class:`DatabaseBusy` (nothing changed): the window starts a review
+        in several of them, and waited the full busy timeout on each key press, its event loop
+        stopped, while another program held the database."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise FetalIQAError(f"The review database {self.path} is closed.")
+            previous, self._wait_ms = self._wait_ms, max(int(wait_ms), 0)
+            conn.execute(f"PRAGMA busy_timeout = {self._wait_ms}")
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._wait_ms = previous
+                if self._conn is not None:
+                    self._conn.execute(f"PRAGMA busy_timeout = {previous}")
 
     def _write_position(self, sweep_id: int, reviewer: str, frame: int, queue: str | None) -> None:
         self._write([(self._POSITION_UPSERT, (sweep_id, reviewer, queue, int(frame), utc_now()))])
