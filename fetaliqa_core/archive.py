@@ -480,9 +480,10 @@ def run_settings_keys(hashes: dict, threshold: float, spacing: float | None = No
     """The settings keys a run writes (the first) and accepts (all). The number format counts
     only when the user asked for one: left to each machine (bf16 where its CPU or GPU has it,
     fp32 elsewhere), it is recorded but does not make another machine's results stale, so an
-    archive shared by machines of both kinds is scored once (the two agree within the bound
-    ``fetaliqa bench`` checks; ``--precision`` makes every case computed one way, and such
-    results are accepted too). Records from before this rule, keyed with a number format, stay
+    archive shared by machines of both kinds is scored once (the two differ by a few hundredths in
+    the scores, measured by ``fetaliqa bench``'s precision section and in the README, which can move a
+    borderline call or the chosen frame within its run; ``--precision`` makes every case computed
+    one way, and such results are accepted too). Records from before this rule, keyed with a number format, stay
     valid."""
     exact = run_settings_key(hashes, threshold, spacing, student_hash)
     shared = run_settings_key({k: v for k, v in hashes.items() if k != "precision"}, threshold, spacing, student_hash)
