@@ -137,12 +137,9 @@ def data_fan(frames: np.ndarray, spacing_mm: tuple[float, float] | None = None) 
         grey = _grey_screen_fan(peak, ring, level, high, exact)
         return grey if grey is not None and grey.sum() < clean.sum() else clean
     if exact:
-        # (what differs from that level is image, darker or not: in a dim sweep, a band of fluid
-        # darker than a surround of 50 split the fan, and its lower part was left out); less JPEG's
-        # ringing around it (a black decoded as 1 rang 8 px wide)
-        above = _region_above(np.abs(peak - level), 0.0)
-        if above.any():
-            return _without_ringing(np.abs(peak - level), above)
+        grey = _grey_screen_fan(peak, ring, level, high, exact)
+        if grey is not None:
+            return grey
     # the same surround with a little noise (a lossy capture's 16 +- 2): one narrow band of grey
     # along most of the border, dark beside the image (the whole screen was taken for the fan)
     # (a surround holds the frame's four corners, beside a fan or a linear probe's rectangle alike;
@@ -185,8 +182,12 @@ def _grey_screen_fan(peak: np.ndarray, ring: np.ndarray, level: float, high: flo
     import cv2
 
     if exact:
-        above = _region_above(np.abs(peak - level), 0.0)
-        return _without_ringing(np.abs(peak - level), above) if above.any() else None
+        # (what differs from that level is image, darker or not: in a dim sweep, a band of fluid
+        # darker than a surround of 50 split the fan, and its lower part was left out); less JPEG's
+        # ringing around it (a black decoded as 1 rang 8 px wide)
+        away = np.abs(peak - level)
+        above = _region_above(away, 0.0)
+        return _without_ringing(away, above) if above.any() else None
     band = np.abs(ring - level) <= SURROUND_NOISE
     if band.mean() >= SURROUND_BORDER_SHARE and level + SURROUND_NOISE <= SURROUND_MAX_GREY * high:
         smooth = cv2.medianBlur(np.clip(peak, 0, 255).astype(np.uint8), 5).astype(np.float32)
@@ -536,6 +537,13 @@ def _touch_rows(slope: float, height: int) -> float:
     return max(WALL_TOUCH_ROWS, min(WALL_TOUCH_SHARE * height, WALL_TOUCH_SLANT * corner))
 
 
+def _runs_along(ys: np.ndarray, xs: np.ndarray, side: tuple[float, float]) -> bool:
+    """Whether a piece's edge pixels ``(ys, xs)`` (one a row) run along the ``side`` line
+    ``x = a * y + b`` for :func:`_touch_rows` of its rows."""
+    a, b = side
+    return int((np.abs(xs - (a * ys + b)) <= SIDE_TOLERANCE_PX).sum()) >= _touch_rows(a, len(ys))
+
+
 def _aspect(spacing_mm) -> float:
     """A pixel's height over its width (1 where the spacing is unknown or no length)."""
     try:
@@ -608,8 +616,7 @@ def _with_walls(pieces: tuple, fan: np.ndarray, aspect: float = 1.0) -> np.ndarr
     ys, xl, xr = _row_ends(main)
     if float(wedge[main].mean()) < 1 - WALL_OUTSIDE:
         return fan
-    main_on_side = any(int((np.abs(xs - (a * ys + b)) <= SIDE_TOLERANCE_PX).sum()) >= _touch_rows(a, len(ys))
-                       for xs, a, b in ((xl, al, bl), (xr, ar, br)))
+    main_on_side = _runs_along(ys, xl, (al, bl)) or _runs_along(ys, xr, (ar, br))
     apex = None
     if abs(al - ar) > 1e-9:
         ay = (br - bl) / (al - ar)
@@ -624,8 +631,7 @@ def _with_walls(pieces: tuple, fan: np.ndarray, aspect: float = 1.0) -> np.ndarr
             continue  # (sticks out of the fan's sides: a bar or a strip wider than the fan)
         within.append(i)
         ys, xl, xr = _row_ends(piece)
-        if all(int((np.abs(xs - (a * ys + b)) <= SIDE_TOLERANCE_PX).sum()) >= _touch_rows(a, len(ys))
-               for xs, a, b in ((xl, al, bl), (xr, ar, br))):
+        if _runs_along(ys, xl, (al, bl)) and _runs_along(ys, xr, (ar, br)):
             members.append(i)
     inside = (xx >= al * yy + bl) & (xx <= ar * yy + br)
     if apex is None:
