@@ -259,6 +259,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.frame_box.blockSignals(False)
         name = Path(sweep.path).name if getattr(sweep, "path", None) else "sweep"
         self.setWindowTitle(f"{name} — FetalIQA")
+        self._play_at_file_rate(getattr(sweep, "frame_rate", None))
         self._drawn_version = -1
         self._show_frame(self.model.frame)
         self.refresh()
@@ -703,7 +704,30 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             self.fps_spin.setValue(fps)
         if self._cine.isActive():
             self._cine.setInterval(int(round(1000.0 / fps)))
-        self.settings.fps = fps
+        if not self._setting_file_rate:  # (the speed a file states is the sweep's, not the user's choice)
+            self.settings.fps = fps
+            self.fps_spin.setToolTip("Cine speed (chosen here)")
+
+    _setting_file_rate = False
+
+    def _play_at_file_rate(self, rate: tuple[float, str] | None) -> None:
+        """Play a sweep at the rate its file states (a DICOM cine's Frame Time or Cine Rate: the
+        box's "15 fps" read as the acquisition's rate, and a 30 frames-per-second cine played at
+        half speed), else at the speed chosen last; the box's tooltip says which."""
+        self._setting_file_rate = True
+        try:
+            if rate is None:
+                self.model.set_fps(self.settings.fps)
+                tip = "Cine speed (chosen here; the file states no frame rate)"
+            else:
+                fps, words = rate
+                self.model.set_fps(max(round(fps), 1))  # (the box shows whole frames per second)
+                tip = f"Cine speed: the file's own rate, {fps:.4g} frames per second ({words})"
+                if self.model.fps != max(round(fps), 1):
+                    tip += f"; played at {self.model.fps:g}, the nearest this window plays"
+        finally:
+            self._setting_file_rate = False
+        self.fps_spin.setToolTip(tip)
 
     # -- periodic refresh ------------------------------------------------------------------
     def refresh(self) -> None:

@@ -128,6 +128,32 @@ def test_space_plays_cine(qtbot, make_window):
     assert win.model.frame == stopped_at
 
 
+def test_a_sweep_whose_file_states_a_frame_rate_plays_at_it_and_the_chosen_speed_returns_after(qtbot, make_window):
+    """Every sweep played at the window's own speed: a 30 frames-per-second DICOM cine at half
+    speed, and the box's "15 fps" could be read as the acquisition's rate. A sweep stating its
+    rate plays at it, the tooltip says so, and the speed chosen in the box is neither overwritten
+    in the settings nor lost for the next sweep that states none."""
+    import dataclasses
+
+    win = make_window(score=False)
+    win.fps_spin.setValue(12)  # the user's choice
+    assert win.settings.fps == 12
+    cine = dataclasses.replace(tiny_sweep(1, 10, height=72, width=96), frame_rate=(30.03, "Frame Time 33.3 ms"))
+    win.set_sweep(cine, score=False)
+    assert win.model.fps == 30 and win.fps_spin.value() == 30
+    tip = win.fps_spin.toolTip()
+    assert "the file's own rate, 30.03" in tip and "33.3 ms" in tip and "played at" not in tip
+    assert win.settings.fps == 12
+    key(qtbot, win, Qt.Key_Space)
+    assert win._cine.interval() == 33
+    key(qtbot, win, Qt.Key_Space)
+    win.set_sweep(tiny_sweep(1, 10, height=72, width=96), score=False)
+    assert win.model.fps == 12 and "states no frame rate" in win.fps_spin.toolTip()
+    fast = dataclasses.replace(cine, frame_rate=(120.0, "Cine Rate 120 per second"))
+    win.set_sweep(fast, score=False)
+    assert win.model.fps == 60 and "played at 60" in win.fps_spin.toolTip()
+
+
 def test_wheel_scrubs_frames(qtbot, make_window):
     win = make_window(score=False)
     vp = win.frame_view.graphics.viewport()

@@ -546,3 +546,24 @@ def test_a_review_report_measures_a_thumbnail_s_outline_at_its_own_image_region_
             assert all(v == pytest.approx(truth, rel=0.06) for v in shown), shown
         else:
             assert shown and shown[0] == pytest.approx(truth, rel=0.06), (name, shown)
+
+
+@pytest.mark.parametrize("attrs, fps, words", [
+    ({"FrameTime": "33.3", "CineRate": 15}, 30.03, "Frame Time 33.3 ms"),  # the acquisition's own interval first
+    ({"FrameTimeVector": [0, 40, 40, 40]}, 25.0, "Frame Time Vector"),
+    ({"CineRate": 30}, 30.0, "Cine Rate 30"),
+    ({"RecommendedDisplayFrameRate": 24}, 24.0, "Recommended Display Frame Rate 24"),
+    ({"FrameTime": "0", "CineRate": 20}, 20.0, "Cine Rate 20"),  # a Frame Time of 0 is no rate
+    ({}, None, None),
+])
+def test_a_dicom_cine_s_frame_rate_is_read_from_its_header(tmp_path, attrs, fps, words):
+    """The window played every sweep at its own 15 frames per second: a DICOM cine stating Frame
+    Time 33.3 ms (30 per second) was played at half speed, and the box's "15 fps" could be read as
+    the acquisition's rate. The sweep now carries the rate its file states and what it states."""
+    frames = np.full((4, 32, 40), 90, np.uint8)
+    sweep = load_sweep(us_dicom(tmp_path / "cine.dcm", frames, **attrs))
+    if fps is None:
+        assert sweep.frame_rate is None
+    else:
+        assert sweep.frame_rate[0] == pytest.approx(fps, abs=0.01)
+        assert words in sweep.frame_rate[1]

@@ -116,6 +116,9 @@ class Raw:
     #: A pixel's ``(height, width)`` proportions where the file states them without its size
     #: (DICOM Pixel Aspect Ratio other than 1:1); None otherwise.
     pixel_aspect: tuple[float, float] | None = None
+    #: ``(frames per second, what the file states)`` where the file states the rate its frames
+    #: were acquired or are meant to be played at (:func:`dicom_frame_rate`); None otherwise.
+    frame_rate: tuple[float, str] | None = None
 
 
 def full_suffix(path: Path) -> str:
@@ -355,3 +358,54 @@ def dcmread_bounded(path: Path | str, **options: Any) -> Any:
                 f"{fh.zeros_from}): it was never fully written, probably an interrupted copy or a failed sync. "
                 "Copy or export it again.")
     return ds
+
+
+#: Frame rates taken from a header, frames per second: outside these a value is not a rate
+#: (a Frame Time of 0, or one written in seconds where milliseconds are meant).
+PLAUSIBLE_FRAME_RATE = (0.5, 1000.0)
+
+
+def dicom_frame_rate(path: Path | str) -> tuple[float, str] | None:
+    """The rate a DICOM file states for its frames: ``(frames per second, what it states)``, from
+    the Cine module (PS3.3 C.7.6.5) in this order: Frame Time (0018,1063, ms between frames),
+    Frame Time Vector (0018,1065, its mean after the first, which is 0), Cine Rate (0018,0040),
+    then Recommended Display Frame Rate (0008,2144). None when it states none that is a plausible
+    rate (:data:`PLAUSIBLE_FRAME_RATE`) or the header cannot be read (the image reader reports that).
+    """
+    try:
+        ds = dcmread_bounded(str(path), stop_before_pixels=True, defer_size="64 KB", force=True,
+                             specific_tags=["FrameTime", "FrameTimeVector", "CineRate",
+                                            "RecommendedDisplayFrameRate"])
+    except Exception:  # noqa: BLE001 - only the playing speed; the image reader reports a damaged header
+        return None
+    lo, hi = PLAUSIBLE_FRAME_RATE
+
+    def number(value: Any) -> float | None:
+        try:
+            v = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return v if math.isfinite(v) and v > 0 else None
+
+    def rate(fps: float | None, words: str) -> tuple[float, str] | None:
+        return (round(fps, 3), words) if fps is not None and lo <= fps <= hi else None
+
+    try:
+        ms = number(ds.get("FrameTime", None))
+        if ms is not None and (found := rate(1000.0 / ms, f"Frame Time {ms:g} ms")):
+            return found
+        vector = ds.get("FrameTimeVector", None)
+        if vector is not None and not isinstance(vector, (str, bytes)):
+            gaps = [number(v) for v in list(vector)[1:4097]]
+            if gaps and all(g is not None for g in gaps):
+                mean = sum(gaps) / len(gaps)
+                if found := rate(1000.0 / mean, f"Frame Time Vector, {mean:g} ms between frames"):
+                    return found
+        for key, label in (("CineRate", "Cine Rate"), ("RecommendedDisplayFrameRate",
+                                                        "Recommended Display Frame Rate")):
+            fps = number(ds.get(key, None))
+            if found := rate(fps, f"{label} {fps:g} per second" if fps is not None else ""):
+                return found
+    except Exception:  # noqa: BLE001 - a malformed value: no rate, as for none
+        return None
+    return None

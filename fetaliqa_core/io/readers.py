@@ -34,6 +34,7 @@ from fetaliqa_core.io._common import (
     ZeroFilledDicom,
     check_cancelled,
     dcmread_bounded,
+    dicom_frame_rate,
     fmt_dims,
     full_suffix,
     quiet_itk,
@@ -477,7 +478,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     ycbcr = False
     notes = []
     regions = calibrations = ()
-    aspect = None
+    aspect = frame_rate = None
     if dicom_file is not None:
         (calibrated, source, note), regions, calibrations = dicom_calibration_and_regions(dicom_file)
         aspect = None if calibrated else dicom_pixel_aspect(dicom_file)
@@ -490,6 +491,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
             notes.append("the file's VOI LUT (the grey levels meant for display) is not applied: the frames are "
                          "shown and scored as stored")
         ycbcr = components == 3 and _jfif_labelled_rgb(dicom_file)
+        frame_rate = dicom_frame_rate(dicom_file)
     else:
         # (rounded: 0.035 cm read back as 0.35000000000000003 mm)
         spacing_mm = (float(f"{spacing_mm[0] * spacing_scale[0]:.9g}"), float(f"{spacing_mm[1] * spacing_scale[1]:.9g}"))
@@ -539,7 +541,8 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
-               ycbcr=ycbcr, regions=regions, region_calibrations=calibrations, pixel_aspect=aspect)
+               ycbcr=ycbcr, regions=regions, region_calibrations=calibrations, pixel_aspect=aspect,
+               frame_rate=frame_rate)
 
 
 #: ImageJ's scales read (its ``unit=`` line, in any spelling :data:`_LENGTH_UNITS_MM` knows; it
@@ -1353,7 +1356,7 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata={}, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
                regions=regions, region_calibrations=calibrations,
-               pixel_aspect=None if calibrated else dicom_pixel_aspect(path))
+               pixel_aspect=None if calibrated else dicom_pixel_aspect(path), frame_rate=dicom_frame_rate(path))
 
 
 def _rescaled_frame(ds: Any, frame: np.ndarray, photometric: str) -> np.ndarray:

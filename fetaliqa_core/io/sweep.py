@@ -78,6 +78,9 @@ class Sweep:
     #: A pixel's ``(height, width)`` proportions where the file states them but not its size (DICOM
     #: Pixel Aspect Ratio other than 1:1): a pixel size the user gives must then be two values.
     pixel_aspect: tuple[float, float] | None = None
+    #: ``(frames per second, what the file states)`` where the file states the rate of its frames
+    #: (a DICOM cine's Frame Time, Cine Rate): the window plays the sweep at it. None otherwise.
+    frame_rate: tuple[float, str] | None = None
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 3 or self.frames.dtype != np.uint8:
@@ -278,7 +281,8 @@ def load_sweep(path: str | Path) -> Sweep:
     return Sweep(frames=frames, spacing_mm=raw.spacing_mm, sweep_ranges=ranges, sweep_kinds=kinds,
                  path=path, spacing_source=spacing_source, spacing_note=spacing_note,
                  read_notes=tuple(raw.notes), image_regions=regions, region_calibrations=calibrations,
-                 crop=None if crop is None else (crop, (h, w)), pixel_aspect=raw.pixel_aspect)
+                 crop=None if crop is None else (crop, (h, w)), pixel_aspect=raw.pixel_aspect,
+                 frame_rate=raw.frame_rate)
 
 
 #: The image regions a file names must leave out at least this share of the frame's width or
