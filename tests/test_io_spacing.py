@@ -459,8 +459,8 @@ def test_an_outline_in_a_picture_in_picture_is_measured_at_that_image_s_own_pixe
 
 def test_the_chosen_frame_s_ac_in_a_picture_in_picture_uses_that_image_s_pixel_size():
     """`score` and the window measured the chosen mask with the sweep's one pixel size, the largest
-    region's, wherever the mask lay. Now the mask in the 0.6 mm picture-in-picture is measured at
-    0.6 mm, said in the note; one across the two images has no mm."""
+    region's, wherever the mask lay. Now the mask in the 0.6 mm picture-in-picture is measured, and
+    judged by the frame choice, at 0.6 mm, said in the note; one across the two images has no mm."""
     import tempfile
 
     from fetaliqa_core.analysis.assessment import Thresholds, assess
@@ -489,6 +489,9 @@ def test_the_chosen_frame_s_ac_in_a_picture_in_picture_uses_that_image_s_pixel_s
     pip = answer(masks["pip"])
     assert pip.chosen_frame == 1 and pip.chosen_ac["ac_mm"] == pytest.approx(truth, rel=0.06)
     assert "calibrated at 0.6 x 0.6 mm" in pip.chosen_ac["note"]
+    # judged at its own image's size too: at the main image's 0.3 mm this 136 mm abdomen read 68 mm,
+    # and the AC was doubtful as "implausible size", a wrong reason for a right outline
+    assert pip.chosen_ac["status"] == "ok" and "implausible" not in pip.chosen_ac["note"]
     across = answer(masks["across"])
     assert across.chosen_ac["ac_mm"] is None and across.chosen_ac["status"] == "no units"
 

@@ -651,12 +651,30 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
         cache[key] = preprocess_masks(fov.astype(np.uint8), size=size).numpy().reshape(size, size) > 0
     fov224 = cache[key]
     spacing = getattr(sweep, "measurement_spacing_mm", tuple(sweep.spacing_mm))
-    px_mm = None
-    if spacing is not None:
-        side = pad_geometry(sweep.height, sweep.width).side
-        px_mm = (float(spacing[0]) * side / fov224.shape[0], float(spacing[1]) * side / fov224.shape[0])
-    frames = getattr(sweep, "frames", None)
+    geometry = pad_geometry(sweep.height, sweep.width)
     size = fov224.shape[0]
+    scale = size / geometry.side
+
+    def mask_px(spacing_mm) -> tuple[float, float] | None:
+        return None if spacing_mm is None else (float(spacing_mm[0]) / scale, float(spacing_mm[1]) / scale)
+
+    px_mm = mask_px(spacing)
+    # image regions at their own pixel sizes (a picture-in-picture): a mask is judged at the size of
+    # the region holding it, as its AC is measured (an inset abdomen of 136 mm, judged at the main
+    # image's size, was "implausible size": a false doubt), at none where that size is unknown
+    calibrations = tuple(getattr(sweep, "region_calibrations", ()) or ()) if spacing is not None else ()
+    regions = tuple(((round((x0 + geometry.left) * scale), round((y0 + geometry.top) * scale),
+                      round((x1 + geometry.left) * scale), round((y1 + geometry.top) * scale)), sp)
+                    for (x0, y0, x1, y1), sp in calibrations)
+
+    def px_of(mask) -> tuple[float, float] | None:
+        if not regions:
+            return px_mm
+        from fetaliqa_core.io.spacing import outline_spacing
+
+        return mask_px(outline_spacing(regions, spacing, np.asarray(mask) > 0)[0])
+
+    frames = getattr(sweep, "frames", None)
 
     def grey(i: int):
         """Frame ``i``'s grey levels as the model sees them (its size), for the outline's check;
@@ -674,10 +692,10 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
         if m is None:
             out.append(frame_choice.NO_MASK)
             continue
-        k = (i, px_mm)
+        k = (i, px_mm, regions)
         hit = cache.get(k)
         if hit is None or hit[0] is not m:  # a frame scored again (a cascade's teacher) has a new mask
-            hit = cache[k] = (m, frame_choice.mask_shape(m, fov224, px_mm, grey=lambda i=i: grey(i)))
+            hit = cache[k] = (m, frame_choice.mask_shape(m, fov224, px_of(m), grey=lambda i=i: grey(i)))
         out.append(hit[1])
     return out
 
