@@ -96,6 +96,7 @@ class SweepFilesMixin:
         path = str(path)
         if not self._keep_unsaved_verdict("opening another sweep"):
             return False  # (the trainer chose to stay with the verdict they have not saved)
+        self._dropped_rest = []  # (a file opened otherwise ends a drop's turn)
         before = file_state(path)  # (looked at before reading: a rewrite during the read counts as a change)
         if block:
             try:
@@ -127,6 +128,7 @@ class SweepFilesMixin:
 
     def _opened(self, path: str, sweep, score: bool, before: tuple | None = None) -> None:
         self._loader = None
+        self._dropped_rest = []
         self.add_recent(path)
         self.notify(f"Opened {Path(path).name}: {sweep.n_frames} frames.", 5000)
         self.set_sweep(sweep, score=score)
@@ -145,6 +147,13 @@ class SweepFilesMixin:
         if path is not None:
             self._forget_if_gone(path)
         self.status_message.clear()
+        rest, self._dropped_rest = self._dropped_rest, []
+        if rest:  # of several files dropped, the next is tried (a damaged first stopped the drop)
+            self.alert("Cannot open sweep", f"{message}\n\nOpening the next file dropped, {Path(rest[0]).name}, "
+                       "instead.")
+            self.sweep_open_failed.emit(message)
+            self._open_dropped(rest)
+            return
         self.alert("Cannot open sweep", message)
         self.sweep_open_failed.emit(message)
 
@@ -179,15 +188,24 @@ class SweepFilesMixin:
         if ev.mimeData().hasUrls() and any(u.isLocalFile() for u in ev.mimeData().urls()):
             ev.acceptProposedAction()
 
+    #: the files dropped after the one being opened: tried in turn while one cannot be read
+    _dropped_rest: list = []
+
     def dropEvent(self, ev):  # noqa: N802
         """Open the first local file dropped; the others are named as not opened (the window
-        shows one sweep at a time; they were ignored without a word)."""
+        shows one sweep at a time; they were ignored without a word), and the next is tried when
+        one cannot be read (a damaged first file stopped the drop)."""
         local = [url.toLocalFile() for url in ev.mimeData().urls() if url.isLocalFile()]
         if not local:
             return
         ev.acceptProposedAction()
-        if self.open_path(local[0]) and len(local) > 1:
-            others = first_names([Path(p).name for p in local[1:]], 3)
-            self.notify(f"Opening {Path(local[0]).name}… {len(local)} files dropped: one sweep is shown at a time, "
-                        f"so only the first is opened (not opened: {others}).", 60000)
+        self._open_dropped(local)
+
+    def _open_dropped(self, files: list[str]) -> None:
+        self._dropped_rest = []
+        if self.open_path(files[0]) and len(files) > 1:
+            self._dropped_rest = list(files[1:])
+            others = first_names([Path(p).name for p in files[1:]], 3)
+            self.notify(f"Opening {Path(files[0]).name}… {len(files)} files dropped: one sweep is shown at a time, "
+                        f"so only the first that opens is shown (not opened: {others}).", 60000)
 

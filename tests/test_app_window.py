@@ -461,6 +461,27 @@ def test_dropping_two_sweeps_opens_the_first_and_names_the_other(qtbot, make_win
     assert "2 files dropped" in said and "second.mha" in said
 
 
+def test_a_damaged_file_dropped_first_makes_way_for_the_next_one_dropped(qtbot, make_window, warnings, tmp_path):
+    """A damaged file dropped with a good one: the failure was said and the good one never tried."""
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    from fetaliqa_core.io import write_volume
+
+    bad, good = tmp_path / "broken.mha", tmp_path / "good.mha"
+    bad.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 40 50 5\nElementType = MET_UCHAR\n"
+                    b"ElementDataFile = LOCAL\n" + b"\0" * 100)
+    write_volume(good, tiny_sweep(1, 5, 40, 50).frames)
+    win = make_window()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in (bad, good)])
+    ev = QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    with qtbot.waitSignal(win.sweep_opened, timeout=10000):
+        win.dropEvent(ev)
+    assert "good.mha" in win.windowTitle() and win.model.n_frames == 5
+    assert len(warnings) == 1 and "broken.mha" in warnings[0] and "next file dropped, good.mha" in warnings[0]
+
+
 def test_wrong_model_files_give_message(qtbot, make_window, warnings, tmp_path):
     from fetaliqa_core.models.choice import ModelChoice
 
