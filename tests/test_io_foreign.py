@@ -2263,3 +2263,21 @@ def test_an_ome_tiff_s_stated_pixel_size_is_named_not_called_a_printing_resoluti
     assert sweep.n_frames == 3 and sweep.spacing_source == SPACING_NONE
     assert "OME metadata states a pixel size (PhysicalSizeX 0.3 mm, PhysicalSizeY 0.3 mm)" in sweep.spacing_problem
     assert "printing resolution" not in sweep.spacing_problem
+
+
+def test_a_folder_of_exported_pictures_is_refused_saying_what_it_is_and_what_to_do(tmp_path, capsys):
+    """A folder of PNG frames was refused as "no DICOM series in this folder", which says neither
+    that picture folders are not read nor how to make a sweep of them."""
+    from PIL import Image
+
+    from fetaliqa_core.cli import main
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((30, 40), 60 + i, np.uint8)).save(folder / f"frame_{i}.png")
+    with pytest.raises(FetalIQAError, match="a folder of 3 pictures .*multi-page TIFF or an .mha"):
+        load_sweep(folder)
+    assert main(["score", str(folder), "--model", "demo", "--quiet", "--no-cache", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "a folder of 3 pictures" in err and "Traceback" not in err

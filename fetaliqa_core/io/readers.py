@@ -126,6 +126,13 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
             raise FetalIQAError(f"{folder}: no DICOM series in this folder, but {deeper} holds image files: choose "
                                 + ("one of them (`fetaliqa score` also takes that folder, to score them all)."
                                    if what == "sweep" else f"the {what} file itself."))
+        pictures = [p for p in entries if p.is_file() and full_suffix(p) in _PICTURE_SUFFIXES]
+        if what == "sweep" and len(pictures) >= 2:
+            # (a folder of exported frames: their order is a guess from the names, and they state no pixel size)
+            raise FetalIQAError(f"{folder}: a folder of {len(pictures)} pictures (e.g. {pictures[0].name}), not a "
+                                "DICOM series: a folder of single pictures is not read as one sweep (their order "
+                                "is only their names' and they state no pixel size). Open one picture, or put the "
+                                "frames in one file: a multi-page TIFF or an .mha (with the pixel size, if known).")
         raise FetalIQAError(f"{folder}: no DICOM series in this folder. Choose the {what} file itself "
                             f"({SUPPORTED_FORMATS}), or a folder of DICOM files of one series.")
     # Several series: take the one with most frames (the cine; others are usually single captures,
