@@ -1896,6 +1896,19 @@ def test_palette_colour_is_read_through_its_table_on_every_path(tmp_path, spacin
     assert np.abs(np.asarray(load_sweep(path).frames, dtype=int) - (255 - arr)).max() <= 1
 
 
+def test_a_palette_given_as_segmented_colour_tables_is_read(tmp_path):
+    """PALETTE COLOR whose Red/Green/Blue tables are given only as Segmented Palette Color LUT
+    Data (PS3.3 C.7.9.2; scanners' tint maps) is valid, and pydicom expands it: the image reader's
+    failure made it "damaged or not an image; export it again"."""
+    arr = _grey().astype(np.uint8)
+    # one discrete entry (65535), then a linear segment down to 0 over the 255 others: an inverting table
+    segments = np.array([0, 1, 65535, 1, 255, 0], "<u2").tobytes()
+    attrs = {f"{c}PaletteColorLookupTableDescriptor": [256, 0, 16] for c in ("Red", "Green", "Blue")}
+    attrs.update({f"Segmented{c}PaletteColorLookupTableData": segments for c in ("Red", "Green", "Blue")})
+    path = _dicom(tmp_path / "segmented.dcm", arr, PhotometricInterpretation="PALETTE COLOR", **attrs)
+    assert np.abs(np.asarray(load_sweep(path).frames, dtype=int) - (255 - arr)).max() <= 1
+
+
 def test_video_is_named_as_video(tmp_path):
     """A DICOM file of H.264 frames was 'damaged or compressed otherwise than the header says'; an
     MP4 or AVI file 'not a readable image file': neither said that video is not read."""

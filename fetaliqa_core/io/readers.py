@@ -1275,6 +1275,10 @@ def _unread_dicom_layout(path: Path, reason: str) -> tuple[str, str] | None:
                 return (f"its {signed}pixels are rescaled by a Rescale Intercept of {intercept:g} (Slope {slope:g}) "
                         "to values the image reader's pixel types do not hold",
                         "Export the sweep with the values applied (plain 8- or 16-bit grey), or as .mha.")
+        if (_photometric(ds) == "PALETTE COLOR" and "SegmentedRedPaletteColorLookupTableData" in ds
+                and "RedPaletteColorLookupTableData" not in ds):  # (PS3.3 C.7.9.2; was called damaged)
+            return ("its colour table is given as Segmented Palette Color LUT Data, which the image reader does "
+                    "not read", "Export the sweep as RGB or grey.")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         if element is None or syntax is None or str(syntax) in _NATIVE_SYNTAXES:
             return None
