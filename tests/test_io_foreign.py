@@ -1909,6 +1909,29 @@ def test_a_palette_given_as_segmented_colour_tables_is_read(tmp_path):
     assert np.abs(np.asarray(load_sweep(path).frames, dtype=int) - (255 - arr)).max() <= 1
 
 
+def test_encapsulated_uncompressed_pixels_are_refused_by_their_transfer_syntax(tmp_path):
+    """Encapsulated Uncompressed Explicit VR Little Endian (1.2.840.10008.1.2.1.98), which the image
+    reader and pydicom 3.0 do not decode, was refused with "Export the sweep with 8- or 16-bit grey
+    or RGB pixels" for a file of 8-bit grey pixels: the line names the syntax and what to export."""
+    from pydicom.encaps import encapsulate
+
+    grey = _grey(n=3).astype(np.uint8)
+    path = _dicom(tmp_path / "encapsulated.dcm", grey)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([frame.tobytes() for frame in grey])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.98"
+    ds.save_as(path, enforce_file_format=True)
+    try:
+        read = np.asarray(load_sweep(path).frames)
+    except FetalIQAError as exc:
+        said = str(exc)
+        assert "1.2.840.10008.1.2.1.98" in said and "Encapsulated Uncompressed" in said
+        assert "Explicit VR Little Endian (uncompressed)" in said and "16-bit grey" not in said
+    else:  # a pydicom that decodes it: the frames as stored
+        assert np.array_equal(read, grey)
+
+
 def test_video_is_named_as_video(tmp_path):
     """A DICOM file of H.264 frames was 'damaged or compressed otherwise than the header says'; an
     MP4 or AVI file 'not a readable image file': neither said that video is not read."""

@@ -1282,6 +1282,10 @@ def _unread_dicom_layout(path: Path, reason: str) -> tuple[str, str] | None:
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         if element is None or syntax is None or str(syntax) in _NATIVE_SYNTAXES:
             return None
+        if str(syntax) == _ENCAPSULATED_UNCOMPRESSED:  # (the file was told to be exported as the 8-bit grey it was)
+            return (f"its frames are stored in the transfer syntax {syntax.name or 'Encapsulated Uncompressed'} "
+                    f"({syntax}), which few readers decode",
+                    "Export the sweep as Explicit VR Little Endian (uncompressed) or as JPEG.")
         if "ExtendedOffsetTable" in ds:  # (PS3.5 A.4, 2019; the image reader fails on it with an internal message)
             return ("its compressed frames are indexed by an Extended Offset Table (7FE0,0001)",
                     "Export the file again uncompressed, or compressed without that table.")
@@ -1674,6 +1678,8 @@ def _damaged_members(left_out: list[Path], member: Path) -> list[str]:
 
 #: DICOM transfer syntaxes whose pixel data is stored as it is (its length is known in advance).
 _NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+#: Encapsulated Uncompressed Explicit VR Little Endian (PS3.5 A.4.11): native pixels, one fragment a frame.
+_ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
 
 
 #: JPEG baseline, extended, lossless, lossless SV1, JPEG-LS: each frame starts with an SOI marker.
