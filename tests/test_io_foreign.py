@@ -130,6 +130,74 @@ def test_dicom_voi_window_is_applied(tmp_path):
     assert abs(frames[0, 10, 10] - 127) <= 1 and frames[0, 35, 0] == 255
 
 
+def _at_gain(gain: int, n: int = 1) -> tuple[np.ndarray, float, float]:
+    """The 8-bit test frames stored at ``gain`` times their grey levels as 16-bit values, and the
+    window (centre, width) that shows them as the 8-bit frames again (LINEAR_EXACT: exact)."""
+    return (_grey(n=n) * gain).astype(np.uint16), 128.0 * gain, 256.0 * gain
+
+
+def test_a_series_whose_files_each_state_their_own_window_shows_each_frame_through_its_own(tmp_path):
+    """16-bit single-frame files stored at gains x4, x8, x16, each with the window that shows it:
+    every frame was shown through the first file's window, two-thirds of the sweep 1.4x and 1.9x
+    too bright and clipped at white, with no note."""
+    want = np.rint(_grey(n=1)[0]).astype(int)
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for k, gain in enumerate((4, 8, 16, 4, 8, 16)):
+        arr, centre, width = _at_gain(gain)
+        _dicom(folder / f"f{k}.dcm", arr[0], bits=16, series="1.2.3.50", instance=k + 1,
+               WindowCenter=centre, WindowWidth=width, VOILUTFunction="LINEAR_EXACT")
+    frames = np.asarray(load_sweep(folder).frames, dtype=int)
+    assert frames.shape[0] == 6
+    for k in range(6):
+        assert np.abs(frames[k] - want).max() <= 1, f"frame {k}"
+    # a file without a window of its own among them: the frames that have one keep theirs, the
+    # others get the sweep's default window (its values' range), not the first file's (all white)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for k, gain in enumerate((4, 16, 16)):
+        arr, centre, width = _at_gain(gain)
+        attrs = dict(WindowCenter=centre, WindowWidth=width, VOILUTFunction="LINEAR_EXACT") if k < 2 else {}
+        _dicom(mixed / f"f{k}.dcm", arr[0], bits=16, series="1.2.3.51", instance=k + 1, **attrs)
+    frames = np.asarray(load_sweep(mixed).frames, dtype=int)
+    assert np.abs(frames[0] - want).max() <= 1 and np.abs(frames[1] - want).max() <= 1
+    assert np.count_nonzero(frames[2] == 255) < 0.1 * frames[2].size
+    assert np.corrcoef(frames[2].ravel(), want.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("where", ["shared", "per frame"])
+def test_an_enhanced_files_window_in_its_functional_groups_is_applied(tmp_path, where):
+    """An Enhanced US Volume keeps its window in the Frame VOI LUT functional group (PS3.3
+    C.7.6.16.2.10), shared or one a frame. It was not read: a shared one gave way to the
+    percentile window (5 % of the pixels clipped white), per-frame ones left frames stored at
+    gains x4, x8, x16 at a quarter, half and full brightness in turn."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def group(centre, width):
+        voi = Dataset()
+        voi.WindowCenter, voi.WindowWidth, voi.VOILUTFunction = centre, width, "LINEAR_EXACT"
+        item = Dataset()
+        item.FrameVOILUTSequence = Sequence([voi])
+        return item
+
+    n = 6
+    gains = [4] * n if where == "shared" else [(4, 8, 16)[k % 3] for k in range(n)]
+    arr = np.stack([_at_gain(g)[0][0] for g in gains]).astype(np.uint16)
+    # a window that would clip the stored x4 frames' top, as the percentile window did
+    arr[:, 0, 0] = 4000
+    if where == "shared":
+        attrs = {"SharedFunctionalGroupsSequence": Sequence([group(*_at_gain(4)[1:])])}
+    else:
+        attrs = {"SharedFunctionalGroupsSequence": Sequence([Dataset()]),
+                 "PerFrameFunctionalGroupsSequence": Sequence([group(*_at_gain(g)[1:]) for g in gains])}
+    path = _dicom(tmp_path / "enh.dcm", arr, bits=16, sop=ENHANCED_US_VOLUME, **attrs)
+    frames = np.asarray(load_sweep(path).frames, dtype=int)
+    want = np.rint(_grey(n=1)[0]).astype(int)
+    for k in range(n):
+        assert np.abs(frames[k, 1:] - want[1:]).max() <= 1, f"frame {k}"
+
+
 def test_pixels_without_a_number_are_named_in_the_read_notes(tmp_path):
     arr = (_grey() / 255.0).astype(np.float32)
     arr[:, 5:7, 5:7] = np.nan
@@ -1826,6 +1894,42 @@ def test_palette_colour_is_read_through_its_table_on_every_path(tmp_path, spacin
         attrs["PixelSpacing"] = spacing
     path = _dicom(tmp_path / "palette.dcm", arr, PhotometricInterpretation="PALETTE COLOR", **attrs)
     assert np.abs(np.asarray(load_sweep(path).frames, dtype=int) - (255 - arr)).max() <= 1
+
+
+def test_a_palette_given_as_segmented_colour_tables_is_read(tmp_path):
+    """PALETTE COLOR whose Red/Green/Blue tables are given only as Segmented Palette Color LUT
+    Data (PS3.3 C.7.9.2; scanners' tint maps) is valid, and pydicom expands it: the image reader's
+    failure made it "damaged or not an image; export it again"."""
+    arr = _grey().astype(np.uint8)
+    # one discrete entry (65535), then a linear segment down to 0 over the 255 others: an inverting table
+    segments = np.array([0, 1, 65535, 1, 255, 0], "<u2").tobytes()
+    attrs = {f"{c}PaletteColorLookupTableDescriptor": [256, 0, 16] for c in ("Red", "Green", "Blue")}
+    attrs.update({f"Segmented{c}PaletteColorLookupTableData": segments for c in ("Red", "Green", "Blue")})
+    path = _dicom(tmp_path / "segmented.dcm", arr, PhotometricInterpretation="PALETTE COLOR", **attrs)
+    assert np.abs(np.asarray(load_sweep(path).frames, dtype=int) - (255 - arr)).max() <= 1
+
+
+def test_encapsulated_uncompressed_pixels_are_refused_by_their_transfer_syntax(tmp_path):
+    """Encapsulated Uncompressed Explicit VR Little Endian (1.2.840.10008.1.2.1.98), which the image
+    reader and pydicom 3.0 do not decode, was refused with "Export the sweep with 8- or 16-bit grey
+    or RGB pixels" for a file of 8-bit grey pixels: the line names the syntax and what to export."""
+    from pydicom.encaps import encapsulate
+
+    grey = _grey(n=3).astype(np.uint8)
+    path = _dicom(tmp_path / "encapsulated.dcm", grey)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([frame.tobytes() for frame in grey])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.98"
+    ds.save_as(path, enforce_file_format=True)
+    try:
+        read = np.asarray(load_sweep(path).frames)
+    except FetalIQAError as exc:
+        said = str(exc)
+        assert "1.2.840.10008.1.2.1.98" in said and "Encapsulated Uncompressed" in said
+        assert "Explicit VR Little Endian (uncompressed)" in said and "16-bit grey" not in said
+    else:  # a pydicom that decodes it: the frames as stored
+        assert np.array_equal(read, grey)
 
 
 def test_video_is_named_as_video(tmp_path):

@@ -100,6 +100,10 @@ class Raw:
     spacing_note: str = ""
     #: The file's own display window (DICOM VOI: the values shown black and white), if any.
     window: tuple[float, float] | None = None
+    #: Each frame's own window, where frames are shown through different ones (a DICOM series
+    #: whose files each state theirs, an Enhanced file's per-frame Frame VOI LUT): one entry a
+    #: frame, None for a frame with none of its own (it gets the sweep's window). None otherwise.
+    frame_windows: tuple | None = None
     #: A value the file marks as padding outside the image (DICOM Pixel Padding Value, rescaled).
     padding: float | None = None
     #: Colour pixels that are YCbCr although the header says RGB (a JFIF stream in a DICOM file

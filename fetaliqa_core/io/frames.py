@@ -121,17 +121,31 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
     # every frame came out black without a word)
     half = not math.isfinite(hi - lo)
     scale = 255.0 / (hi / 2 - lo / 2) if half else (255.0 / (hi - lo) if hi > lo else 0.0)
+    los = scales = None
+    if comps == 1 and raw.frame_windows is not None and len(raw.frame_windows) == n and not half:
+        # each frame through its own window (a frame without one: the sweep's), as the file says:
+        # through the first frame's, frames stored at another gain came out 2x too bright, clipped
+        if any(w is None for w in raw.frame_windows) and raw.window is not None:
+            lo, hi, _ = _display_window(arr, comps, path, None, raw.padding)
+            scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        own = [w if w is not None and w[1] > w[0] else (lo, hi) for w in raw.frame_windows]
+        los = np.array([float(w[0]) for w in own])
+        scales = np.array([255.0 / (float(w[1]) - float(w[0])) if w[1] > w[0] else 0.0 for w in own])
     bad = 0
     for s in range(0, n, CHUNK_FRAMES):
         check_cancelled()
         lum = _luminance_float(arr[s:s + CHUNK_FRAMES], comps)
+        black = lo if los is None else los[s:s + lum.shape[0], None, None].astype(lum.dtype)
         if padding is not None:
-            lum[lum == padding] = lo
+            lum[lum == padding] = lo if los is None else np.broadcast_to(black, lum.shape)[lum == padding]
         finite = np.isfinite(lum)  # counted before scaling, which may overflow far outside the window
         if not finite.all():
             bad += int(lum.size - np.count_nonzero(finite))
         with np.errstate(over="ignore", invalid="ignore"):
-            lum = (lum / 2 - lo / 2) * scale if half else (lum - lo) * scale
+            if los is not None:
+                lum = (lum - black) * scales[s:s + lum.shape[0], None, None].astype(lum.dtype)
+            else:
+                lum = (lum / 2 - lo / 2) * scale if half else (lum - lo) * scale
         np.nan_to_num(lum, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         np.clip(lum, 0.0, 255.0, out=lum)
         out[s:s + CHUNK_FRAMES] = np.rint(lum).astype(np.uint8)

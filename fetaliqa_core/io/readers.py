@@ -199,10 +199,36 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
                             "Check that all files belong to one series and are complete.") from None
     raw = _raw_from_image(image, folder, {}, dicom_file=Path(files[0]))
     raw.notes.extend(notes)
+    if raw.components == 1 and raw.array.dtype != np.uint8:
+        _series_windows(raw, files, per_file)
     changed = _calibration_change(files, orders)
     if changed:  # the first file's calibration would stand for frames taken at another depth or zoom
         raw.spacing_mm, raw.spacing_source, raw.spacing_note = (1.0, 1.0), SPACING_NONE, changed
     return raw
+
+
+def _series_windows(raw: Raw, files: list[str], per_file: int) -> None:
+    """Each file's own window for its frames, where the files of a series state different ones
+    (16-bit frames stored at different gains, each file's window showing its own): through the
+    first file's alone, frames stored at twice its gain read twice too bright, clipped at white,
+    without a word. Where the frames cannot be matched to their files (files of different frame
+    counts), one window spanning all the files' windows is used, so none is clipped, and a note
+    says so."""
+    windows = []
+    for name in files:
+        own = dicom_frame_windows(Path(name))
+        windows.extend(own if own is not None and len(own) == per_file else [dicom_display(Path(name))[0]] * per_file)
+    if len(set(windows)) <= 1:
+        return
+    if len(windows) == raw.array.shape[0]:
+        raw.frame_windows = tuple(windows)
+        return
+    stated = [w for w in windows if w is not None]
+    raw.window = (min(w[0] for w in stated), max(w[1] for w in stated))
+    raw.frame_windows = None
+    raw.notes.append("the series' files state different display windows (Window Center/Width) and their frames "
+                     "cannot be matched to their files here: one window spanning all of them is used, so frames "
+                     "may look darker or paler than their own window shows them")
 
 
 def _number_of_frames(ds: Any) -> int:
@@ -481,7 +507,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         spacing_mm = (spacing[1], spacing[0])
     else:
         spacing_mm = (1.0, spacing[0] if spacing else 1.0)
-    window = padding = None
+    window = padding = frame_windows = None
     ycbcr = False
     notes = []
     regions = calibrations = ()
@@ -494,6 +520,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
             notes.append(f"pixel spacing: {note}")
         if components == 1 and arr.dtype != np.uint8:
             window, padding = dicom_display(dicom_file)
+            frame_windows = dicom_frame_windows(dicom_file)
         if components == 1 and _has_voi_lut_table(dicom_file):
             notes.append("the file's VOI LUT (the grey levels meant for display) is not applied: the frames are "
                          "shown and scored as stored")
@@ -548,8 +575,8 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
-               ycbcr=ycbcr, regions=regions, region_calibrations=calibrations, pixel_aspect=aspect,
-               frame_rate=frame_rate)
+               frame_windows=frame_windows, ycbcr=ycbcr, regions=regions, region_calibrations=calibrations,
+               pixel_aspect=aspect, frame_rate=frame_rate)
 
 
 #: ImageJ's scales read (its ``unit=`` line, in any spelling :data:`_LENGTH_UNITS_MM` knows; it
@@ -1255,9 +1282,17 @@ def _unread_dicom_layout(path: Path, reason: str) -> tuple[str, str] | None:
                 return (f"its {signed}pixels are rescaled by a Rescale Intercept of {intercept:g} (Slope {slope:g}) "
                         "to values the image reader's pixel types do not hold",
                         "Export the sweep with the values applied (plain 8- or 16-bit grey), or as .mha.")
+        if (_photometric(ds) == "PALETTE COLOR" and "SegmentedRedPaletteColorLookupTableData" in ds
+                and "RedPaletteColorLookupTableData" not in ds):  # (PS3.3 C.7.9.2; was called damaged)
+            return ("its colour table is given as Segmented Palette Color LUT Data, which the image reader does "
+                    "not read", "Export the sweep as RGB or grey.")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
         if element is None or syntax is None or str(syntax) in _NATIVE_SYNTAXES:
             return None
+        if str(syntax) == _ENCAPSULATED_UNCOMPRESSED:  # (the file was told to be exported as the 8-bit grey it was)
+            return (f"its frames are stored in the transfer syntax {syntax.name or 'Encapsulated Uncompressed'} "
+                    f"({syntax}), which few readers decode",
+                    "Export the sweep as Explicit VR Little Endian (uncompressed) or as JPEG.")
         if "ExtendedOffsetTable" in ds:  # (PS3.5 A.4, 2019; the image reader fails on it with an internal message)
             return ("its compressed frames are indexed by an Extended Offset Table (7FE0,0001)",
                     "Export the file again uncompressed, or compressed without that table.")
@@ -1355,13 +1390,15 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
     components = 3 if palette else samples
     (calibrated, source, note), regions, calibrations = dicom_calibration_and_regions(path)
     spacing_mm, source, note = usable_spacing(calibrated or (1.0, 1.0), source, note)
-    window, padding = dicom_display(path) if components == 1 and arr.dtype != np.uint8 else (None, None)
+    grey_levels = components == 1 and arr.dtype != np.uint8
+    window, padding = dicom_display(path) if grey_levels else (None, None)
     notes = []
     if components == 1 and _has_voi_lut_table(path):
         notes.append("the file's VOI LUT (the grey levels meant for display) is not applied: the frames are "
                      "shown and scored as stored")
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata={}, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
+               frame_windows=dicom_frame_windows(path) if grey_levels else None,
                regions=regions, region_calibrations=calibrations,
                pixel_aspect=None if calibrated else dicom_pixel_aspect(path), frame_rate=dicom_frame_rate(path))
 
@@ -1408,42 +1445,91 @@ def _has_voi_lut_table(path: Path) -> bool:
         return False
 
 
+def _voi_window(item: Any) -> tuple[float, float] | None:
+    """The VOI window an item states (the dataset itself, or a Frame VOI LUT item of its functional
+    groups), as the values shown black and white; None where it states none usable. PS3.3
+    C.11.2.1.2: the first window (a file may list several); LINEAR and LINEAR_EXACT (a SIGMOID
+    window is left to the default)."""
+    import pydicom
+
+    centre, width = item.get("WindowCenter", None), item.get("WindowWidth", None)
+    function = str(item.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if centre is None or width is None or function not in ("LINEAR", "LINEAR_EXACT"):
+        return None
+
+    def first(value):  # a file may list several windows: the first is the default
+        return value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value
+
+    c, w = float(first(centre)), float(first(width))
+    window = None
+    if math.isfinite(c) and math.isfinite(w):
+        if function == "LINEAR" and w >= 1:
+            window = (c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2)
+        elif function == "LINEAR_EXACT" and w > 0:
+            window = (c - w / 2, c + w / 2)
+    return window if window is not None and window[1] > window[0] else None
+
+
+def _frame_voi_window(group: Any) -> tuple[float, float] | None:
+    """The window of one functional group item (shared, or one frame's): its Frame VOI LUT
+    Sequence (PS3.3 C.7.6.16.2.10), where an Enhanced file keeps its window."""
+    items = group.get("FrameVOILUTSequence", None) or []
+    return _voi_window(items[0]) if len(items) else None
+
+
 def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]:
     """The grey-level window (values shown black and white) and the padding value of a greyscale
     DICOM image, in the rescaled values the image reader returns; ``None`` where the file has
-    none. VOI window: PS3.3 C.11.2.1.2 (first window; LINEAR and LINEAR_EXACT; a SIGMOID window is
-    left to the default). Pixel Padding Value: C.7.5.1.1.2, in stored values, so rescaled here.
-    MONOCHROME2 only: a MONOCHROME1 image is inverted by the reader, its window is not."""
+    none. VOI window: PS3.3 C.11.2.1.2 (:func:`_voi_window`), at the top level or, in an Enhanced
+    file, in the shared functional group's Frame VOI LUT (else the first frame's: each frame's
+    own is :func:`dicom_frame_windows`). Pixel Padding Value: C.7.5.1.1.2, in stored values, so
+    rescaled here. MONOCHROME2 only: a MONOCHROME1 image is inverted by the reader, its window
+    is not."""
     try:
-        import pydicom
-
         ds = dcmread_bounded(str(path), stop_before_pixels=True, force=True, specific_tags=[
             "PhotometricInterpretation", "WindowCenter", "WindowWidth", "VOILUTFunction",
-            "PixelPaddingValue", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsAllocated"])
+            "PixelPaddingValue", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsAllocated",
+            "SharedFunctionalGroupsSequence"])
         if (_photometric(ds) or "MONOCHROME2") != "MONOCHROME2":
             return None, None
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         padding = ds.get("PixelPaddingValue", None)
         pad = None if padding is None else float(padding) * slope + intercept
-        window = None
-        centre, width = ds.get("WindowCenter", None), ds.get("WindowWidth", None)
-        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-        if centre is not None and width is not None and function in ("LINEAR", "LINEAR_EXACT"):
-            def first(value):  # a file may list several windows: the first is the default
-                return value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value
-
-            c, w = float(first(centre)), float(first(width))
-            if math.isfinite(c) and math.isfinite(w):
-                if function == "LINEAR" and w >= 1:
-                    window = (c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2)
-                elif function == "LINEAR_EXACT" and w > 0:
-                    window = (c - w / 2, c + w / 2)
-            if window is not None and not window[1] > window[0]:
-                window = None
+        window = _voi_window(ds)
+        if window is None:  # an Enhanced file's window: its shared functional group, else the first frame's
+            shared = ds.get("SharedFunctionalGroupsSequence", None) or []
+            window = _frame_voi_window(shared[0]) if len(shared) else None
+            if window is None:
+                window = next((w for w in _per_frame_windows(path) if w is not None), None)
         return window, (pad if pad is not None and math.isfinite(pad) else None)
     except Exception:  # noqa: BLE001 - an odd display header: the default window, never a failure
         return None, None
+
+
+def dicom_frame_windows(path: Path) -> tuple | None:
+    """Each frame's window where an Enhanced DICOM file gives its frames windows of their own
+    (the Frame VOI LUT of each Per-frame Functional Group, PS3.3 C.7.6.16.2.10: frames stored at
+    different gains, each shown through its own): one entry a frame, None for a frame that states
+    none. None where no frame states one, or all state the same one (:func:`dicom_display` has
+    it), or for MONOCHROME1 (inverted by the reader, its window is not)."""
+    windows = _per_frame_windows(path)
+    if not any(w is not None for w in windows) or len(set(windows)) == 1:
+        return None
+    return windows
+
+
+def _per_frame_windows(path: Path) -> tuple:
+    """The window each Per-frame Functional Group states (None where it states none); empty for a
+    file without them, or MONOCHROME1."""
+    try:
+        ds = dcmread_bounded(str(path), stop_before_pixels=True, force=True, specific_tags=[
+            "PhotometricInterpretation", "PerFrameFunctionalGroupsSequence"])
+        if (_photometric(ds) or "MONOCHROME2") != "MONOCHROME2":
+            return ()
+        return tuple(_frame_voi_window(group) for group in ds.get("PerFrameFunctionalGroupsSequence", None) or [])
+    except Exception:  # noqa: BLE001 - an odd display header: one window, never a failure
+        return ()
 
 
 def _instance_number(ds: Any) -> int | None:
@@ -1599,6 +1685,8 @@ def _damaged_members(left_out: list[Path], member: Path) -> list[str]:
 
 #: DICOM transfer syntaxes whose pixel data is stored as it is (its length is known in advance).
 _NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+#: Encapsulated Uncompressed Explicit VR Little Endian (PS3.5 A.4.11): native pixels, one fragment a frame.
+_ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
 
 
 #: JPEG baseline, extended, lossless, lossless SV1, JPEG-LS: each frame starts with an SOI marker.
