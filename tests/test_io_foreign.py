@@ -2393,3 +2393,25 @@ def test_a_tiff_s_thumbnail_page_is_left_out_with_a_note(tmp_path, where):
     with pytest.raises(FetalIQAError, match="pages are of different sizes"):
         load_sweep(_composed_tiff(tmp_path / "unmarked.tif", unmarked))
 
+
+def test_a_still_gif_is_read_as_a_one_frame_picture(tmp_path):
+    """A valid single-frame GIF (grey or colour) was called "damaged or cut short. Copy or export
+    it again", which could not help: the image library has no GIF reader. It reads as a one-frame
+    picture with the pixel size unknown; an animated GIF is still refused as video."""
+    from PIL import Image
+
+    grey = _grey(n=2).astype(np.uint8)
+    Image.fromarray(grey[0]).save(tmp_path / "grey.gif")
+    sweep = load_sweep(tmp_path / "grey.gif")
+    assert sweep.n_frames == 1 and np.array_equal(np.asarray(sweep.frames)[0], grey[0])
+    assert sweep.spacing_source == SPACING_NONE and "GIF picture records no pixel size" in sweep.spacing_problem
+    colour = np.stack([grey[0]] * 3, axis=-1)
+    colour[:8, :8] = (255, 0, 0)  # a red mark
+    Image.fromarray(colour).save(tmp_path / "colour.gif")
+    sweep = load_sweep(tmp_path / "colour.gif")
+    assert sweep.n_frames == 1 and np.array_equal(np.asarray(sweep.frames)[0, 8:, 8:], grey[0, 8:, 8:])
+    frames = [Image.fromarray(f) for f in (grey[0], 255 - grey[1])]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(FetalIQAError, match=r"a video file \(GIF animation\)"):
+        load_sweep(tmp_path / "anim.gif")
+

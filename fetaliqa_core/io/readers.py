@@ -376,6 +376,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                             "depth).")
     if is_tiff and (tiff.reduced or tiff.high_byte_only):  # (what the image library reads wrong, or all of)
         return _read_tiff_with_pillow(path, what, tiff)
+    if _picture_kind(path) == "GIF":  # (the image library has no GIF reader)
+        return _read_still_gif(path, what)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -555,6 +557,33 @@ def _tiff_print_spacing(tiff: _TiffPages) -> tuple[float, float]:
     return sizes[0], sizes[1]
 
 
+def _read_still_gif(path: Path, what: str) -> Raw:
+    """A GIF of one picture, read as a one-frame picture as PNG and JPEG ones are (the image
+    library has no GIF reader, and a valid still GIF was called "damaged or cut short"): its
+    palette is turned into grey where every colour in it is a grey, else into RGB. An animated
+    GIF is refused as video; one the picture library cannot read either is called damaged."""
+    from PIL import Image
+
+    if _gif_frames(path) > 1:
+        raise FetalIQAError(_no_image_reader(path, what))
+    try:
+        with warnings.catch_warnings(), quiet_native_stderr():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                precheck_dims(path, (im.size[1], im.size[0]), 1, "mask" if what == "mask" else "sweep")
+                bound_volume(path, (im.size[1], im.size[0]), 3, 1, mapped=False)
+                rgb = np.asarray(im.convert("RGB"))
+    except FetalIQAError:
+        raise
+    except Exception:  # noqa: BLE001 - any failure of the decoder is the file's
+        raise FetalIQAError(_no_image_reader(path, what)) from None
+    import SimpleITK as sitk
+
+    grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    arr = np.ascontiguousarray(rgb[..., 0]) if grey else rgb
+    return _raw_from_image(sitk.GetImageFromArray(arr, isVector=not grey), path, {}, grey=what == "sweep")
+
+
 def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None,
                     spacing_scale: tuple[float, float] = (1.0, 1.0), spacing_unit_note: str = "",
                     pages: _TiffPages | None = None, grey: bool = True) -> Raw:
@@ -593,8 +622,9 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         source, note = classify_header_spacing(spacing_mm, recorded=True)
         kind = _picture_kind(path) or (full_suffix(path)[1:].upper() if full_suffix(path) in _PICTURE_SUFFIXES else None)
         if kind:
-            source, note = SPACING_NONE, (f"a {kind} picture records at most a "
-                                          "printing resolution (dots per inch or per cm), not the size of a pixel in the body")
+            source, note = SPACING_NONE, ("a GIF picture records no pixel size" if kind == "GIF" else
+                                          f"a {kind} picture records at most a printing resolution (dots per "
+                                          "inch or per cm), not the size of a pixel in the body")
             pages = pages if pages is not None else _tiff_pages(path)
             calibrated, why = _imagej_calibration(pages)
             if calibrated is not None:
