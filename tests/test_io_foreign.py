@@ -2415,3 +2415,19 @@ def test_a_still_gif_is_read_as_a_one_frame_picture(tmp_path):
     with pytest.raises(FetalIQAError, match=r"a video file \(GIF animation\)"):
         load_sweep(tmp_path / "anim.gif")
 
+
+@pytest.mark.parametrize("name,head,kind", [
+    ("clip.wmv", b"\x30\x26\xb2\x75\x8e\x66\xcf\x11\xa6\xd9\x00\xaa\x00\x62\xce\x6c", "Windows Media"),
+    ("clip.flv", b"FLV\x01\x05\x00\x00\x00\x09", "Flash video"),
+    ("clip.ogv", b"OggS\x00\x02", "Ogg"),
+    ("clip.rm", b".RMF\x00\x00\x00\x12", "RealMedia"),
+    ("clip.ts", (b"\x47" + bytes(187)) * 3, "MPEG transport stream"),
+    ("clip.m2ts", (bytes(4) + b"\x47" + bytes(187)) * 3, "MPEG transport stream"),
+    ("clip.webm", b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01", "Matroska / WebM"),
+    ("clip.3gp", b"\x00\x00\x00\x14ftyp3gp4", "MP4 / QuickTime")])
+def test_other_video_files_get_the_video_line(tmp_path, name, head, kind):
+    """A Windows Media video (.wmv) got "not a readable image file (no supported image header
+    found)" where MP4, AVI and Matroska got the line saying video is not read and what to export."""
+    (tmp_path / name).write_bytes(head + bytes(400))
+    with pytest.raises(FetalIQAError, match=rf"a video file \({re.escape(kind)}\); FetalIQA reads sweeps from image"):
+        load_sweep(tmp_path / name)

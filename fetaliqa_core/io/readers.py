@@ -1253,8 +1253,9 @@ def _archive_kind(path: Path) -> str | None:
 
 
 def _video_container(path: Path) -> str | None:
-    """The kind of video file ``path`` is, from its first bytes (None for anything else)."""
-    head = _head(path, 16)
+    """The kind of video file ``path`` is, from its first bytes (None for anything else): whatever
+    its name (.mp4, .mov, .m4v, .3gp, .mkv, .webm, .avi, .wmv, .flv, .ts, .m2ts, .ogv, .mpg, .rm, .gif)."""
+    head = _head(path, 400)
     if head[4:8] == b"ftyp":
         return None if head[8:12] in _STILL_BRANDS else "MP4 / QuickTime"
     if head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
@@ -1267,6 +1268,17 @@ def _video_container(path: Path) -> str | None:
         return "GIF animation" if _gif_frames(path) > 1 else None
     if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
         return "MPEG"
+    if head[:8] == b"\x30\x26\xb2\x75\x8e\x66\xcf\x11":  # the ASF header object's GUID
+        return "Windows Media"
+    if head[:3] == b"FLV":
+        return "Flash video"
+    if head[:4] == b"OggS":
+        return "Ogg"
+    if head[:4] == b".RMF":
+        return "RealMedia"
+    for start, step in ((0, 188), (4, 192)):  # an MPEG transport stream (.ts; .m2ts: 4 bytes before each packet)
+        if len(head) > start + 2 * step and head[start] == head[start + step] == head[start + 2 * step] == 0x47:
+            return "MPEG transport stream"
     return None
 
 
