@@ -11,7 +11,7 @@ from fetaliqa_core.errors import FetalIQAError, first_names
 
 #: Every kind the reader reads by name; a DICOM file without an extension (IM0001, as scanners name
 #: them) shows under "All files", and a DICOM series folder opens with File > Open folder.
-SWEEP_FILTER = ("Sweeps and pictures (*.mha *.mhd *.nrrd *.nhdr *.nii *.nii.gz *.dcm *.tif *.tiff *.png *.jpg *.jpeg)"
+SWEEP_FILTER = ("Sweeps and pictures (*.mha *.mhd *.nrrd *.nhdr *.nii *.nii.gz *.dcm *.tif *.tiff *.png *.jpg *.jpeg *.gif)"
                 ";;All files, DICOM without an extension (*)")
 
 

@@ -1230,4 +1230,4 @@ def test_file_open_folder_opens_a_dicom_series_and_the_filter_lists_every_kind_r
         win.act_open_folder.trigger()
     assert win.model.n_frames == 5
     kinds = window_files.SWEEP_FILTER.split(";;")[0]
-    assert all(f"*{s}" in kinds for s in (".mha", ".nii.gz", ".dcm", ".tif", ".tiff", ".png", ".jpg", ".jpeg"))
+    assert all(f"*{s}" in kinds for s in (".mha", ".nii.gz", ".dcm", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif"))

@@ -2385,3 +2385,171 @@ def test_a_folder_of_exported_pictures_is_refused_saying_what_it_is_and_what_to_
     assert main(["score", str(folder), "--model", "demo", "--quiet", "--no-cache", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "a folder of 3 pictures" in err and "Traceback" not in err
+
+
+def _composed_tiff(path, pages, tile=None, orientation=None, compression=1):
+    """A little-endian TIFF of ``pages``, each ``(array, new_subfile_type)`` (an array of height x
+    width, or x 3 for RGB, of any integer or float type), stored uncompressed in one strip or in
+    ``tile`` (height, width) tiles padded at the edges, with an Orientation tag when given;
+    ``compression``: the code written in its Compression tag (the pixels stay as they are)."""
+    import struct
+
+    out = bytearray(b"II*\x00" + struct.pack("<I", 0))
+    link = 4
+    for arr, subfile in pages:
+        arr = np.asarray(arr)
+        h, w = arr.shape[:2]
+        spp = arr.shape[2] if arr.ndim == 3 else 1
+        chunks = []
+        if tile:
+            th, tw = tile
+            for y in range(0, h, th):
+                for x in range(0, w, tw):
+                    block = np.zeros((th, tw) + arr.shape[2:], arr.dtype)
+                    part = arr[y:y + th, x:x + tw]
+                    block[:part.shape[0], :part.shape[1]] = part
+                    chunks.append(block.tobytes())
+        else:
+            chunks.append(arr.tobytes())
+        places = []
+        for chunk in chunks:
+            places.append(len(out))
+            out += chunk + (b"\x00" if len(chunk) % 2 else b"")
+        fmt = {"u": 1, "i": 2, "f": 3}[arr.dtype.kind]
+        tags = {254: (4, [subfile]), 256: (4, [w]), 257: (4, [h]), 258: (3, [8 * arr.dtype.itemsize] * spp),
+                259: (3, [compression]), 262: (3, [2 if spp == 3 else 1]), 277: (3, [spp]), 284: (3, [1]),
+                339: (3, [fmt] * spp)}
+        if orientation:
+            tags[274] = (3, [orientation])
+        if tile:
+            tags.update({322: (3, [tile[1]]), 323: (3, [tile[0]]), 324: (4, places),
+                         325: (4, [len(c) for c in chunks])})
+        else:
+            tags.update({273: (4, places), 278: (4, [h]), 279: (4, [len(chunks[0])])})
+        extra = bytearray()  # values longer than an entry's 4 bytes, after the directory
+        directory_at = len(out)
+        extra_at = directory_at + 2 + 12 * len(tags) + 4
+        entries = b""
+        for tag in sorted(tags):
+            kind, values = tags[tag]
+            data = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+            if len(data) <= 4:
+                field = data.ljust(4, b"\x00")
+            else:
+                field = struct.pack("<I", extra_at + len(extra))
+                extra += data
+            entries += struct.pack("<HHI", tag, kind, len(values)) + field
+        struct.pack_into("<I", out, link, directory_at)
+        out += struct.pack("<H", len(tags)) + entries
+        link = len(out)
+        out += struct.pack("<I", 0) + extra
+    path.write_bytes(bytes(out))
+    return path
+
+
+@pytest.mark.parametrize("dtype,scale", [(np.uint16, 16), (np.int16, 16), (np.float32, 1 / 255)])
+def test_a_tiled_tiff_of_wide_samples_reads_as_the_same_frames_in_strips(tmp_path, dtype, scale):
+    """A TIFF of 12-bit content in 16-bit samples (unsigned or signed) stored in tiles was read
+    through the image library's 8-bit fallback, which keeps the high byte: every frame at 1/16 of
+    its brightness (max 15 of 255), no note, and `score` chose no frame; one of 32-bit floats in
+    tiles was refused as "damaged or not an image". Tiles read as the same data in strips does."""
+    frames = (_grey(n=3).astype(np.float64) * scale).astype(dtype)
+    strips = load_sweep(_composed_tiff(tmp_path / "strips.tif", [(f, 0) for f in frames]))
+    tiled = load_sweep(_composed_tiff(tmp_path / "tiled.tif", [(f, 0) for f in frames], tile=(16, 16)))
+    assert tiled.n_frames == 3
+    assert np.array_equal(np.asarray(tiled.frames), np.asarray(strips.frames))
+    assert int(np.asarray(tiled.frames).max()) >= 240  # (the 12-bit sweep spans its depth: not 15)
+    assert tiled.read_notes == strips.read_notes and tiled.spacing_source == SPACING_NONE
+
+
+def test_tiles_of_wide_samples_that_do_not_decode_are_refused_in_one_line(tmp_path, capfd):
+    """Tiles labelled LZW that hold no LZW data: one line of the reader's own, saying what to save,
+    and not the TIFF library's complaint on the terminal as well."""
+    frames = (_grey(n=2) * 16).astype(np.uint16)
+    with pytest.raises(FetalIQAError, match=r"cannot be decoded .*Save the frames alone, in strips \(not tiles\)"):
+        load_sweep(_composed_tiff(tmp_path / "lzw.tif", [(f, 0) for f in frames], tile=(16, 16), compression=5))
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("tile", [None, (16, 16)])
+def test_a_16_bit_tiff_that_asks_to_be_turned_is_refused_not_read_by_its_high_byte(tmp_path, tile):
+    """The image library reads a TIFF with an EXIF orientation through the same 8-bit fallback: a
+    12-bit sweep in strips tagged "turned 90 degrees" was shown at 1/16 of its brightness, without
+    a word. Refused in one line saying what to save; an 8-bit one still reads turned."""
+    frames = (_grey(n=2) * 16).astype(np.uint16)
+    with pytest.raises(FetalIQAError, match="asks to be shown turned 90 degrees clockwise .*Save the frames upright"):
+        load_sweep(_composed_tiff(tmp_path / "turned16.tif", [(f, 0) for f in frames], tile=tile, orientation=6))
+    grey = _grey(n=2).astype(np.uint8)
+    turned = load_sweep(_composed_tiff(tmp_path / "turned8.tif", [(f, 0) for f in grey], tile=tile, orientation=6))
+    assert np.array_equal(np.asarray(turned.frames), np.rot90(grey, k=3, axes=(1, 2)))
+
+
+def test_tiled_16_bit_colour_is_read_when_it_spans_16_bits_and_refused_when_not(tmp_path):
+    """Tiled 16-bit colour reaches FetalIQA as each sample's high byte (the picture library reads
+    it so too): right for an 8-bit picture stored x257, near black for 12-bit content, which was
+    read so without a word."""
+    grey = _grey(n=2).astype(np.uint16)
+    rgb = np.stack([grey] * 3, axis=-1)
+    full = load_sweep(_composed_tiff(tmp_path / "x257.tif", [(f * 257, 0) for f in rgb], tile=(16, 16)))
+    assert np.array_equal(np.asarray(full.frames), grey.astype(np.uint8))
+    with pytest.raises(FetalIQAError, match="16-bit colour stored in tiles whose values do not span the 16 bits"):
+        load_sweep(_composed_tiff(tmp_path / "x16.tif", [(f * 16, 0) for f in rgb], tile=(16, 16)))
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_tiff_s_thumbnail_page_is_left_out_with_a_note(tmp_path, where):
+    """A multi-page TIFF with a page marked as a reduced-resolution copy (NewSubfileType 1, a
+    thumbnail) was refused whole as pages of different sizes. The thumbnail is left out, said so,
+    and the frames read as the same TIFF without it; a smaller page not marked so is still
+    refused."""
+    frames = _grey(n=3).astype(np.uint8)
+    thumb = (np.asarray(frames[0][::4, ::4]), 1)
+    pages = [(f, 0) for f in frames]
+    pages = [thumb] + pages if where == "first" else pages + [thumb]
+    plain = load_sweep(_composed_tiff(tmp_path / "plain.tif", [(f, 0) for f in frames]))
+    sweep = load_sweep(_composed_tiff(tmp_path / "thumb.tif", pages))
+    assert sweep.n_frames == 3 and np.array_equal(np.asarray(sweep.frames), np.asarray(plain.frames))
+    page = 1 if where == "first" else 4
+    assert any(f"reduced-resolution copies (a thumbnail or preview: page {page})" in note for note in sweep.read_notes)
+    unmarked = [(f, 0) for f in frames] + [(thumb[0], 0)]
+    with pytest.raises(FetalIQAError, match="pages are of different sizes"):
+        load_sweep(_composed_tiff(tmp_path / "unmarked.tif", unmarked))
+
+
+def test_a_still_gif_is_read_as_a_one_frame_picture(tmp_path):
+    """A valid single-frame GIF (grey or colour) was called "damaged or cut short. Copy or export
+    it again", which could not help: the image library has no GIF reader. It reads as a one-frame
+    picture with the pixel size unknown; an animated GIF is still refused as video."""
+    from PIL import Image
+
+    grey = _grey(n=2).astype(np.uint8)
+    Image.fromarray(grey[0]).save(tmp_path / "grey.gif")
+    sweep = load_sweep(tmp_path / "grey.gif")
+    assert sweep.n_frames == 1 and np.array_equal(np.asarray(sweep.frames)[0], grey[0])
+    assert sweep.spacing_source == SPACING_NONE and "GIF picture records no pixel size" in sweep.spacing_problem
+    colour = np.stack([grey[0]] * 3, axis=-1)
+    colour[:8, :8] = (255, 0, 0)  # a red mark
+    Image.fromarray(colour).save(tmp_path / "colour.gif")
+    sweep = load_sweep(tmp_path / "colour.gif")
+    assert sweep.n_frames == 1 and np.array_equal(np.asarray(sweep.frames)[0, 8:, 8:], grey[0, 8:, 8:])
+    frames = [Image.fromarray(f) for f in (grey[0], 255 - grey[1])]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(FetalIQAError, match=r"a video file \(GIF animation\)"):
+        load_sweep(tmp_path / "anim.gif")
+
+
+@pytest.mark.parametrize("name,head,kind", [
+    ("clip.wmv", b"\x30\x26\xb2\x75\x8e\x66\xcf\x11\xa6\xd9\x00\xaa\x00\x62\xce\x6c", "Windows Media"),
+    ("clip.flv", b"FLV\x01\x05\x00\x00\x00\x09", "Flash video"),
+    ("clip.ogv", b"OggS\x00\x02", "Ogg"),
+    ("clip.rm", b".RMF\x00\x00\x00\x12", "RealMedia"),
+    ("clip.ts", (b"\x47" + bytes(187)) * 3, "MPEG transport stream"),
+    ("clip.m2ts", (bytes(4) + b"\x47" + bytes(187)) * 3, "MPEG transport stream"),
+    ("clip.webm", b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01", "Matroska / WebM"),
+    ("clip.3gp", b"\x00\x00\x00\x14ftyp3gp4", "MP4 / QuickTime")])
+def test_other_video_files_get_the_video_line(tmp_path, name, head, kind):
+    """A Windows Media video (.wmv) got "not a readable image file (no supported image header
+    found)" where MP4, AVI and Matroska got the line saying video is not read and what to export."""
+    (tmp_path / name).write_bytes(head + bytes(400))
+    with pytest.raises(FetalIQAError, match=rf"a video file \({re.escape(kind)}\); FetalIQA reads sweeps from image"):
+        load_sweep(tmp_path / name)

@@ -142,10 +142,11 @@ _NATIVE_STDERR_LOCK = threading.RLock()  # (a quiet read inside another)
 #: range, max 0.``): the readers' own checks say what is wrong in one line.
 #: Only lines in the TIFF library's own forms are dropped: its function or codec names
 #: (``TIFF...``, ``_TIFF...``, ``...Decode``, ``OJPEG...``, ``MissingRequired``) before the colon, or
-#: its "FILE: ROW: Row out of range"; a Python traceback's last line or another library's
-#: message written meanwhile is passed on.
+#: its "FILE: ROW: Row out of range", or the picture library's decoder's (it names the file it
+#: hands the TIFF library "tempfile.tif": ``tempfile.tif: Using code not yet in table.``); a
+#: Python traceback's last line or another library's message written meanwhile is passed on.
 _TIFF_LIBRARY_LINE = re.compile(r"^(?:(?:_?TIFF\w*|MissingRequired|OJPEG\w*|\w*(?:Decode|Encode|PreDecode)\w*|"
-                                r"Fax3\w*|LZW\w*|ZIP\w*|PixarLog\w*|LogLuv\w*): .*"
+                                r"Fax3\w*|LZW\w*|ZIP\w*|PixarLog\w*|LogLuv\w*|tempfile\.tif): .*"
                                 r"|.*: \d+: Row out of range.*)$")
 #: The matrix dump ITK's linear algebra (vnl) writes to stderr when an orientation matrix holds
 #: a value that is not a number: its source file's name, ``M = [ ...``, rows of numbers, ``]``.

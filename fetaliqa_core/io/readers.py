@@ -407,6 +407,10 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         raise FetalIQAError(f"{path}: the TIFF's pages hold different kinds of pixels ({shown}): they would be "
                             "read scrambled. Save every frame the same way (all grey or all colour, one bit "
                             "depth).")
+    if is_tiff and (tiff.reduced or tiff.high_byte_only):  # (what the image library reads wrong, or all of)
+        return _read_tiff_with_pillow(path, what, tiff)
+    if _picture_kind(path) == "GIF":  # (the image library has no GIF reader)
+        return _read_still_gif(path, what)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -493,6 +497,126 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     return raw
 
 
+#: The picture library's page modes read as the image reader reads them (grey of 8, 16 or 32 bits,
+#: 32-bit float, RGB), and the numpy type of their samples.
+_PILLOW_PAGE_MODES = {"L": np.uint8, "I;16": np.uint16, "I;16B": np.uint16, "I": np.int32, "F": np.float32,
+                      "RGB": np.uint8}
+
+
+def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
+    """A TIFF the image library reads wrong or whole, read page by page with the picture library:
+    one of 16- or 32-bit samples stored in tiles (the image library reads those, and any that asks
+    to be turned, through its 8-bit fallback, which keeps each sample's high byte: a 12-bit sweep
+    read at 1/16 of its brightness, scored as "no frame" without a word; and it refused tiles of
+    32-bit floats as damaged), and one with pages marked as reduced-resolution copies
+    (NewSubfileType bit 0: a thumbnail or preview), which are left out with a note (the whole
+    file was refused as pages of different sizes). The frames come out as the image library reads
+    the same data in strips. One that asks to be turned is refused: the picture library turns
+    some layouts and not others (and scrambled a transposed page in strips)."""
+    from PIL import Image
+
+    unread = _unread_tiff_encoding(path)
+    if unread:
+        raise FetalIQAError(unread)
+    (width, height), mode = tiff.layouts[0]
+    why = ("in 16- or 32-bit samples" if tiff.high_byte_only else "with reduced-resolution (thumbnail) pages")
+    if tiff.orientation != 1:
+        raise FetalIQAError(f"{path}: a TIFF {why} that asks to be shown {_EXIF_ORIENTATIONS[tiff.orientation][2]} "
+                            "(its EXIF orientation), which this reader cannot read at full depth and turn. Save the "
+                            "frames upright, without the orientation tag, or the sweep as .mha, and open that.")
+    signed = _tiff_first_page_fields(path, (339,)).get(339, 1) == 2  # (SampleFormat 2: signed integers)
+    kept = [k for k in range(tiff.count) if k not in tiff.reduced]
+    dtype = _PILLOW_PAGE_MODES.get(mode)
+    if dtype is None or (mode == "I" and not (signed and tiff.bits in (16, 32))):  # (unsigned 32-bit: wrapped)
+        kind = _PIL_MODE_NAMES.get(mode, mode)
+        why = ("in tiles" if tiff.high_byte_only else "with reduced-resolution (thumbnail) pages")
+        raise FetalIQAError(f"{path}: a TIFF of {kind} pixels {why}, a layout this reader does not read. "
+                            "Save the frames alone, in strips (not tiles), as 8- or 16-bit grey or RGB, or the "
+                            "sweep as .mha, and open that.")
+    if mode == "I" and tiff.bits == 16:
+        dtype = np.int16  # (the picture library widens signed 16-bit samples to 32 bits)
+    components = 3 if mode == "RGB" else 1
+    shape = (len(kept), height, width) if len(kept) > 1 else (height, width)
+    precheck_dims(path, shape, components, "mask" if what == "mask" else "sweep")
+    bound_volume(path, shape, components, np.dtype(dtype).itemsize, mapped=False)
+    frames = np.empty((len(kept), height, width) + ((3,) if components > 1 else ()), dtype=dtype)
+    try:
+        with warnings.catch_warnings(), quiet_native_stderr():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                for i, k in enumerate(kept):
+                    im.seek(k)
+                    frames[i] = np.asarray(im).astype(dtype, copy=False)
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise FetalIQAError(f"{path}: the pixels of this TIFF {why} cannot be decoded ({str(exc)[:120]}): it is "
+                            "damaged, or stored in a way the picture library does not decode. Save the frames "
+                            "alone, in strips (not tiles), uncompressed or with LZW or deflate, and open that.") from None
+    if components > 1 and (tiff.bits or 8) > 8:
+        _refuse_narrow_wide_colour(path, frames)
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(frames if len(kept) > 1 else frames[0], isVector=components > 1)
+    image.SetSpacing(_tiff_print_spacing(tiff) + ((1.0,) if len(kept) > 1 else ()))
+    raw = _raw_from_image(image, path, {}, pages=tiff, grey=what == "sweep")
+    if tiff.reduced:
+        pages = ", ".join(str(k + 1) for k in tiff.reduced[:5]) + (", ..." if len(tiff.reduced) > 5 else "")
+        raw.notes.append(f"{len(tiff.reduced)} page(s) of the TIFF are marked as reduced-resolution copies (a "
+                         f"thumbnail or preview: page {pages}) and are left out; the other {len(kept)} are the frames")
+    return raw
+
+
+def _refuse_narrow_wide_colour(path: Path, frames: np.ndarray) -> None:
+    """Colour samples of 16 bits reach FetalIQA as their high byte only (both libraries read them
+    so from tiles): the picture is right when the values span the 16 bits (an 8-bit picture stored
+    x257), and near black when they span 12 or 14 of them. Refused then, as it would be misread."""
+    if np.count_nonzero(frames >= 64) < frames.size * 0.001:  # (none in the upper three quarters of 16 bits)
+        raise FetalIQAError(f"{path}: a TIFF of 16-bit colour stored in tiles whose values do not span the 16 "
+                            "bits: only each value's high byte can be read here, which would show the frames "
+                            "near black. Save the frames in strips (not tiles), or as 8-bit RGB or grey, and "
+                            "open that.")
+
+
+def _tiff_print_spacing(tiff: _TiffPages) -> tuple[float, float]:
+    """The (x, y) size a TIFF's printing resolution gives a pixel, in mm, as the image reader
+    reports it (25.4 mm an inch over its dots per inch; 1 without one): never a calibration, but
+    said as such in the reason the pixel size is unknown."""
+    sizes = []
+    for value in tiff.resolution:
+        try:
+            dpi = float(value)
+        except (TypeError, ValueError):
+            dpi = 0.0
+        sizes.append(25.4 / dpi if math.isfinite(dpi) and dpi > 0 else 1.0)
+    return sizes[0], sizes[1]
+
+
+def _read_still_gif(path: Path, what: str) -> Raw:
+    """A GIF of one picture, read as a one-frame picture as PNG and JPEG ones are (the image
+    library has no GIF reader, and a valid still GIF was called "damaged or cut short"): its
+    palette is turned into grey where every colour in it is a grey, else into RGB. An animated
+    GIF is refused as video; one the picture library cannot read either is called damaged."""
+    from PIL import Image
+
+    if _gif_frames(path) > 1:
+        raise FetalIQAError(_no_image_reader(path, what))
+    try:
+        with warnings.catch_warnings(), quiet_native_stderr():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                precheck_dims(path, (im.size[1], im.size[0]), 1, "mask" if what == "mask" else "sweep")
+                bound_volume(path, (im.size[1], im.size[0]), 3, 1, mapped=False)
+                rgb = np.asarray(im.convert("RGB"))
+    except FetalIQAError:
+        raise
+    except Exception:  # noqa: BLE001 - any failure of the decoder is the file's
+        raise FetalIQAError(_no_image_reader(path, what)) from None
+    import SimpleITK as sitk
+
+    grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    arr = np.ascontiguousarray(rgb[..., 0]) if grey else rgb
+    return _raw_from_image(sitk.GetImageFromArray(arr, isVector=not grey), path, {}, grey=what == "sweep")
+
+
 def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None,
                     spacing_scale: tuple[float, float] = (1.0, 1.0), spacing_unit_note: str = "",
                     pages: _TiffPages | None = None, grey: bool = True) -> Raw:
@@ -532,8 +656,9 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         source, note = classify_header_spacing(spacing_mm, recorded=True)
         kind = _picture_kind(path) or (full_suffix(path)[1:].upper() if full_suffix(path) in _PICTURE_SUFFIXES else None)
         if kind:
-            source, note = SPACING_NONE, (f"a {kind} picture records at most a "
-                                          "printing resolution (dots per inch or per cm), not the size of a pixel in the body")
+            source, note = SPACING_NONE, ("a GIF picture records no pixel size" if kind == "GIF" else
+                                          f"a {kind} picture records at most a printing resolution (dots per "
+                                          "inch or per cm), not the size of a pixel in the body")
             pages = pages if pages is not None else _tiff_pages(path)
             calibrated, why = _imagej_calibration(pages)
             if calibrated is not None:
@@ -907,6 +1032,14 @@ class _TiffPages(NamedTuple):
     bits: int | None = None  # its BitsPerSample (the first sample's)
     depth: int = 1  # its ImageDepth (SGI's tag 32997: several frames on one page)
     ome: str = ""  # the pixel size its OME-XML description states, as written ("PhysicalSizeX 0.3 mm, ..."); not read
+    #: The pages marked as reduced-resolution copies of another (NewSubfileType bit 0: a thumbnail
+    #: or preview), by index; left out of ``layouts``, and of the frames.
+    reduced: tuple[int, ...] = ()
+    #: Whether a page (a full-resolution one) of samples wider than 8 bits is stored in tiles or
+    #: asks to be turned (EXIF orientation): the image library reads such a file through its 8-bit
+    #: fallback, which keeps each sample's high byte.
+    high_byte_only: bool = False
+    samples: int = 1  # the first full-resolution page's SamplesPerPixel
 
 
 def _tiff_pages(path: Path) -> _TiffPages:
@@ -918,7 +1051,6 @@ def _tiff_pages(path: Path) -> _TiffPages:
     try:
         from PIL import Image
 
-        layouts: list[tuple[tuple[int, int], str]] = []
         with warnings.catch_warnings(), quiet_native_stderr():  # (damage is the image reader's to say, once)
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
@@ -928,12 +1060,22 @@ def _tiff_pages(path: Path) -> _TiffPages:
                 resolution, orientation = (tags.get(282), tags.get(283)), _known_orientation(tags.get(274))
                 photometric, bits, depth = (_first_int(tags.get(t)) for t in (262, 258, 32997))
                 count = int(getattr(im, "n_frames", 1))
+                surveyed = []  # (reduced, layout, read by its high bytes, samples per pixel), page by page
                 for k in range(min(count, validate.MAX_FRAMES)):
                     im.seek(k)
-                    layout = (tuple(im.size), str(im.mode).replace("I;16B", "I;16"))
-                    if layout not in layouts:
-                        layouts.append(layout)
-        return _TiffPages(layouts, count, imagej, resolution, orientation, photometric, bits, depth or 1, ome)
+                    page = getattr(im, "tag_v2", {})
+                    surveyed.append((bool((_first_int(page.get(254)) or 0) & 1),
+                                     (tuple(im.size), str(im.mode).replace("I;16B", "I;16")),
+                                     (_first_int(page.get(258)) or 1) > 8
+                                     and (322 in page or _known_orientation(page.get(274)) != 1),
+                                     _first_int(page.get(277)) or 1))
+        if all(reduced for reduced, *_ in surveyed):  # (every page marked so: none is the full one)
+            surveyed = [(False, *rest) for _, *rest in surveyed]
+        full = [page for page in surveyed if not page[0]]
+        layouts = list(dict.fromkeys(layout for _, layout, _, _ in full))
+        reduced = tuple(k for k, page in enumerate(surveyed) if page[0])
+        return _TiffPages(layouts, count, imagej, resolution, orientation, photometric, bits, depth or 1, ome,
+                          reduced, any(wide for *_, wide, _ in full), full[0][3] if full else 1)
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return none
 
@@ -1145,8 +1287,9 @@ def _archive_kind(path: Path) -> str | None:
 
 
 def _video_container(path: Path) -> str | None:
-    """The kind of video file ``path`` is, from its first bytes (None for anything else)."""
-    head = _head(path, 16)
+    """The kind of video file ``path`` is, from its first bytes (None for anything else): whatever
+    its name (.mp4, .mov, .m4v, .3gp, .mkv, .webm, .avi, .wmv, .flv, .ts, .m2ts, .ogv, .mpg, .rm, .gif)."""
+    head = _head(path, 400)
     if head[4:8] == b"ftyp":
         return None if head[8:12] in _STILL_BRANDS else "MP4 / QuickTime"
     if head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
@@ -1159,6 +1302,17 @@ def _video_container(path: Path) -> str | None:
         return "GIF animation" if _gif_frames(path) > 1 else None
     if head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
         return "MPEG"
+    if head[:8] == b"\x30\x26\xb2\x75\x8e\x66\xcf\x11":  # the ASF header object's GUID
+        return "Windows Media"
+    if head[:3] == b"FLV":
+        return "Flash video"
+    if head[:4] == b"OggS":
+        return "Ogg"
+    if head[:4] == b".RMF":
+        return "RealMedia"
+    for start, step in ((0, 188), (4, 192)):  # an MPEG transport stream (.ts; .m2ts: 4 bytes before each packet)
+        if len(head) > start + 2 * step and head[start] == head[start + step] == head[start + 2 * step] == 0x47:
+            return "MPEG transport stream"
     return None
 
 
