@@ -39,6 +39,30 @@ OWN_FAN_SPILL = 0.5
 #: small or too cut off'. A mask that fills this share of the field of view, along this share of
 #: its outline, is that body (a fan-cut abdomen covers little of its fan).
 OWN_FAN_OUTLINE = 0.8
+#: Share of a mask allowed outside the convex hull of the field of view found for that hull to
+#: stand for the fan (:func:`_closed_fan`): the hull closes a notch with a chord, which cuts the
+#: sagitta of a depth arc across it (a few pixels of the mask).
+HULL_SPILL = 0.5
+#: Said (as the reason an AC is doubtful) where a mask is measured on the whole frame because the
+#: field of view found leaves it out and its hull does not hold it: where the fan's edge runs near
+#: the outline is not known, and an outline the fan cuts reads short (an abdomen in pure-black
+#: fluid reaching the fan's depth arc, 26 % of its outline past it, read 301.4 mm for 312.6, plain).
+UNKNOWN_EDGE_REASON = ("not checked against the fan's edge: where it runs near the outline is not known (the "
+                       "field of view found in the sweep leaves this mask out), and an outline it cuts reads short")
+
+
+def _closed_fan(fov: np.ndarray) -> np.ndarray | None:
+    """The convex hull of the field of view found (a fan, sector, linear, trapezoid or phased, is
+    convex): it closes, with a chord, a notch where fluid shown pure black reaches the fan's edge
+    and was left out with the body floating in it. None for an empty field of view."""
+    import cv2
+
+    points = cv2.findNonZero(fov.astype(np.uint8))
+    if points is None:
+        return None
+    hull = np.zeros(fov.shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    return hull != 0
 
 
 #: Said under every plain AC of a mask: ``ac`` checks the outline's shape (and, with the sweep, the
@@ -239,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
         fov = resolve_fov(found, frame.shape)
         fov_name = "acouslic" if isinstance(found, str) else "the sweep's own fan"
     fov_note = ""
+    edge_unknown = False
     if fov is not None and frame.any() and fov_name == "acouslic":
         outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)
         if outside > FOV_SPILL:
@@ -248,11 +273,20 @@ def run(args: argparse.Namespace) -> int:
                 "frame (another probe's image)")
     elif fov is not None and frame.any() and fov.shape == frame.shape:
         outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)
-        if outside > OWN_FAN_SPILL:
+        closed = _closed_fan(fov) if outside > OWN_FAN_SPILL else None
+        if closed is not None and 1.0 - np.count_nonzero(frame[closed]) / np.count_nonzero(frame) <= HULL_SPILL:
+            # the mask lies in a notch of the fan found (black fluid reaching its edge): measured in the
+            # fan closed over it, so an outline its edge cuts is fitted without the cut
+            fov, fov_name, fov_note = closed, "the sweep's own fan, closed", (
+                f"{outside:.0%} of the mask lies outside the field of view found in the sweep's frames (fluid "
+                "shown pure black reaching the fan's edge is left out of it): measured in that field of view "
+                "closed over the fluid (its convex hull), where the fan's edge runs")
+        elif outside > OWN_FAN_SPILL:
             fov, fov_name, fov_note = None, "whole frame", (
                 f"{outside:.0%} of the mask lies outside the field of view found in the sweep's frames (where "
                 "fluid is shown pure black the fan's edges cannot be seen): measured on the whole frame, so a "
                 "cut by the fan's edge is not known")
+            edge_unknown = True
         elif (np.count_nonzero(frame[fov]) >= OWN_FAN_OUTLINE * np.count_nonzero(fov)
               and _outline_on_edge(frame, fov) > OWN_FAN_OUTLINE):
             fov, fov_name, fov_note = None, "whole frame", (
@@ -324,6 +358,8 @@ def run(args: argparse.Namespace) -> int:
         where = {"acouslic": "ACOUSLIC's fan", "whole frame": "the whole frame"}.get(fov_name, fov_name)
         mask_problem = f"cut off straight, by an edge {where} does not have" + (
             "" if args.sweep is not None else "; give the sweep with --sweep")
+    if mask_problem is None and edge_unknown and m is not None and problem is None:
+        mask_problem = UNKNOWN_EDGE_REASON
     frame_notes = _frame_notes(masks, index, fov)
     recorded = _recorded_doubt(volume.metadata, masks, index)
     reading = analysis.read_ac(None if m is None else m.ac_mm, problem, mask_problem, model_doubt=recorded)
