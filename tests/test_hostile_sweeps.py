@@ -595,3 +595,37 @@ def test_a_series_folder_holding_what_is_no_file_names_it(tmp_path):
             (folder / "self").symlink_to(folder / "self")
         message = _assert_refused(folder, "holds 1 entry that is not a file")
         assert "IM0" not in message and "IM1" not in message  # good files are not blamed
+
+
+def test_a_sweep_larger_than_the_memory_available_now_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    """A 3.8 MB compressed sweep (zlib .mha, gzip .nrrd, .nii.gz) whose honest header describes
+    4096 x 4096 x 232 pixels was decoded until the system killed the process: only the machine's
+    total memory bounded a sweep. What is available now bounds it too, said in one line with both
+    sizes; an uncompressed file (memory-mapped) is bounded when it is read into memory."""
+    import SimpleITK as sitk
+
+    frames = np.zeros((40, 64, 64), np.uint8)
+    write_volume(tmp_path / "z.mha", frames, compress=True)
+    write_volume(tmp_path / "z.nrrd", frames, compress=True)
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(tmp_path / "z.nii.gz"))
+    write_volume(tmp_path / "raw.mha", frames, compress=False)
+    mapped = load_sweep(tmp_path / "raw.mha")
+    monkeypatch.setattr(validate, "available_memory_bytes", lambda: 200 << 20, raising=False)
+    for name in ("z.mha", "z.nrrd", "z.nii.gz"):
+        message = _assert_refused(tmp_path / name, name, "40 x 64 x 64 pixels", "160.0 KB", "only 200.0 MB available now",
+                                  "fewer frames")
+        assert "Traceback" not in message
+    with pytest.raises(FetalIQAError, match="only 200.0 MB available now"):
+        mapped.in_memory()
+    monkeypatch.setattr(validate, "available_memory_bytes", lambda: 2 << 30)
+    assert load_sweep(tmp_path / "z.mha").n_frames == 40
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and RLIMIT_AS are Linux's")
+def test_the_memory_available_now_is_what_the_system_and_an_address_space_limit_leave():
+    """MemAvailable, or less under ``ulimit -v``: a read past either is killed or fails without a word."""
+    assert 0 < validate.available_memory_bytes() <= (validate.machine_memory_bytes() or 1 << 62)
+    code = ("import resource; from fetaliqa_core import validate; "
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); print(validate.available_memory_bytes())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert 0 <= int(out.stdout) < 2 << 30

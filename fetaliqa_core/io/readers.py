@@ -3263,7 +3263,9 @@ def _inflate(data_path: Path, offset: int, stored: int, expected: int, hdr_desc:
                     break
                 left -= len(chunk)
                 while chunk:
-                    piece = inflater.decompress(chunk, expected - done + 1)
+                    # (in pieces of at most 16 MB: a 4 MB chunk of zeros inflates to 4 GB in one call,
+                    # a second copy of the pixels beside ``out``)
+                    piece = inflater.decompress(chunk, min(expected - done + 1, 1 << 24))
                     if done + len(piece) > expected:
                         raise damaged("inflates to more than its header describes")
                     out[done:done + len(piece)] = np.frombuffer(piece, np.uint8)
