@@ -629,3 +629,94 @@ def test_the_memory_available_now_is_what_the_system_and_an_address_space_limit_
             "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); print(validate.available_memory_bytes())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert 0 <= int(out.stdout) < 2 << 30
+
+
+def _deflated_dicom(path: Path, frames_in_header: int, pixels: bytes, rows: int = 48, cols: int = 64) -> Path:
+    """A Deflated Explicit VR Little Endian ultrasound DICOM of 8-bit grey frames whose header
+    says ``frames_in_header`` and whose pixel data are ``pixels``, whatever their length."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames_in_header
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _random_frames(n: int) -> np.ndarray:
+    return (np.random.default_rng(3).random((n, 48, 64)) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("header, held, words", [
+    (10, 5, ("15360 bytes of pixel data", "needs 30720", "truncated or its header is wrong")),
+    (5, 10, ("30720 bytes of pixel data", "more than the 15360", "the data hold 10 frames", "leave frames out")),
+    (1, 10, ("more than the 3072", "the data hold 10 frames", "leave frames out")),
+])
+def test_a_deflated_dicom_whose_number_of_frames_disagrees_with_its_pixel_data_is_refused(tmp_path, header, held,
+                                                                                          words):
+    """Deflated DICOM skipped the size check an uncompressed file gets: a header of 10 frames over
+    the data of 5 was scored on 10 (5 never in the file, read from whatever followed), and a header
+    of 5 or 1 over the data of 10 left frames out, without a word. The same file whole reads."""
+    path = _deflated_dicom(tmp_path / "sweep.dcm", header, _random_frames(held).tobytes())
+    _assert_refused(path, "sweep.dcm", *words)
+    whole = _deflated_dicom(tmp_path / "whole.dcm", 10, _random_frames(10).tobytes())
+    assert np.array_equal(load_sweep(whole).frames, _random_frames(10))
+
+
+def test_a_deflated_dicom_whose_pixel_data_inflate_far_past_its_header_is_refused_in_little_memory(tmp_path):
+    """A 3.3 MB deflated file whose header describes 30 KB of pixels but whose pixel data inflate
+    to 3.3 GB took more than 5 GB of memory (pydicom inflates the whole dataset before any check),
+    and a score --archive over it never scored the good sweeps beside it. Here: 64 MB of zeros in
+    a 64 KB file, refused while memory stays a few MB, and still found as a sweep of a folder
+    (the folder's run names it failed instead of leaving it out as 'not a sweep')."""
+    import tracemalloc
+
+    from fetaliqa_core.io import multiframe_dicom_files
+
+    path = _deflated_dicom(tmp_path / "bomb.dcm", 10, bytes(64 << 20))
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        _assert_refused(path, "bomb.dcm", f"holds {64 << 20} bytes of (deflated) pixel data", "more than the 30720",
+                        "10 frame(s) of 64 x 48 pixels")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, f"{peak >> 20} MB allocated to refuse it"
+    _deflated_dicom(tmp_path / "good.dcm", 10, _random_frames(10).tobytes())
+    assert [p.name for p in multiframe_dicom_files(tmp_path, at_least=1)] == ["bomb.dcm", "good.dcm"]
+
+
+def test_a_deflated_dicom_whose_data_go_on_far_past_its_pixel_data_is_refused(tmp_path):
+    """The stream is counted as it inflates: elements after an honest pixel data element that
+    inflate to far more than any trailer (here 40 MB of zeros in a private element) are refused
+    before pydicom inflates them all in memory (it did, then called them bytes appended to the
+    file, judging their places in the inflated data against the file's size)."""
+    from pydicom.dataset import Dataset
+
+    path = _deflated_dicom(tmp_path / "tail.dcm", 10, _random_frames(10).tobytes())
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x7FE10010, "OB", bytes(40 << 20))  # (after the pixel data, by its tag)
+    ds.save_as(path, enforce_file_format=True)
+    assert isinstance(ds, Dataset) and path.stat().st_size < 1 << 20
+    del ds
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        _assert_refused(path, "tail.dcm", "expand to more than", "damaged or crafted")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, f"{peak >> 20} MB allocated to refuse it"

@@ -23,6 +23,7 @@ import numpy as np
 from fetaliqa_core import validate
 from fetaliqa_core.errors import FetalIQAError, first_names
 from fetaliqa_core.io._common import (
+    DEFLATED_SYNTAX,
     MAX_DEFLATE_RATIO,
     META_KEYS,
     SPACING_FROM_HEADER,
@@ -2156,14 +2157,16 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
                                     "they are damaged. Export the file again.")
         if element is None:
             return order  # float pixels: the reader judges them
-        _refuse_junk_after_pixel_data(path, ds)
+        deflated = syntax == DEFLATED_SYNTAX  # (positions are in the inflated data, not the file)
+        if not deflated:
+            _refuse_junk_after_pixel_data(path, ds)
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         if photometric == "YBR_FULL_422" and samples == 3:
             samples = 2  # two luma and one each of Cb, Cr per pair of pixels (PS3.3 C.7.6.3.1.2)
         bits = int(ds.BitsAllocated)
-        if syntax not in _NATIVE_SYNTAXES:
+        if syntax not in _NATIVE_SYNTAXES and not deflated:
             _refuse_compression_bomb(path, element, (rows, cols, max(frames, 1), max(samples, 1), max(bits, 1)))
             _refuse_frames_left_out(path, ds, syntax, element, frames)
             return order  # compressed: the reader judges the rest
@@ -2189,7 +2192,7 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
         size = path.stat().st_size
     except OSError:
         size = None
-    if start is not None and size is not None and int(start) + stored > size:
+    if start is not None and size is not None and int(start) + stored > size and not deflated:
         # the header's length is right but the file stops before it: an interrupted copy (the image
         # library then found no reader for it, and the file was called undecodable)
         raise FetalIQAError(
