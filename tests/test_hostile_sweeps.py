@@ -720,3 +720,37 @@ def test_a_deflated_dicom_whose_data_go_on_far_past_its_pixel_data_is_refused(tm
     finally:
         tracemalloc.stop()
     assert peak < 24 << 20, f"{peak >> 20} MB allocated to refuse it"
+
+
+def test_a_jpeg_dicom_whose_frames_are_smaller_than_its_rows_and_columns_says_so(tmp_path):
+    """A header of 4096 x 4096 over ten 64 x 48 JPEG frames was said to contain 'no frames
+    (0 x 48 x 64)'; the header's size is what is wrong."""
+    import io as _io
+
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    def jpeg(seed: int) -> bytes:
+        out = _io.BytesIO()
+        Image.fromarray(_random_frames(seed + 1)[-1]).save(out, "JPEG", quality=50)
+        return out.getvalue()
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 4096, 4096, 10
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([jpeg(i) for i in range(10)])
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "rows.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    message = _assert_refused(path, "rows.dcm", "4096 x 4096 pixels (Columns x Rows)", "compressed frames are 64 x 48",
+                              "header is wrong")
+    assert "no frames" not in message

@@ -446,6 +446,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             raise FetalIQAError(f"{path}: the NRRD marks an axis of {components} as '{listed[0]}' (kinds: "
                                 f"{' '.join(kinds)}), so its frames would be read as {components} values per "
                                 "pixel. Save the sweep as .mha (frames on its last axis) and open that.")
+    if member is not None:
+        _refuse_frames_of_another_size(path, member, size)
     precheck_dims(path, size[::-1], components, "mask" if what == "mask" else "sweep")
     itemsize = _sitk_pixel_itemsize(reader) or 8
     bound_volume(path, size[::-1], components, itemsize, mapped=False)
@@ -1932,6 +1934,21 @@ def _encapsulated_items(path: Path, offset: int | None) -> _Encapsulated | None:
             return None
     except (OSError, ValueError, OverflowError):
         return None
+
+
+def _refuse_frames_of_another_size(path: Path, member: _Member, size: tuple[int, ...]) -> None:
+    """Compressed frames of another size than the header's Columns and Rows: the image library
+    takes the frames' own size, and then finds none of them in the data (a file declaring 4096 x
+    4096 that holds ten 64 x 48 JPEG frames was said to contain "no frames (0 x 48 x 64)")."""
+    if member.syntax in _NATIVE_SYNTAXES or member.syntax == DEFLATED_SYNTAX or len(size) < 2:
+        return
+    try:
+        cols, rows = (int(v) for v in member.size)
+    except (TypeError, ValueError):
+        return
+    if (size[0], size[1]) != (cols, rows):
+        raise FetalIQAError(f"{path}: the header says its frames are {cols} x {rows} pixels (Columns x Rows), but its "
+                            f"compressed frames are {size[0]} x {size[1]}: the header is wrong. Export the file again.")
 
 
 def _refuse_frames_left_out(path: Path, ds: Any, syntax: str, element: Any, frames: int) -> None:
