@@ -34,6 +34,9 @@ MAX_FRAME_SIDE = 4096
 MAX_FRAME_ASPECT = 10
 #: A volume may take at most this share of the machine's memory.
 MEMORY_SHARE = 0.8
+#: Memory a read takes beside a volume's pixels (buffers, decoders), kept free when a sweep is
+#: bounded by what is available now (:func:`check_memory`).
+MEMORY_MARGIN = 256 << 20
 #: A DICOM series folder of more files than this is not one sweep.
 MAX_SERIES_FILES = MAX_FRAMES
 
@@ -77,8 +80,8 @@ def _size_text(n: int) -> str:
 
 def machine_memory_bytes() -> int | None:
     """The memory this machine gives a process: physical memory, or a container's limit when
-    lower; None if unknown. (Not what is free right now: that changes from second to second,
-    and a legitimate sweep must not be refused because other programs are busy.)"""
+    lower; None if unknown. A volume may take at most :data:`MEMORY_SHARE` of it, however idle the
+    machine (:func:`available_memory_bytes` bounds a sweep by what is free now as well)."""
     total = None
     try:
         total = int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
@@ -95,15 +98,65 @@ def machine_memory_bytes() -> int | None:
     return total
 
 
+def available_memory_bytes() -> int | None:
+    """The memory a process can take now without the system running out: Linux's MemAvailable
+    (free memory plus the caches it can drop), less within a container's limit or what is left of
+    the process's address-space limit; elsewhere the free pages; None if unknown. A sweep's pixels beyond it are not read: a 3.8 MB compressed file
+    whose honest header describes 4096 x 4096 x 232 pixels (3.9 GB) was decoded until the system
+    killed the process, with no word and, in an archive run, no result for the other cases."""
+    free = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if free is None:
+        try:
+            free = int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:  # a container (cgroup v2): its limit less what it uses
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as fh:
+            used = fh.read().strip()
+        if limit.isdigit() and used.isdigit():
+            free = min(free, max(int(limit) - int(used), 0))
+    except OSError:
+        pass
+    try:  # a limit on this process's address space (ulimit -v): what is left of it
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            with open("/proc/self/status", encoding="ascii") as fh:
+                size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+            free = max(limit - size, 0) if free is None else min(free, max(limit - size, 0))
+    except (ImportError, OSError, ValueError, StopIteration):
+        pass
+    return free
+
+
 _SWEEP_TODO = "the file's header is wrong, or the recording must be split into shorter sweeps to be opened here."
+_SWEEP_TODO_NOW = ("close other programs and try again, or export the sweep with fewer frames (shorter parts) "
+                   "or smaller frames.")
 
 
-def check_memory(source: str, needed: int, what: str, todo: str = _SWEEP_TODO) -> None:
-    """Refuse to allocate ``needed`` bytes when the machine does not have them."""
+def check_memory(source: str, needed: int, what: str, todo: str = _SWEEP_TODO, now: bool = False) -> None:
+    """Refuse to allocate ``needed`` bytes when the machine does not have them; ``now``: nor when
+    they (and :data:`MEMORY_MARGIN`) are more than it has available at this moment
+    (:func:`available_memory_bytes`)."""
     available = machine_memory_bytes()
     if available is not None and needed > MEMORY_SHARE * available:
         raise FetalIQAError(f"{source}: {what} needs {_size_text(needed)} of memory, but this machine has "
                             f"{_size_text(available)}: {todo}")
+    free = available_memory_bytes() if now else None
+    if free is not None and needed + MEMORY_MARGIN > free:
+        raise FetalIQAError(f"{source}: {what} needs {_size_text(needed)} of memory ({_size_text(needed + MEMORY_MARGIN)} "
+                            f"with what reading takes), but this machine has only {_size_text(free)} available now: {_SWEEP_TODO_NOW if todo == _SWEEP_TODO else todo}")
 
 
 def check_path_name(path: Path) -> None:
@@ -167,7 +220,7 @@ def check_volume(source: str | Path, frames: int, height: int, width: int, bytes
     pixels = frames * height * width
     needed = pixels * (bytes_per_pixel + extra_bytes_per_pixel)
     if needed:
-        check_memory(str(source), needed, f"a sweep of {frames} x {height} x {width} pixels")
+        check_memory(str(source), needed, f"a sweep of {frames} x {height} x {width} pixels", now=True)
 
 
 def checked_product(values: Iterable[int]) -> int:

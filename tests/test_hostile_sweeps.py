@@ -595,3 +595,162 @@ def test_a_series_folder_holding_what_is_no_file_names_it(tmp_path):
             (folder / "self").symlink_to(folder / "self")
         message = _assert_refused(folder, "holds 1 entry that is not a file")
         assert "IM0" not in message and "IM1" not in message  # good files are not blamed
+
+
+def test_a_sweep_larger_than_the_memory_available_now_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    """A 3.8 MB compressed sweep (zlib .mha, gzip .nrrd, .nii.gz) whose honest header describes
+    4096 x 4096 x 232 pixels was decoded until the system killed the process: only the machine's
+    total memory bounded a sweep. What is available now bounds it too, said in one line with both
+    sizes; an uncompressed file (memory-mapped) is bounded when it is read into memory."""
+    import SimpleITK as sitk
+
+    frames = np.zeros((40, 64, 64), np.uint8)
+    write_volume(tmp_path / "z.mha", frames, compress=True)
+    write_volume(tmp_path / "z.nrrd", frames, compress=True)
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(tmp_path / "z.nii.gz"))
+    write_volume(tmp_path / "raw.mha", frames, compress=False)
+    mapped = load_sweep(tmp_path / "raw.mha")
+    monkeypatch.setattr(validate, "available_memory_bytes", lambda: 200 << 20, raising=False)
+    for name in ("z.mha", "z.nrrd", "z.nii.gz"):
+        message = _assert_refused(tmp_path / name, name, "40 x 64 x 64 pixels", "160.0 KB", "only 200.0 MB available now",
+                                  "fewer frames")
+        assert "Traceback" not in message
+    with pytest.raises(FetalIQAError, match="only 200.0 MB available now"):
+        mapped.in_memory()
+    monkeypatch.setattr(validate, "available_memory_bytes", lambda: 2 << 30)
+    assert load_sweep(tmp_path / "z.mha").n_frames == 40
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and RLIMIT_AS are Linux's")
+def test_the_memory_available_now_is_what_the_system_and_an_address_space_limit_leave():
+    """MemAvailable, or less under ``ulimit -v``: a read past either is killed or fails without a word."""
+    assert 0 < validate.available_memory_bytes() <= (validate.machine_memory_bytes() or 1 << 62)
+    code = ("import resource; from fetaliqa_core import validate; "
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); print(validate.available_memory_bytes())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert 0 <= int(out.stdout) < 2 << 30
+
+
+def _deflated_dicom(path: Path, frames_in_header: int, pixels: bytes, rows: int = 48, cols: int = 64) -> Path:
+    """A Deflated Explicit VR Little Endian ultrasound DICOM of 8-bit grey frames whose header
+    says ``frames_in_header`` and whose pixel data are ``pixels``, whatever their length."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames_in_header
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _random_frames(n: int) -> np.ndarray:
+    return (np.random.default_rng(3).random((n, 48, 64)) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("header, held, words", [
+    (10, 5, ("15360 bytes of pixel data", "needs 30720", "truncated or its header is wrong")),
+    (5, 10, ("30720 bytes of pixel data", "more than the 15360", "the data hold 10 frames", "leave frames out")),
+    (1, 10, ("more than the 3072", "the data hold 10 frames", "leave frames out")),
+])
+def test_a_deflated_dicom_whose_number_of_frames_disagrees_with_its_pixel_data_is_refused(tmp_path, header, held,
+                                                                                          words):
+    """Deflated DICOM skipped the size check an uncompressed file gets: a header of 10 frames over
+    the data of 5 was scored on 10 (5 never in the file, read from whatever followed), and a header
+    of 5 or 1 over the data of 10 left frames out, without a word. The same file whole reads."""
+    path = _deflated_dicom(tmp_path / "sweep.dcm", header, _random_frames(held).tobytes())
+    _assert_refused(path, "sweep.dcm", *words)
+    whole = _deflated_dicom(tmp_path / "whole.dcm", 10, _random_frames(10).tobytes())
+    assert np.array_equal(load_sweep(whole).frames, _random_frames(10))
+
+
+def test_a_deflated_dicom_whose_pixel_data_inflate_far_past_its_header_is_refused_in_little_memory(tmp_path):
+    """A 3.3 MB deflated file whose header describes 30 KB of pixels but whose pixel data inflate
+    to 3.3 GB took more than 5 GB of memory (pydicom inflates the whole dataset before any check),
+    and a score --archive over it never scored the good sweeps beside it. Here: 64 MB of zeros in
+    a 64 KB file, refused while memory stays a few MB, and still found as a sweep of a folder
+    (the folder's run names it failed instead of leaving it out as 'not a sweep')."""
+    import tracemalloc
+
+    from fetaliqa_core.io import multiframe_dicom_files
+
+    path = _deflated_dicom(tmp_path / "bomb.dcm", 10, bytes(64 << 20))
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        _assert_refused(path, "bomb.dcm", f"holds {64 << 20} bytes of (deflated) pixel data", "more than the 30720",
+                        "10 frame(s) of 64 x 48 pixels")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, f"{peak >> 20} MB allocated to refuse it"
+    _deflated_dicom(tmp_path / "good.dcm", 10, _random_frames(10).tobytes())
+    assert [p.name for p in multiframe_dicom_files(tmp_path, at_least=1)] == ["bomb.dcm", "good.dcm"]
+
+
+def test_a_deflated_dicom_whose_data_go_on_far_past_its_pixel_data_is_refused(tmp_path):
+    """The stream is counted as it inflates: elements after an honest pixel data element that
+    inflate to far more than any trailer (here 40 MB of zeros in a private element) are refused
+    before pydicom inflates them all in memory (it did, then called them bytes appended to the
+    file, judging their places in the inflated data against the file's size)."""
+    from pydicom.dataset import Dataset
+
+    path = _deflated_dicom(tmp_path / "tail.dcm", 10, _random_frames(10).tobytes())
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x7FE10010, "OB", bytes(40 << 20))  # (after the pixel data, by its tag)
+    ds.save_as(path, enforce_file_format=True)
+    assert isinstance(ds, Dataset) and path.stat().st_size < 1 << 20
+    del ds
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        _assert_refused(path, "tail.dcm", "expand to more than", "damaged or crafted")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, f"{peak >> 20} MB allocated to refuse it"
+
+
+def test_a_jpeg_dicom_whose_frames_are_smaller_than_its_rows_and_columns_says_so(tmp_path):
+    """A header of 4096 x 4096 over ten 64 x 48 JPEG frames was said to contain 'no frames
+    (0 x 48 x 64)'; the header's size is what is wrong."""
+    import io as _io
+
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    def jpeg(seed: int) -> bytes:
+        out = _io.BytesIO()
+        Image.fromarray(_random_frames(seed + 1)[-1]).save(out, "JPEG", quality=50)
+        return out.getvalue()
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 4096, 4096, 10
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([jpeg(i) for i in range(10)])
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "rows.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    message = _assert_refused(path, "rows.dcm", "4096 x 4096 pixels (Columns x Rows)", "compressed frames are 64 x 48",
+                              "header is wrong")
+    assert "no frames" not in message

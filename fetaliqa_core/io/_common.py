@@ -6,6 +6,7 @@ import io
 import math
 import re
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -343,13 +344,229 @@ class _ZeroRunGuard(io.BufferedReader):
         return data
 
 
+#: Deflated Explicit VR Little Endian (PS3.5 A.5): the whole dataset after the file meta is deflated.
+DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
+#: How much of a deflated dataset is inflated to read its header (all elements before the pixel data)
+_DEFLATED_HEAD = 2 << 20
+#: What a deflated dataset may hold after its pixel data (a signature, padding)
+_DEFLATED_TRAIL = 16 << 20
+_DEFLATE_VERDICTS: dict[tuple, str | None] = {}
+
+
+def _deflated_start(path: Path | str) -> tuple[int, Any, Any] | None:
+    """``(where the deflated dataset begins, the preamble, the file meta)`` of a Deflated Explicit
+    VR Little Endian file, or None for any other file."""
+    try:
+        with open(path, "rb") as fh:
+            if DEFLATED_SYNTAX.encode() not in fh.read(1 << 16):
+                return None
+            from pydicom.filereader import _read_file_meta_info, read_preamble
+
+            fh.seek(0)
+            preamble = read_preamble(fh, True)
+            meta = _read_file_meta_info(fh)
+            if str(meta.get("TransferSyntaxUID", "") or "").strip() != DEFLATED_SYNTAX:
+                return None
+            return fh.tell(), preamble, meta
+    except Exception:  # noqa: BLE001 - not such a file, or a header pydicom judges itself
+        return None
+
+
+def _deflated_header_only(path: Path | str, specific_tags: Any = None) -> Any:
+    """The header of a deflated DICOM file without its pixel data, from the first
+    :data:`_DEFLATED_HEAD` bytes it inflates to (pydicom inflates all of it, pixels included, even
+    for a header), or None when it is no such file or its pixel data begin further on. Values are
+    read in full (none deferred: their offsets would be in the inflated data, not in the file)."""
+    found = _deflated_start(path)
+    if found is None:
+        return None
+    start, preamble, meta = found
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = bytearray()
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            while len(head) < _DEFLATED_HEAD and not inflater.eof:
+                data = inflater.unconsumed_tail or fh.read(1 << 16)
+                if not data:
+                    break
+                head += inflater.decompress(data, _DEFLATED_HEAD - len(head))
+    except (OSError, zlib.error):
+        return None
+    from pydicom.dataset import FileDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    buffer = DicomBytesIO(bytes(head))
+    at_pixels: list[bool] = []
+
+    def stop(tag: Any, vr: Any, length: int) -> bool:
+        if int(tag) == 0x7FE00010:
+            at_pixels.append(True)
+            return True
+        return False
+
+    try:
+        from pydicom.tag import Tag
+
+        tags = [Tag(t) for t in specific_tags] if specific_tags else None
+        dataset = read_dataset(buffer, False, True, stop_when=stop, specific_tags=tags)
+    except Exception:  # noqa: BLE001 - the whole read judges it
+        return None
+    if not at_pixels and not inflater.eof:  # (the header goes on past what was inflated)
+        return None
+    buffer.name = str(path)
+    return FileDataset(buffer, dataset, preamble, meta, False, True)
+
+
+def _deflated_header(head: bytes) -> tuple[int, int, int, str] | None:
+    """From the start of an inflated dataset: ``(where its pixel data begin, their length, the
+    bytes its header's Rows, Columns, Number of Frames, Samples per Pixel and Bits Allocated
+    describe, those in words)``; None when the pixel data do not begin in ``head`` or the header cannot say."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    buffer = DicomBytesIO(head)
+    found: list[tuple[int, int]] = []
+
+    def at_pixels(tag: Any, vr: Any, length: int) -> bool:
+        if int(tag) == 0x7FE00010:
+            found.append((buffer.tell(), int(length)))
+            return True
+        return False
+
+    try:
+        ds = read_dataset(buffer, False, True, stop_when=at_pixels)
+        if not found:
+            return None
+        rows, cols, frames, samples = (max(int(ds.get(k, 1) or 1), 1) for k in (
+            "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"))
+        bits = max(int(ds.get("BitsAllocated", 8) or 8), 1)
+    except Exception:  # noqa: BLE001 - a damaged header: bounded by memory alone
+        return None
+    start, length = found[-1]
+    described = f"{frames} frame(s) of {cols} x {rows} pixels, {samples} sample(s) of {bits} bits"
+    return start, length, (rows * cols * frames * samples * bits + 7) // 8, described
+
+
+def _check_deflated(path: Path | str, start: int) -> str | None:
+    """Why a deflated DICOM file is not read (one line), or None. pydicom inflates the whole
+    dataset in memory before it reads any element: a 3.3 MB file whose header describes 30 KB of
+    pixels but whose pixel data inflate to 3.3 GB took more than 5 GB of memory before any check.
+    Here it is inflated in pieces and counted, nothing kept but the header: it must end within what
+    its pixel data's length allows, that length must be no more than twice what the header
+    describes (the readers then judge the difference, as for an uncompressed file), and all of it
+    must fit in the memory available."""
+    from fetaliqa_core import validate
+
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = bytearray()
+    total = 0
+    limit: int | None = None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            while not inflater.eof:
+                check_cancelled()
+                data = inflater.unconsumed_tail or fh.read(1 << 16)
+                if not data:
+                    break
+                out = inflater.decompress(data, 1 << 20)
+                total += len(out)
+                if limit is None:
+                    head += out
+                    if len(head) < _DEFLATED_HEAD:
+                        continue
+                    limit, beyond = _deflated_limit(path, bytes(head))
+                    head = bytearray()
+                if total > limit:
+                    return (f"{path}: the file's deflated data expand to more than {validate._size_text(limit)}, "
+                            f"{beyond}: it is damaged or crafted, and is not read. Export the file again.")
+    except zlib.error:
+        return None  # damaged: the reader says so
+    except OSError:
+        return None
+    if limit is None:  # small: all of it was inflated (and kept) above
+        _deflated_limit(path, bytes(head))
+    return None
+
+
+def _deflated_limit(path: Path | str, head: bytes) -> tuple[int, str]:
+    """How far the inflated dataset of ``path`` may go, judged from its beginning ``head``, and
+    what going further would be (words for the refusal); raises
+    FetalIQAError when its pixel data are far longer than its header describes or would not fit
+    in memory."""
+    from fetaliqa_core import validate
+
+    header = _deflated_header(head)
+    free = validate.available_memory_bytes()
+    total = validate.machine_memory_bytes()
+    room = min(v for v in (free, None if total is None else int(total * validate.MEMORY_SHARE), 1 << 62)
+               if v is not None)
+    in_memory = (room // 2, "more than half the memory available (pydicom's copy and the image reader's)")
+    if header is None:  # (the readers' own header checks follow; the inflated data must fit in memory)
+        return in_memory
+    begin, length, needed, described = header
+    if length == 0xFFFFFFFF:
+        return in_memory
+    if length > 2 * needed + (1 << 20):
+        raise FetalIQAError(f"{path}: the file holds {length} bytes of (deflated) pixel data, far more than the "
+                            f"{needed} its header describes ({described}). Reading it would leave frames out: export the "
+                            "file again with its right Number of Frames (or Rows and Columns).")
+    try:
+        validate.check_memory(str(path), 2 * (begin + length), "inflating this deflated DICOM file", now=True)
+    except FetalIQAError as exc:
+        raise _NotNow(str(exc)) from None
+    return begin + length + _DEFLATED_TRAIL, "far more than its header and pixel data describe"
+
+
+def _refuse_deflate_bomb(path: Path | str) -> None:
+    """:func:`_check_deflated` for a Deflated Explicit VR Little Endian file, once per file version."""
+    found = _deflated_start(path)
+    if found is None:
+        return
+    start = found[0]
+    try:
+        st = Path(path).stat()
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    except OSError:
+        return
+    if key not in _DEFLATE_VERDICTS:
+        try:
+            verdict = _check_deflated(path, start)
+        except (ReadCancelled, _NotNow):
+            raise  # (not the file's fault: judged again next time)
+        except FetalIQAError as exc:
+            verdict = str(exc)
+        if len(_DEFLATE_VERDICTS) > 256:
+            _DEFLATE_VERDICTS.clear()
+        _DEFLATE_VERDICTS[key] = verdict
+    if _DEFLATE_VERDICTS[key]:
+        raise DeflateBomb(_DEFLATE_VERDICTS[key])
+
+
+class _NotNow(FetalIQAError):
+    """More memory than is available now (:func:`_deflated_limit`)."""
+
+
+class DeflateBomb(FetalIQAError):
+    """A deflated DICOM file whose inflated data are more than its header allows or memory holds
+    (:func:`_check_deflated`)."""
+
+
 def dcmread_bounded(path: Path | str, **options: Any) -> Any:
     """``pydicom.dcmread(path, **options)`` in time bounded by the file's header, not its size: a
+    deflated file is inflated only as far as its header allows (:func:`_check_deflated`), a
     run of zero bytes where elements should be (:class:`_ZeroRunGuard`) is refused with a
     :class:`ZeroFilledDicom`, unless it comes after the pixel data (padding, as the readers take
     zeros there)."""
     import pydicom
 
+    if options.get("stop_before_pixels"):  # (a deflated file's pixels need not be inflated)
+        header = _deflated_header_only(path, options.get("specific_tags"))
+        if header is not None:
+            return header
+    _refuse_deflate_bomb(path)
     with _ZeroRunGuard(path) as fh:
         ds = pydicom.dcmread(fh, **options)
     if fh.zeros_from is not None:

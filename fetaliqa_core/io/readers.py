@@ -23,6 +23,7 @@ import numpy as np
 from fetaliqa_core import validate
 from fetaliqa_core.errors import FetalIQAError, first_names
 from fetaliqa_core.io._common import (
+    DEFLATED_SYNTAX,
     MAX_DEFLATE_RATIO,
     META_KEYS,
     SPACING_FROM_HEADER,
@@ -445,6 +446,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
             raise FetalIQAError(f"{path}: the NRRD marks an axis of {components} as '{listed[0]}' (kinds: "
                                 f"{' '.join(kinds)}), so its frames would be read as {components} values per "
                                 "pixel. Save the sweep as .mha (frames on its last axis) and open that.")
+    if member is not None:
+        _refuse_frames_of_another_size(path, member, size)
     precheck_dims(path, size[::-1], components, "mask" if what == "mask" else "sweep")
     itemsize = _sitk_pixel_itemsize(reader) or 8
     bound_volume(path, size[::-1], components, itemsize, mapped=False)
@@ -1933,6 +1936,21 @@ def _encapsulated_items(path: Path, offset: int | None) -> _Encapsulated | None:
         return None
 
 
+def _refuse_frames_of_another_size(path: Path, member: _Member, size: tuple[int, ...]) -> None:
+    """Compressed frames of another size than the header's Columns and Rows: the image library
+    takes the frames' own size, and then finds none of them in the data (a file declaring 4096 x
+    4096 that holds ten 64 x 48 JPEG frames was said to contain "no frames (0 x 48 x 64)")."""
+    if member.syntax in _NATIVE_SYNTAXES or member.syntax == DEFLATED_SYNTAX or len(size) < 2:
+        return
+    try:
+        cols, rows = (int(v) for v in member.size)
+    except (TypeError, ValueError):
+        return
+    if (size[0], size[1]) != (cols, rows):
+        raise FetalIQAError(f"{path}: the header says its frames are {cols} x {rows} pixels (Columns x Rows), but its "
+                            f"compressed frames are {size[0]} x {size[1]}: the header is wrong. Export the file again.")
+
+
 def _refuse_frames_left_out(path: Path, ds: Any, syntax: str, element: Any, frames: int) -> None:
     """Compressed frames the header does not count: the reader decodes as many as Number of Frames
     says (one when it is missing) and left the rest out without a word (or, counting more than the
@@ -2156,14 +2174,16 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
                                     "they are damaged. Export the file again.")
         if element is None:
             return order  # float pixels: the reader judges them
-        _refuse_junk_after_pixel_data(path, ds)
+        deflated = syntax == DEFLATED_SYNTAX  # (positions are in the inflated data, not the file)
+        if not deflated:
+            _refuse_junk_after_pixel_data(path, ds)
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         if photometric == "YBR_FULL_422" and samples == 3:
             samples = 2  # two luma and one each of Cb, Cr per pair of pixels (PS3.3 C.7.6.3.1.2)
         bits = int(ds.BitsAllocated)
-        if syntax not in _NATIVE_SYNTAXES:
+        if syntax not in _NATIVE_SYNTAXES and not deflated:
             _refuse_compression_bomb(path, element, (rows, cols, max(frames, 1), max(samples, 1), max(bits, 1)))
             _refuse_frames_left_out(path, ds, syntax, element, frames)
             return order  # compressed: the reader judges the rest
@@ -2189,7 +2209,7 @@ def _precheck_dicom(path: Path, single: bool = False) -> _Member | None:
         size = path.stat().st_size
     except OSError:
         size = None
-    if start is not None and size is not None and int(start) + stored > size:
+    if start is not None and size is not None and int(start) + stored > size and not deflated:
         # the header's length is right but the file stops before it: an interrupted copy (the image
         # library then found no reader for it, and the file was called undecodable)
         raise FetalIQAError(
@@ -3263,7 +3283,9 @@ def _inflate(data_path: Path, offset: int, stored: int, expected: int, hdr_desc:
                     break
                 left -= len(chunk)
                 while chunk:
-                    piece = inflater.decompress(chunk, expected - done + 1)
+                    # (in pieces of at most 16 MB: a 4 MB chunk of zeros inflates to 4 GB in one call,
+                    # a second copy of the pixels beside ``out``)
+                    piece = inflater.decompress(chunk, min(expected - done + 1, 1 << 24))
                     if done + len(piece) > expected:
                         raise damaged("inflates to more than its header describes")
                     out[done:done + len(piece)] = np.frombuffer(piece, np.uint8)

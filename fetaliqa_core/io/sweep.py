@@ -153,7 +153,8 @@ class Sweep:
         from fetaliqa_core import validate
 
         n, h, w = self.frames.shape
-        validate.check_memory(str(self.path), int(self.frames.nbytes), f"a sweep of {n} x {h} x {w} pixels")
+        validate.check_memory(str(self.path), int(self.frames.nbytes), f"a sweep of {n} x {h} x {w} pixels",
+                              now=True)
         frames = _read_mapped(self.frames, self.path)  # an ndarray of its own, no longer backed by the file
         frames.flags.writeable = False
         return dataclasses.replace(self, frames=frames)
