@@ -185,8 +185,19 @@ class _ClosedPipeTolerant:
         return getattr(self._stream, name)
 
 
+_PROGRAM = {"running": False}
+
+
+def running_as_program() -> bool:
+    """Whether ``fetaliqa`` runs as the program itself (``main()`` with the process's arguments),
+    which may end the process when its command is done, rather than called by a host (a test)."""
+    return _PROGRAM["running"]
+
+
 def main(argv: list[str] | None = None) -> int:
     process = argv is None  # the program itself (not a caller in the same process)
+    if process:
+        _PROGRAM["running"] = True
     if process:  # (stderr too: `2>&1 | head` closed the progress bar's stream)
         for name in ("stdout", "stderr"):
             stream = getattr(sys, name)
