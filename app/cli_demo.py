@@ -109,6 +109,16 @@ def run(args) -> int:
         outcome.window = None
     if not written:
         problem = f"The demo could not score the sweep: {outcome.message}"
+        if outcome.screenshot is not None:
+            # the folder holds this run's files only: an earlier run's scores beside a picture of
+            # nothing scored passed for this run's
+            from fetaliqa_core.export import remove_earlier_outputs
+
+            removed = remove_earlier_outputs(out_dir)
+            problem += f". {outcome.screenshot} shows the window with nothing scored"
+            if removed:
+                names = " and ".join([", ".join(removed[:-1]), removed[-1]] if len(removed) > 1 else removed)
+                problem += f"; the earlier run's {names} there {'were' if len(removed) > 1 else 'was'} removed"
         # stopped while the models were still loading: the process ends here, after this one line
         end_without_loading_models(1, f"fetaliqa: {shown(problem)}")
         raise FetalIQAError(problem)

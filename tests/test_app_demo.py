@@ -151,3 +151,27 @@ def test_a_demo_stopped_while_pytorch_is_imported_ends_after_its_one_line(tmp_pa
     assert lines[0].startswith("fetaliqa: The demo could not score the sweep: stopped after 0.3 s")
     assert took < 60  # not after the import ended
 
+
+def test_a_demo_that_scored_nothing_leaves_no_earlier_results_beside_its_screenshot(qtbot, demo_sweep, slow_models,
+                                                                                   tmp_path, monkeypatch, capsys):
+    """A stopped ``fetaliqa demo`` wrote a new screenshot of nothing scored beside the previous run's
+    frames.csv and summary.json (another answer) and said only 'could not score the sweep'."""
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.models import choice
+
+    out = tmp_path / "demo-out"
+    assert cli_main(["demo", "--headless", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"frames.csv", "summary.json", "screenshot.png"}
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+
+    def no_models(c, **_):
+        raise FetalIQAError("the model files are damaged")
+
+    monkeypatch.setattr(choice, "load_models", no_models)
+    assert cli_main(["demo", "--headless", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "screenshot.png"]
+    assert "the model files are damaged" in err
+    assert f"{out / 'screenshot.png'} shows the window with nothing scored" in err
+    assert "the earlier run's frames.csv and summary.json there were removed" in err
