@@ -89,9 +89,11 @@ def os_error_message(exc: OSError) -> str:
 
 
 def warn_not_writable(folder: Path, exc: OSError, what: str) -> None:
-    """One warning per folder and process: something optional (a cache) could not be written."""
+    """One warning per folder and process: something optional (a cache) could not be written. A
+    folder inside one already warned about is not (the results cache in a read-only cache folder
+    was a second warning for the one cause)."""
     key = str(folder)
-    if key in _warned:
+    if key in _warned or any(str(parent) in _warned for parent in Path(folder).parents):
         return
     _warned.add(key)
     text = f"{what} ({folder}) cannot be written ({os_error_cause(exc)}); continuing without it."
