@@ -158,12 +158,17 @@ def required_cache_dir(what: str, otherwise: str = "") -> Path:
     return path
 
 
+def data_path() -> Path:
+    """Where :func:`data_dir` is, without making it (for what only reads there)."""
+    home = _home_override()
+    return home / "data" if home else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
 def data_dir() -> Path:
     """User data that must be kept (the review database)."""
     from fetaliqa_core.errors import FetalIQAError
 
-    home = _home_override()
-    path = home / "data" if home else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    path = data_path()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -172,9 +177,13 @@ def data_dir() -> Path:
     return path
 
 
+def config_path() -> Path:
+    """Where :func:`config_dir` is, without making it (nor warning that it cannot be)."""
+    home = _home_override()
+    return home / "config" if home else Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
 def config_dir() -> Path:
     """Settings (recent files, window layout, chosen models). May be unwritable (then settings
     are not remembered)."""
-    home = _home_override()
-    path = home / "config" if home else Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
-    return _optional_dir(path, "the settings folder")
+    return _optional_dir(config_path(), "the settings folder")
