@@ -269,10 +269,28 @@ def terminate_as_interrupt() -> None:
             pass
 
 
+def _unknown_option(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """The first unknown option, with the command's option it is closest to: "--thresold 0.5" got
+    no suggestion (a mistyped command does), and "--treshold 0.5 x.mha" blamed "x.mha", the value
+    having been taken for the sweep. Empty when no option is among ``unknown``."""
+    import difflib
+
+    from fetaliqa_core.cli._args import shown
+
+    for arg in unknown:
+        word = arg.split("=", 1)[0]
+        if word.startswith("-") and len(word) > 1 and not word[1:2].isdigit():
+            known = [o for action in parser._actions for o in action.option_strings]
+            close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+            return f"unknown option {shown(word)}" + (f" (did you mean {close[0]}?)" if close else "")
+    return ""
+
+
 def _run_parsed(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # told with the command's own usage (a mistyped option of `score` shows score's options)
-        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        told = getattr(args, "_parser", parser)
+        told.error(_unknown_option(told, unknown) or f"unrecognized arguments: {' '.join(unknown)}")
     from fetaliqa_core.paths import NOT_TEXT_PATH, is_text_path
 
     for name in ("out", "save_scores", "screenshot", "json"):
