@@ -110,3 +110,12 @@ def test_a_mistyped_option_is_told_with_the_option_meant(capsys):
         assert err.rstrip().endswith("unknown option " + argv[2 if argv[1] == "x.mha" else 1].split("=")[0]
                                      + " (did you mean --threshold?)"), err
         assert "x.mha" not in err.splitlines()[-1]
+
+
+def test_review_without_an_action_says_which_actions_there_are(capsys):
+    """'fetaliqa review' printed only a usage fragment, 'usage: fetaliqa review {export,...} --help',
+    saying neither that an action is needed nor what each does."""
+    assert main(["review"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "say what to do" in err, err
+    assert all(f"{action} (" in err for action in ("export", "labels", "history", "list")), err
