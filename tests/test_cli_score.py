@@ -523,6 +523,29 @@ def test_a_dataset_folder_points_at_its_sweep_files(tmp_path, capsys):
         assert "images/stacked_fetal_ultrasound holds image files" in err and "takes that folder, to score them all" in err
 
 
+
+def test_a_folder_given_for_a_sweep_names_the_sweep_files_it_holds(tmp_path):
+    """`gui FOLDER` on the folder holding demo_s27_v3.mha said only "Choose the sweep file itself",
+    and on a folder whose subfolder held one mask file pointed there without naming it (it was
+    FetalIQA's own field-of-view mask, not a sweep): the files are named."""
+    from fetaliqa_core.errors import FetalIQAError
+
+    frames = np.zeros((2, 8, 8), np.uint8)
+    here = tmp_path / "demo"
+    here.mkdir()
+    write_volume(here / "demo_s27_v3.mha", frames)
+    (here / "demo_s27_v3.mha.sizes.json").write_text("{}")
+    with pytest.raises(FetalIQAError) as told:
+        load_sweep(here)
+    assert "a folder, not a sweep; it holds demo_s27_v3.mha: choose one of them" in str(told.value)
+    top = tmp_path / "clone"
+    (top / "resources").mkdir(parents=True)
+    write_volume(top / "resources" / "acouslic_fov_mask.mha", frames)
+    with pytest.raises(FetalIQAError) as told:
+        load_sweep(top)
+    assert "resources holds image files (acouslic_fov_mask.mha): choose one of them" in str(told.value)
+
+
 def test_results_of_another_sweep_or_of_the_user_are_not_replaced_without_a_word(tmp_path, capsys, monkeypatch):
     """`score patientA/sweep.mha` then `score patientB/sweep.mha` both wrote fetaliqa-scores/sweep:
     A's results were replaced without a word; a folder holding the user's own frames.csv and
