@@ -141,21 +141,12 @@ def preload_model_libraries() -> None:
     Loading PyTorch's native libraries holds the interpreter lock for a few hundred ms however
     it is done; done while the window first appears, it no longer freezes the window when the
     first model loads (a measured 0.3-0.8 s stall on these 2-core machines)."""
-    import sys
-    import threading
-
     if "torch" in sys.modules:
         return
 
-    from app.worker import import_model_libraries
+    from app.worker import import_model_libraries_in_background
 
-    def load() -> None:
-        try:
-            import_model_libraries()  # (the first model load waits for these rather than race them)
-        except Exception:  # noqa: BLE001 - a broken install is reported when a model loads
-            pass
-
-    threading.Thread(target=load, name="fetaliqa-preload", daemon=True).start()
+    import_model_libraries_in_background()
 
 
 def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | None = None,
@@ -410,13 +401,18 @@ def run(args) -> int:
 def end_without_loading_models(code: int, line: str = "") -> None:
     """Closed while its models were still loading (which cannot be interrupted), the viewer's
     process ended seconds after its window: it ends now (saying ``line`` first), since the load
-    writes nothing. Returns when nothing of the kind is running."""
-    from app.worker import abandoned_work_running, end_process
+    writes nothing. So too, in the program itself, while the model libraries are still being
+    imported (a run stopped within its first seconds): an interpreter shutting down under a
+    half-imported PyTorch printed dozens of tracebacks after the run's last line. Returns when
+    nothing of the kind is running."""
+    from app.worker import abandoned_work_running, end_process, importing_model_libraries
+    from fetaliqa_core.cli import running_as_program
 
-    if abandoned_work_running():
+    imports = running_as_program()
+    if abandoned_work_running() or (imports and importing_model_libraries()):
         if line:
             print(line, file=sys.stderr)
-        end_process(code)
+        end_process(code, imports)
 
 
 def _report_outcome(args, outcome) -> int:

@@ -92,24 +92,46 @@ def run(args) -> int:
     check_out_folder(out_dir)  # created by the first file written into it
     shot = checked_screenshot(out_dir / "screenshot.png", what="the screenshot")  # a file of that name that is no PNG stays
     print(f"no display: scoring {sweep_path.name} offscreen…", flush=True)
-    outcome = run_window(sweep_path, choice, screenshot=shot, exit_when_scored=True,
-                         max_seconds=args.max_seconds, headless=True, keep_window=True,
-                         progress_every=PROGRESS_SECONDS)
+    from app.cli import end_without_loading_models
+    from fetaliqa_core.cli._args import shown
+
+    try:
+        outcome = run_window(sweep_path, choice, screenshot=shot, exit_when_scored=True,
+                             max_seconds=args.max_seconds, headless=True, keep_window=True,
+                             progress_every=PROGRESS_SECONDS)
+    except KeyboardInterrupt:
+        end_without_loading_models(130, "fetaliqa: interrupted")
+        raise
     try:
         written = save_scores(outcome.window, out_dir)
         answer = answer_line(outcome.window)
     finally:
         outcome.window = None
     if not written:
-        raise FetalIQAError(f"The demo could not score the sweep: {outcome.message}")
+        problem = f"The demo could not score the sweep: {outcome.message}"
+        if outcome.screenshot is not None:
+            # the folder holds this run's files only: an earlier run's scores beside a picture of
+            # nothing scored passed for this run's
+            from fetaliqa_core.export import remove_earlier_outputs
+
+            removed = remove_earlier_outputs(out_dir)
+            problem += f". {outcome.screenshot} shows the window with nothing scored"
+            if removed:
+                names = " and ".join([", ".join(removed[:-1]), removed[-1]] if len(removed) > 1 else removed)
+                problem += f"; the earlier run's {names} there {'were' if len(removed) > 1 else 'was'} removed"
+        # stopped while the models were still loading: the process ends here, after this one line
+        end_without_loading_models(1, f"fetaliqa: {shown(problem)}")
+        raise FetalIQAError(problem)
     if outcome.screenshot is not None:
         written.append(outcome.screenshot)
     print(f"answer: {answer}")
     print(f"demo output: {out_dir}")
     for p in written:
         print(f"  {p.name}")
+    code = 0
     if not outcome.complete:
         print(f"fetaliqa: scoring did not complete ({outcome.message}); the files hold what was scored",
               file=sys.stderr)
-        return 1
-    return 0
+        code = 1
+    end_without_loading_models(code)
+    return code

@@ -160,6 +160,7 @@ class QualityCurve(QWidget):
         self.threshold.sigDragged.connect(lambda line: self.threshold_moved.emit(float(line.value())))
         self.vb.addItem(self.threshold)
         self._threshold_words = self.threshold.label.format
+        self.threshold.setVisible(False)  # until the models' own is known (set_model_threshold)
         self.seg_line = pg.InfiniteLine(
             pos=0.5, angle=0, movable=False, pen=pg.mkPen(theme.SEG_COLOUR, width=1, style=Qt.DotLine),
             label="p_seg 0.50 (mask 1 %)",
@@ -353,7 +354,9 @@ class QualityCurve(QWidget):
 
     def set_model_threshold(self, value: float | None) -> None:
         """The models' own threshold, said beside the line's when the user moved it; None: not
-        known yet (no models loaded), and the line shows no number."""
+        known yet (no models loaded), and no line is drawn (the empty window's stood at 0.5, a
+        threshold of no model)."""
+        self.threshold.setVisible(value is not None)
         if value != self._threshold_words.model:
             self._threshold_words.model = value
             self.threshold.label.valueChanged()

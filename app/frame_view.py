@@ -193,7 +193,8 @@ class FrameView(QWidget):
         self.corner_tr = self._corner(Qt.AlignRight | Qt.AlignTop)
         self.corner_bl = self._corner(Qt.AlignLeft | Qt.AlignBottom)
         self.corner_br = self._corner(Qt.AlignRight | Qt.AlignBottom)
-        self.placeholder = QLabel("Open a sweep (File ▸ Open, or drop a file here)", self)
+        self.placeholder = QLabel("Open a sweep (File ▸ Open, or drop a file here)\n"
+                                  "or try the demo: File ▸ Open demo sweep", self)
         self.placeholder.setObjectName("placeholder")
         self.placeholder.setAlignment(Qt.AlignCenter)
 

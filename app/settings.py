@@ -211,7 +211,10 @@ class AppSettings:
             written = now if disk.aside is not None else self._merged_over(asdict(disk), now)
             # what a newer version keeps there (its own keys) is written back as it was: it was dropped
             written.update({k: v for k, v in disk._extra.items() if k not in written})
-            write_json(self._target(), written)
+            target = self._target()
+            if target == self.path():  # the folder's own error (a read-only disk), not "No such file"
+                target.parent.mkdir(parents=True, exist_ok=True)
+            write_json(target, written)
             self._mark_saved(now)
             self._opened = []
         except OSError as exc:  # settings are a convenience: never fail the app, but say so

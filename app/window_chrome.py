@@ -249,6 +249,8 @@ def build_actions(win) -> None:
     win.act_open = action("Open…", win.open_dialog, shortcut=QKeySequence.Open)
     win.act_open_folder = action("Open folder…", win.open_folder_dialog, shortcut=QKeySequence("Ctrl+Shift+O"),
                                  tip="Open a DICOM series folder as one sweep")
+    win.act_open_demo = action("Open demo sweep", win.open_demo_sweep,
+                               tip="The synthetic sweep `fetaliqa demo` opens (made once, into the cache)")
     win.act_models = action("Models…", win.models_dialog)
     win.act_train = action("Train…", win.train_dialog, shortcut=QKeySequence("Ctrl+T"))
     win.act_rescore = action("Score again", lambda: win.start_scoring(user=True))
@@ -328,6 +330,7 @@ def build_actions(win) -> None:
     fm.addAction(win.act_open)
     fm.addAction(win.act_open_folder)
     win.recent_menu = fm.addMenu("Open recent")
+    fm.addAction(win.act_open_demo)
     fm.addAction(win.act_export_frame)
     fm.addAction(win.act_export)
     fm.addAction(win.act_labels)

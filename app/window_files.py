@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QFileDialog
 
 from fetaliqa_core.errors import FetalIQAError, first_names
@@ -38,6 +39,33 @@ def file_state(path: str | Path) -> tuple | None:
     except (OSError, ValueError):
         return None
     return tuple(state) + (len(files),)
+
+
+class _DemoMaker(QObject):
+    """Makes the demo sweep (synthetic, into the cache: half a minute the first time) on a thread of
+    its own, then says ``made(path, error)`` on the window's thread."""
+
+    made = Signal(str, str)
+
+    def start(self) -> None:
+        import threading
+
+        def work() -> None:
+            from fetaliqa_core import synth
+            from fetaliqa_core.paths import os_error_message
+
+            try:
+                path, error = str(synth.demo_sweep_path()), ""
+            except FetalIQAError as exc:
+                path, error = "", str(exc)
+            except OSError as exc:
+                path, error = "", os_error_message(exc)
+            try:
+                self.made.emit(path, error)
+            except RuntimeError:  # the window closed meanwhile
+                pass
+
+        threading.Thread(target=work, name="fetaliqa-demo-sweep", daemon=True).start()
 
 
 class SweepFilesMixin:
@@ -84,6 +112,36 @@ class SweepFilesMixin:
         path = QFileDialog.getExistingDirectory(self, "Open a DICOM series folder", self._dialog_start())
         if path:
             self.open_path(path)
+
+    _demo_maker: _DemoMaker | None = None
+
+    def open_demo_sweep(self) -> None:
+        """File > Open demo sweep: the synthetic sweep ``fetaliqa demo`` opens, made into the cache
+        the first time (a new user's empty window had nothing to open)."""
+        from fetaliqa_core import paths, synth
+
+        if self._demo_maker is not None:
+            self.notify("The demo sweep is being made; it opens when it is ready.")
+            return
+        if synth.demo_case_exists():
+            self.open_path(synth.demo_sweep_path())
+            return
+        try:
+            paths.required_cache_dir("The demo sweep")
+        except FetalIQAError as exc:
+            self.alert("Demo sweep", str(exc))
+            return
+        self._demo_maker = _DemoMaker(self)
+        self._demo_maker.made.connect(self._demo_sweep_made)
+        self.notify("Making the demo sweep (synthetic, once: it is kept in the cache)…", 120000)
+        self._demo_maker.start()
+
+    def _demo_sweep_made(self, path: str, error: str) -> None:
+        self._demo_maker = None
+        if error:
+            self.alert("Demo sweep", f"The demo sweep could not be made: {error}")
+            return
+        self.open_path(path)
 
     def open_path(self, path: str | Path, score: bool = True, block: bool = False) -> bool:
         """Open a sweep file: read off the UI thread (the current case stays usable meanwhile),

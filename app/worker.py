@@ -24,6 +24,9 @@ from fetaliqa_core.errors import FetalIQAError
 #: model load importing peft at once gave "partially initialized module 'peft.tuners'" (about 1
 #: start in 25 failed to load its models).
 _IMPORTS = threading.Lock()
+#: The thread importing them in the background (``import_model_libraries_in_background``): it
+#: writes nothing, so a process that has finished its command need not wait for it.
+_IMPORTING: list[threading.Thread] = []
 
 
 def import_model_libraries() -> None:
@@ -36,6 +39,24 @@ def import_model_libraries() -> None:
         import fetaliqa_core.analysis  # noqa: F401
         import fetaliqa_core.engine  # noqa: F401
         import fetaliqa_core.models.choice  # noqa: F401
+
+
+def import_model_libraries_in_background() -> None:
+    """Start :func:`import_model_libraries` on a daemon thread (once). A process ending while it
+    runs must end with :func:`end_process`: an interpreter shutting down under a half-imported
+    PyTorch printed dozens of "Exception ignored ... torch/library.py" tracebacks."""
+
+    def load() -> None:
+        try:
+            import_model_libraries()  # (the first model load waits for these rather than race them)
+        except Exception:  # noqa: BLE001 - a broken install is reported when a model loads
+            pass
+
+    if any(t.is_alive() for t in _IMPORTING):
+        return
+    thread = threading.Thread(target=load, name="fetaliqa-preload", daemon=True)
+    _IMPORTING[:] = [thread]
+    thread.start()
 
 
 class ScoringWorker(QObject):
@@ -519,15 +540,26 @@ def abandoned_work_running() -> bool:
     return False
 
 
-def end_process(code: int) -> None:
+def importing_model_libraries() -> bool:
+    """Whether the model libraries are still being imported in the background."""
+    return any(t.is_alive() for t in _IMPORTING)
+
+
+def end_process(code: int, imports: bool = False) -> None:
     """End the process now with ``code`` when only work that writes nothing is left running
     (models still loading after their window closed: a load cannot be interrupted and would
     keep a closed viewer's process alive for seconds); otherwise return. Threads that write
-    (files being read, a last batch being stored) are waited for first."""
-    if not abandoned_work_running():
+    (files being read, a last batch being stored) are waited for first. With ``imports`` the
+    model libraries still being imported count as such work (for the program itself only: a
+    host process, a test runner, goes on and must not be ended)."""
+
+    def left() -> bool:
+        return abandoned_work_running() or (imports and importing_model_libraries())
+
+    if not left():
         return
     _wait_detached(abandonable=False)
-    if not abandoned_work_running():
+    if not left():
         return
     from fetaliqa_core.cli import exit_now
 

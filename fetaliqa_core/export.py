@@ -249,6 +249,25 @@ def _previous_outputs(out: Path) -> set[str]:
     return set()
 
 
+def remove_earlier_outputs(out: str | Path) -> list[str]:
+    """Remove from ``out`` the result files the last :func:`write_scores` into it wrote (its
+    list names them; files of the same names put there by anyone else are kept), and that list.
+    For a run that wrote something else there (a demo's screenshot of nothing scored), so that
+    the folder does not hold its files beside an earlier run's results. Returns the names removed."""
+    out = Path(out)
+    listed = _small_json(out / OUTPUTS_FILE)
+    if not isinstance(listed, list):
+        return []
+    removed = []
+    for name in [str(n) for n in listed if Path(str(n)).name == str(n)] + [OUTPUTS_FILE]:
+        path = out / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            if name != OUTPUTS_FILE:
+                removed.append(name)
+    return removed
+
+
 def earlier_results(out: str | Path) -> tuple[dict | None, list[str]]:
     """What ``out`` holds already: the ``summary.json`` of an earlier FetalIQA run (None without
     one), and the names of result files there that FetalIQA did not write (a ``frames.csv`` or

@@ -89,9 +89,11 @@ def os_error_message(exc: OSError) -> str:
 
 
 def warn_not_writable(folder: Path, exc: OSError, what: str) -> None:
-    """One warning per folder and process: something optional (a cache) could not be written."""
+    """One warning per folder and process: something optional (a cache) could not be written. A
+    folder inside one already warned about is not (the results cache in a read-only cache folder
+    was a second warning for the one cause)."""
     key = str(folder)
-    if key in _warned:
+    if key in _warned or any(str(parent) in _warned for parent in Path(folder).parents):
         return
     _warned.add(key)
     text = f"{what} ({folder}) cannot be written ({os_error_cause(exc)}); continuing without it."
@@ -156,12 +158,17 @@ def required_cache_dir(what: str, otherwise: str = "") -> Path:
     return path
 
 
+def data_path() -> Path:
+    """Where :func:`data_dir` is, without making it (for what only reads there)."""
+    home = _home_override()
+    return home / "data" if home else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
 def data_dir() -> Path:
     """User data that must be kept (the review database)."""
     from fetaliqa_core.errors import FetalIQAError
 
-    home = _home_override()
-    path = home / "data" if home else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    path = data_path()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -170,9 +177,13 @@ def data_dir() -> Path:
     return path
 
 
+def config_path() -> Path:
+    """Where :func:`config_dir` is, without making it (nor warning that it cannot be)."""
+    home = _home_override()
+    return home / "config" if home else Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
 def config_dir() -> Path:
     """Settings (recent files, window layout, chosen models). May be unwritable (then settings
     are not remembered)."""
-    home = _home_override()
-    path = home / "config" if home else Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
-    return _optional_dir(path, "the settings folder")
+    return _optional_dir(config_path(), "the settings folder")

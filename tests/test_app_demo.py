@@ -100,3 +100,78 @@ def test_outputs_for_a_cache_that_cannot_be_written_point_to_out(demo_sweep, tmp
     assert cli_main(["demo", "--headless"]) == 1
     err = capsys.readouterr().err
     assert "demo's outputs needs the cache folder" in err and "--out DIR" in err and "FETALIQA_HOME" in err, err
+
+
+_STOPPED_WHILE_IMPORTING = '''
+import importlib.abc, sys, threading, time
+from pathlib import Path
+
+SWEEP, OUT = sys.argv[1:3]
+
+
+class HoldTheImport(importlib.abc.MetaPathFinder):
+    """PyTorch's import, in the window's background thread, halts near its end (as on a slow disk)."""
+
+    def find_spec(self, name, path, target=None):
+        if name == "torch._precompile" and threading.current_thread().name == "fetaliqa-preload":
+            time.sleep(120)
+        return None
+
+
+sys.meta_path.insert(0, HoldTheImport())
+from fetaliqa_core import synth
+synth.demo_case_exists = lambda: True
+synth.demo_sweep_path = lambda: Path(SWEEP)
+from fetaliqa_core.cli import main
+sys.argv = ["fetaliqa", "demo", "--headless", "--max-seconds", "0.3", "--out", OUT]
+sys.exit(main())
+'''
+
+
+def test_a_demo_stopped_while_pytorch_is_imported_ends_after_its_one_line(tmp_path):
+    """``fetaliqa demo --max-seconds 3`` stopping while PyTorch was still being imported printed its
+    line, then 36 "Exception ignored ... torch/library.py ... TypeError" tracebacks as the interpreter
+    shut down under the half-imported library (or waited for the import to end first)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "case.mha"
+    write_volume(sweep, tiny_sweep(1, 8, 64, 80).frames)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "FETALIQA_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_IMPORTING, str(sweep), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=200, env=env)
+    took = time.monotonic() - t0
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("fetaliqa: The demo could not score the sweep: stopped after 0.3 s")
+    assert took < 60  # not after the import ended
+
+
+def test_a_demo_that_scored_nothing_leaves_no_earlier_results_beside_its_screenshot(qtbot, demo_sweep, slow_models,
+                                                                                   tmp_path, monkeypatch, capsys):
+    """A stopped ``fetaliqa demo`` wrote a new screenshot of nothing scored beside the previous run's
+    frames.csv and summary.json (another answer) and said only 'could not score the sweep'."""
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.models import choice
+
+    out = tmp_path / "demo-out"
+    assert cli_main(["demo", "--headless", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"frames.csv", "summary.json", "screenshot.png"}
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+
+    def no_models(c, **_):
+        raise FetalIQAError("the model files are damaged")
+
+    monkeypatch.setattr(choice, "load_models", no_models)
+    assert cli_main(["demo", "--headless", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "screenshot.png"]
+    assert "the model files are damaged" in err
+    assert f"{out / 'screenshot.png'} shows the window with nothing scored" in err
+    assert "the earlier run's frames.csv and summary.json there were removed" in err

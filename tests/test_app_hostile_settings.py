@@ -85,6 +85,29 @@ def test_settings_folder_that_cannot_be_created_gives_defaults(tmp_path, monkeyp
     assert not paths.config_dir().is_dir()
 
 
+
+def test_settings_on_a_read_only_disk_say_the_disk_is_read_only(monkeypatch):
+    """With a read-only home the settings folder could not be made, and saving said "(No such file
+    or directory)", the missing folder, while the warnings before it said the disk is read-only."""
+    import errno
+    import pathlib
+
+    folder = paths.config_dir()
+    folder.rmdir()
+    mkdir = pathlib.Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self == folder:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    s = AppSettings.load()
+    s.reviewer = "someone"
+    said = s.save()
+    assert "could not be saved" in said and "(the disk is read-only)" in said, said
+
+
 def test_a_damaged_settings_file_is_set_aside_and_the_window_says_so(qtbot, monkeypatch):
     """A settings file cut off mid-write was replaced by the defaults on close, without a word: the
     user's model choice was gone. It is now renamed beside itself, and the window says so in one

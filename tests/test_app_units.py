@@ -279,6 +279,22 @@ def test_the_curve_shows_no_threshold_number_before_the_models_are_known(qtbot):
     assert re.search(r"threshold \d\.\d\d$", win.curve.threshold.label.toPlainText())
 
 
+
+def test_the_empty_curve_draws_no_threshold_line_before_a_model_is_loaded(qtbot):
+    """The empty window's curve drew its threshold line at 0.5, a threshold of no model (the demo
+    model's is 0.67): no line is drawn until the models' own is known."""
+    from app.main_window import MainWindow
+    from app.settings import AppSettings
+    from fakes import fake_models
+
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    assert not win.curve.threshold.isVisible()
+    win.use_models(fake_models())
+    win._update_threshold_label()
+    assert win.curve.threshold.isVisible()
+
+
 @pytest.mark.parametrize("value", [0.9, 0.85, 0.6, 0.5, 0.3, 0.1])
 def test_the_threshold_words_are_never_drawn_over_the_sweeps_names(qtbot, window, value):
     """At 0.90 the line's words ("p_cls threshold 0.90 (model: 0.67)") sat above it, across the

@@ -1231,3 +1231,33 @@ def test_file_open_folder_opens_a_dicom_series_and_the_filter_lists_every_kind_r
     assert win.model.n_frames == 5
     kinds = window_files.SWEEP_FILTER.split(";;")[0]
     assert all(f"*{s}" in kinds for s in (".mha", ".nii.gz", ".dcm", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif"))
+
+
+def test_the_empty_window_offers_the_demo_sweep_and_opens_it(qtbot, monkeypatch):
+    """A new user's empty window said "Open a sweep (File ▸ Open, or drop a file here)" and had
+    nothing to open: File ▸ Open demo sweep makes the demo sweep (once, off the window's thread)
+    and opens it."""
+    import os
+    from pathlib import Path
+
+    from fetaliqa_core import synth
+    from fetaliqa_core.io import write_volume
+
+    made = []
+
+    def make_demo():
+        path = Path(os.environ["FETALIQA_HOME"]) / "demo.mha"
+        write_volume(path, tiny_sweep(1, 6, height=72, width=96).frames)
+        made.append(path)
+        return path
+
+    monkeypatch.setattr(synth, "demo_case_exists", lambda: False)
+    monkeypatch.setattr(synth, "demo_sweep_path", make_demo)
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    win.use_models(fake_models())
+    assert "File ▸ Open demo sweep" in win.frame_view.placeholder.text()
+    assert win.act_open_demo in win.menuBar().actions()[0].menu().actions()
+    win.act_open_demo.trigger()
+    qtbot.waitUntil(lambda: win.model.sweep is not None and win.model.sweep.n_frames == 6, timeout=20000)
+    assert len(made) == 1

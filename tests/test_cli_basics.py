@@ -94,3 +94,28 @@ def test_a_reader_that_closes_the_output_does_not_fail_the_command(tmp_path):
     assert p.wait(timeout=300) == 0, err
     assert "Broken pipe" not in err and "Traceback" not in err
     assert (out / "summary.csv").is_file() and len(list(out.glob("*/summary.json"))) == 2
+
+
+def test_a_mistyped_option_is_told_with_the_option_meant(capsys):
+    """'score x.mha --thresold 0.5' got "unrecognized arguments" without a suggestion (a mistyped
+    command gets one), and 'score --treshold 0.5 x.mha' blamed "x.mha" (0.5 was taken for the sweep)."""
+    import pytest
+
+    for argv in (["score", "x.mha", "--thresold", "0.5"], ["score", "--treshold", "0.5", "x.mha"],
+                 ["score", "x.mha", "--thresold=0.5"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2
+        err = capsys.readouterr().err
+        assert err.rstrip().endswith("unknown option " + argv[2 if argv[1] == "x.mha" else 1].split("=")[0]
+                                     + " (did you mean --threshold?)"), err
+        assert "x.mha" not in err.splitlines()[-1]
+
+
+def test_review_without_an_action_says_which_actions_there_are(capsys):
+    """'fetaliqa review' printed only a usage fragment, 'usage: fetaliqa review {export,...} --help',
+    saying neither that an action is needed nor what each does."""
+    assert main(["review"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "say what to do" in err, err
+    assert all(f"{action} (" in err for action in ("export", "labels", "history", "list")), err

@@ -144,9 +144,13 @@ def test_missing_sweep_and_bad_bundle(tmp_path, tiny_bundle_dirs, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_score_json_prints_the_answer_as_one_line_and_nothing_else(case, tiny_bundle_dirs, tmp_path, capsys):
+def test_score_json_prints_the_answer_as_one_line_and_nothing_else(case, tiny_bundle_dirs, tmp_path, capsys,
+                                                                   monkeypatch):
     """A script reading `score`'s answer had to parse lines of text or find summary.json: --json
     prints summary.json's record (and where the results are) as the only line on stdout."""
+    from fetaliqa_core import progress
+
+    monkeypatch.setattr(progress, "PLAIN_SECONDS", 0.0)  # progress lines (into this pipe) at every batch
     out = tmp_path / "out"
     rc = main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
                "--out", str(out), "--json"])
@@ -519,6 +523,29 @@ def test_a_dataset_folder_points_at_its_sweep_files(tmp_path, capsys):
         assert "images/stacked_fetal_ultrasound holds image files" in err and "takes that folder, to score them all" in err
 
 
+
+def test_a_folder_given_for_a_sweep_names_the_sweep_files_it_holds(tmp_path):
+    """`gui FOLDER` on the folder holding demo_s27_v3.mha said only "Choose the sweep file itself",
+    and on a folder whose subfolder held one mask file pointed there without naming it (it was
+    FetalIQA's own field-of-view mask, not a sweep): the files are named."""
+    from fetaliqa_core.errors import FetalIQAError
+
+    frames = np.zeros((2, 8, 8), np.uint8)
+    here = tmp_path / "demo"
+    here.mkdir()
+    write_volume(here / "demo_s27_v3.mha", frames)
+    (here / "demo_s27_v3.mha.sizes.json").write_text("{}")
+    with pytest.raises(FetalIQAError) as told:
+        load_sweep(here)
+    assert "a folder, not a sweep; it holds demo_s27_v3.mha: choose one of them" in str(told.value)
+    top = tmp_path / "clone"
+    (top / "resources").mkdir(parents=True)
+    write_volume(top / "resources" / "acouslic_fov_mask.mha", frames)
+    with pytest.raises(FetalIQAError) as told:
+        load_sweep(top)
+    assert "resources holds image files (acouslic_fov_mask.mha): choose one of them" in str(told.value)
+
+
 def test_results_of_another_sweep_or_of_the_user_are_not_replaced_without_a_word(tmp_path, capsys, monkeypatch):
     """`score patientA/sweep.mha` then `score patientB/sweep.mha` both wrote fetaliqa-scores/sweep:
     A's results were replaced without a word; a folder holding the user's own frames.csv and
@@ -598,3 +625,20 @@ def test_a_pair_on_two_bases_says_it_runs_two_encoder_passes_and_records_each_ba
     assert summary["encoder_passes"] == 1
     said = "classifier and segmenter on one base: one encoder pass per batch"
     assert summary["encoder_note"] == said and f"  {said}\n" in printed
+
+
+def test_progress_into_a_pipe_or_log_is_plain_lines(case, tiny_bundle_dirs, tmp_path, capsys, monkeypatch):
+    """Into a pipe or a log file (even with TERM=dumb) ``score`` wrote tqdm's bar, one line redrawn
+    with carriage returns and block characters; it now writes a plain line every few seconds,
+    as ``fetaliqa demo`` does."""
+    from fetaliqa_core import progress
+
+    monkeypatch.setattr(progress, "PLAIN_SECONDS", 0.0)  # a line at every batch
+    rc = main(["score", str(case), "--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "\r" not in err and "█" not in err, err
+    lines = [line for line in err.splitlines() if "frames" in line]
+    assert lines and all(re.fullmatch(r"  case\.mha: \d+ / 12 frames( · [\d.]+/s( · .+ left)?)?", line)
+                         for line in lines), err

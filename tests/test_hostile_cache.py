@@ -143,6 +143,18 @@ def test_cache_dir_that_cannot_be_created_does_not_stop_the_program(tmp_path, mo
     assert any("folder" in r.getMessage() for r in caplog.records)
 
 
+
+def test_a_cache_folder_that_cannot_be_written_is_warned_about_once(tmp_path, monkeypatch, caplog):
+    """A read-only cache folder gave two warnings for the one cause: the cache folder, then the
+    results cache inside it."""
+    (tmp_path / "home").write_text("a file, not a folder")
+    monkeypatch.setenv("FETALIQA_HOME", str(tmp_path / "home"))
+    with caplog.at_level(logging.WARNING, logger="fetaliqa"):
+        ResultCache(paths.cache_dir() / "results").save("k", META, _results())
+    warnings = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(warnings) == 1 and "the cache folder" in warnings[0], warnings
+
+
 @FUZZ
 @given(position=st.integers(0, 10**9), data=st.binary(min_size=1, max_size=16), mode=st.sampled_from(["flip", "cut",
                                                                                                      "insert"]))

@@ -519,3 +519,26 @@ def test_a_writable_database_of_an_earlier_version_is_updated_then_read_only(tmp
         with pytest.raises(FetalIQAError):
             s.add_sweep("def", "/d/e.mha", 4)
     assert (tmp_path / "old.sqlite3.v1.bak").is_file()
+
+
+def test_review_list_on_a_read_only_home_says_nothing_was_reviewed(capsys, monkeypatch):
+    """With a read-only home, `review list` made the data and settings folders to read nothing:
+    it warned that the settings folder cannot be written and told the user to "Free space or fix
+    its permissions" for the data folder; it now says, as with a writable home, that there is no
+    review database yet."""
+    import errno
+    import pathlib
+
+    from fetaliqa_core.cli import main
+
+    mkdir = pathlib.Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    assert main(["review", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fetaliqa: There is no review database at ") and len(err.splitlines()) == 1, err
+    assert str(paths.data_path()) in err and not paths.data_path().exists()
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)

@@ -185,8 +185,19 @@ class _ClosedPipeTolerant:
         return getattr(self._stream, name)
 
 
+_PROGRAM = {"running": False}
+
+
+def running_as_program() -> bool:
+    """Whether ``fetaliqa`` runs as the program itself (``main()`` with the process's arguments),
+    which may end the process when its command is done, rather than called by a host (a test)."""
+    return _PROGRAM["running"]
+
+
 def main(argv: list[str] | None = None) -> int:
     process = argv is None  # the program itself (not a caller in the same process)
+    if process:
+        _PROGRAM["running"] = True
     if process:  # (stderr too: `2>&1 | head` closed the progress bar's stream)
         for name in ("stdout", "stderr"):
             stream = getattr(sys, name)
@@ -258,10 +269,28 @@ def terminate_as_interrupt() -> None:
             pass
 
 
+def _unknown_option(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """The first unknown option, with the command's option it is closest to: "--thresold 0.5" got
+    no suggestion (a mistyped command does), and "--treshold 0.5 x.mha" blamed "x.mha", the value
+    having been taken for the sweep. Empty when no option is among ``unknown``."""
+    import difflib
+
+    from fetaliqa_core.cli._args import shown
+
+    for arg in unknown:
+        word = arg.split("=", 1)[0]
+        if word.startswith("-") and len(word) > 1 and not word[1:2].isdigit():
+            known = [o for action in parser._actions for o in action.option_strings]
+            close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+            return f"unknown option {shown(word)}" + (f" (did you mean {close[0]}?)" if close else "")
+    return ""
+
+
 def _run_parsed(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # told with the command's own usage (a mistyped option of `score` shows score's options)
-        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        told = getattr(args, "_parser", parser)
+        told.error(_unknown_option(told, unknown) or f"unrecognized arguments: {' '.join(unknown)}")
     from fetaliqa_core.paths import NOT_TEXT_PATH, is_text_path
 
     for name in ("out", "save_scores", "screenshot", "json"):

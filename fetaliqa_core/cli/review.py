@@ -196,5 +196,8 @@ def run(args: argparse.Namespace) -> int:
         return _history(args)
     if action == "list":
         return _list(args)
-    print("usage: fetaliqa review {export,labels,history,list} --help", file=sys.stderr)
+    # (the usage line alone said neither that an action is needed nor what each does)
+    print("fetaliqa review: say what to do: export (the review report), labels (for train --extra-labels), "
+          "history (every verdict entered) or list (the sweeps reviewed); fetaliqa review ACTION --help",
+          file=sys.stderr)
     return 2

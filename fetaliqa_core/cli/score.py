@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--challenge-output", action="store_true",
                    help="also write the ACOUSLIC-AI challenge's output files")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write cached results")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (a bar on a terminal, a line every 10 s into a pipe or a log)")
     p.add_argument("--json", action="store_true",
                    help="print the answer as one line of JSON on stdout (summary.json's record and the "
                         "results folder as \"results\"; everything else goes to stderr); one sweep only")
@@ -130,7 +131,7 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
 
     ``sweep``: the sweep already loaded from ``path``; ``extra(folder, sweep, results, assessment)``
     writes more files into the output folder before it is put in place."""
-    from tqdm import tqdm
+    from fetaliqa_core.progress import progress_bar
 
     from fetaliqa_core import export
     from fetaliqa_core import io as fio
@@ -146,8 +147,7 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     if getattr(models, "student", None) is not None:
         return _score_cascade(sweep, path, out, models, args, thresholds, position, extra)
     engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=not args.no_cache)
-    bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{shown(path.name)}",
-               disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(sweep.n_frames, f"{position}{shown(path.name)}", disable=args.quiet)
     try:
         for batch in engine.iter_batches():
             bar.n = batch.n_done
@@ -177,15 +177,14 @@ def _say_student_note(models) -> None:
 def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, position: str, extra) -> dict:
     """Student on every frame, then the chosen models on its candidate runs; the assessment is
     made on the latter's results only. ``cascade.json`` lists the frames they confirmed."""
-    from tqdm import tqdm
+    from fetaliqa_core.progress import progress_bar
 
     from fetaliqa_core.analysis.assessment import assess
     from fetaliqa_core.cascade import CascadeEngine
 
     engine = CascadeEngine(sweep, models.student, models.cls, models.seg, cache=not args.no_cache,
                            thresholds=thresholds)
-    bar = tqdm(total=sweep.n_frames, unit="frame", desc=f"{position}{shown(path.name)} (student)",
-               disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(sweep.n_frames, f"{position}{shown(path.name)} (student)", disable=args.quiet)
     stage = "student"
     try:
         for item in engine.iter_batches():

@@ -122,9 +122,15 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         if any(p.name.upper() == "DICOMDIR" for p in entries):
             raise FetalIQAError(f"{folder}: a DICOM media folder (it holds a DICOMDIR); the images are in its "
                                 "subfolders. Choose the subfolder of one series (e.g. .../SE000000).")
+        here = _sweep_files_in(folder)
+        if here:  # the folder of a sweep given for the sweep: its files were not named
+            raise FetalIQAError(f"{folder}: a folder, not a {what}; it holds {_some_names(here)}: choose "
+                                + ("one of them (`fetaliqa score` also takes the folder, to score them all)."
+                                   if what == "sweep" else f"the {what} file itself."))
         deeper = _folder_of_sweep_files(folder)
         if deeper is not None:  # e.g. a dataset in the ACOUSLIC layout, its sweeps in images/stacked_fetal_ultrasound
-            raise FetalIQAError(f"{folder}: no DICOM series in this folder, but {deeper} holds image files: choose "
+            raise FetalIQAError(f"{folder}: no DICOM series in this folder, but {deeper} holds image files "
+                                f"({_some_names(_sweep_files_in(deeper))}): choose "
                                 + ("one of them (`fetaliqa score` also takes that folder, to score them all)."
                                    if what == "sweep" else f"the {what} file itself."))
         pictures = [p for p in entries if p.is_file() and full_suffix(p) in _PICTURE_SUFFIXES]
@@ -2027,6 +2033,21 @@ def _dicom_pixel_format(path: Path) -> str:
                 f"{getattr(syntax, 'name', None) or syntax or 'unknown'}")
     except Exception:  # noqa: BLE001 - only a description
         return "its header cannot be parsed"
+
+
+def _sweep_files_in(folder: Path) -> list[Path]:
+    """The sweep files (by their names: .mha, .nrrd, .nii...) directly in ``folder``, sorted."""
+    try:
+        return sorted(p for p in folder.iterdir()
+                      if not p.name.startswith(".") and p.name.lower().endswith(SWEEP_FILE_SUFFIXES) and p.is_file())
+    except OSError:
+        return []
+
+
+def _some_names(files: list[Path], most: int = 3) -> str:
+    """``a.mha, b.mha`` or ``a.mha, b.mha, c.mha and 4 more``: the files a message names."""
+    names = ", ".join(p.name for p in files[:most])
+    return names + (f" and {len(files) - most} more" if len(files) > most else "")
 
 
 def _folder_of_sweep_files(folder: Path, depth: int = 3) -> Path | None:

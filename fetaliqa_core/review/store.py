@@ -114,9 +114,10 @@ from fetaliqa_core.review.schema import (  # noqa: F401
 DB_FILENAME = "reviews.sqlite3"
 
 
-def default_db_path() -> Path:
-    """``paths.data_dir() / "reviews.sqlite3"``."""
-    return paths.data_dir() / DB_FILENAME
+def default_db_path(make: bool = True) -> Path:
+    """``paths.data_dir() / "reviews.sqlite3"``; with ``make=False`` its folder is not made (a
+    listing on a read-only disk was told to "free space" by the folder it did not need)."""
+    return (paths.data_dir() if make else paths.data_path()) / DB_FILENAME
 
 
 def remembered_db_path() -> Path | None:
@@ -125,7 +126,7 @@ def remembered_db_path() -> Path | None:
     ``fetaliqa review`` without ``--db`` reads the database the trainers write to."""
     from fetaliqa_core import validate
 
-    path = paths.config_dir() / paths.APP_SETTINGS_FILENAME  # (where `fetaliqa gui --db` leaves it)
+    path = paths.config_path() / paths.APP_SETTINGS_FILENAME  # (where `fetaliqa gui --db` leaves it; only read)
     try:
         if not path.is_file():
             return None
@@ -199,7 +200,7 @@ class ReviewStore:
 
     def __init__(self, path: str | Path | None = None, *, create: bool = True, read_only: bool = False,
                  open_wait_ms: int | None = None) -> None:
-        self.path = Path(path) if path is not None else default_db_path()
+        self.path = Path(path) if path is not None else default_db_path(make=create and not read_only)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         # how long a statement waits for another writer (waiting_at_most); opening may wait less
@@ -224,7 +225,7 @@ class ReviewStore:
                     raise FetalIQAError("The review database " + paths.missing_path(self.path, "Check the --db path."))
                 raise FetalIQAError(f"The review database {self.path} does not exist: check "
                                     "the --db path (the app keeps its database in "
-                                    f"{default_db_path()}).")
+                                    f"{default_db_path(make=False)}).")
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -348,7 +349,7 @@ class ReviewStore:
         what = "is empty (0 bytes)" if size == 0 else "is an empty SQLite database (no tables)"
         return FetalIQAError(f"{self.path} {what}, not a FetalIQA review database. It has been left "
                              "as it is: check the --db path (the app keeps its database in "
-                             f"{default_db_path()}).")
+                             f"{default_db_path(make=False)}).")
 
     def _configure(self) -> None:
         conn = self._conn
