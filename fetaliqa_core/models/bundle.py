@@ -29,7 +29,7 @@ from torch import nn
 from fetaliqa_core import __version__, paths, validate
 from fetaliqa_core.validate import shown_value
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_path, normal_file_permissions, write_json
+from fetaliqa_core.files import atomic_path, safetensors_save_file, write_json
 from fetaliqa_core.models.base import (RANDOM_PREFIX, BaseInfo, _info, architecture, build_vision_tower,
                                        file_sha256, load_base_config, tensors_sha256)
 from fetaliqa_core.models.classifier import FetalCLIPClassifier
@@ -267,8 +267,6 @@ def save_bundle(model: AnyModel, out_dir: str | Path, manifest: BundleManifest) 
 
     The model must not have its LoRA merged (its adapters are what is saved).
     """
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     encoder = getattr(model, "encoder", None)
     if encoder is not None and encoder.merged:
@@ -288,10 +286,11 @@ def save_bundle(model: AnyModel, out_dir: str | Path, manifest: BundleManifest) 
             target.unlink(missing_ok=True)
             continue
         with atomic_path(target) as tmp:
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(tmp),
-                      metadata={"format": "pt", "fetaliqa_bundle": str(FORMAT_VERSION)})
+            # (a full disk as an OSError, said in one line; the file gets plain permissions: 0600
+            # as written, colleagues could not load the bundle)
+            safetensors_save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, tmp,
+                                  metadata={"format": "pt", "fetaliqa_bundle": str(FORMAT_VERSION)})
             canonical_safetensors_header(tmp)
-            normal_file_permissions(tmp)  # (0600 as written: colleagues could not load the bundle)
         files[name] = _sha256_file(target)
     manifest.files = files
     write_json(out / MANIFEST_FILE, manifest.to_dict(), sort_keys=True)
