@@ -490,3 +490,40 @@ def test_a_manifest_task_that_is_no_text_is_named_without_python_internals(bundl
     _write_manifest(bundle, _set(_manifest(bundle), "task", value))
     message = _refused(bundle, "task", "is not one of")
     assert "unhashable" not in message
+
+
+@pytest.mark.parametrize("denied", ["folder", MANIFEST_FILE, HEAD_FILE])
+def test_a_bundle_this_user_may_not_read_is_said_so_not_called_unwritable(bundle, tmp_path, monkeypatch, capsys, denied):
+    """A link to a bundle inside a folder of another user's was refused with "permission denied;
+    choose a folder you can write to": a bundle is only read. (The permission is simulated: the
+    tests may run as root, who reads everything.)"""
+    import builtins
+
+    from fetaliqa_core.models.bundle import checked_bundle
+
+    link = tmp_path / "link_to_private"
+    link.symlink_to(bundle)
+    private = str(link) if denied == "folder" else str(link / denied)
+    real_stat, real_open = os.stat, builtins.open
+
+    def stat(path, *a, follow_symlinks=True, **k):
+        if follow_symlinks and os.fspath(path).startswith(private):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *a, follow_symlinks=follow_symlinks, **k)
+
+    def open_(path, *a, **k):
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path) == private:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "stat", stat) if denied == "folder" else monkeypatch.setattr(builtins, "open", open_)
+    with pytest.raises(FetalIQAError) as exc:
+        load_bundle(link, device="cpu")
+    text = str(exc.value)
+    assert "cannot be read" in text and "permission denied" in text and "read access" in text, text
+    assert "write" not in text and "damaged" not in text, text
+    if denied != "folder":
+        assert f"({private})" in text  # the file that cannot be read is named
+    with pytest.raises(FetalIQAError) as again:  # the window reads a manifest alone first
+        read_manifest(link) if denied != HEAD_FILE else checked_bundle(link)
+    assert str(again.value) == text

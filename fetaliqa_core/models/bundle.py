@@ -15,9 +15,11 @@ tower's tensors, and rebuild that base themselves.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -371,9 +373,27 @@ class LabelPrediction:
     n_classes: int = 0
 
 
+@contextlib.contextmanager
+def _readable(bundle: Path) -> Iterator[None]:
+    """A bundle, or a file in it, that this user may not read is said so: it was refused with
+    the advice for a file being written ("choose a folder you can write to"), but a bundle is
+    only read."""
+    try:
+        yield
+    except PermissionError as exc:
+        which = f" ({exc.filename})" if exc.filename and Path(exc.filename) != bundle else ""
+        raise FetalIQAError(f"model bundle {bundle} cannot be read{which}: permission denied. Ask for read "
+                            "access to it, or copy the bundle folder to one of yours and give that") from None
+
+
 def read_manifest(bundle_dir: str | Path) -> BundleManifest:
     """Read and validate ``manifest.json`` of a bundle directory."""
     bundle = Path(bundle_dir).expanduser()
+    with _readable(bundle):
+        return _read_manifest(bundle)
+
+
+def _read_manifest(bundle: Path) -> BundleManifest:
     path = bundle / MANIFEST_FILE
     if bundle.is_symlink() and not bundle.exists():  # (a link that loops is no "directory" either)
         from fetaliqa_core.paths import missing_path
@@ -390,6 +410,8 @@ def read_manifest(bundle_dir: str | Path) -> BundleManifest:
         raise FetalIQAError(missing_path(path, "Copy the whole bundle folder again."))
     if not path.is_file():
         raise FetalIQAError(f"{bundle} is not a model bundle: it has no {MANIFEST_FILE}")
+    with open(path, "rb"):  # (not readable: said by _readable, not as "the bundle is damaged")
+        pass
     data = validate.read_json_bounded(path, "the bundle's manifest", "The bundle is damaged: export it again.")
     try:
         return BundleManifest.from_dict(data, source=str(path))
@@ -504,6 +526,11 @@ def load_bundle(bundle_dir: str | Path, base_weights: str | Path | None = None,
 def checked_bundle(bundle: Path, base_config: str | Path | None = None) -> tuple[BundleManifest, dict, str]:
     """The manifest of a bundle, its base config and a name for messages, after checking the
     config, the preprocessing version and the files against the manifest."""
+    with _readable(bundle):
+        return _checked_bundle(bundle, base_config)
+
+
+def _checked_bundle(bundle: Path, base_config: str | Path | None) -> tuple[BundleManifest, dict, str]:
     manifest = read_manifest(bundle)
     where = f"model bundle {bundle}"
 
