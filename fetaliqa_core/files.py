@@ -26,9 +26,8 @@ from typing import Any
 
 from fetaliqa_core.errors import FetalIQAError
 
-__all__ = ["atomic_output_dir", "atomic_path", "atomic_torch_save", "atomic_write", "csv_writer", "json_safe", "json_text",
-           "plain_text", "safetensors_save_file", "spreadsheet_safe", "swap_in_dir",
-           "write_json"]
+__all__ = ["atomic_output_dir", "atomic_path", "atomic_torch_save", "atomic_write", "csv_writer", "json_safe",
+           "json_text", "plain_text", "safetensors_save_file", "spreadsheet_safe", "swap_in_dir", "write_json"]
 
 
 def _fsync(path: Path) -> None:

@@ -493,7 +493,7 @@ def test_a_manifest_task_that_is_no_text_is_named_without_python_internals(bundl
 
 
 @pytest.mark.parametrize("denied", ["folder", MANIFEST_FILE, HEAD_FILE])
-def test_a_bundle_this_user_may_not_read_is_said_so_not_called_unwritable(bundle, tmp_path, monkeypatch, capsys, denied):
+def test_a_bundle_this_user_may_not_read_is_said_so_not_called_unwritable(bundle, tmp_path, monkeypatch, denied):
     """A link to a bundle inside a folder of another user's was refused with "permission denied;
     choose a folder you can write to": a bundle is only read. (The permission is simulated: the
     tests may run as root, who reads everything.)"""

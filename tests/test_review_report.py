@@ -615,7 +615,8 @@ def test_the_verdict_history_is_exported_with_what_replaced_what(store, tmp_path
     assert "not an earlier verdict history CSV" in capsys.readouterr().err
 
 
-_HOSTILE_NOTE = "bell\x07 esc\x1b[31mRED\x1b[0m back\x08\x08 nul\x00byte c1\x9b rtl \u202egnp.exe\u202c\u2066 end\nline 2\tcol"
+_HOSTILE_NOTE = ("bell\x07 esc\x1b[31mRED\x1b[0m back\x08\x08 nul\x00byte c1\x9b rtl \u202egnp.exe\u202c\u2066 end"
+                 "\nline 2\tcol")
 _CLEAN_NOTE = "bell esc[31mRED[0m back nulbyte c1 rtl gnp.exe end\nline 2\tcol"
 
 

@@ -186,7 +186,8 @@ model = torch.nn.Linear(512, 512)
 optimizer = torch.optim.AdamW(model.parameters())
 model(torch.zeros(1, 512)).sum().backward()
 optimizer.step()
-for name, save in (("checkpoint", lambda: save_checkpoint(out / "checkpoints" / "epoch_001.pt", model, optimizer, 1, [], {})),
+for name, save in (("checkpoint", lambda: save_checkpoint(out / "checkpoints" / "epoch_001.pt", model, optimizer, 1,
+                                                           [], {})),
                    ("pt", lambda: save_base_weights(model.state_dict(), out / "w" / "base_weights.pt")),
                    ("safetensors", lambda: save_base_weights(model.state_dict(), out / "s" / "base.safetensors"))):
     try:
