@@ -26,9 +26,8 @@ from typing import Any
 
 from fetaliqa_core.errors import FetalIQAError
 
-__all__ = ["atomic_output_dir", "atomic_path", "atomic_write", "csv_writer", "json_safe", "json_text",
-           "plain_text", "spreadsheet_safe", "swap_in_dir",
-           "write_json"]
+__all__ = ["atomic_output_dir", "atomic_path", "atomic_torch_save", "atomic_write", "csv_writer", "json_safe",
+           "json_text", "plain_text", "safetensors_save_file", "spreadsheet_safe", "swap_in_dir", "write_json"]
 
 
 def _fsync(path: Path) -> None:
@@ -82,6 +81,64 @@ def atomic_write(path: str | Path, data: bytes | str, encoding: str = "utf-8") -
     with atomic_path(path) as tmp:
         tmp.write_bytes(raw)
     return path
+
+
+def _os_error_within(exc: BaseException) -> OSError | None:
+    """The OSError a library's own error was raised in handling of (or from), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, a failed write raised as its OSError.
+
+    Given a path, torch.save writes through its own C++ stream and a full disk (or a file size
+    limit) came out as two RuntimeErrors ("basic_ios::clear: iostream error", "unexpected pos"):
+    a 50-line traceback where every other write says "the disk is full" in one line. Written
+    through a Python file the OSError is raised, or kept as the RuntimeError's context."""
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(obj, fh)
+        except RuntimeError as exc:
+            cause = _os_error_within(exc)
+            if cause is None:
+                raise
+            raise cause from None
+    return path
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def safetensors_save_file(tensors: Mapping[str, Any], path: str | Path,
+                          metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, a failed write raised as an OSError (write into
+    :func:`atomic_path`'s temporary file so that a failure leaves nothing behind).
+
+    safetensors reports a full disk as its own SafetensorError ("I/O error: File too large (os
+    error 27)"), which no one-line handler knows: the error number in its text is raised as the
+    OSError it was. The file gets a plain file's permissions (safetensors writes 0600)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(dict(tensors), str(path), metadata=metadata)
+    except SafetensorError as exc:
+        found = _RUST_OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code)) from None
+    normal_file_permissions(Path(path))
 
 
 def json_safe(obj: Any) -> Any:

@@ -430,8 +430,9 @@ def bundle_file_problem(name: Any, allowed: Iterable[str]) -> str | None:
 # --- safetensors ----------------------------------------------------------------------------------------------
 
 
-def check_safetensors(path: Path, what: str) -> None:
-    """Check a safetensors file's header against the file before any tensor is read.
+def check_safetensors(path: Path, what: str) -> dict[str, dict]:
+    """Check a safetensors file's header against the file before any tensor is read; return its
+    tensors' descriptions (``{name: {dtype, shape, data_offsets}}``, checked).
 
     Layout: 8-byte little-endian header length N, N bytes of JSON ``{name: {dtype, shape,
     data_offsets}}``, then the data. Every claimed size must fit in the file."""
@@ -463,6 +464,7 @@ def check_safetensors(path: Path, what: str) -> None:
         problem = _tensor_entry_problem(entry, data_bytes)
         if problem:
             raise FetalIQAError(f"{path}: {what}: tensor {str(name)[:60]!r} {problem}. {todo}")
+    return {name: entry for name, entry in info.items() if name != "__metadata__"}
 
 
 def _tensor_entry_problem(entry: Any, data_bytes: int) -> str | None:
@@ -477,7 +479,12 @@ def _tensor_entry_problem(entry: Any, data_bytes: int) -> str | None:
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)
             and 0 <= offsets[0] <= offsets[1] <= data_bytes):
         return f"claims data beyond the file's {data_bytes} data bytes"
-    claimed = checked_product(shape) * itemsize
+    elements = checked_product(shape)
+    claimed = elements * itemsize
+    if claimed > data_bytes:  # (said in bytes, a lying shape was "77371252455336267181195264.0 TB")
+        count = f"{elements:,}" if elements < 10**15 else f"about 10^{len(str(elements)) - 1}"
+        return (f"has a shape of {count} elements, far more than the whole file holds "
+                f"({_size_text(data_bytes)} of data)")
     if claimed != offsets[1] - offsets[0]:
         return f"claims {_size_text(claimed)} for its shape but {offsets[1] - offsets[0]} bytes of data"
     return None

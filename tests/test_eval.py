@@ -411,6 +411,37 @@ def test_eval_outputs_replace_a_link_and_never_write_through_it(tmp_path):
     assert not (out / "per_case.csv").is_symlink() and "u1" in (out / "per_case.csv").read_text()
 
 
+def test_a_failed_metrics_file_leaves_no_table_without_it(tmp_path, monkeypatch):
+    """`eval` under a file size limit wrote a complete per_case.csv, then failed on metrics.json
+    and left the table alone in --out, as if the evaluation had ended; an earlier evaluation's
+    files were half replaced the same way."""
+    import errno
+    import os
+
+    from training import evaluate
+
+    metrics = {"cases": {"cls": [{"uuid": "u1", "chosen_frame": 3, "wfss": 1.0, "nae_ac": None, "dsc_soft": 0.5,
+                                  "score": 0.7, "ac_pred_mm": 250.0, "ac_gt_mm": None}]}}
+    earlier = tmp_path / "earlier"
+    evaluate.write_outputs(earlier, metrics)
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    real = evaluate.write_json
+
+    def too_large(path, obj, *a, **k):
+        if Path(path).name == "metrics.json":
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        return real(path, obj, *a, **k)
+
+    monkeypatch.setattr(evaluate, "write_json", too_large)
+    metrics["cases"]["cls"][0]["uuid"] = "u2"
+    for out in (tmp_path / "new", earlier):
+        with pytest.raises(OSError) as exc:
+            evaluate.write_outputs(out, metrics)
+        assert exc.value.errno == errno.EFBIG
+        assert not out.exists() or {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]  # nothing staged left behind
+
+
 def test_an_undefined_case_score_is_empty_in_the_table_as_it_is_null_in_the_metrics(tmp_path):
     """A case whose DSC_soft (and so its score) the evaluator leaves undefined (infinite) was
     written "inf" in per_case.csv, null in metrics.json and counted 0 in the printed table: a

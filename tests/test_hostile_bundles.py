@@ -490,3 +490,104 @@ def test_a_manifest_task_that_is_no_text_is_named_without_python_internals(bundl
     _write_manifest(bundle, _set(_manifest(bundle), "task", value))
     message = _refused(bundle, "task", "is not one of")
     assert "unhashable" not in message
+
+
+@pytest.mark.parametrize("denied", ["folder", MANIFEST_FILE, HEAD_FILE])
+def test_a_bundle_this_user_may_not_read_is_said_so_not_called_unwritable(bundle, tmp_path, monkeypatch, denied):
+    """A link to a bundle inside a folder of another user's was refused with "permission denied;
+    choose a folder you can write to": a bundle is only read. (The permission is simulated: the
+    tests may run as root, who reads everything.)"""
+    import builtins
+
+    from fetaliqa_core.models.bundle import checked_bundle
+
+    link = tmp_path / "link_to_private"
+    link.symlink_to(bundle)
+    private = str(link) if denied == "folder" else str(link / denied)
+    real_stat, real_open = os.stat, builtins.open
+
+    def stat(path, *a, follow_symlinks=True, **k):
+        if follow_symlinks and os.fspath(path).startswith(private):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *a, follow_symlinks=follow_symlinks, **k)
+
+    def open_(path, *a, **k):
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path) == private:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "stat", stat) if denied == "folder" else monkeypatch.setattr(builtins, "open", open_)
+    with pytest.raises(FetalIQAError) as exc:
+        load_bundle(link, device="cpu")
+    text = str(exc.value)
+    assert "cannot be read" in text and "permission denied" in text and "read access" in text, text
+    assert "write" not in text and "damaged" not in text, text
+    if denied != "folder":
+        assert f"({private})" in text  # the file that cannot be read is named
+    with pytest.raises(FetalIQAError) as again:  # the window reads a manifest alone first
+        read_manifest(link) if denied != HEAD_FILE else checked_bundle(link)
+    assert str(again.value) == text
+
+
+def _edit_head_header(bundle: Path, edit) -> None:
+    """Rewrite the head file's header with ``edit(header)`` (its data kept) and rehash it."""
+    path = bundle / HEAD_FILE
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+    _rehash(bundle, HEAD_FILE)
+
+
+def _no_base(monkeypatch):
+    from fetaliqa_core.models import bundle as bundle_mod
+
+    def base_for(*a, **k):
+        raise AssertionError("the base was loaded before the bundle's own files were checked")
+
+    monkeypatch.setattr(bundle_mod, "base_for", base_for)
+
+
+@pytest.mark.parametrize("damage", ["shape", "extra", "dtype", "past_end"])
+def test_a_damaged_head_file_is_refused_before_the_base_is_loaded(bundle, monkeypatch, damage):
+    """A damaged head.safetensors (a shape the manifest's model does not have, an extra or integer
+    tensor, data past the end) was refused only after the base was built: 16-24 s and ~930 MB
+    with a real base."""
+    import numpy as np
+
+    def edit(header):
+        name = next(k for k in sorted(header) if k != "__metadata__")
+        entry = header[name]
+        if damage == "shape":  # the same bytes, another shape: self-consistent, but not this model
+            entry["shape"] = [1, int(np.prod(entry["shape"]))]
+        elif damage == "extra":
+            header["extra.weight"] = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+        elif damage == "dtype":
+            entry["dtype"] = "I32"
+        else:
+            entry["data_offsets"] = [entry["data_offsets"][0], entry["data_offsets"][1] + 4096]
+
+    _edit_head_header(bundle, edit)
+    _no_base(monkeypatch)
+    with pytest.raises(FetalIQAError) as exc:
+        load_bundle(bundle, device="cpu")
+    text = str(exc.value)
+    assert HEAD_FILE in text and "\n" not in text and "export" in text.lower(), text
+
+
+def test_a_huge_tensor_shape_is_said_in_plain_words_not_in_absurd_units(bundle, monkeypatch):
+    """A head tensor whose shape claims 2^40 x 2^40 x 2^40 elements was reported as claiming
+    "77371252455336267181195264.0 TB for its shape"."""
+    def edit(header):
+        name = next(k for k in sorted(header) if k != "__metadata__")
+        header[name]["shape"] = [2**40, 2**40, 2**40]
+
+    _edit_head_header(bundle, edit)
+    _no_base(monkeypatch)
+    with pytest.raises(FetalIQAError) as exc:
+        load_bundle(bundle, device="cpu")
+    text = str(exc.value)
+    assert "elements, far more than the whole file holds" in text and "about 10^36" in text, text
+    assert " TB" not in text

@@ -613,3 +613,32 @@ def test_the_verdict_history_is_exported_with_what_replaced_what(store, tmp_path
         assert main(["review", "history", "--db", str(store.path), "--out", str(other)]) != 0
         assert other.read_bytes() == before
     assert "not an earlier verdict history CSV" in capsys.readouterr().err
+
+
+_HOSTILE_NOTE = ("bell\x07 esc\x1b[31mRED\x1b[0m back\x08\x08 nul\x00byte c1\x9b rtl \u202egnp.exe\u202c\u2066 end"
+                 "\nline 2\tcol")
+_CLEAN_NOTE = "bell esc[31mRED[0m back nulbyte c1 rtl gnp.exe end\nline 2\tcol"
+
+
+def test_notes_lose_control_characters_and_direction_overrides_in_every_export(store, tmp_path):
+    """A note kept NUL, ESC sequences, backspaces and U+202E (which shows 'rtl gnp.exe' as
+    'rtl exe.png') raw in the CSV, history CSV and HTML reports, where reviewer names were
+    cleaned. Line breaks and tabs stay; a formula start is still made text."""
+    from fetaliqa_core.review.report import history_csv_text
+
+    sid = store.sweeps()[0].id
+    store.record_verdict(sid, 3, "dave", "optimal", note=_HOSTILE_NOTE)
+    assert store.verdict_for(sid, 3, "dave").note == _CLEAN_NOTE  # cleaned as it is recorded
+    # a database of an earlier version (or another program) holds the note raw: cleaned as it is read
+    store._conn.execute("UPDATE verdicts SET note = ? WHERE reviewer = 'bob'", ("=cmd\x1b]0;x\x07\u202e|calc",))
+    store._conn.commit()
+    html = render_report_html(store)
+    texts = {"csv": report_csv_text(store), "history": history_csv_text(store), "html": html}
+    for kind, text in texts.items():
+        bad = sorted({f"U+{ord(c):04X}" for c in text if (c < " " and c not in "\n\r\t") or "\x7f" <= c <= "\x9f"
+                      or c in "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"})
+        assert bad == [], (kind, bad)
+    for kind in ("csv", "history"):
+        notes = {r["reviewer"]: r["note"] for r in csv.DictReader(io.StringIO(texts[kind]))}
+        assert notes["dave"] == _CLEAN_NOTE and notes["bob"] == "'=cmd]0;x|calc", kind
+    assert "rtl gnp.exe end" in html

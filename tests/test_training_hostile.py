@@ -171,3 +171,55 @@ def test_labels_that_name_no_case_of_the_dataset_are_counted(tmp_path):
                           np.zeros(4, np.uint8))
     line = extra_labels_message(path, train, cases)
     assert "0 training frame(s) relabelled" in line and "2 label(s) on validation or test cases" in line
+
+
+_SAVES_UNDER_A_SIZE_LIMIT = r"""
+import resource, sys
+from pathlib import Path
+import torch
+from training.checkpoints import save_checkpoint
+from fetaliqa_core.models.base import save_base_weights
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+out = Path(sys.argv[1])
+model = torch.nn.Linear(512, 512)
+optimizer = torch.optim.AdamW(model.parameters())
+model(torch.zeros(1, 512)).sum().backward()
+optimizer.step()
+for name, save in (("checkpoint", lambda: save_checkpoint(out / "checkpoints" / "epoch_001.pt", model, optimizer, 1,
+                                                           [], {})),
+                   ("pt", lambda: save_base_weights(model.state_dict(), out / "w" / "base_weights.pt")),
+                   ("safetensors", lambda: save_base_weights(model.state_dict(), out / "s" / "base.safetensors"))):
+    try:
+        save()
+        print(name, "saved")
+    except OSError as exc:
+        print(name, "OSError", exc.errno, exc.filename)
+    except BaseException as exc:
+        print(name, type(exc).__name__)
+"""
+
+
+def test_a_checkpoint_or_weights_file_cut_by_a_full_disk_is_one_os_error_and_leaves_nothing(tmp_path):
+    """`train` printed a 50-line traceback (torch.save's two RuntimeErrors, 'iostream error' and
+    'unexpected pos') when the disk filled, or a file size limit was met, while a checkpoint was
+    written: only an OSError is said in one line ("the disk is full", "a file size limit")."""
+    import errno
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "saves.py"
+    script.write_text(_SAVES_UNDER_A_SIZE_LIMIT)
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=repo)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, done.stdout + done.stderr
+    for line, target in zip(lines, ("checkpoints/epoch_001.pt", "w/base_weights.pt", "s/base.safetensors")):
+        assert line.split()[1:3] == ["OSError", str(errno.EFBIG)], line
+        assert line.split()[3] == str(out / target)  # the file named, not a temporary one
+    # nothing half-written that a resume (or a --base) would trust
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == []

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_path, json_text
+from fetaliqa_core.files import atomic_torch_save, json_text
 from training.config import CONFIG_FILE, RESUME_KEYS, TrainConfig
 from training.modelling import trainable_state
 
@@ -25,12 +25,11 @@ def latest_checkpoint(trial_dir: Path) -> Path | None:
 
 
 def save_checkpoint(path: Path, model, optimizer, epoch: int, history: list, best: dict) -> None:
-    import torch
-
+    """Written whole or not at all (a resume trusts every ``epoch_*.pt`` it finds); a full disk or a
+    file size limit is raised as its OSError, said in one line."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save({"epoch": epoch, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-                    "history": json_text(history, indent=None), "best": json_text(best, indent=None)}, tmp)
+    atomic_torch_save({"epoch": epoch, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                       "history": json_text(history, indent=None), "best": json_text(best, indent=None)}, path)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -37,7 +37,7 @@ import numpy as np
 from fetaliqa_core import __version__, paths
 from fetaliqa_core.acouslic import CSV_RELPATH, IMAGES_SUBDIR, MASKS_SUBDIR
 from fetaliqa_core.errors import FetalIQAError, UsageError
-from fetaliqa_core.files import atomic_write, csv_writer, write_json
+from fetaliqa_core.files import atomic_output_dir, atomic_write, csv_writer, write_json
 
 SPLITS = ("train", "val", "test", "all")
 FRAME_KEYS = ("accuracy", "f1", "precision", "recall", "specificity")
@@ -583,13 +583,14 @@ def _frame_metrics(col: _Collected, truth: np.ndarray, threshold: float, keep: n
 
 
 def write_outputs(out: Path, metrics: dict) -> None:
-    """``metrics.json`` and ``per_case.csv`` (and the list of them), each written whole or not at all (a full disk left an
-    empty table beside complete metrics; a link at the table's path had its target overwritten)."""
+    """``metrics.json`` and ``per_case.csv`` (and the list of them), all written or none: staged in
+    a hidden folder and moved into ``out`` together (a full disk left an empty table beside complete
+    metrics; a file size limit on metrics.json left a complete table without it; a link at the
+    table's path had its target overwritten)."""
     import io
 
     from fetaliqa_core.export import OUTPUTS_FILE
 
-    out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv_writer(buf)
     w.writerow(["model", "uuid", "chosen_frame", "wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm"])
@@ -600,11 +601,12 @@ def write_outputs(out: Path, metrics: dict) -> None:
             w.writerow([name, c["uuid"], c["chosen_frame"]] + [
                 "" if c[k] is None or not math.isfinite(c[k]) else f"{c[k]:.4f}" for k in
                 ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm")])
-    atomic_write(out / "per_case.csv", buf.getvalue())
-    write_json(out / "metrics.json", metrics)
-    # what was written, as `score` records its own: a later evaluation writes over these files
-    # only, never a metrics.json or per_case.csv of the user's own (training.cli_eval.check_eval_out)
-    write_json(out / OUTPUTS_FILE, ["metrics.json", "per_case.csv"])
+    with atomic_output_dir(out) as staged:
+        atomic_write(staged / "per_case.csv", buf.getvalue())
+        write_json(staged / "metrics.json", metrics)
+        # what was written, as `score` records its own: a later evaluation writes over these files
+        # only, never a metrics.json or per_case.csv of the user's own (training.cli_eval.check_eval_out)
+        write_json(staged / OUTPUTS_FILE, ["metrics.json", "per_case.csv"])
 
 
 def _fmt(v, digits: int = 4) -> str:

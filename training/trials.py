@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.files import atomic_path
 from training.checkpoints import check_resume
 from training.config import CONFIG_FILE, TrainConfig, validate_config
 from training.data import prepare_splits
@@ -99,7 +100,8 @@ def train(cfg: TrainConfig) -> dict:
             summary["bundle"] = str(final)
             summary["best_trial"] = best["trial"]
             if cfg.full_finetune:
-                shutil.copy2(best["base_weights"], run / "base_weights.pt")
+                with atomic_path(run / "base_weights.pt") as tmp:  # (a full disk left half a file)
+                    shutil.copyfile(best["base_weights"], tmp)
                 summary["base_weights"] = str(run / "base_weights.pt")
             write_json(run / "metrics.json", summary)
             for key, stats in summary.get("test_summary", {}).items():

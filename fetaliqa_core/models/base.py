@@ -394,16 +394,15 @@ def save_base_weights(clip_state_dict: dict[str, torch.Tensor], path: str | Path
     safetensors (``.safetensors``)."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in clip_state_dict.items()}
+    from fetaliqa_core.files import atomic_path, atomic_torch_save, safetensors_save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    # whole or not at all, a full disk said in one line (torch.save raised two RuntimeErrors)
     if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(state, str(path))
-        from fetaliqa_core.files import normal_file_permissions
-
-        normal_file_permissions(path)  # (safetensors writes 0600)
+        with atomic_path(path) as tmp:
+            safetensors_save_file(state, tmp)
     else:
-        torch.save(state, path)
+        atomic_torch_save(state, path)
     return path
 
 

@@ -229,12 +229,29 @@ def check_label(label: str | int) -> str:
 _BIDI_CONTROLS = dict.fromkeys(map(ord, BIDI_CONTROLS))
 
 
+def _without_controls(text: str, keep: str = "") -> str:
+    """``text`` without direction overrides and isolates, nor control characters (C0, DEL, C1)
+    other than those in ``keep``: invisible, they turned a report's text around (``rtl
+    \u202egnp.exe`` shows as "exe.png"), ran escape sequences in a terminal that shows a CSV,
+    and a NUL stopped some CSV readers."""
+    return "".join(ch for ch in text.translate(_BIDI_CONTROLS)
+                   if ch in keep or not (ch < " " or "\x7f" <= ch <= "\x9f"))
+
+
 def check_reviewer(reviewer: str) -> str:
-    name = "".join(ch for ch in (reviewer or "").translate(_BIDI_CONTROLS) if ch >= " " and ch != "\x7f").strip()
+    name = _without_controls(reviewer or "").strip()
     if not name:
         raise FetalIQAError("The reviewer name is empty: enter your name before reviewing, "
                             "so that every verdict says who made it.")
     return name
+
+
+def clean_note(note: str | None) -> str:
+    """A verdict's note as it is kept and shown: line breaks and tabs stay (a note may have lines),
+    other control characters and direction overrides go, as in a reviewer's name. Applied when a
+    verdict is recorded and when one is read (a database written by an earlier version, or by
+    another program), so that no report or export carries them."""
+    return _without_controls("" if note is None else str(note), keep="\n\r\t")
 
 
 # ----------------------------------------------------------------------------- rows -> values
@@ -332,7 +349,7 @@ def verdict_from_row(row: tuple) -> Verdict:
             or withdrawn not in (0, 1)):
         raise DamagedRow(f"verdict {vid}")
     return Verdict(id=vid, sweep_id=sid, frame=frame, reviewer=reviewer, label=label,
-                   agrees_with_model=None if agrees is None else bool(agrees), note=note or "",
+                   agrees_with_model=None if agrees is None else bool(agrees), note=clean_note(note),
                    time=time, model_run_id=run_id, withdrawn=bool(withdrawn))
 
 

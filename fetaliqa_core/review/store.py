@@ -86,6 +86,7 @@ from fetaliqa_core.review.records import (  # noqa: F401  (re-exported: the stor
     Verdict,
     check_label,
     check_reviewer,
+    clean_note,
     encode_mask,
     f32_blob,
     i32_blob,
@@ -680,6 +681,7 @@ class ReviewStore:
                                 f"(0..{sweep.n_frames - 1}).")
         reviewer = self.known_reviewer(reviewer)
         label = check_label(label)
+        note = clean_note(note)
         run = self.latest_run(sweep_id)
         if isinstance(agrees_with_model, str):
             if agrees_with_model != AUTO:
