@@ -631,6 +631,29 @@ def test_the_memory_available_now_is_what_the_system_and_an_address_space_limit_
     assert 0 <= int(out.stdout) < 2 << 30
 
 
+def test_a_container_s_droppable_page_cache_is_not_counted_as_memory_in_use(monkeypatch):
+    """In a container (cgroup v2), memory.current counts the page cache the kernel drops on demand:
+    after reading earlier cases it reached the limit, and a 750 KB sweep was refused as "only 100 MB
+    available now". The cache memory.stat calls inactive_file is left out, as container tools do."""
+    import builtins
+    import io as _io
+
+    limit, cache = 4 << 30, (4 << 30) - (600 << 20)
+    files = {"/sys/fs/cgroup/memory.max": f"{limit}\n", "/sys/fs/cgroup/memory.current": f"{limit - (100 << 20)}\n",
+             "/sys/fs/cgroup/memory.stat": f"anon 400000000\nfile {cache}\ninactive_file {cache}\n",
+             "/proc/meminfo": f"MemTotal: {64 << 20} kB\nMemAvailable: {32 << 20} kB\n"}
+    real_open = builtins.open
+
+    def fake_open(name, *args, **kwargs):
+        return _io.StringIO(files[name]) if isinstance(name, str) and name in files else real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    # (in use: 100 MB short of the limit, of which all but 500 MB is droppable cache)
+    assert validate.available_memory_bytes() == pytest.approx(limit - (500 << 20), abs=1 << 20)
+    del files["/sys/fs/cgroup/memory.stat"]  # without the breakdown: what memory.current says
+    assert validate.available_memory_bytes() == pytest.approx(100 << 20, abs=1 << 20)
+
+
 def _deflated_dicom(path: Path, frames_in_header: int, pixels: bytes, rows: int = 48, cols: int = 64) -> Path:
     """A Deflated Explicit VR Little Endian ultrasound DICOM of 8-bit grey frames whose header
     says ``frames_in_header`` and whose pixel data are ``pixels``, whatever their length."""
