@@ -615,7 +615,7 @@ def test_the_verdict_history_is_exported_with_what_replaced_what(store, tmp_path
     assert "not an earlier verdict history CSV" in capsys.readouterr().err
 
 
-_HOSTILE_NOTE = ("bell\x07 esc\x1b[31mRED\x1b[0m back\x08\x08 nul\x00byte c1\x9b rtl \u202egnp.exe\u202c\u2066 end"
+_HOSTILE_NOTE = ("bell\x07 esc\x1b[31mRED\x1b[0m back\x08\x08 nul\x00byte c1\x9b rtl \u202egnp.exe\u202c\u202d end"
                  "\nline 2\tcol")
 _CLEAN_NOTE = "bell esc[31mRED[0m back nulbyte c1 rtl gnp.exe end\nline 2\tcol"
 
@@ -636,9 +636,18 @@ def test_notes_lose_control_characters_and_direction_overrides_in_every_export(s
     texts = {"csv": report_csv_text(store), "history": history_csv_text(store), "html": html}
     for kind, text in texts.items():
         bad = sorted({f"U+{ord(c):04X}" for c in text if (c < " " and c not in "\n\r\t") or "\x7f" <= c <= "\x9f"
-                      or c in "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"})
+                      or c in "\u202a\u202b\u202c\u202d\u202e"})
         assert bad == [], (kind, bad)
     for kind in ("csv", "history"):
         notes = {r["reviewer"]: r["note"] for r in csv.DictReader(io.StringIO(texts[kind]))}
         assert notes["dave"] == _CLEAN_NOTE and notes["bob"] == "'=cmd]0;x|calc", kind
     assert "rtl gnp.exe end" in html
+
+
+def test_a_right_to_left_note_keeps_its_marks_and_isolates(store):
+    """Notes lost the right-to-left mark and isolates, ordinary in Hebrew and Arabic text (they
+    reorder nothing beyond their own run, unlike the overrides, which still go)."""
+    sid = store.sweeps()[0].id
+    note = "\u05d1\u05d8\u05df \u200f(AC \u2067\u05ea\u05e7\u05d9\u05df\u2069) \u0627\u0644\u0628\u0637\u0646\u061c"
+    store.record_verdict(sid, 4, "dana", "optimal", note=note + "\u202e")
+    assert store.verdict_for(sid, 4, "dana").note == note

@@ -229,12 +229,17 @@ def check_label(label: str | int) -> str:
 _BIDI_CONTROLS = dict.fromkeys(map(ord, BIDI_CONTROLS))
 
 
-def _without_controls(text: str, keep: str = "") -> str:
-    """``text`` without direction overrides and isolates, nor control characters (C0, DEL, C1)
-    other than those in ``keep``: invisible, they turned a report's text around (``rtl
+#: Of those, the ones that reach past their own run of text (embeddings and overrides, U+202A-E):
+#: the marks (LRM, RLM) and isolates are ordinary in Hebrew and Arabic notes and stay there.
+_BIDI_OVERRIDES = dict.fromkeys(range(0x202A, 0x202F))
+
+
+def _without_controls(text: str, keep: str = "", bidi: dict = _BIDI_CONTROLS) -> str:
+    """``text`` without direction overrides and isolates (``bidi``), nor control characters (C0,
+    DEL, C1) other than those in ``keep``: invisible, they turned a report's text around (``rtl
     \u202egnp.exe`` shows as "exe.png"), ran escape sequences in a terminal that shows a CSV,
     and a NUL stopped some CSV readers."""
-    return "".join(ch for ch in text.translate(_BIDI_CONTROLS)
+    return "".join(ch for ch in text.translate(bidi)
                    if ch in keep or not (ch < " " or "\x7f" <= ch <= "\x9f"))
 
 
@@ -248,10 +253,11 @@ def check_reviewer(reviewer: str) -> str:
 
 def clean_note(note: str | None) -> str:
     """A verdict's note as it is kept and shown: line breaks and tabs stay (a note may have lines),
-    other control characters and direction overrides go, as in a reviewer's name. Applied when a
-    verdict is recorded and when one is read (a database written by an earlier version, or by
-    another program), so that no report or export carries them."""
-    return _without_controls("" if note is None else str(note), keep="\n\r\t")
+    other control characters and direction embeddings and overrides go (the marks and isolates of
+    right-to-left text stay: a Hebrew or Arabic note lost them). Applied when a verdict is recorded
+    and when one is read (a database written by an earlier version, or by another program), so
+    that no report or export carries them."""
+    return _without_controls("" if note is None else str(note), keep="\n\r\t", bidi=_BIDI_OVERRIDES)
 
 
 # ----------------------------------------------------------------------------- rows -> values
