@@ -112,13 +112,19 @@ def run(args) -> int:
         if outcome.screenshot is not None:
             # the folder holds this run's files only: an earlier run's scores beside a picture of
             # nothing scored passed for this run's
-            from fetaliqa_core.export import remove_earlier_outputs
+            from fetaliqa_core.export import earlier_results, remove_earlier_outputs
 
-            removed = remove_earlier_outputs(out_dir)
+            earlier, _ = earlier_results(out_dir)
             problem += f". {outcome.screenshot} shows the window with nothing scored"
-            if removed:
-                names = " and ".join([", ".join(removed[:-1]), removed[-1]] if len(removed) > 1 else removed)
-                problem += f"; the earlier run's {names} there {'were' if len(removed) > 1 else 'was'} removed"
+            if earlier is not None and not _same_file(earlier.get("path"), sweep_path):
+                # another sweep's results (a `score --out` into this folder): never removed here
+                problem += (f"; the folder also holds the results of {Path(str(earlier.get('path') or '?')).name}, "
+                            "another run's, left as they were")
+            else:
+                removed = remove_earlier_outputs(out_dir)
+                if removed:
+                    names = " and ".join([", ".join(removed[:-1]), removed[-1]] if len(removed) > 1 else removed)
+                    problem += f"; the earlier run's {names} there {'were' if len(removed) > 1 else 'was'} removed"
         # stopped while the models were still loading: the process ends here, after this one line
         end_without_loading_models(1, f"fetaliqa: {shown(problem)}")
         raise FetalIQAError(problem)
@@ -135,3 +141,11 @@ def run(args) -> int:
         code = 1
     end_without_loading_models(code)
     return code
+
+
+def _same_file(recorded, path: Path) -> bool:
+    """Whether the sweep an earlier run's summary names (``recorded``) is ``path``."""
+    try:
+        return recorded is not None and Path(str(recorded)).expanduser().resolve() == Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False

@@ -175,3 +175,30 @@ def test_a_demo_that_scored_nothing_leaves_no_earlier_results_beside_its_screens
     assert "the model files are damaged" in err
     assert f"{out / 'screenshot.png'} shows the window with nothing scored" in err
     assert "the earlier run's frames.csv and summary.json there were removed" in err
+
+
+def test_a_demo_that_scored_nothing_leaves_another_sweep_s_results_alone(qtbot, demo_sweep, slow_models,
+                                                                        tmp_path, monkeypatch, capsys):
+    """A demo that scored nothing removed the results `fetaliqa score` had written into the same
+    folder for another sweep: only a demo's own earlier results are removed."""
+    from fetaliqa_core.cli import main as core_main
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.models import choice
+
+    out = tmp_path / "shared-out"
+    other = tmp_path / "other.mha"
+    write_volume(other, tiny_sweep(1, 6, 64, 80).frames)
+    monkeypatch.setattr(choice, "load_models", lambda c, **_: fake_models())
+    assert core_main(["score", str(other), "--out", str(out), "--quiet"]) in (0, 1)
+    assert (out / "summary.json").is_file()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+
+    def no_models(c, **_):
+        raise FetalIQAError("the model files are damaged")
+
+    monkeypatch.setattr(choice, "load_models", no_models)
+    assert cli_main(["demo", "--headless", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
+    assert "the folder also holds the results of other.mha, another run's, left as they were" in err
