@@ -831,6 +831,85 @@ def test_resume_refuses_a_dataset_split_otherwise(tmp_path):
         check_same_split(tmp_path / "split.json", moved)
 
 
+def _labels_flipping_one_training_frame(data: Path, path: Path):
+    """A reviewers' labels CSV that relabels one training frame of ``data``, and the config."""
+    from training.config import TrainConfig
+
+    cases = ds.read_cases(data)
+    train_case = ds.split_cases(cases)["train"][0]
+    index = ds.build_index([train_case], all_sweeps=True)
+    frame, target = int(index.frame_idx[0]), float(index.target[0])
+    path.write_text(f"uuid,frame,label\n{train_case.uuid},{frame},{'not_usable' if target > 0.5 else 'optimal'}\n")
+    return TrainConfig(task="cls", data=str(data), out="-", all_sweeps=True, extra_labels=str(path))
+
+
+def test_a_bundle_trained_with_extra_labels_records_the_file_its_hash_and_the_frames_relabelled(tmp_path):
+    """A bundle trained with --extra-labels had the manifest of one trained without: no entry for
+    the labels file, and the same data_sha256, although reviewers' labels had replaced its targets."""
+    import hashlib
+    import shutil
+
+    from fetaliqa_core.synth import write_dataset
+    from training.config import TrainConfig
+    from training.data import prepare_splits
+    from training.loop import training_record
+    from training.reporting import Reporter
+
+    data = tmp_path / "data"
+    write_dataset(data, cases=6, seed=3, frames_per_sweep=4, height=96, width=128, compress=False)
+    cfg = _labels_flipping_one_training_frame(data, tmp_path / "labels.csv")
+    record = training_record(cfg, 0, prepare_splits(cfg, Reporter(False, False)))
+    labels = record["extra_labels"]
+    assert labels == {"file": str(tmp_path / "labels.csv"), "frames_relabelled": 1,
+                      "sha256": hashlib.sha256((tmp_path / "labels.csv").read_bytes()).hexdigest()}
+    plain = TrainConfig(task="cls", data=str(data), out="-", all_sweeps=True)
+    assert training_record(plain, 0, prepare_splits(plain, Reporter(False, False)))["extra_labels"] is None
+    shutil.rmtree(data)
+
+
+def test_resume_refuses_data_or_extra_labels_that_changed_since_the_run_started(tmp_path):
+    """--resume compared only the list of cases: a changed CSV value or another --extra-labels
+    file trained on without a word, split.json was rewritten, and the bundle recorded the new
+    data's hash although the first epochs learnt from the old."""
+    from fetaliqa_core.acouslic import CSV_RELPATH
+    from fetaliqa_core.synth import write_dataset
+    from training.data import prepare_splits
+    from training.reporting import Reporter
+    from training.trials import check_same_split
+
+    data = tmp_path / "data"
+    write_dataset(data, cases=6, seed=3, frames_per_sweep=4, height=96, width=128, compress=False)
+    cfg = _labels_flipping_one_training_frame(data, tmp_path / "labels.csv")
+    started = tmp_path / "split.json"
+    started.write_text(json.dumps(prepare_splits(cfg, Reporter(False, False)).split_record))
+    check_same_split(started, prepare_splits(cfg, Reporter(False, False)).split_record)  # unchanged: resumed
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text(labels.read_text() + "unknown-case,1,optimal\n")
+    with pytest.raises(FetalIQAError) as info:
+        check_same_split(started, prepare_splits(cfg, Reporter(False, False)).split_record)
+    message = str(info.value)
+    assert "--extra-labels file" in message and str(labels) in message and "another --out" in message
+    assert "\n" not in message
+
+    labels.write_text("".join(labels.read_text().splitlines(keepends=True)[:2]))  # restored
+    csv_path = data / CSV_RELPATH
+    text = csv_path.read_text()
+    value = next(cell for row in text.splitlines()[1:] for cell in row.split(",")[2:] if cell)
+    csv_path.write_text(text.replace(f",{value},", f",{float(value) + 1:.2f},", 1))  # one AC value changed
+    now = prepare_splits(cfg, Reporter(False, False)).split_record
+    assert sorted(now["train"]["cases"]) == sorted(json.loads(started.read_text())["train"]["cases"])
+    with pytest.raises(FetalIQAError, match="--data changed since this run started.*another --out"):
+        check_same_split(started, now)
+
+    # a run started by a version that recorded no fingerprint: resumed, with a note
+    old = {k: v for k, v in json.loads(started.read_text()).items() if k not in ("data_sha256", "extra_labels")}
+    started.write_text(json.dumps(old))
+    notes = []
+    check_same_split(started, now, notes.append)
+    assert len(notes) == 1 and "cannot check" in notes[0]
+
+
 def test_a_case_file_in_another_format_or_case_is_named_as_such(tiny_data, tmp_path):
     """A dataset in .nii.gz (or with ids in another letter case) read '12 file(s) are missing' with
     no word that the files are there under another name."""

@@ -24,12 +24,22 @@ class Splits:
 
 def extra_labels_message(labels_path, train_index, cases) -> str:
     """Apply the reviewers' labels to the training frames; the one line that says what came of
-    them: frames relabelled, and the labels not used and why (a count of 0 with no reason
-    looked like labels that agreed with the masks)."""
+    them (see :func:`apply_labels_file`)."""
+    return apply_labels_file(labels_path, train_index, cases)[0]
+
+
+def apply_labels_file(labels_path, train_index, cases) -> tuple[str, dict]:
+    """Apply the reviewers' labels to the training frames. Returns the one line that says what
+    came of them: frames relabelled, and the labels not used and why (a count of 0 with no reason
+    looked like labels that agreed with the masks); and the record of the file that the run's
+    split and the bundle's manifest keep (``file``, ``sha256``, ``frames_relabelled``): a bundle
+    whose targets were replaced by reviewers' labels could not be told from one trained on the
+    masks, and a resumed run could not tell that the file had changed."""
     from training.dataset import apply_extra_labels, read_extra_labels
 
     labels = read_extra_labels(labels_path)
     done = apply_extra_labels(train_index, labels)
+    record = {"file": str(labels_path), "sha256": labels.sha256, "frames_relabelled": done.changed}
     text = f"extra labels: {done.changed} training frame(s) relabelled from {labels_path}"
     if done.other_pixels:
         text += (f"; {done.other_pixels} label(s) not used: given on other pixels than the file of that name in "
@@ -46,7 +56,7 @@ def extra_labels_message(labels_path, train_index, cases) -> str:
         names = sorted(unknown)
         text += (f"; {n} label(s) name no case in --data ({', '.join(u[:24] for u in names[:3])}"
                  f"{', …' if len(names) > 3 else ''}): export them from sweeps at the dataset's own files")
-    return text
+    return text, record
 
 
 def _empty_validation_message(cfg: TrainConfig, cases, val_cases) -> str:
@@ -88,12 +98,15 @@ def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
                             "masks, or add cases with annotated frames")
     if not len(idx["val"]):
         raise FetalIQAError(_empty_validation_message(cfg, cases, split["val"]))
+    labels_record = None
     if cfg.extra_labels:
-        reporter.message(extra_labels_message(cfg.extra_labels, idx["train"], cases))
+        text, labels_record = apply_labels_file(cfg.extra_labels, idx["train"], cases)
+        reporter.message(text)
     from training.dataset import data_fingerprint
 
+    # (data_sha256 and extra_labels are also what --resume compares: training.trials.check_same_split)
     record = {"seed": cfg.split_seed, "fractions": list(SPLIT_FRACTIONS), "all_sweeps": cfg.all_sweeps,
-              "data_sha256": data_fingerprint(cfg.data, cases)}
+              "data_sha256": data_fingerprint(cfg.data, cases), "extra_labels": labels_record}
     for name in split:
         record[name] = {"cases": [c.uuid for c in split[name]],
                         "subjects": sorted({c.subject_id for c in split[name]}),

@@ -563,6 +563,8 @@ class ExtraLabels:
     dataset's file (:func:`apply_extra_labels`)."""
 
     rows: dict[tuple[str, int], list[tuple[float, str]]] = field(default_factory=dict)
+    #: SHA-256 of the file's bytes as read (what a bundle and a resumed run record of it)
+    sha256: str = ""
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.rows.values())
@@ -610,9 +612,11 @@ def read_extra_labels(path: str | Path) -> ExtraLabels:
     except UnicodeDecodeError:  # a spreadsheet's export in Latin-1 / Windows-1252: names and notes only
         text = raw.decode("cp1252", errors="replace")
     try:
-        return _parse_extra_labels(text, p)
+        labels = _parse_extra_labels(text, p)
     except csv.Error as exc:  # e.g. a field over the csv module's limit
         raise FetalIQAError(f"--extra-labels {p}: not a readable CSV ({exc}); give the reviewers' labels CSV") from None
+    labels.sha256 = hashlib.sha256(raw).hexdigest()
+    return labels
 
 
 def _parse_extra_labels(text: str, p: Path) -> ExtraLabels:

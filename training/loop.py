@@ -313,13 +313,16 @@ def training_record(cfg: TrainConfig, seed: int, splits: Splits, precision: str 
     """What went into a bundle (stored in its manifest's metrics). ``precision``: the number
     format training ran in ("bf16" / "fp32"; --precision as asked is ``precision_requested``,
     None for the device's choice). ``data_sha256``: :func:`training.dataset.data_fingerprint` of the
-    data trained on; ``trials``: how many trials the run trained, of which this bundle is the best
+    data trained on; ``extra_labels``: the ``--extra-labels`` file (as given), its SHA-256 and the
+    training frames it relabelled, None without one (a bundle trained on reviewers' labels looked
+    like one trained on the masks: same keys, same ``data_sha256``); ``trials``: how many trials the run trained, of which this bundle is the best
     by validation loss when more than one. ``train_cases``: the cases of
     its training split (:func:`training.dataset.case_digest` of each id, sorted), so that an
     evaluation can tell which of its cases the bundle saw, whatever the dataset holds by then."""
     from training.dataset import case_digest
 
-    return {"data": cfg.data, "data_sha256": splits.split_record.get("data_sha256"), "trials": cfg.trials,
+    return {"data": cfg.data, "data_sha256": splits.split_record.get("data_sha256"),
+            "extra_labels": splits.split_record.get("extra_labels"), "trials": cfg.trials,
             "split_seed": cfg.split_seed, "all_sweeps": cfg.all_sweeps, "seed": seed,
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seg_loss": cfg.seg_loss,
             "full_finetune": cfg.full_finetune, "augment": cfg.augment, "neg_ratio": cfg.neg_ratio,

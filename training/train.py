@@ -11,7 +11,7 @@ split by case 70/10/20 with a fixed seed, grouped by subject; only sweeps with a
 Run folder (``--out RUN``)::
 
     RUN/config.json            the settings (checked by --resume)
-    RUN/split.json             the case split
+    RUN/split.json             the case split, the data's and the --extra-labels file's SHA-256 (checked by --resume)
     RUN/trial_<k>/checkpoints/epoch_<e>.pt, best.pt   (trainable tensors + optimiser state)
     RUN/trial_<k>/metrics.json, curves.png, bundle/
     RUN/metrics.json           all trials: test metrics, mean +- std

@@ -83,7 +83,7 @@ def train(cfg: TrainConfig) -> dict:
         run = cfg.run_dir
         splits = prepare_splits(cfg, reporter)
         if cfg.resume:
-            check_same_split(run / SPLIT_FILE, splits.split_record)
+            check_same_split(run / SPLIT_FILE, splits.split_record, reporter.message)
         if info.is_main:
             run.mkdir(parents=True, exist_ok=True)
             write_json(run / CONFIG_FILE, cfg.to_json())
@@ -124,10 +124,14 @@ def train(cfg: TrainConfig) -> dict:
 SPLIT_FILE = "split.json"
 
 
-def check_same_split(path, record: dict) -> None:
+def check_same_split(path, record: dict, note=None) -> None:
     """A resumed run must see the cases it started with in the same splits: a dataset that gained
     or lost cases was split again without a word (a training case became a validation or test
-    case, and the best epoch was chosen on two different validation sets)."""
+    case, and the best epoch was chosen on two different validation sets). And the same data and
+    reviewers' labels: a relabelled mask, a changed CSV or another ``--extra-labels`` file trained
+    on silently, and the bundle recorded the new data's hash though the first epochs learnt from
+    the old. ``note``: where to say that a run started by an older FetalIQA, which recorded no
+    such hash, cannot be checked (it is resumed)."""
     from fetaliqa_core.validate import read_json_bounded
 
     if not path.is_file():
@@ -147,6 +151,37 @@ def check_same_split(path, record: dict) -> None:
             raise FetalIQAError(f"--resume: the {name} split differs from the one this run started with ({added} "
                                 f"case(s) added, {gone} gone: --data changed): resuming would mix cases between "
                                 "splits. Resume with the data it started with, or start a new run (another --out)")
+    _check_same_data(kept, record, note or (lambda text: None))
+
+
+def _check_same_data(kept: dict, record: dict, note) -> None:
+    """The data's fingerprint and the labels file's hash in ``kept`` (the run's split as it
+    started) against ``record`` (now); see :func:`check_same_split`."""
+    before, now = kept.get("data_sha256"), record.get("data_sha256")
+    if not before:
+        note("note: this run was started by an older FetalIQA that did not record its data's fingerprint: "
+             "--resume cannot check that --data and --extra-labels are unchanged since then")
+        return
+    if before != now:
+        raise FetalIQAError(f"--resume: --data changed since this run started (its CSV, a mask, or a sweep file's "
+                            f"name or size; data SHA-256 {str(before)[:12]}… then, {str(now)[:12]}… now): its "
+                            "finished epochs learnt from the old data. Restore the data it started with, or start "
+                            "a new run (another --out)")
+    labels_now = record.get("extra_labels") or {}
+    if "extra_labels" not in kept:
+        if labels_now:
+            note("note: this run was started by an older FetalIQA that did not record the --extra-labels file's "
+                 "hash: --resume cannot check that the file is unchanged since then")
+        return
+    labels_before = kept.get("extra_labels") or {}
+    if not isinstance(labels_before, dict):
+        labels_before = {"sha256": repr(labels_before)}
+    if labels_before.get("sha256") != labels_now.get("sha256"):
+        name = labels_now.get("file") or labels_before.get("file") or "--extra-labels"
+        raise FetalIQAError(f"--resume: the --extra-labels file {name} changed since this run started (SHA-256 "
+                            f"{str(labels_before.get('sha256'))[:12]}… then, {str(labels_now.get('sha256'))[:12]}… "
+                            "now): its finished epochs learnt from the old labels. Restore that file, or start a new "
+                            "run (another --out)")
 
 
 def summarise_trials(cfg: TrainConfig, results: list[dict]) -> dict:
