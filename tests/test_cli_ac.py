@@ -673,6 +673,37 @@ def test_an_abdomen_in_black_fluid_cut_by_the_fan_s_arc_is_never_a_plain_short_a
     assert record["ac_status"] != "ok" or record["ac_mm"] == pytest.approx(ac_of((90, 75)), rel=0.01)
 
 
+def test_an_abdomen_cut_by_a_curved_probe_s_face_is_measured_as_cut(tmp_path, capsys):
+    """A curved probe's face is an arc bending into the fan; with fluid shown pure black reaching
+    it, the field of view found was the convex hull of the tissue, which filled the dome between
+    that arc and its chord: an abdomen the face cut was measured as whole, 125.3 mm for 130.2
+    (-3.8 %), plain, with a GA. The field of view now ends at the face, so the cut is known."""
+    from fetaliqa_core import acouslic
+    from fetaliqa_core.io import load_sweep, write_volume
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:600, 0:W]
+    radius, angle = np.hypot(xx - W / 2, yy + 200), np.degrees(np.arctan2(xx - W / 2, yy + 200))
+    fan = (radius >= 260) & (radius <= 780) & (np.abs(angle) <= 40)  # the face: an arc at row 60
+    fluid, body = np.zeros((600, W), np.uint8), np.zeros((600, W), np.uint8)
+    cv2.circle(fluid, (372, 130), 115, 1, -1)
+    cv2.ellipse(body, (372, 106), (76, 72), 0, 0, 360, 1, -1)  # its top 11 % past the face
+    frames = np.zeros((4, 600, W), np.uint8)
+    tissue = fan & (fluid == 0)
+    frames[:, tissue] = rng.integers(60, 140, (4, int(tissue.sum())), dtype=np.uint8)
+    shown = (body != 0) & fan
+    frames[:, shown] = rng.integers(120, 200, (4, int(shown.sum())), dtype=np.uint8)
+    write_volume(tmp_path / "curved.mha", frames, spacing_mm=(0.28, 0.28))
+    fov = np.asarray(acouslic.sweep_fov(load_sweep(tmp_path / "curved.mha")))
+    assert not (fov & (radius < 259)).any()  # (the dome reached up to row 2)
+    assert (fov & fan).sum() >= 0.98 * fan.sum()
+    path = _write(tmp_path, np.repeat(shown[None].astype(np.uint8), 4, axis=0), "cut.mha")
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "curved.mha"), "--frame", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["truncated"] is True
+    assert record["ac_mm"] == pytest.approx(ac_of((76, 72)), rel=0.01)
+
+
 def test_a_body_that_is_all_its_sweep_shows_is_measured_on_the_whole_frame(tmp_path, capsys):
     """Fluid shown pure black and no fan edge to be seen: the field of view found in the frames is
     the body itself, the whole abdomen's outline ran along its edge all round, and it read 'no AC
