@@ -457,6 +457,17 @@ def _with_islands(region: np.ndarray, labels: np.ndarray, stats: np.ndarray, lar
     return region
 
 
+def closed_fan(fov: np.ndarray) -> np.ndarray | None:
+    """A field of view found closed over a notch: its convex hull (a fan, sector, linear, trapezoid
+    or phased, is convex), not nearer the apex than the field itself (a curved probe's face bends
+    into the fan: :func:`_beyond_the_face`). For a mask the field of view found leaves out, where
+    fluid shown pure black reaches the fan's edge with the body in it. None for an empty one."""
+    fov = np.asarray(fov, bool)
+    if not fov.any():
+        return None
+    return _beyond_the_face(_filled_hull(fov), fov)
+
+
 def _beyond_the_face(hull: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """``hull`` without what lies nearer the apex of the fan's two straight sides than any of
     ``tissue`` does: a curved probe's face is an arc bending into the fan, and the hull filled the

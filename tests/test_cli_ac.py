@@ -704,6 +704,20 @@ def test_an_abdomen_cut_by_a_curved_probe_s_face_is_measured_as_cut(tmp_path, ca
     assert record["ac_mm"] == pytest.approx(ac_of((76, 72)), rel=0.01)
 
 
+def test_a_field_of_view_closed_over_a_notch_stays_beyond_a_curved_probe_s_face():
+    """`ac` closes the field of view found over fluid shown pure black that reaches the fan's edge
+    (its convex hull): over a curved probe's face, the hull filled the dome above the face too."""
+    from fetaliqa_core.acouslic import closed_fan
+
+    yy, xx = np.mgrid[0:600, 0:W]
+    radius, angle = np.hypot(xx - W / 2, yy + 200), np.degrees(np.arctan2(xx - W / 2, yy + 200))
+    fan = (radius >= 260) & (radius <= 780) & (np.abs(angle) <= 40)
+    notch = np.hypot(xx - 372, yy - 200) <= 90  # fluid at the fan's middle, away from its face
+    closed = closed_fan(fan & ~notch)
+    assert closed[notch & fan].all()  # the notch closed again
+    assert not (closed & (radius < 259.5)).any()  # and nothing above the face
+
+
 def test_a_body_that_is_all_its_sweep_shows_is_measured_on_the_whole_frame(tmp_path, capsys):
     """Fluid shown pure black and no fan edge to be seen: the field of view found in the frames is
     the body itself, the whole abdomen's outline ran along its edge all round, and it read 'no AC

@@ -40,9 +40,10 @@ OWN_FAN_SPILL = 0.5
 #: its outline, is that body (a fan-cut abdomen covers little of its fan).
 OWN_FAN_OUTLINE = 0.8
 #: Share of a mask allowed outside the convex hull of the field of view found for that hull to
-#: stand for the fan (:func:`_closed_fan`), as :data:`OWN_FAN_SPILL` for the field of view itself:
-#: the hull closes a notch with a chord, short of the fan's arc across it, and what of the mask
-#: lies past the chord counts as cut (its AC extrapolated, doubtful past the README's shares).
+#: stand for the fan (:func:`fetaliqa_core.acouslic.closed_fan`), as :data:`OWN_FAN_SPILL` for
+#: the field of view itself: the hull closes a notch with a chord, short of the fan's arc across
+#: it, and what of the mask lies past the chord counts as cut (its AC extrapolated, doubtful past
+#: the README's shares).
 #: On an independent generator's 672 masks no plain AC was then more than 3 % off (9 were on the
 #: whole frame); a zoomed image filling the frame, where the whole frame was right, is doubted.
 HULL_SPILL = 0.5
@@ -52,20 +53,6 @@ HULL_SPILL = 0.5
 #: fluid reaching the fan's depth arc, 26 % of its outline past it, read 301.4 mm for 312.6, plain).
 UNKNOWN_EDGE_REASON = ("not checked against the fan's edge: where it runs near the outline is not known (the "
                        "field of view found in the sweep leaves this mask out), and an outline it cuts reads short")
-
-
-def _closed_fan(fov: np.ndarray) -> np.ndarray | None:
-    """The convex hull of the field of view found (a fan, sector, linear, trapezoid or phased, is
-    convex): it closes, with a chord, a notch where fluid shown pure black reaches the fan's edge
-    and was left out with the body floating in it. None for an empty field of view."""
-    import cv2
-
-    points = cv2.findNonZero(fov.astype(np.uint8))
-    if points is None:
-        return None
-    hull = np.zeros(fov.shape, np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
-    return hull != 0
 
 
 #: Said under every plain AC of a mask: ``ac`` checks the outline's shape (and, with the sweep, the
@@ -86,6 +73,7 @@ def _outline_on_edge(mask: np.ndarray, fov: np.ndarray) -> float:
         return 0.0
     edge = cv2.dilate(outline(fov).astype(np.uint8), np.ones((5, 5), np.uint8)) != 0
     return float(np.count_nonzero(own & edge)) / float(np.count_nonzero(own))
+
 
 HELP = "Measure the abdominal circumference (mm) and gestational age on a mask file's frame."
 
@@ -276,7 +264,9 @@ def run(args: argparse.Namespace) -> int:
                 "frame (another probe's image)")
     elif fov is not None and frame.any() and fov.shape == frame.shape:
         outside = 1.0 - np.count_nonzero(frame[fov]) / np.count_nonzero(frame)
-        closed = _closed_fan(fov) if outside > OWN_FAN_SPILL else None
+        from fetaliqa_core.acouslic import closed_fan
+
+        closed = closed_fan(fov) if outside > OWN_FAN_SPILL else None
         if closed is not None and 1.0 - np.count_nonzero(frame[closed]) / np.count_nonzero(frame) <= HULL_SPILL:
             # the mask lies in a notch of the fan found (black fluid reaching its edge): measured in the
             # fan closed over it, so an outline its edge cuts is fitted without the cut
