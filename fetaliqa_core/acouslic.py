@@ -457,6 +457,13 @@ def _with_islands(region: np.ndarray, labels: np.ndarray, stats: np.ndarray, lar
     return region
 
 
+#: A curved probe's face: the tissue's nearest pixel lies within this many pixels of the arc round
+#: the apex (at the nearest tissue's distance) in at least this share of the columns the tissue
+#: holds (:func:`_beyond_the_face`).
+FACE_ARC_PX = 2.0
+FACE_ARC_SHARE = 0.2
+
+
 def closed_fan(fov: np.ndarray) -> np.ndarray | None:
     """A field of view found closed over a notch: its convex hull (a fan, sector, linear, trapezoid
     or phased, is convex), not nearer the apex than the field itself (a curved probe's face bends
@@ -489,7 +496,17 @@ def _beyond_the_face(hull: np.ndarray, tissue: np.ndarray) -> np.ndarray:
         return hull
     yy, xx = np.mgrid[0:h, 0:w]
     depth = np.hypot(xx - (al * ay + bl), yy - ay)
-    return hull & (depth >= float(depth[tissue].min()))
+    near = float(depth[tissue].min())
+    # only a face that is an arc round the apex: the tissue's nearest pixel in each column lies on it
+    # along much of the fan's width (a top the image cuts straight, or a trapezoid's flat face, is a
+    # chord: its nearest tissue lay at the corners of the fluid, and a lens of the fan under the
+    # face went, with the top of a whole abdomen in the fluid)
+    columns = np.flatnonzero(tissue.any(axis=0))
+    top = np.argmax(tissue[:, columns], axis=0)
+    on_arc = np.abs(depth[top, columns] - near) <= FACE_ARC_PX
+    if float(on_arc.mean()) < FACE_ARC_SHARE:
+        return hull
+    return hull & (depth >= near)
 
 
 #: A fan's side is a straight line: fitted to the leftmost (rightmost) pixels of each row of the

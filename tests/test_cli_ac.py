@@ -704,6 +704,34 @@ def test_an_abdomen_cut_by_a_curved_probe_s_face_is_measured_as_cut(tmp_path, ca
     assert record["ac_mm"] == pytest.approx(ac_of((76, 72)), rel=0.01)
 
 
+def test_a_fan_whose_top_the_image_cuts_straight_keeps_its_top_with_fluid_reaching_it(tmp_path, capsys):
+    """A face that is no arc round the apex (a sector the image cuts straight at its top row, a
+    trapezoid): the nearest tissue lay at the fluid's corners, and the field of view lost a lens of
+    the fan under the top, with the top of a whole abdomen floating in the fluid (doubtful, "47 %
+    of its outline outside the field of view", where it read plain and right)."""
+    from fetaliqa_core import acouslic
+    from fetaliqa_core.io import load_sweep, write_volume
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:H, 0:W]
+    radius, angle = np.hypot(xx - W / 2, yy + 120), np.degrees(np.arctan2(xx - W / 2, yy + 120))
+    fan = (radius <= 640) & (np.abs(angle) <= 35)  # its apex above the image: the top row cuts it
+    fluid, body = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    cv2.circle(fluid, (372, 60), 70, 1, -1)  # reaching the top row, tissue either side
+    cv2.ellipse(body, (372, 68), (50, 46), 0, 0, 360, 1, -1)  # whole, 22 px below it
+    frames = np.zeros((4, H, W), np.uint8)
+    tissue = fan & (fluid == 0)
+    frames[:, tissue] = rng.integers(60, 140, (4, int(tissue.sum())), dtype=np.uint8)
+    frames[:, body != 0] = rng.integers(120, 200, (4, int((body != 0).sum())), dtype=np.uint8)
+    write_volume(tmp_path / "flat.mha", frames, spacing_mm=(0.28, 0.28))
+    fov = np.asarray(acouslic.sweep_fov(load_sweep(tmp_path / "flat.mha")))
+    assert fov[:20][fan[:20]].mean() > 0.99
+    path = _write(tmp_path, np.repeat((body != 0)[None].astype(np.uint8), 4, axis=0), "whole.mha")
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "flat.mha"), "--frame", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["truncated"] is False and record["ac_mm"] == pytest.approx(ac_of((50, 46)), rel=0.02)
+
+
 def test_a_field_of_view_closed_over_a_notch_stays_beyond_a_curved_probe_s_face():
     """`ac` closes the field of view found over fluid shown pure black that reaches the fan's edge
     (its convex hull): over a curved probe's face, the hull filled the dome above the face too."""

@@ -651,3 +651,6 @@ def test_a_right_to_left_note_keeps_its_marks_and_isolates(store):
     note = "\u05d1\u05d8\u05df \u200f(AC \u2067\u05ea\u05e7\u05d9\u05df\u2069) \u0627\u0644\u0628\u0637\u0646\u061c"
     store.record_verdict(sid, 4, "dana", "optimal", note=note + "\u202e")
     assert store.verdict_for(sid, 4, "dana").note == note
+    # one left open runs to the end of its line: in a report's CSV it reordered the columns after the note
+    store.record_verdict(sid, 5, "dana", "optimal", note="looks fine \u2067\u05d1\u05d8\u05df \u200f")
+    assert store.verdict_for(sid, 5, "dana").note == "looks fine \u05d1\u05d8\u05df \u200f"

@@ -232,6 +232,7 @@ _BIDI_CONTROLS = dict.fromkeys(map(ord, BIDI_CONTROLS))
 #: Of those, the ones that reach past their own run of text (embeddings and overrides, U+202A-E):
 #: the marks (LRM, RLM) and isolates are ordinary in Hebrew and Arabic notes and stay there.
 _BIDI_OVERRIDES = dict.fromkeys(range(0x202A, 0x202F))
+_ISOLATES = dict.fromkeys(range(0x2066, 0x206A))
 
 
 def _without_controls(text: str, keep: str = "", bidi: dict = _BIDI_CONTROLS) -> str:
@@ -257,7 +258,26 @@ def clean_note(note: str | None) -> str:
     right-to-left text stay: a Hebrew or Arabic note lost them). Applied when a verdict is recorded
     and when one is read (a database written by an earlier version, or by another program), so
     that no report or export carries them."""
-    return _without_controls("" if note is None else str(note), keep="\n\r\t", bidi=_BIDI_OVERRIDES)
+    text = _without_controls("" if note is None else str(note), keep="\n\r\t", bidi=_BIDI_OVERRIDES)
+    return text if _isolates_closed(text) else text.translate(_ISOLATES)
+
+
+def _isolates_closed(text: str) -> bool:
+    """Whether every direction isolate a text opens (U+2066-8) is closed (U+2069) on its own line:
+    one left open runs to the end of its line, and in a report's CSV row reordered the columns
+    after the note."""
+    for line in text.splitlines() or [""]:
+        depth = 0
+        for ch in line:
+            if ch in "\u2066\u2067\u2068":
+                depth += 1
+            elif ch == "\u2069":
+                depth -= 1
+                if depth < 0:
+                    return False
+        if depth:
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------- rows -> values
