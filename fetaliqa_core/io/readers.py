@@ -223,8 +223,8 @@ def _series_windows(raw: Raw, files: list[str], per_file: int) -> None:
     says so."""
     windows = []
     for name in files:
-        own = dicom_frame_windows(Path(name))
-        windows.extend(own if own is not None and len(own) == per_file else [dicom_display(Path(name))[0]] * per_file)
+        window, _, own = dicom_display(Path(name))
+        windows.extend(own if own is not None and len(own) == per_file else [window] * per_file)
     if len(set(windows)) <= 1:
         return
     if len(windows) == raw.array.shape[0]:
@@ -652,8 +652,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         if calibrated and note:
             notes.append(f"pixel spacing: {note}")
         if components == 1 and arr.dtype != np.uint8:
-            window, padding = dicom_display(dicom_file)
-            frame_windows = dicom_frame_windows(dicom_file)
+            window, padding, frame_windows = dicom_display(dicom_file)
         if components == 1 and _has_voi_lut_table(dicom_file):
             notes.append("the file's VOI LUT (the grey levels meant for display) is not applied: the frames are "
                          "shown and scored as stored")
@@ -1554,14 +1553,14 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
     (calibrated, source, note), regions, calibrations = dicom_calibration_and_regions(path)
     spacing_mm, source, note = usable_spacing(calibrated or (1.0, 1.0), source, note)
     grey_levels = components == 1 and arr.dtype != np.uint8
-    window, padding = dicom_display(path) if grey_levels else (None, None)
+    window, padding, frame_windows = dicom_display(path) if grey_levels else (None, None, None)
     notes = []
     if components == 1 and _has_voi_lut_table(path):
         notes.append("the file's VOI LUT (the grey levels meant for display) is not applied: the frames are "
                      "shown and scored as stored")
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata={}, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
-               frame_windows=dicom_frame_windows(path) if grey_levels else None,
+               frame_windows=frame_windows,
                regions=regions, region_calibrations=calibrations,
                pixel_aspect=None if calibrated else dicom_pixel_aspect(path), frame_rate=dicom_frame_rate(path))
 
@@ -1640,59 +1639,46 @@ def _frame_voi_window(group: Any) -> tuple[float, float] | None:
     return _voi_window(items[0]) if len(items) else None
 
 
-def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None]:
-    """The grey-level window (values shown black and white) and the padding value of a greyscale
-    DICOM image, in the rescaled values the image reader returns; ``None`` where the file has
-    none. VOI window: PS3.3 C.11.2.1.2 (:func:`_voi_window`), at the top level or, in an Enhanced
-    file, in the shared functional group's Frame VOI LUT (else the first frame's: each frame's
-    own is :func:`dicom_frame_windows`). Pixel Padding Value: C.7.5.1.1.2, in stored values, so
-    rescaled here. MONOCHROME2 only: a MONOCHROME1 image is inverted by the reader, its window
-    is not."""
+def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None, tuple | None]:
+    """From one reading of a greyscale DICOM image's header, in the rescaled values the image
+    reader returns: its grey-level window (values shown black and white), its padding value, and
+    each frame's own window where frames have different ones; ``None`` where the file has none.
+    VOI window: PS3.3 C.11.2.1.2 (:func:`_voi_window`), at the top level or, in an Enhanced file,
+    in the shared functional group's Frame VOI LUT, else the first frame's. Each frame's: the
+    Frame VOI LUT of each Per-frame Functional Group (C.7.6.16.2.10: frames stored at different
+    gains, each shown through its own), one entry a frame, None for a frame stating none; None
+    where no frame states one or all state the same. Pixel Padding Value: C.7.5.1.1.2, in stored
+    values, so rescaled here. MONOCHROME2 only: a MONOCHROME1 image is inverted by the reader,
+    its window is not."""
     try:
         ds = dcmread_bounded(str(path), stop_before_pixels=True, force=True, specific_tags=[
             "PhotometricInterpretation", "WindowCenter", "WindowWidth", "VOILUTFunction",
             "PixelPaddingValue", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsAllocated",
-            "SharedFunctionalGroupsSequence"])
+            "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"])
         if (_photometric(ds) or "MONOCHROME2") != "MONOCHROME2":
-            return None, None
+            return None, None, None
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         padding = ds.get("PixelPaddingValue", None)
         pad = None if padding is None else float(padding) * slope + intercept
+        pad = pad if pad is not None and math.isfinite(pad) else None
+    except Exception:  # noqa: BLE001 - an odd display header: the default window, never a failure
+        return None, None, None
+    try:
+        per_frame = tuple(_frame_voi_window(group) for group in ds.get("PerFrameFunctionalGroupsSequence", None) or [])
+    except Exception:  # noqa: BLE001 - an odd display header: one window, never a failure
+        per_frame = ()
+    try:
         window = _voi_window(ds)
         if window is None:  # an Enhanced file's window: its shared functional group, else the first frame's
             shared = ds.get("SharedFunctionalGroupsSequence", None) or []
             window = _frame_voi_window(shared[0]) if len(shared) else None
             if window is None:
-                window = next((w for w in _per_frame_windows(path) if w is not None), None)
-        return window, (pad if pad is not None and math.isfinite(pad) else None)
-    except Exception:  # noqa: BLE001 - an odd display header: the default window, never a failure
-        return None, None
-
-
-def dicom_frame_windows(path: Path) -> tuple | None:
-    """Each frame's window where an Enhanced DICOM file gives its frames windows of their own
-    (the Frame VOI LUT of each Per-frame Functional Group, PS3.3 C.7.6.16.2.10: frames stored at
-    different gains, each shown through its own): one entry a frame, None for a frame that states
-    none. None where no frame states one, or all state the same one (:func:`dicom_display` has
-    it), or for MONOCHROME1 (inverted by the reader, its window is not)."""
-    windows = _per_frame_windows(path)
-    if not any(w is not None for w in windows) or len(set(windows)) == 1:
-        return None
-    return windows
-
-
-def _per_frame_windows(path: Path) -> tuple:
-    """The window each Per-frame Functional Group states (None where it states none); empty for a
-    file without them, or MONOCHROME1."""
-    try:
-        ds = dcmread_bounded(str(path), stop_before_pixels=True, force=True, specific_tags=[
-            "PhotometricInterpretation", "PerFrameFunctionalGroupsSequence"])
-        if (_photometric(ds) or "MONOCHROME2") != "MONOCHROME2":
-            return ()
-        return tuple(_frame_voi_window(group) for group in ds.get("PerFrameFunctionalGroupsSequence", None) or [])
-    except Exception:  # noqa: BLE001 - an odd display header: one window, never a failure
-        return ()
+                window = next((w for w in per_frame if w is not None), None)
+    except Exception:  # noqa: BLE001
+        return None, None, None
+    distinct = any(w is not None for w in per_frame) and len(set(per_frame)) > 1
+    return window, pad, per_frame if distinct else None
 
 
 def _instance_number(ds: Any) -> int | None:
