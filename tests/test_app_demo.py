@@ -152,17 +152,12 @@ def test_a_demo_stopped_while_pytorch_is_imported_ends_after_its_one_line(tmp_pa
     assert took < 60  # not after the import ended
 
 
-def test_a_demo_that_scored_nothing_leaves_no_earlier_results_beside_its_screenshot(qtbot, demo_sweep, slow_models,
-                                                                                   tmp_path, monkeypatch, capsys):
-    """A stopped ``fetaliqa demo`` wrote a new screenshot of nothing scored beside the previous run's
-    frames.csv and summary.json (another answer) and said only 'could not score the sweep'."""
+def _demo_with_damaged_models(out, monkeypatch, capsys) -> str:
+    """``fetaliqa demo --headless --out OUT`` whose models fail to load (it scores nothing):
+    asserts it fails, returns what it said on stderr."""
     from fetaliqa_core.errors import FetalIQAError
     from fetaliqa_core.models import choice
 
-    out = tmp_path / "demo-out"
-    assert cli_main(["demo", "--headless", "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} >= {"frames.csv", "summary.json", "screenshot.png"}
-    (out / "notes.txt").write_text("mine")
     capsys.readouterr()
 
     def no_models(c, **_):
@@ -170,7 +165,18 @@ def test_a_demo_that_scored_nothing_leaves_no_earlier_results_beside_its_screens
 
     monkeypatch.setattr(choice, "load_models", no_models)
     assert cli_main(["demo", "--headless", "--out", str(out)]) == 1
-    err = capsys.readouterr().err
+    return capsys.readouterr().err
+
+
+def test_a_demo_that_scored_nothing_leaves_no_earlier_results_beside_its_screenshot(qtbot, demo_sweep, slow_models,
+                                                                                   tmp_path, monkeypatch, capsys):
+    """A stopped ``fetaliqa demo`` wrote a new screenshot of nothing scored beside the previous run's
+    frames.csv and summary.json (another answer) and said only 'could not score the sweep'."""
+    out = tmp_path / "demo-out"
+    assert cli_main(["demo", "--headless", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"frames.csv", "summary.json", "screenshot.png"}
+    (out / "notes.txt").write_text("mine")
+    err = _demo_with_damaged_models(out, monkeypatch, capsys)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "screenshot.png"]
     assert "the model files are damaged" in err
     assert f"{out / 'screenshot.png'} shows the window with nothing scored" in err
@@ -182,7 +188,6 @@ def test_a_demo_that_scored_nothing_leaves_another_sweep_s_results_alone(qtbot, 
     """A demo that scored nothing removed the results `fetaliqa score` had written into the same
     folder for another sweep: only a demo's own earlier results are removed."""
     from fetaliqa_core.cli import main as core_main
-    from fetaliqa_core.errors import FetalIQAError
     from fetaliqa_core.models import choice
 
     out = tmp_path / "shared-out"
@@ -192,13 +197,6 @@ def test_a_demo_that_scored_nothing_leaves_another_sweep_s_results_alone(qtbot, 
     assert core_main(["score", str(other), "--out", str(out), "--quiet"]) in (0, 1)
     assert (out / "summary.json").is_file()
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    capsys.readouterr()
-
-    def no_models(c, **_):
-        raise FetalIQAError("the model files are damaged")
-
-    monkeypatch.setattr(choice, "load_models", no_models)
-    assert cli_main(["demo", "--headless", "--out", str(out)]) == 1
-    err = capsys.readouterr().err
+    err = _demo_with_damaged_models(out, monkeypatch, capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
     assert "the folder also holds the results of other.mha, another run's, left as they were" in err

@@ -183,25 +183,11 @@ def test_nrrd_checks_read_the_whole_header_and_a_short_raw_payload_is_refused_be
 def test_a_compressed_dicom_claiming_gigabytes_from_a_few_bytes_is_refused_before_decoding(tmp_path):
     """An 840-byte RLE file claiming 800 frames of 2000 x 2000 made the decoder allocate 3.2 GB
     before it found the frames missing."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import RLELossless, generate_uid
+    from pydicom.uid import RLELossless
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = RLELossless
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 2000, 2000, 800
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     segment_table = (1).to_bytes(4, "little") + (64).to_bytes(4, "little") + bytes(56)
-    ds.PixelData = encapsulate([segment_table + bytes([0x81, 0x00]) * 10])  # runs of 128 zeros
-    ds["PixelData"].VR = "OB"
-    path = tmp_path / "bomb.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path = _us_dicom_file(tmp_path / "bomb.dcm", RLELossless, 2000, 2000, 800,
+                          [segment_table + bytes([0x81, 0x00]) * 10], encapsulated=True)  # runs of 128 zeros
     _assert_refused(path, "3200000000 bytes", "compressed data", within_s=3.0)
 
 
@@ -654,25 +640,38 @@ def test_a_container_s_droppable_page_cache_is_not_counted_as_memory_in_use(monk
     assert validate.available_memory_bytes() == pytest.approx(100 << 20, abs=1 << 20)
 
 
-def _deflated_dicom(path: Path, frames_in_header: int, pixels: bytes, rows: int = 48, cols: int = 64) -> Path:
-    """A Deflated Explicit VR Little Endian ultrasound DICOM of 8-bit grey frames whose header
-    says ``frames_in_header`` and whose pixel data are ``pixels``, whatever their length."""
+def _us_dicom_file(path: Path, syntax: str, rows: int, cols: int, frames: int, pixels: bytes,
+                   encapsulated: bool = False) -> Path:
+    """An ultrasound multi-frame DICOM of 8-bit grey frames in transfer syntax ``syntax`` whose
+    header says ``rows`` x ``cols`` x ``frames`` and whose pixel data are ``pixels`` as they are
+    (compressed fragments when ``encapsulated``), whatever they hold."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames_in_header
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels
+    ds.PixelData = encapsulate(pixels) if encapsulated else pixels
+    if encapsulated:
+        ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def _deflated_dicom(path: Path, frames_in_header: int, pixels: bytes, rows: int = 48, cols: int = 64) -> Path:
+    """A Deflated Explicit VR Little Endian ultrasound DICOM of 8-bit grey frames whose header
+    says ``frames_in_header`` and whose pixel data are ``pixels``, whatever their length."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    return _us_dicom_file(path, DeflatedExplicitVRLittleEndian, rows, cols, frames_in_header, pixels)
 
 
 def _random_frames(n: int) -> np.ndarray:
@@ -751,29 +750,15 @@ def test_a_jpeg_dicom_whose_frames_are_smaller_than_its_rows_and_columns_says_so
     import io as _io
 
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+    from pydicom.uid import JPEGBaseline8Bit
 
     def jpeg(seed: int) -> bytes:
         out = _io.BytesIO()
         Image.fromarray(_random_frames(seed + 1)[-1]).save(out, "JPEG", quality=50)
         return out.getvalue()
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 4096, 4096, 10
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = encapsulate([jpeg(i) for i in range(10)])
-    ds["PixelData"].VR = "OB"
-    path = tmp_path / "rows.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path = _us_dicom_file(tmp_path / "rows.dcm", JPEGBaseline8Bit, 4096, 4096, 10, [jpeg(i) for i in range(10)],
+                          encapsulated=True)
     message = _assert_refused(path, "rows.dcm", "4096 x 4096 pixels (Columns x Rows)", "compressed frames are 64 x 48",
                               "header is wrong")
     assert "no frames" not in message
