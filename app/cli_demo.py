@@ -112,14 +112,14 @@ def run(args) -> int:
         if outcome.screenshot is not None:
             # the folder holds this run's files only: an earlier run's scores beside a picture of
             # nothing scored passed for this run's
-            from fetaliqa_core.export import earlier_results, remove_earlier_outputs
+            from fetaliqa_core.export import earlier_results, other_sweep, remove_earlier_outputs
 
-            earlier, _ = earlier_results(out_dir)
+            other = other_sweep(earlier_results(out_dir)[0], sweep_path)
             problem += f". {outcome.screenshot} shows the window with nothing scored"
-            if earlier is not None and not _same_file(earlier.get("path"), sweep_path):
+            if other is not None:
                 # another sweep's results (a `score --out` into this folder): never removed here
-                problem += (f"; the folder also holds the results of {Path(str(earlier.get('path') or '?')).name}, "
-                            "another run's, left as they were")
+                problem += (f"; the folder also holds the results of {Path(other).name}, another run's, left as "
+                            "they were")
             else:
                 removed = remove_earlier_outputs(out_dir)
                 if removed:
@@ -141,11 +141,3 @@ def run(args) -> int:
         code = 1
     end_without_loading_models(code)
     return code
-
-
-def _same_file(recorded, path: Path) -> bool:
-    """Whether the sweep an earlier run's summary names (``recorded``) is ``path``."""
-    try:
-        return recorded is not None and Path(str(recorded)).expanduser().resolve() == Path(path).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return False

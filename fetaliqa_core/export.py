@@ -268,6 +268,24 @@ def remove_earlier_outputs(out: str | Path) -> list[str]:
     return removed
 
 
+def other_sweep(summary: dict | None, path: str | Path, content_hash: str | None = None) -> str | None:
+    """The sweep an earlier run's ``summary.json`` (:func:`earlier_results`) names where it is not
+    the sweep at ``path``: its path, or "another sweep" when it names none; None where it is this
+    one (the same file, changed since or not, or, given ``content_hash``, the same recording), or
+    there is no summary."""
+    if not summary:
+        return None
+    if content_hash is not None and summary.get("content_hash") in (None, content_hash):
+        return None
+    earlier = str(summary.get("path") or "")
+    try:
+        if earlier and Path(earlier).expanduser().resolve() == Path(path).expanduser().resolve():
+            return None  # this file, changed since: its own results
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return earlier or "another sweep"
+
+
 def earlier_results(out: str | Path) -> tuple[dict | None, list[str]]:
     """What ``out`` holds already: the ``summary.json`` of an earlier FetalIQA run (None without
     one), and the names of result files there that FetalIQA did not write (a ``frames.csv`` or

@@ -318,24 +318,13 @@ def _results_folder(out: Path, path: Path, sweep, given: bool) -> Path:
     sweep's results is replaced, and that is said."""
     from fetaliqa_core import export
 
-    def other_sweep(summary: dict | None) -> str | None:
-        if not summary or summary.get("content_hash") in (None, sweep.content_hash):
-            return None
-        earlier = str(summary.get("path") or "")
-        try:
-            if earlier and Path(earlier).expanduser().resolve() == path.expanduser().resolve():
-                return None  # this file, changed since: its own results are replaced
-        except (OSError, RuntimeError, ValueError):
-            pass
-        return earlier or "another sweep"
-
     candidate = out
     for k in range(2, 1000):
         summary, foreign = export.earlier_results(candidate)
         if foreign:
             raise FetalIQAError(f"{candidate} holds {' and '.join(foreign)} that FetalIQA did not write; the results "
                                 "would replace them. Choose another output folder (--out), or move them away.")
-        other = other_sweep(summary)
+        other = export.other_sweep(summary, path, sweep.content_hash)
         # claimed once chosen (a folder passed over stayed claimed, and refused its own sweep's rerun)
         if (other is None or given) and claim_output_folder(candidate) is False:  # another run writes there now
             if given:
