@@ -488,14 +488,11 @@ def _beyond_the_face(hull: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     sides = (_side_line(rows[on_left], left[on_left], w, -1.0), _side_line(rows[on_right], right[on_right], w, 1.0))
     if sides[0] is None or sides[1] is None:
         return hull
-    (al, bl), (ar, br) = sides
-    if abs(al - ar) <= 1e-9:
-        return hull
-    ay = (br - bl) / (al - ar)
-    if not -APEX_FAR * h <= ay <= (1 + APEX_FAR) * h:
+    apex = _apex(*sides, h)
+    if apex is None:
         return hull
     yy, xx = np.mgrid[0:h, 0:w]
-    depth = np.hypot(xx - (al * ay + bl), yy - ay)
+    depth = np.hypot(xx - apex[0], yy - apex[1])
     near = float(depth[tissue].min())
     # only a face that is an arc round the apex: the tissue's nearest pixel in each column lies on it
     # along much of the fan's width (a top the image cuts straight, or a trapezoid's flat face, is a
@@ -533,6 +530,16 @@ WALL_ARC_SHARE = 0.01
 WALL_ARC_ALONG = 0.5
 #: Beyond the image by this many times its height, two sides are parallel (a linear probe's).
 APEX_FAR = 10.0
+
+
+def _apex(left: tuple[float, float], right: tuple[float, float], height: int) -> tuple[float, float] | None:
+    """Where a fan's two sides ``x = a * y + b`` meet, ``(x, y)``; None where they are parallel or
+    meet farther than :data:`APEX_FAR` image heights away (a linear probe's)."""
+    (al, bl), (ar, br) = left, right
+    if abs(al - ar) <= 1e-9:
+        return None
+    ay = (br - bl) / (al - ar)
+    return (al * ay + bl, ay) if -APEX_FAR * height <= ay <= (1 + APEX_FAR) * height else None
 
 
 def _side_line(ys: np.ndarray, xs: np.ndarray, width: int, sign: float) -> tuple[float, float] | None:
@@ -670,11 +677,7 @@ def _with_walls(pieces: tuple, fan: np.ndarray, aspect: float = 1.0) -> np.ndarr
     if float(wedge[main].mean()) < 1 - WALL_OUTSIDE:
         return fan
     main_on_side = _runs_along(ys, xl, (al, bl)) or _runs_along(ys, xr, (ar, br))
-    apex = None
-    if abs(al - ar) > 1e-9:
-        ay = (br - bl) / (al - ar)
-        if -APEX_FAR * h <= ay <= (1 + APEX_FAR) * h:
-            apex = (al * ay + bl, ay)
+    apex = _apex(sides[0], sides[1], h)
     members, within = [largest], [largest]
     for i in big:
         if i == largest:
