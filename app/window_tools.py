@@ -228,10 +228,12 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
     sweep = m.sweep
     if getattr(sweep, "spacing_problem", None) is None and getattr(sweep, "spacing_mm", None) is not None:
         from fetaliqa_core.io._common import spacing_text
+        from fetaliqa_core.io.spacing import source_text
 
         row, col = (float(v) for v in tuple(sweep.spacing_mm)[:2])
         order = "" if row == col else " (w x h)"  # (a narrow corner: the order in short)
-        pixel = f"pixel {spacing_text(sweep.spacing_mm, say_order=False)}{order} · {sweep.spacing_source}"
+        source = source_text(sweep.spacing_source, given="set by you")
+        pixel = f"pixel {spacing_text(sweep.spacing_mm, say_order=False)}{order} · {source}"
     else:
         pixel = "pixel size unknown: no lengths"
     # (the corner is a fixed box: "pixel 0.391266 x 0.471115 mm (w x h) · file header" was cut to

@@ -42,6 +42,8 @@ def test_unknown_spacing_no_mm_until_the_user_sets_it(qtbot, window):
     assert window_tools.ask_spacing(window, 0.28) is True
     qtbot.waitUntil(lambda: " mm" in window.status_ac.text(), timeout=5000)
     assert window.model.sweep.spacing_source == "user"
+    corner = window_tools.corner_texts(window.model, 0, 0, "")[1]  # the source in words, not the files' key
+    assert "0.28 mm · set by you" in corner and "user" not in corner, corner
 
 
 def test_set_pixel_spacing_keeps_pixels_that_are_not_square(qtbot, window, monkeypatch):

@@ -390,6 +390,8 @@ def test_no_pixel_spacing_no_mm_anywhere_unless_given(hand_drawn_nifti, tmp_path
     text = capsys.readouterr().out
     summary = json.loads((out2 / "summary.json").read_text())
     assert summary["spacing_problem"] is None and summary["spacing_source"] == "user"
+    # the words `ac` uses for the same spacing, not the files' short key
+    assert f"({SPACING:g} mm per pixel" not in text and "given with --spacing)" in text and "(user)" not in text
     truth = ramanujan_circumference(*AXES) * SPACING  # ~166 mm
     reading = summary["chosen_ac"]
     assert reading["status"] == "ok" and reading["ac_mm"] == pytest.approx(truth, rel=0.03)

@@ -230,8 +230,10 @@ def _print_summary(summary: dict, out: Path) -> None:
         print(f"  {shown(summary['spacing_problem'])} (--spacing MM, or WxH for pixels that are not square, sets it)")
     elif summary.get("spacing_mm"):
         from fetaliqa_core.io._common import spacing_text
+        from fetaliqa_core.io.spacing import source_text
 
-        print(f"  pixel {spacing_text(tuple(summary['spacing_mm']))} ({shown(summary.get('spacing_source') or '?')})")
+        print(f"  pixel {spacing_text(tuple(summary['spacing_mm']))} "
+              f"({shown(source_text(summary.get('spacing_source') or '?'))})")
     if summary.get("precision"):
         why = summary.get("precision_reason")
         print(f"  precision {summary['precision']}{f' ({shown(why)})' if why else ''}")

@@ -53,6 +53,18 @@ _DICOM_TAGS = ("SequenceOfUltrasoundRegions", "PixelSpacing", "SharedFunctionalG
 _REGION_2D = 1
 
 
+#: How a spacing the user gave is named where people read it (``spacing_source`` keeps the short
+#: key "user" in files written before, and in JSON and CSV).
+GIVEN_BY_USER_TEXT = "given with --spacing"
+
+
+def source_text(source: str, given: str = GIVEN_BY_USER_TEXT) -> str:
+    """Where a spacing came from, in the words a reader sees: the file's own calibrations are named
+    as they are; one the user gave is ``given`` (the command line says "given with --spacing",
+    the window "set by you"), never the bare key "user"."""
+    return given if source.strip() == SPACING_FROM_USER else source
+
+
 def is_plausible(spacing_mm: tuple[float, float]) -> bool:
     lo, hi = PLAUSIBLE_SPACING_MM
     return all(isinstance(s, (int, float)) and math.isfinite(s) and lo <= s < hi for s in spacing_mm)
