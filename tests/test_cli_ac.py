@@ -254,6 +254,24 @@ def test_a_mask_the_answer_doubted_stays_doubtful(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["recorded_doubt"] is None
 
 
+def test_the_answers_doubt_is_said_beside_the_outlines_own(tmp_path, capsys):
+    """A mask the answer doubted because the models disagreed, whose outline has a doubt of its
+    own (pinched): ``ac``'s text named only the outline's, so checking the answer by hand seemed
+    to contradict ``score`` and the window; its JSON alone carried the answer's."""
+    from fetaliqa_core.io import META_AC_NOTE, META_AC_STATUS, META_SOURCE
+
+    masks = np.zeros((3, H, W), np.uint8)
+    cv2.circle(masks[2], (330, 300), 70, 1, -1)  # two bodies side by side: pinched in the middle
+    cv2.circle(masks[2], (450, 300), 70, 1, -1)
+    why = "the classifier does not call this frame an abdomen (0.47 < 0.67): the models disagree"
+    meta = {META_AC_STATUS: "doubtful", META_AC_NOTE: why, META_SOURCE: "FetalIQA 9.9, models: mine"}
+    path = _written_mask(tmp_path / "answer.mha", masks, meta)
+    assert main(["ac", str(path)]) == 0
+    first, *rest = capsys.readouterr().out.splitlines()
+    assert "doubtful: the mask's outline is pinched" in first and "GA" not in first
+    assert f"note: the answer that wrote this mask doubted it: {why}" in rest
+
+
 def test_score_challenge_mask_carries_the_demo_answers_doubt(tmp_path, capsys):
     from fetaliqa_core.io import read_mask_volume, write_volume
     from fetaliqa_core.synth import synthesize_case

@@ -412,6 +412,10 @@ def run(args: argparse.Namespace) -> int:
     notes = [n for n in volume.notes if args.spacing is None or not n.startswith("pixel spacing:")]
     notes += [f"the sweep: {n}" for n in sweep_notes] + frame_notes
     notes += [f"pixel spacing: {region_note}"] if region_note else []
+    if recorded and recorded not in reading.note:
+        # the outline's own doubt is named first above; the answer's (the classifier's word, the
+        # models' provenance) is the one `score` and the window gave for this frame: said too
+        notes.append(recorded)
     for note in notes + ([fov_note] if fov_note else []):
         print(shown(f"note: {note}"))
     if writer:
