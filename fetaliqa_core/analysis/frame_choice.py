@@ -192,6 +192,17 @@ EDGE_SEARCH = (0.45, 2.2)
 EDGE_STEP_HALF = 0.12  # each side of a step is averaged over this share of the size
 MIN_EDGE_STEP = 0.25
 MIN_STEP_SECTORS = 8
+#: a step counts as an edge when the grey changes across it at least this many times as much as
+#: it goes on changing the same way over the next window on either side (a slope is no edge)
+EDGE_SHARPNESS = 2.0
+#: steps inside the outline in this share of the sectors and outside it in as many: the edge is not
+#: seen clearly enough to say which way the outline is off (a low-contrast body flipped frame to frame)
+CONTRARY_SHARE = 0.25
+#: the sectors' steps scattered wider than this (interquartile range, share of the size) follow no
+#: one edge: speckle's chance steps on a low-contrast body. Whole outlines in fluid or tissue of
+#: another grey spread 0.02-0.09; on low-contrast bodies masks 20 % inside or 25 % outside the body
+#: read plain ACs (the chance steps fell on both sides) where the spread was 0.3-1.0
+EDGE_SPREAD = 0.3
 OFF_EDGE_SHARE = 0.5
 #: where the strongest step may lie for the outline to be the body's: whole outlines read 1.04-1.13
 #: (the step's windows put it a little outside); 0.93 is an edge ~12 % inside, 1.2 ~15 % outside
@@ -663,7 +674,11 @@ def edge_offset(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> str
     against, and a mask 20-40 % inside or outside the body read a plain AC and GA there, as
     one on it does. Each sector's profile is the mean over
     its angles, so speckle averages out; each step compares the mean grey over
-    :data:`EDGE_STEP_HALF` of the size just inside a scale with that just outside it."""
+    :data:`EDGE_STEP_HALF` of the size just inside a scale with that just outside it, and counts
+    only where it is :data:`EDGE_SHARPNESS` times what the grey goes on changing beyond those
+    windows (a fading far field is a slope, not an edge). Steps on both sides of the outline in
+    :data:`CONTRARY_SHARE` of the sectors each, or scattered wider than :data:`EDGE_SPREAD`, leave
+    it ``"unverified"``: no one edge is seen."""
     per, step = 8, 0.025
     sample = _band_sampler(grey, fov, ellipse, EDGE_SECTORS * per)
     if sample is None:
@@ -685,7 +700,22 @@ def edge_offset(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> str
     outer = (csum[i + 1 + k] - csum[i + 1]) / k
     whole = ((cnan[i] - cnan[i - k]) == 0) & ((cnan[i + 1 + k] - cnan[i + 1]) == 0)
     fall = (inner - outer) / np.maximum((inner + outer) / 2.0, 8.0)  # outwards; a rise is its negative
-    d = np.where(whole, fall, -np.inf)
+    # an edge is a step, not a slope: the grey must change across it more than it goes on changing
+    # the same way within the next windows further in and further out. The far field of a fan fading
+    # to black dims the body's far half smoothly; its steepest fall relative to the dimming grey lay
+    # ~20 % inside the body, and a whole, exactly outlined abdomen read "outside the body's edge"
+    def beside(lo: np.ndarray, hi: np.ndarray, own: np.ndarray) -> np.ndarray:
+        # the mean of samples [lo, hi) where they lie in the profile with none missing, else ``own``
+        ok = ((lo >= 0) & (hi <= n))[:, None]
+        lo, hi = np.clip(lo, 0, n), np.clip(hi, 0, n)
+        ok = ok & ((cnan[hi] - cnan[lo]) == 0)
+        return np.where(ok, (csum[hi] - csum[lo]) / k, own)
+
+    further_in, further_out = beside(i - 2 * k, i - k, inner), beside(i + 1 + k, i + 1 + 2 * k, outer)
+    way = np.sign(inner - outer)
+    slope = np.maximum(np.maximum((further_in - inner) * way, (outer - further_out) * way), 0.0)
+    sharp = np.abs(inner - outer) >= EDGE_SHARPNESS * slope
+    d = np.where(whole & sharp, fall, -np.inf)
     best = d.max(axis=0)
     at = d.argmax(axis=0)
     where = scales[i][at]
@@ -700,9 +730,13 @@ def edge_offset(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> str
     counted = clear & ~(beyond & brighter)  # (such a sector votes neither way)
     if counted.sum() < MIN_STEP_SECTORS:
         return "unverified"
-    if float(np.mean(beyond[counted])) >= OFF_EDGE_SHARE:
+    out, short = float(np.mean(beyond[counted])), float(np.mean(where[clear] < EDGE_NEAR[0]))
+    spread = float(np.subtract(*np.percentile(where[counted], [75, 25])))
+    if min(out, short) >= CONTRARY_SHARE or spread > EDGE_SPREAD:
+        return "unverified"
+    if out >= OFF_EDGE_SHARE:
         return "inside"
-    if float(np.mean(where[clear] < EDGE_NEAR[0])) >= OFF_EDGE_SHARE:
+    if short >= OFF_EDGE_SHARE:
         return "outside"
     return ""
 
