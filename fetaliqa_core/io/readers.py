@@ -46,6 +46,7 @@ from fetaliqa_core.io._common import (
     usable_spacing,
 )
 from fetaliqa_core.io.frames import frame_stack_shape, precheck_dims
+from fetaliqa_core.io.palette import has_segmented_palette, segmented_palette
 from fetaliqa_core.io.spacing import (SPACING_CHANGES, classify_header_spacing, dataset_calibration,
                                      dicom_calibration_and_regions, dicom_pixel_aspect)
 
@@ -1444,8 +1445,7 @@ def _unread_dicom_layout(path: Path, reason: str) -> tuple[str, str] | None:
                 return (f"its {signed}pixels are rescaled by a Rescale Intercept of {intercept:g} (Slope {slope:g}) "
                         "to values the image reader's pixel types do not hold",
                         "Export the sweep with the values applied (plain 8- or 16-bit grey), or as .mha.")
-        if (_photometric(ds) == "PALETTE COLOR" and "SegmentedRedPaletteColorLookupTableData" in ds
-                and "RedPaletteColorLookupTableData" not in ds):  # (PS3.3 C.7.9.2; was called damaged)
+        if _photometric(ds) == "PALETTE COLOR" and has_segmented_palette(ds):  # (PS3.3 C.7.9.2; was called damaged)
             return ("its colour table is given as Segmented Palette Color LUT Data, which the image reader does "
                     "not read", "Export the sweep as RGB or grey.")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
@@ -1509,7 +1509,8 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
     modality rescale applied, MONOCHROME1 inverted, colour as RGB, as the image reader gives them.
     The header's size is checked first, as for any file. None when pydicom cannot decode the
     pixels either. A palette colour image is turned into RGB through its colour table, as the
-    image reader does."""
+    image reader does; a segmented table is expanded once for the file, with bounded work
+    (:func:`~fetaliqa_core.io.palette.segmented_palette`), and refused in one line when damaged."""
     try:
         import pydicom
         from pydicom.pixels import iter_pixels
@@ -1526,13 +1527,22 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
     bound_volume(path, (frames, rows, cols), samples, itemsize, mapped=False)
     photometric = _photometric(ds)
     palette = samples == 1 and photometric == "PALETTE COLOR"
+    # a segmented colour table: expanded once, its work bounded by its descriptor, before any pixel
+    try:
+        segmented = segmented_palette(path, ds) if palette and has_segmented_palette(ds) else None
+    except FetalIQAError:
+        raise
+    except Exception:  # noqa: BLE001 - its data not readable here: the caller's message stands
+        return None
     arr, decoded = None, 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for decoded, frame in enumerate(iter_pixels(ds), start=1):
                 check_cancelled()
-                if palette:  # indices into the colour table, as RGB
+                if segmented is not None:
+                    frame = segmented.apply(frame)
+                elif palette:  # indices into the colour table, as RGB
                     from pydicom.pixels import apply_color_lut
 
                     frame = apply_color_lut(frame, ds)
