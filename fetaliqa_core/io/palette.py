@@ -67,7 +67,7 @@ def segmented_palette(path: Path, ds: Any) -> PaletteTable:
     except Exception:  # noqa: BLE001 - missing, or not three numbers
         raise _refused(path, "has no Palette Color Lookup Table Descriptor of three numbers (entries, first value "
                              "mapped, bits per entry)") from None
-    entries = entries or MAX_ENTRIES
+    entries = (entries % MAX_ENTRIES) or MAX_ENTRIES  # (unsigned, whichever way it was read; 0 stands for 2**16)
     if not 0 < entries <= MAX_ENTRIES or depth not in (8, 16):
         raise _refused(path, f"has a descriptor of {entries} entries of {depth} bits (at most {MAX_ENTRIES} entries "
                              "of 8 or 16 bits are possible)")
