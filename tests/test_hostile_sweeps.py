@@ -762,3 +762,81 @@ def test_a_jpeg_dicom_whose_frames_are_smaller_than_its_rows_and_columns_says_so
     message = _assert_refused(path, "rows.dcm", "4096 x 4096 pixels (Columns x Rows)", "compressed frames are 64 x 48",
                               "header is wrong")
     assert "no frames" not in message
+
+
+def _segmented_palette_dicom(path: Path, segments: list[int], entries: int = 256, depth: int = 16,
+                             frames: int = 4) -> Path:
+    """A PALETTE COLOR ultrasound DICOM of 8-bit indices whose three colour tables are the same
+    Segmented Palette Color LUT Data ``segments`` (PS3.3 C.7.9.2), of ``entries`` entries of
+    ``depth`` bits by its descriptors."""
+    from fakes import us_dicom
+
+    data = (bytes(segments) + b"\0" * (len(segments) % 2) if depth == 8
+            else struct.pack(f"<{len(segments)}H", *segments))
+    attrs = {f"{c}PaletteColorLookupTableDescriptor": [entries % 65536, 0, depth] for c in ("Red", "Green", "Blue")}
+    attrs.update({f"Segmented{c}PaletteColorLookupTableData": data for c in ("Red", "Green", "Blue")})
+    return us_dicom(path, _random_frames(frames)[:, :40, :48], PhotometricInterpretation="PALETTE COLOR", **attrs)
+
+
+_LINEAR_PAST = [0, 1, 0] + [1, 65535, 65535, 1, 65535, 0] * 4  # 8 x 65,535 entries for a table of 256
+_INDIRECT_DOUBLING = [0, 1, 100] + [v for k in range(1, 21) for v in (2, k, 0, 0)]  # segment k copies all before it
+
+
+@pytest.mark.parametrize("segments, depth, words", [
+    (_LINEAR_PAST, 16, ("expands past the 256 entries its descriptor gives",)),
+    ([0, 1, 0] + [1, 255, 200] * 20, 8, ("expands past the 256 entries",)),  # 8-bit entries
+    ([0, 1, 7] + [1, 1, 7] * 300, 16, ("more segments than the 256 entries",)),
+    (_INDIRECT_DOUBLING, 16, ("indirect segment copying another indirect segment", "may not nest")),
+    ([0, 1, 5, 2, 2, 0, 0], 16, ("indirect segment copying another indirect segment",)),  # copies itself
+    ([0, 1, 5, 2, 1, 3, 0], 16, ("pointing at byte 3, where no segment starts",)),
+    ([0, 1, 0, 1, 99, 65535], 16, ("expands to 100 entries, where its descriptor gives 256",)),
+])
+def test_a_segmented_colour_table_that_expands_past_its_descriptor_or_nests_is_refused_at_once(tmp_path, segments,
+                                                                                               depth, words):
+    """pydicom expands Segmented Palette Color LUT Data with no bound against the descriptor's
+    entry count, once per frame: a 1 MB file of linear segments of 65,535 entries took more than
+    5 GB, indirect segments copying one another doubled the work at each level (still running
+    after 2 minutes), and a table of 100 entries for 256 was "damaged" without saying why, when
+    the pixels happened to need more."""
+    message = _assert_refused(_segmented_palette_dicom(tmp_path / "palette.dcm", segments, depth=depth), "palette.dcm",
+                              "segmented colour table", "Export the sweep again as RGB or grey", *words)
+    assert message.count(":") <= 3, message
+
+
+def test_a_segmented_colour_table_is_expanded_once_for_the_sweep_not_once_a_frame(tmp_path, monkeypatch):
+    """A valid table of 65,536 entries (16-bit indices) cost 64 ms a frame, expanded again for each
+    frame by pydicom: 54 s for a sweep of 840 frames. The frames are its colours, as before."""
+    import pydicom.pixels.processing as processing
+
+    expansions = []
+    expand = processing._expand_segmented_lut
+    monkeypatch.setattr(processing, "_expand_segmented_lut", lambda *a, **k: expansions.append(1) or expand(*a, **k))
+    # an inverting table: one entry at 65535, then a straight line down to 0
+    path = _segmented_palette_dicom(tmp_path / "palette.dcm", [0, 1, 65535, 1, 255, 0], frames=6)
+    frames = np.asarray(load_sweep(path).frames, dtype=int)
+    assert np.abs(frames - (255 - _random_frames(6)[:, :40, :48].astype(int))).max() <= 1
+    assert len(expansions) <= 3, f"the table was expanded {len(expansions)} times for 6 frames"
+
+
+@pytest.mark.parametrize("segments, depth", [
+    ([0, 3, 10, 2000, 65535, 1, 40, 0, 1, 7, 30000, 0, 2, 9, 8], 16),
+    ([0, 2, 1, 250, 1, 30, 3, 0, 3, 9, 8, 7, 2, 2, 0, 0, 0, 0, 1, 50, 255, 2, 1, 4, 0, 0, 0, 1, 41, 40], 8),
+])
+def test_segmented_colour_tables_expand_as_pydicom_expands_them(tmp_path, segments, depth):
+    """The bounded expansion gives pydicom's colours on valid tables: discrete, linear (rising,
+    falling, flat) and, with 8-bit entries, indirect segments copying a discrete and a linear one."""
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    from fetaliqa_core.io.palette import segmented_palette
+
+    ds = pydicom.dcmread(_segmented_palette_dicom(tmp_path / "palette.dcm", segments, depth=depth))
+    entries = len(pydicom.pixels.processing._expand_segmented_lut(  # how many the segments give
+        struct.unpack(f"<{len(segments)}{'B' if depth == 8 else 'H'}", bytes(segments) if depth == 8
+                      else struct.pack(f"<{len(segments)}H", *segments)), "<B" if depth == 8 else "<H"))
+    for colour in ("Red", "Green", "Blue"):
+        ds[f"{colour}PaletteColorLookupTableDescriptor"].value = [entries, 0, depth]
+    index = np.arange(entries + 5, dtype=np.uint16).reshape(1, -1)
+    expected = apply_color_lut(index, ds)
+    expected = (expected >> 8).astype(np.uint8) if depth == 16 else expected
+    assert np.array_equal(segmented_palette(Path("palette.dcm"), ds).apply(index), expected)

@@ -198,6 +198,65 @@ def test_an_enhanced_files_window_in_its_functional_groups_is_applied(tmp_path, 
         assert np.abs(frames[k, 1:] - want[1:]).max() <= 1, f"frame {k}"
 
 
+def _voi_group(centre, width):
+    """A functional group item whose Frame VOI LUT is the window ``centre``/``width`` (LINEAR)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    voi = Dataset()
+    voi.WindowCenter, voi.WindowWidth = centre, width
+    item = Dataset()
+    item.FrameVOILUTSequence = Sequence([voi])
+    return item
+
+
+@pytest.mark.parametrize("where", ["top level", "per frame"])
+def test_a_window_too_wide_to_show_anything_is_not_used_and_says_so(tmp_path, where):
+    """A Window Width of 1e300 (for the whole file, or for half its frames) blacked those frames out
+    without a note, and numpy printed "RuntimeWarning: overflow encountered in cast" and a source
+    line on the terminal. Through so wide a window every frame would be one flat grey anyway."""
+    import warnings
+
+    from pydicom.sequence import Sequence
+
+    n = 6
+    arr, centre, width = _at_gain(4, n)
+    if where == "top level":
+        attrs = {"WindowCenter": centre, "WindowWidth": "1e300"}
+    else:
+        attrs = {"SharedFunctionalGroupsSequence": Sequence([]),
+                 "PerFrameFunctionalGroupsSequence": Sequence([_voi_group(centre, width if k < 3 else "1e300")
+                                                               for k in range(n)])}
+    path = _dicom(tmp_path / "wide.dcm", arr, bits=16, sop=ENHANCED_US_VOLUME, **attrs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sweep = load_sweep(path)
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+    frames = np.asarray(sweep.frames, dtype=float)
+    for k in range(n):
+        assert frames[k].std() > 10, f"frame {k} is flat (mean {frames[k].mean():.1f})"
+        assert np.corrcoef(frames[k].ravel(), _grey(n=n)[k].ravel())[0, 1] > 0.99
+    assert any("far wider than the range of values its pixels can hold" in note and "not used" in note
+               for note in sweep.read_notes), sweep.read_notes
+
+
+def test_frames_own_windows_given_for_another_number_of_frames_are_noted(tmp_path):
+    """A file of 6 frames whose Per-frame Functional Groups give windows for 2 (or 12): the frames'
+    own windows cannot be matched to them and one window was used for all, silently (a series
+    whose files cannot be matched to their windows says so)."""
+    from pydicom.sequence import Sequence
+
+    arr, centre, width = _at_gain(4, 6)
+    for count in (2, 12):
+        groups = [_voi_group(centre, width if k % 2 else width / 2) for k in range(count)]
+        path = _dicom(tmp_path / f"groups{count}.dcm", arr, bits=16, sop=ENHANCED_US_VOLUME,
+                      PerFrameFunctionalGroupsSequence=Sequence(groups))
+        sweep = load_sweep(path)
+        assert any(f"for {count} frame(s), but holds 6" in note and "one window is used for all" in note
+                   for note in sweep.read_notes), sweep.read_notes
+        assert len(np.asarray(sweep.frames)) == 6
+
+
 def test_pixels_without_a_number_are_named_in_the_read_notes(tmp_path):
     arr = (_grey() / 255.0).astype(np.float32)
     arr[:, 5:7, 5:7] = np.nan

@@ -135,7 +135,8 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
     for s in range(0, n, CHUNK_FRAMES):
         check_cancelled()
         lum = _luminance_float(arr[s:s + CHUNK_FRAMES], comps)
-        black = lo if los is None else los[s:s + lum.shape[0], None, None].astype(lum.dtype)
+        with np.errstate(over="ignore"):  # (a window beyond float32 printed numpy's warning on the terminal)
+            black = lo if los is None else los[s:s + lum.shape[0], None, None].astype(lum.dtype)
         if padding is not None:
             lum[lum == padding] = lo if los is None else np.broadcast_to(black, lum.shape)[lum == padding]
         finite = np.isfinite(lum)  # counted before scaling, which may overflow far outside the window

@@ -46,6 +46,7 @@ from fetaliqa_core.io._common import (
     usable_spacing,
 )
 from fetaliqa_core.io.frames import frame_stack_shape, precheck_dims
+from fetaliqa_core.io.palette import has_segmented_palette, segmented_palette
 from fetaliqa_core.io.spacing import (SPACING_CHANGES, classify_header_spacing, dataset_calibration,
                                      dicom_calibration_and_regions, dicom_pixel_aspect)
 
@@ -223,7 +224,7 @@ def _series_windows(raw: Raw, files: list[str], per_file: int) -> None:
     says so."""
     windows = []
     for name in files:
-        window, _, own = dicom_display(Path(name))
+        window, _, own = dicom_display(Path(name), raw.notes)
         windows.extend(own if own is not None and len(own) == per_file else [window] * per_file)
     if len(set(windows)) <= 1:
         return
@@ -652,7 +653,7 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         if calibrated and note:
             notes.append(f"pixel spacing: {note}")
         if components == 1 and arr.dtype != np.uint8:
-            window, padding, frame_windows = dicom_display(dicom_file)
+            window, padding, frame_windows = dicom_display(dicom_file, notes)
         if components == 1 and _has_voi_lut_table(dicom_file):
             notes.append("the file's VOI LUT (the grey levels meant for display) is not applied: the frames are "
                          "shown and scored as stored")
@@ -1444,8 +1445,7 @@ def _unread_dicom_layout(path: Path, reason: str) -> tuple[str, str] | None:
                 return (f"its {signed}pixels are rescaled by a Rescale Intercept of {intercept:g} (Slope {slope:g}) "
                         "to values the image reader's pixel types do not hold",
                         "Export the sweep with the values applied (plain 8- or 16-bit grey), or as .mha.")
-        if (_photometric(ds) == "PALETTE COLOR" and "SegmentedRedPaletteColorLookupTableData" in ds
-                and "RedPaletteColorLookupTableData" not in ds):  # (PS3.3 C.7.9.2; was called damaged)
+        if _photometric(ds) == "PALETTE COLOR" and has_segmented_palette(ds):  # (PS3.3 C.7.9.2; was called damaged)
             return ("its colour table is given as Segmented Palette Color LUT Data, which the image reader does "
                     "not read", "Export the sweep as RGB or grey.")
         element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
@@ -1509,7 +1509,8 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
     modality rescale applied, MONOCHROME1 inverted, colour as RGB, as the image reader gives them.
     The header's size is checked first, as for any file. None when pydicom cannot decode the
     pixels either. A palette colour image is turned into RGB through its colour table, as the
-    image reader does."""
+    image reader does; a segmented table is expanded once for the file, with bounded work
+    (:func:`~fetaliqa_core.io.palette.segmented_palette`), and refused in one line when damaged."""
     try:
         import pydicom
         from pydicom.pixels import iter_pixels
@@ -1526,13 +1527,22 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
     bound_volume(path, (frames, rows, cols), samples, itemsize, mapped=False)
     photometric = _photometric(ds)
     palette = samples == 1 and photometric == "PALETTE COLOR"
+    # a segmented colour table: expanded once, its work bounded by its descriptor, before any pixel
+    try:
+        segmented = segmented_palette(path, ds) if palette and has_segmented_palette(ds) else None
+    except FetalIQAError:
+        raise
+    except Exception:  # noqa: BLE001 - its data not readable here: the caller's message stands
+        return None
     arr, decoded = None, 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for decoded, frame in enumerate(iter_pixels(ds), start=1):
                 check_cancelled()
-                if palette:  # indices into the colour table, as RGB
+                if segmented is not None:
+                    frame = segmented.apply(frame)
+                elif palette:  # indices into the colour table, as RGB
                     from pydicom.pixels import apply_color_lut
 
                     frame = apply_color_lut(frame, ds)
@@ -1553,8 +1563,8 @@ def _dicom_through_pydicom(path: Path, what: str) -> Raw | None:
     (calibrated, source, note), regions, calibrations = dicom_calibration_and_regions(path)
     spacing_mm, source, note = usable_spacing(calibrated or (1.0, 1.0), source, note)
     grey_levels = components == 1 and arr.dtype != np.uint8
-    window, padding, frame_windows = dicom_display(path) if grey_levels else (None, None, None)
-    notes = []
+    notes: list[str] = []
+    window, padding, frame_windows = dicom_display(path, notes) if grey_levels else (None, None, None)
     if components == 1 and _has_voi_lut_table(path):
         notes.append("the file's VOI LUT (the grey levels meant for display) is not applied: the frames are "
                      "shown and scored as stored")
@@ -1639,7 +1649,14 @@ def _frame_voi_window(group: Any) -> tuple[float, float] | None:
     return _voi_window(items[0]) if len(items) else None
 
 
-def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None, tuple | None]:
+#: A display window wider than this many times the range of values a file's pixels can hold
+#: (2 ** Bits Stored, rescaled) puts all of them within one of its 256 grey levels: every frame
+#: shown through it is one flat grey (a Window Width of 1e300 blacked frames out), so it is not used.
+WIDEST_WINDOW = 256
+
+
+def dicom_display(path: Path, notes: list[str] | None = None
+                  ) -> tuple[tuple[float, float] | None, float | None, tuple | None]:
     """From one reading of a greyscale DICOM image's header, in the rescaled values the image
     reader returns: its grey-level window (values shown black and white), its padding value, and
     each frame's own window where frames have different ones; ``None`` where the file has none.
@@ -1649,12 +1666,17 @@ def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None,
     gains, each shown through its own), one entry a frame, None for a frame stating none; None
     where no frame states one or all state the same. Pixel Padding Value: C.7.5.1.1.2, in stored
     values, so rescaled here. MONOCHROME2 only: a MONOCHROME1 image is inverted by the reader,
-    its window is not."""
+    its window is not.
+
+    Not used, each with a note added to ``notes`` (where given): a window wider than
+    :data:`WIDEST_WINDOW` times the range of values the pixels can hold (every frame through it
+    one flat grey), and frames' own windows given for another number of frames than the file
+    holds (they cannot be matched to its frames: one window for all)."""
     try:
         ds = dcmread_bounded(str(path), stop_before_pixels=True, force=True, specific_tags=[
             "PhotometricInterpretation", "WindowCenter", "WindowWidth", "VOILUTFunction",
             "PixelPaddingValue", "RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsAllocated",
-            "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"])
+            "BitsStored", "NumberOfFrames", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"])
         if (_photometric(ds) or "MONOCHROME2") != "MONOCHROME2":
             return None, None, None
         slope = float(ds.get("RescaleSlope", 1) or 1)
@@ -1662,23 +1684,50 @@ def dicom_display(path: Path) -> tuple[tuple[float, float] | None, float | None,
         padding = ds.get("PixelPaddingValue", None)
         pad = None if padding is None else float(padding) * slope + intercept
         pad = pad if pad is not None and math.isfinite(pad) else None
+        bits = min(max(int(ds.get("BitsStored", None) or ds.get("BitsAllocated", None) or 16), 1), 64)
+        widest = WIDEST_WINDOW * float(1 << bits) * abs(slope)
     except Exception:  # noqa: BLE001 - an odd display header: the default window, never a failure
         return None, None, None
+    too_wide = []
+
+    def usable(window: tuple[float, float] | None) -> tuple[float, float] | None:
+        if window is not None and not window[1] - window[0] <= widest:
+            too_wide.append(window)
+            return None
+        return window
+
     try:
-        per_frame = tuple(_frame_voi_window(group) for group in ds.get("PerFrameFunctionalGroupsSequence", None) or [])
+        per_frame = tuple(usable(_frame_voi_window(group))
+                          for group in ds.get("PerFrameFunctionalGroupsSequence", None) or [])
     except Exception:  # noqa: BLE001 - an odd display header: one window, never a failure
         per_frame = ()
     try:
-        window = _voi_window(ds)
+        window = usable(_voi_window(ds))
         if window is None:  # an Enhanced file's window: its shared functional group, else the first frame's
             shared = ds.get("SharedFunctionalGroupsSequence", None) or []
-            window = _frame_voi_window(shared[0]) if len(shared) else None
+            window = usable(_frame_voi_window(shared[0])) if len(shared) else None
             if window is None:
                 window = next((w for w in per_frame if w is not None), None)
     except Exception:  # noqa: BLE001
         return None, None, None
     distinct = any(w is not None for w in per_frame) and len(set(per_frame)) > 1
+    frames = _number_of_frames(ds)
+    if distinct and len(per_frame) != frames:
+        _add_note(notes, f"the file gives its frames' own display windows (Frame VOI LUT) for {len(per_frame)} "
+                         f"frame(s), but holds {frames}: they cannot be matched to its frames, so one window is used "
+                         "for all, and frames stored at another gain may look darker or paler than their own window "
+                         "shows them")
+        distinct = False
+    if too_wide:
+        _add_note(notes, "the file gives a display window (Window Center/Width) far wider than the range of values "
+                         "its pixels can hold (every frame shown through it would be one flat grey): it is not used")
     return window, pad, per_frame if distinct else None
+
+
+def _add_note(notes: list[str] | None, note: str) -> None:
+    """``note`` added to ``notes`` (where given) once: a series' files each say the same."""
+    if notes is not None and note not in notes:
+        notes.append(note)
 
 
 def _instance_number(ds: Any) -> int | None:
