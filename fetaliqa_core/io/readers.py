@@ -694,8 +694,10 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
             source, note = SPACING_NONE, spacing_unit_note
         head = _nifti_head(path)
         from_sform = _nifti_sform_only_spacing(head)
-        if from_sform is not None and not spacing_unit_note and tuple(spacing_mm) == (1.0, 1.0):
+        if from_sform is not None and not spacing_unit_note:
             # the one transform the header states: its voxel sizes were left at the format's default
+            # (1, checked in the header itself: the image reader has turned it into 1000 mm in a
+            # header in metres, and such a file was refused as self-contradictory, 1000 against 0.6 mm)
             spacing_mm, (source, note) = from_sform, classify_header_spacing(from_sform, recorded=True)
             notes.append("pixel spacing: read from the NIfTI header's sform matrix, the only transform it states "
                          "(qform_code 0, voxel sizes left at 1)")
