@@ -465,7 +465,9 @@ def _header_geometry(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tu
 
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
-        with quiet_itk():
+        # (called before the sweep is read and refused in one line: the MetaImage parser's own
+        # lines on a header it cannot parse came first on the terminal)
+        with quiet_itk(metaio=full_suffix(path) in (".mha", ".mhd")):
             reader.ReadImageInformation()
         dim = int(reader.GetDimension())
         if dim not in (2, 3):
