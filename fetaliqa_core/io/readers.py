@@ -498,7 +498,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     is_dicom = _looks_like_dicom(path, reader)
     scale, unit_note = _nrrd_spacing_units(nrrd)
     raw = _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None,
-                          spacing_scale=scale, spacing_unit_note=unit_note, pages=tiff, grey=what == "sweep")
+                          spacing_scale=scale, spacing_unit_note=unit_note, pages=tiff, grey=what == "sweep",
+                          spacing_unitless=_nrrd_names_no_unit(nrrd))
     damage = [line for line in jpeg_said or () if line.startswith(("Corrupt JPEG data", "Premature end"))]
     if damage:  # (the decoder's own line went to stdout, where `score --json` writes its one line)
         raw.notes.append(f"the JPEG's data is damaged in places (its decoder: '{damage[0][:80]}'): parts of the "
@@ -628,8 +629,9 @@ def _read_still_gif(path: Path, what: str) -> Raw:
 
 def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None,
                     spacing_scale: tuple[float, float] = (1.0, 1.0), spacing_unit_note: str = "",
-                    pages: _TiffPages | None = None, grey: bool = True) -> Raw:
-    """``grey``: the pixels are grey levels (a sweep), not labels (a mask: never inverted)."""
+                    pages: _TiffPages | None = None, grey: bool = True, spacing_unitless: bool = False) -> Raw:
+    """``grey``: the pixels are grey levels (a sweep), not labels (a mask: never inverted).
+    ``spacing_unitless``: a NRRD header that names no unit for its lengths (read as mm, said so)."""
     import SimpleITK as sitk
 
     components = int(image.GetNumberOfComponentsPerPixel())
@@ -707,6 +709,13 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         elif source == SPACING_FROM_HEADER and _nifti_space_unit_code(head) == 0:
             notes.append("pixel spacing: the NIfTI header names no unit for it (xyzt_units 0); read as mm, "
                          "as image readers do")
+        elif source == SPACING_FROM_HEADER and _nifti_space_unit_code(head) not in (None, 1, 2, 3):
+            # (codes 4-7 are no unit of NIfTI's: the image reader reads the sizes as mm without a word)
+            notes.append(f"pixel spacing: the NIfTI header's unit code for it ({_nifti_space_unit_code(head)} in "
+                         "xyzt_units) is not a unit NIfTI defines; read as mm, as image readers do")
+        elif source == SPACING_FROM_HEADER and spacing_unitless:
+            notes.append("pixel spacing: the NRRD header names no unit for it (no 'space units' or 'units'); read "
+                         "as mm, as image readers do")
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
@@ -2812,6 +2821,24 @@ def _nrrd_spacing_units(fields: dict[str, str] | None) -> tuple[tuple[float, flo
     while len(factors) < 2:
         factors.append(factors[0] if factors else 1.0)
     return (factors[1], factors[0]), ""
+
+
+def _nrrd_names_no_unit(fields: dict[str, str] | None) -> bool:
+    """Whether a NRRD header names no unit for its pixels' lengths (no ``space units`` or ``units``,
+    or only the format's words for none): the image reader reads them as mm, as NIfTI's unit code 0."""
+    if fields is None:
+        return False
+    if "space units" in fields:
+        units = re.findall(r'"([^"]*)"', fields["space units"])
+    elif "units" in fields:
+        units = re.findall(r'"([^"]*)"', fields["units"])
+        kinds = fields.get("kinds", "").lower().split()
+        if len(kinds) == len(units):
+            units = [u for u, k in zip(units, kinds) if k not in _NRRD_VALUE_KINDS]
+        units = units[:2]
+    else:
+        return True
+    return all(u.strip().lower() in _NRRD_NO_UNIT for u in units)
 
 
 def _nrrd_mixed_space_units(fields: dict[str, str], units: list[str]) -> tuple[tuple[float, float], str]:
