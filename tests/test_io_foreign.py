@@ -2214,6 +2214,25 @@ def test_a_stack_saved_frames_first_is_not_measured(tmp_path):
     assert frames_axis_evidence(still) is None
 
 
+def test_a_short_sweep_saved_frames_first_is_refused_for_what_it_is(tmp_path):
+    """numpy's (16, 120, 150) saved as a NIfTI's x, y, z reads as 150 frames of 120 x 16 pixels: it
+    was refused as too small, with advice to check for "a thumbnail or a vector field", which did
+    not fit the file. The line names the frames-first layout and how to save the sweep."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(20, 230, (16, 120, 150)).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(frames.transpose(2, 1, 0))),
+                    str(tmp_path / "frames_first.nii.gz"))
+    with pytest.raises(FetalIQAError) as exc:
+        load_sweep(tmp_path / "frames_first.nii.gz")
+    message = str(exc.value)
+    assert "120 x 16 pixels" in message and "16 frames of 120 x 150 stored frames-first" in message, message
+    assert "frames along the last axis" in message and "thumbnail" not in message and "\n" not in message
+    # a small stack that is no sweep at all keeps the plain line
+    sitk.WriteImage(sitk.GetImageFromArray(frames[:, :20, :20].copy()), str(tmp_path / "small.nii.gz"))
+    with pytest.raises(FetalIQAError, match="at least 32 x 32"):
+        load_sweep(tmp_path / "small.nii.gz")
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_a_picture_is_read_upright_as_its_exif_orientation_asks(tmp_path, orientation):
     """A phone's photo of a scanner's screen stores its pixels sideways with an EXIF tag saying how
