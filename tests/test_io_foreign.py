@@ -2214,6 +2214,86 @@ def test_a_stack_saved_frames_first_is_not_measured(tmp_path):
     assert frames_axis_evidence(still) is None
 
 
+def _slow_sweep(n: int = 40, h: int = 120, w: int = 150, fan: bool = True, seed: int = 0) -> np.ndarray:
+    """A sweep whose frames change slowly (an abdomen-like ellipse growing and shrinking over smooth
+    texture, a little fresh noise a frame), inside a probe's fan held still (black outside) or
+    filling the frames: ``(n, h, w)`` uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    inside = np.ones((h, w), bool)
+    if fan:
+        inside = (np.hypot(yy + 10, xx - w / 2) < h + 5) & (np.abs(np.degrees(np.arctan2(xx - w / 2, yy + 10))) < 40)
+    frames = np.zeros((n, h, w), np.uint8)
+    for i in range(n):
+        size = 1.0 - 0.5 * abs(i - n / 2) / n
+        texture = 90 + 25 * np.sin(xx / 9 + i * 0.03) * np.cos(yy / 7) + 0.3 * (h - yy)
+        belly = ((xx - w / 2) / (0.25 * w * size)) ** 2 + ((yy - 0.45 * h) / (0.2 * h * size)) ** 2 < 1
+        image = np.where(belly, 140.0, texture) + rng.normal(0, 3, (h, w))
+        frames[i] = np.where(inside, np.clip(image, 10, 255), 0).astype(np.uint8)
+    return frames
+
+
+def test_a_slowly_changing_sweep_saved_frames_first_is_not_measured(tmp_path):
+    """numpy's (N, H, W) of a slowly changing sweep saved as a NIfTI's x, y, z with one size for all
+    three axes was read as 150 "frames" of 120 x 40, each a slice across the sweep, at 0.6 mm, and
+    scored with an AC in mm: its neighbouring frames, rows and columns are all alike, and only a
+    marked difference between them was taken for this layout. The black outside the probe's fan,
+    the same in every real frame, now lies along whole rows of every "frame": that tells it."""
+    from fetaliqa_core.io.sweep import frames_axis_evidence
+
+    frames = _slow_sweep()
+    upright = sitk.GetImageFromArray(frames)
+    upright.SetSpacing((0.6, 0.6, 1.0))
+    sitk.WriteImage(upright, str(tmp_path / "upright.nii.gz"))
+    sweep = load_sweep(tmp_path / "upright.nii.gz")
+    assert sweep.spacing_problem is None and sweep.read_notes == ()
+    across = sitk.GetImageFromArray(np.ascontiguousarray(frames.transpose(2, 1, 0)))
+    across.SetSpacing((0.6, 0.6, 0.6))
+    sitk.WriteImage(across, str(tmp_path / "frames_first.nii.gz"))
+    sweep = load_sweep(tmp_path / "frames_first.nii.gz")
+    assert sweep.frames.shape == (150, 120, 40)
+    assert any("store its frames along another axis" in n for n in sweep.read_notes), sweep.read_notes
+    assert "slices across the sweep" in (sweep.spacing_problem or "")
+    said = frames_axis_evidence(np.asarray(sweep.frames))
+    assert "black around the image lies along whole rows" in said and "far more alike" not in said
+    # a sweep with a few blank frames (probe lifted) keeps its black in place: not taken for one
+    blanks = frames.copy()
+    blanks[[3, 20, 31]] = 0
+    assert frames_axis_evidence(blanks) is None
+
+
+def test_a_frames_first_layout_the_pixels_cannot_tell_is_not_measured(tmp_path):
+    """A slowly changing sweep filling its frames (no black around the image) saved frames-first
+    gives the pixels nothing to tell it by; read as frames far taller than wide, more of them than
+    a frame is wide, with one size stated for all three axes, it was measured at that size. Its
+    pixel size is now unknown, with a note saying what to check; the same frames upright, or a
+    header giving the frame axis a size of its own, are read as before."""
+    from fetaliqa_core.io.sweep import frames_axis_evidence
+
+    frames = _slow_sweep(fan=False)
+    stack = np.ascontiguousarray(frames.transpose(2, 1, 0))
+    assert frames_axis_evidence(stack) is None
+    for name, spacing, suspect in (("one_size.nii.gz", (0.6, 0.6, 0.6), True), ("one_size.nrrd", (0.6, 0.6, 0.6), True),
+                                   ("frame_axis.nii.gz", (0.6, 0.6, 1.0), False)):
+        image = sitk.GetImageFromArray(stack)
+        image.SetSpacing(spacing)
+        sitk.WriteImage(image, str(tmp_path / name))
+        sweep = load_sweep(tmp_path / name)
+        assert sweep.frames.shape == (150, 120, 40)
+        said = [n for n in sweep.read_notes if "far taller than wide" in n]
+        if suspect:
+            assert said and "frames-first" in said[0] and "Check the frames" in said[0], sweep.read_notes
+            assert "may be slices across the sweep" in (sweep.spacing_problem or "")
+            assert sweep.with_spacing(0.6).spacing_problem is None  # the user may still give it
+        else:
+            assert not said and sweep.spacing_problem is None
+    upright = sitk.GetImageFromArray(frames)
+    upright.SetSpacing((0.6, 0.6, 0.6))
+    sitk.WriteImage(upright, str(tmp_path / "upright.nii.gz"))
+    sweep = load_sweep(tmp_path / "upright.nii.gz")
+    assert sweep.spacing_problem is None and sweep.read_notes == ()
+
+
 def test_a_short_sweep_saved_frames_first_is_refused_for_what_it_is(tmp_path):
     """numpy's (16, 120, 150) saved as a NIfTI's x, y, z reads as 150 frames of 120 x 16 pixels: it
     was refused as too small, with advice to check for "a thumbnail or a vector field", which did

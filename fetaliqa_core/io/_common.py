@@ -124,6 +124,10 @@ class Raw:
     #: ``(frames per second, what the file states)`` where the file states the rate its frames
     #: were acquired or are meant to be played at (:func:`dicom_frame_rate`); None otherwise.
     frame_rate: tuple[float, str] | None = None
+    #: A NIfTI's or NRRD's three axes' spacings as its header states them (x, y, z; in its own
+    #: unit), for a volume of three axes; empty otherwise. One size for all three is how a stack
+    #: written frames-first often comes (one number put in an affine), a sweep's frame axis rarely.
+    axes_spacing: tuple[float, ...] = ()
 
 
 def full_suffix(path: Path) -> str:

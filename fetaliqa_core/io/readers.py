@@ -717,10 +717,11 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
             notes.append("pixel spacing: the NRRD header names no unit for it (no 'space units' or 'units'); read "
                          "as mm, as image readers do")
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
+    axes = spacing if len(spacing) == 3 and full_suffix(path) in (".nii", ".nii.gz", ".nrrd", ".nhdr") else ()
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
                frame_windows=frame_windows, ycbcr=ycbcr, regions=regions, region_calibrations=calibrations,
-               pixel_aspect=aspect, frame_rate=frame_rate)
+               pixel_aspect=aspect, frame_rate=frame_rate, axes_spacing=axes)
 
 
 #: ImageJ's scales read (its ``unit=`` line, in any spelling :data:`_LENGTH_UNITS_MM` knows; it
