@@ -579,6 +579,26 @@ def test_a_numpy_array_file_is_named_with_what_to_save_instead(tmp_path):
         assert "unpack" not in str(err.value)
 
 
+def test_hdf5_and_matlab_files_are_named_with_how_to_convert_them(tmp_path):
+    """An HDF5 file (.h5) or a MATLAB file (.mat, v5 or v7.3) was "not a readable image file (no
+    supported image header found)": no word that the format was recognised, nor how to convert it
+    (a .npy gets both). Written here by hand: the first bytes h5py and MATLAB write."""
+    hdf5 = b"\x89HDF\r\n\x1a\n" + bytes(2040)
+    text = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: Tue Dec  1 12:00:00 2026"
+    v5 = text.ljust(116, b" ") + bytes(8) + b"\x00\x01IM" + bytes(256)
+    v73 = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116, b" ") + bytes(8) + b"\x00\x02IM"
+    v73 = v73.ljust(512, b"\x00") + hdf5
+    for name, data, said, loader in (("sweep.h5", hdf5, "an HDF5 file", "h5py"),
+                                     ("sweep.mat", v5, "a MATLAB file,", "scipy.io.loadmat"),
+                                     ("new.mat", v73, "a MATLAB file (v7.3, HDF5)", "h5py")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(FetalIQAError) as err:
+            load_sweep(tmp_path / name)
+        message = str(err.value)
+        assert said in message and "which is not read" in message and loader in message, message
+        assert "GetImageFromArray" in message and "no supported image header" not in message
+
+
 def test_a_folder_of_several_series_says_which_it_read_or_refuses_a_tie(tmp_path):
     arr = _grey(n=1)[0]
     tie = tmp_path / "tie"
@@ -1870,8 +1890,15 @@ def test_nrrd_time_axis_before_the_pixels_and_units_that_differ_between_space_ax
     first = tmp_path / "time_first.nrrd"
     first.write_bytes(b"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 6 48 40\nkinds: time domain domain\n"
                       b"spacings: 0.066 0.3 0.2\nencoding: raw\n\n" + np.ascontiguousarray(arr.transpose(1, 2, 0)).tobytes())
-    with pytest.raises(FetalIQAError, match="time axis is its axis 1 of 3"):
+    with pytest.raises(FetalIQAError, match="time axis is its axis 1 of 3.*Save the sweep with the frames"):
         load_sweep(first)
+    # a mask of that layout was told to "Save the sweep"
+    from fetaliqa_core.io import load_mask
+
+    labels = tmp_path / "time_first_mask.nrrd"
+    labels.write_bytes(first.read_bytes().split(b"\n\n")[0] + b"\n\n" + bytes(6 * 48 * 40))
+    with pytest.raises(FetalIQAError, match="time axis is its axis 1 of 3.*Save the mask with the frames"):
+        load_mask(labels)
     # a unit belongs to an axis of the space: here the image's rows run along the space's first (cm)
     rotated = _nrrd(tmp_path / "rotated.nrrd", arr, "space: left-posterior-superior\n"
                     "space directions: (0,0.3,0) (0.02,0,0) (0,0,1)\nspace units: \"cm\" \"mm\" \"mm\"")

@@ -371,7 +371,7 @@ def slicer_segment_names(path: Path) -> dict[int, str]:
     return names
 
 
-def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None) -> None:
+def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None, what: str = "sweep") -> None:
     """A NRRD's frames must lie on its last (slowest) axis: with ``time`` on an earlier one the
     image reader takes frames for rows or columns and the frame interval for a pixel size."""
     kinds = (nrrd or {}).get("kinds", "").split()
@@ -379,7 +379,7 @@ def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None) -> None:
     if early:
         raise FetalIQAError(f"{path}: the NRRD's time axis is its axis {early[0] + 1} of {len(kinds)} (kinds: "
                             f"{' '.join(kinds)}), not its last, so its frames are interleaved with the pixels. "
-                            "Save the sweep with the frames on the last axis (e.g. as .mha) and open that.")
+                            f"Save the {what} with the frames on the last axis (e.g. as .mha) and open that.")
 
 
 def _read_with_sitk(path: Path, what: str) -> Raw:
@@ -387,7 +387,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
 
     nrrd = _nrrd_fields(path)
     _refuse_overfull_nrrd_fields(path, nrrd)
-    _refuse_early_time_axis(path, nrrd)
+    _refuse_early_time_axis(path, nrrd, what)
     _refuse_cropped_slicer_segmentation(path, nrrd)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
     member = _precheck_dicom(path, single=True) if has_dicom_magic(path) or _bare_dicom(path) else None
@@ -438,7 +438,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                 "grey with transparency, for one). Save the image as grey or RGB.") from None
         if nrrd is not None and "match" in reason.lower():
             raise FetalIQAError(f"{path}: this NRRD's axes do not fit its space as the image reader needs "
-                                f"({reason}). Save the sweep as .mha, or as a NRRD with one domain axis per "
+                                f"({reason}). Save the {what} as .mha, or as a NRRD with one domain axis per "
                                 "dimension of its space.") from None
         raise FetalIQAError(f"{path}: the image header cannot be read ({reason}). The file is damaged "
                             "or not an image; export it again.") from None
@@ -1231,6 +1231,12 @@ def _no_image_reader(path: Path, what: str) -> str:
         return (f"{path}: a NumPy array file (.npy), which is not read (it records no pixel size). Save the {what} "
                 "as .mha, e.g. an array of frames x height x width with SimpleITK.WriteImage("
                 f"SimpleITK.GetImageFromArray(array), '{what}.mha'), and open that.")
+    array_file = _array_file_kind(path)
+    if array_file:  # (was "no supported image header found": nothing said it was recognised, nor how to convert it)
+        loader = "scipy.io.loadmat" if array_file == "a MATLAB file" else "h5py"
+        return (f"{path}: {array_file}, which is not read (it records no pixel size image readers know). Load the "
+                f"array ({loader}), arrange it as frames x height x width, save it with SimpleITK.WriteImage("
+                f"SimpleITK.GetImageFromArray(array), '{what}.mha') and open that.")
     named = _format_by_content(path)
     if named:
         kind, suffix = named
@@ -1238,6 +1244,21 @@ def _no_image_reader(path: Path, what: str) -> str:
                 f"readers go by the name: rename it (or a copy) to end in {suffix} and open that.")
     return (f"{path}: not a readable image file (no supported image header found). "
             f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.")
+
+
+#: Where an HDF5 file's signature may lie: at its start or after a user block of 512 bytes
+#: times a power of two (MATLAB's v7.3 files keep their 512-byte header there).
+_HDF5_SIGNATURE, _HDF5_OFFSETS = b"\x89HDF\r\n\x1a\n", (0, 512, 1024, 2048)
+
+
+def _array_file_kind(path: Path) -> str:
+    """What array file ``path`` is, in words, from its first bytes: a MATLAB file (v5, or v7.3 in
+    HDF5) or another HDF5 file; empty for anything else."""
+    head = _head(path, max(_HDF5_OFFSETS) + len(_HDF5_SIGNATURE))
+    matlab = head[:116].startswith(b"MATLAB ") and b"MAT-file" in head[:116]
+    if any(head[at:at + len(_HDF5_SIGNATURE)] == _HDF5_SIGNATURE for at in _HDF5_OFFSETS):
+        return "a MATLAB file (v7.3, HDF5)" if matlab else "an HDF5 file"
+    return "a MATLAB file" if matlab else ""
 
 
 def _gzip_readable(path: Path) -> bool:
