@@ -341,7 +341,9 @@ def frames_axis_evidence(frames: np.ndarray) -> str | None:
     if black is not None:
         return black
     alike = _neighbours_alike(frames)
-    return None if alike is None else f"neighbouring frames and a frame's rows are far more alike than its columns ({alike})"
+    if alike is None:
+        return None
+    return f"neighbouring frames and a frame's rows are far more alike than its columns ({alike})"
 
 
 def _neighbours_alike(frames: np.ndarray) -> str | None:
