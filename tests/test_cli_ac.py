@@ -986,3 +986,23 @@ def test_a_mask_whose_header_stores_it_flipped_against_its_sweep_is_laid_on_it_t
     record = json.loads(capsys.readouterr().out)
     assert record["ellipse_px"]["center"] == pytest.approx([70, 40], abs=1.5)
     assert not any("orients" in n for n in record["read_notes"] or [])
+
+
+def test_a_sweep_whose_metaimage_header_is_refused_prints_only_the_refusal(tmp_path, capfd):
+    """`ac --sweep` reads the sweep's header for its orientation before reading the sweep: on a
+    MetaImage header the image reader cannot parse (one ElementSpacing value for three axes), its
+    parser's four lines ("DimSize required and not defined.", "MetaObject: Read: MET_Read Failed",
+    ...) came on stderr before the one line that says what is wrong."""
+    masks = np.zeros((3, 60, 80), np.uint8)
+    cv2.ellipse(masks[1], (40, 30), (20, 15), 0, 0, 360, 1, -1)
+    mask = tmp_path / "mask.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(masks), str(mask))
+    sweep = tmp_path / "sweep.mha"
+    sweep.write_bytes(b"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                      b"CompressedData = False\nElementSpacing = 0.6\nDimSize = 80 60 3\nElementType = MET_UCHAR\n"
+                      b"ElementDataFile = LOCAL\n" + bytes(3 * 60 * 80))
+    capfd.readouterr()
+    assert main(["ac", str(mask), "--sweep", str(sweep)]) == 1
+    err = capfd.readouterr().err
+    assert "ElementSpacing '0.6' is not a list of 3 numbers" in err
+    assert err.count("\n") == 1, err

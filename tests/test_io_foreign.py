@@ -506,6 +506,27 @@ def test_nifti_without_a_unit_code_says_its_pixel_size_is_read_as_mm(tmp_path):
     assert not any("unit" in n for n in named.read_notes)
 
 
+def test_a_nrrd_or_nifti_naming_no_length_unit_says_its_pixel_size_is_read_as_mm(tmp_path):
+    """A NRRD with no 'space units' or 'units', and a NIfTI whose unit code is none NIfTI defines
+    (xyzt_units 5), were read as mm without the note a NIfTI of unit code 0 gets: a header giving
+    cm numbers (0.06) was shown as "pixel 0.06 x 0.06 mm · file header" with no word of doubt."""
+    arr = _grey().astype(np.uint8)
+    for name, extra in (("spacings.nrrd", "spacings: 0.06 0.06 1"),
+                        ("dirs.nrrd", "space: left-posterior-superior\nspace directions: (0.06,0,0) (0,0.06,0) (0,0,1)"),
+                        ("none.nrrd", 'spacings: 0.06 0.06 1\nunits: "" "" "s"')):
+        sweep = load_sweep(_nrrd(tmp_path / name, arr, extra))
+        assert sweep.spacing_mm == pytest.approx((0.06, 0.06))
+        assert any("names no unit" in n and "read as mm" in n for n in sweep.read_notes), (name, sweep.read_notes)
+    named = load_sweep(_nrrd(tmp_path / "mm.nrrd", arr, 'spacings: 0.3 0.3 1\nunits: "mm" "mm" "s"'))
+    assert not any("unit" in n for n in named.read_notes)
+    bare = load_sweep(_nrrd(tmp_path / "bare.nrrd", arr, ""))  # no spacing at all: unknown, nothing to say of units
+    assert bare.spacing_source == SPACING_NONE and not any("unit" in n for n in bare.read_notes)
+    undefined = load_sweep(_nifti_with_sform(tmp_path / "five.nii", (0.3, 0.25), None, units=5))
+    assert undefined.spacing_mm == pytest.approx((0.3, 0.25))
+    assert any("unit code" in n and "not a unit NIfTI defines" in n and "read as mm" in n
+               for n in undefined.read_notes), undefined.read_notes
+
+
 def test_metaimage_array_element_types_are_read(tmp_path):
     arr = _grey().astype(np.uint8)
     head = (f"ObjectType = Image\nNDims = 3\nDimSize = 48 40 4\nElementType = MET_UCHAR_ARRAY\n"
@@ -615,6 +636,26 @@ def test_a_numpy_array_file_is_named_with_what_to_save_instead(tmp_path):
                                                  r"Save the sweep as \.mha") as err:
             load_sweep(tmp_path / "frames.npz")
         assert "unpack" not in str(err.value)
+
+
+def test_hdf5_and_matlab_files_are_named_with_how_to_convert_them(tmp_path):
+    """An HDF5 file (.h5) or a MATLAB file (.mat, v5 or v7.3) was "not a readable image file (no
+    supported image header found)": no word that the format was recognised, nor how to convert it
+    (a .npy gets both). Written here by hand: the first bytes h5py and MATLAB write."""
+    hdf5 = b"\x89HDF\r\n\x1a\n" + bytes(2040)
+    text = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: Tue Dec  1 12:00:00 2026"
+    v5 = text.ljust(116, b" ") + bytes(8) + b"\x00\x01IM" + bytes(256)
+    v73 = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(116, b" ") + bytes(8) + b"\x00\x02IM"
+    v73 = v73.ljust(512, b"\x00") + hdf5
+    for name, data, said, loader in (("sweep.h5", hdf5, "an HDF5 file", "h5py"),
+                                     ("sweep.mat", v5, "a MATLAB file,", "scipy.io.loadmat"),
+                                     ("new.mat", v73, "a MATLAB file (v7.3, HDF5)", "h5py")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(FetalIQAError) as err:
+            load_sweep(tmp_path / name)
+        message = str(err.value)
+        assert said in message and "which is not read" in message and loader in message, message
+        assert "GetImageFromArray" in message and "no supported image header" not in message
 
 
 def test_a_folder_of_several_series_says_which_it_read_or_refuses_a_tie(tmp_path):
@@ -1908,8 +1949,15 @@ def test_nrrd_time_axis_before_the_pixels_and_units_that_differ_between_space_ax
     first = tmp_path / "time_first.nrrd"
     first.write_bytes(b"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 6 48 40\nkinds: time domain domain\n"
                       b"spacings: 0.066 0.3 0.2\nencoding: raw\n\n" + np.ascontiguousarray(arr.transpose(1, 2, 0)).tobytes())
-    with pytest.raises(FetalIQAError, match="time axis is its axis 1 of 3"):
+    with pytest.raises(FetalIQAError, match="time axis is its axis 1 of 3.*Save the sweep with the frames"):
         load_sweep(first)
+    # a mask of that layout was told to "Save the sweep"
+    from fetaliqa_core.io import load_mask
+
+    labels = tmp_path / "time_first_mask.nrrd"
+    labels.write_bytes(first.read_bytes().split(b"\n\n")[0] + b"\n\n" + bytes(6 * 48 * 40))
+    with pytest.raises(FetalIQAError, match="time axis is its axis 1 of 3.*Save the mask with the frames"):
+        load_mask(labels)
     # a unit belongs to an axis of the space: here the image's rows run along the space's first (cm)
     rotated = _nrrd(tmp_path / "rotated.nrrd", arr, "space: left-posterior-superior\n"
                     "space directions: (0,0.3,0) (0.02,0,0) (0,0,1)\nspace units: \"cm\" \"mm\" \"mm\"")
@@ -2250,6 +2298,105 @@ def test_a_stack_saved_frames_first_is_not_measured(tmp_path):
     still = np.repeat(rng.integers(0, 255, (1, 120, 160)), 12, axis=0).astype(np.uint8)
     still = np.clip(still + rng.integers(-3, 4, still.shape), 0, 255).astype(np.uint8)
     assert frames_axis_evidence(still) is None
+
+
+def _slow_sweep(n: int = 40, h: int = 120, w: int = 150, fan: bool = True, seed: int = 0) -> np.ndarray:
+    """A sweep whose frames change slowly (an abdomen-like ellipse growing and shrinking over smooth
+    texture, a little fresh noise a frame), inside a probe's fan held still (black outside) or
+    filling the frames: ``(n, h, w)`` uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    inside = np.ones((h, w), bool)
+    if fan:
+        inside = (np.hypot(yy + 10, xx - w / 2) < h + 5) & (np.abs(np.degrees(np.arctan2(xx - w / 2, yy + 10))) < 40)
+    frames = np.zeros((n, h, w), np.uint8)
+    for i in range(n):
+        size = 1.0 - 0.5 * abs(i - n / 2) / n
+        texture = 90 + 25 * np.sin(xx / 9 + i * 0.03) * np.cos(yy / 7) + 0.3 * (h - yy)
+        belly = ((xx - w / 2) / (0.25 * w * size)) ** 2 + ((yy - 0.45 * h) / (0.2 * h * size)) ** 2 < 1
+        image = np.where(belly, 140.0, texture) + rng.normal(0, 3, (h, w))
+        frames[i] = np.where(inside, np.clip(image, 10, 255), 0).astype(np.uint8)
+    return frames
+
+
+def test_a_slowly_changing_sweep_saved_frames_first_is_not_measured(tmp_path):
+    """numpy's (N, H, W) of a slowly changing sweep saved as a NIfTI's x, y, z with one size for all
+    three axes was read as 150 "frames" of 120 x 40, each a slice across the sweep, at 0.6 mm, and
+    scored with an AC in mm: its neighbouring frames, rows and columns are all alike, and only a
+    marked difference between them was taken for this layout. The black outside the probe's fan,
+    the same in every real frame, now lies along whole rows of every "frame": that tells it."""
+    from fetaliqa_core.io.sweep import frames_axis_evidence
+
+    frames = _slow_sweep()
+    upright = sitk.GetImageFromArray(frames)
+    upright.SetSpacing((0.6, 0.6, 1.0))
+    sitk.WriteImage(upright, str(tmp_path / "upright.nii.gz"))
+    sweep = load_sweep(tmp_path / "upright.nii.gz")
+    assert sweep.spacing_problem is None and sweep.read_notes == ()
+    across = sitk.GetImageFromArray(np.ascontiguousarray(frames.transpose(2, 1, 0)))
+    across.SetSpacing((0.6, 0.6, 0.6))
+    sitk.WriteImage(across, str(tmp_path / "frames_first.nii.gz"))
+    sweep = load_sweep(tmp_path / "frames_first.nii.gz")
+    assert sweep.frames.shape == (150, 120, 40)
+    assert any("store its frames along another axis" in n for n in sweep.read_notes), sweep.read_notes
+    assert "slices across the sweep" in (sweep.spacing_problem or "")
+    said = frames_axis_evidence(np.asarray(sweep.frames))
+    assert "black around the image lies along whole rows" in said and "far more alike" not in said
+    # a sweep with a few blank frames (probe lifted) keeps its black in place: not taken for one
+    blanks = frames.copy()
+    blanks[[3, 20, 31]] = 0
+    assert frames_axis_evidence(blanks) is None
+
+
+def test_a_frames_first_layout_the_pixels_cannot_tell_is_not_measured(tmp_path):
+    """A slowly changing sweep filling its frames (no black around the image) saved frames-first
+    gives the pixels nothing to tell it by; read as frames far taller than wide, more of them than
+    a frame is wide, with one size stated for all three axes, it was measured at that size. Its
+    pixel size is now unknown, with a note saying what to check; the same frames upright, or a
+    header giving the frame axis a size of its own, are read as before."""
+    from fetaliqa_core.io.sweep import frames_axis_evidence
+
+    frames = _slow_sweep(fan=False)
+    stack = np.ascontiguousarray(frames.transpose(2, 1, 0))
+    assert frames_axis_evidence(stack) is None
+    for name, spacing, suspect in (("one_size.nii.gz", (0.6, 0.6, 0.6), True), ("one_size.nrrd", (0.6, 0.6, 0.6), True),
+                                   ("frame_axis.nii.gz", (0.6, 0.6, 1.0), False)):
+        image = sitk.GetImageFromArray(stack)
+        image.SetSpacing(spacing)
+        sitk.WriteImage(image, str(tmp_path / name))
+        sweep = load_sweep(tmp_path / name)
+        assert sweep.frames.shape == (150, 120, 40)
+        said = [n for n in sweep.read_notes if "far taller than wide" in n]
+        if suspect:
+            assert said and "frames-first" in said[0] and "Check the frames" in said[0], sweep.read_notes
+            assert "may be slices across the sweep" in (sweep.spacing_problem or "")
+            assert sweep.with_spacing(0.6).spacing_problem is None  # the user may still give it
+        else:
+            assert not said and sweep.spacing_problem is None
+    upright = sitk.GetImageFromArray(frames)
+    upright.SetSpacing((0.6, 0.6, 0.6))
+    sitk.WriteImage(upright, str(tmp_path / "upright.nii.gz"))
+    sweep = load_sweep(tmp_path / "upright.nii.gz")
+    assert sweep.spacing_problem is None and sweep.read_notes == ()
+
+
+def test_a_short_sweep_saved_frames_first_is_refused_for_what_it_is(tmp_path):
+    """numpy's (16, 120, 150) saved as a NIfTI's x, y, z reads as 150 frames of 120 x 16 pixels: it
+    was refused as too small, with advice to check for "a thumbnail or a vector field", which did
+    not fit the file. The line names the frames-first layout and how to save the sweep."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(20, 230, (16, 120, 150)).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(frames.transpose(2, 1, 0))),
+                    str(tmp_path / "frames_first.nii.gz"))
+    with pytest.raises(FetalIQAError) as exc:
+        load_sweep(tmp_path / "frames_first.nii.gz")
+    message = str(exc.value)
+    assert "120 x 16 pixels" in message and "16 frames of 120 x 150 stored frames-first" in message, message
+    assert "frames along the last axis" in message and "thumbnail" not in message and "\n" not in message
+    # a small stack that is no sweep at all keeps the plain line
+    sitk.WriteImage(sitk.GetImageFromArray(frames[:, :20, :20].copy()), str(tmp_path / "small.nii.gz"))
+    with pytest.raises(FetalIQAError, match="at least 32 x 32"):
+        load_sweep(tmp_path / "small.nii.gz")
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

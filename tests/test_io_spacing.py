@@ -521,6 +521,30 @@ def test_a_nifti_stating_only_an_sform_has_that_sform_s_pixel_size(tmp_path):
     assert sweep.spacing_source == SPACING_NONE and "disagree" in sweep.spacing_problem
 
 
+@pytest.mark.parametrize("unit,factor", [(1, 1e-3), (3, 1e3)])
+def test_a_nifti_stating_only_an_sform_in_metres_or_microns_has_that_sform_s_pixel_size(tmp_path, unit, factor):
+    """The same sform-only header (qform_code 0, voxel sizes left at 1) in metres or micrometres was
+    refused as self-contradictory, "1000 x 1000 mm (its voxel sizes)" against the sform's 0.3 mm: the
+    default 1 was converted to the unit before it was recognised as the default."""
+    import struct
+
+    path = tmp_path / "sform.nii"
+    image = sitk.GetImageFromArray(_frames())
+    image.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(image, str(path))
+    head = bytearray(path.read_bytes())
+    head[80:88] = struct.pack("<2f", 1.0, 1.0)  # pixdim[1], pixdim[2]
+    head[252:254] = struct.pack("<h", 0)  # qform_code
+    head[123] = (head[123] & ~0x07) | unit  # xyzt_units: metre (1) or micrometre (3)
+    srow = np.array(struct.unpack("<12f", head[280:328])) * factor
+    head[280:328] = struct.pack("<12f", *srow)
+    path.write_bytes(bytes(head))
+    sweep = load_sweep(path)
+    assert sweep.spacing_mm == pytest.approx((0.3, 0.3)) and sweep.spacing_source == SPACING_FROM_HEADER, \
+        sweep.spacing_problem
+    assert any("sform matrix, the only transform" in n for n in sweep.read_notes)
+
+
 def test_a_review_report_measures_a_thumbnail_s_outline_at_its_own_image_region_s_pixel_size(tmp_path):
     """The review database keeps one pixel size a sweep (the largest image region's): a report
     measured a flagged frame's mask across the main image and the 0.6 mm picture-in-picture at

@@ -124,6 +124,10 @@ class Raw:
     #: ``(frames per second, what the file states)`` where the file states the rate its frames
     #: were acquired or are meant to be played at (:func:`dicom_frame_rate`); None otherwise.
     frame_rate: tuple[float, str] | None = None
+    #: A NIfTI's or NRRD's three axes' spacings as its header states them (x, y, z; in its own
+    #: unit), for a volume of three axes; empty otherwise. One size for all three is how a stack
+    #: written frames-first often comes (one number put in an affine), a sweep's frame axis rarely.
+    axes_spacing: tuple[float, ...] = ()
 
 
 def full_suffix(path: Path) -> str:
@@ -167,19 +171,26 @@ _JPEG_LIBRARY_LINE = re.compile(r"^(?:Corrupt JPEG data: .*|Premature end of JPE
 _DICOM_JPEG_LINE = re.compile(r"^(?:Unsupported JPEG data precision \d+|Improper call to JPEG library in "
                                         r"state \d+)$")
 
+#: What the MetaImage header parser inside the image reader writes to stderr about a header it
+#: cannot parse (``DimSize required and not defined.``, ``MetaObject: Read: MET_Read Failed``,
+#: ``MetaImage: M_Read: Error parsing file``): the reader's own check says what is wrong in one line.
+_METAIO_LINE = re.compile(r"^(?:Meta\w+: .*|\w+ required and not defined\.?)$")
+
 
 @contextmanager
-def quiet_native_stderr(matrix_dump: bool = False, dicom_jpeg: bool = False) -> Iterator[None]:
+def quiet_native_stderr(matrix_dump: bool = False, dicom_jpeg: bool = False, metaio: bool = False) -> Iterator[None]:
     """The TIFF library's complaints, which C code writes to the process's stderr (file
     descriptor 2) where no Python setting reaches them, kept off the terminal while a file is
     probed or read; anything else written there meanwhile (another thread's message) is passed on
     afterwards. One at a time: descriptor 2 belongs to the whole process. ``matrix_dump``: the
     dump ITK's linear algebra prints of a matrix that is not a number (:data:`_MATRIX_DUMP_LINE`)
     is kept off too; ``dicom_jpeg``: the DICOM reader's JPEG decoder's lines on frames it then
-    decodes all the same, or that the reader refuses in a line of its own (:data:`_DICOM_JPEG_LINE`)."""
+    decodes all the same, or that the reader refuses in a line of its own (:data:`_DICOM_JPEG_LINE`);
+    ``metaio``: the MetaImage header parser's lines on a header it cannot parse (:data:`_METAIO_LINE`)."""
     with _native_output_caught(2, lambda line: bool(_TIFF_LIBRARY_LINE.match(line)
                                                     or (matrix_dump and _MATRIX_DUMP_LINE.match(line))
-                                                    or (dicom_jpeg and _DICOM_JPEG_LINE.match(line)))):
+                                                    or (dicom_jpeg and _DICOM_JPEG_LINE.match(line))
+                                                    or (metaio and _METAIO_LINE.match(line)))):
         yield
 
 
@@ -237,7 +248,7 @@ def _native_output_caught(fd: int, drop: Any) -> Iterator[None]:
 
 @contextmanager
 def quiet_itk(tiff: bool = False, matrix_dump: bool = False, jpeg: list[str] | None = None,
-              dicom_jpeg: bool = False) -> Iterator[None]:
+              dicom_jpeg: bool = False, metaio: bool = False) -> Iterator[None]:
     """ITK's warnings off while a file is read: a reader that copes with an odd header (or finds
     no DICOM series) still prints a C++ source location on stderr, which says nothing to a user;
     what matters is reported as one line by the readers' own checks. With ``tiff`` (a TIFF is
@@ -248,7 +259,9 @@ def quiet_itk(tiff: bool = False, matrix_dump: bool = False, jpeg: list[str] | N
     ``jpeg`` (a list; a JPEG picture is read), the JPEG library's warnings are kept off stdout and
     added to it (:func:`jpeg_warnings_caught`). With ``dicom_jpeg`` (a DICOM file of JPEG frames is
     read), the lines its JPEG decoder prints for frames it decodes all the same ("Unsupported JPEG
-    data precision 12", several on the terminal for one good 12-bit file) are kept off."""
+    data precision 12", several on the terminal for one good 12-bit file) are kept off. With ``metaio``
+    (a MetaImage header is read by the image reader alone, before the reader's own checks), the
+    lines its header parser prints on a header it cannot parse are kept off."""
     import SimpleITK as sitk
 
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
@@ -257,8 +270,8 @@ def quiet_itk(tiff: bool = False, matrix_dump: bool = False, jpeg: list[str] | N
         if jpeg is not None:
             with jpeg_warnings_caught(jpeg):
                 yield
-        elif tiff or matrix_dump or dicom_jpeg:
-            with quiet_native_stderr(matrix_dump=matrix_dump, dicom_jpeg=dicom_jpeg):
+        elif tiff or matrix_dump or dicom_jpeg or metaio:
+            with quiet_native_stderr(matrix_dump=matrix_dump, dicom_jpeg=dicom_jpeg, metaio=metaio):
                 yield
         else:
             yield

@@ -64,6 +64,16 @@ def check_frame_shape(shape: tuple[int, ...], path: Path) -> None:
     n, h, w = shape
     if n == 0:
         raise FetalIQAError(f"{path}: the file contains no frames. Export the sweep again.")
+    if w < MIN_FRAME_PX <= min(h, n):
+        # numpy's (N, H, W) handed to a NIfTI/NRRD writer as (x, y, z) reads as W frames of H x N: a
+        # short sweep (16 frames) was refused as "not a thumbnail or a vector field", advice that did
+        # not fit the file
+        raise FetalIQAError(
+            f"{path}: frames are {h} x {w} pixels (height x width), far too narrow for ultrasound frames, and there "
+            f"are {n} of them: so reads a sweep of {w} frames of {h} x {n} stored frames-first (numpy's (N, H, W) "
+            "saved as a NIfTI's or NRRD's x, y, z). Save it with the frames along the last axis (for a NIfTI "
+            "writer, the array transposed to (W, H, N); or SimpleITK's GetImageFromArray of the (N, H, W) array, "
+            "saved as .mha) and open that.")
     if h < MIN_FRAME_PX or w < MIN_FRAME_PX:
         raise FetalIQAError(
             f"{path}: frames are {h} x {w} pixels (height x width); at least {MIN_FRAME_PX} x {MIN_FRAME_PX} "

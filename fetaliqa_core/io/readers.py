@@ -372,7 +372,7 @@ def slicer_segment_names(path: Path) -> dict[int, str]:
     return names
 
 
-def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None) -> None:
+def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None, what: str = "sweep") -> None:
     """A NRRD's frames must lie on its last (slowest) axis: with ``time`` on an earlier one the
     image reader takes frames for rows or columns and the frame interval for a pixel size."""
     kinds = (nrrd or {}).get("kinds", "").split()
@@ -380,7 +380,7 @@ def _refuse_early_time_axis(path: Path, nrrd: dict[str, str] | None) -> None:
     if early:
         raise FetalIQAError(f"{path}: the NRRD's time axis is its axis {early[0] + 1} of {len(kinds)} (kinds: "
                             f"{' '.join(kinds)}), not its last, so its frames are interleaved with the pixels. "
-                            "Save the sweep with the frames on the last axis (e.g. as .mha) and open that.")
+                            f"Save the {what} with the frames on the last axis (e.g. as .mha) and open that.")
 
 
 def _read_with_sitk(path: Path, what: str) -> Raw:
@@ -388,7 +388,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
 
     nrrd = _nrrd_fields(path)
     _refuse_overfull_nrrd_fields(path, nrrd)
-    _refuse_early_time_axis(path, nrrd)
+    _refuse_early_time_axis(path, nrrd, what)
     _refuse_cropped_slicer_segmentation(path, nrrd)
     nrrd_stored = _nrrd_stored_bytes(path, nrrd)  # before ITK opens a data file that may be a pipe
     member = _precheck_dicom(path, single=True) if has_dicom_magic(path) or _bare_dicom(path) else None
@@ -439,7 +439,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                 "grey with transparency, for one). Save the image as grey or RGB.") from None
         if nrrd is not None and "match" in reason.lower():
             raise FetalIQAError(f"{path}: this NRRD's axes do not fit its space as the image reader needs "
-                                f"({reason}). Save the sweep as .mha, or as a NRRD with one domain axis per "
+                                f"({reason}). Save the {what} as .mha, or as a NRRD with one domain axis per "
                                 "dimension of its space.") from None
         raise FetalIQAError(f"{path}: the image header cannot be read ({reason}). The file is damaged "
                             "or not an image; export it again.") from None
@@ -499,7 +499,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     is_dicom = _looks_like_dicom(path, reader)
     scale, unit_note = _nrrd_spacing_units(nrrd)
     raw = _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None,
-                          spacing_scale=scale, spacing_unit_note=unit_note, pages=tiff, grey=what == "sweep")
+                          spacing_scale=scale, spacing_unit_note=unit_note, pages=tiff, grey=what == "sweep",
+                          spacing_unitless=_nrrd_names_no_unit(nrrd))
     damage = [line for line in jpeg_said or () if line.startswith(("Corrupt JPEG data", "Premature end"))]
     if damage:  # (the decoder's own line went to stdout, where `score --json` writes its one line)
         raw.notes.append(f"the JPEG's data is damaged in places (its decoder: '{damage[0][:80]}'): parts of the "
@@ -629,8 +630,9 @@ def _read_still_gif(path: Path, what: str) -> Raw:
 
 def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file: Path | None = None,
                     spacing_scale: tuple[float, float] = (1.0, 1.0), spacing_unit_note: str = "",
-                    pages: _TiffPages | None = None, grey: bool = True) -> Raw:
-    """``grey``: the pixels are grey levels (a sweep), not labels (a mask: never inverted)."""
+                    pages: _TiffPages | None = None, grey: bool = True, spacing_unitless: bool = False) -> Raw:
+    """``grey``: the pixels are grey levels (a sweep), not labels (a mask: never inverted).
+    ``spacing_unitless``: a NRRD header that names no unit for its lengths (read as mm, said so)."""
     import SimpleITK as sitk
 
     components = int(image.GetNumberOfComponentsPerPixel())
@@ -695,8 +697,10 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
             source, note = SPACING_NONE, spacing_unit_note
         head = _nifti_head(path)
         from_sform = _nifti_sform_only_spacing(head)
-        if from_sform is not None and not spacing_unit_note and tuple(spacing_mm) == (1.0, 1.0):
+        if from_sform is not None and not spacing_unit_note:
             # the one transform the header states: its voxel sizes were left at the format's default
+            # (1, checked in the header itself: the image reader has turned it into 1000 mm in a
+            # header in metres, and such a file was refused as self-contradictory, 1000 against 0.6 mm)
             spacing_mm, (source, note) = from_sform, classify_header_spacing(from_sform, recorded=True)
             notes.append("pixel spacing: read from the NIfTI header's sform matrix, the only transform it states "
                          "(qform_code 0, voxel sizes left at 1)")
@@ -706,11 +710,19 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
         elif source == SPACING_FROM_HEADER and _nifti_space_unit_code(head) == 0:
             notes.append("pixel spacing: the NIfTI header names no unit for it (xyzt_units 0); read as mm, "
                          "as image readers do")
+        elif source == SPACING_FROM_HEADER and _nifti_space_unit_code(head) not in (None, 1, 2, 3):
+            # (codes 4-7 are no unit of NIfTI's: the image reader reads the sizes as mm without a word)
+            notes.append(f"pixel spacing: the NIfTI header's unit code for it ({_nifti_space_unit_code(head)} in "
+                         "xyzt_units) is not a unit NIfTI defines; read as mm, as image readers do")
+        elif source == SPACING_FROM_HEADER and spacing_unitless:
+            notes.append("pixel spacing: the NRRD header names no unit for it (no 'space units' or 'units'); read "
+                         "as mm, as image readers do")
     spacing_mm, source, note = usable_spacing(spacing_mm, source, note)
+    axes = spacing if len(spacing) == 3 and full_suffix(path) in (".nii", ".nii.gz", ".nrrd", ".nhdr") else ()
     return Raw(array=arr, components=components, spacing_mm=spacing_mm, metadata=metadata, path=path,
                spacing_source=source, spacing_note=note, window=window, padding=padding, notes=notes,
                frame_windows=frame_windows, ycbcr=ycbcr, regions=regions, region_calibrations=calibrations,
-               pixel_aspect=aspect, frame_rate=frame_rate)
+               pixel_aspect=aspect, frame_rate=frame_rate, axes_spacing=axes)
 
 
 #: ImageJ's scales read (its ``unit=`` line, in any spelling :data:`_LENGTH_UNITS_MM` knows; it
@@ -1220,6 +1232,12 @@ def _no_image_reader(path: Path, what: str) -> str:
         return (f"{path}: a NumPy array file (.npy), which is not read (it records no pixel size). Save the {what} "
                 "as .mha, e.g. an array of frames x height x width with SimpleITK.WriteImage("
                 f"SimpleITK.GetImageFromArray(array), '{what}.mha'), and open that.")
+    array_file = _array_file_kind(path)
+    if array_file:  # (was "no supported image header found": nothing said it was recognised, nor how to convert it)
+        loader = "scipy.io.loadmat" if array_file == "a MATLAB file" else "h5py"
+        return (f"{path}: {array_file}, which is not read (it records no pixel size image readers know). Load the "
+                f"array ({loader}), arrange it as frames x height x width, save it with SimpleITK.WriteImage("
+                f"SimpleITK.GetImageFromArray(array), '{what}.mha') and open that.")
     named = _format_by_content(path)
     if named:
         kind, suffix = named
@@ -1227,6 +1245,21 @@ def _no_image_reader(path: Path, what: str) -> str:
                 f"readers go by the name: rename it (or a copy) to end in {suffix} and open that.")
     return (f"{path}: not a readable image file (no supported image header found). "
             f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.")
+
+
+#: Where an HDF5 file's signature may lie: at its start or after a user block of 512 bytes
+#: times a power of two (MATLAB's v7.3 files keep their 512-byte header there).
+_HDF5_SIGNATURE, _HDF5_OFFSETS = b"\x89HDF\r\n\x1a\n", (0, 512, 1024, 2048)
+
+
+def _array_file_kind(path: Path) -> str:
+    """What array file ``path`` is, in words, from its first bytes: a MATLAB file (v5, or v7.3 in
+    HDF5) or another HDF5 file; empty for anything else."""
+    head = _head(path, max(_HDF5_OFFSETS) + len(_HDF5_SIGNATURE))
+    matlab = head[:116].startswith(b"MATLAB ") and b"MAT-file" in head[:116]
+    if any(head[at:at + len(_HDF5_SIGNATURE)] == _HDF5_SIGNATURE for at in _HDF5_OFFSETS):
+        return "a MATLAB file (v7.3, HDF5)" if matlab else "an HDF5 file"
+    return "a MATLAB file" if matlab else ""
 
 
 def _gzip_readable(path: Path) -> bool:
@@ -2859,6 +2892,24 @@ def _nrrd_spacing_units(fields: dict[str, str] | None) -> tuple[tuple[float, flo
     while len(factors) < 2:
         factors.append(factors[0] if factors else 1.0)
     return (factors[1], factors[0]), ""
+
+
+def _nrrd_names_no_unit(fields: dict[str, str] | None) -> bool:
+    """Whether a NRRD header names no unit for its pixels' lengths (no ``space units`` or ``units``,
+    or only the format's words for none): the image reader reads them as mm, as NIfTI's unit code 0."""
+    if fields is None:
+        return False
+    if "space units" in fields:
+        units = re.findall(r'"([^"]*)"', fields["space units"])
+    elif "units" in fields:
+        units = re.findall(r'"([^"]*)"', fields["units"])
+        kinds = fields.get("kinds", "").lower().split()
+        if len(kinds) == len(units):
+            units = [u for u, k in zip(units, kinds) if k not in _NRRD_VALUE_KINDS]
+        units = units[:2]
+    else:
+        return True
+    return all(u.strip().lower() in _NRRD_NO_UNIT for u in units)
 
 
 def _nrrd_mixed_space_units(fields: dict[str, str], units: list[str]) -> tuple[tuple[float, float], str]:
