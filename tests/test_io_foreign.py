@@ -507,18 +507,22 @@ def test_nifti_without_a_unit_code_says_its_pixel_size_is_read_as_mm(tmp_path):
 
 
 def test_a_nrrd_or_nifti_naming_no_length_unit_says_its_pixel_size_is_read_as_mm(tmp_path):
-    """A NRRD with no 'space units' or 'units', and a NIfTI whose unit code is none NIfTI defines
+    """A NRRD with no 'space units', 'units' or named space, and a NIfTI whose unit code is none NIfTI defines
     (xyzt_units 5), were read as mm without the note a NIfTI of unit code 0 gets: a header giving
     cm numbers (0.06) was shown as "pixel 0.06 x 0.06 mm · file header" with no word of doubt."""
     arr = _grey().astype(np.uint8)
     for name, extra in (("spacings.nrrd", "spacings: 0.06 0.06 1"),
-                        ("dirs.nrrd", "space: left-posterior-superior\nspace directions: (0.06,0,0) (0,0.06,0) (0,0,1)"),
                         ("none.nrrd", 'spacings: 0.06 0.06 1\nunits: "" "" "s"')):
         sweep = load_sweep(_nrrd(tmp_path / name, arr, extra))
         assert sweep.spacing_mm == pytest.approx((0.06, 0.06))
         assert any("names no unit" in n and "read as mm" in n for n in sweep.read_notes), (name, sweep.read_notes)
     named = load_sweep(_nrrd(tmp_path / "mm.nrrd", arr, 'spacings: 0.3 0.3 1\nunits: "mm" "mm" "s"'))
     assert not any("unit" in n for n in named.read_notes)
+    # a named anatomical space without units (as ITK, 3D Slicer and this product write): mm by their
+    # convention, not noted on every such file
+    space = load_sweep(_nrrd(tmp_path / "dirs.nrrd", arr,
+                             "space: left-posterior-superior\nspace directions: (0.3,0,0) (0,0.3,0) (0,0,1)"))
+    assert space.spacing_mm == pytest.approx((0.3, 0.3)) and not any("unit" in n for n in space.read_notes)
     bare = load_sweep(_nrrd(tmp_path / "bare.nrrd", arr, ""))  # no spacing at all: unknown, nothing to say of units
     assert bare.spacing_source == SPACING_NONE and not any("unit" in n for n in bare.read_notes)
     undefined = load_sweep(_nifti_with_sform(tmp_path / "five.nii", (0.3, 0.25), None, units=5))

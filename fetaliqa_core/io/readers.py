@@ -2895,8 +2895,9 @@ def _nrrd_spacing_units(fields: dict[str, str] | None) -> tuple[tuple[float, flo
 
 
 def _nrrd_names_no_unit(fields: dict[str, str] | None) -> bool:
-    """Whether a NRRD header names no unit for its pixels' lengths (no ``space units`` or ``units``,
-    or only the format's words for none): the image reader reads them as mm, as NIfTI's unit code 0."""
+    """Whether a NRRD header names no unit for its pixels' lengths (no ``space units`` or ``units``
+    and no named space, or only the format's words for none): the image reader reads them as mm,
+    as NIfTI's unit code 0."""
     if fields is None:
         return False
     if "space units" in fields:
@@ -2908,7 +2909,9 @@ def _nrrd_names_no_unit(fields: dict[str, str] | None) -> bool:
             units = [u for u, k in zip(units, kinds) if k not in _NRRD_VALUE_KINDS]
         units = units[:2]
     else:
-        return True
+        # a named anatomical space (ITK, 3D Slicer and this product write one, with no units) is in mm by
+        # those tools' convention: a note on every such file would be noise; bare `spacings` are unitless
+        return "space" not in fields and "space dimension" not in fields
     return all(u.strip().lower() in _NRRD_NO_UNIT for u in units)
 
 
