@@ -2387,11 +2387,12 @@ def test_a_folder_of_exported_pictures_is_refused_saying_what_it_is_and_what_to_
     assert "a folder of 3 pictures" in err and "Traceback" not in err
 
 
-def _composed_tiff(path, pages, tile=None, orientation=None, compression=1):
+def _composed_tiff(path, pages, tile=None, orientation=None, compression=1, bits=None):
     """A little-endian TIFF of ``pages``, each ``(array, new_subfile_type)`` (an array of height x
     width, or x 3 for RGB, of any integer or float type), stored uncompressed in one strip or in
     ``tile`` (height, width) tiles padded at the edges, with an Orientation tag when given;
-    ``compression``: the code written in its Compression tag (the pixels stay as they are)."""
+    ``compression``: the code written in its Compression tag, ``bits`` in its BitsPerSample (the
+    pixels stay as they are)."""
     import struct
 
     out = bytearray(b"II*\x00" + struct.pack("<I", 0))
@@ -2416,7 +2417,7 @@ def _composed_tiff(path, pages, tile=None, orientation=None, compression=1):
             places.append(len(out))
             out += chunk + (b"\x00" if len(chunk) % 2 else b"")
         fmt = {"u": 1, "i": 2, "f": 3}[arr.dtype.kind]
-        tags = {254: (4, [subfile]), 256: (4, [w]), 257: (4, [h]), 258: (3, [8 * arr.dtype.itemsize] * spp),
+        tags = {254: (4, [subfile]), 256: (4, [w]), 257: (4, [h]), 258: (3, [bits or 8 * arr.dtype.itemsize] * spp),
                 259: (3, [compression]), 262: (3, [2 if spp == 3 else 1]), 277: (3, [spp]), 284: (3, [1]),
                 339: (3, [fmt] * spp)}
         if orientation:
@@ -2460,6 +2461,19 @@ def test_a_tiled_tiff_of_wide_samples_reads_as_the_same_frames_in_strips(tmp_pat
     assert np.array_equal(np.asarray(tiled.frames), np.asarray(strips.frames))
     assert int(np.asarray(tiled.frames).max()) >= 240  # (the 12-bit sweep spans its depth: not 15)
     assert tiled.read_notes == strips.read_notes and tiled.spacing_source == SPACING_NONE
+
+
+@pytest.mark.parametrize("tile,chunk,fill", [((32, 32), "tile 1 holds 2048 bytes", "32 x 32 pixels of 12-bit samples fill 1536"),
+                                             (None, "strip 1 holds 8192 bytes", "64 x 64 pixels of 12-bit samples fill 6144")])
+def test_a_tiff_whose_bit_depth_disagrees_with_its_pixel_data_is_refused_in_one_line(tmp_path, tile, chunk, fill):
+    """A tiled 16-bit TIFF whose BitsPerSample said 12 was decoded as 12-bit samples: garbage
+    frames (correlating 0.13 with the picture stored) scored with a best frame and a note blaming
+    the axis order. Each page's strips or tiles are checked against what its fields describe, and
+    a page that holds more (or less) is refused in one line saying so."""
+    frames = (_grey(n=2, h=64, w=64) * 16).astype(np.uint16)
+    with pytest.raises(FetalIQAError, match=rf"page 1 does not hold what its header describes: its {chunk}, "
+                                            rf"where {fill}; its BitsPerSample"):
+        load_sweep(_composed_tiff(tmp_path / "bps12.tif", [(f, 0) for f in frames], tile=tile, bits=12))
 
 
 def test_tiles_of_wide_samples_that_do_not_decode_are_refused_in_one_line(tmp_path, capfd):

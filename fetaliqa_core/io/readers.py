@@ -847,8 +847,10 @@ def _picture_kind(path: Path) -> str | None:
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8,
                     17: 8, 18: 8}
 _TIFF_INTEGER_LETTERS = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
-#: A page's width and height, and where its strips (or tiles) lie and how long they are.
-_TIFF_PIXEL_TAGS = (256, 257, 273, 279, 324, 325)
+#: A page's width and height, and where its strips (or tiles) lie and how long they are; and what
+#: decides how long they must be when stored uncompressed (bits and samples per pixel, compression,
+#: photometric, rows per strip, planar configuration, tile width and length, SGI's ImageDepth).
+_TIFF_PIXEL_TAGS = (256, 257, 273, 279, 324, 325, 258, 259, 262, 277, 278, 284, 322, 323, 32997)
 
 
 def _damaged_tiff(path: Path, why: str) -> FetalIQAError:
@@ -1015,6 +1017,57 @@ def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: in
         ends = np.minimum(places[:n], size + 1) + np.minimum(lengths[:n], size + 1)  # (no wrap past 2**64)
         if n and int(ends.max()) > size:
             raise _damaged_tiff(path, f"page {page}'s pixels run past the end of the file, at {size} bytes")
+
+    def optional(tag: int) -> list[int] | None:  # (a field of an odd kind: the image reader's to judge)
+        try:
+            found = values(tag)
+        except FetalIQAError:
+            return None
+        return None if found is None else [int(v) for v in found]
+
+    if lengths is not None:
+        _check_tiff_page_length(path, page, int(width[0]), int(height[0]), [int(v) for v in lengths],
+                                optional, tiled=values(273) is None)
+
+
+def _check_tiff_page_length(path: Path, page: int, width: int, height: int, lengths: list[int],
+                            field: Any, tiled: bool) -> None:
+    """Refuses an uncompressed TIFF page whose strips or tiles are not as long as its fields say
+    they must be (bits and samples per pixel, size, rows per strip, tile size): a tiled 16-bit
+    page whose BitsPerSample said 12 was decoded as 12-bit samples, garbage that correlated 0.13
+    with the picture stored, and was scored. A last strip as long as a full one (padded) passes."""
+    compression, photometric = (field(259) or [1])[0], (field(262) or [None])[0]
+    bits, samples, planar = field(258) or [1], (field(277) or [1])[0], (field(284) or [1])[0]
+    if compression != 1 or photometric == 6 or not samples or min(bits) < 1 or (field(32997) or [1])[0] > 1:
+        return  # (YCbCr is subsampled; a volumetric page, refused later, holds several frames)
+    planes = samples if planar == 2 else 1
+    per_pixel = bits[0] if planar == 2 else (sum(bits) if len(bits) == samples else bits[0] * samples)
+    if tiled:
+        tile_w, tile_h = (field(322) or [0])[0], (field(323) or [0])[0]
+        if not tile_w or not tile_h:
+            return  # (the image reader says what is missing)
+        chunk, rows, row = "tile", tile_h, -(-tile_w * per_pixel // 8)
+        per_plane = -(-width // tile_w) * -(-height // tile_h)
+    else:
+        tile_w, rows = width, min((field(278) or [height])[0] or height, height)
+        chunk, row, per_plane = "strip", -(-width * per_pixel // 8), -(-height // rows)
+    advice = ("its BitsPerSample, SamplesPerPixel, size or tile size is wrong: the file is damaged or crafted, "
+              "and is not read. Export the sweep again.")
+    what = f"{path}: the TIFF's page {page} does not hold what its header describes"
+    if len(lengths) < per_plane * planes:  # (checked first: the count may be huge, the list is not)
+        raise FetalIQAError(f"{what}: it lists {len(lengths)} {chunk}(s), where {width} x {height} pixels in "
+                            f"{chunk}s of {tile_w} x {rows} need {per_plane * planes}; {advice}")
+    depth = f"{bits[0]}-bit samples" + (f", {samples} a pixel" if samples > 1 else "")
+    stored = np.asarray(lengths[:per_plane * planes], dtype=np.uint64)  # (pages of many tiles: no loop)
+    high = np.full(per_plane, rows) if tiled else np.minimum(rows, height - np.arange(per_plane) * rows)
+    needed = np.tile(high * row, planes).astype(np.uint64)
+    padded = np.zeros(per_plane, bool)
+    padded[-1] = not tiled  # (a last strip as long as a full one)
+    wrong = (stored != needed) & ~(np.tile(padded, planes) & (stored == rows * row))
+    if wrong.any():
+        k = int(np.argmax(wrong))
+        raise FetalIQAError(f"{what}: its {chunk} {k + 1} holds {int(stored[k])} bytes, where {tile_w} x "
+                            f"{int(high[k % per_plane])} pixels of {depth} fill {int(needed[k])}; {advice}")
 
 
 #: JPEG Baseline and Extended: the syntaxes whose colour streams are JFIF (YCbCr) by default.
