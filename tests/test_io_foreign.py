@@ -2530,6 +2530,22 @@ def test_a_tiff_s_thumbnail_page_is_left_out_with_a_note(tmp_path, where):
         load_sweep(_composed_tiff(tmp_path / "unmarked.tif", unmarked))
 
 
+@pytest.mark.parametrize("marks", [[0, 1, 0, 1], [1, 1, 1, 0]])
+def test_a_tiff_page_as_large_as_the_frames_is_a_frame_whatever_its_mark(tmp_path, marks):
+    """Pages marked as reduced-resolution copies (NewSubfileType 1) but of the frames' full size
+    were left out as thumbnails: a sweep whose frames a writer marked so lost them (8 frames
+    dropped and one blank page scored). Only smaller pages are thumbnails; these are read as
+    frames, with a note; a smaller marked page is still left out."""
+    frames = _grey(n=4).astype(np.uint8)
+    plain = load_sweep(_composed_tiff(tmp_path / "plain.tif", [(f, 0) for f in frames]))
+    pages = [(f, mark) for f, mark in zip(frames, marks)] + [(np.asarray(frames[0][::4, ::4]), 1)]
+    sweep = load_sweep(_composed_tiff(tmp_path / "marked.tif", pages))
+    assert sweep.n_frames == 4 and np.array_equal(np.asarray(sweep.frames), np.asarray(plain.frames))
+    assert any(f"{sum(marks)} page(s) of the TIFF are marked as reduced-resolution copies (a thumbnail or preview) "
+               "but are as large as the frames: they are read as frames" in note for note in sweep.read_notes)
+    assert any("(a thumbnail or preview: page 5) and are left out" in note for note in sweep.read_notes)
+
+
 def test_a_still_gif_is_read_as_a_one_frame_picture(tmp_path):
     """A valid single-frame GIF (grey or colour) was called "damaged or cut short. Copy or export
     it again", which could not help: the image library has no GIF reader. It reads as a one-frame

@@ -414,7 +414,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         raise FetalIQAError(f"{path}: the TIFF's pages hold different kinds of pixels ({shown}): they would be "
                             "read scrambled. Save every frame the same way (all grey or all colour, one bit "
                             "depth).")
-    if is_tiff and (tiff.reduced or tiff.high_byte_only):  # (what the image library reads wrong, or all of)
+    if is_tiff and (tiff.reduced or tiff.marked or tiff.high_byte_only):  # (what the image library reads wrong)
         return _read_tiff_with_pillow(path, what, tiff)
     if _picture_kind(path) == "GIF":  # (the image library has no GIF reader)
         return _read_still_gif(path, what)
@@ -518,8 +518,9 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
     to be turned, through its 8-bit fallback, which keeps each sample's high byte: a 12-bit sweep
     read at 1/16 of its brightness, scored as "no frame" without a word; and it refused tiles of
     32-bit floats as damaged), and one with pages marked as reduced-resolution copies
-    (NewSubfileType bit 0: a thumbnail or preview), which are left out with a note (the whole
-    file was refused as pages of different sizes). The frames come out as the image library reads
+    (NewSubfileType bit 0: a thumbnail or preview), which are left out with a note when smaller
+    than the frames (the whole file was refused as pages of different sizes) and read as frames,
+    with a note, when not (the image library crashed on such a file). The frames come out as the image library reads
     the same data in strips. One that asks to be turned is refused: the picture library turns
     some layouts and not others (and scrambled a transposed page in strips)."""
     from PIL import Image
@@ -528,7 +529,7 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
     if unread:
         raise FetalIQAError(unread)
     (width, height), mode = tiff.layouts[0]
-    why = ("in 16- or 32-bit samples" if tiff.high_byte_only else "with reduced-resolution (thumbnail) pages")
+    why = ("in 16- or 32-bit samples" if tiff.high_byte_only else "with pages marked as reduced-resolution copies")
     if tiff.orientation != 1:
         raise FetalIQAError(f"{path}: a TIFF {why} that asks to be shown {_EXIF_ORIENTATIONS[tiff.orientation][2]} "
                             "(its EXIF orientation), which this reader cannot read at full depth and turn. Save the "
@@ -538,7 +539,7 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
     dtype = _PILLOW_PAGE_MODES.get(mode)
     if dtype is None or (mode == "I" and not (signed and tiff.bits in (16, 32))):  # (unsigned 32-bit: wrapped)
         kind = _PIL_MODE_NAMES.get(mode, mode)
-        why = ("in tiles" if tiff.high_byte_only else "with reduced-resolution (thumbnail) pages")
+        why = ("in tiles" if tiff.high_byte_only else "with pages marked as reduced-resolution copies")
         raise FetalIQAError(f"{path}: a TIFF of {kind} pixels {why}, a layout this reader does not read. "
                             "Save the frames alone, in strips (not tiles), as 8- or 16-bit grey or RGB, or the "
                             "sweep as .mha, and open that.")
@@ -571,6 +572,9 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
         pages = ", ".join(str(k + 1) for k in tiff.reduced[:5]) + (", ..." if len(tiff.reduced) > 5 else "")
         raw.notes.append(f"{len(tiff.reduced)} page(s) of the TIFF are marked as reduced-resolution copies (a "
                          f"thumbnail or preview: page {pages}) and are left out; the other {len(kept)} are the frames")
+    if tiff.marked:
+        raw.notes.append(f"{tiff.marked} page(s) of the TIFF are marked as reduced-resolution copies (a thumbnail or "
+                         "preview) but are as large as the frames: they are read as frames")
     return raw
 
 
@@ -1094,13 +1098,17 @@ class _TiffPages(NamedTuple):
     depth: int = 1  # its ImageDepth (SGI's tag 32997: several frames on one page)
     ome: str = ""  # the pixel size its OME-XML description states, as written ("PhysicalSizeX 0.3 mm, ..."); not read
     #: The pages marked as reduced-resolution copies of another (NewSubfileType bit 0: a thumbnail
-    #: or preview), by index; left out of ``layouts``, and of the frames.
+    #: or preview) and smaller than the largest page, by index; left out of ``layouts``, and of the
+    #: frames.
     reduced: tuple[int, ...] = ()
     #: Whether a page (a full-resolution one) of samples wider than 8 bits is stored in tiles or
     #: asks to be turned (EXIF orientation): the image library reads such a file through its 8-bit
     #: fallback, which keeps each sample's high byte.
     high_byte_only: bool = False
     samples: int = 1  # the first full-resolution page's SamplesPerPixel
+    #: How many pages are marked as reduced-resolution copies but are as large as the largest page:
+    #: frames (the image library skips them, or crashes on them).
+    marked: int = 0
 
 
 def _tiff_pages(path: Path) -> _TiffPages:
@@ -1130,13 +1138,16 @@ def _tiff_pages(path: Path) -> _TiffPages:
                                      (_first_int(page.get(258)) or 1) > 8
                                      and (322 in page or _known_orientation(page.get(274)) != 1),
                                      _first_int(page.get(277)) or 1))
-        if all(reduced for reduced, *_ in surveyed):  # (every page marked so: none is the full one)
-            surveyed = [(False, *rest) for _, *rest in surveyed]
-        full = [page for page in surveyed if not page[0]]
+        # (a page as large as the largest is a frame whatever its mark: a writer that marked a sweep's
+        # frames so lost them, and one blank page was scored)
+        largest = max((w * h for _, ((w, h), _), _, _ in surveyed), default=0)
+        smaller = [reduced and w * h < largest for reduced, ((w, h), _), _, _ in surveyed]
+        marked = sum(page[0] for page in surveyed) - sum(smaller)
+        full = [page for page, small in zip(surveyed, smaller) if not small]
         layouts = list(dict.fromkeys(layout for _, layout, _, _ in full))
-        reduced = tuple(k for k, page in enumerate(surveyed) if page[0])
+        reduced = tuple(k for k, small in enumerate(smaller) if small)
         return _TiffPages(layouts, count, imagej, resolution, orientation, photometric, bits, depth or 1, ome,
-                          reduced, any(wide for *_, wide, _ in full), full[0][3] if full else 1)
+                          reduced, any(wide for *_, wide, _ in full), full[0][3] if full else 1, marked)
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return none
 
