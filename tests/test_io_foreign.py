@@ -1932,6 +1932,15 @@ def test_encapsulated_uncompressed_pixels_are_refused_by_their_transfer_syntax(t
         assert np.array_equal(read, grey)
 
 
+@pytest.mark.parametrize("name", ["clip.mha", "clip.mhd"])
+def test_a_video_named_as_a_metaimage_gets_the_video_line(tmp_path, name):
+    """An MP4 named .mha was "not a MetaImage file ... damaged or not an image", where the same
+    file named .dcm, .tif, .nii or .png was said to be a video, and what to export instead."""
+    (tmp_path / name).write_bytes(b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(4000))
+    with pytest.raises(FetalIQAError, match=r"a video file \(MP4 / QuickTime\); FetalIQA reads sweeps from image"):
+        load_sweep(tmp_path / name)
+
+
 def test_video_is_named_as_video(tmp_path):
     """A DICOM file of H.264 frames was 'damaged or compressed otherwise than the header says'; an
     MP4 or AVI file 'not a readable image file': neither said that video is not read."""

@@ -82,6 +82,10 @@ def read_raw(path: Path, purpose: str) -> Raw:
         raise FetalIQAError(f"{path}: an Analyze or NIfTI pair (.hdr + .img), which is not read. Save the sweep "
                             f"as one .nii or .nii.gz file (or another of: {SUPPORTED_FORMATS}).")
     if suffix in (".mha", ".mhd"):
+        # (a video named so was "not a MetaImage file ... damaged", where other names got the video line)
+        video = _video_container(path) if _format_by_content(path) is None else None
+        if video:
+            raise FetalIQAError(_video_line(path, video))
         raw = _read_metaimage(path)
         if raw is not None:
             return raw
@@ -1267,8 +1271,7 @@ def _no_image_reader(path: Path, what: str) -> str:
                 f"{what} file{' (or its folder)' if what == 'sweep' else ''} inside.")
     video = _video_container(path)
     if video:
-        return (f"{path}: a video file ({video}); FetalIQA reads sweeps from image files. Export "
-                "the sweep's frames as DICOM, .mha, .nrrd or .nii (or a multi-page TIFF) and open that.")
+        return _video_line(path, video)
     if full_suffix(path).endswith(".gz") and not _gzip_readable(path):
         return f"{path}: the file's compressed data is damaged (or it is no gzip file): it cannot be read. Copy or export it again."
     picture = _picture_kind(path)
@@ -1290,6 +1293,12 @@ def _no_image_reader(path: Path, what: str) -> str:
                 f"readers go by the name: rename it (or a copy) to end in {suffix} and open that.")
     return (f"{path}: not a readable image file (no supported image header found). "
             f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.")
+
+
+def _video_line(path: Path, video: str) -> str:
+    """The one line for a video file, whatever its name."""
+    return (f"{path}: a video file ({video}); FetalIQA reads sweeps from image files. Export "
+            "the sweep's frames as DICOM, .mha, .nrrd or .nii (or a multi-page TIFF) and open that.")
 
 
 def _gzip_readable(path: Path) -> bool:
