@@ -2396,6 +2396,25 @@ def test_a_folder_of_exported_pictures_is_refused_saying_what_it_is_and_what_to_
     assert "a folder of 3 pictures" in err and "Traceback" not in err
 
 
+def test_a_folder_of_pictures_and_a_video_names_both(tmp_path, capsys):
+    """A folder of PNG frames beside a clip.mp4 was refused as "a folder of 5 pictures", with no
+    word of the video in it: both kinds are named, and that the video is not read."""
+    from PIL import Image
+
+    from fetaliqa_core.cli import main
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((30, 40), 60 + i, np.uint8)).save(folder / f"frame_{i}.png")
+    (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(400))
+    said = r"a folder of 3 pictures \(e\.g\. frame_\d\.png\) and 1 video file\(s\) \(e\.g\. clip\.mp4, MP4 / QuickTime, which is not read"
+    with pytest.raises(FetalIQAError, match=said):
+        load_sweep(folder)
+    assert main(["score", str(folder), "--model", "demo", "--quiet", "--no-cache", "--out", str(tmp_path / "o")]) == 1
+    assert re.search(said, capsys.readouterr().err)
+
+
 def _composed_tiff(path, pages, tile=None, orientation=None, compression=1, bits=None):
     """A little-endian TIFF of ``pages``, each ``(array, new_subfile_type)`` (an array of height x
     width, or x 3 for RGB, of any integer or float type), stored uncompressed in one strip or in

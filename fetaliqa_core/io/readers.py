@@ -140,10 +140,13 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         pictures = [p for p in entries if p.is_file() and full_suffix(p) in _PICTURE_SUFFIXES]
         if what == "sweep" and len(pictures) >= 2:
             # (a folder of exported frames: their order is a guess from the names, and they state no pixel size)
-            raise FetalIQAError(f"{folder}: a folder of {len(pictures)} pictures (e.g. {pictures[0].name}), not a "
-                                "DICOM series: a folder of single pictures is not read as one sweep (their order "
-                                "is only their names' and they state no pixel size). Open one picture, or put the "
-                                "frames in one file: a multi-page TIFF or an .mha (with the pixel size, if known).")
+            videos = [p for p in entries if p.is_file() and p not in pictures and _video_container(p)]
+            beside = (f" and {len(videos)} video file(s) (e.g. {videos[0].name}, {_video_container(videos[0])}, "
+                      "which is not read: export its frames instead)" if videos else "")
+            raise FetalIQAError(f"{folder}: a folder of {len(pictures)} pictures (e.g. {pictures[0].name}){beside}, "
+                                "not a DICOM series: a folder of single pictures is not read as one sweep (their "
+                                "order is only their names' and they state no pixel size). Open one picture, or put "
+                                "the frames in one file: a multi-page TIFF or an .mha (with the pixel size, if known).")
         raise FetalIQAError(f"{folder}: no DICOM series in this folder. Choose the {what} file itself "
                             f"({SUPPORTED_FORMATS}), or a folder of DICOM files of one series.")
     # Several series: take the one with most frames (the cine; others are usually single captures,
