@@ -2596,6 +2596,22 @@ def test_a_still_gif_is_read_as_a_one_frame_picture(tmp_path):
         load_sweep(tmp_path / "anim.gif")
 
 
+@pytest.mark.parametrize("side", [65535, 9000])
+def test_a_gif_whose_screen_is_too_large_is_told_so(tmp_path, side):
+    """A 43-byte GIF declaring a 65535 x 65535 screen (past the picture library's bomb limit) was
+    "damaged or cut short. Copy or export it again", where a 9000 x 9000 one got the size line."""
+    import struct
+
+    from PIL import Image
+
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "big.gif")
+    data = bytearray((tmp_path / "big.gif").read_bytes())
+    struct.pack_into("<HH", data, 6, side, side)
+    (tmp_path / "big.gif").write_bytes(bytes(data))
+    with pytest.raises(FetalIQAError, match=rf"frames of {side} x {side} pixels .*at most 4096 per side are accepted"):
+        load_sweep(tmp_path / "big.gif")
+
+
 @pytest.mark.parametrize("name,head,kind", [
     ("clip.wmv", b"\x30\x26\xb2\x75\x8e\x66\xcf\x11\xa6\xd9\x00\xaa\x00\x62\xce\x6c", "Windows Media"),
     ("clip.flv", b"FLV\x01\x05\x00\x00\x00\x09", "Flash video"),

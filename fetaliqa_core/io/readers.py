@@ -617,6 +617,10 @@ def _read_still_gif(path: Path, what: str) -> Raw:
     GIF is refused as video; one the picture library cannot read either is called damaged."""
     from PIL import Image
 
+    head = _head(path, 10)
+    screen = struct.unpack("<HH", head[6:10]) if len(head) == 10 else (0, 0)
+    if min(screen) > 0:  # (a screen past the picture library's bomb limit was "damaged or cut short")
+        bound_volume(path, screen[::-1], 3, 1, mapped=False)
     if _gif_frames(path) > 1:
         raise FetalIQAError(_no_image_reader(path, what))
     try:
