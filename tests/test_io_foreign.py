@@ -2558,6 +2558,23 @@ def test_a_tiff_s_thumbnail_page_is_left_out_with_a_note(tmp_path, where):
         load_sweep(_composed_tiff(tmp_path / "unmarked.tif", unmarked))
 
 
+def test_a_tiff_of_frames_too_small_is_refused_before_its_pages_are_surveyed(tmp_path, monkeypatch):
+    """A TIFF of 19 000 pages of 16 x 16 took 54 s to be refused as frames too small: every page
+    was surveyed with the picture library first. The size is checked from the directories walked
+    for damage; a mask's pages are not held to a frame's least size there."""
+    from fetaliqa_core.io import readers
+
+    def surveyed(path):
+        raise AssertionError("the pages were surveyed")
+
+    pages = [(np.full((16, 16), 100 + k, np.uint8), 0) for k in range(3)]
+    path = _composed_tiff(tmp_path / "tiny.tif", pages)
+    monkeypatch.setattr(readers, "_tiff_pages", surveyed)
+    with pytest.raises(FetalIQAError, match=r"frames are 16 x 16 pixels \(height x width\); at least 32 x 32"):
+        load_sweep(path)
+    readers._refuse_damaged_tiff(path)  # (a mask's: no frame size asked)
+
+
 @pytest.mark.parametrize("marks", [[0, 1, 0, 1], [1, 1, 1, 0]])
 def test_a_tiff_page_as_large_as_the_frames_is_a_frame_whatever_its_mark(tmp_path, marks):
     """Pages marked as reduced-resolution copies (NewSubfileType 1) but of the frames' full size
