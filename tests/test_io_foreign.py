@@ -2408,7 +2408,8 @@ def test_a_folder_of_pictures_and_a_video_names_both(tmp_path, capsys):
     for i in range(3):
         Image.fromarray(np.full((30, 40), 60 + i, np.uint8)).save(folder / f"frame_{i}.png")
     (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(400))
-    said = r"a folder of 3 pictures \(e\.g\. frame_\d\.png\) and 1 video file\(s\) \(e\.g\. clip\.mp4, MP4 / QuickTime, which is not read"
+    said = (r"a folder of 3 pictures \(e\.g\. frame_\d\.png\) and 1 video file\(s\) "
+            r"\(e\.g\. clip\.mp4, MP4 / QuickTime, which is not read")
     with pytest.raises(FetalIQAError, match=said):
         load_sweep(folder)
     assert main(["score", str(folder), "--model", "demo", "--quiet", "--no-cache", "--out", str(tmp_path / "o")]) == 1
@@ -2491,8 +2492,9 @@ def test_a_tiled_tiff_of_wide_samples_reads_as_the_same_frames_in_strips(tmp_pat
     assert tiled.read_notes == strips.read_notes and tiled.spacing_source == SPACING_NONE
 
 
-@pytest.mark.parametrize("tile,chunk,fill", [((32, 32), "tile 1 holds 2048 bytes", "32 x 32 pixels of 12-bit samples fill 1536"),
-                                             (None, "strip 1 holds 8192 bytes", "64 x 64 pixels of 12-bit samples fill 6144")])
+@pytest.mark.parametrize("tile,chunk,fill", [
+    ((32, 32), "tile 1 holds 2048 bytes", "32 x 32 pixels of 12-bit samples fill 1536"),
+    (None, "strip 1 holds 8192 bytes", "64 x 64 pixels of 12-bit samples fill 6144")])
 def test_a_tiff_whose_bit_depth_disagrees_with_its_pixel_data_is_refused_in_one_line(tmp_path, tile, chunk, fill):
     """A tiled 16-bit TIFF whose BitsPerSample said 12 was decoded as 12-bit samples: garbage
     frames (correlating 0.13 with the picture stored) scored with a best frame and a note blaming
