@@ -77,6 +77,19 @@ def test_empty_frame_reports_no_ac(mask_file, capsys):
     assert capsys.readouterr().out.strip() == "frame 0: no AC (the frame is empty)"
 
 
+def test_a_mask_of_every_pixel_is_said_to_fill_the_frame(tmp_path, capsys):
+    """A mask labelling every pixel of the frame was "too small or too cut off for an ellipse
+    fit": it is the whole frame, and is said so (text and JSON)."""
+    image = sitk.GetImageFromArray(np.ones((1, H, W), np.uint8))
+    image.SetSpacing((0.28, 0.28, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "ones.mha"), True)
+    assert main(["ac", str(tmp_path / "ones.mha")]) == 1
+    said = f"the mask fills the whole frame ({H * W} px): it outlines nothing to fit an ellipse to"
+    assert capsys.readouterr().out.strip() == f"frame 0: no AC ({said})"
+    assert main(["ac", str(tmp_path / "ones.mha"), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["note"] == said
+
+
 def test_frame_out_of_range(mask_file, capsys):
     assert main(["ac", str(mask_file), "--frame", "3"]) == 1
     err = capsys.readouterr().err.strip()

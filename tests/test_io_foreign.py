@@ -2043,6 +2043,15 @@ def test_encapsulated_uncompressed_pixels_are_refused_by_their_transfer_syntax(t
         assert np.array_equal(read, grey)
 
 
+@pytest.mark.parametrize("name", ["clip.mha", "clip.mhd"])
+def test_a_video_named_as_a_metaimage_gets_the_video_line(tmp_path, name):
+    """An MP4 named .mha was "not a MetaImage file ... damaged or not an image", where the same
+    file named .dcm, .tif, .nii or .png was said to be a video, and what to export instead."""
+    (tmp_path / name).write_bytes(b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(4000))
+    with pytest.raises(FetalIQAError, match=r"a video file \(MP4 / QuickTime\); FetalIQA reads sweeps from image"):
+        load_sweep(tmp_path / name)
+
+
 def test_video_is_named_as_video(tmp_path):
     """A DICOM file of H.264 frames was 'damaged or compressed otherwise than the header says'; an
     MP4 or AVI file 'not a readable image file': neither said that video is not read."""
@@ -2597,11 +2606,32 @@ def test_a_folder_of_exported_pictures_is_refused_saying_what_it_is_and_what_to_
     assert "a folder of 3 pictures" in err and "Traceback" not in err
 
 
-def _composed_tiff(path, pages, tile=None, orientation=None, compression=1):
+def test_a_folder_of_pictures_and_a_video_names_both(tmp_path, capsys):
+    """A folder of PNG frames beside a clip.mp4 was refused as "a folder of 5 pictures", with no
+    word of the video in it: both kinds are named, and that the video is not read."""
+    from PIL import Image
+
+    from fetaliqa_core.cli import main
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((30, 40), 60 + i, np.uint8)).save(folder / f"frame_{i}.png")
+    (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(400))
+    said = (r"a folder of 3 pictures \(e\.g\. frame_\d\.png\) and 1 video file\(s\) "
+            r"\(e\.g\. clip\.mp4, MP4 / QuickTime, which is not read")
+    with pytest.raises(FetalIQAError, match=said):
+        load_sweep(folder)
+    assert main(["score", str(folder), "--model", "demo", "--quiet", "--no-cache", "--out", str(tmp_path / "o")]) == 1
+    assert re.search(said, capsys.readouterr().err)
+
+
+def _composed_tiff(path, pages, tile=None, orientation=None, compression=1, bits=None):
     """A little-endian TIFF of ``pages``, each ``(array, new_subfile_type)`` (an array of height x
     width, or x 3 for RGB, of any integer or float type), stored uncompressed in one strip or in
     ``tile`` (height, width) tiles padded at the edges, with an Orientation tag when given;
-    ``compression``: the code written in its Compression tag (the pixels stay as they are)."""
+    ``compression``: the code written in its Compression tag, ``bits`` in its BitsPerSample (the
+    pixels stay as they are)."""
     import struct
 
     out = bytearray(b"II*\x00" + struct.pack("<I", 0))
@@ -2626,7 +2656,7 @@ def _composed_tiff(path, pages, tile=None, orientation=None, compression=1):
             places.append(len(out))
             out += chunk + (b"\x00" if len(chunk) % 2 else b"")
         fmt = {"u": 1, "i": 2, "f": 3}[arr.dtype.kind]
-        tags = {254: (4, [subfile]), 256: (4, [w]), 257: (4, [h]), 258: (3, [8 * arr.dtype.itemsize] * spp),
+        tags = {254: (4, [subfile]), 256: (4, [w]), 257: (4, [h]), 258: (3, [bits or 8 * arr.dtype.itemsize] * spp),
                 259: (3, [compression]), 262: (3, [2 if spp == 3 else 1]), 277: (3, [spp]), 284: (3, [1]),
                 339: (3, [fmt] * spp)}
         if orientation:
@@ -2670,6 +2700,20 @@ def test_a_tiled_tiff_of_wide_samples_reads_as_the_same_frames_in_strips(tmp_pat
     assert np.array_equal(np.asarray(tiled.frames), np.asarray(strips.frames))
     assert int(np.asarray(tiled.frames).max()) >= 240  # (the 12-bit sweep spans its depth: not 15)
     assert tiled.read_notes == strips.read_notes and tiled.spacing_source == SPACING_NONE
+
+
+@pytest.mark.parametrize("tile,chunk,fill", [
+    ((32, 32), "tile 1 holds 2048 bytes", "32 x 32 pixels of 12-bit samples fill 1536"),
+    (None, "strip 1 holds 8192 bytes", "64 x 64 pixels of 12-bit samples fill 6144")])
+def test_a_tiff_whose_bit_depth_disagrees_with_its_pixel_data_is_refused_in_one_line(tmp_path, tile, chunk, fill):
+    """A tiled 16-bit TIFF whose BitsPerSample said 12 was decoded as 12-bit samples: garbage
+    frames (correlating 0.13 with the picture stored) scored with a best frame and a note blaming
+    the axis order. Each page's strips or tiles are checked against what its fields describe, and
+    a page that holds more (or less) is refused in one line saying so."""
+    frames = (_grey(n=2, h=64, w=64) * 16).astype(np.uint16)
+    with pytest.raises(FetalIQAError, match=rf"page 1 does not hold what its header describes: its {chunk}, "
+                                            rf"where {fill}; its BitsPerSample"):
+        load_sweep(_composed_tiff(tmp_path / "bps12.tif", [(f, 0) for f in frames], tile=tile, bits=12))
 
 
 def test_tiles_of_wide_samples_that_do_not_decode_are_refused_in_one_line(tmp_path, capfd):
@@ -2726,6 +2770,39 @@ def test_a_tiff_s_thumbnail_page_is_left_out_with_a_note(tmp_path, where):
         load_sweep(_composed_tiff(tmp_path / "unmarked.tif", unmarked))
 
 
+def test_a_tiff_of_frames_too_small_is_refused_before_its_pages_are_surveyed(tmp_path, monkeypatch):
+    """A TIFF of 19 000 pages of 16 x 16 took 54 s to be refused as frames too small: every page
+    was surveyed with the picture library first. The size is checked from the directories walked
+    for damage; a mask's pages are not held to a frame's least size there."""
+    from fetaliqa_core.io import readers
+
+    def surveyed(path):
+        raise AssertionError("the pages were surveyed")
+
+    pages = [(np.full((16, 16), 100 + k, np.uint8), 0) for k in range(3)]
+    path = _composed_tiff(tmp_path / "tiny.tif", pages)
+    monkeypatch.setattr(readers, "_tiff_pages", surveyed)
+    with pytest.raises(FetalIQAError, match=r"frames are 16 x 16 pixels \(height x width\); at least 32 x 32"):
+        load_sweep(path)
+    readers._refuse_damaged_tiff(path)  # (a mask's: no frame size asked)
+
+
+@pytest.mark.parametrize("marks", [[0, 1, 0, 1], [1, 1, 1, 0]])
+def test_a_tiff_page_as_large_as_the_frames_is_a_frame_whatever_its_mark(tmp_path, marks):
+    """Pages marked as reduced-resolution copies (NewSubfileType 1) but of the frames' full size
+    were left out as thumbnails: a sweep whose frames a writer marked so lost them (8 frames
+    dropped and one blank page scored). Only smaller pages are thumbnails; these are read as
+    frames, with a note; a smaller marked page is still left out."""
+    frames = _grey(n=4).astype(np.uint8)
+    plain = load_sweep(_composed_tiff(tmp_path / "plain.tif", [(f, 0) for f in frames]))
+    pages = [(f, mark) for f, mark in zip(frames, marks)] + [(np.asarray(frames[0][::4, ::4]), 1)]
+    sweep = load_sweep(_composed_tiff(tmp_path / "marked.tif", pages))
+    assert sweep.n_frames == 4 and np.array_equal(np.asarray(sweep.frames), np.asarray(plain.frames))
+    assert any(f"{sum(marks)} page(s) of the TIFF are marked as reduced-resolution copies (a thumbnail or preview) "
+               "but are as large as the frames: they are read as frames" in note for note in sweep.read_notes)
+    assert any("(a thumbnail or preview: page 5) and are left out" in note for note in sweep.read_notes)
+
+
 def test_a_still_gif_is_read_as_a_one_frame_picture(tmp_path):
     """A valid single-frame GIF (grey or colour) was called "damaged or cut short. Copy or export
     it again", which could not help: the image library has no GIF reader. It reads as a one-frame
@@ -2746,6 +2823,22 @@ def test_a_still_gif_is_read_as_a_one_frame_picture(tmp_path):
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     with pytest.raises(FetalIQAError, match=r"a video file \(GIF animation\)"):
         load_sweep(tmp_path / "anim.gif")
+
+
+@pytest.mark.parametrize("side", [65535, 9000])
+def test_a_gif_whose_screen_is_too_large_is_told_so(tmp_path, side):
+    """A 43-byte GIF declaring a 65535 x 65535 screen (past the picture library's bomb limit) was
+    "damaged or cut short. Copy or export it again", where a 9000 x 9000 one got the size line."""
+    import struct
+
+    from PIL import Image
+
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "big.gif")
+    data = bytearray((tmp_path / "big.gif").read_bytes())
+    struct.pack_into("<HH", data, 6, side, side)
+    (tmp_path / "big.gif").write_bytes(bytes(data))
+    with pytest.raises(FetalIQAError, match=rf"frames of {side} x {side} pixels .*at most 4096 per side are accepted"):
+        load_sweep(tmp_path / "big.gif")
 
 
 @pytest.mark.parametrize("name,head,kind", [

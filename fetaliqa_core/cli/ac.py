@@ -449,6 +449,8 @@ def _check_fits(sweep, path: Path, shape: tuple[int, ...]) -> None:
 
 def _why_no_ac(frame: np.ndarray, masks: np.ndarray, writer: str) -> str:
     area = int(np.count_nonzero(frame))
+    if area == frame.size:  # (was "too small or too cut off" for a mask of every pixel)
+        return f"the mask fills the whole frame ({area} px): it outlines nothing to fit an ellipse to"
     if area:
         return f"the mask ({area} px) is too small or too cut off for an ellipse fit"
     labelled = np.flatnonzero(masks.reshape(masks.shape[0], -1).any(axis=1))

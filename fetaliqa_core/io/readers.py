@@ -45,7 +45,7 @@ from fetaliqa_core.io._common import (
     truthy,
     usable_spacing,
 )
-from fetaliqa_core.io.frames import frame_stack_shape, precheck_dims
+from fetaliqa_core.io.frames import check_frame_shape, frame_stack_shape, precheck_dims
 from fetaliqa_core.io.palette import has_segmented_palette, segmented_palette
 from fetaliqa_core.io.spacing import (SPACING_CHANGES, classify_header_spacing, dataset_calibration,
                                      dicom_calibration_and_regions, dicom_pixel_aspect)
@@ -83,6 +83,10 @@ def read_raw(path: Path, purpose: str) -> Raw:
         raise FetalIQAError(f"{path}: an Analyze or NIfTI pair (.hdr + .img), which is not read. Save the sweep "
                             f"as one .nii or .nii.gz file (or another of: {SUPPORTED_FORMATS}).")
     if suffix in (".mha", ".mhd"):
+        # (a video named so was "not a MetaImage file ... damaged", where other names got the video line)
+        video = _video_container(path) if _format_by_content(path) is None else None
+        if video:
+            raise FetalIQAError(_video_line(path, video))
         raw = _read_metaimage(path)
         if raw is not None:
             return raw
@@ -137,10 +141,13 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         pictures = [p for p in entries if p.is_file() and full_suffix(p) in _PICTURE_SUFFIXES]
         if what == "sweep" and len(pictures) >= 2:
             # (a folder of exported frames: their order is a guess from the names, and they state no pixel size)
-            raise FetalIQAError(f"{folder}: a folder of {len(pictures)} pictures (e.g. {pictures[0].name}), not a "
-                                "DICOM series: a folder of single pictures is not read as one sweep (their order "
-                                "is only their names' and they state no pixel size). Open one picture, or put the "
-                                "frames in one file: a multi-page TIFF or an .mha (with the pixel size, if known).")
+            videos = [p for p in entries if p.is_file() and p not in pictures and _video_container(p)]
+            beside = (f" and {len(videos)} video file(s) (e.g. {videos[0].name}, {_video_container(videos[0])}, "
+                      "which is not read: export its frames instead)" if videos else "")
+            raise FetalIQAError(f"{folder}: a folder of {len(pictures)} pictures (e.g. {pictures[0].name}){beside}, "
+                                "not a DICOM series: a folder of single pictures is not read as one sweep (their "
+                                "order is only their names' and they state no pixel size). Open one picture, or put "
+                                "the frames in one file: a multi-page TIFF or an .mha (with the pixel size, if known).")
         raise FetalIQAError(f"{folder}: no DICOM series in this folder. Choose the {what} file itself "
                             f"({SUPPORTED_FORMATS}), or a folder of DICOM files of one series.")
     # Several series: take the one with most frames (the cine; others are usually single captures,
@@ -395,7 +402,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     _precheck_nifti_header(path)
     _refuse_animated_png(path)
     _refuse_mixed_case_nifti(path)
-    _refuse_damaged_tiff(path)
+    _refuse_damaged_tiff(path, sweep=what == "sweep")
     tiff = _tiff_pages(path)  # (the image library reads on past a smaller page, printing to the terminal)
     _refuse_imagej_one_page_stack(path, tiff)
     _refuse_volumetric_tiff(path, tiff)
@@ -415,7 +422,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         raise FetalIQAError(f"{path}: the TIFF's pages hold different kinds of pixels ({shown}): they would be "
                             "read scrambled. Save every frame the same way (all grey or all colour, one bit "
                             "depth).")
-    if is_tiff and (tiff.reduced or tiff.high_byte_only):  # (what the image library reads wrong, or all of)
+    if is_tiff and (tiff.reduced or tiff.marked or tiff.high_byte_only):  # (what the image library reads wrong)
         return _read_tiff_with_pillow(path, what, tiff)
     if _picture_kind(path) == "GIF":  # (the image library has no GIF reader)
         return _read_still_gif(path, what)
@@ -520,8 +527,9 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
     to be turned, through its 8-bit fallback, which keeps each sample's high byte: a 12-bit sweep
     read at 1/16 of its brightness, scored as "no frame" without a word; and it refused tiles of
     32-bit floats as damaged), and one with pages marked as reduced-resolution copies
-    (NewSubfileType bit 0: a thumbnail or preview), which are left out with a note (the whole
-    file was refused as pages of different sizes). The frames come out as the image library reads
+    (NewSubfileType bit 0: a thumbnail or preview), which are left out with a note when smaller
+    than the frames (the whole file was refused as pages of different sizes) and read as frames,
+    with a note, when not (the image library crashed on such a file). The frames come out as the image library reads
     the same data in strips. One that asks to be turned is refused: the picture library turns
     some layouts and not others (and scrambled a transposed page in strips)."""
     from PIL import Image
@@ -530,7 +538,7 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
     if unread:
         raise FetalIQAError(unread)
     (width, height), mode = tiff.layouts[0]
-    why = ("in 16- or 32-bit samples" if tiff.high_byte_only else "with reduced-resolution (thumbnail) pages")
+    why = ("in 16- or 32-bit samples" if tiff.high_byte_only else "with pages marked as reduced-resolution copies")
     if tiff.orientation != 1:
         raise FetalIQAError(f"{path}: a TIFF {why} that asks to be shown {_EXIF_ORIENTATIONS[tiff.orientation][2]} "
                             "(its EXIF orientation), which this reader cannot read at full depth and turn. Save the "
@@ -540,7 +548,7 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
     dtype = _PILLOW_PAGE_MODES.get(mode)
     if dtype is None or (mode == "I" and not (signed and tiff.bits in (16, 32))):  # (unsigned 32-bit: wrapped)
         kind = _PIL_MODE_NAMES.get(mode, mode)
-        why = ("in tiles" if tiff.high_byte_only else "with reduced-resolution (thumbnail) pages")
+        why = ("in tiles" if tiff.high_byte_only else "with pages marked as reduced-resolution copies")
         raise FetalIQAError(f"{path}: a TIFF of {kind} pixels {why}, a layout this reader does not read. "
                             "Save the frames alone, in strips (not tiles), as 8- or 16-bit grey or RGB, or the "
                             "sweep as .mha, and open that.")
@@ -573,6 +581,9 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
         pages = ", ".join(str(k + 1) for k in tiff.reduced[:5]) + (", ..." if len(tiff.reduced) > 5 else "")
         raw.notes.append(f"{len(tiff.reduced)} page(s) of the TIFF are marked as reduced-resolution copies (a "
                          f"thumbnail or preview: page {pages}) and are left out; the other {len(kept)} are the frames")
+    if tiff.marked:
+        raw.notes.append(f"{tiff.marked} page(s) of the TIFF are marked as reduced-resolution copies (a thumbnail or "
+                         "preview) but are as large as the frames: they are read as frames")
     return raw
 
 
@@ -608,6 +619,10 @@ def _read_still_gif(path: Path, what: str) -> Raw:
     GIF is refused as video; one the picture library cannot read either is called damaged."""
     from PIL import Image
 
+    head = _head(path, 10)
+    screen = struct.unpack("<HH", head[6:10]) if len(head) == 10 else (0, 0)
+    if min(screen) > 0:  # (a screen past the picture library's bomb limit was "damaged or cut short")
+        bound_volume(path, screen[::-1], 3, 1, mapped=False)
     if _gif_frames(path) > 1:
         raise FetalIQAError(_no_image_reader(path, what))
     try:
@@ -860,8 +875,12 @@ def _picture_kind(path: Path) -> str | None:
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8,
                     17: 8, 18: 8}
 _TIFF_INTEGER_LETTERS = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
-#: A page's width and height, and where its strips (or tiles) lie and how long they are.
-_TIFF_PIXEL_TAGS = (256, 257, 273, 279, 324, 325)
+#: A page's width and height, and where its strips (or tiles) lie and how long they are; and what
+#: decides how long they must be when stored uncompressed (bits and samples per pixel, compression,
+#: photometric, rows per strip, planar configuration, tile width and length, SGI's ImageDepth).
+_TIFF_PIXEL_TAGS = (256, 257, 273, 279, 324, 325, 258, 259, 262, 277, 278, 284, 322, 323, 32997)
+_TIFF_PIXEL_TAG_SET = np.zeros(1 << 16, bool)  # (by tag number: a directory's entries picked at once)
+_TIFF_PIXEL_TAG_SET[list(_TIFF_PIXEL_TAGS)] = True
 
 
 def _damaged_tiff(path: Path, why: str) -> FetalIQAError:
@@ -889,7 +908,7 @@ def _tiff_layout(path: Path, head: bytes) -> _TiffLayout | None:
     return _TiffLayout(order, struct.unpack(order + "I", head[4:8])[0], "H", 12, 4)
 
 
-def _refuse_damaged_tiff(path: Path) -> None:
+def _refuse_damaged_tiff(path: Path, sweep: bool = False) -> None:
     """A TIFF's directories (one per page) form a chain of file offsets, and each names where its
     pixels lie. The chain and those places are checked here first (offsets only, no pixels): a
     chain that points back to an earlier directory made the image library loop forever inside its
@@ -897,7 +916,8 @@ def _refuse_damaged_tiff(path: Path) -> None:
     reaches, so a file cut short (an interrupted copy) or with a damaged directory was scored as
     fewer frames, or with made-up ones, without a word. A chain longer than the frame limit is
     refused here, where it passes the limit: the image library counts pages by walking them all,
-    which took more than ten minutes for a million one-pixel pages."""
+    which took more than ten minutes for a million one-pixel pages. For a ``sweep``, frames smaller
+    than any sweep's (the largest page's size) are refused here too, before pages are surveyed."""
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -907,6 +927,7 @@ def _refuse_damaged_tiff(path: Path) -> None:
             order, offset, count_fmt, entry, inline = layout
             next_fmt = "Q" if inline == 8 else "I"
             seen: set[int] = set()
+            largest = (0, 0)  # (width, height) of the largest page
             while offset and len(seen) <= validate.MAX_FRAMES:
                 page = len(seen) + 1
                 if offset in seen:
@@ -926,9 +947,11 @@ def _refuse_damaged_tiff(path: Path) -> None:
                 table = np.frombuffer(fh.read(count * entry), dtype=[
                     ("tag", order + "u2"), ("kind", order + "u2"), ("number", order + next_fmt),
                     ("field", f"V{inline}")])
-                entries = {int(e["tag"]): (int(e["kind"]), int(e["number"]), bytes(e["field"]))
-                           for e in table if int(e["tag"]) in _TIFF_PIXEL_TAGS}
-                _check_tiff_page(path, fh, order, size, inline, page, entries)
+                wanted = table[_TIFF_PIXEL_TAG_SET[table["tag"]]].tolist()  # (no loop over every entry)
+                entries = {int(tag): (int(kind), int(number), bytes(field)) for tag, kind, number, field in wanted}
+                width, height = _check_tiff_page(path, fh, order, size, inline, page, entries)
+                if width * height > largest[0] * largest[1]:
+                    largest = (width, height)
                 fh.seek(at)
                 offset = struct.unpack(order + next_fmt, fh.read(struct.calcsize(next_fmt)))[0]
     except (OSError, struct.error):
@@ -937,6 +960,8 @@ def _refuse_damaged_tiff(path: Path) -> None:
         raise FetalIQAError(f"{path}: the TIFF holds more than {validate.MAX_FRAMES} pages (frames); at most "
                             f"{validate.MAX_FRAMES} are accepted (an ACOUSLIC case has 840). The recording is not "
                             "one sweep; export the sweep again.")
+    if sweep and seen:  # (here, from the directories: a survey of 19 000 pages of 16 x 16 took 54 s to refuse)
+        check_frame_shape((len(seen), largest[1], largest[0]), path)
 
 
 #: TIFF compressions (tag 259) the image reader decodes: none, LZW, JPEG, deflate (both codes), PackBits.
@@ -996,9 +1021,9 @@ def _unread_tiff_encoding(path: Path) -> str | None:
 
 
 def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: int, page: int,
-                     entries: dict[int, tuple[int, int, bytes]]) -> None:
+                     entries: dict[int, tuple[int, int, bytes]]) -> tuple[int, int]:
     """Refuses a TIFF page without its size or its pixels' places (a directory read from the wrong
-    bytes), or whose pixels lie past the end of the file (cut short)."""
+    bytes), or whose pixels lie past the end of the file (cut short); its (width, height)."""
     def values(tag: int) -> np.ndarray | None:
         if tag not in entries:
             return None
@@ -1029,6 +1054,64 @@ def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: in
         if n and int(ends.max()) > size:
             raise _damaged_tiff(path, f"page {page}'s pixels run past the end of the file, at {size} bytes")
 
+    def optional(tag: int) -> list[int] | None:  # (a field of an odd kind: the image reader's to judge)
+        if tag not in entries:
+            return None
+        kind, number, field = entries[tag]
+        letter = _TIFF_INTEGER_LETTERS.get(kind)
+        if letter is None or not 1 <= number or number * _TIFF_TYPE_SIZES[kind] > inline:
+            try:
+                found = values(tag) if letter is not None and 1 <= number <= 16 else None  # (a few samples' bits)
+            except FetalIQAError:
+                return None
+            return None if found is None else [int(v) for v in found]
+        return list(struct.unpack(order + letter * number, field[:number * _TIFF_TYPE_SIZES[kind]]))
+
+    if lengths is not None:
+        _check_tiff_page_length(path, page, int(width[0]), int(height[0]), lengths, optional,
+                                tiled=273 not in entries)
+    return int(width[0]), int(height[0])
+
+
+def _check_tiff_page_length(path: Path, page: int, width: int, height: int, lengths: np.ndarray,
+                            field: Any, tiled: bool) -> None:
+    """Refuses an uncompressed TIFF page whose strips or tiles are not as long as its fields say
+    they must be (bits and samples per pixel, size, rows per strip, tile size): a tiled 16-bit
+    page whose BitsPerSample said 12 was decoded as 12-bit samples, garbage that correlated 0.13
+    with the picture stored, and was scored. A last strip as long as a full one (padded) passes."""
+    compression, photometric = (field(259) or [1])[0], (field(262) or [None])[0]
+    bits, samples, planar = field(258) or [1], (field(277) or [1])[0], (field(284) or [1])[0]
+    if compression != 1 or photometric == 6 or not samples or min(bits) < 1 or (field(32997) or [1])[0] > 1:
+        return  # (YCbCr is subsampled; a volumetric page, refused later, holds several frames)
+    planes = samples if planar == 2 else 1
+    per_pixel = bits[0] if planar == 2 else (sum(bits) if len(bits) == samples else bits[0] * samples)
+    if tiled:
+        tile_w, tile_h = (field(322) or [0])[0], (field(323) or [0])[0]
+        if not tile_w or not tile_h:
+            return  # (the image reader says what is missing)
+        chunk, rows, row = "tile", tile_h, -(-tile_w * per_pixel // 8)
+        per_plane = -(-width // tile_w) * -(-height // tile_h)
+    else:
+        tile_w, rows = width, min((field(278) or [height])[0] or height, height)
+        chunk, row, per_plane = "strip", -(-width * per_pixel // 8), -(-height // rows)
+    advice = ("its BitsPerSample, SamplesPerPixel, size or tile size is wrong: the file is damaged or crafted, "
+              "and is not read. Export the sweep again.")
+    what = f"{path}: the TIFF's page {page} does not hold what its header describes"
+    if len(lengths) < per_plane * planes:  # (checked first: the count may be huge, the list is not)
+        raise FetalIQAError(f"{what}: it lists {len(lengths)} {chunk}(s), where {width} x {height} pixels in "
+                            f"{chunk}s of {tile_w} x {rows} need {per_plane * planes}; {advice}")
+    depth = f"{bits[0]}-bit samples" + (f", {samples} a pixel" if samples > 1 else "")
+    stored = np.asarray(lengths[:per_plane * planes], dtype=np.uint64)  # (pages of many tiles: no loop)
+    high = np.full(per_plane, rows) if tiled else np.minimum(rows, height - np.arange(per_plane) * rows)
+    needed = np.tile(high * row, planes).astype(np.uint64)
+    padded = np.zeros(per_plane, bool)
+    padded[-1] = not tiled  # (a last strip as long as a full one)
+    wrong = (stored != needed) & ~(np.tile(padded, planes) & (stored == rows * row))
+    if wrong.any():
+        k = int(np.argmax(wrong))
+        raise FetalIQAError(f"{what}: its {chunk} {k + 1} holds {int(stored[k])} bytes, where {tile_w} x "
+                            f"{int(high[k % per_plane])} pixels of {depth} fill {int(needed[k])}; {advice}")
+
 
 #: JPEG Baseline and Extended: the syntaxes whose colour streams are JFIF (YCbCr) by default.
 _JPEG_LOSSY = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
@@ -1054,13 +1137,17 @@ class _TiffPages(NamedTuple):
     depth: int = 1  # its ImageDepth (SGI's tag 32997: several frames on one page)
     ome: str = ""  # the pixel size its OME-XML description states, as written ("PhysicalSizeX 0.3 mm, ..."); not read
     #: The pages marked as reduced-resolution copies of another (NewSubfileType bit 0: a thumbnail
-    #: or preview), by index; left out of ``layouts``, and of the frames.
+    #: or preview) and smaller than the largest page, by index; left out of ``layouts``, and of the
+    #: frames.
     reduced: tuple[int, ...] = ()
     #: Whether a page (a full-resolution one) of samples wider than 8 bits is stored in tiles or
     #: asks to be turned (EXIF orientation): the image library reads such a file through its 8-bit
     #: fallback, which keeps each sample's high byte.
     high_byte_only: bool = False
     samples: int = 1  # the first full-resolution page's SamplesPerPixel
+    #: How many pages are marked as reduced-resolution copies but are as large as the largest page:
+    #: frames (the image library skips them, or crashes on them).
+    marked: int = 0
 
 
 def _tiff_pages(path: Path) -> _TiffPages:
@@ -1090,13 +1177,16 @@ def _tiff_pages(path: Path) -> _TiffPages:
                                      (_first_int(page.get(258)) or 1) > 8
                                      and (322 in page or _known_orientation(page.get(274)) != 1),
                                      _first_int(page.get(277)) or 1))
-        if all(reduced for reduced, *_ in surveyed):  # (every page marked so: none is the full one)
-            surveyed = [(False, *rest) for _, *rest in surveyed]
-        full = [page for page in surveyed if not page[0]]
+        # (a page as large as the largest is a frame whatever its mark: a writer that marked a sweep's
+        # frames so lost them, and one blank page was scored)
+        largest = max((w * h for _, ((w, h), _), _, _ in surveyed), default=0)
+        smaller = [reduced and w * h < largest for reduced, ((w, h), _), _, _ in surveyed]
+        marked = sum(page[0] for page in surveyed) - sum(smaller)
+        full = [page for page, small in zip(surveyed, smaller) if not small]
         layouts = list(dict.fromkeys(layout for _, layout, _, _ in full))
-        reduced = tuple(k for k, page in enumerate(surveyed) if page[0])
+        reduced = tuple(k for k, small in enumerate(smaller) if small)
         return _TiffPages(layouts, count, imagej, resolution, orientation, photometric, bits, depth or 1, ome,
-                          reduced, any(wide for *_, wide, _ in full), full[0][3] if full else 1)
+                          reduced, any(wide for *_, wide, _ in full), full[0][3] if full else 1, marked)
     except Exception:  # noqa: BLE001 - only a better message: the reader's own stands
         return none
 
@@ -1216,8 +1306,7 @@ def _no_image_reader(path: Path, what: str) -> str:
                 f"{what} file{' (or its folder)' if what == 'sweep' else ''} inside.")
     video = _video_container(path)
     if video:
-        return (f"{path}: a video file ({video}); FetalIQA reads sweeps from image files. Export "
-                "the sweep's frames as DICOM, .mha, .nrrd or .nii (or a multi-page TIFF) and open that.")
+        return _video_line(path, video)
     if full_suffix(path).endswith(".gz") and not _gzip_readable(path):
         return f"{path}: the file's compressed data is damaged (or it is no gzip file): it cannot be read. Copy or export it again."
     picture = _picture_kind(path)
@@ -1260,6 +1349,12 @@ def _array_file_kind(path: Path) -> str:
     if any(head[at:at + len(_HDF5_SIGNATURE)] == _HDF5_SIGNATURE for at in _HDF5_OFFSETS):
         return "a MATLAB file (v7.3, HDF5)" if matlab else "an HDF5 file"
     return "a MATLAB file" if matlab else ""
+
+
+def _video_line(path: Path, video: str) -> str:
+    """The one line for a video file, whatever its name."""
+    return (f"{path}: a video file ({video}); FetalIQA reads sweeps from image files. Export "
+            "the sweep's frames as DICOM, .mha, .nrrd or .nii (or a multi-page TIFF) and open that.")
 
 
 def _gzip_readable(path: Path) -> bool:
