@@ -2716,6 +2716,33 @@ def test_a_tiff_whose_bit_depth_disagrees_with_its_pixel_data_is_refused_in_one_
         load_sweep(_composed_tiff(tmp_path / "bps12.tif", [(f, 0) for f in frames], tile=tile, bits=12))
 
 
+def test_a_tiff_whose_strips_hold_a_pad_byte_past_their_pixels_is_read(tmp_path):
+    """Strips of an odd length padded by one byte (StripByteCounts one more than the pixels need),
+    which libtiff and Pillow read, were refused as "damaged or crafted" by the check of a strip's
+    length against its bit depth; less than a row more cannot be another bit depth."""
+    import struct
+
+    n, h, w = 3, 39, 41  # (h * w odd: one pad byte makes each strip even)
+    frames = np.random.default_rng(0).integers(0, 256, (n, h, w), dtype=np.uint8)
+    out, offsets, ifds = bytearray(b"II*\x00\0\0\0\0"), [], []
+    for f in frames:
+        offsets.append(len(out))
+        out += f.tobytes() + b"\0"
+    for k in range(n):
+        entries = [(256, 3, w), (257, 3, h), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, offsets[k]),
+                   (277, 3, 1), (278, 3, h), (279, 4, h * w + 1)]
+        ifds.append(len(out))
+        out += struct.pack("<H", len(entries)) + b"".join(
+            struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", v, 0) if kind == 3 else struct.pack("<I", v))
+            for tag, kind, v in entries) + b"\0\0\0\0"
+    struct.pack_into("<I", out, 4, ifds[0])
+    for k in range(n - 1):
+        struct.pack_into("<I", out, ifds[k] + 2 + 9 * 12, ifds[k + 1])
+    (tmp_path / "padded.tif").write_bytes(bytes(out))
+    sweep = load_sweep(tmp_path / "padded.tif")
+    assert np.array_equal(np.asarray(sweep.frames), frames)
+
+
 def test_tiles_of_wide_samples_that_do_not_decode_are_refused_in_one_line(tmp_path, capfd):
     """Tiles labelled LZW that hold no LZW data: one line of the reader's own, saying what to save,
     and not the TIFF library's complaint on the terminal as well."""

@@ -1078,7 +1078,8 @@ def _check_tiff_page_length(path: Path, page: int, width: int, height: int, leng
     """Refuses an uncompressed TIFF page whose strips or tiles are not as long as its fields say
     they must be (bits and samples per pixel, size, rows per strip, tile size): a tiled 16-bit
     page whose BitsPerSample said 12 was decoded as 12-bit samples, garbage that correlated 0.13
-    with the picture stored, and was scored. A last strip as long as a full one (padded) passes."""
+    with the picture stored, and was scored. A last strip as long as a full one (padded) passes, and
+    so do pad bytes of less than a row past any strip's or tile's pixels."""
     compression, photometric = (field(259) or [1])[0], (field(262) or [None])[0]
     bits, samples, planar = field(258) or [1], (field(277) or [1])[0], (field(284) or [1])[0]
     if compression != 1 or photometric == 6 or not samples or min(bits) < 1 or (field(32997) or [1])[0] > 1:
@@ -1106,7 +1107,9 @@ def _check_tiff_page_length(path: Path, page: int, width: int, height: int, leng
     needed = np.tile(high * row, planes).astype(np.uint64)
     padded = np.zeros(per_plane, bool)
     padded[-1] = not tiled  # (a last strip as long as a full one)
-    wrong = (stored != needed) & ~(np.tile(padded, planes) & (stored == rows * row))
+    # (a few pad bytes past the pixels pass: less than a row's more cannot be another bit depth)
+    wrong = ((stored < needed) | (stored >= needed + np.uint64(row))) & ~(np.tile(padded, planes)
+                                                                           & (stored == rows * row))
     if wrong.any():
         k = int(np.argmax(wrong))
         raise FetalIQAError(f"{what}: its {chunk} {k + 1} holds {int(stored[k])} bytes, where {tile_w} x "
