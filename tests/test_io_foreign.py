@@ -2361,6 +2361,23 @@ def test_a_slowly_changing_sweep_saved_frames_first_is_not_measured(tmp_path):
     assert frames_axis_evidence(blanks) is None
 
 
+def test_an_upright_sweep_whose_depth_changes_for_a_stretch_keeps_its_pixel_size(tmp_path):
+    """A linear probe's sweep (its image fills the frames' width) whose depth was reduced for a
+    stretch of frames has black along whole rows of those frames and in no one place: it was taken
+    for a stack saved frames-first and lost its pixel size, a DICOM among them (told to "export it
+    with the frames along the last axis"). A frames-first stack has whole black rows in (nearly)
+    every "frame", and only NIfTI and NRRD files are written that way."""
+    frames = _slow_sweep(fan=False)
+    frames[10:26, 80:] = 0  # depth reduced for 16 of 40 frames
+    for name in ("shallow.nii.gz", "shallow.mha"):
+        image = sitk.GetImageFromArray(frames)
+        image.SetSpacing((0.2, 0.2, 1.0))
+        sitk.WriteImage(image, str(tmp_path / name))
+        sweep = load_sweep(tmp_path / name)
+        assert sweep.spacing_problem is None and sweep.spacing_mm == pytest.approx((0.2, 0.2)), name
+        assert not any("another axis" in n for n in sweep.read_notes), (name, sweep.read_notes)
+
+
 def test_a_frames_first_layout_the_pixels_cannot_tell_is_not_measured(tmp_path):
     """A slowly changing sweep filling its frames (no black around the image) saved frames-first
     gives the pixels nothing to tell it by; read as frames far taller than wide, more of them than
@@ -2406,6 +2423,13 @@ def test_a_short_sweep_saved_frames_first_is_refused_for_what_it_is(tmp_path):
     message = str(exc.value)
     assert "120 x 16 pixels" in message and "16 frames of 120 x 150 stored frames-first" in message, message
     assert "frames along the last axis" in message and "thumbnail" not in message and "\n" not in message
+    # the same narrow frames in a format written frame by frame (a multi-frame .mha here stands for a
+    # TIFF's pages or a DICOM's frames) are not blamed on a NIfTI's axes
+    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(frames.transpose(2, 1, 0))),
+                    str(tmp_path / "narrow.mha"))
+    with pytest.raises(FetalIQAError, match="at least 32 x 32") as exc:
+        load_sweep(tmp_path / "narrow.mha")
+    assert "NIfTI" not in str(exc.value)
     # a small stack that is no sweep at all keeps the plain line
     sitk.WriteImage(sitk.GetImageFromArray(frames[:, :20, :20].copy()), str(tmp_path / "small.nii.gz"))
     with pytest.raises(FetalIQAError, match="at least 32 x 32"):

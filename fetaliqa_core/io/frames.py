@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.io._common import CHUNK_FRAMES, MIN_FRAME_PX, Raw, check_cancelled, fmt_shape
+from fetaliqa_core.io._common import CHUNK_FRAMES, MIN_FRAME_PX, Raw, check_cancelled, fmt_shape, full_suffix
 
 def frame_stack_shape(shape_zyx: tuple[int, ...]) -> tuple[int, ...]:
     """Spatial shape (numpy order) as frames x height x width: a 2-D image becomes one frame,
@@ -64,7 +64,7 @@ def check_frame_shape(shape: tuple[int, ...], path: Path) -> None:
     n, h, w = shape
     if n == 0:
         raise FetalIQAError(f"{path}: the file contains no frames. Export the sweep again.")
-    if w < MIN_FRAME_PX <= min(h, n):
+    if w < MIN_FRAME_PX <= min(h, n) and full_suffix(Path(path)) in (".nii", ".nii.gz", ".nrrd", ".nhdr"):
         # numpy's (N, H, W) handed to a NIfTI/NRRD writer as (x, y, z) reads as W frames of H x N: a
         # short sweep (16 frames) was refused as "not a thumbnail or a vector field", advice that did
         # not fit the file

@@ -239,7 +239,10 @@ def load_sweep(path: str | Path) -> Sweep:
         frames.flags.writeable = False
     n, h, w = frames.shape
     spacing_source, spacing_note = raw.spacing_source, raw.spacing_note
-    across = frames_axis_evidence(frames)
+    # (the black's layout only for the formats numpy's frames-first order is written in: a DICOM or
+    # a TIFF is written frame by frame, and a linear probe's sweep whose depth changed mid-sweep has
+    # black along whole rows of some frames and in no one place)
+    across = frames_axis_evidence(frames, black_layout=bool(raw.axes_spacing))
     suspect = None if across is not None else _frames_first_layout(n, h, w, raw.axes_spacing)
     tall, wide = float(h), float(w)
     if raw.spacing_source != SPACING_NONE and all(0 < float(v) < math.inf for v in raw.spacing_mm):
@@ -327,17 +330,18 @@ ACROSS_SIDE_MARGIN = 0.1
 _ACROSS_PAIRS, _ACROSS_MIN_GREY = 12, 5
 
 
-def frames_axis_evidence(frames: np.ndarray) -> str | None:
+def frames_axis_evidence(frames: np.ndarray, black_layout: bool = True) -> str | None:
     """What in the pixels shows a stack written frames-first and read with its frames along the
     columns, said in a few words with its numbers; None when nothing does, and for stacks too small
     to tell (under 8 frames, 8 x 8 pixels). Either of two signs: the black around the image lies
     along whole rows of each frame rather than in the same place in every frame
     (:func:`_black_layout`), or neighbouring frames and neighbouring rows are both clearly more
-    alike than neighbouring columns (:data:`ACROSS_MARGIN`)."""
+    alike than neighbouring columns (:data:`ACROSS_MARGIN`). ``black_layout``: whether the first
+    sign is looked for (only in the formats a frames-first array is written in: NIfTI, NRRD)."""
     n, h, w = frames.shape
     if n < 8 or h < 8 or w < 8:
         return None
-    black = _black_layout(frames)
+    black = _black_layout(frames) if black_layout else None
     if black is not None:
         return black
     alike = _neighbours_alike(frames)
@@ -392,6 +396,8 @@ def _neighbours_alike(frames: np.ndarray) -> str | None:
 #: slowly changing body are alike along every axis, and the correlations above miss such a stack;
 #: its fan, held still on the screen, does not.)
 BLACK_ROWS_MIN, BLACK_MARGIN = 0.4, 0.2
+#: ... and at least this share of the frames have a whole black row
+BLACK_ROWS_FRAMES = 0.7
 #: Frames sampled for it; a line counts as black when this share of its pixels is; the black must
 #: be at least this share of the sampled frames' pixels to say anything.
 _BLACK_FRAMES, _BLACK_LINE, _BLACK_MIN_SHARE = 16, 0.95, 0.02
@@ -415,6 +421,10 @@ def _black_layout(frames: np.ndarray) -> str | None:
     same_place = float((black & in_place[None]).sum()) / total
     whole_rows = float((black & along_rows[:, :, None]).sum()) / total
     if whole_rows < BLACK_ROWS_MIN or whole_rows - same_place < BLACK_MARGIN:
+        return None
+    # read frames-first, (nearly) every "frame" is a slice through the black beside the fan; an upright
+    # sweep whose depth changed, or that lost contact, for a stretch has whole black rows in that stretch only
+    if float(along_rows.any(axis=1).mean()) < BLACK_ROWS_FRAMES:
         return None
     return (f"the black around the image lies along whole rows of each frame ({whole_rows:.2f} of it), not in the "
             f"same place in every frame ({same_place:.2f}) as around a sweep's image")
