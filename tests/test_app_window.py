@@ -1261,3 +1261,93 @@ def test_the_empty_window_offers_the_demo_sweep_and_opens_it(qtbot, monkeypatch)
     win.act_open_demo.trigger()
     qtbot.waitUntil(lambda: win.model.sweep is not None and win.model.sweep.n_frames == 6, timeout=20000)
     assert len(made) == 1
+
+
+def _screen_rect(view, item):
+    """``item``'s (a text item on the frame) rectangle in the frame view's pixels."""
+    from PySide6.QtCore import QRectF
+
+    r = item.sceneBoundingRect()
+    at = view.graphics.viewport().mapTo(view, view.graphics.mapFromScene(r.topLeft()))
+    return QRectF(at.x(), at.y(), r.width(), r.height())
+
+
+def _corner_ink(lab):
+    """Where a corner's text is drawn (its box is fixed, the text aligned in it), in the frame
+    view's pixels; measured here on its own, not with the window's code."""
+    from PySide6.QtCore import QRectF
+    from PySide6.QtGui import QTextDocument
+
+    doc = QTextDocument()
+    doc.setDefaultFont(lab.font())
+    doc.setDocumentMargin(0)
+    doc.setHtml(lab.text())
+    g = lab.geometry()
+    w, h = min(doc.idealWidth(), g.width()), min(doc.size().height(), g.height())
+    x = g.x() + g.width() - w if lab.alignment() & Qt.AlignRight else g.x()
+    y = g.y() + g.height() - h if lab.alignment() & Qt.AlignBottom else g.y()
+    return QRectF(x, y, w, h)
+
+
+@pytest.mark.parametrize("lift", [8, 10, 12])
+def test_the_ac_label_on_a_laptop_size_window_is_clear_of_the_corner_text(qtbot, lift):
+    """At 1280 x 720 the top-left corner's text covered the AC label's first digits ("…1.6 mm" for
+    101.6 mm) and the top-right one its demo notice, for an outline near the top of the frame. The
+    label now moves sideways or below the outline, clear of every corner's text."""
+    from pathlib import Path
+
+    from fakes import tiny_frames
+    from fetaliqa_core.io import Sweep
+
+    frames = np.roll(tiny_frames(1, 20, 72, 96), -lift, axis=1)  # the abdomen nearer the top
+    frames.flags.writeable = False
+    sweep = Sweep(frames=frames, spacing_mm=(0.28, 0.28), sweep_ranges=[(0, 20)], sweep_kinds=["transverse"],
+                  path=Path("good.mha"))
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    win.use_models(fake_models())
+    win.resize(1280, 720)
+    win.show()
+    qtbot.waitExposed(win)
+    win.set_sweep(sweep, score=True)
+    _wait_scored(qtbot, win)
+    win.model.provenance = {"notice": "demo", "demo": True}  # the label's longest form
+    assert win.model.go_to_best() is not None
+    win.refresh()
+    QApplication.processEvents()
+    view = win.frame_view
+    label = view.ellipse_label
+    assert label.isVisible() and label.toPlainText().endswith("demo model, not for clinical use")
+    rect = _screen_rect(view, label)
+    assert 0 <= rect.top() and rect.bottom() <= view.height()
+    corners = [lab for lab in (view.corner_tl, view.corner_tr, view.corner_bl) if lab.text()]
+    assert len(corners) == 3 and all(lab.isVisible() for lab in corners)  # room was found: none gave way
+    for lab in corners:
+        assert not rect.intersects(_corner_ink(lab)), (lab.objectName(), rect, _corner_ink(lab))
+
+
+def test_where_the_ac_label_finds_no_room_the_corners_it_would_cover_give_way(qtbot):
+    """On a view too small for the label beside or below them, the corners under it are hidden
+    while it is there (their text lay over the AC), and come back when it goes."""
+    from app.frame_view import FrameView
+
+    view = FrameView()
+    qtbot.addWidget(view)
+    view.resize(520, 200)
+    view.show()
+    view.set_frame(np.zeros((200, 520), np.uint8))
+    view.set_corners(tl="frame <b>7</b> of 0–15<br>sweep 1 transverse<br>pixel 0.28 x 0.28 mm · file header",
+                     tr="classifier p_cls 0.85<br>mask p_seg 0.92<br>demo model, not for clinical use",
+                     bl="★ chosen frame")
+    QApplication.processEvents()
+    t = np.linspace(0, 2 * np.pi, 90)
+    view.show_ellipse(np.stack([260 + 60 * np.cos(t), 120 + 50 * np.sin(t)], 1),
+                      "AC 101.6 mm (doubtful) · demo model, not for clinical use")
+    QApplication.processEvents()
+    rect = _screen_rect(view, view.ellipse_label)
+    shown = [lab for lab in (view.corner_tl, view.corner_tr, view.corner_bl) if lab.isVisible()]
+    assert len(shown) < 3
+    for lab in shown:
+        assert not rect.intersects(_corner_ink(lab))
+    view.hide_ellipse()
+    assert all(lab.isVisible() for lab in (view.corner_tl, view.corner_tr, view.corner_bl))
