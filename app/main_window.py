@@ -512,8 +512,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             text = "Model: none loaded"
         else:
             text = f"Model: {self.choice.describe() or 'none'} (not loaded yet)"
-        # Elided to the room there is ("Model: " goes first); the whole description is in the tooltip.
-        self.status_model.set_forms([text, text.removeprefix("Model: ")], tooltip=problem or full or text)
+        # Elided to the room there is ("Model: " goes first, then the device); the whole
+        # description is in the tooltip. The names stay (up to a limit): with the user's own
+        # bundles the status bar is the only place that names the model behind the numbers, and
+        # at 1280 x 720 the answer beside it left it empty.
+        short = text.removeprefix("Model: ")
+        self.status_model.set_forms([text, short, short.split(" · ")[0]], tooltip=problem or full or text,
+                                    keep_shortest=True)
+        cap = self.status_model.fontMetrics().averageCharWidth() * window_chrome.MODEL_NAME_MIN_CHARS
+        self.status_model.setMinimumWidth(min(self.status_model.minimumWidth(), cap))
         self.legend_label.setText(window_chrome.legend_html(window_chrome.segmenter_labels(
             self.models if self._models_for == self.choice else None)))
 

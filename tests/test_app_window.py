@@ -1351,3 +1351,32 @@ def test_where_the_ac_label_finds_no_room_the_corners_it_would_cover_give_way(qt
         assert not rect.intersects(_corner_ink(lab))
     view.hide_ellipse()
     assert all(lab.isVisible() for lab in (view.corner_tl, view.corner_tr, view.corner_bl))
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (1024, 600)])
+def test_a_laptop_size_status_bar_keeps_the_model_s_name_and_the_message(qtbot, monkeypatch, size):
+    """At 1280 x 720 (and 1366 x 768 at 125 %: 1093 x 614) the answer took all the room: the model
+    label and the passing message were 40 px wide and showed nothing, so no place in the window
+    named the model behind the numbers. The answer now gives way to its shorter forms first."""
+    from PySide6.QtWidgets import QLabel
+
+    import fakes
+
+    monkeypatch.setattr(fakes.FakeLoadedModels, "short", lambda self: "demo · CPU fp32")
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    win.use_models(fake_models())
+    win.resize(*size)
+    win.show()
+    qtbot.waitExposed(win)
+    win.set_sweep(tiny_sweep(1, 20, height=72, width=96), score=True)
+    _wait_scored(qtbot, win)
+    win.model.go_to_best()
+    win.refresh()
+    win.notify("All 20 frames scored.")
+    QApplication.processEvents()
+    assert win.width() == size[0]
+    assert QLabel.text(win.status_model).startswith("demo")
+    assert QLabel.text(win.status_message).startswith("All 20 frames")
+    shown = QLabel.text(win.status_ac)
+    assert "AC 34.8 mm" in shown, shown
