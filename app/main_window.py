@@ -56,7 +56,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
                  engine_factory=None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.settings = settings if settings is not None else AppSettings.load()
-        self.settings.report = lambda why: self.notify(f"Settings: {why}.", 15000)
+        self.settings.report = self._settings_said
+        self.settings.saved_again = lambda: self.status_settings.hide()
         s = self.settings
         if choice is None:
             kept = dict(cascade=s.cascade, student=Path(s.student_bundle) if s.cascade and s.student_bundle else None,
@@ -129,6 +130,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
 
     def _tell_settings_problem(self) -> None:
         self.alert("Settings", self.settings.problem)
+
+    def _settings_said(self, why: str) -> None:
+        """A save's problem: a passing message, and while the settings cannot be saved a warning
+        that stays in the status bar (the message alone was replaced within a millisecond by
+        "Opened …", and the reviewer's name, models and speeds chosen were lost without a word)."""
+        self.notify(f"Settings: {why}.", 15000)
+        if self.settings.save_failed(why):
+            self.status_settings.setToolTip(f"Settings: {why}.")
+            self.status_settings.show()
 
     # -- construction ----------------------------------------------------------------------
     def _build_views(self) -> None:
@@ -1027,6 +1037,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             import sys
 
             print(f"fetaliqa: {problem}", file=sys.stderr)
+            if self.interactive:  # (a desktop launch shows no stderr)
+                QMessageBox.warning(self, "Settings", f"{problem[:1].upper()}{problem[1:]}.")
         # The engine stops after the batch in progress; hide first so closing feels instant.
         if self.scoring.any_running:
             self.hide()

@@ -427,6 +427,11 @@ def build_status(win) -> None:
     # the answer gives way (to its shorter forms) before the message and the model's names do
     win.status_message.setMinimumWidth(win.status_message.fontMetrics().averageCharWidth() * MESSAGE_MIN_CHARS)
     sb.addWidget(win.status_message, 1)
+    # while the settings cannot be saved (the reason in its tooltip): a passing message was replaced at once
+    win.status_settings = QLabel("⚠ settings not saved")
+    win.status_settings.setObjectName("warn")
+    win.status_settings.hide()
+    sb.addPermanentWidget(win.status_settings)
     sb.addPermanentWidget(win.status_model, 1)
     sb.addPermanentWidget(win.progress, 1)
     sb.addPermanentWidget(win.cancel_button)

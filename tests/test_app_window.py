@@ -1380,3 +1380,51 @@ def test_a_laptop_size_status_bar_keeps_the_model_s_name_and_the_message(qtbot, 
     assert QLabel.text(win.status_message).startswith("All 20 frames")
     shown = QLabel.text(win.status_ac)
     assert "AC 34.8 mm" in shown, shown
+
+
+def test_settings_that_cannot_be_saved_are_said_in_a_warning_that_stays_and_again_at_close(
+        qtbot, make_window, warnings, tmp_path, monkeypatch):
+    """With a read-only settings file the only word in the window was a status message that
+    "Opened good.mha: 16 frames." replaced within a millisecond, later saves said nothing, and
+    at close the reason went to stderr alone (not shown by a desktop launch): the reviewer's
+    name, models and speeds chosen were lost without a word. A warning now stays in the status
+    bar while the settings cannot be saved, and closing says it in a box."""
+    from fetaliqa_core import files
+    from fetaliqa_core.io import write_volume
+
+    import app.settings as settings_module
+
+    path = tmp_path / "good.mha"
+    write_volume(path, tiny_sweep(1, 6, 40, 50).frames)
+    win = make_window(score=False)
+    assert win.status_settings.isHidden()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(settings_module, "write_json", refuse)
+    assert win.open_path(path, score=False, block=True)
+    QApplication.processEvents()
+    assert not win.status_settings.isHidden()
+    assert "could not be saved" in win.status_settings.toolTip()
+    assert "could not be saved" not in win.status_message.toolTip()  # (the message was replaced: the warning stays)
+    monkeypatch.setattr(settings_module, "write_json", files.write_json)
+    win.settings.fps = 20.0
+    assert win.settings.save() == ""
+    assert win.status_settings.isHidden()  # saved again: the warning goes
+    monkeypatch.setattr(settings_module, "write_json", refuse)
+    warnings.clear()
+    win.close()
+    assert len(warnings) == 1 and "could not be saved" in warnings[0] and "not kept for next time" in warnings[0]
+
+
+def test_a_folder_where_the_settings_file_goes_is_said_at_start(qtbot, warnings):
+    """A folder at the settings file's path was said by no one at start (a damaged file is), and
+    nothing chosen in the window could be saved."""
+    AppSettings.path().mkdir(parents=True)
+    s = AppSettings.load()
+    assert "A folder stands where the settings file goes" in s.problem and "Move the folder aside" in s.problem
+    win = MainWindow(settings=s)
+    qtbot.addWidget(win)
+    qtbot.waitUntil(lambda: len(warnings) == 1, timeout=3000)
+    assert "A folder stands where the settings file goes" in warnings[0]
