@@ -1428,3 +1428,24 @@ def test_a_folder_where_the_settings_file_goes_is_said_at_start(qtbot, warnings)
     qtbot.addWidget(win)
     qtbot.waitUntil(lambda: len(warnings) == 1, timeout=3000)
     assert "A folder stands where the settings file goes" in warnings[0]
+
+
+def test_the_files_dropped_with_the_one_opened_are_still_named_once_it_has_opened(qtbot, make_window, tmp_path):
+    """Of three files dropped, the line naming those not opened was replaced within 0.1 s by
+    "Opened one_frame.mha: 1 frames.": nothing on screen said the others were left out (and a
+    one-frame sweep read "1 frames")."""
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    from fetaliqa_core.io import write_volume
+
+    one, colour = tmp_path / "one_frame.mha", tmp_path / "colour.mha"
+    write_volume(one, tiny_sweep(1, 5, 40, 50).frames[2:3])
+    write_volume(colour, tiny_sweep(1, 5, 40, 50).frames)
+    win = make_window()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in (one, colour)])
+    with qtbot.waitSignal(win.sweep_opened, timeout=10000):
+        win.dropEvent(QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
+    said = win.status_message.toolTip()
+    assert said.startswith("Opened one_frame.mha: 1 frame.") and "colour.mha" in said, said
