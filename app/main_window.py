@@ -237,7 +237,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.curve.threshold_moved.connect(m.set_threshold)
         self.curve.threshold_moved.connect(self._remember_threshold)
         self.slider.valueChanged.connect(m.set_frame)
-        self.play_button.toggled.connect(m.set_playing)
+        self.play_button.toggled.connect(self._play_toggled)
         self.fps_spin.valueChanged.connect(m.set_fps)
         self.opacity_slider.valueChanged.connect(lambda v: m.set_opacity(v / 100.0))
         self.flagged.frame_chosen.connect(m.set_frame)
@@ -270,6 +270,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         name = Path(sweep.path).name if getattr(sweep, "path", None) else "sweep"
         self.setWindowTitle(f"{name} — FetalIQA")
         self._play_at_file_rate(getattr(sweep, "frame_rate", None))
+        # a one-frame sweep has nothing to play: its button was left pressed, with nothing playing
+        self.play_button.setEnabled(self.model.n_frames > 1)
         self._drawn_version = -1
         self._show_frame(self.model.frame)
         self.refresh()
@@ -705,6 +707,11 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         on = "the classifier's p_cls" if t.score == "p_cls" else "the mask score p_seg (0.50: mask covers 1 %)"
         self.status_threshold.setToolTip(f"Frames are flagged at {t.describe()} on {on}; drag the line "
                                          "in the quality curve to change it.")
+
+    def _play_toggled(self, on: bool) -> None:
+        self.model.set_playing(on)
+        if self.play_button.isChecked() != self.model.playing:  # refused (one frame): not left pressed
+            self._playing_changed(self.model.playing)
 
     def _playing_changed(self, on: bool) -> None:
         if on:

@@ -1449,3 +1449,20 @@ def test_the_files_dropped_with_the_one_opened_are_still_named_once_it_has_opene
         win.dropEvent(QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
     said = win.status_message.toolTip()
     assert said.startswith("Opened one_frame.mha: 1 frame.") and "colour.mha" in said, said
+
+
+def test_a_one_frame_sweep_has_no_play_button_to_press(qtbot, make_window):
+    """On a one-frame sweep a click on ▶ left the button pressed while nothing played (the model
+    refuses to play fewer than two frames and said nothing)."""
+    from fetaliqa_core.io import Sweep
+
+    win = make_window(score=False)
+    assert win.play_button.isEnabled()
+    frames = tiny_sweep(1, 5, 40, 50).frames[2:3]
+    win.set_sweep(Sweep(frames=frames, spacing_mm=(0.28, 0.28), sweep_ranges=[(0, 1)], sweep_kinds=["transverse"]),
+                  score=False)
+    assert not win.play_button.isEnabled()
+    win.play_button.setChecked(True)  # (as a click would, were it enabled)
+    assert not win.play_button.isChecked() and not win.model.playing
+    win.set_sweep(tiny_sweep(1, 5, 40, 50), score=False)
+    assert win.play_button.isEnabled()
