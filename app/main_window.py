@@ -40,7 +40,7 @@ from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.choice import ModelChoice
 
 REFRESH_HZ = 10
-MIN_SIZE = (1024, 600)  # px: the window works on a 1024x768 screen
+MIN_SIZE = (1024, 600)  # px: the window works on a 1024x768 screen (less on a smaller one: see __init__)
 
 
 class MainWindow(SweepFilesMixin, QMainWindow):
@@ -90,7 +90,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.setWindowTitle("FetalIQA")
         self.setAcceptDrops(True)
         self.resize(*window_tools.fitted_size(self, (1440, 900)))
-        self.setMinimumSize(*MIN_SIZE)
+        # no larger than the screen: at 150 % on a 1366 x 768 laptop (911 x 512) the window came out
+        # at 1024 x 600, its status bar with the answer below the screen
+        self.setMinimumSize(*(min(a, b) for a, b in zip(MIN_SIZE, window_tools.fitted_size(self, MIN_SIZE))))
         self.setDockOptions(QMainWindow.AnimatedDocks | QMainWindow.AllowTabbedDocks)
 
         self.model = ViewerModel()

@@ -1466,3 +1466,19 @@ def test_a_one_frame_sweep_has_no_play_button_to_press(qtbot, make_window):
     assert not win.play_button.isChecked() and not win.model.playing
     win.set_sweep(tiny_sweep(1, 5, 40, 50), score=False)
     assert win.play_button.isEnabled()
+
+
+def test_the_window_s_minimum_size_fits_a_small_screen(qtbot, monkeypatch):
+    """At 150 % on a 1366 x 768 laptop (a screen of 911 x 512) the window's minimum, 1024 x 600, was
+    larger than the screen: its bottom 88 px, the status bar with the answer, fell below it."""
+    from PySide6.QtCore import QRect
+    from PySide6.QtGui import QScreen
+
+    monkeypatch.setattr(QScreen, "availableGeometry", lambda self: QRect(0, 0, 911, 512))
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    assert win.minimumSize().width() <= 911 and win.minimumSize().height() <= 512
+    win.show()
+    qtbot.waitExposed(win)
+    assert win.width() <= 911 and win.height() <= 512
+    assert win.statusBar().geometry().bottom() < win.height()
