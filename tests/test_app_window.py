@@ -1482,3 +1482,17 @@ def test_the_window_s_minimum_size_fits_a_small_screen(qtbot, monkeypatch):
     qtbot.waitExposed(win)
     assert win.width() <= 911 and win.height() <= 512
     assert win.statusBar().geometry().bottom() < win.height()
+
+
+def test_a_long_read_note_in_the_corner_is_cut_where_a_clause_ends(qtbot, make_window):
+    """The colour note in the image corner read "… coloured marks?): the frames are rea…", cut
+    mid-word before it said what matters: the frames are read as grey."""
+    import dataclasses
+
+    note = ("2.6% of the pixels are in colour (a Doppler overlay, coloured marks?): the frames are read as grey "
+            "(their luminance), and the models judge grey B-mode images, so colour areas are scored as grey "
+            "structures")
+    win = make_window(score=False)
+    win.set_sweep(dataclasses.replace(tiny_sweep(1, 5, 40, 50), read_notes=(note,)), score=False)
+    shown = win.frame_view.corner_tl.text().replace("<br>", " ")
+    assert "read as grey (their luminance)…" in shown, shown
