@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QPen
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QPen, QTextDocument
 from PySide6.QtWidgets import QGraphicsDropShadowEffect, QLabel, QVBoxLayout, QWidget
 
 from app import theme
@@ -202,6 +202,8 @@ class FrameView(QWidget):
         self._mask_slices: tuple[slice, slice] | None = None
         self._mask_size = 0
         self._mask_shown: np.ndarray | None = None  # the array on screen (identity check)
+        self._corner_text_sizes: dict[tuple[str, str], tuple[float, float]] = {}
+        self._yielded: list[QLabel] = []  # corners hidden for the AC label (no room elsewhere)
 
     def _corner(self, align) -> QLabel:
         # A fixed box, text aligned inside it: changing the text never re-lays anything out.
@@ -224,8 +226,10 @@ class FrameView(QWidget):
         super().resizeEvent(ev)
         self._place_corners()
         self.placeholder.setGeometry(0, 0, self.width(), self.height())
+        self._place_ellipse_label()
 
     def set_corners(self, tl: str = "", tr: str = "", bl: str = "", br: str = "") -> None:
+        changed = False
         for lab, text in ((self.corner_tl, tl), (self.corner_tr, tr),
                           (self.corner_bl, bl), (self.corner_br, br)):
             # a dark backing behind the letters (not the whole box): the halo alone left the grey
@@ -239,6 +243,38 @@ class FrameView(QWidget):
                 if lab.height() != need:
                     lab.setFixedSize(CORNER_SIZE[0], need)
                     self._place_corners()
+                changed = True
+        if changed:
+            self._place_ellipse_label()  # (kept clear of the corners' new text)
+
+    def corner_text_rects(self) -> list[QRectF]:
+        """Where the corners' text is drawn (this widget's pixels), for each corner shown with text:
+        the box is fixed, the text is aligned in it and usually narrower."""
+        return [rect for _lab, rect in self._corner_rects()]
+
+    def _corner_rects(self) -> list[tuple[QLabel, QRectF]]:
+        rects = []
+        for lab in (self.corner_tl, self.corner_tr, self.corner_bl, self.corner_br):
+            text = lab.text()
+            if not text or lab.isHidden():
+                continue
+            key = (text, lab.font().key())
+            size = self._corner_text_sizes.get(key)
+            if size is None:
+                doc = QTextDocument()
+                doc.setDefaultFont(lab.font())
+                doc.setDocumentMargin(0)
+                doc.setHtml(text)
+                size = (doc.idealWidth() + 2, doc.size().height() + 2)
+                if len(self._corner_text_sizes) > 64:
+                    self._corner_text_sizes.clear()
+                self._corner_text_sizes[key] = size
+            g = lab.geometry()
+            w, h = min(size[0], g.width()), min(size[1], g.height())
+            x = g.x() + g.width() - w if lab.alignment() & Qt.AlignRight else g.x()
+            y = g.y() + g.height() - h if lab.alignment() & Qt.AlignBottom else g.y()
+            rects.append((lab, QRectF(x, y, w, h)))
+        return rects
 
     def _place_corners(self) -> None:
         w, h, m = self.width(), self.height(), 10
@@ -368,7 +404,13 @@ class FrameView(QWidget):
     def _place_ellipse_label(self, *_args) -> None:
         """Put the AC label above the outline (below it when the view has no room above: an
         outline at the top of the frame put its label off the view, or over the abdomen), centred
-        on it but inside the view."""
+        on it but inside the view, and clear of the corners' text: on a laptop-size window the
+        top-left corner covered the AC's first digits ("…1.6 mm" for 101.6 mm) and the top-right
+        one the label's demo notice. It moves sideways or below the outline for them; where there
+        is no such room, the corners it would cover give way (hidden while it is there)."""
+        for lab in self._yielded:
+            lab.show()
+        self._yielded = []
         pts = self._ellipse_pts
         if pts is None:
             return
@@ -379,21 +421,71 @@ class FrameView(QWidget):
             per_x = per_pixel = 1.0
         box = self.ellipse_label.textItem.boundingRect()
         needed = (box.height() + 6) * per_pixel
-        (view_left, view_right), (view_top, _) = (sorted(float(v) for v in r) for r in self.view.viewRange())
+        (view_left, view_right), (view_top, view_bottom) = (sorted(float(v) for v in r) for r in self.view.viewRange())
         # centred on the outline, but kept inside the view: an outline near the side put half its
         # label off the view ("4.7 mm (doubtful)" for 194.7 mm)
         half = box.width() * per_x / 2.0
         x = float(pts[:, 0].mean())
         x = min(max(x, view_left + half), view_right - half) if view_right - view_left > 2 * half else view_left + half
-        if top - needed >= view_top:
-            self.ellipse_label.setAnchor((0.5, 1.0))
-            self.ellipse_label.setPos(x, top - 6 * per_pixel)
-        else:
-            self.ellipse_label.setAnchor((0.5, 0.0))
-            self.ellipse_label.setPos(x, bottom + 6 * per_pixel)
+        above = (x - half, top - 6 * per_pixel - box.height() * per_pixel)
+        below = (x - half, bottom + 6 * per_pixel)
+        first = above if top - needed >= view_top else below
+        spots = [first] + [s for s in (above, below) if s is not first and view_top <= s[1]
+                           and s[1] + box.height() * per_pixel <= view_bottom]
+        corners = self.corner_text_rects()
+        chosen = None
+        if corners and per_x > 0 and per_pixel > 0:
+            for spot in spots:
+                free = self._clear_of(corners, spot, box.width(), box.height(), per_x, per_pixel,
+                                      view_left, view_right)
+                if free is not None:
+                    chosen = free
+                    break
+        if chosen is None:
+            chosen = first
+            rect = self._screen_rect(first, box.width(), box.height()) if corners else None
+            for lab, text_rect in self._corner_rects() if rect is not None else ():
+                if rect.adjusted(-2, -2, 2, 2).intersects(text_rect):
+                    lab.hide()
+                    self._yielded.append(lab)
+        self.ellipse_label.setAnchor((0.0, 0.0))
+        self.ellipse_label.setPos(*chosen)
+
+    def _screen_rect(self, spot: tuple[float, float], width: float, height: float) -> QRectF | None:
+        """The label's rectangle in this widget's pixels with its top-left at ``spot`` (frame pixels)."""
+        try:
+            scene = self.view.mapViewToScene(QPointF(*spot))
+        except Exception:  # noqa: BLE001 - not laid out yet
+            return None
+        at = self.graphics.viewport().mapTo(self, self.graphics.mapFromScene(scene))
+        return QRectF(at.x(), at.y(), width, height)
+
+    def _clear_of(self, corners: list[QRectF], spot: tuple[float, float], width: float, height: float,
+                  per_x: float, per_pixel: float, view_left: float, view_right: float) -> tuple[float, float] | None:
+        """``spot`` (the label's top-left, frame pixels) moved sideways as little as needed for the
+        label to cover no corner's text, inside the view; None when no such place is at that height."""
+        rect = self._screen_rect(spot, width, height)
+        if rect is None:
+            return spot
+        lo, hi = view_left, view_right - width * per_x  # where the label's left edge may go (frame pixels)
+        tries = [0.0]
+        for c in corners:
+            if c.top() < rect.bottom() + 2 and c.bottom() > rect.top() - 2:
+                tries += [(c.right() + 4 - rect.left()) * per_x, (c.left() - 4 - rect.right()) * per_x]
+        for dx in sorted(tries, key=abs):
+            x = spot[0] + dx
+            if x < lo - 0.5 * per_x or x > hi + 0.5 * per_x:
+                continue
+            moved = rect.translated(dx / per_x, 0)
+            if not any(moved.adjusted(-2, -2, 2, 2).intersects(c) for c in corners):
+                return (x, spot[1])
+        return None
 
     def hide_ellipse(self) -> None:
         self._ellipse_pts = None
+        for lab in self._yielded:
+            lab.show()
+        self._yielded = []
         if self.ellipse.isVisible():
             self.ellipse.hide()
             self.ellipse_label.hide()

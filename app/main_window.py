@@ -40,7 +40,7 @@ from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.choice import ModelChoice
 
 REFRESH_HZ = 10
-MIN_SIZE = (1024, 600)  # px: the window works on a 1024x768 screen
+MIN_SIZE = (1024, 600)  # px: the window works on a 1024x768 screen (less on a smaller one: see __init__)
 
 
 class MainWindow(SweepFilesMixin, QMainWindow):
@@ -56,7 +56,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
                  engine_factory=None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.settings = settings if settings is not None else AppSettings.load()
-        self.settings.report = lambda why: self.notify(f"Settings: {why}.", 15000)
+        self.settings.report = self._settings_said
+        self.settings.saved_again = lambda: self.status_settings.hide()
         s = self.settings
         if choice is None:
             kept = dict(cascade=s.cascade, student=Path(s.student_bundle) if s.cascade and s.student_bundle else None,
@@ -89,7 +90,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.setWindowTitle("FetalIQA")
         self.setAcceptDrops(True)
         self.resize(*window_tools.fitted_size(self, (1440, 900)))
-        self.setMinimumSize(*MIN_SIZE)
+        # no larger than the screen: at 150 % on a 1366 x 768 laptop (911 x 512) the window came out
+        # at 1024 x 600, its status bar with the answer below the screen
+        self.setMinimumSize(*(min(a, b) for a, b in zip(MIN_SIZE, window_tools.fitted_size(self, MIN_SIZE))))
         self.setDockOptions(QMainWindow.AnimatedDocks | QMainWindow.AllowTabbedDocks)
 
         self.model = ViewerModel()
@@ -129,6 +132,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
 
     def _tell_settings_problem(self) -> None:
         self.alert("Settings", self.settings.problem)
+
+    def _settings_said(self, why: str) -> None:
+        """A save's problem: a passing message, and while the settings cannot be saved a warning
+        that stays in the status bar (the message alone was replaced within a millisecond by
+        "Opened …", and the reviewer's name, models and speeds chosen were lost without a word)."""
+        self.notify(f"Settings: {why}.", 15000)
+        if self.settings.save_failed(why):
+            self.status_settings.setToolTip(f"Settings: {why}.")
+            self.status_settings.show()
 
     # -- construction ----------------------------------------------------------------------
     def _build_views(self) -> None:
@@ -227,7 +239,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         self.curve.threshold_moved.connect(m.set_threshold)
         self.curve.threshold_moved.connect(self._remember_threshold)
         self.slider.valueChanged.connect(m.set_frame)
-        self.play_button.toggled.connect(m.set_playing)
+        self.play_button.toggled.connect(self._play_toggled)
         self.fps_spin.valueChanged.connect(m.set_fps)
         self.opacity_slider.valueChanged.connect(lambda v: m.set_opacity(v / 100.0))
         self.flagged.frame_chosen.connect(m.set_frame)
@@ -260,6 +272,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         name = Path(sweep.path).name if getattr(sweep, "path", None) else "sweep"
         self.setWindowTitle(f"{name} — FetalIQA")
         self._play_at_file_rate(getattr(sweep, "frame_rate", None))
+        # a one-frame sweep has nothing to play: its button was left pressed, with nothing playing
+        self.play_button.setEnabled(self.model.n_frames > 1)
         self._drawn_version = -1
         self._show_frame(self.model.frame)
         self.refresh()
@@ -512,8 +526,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             text = "Model: none loaded"
         else:
             text = f"Model: {self.choice.describe() or 'none'} (not loaded yet)"
-        # Elided to the room there is ("Model: " goes first); the whole description is in the tooltip.
-        self.status_model.set_forms([text, text.removeprefix("Model: ")], tooltip=problem or full or text)
+        # Elided to the room there is ("Model: " goes first, then the device); the whole
+        # description is in the tooltip. The names stay (up to a limit): with the user's own
+        # bundles the status bar is the only place that names the model behind the numbers, and
+        # at 1280 x 720 the answer beside it left it empty.
+        short = text.removeprefix("Model: ")
+        self.status_model.set_forms([text, short, short.split(" · ")[0]], tooltip=problem or full or text,
+                                    keep_shortest=True)
+        cap = self.status_model.fontMetrics().averageCharWidth() * window_chrome.MODEL_NAME_MIN_CHARS
+        self.status_model.setMinimumWidth(min(self.status_model.minimumWidth(), cap))
         self.legend_label.setText(window_chrome.legend_html(window_chrome.segmenter_labels(
             self.models if self._models_for == self.choice else None)))
 
@@ -688,6 +709,11 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         on = "the classifier's p_cls" if t.score == "p_cls" else "the mask score p_seg (0.50: mask covers 1 %)"
         self.status_threshold.setToolTip(f"Frames are flagged at {t.describe()} on {on}; drag the line "
                                          "in the quality curve to change it.")
+
+    def _play_toggled(self, on: bool) -> None:
+        self.model.set_playing(on)
+        if self.play_button.isChecked() != self.model.playing:  # refused (one frame): not left pressed
+            self._playing_changed(self.model.playing)
 
     def _playing_changed(self, on: bool) -> None:
         if on:
@@ -1020,6 +1046,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             import sys
 
             print(f"fetaliqa: {problem}", file=sys.stderr)
+            if self.interactive:  # (a desktop launch shows no stderr)
+                QMessageBox.warning(self, "Settings", f"{problem[:1].upper()}{problem[1:]}.")
         # The engine stops after the batch in progress; hide first so closing feels instant.
         if self.scoring.any_running:
             self.hide()

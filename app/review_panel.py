@@ -376,16 +376,25 @@ class ReviewPanel(QWidget):
             return False
         except FetalIQAError as exc:
             self.session = None
-            QMessageBox.warning(self, "Review", str(exc))
+            said = for_the_window(str(exc))
+            if said == self._start_refused:  # (a verdict key after the box tried again: the same box twice)
+                self.message.emit(f"The review did not start: {said}")
+            else:
+                self._start_refused = said
+                QMessageBox.warning(self, "Review", said)
             return False
         finally:
             QApplication.restoreOverrideCursor()
+        self._start_refused = ""
         self._set_active(True)
         self._select_combo(self.model.queue_kind)
         self.refresh()
         self.blinding_changed.emit()
         self.message.emit(f"Reviewing as {self.settings.reviewer}: resumed at frame {self.model.frame}.")
         return True
+
+    #: why the last start was refused (said in a box once; the same reason again in the status bar)
+    _start_refused = ""
 
     def close_session(self) -> None:
         self.session = None  # (a verdict still waiting for the database is saved to its own sweep)
@@ -422,7 +431,7 @@ class ReviewPanel(QWidget):
         try:
             self.session.set_queue(kind, self.model.frame)
         except FetalIQAError as exc:  # (a slot: an exception here went to stderr only)
-            QMessageBox.warning(self, "Review", str(exc))
+            QMessageBox.warning(self, "Review", for_the_window(str(exc)))
             return
         self.session.remember_position(self.model.frame, kind)
 
@@ -510,11 +519,11 @@ class ReviewPanel(QWidget):
         try:
             self.session.withdraw(frame, wait_ms=SAVE_WAIT_MS)
         except DatabaseBusy as exc:
-            QMessageBox.warning(self, "Review", f"{exc} Your verdict on frame {frame} ({label.replace('_', ' ')}) "
+            QMessageBox.warning(self, "Review", f"{for_the_window(str(exc))} Your verdict on frame {frame} ({label.replace('_', ' ')}) "
                                 "stands, not withdrawn: press Backspace again in a moment.")
             return False
         except FetalIQAError as exc:
-            QMessageBox.warning(self, "Review", str(exc))
+            QMessageBox.warning(self, "Review", for_the_window(str(exc)))
             return False
         self._pending = None
         self.note.setText("")
@@ -556,11 +565,11 @@ class ReviewPanel(QWidget):
                 again = f"go back to frame {job.frame} to enter it again"
             else:
                 again = "open that sweep again to enter it"
-            QMessageBox.warning(self, "Review", f"{exc} Frame {job.frame}'s verdict{earlier} was not saved: {again}.")
+            QMessageBox.warning(self, "Review", f"{for_the_window(str(exc))} Frame {job.frame}'s verdict{earlier} was not saved: {again}.")
             self.saving_ended.emit(False)
             return False
         except FetalIQAError as exc:
-            QMessageBox.warning(self, "Review", str(exc))
+            QMessageBox.warning(self, "Review", for_the_window(str(exc)))
             self.saving_ended.emit(False)
             return False
         if not current:
@@ -629,7 +638,7 @@ class ReviewPanel(QWidget):
             try:
                 self.session.move(delta)
             except FetalIQAError as exc:  # (a key's slot: an exception here went to stderr only)
-                QMessageBox.warning(self, "Review", str(exc))
+                QMessageBox.warning(self, "Review", for_the_window(str(exc)))
 
     def export_report(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
@@ -805,3 +814,12 @@ class ReviewPanel(QWidget):
             self._select_combo(self.model.queue_kind)
         self._sync_buttons()
         self._update_where()
+
+
+def for_the_window(message: str) -> str:
+    """A review database's refusal, its advice put in the window's terms: it said "choose another
+    file with --db", a command-line option the window has no control for."""
+    return (message.replace("or choose another file with --db.",
+                            "or start the window again with --db FILE to use another file.")
+            .replace("choose another file with --db.", "start the window again with --db FILE to use another file.")
+            .replace("give that with --db.", "start the window again with --db on it."))

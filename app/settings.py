@@ -63,6 +63,9 @@ def _defaults() -> dict:
     return {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(AppSettings)}
 
 
+_SAVED_AFTER_ASIDE = "the settings file was damaged since this window read it:"
+
+
 @dataclass
 class AppSettings:
     recent_files: list[str] = field(default_factory=list)
@@ -153,7 +156,11 @@ class AppSettings:
             if not path.is_file():
                 if path.exists() and not path.is_dir():  # a pipe, device or socket: ignored, then replaced
                     return cls._set_aside(path, "The settings file is no regular file (a pipe, device or socket).")
-                return cls()
+                s = cls()
+                if path.is_dir():  # said at start, as a damaged file is (nothing could be saved, no word until then)
+                    s.problem = (f"A folder stands where the settings file goes, {path}: {s._starting_with().lower()}"
+                                 ", and the settings chosen cannot be saved. Move the folder aside.")
+                return s
         except OSError:
             return cls()
         try:
@@ -200,6 +207,22 @@ class AppSettings:
         Returns why they could not be saved, in one line ("" when saved or nothing is to be)."""
         if self._keep_file:
             return ""
+        why = self._save()
+        failed = self.save_failed(why)
+        if self.failing and not failed:
+            self._told.clear()  # (failing again later is said again)
+            if callable(self.saved_again):
+                self.saved_again()
+        self.failing = failed
+        return why
+
+    @staticmethod
+    def save_failed(why: str) -> bool:
+        """Whether ``why``, what :meth:`save` returned, means the settings are not on disk (not
+        only that a file damaged since was set aside before they were saved)."""
+        return bool(why) and not why.startswith(_SAVED_AFTER_ASIDE)
+
+    def _save(self) -> str:
         try:
             now = asdict(self)
             disk = type(self).load()  # a file damaged since is set aside, as at start
@@ -223,7 +246,7 @@ class AppSettings:
             return self._said(f"the settings could not be saved to {self.path()} ({os_error_cause(exc)}): the "
                               "models, recent files and layout chosen are not kept for next time")
         if disk.aside is not None:  # damaged since this window read it: set aside, this window's settings saved
-            return self._said(f"the settings file was damaged since this window read it: it was set aside as "
+            return self._said(f"{_SAVED_AFTER_ASIDE} it was set aside as "
                               f"{disk.aside}, and this window's settings were saved (what another window had "
                               "saved in it is in that file)")
         return ""
@@ -266,6 +289,10 @@ class AppSettings:
     #: Called with why the settings could not be saved (or what was set aside), once per reason: the
     #: window shows it (a save on a timer, or on a menu's change, said nothing). None: not called.
     report = None
+    #: Called when a save succeeds after one failed (the window's lasting warning goes). None: not called.
+    saved_again = None
+    #: Whether the last save failed (the settings chosen since are not on disk).
+    failing = False
 
     def _said(self, why: str) -> str:
         if why and why not in self._told and callable(self.report):

@@ -26,6 +26,7 @@ CANDIDATE_COLOUR = "#66bb6a"
 DISAGREE_COLOUR = "#ef5350"
 CONFIRMED_COLOUR = "#ea80fc"  # a cascade's frames re-scored by the teacher
 ELLIPSE_COLOUR = "#ffee58"
+WARN_COLOUR = "#ffb74d"  # a lasting warning in the status bar (settings not saved)
 SWEEP_SHADES = ("#161b21", "#1d232b")  # alternating sweep backgrounds
 
 # Segmentation labels (engine): 1 optimal, 2 suboptimal, 3 abdomen without a plane grade.
@@ -109,5 +110,6 @@ QSlider::sub-page:horizontal {{ background: #2f6db5; border-radius: 2px; }}
 QSlider::handle:horizontal {{ background: {TEXT}; width: 12px; margin: -5px 0; border-radius: 6px; }}
 QLabel#corner {{ color: {TEXT}; background: transparent; font-family: monospace; }}
 QLabel#dim {{ color: {TEXT_DIM}; }}
+QLabel#warn {{ color: {WARN_COLOUR}; }}
 QLabel#placeholder {{ color: {TEXT_DIM}; font-size: 15px; }}
 """

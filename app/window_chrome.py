@@ -22,6 +22,10 @@ from app.viewer_model import OPACITY_STEP
 
 PROGRESS_MIN_WIDTH = 270  # px: "840 / 840 frames · 10.0/s · 59 min 59 s left" stays whole
 MODEL_LABEL_WIDTH = 420  # px at most; elided below that, the full description in the tooltip
+#: The least room the status bar's passing message and the model's names keep (in characters of the
+#: label's font): at 1280 x 720 the answer took all the room and both showed nothing (40 px).
+MESSAGE_MIN_CHARS = 26
+MODEL_NAME_MIN_CHARS = 24  # the model's names are kept whole up to this many characters, elided beyond
 
 
 _TYPING_KEYS = {Qt.Key_Return, Qt.Key_Enter, Qt.Key_Escape, Qt.Key_Backspace, Qt.Key_Delete,
@@ -420,7 +424,14 @@ def build_status(win) -> None:
         sb.addWidget(w)
     win.status_threshold.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
     win.status_message.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+    # the answer gives way (to its shorter forms) before the message and the model's names do
+    win.status_message.setMinimumWidth(win.status_message.fontMetrics().averageCharWidth() * MESSAGE_MIN_CHARS)
     sb.addWidget(win.status_message, 1)
+    # while the settings cannot be saved (the reason in its tooltip): a passing message was replaced at once
+    win.status_settings = QLabel("⚠ settings not saved")
+    win.status_settings.setObjectName("warn")
+    win.status_settings.hide()
+    sb.addPermanentWidget(win.status_settings)
     sb.addPermanentWidget(win.status_model, 1)
     sb.addPermanentWidget(win.progress, 1)
     sb.addPermanentWidget(win.cancel_button)

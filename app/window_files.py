@@ -186,9 +186,14 @@ class SweepFilesMixin:
 
     def _opened(self, path: str, sweep, score: bool, before: tuple | None = None) -> None:
         self._loader = None
-        self._dropped_rest = []
+        rest, self._dropped_rest = self._dropped_rest, []
         self.add_recent(path)
-        self.notify(f"Opened {Path(path).name}: {sweep.n_frames} frames.", 5000)
+        n = sweep.n_frames
+        # the files dropped with it are named again here: the line that named them while it opened
+        # was replaced by this one within 0.1 s, and nothing on screen said they were left out
+        left = (f" Not opened (one sweep is shown at a time): {first_names([Path(p).name for p in rest], 3)}."
+                if rest else "")
+        self.notify(f"Opened {Path(path).name}: {n} frame{'' if n == 1 else 's'}.{left}", 30000 if rest else 5000)
         self.set_sweep(sweep, score=score)
         self.remember_file(path, before)
         self.sweep_opened.emit(path)

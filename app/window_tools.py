@@ -170,13 +170,25 @@ def write_screenshot(win, path: str | Path) -> Path:
     return path
 
 
+def _cut_note(text: str) -> str:
+    """``text`` cut to :data:`READ_NOTE_CHARS` at the end of its last clause that fits (else of a
+    word), with an ellipsis: cut mid-word, the colour note ended "the frames are rea…" and never
+    said they are read as grey."""
+    head = text[:READ_NOTE_CHARS - 1]
+    ends = [head.rfind(mark) for mark in (", ", ": ", " (")]
+    end = max(ends)
+    if end < READ_NOTE_CHARS // 2:
+        end = head.rfind(" ")
+    return (head[:end] if end > 0 else head).rstrip(" ,:") + "…"
+
+
 def _esc(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-#: A read note in the image corner is cut to this many characters (the status bar's tooltip and
-#: summary.json keep the whole text).
-READ_NOTE_CHARS = 90
+#: A read note in the image corner is cut to this many characters, at the end of a clause or a
+#: word (the status bar's tooltip and summary.json keep the whole text).
+READ_NOTE_CHARS = 120
 READ_NOTE_WIDTH = 32  # characters a line: the corner beside a typical fan is narrow
 PIXEL_CHARS = 40  # the pixel size's line in that corner, beyond which its source goes on a line of its own
 NAME_CHARS = 22  # the file's name in that corner (the window's title has the whole path): 40 reached into a 4:3 frame
@@ -244,7 +256,7 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
           + f"<br><span style='color:{theme.TEXT_DIM}'>{pixel_html}</span>")
     for note in getattr(m.sweep, "read_notes", ()) or ():  # what reading the file did, for as long as it is shown
         short = str(note).split(";")[0].strip()
-        short = short if len(short) <= READ_NOTE_CHARS else short[:READ_NOTE_CHARS - 1] + "…"
+        short = short if len(short) <= READ_NOTE_CHARS else _cut_note(short)
         lines = "<br>".join(_esc(line) for line in textwrap.wrap("⚠ " + short, READ_NOTE_WIDTH))
         tl += f"<br><span style='color:{theme.THRESHOLD_COLOUR}'>{lines}</span>"
     return plain, tl, values_html, "<br>".join(tags)

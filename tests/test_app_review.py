@@ -359,6 +359,26 @@ def test_a_review_never_starts_in_a_database_with_damaged_rows(qtbot, tmp_path, 
     win.close()
 
 
+def test_an_unreadable_review_database_is_said_once_in_the_window_s_own_terms(qtbot, tmp_path, no_modal):
+    """A junk review database gave the box "… cannot be read … or choose another file with --db."
+    (an option the window has no control for), and the verdict key after it tried to start the
+    review again and showed the same box a second time."""
+    db = tmp_path / "reviews.sqlite3"
+    db.write_bytes(b"not a database " * 600)
+    before = db.read_bytes()
+    win = scored_window(qtbot, AppSettings(reviewer="alice", review_db=str(db)))
+    messages = []
+    win.review.message.connect(messages.append)
+    assert win.review.start() is False
+    assert len(no_modal) == 1 and "cannot be read" in no_modal[0]
+    assert "choose another file with --db" not in no_modal[0] and "start the window again with --db" in no_modal[0]
+    press(win, "1")  # a verdict key tries to start the review again
+    assert len(no_modal) == 1 and not win.review.active
+    assert any(m.startswith("The review did not start:") and "cannot be read" in m for m in messages)
+    assert db.read_bytes() == before
+    win.close()
+
+
 def test_a_report_shows_no_length_where_the_viewer_shows_none(qtbot, tmp_path):
     """A sweep with a writer's 1 x 1 mm (or another implausible pixel size): the viewer said "AC not
     shown (pixel spacing)" while the report's thumbnails printed "AC 184.9 mm" as a measurement."""

@@ -1261,3 +1261,238 @@ def test_the_empty_window_offers_the_demo_sweep_and_opens_it(qtbot, monkeypatch)
     win.act_open_demo.trigger()
     qtbot.waitUntil(lambda: win.model.sweep is not None and win.model.sweep.n_frames == 6, timeout=20000)
     assert len(made) == 1
+
+
+def _screen_rect(view, item):
+    """``item``'s (a text item on the frame) rectangle in the frame view's pixels."""
+    from PySide6.QtCore import QRectF
+
+    r = item.sceneBoundingRect()
+    at = view.graphics.viewport().mapTo(view, view.graphics.mapFromScene(r.topLeft()))
+    return QRectF(at.x(), at.y(), r.width(), r.height())
+
+
+def _corner_ink(lab):
+    """Where a corner's text is drawn (its box is fixed, the text aligned in it), in the frame
+    view's pixels; measured here on its own, not with the window's code."""
+    from PySide6.QtCore import QRectF
+    from PySide6.QtGui import QTextDocument
+
+    doc = QTextDocument()
+    doc.setDefaultFont(lab.font())
+    doc.setDocumentMargin(0)
+    doc.setHtml(lab.text())
+    g = lab.geometry()
+    w, h = min(doc.idealWidth(), g.width()), min(doc.size().height(), g.height())
+    x = g.x() + g.width() - w if lab.alignment() & Qt.AlignRight else g.x()
+    y = g.y() + g.height() - h if lab.alignment() & Qt.AlignBottom else g.y()
+    return QRectF(x, y, w, h)
+
+
+@pytest.mark.parametrize("lift", [8, 10, 12])
+def test_the_ac_label_on_a_laptop_size_window_is_clear_of_the_corner_text(qtbot, lift):
+    """At 1280 x 720 the top-left corner's text covered the AC label's first digits ("…1.6 mm" for
+    101.6 mm) and the top-right one its demo notice, for an outline near the top of the frame. The
+    label now moves sideways or below the outline, clear of every corner's text."""
+    from pathlib import Path
+
+    from fakes import tiny_frames
+    from fetaliqa_core.io import Sweep
+
+    frames = np.roll(tiny_frames(1, 20, 72, 96), -lift, axis=1)  # the abdomen nearer the top
+    frames.flags.writeable = False
+    sweep = Sweep(frames=frames, spacing_mm=(0.28, 0.28), sweep_ranges=[(0, 20)], sweep_kinds=["transverse"],
+                  path=Path("good.mha"))
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    win.use_models(fake_models())
+    win.resize(1280, 720)
+    win.show()
+    qtbot.waitExposed(win)
+    win.set_sweep(sweep, score=True)
+    _wait_scored(qtbot, win)
+    win.model.provenance = {"notice": "demo", "demo": True}  # the label's longest form
+    assert win.model.go_to_best() is not None
+    win.refresh()
+    QApplication.processEvents()
+    view = win.frame_view
+    label = view.ellipse_label
+    assert label.isVisible() and label.toPlainText().endswith("demo model, not for clinical use")
+    rect = _screen_rect(view, label)
+    assert 0 <= rect.top() and rect.bottom() <= view.height()
+    corners = [lab for lab in (view.corner_tl, view.corner_tr, view.corner_bl) if lab.text()]
+    assert len(corners) == 3 and all(lab.isVisible() for lab in corners)  # room was found: none gave way
+    for lab in corners:
+        assert not rect.intersects(_corner_ink(lab)), (lab.objectName(), rect, _corner_ink(lab))
+
+
+def test_where_the_ac_label_finds_no_room_the_corners_it_would_cover_give_way(qtbot):
+    """On a view too small for the label beside or below them, the corners under it are hidden
+    while it is there (their text lay over the AC), and come back when it goes."""
+    from app.frame_view import FrameView
+
+    view = FrameView()
+    qtbot.addWidget(view)
+    view.resize(520, 200)
+    view.show()
+    view.set_frame(np.zeros((200, 520), np.uint8))
+    view.set_corners(tl="frame <b>7</b> of 0–15<br>sweep 1 transverse<br>pixel 0.28 x 0.28 mm · file header",
+                     tr="classifier p_cls 0.85<br>mask p_seg 0.92<br>demo model, not for clinical use",
+                     bl="★ chosen frame")
+    QApplication.processEvents()
+    t = np.linspace(0, 2 * np.pi, 90)
+    view.show_ellipse(np.stack([260 + 60 * np.cos(t), 120 + 50 * np.sin(t)], 1),
+                      "AC 101.6 mm (doubtful) · demo model, not for clinical use")
+    QApplication.processEvents()
+    rect = _screen_rect(view, view.ellipse_label)
+    shown = [lab for lab in (view.corner_tl, view.corner_tr, view.corner_bl) if lab.isVisible()]
+    assert len(shown) < 3
+    for lab in shown:
+        assert not rect.intersects(_corner_ink(lab))
+    view.hide_ellipse()
+    assert all(lab.isVisible() for lab in (view.corner_tl, view.corner_tr, view.corner_bl))
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (1024, 600)])
+def test_a_laptop_size_status_bar_keeps_the_model_s_name_and_the_message(qtbot, monkeypatch, size):
+    """At 1280 x 720 (and 1366 x 768 at 125 %: 1093 x 614) the answer took all the room: the model
+    label and the passing message were 40 px wide and showed nothing, so no place in the window
+    named the model behind the numbers. The answer now gives way to its shorter forms first."""
+    from PySide6.QtWidgets import QLabel
+
+    import fakes
+
+    monkeypatch.setattr(fakes.FakeLoadedModels, "short", lambda self: "demo · CPU fp32")
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    win.use_models(fake_models())
+    win.resize(*size)
+    win.show()
+    qtbot.waitExposed(win)
+    win.set_sweep(tiny_sweep(1, 20, height=72, width=96), score=True)
+    _wait_scored(qtbot, win)
+    win.model.go_to_best()
+    win.refresh()
+    win.notify("All 20 frames scored.")
+    QApplication.processEvents()
+    assert win.width() == size[0]
+    assert QLabel.text(win.status_model).startswith("demo")
+    assert QLabel.text(win.status_message).startswith("All 20 frames")
+    shown = QLabel.text(win.status_ac)
+    assert "AC 34.8 mm" in shown, shown
+
+
+def test_settings_that_cannot_be_saved_are_said_in_a_warning_that_stays_and_again_at_close(
+        qtbot, make_window, warnings, tmp_path, monkeypatch):
+    """With a read-only settings file the only word in the window was a status message that
+    "Opened good.mha: 16 frames." replaced within a millisecond, later saves said nothing, and
+    at close the reason went to stderr alone (not shown by a desktop launch): the reviewer's
+    name, models and speeds chosen were lost without a word. A warning now stays in the status
+    bar while the settings cannot be saved, and closing says it in a box."""
+    from fetaliqa_core import files
+    from fetaliqa_core.io import write_volume
+
+    import app.settings as settings_module
+
+    path = tmp_path / "good.mha"
+    write_volume(path, tiny_sweep(1, 6, 40, 50).frames)
+    win = make_window(score=False)
+    assert win.status_settings.isHidden()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(settings_module, "write_json", refuse)
+    assert win.open_path(path, score=False, block=True)
+    QApplication.processEvents()
+    assert not win.status_settings.isHidden()
+    assert "could not be saved" in win.status_settings.toolTip()
+    assert "could not be saved" not in win.status_message.toolTip()  # (the message was replaced: the warning stays)
+    monkeypatch.setattr(settings_module, "write_json", files.write_json)
+    win.settings.fps = 20.0
+    assert win.settings.save() == ""
+    assert win.status_settings.isHidden()  # saved again: the warning goes
+    monkeypatch.setattr(settings_module, "write_json", refuse)
+    warnings.clear()
+    win.close()
+    assert len(warnings) == 1 and "could not be saved" in warnings[0] and "not kept for next time" in warnings[0]
+
+
+def test_a_folder_where_the_settings_file_goes_is_said_at_start(qtbot, warnings):
+    """A folder at the settings file's path was said by no one at start (a damaged file is), and
+    nothing chosen in the window could be saved."""
+    AppSettings.path().mkdir(parents=True)
+    s = AppSettings.load()
+    assert "A folder stands where the settings file goes" in s.problem and "Move the folder aside" in s.problem
+    win = MainWindow(settings=s)
+    qtbot.addWidget(win)
+    qtbot.waitUntil(lambda: len(warnings) == 1, timeout=3000)
+    assert "A folder stands where the settings file goes" in warnings[0]
+
+
+def test_the_files_dropped_with_the_one_opened_are_still_named_once_it_has_opened(qtbot, make_window, tmp_path):
+    """Of three files dropped, the line naming those not opened was replaced within 0.1 s by
+    "Opened one_frame.mha: 1 frames.": nothing on screen said the others were left out (and a
+    one-frame sweep read "1 frames")."""
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    from fetaliqa_core.io import write_volume
+
+    one, colour = tmp_path / "one_frame.mha", tmp_path / "colour.mha"
+    write_volume(one, tiny_sweep(1, 5, 40, 50).frames[2:3])
+    write_volume(colour, tiny_sweep(1, 5, 40, 50).frames)
+    win = make_window()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in (one, colour)])
+    with qtbot.waitSignal(win.sweep_opened, timeout=10000):
+        win.dropEvent(QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
+    said = win.status_message.toolTip()
+    assert said.startswith("Opened one_frame.mha: 1 frame.") and "colour.mha" in said, said
+
+
+def test_a_one_frame_sweep_has_no_play_button_to_press(qtbot, make_window):
+    """On a one-frame sweep a click on ▶ left the button pressed while nothing played (the model
+    refuses to play fewer than two frames and said nothing)."""
+    from fetaliqa_core.io import Sweep
+
+    win = make_window(score=False)
+    assert win.play_button.isEnabled()
+    frames = tiny_sweep(1, 5, 40, 50).frames[2:3]
+    win.set_sweep(Sweep(frames=frames, spacing_mm=(0.28, 0.28), sweep_ranges=[(0, 1)], sweep_kinds=["transverse"]),
+                  score=False)
+    assert not win.play_button.isEnabled()
+    win.play_button.setChecked(True)  # (as a click would, were it enabled)
+    assert not win.play_button.isChecked() and not win.model.playing
+    win.set_sweep(tiny_sweep(1, 5, 40, 50), score=False)
+    assert win.play_button.isEnabled()
+
+
+def test_the_window_s_minimum_size_fits_a_small_screen(qtbot, monkeypatch):
+    """At 150 % on a 1366 x 768 laptop (a screen of 911 x 512) the window's minimum, 1024 x 600, was
+    larger than the screen: its bottom 88 px, the status bar with the answer, fell below it."""
+    from PySide6.QtCore import QRect
+    from PySide6.QtGui import QScreen
+
+    monkeypatch.setattr(QScreen, "availableGeometry", lambda self: QRect(0, 0, 911, 512))
+    win = MainWindow(settings=AppSettings())
+    qtbot.addWidget(win)
+    assert win.minimumSize().width() <= 911 and win.minimumSize().height() <= 512
+    win.show()
+    qtbot.waitExposed(win)
+    assert win.width() <= 911 and win.height() <= 512
+    assert win.statusBar().geometry().bottom() < win.height()
+
+
+def test_a_long_read_note_in_the_corner_is_cut_where_a_clause_ends(qtbot, make_window):
+    """The colour note in the image corner read "… coloured marks?): the frames are rea…", cut
+    mid-word before it said what matters: the frames are read as grey."""
+    import dataclasses
+
+    note = ("2.6% of the pixels are in colour (a Doppler overlay, coloured marks?): the frames are read as grey "
+            "(their luminance), and the models judge grey B-mode images, so colour areas are scored as grey "
+            "structures")
+    win = make_window(score=False)
+    win.set_sweep(dataclasses.replace(tiny_sweep(1, 5, 40, 50), read_notes=(note,)), score=False)
+    shown = win.frame_view.corner_tl.text().replace("<br>", " ")
+    assert "read as grey (their luminance)…" in shown, shown

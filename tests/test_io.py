@@ -811,6 +811,81 @@ def test_a_label_mask_opened_as_a_sweep_is_noted(tmp_path):
     assert not any("label mask" in n for n in load_sweep(path).read_notes)
 
 
+def _file_pages_resident_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="counts the file's pages in /proc")
+def test_a_blank_sweep_larger_than_the_mask_check_is_read_only_in_part(tmp_path, monkeypatch):
+    """A blank uncompressed sweep (all zeros: preallocated, a copy never finished) passed the first
+    frames' label-mask test, and then every byte of it was read to be sure (``frames.max()`` over
+    the memory map): a 335 GB one took the window's loader minutes and all the memory, could not be
+    stopped, kept the process alive after its window closed, and `score` ignored SIGTERM. Now at
+    most ``MASK_CHECK_BYTES`` of it are read, and the read can be stopped. (Sparse file.)"""
+    import threading
+
+    from fetaliqa_core.io import sweep as sweep_module
+    from fetaliqa_core.io._common import ReadCancelled, cancellable
+
+    monkeypatch.setattr(sweep_module, "MASK_CHECK_BYTES", 8 << 20)
+    n, h, w = 8192, 256, 256  # 512 MB
+    path = tmp_path / "blank.mha"
+    _write_mha_header(path, (w, h, n), b"")
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size + n * h * w)
+    before = _file_pages_resident_bytes()
+    sweep = load_sweep(path)
+    touched = _file_pages_resident_bytes() - before
+    assert isinstance(sweep.frames, np.memmap) and sweep.n_frames == n
+    assert not any("label mask" in note for note in sweep.read_notes)
+    assert touched < 64 << 20, f"{touched >> 20} MB of the 512 MB file read on opening it"
+    del sweep
+    # the part that is read is read a few frames at a time, and stops when asked
+    monkeypatch.setattr(sweep_module, "MASK_CHECK_BYTES", 32 << 20)
+    asked = []
+    with pytest.raises(ReadCancelled), cancellable(lambda: asked.append(1) or len(asked) > 1):
+        sweep_module._looks_like_label_mask(np.zeros((64, 1024, 1024), np.uint8))
+    with cancellable(threading.Event().is_set):
+        assert not sweep_module._looks_like_label_mask(np.zeros((64, 1024, 1024), np.uint8))
+
+
+def test_the_frame_axis_check_on_the_largest_frames_takes_little_memory():
+    """The check for a stack read along the wrong axis turned whole 4096 x 4096 frames into floats:
+    1.1 GB and seconds before a sweep far too large for memory was refused (and as much for any
+    sweep of such frames). It now samples large frames more sparsely."""
+    import tracemalloc
+
+    from fetaliqa_core.io.sweep import frames_axis_evidence
+
+    frames = np.zeros((8, 4096, 4096), np.uint8)
+    frames[:, ::2] = 60  # (grey enough to be counted)
+    tracemalloc.start()
+    try:
+        frames_axis_evidence(frames)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 150 << 20, f"{peak >> 20} MB"
+
+
+def test_a_label_mask_is_told_from_a_part_of_a_sweep_larger_than_the_mask_check(tmp_path, monkeypatch):
+    """Reading only part of a large file must still tell a mask annotated on a run of frames, and a
+    sweep whose first frames are dark."""
+    from fetaliqa_core.io import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "MASK_CHECK_BYTES", 30 * 40 * 48)  # 30 of the 200 frames
+    masks = np.zeros((200, 40, 48), np.uint8)
+    masks[120:130, 10:20, 10:30] = 2
+    assert sweep_module._looks_like_label_mask(masks)
+    dark = masks.copy()
+    dark[150:, 5:35, 5:40] = 90
+    assert not sweep_module._looks_like_label_mask(dark)
+    assert not sweep_module._looks_like_label_mask(np.zeros((200, 40, 48), np.uint8))
+
+
 def test_the_viewers_loader_works_out_the_field_of_view_off_the_windows_thread(qtbot, tmp_path, monkeypatch):
     """The window's first overlay worked out the sweep's field of view on its own thread (0.1-0.4 s
     of a frozen event loop). The loader does it once the sweep is handed over, and the sweep keeps

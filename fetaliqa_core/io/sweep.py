@@ -25,6 +25,7 @@ from fetaliqa_core.io._common import (
     SPACING_NONE,
     SUPPORTED_FORMATS,
     SWEEP_KINDS,
+    check_cancelled,
     fmt_shape,
     full_suffix,
     quiet_itk,
@@ -271,9 +272,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raw.notes.append(f"the frames are {h} x {w} pixels (height x width), far narrower than ultrasound "
                          f"frames; if the file stores its {n} frames along another axis, export it with the "
                          "frames along the last (slowest) axis")
-    sample = frames[:: max(1, n // 16)]
-    if sample.size and int(sample.max()) <= 2 and 0 < int(frames.max()) <= 2:
-        # (a sweep is grey levels 0-255; 0, 1 and 2 are a label mask's values)
+    if _looks_like_label_mask(frames):
         raw.notes.append("the frames hold only the values 0, 1 and 2: this looks like a label mask (an "
                          "annotation), not a sweep; choose the sweep's image file")
     regions = tuple(r for r in raw.regions if r[2] < w and r[3] < h)
@@ -295,6 +294,41 @@ def load_sweep(path: str | Path) -> Sweep:
                  read_notes=tuple(raw.notes), image_regions=regions, region_calibrations=calibrations,
                  crop=None if crop is None else (crop, (h, w)), pixel_aspect=raw.pixel_aspect,
                  frame_rate=raw.frame_rate)
+
+
+#: At most this many bytes of a sweep's frames are read to tell a label mask from a sweep. A blank
+#: file (all zeros: a preallocated file, a copy never finished) passes the first frames' test, and
+#: reading all of it to be sure took minutes and all the memory on a 335 GB one (memory-mapped, before
+#: its size was judged), with no way to stop it; a mask is told apart well within this.
+MASK_CHECK_BYTES = 128 << 20
+
+
+def _looks_like_label_mask(frames: np.ndarray) -> bool:
+    """Whether the frames hold nothing but the values 0, 1 and 2, some not 0: a label mask (an
+    annotation) opened as a sweep, whose grey levels span 0-255. Frames spread evenly over the
+    sweep are read, a few at a time and no more than :data:`MASK_CHECK_BYTES` in all (every frame of
+    a smaller sweep), and reading stops at the first grey level above 2 (a sweep's first frames
+    settle it) or when the read is stopped (``io.cancellable``)."""
+    n = int(frames.shape[0])
+    frame_bytes = max(1, int(frames[:1].nbytes))
+    if n == 0 or frames.size == 0:
+        return False
+    budget = max(1, MASK_CHECK_BYTES // frame_bytes)
+    if budget >= n:
+        order = np.arange(n)
+    else:
+        order = np.unique(np.linspace(0, n - 1, budget).round().astype(np.int64))
+    # the 16 frames spread over the sweep first: on a sweep they settle it
+    first = order[np.unique(np.linspace(0, len(order) - 1, min(16, len(order))).round().astype(np.int64))]
+    order = np.concatenate([first, np.setdiff1d(order, first, assume_unique=True)])
+    step = max(1, (8 << 20) // frame_bytes)
+    top = 0
+    for start in range(0, len(order), step):
+        check_cancelled()
+        top = max(top, int(frames[np.sort(order[start:start + step])].max()))
+        if top > 2:
+            return False
+    return top > 0
 
 
 #: The image regions a file names must leave out at least this share of the frame's width or
@@ -328,6 +362,8 @@ ACROSS_SIDE_MARGIN = 0.1
 #: Frame pairs sampled for that comparison, and the grey level above which a pixel counts
 #: (black padding and the fan's outside are alike everywhere and say nothing).
 _ACROSS_PAIRS, _ACROSS_MIN_GREY = 12, 5
+#: Frames of more pixels than this are sampled at a wider step for it (a frame's pixels, not its file's).
+_ACROSS_PIXELS = 1 << 20
 
 
 def frames_axis_evidence(frames: np.ndarray, black_layout: bool = True) -> str | None:
@@ -356,15 +392,24 @@ def _neighbours_alike(frames: np.ndarray) -> str | None:
     n, h, w = frames.shape
     starts = np.unique(np.linspace(0, n - 2, _ACROSS_PAIRS).round().astype(int))
     pairs = {"frames": ([], []), "rows": ([], []), "columns": ([], [])}
+    # frames over a megapixel are sampled more sparsely (still neighbour beside neighbour): turning
+    # whole 4096 x 4096 frames into floats took 1.1 GB and seconds before a sweep too large for
+    # memory was refused
+    k = max(1, math.ceil(math.sqrt(h * w / _ACROSS_PIXELS)))
+    f2, f3 = 2 * k, 3 * k
+
+    def grey(part: np.ndarray) -> np.ndarray:
+        return np.asarray(part, dtype=np.float32).ravel()
+
     for i in starts:
-        a = np.asarray(frames[i], dtype=np.float32)
-        b = np.asarray(frames[i + 1], dtype=np.float32)
-        pairs["frames"][0].append(a[::2, ::2].ravel())
-        pairs["frames"][1].append(b[::2, ::2].ravel())
-        pairs["rows"][0].append(a[:-1:3, ::2].ravel())
-        pairs["rows"][1].append(a[1::3, ::2].ravel())
-        pairs["columns"][0].append(a[::2, :-1:3].ravel())
-        pairs["columns"][1].append(a[::2, 1::3].ravel())
+        check_cancelled()  # (a frame may be 16 MB of a file being read)
+        a, b = frames[i], frames[i + 1]
+        pairs["frames"][0].append(grey(a[::f2, ::f2]))
+        pairs["frames"][1].append(grey(b[::f2, ::f2]))
+        pairs["rows"][0].append(grey(a[:-1:f3, ::f2]))
+        pairs["rows"][1].append(grey(a[1::f3, ::f2]))
+        pairs["columns"][0].append(grey(a[::f2, :-1:f3]))
+        pairs["columns"][1].append(grey(a[::f2, 1::f3]))
     corr = {}
     for axis, (xs, ys) in pairs.items():
         x, y = np.concatenate(xs), np.concatenate(ys)
