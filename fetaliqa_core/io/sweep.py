@@ -453,9 +453,10 @@ def _black_layout(frames: np.ndarray) -> str | None:
     text, when the rows hold clearly more of it (:data:`BLACK_MARGIN`); None otherwise. Frames that
     show less than half the image most do (blank frames, a probe lifted off) are left out: their
     black lies along whole rows in an upright sweep too."""
-    n = frames.shape[0]
+    n, h, w = frames.shape
     picked = np.unique(np.linspace(0, n - 1, min(n, _BLACK_FRAMES)).round().astype(int))
-    black = np.asarray(frames[picked]) <= _ACROSS_MIN_GREY
+    k = max(1, math.ceil(math.sqrt(h * w / _ACROSS_PIXELS)))  # (frames over a megapixel: every k-th pixel)
+    black = np.stack([np.asarray(frames[i][::k, ::k]) <= _ACROSS_MIN_GREY for i in picked])
     shown = 1.0 - black.mean(axis=(1, 2))
     black = black[(shown > _BLACK_MIN_SHARE) & (shown >= 0.5 * float(np.median(shown)))]
     total = int(black.sum())
