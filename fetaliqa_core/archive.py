@@ -346,6 +346,19 @@ def shard(n_cases: int, ranks: Ranks) -> list[int]:
     return list(range(ranks.rank, n_cases, ranks.world))
 
 
+def shard_by_name(names: Sequence[str], part: int, parts: int) -> list[int]:
+    """Indices of the cases part ``part`` (1 to ``parts``) of ``--shard`` scores: those whose case
+    name hashes to it. Each part lists the archive when it starts, on its own machine: split by
+    position, one file added between two parts' starts moved every case after it, so two parts
+    scored the same half and left the other half to neither, without a word. By name, a file
+    added or removed moves only its own case."""
+    def owner(name: str) -> int:
+        digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % parts
+
+    return [i for i, name in enumerate(names) if owner(name) == part - 1]
+
+
 # -- cases and keys --------------------------------------------------------------------------
 
 def case_names(members: Sequence[Path], stem: Callable[[Path], str], reserved: Sequence[str] = (),

@@ -590,3 +590,17 @@ def test_a_rescore_reason_names_the_number_format_only_when_one_was_asked_for():
         "scored before with other settings (pixel spacing or cascade)"
     asked = ar.run_settings_keys(hashes, 0.5, precision_asked=True)
     assert ar.rescore_reason(record, "f", columns, 0.5, asked) == "scored before in fp32 (now bf16, as asked)"
+
+
+def test_a_shard_by_name_moves_only_the_case_added_or_removed(tmp_path):
+    """--shard split by position in each part's own listing: one file added between two parts'
+    starts made both score the same half and left 13 of 25 cases to neither, without a word."""
+    names = [f"{k:08x}-case" for k in range(0, 24 * 7919, 7919)]
+    before = [set(names[i] for i in ar.shard_by_name(names, k, 2)) for k in (1, 2)]
+    assert before[0] | before[1] == set(names) and not before[0] & before[1]
+    assert min(map(len, before)) >= 6  # roughly even
+    added = sorted(names + ["00-added"])
+    after = [set(added[i] for i in ar.shard_by_name(added, k, 2)) for k in (1, 2)]
+    assert after[0] - {"00-added"} == before[0] and after[1] - {"00-added"} == before[1]
+    # part 1 listed before the file came, part 2 after: every case is in one of them
+    assert before[0] | after[1] == set(added) - ({"00-added"} & after[0])

@@ -903,17 +903,20 @@ def test_rank_0_started_by_hand_alone_says_whom_it_waits_for_and_sigterm_ends_it
 def test_parts_scored_with_shard_merge_into_the_whole_table_without_scoring_again(archive_dir, reference, tmp_path,
                                                                                    capsys):
     """Machines that cannot run torchrun together had no way to split an archive: each plain run
-    scored every case. --shard K/N takes the cases a rank would, and the README's merge (copy
-    each part's cases/ into one --out, run without --shard) gives the whole table."""
+    scored every case. --shard K/N takes a part of the cases, and the README's merge (copy
+    each part's cases/ into one --out, run without --shard) gives the whole table. (Each part
+    takes the cases whose names hash to it.)"""
     import shutil
 
     args = ["score", str(archive_dir), "--no-cache", "--quiet", "--challenge-output"]
     parts = [tmp_path / "part1", tmp_path / "part2"]
+    names = [r["case"] for r in _table(reference)]
     for k, out in enumerate(parts, 1):
         assert main(args + ["--shard", f"{k}/2", "--out", str(out)]) == 0
-        assert f"(part {k}/2 of 4 cases): 2 cases, 2 ok; scored 2 now" in capsys.readouterr().out
-    assert [r["case"] for r in _table(parts[0])] == [r["case"] for r in _table(reference)][0::2]
-    assert [r["case"] for r in _table(parts[1])] == [r["case"] for r in _table(reference)][1::2]
+        n = len(ar.shard_by_name(names, k, 2))
+        assert f"(part {k}/2 of 4 cases): {n} cases, {n} ok; scored {n} now" in capsys.readouterr().out
+        assert [r["case"] for r in _table(out)] == [names[i] for i in ar.shard_by_name(names, k, 2)]
+    assert sorted(r["case"] for out in parts for r in _table(out)) == sorted(names)
     merged = tmp_path / "merged"
     for out in parts:
         shutil.copytree(out / ar.CASES_DIR, merged / ar.CASES_DIR, dirs_exist_ok=True)

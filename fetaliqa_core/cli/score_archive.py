@@ -32,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sweeps read and decoded ahead of the model by a reader thread (default 2; "
                         "0 reads each sweep only when its turn comes)")
     g.add_argument("--shard", type=shard_part, metavar="K/N",
-                   help="score part K of N of the archive (the cases whose position in the sorted list, "
-                        "modulo N, is K-1), for machines that cannot run torchrun together; the table "
+                   help="score part K of N of the archive (the cases whose name hashes to K: a file added "
+                        "or removed between the parts' starts moves only its own case), for machines that "
+                        "cannot run torchrun together; the table "
                         "has this part's cases; copy every part's cases/ into one --out and run the "
                         "command without --shard there to have the whole table (nothing is scored again)")
     g.add_argument("--rank-timeout", type=positive_seconds, default=None, metavar="S",
@@ -253,7 +254,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             raise FetalIQAError(shown(problem))
     needed = [export.CHALLENGE_FRAME_FILE, export.CHALLENGE_MASK_FILE] if args.challenge_output else []
     heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
-    mine = ar.shard(len(members), ar.Ranks(part[0] - 1, part[1]) if part else ranks)
+    mine = ar.shard_by_name(names, *part) if part else ar.shard(len(members), ranks)
     # the table's cases: the whole archive's, or with --shard this part's (the merge completes it)
     listed = mine if part else range(len(members))
     table_args = ([names[i] for i in listed], [files[i] for i in listed], accepted, [members[i] for i in listed])
