@@ -979,3 +979,21 @@ def test_a_rerun_says_why_each_case_is_scored_again(tmp_path, capsys):
     assert any("rescored: the file changed since it was scored" in line for line in lines), lines
     assert any("rescored: scored before with other settings (pixel spacing or cascade)" in line
                for line in lines), lines
+
+
+def test_an_empty_table_in_the_output_folder_is_rebuilt_with_a_note(reference, archive_dir, tmp_path, capsys):
+    """A cases.csv emptied by a failed copy stopped the merge: 'holds cases.csv that FetalIQA did
+    not write'. It is only an index of the case folders: it is rebuilt, and the run says so."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    for text, said in (("", "is empty"), ("case,file,sta", "is cut short")):
+        (out / ar.TABLE_FILE).write_text(text)
+        capsys.readouterr()
+        assert main(["score", str(archive_dir), "--archive", "--out", str(out), "--no-cache", "--quiet",
+                     "--challenge-output"]) == 0
+        printed = capsys.readouterr()
+        assert "did not write" not in printed.err and f"cases.csv {said}" in printed.err, printed.err
+        assert "scored 0 now, 4 already scored" in printed.out
+        assert _results(out) == _results(reference)

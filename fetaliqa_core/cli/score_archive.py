@@ -178,7 +178,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
 
             if claim_output_folder(out) is False:  # (the main rank's: the other ranks write into its folder)
                 raise score_cmd.another_run(out)
-            export.refuse_foreign_table(out / ar.TABLE_FILE, ar.TABLE_COLUMNS)
+            damage = export.refuse_foreign_table(out / ar.TABLE_FILE, ar.TABLE_COLUMNS)
+            if damage:  # (only an index of the case folders: rebuilt from them at the end)
+                print(f"fetaliqa: note: {shown(str(out / ar.TABLE_FILE))} is {damage} (a failed copy?); it is "
+                      "rebuilt from the case folders.", file=sys.stderr, flush=True)
             members = _members(path)
             # (only for a folder of sweeps: a DICOM series folder is one member, its files its frames)
             note = score_cmd.left_out_note(path, members) if members != [path] else ""
