@@ -981,6 +981,40 @@ def test_a_rerun_says_why_each_case_is_scored_again(tmp_path, capsys):
                for line in lines), lines
 
 
+def test_merging_two_runs_folders_with_cp_rescores_cases_whose_challenge_files_are_the_other_runs(
+        archive_dir, reference, tmp_path, capsys, monkeypatch):
+    """The README's merge (cp -r of every part's cases/) of two whole-archive runs, one with
+    --challenge-output and one without, left each case folder holding the second run's record and
+    results beside the first run's challenge answer: the merge kept every case ("scored 0 now")
+    and gathered answers that disagreed with the table's chosen frame. Now those cases are scored
+    again, saying why. (The results' writer stages inside the case's tagged staging folder: beside
+    it, a name cut to 40 characters lost the tag, and a killed run's folder stayed for good.)"""
+    import shutil
+
+    from fetaliqa_core import export
+
+    plain = tmp_path / "plain"
+    assert main(["score", str(archive_dir), "--archive", "--out", str(plain), "--no-cache", "--quiet"]) == 0
+    merged = tmp_path / "merged"
+    for out in (reference, plain):  # cp -r reference/cases/. plain/cases/. merged/cases/
+        shutil.copytree(out / ar.CASES_DIR, merged / ar.CASES_DIR, dirs_exist_ok=True)
+    capsys.readouterr()
+    writer, parents = export.atomic_output_dir, []
+
+    def watched(out, *a, **k):
+        parents.append(Path(out).is_dir())  # the staging folder exists: the writer stages inside it
+        return writer(out, *a, **k)
+
+    monkeypatch.setattr(export, "atomic_output_dir", watched)
+    assert main(["score", str(archive_dir), "--archive", "--out", str(merged), "--no-cache", "--quiet",
+                 "--challenge-output"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 cases, 4 ok; scored 4 now" in printed, printed
+    assert printed.count("rescored: its challenge output files were not written with its case.json") == 4
+    assert parents == [True] * 4
+    assert _results(merged) == _results(reference) and _tree(merged) == _tree(reference)
+
+
 def test_an_empty_table_in_the_output_folder_is_rebuilt_with_a_note(reference, archive_dir, tmp_path, capsys):
     """A cases.csv emptied by a failed copy stopped the merge: 'holds cases.csv that FetalIQA did
     not write'. It is only an index of the case folders: it is rebuilt, and the run says so."""

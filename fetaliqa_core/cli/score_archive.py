@@ -109,6 +109,7 @@ def _record_writer(item: ar.Item, base: dict):
                       n_frames=int(sweep.n_frames), frames_scored=int(results.n_done),
                       seconds=round(time.perf_counter() - base["_t0"], 3), finished_utc=ar.utc_now())
         record.pop("_t0")
+        record["files"] = ar.folder_files(tmp)  # the folder is judged as one set (ar.folder_problem)
         (tmp / ar.RECORD_FILE).write_text(ar.record_json(record), encoding="utf-8")
     return write
 
@@ -357,6 +358,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             if item.error is None:
                 staged = ar.staging_dir(out, item.name)
                 try:
+                    # (made first: the results' writer then stages inside it, under its tag, not beside
+                    # it under a name cut to 40 characters, which a killed run left for good)
+                    staged.mkdir()
                     ar.mark_attempt(out, item.name, item.fhash, ar.STAGE_SCORING, item.deaths)
                     try:
                         score_cmd.score_one(item.member, staged, models, case_args, position=position,
