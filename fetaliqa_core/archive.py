@@ -346,6 +346,19 @@ def shard(n_cases: int, ranks: Ranks) -> list[int]:
     return list(range(ranks.rank, n_cases, ranks.world))
 
 
+def shard_by_name(names: Sequence[str], part: int, parts: int) -> list[int]:
+    """Indices of the cases part ``part`` (1 to ``parts``) of ``--shard`` scores: those whose case
+    name hashes to it. Each part lists the archive when it starts, on its own machine: split by
+    position, one file added between two parts' starts moved every case after it, so two parts
+    scored the same half and left the other half to neither, without a word. By name, a file
+    added or removed moves only its own case."""
+    def owner(name: str) -> int:
+        digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % parts
+
+    return [i for i, name in enumerate(names) if owner(name) == part - 1]
+
+
 # -- cases and keys --------------------------------------------------------------------------
 
 def case_names(members: Sequence[Path], stem: Callable[[Path], str], reserved: Sequence[str] = (),
@@ -579,7 +592,8 @@ def is_finished(record: dict | None, key: str | Sequence[str], needed_files: Seq
     keys = (key,) if isinstance(key, str) or key is None else tuple(key)
     if record is None or record.get("status") != STATUS_OK or record.get("key") not in keys:
         return False
-    return folder is None or all((folder / name).is_file() for name in needed_files)
+    return folder is None or (all((folder / name).is_file() for name in needed_files)
+                              and folder_problem(folder, record, needed_files) is None)
 
 
 def rescore_reason(record: dict | None, fhash: str | None, columns: dict, threshold: float,
@@ -589,6 +603,8 @@ def rescore_reason(record: dict | None, fhash: str | None, columns: dict, thresh
     intended rescore (a new threshold, new models) could not be told from an accidental one (a
     file touched by a copy). ``columns``: this run's :func:`bundle_columns`."""
     if record is None:
+        if folder is not None and damaged_folder(folder):
+            return "its case.json is damaged"
         return None
     status = record.get("status")
     if status == STATUS_FAILED:
@@ -613,6 +629,8 @@ def rescore_reason(record: dict | None, fhash: str | None, columns: dict, thresh
         return "scored before with other settings (pixel spacing or cascade)"
     if folder is not None and not all((folder / name).is_file() for name in needed_files):
         return "its challenge output files are missing"
+    if folder is not None:
+        return folder_problem(folder, record, needed_files)
     return None
 
 
@@ -631,8 +649,92 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def _record_digest(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "record_hash"}
+    return hashlib.blake2b(json.dumps(body, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
 def record_json(record: dict) -> str:
-    return json_text(record) + "\n"
+    """``record`` as case.json's text, sealed with a hash of its own content (``record_hash``): a
+    record changed by hand showed its own chosen frame and AC as ``ok`` in the table while the
+    case's summary.json, frames.csv and challenge answer said otherwise."""
+    body = json.loads(json_text({k: v for k, v in record.items() if k != "record_hash"}))  # as read back
+    return json_text(dict(body, record_hash=_record_digest(body))) + "\n"
+
+
+#: Files of a case folder that its record does not list: the record itself and the list of
+#: result files :func:`fetaliqa_core.export.write_scores` writes after it.
+_UNLISTED = (RECORD_FILE, ".fetaliqa-outputs.json")
+_FILE_HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode) -> hash: each file is read once per run
+
+
+def _content_hash(path: Path, remember: bool = True) -> str:
+    st = path.stat()
+    sig = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if sig not in _FILE_HASHES:
+        h = hashlib.blake2b(digest_size=16)
+        _hash_bytes(h, path)
+        if not remember:  # (a folder being written: its path is gone once it is in place)
+            return h.hexdigest()
+        _FILE_HASHES[sig] = h.hexdigest()
+    return _FILE_HASHES[sig]
+
+
+def folder_files(folder: Path) -> dict[str, str]:
+    """The result files in a case folder being written, with a hash of each, for its record: the
+    folder is later judged as one set (:func:`folder_problem`)."""
+    return {p.name: _content_hash(p, remember=False) for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.startswith(".") and p.name not in _UNLISTED}
+
+
+def folder_problem(folder: Path, record: dict, needed: Sequence[str] = ()) -> str | None:
+    """Why the files of case folder ``folder`` are not the ones written with its ``record`` (in
+    words, for a progress line and the table), or None when they are: its record changed after it
+    was written, a file it lists is gone or changed (a damaged copy), or a file of ``needed`` (the
+    challenge's) is not one of them. Two runs' folders merged by ``cp -r`` held one run's record
+    and results beside the other run's challenge answer, and the merge kept them all. A record of
+    an earlier version lists no files: only its challenge answer's frame is checked against it."""
+    sealed = record.get("record_hash")
+    if sealed is not None and sealed != _record_digest(record):
+        return "its case.json was changed after it was written"
+    listed = record.get("files")
+    if not isinstance(listed, dict):
+        return _legacy_challenge_problem(folder, record) if needed else None
+    for name, digest in sorted(listed.items()):
+        try:
+            if _content_hash(folder / str(name)) != digest:
+                return f"its {name} is not the one written with its case.json (changed or damaged since)"
+        except OSError:
+            return f"its {name} is missing"
+    absent = [n for n in needed if n not in listed]
+    if absent:
+        present = any((folder / n).exists() for n in absent)
+        return ("its challenge output files were not written with its case.json (another run's, "
+                "copied into its folder)" if present else "its challenge output files are missing")
+    return None
+
+
+def _legacy_challenge_problem(folder: Path, record: dict) -> str | None:
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE
+
+    try:
+        frame = json.loads((folder / CHALLENGE_FRAME_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None  # absent: said by the check of the files needed
+    if frame != record.get("chosen_frame"):
+        return (f"its challenge answer (frame {frame}) is not its record's chosen frame "
+                f"({record.get('chosen_frame')}): another run's, copied into its folder")
+    return None
+
+
+def challenge_files_of_record(folder: Path, record: dict | None) -> bool:
+    """Whether the challenge's two files in ``folder`` were written with ``record`` (present, and
+    unchanged since)."""
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE
+
+    needed = (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE)
+    return (record is not None and all((folder / n).is_file() for n in needed)
+            and folder_problem(folder, record, needed) is None)
 
 
 def foreign_folder(folder: Path) -> bool:
@@ -640,9 +742,30 @@ def foreign_folder(folder: Path) -> bool:
     ours, and not empty): it is never replaced or deleted."""
     if not folder.exists() and not folder.is_symlink():
         return False
-    if read_record(folder) is not None:
+    if read_record(folder) is not None or damaged_folder(folder):
         return False
     return not (folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()))
+
+
+#: The files a case folder of ours holds; a folder of these alone whose case.json cannot be read
+#: (cut short by a failed copy) is ours, damaged, and is scored again.
+_CASE_FILES = {RECORD_FILE, ".fetaliqa-outputs.json", "frames.csv", "summary.json", "cascade.json",
+               "fetal-abdomen-frame-number.json", "fetal-abdomen-segmentation.mha"}
+
+
+def damaged_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a case folder of ours whose case.json is there but cannot be read as
+    one (a case.json cut short made the case ``failed``, 'not written by FetalIQA', for good)."""
+    try:
+        if folder.is_symlink() or not folder.is_dir() or not (folder / RECORD_FILE).is_file():
+            return False
+        names = {p.name for p in folder.iterdir()}
+        if not names <= _CASE_FILES or read_record(folder) is not None:
+            return False
+        head = (folder / RECORD_FILE).read_bytes()[:4096]
+    except OSError:
+        return False
+    return not head.strip() or f'"{RECORD_FORMAT}'.encode() in head or head.lstrip().startswith(b"{")
 
 
 def replace_case_dir(staged: Path, target: Path) -> None:
@@ -706,9 +829,31 @@ def clean_leftovers(out: Path, names: Sequence[str]) -> None:
         # (also the results folder's own temporary one inside a staging folder's name: "..<case>.tmp-….<random>")
         m = re.match(rf"^\.\.?(.+?)\.{_LEFTOVER_TAG}(?:\.[A-Za-z0-9_]+)?$", p.name)
         if not (m and m.group(1) in wanted and p.is_dir()):
+            if _untagged_leftover(p, wanted, now):
+                shutil.rmtree(p, ignore_errors=True)
             continue
         if m.group(3) is None or _left_over(p, m.group(2), int(m.group(3)), now):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _untagged_leftover(p: Path, wanted: set[str], now: float) -> bool:
+    """A results writer's temporary folder an earlier version left beside a case's staging
+    folder, its name cut to 40 characters before the process's tag (``..<case>.tm.<random>``):
+    no owner can be read from it, so it is taken for a leftover only when
+    :data:`FOREIGN_LEFTOVER_S` old (a run of that version may still be writing it)."""
+    m = re.match(r"^\.\.(.{1,39})\.[A-Za-z0-9_]{8}$", p.name)
+    if not m or not p.is_dir() or p.is_symlink():
+        return False
+    cut = "." + m.group(1)  # the first 40 characters of ".<case>.tmp-<host>-<pid>-<hex>"
+    if len(cut) != 40:
+        return False
+    if not any(cut.startswith(f".{c}") and (f".{c}.tmp-".startswith(cut) or cut.startswith(f".{c}.tmp-"))
+               for c in wanted):
+        return False
+    try:
+        return now - p.stat().st_mtime >= FOREIGN_LEFTOVER_S
+    except OSError:
+        return False
 
 
 #: The tag of a folder being replaced (old-<hex>) or written (tmp-[<host>-]<pid>-<hex>): groups host, pid.
@@ -887,11 +1032,18 @@ def table_rows(out: Path, names: Sequence[str], files: Sequence[str], settings: 
             continue
         if rec is None:
             rows.append({"case": name, "file": fname, "status": STATUS_MISSING,
-                         "error": "not scored yet; run the same command again to score it"})
+                         "error": ("its case.json is damaged; run the same command again to score it"
+                                   if damaged_folder(case_dir(out, name))
+                                   else "not scored yet; run the same command again to score it")})
             continue
         row = {c: rec.get(c) for c in TABLE_COLUMNS}
         row["case"], row["file"] = name, fname
-        if settings is not None and not settings_accepted(rec, settings):
+        problem = folder_problem(case_dir(out, name), rec)
+        if problem:
+            # (a record whose own files say otherwise was shown as 'ok', with its own frame and AC)
+            row["status"] = STATUS_STALE
+            row["error"] = f"{problem}; run again to rescore"
+        elif settings is not None and not settings_accepted(rec, settings):
             row["status"] = STATUS_STALE
             row["error"] = ("scored with other models, precision, threshold, pixel spacing or cascade; "
                             "run again to rescore")
@@ -985,8 +1137,11 @@ def write_challenge_tree(out: Path, rows: Sequence[dict]) -> tuple[Path, int, li
     jobs, left_out = [], []
     try:
         for row in rows:
-            files = export.challenge_job_files(case_dir(out, row["case"]))
-            if row["status"] != STATUS_OK or not all(src.is_file() for src, _ in files):
+            folder = case_dir(out, row["case"])
+            files = export.challenge_job_files(folder)
+            # (only those written with the case's record: another run's, copied beside it, disagreed
+            # with the table's chosen frame in half the cases of a merge)
+            if row["status"] != STATUS_OK or not challenge_files_of_record(folder, read_record(folder)):
                 left_out.append(row["case"])
                 continue
             for src, rel in files:

@@ -297,7 +297,7 @@ def earlier_results(out: str | Path) -> tuple[dict | None, list[str]]:
     return (summary if isinstance(summary, dict) else None), foreign
 
 
-def refuse_foreign_table(path: Path, columns: Sequence[str]) -> None:
+def refuse_foreign_table(path: Path, columns: Sequence[str]) -> str | None:
     """Before a folder or an archive is scored: its table (``summary.csv``, ``cases.csv``) is
     written into the output folder, replacing a file of that name; one FetalIQA did not write (a
     table of the user's own, a link, anything else) was replaced without a word, as
@@ -305,11 +305,13 @@ def refuse_foreign_table(path: Path, columns: Sequence[str]) -> None:
     as its first row's first fields (later versions may add columns at its end; a spreadsheet
     that saved it again may have added a byte-order mark or quotes): comparing bytes took a table
     of the user's starting "file,sweep,kindness" for ours, and ours re-saved with a mark for one
-    of the user's."""
+    of the user's. An empty file (a failed copy of ours; it holds nothing to lose), or one cut
+    short in its first row, was refused as someone else's: it is replaced, and the words returned
+    say so ("empty", "cut short"; None for a whole table or none)."""
     import csv
 
     if not path.is_symlink() and not path.exists():
-        return
+        return None
     if path.is_dir() and not path.is_symlink():
         raise FetalIQAError(f"{path} is a folder where the results' table goes; nothing was written. Move it away, "
                             "or choose another output folder (--out).")
@@ -317,13 +319,23 @@ def refuse_foreign_table(path: Path, columns: Sequence[str]) -> None:
         if not path.is_symlink() and path.is_file():
             with open(path, "rb") as fh:
                 head = fh.read(64 * 1024).decode("utf-8", errors="replace").removeprefix("\ufeff")
+            if not head.strip():
+                return "empty"
             first = next(csv.reader(_io.StringIO(head.splitlines()[0] if head else "")), [])
             if [field.strip() for field in first[:3]] == list(columns[:3]):
-                return
+                return None if _ends_a_line(path) else "cut short"  # (every row of ours ends a line)
+            if "\n" not in head and ",".join(columns).startswith(head):
+                return "cut short"
     except (OSError, csv.Error):
         pass
     raise FetalIQAError(f"{path.parent} holds {path.name} that FetalIQA did not write; the results would replace "
                         "it. Choose another output folder (--out), or move it away.")
+
+
+def _ends_a_line(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
 
 
 def refuse_writing_over_input(out: str | Path, source: str | Path, challenge: bool = False,

@@ -590,3 +590,128 @@ def test_a_rescore_reason_names_the_number_format_only_when_one_was_asked_for():
         "scored before with other settings (pixel spacing or cascade)"
     asked = ar.run_settings_keys(hashes, 0.5, precision_asked=True)
     assert ar.rescore_reason(record, "f", columns, 0.5, asked) == "scored before in fp32 (now bf16, as asked)"
+
+
+def _case_of_one_run(out: Path, name: str, challenge: bool, frame: int = 3) -> Path:
+    """A case folder as a run writes it: its results, then a record listing them."""
+    files = {"frames.csv": f"frame,p\n{frame},0.9\n", "summary.json": json.dumps({"chosen_frame": frame})}
+    if challenge:
+        files |= {"fetal-abdomen-frame-number.json": str(frame), "fetal-abdomen-segmentation.mha": "mask"}
+    staged = ar.staging_dir(out, name)
+    staged.mkdir()
+    for fname, text in files.items():
+        (staged / fname).write_text(text)
+    rec = _record(name, chosen_frame=frame, files=ar.folder_files(staged))
+    (staged / ar.RECORD_FILE).write_text(ar.record_json(rec))
+    ar.replace_case_dir(staged, ar.case_dir(out, name))
+    return ar.case_dir(out, name)
+
+
+def test_a_case_folder_holding_another_runs_challenge_files_is_not_finished_nor_in_the_challenge_tree(tmp_path):
+    """Two runs' output folders merged with cp -r held one run's record and results beside the
+    other run's challenge answer: the merge kept every case, and in half of them the challenge
+    answer was not the table's chosen frame. A folder's files are now judged as one set."""
+    challenge = ["fetal-abdomen-frame-number.json", "fetal-abdomen-segmentation.mha"]
+    a = _case_of_one_run(tmp_path / "a", "c1", challenge=True, frame=7)
+    b = _case_of_one_run(tmp_path / "b", "c1", challenge=False, frame=-1)
+    for name in challenge:  # cp -r a/cases/. b/cases/.: a's challenge files beside b's record
+        (b / name).write_bytes((a / name).read_bytes())
+    rec = ar.read_record(b)
+    assert ar.is_finished(rec, "k")  # without the challenge files asked for
+    assert not ar.is_finished(rec, "k", challenge, b)
+    why = ar.rescore_reason(rec, None, {}, 0.5, ("s",), challenge, b)
+    assert why and "challenge output files were not written with its case.json" in why
+    rows = ar.table_rows(tmp_path / "b", ["c1"], ["c1.mha"], None)
+    assert rows[0]["status"] == "ok"  # the record and its own files agree; only the answer is another's
+    _tree, n, left_out = ar.write_challenge_tree(tmp_path / "b", rows)
+    assert n == 0 and left_out == ["c1"]
+    # the run's own challenge files are gathered
+    assert ar.write_challenge_tree(tmp_path / "a", ar.table_rows(tmp_path / "a", ["c1"], ["c1.mha"], None))[1] == 1
+
+
+def test_a_record_changed_by_hand_or_a_damaged_result_file_makes_the_case_stale_and_rescored(tmp_path):
+    """The table was built from case.json alone: a record edited to chosen frame 7, AC 99.9 'ok'
+    showed so while its summary.json said no frame, and a summary.json cut to 50 bytes was kept as
+    'ok' without a word."""
+    for damage, said in (("record", "case.json was changed after it was written"),
+                         ("summary", "summary.json is not the one written with its case.json"),
+                         ("frames", "frames.csv is missing")):
+        out = tmp_path / damage
+        folder = _case_of_one_run(out, "c1", challenge=False, frame=-1)
+        rec = ar.read_record(folder)
+        assert ar.is_finished(rec, "k", (), folder) and ar.table_rows(out, ["c1"], ["c1.mha"], None)[0]["status"] == "ok"
+        if damage == "record":
+            edited = json.loads((folder / ar.RECORD_FILE).read_text()) | {"chosen_frame": 7, "ac_mm": 99.9}
+            (folder / ar.RECORD_FILE).write_text(json.dumps(edited))
+        elif damage == "summary":
+            (folder / "summary.json").write_text('{"chosen_fr')
+        else:
+            (folder / "frames.csv").unlink()
+        rec = ar.read_record(folder)
+        assert not ar.is_finished(rec, "k", (), folder)
+        assert said in ar.rescore_reason(rec, None, {}, 0.5, ("s",), (), folder)
+        row = ar.table_rows(out, ["c1"], ["c1.mha"], None)[0]
+        assert row["status"] == "stale" and said in row["error"], row
+    # a record rewritten by the program itself (a new file_stat) stays sealed
+    folder = _case_of_one_run(tmp_path / "refresh", "c1", challenge=False)
+    ar.refresh_file_stat(folder, ar.read_record(folder), "newstat")
+    assert ar.read_record(folder)["file_stat"] == "newstat" and ar.folder_problem(folder, ar.read_record(folder)) is None
+
+
+def test_a_case_json_cut_short_in_a_folder_of_our_files_is_scored_again_not_called_foreign(tmp_path):
+    """A case.json cut to 100 bytes made the case 'failed: not written by FetalIQA; move it away'
+    for good, though the folder held only FetalIQA's files."""
+    folder = _case_of_one_run(tmp_path, "c1", challenge=True)
+    (folder / ar.RECORD_FILE).write_text((folder / ar.RECORD_FILE).read_text()[:100])
+    assert ar.damaged_folder(folder) and not ar.foreign_folder(folder)
+    row = ar.table_rows(tmp_path, ["c1"], ["c1.mha"], None)[0]
+    assert row["status"] == "missing" and "case.json is damaged" in row["error"]
+    assert ar.rescore_reason(None, None, {}, 0.5, ("s",), (), folder) == "its case.json is damaged"
+    (folder / "notes.txt").write_text("mine")  # with a file of the user's it is left alone
+    assert ar.foreign_folder(folder)
+
+
+def test_a_shard_by_name_moves_only_the_case_added_or_removed(tmp_path):
+    """--shard split by position in each part's own listing: one file added between two parts'
+    starts made both score the same half and left 13 of 25 cases to neither, without a word."""
+    names = [f"{k:08x}-case" for k in range(0, 24 * 7919, 7919)]
+    before = [set(names[i] for i in ar.shard_by_name(names, k, 2)) for k in (1, 2)]
+    assert before[0] | before[1] == set(names) and not before[0] & before[1]
+    assert min(map(len, before)) >= 6  # roughly even
+    added = sorted(names + ["00-added"])
+    after = [set(added[i] for i in ar.shard_by_name(added, k, 2)) for k in (1, 2)]
+    assert after[0] - {"00-added"} == before[0] and after[1] - {"00-added"} == before[1]
+    # part 1 listed before the file came, part 2 after: every case is in one of them
+    assert before[0] | after[1] == set(added) - ({"00-added"} & after[0])
+
+
+def test_leftovers_of_a_killed_run_with_uuid_case_names_are_removed(tmp_path):
+    """A SIGKILL mid-write left '..<case>.tm.<random>' folders no run removed: the results'
+    temporary folder was made beside the staging folder, its name cut to 40 characters, which
+    dropped the process's tag for every 36-character case name (ACOUSLIC's UUIDs)."""
+    import fetaliqa_core.files as files
+
+    name = "7a1e2fd8-605f-4608-add5-96ea5d54efd4"
+    out = tmp_path
+    dead = 2 ** 22 + 12345  # no such process: the one that was killed
+    staged = ar.staging_dir(out, name).with_name(f".{name}.tmp-{ar._host_tag()}-{dead}-0123abcd")
+    staged.mkdir()  # as an archive run makes it now
+    with pytest.raises(RuntimeError):
+        with files.atomic_output_dir(staged) as tmp:
+            (tmp / "frames.csv").write_text("x")
+            raise RuntimeError("killed")
+    # the writer's temporary folder was inside the staging folder, which carries the tag
+    assert [p.name for p in (out / ar.CASES_DIR).iterdir()] == [staged.name]
+    # one left by an earlier version beside it goes once it is old (no owner can be read from it)
+    old = out / ar.CASES_DIR / f".{('.' + name + '.tmp-host')[:40]}.m1nfqs1s"
+    old.mkdir()
+    (old / "frames.csv").write_text("x")
+    other = out / ar.CASES_DIR / f"..{name[:30]}-other.m1nfqs1s"  # not of this case's pattern
+    other.mkdir()
+    ar.clean_leftovers(out, [name])
+    assert old.exists() and not staged.exists()  # too young to be taken for a leftover
+    past = time.time() - ar.FOREIGN_LEFTOVER_S - 10
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    ar.clean_leftovers(out, [name])
+    assert not old.exists() and other.exists()

@@ -903,17 +903,20 @@ def test_rank_0_started_by_hand_alone_says_whom_it_waits_for_and_sigterm_ends_it
 def test_parts_scored_with_shard_merge_into_the_whole_table_without_scoring_again(archive_dir, reference, tmp_path,
                                                                                    capsys):
     """Machines that cannot run torchrun together had no way to split an archive: each plain run
-    scored every case. --shard K/N takes the cases a rank would, and the README's merge (copy
-    each part's cases/ into one --out, run without --shard) gives the whole table."""
+    scored every case. --shard K/N takes a part of the cases, and the README's merge (copy
+    each part's cases/ into one --out, run without --shard) gives the whole table. (Each part
+    takes the cases whose names hash to it.)"""
     import shutil
 
     args = ["score", str(archive_dir), "--no-cache", "--quiet", "--challenge-output"]
     parts = [tmp_path / "part1", tmp_path / "part2"]
+    names = [r["case"] for r in _table(reference)]
     for k, out in enumerate(parts, 1):
         assert main(args + ["--shard", f"{k}/2", "--out", str(out)]) == 0
-        assert f"(part {k}/2 of 4 cases): 2 cases, 2 ok; scored 2 now" in capsys.readouterr().out
-    assert [r["case"] for r in _table(parts[0])] == [r["case"] for r in _table(reference)][0::2]
-    assert [r["case"] for r in _table(parts[1])] == [r["case"] for r in _table(reference)][1::2]
+        n = len(ar.shard_by_name(names, k, 2))
+        assert f"(part {k}/2 of 4 cases): {n} cases, {n} ok; scored {n} now" in capsys.readouterr().out
+        assert [r["case"] for r in _table(out)] == [names[i] for i in ar.shard_by_name(names, k, 2)]
+    assert sorted(r["case"] for out in parts for r in _table(out)) == sorted(names)
     merged = tmp_path / "merged"
     for out in parts:
         shutil.copytree(out / ar.CASES_DIR, merged / ar.CASES_DIR, dirs_exist_ok=True)
@@ -976,3 +979,55 @@ def test_a_rerun_says_why_each_case_is_scored_again(tmp_path, capsys):
     assert any("rescored: the file changed since it was scored" in line for line in lines), lines
     assert any("rescored: scored before with other settings (pixel spacing or cascade)" in line
                for line in lines), lines
+
+
+def test_merging_two_runs_folders_with_cp_rescores_cases_whose_challenge_files_are_the_other_runs(
+        archive_dir, reference, tmp_path, capsys, monkeypatch):
+    """The README's merge (cp -r of every part's cases/) of two whole-archive runs, one with
+    --challenge-output and one without, left each case folder holding the second run's record and
+    results beside the first run's challenge answer: the merge kept every case ("scored 0 now")
+    and gathered answers that disagreed with the table's chosen frame. Now those cases are scored
+    again, saying why. (The results' writer stages inside the case's tagged staging folder: beside
+    it, a name cut to 40 characters lost the tag, and a killed run's folder stayed for good.)"""
+    import shutil
+
+    from fetaliqa_core import export
+
+    plain = tmp_path / "plain"
+    assert main(["score", str(archive_dir), "--archive", "--out", str(plain), "--no-cache", "--quiet"]) == 0
+    merged = tmp_path / "merged"
+    for out in (reference, plain):  # cp -r reference/cases/. plain/cases/. merged/cases/
+        shutil.copytree(out / ar.CASES_DIR, merged / ar.CASES_DIR, dirs_exist_ok=True)
+    capsys.readouterr()
+    writer, parents = export.atomic_output_dir, []
+
+    def watched(out, *a, **k):
+        parents.append(Path(out).is_dir())  # the staging folder exists: the writer stages inside it
+        return writer(out, *a, **k)
+
+    monkeypatch.setattr(export, "atomic_output_dir", watched)
+    assert main(["score", str(archive_dir), "--archive", "--out", str(merged), "--no-cache", "--quiet",
+                 "--challenge-output"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 cases, 4 ok; scored 4 now" in printed, printed
+    assert printed.count("rescored: its challenge output files were not written with its case.json") == 4
+    assert parents == [True] * 4
+    assert _results(merged) == _results(reference) and _tree(merged) == _tree(reference)
+
+
+def test_an_empty_table_in_the_output_folder_is_rebuilt_with_a_note(reference, archive_dir, tmp_path, capsys):
+    """A cases.csv emptied by a failed copy stopped the merge: 'holds cases.csv that FetalIQA did
+    not write'. It is only an index of the case folders: it is rebuilt, and the run says so."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    for text, said in (("", "is empty"), ("case,file,sta", "is cut short")):
+        (out / ar.TABLE_FILE).write_text(text)
+        capsys.readouterr()
+        assert main(["score", str(archive_dir), "--archive", "--out", str(out), "--no-cache", "--quiet",
+                     "--challenge-output"]) == 0
+        printed = capsys.readouterr()
+        assert "did not write" not in printed.err and f"cases.csv {said}" in printed.err, printed.err
+        assert "scored 0 now, 4 already scored" in printed.out
+        assert _results(out) == _results(reference)

@@ -32,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sweeps read and decoded ahead of the model by a reader thread (default 2; "
                         "0 reads each sweep only when its turn comes)")
     g.add_argument("--shard", type=shard_part, metavar="K/N",
-                   help="score part K of N of the archive (the cases whose position in the sorted list, "
-                        "modulo N, is K-1), for machines that cannot run torchrun together; the table "
+                   help="score part K of N of the archive (the cases whose name hashes to K: a file added "
+                        "or removed between the parts' starts moves only its own case), for machines that "
+                        "cannot run torchrun together; the table "
                         "has this part's cases; copy every part's cases/ into one --out and run the "
                         "command without --shard there to have the whole table (nothing is scored again)")
     g.add_argument("--rank-timeout", type=positive_seconds, default=None, metavar="S",
@@ -108,6 +109,7 @@ def _record_writer(item: ar.Item, base: dict):
                       n_frames=int(sweep.n_frames), frames_scored=int(results.n_done),
                       seconds=round(time.perf_counter() - base["_t0"], 3), finished_utc=ar.utc_now())
         record.pop("_t0")
+        record["files"] = ar.folder_files(tmp)  # the folder is judged as one set (ar.folder_problem)
         (tmp / ar.RECORD_FILE).write_text(ar.record_json(record), encoding="utf-8")
     return write
 
@@ -177,7 +179,10 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
 
             if claim_output_folder(out) is False:  # (the main rank's: the other ranks write into its folder)
                 raise score_cmd.another_run(out)
-            export.refuse_foreign_table(out / ar.TABLE_FILE, ar.TABLE_COLUMNS)
+            damage = export.refuse_foreign_table(out / ar.TABLE_FILE, ar.TABLE_COLUMNS)
+            if damage:  # (only an index of the case folders: rebuilt from them at the end)
+                print(f"fetaliqa: note: {shown(str(out / ar.TABLE_FILE))} is {damage} (a failed copy?); it is "
+                      "rebuilt from the case folders.", file=sys.stderr, flush=True)
             members = _members(path)
             # (only for a folder of sweeps: a DICOM series folder is one member, its files its frames)
             note = score_cmd.left_out_note(path, members) if members != [path] else ""
@@ -253,7 +258,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             raise FetalIQAError(shown(problem))
     needed = [export.CHALLENGE_FRAME_FILE, export.CHALLENGE_MASK_FILE] if args.challenge_output else []
     heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
-    mine = ar.shard(len(members), ar.Ranks(part[0] - 1, part[1]) if part else ranks)
+    mine = ar.shard_by_name(names, *part) if part else ar.shard(len(members), ranks)
     # the table's cases: the whole archive's, or with --shard this part's (the merge completes it)
     listed = mine if part else range(len(members))
     table_args = ([names[i] for i in listed], [files[i] for i in listed], accepted, [members[i] for i in listed])
@@ -353,6 +358,9 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             if item.error is None:
                 staged = ar.staging_dir(out, item.name)
                 try:
+                    # (made first: the results' writer then stages inside it, under its tag, not beside
+                    # it under a name cut to 40 characters, which a killed run left for good)
+                    staged.mkdir()
                     ar.mark_attempt(out, item.name, item.fhash, ar.STAGE_SCORING, item.deaths)
                     try:
                         score_cmd.score_one(item.member, staged, models, case_args, position=position,
