@@ -227,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
             "written_by": writer or None}))
         return 1
     sweep = None
+    change_note = ""
     if args.sweep is not None:
         sweep = fio.load_sweep(Path(args.sweep)).in_memory()
         masks = fio.crop_like(masks, sweep)  # a mask drawn on the scanner's whole screen, cut as its frames are
@@ -249,10 +250,28 @@ def run(args: argparse.Namespace) -> int:
                                                      "given with --spacing", "sweep" if sweep is not None else "mask")
     if sweep is not None and not args.no_fov:
         from fetaliqa_core import acouslic
+        from fetaliqa_core.analysis.assessment import FANS_OF_RUNS
 
         found = acouslic.sweep_fov(sweep)  # ACOUSLIC's own mask where the sweep's fan is that probe's
+        change = None if isinstance(found, str) else acouslic.fan_change(sweep)
+        if change is not None:
+            # the fan changes between frames (a depth shortened while scanning): the frame is measured
+            # in the fan of the frames like it, as score measures it (in the deep fan of the others, an
+            # abdomen cut by the short fan's depth arc read whole, up to 3.8 % short, with a GA)
+            run = change.run_of(index)
+            first, last = change.frames_of(run, sweep.n_frames)
+            if change.fans[run] is not found:
+                change_note = (f"the sweep's fan changes between frames (its depth or width was changed while "
+                               f"scanning): frames {first}-{last} show less of it, and this frame is measured in "
+                               "their fan")
+            else:
+                change_note = (f"the sweep's fan changes between frames (its depth or width was changed while "
+                               f"scanning): frames {first}-{last} show all of it, and this frame is measured in "
+                               "their fan")
+            found = change.fans[run]
         fov = resolve_fov(found, frame.shape)
-        fov_name = "acouslic" if isinstance(found, str) else "the sweep's own fan"
+        fov_name = ("acouslic" if isinstance(found, str) else
+                    "the sweep's own fan" if change is None else FANS_OF_RUNS)
     fov_note = ""
     edge_unknown = False
     if fov is not None and frame.any() and fov_name == "acouslic":
@@ -286,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
                 "the field of view found in the sweep's frames is this outline itself (a body in fluid shown "
                 "pure black, no edge of the fan to be seen): measured on the whole frame, so a cut by the fan's "
                 "edge is not known")
+    if change_note:
+        fov_note = "; ".join(t for t in (change_note, fov_note) if t)
     region_note = ""
     if sweep is not None and args.spacing is None:
         # the sweep's calibration stands for its mask's: a mask file's pixel size may be a writer's;
