@@ -60,6 +60,27 @@ UNKNOWN_EDGE_REASON = ("not checked against the fan's edge: where it runs near t
 SHAPE_ONLY_CAVEAT = "the outline's shape is checked here, not what it outlines: check that the frame shows the abdomen"
 
 
+#: A mask whose every pixel lies at least this far (px) from the edge of the sweep's own field of
+#: view and of the image lies well inside it: a straight side there is no cut by the fan's edge.
+CLEAR_OF_EDGE_PX = 5
+#: Why an outline cut off straight, well inside the sweep's own fan, is doubted: whole, exactly
+#: outlined abdomens pressed flat on the probe's side read "cut off straight, by an edge the
+#: sweep's own fan does not have", which sent the user to look for a cut that is not there.
+FLAT_SIDE_REASON = ("flattened, straight along one side, well inside the fan (the body pressed flat, as by "
+                    "the probe, or outlined in part): it is no one ellipse's, so the AC may be off")
+
+
+def _clear_of_edge(mask: np.ndarray, fov: np.ndarray) -> bool:
+    """Whether every pixel of ``mask`` lies :data:`CLEAR_OF_EDGE_PX` or more from the edge of
+    ``fov`` and of the image."""
+    import cv2
+
+    inside = np.zeros((fov.shape[0] + 2, fov.shape[1] + 2), np.uint8)
+    inside[1:-1, 1:-1] = fov != 0
+    distance = cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1]
+    return bool((mask != 0).any()) and float(distance[mask != 0].min()) >= CLEAR_OF_EDGE_PX
+
+
 def _outline_on_edge(mask: np.ndarray, fov: np.ndarray) -> float:
     """The share of ``mask``'s outline pixels that lie on (within 2 pixels of) ``fov``'s edge."""
     import cv2
@@ -372,6 +393,11 @@ def run(args: argparse.Namespace) -> int:
         where = {"acouslic": "ACOUSLIC's fan", "whole frame": "the whole frame"}.get(fov_name, fov_name)
         mask_problem = f"cut off straight, by an edge {where} does not have" + (
             "" if args.sweep is not None else "; give the sweep with --sweep")
+        if (sweep is not None and isinstance(fov, np.ndarray) and fov_name != "acouslic"
+                and fov_name != "whole frame" and _clear_of_edge(frame, fov)):
+            # the sweep's own fan is known, and the outline keeps clear of its edges: no edge of it
+            # cut the body there (a body pressed flat by the probe read as cut)
+            mask_problem = FLAT_SIDE_REASON
     if mask_problem is None and edge_unknown and m is not None and problem is None:
         mask_problem = UNKNOWN_EDGE_REASON
     frame_notes = _frame_notes(masks, index, fov)
