@@ -873,6 +873,8 @@ FAN_CHANGE_GRID = 140
 #: image beyond a shortened fan's depth: calipers, a dotted measurement ellipse) are no tissue (the
 #: hull reached them, and a run's fan kept 30 000 pixels beyond its depth arc).
 FAN_CHANGE_SPECK = 0.004
+#: Width (px) of the band a run's own fan leaves out along its new edge (see :func:`_fan_change`).
+FAN_CHANGE_BAND_PX = 2
 #: A surround whose grey strays more than this (its median absolute deviation) is a shading, not
 #: one black level: no fan change is looked for on it.
 FAN_CHANGE_MAX_NOISE = 3.0
@@ -970,12 +972,14 @@ def _fan_change(frames, fov: np.ndarray) -> FanChange | None:
     # caliper and a text label under the body beyond a shortened fan's depth arc kept the arc's
     # middle in the run's fan, just where the abdomen was cut: 5 px at least, as a 3 px opening on a
     # 320 x 240 frame kept the label 2-3 px deep, and the cut abdomen read 3.4 % short, plain)
-    side = 2 * max(2, int(round(min(h, w) / 200))) + 1
+    side = 2 * max(3, int(round(min(h, w) / 200))) + 1
     wide = np.ones((side, side), np.uint8)
 
+    def shown_of(frame, step: int) -> np.ndarray:
+        return (np.abs(_grey(frame)[::step, ::step].astype(np.float32) - level) > margin).astype(np.uint8)
+
     def lit_of(frame, step: int) -> np.ndarray:
-        on = (np.abs(_grey(frame)[::step, ::step].astype(np.float32) - level) > margin).astype(np.uint8)
-        return cv2.morphologyEx(on, cv2.MORPH_OPEN, kernel if step > 1 else wide) != 0
+        return cv2.morphologyEx(shown_of(frame, step), cv2.MORPH_OPEN, kernel if step > 1 else wide) != 0
 
     lit = np.stack([lit_of(frames[i], s) & small for i in range(n)])
     area = float(small.sum())
@@ -1050,6 +1054,18 @@ def _fan_change(frames, fov: np.ndarray) -> FanChange | None:
         step = max(1, (stop - start) // 64)
         full = np.logical_or.reduce([lit_of(frames[i], 1) for i in range(start, stop, step)]) & fov
         own = fov & _filled_hull(solid(full, float(fov.sum())))
+        # less the rim of pixels no frame of the run shows that the hull's straight chords take in
+        # along a curved depth arc, or a mark's pieces left beside it (up to 3 px: an abdomen cut
+        # there had its cut edge 2 px inside the field of view, read as outline, 3.4 % short, plain)
+        for _ in range(3):
+            own &= ~(cv2.dilate((~own).astype(np.uint8), kernel).astype(bool) & ~full)
+        # and less a band along the edge it does not share with the sweep's field of view, where a
+        # mark drawn across that edge may still hold it out a pixel or two: an outline reaching into
+        # the band is taken as cut there (its cut edge, 1-2 px inside the field of view, read as
+        # outline, and the abdomen measured 2-5 % short)
+        band = np.ones((2 * FAN_CHANGE_BAND_PX + 1,) * 2, np.uint8)
+        lacking = cv2.morphologyEx((fov & ~own).astype(np.uint8), cv2.MORPH_OPEN, band)  # (not a sliver)
+        own &= ~cv2.dilate(lacking, band).astype(bool)
         own.setflags(write=False)
         fans.append(own)
     if all(f is fov for f in fans):

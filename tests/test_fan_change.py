@@ -69,7 +69,8 @@ def test_a_fan_shortened_mid_sweep_gives_each_run_of_frames_its_own_field_of_vie
     assert change is not None and change.starts == [0, CHANGE]
     for i in (0, CHANGE - 1, CHANGE, N - 1):
         own = acouslic.frame_fov(sweep, i)
-        assert (own != fans[i]).sum() < 0.01 * fans[i].sum(), i
+        # (within 2 px of the shortened arc: a band left out where a mark may lie across it)
+        assert (own != fans[i]).sum() < 0.015 * fans[i].sum(), i
     assert acouslic.frame_fov(sweep, 0) is union  # the deep frames show all of it
 
 
