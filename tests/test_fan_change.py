@@ -101,7 +101,7 @@ def test_an_abdomen_cut_by_a_fan_shortened_mid_sweep_is_measured_as_cut_by_ac_an
     was measured in the deep fan: the cut read as outline, a plain AC 3-4 % short with a GA (`ac
     --sweep`, and the answer of `score` and the window alike). It is now measured in its own
     frame's fan, by both: the cut is known (extrapolated, doubtful, no GA), and the whole outline
-    of a deep frame is measured as before."""
+    of a deep frame is measured as before; a mask of one frame, whose fan is not known, is doubtful."""
     frames, masks, _ = _sweep()
     sweep_path, mask_path = tmp_path / "sweep.mha", tmp_path / "mask.mha"
     for path, arr in ((sweep_path, frames), (mask_path, masks)):
@@ -121,6 +121,15 @@ def test_an_abdomen_cut_by_a_fan_shortened_mid_sweep_is_measured_as_cut_by_ac_an
             assert "frames 8-15 show less of it" in note
             assert record["truncated"] is True and record["ga"] is None, record
             assert record["ac_status"] == "doubtful"
+    # a mask of one frame: which fan it was drawn in is not known, and the AC is doubtful for it
+    one = tmp_path / "one.mha"
+    image = sitk.GetImageFromArray(masks[CHANGE + 2:CHANGE + 3])
+    image.SetSpacing((SPACING, SPACING, 1.0))
+    sitk.WriteImage(image, str(one), True)
+    assert main(["ac", str(one), "--sweep", str(sweep_path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_status"] == "doubtful" and record["ga"] is None, record
+    assert "which frame this mask was drawn on is not known" in record["field_of_view_note"]
     # the score path: the frame measured in its own fan (assess's and the window's measure)
     from fetaliqa_core.analysis.ac import measure_frame_ac
     from fetaliqa_core.io import load_sweep

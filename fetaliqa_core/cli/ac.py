@@ -55,6 +55,12 @@ UNKNOWN_EDGE_REASON = ("not checked against the fan's edge: where it runs near t
                        "field of view found in the sweep leaves this mask out), and an outline it cuts reads short")
 
 
+#: Said (as the reason an AC is doubtful) where the sweep's fan changes between frames and the mask
+#: has one frame: which fan it was drawn in is not known, and a smaller one may cut it.
+UNKNOWN_FAN_REASON = ("not checked against the fan's edge: the sweep's fan changes between frames and which "
+                      "frame the mask was drawn on is not known, and an outline a smaller fan cuts reads short")
+
+
 #: Said under every plain AC of a mask: ``ac`` checks the outline's shape (and, with the sweep, the
 #: frame's grey levels round it), not that it is an abdomen's (a thorax's outline passes).
 SHAPE_ONLY_CAVEAT = "the outline's shape is checked here, not what it outlines: check that the frame shows the abdomen"
@@ -248,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
             "written_by": writer or None}))
         return 1
     sweep = None
-    change_note = ""
+    change_note, fan_unknown = "", False
     if args.sweep is not None:
         sweep = fio.load_sweep(Path(args.sweep)).in_memory()
         masks = fio.crop_like(masks, sweep)  # a mask drawn on the scanner's whole screen, cut as its frames are
@@ -275,6 +281,13 @@ def run(args: argparse.Namespace) -> int:
 
         found = acouslic.sweep_fov(sweep)  # ACOUSLIC's own mask where the sweep's fan is that probe's
         change = None if isinstance(found, str) else acouslic.fan_change(sweep)
+        if change is not None and masks.shape[0] != sweep.n_frames:
+            # a mask of one frame: which run of frames, and so which fan, it was drawn on is not known
+            change_note = ("the sweep's fan changes between frames (its depth or width was changed while "
+                           "scanning), and which frame this mask was drawn on is not known: measured in the "
+                           "union of the frames' fans, so a cut by a smaller one is not known")
+            fan_unknown = True
+            change = None
         if change is not None:
             # the fan changes between frames (a depth shortened while scanning): the frame is measured
             # in the fan of the frames like it, as score measures it (in the deep fan of the others, an
@@ -400,6 +413,8 @@ def run(args: argparse.Namespace) -> int:
             mask_problem = FLAT_SIDE_REASON
     if mask_problem is None and edge_unknown and m is not None and problem is None:
         mask_problem = UNKNOWN_EDGE_REASON
+    if mask_problem is None and fan_unknown and m is not None and problem is None:
+        mask_problem = UNKNOWN_FAN_REASON
     frame_notes = _frame_notes(masks, index, fov)
     recorded = _recorded_doubt(volume.metadata, masks, index)
     reading = analysis.read_ac(None if m is None else m.ac_mm, problem, mask_problem, model_doubt=recorded)
