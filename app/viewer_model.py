@@ -459,11 +459,22 @@ class ViewerModel:
             self._fov = acouslic.sweep_fov(self.sweep)
         return self._fov
 
-    def field_of_view_pixels(self) -> np.ndarray | None:
-        """:meth:`sweep_fov` as a bool array of the frame's shape (None without a sweep)."""
+    def _frame_fov(self, frame: int):
+        """:meth:`sweep_fov`, or where the sweep's fan changes between frames, ``frame``'s own."""
+        fov = self.sweep_fov()
+        if fov is None or isinstance(fov, str):
+            return fov
+        from fetaliqa_core import acouslic
+
+        return fov if acouslic.fan_change(self.sweep) is None else acouslic.frame_fov(self.sweep, frame)
+
+    def field_of_view_pixels(self, frame: int | None = None) -> np.ndarray | None:
+        """The field of view ``frame`` (the current one by default) is measured in, as a bool array
+        of the frame's shape (None without a sweep): :meth:`sweep_fov`, or where the sweep's fan
+        changes between frames, the fan of the frames like it (``acouslic.frame_fov``)."""
         if self.sweep is None:
             return None
-        fov = self.sweep_fov()
+        fov = self._frame_fov(self._frame if frame is None else frame)
         if getattr(self, "_fov_pixels_of", None) is not fov:
             from fetaliqa_core.analysis.ac import resolve_fov
 
@@ -545,7 +556,7 @@ class ViewerModel:
             return None  # a cascade measures only on the frames its teacher re-scored
         from fetaliqa_core import analysis
 
-        ac = analysis.measure_frame_ac(self.sweep, self.results, f, self.sweep_fov())
+        ac = analysis.measure_frame_ac(self.sweep, self.results, f, self._frame_fov(f))
         self._ac_cache[f] = ac
         return ac
 

@@ -570,13 +570,14 @@ def _warm_field_of_view(sweep) -> None:
     """Work out the sweep's field of view here, off the window's thread, while the window shows
     its first frame: the first mask's overlay and the answer need it, and on the window's thread
     it stalled the event loop 0.1-0.4 s (``acouslic.sweep_fov`` keeps it on the sweep). So too
-    each sweep's brightness, which the answer reads while a sweep has no frame
+    whether the fan changes between frames (``acouslic.fan_change``, 0.1-0.3 s) and each sweep's brightness, which the answer reads while a sweep has no frame
     (``assessment.top_grey``, kept on the sweep)."""
     from fetaliqa_core import acouslic
     from fetaliqa_core.analysis.assessment import top_grey
 
     try:
         acouslic.sweep_fov(sweep)
+        acouslic.fan_change(sweep)
         for start, stop in sweep.sweep_ranges:
             top_grey(sweep, start, stop)
     except Exception:  # noqa: BLE001 - worked out again, and reported, where it is needed

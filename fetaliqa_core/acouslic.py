@@ -847,3 +847,227 @@ def evaluator_fov(sweep) -> np.ndarray | str:
     if (sweep.height, sweep.width) == FRAME_SHAPE:
         return "acouslic"
     return sweep_fov(sweep)
+
+
+#: A fan that changes between frames (a display depth shortened or a sector narrowed while
+#: scanning, frames joined from two settings): a run of at least this many frames ...
+FAN_CHANGE_MIN_FRAMES = 3
+#: ... whose fan lacks at least this share of the sweep's field of view (black there in every one
+#: of its frames, across the fan's whole width: outside the convex hull of all they show) ...
+FAN_CHANGE_MIN_SHARE = 0.04
+#: ... and at most this share (a body in fluid shown black, the sweep's field of view being mostly
+#: that body, moving out of view in the last frames lacked 77-85 % of it) ...
+FAN_CHANGE_MAX_SHARE = 0.5
+#: ... where the other frames show tissue, on average over them, on at least this share of it (the
+#: far field of a fan that fades in every frame, or fluid shown black in some of the frames, is no
+#: change: fluid that moved out of a corner of independent sweeps gave 0.55-0.69; a depth
+#: shortened, 0.98-1.0).
+FAN_CHANGE_LIT_SHARE = 0.8
+#: ... and along whose edge (where the part begins) the run's own frames show tissue on at least this
+#: share of it: a shortened depth arc runs through tissue shown; the hull's edge across fluid shown
+#: black in every frame of a run does not.
+FAN_CHANGE_EDGE_SHOWN = 0.6
+#: The search looks at every frame on a grid of about this many pixels a side (0.1 s for 140 frames).
+FAN_CHANGE_GRID = 140
+#: Pieces of what a run shows smaller than this share of the field of view (marks drawn over the
+#: image beyond a shortened fan's depth: calipers, a dotted measurement ellipse) are no tissue (the
+#: hull reached them, and a run's fan kept 30 000 pixels beyond its depth arc).
+FAN_CHANGE_SPECK = 0.004
+#: Width (px) of the band a run's own fan leaves out along its new edge (see :func:`_fan_change`).
+FAN_CHANGE_BAND_PX = 2
+#: A surround whose grey strays more than this (its median absolute deviation) is a shading, not
+#: one black level: no fan change is looked for on it.
+FAN_CHANGE_MAX_NOISE = 3.0
+
+
+class FanChange:
+    """Where a sweep's fan changes between frames: ``starts`` the first frame of each run of frames
+    sharing one fan (the first is 0), ``fans`` each run's field of view (bool ``(H, W)``, read-only;
+    the sweep's own where that run shows all of it)."""
+
+    def __init__(self, starts: list[int], fans: list[np.ndarray]):
+        self.starts, self.fans = list(starts), list(fans)
+
+    def run_of(self, frame: int) -> int:
+        return max(0, int(np.searchsorted(self.starts, int(frame), side="right")) - 1)
+
+    def frames_of(self, run: int, n_frames: int) -> tuple[int, int]:
+        """First and last frame of ``run``."""
+        stop = self.starts[run + 1] if run + 1 < len(self.starts) else n_frames
+        return self.starts[run], stop - 1
+
+
+def fan_change(sweep) -> FanChange | None:
+    """Runs of frames whose fan differs from the sweep's field of view (:func:`sweep_fov`, the union
+    of what all frames show), or None where every frame shows the same fan (and always on
+    ACOUSLIC's own fan).
+
+    A display depth shortened while scanning leaves the frames after it black across the fan's
+    whole width beyond the new depth, in every one of them, where the frames before show tissue; a
+    sector narrowed leaves its sides so. Measured in the deep fan of the other frames, an abdomen
+    cut by the short fan's depth arc read whole (a plain AC up to 3.8 % short, with a GA). A run is
+    found where the convex hull of all its frames show (above the surround's black level) leaves out
+    :data:`FAN_CHANGE_MIN_SHARE` of the field of view that the other frames show tissue in: black
+    fluid reaching the fan's edge in some frames, or a far field fading in every frame, leaves no
+    such part (the hull closes over fluid; the far field is dark in all frames or in none).
+    Changes are found by splitting the sweep in two where one side lacks such a part, and each
+    side again (one setting after another; a short run in the middle of two deep ones is not found).
+
+    Worked out once per sweep and kept on it, as :func:`sweep_fov` is."""
+    kept = getattr(sweep, "__dict__", {}).get(_FAN_CHANGE_KEPT, False)
+    if kept is not False:
+        return kept
+    fov = sweep_fov(sweep)
+    found = None
+    if not isinstance(fov, str):
+        try:
+            found = _fan_change(sweep.frames, np.asarray(fov, bool))
+        except (TypeError, ValueError, MemoryError):  # (frames of an unusual kind: no change looked for)
+            found = None
+    if isinstance(getattr(sweep, "__dict__", None), dict):
+        sweep.__dict__[_FAN_CHANGE_KEPT] = found
+    return found
+
+
+_FAN_CHANGE_KEPT = "_fetaliqa_fan_change"
+
+
+def frame_fov(sweep, frame: int) -> np.ndarray | str:
+    """The field of view ``frame`` of ``sweep`` is measured in: :func:`sweep_fov`, or where the fan
+    changes between frames (:func:`fan_change`), the fan of the frames like it."""
+    change = fan_change(sweep)
+    if change is None or not 0 <= int(frame) < int(getattr(sweep, "n_frames", len(sweep.frames))):
+        return sweep_fov(sweep)
+    return change.fans[change.run_of(frame)]
+
+
+def _grey(frame) -> np.ndarray:
+    f = np.asarray(frame)
+    return f.mean(axis=-1) if f.ndim == 3 else f
+
+
+def _fan_change(frames, fov: np.ndarray) -> FanChange | None:
+    import cv2
+
+    n = len(frames)
+    k = FAN_CHANGE_MIN_FRAMES
+    if n < 2 * k or fov.ndim != 2 or not fov.any():
+        return None
+    h, w = fov.shape
+    # (coarser for a long sweep: every frame's pixels shown on the grid take at most 64 MB)
+    s = max(1, int(round(min(h, w) / FAN_CHANGE_GRID)), int(math.ceil(math.sqrt(n * h * w / 64e6))))
+    small = fov[::s, ::s]
+    sample = np.stack([_grey(frames[i])[::s, ::s] for i in range(0, n, max(1, n // 16))])
+    outside = sample[:, ~small].astype(np.float32)
+    if outside.size < 0.02 * sample.size:  # no surround to tell the black level by
+        return None
+    level = float(np.median(outside))
+    noise = float(np.median(np.abs(outside - level)))
+    if noise > FAN_CHANGE_MAX_NOISE:
+        return None
+    margin = max(0.5, 6.0 * noise)  # (what differs from the surround's grey, darker or brighter, is shown)
+    kernel = np.ones((3, 3), np.uint8)
+
+    # (a lone pixel above the black level, noise, or a thin mark drawn over the image is no tissue: a
+    # caliper and a text label under the body beyond a shortened fan's depth arc kept the arc's
+    # middle in the run's fan, just where the abdomen was cut: 5 px at least, as a 3 px opening on a
+    # 320 x 240 frame kept the label 2-3 px deep, and the cut abdomen read 3.4 % short, plain)
+    side = 2 * max(3, int(round(min(h, w) / 200))) + 1
+    wide = np.ones((side, side), np.uint8)
+
+    def shown_of(frame, step: int) -> np.ndarray:
+        return (np.abs(_grey(frame)[::step, ::step].astype(np.float32) - level) > margin).astype(np.uint8)
+
+    def lit_of(frame, step: int) -> np.ndarray:
+        return cv2.morphologyEx(shown_of(frame, step), cv2.MORPH_OPEN, kernel if step > 1 else wide) != 0
+
+    lit = np.stack([lit_of(frames[i], s) & small for i in range(n)])
+    area = float(small.sum())
+
+    def solid(on: np.ndarray, size: float) -> np.ndarray:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(on.astype(np.uint8), connectivity=8)
+        big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= FAN_CHANGE_SPECK * size)
+        return np.isin(labels, big[big > 0])
+
+    def lacks(shown: np.ndarray, anywhere: np.ndarray, others: np.ndarray, field: np.ndarray = small) -> bool:
+        """Whether the frames showing ``shown`` (their union) lack a part of the field of view (of
+        ``field``, within it) that the frames ``others`` (what each shows; ``anywhere`` their union)
+        show tissue in."""
+        if float((field & ~shown).sum()) < FAN_CHANGE_MIN_SHARE * area:
+            return False  # (what they show covers the field of view: no hull needed)
+        hull = cv2.dilate(_filled_hull(solid(shown, area)).astype(np.uint8), kernel).astype(bool)
+        part = field & ~hull
+        size = float(part.sum())
+        if not FAN_CHANGE_MIN_SHARE * area <= size <= FAN_CHANGE_MAX_SHARE * area:
+            return False
+        if float((part & anywhere).sum()) < FAN_CHANGE_LIT_SHARE * size:
+            return False  # (the average below is the slow one)
+        # the edge of what the run shows, where the part begins: a shortened depth arc or narrowed
+        # side runs through tissue shown, a line across fluid shown black does not
+        edge = hull & small & cv2.dilate(part.astype(np.uint8), kernel).astype(bool)
+        near = cv2.dilate(shown.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        if float((edge & near).sum()) < FAN_CHANGE_EDGE_SHOWN * float(edge.sum()):
+            return False
+        return float(others[:, part].mean()) >= FAN_CHANGE_LIT_SHARE
+
+    def split(lo: int, hi: int) -> list[int]:
+        """The first frames of the runs of one fan in frames ``lo`` to ``hi - 1``."""
+        if hi - lo < 2 * k:
+            return [lo]
+        # (the unions of the frames before and after each cut, bit-packed: 8 times faster)
+        packed = np.packbits(lit[lo:hi], axis=-1)
+        before = np.bitwise_or.accumulate(packed, axis=0)
+        after = np.bitwise_or.accumulate(packed[::-1], axis=0)[::-1]
+        width = lit.shape[-1]
+        # (within what these frames show at all: a run already split off lacks nothing of its own)
+        field = small & _filled_hull(solid(np.unpackbits(after[0], axis=-1, count=width).astype(bool), area))
+
+        def union(u: np.ndarray) -> np.ndarray:
+            return np.unpackbits(u, axis=-1, count=width).astype(bool)
+
+        cut = None
+        for c in range(lo + k, hi - k + 1):  # a later run lacking a part: its first frame
+            if lacks(union(after[c - lo]), union(before[c - lo - 1]), lit[lo:c], field):
+                cut = c
+                break
+        if cut is None:
+            for c in range(hi - k, lo + k - 1, -1):  # an earlier run lacking a part: its last frame
+                if lacks(union(before[c - lo - 1]), union(after[c - lo]), lit[c:hi], field):
+                    cut = c
+                    break
+        if cut is None:
+            return [lo]
+        return split(lo, cut) + split(cut, hi)
+
+    starts = split(0, n)
+    if len(starts) < 2:
+        return None
+    fans = []
+    for r, start in enumerate(starts):
+        stop = starts[r + 1] if r + 1 < len(starts) else n
+        shown = np.logical_or.reduce(lit[start:stop])
+        others = np.concatenate([lit[:start], lit[stop:]])
+        if not lacks(shown, np.logical_or.reduce(others), others):
+            fans.append(fov)
+            continue
+        # the run's own fan at full size: the convex hull of what its frames show, in the sweep's
+        step = max(1, (stop - start) // 64)
+        full = np.logical_or.reduce([lit_of(frames[i], 1) for i in range(start, stop, step)]) & fov
+        own = fov & _filled_hull(solid(full, float(fov.sum())))
+        # less the rim of pixels no frame of the run shows that the hull's straight chords take in
+        # along a curved depth arc, or a mark's pieces left beside it (up to 3 px: an abdomen cut
+        # there had its cut edge 2 px inside the field of view, read as outline, 3.4 % short, plain)
+        for _ in range(3):
+            own &= ~(cv2.dilate((~own).astype(np.uint8), kernel).astype(bool) & ~full)
+        # and less a band along the edge it does not share with the sweep's field of view, where a
+        # mark drawn across that edge may still hold it out a pixel or two: an outline reaching into
+        # the band is taken as cut there (its cut edge, 1-2 px inside the field of view, read as
+        # outline, and the abdomen measured 2-5 % short)
+        band = np.ones((2 * FAN_CHANGE_BAND_PX + 1,) * 2, np.uint8)
+        lacking = cv2.morphologyEx((fov & ~own).astype(np.uint8), cv2.MORPH_OPEN, band)  # (not a sliver)
+        own &= ~cv2.dilate(lacking, band).astype(bool)
+        own.setflags(write=False)
+        fans.append(own)
+    if all(f is fov for f in fans):
+        return None
+    return FanChange(starts, fans)

@@ -1019,3 +1019,36 @@ def test_a_sweep_whose_metaimage_header_is_refused_prints_only_the_refusal(tmp_p
     err = capfd.readouterr().err
     assert "ElementSpacing '0.6' is not a list of 3 numbers" in err
     assert err.count("\n") == 1, err
+
+
+def test_a_whole_outline_flattened_well_inside_the_sweep_s_fan_is_doubted_as_flattened_not_cut(tmp_path, capsys):
+    """A whole abdomen, exactly outlined, pressed flat on the probe's side, well inside the sweep's
+    fan, was doubted as "cut off straight, by an edge the sweep's own fan does not have": the
+    doubt stands, but the reason sent the user looking for a cut that is not there. It now says
+    the outline is flattened; a straight side near the fan's edge keeps the old reason."""
+    from fetaliqa_core.io import write_volume
+
+    rng = np.random.default_rng(6)
+    fan = np.zeros((H, W), np.uint8)
+    fan[30:530, 60:684] = 1  # a linear probe's image: the sweep's own fan
+    frames = (rng.integers(40, 200, (3, H, W)) * fan).astype(np.uint8)
+    body = np.zeros((H, W), np.uint8)
+    cv2.ellipse(body, (372, 300), BIG, 0, 0, 360, 1, -1)
+    body[:220] = 0  # flattened straight across the top, 190 rows clear of the fan's edge
+    frames[:, (body != 0)] = rng.integers(120, 230, (3, int(body.sum())), dtype=np.uint8)
+    write_volume(tmp_path / "sweep.mha", frames, spacing_mm=(0.28, 0.28))
+    masks = np.zeros((3, H, W), np.uint8)
+    masks[1] = body
+    path = _write(tmp_path, masks, "flat.mha")
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "sweep.mha"), "--frame", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_status"] == "doubtful" and record["ga"] is None
+    assert record["mask_problem"].startswith("flattened, straight along one side, well inside the fan"), record
+    assert "cut off" not in record["note"]
+    # the same straight side 3 px from the fan's edge: that edge may be what cut it, and is named
+    near = frames.copy()
+    near[:, :217] = 0
+    write_volume(tmp_path / "near.mha", near, spacing_mm=(0.28, 0.28))
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "near.mha"), "--frame", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["mask_problem"].startswith("cut off straight, by an edge"), record

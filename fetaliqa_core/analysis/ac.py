@@ -404,15 +404,15 @@ def format_ga(weeks: float | None) -> str:
 
 def measure_frame_ac(sweep, results, frame: int, fov: FovArg | None = None) -> ACMeasurement | None:
     """AC measured on the model mask of ``frame`` mapped back to the frame's own pixels; None when
-    the frame has no mask or the mask is not measurable. ``fov`` defaults to
-    :func:`fetaliqa_core.acouslic.sweep_fov`."""
+    the frame has no mask or the mask is not measurable. ``fov`` defaults to the frame's own,
+    :func:`fetaliqa_core.acouslic.frame_fov` (the sweep's, but where its fan changes between frames)."""
     from fetaliqa_core.preprocess import mask_to_frame
 
     mask = results.mask(frame) if frame >= 0 else None
     if mask is None or not mask.any():
         return None
     full = mask_to_frame(mask, sweep.height, sweep.width) > 0
-    fov = acouslic.sweep_fov(sweep) if fov is None else fov
+    fov = acouslic.frame_fov(sweep, frame) if fov is None else fov
     spacing, problem, note = sweep.spacing_mm, None, ""
     if getattr(sweep, "region_calibrations", ()) and getattr(sweep, "spacing_problem", None) is None:
         # image regions of different pixel sizes (a picture-in-picture): the one holding the outline

@@ -470,12 +470,10 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     best = _best_of_choice(choice, sweep.sweep_ranges, flags, area, p_opt)
 
     if measure is None:
-        from fetaliqa_core import acouslic
-
-        fov = acouslic.sweep_fov(sweep) if results.has_seg else None
 
         def measure(frame: int) -> ACMeasurement | None:
-            return measure_frame_ac(sweep, results, frame, fov)
+            # (in the frame's own field of view: the sweep's, but where its fan changes between frames)
+            return measure_frame_ac(sweep, results, frame)
 
     ac: dict[int, ACMeasurement] = {}
 
@@ -576,12 +574,19 @@ def _with_region(r, m: ACMeasurement | None):
     return replace(r, note="; ".join(t for t in (r.note, note) if t))
 
 
+#: The field of view's name where the sweep's fan changes between frames (its depth or width changed
+#: while scanning): each frame measured in the fan of the frames like it.
+FANS_OF_RUNS = "the fan of its run of frames"
+
+
 def _field_of_view_name(sweep) -> str:
     """The field of view the sweep's ACs are measured in, named as ``ac --json`` names it."""
     from fetaliqa_core import acouslic
 
     try:
-        return "acouslic" if isinstance(acouslic.sweep_fov(sweep), str) else "the sweep's own fan"
+        if isinstance(acouslic.sweep_fov(sweep), str):
+            return "acouslic"
+        return "the sweep's own fan" if acouslic.fan_change(sweep) is None else FANS_OF_RUNS
     except (AttributeError, TypeError, ValueError):  # (a stand-in sweep without frames)
         return ""
 
@@ -643,13 +648,25 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
     from fetaliqa_core.preprocess import pad_geometry, preprocess_masks, resize_frames_uint8
 
     cache = _shape_cache(getattr(results, "shape_cache_owner", None) or results)
+    size = int(getattr(results, "mask_size", 224))
+
+    def model_fov(fov) -> np.ndarray:
+        fov = acouslic.fov_mask((sweep.height, sweep.width)) if isinstance(fov, str) else np.asarray(fov)
+        return preprocess_masks(fov.astype(np.uint8), size=size).numpy().reshape(size, size) > 0
+
     key = ("fov", sweep.height, sweep.width)
     if key not in cache:
-        fov = acouslic.sweep_fov(sweep)
-        fov = acouslic.fov_mask((sweep.height, sweep.width)) if isinstance(fov, str) else np.asarray(fov)
-        size = int(getattr(results, "mask_size", 224))
-        cache[key] = preprocess_masks(fov.astype(np.uint8), size=size).numpy().reshape(size, size) > 0
+        cache[key] = model_fov(acouslic.sweep_fov(sweep))
     fov224 = cache[key]
+    # where the sweep's fan changes between frames, each frame is judged in the fan of the frames
+    # like it, as its AC is measured (an outline cut by a shortened fan's depth arc read whole)
+    change = acouslic.fan_change(sweep) if getattr(sweep, "frames", None) is not None else None
+    runs = ("fov", sweep.height, sweep.width, "runs")
+    if change is not None and runs not in cache:
+        cache[runs] = [fov224 if own is acouslic.sweep_fov(sweep) else model_fov(own) for own in change.fans]
+
+    def fov_of(i: int) -> np.ndarray:
+        return fov224 if change is None else cache[runs][change.run_of(i)]
     spacing = getattr(sweep, "measurement_spacing_mm", tuple(sweep.spacing_mm))
     geometry = pad_geometry(sweep.height, sweep.width)
     size = fov224.shape[0]
@@ -695,7 +712,7 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
         k = (i, px_mm, regions)
         hit = cache.get(k)
         if hit is None or hit[0] is not m:  # a frame scored again (a cascade's teacher) has a new mask
-            hit = cache[k] = (m, frame_choice.mask_shape(m, fov224, px_of(m), grey=lambda i=i: grey(i)))
+            hit = cache[k] = (m, frame_choice.mask_shape(m, fov_of(i), px_of(m), grey=lambda i=i: grey(i)))
         out.append(hit[1])
     return out
 

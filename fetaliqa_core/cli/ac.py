@@ -55,9 +55,36 @@ UNKNOWN_EDGE_REASON = ("not checked against the fan's edge: where it runs near t
                        "field of view found in the sweep leaves this mask out), and an outline it cuts reads short")
 
 
+#: Said (as the reason an AC is doubtful) where the sweep's fan changes between frames and the mask
+#: has one frame: which fan it was drawn in is not known, and a smaller one may cut it.
+UNKNOWN_FAN_REASON = ("not checked against the fan's edge: the sweep's fan changes between frames and which "
+                      "frame the mask was drawn on is not known, and an outline a smaller fan cuts reads short")
+
+
 #: Said under every plain AC of a mask: ``ac`` checks the outline's shape (and, with the sweep, the
 #: frame's grey levels round it), not that it is an abdomen's (a thorax's outline passes).
 SHAPE_ONLY_CAVEAT = "the outline's shape is checked here, not what it outlines: check that the frame shows the abdomen"
+
+
+#: A mask whose every pixel lies at least this far (px) from the edge of the sweep's own field of
+#: view and of the image lies well inside it: a straight side there is no cut by the fan's edge.
+CLEAR_OF_EDGE_PX = 5
+#: Why an outline cut off straight, well inside the sweep's own fan, is doubted: whole, exactly
+#: outlined abdomens pressed flat on the probe's side read "cut off straight, by an edge the
+#: sweep's own fan does not have", which sent the user to look for a cut that is not there.
+FLAT_SIDE_REASON = ("flattened, straight along one side, well inside the fan (the body pressed flat, as by "
+                    "the probe, or outlined in part): it is no one ellipse's, so the AC may be off")
+
+
+def _clear_of_edge(mask: np.ndarray, fov: np.ndarray) -> bool:
+    """Whether every pixel of ``mask`` lies :data:`CLEAR_OF_EDGE_PX` or more from the edge of
+    ``fov`` and of the image."""
+    import cv2
+
+    inside = np.zeros((fov.shape[0] + 2, fov.shape[1] + 2), np.uint8)
+    inside[1:-1, 1:-1] = fov != 0
+    distance = cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1]
+    return bool((mask != 0).any()) and float(distance[mask != 0].min()) >= CLEAR_OF_EDGE_PX
 
 
 def _outline_on_edge(mask: np.ndarray, fov: np.ndarray) -> float:
@@ -227,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
             "written_by": writer or None}))
         return 1
     sweep = None
+    change_note, fan_unknown = "", False
     if args.sweep is not None:
         sweep = fio.load_sweep(Path(args.sweep)).in_memory()
         masks = fio.crop_like(masks, sweep)  # a mask drawn on the scanner's whole screen, cut as its frames are
@@ -249,10 +277,35 @@ def run(args: argparse.Namespace) -> int:
                                                      "given with --spacing", "sweep" if sweep is not None else "mask")
     if sweep is not None and not args.no_fov:
         from fetaliqa_core import acouslic
+        from fetaliqa_core.analysis.assessment import FANS_OF_RUNS
 
         found = acouslic.sweep_fov(sweep)  # ACOUSLIC's own mask where the sweep's fan is that probe's
+        change = None if isinstance(found, str) else acouslic.fan_change(sweep)
+        if change is not None and masks.shape[0] != sweep.n_frames:
+            # a mask of one frame: which run of frames, and so which fan, it was drawn on is not known
+            change_note = ("the sweep's fan changes between frames (its depth or width was changed while "
+                           "scanning), and which frame this mask was drawn on is not known: measured in the "
+                           "union of the frames' fans, so a cut by a smaller one is not known")
+            fan_unknown = True
+            change = None
+        if change is not None:
+            # the fan changes between frames (a depth shortened while scanning): the frame is measured
+            # in the fan of the frames like it, as score measures it (in the deep fan of the others, an
+            # abdomen cut by the short fan's depth arc read whole, up to 3.8 % short, with a GA)
+            run = change.run_of(index)
+            first, last = change.frames_of(run, sweep.n_frames)
+            if change.fans[run] is not found:
+                change_note = (f"the sweep's fan changes between frames (its depth or width was changed while "
+                               f"scanning): frames {first}-{last} show less of it, and this frame is measured in "
+                               "their fan")
+            else:
+                change_note = (f"the sweep's fan changes between frames (its depth or width was changed while "
+                               f"scanning): frames {first}-{last} show all of it, and this frame is measured in "
+                               "their fan")
+            found = change.fans[run]
         fov = resolve_fov(found, frame.shape)
-        fov_name = "acouslic" if isinstance(found, str) else "the sweep's own fan"
+        fov_name = ("acouslic" if isinstance(found, str) else
+                    "the sweep's own fan" if change is None else FANS_OF_RUNS)
     fov_note = ""
     edge_unknown = False
     if fov is not None and frame.any() and fov_name == "acouslic":
@@ -286,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
                 "the field of view found in the sweep's frames is this outline itself (a body in fluid shown "
                 "pure black, no edge of the fan to be seen): measured on the whole frame, so a cut by the fan's "
                 "edge is not known")
+    if change_note:
+        fov_note = "; ".join(t for t in (change_note, fov_note) if t)
     region_note = ""
     if sweep is not None and args.spacing is None:
         # the sweep's calibration stands for its mask's: a mask file's pixel size may be a writer's;
@@ -351,8 +406,15 @@ def run(args: argparse.Namespace) -> int:
         where = {"acouslic": "ACOUSLIC's fan", "whole frame": "the whole frame"}.get(fov_name, fov_name)
         mask_problem = f"cut off straight, by an edge {where} does not have" + (
             "" if args.sweep is not None else "; give the sweep with --sweep")
+        if (sweep is not None and isinstance(fov, np.ndarray) and fov_name != "acouslic"
+                and fov_name != "whole frame" and _clear_of_edge(frame, fov)):
+            # the sweep's own fan is known, and the outline keeps clear of its edges: no edge of it
+            # cut the body there (a body pressed flat by the probe read as cut)
+            mask_problem = FLAT_SIDE_REASON
     if mask_problem is None and edge_unknown and m is not None and problem is None:
         mask_problem = UNKNOWN_EDGE_REASON
+    if mask_problem is None and fan_unknown and m is not None and problem is None:
+        mask_problem = UNKNOWN_FAN_REASON
     frame_notes = _frame_notes(masks, index, fov)
     recorded = _recorded_doubt(volume.metadata, masks, index)
     reading = analysis.read_ac(None if m is None else m.ac_mm, problem, mask_problem, model_doubt=recorded)
