@@ -147,3 +147,18 @@ def test_an_abdomen_cut_by_a_fan_shortened_mid_sweep_is_measured_as_cut_by_ac_an
 
     shapes = mask_shapes(sweep, SimpleNamespace(mask=lambda i: model[i], mask_size=model.shape[-1]))
     assert shapes[CHANGE + 2].in_fan < 0.9 and shapes[2].in_fan > 0.99
+
+
+def test_a_review_report_measures_each_thumbnail_in_its_own_frame_s_fan():
+    """The review report's thumbnails were measured in the union of the frames' fans: an abdomen
+    the shortened fan cut read whole there, a plain AC 3.8 % short in the report's caption, where
+    the window, `score` and `ac` measure it cut."""
+    from fetaliqa_core.review import report
+
+    frames, masks, _ = _sweep()
+    view = _as_sweep(frames)
+    record = SimpleNamespace(spacing_mm=(SPACING, SPACING))
+    cut, fov = report._thumbnail_ac(masks[CHANGE + 2], frames, record, view, CHANGE + 2)
+    assert cut.truncated is True and fov is acouslic.frame_fov(view, CHANGE + 2)
+    whole, _ = report._thumbnail_ac(masks[2], frames, record, view, 2)
+    assert whole.truncated is False

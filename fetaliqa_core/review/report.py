@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -225,19 +226,17 @@ def _threshold_text(run: ModelRun) -> str:
     return text
 
 
-def _thumbnail_ac(mask, frames, sweep, fov):
-    """The AC ellipse on a thumbnail's mask, measured as the viewer does (inside the sweep's
-    field of view); (measurement or None, the field of view for the next call)."""
-    from types import SimpleNamespace
-
+def _thumbnail_ac(mask, frames, sweep, view, frame: int):
+    """The AC ellipse on a thumbnail's mask, measured as the viewer does (inside the frame's field
+    of view: the sweep's, or where its fan changes between frames, the fan of the frames like it);
+    (measurement or None, that field of view). ``view``: the frames as one object, on which the
+    field of view and any change of fan are worked out once."""
     from fetaliqa_core import acouslic
     from fetaliqa_core.analysis.ac import measure_ac
 
+    fov = acouslic.frame_fov(view, frame)
     if mask is None or not np.asarray(mask).any():
         return None, fov
-    if fov is None:
-        n, h, w = frames.shape
-        fov = acouslic.sweep_fov(SimpleNamespace(height=h, width=w, n_frames=n, frames=frames))
     spacing = sweep.spacing_mm or (1.0, 1.0)  # the ellipse's shape does not depend on it
     return measure_ac(np.asarray(mask) > 0, spacing, fov=fov), fov
 
@@ -626,13 +625,15 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                          "suboptimal plane as segmented by the model.</p>")
             cells = []
             h, w = frames.shape[1:]
-            fov = None
+            # (a sweep whose depth was shortened mid-sweep: the union of its fans measured an outline
+            # the short fan cut as whole, a plain AC 3.8 % short, where the window and score measure it cut)
+            view = SimpleNamespace(height=h, width=w, n_frames=frames.shape[0], frames=frames)
             for f in thumbs:
                 mask = store.run_mask(run.id, f, sizes=functools.partial(_mask_fits, h, w))
                 mask = mask_on_frame(mask, h, w) if mask is not None else None
                 if mask is None and loader_masks is not None:
                     mask = loader_masks[f]
-                ac, fov = _thumbnail_ac(mask, frames, sweep, fov)
+                ac, fov = _thumbnail_ac(mask, frames, sweep, view, f)
                 # an outline in an image region of another pixel size than the one the database
                 # keeps (a picture-in-picture): measured at that region's, or given no mm
                 outline_mm, outline_problem = _outline_spacing(calibrations, sweep, mask)
