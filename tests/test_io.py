@@ -884,6 +884,11 @@ def test_a_label_mask_is_told_from_a_part_of_a_sweep_larger_than_the_mask_check(
     dark[150:, 5:35, 5:40] = 90
     assert not sweep_module._looks_like_label_mask(dark)
     assert not sweep_module._looks_like_label_mask(np.zeros((200, 40, 48), np.uint8))
+    # a mask held in memory is read whole: the challenge answer's mask labels one frame, which the
+    # sample of a file mapped from disk misses (its note was lost on an 840-frame mask)
+    one = np.zeros((200, 40, 48), np.uint8)
+    one[101, 10:20, 10:30] = 1  # (not among the 30 frames sampled)
+    assert sweep_module._looks_like_label_mask(one)
 
 
 def test_the_viewers_loader_works_out_the_field_of_view_off_the_windows_thread(qtbot, tmp_path, monkeypatch):

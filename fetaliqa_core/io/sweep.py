@@ -6,6 +6,7 @@ import bisect
 import dataclasses
 import hashlib
 import math
+import mmap
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -303,18 +304,30 @@ def load_sweep(path: str | Path) -> Sweep:
 MASK_CHECK_BYTES = 128 << 20
 
 
+def _mapped(frames: np.ndarray) -> bool:
+    """Whether ``frames`` (or the array it is a view of) is mapped from a file rather than held in memory."""
+    a = frames
+    while isinstance(a, np.ndarray):
+        if isinstance(a, np.memmap):
+            return True
+        a = a.base
+    return isinstance(a, mmap.mmap)
+
+
 def _looks_like_label_mask(frames: np.ndarray) -> bool:
     """Whether the frames hold nothing but the values 0, 1 and 2, some not 0: a label mask (an
     annotation) opened as a sweep, whose grey levels span 0-255. Frames spread evenly over the
     sweep are read, a few at a time and no more than :data:`MASK_CHECK_BYTES` in all (every frame of
-    a smaller sweep), and reading stops at the first grey level above 2 (a sweep's first frames
+    a smaller sweep, or of one held in memory), and reading stops at the first grey level above 2 (a sweep's first frames
     settle it) or when the read is stopped (``io.cancellable``)."""
     n = int(frames.shape[0])
     frame_bytes = max(1, int(frames[:1].nbytes))
     if n == 0 or frames.size == 0:
         return False
     budget = max(1, MASK_CHECK_BYTES // frame_bytes)
-    if budget >= n:
+    # (frames already in memory are all read: a challenge answer's mask labels one frame of 840,
+    # which a sample misses; only a file mapped from disk is sampled)
+    if budget >= n or not _mapped(frames):
         order = np.arange(n)
     else:
         order = np.unique(np.linspace(0, n - 1, budget).round().astype(np.int64))
