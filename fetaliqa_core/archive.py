@@ -715,16 +715,22 @@ def folder_problem(folder: Path, record: dict, needed: Sequence[str] = ()) -> st
 
 
 def _legacy_challenge_problem(folder: Path, record: dict) -> str | None:
-    from fetaliqa_core.export import CHALLENGE_FRAME_FILE
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_SEARCH
 
     try:
         frame = json.loads((folder / CHALLENGE_FRAME_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return None  # absent: said by the check of the files needed
-    if frame != record.get("chosen_frame"):
-        return (f"its challenge answer (frame {frame}) is not its record's chosen frame "
-                f"({record.get('chosen_frame')}): another run's, copied into its folder")
-    return None
+    chosen = record.get("chosen_frame")
+    if frame == chosen:
+        return None
+    # (the answer may be a neighbour of the chosen frame, or -1, by design: where the chosen frame's
+    # mask is empty in the field of view; an earlier version's results were scored again for it)
+    if isinstance(frame, int) and isinstance(chosen, int) and chosen >= 0 and (
+            frame == -1 or abs(frame - chosen) <= CHALLENGE_MASK_SEARCH):
+        return None
+    return (f"its challenge answer (frame {frame}) is not its record's chosen frame ({chosen}): another "
+            "run's, copied into its folder")
 
 
 def challenge_files_of_record(folder: Path, record: dict | None) -> bool:

@@ -715,3 +715,19 @@ def test_leftovers_of_a_killed_run_with_uuid_case_names_are_removed(tmp_path):
     os.utime(other, (past, past))
     ar.clean_leftovers(out, [name])
     assert not old.exists() and other.exists()
+
+
+def test_an_earlier_versions_challenge_answer_beside_its_chosen_frame_is_kept(tmp_path):
+    """Results written by the previous version list no files, so only their challenge answer's
+    frame is checked against the record's chosen frame: an answer on a neighbouring frame, or -1,
+    which the export gives by design where the chosen frame's mask is empty in the field of view,
+    was called "another run's, copied into its folder" and the case scored again."""
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_SEARCH
+
+    folder = tmp_path / "c1"
+    folder.mkdir()
+    record = _record("c1", chosen_frame=9)
+    for answer, kept in ((9, True), (10, True), (-1, True), (9 + CHALLENGE_MASK_SEARCH + 1, False)):
+        (folder / CHALLENGE_FRAME_FILE).write_text(json.dumps(answer))
+        problem = ar._legacy_challenge_problem(folder, record)
+        assert (problem is None) is kept, (answer, problem)
