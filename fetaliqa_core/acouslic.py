@@ -911,7 +911,8 @@ def fan_change(sweep) -> FanChange | None:
     fluid reaching the fan's edge in some frames, or a far field fading in every frame, leaves no
     such part (the hull closes over fluid; the far field is dark in all frames or in none).
     Changes are found by splitting the sweep in two where one side lacks such a part, and each
-    side again (one setting after another; a short run in the middle of two deep ones is not found).
+    side again (one setting after another: a run with frames of the other setting on both sides,
+    the depth shortened and later restored, is not found, however long).
 
     Worked out once per sweep and kept on it, as :func:`sweep_fov` is."""
     kept = getattr(sweep, "__dict__", {}).get(_FAN_CHANGE_KEPT, False)
