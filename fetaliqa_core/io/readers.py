@@ -2965,19 +2965,12 @@ def _nrrd_spacing_units(fields: dict[str, str] | None) -> tuple[tuple[float, flo
     is no length gives a note that makes the spacing unknown."""
     if fields is None:
         return (1.0, 1.0), ""
-    if "space units" in fields:
-        units = re.findall(r'"([^"]*)"', fields["space units"])
-        if len({u.strip().lower() for u in units}) > 1:
-            return _nrrd_mixed_space_units(fields, units)
-        units = units[:2]
-    elif "units" in fields:
-        units = re.findall(r'"([^"]*)"', fields["units"])
-        kinds = fields.get("kinds", "").lower().split()
-        if len(kinds) == len(units):
-            units = [u for u, k in zip(units, kinds) if k not in _NRRD_VALUE_KINDS]
-        units = units[:2]
-    else:
+    units = _nrrd_units(fields)
+    if units is None:
         return (1.0, 1.0), ""
+    if "space units" in fields and len({u.strip().lower() for u in units}) > 1:
+        return _nrrd_mixed_space_units(fields, units)
+    units = units[:2]
     factors = []
     for unit in units:
         key = unit.strip().lower()
@@ -2992,24 +2985,32 @@ def _nrrd_spacing_units(fields: dict[str, str] | None) -> tuple[tuple[float, flo
     return (factors[1], factors[0]), ""
 
 
+def _nrrd_units(fields: dict[str, str]) -> list[str] | None:
+    """The units a NRRD header gives its space's axes (``space units``, all of them) or its image's
+    axes (``units``, less the value axes named in ``kinds``); None when it gives neither."""
+    if "space units" in fields:
+        return re.findall(r'"([^"]*)"', fields["space units"])
+    if "units" not in fields:
+        return None
+    units = re.findall(r'"([^"]*)"', fields["units"])
+    kinds = fields.get("kinds", "").lower().split()
+    if len(kinds) == len(units):
+        units = [u for u, k in zip(units, kinds) if k not in _NRRD_VALUE_KINDS]
+    return units
+
+
 def _nrrd_names_no_unit(fields: dict[str, str] | None) -> bool:
     """Whether a NRRD header names no unit for its pixels' lengths (no ``space units`` or ``units``
     and no named space, or only the format's words for none): the image reader reads them as mm,
     as NIfTI's unit code 0."""
     if fields is None:
         return False
-    if "space units" in fields:
-        units = re.findall(r'"([^"]*)"', fields["space units"])
-    elif "units" in fields:
-        units = re.findall(r'"([^"]*)"', fields["units"])
-        kinds = fields.get("kinds", "").lower().split()
-        if len(kinds) == len(units):
-            units = [u for u, k in zip(units, kinds) if k not in _NRRD_VALUE_KINDS]
-        units = units[:2]
-    else:
+    units = _nrrd_units(fields)
+    if units is None:
         # a named anatomical space (ITK, 3D Slicer and this product write one, with no units) is in mm by
         # those tools' convention: a note on every such file would be noise; bare `spacings` are unitless
         return "space" not in fields and "space dimension" not in fields
+    units = units if "space units" in fields else units[:2]  # (an image axis past the frame's two: the frames')
     return all(u.strip().lower() in _NRRD_NO_UNIT for u in units)
 
 
