@@ -1442,12 +1442,15 @@ def test_the_files_dropped_with_the_one_opened_are_still_named_once_it_has_opene
     one, colour = tmp_path / "one_frame.mha", tmp_path / "colour.mha"
     write_volume(one, tiny_sweep(1, 5, 40, 50).frames[2:3])
     write_volume(colour, tiny_sweep(1, 5, 40, 50).frames)
-    win = make_window(score=False)  # (the first sweep's scoring ending late would replace the line under load)
+    win = make_window(score=False)
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(p)) for p in (one, colour)])
+    # (read as the sweep opens: scoring it ends within milliseconds here and says so in its place)
+    seen = []
+    win.sweep_opened.connect(lambda _path: seen.append(win.status_message.toolTip()))
     with qtbot.waitSignal(win.sweep_opened, timeout=10000):
         win.dropEvent(QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
-    said = win.status_message.toolTip()
+    said = seen[0]
     assert said.startswith("Opened one_frame.mha: 1 frame.") and "colour.mha" in said, said
 
 
