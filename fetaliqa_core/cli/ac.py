@@ -281,10 +281,10 @@ def run(args: argparse.Namespace) -> int:
 
         found = acouslic.sweep_fov(sweep)  # ACOUSLIC's own mask where the sweep's fan is that probe's
         change = None if isinstance(found, str) else acouslic.fan_change(sweep)
+        changes = "the sweep's fan changes between frames (its depth or width was changed while scanning)"
         if change is not None and masks.shape[0] != sweep.n_frames:
             # a mask of one frame: which run of frames, and so which fan, it was drawn on is not known
-            change_note = ("the sweep's fan changes between frames (its depth or width was changed while "
-                           "scanning), and which frame this mask was drawn on is not known: measured in the "
+            change_note = (f"{changes}, and which frame this mask was drawn on is not known: measured in the "
                            "union of the frames' fans, so a cut by a smaller one is not known")
             fan_unknown = True
             change = None
@@ -294,14 +294,9 @@ def run(args: argparse.Namespace) -> int:
             # abdomen cut by the short fan's depth arc read whole, up to 3.8 % short, with a GA)
             run = change.run_of(index)
             first, last = change.frames_of(run, sweep.n_frames)
-            if change.fans[run] is not found:
-                change_note = (f"the sweep's fan changes between frames (its depth or width was changed while "
-                               f"scanning): frames {first}-{last} show less of it, and this frame is measured in "
-                               "their fan")
-            else:
-                change_note = (f"the sweep's fan changes between frames (its depth or width was changed while "
-                               f"scanning): frames {first}-{last} show all of it, and this frame is measured in "
-                               "their fan")
+            part = "all" if change.fans[run] is found else "less"
+            change_note = (f"{changes}: frames {first}-{last} show {part} of it, and this frame is measured in "
+                           "their fan")
             found = change.fans[run]
         fov = resolve_fov(found, frame.shape)
         fov_name = ("acouslic" if isinstance(found, str) else
