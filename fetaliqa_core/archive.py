@@ -592,8 +592,7 @@ def is_finished(record: dict | None, key: str | Sequence[str], needed_files: Seq
     keys = (key,) if isinstance(key, str) or key is None else tuple(key)
     if record is None or record.get("status") != STATUS_OK or record.get("key") not in keys:
         return False
-    return folder is None or (all((folder / name).is_file() for name in needed_files)
-                              and folder_problem(folder, record, needed_files) is None)
+    return folder is None or written_with(folder, record, needed_files)
 
 
 def rescore_reason(record: dict | None, fhash: str | None, columns: dict, threshold: float,
@@ -738,9 +737,13 @@ def challenge_files_of_record(folder: Path, record: dict | None) -> bool:
     unchanged since)."""
     from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE
 
-    needed = (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE)
-    return (record is not None and all((folder / n).is_file() for n in needed)
-            and folder_problem(folder, record, needed) is None)
+    return record is not None and written_with(folder, record, (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE))
+
+
+def written_with(folder: Path, record: dict, needed: Sequence[str]) -> bool:
+    """Whether the files ``needed`` are in case folder ``folder`` and its files are the ones
+    written with ``record`` (:func:`folder_problem`)."""
+    return all((folder / name).is_file() for name in needed) and folder_problem(folder, record, needed) is None
 
 
 def foreign_folder(folder: Path) -> bool:
