@@ -318,8 +318,8 @@ def _looks_like_label_mask(frames: np.ndarray) -> bool:
     """Whether the frames hold nothing but the values 0, 1 and 2, some not 0: a label mask (an
     annotation) opened as a sweep, whose grey levels span 0-255. Frames spread evenly over the
     sweep are read, a few at a time and no more than :data:`MASK_CHECK_BYTES` in all (every frame of
-    a smaller sweep, or of one held in memory), and reading stops at the first grey level above 2 (a sweep's first frames
-    settle it) or when the read is stopped (``io.cancellable``)."""
+    a smaller sweep, or of one held in memory), and reading stops at the first grey level above 2
+    (a sweep's first frames settle it) or when the read is stopped (``io.cancellable``)."""
     n = int(frames.shape[0])
     frame_bytes = max(1, int(frames[:1].nbytes))
     if n == 0 or frames.size == 0:
