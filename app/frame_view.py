@@ -403,7 +403,8 @@ class FrameView(QWidget):
 
     def _place_ellipse_label(self, *_args) -> None:
         """Put the AC label above the outline (below it when the view has no room above: an
-        outline at the top of the frame put its label off the view, or over the abdomen), centred
+        outline at the top of the frame put its label off the view, or over the abdomen; over the
+        image at the view's foot when there is room neither above nor below), centred
         on it but inside the view, and clear of the corners' text: on a laptop-size window the
         top-left corner covered the AC's first digits ("…1.6 mm" for 101.6 mm) and the top-right
         one the label's demo notice. It moves sideways or below the outline for them; where there
@@ -429,8 +430,16 @@ class FrameView(QWidget):
         x = min(max(x, view_left + half), view_right - half) if view_right - view_left > 2 * half else view_left + half
         above = (x - half, top - 6 * per_pixel - box.height() * per_pixel)
         below = (x - half, bottom + 6 * per_pixel)
-        first = above if top - needed >= view_top else below
-        spots = [first] + [s for s in (above, below) if s is not first and view_top <= s[1]
+        # an outline spanning the view's height leaves room neither above nor below: the label then
+        # goes over the image at the view's foot (it was put below the view, out of sight)
+        inside = (x - half, max(view_top, view_bottom - needed))
+        if top - needed >= view_top:
+            first = above
+        elif bottom + needed <= view_bottom:
+            first = below
+        else:
+            first = inside
+        spots = [first] + [s for s in (above, below, inside) if s is not first and view_top <= s[1]
                            and s[1] + box.height() * per_pixel <= view_bottom]
         corners = self.corner_text_rects()
         chosen = None

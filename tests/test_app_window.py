@@ -1353,6 +1353,30 @@ def test_where_the_ac_label_finds_no_room_the_corners_it_would_cover_give_way(qt
     assert all(lab.isVisible() for lab in (view.corner_tl, view.corner_tr, view.corner_bl))
 
 
+def test_an_outline_spanning_the_view_s_height_keeps_its_ac_label_on_the_view(qtbot):
+    """An outline from the frame's first row to its last left room neither above nor below it: the
+    label was put below it, off the view (only the status bar showed the AC). It now goes over the
+    image at the view's foot, still clear of the corners' text."""
+    from app.frame_view import FrameView
+
+    view = FrameView()
+    qtbot.addWidget(view)
+    view.resize(760, 470)
+    view.show()
+    view.set_frame(np.full((300, 400), 60, np.uint8))
+    view.set_corners(tl="frame 9 of 0–23<br>sweep 1 transverse<br>pixel 1 x 1 mm · file header",
+                     tr="classifier p_cls 0.70<br>mask p_seg 0.92", bl="★ chosen frame")
+    QApplication.processEvents()
+    t = np.linspace(0, 2 * np.pi, 100)
+    view.show_ellipse(np.stack([200 + 150 * np.cos(t), 150 + 149 * np.sin(t)], 1),
+                      "AC 101.6 mm (doubtful) · demo model, not for clinical use")
+    QApplication.processEvents()
+    rect = _screen_rect(view, view.ellipse_label)
+    assert 0 <= rect.top() and rect.bottom() <= view.height(), rect
+    for lab in (view.corner_tl, view.corner_tr, view.corner_bl):
+        assert not lab.isVisible() or not rect.intersects(_corner_ink(lab)), lab.objectName()
+
+
 @pytest.mark.parametrize("size", [(1280, 720), (1024, 600)])
 def test_a_laptop_size_status_bar_keeps_the_model_s_name_and_the_message(qtbot, monkeypatch, size):
     """At 1280 x 720 (and 1366 x 768 at 125 %: 1093 x 614) the answer took all the room: the model
