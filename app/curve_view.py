@@ -242,7 +242,7 @@ class QualityCurve(QWidget):
             text = f"{k + 1} · {kind}" if kind and kind != "unknown" else f"sweep {k + 1}"
             lab = pg.TextItem(text, color=theme.TEXT_DIM, anchor=(0, 0))
             lab.setFont(font)
-            lab.setPos(a + 0.5, LABEL_Y)
+            lab.setPos(a - 0.5, LABEL_Y)  # at its band's left edge: one frame in, a one-frame sweep's name lay past the view
             self.vb.addItem(lab)
             self._labels.append(lab)
         # frames are whole numbers: a short sweep gets one tick a frame, not 0.5 steps

@@ -326,3 +326,22 @@ def test_the_threshold_words_are_never_drawn_over_the_sweeps_names(qtbot, window
     else:
         assert words.bottom() <= at + 1
         assert not words.intersects(seg_words)
+
+
+def test_a_one_frame_sweep_s_name_on_the_curve_lies_inside_the_plot(qtbot, window):
+    """A one-frame sweep's name was placed one frame into its band, which is the plot's right edge:
+    only a clipped "s" of "sweep 1" showed there. Names now start at their band's left edge."""
+    from PySide6.QtWidgets import QApplication
+
+    window.set_sweep(tiny_sweep(1, 1, height=72, width=96), score=True)
+    qtbot.waitUntil(lambda: window.model.results is not None and window.model.results.complete
+                    and not window.scoring.running, timeout=30000)
+    window.show()
+    window.resize(1280, 720)
+    for _ in range(5):
+        QApplication.processEvents()
+    curve = window.curve
+    plot = curve.vb.sceneBoundingRect()
+    (name,) = curve._labels
+    rect = name.sceneBoundingRect()
+    assert plot.left() - 1 <= rect.left() and rect.right() <= plot.right() + 1, (rect, plot)
