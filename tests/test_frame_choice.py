@@ -1149,3 +1149,24 @@ def test_the_narrow_end_of_an_egg_shaped_abdomen_cut_off_counts_as_extrapolated(
             mask = rho <= 1 + ripple * np.sin(7 * np.arctan2(yy - cy, xx - 112))
             shape = fc.mask_shape(mask.astype(np.uint8), edge, 0.6)
             assert shape.extrapolated < most and shape.problem is None, (ripple, cut, shape.extrapolated)
+
+
+def _thresholded_disc(ac_mm: float, px_mm: float) -> np.ndarray:
+    """A round abdomen as a segmenter's thresholded output draws it at the model's size: the
+    pixels whose centres lie inside."""
+    r = ac_mm / (2 * math.pi) / px_mm
+    yy, xx = np.mgrid[0:S, 0:S]
+    return ((xx - 111.7) ** 2 + (yy - 112.2) ** 2 <= r * r).astype(np.uint8)
+
+
+def test_an_abdomen_at_the_plausible_range_s_foot_is_judged_by_the_ac_measured_on_its_frame():
+    """A 76 mm abdomen read 75.6 mm on its frame (`ac`: plain, GA 14w 0d), but its mask at the
+    model's size (0.93 mm pixels) measured under 75 mm, so `score` called it "implausible size":
+    two answers for one mask. The model-size check now allows for its coarser pixels; the range
+    itself is applied to the AC measured on the frame."""
+    s = fc.mask_shape(_thresholded_disc(76.0, PX_MM), None, PX_MM)
+    assert s.circumference_mm < 75.0  # the coarser mask reads short
+    assert s.reason != "implausible size" and s.plausible, s
+    assert fc.mask_shape(_thresholded_disc(66.0, PX_MM), None, PX_MM).reason == "implausible size"
+    assert fc.mask_shape(_thresholded_disc(460.0, PX_MM), None, PX_MM).reason == "implausible size"
+

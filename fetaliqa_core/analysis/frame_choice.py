@@ -107,6 +107,11 @@ MIN_AXIS_RATIO = 0.5
 #: after the rounder frames of its run, but the AC measured on it is doubtful.
 ROUND_RATIO = 0.7
 AREA_SHARE_OF_FOV = (0.01, 0.5)  # used only when the pixel spacing is unknown
+#: The size check's allowance beyond :data:`AC_PLAUSIBLE_MM`: the mask judged here may be the
+#: model's, coarser than the frame's on which the AC is measured (and then checked against the
+#: range exactly, :func:`~fetaliqa_core.analysis.units.read_ac`); an abdomen measured 75.6 mm on
+#: its frame was "implausible size" on its 224 x 224 mask, where ``ac`` read it plain.
+SIZE_MARGIN = 0.03
 SMOOTH_WINDOW = 5
 OPTIMAL_SHARE = 0.5
 #: Bone echoes far brighter than the brain inside the skull; the abdominal wall about as bright
@@ -364,7 +369,8 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
     elif in_fan < MIN_IN_FAN or extrapolated > MAX_EXTRAPOLATED:
         reason = (f"cut off: {extrapolated:.0%} of its outline and {1 - in_fan:.0%} of its area lie outside the "
                   "field of view (or the image), so the AC would be extrapolated")
-    elif circ is not None and not AC_PLAUSIBLE_MM[0] <= round(circ, 1) <= AC_PLAUSIBLE_MM[1]:  # as shown
+    elif circ is not None and not (AC_PLAUSIBLE_MM[0] * (1 - SIZE_MARGIN) <= round(circ, 1)
+                                   <= AC_PLAUSIBLE_MM[1] * (1 + SIZE_MARGIN)):
         reason = "implausible size"
     elif circ is None:
         fov_area = float(region.size if fov is None else fov.sum())
