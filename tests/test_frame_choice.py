@@ -1170,3 +1170,18 @@ def test_an_abdomen_at_the_plausible_range_s_foot_is_judged_by_the_ac_measured_o
     assert fc.mask_shape(_thresholded_disc(66.0, PX_MM), None, PX_MM).reason == "implausible size"
     assert fc.mask_shape(_thresholded_disc(460.0, PX_MM), None, PX_MM).reason == "implausible size"
 
+
+
+def test_the_weeks_of_gestation_are_written_alike_in_every_output_of_a_run():
+    """summary.json's answer gave 27.57 weeks and its per-sweep rows (and so summary.csv, as
+    "27.60", and the archive's cases.csv) 27.6 for the same frame: read back as days, the rounded
+    value fell a day off the GA text shown beside it for 18 % of ACs. Every output now writes the
+    answer's two decimals."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+
+    sweep, res = _scored_case(ellipse((112, 112), (40, 34)))
+    a = assess(sweep, res, Thresholds(value=0.5, model=0.5))
+    weeks = a.summary.chosen_ac["ga_weeks"]
+    assert a.summary.chosen_ac["status"] == "ok" and weeks is not None and round(weeks, 1) != weeks
+    (row,) = [s for s in a.summary.sweeps if s.best_frame == a.chosen_frame]
+    assert row.ga_weeks == weeks

@@ -654,3 +654,16 @@ def test_a_right_to_left_note_keeps_its_marks_and_isolates(store):
     # one left open runs to the end of its line: in a report's CSV it reordered the columns after the note
     store.record_verdict(sid, 5, "dana", "optimal", note="looks fine \u2067\u05d1\u05d8\u05df \u200f")
     assert store.verdict_for(sid, 5, "dana").note == "looks fine \u05d1\u05d8\u05df \u200f"
+
+
+@pytest.mark.parametrize("ac_mm", [110.8, 81.3, 93.6, 117.7])
+def test_the_report_s_gestational_age_is_the_one_the_window_shows(ac_mm):
+    """The report worked the GA's text out again from the weeks stored with the run, rounded to two
+    decimals: for AC 110.8 mm it printed "17w 0d" where the window, `score` and `ac` said 16w 6d
+    (a day off for 51 of 3051 ACs). It now derives it from the AC as shown, as they do."""
+    from fetaliqa_core.analysis import format_ga, read_ac
+    from fetaliqa_core.review.report import ga_weeks_of
+
+    shown = read_ac(ac_mm)
+    run = SimpleNamespace(ac_mm=shown.ac_mm, ga_weeks=shown.ga_weeks)  # as the window stores it
+    assert format_ga(ga_weeks_of(run)) == shown.ga_text

@@ -507,7 +507,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
             sweep=s + 1, kind=kinds[s] if s < len(kinds) else "unknown",
             first_frame=int(start), last_frame=int(stop) - 1,
             best_frame=int(frame), score=(float(b.score) if frame >= 0 else None),
-            ac_mm=r.ac_mm, ga_weeks=(None if r.ga_weeks is None else round(r.ga_weeks, 1)),
+            ac_mm=r.ac_mm, ga_weeks=r.ga_weeks,  # two decimals, as chosen_ac and `ac --json` give it
             ga_out_of_range=(bool(hadlock_ga(m.ac_mm).out_of_range) if m is not None and r.ac_mm is not None
                              else None),  # null where no AC is shown, as in cases.csv
             ac_status=r.status, ga=r.ga_text, ac_note=r.note,

@@ -103,7 +103,7 @@ def _record_writer(item: ar.Item, base: dict):
                       # "ok": a number to act on; "doubtful": implausible value or mask (summary.json)
                       # "no units": an AC measured but not shown without a known, plausible spacing
                       ac_status=reading.get("status") or None,  # "none" when no AC, as summary.json says
-                      ga_weeks=round(float(ga.weeks), 1) if ga is not None else None,
+                      ga_weeks=round(float(ga.weeks), 2) if ga is not None else None,  # as summary.json
                       # whether the AC shown lies outside Hadlock's range (then no GA): empty without an AC
                       ga_out_of_range=bool(an.hadlock_ga(m.ac_mm).out_of_range) if m is not None else None,
                       n_frames=int(sweep.n_frames), frames_scored=int(results.n_done),

@@ -189,14 +189,15 @@ def _ga_text(weeks: float | None) -> str:
 
 
 def ga_weeks_of(run: ModelRun) -> float | None:
-    """GA stored with the run, or Hadlock's from its AC when only the AC was stored."""
-    if run.ga_weeks is not None:
-        return run.ga_weeks
+    """The run's GA as every other output gives it: Hadlock's from its AC as shown (0.1 mm), from
+    which the window, ``score`` and ``ac`` derive it (the weeks stored with the run, to two
+    decimals, put the report's text a day off theirs for 1.7 % of ACs: "17w 0d" for 16w 6d); the
+    stored weeks where no AC was stored, Hadlock's where only the AC was."""
     if run.ac_mm is None:
-        return None
+        return run.ga_weeks
     from fetaliqa_core.analysis import hadlock_ga
 
-    ga = hadlock_ga(run.ac_mm)
+    ga = hadlock_ga(round(float(run.ac_mm), 1))
     return ga.weeks if math.isfinite(ga.weeks) and not ga.out_of_range else None
 
 
