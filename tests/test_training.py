@@ -137,8 +137,10 @@ def test_read_cases_errors(tmp_path, tiny_data):
     layout = tmp_path / "d"
     (layout / ds.CSV_RELPATH).parent.mkdir(parents=True)
     (layout / ds.CSV_RELPATH).write_text("uuid,subject_id,sweep_1_ac_mm\nabc,1,100\n")
-    with pytest.raises(FetalIQAError, match="missing"):
+    with pytest.raises(FetalIQAError, match="missing") as info:
         ds.read_cases(layout)
+    # it says what to do when the folder holds only some of the cases the CSV lists
+    assert "take the other cases' rows out of a copy of the CSV" in str(info.value)
     (layout / ds.CSV_RELPATH).write_text("uuid,sweep_1_ac_mm\nabc,100\n")
     with pytest.raises(FetalIQAError, match="subject_id"):
         ds.read_cases(layout)

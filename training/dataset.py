@@ -155,7 +155,8 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
     if missing_files:
         more = f" and {len(missing_files) - 3} more" if len(missing_files) > 3 else ""
         raise FetalIQAError(f"{len(missing_files)} file(s) named in {csv_path} are missing: "
-                            f"{', '.join(map(str, missing_files[:3]))}{more}{_other_names_hint(missing_files[0])}")
+                            f"{', '.join(map(str, missing_files[:3]))}{more}"
+                            f"{_other_names_hint(missing_files[0]) or _SUBSET_HINT}")
     if not_files:  # there, but no file to read: they were "missing", the message listing them as present
         more = f" and {len(not_files) - 3} more" if len(not_files) > 3 else ""
         shown = ", ".join(f"{p} ({_not_a_file(p)})" for p in not_files[:3])
@@ -164,6 +165,12 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
     if not cases:
         raise FetalIQAError(f"{csv_path} lists no case; add one row per case (uuid, subject_id, sweep ACs)")
     return cases
+
+
+#: What to do with a CSV naming cases whose files are not there (the challenge's CSV lists all its
+#: cases; a folder holding some of them was refused with no word on how to use those it holds).
+_SUBSET_HINT = ("; put them in their place, or, to use only the cases the folder holds, take the other cases' rows "
+                "out of a copy of the CSV")
 
 
 def _not_a_file(path: Path) -> str:
