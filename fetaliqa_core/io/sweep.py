@@ -456,6 +456,12 @@ def _neighbours_alike(frames: np.ndarray) -> str | None:
 BLACK_ROWS_MIN, BLACK_MARGIN = 0.4, 0.2
 #: ... and at least this share of the frames have a whole black row
 BLACK_ROWS_FRAMES = 0.7
+#: ... and the whole black rows move from frame to frame: read frames-first, each "frame" is another
+#: column of the sweep and shows the fan's edge at another depth (the same black rows, give or take
+#: 1 % of them, in 0.00-0.40 of the neighbouring sampled frames: the cases above), while an upright
+#: sweep keeps them in place for as long as a depth is set (a depth changed twice: 0.87). Taken for
+#: frames-first only when they stay put between fewer than this share of neighbouring sampled frames.
+BLACK_ROWS_STEADY = 0.6
 #: Frames sampled for it; a line counts as black when this share of its pixels is; the black must
 #: be at least this share of the sampled frames' pixels to say anything.
 _BLACK_FRAMES, _BLACK_LINE, _BLACK_MIN_SHARE = 16, 0.95, 0.02
@@ -463,9 +469,12 @@ _BLACK_FRAMES, _BLACK_LINE, _BLACK_MIN_SHARE = 16, 0.95, 0.02
 
 def _black_layout(frames: np.ndarray) -> str | None:
     """The shares of the black lying along whole rows and in the same place in every frame, as
-    text, when the rows hold clearly more of it (:data:`BLACK_MARGIN`); None otherwise. Frames that
-    show less than half the image most do (blank frames, a probe lifted off) are left out: their
-    black lies along whole rows in an upright sweep too."""
+    text, when the rows hold clearly more of it (:data:`BLACK_MARGIN`) in (nearly) every frame
+    (:data:`BLACK_ROWS_FRAMES`) and move from frame to frame (:data:`BLACK_ROWS_STEADY`); None
+    otherwise. Frames that show less than half the image most do (blank frames, a probe lifted off)
+    are left out: their black lies along whole rows in an upright sweep too. Where the black lies is
+    judged over the frames with whole black rows: an upright linear sweep whose depth was set
+    shorter for a stretch (from its third frame on, say) has them in one place in that stretch."""
     n, h, w = frames.shape
     picked = np.unique(np.linspace(0, n - 1, min(n, _BLACK_FRAMES)).round().astype(int))
     k = max(1, math.ceil(math.sqrt(h * w / _ACROSS_PIXELS)))  # (frames over a megapixel: every k-th pixel)
@@ -475,15 +484,28 @@ def _black_layout(frames: np.ndarray) -> str | None:
     total = int(black.sum())
     if black.shape[0] < 4 or total < max(500, _BLACK_MIN_SHARE * black.size):
         return None
-    in_place = black.mean(axis=0) >= _BLACK_LINE             # (H, W): black in (nearly) every frame
     along_rows = black.mean(axis=2) >= _BLACK_LINE           # (frames, H): a frame's row black (nearly) all along
+    # read frames-first, (nearly) every "frame" is a slice through the black beside the fan; an upright
+    # sweep whose depth changed, or that lost contact, for a stretch has whole black rows in that stretch only
+    with_rows = along_rows.any(axis=1)
+    if float(with_rows.mean()) < BLACK_ROWS_FRAMES:
+        return None
+    # ... and in the same place all through that stretch (the depth set shorter from the third frame on,
+    # or deep only in the last ones): where the black lies is judged over the frames with whole black
+    # rows. Read frames-first, every "frame" has them and each lies elsewhere (the fan's edge at
+    # another depth in each column), so this leaves such a stack as it was
+    black, along_rows = black[with_rows], along_rows[with_rows]
+    total = int(black.sum())
+    in_place = black.mean(axis=0) >= _BLACK_LINE             # (H, W): black in (nearly) every such frame
     same_place = float((black & in_place[None]).sum()) / total
     whole_rows = float((black & along_rows[:, :, None]).sum()) / total
     if whole_rows < BLACK_ROWS_MIN or whole_rows - same_place < BLACK_MARGIN:
         return None
-    # read frames-first, (nearly) every "frame" is a slice through the black beside the fan; an upright
-    # sweep whose depth changed, or that lost contact, for a stretch has whole black rows in that stretch only
-    if float(along_rows.any(axis=1).mean()) < BLACK_ROWS_FRAMES:
+    # (a depth changed twice leaves each depth's black rows in place for its own stretch only: what
+    # tells the two apart is that, read frames-first, the black rows move from one "frame" to the next)
+    tolerance = max(1, round(0.01 * along_rows.shape[1]))
+    kept = (along_rows[1:] != along_rows[:-1]).sum(axis=1) <= tolerance
+    if kept.size and float(kept.mean()) >= BLACK_ROWS_STEADY:
         return None
     return (f"the black around the image lies along whole rows of each frame ({whole_rows:.2f} of it), not in the "
             f"same place in every frame ({same_place:.2f}) as around a sweep's image")
