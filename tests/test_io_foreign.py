@@ -2674,12 +2674,14 @@ def test_a_folder_of_pictures_and_a_video_names_both(tmp_path, capsys):
     assert re.search(said, capsys.readouterr().err)
 
 
-def _composed_tiff(path, pages, tile=None, orientation=None, compression=1, bits=None):
+def _composed_tiff(path, pages, tile=None, orientation=None, compression=1, bits=None, encode=None,
+                   predictor=None):
     """A little-endian TIFF of ``pages``, each ``(array, new_subfile_type)`` (an array of height x
     width, or x 3 for RGB, of any integer or float type), stored uncompressed in one strip or in
     ``tile`` (height, width) tiles padded at the edges, with an Orientation tag when given;
     ``compression``: the code written in its Compression tag, ``bits`` in its BitsPerSample (the
-    pixels stay as they are)."""
+    pixels stay as they are unless ``encode``, given a strip's or tile's bytes, returns others),
+    ``predictor`` in a Predictor tag."""
     import struct
 
     out = bytearray(b"II*\x00" + struct.pack("<I", 0))
@@ -2699,6 +2701,7 @@ def _composed_tiff(path, pages, tile=None, orientation=None, compression=1, bits
                     chunks.append(block.tobytes())
         else:
             chunks.append(arr.tobytes())
+        chunks = [encode(chunk) for chunk in chunks] if encode else chunks
         places = []
         for chunk in chunks:
             places.append(len(out))
@@ -2709,6 +2712,8 @@ def _composed_tiff(path, pages, tile=None, orientation=None, compression=1, bits
                 339: (3, [fmt] * spp)}
         if orientation:
             tags[274] = (3, [orientation])
+        if predictor is not None:
+            tags[317] = (3, [predictor])
         if tile:
             tags.update({322: (3, [tile[1]]), 323: (3, [tile[0]]), 324: (4, places),
                          325: (4, [len(c) for c in chunks])})
@@ -2762,6 +2767,94 @@ def test_a_tiff_whose_bit_depth_disagrees_with_its_pixel_data_is_refused_in_one_
     with pytest.raises(FetalIQAError, match=rf"page 1 does not hold what its header describes: its {chunk}, "
                                             rf"where {fill}; its BitsPerSample"):
         load_sweep(_composed_tiff(tmp_path / "bps12.tif", [(f, 0) for f in frames], tile=tile, bits=12))
+
+
+def _packbits(data: bytes, row: int) -> bytes:
+    """``data`` in PackBits, row by row (rows of ``row`` bytes: TIFF's runs never cross one), as
+    literal runs of up to 128 bytes, each after a header of its count - 1."""
+    rows = [data[y:y + row] for y in range(0, len(data), row)]
+    return b"".join(bytes([len(r[k:k + 128]) - 1]) + r[k:k + 128] for r in rows for k in range(0, len(r), 128))
+
+
+@pytest.mark.parametrize("tile", [None, (16, 16)])
+def test_a_tiff_whose_packbits_data_does_not_decode_to_its_pixels_is_refused_in_one_line(tmp_path, tile):
+    """Raw 16-bit pixels under a Compression tag saying PackBits were decoded as noise (correlating
+    0.03 with the picture stored) and scored ("best frame 5, p_cls 0.82") without a note. Each
+    PackBits strip or tile is decoded for its length: one that decodes to more than its pixels, or
+    to fewer, is refused in one line naming the page; PackBits that decodes to its pixels reads as
+    the same frames uncompressed."""
+    frames = (_grey(n=2) * 16).astype(np.uint16) + np.arange(48, dtype=np.uint16)
+    pages = [(f, 0) for f in frames]
+    chunk = "tile 1" if tile else "strip 1"
+    pixels = "16 x 16" if tile else "48 x 40"
+    row = 2 * (16 if tile else 48)
+    with pytest.raises(FetalIQAError, match=rf"page 1 does not hold what its header describes: its {chunk}, compressed "
+                                            rf"with PackBits, decodes to more than the \d+ bytes that {pixels} pixels "
+                                            r"of 16-bit samples fill; its Compression tag"):
+        load_sweep(_composed_tiff(tmp_path / "raw.tif", pages, tile=tile, compression=32773))
+    with pytest.raises(FetalIQAError, match=rf"its {chunk}, compressed with PackBits, decodes to \d+ bytes, not the"):
+        load_sweep(_composed_tiff(tmp_path / "short.tif", pages, tile=tile, compression=32773,
+                                  encode=lambda b: _packbits(b, row)[:-row - 1]))  # (its last row left out)
+    plain = load_sweep(_composed_tiff(tmp_path / "plain.tif", pages, tile=tile))
+    packed = load_sweep(_composed_tiff(tmp_path / "packed.tif", pages, tile=tile, compression=32773,
+                                        encode=lambda b: _packbits(b, row)))
+    assert np.array_equal(np.asarray(packed.frames), np.asarray(plain.frames))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_packbits_tiff_written_by_the_picture_library_still_reads(tmp_path, dtype):
+    """The PackBits check reads what libtiff writes, a shorter last strip included: 8- and 16-bit
+    frames come back as written."""
+    from PIL import Image
+
+    grey = np.random.default_rng(1).integers(0, 200, (3, 45, 64)).astype(dtype) * (200 if dtype == np.uint16 else 1)
+    images = [Image.fromarray(f) for f in grey]
+    images[0].save(tmp_path / "pb.tif", compression="packbits", save_all=True, append_images=images[1:],
+                   strip_size=64 * 4 * grey.itemsize)
+    plain = _composed_tiff(tmp_path / "plain.tif", [(f, 0) for f in grey])
+    assert np.array_equal(np.asarray(load_sweep(tmp_path / "pb.tif").frames), np.asarray(load_sweep(plain).frames))
+
+
+@pytest.mark.parametrize("predictor,said", [(4, "says 4, a value TIFF does not define"),
+                                            (3, r"says 3 \(floating point\) on integer samples")])
+def test_a_tiff_whose_predictor_cannot_apply_is_refused_naming_it(tmp_path, capfd, predictor, said):
+    """A deflate TIFF whose Predictor tag held a value TIFF does not define (or the floating-point
+    one on integers) was refused as "truncated or damaged; copy it again", with the TIFF library's
+    complaint on the terminal. Refused in one line naming the Predictor."""
+    import zlib
+
+    frames = (_grey(n=2) * 16).astype(np.uint16)
+    with pytest.raises(FetalIQAError, match=rf"page 1 does not hold what its header describes: its Predictor tag {said}"):
+        load_sweep(_composed_tiff(tmp_path / "pred.tif", [(f, 0) for f in frames], compression=8,
+                                  encode=zlib.compress, predictor=predictor))
+    assert capfd.readouterr().err == ""
+
+
+def test_a_tiff_stored_with_a_predictor_its_tag_leaves_out_is_not_put_down_to_the_axes_alone(tmp_path):
+    """Deflated pixels stored with horizontal differencing under a Predictor tag saying none
+    decode to noise; its only note said the file stores its frames along another axis. The note
+    names the Predictor; the same pixels with the tag right read as stored, without a note."""
+    import zlib
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:96, :128]
+    blob = ((yy - 48) ** 2 / 30 ** 2 + (xx - 64) ** 2 / 40 ** 2) < 1
+    frames = np.stack([(rng.integers(20, 60, (96, 128)) + 120 * blob) for _ in range(8)]).astype(np.uint16) * 200
+    pages = [(np.diff(f, axis=1, prepend=np.uint16(0)), 0) for f in frames]  # (horizontal differencing)
+    wrong = load_sweep(_composed_tiff(tmp_path / "off.tif", pages, compression=8, encode=zlib.compress, predictor=1))
+    assert any("compressed with deflate and its Predictor tag says none" in note for note in wrong.read_notes)
+    right = load_sweep(_composed_tiff(tmp_path / "on.tif", pages, compression=8, encode=zlib.compress, predictor=2))
+    plain = load_sweep(_composed_tiff(tmp_path / "plain.tif", [(f, 0) for f in frames]))
+    assert np.array_equal(np.asarray(right.frames), np.asarray(plain.frames)) and right.read_notes == ()
+
+
+def test_a_refusal_of_a_page_of_many_samples_names_their_true_bit_depth(tmp_path):
+    """A page of 96 samples a pixel (a list of bit depths too long to read) was refused for its
+    strip length as "1-bit samples" where BitsPerSample said 8. The depth it says is read."""
+    page = np.zeros((40, 48, 20), np.uint8)
+    with pytest.raises(FetalIQAError, match=r"its strip 1 holds 38400 bytes, where 48 x 40 pixels of 16-bit samples, "
+                                            r"20 a pixel fill 76800"):
+        load_sweep(_composed_tiff(tmp_path / "many.tif", [(page, 0)], bits=16))
 
 
 def test_a_tiff_whose_strips_hold_a_pad_byte_past_their_pixels_is_read(tmp_path):

@@ -876,9 +876,10 @@ _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8,
                     17: 8, 18: 8}
 _TIFF_INTEGER_LETTERS = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
 #: A page's width and height, and where its strips (or tiles) lie and how long they are; and what
-#: decides how long they must be when stored uncompressed (bits and samples per pixel, compression,
-#: photometric, rows per strip, planar configuration, tile width and length, SGI's ImageDepth).
-_TIFF_PIXEL_TAGS = (256, 257, 273, 279, 324, 325, 258, 259, 262, 277, 278, 284, 322, 323, 32997)
+#: decides how long they must be when stored uncompressed or decoded (bits and samples per pixel,
+#: compression, photometric, rows per strip, planar configuration, tile width and length, SGI's
+#: ImageDepth), and how they are decoded (predictor, sample format).
+_TIFF_PIXEL_TAGS = (256, 257, 273, 279, 324, 325, 258, 259, 262, 277, 278, 284, 322, 323, 32997, 317, 339)
 _TIFF_PIXEL_TAG_SET = np.zeros(1 << 16, bool)  # (by tag number: a directory's entries picked at once)
 _TIFF_PIXEL_TAG_SET[list(_TIFF_PIXEL_TAGS)] = True
 
@@ -1020,17 +1021,32 @@ def _unread_tiff_encoding(path: Path) -> str | None:
     return None
 
 
+def tiff_compressed_without_predictor(path: Path) -> str | None:
+    """The name of a TIFF's compression ("LZW", "deflate") when its first page's pixels are
+    compressed with one that a Predictor goes with and its Predictor tag says none; None
+    otherwise. Pixels stored with a predictor under a tag saying none decode to noise whose columns
+    are far less alike than its rows (-0.41 and 0.02 in one such sweep), which no length shows,
+    and which was put down to frames stored along another axis alone."""
+    if _picture_kind(path) != "TIFF":
+        return None
+    fields = _tiff_first_page_fields(path, (259, 317))
+    if fields.get(259) not in _TIFF_PREDICTED or fields.get(317, 1) != 1:
+        return None
+    return "LZW" if fields[259] == 5 else "deflate"
+
+
 def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: int, page: int,
                      entries: dict[int, tuple[int, int, bytes]]) -> tuple[int, int]:
     """Refuses a TIFF page without its size or its pixels' places (a directory read from the wrong
     bytes), or whose pixels lie past the end of the file (cut short); its (width, height)."""
-    def values(tag: int) -> np.ndarray | None:
+    def values(tag: int, most: int | None = None) -> np.ndarray | None:
         if tag not in entries:
             return None
         kind, number, field = entries[tag]
         letter = _TIFF_INTEGER_LETTERS.get(kind)
         if letter is None or number < 1:
             raise _damaged_tiff(path, f"page {page}'s field {tag} is of no kind a TIFF writes there")
+        number = number if most is None else min(number, most)
         nbytes = number * _TIFF_TYPE_SIZES[kind]
         if nbytes <= inline:
             data = field[:nbytes]
@@ -1060,29 +1076,52 @@ def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: in
         kind, number, field = entries[tag]
         letter = _TIFF_INTEGER_LETTERS.get(kind)
         if letter is None or not 1 <= number or number * _TIFF_TYPE_SIZES[kind] > inline:
-            try:
-                found = values(tag) if letter is not None and 1 <= number <= 16 else None  # (a few samples' bits)
+            try:  # (a few samples' bits: the first 16 of many, as a page of 96 samples a pixel was taken for 1-bit)
+                found = values(tag, most=16) if letter is not None and 1 <= number else None
             except FetalIQAError:
                 return None
             return None if found is None else [int(v) for v in found]
         return list(struct.unpack(order + letter * number, field[:number * _TIFF_TYPE_SIZES[kind]]))
 
     if lengths is not None:
-        _check_tiff_page_length(path, page, int(width[0]), int(height[0]), lengths, optional,
+        _check_tiff_page_length(path, fh, page, int(width[0]), int(height[0]), places, lengths, optional,
                                 tiled=273 not in entries)
     return int(width[0]), int(height[0])
 
 
-def _check_tiff_page_length(path: Path, page: int, width: int, height: int, lengths: np.ndarray,
-                            field: Any, tiled: bool) -> None:
-    """Refuses an uncompressed TIFF page whose strips or tiles are not as long as its fields say
-    they must be (bits and samples per pixel, size, rows per strip, tile size): a tiled 16-bit
-    page whose BitsPerSample said 12 was decoded as 12-bit samples, garbage that correlated 0.13
-    with the picture stored, and was scored. A last strip as long as a full one (padded) passes, and
-    so do pad bytes of less than a row past any strip's or tile's pixels."""
+#: Compressions the image reader decodes with a Predictor (LZW, deflate under both codes); and the
+#: Predictor values TIFF defines: 1 none, 2 horizontal differencing, 3 floating point.
+_TIFF_PREDICTED = (5, 8, 32946)
+_TIFF_PREDICTORS = {1: "none", 2: "horizontal differencing", 3: "floating point"}
+#: Bytes past a compressed strip's or tile's pixels that pass as padding (a writer's alignment).
+_TIFF_PACKBITS_PAD = 16
+
+
+def _check_tiff_page_length(path: Path, fh: BinaryIO, page: int, width: int, height: int, places: np.ndarray,
+                            lengths: np.ndarray, field: Any, tiled: bool) -> None:
+    """Refuses a TIFF page whose strips or tiles do not hold what its fields say they must (bits
+    and samples per pixel, size, rows per strip, tile size): uncompressed, by their lengths (a tiled
+    16-bit page whose BitsPerSample said 12 was decoded as 12-bit samples, garbage that correlated
+    0.13 with the picture stored, and was scored); compressed with PackBits, by the length each
+    decodes to (raw 16-bit pixels under a Compression tag saying PackBits were decoded as noise,
+    correlating 0.03 with the picture stored, and scored without a note). A last strip as long as
+    a full one (padded) passes, and so do pad bytes of less than a row past any strip's or tile's
+    pixels (of fewer than 16 bytes past a PackBits one's). A Predictor TIFF does not define, or a
+    floating-point one on integer samples, is refused naming it (the TIFF library's refusal read
+    as a file cut short)."""
     compression, photometric = (field(259) or [1])[0], (field(262) or [None])[0]
     bits, samples, planar = field(258) or [1], (field(277) or [1])[0], (field(284) or [1])[0]
-    if compression != 1 or photometric == 6 or not samples or min(bits) < 1 or (field(32997) or [1])[0] > 1:
+    what = f"{path}: the TIFF's page {page} does not hold what its header describes"
+    if compression in _TIFF_PREDICTED:
+        predictor, kind = (field(317) or [1])[0], (field(339) or [1])[0]
+        if predictor not in _TIFF_PREDICTORS or (predictor == 3 and kind != 3):
+            said = ("3 (floating point) on integer samples" if predictor in _TIFF_PREDICTORS
+                    else f"{predictor}, a value TIFF does not define (1 none, 2 horizontal differencing, "
+                         "3 floating point)")
+            raise FetalIQAError(f"{what}: its Predictor tag says {said}, so its pixels cannot be decoded; the file "
+                                "is damaged or crafted, and is not read. Export the sweep again.")
+    if compression not in (1, 32773) or photometric == 6 or not samples or min(bits) < 1 \
+            or (field(32997) or [1])[0] > 1:
         return  # (YCbCr is subsampled; a volumetric page, refused later, holds several frames)
     planes = samples if planar == 2 else 1
     per_pixel = bits[0] if planar == 2 else (sum(bits) if len(bits) == samples else bits[0] * samples)
@@ -1097,7 +1136,6 @@ def _check_tiff_page_length(path: Path, page: int, width: int, height: int, leng
         chunk, row, per_plane = "strip", -(-width * per_pixel // 8), -(-height // rows)
     advice = ("its BitsPerSample, SamplesPerPixel, size or tile size is wrong: the file is damaged or crafted, "
               "and is not read. Export the sweep again.")
-    what = f"{path}: the TIFF's page {page} does not hold what its header describes"
     if len(lengths) < per_plane * planes:  # (checked first: the count may be huge, the list is not)
         raise FetalIQAError(f"{what}: it lists {len(lengths)} {chunk}(s), where {width} x {height} pixels in "
                             f"{chunk}s of {tile_w} x {rows} need {per_plane * planes}; {advice}")
@@ -1107,6 +1145,24 @@ def _check_tiff_page_length(path: Path, page: int, width: int, height: int, leng
     needed = np.tile(high * row, planes).astype(np.uint64)
     padded = np.zeros(per_plane, bool)
     padded[-1] = not tiled  # (a last strip as long as a full one)
+    if compression == 32773:
+        for k in range(min(per_plane * planes, len(places))):
+            fh.seek(int(places[k]))
+            data = fh.read(int(stored[k]))
+            full = padded[k % per_plane] and int(needed[k]) != rows * row
+            wants = (int(needed[k]), rows * row) if full else (int(needed[k]),)
+            got = [_packbits_length(data, want) for want in wants]
+            if not any(out == want and 0 <= len(data) - used < _TIFF_PACKBITS_PAD
+                       for (out, used), want in zip(got, wants)):
+                (out, used), want = got[0], wants[0]
+                said = (f"{out} bytes, not the {want}" if out < want and used <= len(data) else
+                        f"less than the {want} bytes" if used > len(data) else f"more than the {want} bytes")
+                raise FetalIQAError(
+                    f"{what}: its {chunk} {k + 1}, compressed with PackBits, decodes to {said} that {tile_w} x "
+                    f"{int(high[k % per_plane])} pixels of {depth} fill; its Compression tag, BitsPerSample, "
+                    "SamplesPerPixel, size or tile size is wrong: the file is damaged or crafted, and is not read. "
+                    "Export the sweep again.")
+        return
     # (a few pad bytes past the pixels pass: less than a row's more cannot be another bit depth)
     wrong = ((stored < needed) | (stored >= needed + np.uint64(row))) & ~(np.tile(padded, planes)
                                                                            & (stored == rows * row))
@@ -1114,6 +1170,24 @@ def _check_tiff_page_length(path: Path, page: int, width: int, height: int, leng
         k = int(np.argmax(wrong))
         raise FetalIQAError(f"{what}: its {chunk} {k + 1} holds {int(stored[k])} bytes, where {tile_w} x "
                             f"{int(high[k % per_plane])} pixels of {depth} fill {int(needed[k])}; {advice}")
+
+
+def _packbits_length(data: bytes, want: int) -> tuple[int, int]:
+    """``(bytes decoded, bytes read)`` of PackBits ``data`` decoded until ``want`` bytes are out
+    or the data ends: a run of headers, each a count of literal bytes that follow (0 to 127: one
+    more), or of one byte repeated (-1 to -127: 1 - n times), or nothing (-128). Bytes read past
+    the end of ``data``: a last literal run cut short. Lengths only, no pixels: the headers are
+    walked, not the bytes they hold."""
+    out, at, end = 0, 0, len(data)
+    while at < end and out < want:
+        n = data[at]
+        if n < 128:
+            out, at = out + n + 1, at + n + 2
+        elif n > 128:
+            out, at = out + 257 - n, at + 2
+        else:
+            at += 1
+    return out, at
 
 
 #: JPEG Baseline and Extended: the syntaxes whose colour streams are JFIF (YCbCr) by default.

@@ -33,7 +33,8 @@ from fetaliqa_core.io._common import (
     sitk_reason,
 )
 from fetaliqa_core.io.frames import as_frame_stack, as_labels, check_frame_shape, to_uint8_frames
-from fetaliqa_core.io.readers import dicom_stored_inverted, read_raw, slicer_segment_names
+from fetaliqa_core.io.readers import (dicom_stored_inverted, read_raw, slicer_segment_names,
+                                      tiff_compressed_without_predictor)
 
 
 @dataclass(eq=False)
@@ -253,9 +254,17 @@ def load_sweep(path: str | Path) -> Sweep:
         # A stack saved frames-first (numpy's order) as a NIfTI/NRRD's x, y, z reads as slices
         # across the sweep: each "frame" holds one column of every real frame, with a pixel
         # size that can look plausible. Nothing measured on such a slice is a length on the body.
-        raw.notes.append(f"{across}: the file seems to store its frames along another axis (e.g. written in numpy's "
-                         "frames-first order), so each frame shown is a slice across the sweep; export it with "
-                         "the frames along the last (slowest) axis")
+        unpredicted = tiff_compressed_without_predictor(path)
+        if unpredicted:  # (a TIFF written with a predictor whose tag says none decodes to such noise)
+            raw.notes.append(f"{across}: the TIFF's pixels are compressed with {unpredicted} and its Predictor tag "
+                             "says none; if they were stored with a predictor (the tag wrong), each frame decodes "
+                             "to noise; otherwise the file stores its frames along another axis, so each frame "
+                             "shown is a slice across the sweep. Export it again (with the frames along the last, "
+                             "slowest, axis)")
+        else:
+            raw.notes.append(f"{across}: the file seems to store its frames along another axis (e.g. written in "
+                             "numpy's frames-first order), so each frame shown is a slice across the sweep; export "
+                             "it with the frames along the last (slowest) axis")
         if spacing_source != SPACING_NONE:
             spacing_source = SPACING_NONE
             spacing_note = "the frames seem to be slices across the sweep, not its frames"
