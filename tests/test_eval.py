@@ -658,3 +658,16 @@ def test_predictions_together_with_models_are_refused_in_one_line(tiny_data, bun
                  "--out", str(tmp_path / "ev")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "leave out --cls" in err and not (tmp_path / "ev").exists()
+
+
+def test_a_folder_with_no_answer_for_any_case_is_refused_pointing_at_the_answers(tiny_data, tmp_path, capsys):
+    """The archive's --out given instead of its challenge/ folder: every case would be scored as
+    -1 without an answer, a table of zeros read as a result."""
+    from fetaliqa_core.cli import main
+
+    (tmp_path / "scores" / "challenge").mkdir(parents=True)
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(tmp_path / "scores"), "--split", "all",
+                 "--out", str(tmp_path / "ev"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "holds no answer for any of the 4 case(s)" in err and f"give {tmp_path / 'scores' / 'challenge'}" in err
+    assert not (tmp_path / "ev").exists()

@@ -197,12 +197,15 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
     jobs = _job_folders(root)
     answers = {c.uuid: find_answer(root, c.uuid, c.image_path, jobs) for c in chosen}
     if not any(answers.values()):
-        hint = (f"; {root / 'challenge'} is there: give that folder" if (root / "challenge").is_dir() else "")
+        if (root / "challenge").is_dir():
+            todo = f"give {root / 'challenge'}, the answers folder there"
+        else:
+            todo = ("give the challenge/ folder `score --archive ... --challenge-output` wrote"
+                    + ("" if settings.split == "all" else ", or --split all"))
         raise FetalIQAError(
             f"--predictions {root} holds no answer for any of the {len(chosen)} case(s) of the {settings.split} "
             f"split (looked for <case>/output/{CHALLENGE_FRAME_FILE}, <case> the case's id, or the folder "
-            f"{PREDICTIONS_FILE} gives its image){hint}; give the challenge/ folder `score --archive ... "
-            "--challenge-output` wrote, or --split all")
+            f"{PREDICTIONS_FILE} gives its image); {todo}")
 
     rows, missing, mismatch = [], [], {}
     bar = tqdm(total=len(chosen), unit="case", desc=f"evaluating {settings.split}", file=sys.stderr,
