@@ -519,3 +519,155 @@ def test_a_case_whose_csv_row_is_gone_is_named_in_a_note(tiny_data, bundles, tmp
     err = capsys.readouterr().err
     assert "note: 1 case(s) have files in images/" in err and f"are left out ({dropped})" in err
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["cases_not_in_csv"] == [dropped]
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_data, bundles, tmp_path_factory) -> Path:
+    """The tiny dataset scored by the test bundles with --challenge-output, as an archive: its
+    challenge/ folder is what a researcher checks before uploading it."""
+    from fetaliqa_core.acouslic import IMAGES_SUBDIR
+    from fetaliqa_core.cli import main
+
+    out = tmp_path_factory.mktemp("scored") / "scores"
+    assert main(["score", str(tiny_data / IMAGES_SUBDIR), "--archive", "--challenge-output", "--out", str(out),
+                 "--cls", str(bundles["cls"]), "--seg", str(bundles["seg"]), "--device", "cpu", "--no-cache",
+                 "--quiet"]) == 0
+    return out / "challenge"
+
+
+def test_answers_a_score_run_wrote_are_evaluated_without_models_as_eval_measures_its_own(
+        tiny_data, bundles, scored, tmp_path, capsys):
+    """`eval` could only run model bundles: the challenge output `score --challenge-output` wrote
+    (or another algorithm's answers) could not be checked before upload without running the
+    models again. --predictions reads them and gives, case by case, the challenge metrics `eval`
+    gives the same models' answer where both answer the same frame."""
+    from fetaliqa_core.cli import main
+    from training.evaluate import EvalSettings, evaluate
+
+    m = evaluate(EvalSettings(cls=bundles["cls"], seg=bundles["seg"], data=tiny_data, split="all", device="cpu",
+                              all_sweeps=True, progress=False))
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(scored), "--split", "all", "--out", str(out),
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    saved = json.loads((out / "metrics.json").read_text())
+    assert list(saved["challenge"]) == ["predictions"] and "frame" not in saved
+    assert "the answers given (--predictions)" in text and "per-frame" not in text
+    got = {c["uuid"]: c for c in saved["cases"]["predictions"]}
+    same = [c for c in m["cases"]["cls+seg"] if got[c["uuid"]]["chosen_frame"] == c["chosen_frame"]]
+    assert len(got) == 4 and len(same) >= 3  # (score answers a nearby frame where its own frame has no mask)
+    for c in same:
+        for k in ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm"):
+            assert got[c["uuid"]][k] == pytest.approx(c[k]), (c["uuid"], k)
+    rows = saved["cases"]["predictions"]
+    assert saved["challenge"]["predictions"]["wfss"]["mean"] == pytest.approx(np.mean([c["wfss"] for c in rows]))
+    assert len((out / "per_case.csv").read_text().splitlines()) == 1 + 4
+
+
+def _write_answer(folder: Path, frame: int, volume: np.ndarray) -> None:
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE
+    from fetaliqa_core.io import write_volume
+
+    out = folder / "output"
+    (out / "images" / "fetal-abdomen-segmentation").mkdir(parents=True, exist_ok=True)
+    (out / CHALLENGE_FRAME_FILE).write_text(f"{frame}\n")
+    write_volume(out / "images" / "fetal-abdomen-segmentation" / CHALLENGE_MASK_FILE, volume)
+
+
+def test_hand_written_answers_score_by_the_rules_and_a_case_without_one_counts_as_no_frame(
+        tiny_data, tmp_path, capsys):
+    """Answers in the challenge's layout, written by hand: the annotation of an optimal frame is
+    WFSS 1 and DSC_soft 1, -1 is WFSS 0 and NAE_AC 1; a case with no answer in the folder (the
+    evaluator stops on it) is scored as -1 with no mask and counted in a note."""
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.io import load_mask
+    from training.dataset import read_cases
+
+    cases = read_cases(tiny_data)
+    optimal = [(c, np.asarray(load_mask(c.mask_path))) for c in cases]
+    optimal = [(c, gt) for c, gt in optimal if (gt == 1).any()]
+    gt = optimal[0][1]
+    cases = [optimal[0][0]] + [c for c in cases if c is not optimal[0][0]]  # the first has an optimal frame
+    frame = int(np.flatnonzero((gt == 1).reshape(gt.shape[0], -1).any(axis=1))[0])
+    answer = np.zeros(gt.shape, np.uint8)
+    answer[frame] = gt[frame] == 1
+    folder = tmp_path / "answers"
+    _write_answer(folder / cases[0].uuid, frame, answer)
+    _write_answer(folder / cases[1].uuid, -1, np.zeros(gt.shape, np.uint8))
+    out = tmp_path / "ev"
+    capsys.readouterr()
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(folder), "--split", "all", "--out", str(out),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    rows = {c["uuid"]: c for c in json.loads((out / "metrics.json").read_text())["cases"]["predictions"]}
+    first = rows[cases[0].uuid]
+    assert first["chosen_frame"] == frame and first["wfss"] == 1.0 and first["dsc_soft"] == pytest.approx(1.0)
+    for c in cases[1:]:
+        assert rows[c.uuid]["chosen_frame"] == -1 and rows[c.uuid]["wfss"] == 0.0 and rows[c.uuid]["nae_ac"] == 1.0
+    assert rows[cases[1].uuid]["answered"] and not rows[cases[2].uuid]["answered"]
+    assert "note: 2 of the 4 case(s) have no answer" in err and "scored as -1 with no mask" in err
+    assert sorted(json.loads((out / "metrics.json").read_text())["cases_without_answer"]) == sorted(
+        c.uuid for c in cases[2:])
+
+
+@pytest.mark.parametrize("bad", ["size", "values", "frame_text", "frame_range", "no_mask"])
+def test_a_bad_answer_is_refused_in_one_line_naming_its_file(tiny_data, scored, tmp_path, capsys, bad):
+    """A mask of another size than the case's frames, a mask that is not 0/1, a frame number that
+    is no whole number or lies outside the case, a frame number without its mask: one line naming
+    the file and what to write, never a traceback."""
+    import shutil
+
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE
+    from fetaliqa_core.io import load_mask, write_volume
+    from training.dataset import read_cases
+
+    folder = tmp_path / "challenge"
+    shutil.copytree(scored, folder)
+    case = read_cases(tiny_data)[0]
+    out = folder / case.uuid / "output"
+    mask = out / "images" / "fetal-abdomen-segmentation" / CHALLENGE_MASK_FILE
+    n = load_mask(case.mask_path).shape[0]
+    if bad == "size":
+        write_volume(mask, np.zeros((n, 96, 127), np.uint8))
+        culprit, said = mask, "write a volume of the case's size"
+    elif bad == "values":
+        write_volume(mask, np.full((n, 96, 128), 255, np.uint8))
+        culprit, said = mask, "holds 255 beside 0 and 1"
+    elif bad in ("frame_text", "frame_range"):
+        (out / CHALLENGE_FRAME_FILE).write_text("3.5\n" if bad == "frame_text" else f"{n}\n")
+        culprit = out / CHALLENGE_FRAME_FILE
+        said = "not a whole number" if bad == "frame_text" else f"frame {n} is outside the case's frames"
+    else:
+        mask.unlink()
+        culprit, said = out, "no mask"
+    capsys.readouterr()
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(folder), "--split", "all",
+                 "--out", str(tmp_path / "ev"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(culprit) in err and said in err and "Traceback" not in err
+    assert not (tmp_path / "ev").exists()
+
+
+def test_predictions_together_with_models_are_refused_in_one_line(tiny_data, bundles, scored, tmp_path, capsys):
+    """--predictions evaluates answers already written; with --cls/--seg one of the two is not meant."""
+    from fetaliqa_core.cli import main
+
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(scored), "--cls", str(bundles["cls"]),
+                 "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "leave out --cls" in err and not (tmp_path / "ev").exists()
+
+
+def test_a_folder_with_no_answer_for_any_case_is_refused_pointing_at_the_answers(tiny_data, tmp_path, capsys):
+    """The archive's --out given instead of its challenge/ folder: every case would be scored as
+    -1 without an answer, a table of zeros read as a result."""
+    from fetaliqa_core.cli import main
+
+    (tmp_path / "scores" / "challenge").mkdir(parents=True)
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(tmp_path / "scores"), "--split", "all",
+                 "--out", str(tmp_path / "ev"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "holds no answer for any of the 4 case(s)" in err and f"give {tmp_path / 'scores' / 'challenge'}" in err
+    assert not (tmp_path / "ev").exists()

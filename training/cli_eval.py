@@ -9,14 +9,23 @@ from pathlib import Path
 from fetaliqa_core.cli._args import non_negative_int, positive_int
 from fetaliqa_core.models.options import add_model_options, model_choice_from_args
 
-HELP = "Evaluate model bundles on a split of an ACOUSLIC-layout dataset (per-frame and challenge metrics)."
+HELP = ("Evaluate model bundles on a split of an ACOUSLIC-layout dataset (per-frame and challenge metrics), or "
+        "answers already written (--predictions: challenge metrics)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset folder in the ACOUSLIC-AI layout")
+    p.add_argument("--predictions", type=Path, metavar="FOLDER", default=None,
+                   help="no model: the challenge metrics of the answers in FOLDER, in the challenge's output layout "
+                        "(<case>/output/fetal-abdomen-frame-number.json and output/images/fetal-abdomen-segmentation/"
+                        "fetal-abdomen-segmentation.mha, <case> the case's id or as predictions.json names it: the "
+                        "challenge/ folder `score --archive ... --challenge-output` writes; a case folder of `score "
+                        "--challenge-output`, the two files side by side, is read too); a case without an answer is "
+                        "scored as -1 with no mask, with a note")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="which cases: a split of the training split (default test) or all (a held-out dataset)")
-    p.add_argument("--split-seed", type=non_negative_int, default=None, help="case split seed (default: the bundle's)")
+    p.add_argument("--split-seed", type=non_negative_int, default=None, help="case split seed (default: the bundle's; with --predictions 42, "
+                        "the split `train` makes by default)")
     p.add_argument("--all-sweeps", dest="all_sweeps", action="store_true", default=None,
                    help="per-frame metrics on every sweep (default: as trained; the paper: sweeps with an AC)")
     p.add_argument("--ac-sweeps", dest="all_sweeps", action="store_false",
@@ -74,7 +83,37 @@ def check_eval_out(out: Path) -> None:
         check_eval_out(out / "paper")
 
 
+#: Options that run models, which --predictions does not: given together, one of them is not meant.
+MODEL_OPTIONS = ("cls", "seg", "base", "paper_cls", "paper_seg")
+
+
+def run_predictions(args: argparse.Namespace) -> int:
+    """``eval --predictions FOLDER``: the challenge metrics of answers already written, no model."""
+    from fetaliqa_core.errors import UsageError
+    from training.evaluate import format_report, reference_ac_notes, unlisted_cases_note
+    from training.evaluate_predictions import PredictionSettings, answer_notes, evaluate_predictions
+
+    given = [f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if getattr(args, k, None) is not None]
+    given += ["--compare-paper"] if args.compare_paper else []
+    if given:
+        raise UsageError(f"--predictions evaluates answers already written, without models: leave out "
+                         f"{', '.join(given)}, or give the models without --predictions to evaluate their answers")
+    out = args.out or Path(f"fetaliqa-eval-{args.split}")
+    check_eval_out(out)
+    settings = PredictionSettings(data=args.data, predictions=args.predictions, split=args.split,
+                                  split_seed=args.split_seed, max_cases=args.max_cases, progress=not args.quiet)
+    metrics = evaluate_predictions(settings, out_dir=out)
+    for note in [unlisted_cases_note(metrics)] + answer_notes(metrics) + reference_ac_notes(metrics):
+        if note:
+            print(f"fetaliqa: {note}", file=sys.stderr)
+    print(format_report(metrics))
+    print(f"metrics written to {out / 'metrics.json'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.predictions is not None:
+        return run_predictions(args)
     from training.evaluate import (EvalSettings, evaluate, format_report, reference_ac_notes,
                                    training_overlap_note, unlisted_cases_note)
 

@@ -49,6 +49,7 @@ ROW_LABELS = {
     "cls": "classifier alone",
     "seg": "segmenter alone",
     "cls+seg": "FetalIQA's choice (both models)",
+    "predictions": "the answers given (--predictions)",  # eval --predictions: answers already written
 }
 #: The engine's mask score p_seg = f / (f + 1 %) is 0.5 exactly at the paper's 1 % area rule.
 
@@ -319,7 +320,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     if settings.cls is None and settings.seg is None:
         demo = paths.resources_dir() / "demo"
         raise UsageError(f"give --cls BUNDLE and/or --seg BUNDLE to evaluate (the demonstration pair: --cls {demo / 'cls'} "
-                         f"--seg {demo / 'seg'})")
+                         f"--seg {demo / 'seg'}), or --predictions FOLDER to evaluate answers already written")
     if settings.split not in SPLITS:
         raise UsageError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
     cases = read_cases(settings.data)  # a wrong --data is told before seconds of model loading
@@ -660,6 +661,10 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
     # where and how it ran: the same bundles give other numbers in bf16 and in fp32
     ran = [f"{metrics.get('device') or '?'} {metrics['precision']}"] if metrics.get("precision") else []
     ran += [f"FetalIQA {metrics['app_version']}"] if metrics.get("app_version") else []
+    if "predictions" in metrics:  # answers already written (eval --predictions): no model, no per-frame rows
+        return "\n".join([f"{metrics['split']} split: {metrics['n_cases']} cases, answers read from "
+                          f"{metrics['predictions']}" + (f" ({', '.join(ran)})" if ran else ""), ""]
+                         + _challenge_lines([metrics], None, "every case is measured on the mask its answer gives"))
     lines = [f"{metrics['split']} split: {metrics['n_cases']} cases, {metrics['n_frames']} frames "
              f"({metrics['n_positive']} positive), sweeps: {'all' if metrics['all_sweeps'] else 'with an AC value'}"
              + (f" ({', '.join(ran)})" if ran else ""),
@@ -700,7 +705,14 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
                          f"{_fmt(seg['grade_accuracy'])} of the positive frames it found")
     for run in runs:
         lines.extend(_interval_lines(run, _tag(run, also)))
-    lines.append("")
+    return "\n".join(lines + [""] + _challenge_lines(
+        runs, also, "every row is measured on the segmenter's mask of the frame it chooses"))
+
+
+def _challenge_lines(runs: list[dict], also: dict | None, measured_on: str) -> list[str]:
+    """The challenge table of ``runs`` (mean per row) and the lines that explain it."""
+    metrics = runs[0]
+    lines = []
     width = 52 + (max(len(_tag(run, also)) for run in runs))
     header = (f"{'frame choice (challenge metrics, mean)':<{width}}{'score':>8}{'WFSS':>8}{'NAE_AC':>8}"
               f"{'DSC_soft':>10}{'cases':>7}")
@@ -716,7 +728,7 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
             mark = "*" if u else ""
             lines.append(f"{label:<{width}}{cells}{_fmt(row['dsc_soft']['mean'], 3) + mark:>10}{row['score']['n']:>7}")
     lines.append("score = 0.5 (1 - NAE_AC) + 0.25 WFSS + 0.25 DSC_soft, as the organisers' evaluator computes "
-                 "them; every row is measured on the segmenter's mask of the frame it chooses")
+                 f"them; {measured_on}")
     rows = next(iter(metrics["cases"].values()), [])
     bare = sum(1 for c in rows if not c.get("has_annotation", True))
     if bare:
@@ -732,4 +744,4 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
     if undefined:
         lines.append("* the evaluator's DSC_soft is undefined (infinite) on some cases (a frame without a mask "
                      "and without annotation, or -1); counted as 0 here, empty in per_case.csv, see metrics.json 'undefined'")
-    return "\n".join(lines)
+    return lines

@@ -1,0 +1,298 @@
+"""``fetaliqa eval --predictions FOLDER``: the challenge's metrics of answers already written.
+
+A researcher checks a submission before uploading it, or compares another algorithm's answers,
+without running any model: each case of the split is read from FOLDER in the challenge's output
+layout (what ``fetaliqa score --archive ... --challenge-output`` writes into ``OUT/challenge``:
+``<case>/output/fetal-abdomen-frame-number.json`` and
+``<case>/output/images/fetal-abdomen-segmentation/fetal-abdomen-segmentation.mha``, with
+``predictions.json`` naming each job's input image) and measured with
+:func:`fetaliqa_core.analysis.case_metrics`, the evaluator's rules that ``eval`` applies to the
+models' answers. The table and the files written are ``eval``'s challenge rows, one row.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fetaliqa_core import __version__
+from fetaliqa_core.errors import FetalIQAError
+from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, CHALLENGE_OUTPUTS
+from training.evaluate import CHALLENGE_KEYS, ROW_LABELS, SPLITS, _check_reference_units, _reference_ac_mismatch
+
+ROW = "predictions"
+#: Where the challenge's evaluator reads a job's mask: a folder holding one image, under output/.
+MASK_DIR = next(rel for slug, rel, *_ in CHALLENGE_OUTPUTS if slug == "fetal-abdomen-segmentation")
+#: The challenge's jobs file beside the case folders (:func:`fetaliqa_core.export.challenge_job`).
+PREDICTIONS_FILE = "predictions.json"
+#: The image suffixes the evaluator reads a mask from (it globs these in the mask's folder).
+MASK_SUFFIXES = (".mha", ".tiff", ".tif")
+
+
+@dataclass
+class PredictionSettings:
+    data: Path
+    predictions: Path
+    split: str = "test"
+    split_seed: int | None = None  # None: the default seed (no bundle records another)
+    max_cases: int | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Answer:
+    frame_file: Path
+    mask_file: Path | None
+
+
+def _job_folders(root: Path) -> dict[str, Path]:
+    """``{input image stem: the job's output folder}`` from ``predictions.json``, as the
+    evaluator pairs a job with its reference (by the stem of the input image's name); empty
+    without that file. A jobs file that is not the challenge's list of jobs is one line."""
+    from fetaliqa_core import validate
+
+    path = root / PREDICTIONS_FILE
+    if not path.is_file():
+        return {}
+    todo = ("It must be the challenge's list of jobs (as `score --archive ... --challenge-output` writes it); "
+            "remove it to find the cases by their folders' names")
+    jobs = validate.read_json_bounded(path, "the challenge's jobs file", todo, max_bytes=64 << 20)
+    out: dict[str, Path] = {}
+    try:
+        for job in jobs:
+            pk = str(job["pk"])
+            names = [v["image"]["name"] for v in job["inputs"] if v["interface"]["slug"] == "stacked-fetal-ultrasound"]
+            if names and pk and "/" not in pk and "\\" not in pk and pk not in (".", ".."):
+                out[_image_stem(str(names[0]))] = root / pk / "output"
+    except (TypeError, KeyError, AttributeError):
+        raise FetalIQAError(f"{path}: not the challenge's list of jobs (each with a pk and its stacked-fetal-"
+                            f"ultrasound input). {todo}") from None
+    return out
+
+
+def _image_stem(name: str) -> str:
+    """A case's image file name without its suffix, as the evaluator takes it (``Path.stem``)."""
+    return Path(name).stem
+
+
+def _answer_in(folder: Path) -> Answer | None:
+    """The answer files in one folder: the challenge's layout under ``output/`` (the frame number,
+    and the mask in ``images/fetal-abdomen-segmentation/``), or the two files side by side, as a
+    case folder of ``fetaliqa score --challenge-output`` holds them. None without a frame number."""
+    frame = folder / CHALLENGE_FRAME_FILE
+    if not frame.is_file():
+        return None
+    masks = [folder / CHALLENGE_MASK_FILE] if (folder / CHALLENGE_MASK_FILE).is_file() else []
+    image_dir = folder / MASK_DIR
+    if image_dir.is_dir():
+        masks += sorted(p for p in image_dir.iterdir() if p.name.lower().endswith(MASK_SUFFIXES) and p.is_file())
+    if len(masks) > 1:
+        shown = ", ".join(p.name for p in masks[:3])
+        raise FetalIQAError(f"{folder}: holds {len(masks)} masks for one answer ({shown}); keep the one that goes "
+                            f"with {CHALLENGE_FRAME_FILE}")
+    return Answer(frame, masks[0] if masks else None)
+
+
+def find_answer(root: Path, uuid: str, image: Path, jobs: dict[str, Path]) -> Answer | None:
+    """A case's answer in ``root``: the folder ``predictions.json`` gives its image, else a folder
+    named by the case (its id, the image's stem, or the image's whole name where an archive run
+    named it so), its files under ``output/`` or directly in it."""
+    folders = [jobs[_image_stem(image.name)]] if _image_stem(image.name) in jobs else []
+    for name in dict.fromkeys((uuid, _image_stem(image.name), image.name)):
+        folders += [root / name / "output", root / name]
+    for folder in folders:
+        answer = _answer_in(folder)
+        if answer is not None:
+            return answer
+    return None
+
+
+def _answered_names(root: Path, jobs: dict[str, Path]) -> set[str]:
+    """The names (image stems or folder names) of every answer ``root`` holds."""
+    names = {stem for stem, folder in jobs.items() if (folder / CHALLENGE_FRAME_FILE).is_file()}
+    try:
+        for child in root.iterdir():
+            if child.is_dir() and any((f / CHALLENGE_FRAME_FILE).is_file() for f in (child, child / "output")):
+                names.add(child.name)
+    except OSError:
+        pass
+    return names
+
+
+def read_frame_number(path: Path, n_frames: int) -> int:
+    """The answer's frame: a whole number from 0 to ``n_frames - 1``, or -1 (no frame)."""
+    from fetaliqa_core import validate
+
+    todo = "Write the chosen frame's index (from 0), or -1 for none, as a bare JSON number"
+    value = validate.read_json_bounded(path, "the answer's frame number", todo, max_bytes=1 << 16)
+    if not validate.is_int(value):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise FetalIQAError(f"{path}: the frame number is {shown}, not a whole number. {todo}")
+    if not -1 <= value < n_frames:
+        raise FetalIQAError(f"{path}: frame {value} is outside the case's frames (0 to {n_frames - 1}, or -1 for "
+                            f"none). {todo}")
+    return int(value)
+
+
+def read_answer_mask(path: Path, shape: tuple[int, int, int], uuid: str) -> np.ndarray:
+    """The answer's mask volume, ``(N, H, W)`` of the case's frames and 0/1 alone, read as the
+    evaluator reads it (the file's array as stored; it asserts 0/1 and takes ``mask[frame]``)."""
+    from fetaliqa_core.io._common import fmt_shape
+    from fetaliqa_core.io.frames import as_frame_stack
+    from fetaliqa_core.io.readers import read_raw
+
+    raw = read_raw(path, purpose="mask")
+    if raw.components != 1:
+        raise FetalIQAError(f"{path}: the mask has {raw.components} values per pixel; write one value (0 or 1) "
+                            "per pixel, a single-channel volume")
+    arr = as_frame_stack(raw.array, 1, path)
+    if tuple(arr.shape) != tuple(shape):
+        raise FetalIQAError(f"{path}: the mask is {fmt_shape(arr.shape)} (frames x height x width) but case {uuid}'s "
+                            f"frames are {fmt_shape(shape)}; write a volume of the case's size, 0 everywhere but "
+                            "the chosen frame's abdomen (1)")
+    bad: set = set()
+    for s in range(0, arr.shape[0], 32):
+        chunk = np.asarray(arr[s:s + 32])
+        off = chunk[(chunk != 0) & (chunk != 1)]
+        if off.size:
+            bad.update(np.unique(off[:100000]).tolist())
+            if len(bad) >= 3:
+                break
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in sorted(bad)[:3])
+        raise FetalIQAError(f"{path}: the mask holds {shown} beside 0 and 1; the challenge's mask is 0/1 (1 the "
+                            "abdomen), write it so")
+    return arr
+
+
+def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = None) -> dict:
+    """The challenge's metrics of the answers in ``settings.predictions`` on the cases of the
+    split; a case without an answer there counts as -1 with no mask (the evaluator itself fails on
+    it), named in ``cases_without_answer``. Returns the metrics (also written to ``out_dir``)."""
+    from tqdm import tqdm
+
+    from fetaliqa_core import acouslic
+    from fetaliqa_core import analysis as an
+    from fetaliqa_core import io as fio
+    from training.dataset import SPLIT_SEED, _sweep_ranges, read_cases, split_cases, unlisted_cases
+    from training.evaluate import write_outputs
+
+    root = Path(settings.predictions)
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "no such folder"
+        raise FetalIQAError(f"--predictions {root}: {what}; give the folder of answers (the challenge/ folder "
+                            "`score --archive ... --challenge-output` writes)")
+    if settings.split not in SPLITS:
+        raise FetalIQAError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
+    cases = read_cases(settings.data)
+    split_seed = SPLIT_SEED if settings.split_seed is None else settings.split_seed
+    chosen = cases if settings.split == "all" else split_cases(cases, seed=split_seed)[settings.split]
+    if settings.max_cases is not None:
+        chosen = chosen[: settings.max_cases]
+    if not chosen:
+        raise FetalIQAError(f"the {settings.split} split of {settings.data} has no case")
+    jobs = _job_folders(root)
+    answers = {c.uuid: find_answer(root, c.uuid, c.image_path, jobs) for c in chosen}
+    if not any(answers.values()):
+        if (root / "challenge").is_dir():
+            todo = f"give {root / 'challenge'}, the answers folder there"
+        else:
+            todo = ("give the challenge/ folder `score --archive ... --challenge-output` wrote"
+                    + ("" if settings.split == "all" else ", or --split all"))
+        raise FetalIQAError(
+            f"--predictions {root} holds no answer for any of the {len(chosen)} case(s) of the {settings.split} "
+            f"split (looked for <case>/output/{CHALLENGE_FRAME_FILE}, <case> the case's id, or the folder "
+            f"{PREDICTIONS_FILE} gives its image); {todo}")
+
+    rows, missing, mismatch = [], [], {}
+    bar = tqdm(total=len(chosen), unit="case", desc=f"evaluating {settings.split}", file=sys.stderr,
+               disable=not settings.progress, dynamic_ncols=True)
+    try:
+        for case in chosen:
+            sweep = fio.load_sweep(case.image_path)
+            gt = fio.load_mask(case.mask_path, like=sweep)
+            labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
+            ranges = _sweep_ranges(case, sweep.n_frames)
+            _check_reference_units(case, gt, ranges, sweep.spacing_mm, settings.data)
+            found = _reference_ac_mismatch(case, labels, ranges)
+            if any(found.values()):
+                mismatch[case.uuid] = found
+            answer = answers[case.uuid]
+            frame, pred = -1, None
+            if answer is None:
+                missing.append(case.uuid)
+            else:
+                frame = read_frame_number(answer.frame_file, sweep.n_frames)
+                if answer.mask_file is None:
+                    raise FetalIQAError(
+                        f"{answer.frame_file.parent}: the frame number is there but no mask ({CHALLENGE_MASK_FILE} "
+                        f"beside it, or in {MASK_DIR}/); write the mask volume (all 0 for -1), the evaluator "
+                        "reads both")
+                volume = read_answer_mask(answer.mask_file, tuple(sweep.frames.shape), case.uuid)
+                if frame >= 0:
+                    pred = np.ascontiguousarray(volume[frame], dtype=np.uint8)
+            m = an.case_metrics(gt, frame, pred, case.ac_mm, sweep_ranges=ranges, spacing_mm=sweep.spacing_mm,
+                                fov=acouslic.evaluator_fov(sweep))
+            d = m.to_dict()
+            d["uuid"] = case.uuid
+            d["chosen_label"] = int(labels[frame]) if frame >= 0 else -1
+            d["has_optimal"] = bool((labels == 1).any())
+            d["has_annotation"] = bool(labels.any())
+            d["answered"] = answer is not None
+            d["answer"] = None if answer is None else str(answer.frame_file.parent)
+            d["reference_ac_matches"] = case.uuid not in mismatch
+            rows.append(d)
+            bar.update(1)
+    finally:
+        bar.close()
+
+    import dataclasses
+
+    case_fields = {f.name for f in dataclasses.fields(an.CaseMetrics)}
+    agg = an.aggregate_case_metrics([an.CaseMetrics(**{k: v for k, v in c.items() if k in case_fields})
+                                     for c in rows])
+    challenge = {k: agg[k] for k in CHALLENGE_KEYS}
+    kept = [c["nae_ac"] for c in rows if c["reference_ac_matches"]]
+    challenge["nae_ac_matching_reference"] = {"mean": float(np.mean(kept)) if kept else float("nan"),
+                                              "n": len(kept)}
+    evaluated = {c.uuid for c in chosen}
+    others = sorted(n for n in _answered_names(root, jobs) if n not in evaluated and _image_stem(n) not in evaluated)
+    metrics = {
+        "split": settings.split, "split_seed": split_seed,
+        "data": str(Path(settings.data).expanduser().resolve()),
+        "predictions": str(root.expanduser().resolve()),
+        "n_cases": len(chosen), "max_cases": settings.max_cases, "app_version": __version__,
+        "challenge_rows": {ROW: ROW_LABELS[ROW]},
+        "challenge": {ROW: challenge},
+        "cases": {ROW: rows},
+        "case_uuids": [c.uuid for c in chosen],
+        "cases_without_answer": missing,
+        "answers_not_evaluated": others,
+        "reference_ac_mismatch": mismatch,
+        "cases_not_in_csv": unlisted_cases(settings.data, cases),
+    }
+    if out_dir is not None:
+        write_outputs(Path(out_dir), metrics)
+    return metrics
+
+
+def answer_notes(metrics: dict) -> list[str]:
+    """One line for the cases without an answer (scored -1 with no mask) and one for the answers
+    of cases not evaluated; none when there are none."""
+    lines = []
+    missing = metrics.get("cases_without_answer") or []
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        lines.append(f"note: {len(missing)} of the {metrics['n_cases']} case(s) have no answer in "
+                     f"{metrics['predictions']} ({shown}): each is scored as -1 with no mask (the challenge's "
+                     "evaluator stops on a case without its answer)")
+    others = metrics.get("answers_not_evaluated") or []
+    if others:
+        shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
+        why = ("cases without a row in --data's CSV" if metrics.get("split") == "all" and not metrics.get("max_cases")
+               else "cases not evaluated here (--split all evaluates every case of --data)")
+        lines.append(f"note: {len(others)} answer(s) in {metrics['predictions']} are for {why}, left out ({shown})")
+    return lines
