@@ -1031,3 +1031,30 @@ def test_an_empty_table_in_the_output_folder_is_rebuilt_with_a_note(reference, a
         assert "did not write" not in printed.err and f"cases.csv {said}" in printed.err, printed.err
         assert "scored 0 now, 4 already scored" in printed.out
         assert _results(out) == _results(reference)
+
+
+@pytest.mark.timeout(300)
+def test_a_case_json_listing_a_file_outside_its_folder_is_rescored_with_why(tmp_path, capsys):
+    """A case.json edited to list a file outside the case folder (../ or an absolute path, with
+    that file's own hash) and sealed again: the rerun read the user's file and took the case as
+    finished; one listing /dev/zero read for ever. Now each is rescored, and the line says why."""
+    import hashlib
+
+    folder = _fresh_archive(tmp_path, n=1)
+    out = tmp_path / "scores"
+    base = ["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]
+    assert main(base) == 0
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the user's own file\n")
+    digest = hashlib.blake2b(mine.read_bytes(), digest_size=16).hexdigest()
+    case = ar.case_dir(out, _table(out)[0]["case"])
+    listed = ["../../../mine.txt", str(mine)] + (["/dev/zero"] if os.path.exists("/dev/zero") else [])
+    for name in listed:
+        rec = ar.read_record(case)
+        rec["files"][name] = digest
+        (case / ar.RECORD_FILE).write_text(ar.record_json(rec))  # sealed again, as anyone can
+        capsys.readouterr()
+        assert main(base) == 0
+        said = capsys.readouterr().out
+        assert f"rescored: its case.json lists {name!r}, which is not a file of its folder" in said, said
+        assert name not in ar.read_record(case)["files"]  # the record written now lists its own files only
