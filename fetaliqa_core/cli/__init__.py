@@ -311,9 +311,9 @@ def _values_starting_with_a_dash(parser: argparse.ArgumentParser, argv: list[str
         if arg in subs:  # a (nested) command: its own options from here on
             single, every, subs = options(subs[arg])
         value = argv[k + 1] if k + 1 < len(argv) else None
-        if (arg in single and value is not None and re.match(r"-\d", value) and value not in every
-                and not re.fullmatch(r"-\d+|-\d*\.\d+", value)):  # (those argparse takes as values itself)
-            fixed.append(f"{arg}={value}")
+        if arg in single and value is not None and value not in every:  # (its value: never a command)
+            dashed = re.match(r"-\d", value) and not re.fullmatch(r"-\d+|-\d*\.\d+", value)
+            fixed += [f"{arg}={value}"] if dashed else [arg, value]  # (argparse takes -1 and -0.5 itself)
             k += 2
             continue
         fixed.append(arg)
