@@ -575,7 +575,8 @@ def case_dir(out: Path, name: str) -> Path:
 def read_record(folder: Path) -> dict | None:
     """A case's record, or None when absent or not one of ours (never trusted blindly)."""
     try:
-        data = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+        with _open_regular(folder / RECORD_FILE, follow=True) as fh:  # (a pipe there: never waited on)
+            data = json.loads(fh.read().decode("utf-8"))
     except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
@@ -667,16 +668,64 @@ _UNLISTED = (RECORD_FILE, ".fetaliqa-outputs.json")
 _FILE_HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode) -> hash: each file is read once per run
 
 
+class NotPlainFile(OSError):
+    """A path of a case folder that is no regular file (a link, a pipe, a device, a folder)."""
+
+
+def _open_regular(path: Path, follow: bool = False):
+    """``path`` opened for reading in binary, only if it is a regular file (a link to one too
+    with ``follow``). It is opened without waiting (a pipe with no writer would block the open
+    for ever, /dev/zero never ends) and checked once open, so nothing swapped in between the check
+    and the open is read. Raises :class:`NotPlainFile` otherwise, OSError when it cannot be read."""
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+        if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
+            raise NotPlainFile(f"{path}: a link")
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        import errno
+
+        if exc.errno == errno.ELOOP and not follow:  # (O_NOFOLLOW on a link)
+            raise NotPlainFile(f"{path}: a link") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotPlainFile(f"{path}: not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _content_hash(path: Path, remember: bool = True) -> str:
-    st = path.stat()
-    sig = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    if sig not in _FILE_HASHES:
-        h = hashlib.blake2b(digest_size=16)
-        _hash_bytes(h, path)
-        if not remember:  # (a folder being written: its path is gone once it is in place)
-            return h.hexdigest()
-        _FILE_HASHES[sig] = h.hexdigest()
+    """BLAKE2b (128 bit) of the regular file ``path`` (:func:`_open_regular`: never a link, a pipe
+    or a device), read once per run unless it changes."""
+    with _open_regular(path) as fh:
+        st = os.fstat(fh.fileno())
+        sig = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        if sig not in _FILE_HASHES:
+            h = hashlib.blake2b(digest_size=16)
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+            if not remember:  # (a folder being written: its path is gone once it is in place)
+                return h.hexdigest()
+            _FILE_HASHES[sig] = h.hexdigest()
     return _FILE_HASHES[sig]
+
+
+def _plain_name(name) -> bool:
+    """Whether ``name`` is a name :func:`folder_files` could have written: one file directly in
+    the case folder, not hidden. A record lists its files by name, and it is only a text file:
+    a list naming /dev/zero, a pipe or ../../elsewhere was read from there (for ever, for the
+    first two)."""
+    return (isinstance(name, str) and bool(name) and name.isprintable() and not name.startswith(".")
+            and not any(c in name for c in "/\\:") and os.path.basename(name) == name)
 
 
 def folder_files(folder: Path) -> dict[str, str]:
@@ -700,9 +749,13 @@ def folder_problem(folder: Path, record: dict, needed: Sequence[str] = ()) -> st
     if not isinstance(listed, dict):
         return _legacy_challenge_problem(folder, record) if needed else None
     for name, digest in sorted(listed.items()):
+        if not _plain_name(name):
+            return f"its case.json lists {name!r}, which is not a file of its folder (the record was edited)"
         try:
-            if _content_hash(folder / str(name)) != digest:
+            if _content_hash(folder / name) != digest:
                 return f"its {name} is not the one written with its case.json (changed or damaged since)"
+        except NotPlainFile:
+            return f"its {name} is not a plain file (a link, a pipe or a device; FetalIQA writes none)"
         except OSError:
             return f"its {name} is missing"
     absent = [n for n in needed if n not in listed]
@@ -1185,6 +1238,11 @@ class Item:
     why: str | None = None  # why a case scored before is scored again (rescore_reason)
 
 
+#: How long a stopped read-ahead waits for its readers to finish the sweeps in their hands (each
+#: clears its case's attempt marker when done) before it leaves them behind.
+READ_AHEAD_GRACE_S = 3.0
+
+
 def read_ahead(items: Sequence[Item], prepare: Callable[[Item], None], depth: int,
                workers: int | None = None) -> Iterator[Item]:
     """Yield ``items`` in order after ``prepare`` filled each in.
@@ -1193,37 +1251,76 @@ def read_ahead(items: Sequence[Item], prepare: Callable[[Item], None], depth: in
     ``workers`` reader threads (default ``min(depth, 2)``): decoding, hashing and file reading
     release the GIL, so they overlap the model and each other. Memory stays bounded at ``depth``
     prepared items plus the one in the consumer's hands. ``prepare`` records its own errors in
-    the item; it must not raise.
+    the item; it must not raise (if it does, the error is raised here, in the consumer).
+
+    When the consumer stops (Ctrl-C, SIGTERM, an error) the readers are given
+    :data:`READ_AHEAD_GRACE_S` to finish, then left behind: they are daemon threads, so one stuck
+    in a read that never ends (a pipe, a device, a network file system that hangs) does not keep
+    the process alive. A thread pool's workers were waited for without end, so "interrupted" was
+    printed and the process went on reading.
     """
     if depth <= 0:
         for item in items:
             prepare(item)
             yield item
         return
+    import queue
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
 
-    def task(item: Item) -> Item:
-        prepare(item)
-        return item
+    jobs: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
 
-    pool = ThreadPoolExecutor(max_workers=max(1, workers or min(depth, 2)),
-                              thread_name_prefix="fetaliqa-read-ahead")
+    class Job:
+        __slots__ = ("item", "done", "error")
+
+        def __init__(self, item: Item) -> None:
+            self.item, self.done, self.error = item, threading.Event(), None
+
+    def reader() -> None:
+        while not stop.is_set():
+            job = jobs.get()
+            if job is None or stop.is_set():
+                return
+            try:
+                prepare(job.item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                job.error = exc
+            finally:
+                job.done.set()
+
+    threads = [threading.Thread(target=reader, name=f"fetaliqa-read-ahead-{k}", daemon=True)
+               for k in range(max(1, workers or min(depth, 2)))]
+    for t in threads:
+        t.start()
     todo = iter(items)
     pending: deque = deque()
+
+    def submit(item: Item) -> None:
+        job = Job(item)
+        pending.append(job)
+        jobs.put(job)
+
     try:
         for item in todo:
-            pending.append(pool.submit(task, item))
+            submit(item)
             if len(pending) >= depth:
                 break
         while pending:
-            item = pending.popleft().result()
+            job = pending.popleft()
+            job.done.wait()
+            if job.error is not None:
+                raise job.error
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(pool.submit(task, nxt))
-            yield item
+                submit(nxt)
+            yield job.item
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        stop.set()  # (the sweeps not yet started are not read)
+        for _ in threads:
+            jobs.put(None)
+        deadline = time.monotonic() + READ_AHEAD_GRACE_S
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 # -- heartbeats: rank 0 waits for the others without hanging on a dead one ---------------------

@@ -731,3 +731,102 @@ def test_an_earlier_versions_challenge_answer_beside_its_chosen_frame_is_kept(tm
         (folder / CHALLENGE_FRAME_FILE).write_text(json.dumps(answer))
         problem = ar._legacy_challenge_problem(folder, record)
         assert (problem is None) is kept, (answer, problem)
+
+
+@pytest.mark.timeout(60)
+def test_a_record_listing_a_device_a_pipe_a_link_or_a_file_outside_its_folder_is_stale_and_none_is_read(tmp_path):
+    """A case.json edited to list /dev/zero or a pipe, and sealed again (the seal is a hash anyone
+    can redo), made a rerun read for ever; ../ or an absolute path had a file outside the case
+    folder read, and one listed with its own hash, or a result file replaced by a link to a copy,
+    kept the case as finished. The list is trusted only for plain names of regular files in the
+    folder: anything else makes the case stale, with why, and is never opened."""
+    import hashlib
+
+    outside = tmp_path / "mine.txt"
+    outside.write_text("the user's own file\n")
+    digest = hashlib.blake2b(outside.read_bytes(), digest_size=16).hexdigest()
+    edits = [("../../../mine.txt", "lists '../../../mine.txt', which is not a file of its folder"),
+             (str(outside), "which is not a file of its folder")]
+    if os.path.exists("/dev/zero"):
+        edits.append(("/dev/zero", "lists '/dev/zero', which is not a file of its folder"))
+    if hasattr(os, "symlink"):
+        edits.append(("link", "its frames.csv is not a plain file"))
+    if hasattr(os, "mkfifo"):
+        edits += [("pipe", "its pipe.csv is not a plain file"), ("frames pipe", "its frames.csv is not a plain file")]
+    for k, (edit, said) in enumerate(edits):
+        out = tmp_path / f"o{k}"
+        folder = _case_of_one_run(out, "c1", challenge=False)
+        rec = ar.read_record(folder)
+        if edit == "link":  # the same bytes, elsewhere
+            copy = tmp_path / "frames-copy.csv"
+            copy.write_bytes((folder / "frames.csv").read_bytes())
+            (folder / "frames.csv").unlink()
+            (folder / "frames.csv").symlink_to(copy)
+        elif edit == "pipe":
+            os.mkfifo(folder / "pipe.csv")
+            rec["files"]["pipe.csv"] = "0" * 32
+        elif edit == "frames pipe":
+            (folder / "frames.csv").unlink()
+            os.mkfifo(folder / "frames.csv")
+        else:
+            rec["files"][edit] = digest if edit != "/dev/zero" else "0" * 32
+        (folder / ar.RECORD_FILE).write_text(ar.record_json(rec))  # sealed again
+        rec = ar.read_record(folder)
+        assert not ar.is_finished(rec, "k", (), folder), edit
+        assert said in ar.rescore_reason(rec, None, {}, 0.5, ("s",), (), folder), edit
+        row = ar.table_rows(out, ["c1"], ["c1.mha"], None)[0]
+        assert row["status"] == "stale" and said in row["error"], (edit, row)
+    assert outside.read_text() == "the user's own file\n"
+    if hasattr(os, "mkfifo"):  # a pipe named case.json is not waited on either: the folder is not ours
+        folder = _case_of_one_run(tmp_path / "p", "c1", challenge=False)
+        (folder / ar.RECORD_FILE).unlink()
+        os.mkfifo(folder / ar.RECORD_FILE)
+        assert ar.read_record(folder) is None and ar.foreign_folder(folder)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_sigterm_ends_a_run_whose_reader_is_stuck_in_a_read_that_never_ends(tmp_path):
+    """SIGTERM (and Ctrl-C) printed "interrupted" and the process went on for ever: the
+    read-ahead's thread pool was waited for, and its reader was stuck opening a pipe that no one
+    writes (or reading /dev/zero). The run now ends with status 130 within a few seconds."""
+    import signal
+    import subprocess
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    script = f"""
+import sys
+from pathlib import Path
+from fetaliqa_core import archive as ar
+from fetaliqa_core.cli import run_guarded
+
+def prepare(item):
+    if item.index == 1:
+        print("reading", flush=True)
+        open({str(pipe)!r}, "rb").read()  # no writer: waits for ever
+
+def consume():
+    for item in ar.read_ahead([ar.Item(i, f"c{{i}}", Path(f"c{{i}}.mha")) for i in range(3)], prepare, 2):
+        pass
+
+sys.exit(run_guarded(consume))
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "reading"
+        time.sleep(0.5)  # the consumer waits for the case the reader is stuck on
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running 30 s after SIGTERM")
+        assert rc == 130 and time.monotonic() - t0 < 10
+        err = proc.stderr.read()
+        assert "interrupted" in err and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1031,3 +1031,59 @@ def test_an_empty_table_in_the_output_folder_is_rebuilt_with_a_note(reference, a
         assert "did not write" not in printed.err and f"cases.csv {said}" in printed.err, printed.err
         assert "scored 0 now, 4 already scored" in printed.out
         assert _results(out) == _results(reference)
+
+
+@pytest.mark.timeout(300)
+def test_a_case_json_listing_a_file_outside_its_folder_is_rescored_with_why(tmp_path, capsys):
+    """A case.json edited to list a file outside the case folder (../ or an absolute path, with
+    that file's own hash) and sealed again: the rerun read the user's file and took the case as
+    finished; one listing /dev/zero read for ever. Now each is rescored, and the line says why."""
+    import hashlib
+
+    folder = _fresh_archive(tmp_path, n=1)
+    out = tmp_path / "scores"
+    base = ["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]
+    assert main(base) == 0
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the user's own file\n")
+    digest = hashlib.blake2b(mine.read_bytes(), digest_size=16).hexdigest()
+    case = ar.case_dir(out, _table(out)[0]["case"])
+    listed = ["../../../mine.txt", str(mine)] + (["/dev/zero"] if os.path.exists("/dev/zero") else [])
+    for name in listed:
+        rec = ar.read_record(case)
+        rec["files"][name] = digest
+        (case / ar.RECORD_FILE).write_text(ar.record_json(rec))  # sealed again, as anyone can
+        capsys.readouterr()
+        assert main(base) == 0
+        said = capsys.readouterr().out
+        assert f"rescored: its case.json lists {name!r}, which is not a file of its folder" in said, said
+        assert name not in ar.read_record(case)["files"]  # the record written now lists its own files only
+
+
+@pytest.mark.parametrize("value, said", [
+    ("1/99999999999999999999", "'1/99999999999999999999' splits the archive in more parts than machines could score; "
+                               "give N from 1 to 100,000"),
+    ("-1/2", "'-1/2' is not a part K/N of the archive; give K from 1 to N"),
+])
+def test_a_shard_no_machines_could_share_or_a_negative_part_is_one_line(value, said, tmp_path, capsys):
+    """--shard 1/99999999999999999999 was taken, and its part held none of the cases: 0 scored,
+    exit status 0, not a word; --shard -1/2 said only "argument --shard: expected one argument"."""
+    with pytest.raises(SystemExit) as usage:
+        main(["score", str(tmp_path), "--archive", "--out", str(tmp_path / "out"), "--shard", value])
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and said in err.strip().splitlines()[-1], err
+    assert "expected one argument" not in err and not (tmp_path / "out").exists()
+
+
+def test_more_parts_than_cases_is_said_and_an_empty_part_says_it_scores_nothing(archive_dir, reference, tmp_path,
+                                                                                  capsys):
+    """A part of more parts than the archive has cases scored nothing without a word (exit status 0,
+    "0 cases"), as if the archive were empty."""
+    names = [r["case"] for r in _table(reference)]
+    parts = 8
+    empty = next(k for k in range(1, parts + 1) if not ar.shard_by_name(names, k, parts))
+    assert main(["score", str(archive_dir), "--no-cache", "--quiet", "--shard", f"{empty}/{parts}",
+                 "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert (f"--shard {empty}/{parts} splits the archive's 4 case(s) in more parts than cases: some parts hold "
+            "none; this one holds none, so it scores nothing") in err, err

@@ -286,8 +286,43 @@ def _unknown_option(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     return ""
 
 
+def _values_starting_with_a_dash(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with each value that starts like a negative number but is none ("-1/2", "-1e-3")
+    joined to the option before it that takes one value (``--shard=-1/2``): argparse took it for
+    an unknown option and said only "argument --shard: expected one argument"; joined, the
+    option's own check says what is wrong with the value."""
+    import re
+
+    def options(p: argparse.ArgumentParser) -> tuple[set[str], set[str], dict]:
+        single = {o for a in p._actions if a.nargs is None and a.option_strings for o in a.option_strings}
+        every = {o for a in p._actions for o in a.option_strings}
+        subs = {name: sub for a in p._actions if isinstance(a, argparse._SubParsersAction)
+                for name, sub in a.choices.items()}
+        return single, every, subs
+
+    single, every, subs = options(parser)
+    fixed: list[str] = []
+    k = 0
+    while k < len(argv):
+        arg = argv[k]
+        if arg == "--":
+            fixed += argv[k:]
+            break
+        if arg in subs:  # a (nested) command: its own options from here on
+            single, every, subs = options(subs[arg])
+        value = argv[k + 1] if k + 1 < len(argv) else None
+        if arg in single and value is not None and value not in every:  # (its value: never a command)
+            dashed = re.match(r"-\d", value) and not re.fullmatch(r"-\d+|-\d*\.\d+", value)
+            fixed += [f"{arg}={value}"] if dashed else [arg, value]  # (argparse takes -1 and -0.5 itself)
+            k += 2
+            continue
+        fixed.append(arg)
+        k += 1
+    return fixed
+
+
 def _run_parsed(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args(_values_starting_with_a_dash(parser, argv))
     if unknown:  # told with the command's own usage (a mistyped option of `score` shows score's options)
         told = getattr(args, "_parser", parser)
         told.error(_unknown_option(told, unknown) or f"unrecognized arguments: {' '.join(unknown)}")

@@ -44,14 +44,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {ar.DEFAULT_RANK_TIMEOUT:.0f})")
 
 
+#: More parts than machines that could score them: --shard 1/99999999999999999999 was taken, and
+#: its part held none of the archive's cases.
+MAX_SHARD_PARTS = 100_000
+
+
 def shard_part(text: str) -> tuple[int, int]:
-    """argparse type: ``K/N``, part K (1 to N) of an archive split in N."""
+    """argparse type: ``K/N``, part K (1 to N) of an archive split in N (N at most
+    :data:`MAX_SHARD_PARTS`)."""
     import re
 
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
         raise argparse.ArgumentTypeError(f"{text!r} is not a part K/N of the archive; give K from 1 to N, "
                                          "e.g. --shard 1/2 on one machine and --shard 2/2 on the other")
+    if int(m.group(2)) > MAX_SHARD_PARTS:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} splits the archive in more parts than machines could "
+                                         f"score; give N from 1 to {MAX_SHARD_PARTS:,}, the number of machines "
+                                         "(or runs) sharing the archive")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -230,6 +240,12 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         members = [path / rel if rel else path for rel in plan["relative"]]
     names, files = plan["names"], [m.name for m in members]
     tag = f"[rank {ranks.rank}/{ranks.world}] " if ranks.distributed else ""
+    if part is not None and part[1] > len(names):  # (said before the models load: nothing may be scored)
+        held = len(ar.shard_by_name(names, *part))
+        print(f"fetaliqa: note: --shard {part[0]}/{part[1]} splits the archive's {len(names)} case(s) in more "
+              f"parts than cases: some parts hold none" + ("; this one holds none, so it scores nothing"
+                                                           if not held else f"; this one holds {held}"),
+              file=sys.stderr, flush=True)
     models = load_models(model_choice_from_args(args))
     from fetaliqa_core.models.choice import provenance
 
