@@ -525,6 +525,44 @@ def test_a_large_head_whose_outer_band_leaves_the_image_is_still_a_skull():
         assert fc.mask_shape(mask, fov, 0.3, grey=abdomen).plausible
 
 
+def _large_scene(kind: str, ring_px: int, axes=(96, 84), angle=10.0, seed=0):
+    """A 480 x 360 frame (0.45 mm a pixel, as a downsampled export) of ``kind`` ``"head"`` (a bone
+    ring ``ring_px`` wide round a dark brain, the mask filling the skull's inside) or ``"abdomen"``
+    (liver texture with a skin line ``ring_px`` wide at 1.6 times its grey, the mask on the skin),
+    in dark fluid; blurred a little, as an echo is. Returns (uint8 frame, mask)."""
+    rng = np.random.default_rng(seed)
+    h_img, w_img, center = 360, 480, (240, 185)
+    img = _speckled((h_img, w_img), 12.0, rng)
+    body, inner = np.zeros((h_img, w_img), np.uint8), np.zeros((h_img, w_img), np.uint8)
+    cv2.ellipse(body, center, axes, angle, 0, 360, 1, -1)
+    cv2.ellipse(inner, center, (axes[0] - ring_px, axes[1] - ring_px), angle, 0, 360, 1, -1)
+    line = (body > 0) & (inner == 0)
+    img[body > 0] = _speckled((int((body > 0).sum()),), 45.0 if kind == "head" else 95.0, rng)
+    img[line] = _speckled((int(line.sum()),), 150.0, rng)
+    img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 1.2)
+    return np.clip(img, 0, 255).astype(np.uint8), inner if kind == "head" else body
+
+
+@pytest.mark.parametrize("seed, axes, angle", [(0, (96, 84), 10.0), (1, (80, 74), -35.0), (2, (104, 90), 60.0)])
+def test_a_head_with_a_thin_skull_ring_is_a_skull(seed, axes, angle):
+    """A skull ring 2 px wide (a 1 mm bone at 0.45 mm a pixel) with the mask on the skull's
+    inside read a plain AC with a GA: smoothed over one model pixel (~2 px on this frame) and
+    sampled ~4 px apart across the skull's band, the ring lost most of its peak (rim ratio ~1.3),
+    while a ring 3 px wide was caught (~1.7). Read again finely, it is a skull; an abdomen of the
+    same size whose skin line is as thin (and brighter than its liver) stays an abdomen."""
+    px = 0.45
+    head, mask = _large_scene("head", 2, axes, angle, seed)
+    assert fc.mask_shape(mask, None, px).plausible  # the shape alone cannot tell
+    h = fc.mask_shape(mask, None, px, grey=head)
+    assert not h.plausible and h.reason == fc.SKULL_REASON and h.problem == fc.SKULL_REASON
+    assert h.rim >= fc.SKULL_FINE_RATIO
+    thick, mask = _large_scene("head", 3, axes, angle, seed)
+    assert fc.mask_shape(mask, None, px, grey=thick).reason == fc.SKULL_REASON
+    abdomen, mask = _large_scene("abdomen", 2, axes, angle, seed)
+    a = fc.mask_shape(mask, None, px, grey=abdomen)
+    assert a.plausible and a.reason == "", a.reason
+
+
 def test_an_outline_far_outside_the_body_is_not_an_abdomens():
     """A mask 40 % larger than the abdomen it covers has its outline in the fluid around it (the
     AC would be 40 % too long): not plausible, with the reason. One 10 % larger still follows the
