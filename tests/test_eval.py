@@ -671,3 +671,45 @@ def test_a_folder_with_no_answer_for_any_case_is_refused_pointing_at_the_answers
     err = capsys.readouterr().err
     assert "holds no answer for any of the 4 case(s)" in err and f"give {tmp_path / 'scores' / 'challenge'}" in err
     assert not (tmp_path / "ev").exists()
+
+
+def test_answers_in_job_folders_named_by_their_pk_are_not_said_to_be_left_out(tiny_data, scored, tmp_path, capsys):
+    """Job folders named by the challenge's pk, as predictions.json names them, were all evaluated
+    and still listed as answers "for cases without a row in --data's CSV, left out"."""
+    import shutil
+
+    from fetaliqa_core.cli import main
+
+    folder = tmp_path / "challenge"
+    shutil.copytree(scored, folder)
+    jobs = json.loads((folder / "predictions.json").read_text())
+    for k, job in enumerate(jobs):
+        (folder / job["pk"]).rename(folder / f"job-{k}")
+        job["pk"] = f"job-{k}"
+    (folder / "predictions.json").write_text(json.dumps(jobs))
+    capsys.readouterr()
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(folder), "--split", "all",
+                 "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert all(c["answered"] for c in saved["cases"]["predictions"]) and len(saved["cases"]["predictions"]) == 4
+    assert saved["answers_not_evaluated"] == [] and "left out" not in err, err
+
+
+def test_answers_of_a_paper_preset_model_are_evaluated_on_the_split_it_was_trained_with(tiny_data, scored, tmp_path):
+    """--predictions always split the cases by subject (the default training split): the test
+    cases of a `--preset paper` model, split by a permutation, were other cases, without a word.
+    --split-method picks the split, as `train --split-method` does."""
+    from fetaliqa_core.cli import main
+    from training.dataset import read_cases, split_cases
+
+    cases = read_cases(tiny_data)
+    assert split_cases(cases, seed=42, method="grouped")["train"] != split_cases(cases, seed=42,
+                                                                                method="permutation")["train"]
+    for method in ("grouped", "permutation"):
+        out = tmp_path / method
+        assert main(["eval", "--data", str(tiny_data), "--predictions", str(scored), "--split", "train",
+                     "--split-method", method, "--out", str(out), "--quiet"]) == 0
+        saved = json.loads((out / "metrics.json").read_text())
+        assert saved["split_method"] == method
+        assert saved["case_uuids"] == [c.uuid for c in split_cases(cases, seed=42, method=method)["train"]]

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which cases: a split of the training split (default test) or all (a held-out dataset)")
     p.add_argument("--split-seed", type=non_negative_int, default=None, help="case split seed (default: the bundle's; with --predictions 42, "
                         "the split `train` makes by default)")
+    p.add_argument("--split-method", choices=("grouped", "permutation"), default=None,
+                   help="with --predictions: how the cases were split, as `train --split-method` (default grouped; "
+                        "`--preset paper` trains on a permutation); with bundles, the one they record")
     p.add_argument("--all-sweeps", dest="all_sweeps", action="store_true", default=None,
                    help="per-frame metrics on every sweep (default: as trained; the paper: sweeps with an AC)")
     p.add_argument("--ac-sweeps", dest="all_sweeps", action="store_false",
@@ -101,7 +104,8 @@ def run_predictions(args: argparse.Namespace) -> int:
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
     check_eval_out(out)
     settings = PredictionSettings(data=args.data, predictions=args.predictions, split=args.split,
-                                  split_seed=args.split_seed, max_cases=args.max_cases, progress=not args.quiet)
+                                  split_seed=args.split_seed, split_method=args.split_method or "grouped",
+                                  max_cases=args.max_cases, progress=not args.quiet)
     metrics = evaluate_predictions(settings, out_dir=out)
     for note in [unlisted_cases_note(metrics)] + answer_notes(metrics) + reference_ac_notes(metrics):
         if note:

@@ -38,6 +38,7 @@ class PredictionSettings:
     predictions: Path
     split: str = "test"
     split_seed: int | None = None  # None: the default seed (no bundle records another)
+    split_method: str = "grouped"  # as `train --split-method` (a `--preset paper` model: "permutation")
     max_cases: int | None = None
     progress: bool = True
 
@@ -110,12 +111,15 @@ def find_answer(root: Path, uuid: str, image: Path, jobs: dict[str, Path]) -> An
     return None
 
 
-def _answered_names(root: Path, jobs: dict[str, Path]) -> set[str]:
-    """The names (image stems or folder names) of every answer ``root`` holds."""
+def _answered_names(root: Path, jobs: dict[str, Path], used: set[Path] = frozenset()) -> set[str]:
+    """The names (image stems or folder names) of every answer ``root`` holds, less the folders
+    ``used`` for the cases evaluated (a job folder named by its pk, as the challenge names them,
+    was listed as an answer "left out" although its case was evaluated from it)."""
     names = {stem for stem, folder in jobs.items() if (folder / CHALLENGE_FRAME_FILE).is_file()}
     try:
         for child in root.iterdir():
-            if child.is_dir() and any((f / CHALLENGE_FRAME_FILE).is_file() for f in (child, child / "output")):
+            held = [f for f in (child, child / "output") if (f / CHALLENGE_FRAME_FILE).is_file()]
+            if child.is_dir() and held and not any(f in used for f in held):
                 names.add(child.name)
     except OSError:
         pass
@@ -189,7 +193,10 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
         raise FetalIQAError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
     cases = read_cases(settings.data)
     split_seed = SPLIT_SEED if settings.split_seed is None else settings.split_seed
-    chosen = cases if settings.split == "all" else split_cases(cases, seed=split_seed)[settings.split]
+    if settings.split_method not in ("grouped", "permutation"):
+        raise FetalIQAError(f"--split-method {settings.split_method!r} is not grouped or permutation")
+    chosen = cases if settings.split == "all" else split_cases(cases, seed=split_seed,
+                                                               method=settings.split_method)[settings.split]
     if settings.max_cases is not None:
         chosen = chosen[: settings.max_cases]
     if not chosen:
@@ -259,9 +266,12 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
     challenge["nae_ac_matching_reference"] = {"mean": float(np.mean(kept)) if kept else float("nan"),
                                               "n": len(kept)}
     evaluated = {c.uuid for c in chosen}
-    others = sorted(n for n in _answered_names(root, jobs) if n not in evaluated and _image_stem(n) not in evaluated)
+    used = {a.frame_file.parent for a in answers.values() if a is not None}
+    stems = {_image_stem(c.image_path.name) for c in chosen}
+    others = sorted(n for n in _answered_names(root, jobs, used)
+                    if n not in evaluated and _image_stem(n) not in evaluated and _image_stem(n) not in stems)
     metrics = {
-        "split": settings.split, "split_seed": split_seed,
+        "split": settings.split, "split_seed": split_seed, "split_method": settings.split_method,
         "data": str(Path(settings.data).expanduser().resolve()),
         "predictions": str(root.expanduser().resolve()),
         "n_cases": len(chosen), "max_cases": settings.max_cases, "app_version": __version__,
