@@ -1087,3 +1087,18 @@ def test_more_parts_than_cases_is_said_and_an_empty_part_says_it_scores_nothing(
     err = capsys.readouterr().err
     assert (f"--shard {empty}/{parts} splits the archive's 4 case(s) in more parts than cases: some parts hold "
             "none; this one holds none, so it scores nothing") in err, err
+
+
+def test_an_empty_part_of_fewer_parts_than_cases_says_it_scores_nothing(archive_dir, reference, tmp_path, capsys):
+    """Parts hold about 1/N of the cases each, by their names: with 3 parts of 4 cases one may
+    hold none, and its run scored nothing without a word (the note was said only for more parts
+    than cases)."""
+    names = [r["case"] for r in _table(reference)]
+    found = [(k, n) for n in (2, 3, 4) for k in range(1, n + 1) if not ar.shard_by_name(names, k, n)]
+    if not found:
+        pytest.skip("every part of 2-4 holds a case of this archive")
+    empty, parts = found[0]
+    assert main(["score", str(archive_dir), "--no-cache", "--quiet", "--shard", f"{empty}/{parts}",
+                 "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert f"--shard {empty}/{parts} holds none of the archive's 4 case(s)" in err and "scores nothing" in err, err

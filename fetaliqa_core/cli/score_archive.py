@@ -240,11 +240,15 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         members = [path / rel if rel else path for rel in plan["relative"]]
     names, files = plan["names"], [m.name for m in members]
     tag = f"[rank {ranks.rank}/{ranks.world}] " if ranks.distributed else ""
+    held = None if part is None else len(ar.shard_by_name(names, *part))
     if part is not None and part[1] > len(names):  # (said before the models load: nothing may be scored)
-        held = len(ar.shard_by_name(names, *part))
         print(f"fetaliqa: note: --shard {part[0]}/{part[1]} splits the archive's {len(names)} case(s) in more "
               f"parts than cases: some parts hold none" + ("; this one holds none, so it scores nothing"
                                                            if not held else f"; this one holds {held}"),
+              file=sys.stderr, flush=True)
+    elif part is not None and not held:  # (parts are about 1/N each, not exactly: a small archive's may be empty)
+        print(f"fetaliqa: note: --shard {part[0]}/{part[1]} holds none of the archive's {len(names)} case(s) (cases go "
+              "to parts by their names, about 1/N each), so this run scores nothing; the other parts hold them all",
               file=sys.stderr, flush=True)
     models = load_models(model_choice_from_args(args))
     from fetaliqa_core.models.choice import provenance
