@@ -667,3 +667,19 @@ def test_the_report_s_gestational_age_is_the_one_the_window_shows(ac_mm):
     shown = read_ac(ac_mm)
     run = SimpleNamespace(ac_mm=shown.ac_mm, ga_weeks=shown.ga_weeks)  # as the window stores it
     assert format_ga(ga_weeks_of(run)) == shown.ga_text
+
+
+def test_the_csv_report_writes_the_weeks_of_gestation_as_every_other_output(tmp_path):
+    """The report's CSV wrote Hadlock's weeks to four decimals (21.3965) where summary.json,
+    summary.csv and cases.csv write the answer's two (21.40)."""
+    from fetaliqa_core.analysis import read_ac
+
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    sid = s.add_sweep("c5" * 32, "/data/e.mha", 6)
+    p = np.linspace(0.1, 0.9, 6).astype(np.float32)
+    shown = read_ac(201.7)
+    s.add_model_run(sid, {"cls": {"hash": "ab", "threshold": 0.5}}, p, np.full(6, np.nan), np.zeros(6, int),
+                    p >= 0.5, chosen_frame=5, ac_mm=shown.ac_mm, ga_weeks=shown.ga_weeks)
+    (chosen,) = [r for r in csv.DictReader(io.StringIO(report_csv_text(s))) if r["chosen"] == "1"]
+    assert float(chosen["ga_weeks"]) == shown.ga_weeks and len(chosen["ga_weeks"].split(".")[-1]) <= 2
+    s.close()

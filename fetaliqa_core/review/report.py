@@ -772,7 +772,7 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                          int(bool(run.flagged[f])) if run.scored[f] else "",  # not scored: no call
                          int(chosen),
                          _csv_num(run.ac_mm) if chosen else "",
-                         _csv_num(ga_weeks_of(run)) if chosen else ""]
+                         _csv_num(_weeks_2(ga_weeks_of(run))) if chosen else ""]
                 if chosen:  # an empty ac_mm alone did not tell a doubtful AC from none
                     status = "ok" if _csv_num(run.ac_mm) else AC_NOT_TO_ACT_ON
             for v in by_frame.get(f) or [None]:
@@ -783,6 +783,11 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                     agrees = "" if agrees is None else int(agrees)
                     writer.writerow(base + [v.reviewer, v.label, v.code, agrees, v.note, v.time] + thr + [status])
     return buf.getvalue()
+
+
+def _weeks_2(weeks: float | None) -> float | None:
+    """Weeks of gestation to two decimals, as every other output writes them."""
+    return None if weeks is None else round(float(weeks), 2)
 
 
 def _csv_num(x: Any) -> str:
