@@ -240,9 +240,12 @@ class QualityCurve(QWidget):
             self._regions.append(reg)
             kind = sweep_kinds[k] if k < len(sweep_kinds) else "unknown"
             text = f"{k + 1} · {kind}" if kind and kind != "unknown" else f"sweep {k + 1}"
-            lab = pg.TextItem(text, color=theme.TEXT_DIM, anchor=(0, 0))
+            # at its band's left edge (one frame in, a one-frame sweep's name lay past the view); a short
+            # last band's name ends at the plot's right edge instead (it ran past it)
+            short_last = k == len(sweep_ranges) - 1 and k > 0 and (b - a) < 0.1 * self._n
+            lab = pg.TextItem(text, color=theme.TEXT_DIM, anchor=(1, 0) if short_last else (0, 0))
             lab.setFont(font)
-            lab.setPos(a - 0.5, LABEL_Y)  # at its band's left edge: one frame in, a one-frame sweep's name lay past the view
+            lab.setPos(b - 0.5 if short_last else a - 0.5, LABEL_Y)
             self.vb.addItem(lab)
             self._labels.append(lab)
         # frames are whole numbers: a short sweep gets one tick a frame, not 0.5 steps

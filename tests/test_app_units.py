@@ -345,3 +345,26 @@ def test_a_one_frame_sweep_s_name_on_the_curve_lies_inside_the_plot(qtbot, windo
     (name,) = curve._labels
     rect = name.sceneBoundingRect()
     assert plot.left() - 1 <= rect.left() and rect.right() <= plot.right() + 1, (rect, plot)
+
+
+def test_a_one_frame_last_sweep_s_name_on_the_curve_lies_inside_the_plot(qtbot, window):
+    """A one-frame last sweep after longer ones had its name start at its band, the plot's right
+    edge, and run past it. A short last band's name ends at the plot's edge."""
+    import dataclasses
+
+    from PySide6.QtWidgets import QApplication
+
+    sweep = tiny_sweep(3, 20, height=72, width=96)
+    frames = sweep.frames[:41]
+    sweep = dataclasses.replace(sweep, frames=frames, sweep_ranges=[(0, 20), (20, 40), (40, 41)])
+    window.set_sweep(sweep, score=True)
+    qtbot.waitUntil(lambda: window.model.results is not None and window.model.results.complete
+                    and not window.scoring.running, timeout=30000)
+    window.show()
+    window.resize(1280, 720)
+    for _ in range(5):
+        QApplication.processEvents()
+    curve = window.curve
+    plot = curve.vb.sceneBoundingRect()
+    rect = curve._labels[-1].sceneBoundingRect()
+    assert plot.left() - 1 <= rect.left() and rect.right() <= plot.right() + 1, (rect, plot)
