@@ -247,12 +247,9 @@ class FrameView(QWidget):
         if changed:
             self._place_ellipse_label()  # (kept clear of the corners' new text)
 
-    def corner_text_rects(self) -> list[QRectF]:
-        """Where the corners' text is drawn (this widget's pixels), for each corner shown with text:
-        the box is fixed, the text is aligned in it and usually narrower."""
-        return [rect for _lab, rect in self._corner_rects()]
-
     def _corner_rects(self) -> list[tuple[QLabel, QRectF]]:
+        """Where the corners' text is drawn (this widget's pixels), for each corner shown with text,
+        with its label: the box is fixed, the text is aligned in it and usually narrower."""
         rects = []
         for lab in (self.corner_tl, self.corner_tr, self.corner_bl, self.corner_br):
             text = lab.text()
@@ -441,7 +438,8 @@ class FrameView(QWidget):
             first = inside
         spots = [first] + [s for s in (above, below, inside) if s is not first and view_top <= s[1]
                            and s[1] + box.height() * per_pixel <= view_bottom]
-        corners = self.corner_text_rects()
+        placed = self._corner_rects()  # (every corner is shown again above: measured once for both uses)
+        corners = [rect for _lab, rect in placed]
         chosen = None
         if corners and per_x > 0 and per_pixel > 0:
             for spot in spots:
@@ -453,7 +451,7 @@ class FrameView(QWidget):
         if chosen is None:
             chosen = first
             rect = self._screen_rect(first, box.width(), box.height()) if corners else None
-            for lab, text_rect in self._corner_rects() if rect is not None else ():
+            for lab, text_rect in placed if rect is not None else ():
                 if rect.adjusted(-2, -2, 2, 2).intersects(text_rect):
                     lab.hide()
                     self._yielded.append(lab)
