@@ -240,7 +240,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         members = [path / rel if rel else path for rel in plan["relative"]]
     names, files = plan["names"], [m.name for m in members]
     tag = f"[rank {ranks.rank}/{ranks.world}] " if ranks.distributed else ""
-    held = None if part is None else len(ar.shard_by_name(names, *part))
+    own_part = ar.shard_by_name(names, *part) if part else None  # (this part's cases, with --shard)
+    held = None if own_part is None else len(own_part)
     if part is not None and part[1] > len(names):  # (said before the models load: nothing may be scored)
         print(f"fetaliqa: note: --shard {part[0]}/{part[1]} splits the archive's {len(names)} case(s) in more "
               f"parts than cases: some parts hold none" + ("; this one holds none, so it scores nothing"
@@ -278,7 +279,7 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
             raise FetalIQAError(shown(problem))
     needed = [export.CHALLENGE_FRAME_FILE, export.CHALLENGE_MASK_FILE] if args.challenge_output else []
     heartbeat = ar.Heartbeat(out, plan["run_id"], ranks.rank).start() if ranks.distributed else None
-    mine = ar.shard_by_name(names, *part) if part else ar.shard(len(members), ranks)
+    mine = own_part if part else ar.shard(len(members), ranks)
     # the table's cases: the whole archive's, or with --shard this part's (the merge completes it)
     listed = mine if part else range(len(members))
     table_args = ([names[i] for i in listed], [files[i] for i in listed], accepted, [members[i] for i in listed])
