@@ -388,6 +388,12 @@ _ACROSS_PAIRS, _ACROSS_MIN_GREY = 12, 5
 _ACROSS_PIXELS = 1 << 20
 
 
+def _pixel_step(h: int, w: int) -> int:
+    """Every how many pixels (in each direction) a frame of ``h`` x ``w`` is read for the signs of
+    a stack stored frames-first: 1 up to :data:`_ACROSS_PIXELS`, wider beyond (about that many read)."""
+    return max(1, math.ceil(math.sqrt(h * w / _ACROSS_PIXELS)))
+
+
 def frames_axis_evidence(frames: np.ndarray, black_layout: bool = True) -> str | None:
     """What in the pixels shows a stack written frames-first and read with its frames along the
     columns, said in a few words with its numbers; None when nothing does, and for stacks too small
@@ -417,7 +423,7 @@ def _neighbours_alike(frames: np.ndarray) -> str | None:
     # frames over a megapixel are sampled more sparsely (still neighbour beside neighbour): turning
     # whole 4096 x 4096 frames into floats took 1.1 GB and seconds before a sweep too large for
     # memory was refused
-    k = max(1, math.ceil(math.sqrt(h * w / _ACROSS_PIXELS)))
+    k = _pixel_step(h, w)
     f2, f3 = 2 * k, 3 * k
 
     def grey(part: np.ndarray) -> np.ndarray:
@@ -486,7 +492,7 @@ def _black_layout(frames: np.ndarray) -> str | None:
     shorter for a stretch (from its third frame on, say) has them in one place in that stretch."""
     n, h, w = frames.shape
     picked = np.unique(np.linspace(0, n - 1, min(n, _BLACK_FRAMES)).round().astype(int))
-    k = max(1, math.ceil(math.sqrt(h * w / _ACROSS_PIXELS)))  # (frames over a megapixel: every k-th pixel)
+    k = _pixel_step(h, w)  # (frames over a megapixel: every k-th pixel)
     black = np.stack([np.asarray(frames[i][::k, ::k]) <= _ACROSS_MIN_GREY for i in picked])
     shown = 1.0 - black.mean(axis=(1, 2))
     black = black[(shown > _BLACK_MIN_SHARE) & (shown >= 0.5 * float(np.median(shown)))]
