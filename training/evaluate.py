@@ -137,6 +137,60 @@ def _reference_ac_mismatch(case, labels: np.ndarray, ranges) -> dict[str, list[i
             "not_annotated": [s + 1 for s in range(len(ranges)) if has_ac[s] and not annotated[s]]}
 
 
+@dataclass
+class _Case:
+    """One evaluated case as read: its sweep, annotation, frames' labels (0/1/2), sweeps' frame
+    ranges and where its CSV and annotation disagree (:func:`_reference_ac_mismatch`)."""
+    sweep: Any
+    gt: np.ndarray
+    labels: np.ndarray
+    ranges: list
+    mismatch: dict
+
+
+def _read_case(case, data) -> _Case:
+    """A case's sweep and annotation read as `score` reads them (the file's own sweeps), its
+    reference ACs checked for units (:func:`_check_reference_units`): what ``eval`` with models and
+    ``eval --predictions`` both measure against."""
+    from fetaliqa_core import io as fio
+    from training.dataset import _sweep_ranges
+
+    sweep = fio.load_sweep(case.image_path)
+    gt = fio.load_mask(case.mask_path, like=sweep)  # FetalIQAError when the shapes differ
+    labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
+    ranges = _sweep_ranges(case, sweep.n_frames)  # the file's own sweeps, as `score` reads them
+    _check_reference_units(case, gt, ranges, sweep.spacing_mm, data)
+    return _Case(sweep, gt, labels, ranges, _reference_ac_mismatch(case, labels, ranges))
+
+
+def _case_row(metrics, uuid: str, read: _Case, frame: int, **extra) -> dict:
+    """One case's row of the challenge table: its :class:`~fetaliqa_core.analysis.CaseMetrics`,
+    with what the notes and the table's lines need (the chosen frame's label, whether the case has
+    an optimal frame or any annotation, whether its reference ACs lie on its annotated sweeps)."""
+    row = metrics.to_dict()
+    row["uuid"] = uuid
+    row["chosen_label"] = int(read.labels[frame]) if frame >= 0 else -1
+    row["has_optimal"] = bool((read.labels == 1).any())
+    row["has_annotation"] = bool(read.labels.any())
+    row.update(extra)
+    row["reference_ac_matches"] = not any(read.mismatch.values())
+    return row
+
+
+def _challenge_means(per_case: list[dict]) -> dict:
+    """The challenge row of a list of case rows: the mean of each of :data:`CHALLENGE_KEYS`, and
+    NAE_AC of the cases whose reference ACs lie on their annotated sweeps alone."""
+    from fetaliqa_core import analysis as an
+
+    case_fields = {f.name for f in dataclasses.fields(an.CaseMetrics)}  # the rest of a row is ours
+    agg = an.aggregate_case_metrics([an.CaseMetrics(**{k: v for k, v in c.items() if k in case_fields})
+                                     for c in per_case])
+    means = {k: agg[k] for k in CHALLENGE_KEYS}
+    kept = [c["nae_ac"] for c in per_case if c.get("reference_ac_matches", True)]
+    means["nae_ac_matching_reference"] = {"mean": float(np.mean(kept)) if kept else float("nan"), "n": len(kept)}
+    return means
+
+
 def reference_ac_notes(metrics: dict) -> list[str]:
     """One line per kind of disagreement between the CSV's reference ACs and the annotation
     (:func:`_reference_ac_mismatch`), naming the cases. The challenge table keeps the organisers'
@@ -310,12 +364,11 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
 
     from fetaliqa_core import acouslic
     from fetaliqa_core import analysis as an
-    from fetaliqa_core import io as fio
     from fetaliqa_core.analysis.assessment import Thresholds, assess
     from fetaliqa_core.engine import ScoringEngine
     from fetaliqa_core.models.choice import ModelChoice, load_models
     from fetaliqa_core.preprocess import mask_to_frame, preprocess_masks
-    from training.dataset import _sweep_ranges, case_digest, read_cases, split_cases, unlisted_cases
+    from training.dataset import case_digest, read_cases, split_cases, unlisted_cases
 
     if settings.cls is None and settings.seg is None:
         demo = paths.resources_dir() / "demo"
@@ -359,17 +412,13 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                disable=not settings.progress, dynamic_ncols=True)
     try:
         for ci, case in enumerate(chosen):
-            sweep = fio.load_sweep(case.image_path)
-            gt = fio.load_mask(case.mask_path, like=sweep)  # FetalIQAError when the shapes differ
-            labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
-            ranges = _sweep_ranges(case, sweep.n_frames)  # the file's own sweeps, as `score` reads them
-            _check_reference_units(case, gt, ranges, sweep.spacing_mm, settings.data)
+            read = _read_case(case, settings.data)
+            sweep, gt, labels, ranges = read.sweep, read.gt, read.labels, read.ranges
             engine = ScoringEngine(sweep, cls=models.cls, seg=models.seg, cache=False)
             results = engine.run()
 
-            mismatch = _reference_ac_mismatch(case, labels, ranges)
-            if any(mismatch.values()):
-                col.ac_mismatch[case.uuid] = mismatch
+            if any(read.mismatch.values()):
+                col.ac_mismatch[case.uuid] = read.mismatch
             sweeps = range(len(ranges)) if all_sweeps else case.sweeps_with_ac()
             frames = np.concatenate([np.arange(*ranges[s]) for s in sweeps]) if sweeps else np.zeros(0, np.int64)
             if frames.size:
@@ -407,14 +456,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                     pred_mask = (mask_to_frame(results.mask(frame), sweep.height, sweep.width) > 0).astype(np.uint8)
                 m = an.case_metrics(gt, frame, pred_mask, case.ac_mm, sweep_ranges=ranges,
                                     spacing_mm=sweep.spacing_mm, fov=fov)
-                d = m.to_dict()
-                d["uuid"] = case.uuid
-                d["chosen_label"] = int(labels[frame]) if frame >= 0 else -1
-                d["has_optimal"] = bool((labels == 1).any())
-                d["has_annotation"] = bool(labels.any())
-                d["ac_status"] = ac_status
-                d["reference_ac_matches"] = case.uuid not in col.ac_mismatch
-                col.cases[name].append(d)
+                col.cases[name].append(_case_row(m, case.uuid, read, frame, ac_status=ac_status))
             bar.update(1)
     finally:
         bar.close()
@@ -450,15 +492,8 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         metrics["frame_ac_sweeps"] = _frame_metrics(col, truth, threshold, in_ac)
         metrics["frame_ac_sweeps"]["n_frames"] = int(in_ac.sum())
         metrics["frame_ac_sweeps"]["n_positive"] = int((truth & in_ac).sum())
-    case_fields = {f.name for f in dataclasses.fields(an.CaseMetrics)}  # the rest of a row is ours
     for name, per_case in col.cases.items():
-        agg = an.aggregate_case_metrics([an.CaseMetrics(**{k: v for k, v in c.items() if k in case_fields})
-                                         for c in per_case])
-        metrics["challenge"][name] = {k: agg[k] for k in CHALLENGE_KEYS}
-        # NAE_AC of the cases whose reference ACs lie on their annotated sweeps alone
-        kept = [c["nae_ac"] for c in per_case if c.get("reference_ac_matches", True)]
-        metrics["challenge"][name]["nae_ac_matching_reference"] = {
-            "mean": float(np.mean(kept)) if kept else float("nan"), "n": len(kept)}
+        metrics["challenge"][name] = _challenge_means(per_case)
     metrics["intervals"] = _intervals(col, truth, threshold, len(chosen))
     metrics["cases"] = col.cases
     metrics["case_uuids"] = [c.uuid for c in chosen]

@@ -21,7 +21,7 @@ import numpy as np
 from fetaliqa_core import __version__
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, CHALLENGE_OUTPUTS
-from training.evaluate import CHALLENGE_KEYS, ROW_LABELS, SPLITS, _check_reference_units, _reference_ac_mismatch
+from training.evaluate import ROW_LABELS, SPLITS, _case_row, _challenge_means, _read_case
 
 ROW = "predictions"
 #: Where the challenge's evaluator reads a job's mask: a folder holding one image, under output/.
@@ -180,8 +180,7 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
 
     from fetaliqa_core import acouslic
     from fetaliqa_core import analysis as an
-    from fetaliqa_core import io as fio
-    from training.dataset import SPLIT_SEED, _sweep_ranges, read_cases, split_cases, unlisted_cases
+    from training.dataset import SPLIT_SEED, read_cases, split_cases, unlisted_cases
     from training.evaluate import write_outputs
 
     root = Path(settings.predictions)
@@ -219,14 +218,10 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
                disable=not settings.progress, dynamic_ncols=True)
     try:
         for case in chosen:
-            sweep = fio.load_sweep(case.image_path)
-            gt = fio.load_mask(case.mask_path, like=sweep)
-            labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
-            ranges = _sweep_ranges(case, sweep.n_frames)
-            _check_reference_units(case, gt, ranges, sweep.spacing_mm, settings.data)
-            found = _reference_ac_mismatch(case, labels, ranges)
-            if any(found.values()):
-                mismatch[case.uuid] = found
+            read = _read_case(case, settings.data)
+            sweep = read.sweep
+            if any(read.mismatch.values()):
+                mismatch[case.uuid] = read.mismatch
             answer = answers[case.uuid]
             frame, pred = -1, None
             if answer is None:
@@ -241,30 +236,15 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
                 volume = read_answer_mask(answer.mask_file, tuple(sweep.frames.shape), case.uuid)
                 if frame >= 0:
                     pred = np.ascontiguousarray(volume[frame], dtype=np.uint8)
-            m = an.case_metrics(gt, frame, pred, case.ac_mm, sweep_ranges=ranges, spacing_mm=sweep.spacing_mm,
-                                fov=acouslic.evaluator_fov(sweep))
-            d = m.to_dict()
-            d["uuid"] = case.uuid
-            d["chosen_label"] = int(labels[frame]) if frame >= 0 else -1
-            d["has_optimal"] = bool((labels == 1).any())
-            d["has_annotation"] = bool(labels.any())
-            d["answered"] = answer is not None
-            d["answer"] = None if answer is None else str(answer.frame_file.parent)
-            d["reference_ac_matches"] = case.uuid not in mismatch
-            rows.append(d)
+            m = an.case_metrics(read.gt, frame, pred, case.ac_mm, sweep_ranges=read.ranges,
+                                spacing_mm=sweep.spacing_mm, fov=acouslic.evaluator_fov(sweep))
+            rows.append(_case_row(m, case.uuid, read, frame, answered=answer is not None,
+                                  answer=None if answer is None else str(answer.frame_file.parent)))
             bar.update(1)
     finally:
         bar.close()
 
-    import dataclasses
-
-    case_fields = {f.name for f in dataclasses.fields(an.CaseMetrics)}
-    agg = an.aggregate_case_metrics([an.CaseMetrics(**{k: v for k, v in c.items() if k in case_fields})
-                                     for c in rows])
-    challenge = {k: agg[k] for k in CHALLENGE_KEYS}
-    kept = [c["nae_ac"] for c in rows if c["reference_ac_matches"]]
-    challenge["nae_ac_matching_reference"] = {"mean": float(np.mean(kept)) if kept else float("nan"),
-                                              "n": len(kept)}
+    challenge = _challenge_means(rows)
     evaluated = {c.uuid for c in chosen}
     used = {a.frame_file.parent for a in answers.values() if a is not None}
     stems = {_image_stem(c.image_path.name) for c in chosen}
