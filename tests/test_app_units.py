@@ -328,35 +328,11 @@ def test_the_threshold_words_are_never_drawn_over_the_sweeps_names(qtbot, window
         assert not words.intersects(seg_words)
 
 
-def test_a_one_frame_sweep_s_name_on_the_curve_lies_inside_the_plot(qtbot, window):
-    """A one-frame sweep's name was placed one frame into its band, which is the plot's right edge:
-    only a clipped "s" of "sweep 1" showed there. Names now start at their band's left edge."""
+def _curve_names_shown(qtbot, window, sweep):
+    """``sweep`` scored and shown at 1280 x 720: the curve's plot rectangle and each sweep name's,
+    in scene coordinates."""
     from PySide6.QtWidgets import QApplication
 
-    window.set_sweep(tiny_sweep(1, 1, height=72, width=96), score=True)
-    qtbot.waitUntil(lambda: window.model.results is not None and window.model.results.complete
-                    and not window.scoring.running, timeout=30000)
-    window.show()
-    window.resize(1280, 720)
-    for _ in range(5):
-        QApplication.processEvents()
-    curve = window.curve
-    plot = curve.vb.sceneBoundingRect()
-    (name,) = curve._labels
-    rect = name.sceneBoundingRect()
-    assert plot.left() - 1 <= rect.left() and rect.right() <= plot.right() + 1, (rect, plot)
-
-
-def test_a_one_frame_last_sweep_s_name_on_the_curve_lies_inside_the_plot(qtbot, window):
-    """A one-frame last sweep after longer ones had its name start at its band, the plot's right
-    edge, and run past it. A short last band's name ends at the plot's edge."""
-    import dataclasses
-
-    from PySide6.QtWidgets import QApplication
-
-    sweep = tiny_sweep(3, 20, height=72, width=96)
-    frames = sweep.frames[:41]
-    sweep = dataclasses.replace(sweep, frames=frames, sweep_ranges=[(0, 20), (20, 40), (40, 41)])
     window.set_sweep(sweep, score=True)
     qtbot.waitUntil(lambda: window.model.results is not None and window.model.results.complete
                     and not window.scoring.running, timeout=30000)
@@ -365,6 +341,22 @@ def test_a_one_frame_last_sweep_s_name_on_the_curve_lies_inside_the_plot(qtbot, 
     for _ in range(5):
         QApplication.processEvents()
     curve = window.curve
-    plot = curve.vb.sceneBoundingRect()
-    rect = curve._labels[-1].sceneBoundingRect()
+    return curve.vb.sceneBoundingRect(), [name.sceneBoundingRect() for name in curve._labels]
+
+
+def test_a_one_frame_sweep_s_name_on_the_curve_lies_inside_the_plot(qtbot, window):
+    """A one-frame sweep's name was placed one frame into its band, which is the plot's right edge:
+    only a clipped "s" of "sweep 1" showed there. Names now start at their band's left edge."""
+    plot, names = _curve_names_shown(qtbot, window, tiny_sweep(1, 1, height=72, width=96))
+    (rect,) = names
+    assert plot.left() - 1 <= rect.left() and rect.right() <= plot.right() + 1, (rect, plot)
+
+
+def test_a_one_frame_last_sweep_s_name_on_the_curve_lies_inside_the_plot(qtbot, window):
+    """A one-frame last sweep after longer ones had its name start at its band, the plot's right
+    edge, and run past it. A short last band's name ends at the plot's edge."""
+    sweep = tiny_sweep(3, 20, height=72, width=96)
+    sweep = dataclasses.replace(sweep, frames=sweep.frames[:41], sweep_ranges=[(0, 20), (20, 40), (40, 41)])
+    plot, names = _curve_names_shown(qtbot, window, sweep)
+    rect = names[-1]
     assert plot.left() - 1 <= rect.left() and rect.right() <= plot.right() + 1, (rect, plot)

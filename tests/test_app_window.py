@@ -1326,25 +1326,34 @@ def test_the_ac_label_on_a_laptop_size_window_is_clear_of_the_corner_text(qtbot,
         assert not rect.intersects(_corner_ink(lab)), (lab.objectName(), rect, _corner_ink(lab))
 
 
-def test_where_the_ac_label_finds_no_room_the_corners_it_would_cover_give_way(qtbot):
-    """On a view too small for the label beside or below them, the corners under it are hidden
-    while it is there (their text lay over the AC), and come back when it goes."""
+def _view_with_ac_label(qtbot, size, frame, corners, centre, semi_axes):
+    """A frame view of ``size`` showing ``frame``, the corners' texts and an outline (an ellipse at
+    ``centre`` with ``semi_axes``, frame pixels) with its AC label: the view and the label's
+    rectangle in its pixels."""
     from app.frame_view import FrameView
 
     view = FrameView()
     qtbot.addWidget(view)
-    view.resize(520, 200)
+    view.resize(*size)
     view.show()
-    view.set_frame(np.zeros((200, 520), np.uint8))
-    view.set_corners(tl="frame <b>7</b> of 0–15<br>sweep 1 transverse<br>pixel 0.28 x 0.28 mm · file header",
-                     tr="classifier p_cls 0.85<br>mask p_seg 0.92<br>demo model, not for clinical use",
-                     bl="★ chosen frame")
+    view.set_frame(frame)
+    view.set_corners(**corners)
     QApplication.processEvents()
-    t = np.linspace(0, 2 * np.pi, 90)
-    view.show_ellipse(np.stack([260 + 60 * np.cos(t), 120 + 50 * np.sin(t)], 1),
+    t = np.linspace(0, 2 * np.pi, 100)
+    view.show_ellipse(np.stack([centre[0] + semi_axes[0] * np.cos(t), centre[1] + semi_axes[1] * np.sin(t)], 1),
                       "AC 101.6 mm (doubtful) · demo model, not for clinical use")
     QApplication.processEvents()
-    rect = _screen_rect(view, view.ellipse_label)
+    return view, _screen_rect(view, view.ellipse_label)
+
+
+def test_where_the_ac_label_finds_no_room_the_corners_it_would_cover_give_way(qtbot):
+    """On a view too small for the label beside or below them, the corners under it are hidden
+    while it is there (their text lay over the AC), and come back when it goes."""
+    view, rect = _view_with_ac_label(
+        qtbot, (520, 200), np.zeros((200, 520), np.uint8),
+        dict(tl="frame <b>7</b> of 0–15<br>sweep 1 transverse<br>pixel 0.28 x 0.28 mm · file header",
+             tr="classifier p_cls 0.85<br>mask p_seg 0.92<br>demo model, not for clinical use", bl="★ chosen frame"),
+        (260, 120), (60, 50))
     shown = [lab for lab in (view.corner_tl, view.corner_tr, view.corner_bl) if lab.isVisible()]
     assert len(shown) < 3
     for lab in shown:
@@ -1357,21 +1366,11 @@ def test_an_outline_spanning_the_view_s_height_keeps_its_ac_label_on_the_view(qt
     """An outline from the frame's first row to its last left room neither above nor below it: the
     label was put below it, off the view (only the status bar showed the AC). It now goes over the
     image at the view's foot, still clear of the corners' text."""
-    from app.frame_view import FrameView
-
-    view = FrameView()
-    qtbot.addWidget(view)
-    view.resize(760, 470)
-    view.show()
-    view.set_frame(np.full((300, 400), 60, np.uint8))
-    view.set_corners(tl="frame 9 of 0–23<br>sweep 1 transverse<br>pixel 1 x 1 mm · file header",
-                     tr="classifier p_cls 0.70<br>mask p_seg 0.92", bl="★ chosen frame")
-    QApplication.processEvents()
-    t = np.linspace(0, 2 * np.pi, 100)
-    view.show_ellipse(np.stack([200 + 150 * np.cos(t), 150 + 149 * np.sin(t)], 1),
-                      "AC 101.6 mm (doubtful) · demo model, not for clinical use")
-    QApplication.processEvents()
-    rect = _screen_rect(view, view.ellipse_label)
+    view, rect = _view_with_ac_label(
+        qtbot, (760, 470), np.full((300, 400), 60, np.uint8),
+        dict(tl="frame 9 of 0–23<br>sweep 1 transverse<br>pixel 1 x 1 mm · file header",
+             tr="classifier p_cls 0.70<br>mask p_seg 0.92", bl="★ chosen frame"),
+        (200, 150), (150, 149))
     assert 0 <= rect.top() and rect.bottom() <= view.height(), rect
     for lab in (view.corner_tl, view.corner_tr, view.corner_bl):
         assert not lab.isVisible() or not rect.intersects(_corner_ink(lab)), lab.objectName()
