@@ -660,6 +660,21 @@ def test_predictions_together_with_models_are_refused_in_one_line(tiny_data, bun
     assert len(err.strip().splitlines()) == 1 and "leave out --cls" in err and not (tmp_path / "ev").exists()
 
 
+@pytest.mark.parametrize("option,named", [(["--device", "cpu"], "leave out --device"),
+                                          (["--precision", "fp32"], "leave out --precision"),
+                                          (["--all-sweeps"], "leave out --all-sweeps"),
+                                          (["--ac-sweeps"], "leave out --ac-sweeps")])
+def test_predictions_with_options_it_would_ignore_are_refused(tiny_data, scored, tmp_path, capsys, option, named):
+    """Options that only act on models' answers were accepted with --predictions and did nothing:
+    a user asking for the AC sweeps' metrics got the same table as without."""
+    from fetaliqa_core.cli import main
+
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(scored), *option,
+                 "--out", str(tmp_path / "ev"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and named in err and not (tmp_path / "ev").exists()
+
+
 def test_a_folder_with_no_answer_for_any_case_is_refused_pointing_at_the_answers(tiny_data, tmp_path, capsys):
     """The archive's --out given instead of its challenge/ folder: every case would be scored as
     -1 without an answer, a table of zeros read as a result."""

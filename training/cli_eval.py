@@ -98,9 +98,16 @@ def run_predictions(args: argparse.Namespace) -> int:
 
     given = [f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if getattr(args, k, None) is not None]
     given += ["--compare-paper"] if args.compare_paper else []
+    given += ["--device"] if getattr(args, "device", None) not in (None, "auto") else []
+    given += ["--precision"] if getattr(args, "precision", None) is not None else []
     if given:
         raise UsageError(f"--predictions evaluates answers already written, without models: leave out "
                          f"{', '.join(given)}, or give the models without --predictions to evaluate their answers")
+    if args.all_sweeps is not None:
+        # the frame metrics are the models' flags; answers already written carry one frame per case
+        raise UsageError("--predictions measures each case's answer (its frame and mask), not frame flags: "
+                         f"leave out {'--all-sweeps' if args.all_sweeps else '--ac-sweeps'}, which choose the "
+                         "sweeps of the per-frame metrics of models")
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
     check_eval_out(out)
     settings = PredictionSettings(data=args.data, predictions=args.predictions, split=args.split,

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from fetaliqa_core import archive as ar
-from fetaliqa_core.cli._args import non_negative_int, positive_seconds, prefetch_count, shown
+from fetaliqa_core.cli._args import positive_seconds, prefetch_count, shown
 from fetaliqa_core.errors import FetalIQAError, first_names
 from fetaliqa_core.models.options import model_choice_from_args
 
