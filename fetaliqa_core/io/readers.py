@@ -494,6 +494,11 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         unread = _unread_tiff_encoding(path) if is_tiff else None
         if unread:  # ("TIFF CODEC 50000 is not supported" was called truncated or damaged)
             raise FetalIQAError(unread) from None
+        if is_tiff and _tiff_first_page_fields(path, (259,)).get(259) == 32773:
+            # PackBits runs that run on from one row into the next (each strip's length was walked
+            # whole above): the image library decodes row by row and called the file damaged; the
+            # picture library decodes each strip whole, as TIFF readers at large do
+            return _read_tiff_with_pillow(path, what, tiff, why="compressed with PackBits")
         if "File cannot be read" in reason:  # its "Reason:" is the last system error, often unrelated
             reason = "there is less of it than the header describes"
         compressed = _dicom_compression(path) if _looks_like_dicom(path, reader) else None
@@ -521,7 +526,7 @@ _PILLOW_PAGE_MODES = {"L": np.uint8, "I;16": np.uint16, "I;16B": np.uint16, "I":
                       "RGB": np.uint8}
 
 
-def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
+def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages, why: str | None = None) -> Raw:
     """A TIFF the image library reads wrong or whole, read page by page with the picture library:
     one of 16- or 32-bit samples stored in tiles (the image library reads those, and any that asks
     to be turned, through its 8-bit fallback, which keeps each sample's high byte: a 12-bit sweep
@@ -529,7 +534,8 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
     32-bit floats as damaged), and one with pages marked as reduced-resolution copies
     (NewSubfileType bit 0: a thumbnail or preview), which are left out with a note when smaller
     than the frames (the whole file was refused as pages of different sizes) and read as frames,
-    with a note, when not (the image library crashed on such a file). The frames come out as the image library reads
+    with a note, when not (the image library crashed on such a file), and one the image library
+    fails to decode (``why`` says how it is stored). The frames come out as the image library reads
     the same data in strips. One that asks to be turned is refused: the picture library turns
     some layouts and not others (and scrambled a transposed page in strips)."""
     from PIL import Image
@@ -538,7 +544,7 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
     if unread:
         raise FetalIQAError(unread)
     (width, height), mode = tiff.layouts[0]
-    why = ("in 16- or 32-bit samples" if tiff.high_byte_only else "with pages marked as reduced-resolution copies")
+    why = why or ("in 16- or 32-bit samples" if tiff.high_byte_only else "with pages marked as reduced-resolution copies")
     if tiff.orientation != 1:
         raise FetalIQAError(f"{path}: a TIFF {why} that asks to be shown {_EXIF_ORIENTATIONS[tiff.orientation][2]} "
                             "(its EXIF orientation), which this reader cannot read at full depth and turn. Save the "
@@ -548,7 +554,7 @@ def _read_tiff_with_pillow(path: Path, what: str, tiff: _TiffPages) -> Raw:
     dtype = _PILLOW_PAGE_MODES.get(mode)
     if dtype is None or (mode == "I" and not (signed and tiff.bits in (16, 32))):  # (unsigned 32-bit: wrapped)
         kind = _PIL_MODE_NAMES.get(mode, mode)
-        why = ("in tiles" if tiff.high_byte_only else "with pages marked as reduced-resolution copies")
+        why = "in tiles" if tiff.high_byte_only else why
         raise FetalIQAError(f"{path}: a TIFF of {kind} pixels {why}, a layout this reader does not read. "
                             "Save the frames alone, in strips (not tiles), as 8- or 16-bit grey or RGB, or the "
                             "sweep as .mha, and open that.")
