@@ -474,6 +474,22 @@ def test_eval_records_the_number_format_and_version_it_ran_in(tiny_data, bundles
     assert "cpu fp32" in first and f"FetalIQA {__version__}" in first
 
 
+def test_each_bundle_of_a_pair_on_one_base_is_recorded_by_its_own_hash(tiny_data, tmp_path, capsys):
+    """A classifier and a segmenter on one base load as one model (one encoder pass) carrying the
+    pair's hash: metrics.json gave both bundles that hash, which is neither's, where summary.json
+    and cases.csv give each its own."""
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.models.bundle import bundle_hash
+
+    demo = Path(__file__).resolve().parents[1] / "resources" / "demo"
+    out = tmp_path / "ev"
+    assert main(["eval", "--cls", str(demo / "cls"), "--seg", str(demo / "seg"), "--base", str(demo / "base_tiny.pt"),
+                 "--data", str(tiny_data), "--split", "all", "--max-cases", "1", "--device", "cpu",
+                 "--precision", "fp32", "--out", str(out), "--quiet"]) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["bundle_sha256"] == {"cls": bundle_hash(demo / "cls"), "seg": bundle_hash(demo / "seg")}
+
+
 @pytest.mark.parametrize("kind", ["fifo", "loop", "folder", "/dev/zero"])
 def test_a_case_file_that_is_no_regular_file_is_said_so_not_called_missing(tiny_data, tmp_path, kind):
     """A case's image as a pipe, a link loop, a folder or a link to /dev/zero was "missing", the

@@ -366,7 +366,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     from fetaliqa_core import analysis as an
     from fetaliqa_core.analysis.assessment import Thresholds, assess
     from fetaliqa_core.engine import ScoringEngine
-    from fetaliqa_core.models.choice import ModelChoice, load_models
+    from fetaliqa_core.models.choice import ModelChoice, bundle_part, load_models
     from fetaliqa_core.preprocess import mask_to_frame, preprocess_masks
     from training.dataset import case_digest, read_cases, split_cases, unlisted_cases
 
@@ -481,8 +481,9 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         "presets": {k: _preset(manifest) for k, (_, manifest) in _manifests(models).items()},
         "bundles": {k: str(Path(getattr(settings, k)).expanduser().resolve()) for k in ("cls", "seg")
                     if getattr(settings, k) is not None},
-        "bundle_sha256": {k: getattr(getattr(models, k), "bundle_hash", None) for k in ("cls", "seg")
-                          if getattr(models, k) is not None},
+        # each bundle's own (a pair loaded on one base carries the pair's hash, which is neither's)
+        "bundle_sha256": {k: bundle_part(getattr(models, k), role)[1]
+                          for k, role in (("cls", "classifier"), ("seg", "segmenter")) if getattr(models, k) is not None},
         "frame": {}, "challenge": {},
     }
     in_ac = np.concatenate(col.in_ac_sweep) if col.in_ac_sweep else np.zeros(0, bool)
