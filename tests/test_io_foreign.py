@@ -642,10 +642,11 @@ def test_a_numpy_array_file_is_named_with_what_to_save_instead(tmp_path):
         assert "unpack" not in str(err.value)
 
 
-def test_hdf5_and_matlab_files_are_named_with_how_to_convert_them(tmp_path):
+def test_hdf5_and_matlab_files_are_named_with_how_to_convert_them(tmp_path, capfd):
     """An HDF5 file (.h5) or a MATLAB file (.mat, v5 or v7.3) was "not a readable image file (no
     supported image header found)": no word that the format was recognised, nor how to convert it
-    (a .npy gets both). Written here by hand: the first bytes h5py and MATLAB write."""
+    (a .npy gets both). Written here by hand: the first bytes h5py and MATLAB write (damaged HDF5,
+    on which the HDF5 library printed a 40-line diagnostic stack before the line)."""
     hdf5 = b"\x89HDF\r\n\x1a\n" + bytes(2040)
     text = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created on: Tue Dec  1 12:00:00 2026"
     v5 = text.ljust(116, b" ") + bytes(8) + b"\x00\x01IM" + bytes(256)
@@ -660,6 +661,7 @@ def test_hdf5_and_matlab_files_are_named_with_how_to_convert_them(tmp_path):
         message = str(err.value)
         assert said in message and "which is not read" in message and loader in message, message
         assert "GetImageFromArray" in message and "no supported image header" not in message
+        assert "HDF5-DIAG" not in capfd.readouterr().err
 
 
 def test_a_folder_of_several_series_says_which_it_read_or_refuses_a_tie(tmp_path):

@@ -175,10 +175,14 @@ _DICOM_JPEG_LINE = re.compile(r"^(?:Unsupported JPEG data precision \d+|Improper
 #: cannot parse (``DimSize required and not defined.``, ``MetaObject: Read: MET_Read Failed``,
 #: ``MetaImage: M_Read: Error parsing file``): the reader's own check says what is wrong in one line.
 _METAIO_LINE = re.compile(r"^(?:Meta\w+: .*|\w+ required and not defined\.?)$")
+#: The HDF5 library's diagnostic stack, printed while the image reader tries a damaged HDF5 file
+#: (40 lines before the one that says what the file is).
+_HDF5_LINE = re.compile(r"^(?:HDF5-DIAG: .*|\s+#\d{3}: .*|\s+(?:major|minor): .*)$")
 
 
 @contextmanager
-def quiet_native_stderr(matrix_dump: bool = False, dicom_jpeg: bool = False, metaio: bool = False) -> Iterator[None]:
+def quiet_native_stderr(matrix_dump: bool = False, dicom_jpeg: bool = False, metaio: bool = False,
+                        hdf5: bool = False) -> Iterator[None]:
     """The TIFF library's complaints, which C code writes to the process's stderr (file
     descriptor 2) where no Python setting reaches them, kept off the terminal while a file is
     probed or read; anything else written there meanwhile (another thread's message) is passed on
@@ -186,11 +190,13 @@ def quiet_native_stderr(matrix_dump: bool = False, dicom_jpeg: bool = False, met
     dump ITK's linear algebra prints of a matrix that is not a number (:data:`_MATRIX_DUMP_LINE`)
     is kept off too; ``dicom_jpeg``: the DICOM reader's JPEG decoder's lines on frames it then
     decodes all the same, or that the reader refuses in a line of its own (:data:`_DICOM_JPEG_LINE`);
-    ``metaio``: the MetaImage header parser's lines on a header it cannot parse (:data:`_METAIO_LINE`)."""
+    ``metaio``: the MetaImage header parser's lines on a header it cannot parse (:data:`_METAIO_LINE`);
+    ``hdf5``: the HDF5 library's diagnostics on a file it cannot open (:data:`_HDF5_LINE`)."""
     with _native_output_caught(2, lambda line: bool(_TIFF_LIBRARY_LINE.match(line)
                                                     or (matrix_dump and _MATRIX_DUMP_LINE.match(line))
                                                     or (dicom_jpeg and _DICOM_JPEG_LINE.match(line))
-                                                    or (metaio and _METAIO_LINE.match(line)))):
+                                                    or (metaio and _METAIO_LINE.match(line))
+                                                    or (hdf5 and _HDF5_LINE.match(line)))):
         yield
 
 
@@ -248,7 +254,7 @@ def _native_output_caught(fd: int, drop: Any) -> Iterator[None]:
 
 @contextmanager
 def quiet_itk(tiff: bool = False, matrix_dump: bool = False, jpeg: list[str] | None = None,
-              dicom_jpeg: bool = False, metaio: bool = False) -> Iterator[None]:
+              dicom_jpeg: bool = False, metaio: bool = False, hdf5: bool = False) -> Iterator[None]:
     """ITK's warnings off while a file is read: a reader that copes with an odd header (or finds
     no DICOM series) still prints a C++ source location on stderr, which says nothing to a user;
     what matters is reported as one line by the readers' own checks. With ``tiff`` (a TIFF is
@@ -261,7 +267,8 @@ def quiet_itk(tiff: bool = False, matrix_dump: bool = False, jpeg: list[str] | N
     read), the lines its JPEG decoder prints for frames it decodes all the same ("Unsupported JPEG
     data precision 12", several on the terminal for one good 12-bit file) are kept off. With ``metaio``
     (a MetaImage header is read by the image reader alone, before the reader's own checks), the
-    lines its header parser prints on a header it cannot parse are kept off."""
+    lines its header parser prints on a header it cannot parse are kept off. With ``hdf5`` (an HDF5
+    file is read), the HDF5 library's diagnostic stack on one it cannot open is kept off."""
     import SimpleITK as sitk
 
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
@@ -270,8 +277,8 @@ def quiet_itk(tiff: bool = False, matrix_dump: bool = False, jpeg: list[str] | N
         if jpeg is not None:
             with jpeg_warnings_caught(jpeg):
                 yield
-        elif tiff or matrix_dump or dicom_jpeg or metaio:
-            with quiet_native_stderr(matrix_dump=matrix_dump, dicom_jpeg=dicom_jpeg, metaio=metaio):
+        elif tiff or matrix_dump or dicom_jpeg or metaio or hdf5:
+            with quiet_native_stderr(matrix_dump=matrix_dump, dicom_jpeg=dicom_jpeg, metaio=metaio, hdf5=hdf5):
                 yield
         else:
             yield

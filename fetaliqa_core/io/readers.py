@@ -412,6 +412,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     jpeg_said: list[str] | None = [] if _picture_kind(path) == "JPEG" else None  # its decoder's warnings
     # (its decoder's line on 12-bit frames is kept quiet; the header read above names the syntax)
     dicom_jpeg = (member.syntax if member is not None else _dicom_syntax(path)) in _JPEG_SYNTAXES
+    hdf5 = "HDF5" in _array_file_kind(path)  # (its library prints a diagnostic stack on a damaged one)
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -429,7 +430,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg, hdf5=hdf5):
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -472,7 +473,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                  MAX_DEFLATE_RATIO)
     metadata = {k: reader.GetMetaData(k)[:META_VALUE_CHARS] for k in reader.GetMetaDataKeys() if k in META_KEYS}
     try:
-        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg, hdf5=hdf5):
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
