@@ -166,7 +166,7 @@ def test_score_json_prints_the_answer_as_one_line_and_nothing_else(case, tiny_bu
     (folder / "a.mha").write_bytes(case.read_bytes())
     rc = main(["score", str(folder), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(tmp_path / "o2"), "--json"])
     captured = capsys.readouterr()
-    assert rc == 1 and captured.out == "" and "--json prints one sweep's answer" in captured.err
+    assert rc == 2 and captured.out == "" and "--json prints one sweep's answer" in captured.err  # (a wrong command line)
     assert not (tmp_path / "o2").exists()
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fetaliqa_core.cli._args import shown, spacing_mm
-from fetaliqa_core.errors import FetalIQAError, first_names
+from fetaliqa_core.errors import FetalIQAError, UsageError, first_names
 from fetaliqa_core.files import claim_output_folder
 from fetaliqa_core.io._common import SWEEP_FILE_SUFFIXES
 from fetaliqa_core.models.options import add_model_options, model_choice_from_args
@@ -445,8 +445,8 @@ def _run_json(args) -> int:
     from fetaliqa_core.cli import score_archive
 
     if score_archive.wanted(args) or sweep_folder_members(args.sweep) is not None:
-        raise FetalIQAError(f"{args.sweep}: --json prints one sweep's answer; a folder's answers are in its table "
-                            f"({TABLE_FILE}, or cases.csv with --archive): leave out --json, or give one sweep.")
+        raise UsageError(f"{args.sweep}: --json prints one sweep's answer; a folder's answers are in its table "
+                         f"({TABLE_FILE}, or cases.csv with --archive): leave out --json, or give one sweep.")
     stdout = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):
         args.json = False
