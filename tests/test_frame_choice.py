@@ -884,6 +884,28 @@ def test_an_outline_flattened_along_one_side_makes_its_ac_doubtful():
     assert mask_shape(ragged, None, 1.0).problem is None
 
 
+def test_an_outline_with_a_part_left_out_under_a_shadow_makes_its_ac_doubtful():
+    """A mask that leaves out the body's far part under an acoustic shadow (a narrow notch from the
+    far wall to near the centre, a fifth of the area) read "ok, 303.8 mm, GA 34w 2d" for 314.6 mm:
+    too narrow a mouth for a waist, not flattened. A dent half the minor semi-axis deep or more
+    makes the AC doubtful; a shallow one (a quarter: about 1 % short) and a whole outline do not."""
+    from fetaliqa_core.analysis.frame_choice import NOTCH_DEPTH, mask_shape
+    from fetaliqa_core.analysis.units import read_ac, short_doubt
+
+    def bitten(depth: float) -> np.ndarray:
+        body = ellipse((112, 112), (60, 52))
+        body[112 + int(round(52 * (1 - depth))):, 104:121] = 0  # a shadow's band from the far wall inwards
+        return body
+
+    deep = mask_shape(bitten(0.8), None, 1.0)
+    assert deep.plausible and not deep.pinched and deep.notch >= NOTCH_DEPTH
+    assert deep.problem.startswith("notched: a part of it is left out, a dent 8")
+    note = read_ac(300.0, None, deep.problem).note
+    assert note.startswith("the mask's outline is notched") and short_doubt(note) == "notched outline"
+    assert mask_shape(bitten(0.25), None, 1.0).problem is None
+    assert mask_shape(ellipse((112, 112), (60, 52)), None, 1.0).notch < 0.05
+
+
 def test_an_oval_section_is_chosen_after_the_round_ones_and_its_ac_is_doubtful():
     """A probe rocking through one fetus: the sections tilted by 40-45 degrees are larger than the
     transverse one, so the largest ellipse was chosen, and read 'ok' 23 % long with a GA."""

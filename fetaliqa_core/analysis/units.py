@@ -88,7 +88,7 @@ class ACReading:
 
 #: Doubts about an outline that may still be an abdomen's (pinched, flattened, cut off straight,
 #: oval: ``analysis.frame_choice`` and ``analysis.ac``), said as such rather than as no abdomen.
-OUTLINE_DOUBTS = ("pinched", "flattened", "cut off", "oval", "inside the body", "outside the body",
+OUTLINE_DOUBTS = ("pinched", "notched", "flattened", "cut off", "oval", "inside the body", "outside the body",
                   "not checked against", "extrapolated")
 
 
@@ -189,7 +189,7 @@ def short_doubt(note: str) -> str:
     first = text.split("; check")[0]
     words = ""
     if first.startswith("the mask's outline is "):
-        found = [w for w in ("pinched", "flattened", "cut off", "oval", "extrapolated") if w in first]
+        found = [w for w in ("pinched", "notched", "flattened", "cut off", "oval", "extrapolated") if w in first]
         words = "outline cut off" if "cut off" in found else f"{', '.join(found)} outline" if found else "outline"
         edge = next((w for w in ("inside the body", "outside the body") if first.startswith(f"the mask's outline is {w}")), "")
         if edge:  # which way the AC is off comes first
