@@ -236,11 +236,14 @@ OFF_EDGE_SHARE = 0.5
 #: where the strongest step may lie for the outline to be the body's: whole outlines read 1.04-1.13
 #: (the step's windows put it a little outside); 0.93 is an edge ~12 % inside, 1.2 ~15 % outside
 EDGE_NEAR = (0.93, 1.2)
+# (said as what the picture shows, not as a cause: a washed-out display shows fluid too grey for a
+# clear step, and a body packed in tissue shows its edge where no fluid is)
 UNVERIFIED_REASON = ("not checked against the body's edge: too little of the body's edge shows (no fluid "
-                     "around it), so an outline inside or outside the body reads the same and the AC may be off")
-INSIDE_REASON = ("inside the body's edge: a stronger edge of the body runs outside it (the mask covers "
+                     "around it, or too little contrast with it), so an outline inside or outside the body "
+                     "reads the same and the AC may be off")
+INSIDE_REASON = ("inside the body's edge: a stronger edge of the body runs outside it (the mask may cover "
                  "only part of the body), so the AC reads short")
-OUTSIDE_REASON = ("outside the body's edge: the body's edge runs inside it (the mask takes in the fluid "
+OUTSIDE_REASON = ("outside the body's edge: the body's edge runs inside it (the mask may take in what lies "
                   "around the body), so the AC reads long")
 
 
