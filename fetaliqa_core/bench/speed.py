@@ -413,7 +413,14 @@ def target_lines(report: dict) -> list[str]:
         line("cascade's chosen frame = teacher's", f"{h['cascade_chosen_same']:.0%}", ">= 95 % of cases",
              h["cascade_chosen_same"] >= 0.95)
         real = h.get("cascade_real_teacher")
-        ratio = real["cascade_over_teacher_time"] if real else h.get("cascade_over_teacher_time")
-        what = "cascade time / teacher time" + (" (real-architecture teacher)" if real else " (demo teacher)")
-        line(what, f"{ratio:.1%}", "<= 15 %", ratio <= 0.15)
+        if real:
+            line("cascade time / teacher time (real-architecture teacher)", f"{real['cascade_over_teacher_time']:.1%}",
+                 "<= 15 %", real["cascade_over_teacher_time"] <= 0.15)
+        else:
+            # the target is the real teacher's: the demo teacher costs about what the student does, and
+            # on short sweeps the per-sweep minimum of re-scored frames is most of them
+            share = h.get("teacher_frame_share_in_cascade")
+            out.append(f"cascade time / teacher time (demo teacher): {h.get('cascade_over_teacher_time', float('nan')):.1%}"
+                       + (f", the teacher re-scoring {share:.1%} of the frames" if share is not None else "")
+                       + " (the 15 % target is the real-architecture teacher's: not measured in this run)")
     return out
