@@ -1028,6 +1028,8 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         if ev.type() == QEvent.ActivationChange and self.isActiveWindow():
             # back from the program that re-exported it, say (a box: not from inside this event)
             QTimer.singleShot(0, self.check_file_on_disk)
+            # back from another window reviewing the same sweep: its verdicts, not the ones read before
+            QTimer.singleShot(0, self.review.reload_verdicts)
 
     def closeEvent(self, ev):  # noqa: N802
         # (a verdict saved at the question may find the database busy: it then waits as any other)

@@ -507,6 +507,7 @@ class ReviewPanel(QWidget):
             self.message.emit(f"Frame {self._saving.frame}'s verdict still waits for the review database (another "
                               "program is writing to it): withdraw once it is saved.")
             return False
+        self.reload_verdicts()  # (another window may have judged or withdrawn it since it was shown)
         label = self.model.verdicts.get(frame)
         if label is None:
             if self._pending is not None and self._pending_frame == frame:
@@ -769,6 +770,10 @@ class ReviewPanel(QWidget):
     # -- display ---------------------------------------------------------------------------
     def _frame_changed(self, frame: int) -> None:
         self.model.queue_goto_frame(frame)
+        if self.session is not None:
+            # another window (or program) may have judged or withdrawn a verdict of this reviewer
+            # since: the frame shows what the database holds (one cheap statement when nothing changed)
+            self.session.reload_if_changed()
         left = self._pending_frame if self._pending is not None and not self._recording else None
         if left is not None and left != frame:
             # a verdict chosen but not saved (Enter) was dropped without a word, and the status bar
@@ -781,6 +786,23 @@ class ReviewPanel(QWidget):
         self.note.setText(self.session.notes.get(frame, "") if self.session is not None else "")
         self._sync_buttons()
         self._update_where()
+
+    def reload_verdicts(self) -> bool:
+        """Show this reviewer's verdicts as the database holds them now, when another window or
+        program changed them (the window calls it when it comes back to the front). A label
+        chosen and not saved stays chosen, and a note typed stays; a note not touched shows the
+        one saved now. True when something shown changed."""
+        s = self.session
+        if s is None:
+            return False
+        frame = self.model.frame
+        before = s.notes.get(frame, "")
+        if not s.reload_if_changed():
+            return False
+        if self.note.text() == before:  # not edited since it was shown
+            self.note.setText(s.notes.get(frame, ""))
+        self.blinding_changed.emit()  # (the frame's corner says its verdict; blinded: the model's call)
+        return True
 
     def _sync_buttons(self) -> None:
         label = self._pending or self.model.verdicts.get(self.model.frame)

@@ -18,6 +18,9 @@ from app.viewer_model import ViewerModel
 #: How long moving through a queue waits for another program's write to end before it gives up
 #: storing the resume position.
 POSITION_WAIT_MS = 250
+#: How long reading the verdicts again (a frame shown, the window back in front) waits for another
+#: program's write before it keeps what is shown, to try again at the next frame.
+RELOAD_WAIT_MS = 50
 
 
 class ReviewSession:
@@ -32,6 +35,7 @@ class ReviewSession:
         self._stored_threshold: float | None = None
         self.bundles: dict = {}
         self.notes: dict[int, str] = {}
+        self._data_version: int | None = None  # the store's data_version when the verdicts were read
 
     # -- sweep and model run ---------------------------------------------------------------
     def open_sweep(self) -> int:
@@ -85,11 +89,56 @@ class ReviewSession:
 
     # -- queue -----------------------------------------------------------------------------
     def _load_verdicts(self) -> None:
+        self._data_version = self.store.data_version()  # (before reading: a commit between is read again)
         mine = self.store.verdicts(self.sweep_id, self.reviewer)
         verdicts = {v.frame: v.label for v in mine}
         #: the reviewer's saved note per frame, shown again when they come back to it
         self.notes = {v.frame: v.note for v in mine if v.note}
         self.model.set_verdicts(verdicts, self._progress(self.model.queue_kind))
+
+    def reload_if_changed(self, wait_ms: int = RELOAD_WAIT_MS) -> bool:
+        """Read this reviewer's verdicts and notes again if another window or program committed
+        to the database since they were read, so that the verdict shown as theirs, the queue,
+        the progress and the check before a withdrawal are what the database holds: a second
+        window saving the same reviewer's verdicts on this sweep left this one showing the old
+        verdict as "Your verdict" (and "no verdict of yours to withdraw" on a frame it judged).
+
+        One cheap statement when nothing changed (the store's ``data_version``), so it runs on
+        every frame shown. The frame shown stays, and so does whatever the reviewer has chosen or
+        typed and not saved (the panel's). While another program holds the database past
+        ``wait_ms``, what is shown stays and False is returned (read again at the next call).
+        True when the verdicts or notes changed.
+        """
+        from fetaliqa_core.errors import FetalIQAError
+
+        if self.sweep_id is None:
+            return False
+        try:
+            with self.store.waiting_at_most(wait_ms):
+                version = self.store.data_version()
+                if version == self._data_version:
+                    return False
+                mine = self.store.verdicts(self.sweep_id, self.reviewer)
+                verdicts = {v.frame: v.label for v in mine}
+                notes = {v.frame: v.note for v in mine if v.note}
+                if verdicts == self.model.verdicts and notes == self.notes:
+                    self._data_version = version
+                    return False  # (a resume position moved, or another sweep's verdicts)
+                kind = self.model.queue_kind
+                frames = self._queue_frames(kind)
+                progress = self._queue_progress(kind, frames)
+        except FetalIQAError:
+            return False  # (busy, or closed: the next save or start says so in its own words)
+        self._data_version = version
+        self.notes = notes
+        self.model.verdicts = verdicts
+        at = self.model.queue_frame
+        if at in frames:
+            pos = frames.index(at)
+        else:  # its frame left the queue (judged in "unreviewed"): ] goes on to the next one after it
+            pos = max([k for k, f in enumerate(frames) if at is not None and f < at], default=0)
+        self.model.set_review_queue(kind, frames, pos, progress, follow=False)
+        return True
 
     def _progress(self, kind: str) -> tuple[int, int]:
         return self.store.progress(self.sweep_id, self.reviewer, kind)
@@ -159,6 +208,8 @@ class ReviewSession:
         ``view`` False: only store it (the viewer shows another sweep since).
         """
         frame = self.model.frame if frame is None else int(frame)
+        if view:
+            self.reload_if_changed()  # (the next unjudged frame is looked up among what the database holds)
         kind = self.model.queue_kind if view else None
         verdict = self.store.record_verdict(self.sweep_id, frame, self.reviewer, label,
                                             note=note, queue=kind, wait_ms=wait_ms)

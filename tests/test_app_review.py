@@ -430,6 +430,84 @@ def test_a_note_stays_with_its_frame(qtbot, tmp_path):
     assert all(v.note != f"frame {first}: stomach bubble" for v in panel.session.store.verdicts(panel.session.sweep_id))
 
 
+def test_a_second_window_on_the_same_database_shows_the_verdicts_it_holds(qtbot, tmp_path, no_modal):
+    """Two windows, one reviewer, one review database, one sweep: each window read the verdicts
+    once, when its review started. A verdict saved in one showed in the other as "Not reviewed
+    yet", a verdict replaced there kept showing the old one as "Your verdict", and Withdraw said
+    there was "no verdict of yours" on a frame the database held one on. Now a frame shown, the
+    window coming back to the front, a save and a withdrawal read them again; what the reviewer
+    has chosen or typed and not saved stays."""
+    db = tmp_path / "r.sqlite3"
+    a = scored_window(qtbot, AppSettings(reviewer="ann", review_db=str(db)))
+    b = scored_window(qtbot, AppSettings(reviewer="ann", review_db=str(db)))
+    assert a.review.start() and b.review.start()
+    pa, pb = a.review, b.review
+    queue = list(a.model.queue)
+    f, g, h = queue[:3]
+    total = len(queue)
+
+    def show(win, frame):
+        win.model.set_frame(frame)
+        QApplication.processEvents()
+        return win.review.verdict_label.text()
+
+    def judge(win, frame, label, note=""):
+        win.model.set_frame(frame)
+        win.review.choose(label)
+        win.review.note.setText(note)
+        win.review.save_and_next()
+        QApplication.processEvents()
+
+    def front(win):
+        win.activateWindow()
+        qtbot.waitUntil(win.isActiveWindow, timeout=3000)
+        QApplication.processEvents()
+
+    front(a)
+    judge(a, f, "optimal")
+    assert b.model.frame == f
+    front(b)  # B still on the frame: read again as the reviewer comes back to it
+    assert pb.verdict_label.text() == "Your verdict: optimal"  # was "Not reviewed yet"
+    assert f"1 / {total}" in pb.progress_label.text() and b.model.review_progress == (1, total)
+    judge(b, f, "suboptimal")
+    assert show(a, f) == "Your verdict: suboptimal"  # was "optimal", the database's "suboptimal"
+    assert pa.label_buttons["suboptimal"].isChecked() and a.model.verdicts[f] == "suboptimal"
+
+    # B judges the frame A shows, while A has a label chosen and a note typed on it, not saved
+    a.model.set_frame(g)
+    QApplication.processEvents()
+    pa.choose("not_usable")
+    pa.note.setText("shadow, typed in A")
+    judge(b, g, "optimal", "typed in B")
+    front(a)
+    assert pa.verdict_label.text() == "Your verdict: optimal"  # read again on coming to the front
+    assert pa.unsaved_verdict() == (g, "not_usable") and pa.note.text() == "shadow, typed in A"
+    assert pa.label_buttons["not_usable"].isChecked()
+
+    # a verdict withdrawn in B: A, still on the frame, withdraws nothing and says so
+    judge(a, h, "optimal")
+    b.model.set_frame(h)
+    QApplication.processEvents()
+    assert pb.withdraw()  # was refused: "no verdict of yours"
+    a.model.set_frame(h)
+    QApplication.processEvents()
+    messages: list[str] = []
+    pa.message.connect(messages.append)
+    assert not pa.withdraw()
+    assert messages[-1] == f"Frame {h} has no verdict of yours to withdraw."
+    assert pa.verdict_label.text() == "Not reviewed yet" and h not in a.model.verdicts
+    # and one B saved, A withdraws
+    a.model.set_frame(f)
+    QApplication.processEvents()
+    assert pa.withdraw() and messages[-1].startswith(f"Withdrew your verdict on frame {f} (suboptimal)")
+    assert show(b, f) == "Not reviewed yet"
+    with ReviewStore(db) as store:
+        assert {v.frame: v.label for v in store.verdicts(reviewer="ann")} == {g: "optimal"}
+    assert not no_modal
+    for win in (a, b):
+        win.review.close_store()
+
+
 def _typed(keys) -> None:
     """Keys as the keyboard sends them: to whatever has the focus (a key or a string)."""
     target = QApplication.focusWidget()

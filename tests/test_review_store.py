@@ -236,6 +236,23 @@ def test_a_withdrawal_waits_only_as_long_as_it_is_told_for_another_programs_writ
         assert store.verdict_for(sid, 4, "alice") is None
 
 
+def test_another_connections_commit_moves_data_version_and_its_own_does_not(tmp_path):
+    """A window tells by ``data_version`` whether another window or program changed the verdicts
+    it shows: its own saves must not move it (a re-read on every save), another's must."""
+    db = tmp_path / "r.sqlite3"
+    with ReviewStore(db) as mine, ReviewStore(db) as other:
+        sid = mine.add_sweep("h" * 64, "a.mha", 10)
+        before = mine.data_version()
+        mine.record_verdict(sid, 1, "ann", "optimal")
+        assert mine.data_version() == before
+        other.record_verdict(sid, 2, "ann", "suboptimal")
+        moved = mine.data_version()
+        assert moved != before
+        assert mine.data_version() == moved  # (asking again is no change)
+        other.withdraw_verdict(sid, 1, "ann")
+        assert mine.data_version() != moved
+
+
 def test_resume_position_survives_a_restart(tmp_path):
     db = tmp_path / "r.db"
     store, sid = _store_with_run(db)

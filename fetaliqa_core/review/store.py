@@ -37,6 +37,8 @@ Threads and processes
     One connection, shared by all threads of the process (``check_same_thread=False``) and
     serialised by a lock: the GUI thread and a worker may both use one ``ReviewStore``. Other
     processes (a ``fetaliqa review export`` while the app is open) wait up to ``busy_timeout``.
+    What another connection committed since (a second window on the same file) moves
+    ``data_version``: a window reads its verdicts again when it did.
 
 Schema
     ``PRAGMA user_version`` holds the schema version; ``MIGRATIONS`` is the ordered list of
@@ -802,6 +804,14 @@ class ReviewStore:
             "reviewer = ? ORDER BY id DESC LIMIT 1", (sweep_id, int(frame), reviewer)).fetchone()
         verdict = None if row is None else self._verdict_row(row)
         return None if verdict is None or verdict.withdrawn else verdict
+
+    @_db_errors
+    def data_version(self) -> int:
+        """A number that changes when another connection (another window, a ``fetaliqa review``
+        command) has committed to the database since this store last asked, and never for this
+        store's own writes (SQLite's ``PRAGMA data_version``): one cheap statement that tells a
+        window whether the verdicts it shows still stand, without reading them again."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])  # type: ignore[union-attr]
 
     @_db_errors
     def known_reviewer(self, name: str) -> str:
