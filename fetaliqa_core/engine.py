@@ -21,6 +21,7 @@ Scores per frame:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io as _io
@@ -291,11 +292,21 @@ class ResultCache:
             return None  # never trusted: recomputed and overwritten
 
     def save(self, key: str, meta: dict, results: SweepResults) -> None:
+        path = self.path_for(key)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path_for(key), results.to_bytes(meta))
+            if path.is_dir() and not path.is_symlink():
+                # an empty folder where the entry goes holds nothing: it makes way (else the
+                # sweep was scored again on every run, for good)
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            atomic_write(path, results.to_bytes(meta))
         except OSError as exc:  # a full or read-only disk must not stop scoring: "not cached"
-            paths.warn_not_writable(self.root, exc, "the results cache")
+            if path.is_dir():  # only this entry's name is taken: say that one, not the whole cache
+                paths.warn_not_writable(path, exc, "this sweep's entry in the results cache",
+                                        "Remove that folder to have this sweep's results kept.")
+            else:
+                paths.warn_not_writable(self.root, exc, "the results cache")
 
 
 class ScoringEngine:
