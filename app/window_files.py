@@ -21,10 +21,13 @@ FILES_LOOKED_AT = 5000
 
 
 def file_state(path: str | Path) -> tuple | None:
-    """What tells a sweep's files rewritten since: (name, size, modification time, inode) of each
-    file it is read from (a header's detached data file, e.g. a .mhd's .raw, and every file of a
-    DICOM series folder too: re-exporting the data under an unchanged header went unnoticed), or
-    None when it is not there (or cannot be looked at)."""
+    """What tells a sweep's files rewritten since: (name, size, modification time, change time,
+    inode) of each file it is read from (a header's detached data file, e.g. a .mhd's .raw, and
+    every file of a DICOM series folder too: re-exporting the data under an unchanged header went
+    unnoticed), or None when it is not there (or cannot be looked at). The change time (set by the
+    system on every write, and by restoring the modification time) tells a file rewritten in place
+    with its size kept and its modification time put back, which went unnoticed (a copy tool that
+    keeps times does that)."""
     from fetaliqa_core.archive import member_files
 
     try:
@@ -35,7 +38,7 @@ def file_state(path: str | Path) -> tuple | None:
         state = []
         for f in files[:FILES_LOOKED_AT]:
             st = f.stat()
-            state.append((f.name, st.st_size, st.st_mtime_ns, st.st_ino))
+            state.append((f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     except (OSError, ValueError):
         return None
     return tuple(state) + (len(files),)

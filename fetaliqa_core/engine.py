@@ -21,6 +21,8 @@ Scores per frame:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io as _io
 import json
@@ -44,6 +46,40 @@ COARSE_STRIDES = (16, 8, 4, 2, 1)
 FOCUS_RADIUS = 12  # frames either side of the cursor scored before the coarse-to-fine order
 TIMING_PARTS = ("cache_key", "wait_prepare", "infer", "results", "caller", "cache_save")
 CHECKPOINT_SECONDS = 20.0  # partial results are written at most this often
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A digest of this program's own code: the version and every ``.py`` file of the
+    ``fetaliqa_core`` package (sorted by path, each with its path), computed once per process
+    (some 1.4 MB of source: tens of milliseconds, against up to seconds per frame scored).
+
+    Part of every results-cache key: the per-frame numbers depend on the reader, preprocessing,
+    models and engine code, and ``ENGINE_VERSION`` / ``PREPROCESS_VERSION`` were never bumped, so
+    a cache filled by another version (one with another CPU resize) was read as this one's and
+    its numbers shown as current. The whole package rather than a list of the modules the numbers
+    depend on: a list would have to be kept up to date by hand, which is what failed with the
+    version constants; the cost is one rescoring per sweep after any upgrade. A file that cannot
+    be read counts by its name alone (an installation without sources keys on the version)."""
+    from fetaliqa_core import __version__
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.blake2b(f"fetaliqa {__version__}".encode(), digest_size=16)
+    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
+        h.update(b"\0" + path.relative_to(root).as_posix().encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            h.update(b"(unreadable)")
+    return h.hexdigest()
+
+
+def _library_versions() -> dict:
+    """The versions of the libraries that compute the numbers (convolutions, the CPU resize)."""
+    import PIL
+    import torch
+
+    return {"torch": torch.__version__, "pillow": PIL.__version__, "numpy": np.__version__}
 
 
 def seg_score_from_area(area_fraction: np.ndarray | float) -> np.ndarray:
@@ -228,7 +264,7 @@ class BatchResult:
 
 
 class ResultCache:
-    """Results on disk under ``cache_dir()/results``, one .npz per (sweep, models, version).
+    """Results on disk under ``cache_dir()/results``, one .npz per (sweep, models, code, device).
 
     Files are written atomically; one that fails to parse or does not match its key is ignored
     (and overwritten by the next save), never trusted.
@@ -256,11 +292,21 @@ class ResultCache:
             return None  # never trusted: recomputed and overwritten
 
     def save(self, key: str, meta: dict, results: SweepResults) -> None:
+        path = self.path_for(key)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path_for(key), results.to_bytes(meta))
+            if path.is_dir() and not path.is_symlink():
+                # an empty folder where the entry goes holds nothing: it makes way (else the
+                # sweep was scored again on every run, for good)
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            atomic_write(path, results.to_bytes(meta))
         except OSError as exc:  # a full or read-only disk must not stop scoring: "not cached"
-            paths.warn_not_writable(self.root, exc, "the results cache")
+            if path.is_dir():  # only this entry's name is taken: say that one, not the whole cache
+                paths.warn_not_writable(path, exc, "this sweep's entry in the results cache",
+                                        "Remove that folder to have this sweep's results kept.")
+            else:
+                paths.warn_not_writable(self.root, exc, "the results cache")
 
 
 class ScoringEngine:
@@ -311,11 +357,21 @@ class ScoringEngine:
 
     # -- identity of what is computed ------------------------------------------------------
     def cache_meta(self) -> dict:
+        """What the results depend on: the sweep's pixels, the bundles, the number format, and the
+        code that computed them (:func:`code_fingerprint`, the libraries' versions) on which kind
+        of device (the CPU resizes frames with Pillow, a GPU with torch: the scores differ in the
+        third decimal, and a CUDA run's entry was read by a later ``--device cpu`` run that said
+        "on cpu")."""
+        from fetaliqa_core import __version__
         from fetaliqa_core.preprocess import PREPROCESS_VERSION
 
         return {
             "engine_version": ENGINE_VERSION,
             "preprocess_version": PREPROCESS_VERSION,
+            "program_version": __version__,
+            "code": code_fingerprint(),
+            "libraries": _library_versions(),
+            "device": getattr(self.device, "type", str(self.device)),
             "sweep": self.sweep.content_hash,
             "cls": self.cls.bundle_hash if self.cls is not None else None,
             "seg": self.seg.bundle_hash if self.seg is not None else None,

@@ -88,15 +88,17 @@ def os_error_message(exc: OSError) -> str:
     return f"{where}{os_error_cause(exc)}; {advice}."
 
 
-def warn_not_writable(folder: Path, exc: OSError, what: str) -> None:
+def warn_not_writable(folder: Path, exc: OSError, what: str, advice: str = "") -> None:
     """One warning per folder and process: something optional (a cache) could not be written. A
     folder inside one already warned about is not (the results cache in a read-only cache folder
-    was a second warning for the one cause)."""
+    was a second warning for the one cause). ``folder`` may be one file of it (then the warning
+    names that file); ``advice``: a sentence after the warning, saying what to do."""
     key = str(folder)
     if key in _warned or any(str(parent) in _warned for parent in Path(folder).parents):
         return
     _warned.add(key)
-    text = f"{what} ({folder}) cannot be written ({os_error_cause(exc)}); continuing without it."
+    text = f"{what} ({folder}) cannot be written ({os_error_cause(exc)}); continuing without it." + (
+        f" {advice}" if advice else "")
     _not_writable.append(text[:1].upper() + text[1:])
     logging.getLogger("fetaliqa").warning("warning: %s", text)
 

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 from fetaliqa_core.errors import FetalIQAError
 
-# Bump whenever the numbers this module produces change: it is part of results-cache keys and
-# of every model bundle's manifest.
+# Bump whenever the numbers this module produces change: it is part of every model bundle's
+# manifest (a bundle made for other preprocessing is refused). Results-cache keys carry a digest of
+# the code besides (engine.code_fingerprint), so they do not depend on this being bumped.
 PREPROCESS_VERSION = "1"
 MODEL_INPUT_SIZE = 224
 OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)

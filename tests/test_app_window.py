@@ -629,6 +629,34 @@ def test_a_sweep_file_rewritten_while_open_is_said_once(qtbot, make_window, warn
     assert not win.check_file_on_disk()
 
 
+def test_a_sweep_file_rewritten_in_place_with_its_size_and_time_kept_is_said_too(qtbot, make_window, warnings,
+                                                                               tmp_path):
+    """A sweep's file overwritten in place (same inode) by another sweep of the same size, its
+    modification time put back: only size, modification time and inode were compared, so nothing
+    was said and the window went on showing the old sweep's frames and scores under the file's name."""
+    import os
+    import time
+
+    import SimpleITK as sitk
+
+    path, other = tmp_path / "a.mha", tmp_path / "other.mha"
+    frames = tiny_sweep(1, 6, 40, 50).frames
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(path))
+    sitk.WriteImage(sitk.GetImageFromArray(frames[::-1].copy()), str(other))
+    assert path.stat().st_size == other.stat().st_size and path.read_bytes() != other.read_bytes()
+    win = make_window(score=False)
+    assert win.open_path(path, block=True) is not False
+    assert not win.check_file_on_disk()
+    stat = path.stat()
+    time.sleep(0.05)  # (past a coarse file-system clock's tick)
+    with open(path, "r+b") as fh:
+        fh.write(other.read_bytes())
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    now = path.stat()
+    assert (now.st_size, now.st_mtime_ns, now.st_ino) == (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    assert win.check_file_on_disk() and "a.mha changed on disk" in warnings[-1]
+
+
 def test_a_sweep_whose_data_file_is_rewritten_under_its_header_is_said_too(qtbot, make_window, warnings, tmp_path):
     """A MetaImage header (.mhd) whose data file (.raw) was exported again under it: only the
     header was looked at, and nothing was said."""

@@ -232,6 +232,59 @@ def test_cache_key_changes_with_inputs(bundles):
     assert len({a.cache_key(), b.cache_key(), c.cache_key()}) == 3
 
 
+def test_a_cache_filled_by_other_code_is_not_read(bundles, tmp_path, monkeypatch):
+    """A results cache filled by another version of the program (this package with its CPU resize
+    changed, ENGINE_VERSION and PREPROCESS_VERSION left as they were, as in every release) was read
+    as this one's: the other code's numbers were shown as current (21 of 24 frames.csv rows
+    differed from a fresh run). The program's version counts too."""
+    import shutil
+
+    import fetaliqa_core
+
+    sweep = _sweep(n=6)
+    cache = ResultCache(tmp_path / "results")
+    other = tmp_path / "other" / "fetaliqa_core"
+    shutil.copytree(Path(eng.__file__).resolve().parent, other, ignore=shutil.ignore_patterns("__pycache__"))
+    pre = other / "preprocess.py"
+    pre.write_text(pre.read_text().replace("Image.BICUBIC", "Image.NEAREST"))
+    this_key = ScoringEngine(sweep, bundles["cls"], None, cache=cache).cache_key()
+    with monkeypatch.context() as m:  # the key as the other code computes it
+        m.setattr(eng, "__file__", str(other / "engine.py"))
+        eng.code_fingerprint.cache_clear()
+        ScoringEngine(sweep, bundles["cls"], None, cache=cache).run()
+    eng.code_fingerprint.cache_clear()
+    assert [p.stem for p in cache.root.glob("*.npz")] != [this_key]  # (written under the other code's key)
+    again = ScoringEngine(sweep, bundles["cls"], None, cache=cache)
+    batches = list(again.iter_batches())
+    assert batches and not any(b.from_cache for b in batches) and again.results.complete
+    assert list(ScoringEngine(sweep, bundles["cls"], None, cache=cache).iter_batches())[0].from_cache  # its own
+    with monkeypatch.context() as m:  # the same code under another version number
+        m.setattr(fetaliqa_core, "__version__", "0.0.0-other")
+        eng.code_fingerprint.cache_clear()
+        assert ScoringEngine(sweep, bundles["cls"], None, cache=cache).cache_key() != this_key
+    eng.code_fingerprint.cache_clear()
+
+
+def test_a_cache_entry_of_another_kind_of_device_is_not_read(bundles, tmp_path):
+    """A CPU resizes frames with Pillow, a GPU with torch (scores differ in the third decimal): a
+    CUDA run's entry was read by a later ``--device cpu`` run at the same precision, whose
+    frames.csv then differed from a fresh CPU run in 15 of 24 rows while summary.json said "on cpu"."""
+    sweep = _sweep(n=6)
+    cache = ResultCache(tmp_path)
+    on_gpu = ScoringEngine(sweep, bundles["cls"], None, cache=cache)
+    on_gpu.device = torch.device("cuda", 0)  # as a model loaded on a GPU has it (only its key is asked)
+    scored = ScoringEngine(sweep, bundles["cls"], None, cache=False)
+    scored.run()
+    scored.results.p_cls[:] = np.clip(scored.results.p_cls + 0.004, 0, 1)  # the GPU's numbers
+    cache.save(on_gpu.cache_key(), on_gpu.cache_meta(), scored.results)
+    on_cpu = ScoringEngine(sweep, bundles["cls"], None, cache=cache)
+    batches = list(on_cpu.iter_batches())
+    assert not any(b.from_cache for b in batches) and on_cpu.results.complete
+    another_gpu = ScoringEngine(sweep, bundles["cls"], None, cache=cache)
+    another_gpu.device = torch.device("cuda", 1)  # the same kind: its entry serves
+    assert another_gpu.cache_key() == on_gpu.cache_key()
+
+
 def test_wrong_bundle_roles_are_refused(bundles):
     from fetaliqa_core.errors import FetalIQAError
 

@@ -134,6 +134,34 @@ def test_read_only_cache_folder_degrades_to_not_cached_with_one_warning(tmp_path
     assert len(warnings) == 1 and "continuing without it" in warnings[0].getMessage()
 
 
+def test_an_empty_folder_where_a_cache_entry_goes_makes_way_for_it(tmp_path, caplog):
+    """An empty folder under an entry's name: the warning said the whole results cache "cannot be
+    written (it is a folder)", and that sweep was scored again on every run."""
+    cache = ResultCache(tmp_path / "results")
+    cache.path_for("k").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="fetaliqa"):
+        cache.save("k", META, _results())
+    assert not caplog.records
+    assert cache.path_for("k").is_file() and cache.load("k", META) is not None
+
+
+def test_a_folder_with_files_where_a_cache_entry_goes_is_named_in_the_warning(tmp_path, caplog):
+    """A folder holding files under an entry's name is left alone, and the warning names that
+    entry and says what to do; it named the results cache folder, which was fine."""
+    cache = ResultCache(tmp_path / "results")
+    cache.path_for("k").mkdir(parents=True)
+    (cache.path_for("k") / "keep.txt").write_text("not ours to delete")
+    with caplog.at_level(logging.WARNING, logger="fetaliqa"):
+        cache.save("k", META, _results())
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert f"({cache.path_for('k')}) cannot be written (it is a folder)" in warnings[0]
+    assert "Remove that folder" in warnings[0]
+    assert (cache.path_for("k") / "keep.txt").is_file()
+    cache.save("k2", META, _results())  # the other entries are written
+    assert cache.load("k2", META) is not None
+
+
 def test_cache_dir_that_cannot_be_created_does_not_stop_the_program(tmp_path, monkeypatch, caplog):
     (tmp_path / "home").write_text("a file, not a folder")
     monkeypatch.setenv("FETALIQA_HOME", str(tmp_path / "home"))
