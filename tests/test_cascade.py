@@ -343,3 +343,30 @@ def test_a_student_names_no_base_weights_it_never_loaded():
     assert choice_mod.provenance(student)["base_sha256"] is None
     cascade = choice_mod.load_models(choice_mod.ModelChoice(model="demo", cascade=True, device="cpu"))
     assert len(choice_mod.provenance(cascade)["base_sha256"]) == 64
+
+
+def test_a_student_scored_alone_is_marked_so_whoever_taught_it(tmp_path):
+    """A copy of a student whose manifest names no demo teacher (as a user's own student does)
+    scored alone gave a plain AC and GA: nothing marked the answer as a student's first look.
+    In a cascade the numbers are the teacher's: not marked."""
+    import json
+    import shutil
+
+    from fetaliqa_core import paths
+    from fetaliqa_core.models import choice as choice_mod
+
+    own = tmp_path / "st_own"
+    shutil.copytree(paths.resources_dir() / "demo" / "student", own)
+    manifest = json.loads((own / "manifest.json").read_text())
+    manifest["student"]["teacher"] = {"cls_bundle_sha256": "a" * 64, "seg_bundle_sha256": "b" * 64}
+    manifest["base_sha256"] = "c" * 64
+    (own / "manifest.json").write_text(json.dumps(manifest))
+    alone = choice_mod.provenance(choice_mod.load_models(choice_mod.ModelChoice(model=None, cls=own, seg=own,
+                                                                                  device="cpu")))
+    assert alone["student_alone"] is True and alone["demo"] is False
+    demo_student = choice_mod.load_models(choice_mod.ModelChoice(model="demo-student", device="cpu"))
+    assert choice_mod.provenance(demo_student)["student_alone"] is True
+    cascade = choice_mod.load_models(choice_mod.ModelChoice(model="demo", cascade=True, student=own, device="cpu"))
+    assert choice_mod.provenance(cascade)["student_alone"] is False
+    teacher = choice_mod.load_models(choice_mod.ModelChoice(model="demo", device="cpu"))
+    assert choice_mod.provenance(teacher)["student_alone"] is False
