@@ -370,3 +370,23 @@ def test_a_student_scored_alone_is_marked_so_whoever_taught_it(tmp_path):
     assert choice_mod.provenance(cascade)["student_alone"] is False
     teacher = choice_mod.load_models(choice_mod.ModelChoice(model="demo", device="cpu"))
     assert choice_mod.provenance(teacher)["student_alone"] is False
+
+
+def test_score_s_text_names_the_models_that_scored(tmp_path, capsys):
+    """The student alone, the cascade and the teacher printed the same lines: only `--json`,
+    summary.json and the window said which models gave the numbers."""
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.io import write_volume
+
+    sweep = tmp_path / "sweep.mha"
+    write_volume(sweep, tiny_sweep(1, 6, 64, 64).frames, spacing_mm=(0.3, 0.3))
+    said = {}
+    for name, args in (("student", ["--model", "demo-student"]), ("cascade", ["--model", "demo", "--cascade"]),
+                       ("teacher", ["--model", "demo"])):
+        assert main(["score", str(sweep), *args, "--device", "cpu", "--no-cache", "--quiet",
+                     "--out", str(tmp_path / name)]) == 0
+        said[name] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  models: ")]
+    assert len(said["student"]) == 1 and said["student"][0].startswith("  models: demo student")
+    assert len(said["cascade"]) == 1 and "cascade after the demo student" in said["cascade"][0]
+    assert len(said["teacher"]) == 1 and said["teacher"][0].startswith("  models: demo model")
+    assert "student" not in said["teacher"][0]

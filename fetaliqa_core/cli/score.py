@@ -222,6 +222,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     chosen = summary["chosen_frame"]
     print(f"{shown(summary['path'])}: {summary['frames_scored']}/{summary['n_frames']} frames scored; "
           f"chosen frame {chosen if chosen >= 0 else 'none (-1)'} (frames numbered from 0)")
+    if summary.get("models"):  # what scored: a student alone, a cascade and the teacher printed alike
+        print(f"  models: {shown(summary['models'])}")
     if summary.get("threshold_changed"):
         print(f"  threshold {summary['threshold']:.2f} (model: {summary['model_threshold']:.2f})")
     for note in summary.get("read_notes") or ():
