@@ -372,6 +372,41 @@ def test_a_student_scored_alone_is_marked_so_whoever_taught_it(tmp_path):
     assert choice_mod.provenance(teacher)["student_alone"] is False
 
 
+def test_a_cascade_stopped_in_its_teacher_stage_says_in_its_files_how_many_candidates_were_checked(tmp_path):
+    """`demo --cascade --max-seconds` stopped while the teacher re-scored wrote `complete: false`
+    beside 840 of 840 frames scored and an empty `choice_note`: "chosen among 13 of 103
+    candidates" was said only by the terminal and the window."""
+    import json
+
+    from fetaliqa_core.cascade import write_cascade_scores
+
+    sweep = tiny_sweep(n_sweeps=2, per_sweep=30)
+    cls, seg = FakeModel("cls"), FakeModel("seg")
+    thresholds = Thresholds.of_models(type("M", (), {"cls": cls, "seg": seg})())
+    engine = CascadeEngine(sweep, FakeModel("joint"), cls, seg, cache=False, thresholds=thresholds)
+    for item in engine.iter_batches():
+        if item.stage == "teacher":
+            engine.cancel()  # stopped after the teacher's first batch
+    done, planned = int(engine.confirmed.sum()), len(engine.teacher_plan)
+    assert 0 < done < planned and not engine.complete
+    answer = assess(sweep, engine.teacher_results, thresholds)
+    write_cascade_scores(tmp_path, sweep, engine.merged, engine.confirmed, answer, "student",
+                         complete=engine.complete, teacher_planned=planned)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["complete"] is False
+    assert f"chosen among the {done} of {planned} candidate frames the teacher had re-scored" in summary["choice_note"]
+    record = json.loads((tmp_path / "cascade.json").read_text())
+    assert record["teacher_frame_count"] == done and record["teacher_frames_planned"] == planned
+    assert "stopped" not in answer.summary.choice_note  # the window's own answer says it in its own words
+    # a finished cascade says nothing of the kind
+    whole = CascadeEngine(sweep, FakeModel("joint"), cls, seg, cache=False, thresholds=thresholds).run()
+    out = tmp_path / "whole"
+    write_cascade_scores(out, sweep, whole.merged, whole.confirmed, assess(sweep, whole.teacher_results, thresholds),
+                         "student", complete=whole.complete, teacher_planned=len(whole.teacher_plan))
+    assert "stopped" not in json.loads((out / "summary.json").read_text())["choice_note"]
+    assert "teacher_frames_planned" not in json.loads((out / "cascade.json").read_text())
+
+
 def test_score_s_text_names_the_models_that_scored(tmp_path, capsys):
     """The student alone, the cascade and the teacher printed the same lines: only `--json`,
     summary.json and the window said which models gave the numbers."""

@@ -211,7 +211,8 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
     merged = engine.merged
     hook = None if extra is None else (lambda folder: extra(folder, sweep, merged, assessment))
     write_cascade_scores(out, sweep, merged, engine.confirmed, assessment, models.student.path,
-                         challenge=args.challenge_output, extra=hook, complete=engine.complete)
+                         challenge=args.challenge_output, extra=hook, complete=engine.complete,
+                         teacher_planned=None if engine.teacher_plan is None else len(engine.teacher_plan))
     return assessment.summary.to_json()
 
 
