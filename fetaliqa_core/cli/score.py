@@ -424,8 +424,8 @@ def run(args, report=None) -> int:
         # Ctrl-C or SIGTERM: the sweeps scored so far are kept; the table says so now, as an archive's does
         from fetaliqa_core.export import STATUS_MISSING
 
-        rest = [[m.name] + [""] * (len(TABLE_COLUMNS) - 4) + [STATUS_MISSING, "interrupted before it was scored; "
-                "run the same command again", ""] for m in members[done:]]
+        rest = [blank_row(m.name, STATUS_MISSING, "interrupted before it was scored; run the same command again")
+                for m in members[done:]]
         try:
             table = write_table(base_out / TABLE_FILE, rows + rest)
             print(f"table (up to the interruption): {shown(table)}", file=sys.stderr)
@@ -492,7 +492,8 @@ def _score_member(k: int, member: Path, out: Path, n_members: int, box: dict, ch
 
 TABLE_FILE = "summary.csv"
 TABLE_COLUMNS = ("file", "sweep", "kind", "frames_scored", "n_frames", "best_frame", "p_cls", "p_seg", "ac_mm",
-                 "ac_status", "ga", "ga_weeks", "chosen_frame", "choice_basis", "status", "error", "notice")
+                 "ac_status", "ga", "ga_weeks", "chosen_frame", "choice_basis", "status", "error", "notice",
+                 "models")  # what scored (summary.json's models): a student's answer and a teacher's looked alike
 
 
 def table_rows(name: str, summary: dict) -> list[list]:
@@ -513,15 +514,22 @@ def table_rows(name: str, summary: dict) -> list[list]:
                      s.get("ac_status", ""), s.get("ga", ""),
                      "" if s["ga_weeks"] is None else f"{s['ga_weeks']:.2f}",
                      summary["chosen_frame"], summary.get("choice_basis", ""), status, "",
-                     summary.get("notice", "")])  # a demonstration or test model's numbers say so on each row
+                     summary.get("notice", ""),  # a demonstration or test model's numbers say so on each row
+                     summary.get("models", "")])
     return rows
+
+
+def blank_row(name: str, status: str, error: str) -> list:
+    """The folder table's row for a file without an answer: its name, status and why."""
+    row = dict.fromkeys(TABLE_COLUMNS, "") | {"file": name, "status": status, "error": error}
+    return [row[c] for c in TABLE_COLUMNS]
 
 
 def failed_row(name: str, error: str) -> list:
     """The folder table's row for a file that could not be scored."""
     from fetaliqa_core.export import STATUS_FAILED
 
-    return [name] + [""] * (len(TABLE_COLUMNS) - 4) + [STATUS_FAILED, error, ""]
+    return blank_row(name, STATUS_FAILED, error)
 
 
 def _cell(value) -> str:
