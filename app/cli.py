@@ -96,7 +96,7 @@ def save_scores(window, out_dir: Path) -> list[Path]:
         from fetaliqa_core.cascade import write_cascade_scores
 
         return write_cascade_scores(out_dir, m.sweep, m.results, m.confirmed, a, student.path,
-                                    complete=m.scored_all)
+                                    complete=m.scored_all, teacher_planned=m.teacher_total or None)
     return export.write_scores(out_dir, m.sweep, m.results, a)
 
 

@@ -591,7 +591,7 @@ class ViewerModel:
         prov = getattr(self, "provenance", {}) or {}
         doubt = analysis.units.model_doubt(bool(prov.get("demo")),
                                            None if self.sweep is None or self.spacing_problem
-                                           else self.sweep.spacing_mm)
+                                           else self.sweep.spacing_mm, bool(prov.get("student_alone")))
         reading = analysis.read_ac(None if ac is None else ac.ac_mm,
                                    self.spacing_problem or getattr(ac, "spacing_problem", None), problem,
                                    disagreement, doubt)

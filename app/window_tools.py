@@ -207,18 +207,24 @@ def corner_texts(m, i: int, k: int, kind_text: str, hide_model: bool = False) ->
     else:
         v = m.frame_values()
         cut = score_cuts(m)
+        # a cascade's frame the teacher did not re-score shows the student's numbers: labelled as
+        # the classifier's, a student's 0.57 read as the classifier's call (its own there: 0.71)
+        confirmed = getattr(m, "confirmed", None)
+        student = confirmed is not None and 0 <= i < len(confirmed) and not bool(confirmed[i])
         parts = []
         if r.has_cls:
             parts.append(f"p_cls {fmt_p(v['p_cls'], cut['p_cls'])}")
         if r.has_seg:
             parts.append(f"p_seg {fmt_p(v['p_seg'], cut['p_seg'])}")
             parts.append(f"mask {v['area'] if v['area'] is not None else 0} px")
-        plain = " · ".join(parts)
+        plain = ("student " if student else "") + " · ".join(parts)
+        cls_name, seg_name = ("student", "student") if student else ("classifier", "mask")
         values_html = "<br>".join(
-            ([f"<span style='color:{theme.CLS_COLOUR}'>classifier p_cls {fmt_p(v['p_cls'], cut['p_cls'])}</span>"]
+            ([f"<span style='color:{theme.CLS_COLOUR}'>{cls_name} p_cls {fmt_p(v['p_cls'], cut['p_cls'])}</span>"]
              if r.has_cls else [])
-            + ([f"<span style='color:{theme.SEG_COLOUR}'>mask p_seg {fmt_p(v['p_seg'], cut['p_seg'])}</span>"]
+            + ([f"<span style='color:{theme.SEG_COLOUR}'>{seg_name} p_seg {fmt_p(v['p_seg'], cut['p_seg'])}</span>"]
                if r.has_seg else [])
+            + ([f"<span style='color:{theme.TEXT_DIM}'>(not re-scored by the teacher)</span>"] if student else [])
             # the demonstration model's numbers say so wherever they appear (an exported frame too)
             + ([f"<span style='color:{theme.TEXT_DIM}'>{m.notice_words}, not for clinical use</span>"]
                if m.demo_notice else []))

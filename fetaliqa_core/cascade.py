@@ -259,7 +259,8 @@ class CascadeEngine:
 
 
 def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, student_path,
-                         challenge: bool = False, extra=None, complete: bool | None = None) -> list:
+                         challenge: bool = False, extra=None, complete: bool | None = None,
+                         teacher_planned: int | None = None) -> list:
     """Write a cascade's scores as ``fetaliqa score --cascade`` and the app both do: ``frames.csv``
     from the merged results (the student's, the teacher's where it re-scored, as its last column
     ``scored_by`` says), the summary from
@@ -267,7 +268,12 @@ def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, 
     ``extra(folder)`` may add files, as in :func:`fetaliqa_core.export.write_scores`.
     ``complete``: the teacher re-scored every frame handed to it (:attr:`CascadeEngine.complete`;
     None: the merged results' own). A run stopped in the teacher's pass has every frame scored by
-    the student, yet its answer comes from part of the candidates: not complete."""
+    the student, yet its answer comes from part of the candidates: not complete, and the files say
+    of how many (``teacher_planned``: the frames handed to the teacher), in ``choice_note`` and
+    ``cascade.json`` as the window says it (they said only ``complete: false`` beside 840 of 840
+    frames scored)."""
+    import copy
+    import dataclasses
     import json
     from pathlib import Path
 
@@ -280,6 +286,15 @@ def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, 
     record = {"student": str(student_path), "teacher_frames": np.flatnonzero(confirmed).tolist(),
               "teacher_frame_count": int(confirmed.sum()), "n_frames": int(sweep.n_frames),
               "note": "chosen frame, best frames and AC come from the teacher's results on these frames"}
+    stopped = stopped_note(merged, confirmed, teacher_planned) if not assessment.summary.complete else ""
+    if stopped:
+        if teacher_planned:
+            record["teacher_frames_planned"] = int(teacher_planned)
+        # written, not kept: the window's own answer says it in its own words
+        summary = assessment.summary
+        assessment = copy.copy(assessment)
+        assessment.summary = dataclasses.replace(
+            summary, choice_note="; ".join(t for t in (summary.choice_note, stopped) if t))
 
     def hook(folder: Path) -> None:
         (Path(folder) / CASCADE_JSON).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
@@ -287,6 +302,21 @@ def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, 
             extra(folder)
 
     return export.write_scores(out, sweep, merged, assessment, challenge=challenge, extra=hook, teacher=confirmed)
+
+
+def stopped_note(merged, confirmed: np.ndarray, teacher_planned: int | None) -> str:
+    """What a cascade stopped before its end rests on, for the files: the candidate frames the
+    teacher re-scored out of those handed to it, or the student's frames scored when the teacher
+    never started; "" when nothing says which."""
+    done = int(np.asarray(confirmed, dtype=bool).sum())
+    if merged is not None and not merged.complete:
+        return (f"the run was stopped while the student scored ({merged.n_done} of {merged.n_frames} frames): "
+                f"the teacher re-scored {'none of them' if not done else f'{done} frames'}; score the sweep "
+                "again for an answer")
+    if teacher_planned:
+        return (f"the run was stopped: chosen among the {done} of {int(teacher_planned)} candidate frames the "
+                "teacher had re-scored; the others may hold a better one (score the sweep again)")
+    return ""
 
 
 @dataclass

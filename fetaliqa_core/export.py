@@ -187,7 +187,7 @@ def challenge_mask_metadata(assessment, frame: int) -> dict[str, str]:
             if frame != chosen else None,
             mask_doubt(mask_problem) if mask_problem else None,
             assessment.disagreement(chosen),
-            model_doubt(summary.demo, summary.spacing_mm),
+            model_doubt(summary.demo, summary.spacing_mm, getattr(summary, "student_alone", False)),
         ]
         reasons = [r for r in reasons if r]
         status, note = ("doubtful", "; ".join(reasons)) if reasons else ("ok", "")

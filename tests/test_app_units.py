@@ -360,3 +360,41 @@ def test_a_one_frame_last_sweep_s_name_on_the_curve_lies_inside_the_plot(qtbot, 
     plot, names = _curve_names_shown(qtbot, window, sweep)
     rect = names[-1]
     assert plot.left() - 1 <= rect.left() and rect.right() <= plot.right() + 1, (rect, plot)
+
+
+def test_a_cascade_frame_the_teacher_did_not_rescore_labels_its_scores_as_the_student_s(qtbot, window):
+    """In the cascade window a frame the teacher never re-scored showed the student's numbers as
+    "classifier p_cls 0.57", where the classifier itself (the teacher) scores 0.71: the label
+    gave a student's number to the model that calls the frame."""
+    from app import window_tools
+
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    m = window.model
+    confirmed = np.ones(m.n_frames, dtype=bool)
+    confirmed[3] = False
+    m.confirmed = confirmed  # as a cascade leaves it: frame 3 holds the student's scores only
+    m.set_frame(3)
+    plain, _, right, _ = window_tools.corner_texts(m, 3, 0, "")
+    assert "student p_cls" in right and "student p_seg" in right and "not re-scored by the teacher" in right
+    assert "classifier p_cls" not in right and plain.startswith("student ")
+    m.set_frame(4)
+    plain, _, right, _ = window_tools.corner_texts(m, 4, 0, "")  # re-scored: the models' own
+    assert "classifier p_cls" in right and "student" not in right and "student" not in plain
+    m.confirmed = None  # no cascade: the models' own everywhere
+    assert "classifier p_cls" in window_tools.corner_texts(m, 3, 0, "")[2]
+
+
+def test_a_student_scoring_alone_gives_the_window_a_doubtful_ac_saying_to_rescore_with_its_teacher(qtbot, window):
+    """A user's own student scored alone showed "AC 97.3 mm · GA 15w 6d" in the window as a plain
+    measurement: a student is meant to pick the frames its teacher re-scores."""
+    from types import SimpleNamespace
+
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    m = window.model
+    ac = SimpleNamespace(ac_mm=200.0)  # a plausible AC on an outline nothing else doubts
+    m.provenance = {"demo": False}
+    assert m.reading(ac).status == "ok" and m.reading(ac).ga_text
+    m.provenance = {"demo": False, "student_alone": True}
+    reading = m.reading(ac)
+    assert reading.status == "doubtful" and not reading.ga_text and "--cascade" in reading.note
+    assert reading.short(why=True) == "AC 200.0 mm (doubtful: student alone)"

@@ -343,3 +343,85 @@ def test_a_student_names_no_base_weights_it_never_loaded():
     assert choice_mod.provenance(student)["base_sha256"] is None
     cascade = choice_mod.load_models(choice_mod.ModelChoice(model="demo", cascade=True, device="cpu"))
     assert len(choice_mod.provenance(cascade)["base_sha256"]) == 64
+
+
+def test_a_student_scored_alone_is_marked_so_whoever_taught_it(tmp_path):
+    """A copy of a student whose manifest names no demo teacher (as a user's own student does)
+    scored alone gave a plain AC and GA: nothing marked the answer as a student's first look.
+    In a cascade the numbers are the teacher's: not marked."""
+    import json
+    import shutil
+
+    from fetaliqa_core import paths
+    from fetaliqa_core.models import choice as choice_mod
+
+    own = tmp_path / "st_own"
+    shutil.copytree(paths.resources_dir() / "demo" / "student", own)
+    manifest = json.loads((own / "manifest.json").read_text())
+    manifest["student"]["teacher"] = {"cls_bundle_sha256": "a" * 64, "seg_bundle_sha256": "b" * 64}
+    manifest["base_sha256"] = "c" * 64
+    (own / "manifest.json").write_text(json.dumps(manifest))
+    alone = choice_mod.provenance(choice_mod.load_models(choice_mod.ModelChoice(model=None, cls=own, seg=own,
+                                                                                  device="cpu")))
+    assert alone["student_alone"] is True and alone["demo"] is False
+    demo_student = choice_mod.load_models(choice_mod.ModelChoice(model="demo-student", device="cpu"))
+    assert choice_mod.provenance(demo_student)["student_alone"] is True
+    cascade = choice_mod.load_models(choice_mod.ModelChoice(model="demo", cascade=True, student=own, device="cpu"))
+    assert choice_mod.provenance(cascade)["student_alone"] is False
+    teacher = choice_mod.load_models(choice_mod.ModelChoice(model="demo", device="cpu"))
+    assert choice_mod.provenance(teacher)["student_alone"] is False
+
+
+def test_a_cascade_stopped_in_its_teacher_stage_says_in_its_files_how_many_candidates_were_checked(tmp_path):
+    """`demo --cascade --max-seconds` stopped while the teacher re-scored wrote `complete: false`
+    beside 840 of 840 frames scored and an empty `choice_note`: "chosen among 13 of 103
+    candidates" was said only by the terminal and the window."""
+    import json
+
+    from fetaliqa_core.cascade import write_cascade_scores
+
+    sweep = tiny_sweep(n_sweeps=2, per_sweep=30)
+    cls, seg = FakeModel("cls"), FakeModel("seg")
+    thresholds = Thresholds.of_models(type("M", (), {"cls": cls, "seg": seg})())
+    engine = CascadeEngine(sweep, FakeModel("joint"), cls, seg, cache=False, thresholds=thresholds)
+    for item in engine.iter_batches():
+        if item.stage == "teacher":
+            engine.cancel()  # stopped after the teacher's first batch
+    done, planned = int(engine.confirmed.sum()), len(engine.teacher_plan)
+    assert 0 < done < planned and not engine.complete
+    answer = assess(sweep, engine.teacher_results, thresholds)
+    write_cascade_scores(tmp_path, sweep, engine.merged, engine.confirmed, answer, "student",
+                         complete=engine.complete, teacher_planned=planned)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["complete"] is False
+    assert f"chosen among the {done} of {planned} candidate frames the teacher had re-scored" in summary["choice_note"]
+    record = json.loads((tmp_path / "cascade.json").read_text())
+    assert record["teacher_frame_count"] == done and record["teacher_frames_planned"] == planned
+    assert "stopped" not in answer.summary.choice_note  # the window's own answer says it in its own words
+    # a finished cascade says nothing of the kind
+    whole = CascadeEngine(sweep, FakeModel("joint"), cls, seg, cache=False, thresholds=thresholds).run()
+    out = tmp_path / "whole"
+    write_cascade_scores(out, sweep, whole.merged, whole.confirmed, assess(sweep, whole.teacher_results, thresholds),
+                         "student", complete=whole.complete, teacher_planned=len(whole.teacher_plan))
+    assert "stopped" not in json.loads((out / "summary.json").read_text())["choice_note"]
+    assert "teacher_frames_planned" not in json.loads((out / "cascade.json").read_text())
+
+
+def test_score_s_text_names_the_models_that_scored(tmp_path, capsys):
+    """The student alone, the cascade and the teacher printed the same lines: only `--json`,
+    summary.json and the window said which models gave the numbers."""
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.io import write_volume
+
+    sweep = tmp_path / "sweep.mha"
+    write_volume(sweep, tiny_sweep(1, 6, 64, 64).frames, spacing_mm=(0.3, 0.3))
+    said = {}
+    for name, args in (("student", ["--model", "demo-student"]), ("cascade", ["--model", "demo", "--cascade"]),
+                       ("teacher", ["--model", "demo"])):
+        assert main(["score", str(sweep), *args, "--device", "cpu", "--no-cache", "--quiet",
+                     "--out", str(tmp_path / name)]) == 0
+        said[name] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  models: ")]
+    assert len(said["student"]) == 1 and said["student"][0].startswith("  models: demo student")
+    assert len(said["cascade"]) == 1 and "cascade after the demo student" in said["cascade"][0]
+    assert len(said["teacher"]) == 1 and said["teacher"][0].startswith("  models: demo model")
+    assert "student" not in said["teacher"][0]

@@ -282,6 +282,8 @@ def test_folder_of_sweeps_is_scored_one_after_another(case, tiny_bundle_dirs, tm
     # numbers from a test model say so on each row they fill (these bundles adapt a random tower)
     assert all("not for clinical use" in r["notice"] for r in table[:-1]) and table[-1]["notice"] == ""
     assert "c.mha" in table[-1]["error"] and "summary.csv" in captured.out
+    # what scored is named on each row its numbers fill (a student's and a teacher's rows looked alike)
+    assert all(r["models"] == a["models"] != "" for r in table[:-1]) and table[-1]["models"] == ""
     # the terminal's table shows the failed file's status where a scored file shows its chosen frame
     assert [line.split()[-1] for line in captured.out.splitlines() if line.startswith("c.mha")] == ["failed"]
 
@@ -644,3 +646,26 @@ def test_progress_into_a_pipe_or_log_is_plain_lines(case, tiny_bundle_dirs, tmp_
     lines = [line for line in err.splitlines() if "frames" in line]
     assert lines and all(re.fullmatch(r"  case\.mha: \d+ / 12 frames( · [\d.]+/s( · .+ left)?)?", line)
                          for line in lines), err
+
+
+def test_a_folder_s_table_names_the_models_on_each_row_and_keeps_its_columns_in_place(tmp_path):
+    """summary.csv of a folder scored by the student alone and by the cascade had the same columns,
+    only the numbers differing: a copy of the table could not tell a student's answer from a
+    teacher's. A row without an answer keeps every column in its place."""
+    import csv
+
+    from fetaliqa_core.cli.score import TABLE_COLUMNS, blank_row, failed_row, table_rows, write_table
+
+    sweep = {"sweep": 1, "kind": "transverse", "best_frame": 4, "p_cls": 0.8, "p_seg": 0.9, "ac_mm": 250.1,
+             "ac_status": "doubtful", "ga": "", "ga_weeks": None}
+    student = {"sweeps": [sweep], "frames_scored": 10, "n_frames": 10, "chosen_frame": 4, "complete": True,
+               "models": "demo student (distilled from the demo model, trained on synthetic sweeps) on cpu, fp32"}
+    cascade = dict(student, models="demo model (tiny, trained on synthetic sweeps), cascade after the demo student")
+    rows = table_rows("a.mha", student) + table_rows("b.mha", cascade) + [failed_row("c.mha", "broken"),
+                                                                        blank_row("d.mha", "missing", "interrupted")]
+    table = list(csv.DictReader(write_table(tmp_path / "summary.csv", rows).open(encoding="utf-8")))
+    assert [r["models"] for r in table] == [student["models"], cascade["models"], "", ""]
+    assert all(len(row) == len(TABLE_COLUMNS) for row in rows)
+    assert (table[2]["status"], table[2]["error"], table[3]["status"], table[3]["error"]) == \
+        ("failed", "broken", "missing", "interrupted")
+    assert table[0]["ac_mm"] == "250.1" and table[0]["status"] == "ok"

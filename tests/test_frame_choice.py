@@ -363,6 +363,31 @@ def test_an_ac_from_the_demonstration_models_is_never_a_number_to_act_on():
     assert [s.ac_status for s in demo.summary.sweeps if s.best_frame >= 0] == ["doubtful"]
 
 
+def test_an_ac_from_a_student_scoring_alone_is_doubtful_and_says_to_rescore_with_its_teacher():
+    """A user's own distilled student (no demo teacher) scored alone gave "AC 97.3 mm, GA 15w 6d",
+    status ok, though its chosen frame agrees with its teacher's in 3 of 10 cases: the student is
+    meant to pick the frames its teacher re-scores, not to give the answer."""
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+    from fetaliqa_core.analysis.units import STUDENT_ALONE_DOUBT, short_doubt
+    from fetaliqa_core.export import challenge_mask_metadata
+
+    sweep, res = _scored_case(ellipse((112, 112), (40, 34)))
+    thresholds = Thresholds(value=0.5, model=0.5)
+    own = assess(sweep, res, thresholds, provenance={"demo": False})
+    student = assess(sweep, res, thresholds, provenance={"demo": False, "student_alone": True})
+    reading = student.summary.chosen_ac
+    assert own.summary.chosen_ac["status"] == "ok" and not own.summary.student_alone
+    assert reading["status"] == "doubtful" and reading["ga_weeks"] is None and reading["note"] == STUDENT_ALONE_DOUBT
+    assert "--cascade" in reading["note"] and student.summary.student_alone
+    assert [s.ac_status for s in student.summary.sweeps if s.best_frame >= 0] == ["doubtful"]
+    assert short_doubt(reading["note"]) == "student alone"
+    # the mask written for the challenge keeps the doubt (`fetaliqa ac` reads it back)
+    from fetaliqa_core.io._common import META_AC_NOTE, META_AC_STATUS
+
+    meta = challenge_mask_metadata(student, student.chosen_frame)
+    assert meta[META_AC_STATUS] == "doubtful" and STUDENT_ALONE_DOUBT in meta[META_AC_NOTE]
+
+
 def test_an_ac_from_frames_the_models_saw_stretched_is_doubtful():
     """Pixels that are not square reach the models as stored: a 0.2 x 0.3 mm copy of a sweep read
     its AC 9 % short (the models were trained on square pixels). Such an AC is not one to act on,

@@ -367,6 +367,9 @@ class CaseSummary:
     encoder_note: str = ""  # for a classifier and a segmenter: one encoder pass or two, and why
     demo: bool = False
     random_base: bool = False  # a test model on a randomly initialised base
+    #: a distilled student scored without its teacher (no cascade): every AC doubtful
+    #: (units.STUDENT_ALONE_DOUBT)
+    student_alone: bool = False
     notice: str = ""  # the demonstration (or test) model's notice when a number came from it
 
     def to_json(self) -> dict:
@@ -490,7 +493,8 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     kinds = list(getattr(sweep, "sweep_kinds", []) or [])
     spacing_problem = getattr(sweep, "spacing_problem", None)
     prov = provenance or {}
-    doubt_of_models = model_doubt(bool(prov.get("demo")), None if spacing_problem else sweep.spacing_mm)
+    doubt_of_models = model_doubt(bool(prov.get("demo")), None if spacing_problem else sweep.spacing_mm,
+                                  bool(prov.get("student_alone")))
     sweeps: list[SweepSummary] = []
     for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
         frame = b.frame if (b is not None and b.passes) else -1
@@ -554,6 +558,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         encoder_passes=prov.get("encoder_passes"), encoder_note=str(prov.get("encoder_note") or ""),
         demo=bool(prov.get("demo", False)),
         random_base=bool(prov.get("random_base", False)),
+        student_alone=bool(prov.get("student_alone", False)),
         notice=str(prov.get("notice", "")) if prov.get("demo") or prov.get("random_base") else "")
     return Assessment(thresholds=thresholds, flags=flags, best=best, chosen_frame=int(chosen),
                       ac=ac, summary=summary, choice=choice, p_cls=p_cls)

@@ -150,6 +150,14 @@ DEMO_MODEL_DOUBT = ("from a demonstration model trained on synthetic sweeps only
                     "reliable outside them: not a measurement")
 
 
+#: Why an AC from a distilled student scoring without its teacher is not the answer: the student
+#: is made to pick the frames its teacher re-scores (the cascade), and its own chosen frame agreed
+#: with its teacher's in 3 of 10 cases (docs/BENCHMARKS.md); whatever its masks look like,
+#: the number is a fast model's first look.
+STUDENT_ALONE_DOUBT = ("from a distilled student scoring alone, which is not meant to give the answer: "
+                       "re-score the sweep with its teacher (--cascade, or Cascade in Models...) before acting on it")
+
+
 #: Pixels whose sides differ by more than this share are not square to the models: they see the
 #: frames stretched (the models are trained on square pixels, as ACOUSLIC's are).
 SQUARE_PIXEL_TOLERANCE = 0.05
@@ -172,19 +180,21 @@ def stretch_doubt(spacing_mm) -> str | None:
             "stretched, so their mask may be off; resample the sweep to square pixels")
 
 
-def model_doubt(demo: bool, spacing_mm=None) -> str | None:
-    """Why the models themselves cannot give an AC to act on: a demonstration model, or frames
+def model_doubt(demo: bool, spacing_mm=None, student_alone: bool = False) -> str | None:
+    """Why the models themselves cannot give an AC to act on: a demonstration model, a distilled
+    student scoring without its teacher (``student_alone``: :data:`STUDENT_ALONE_DOUBT`), or frames
     they saw stretched (:func:`stretch_doubt`); None for the user's own on square pixels (a test
     model on a randomly initialised base is labelled as such, not doubted: it stands for the
     user's own models in the tests)."""
-    reasons = [r for r in (DEMO_MODEL_DOUBT if demo else None, stretch_doubt(spacing_mm)) if r]
+    reasons = [r for r in (DEMO_MODEL_DOUBT if demo else None, STUDENT_ALONE_DOUBT if student_alone else None,
+                           stretch_doubt(spacing_mm)) if r]
     return "; ".join(reasons) or None
 
 
 def short_doubt(note: str) -> str:
     """A few words for why an AC is doubtful (:func:`read_ac`'s note), where a line has no room for
     the whole reason (the window's status bar, whose tooltip holds it): "flattened, oval outline",
-    "not an abdomen's outline", "models disagree", "demo model"; "" when none fits."""
+    "not an abdomen's outline", "models disagree", "demo model", "student alone"; "" when none fits."""
     text = note.lower()
     first = text.split("; check")[0]
     words = ""
@@ -202,6 +212,8 @@ def short_doubt(note: str) -> str:
         words = "models disagree"
     elif first.startswith(DEMO_MODEL_DOUBT[:30].lower()):
         words = "demo model"
+    elif first.startswith(STUDENT_ALONE_DOUBT[:30].lower()):
+        words = "student alone"
     elif first.startswith("outside the plausible"):
         return "implausible size"
     elif "not square" in first or "stretched" in first:

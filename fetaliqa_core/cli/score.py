@@ -211,7 +211,8 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
     merged = engine.merged
     hook = None if extra is None else (lambda folder: extra(folder, sweep, merged, assessment))
     write_cascade_scores(out, sweep, merged, engine.confirmed, assessment, models.student.path,
-                         challenge=args.challenge_output, extra=hook, complete=engine.complete)
+                         challenge=args.challenge_output, extra=hook, complete=engine.complete,
+                         teacher_planned=None if engine.teacher_plan is None else len(engine.teacher_plan))
     return assessment.summary.to_json()
 
 
@@ -222,6 +223,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     chosen = summary["chosen_frame"]
     print(f"{shown(summary['path'])}: {summary['frames_scored']}/{summary['n_frames']} frames scored; "
           f"chosen frame {chosen if chosen >= 0 else 'none (-1)'} (frames numbered from 0)")
+    if summary.get("models"):  # what scored: a student alone, a cascade and the teacher printed alike
+        print(f"  models: {shown(summary['models'])}")
     if summary.get("threshold_changed"):
         print(f"  threshold {summary['threshold']:.2f} (model: {summary['model_threshold']:.2f})")
     for note in summary.get("read_notes") or ():
@@ -421,8 +424,8 @@ def run(args, report=None) -> int:
         # Ctrl-C or SIGTERM: the sweeps scored so far are kept; the table says so now, as an archive's does
         from fetaliqa_core.export import STATUS_MISSING
 
-        rest = [[m.name] + [""] * (len(TABLE_COLUMNS) - 4) + [STATUS_MISSING, "interrupted before it was scored; "
-                "run the same command again", ""] for m in members[done:]]
+        rest = [blank_row(m.name, STATUS_MISSING, "interrupted before it was scored; run the same command again")
+                for m in members[done:]]
         try:
             table = write_table(base_out / TABLE_FILE, rows + rest)
             print(f"table (up to the interruption): {shown(table)}", file=sys.stderr)
@@ -489,7 +492,8 @@ def _score_member(k: int, member: Path, out: Path, n_members: int, box: dict, ch
 
 TABLE_FILE = "summary.csv"
 TABLE_COLUMNS = ("file", "sweep", "kind", "frames_scored", "n_frames", "best_frame", "p_cls", "p_seg", "ac_mm",
-                 "ac_status", "ga", "ga_weeks", "chosen_frame", "choice_basis", "status", "error", "notice")
+                 "ac_status", "ga", "ga_weeks", "chosen_frame", "choice_basis", "status", "error", "notice",
+                 "models")  # what scored (summary.json's models): a student's answer and a teacher's looked alike
 
 
 def table_rows(name: str, summary: dict) -> list[list]:
@@ -510,15 +514,22 @@ def table_rows(name: str, summary: dict) -> list[list]:
                      s.get("ac_status", ""), s.get("ga", ""),
                      "" if s["ga_weeks"] is None else f"{s['ga_weeks']:.2f}",
                      summary["chosen_frame"], summary.get("choice_basis", ""), status, "",
-                     summary.get("notice", "")])  # a demonstration or test model's numbers say so on each row
+                     summary.get("notice", ""),  # a demonstration or test model's numbers say so on each row
+                     summary.get("models", "")])
     return rows
+
+
+def blank_row(name: str, status: str, error: str) -> list:
+    """The folder table's row for a file without an answer: its name, status and why."""
+    row = dict.fromkeys(TABLE_COLUMNS, "") | {"file": name, "status": status, "error": error}
+    return [row[c] for c in TABLE_COLUMNS]
 
 
 def failed_row(name: str, error: str) -> list:
     """The folder table's row for a file that could not be scored."""
     from fetaliqa_core.export import STATUS_FAILED
 
-    return [name] + [""] * (len(TABLE_COLUMNS) - 4) + [STATUS_FAILED, error, ""]
+    return blank_row(name, STATUS_FAILED, error)
 
 
 def _cell(value) -> str:

@@ -501,6 +501,11 @@ def provenance(models) -> dict:
                                      _taught_by_demo(getattr(student, "manifest", None)) or on_demo_base(student),
                                      model_base(student)))
     student_note = foreign_student_note(student, getattr(models, "cls", None), getattr(models, "seg", None))
+    # a distilled student scoring without its teacher (no cascade): its answer is a first look
+    # (units.STUDENT_ALONE_DOUBT), whoever taught it
+    student_alone = student is None and any(
+        getattr(getattr(m, "manifest", None), "is_student", False) is True
+        for m in (getattr(models, "cls", None), getattr(models, "seg", None)) if m is not None)
     # the base weights the models ran on (the SHA-256 of the file; "random:<seed>" for a random
     # base; none for a student, which has a tower of its own): a bundle's hash does not name them.
     # The first model's (readers rely on it); each bundle's own is in its entry, as a classifier
@@ -511,4 +516,4 @@ def provenance(models) -> dict:
             "encoder_passes": encoder_passes(models), "encoder_note": encoder_note(models),
             "precision": getattr(models, "precision", "") or "",
             "precision_reason": getattr(models, "precision_reason", "") or "", "random_base": random_base, "notice": DEMO_NOTICE if demo else RANDOM_BASE_NOTICE if random_base else "",
-            "student_note": student_note}
+            "student_note": student_note, "student_alone": student_alone}
