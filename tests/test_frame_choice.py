@@ -913,13 +913,14 @@ def test_an_outline_with_a_part_left_out_under_a_shadow_makes_its_ac_doubtful():
     """A mask that leaves out the body's far part under an acoustic shadow (a narrow notch from the
     far wall to near the centre, a fifth of the area) read "ok, 303.8 mm, GA 34w 2d" for 314.6 mm:
     too narrow a mouth for a waist, not flattened. A dent half the minor semi-axis deep or more
-    makes the AC doubtful; a shallow one (a quarter: about 1 % short) and a whole outline do not."""
+    makes the AC doubtful when it leaves out a part of the body; a shallow one (a quarter: about 1 %
+    short), a crack however deep (under 1 % short) and a whole outline do not."""
     from fetaliqa_core.analysis.frame_choice import NOTCH_DEPTH, mask_shape
     from fetaliqa_core.analysis.units import read_ac, short_doubt
 
-    def bitten(depth: float) -> np.ndarray:
+    def bitten(depth: float, left: int = 100, right: int = 125) -> np.ndarray:
         body = ellipse((112, 112), (60, 52))
-        body[112 + int(round(52 * (1 - depth))):, 104:121] = 0  # a shadow's band from the far wall inwards
+        body[112 + int(round(52 * (1 - depth))):, left:right] = 0  # a shadow's band from the far wall inwards
         return body
 
     deep = mask_shape(bitten(0.8), None, 1.0)
@@ -928,6 +929,9 @@ def test_an_outline_with_a_part_left_out_under_a_shadow_makes_its_ac_doubtful():
     note = read_ac(300.0, None, deep.problem).note
     assert note.startswith("the mask's outline is notched") and short_doubt(note) == "notched outline"
     assert mask_shape(bitten(0.25), None, 1.0).problem is None
+    assert mask_shape(bitten(0.8, 111, 114), None, 1.0).problem is None  # a crack 3 px wide
+    through = mask_shape(bitten(1.2), None, 1.0)  # past the centre: said so, not "120 % of the way"
+    assert through.problem is None or "reaching past its centre" in through.problem
     assert mask_shape(ellipse((112, 112), (60, 52)), None, 1.0).notch < 0.05
 
 

@@ -195,8 +195,12 @@ WAIST_REASON = "pinched in the middle, as two bodies side by side are (or a body
 #: the body's far part under an acoustic shadow went 0.77-0.86 of the way in and read 2.5-3.5 %
 #: short, plain; notches of 0.23-0.33 read about 1 % short.
 NOTCH_DEPTH = 0.5
-NOTCH_REASON = ("notched: a part of it is left out, a dent {depth:.0%} of the way to its centre (the body "
-                "outlined in part, as where a shadow hides it), so the AC reads short")
+#: ... and the outline's convex hull at least this share larger than the mask: a part of the body
+#: left out, not a crack (slits 1-4 px wide, however deep, read under 1 % short; those bites left
+#: out 14-17 % of the hull)
+NOTCH_AREA = 0.08
+NOTCH_REASON = ("notched: a part of it is left out, a dent {depth} (the body outlined in part, as where a "
+                "shadow hides it), so the AC may read short")
 #: :func:`flattening` at or above this: an AC measured on the outline may be off (short where the
 #: body goes on past a flattened side, long where a strand sticks out).
 FLATTENED_RATIO = 1.04
@@ -308,7 +312,8 @@ class MaskShape:
             if self.pinched:  # (two bodies side by side are long together: that is no oblique cut)
                 shape = WAIST_REASON
             elif self.notch >= NOTCH_DEPTH:
-                shape = NOTCH_REASON.format(depth=self.notch)
+                shape = NOTCH_REASON.format(depth=f"{self.notch:.0%} of the way to its centre" if self.notch < 1
+                                            else "reaching past its centre")
             else:
                 oval = OVAL_REASON.format(ratio=beside_threshold(self.axis_ratio, ROUND_RATIO)) if self.oval else None
                 # both said: "flattened" alone reads short, an oblique cut reads long
@@ -413,7 +418,7 @@ def mask_shape(mask: np.ndarray, fov: np.ndarray | None = None,
     ellipse = ((float(cx), float(cy)), (float(w), float(h)), float(angle))
     shape = MaskShape(ok, iou if ok else 0.0, ell_area, iou, ratio, in_fan, circ, reason, ellipse=ellipse,
                       pinched=ok and _waist(contour, (cx, cy), (w, h), angle),
-                      notch=notch_depth(contour, b) if ok else 0.0,
+                      notch=notch_depth(contour, b, float(stats[k, cv2.CC_STAT_AREA])) if ok else 0.0,
                       flattened=ok and flattening(outline) >= FLATTENED_RATIO,
                       extrapolated=extrapolated,
                       arc_deviation=arc_deviation(outline, ellipse) if extrapolated >= EXTRAPOLATED_DOUBT else 0.0)
@@ -508,12 +513,18 @@ def _defects(contour: np.ndarray) -> np.ndarray | None:
     return None if defects is None else defects.reshape(-1, 4)
 
 
-def notch_depth(contour: np.ndarray, minor: float) -> float:
+def notch_depth(contour: np.ndarray, minor: float, area: float | None = None) -> float:
     """How far the deepest dent in an outline goes in from its convex hull, as a share of the
-    fitted ellipse's minor semi-axis ``minor`` (pixels); 0 for a convex one."""
+    fitted ellipse's minor semi-axis ``minor`` (pixels); 0 for a convex one, and, given the mask's
+    ``area`` (pixels), for one whose hull is less than :data:`NOTCH_AREA` larger (a crack, not a
+    part left out)."""
     rows = _defects(contour)
     if rows is None or minor <= 0:
         return 0.0
+    if area is not None:
+        hull = float(cv2.contourArea(cv2.convexHull(contour)))
+        if hull <= 0 or 1.0 - area / hull < NOTCH_AREA:
+            return 0.0
     return float(rows[:, 3].max() / 256.0 / minor)
 
 
