@@ -425,6 +425,12 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                             "depth).")
     if is_tiff and (tiff.reduced or tiff.marked or tiff.high_byte_only):  # (what the image library reads wrong)
         return _read_tiff_with_pillow(path, what, tiff)
+    if is_tiff and _packbits_runs_cross_rows(path, tiff.bits):
+        # the image library decodes PackBits row by row: a repeat run carried into the next row made
+        # it fail ("truncated or damaged"), a literal one was read without a word as other pixels
+        # (3-44 % of the values right); the picture library decodes each strip whole, as TIFF
+        # readers at large do
+        return _read_tiff_with_pillow(path, what, tiff, why="compressed with PackBits")
     if _picture_kind(path) == "GIF":  # (the image library has no GIF reader)
         return _read_still_gif(path, what)
     reader = sitk.ImageFileReader()
@@ -495,11 +501,6 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         unread = _unread_tiff_encoding(path) if is_tiff else None
         if unread:  # ("TIFF CODEC 50000 is not supported" was called truncated or damaged)
             raise FetalIQAError(unread) from None
-        if is_tiff and _tiff_first_page_fields(path, (259,)).get(259) == 32773:
-            # PackBits runs that run on from one row into the next (each strip's length was walked
-            # whole above): the image library decodes row by row and called the file damaged; the
-            # picture library decodes each strip whole, as TIFF readers at large do
-            return _read_tiff_with_pillow(path, what, tiff, why="compressed with PackBits")
         if "File cannot be read" in reason:  # its "Reason:" is the last system error, often unrelated
             reason = "there is less of it than the header describes"
         compressed = _dicom_compression(path) if _looks_like_dicom(path, reader) else None
@@ -1184,6 +1185,37 @@ def _check_tiff_page_length(path: Path, fh: BinaryIO, page: int, width: int, hei
         k = int(np.argmax(wrong))
         raise FetalIQAError(f"{what}: its {chunk} {k + 1} holds {int(stored[k])} bytes, where {tile_w} x "
                             f"{int(high[k % per_plane])} pixels of {depth} fill {int(needed[k])}; {advice}")
+
+
+def _packbits_runs_cross_rows(path: Path, bits: int | None) -> bool:
+    """Whether a PackBits TIFF's first strip (or tile) has a run that carries on from one row into
+    the next (TIFF says each row is packed on its own; some writers pack a strip whole). A writer
+    does it throughout or nowhere, so the first strip tells. ``bits``: the first page's bits per
+    sample. False for other files."""
+    fields = _tiff_first_page_fields(path, (256, 259, 273, 277, 279, 284, 322, 324, 325))
+    if fields.get(259) != 32773:
+        return False
+    place, length = fields.get(273, fields.get(324)), fields.get(279, fields.get(325))
+    width = fields.get(322, fields.get(256))
+    samples = fields.get(277, 1) if fields.get(284, 1) == 1 else 1
+    if not place or not length or not width or not bits:
+        return False
+    row = -(-int(width) * int(samples) * int(bits) // 8)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(int(place))
+            data = fh.read(min(int(length), 1 << 24))
+    except OSError:
+        return False
+    out, at, end = 0, 0, len(data)
+    while at < end:
+        n = data[at]
+        count = n + 1 if n < 128 else 257 - n if n > 128 else 0
+        if count and out // row != (out + count - 1) // row:
+            return True
+        out += count
+        at += n + 2 if n < 128 else 2 if n > 128 else 1
+    return False
 
 
 def _packbits_length(data: bytes, want: int) -> tuple[int, int]:
