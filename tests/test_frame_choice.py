@@ -386,6 +386,14 @@ def test_an_ac_from_a_student_scoring_alone_is_doubtful_and_says_to_rescore_with
 
     meta = challenge_mask_metadata(student, student.chosen_frame)
     assert meta[META_AC_STATUS] == "doubtful" and STUDENT_ALONE_DOUBT in meta[META_AC_NOTE]
+    # beside another doubt (the mask's, the classifier's) it is still said what to do next: it was
+    # dropped, and "--cascade" appeared in no output of four cases whose masks were doubtful
+    from fetaliqa_core.analysis.units import read_ac
+
+    for reading in (read_ac(250.0, None, "flattened along one side", model_doubt=STUDENT_ALONE_DOUBT),
+                    read_ac(250.0, None, None, "the classifier scores it 0.20", model_doubt=STUDENT_ALONE_DOUBT)):
+        assert reading.status == "doubtful" and reading.note.endswith(f"; also {STUDENT_ALONE_DOUBT}")
+        assert short_doubt(reading.note) != "student alone"  # (the first reason leads)
 
 
 def test_an_ac_from_frames_the_models_saw_stretched_is_doubtful():

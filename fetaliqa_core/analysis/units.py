@@ -244,14 +244,18 @@ def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
     # every reason counts: a value out of range is said beside the first other reason
     size = "" if lo <= ac <= hi or (mask_problem and "size" in mask_problem) else (
         f"; also outside the plausible {lo:.0f}-{hi:.0f} mm")
+    # a student's word is said beside any other doubt: what to do next (re-score with its teacher)
+    # was said only where the mask and the classifier raised none
+    student = f"; also {model_doubt}" if model_doubt == STUDENT_ALONE_DOUBT else ""
     if mask_problem:
         check = "the frame, the mask and the pixel spacing" if "size" in mask_problem or size else "the frame and the mask"
         # the other model's word is said too (it was dropped: a frame the classifier scored 0.28 read
         # only "flattened")
         also = f"; also {disagreement}" if disagreement else ""
-        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{mask_doubt(mask_problem)}{also}; check {check}{size}")
+        return ACReading(DOUBTFUL, round(ac, 1), None, "",
+                         f"{mask_doubt(mask_problem)}{also}; check {check}{size}{student}")
     if disagreement:
-        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{disagreement}; check the frame{size}")
+        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{disagreement}; check the frame{size}{student}")
     if model_doubt:
         return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{model_doubt}{size}")
     if not lo <= ac <= hi:
