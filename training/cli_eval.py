@@ -99,7 +99,7 @@ def run_predictions(args: argparse.Namespace) -> int:
     given = [f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if getattr(args, k, None) is not None]
     given += ["--compare-paper"] if args.compare_paper else []
     given += ["--device"] if getattr(args, "device", None) not in (None, "auto") else []
-    given += ["--precision"] if getattr(args, "precision", None) is not None else []
+    given += ["--precision"] if getattr(args, "precision", None) not in (None, "auto") else []  # (auto: the default)
     if given:
         raise UsageError(f"--predictions evaluates answers already written, without models: leave out "
                          f"{', '.join(given)}, or give the models without --predictions to evaluate their answers")
