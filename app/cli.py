@@ -245,7 +245,7 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
     if sweep is not None:
         win.add_recent(sweep_path)
         win.set_sweep(sweep)
-        win.remember_file(sweep_path, before)
+        win.remember_file(sweep_path, before, sweep)
     elif exit_when_scored or screenshot is not None:
         QTimer.singleShot(300, lambda: finish(False, "no sweep given"))
     if max_seconds:

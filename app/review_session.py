@@ -134,11 +134,21 @@ class ReviewSession:
         self.model.verdicts = verdicts
         at = self.model.queue_frame
         if at in frames:
-            pos = frames.index(at)
+            self.model.set_review_queue(kind, frames, frames.index(at), progress, follow=False)
         else:  # its frame left the queue (judged in "unreviewed"): ] goes on to the next one after it
-            pos = max([k for k, f in enumerate(frames) if at is not None and f < at], default=0)
-        self.model.set_review_queue(kind, frames, pos, progress, follow=False)
+            self._stay_near(kind, frames, at, progress)
         return True
+
+    def _stay_near(self, kind: str, frames: list[int], at: int | None, progress: tuple[int, int]) -> None:
+        """Load the queue ``frames`` while the viewer stays on ``at``, a frame it no longer holds,
+        so that ] goes on to the queue's next frame after it and [ back to the one before it.
+        With no queue frame before it, ] goes to the queue's first (the position there, stepped
+        from, passed over that one)."""
+        before = [k for k, f in enumerate(frames) if at is not None and f < at]
+        if before or at is None:
+            self.model.set_review_queue(kind, frames, max(before, default=0), progress, follow=False)
+        else:
+            self.model.set_review_queue(kind, frames, 0, progress, follow=False, ahead_of=at)
 
     def _progress(self, kind: str) -> tuple[int, int]:
         return self.store.progress(self.sweep_id, self.reviewer, kind)
@@ -248,10 +258,10 @@ class ReviewSession:
         self.notes.pop(frame, None)
         frames = self._queue_frames(kind)
         if frame in frames:
-            pos = frames.index(frame)
+            self.model.set_review_queue(kind, frames, frames.index(frame), self._queue_progress(kind, frames),
+                                        follow=False)
         else:  # the viewer stays on the frame; ] goes on to the queue's next frame after it
-            pos = max([k for k, f in enumerate(frames) if f < frame], default=0)
-        self.model.set_review_queue(kind, frames, pos, self._queue_progress(kind, frames), follow=False)
+            self._stay_near(kind, frames, frame, self._queue_progress(kind, frames))
         return withdrawal
 
     def verdict_for(self, frame: int):

@@ -172,6 +172,7 @@ class ViewerModel:
         self.queue_kind = "candidates"
         self.queue: list[int] = []
         self.queue_pos = 0
+        self._queue_ahead_of: int | None = None  # see set_review_queue's ``ahead_of``
         self.verdicts: dict[int, str] = {}
         self.review_progress: tuple[int, int] = (0, 0)  # "12 / 40 reviewed"
 
@@ -197,6 +198,7 @@ class ViewerModel:
         self.results_version += 1
         self.queue = []
         self.queue_pos = 0
+        self._queue_ahead_of = None
         self.verdicts = {}
         self.review_progress = (0, 0)
         self.events.sweep.emit()
@@ -651,14 +653,21 @@ class ViewerModel:
 
     # -- review queue (filled by app.review_session.ReviewSession) -------------------------
     def set_review_queue(self, kind: str, frames: list[int], position: int = 0,
-                         progress: tuple[int, int] | None = None, follow: bool = True) -> None:
+                         progress: tuple[int, int] | None = None, follow: bool = True,
+                         ahead_of: int | None = None) -> None:
         """Show a review queue; the viewer follows its current frame (``follow`` False: the
-        frame shown stays, as after a verdict withdrawn on a frame the queue no longer holds)."""
+        frame shown stays, as after a verdict withdrawn on a frame the queue no longer holds).
+
+        ``ahead_of``: the frame shown, which is not in the queue and comes before every frame
+        of it; ``position`` is then the first queue frame after it, and while that frame is
+        shown ] goes to that one (a step from it went one further, and the next unreviewed
+        frame was passed over without a word)."""
         if kind not in QUEUE_KINDS:
             raise ValueError(f"unknown queue {kind!r}")
         self.queue_kind = kind
         self.queue = [int(f) for f in frames]
         self.queue_pos = int(min(max(position, 0), max(len(self.queue) - 1, 0)))
+        self._queue_ahead_of = None if ahead_of is None or not self.queue else int(ahead_of)
         if progress is not None:
             self.review_progress = (int(progress[0]), int(progress[1]))
         if self.queue and follow:
@@ -672,9 +681,17 @@ class ViewerModel:
         return self.queue[self.queue_pos]
 
     def queue_move(self, delta: int) -> int | None:
-        """Step through the queue; the viewer follows. Returns the new queue frame."""
+        """Step through the queue; the viewer follows. Returns the new queue frame (None, and
+        nothing moves, when the queue is empty or the frame shown comes before all of it and the
+        step is back)."""
         if not self.queue:
             return None
+        ahead = self._queue_ahead_of is not None and self._queue_ahead_of == self._frame
+        if ahead and delta < 0 and self.queue_pos + delta < 0:
+            return None  # no queue frame before the frame shown: it stays
+        if ahead and delta > 0:  # the position is already past the frame shown
+            delta -= 1
+        self._queue_ahead_of = None
         self.queue_pos = int(min(max(self.queue_pos + delta, 0), len(self.queue) - 1))
         self.set_frame(self.queue[self.queue_pos])
         self.events.review.emit()
@@ -684,6 +701,7 @@ class ViewerModel:
         """Follow a frame chosen elsewhere (if it is in the queue, it becomes the position)."""
         if frame in self.queue and self.queue_frame != frame:
             self.queue_pos = self.queue.index(frame)
+            self._queue_ahead_of = None
             self.events.review.emit()
 
     def set_verdicts(self, verdicts: dict[int, str], progress: tuple[int, int] | None = None) -> None:

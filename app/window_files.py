@@ -27,7 +27,9 @@ def file_state(path: str | Path) -> tuple | None:
     unnoticed), or None when it is not there (or cannot be looked at). The change time (set by the
     system on every write, and by restoring the modification time) tells a file rewritten in place
     with its size kept and its modification time put back, which went unnoticed (a copy tool that
-    keeps times does that)."""
+    keeps times does that). It also moves when nothing of the content changed (a chmod, a hard
+    link made, an extended attribute set, times put back after a backup read the file): see
+    :func:`only_change_time_moved`."""
     from fetaliqa_core.archive import member_files
 
     try:
@@ -42,6 +44,27 @@ def file_state(path: str | Path) -> tuple | None:
     except (OSError, ValueError):
         return None
     return tuple(state) + (len(files),)
+
+
+def only_change_time_moved(before: tuple | None, now: tuple | None) -> bool:
+    """Whether two :func:`file_state` differ in the files' change times alone: the same files,
+    sizes, modification times and inodes. The content may then be the same (the change time also
+    moves on a chmod, a hard link, an extended attribute set) or rewritten in place with its size
+    and modification time kept: only reading it again tells."""
+    if before is None or now is None or len(before) != len(now) or before[-1] != now[-1]:
+        return False
+    return all(b[:3] + b[4:] == n[:3] + n[4:] for b, n in zip(before[:-1], now[:-1]))
+
+
+def same_pixels_as_read(path: str | Path, sweep) -> bool:
+    """Whether ``path`` read again holds the sweep ``sweep`` was read as (its content hash: the
+    pixels, their shape and the file's spacing). False when it cannot be read now."""
+    from fetaliqa_core.io import load_sweep
+
+    try:
+        return load_sweep(path).content_hash == sweep.content_hash
+    except (FetalIQAError, OSError, ValueError, MemoryError):
+        return False
 
 
 class _DemoMaker(QObject):
@@ -78,6 +101,8 @@ class SweepFilesMixin:
     #: (path, file_state) of the sweep shown, as it was when it was read; what was last said of it
     _file_read: tuple | None = None
     _file_told: tuple | None = None
+    #: the sweep read from it (weakly: one replaced since is not kept in memory for this)
+    _file_sweep = None
 
     def check_file_on_disk(self) -> bool:
         """Say (once per change) when the file of the sweep shown was rewritten, moved or removed
@@ -85,13 +110,23 @@ class SweepFilesMixin:
         theirs, from the cache), and nothing said so; a trainer who re-exported the file under the
         same name reviewed the old one. True when it was said. One look at the file's size and
         times, on activating the window and on Score again / Resume; said in a box (on stderr when
-        headless)."""
+        headless).
+
+        When only the change time moved (a chmod, a hard link made by a backup, an extended
+        attribute, times put back after a read; or a rewrite in place with size and modification
+        time kept) the file is read again, once, and its pixels compared with those shown: the
+        same, and nothing is said (each of those said "changed on disk ... open it again")."""
         if self._file_read is None or self.model.sweep is None:
             return False
         path, before = self._file_read
         now = file_state(path)
         if now == before or (path, now) == self._file_told:
             return False
+        if only_change_time_moved(before, now):
+            shown = self._file_sweep() if self._file_sweep is not None else None
+            if shown is not None and self._same_as_read(path, shown):
+                self._file_read = (path, now)  # (the next look is one stat again)
+                return False
         self._file_told = (path, now)
         name = Path(path).name
         what = "is no longer there" if now is None else "changed on disk"
@@ -100,6 +135,16 @@ class SweepFilesMixin:
         self.alert("Sweep file changed", f"{name} {what} since it was opened: the window shows the sweep as it "
                    f"was read then (its frames, scores and verdicts).{again}")
         return True
+
+    def _same_as_read(self, path: str, sweep) -> bool:
+        from PySide6.QtCore import Qt
+        from PySide6.QtWidgets import QApplication
+
+        QApplication.setOverrideCursor(Qt.WaitCursor)  # (a large sweep takes seconds to read)
+        try:
+            return same_pixels_as_read(path, sweep)
+        finally:
+            QApplication.restoreOverrideCursor()
 
     def _dialog_start(self) -> str:
         return str(Path(self.settings.recent_files[0]).parent) if self.settings.recent_files else str(Path.home())
@@ -198,15 +243,19 @@ class SweepFilesMixin:
                 if rest else "")
         self.notify(f"Opened {Path(path).name}: {n} frame{'' if n == 1 else 's'}.{left}", 30000 if rest else 5000)
         self.set_sweep(sweep, score=score)
-        self.remember_file(path, before)
+        self.remember_file(path, before, sweep)
         self.sweep_opened.emit(path)
 
-    def remember_file(self, path: str | Path, before: tuple | None = None) -> None:
-        """The sweep shown was read from ``path`` (``before``: its :func:`file_state` looked at
-        before it was read), for :meth:`check_file_on_disk` (a sweep given on the command line was
-        never looked at again)."""
+    def remember_file(self, path: str | Path, before: tuple | None = None, sweep=None) -> None:
+        """The sweep shown (``sweep``, default the model's) was read from ``path`` (``before``: its
+        :func:`file_state` looked at before it was read), for :meth:`check_file_on_disk` (a sweep
+        given on the command line was never looked at again)."""
+        import weakref
+
         path = str(path)
         self._file_read, self._file_told = (path, before if before is not None else file_state(path)), None
+        sweep = self.model.sweep if sweep is None else sweep
+        self._file_sweep = weakref.ref(sweep) if sweep is not None else None
 
     def _open_failed(self, message: str, path: str | None = None) -> None:
         self._loader = None

@@ -508,6 +508,42 @@ def test_a_second_window_on_the_same_database_shows_the_verdicts_it_holds(qtbot,
         win.review.close_store()
 
 
+def test_next_after_a_frame_judged_in_another_window_is_the_next_unreviewed_one(qtbot, tmp_path, no_modal):
+    """Queue "unreviewed" in two windows of one reviewer: B judged the frame A showed, the first
+    of the queue. A, reading the verdicts again on coming to the front, stayed on it with the
+    queue's position on the next unreviewed frame, so ] stepped one further and that frame was
+    passed over without a word. Now ] goes to it, and [ (no queue frame before) stays."""
+    db = tmp_path / "r.sqlite3"
+    a = scored_window(qtbot, AppSettings(reviewer="ann", review_db=str(db)))
+    b = scored_window(qtbot, AppSettings(reviewer="ann", review_db=str(db)))
+    assert a.review.start() and b.review.start()
+    for win in (a, b):
+        win.review.session.set_queue("unreviewed")
+        QApplication.processEvents()
+    queue = list(a.model.queue)
+    shown = a.model.frame
+    assert shown == queue[0] and len(queue) >= 3
+    b.model.set_frame(shown)
+    b.review.choose("optimal")
+    b.review.save_and_next()
+    QApplication.processEvents()
+    a.activateWindow()
+    qtbot.waitUntil(a.isActiveWindow, timeout=3000)
+    QApplication.processEvents()
+    assert a.model.frame == shown and a.model.queue == queue[1:]  # read again; the frame shown stays
+    press(a, "[")
+    assert a.model.frame == shown
+    press(a, "]")
+    assert a.model.frame == queue[1]  # was queue[2]
+    press(a, "]")
+    assert a.model.frame == queue[2]
+    press(a, "[")
+    assert a.model.frame == queue[1]
+    assert not no_modal
+    for win in (a, b):
+        win.review.close_store()
+
+
 def _typed(keys) -> None:
     """Keys as the keyboard sends them: to whatever has the focus (a key or a string)."""
     target = QApplication.focusWidget()

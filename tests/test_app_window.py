@@ -657,6 +657,52 @@ def test_a_sweep_file_rewritten_in_place_with_its_size_and_time_kept_is_said_too
     assert win.check_file_on_disk() and "a.mha changed on disk" in warnings[-1]
 
 
+def test_a_sweep_file_whose_metadata_alone_changed_is_not_said_to_have_changed(qtbot, make_window, warnings,
+                                                                              tmp_path):
+    """The window compared the files' change time, which also moves on a chmod, a hard link made
+    (a backup by links), an extended attribute set and times put back after a read: each said
+    "changed on disk ... open it again" of a file whose content was the same. The file is now read
+    again when only its change time moved: the same pixels, nothing said; others, said."""
+    import os
+    import time
+
+    import SimpleITK as sitk
+
+    path, other = tmp_path / "a.mha", tmp_path / "other.mha"
+    frames = tiny_sweep(1, 6, 40, 50).frames
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(path))
+    sitk.WriteImage(sitk.GetImageFromArray(frames[::-1].copy()), str(other))
+    win = make_window(score=False)
+    assert win.open_path(path, block=True) is not False
+    (tmp_path / "backup").mkdir()
+
+    def read_with_times_put_back():
+        st = path.stat()
+        path.read_bytes()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    changes = {"chmod": lambda: os.chmod(path, 0o444), "hard link": lambda: os.link(path, tmp_path / "backup" / "a.mha"),
+               "times put back": read_with_times_put_back}
+    if hasattr(os, "setxattr"):
+        changes["extended attribute"] = lambda: os.setxattr(path, "user.backup", b"1")
+    for what, change in changes.items():
+        ctime = path.stat().st_ctime_ns
+        time.sleep(0.02)  # (past a coarse file-system clock's tick)
+        try:
+            change()
+        except OSError:  # (no extended attributes on this file system)
+            continue
+        assert path.stat().st_ctime_ns != ctime, what
+        assert not win.check_file_on_disk() and not warnings, what
+    os.chmod(path, 0o644)
+    stat = path.stat()
+    time.sleep(0.02)
+    with open(path, "r+b") as fh:  # and then rewritten in place, size and modification time kept
+        fh.write(other.read_bytes())
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert win.check_file_on_disk() and "a.mha changed on disk" in warnings[-1]
+
+
 def test_a_sweep_whose_data_file_is_rewritten_under_its_header_is_said_too(qtbot, make_window, warnings, tmp_path):
     """A MetaImage header (.mhd) whose data file (.raw) was exported again under it: only the
     header was looked at, and nothing was said."""
