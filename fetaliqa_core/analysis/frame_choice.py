@@ -717,20 +717,16 @@ def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | N
     reason). Unchanged when the shape is already not plausible or there is no frame."""
     if not shape.plausible or shape.ellipse is None or grey is None:
         return shape
-    # levels over the display's black: a washed-out display lifts every level alike (a skull's ring
-    # 150 against a brain of 100 over a black of 95 is a ring eleven times as bright, not 1.5)
-    black = _black_level(grey, fov)
-    lifted = lambda levels: None if levels is None else (levels[0] - black, levels[1] - black)  # noqa: E731
-    own = lifted(rim_levels(grey, fov, shape.ellipse))
+    own = rim_levels(grey, fov, shape.ellipse)
     r = _ratio(own)
-    wide = lifted(rim_levels(grey, fov, shape.ellipse, SKULL_BAND))
+    wide = rim_levels(grey, fov, shape.ellipse, SKULL_BAND)
     # a large head: the wider band leaves the image or the fan along most angles; the outline's
     # own band still sees its ring (three skulls read 'AC 249-288 mm, GA 29-33w' without a doubt)
     skull = _skull_like(own if wide is None else wide)
     if skull is None:
         # a thin ring (~2 px) is smoothed and sampled away above: read again finely, stricter
-        fine = lifted(rim_levels(grey, fov, shape.ellipse, SKULL_BAND, fine=True))
-        fine = _ratio(lifted(rim_levels(grey, fov, shape.ellipse, fine=True)) if fine is None else fine)
+        fine = rim_levels(grey, fov, shape.ellipse, SKULL_BAND, fine=True)
+        fine = _ratio(rim_levels(grey, fov, shape.ellipse, fine=True) if fine is None else fine)
         skull = fine if fine is not None and fine >= SKULL_FINE_RATIO else None
     if skull is not None:
         return replace(shape, plausible=False, quality=0.0, reason=SKULL_REASON, rim=skull)
@@ -742,14 +738,6 @@ def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | N
         if ridge is None or ridge < MIN_RIDGE_CONTRAST:
             return replace(shape, plausible=False, quality=0.0, reason=NO_EDGE_REASON, rim=r)
     return replace(shape, rim=r, off_edge=edge_offset(grey, fov, shape.ellipse))
-
-
-def _black_level(grey: np.ndarray, fov: np.ndarray | None) -> float:
-    """The display's black: the 1st percentile of the grey levels in the field of view (0 where
-    fluid or shadows show black, as they do unless the display lifts its black, washed out)."""
-    g = np.asarray(grey)
-    inside = g[np.asarray(fov, bool)] if fov is not None and np.asarray(fov).shape == g.shape else g[g > 0]
-    return float(np.percentile(inside, 1)) if inside.size else 0.0
 
 
 def edge_offset(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> str:
@@ -787,8 +775,7 @@ def edge_offset(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> str
     inner = (csum[i] - csum[i - k]) / k
     outer = (csum[i + 1 + k] - csum[i + 1]) / k
     whole = ((cnan[i] - cnan[i - k]) == 0) & ((cnan[i + 1 + k] - cnan[i + 1]) == 0)
-    floor = _black_level(grey, fov)
-    fall = (inner - outer) / np.maximum((inner + outer) / 2.0 - floor, 8.0)  # outwards; a rise is its negative
+    fall = (inner - outer) / np.maximum((inner + outer) / 2.0, 8.0)  # outwards; a rise is its negative
     # an edge is a step, not a slope: the grey must change across it more than it goes on changing
     # the same way within the next windows further in and further out. The far field of a fan fading
     # to black dims the body's far half smoothly; its steepest fall relative to the dimming grey lay
