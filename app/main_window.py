@@ -451,6 +451,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
                 if key == "cls" and getattr(lm, "threshold", None) is not None:
                     info[key]["threshold"] = float(lm.threshold)  # the bundle's own
         info["description"] = self.models.describe()
+        # a distilled student scoring without its teacher: the report's ACs are doubtful, as the window's
+        if provenance(self.models).get("student_alone"):
+            info["student_alone"] = True
         return info
 
     def _started_scoring(self, has_cls: bool, has_seg: bool) -> None:

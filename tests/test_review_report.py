@@ -313,6 +313,13 @@ def test_thumbnail_ac_is_plain_only_on_an_abdomens_outline():
     # the same abdomen's outline on a frame the classifier does not call: doubtful too
     assert _thumbnail_ac_text(mask, ac, sweep, fov, flat, "the classifier does not call it").endswith(
         "(doubtful: the classifier does not call it; check the frame)")
+    # a run of a distilled student scoring alone: doubtful as in the window (a plain AC before)
+    from fetaliqa_core.analysis.units import STUDENT_ALONE_DOUBT
+    from fetaliqa_core.review.report import is_student_alone_run
+
+    assert _thumbnail_ac_text(mask, ac, sweep, fov, flat, student_alone=True).endswith(f"(doubtful: {STUDENT_ALONE_DOUBT})")
+    assert is_student_alone_run(SimpleNamespace(bundles={"student_alone": True}))
+    assert not is_student_alone_run(SimpleNamespace(bundles={"cls": {"demo": False}}))
 
 
 def test_thumbnail_doubt_follows_the_viewer_for_both_models():

@@ -246,7 +246,7 @@ def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
         f"; also outside the plausible {lo:.0f}-{hi:.0f} mm")
     # a student's word is said beside any other doubt: what to do next (re-score with its teacher)
     # was said only where the mask and the classifier raised none
-    student = f"; also {model_doubt}" if model_doubt == STUDENT_ALONE_DOUBT else ""
+    student = f"; also {STUDENT_ALONE_DOUBT}" if model_doubt and STUDENT_ALONE_DOUBT in model_doubt else ""
     if mask_problem:
         check = "the frame, the mask and the pixel spacing" if "size" in mask_problem or size else "the frame and the mask"
         # the other model's word is said too (it was dropped: a frame the classifier scored 0.28 read

@@ -264,12 +264,14 @@ def _outline_spacing(calibrations: tuple, sweep, mask) -> tuple[tuple[float, flo
 
 
 def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | None = None,
-                       demo: bool = False, spacing_mm: tuple[float, float] | None = None) -> str:
+                       demo: bool = False, spacing_mm: tuple[float, float] | None = None,
+                       student_alone: bool = False) -> str:
     """A thumbnail's AC read by the viewer's rules: a plain number only when the frame choice's
     verdict on its mask (here at the frame's own size, with the frame's grey levels ``frame`` for
     the outline) is a plausible abdomen, neither model contradicts it (``disagreement``:
     :func:`~fetaliqa_core.analysis.units.models_disagree`), the run is not the demonstration
-    model's and the value is in the plausible range, else marked doubtful (no GA either way)."""
+    model's nor a distilled student's scoring alone (``student_alone``) and the value is in the
+    plausible range, else marked doubtful (no GA either way)."""
     from fetaliqa_core.analysis import frame_choice
     from fetaliqa_core.analysis.ac import measure_ac, resolve_fov
     from fetaliqa_core.analysis.units import model_doubt, read_ac
@@ -284,7 +286,7 @@ def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | Non
             return "AC not measured on this outline"
     grey = None if frame is None or np.asarray(frame).shape != region.shape else np.asarray(frame)
     shape = frame_choice.mask_shape(region, resolve_fov(fov, region.shape), px_mm, grey=grey)
-    r = read_ac(ac.ac_mm, None, shape.problem, disagreement, model_doubt(demo, px_mm))
+    r = read_ac(ac.ac_mm, None, shape.problem, disagreement, model_doubt(demo, px_mm, student_alone))
     # the reason too (the summary points here for it): 'doubtful' alone said nothing of why
     return f"AC {r.ac_mm:.1f} mm" + ("" if r.trusted else f" (doubtful: {r.note})")
 
@@ -327,9 +329,17 @@ def is_demo_run(run: ModelRun) -> bool:
         "demo model" in str(bundles.get("description", "")))
 
 
+def is_student_alone_run(run: ModelRun) -> bool:
+    """The run was a distilled student scoring without its teacher (its ACs are a first look)."""
+    bundles = run.bundles if isinstance(run.bundles, dict) else {}
+    return bundles.get("student_alone") is True
+
+
 def _bundle_text(bundles: dict[str, Any]) -> str:
     parts = []
     for role, info in sorted(bundles.items()):
+        if role == "student_alone":  # (said by the ACs' doubt, not a bundle)
+            continue
         if isinstance(info, dict):
             name = info.get("name") or ""
             digest = str(info.get("hash") or "")[:12]
@@ -650,7 +660,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                     caption += f"<br>{_e('AC not shown: ' + outline_problem)}"
                 elif ac is not None and _lengths_shown(sweep):
                     doubt = _thumbnail_doubt(run, f)
-                    caption += f"<br>{_e(_thumbnail_ac_text(mask, ac, sweep, fov, frames[f], doubt, is_demo_run(run), outline_mm))}"
+                    caption += "<br>" + _e(_thumbnail_ac_text(mask, ac, sweep, fov, frames[f], doubt, is_demo_run(run),
+                                                              outline_mm, is_student_alone_run(run)))
                 if f in latest_by_frame:
                     caption += "<br>" + _label_html(latest_by_frame[f].label)
                 cells.append(f'<td width="{disp_w + 6}" valign="top" align="center">'
