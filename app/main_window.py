@@ -289,7 +289,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             return
         self._user_asked_models = user
         if user:
-            self.check_file_on_disk()  # Score again answers the frames read then, from the cache
+            # Score again answers the frames read then, from the cache (said at once, or a moment
+            # later when the file is read again to tell: scoring starts on those frames meanwhile)
+            self.check_file_on_disk()
         models = self.models if self._models_for == self.choice else None
         self.model.set_scoring(True, "loading models…" if models is None else "")
         self.scoring.start(self.model.sweep, choice=self.choice, models=models, focus=self.model.frame,
@@ -1066,6 +1068,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
                 self.hide()
                 loader.stop()
                 detach_until_finished(loader)
+        self._file_check = None  # the sweep's file being read again: its answer is dropped (nothing said)
         if self._train_dialog is not None:  # (a run has ended by now: see _close_after_training)
             self._train_dialog.shutdown()
         self.scoring.shutdown(abandon_loading=True)  # models still loading are not waited for

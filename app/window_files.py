@@ -58,13 +58,60 @@ def only_change_time_moved(before: tuple | None, now: tuple | None) -> bool:
 
 def same_pixels_as_read(path: str | Path, sweep) -> bool:
     """Whether ``path`` read again holds the sweep ``sweep`` was read as (its content hash: the
-    pixels, their shape and the file's spacing). False when it cannot be read now."""
+    pixels, their shape and the file's spacing). False when it cannot be read now. Seconds for a
+    large sweep: the window asks it off its thread (:class:`_FileComparer`)."""
     from fetaliqa_core.io import load_sweep
 
     try:
-        return load_sweep(path).content_hash == sweep.content_hash
+        return _content_hash(load_sweep(path)) == _content_hash(sweep)
     except (FetalIQAError, OSError, ValueError, MemoryError):
         return False
+
+
+def _content_hash(sweep) -> str:
+    """``sweep.content_hash``, worked out without taking the lock Python 3.11 holds over the
+    property for every sweep while one is hashed (about 1 s for a full case): from a thread of
+    its own, this hash would keep the window's thread waiting on any other sweep's."""
+    known = getattr(sweep, "__dict__", {}).get("content_hash")
+    if known is not None:
+        return known
+    work_out = getattr(getattr(type(sweep), "content_hash", None), "func", None)
+    return work_out(sweep) if work_out is not None else sweep.content_hash
+
+
+class _FileComparer(QObject):
+    """Reads the sweep's file again and compares its pixels with those shown
+    (:func:`same_pixels_as_read`) on a thread of its own, then says ``compared(self, same)`` on
+    the window's thread: the window's thread stayed free meanwhile (the read took seconds for a
+    large sweep, under a wait cursor, on each activation after a chmod or a backup's hard link).
+    ``path``, ``state`` (its :func:`file_state` looked at just before), ``read`` and ``told`` (the
+    window's ``_file_read`` and ``_file_told`` then) tell what the answer is about; ``thread`` is
+    the thread reading it."""
+
+    compared = Signal(object, bool)
+
+    def __init__(self, path: str, state: tuple | None, read: tuple, told: tuple | None,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.path, self.state, self.read, self.told = path, state, read, told
+        self.thread = None
+
+    def start(self, sweep) -> None:
+        """Compare ``sweep`` (the one shown: kept in memory until the comparison ends) with the file."""
+        import threading
+
+        def work() -> None:
+            try:
+                same = same_pixels_as_read(self.path, sweep)
+            except Exception:  # noqa: BLE001 - not known to be the same: said as changed (the safe side)
+                same = False
+            try:
+                self.compared.emit(self, same)
+            except RuntimeError:  # the window closed meanwhile
+                pass
+
+        self.thread = threading.Thread(target=work, name="fetaliqa-file-check", daemon=True)
+        self.thread.start()
 
 
 class _DemoMaker(QObject):
@@ -104,6 +151,9 @@ class SweepFilesMixin:
     #: the sweep read from it (weakly: one replaced since is not kept in memory for this)
     _file_sweep = None
 
+    #: the comparison of the file read again with the sweep shown, while one runs (one at a time)
+    _file_check: _FileComparer | None = None
+
     def check_file_on_disk(self) -> bool:
         """Say (once per change) when the file of the sweep shown was rewritten, moved or removed
         since it was read: the window goes on with the frames read then (Score again answers
@@ -115,7 +165,13 @@ class SweepFilesMixin:
         When only the change time moved (a chmod, a hard link made by a backup, an extended
         attribute, times put back after a read; or a rewrite in place with size and modification
         time kept) the file is read again, once, and its pixels compared with those shown: the
-        same, and nothing is said (each of those said "changed on disk ... open it again")."""
+        same, and nothing is said (each of those said "changed on disk ... open it again"). That
+        read runs off the window's thread (seconds for a large sweep froze the window): this
+        returns False at once, and the answer comes a moment later (:meth:`_file_compared`),
+        said then as here when the pixels differ or the file cannot be read. One comparison runs
+        at a time (an activation meanwhile starts none); an answer about a sweep no longer shown
+        (another opened, the window closed) is dropped. :meth:`file_check_pending` tells whether
+        one is on its way."""
         if self._file_read is None or self.model.sweep is None:
             return False
         path, before = self._file_read
@@ -124,9 +180,35 @@ class SweepFilesMixin:
             return False
         if only_change_time_moved(before, now):
             shown = self._file_sweep() if self._file_sweep is not None else None
-            if shown is not None and self._same_as_read(path, shown):
-                self._file_read = (path, now)  # (the next look is one stat again)
-                return False
+            if shown is not None:
+                if self._file_check is None:
+                    self._file_check = _FileComparer(path, now, self._file_read, self._file_told, self)
+                    self._file_check.compared.connect(self._file_compared)
+                    self._file_check.start(shown)
+                return False  # (the answer comes with _file_compared)
+        return self._say_file_changed(path, now)
+
+    def file_check_pending(self) -> bool:
+        """Whether the sweep's file is being read again for :meth:`check_file_on_disk` (its answer
+        not yet acted on)."""
+        return self._file_check is not None
+
+    def _file_compared(self, check: _FileComparer, same: bool) -> None:
+        """The answer of a comparison :meth:`check_file_on_disk` started, on the window's thread."""
+        if check is not self._file_check:
+            return  # (the window closed since: nothing is said of a sweep no longer shown)
+        self._file_check = None
+        check.deleteLater()
+        if self._file_read is not check.read or self.model.sweep is None:
+            return  # another sweep shown since: not said of a file no longer shown
+        if self._file_told is not check.told:
+            return  # (a change said meanwhile: the file was removed, or rewritten again)
+        if same:
+            self._file_read = (check.path, check.state)  # (the next look is one stat again)
+            return
+        self._say_file_changed(check.path, check.state)
+
+    def _say_file_changed(self, path: str, now: tuple | None) -> bool:
         self._file_told = (path, now)
         name = Path(path).name
         what = "is no longer there" if now is None else "changed on disk"
@@ -135,16 +217,6 @@ class SweepFilesMixin:
         self.alert("Sweep file changed", f"{name} {what} since it was opened: the window shows the sweep as it "
                    f"was read then (its frames, scores and verdicts).{again}")
         return True
-
-    def _same_as_read(self, path: str, sweep) -> bool:
-        from PySide6.QtCore import Qt
-        from PySide6.QtWidgets import QApplication
-
-        QApplication.setOverrideCursor(Qt.WaitCursor)  # (a large sweep takes seconds to read)
-        try:
-            return same_pixels_as_read(path, sweep)
-        finally:
-            QApplication.restoreOverrideCursor()
 
     def _dialog_start(self) -> str:
         return str(Path(self.settings.recent_files[0]).parent) if self.settings.recent_files else str(Path.home())

@@ -601,6 +601,15 @@ def test_a_model_choice_refused_in_the_window_says_what_to_do_there(qtbot, warni
     assert "pass --model demo" in ended[-1]
 
 
+def _file_checked(qtbot, win, warnings) -> bool:
+    """``win.check_file_on_disk()`` and, when it read the file again (off the window's thread), its
+    answer waited for: whether a change was said."""
+    told = len(warnings)
+    said = win.check_file_on_disk()
+    qtbot.waitUntil(lambda: not win.file_check_pending(), timeout=20000)
+    return said or len(warnings) > told
+
+
 def test_a_sweep_file_rewritten_while_open_is_said_once(qtbot, make_window, warnings, tmp_path):
     """A sweep's file rewritten in place with another sweep's bytes while it was shown: the window
     went on with the frames read before (Score again answered those, from the cache) and nothing
@@ -654,7 +663,7 @@ def test_a_sweep_file_rewritten_in_place_with_its_size_and_time_kept_is_said_too
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     now = path.stat()
     assert (now.st_size, now.st_mtime_ns, now.st_ino) == (stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    assert win.check_file_on_disk() and "a.mha changed on disk" in warnings[-1]
+    assert _file_checked(qtbot, win, warnings) and "a.mha changed on disk" in warnings[-1]
 
 
 def test_a_sweep_file_whose_metadata_alone_changed_is_not_said_to_have_changed(qtbot, make_window, warnings,
@@ -693,14 +702,91 @@ def test_a_sweep_file_whose_metadata_alone_changed_is_not_said_to_have_changed(q
         except OSError:  # (no extended attributes on this file system)
             continue
         assert path.stat().st_ctime_ns != ctime, what
-        assert not win.check_file_on_disk() and not warnings, what
+        assert not _file_checked(qtbot, win, warnings) and not warnings, what
     os.chmod(path, 0o644)
     stat = path.stat()
     time.sleep(0.02)
     with open(path, "r+b") as fh:  # and then rewritten in place, size and modification time kept
         fh.write(other.read_bytes())
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert win.check_file_on_disk() and "a.mha changed on disk" in warnings[-1]
+    assert _file_checked(qtbot, win, warnings) and "a.mha changed on disk" in warnings[-1]
+
+
+def test_reading_a_sweep_file_again_leaves_the_window_free(qtbot, make_window, warnings, tmp_path, monkeypatch):
+    """A file whose change time alone moved (a chmod, a backup's hard link) was read again on the
+    window's thread, on each activation: seconds of a frozen window for a large sweep. It is read
+    off it now; the answer comes a moment later: the same pixels, nothing said; others, said once;
+    about a sweep no longer shown (another opened, the window closed), dropped."""
+    import os
+    import threading
+    import time
+
+    import SimpleITK as sitk
+
+    import app.window_files as window_files
+
+    path = tmp_path / "a.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(tiny_sweep(1, 6, 40, 50).frames), str(path))
+    win = make_window(score=False)
+    assert win.open_path(path, block=True) is not False
+    release, answer, reads = threading.Event(), {"same": True}, []
+
+    def slow_read(where, sweep):  # a large sweep's read: until the test lets it end
+        reads.append(threading.current_thread() is threading.main_thread())
+        release.wait(10)
+        return answer["same"]
+
+    monkeypatch.setattr(window_files, "same_pixels_as_read", slow_read)
+
+    def touch():  # the change time alone moves
+        ctime = path.stat().st_ctime_ns
+        time.sleep(0.02)  # (past a coarse file-system clock's tick)
+        os.chmod(path, 0o444 if path.stat().st_mode & 0o200 else 0o644)
+        assert path.stat().st_ctime_ns != ctime
+
+    def asked() -> float:  # check_file_on_disk's time on the window's thread
+        start = time.monotonic()
+        assert not win.check_file_on_disk()
+        return time.monotonic() - start
+
+    touch()
+    assert asked() < 2 and win.file_check_pending()
+    qtbot.waitUntil(lambda: bool(reads), timeout=5000)
+    assert reads == [False]  # not on the window's thread
+    assert asked() < 2 and len(reads) == 1  # one comparison at a time: none started meanwhile
+    release.set()
+    qtbot.waitUntil(lambda: not win.file_check_pending(), timeout=5000)
+    assert not warnings  # the same pixels: nothing said
+    assert not win.check_file_on_disk() and len(reads) == 1  # (and the file not read again)
+
+    release.clear()
+    answer["same"] = False
+    touch()
+    assert asked() < 2 and win.file_check_pending() and not warnings
+    release.set()
+    qtbot.waitUntil(lambda: not win.file_check_pending(), timeout=5000)
+    assert len(warnings) == 1 and "a.mha changed on disk" in warnings[0]
+    assert not win.check_file_on_disk() and len(reads) == 2 and len(warnings) == 1  # said once
+
+    assert win.open_path(path, block=True) is not False  # opened again: then another sweep shown
+    release.clear()
+    touch()
+    assert asked() < 2 and win.file_check_pending()
+    win.set_sweep(tiny_sweep(1, 4, 40, 50), score=False)
+    release.set()
+    qtbot.waitUntil(lambda: not win.file_check_pending(), timeout=5000)
+    assert len(warnings) == 1  # nothing said of a file no longer shown
+
+    assert win.open_path(path, block=True) is not False  # and the window closed meanwhile
+    release.clear()
+    touch()
+    assert asked() < 2 and win.file_check_pending()
+    check = win._file_check
+    win.close()
+    release.set()
+    check.thread.join(5)
+    qtbot.wait(50)  # (its answer delivered, had it not been dropped)
+    assert not check.thread.is_alive() and len(warnings) == 1
 
 
 def test_a_sweep_whose_data_file_is_rewritten_under_its_header_is_said_too(qtbot, make_window, warnings, tmp_path):
