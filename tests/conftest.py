@@ -25,6 +25,18 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     return home
 
 
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+    """This machine as a CPU without bf16 matrix instructions, whatever CPU runs the tests: automatic
+    precision is then fp32 (the probe's answer is kept per process: cleared before and after)."""
+    from fetaliqa_core.models import device as dev
+
+    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: ((), True))
+    dev.cpu_precision_probe.cache_clear()
+    yield
+    dev.cpu_precision_probe.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle_dirs(tmp_path_factory):
     """Classifier (cls) and 3-class segmenter (seg) bundles on a random tiny base, saved to disk."""

@@ -465,7 +465,7 @@ def test_the_table_gives_each_bundle_of_a_pair_its_own_hash(tmp_path, capsys):
 
 
 def test_machines_that_choose_other_number_formats_share_an_archive(archive_dir, reference, tmp_path, capsys,
-                                                                     monkeypatch):
+                                                                     monkeypatch, cpu_without_bf16):
     """The number format was part of every case's key: a machine whose CPU chose fp32 rescored
     every case a bf16 machine had scored (and the other way round), and rank 0's table called the
     other machines' cases stale. Left to each machine, the format is recorded and not compared;
@@ -475,7 +475,8 @@ def test_machines_that_choose_other_number_formats_share_an_archive(archive_dir,
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     here = _table(out)[0]["precision"]
-    other = "fp32" if here == "bf16" else "bf16"
+    assert here == "fp32"  # (the tests pin fp32; left to itself, this machine chooses fp32 too: cpu_without_bf16)
+    other = "bf16"
     monkeypatch.delenv("FETALIQA_PRECISION", raising=False)
     args = ["score", str(archive_dir), "--archive", "--out", str(out), "--no-cache", "--quiet"]
     capsys.readouterr()
@@ -487,7 +488,7 @@ def test_machines_that_choose_other_number_formats_share_an_archive(archive_dir,
     assert main(args + ["--precision", other]) == 0  # asked for: every case is computed that way
     assert capsys.readouterr().out.count("already scored with these models, skipped") == 0
     assert {r["precision"] for r in _table(out)} == {other} and {r["status"] for r in _table(out)} == {"ok"}
-    assert main(args) == 0  # left to this machine, which would choose the other: nothing to do
+    assert main(args) == 0  # left to this machine, which chooses fp32: the bf16 cases stand, nothing to do
     said = capsys.readouterr().out
     assert said.count("already scored with these models, skipped") == 4 and "mixes" not in said
     assert {r["precision"] for r in _table(out)} == {other} and {r["status"] for r in _table(out)} == {"ok"}

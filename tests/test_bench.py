@@ -325,7 +325,8 @@ def test_speed_bench_skips_the_real_architecture_in_bf16_without_bf16_instructio
     assert speed.bf16_skipped(said.append) is None
 
 
-def test_rss_target_is_judged_in_the_format_measured_without_the_precision_section(monkeypatch, tmp_path):
+def test_rss_target_is_judged_in_the_format_measured_without_the_precision_section(monkeypatch, tmp_path,
+                                                                                   cpu_without_bf16):
     """`bench --speed --sections rss` on a CPU without bf16 instructions measured the fp32 peak
     RSS (2.69 GB), then its target line looked up bf16 (the probe lives in the precision section,
     and without it bf16 was assumed): "peak RSS ... (bf16) ...: n/a ...: not measured"."""
@@ -335,7 +336,6 @@ def test_rss_target_is_judged_in_the_format_measured_without_the_precision_secti
     from fetaliqa_core.bench import speed
     from fetaliqa_core.models import device as dev
 
-    monkeypatch.setattr(dev, "cpu_bf16_flags", lambda: ((), True))
     monkeypatch.delenv(dev.PRECISION_ENV, raising=False)
     monkeypatch.setattr(speed, "_bundle_pair", lambda workdir, arch: (tmp_path / "cls", tmp_path / "seg"))
     children = []
