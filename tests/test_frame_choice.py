@@ -558,6 +558,23 @@ def test_a_large_head_whose_outer_band_leaves_the_image_is_still_a_skull():
         assert fc.mask_shape(mask, fov, 0.3, grey=abdomen).plausible
 
 
+def test_a_head_in_a_field_of_view_found_round_it_alone_is_still_a_skull():
+    """A fan found from one frame whose fluid is shown as black with sparse speckle can be the body
+    alone: the bands round the outline then lie outside it at every angle, no check of the
+    outline ran, and heads of an independent generator read 'AC 270 mm, GA 31w' without a doubt.
+    The frame is read as it is then: the head is a skull, the abdomen stays an abdomen."""
+    for seed, (axes, angle) in enumerate([((34, 29), 15.0), ((42, 33), -30.0)]):
+        fov = ellipse((112, 112), (int(axes[0] * 1.04) + 1, int(axes[1] * 1.04) + 1), angle) > 0
+        head, mask = _scene("head", center=(112, 112), axes=axes, angle=angle, seed=seed, fov=fov)
+        e = fc.mask_shape(mask, fov, PX_MM).ellipse
+        assert fc.rim_levels(head, fov, e) is None and fc.rim_levels(head, fov, e, fc.SKULL_BAND) is None
+        h = fc.mask_shape(mask, fov, PX_MM, grey=head)
+        assert not h.plausible and h.reason == fc.SKULL_REASON, h.reason
+        abdomen, mask = _scene("abdomen", center=(112, 112), axes=axes, angle=angle, seed=seed, fov=fov)
+        a = fc.mask_shape(mask, fov, PX_MM, grey=abdomen)
+        assert a.plausible and a.reason == "", a.reason
+
+
 def _large_scene(kind: str, ring_px: int, axes=(96, 84), angle=10.0, seed=0):
     """A 480 x 360 frame (0.45 mm a pixel, as a downsampled export) of ``kind`` ``"head"`` (a bone
     ring ``ring_px`` wide round a dark brain, the mask filling the skull's inside) or ``"abdomen"``

@@ -714,19 +714,33 @@ def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | N
     reaches :data:`SKULL_RIM_RATIO` outlines a skull, one below :data:`FLUID_RIM_RATIO` runs
     through the fluid around the body, and one whose :func:`edge_contrast` is below
     :data:`MIN_EDGE_CONTRAST` follows no edge; none is an abdomen's outline (not plausible, with the
-    reason). Unchanged when the shape is already not plausible or there is no frame."""
+    reason). Unchanged when the shape is already not plausible or there is no frame. Where ``fov``
+    leaves out the bands round the outline along most of it, the skull's ring is looked for
+    without it."""
     if not shape.plausible or shape.ellipse is None or grey is None:
         return shape
     own = rim_levels(grey, fov, shape.ellipse)
-    r = _ratio(own)
     wide = rim_levels(grey, fov, shape.ellipse, SKULL_BAND)
+    r = _ratio(own)
     # a large head: the wider band leaves the image or the fan along most angles; the outline's
     # own band still sees its ring (three skulls read 'AC 249-288 mm, GA 29-33w' without a doubt)
     skull = _skull_like(own if wide is None else wide)
+    if own is None and wide is None and fov is not None:
+        # the field of view leaves out what lies just round the outline along most of it: a fan
+        # found from one frame whose fluid is shown as black with sparse speckle is the body alone
+        # (its bright layers and all), and heads of an independent generator read 'AC 270 mm, GA
+        # 31w' without a doubt. Their ring is looked for on the frame as it is then (the black
+        # beyond a real fan's edge is no skull's echo); the other checks keep the field of view
+        # (read without it, thoraxes that field of view had left doubtful read plain)
+        own, wide = rim_levels(grey, None, shape.ellipse), rim_levels(grey, None, shape.ellipse, SKULL_BAND)
+        skull = _skull_like(own if wide is None else wide)
+        fov_for_skull = None
+    else:
+        fov_for_skull = fov
     if skull is None:
         # a thin ring (~2 px) is smoothed and sampled away above: read again finely, stricter
-        fine = rim_levels(grey, fov, shape.ellipse, SKULL_BAND, fine=True)
-        fine = _ratio(rim_levels(grey, fov, shape.ellipse, fine=True) if fine is None else fine)
+        fine = rim_levels(grey, fov_for_skull, shape.ellipse, SKULL_BAND, fine=True)
+        fine = _ratio(rim_levels(grey, fov_for_skull, shape.ellipse, fine=True) if fine is None else fine)
         skull = fine if fine is not None and fine >= SKULL_FINE_RATIO else None
     if skull is not None:
         return replace(shape, plausible=False, quality=0.0, reason=SKULL_REASON, rim=skull)
