@@ -283,6 +283,23 @@ def _nrrd(path: Path, arr: np.ndarray, extra: str, encoding: str = "raw") -> Pat
     return path
 
 
+def test_a_nrrd_with_spacings_beside_space_directions_says_so_in_plain_words(tmp_path):
+    """A NRRD stating both 'space directions' and 'spacings' (which the format forbids) was refused with
+    the image library's own "[nrrd] _nrrdFieldCheckSpaceInfo: axis[0] has a direction vector, ..."."""
+    arr = _grey().astype(np.uint8)
+    both = _nrrd(tmp_path / "both.nrrd", arr, "space: left-posterior-superior\n"
+                 "space directions: (0.28,0,0) (0,0.28,0) (0,0,1)\nspacings: 0.5 0.5 1")
+    with pytest.raises(FetalIQAError) as err:
+        load_sweep(both)
+    message = str(err.value)
+    assert "states the pixel size twice" in message and "'spacings: 0.5 0.5 1'" in message, message
+    assert "(0.28,0,0)" in message and "_nrrdFieldCheckSpaceInfo" not in message and "[nrrd]" not in message
+    mins = _nrrd(tmp_path / "mins.nrrd", arr, "space: left-posterior-superior\n"
+                 "space directions: (0.28,0,0) (0,0.28,0) (0,0,1)\naxis mins: 0 0 0")
+    with pytest.raises(FetalIQAError, match="gives 'axis mins' beside 'space directions'.*remove the line"):
+        load_sweep(mins)
+
+
 def test_nrrd_lengths_in_cm_are_converted_and_a_unit_that_is_no_length_is_unknown(tmp_path):
     """The image reader takes every NRRD length as mm: 0.05 cm was shown as 0.05 mm, so an AC
     was ten times too short."""
@@ -677,6 +694,14 @@ def test_a_folder_of_several_series_says_which_it_read_or_refuses_a_tie(tmp_path
     sweep = load_sweep(tie)
     assert sweep.n_frames == 4
     assert any("2 DICOM series" in n and "(3 frame(s)) are left out" in n for n in sweep.read_notes)
+    # one frame a file, each file a series of its own: said so, not "1 frames each at most"
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for k in range(3):
+        _dicom(stills / f"s{k}.dcm", arr, series=f"1.2.3.5.{k + 1}", instance=1)
+    with pytest.raises(FetalIQAError, match=r"3 DICOM series of one frame each \(each file a series of its own\), "
+                       "so none is a sweep. Export the sweep again as one series"):
+        load_sweep(stills)
 
 
 def test_a_series_is_read_in_acquisition_order(tmp_path):
@@ -2202,6 +2227,25 @@ def test_a_damaged_gzip_nifti_is_one_line_never_a_zlib_error(tmp_path):
             load_sweep(bad)
         except FetalIQAError:
             pass
+
+
+def test_a_gzip_compressed_sweep_file_is_said_to_be_one_to_decompress(tmp_path):
+    """A .mha.gz (gzip around a whole MetaImage, which image readers do not read) was "not a
+    readable image file (no supported image header found)": nothing said it only needed unpacking."""
+    from fetaliqa_core.io import write_volume
+
+    mha = tmp_path / "sweep.mha"
+    write_volume(mha, _grey(n=3).astype(np.uint8))
+    for name, data in (("sweep.mha.gz", gzip.compress(mha.read_bytes())),
+                       ("cut.mha.gz", gzip.compress(mha.read_bytes())[:400]),  # the start still inflates
+                       ("sweep.bin", gzip.compress(b"\x00" * 200))):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(FetalIQAError) as err:
+            load_sweep(path)
+        message = str(err.value)
+        assert "gzip-compressed" in message and "decompress it" in message, message
+        assert ("(a MetaImage inside)" in message) == name.endswith(".mha.gz") and "no supported" not in message
 
 
 @pytest.mark.parametrize("scale, dtype, gain", [(257, np.uint16, 1.0), (16, np.uint16, 1.0), (256, np.uint16, 1.0),

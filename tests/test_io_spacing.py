@@ -348,6 +348,61 @@ def test_a_colour_box_alone_says_nothing_of_where_the_image_lies(tmp_path):
     assert sweep.crop is None and sweep.image_regions == () and sweep.frames.shape == (2, 120, 160)
 
 
+def _typed(region, data_type):
+    region.RegionDataType = data_type
+    return region
+
+
+@pytest.mark.parametrize("data_type", [2, 0x0D], ids=["colour_flow_box", "grey_bar"])
+def test_the_pixel_size_is_the_tissue_regions_not_a_box_listed_over_the_whole_screen(tmp_path, data_type):
+    """A colour-flow box (or a grey bar) listed over the whole screen at 0.5 mm beside the tissue
+    image at 0.28 mm: the frames were cut to the tissue image but measured at the box's 0.5 mm, the
+    largest region's (an AC 1.8 times too long, shown plainly, no problem said)."""
+    frames = _frames(n=2, h=120, w=160)
+    path = tmp_path / "box.dcm"
+    write_us_dicom(path, frames, regions=[_typed(_region(0, 0, 159, 119, 0.05, 0.05), data_type),
+                                          _region(40, 30, 139, 109, 0.028, 0.028)])
+    sweep = load_sweep(path)
+    assert sweep.crop == ((40, 30, 139, 109), (120, 160)) and sweep.frames.shape == (2, 80, 100)
+    assert sweep.spacing_mm == pytest.approx((0.28, 0.28)) and sweep.spacing_source == SPACING_FROM_US_REGION
+    assert sweep.spacing_problem is None and sweep.region_calibrations == ()
+    assert sweep.measurement_spacing_mm == pytest.approx((0.28, 0.28))
+    assert not any("differently calibrated" in n for n in sweep.read_notes)
+    # the same with the tissue region of no stated type (older writers): still the image's size
+    untyped = tmp_path / "untyped.dcm"
+    tissue = _region(40, 30, 139, 109, 0.028, 0.028)
+    del tissue.RegionDataType
+    write_us_dicom(untyped, frames, regions=[_typed(_region(0, 0, 159, 119, 0.05, 0.05), data_type), tissue])
+    assert load_sweep(untyped).spacing_mm == pytest.approx((0.28, 0.28))
+
+
+def test_tissue_regions_that_disagree_are_not_settled_by_a_box_over_them(tmp_path):
+    """Two like-sized tissue images at 0.3 and 0.6 mm leave the pixel size unknown; a colour box over
+    the whole screen at 0.5 mm (the largest region) had been used for both."""
+    frames = _frames(n=2, h=120, w=160)
+    path = tmp_path / "dual.dcm"
+    write_us_dicom(path, frames, regions=[_typed(_region(0, 0, 159, 119, 0.05, 0.05), 2),
+                                          _region(0, 0, 79, 119, 0.03, 0.03), _region(80, 0, 159, 119, 0.06, 0.06)])
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_NONE and sweep.spacing_problem is not None
+    assert "like size with different pixel sizes (0.3 x 0.3 mm and 0.6 x 0.6 mm)" in sweep.spacing_note
+
+
+def test_a_colour_box_alone_gives_its_size_and_a_grey_bar_alone_none(tmp_path):
+    """With no tissue region listed, a colour-flow box is drawn over the tissue image at its scale:
+    its size is the frames'. A grey bar's is never the body's: no size, and the note says why."""
+    frames = _frames(n=2, h=120, w=160)
+    colour = tmp_path / "colour.dcm"
+    write_us_dicom(colour, frames, regions=[_typed(_region(0, 0, 159, 119, 0.03, 0.03), 2)])
+    sweep = load_sweep(colour)
+    assert sweep.spacing_mm == pytest.approx((0.3, 0.3)) and sweep.spacing_source == SPACING_FROM_US_REGION
+    bar = tmp_path / "bar.dcm"
+    write_us_dicom(bar, frames, regions=[_typed(_region(0, 0, 159, 119, 0.03, 0.03), 0x0D)])
+    sweep = load_sweep(bar)
+    assert sweep.spacing_source == SPACING_NONE and sweep.spacing_problem is not None
+    assert "only regions that are not the image of the body (a grey bar)" in sweep.spacing_note
+
+
 def test_pixels_said_not_to_be_square_need_both_sizes_from_the_user(tmp_path):
     """A DICOM's Pixel Aspect Ratio 4\\3 (no Pixel Spacing) was ignored and one --spacing value made
     its pixels square (an AC 12 % short, shown plainly); one value also replaced a 0.3 x 0.4 mm

@@ -164,6 +164,10 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
             raise FetalIQAError(f"{folder}: the folder holds {len(ranked)} DICOM files of several frames each: "
                                 "one sweep a file. Open one of them, or score the folder (fetaliqa score "
                                 "FOLDER scores each).")
+        if longest == 1:  # (was "6 DICOM series, 1 frames each at most")
+            raise FetalIQAError(f"{folder}: the folder holds {len(ranked)} DICOM series of one frame each (each file "
+                                "a series of its own), so none is a sweep. Export the sweep again as one series "
+                                "(or one multi-frame file), or open one of the files.")
         if frames_by_series[ranked[1][0]] == longest:
             raise FetalIQAError(f"{folder}: the folder holds {len(ranked)} DICOM series, {longest} frames each "
                                 "at most, and none is the obvious sweep. Put each series in its own folder and "
@@ -451,6 +455,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
         if "Unknown PixelType" in reason:  # e.g. a PNG of grey with transparency
             raise FetalIQAError(f"{path}: its pixels are of a kind the image reader does not read ({reason.strip(': ')}; "
                                 "grey with transparency, for one). Save the image as grey or RGB.") from None
+        if nrrd is not None and "has a direction vector" in reason:
+            raise FetalIQAError(_nrrd_fields_beside_directions(path, nrrd)) from None
         if nrrd is not None and "match" in reason.lower():
             raise FetalIQAError(f"{path}: this NRRD's axes do not fit its space as the image reader needs "
                                 f"({reason}). Save the {what} as .mha, or as a NRRD with one domain axis per "
@@ -1455,6 +1461,10 @@ def _no_image_reader(path: Path, what: str) -> str:
         kind, suffix = named
         return (f"{path}: this is a {kind} file, but its name does not end in {suffix}, and image "
                 f"readers go by the name: rename it (or a copy) to end in {suffix} and open that.")
+    if _head(path, 2) == b"\x1f\x8b":  # (was "no supported image header found": a .mha.gz, a DICOM .dcm.gz)
+        inside = _gzip_inner_kind(path)
+        return (f"{path}: the file is gzip-compressed{f' ({inside} inside)' if inside else ''}, which image readers "
+                f"do not read: decompress it (gunzip, 7-Zip) and open the file it holds.")
     return (f"{path}: not a readable image file (no supported image header found). "
             f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.")
 
@@ -1512,6 +1522,23 @@ def _format_by_content(path: Path) -> tuple[str, str] | None:
         except (OSError, EOFError, ValueError, zlib.error):
             return None
     return None
+
+
+def _gzip_inner_kind(path: Path) -> str:
+    """What a gzip-compressed file holds, from its first inflated bytes: "a MetaImage", "a NRRD",
+    "a DICOM file", or "" when that is not known (or the stream does not inflate)."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            head = fh.read(132)
+    except (OSError, EOFError, ValueError, zlib.error):
+        return ""
+    if head[:7] == b"NRRD000":
+        return "a NRRD"
+    if head.split(b"\n", 1)[0].split(b"=")[0].strip().lower() in (b"objecttype", b"ndims", b"comment"):
+        return "a MetaImage"
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    return ""
 
 
 def _nifti_size_field(head: bytes) -> bool:
@@ -2972,6 +2999,28 @@ def _utf8_or_latin1(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+#: NRRD per-axis fields an axis with a space direction may not have (the NRRD format: its direction
+#: vector gives its spacing and place in space).
+_NRRD_FIELDS_NOT_WITH_DIRECTIONS = ("spacings", "axis mins", "axis maxs", "units")
+
+
+def _nrrd_fields_beside_directions(path: Path, nrrd: dict[str, str]) -> str:
+    """The line for a NRRD the image library refuses because it has per-axis fields beside its
+    'space directions' (the library's own words were "[nrrd] _nrrdFieldCheckSpaceInfo: axis[0] has
+    a direction vector, and so can't have min, max, spacing, or units set")."""
+    found = [k for k in _NRRD_FIELDS_NOT_WITH_DIRECTIONS if k in nrrd]
+    if "spacings" in found:
+        shown = f"'space directions: {nrrd.get('space directions', '')[:60]}' and 'spacings: {nrrd['spacings'][:40]}'"
+        return (f"{path}: the NRRD header states the pixel size twice, {shown}, which the NRRD format does not allow "
+                "(an axis with a space direction has no spacing of its own), so image readers refuse it and which "
+                "size is right is not known. Export the file again, or remove the wrong line from a copy's header, and "
+                "open that.")
+    named = " and ".join(f"'{k}'" for k in found) or "per-axis fields (axis mins, axis maxs, units)"
+    return (f"{path}: the NRRD header gives {named} beside 'space directions', which the NRRD format does not allow "
+            "(an axis with a space direction takes its size and place from it), so image readers refuse it. Export the "
+            f"file again, or remove the {'line' if len(found) == 1 else 'lines'} from a copy's header, and open that.")
 
 
 def _nrrd_fields(path: Path) -> dict[str, str] | None:

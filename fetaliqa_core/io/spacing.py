@@ -6,7 +6,8 @@ when they were given nothing, and a DICOM ultrasound image keeps its calibration
 Sequence of Ultrasound Regions (Physical Delta X/Y), which general image readers ignore. So:
 
 * a DICOM file's calibration is read here with pydicom from the Sequence of Ultrasound Regions
-  (units must be cm; the largest calibrated 2-D tissue region is used, and where regions state
+  (units must be cm; the largest calibrated 2-D tissue region is used, never a colour-flow box or a
+  grey bar beside it, and where regions state
   different sizes an outline is measured at that of the region holding it: :func:`outline_spacing`), else from Pixel Spacing
   (0028,0030) or an enhanced object's shared Pixel Measures; with neither, the spacing is unknown;
 * any other file's spacing is known when its header records one other than exactly 1 x 1 mm
@@ -246,7 +247,10 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
     stated = [(top_level, "its Pixel Spacing"),
               (shared, "its shared Pixel Measures" if per_frame else "its Pixel Measures"),
               (per_frame, "every frame's Pixel Measures" if shared else "its Pixel Measures")]
-    found = _region_spacing(regions, _image_size(ds))
+    # the pixel size is that of the regions whose pixels are measured (those the frames are cut to):
+    # a colour-flow box or a grey bar listed across the whole screen at another scale is not it
+    measured, others = _measured_regions(regions)
+    found = _region_spacing(measured, _image_size(ds))
     if found is not None and found[0] is not None:
         stated.insert(0, (found[0], "its ultrasound region calibration"))
     stated = [(value, name) for value, name in stated if value is not None]
@@ -267,10 +271,15 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
             shown = str(raw)[:60].replace("\n", " ")
             return None, SPACING_NONE, f"the DICOM file's {name} ({shown}) is not two positive numbers"
     if regions:
-        no_length = _region_without_length(regions)
+        no_length = _region_without_length(measured)
         if no_length:
             return None, SPACING_NONE, (f"the DICOM ultrasound region is calibrated in cm, but its {no_length} "
                                         "is no length, and there is no Pixel Spacing")
+        kinds = list(dict.fromkeys(_data_type_text(item) for item in others if _item_spacing(item) is not None))
+        if kinds:
+            return None, SPACING_NONE, (f"the DICOM file calibrates in cm only regions that are not the image of the "
+                                        f"body ({', '.join(kinds[:3])}): their pixel size is not the image's, and "
+                                        "there is no Pixel Spacing")
         return None, SPACING_NONE, ("the DICOM ultrasound regions are not calibrated in cm, and "
                                     "there is no Pixel Spacing")
     try:
@@ -383,6 +392,54 @@ SPACING_CHANGES = "the pixel size changes within the series"
 _REGION_IMAGE_TYPES = (1,)
 #: A region narrower than this (pixels) is a strip or a thumbnail, not the image.
 _MIN_REGION_PX = 32
+#: PS3.3 C.8.5.5.1.2: Region Data Type 2, a colour-flow box.
+_REGION_COLOUR_FLOW = 2
+#: The Region Data Types a 2-D region may state, as a note names them (PS3.3 C.8.5.5.1.2).
+_REGION_DATA_TYPE_NAMES = {0: "a region of data type 'none'", 2: "a colour-flow box", 0x0D: "a grey bar",
+                           0x0E: "a colour bar", 0x0F: "an integrated backscatter region"}
+
+
+def _is_image_region(item: Any) -> bool:
+    """Whether a 2-D ultrasound region is the image of the body: typed tissue, or of no stated type.
+    Raises for a type that is not a number (the caller leaves such a region out)."""
+    kind = item.get("RegionDataType", None)
+    return kind is None or int(kind) in _REGION_IMAGE_TYPES
+
+
+def _data_type_text(item: Any) -> str:
+    """A region's Region Data Type in words, for a note."""
+    try:
+        kind = int(item.get("RegionDataType", None))
+    except (TypeError, ValueError, OverflowError):
+        return "a region of unreadable data type"
+    return _REGION_DATA_TYPE_NAMES.get(kind, f"a region of data type 0x{kind:04X}")
+
+
+def _measured_regions(regions: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Of a Sequence of Ultrasound Regions' items, the 2-D regions whose pixels are measured, and
+    the other 2-D regions: ``(measured, others)``. Measured are the image's (typed tissue or of no
+    stated type: those the frames are cut to, :func:`image_regions`); where the file lists none, its
+    colour-flow boxes, drawn over a tissue image at that image's scale (the whole frame is scored
+    then). A grey or colour bar, or a colour box beside a tissue region, is never measured:
+    a colour box listed over the whole screen at 0.5 mm beside the tissue image at 0.28 mm had made
+    every length 1.8 times too long, shown plainly. Non-2-D regions (M-mode, Doppler strips) are in
+    neither list; a region whose type cannot be read is in neither."""
+    image, colour, others = [], [], []
+    for item in regions:
+        try:
+            if int(item.get("RegionSpatialFormat", _REGION_2D)) != _REGION_2D:
+                continue
+            if _is_image_region(item):
+                image.append(item)
+            elif int(item.get("RegionDataType")) == _REGION_COLOUR_FLOW:
+                colour.append(item)
+            else:
+                others.append(item)
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError):
+            continue
+    if image:
+        return image, colour + others
+    return colour, others
 
 
 def image_regions(ds: Any, image: tuple[int, int] | None = None) -> tuple[tuple[int, int, int, int], ...]:
@@ -434,8 +491,7 @@ def _tissue_regions(ds: Any, image: tuple[int, int] | None) -> list[tuple[tuple[
         try:
             if int(item.get("RegionSpatialFormat", _REGION_2D)) != _REGION_2D:
                 continue
-            kind = item.get("RegionDataType", None)
-            if kind is not None and int(kind) not in _REGION_IMAGE_TYPES:
+            if not _is_image_region(item):
                 continue
             box = tuple(int(item.get(k)) for k in ("RegionLocationMinX0", "RegionLocationMinY0",
                                                    "RegionLocationMaxX1", "RegionLocationMaxY1"))
@@ -498,7 +554,8 @@ def outline_spacing(calibrations: tuple, used: tuple[float, float], mask: Any
 
 def _region_spacing(regions: list[Any], image: tuple[int, int] | None = None
                     ) -> tuple[tuple[float, float] | None, str] | None:
-    """The largest region calibrated in cm in both directions: ``((row_mm, col_mm), note)``;
+    """Of ``regions`` (:func:`_measured_regions`: those whose pixels are measured), the largest
+    calibrated in cm in both directions: ``((row_mm, col_mm), note)``;
     None without one. Regions calibrated differently (a split screen, a zoomed inset) leave the
     pixel size unknown, ``(None, note)``, unless the largest is at least twice the size of any
     calibrated otherwise: which of two like-sized images an abdomen lies in is not known here.
