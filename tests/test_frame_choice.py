@@ -412,6 +412,15 @@ def test_an_ac_from_frames_the_models_saw_stretched_is_doubtful():
     assert reading["status"] == "doubtful" and "pixels are not square (0.35 mm wide x 0.5 mm high)" in reading["note"]
     near = dataclasses.replace(sweep, spacing_mm=(0.5, 0.49))  # 2 %: square to the models
     assert assess(near, res, thresholds).summary.chosen_ac["status"] == "ok"
+    # beside another doubt (the mask's, the classifier's) it is said too: it was dropped from the
+    # window and summary.json, and only the mask file's record said to resample the sweep
+    from fetaliqa_core.analysis.units import model_doubt, read_ac
+
+    doubt = model_doubt(False, (0.5, 0.35), student_alone=True)
+    for r in (read_ac(250.0, None, "flattened along one side", model_doubt=doubt),
+              read_ac(250.0, None, None, "the classifier scores it 0.20", model_doubt=doubt)):
+        assert r.status == "doubtful" and r.note.endswith("resample the sweep to square pixels")
+        assert "; also the pixels are not square (0.35 mm wide x 0.5 mm high)" in r.note and "re-score" in r.note
 
 
 def test_a_model_on_a_random_base_says_so(tmp_path):

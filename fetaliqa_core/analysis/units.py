@@ -163,6 +163,10 @@ STUDENT_ALONE_DOUBT = ("from a distilled student scoring alone, which is not mea
 SQUARE_PIXEL_TOLERANCE = 0.05
 
 
+#: How :func:`stretch_doubt` starts (it is found again in a model doubt that holds it).
+STRETCH_MARK = "the pixels are not square ("
+
+
 def stretch_doubt(spacing_mm) -> str | None:
     """Why an AC from the models is not to be acted on when the sweep's pixels are not square:
     the frames reach the models stretched (as stored), and their masks are those of a stretched
@@ -176,7 +180,7 @@ def stretch_doubt(spacing_mm) -> str | None:
         return None
     if not (row > 0 and col > 0) or abs(row - col) <= SQUARE_PIXEL_TOLERANCE * max(row, col):
         return None
-    return (f"the pixels are not square ({col:g} mm wide x {row:g} mm high): the models saw the frames "
+    return (f"{STRETCH_MARK}{col:g} mm wide x {row:g} mm high): the models saw the frames "
             "stretched, so their mask may be off; resample the sweep to square pixels")
 
 
@@ -244,9 +248,13 @@ def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
     # every reason counts: a value out of range is said beside the first other reason
     size = "" if lo <= ac <= hi or (mask_problem and "size" in mask_problem) else (
         f"; also outside the plausible {lo:.0f}-{hi:.0f} mm")
-    # a student's word is said beside any other doubt: what to do next (re-score with its teacher)
-    # was said only where the mask and the classifier raised none
+    # a student's word and the stretched frames' are said beside any other doubt: what to do next
+    # (re-score with its teacher, resample the sweep to square pixels) was said only where the mask
+    # and the classifier raised none (the mask file's record kept it, the window and summary.json not)
     student = f"; also {STUDENT_ALONE_DOUBT}" if model_doubt and STUDENT_ALONE_DOUBT in model_doubt else ""
+    stretched = (model_doubt or "").find(STRETCH_MARK)
+    if stretched >= 0:  # (the last of the model doubts: from its mark to the end)
+        student += f"; also {model_doubt[stretched:]}"
     if mask_problem:
         check = "the frame, the mask and the pixel spacing" if "size" in mask_problem or size else "the frame and the mask"
         # the other model's word is said too (it was dropped: a frame the classifier scored 0.28 read
