@@ -1045,6 +1045,19 @@ def test_a_whole_outline_flattened_well_inside_the_sweep_s_fan_is_doubted_as_fla
     assert record["ac_status"] == "doubtful" and record["ga"] is None
     assert record["mask_problem"].startswith("flattened, straight along one side, well inside the fan"), record
     assert "cut off" not in record["note"]
+    # a sweep on ACOUSLIC's own fan (found in its frames): the same, as `score` says it (this said
+    # "cut off straight, by an edge ACOUSLIC's fan does not have" where score said flattened)
+    from fetaliqa_core.acouslic import fov_mask
+
+    acouslic = rng.integers(40, 200, (3, H, W)).astype(np.uint8)
+    acouslic[:, (body != 0)] = frames[:, (body != 0)]
+    acouslic *= fov_mask((H, W))[None].astype(np.uint8)
+    assert (fov_mask((H, W)) | (body == 0)).all()  # (the body lies in the fan)
+    write_volume(tmp_path / "acouslic.mha", acouslic, spacing_mm=(0.28, 0.28))
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "acouslic.mha"), "--frame", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["field_of_view"] == "acouslic", record
+    assert record["mask_problem"].startswith("flattened, straight along one side, well inside the fan"), record
     # the same straight side 3 px from the fan's edge: that edge may be what cut it, and is named
     near = frames.copy()
     near[:, :217] = 0

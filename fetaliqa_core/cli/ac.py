@@ -401,10 +401,11 @@ def run(args: argparse.Namespace) -> int:
         where = {"acouslic": "ACOUSLIC's fan", "whole frame": "the whole frame"}.get(fov_name, fov_name)
         mask_problem = f"cut off straight, by an edge {where} does not have" + (
             "" if args.sweep is not None else "; give the sweep with --sweep")
-        if (sweep is not None and isinstance(fov, np.ndarray) and fov_name != "acouslic"
-                and fov_name != "whole frame" and _clear_of_edge(frame, fov)):
-            # the sweep's own fan is known, and the outline keeps clear of its edges: no edge of it
-            # cut the body there (a body pressed flat by the probe read as cut)
+        if (sweep is not None and isinstance(fov, np.ndarray) and fov_name != "whole frame"
+                and _clear_of_edge(frame, fov)):
+            # the sweep's own fan is known (ACOUSLIC's too, found in the sweep's frames), and the
+            # outline keeps clear of its edges: no edge of it cut the body there (a body pressed flat
+            # by the probe read as cut; on ACOUSLIC's fan `score` said flattened where this said cut)
             mask_problem = FLAT_SIDE_REASON
     if mask_problem is None and edge_unknown and m is not None and problem is None:
         mask_problem = UNKNOWN_EDGE_REASON
