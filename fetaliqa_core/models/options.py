@@ -73,9 +73,11 @@ def add_model_options(parser: argparse.ArgumentParser, *, bundles: bool = True, 
                             "student")
     if threshold:
         g.add_argument("--threshold", type=probability, default=None, metavar="P",
-                       help="threshold for flagged frames, on the classifier's p_cls (default: the classifier "
-                            "bundle's own); with a segmenter alone on p_seg (default 0.5, the paper's rule: "
-                            "mask >= 1 %% of the model input)")
+                       help="the classifier's threshold on p_cls (default: the classifier bundle's own); a frame "
+                            "is flagged when the mean of p_cls and p_seg reaches the mean of this and the "
+                            "segmenter's 0.5 (one model: its own score and threshold); with a segmenter alone, "
+                            "its threshold on p_seg (default 0.5, the paper's rule: mask >= 1 %% of the model "
+                            "input)")
 
 
 def model_choice_from_args(args: argparse.Namespace, *, remembered: bool = False):
