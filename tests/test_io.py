@@ -927,3 +927,21 @@ def test_running_out_of_memory_reading_a_nifti_is_said_so_not_called_damage(tmp_
     with pytest.raises(FetalIQAError, match="out of memory") as err:
         load_sweep(path)
     assert "damaged" not in str(err.value) and "more memory" in str(err.value)
+
+
+def test_frames_windowed_between_percentiles_say_so(tmp_path):
+    """Signed frames (or values of no known grey depth) are shown between their 0.5th and 99.5th
+    percentiles: brighter or darker than the scanner showed them (an int16 sweep offset by -500
+    read its mean grey 61 where its 8-bit copy read 34), and nothing said so. A note says it;
+    8-bit frames and grey levels of a known depth read as they are, without it."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 200, (3, 40, 48)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(grey - 500), str(tmp_path / "signed.mha"))
+    signed = load_sweep(tmp_path / "signed.mha")
+    assert any("0.5th and 99.5th percentiles" in n and "int16" in n for n in signed.read_notes), signed.read_notes
+    sitk.WriteImage(sitk.GetImageFromArray(grey.astype(np.uint8)), str(tmp_path / "grey.mha"))
+    sitk.WriteImage(sitk.GetImageFromArray(grey.astype(np.uint16) * 16), str(tmp_path / "deep.mha"))
+    for name in ("grey.mha", "deep.mha"):
+        assert not any("percentiles" in n for n in load_sweep(tmp_path / name).read_notes), name

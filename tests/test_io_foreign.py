@@ -1203,7 +1203,7 @@ def test_extreme_float_values_count_only_real_holes_and_warn_nothing(tmp_path, r
     sweep = load_sweep(path)
     frames = np.asarray(sweep.frames)
     assert frames[1, 30, 30] == 0 and frames[1, 5, 5] == 255
-    assert [n.split(" ")[0] for n in sweep.read_notes] == ["1"]
+    assert [n.split(" ")[0] for n in sweep.read_notes if "percentiles" not in n] == ["1"]
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
@@ -2931,7 +2931,8 @@ def test_a_tiff_stored_with_a_predictor_its_tag_leaves_out_is_not_put_down_to_th
     assert any("compressed with deflate and its Predictor tag says none" in note for note in wrong.read_notes)
     right = load_sweep(_composed_tiff(tmp_path / "on.tif", pages, compression=8, encode=zlib.compress, predictor=2))
     plain = load_sweep(_composed_tiff(tmp_path / "plain.tif", [(f, 0) for f in frames]))
-    assert np.array_equal(np.asarray(right.frames), np.asarray(plain.frames)) and right.read_notes == ()
+    assert np.array_equal(np.asarray(right.frames), np.asarray(plain.frames))
+    assert right.read_notes == plain.read_notes and not any("Predictor" in n for n in right.read_notes)
 
 
 def test_a_refusal_of_a_page_of_many_samples_names_their_true_bit_depth(tmp_path):

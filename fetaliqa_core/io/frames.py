@@ -127,6 +127,13 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
             out[s:s + CHUNK_FRAMES] = lum.astype(np.uint8)
         return out
     lo, hi, padding = _display_window(arr, comps, path, raw.window, raw.padding)
+    if raw.window is None and not (lo == 0.0 and hi in _GREY_TOPS):
+        # windowed between percentiles: what the models see is not what the scanner showed, and the
+        # same sweep stored otherwise reads brighter or darker (signed frames' mean grey 34 read 61)
+        raw.notes.append(f"the pixel values ({arr.dtype}) are not grey levels of a known depth: shown as grey "
+                         f"between {lo:.6g} and {hi:.6g} (their 0.5th and 99.5th percentiles), which may be brighter "
+                         "or darker than the scanner showed them; the models judge the frames as shown here (an "
+                         "export as 8-bit grey frames is read as it is)")
     # (hi - lo of a window over +-1.5e308 is no finite number: the values are scaled in halves, or
     # every frame came out black without a word)
     half = not math.isfinite(hi - lo)
@@ -166,6 +173,10 @@ def to_uint8_frames(raw: Raw) -> np.ndarray:
                          "shown black; if they lie inside the field of view, the frames there are not what "
                          "was recorded")
     return out
+
+
+#: The tops of the windows that keep grey levels as stored (0-1, 8 bits, 12, 14 or 16 bits).
+_GREY_TOPS = (1.0, 255.0, 4095.0, 16383.0, 65535.0)
 
 
 def _luminance_float(chunk: np.ndarray, comps: int) -> np.ndarray:
