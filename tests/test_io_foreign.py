@@ -1512,7 +1512,8 @@ def test_a_tiff_whose_page_list_points_into_a_page_is_refused(tmp_path, where, t
     ("mm", (5.0, 4.0), (0.25, 0.2)), ("micron", (0.005, 0.005), (0.2, 0.2)), ("\\u00B5m", (0.004, 0.004), (0.25, 0.25)),
     ("\u00b5m", (0.004, 0.004), (0.25, 0.25)),  # raw UTF-8, as writers that copy ImageJ's format put it
     ("millimetres", (4.0, 4.0), (0.25, 0.25)), ("pixel", (1.0, 1.0), None), ("furlong", (5.0, 5.0), "'furlong'"),
-    ("inch", (72.0, 72.0), "printing resolution"), ("cm", (40.0, 40.0), "printing resolution")])
+    ("inch", (72.0, 72.0), "printing resolution"), ("cm", (40.0, 40.0), "printing resolution"),
+    ("m", (4000.0, 4000.0), "'m', a length no ultrasound pixel is measured in here")])
 def test_a_tiff_scaled_in_imagej_keeps_its_calibration(tmp_path, unit, per_unit, expected):
     """Fiji's Set Scale writes "unit=mm" in the ImageDescription and pixels per mm in X/YResolution: a
     calibration someone made, which was refused as a printing resolution. ImageJ's own "pixel" (no

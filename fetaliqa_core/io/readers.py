@@ -839,11 +839,14 @@ def _imagej_calibration(pages: _TiffPages) -> tuple[tuple[float, float] | None, 
         return None, ""
     factor = _imagej_unit_mm(unit)
     if factor in _IMAGEJ_PRINT_MM_PER_UNIT:
-        return None, (f"the TIFF's ImageJ scale is in '{unit[:20]}', the unit ImageJ gives a picture's printing "
-                      "resolution (dots per inch or per cm), not a size in the body; scales set in mm or "
-                      "micrometres are read")
+        return None, (f"the TIFF's ImageJ scale is in '{unit[:20]}', the unit in which ImageJ also writes a "
+                      "picture's printing resolution (dots per inch or per cm), so it may be no size in the body "
+                      "and is not used; a scale set in mm or micrometres (Analyze > Set Scale) is read, or give the "
+                      "pixel size with --spacing")
     if factor not in _IMAGEJ_MM_PER_UNIT:
-        return None, f"the TIFF's ImageJ scale is in '{unit[:20]}', which is not a length unit FetalIQA reads"
+        what = "not a length" if factor is None else "a length no ultrasound pixel is measured in here"
+        return None, (f"the TIFF's ImageJ scale is in '{unit[:20]}', {what}: a scale set in mm or micrometres "
+                      "is read, or give the pixel size with --spacing")
     try:
         per_col = float(xres)
         per_row = float(yres) if yres is not None else per_col
@@ -856,7 +859,8 @@ def _imagej_calibration(pages: _TiffPages) -> tuple[tuple[float, float] | None, 
     if yunit and yunit.lower() != unit.lower():  # ImageJ writes it when rows are measured in another unit
         row_factor = _imagej_unit_mm(yunit)
         if row_factor is None:
-            return None, f"the TIFF's ImageJ scale gives its rows in '{yunit[:20]}', which is not a length unit FetalIQA reads"
+            return None, (f"the TIFF's ImageJ scale gives its rows in '{yunit[:20]}', which is not a length: a scale "
+                          "set in mm or micrometres is read, or give the pixel size with --spacing")
     return (float(f"{row_factor / per_row:.9g}"), float(f"{factor / per_col:.9g}")), ""
 
 
