@@ -9,6 +9,7 @@ queue. The reviewer's name is asked once and remembered.
 
 from __future__ import annotations
 
+import functools
 import html
 import time
 from dataclasses import dataclass
@@ -659,13 +660,17 @@ class ReviewPanel(QWidget):
         from app.report_pdf import write_pdf
         from app.worker import ReportRenderer
         from fetaliqa_core.io import load_sweep
-        from fetaliqa_core.review.report import save_report
+        from fetaliqa_core.review.report import check_output, save_report
 
         if out.suffix.lower() not in (".pdf", ".html", ".csv"):
             out = out.with_suffix(".pdf")
         current = self.model.sweep
         ids = [self.session.sweep_id] if self.session is not None else None
         try:
+            # as `fetaliqa review export` refuses it, on the name written (the dialog asked
+            # before ".pdf" was added, and only about a file the user picked): someone's
+            # minutes.pdf or budget.csv, a link, a pipe, the database itself
+            check_output(out, self.store(), option=None)
             n_sweeps = len(ids) if ids is not None else len(self.store().sweeps())
             if self.session is not None:
                 self.session.sync_run()
@@ -739,7 +744,7 @@ class ReviewPanel(QWidget):
         """Every reviewer's latest label per frame, all sweeps, as the training script takes them."""
         from fetaliqa_core.review.report import write_labels_csv
 
-        return self._write_csv(write_labels_csv, out, "Export labels", "labels")
+        return self._write_csv(functools.partial(write_labels_csv, option=None), out, "Export labels", "labels")
 
     def export_history(self) -> None:
         self._export_csv("Export verdict history (CSV)", "fetaliqa-verdict-history.csv", self.write_history)
@@ -749,7 +754,7 @@ class ReviewPanel(QWidget):
         `fetaliqa review history`)."""
         from fetaliqa_core.review.report import write_history_csv
 
-        return self._write_csv(write_history_csv, out, "Export verdict history",
+        return self._write_csv(functools.partial(write_history_csv, option=None), out, "Export verdict history",
                                "rows (replaced verdicts and withdrawals included)")
 
     def _export_csv(self, title: str, name: str, write) -> None:

@@ -248,6 +248,35 @@ def test_export_report_html_and_pdf(qtbot, tmp_path, monkeypatch):
     assert any(win.act_history in m.actions() for m in menus)
 
 
+def test_the_window_s_exports_refuse_a_file_they_did_not_write_as_the_command_line_does(qtbot, tmp_path, no_modal):
+    """A name typed without an extension ("minutes") got ".pdf" after the save dialog had
+    asked about it, and someone's minutes.pdf was replaced without a question; a spreadsheet
+    picked in the dialog was replaced by the report, where `fetaliqa review export` refuses
+    both. The refusals speak of the file, not of a --out the window does not have."""
+    win = scored_window(qtbot, AppSettings(reviewer="alice", review_db=str(tmp_path / "r.sqlite3")))
+    assert win.review.start()
+    press(win, "1")
+    press(win, "\n")
+    minutes, budget = tmp_path / "minutes.pdf", tmp_path / "budget.csv"
+    minutes.write_bytes(b"%PDF-1.4 the meeting minutes, not a report")
+    budget.write_text("item,cost\nprobe,1000\n")
+    before = {p: p.read_bytes() for p in (minutes, budget)}
+    assert win.review.write_report(tmp_path / "minutes") is None
+    assert "minutes.pdf exists and is not an earlier PDF" in no_modal[-1]
+    assert win.review.write_report(budget) is None
+    assert "budget.csv exists and is not an earlier report CSV" in no_modal[-1]
+    for write in (win.review.write_labels, win.review.write_history):
+        assert write(budget) is None
+        assert "left as it is" in no_modal[-1]
+    assert all("--out" not in text for text in no_modal) and len(no_modal) == 4
+    assert {p: p.read_bytes() for p in (minutes, budget)} == before
+    # its own earlier exports are still replaced, a name without extension too
+    assert win.review.write_report(tmp_path / "fetaliqa-review") == tmp_path / "fetaliqa-review.pdf"
+    assert win.review.write_report(tmp_path / "fetaliqa-review") == tmp_path / "fetaliqa-review.pdf"
+    assert win.review.write_labels(tmp_path / "labels.csv") == 1 == win.review.write_labels(tmp_path / "labels.csv")
+    assert len(no_modal) == 4
+
+
 def test_a_report_shows_progress_and_can_be_cancelled(qtbot, tmp_path, monkeypatch):
     """Writing a report reads each sweep again for its thumbnails (every sweep in the database
     when no review is open): 0.5-1.2 s a sweep. A progress dialog steps a sweep at a time, and

@@ -690,3 +690,106 @@ def test_the_csv_report_writes_the_weeks_of_gestation_as_every_other_output(tmp_
     (chosen,) = [r for r in csv.DictReader(io.StringIO(report_csv_text(s))) if r["chosen"] == "1"]
     assert float(chosen["ga_weeks"]) == shown.ga_weeks and len(chosen["ga_weeks"].split(".")[-1]) <= 2
     s.close()
+
+
+def test_an_earlier_export_someone_added_a_column_to_is_not_replaced(store, tmp_path, capsys):
+    """The check asked only whether the header row started with the export's columns: a labels
+    CSV someone had added a "comment" column to (their work) was replaced. The header must be
+    the export's own, or a verdict history's from before withdrawals were kept."""
+    from fetaliqa_core.review.report import HISTORY_CSV_COLUMNS, LABELS_CSV_COLUMNS
+
+    db = str(store.path)
+    annotated = tmp_path / "annotated.csv"
+    annotated.write_text(",".join(LABELS_CSV_COLUMNS) + ",comment\ncase,/x.mha,1,1,alice,t,h,looks fine\n")
+    history = tmp_path / "history.csv"
+    history.write_text(",".join(HISTORY_CSV_COLUMNS) + ",why\n")
+    for command, out in (("labels", annotated), ("history", history)):
+        before = out.read_bytes()
+        assert main(["review", command, "--db", db, "--out", str(out)]) != 0
+        err = capsys.readouterr().err
+        assert "is not an earlier" in err and err.count("\n") == 1 and out.read_bytes() == before
+    # an export of its own, re-saved by a spreadsheet with a byte-order mark and CRLF, or a history
+    # of an earlier version (no "withdrawn" column), is still replaced
+    ours = tmp_path / "ours.csv"
+    ours.write_bytes(b"\xef\xbb\xbf" + ",".join(LABELS_CSV_COLUMNS).encode() + b"\r\n")
+    old = tmp_path / "old_history.csv"
+    old.write_text(",".join(HISTORY_CSV_COLUMNS[:-1]) + "\n")
+    assert main(["review", "labels", "--db", db, "--out", str(ours)]) == 0
+    assert main(["review", "history", "--db", db, "--out", str(old)]) == 0
+    assert ours.read_text().startswith(",".join(LABELS_CSV_COLUMNS) + "\n")
+    assert old.read_text().startswith(",".join(HISTORY_CSV_COLUMNS) + "\n")
+
+
+def test_an_output_that_is_a_pipe_a_link_or_a_folder_is_refused(store, tmp_path, capsys):
+    """--out a named pipe printed "wrote" and the pipe was gone; a link (to /dev/null, to the
+    team's shared labels) became a file of its own while its target kept the old content. Only
+    a regular file, or nothing, is written."""
+    import os
+
+    db = str(store.path)
+    shared = tmp_path / "shared.csv"
+    assert main(["review", "labels", "--db", db, "--out", str(shared)]) == 0
+    capsys.readouterr()
+    link, null, pipe, folder = (tmp_path / n for n in ("link.csv", "null.csv", "pipe.csv", "folder.csv"))
+    link.symlink_to(shared)
+    null.symlink_to(os.devnull)
+    os.mkfifo(pipe)
+    folder.mkdir()
+    for out, what in ((link, "a link"), (null, "a link"), (pipe, "a named pipe"), (folder, "a folder")):
+        for command in (["labels"], ["history"], ["export", "--no-frames"]):
+            assert main(["review", *command, "--db", db, "--out", str(out)]) != 0
+            err = capsys.readouterr().err
+            assert f"is {what}" in err and "give the path of a file" in err.lower() and err.count("\n") == 1, err
+    assert link.is_symlink() and null.is_symlink() and pipe.is_fifo() and folder.is_dir()
+
+
+def test_a_sweep_named_twice_is_exported_once_and_like_wildcards_name_no_sweep(store, tmp_path, capsys):
+    """`--sweep a1a1 --sweep A1A1A1` doubled every row; `--sweep _` picked a sweep ("_" is any
+    character to SQL's LIKE), and `--sweep ""` matched every hash's empty start."""
+    db = str(store.path)
+    once, twice = tmp_path / "once.csv", tmp_path / "twice.csv"
+    assert main(["review", "labels", "--db", db, "--out", str(once), "--sweep", "a1a1"]) == 0
+    assert main(["review", "labels", "--db", db, "--out", str(twice), "--sweep", "a1a1",
+                 "--sweep", "A1A1A1"]) == 0
+    assert twice.read_text() == once.read_text()
+    capsys.readouterr()
+    single = ReviewStore(tmp_path / "single.sqlite3")
+    single.add_sweep("c3" * 32, "/data/c.mha", 5)
+    single.close()
+    for prefix in ("_", "__", "%", "c_", ""):
+        out = tmp_path / "none.csv"
+        assert main(["review", "labels", "--db", str(single.path), "--out", str(out), "--sweep", prefix]) != 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("no sweep whose hash" in err or "--sweep is empty" in err), err
+        assert not out.exists()
+    with ReviewStore(single.path, read_only=True) as again:
+        assert again.find_sweep("_") is None and again.find_sweep("") is None
+        assert again.find_sweep("c3c") is not None
+
+
+def test_reviewer_names_and_paths_from_another_program_lose_control_characters_in_every_export(tmp_path):
+    """Names and paths written into the database by another program kept their escape
+    sequences (a terminal showing the CSV cleared its screen) and direction overrides (a path
+    read backwards) in the labels, history and report CSVs and the HTML, where the notes beside
+    them were cleaned."""
+    from fetaliqa_core.review.report import history_csv_text
+
+    s = ReviewStore(tmp_path / "r.sqlite3")
+    sid = s.add_sweep("d4" * 32, "/x/case.mha", 40)
+    s.record_verdict(sid, 30, "alice", "optimal")
+    s._conn.execute("UPDATE sweeps SET path = ?", ("/x/\x1b[2Jcase\u202egnp.mha",))
+    s._conn.execute("UPDATE verdicts SET reviewer = ?, created_utc = created_utc || ?",
+                    ("evil\x1b[31mRED\x1b]0;title\x07\u202eabc\u2066", "\x00"))
+    s._conn.commit()
+    texts = {"labels": labels_csv_text(s), "history": history_csv_text(s), "csv": report_csv_text(s),
+             "html": render_report_html(s)}
+    for kind, text in texts.items():
+        bad = sorted({f"U+{ord(c):04X}" for c in text if (c < " " and c not in "\n\r\t") or "\x7f" <= c <= "\x9f"
+                      or c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"})
+        assert bad == [], (kind, bad)
+    for kind in ("labels", "history", "csv"):
+        row = next(csv.DictReader(io.StringIO(texts[kind])))
+        assert row["reviewer"] == "evil[31mRED]0;titleabc" and row["path"] == "/x/[2Jcasegnp.mha", kind
+    assert next(csv.DictReader(io.StringIO(texts["labels"])))["uuid_or_hash"] == "[2Jcasegnp"
+    assert "evil[31mRED]0;titleabc" in texts["html"] and "[2Jcasegnp.mha" in texts["html"]
+    s.close()

@@ -15,8 +15,10 @@
 ``fetaliqa review list --db DB``
     The sweeps in the database with their review counts.
 
-``--out`` replaces an existing file only when it is an earlier export of the same kind, and is
-never the database itself.
+``--out`` replaces an existing file only when it is an earlier export of the same kind (its
+header row that export's columns, none added), and is never the database itself, a link, a
+named pipe or a folder. ``--sweep`` (repeatable) takes a content hash or its first characters;
+a sweep named twice is exported once.
 
 ``--db`` defaults to the database the window uses: the one ``fetaliqa gui --db`` last named
 (the window remembers it), else reviews.sqlite3 in the user data folder.
@@ -106,12 +108,16 @@ def _sweep_ids(store, hashes: list[str] | None) -> list[int] | None:
         return None
     ids = []
     for h in hashes:
+        if not h.strip():
+            raise FetalIQAError("--sweep is empty: give a sweep's content hash or its first characters "
+                                "(see `fetaliqa review list`).")
         record = store.find_sweep(h.strip().lower())
         if record is None:
             raise FetalIQAError(f"The review database {store.path} has no sweep whose hash "
                                 f"starts with {h!r} (or the prefix is ambiguous): see "
                                 "`fetaliqa review list`.")
-        ids.append(record.id)
+        if record.id not in ids:  # (one sweep named twice, by two prefixes: its rows once)
+            ids.append(record.id)
     return ids
 
 

@@ -262,6 +262,15 @@ def clean_note(note: str | None) -> str:
     return text if _isolates_closed(text) else text.translate(_ISOLATES)
 
 
+def clean_name(text: str | None) -> str:
+    """A reviewer's name, a sweep's path or a time as a report or an export shows them: without
+    control characters or direction controls, as :func:`check_reviewer` enters a name. A name
+    this version writes has none; one in a database written by another program carried escape
+    sequences (a terminal showing the CSV cleared its screen) and overrides (a path read
+    backwards) into every export, where the notes beside them were cleaned."""
+    return _without_controls("" if text is None else str(text))
+
+
 def _isolates_closed(text: str) -> bool:
     """Whether every direction isolate a text opens (U+2066-8) is closed (U+2069) on its own line:
     one left open runs to the end of its line, and in a report's CSV row reordered the columns

@@ -59,6 +59,7 @@ from fetaliqa_core.review.figures import (
     overlay_thumbnail,
     png_data_uri,
 )
+from fetaliqa_core.review.records import clean_name
 from fetaliqa_core.review.store import (
     ACOUSLIC_CODE,
     LABEL_TITLES,
@@ -436,12 +437,21 @@ def _write_atomic(out_path: Path, data: bytes) -> None:
 _OUTPUT_HEAD_BYTES = 4096
 
 
-def _looks_like_ours(head: bytes, ext: str, columns: Sequence[str]) -> bool:
+def _looks_like_ours(head: bytes, ext: str, columns: Sequence[Sequence[str]]) -> bool:
     """Whether the first bytes of an existing file are those of an earlier file of the kind
-    about to replace it: a CSV with the same header row (``columns``), a review report (HTML
-    naming FetalIQA), a PDF."""
+    about to replace it: a CSV whose header row is exactly one of ``columns`` (the kind's
+    columns, and those of its earlier versions: one that starts with them and goes on is an
+    export someone added a column to, their work), a review report (HTML naming FetalIQA), a
+    PDF."""
     if ext == ".csv":
-        return head.removeprefix(b"\xef\xbb\xbf").startswith(",".join(columns).encode())
+        import csv
+
+        first = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace").splitlines()[:1]
+        try:
+            header = next(csv.reader(first), None)
+        except csv.Error:
+            return False
+        return header is not None and any(header == list(c) for c in columns)
     if ext == ".html":  # (the report's own line under its title, not any page that names FetalIQA)
         return b"<html" in head.lower() and b'<p class="meta">Generated ' in head and b" by FetalIQA " in head
     if ext == ".pdf":  # (the report's title in the document's information, as the viewer writes it)
@@ -450,17 +460,43 @@ def _looks_like_ours(head: bytes, ext: str, columns: Sequence[str]) -> bool:
     return False
 
 
-#: The CSV exports, by kind: their header rows (an existing file is replaced only when it starts
-#: with its kind's) and how the refusal names them.
+#: The CSV exports, by kind: how the refusal names them (an existing file is replaced only when
+#: its header row is its kind's).
 _CSV_KINDS = {"report": "report CSV", "labels": "labels CSV", "history": "verdict history CSV"}
 
 
-def check_output(out_path: str | Path, store: ReviewStore, kind: str = "report") -> None:
+def _not_a_file(path: Path) -> str | None:
+    """What ``path`` is when it is there but no regular file of its own: a link (replaced by
+    the write with a file of its own, while what it points to kept its old content), a named
+    pipe (the write took its place and the pipe was gone), a folder, a device, a socket; None
+    for a regular file or nothing."""
+    import stat
+
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return None  # nothing there (or a folder above it that cannot be read: the write says so)
+    if stat.S_ISLNK(mode):
+        try:
+            return f"a link (to {os.readlink(path)})"
+        except OSError:
+            return "a link"
+    if stat.S_ISREG(mode):
+        return None
+    return ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device")
+
+
+def check_output(out_path: str | Path, store: ReviewStore, kind: str = "report",
+                 option: str | None = "--out") -> None:
     """Refuse an output that would destroy data, before anything is read or written: the review
-    database itself (or its -wal/-shm/-journal companions), or an existing file that is not an
+    database itself (or its -wal/-shm/-journal companions), anything there that is not a
+    regular file (a link, a named pipe, a folder, a device), or an existing file that is not an
     earlier export of the same ``kind`` ("report", "labels", "history": a spreadsheet of
-    someone's, a file typed by mistake); one line saying what to do."""
+    someone's, a file typed by mistake); one line saying what to do. ``option``: how the line
+    names the output (the command line's "--out"; None: "The file", as a window says it)."""
     out = Path(out_path).expanduser()
+    named = f"{option} {out}" if option else f"The file {out}"
     db = Path(store.path).expanduser()
     companions = [db] + [db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal")]
     try:
@@ -470,22 +506,26 @@ def check_output(out_path: str | Path, store: ReviewStore, kind: str = "report")
     except OSError:
         same = False
     if same:
-        raise FetalIQAError(f"--out {out} is the review database (or one of its files) being read; name "
+        raise FetalIQAError(f"{named} is the review database (or one of its files) being read; name "
                             "another output file.")
+    what = _not_a_file(out)
+    if what is not None:
+        raise FetalIQAError(f"{named} is {what}, not a file; nothing was written. Give the path of a file.")
     if not out.is_file():
-        return  # a new file (a folder or a missing parent: the write names the problem)
+        return  # a new file (a missing parent: the write names the problem)
     try:
         with open(out, "rb") as fh:
             head = fh.read(_OUTPUT_HEAD_BYTES)
     except OSError as exc:
-        raise FetalIQAError(f"--out {out} exists and cannot be read ({exc.strerror or exc}); name another "
+        raise FetalIQAError(f"{named} exists and cannot be read ({exc.strerror or exc}); name another "
                             "output file.") from None
     # (a history written before verdicts could be withdrawn ends at "current": it is replaced too)
-    columns = {"labels": LABELS_CSV_COLUMNS, "history": HISTORY_CSV_COLUMNS[:-1]}.get(kind, REPORT_CSV_COLUMNS)
+    columns = {"labels": [LABELS_CSV_COLUMNS],
+               "history": [HISTORY_CSV_COLUMNS, HISTORY_CSV_COLUMNS[:-1]]}.get(kind, [REPORT_CSV_COLUMNS])
     if not _looks_like_ours(head, out.suffix.lower(), columns):
         name = _CSV_KINDS[kind] if kind != "report" else {
             ".csv": "report CSV", ".html": "FetalIQA report", ".pdf": "PDF"}.get(out.suffix.lower(), "report")
-        raise FetalIQAError(f"--out {out} exists and is not an earlier {name}; it is left as it is. Name "
+        raise FetalIQAError(f"{named} exists and is not an earlier {name}; it is left as it is. Name "
                             "another output file, or remove that one first.")
 
 
@@ -555,11 +595,11 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         latest_by_frame[v.frame] = v
     parts: list[str] = []
     brk = ' style="page-break-before: always"' if number > 1 else ""
-    parts.append(f"<h2{brk}>{number}. {_e(sweep.name)}</h2>")
+    parts.append(f"<h2{brk}>{number}. {_e(clean_name(sweep.name))}</h2>")
     spacing = (f"{spacing_text(sweep.spacing_mm, '.3g')} per pixel"
                if _lengths_shown(sweep) else "pixel spacing unknown or implausible: no lengths")
     parts.append(
-        f'<p class="meta">{_e(sweep.path or "path unknown")}<br>'
+        f'<p class="meta">{_e(clean_name(sweep.path) or "path unknown")}<br>'
         f"{sweep.n_frames} frames in {len(sweep.sweep_ranges)} sub-sweep(s), {spacing}; "
         f"content hash {_e(sweep.content_hash[:16])}</p>")
     if run is None:
@@ -606,7 +646,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         rows = []
         for a in agreement(verdicts, run):
             kappa = "n/a" if math.isnan(a.kappa) else f"{a.kappa:.2f}"
-            rows.append([_e(a.reviewer), str(a.n), f"{a.accuracy * 100:.0f} %", kappa,
+            rows.append([_e(clean_name(a.reviewer)), str(a.n), f"{a.accuracy * 100:.0f} %", kappa,
                          str(a.both_usable), str(a.reviewer_only), str(a.model_only),
                          str(a.neither)])
         parts.append(_grid(["Reviewer", "Frames", "Agreement", "Cohen's κ", "Both usable",
@@ -623,7 +663,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
         n_flagged = int(run.flagged.sum())
         parts.append("<h3>Flagged frames</h3>")
         if frames is None:
-            reason = f" ({_e(why_not)})" if why_not else ""
+            reason = f" ({_e(clean_name(why_not))})" if why_not else ""
             parts.append(f"<p><i>Frames not shown: the sweep file was not loaded or is not the one "
                          f"reviewed{reason}.</i></p>")
         else:
@@ -687,8 +727,9 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                 model = ("flagged" if run.flagged[v.frame] else "not flagged") + (
                     f" ({_scores(run, v.frame)})")
             agrees = {True: "yes", False: "<b>no</b>", None: "–"}[_agrees(v, run)]
-            rows.append([_e(_where(sweep, v.frame)), _e(v.reviewer), _label_html(v.label),
-                         model, agrees, _e(_note_text(v.note, note_limit)), _e(_fmt_time(v.time, utc_suffix=False))])
+            rows.append([_e(_where(sweep, v.frame)), _e(clean_name(v.reviewer)), _label_html(v.label),
+                         model, agrees, _e(_note_text(v.note, note_limit)),
+                         _e(clean_name(_fmt_time(v.time, utc_suffix=False)))])
         parts.append(_grid(["Frame", "Reviewer", "Verdict", "Model (cls / seg)", "Agrees",
                             "Note", "Time (UTC)"], rows, [13, 11, 12, 20, 8, 19, 17]))
     return "\n".join(parts)
@@ -716,9 +757,9 @@ def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = Non
         for i, s in enumerate(sweeps, 1):
             run = store.latest_run(s.id)
             vs = store.verdicts(s.id)
-            rows.append([str(i), _e(s.name), str(s.n_frames),
+            rows.append([str(i), _e(clean_name(s.name)), str(s.n_frames),
                          "–" if run is None else str(int(run.flagged.sum())),
-                         str(len(vs)), _e(", ".join(sorted({v.reviewer for v in vs})) or "–"),
+                         str(len(vs)), _e(", ".join(sorted({clean_name(v.reviewer) for v in vs})) or "–"),
                          "–" if run is None or run.ac_mm is None else f"{run.ac_mm:.1f}",
                          "–" if run is None else _e(_ga_text(ga_weeks_of(run)).split(" (")[0])])
         parts.append(_grid(["#", "Sweep", "Frames", "Flagged", "Verdicts", "Reviewers",
@@ -764,10 +805,10 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
             t = None if run is None else run.thresholds
             thr = ["", "", ""] if t is None else [f"{t.value:.4f}", f"{t.model:.4f}",
                                                   run_notice(run)]
-            writer.writerow([sweep.content_hash, sweep.path or ""] + [""] * 16 + thr + [""])
+            writer.writerow([sweep.content_hash, clean_name(sweep.path)] + [""] * 16 + thr + [""])
         for f in sorted(frames):
             i = sweep.sweep_index(f)
-            base = [sweep.content_hash, sweep.path or "", f, i + 1,
+            base = [sweep.content_hash, clean_name(sweep.path), f, i + 1,
                     f - sweep.sweep_ranges[i][0] if sweep.sweep_ranges else f]
             status = ""
             if run is None:
@@ -792,7 +833,8 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                 else:
                     agrees = _agrees(v, run)
                     agrees = "" if agrees is None else int(agrees)
-                    writer.writerow(base + [v.reviewer, v.label, v.code, agrees, v.note, v.time] + thr + [status])
+                    writer.writerow(base + [clean_name(v.reviewer), v.label, v.code, agrees, v.note,
+                                            clean_name(v.time)] + thr + [status])
     return buf.getvalue()
 
 
@@ -812,7 +854,7 @@ def case_id(sweep: SweepRecord) -> str:
     """The file name without extension (an ACOUSLIC-layout dataset's case id: a UUID, or any
     name such as ``case001``), else the content hash."""
     if sweep.path:
-        name = Path(sweep.path).name
+        name = clean_name(Path(sweep.path).name)
         stem = name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
         if stem:
             return stem
@@ -833,16 +875,17 @@ def labels_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
     for sweep in _select_sweeps(store, sweep_ids):
         ident = case_id(sweep)
         for v in store.verdicts(sweep.id):
-            writer.writerow([ident, sweep.path or "", v.frame, ACOUSLIC_CODE[v.label],
-                             v.reviewer, v.time, sweep.content_hash])
+            writer.writerow([ident, clean_name(sweep.path), v.frame, ACOUSLIC_CODE[v.label],
+                             clean_name(v.reviewer), clean_name(v.time), sweep.content_hash])
     return buf.getvalue()
 
 
 def write_labels_csv(store: ReviewStore, out_path: str | Path,
-                     sweep_ids: Sequence[int] | None = None) -> int:
+                     sweep_ids: Sequence[int] | None = None, option: str | None = "--out") -> int:
     """Write the labels CSV; return the number of label rows. An output that is the database,
-    or an existing file that is no labels CSV, is refused (:func:`check_output`)."""
-    check_output(out_path, store, kind="labels")
+    or an existing file that is no labels CSV, is refused (:func:`check_output`; ``option``:
+    how its line names the output)."""
+    check_output(out_path, store, kind="labels", option=option)
     text = labels_csv_text(store, sweep_ids)
     _write_atomic(Path(out_path), text.encode("utf-8"))
     return text.count("\n") - 1
@@ -865,16 +908,16 @@ def history_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None)
     for sweep in _select_sweeps(store, sweep_ids):
         current = {v.id for v in store.verdicts(sweep.id)}
         for v in store.verdicts(sweep.id, history=True):
-            writer.writerow([sweep.content_hash, sweep.path or "", v.frame, v.reviewer, v.label, v.code,
-                             v.note, v.time, int(v.id in current), int(v.withdrawn)])
+            writer.writerow([sweep.content_hash, clean_name(sweep.path), v.frame, clean_name(v.reviewer), v.label,
+                             v.code, v.note, clean_name(v.time), int(v.id in current), int(v.withdrawn)])
     return buf.getvalue()
 
 
 def write_history_csv(store: ReviewStore, out_path: str | Path,
-                      sweep_ids: Sequence[int] | None = None) -> int:
+                      sweep_ids: Sequence[int] | None = None, option: str | None = "--out") -> int:
     """Write the verdict history CSV; return the number of rows (withdrawals included). Outputs
     are checked as for the labels (:func:`check_output`)."""
-    check_output(out_path, store, kind="history")
+    check_output(out_path, store, kind="history", option=option)
     text = history_csv_text(store, sweep_ids)
     _write_atomic(Path(out_path), text.encode("utf-8"))
     return text.count("\n") - 1

@@ -525,11 +525,16 @@ class ReviewStore:
 
     @_db_errors
     def find_sweep(self, content_hash: str) -> SweepRecord | None:
-        """The sweep with this content hash, or None. A unique hash prefix also matches."""
+        """The sweep with this content hash, or None. A unique hash prefix also matches (an empty
+        one none: it is every hash's; "_" and "%" are themselves, not LIKE's wildcards, which
+        picked the database's only sweep for a prefix "_")."""
+        if not content_hash:
+            return None
+        prefix = content_hash.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         rows = self._conn.execute(
             f"SELECT {self._SWEEP_COLS} FROM sweeps WHERE content_hash = ? OR "
-            "content_hash LIKE ? ORDER BY content_hash = ? DESC LIMIT 2",
-            (content_hash, content_hash.replace("%", "") + "%", content_hash)).fetchall()
+            "content_hash LIKE ? ESCAPE '\\' ORDER BY content_hash = ? DESC LIMIT 2",
+            (content_hash, prefix + "%", content_hash)).fetchall()
         if not rows or (len(rows) == 2 and rows[0][1] != content_hash):
             return None
         return self._sweep_row(rows[0])
