@@ -290,6 +290,38 @@ def test_a_database_deleted_moved_or_replaced_while_open_is_not_written(tmp_path
             assert [(v.frame, v.reviewer) for v in moved.verdicts(sid)] == [(4, "alice")]
 
 
+def test_the_standing_verdicts_of_a_sweep_are_read_from_that_sweep_only(tmp_path):
+    """The standing verdicts were found by grouping over the whole table: on a database of 1,000
+    sweeps, each start of a review and each verdict took half a second and more. The work done
+    for one sweep's verdicts (SQLite's steps) no longer grows with the other sweeps' verdicts."""
+    store, sid = _store_with_run(tmp_path / "r.db")
+    with store:
+        for frame in (3, 4, 5):
+            store.record_verdict(sid, frame, "alice", "optimal")
+        store.record_verdict(sid, 4, "alice", "not_usable")
+        steps = [0]
+
+        def counted(call):
+            steps[0] = 0
+            store._conn.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1), 10)
+            try:
+                out = [(v.frame, v.reviewer, v.label) for v in call()]
+            finally:
+                store._conn.set_progress_handler(None, 10)
+            return out, steps[0]
+
+        alone = [counted(lambda: store.verdicts(sid, "alice")), counted(lambda: store.verdicts(sid))]
+        others = [store.add_sweep(f"{k:064x}", None, 50) for k in range(200)]
+        store._conn.executemany(
+            "INSERT INTO verdicts (sweep_id, frame, reviewer, label, created_utc) VALUES (?, ?, ?, 'optimal', 'x')",
+            [(other, f, r) for other in others for f in range(10) for r in ("alice", "bob")])
+        crowded = [counted(lambda: store.verdicts(sid, "alice")), counted(lambda: store.verdicts(sid))]
+        for (rows, before), (rows_now, now) in zip(alone, crowded):
+            assert rows == rows_now == [(3, "alice", "optimal"), (4, "alice", "not_usable"), (5, "alice", "optimal")]
+            assert now < 2 * before + 20, (before, now)
+        assert len(store.verdicts()) == 3 + 4000
+
+
 def test_a_withdrawal_waits_only_as_long_as_it_is_told_for_another_programs_write(tmp_path):
     """The viewer withdraws as it saves a verdict: a busy database is said at once (DatabaseBusy),
     nothing changed, instead of freezing the window for the busy timeout."""
