@@ -38,7 +38,7 @@ from app.review_session import ReviewSession
 from app.settings import AppSettings
 from app.viewer_model import QUEUE_KINDS, ViewerModel
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.review.store import DatabaseBusy
+from fetaliqa_core.review.store import DatabaseBusy, DatabaseReplaced
 
 LABEL_KEYS = {"1": "optimal", "2": "suboptimal", "0": "not_usable"}
 LABEL_TITLES = {"optimal": "1  Optimal", "suboptimal": "2  Suboptimal", "not_usable": "0  Not usable"}
@@ -570,6 +570,17 @@ class ReviewPanel(QWidget):
             QMessageBox.warning(self, "Review", f"{for_the_window(str(exc))} Frame {job.frame}'s verdict{earlier} was not saved: {again}.")
             self.saving_ended.emit(False)
             return False
+        except DatabaseReplaced as exc:
+            # (the file at the path is another, or none: the verdict stays chosen, and closing the
+            # window asks about it, rather than being dropped with the box)
+            if here:
+                self._pending = job.label
+                self._sync_buttons()
+            QMessageBox.warning(self, "Review", f"{for_the_window(str(exc))} Frame {job.frame}'s verdict{earlier} "
+                                f"({job.label.replace('_', ' ')}) was not saved: enter it again once the window "
+                                "is started again.")
+            self.saving_ended.emit(False)
+            return False
         except FetalIQAError as exc:
             QMessageBox.warning(self, "Review", for_the_window(str(exc)))
             self.saving_ended.emit(False)
@@ -849,4 +860,5 @@ def for_the_window(message: str) -> str:
     return (message.replace("or choose another file with --db.",
                             "or start the window again with --db FILE to use another file.")
             .replace("choose another file with --db.", "start the window again with --db FILE to use another file.")
-            .replace("give that with --db.", "start the window again with --db on it."))
+            .replace("give that with --db.", "start the window again with --db on it.")
+            .replace("Open it again to go on.", "Close the window and start it again to open it."))

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from app.viewer_model import ViewerModel
+from app.viewer_model import QUEUE_KINDS, ViewerModel
 
 
 #: How long moving through a queue waits for another program's write to end before it gives up
@@ -183,7 +183,9 @@ class ReviewSession:
     def resume(self, default_kind: str = "candidates") -> None:
         """Go back to where this reviewer stopped in this sweep (also after a restart)."""
         pos = self.store.last_position(self.sweep_id, self.reviewer)
-        kind = pos.queue if pos is not None and pos.queue else default_kind
+        # a queue this version does not know (one of a newer version's, a row changed by hand): the
+        # default one; it stopped every start of the review with an error
+        kind = pos.queue if pos is not None and pos.queue in QUEUE_KINDS else default_kind
         self.set_queue(kind, None if pos is None else pos.frame)
         if pos is not None and self.model.queue_frame != pos.frame and kind != "all":
             # The frame left the queue (e.g. reviewed in "unreviewed"): still show it.

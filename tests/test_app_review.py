@@ -701,6 +701,54 @@ def test_a_verdict_the_database_never_takes_is_kept_to_save_again(qtbot, tmp_pat
     assert win.model.verdicts.get(frame) == "suboptimal"
 
 
+def test_a_verdict_entered_after_the_database_was_replaced_is_refused_and_stays_chosen(
+        qtbot, tmp_path, no_modal):
+    """A backup put back over the review database (copied, then renamed) while the window had it
+    open: the verdicts entered afterwards were said saved, written where no one would read them,
+    and the file read as damaged. The save is refused, saying why and what to do, the verdict
+    stays chosen (closing the window asks about it), and the restored file is left as it was."""
+    import os
+    import shutil
+
+    win, db, _ = _reviewing(qtbot, tmp_path, "jo")
+    assert win.review.start()
+    press(win, "1")
+    press(win, "\n")  # saved before the file is replaced
+    shutil.copy(db, tmp_path / "backup.sqlite3")  # (the log is emptied after each write: the file holds it)
+    os.replace(tmp_path / "backup.sqlite3", db)
+    frame = win.model.frame
+    press(win, "2")
+    press(win, "\n")
+    assert len(no_modal) == 1 and "moved, deleted or replaced" in no_modal[0], no_modal
+    assert "Close the window and start it again" in no_modal[0]
+    assert f"Frame {frame}'s verdict (suboptimal) was not saved" in no_modal[0]
+    assert win.review.unsaved_verdict() == (frame, "suboptimal") and win.model.frame == frame
+    win.review.close_store()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [r[0] for r in conn.execute("SELECT label FROM verdicts")] == ["optimal"]
+    conn.close()
+
+
+@pytest.mark.parametrize("queue", ["bogus", 7])
+def test_a_resume_position_in_a_queue_this_version_does_not_know_starts_in_the_default_queue(
+        qtbot, tmp_path, no_modal, queue):
+    """A resume position in a queue of a newer version (or a row changed by hand) stopped every
+    start of the review with an error; the review starts in the candidates queue."""
+    win, db, _ = _reviewing(qtbot, tmp_path, "jo")
+    assert win.review.start()
+    press(win, "1")
+    press(win, "\n")
+    sid = win.review.session.sweep_id
+    win.review.close_store()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE positions SET queue = ?, frame = 3 WHERE sweep_id = ?", (queue, sid))
+    conn.commit()
+    conn.close()
+    assert win.review.start() and not no_modal
+    assert win.model.queue_kind == "candidates" and win.model.frame == 3
+
+
 def test_the_last_verdict_of_a_queue_says_the_queue_is_finished(qtbot, tmp_path):
     """After the last frame of a queue, a verdict key silently judged the frame still shown again."""
     win = scored_window(qtbot, AppSettings(reviewer="max", review_db=str(tmp_path / "r.sqlite3")))

@@ -210,6 +210,118 @@ def test_a_withdrawn_verdict_counts_as_not_judged_and_the_history_keeps_it(tmp_p
         assert store.progress(sid, "alice", "candidates") == (1, 4)
 
 
+def test_the_history_marks_the_standing_verdict_even_when_one_is_saved_while_it_is_read(tmp_path):
+    """``current`` in the history came from a second query: a verdict saved by the window between
+    the two was marked replaced while the verdict it replaced was marked standing, and a
+    withdrawal saved between them left the withdrawn verdict marked standing. Each row's
+    ``current`` now says what the rows read with it say."""
+    from fetaliqa_core.review.report import history_csv_text
+
+    store, sid = _store_with_run(tmp_path / "r.db")
+    store.record_verdict(sid, 4, "alice", "optimal")
+    store.record_verdict(sid, 5, "alice", "optimal")
+    store.record_verdict(sid, 5, "bob", "suboptimal")
+    store.withdraw_verdict(sid, 5, "bob")
+    real = store.verdicts
+    other = ReviewStore(tmp_path / "r.db")  # the window, saving while the history is written
+
+    def verdicts(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        if other._conn is not None:
+            other.record_verdict(sid, 4, "alice", "not_usable")
+            other.withdraw_verdict(sid, 5, "alice")
+            other.close()
+        return rows
+
+    store.verdicts = verdicts
+    with store:
+        rows = [line.split(",") for line in history_csv_text(store).splitlines()[1:]]
+    # (frame, reviewer, label, current, withdrawn): as the rows read say, one standing at most per frame
+    assert [(r[2], r[3], r[4], r[-2], r[-1]) for r in rows] in (
+        [("4", "alice", "optimal", "1", "0"), ("5", "alice", "optimal", "1", "0"),
+         ("5", "bob", "suboptimal", "0", "0"), ("5", "bob", "suboptimal", "0", "1")],
+        [("4", "alice", "optimal", "0", "0"), ("4", "alice", "not_usable", "1", "0"),
+         ("5", "alice", "optimal", "0", "0"), ("5", "alice", "optimal", "0", "1"),
+         ("5", "bob", "suboptimal", "0", "0"), ("5", "bob", "suboptimal", "0", "1")])
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved", "restored"])
+def test_a_database_deleted_moved_or_replaced_while_open_is_not_written(tmp_path, how):
+    """SQLite writes on to the file it opened: deleted (with its log), three verdicts saved
+    afterwards were reported saved and were gone once the window closed; a backup put back by
+    copying and renaming read as damaged afterwards (the window's log over it), its verdicts
+    lost. A write is now refused, saying why, and the file at the path is left as it is."""
+    from fetaliqa_core.review.store import DatabaseReplaced
+
+    db = tmp_path / "r.db"
+    store, sid = _store_with_run(db)
+    backup = tmp_path / "backup.db"
+    with ReviewStore(db) as other:  # a backup made before alice's verdict, with a verdict of its own
+        other._conn.execute(f"VACUUM INTO '{backup}'")
+    with ReviewStore(backup) as restored:
+        restored.record_verdict(sid, 9, "restored", "optimal")
+    store.record_verdict(sid, 4, "alice", "optimal")  # the window's verdict before the file changed
+    if how == "deleted":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+    elif how == "moved":
+        os.replace(db, tmp_path / "moved.db")
+    else:
+        os.replace(backup, db)
+    with store:
+        for frame in (5, 6):
+            with pytest.raises(DatabaseReplaced, match="moved, deleted or replaced .* nothing was saved"):
+                store.record_verdict(sid, frame, "alice", "suboptimal")
+        with pytest.raises(DatabaseReplaced):
+            store.withdraw_verdict(sid, 4, "alice")
+        with pytest.raises(DatabaseReplaced):
+            store.set_position(sid, "alice", 7)
+        with pytest.raises(DatabaseReplaced):
+            store.add_sweep("e" * 64, None, 5)
+    if how == "restored":
+        conn = sqlite3.connect(db)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert sorted(conn.execute("SELECT frame, reviewer FROM verdicts")) == [(9, "restored")]
+        conn.close()
+    elif how == "deleted":
+        assert not db.exists()
+    else:  # the moved file keeps what was saved before it was moved, and nothing after
+        with ReviewStore(tmp_path / "moved.db") as moved:
+            assert [(v.frame, v.reviewer) for v in moved.verdicts(sid)] == [(4, "alice")]
+
+
+def test_the_standing_verdicts_of_a_sweep_are_read_from_that_sweep_only(tmp_path):
+    """The standing verdicts were found by grouping over the whole table: on a database of 1,000
+    sweeps, each start of a review and each verdict took half a second and more. The work done
+    for one sweep's verdicts (SQLite's steps) no longer grows with the other sweeps' verdicts."""
+    store, sid = _store_with_run(tmp_path / "r.db")
+    with store:
+        for frame in (3, 4, 5):
+            store.record_verdict(sid, frame, "alice", "optimal")
+        store.record_verdict(sid, 4, "alice", "not_usable")
+        steps = [0]
+
+        def counted(call):
+            steps[0] = 0
+            store._conn.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1), 10)
+            try:
+                out = [(v.frame, v.reviewer, v.label) for v in call()]
+            finally:
+                store._conn.set_progress_handler(None, 10)
+            return out, steps[0]
+
+        alone = [counted(lambda: store.verdicts(sid, "alice")), counted(lambda: store.verdicts(sid))]
+        others = [store.add_sweep(f"{k:064x}", None, 50) for k in range(200)]
+        store._conn.executemany(
+            "INSERT INTO verdicts (sweep_id, frame, reviewer, label, created_utc) VALUES (?, ?, ?, 'optimal', 'x')",
+            [(other, f, r) for other in others for f in range(10) for r in ("alice", "bob")])
+        crowded = [counted(lambda: store.verdicts(sid, "alice")), counted(lambda: store.verdicts(sid))]
+        for (rows, before), (rows_now, now) in zip(alone, crowded):
+            assert rows == rows_now == [(3, "alice", "optimal"), (4, "alice", "not_usable"), (5, "alice", "optimal")]
+            assert now < 2 * before + 20, (before, now)
+        assert len(store.verdicts()) == 3 + 4000
+
+
 def test_a_withdrawal_waits_only_as_long_as_it_is_told_for_another_programs_write(tmp_path):
     """The viewer withdraws as it saves a verdict: a busy database is said at once (DatabaseBusy),
     nothing changed, instead of freezing the window for the busy timeout."""

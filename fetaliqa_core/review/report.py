@@ -906,10 +906,17 @@ def history_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None)
     writer = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     writer.writerow(HISTORY_CSV_COLUMNS)
     for sweep in _select_sweeps(store, sweep_ids):
-        current = {v.id for v in store.verdicts(sweep.id)}
-        for v in store.verdicts(sweep.id, history=True):
+        # ``current`` comes from the rows themselves (ordered by frame, reviewer, then id: the last
+        # row of each frame and reviewer is the latest), not from a second query: a verdict saved
+        # between the two (the window open on the database) was marked replaced while the one it
+        # replaced was marked standing, and a withdrawal saved between them left a withdrawn verdict
+        # marked standing.
+        rows = store.verdicts(sweep.id, history=True)
+        for k, v in enumerate(rows):
+            later = rows[k + 1] if k + 1 < len(rows) else None
+            latest = later is None or (later.frame, later.reviewer) != (v.frame, v.reviewer)
             writer.writerow([sweep.content_hash, clean_name(sweep.path), v.frame, clean_name(v.reviewer), v.label,
-                             v.code, v.note, clean_name(v.time), int(v.id in current), int(v.withdrawn)])
+                             v.code, v.note, clean_name(v.time), int(latest and not v.withdrawn), int(v.withdrawn)])
     return buf.getvalue()
 
 

@@ -166,6 +166,12 @@ class DatabaseBusy(FetalIQAError):
     nothing was changed, and the same change can be tried again."""
 
 
+class DatabaseReplaced(FetalIQAError):
+    """The review database's path no longer names the file the store opened (moved, deleted, or
+    replaced by another file, e.g. a backup put back): nothing was written, and the store must be
+    opened again to write to the file now at the path."""
+
+
 def _db_errors(method):
     """Run under the store's lock; turn SQLite failures into messages a user can act on."""
 
@@ -206,6 +212,9 @@ class ReviewStore:
         self.path = Path(path) if path is not None else default_db_path(make=create and not read_only)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        # the file opened, (device, inode): a write is refused once the path names another (_check_same_file)
+        self._opened: tuple[int, int] | None = None
+        self._abs_path = os.path.abspath(self.path)  # (SQLite keeps the file it opened, whatever the working folder)
         # how long a statement waits for another writer (waiting_at_most); opening may wait less
         self._wait_ms = BUSY_TIMEOUT_MS if open_wait_ms is None else max(int(open_wait_ms), 0)
         self._withdrawn_col = "withdrawn"  # "0" on a v2 database read as it is (see _migrate)
@@ -256,6 +265,7 @@ class ReviewStore:
             if read_only and not self._read_only:
                 self._conn.execute("PRAGMA query_only = ON")
                 self._read_only = True
+            self._opened = self._file_identity()
             if self._wait_ms != BUSY_TIMEOUT_MS:  # opened: waits as any store does from now on
                 self._wait_ms = BUSY_TIMEOUT_MS
                 self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -266,6 +276,42 @@ class ReviewStore:
         except BaseException:
             self.close()
             raise
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file the path names now, or None where there is none."""
+        try:
+            st = os.stat(self._abs_path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_same_file(self) -> None:
+        """Refuse to write when the path no longer names the file this store opened. SQLite keeps
+        writing to the file it opened: deleted, every verdict saved afterwards was reported saved
+        and was gone once the window closed; replaced by a backup put back (copied, then renamed
+        over it), the window's writes went on into a write-ahead log beside the restored file,
+        which then read as damaged, the restored verdicts lost."""
+        try:
+            now = self._file_identity()
+        except OSError:
+            return  # (it cannot be told, e.g. its folder may not be searched: SQLite says what is wrong)
+        if now != self._opened:
+            raise DatabaseReplaced(
+                f"The review database {self.path} was moved, deleted or replaced by another file since it was "
+                "opened: nothing was saved. Open it again to go on.")
+
+    @staticmethod
+    def _empty_log(conn: sqlite3.Connection) -> None:
+        """After a commit, copy the write-ahead log into the database file and empty it, so that
+        between writes the file holds everything: a backup put back over it (copied, then
+        renamed) was read with the log of the file it replaced (its pages over the backup's), as
+        damaged, and the backup's verdicts were lost. The commit is on disk already: a reader
+        of another program that keeps the log from being emptied (busy) leaves it for the next
+        write."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:
+            pass
 
     def _schema_behind(self) -> bool:
         return self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION  # type: ignore[union-attr]
@@ -429,10 +475,12 @@ class ReviewStore:
         """Run statements in one immediate transaction; commit before returning row ids."""
         conn = self._conn
         assert conn is not None
+        self._check_same_file()
         conn.execute("BEGIN IMMEDIATE")
         try:
             ids = [conn.execute(sql, params).lastrowid for sql, params in statements]
             conn.execute("COMMIT")
+            self._empty_log(conn)
         except BaseException:
             rollback(conn)
             raise
@@ -466,6 +514,7 @@ class ReviewStore:
         conn = self._conn
         # One immediate transaction with an upsert: two processes registering the same new
         # sweep at once both get its one id (the second waits for the first, then finds it).
+        self._check_same_file()
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
@@ -492,6 +541,7 @@ class ReviewStore:
                 conn.execute("UPDATE sweeps SET spacing_row_mm = ?, spacing_col_mm = ? WHERE id = ?",
                              (*new_spacing, sweep_id))
             conn.execute("COMMIT")
+            self._empty_log(conn)
         except BaseException:
             rollback(conn)
             raise
@@ -590,12 +640,14 @@ class ReviewStore:
                 raise ValueError(f"mask for frame {frame} is outside 0..{n - 1}")
         # The run id is needed by the mask rows: insert them in the same transaction.
         conn = self._conn
+        self._check_same_file()
         conn.execute("BEGIN IMMEDIATE")
         try:
             run_id = conn.execute(*run_insert).lastrowid
             conn.executemany("INSERT INTO run_masks (run_id, frame, png) VALUES (?, ?, ?)",
                              [(run_id, f, blob) for f, blob in encoded])
             conn.execute("COMMIT")
+            self._empty_log(conn)
         except BaseException:
             rollback(conn)
             raise
@@ -736,6 +788,7 @@ class ReviewStore:
         reviewer = self.known_reviewer(reviewer)
         conn = self._conn
         now = utc_now()
+        self._check_same_file()
         with self._busy_wait(wait_ms):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -754,6 +807,7 @@ class ReviewStore:
                      now, standing.model_run_id)).lastrowid
                 conn.execute(self._POSITION_UPSERT, (sweep_id, reviewer, queue, frame, now))
                 conn.execute("COMMIT")
+                self._empty_log(conn)
             except BaseException:
                 rollback(conn)
                 raise
@@ -792,8 +846,12 @@ class ReviewStore:
             where.append("reviewer = ?")
             params.append(reviewer)
         if not history:
-            where.append("id IN (SELECT max(id) FROM verdicts GROUP BY sweep_id, frame, "
-                         "reviewer)")
+            # the latest row of each frame and reviewer, looked for in the sweep (and the reviewer's
+            # rows) only, through the index: grouped over the whole table, each start of a review
+            # and each verdict on a database of 1,000 sweeps took half a second and more
+            inner = ("WHERE " + " AND ".join(where)) if where else ""
+            where.append(f"id IN (SELECT max(id) FROM verdicts {inner} GROUP BY sweep_id, frame, reviewer)")
+            params = params + params
             where.append(f"{self._withdrawn_col} = 0")
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         rows = self._conn.execute(f"SELECT {self._verdict_cols} FROM verdicts {clause} "
