@@ -51,6 +51,7 @@ TABLE_FILE = "cases.csv"
 CHALLENGE_DIR = "challenge"  # with --challenge-output: every case's answer in the challenge's layout
 PREDICTIONS_FILE = "predictions.json"
 STATE_DIR = ".archive"  # heartbeats of a distributed run (safe to delete between runs)
+LOCK_FILE = ".fetaliqa-archive.lock"  # held by the run scoring into OUT (its host and pid inside)
 RECORD_FORMAT = "fetaliqa-archive-case"
 RECORD_VERSION = 1
 HEARTBEAT_SECONDS = 2.0
@@ -566,6 +567,73 @@ def prepare_out(out: Path) -> None:
         cause = exc.strerror or type(exc).__name__
         raise FetalIQAError(f"{out}: cannot write results there ({cause}). Give --out a folder you "
                             "can write to.") from None
+
+
+#: The lock files this process holds, by the output folder's full path: open while it runs.
+_OUT_LOCKS: dict[str, int] = {}
+
+
+def lock_out(out: Path) -> str:
+    """Hold ``OUT/.fetaliqa-archive.lock`` for this run (an flock on the open file: the system
+    releases it when the process ends, however it ends, so no lock outlives its run). Another
+    run scoring into the same folder at the same time, on this machine or another one sharing
+    the disk, replaced this run's case folders and table without a word, both saying done.
+    Raises one line naming that run's host and pid when it holds the lock; returns a warning
+    (one line) when the folder's file system takes no locks, the run going on unguarded, else
+    "". A folder that cannot be made is left to :func:`prepare_out`, which says why. Only the
+    main process of a run takes it: torchrun's ranks are one run, joined by its rendezvous."""
+    try:
+        import fcntl
+    except ImportError:  # (no flock on this system: nothing to hold)
+        return ""
+    key = str(out.expanduser().resolve())
+    if key in _OUT_LOCKS:
+        return ""
+    name = out / LOCK_FILE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError:
+        return ""  # (prepare_out says why the folder cannot be written)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.read(fd, 200).decode("utf-8", "replace").split()
+        except OSError:
+            holder = []
+        os.close(fd)
+        raise out_busy(out, holder[0] if len(holder) >= 2 and holder[1].isdigit() else None,
+                       int(holder[1]) if len(holder) >= 2 and holder[1].isdigit() else None) from None
+    except OSError as exc:  # (some network file systems take no locks)
+        os.close(fd)
+        return (f"{out}: its file system takes no lock ({exc.strerror or type(exc).__name__}), so another run "
+                "scoring into it at the same time would not be refused; run one at a time there")
+    try:  # who holds it, for the line that refuses another run
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{hostname()} {os.getpid()}\n".encode("utf-8", "surrogateescape"), 0)
+    except OSError:
+        pass
+    _OUT_LOCKS[key] = fd
+    return ""
+
+
+def out_busy(out: Path, host: str | None, pid: int | None) -> FetalIQAError:
+    """The line that refuses a run an output folder another run is scoring into (host and pid
+    of that run when known)."""
+    who = f" (host {host}, pid {pid})" if host and pid is not None else ""
+    return FetalIQAError(f"another FetalIQA run{who} is scoring into {out}; wait for it or give another --out")
+
+
+def unlock_outs() -> None:
+    """Release the locks :func:`lock_out` took (at the end of a run; the file is left: removing it
+    could let a third run lock a new file while a second holds the old one)."""
+    while _OUT_LOCKS:
+        _, fd = _OUT_LOCKS.popitem()
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def case_dir(out: Path, name: str) -> Path:

@@ -830,3 +830,29 @@ sys.exit(run_guarded(consume))
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_an_output_folder_whose_file_system_takes_no_locks_is_a_warning_not_a_refusal(tmp_path, monkeypatch):
+    """Some network file systems refuse flock: the run goes on, saying it is not guarded."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    try:
+        warning = ar.lock_out(tmp_path / "out")
+    finally:
+        ar.unlock_outs()
+    assert warning.startswith(f"{tmp_path / 'out'}: its file system takes no lock (")
+    assert "would not be refused" in warning
+
+
+def test_a_run_holding_its_output_folder_may_take_it_again_and_releases_it(tmp_path):
+    out = tmp_path / "out"
+    assert ar.lock_out(out) == "" and ar.lock_out(out) == ""  # (the same run: not refused)
+    text = (out / ar.LOCK_FILE).read_text()
+    assert text == f"{ar.hostname()} {os.getpid()}\n"
+    ar.unlock_outs()
+    assert not ar._OUT_LOCKS

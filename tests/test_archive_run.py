@@ -1103,3 +1103,55 @@ def test_an_empty_part_of_fewer_parts_than_cases_says_it_scores_nothing(archive_
                  "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert f"--shard {empty}/{parts} holds none of the archive's 4 case(s)" in err and "scores nothing" in err, err
+
+
+def test_a_second_run_into_the_same_out_is_refused_naming_the_first_then_runs_once_it_ends(tmp_path, capsys):
+    """Two runs scoring into one --out at once each scored every case, one's case folders and
+    table replacing the other's without a word. The lock is the first run's (here a process
+    that holds it as a run does); once that process ends, the folder is free again."""
+    folder = _fresh_archive(tmp_path, n=2)
+    out = tmp_path / "scores"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from fetaliqa_core import archive as ar; "
+         "ar.lock_out(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]
+        assert main(args) == 1
+        captured = capsys.readouterr()
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        assert lines == [f"fetaliqa: another FetalIQA run (host {ar.hostname()}, pid {holder.pid}) is scoring "
+                         f"into {out}; wait for it or give another --out"]
+        assert not (out / ar.CASES_DIR).exists() and not (out / ar.TABLE_FILE).exists()  # nothing touched
+    finally:
+        holder.communicate("", timeout=60)
+    assert main(args) == 0  # the first run ended: its lock went with it
+    assert {r["status"] for r in _table(out)} == {"ok"}
+    assert main(args) == 0  # (and a run releases its own when it ends)
+
+
+def test_mac_metadata_files_beside_the_sweeps_are_left_out_and_counted(tmp_path, capsys):
+    """A folder copied from a Mac holds ``._name.mha`` beside each sweep (a few kB of metadata):
+    each was a failed case, and the run exited 1."""
+    folder = _fresh_archive(tmp_path, n=2)
+    for sweep in sorted(folder.iterdir()):
+        (folder / f"._{sweep.name}").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+    out = tmp_path / "scores"
+    assert main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "2 macOS metadata file(s) (named ._*, written beside files copied from a Mac) are not sweeps and are " \
+           "left out" in err
+    assert [r["file"] for r in _table(out)] == sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def test_an_out_that_is_the_archive_itself_leaves_its_own_outputs_out_without_a_word(tmp_path, capsys):
+    folder = _fresh_archive(tmp_path, n=2)
+    args = ["score", str(folder), "--archive", "--out", str(folder), "--no-cache", "--quiet", "--challenge-output"]
+    assert main(args) == 0
+    assert (folder / ar.TABLE_FILE).is_file() and (folder / ar.CHALLENGE_DIR).is_dir()
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "left out" not in err and "not looked into" not in err, err
+    assert len(_table(folder)) == 2

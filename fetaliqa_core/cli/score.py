@@ -40,10 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "number for square pixels, or width x height (0.3x0.4) for pixels that are not square; "
                         "without a known, plausible spacing no length in mm and no GA is given")
     p.add_argument("--challenge-output", action="store_true",
-                   help="also write the ACOUSLIC-AI challenge's output files")
+                   help="also write the ACOUSLIC-AI challenge's output files (with --archive: a case "
+                        "scored earlier without them is scored again, every frame, to write them)")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write cached results")
     p.add_argument("--quiet", action="store_true",
-                   help="no progress (a bar on a terminal, a line every 10 s into a pipe or a log)")
+                   help="no progress (a bar on a terminal, a line every 10 s into a pipe or a log); a "
+                        "folder of sweeps or an archive still prints one line per sweep and its summary")
     p.add_argument("--json", action="store_true",
                    help="print the answer as one line of JSON on stdout (summary.json's record and the "
                         "results folder as \"results\"; everything else goes to stderr); one sweep only")
@@ -65,7 +67,7 @@ def sweep_folder_members(path: Path) -> list[Path] | None:
     entries = sorted(path.iterdir())
     series = [p for p in entries if p.is_dir() and not p.name.startswith(".") and looks_like_dicom_series(p)]
     files = [p for p in entries if p.name.lower().endswith(SWEEP_SUFFIXES[:-1]) and p not in series
-             and (p.is_file() or not p.name.startswith("."))]
+             and (p.is_file() or not p.name.startswith(".")) and not is_mac_metadata(p)]
     if looks_like_dicom_series(path):
         # DICOM files of several frames each are one sweep a file; single frames make one series
         cines = multiframe_dicom_files(path, at_least=1 if files else 2)
@@ -75,22 +77,36 @@ def sweep_folder_members(path: Path) -> list[Path] | None:
     return sorted(files + series) or None
 
 
-def left_out_note(path: Path, members: list[Path]) -> str:
+def is_mac_metadata(path: Path) -> bool:
+    """Whether ``path`` is a macOS AppleDouble file (``._name.mha``, a few kB of a Mac's metadata
+    written beside each file copied from it to another file system): never a sweep, though named
+    like one (each was a failed case, and the run exited 1)."""
+    return path.name.startswith("._")
+
+
+def left_out_note(path: Path, members: list[Path], ours: tuple[Path, ...] = ()) -> str:
     """One line naming the files of a folder of sweeps that are not scored (a picture, a video, a
     single DICOM frame beside sweep files...), or "" when there are none: a folder's files are
     never left out without a word. Hidden files and the pixel data files of .mhd/.nhdr headers
-    do not count."""
+    do not count; macOS metadata files (:func:`is_mac_metadata`) are counted, not named.
+    ``ours``: what this run writes in the folder (an archive's table and challenge folder when
+    its --out is the archive itself), left out without a word."""
     try:
-        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        listed = sorted(path.iterdir())
     except OSError:
         return ""
-    scored = set(members)
+    entries = [p for p in listed if not p.name.startswith(".")]
+    mac = sum(1 for p in listed if is_mac_metadata(p) and p not in members)
+    scored = set(members) | set(ours)
     left = [p.name for p in entries if p not in scored and p.is_file()
             and not p.name.lower().endswith(DATA_SUFFIXES)]
     # folders that hold no DICOM series: their sweeps are not looked for (one folder, one level);
     # FetalIQA's own results folders are no sweeps left out
     folders = [p.name for p in entries if p not in scored and p.is_dir() and not _results_of_ours(p)]
     notes = []
+    if mac:
+        notes.append(f"{mac} macOS metadata file(s) (named ._*, written beside files copied from a Mac) are "
+                     "not sweeps and are left out")
     if left:
         notes.append(f"{len(left)} file(s) are not sweeps and are left out: {first_names(left)} (sweeps: "
                      f"{', '.join(SWEEP_SUFFIXES[:-1])}, DICOM cines and series folders)")

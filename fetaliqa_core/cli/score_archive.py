@@ -94,6 +94,13 @@ def _members(path: Path) -> list[Path]:
     return [path]  # one sweep file, or one DICOM series folder
 
 
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.expanduser().resolve() == b.expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def _record_writer(item: ar.Item, base: dict):
     """The ``extra`` hook of ``score_one``: writes case.json into the case's folder before it
     is put in place, so a folder with a record is always complete."""
@@ -159,6 +166,7 @@ def run(args) -> int:
     try:
         return _run(args, ranks, started, fio, score_cmd)
     finally:
+        ar.unlock_outs()
         ar.close_process_group(ranks)
 
 
@@ -185,17 +193,30 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     plan = None
     if ranks.is_main:
         try:
-            from fetaliqa_core.files import claim_output_folder
+            from fetaliqa_core.files import claim_output_folder, output_folder_holder
 
-            if claim_output_folder(out) is False:  # (the main rank's: the other ranks write into its folder)
-                raise score_cmd.another_run(out)
+            # one run at a time in OUT: a second one replaced the first's cases and table without
+            # a word, both scoring every case. This machine's runs (of any command) claim the
+            # folder in the cache folder, before anything is written (the main rank's: the other
+            # ranks write into its folder)...
+            if claim_output_folder(out) is False:
+                raise ar.out_busy(out, ar.hostname(), output_folder_holder(out))
+            members = _members(path)  # (first: an archive that is no archive leaves no OUT behind)
+            # ... and a lock in OUT itself refuses runs of other machines sharing the disk, and
+            # runs with another cache folder (rank 0's: the other ranks are this run, joined by
+            # torchrun's rendezvous)
+            warning = ar.lock_out(out)
+            if warning:
+                print(f"fetaliqa: warning: {shown(warning)}", file=sys.stderr, flush=True)
             damage = export.refuse_foreign_table(out / ar.TABLE_FILE, ar.TABLE_COLUMNS)
             if damage:  # (only an index of the case folders: rebuilt from them at the end)
                 print(f"fetaliqa: note: {shown(str(out / ar.TABLE_FILE))} is {damage} (a failed copy?); it is "
                       "rebuilt from the case folders.", file=sys.stderr, flush=True)
-            members = _members(path)
             # (only for a folder of sweeps: a DICOM series folder is one member, its files its frames)
-            note = score_cmd.left_out_note(path, members) if members != [path] else ""
+            # (an --out that is the archive itself: its own table and challenge folder are no files left out)
+            ours = tuple(path / n for n in (ar.TABLE_FILE, ar.CHALLENGE_DIR, ar.CASES_DIR)) \
+                if _same_folder(out, path) else ()
+            note = score_cmd.left_out_note(path, members, ours) if members != [path] else ""
             if note:
                 print(f"fetaliqa: {shown(note)}", file=sys.stderr, flush=True)
             # (a case named like the challenge tree's predictions.json would take its place there)
