@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "when larger than --frames the engine stops after --frames frames and the "
                              "complete-case times are extrapolated")
     parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="our batch size (default: the device's, 128 on CUDA, 8 on a CPU)")
+                        help="our batch size (default: the device's, 128 on CUDA, 8 on a CPU, 4 on a CPU in fp32)")
     parser.add_argument("--gui-frames", type=positive_int, default=300,
                         help="frames shown when timing the frame display (default 300)")
     parser.add_argument("--matmul-size", type=positive_int, default=None, metavar="N",
