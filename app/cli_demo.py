@@ -105,6 +105,10 @@ def run(args) -> int:
     try:
         written = save_scores(outcome.window, out_dir)
         answer = answer_line(outcome.window)
+        held = outcome.window.model.results
+        # (a cascade stopped in its student's pass has frames scored but no answer yet)
+        done = (held.n_done, held.n_frames) if held is not None else (0, 0)
+        cascade = getattr(getattr(outcome.window, "models", None), "student", None) is not None
     finally:
         outcome.window = None
     if not written:
@@ -115,7 +119,13 @@ def run(args) -> int:
             from fetaliqa_core.export import earlier_results, other_sweep, remove_earlier_outputs
 
             other = other_sweep(earlier_results(out_dir)[0], sweep_path)
-            problem += f". {outcome.screenshot} shows the window with nothing scored"
+            if done[0]:
+                # (it said "with nothing scored" beside the student's 257 of 840 frames on the curve)
+                problem += (f". {outcome.screenshot} shows the window with {done[0]} of {done[1]} frames scored and no "
+                            "answer yet" + (" (a cascade answers once its student has scored every frame)"
+                                            if cascade else ""))
+            else:
+                problem += f". {outcome.screenshot} shows the window with nothing scored"
             if other is not None:
                 # another sweep's results (a `score --out` into this folder): never removed here
                 problem += (f"; the folder also holds the results of {Path(other).name}, another run's, left as "

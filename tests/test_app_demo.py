@@ -200,3 +200,32 @@ def test_a_demo_that_scored_nothing_leaves_another_sweep_s_results_alone(qtbot, 
     err = _demo_with_damaged_models(out, monkeypatch, capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
     assert "the folder also holds the results of other.mha, another run's, left as they were" in err
+
+
+def test_a_cascade_demo_stopped_in_its_student_s_pass_says_what_its_screenshot_shows(demo_sweep, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """`fetaliqa demo --cascade --max-seconds 14` stopped while the student scored (385 of 840 frames on
+    the curve, no answer yet: nothing to write) said its screenshot showed "the window with nothing
+    scored". It says how many frames were scored and that a cascade answers once its student is done."""
+    from types import SimpleNamespace
+
+    import app.cli as app_cli
+
+    out = tmp_path / "dc"
+    shot = out / "screenshot.png"
+
+    def stopped(path, choice, screenshot=None, **_):
+        out.mkdir(exist_ok=True)
+        shot.write_bytes(b"\x89PNG\r\n\x1a\n")
+        window = SimpleNamespace(model=SimpleNamespace(results=SimpleNamespace(n_done=385, n_frames=840)),
+                                 models=SimpleNamespace(student=SimpleNamespace(path="student")))
+        return app_cli.GuiOutcome(1, False, "stopped after 14 s", shot, window=window)
+
+    monkeypatch.setattr(app_cli, "run_window", stopped)
+    monkeypatch.setattr(app_cli, "save_scores", lambda window, out_dir: [])
+    monkeypatch.setattr("app.cli_demo.answer_line", lambda window: "")
+    capsys.readouterr()
+    assert cli_main(["demo", "--headless", "--cascade", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{shot} shows the window with 385 of 840 frames scored and no answer yet" in err, err
+    assert "a cascade answers once its student has scored every frame" in err and "nothing scored" not in err
