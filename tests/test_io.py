@@ -945,3 +945,14 @@ def test_frames_windowed_between_percentiles_say_so(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(grey.astype(np.uint16) * 16), str(tmp_path / "deep.mha"))
     for name in ("grey.mha", "deep.mha"):
         assert not any("percentiles" in n for n in load_sweep(tmp_path / name).read_notes), name
+
+
+def test_a_file_no_reader_takes_names_every_kind_of_sweep_file_read(tmp_path):
+    """The line for a file no reader takes listed the volume formats only, while pictures (a
+    multi-page TIFF, PNG, JPEG, a still GIF) are read as sweeps too."""
+    junk = tmp_path / "sweep.dat"
+    junk.write_bytes(b"neither a header nor pixels\n" * 40)
+    with pytest.raises(FetalIQAError) as err:
+        load_sweep(junk)
+    said = str(err.value)
+    assert "not a readable image file" in said and ".nrrd" in said and "multi-page TIFF, PNG, JPEG" in said, said

@@ -1469,8 +1469,10 @@ def _no_image_reader(path: Path, what: str) -> str:
         inside = _gzip_inner_kind(path)
         return (f"{path}: the file is gzip-compressed{f' ({inside} inside)' if inside else ''}, which image readers "
                 f"do not read: decompress it (gunzip, 7-Zip) and open the file it holds.")
+    # (a sweep may also be pictures, which the list of sweep formats left out)
+    pictures = "; or pictures: a multi-page TIFF, PNG, JPEG or a still GIF, read without a pixel size" if what == "sweep" else ""
     return (f"{path}: not a readable image file (no supported image header found). "
-            f"Choose a {what} file in one of: {SUPPORTED_FORMATS}.")
+            f"Choose a {what} file in one of: {SUPPORTED_FORMATS}{pictures}.")
 
 
 #: Where an HDF5 file's signature may lie: at its start or after a user block of 512 bytes
