@@ -106,7 +106,15 @@ def test_eval_matches_the_bundle_run_directly(tiny_data, bundles, tmp_path):
             assert (a["nae_ac"], a["wfss"]) == (b["nae_ac"], b["wfss"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["frame"]["cls"]["f1"] == pytest.approx(got["f1"])
-    assert len((out / "per_case.csv").read_text().splitlines()) == 1 + 4 * 4
+    rows = (out / "per_case.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 4
+    # the evaluator's AC and the product's own, each in a column of its own
+    assert rows[0].endswith("ac_pred_mm,ac_gt_mm,ac_project_mm")
+    got = {(r.split(",")[0], r.split(",")[1]): r.split(",")[-1] for r in rows[1:]}
+    for name, per_case in m["cases"].items():
+        for c in per_case:
+            want = c["ac_project_mm"]
+            assert got[(name, c["uuid"])] == ("" if want is None else f"{want:.4f}")
 
 
 def test_eval_cli_prints_table_and_paper(tiny_data, bundles, tmp_path, capsys):
