@@ -671,3 +671,31 @@ def test_review_list_on_a_read_only_home_says_nothing_was_reviewed(capsys, monke
     assert err.startswith("fetaliqa: There is no review database at ") and len(err.splitlines()) == 1, err
     assert str(paths.data_path()) in err and not paths.data_path().exists()
     monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+
+
+def test_a_save_does_not_wait_for_a_reader_to_let_the_log_be_emptied(tmp_path):
+    """After each commit the write-ahead log is copied into the file and emptied; with another
+    program reading (an export running), that emptying waited out the busy timeout, and every
+    verdict's save held the window's thread 5 s. It is left for a later write instead: the verdict
+    is saved at once, and the log is emptied once the reader is done."""
+    import sqlite3
+    import time
+
+    from fetaliqa_core.review.schema import BUSY_TIMEOUT_MS
+
+    db = tmp_path / "reviews.sqlite3"
+    with ReviewStore(db) as store:
+        sid = store.add_sweep("cd" * 32, "/x.mha", 100)
+        store.record_verdict(sid, 1, "alice", "optimal")
+        reader = sqlite3.connect(str(db))
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM verdicts").fetchall()
+        began = time.monotonic()
+        store.record_verdict(sid, 2, "alice", "suboptimal")
+        took = time.monotonic() - began
+        assert took < BUSY_TIMEOUT_MS / 1000 / 2, took
+        reader.rollback()
+        reader.close()
+        store.record_verdict(sid, 3, "alice", "optimal")
+        assert [v.frame for v in store.verdicts(sid)] == [1, 2, 3]
+        assert (tmp_path / "reviews.sqlite3-wal").stat().st_size == 0

@@ -309,7 +309,14 @@ class ReviewStore:
         of another program that keeps the log from being emptied (busy) leaves it for the next
         write."""
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            # never waited for: a reader holding the log (an export running) made every verdict's save
+            # wait out the busy timeout (5 s) on the window's thread; the next write empties it instead
+            waited = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {waited}")
         except sqlite3.OperationalError:
             pass
 
