@@ -592,8 +592,16 @@ def lock_out(out: Path) -> str:
     name = out / LOCK_FILE
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError:
+        return ""  # (prepare_out says why the folder cannot be written)
+    try:
+        # (never through a link: the holder's line is written into the file, which would then be
+        # another one's, anywhere the link leads)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        if name.is_symlink() or not name.is_file():
+            return (f"{name} is {'a link' if name.is_symlink() else 'no plain file'}, not this program's lock: left "
+                    "as it is, so another run scoring into the folder at the same time would not be refused")
         return ""  # (prepare_out says why the folder cannot be written)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

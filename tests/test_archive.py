@@ -856,3 +856,19 @@ def test_a_run_holding_its_output_folder_may_take_it_again_and_releases_it(tmp_p
     assert text == f"{ar.hostname()} {os.getpid()}\n"
     ar.unlock_outs()
     assert not ar._OUT_LOCKS
+
+
+def test_a_link_where_the_lock_goes_is_not_followed_and_what_it_leads_to_is_not_written(tmp_path):
+    """The run writes its host and pid into OUT's lock file: a link there (to someone's file) had
+    that file cut to one line. The link is left as it is, the run saying it is not guarded."""
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = tmp_path / "theirs.txt"
+    theirs.write_text("their notes\n")
+    (out / ar.LOCK_FILE).symlink_to(theirs)
+    try:
+        warning = ar.lock_out(out)
+    finally:
+        ar.unlock_outs()
+    assert theirs.read_text() == "their notes\n"
+    assert "is a link, not this program's lock" in warning and "would not be refused" in warning
