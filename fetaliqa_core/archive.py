@@ -598,7 +598,7 @@ def lock_out(out: Path) -> str:
         # (never through a link: the holder's line is written into the file, which would then be
         # another one's, anywhere the link leads)
         fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError as exc:
+    except OSError:
         if name.is_symlink() or not name.is_file():
             return (f"{name} is {'a link' if name.is_symlink() else 'no plain file'}, not this program's lock: left "
                     "as it is, so another run scoring into the folder at the same time would not be refused")
@@ -611,8 +611,8 @@ def lock_out(out: Path) -> str:
         except OSError:
             holder = []
         os.close(fd)
-        raise out_busy(out, holder[0] if len(holder) >= 2 and holder[1].isdigit() else None,
-                       int(holder[1]) if len(holder) >= 2 and holder[1].isdigit() else None) from None
+        known = len(holder) >= 2 and holder[1].isdigit()
+        raise out_busy(out, holder[0] if known else None, int(holder[1]) if known else None) from None
     except OSError as exc:  # (some network file systems take no locks)
         os.close(fd)
         return (f"{out}: its file system takes no lock ({exc.strerror or type(exc).__name__}), so another run "

@@ -640,10 +640,8 @@ def write_outputs(out: Path, metrics: dict) -> None:
             # an undefined value (the evaluator's infinite DSC_soft) is empty, as metrics.json's null: "inf"
             # made a mean over the table infinite
             w.writerow([name, c["uuid"], c["chosen_frame"]] + [
-                "" if c[k] is None or not math.isfinite(c[k]) else f"{c[k]:.4f}" for k in
-                ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm")] + [
-                "" if c.get("ac_project_mm") is None or not math.isfinite(c["ac_project_mm"])
-                else f"{c['ac_project_mm']:.4f}"])
+                "" if c.get(k) is None or not math.isfinite(c[k]) else f"{c[k]:.4f}" for k in
+                ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm", "ac_project_mm")])
     with atomic_output_dir(out) as staged:
         atomic_write(staged / "per_case.csv", buf.getvalue())
         write_json(staged / "metrics.json", metrics)

@@ -251,19 +251,19 @@ def read_ac(ac_mm: float | None, spacing_problem: str | None = None,
     # a student's word and the stretched frames' are said beside any other doubt: what to do next
     # (re-score with its teacher, resample the sweep to square pixels) was said only where the mask
     # and the classifier raised none (the mask file's record kept it, the window and summary.json not)
-    student = f"; also {STUDENT_ALONE_DOUBT}" if model_doubt and STUDENT_ALONE_DOUBT in model_doubt else ""
+    also_models = f"; also {STUDENT_ALONE_DOUBT}" if model_doubt and STUDENT_ALONE_DOUBT in model_doubt else ""
     stretched = (model_doubt or "").find(STRETCH_MARK)
     if stretched >= 0:  # (the last of the model doubts: from its mark to the end)
-        student += f"; also {model_doubt[stretched:]}"
+        also_models += f"; also {model_doubt[stretched:]}"
     if mask_problem:
         check = "the frame, the mask and the pixel spacing" if "size" in mask_problem or size else "the frame and the mask"
         # the other model's word is said too (it was dropped: a frame the classifier scored 0.28 read
         # only "flattened")
         also = f"; also {disagreement}" if disagreement else ""
         return ACReading(DOUBTFUL, round(ac, 1), None, "",
-                         f"{mask_doubt(mask_problem)}{also}; check {check}{size}{student}")
+                         f"{mask_doubt(mask_problem)}{also}; check {check}{size}{also_models}")
     if disagreement:
-        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{disagreement}; check the frame{size}{student}")
+        return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{disagreement}; check the frame{size}{also_models}")
     if model_doubt:
         return ACReading(DOUBTFUL, round(ac, 1), None, "", f"{model_doubt}{size}")
     if not lo <= ac <= hi:

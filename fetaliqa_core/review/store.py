@@ -320,6 +320,21 @@ class ReviewStore:
         except sqlite3.OperationalError:
             pass
 
+    @contextlib.contextmanager
+    def _immediate(self, conn: sqlite3.Connection):
+        """One immediate transaction on the file this store opened (:meth:`_check_same_file`
+        first): committed when the block ends, rolled back when it raises; the write-ahead log
+        emptied after the commit (:meth:`_empty_log`)."""
+        self._check_same_file()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)
+            raise
+        self._empty_log(conn)
+
     def _schema_behind(self) -> bool:
         return self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION  # type: ignore[union-attr]
 
@@ -482,15 +497,8 @@ class ReviewStore:
         """Run statements in one immediate transaction; commit before returning row ids."""
         conn = self._conn
         assert conn is not None
-        self._check_same_file()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._immediate(conn):
             ids = [conn.execute(sql, params).lastrowid for sql, params in statements]
-            conn.execute("COMMIT")
-            self._empty_log(conn)
-        except BaseException:
-            rollback(conn)
-            raise
         return ids
 
     @property
@@ -521,9 +529,7 @@ class ReviewStore:
         conn = self._conn
         # One immediate transaction with an upsert: two processes registering the same new
         # sweep at once both get its one id (the second waits for the first, then finds it).
-        self._check_same_file()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._immediate(conn):
             conn.execute(
                 "INSERT INTO sweeps (content_hash, path, n_frames, sweep_ranges, spacing_row_mm, "
                 "spacing_col_mm, added_utc, sweep_kinds) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -547,11 +553,6 @@ class ReviewStore:
                 # reports measure the latest run with it (they kept the first one ever seen)
                 conn.execute("UPDATE sweeps SET spacing_row_mm = ?, spacing_col_mm = ? WHERE id = ?",
                              (*new_spacing, sweep_id))
-            conn.execute("COMMIT")
-            self._empty_log(conn)
-        except BaseException:
-            rollback(conn)
-            raise
         return int(sweep_id)
 
     def add_sweep_from(self, sweep: Any) -> int:
@@ -647,17 +648,10 @@ class ReviewStore:
                 raise ValueError(f"mask for frame {frame} is outside 0..{n - 1}")
         # The run id is needed by the mask rows: insert them in the same transaction.
         conn = self._conn
-        self._check_same_file()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._immediate(conn):
             run_id = conn.execute(*run_insert).lastrowid
             conn.executemany("INSERT INTO run_masks (run_id, frame, png) VALUES (?, ?, ?)",
                              [(run_id, f, blob) for f, blob in encoded])
-            conn.execute("COMMIT")
-            self._empty_log(conn)
-        except BaseException:
-            rollback(conn)
-            raise
         return int(run_id)
 
     # the sweep's frame count comes along, so that every blob's length can be checked
@@ -795,29 +789,21 @@ class ReviewStore:
         reviewer = self.known_reviewer(reviewer)
         conn = self._conn
         now = utc_now()
-        self._check_same_file()
-        with self._busy_wait(wait_ms):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(f"SELECT {self._verdict_cols} FROM verdicts WHERE sweep_id = ? AND frame = ? "
-                                   "AND reviewer = ? ORDER BY id DESC LIMIT 1",
-                                   (sweep_id, frame, reviewer)).fetchone()
-                standing = None if row is None else self._verdict_row(row)
-                if standing is None or standing.withdrawn:
-                    raise FetalIQAError(f"{reviewer} has no verdict on frame {frame} of {sweep.name} to withdraw"
-                                        f"{' (it is withdrawn already)' if standing is not None else ''}.")
-                vid = conn.execute(
-                    "INSERT INTO verdicts (sweep_id, frame, reviewer, label, agrees_with_model, note, "
-                    "created_utc, model_run_id, withdrawn) VALUES (?, ?, ?, ?, ?, '', ?, ?, 1)",
-                    (sweep_id, frame, reviewer, standing.label,
-                     None if standing.agrees_with_model is None else int(standing.agrees_with_model),
-                     now, standing.model_run_id)).lastrowid
-                conn.execute(self._POSITION_UPSERT, (sweep_id, reviewer, queue, frame, now))
-                conn.execute("COMMIT")
-                self._empty_log(conn)
-            except BaseException:
-                rollback(conn)
-                raise
+        with self._busy_wait(wait_ms), self._immediate(conn):
+            row = conn.execute(f"SELECT {self._verdict_cols} FROM verdicts WHERE sweep_id = ? AND frame = ? "
+                               "AND reviewer = ? ORDER BY id DESC LIMIT 1",
+                               (sweep_id, frame, reviewer)).fetchone()
+            standing = None if row is None else self._verdict_row(row)
+            if standing is None or standing.withdrawn:
+                raise FetalIQAError(f"{reviewer} has no verdict on frame {frame} of {sweep.name} to withdraw"
+                                    f"{' (it is withdrawn already)' if standing is not None else ''}.")
+            vid = conn.execute(
+                "INSERT INTO verdicts (sweep_id, frame, reviewer, label, agrees_with_model, note, "
+                "created_utc, model_run_id, withdrawn) VALUES (?, ?, ?, ?, ?, '', ?, ?, 1)",
+                (sweep_id, frame, reviewer, standing.label,
+                 None if standing.agrees_with_model is None else int(standing.agrees_with_model),
+                 now, standing.model_run_id)).lastrowid
+            conn.execute(self._POSITION_UPSERT, (sweep_id, reviewer, queue, frame, now))
         return Verdict(id=int(vid), sweep_id=sweep_id, frame=frame, reviewer=reviewer, label=standing.label,
                        agrees_with_model=standing.agrees_with_model, note="", time=now,
                        model_run_id=standing.model_run_id, withdrawn=True)
