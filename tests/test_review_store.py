@@ -640,6 +640,19 @@ def test_a_reviewer_name_carries_no_direction_overrides_or_control_characters(tm
         check_reviewer("\u202e\u2066")
 
 
+@pytest.mark.parametrize("text, note, name", [
+    # plain ASCII (cleaned bytewise): C0 and DEL go; a note keeps its tabs and line breaks
+    ("a\x00b\x07c\x1b[31md\x7fe\tf\ng\rh", "abc[31mde\tf\ng\rh", "abc[31mdefgh"),
+    # any other text: C1 and overrides go too; a note keeps balanced isolates, a name drops them
+    ("\u05d0\x9b\u202e\x1bb\u2066c\u2069\t", "\u05d0b\u2066c\u2069\t", "\u05d0bc"),
+    ("\u05d0\u2066open\nx", "\u05d0open\nx", "\u05d0openx"),  # an isolate left open is dropped
+])
+def test_notes_and_names_lose_control_characters_whatever_their_alphabet(text, note, name):
+    from fetaliqa_core.review.records import clean_name, clean_note
+
+    assert clean_note(text) == note and clean_name(text) == name
+
+
 def test_a_writable_database_of_an_earlier_version_is_updated_then_read_only(tmp_path):
     db = tmp_path / "old.sqlite3"
     _v1_database(db).close()
