@@ -374,6 +374,9 @@ def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = 
             write_challenge_files(tmp, sweep, results, assessment)
             names += [CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE]
         if extra is not None:
+            before = {q.name for q in tmp.iterdir()}
             extra(tmp)
+            # (a cascade's cascade.json was written but not listed among the files written)
+            names += sorted(q.name for q in tmp.iterdir() if q.name not in before)
         write_json(tmp / OUTPUTS_FILE, sorted(p.name for p in tmp.iterdir()))
     return [out / n for n in names]

@@ -401,8 +401,12 @@ def test_a_cascade_stopped_in_its_teacher_stage_says_in_its_files_how_many_candi
     # a finished cascade says nothing of the kind
     whole = CascadeEngine(sweep, FakeModel("joint"), cls, seg, cache=False, thresholds=thresholds).run()
     out = tmp_path / "whole"
-    write_cascade_scores(out, sweep, whole.merged, whole.confirmed, assess(sweep, whole.teacher_results, thresholds),
-                         "student", complete=whole.complete, teacher_planned=len(whole.teacher_plan))
+    written = write_cascade_scores(out, sweep, whole.merged, whole.confirmed,
+                                   assess(sweep, whole.teacher_results, thresholds), "student",
+                                   complete=whole.complete, teacher_planned=len(whole.teacher_plan))
+    # the files written, as `demo --cascade` lists them: cascade.json among them
+    assert sorted(p.name for p in written) == ["cascade.json", "frames.csv", "summary.json"]
+    assert all(p.parent == out and p.is_file() for p in written)
     assert "stopped" not in json.loads((out / "summary.json").read_text())["choice_note"]
     assert "teacher_frames_planned" not in json.loads((out / "cascade.json").read_text())
 
