@@ -675,6 +675,33 @@ def test_a_mask_outside_the_field_of_view_found_in_its_sweep_is_measured_on_the_
     assert record["mask_problem"].startswith("not checked against the fan's edge")
 
 
+def test_twins_one_of_them_outside_the_field_of_view_found_are_said_and_doubtful(tmp_path, capsys, monkeypatch):
+    """Twins in fluid shown pure black: the field of view found in an independent generator's
+    frames was one twin's body (and what touched it); the other twin lay outside it, was left out
+    without a word and the first one's AC read plain (the same mask read "fragmented" where the
+    fluid showed). Both outlines are seen now, on the whole frame, and the AC is doubtful."""
+    from fetaliqa_core import acouslic
+    from fetaliqa_core.io import write_volume
+
+    rng = np.random.default_rng(7)
+    frames = np.zeros((3, H, W), np.uint8)
+    one, two = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    cv2.ellipse(one, (250, 200), (95, 85), 0, 0, 360, 1, -1)
+    cv2.ellipse(two, (520, 400), (80, 70), 0, 0, 360, 1, -1)
+    for region in (one, two):
+        frames[:, region != 0] = rng.integers(90, 170, (3, int((region != 0).sum())), dtype=np.uint8)
+    write_volume(tmp_path / "twins.mha", frames, spacing_mm=(0.28, 0.28))
+    found = cv2.dilate(one, np.ones((15, 15), np.uint8)) != 0  # the first twin and a margin round it
+    monkeypatch.setattr(acouslic, "sweep_fov", lambda sweep: found)
+    path = _write(tmp_path, np.repeat(((one | two) != 0)[None].astype(np.uint8), 3, axis=0), "twins_mask.mha")
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "twins.mha"), "--frame", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["field_of_view"] == "whole frame"
+    assert "a separate outline of the mask" in record["field_of_view_note"]
+    assert record["ac_status"] == "doubtful" and record["ga"] is None
+    assert "2 separate outlines" in " ".join(record["frame_notes"] or [])
+
+
 def test_an_abdomen_in_black_fluid_cut_by_the_fan_s_arc_is_never_a_plain_short_ac(tmp_path, capsys):
     """A bright abdomen in fluid shown pure black that reaches the fan's depth arc, its outline cut
     there: the field of view found leaves out the fluid and the body, the mask was measured on the

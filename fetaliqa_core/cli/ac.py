@@ -155,6 +155,20 @@ def _pick_frame(masks: np.ndarray, frame: int | None, path: Path) -> int:
 OTHER_PIECE_SHARE = 0.05
 
 
+def _piece_outside(frame: np.ndarray, fov: np.ndarray) -> int | None:
+    """The area (px) of the largest separate piece of ``frame``'s mask (at least
+    :data:`OTHER_PIECE_SHARE` of the largest piece) lying mostly outside ``fov``, or None."""
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((frame != 0).astype(np.uint8), connectivity=8)
+    if n < 3:  # one piece: what lies outside is said by the share outside
+        return None
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    inside = np.bincount(labels[fov], minlength=n)[1:]
+    out = [int(a) for a, i in zip(areas, inside) if a >= OTHER_PIECE_SHARE * areas.max() and i < 0.5 * a]
+    return max(out) if out else None
+
+
 def _frame_notes(masks: np.ndarray, index: int, fov) -> list[str]:
     """What the user should know about the frame measured: a suboptimal plane's label where an
     optimal one exists, separate outlines of which only the largest is measured."""
@@ -327,6 +341,15 @@ def run(args: argparse.Namespace) -> int:
                 f"{outside:.0%} of the mask lies outside the field of view found in the sweep's frames (where "
                 "fluid is shown pure black the fan's edges cannot be seen): measured on the whole frame, so a "
                 "cut by the fan's edge is not known")
+            edge_unknown = True
+        elif (piece := _piece_outside(frame, fov)) is not None:
+            # twins in fluid shown pure black: the field of view found held one body (and what
+            # touches it), the other outline lay outside it and was left out without a word, the
+            # AC plain (the same mask read "fragmented" where the fluid showed)
+            fov, fov_name, fov_note = None, "whole frame", (
+                f"a separate outline of the mask ({piece} px) lies outside the field of view found in the "
+                "sweep's frames (where fluid is shown pure black the fan's edges cannot be seen): measured on "
+                "the whole frame, so a cut by the fan's edge is not known")
             edge_unknown = True
         elif (np.count_nonzero(frame[fov]) >= OWN_FAN_OUTLINE * np.count_nonzero(fov)
               and _outline_on_edge(frame, fov) > OWN_FAN_OUTLINE):
