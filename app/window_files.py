@@ -3,6 +3,7 @@ a file off the UI thread (:class:`app.worker.SweepLoader`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
@@ -34,16 +35,38 @@ def file_state(path: str | Path) -> tuple | None:
 
     try:
         where = Path(path)
-        files = member_files(where) if where.exists() else []
-        if not files and not where.is_dir():
-            return None
+        if where.is_dir():
+            # the files a series folder's reader reads (as member_files lists them), by name: a
+            # Path for each of 50,000 entries, checked and sorted, held the window 2-2.5 s on
+            # every activation; names are sorted in a twentieth of that and stat'ed up to the cap
+            names = _folder_files(where)
+            files = [(name, os.path.join(where, name)) for name in names[:FILES_LOOKED_AT]]
+            count = len(names)
+        else:
+            listed = member_files(where) if where.exists() else []
+            if not listed:
+                return None
+            files, count = [(f.name, f) for f in listed], len(listed)
         state = []
-        for f in files[:FILES_LOOKED_AT]:
-            st = f.stat()
-            state.append((f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        for name, f in files:
+            st = os.stat(f)
+            state.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     except (OSError, ValueError):
         return None
-    return tuple(state) + (len(files),)
+    return tuple(state) + (count,)
+
+
+def _folder_files(folder: Path) -> list[str]:
+    """The names of ``folder``'s regular files (links followed), hidden ones aside, sorted: the
+    files :func:`fetaliqa_core.archive.member_files` gives for a folder."""
+    def regular(entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_file()
+        except OSError:
+            return False
+
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if not e.name.startswith(".") and regular(e))
 
 
 def only_change_time_moved(before: tuple | None, now: tuple | None) -> bool:

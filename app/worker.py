@@ -33,6 +33,9 @@ def import_model_libraries() -> None:
     """Import PyTorch, open_clip, peft and the analysis and model modules (no-ops once done);
     never two threads at once."""
     with _IMPORTS:
+        # the readers first (~0.15 s): imported by the first sweep opened, on the window's thread,
+        # they held it 0.2-0.5 s while PyTorch loaded beside them
+        import fetaliqa_core.archive  # noqa: F401
         import open_clip  # noqa: F401  (imports torch)
         import peft  # noqa: F401
 

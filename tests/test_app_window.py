@@ -1682,3 +1682,26 @@ def test_a_long_read_note_in_the_corner_is_cut_where_a_clause_ends(qtbot, make_w
     win.set_sweep(dataclasses.replace(tiny_sweep(1, 5, 40, 50), read_notes=(note,)), score=False)
     shown = win.frame_view.corner_tl.text().replace("<br>", " ")
     assert "read as grey (their luminance)…" in shown, shown
+
+
+def test_a_series_folder_s_file_state_lists_the_files_its_reader_reads(tmp_path, monkeypatch):
+    """What tells a DICOM series folder changed on disk (looked at on every activation, on the
+    window's thread, up to FILES_LOOKED_AT files): its regular files by name, links followed,
+    hidden files, sub-folders and broken links aside, with the count of all of them."""
+    from app import window_files
+
+    folder = tmp_path / "series"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("IM3", "IM1", "IM2", "IM10", ".hidden"):
+        (folder / name).write_bytes(name.encode())
+    (folder / "link1").symlink_to("IM1")
+    (folder / "broken").symlink_to("nowhere")
+    state = window_files.file_state(folder)
+    assert [s[0] for s in state[:-1]] == ["IM1", "IM10", "IM2", "IM3", "link1"] and state[-1] == 5
+    assert state[0][1] == 3 and state[-2][1] == 3  # sizes, the link's of the file it leads to
+    monkeypatch.setattr(window_files, "FILES_LOOKED_AT", 2)
+    capped = window_files.file_state(folder)
+    assert capped[:-1] == state[:2] and capped[-1] == 5  # a file added beyond the cap still counts
+    (folder / "IM4").write_bytes(b"4")
+    assert window_files.file_state(folder)[-1] == 6
+    assert window_files.file_state(tmp_path / "missing") is None
