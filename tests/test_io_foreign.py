@@ -1508,6 +1508,32 @@ def test_a_tiff_whose_page_list_points_into_a_page_is_refused(tmp_path, where, t
         load_sweep(tif)
 
 
+@pytest.mark.parametrize("to", [0, 4])
+def test_a_tiff_whose_pixels_are_placed_in_its_header_is_refused(tmp_path, to):
+    """Every page's strips placed at the start of the file (a damaged StripOffsets field) read as
+    identical frames made of the header's bytes, without a word."""
+    import struct
+
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in _grey(n=3).astype(np.uint8)]
+    tif = tmp_path / "s.tif"
+    frames[0].save(tif, save_all=True, append_images=frames[1:])
+    raw = bytearray(tif.read_bytes())
+    for ifd, _ in _tiff_ifd_offsets(bytes(raw)):
+        for k in range(struct.unpack("<H", raw[ifd:ifd + 2])[0]):
+            at = ifd + 2 + 12 * k
+            tag, kind, count = struct.unpack("<HHI", raw[at:at + 8])
+            if tag == 273:  # StripOffsets: one inline value, or a list elsewhere
+                size = {3: 2, 4: 4}[kind]
+                where = at + 8 if count * size <= 4 else struct.unpack("<I", raw[at + 8:at + 12])[0]
+                raw[where:where + count * size] = struct.pack("<" + "HI"[size // 4] * count, *[to] * count)
+    bad = tmp_path / "placed.tif"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(FetalIQAError, match="TIFF file whose contents cannot be read: it is damaged or cut short"):
+        load_sweep(bad)
+
+
 @pytest.mark.parametrize("unit,per_unit,expected", [
     ("mm", (5.0, 4.0), (0.25, 0.2)), ("micron", (0.005, 0.005), (0.2, 0.2)), ("\\u00B5m", (0.004, 0.004), (0.25, 0.25)),
     ("\u00b5m", (0.004, 0.004), (0.25, 0.25)),  # raw UTF-8, as writers that copy ImageJ's format put it

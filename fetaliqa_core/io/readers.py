@@ -1082,6 +1082,11 @@ def _check_tiff_page(path: Path, fh: BinaryIO, order: str, size: int, inline: in
         places, lengths = values(324), values(325)
     if width is None or height is None or places is None or not width[0] or not height[0]:
         raise _damaged_tiff(path, f"page {page} names no size or no place for its pixels")
+    # (8 bytes of header, 16 for a BigTIFF: twice the inline size; an empty strip or tile may be at 0)
+    held = places if lengths is None else places[:len(lengths)][lengths[:len(places)] > 0]
+    if held.size and int(held.min()) < 2 * inline:
+        # every page's strips placed at offset 0 read as identical frames of the header's bytes
+        raise _damaged_tiff(path, f"page {page}'s pixels are placed in the file's header")
     if lengths is not None:
         n = min(len(places), len(lengths))
         ends = np.minimum(places[:n], size + 1) + np.minimum(lengths[:n], size + 1)  # (no wrap past 2**64)
