@@ -417,6 +417,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     # (its decoder's line on 12-bit frames is kept quiet; the header read above names the syntax)
     dicom_jpeg = (member.syntax if member is not None else _dicom_syntax(path)) in _JPEG_SYNTAXES
     hdf5 = "HDF5" in _array_file_kind(path)  # (its library prints a diagnostic stack on a damaged one)
+    png = _picture_kind(path) == "PNG"  # (its library prints "libpng error: ..." on a damaged one)
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -440,7 +441,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg, hdf5=hdf5):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg, hdf5=hdf5,
+                       png=png):
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -485,7 +487,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                  MAX_DEFLATE_RATIO)
     metadata = {k: reader.GetMetaData(k)[:META_VALUE_CHARS] for k in reader.GetMetaDataKeys() if k in META_KEYS}
     try:
-        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg, hdf5=hdf5):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg, hdf5=hdf5,
+                       png=png):
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -2814,7 +2817,7 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     vox_offset = _nifti_vox_offset(head)
     if vox_offset is None:
         return
-    stored = _nifti_bitpix(head)  # the stored type: a scaled (scl_slope) file is read as float
+    stored = _nifti_stored_bits(head)  # the stored type: a scaled (scl_slope) file is read as float
     if stored:
         bits, datatype = stored
         per_voxel = bits if datatype in (128, 2304) else bits * components  # RGB24 / RGBA32: all channels
@@ -3223,6 +3226,13 @@ def _nrrd_mixed_space_units(fields: dict[str, str], units: list[str]) -> tuple[t
 
 #: NIfTI datatype codes (nifti1.h): the only values a writer may put in the header.
 _NIFTI_DATATYPES = frozenset({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304})
+#: Bits per voxel and the type's name for each NIfTI datatype (nifti1.h): the NIfTI library sizes
+#: and reads the pixel data by the datatype alone, whatever the header's bitpix says.
+_NIFTI_DATATYPE_BITS = {2: (8, "uint8"), 4: (16, "int16"), 8: (32, "int32"), 16: (32, "float32"),
+                        32: (64, "complex64"), 64: (64, "float64"), 128: (24, "RGB24"), 256: (8, "int8"),
+                        512: (16, "uint16"), 768: (32, "uint32"), 1024: (64, "int64"), 1280: (64, "uint64"),
+                        1536: (128, "float128"), 1792: (128, "complex128"), 2048: (256, "complex256"),
+                        2304: (32, "RGBA32")}
 
 
 def _precheck_nifti_header(path: Path) -> None:
@@ -3240,7 +3250,7 @@ def _precheck_nifti_header(path: Path) -> None:
     for endian in ("<", ">"):
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
             ndim, *dims = struct.unpack(endian + "8h", head[40:56])
-            datatype = struct.unpack(endian + "h", head[70:72])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
             break
         if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
             raise FetalIQAError(f"{path}: a NIfTI-2 file, which this reader does not support. Save the sweep as "
@@ -3262,6 +3272,10 @@ def _precheck_nifti_header(path: Path) -> None:
     if any(d < 0 for d in dims[:ndim]):  # not a strip of frames 1 pixel high, as the library reads it
         raise FetalIQAError(f"{path}: the NIfTI header's dim {' '.join(map(str, dims[:ndim]))} is negative. The "
                             "file is damaged; export it again.")
+    if 0 in dims[:ndim]:  # (the library prints "** ERROR: ... bad dim[1]" for a first one of 0, and reads a
+        # later one as 1: a strip of frames, or one frame of many)
+        raise FetalIQAError(f"{path}: the NIfTI header's dim {' '.join(map(str, dims[:ndim]))} has a size of 0: the "
+                            "header is damaged. Export the file again.")
     if datatype not in _NIFTI_DATATYPES:
         raise FetalIQAError(f"{path}: the NIfTI header's datatype code {datatype} is not one the format "
                             "defines: the header is damaged. Export the file again.")
@@ -3271,17 +3285,26 @@ def _precheck_nifti_header(path: Path) -> None:
     if datatype in (1536, 2048):  # DT_FLOAT128, DT_COMPLEX256: the image library has no such type
         raise FetalIQAError(f"{path}: the NIfTI file stores 128-bit floating-point{' complex' if datatype == 2048 else ''} "
                             "pixels, which are not read. Export the sweep with 8-bit, 16-bit or 32-bit float pixels.")
+    bits, name = _NIFTI_DATATYPE_BITS.get(datatype, (0, ""))
+    if bits and bitpix > 0 and bitpix % 8 == 0 and bitpix != bits:
+        # the library reads the pixels as the datatype says: a uint8 file marked uint16 came back
+        # with its first frames scrambled and its last ones blank, without a word (a bitpix of 0 or
+        # of no whole byte says nothing, and the datatype alone is read, rightly)
+        raise FetalIQAError(f"{path}: the NIfTI header contradicts itself: bitpix says {bitpix} bits per pixel but "
+                            f"datatype {datatype} says {bits} ({name}), so its pixels would be read wrongly. The "
+                            "header is damaged: export the file again.")
 
 
-def _nifti_bitpix(head: bytes) -> tuple[int, int] | None:
-    """Bits per stored value and the datatype code of a NIfTI-1 header; None when not one."""
+def _nifti_stored_bits(head: bytes) -> tuple[int, int] | None:
+    """Bits per stored value and the datatype code of a NIfTI-1 header, by its datatype (as the
+    NIfTI library sizes the pixel data); None when not one, or of no datatype the format defines."""
     if len(head) < 348:
         return None
     for endian in ("<", ">"):
         if struct.unpack(endian + "i", head[:4])[0] == 348:
-            bits = int(struct.unpack(endian + "h", head[72:74])[0])
             datatype = int(struct.unpack(endian + "h", head[70:72])[0])
-            return (bits, datatype) if bits > 0 and bits % 8 == 0 else None
+            bits = _NIFTI_DATATYPE_BITS.get(datatype, (0, ""))[0]
+            return (bits, datatype) if bits else None
     return None
 
 
