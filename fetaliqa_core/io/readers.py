@@ -3103,9 +3103,17 @@ def _refuse_overfull_nrrd_fields(path: Path, fields: dict[str, str] | None) -> N
 def _nrrd_stored_bytes(path: Path, fields: dict[str, str] | None) -> int | None:
     """For a gzip-encoded NRRD, the bytes of compressed data (to bound what they can inflate to);
     None for other files. A detached data file must be one regular file: a named pipe would
-    block the reader forever."""
+    block the reader forever. A byte skip below -1 is refused (checked before the image reader
+    opens the file)."""
     if fields is None:
         return None
+    skip = fields.get("byte skip", fields.get("byteskip", "0")).strip()
+    if re.fullmatch(r"-\d+", skip) and int(skip) < -1:
+        # the image reader read the data from that many bytes before the end, every frame shifted
+        # (83 grey levels off on average for uint16), without a word
+        raise FetalIQAError(f"{path}: the NRRD header's 'byte skip: {skip[:20]}' is no value the format defines (the "
+                            "bytes to skip before the data, or -1: the data end the file), and its frames would be "
+                            "read shifted. The header is damaged: export the file again.")
     encoding = fields.get("encoding", "raw").lower()
     if encoding in ("ascii", "text", "txt"):  # ITK's text decoder crashes the process on binary data
         raise FetalIQAError(f"{path}: the NRRD stores its pixels as text (encoding: {encoding}), which is not "
@@ -3649,6 +3657,11 @@ def _detached_data_file(path: Path, data_file: str, field: str) -> Path:
                             f"({field} = {name[:80]!r}); only a file beside the header is read. Keep the "
                             "header and its data file together and name the data file without a folder.")
     data_path = path.parent / rel
+    if rel.name == path.name or (data_path.exists() and data_path.resolve() == path.resolve()):
+        # (the image reader reads the header's own text as the first pixels, every frame shifted)
+        raise FetalIQAError(f"{path}: the header names its own file as its pixel data file ({field} = "
+                            f"{name[:80]!r}), so its header text would be read as pixels. Name the data file "
+                            "beside it, or export the file again.")
     if not data_path.exists() and not data_path.is_symlink():
         raise FetalIQAError(f"{path}: the pixel data file {name!r} named in the header is missing "
                             f"(looked for {data_path}). Keep the header and its data file together.")
