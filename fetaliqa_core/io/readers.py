@@ -3151,6 +3151,9 @@ def _nrrd_spacing_units(fields: dict[str, str] | None) -> tuple[tuple[float, flo
     is no length gives a note that makes the spacing unknown."""
     if fields is None:
         return (1.0, 1.0), ""
+    unusable = _nrrd_directions_unusable(fields)
+    if unusable:
+        return (1.0, 1.0), unusable
     units = _nrrd_units(fields)
     if units is None:
         return (1.0, 1.0), ""
@@ -3198,6 +3201,43 @@ def _nrrd_names_no_unit(fields: dict[str, str] | None) -> bool:
         return "space" not in fields and "space dimension" not in fields
     units = units if "space units" in fields else units[:2]  # (an image axis past the frame's two: the frames')
     return all(u.strip().lower() in _NRRD_NO_UNIT for u in units)
+
+
+#: How far from a right angle (its cosine) a NRRD's pixel columns and rows may meet and still be
+#: read as a grid of one pixel size: 0.06 degrees, a length off by 0.1 % at most (writers that
+#: round their direction cosines stay far within it).
+_NRRD_SHEAR_COSINE = 1e-3
+
+
+def _nrrd_directions_unusable(fields: dict[str, str]) -> str:
+    """Why a NRRD's ``space directions`` give its pixels no size a length can use ('' when they
+    do, or when there are none to read), read from the header itself: directions of the columns
+    and rows that do not meet at a right angle (a sheared grid: the image reader took the vectors'
+    lengths, 0.354 x 0.3 mm, without a word), or a size so large the image reader cannot compute it
+    (its vector length overflows, and it reads 1 mm instead: 1e308 was said to be "1 x 1 mm, the
+    value image writers put when no spacing was known")."""
+    vectors = []
+    for text in re.findall(r"\(([^)]*)\)", fields.get("space directions", ""))[:2]:
+        try:
+            vectors.append([float(v) for v in text.split(",")])
+        except ValueError:
+            return ""  # (the image reader's own line says what is wrong)
+    if len(vectors) < 2 or len(vectors[0]) != len(vectors[1]):
+        return ""
+    col, row = vectors
+    if not all(math.isfinite(v) for v in col + row):
+        return "the file's space directions hold a value that is no number"
+    sizes = [math.hypot(*vector) for vector in (col, row)]  # (hypot: no overflow on squaring 1e308)
+    if not all(math.isfinite(sum(v * v for v in vector)) for vector in (col, row)):
+        return (f"the file's space directions record pixels {sizes[0]:.3g} wide and {sizes[1]:.3g} high, an "
+                "implausible size that image readers read as 1 mm")
+    if min(sizes) > 0:
+        cosine = sum((a / sizes[0]) * (b / sizes[1]) for a, b in zip(col, row))
+        if abs(cosine) > _NRRD_SHEAR_COSINE:
+            angle = math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
+            return (f"the file's space directions are not perpendicular (the pixels' columns and rows meet at "
+                    f"{angle:.3g} degrees, not 90): a sheared grid has no pixel spacing a length can use")
+    return ""
 
 
 def _nrrd_mixed_space_units(fields: dict[str, str], units: list[str]) -> tuple[tuple[float, float], str]:
