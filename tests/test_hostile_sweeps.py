@@ -291,6 +291,24 @@ def test_nrrd_spreading_data_over_a_file_list_is_refused(tmp_path):
     _assert_refused(tmp_path / "list.nhdr")
 
 
+def test_nrrd_byte_skip_below_minus_one_or_a_data_file_naming_itself_is_refused(tmp_path):
+    """'byte skip: -2' (the format defines -1 only: the data end the file) was read with every frame
+    shifted (83 grey levels off on average for uint16), and an attached NRRD whose 'data file' named
+    itself had its own header text read as its first pixels, without a word either."""
+    frames = np.random.default_rng(0).integers(0, 4000, (2, 40, 48), np.uint16)
+    head = "NRRD0004\ntype: uint16\ndimension: 3\nsizes: 48 40 2\nendian: little\nencoding: raw\n"
+    for skip in (-1, -2, -100):
+        path = tmp_path / f"skip{-skip}.nrrd"
+        path.write_bytes(f"{head}byte skip: {skip}\n\n".encode() + frames.astype("<u2").tobytes())
+        if skip == -1:  # the data end the file: read from there, rightly
+            assert np.array_equal(np.asarray(load_sweep(path).frames).shape, frames.shape)
+        else:
+            _assert_refused(path, f"'byte skip: {skip}'", "shifted", "export the file again")
+    path = tmp_path / "self.nrrd"
+    path.write_bytes(f"{head}data file: self.nrrd\n\n".encode() + frames.astype("<u2").tobytes())
+    _assert_refused(path, "names its own file", "'self.nrrd'")
+
+
 # --------------------------------------------------------------------------------------------
 # Property-based: mutated headers never give anything but a Sweep or one FetalIQAError
 

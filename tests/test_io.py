@@ -680,12 +680,13 @@ def test_unreadable_file(tmp_path):
     _assert_user_error(exc.value, tmp_path / "p.mha", "permission")
 
 
-@pytest.mark.parametrize("offset,value", [(40, -1), (70, 1234)], ids=["dimensions", "datatype"])
-def test_a_damaged_nifti_header_is_one_line_and_nothing_on_stderr(tmp_path, capfd, offset, value):
-    """The NIfTI library prints its own '** ERROR' on stderr for such a header; it is refused
-    before the library reads it."""
+@pytest.mark.parametrize("offset,value,said", [(40, -1, "dimensions"), (70, 1234, "datatype code 1234"),
+                                               (42, 0, "has a size of 0")], ids=["dimensions", "datatype", "width 0"])
+def test_a_damaged_nifti_header_is_one_line_and_nothing_on_stderr(tmp_path, capfd, offset, value, said):
+    """The NIfTI library prints its own '** ERROR' on stderr for such a header ("bad dim[1]" for a
+    width of 0, before the line calling the file no NIfTI); it is refused before the library reads it."""
     path = _nifti_patched(tmp_path, offset, "<h", value)
-    with pytest.raises(FetalIQAError):
+    with pytest.raises(FetalIQAError, match=said):
         load_sweep(path)
     assert capfd.readouterr().err == ""
 

@@ -574,6 +574,31 @@ def test_a_nifti_whose_pixels_would_start_inside_its_header_is_refused(tmp_path,
     assert np.array_equal(np.asarray(load_sweep(good).frames), arr)
 
 
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("datatype,bitpix", [(512, 8), (4, 8), (16, 8), (64, 8), (128, 8), (2304, 8), (2, 16)])
+def test_a_nifti_whose_datatype_and_bitpix_disagree_is_refused(tmp_path, gz, datatype, bitpix):
+    """The NIfTI library reads the pixels as the datatype says: a uint8 file marked uint16 (bitpix
+    left at 8) came back with its first frames scrambled and its last ones blank, without a word;
+    the reverse (bitpix 16, datatype uint8) was called truncated."""
+    arr = _grey().astype(np.uint8)
+    good = tmp_path / "good.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(good))
+    raw = bytearray(good.read_bytes())
+    assert struct.unpack_from("<hh", raw, 70) == (2, 8)
+    struct.pack_into("<hh", raw, 70, datatype, bitpix)
+    path = tmp_path / ("odd.nii.gz" if gz else "odd.nii")
+    path.write_bytes(gzip.compress(bytes(raw)) if gz else bytes(raw))
+    with pytest.raises(FetalIQAError) as err:
+        load_sweep(path)
+    message = str(err.value)
+    assert "contradicts itself" in message and f"bitpix says {bitpix} bits" in message, message
+    assert f"datatype {datatype}" in message and "export the file again" in message and "truncated" not in message
+    # a bitpix of 0 (or of no whole byte) says nothing: the datatype alone is read, rightly
+    struct.pack_into("<hh", raw, 70, 2, 0)
+    path.write_bytes(gzip.compress(bytes(raw)) if gz else bytes(raw))
+    assert np.array_equal(np.asarray(load_sweep(path).frames), arr)
+
+
 # --- what cannot be read says what it is ---------------------------------------------------------------
 
 
@@ -1355,6 +1380,26 @@ def test_a_damaged_tiff_says_one_line_not_the_tiff_librarys_too(tmp_path, capfd)
         os.write(2, b"\n".join(others) + b"\n")
     err = capfd.readouterr().err
     assert all(line.decode() in err for line in others) and "TIFFFetch" not in err and "LZWDecode" not in err
+
+
+def test_a_damaged_png_says_one_line_not_the_png_librarys_too(tmp_path, capfd):
+    """The PNG library inside the image reader wrote its own lines to stderr ("libpng error: IHDR:
+    CRC error", "libpng error: Read Error") before the one line that says the file is damaged."""
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(_grey(n=1)[0].astype(np.uint8)).save(good)
+    raw = good.read_bytes()
+    crc = tmp_path / "crc.png"
+    crc.write_bytes(raw[:29] + bytes([raw[29] ^ 0xFF]) + raw[30:])  # the header chunk's checksum
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(raw[:16])
+    for path in (crc, cut):
+        with pytest.raises(FetalIQAError, match="damaged"):
+            load_sweep(path)
+        err = capfd.readouterr().err
+        assert "libpng" not in err, err
+    assert load_sweep(good).frames.shape[0] == 1
 
 
 def test_a_nifti_orientation_that_is_no_number_prints_no_matrix_dump(tmp_path, capfd):

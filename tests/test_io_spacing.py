@@ -674,3 +674,27 @@ def test_a_dicom_cine_s_frame_rate_is_read_from_its_header(tmp_path, attrs, fps,
     else:
         assert sweep.frame_rate[0] == pytest.approx(fps, abs=0.01)
         assert words in sweep.frame_rate[1]
+
+
+@pytest.mark.parametrize("directions,said", [
+    ("(0.25,0.25,0) (0,0.3,0) (0,0,1)", "are not perpendicular (the pixels' columns and rows meet at 45 degrees"),
+    ("(1e308,0,0) (0,1e308,0) (0,0,1)", "record pixels 1e+308 wide and 1e+308 high, an implausible size"),
+    ("(1e200,0,0) (0,0.3,0) (0,0,1)", "record pixels 1e+200 wide and 0.3 high, an implausible size"),
+])
+def test_a_nrrd_whose_space_directions_give_no_usable_pixel_size_says_why(tmp_path, directions, said):
+    """Sheared space directions were read as 0.354 x 0.3 mm without a word (a sheared grid has no
+    pixel size a length can use), and 1e308 mm, whose length the image reader cannot compute, as
+    "1 x 1 mm per pixel, the value image writers put when no spacing was known"."""
+    frames = _frames(2)
+    head = ("NRRD0004\ntype: uint8\ndimension: 3\nspace: left-posterior-superior\nsizes: 48 40 2\n"
+            "space directions: {}\nencoding: raw\n\n")
+    path = tmp_path / "odd.nrrd"
+    path.write_bytes(head.format(directions).encode() + frames.tobytes())
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_NONE and said in sweep.spacing_note, sweep.spacing_note
+    assert "image writers put" not in sweep.spacing_note
+    # columns and rows at a right angle, in any order, stay the file's own pixel size
+    for fine in ("(0.3,0,0) (0,0.28,0) (0,0,1)", "(0,0.28,0) (0.3,0,0) (0,0,1)", "(0.3,0,0) (0,0,0.28) (0,1,0)"):
+        path.write_bytes(head.format(fine).encode() + frames.tobytes())
+        sweep = load_sweep(path)
+        assert sweep.spacing_source != SPACING_NONE and sorted(sweep.spacing_mm) == [0.28, 0.3], fine

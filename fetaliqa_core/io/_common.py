@@ -178,11 +178,15 @@ _METAIO_LINE = re.compile(r"^(?:Meta\w+: .*|\w+ required and not defined\.?)$")
 #: The HDF5 library's diagnostic stack, printed while the image reader tries a damaged HDF5 file
 #: (40 lines before the one that says what the file is).
 _HDF5_LINE = re.compile(r"^(?:HDF5-DIAG: .*|\s+#\d{3}: .*|\s+(?:major|minor): .*)$")
+#: What the PNG library inside the image reader writes to stderr about a damaged picture
+#: (``libpng error: IHDR: CRC error``, ``libpng warning: IDAT: chunk data is too large``), before
+#: the reader's own line says the file is damaged.
+_PNG_LINE = re.compile(r"^libpng (?:error|warning): .*$")
 
 
 @contextmanager
 def quiet_native_stderr(matrix_dump: bool = False, dicom_jpeg: bool = False, metaio: bool = False,
-                        hdf5: bool = False) -> Iterator[None]:
+                        hdf5: bool = False, png: bool = False) -> Iterator[None]:
     """The TIFF library's complaints, which C code writes to the process's stderr (file
     descriptor 2) where no Python setting reaches them, kept off the terminal while a file is
     probed or read; anything else written there meanwhile (another thread's message) is passed on
@@ -191,12 +195,14 @@ def quiet_native_stderr(matrix_dump: bool = False, dicom_jpeg: bool = False, met
     is kept off too; ``dicom_jpeg``: the DICOM reader's JPEG decoder's lines on frames it then
     decodes all the same, or that the reader refuses in a line of its own (:data:`_DICOM_JPEG_LINE`);
     ``metaio``: the MetaImage header parser's lines on a header it cannot parse (:data:`_METAIO_LINE`);
-    ``hdf5``: the HDF5 library's diagnostics on a file it cannot open (:data:`_HDF5_LINE`)."""
+    ``hdf5``: the HDF5 library's diagnostics on a file it cannot open (:data:`_HDF5_LINE`);
+    ``png``: the PNG library's errors and warnings on a damaged picture (:data:`_PNG_LINE`)."""
     with _native_output_caught(2, lambda line: bool(_TIFF_LIBRARY_LINE.match(line)
                                                     or (matrix_dump and _MATRIX_DUMP_LINE.match(line))
                                                     or (dicom_jpeg and _DICOM_JPEG_LINE.match(line))
                                                     or (metaio and _METAIO_LINE.match(line))
-                                                    or (hdf5 and _HDF5_LINE.match(line)))):
+                                                    or (hdf5 and _HDF5_LINE.match(line))
+                                                    or (png and _PNG_LINE.match(line)))):
         yield
 
 
@@ -254,7 +260,8 @@ def _native_output_caught(fd: int, drop: Any) -> Iterator[None]:
 
 @contextmanager
 def quiet_itk(tiff: bool = False, matrix_dump: bool = False, jpeg: list[str] | None = None,
-              dicom_jpeg: bool = False, metaio: bool = False, hdf5: bool = False) -> Iterator[None]:
+              dicom_jpeg: bool = False, metaio: bool = False, hdf5: bool = False,
+              png: bool = False) -> Iterator[None]:
     """ITK's warnings off while a file is read: a reader that copes with an odd header (or finds
     no DICOM series) still prints a C++ source location on stderr, which says nothing to a user;
     what matters is reported as one line by the readers' own checks. With ``tiff`` (a TIFF is
@@ -268,7 +275,8 @@ def quiet_itk(tiff: bool = False, matrix_dump: bool = False, jpeg: list[str] | N
     data precision 12", several on the terminal for one good 12-bit file) are kept off. With ``metaio``
     (a MetaImage header is read by the image reader alone, before the reader's own checks), the
     lines its header parser prints on a header it cannot parse are kept off. With ``hdf5`` (an HDF5
-    file is read), the HDF5 library's diagnostic stack on one it cannot open is kept off."""
+    file is read), the HDF5 library's diagnostic stack on one it cannot open is kept off; with ``png``
+    (a PNG picture is read), the PNG library's lines on a damaged one ("libpng error: Read Error")."""
     import SimpleITK as sitk
 
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
@@ -277,8 +285,9 @@ def quiet_itk(tiff: bool = False, matrix_dump: bool = False, jpeg: list[str] | N
         if jpeg is not None:
             with jpeg_warnings_caught(jpeg):
                 yield
-        elif tiff or matrix_dump or dicom_jpeg or metaio or hdf5:
-            with quiet_native_stderr(matrix_dump=matrix_dump, dicom_jpeg=dicom_jpeg, metaio=metaio, hdf5=hdf5):
+        elif tiff or matrix_dump or dicom_jpeg or metaio or hdf5 or png:
+            with quiet_native_stderr(matrix_dump=matrix_dump, dicom_jpeg=dicom_jpeg, metaio=metaio, hdf5=hdf5,
+                                     png=png):
                 yield
         else:
             yield

@@ -417,6 +417,7 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     # (its decoder's line on 12-bit frames is kept quiet; the header read above names the syntax)
     dicom_jpeg = (member.syntax if member is not None else _dicom_syntax(path)) in _JPEG_SYNTAXES
     hdf5 = "HDF5" in _array_file_kind(path)  # (its library prints a diagnostic stack on a damaged one)
+    png = _picture_kind(path) == "PNG"  # (its library prints "libpng error: ..." on a damaged one)
     sizes = list(dict.fromkeys(size for size, _ in pages))
     if len(sizes) > 1:
         shown = ", ".join(f"{w} x {h}" for w, h in sizes[:3])
@@ -440,7 +441,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg, hdf5=hdf5):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg, hdf5=hdf5,
+                       png=png):
             reader.ReadImageInformation()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -485,7 +487,8 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                  MAX_DEFLATE_RATIO)
     metadata = {k: reader.GetMetaData(k)[:META_VALUE_CHARS] for k in reader.GetMetaDataKeys() if k in META_KEYS}
     try:
-        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg, hdf5=hdf5):
+        with quiet_itk(tiff=is_tiff, matrix_dump=odd_matrix, jpeg=jpeg_said, dicom_jpeg=dicom_jpeg, hdf5=hdf5,
+                       png=png):
             image = reader.Execute()
     except RuntimeError as exc:
         reason = sitk_reason(exc)
@@ -2819,7 +2822,7 @@ def _precheck_nifti(path: Path, size: tuple[int, ...], components: int, reader: 
     vox_offset = _nifti_vox_offset(head)
     if vox_offset is None:
         return
-    stored = _nifti_bitpix(head)  # the stored type: a scaled (scl_slope) file is read as float
+    stored = _nifti_stored_bits(head)  # the stored type: a scaled (scl_slope) file is read as float
     if stored:
         bits, datatype = stored
         per_voxel = bits if datatype in (128, 2304) else bits * components  # RGB24 / RGBA32: all channels
@@ -3105,9 +3108,17 @@ def _refuse_overfull_nrrd_fields(path: Path, fields: dict[str, str] | None) -> N
 def _nrrd_stored_bytes(path: Path, fields: dict[str, str] | None) -> int | None:
     """For a gzip-encoded NRRD, the bytes of compressed data (to bound what they can inflate to);
     None for other files. A detached data file must be one regular file: a named pipe would
-    block the reader forever."""
+    block the reader forever. A byte skip below -1 is refused (checked before the image reader
+    opens the file)."""
     if fields is None:
         return None
+    skip = fields.get("byte skip", fields.get("byteskip", "0")).strip()
+    if re.fullmatch(r"-\d+", skip) and int(skip) < -1:
+        # the image reader read the data from that many bytes before the end, every frame shifted
+        # (83 grey levels off on average for uint16), without a word
+        raise FetalIQAError(f"{path}: the NRRD header's 'byte skip: {skip[:20]}' is no value the format defines (the "
+                            "bytes to skip before the data, or -1: the data end the file), and its frames would be "
+                            "read shifted. The header is damaged: export the file again.")
     encoding = fields.get("encoding", "raw").lower()
     if encoding in ("ascii", "text", "txt"):  # ITK's text decoder crashes the process on binary data
         raise FetalIQAError(f"{path}: the NRRD stores its pixels as text (encoding: {encoding}), which is not "
@@ -3145,6 +3156,9 @@ def _nrrd_spacing_units(fields: dict[str, str] | None) -> tuple[tuple[float, flo
     is no length gives a note that makes the spacing unknown."""
     if fields is None:
         return (1.0, 1.0), ""
+    unusable = _nrrd_directions_unusable(fields)
+    if unusable:
+        return (1.0, 1.0), unusable
     units = _nrrd_units(fields)
     if units is None:
         return (1.0, 1.0), ""
@@ -3194,6 +3208,43 @@ def _nrrd_names_no_unit(fields: dict[str, str] | None) -> bool:
     return all(u.strip().lower() in _NRRD_NO_UNIT for u in units)
 
 
+#: How far from a right angle (its cosine) a NRRD's pixel columns and rows may meet and still be
+#: read as a grid of one pixel size: 0.06 degrees, a length off by 0.1 % at most (writers that
+#: round their direction cosines stay far within it).
+_NRRD_SHEAR_COSINE = 1e-3
+
+
+def _nrrd_directions_unusable(fields: dict[str, str]) -> str:
+    """Why a NRRD's ``space directions`` give its pixels no size a length can use ('' when they
+    do, or when there are none to read), read from the header itself: directions of the columns
+    and rows that do not meet at a right angle (a sheared grid: the image reader took the vectors'
+    lengths, 0.354 x 0.3 mm, without a word), or a size so large the image reader cannot compute it
+    (its vector length overflows, and it reads 1 mm instead: 1e308 was said to be "1 x 1 mm, the
+    value image writers put when no spacing was known")."""
+    vectors = []
+    for text in re.findall(r"\(([^)]*)\)", fields.get("space directions", ""))[:2]:
+        try:
+            vectors.append([float(v) for v in text.split(",")])
+        except ValueError:
+            return ""  # (the image reader's own line says what is wrong)
+    if len(vectors) < 2 or len(vectors[0]) != len(vectors[1]):
+        return ""
+    col, row = vectors
+    if not all(math.isfinite(v) for v in col + row):
+        return "the file's space directions hold a value that is no number"
+    sizes = [math.hypot(*vector) for vector in (col, row)]  # (hypot: no overflow on squaring 1e308)
+    if not all(math.isfinite(sum(v * v for v in vector)) for vector in (col, row)):
+        return (f"the file's space directions record pixels {sizes[0]:.3g} wide and {sizes[1]:.3g} high, an "
+                "implausible size that image readers read as 1 mm")
+    if min(sizes) > 0:
+        cosine = sum((a / sizes[0]) * (b / sizes[1]) for a, b in zip(col, row))
+        if abs(cosine) > _NRRD_SHEAR_COSINE:
+            angle = math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
+            return (f"the file's space directions are not perpendicular (the pixels' columns and rows meet at "
+                    f"{angle:.3g} degrees, not 90): a sheared grid has no pixel spacing a length can use")
+    return ""
+
+
 def _nrrd_mixed_space_units(fields: dict[str, str], units: list[str]) -> tuple[tuple[float, float], str]:
     """:func:`_nrrd_spacing_units` when the space's axes have different units ("cm" "mm" "mm"):
     a unit belongs to an axis of the space, not of the image, so each image axis's direction is
@@ -3228,6 +3279,13 @@ def _nrrd_mixed_space_units(fields: dict[str, str], units: list[str]) -> tuple[t
 
 #: NIfTI datatype codes (nifti1.h): the only values a writer may put in the header.
 _NIFTI_DATATYPES = frozenset({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304})
+#: Bits per voxel and the type's name for each NIfTI datatype (nifti1.h): the NIfTI library sizes
+#: and reads the pixel data by the datatype alone, whatever the header's bitpix says.
+_NIFTI_DATATYPE_BITS = {2: (8, "uint8"), 4: (16, "int16"), 8: (32, "int32"), 16: (32, "float32"),
+                        32: (64, "complex64"), 64: (64, "float64"), 128: (24, "RGB24"), 256: (8, "int8"),
+                        512: (16, "uint16"), 768: (32, "uint32"), 1024: (64, "int64"), 1280: (64, "uint64"),
+                        1536: (128, "float128"), 1792: (128, "complex128"), 2048: (256, "complex256"),
+                        2304: (32, "RGBA32")}
 
 
 def _precheck_nifti_header(path: Path) -> None:
@@ -3245,7 +3303,7 @@ def _precheck_nifti_header(path: Path) -> None:
     for endian in ("<", ">"):
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
             ndim, *dims = struct.unpack(endian + "8h", head[40:56])
-            datatype = struct.unpack(endian + "h", head[70:72])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
             break
         if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
             raise FetalIQAError(f"{path}: a NIfTI-2 file, which this reader does not support. Save the sweep as "
@@ -3267,6 +3325,10 @@ def _precheck_nifti_header(path: Path) -> None:
     if any(d < 0 for d in dims[:ndim]):  # not a strip of frames 1 pixel high, as the library reads it
         raise FetalIQAError(f"{path}: the NIfTI header's dim {' '.join(map(str, dims[:ndim]))} is negative. The "
                             "file is damaged; export it again.")
+    if 0 in dims[:ndim]:  # (the library prints "** ERROR: ... bad dim[1]" for a first one of 0, and reads a
+        # later one as 1: a strip of frames, or one frame of many)
+        raise FetalIQAError(f"{path}: the NIfTI header's dim {' '.join(map(str, dims[:ndim]))} has a size of 0: the "
+                            "header is damaged. Export the file again.")
     if datatype not in _NIFTI_DATATYPES:
         raise FetalIQAError(f"{path}: the NIfTI header's datatype code {datatype} is not one the format "
                             "defines: the header is damaged. Export the file again.")
@@ -3276,17 +3338,26 @@ def _precheck_nifti_header(path: Path) -> None:
     if datatype in (1536, 2048):  # DT_FLOAT128, DT_COMPLEX256: the image library has no such type
         raise FetalIQAError(f"{path}: the NIfTI file stores 128-bit floating-point{' complex' if datatype == 2048 else ''} "
                             "pixels, which are not read. Export the sweep with 8-bit, 16-bit or 32-bit float pixels.")
+    bits, name = _NIFTI_DATATYPE_BITS.get(datatype, (0, ""))
+    if bits and bitpix > 0 and bitpix % 8 == 0 and bitpix != bits:
+        # the library reads the pixels as the datatype says: a uint8 file marked uint16 came back
+        # with its first frames scrambled and its last ones blank, without a word (a bitpix of 0 or
+        # of no whole byte says nothing, and the datatype alone is read, rightly)
+        raise FetalIQAError(f"{path}: the NIfTI header contradicts itself: bitpix says {bitpix} bits per pixel but "
+                            f"datatype {datatype} says {bits} ({name}), so its pixels would be read wrongly. The "
+                            "header is damaged: export the file again.")
 
 
-def _nifti_bitpix(head: bytes) -> tuple[int, int] | None:
-    """Bits per stored value and the datatype code of a NIfTI-1 header; None when not one."""
+def _nifti_stored_bits(head: bytes) -> tuple[int, int] | None:
+    """Bits per stored value and the datatype code of a NIfTI-1 header, by its datatype (as the
+    NIfTI library sizes the pixel data); None when not one, or of no datatype the format defines."""
     if len(head) < 348:
         return None
     for endian in ("<", ">"):
         if struct.unpack(endian + "i", head[:4])[0] == 348:
-            bits = int(struct.unpack(endian + "h", head[72:74])[0])
             datatype = int(struct.unpack(endian + "h", head[70:72])[0])
-            return (bits, datatype) if bits > 0 and bits % 8 == 0 else None
+            bits = _NIFTI_DATATYPE_BITS.get(datatype, (0, ""))[0]
+            return (bits, datatype) if bits else None
     return None
 
 
@@ -3631,6 +3702,11 @@ def _detached_data_file(path: Path, data_file: str, field: str) -> Path:
                             f"({field} = {name[:80]!r}); only a file beside the header is read. Keep the "
                             "header and its data file together and name the data file without a folder.")
     data_path = path.parent / rel
+    if rel.name == path.name or (data_path.exists() and data_path.resolve() == path.resolve()):
+        # (the image reader reads the header's own text as the first pixels, every frame shifted)
+        raise FetalIQAError(f"{path}: the header names its own file as its pixel data file ({field} = "
+                            f"{name[:80]!r}), so its header text would be read as pixels. Name the data file "
+                            "beside it, or export the file again.")
     if not data_path.exists() and not data_path.is_symlink():
         raise FetalIQAError(f"{path}: the pixel data file {name!r} named in the header is missing "
                             f"(looked for {data_path}). Keep the header and its data file together.")
