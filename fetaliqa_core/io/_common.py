@@ -476,7 +476,9 @@ def _check_deflated(path: Path | str, start: int) -> str | None:
     Here it is inflated in pieces and counted, nothing kept but the header: it must end within what
     its pixel data's length allows, that length must be no more than twice what the header
     describes (the readers then judge the difference, as for an uncompressed file), and all of it
-    must fit in the memory available."""
+    must fit in the memory available. The deflated stream must also reach its end (its final
+    block): one cut short, an interrupted copy, made the image reader spin for minutes at 2 GB of
+    memory, deaf to Ctrl-C, or read the missing pixels as zeros, or call them undecodable."""
     from fetaliqa_core import validate
 
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
@@ -506,6 +508,10 @@ def _check_deflated(path: Path | str, start: int) -> str | None:
         return None  # damaged: the reader says so
     except OSError:
         return None
+    if not inflater.eof:  # the file ends inside the stream: what follows (pixels, for one) is lost
+        return (f"{path}: the file's deflated data stop before their end (after "
+                f"{validate._size_text(total)} inflated): it is truncated, probably an interrupted copy. "
+                "Copy or export it again.")
     if limit is None:  # small: all of it was inflated (and kept) above
         _deflated_limit(path, bytes(head))
     return None
@@ -570,8 +576,8 @@ class _NotNow(FetalIQAError):
 
 
 class DeflateBomb(FetalIQAError):
-    """A deflated DICOM file whose inflated data are more than its header allows or memory holds
-    (:func:`_check_deflated`)."""
+    """A deflated DICOM file whose inflated data are more than its header allows or memory holds,
+    or stop before their end (:func:`_check_deflated`)."""
 
 
 def dcmread_bounded(path: Path | str, **options: Any) -> Any:
