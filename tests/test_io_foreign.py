@@ -753,6 +753,41 @@ def test_a_series_file_cut_short_empty_or_not_dicom_is_named_not_a_frame_left_ou
     assert sweep.n_frames == 4 and sweep.read_notes == ()
 
 
+def test_pydicom_s_warnings_on_a_header_s_values_stay_off_the_terminal_and_others_do_not(tmp_path, monkeypatch):
+    """A Number of Frames written '6.0' reads as 6, but pydicom's warning on it (two lines naming a
+    file inside site-packages, "Invalid value for VR IS: '6.0'") printed above `fetaliqa score`'s
+    own lines. Kept off where the readers read DICOM (the file, a folder's look for cines); a
+    warning of another origin during a read still shows."""
+    import warnings
+
+    from fetaliqa_core.io import multiframe_dicom_files, readers
+
+    path = _dicom(tmp_path / "six.dcm", _grey(n=6).astype(np.uint8))
+    ds = pydicom.dcmread(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.NumberOfFrames = "6.0"
+    ds.save_as(path)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert load_sweep(path).n_frames == 6
+        assert multiframe_dicom_files(tmp_path, at_least=1) == [path]
+    shown = [f"{w.filename}: {w.message}" for w in said]
+    assert not [line for line in shown if "pydicom" in line], shown
+
+    photometric = readers._photometric
+
+    def noisy(ds):
+        warnings.warn("a warning of FetalIQA's own")
+        return photometric(ds)
+
+    monkeypatch.setattr(readers, "_photometric", noisy)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        load_sweep(path)
+    assert any("of FetalIQA's own" in str(w.message) for w in said)
+
+
 def test_a_series_is_read_in_acquisition_order(tmp_path):
     """Instance Number orders a cine (PS3.3 C.7.6.1), even where the positions run backwards; files
     with neither are taken in the order of their names, numbers compared as numbers, and said so."""

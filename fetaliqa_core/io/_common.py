@@ -6,6 +6,7 @@ import io
 import math
 import re
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -606,6 +607,20 @@ def dcmread_bounded(path: Path | str, **options: Any) -> Any:
                 f"{fh.zeros_from}): it was never fully written, probably an interrupted copy or a failed sync. "
                 "Copy or export it again.")
     return ds
+
+
+@contextmanager
+def pydicom_warnings_off() -> Iterator[None]:
+    """pydicom's warnings on a header's values (``Invalid value for VR IS: '6.0'``, ``Expected
+    implicit VR, but found explicit VR``), two lines each naming a file inside pydicom, kept off
+    the terminal while the readers read DICOM: they printed above the reader's own line, and
+    before a sweep scored without fault. What matters in them the readers' own checks say, in
+    their words (a reader that needs one records it inside this). Only warnings pydicom's own
+    modules raise are left out: FetalIQA's, and any other library's, show as before. Also a
+    decorator (``@pydicom_warnings_off()``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        yield
 
 
 #: Frame rates taken from a header, frames per second: outside these a value is not a rate

@@ -38,6 +38,7 @@ from fetaliqa_core.io._common import (
     dicom_frame_rate,
     fmt_dims,
     full_suffix,
+    pydicom_warnings_off,
     quiet_itk,
     quiet_native_stderr,
     sitk_reason,
@@ -55,6 +56,7 @@ from fetaliqa_core.io.spacing import (SPACING_CHANGES, classify_header_spacing, 
 META_VALUE_CHARS = 2000
 
 
+@pydicom_warnings_off()  # (DICOM headers are read all along the way: a file's, a series folder's)
 def read_raw(path: Path, purpose: str) -> Raw:
     what = "sweep" if purpose == "sweep" else "mask"
     validate.check_path_name(path)
@@ -1875,6 +1877,7 @@ def _rescaled_frame(ds: Any, frame: np.ndarray, photometric: str) -> np.ndarray:
     return np.clip(frame.astype(np.int64) + int(intercept), limits.min, limits.max).astype(kind)
 
 
+@pydicom_warnings_off()
 def dicom_stored_inverted(path: Path) -> bool:
     """Whether ``path`` is a DICOM file of Photometric Interpretation MONOCHROME1 (0 shown white),
     which the image reader inverts: a label mask stored so reads as 255, 254, 253."""
@@ -2795,6 +2798,7 @@ def looks_like_dicom_series(folder: Path, probe: int = 16) -> bool:
 _SERIES_PROBE = 16  # single-frame files that, with no cine before them, make a folder one series
 
 
+@pydicom_warnings_off()
 def multiframe_dicom_files(folder: Path, at_least: int = 2) -> list[Path]:
     """The DICOM files of ``folder`` when each holds several frames: an ultrasound system's
     export of several cines, one sweep a file (read as a series, they would be refused as
