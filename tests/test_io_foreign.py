@@ -729,6 +729,90 @@ def test_a_folder_of_several_series_says_which_it_read_or_refuses_a_tie(tmp_path
         load_sweep(stills)
 
 
+def _series_of_four(folder: Path, names: str = "f{k}.dcm") -> Path:
+    folder.mkdir()
+    for k in range(4):
+        _dicom(folder / names.format(k=k), _grey(n=1)[0], series="1.2.3.60", instance=k + 1)
+    return folder
+
+
+@pytest.mark.parametrize("damage, why", [
+    ("cut before its pixels", "cut short"), ("cut at 500 bytes", "cut short"), ("cut in its file meta", "cut short"),
+    ("empty", "empty, 0 bytes"), ("a link to a text file", "not a DICOM file"), ("numbered alike", "not a DICOM file"),
+])
+def test_a_series_file_cut_short_empty_or_not_dicom_is_named_not_a_frame_left_out(tmp_path, damage, why):
+    """A series folder one of whose files was cut before its pixel data (or in its header), is
+    empty (0 bytes), or is a link to another file read as one sweep a frame short, no word said,
+    and `score` scored it: the scan of the series leaves such a file out. It is named instead,
+    where the evidence says it is one of the series' files (named as they are, DICOM of the
+    series, or DICOM cut short). A README, a thumbnail, an index and a scratch file beside the
+    series are no frames of it: that folder reads, without a note."""
+    folder = _series_of_four(tmp_path / "series", "IM_{k:04d}" if damage == "numbered alike" else "f{k}.dcm")
+    victim = folder / ("IM_0002" if damage == "numbered alike" else "f2.dcm")
+    data = victim.read_bytes()
+    if damage.startswith("cut"):
+        at = {"cut before its pixels": data.index(b"\xe0\x7f\x10\x00"), "cut at 500 bytes": 500,
+              "cut in its file meta": 200}[damage]
+        victim.write_bytes(data[:at])
+    elif damage == "empty":
+        victim.write_bytes(b"")
+    else:
+        (tmp_path / "notes.txt").write_text("scanned on the second machine\n")
+        victim.unlink()
+        if damage == "numbered alike":
+            victim.write_text("scanned on the second machine\n")
+        else:
+            victim.symlink_to(tmp_path / "notes.txt")
+    with pytest.raises(FetalIQAError) as exc:
+        load_sweep(folder)
+    message = str(exc.value)
+    assert f"{victim.name} ({why}" in message and "frame missing" in message and "\n" not in message, message
+
+    fine = _series_of_four(tmp_path / "fine")
+    (fine / "README.txt").write_text("series of the 20-week scan\n")
+    (fine / "f0.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(60))  # a thumbnail
+    (fine / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
+    (fine / "scratch.tmp").write_bytes(b"")
+    (fine / "notes").symlink_to(tmp_path / "notes.txt" if (tmp_path / "notes.txt").exists() else fine / "README.txt")
+    sweep = load_sweep(fine)
+    assert sweep.n_frames == 4 and sweep.read_notes == ()
+
+
+def test_pydicom_s_warnings_on_a_header_s_values_stay_off_the_terminal_and_others_do_not(tmp_path, monkeypatch):
+    """A Number of Frames written '6.0' reads as 6, but pydicom's warning on it (two lines naming a
+    file inside site-packages, "Invalid value for VR IS: '6.0'") printed above `fetaliqa score`'s
+    own lines. Kept off where the readers read DICOM (the file, a folder's look for cines); a
+    warning of another origin during a read still shows."""
+    import warnings
+
+    from fetaliqa_core.io import multiframe_dicom_files, readers
+
+    path = _dicom(tmp_path / "six.dcm", _grey(n=6).astype(np.uint8))
+    ds = pydicom.dcmread(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.NumberOfFrames = "6.0"
+    ds.save_as(path)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert load_sweep(path).n_frames == 6
+        assert multiframe_dicom_files(tmp_path, at_least=1) == [path]
+    shown = [f"{w.filename}: {w.message}" for w in said]
+    assert not [line for line in shown if "pydicom" in line], shown
+
+    photometric = readers._photometric
+
+    def noisy(ds):
+        warnings.warn("a warning of FetalIQA's own")
+        return photometric(ds)
+
+    monkeypatch.setattr(readers, "_photometric", noisy)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        load_sweep(path)
+    assert any("of FetalIQA's own" in str(w.message) for w in said)
+
+
 def test_a_series_is_read_in_acquisition_order(tmp_path):
     """Instance Number orders a cine (PS3.3 C.7.6.1), even where the positions run backwards; files
     with neither are taken in the order of their names, numbers compared as numbers, and said so."""

@@ -6,6 +6,7 @@ import io
 import math
 import re
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -485,7 +486,9 @@ def _check_deflated(path: Path | str, start: int) -> str | None:
     Here it is inflated in pieces and counted, nothing kept but the header: it must end within what
     its pixel data's length allows, that length must be no more than twice what the header
     describes (the readers then judge the difference, as for an uncompressed file), and all of it
-    must fit in the memory available."""
+    must fit in the memory available. The deflated stream must also reach its end (its final
+    block): one cut short, an interrupted copy, made the image reader spin for minutes at 2 GB of
+    memory, deaf to Ctrl-C, or read the missing pixels as zeros, or call them undecodable."""
     from fetaliqa_core import validate
 
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
@@ -515,6 +518,10 @@ def _check_deflated(path: Path | str, start: int) -> str | None:
         return None  # damaged: the reader says so
     except OSError:
         return None
+    if not inflater.eof:  # the file ends inside the stream: what follows (pixels, for one) is lost
+        return (f"{path}: the file's deflated data stop before their end (after "
+                f"{validate._size_text(total)} inflated): it is truncated, probably an interrupted copy. "
+                "Copy or export it again.")
     if limit is None:  # small: all of it was inflated (and kept) above
         _deflated_limit(path, bytes(head))
     return None
@@ -579,8 +586,8 @@ class _NotNow(FetalIQAError):
 
 
 class DeflateBomb(FetalIQAError):
-    """A deflated DICOM file whose inflated data are more than its header allows or memory holds
-    (:func:`_check_deflated`)."""
+    """A deflated DICOM file whose inflated data are more than its header allows or memory holds,
+    or stop before their end (:func:`_check_deflated`)."""
 
 
 def dcmread_bounded(path: Path | str, **options: Any) -> Any:
@@ -609,6 +616,20 @@ def dcmread_bounded(path: Path | str, **options: Any) -> Any:
                 f"{fh.zeros_from}): it was never fully written, probably an interrupted copy or a failed sync. "
                 "Copy or export it again.")
     return ds
+
+
+@contextmanager
+def pydicom_warnings_off() -> Iterator[None]:
+    """pydicom's warnings on a header's values (``Invalid value for VR IS: '6.0'``, ``Expected
+    implicit VR, but found explicit VR``), two lines each naming a file inside pydicom, kept off
+    the terminal while the readers read DICOM: they printed above the reader's own line, and
+    before a sweep scored without fault. What matters in them the readers' own checks say, in
+    their words (a reader that needs one records it inside this). Only warnings pydicom's own
+    modules raise are left out: FetalIQA's, and any other library's, show as before. Also a
+    decorator (``@pydicom_warnings_off()``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        yield
 
 
 #: Frame rates taken from a header, frames per second: outside these a value is not a rate

@@ -38,6 +38,7 @@ from fetaliqa_core.io._common import (
     dicom_frame_rate,
     fmt_dims,
     full_suffix,
+    pydicom_warnings_off,
     quiet_itk,
     quiet_native_stderr,
     sitk_reason,
@@ -55,6 +56,7 @@ from fetaliqa_core.io.spacing import (SPACING_CHANGES, classify_header_spacing, 
 META_VALUE_CHARS = 2000
 
 
+@pydicom_warnings_off()  # (DICOM headers are read all along the way: a file's, a series folder's)
 def read_raw(path: Path, purpose: str) -> Raw:
     what = "sweep" if purpose == "sweep" else "mask"
     validate.check_path_name(path)
@@ -176,11 +178,11 @@ def _read_dicom_folder(folder: Path, what: str) -> Raw:
         notes.append(f"the folder holds {len(ranked)} DICOM series; the longest ({longest} frames) is read, "
                      f"the other(s) ({others} frame(s)) are left out")
     listed = {Path(name).resolve() for names in files_by_series.values() for name in names}
-    unread = _damaged_members([p for p in entries if p.is_file() and p.resolve() not in listed], Path(files[0]))
+    unread = _damaged_members([p for p in entries if p.is_file() and p.resolve() not in listed], list(files))
     if unread:  # a damaged file of the series would otherwise be a frame missing without a word
         shown = first_names(unread, 3)
-        raise FetalIQAError(f"{folder}: {len(unread)} DICOM file(s) of this folder cannot be read ({shown}): "
-                            "they are damaged or truncated. Copy the series again, or remove them.")
+        raise FetalIQAError(f"{folder}: {len(unread)} file(s) of this DICOM series cannot be read ({shown}): "
+                            "each would be a frame missing from the sweep. Copy the series again, or remove them.")
     if len(files) == 1:
         raw = _read_with_sitk(Path(files[0]), what)  # checks the file's pixel data itself
         raw.notes.extend(notes)
@@ -1883,6 +1885,7 @@ def _rescaled_frame(ds: Any, frame: np.ndarray, photometric: str) -> np.ndarray:
     return np.clip(frame.astype(np.int64) + int(intercept), limits.min, limits.max).astype(kind)
 
 
+@pydicom_warnings_off()
 def dicom_stored_inverted(path: Path) -> bool:
     """Whether ``path`` is a DICOM file of Photometric Interpretation MONOCHROME1 (0 shown white),
     which the image reader inverts: a label mask stored so reads as 255, 254, 253."""
@@ -2148,29 +2151,94 @@ def _acquisition_order(files: list[str], orders: list[_Member | None]) -> tuple[
     return sorted(files, key=natural), f"{why}; the frames are in the order of the file names"
 
 
-def _damaged_members(left_out: list[Path], member: Path) -> list[str]:
-    """The names of the DICOM files (by their magic) among ``left_out``, files the series scan
-    left out, that are damaged files of ``member``'s series: a header that cannot be parsed, or
-    one of that series with pixel data. Other series, non-image objects and files that are not
-    DICOM are not."""
-    candidates = [p for p in left_out if has_dicom_magic(p)]
-    if not candidates:
-        return []
+def _name_pattern(name: str) -> str:
+    """A file's name with its runs of digits set aside (``IM_0007`` -> ``im_#``, ``f2.dcm`` ->
+    ``f#.dcm``): the files of one series, numbered by the system that wrote them, share it."""
+    return re.sub(r"\d+", "#", name.lower())
 
-    try:
-        series = str(dcmread_bounded(member, stop_before_pixels=True).get("SeriesInstanceUID", ""))
-    except Exception:  # noqa: BLE001 - cannot tell: the series reader judges
-        return []
+
+def _damaged_members(left_out: list[Path], members: list[str]) -> list[str]:
+    """The files among ``left_out`` (those the series scan left out) that are damaged files of
+    the series whose files are ``members``, each named with what is wrong with it: read without
+    them, the sweep would have a frame missing and no word said. A file counts as one on
+    evidence, not on its being there:
+
+    - it is DICOM (by its magic) and its header cannot be parsed, or holds nothing past the file
+      meta (cut inside it), or stops inside an element;
+    - it is DICOM of the series (its Series Instance UID) with pixel data, or without them but of
+      the same kind of object as the series' files (SOP Class): one cut before its pixels;
+    - it is named as the series' files are (the same name with its digits set aside, or a .dcm
+      file beside .dcm files) and is empty, no DICOM at all (a link to another file, for one),
+      cannot be opened, or is DICOM without the Series Instance UID every image has.
+
+    Files of other series, a DICOMDIR or a report (complete DICOM objects of their own), and files
+    by other names that are not DICOM (a README, thumbnails) are left out as before."""
+    patterns = {_name_pattern(Path(name).name) for name in members}
+    all_dcm = all(name.lower().endswith(".dcm") for name in members)
+    reference: tuple[str, str] | None = None  # the series' UID and SOP class, read once if needed
     damaged = []
-    for path in candidates:
-        try:
-            ds = dcmread_bounded(path, defer_size=1024)
-        except Exception:  # noqa: BLE001 - a DICOM file whose header cannot be parsed is damaged
-            damaged.append(path.name)
+    for path in left_out:
+        named = _name_pattern(path.name) in patterns or (all_dcm and path.name.lower().endswith(".dcm"))
+        magic = has_dicom_magic(path)
+        if not (named or magic):
             continue
-        if "PixelData" in ds and str(ds.get("SeriesInstanceUID", "")) == series:
-            damaged.append(path.name)
+        try:
+            empty = path.stat().st_size == 0
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            damaged.append(f"{path.name} (it cannot be opened: {exc.strerror})")
+            continue
+        if empty or not (magic or _bare_dicom(path)):
+            if named:
+                damaged.append(f"{path.name} ({'empty, 0 bytes' if empty else 'not a DICOM file'})")
+            continue
+        try:
+            with warnings.catch_warnings(record=True) as said:  # (what is wrong is said here, once)
+                warnings.simplefilter("always")
+                ds = dcmread_bounded(path, defer_size=1024, force=not magic)
+        except Exception:  # noqa: BLE001 - a DICOM file whose header cannot be parsed is damaged
+            damaged.append(f"{path.name} (its header cannot be read)")
+            continue
+        # (judged before any value is looked at: a value read becomes one without its place in the file)
+        stops = len(ds) == 0 or any("End of file" in str(w.message) for w in said) or _stops_inside_an_element(path, ds)
+        if reference is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    first = dcmread_bounded(members[0], stop_before_pixels=True)
+                reference = tuple(str(first.get(k, "") or "").strip() for k in ("SeriesInstanceUID", "SOPClassUID"))
+            except Exception:  # noqa: BLE001 - cannot tell: judged by the other evidence alone
+                reference = ("", "")
+        series, kind = reference
+        has_pixels = "PixelData" in ds
+        same_series = bool(series) and str(ds.get("SeriesInstanceUID", "") or "").strip() == series
+        same_kind = bool(kind) and str(ds.get("SOPClassUID", "") or "").strip() == kind
+        if same_series and has_pixels:
+            damaged.append(f"{path.name} (damaged)")
+        elif _is_dicomdir(path, ds):
+            continue
+        elif stops:
+            damaged.append(f"{path.name} (cut short)")
+        elif not has_pixels and ((same_kind and (same_series or named)) or (named and "SeriesInstanceUID" not in ds)):
+            damaged.append(f"{path.name} (cut short before its pixels)")
     return sorted(damaged)
+
+
+def _stops_inside_an_element(path: Path, ds: Any) -> bool:
+    """Whether the file ends before the value of the last element pydicom read from it (``ds``,
+    read with values deferred): pydicom keeps such a value cut short without a word (a Series
+    Instance UID of 6 characters, for one, in a file cut at 500 bytes). Not judged for a deflated
+    file, whose positions are in its inflated data."""
+    try:
+        if str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "") == DEFLATED_SYNTAX:
+            return False
+        last = ds.get_item(max(ds.keys()), keep_deferred=True)
+        start, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+        return (start is not None and length is not None and int(length) != 0xFFFFFFFF
+                and int(start) + int(length) > path.stat().st_size)
+    except Exception:  # noqa: BLE001 - cannot tell: the other evidence judges
+        return False
 
 
 #: DICOM transfer syntaxes whose pixel data is stored as it is (its length is known in advance).
@@ -2738,6 +2806,7 @@ def looks_like_dicom_series(folder: Path, probe: int = 16) -> bool:
 _SERIES_PROBE = 16  # single-frame files that, with no cine before them, make a folder one series
 
 
+@pydicom_warnings_off()
 def multiframe_dicom_files(folder: Path, at_least: int = 2) -> list[Path]:
     """The DICOM files of ``folder`` when each holds several frames: an ultrasound system's
     export of several cines, one sweep a file (read as a series, they would be refused as
