@@ -837,6 +837,23 @@ def test_a_series_is_read_in_acquisition_order(tmp_path):
     assert any("order of the file names" in n for n in sweep.read_notes)
 
 
+def test_a_series_with_numbered_files_missing_says_so(tmp_path):
+    """A series folder from which files were left behind (numbers 3 and 7-8 of 1-12) read as a
+    sweep three frames short, jumping there, no word said. Numbers counting in steps of two, or
+    without gaps, say nothing."""
+    def folder(name: str, numbers: list[int]) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        for k, n in enumerate(numbers):
+            _dicom(where / f"IM{n}", _grey(n=1)[0], series=f"1.2.3.{70 + len(name)}", instance=n)
+        return where
+
+    notes = " ".join(load_sweep(folder("gaps", [1, 2, 4, 5, 6, 9, 10, 11, 12])).read_notes)
+    assert "numbered 1-12 (Instance Number), but 3 of those numbers have no file here (3, 7-8)" in notes
+    assert load_sweep(folder("whole", list(range(1, 10)))).read_notes == ()
+    assert load_sweep(folder("odd", list(range(1, 19, 2)))).read_notes == ()
+
+
 def test_a_series_whose_instance_numbers_do_not_order_it_is_ordered_by_time_or_says_how(tmp_path):
     """Instance Numbers all 1, one repeated, or missing in some files (files named IM1..IM12)
     were read in the plain text order of the names (IM1, IM10, IM11, IM12, IM2, ...) without a

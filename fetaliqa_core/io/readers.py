@@ -2119,7 +2119,8 @@ def _acquisition_order(files: list[str], orders: list[_Member | None]) -> tuple[
     numbers = [m.instance for m in members]
     if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
         ordered = [name for _, name in sorted(zip(numbers, files))]
-        return ordered, _times_disagree(ordered, dict(zip(files, members)))
+        said = [t for t in (_times_disagree(ordered, dict(zip(files, members))), _numbering_gaps(numbers)) if t]
+        return ordered, "; ".join(said)
     if not any(n is not None for n in numbers):
         why = "the DICOM files carry no Instance Number"
     else:
@@ -2149,6 +2150,25 @@ def _acquisition_order(files: list[str], orders: list[_Member | None]) -> tuple[
         return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", Path(name).name)]
 
     return sorted(files, key=natural), f"{why}; the frames are in the order of the file names"
+
+
+def _numbering_gaps(numbers: list[int]) -> str:
+    """What a series numbered frame by frame (Instance Numbers mostly one apart) says of the
+    numbers it lacks: files removed from it (a copy that left some behind) are frames missing from
+    the sweep, which the series read without them, no word said. '' without such gaps, or where
+    the numbers do not count frames (a constant step, or far more missing than there are files)."""
+    ordered = sorted(int(n) for n in numbers)
+    steps = np.diff(ordered)
+    if len(ordered) < 3 or (steps == steps[0]).all() or float(np.median(steps)) != 1.0:
+        return ""
+    lacking = int(steps.sum()) + 1 - len(ordered)
+    if not 0 < lacking <= len(ordered) // 2:
+        return ""
+    gaps = [(int(a) + 1, int(b) - 1) for a, b in zip(ordered[:-1], ordered[1:]) if b - a > 1]
+    shown = ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in gaps[:4]) + (" ..." if len(gaps) > 4 else "")
+    return (f"the series' files are numbered {ordered[0]}-{ordered[-1]} (Instance Number), but {lacking} of those "
+            f"numbers have no file here ({shown}): frames missing from the sweep, which jumps there. Copy the whole "
+            "series again if they were left behind")
 
 
 def _name_pattern(name: str) -> str:
