@@ -100,7 +100,10 @@ def run(args) -> int:
                              max_seconds=args.max_seconds, headless=True, keep_window=True,
                              progress_every=PROGRESS_SECONDS)
     except KeyboardInterrupt:
-        end_without_loading_models(130, "fetaliqa: interrupted")
+        # (the results cache keeps the batches scored: a run stopped at 105 of 840 frames went on
+        # from there, but said only "interrupted")
+        end_without_loading_models(130, "fetaliqa: interrupted; the frames scored so far are kept: run the demo "
+                                        "again to go on from there")
         raise
     try:
         written = save_scores(outcome.window, out_dir)
