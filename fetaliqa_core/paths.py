@@ -138,6 +138,36 @@ def probe_writable(folder: Path) -> None:
     os.unlink(probe)
 
 
+def out_not_writable(out: str | Path, exc: OSError, option: str = "--out"):
+    """The one line (a FetalIQAError, to raise) for results that cannot be written in the folder
+    the user gave: that folder named, never a temporary file inside it, and the cause in words."""
+    from fetaliqa_core.errors import FetalIQAError
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = f"Free disk space, or give {option} a folder on another disk."
+    else:
+        advice = f"Give {option} a folder you can write to."
+    return FetalIQAError(f"{out}: cannot write results there ({os_error_cause(exc)}). {advice}")
+
+
+def check_out_writable(out: str | Path, option: str = "--out") -> None:
+    """Raise :func:`out_not_writable`'s line when nothing can be written where ``out`` is to be:
+    the folder itself if it exists, else the nearest existing folder above it (it is created
+    there later; nothing is created here). For a command to call before its work (a teacher pass
+    or an evaluation can take hours, and a read-only --out was found only at the first write)."""
+    out = Path(out)
+    for folder in (out, *out.parents):
+        try:
+            if not folder.exists():
+                continue
+            if not folder.is_dir():
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+            probe_writable(folder)
+        except OSError as exc:
+            raise out_not_writable(out, exc, option) from None
+        return
+
+
 def required_cache_dir(what: str, otherwise: str = "") -> Path:
     """The cache folder, made and writable, for something that cannot go without it (the demo
     sweep, the demo's outputs); else one line naming the setting that moves it. The demo warned

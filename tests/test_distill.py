@@ -208,6 +208,61 @@ def test_distill_resume_without_a_checkpoint_is_told_before_any_model_loads(tmp_
     assert rc == 1 and "no checkpoint to resume from" in err  # not the missing bundles: nothing loaded
 
 
+def test_distill_says_an_out_folder_it_cannot_write_in_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    """A read-only --out was found at the first checkpoint, after the teacher pass (hours on a full
+    dataset) and a first epoch."""
+    import errno
+    import os
+
+    from fetaliqa_core import paths
+    from fetaliqa_core.models import choice
+    from training.distill import main
+
+    reached = []
+    monkeypatch.setattr(choice, "load_models", lambda *a, **k: reached.append(a) or pytest.fail("models loaded"))
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    common = ["--cls", str(tmp_path / "cls"), "--seg", str(tmp_path / "seg"), "--data", str(tmp_path), "--quiet"]
+    assert main([*common, "--out", str(afile / "run")]) == 1  # a file where a folder of the path is
+    err = capsys.readouterr().err
+    assert f"{afile / 'run'}: cannot write results there (a part of the path is a file, not a folder)" in err
+
+    def read_only(folder):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder / ".fetaliqa-probe-x"))
+
+    monkeypatch.setattr(paths, "probe_writable", read_only)
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new" / "run", tmp_path / "empty"):  # made later, or there already
+        assert main([*common, "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.strip() == (f"fetaliqa: {out}: cannot write results there (the disk is read-only). Give --out a "
+                               "folder you can write to."), err
+    assert not reached and not (tmp_path / "new").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_names_the_out_folder(tmp_path, tiny_data, tiny_bundle_dirs,
+                                                                 monkeypatch, capsys):
+    """A disk filling during the run is said of the --out folder given, not of a temporary file."""
+    import errno
+    import os
+
+    import training.distill as distill_mod
+
+    out = tmp_path / "run"
+
+    def disk_full(folder, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / ".checkpoint.safetensors.x1y2"))
+
+    monkeypatch.setattr(distill_mod, "save_checkpoint", disk_full)
+    rc = distill_mod.main(["--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
+                           "--data", str(tiny_data), "--out", str(out), "--student", "efficientvit_b0",
+                           "--epochs", "1", "--frames-per-case", "2", "--batch-size", "4", "--decoder-width", "8",
+                           "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.strip() == (f"fetaliqa: {out}: cannot write results there (the disk is full). Free disk "
+                                       "space, or give --out a folder on another disk."), err
+
+
 def test_mined_frames_keep_what_the_teacher_flags_with_its_neighbours_inside_each_sweep():
     import numpy as np
 

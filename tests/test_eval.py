@@ -419,6 +419,48 @@ def test_eval_outputs_replace_a_link_and_never_write_through_it(tmp_path):
     assert not (out / "per_case.csv").is_symlink() and "u1" in (out / "per_case.csv").read_text()
 
 
+def test_eval_says_an_out_folder_it_cannot_write_in_before_any_case_is_evaluated(tmp_path, monkeypatch, capsys):
+    """A read-only --out was found after every case was evaluated, in a line naming a hidden
+    temporary folder (".e.03ep0if_") instead of the folder given."""
+    import errno
+    import os
+
+    import training.evaluate as evaluate_mod
+    import training.evaluate_predictions as predictions_mod
+    from fetaliqa_core import paths
+    from fetaliqa_core.cli import main
+
+    reached = []
+
+    def evaluated(*a, **k):
+        reached.append(a)
+        raise FetalIQAError("evaluated")
+
+    monkeypatch.setattr(evaluate_mod, "evaluate", evaluated)
+    monkeypatch.setattr(predictions_mod, "evaluate_predictions", evaluated)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    runs = (["--cls", str(tmp_path / "cls"), "--device", "cpu"], ["--predictions", str(tmp_path)])
+    for how in runs:
+        assert main(["eval", *how, "--data", str(tmp_path), "--split", "all", "--quiet",
+                     "--out", str(afile / "e")]) == 1
+        err = capsys.readouterr().err
+        assert f"{afile / 'e'}: cannot write results there (a part of the path is a file, not a folder)" in err
+
+    def read_only(folder):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder / ".fetaliqa-probe-x"))
+
+    monkeypatch.setattr(paths, "probe_writable", read_only)
+    (tmp_path / "earlier").mkdir()
+    for how in runs:
+        for out in (tmp_path / "new" / "e", tmp_path / "earlier"):  # made later, or there already
+            assert main(["eval", *how, "--data", str(tmp_path), "--split", "all", "--quiet", "--out", str(out)]) == 1
+            err = capsys.readouterr().err
+            assert err.strip() == (f"fetaliqa: {out}: cannot write results there (the disk is read-only). Give --out "
+                                   "a folder you can write to."), err
+    assert not reached and not (tmp_path / "new").exists()
+
+
 def test_a_failed_metrics_file_leaves_no_table_without_it(tmp_path, monkeypatch):
     """`eval` under a file size limit wrote a complete per_case.csv, then failed on metrics.json
     and left the table alone in --out, as if the evaluation had ended; an earlier evaluation's
@@ -443,9 +485,12 @@ def test_a_failed_metrics_file_leaves_no_table_without_it(tmp_path, monkeypatch)
     monkeypatch.setattr(evaluate, "write_json", too_large)
     metrics["cases"]["cls"][0]["uuid"] = "u2"
     for out in (tmp_path / "new", earlier):
-        with pytest.raises(OSError) as exc:
+        with pytest.raises(FetalIQAError) as exc:
             evaluate.write_outputs(out, metrics)
-        assert exc.value.errno == errno.EFBIG
+        # the folder given named, not the hidden one the files were staged in
+        assert str(exc.value) == (f"{out}: cannot write results there (the file system refused a file this large (a "
+                                  "file size limit, such as ulimit -f, or the file system's own)). Give --out a "
+                                  "folder you can write to.")
         assert not out.exists() or {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier"]  # nothing staged left behind
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fetaliqa_core.cli._args import non_negative_int, positive_int
 from fetaliqa_core.models.options import add_model_options, model_choice_from_args
+from fetaliqa_core.paths import check_out_writable
 
 HELP = ("Evaluate model bundles on a split of an ACOUSLIC-layout dataset (per-frame and challenge metrics), or "
         "answers already written (--predictions: challenge metrics)")
@@ -110,6 +111,7 @@ def run_predictions(args: argparse.Namespace) -> int:
                          "sweeps of the per-frame metrics of models")
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
     check_eval_out(out)
+    check_out_writable(out)  # before any case is evaluated (found after every one, naming a temporary folder)
     settings = PredictionSettings(data=args.data, predictions=args.predictions, split=args.split,
                                   split_seed=args.split_seed, split_method=args.split_method or "grouped",
                                   max_cases=args.max_cases, progress=not args.quiet)
@@ -134,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
                             max_cases=args.max_cases, progress=not args.quiet)
     out = args.out or Path(f"fetaliqa-eval-{args.split}")
     check_eval_out(out)
+    check_out_writable(out)  # before any case is evaluated (found after every one, naming a temporary folder)
     metrics = evaluate(settings, out_dir=out)
     notes = [unlisted_cases_note(metrics), training_overlap_note(metrics)] + reference_ac_notes(metrics)
     also = None

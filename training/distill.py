@@ -33,6 +33,7 @@ import numpy as np
 from fetaliqa_core.cli._args import non_negative_int, thread_count
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import write_json
+from fetaliqa_core.paths import check_out_writable, out_not_writable
 
 HELP = "Distil a small student (classifier and segmenter in one fast network) from model bundles."
 SOFT_SIZE = 56  # the teacher's soft masks are kept (and matched) at this side
@@ -351,6 +352,9 @@ def distill(args, log=print) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (out / CHECKPOINT).exists():
         # its files (an earlier evaluation's metrics.json, a dataset) would be overwritten or mixed in
         raise FetalIQAError(f"--out {out} is not empty and holds no distillation run; choose a new folder")
+    # a folder nothing can be written in is said now: it was found at the first checkpoint, after
+    # the teacher pass (hours on a full dataset) and a first epoch
+    check_out_writable(out)
     if getattr(args, "resume", False):
         checkpoint_epoch(out, args)  # a checkpoint that cannot resume is told before the teacher runs
     models = choice_mod.load_models(choice_mod.ModelChoice(model=None, cls=args.cls, seg=args.seg, base=args.base,
@@ -415,7 +419,10 @@ def distill(args, log=print) -> Path:
             total += loss.item()
             if not args.quiet and (step % 10 == 0 or step == steps):
                 print(f"PROGRESS epoch={epoch}/{args.epochs} step={step}/{steps} loss={total / step:.4f}", flush=True)
-        save_checkpoint(out, student, epoch, args, opt, earlier_s + time.perf_counter() - t1)
+        try:
+            save_checkpoint(out, student, epoch, args, opt, earlier_s + time.perf_counter() - t1)
+        except OSError as exc:  # (a disk filled during the run): the --out folder named, not a temporary file
+            raise out_not_writable(out, exc) from None
         log(f"epoch {epoch}/{args.epochs}: loss {total / steps:.4f} ({time.perf_counter() - t1:.0f} s)")
     student.eval()
     rows = np.arange(len(test.grey))
@@ -461,8 +468,11 @@ def distill(args, log=print) -> Path:
         f"{Path(args.seg).name}")
     manifest = student_manifest(student, cls_lm.manifest, threshold=cls_lm.threshold, metrics=metrics,
                                 description=description, teacher_info=teacher)
-    bundle = save_bundle(student, out / "bundle", manifest)
-    write_json(out / "metrics.json", metrics)
+    try:
+        bundle = save_bundle(student, out / "bundle", manifest)
+        write_json(out / "metrics.json", metrics)
+    except OSError as exc:
+        raise out_not_writable(out, exc) from None
     log(f"held-out frames vs teacher: flags {agree.get('flag_agreement', math.nan):.3f} equal, "
         f"classifier max |dp| {agree.get('cls_max_abs_dp', math.nan):.3f}, mask pixels "
         f"{agree.get('mask_pixel_agreement', math.nan):.3f} equal")

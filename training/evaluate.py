@@ -642,12 +642,15 @@ def write_outputs(out: Path, metrics: dict) -> None:
             w.writerow([name, c["uuid"], c["chosen_frame"]] + [
                 "" if c.get(k) is None or not math.isfinite(c[k]) else f"{c[k]:.4f}" for k in
                 ("wfss", "nae_ac", "dsc_soft", "score", "ac_pred_mm", "ac_gt_mm", "ac_project_mm")])
-    with atomic_output_dir(out) as staged:
-        atomic_write(staged / "per_case.csv", buf.getvalue())
-        write_json(staged / "metrics.json", metrics)
-        # what was written, as `score` records its own: a later evaluation writes over these files
-        # only, never a metrics.json or per_case.csv of the user's own (training.cli_eval.check_eval_out)
-        write_json(staged / OUTPUTS_FILE, ["metrics.json", "per_case.csv"])
+    try:
+        with atomic_output_dir(out) as staged:
+            atomic_write(staged / "per_case.csv", buf.getvalue())
+            write_json(staged / "metrics.json", metrics)
+            # what was written, as `score` records its own: a later evaluation writes over these files
+            # only, never a metrics.json or per_case.csv of the user's own (training.cli_eval.check_eval_out)
+            write_json(staged / OUTPUTS_FILE, ["metrics.json", "per_case.csv"])
+    except OSError as exc:  # (a disk filled during the run): the folder given, not the hidden one staged in
+        raise paths.out_not_writable(out, exc) from None
 
 
 def _fmt(v, digits: int = 4) -> str:
