@@ -103,6 +103,40 @@ def test_split_groups_subjects_and_is_deterministic():
     assert [c.uuid for c in other["test"]] != [c.uuid for c in split["test"]]
 
 
+def test_a_subject_id_written_as_a_float_or_with_leading_zeros_is_one_subject(tmp_path, capsys):
+    """``7`` and ``7.0``, ``9`` and ``09`` (as spreadsheets and pandas write them) were compared
+    as text: two subjects, one subject's cases in training and in test, and the note on subjects
+    shared across splits never fired. A blank subject id is said in a note."""
+    from fetaliqa_core.acouslic import CSV_RELPATH
+    from fetaliqa_core.synth import write_dataset
+    from training.config import TrainConfig
+    from training.data import prepare_splits
+    from training.reporting import Reporter
+
+    write_dataset(tmp_path, cases=6, seed=3, frames_per_sweep=4, height=96, width=128, compress=False)
+    csv_path = tmp_path / CSV_RELPATH
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+    subjects = ["7", "7.0", " 07 ", "9", "09", "abc-01"]
+    for row, subject in zip(rows[1:], subjects):
+        row[1] = subject
+    csv_path.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    cases = ds.read_cases(tmp_path)
+    assert [c.subject_id for c in cases] == ["7", "7", "7", "9", "9", "abc-01"]
+    for seed in range(20):
+        split = ds.split_cases(cases, seed=seed)
+        homes = {s: {n for n, members in split.items() for c in members if c.subject_id == s} for s in ("7", "9")}
+        assert all(len(h) == 1 for h in homes.values()), (seed, homes)
+    prepare_splits(TrainConfig(task="cls", data=str(tmp_path), out="-", all_sweeps=True), Reporter(True, False))
+    assert "no subject_id" not in capsys.readouterr().err
+    rows[2][1] = ""
+    csv_path.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    cases = ds.read_cases(tmp_path)
+    assert cases[1].subject_id == cases[1].uuid
+    prepare_splits(TrainConfig(task="cls", data=str(tmp_path), out="-", all_sweeps=True), Reporter(True, False))
+    assert ("note: 1 case(s) have no subject_id: each is taken as its own subject, so a subject's cases may be "
+            "split apart") in capsys.readouterr().err
+
+
 def test_split_small_dataset_gets_every_split():
     split = ds.split_cases(_records(["a", "b", "c", "d"]), seed=1)
     assert all(len(split[n]) >= 1 for n in ds.SPLIT_NAMES)

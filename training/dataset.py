@@ -53,6 +53,8 @@ class CaseRecord:
     image_path: Path
     mask_path: Path
     ac_mm: tuple[float | None, ...]  # reference AC per sweep (mm), None where the sweep has none
+    #: False where the CSV leaves the subject blank (the case then stands for a subject of its own)
+    subject_given: bool = True
 
     @property
     def n_sweeps(self) -> int:
@@ -144,14 +146,15 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
         if uuid in seen:
             raise FetalIQAError(f"{csv_path}, line {line}: case {uuid} is listed twice; keep one row per case")
         seen.add(uuid)
-        subject = (row.get("subject_id") or "").strip() or uuid
+        raw_subject = row.get("subject_id") or ""
+        subject = subject_key(raw_subject) or uuid
         ac = tuple(_parse_ac(row.get(c, ""), f"{csv_path}, line {line}, {c}") for c in sweep_cols)
         image = data / IMAGES_SUBDIR / f"{uuid}.mha"
         mask = data / MASKS_SUBDIR / f"{uuid}.mha"
         for p in (image, mask):
             if not p.is_file():
                 (missing_files if not p.exists() and not p.is_symlink() else not_files).append(p)
-        cases.append(CaseRecord(uuid, subject, image, mask, ac))
+        cases.append(CaseRecord(uuid, subject, image, mask, ac, subject_given=bool(raw_subject.strip())))
     if missing_files:
         more = f" and {len(missing_files) - 3} more" if len(missing_files) > 3 else ""
         raise FetalIQAError(f"{len(missing_files)} file(s) named in {csv_path} are missing: "
@@ -171,6 +174,28 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
 #: cases; a folder holding some of them was refused with no word on how to use those it holds).
 _SUBSET_HINT = ("; put them in their place, or, to use only the cases the folder holds, take the other cases' rows "
                 "out of a copy of the CSV")
+
+
+def subject_key(text: str) -> str:
+    """The subject a ``subject_id`` cell names, as the split groups cases by it: spaces around it
+    dropped, and a whole number however a spreadsheet or pandas wrote it (``7``, ``7.0``, ``07``)
+    as that number (``7``). Compared as written, ``7`` and ``7.0`` were two subjects and one
+    subject's cases landed in training and in test, no word said. Other ids are kept as they are."""
+    text = (text or "").strip()
+    digits = text[:-2] if text.endswith(".0") else text
+    if digits.isascii() and digits.isdigit():
+        return str(int(digits))
+    return text
+
+
+def no_subject_line(cases: Sequence[CaseRecord]) -> str | None:
+    """One line counting the cases whose ``subject_id`` is blank (each taken as its own subject,
+    so the split may put one subject's cases in two splits); None when every case has one."""
+    n = sum(not c.subject_given for c in cases)
+    if not n:
+        return None
+    return (f"note: {n} case(s) have no subject_id: each is taken as its own subject, so a subject's cases may be "
+            "split apart")
 
 
 def _not_a_file(path: Path) -> str:
@@ -202,6 +227,12 @@ def unlisted_cases_line(data_dir: str | Path, cases: Sequence[CaseRecord], purpo
     shown = ", ".join(unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
     return (f"note: {len(unlisted)} case(s) have files in {IMAGES_SUBDIR}/ or {MASKS_SUBDIR}/ but no row in "
             f"{CSV_RELPATH} and are left out ({shown}); add their rows to {purpose}")
+
+
+def data_notes(data_dir: str | Path, cases: Sequence[CaseRecord], purpose: str) -> list[str]:
+    """The notes training and distillation print on the dataset they read: cases with files but no
+    row (``purpose`` as :func:`unlisted_cases_line` takes it) and cases without a subject id."""
+    return [line for line in (unlisted_cases_line(data_dir, cases, purpose), no_subject_line(cases)) if line]
 
 
 def _other_names_hint(missing: Path) -> str:
