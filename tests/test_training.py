@@ -228,6 +228,31 @@ def test_a_mask_that_does_not_match_its_image_is_refused_for_training(tiny_data,
 
 
 
+def test_training_says_a_reference_ac_on_a_sweep_whose_mask_is_empty(tiny_data, tmp_path, capsys):
+    """A sweep with an AC in the CSV but an all-zero mask (an AC a column off, a mask saved empty)
+    was trained on as negatives without a word, where ``eval`` says it; train and distill print
+    eval's note."""
+    import shutil
+
+    from fetaliqa_core.io import load_mask, write_volume
+    from training.config import TrainConfig
+    from training.data import prepare_splits
+    from training.reporting import Reporter
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    cases = ds.read_cases(data)
+    assert not ds.data_notes(data, cases, "train on them")
+    case = next(c for c in cases if c.sweeps_with_ac())
+    write_volume(case.mask_path, np.zeros_like(np.asarray(load_mask(case.mask_path))))
+    sweeps = ",".join(str(s + 1) for s in case.sweeps_with_ac())
+    expected = (f"note: 1 case(s) have a reference AC on a sweep without annotation (is the CSV a column off?): "
+                f"{case.uuid} sweep {sweeps}; check the circumferences CSV")
+    assert ds.data_notes(data, ds.read_cases(data), "distill on them") == [expected]
+    prepare_splits(TrainConfig(task="cls", data=str(data), out="-", all_sweeps=True), Reporter(True, False))
+    assert expected in capsys.readouterr().err
+
+
 def _two_sweep_case(data: Path, ranges: list[tuple[int, int]] | None, row: str) -> ds.CaseRecord:
     """One 60-frame case (annotated on frames 18-22) under a table of six sweep columns."""
     from fetaliqa_core.io import write_volume

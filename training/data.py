@@ -115,7 +115,7 @@ def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
         reporter.message(f"{name}: {idx[name].summary()}")
     from training.dataset import data_notes
 
-    for note in data_notes(cfg.data, cases, "train on them"):
+    for note in data_notes(cfg.data, cases, "train on them", cache):
         reporter.message(note)
     shared = set(record["train"]["subjects"]) & (set(record["val"]["subjects"]) | set(record["test"]["subjects"]))
     if shared:  # the paper's permutation split ignores subjects: its metrics are not subject-independent

@@ -229,10 +229,36 @@ def unlisted_cases_line(data_dir: str | Path, cases: Sequence[CaseRecord], purpo
             f"{CSV_RELPATH} and are left out ({shown}); add their rows to {purpose}")
 
 
-def data_notes(data_dir: str | Path, cases: Sequence[CaseRecord], purpose: str) -> list[str]:
+def data_notes(data_dir: str | Path, cases: Sequence[CaseRecord], purpose: str,
+               cache_dir: Path | None = None) -> list[str]:
     """The notes training and distillation print on the dataset they read: cases with files but no
-    row (``purpose`` as :func:`unlisted_cases_line` takes it) and cases without a subject id."""
-    return [line for line in (unlisted_cases_line(data_dir, cases, purpose), no_subject_line(cases)) if line]
+    row (``purpose`` as :func:`unlisted_cases_line` takes it), cases without a subject id, and
+    reference ACs on sweeps whose mask labels no frame (as ``eval`` says them: such a sweep was
+    trained on as negatives without a word). ``cache_dir``: :func:`frame_labels`' cache."""
+    from training.evaluate import reference_ac_notes
+
+    lines = [unlisted_cases_line(data_dir, cases, purpose), no_subject_line(cases)]
+    found = {uuid: {"not_annotated": sweeps} for uuid, sweeps in ac_without_annotation(cases, cache_dir).items()}
+    return [line for line in lines if line] + reference_ac_notes({"reference_ac_mismatch": found})
+
+
+def ac_without_annotation(cases: Sequence[CaseRecord], cache_dir: Path | None = None) -> dict[str, list[int]]:
+    """``{case id: [sweep numbers, from 1]}`` of the sweeps with a reference AC in the CSV whose
+    mask labels no frame (an AC written a column off, or a mask saved empty). A case that cannot
+    be read is passed over here: reading it for training or distillation says what is wrong."""
+    found: dict[str, list[int]] = {}
+    for case in cases:
+        if not case.sweeps_with_ac():
+            continue
+        try:
+            labels = frame_labels(case, cache_dir)
+            ranges = _sweep_ranges(case, labels.shape[0])
+        except (FetalIQAError, OSError, ValueError):
+            continue
+        empty = [s + 1 for s in case.sweeps_with_ac() if s < len(ranges) and not labels[slice(*ranges[s])].any()]
+        if empty:
+            found[case.uuid] = empty
+    return found
 
 
 def _other_names_hint(missing: Path) -> str:

@@ -326,6 +326,7 @@ def load_checkpoint(out: Path, student, args, opt=None) -> tuple[int, float]:
 def distill(args, log=print) -> Path:
     import torch
 
+    from fetaliqa_core import paths
     from fetaliqa_core.models import choice as choice_mod
     from fetaliqa_core.models.agreement import output_agreement
     from fetaliqa_core.models.bundle import save_bundle, student_manifest
@@ -359,7 +360,7 @@ def distill(args, log=print) -> Path:
     if cls_lm.task not in ("cls", "joint") or seg_lm.task not in ("seg", "joint"):
         raise FetalIQAError("--cls must be a classifier (or joint) bundle and --seg a segmenter (or joint) bundle")
     cases = read_cases(args.data)
-    for note in data_notes(args.data, cases, "distill on them"):
+    for note in data_notes(args.data, cases, "distill on them", paths.cache_dir() / "training_index"):
         log(note)
     split = split_cases(cases)
     train_cases = split["train"]
