@@ -253,6 +253,26 @@ def test_training_says_a_reference_ac_on_a_sweep_whose_mask_is_empty(tiny_data, 
     assert expected in capsys.readouterr().err
 
 
+def test_a_single_frame_mask_beside_a_stacked_image_is_named_not_the_image(tiny_data, tmp_path):
+    """A 2-D mask (one frame) beside a 24-frame image was passed over by the header check, and the
+    image was blamed: "<image>.mha: 1 frames cannot be cut into 6 equal sweeps"."""
+    import shutil
+
+    from fetaliqa_core.io import load_mask, write_volume
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    cases = ds.read_cases(data)
+    mask = np.asarray(load_mask(cases[0].mask_path))
+    write_volume(cases[0].mask_path, np.ascontiguousarray(mask.max(axis=0)))
+    with pytest.raises(FetalIQAError) as info:
+        ds.build_index(ds.read_cases(data), all_sweeps=True)
+    message = str(info.value)
+    assert message.startswith(f"{cases[0].mask_path}: the mask has 1 frame(s) where its image "
+                              f"{cases[0].image_path.name} has {mask.shape[0]}"), message
+    assert "must match" in message and "cannot be cut" not in message
+
+
 def _two_sweep_case(data: Path, ranges: list[tuple[int, int]] | None, row: str) -> ds.CaseRecord:
     """One 60-frame case (annotated on frames 18-22) under a table of six sweep columns."""
     from fetaliqa_core.io import write_volume

@@ -521,7 +521,7 @@ def _header_info(path: Path) -> tuple[tuple[int, ...] | None, dict[str, str]]:
             return None, {}
         size, header = metaimage_header(path)
         metadata = {k: header[k.lower()] for k in keys if k.lower() in header}
-        return (tuple(reversed(size)) if size is not None and len(size) == 3 else None), metadata
+        return (_frames_shape(size) if size is not None else None), metadata
     from fetaliqa_core.io import quiet_itk
 
     reader = sitk.ImageFileReader()
@@ -533,7 +533,15 @@ def _header_info(path: Path) -> tuple[tuple[int, ...] | None, dict[str, str]]:
         metadata = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys() if k in keys}
     except RuntimeError:
         return None, {}
-    return (tuple(reversed(size)) if len(size) == 3 else None), metadata
+    return _frames_shape(size), metadata
+
+
+def _frames_shape(size_xyz: Sequence[int]) -> tuple[int, ...] | None:
+    """``(frames, height, width)`` of a header's size (x, y[, z]); a 2-D image is one frame (a
+    single-frame mask beside a stacked image was passed over, the image then blamed for it)."""
+    if len(size_xyz) == 2:
+        return (1, int(size_xyz[1]), int(size_xyz[0]))
+    return tuple(int(v) for v in reversed(size_xyz)) if len(size_xyz) == 3 else None
 
 
 def _header_shape(path: Path) -> tuple[int, ...] | None:
@@ -549,9 +557,14 @@ def _check_same_shape(case: CaseRecord, image: tuple[int, ...] | None) -> None:
     if image is not None and mask is not None and image != mask:
         from fetaliqa_core.io import fmt_shape
 
-        raise FetalIQAError(f"{case.mask_path}: the mask has {fmt_shape(mask)} (frames x height x width) but its "
-                            f"image {case.image_path.name} has {fmt_shape(image)}; image and mask of a case must match. "
-                            "Choose the mask made for this sweep.")
+        if mask[0] != image[0]:  # (a 2-D mask is one frame)
+            what = (f"{mask[0]} frame(s) where its image {case.image_path.name} has {image[0]} ({fmt_shape(mask)} "
+                    f"against {fmt_shape(image)}, frames x height x width)")
+        else:
+            what = (f"{fmt_shape(mask)} (frames x height x width) but its image {case.image_path.name} has "
+                    f"{fmt_shape(image)}")
+        raise FetalIQAError(f"{case.mask_path}: the mask has {what}; image and mask of a case must match. Choose the "
+                            "mask made for this sweep.")
 
 
 def build_index(
