@@ -85,6 +85,22 @@ def test_training_names_a_case_whose_files_are_there_but_whose_csv_row_is_gone(t
     assert "note: 1 case(s) have files in images/" in err and "but no row in" in err and gone in err, err
 
 
+def test_macos_metadata_files_are_not_cases_missing_from_the_csv(tiny_data, tmp_path):
+    """``._<uuid>.mha`` files (a Mac's metadata beside each file copied from it) were named as
+    cases with no row in the CSV ("add their rows to train on them"); they are counted, not named."""
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    cases = ds.read_cases(data)
+    for path in (cases[0].image_path, cases[0].mask_path, cases[1].image_path):
+        (path.parent / f"._{path.name}").write_bytes(b"\0\5\26\7" + bytes(200))
+    assert ds.unlisted_cases(data, cases) == []
+    assert ds.data_notes(data, cases, "train on them") == [
+        "note: 3 macOS metadata file(s) in images/stacked_fetal_ultrasound/ or masks/stacked_fetal_abdomen/ (named "
+        "._*, written beside files copied from a Mac) are not cases and are left out"]
+
+
 def test_split_groups_subjects_and_is_deterministic():
     rng = np.random.default_rng(0)
     subjects = [f"s{int(k)}" for k in rng.integers(0, 60, size=150)]  # 1..n cases per subject

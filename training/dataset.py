@@ -208,13 +208,35 @@ def unlisted_cases(data_dir: str | Path, cases: Sequence[CaseRecord]) -> list[st
     """Case ids of ``.mha`` files in images/ or masks/ that the CSV does not list: such a case is
     left out of training and evaluation (a row deleted by mistake left it out without a word)."""
     listed = {c.uuid for c in cases}
-    found: set[str] = set()
+    found = {name[:-len(".mha")] for name in _mha_names(data_dir) if not _is_mac_metadata(name)}
+    return sorted(found - listed)
+
+
+def _mha_names(data_dir: str | Path) -> list[str]:
+    """Names of the ``.mha`` files in images/ and masks/ (one entry per file)."""
+    names: list[str] = []
     for sub in (IMAGES_SUBDIR, MASKS_SUBDIR):
         try:
-            found.update(p.name[:-len(".mha")] for p in (Path(data_dir) / sub).iterdir() if p.name.endswith(".mha"))
+            names.extend(p.name for p in (Path(data_dir) / sub).iterdir() if p.name.endswith(".mha"))
         except OSError:
             continue
-    return sorted(found - listed)
+    return names
+
+
+def _is_mac_metadata(name: str) -> bool:
+    """A macOS AppleDouble file (``._<uuid>.mha``, a few kB of a Mac's metadata written beside
+    each file copied from it): never a case, though named like one (as ``score`` tells them)."""
+    return name.startswith("._")
+
+
+def mac_metadata_line(data_dir: str | Path) -> str | None:
+    """One line counting the macOS metadata files in images/ or masks/, left out; None when none.
+    They were named as cases missing from the CSV ("add their rows")."""
+    n = sum(_is_mac_metadata(name) for name in _mha_names(data_dir))
+    if not n:
+        return None
+    return (f"note: {n} macOS metadata file(s) in {IMAGES_SUBDIR}/ or {MASKS_SUBDIR}/ (named ._*, written beside "
+            "files copied from a Mac) are not cases and are left out")
 
 
 def unlisted_cases_line(data_dir: str | Path, cases: Sequence[CaseRecord], purpose: str) -> str | None:
@@ -232,12 +254,12 @@ def unlisted_cases_line(data_dir: str | Path, cases: Sequence[CaseRecord], purpo
 def data_notes(data_dir: str | Path, cases: Sequence[CaseRecord], purpose: str,
                cache_dir: Path | None = None) -> list[str]:
     """The notes training and distillation print on the dataset they read: cases with files but no
-    row (``purpose`` as :func:`unlisted_cases_line` takes it), cases without a subject id, and
+    row (``purpose`` as :func:`unlisted_cases_line` takes it), macOS metadata files, cases without a subject id, and
     reference ACs on sweeps whose mask labels no frame (as ``eval`` says them: such a sweep was
     trained on as negatives without a word). ``cache_dir``: :func:`frame_labels`' cache."""
     from training.evaluate import reference_ac_notes
 
-    lines = [unlisted_cases_line(data_dir, cases, purpose), no_subject_line(cases)]
+    lines = [unlisted_cases_line(data_dir, cases, purpose), mac_metadata_line(data_dir), no_subject_line(cases)]
     found = {uuid: {"not_annotated": sweeps} for uuid, sweeps in ac_without_annotation(cases, cache_dir).items()}
     return [line for line in lines if line] + reference_ac_notes({"reference_ac_mismatch": found})
 
