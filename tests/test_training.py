@@ -101,6 +101,28 @@ def test_macos_metadata_files_are_not_cases_missing_from_the_csv(tiny_data, tmp_
         "._*, written beside files copied from a Mac) are not cases and are left out"]
 
 
+def test_a_layout_folder_spelt_otherwise_or_one_level_down_is_named(tiny_data, tmp_path):
+    """``masks/stacked-fetal-abdomen`` (hyphens) was told as every case's mask file missing, and
+    a zip unpacked one folder deep as a missing CSV: the one line names what the folder holds."""
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    (data / "masks" / "stacked_fetal_abdomen").rename(data / "masks" / "stacked-fetal-abdomen")
+    with pytest.raises(FetalIQAError) as info:
+        ds.read_cases(data)
+    message = str(info.value)
+    assert message.startswith(f"{data / 'masks' / 'stacked_fetal_abdomen'}/ is missing"), message
+    assert "holds masks/stacked-fetal-abdomen instead: rename it masks/stacked_fetal_abdomen" in message
+    (data / "masks" / "stacked-fetal-abdomen").rename(data / "masks" / "stacked_fetal_abdomen")
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    data.rename(outer / "acouslic-ai-train-set")
+    with pytest.raises(FetalIQAError) as info:
+        ds.read_cases(outer)
+    assert f"the layout is one folder down, in {outer / 'acouslic-ai-train-set'}: give --data" in str(info.value)
+
+
 def test_split_groups_subjects_and_is_deterministic():
     rng = np.random.default_rng(0)
     subjects = [f"s{int(k)}" for k in rng.integers(0, 60, size=150)]  # 1..n cases per subject

@@ -119,7 +119,8 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
     if not csv_path.is_file():
         raise FetalIQAError(
             f"{csv_path} is missing: --data must be a folder in the ACOUSLIC-AI layout "
-            f"({IMAGES_SUBDIR}/, {MASKS_SUBDIR}/, {CSV_RELPATH}); `fetaliqa synth --out DIR` writes one")
+            f"({IMAGES_SUBDIR}/, {MASKS_SUBDIR}/, {CSV_RELPATH}); "
+            + (_layout_hint(data, CSV_RELPATH) or "`fetaliqa synth --out DIR` writes one"))
     try:
         rows, sweep_cols = _read_csv_rows(csv_path)
     except UnicodeDecodeError:
@@ -155,6 +156,12 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
             if not p.is_file():
                 (missing_files if not p.exists() and not p.is_symlink() else not_files).append(p)
         cases.append(CaseRecord(uuid, subject, image, mask, ac, subject_given=bool(raw_subject.strip())))
+    for sub in (IMAGES_SUBDIR, MASKS_SUBDIR):  # a whole folder missing, spelt otherwise: said as such
+        hint = (_layout_hint(data, sub) if not (data / sub).is_dir()
+                and any(p.parent == data / sub for p in missing_files) else "")
+        if hint:
+            raise FetalIQAError(f"{data / sub}/ is missing: the ACOUSLIC-AI layout keeps the cases' .mha files in "
+                                f"{IMAGES_SUBDIR}/ and {MASKS_SUBDIR}/ beside {CSV_RELPATH}; {hint}")
     if missing_files:
         more = f" and {len(missing_files) - 3} more" if len(missing_files) > 3 else ""
         raise FetalIQAError(f"{len(missing_files)} file(s) named in {csv_path} are missing: "
@@ -196,6 +203,40 @@ def no_subject_line(cases: Sequence[CaseRecord]) -> str | None:
         return None
     return (f"note: {n} case(s) have no subject_id: each is taken as its own subject, so a subject's cases may be "
             "split apart")
+
+
+def _layout_name(name: str) -> str:
+    return name.lower().replace("-", "_").replace(" ", "_")
+
+
+def _layout_hint(data: Path, rel: Path) -> str:
+    """What the folder holds in place of ``data / rel`` of the layout: the same path spelt
+    otherwise (hyphens or spaces for underscores, another letter case: ``stacked-fetal-abdomen``),
+    or the whole layout one folder down (a zip unpacked into a folder of its name); "" when
+    neither. The message said only that the path, or every case's file, was missing."""
+    here = data
+    for part in rel.parts:
+        nxt = here / part
+        if not nxt.exists():
+            try:
+                found = [p for p in here.iterdir() if _layout_name(p.name) == _layout_name(part)]
+            except OSError:
+                found = []
+            if len(found) != 1:
+                here = None
+                break
+            nxt = found[0]
+        here = nxt
+    if here is not None and here != data / rel:
+        return (f"{data} holds {here.relative_to(data)} instead: rename it {rel} (the layout's names are the "
+                "ACOUSLIC-AI challenge's)")
+    try:
+        subs = [p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX"]
+    except OSError:
+        return ""
+    if len(subs) == 1 and ((subs[0] / CSV_RELPATH).is_file() or (subs[0] / IMAGES_SUBDIR).is_dir()):
+        return f"the layout is one folder down, in {subs[0]}: give --data {subs[0]}"
+    return ""
 
 
 def _not_a_file(path: Path) -> str:
