@@ -85,6 +85,44 @@ def test_training_names_a_case_whose_files_are_there_but_whose_csv_row_is_gone(t
     assert "note: 1 case(s) have files in images/" in err and "but no row in" in err and gone in err, err
 
 
+def test_macos_metadata_files_are_not_cases_missing_from_the_csv(tiny_data, tmp_path):
+    """``._<uuid>.mha`` files (a Mac's metadata beside each file copied from it) were named as
+    cases with no row in the CSV ("add their rows to train on them"); they are counted, not named."""
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    cases = ds.read_cases(data)
+    for path in (cases[0].image_path, cases[0].mask_path, cases[1].image_path):
+        (path.parent / f"._{path.name}").write_bytes(b"\0\5\26\7" + bytes(200))
+    assert ds.unlisted_cases(data, cases) == []
+    assert ds.data_notes(data, cases, "train on them") == [
+        "note: 3 macOS metadata file(s) in images/stacked_fetal_ultrasound/ or masks/stacked_fetal_abdomen/ (named "
+        "._*, written beside files copied from a Mac) are not cases and are left out"]
+
+
+def test_a_layout_folder_spelt_otherwise_or_one_level_down_is_named(tiny_data, tmp_path):
+    """``masks/stacked-fetal-abdomen`` (hyphens) was told as every case's mask file missing, and
+    a zip unpacked one folder deep as a missing CSV: the one line names what the folder holds."""
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    (data / "masks" / "stacked_fetal_abdomen").rename(data / "masks" / "stacked-fetal-abdomen")
+    with pytest.raises(FetalIQAError) as info:
+        ds.read_cases(data)
+    message = str(info.value)
+    assert message.startswith(f"{data / 'masks' / 'stacked_fetal_abdomen'}/ is missing"), message
+    assert "holds masks/stacked-fetal-abdomen instead: rename it masks/stacked_fetal_abdomen" in message
+    (data / "masks" / "stacked-fetal-abdomen").rename(data / "masks" / "stacked_fetal_abdomen")
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    data.rename(outer / "acouslic-ai-train-set")
+    with pytest.raises(FetalIQAError) as info:
+        ds.read_cases(outer)
+    assert f"the layout is one folder down, in {outer / 'acouslic-ai-train-set'}: give --data" in str(info.value)
+
+
 def test_split_groups_subjects_and_is_deterministic():
     rng = np.random.default_rng(0)
     subjects = [f"s{int(k)}" for k in rng.integers(0, 60, size=150)]  # 1..n cases per subject
@@ -101,6 +139,40 @@ def test_split_groups_subjects_and_is_deterministic():
     assert {n: [c.uuid for c in v] for n, v in again.items()} == {n: [c.uuid for c in v] for n, v in split.items()}
     other = ds.split_cases(cases, seed=7)
     assert [c.uuid for c in other["test"]] != [c.uuid for c in split["test"]]
+
+
+def test_a_subject_id_written_as_a_float_or_with_leading_zeros_is_one_subject(tmp_path, capsys):
+    """``7`` and ``7.0``, ``9`` and ``09`` (as spreadsheets and pandas write them) were compared
+    as text: two subjects, one subject's cases in training and in test, and the note on subjects
+    shared across splits never fired. A blank subject id is said in a note."""
+    from fetaliqa_core.acouslic import CSV_RELPATH
+    from fetaliqa_core.synth import write_dataset
+    from training.config import TrainConfig
+    from training.data import prepare_splits
+    from training.reporting import Reporter
+
+    write_dataset(tmp_path, cases=6, seed=3, frames_per_sweep=4, height=96, width=128, compress=False)
+    csv_path = tmp_path / CSV_RELPATH
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+    subjects = ["7", "7.0", " 07 ", "9", "09", "abc-01"]
+    for row, subject in zip(rows[1:], subjects):
+        row[1] = subject
+    csv_path.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    cases = ds.read_cases(tmp_path)
+    assert [c.subject_id for c in cases] == ["7", "7", "7", "9", "9", "abc-01"]
+    for seed in range(20):
+        split = ds.split_cases(cases, seed=seed)
+        homes = {s: {n for n, members in split.items() for c in members if c.subject_id == s} for s in ("7", "9")}
+        assert all(len(h) == 1 for h in homes.values()), (seed, homes)
+    prepare_splits(TrainConfig(task="cls", data=str(tmp_path), out="-", all_sweeps=True), Reporter(True, False))
+    assert "no subject_id" not in capsys.readouterr().err
+    rows[2][1] = ""
+    csv_path.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    cases = ds.read_cases(tmp_path)
+    assert cases[1].subject_id == cases[1].uuid
+    prepare_splits(TrainConfig(task="cls", data=str(tmp_path), out="-", all_sweeps=True), Reporter(True, False))
+    assert ("note: 1 case(s) have no subject_id: each is taken as its own subject, so a subject's cases may be "
+            "split apart") in capsys.readouterr().err
 
 
 def test_split_small_dataset_gets_every_split():
@@ -192,6 +264,51 @@ def test_a_mask_that_does_not_match_its_image_is_refused_for_training(tiny_data,
     with pytest.raises(FetalIQAError, match="must match"):
         ds.build_index(ds.read_cases(data), all_sweeps=True)
 
+
+
+def test_training_says_a_reference_ac_on_a_sweep_whose_mask_is_empty(tiny_data, tmp_path, capsys):
+    """A sweep with an AC in the CSV but an all-zero mask (an AC a column off, a mask saved empty)
+    was trained on as negatives without a word, where ``eval`` says it; train and distill print
+    eval's note."""
+    import shutil
+
+    from fetaliqa_core.io import load_mask, write_volume
+    from training.config import TrainConfig
+    from training.data import prepare_splits
+    from training.reporting import Reporter
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    cases = ds.read_cases(data)
+    assert not ds.data_notes(data, cases, "train on them")
+    case = next(c for c in cases if c.sweeps_with_ac())
+    write_volume(case.mask_path, np.zeros_like(np.asarray(load_mask(case.mask_path))))
+    sweeps = ",".join(str(s + 1) for s in case.sweeps_with_ac())
+    expected = (f"note: 1 case(s) have a reference AC on a sweep without annotation (is the CSV a column off?): "
+                f"{case.uuid} sweep {sweeps}; check the circumferences CSV")
+    assert ds.data_notes(data, ds.read_cases(data), "distill on them") == [expected]
+    prepare_splits(TrainConfig(task="cls", data=str(data), out="-", all_sweeps=True), Reporter(True, False))
+    assert expected in capsys.readouterr().err
+
+
+def test_a_single_frame_mask_beside_a_stacked_image_is_named_not_the_image(tiny_data, tmp_path):
+    """A 2-D mask (one frame) beside a 24-frame image was passed over by the header check, and the
+    image was blamed: "<image>.mha: 1 frames cannot be cut into 6 equal sweeps"."""
+    import shutil
+
+    from fetaliqa_core.io import load_mask, write_volume
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    cases = ds.read_cases(data)
+    mask = np.asarray(load_mask(cases[0].mask_path))
+    write_volume(cases[0].mask_path, np.ascontiguousarray(mask.max(axis=0)))
+    with pytest.raises(FetalIQAError) as info:
+        ds.build_index(ds.read_cases(data), all_sweeps=True)
+    message = str(info.value)
+    assert message.startswith(f"{cases[0].mask_path}: the mask has 1 frame(s) where its image "
+                              f"{cases[0].image_path.name} has {mask.shape[0]}"), message
+    assert "must match" in message and "cannot be cut" not in message
 
 
 def _two_sweep_case(data: Path, ranges: list[tuple[int, int]] | None, row: str) -> ds.CaseRecord:

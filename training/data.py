@@ -113,11 +113,10 @@ def prepare_splits(cfg: TrainConfig, reporter: Reporter) -> Splits:
                         "frames": len(idx[name]), "positive_frames": idx[name].n_positive}
     for name in ("train", "val", "test"):
         reporter.message(f"{name}: {idx[name].summary()}")
-    from training.dataset import unlisted_cases_line
+    from training.dataset import data_notes
 
-    unlisted = unlisted_cases_line(cfg.data, cases, "train on them")
-    if unlisted:
-        reporter.message(unlisted)
+    for note in data_notes(cfg.data, cases, "train on them", cache):
+        reporter.message(note)
     shared = set(record["train"]["subjects"]) & (set(record["val"]["subjects"]) | set(record["test"]["subjects"]))
     if shared:  # the paper's permutation split ignores subjects: its metrics are not subject-independent
         reporter.message(f"note: {len(shared)} subject(s) have cases in training and in validation or test "

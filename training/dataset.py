@@ -53,6 +53,8 @@ class CaseRecord:
     image_path: Path
     mask_path: Path
     ac_mm: tuple[float | None, ...]  # reference AC per sweep (mm), None where the sweep has none
+    #: False where the CSV leaves the subject blank (the case then stands for a subject of its own)
+    subject_given: bool = True
 
     @property
     def n_sweeps(self) -> int:
@@ -117,7 +119,8 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
     if not csv_path.is_file():
         raise FetalIQAError(
             f"{csv_path} is missing: --data must be a folder in the ACOUSLIC-AI layout "
-            f"({IMAGES_SUBDIR}/, {MASKS_SUBDIR}/, {CSV_RELPATH}); `fetaliqa synth --out DIR` writes one")
+            f"({IMAGES_SUBDIR}/, {MASKS_SUBDIR}/, {CSV_RELPATH}); "
+            + (_layout_hint(data, CSV_RELPATH) or "`fetaliqa synth --out DIR` writes one"))
     try:
         rows, sweep_cols = _read_csv_rows(csv_path)
     except UnicodeDecodeError:
@@ -144,14 +147,21 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
         if uuid in seen:
             raise FetalIQAError(f"{csv_path}, line {line}: case {uuid} is listed twice; keep one row per case")
         seen.add(uuid)
-        subject = (row.get("subject_id") or "").strip() or uuid
+        raw_subject = row.get("subject_id") or ""
+        subject = subject_key(raw_subject) or uuid
         ac = tuple(_parse_ac(row.get(c, ""), f"{csv_path}, line {line}, {c}") for c in sweep_cols)
         image = data / IMAGES_SUBDIR / f"{uuid}.mha"
         mask = data / MASKS_SUBDIR / f"{uuid}.mha"
         for p in (image, mask):
             if not p.is_file():
                 (missing_files if not p.exists() and not p.is_symlink() else not_files).append(p)
-        cases.append(CaseRecord(uuid, subject, image, mask, ac))
+        cases.append(CaseRecord(uuid, subject, image, mask, ac, subject_given=bool(raw_subject.strip())))
+    for sub in (IMAGES_SUBDIR, MASKS_SUBDIR):  # a whole folder missing, spelt otherwise: said as such
+        hint = (_layout_hint(data, sub) if not (data / sub).is_dir()
+                and any(p.parent == data / sub for p in missing_files) else "")
+        if hint:
+            raise FetalIQAError(f"{data / sub}/ is missing: the ACOUSLIC-AI layout keeps the cases' .mha files in "
+                                f"{IMAGES_SUBDIR}/ and {MASKS_SUBDIR}/ beside {CSV_RELPATH}; {hint}")
     if missing_files:
         more = f" and {len(missing_files) - 3} more" if len(missing_files) > 3 else ""
         raise FetalIQAError(f"{len(missing_files)} file(s) named in {csv_path} are missing: "
@@ -173,6 +183,62 @@ _SUBSET_HINT = ("; put them in their place, or, to use only the cases the folder
                 "out of a copy of the CSV")
 
 
+def subject_key(text: str) -> str:
+    """The subject a ``subject_id`` cell names, as the split groups cases by it: spaces around it
+    dropped, and a whole number however a spreadsheet or pandas wrote it (``7``, ``7.0``, ``07``)
+    as that number (``7``). Compared as written, ``7`` and ``7.0`` were two subjects and one
+    subject's cases landed in training and in test, no word said. Other ids are kept as they are."""
+    text = (text or "").strip()
+    digits = text[:-2] if text.endswith(".0") else text
+    if digits.isascii() and digits.isdigit():
+        return str(int(digits))
+    return text
+
+
+def no_subject_line(cases: Sequence[CaseRecord]) -> str | None:
+    """One line counting the cases whose ``subject_id`` is blank (each taken as its own subject,
+    so the split may put one subject's cases in two splits); None when every case has one."""
+    n = sum(not c.subject_given for c in cases)
+    if not n:
+        return None
+    return (f"note: {n} case(s) have no subject_id: each is taken as its own subject, so a subject's cases may be "
+            "split apart")
+
+
+def _layout_name(name: str) -> str:
+    return name.lower().replace("-", "_").replace(" ", "_")
+
+
+def _layout_hint(data: Path, rel: Path) -> str:
+    """What the folder holds in place of ``data / rel`` of the layout: the same path spelt
+    otherwise (hyphens or spaces for underscores, another letter case: ``stacked-fetal-abdomen``),
+    or the whole layout one folder down (a zip unpacked into a folder of its name); "" when
+    neither. The message said only that the path, or every case's file, was missing."""
+    here = data
+    for part in rel.parts:
+        nxt = here / part
+        if not nxt.exists():
+            try:
+                found = [p for p in here.iterdir() if _layout_name(p.name) == _layout_name(part)]
+            except OSError:
+                found = []
+            if len(found) != 1:
+                here = None
+                break
+            nxt = found[0]
+        here = nxt
+    if here is not None and here != data / rel:
+        return (f"{data} holds {here.relative_to(data)} instead: rename it {rel} (the layout's names are the "
+                "ACOUSLIC-AI challenge's)")
+    try:
+        subs = [p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX"]
+    except OSError:
+        return ""
+    if len(subs) == 1 and ((subs[0] / CSV_RELPATH).is_file() or (subs[0] / IMAGES_SUBDIR).is_dir()):
+        return f"the layout is one folder down, in {subs[0]}: give --data {subs[0]}"
+    return ""
+
+
 def _not_a_file(path: Path) -> str:
     if path.is_symlink() and not path.exists():
         return "a link to nothing readable: its target is missing, or the link leads back to itself"
@@ -183,13 +249,35 @@ def unlisted_cases(data_dir: str | Path, cases: Sequence[CaseRecord]) -> list[st
     """Case ids of ``.mha`` files in images/ or masks/ that the CSV does not list: such a case is
     left out of training and evaluation (a row deleted by mistake left it out without a word)."""
     listed = {c.uuid for c in cases}
-    found: set[str] = set()
+    found = {name[:-len(".mha")] for name in _mha_names(data_dir) if not _is_mac_metadata(name)}
+    return sorted(found - listed)
+
+
+def _mha_names(data_dir: str | Path) -> list[str]:
+    """Names of the ``.mha`` files in images/ and masks/ (one entry per file)."""
+    names: list[str] = []
     for sub in (IMAGES_SUBDIR, MASKS_SUBDIR):
         try:
-            found.update(p.name[:-len(".mha")] for p in (Path(data_dir) / sub).iterdir() if p.name.endswith(".mha"))
+            names.extend(p.name for p in (Path(data_dir) / sub).iterdir() if p.name.endswith(".mha"))
         except OSError:
             continue
-    return sorted(found - listed)
+    return names
+
+
+def _is_mac_metadata(name: str) -> bool:
+    """A macOS AppleDouble file (``._<uuid>.mha``, a few kB of a Mac's metadata written beside
+    each file copied from it): never a case, though named like one (as ``score`` tells them)."""
+    return name.startswith("._")
+
+
+def mac_metadata_line(data_dir: str | Path) -> str | None:
+    """One line counting the macOS metadata files in images/ or masks/, left out; None when none.
+    They were named as cases missing from the CSV ("add their rows")."""
+    n = sum(_is_mac_metadata(name) for name in _mha_names(data_dir))
+    if not n:
+        return None
+    return (f"note: {n} macOS metadata file(s) in {IMAGES_SUBDIR}/ or {MASKS_SUBDIR}/ (named ._*, written beside "
+            "files copied from a Mac) are not cases and are left out")
 
 
 def unlisted_cases_line(data_dir: str | Path, cases: Sequence[CaseRecord], purpose: str) -> str | None:
@@ -202,6 +290,38 @@ def unlisted_cases_line(data_dir: str | Path, cases: Sequence[CaseRecord], purpo
     shown = ", ".join(unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
     return (f"note: {len(unlisted)} case(s) have files in {IMAGES_SUBDIR}/ or {MASKS_SUBDIR}/ but no row in "
             f"{CSV_RELPATH} and are left out ({shown}); add their rows to {purpose}")
+
+
+def data_notes(data_dir: str | Path, cases: Sequence[CaseRecord], purpose: str,
+               cache_dir: Path | None = None) -> list[str]:
+    """The notes training and distillation print on the dataset they read: cases with files but no
+    row (``purpose`` as :func:`unlisted_cases_line` takes it), macOS metadata files, cases without a subject id, and
+    reference ACs on sweeps whose mask labels no frame (as ``eval`` says them: such a sweep was
+    trained on as negatives without a word). ``cache_dir``: :func:`frame_labels`' cache."""
+    from training.evaluate import reference_ac_notes
+
+    lines = [unlisted_cases_line(data_dir, cases, purpose), mac_metadata_line(data_dir), no_subject_line(cases)]
+    found = {uuid: {"not_annotated": sweeps} for uuid, sweeps in ac_without_annotation(cases, cache_dir).items()}
+    return [line for line in lines if line] + reference_ac_notes({"reference_ac_mismatch": found})
+
+
+def ac_without_annotation(cases: Sequence[CaseRecord], cache_dir: Path | None = None) -> dict[str, list[int]]:
+    """``{case id: [sweep numbers, from 1]}`` of the sweeps with a reference AC in the CSV whose
+    mask labels no frame (an AC written a column off, or a mask saved empty). A case that cannot
+    be read is passed over here: reading it for training or distillation says what is wrong."""
+    found: dict[str, list[int]] = {}
+    for case in cases:
+        if not case.sweeps_with_ac():
+            continue
+        try:
+            labels = frame_labels(case, cache_dir)
+            ranges = _sweep_ranges(case, labels.shape[0])
+        except (FetalIQAError, OSError, ValueError):
+            continue
+        empty = [s + 1 for s in case.sweeps_with_ac() if s < len(ranges) and not labels[slice(*ranges[s])].any()]
+        if empty:
+            found[case.uuid] = empty
+    return found
 
 
 def _other_names_hint(missing: Path) -> str:
@@ -464,7 +584,7 @@ def _header_info(path: Path) -> tuple[tuple[int, ...] | None, dict[str, str]]:
             return None, {}
         size, header = metaimage_header(path)
         metadata = {k: header[k.lower()] for k in keys if k.lower() in header}
-        return (tuple(reversed(size)) if size is not None and len(size) == 3 else None), metadata
+        return (_frames_shape(size) if size is not None else None), metadata
     from fetaliqa_core.io import quiet_itk
 
     reader = sitk.ImageFileReader()
@@ -476,7 +596,15 @@ def _header_info(path: Path) -> tuple[tuple[int, ...] | None, dict[str, str]]:
         metadata = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys() if k in keys}
     except RuntimeError:
         return None, {}
-    return (tuple(reversed(size)) if len(size) == 3 else None), metadata
+    return _frames_shape(size), metadata
+
+
+def _frames_shape(size_xyz: Sequence[int]) -> tuple[int, ...] | None:
+    """``(frames, height, width)`` of a header's size (x, y[, z]); a 2-D image is one frame (a
+    single-frame mask beside a stacked image was passed over, the image then blamed for it)."""
+    if len(size_xyz) == 2:
+        return (1, int(size_xyz[1]), int(size_xyz[0]))
+    return tuple(int(v) for v in reversed(size_xyz)) if len(size_xyz) == 3 else None
 
 
 def _header_shape(path: Path) -> tuple[int, ...] | None:
@@ -492,9 +620,14 @@ def _check_same_shape(case: CaseRecord, image: tuple[int, ...] | None) -> None:
     if image is not None and mask is not None and image != mask:
         from fetaliqa_core.io import fmt_shape
 
-        raise FetalIQAError(f"{case.mask_path}: the mask has {fmt_shape(mask)} (frames x height x width) but its "
-                            f"image {case.image_path.name} has {fmt_shape(image)}; image and mask of a case must match. "
-                            "Choose the mask made for this sweep.")
+        if mask[0] != image[0]:  # (a 2-D mask is one frame)
+            what = (f"{mask[0]} frame(s) where its image {case.image_path.name} has {image[0]} ({fmt_shape(mask)} "
+                    f"against {fmt_shape(image)}, frames x height x width)")
+        else:
+            what = (f"{fmt_shape(mask)} (frames x height x width) but its image {case.image_path.name} has "
+                    f"{fmt_shape(image)}")
+        raise FetalIQAError(f"{case.mask_path}: the mask has {what}; image and mask of a case must match. Choose the "
+                            "mask made for this sweep.")
 
 
 def build_index(

@@ -327,13 +327,14 @@ def load_checkpoint(out: Path, student, args, opt=None) -> tuple[int, float]:
 def distill(args, log=print) -> Path:
     import torch
 
+    from fetaliqa_core import paths
     from fetaliqa_core.models import choice as choice_mod
     from fetaliqa_core.models.agreement import output_agreement
     from fetaliqa_core.models.bundle import save_bundle, student_manifest
     from fetaliqa_core.models.segmenter import LABEL_ABDOMEN
     from fetaliqa_core.models.student import StudentModel
     from fetaliqa_core.preprocess import normalise_grey
-    from training.dataset import case_digest, read_cases, split_cases, unlisted_cases_line
+    from training.dataset import case_digest, data_notes, read_cases, split_cases
 
     if (args.epochs < 1 or args.batch_size < 1 or args.frames_per_case < 2 or not args.lr > 0
             or args.decoder_width < 1 or (args.threads is not None and args.threads < 1)):
@@ -363,9 +364,8 @@ def distill(args, log=print) -> Path:
     if cls_lm.task not in ("cls", "joint") or seg_lm.task not in ("seg", "joint"):
         raise FetalIQAError("--cls must be a classifier (or joint) bundle and --seg a segmenter (or joint) bundle")
     cases = read_cases(args.data)
-    unlisted = unlisted_cases_line(args.data, cases, "distill on them")
-    if unlisted:
-        log(unlisted)
+    for note in data_notes(args.data, cases, "distill on them", paths.cache_dir() / "training_index"):
+        log(note)
     split = split_cases(cases)
     train_cases = split["train"]
     held = split["val"] + split["test"]
