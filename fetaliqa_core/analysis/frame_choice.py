@@ -180,8 +180,7 @@ CENTRAL_REACH = 0.3
 CENTRAL_RATIO = 1.15
 CENTRAL_LEAD = 1.15
 CENTRAL_SHADOW = 0.8
-CENTRAL_REASON = ("its brightest echo lies at its centre, as a limb's bone does in a limb's section "
-                  "(an abdomen's section has none there)")
+CENTRAL_REASON = "its brightest echo lies at its centre, as a limb's bone does; an abdomen's section has none there"
 #: An abdomen's outline is an interface (skin against fluid, wall or placenta): along at least a
 #: quarter of it the grey levels just inside differ from those just outside. A mask drawn in a
 #: featureless stretch of fluid or tissue differs by speckle alone (measured: 0.01-0.07 on such
