@@ -91,7 +91,9 @@ def run(args) -> int:
         out_dir = out_dir / OUTPUT_FOLDER
     check_out_folder(out_dir)  # created by the first file written into it
     shot = checked_screenshot(out_dir / "screenshot.png", what="the screenshot")  # a file of that name that is no PNG stays
-    print(f"no display: scoring {sweep_path.name} offscreen…", flush=True)
+    # (after the line saying the demo renders offscreen instead, not again; and with --headless
+    # a display may well be there)
+    print(f"scoring {sweep_path.name}" + ("…" if problem is not None else " offscreen (no window)…"), flush=True)
     from app.cli import end_without_loading_models
     from fetaliqa_core.cli._args import shown
 
