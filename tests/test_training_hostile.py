@@ -118,6 +118,33 @@ def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path):
     claim_run_folder(run)  # free again once that run has ended
 
 
+def test_train_says_an_out_folder_it_cannot_write_in_before_reading_the_dataset(tmp_path, monkeypatch):
+    """A read-only --out was found at the run's first write, once the splits were built and the
+    cases read (as distill and eval did, after hours of work): said first now, in one line."""
+    import errno
+    import os
+
+    import training.trials as trials
+    from fetaliqa_core import paths
+    from training.config import TrainConfig
+
+    monkeypatch.setattr(trials, "prepare_splits", lambda *a, **k: pytest.fail("the dataset was read"))
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    cfg = TrainConfig(task="cls", data=str(tmp_path), out=str(afile / "run"), base_config="tiny", progress_bar=False)
+    with pytest.raises(FetalIQAError, match="cannot write results there .a part of the path is a file"):
+        trials.train(cfg)
+
+    def read_only(folder):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder / ".fetaliqa-probe-x"))
+
+    monkeypatch.setattr(paths, "probe_writable", read_only)
+    cfg = TrainConfig(task="cls", data=str(tmp_path), out=str(tmp_path / "new" / "run"), base_config="tiny", progress_bar=False)
+    with pytest.raises(FetalIQAError, match="cannot write results there .the disk is read-only.. Give --out a folder"):
+        trials.train(cfg)
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_full_disk_leaves_the_earlier_bundle_whole_and_says_so(tmp_path, monkeypatch):
     """`train` on a full disk printed 'fetaliqa: Error; check the path and try again.' and left
     RUN/bundle with a half-copied adapter beside a complete manifest."""

@@ -9,6 +9,7 @@ import numpy as np
 
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_path
+from fetaliqa_core.paths import check_out_writable
 from training.checkpoints import check_resume
 from training.config import CONFIG_FILE, TrainConfig, validate_config
 from training.data import prepare_splits
@@ -73,6 +74,9 @@ def train(cfg: TrainConfig) -> dict:
         problem = None
         if info.is_main:
             try:
+                # before the splits are built and the cases read (a read-only --out was found at
+                # the first write), as distill and eval check theirs
+                check_out_writable(cfg.run_dir)
                 claim_run_folder(cfg.run_dir)
                 check_resume(cfg)
             except FetalIQAError as exc:
