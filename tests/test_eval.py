@@ -582,11 +582,16 @@ def test_a_case_whose_csv_row_is_gone_is_named_in_a_note(tiny_data, bundles, tmp
     lines = (data / CSV_RELPATH).read_text().splitlines()
     dropped = lines.pop(2).split(",")[0]
     (data / CSV_RELPATH).write_text("\n".join(lines) + "\n")
+    # a Mac's metadata file beside a case: no case, counted (as train and distill count them)
+    from fetaliqa_core.acouslic import IMAGES_SUBDIR
+
+    (data / IMAGES_SUBDIR / f"._{dropped}.mha").write_bytes(b"\0\5\26\7")
     capsys.readouterr()
     assert main(["eval", "--cls", str(bundles["cls"]), "--data", str(data), "--split", "all", "--device", "cpu",
                  "--quiet", "--max-cases", "1", "--all-sweeps", "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert "note: 1 case(s) have files in images/" in err and f"are left out ({dropped})" in err
+    assert "note: 1 macOS metadata file(s) in images/" in err
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["cases_not_in_csv"] == [dropped]
 
 

@@ -91,6 +91,17 @@ def check_eval_out(out: Path) -> None:
 MODEL_OPTIONS = ("cls", "seg", "base", "paper_cls", "paper_seg")
 
 
+def dataset_notes(data: Path, split: str) -> list[str | None]:
+    """What train and distill say of the dataset and eval said not: the macOS metadata files left
+    out, and (for a split, which groups cases by subject) the cases without a subject_id."""
+    from training.dataset import mac_metadata_line, no_subject_line, read_cases
+
+    notes = [mac_metadata_line(data)]
+    if split != "all":
+        notes.append(no_subject_line(read_cases(data)))
+    return notes
+
+
 def run_predictions(args: argparse.Namespace) -> int:
     """``eval --predictions FOLDER``: the challenge metrics of answers already written, no model."""
     from fetaliqa_core.errors import UsageError
@@ -139,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_writable(out)  # before any case is evaluated (found after every one, naming a temporary folder)
     metrics = evaluate(settings, out_dir=out)
     notes = [unlisted_cases_note(metrics), training_overlap_note(metrics)] + reference_ac_notes(metrics)
+    notes += dataset_notes(args.data, args.split)
     also = None
     if args.paper_cls is not None or args.paper_seg is not None:
         # on the very cases of the first pair (its split), not the other bundles' own split
