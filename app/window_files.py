@@ -235,7 +235,12 @@ class SweepFilesMixin:
         self._file_told = (path, now)
         name = Path(path).name
         what = "is no longer there" if now is None else "changed on disk"
-        again = "" if now is None else " Open it again (File > Open recent) to read it as it is now."
+        if now is None:
+            again = ""
+        elif self.interactive:
+            again = " Open it again (File > Open recent) to read it as it is now."
+        else:  # (a headless run: there is no window to open it in)
+            again = " The scores written are of the sweep as it was read; run the command again to read it as it is now."
         # a box (the status bar's line was replaced by "All 80 frames scored." a moment later)
         self.alert("Sweep file changed", f"{name} {what} since it was opened: the window shows the sweep as it "
                    f"was read then (its frames, scores and verdicts).{again}")

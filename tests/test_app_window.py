@@ -610,7 +610,7 @@ def _file_checked(qtbot, win, warnings) -> bool:
     return said or len(warnings) > told
 
 
-def test_a_sweep_file_rewritten_while_open_is_said_once(qtbot, make_window, warnings, tmp_path):
+def test_a_sweep_file_rewritten_while_open_is_said_once(qtbot, make_window, warnings, tmp_path, capsys):
     """A sweep's file rewritten in place with another sweep's bytes while it was shown: the window
     went on with the frames read before (Score again answered those, from the cache) and nothing
     said the file had changed: a trainer who re-exported it under the same name reviewed the old one."""
@@ -632,8 +632,16 @@ def test_a_sweep_file_rewritten_while_open_is_said_once(qtbot, make_window, warn
     assert len(warnings) == 1 and "a.mha changed on disk since it was opened" in warnings[0]
     assert "Open it again" in warnings[0]
     assert not win.check_file_on_disk() and len(warnings) == 1  # said once
+    win.interactive = False  # headless (demo, gui --screenshot): no window to open it again in
+    sitk.WriteImage(sitk.GetImageFromArray(other[::-1].copy()), str(path))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 4_000_000_000))
+    capsys.readouterr()
+    assert win.check_file_on_disk()
+    said = capsys.readouterr().err  # (on stderr: no box)
+    assert "a.mha changed on disk" in said and "File > Open recent" not in said
+    assert "The scores written are of the sweep as it was read; run the command again" in said
     path.unlink()
-    assert win.check_file_on_disk() and "a.mha is no longer there" in warnings[-1]
+    assert win.check_file_on_disk() and "a.mha is no longer there" in capsys.readouterr().err
     win.set_sweep(tiny_sweep(1, 4, 40, 50), score=False)  # another sweep, not from a file
     assert not win.check_file_on_disk()
 
