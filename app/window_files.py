@@ -31,15 +31,13 @@ def file_state(path: str | Path) -> tuple | None:
     keeps times does that). It also moves when nothing of the content changed (a chmod, a hard
     link made, an extended attribute set, times put back after a backup read the file): see
     :func:`only_change_time_moved`."""
-    from fetaliqa_core.archive import member_files
+    from fetaliqa_core.archive import member_files, member_names
 
     try:
         where = Path(path)
         if where.is_dir():
-            # the files a series folder's reader reads (as member_files lists them), by name: a
-            # Path for each of 50,000 entries, checked and sorted, held the window 2-2.5 s on
-            # every activation; names are sorted in a twentieth of that and stat'ed up to the cap
-            names = _folder_files(where)
+            # the files a series folder's reader reads, by name, stat'ed up to the cap
+            names = member_names(where)
             files = [(name, os.path.join(where, name)) for name in names[:FILES_LOOKED_AT]]
             count = len(names)
         else:
@@ -54,19 +52,6 @@ def file_state(path: str | Path) -> tuple | None:
     except (OSError, ValueError):
         return None
     return tuple(state) + (count,)
-
-
-def _folder_files(folder: Path) -> list[str]:
-    """The names of ``folder``'s regular files (links followed), hidden ones aside, sorted: the
-    files :func:`fetaliqa_core.archive.member_files` gives for a folder."""
-    def regular(entry: os.DirEntry) -> bool:
-        try:
-            return entry.is_file()
-        except OSError:
-            return False
-
-    with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if not e.name.startswith(".") and regular(e))
 
 
 def only_change_time_moved(before: tuple | None, now: tuple | None) -> bool:

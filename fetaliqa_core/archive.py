@@ -407,11 +407,25 @@ def _detached_data_file(path: Path) -> Path | None:
     return path.parent / name
 
 
+def member_names(folder: Path) -> list[str]:
+    """The names of a DICOM series folder's files (regular files, links followed, hidden ones
+    aside as the reader skips them), sorted: one directory scan, no Path made per entry (a
+    folder of 50,000 files, looked at on every activation of the window, took 2-2.5 s so)."""
+    def regular(entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_file()
+        except OSError:
+            return False
+
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if not e.name.startswith(".") and regular(e))
+
+
 def member_files(path: Path) -> list[Path]:
     """The files an archive member is read from: a sweep file (and its detached data file, if it
-    has one), or every file of a DICOM series folder, hidden ones aside as the reader skips them."""
+    has one), or every file of a DICOM series folder (:func:`member_names`)."""
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file())
+        return [path / name for name in member_names(path)]
     files = [path]
     extra = _detached_data_file(path)
     if extra is not None and extra.is_file():

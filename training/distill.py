@@ -33,7 +33,7 @@ import numpy as np
 from fetaliqa_core.cli._args import non_negative_int, thread_count
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import write_json
-from fetaliqa_core.paths import check_out_writable, out_not_writable
+from fetaliqa_core.paths import cache_dir, check_out_writable, out_not_writable
 
 HELP = "Distil a small student (classifier and segmenter in one fast network) from model bundles."
 SOFT_SIZE = 56  # the teacher's soft masks are kept (and matched) at this side
@@ -327,7 +327,6 @@ def load_checkpoint(out: Path, student, args, opt=None) -> tuple[int, float]:
 def distill(args, log=print) -> Path:
     import torch
 
-    from fetaliqa_core import paths
     from fetaliqa_core.models import choice as choice_mod
     from fetaliqa_core.models.agreement import output_agreement
     from fetaliqa_core.models.bundle import save_bundle, student_manifest
@@ -364,7 +363,7 @@ def distill(args, log=print) -> Path:
     if cls_lm.task not in ("cls", "joint") or seg_lm.task not in ("seg", "joint"):
         raise FetalIQAError("--cls must be a classifier (or joint) bundle and --seg a segmenter (or joint) bundle")
     cases = read_cases(args.data)
-    for note in data_notes(args.data, cases, "distill on them", paths.cache_dir() / "training_index"):
+    for note in data_notes(args.data, cases, "distill on them", cache_dir() / "training_index"):
         log(note)
     split = split_cases(cases)
     train_cases = split["train"]
