@@ -1092,3 +1092,24 @@ def test_a_whole_outline_flattened_well_inside_the_sweep_s_fan_is_doubted_as_fla
     assert main(["ac", str(path), "--sweep", str(tmp_path / "near.mha"), "--frame", "1", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["mask_problem"].startswith("cut off straight, by an edge"), record
+
+
+def test_ac_with_its_sweep_doubts_a_section_of_the_thorax_not_an_abdomen_with_its_stomach(tmp_path, capsys):
+    """A transverse section of the thorax outlined as round as an abdomen read 'AC ... mm, GA ...'
+    plain with its sweep (36 of 44 thoraxes of an independent generator): the heart's chambers,
+    dark and divided by bright septa, now make it doubtful, with the reason. An abdomen with its
+    stomach, umbilical vein and a short rib on each side still reads plain."""
+    from fetaliqa_core.io import write_volume
+    from tests.test_frame_choice import PX_MM, _section
+
+    for kind in ("thorax", "abdomen"):  # (frames of the model's size, as `score` writes its masks)
+        frame, mask = _section(kind, axes=(46, 41), angle=20.0, seed=0)
+        write_volume(tmp_path / f"{kind}.mha", frame[None].repeat(2, 0), spacing_mm=(PX_MM, PX_MM))
+        path = _write(tmp_path, mask[None].repeat(2, 0), f"{kind}_mask.mha", spacing=PX_MM)
+        assert main(["ac", str(path), "--frame", "1", "--sweep", str(tmp_path / f"{kind}.mha"), "--json"]) == 0
+        record = json.loads(capsys.readouterr().out)
+        if kind == "thorax":
+            assert record["ac_status"] == "doubtful" and record["ga"] is None
+            assert "heart" in record["mask_problem"], record["mask_problem"]
+        else:
+            assert record["ac_status"] == "ok" and record["ga"], record

@@ -1338,3 +1338,87 @@ def test_the_weeks_of_gestation_are_written_alike_in_every_output_of_a_run():
     assert a.summary.chosen_ac["status"] == "ok" and weeks is not None and round(weeks, 1) != weeks
     (row,) = [s for s in a.summary.sweeps if s.best_frame == a.chosen_frame]
     assert row.ga_weeks == weeks
+
+
+# ------------------------------------------------------------------ a thorax's section, from the image
+def _section(kind: str, shape=(S, S), center=(112, 118), axes=(46, 41), angle=20.0, gain=1.0, offset=0.0,
+             seed=0, fov=None):
+    """A transverse section of ``kind`` ``"thorax"`` or ``"abdomen"`` in dark fluid, drawn here
+    (not by the project's synthesiser), on a frame of ``shape``. A thorax: lung texture, the heart
+    (a third of the section, anterior and to the left, its axis at 45 degrees) with four dark
+    chambers divided by bright septa crossing at the crux, long rib arcs along both sides, the
+    spine with its shadow. An abdomen: liver texture, one dark stomach bubble (left, a fifth of the
+    diameter), the umbilical vein (a thin dark curved tube in the anterior third), the spine, and
+    one short rib on each side, each with its shadow. Returns (uint8 frame, the section's mask)."""
+    rng = np.random.default_rng(seed)
+    img = _speckled(shape, 12.0, rng)
+
+    def at(u, v):  # a point of the section: u along its major axis (anterior +), v across (left +)
+        t = math.radians(angle)
+        return (int(round(center[0] + u * axes[0] * math.cos(t) - v * axes[1] * math.sin(t))),
+                int(round(center[1] + u * axes[0] * math.sin(t) + v * axes[1] * math.cos(t))))
+
+    def disc(c, ax, ang=angle):
+        m = np.zeros(shape, np.uint8)
+        cv2.ellipse(m, c, ax, ang, 0, 360, 1, -1)
+        return m > 0
+
+    body = disc(center, axes)
+    shadow = np.zeros(shape, bool)
+    img[body] = _speckled((int(body.sum()),), 110.0 if kind == "thorax" else 95.0, rng)
+    ribs = np.zeros(shape, np.uint8)
+    if kind == "thorax":
+        r = (int(axes[0] * 0.5), int(axes[1] * 0.55))
+        heart = disc(at(0.25, 0.2), r, angle + 45)
+        inner = disc(at(0.25, 0.2), (int(r[0] * 0.8), int(r[1] * 0.8)), angle + 45)
+        img[heart] = _speckled((int(heart.sum()),), 100.0, rng)
+        img[inner] = _speckled((int(inner.sum()),), 14.0, rng)
+        septa = np.zeros(shape, np.uint8)
+        c, t, half = at(0.25, 0.2), math.radians(angle + 45), max(r)
+        for d in (t, t + math.pi / 2):
+            dx, dy = math.cos(d) * half, math.sin(d) * half
+            cv2.line(septa, (int(c[0] - dx), int(c[1] - dy)), (int(c[0] + dx), int(c[1] + dy)), 1,
+                     max(2, axes[1] // 12))
+        img[(septa > 0) & heart] = 130.0
+        for mid in (90, 270):  # long arcs along both sides
+            cv2.ellipse(ribs, center, (axes[0] - 2, axes[1] - 2), angle, mid - 25, mid + 25, 1, max(2, axes[1] // 20))
+    else:
+        img[disc(at(0.05, 0.45), (int(axes[0] * 0.22), int(axes[1] * 0.2)))] = 15.0  # the stomach
+        vein = np.array([at(0.6 - 0.4 * s, -0.1 - 0.2 * math.sin(2.5 * s)) for s in np.linspace(0, 1, 12)], np.int32)
+        tube = np.zeros(shape, np.uint8)
+        cv2.polylines(tube, [vein], False, 1, max(2, axes[1] // 16))
+        img[(tube > 0) & body] = 20.0
+        for mid in (90, 270):  # one short rib on each side
+            cv2.ellipse(ribs, center, (axes[0] - 2, axes[1] - 2), angle, mid - 8, mid + 8, 1, max(2, axes[1] // 20))
+    spine = disc(at(-0.78, 0.0), (max(3, axes[1] // 10),) * 2)
+    for piece in (ribs > 0, spine):  # the beam runs down the frame: a shadow under each bone
+        ys, xs = np.nonzero(piece)
+        for x in np.unique(xs):
+            shadow[ys[xs == x].max() + 1:, x] = True
+    img[shadow & body] *= 0.5
+    img[ribs > 0] = 190.0
+    img[spine] = 230.0
+    # (an echo's speckle is as large as the beam is wide: a model pixel or two)
+    img = np.clip(cv2.GaussianBlur(img.astype(np.float32), (0, 0), 1.5) * gain + offset, 0, 255)
+    if fov is not None:
+        img[~fov] = 0
+    return img.astype(np.uint8), body.astype(np.uint8)
+
+
+@pytest.mark.parametrize("fov", [None, sector(), linear()], ids=["none", "sector", "linear"])
+@pytest.mark.parametrize("gain, offset", [(0.5, 0.0), (1.0, 0.0), (1.4, 0.0), (0.8, 45.0)])
+def test_a_thorax_with_the_heart_s_chambers_is_not_an_abdomen(fov, gain, offset):
+    """A transverse section of the thorax is as round and as large as the abdomen's, and with
+    nothing bright at its rim or centre read a plain AC with a GA (36 of 44 thoraxes of an
+    independent generator). The heart inside it is a dark structure divided by bright septa into
+    chambers; the abdomen's section holds one stomach bubble and a thin vein, and its short ribs are
+    no reason to doubt it. Dark, normal, bright and washed-out displays, three fields of view."""
+    for seed, (axes, angle) in enumerate([((46, 41), 20.0), ((44, 40), -50.0), ((50, 44), 75.0)]):
+        thorax, mask = _section("thorax", axes=axes, angle=angle, gain=gain, offset=offset, seed=seed, fov=fov)
+        assert fc.mask_shape(mask, fov, PX_MM).plausible  # the shape alone cannot tell
+        shape = fc.mask_shape(mask, fov, PX_MM, grey=thorax)
+        assert not shape.plausible and shape.reason == fc.CHAMBER_REASON and shape.quality == 0.0
+        assert shape.problem == fc.CHAMBER_REASON
+        abdomen, mask = _section("abdomen", axes=axes, angle=angle, gain=gain, offset=offset, seed=seed, fov=fov)
+        a = fc.mask_shape(mask, fov, PX_MM, grey=abdomen)
+        assert a.plausible and a.reason == "", a.reason
