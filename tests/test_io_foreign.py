@@ -3291,3 +3291,33 @@ def test_other_video_files_get_the_video_line(tmp_path, name, head, kind):
     (tmp_path / name).write_bytes(head + bytes(400))
     with pytest.raises(FetalIQAError, match=rf"a video file \({re.escape(kind)}\); FetalIQA reads sweeps from image"):
         load_sweep(tmp_path / name)
+
+
+@pytest.mark.parametrize("rows_per_strip", [None, 8])
+def test_a_tiff_whose_width_is_a_pixel_short_is_refused_not_read_sheared(tmp_path, rows_per_strip):
+    """Every page's ImageWidth one pixel short of the rows its strips hold: each row was read one pixel
+    further along than the last, a sheared picture scored without a word (less than a row more per
+    strip passed as a writer's padding). A whole pixel more on every row of every strip is refused;
+    the same file with its width right reads as written."""
+    from PIL import Image
+
+    frames = np.random.default_rng(3).integers(0, 256, (3, 40, 49), dtype=np.uint8)
+    right, short = tmp_path / "right.tif", tmp_path / "short.tif"
+    extra = {} if rows_per_strip is None else {"tiffinfo": {278: rows_per_strip}}
+    pages = [Image.fromarray(f) for f in frames]
+    pages[0].save(right, save_all=True, append_images=pages[1:], **extra)
+    sweep = load_sweep(right)
+    assert np.array_equal(np.asarray(sweep.frames), frames)
+    data = bytearray(right.read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    while ifd:  # every page's ImageWidth (tag 256, SHORT or LONG) one less
+        count = struct.unpack_from("<H", data, ifd)[0]
+        for k in range(count):
+            at = ifd + 2 + 12 * k
+            tag, kind = struct.unpack_from("<HH", data, at)
+            if tag == 256:
+                struct.pack_into("<H" if kind == 3 else "<I", data, at + 8, 48)
+        ifd = struct.unpack_from("<I", data, ifd + 2 + 12 * count)[0]
+    short.write_bytes(bytes(data))
+    with pytest.raises(FetalIQAError, match=r"1 pixel more on every row than its width of 48 says.*ImageWidth is wrong"):
+        load_sweep(short)
