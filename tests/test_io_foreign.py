@@ -395,11 +395,13 @@ def test_dicom_calibration_without_preamble_in_enhanced_objects_and_beside_m_mod
     sweep = load_sweep(enhanced)
     assert sweep.spacing_source == SPACING_FROM_DICOM_PIXEL_SPACING and sweep.spacing_mm == pytest.approx((0.25, 0.3))
     # an M-mode strip (Region Spatial Format 2) larger than the 2-D image: its deltas are not the image's
-    mixed = _dicom(tmp_path / "mmode.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
-        _region(0.03, 0.025, box=(0, 0, 20, 20)), _region(0.1, 0.1, spatial_format=2, box=(0, 0, 47, 39))]))
+    # (regions of at least 32 pixels each way: a smaller one is a strip or a thumbnail, no image)
+    big = _grey(h=100, w=96).astype(np.uint8)
+    mixed = _dicom(tmp_path / "mmode.dcm", big, SequenceOfUltrasoundRegions=Sequence([
+        _region(0.03, 0.025, box=(0, 0, 40, 40)), _region(0.1, 0.1, spatial_format=2, box=(0, 0, 95, 99))]))
     assert load_sweep(mixed).spacing_mm == pytest.approx((0.25, 0.3))
-    two = _dicom(tmp_path / "two.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
-        _region(0.03, 0.025, box=(0, 0, 47, 30)), _region(0.05, 0.05, box=(0, 31, 47, 39))]))
+    two = _dicom(tmp_path / "two.dcm", big, SequenceOfUltrasoundRegions=Sequence([
+        _region(0.03, 0.025, box=(0, 0, 95, 67)), _region(0.05, 0.05, box=(0, 68, 95, 99))]))
     assert any("differently calibrated" in n for n in load_sweep(two).read_notes)
 
 
@@ -2012,8 +2014,8 @@ def test_like_sized_regions_calibrated_differently_leave_the_pixel_size_unknown(
     from pydicom.sequence import Sequence
 
     arr = _grey().astype(np.uint8)
-    split = _dicom(tmp_path / "split.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
-        _region(0.02, 0.03, box=(0, 0, 23, 39)), _region(0.04, 0.06, box=(24, 0, 47, 39))]))
+    split = _dicom(tmp_path / "split.dcm", _grey(h=100, w=96).astype(np.uint8), SequenceOfUltrasoundRegions=Sequence([
+        _region(0.02, 0.03, box=(0, 0, 47, 99)), _region(0.04, 0.06, box=(48, 0, 95, 99))]))
     sweep = load_sweep(split)
     assert sweep.spacing_source == SPACING_NONE and "like size" in sweep.spacing_note
     # Pixel Measures stated per frame (Enhanced US Volume), the same on every frame: read
@@ -2064,6 +2066,11 @@ def test_a_dicom_header_stating_two_pixel_sizes_that_disagree_gives_no_length(tm
     assert "0.3 x 0.3 mm" in sweep.spacing_note and "0.45 x 0.45 mm" in sweep.spacing_note
     inset = _dicom(tmp_path / "inset.dcm", arr, SequenceOfUltrasoundRegions=Sequence([
         _region(0.5, 0.5, units=0, box=(0, 0, 47, 39)), _region(0.01, 0.01, box=(0, 0, 9, 9))]))
+    sweep = load_sweep(inset)
+    assert sweep.spacing_source == SPACING_NONE and "only a region of 10 x 10 pixels" in sweep.spacing_note
+    big = _grey(h=100, w=96).astype(np.uint8)
+    inset = _dicom(tmp_path / "inset2.dcm", big, SequenceOfUltrasoundRegions=Sequence([
+        _region(0.5, 0.5, units=0, box=(0, 0, 95, 99)), _region(0.01, 0.01, box=(0, 0, 39, 39))]))
     sweep = load_sweep(inset)
     assert sweep.spacing_source == SPACING_NONE and "largest region is not calibrated" in sweep.spacing_note
 
@@ -3284,3 +3291,33 @@ def test_other_video_files_get_the_video_line(tmp_path, name, head, kind):
     (tmp_path / name).write_bytes(head + bytes(400))
     with pytest.raises(FetalIQAError, match=rf"a video file \({re.escape(kind)}\); FetalIQA reads sweeps from image"):
         load_sweep(tmp_path / name)
+
+
+@pytest.mark.parametrize("rows_per_strip", [None, 8])
+def test_a_tiff_whose_width_is_a_pixel_short_is_refused_not_read_sheared(tmp_path, rows_per_strip):
+    """Every page's ImageWidth one pixel short of the rows its strips hold: each row was read one pixel
+    further along than the last, a sheared picture scored without a word (less than a row more per
+    strip passed as a writer's padding). A whole pixel more on every row of every strip is refused;
+    the same file with its width right reads as written."""
+    from PIL import Image
+
+    frames = np.random.default_rng(3).integers(0, 256, (3, 40, 49), dtype=np.uint8)
+    right, short = tmp_path / "right.tif", tmp_path / "short.tif"
+    extra = {} if rows_per_strip is None else {"tiffinfo": {278: rows_per_strip}}
+    pages = [Image.fromarray(f) for f in frames]
+    pages[0].save(right, save_all=True, append_images=pages[1:], **extra)
+    sweep = load_sweep(right)
+    assert np.array_equal(np.asarray(sweep.frames), frames)
+    data = bytearray(right.read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    while ifd:  # every page's ImageWidth (tag 256, SHORT or LONG) one less
+        count = struct.unpack_from("<H", data, ifd)[0]
+        for k in range(count):
+            at = ifd + 2 + 12 * k
+            tag, kind = struct.unpack_from("<HH", data, at)
+            if tag == 256:
+                struct.pack_into("<H" if kind == 3 else "<I", data, at + 8, 48)
+        ifd = struct.unpack_from("<I", data, ifd + 2 + 12 * count)[0]
+    short.write_bytes(bytes(data))
+    with pytest.raises(FetalIQAError, match=r"1 pixel more on every row than its width of 48 says.*ImageWidth is wrong"):
+        load_sweep(short)

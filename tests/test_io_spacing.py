@@ -83,7 +83,26 @@ def test_dicom_largest_calibrated_region_wins_over_a_doppler_strip(tmp_path):
     sweep = load_sweep(path)
     assert sweep.spacing_source == SPACING_FROM_US_REGION
     assert sweep.spacing_mm == pytest.approx((0.25, 0.25))
-    assert "largest" in sweep.spacing_note
+    # a strip 6 rows high is no image: not counted among the image's calibrations either
+    assert sweep.spacing_note == ""
+
+
+def test_dicom_region_too_small_to_be_the_image_does_not_calibrate_it(tmp_path):
+    """A calibrated region of one pixel (or any strip or thumbnail under 32 pixels) gave the whole
+    frame its Physical Deltas: the frames are not cut to such a region, and its size is not theirs."""
+    path = tmp_path / "us.dcm"
+    write_us_dicom(path, _frames(), regions=[_region(5, 5, 5, 5, dx_cm=0.05, dy_cm=0.05)])
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_NONE and not sweep.spacing_known
+    assert sweep.measurement_spacing_mm is None
+    assert "only a region of 1 x 1 pixels, too small" in sweep.spacing_note
+    # beside a Pixel Spacing, that one gives the size
+    path = tmp_path / "us2.dcm"
+    write_us_dicom(path, _frames(), regions=[_region(0, 0, 47, 20, dx_cm=0.05, dy_cm=0.05)],
+                   pixel_spacing=(0.3, 0.28))
+    sweep = load_sweep(path)
+    assert sweep.spacing_source == SPACING_FROM_DICOM_PIXEL_SPACING
+    assert sweep.spacing_mm == pytest.approx((0.3, 0.28))
 
 
 def test_dicom_regions_without_cm_units_and_no_pixel_spacing_are_unknown(tmp_path):

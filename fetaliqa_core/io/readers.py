@@ -1123,6 +1123,8 @@ _TIFF_PREDICTED = (5, 8, 32946)
 _TIFF_PREDICTORS = {1: "none", 2: "horizontal differencing", 3: "floating point"}
 #: Bytes past a compressed strip's or tile's pixels that pass as padding (a writer's alignment).
 _TIFF_PACKBITS_PAD = 16
+#: Bytes past an uncompressed strip's pixels a writer may add to align its end (a word's at most).
+_TIFF_ALIGN_PAD = 8
 #: PackBits pages whose strips' or tiles' decoded lengths are checked: the first these many, then
 #: every ``_TIFF_PACKBITS_EVERY``-th. Raw pixels under a PackBits tag fail on the first page; a page
 #: between those checked that decodes short is refused by the decoders as damaged, one that decodes
@@ -1205,6 +1207,26 @@ def _check_tiff_page_length(path: Path, fh: BinaryIO, page: int, width: int, hei
         k = int(np.argmax(wrong))
         raise FetalIQAError(f"{what}: its {chunk} {k + 1} holds {int(stored[k])} bytes, where {tile_w} x "
                             f"{int(high[k % per_plane])} pixels of {depth} fill {int(needed[k])}; {advice}")
+    # Less than a row more passes as padding, but a whole pixel more on every row of every strip is
+    # the rows of an image wider than its ImageWidth says: read at that width, each row starts one
+    # pixel further along than the last and the picture is sheared (a writer's padding aligns a
+    # strip's end to at most 8 bytes, it does not grow with its rows). Strips of one row are left
+    # alone: each row is read from its own place, so the shear cannot arise (one pixel is lost).
+    if not tiled and per_pixel % 8 == 0 and rows > 1:
+        pixel = per_pixel // 8  # (bytes a pixel takes in a strip: one sample's in a planar page)
+        extra = stored.astype(np.int64) - needed.astype(np.int64)
+        rows_k = np.tile(high, planes).astype(np.int64)
+        full = ~np.tile(padded, planes) | (per_plane == 1)
+        per_row = extra[full] // np.maximum(rows_k[full], 1)
+        if (per_row.size and int(extra[full].min()) >= _TIFF_ALIGN_PAD
+                and not (extra[full] % np.maximum(rows_k[full], 1)).any()
+                and not (per_row % pixel).any() and (per_row == per_row[0]).all()):
+            more = int(per_row[0]) // pixel
+            raise FetalIQAError(f"{what}: each of its strips holds {more} pixel{'s' if more > 1 else ''} more on "
+                                f"every row than its width of {width} says (strip 1: {int(stored[0])} bytes for "
+                                f"{int(high[0])} rows); its ImageWidth is wrong, and read at that width the "
+                                "picture would be sheared: the file is damaged or crafted, and is not read. "
+                                "Export the sweep again.")
 
 
 def _packbits_runs_cross_rows(path: Path, bits: int | None) -> bool:

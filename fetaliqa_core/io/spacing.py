@@ -271,6 +271,11 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
             shown = str(raw)[:60].replace("\n", " ")
             return None, SPACING_NONE, f"the DICOM file's {name} ({shown}) is not two positive numbers"
     if regions:
+        small = _small_calibrated_region(measured)
+        if small:
+            return None, SPACING_NONE, (f"the DICOM file calibrates in cm only a region of {small} pixels, too small "
+                                        "to be the image of the body (a strip or a thumbnail): its pixel size is "
+                                        "not taken for the image's, and there is no Pixel Spacing")
         no_length = _region_without_length(measured)
         if no_length:
             return None, SPACING_NONE, (f"the DICOM ultrasound region is calibrated in cm, but its {no_length} "
@@ -296,6 +301,23 @@ def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
                                     f"Imager Pixel Spacing ({spacing_text(imager)}) is the detector's, not a size in "
                                     "the body, and is not used")
     return None, SPACING_NONE, "the DICOM file has no ultrasound region calibration and no Pixel Spacing"
+
+
+def _small_calibrated_region(regions: list[Any]) -> str:
+    """Of 2-D regions, the size (``W x H``) of the first calibrated in cm that is narrower or lower
+    than a region of the image may be (``_MIN_REGION_PX``); "" when there is none. Such a region is
+    no image's: its deltas are not taken for the frames' (:func:`_region_spacing`)."""
+    for item in regions:
+        if _item_spacing(item) is None:
+            continue
+        try:
+            width = int(item.get("RegionLocationMaxX1", 0)) - int(item.get("RegionLocationMinX0", 0)) + 1
+            height = int(item.get("RegionLocationMaxY1", 0)) - int(item.get("RegionLocationMinY0", 0)) + 1
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError):
+            continue
+        if width < _MIN_REGION_PX or height < _MIN_REGION_PX:
+            return f"{max(width, 0)} x {max(height, 0)}"
+    return ""
 
 
 def _region_without_length(regions: list[Any]) -> str:
@@ -583,6 +605,8 @@ def _region_spacing(regions: list[Any], image: tuple[int, int] | None = None
             uncalibrated = max(uncalibrated, area)
             continue
         spacing = (round(dy * 10.0, 9), round(dx * 10.0, 9))  # cm -> mm, (row, col)
+        if width < _MIN_REGION_PX or height < _MIN_REGION_PX:
+            continue  # a strip or a thumbnail (the frames are not cut to it either): not the image's size
         if image is not None and (x1 > image[1] or y1 > image[0]):  # (one past the last pixel is let pass)
             outside = outside or (spacing, x1 + 1, y1 + 1)
             continue
