@@ -1092,3 +1092,30 @@ def test_a_whole_outline_flattened_well_inside_the_sweep_s_fan_is_doubted_as_fla
     assert main(["ac", str(path), "--sweep", str(tmp_path / "near.mha"), "--frame", "1", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["mask_problem"].startswith("cut off straight, by an edge"), record
+
+
+@pytest.mark.parametrize("matrix,said", [("2 0 0 0 2 0 0 0 1", "states two pixel sizes"),
+                                         ("1 0 0 0.5 0.866025 0 0 0 1", "meet at 60 degrees, not 90")])
+def test_a_mask_and_sweep_whose_metaimage_matrix_is_no_rotation_are_measured_without_mm(tmp_path, capsys, matrix,
+                                                                                        said):
+    """A sweep and its mask whose headers both give a TransformMatrix of 2s (pixels placed 0.6 mm
+    apart where the ElementSpacing says 0.3 mm), or both one of skewed axes: the AC was shown plain
+    at 0.3 mm (half the file's geometry's; a sheared grid read as square), and the mask, with the
+    same header as its sweep, was refused as oriented otherwise. The mask lies on its sweep; the
+    pixel size is unknown, the matrix named as the reason."""
+    frames = np.full((2, 120, 160), 60, np.uint8)
+    masks = np.zeros((2, 120, 160), np.uint8)
+    cv2.ellipse(masks[1], (80, 60), (40, 30), 0, 0, 360, 1, -1)
+    frames[masks != 0] = 120
+    for name, data in (("sweep.mha", frames), ("mask.mha", masks)):
+        head = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nElementSpacing = 0.3 0.3 1\n"
+                f"TransformMatrix = {matrix}\nOffset = 5 7 0\nDimSize = 160 120 2\nElementType = MET_UCHAR\n"
+                "ElementDataFile = LOCAL\n")
+        (tmp_path / name).write_bytes(head.encode() + data.tobytes())
+    assert main(["ac", str(tmp_path / "mask.mha"), "--sweep", str(tmp_path / "sweep.mha"), "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_mm"] is None and record["ac_status"] == "no units" and record["frame"] == 1
+    assert "TransformMatrix" in record["spacing_problem"] and said in record["spacing_problem"], record
+    assert record["ellipse_px"]["center"] == pytest.approx([80, 60], abs=1.5)
+    assert not any("orients" in n for n in record["read_notes"] or [])
+
