@@ -1119,3 +1119,26 @@ def test_a_mask_and_sweep_whose_metaimage_matrix_is_no_rotation_are_measured_wit
     assert record["ellipse_px"]["center"] == pytest.approx([80, 60], abs=1.5)
     assert not any("orients" in n for n in record["read_notes"] or [])
 
+
+def test_a_mask_whose_own_pixel_size_is_implausible_is_measured_at_its_sweep_s_and_said(tmp_path, capsys):
+    """A mask whose header says 0.03 mm per pixel (its sweep's 0.3 mm written in cm as mm) beside
+    a sweep of 0.3 mm was measured at the sweep's size without a word that the two files disagree."""
+    frames = np.full((2, 120, 160), 60, np.uint8)
+    calibrated = sitk.GetImageFromArray(frames)
+    calibrated.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(calibrated, str(tmp_path / "sweep.mha"))
+    masks = np.zeros((2, 120, 160), np.uint8)
+    cv2.ellipse(masks[1], (80, 60), (40, 30), 0, 0, 360, 1, -1)
+    mask = _write(tmp_path, masks, "mask.mha", spacing=0.03)
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep.mha"), "--no-fov", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["spacing_mm"] == [0.3, 0.3] and record["spacing_source"] == "its sweep's file header"
+    assert record["ac_mm"] == pytest.approx(ac_of((40, 30), 0.3), rel=0.02)
+    said = [n for n in record["read_notes"] or [] if "0.03 x 0.03 mm" in n]
+    assert said and "implausible" in said[0] and "in cm, written as mm" in said[0] and "not used" in said[0], record
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep.mha"), "--no-fov"]) == 0
+    assert "note: pixel spacing: the mask file's header states 0.03 x 0.03 mm per pixel" in capsys.readouterr().out
+    # a mask with no pixel size of its own (1 x 1, a writer's default) takes its sweep's without a word
+    plain = _write(tmp_path, masks, "plain.mha", spacing=1.0)
+    assert main(["ac", str(plain), "--sweep", str(tmp_path / "sweep.mha"), "--no-fov", "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out)["read_notes"]
