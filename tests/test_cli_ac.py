@@ -1113,3 +1113,53 @@ def test_ac_with_its_sweep_doubts_a_section_of_the_thorax_not_an_abdomen_with_it
             assert "heart" in record["mask_problem"], record["mask_problem"]
         else:
             assert record["ac_status"] == "ok" and record["ga"], record
+
+
+@pytest.mark.parametrize("matrix,said", [("2 0 0 0 2 0 0 0 1", "states two pixel sizes"),
+                                         ("1 0 0 0.5 0.866025 0 0 0 1", "meet at 60 degrees, not 90")])
+def test_a_mask_and_sweep_whose_metaimage_matrix_is_no_rotation_are_measured_without_mm(tmp_path, capsys, matrix,
+                                                                                        said):
+    """A sweep and its mask whose headers both give a TransformMatrix of 2s (pixels placed 0.6 mm
+    apart where the ElementSpacing says 0.3 mm), or both one of skewed axes: the AC was shown plain
+    at 0.3 mm (half the file's geometry's; a sheared grid read as square), and the mask, with the
+    same header as its sweep, was refused as oriented otherwise. The mask lies on its sweep; the
+    pixel size is unknown, the matrix named as the reason."""
+    frames = np.full((2, 120, 160), 60, np.uint8)
+    masks = np.zeros((2, 120, 160), np.uint8)
+    cv2.ellipse(masks[1], (80, 60), (40, 30), 0, 0, 360, 1, -1)
+    frames[masks != 0] = 120
+    for name, data in (("sweep.mha", frames), ("mask.mha", masks)):
+        head = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nElementSpacing = 0.3 0.3 1\n"
+                f"TransformMatrix = {matrix}\nOffset = 5 7 0\nDimSize = 160 120 2\nElementType = MET_UCHAR\n"
+                "ElementDataFile = LOCAL\n")
+        (tmp_path / name).write_bytes(head.encode() + data.tobytes())
+    assert main(["ac", str(tmp_path / "mask.mha"), "--sweep", str(tmp_path / "sweep.mha"), "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_mm"] is None and record["ac_status"] == "no units" and record["frame"] == 1
+    assert "TransformMatrix" in record["spacing_problem"] and said in record["spacing_problem"], record
+    assert record["ellipse_px"]["center"] == pytest.approx([80, 60], abs=1.5)
+    assert not any("orients" in n for n in record["read_notes"] or [])
+
+
+def test_a_mask_whose_own_pixel_size_is_implausible_is_measured_at_its_sweep_s_and_said(tmp_path, capsys):
+    """A mask whose header says 0.03 mm per pixel (its sweep's 0.3 mm written in cm as mm) beside
+    a sweep of 0.3 mm was measured at the sweep's size without a word that the two files disagree."""
+    frames = np.full((2, 120, 160), 60, np.uint8)
+    calibrated = sitk.GetImageFromArray(frames)
+    calibrated.SetSpacing((0.3, 0.3, 1.0))
+    sitk.WriteImage(calibrated, str(tmp_path / "sweep.mha"))
+    masks = np.zeros((2, 120, 160), np.uint8)
+    cv2.ellipse(masks[1], (80, 60), (40, 30), 0, 0, 360, 1, -1)
+    mask = _write(tmp_path, masks, "mask.mha", spacing=0.03)
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep.mha"), "--no-fov", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["spacing_mm"] == [0.3, 0.3] and record["spacing_source"] == "its sweep's file header"
+    assert record["ac_mm"] == pytest.approx(ac_of((40, 30), 0.3), rel=0.02)
+    said = [n for n in record["read_notes"] or [] if "0.03 x 0.03 mm" in n]
+    assert said and "implausible" in said[0] and "in cm, written as mm" in said[0] and "not used" in said[0], record
+    assert main(["ac", str(mask), "--sweep", str(tmp_path / "sweep.mha"), "--no-fov"]) == 0
+    assert "note: pixel spacing: the mask file's header states 0.03 x 0.03 mm per pixel" in capsys.readouterr().out
+    # a mask with no pixel size of its own (1 x 1, a writer's default) takes its sweep's without a word
+    plain = _write(tmp_path, masks, "plain.mha", spacing=1.0)
+    assert main(["ac", str(plain), "--sweep", str(tmp_path / "sweep.mha"), "--no-fov", "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out)["read_notes"]

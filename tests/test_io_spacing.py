@@ -717,3 +717,70 @@ def test_a_nrrd_whose_space_directions_give_no_usable_pixel_size_says_why(tmp_pa
         path.write_bytes(head.format(fine).encode() + frames.tobytes())
         sweep = load_sweep(path)
         assert sweep.spacing_source != SPACING_NONE and sorted(sweep.spacing_mm) == [0.28, 0.3], fine
+
+
+def _metaimage(path: Path, frames: np.ndarray, spacing: str, matrix: str | None, field: str = "TransformMatrix"):
+    n, h, w = frames.shape
+    head = (f"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+            f"ElementSpacing = {spacing}\n" + (f"{field} = {matrix}\n" if matrix else "")
+            + f"DimSize = {w} {h} {n}\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
+    path.write_bytes(head.encode() + np.ascontiguousarray(frames, np.uint8).tobytes())
+    return path
+
+
+@pytest.mark.parametrize("matrix,field,said", [
+    ("2 0 0 0 2 0 0 0 1", "TransformMatrix", "states two pixel sizes: 0.3 x 0.3 mm (its ElementSpacing) and 0.6 x 0.6 mm "
+                                             "(that spacing scaled by its TransformMatrix, whose axes are 2 and 2 long"),
+    ("0.5 0 0 0 0.5 0 0 0 1", "Rotation", "0.6 x 0.6 mm (its ElementSpacing) and 0.3 x 0.3 mm (that spacing scaled "
+                                          "by its Rotation"),
+    ("1 0 0 0.5 0.866025 0 0 0 1", "TransformMatrix", "the pixels' columns and rows meet at 60 degrees, not 90"),
+    ("0 0 0 0 1 0 0 0 1", "Orientation", "gives the pixels' columns or rows no direction"),
+])
+def test_a_metaimage_whose_matrix_is_no_rotation_has_no_pixel_size(tmp_path, matrix, field, said):
+    """A TransformMatrix of 2s was ignored: the image reader places the pixels 0.6 mm apart where
+    the ElementSpacing says 0.3 mm, and the AC was shown at 0.3 mm, half the file's geometry's,
+    without a word (a skewed one made a sheared grid read as square). The header states two pixel
+    sizes: unknown, with the reason, as a NRRD's sheared space directions are."""
+    frames = _frames(2)
+    spacing = "0.6 0.6 1" if matrix.startswith("0.5") else "0.3 0.3 1"
+    sweep = load_sweep(_metaimage(tmp_path / "odd.mha", frames, spacing, matrix, field))
+    assert sweep.spacing_source == SPACING_NONE and said in sweep.spacing_note, sweep.spacing_note
+    assert "MetaImage header" in sweep.spacing_note and sweep.spacing_problem.startswith("pixel spacing unknown")
+    # a rotation, a reflection or axes exchanged (6 digits, as writers round them) keep the file's own size
+    for fine in ("0.866025 0.5 0 -0.5 0.866025 0 0 0 1", "1 0 0 0 -1 0 0 0 1", "0 1 0 1 0 0 0 0 1", None):
+        sweep = load_sweep(_metaimage(tmp_path / "fine.mha", frames, "0.3 0.4 1", fine))
+        assert sweep.spacing_source == SPACING_FROM_HEADER and sweep.spacing_mm == pytest.approx((0.4, 0.3)), fine
+
+
+@pytest.mark.parametrize("attrs,said", [
+    ({"PixelSpacing": [0.3, 0.3], "PixelAspectRatio": [4, 3]},
+     "0.3 x 0.3 mm (its Pixel Spacing), square pixels, and pixels of 4:3 (height:width) (its Pixel Aspect Ratio)"),
+    ({"regions": [(0.03, 0.03)], "PixelAspectRatio": [4, 3]},
+     "0.3 x 0.3 mm (its ultrasound region calibration), square pixels, and pixels of 4:3 (height:width)"),
+    ({"regions": [(0.03, 0.04)], "PixelAspectRatio": [1, 1]},
+     "0.3 x 0.4 mm (width x height) (its ultrasound region calibration), pixels of 1.33:1 (height:width), and "
+     "square pixels (its Pixel Aspect Ratio)"),
+])
+def test_a_dicom_pixel_aspect_ratio_that_contradicts_its_calibration_leaves_the_size_unknown(tmp_path, attrs, said):
+    """A Pixel Aspect Ratio of 4\\3 beside a Pixel Spacing (or region deltas) of square pixels, or
+    1\\1 beside deltas of 0.03 and 0.04 cm, was read plainly, the ratio ignored: the header states
+    two pixel sizes, one of them wrong, so lengths are not shown, said as other disagreements are."""
+    from pydicom.sequence import Sequence
+
+    attrs = dict(attrs)
+    regions = [_region(0, 0, 47, 39, dx_cm=dx, dy_cm=dy) for dx, dy in attrs.pop("regions", ())]
+    if regions:
+        attrs["SequenceOfUltrasoundRegions"] = Sequence(regions)
+    sweep = load_sweep(us_dicom(tmp_path / "odd.dcm", _frames(), **attrs))
+    assert sweep.spacing_source == SPACING_NONE, sweep.spacing_mm
+    assert f"the DICOM header gives two pixel sizes that disagree: {said}" in sweep.spacing_note, sweep.spacing_note
+    assert sweep.spacing_problem.startswith("pixel spacing unknown")
+    # a ratio that agrees (4\3 beside 0.3 x 0.4 mm, 1\1 beside square pixels, within rounding) changes nothing
+    for fine, expected, source in (({"PixelSpacing": [0.4, 0.3], "PixelAspectRatio": [4, 3]}, (0.4, 0.3),
+                                    SPACING_FROM_DICOM_PIXEL_SPACING),
+                                   ({"PixelSpacing": [0.3, 0.3], "PixelAspectRatio": [1, 1]}, (0.3, 0.3),
+                                    SPACING_FROM_DICOM_PIXEL_SPACING),
+                                   ({"SequenceOfUltrasoundRegions": Sequence([_region(0, 0, 47, 39, 0.03, 0.0399)]),
+                                     "PixelAspectRatio": [4, 3]}, (0.399, 0.3), SPACING_FROM_US_REGION)):
+        sweep = load_sweep(us_dicom(tmp_path / "fine.dcm", _frames(), **fine))
+        assert sweep.spacing_source == source and sweep.spacing_mm == pytest.approx(expected), fine

@@ -378,6 +378,14 @@ def run(args: argparse.Namespace) -> int:
                 f"the mask's pixel size, {spacing_text(spacing)} ({mask_source}), and its sweep's, "
                 f"{spacing_text(sweep_spacing)} ({sweep_source}), disagree: one of them is wrong"))
         elif sweep_problem is None and problem is not None:
+            if source != fio.SPACING_NONE and not fspacing.is_plausible(spacing):
+                # the mask's header states a size of its own, one no obstetric scan has (0.03 mm: the
+                # sweep's numbers in cm written as mm): the two files disagree, which was not said
+                in_cm = fspacing.same_pixel_size(tuple(10.0 * v for v in spacing), sweep_spacing)
+                volume.notes.append(
+                    f"pixel spacing: the mask file's header states {spacing_text(spacing)} per pixel, implausible for "
+                    "obstetric ultrasound" + (" (its sweep's size in cm, written as mm?)" if in_cm else "")
+                    + f", and is not used: measured at its sweep's {spacing_text(sweep_spacing)} ({sweep_source})")
             spacing, problem, source = sweep_spacing, None, f"its sweep's {sweep_source}"
         elif sweep_problem is not None and not given_for_it:
             # no usable pixel size where the outline lies: the sweep's reason is the one to act on (its

@@ -3649,6 +3649,52 @@ _DATA_FILE_LINE = re.compile(rb"^[ \t]*ElementDataFile[ \t]*=[^\n]*\n", re.IGNOR
 _NOT_TEXT = re.compile(rb"[\x00-\x08\x0e-\x1f]")
 
 
+#: The names MetaIO reads a MetaImage's direction matrix under (one field, three spellings).
+_META_MATRIX_FIELDS = ("transformmatrix", "rotation", "orientation")
+#: How far from a unit length a MetaImage's pixel axes may be, and from a right angle (its cosine)
+#: they may meet, and still be read as a grid of the ElementSpacing's size: a length off by 0.1 %
+#: at most (writers that round their matrix to 6 digits stay far within it), as for a NRRD's
+#: space directions.
+_META_MATRIX_TOLERANCE = 1e-3
+
+
+def _meta_matrix_unusable(header: dict[str, str], spacing_mm: tuple[float, float], ndims: int) -> str:
+    """Why a MetaImage's direction matrix (``TransformMatrix``, or its other spellings) leaves its
+    pixels no size a length can use ('' when it is a rotation or reflection, or when there is none
+    to read). The image reader places the pixels at the ElementSpacing stretched by the matrix:
+    axes 2 long put pixels 0.6 mm apart in its space where the ElementSpacing says 0.3 mm (two
+    pixel sizes in one header; the AC was shown at 0.3 mm, half the file's geometry's, without a
+    word), and axes that do not meet at a right angle make a sheared grid (read as square). The
+    first two axes (the frame's columns and rows) are the ones a length lies along; the image
+    reader takes each run of ``ndims`` numbers as one axis."""
+    for key in _META_MATRIX_FIELDS:
+        try:
+            values = [float(v) for v in header.get(key, "").split()]
+        except ValueError:
+            continue  # (refused earlier as not plain numbers)
+        if ndims < 2 or len(values) != ndims * ndims:
+            continue
+        name = _META_NUMBER_FIELDS[key]
+        col, row = values[:ndims], values[ndims:2 * ndims]
+        if not all(math.isfinite(v) for v in col + row):
+            return f"the MetaImage header's {name} holds a value that is no number"
+        lengths = [math.hypot(*axis) for axis in (col, row)]
+        if not all(math.isfinite(v) for v in lengths) or min(lengths) == 0:
+            return (f"the MetaImage header's {name} gives the pixels' columns or rows no direction (an axis "
+                    "of length 0 or past any number)")
+        cosine = sum((a / lengths[0]) * (b / lengths[1]) for a, b in zip(col, row))
+        if abs(cosine) > _META_MATRIX_TOLERANCE:
+            angle = math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
+            return (f"the MetaImage header's {name} is not a rotation: the pixels' columns and rows meet at "
+                    f"{angle:.3g} degrees, not 90, and a sheared grid has no pixel spacing a length can use")
+        if any(abs(v - 1.0) > _META_MATRIX_TOLERANCE for v in lengths):
+            placed = (spacing_mm[0] * lengths[1], spacing_mm[1] * lengths[0])
+            return (f"the MetaImage header states two pixel sizes: {spacing_text(spacing_mm)} (its ElementSpacing) "
+                    f"and {spacing_text(placed)} (that spacing scaled by its {name}, whose axes are "
+                    f"{lengths[0]:.3g} and {lengths[1]:.3g} long, not 1), so which is right is not known")
+    return ""
+
+
 def _read_metaimage(path: Path) -> Raw | None:
     """Parse and check a MetaImage header; memory-map uncompressed pixel data.
 
@@ -3729,6 +3775,9 @@ def _read_metaimage(path: Path) -> Raw | None:
     spacing_mm = (spacing_xyz[1], spacing_xyz[0]) if ndims >= 2 else (1.0, spacing_xyz[0])
     spacing_source, spacing_note = classify_header_spacing(spacing_mm, recorded=bool(spacing_field))
     spacing_mm, spacing_source, spacing_note = usable_spacing(spacing_mm, spacing_source, spacing_note)
+    unusable = _meta_matrix_unusable(header, spacing_mm, ndims)
+    if unusable and spacing_source != SPACING_NONE:  # (a spacing already unknown keeps its own reason)
+        spacing_mm, spacing_source, spacing_note = (1.0, 1.0), SPACING_NONE, unusable
 
     shape = tuple(reversed(dims)) + ((components,) if components > 1 else ())
     precheck_dims(path, tuple(reversed(dims)), components)

@@ -228,7 +228,36 @@ def dicom_calibration_and_regions(path: Path) -> tuple[tuple[tuple[float, float]
 
 
 def dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
-    """The calibration :func:`dicom_calibration_and_regions` gives, of a header pydicom has already parsed."""
+    """The calibration :func:`dicom_calibration_and_regions` gives, of a header pydicom has already parsed.
+    A Pixel Aspect Ratio (0028,0034) beside it that gives the pixels another shape than the size
+    found (4\\3 beside a Pixel Spacing of 0.3\\0.3, or 1\\1 beside region deltas of 0.03 and 0.04
+    cm) makes the size unknown, as two sizes that disagree do: the header states two, and the
+    square one was read plainly (every length across the pixels' height off by a third)."""
+    spacing, source, note = _dataset_calibration(ds)
+    if spacing is None:
+        return spacing, source, note
+    try:
+        aspect = _pair(ds.get("PixelAspectRatio", None))  # (1\\1 too: square pixels, said so)
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError):
+        aspect = None
+    if aspect is None or same_pixel_size((spacing[0] / spacing[1], 1.0), (aspect[0] / aspect[1], 1.0)):
+        return spacing, source, note
+    name = {SPACING_FROM_US_REGION: "its ultrasound region calibration",
+            SPACING_FROM_DICOM_PIXEL_SPACING: "its Pixel Spacing"}.get(source, source)
+    return None, SPACING_NONE, (f"the DICOM header gives two pixel sizes that disagree: {spacing_text(spacing)} "
+                                f"({name}), {_shape_text(spacing, False)}, and {_shape_text(aspect, True)} (its "
+                                "Pixel Aspect Ratio)")
+
+
+def _shape_text(shape: tuple[float, float], as_written: bool) -> str:
+    """A pixel's ``(height, width)`` (a size, or proportions ``as_written`` in the header) as its shape in words."""
+    if is_square(shape):
+        return "square pixels"
+    return "pixels of " + (_ratio_text(shape) if as_written else f"{shape[0] / shape[1]:.3g}:1 (height:width)")
+
+
+def _dataset_calibration(ds: Any) -> tuple[tuple[float, float] | None, str, str]:
+    """:func:`dataset_calibration` before its pixels' size is checked against their Pixel Aspect Ratio."""
     try:
         regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
         raw_spacing = ds.get("PixelSpacing", None)

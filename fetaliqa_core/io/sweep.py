@@ -667,8 +667,14 @@ def _header_geometry(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tu
         if dim not in (2, 3):
             return None
         direction = np.asarray(reader.GetDirection(), float).reshape(dim, dim)
-        return direction, np.asarray(reader.GetOrigin(), float), np.asarray(reader.GetSpacing(), float), \
-            tuple(int(v) for v in reader.GetSize())
+        spacing = np.asarray(reader.GetSpacing(), float)
+        lengths = np.linalg.norm(direction, axis=0)
+        if np.all(lengths > 0) and np.all(np.isfinite(lengths)):
+            # a MetaImage's matrix of axes not 1 long (2: its pixels twice the ElementSpacing apart)
+            # is read as the image reader places the pixels: unit axes, each step its physical length
+            # (the pixel size the file then states is unknown, said where it is read)
+            direction, spacing = direction / lengths, spacing * lengths
+        return direction, np.asarray(reader.GetOrigin(), float), spacing, tuple(int(v) for v in reader.GetSize())
     except Exception:  # noqa: BLE001 - no orientation to compare; reading the pixels reports a bad header
         return None
 
@@ -694,7 +700,9 @@ def orient_like(labels: np.ndarray, mask_path: str | Path, sweep_path: str | Pat
     defaults = (np.eye(len(dm)), np.diag([-1.0, -1.0] + [1.0] * (len(dm) - 2)))  # (ITK's, and a NIfTI writer's)
     if not np.any(om) and any(np.allclose(dm, d) for d in defaults):
         return labels, "", False  # the writer's default geometry (none given): the mask states no orientation
-    relation = ds.T @ dm  # the mask's axes in the sweep's: a signed permutation when they differ by flips
+    # the mask's axes in the sweep's: a signed permutation when they differ by flips (by the inverse, not
+    # the transpose: a sheared sweep's axes are not perpendicular, and a mask on the same axes lies as it does)
+    relation = np.linalg.pinv(ds) @ dm
     if np.allclose(relation, np.eye(len(relation)), atol=1e-3):
         return labels, "", False
     rounded = np.round(relation)
