@@ -170,7 +170,15 @@ class Sweep:
         replaces is said in a note (``how``: how it was given, "given with --spacing")."""
         stated = tuple(self.spacing_mm) if self.spacing_known else None
         pair, replaced = _spacing.given_spacing(spacing_mm, stated, self.spacing_source, self.pixel_aspect, how)
-        notes = self.read_notes + ((f"pixel spacing {replaced}",) if replaced else ())
+        notes = self.read_notes
+        if self.spacing_source == SPACING_FROM_US_REGION and self.region_calibrations:
+            # image regions calibrated differently: the size given replaces them all (the largest's
+            # size alone was named, or nothing where the size given was the largest's), and the note
+            # that the largest's was used is no longer true (it was kept). Where an outline lies in a
+            # region of another size, its AC says so (:func:`~fetaliqa_core.io.spacing.given_where_outline_lies`).
+            replaced = _spacing.regions_given_note(self.region_calibrations, how)
+            notes = tuple(n for n in notes if not n.endswith(_spacing.LARGEST_REGION_USED))
+        notes += (f"pixel spacing {replaced}",) if replaced else ()
         if self.spacing_note.startswith(_spacing.SPACING_CHANGES):
             # one value for every frame of a sweep whose depth changed: said, not forgotten
             notes += (f"{self.spacing_note}; the pixel size given, {_spacing.spacing_text(pair)}, is applied "
