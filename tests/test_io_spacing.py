@@ -560,6 +560,8 @@ def test_a_size_given_for_a_picture_in_picture_is_compared_with_the_file_s_where
     where the outline lies."""
     import json
 
+    import cv2
+
     from fetaliqa_core.cli import main
 
     path, masks, truth = _picture_in_picture(tmp_path)
@@ -584,6 +586,21 @@ def test_a_size_given_for_a_picture_in_picture_is_compared_with_the_file_s_where
     assert "no one size where the outline lies" in said[0] and "0.3 x 0.3 mm and 0.6 x 0.6 mm" in said[0]
     assert main(["ac", str(tmp_path / "pip.mha"), "--sweep", str(path), "--spacing", "0.3"]) == 0
     assert "replacing the file's 0.6 x 0.6 mm" in capsys.readouterr().out
+    # two images of like size (a split screen), so the sweep's size unknown: the one given was said to
+    # replace nothing, for an outline in the image the file calibrates at 0.6 mm
+    split = tmp_path / "split.dcm"
+    frames = np.random.default_rng(3).integers(30, 90, (3, 120, 200), dtype=np.uint8)
+    write_us_dicom(split, frames, regions=[_region(0, 0, 99, 119, 0.03, 0.03), _region(100, 0, 199, 119, 0.06, 0.06)])
+    assert load_sweep(split).spacing_problem is not None
+    right = np.zeros((3, 120, 200), np.uint8)
+    cv2.ellipse(right[1], (150, 60), (30, 25), 0, 0, 360, 1, -1)
+    sitk.WriteImage(sitk.GetImageFromArray(right), str(tmp_path / "right.mha"))
+    assert main(["ac", str(tmp_path / "right.mha"), "--sweep", str(split), "--no-fov", "--spacing", "0.3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["read_notes"] == [
+        "pixel spacing given with --spacing, replacing the file's 0.6 x 0.6 mm from its DICOM ultrasound region "
+        "calibration, the region holding the outline"]
+    assert any("replacing the file's calibration of its image regions" in n
+               for n in load_sweep(split).with_spacing(0.3, "given with --spacing").read_notes)
     # a sweep given a size (score --spacing, the window): the note that the largest region's size is
     # used goes, and one says the size given replaces the regions' sizes, whichever it is
     sweep = load_sweep(path)

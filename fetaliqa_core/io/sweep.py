@@ -171,10 +171,11 @@ class Sweep:
         stated = tuple(self.spacing_mm) if self.spacing_known else None
         pair, replaced = _spacing.given_spacing(spacing_mm, stated, self.spacing_source, self.pixel_aspect, how)
         notes = self.read_notes
-        if self.spacing_source == SPACING_FROM_US_REGION and self.region_calibrations:
+        if self.region_calibrations and self.spacing_source != SPACING_FROM_USER:
             # image regions calibrated differently: the size given replaces them all (the largest's
-            # size alone was named, or nothing where the size given was the largest's), and the note
-            # that the largest's was used is no longer true (it was kept). Where an outline lies in a
+            # size alone was named, or nothing where the size given was the largest's or where the
+            # regions, of like size, left the sweep's unknown), and the note that the largest's was
+            # used is no longer true (it was kept). Where an outline lies in a
             # region of another size, its AC says so (:func:`~fetaliqa_core.io.spacing.given_where_outline_lies`).
             replaced = _spacing.regions_given_note(self.region_calibrations, how)
             notes = tuple(n for n in notes if not n.endswith(_spacing.LARGEST_REGION_USED))
