@@ -1028,6 +1028,44 @@ def test_a_mask_whose_header_stores_it_flipped_against_its_sweep_is_laid_on_it_t
     assert not any("orients" in n for n in record["read_notes"] or [])
 
 
+def test_a_mask_whose_header_places_it_elsewhere_with_the_sweep_s_orientation_is_said_so(tmp_path, capsys):
+    """A mask oriented as its sweep but placed elsewhere by its header (its origin 50 pixels to the
+    side, or two frames on) was laid on the sweep without a word, where one stored flipped and placed
+    elsewhere was said: by the headers, the frame measured was another of the sweep's. Said now,
+    with where the headers put it; an origin within half a pixel of the sweep's is the same place."""
+    h, w, s = 120, 160, 0.3
+    frames = np.full((4, h, w), 30, np.uint8)
+    cv2.ellipse(frames[1], (70, 50), (40, 30), 0, 0, 360, 140, -1)
+    sweep = sitk.GetImageFromArray(frames)
+    sweep.SetSpacing((s, s, 1.0))
+    sweep.SetOrigin((3.0, 6.0, 0.0))
+    sitk.WriteImage(sweep, str(tmp_path / "sweep.mha"))
+    masks = np.zeros((4, h, w), np.uint8)
+    cv2.ellipse(masks[1], (70, 50), (40, 30), 0, 0, 360, 1, -1)
+
+    def notes_of(name, origin):
+        image = sitk.GetImageFromArray(masks)
+        image.SetSpacing((s, s, 1.0))
+        image.SetOrigin(origin)
+        sitk.WriteImage(image, str(tmp_path / name))
+        assert main(["ac", str(tmp_path / name), "--sweep", str(tmp_path / "sweep.mha"), "--json"]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["ellipse_px"]["center"] == pytest.approx([70, 50], abs=1.5)  # laid as stored
+        return [n for n in record["read_notes"] or [] if "elsewhere in space" in n]
+
+    aside = notes_of("aside.mha", (3.0 + 50 * s, 6.0, 0.0))
+    assert len(aside) == 1 and "laid on the sweep as stored" in aside[0] and "50 pixels to the right" in aside[0]
+    later = notes_of("later.mha", (3.0, 6.0, 2.0))
+    assert len(later) == 1 and "its frame I on the sweep's frame I+2" in later[0]
+    up = notes_of("up.mha", (3.0, 6.0 - 0.6 * s, 0.0))  # (0.6 of a pixel)
+    assert len(up) == 1 and "0.6 pixels up" in up[0]
+    # within half a pixel (a writer's rounding of the origin): the same place, no word
+    assert notes_of("same.mha", (3.0 + 0.4 * s, 6.0, 0.3)) == []
+    # text output: the note is printed
+    assert main(["ac", str(tmp_path / "aside.mha"), "--sweep", str(tmp_path / "sweep.mha")]) == 0
+    assert "note: the mask's header places it elsewhere in space" in capsys.readouterr().out
+
+
 def test_a_sweep_whose_metaimage_header_is_refused_prints_only_the_refusal(tmp_path, capfd):
     """`ac --sweep` reads the sweep's header for its orientation before reading the sweep: on a
     MetaImage header the image reader cannot parse (one ElementSpacing value for three axes), its

@@ -2710,6 +2710,42 @@ def test_a_picture_is_read_upright_as_its_exif_orientation_asks(tmp_path, orient
     assert np.array_equal(load_sweep(tmp_path / "photo.tif").frames[0], upright), orientation
 
 
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_a_grey_label_tiff_that_asks_to_be_turned_is_read_as_its_sweep_is(tmp_path, orientation):
+    """The image library reads a TIFF with an EXIF orientation as RGBA: a sweep's is made grey and
+    turned, but a grey label mask tagged alike was refused as "4 values per pixel (one-hot
+    channels ...)". It is read as its one grey now, turned as the sweep, labels kept."""
+    from PIL import Image
+
+    from fetaliqa_core.io import load_mask, read_mask_volume
+
+    labels = np.zeros((3, 48, 72), np.uint8)
+    labels[1, 10:30, 5:40] = 1
+    labels[2, 20:44, 40:70] = 2
+    grey = np.where(labels > 0, 200, 40).astype(np.uint8)
+
+    def save(path, stack):
+        pages = [Image.fromarray(a) for a in stack]
+        pages[0].save(path, save_all=True, append_images=pages[1:], tiffinfo={274: orientation})
+
+    save(tmp_path / "mask.tif", labels)
+    save(tmp_path / "sweep.tif", grey)
+    # as a picture viewer shows the first page (6: turned 90 degrees clockwise, 8: counter-clockwise)
+    upright = np.rot90(labels[0], k={1: 0, 3: 2, 6: -1, 8: 1}[orientation])
+    volume = read_mask_volume(tmp_path / "mask.tif")
+    assert volume.labels.shape == (3,) + upright.shape
+    assert np.array_equal(volume.labels[0], upright) and set(np.unique(volume.labels)) == {0, 1, 2}
+    assert len([n for n in volume.notes if "EXIF orientation" in n]) == (orientation != 1)
+    sweep = load_sweep(tmp_path / "sweep.tif")
+    on_sweep = load_mask(tmp_path / "mask.tif", like=sweep)  # the shape of the sweep's frames, turned alike
+    assert np.array_equal(on_sweep > 0, sweep.frames > 100)
+    # colours that are no grey, tagged alike, are still refused as values per pixel
+    Image.fromarray(np.stack([labels[1] * 200, labels[1] * 90, labels[1]], axis=-1), mode="RGB").save(
+        tmp_path / "colour.tif", tiffinfo={274: orientation})
+    with pytest.raises(FetalIQAError, match="values per pixel"):
+        read_mask_volume(tmp_path / "colour.tif")
+
+
 @pytest.mark.parametrize("kept", [0.999, 0.6, 0.2])
 def test_a_dicom_file_cut_short_is_called_truncated(tmp_path, kept):
     """A multi-frame DICOM cut anywhere in its pixel data (an interrupted copy) was "a DICOM file

@@ -570,6 +570,110 @@ def test_the_chosen_frame_s_ac_in_a_picture_in_picture_uses_that_image_s_pixel_s
     assert across.chosen_ac["ac_mm"] is None and across.chosen_ac["status"] == "no units"
 
 
+def test_a_size_given_for_a_picture_in_picture_is_compared_with_the_file_s_where_the_outline_lies(tmp_path, capsys):
+    """`ac --spacing` (and `score --spacing`, the window's size set by hand) on a screen whose image
+    regions are calibrated differently: 0.3 mm given for an outline in the 0.6 mm inset read half its
+    length, plain, without a word; 0.6 mm, the inset's own size, was told it replaced "the file's 0.3
+    x 0.3 mm" (the largest region's); `ac` dropped the sweep's note on the regions and `score` kept
+    "the largest ... used", no longer true. Now what is said compares with the size the file gives
+    where the outline lies."""
+    import json
+
+    import cv2
+
+    from fetaliqa_core.cli import main
+
+    path, masks, truth = _picture_in_picture(tmp_path)
+    for name, m in masks.items():
+        sitk.WriteImage(sitk.GetImageFromArray(m), str(tmp_path / f"{name}.mha"))
+
+    def ac(name, given):
+        assert main(["ac", str(tmp_path / f"{name}.mha"), "--sweep", str(path), "--spacing", given, "--json"]) == 0
+        record = json.loads(capsys.readouterr().out)
+        return record, [n for n in record["read_notes"] or [] if n.startswith("pixel spacing")]
+
+    record, said = ac("pip", "0.3")  # the main image's size, given for an outline in the inset
+    assert record["ac_mm"] == pytest.approx(truth / 2, rel=0.03) and record["spacing_source"] == "user"
+    assert said == ["pixel spacing given with --spacing, replacing the file's 0.6 x 0.6 mm from its DICOM ultrasound "
+                    "region calibration, the region holding the outline"]
+    record, said = ac("pip", "0.6")  # the inset's own size: it replaces nothing there
+    assert record["ac_mm"] == pytest.approx(truth, rel=0.03) and said == []
+    record, said = ac("main", "0.6")  # the inset's size for an outline in the main image: its 0.3 mm named
+    assert len(said) == 1 and "replacing the file's 0.3 x 0.3 mm" in said[0] and "holding the outline" in said[0]
+    record, said = ac("across", "0.3")  # across both: the file gives no one size there
+    assert record["ac_mm"] is not None and len(said) == 1
+    assert "no one size where the outline lies" in said[0] and "0.3 x 0.3 mm and 0.6 x 0.6 mm" in said[0]
+    assert main(["ac", str(tmp_path / "pip.mha"), "--sweep", str(path), "--spacing", "0.3"]) == 0
+    assert "replacing the file's 0.6 x 0.6 mm" in capsys.readouterr().out
+    # two images of like size (a split screen), so the sweep's size unknown: the one given was said to
+    # replace nothing, for an outline in the image the file calibrates at 0.6 mm
+    split = tmp_path / "split.dcm"
+    frames = np.random.default_rng(3).integers(30, 90, (3, 120, 200), dtype=np.uint8)
+    write_us_dicom(split, frames, regions=[_region(0, 0, 99, 119, 0.03, 0.03), _region(100, 0, 199, 119, 0.06, 0.06)])
+    assert load_sweep(split).spacing_problem is not None
+    right = np.zeros((3, 120, 200), np.uint8)
+    cv2.ellipse(right[1], (150, 60), (30, 25), 0, 0, 360, 1, -1)
+    sitk.WriteImage(sitk.GetImageFromArray(right), str(tmp_path / "right.mha"))
+    assert main(["ac", str(tmp_path / "right.mha"), "--sweep", str(split), "--no-fov", "--spacing", "0.3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["read_notes"] == [
+        "pixel spacing given with --spacing, replacing the file's 0.6 x 0.6 mm from its DICOM ultrasound region "
+        "calibration, the region holding the outline"]
+    assert any("replacing the file's calibration of its image regions" in n
+               for n in load_sweep(split).with_spacing(0.3, "given with --spacing").read_notes)
+    # a sweep given a size (score --spacing, the window): the note that the largest region's size is
+    # used goes, and one says the size given replaces the regions' sizes, whichever it is
+    sweep = load_sweep(path)
+    assert any("the largest (twice any other) used" in n for n in sweep.read_notes)
+    for size in (0.3, 0.6):
+        given = sweep.with_spacing(size, "given with --spacing")
+        assert not any("the largest" in n for n in given.read_notes), size
+        assert [n for n in given.read_notes if n.startswith("pixel spacing")] == [
+            "pixel spacing given with --spacing for every pixel, replacing the file's calibration of its image regions, "
+            "which differ (0.3 x 0.3 mm and 0.6 x 0.6 mm): an outline in a region of another size measures wrong by "
+            "their ratio"]
+
+
+def test_the_chosen_frame_s_ac_at_a_size_given_for_a_picture_in_picture_says_the_file_s_size_there():
+    """`score --spacing` and the window's size set by hand measure every outline at the size given:
+    an outline in the 0.6 mm inset at 0.3 mm given read half its length, plain, without a word. The
+    AC now says the file calibrates that region otherwise, and the frame choice judges the mask at
+    the size given, as its AC is measured."""
+    import tempfile
+
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+    from fetaliqa_core.engine import SweepResults
+    from fetaliqa_core.preprocess import preprocess_masks
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, masks, truth = _picture_in_picture(Path(tmp))
+        sweep = load_sweep(path).in_memory()
+
+    def answer(on, mask):
+        res = SweepResults(3, True, True)
+        res.p_cls[:] = 0.1
+        res.p_cls[1] = 0.9
+        res.p_opt[:] = 0.0
+        res.done[:] = True
+        small = preprocess_masks(mask[1], size=224).numpy().reshape(224, 224).astype(np.uint8)
+        for i in range(3):
+            res.masks[i] = small if i == 1 else np.zeros((224, 224), np.uint8)
+        res.seg_area_px[:] = [int(np.count_nonzero(res.masks[i])) for i in range(3)]
+        res.p_seg[:] = res.seg_area_px / (res.seg_area_px + 0.01 * 224 * 224)
+        return assess(on, res, Thresholds(value=0.5, model=0.5)).summary
+
+    pip = answer(sweep.with_spacing(0.3, "given with --spacing"), masks["pip"])
+    assert pip.chosen_frame == 1 and pip.chosen_ac["ac_mm"] == pytest.approx(truth / 2, rel=0.06)
+    assert ("the file calibrates the image region holding the outline at 0.6 x 0.6 mm, not at the 0.3 x 0.3 mm "
+            "given, which makes the AC 0.5 times the file's: check the size given") in pip.chosen_ac["note"]
+    # judged at the size given too (a 68 mm abdomen), not at the region's 0.6 mm
+    assert "implausible size" in pip.chosen_ac["note"]
+    own = answer(sweep.with_spacing(0.6, "given with --spacing"), masks["pip"])  # the inset's own size
+    assert own.chosen_ac["ac_mm"] == pytest.approx(truth, rel=0.06) and "calibrates" not in own.chosen_ac["note"]
+    across = answer(sweep.with_spacing(0.3, "given with --spacing"), masks["across"])
+    assert across.chosen_ac["ac_mm"] is not None
+    assert "the file gives no one pixel size where the outline lies" in across.chosen_ac["note"]
+
+
 def test_a_nifti_stating_only_an_sform_has_that_sform_s_pixel_size(tmp_path):
     """A NIfTI header with qform_code 0, an sform of 0.3 mm and its voxel sizes (pixdim) left at the
     format's default 1 was called self-contradictory (1 against 0.3 mm), so no mm: the sform is the

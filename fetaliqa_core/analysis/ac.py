@@ -69,7 +69,8 @@ class ACMeasurement:
     #: Why no length may be shown for this outline although the sweep has a pixel size: it lies
     #: outside or across image regions calibrated differently (:meth:`fetaliqa_core.io.Sweep.outline_spacing`).
     spacing_problem: str | None = None
-    #: Said with the length: measured at the size of the image region holding the outline, not the sweep's.
+    #: Said with the length: measured at the size of the image region holding the outline, not the
+    #: sweep's; or, for a size the user gave, that the file calibrates that region otherwise.
     spacing_note: str = ""
 
     def to_dict(self) -> dict:
@@ -417,7 +418,16 @@ def measure_frame_ac(sweep, results, frame: int, fov: FovArg | None = None) -> A
     if getattr(sweep, "region_calibrations", ()) and getattr(sweep, "spacing_problem", None) is None:
         # image regions of different pixel sizes (a picture-in-picture): the one holding the outline
         area = resolve_fov(fov, full.shape)
-        found, problem, note = sweep.outline_spacing(full if area is None else full & area)
-        spacing = found or spacing  # (without one, no length is shown: ``spacing_problem``)
+        inside = full if area is None else full & area
+        from fetaliqa_core.io.spacing import SPACING_FROM_USER, given_where_outline_lies
+
+        if getattr(sweep, "spacing_source", None) == SPACING_FROM_USER:
+            # a size the user gave stands for every pixel: said where the file calibrates the outline's
+            # region otherwise (given as the main image's 0.3 mm, an outline in a 0.6 mm inset read half
+            # its length, plain, without a word)
+            note = given_where_outline_lies(sweep.region_calibrations, tuple(sweep.spacing_mm), inside)
+        else:
+            found, problem, note = sweep.outline_spacing(inside)
+            spacing = found or spacing  # (without one, no length is shown: ``spacing_problem``)
     m = measure_ac(full, spacing, fov=fov)
     return dataclasses.replace(m, spacing_problem=problem, spacing_note=note) if m is not None else None

@@ -684,7 +684,11 @@ def mask_shapes(sweep, results) -> list[frame_choice.MaskShape]:
     # image regions at their own pixel sizes (a picture-in-picture): a mask is judged at the size of
     # the region holding it, as its AC is measured (an inset abdomen of 136 mm, judged at the main
     # image's size, was "implausible size": a false doubt), at none where that size is unknown
-    calibrations = tuple(getattr(sweep, "region_calibrations", ()) or ()) if spacing is not None else ()
+    # (a size the user gave stands for every pixel, as the AC is measured with it)
+    from fetaliqa_core.io.spacing import SPACING_FROM_USER
+
+    given = getattr(sweep, "spacing_source", None) == SPACING_FROM_USER
+    calibrations = tuple(getattr(sweep, "region_calibrations", ()) or ()) if spacing is not None and not given else ()
     regions = tuple(((round((x0 + geometry.left) * scale), round((y0 + geometry.top) * scale),
                       round((x1 + geometry.left) * scale), round((y1 + geometry.top) * scale)), sp)
                     for (x0, y0, x1, y1), sp in calibrations)

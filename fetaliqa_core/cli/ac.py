@@ -408,6 +408,21 @@ def run(args: argparse.Namespace) -> int:
             spacing = sweep_spacing if region_note else spacing
         if problem is not None:
             region_note = ""
+    elif sweep is not None and sweep.region_calibrations:
+        # a size given for every pixel of a sweep whose image regions the file calibrates differently:
+        # what it replaces is the size the file gives where the outline lies (the largest region's was
+        # named, and 0.3 mm given for an outline in a 0.6 mm inset, half its length, was not said; where
+        # the regions are of like size, and so the sweep's size unknown, nothing was)
+        inside = frame != 0
+        if isinstance(fov, np.ndarray) and fov.shape == frame.shape:
+            inside = inside & fov
+        there, _, _ = fspacing.outline_spacing(sweep.region_calibrations, tuple(sweep.spacing_mm), inside)
+        if there is not None:
+            given_note = fspacing.given_spacing(args.spacing, there, f"{fio.SPACING_FROM_US_REGION}, the region "
+                                                "holding the outline", None, "given with --spacing", "sweep")[1]
+        else:
+            given_note = (f"given with --spacing for every pixel: the file gives no one size where the outline lies "
+                          f"(its image regions are calibrated at {fspacing.regions_text(sweep.region_calibrations)})")
     # what reading the sweep found (pixels that hold no number make part of its fan unknown)
     sweep_notes = [] if sweep is None else [n for n in sweep.read_notes
                                             if args.spacing is None or not n.startswith("pixel spacing:")]

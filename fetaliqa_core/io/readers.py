@@ -479,7 +479,13 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
                                 "pixel. Save the sweep as .mha (frames on its last axis) and open that.")
     if member is not None:
         _refuse_frames_of_another_size(path, member, size)
-    precheck_dims(path, size[::-1], components, "mask" if what == "mask" else "sweep")
+    # a grey TIFF that asks to be turned (EXIF orientation) is read by the image library as RGBA, grey
+    # in each colour: a sweep's is made grey again; a label mask's was refused as "4 values per pixel"
+    # (one-hot channels) while its sweep, tagged alike, was read and turned. Its one grey is kept.
+    oriented_grey = (is_tiff and what == "mask" and components == 4 and tiff.orientation != 1 and tiff.samples == 1
+                     and tiff.photometric in (None, 1) and tiff.bits in (None, 8)
+                     and all(mode == "L" for _, mode in pages))
+    precheck_dims(path, size[::-1], 1 if oriented_grey else components, "mask" if what == "mask" else "sweep")
     itemsize = _sitk_pixel_itemsize(reader) or 8
     bound_volume(path, size[::-1], components, itemsize, mapped=False)
     _precheck_nifti(path, size, components, reader)
@@ -526,11 +532,25 @@ def _read_with_sitk(path: Path, what: str) -> Raw:
     raw = _raw_from_image(image, path, metadata, dicom_file=path if is_dicom else None,
                           spacing_scale=scale, spacing_unit_note=unit_note, pages=tiff, grey=what == "sweep",
                           spacing_unitless=_nrrd_names_no_unit(nrrd))
+    if oriented_grey:
+        _keep_one_grey(raw, path)
     damage = [line for line in jpeg_said or () if line.startswith(("Corrupt JPEG data", "Premature end"))]
     if damage:  # (the decoder's own line went to stdout, where `score --json` writes its one line)
         raw.notes.append(f"the JPEG's data is damaged in places (its decoder: '{damage[0][:80]}'): parts of the "
                          "picture may be wrong; export it again if it shows blocks or streaks")
     return raw
+
+
+def _keep_one_grey(raw: Raw, path: Path) -> None:
+    """``raw``, read as RGBA from a grey TIFF (one that asks to be turned), as the grey it holds: one
+    value per pixel, its red (the same as its green and blue). Refused as values per pixel, as before,
+    where the colours differ (not the grey the TIFF's tags say)."""
+    arr = np.asarray(raw.array)
+    grey = arr[..., 0]
+    if not all(np.array_equal(grey, arr[..., k]) for k in (1, 2)):
+        precheck_dims(path, grey.shape, raw.components, "mask")
+    raw.array = np.ascontiguousarray(grey)
+    raw.components = 1
 
 
 #: The picture library's page modes read as the image reader reads them (grey of 8, 16 or 32 bits,

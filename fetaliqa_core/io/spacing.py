@@ -603,6 +603,51 @@ def outline_spacing(calibrations: tuple, used: tuple[float, float], mask: Any
                             f"{spacing_text(kinds[0])}")
 
 
+#: How the note ends that says a sweep's one pixel size is its largest image region's (its regions
+#: calibrated differently): a size the user gives for every pixel makes it untrue.
+LARGEST_REGION_USED = "the largest (twice any other) used"
+
+
+def regions_text(calibrations: tuple) -> str:
+    """The pixel sizes ``calibrations`` (:func:`region_calibrations`) state, in words ("0.3 x 0.3 mm
+    and 0.6 x 0.6 mm")."""
+    sizes = list(dict.fromkeys(spacing for _, spacing in calibrations if spacing is not None))
+    return " and ".join(spacing_text(size) for size in sizes[:3]) + (", ..." if len(sizes) > 3 else "")
+
+
+def regions_given_note(calibrations: tuple, how: str = "given") -> str:
+    """What a pixel size given for every pixel (``how``: "given with --spacing") replaces on frames
+    whose image regions the file calibrates differently (``calibrations``:
+    :func:`region_calibrations`): one line, said whatever the size given (the same as one region's
+    replaces another's); "" without such regions."""
+    if not calibrations:
+        return ""
+    return (f"{how} for every pixel, replacing the file's calibration of its image regions, which differ "
+            f"({regions_text(calibrations)}): an outline in a region of another size measures wrong by their ratio")
+
+
+def given_where_outline_lies(calibrations: tuple, given: tuple[float, float], mask: Any) -> str:
+    """Where a pixel size ``given`` for every pixel measures the outline ``mask`` (2-D, the frames'
+    size, non-zero inside) on frames whose image regions the file calibrates differently
+    (``calibrations``): "" where the file's size there is the one given (or there are no such
+    regions); else one line saying the size the file gives there, or that it gives none (the outline
+    outside its regions, or across two of different sizes). A size given for the whole screen that is
+    not that of the region holding the outline makes its length wrong by their ratio, shown plain."""
+    if not calibrations:
+        return ""
+    found, problem, _ = outline_spacing(calibrations, given, mask)
+    if found is not None:
+        if same_pixel_size(found, given):
+            return ""
+        ratios = (float(given[0]) / float(found[0]), float(given[1]) / float(found[1]))
+        times = (f", which makes the AC {ratios[0]:.2g} times the file's" if math.isclose(*ratios, rel_tol=0.01)
+                 else "")
+        return (f"the file calibrates the image region holding the outline at {spacing_text(found)}, not at the "
+                f"{spacing_text(given)} given{times}: check the size given")
+    return (f"the file gives no one pixel size where the outline lies (its image regions are calibrated at "
+            f"{regions_text(calibrations)}): measured at the {spacing_text(given)} given")
+
+
 def _region_spacing(regions: list[Any], image: tuple[int, int] | None = None
                     ) -> tuple[tuple[float, float] | None, str] | None:
     """Of ``regions`` (:func:`_measured_regions`: those whose pixels are measured), the largest
@@ -659,4 +704,4 @@ def _region_spacing(regions: list[Any], image: tuple[int, int] | None = None
     if other * 2 > area:
         return None, (f"the image has {len(kinds)} calibrated regions of like size with different pixel "
                       f"sizes ({shown}{', ...' if len(kinds) > 2 else ''}), so which applies is not known")
-    return best, f"{len(kinds)} differently calibrated regions, the largest (twice any other) used"
+    return best, f"{len(kinds)} differently calibrated regions, {LARGEST_REGION_USED}"

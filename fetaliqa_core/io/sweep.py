@@ -170,7 +170,16 @@ class Sweep:
         replaces is said in a note (``how``: how it was given, "given with --spacing")."""
         stated = tuple(self.spacing_mm) if self.spacing_known else None
         pair, replaced = _spacing.given_spacing(spacing_mm, stated, self.spacing_source, self.pixel_aspect, how)
-        notes = self.read_notes + ((f"pixel spacing {replaced}",) if replaced else ())
+        notes = self.read_notes
+        if self.region_calibrations and self.spacing_source != SPACING_FROM_USER:
+            # image regions calibrated differently: the size given replaces them all (the largest's
+            # size alone was named, or nothing where the size given was the largest's or where the
+            # regions, of like size, left the sweep's unknown), and the note that the largest's was
+            # used is no longer true (it was kept). Where an outline lies in a
+            # region of another size, its AC says so (:func:`~fetaliqa_core.io.spacing.given_where_outline_lies`).
+            replaced = _spacing.regions_given_note(self.region_calibrations, how)
+            notes = tuple(n for n in notes if not n.endswith(_spacing.LARGEST_REGION_USED))
+        notes += (f"pixel spacing {replaced}",) if replaced else ()
         if self.spacing_note.startswith(_spacing.SPACING_CHANGES):
             # one value for every frame of a sweep whose depth changed: said, not forgotten
             notes += (f"{self.spacing_note}; the pixel size given, {_spacing.spacing_text(pair)}, is applied "
@@ -679,6 +688,34 @@ def _header_geometry(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tu
         return None
 
 
+def _moved_by(direction: np.ndarray, origin: np.ndarray, spacing: np.ndarray, other: np.ndarray) -> str:
+    """Where the origin ``other`` lies from ``origin``, in pixels and frames of the image whose axes
+    are ``direction``'s columns, ``spacing`` apart, in words ("50 pixels to the right; 2 frames on,
+    its frame I on the sweep's frame I+2"); "" when within half a pixel (and half a frame) on every
+    axis. On an axis of no positive step (a frame spacing of 0) a difference of more than 0.001 mm
+    counts, said in mm."""
+    shift = direction.T @ (np.asarray(other, float) - np.asarray(origin, float))  # mm along the image's axes
+    ways = (("to the right", "to the left"), ("down", "up"), ("on along the frames", "back along the frames"))
+    words = []
+    for axis, mm in enumerate(shift[:3]):
+        mm = float(mm)
+        step = float(spacing[axis]) if axis < len(spacing) else 0.0
+        way = ways[axis][0 if mm > 0 else 1]
+        if not (step > 0 and math.isfinite(step)):
+            if abs(mm) > 1e-3:
+                words.append(f"{abs(mm):.3g} mm {way}")
+            continue
+        count = f"{abs(mm) / step:.3g}"
+        if abs(mm) / step < 0.5:
+            continue
+        if axis < 2:
+            words.append(f"{count} pixel{'' if count == '1' else 's'} {way}")
+        else:  # (the frame measured is, by the headers, another of the sweep's)
+            words.append(f"{count} frame{'' if count == '1' else 's'} {'on' if mm > 0 else 'back'}, its frame I on "
+                         f"the sweep's frame I{'+' if mm > 0 else '-'}{count}")
+    return "; ".join(words)
+
+
 def orient_like(labels: np.ndarray, mask_path: str | Path, sweep_path: str | Path
                 ) -> tuple[np.ndarray, str, bool]:
     """``labels`` ``(N, H, W)`` (read from ``mask_path``) in the storage order of the sweep at
@@ -688,8 +725,9 @@ def orient_like(labels: np.ndarray, mask_path: str | Path, sweep_path: str | Pat
     to its sweep (a reorienting tool's NIfTI with rows flipped, a 3D Slicer ``.seg.nrrd`` with its
     axes reversed) was laid on the sweep as stored: the outline on the mirrored place of the frame,
     doubted for a wrong cause. Orientations that differ otherwise (turned by another angle, frames
-    reversed) are refused; headers that place the mask elsewhere in space leave it as stored, said
-    so. Nothing is done where either file states no orientation, nor where the mask's is its writer's
+    reversed) are refused; headers that place the mask elsewhere in space (oriented alike or not:
+    an origin half a pixel or half a frame or more from the sweep's) leave it as stored, said so.
+    Nothing is done where either file states no orientation, nor where the mask's is its writer's
     default (origin 0, axes along those of the image reader or of a NIfTI writer's RAS space): a mask
     written from an array with no geometry given was drawn on the frames as stored."""
     mask_path, sweep_path = Path(mask_path), Path(sweep_path)
@@ -704,6 +742,13 @@ def orient_like(labels: np.ndarray, mask_path: str | Path, sweep_path: str | Pat
     # the transpose: a sheared sweep's axes are not perpendicular, and a mask on the same axes lies as it does)
     relation = np.linalg.pinv(ds) @ dm
     if np.allclose(relation, np.eye(len(relation)), atol=1e-3):
+        # the same orientation: the same place too, or the headers say the mask was drawn elsewhere
+        # (a mask 50 pixels to the side, or two frames on, was laid on the sweep without a word; by
+        # its header, the frame measured was another of the sweep's)
+        moved = _moved_by(ds, os_, ss, om)
+        if moved:
+            return labels, ("the mask's header places it elsewhere in space: laid on the sweep as stored (the "
+                            f"headers put it {moved}); check that it was drawn on these frames"), False
         return labels, "", False
     rounded = np.round(relation)
     in_plane = rounded[:2, :2]
