@@ -694,7 +694,8 @@ def _moved_by(direction: np.ndarray, origin: np.ndarray, spacing: np.ndarray, ot
     its frame I on the sweep's frame I+2"); "" when within half a pixel (and half a frame) on every
     axis. On an axis of no positive step (a frame spacing of 0) a difference of more than 0.001 mm
     counts, said in mm."""
-    shift = direction.T @ (np.asarray(other, float) - np.asarray(origin, float))  # mm along the image's axes
+    # mm along the image's axes (by the inverse: the axes of a sheared header are not perpendicular)
+    shift = np.linalg.pinv(direction) @ (np.asarray(other, float) - np.asarray(origin, float))
     ways = (("to the right", "to the left"), ("down", "up"), ("on along the frames", "back along the frames"))
     words = []
     for axis, mm in enumerate(shift[:3]):
