@@ -802,3 +802,241 @@ def test_answers_of_a_paper_preset_model_are_evaluated_on_the_split_it_was_train
         saved = json.loads((out / "metrics.json").read_text())
         assert saved["split_method"] == method
         assert saved["case_uuids"] == [c.uuid for c in split_cases(cases, seed=42, method=method)["train"]]
+
+
+def _blacked_out(data: Path, dest: Path) -> Path:
+    """A copy of ``data`` whose images are black (a sweep exported without its pixels), the
+    annotations, sizes and reference ACs unchanged."""
+    import shutil
+
+    from fetaliqa_core.io import load_sweep, write_volume
+    from training.dataset import read_cases
+
+    shutil.copytree(data, dest)
+    for case in read_cases(dest):
+        sweep = load_sweep(case.image_path)
+        write_volume(case.image_path, np.zeros(np.asarray(sweep.frames).shape, np.uint8), sweep.spacing_mm,
+                     compress=True, sweep_ranges=sweep.sweep_ranges, sweep_kinds=sweep.sweep_kinds)
+    return dest
+
+
+def _optimal_answers(data: Path, folder: Path) -> dict[str, int]:
+    """Each case with an optimal frame answered with that frame's annotation: ``{case: frame}``."""
+    from fetaliqa_core.io import load_mask
+    from training.dataset import read_cases
+
+    answered = {}
+    for case in read_cases(data):
+        gt = np.asarray(load_mask(case.mask_path))
+        frames = np.flatnonzero((gt == 1).reshape(gt.shape[0], -1).any(axis=1))
+        if frames.size:
+            answer = np.zeros(gt.shape, np.uint8)
+            answer[frames[0]] = gt[frames[0]] == 1
+            _write_answer(folder / case.uuid, int(frames[0]), answer)
+            answered[case.uuid] = int(frames[0])
+    return answered
+
+
+def test_frames_that_show_no_field_of_view_are_measured_on_the_whole_frame_and_said(tiny_data, tmp_path, capsys):
+    """Frames not of ACOUSLIC's size are measured in the fan they show; black frames show none, and
+    that empty field of view erased every mask: the annotation itself given as the answer scored
+    NAE_AC 1 and DSC_soft 0 (0.25 where it is 0.87), the footnote blaming the answer. They are
+    measured on the whole frame now, as on the frames themselves, and a note names the cases."""
+    from fetaliqa_core.cli import main
+
+    black = _blacked_out(tiny_data, tmp_path / "black")
+    answered = _optimal_answers(tiny_data, tmp_path / "answers")
+    assert answered
+    rows = {}
+    for name, data in (("shown", tiny_data), ("black", black)):
+        capsys.readouterr()
+        assert main(["eval", "--data", str(data), "--predictions", str(tmp_path / "answers"), "--split", "all",
+                     "--out", str(tmp_path / f"ev-{name}"), "--quiet"]) == 0
+        err = capsys.readouterr().err
+        saved = json.loads((tmp_path / f"ev-{name}" / "metrics.json").read_text())
+        rows[name] = {c["uuid"]: c for c in saved["cases"]["predictions"]}
+        if name == "black":
+            assert sorted(saved["cases_measured_on_whole_frame"]) == sorted(rows[name])
+            assert "measured on the whole frame" in err and next(iter(answered)) in err
+        else:
+            assert saved["cases_measured_on_whole_frame"] == [] and "whole frame" not in err
+    for uuid in answered:
+        shown, black_row = rows["shown"][uuid], rows["black"][uuid]
+        assert black_row["dsc_soft"] == pytest.approx(1.0) and black_row["field_of_view"] == "whole frame"
+        assert black_row["ac_pred_mm"] is not None and black_row["nae_ac"] < 1.0
+        for k in ("wfss", "dsc_soft", "nae_ac", "score"):
+            assert black_row[k] == pytest.approx(shown[k]), (uuid, k)
+
+
+def test_models_on_frames_that_show_no_field_of_view_are_measured_on_the_whole_frame(
+        tiny_data, bundles, tmp_path, capsys):
+    """The models' evaluation reads the cases as --predictions does: black frames are measured on
+    the whole frame there too, and said."""
+    from fetaliqa_core.cli import main
+
+    black = _blacked_out(tiny_data, tmp_path / "black")
+    capsys.readouterr()
+    assert main(["eval", "--data", str(black), "--cls", str(bundles["cls"]), "--seg", str(bundles["seg"]),
+                 "--split", "all", "--device", "cpu", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert len(saved["cases_measured_on_whole_frame"]) == 4 and "measured on the whole frame" in err
+    assert all(c["field_of_view"] == "whole frame" for rows in saved["cases"].values() for c in rows)
+
+
+def test_reference_acs_in_cm_are_refused_on_a_sweep_annotated_suboptimal_alone(tiny_data, scored, tmp_path, capsys):
+    """The units check measured optimal (label 1) outlines only: an AC written in cm on a sweep whose
+    frames are all suboptimal (label 2) passed, NAE_AC 0.885 and not a word. Such a sweep is held
+    against its largest suboptimal outline."""
+    import csv
+    import shutil
+
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.io import load_mask, load_sweep, write_volume
+    from training.dataset import read_cases
+
+    data = tmp_path / "cm"
+    shutil.copytree(tiny_data, data)
+    for case in read_cases(data):  # every optimal frame made suboptimal
+        sweep, gt = load_sweep(case.image_path), np.asarray(load_mask(case.mask_path)).copy()
+        gt[gt == 1] = 2
+        write_volume(case.mask_path, gt, sweep.spacing_mm, compress=True, sweep_ranges=sweep.sweep_ranges,
+                     sweep_kinds=sweep.sweep_kinds)
+    path = data / "circumferences" / "fetal_abdominal_circumferences_per_sweep.csv"
+    rows = list(csv.reader(path.open()))
+    args = ["eval", "--data", str(data), "--predictions", str(scored), "--split", "all", "--quiet", "--out"]
+    capsys.readouterr()
+    assert main(args + [str(tmp_path / "mm")]) == 0  # in mm, the same sweeps pass
+    rows[1:] = [row[:2] + [f"{float(v) / 10:.2f}" if v else "" for v in row[2:]] for row in rows[1:]]
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    capsys.readouterr()
+    assert main(args + [str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "written in cm" in err and "Traceback" not in err and not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_a_mask_drawn_on_another_frame_than_the_one_named_is_said(tiny_data, tmp_path, capsys):
+    """A mask volume empty at the frame its JSON names but drawn on the frame before (the frame
+    numbered from 1) scored 0 without a word. It is still scored as the evaluator reads it; a note
+    names the frame the mask is on."""
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE
+
+    answered = _optimal_answers(tiny_data, tmp_path / "answers")
+    uuid, frame = next(iter(answered.items()))
+    (tmp_path / "answers" / uuid / "output" / CHALLENGE_FRAME_FILE).write_text(f"{frame + 1}\n")
+    capsys.readouterr()
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(tmp_path / "answers"), "--split", "all",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    row = next(c for c in saved["cases"]["predictions"] if c["uuid"] == uuid)
+    assert row["chosen_frame"] == frame + 1 and row["nae_ac"] == 1.0  # the evaluator's score, unchanged
+    assert saved["masks_drawn_elsewhere"] == {uuid: {"frame": frame + 1, "drawn_on": [frame], "n_drawn": 1}}
+    assert f"{uuid} names frame {frame + 1}, its mask is drawn on frame {frame} (one frame off" in err
+    assert len(saved["masks_drawn_elsewhere"]) == 1  # the answers drawn where they say are not named
+
+
+@pytest.mark.parametrize("text,said", [('"7"', "is a string, '7'; write 7, without quotes"),
+                                       ("7.0", "is a decimal, 7.0; write 7"),
+                                       ("7.5", "is 7.5, not a whole number")])
+def test_a_frame_number_written_as_a_string_or_a_decimal_is_told_how_to_write_it(
+        tiny_data, tmp_path, capsys, text, said):
+    """"152" and 152.0 were refused as "not a whole number", which they are: the line says what
+    they are and the number to write."""
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE
+
+    answered = _optimal_answers(tiny_data, tmp_path / "answers")
+    uuid = next(iter(answered))
+    (tmp_path / "answers" / uuid / "output" / CHALLENGE_FRAME_FILE).write_text(text + "\n")
+    capsys.readouterr()
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(tmp_path / "answers"), "--split", "all",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"the frame number {said}" in err
+
+
+def test_a_score_results_folder_given_as_answers_is_told_how_to_lay_them_out(tiny_data, tmp_path, capsys):
+    """`score SWEEP --challenge-output` writes the two files at the top of its results folder; given
+    to --predictions it "holds no answer", with no word of the folder of the case's id they go in."""
+    from fetaliqa_core.cli import main
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE
+    from training.dataset import read_cases
+
+    answered = _optimal_answers(tiny_data, tmp_path / "answers")
+    uuid = next(iter(answered))
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in (CHALLENGE_FRAME_FILE, "images/fetal-abdomen-segmentation/" + CHALLENGE_MASK_FILE):
+        (results / Path(name).name).write_bytes((tmp_path / "answers" / uuid / "output" / name).read_bytes())
+    image = next(c.image_path for c in read_cases(tiny_data) if c.uuid == uuid)
+    (results / "summary.json").write_text(json.dumps({"path": str(image), "chosen_frame": answered[uuid]}))
+    capsys.readouterr()
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(results), "--split", "all",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "holds no answer" in err
+    assert f"in a folder named after the case's id (as {results / uuid}/)" in err
+    (results / uuid).mkdir()  # laid out as said, it is evaluated
+    for name in (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE):
+        (results / name).rename(results / uuid / name)
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(results), "--split", "all",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+
+
+def test_answers_of_other_splits_and_of_cases_not_in_the_csv_are_counted_apart(tiny_data, tmp_path, capsys):
+    """An answer for a case of the CSV left out of the split and one for a case the CSV does not
+    list were counted in one note, "cases not evaluated here (--split all evaluates every case)",
+    where --split all does not evaluate the second."""
+    from fetaliqa_core.cli import main
+    from training.dataset import read_cases, split_cases
+
+    from fetaliqa_core.io import load_mask
+
+    answered = _optimal_answers(tiny_data, tmp_path / "answers")
+    for case in read_cases(tiny_data):
+        if case.uuid not in answered:
+            _write_answer(tmp_path / "answers" / case.uuid, -1, np.zeros(load_mask(case.mask_path).shape, np.uint8))
+    _write_answer(tmp_path / "answers" / "not-a-case", -1, np.zeros((1, 1, 1), np.uint8))
+    test = {c.uuid for c in split_cases(read_cases(tiny_data), seed=42, method="grouped")["test"]}
+    assert 0 < len(test) < 4
+    capsys.readouterr()
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(tmp_path / "answers"), "--split", "test",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    others = 4 - len(test)
+    assert f"note: {others} answer(s) in" in err and "not in the test split; --split all evaluates every case" in err
+    assert "note: 1 answer(s) in" in err and "cases without a row in --data's CSV, left out (not-a-case)" in err
+
+
+def test_an_interval_over_a_single_case_is_null_in_the_metrics_as_in_the_report():
+    """Over one case the report says there is no interval, and metrics.json wrote ``ci95: [0, 0]``
+    (or the case's own value twice), read as an interval of no width."""
+    from fetaliqa_core.files import json_text
+    from training.evaluate import _case_bootstrap, _f1
+
+    parts = {"tp": np.array([True, False, True]), "fp": np.array([False, True, False]),
+             "fn": np.array([False, False, False])}
+    one = _case_bootstrap(np.zeros(3, np.int64), 1, parts, _f1)
+    assert json.loads(json_text({"ci95": one})) == {"ci95": [None, None]}
+    two = _case_bootstrap(np.array([0, 1, 1]), 2, parts, _f1)
+    assert all(np.isfinite(two)) and two[0] <= two[1]
+
+
+def test_a_ratio_with_nothing_to_count_is_undefined_not_zero(capsys):
+    """A classifier that calls no frame positive has no precision (tp = fp = 0): it was written 0.0,
+    read as every call wrong. It is null in metrics.json and "-" in the table, as other undefined
+    values; the ratios that are defined keep their values."""
+    from training.evaluate import _Collected, _frame_metrics, _fmt
+
+    truth = np.array([True, False, False, True])
+    col = _Collected(p_cls=[np.array([0.1, 0.2, 0.3, 0.1])])
+    m = _frame_metrics(col, truth, 0.5, np.ones(4, bool))["cls"]
+    assert (m["tp"], m["fp"]) == (0, 0)
+    assert np.isnan(m["precision"]) and _fmt(m["precision"]) == "-"
+    assert m["recall"] == 0.0 and m["specificity"] == 1.0 and m["accuracy"] == 0.5 and m["f1"] == 0.0
+    none_positive = _frame_metrics(col, np.zeros(4, bool), 0.5, np.ones(4, bool))["cls"]
+    assert np.isnan(none_positive["recall"]) and np.isnan(none_positive["f1"])
+    assert none_positive["specificity"] == 1.0

@@ -105,7 +105,7 @@ def dataset_notes(data: Path, split: str) -> list[str | None]:
 def run_predictions(args: argparse.Namespace) -> int:
     """``eval --predictions FOLDER``: the challenge metrics of answers already written, no model."""
     from fetaliqa_core.errors import UsageError
-    from training.evaluate import format_report, reference_ac_notes, unlisted_cases_note
+    from training.evaluate import field_of_view_note, format_report, reference_ac_notes, unlisted_cases_note
     from training.evaluate_predictions import PredictionSettings, answer_notes, evaluate_predictions
 
     given = [f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if getattr(args, k, None) is not None]
@@ -127,7 +127,8 @@ def run_predictions(args: argparse.Namespace) -> int:
                                   split_seed=args.split_seed, split_method=args.split_method or "grouped",
                                   max_cases=args.max_cases, progress=not args.quiet)
     metrics = evaluate_predictions(settings, out_dir=out)
-    for note in [unlisted_cases_note(metrics)] + answer_notes(metrics) + reference_ac_notes(metrics):
+    for note in ([unlisted_cases_note(metrics)] + answer_notes(metrics) + reference_ac_notes(metrics)
+                 + [field_of_view_note(metrics)]):
         if note:
             print(f"fetaliqa: {note}", file=sys.stderr)
     print(format_report(metrics))
@@ -138,7 +139,7 @@ def run_predictions(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         return run_predictions(args)
-    from training.evaluate import (EvalSettings, evaluate, format_report, reference_ac_notes,
+    from training.evaluate import (EvalSettings, evaluate, field_of_view_note, format_report, reference_ac_notes,
                                    training_overlap_note, unlisted_cases_note)
 
     choice = model_choice_from_args(args)
@@ -150,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_writable(out)  # before any case is evaluated (found after every one, naming a temporary folder)
     metrics = evaluate(settings, out_dir=out)
     notes = [unlisted_cases_note(metrics), training_overlap_note(metrics)] + reference_ac_notes(metrics)
+    notes.append(field_of_view_note(metrics))
     notes += dataset_notes(args.data, args.split)
     also = None
     if args.paper_cls is not None or args.paper_seg is not None:

@@ -61,7 +61,9 @@ def _check_reference_units(case, gt: np.ndarray, ranges, spacing_mm, data) -> No
     """Refuses a circumferences CSV written in cm: each reference AC is measured on its sweep's
     optimal plane, so the annotation's largest optimal outline, fitted in mm, is close to it. A
     value about a tenth of that (every NAE_AC would be ~9 and the score meaningless) is refused
-    before any model runs. Nothing is judged without a pixel size or an optimal frame."""
+    before any model runs. A sweep annotated with suboptimal frames (label 2) alone is judged by
+    its largest suboptimal outline (an AC in cm there passed, NAE_AC 0.885 without a word).
+    Nothing is judged without a pixel size or an annotated frame."""
     if spacing_mm is None:
         return
     from fetaliqa_core.analysis.ac import measure_ac
@@ -70,10 +72,14 @@ def _check_reference_units(case, gt: np.ndarray, ranges, spacing_mm, data) -> No
         if ref is None or s >= len(ranges):
             continue
         lo, hi = ranges[s]
-        area = (np.asarray(gt[lo:hi]) == 1).reshape(hi - lo, -1).sum(axis=1)
+        labels = np.asarray(gt[lo:hi])
+        for label in (1, 2):  # the optimal outlines, else the suboptimal ones
+            area = (labels == label).reshape(hi - lo, -1).sum(axis=1)
+            if area.size and area.max() > 0:
+                break
         if not area.size or area.max() == 0:
             continue
-        m = measure_ac((np.asarray(gt[lo + int(area.argmax())]) == 1).astype(np.uint8), spacing_mm, fov=None)
+        m = measure_ac((labels[int(area.argmax())] == label).astype(np.uint8), spacing_mm, fov=None)
         if m is None or not CM_RATIO[0] <= m.ac_mm / ref <= CM_RATIO[1]:
             continue
         raise FetalIQAError(
@@ -140,12 +146,38 @@ def _reference_ac_mismatch(case, labels: np.ndarray, ranges) -> dict[str, list[i
 @dataclass
 class _Case:
     """One evaluated case as read: its sweep, annotation, frames' labels (0/1/2), sweeps' frame
-    ranges and where its CSV and annotation disagree (:func:`_reference_ac_mismatch`)."""
+    ranges, where its CSV and annotation disagree (:func:`_reference_ac_mismatch`) and the field
+    of view its challenge metrics are measured in (:func:`_challenge_fov`; None: the whole frame,
+    where none is found)."""
     sweep: Any
     gt: np.ndarray
     labels: np.ndarray
     ranges: list
     mismatch: dict
+    fov: Any = "acouslic"
+
+
+def _challenge_fov(sweep, gt: np.ndarray):
+    """The field of view a case's challenge metrics are measured in: the evaluator's
+    (:func:`fetaliqa_core.acouslic.evaluator_fov`: its own mask on frames of ACOUSLIC's size, the
+    sweep's fan on others), or None, the whole frame, where the sweep's frames show no fan holding
+    the annotation (frames exported black, or a fan found that none of the annotation lies in).
+    Such a fan erased every mask: the AC could not be measured and every Dice was 0 or undefined,
+    a score of 0.25 for a right answer (0.87), blamed on the answer."""
+    from fetaliqa_core import acouslic
+
+    fov = acouslic.evaluator_fov(sweep)
+    if isinstance(fov, str):
+        return fov
+    fov = np.asarray(fov, bool)
+    if not fov.any():
+        return None
+    annotated = np.zeros(fov.shape, bool)
+    for s in range(0, len(gt), 64):  # (in blocks: a full case is 350 M pixels)
+        annotated |= np.asarray(gt[s:s + 64]).any(axis=0)
+    if annotated.any() and not (annotated & fov).any():
+        return None
+    return fov
 
 
 def _read_case(case, data) -> _Case:
@@ -160,7 +192,7 @@ def _read_case(case, data) -> _Case:
     labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
     ranges = _sweep_ranges(case, sweep.n_frames)  # the file's own sweeps, as `score` reads them
     _check_reference_units(case, gt, ranges, sweep.spacing_mm, data)
-    return _Case(sweep, gt, labels, ranges, _reference_ac_mismatch(case, labels, ranges))
+    return _Case(sweep, gt, labels, ranges, _reference_ac_mismatch(case, labels, ranges), _challenge_fov(sweep, gt))
 
 
 def _case_row(metrics, uuid: str, read: _Case, frame: int, **extra) -> dict:
@@ -174,6 +206,7 @@ def _case_row(metrics, uuid: str, read: _Case, frame: int, **extra) -> dict:
     row["has_annotation"] = bool(read.labels.any())
     row.update(extra)
     row["reference_ac_matches"] = not any(read.mismatch.values())
+    row["field_of_view"] = WHOLE_FRAME if read.fov is None else "acouslic" if isinstance(read.fov, str) else "own fan"
     return row
 
 
@@ -189,6 +222,26 @@ def _challenge_means(per_case: list[dict]) -> dict:
     kept = [c["nae_ac"] for c in per_case if c.get("reference_ac_matches", True)]
     means["nae_ac_matching_reference"] = {"mean": float(np.mean(kept)) if kept else float("nan"), "n": len(kept)}
     return means
+
+
+#: A case row's ``field_of_view`` where the sweep's frames show no fan (:func:`_challenge_fov`).
+WHOLE_FRAME = "whole frame"
+
+
+def field_of_view_note(metrics: dict) -> str | None:
+    """One line naming the cases measured on the whole frame because their frames show no field
+    of view (:func:`_challenge_fov`); None when there is none."""
+    cases = metrics.get("cases_measured_on_whole_frame") or []
+    if not cases:
+        return None
+    shown = ", ".join(cases[:3]) + (" ..." if len(cases) > 3 else "")
+    return (f"note: {len(cases)} case(s) show no field of view in their frames (frames black, or no fan holding "
+            f"the annotation) and are measured on the whole frame ({shown}): an outline cut by the fan's edge is "
+            "fitted as if whole there; check their image files")
+
+
+def _whole_frame_cases(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(c["uuid"] for c in rows if c.get("field_of_view") == WHOLE_FRAME))
 
 
 def reference_ac_notes(metrics: dict) -> list[str]:
@@ -362,7 +415,6 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     """Run the evaluation; returns the metrics (also written to ``out_dir/metrics.json``)."""
     from tqdm import tqdm
 
-    from fetaliqa_core import acouslic
     from fetaliqa_core import analysis as an
     from fetaliqa_core.analysis.assessment import Thresholds, assess
     from fetaliqa_core.engine import ScoringEngine
@@ -439,7 +491,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                         ok = np.where(gradable, (pred_opt >= 0.5) == (labels[frames] == 1), False)
                         col.grade_ok.append(np.where(gradable, ok.astype(np.float64), np.nan))
 
-            fov = acouslic.evaluator_fov(sweep)  # the challenge's metrics, as its evaluator computes them
+            fov = read.fov  # the challenge's metrics, as its evaluator computes them (_challenge_fov)
             for name in names:
                 ac_status = None  # how the product shows the AC at its frame (the rule has no product)
                 if name == "baseline":
@@ -500,6 +552,7 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
     metrics["case_uuids"] = [c.uuid for c in chosen]
     metrics["cases_in_own_training_split"] = trained_on
     metrics["reference_ac_mismatch"] = col.ac_mismatch
+    metrics["cases_measured_on_whole_frame"] = _whole_frame_cases(next(iter(col.cases.values()), []))
     metrics["cases_not_in_csv"] = unlisted_cases(settings.data, cases)
 
     if out_dir is not None:
@@ -521,7 +574,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def _case_bootstrap(case_ix: np.ndarray, n_cases: int, parts: dict[str, np.ndarray], stat, reps: int = 2000,
                     seed: int = 0) -> tuple[float, float]:
     """95 % percentile interval of ``stat(sums)`` over cases resampled with replacement, where
-    ``sums`` are per-case sums of the boolean arrays in ``parts`` (frames weigh by case)."""
+    ``sums`` are per-case sums of the boolean arrays in ``parts`` (frames weigh by case); NaN
+    (undefined) over fewer than two cases."""
+    if n_cases < 2:  # resampling one case gives it back: no interval (null in metrics.json, [0, 0] was written)
+        return (float("nan"), float("nan"))
     per_case = {k: np.bincount(case_ix, weights=v.astype(np.float64), minlength=n_cases) for k, v in parts.items()}
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n_cases, size=(reps, n_cases))
@@ -590,6 +646,22 @@ def _intervals(col: _Collected, truth: np.ndarray, threshold: float, n_cases: in
     return out
 
 
+#: Each per-frame ratio's denominator: where it is 0 (no frame called positive, for precision) the
+#: ratio is undefined, NaN (null in metrics.json, "-" in the table), where 0.0 read as a result.
+_RATIO_DENOMINATORS = {"precision": ("tp", "fp"), "recall": ("tp", "fn"), "specificity": ("tn", "fp"),
+                       "f1": ("tp", "fp", "fn")}
+
+
+def _counted(m) -> dict:
+    """:data:`FRAME_KEYS` and the counts of a :class:`~fetaliqa_core.analysis.BinaryMetrics`, a ratio
+    with nothing to count undefined (NaN), not 0."""
+    out = {k: getattr(m, k) for k in FRAME_KEYS} | {"tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn}
+    for key, den in _RATIO_DENOMINATORS.items():
+        if not sum(out[d] for d in den):
+            out[key] = float("nan")
+    return out
+
+
 def _frame_metrics(col: _Collected, truth: np.ndarray, threshold: float, keep: np.ndarray) -> dict:
     """Per-frame metrics of the classifier and the segmenter on the frames ``keep`` (bool mask)."""
     from fetaliqa_core import analysis as an
@@ -597,12 +669,11 @@ def _frame_metrics(col: _Collected, truth: np.ndarray, threshold: float, keep: n
     out: dict = {}
     t = truth[keep]
     if col.p_cls:
-        m = an.binary_metrics(t, np.concatenate(col.p_cls)[keep] >= threshold)
-        out["cls"] = {k: getattr(m, k) for k in FRAME_KEYS} | {"tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn}
+        out["cls"] = _counted(an.binary_metrics(t, np.concatenate(col.p_cls)[keep] >= threshold))
     if col.seg_call:
         m = an.binary_metrics(t, np.concatenate(col.seg_call)[keep])
         dice = np.concatenate(col.dice)[keep]
-        seg = {k: getattr(m, k) for k in FRAME_KEYS} | {"tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn}
+        seg = _counted(m)
         finite = dice[np.isfinite(dice)]
         seg["dice"] = float(finite.mean()) if finite.size else float("nan")
         pos = dice[t & np.isfinite(dice)]

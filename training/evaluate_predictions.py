@@ -12,6 +12,8 @@ models' answers. The table and the files written are ``eval``'s challenge rows, 
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 from fetaliqa_core import __version__
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, CHALLENGE_OUTPUTS
-from training.evaluate import ROW_LABELS, SPLITS, _case_row, _challenge_means, _read_case
+from training.evaluate import ROW_LABELS, SPLITS, _case_row, _challenge_means, _read_case, _whole_frame_cases
 
 ROW = "predictions"
 #: Where the challenge's evaluator reads a job's mask: a folder holding one image, under output/.
@@ -111,6 +113,22 @@ def find_answer(root: Path, uuid: str, image: Path, jobs: dict[str, Path]) -> An
     return None
 
 
+def _scored_case(root: Path) -> str:
+    """The case id a `score` results folder answers (the stem of the sweep its summary.json names),
+    else ``<case id>``."""
+    import json
+
+    try:
+        if (root / "summary.json").stat().st_size <= 16 << 20:
+            name = json.loads((root / "summary.json").read_text(encoding="utf-8")).get("path")
+            stem = _image_stem(Path(str(name)).name) if isinstance(name, str) and name else ""
+            if stem and stem not in (".", ".."):
+                return stem
+    except (OSError, ValueError, AttributeError):
+        pass
+    return "<case id>"
+
+
 def _answered_names(root: Path, jobs: dict[str, Path], used: set[Path] = frozenset()) -> set[str]:
     """The names (image stems or folder names) of every answer ``root`` holds, less the folders
     ``used`` for the cases evaluated (a job folder named by its pk, as the challenge names them,
@@ -134,11 +152,36 @@ def read_frame_number(path: Path, n_frames: int) -> int:
     value = validate.read_json_bounded(path, "the answer's frame number", todo, max_bytes=1 << 16)
     if not validate.is_int(value):
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        whole = _whole_number_in(value)
+        if whole is not None and isinstance(value, str):  # "152": the evaluator indexes with it and fails
+            raise FetalIQAError(f"{path}: the frame number is a string, {shown}; write {whole}, without quotes. "
+                                f"{todo}")
+        if whole is not None:  # 152.0: the evaluator's index must be an integer
+            raise FetalIQAError(f"{path}: the frame number is a decimal, {shown}; write {whole}. {todo}")
         raise FetalIQAError(f"{path}: the frame number is {shown}, not a whole number. {todo}")
     if not -1 <= value < n_frames:
         raise FetalIQAError(f"{path}: frame {value} is outside the case's frames (0 to {n_frames - 1}, or -1 for "
                             f"none). {todo}")
     return int(value)
+
+
+def _whole_number_in(value) -> int | None:
+    """The whole number a frame number written as a string (``"152"``) or a decimal (``152.0``)
+    means, for the message that refuses it; None for anything else."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,15}\s*", value):
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+        return int(value)
+    return None
+
+
+def drawn_frames(volume) -> np.ndarray:
+    """The frames of an answer's mask volume where anything is drawn (indices, ascending)."""
+    found = []
+    for s in range(0, volume.shape[0], 32):
+        chunk = np.asarray(volume[s:s + 32])
+        found.append(np.flatnonzero(chunk.reshape(len(chunk), -1).any(axis=1)) + s)
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
 def read_answer_mask(path: Path, shape: tuple[int, int, int], uuid: str) -> np.ndarray:
@@ -178,7 +221,6 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
     it), named in ``cases_without_answer``. Returns the metrics (also written to ``out_dir``)."""
     from tqdm import tqdm
 
-    from fetaliqa_core import acouslic
     from fetaliqa_core import analysis as an
     from training.dataset import SPLIT_SEED, read_cases, split_cases, unlisted_cases
     from training.evaluate import write_outputs
@@ -205,6 +247,11 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
     if not any(answers.values()):
         if (root / "challenge").is_dir():
             todo = f"give {root / 'challenge'}, the answers folder there"
+        elif (root / CHALLENGE_FRAME_FILE).is_file():
+            # the results folder of `score SWEEP --challenge-output`: one answer, its case not named
+            todo = (f"it holds one answer's files at its top, as `score --challenge-output` writes them for one "
+                    f"sweep: put {CHALLENGE_FRAME_FILE} and {CHALLENGE_MASK_FILE} in a folder named after the "
+                    f"case's id (as {root / _scored_case(root)}/), and give the folder that holds it")
         else:
             todo = ("give the challenge/ folder `score --archive ... --challenge-output` wrote"
                     + ("" if settings.split == "all" else ", or --split all"))
@@ -213,7 +260,7 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
             f"split (looked for <case>/output/{CHALLENGE_FRAME_FILE}, <case> the case's id, or the folder "
             f"{PREDICTIONS_FILE} gives its image); {todo}")
 
-    rows, missing, mismatch = [], [], {}
+    rows, missing, mismatch, elsewhere = [], [], {}, {}
     bar = tqdm(total=len(chosen), unit="case", desc=f"evaluating {settings.split}", file=sys.stderr,
                disable=not settings.progress, dynamic_ncols=True)
     try:
@@ -236,8 +283,15 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
                 volume = read_answer_mask(answer.mask_file, tuple(sweep.frames.shape), case.uuid)
                 if frame >= 0:
                     pred = np.ascontiguousarray(volume[frame], dtype=np.uint8)
+                if pred is None or not pred.any():
+                    # nothing drawn at the frame named (or -1) but a mask on other frames: scored as
+                    # written, by the evaluator's rules, but said (a frame numbered from 1 scored 0 unseen)
+                    drawn = drawn_frames(volume)
+                    if drawn.size:
+                        elsewhere[case.uuid] = {"frame": frame, "drawn_on": [int(f) for f in drawn[:5]],
+                                                "n_drawn": int(drawn.size)}
             m = an.case_metrics(read.gt, frame, pred, case.ac_mm, sweep_ranges=read.ranges,
-                                spacing_mm=sweep.spacing_mm, fov=acouslic.evaluator_fov(sweep))
+                                spacing_mm=sweep.spacing_mm, fov=read.fov)
             rows.append(_case_row(m, case.uuid, read, frame, answered=answer is not None,
                                   answer=None if answer is None else str(answer.frame_file.parent)))
             bar.update(1)
@@ -250,6 +304,8 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
     stems = {_image_stem(c.image_path.name) for c in chosen}
     others = sorted(n for n in _answered_names(root, jobs, used)
                     if n not in evaluated and _image_stem(n) not in evaluated and _image_stem(n) not in stems)
+    listed = {c.uuid for c in cases} | {_image_stem(c.image_path.name) for c in cases}
+    unlisted = [n for n in others if n not in listed and _image_stem(n) not in listed]
     metrics = {
         "split": settings.split, "split_seed": split_seed, "split_method": settings.split_method,
         "data": str(Path(settings.data).expanduser().resolve()),
@@ -260,8 +316,11 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
         "cases": {ROW: rows},
         "case_uuids": [c.uuid for c in chosen],
         "cases_without_answer": missing,
+        "masks_drawn_elsewhere": elsewhere,
         "answers_not_evaluated": others,
+        "answers_not_in_csv": unlisted,  # (those of answers_not_evaluated that are no case of --data's CSV)
         "reference_ac_mismatch": mismatch,
+        "cases_measured_on_whole_frame": _whole_frame_cases(rows),
         "cases_not_in_csv": unlisted_cases(settings.data, cases),
     }
     if out_dir is not None:
@@ -279,10 +338,33 @@ def answer_notes(metrics: dict) -> list[str]:
         lines.append(f"note: {len(missing)} of the {metrics['n_cases']} case(s) have no answer in "
                      f"{metrics['predictions']} ({shown}): each is scored as -1 with no mask (the challenge's "
                      "evaluator stops on a case without its answer)")
+    unlisted = metrics.get("answers_not_in_csv")
     others = metrics.get("answers_not_evaluated") or []
-    if others:
-        shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
-        why = ("cases without a row in --data's CSV" if metrics.get("split") == "all" and not metrics.get("max_cases")
-               else "cases not evaluated here (--split all evaluates every case of --data)")
-        lines.append(f"note: {len(others)} answer(s) in {metrics['predictions']} are for {why}, left out ({shown})")
+    if unlisted is None:  # (metrics of an earlier release: the two kinds not told apart)
+        unlisted = others if metrics.get("split") == "all" and not metrics.get("max_cases") else []
+    listed = [n for n in others if n not in set(unlisted)]
+    # answers of cases in the CSV but not in this split, and answers of no case of the CSV, apart:
+    # "cases not evaluated here (--split all evaluates every case)" counted both, and --split all did not
+    if metrics.get("split") == "all":
+        where = "beyond --max-cases"
+    else:
+        where = (f"not in the {metrics.get('split')} split" + (" or beyond --max-cases" if metrics.get("max_cases")
+                                                               else "") + "; --split all evaluates every case")
+    for names, why in ((listed, f"cases of --data not evaluated here ({where})"),
+                       (unlisted, "cases without a row in --data's CSV")):
+        if names:
+            shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            lines.append(f"note: {len(names)} answer(s) in {metrics['predictions']} are for {why}, left out ({shown})")
+    elsewhere = metrics.get("masks_drawn_elsewhere") or {}
+    if elsewhere:
+        said = []
+        for uuid, e in list(elsewhere.items())[:3]:
+            on = ", ".join(map(str, e["drawn_on"][:3])) + (" ..." if e["n_drawn"] > 3 else "")
+            named = "-1 (no frame)" if e["frame"] < 0 else f"frame {e['frame']}"
+            off = (" (one frame off: frames are numbered from 0)" if e["frame"] >= 0 and e["n_drawn"] == 1
+                   and abs(e["drawn_on"][0] - e["frame"]) == 1 else "")
+            said.append(f"{uuid} names {named}, its mask is drawn on frame{'s' if e['n_drawn'] > 1 else ''} {on}{off}")
+        lines.append(f"note: {len(elsewhere)} answer(s) have no mask at the frame their "
+                     f"{CHALLENGE_FRAME_FILE} names but one drawn on other frames, scored as the evaluator reads "
+                     f"them (the mask at the frame named): {'; '.join(said)}" + (" ..." if len(elsewhere) > 3 else ""))
     return lines
