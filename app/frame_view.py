@@ -131,12 +131,14 @@ def mask_placement(height: int, width: int, mask_size: int) -> tuple[slice, slic
     from fetaliqa_core.preprocess import pad_geometry
 
     g = pad_geometry(height, width)
-    scale = g.side / mask_size  # frame pixels per model pixel
-    r0 = int(np.floor(g.top / scale))
-    r1 = int(np.ceil((g.top + height) / scale))
-    c0 = int(np.floor(g.left / scale))
-    c1 = int(np.ceil((g.left + width) / scale))
-    rect = QRectF(c0 * scale - g.left, r0 * scale - g.top, (c1 - c0) * scale, (r1 - r0) * scale)
+    side, n = int(g.side), int(mask_size)
+    # in whole numbers: model pixel k spans frame pixels k * side / n .. (k + 1) * side / n of the
+    # padded square. Divided in floating point first, 300 / (300 / 224) came out as 224.00000000000003,
+    # its ceiling 225: the overlay of 328 frame widths (300, 600, 1200...) was drawn 1/224 too wide,
+    # off the AC's outline by up to a model pixel at its far edge.
+    r0, r1 = (g.top * n) // side, -((-(g.top + height) * n) // side)
+    c0, c1 = (g.left * n) // side, -((-(g.left + width) * n) // side)
+    rect = QRectF((c0 * side - g.left * n) / n, (r0 * side - g.top * n) / n, (c1 - c0) * side / n, (r1 - r0) * side / n)
     return slice(r0, r1), slice(c0, c1), rect
 
 

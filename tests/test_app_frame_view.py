@@ -1,0 +1,66 @@
+"""What the frame view draws, checked against the frame's own geometry: the model's mask placed
+exactly over the frame, the whole frame in view after Fit whatever its shape, and the AC's label
+whole inside the view."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from PySide6.QtWidgets import QApplication
+
+from fetaliqa_core.preprocess import pad_geometry
+
+
+def _sizes():
+    """Frame sizes of every shape: the widths the audit found stretched (300, 600, 1200, 2400),
+    odd and prime sides, portraits, strips, and a spread of others."""
+    rng = np.random.default_rng(7)
+    sizes = {(h, w) for w in (300, 600, 1200, 2400, 301, 224, 225, 448, 997) for h in (1, 2, 150, 224, 299, 900)}
+    sizes |= {(w, h) for h, w in list(sizes)}
+    sizes |= {(int(h), int(w)) for h, w in rng.integers(1, 3000, size=(400, 2))}
+    return sorted(sizes)
+
+
+@pytest.mark.parametrize("mask_size", [224, 256, 7])
+def test_the_mask_is_placed_exactly_over_the_frame(mask_size):
+    """The part of the model's square mask over the frame, and where it is drawn, in the frame's own
+    pixels: model pixel k spans k * side / n of the padded square. Computed in floating point, the
+    last column of a 300 (600, 1200, 2400...) wide frame came out as 225 of 224: the overlay was
+    drawn 1/224 too wide, off the AC's outline by up to a model pixel."""
+    from app.frame_view import mask_placement
+
+    for h, w in _sizes():
+        rows, cols, rect = mask_placement(h, w, mask_size)
+        g = pad_geometry(h, w)
+        step = Fraction(g.side, mask_size)  # frame pixels per model pixel
+        for sl, start, length, lo, size in ((rows, g.top, h, rect.y(), rect.height()),
+                                            (cols, g.left, w, rect.x(), rect.width())):
+            assert 0 <= sl.start < sl.stop <= mask_size, (h, w, sl)
+            # the first and last model pixels are those the frame's first and last pixels lie in
+            assert sl.start == int(Fraction(start) / step), (h, w, sl)
+            assert (sl.stop - 1) * step < start + length <= sl.stop * step, (h, w, sl)
+            # drawn where those model pixels lie, at one model pixel's size each
+            assert lo == pytest.approx(float(sl.start * step - start), abs=1e-9), (h, w)
+            assert size == pytest.approx(float((sl.stop - sl.start) * step), rel=1e-12), (h, w)
+            assert lo <= 1e-9 and lo + size >= length - 1e-9
+
+
+@pytest.mark.parametrize("shape", [(900, 1200), (600, 600), (160, 1200), (301, 300), (1200, 540)])
+def test_the_overlay_drawn_spans_the_frame_at_the_models_scale(qtbot, shape):
+    """The overlay item as drawn: each model pixel side / 224 frame pixels wide, covering the frame."""
+    from app.frame_view import FrameView
+
+    view = FrameView()
+    qtbot.addWidget(view)
+    view.set_frame(np.zeros(shape, np.uint8))
+    view.set_mask(np.full((224, 224), 3, np.uint8))
+    drawn = view.overlay.mapRectToParent(view.overlay.boundingRect())
+    h, w = shape
+    step = max(h, w) / 224
+    image = view.overlay.image
+    assert drawn.width() / image.shape[1] == pytest.approx(step, rel=1e-9)
+    assert drawn.height() / image.shape[0] == pytest.approx(step, rel=1e-9)
+    assert -step < drawn.left() <= 1e-9 and w - 1e-9 <= drawn.right() < w + step
+    assert -step < drawn.top() <= 1e-9 and h - 1e-9 <= drawn.bottom() < h + step
