@@ -93,11 +93,42 @@ class _ScrubViewBox(pg.ViewBox):
     """Wheel scrubs frames (like slice scrolling in ITK-SNAP / 3D Slicer); Ctrl+wheel zooms;
     a right-button drag sets window/level (as in Slicer and ITK-SNAP)."""
 
+    _extent: tuple[int, int] | None = None  # the frame's (width, height), for the limits
+
     def __init__(self, on_scrub, on_window_level=None) -> None:
         super().__init__(lockAspect=True, invertY=True, enableMenu=False)
         self._on_scrub = on_scrub
         self._on_window_level = on_window_level
         self._wheel_accum = 0
+
+    def set_extent(self, width: int, height: int) -> None:
+        """Keep the view near a ``width`` x ``height`` frame: panned or zoomed out to at most a frame's
+        width (height) beside it on each side, or as far as showing the whole frame in this view's
+        shape takes (a tall frame in a wide view needs more than three frames' width: held to three,
+        a 1920 x 886 portrait showed a fifth of itself, and Fit could not show more)."""
+        self._extent = (int(width), int(height))
+        self._fit_limits(self.size())
+
+    def _fit_limits(self, size) -> None:
+        if self._extent is None:
+            return
+        w, h = self._extent
+        x_span, y_span = 3.0 * w, 3.0 * h
+        aspect = self.state["aspectLocked"]  # (the view's pixel shape) / (the range's shape), or False
+        if aspect and size.width() > 0 and size.height() > 0:
+            shape = size.width() / size.height() / aspect  # the range's width / height the view keeps
+            fit = max(w, h * shape)  # the range's width that shows the whole frame
+            x_span, y_span = max(x_span, 1.01 * fit), max(y_span, 1.01 * fit / shape)
+        self.setLimits(xMin=w / 2 - x_span / 2, xMax=w / 2 + x_span / 2,
+                       yMin=h / 2 - y_span / 2, yMax=h / 2 + y_span / 2)
+
+    def resizeEvent(self, ev):  # noqa: N802
+        self._fit_limits(ev.newSize())  # (before the range is fitted to the new shape: within them)
+        super().resizeEvent(ev)
+
+    def setAspectLocked(self, lock=True, ratio=1):  # noqa: N802 (pyqtgraph naming)
+        super().setAspectLocked(lock, ratio)
+        self._fit_limits(self.size())
 
     def mouseDragEvent(self, ev, axis=None):  # noqa: N802
         if ev.button() == Qt.RightButton and self._on_window_level is not None:
@@ -320,7 +351,7 @@ class FrameView(QWidget):
         if shape != self._shape:
             self._shape = shape
             self._mask_slices = None
-            self.view.setLimits(xMin=-shape[1], xMax=2 * shape[1], yMin=-shape[0], yMax=2 * shape[0])
+            self.view.set_extent(shape[1], shape[0])
             self.view.setRange(QRectF(0, 0, shape[1], shape[0]), padding=0.0)
             self.placeholder.hide()
 

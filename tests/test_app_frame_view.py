@@ -64,3 +64,42 @@ def test_the_overlay_drawn_spans_the_frame_at_the_models_scale(qtbot, shape):
     assert drawn.height() / image.shape[0] == pytest.approx(step, rel=1e-9)
     assert -step < drawn.left() <= 1e-9 and w - 1e-9 <= drawn.right() < w + step
     assert -step < drawn.top() <= 1e-9 and h - 1e-9 <= drawn.bottom() < h + step
+
+
+def _shown(view, w, h):
+    """The share of the frame's width and height in view, and whether it fills the view along one
+    side (not shown small)."""
+    (x0, x1), (y0, y1) = view.view.viewRange()
+    share = ((min(x1, w) - max(x0, 0)) / w, (min(y1, h) - max(y0, 0)) / h)
+    fills = min((x1 - x0) / w, (y1 - y0) / h) == pytest.approx(1.0, abs=0.01)
+    return share, fills
+
+
+@pytest.mark.parametrize("spacing", [None, (0.3, 0.1), (0.1, 0.3)])
+def test_fit_shows_the_whole_frame_whatever_its_shape_and_the_views(qtbot, spacing):
+    """Tall portraits (1920 x 886, 2400 x 1080) and strips (160 x 1200) were shown zoomed in to a
+    fifth of the frame in a wide window, and Fit could not show more: the view was held within a
+    frame's width beside it, less than a tall frame needs in a wide view."""
+    from app.frame_view import FrameView
+
+    view = FrameView()
+    qtbot.addWidget(view)
+    view.set_pixel_aspect(spacing)
+    for size in ((1518, 718), (398, 334), (300, 900), (1200, 150)):
+        view.resize(*size)
+        view.show()
+        QApplication.processEvents()
+        for h, w in ((562, 744), (1000, 700), (1920, 886), (2400, 1080), (160, 1200), (200, 800), (120, 1200),
+                     (1200, 120)):
+            view.set_frame(np.zeros((h, w), np.uint8))  # shown whole as it opens
+            QApplication.processEvents()
+            share, fills = _shown(view, w, h)
+            assert share == (1.0, 1.0) and fills, (size, (h, w), share, view.view.viewRange())
+    # the window resized about a frame, then Fit (View > Fit, a double-click): whole again
+    for size in ((1600, 300), (300, 1200), (800, 600)):
+        view.resize(*size)
+        QApplication.processEvents()
+        view.view.autoRange(padding=0.0)
+        QApplication.processEvents()
+        share, fills = _shown(view, 120, 1200)  # (the last frame: 1200 high, 120 wide)
+        assert share == (1.0, 1.0) and fills, (size, share, view.view.viewRange())
