@@ -10,6 +10,8 @@ drawn outside the frame.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -32,6 +34,8 @@ WINDOW_LEVEL_PRESETS: dict[str, tuple[float, float]] = {
     "Softer": (320.0, 127.5),
 }
 WL_DRAG_GAIN = 1.0  # grey levels per pixel of mouse movement
+LABEL_MARGIN = 4  # px kept between the AC label and the view's sides
+LABEL_MIN_POINTS = 8  # the AC label's font is made no smaller to fit a narrow view (11 pt as a rule)
 
 
 class FrameItem(pg.GraphicsObject):
@@ -208,6 +212,8 @@ class FrameView(QWidget):
         f.setPointSize(11)
         f.setBold(True)
         self.ellipse_label.setFont(f)
+        self._label_font = QFont(f)
+        self._ellipse_text = ""
         self.ellipse_label.setZValue(21)
         self.view.addItem(self.ellipse_label)
         self.ellipse.hide()
@@ -424,7 +430,7 @@ class FrameView(QWidget):
         (``detail``: its tooltip, e.g. why a value is doubtful)."""
         pts = np.vstack([points, points[:1]])
         self.ellipse.setData(pts[:, 0], pts[:, 1])
-        self.ellipse_label.setText(text)
+        self._ellipse_text = text
         self.ellipse_label.setToolTip(detail)
         self._ellipse_pts = pts
         self._place_ellipse_label()
@@ -450,6 +456,7 @@ class FrameView(QWidget):
             per_x, per_pixel = (float(v) for v in self.view.viewPixelSize())
         except Exception:  # noqa: BLE001 - a view not laid out yet: one screen pixel per frame pixel
             per_x = per_pixel = 1.0
+        self._fit_ellipse_label(self.view.width() - 2 * LABEL_MARGIN)
         box = self.ellipse_label.textItem.boundingRect()
         needed = (box.height() + 6) * per_pixel
         (view_left, view_right), (view_top, view_bottom) = (sorted(float(v) for v in r) for r in self.view.viewRange())
@@ -490,6 +497,28 @@ class FrameView(QWidget):
                     self._yielded.append(lab)
         self.ellipse_label.setAnchor((0.0, 0.0))
         self.ellipse_label.setPos(*chosen)
+
+    def _fit_ellipse_label(self, room: float) -> None:
+        """The AC label's whole text inside ``room`` screen pixels: on one line where it fits, else
+        its parts (the AC, its caveat, the notice: split at " · ") on lines of their own, in a
+        smaller font as far as :data:`LABEL_MIN_POINTS` where even those do not fit, and last
+        wrapped between words. On an 800 x 600 window the label was wider than the view and read
+        "... demo model, not for" with "clinical use" cut off."""
+        label, text = self.ellipse_label, self._ellipse_text
+        font = QFont(self._label_font)
+        label.setFont(font)
+        label.setTextWidth(-1)
+        label.setText(text)
+        if room <= 0 or label.textItem.boundingRect().width() <= room:
+            return
+        label.setText(text.replace(" · ", "\n"))
+        while label.textItem.boundingRect().width() > room and font.pointSize() > LABEL_MIN_POINTS:
+            font.setPointSize(font.pointSize() - 1)
+            label.setFont(font)
+        if label.textItem.boundingRect().width() > room:
+            # between words, but never between a number and its unit (nor "AC" and its number)
+            label.setText(re.sub(r"(?<=\d) (?=mm\b)|(?<=\bAC) (?=\d)", "\u00a0", text.replace(" · ", "\n")))
+            label.setTextWidth(room)
 
     def _screen_rect(self, spot: tuple[float, float], width: float, height: float) -> QRectF | None:
         """The label's rectangle in this widget's pixels with its top-left at ``spot`` (frame pixels)."""

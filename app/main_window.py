@@ -40,6 +40,8 @@ from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.choice import ModelChoice
 
 REFRESH_HZ = 10
+#: The status bar's answer where none of its forms with the AC fits (a window under 1024 px wide).
+NARROW_ANSWER = "AC (see tooltip)"
 MIN_SIZE = (1024, 600)  # px: the window works on a 1024x768 screen (less on a smaller one: see __init__)
 
 
@@ -896,8 +898,11 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         # answer dropped "25/40 scored" and "chosen on one model" and kept "chosen frame 0:")
         extra = "".join(asides)
         plain = self._with_caveat(reading.short(), caveat) if reading.status == "doubtful" else core
+        # the last: no number at all rather than part of one (at 800 px the answer read "AC 2…"),
+        # the whole answer then heading the tooltip
         self.status_ac.set_answer([lead + core + extra + notice, f"frame {chosen}: {core}{extra}{notice}",
-                                   core + extra + notice, plain + extra + notice, core + notice, plain + notice])
+                                   core + extra + notice, plain + extra + notice, core + notice, plain + notice,
+                                   NARROW_ANSWER])
 
     def _keep_unsaved_verdict(self, before: str) -> bool:
         """Before the window closes or another sweep opens (``before``: "closing", ...): a verdict

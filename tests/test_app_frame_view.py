@@ -103,3 +103,48 @@ def test_fit_shows_the_whole_frame_whatever_its_shape_and_the_views(qtbot, spaci
         QApplication.processEvents()
         share, fills = _shown(view, 120, 1200)  # (the last frame: 1200 high, 120 wide)
         assert share == (1.0, 1.0) and fills, (size, share, view.view.viewRange())
+
+
+@pytest.mark.parametrize("width", [700, 398, 260, 150])
+def test_the_ac_label_keeps_its_units_and_notice_whole_in_a_narrow_view(qtbot, width):
+    """At 800 x 600 the label (498 px) was moved into the 398 px view but not fitted: it read
+    "... demo model, not for", "clinical use" cut off at the view's edge. It is split into its
+    parts, made smaller, and last wrapped between words: the AC with its unit and the notice whole."""
+    from app.frame_view import FrameView
+
+    view = FrameView()
+    qtbot.addWidget(view)
+    view.resize(width, 334)
+    view.show()
+    view.set_frame(np.zeros((562, 744), np.uint8))
+    QApplication.processEvents()
+    t = np.linspace(0, 2 * np.pi, 100)
+    text = "AC 265.9 mm (doubtful) · ellipse extrapolated · demo model, not for clinical use"
+    view.show_ellipse(np.stack([372 + 150 * np.cos(t), 300 + 120 * np.sin(t)], 1), text)
+    QApplication.processEvents()
+    label = view.ellipse_label
+    shown = label.textItem.toPlainText()
+    def words(t):
+        return t.replace("\u00a0", " ").replace(" · ", " ").split()
+
+    assert words(shown) == words(text)  # all of it
+    # what is drawn: inside the view, lines that break no number from its unit
+    box = label.mapRectToScene(label.boundingRect())
+    scene = view.view.sceneBoundingRect()
+    assert scene.left() - 0.5 <= box.left() and box.right() <= scene.right() + 0.5, (box, scene)
+    layout = label.textItem.document().documentLayout()
+    assert layout.documentSize().width() <= scene.width() + 0.5
+    doc = label.textItem.document()
+    lines = []
+    block = doc.begin()
+    while block.isValid():
+        lay = block.layout()
+        for i in range(lay.lineCount()):
+            line = lay.lineAt(i)
+            lines.append(block.text()[line.textStart():line.textStart() + line.textLength()].strip())
+        block = block.next()
+    assert any(line.replace("\u00a0", " ").startswith("AC 265.9 mm") for line in lines), lines
+    assert any(line.replace("\u00a0", " ").endswith("not for clinical use") or "clinical use" == line
+               for line in lines), lines
+    if width >= 700:
+        assert lines == [text]  # (on one line where it fits)

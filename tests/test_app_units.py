@@ -420,8 +420,10 @@ def test_an_extrapolated_outline_is_said_wherever_its_ac_is_shown(qtbot, window)
     for f, a in whole.items():
         m._ac_cache[f] = dataclasses.replace(a, truncated=True)
     window.update_case_status()
-    for form in window.status_ac.forms():  # every form a narrow window may show keeps it
-        assert "ellipse extrapolated" in form and re.search(r"AC \d+\.\d mm", form), form
+    forms = [f for f in window.status_ac.forms() if re.search(r"\d mm", f)]
+    assert len(forms) >= 6
+    for form in forms:  # every form with the number a narrow window may show keeps it
+        assert "ellipse extrapolated" in form, form
     assert "outline cut by the field of view; ellipse extrapolated" in window.status_ac.toolTip()
     for f in sorted(frames):  # the chosen frame, and the other sweep's best scrubbed to
         m.set_frame(f)
@@ -436,3 +438,37 @@ def test_an_extrapolated_outline_is_said_wherever_its_ac_is_shown(qtbot, window)
     m._flags_dirty = True
     window.update_case_status()
     assert "ellipse extrapolated" in window.status_ac.text() and "outline cut by" in window.status_ac.toolTip()
+
+
+def test_the_answer_is_never_shown_with_part_of_its_number(qtbot, window):
+    """At 800 x 600 the status bar's answer read "AC 2…" (of 265.9 mm), and a little wider
+    "AC 31.8 mm (…", without its doubt: one of its forms is shown whole, the last without the
+    number (the whole answer then heads its tooltip), and no elided label cuts a number."""
+    from PySide6.QtWidgets import QApplication, QLabel
+
+    from app.window_chrome import ElidedLabel
+
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    window.model.provenance = {"demo": True, "notice": "Demonstration model: not for clinical use"}
+    window.show()
+    window.update_case_status()
+    forms = window.status_ac.forms()
+    number = re.search(r"AC \d+\.\d mm", forms[0]).group(0)
+    for size in ((800, 600), (900, 600), (1024, 600), (1600, 900)):
+        window.resize(*size)
+        for _ in range(5):
+            QApplication.processEvents()
+        shown = QLabel.text(window.status_ac)
+        assert shown in forms, (size, shown)
+        if number not in shown:
+            assert window.status_ac.toolTip().splitlines()[0] == forms[0]
+    for width in range(30, 320, 3):  # label by label: a number is shown whole or not at all
+        window.status_ac.resize(width, 20)
+        shown = QLabel.text(window.status_ac)
+        assert shown in forms or shown == "", (width, shown)
+        label = ElidedLabel("AC 265.9 mm (doubtful) · frame 1234 of 0–5000")
+        label.resize(width, 20)
+        label.show()
+        words = set(label.full_text().split())
+        for word in QLabel.text(label).replace("…", " ").split():
+            assert word in words or not any(c.isdigit() for c in word), (width, QLabel.text(label))
