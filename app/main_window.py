@@ -40,8 +40,6 @@ from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.models.choice import ModelChoice
 
 REFRESH_HZ = 10
-#: The status bar's answer where none of its forms with the AC fits (a window under 1024 px wide).
-NARROW_ANSWER = "AC (see tooltip)"
 MIN_SIZE = (1024, 600)  # px: the window works on a 1024x768 screen (less on a smaller one: see __init__)
 
 
@@ -902,7 +900,7 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         # the whole answer then heading the tooltip
         self.status_ac.set_answer([lead + core + extra + notice, f"frame {chosen}: {core}{extra}{notice}",
                                    core + extra + notice, plain + extra + notice, core + notice, plain + notice,
-                                   NARROW_ANSWER])
+                                   window_chrome.NARROW_ANSWER])
 
     def _keep_unsaved_verdict(self, before: str) -> bool:
         """Before the window closes or another sweep opens (``before``: "closing", ...): a verdict

@@ -25,6 +25,9 @@ MODEL_LABEL_WIDTH = 420  # px at most; elided below that, the full description i
 #: The least room the status bar's passing message and the model's names keep (in characters of the
 #: label's font): at 1280 x 720 the answer took all the room and both showed nothing (40 px).
 MESSAGE_MIN_CHARS = 26
+#: The status bar's answer where none of its forms with the AC fits (a window under 1024 px wide):
+#: the answer's label keeps room for it, so that something says where the AC is.
+NARROW_ANSWER = "AC (see tooltip)"
 MODEL_NAME_MIN_CHARS = 24  # the model's names are kept whole up to this many characters, elided beyond
 
 
@@ -467,6 +470,9 @@ def build_status(win) -> None:
     for w in (win.status_frame, win.status_ac, win.status_threshold):
         w.setMinimumWidth(40)  # may shrink below its text when the window is narrow (elided, not cut)
         sb.addWidget(w)
+    m = win.status_ac.contentsMargins()
+    win.status_ac.setMinimumWidth(win.status_ac.fontMetrics().horizontalAdvance(NARROW_ANSWER) + 2 * win.status_ac.margin()
+                                  + 4 + m.left() + m.right())
     win.status_threshold.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
     win.status_message.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
     # the answer gives way (to its shorter forms) before the message and the model's names do
