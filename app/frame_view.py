@@ -10,6 +10,8 @@ drawn outside the frame.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -32,6 +34,8 @@ WINDOW_LEVEL_PRESETS: dict[str, tuple[float, float]] = {
     "Softer": (320.0, 127.5),
 }
 WL_DRAG_GAIN = 1.0  # grey levels per pixel of mouse movement
+LABEL_MARGIN = 4  # px kept between the AC label and the view's sides
+LABEL_MIN_POINTS = 8  # the AC label's font is made no smaller to fit a narrow view (11 pt as a rule)
 
 
 class FrameItem(pg.GraphicsObject):
@@ -93,11 +97,42 @@ class _ScrubViewBox(pg.ViewBox):
     """Wheel scrubs frames (like slice scrolling in ITK-SNAP / 3D Slicer); Ctrl+wheel zooms;
     a right-button drag sets window/level (as in Slicer and ITK-SNAP)."""
 
+    _extent: tuple[int, int] | None = None  # the frame's (width, height), for the limits
+
     def __init__(self, on_scrub, on_window_level=None) -> None:
         super().__init__(lockAspect=True, invertY=True, enableMenu=False)
         self._on_scrub = on_scrub
         self._on_window_level = on_window_level
         self._wheel_accum = 0
+
+    def set_extent(self, width: int, height: int) -> None:
+        """Keep the view near a ``width`` x ``height`` frame: panned or zoomed out to at most a frame's
+        width (height) beside it on each side, or as far as showing the whole frame in this view's
+        shape takes (a tall frame in a wide view needs more than three frames' width: held to three,
+        a 1920 x 886 portrait showed a fifth of itself, and Fit could not show more)."""
+        self._extent = (int(width), int(height))
+        self._fit_limits(self.size())
+
+    def _fit_limits(self, size) -> None:
+        if self._extent is None:
+            return
+        w, h = self._extent
+        x_span, y_span = 3.0 * w, 3.0 * h
+        aspect = self.state["aspectLocked"]  # (the view's pixel shape) / (the range's shape), or False
+        if aspect and size.width() > 0 and size.height() > 0:
+            shape = size.width() / size.height() / aspect  # the range's width / height the view keeps
+            fit = max(w, h * shape)  # the range's width that shows the whole frame
+            x_span, y_span = max(x_span, 1.01 * fit), max(y_span, 1.01 * fit / shape)
+        self.setLimits(xMin=w / 2 - x_span / 2, xMax=w / 2 + x_span / 2,
+                       yMin=h / 2 - y_span / 2, yMax=h / 2 + y_span / 2)
+
+    def resizeEvent(self, ev):  # noqa: N802
+        self._fit_limits(ev.newSize())  # (before the range is fitted to the new shape: within them)
+        super().resizeEvent(ev)
+
+    def setAspectLocked(self, lock=True, ratio=1):  # noqa: N802 (pyqtgraph naming)
+        super().setAspectLocked(lock, ratio)
+        self._fit_limits(self.size())
 
     def mouseDragEvent(self, ev, axis=None):  # noqa: N802
         if ev.button() == Qt.RightButton and self._on_window_level is not None:
@@ -131,12 +166,14 @@ def mask_placement(height: int, width: int, mask_size: int) -> tuple[slice, slic
     from fetaliqa_core.preprocess import pad_geometry
 
     g = pad_geometry(height, width)
-    scale = g.side / mask_size  # frame pixels per model pixel
-    r0 = int(np.floor(g.top / scale))
-    r1 = int(np.ceil((g.top + height) / scale))
-    c0 = int(np.floor(g.left / scale))
-    c1 = int(np.ceil((g.left + width) / scale))
-    rect = QRectF(c0 * scale - g.left, r0 * scale - g.top, (c1 - c0) * scale, (r1 - r0) * scale)
+    side, n = int(g.side), int(mask_size)
+    # in whole numbers: model pixel k spans frame pixels k * side / n .. (k + 1) * side / n of the
+    # padded square. Divided in floating point first, 300 / (300 / 224) came out as 224.00000000000003,
+    # its ceiling 225: the overlay of 328 frame widths (300, 600, 1200...) was drawn 1/224 too wide,
+    # off the AC's outline by up to a model pixel at its far edge.
+    r0, r1 = (g.top * n) // side, -((-(g.top + height) * n) // side)
+    c0, c1 = (g.left * n) // side, -((-(g.left + width) * n) // side)
+    rect = QRectF((c0 * side - g.left * n) / n, (r0 * side - g.top * n) / n, (c1 - c0) * side / n, (r1 - r0) * side / n)
     return slice(r0, r1), slice(c0, c1), rect
 
 
@@ -175,6 +212,8 @@ class FrameView(QWidget):
         f.setPointSize(11)
         f.setBold(True)
         self.ellipse_label.setFont(f)
+        self._label_font = QFont(f)
+        self._ellipse_text = ""
         self.ellipse_label.setZValue(21)
         self.view.addItem(self.ellipse_label)
         self.ellipse.hide()
@@ -318,7 +357,7 @@ class FrameView(QWidget):
         if shape != self._shape:
             self._shape = shape
             self._mask_slices = None
-            self.view.setLimits(xMin=-shape[1], xMax=2 * shape[1], yMin=-shape[0], yMax=2 * shape[0])
+            self.view.set_extent(shape[1], shape[0])
             self.view.setRange(QRectF(0, 0, shape[1], shape[0]), padding=0.0)
             self.placeholder.hide()
 
@@ -391,7 +430,7 @@ class FrameView(QWidget):
         (``detail``: its tooltip, e.g. why a value is doubtful)."""
         pts = np.vstack([points, points[:1]])
         self.ellipse.setData(pts[:, 0], pts[:, 1])
-        self.ellipse_label.setText(text)
+        self._ellipse_text = text
         self.ellipse_label.setToolTip(detail)
         self._ellipse_pts = pts
         self._place_ellipse_label()
@@ -417,6 +456,7 @@ class FrameView(QWidget):
             per_x, per_pixel = (float(v) for v in self.view.viewPixelSize())
         except Exception:  # noqa: BLE001 - a view not laid out yet: one screen pixel per frame pixel
             per_x = per_pixel = 1.0
+        self._fit_ellipse_label(self.view.width() - 2 * LABEL_MARGIN)
         box = self.ellipse_label.textItem.boundingRect()
         needed = (box.height() + 6) * per_pixel
         (view_left, view_right), (view_top, view_bottom) = (sorted(float(v) for v in r) for r in self.view.viewRange())
@@ -457,6 +497,28 @@ class FrameView(QWidget):
                     self._yielded.append(lab)
         self.ellipse_label.setAnchor((0.0, 0.0))
         self.ellipse_label.setPos(*chosen)
+
+    def _fit_ellipse_label(self, room: float) -> None:
+        """The AC label's whole text inside ``room`` screen pixels: on one line where it fits, else
+        its parts (the AC, its caveat, the notice: split at " · ") on lines of their own, in a
+        smaller font as far as :data:`LABEL_MIN_POINTS` where even those do not fit, and last
+        wrapped between words. On an 800 x 600 window the label was wider than the view and read
+        "... demo model, not for" with "clinical use" cut off."""
+        label, text = self.ellipse_label, self._ellipse_text
+        font = QFont(self._label_font)
+        label.setFont(font)
+        label.setTextWidth(-1)
+        label.setText(text)
+        if room <= 0 or label.textItem.boundingRect().width() <= room:
+            return
+        label.setText(text.replace(" · ", "\n"))
+        while label.textItem.boundingRect().width() > room and font.pointSize() > LABEL_MIN_POINTS:
+            font.setPointSize(font.pointSize() - 1)
+            label.setFont(font)
+        if label.textItem.boundingRect().width() > room:
+            # between words, but never between a number and its unit (nor "AC" and its number)
+            label.setText(re.sub(r"(?<=\d) (?=mm\b)|(?<=\bAC) (?=\d)", "\u00a0", text.replace(" · ", "\n")))
+            label.setTextWidth(room)
 
     def _screen_rect(self, spot: tuple[float, float], width: float, height: float) -> QRectF | None:
         """The label's rectangle in this widget's pixels with its top-left at ``spot`` (frame pixels)."""

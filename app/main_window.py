@@ -658,10 +658,15 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         # a few words on the image (a long reason would run off it); the whole reading is the
         # label's tooltip
         reading = m.reading(ac, f)
-        text = reading.short()
+        text = self._with_caveat(reading.short(), m.ac_caveat(ac))
         if m.demo_notice:
             text += f" · {m.notice_words}, not for clinical use"
         self.frame_view.show_ellipse(ellipse_polygon(ac), text, reading.text())
+
+    @staticmethod
+    def _with_caveat(text: str, caveat: str) -> str:
+        """An AC's few words with its caveat after them (once: a doubt's words may already say it)."""
+        return f"{text} · {caveat}" if caveat and caveat.split()[-1] not in text else text
 
     def _update_frame_text(self) -> None:
         m = self.model
@@ -862,6 +867,9 @@ class MainWindow(SweepFilesMixin, QMainWindow):
             core = reading.short(why=True)
         else:
             core = f"AC {reading.ac_mm:.1f} mm · GA {reading.ga_text or '–'}"
+        # what the number needs said beside it (an extrapolated ellipse) stays in every form
+        caveat = m.ac_caveat(ac)
+        core = self._with_caveat(core, caveat)
         asides = []
         # the choice resting on one model (they disagree on every frame): said as score says it
         summary = getattr(m.assessment, "summary", None)
@@ -887,9 +895,12 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         # doubt's few words, then the asides; the AC and the notice stay (at 1024 px a stopped run's
         # answer dropped "25/40 scored" and "chosen on one model" and kept "chosen frame 0:")
         extra = "".join(asides)
-        plain = reading.short() if reading.status == "doubtful" else core
+        plain = self._with_caveat(reading.short(), caveat) if reading.status == "doubtful" else core
+        # the last: no number at all rather than part of one (at 800 px the answer read "AC 2…"),
+        # the whole answer then heading the tooltip
         self.status_ac.set_answer([lead + core + extra + notice, f"frame {chosen}: {core}{extra}{notice}",
-                                   core + extra + notice, plain + extra + notice, core + notice, plain + notice])
+                                   core + extra + notice, plain + extra + notice, core + notice, plain + notice,
+                                   window_chrome.NARROW_ANSWER])
 
     def _keep_unsaved_verdict(self, before: str) -> bool:
         """Before the window closes or another sweep opens (``before``: "closing", ...): a verdict

@@ -31,6 +31,8 @@ DEFAULT_FPS = 15.0
 FPS_RANGE = (1.0, 60.0)
 
 QUEUE_KINDS = ("candidates", "disagreements", "unreviewed", "all")
+#: Said beside an AC whose outline the field of view cut (:meth:`ViewerModel.ac_caveat`).
+EXTRAPOLATED_WORDS = "ellipse extrapolated"
 
 
 class Signal:
@@ -597,11 +599,30 @@ class ViewerModel:
         reading = analysis.read_ac(None if ac is None else ac.ac_mm,
                                    self.spacing_problem or getattr(ac, "spacing_problem", None), problem,
                                    disagreement, doubt)
-        # measured at the size of the image region holding the outline (a picture-in-picture's): said
+        # measured at the size of the image region holding the outline (a picture-in-picture's), and
+        # an outline the fan's edge cut, its ellipse extrapolated past it (`fetaliqa ac` said so, the
+        # window showed the number plain): said
         region = getattr(ac, "spacing_note", "")
-        if region and reading.ac_mm is not None:
-            reading = dataclasses.replace(reading, note="; ".join(t for t in (reading.note, region) if t))
+        cut = self.extrapolated_note(ac, frame)
+        if (region or cut) and reading.ac_mm is not None:
+            reading = dataclasses.replace(reading, note="; ".join(t for t in (reading.note, cut, region) if t))
         return reading
+
+    def extrapolated_note(self, ac, frame: int | None = None) -> str:
+        """Why part of an AC's ellipse was not seen: its outline cut by the field of view the frame is
+        measured in (``analysis.extrapolated_note``, `fetaliqa ac`'s words); empty for a whole outline."""
+        if ac is None or not getattr(ac, "truncated", False):
+            return ""
+        from fetaliqa_core import analysis
+
+        fov = self._frame_fov(self._frame if frame is None else int(frame)) if self.sweep is not None else None
+        return analysis.extrapolated_note(ac, fov)
+
+    def ac_caveat(self, ac) -> str:
+        """The few words said beside an AC's number wherever it is shown (the label on the image, the
+        status bar; the whole reason is in their tooltips): "ellipse extrapolated" for an outline the
+        field of view cut; empty when there is nothing to add to the reading's own words."""
+        return EXTRAPOLATED_WORDS if getattr(ac, "truncated", False) else ""
 
     def set_spacing(self, mm: float | tuple[float, float]) -> None:
         """Use a pixel spacing the user gives (mm per pixel: one value for square pixels, or

@@ -25,6 +25,9 @@ MODEL_LABEL_WIDTH = 420  # px at most; elided below that, the full description i
 #: The least room the status bar's passing message and the model's names keep (in characters of the
 #: label's font): at 1280 x 720 the answer took all the room and both showed nothing (40 px).
 MESSAGE_MIN_CHARS = 26
+#: The status bar's answer where none of its forms with the AC fits (a window under 1024 px wide):
+#: the answer's label keeps room for it, so that something says where the AC is.
+NARROW_ANSWER = "AC (see tooltip)"
 MODEL_NAME_MIN_CHARS = 24  # the model's names are kept whole up to this many characters, elided beyond
 
 
@@ -67,6 +70,26 @@ class FpsBox(QDoubleSpinBox):
             ev.accept()
             return True
         return super().event(ev)
+
+
+def whole_numbers(text: str, shown: str) -> str:
+    """``shown``, an elided form of ``text``, without any number of ``text`` it would show in part:
+    the elision goes back to before that number's word ("AC 2…" of "AC 265.9 mm" said a wrong number;
+    now "AC …"). A number is never cut; the words around it may be."""
+    if shown == text or "…" not in shown:
+        return shown
+    kept = set(text.split())
+    if all(w in kept or not any(c.isdigit() for c in w) for w in shown.replace("…", " ").split()):
+        return shown  # (every number shown is one of the text's, whole)
+    head, _, tail = shown.partition("…")
+    head_words, tail_words = head.split(" "), tail.split(" ")
+    # the cut word is the last of the part before the ellipsis, or the first after it
+    if head_words and any(c.isdigit() for c in head_words[-1]) and head_words[-1] not in kept:
+        head_words = head_words[:-1]
+    if tail_words and any(c.isdigit() for c in tail_words[0]) and tail_words[0] not in kept:
+        tail_words = tail_words[1:]
+    head, tail = " ".join(head_words).rstrip(), " ".join(tail_words).lstrip()
+    return f"{head} …" + (f" {tail}" if tail else "") if head else ("…" + (f" {tail}" if tail else ""))
 
 
 class ElidedLabel(QLabel):
@@ -133,7 +156,8 @@ class ElidedLabel(QLabel):
         if self._all_or_nothing:
             super().setText("")
             return
-        shown = self.fontMetrics().elidedText(self._alternatives()[-1], self._mode, room)
+        shown = whole_numbers(self._alternatives()[-1],
+                              self.fontMetrics().elidedText(self._alternatives()[-1], self._mode, room))
         # a letter and an ellipsis say nothing: nothing then (the tooltip has the whole text)
         super().setText("" if len(shown.rstrip("…. ")) < 4 else shown)
 
@@ -149,6 +173,8 @@ class AnswerLabel(ElidedLabel):
     number and the notice stay (cut at its end, 'demo, not clinical' was lost first; cut in its
     middle, the number). ``text()`` is the whole answer; the tooltip is set apart (the reasons)."""
 
+    _reasons = ""  # the tooltip given (the reasons), without the answer said in it
+
     def __init__(self) -> None:
         super().__init__(mode=Qt.ElideRight)
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
@@ -156,9 +182,31 @@ class AnswerLabel(ElidedLabel):
     def text(self) -> str:  # noqa: D401 - Qt naming
         return self._full
 
+    def setToolTip(self, tip: str) -> None:  # noqa: N802 (Qt naming)
+        self._reasons = tip
+        self._tip()
+
+    def set_full_text(self, text: str, tooltip: str | None = None) -> None:
+        self._all_or_nothing = False  # (a message, not an answer: elided, its numbers kept whole)
+        super().set_full_text(text, tooltip)
+
     def set_answer(self, forms: list[str]) -> None:
-        """The answer, longest form first (the tooltip is left as it is)."""
-        self.set_forms(forms, self.toolTip())
+        """The answer, longest form first (the tooltip is left as it is). One of them is shown
+        whole, or none: an answer cut at its end lost its doubt ("AC 31.8 mm (…") or its number's
+        digits ("AC 2…"); the last form may be a few words without the number, and the whole
+        answer is then the tooltip's first line."""
+        self.set_forms(forms, self._reasons)
+        self._all_or_nothing = True
+        self._elide()
+
+    def _elide(self) -> None:
+        super()._elide()
+        self._tip()
+
+    def _tip(self) -> None:
+        shown = QLabel.text(self)
+        whole = self._full if self._full and shown != self._full else ""
+        QLabel.setToolTip(self, "\n".join(t for t in (whole, self._reasons) if t))
 
     def forms(self) -> list[str]:
         """The forms given to :meth:`set_answer`, longest first."""
@@ -422,6 +470,9 @@ def build_status(win) -> None:
     for w in (win.status_frame, win.status_ac, win.status_threshold):
         w.setMinimumWidth(40)  # may shrink below its text when the window is narrow (elided, not cut)
         sb.addWidget(w)
+    m = win.status_ac.contentsMargins()
+    win.status_ac.setMinimumWidth(win.status_ac.fontMetrics().horizontalAdvance(NARROW_ANSWER) + 2 * win.status_ac.margin()
+                                  + 4 + m.left() + m.right())
     win.status_threshold.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
     win.status_message.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
     # the answer gives way (to its shorter forms) before the message and the model's names do

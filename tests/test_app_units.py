@@ -398,3 +398,77 @@ def test_a_student_scoring_alone_gives_the_window_a_doubtful_ac_saying_to_rescor
     reading = m.reading(ac)
     assert reading.status == "doubtful" and not reading.ga_text and "--cascade" in reading.note
     assert reading.short(why=True) == "AC 200.0 mm (doubtful: student alone)"
+
+
+def test_an_extrapolated_outline_is_said_wherever_its_ac_is_shown(qtbot, window):
+    """An outline the fan's edge cut, its ellipse extrapolated past it: `fetaliqa ac` said "[outline
+    cut by the field of view; ellipse extrapolated]", the window showed the number with no word of it
+    (the label, the status bar and their tooltips), at the chosen frame and at any best frame."""
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    m = window.model
+    m.provenance = {"demo": True, "notice": "Demonstration model: not for clinical use"}
+    chosen = m.flags.chosen
+    frames = {f for f in m.last_flags.chosen_best() if f is not None} | {chosen}
+    assert len(frames) == 2, frames  # the chosen frame and the other sweep's best
+    whole = {f: m.measure_ac(f) for f in frames}
+    assert all(a is not None and not a.truncated for a in whole.values())
+    # before: a whole outline is not called extrapolated
+    m.set_frame(chosen)
+    window.update_case_status()
+    window._update_ellipse()
+    assert "extrapolated" not in window.status_ac.text() + window.frame_view.ellipse_label.textItem.toPlainText()
+    for f, a in whole.items():
+        m._ac_cache[f] = dataclasses.replace(a, truncated=True)
+    window.update_case_status()
+    forms = [f for f in window.status_ac.forms() if re.search(r"\d mm", f)]
+    assert len(forms) >= 6
+    for form in forms:  # every form with the number a narrow window may show keeps it
+        assert "ellipse extrapolated" in form, form
+    assert "outline cut by the field of view; ellipse extrapolated" in window.status_ac.toolTip()
+    for f in sorted(frames):  # the chosen frame, and the other sweep's best scrubbed to
+        m.set_frame(f)
+        window._update_ellipse()
+        label = window.frame_view.ellipse_label
+        assert label.isVisible()
+        text = label.textItem.toPlainText()
+        assert "ellipse extrapolated" in text and "not for clinical use" in text, text
+        assert "outline cut by the field of view; ellipse extrapolated" in label.toolTip()
+    # the user's own models: the number is not doubted for it, but the caveat is still said
+    m.provenance = {}
+    m._flags_dirty = True
+    window.update_case_status()
+    assert "ellipse extrapolated" in window.status_ac.text() and "outline cut by" in window.status_ac.toolTip()
+
+
+def test_the_answer_is_never_shown_with_part_of_its_number(qtbot, window):
+    """At 800 x 600 the status bar's answer read "AC 2…" (of 265.9 mm), and a little wider
+    "AC 31.8 mm (…", without its doubt: one of its forms is shown whole, the last without the
+    number (the whole answer then heads its tooltip), and no elided label cuts a number."""
+    from PySide6.QtWidgets import QApplication, QLabel
+
+    from app.window_chrome import ElidedLabel
+
+    _scored(qtbot, window, tiny_sweep(2, 10, height=72, width=96))
+    window.model.provenance = {"demo": True, "notice": "Demonstration model: not for clinical use"}
+    window.show()
+    window.update_case_status()
+    forms = window.status_ac.forms()
+    number = re.search(r"AC \d+\.\d mm", forms[0]).group(0)
+    for size in ((800, 600), (900, 600), (1024, 600), (1600, 900)):
+        window.resize(*size)
+        for _ in range(5):
+            QApplication.processEvents()
+        shown = QLabel.text(window.status_ac)
+        assert shown in forms, (size, shown)  # (never nothing: room is kept for the last form)
+        if number not in shown:
+            assert window.status_ac.toolTip().splitlines()[0] == forms[0]
+    for width in range(30, 320, 3):  # label by label: a number is shown whole or not at all
+        window.status_ac.resize(width, 20)
+        shown = QLabel.text(window.status_ac)
+        assert shown in forms or shown == "", (width, shown)
+        label = ElidedLabel("AC 265.9 mm (doubtful) · frame 1234 of 0–5000")
+        label.resize(width, 20)
+        label.show()
+        words = set(label.full_text().split())
+        for word in QLabel.text(label).replace("…", " ").split():
+            assert word in words or not any(c.isdigit() for c in word), (width, QLabel.text(label))

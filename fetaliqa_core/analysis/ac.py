@@ -77,6 +77,17 @@ class ACMeasurement:
         return asdict(self)
 
 
+def extrapolated_note(m: "ACMeasurement", fov=None) -> str:
+    """What is said beside an AC whose outline the field of view (or, with ``fov`` None, the image's
+    edge) cut, so that part of the ellipse is extrapolated, not seen (``m.truncated``): "outline cut
+    by the field of view; ellipse extrapolated"; empty for a whole outline. The same words in
+    ``fetaliqa ac`` and the window."""
+    if m is None or not getattr(m, "truncated", False):
+        return ""
+    edge = "the image's edge" if fov is None else "the field of view"
+    return f"outline cut by {edge}; ellipse extrapolated"
+
+
 def ramanujan_circumference(a: float, b: float) -> float:
     """Ellipse perimeter from its semi-axes by Ramanujan's first approximation."""
     return float(math.pi * (3 * (a + b) - math.sqrt((3 * a + b) * (a + 3 * b))))

@@ -499,8 +499,8 @@ def run(args: argparse.Namespace) -> int:
     if m is None:
         print(f"frame {index}: no AC ({shown(_why_no_ac(frame, masks, writer))})")
         return 1
-    edge = "the image's edge" if fov is None else "the field of view"
-    tail = f" [outline cut by {edge}; ellipse extrapolated]" if m.truncated else ""
+    cut_note = analysis.extrapolated_note(m, fov)
+    tail = f" [{cut_note}]" if cut_note else ""
     from_where = {(False, fio.SPACING_FROM_USER): given_note or "given with --spacing",
                   (True, fio.SPACING_FROM_USER): "given for its sweep with --spacing",
                   (True, fio.SPACING_GIVEN): "given with its sweep"}.get(
