@@ -541,6 +541,71 @@ def test_batch_dice_is_perfect_on_perfect_masks():
     assert float(dice_loss(-good, masks, 1, over_batch=True)) > 0.99
 
 
+class _PaintingModel:
+    """A stand-in segmenter whose mask is whatever its input frame paints bright (logit +-10)."""
+
+    training = False
+
+    def __call__(self, x):
+        return (x[:, :1] > 0).float() * 20.0 - 10.0
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+
+class _FramesWithMasks:
+    """Frames whose bright pixels are the model's mask, each with its true mask (predict_index's input)."""
+
+    def __init__(self, frames, masks):
+        import torch
+
+        self.index = _index(1, len(frames))
+        self.frames, self.masks = torch.as_tensor(frames), torch.as_tensor(masks)
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, i):
+        import torch
+
+        return {"frame": self.frames[i], "mask": self.masks[i], "target": torch.tensor(float(self.masks[i].any())),
+                "index": i}
+
+
+def _validation_loss(frames, masks, seg_loss: str, batch_size: int) -> float:
+    import torch
+
+    from training.config import TrainConfig
+    from training.distributed import DistInfo
+    from training.metrics import frame_metrics, predict_index
+
+    cfg = TrainConfig(task="seg", data="D", out="R", seg_loss=seg_loss, batch_size=batch_size, precision="fp32")
+    pred = predict_index(_PaintingModel(), _FramesWithMasks(frames, masks), "seg", cfg, torch.device("cpu"),
+                         DistInfo(), 0)
+    return frame_metrics(pred, masks.reshape(len(masks), -1).any(1), "seg")["loss"]
+
+
+def test_the_validation_loss_takes_one_dice_over_the_split_whatever_the_batch_size():
+    """The best epoch is the one of lowest validation loss. Its Dice was averaged over validation
+    batches: a batch of frames without abdomen added 0 however much mask the model painted on
+    them, and the loss changed with --batch-size. It is now one Dice over the whole split (the
+    reference code's), the per-frame terms (cross-entropy) a mean over the frames."""
+    masks = np.zeros((8, 224, 224), np.uint8)
+    masks[:2, 80:150, 70:160] = 1  # two frames with an abdomen, first, then six without
+    right = np.where(masks > 0, 255, 0).astype(np.uint8)  # the model finds the abdomen exactly
+    painted = right.copy()
+    painted[2:, 20:200, 20:200] = 255  # and also paints a large mask on every empty frame
+    for seg_loss in ("batch_dice", "batch_dice_ce", "dice", "dice_ce"):
+        losses = {(name, b): _validation_loss(frames, masks, seg_loss, b)
+                  for name, frames in (("right", right), ("painted", painted)) for b in (2, 8)}
+        for name in ("right", "painted"):
+            assert losses[(name, 2)] == pytest.approx(losses[(name, 8)], rel=1e-6, abs=1e-9), (seg_loss, losses)
+        assert losses[("right", 2)] < 0.01 and losses[("painted", 2)] > 0.5, (seg_loss, losses)
+
+
 def test_threshold_on_a_thinned_out_subsample_weights_its_negatives():
     from training.metrics import best_f1_threshold
 
