@@ -640,6 +640,25 @@ def test_presets_fill_what_is_not_given():
     assert set(PRESETS) == {"fetaliqa", "paper"}
 
 
+def test_no_augment_under_the_paper_preset_trains_no_augmented_copies():
+    """--preset paper --no-augment trained its 2 offline copies unaugmented: 3 identical passes an
+    epoch, and config.json said offline_copies 2. It is one pass, recorded as 0 copies."""
+    import argparse
+
+    from fetaliqa_core.errors import UsageError
+    from training.config import add_arguments, config_from_args, validate_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--task", "cls", "--data", "d", "--out", "o", "--base-config", "tiny", "--preset", "paper"]
+    plain = config_from_args(parser.parse_args(base + ["--no-augment"]))
+    assert plain.augment is False and plain.offline_copies == 0
+    assert config_from_args(parser.parse_args(base)).offline_copies == 2
+    both = config_from_args(parser.parse_args(base + ["--no-augment", "--offline-copies", "2"]))
+    with pytest.raises(UsageError, match="--no-augment and --offline-copies 2"):
+        validate_config(both)
+
+
 def test_permutation_split_ignores_subjects(tiny_data):
     cases = ds.read_cases(tiny_data)
     split = ds.split_cases(cases, seed=3, method="permutation")

@@ -184,7 +184,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "best F1 on the whole validation split (use it with --neg-ratio, which shifts the "
                         "classifier's prior)")
     p.add_argument("--no-test", dest="test", action="store_false", help="skip the test-split evaluation")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no on-the-fly augmentation")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation: neither on the fly nor offline augmented copies "
+                        "(--preset paper then trains one pass an epoch, on the frames as they are)")
     p.add_argument("--cache-cases", type=int, default=DEFAULT_CACHE_CASES,
                    help="decoded compressed volumes kept per loader process")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="per-epoch checkpoints to keep")
@@ -195,9 +196,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {f for f in TrainConfig.__dataclass_fields__}
     values = {k: v for k, v in vars(args).items() if k in names}
+    copies_given = values.get("offline_copies") is not None
     for key, value in PRESETS[values.get("preset") or "fetaliqa"].items():
         if values.get(key) is None:
             values[key] = value
+    if values.get("augment") is False and not copies_given:
+        # --no-augment: no augmented copies either (the paper preset's 2 copies were trained as 3
+        # identical unaugmented passes an epoch); config.json and the manifest record 0
+        values["offline_copies"] = 0
     for key in ("data", "out", "base", "extra_labels"):
         if values.get(key) is not None:
             values[key] = str(Path(values[key]).expanduser().resolve())
@@ -223,6 +229,9 @@ def validate_config(cfg: TrainConfig) -> None:
                         ("--offline-copies", cfg.offline_copies)):
         if value is not None and value < 0:
             raise UsageError(f"{name} must be 0 or more; got {value}")
+    if not cfg.augment and cfg.offline_copies:
+        raise UsageError(f"--no-augment and --offline-copies {cfg.offline_copies} contradict each other: offline "
+                         "copies are augmented copies; drop one of them")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UsageError(f"--lr must be a positive number; got {cfg.lr}")
     if cfg.threshold != "auto":
