@@ -1203,6 +1203,19 @@ def test_the_training_record_says_when_the_threshold_was_chosen_on_validation():
         assert training_record(cfg, 0, splits)["threshold_requested"] == asked
 
 
+def test_the_training_record_holds_the_weight_decay_and_the_segmentation_prior():
+    """The manifest records what ran (README): AdamW's weight decay and --seg-prior were missing."""
+    from types import SimpleNamespace
+
+    from training.config import TrainConfig
+    from training.loop import training_record
+
+    splits = SimpleNamespace(train=[0] * 3, val=[0], test=[0], split_record={"train": {"cases": ["a"]}})
+    record = training_record(TrainConfig(task="seg", data="D", out="R", weight_decay=0.05, seg_prior=0.03), 0, splits)
+    assert record["weight_decay"] == 0.05 and record["seg_prior"] == 0.03
+    assert training_record(TrainConfig(task="cls", data="D", out="R"), 0, splits)["weight_decay"] == 0.01
+
+
 def test_demo_recipe_trains_in_fp32_on_a_cpu_without_bf16_instructions(monkeypatch, capsys):
     """The demo-model recipe forced --precision bf16 on every CPU: on one without bf16 matrix
     instructions each training step ran 7.8x slower (hours instead of minutes). There it now
