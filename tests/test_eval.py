@@ -837,15 +837,16 @@ def test_answers_of_a_paper_preset_model_are_evaluated_on_the_split_it_was_train
     cases of a `--preset paper` model, split by a permutation, were other cases, without a word.
     --split-method picks the split, as `train --split-method` does."""
     from fetaliqa_core.cli import main
-    from training.dataset import read_cases, split_cases
+    from training.dataset import REFERENCE_SPLIT_SEED, read_cases, split_cases
 
     cases = read_cases(tiny_data)
     assert split_cases(cases, seed=42, method="grouped")["train"] != split_cases(cases, seed=42,
                                                                                 method="permutation")["train"]
-    for method in ("grouped", "permutation"):
+    # each method's default seed is train's: 42, and --preset paper's (the reference code's) for a permutation
+    for method, seed in (("grouped", 42), ("permutation", REFERENCE_SPLIT_SEED)):
         out = tmp_path / method
         assert main(["eval", "--data", str(tiny_data), "--predictions", str(scored), "--split", "train",
                      "--split-method", method, "--out", str(out), "--quiet"]) == 0
         saved = json.loads((out / "metrics.json").read_text())
-        assert saved["split_method"] == method
-        assert saved["case_uuids"] == [c.uuid for c in split_cases(cases, seed=42, method=method)["train"]]
+        assert saved["split_method"] == method and saved["split_seed"] == seed
+        assert saved["case_uuids"] == [c.uuid for c in split_cases(cases, seed=seed, method=method)["train"]]

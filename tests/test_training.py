@@ -35,6 +35,16 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_data7(tmp_path_factory) -> Path:
+    """As ``tiny_data`` with 7 cases: the paper's split (int() cuts) leaves 6 cases no validation case."""
+    from fetaliqa_core.synth import write_dataset
+
+    out = tmp_path_factory.mktemp("tiny_data7")
+    write_dataset(out, cases=7, seed=3, frames_per_sweep=4, height=96, width=128, compress=False)
+    return out
+
+
 def _records(subjects: list[str]) -> list[ds.CaseRecord]:
     return [ds.CaseRecord(uuid=f"case{i:03d}", subject_id=s, image_path=Path(f"/x/{i}.mha"),
                           mask_path=Path(f"/y/{i}.mha"), ac_mm=(100.0, None)) for i, s in enumerate(subjects)]
@@ -659,6 +669,36 @@ def test_no_augment_under_the_paper_preset_trains_no_augmented_copies():
         validate_config(both)
 
 
+def test_the_paper_split_is_cut_and_seeded_as_the_reference_code_does(tmp_path):
+    """The reference cuts its permutation with int() (round() gave other splits of small datasets)
+    and uses its own seed, which --preset paper now takes by default (and says in --help)."""
+    import argparse
+
+    from training.config import TrainConfig, add_arguments, config_from_args
+    from training.data import _empty_validation_message
+    from training.dataset import REFERENCE_SPLIT_SEED, permutation_split
+
+    for n, sizes in ((6, (4, 0, 2)), (7, (4, 1, 2)), (10, (7, 1, 2)), (300, (210, 30, 60))):
+        cases = _records([f"s{i}" for i in range(n)])
+        split = permutation_split(cases, REFERENCE_SPLIT_SEED)
+        assert tuple(len(split[k]) for k in ("train", "val", "test")) == sizes, n
+    # the reference: numpy's permutation of the CSV's case ids with its seed, cut at int(0.7 n), int(0.8 n)
+    order = list(np.random.default_rng(REFERENCE_SPLIT_SEED).permutation([c.uuid for c in cases]))
+    assert [c.uuid for c in split["val"]] == sorted(order[210:240])
+    assert [c.uuid for c in split["test"]] == sorted(order[240:])
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--task", "cls", "--data", "d", "--out", "o"]
+    assert config_from_args(parser.parse_args(base + ["--preset", "paper"])).split_seed == REFERENCE_SPLIT_SEED
+    assert config_from_args(parser.parse_args(base)).split_seed == 42
+    assert config_from_args(parser.parse_args(base + ["--preset", "paper", "--split-seed", "7"])).split_seed == 7
+    assert str(REFERENCE_SPLIT_SEED) in parser.format_help()
+    # six cases leave the reference's cut no validation case: said so, not blamed on subjects
+    six = _records([f"s{i}" for i in range(6)])
+    text = _empty_validation_message(TrainConfig(task="cls", data="D", out="R", split_method="permutation"), six, [])
+    assert "int(0.7 n)" in text and "subject" not in text and "--split-method grouped" in text
+
+
 def test_permutation_split_ignores_subjects(tiny_data):
     cases = ds.read_cases(tiny_data)
     split = ds.split_cases(cases, seed=3, method="permutation")
@@ -838,12 +878,14 @@ def test_one_epoch_tiny_training_end_to_end(tiny_data, tmp_path):
     assert set(result["frame"]["cls"]) >= {"accuracy", "f1", "precision", "recall", "specificity"}
 
 
-def test_paper_preset_trains_a_segmenter_with_the_reference_decoder(tiny_data, tmp_path):
+def test_paper_preset_trains_a_segmenter_with_the_reference_decoder(tiny_data7, tmp_path):
     """``--preset paper`` end to end: the bundle carries the reference's decoder and MLP-only LoRA,
-    and its manifest says which recipe made it."""
+    and its manifest says which recipe made it (the reference's split seed included)."""
+    from training.dataset import REFERENCE_SPLIT_SEED
+
     out = tmp_path / "paper"
     proc = _train(["--task", "seg", "--preset", "paper", "--trials", "1", "--init-filters", "4", "--epochs", "1",
-                   "--max-steps", "2", "--no-test", "--data", str(tiny_data), "--out", str(out), *TINY_ARGS])
+                   "--max-steps", "2", "--no-test", "--data", str(tiny_data7), "--out", str(out), *TINY_ARGS])
     assert proc.returncode == 0, proc.stderr
     from fetaliqa_core.models.bundle import load_bundle
     from fetaliqa_core.models.segmenter import SepUNETRDecoder
@@ -854,6 +896,7 @@ def test_paper_preset_trains_a_segmenter_with_the_reference_decoder(tiny_data, t
     training = manifest.metrics["training"]
     assert training["preset"] == "paper" and training["split_method"] == "permutation"
     assert training["offline_copies"] == 2 and training["pre_resize"] == "cv2_cubic"
+    assert training["split_seed"] == REFERENCE_SPLIT_SEED
     assert isinstance(loaded.model.seg.decoder, SepUNETRDecoder)
 
 

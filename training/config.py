@@ -11,7 +11,7 @@ from pathlib import Path
 from fetaliqa_core.cli._args import non_negative_int, non_negative_number, thread_count
 from fetaliqa_core.errors import FetalIQAError, UsageError
 from fetaliqa_core.models.tasks import TASKS
-from training.dataset import DEFAULT_CACHE_CASES, SPLIT_SEED
+from training.dataset import DEFAULT_CACHE_CASES, REFERENCE_SPLIT_SEED, SPLIT_SEED
 
 SEG_LOSSES = ("dice", "dice_ce", "batch_dice", "batch_dice_ce")
 CONFIG_FILE = "config.json"
@@ -29,17 +29,17 @@ RESUME_KEYS = ("task", "data", "base", "base_config", "lr", "weight_decay", "bat
 #: and 32 filters), the smp-style Dice over the batch, frames padded and
 #: pre-resized with OpenCV's bicubic (no antialiasing), two offline augmented copies per frame
 #: (jitter p=0.5, CLAHE clip 1-4, affine on the padded square), a seeded permutation of the
-#: cases as split, AdamW 3e-4, batch 32, 5 epochs, 5 trials. ``fetaliqa`` (the default): the
-#: project's - LoRA on attention and MLP, Dice over the batch + cross-entropy (false positives on
+#: cases as split (the reference's seed and truncated cut), AdamW 3e-4, batch 32, 5 epochs, 5
+#: trials. ``fetaliqa`` (the default): the project's - LoRA on attention and MLP, Dice over the batch + cross-entropy (false positives on
 #: frames without abdomen are punished), the models' own antialiased resize, on-the-fly
 #: augmentation, a split grouped by subject, one trial.
 PRESETS: dict[str, dict] = {
     "fetaliqa": {"lora_targets": None, "seg_loss": "batch_dice_ce", "split_method": "grouped", "offline_copies": 0,
                  "augment_recipe": "fetaliqa", "pre_resize": None, "decoder_block": "res", "epochs": 5, "trials": 1,
-                 "lr": 3e-4, "batch_size": 32},
+                 "lr": 3e-4, "batch_size": 32, "split_seed": SPLIT_SEED},
     "paper": {"lora_targets": ["mlp.c_fc", "mlp.c_proj"], "seg_loss": "batch_dice", "split_method": "permutation",
               "offline_copies": 2, "augment_recipe": "paper", "pre_resize": "cv2_cubic", "decoder_block": "sepconv_bn",
-              "epochs": 5, "trials": 5, "lr": 3e-4, "batch_size": 32},
+              "epochs": 5, "trials": 5, "lr": 3e-4, "batch_size": 32, "split_seed": REFERENCE_SPLIT_SEED},
 }
 
 
@@ -137,7 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="augmented copies of every frame per epoch, fixed across epochs (paper: 2); 0 augments "
                         "on the fly (fetaliqa)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="training seed (initialisation, order, augmentation)")
-    p.add_argument("--split-seed", type=non_negative_int, default=SPLIT_SEED, help=f"seed of the case split (default {SPLIT_SEED})")
+    p.add_argument("--split-seed", type=non_negative_int, default=None,
+                   help=f"seed of the case split (fetaliqa: {SPLIT_SEED}; paper: {REFERENCE_SPLIT_SEED}, the reference "
+                        "code's, which with its truncated 70/10/20 cut gives its split of the 300 ACOUSLIC-AI cases)")
     p.add_argument("--all-sweeps", action="store_true", help="train on every sweep, not only those with an AC value")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
