@@ -128,7 +128,10 @@ def test_eval_cli_prints_table_and_paper(tiny_data, bundles, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "segmenter (1% area)" in text and "FetalCLIP_CLS" in text and "0.7570" in text
     # the second bundle's rows are printed beside the first's, each labelled with its preset
-    assert text.count("segmenter (1% area) [") == 4  # all sweeps + AC sweeps, two bundles
+    rows = [ln for ln in text.splitlines() if ln.startswith("segmenter (1% area) [")]
+    assert len(rows) == 4  # all sweeps + AC sweeps, two bundles
+    # beside the paper's means of 5 runs, each is said to be one trained model
+    assert all(" 1 trial " in ln for ln in rows) and "1 trial: each bundle's rows above are one trained model" in text
     # ... and so are its intervals over cases and its frame-choice rows (the answer it would give)
     assert text.count("with 95 % intervals over the") == 2 and text.count("segmenter alone [") == 2
     assert "draws a mask on a frame without abdomen" in text
