@@ -735,6 +735,40 @@ def test_offline_copies_and_the_reference_resize(tiny_data):
     assert not np.array_equal(aug[0]["frame"].numpy(), first)  # another copy
 
 
+def test_paper_copies_get_clahe_half_the_time_and_are_augmented_before_the_resize(tiny_data, monkeypatch):
+    """The reference applies CLAHE to an augmented copy with probability 0.5 (every copy got it),
+    and augments the padded frame at full size before its bicubic resize to 224 (it was resized
+    first, so CLAHE's tiles and the affine acted on 224 x 224 pixels)."""
+    import cv2
+
+    from training import augment
+    from training.augment import PAPER_AUGMENT
+
+    calls = []
+    real = augment.clahe
+    monkeypatch.setattr(augment, "clahe", lambda frame, clip, grid: calls.append(clip) or real(frame, clip, grid))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    for k in range(400):
+        Augmenter(PAPER_AUGMENT)(frame, None, np.random.default_rng(k))
+    assert 0.4 < len(calls) / 400 < 0.6 and all(1.0 <= c <= 4.0 for c in calls)
+    monkeypatch.setattr(augment, "clahe", real)
+
+    index = ds.build_index(ds.read_cases(tiny_data), all_sweeps=True)
+    copies = ds.FrameDataset(index, True, Augmenter(PAPER_AUGMENT), seed=1, offline_copies=2, pre_resize="cv2_cubic")
+    copies.set_pass(1)
+    raw, raw_mask = copies.load(0)
+    square, square_mask = ds._pad_square(raw), ds._pad_square(raw_mask)
+    rng = np.random.default_rng([1, 1_000_003, 1, 0])  # copy 1 of item 0 (see FrameDataset)
+    big, big_mask = Augmenter(PAPER_AUGMENT)(square, square_mask, rng)
+    assert big.shape == square.shape
+    expected = cv2.resize(big, (224, 224), interpolation=cv2.INTER_CUBIC)
+    item = copies[0]
+    assert np.array_equal(item["frame"].numpy(), expected)
+    from fetaliqa_core.preprocess import preprocess_masks
+
+    assert np.array_equal(item["mask"].numpy(), preprocess_masks(big_mask)[0].numpy())  # the mask moved with it
+
+
 def test_paper_decoder_has_the_reference_size_at_vit_l_width():
     """The reference decoder at ViT-L/14's width and 32 filters: 1.59 M parameters, 2.3 GMAC at
     224 (FACTS: the reference IQA code); the project's own decoder is about four times both."""
@@ -1257,6 +1291,10 @@ def test_the_training_record_holds_the_weight_decay_and_the_segmentation_prior()
     record = training_record(TrainConfig(task="seg", data="D", out="R", weight_decay=0.05, seg_prior=0.03), 0, splits)
     assert record["weight_decay"] == 0.05 and record["seg_prior"] == 0.03
     assert training_record(TrainConfig(task="cls", data="D", out="R"), 0, splits)["weight_decay"] == 0.01
+    # the paper's reference code never trained its segmenter's encoder; here its LoRA trains, and it is said
+    assert record["encoder_trained"] == "lora"
+    assert training_record(TrainConfig(task="seg", data="D", out="R", full_finetune=True), 0, splits)[
+        "encoder_trained"] == "all"
 
 
 def test_demo_recipe_trains_in_fp32_on_a_cpu_without_bf16_instructions(monkeypatch, capsys):

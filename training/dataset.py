@@ -947,9 +947,9 @@ class FrameDataset:
     epoch shows the frames as they are, passes 1..N their N augmented copies, each copy drawn once
     from (seed, copy, item) and the same in every epoch (:meth:`set_pass`). ``pad_first``: pad
     the frame (and mask) to a square before augmenting, so the affine acts on the padded square
-    (the reference); ``pre_resize="cv2_cubic"``: then resize that square to 224 with OpenCV's
-    bicubic without antialiasing (the reference's ``cv2.INTER_CUBIC`` pre-resize), which the
-    models' own preprocessing leaves as it is.
+    (the reference); ``pre_resize="cv2_cubic"``: then, after the augmentation, resize that square
+    to 224 with OpenCV's bicubic without antialiasing (the reference's ``cv2.INTER_CUBIC``
+    pre-resize; masks nearest), which the models' own preprocessing leaves as it is.
     """
 
     def __init__(self, index: FrameIndex, with_masks: bool, augment=None, seed: int = 0,
@@ -1002,12 +1002,8 @@ class FrameDataset:
         frame, mask = self.load(i)
         if self.pad_first:
             frame, mask = _pad_square(frame), None if mask is None else _pad_square(mask)
-        if self.pre_resize == "cv2_cubic":
-            import cv2
-
-            frame = cv2.resize(frame, (224, 224), interpolation=cv2.INTER_CUBIC)
-            if mask is not None:
-                mask = np.ascontiguousarray(preprocess_masks(np.ascontiguousarray(mask))[0].numpy())
+        # augmented at full size, before the pre-resize, as the reference does (pad, augment,
+        # resize): CLAHE's 8 x 8 tiles and the affine's resampling act on the frame's own pixels
         if self.augment is not None and self.offline_copies > 0:
             if self.pass_index > 0:  # the same copy every epoch: offline augmentation
                 rng = np.random.default_rng([self.seed, 1_000_003, self.pass_index, int(i)])
@@ -1015,6 +1011,12 @@ class FrameDataset:
         elif self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, int(i)])
             frame, mask = self.augment(frame, mask, rng)
+        if self.pre_resize == "cv2_cubic":
+            import cv2
+
+            frame = cv2.resize(frame, (224, 224), interpolation=cv2.INTER_CUBIC)
+            if mask is not None:
+                mask = np.ascontiguousarray(preprocess_masks(np.ascontiguousarray(mask))[0].numpy())
         item = {
             "frame": torch.from_numpy(np.ascontiguousarray(frame)),
             "target": torch.tensor(float(self.index.target[i]), dtype=torch.float32),
