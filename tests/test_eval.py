@@ -128,7 +128,10 @@ def test_eval_cli_prints_table_and_paper(tiny_data, bundles, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "segmenter (1% area)" in text and "FetalCLIP_CLS" in text and "0.7570" in text
     # the second bundle's rows are printed beside the first's, each labelled with its preset
-    assert text.count("segmenter (1% area) [") == 4  # all sweeps + AC sweeps, two bundles
+    rows = [ln for ln in text.splitlines() if ln.startswith("segmenter (1% area) [")]
+    assert len(rows) == 4  # all sweeps + AC sweeps, two bundles
+    # beside the paper's means of 5 runs, each is said to be one trained model
+    assert all(" 1 trial " in ln for ln in rows) and "1 trial: each bundle's rows above are one trained model" in text
     # ... and so are its intervals over cases and its frame-choice rows (the answer it would give)
     assert text.count("with 95 % intervals over the") == 2 and text.count("segmenter alone [") == 2
     assert "draws a mask on a frame without abdomen" in text
@@ -402,6 +405,53 @@ def test_the_report_says_how_a_case_without_annotation_is_scored():
     assert "WFSS of the 1 case(s) without annotation is 0 whatever is chosen, -1 (no frame) included" in text
     cases[1]["has_annotation"] = True
     assert "without annotation" not in format_report(metrics)
+
+
+def test_beside_the_paper_a_bundle_is_one_trial_and_its_runs_mean_of_trials_is_shown_too(tmp_path):
+    """--compare-paper put a run's bundle (one trial: the one of lowest validation loss) beside the
+    paper's means of 5 runs without a word; the mean +- std of the run's trials was in its
+    metrics.json only."""
+    from types import SimpleNamespace
+
+    from training.config import TrainConfig
+    from training.evaluate import _trials_record, format_report
+    from training.trials import summarise_trials
+
+    run = tmp_path / "run"
+    for folder in ("bundle", "trial_3/bundle"):
+        (run / folder).mkdir(parents=True)
+    tests = [{"accuracy": a, "f1": f, "precision": 0.7, "recall": 0.6, "specificity": 0.9, "loss": 0.3}
+             for a, f in ((0.9, 0.6), (0.8, 0.7), (0.85, 0.8))]
+    results = [{"trial": k + 1, "seed": k, "best_val_loss": 0.5 - 0.1 * k, "test": t} for k, t in enumerate(tests)]
+    summary = summarise_trials(TrainConfig(task="cls", data="D", out=str(run), trials=3), results)
+    summary.update(best_trial=3, bundle=str(run / "bundle"))
+    (run / "metrics.json").write_text(json.dumps(summary))
+    (run / "trial_3" / "metrics.json").write_text(json.dumps(results[2]))
+    manifest = SimpleNamespace(metrics={"best_val_loss": 0.3, "test": tests[2],
+                                        "training": {"trials": 3, "seed": 2, "preset": "paper"}})
+    info = _trials_record(run / "bundle", manifest)
+    assert info["trials"] == 3 and info["run_test_summary"]["f1"]["mean"] == pytest.approx(0.7)
+    assert info["run_test_summary"]["f1"]["n"] == 3
+    assert _trials_record(run / "trial_3" / "bundle", manifest)["run_test_summary"] is None  # no run beside it
+    other = SimpleNamespace(metrics={"best_val_loss": 0.4, "training": {"trials": 3, "seed": 1}})
+    assert _trials_record(run / "bundle", other)["run_test_summary"] is None  # not this run's bundle
+    (run / "metrics.json").write_bytes(b"\xff{")
+    assert _trials_record(run / "bundle", manifest)["run_test_summary"] is None
+
+    row = {"accuracy": 0.85, "f1": 0.8, "precision": 0.7, "recall": 0.6, "specificity": 0.9}
+    metrics = {"split": "test", "n_cases": 2, "n_frames": 4, "n_positive": 1, "all_sweeps": False,
+               "frame": {"cls": row}, "presets": {"cls": "paper"}, "trials": {"cls": info}, "challenge": {},
+               "cases": {}}
+    text = format_report(metrics, compare_paper=True)
+    assert "classifier [paper] 1 trial " in text
+    assert "classifier [paper]: one of its run's 3 trials, the one of lowest validation loss" in text
+    mean = next(ln for ln in text.splitlines() if "classifier [paper] mean" in ln).split()
+    assert mean[-6:] == ["0.8500", "0.7000", "0.7000", "0.6000", "0.9000", "-"]
+    std = next(ln for ln in text.splitlines() if "classifier [paper] +- std" in ln).split()
+    assert float(std[-6]) == pytest.approx(np.std([0.9, 0.8, 0.85]), abs=1e-4)
+    assert "1 trial" not in format_report(metrics)  # without the paper's table: the rows as they were
+    seg_row = next(ln for ln in text.splitlines() if "FetalCLIP_SEG" in ln).split()
+    assert seg_row[1:] == ["-", "0.771", "-", "-"]  # as the paper gives it (not 0.7710)
 
 
 def test_eval_outputs_replace_a_link_and_never_write_through_it(tmp_path):
@@ -790,18 +840,19 @@ def test_answers_of_a_paper_preset_model_are_evaluated_on_the_split_it_was_train
     cases of a `--preset paper` model, split by a permutation, were other cases, without a word.
     --split-method picks the split, as `train --split-method` does."""
     from fetaliqa_core.cli import main
-    from training.dataset import read_cases, split_cases
+    from training.dataset import REFERENCE_SPLIT_SEED, read_cases, split_cases
 
     cases = read_cases(tiny_data)
     assert split_cases(cases, seed=42, method="grouped")["train"] != split_cases(cases, seed=42,
                                                                                 method="permutation")["train"]
-    for method in ("grouped", "permutation"):
+    # each method's default seed is train's: 42, and --preset paper's (the reference code's) for a permutation
+    for method, seed in (("grouped", 42), ("permutation", REFERENCE_SPLIT_SEED)):
         out = tmp_path / method
         assert main(["eval", "--data", str(tiny_data), "--predictions", str(scored), "--split", "train",
                      "--split-method", method, "--out", str(out), "--quiet"]) == 0
         saved = json.loads((out / "metrics.json").read_text())
-        assert saved["split_method"] == method
-        assert saved["case_uuids"] == [c.uuid for c in split_cases(cases, seed=42, method=method)["train"]]
+        assert saved["split_method"] == method and saved["split_seed"] == seed
+        assert saved["case_uuids"] == [c.uuid for c in split_cases(cases, seed=seed, method=method)["train"]]
 
 
 def _blacked_out(data: Path, dest: Path) -> Path:

@@ -35,6 +35,16 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_data7(tmp_path_factory) -> Path:
+    """As ``tiny_data`` with 7 cases: the paper's split (int() cuts) leaves 6 cases no validation case."""
+    from fetaliqa_core.synth import write_dataset
+
+    out = tmp_path_factory.mktemp("tiny_data7")
+    write_dataset(out, cases=7, seed=3, frames_per_sweep=4, height=96, width=128, compress=False)
+    return out
+
+
 def _records(subjects: list[str]) -> list[ds.CaseRecord]:
     return [ds.CaseRecord(uuid=f"case{i:03d}", subject_id=s, image_path=Path(f"/x/{i}.mha"),
                           mask_path=Path(f"/y/{i}.mha"), ac_mm=(100.0, None)) for i, s in enumerate(subjects)]
@@ -541,6 +551,71 @@ def test_batch_dice_is_perfect_on_perfect_masks():
     assert float(dice_loss(-good, masks, 1, over_batch=True)) > 0.99
 
 
+class _PaintingModel:
+    """A stand-in segmenter whose mask is whatever its input frame paints bright (logit +-10)."""
+
+    training = False
+
+    def __call__(self, x):
+        return (x[:, :1] > 0).float() * 20.0 - 10.0
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+
+class _FramesWithMasks:
+    """Frames whose bright pixels are the model's mask, each with its true mask (predict_index's input)."""
+
+    def __init__(self, frames, masks):
+        import torch
+
+        self.index = _index(1, len(frames))
+        self.frames, self.masks = torch.as_tensor(frames), torch.as_tensor(masks)
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, i):
+        import torch
+
+        return {"frame": self.frames[i], "mask": self.masks[i], "target": torch.tensor(float(self.masks[i].any())),
+                "index": i}
+
+
+def _validation_loss(frames, masks, seg_loss: str, batch_size: int) -> float:
+    import torch
+
+    from training.config import TrainConfig
+    from training.distributed import DistInfo
+    from training.metrics import frame_metrics, predict_index
+
+    cfg = TrainConfig(task="seg", data="D", out="R", seg_loss=seg_loss, batch_size=batch_size, precision="fp32")
+    pred = predict_index(_PaintingModel(), _FramesWithMasks(frames, masks), "seg", cfg, torch.device("cpu"),
+                         DistInfo(), 0)
+    return frame_metrics(pred, masks.reshape(len(masks), -1).any(1), "seg")["loss"]
+
+
+def test_the_validation_loss_takes_one_dice_over_the_split_whatever_the_batch_size():
+    """The best epoch is the one of lowest validation loss. Its Dice was averaged over validation
+    batches: a batch of frames without abdomen added 0 however much mask the model painted on
+    them, and the loss changed with --batch-size. It is now one Dice over the whole split (the
+    reference code's), the per-frame terms (cross-entropy) a mean over the frames."""
+    masks = np.zeros((8, 224, 224), np.uint8)
+    masks[:2, 80:150, 70:160] = 1  # two frames with an abdomen, first, then six without
+    right = np.where(masks > 0, 255, 0).astype(np.uint8)  # the model finds the abdomen exactly
+    painted = right.copy()
+    painted[2:, 20:200, 20:200] = 255  # and also paints a large mask on every empty frame
+    for seg_loss in ("batch_dice", "batch_dice_ce", "dice", "dice_ce"):
+        losses = {(name, b): _validation_loss(frames, masks, seg_loss, b)
+                  for name, frames in (("right", right), ("painted", painted)) for b in (2, 8)}
+        for name in ("right", "painted"):
+            assert losses[(name, 2)] == pytest.approx(losses[(name, 8)], rel=1e-6, abs=1e-9), (seg_loss, losses)
+        assert losses[("right", 2)] < 0.01 and losses[("painted", 2)] > 0.5, (seg_loss, losses)
+
+
 def test_threshold_on_a_thinned_out_subsample_weights_its_negatives():
     from training.metrics import best_f1_threshold
 
@@ -573,6 +648,55 @@ def test_presets_fill_what_is_not_given():
     mixed = config_from_args(parser.parse_args(base + ["--preset", "paper", "--trials", "1", "--seg-loss", "dice_ce"]))
     assert mixed.trials == 1 and mixed.seg_loss == "dice_ce" and mixed.offline_copies == 2  # given options win
     assert set(PRESETS) == {"fetaliqa", "paper"}
+
+
+def test_no_augment_under_the_paper_preset_trains_no_augmented_copies():
+    """--preset paper --no-augment trained its 2 offline copies unaugmented: 3 identical passes an
+    epoch, and config.json said offline_copies 2. It is one pass, recorded as 0 copies."""
+    import argparse
+
+    from fetaliqa_core.errors import UsageError
+    from training.config import add_arguments, config_from_args, validate_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--task", "cls", "--data", "d", "--out", "o", "--base-config", "tiny", "--preset", "paper"]
+    plain = config_from_args(parser.parse_args(base + ["--no-augment"]))
+    assert plain.augment is False and plain.offline_copies == 0
+    assert config_from_args(parser.parse_args(base)).offline_copies == 2
+    both = config_from_args(parser.parse_args(base + ["--no-augment", "--offline-copies", "2"]))
+    with pytest.raises(UsageError, match="--no-augment and --offline-copies 2"):
+        validate_config(both)
+
+
+def test_the_paper_split_is_cut_and_seeded_as_the_reference_code_does(tmp_path):
+    """The reference cuts its permutation with int() (round() gave other splits of small datasets)
+    and uses its own seed, which --preset paper now takes by default (and says in --help)."""
+    import argparse
+
+    from training.config import TrainConfig, add_arguments, config_from_args
+    from training.data import _empty_validation_message
+    from training.dataset import REFERENCE_SPLIT_SEED, permutation_split
+
+    for n, sizes in ((6, (4, 0, 2)), (7, (4, 1, 2)), (10, (7, 1, 2)), (300, (210, 30, 60))):
+        cases = _records([f"s{i}" for i in range(n)])
+        split = permutation_split(cases, REFERENCE_SPLIT_SEED)
+        assert tuple(len(split[k]) for k in ("train", "val", "test")) == sizes, n
+    # the reference: numpy's permutation of the CSV's case ids with its seed, cut at int(0.7 n), int(0.8 n)
+    order = list(np.random.default_rng(REFERENCE_SPLIT_SEED).permutation([c.uuid for c in cases]))
+    assert [c.uuid for c in split["val"]] == sorted(order[210:240])
+    assert [c.uuid for c in split["test"]] == sorted(order[240:])
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--task", "cls", "--data", "d", "--out", "o"]
+    assert config_from_args(parser.parse_args(base + ["--preset", "paper"])).split_seed == REFERENCE_SPLIT_SEED
+    assert config_from_args(parser.parse_args(base)).split_seed == 42
+    assert config_from_args(parser.parse_args(base + ["--preset", "paper", "--split-seed", "7"])).split_seed == 7
+    assert str(REFERENCE_SPLIT_SEED) in parser.format_help()
+    # six cases leave the reference's cut no validation case: said so, not blamed on subjects
+    six = _records([f"s{i}" for i in range(6)])
+    text = _empty_validation_message(TrainConfig(task="cls", data="D", out="R", split_method="permutation"), six, [])
+    assert "int(0.7 n)" in text and "subject" not in text and "--split-method grouped" in text
 
 
 def test_permutation_split_ignores_subjects(tiny_data):
@@ -609,6 +733,40 @@ def test_offline_copies_and_the_reference_resize(tiny_data):
     assert np.array_equal(aug[0]["frame"].numpy(), first)  # an offline copy is the same in every epoch
     aug.set_pass(2)
     assert not np.array_equal(aug[0]["frame"].numpy(), first)  # another copy
+
+
+def test_paper_copies_get_clahe_half_the_time_and_are_augmented_before_the_resize(tiny_data, monkeypatch):
+    """The reference applies CLAHE to an augmented copy with probability 0.5 (every copy got it),
+    and augments the padded frame at full size before its bicubic resize to 224 (it was resized
+    first, so CLAHE's tiles and the affine acted on 224 x 224 pixels)."""
+    import cv2
+
+    from training import augment
+    from training.augment import PAPER_AUGMENT
+
+    calls = []
+    real = augment.clahe
+    monkeypatch.setattr(augment, "clahe", lambda frame, clip, grid: calls.append(clip) or real(frame, clip, grid))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    for k in range(400):
+        Augmenter(PAPER_AUGMENT)(frame, None, np.random.default_rng(k))
+    assert 0.4 < len(calls) / 400 < 0.6 and all(1.0 <= c <= 4.0 for c in calls)
+    monkeypatch.setattr(augment, "clahe", real)
+
+    index = ds.build_index(ds.read_cases(tiny_data), all_sweeps=True)
+    copies = ds.FrameDataset(index, True, Augmenter(PAPER_AUGMENT), seed=1, offline_copies=2, pre_resize="cv2_cubic")
+    copies.set_pass(1)
+    raw, raw_mask = copies.load(0)
+    square, square_mask = ds._pad_square(raw), ds._pad_square(raw_mask)
+    rng = np.random.default_rng([1, 1_000_003, 1, 0])  # copy 1 of item 0 (see FrameDataset)
+    big, big_mask = Augmenter(PAPER_AUGMENT)(square, square_mask, rng)
+    assert big.shape == square.shape
+    expected = cv2.resize(big, (224, 224), interpolation=cv2.INTER_CUBIC)
+    item = copies[0]
+    assert np.array_equal(item["frame"].numpy(), expected)
+    from fetaliqa_core.preprocess import preprocess_masks
+
+    assert np.array_equal(item["mask"].numpy(), preprocess_masks(big_mask)[0].numpy())  # the mask moved with it
 
 
 def test_paper_decoder_has_the_reference_size_at_vit_l_width():
@@ -754,12 +912,14 @@ def test_one_epoch_tiny_training_end_to_end(tiny_data, tmp_path):
     assert set(result["frame"]["cls"]) >= {"accuracy", "f1", "precision", "recall", "specificity"}
 
 
-def test_paper_preset_trains_a_segmenter_with_the_reference_decoder(tiny_data, tmp_path):
+def test_paper_preset_trains_a_segmenter_with_the_reference_decoder(tiny_data7, tmp_path):
     """``--preset paper`` end to end: the bundle carries the reference's decoder and MLP-only LoRA,
-    and its manifest says which recipe made it."""
+    and its manifest says which recipe made it (the reference's split seed included)."""
+    from training.dataset import REFERENCE_SPLIT_SEED
+
     out = tmp_path / "paper"
     proc = _train(["--task", "seg", "--preset", "paper", "--trials", "1", "--init-filters", "4", "--epochs", "1",
-                   "--max-steps", "2", "--no-test", "--data", str(tiny_data), "--out", str(out), *TINY_ARGS])
+                   "--max-steps", "2", "--no-test", "--data", str(tiny_data7), "--out", str(out), *TINY_ARGS])
     assert proc.returncode == 0, proc.stderr
     from fetaliqa_core.models.bundle import load_bundle
     from fetaliqa_core.models.segmenter import SepUNETRDecoder
@@ -770,6 +930,7 @@ def test_paper_preset_trains_a_segmenter_with_the_reference_decoder(tiny_data, t
     training = manifest.metrics["training"]
     assert training["preset"] == "paper" and training["split_method"] == "permutation"
     assert training["offline_copies"] == 2 and training["pre_resize"] == "cv2_cubic"
+    assert training["split_seed"] == REFERENCE_SPLIT_SEED
     assert isinstance(loaded.model.seg.decoder, SepUNETRDecoder)
 
 
@@ -1117,6 +1278,23 @@ def test_the_training_record_says_when_the_threshold_was_chosen_on_validation():
     for asked in ("auto", "0.5"):
         cfg = TrainConfig(task="cls", data="D", out="R", threshold=asked)
         assert training_record(cfg, 0, splits)["threshold_requested"] == asked
+
+
+def test_the_training_record_holds_the_weight_decay_and_the_segmentation_prior():
+    """The manifest records what ran (README): AdamW's weight decay and --seg-prior were missing."""
+    from types import SimpleNamespace
+
+    from training.config import TrainConfig
+    from training.loop import training_record
+
+    splits = SimpleNamespace(train=[0] * 3, val=[0], test=[0], split_record={"train": {"cases": ["a"]}})
+    record = training_record(TrainConfig(task="seg", data="D", out="R", weight_decay=0.05, seg_prior=0.03), 0, splits)
+    assert record["weight_decay"] == 0.05 and record["seg_prior"] == 0.03
+    assert training_record(TrainConfig(task="cls", data="D", out="R"), 0, splits)["weight_decay"] == 0.01
+    # the paper's reference code never trained its segmenter's encoder; here its LoRA trains, and it is said
+    assert record["encoder_trained"] == "lora"
+    assert training_record(TrainConfig(task="seg", data="D", out="R", full_finetune=True), 0, splits)[
+        "encoder_trained"] == "all"
 
 
 def test_demo_recipe_trains_in_fp32_on_a_cpu_without_bf16_instructions(monkeypatch, capsys):

@@ -39,8 +39,9 @@ class AugmentSettings:
 
 NO_AUGMENT = AugmentSettings(p=0.0)
 #: The reference code's offline copies (every copy augmented): colour jitter with probability 0.5,
-#: CLAHE with a clip limit drawn from 1-4, the affine transform (applied to the padded square).
-PAPER_AUGMENT = AugmentSettings(p=1.0, jitter_p=0.5, clahe_p=1.0, clahe_clip=1.0, clahe_clip_max=4.0, affine_p=1.0)
+#: CLAHE with probability 0.5 and a clip limit drawn from 1-4 (albumentations' CLAHE defaults, as
+#: the reference calls it), the affine transform (always; applied to the padded square at full size).
+PAPER_AUGMENT = AugmentSettings(p=1.0, jitter_p=0.5, clahe_p=0.5, clahe_clip=1.0, clahe_clip_max=4.0, affine_p=1.0)
 
 
 def colour_jitter(frame: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float) -> np.ndarray:

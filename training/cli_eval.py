@@ -25,8 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "scored as -1 with no mask, with a note")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="which cases: a split of the training split (default test) or all (a held-out dataset)")
-    p.add_argument("--split-seed", type=non_negative_int, default=None, help="case split seed (default: the bundle's; with --predictions 42, "
-                        "the split `train` makes by default)")
+    p.add_argument("--split-seed", type=non_negative_int, default=None,
+                   help="case split seed (default: the bundle's; with --predictions the one `train` uses by default: "
+                        "42, or with --split-method permutation --preset paper's 9872398152123123767126, the paper's "
+                        "reference code's)")
     p.add_argument("--split-method", choices=("grouped", "permutation"), default=None,
                    help="with --predictions: how the cases were split, as `train --split-method` (default grouped; "
                         "`--preset paper` trains on a permutation); with bundles, the one they record")

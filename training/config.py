@@ -11,7 +11,7 @@ from pathlib import Path
 from fetaliqa_core.cli._args import non_negative_int, non_negative_number, thread_count
 from fetaliqa_core.errors import FetalIQAError, UsageError
 from fetaliqa_core.models.tasks import TASKS
-from training.dataset import DEFAULT_CACHE_CASES, SPLIT_SEED
+from training.dataset import DEFAULT_CACHE_CASES, REFERENCE_SPLIT_SEED, SPLIT_SEED
 
 SEG_LOSSES = ("dice", "dice_ce", "batch_dice", "batch_dice_ce")
 CONFIG_FILE = "config.json"
@@ -28,18 +28,19 @@ RESUME_KEYS = ("task", "data", "base", "base_config", "lr", "weight_decay", "bat
 #: convolution depthwise-separable with BatchNorm: 1.59 M parameters, 2.3 GMAC at 224 for ViT-L/14
 #: and 32 filters), the smp-style Dice over the batch, frames padded and
 #: pre-resized with OpenCV's bicubic (no antialiasing), two offline augmented copies per frame
-#: (jitter p=0.5, CLAHE clip 1-4, affine on the padded square), a seeded permutation of the
-#: cases as split, AdamW 3e-4, batch 32, 5 epochs, 5 trials. ``fetaliqa`` (the default): the
-#: project's - LoRA on attention and MLP, Dice over the batch + cross-entropy (false positives on
+#: (jitter p=0.5, CLAHE p=0.5 clip 1-4, affine; at full size on the padded square, then the
+#: pre-resize), a seeded permutation of the
+#: cases as split (the reference's seed and truncated cut), AdamW 3e-4, batch 32, 5 epochs, 5
+#: trials. ``fetaliqa`` (the default): the project's - LoRA on attention and MLP, Dice over the batch + cross-entropy (false positives on
 #: frames without abdomen are punished), the models' own antialiased resize, on-the-fly
 #: augmentation, a split grouped by subject, one trial.
 PRESETS: dict[str, dict] = {
     "fetaliqa": {"lora_targets": None, "seg_loss": "batch_dice_ce", "split_method": "grouped", "offline_copies": 0,
                  "augment_recipe": "fetaliqa", "pre_resize": None, "decoder_block": "res", "epochs": 5, "trials": 1,
-                 "lr": 3e-4, "batch_size": 32},
+                 "lr": 3e-4, "batch_size": 32, "split_seed": SPLIT_SEED},
     "paper": {"lora_targets": ["mlp.c_fc", "mlp.c_proj"], "seg_loss": "batch_dice", "split_method": "permutation",
               "offline_copies": 2, "augment_recipe": "paper", "pre_resize": "cv2_cubic", "decoder_block": "sepconv_bn",
-              "epochs": 5, "trials": 5, "lr": 3e-4, "batch_size": 32},
+              "epochs": 5, "trials": 5, "lr": 3e-4, "batch_size": 32, "split_seed": REFERENCE_SPLIT_SEED},
 }
 
 
@@ -117,15 +118,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="base architecture: fetalclip (default), tiny, or a config JSON path")
     p.add_argument("--preset", choices=sorted(PRESETS), default="fetaliqa",
                    help="training recipe: fetaliqa (the project's, default) or paper (the paper's and its reference "
-                        "code's wherever they are exact: MLP-only LoRA, batch Dice, OpenCV pre-resize, 2 offline "
-                        "augmented copies, permutation split, 5 epochs, 5 trials); options given explicitly win")
+                        "code's wherever they are exact: MLP-only LoRA, batch Dice, 2 offline augmented copies per "
+                        "frame (CLAHE p=0.5; made at full size, then the OpenCV pre-resize), the reference's permutation "
+                        "split and seed, 5 epochs, 5 trials, the best epoch by a validation loss whose Dice is one "
+                        "over the whole validation split). One difference: the segmenter's encoder LoRA trains, "
+                        "where the reference ran its encoder without gradients (only its decoder learnt). Options "
+                        "given explicitly win")
     p.add_argument("--epochs", type=int, default=None, help="epochs (both presets: 5)")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (both presets: 3e-4)")
     p.add_argument("--weight-decay", type=non_negative_number, default=0.01, help="AdamW weight decay (default 0.01)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="frames per step, over all processes (both presets: 32)")
     p.add_argument("--trials", type=int, default=None,
-                   help="independent runs (seeds seed..seed+N-1); reports mean +- std (fetaliqa: 1, paper: 5)")
+                   help="independent runs (seeds seed..seed+N-1); reports their test metrics' mean +- std in "
+                        "RUN/metrics.json, and RUN/bundle is the one of lowest validation loss (fetaliqa: 1, paper: 5)")
     p.add_argument("--lora-targets", nargs="+", default=None, choices=("attn", "mlp.c_fc", "mlp.c_proj"),
                    help="modules of each block that carry LoRA (fetaliqa: all three, paper: mlp.c_fc mlp.c_proj)")
     p.add_argument("--decoder-block", choices=("res", "sepconv_bn"), default=None,
@@ -137,7 +143,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="augmented copies of every frame per epoch, fixed across epochs (paper: 2); 0 augments "
                         "on the fly (fetaliqa)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="training seed (initialisation, order, augmentation)")
-    p.add_argument("--split-seed", type=non_negative_int, default=SPLIT_SEED, help=f"seed of the case split (default {SPLIT_SEED})")
+    p.add_argument("--split-seed", type=non_negative_int, default=None,
+                   help=f"seed of the case split (fetaliqa: {SPLIT_SEED}; paper: {REFERENCE_SPLIT_SEED}, the reference "
+                        "code's, which with its truncated 70/10/20 cut gives its split of the 300 ACOUSLIC-AI cases)")
     p.add_argument("--all-sweeps", action="store_true", help="train on every sweep, not only those with an AC value")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
@@ -184,7 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "best F1 on the whole validation split (use it with --neg-ratio, which shifts the "
                         "classifier's prior)")
     p.add_argument("--no-test", dest="test", action="store_false", help="skip the test-split evaluation")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no on-the-fly augmentation")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation: neither on the fly nor offline augmented copies "
+                        "(--preset paper then trains one pass an epoch, on the frames as they are)")
     p.add_argument("--cache-cases", type=int, default=DEFAULT_CACHE_CASES,
                    help="decoded compressed volumes kept per loader process")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="per-epoch checkpoints to keep")
@@ -195,9 +204,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {f for f in TrainConfig.__dataclass_fields__}
     values = {k: v for k, v in vars(args).items() if k in names}
+    copies_given = values.get("offline_copies") is not None
     for key, value in PRESETS[values.get("preset") or "fetaliqa"].items():
         if values.get(key) is None:
             values[key] = value
+    if values.get("augment") is False and not copies_given:
+        # --no-augment: no augmented copies either (the paper preset's 2 copies were trained as 3
+        # identical unaugmented passes an epoch); config.json and the manifest record 0
+        values["offline_copies"] = 0
     for key in ("data", "out", "base", "extra_labels"):
         if values.get(key) is not None:
             values[key] = str(Path(values[key]).expanduser().resolve())
@@ -223,6 +237,9 @@ def validate_config(cfg: TrainConfig) -> None:
                         ("--offline-copies", cfg.offline_copies)):
         if value is not None and value < 0:
             raise UsageError(f"{name} must be 0 or more; got {value}")
+    if not cfg.augment and cfg.offline_copies:
+        raise UsageError(f"--no-augment and --offline-copies {cfg.offline_copies} contradict each other: offline "
+                         "copies are augmented copies; drop one of them")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UsageError(f"--lr must be a positive number; got {cfg.lr}")
     if cfg.threshold != "auto":

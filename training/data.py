@@ -66,6 +66,11 @@ def _empty_validation_message(cfg: TrainConfig, cases, val_cases) -> str:
     from fetaliqa_core.errors import first_names
 
     n_subjects = len({c.subject_id for c in cases})
+    if not val_cases and cfg.split_method == "permutation":
+        return (f"--data {cfg.data}: the validation split is empty: the permutation split cuts its {len(cases)} "
+                "cases as the paper's reference code does (int(0.7 n) training cases, validation up to "
+                "int(0.8 n)), which leaves none for validation. Add cases (7 or more always leave it one), "
+                "or give --split-method grouped")
     if not val_cases:
         return (f"--data {cfg.data}: the validation split is empty: the {len(cases)} cases are of {n_subjects} "
                 "subject(s), and the 70/10/20 split keeps each subject's cases in one split, so it needs at least "

@@ -33,7 +33,12 @@ from fetaliqa_core.files import atomic_path
 #: The paper's split: by case, 70 / 10 / 20 train / val / test, with a fixed seed.
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 SPLIT_NAMES = ("train", "val", "test")
+#: The project's default split seed (the grouped split of ``--preset fetaliqa``).
 SPLIT_SEED = 42
+#: The seed of the paper's reference code's split (its seeded permutation of the cases), the
+#: default of ``--preset paper``: with it, :func:`permutation_split` cuts the 300 ACOUSLIC-AI
+#: training cases into the reference's train / val / test cases.
+REFERENCE_SPLIT_SEED = 9872398152123123767126
 #: Decoded compressed volumes kept per process (an ACOUSLIC case is ~350 MB decoded).
 DEFAULT_CACHE_CASES = 4
 INDEX_VERSION = "1"
@@ -396,14 +401,20 @@ def case_digest(uuid: str) -> str:
 def permutation_split(cases: Sequence[CaseRecord], seed: int = SPLIT_SEED,
                       fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, list[CaseRecord]]:
     """The reference code's split: a seeded permutation of the cases (in CSV order), cut at
-    70 / 10 / 20 %, ignoring subjects (cases of one subject may land in two splits)."""
+    70 / 10 / 20 %, ignoring subjects (cases of one subject may land in two splits).
+
+    Cut as the reference cuts it: truncated, ``int(0.7 n)`` training cases and validation up to
+    ``int((1 - 0.2) n)``, the rest test (on 6 cases 4 / 0 / 2, where rounding gave 4 / 1 / 1; the
+    same on the 300 ACOUSLIC-AI cases), so that with its seed (:data:`REFERENCE_SPLIT_SEED`) the
+    cases fall where they fell for the paper."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise FetalIQAError(f"split fractions {tuple(fractions)} must be three non-negative numbers")
     total = float(sum(fractions))
     order = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
-    n_train = int(round(len(order) * fractions[0] / total))
-    n_val = int(round(len(order) * fractions[1] / total))
-    parts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
+    n = len(order)
+    train_end = int(fractions[0] / total * n)
+    val_end = max(train_end, int((1 - fractions[2] / total) * n))
+    parts = (order[:train_end], order[train_end:val_end], order[val_end:])
     return {name: sorted(part, key=lambda c: c.uuid) for name, part in zip(SPLIT_NAMES, parts)}
 
 
@@ -936,9 +947,9 @@ class FrameDataset:
     epoch shows the frames as they are, passes 1..N their N augmented copies, each copy drawn once
     from (seed, copy, item) and the same in every epoch (:meth:`set_pass`). ``pad_first``: pad
     the frame (and mask) to a square before augmenting, so the affine acts on the padded square
-    (the reference); ``pre_resize="cv2_cubic"``: then resize that square to 224 with OpenCV's
-    bicubic without antialiasing (the reference's ``cv2.INTER_CUBIC`` pre-resize), which the
-    models' own preprocessing leaves as it is.
+    (the reference); ``pre_resize="cv2_cubic"``: then, after the augmentation, resize that square
+    to 224 with OpenCV's bicubic without antialiasing (the reference's ``cv2.INTER_CUBIC``
+    pre-resize; masks nearest), which the models' own preprocessing leaves as it is.
     """
 
     def __init__(self, index: FrameIndex, with_masks: bool, augment=None, seed: int = 0,
@@ -991,12 +1002,8 @@ class FrameDataset:
         frame, mask = self.load(i)
         if self.pad_first:
             frame, mask = _pad_square(frame), None if mask is None else _pad_square(mask)
-        if self.pre_resize == "cv2_cubic":
-            import cv2
-
-            frame = cv2.resize(frame, (224, 224), interpolation=cv2.INTER_CUBIC)
-            if mask is not None:
-                mask = np.ascontiguousarray(preprocess_masks(np.ascontiguousarray(mask))[0].numpy())
+        # augmented at full size, before the pre-resize, as the reference does (pad, augment,
+        # resize): CLAHE's 8 x 8 tiles and the affine's resampling act on the frame's own pixels
         if self.augment is not None and self.offline_copies > 0:
             if self.pass_index > 0:  # the same copy every epoch: offline augmentation
                 rng = np.random.default_rng([self.seed, 1_000_003, self.pass_index, int(i)])
@@ -1004,6 +1011,12 @@ class FrameDataset:
         elif self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, int(i)])
             frame, mask = self.augment(frame, mask, rng)
+        if self.pre_resize == "cv2_cubic":
+            import cv2
+
+            frame = cv2.resize(frame, (224, 224), interpolation=cv2.INTER_CUBIC)
+            if mask is not None:
+                mask = np.ascontiguousarray(preprocess_masks(np.ascontiguousarray(mask))[0].numpy())
         item = {
             "frame": torch.from_numpy(np.ascontiguousarray(frame)),
             "target": torch.tensor(float(self.index.target[i]), dtype=torch.float32),

@@ -88,7 +88,9 @@ def _check_reference_units(case, gt: np.ndarray, ranges, spacing_mm, data) -> No
             "cm. Write the circumferences in mm (multiply by 10) and evaluate again.")
 
 
-# The paper's test results (arXiv 2507.22802, mean of 5 runs) - accuracy, F1, precision, recall.
+# The paper's test results (arXiv 2507.22802, mean of 5 runs) - accuracy, F1, precision, recall,
+# printed to the digits the paper gives (PAPER_DIGITS; 4 elsewhere).
+PAPER_DIGITS = {"FetalCLIP_SEG": 3}
 PAPER_TABLE: list[tuple[str, float | None, float, float | None, float | None]] = [
     ("DenseNet", 0.9516, 0.7024, 0.7805, 0.6420),
     ("EfficientNet", 0.9537, 0.7253, 0.7725, 0.6855),
@@ -385,6 +387,57 @@ def _preset(manifest) -> str:
     return str(rec.get("preset", "fetaliqa")) if isinstance(rec, dict) else "unknown"
 
 
+#: Largest run ``metrics.json`` read beside a bundle (the trials' histories make it a few hundred KB).
+MAX_RUN_METRICS_BYTES = 32 << 20
+#: The per-frame metrics of a run's trials summarised (mean +- std) beside the paper's table.
+SUMMARY_KEYS = ("accuracy", "f1", "precision", "recall", "specificity", "dice")
+
+
+def _trials_record(folder, manifest) -> dict:
+    """How the bundle stands among its run's trials: ``{"trials": N (None where the manifest does
+    not say), "run_test_summary": {metric: {"mean", "std", "n"}} | None, "run_metrics": path | None}``.
+
+    A run of N trials ships one of them as ``RUN/bundle`` (the one of lowest validation loss), and
+    ``RUN/metrics.json`` holds the mean +- std of the N trials' test metrics, which is what the
+    paper reports (the mean of 5 runs). That summary is taken only from the ``metrics.json`` beside
+    the bundle whose best trial is this bundle (same seed and validation loss); a trial's own
+    bundle, a copied bundle or a file that cannot be read gets None."""
+    rec = _record_of(manifest)
+    n = rec.get("trials") if isinstance(rec, dict) else None
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+    out: dict = {"trials": n, "run_test_summary": None, "run_metrics": None}
+    if folder is None or not n or n < 2:
+        return out
+    path = Path(folder).expanduser().resolve().parent / "metrics.json"
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_RUN_METRICS_BYTES:
+            return out
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
+        return out
+    if not isinstance(run, dict) or not isinstance(run.get("trials"), list):
+        return out
+    best = [t for t in run["trials"] if isinstance(t, dict) and t.get("trial") == run.get("best_trial")]
+    metrics = manifest.metrics if isinstance(manifest.metrics, dict) else {}
+    if (len(best) != 1 or best[0].get("seed") != rec.get("seed")
+            or best[0].get("best_val_loss") != metrics.get("best_val_loss")):
+        return out  # not this bundle's run
+    summary = run.get("test_summary")
+    if not isinstance(summary, dict):
+        return out
+    kept = {}
+    for key, stats in summary.items():
+        if not isinstance(stats, dict):
+            continue
+        mean, std, count = stats.get("mean"), stats.get("std"), stats.get("n")
+        if (isinstance(mean, (int, float)) and isinstance(std, (int, float)) and isinstance(count, int)
+                and math.isfinite(mean) and math.isfinite(std) and str(key)[:40] == key):
+            kept[key] = {"mean": float(mean), "std": float(std), "n": count}
+    out["run_test_summary"] = kept or None
+    out["run_metrics"] = str(path) if kept else None
+    return out
+
+
 def _view(results, has_cls: bool, has_seg: bool):
     """The engine results as if only some of the models had run (for per-model challenge rows)."""
     v = copy.copy(results)
@@ -531,6 +584,10 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
         # pair, classifier F1 0.4103 against 0.4000), and metrics.json said neither
         "device": models.device, "precision": models.precision, "app_version": __version__,
         "presets": {k: _preset(manifest) for k, (_, manifest) in _manifests(models).items()},
+        # each bundle is one trained model (a run's trial of lowest validation loss), the paper's
+        # numbers a mean of 5 runs: the run's trials and, where its metrics.json is beside the
+        # bundle, their mean +- std on the run's own test split
+        "trials": {k: _trials_record(folder, manifest) for k, (folder, manifest) in _manifests(models).items()},
         "bundles": {k: str(Path(getattr(settings, k)).expanduser().resolve()) for k in ("cls", "seg")
                     if getattr(settings, k) is not None},
         # each bundle's own (a pair loaded on one base carries the pair's hash, which is neither's)
@@ -730,6 +787,43 @@ def _fmt(v, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
+def _trial_lines(runs: list[dict], labels: dict, width: int) -> list[str]:
+    """Beside the paper's table: what a "1 trial" row is, and the mean +- std of the bundle's run's
+    trials on that run's own test split where its metrics.json records them."""
+    lines = []
+    said = False
+    for run in runs:
+        for key, label in labels.items():
+            if key not in run.get("frame", {}):
+                continue
+            info = run.get("trials", {}).get(key) or {}
+            n = info.get("trials")
+            name = f"{label} [{run.get('presets', {}).get(key, 'fetaliqa')}]"
+            if not said:
+                lines.append("1 trial: each bundle's rows above are one trained model, not a mean of runs:")
+                said = True
+            if n and n > 1:
+                lines.append(f"  {name}: one of its run's {n} trials, the one of lowest validation loss")
+            else:
+                lines.append(f"  {name}: " + ("its run's only trial" if n == 1 else "one trained model"))
+            summary = info.get("run_test_summary")
+            if summary:
+                prefix = "seg_" if key == "seg" and "seg_f1" in summary else ""
+                cells = [summary.get(prefix + k if k != "dice" else k) for k in SUMMARY_KEYS]
+                counts = {c["n"] for c in cells if c}
+                if not counts:
+                    continue
+                lines.append(f"  its run's {'/'.join(str(c) for c in sorted(counts))} trials on the run's own test "
+                             f"split ({info.get('run_metrics')}), not these cases:")
+                for what, part in (("mean", "mean"), ("+- std", "std")):
+                    text = f"{name} {what}"
+                    lines.append(f"  {text:<{width - 2}}"
+                                 + "".join(f"{_fmt(c[part] if c else None):>10}" for c in cells[:4])
+                                 + f"{_fmt(cells[4][part] if cells[4] else None):>12}"
+                                 + f"{_fmt(cells[5][part] if cells[5] else None):>10}")
+    return lines
+
+
 def _tag(run: dict, also: dict | None) -> str:
     """`` [preset]`` after a run's rows when two runs are printed, else nothing."""
     if also is None:
@@ -783,12 +877,19 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
              f"({metrics['n_positive']} positive), sweeps: {'all' if metrics['all_sweeps'] else 'with an AC value'}"
              + (f" ({', '.join(ran)})" if ran else ""),
              ""]
-    header = (f"{'per-frame':<32}{'accuracy':>10}{'F1':>10}{'precision':>10}{'recall':>10}{'specificity':>12}"
-              f"{'Dice':>10}")
-    lines.append(header)
-    lines.append("-" * len(header))
     labels = {"cls": "classifier", "seg": "segmenter (1% area)"}
     runs = [metrics] + ([also] if also else [])
+
+    def row_label(run: dict, key: str) -> str:
+        label = f"{labels[key]} [{run.get('presets', {}).get(key, 'fetaliqa')}]"
+        # beside the paper's means of 5 runs, a bundle's row is one trained model: said on the row
+        return label + (" 1 trial" if compare_paper else "")
+
+    width = max([32] + [len(row_label(run, key)) + 2 for run in runs for key in labels])
+    header = (f"{'per-frame':<{width}}{'accuracy':>10}{'F1':>10}{'precision':>10}{'recall':>10}"
+              f"{'specificity':>12}{'Dice':>10}")
+    lines.append(header)
+    lines.append("-" * len(header))
     groups = [("", "frame")]
     if "frame_ac_sweeps" in metrics:
         sub = metrics["frame_ac_sweeps"]
@@ -803,15 +904,16 @@ def format_report(metrics: dict, compare_paper: bool = False, also: dict | None 
                 if key not in group:
                     continue
                 row = group[key]
-                label = f"{labels[key]} [{run.get('presets', {}).get(key, 'fetaliqa')}]"
-                lines.append(f"{label:<32}" + "".join(f"{_fmt(row.get(k)):>10}" for k in
+                lines.append(f"{row_label(run, key):<{width}}" + "".join(f"{_fmt(row.get(k)):>10}" for k in
                                                        ("accuracy", "f1", "precision", "recall"))
                              + f"{_fmt(row.get('specificity')):>12}" + f"{_fmt(row.get('dice')):>10}")
     if compare_paper:
         lines.append("")
         lines.append("paper (He, Wang, Yaqub 2025; ACOUSLIC-AI test split, mean of 5 runs):")
         for name, acc, f1, prec, rec in PAPER_TABLE:
-            lines.append(f"  {name:<30}" + "".join(f"{_fmt(v):>10}" for v in (acc, f1, prec, rec)))
+            digits = PAPER_DIGITS.get(name, 4)
+            lines.append(f"  {name:<{width - 2}}" + "".join(f"{_fmt(v, digits):>10}" for v in (acc, f1, prec, rec)))
+        lines.extend(_trial_lines(runs, labels, width))
     for run in runs:
         seg = run["frame"].get("seg", {})
         if "grade_accuracy" in seg:

@@ -39,7 +39,7 @@ class PredictionSettings:
     data: Path
     predictions: Path
     split: str = "test"
-    split_seed: int | None = None  # None: the default seed (no bundle records another)
+    split_seed: int | None = None  # None: train's default seed for the split method (no bundle records another)
     split_method: str = "grouped"  # as `train --split-method` (a `--preset paper` model: "permutation")
     max_cases: int | None = None
     progress: bool = True
@@ -222,7 +222,7 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
     from tqdm import tqdm
 
     from fetaliqa_core import analysis as an
-    from training.dataset import SPLIT_SEED, read_cases, split_cases, unlisted_cases
+    from training.dataset import REFERENCE_SPLIT_SEED, SPLIT_SEED, read_cases, split_cases, unlisted_cases
     from training.evaluate import write_outputs
 
     root = Path(settings.predictions)
@@ -233,9 +233,11 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
     if settings.split not in SPLITS:
         raise FetalIQAError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
     cases = read_cases(settings.data)
-    split_seed = SPLIT_SEED if settings.split_seed is None else settings.split_seed
     if settings.split_method not in ("grouped", "permutation"):
         raise FetalIQAError(f"--split-method {settings.split_method!r} is not grouped or permutation")
+    split_seed = settings.split_seed
+    if split_seed is None:  # train's default for that split: a permutation is --preset paper's, its seed the reference's
+        split_seed = REFERENCE_SPLIT_SEED if settings.split_method == "permutation" else SPLIT_SEED
     chosen = cases if settings.split == "all" else split_cases(cases, seed=split_seed,
                                                                method=settings.split_method)[settings.split]
     if settings.max_cases is not None:

@@ -324,7 +324,12 @@ def training_record(cfg: TrainConfig, seed: int, splits: Splits, precision: str 
     return {"data": cfg.data, "data_sha256": splits.split_record.get("data_sha256"),
             "extra_labels": splits.split_record.get("extra_labels"), "trials": cfg.trials,
             "split_seed": cfg.split_seed, "all_sweeps": cfg.all_sweeps, "seed": seed,
-            "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seg_loss": cfg.seg_loss,
+            "epochs": cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size,
+            "seg_loss": cfg.seg_loss, "seg_prior": cfg.seg_prior,
+            # what of the encoder trained: its LoRA adapters (for a segmenter too, under --preset paper
+            # as well: the reference code ran its segmenter's encoder without gradients, so there only
+            # the decoder learnt), or every weight (--full-finetune)
+            "encoder_trained": "all" if cfg.full_finetune else "lora",
             "full_finetune": cfg.full_finetune, "augment": cfg.augment, "neg_ratio": cfg.neg_ratio,
             "max_steps": cfg.max_steps, "val_subsample": cfg.val_frames, "base": cfg.base,
             "train_frames": len(splits.train), "val_frames": len(splits.val), "test_frames": len(splits.test),

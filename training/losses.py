@@ -1,5 +1,6 @@
 """Training losses: BCE for the classifier; for the segmenter soft Dice per frame or over the batch,
-optionally plus cross-entropy (see :func:`seg_loss`)."""
+optionally plus cross-entropy (see :func:`seg_loss`). The validation loss, which picks the best
+epoch, takes the segmenter's Dice over the whole validation split (:func:`validation_terms`)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,7 @@ def dice_loss(seg_logits, masks, n_classes: int, eps: float = 1e-5, over_batch: 
     class's denominator, so it is pushed down whenever the batch holds an abdomen; a class absent
     from the whole batch adds nothing (as in that library).
     """
-    import torch
-    import torch.nn.functional as F
-
-    logits = seg_logits.float()
-    if n_classes == 1:
-        prob = torch.sigmoid(logits)
-        target = (masks > 0).float().unsqueeze(1)
-    else:
-        prob = torch.softmax(logits, dim=1)
-        target = F.one_hot(masks.long().clamp_(0, n_classes - 1), n_classes).permute(0, 3, 1, 2).float()
+    prob, target = _prob_target(seg_logits, masks, n_classes)
     dims = (0, 2, 3) if over_batch else (2, 3)
     inter = (prob * target).sum(dim=dims)
     denom = prob.sum(dim=dims) + target.sum(dim=dims)
@@ -38,6 +30,40 @@ def dice_loss(seg_logits, masks, n_classes: int, eps: float = 1e-5, over_batch: 
         present = target.sum(dim=dims) > 0
         return (loss * present).sum() / present.sum().clamp(min=1)
     return loss.mean()
+
+
+def _prob_target(seg_logits, masks, n_classes: int):
+    """``(probabilities, one-hot truth)``, both ``(B, C, S, S)`` float32 (see :func:`dice_loss`)."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = seg_logits.float()
+    if n_classes == 1:
+        return torch.sigmoid(logits), (masks > 0).float().unsqueeze(1)
+    target = F.one_hot(masks.long().clamp(0, n_classes - 1), n_classes).permute(0, 3, 1, 2).float()
+    return torch.softmax(logits, dim=1), target
+
+
+def dice_sums(seg_logits, masks, n_classes: int):
+    """One batch's share of a Dice over many batches: per class, the soft intersection, the sum of
+    prediction and truth, and the truth's sum (float64 NumPy arrays ``(C,)``; add them up over the
+    batches, then :func:`dice_from_sums`)."""
+    prob, target = _prob_target(seg_logits, masks, n_classes)
+    # per frame on the device, then over the frames in float64: the same sums however the frames
+    # are batched (MPS has no float64)
+    dims = (2, 3)
+    per_frame = ((prob * target).sum(dim=dims), prob.sum(dim=dims) + target.sum(dim=dims), target.sum(dim=dims))
+    return tuple(t.cpu().double().sum(dim=0).numpy() for t in per_frame)
+
+
+def dice_from_sums(inter, denom, truth, eps: float = 1e-5) -> float:
+    """1 - Dice from summed :func:`dice_sums`, averaged over the classes present in the truth (a
+    class absent from every frame adds nothing, as in :func:`dice_loss` over the batch)."""
+    import numpy as np
+
+    loss = 1.0 - (2.0 * np.asarray(inter) + eps) / (np.asarray(denom) + eps)
+    present = np.asarray(truth) > 0
+    return float((loss * present).sum() / max(int(present.sum()), 1))
 
 
 def seg_ce_loss(seg_logits, masks, n_classes: int):
@@ -60,6 +86,30 @@ def seg_loss(kind: str, seg_logits, masks, n_classes: int):
     if kind.endswith("_ce"):
         loss = loss + seg_ce_loss(seg_logits, masks, n_classes)
     return loss
+
+
+def validation_terms(cfg: TrainConfig, cls_logits, seg_logits, targets, masks):
+    """One validation batch's part of the validation loss: ``(mean per-frame terms, Dice sums)``.
+
+    The per-frame terms (BCE; the segmenter's cross-entropy with a ``*_ce`` loss) are means over
+    the batch, which weighted by its size add up to means over the split. The Dice term is not:
+    averaged per batch, a batch of frames without abdomen adds 0 however much mask the model
+    paints on them, and the value changes with --batch-size. So the segmenter's Dice is one Dice
+    over the whole split, whatever ``--seg-loss`` trains with (the reference code's validation
+    loss: its Dice computed once over every validation frame): the batch's :func:`dice_sums`
+    (None without a segmenter) are added up and turned into one Dice by :func:`dice_from_sums`.
+    """
+    import torch.nn.functional as F
+
+    loss = 0.0
+    if cls_logits is not None:
+        loss = loss + float(F.binary_cross_entropy_with_logits(cls_logits.float(), targets))
+    sums = None
+    if seg_logits is not None:
+        if cfg.seg_loss.endswith("_ce"):
+            loss = loss + float(seg_ce_loss(seg_logits, masks, cfg.seg_classes))
+        sums = dice_sums(seg_logits, masks, cfg.seg_classes)
+    return float(loss), sums
 
 
 def compute_loss(cfg: TrainConfig, cls_logits, seg_logits, targets, masks):

@@ -9,7 +9,7 @@ import numpy as np
 from fetaliqa_core.models.tasks import TASKS
 from training.config import TrainConfig
 from training.distributed import DistInfo, gather_objects
-from training.losses import compute_loss
+from training.losses import dice_from_sums, validation_terms
 from training.modelling import autocast_context, model_outputs, to_model_input
 
 
@@ -22,8 +22,16 @@ class FramePredictions:
     seg_area: np.ndarray  # int64 foreground pixels at 224 (-1 without a segmenter)
     seg_call: np.ndarray  # bool, the paper's 1 % area rule
     dice: np.ndarray  # float64, foreground Dice at 224 (NaN where prediction and truth are empty)
-    loss_sum: float
+    loss_sum: float  # per-frame loss terms (BCE, cross-entropy) summed over the frames
     n: int
+    # the segmenter's Dice loss, one Dice over every frame of the split (0.0 without a segmenter)
+    set_dice_loss: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        """The split's loss: the mean per-frame terms plus the Dice over the whole split (see
+        :func:`training.losses.validation_terms`): it does not depend on --batch-size."""
+        return self.loss_sum / max(self.n, 1) + self.set_dice_loss
 
 
 def predict_index(model, dataset, task: str, cfg: TrainConfig, device, info: DistInfo, workers: int) -> FramePredictions:
@@ -40,6 +48,7 @@ def predict_index(model, dataset, task: str, cfg: TrainConfig, device, info: Dis
                         collate_fn=collate, pin_memory=device.type == "cuda")
     parts: dict[str, list] = {"index": [], "p_cls": [], "seg_area": [], "seg_call": [], "dice": []}
     loss_sum, n = 0.0, 0
+    dice_parts = None  # per-class (intersection, prediction + truth, truth) summed over the batches
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -50,7 +59,10 @@ def predict_index(model, dataset, task: str, cfg: TrainConfig, device, info: Dis
             with autocast_context(device, cfg.precision):
                 cls_logits, seg_logits = model_outputs(model, x, task)
             b = int(targets.shape[0])
-            loss_sum += float(compute_loss(cfg, cls_logits, seg_logits, targets, masks)) * b
+            terms, sums = validation_terms(cfg, cls_logits, seg_logits, targets, masks)
+            loss_sum += terms * b
+            if sums is not None:
+                dice_parts = sums if dice_parts is None else tuple(a + c for a, c in zip(dice_parts, sums))
             n += b
             parts["index"].append(batch["index"].numpy())
             if cls_logits is not None:
@@ -72,15 +84,18 @@ def predict_index(model, dataset, task: str, cfg: TrainConfig, device, info: Dis
                 parts["dice"].append(np.full(b, np.nan))
     model.train(was_training)
     local = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
-    local["loss_sum"], local["n"] = loss_sum, n
+    local["loss_sum"], local["n"], local["dice_parts"] = loss_sum, n, dice_parts
     gathered = gather_objects(info, local)
     merged = {k: np.concatenate([g[k] for g in gathered]) for k in parts}
     order = np.argsort(merged["index"], kind="stable")
+    parts_all = [g["dice_parts"] for g in gathered if g["dice_parts"] is not None]
+    set_dice = (dice_from_sums(*(sum(p[k] for p in parts_all) for k in range(3))) if parts_all else 0.0)
     return FramePredictions(
         index=merged["index"][order].astype(np.int64), p_cls=merged["p_cls"][order].astype(np.float32),
         seg_area=merged["seg_area"][order].astype(np.int64), seg_call=merged["seg_call"][order].astype(bool),
         dice=merged["dice"][order].astype(np.float64),
-        loss_sum=float(sum(g["loss_sum"] for g in gathered)), n=int(sum(g["n"] for g in gathered)))
+        loss_sum=float(sum(g["loss_sum"] for g in gathered)), n=int(sum(g["n"] for g in gathered)),
+        set_dice_loss=set_dice)
 
 
 def frame_metrics(pred: FramePredictions, truth: np.ndarray, task: str, threshold: float = 0.5) -> dict:
@@ -92,7 +107,7 @@ def frame_metrics(pred: FramePredictions, truth: np.ndarray, task: str, threshol
     """
     from fetaliqa_core.analysis import binary_metrics
 
-    out: dict = {"loss": pred.loss_sum / max(pred.n, 1), "n_frames": int(pred.n), "n_positive": int(truth.sum())}
+    out: dict = {"loss": pred.loss, "n_frames": int(pred.n), "n_positive": int(truth.sum())}
     keys = ("accuracy", "f1", "precision", "recall", "specificity")
     kind = TASKS[task]
     if kind.has_cls:

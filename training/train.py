@@ -5,8 +5,10 @@
     torchrun --nproc_per_node 4 -m training.train ...     (one process per GPU, DDP)
 
 Defaults are the paper's (arXiv 2507.22802): AdamW lr 3e-4, batch 32, 5 epochs, BCE for the classifier,
-Dice loss for the segmenter, bf16 autocast on CUDA, best epoch by the lowest validation loss;
-split by case 70/10/20 with a fixed seed, grouped by subject; only sweeps with a reference AC.
+Dice loss for the segmenter, bf16 autocast on CUDA, best epoch by the lowest validation loss (its
+Dice taken once over the whole validation split, as the reference code's, so it does not depend on
+--batch-size); split by case 70/10/20 with a fixed seed; only sweeps with a reference AC. The split
+is grouped by subject (the project's: the paper's reference code permutes cases, --preset paper).
 
 Run folder (``--out RUN``)::
 
