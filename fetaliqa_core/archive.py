@@ -61,6 +61,8 @@ TABLE_COLUMNS = (
     "case", "file", "status", "error", "chosen_frame", "chosen_sweep", "ac_mm", "ac_status", "ga_weeks",
     "ga_out_of_range", "n_frames", "frames_scored", "threshold", "models", "notice", "precision", "cls_hash", "seg_hash",
     "base_hash", "file_hash", "content_hash", "rank", "host", "device", "seconds", "finished_utc",
+    # (added at the end, where a table of an earlier version is still taken for ours)
+    "ac_extrapolated",
 )
 # Columns that differ between two runs with the same results (when and where a case ran).
 RUN_COLUMNS = ("rank", "host", "device", "seconds", "finished_utc")

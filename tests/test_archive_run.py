@@ -1155,3 +1155,42 @@ def test_an_out_that_is_the_archive_itself_leaves_its_own_outputs_out_without_a_
     err = capsys.readouterr().err
     assert "left out" not in err and "not looked into" not in err, err
     assert len(_table(folder)) == 2
+
+
+def test_the_table_marks_an_ac_whose_outline_the_field_of_view_cut(tmp_path, capsys, monkeypatch):
+    """cases.csv gave the AC of an outline the field of view cut as plainly as a whole one's (`fetaliqa
+    ac` said "ellipse extrapolated"): ``ac_extrapolated`` says it (1; 0 for a whole outline), at the
+    table's end, and the case's summary.json says it in `ac`'s words."""
+    import cv2
+    import numpy as np
+    import SimpleITK as sitk
+    from fakes import fake_models
+
+    from fetaliqa_core.models import choice
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for name, centre_y in (("cut", 188), ("whole", 140)):
+        # a sector fan of radius 235 px; at 188 px below the apex the abdomen's lower edge runs past
+        # its arc (black there: a few percent of the outline is cut), at 140 px it is whole
+        frames = np.zeros((6, 240, 320), np.uint8)
+        fan = np.zeros((240, 320), np.uint8)
+        cv2.ellipse(fan, (160, 0), (235, 235), 90, -35, 35, 1, -1)
+        for f in range(6):
+            frames[f][fan > 0] = 60
+            if 2 <= f <= 4:
+                cv2.ellipse(frames[f], (160, centre_y), (60, 45), 15, 0, 360, 230, -1)
+            frames[f][fan == 0] = 0
+        image = sitk.GetImageFromArray(frames)
+        image.SetSpacing((0.5, 0.5, 1.0))
+        sitk.WriteImage(image, str(folder / f"{name}.mha"))
+    monkeypatch.setattr(choice, "load_models", lambda c: fake_models(choice=c))  # the user's own, not the demo
+    out = tmp_path / "scores"
+    assert main(["score", str(folder), "--archive", "--out", str(out), "--no-cache", "--quiet"]) == 0
+    capsys.readouterr()
+    rows = {r["case"]: r for r in _table(out)}
+    assert rows["cut"]["ac_status"] == rows["whole"]["ac_status"] == "ok"  # not doubted for it
+    assert rows["cut"]["ac_extrapolated"] == "1" and rows["whole"]["ac_extrapolated"] == "0"
+    assert ar.TABLE_COLUMNS[-1] == "ac_extrapolated"
+    summary = json.loads((ar.case_dir(out, "cut") / "summary.json").read_text())
+    assert summary["chosen_ac"]["note"] == "outline cut by the field of view; ellipse extrapolated"

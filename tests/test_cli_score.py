@@ -408,6 +408,92 @@ def test_no_pixel_spacing_no_mm_anywhere_unless_given(hand_drawn_nifti, tmp_path
     assert usage.value.code == 2 and "implausible" in capsys.readouterr().err
 
 
+CUT = "outline cut by the field of view; ellipse extrapolated"  # `fetaliqa ac`'s and the window's words
+
+
+def _fan_sweep(path, centre_y: int):
+    """The hand-drawn sweep's fan (a sector of radius 235 px) and abdomen in frames 2-4, the abdomen's
+    centre ``centre_y`` px below the apex: at 188 its lower edge runs past the fan's arc, and what lies
+    past it is black (the field of view cuts the outline, a few percent of it); at 140 it is whole."""
+    import cv2
+    import SimpleITK as sitk
+
+    frames = np.zeros((6, 240, 320), np.uint8)
+    fan = np.zeros((240, 320), np.uint8)
+    cv2.ellipse(fan, (160, 0), (235, 235), 90, -35, 35, 1, -1)
+    for f in range(6):
+        frames[f][fan > 0] = 60
+        if 2 <= f <= 4:
+            cv2.ellipse(frames[f], (160, centre_y), AXES, 15, 0, 360, 230, -1)
+        frames[f][fan == 0] = 0
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cut_and_whole(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fancut")
+    return _fan_sweep(root / "cut.nii.gz", 188), _fan_sweep(root / "whole.nii.gz", 140)
+
+
+def _score_with_own_models(monkeypatch, *argv):
+    from fakes import fake_models
+
+    from fetaliqa_core.models import choice
+
+    monkeypatch.setattr(choice, "load_models", lambda c: fake_models(choice=c))  # the user's own, not the demo
+    return main(["score", *map(str, argv), "--quiet", "--no-cache", "--spacing", str(SPACING)])
+
+
+def test_score_says_an_ac_whose_outline_the_field_of_view_cut_was_extrapolated(cut_and_whole, tmp_path, capsys,
+                                                                               monkeypatch):
+    """`fetaliqa ac` said "[outline cut by the field of view; ellipse extrapolated]" and the window
+    "ellipse extrapolated"; `score` printed the same AC plainly with the user's own models."""
+    cut, whole = cut_and_whole
+    assert _score_with_own_models(monkeypatch, cut, "--out", tmp_path / "cut") == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("  sweep 1:"))
+    # the number stays one to act on (the frame choice judges the cut small): what was done is said
+    assert re.search(r", AC \d+\.\d mm, GA \d+w \dd \(" + re.escape(CUT) + r"\)$", line), line
+    assert _score_with_own_models(monkeypatch, whole, "--out", tmp_path / "whole") == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("  sweep 1:"))
+    assert re.search(r", AC \d+\.\d mm, GA \d+w \dd$", line), line
+
+
+def test_summary_json_records_an_ac_whose_outline_the_field_of_view_cut(cut_and_whole, tmp_path, monkeypatch):
+    """summary.json gave the cut outline's AC as plainly as a whole one's: its notes now say it in the
+    same words, and ``ac_extrapolated`` (per sweep, null without an AC shown) records it."""
+    cut, whole = cut_and_whole
+    summaries = {}
+    for name, path in (("cut", cut), ("whole", whole)):
+        assert _score_with_own_models(monkeypatch, path, "--out", tmp_path / name) == 0
+        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    s = summaries["cut"]
+    assert s["chosen_frame"] in (2, 3, 4) and s["chosen_ac"]["status"] == "ok"  # not doubted for it
+    assert s["chosen_ac"]["note"] == CUT and s["chosen_ac"]["ga_text"]
+    assert s["sweeps"][0]["ac_note"] == CUT and s["sweeps"][0]["ac_extrapolated"] is True
+    w = summaries["whole"]
+    assert w["chosen_ac"]["status"] == "ok" and w["chosen_ac"]["note"] == ""
+    assert w["sweeps"][0]["ac_note"] == "" and w["sweeps"][0]["ac_extrapolated"] is False
+
+
+def test_a_folder_s_table_marks_an_ac_whose_outline_the_field_of_view_cut(cut_and_whole, tmp_path, capsys,
+                                                                         monkeypatch):
+    """summary.csv gave the cut outline's AC as plainly as a whole one's: ``ac_extrapolated`` says it
+    (1, 0 for a whole outline), at the table's end, where an earlier table's columns stay in place."""
+    from fetaliqa_core.cli.score import TABLE_COLUMNS
+
+    folder = tmp_path / "sweeps"
+    folder.mkdir()
+    for path in cut_and_whole:
+        (folder / path.name).write_bytes(path.read_bytes())
+    assert _score_with_own_models(monkeypatch, folder, "--out", tmp_path / "out") == 0
+    capsys.readouterr()
+    table = {r["file"]: r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open(encoding="utf-8"))}
+    assert table["cut.nii.gz"]["ac_status"] == table["whole.nii.gz"]["ac_status"] == "ok"
+    assert table["cut.nii.gz"]["ac_extrapolated"] == "1" and table["whole.nii.gz"]["ac_extrapolated"] == "0"
+    assert TABLE_COLUMNS[-1] == "ac_extrapolated"
+
+
 def test_folder_table_marks_an_ac_that_is_not_a_number_to_act_on(capsys):
     """The per-sweep lines said "(doubtful: ...)", but the folder's table printed the bare number."""
     from fetaliqa_core.cli.score import print_table, table_rows

@@ -793,3 +793,40 @@ def test_reviewer_names_and_paths_from_another_program_lose_control_characters_i
     assert next(csv.DictReader(io.StringIO(texts["labels"])))["uuid_or_hash"] == "[2Jcasegnp"
     assert "evil[31mRED]0;titleabc" in texts["html"] and "[2Jcasegnp.mha" in texts["html"]
     s.close()
+
+
+def test_the_report_says_an_ac_whose_outline_the_field_of_view_cut_was_extrapolated(tmp_path):
+    """`fetaliqa ac` said "[outline cut by the field of view; ellipse extrapolated]" and the window
+    "ellipse extrapolated"; the report gave the same AC plainly (the store keeps no word of it), on
+    the chosen frame's picture and beside the number to act on. Worked out from the frames when the
+    report is written; a whole outline's AC stays plain."""
+    from fetaliqa_core.analysis import ramanujan_circumference
+
+    cut = "outline cut by the field of view; ellipse extrapolated"
+    pages = {}
+    for name, centre_y in (("cut", 188), ("whole", 140)):
+        # a sector fan of radius 235 px; at 188 px below the apex the abdomen's lower edge runs past
+        # its arc (black there: a few percent of the outline is cut), at 140 px it is whole
+        frames = np.zeros((6, 240, 320), np.uint8)
+        fan = np.zeros((240, 320), np.uint8)
+        cv2.ellipse(fan, (160, 0), (235, 235), 90, -35, 35, 1, -1)
+        mask = np.zeros((240, 320), np.uint8)
+        cv2.ellipse(mask, (160, centre_y), (60, 45), 15, 0, 360, 1, -1)
+        mask[fan == 0] = 0
+        for f in range(6):
+            frames[f][fan > 0] = 60
+            frames[f][mask > 0] = 230 if 2 <= f <= 4 else 60
+        s = ReviewStore(tmp_path / f"{name}.sqlite3")
+        sid = s.add_sweep(name[0] * 64, f"/data/{name}.nii.gz", 6, [(0, 6)], (0.5, 0.5))
+        p = np.array([0.1, 0.3, 0.8, 0.9, 0.8, 0.3], np.float32)
+        ac_mm = round(ramanujan_circumference(60, 45) * 0.5, 1)
+        s.add_model_run(sid, {"cls": {"hash": "ab", "name": "own cls"}, "seg": {"hash": "cd", "name": "own seg"}},
+                        p, p, (p * 9000).astype(int), p >= 0.5, chosen_frame=3, ac_mm=ac_mm, masks={3: mask})
+        pages[name] = build_report(s, tmp_path / f"{name}.html", sweep_loader=lambda path, fr=frames: fr).read_text(
+            encoding="utf-8")
+        s.close()
+    page = pages["cut"]
+    # the number to act on is kept (the frame choice's verdict decides that); what was done is said
+    assert re.search(r"<b>\d+\.\d mm</b> \(" + re.escape(cut) + r"\)", page), page
+    assert re.search(r"AC \d+\.\d mm \(" + re.escape(cut) + r"\)", page) and "doubtful" not in page
+    assert "extrapolated" not in pages["whole"] and re.search(r"AC \d+\.\d mm<", pages["whole"])

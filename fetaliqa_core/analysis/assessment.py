@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from fetaliqa_core.analysis import frame_choice
-from fetaliqa_core.analysis.ac import ACMeasurement, hadlock_ga, measure_frame_ac
+from fetaliqa_core.analysis.ac import ACMeasurement, extrapolated_note, hadlock_ga, measure_frame_ac
 from fetaliqa_core.analysis.units import model_doubt, models_disagree, read_ac
 
 #: Threshold on the segmenter's score ``p_seg = f / (f + 0.01)`` (``f``: share of the 224 x 224
@@ -322,6 +322,11 @@ class SweepSummary:
     #: the plane at the best frame as a 3-class segmenter grades it ("optimal" | "suboptimal"; None:
     #: no such segmenter, or no frame): a measurement on a suboptimal plane is to be read as such
     plane: str | None = None
+    #: the outline at the best frame was cut by the field of view, so part of the ellipse whose AC is
+    #: given is extrapolated, not seen (``ac_note`` says it in `fetaliqa ac`'s words,
+    #: :func:`~fetaliqa_core.analysis.ac.extrapolated_note`); None: no AC shown. Said, not doubted: whether
+    #: such an outline makes the AC doubtful is the frame choice's to judge
+    ac_extrapolated: bool | None = None
 
 
 def _score_at(scores, frame: int, has: bool) -> float | None:
@@ -501,7 +506,7 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
         m = ac_on(frame)
         r = _with_region(read_ac(None if m is None else m.ac_mm, spacing_problem or _region_problem(m),
                                  _mask_problem(choice, frame), _disagreement(p_cls, thresholds, frame, flags),
-                                 doubt_of_models), m)
+                                 doubt_of_models), m, _cut_note(sweep, m, frame))
         if frame < 0:
             why = _why_no_frame(flags, choice, start, stop)
             r = replace(r, note=why if why == "no frame scored" else why + _dim_frames(sweep, start, stop))
@@ -518,11 +523,13 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
             p_cls=_score_at(results.p_cls, frame, results.has_cls),
             p_seg=_score_at(results.p_seg, frame, results.has_seg),
             plane=(None if frame < 0 or b is None or b.optimal is None
-                   else ("optimal" if b.optimal else "suboptimal"))))
+                   else ("optimal" if b.optimal else "suboptimal")),
+            ac_extrapolated=bool(m.truncated) if m is not None and r.ac_mm is not None else None))
     chosen_m = ac_on(chosen)
     chosen_reading = _with_region(read_ac(None if chosen_m is None else chosen_m.ac_mm,
                                           spacing_problem or _region_problem(chosen_m), _mask_problem(choice, chosen),
-                                          _disagreement(p_cls, thresholds, chosen, flags), doubt_of_models), chosen_m)
+                                          _disagreement(p_cls, thresholds, chosen, flags), doubt_of_models), chosen_m,
+                                  _cut_note(sweep, chosen_m, chosen))
     if chosen >= 0 and chosen_m is None:
         chosen_reading = replace(chosen_reading, note=_why_no_ac(results, chosen))
     elif chosen < 0 and sweeps:
@@ -570,13 +577,31 @@ def _region_problem(m: ACMeasurement | None) -> str | None:
     return None if m is None else getattr(m, "spacing_problem", None)
 
 
-def _with_region(r, m: ACMeasurement | None):
-    """``r`` saying, with its length, that ``m`` was measured at the size of the image region holding
-    the outline, not at the sweep's (``ACMeasurement.spacing_note``)."""
+def _with_region(r, m: ACMeasurement | None, cut: str = ""):
+    """``r`` saying, with its length, that ``m``'s outline was cut by the field of view, its ellipse
+    extrapolated past it (``cut``: :func:`_cut_note`), and that ``m`` was measured at the size of the
+    image region holding the outline, not at the sweep's (``ACMeasurement.spacing_note``); in the
+    window's order (``app.viewer_model.ViewerModel.reading``)."""
     note = "" if m is None else getattr(m, "spacing_note", "")
-    if not note or r.ac_mm is None:
+    if not (note or cut) or r.ac_mm is None:
         return r
-    return replace(r, note="; ".join(t for t in (r.note, note) if t))
+    return replace(r, note="; ".join(t for t in (r.note, cut, note) if t))
+
+
+def _cut_note(sweep, m: ACMeasurement | None, frame: int) -> str:
+    """What is said beside an AC whose outline the field of view of ``frame`` cut (``m.truncated``):
+    `fetaliqa ac`'s and the window's words (:func:`~fetaliqa_core.analysis.ac.extrapolated_note`);
+    empty for a whole outline. An answer whose ellipse was partly extrapolated read as plainly as a
+    whole one in `score`'s lines, summary.json and summary.csv."""
+    if m is None or not getattr(m, "truncated", False):
+        return ""
+    from fetaliqa_core import acouslic
+
+    try:
+        fov = acouslic.frame_fov(sweep, frame)
+    except (AttributeError, TypeError, ValueError):  # (a stand-in sweep without frames: its ACs were
+        fov = "acouslic"  # measured in a field of view all the same, as every sweep's are)
+    return extrapolated_note(m, fov)
 
 
 #: The field of view's name where the sweep's fan changes between frames (its depth or width changed

@@ -509,7 +509,10 @@ def _score_member(k: int, member: Path, out: Path, n_members: int, box: dict, ch
 TABLE_FILE = "summary.csv"
 TABLE_COLUMNS = ("file", "sweep", "kind", "frames_scored", "n_frames", "best_frame", "p_cls", "p_seg", "ac_mm",
                  "ac_status", "ga", "ga_weeks", "chosen_frame", "choice_basis", "status", "error", "notice",
-                 "models")  # what scored (summary.json's models): a student's answer and a teacher's looked alike
+                 "models",  # what scored (summary.json's models): a student's answer and a teacher's looked alike
+                 # 1: the AC's outline was cut by the field of view, its ellipse extrapolated past the cut
+                 # (summary.json's ac_extrapolated; 0 for a whole outline, empty without an AC shown)
+                 "ac_extrapolated")
 
 
 def table_rows(name: str, summary: dict) -> list[list]:
@@ -531,7 +534,8 @@ def table_rows(name: str, summary: dict) -> list[list]:
                      "" if s["ga_weeks"] is None else f"{s['ga_weeks']:.2f}",
                      summary["chosen_frame"], summary.get("choice_basis", ""), status, "",
                      summary.get("notice", ""),  # a demonstration or test model's numbers say so on each row
-                     summary.get("models", "")])
+                     summary.get("models", ""),
+                     {True: "1", False: "0"}.get(s.get("ac_extrapolated"), "")])
     return rows
 
 

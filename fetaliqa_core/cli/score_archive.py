@@ -123,6 +123,9 @@ def _record_writer(item: ar.Item, base: dict):
                       ga_weeks=round(float(ga.weeks), 2) if ga is not None else None,  # as summary.json
                       # whether the AC shown lies outside Hadlock's range (then no GA): empty without an AC
                       ga_out_of_range=bool(an.hadlock_ga(m.ac_mm).out_of_range) if m is not None else None,
+                      # whether the AC shown was measured on an outline the field of view cut, its ellipse
+                      # extrapolated past the cut (summary.json's words in its chosen_ac note): empty without an AC
+                      ac_extrapolated=bool(m.truncated) if m is not None else None,
                       n_frames=int(sweep.n_frames), frames_scored=int(results.n_done),
                       seconds=round(time.perf_counter() - base["_t0"], 3), finished_utc=ar.utc_now())
         record.pop("_t0")

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from fetaliqa_core import __version__
-from fetaliqa_core.analysis.ac import ellipse_polygon, format_ga
+from fetaliqa_core.analysis.ac import ellipse_polygon, extrapolated_note, format_ga
 from fetaliqa_core.analysis.units import models_disagree
 from fetaliqa_core.errors import FetalIQAError
 from fetaliqa_core.files import atomic_write, csv_writer
@@ -288,8 +288,14 @@ def _thumbnail_ac_text(mask, ac, sweep, fov, frame=None, disagreement: str | Non
     grey = None if frame is None or np.asarray(frame).shape != region.shape else np.asarray(frame)
     shape = frame_choice.mask_shape(region, resolve_fov(fov, region.shape), px_mm, grey=grey)
     r = read_ac(ac.ac_mm, None, shape.problem, disagreement, model_doubt(demo, px_mm, student_alone))
+    # an outline the field of view cut, its ellipse extrapolated past it: said in `fetaliqa ac`'s and the
+    # window's words (the report gave the number plain, the store keeping no word of it). Said, not
+    # doubted: whether the cut makes the AC doubtful is the frame choice's verdict above
+    cut = extrapolated_note(ac, fov)
+    if r.trusted:
+        return f"AC {r.ac_mm:.1f} mm" + (f" ({cut})" if cut else "")
     # the reason too (the summary points here for it): 'doubtful' alone said nothing of why
-    return f"AC {r.ac_mm:.1f} mm" + ("" if r.trusted else f" (doubtful: {r.note})")
+    return f"AC {r.ac_mm:.1f} mm (doubtful: {'; '.join(t for t in (r.note, cut) if t)})"
 
 
 def _thumbnail_doubt(run, f: int) -> str | None:
@@ -618,13 +624,21 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                          "left out of the agreement with the model.</p>")
         chosen = "–" if run.chosen_frame is None else _e(_where(sweep, run.chosen_frame))
         # Only a number to act on is stored with a run; a doubtful reading is on the chosen frame's tile.
-        ac = ("–" if run.chosen_frame is None else "– (none to act on: doubtful or not measurable; the chosen "
-               "frame's picture, when the sweep is shown, gives its reading and why)") if run.ac_mm is None else (
+        answer = ("–" if run.chosen_frame is None else "– (none to act on: doubtful or not measurable; the chosen "
+                   "frame's picture, when the sweep is shown, gives its reading and why)") if run.ac_mm is None else (
             f"{run.ac_mm:.1f} mm")
-        parts.append(_grid(
-            ["Chosen frame", "AC at chosen frame", "GA (Hadlock)", "Flagged frames"],
-            [[f"<b>{chosen}</b>", f"<b>{ac}</b>", f"<b>{_e(_ga_text(ga_weeks_of(run)))}</b>",
-              f"{int(run.flagged.sum())} of {sweep.n_frames}"]], [25, 25, 25, 25]))
+
+        def answer_grid(cut: str = "") -> str:
+            # ``cut``: the chosen frame's outline cut by the field of view, as its picture measures it
+            # below (the store keeps no word of it): said beside the number to act on, as the window says it
+            # (``answer``, not ``ac``: the pictures' loop below names its measurements so)
+            said = f"<b>{answer}</b>" + (f" ({_e(cut)})" if cut and run.ac_mm is not None else "")
+            return _grid(["Chosen frame", "AC at chosen frame", "GA (Hadlock)", "Flagged frames"],
+                         [[f"<b>{chosen}</b>", said, f"<b>{_e(_ga_text(ga_weeks_of(run)))}</b>",
+                           f"{int(run.flagged.sum())} of {sweep.n_frames}"]], [25, 25, 25, 25])
+
+        answer_at = len(parts)  # (filled in again once the chosen frame's outline is measured, below)
+        parts.append(answer_grid())
         curve = draw_quality_curve(
             sweep.n_frames, run.p_cls, run.p_seg, run.threshold, sweep.sweep_ranges,
             run.flagged, {f: v.label for f, v in latest_by_frame.items()}, run.chosen_frame,
@@ -685,6 +699,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                 if mask is None and loader_masks is not None:
                     mask = loader_masks[f]
                 ac, fov = _thumbnail_ac(mask, frames, sweep, view, f)
+                if f == run.chosen_frame and ac is not None and _lengths_shown(sweep):
+                    parts[answer_at] = answer_grid(extrapolated_note(ac, fov))
                 # an outline in an image region of another pixel size than the one the database
                 # keeps (a picture-in-picture): measured at that region's, or given no mm
                 outline_mm, outline_problem = _outline_spacing(calibrations, sweep, mask)
