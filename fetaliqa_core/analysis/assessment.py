@@ -581,7 +581,7 @@ def _with_region(r, m: ACMeasurement | None, cut: str = ""):
     """``r`` saying, with its length, that ``m``'s outline was cut by the field of view, its ellipse
     extrapolated past it (``cut``: :func:`_cut_note`), and that ``m`` was measured at the size of the
     image region holding the outline, not at the sweep's (``ACMeasurement.spacing_note``); in the
-    window's order (``app.viewer_model.ViewerModel.reading``)."""
+    order the viewer gives them: the reason, the cut, the region."""
     note = "" if m is None else getattr(m, "spacing_note", "")
     if not (note or cut) or r.ac_mm is None:
         return r
