@@ -1153,6 +1153,23 @@ def test_ac_with_its_sweep_doubts_a_section_of_the_thorax_not_an_abdomen_with_it
             assert record["ac_status"] == "ok" and record["ga"], record
 
 
+def test_ac_with_its_sweep_doubts_a_thorax_whose_heart_has_thin_septa(tmp_path, capsys):
+    """A thorax whose heart's septa are 2 px wide at the model's size read 'AC ... mm, GA ...'
+    plain with its sweep: the smoothing that reads the chambers blurred the septa away and the
+    chambers joined into one dark piece, as a stomach is. It is now doubtful, with the heart named
+    in the reason."""
+    from fetaliqa_core.io import write_volume
+    from tests.test_frame_choice import PX_MM, _section
+
+    frame, mask = _section("thorax", axes=(46, 41), angle=20.0, seed=0, septum=2)
+    write_volume(tmp_path / "thorax.mha", frame[None].repeat(2, 0), spacing_mm=(PX_MM, PX_MM))
+    path = _write(tmp_path, mask[None].repeat(2, 0), "thorax_mask.mha", spacing=PX_MM)
+    assert main(["ac", str(path), "--frame", "1", "--sweep", str(tmp_path / "thorax.mha"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["ac_status"] == "doubtful" and record["ga"] is None, record
+    assert "heart" in record["mask_problem"], record["mask_problem"]
+
+
 @pytest.mark.parametrize("matrix,said", [("2 0 0 0 2 0 0 0 1", "states two pixel sizes"),
                                          ("1 0 0 0.5 0.866025 0 0 0 1", "meet at 60 degrees, not 90")])
 def test_a_mask_and_sweep_whose_metaimage_matrix_is_no_rotation_are_measured_without_mm(tmp_path, capsys, matrix,

@@ -193,12 +193,25 @@ CENTRAL_REASON = "its brightest echo lies at its centre, as a limb's bone does; 
 #: their convex hull: a dim stretch of tissue crosses the threshold in ragged pieces) are joined
 #: across walls up to :data:`CHAMBER_WALL` of the smaller semi-axis thick on each side. Where
 #: :data:`CHAMBER_COUNT` or more pieces of one such structure are each at least
-#: :data:`CHAMBER_SIMILAR` of its largest, the outline is a thorax's. Measured with ``ac`` on truth
-#: outlines that read a plain AC (docs/FRAME_CHOICE.md): thoraxes of two independent generators,
-#: 15 of 36 and 9 of 41 caught; abdomens of four generators, none of 249: their most like pieces in
-#: one structure was 2, at any contrast from 2.5 to 4 spreads (without the solidity, the ragged edge
-#: of a shadow beside the vein of one of this project's own abdomens made 3 at 3.5).
+#: :data:`CHAMBER_SIMILAR` of its largest, the outline is a thorax's. Septa about 2 px wide at the
+#: mask's size are blurred away at that smoothing (the chambers join into one piece, as a stomach
+#: is), and chambers whose blood is nearer the lung's grey cross that threshold as one piece joined
+#: at their corners: the inside is read again smoothed over :data:`CHAMBER_FINE_SIGMA`, at each of
+#: the :data:`CHAMBER_FINE_DEPTHS` (spreads, ratio to the median) in turn. A piece found deeper than
+#: the first of them counts only where it fills :data:`CHAMBER_FILL` of the dark piece it lies in at
+#: the first: the darker cores of a wide dim stretch (a shadow across the liver) are specks in it
+#: (read down to 6 spreads without this, one of this project's own abdomens made three like pieces
+#: at the model's size). Measured with ``ac`` on truth outlines that read a plain AC without the
+#: check (docs/FRAME_CHOICE.md): thoraxes of two independent generators, 31 of 36 and 12 of 41
+#: caught (15 and 9 at the first smoothing alone); of a third, kept apart until the end, 6 more of
+#: the 30 the first smoothing left plain; abdomens of five generators, none of 289. The margin is
+#: narrow: smoothed over 0.025, a first depth of 2.5 spreads or a ratio of 0.8 made the shadow
+#: under an abdomen's spine three pieces; at the model's size, a first depth of 3.5 spreads made a
+#: shadow beside the vein three.
 CHAMBER_SIGMA = 0.035
+CHAMBER_FINE_SIGMA = 0.02
+CHAMBER_FINE_DEPTHS = ((3.0, 0.85), (4.0, 0.75))
+CHAMBER_FILL = 0.5
 CHAMBER_REACH = 0.85
 CHAMBER_DARK = 3.0
 CHAMBER_DARK_RATIO = 0.85
@@ -858,7 +871,8 @@ def heart_chambers(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> 
     """Whether a fitted ellipse holds a dark structure divided by bright walls into chambers, as
     the heart in a section of the thorax is (:data:`CHAMBER_REASON`), on the frame's grey levels
     ``grey`` (the mask's size; ``fov`` bool or None): :data:`CHAMBER_COUNT` or more compact dark
-    pieces of like size, side by side. False when too little of the inside lies in the image and
+    pieces of like size, side by side, at :data:`CHAMBER_SIGMA`'s smoothing or at any of the finer
+    one's :data:`CHAMBER_FINE_DEPTHS`. False when too little of the inside lies in the image and
     the field of view to tell."""
     g = np.asarray(grey)
     (cx, cy), (w, h), angle = ellipse
@@ -871,27 +885,50 @@ def heart_chambers(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> 
     if x1 - x0 < 16 or y1 - y0 < 16:
         return False
     m = min(a, b)
-    sigma = max(1.0, CHAMBER_SIGMA * m)
-    smooth = cv2.GaussianBlur(g[y0:y1, x0:x1].astype(np.float32), (0, 0), sigma)
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     dx, dy = xx - cx, yy - cy
     rho = np.hypot((dx * ca + dy * sa) / a, (-dx * sa + dy * ca) / b)
-    seen = np.ones(smooth.shape, bool) if fov is None else np.asarray(fov, bool)[y0:y1, x0:x1]
+    seen = np.ones(rho.shape, bool) if fov is None else np.asarray(fov, bool)[y0:y1, x0:x1]
     inside = (rho < CHAMBER_REACH) & seen
     if inside.sum() < 0.8 * (rho < CHAMBER_REACH).sum():
         return False
-    level = float(np.median(smooth[inside]))
-    # the speckle's spread at this smoothing: what a wider blur leaves (the heart, the stomach and
-    # shadows are wider than that, so they leave little of it)
-    rest = smooth - cv2.GaussianBlur(smooth, (0, 0), 4 * sigma)
-    spread = 1.4826 * float(np.median(np.abs(rest[inside])))
-    dark = inside & (smooth < min(level - CHAMBER_DARK * spread, CHAMBER_DARK_RATIO * level))
+    crop = g[y0:y1, x0:x1].astype(np.float32)
+    readings = ((CHAMBER_SIGMA, ((CHAMBER_DARK, CHAMBER_DARK_RATIO),)), (CHAMBER_FINE_SIGMA, CHAMBER_FINE_DEPTHS))
+    for share, depths in readings:
+        sigma = max(1.0, share * m)
+        smooth = cv2.GaussianBlur(crop, (0, 0), sigma)
+        level = float(np.median(smooth[inside]))
+        # the speckle's spread at this smoothing: what a wider blur leaves (the heart, the stomach
+        # and shadows are wider than that, so they leave little of it)
+        rest = smooth - cv2.GaussianBlur(smooth, (0, 0), 4 * sigma)
+        spread = 1.4826 * float(np.median(np.abs(rest[inside])))
+        first = None  # the dark pixels at this smoothing's first depth
+        for k, ratio in depths:
+            dark = inside & (smooth < min(level - k * spread, ratio * level))
+            if first is None:
+                first = dark
+            if _chambered(dark, first, a, b):
+                return True
+    return False
+
+
+def _chambered(dark: np.ndarray, first: np.ndarray, a: float, b: float) -> bool:
+    """Whether the dark pixels ``dark`` (inside an ellipse of semi-axes ``a``, ``b``) form
+    :data:`CHAMBER_COUNT` or more compact, solid pieces of like size in one structure
+    (:func:`heart_chambers`); ``first``: the dark pixels at the shallowest depth read, which
+    ``dark`` lies in."""
+    m = min(a, b)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(dark.astype(np.uint8), connectivity=8)
     area = math.pi * a * b
+    _, wide = cv2.connectedComponents(first.astype(np.uint8), connectivity=8)
     keep = []
     for k in range(1, n):
         if stats[k, cv2.CC_STAT_AREA] < max(CHAMBER_MIN * area, 6):
+            continue
+        ys, xs = np.nonzero(lab == k)
+        around = wide == wide[ys[0], xs[0]]
+        if (dark & around).sum() < CHAMBER_FILL * around.sum():
             continue
         pts = np.column_stack(np.nonzero(lab == k)).astype(np.float64)
         low, high = np.linalg.eigvalsh(np.cov(pts.T))
