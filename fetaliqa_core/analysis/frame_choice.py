@@ -819,30 +819,41 @@ def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | N
     return replace(shape, rim=r, off_edge=edge_offset(grey, fov, shape.ellipse))
 
 
+def _ellipse_box(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple, smallest: float, room: int):
+    """A fitted ellipse's bounding box in ``grey`` (with room for a blur), as the readings of its
+    inside take it: ``(crop, seen, xx, yy, rho, a, b)``: the box's grey levels (float32), which of
+    its pixels lie in the field of view ``fov`` (all where None), their x and y, their elliptic
+    radius (1 on the ellipse) and the semi-axes. None when the frame is not 2-D, the ellipse not a
+    number, its smaller semi-axis under ``smallest`` pixels or the box under ``room`` pixels a side."""
+    g = np.asarray(grey)
+    (cx, cy), (w, h), angle = ellipse
+    a, b = w / 2.0, h / 2.0
+    if g.ndim != 2 or not all(math.isfinite(float(v)) for v in (cx, cy, a, b, angle)) or min(a, b) < smallest:
+        return None
+    r = max(a, b)
+    x0, x1 = max(int(cx - r) - 2, 0), min(int(cx + r) + 3, g.shape[1])
+    y0, y1 = max(int(cy - r) - 2, 0), min(int(cy + r) + 3, g.shape[0])
+    if x1 - x0 < room or y1 - y0 < room:
+        return None
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    dx, dy = xx - cx, yy - cy
+    rho = np.hypot((dx * ca + dy * sa) / a, (-dx * sa + dy * ca) / b)
+    seen = np.ones(rho.shape, bool) if fov is None else np.asarray(fov, bool)[y0:y1, x0:x1]
+    return g[y0:y1, x0:x1].astype(np.float32), seen, xx, yy, rho, a, b
+
+
 def central_echo(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> bool:
     """Whether the brightest echo inside a fitted ellipse lies at its centre, as a limb's bone
     does (:data:`CENTRAL_REASON`), on the frame's grey levels ``grey`` (the mask's size; ``fov``
     bool or None). False when too little of the inside lies in the image and the field of view
     to tell."""
-    g = np.asarray(grey)
-    (cx, cy), (w, h), angle = ellipse
-    a, b = w / 2.0, h / 2.0
-    if g.ndim != 2 or not all(math.isfinite(float(v)) for v in (cx, cy, a, b, angle)) or min(a, b) < 4.0:
+    box = _ellipse_box(grey, fov, ellipse, smallest=4.0, room=8)
+    if box is None:
         return False
-    # the ellipse's bounding box only, with room for the blur
-    r = max(a, b)
-    x0, x1 = max(int(cx - r) - 2, 0), min(int(cx + r) + 3, g.shape[1])
-    y0, y1 = max(int(cy - r) - 2, 0), min(int(cy + r) + 3, g.shape[0])
-    if x1 - x0 < 8 or y1 - y0 < 8:
-        return False
-    crop = g[y0:y1, x0:x1].astype(np.float32)
+    crop, seen, xx, yy, rho, a, b = box
     sigma = max(1.0, CENTRAL_SIGMA * min(a, b))
     smooth = cv2.GaussianBlur(crop, (0, 0), sigma)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    dx, dy = xx - cx, yy - cy
-    rho = np.hypot((dx * ca + dy * sa) / a, (-dx * sa + dy * ca) / b)
-    seen = np.ones(crop.shape, bool) if fov is None else np.asarray(fov, bool)[y0:y1, x0:x1]
     inside, core = rho < 0.9, rho < CENTRAL_REACH
     band = (rho > 0.45) & (rho < 0.8)
     # the inside must be seen, most of it: the black beyond a fan's edge is no echo
@@ -874,26 +885,14 @@ def heart_chambers(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> 
     pieces of like size, side by side, at :data:`CHAMBER_SIGMA`'s smoothing or at any of the finer
     one's :data:`CHAMBER_FINE_DEPTHS`. False when too little of the inside lies in the image and
     the field of view to tell."""
-    g = np.asarray(grey)
-    (cx, cy), (w, h), angle = ellipse
-    a, b = w / 2.0, h / 2.0
-    if g.ndim != 2 or not all(math.isfinite(float(v)) for v in (cx, cy, a, b, angle)) or min(a, b) < 8.0:
+    box = _ellipse_box(grey, fov, ellipse, smallest=8.0, room=16)
+    if box is None:
         return False
-    r = max(a, b)
-    x0, x1 = max(int(cx - r) - 2, 0), min(int(cx + r) + 3, g.shape[1])
-    y0, y1 = max(int(cy - r) - 2, 0), min(int(cy + r) + 3, g.shape[0])
-    if x1 - x0 < 16 or y1 - y0 < 16:
-        return False
+    crop, seen, _, _, rho, a, b = box
     m = min(a, b)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    dx, dy = xx - cx, yy - cy
-    rho = np.hypot((dx * ca + dy * sa) / a, (-dx * sa + dy * ca) / b)
-    seen = np.ones(rho.shape, bool) if fov is None else np.asarray(fov, bool)[y0:y1, x0:x1]
     inside = (rho < CHAMBER_REACH) & seen
     if inside.sum() < 0.8 * (rho < CHAMBER_REACH).sum():
         return False
-    crop = g[y0:y1, x0:x1].astype(np.float32)
     readings = ((CHAMBER_SIGMA, ((CHAMBER_DARK, CHAMBER_DARK_RATIO),)), (CHAMBER_FINE_SIGMA, CHAMBER_FINE_DEPTHS))
     for share, depths in readings:
         sigma = max(1.0, share * m)
