@@ -37,6 +37,12 @@ def answer_line(window) -> str:
     why = [line for line in window.status_ac.toolTip().splitlines() if line.strip() and line.strip() != text]
     if m.demo_notice and m.demo_notice not in why:  # (also when no frame passes: the numbers are the models')
         why.append(m.demo_notice)
+    # a threshold moved in an earlier window is remembered for these models and decides this answer:
+    # said, as `score` says a --threshold (a headless run's answer read as the models' own otherwise)
+    t = getattr(m, "thresholds", None)
+    if t is not None and t.changed:
+        why.append(f"threshold {t.value:.2f} on {t.score}, set in the window earlier and remembered for these "
+                   f"models (theirs: {t.model:.2f}); Scoring > Use the models' threshold puts theirs back")
     return "\n  ".join([text + where, *why])
 
 

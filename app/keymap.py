@@ -56,7 +56,8 @@ KEYMAP: tuple[KeyRow, ...] = (
     KeyRow("Ctrl+wheel over the frame", "zoom; left-drag pans; double-click fits the frame", group="mouse"),
     KeyRow("right-drag over the frame", "window/level: left-right contrast, up-down brightness", group="mouse"),
     KeyRow("wheel over the curve", "zoom the frame axis (down to 5 frames; a zoomed curve follows the frame); "
-           "click or drag picks a frame; drag the dashed line: threshold; double-click shows the whole case",
+           "click or drag picks a frame; drag the dashed line: threshold (kept for these models and said in a "
+           "headless answer; the Scoring menu restores the one they came with); double-click shows the whole case",
            group="mouse"),
 )
 

@@ -420,6 +420,14 @@ class MainWindow(SweepFilesMixin, QMainWindow):
         elif previous is not None and key != previous:
             self.model.set_threshold(self.model.thresholds.model)
 
+    def use_models_threshold(self) -> None:
+        """Scoring > Use the models' threshold: the line back at the models' own, and forgotten."""
+        if self.models is None:
+            return
+        own = self.model.thresholds.model
+        self.model.set_threshold(own)
+        self._remember_threshold(own)
+
     def _remember_threshold(self, value: float) -> None:
         """The user moved the threshold: remember it for these models (forget it when it is
         back at the models' own)."""

@@ -307,6 +307,9 @@ def build_actions(win) -> None:
     win.act_train = action("Train…", win.train_dialog, shortcut=QKeySequence("Ctrl+T"))
     win.act_rescore = action("Score again", lambda: win.start_scoring(user=True))
     win.act_cancel = action("Stop scoring…", win.ask_cancel_scoring)
+    win.act_threshold_own = action("Use the models' threshold", win.use_models_threshold)
+    win.act_threshold_own.setToolTip("Put the threshold line back at the models' own (a moved one is remembered "
+                                     "for these models, in later windows and headless runs too)")
     win.act_overlay = QAction("Overlay", win, checkable=True, checked=m.overlay_visible)
     win.act_overlay.toggled.connect(m.set_overlay_visible)
     win.act_overlay.setToolTip("Show the segmentation overlay (s)")
@@ -410,6 +413,7 @@ def build_actions(win) -> None:
     sm.addAction(win.act_train)
     sm.addAction(win.act_rescore)
     sm.addAction(win.act_cancel)
+    sm.addAction(win.act_threshold_own)
     build_review_menu(win, menu.addMenu("&Review"))
     hm = menu.addMenu("&Help")
     hm.addAction(win.act_keys)

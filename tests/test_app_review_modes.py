@@ -196,3 +196,29 @@ def test_the_review_controls_are_reachable_from_the_keyboard(qtbot):
     panel.best_only.setChecked(False)
     win.sync_review_menu()
     assert not win.act_review_best_only.isChecked() and win.review_queue_actions[kinds[-1]].isChecked()
+
+
+def test_a_remembered_threshold_is_said_in_the_answer_and_the_models_own_can_be_put_back(qtbot):
+    """A line dragged in an earlier window is remembered for these models and decided a later
+    headless run's answer (`gui --exit-when-scored --save-scores`), whose printed answer read as the
+    models' own; and only dragging the line back exactly restored theirs. The answer says the
+    threshold in use and the models' own; Scoring > Use the models' threshold puts theirs back and
+    forgets the moved one."""
+    from app.cli_demo import answer_line
+
+    settings = AppSettings()
+    win = scored_window(qtbot, settings)
+    own = win.model.thresholds.model
+    assert "set in the window earlier" not in answer_line(win)
+    win.curve.threshold_moved.emit(0.93)
+    key = win._models_key()
+    win.close()
+    again = scored_window(qtbot, AppSettings.load())
+    assert again.model.threshold == pytest.approx(0.93)
+    said = answer_line(again)
+    assert "threshold 0.93 on p_cls, set in the window earlier" in said and f"(theirs: {own:.2f})" in said
+    again.act_threshold_own.trigger()
+    assert again.model.threshold == pytest.approx(own)
+    assert "set in the window earlier" not in answer_line(again)
+    again.close()
+    assert key not in AppSettings.load().thresholds
