@@ -221,6 +221,26 @@ CHAMBER_SOLID = 0.8
 CHAMBER_WALL = 0.12
 CHAMBER_SIMILAR = 0.25
 CHAMBER_COUNT = 3
+#: A piece in an acoustic shadow is no chamber: under a rib the beam's shadow runs straight down the
+#: frame to the body's far side, and speckle leaves darker cores in it that cross the threshold as
+#: compact pieces, which beside the stomach made three like ones. A piece is set aside where the
+#: grey straight below it, from its lower end to the end of the inside (above it, to the inside's
+#: top, where under :data:`CHAMBER_SHADOW_MIN` of the smaller semi-axis lies below), is at most
+#: :data:`CHAMBER_SHADOW` of the grey in bands :data:`CHAMBER_SHADOW_WIDTH` wide,
+#: :data:`CHAMBER_SHADOW_GAP` either side of it over the same rows, and the piece itself is at
+#: least :data:`CHAMBER_SHADOW_CORE` of that shadow: a chamber holds blood, darker than the
+#: shadowed tissue around it, so a heart lying in a shadow still counts. Grey levels are read
+#: above the inside's darkest (its :data:`CHAMBER_SHADOW_FLOOR` th percentile, the blood or the
+#: stomach): a washed-out display lifts them all. The margin is narrow: the faint chambers of a
+#: heart drawn in a rib's shadow were 0.83-0.94 of the shadow's grey, 0.39-0.74 of it above that
+#: floor; the shadow's cores that made a drawn abdomen's third piece 0.8-1.0 above it (one at 0.8
+#: still counts), and the chambers of a heart in an independent generator's shadow 0.25-0.3.
+CHAMBER_SHADOW = 0.8
+CHAMBER_SHADOW_CORE = 0.8
+CHAMBER_SHADOW_GAP = 0.15
+CHAMBER_SHADOW_WIDTH = 0.3
+CHAMBER_SHADOW_MIN = 0.15
+CHAMBER_SHADOW_FLOOR = 1.0
 CHAMBER_REASON = ("a large dark structure divided by bright walls into chambers lies inside it, as the heart "
                   "does in the chest: a section of the thorax, not of the abdomen")
 #: An abdomen's outline is an interface (skin against fluid, wall or placenta): along at least a
@@ -907,16 +927,18 @@ def heart_chambers(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> 
             dark = inside & (smooth < min(level - k * spread, ratio * level))
             if first is None:
                 first = dark
-            if _chambered(dark, first, a, b):
+            if _chambered(dark, first, a, b, smooth, inside):
                 return True
     return False
 
 
-def _chambered(dark: np.ndarray, first: np.ndarray, a: float, b: float) -> bool:
+def _chambered(dark: np.ndarray, first: np.ndarray, a: float, b: float, smooth: np.ndarray,
+                inside: np.ndarray) -> bool:
     """Whether the dark pixels ``dark`` (inside an ellipse of semi-axes ``a``, ``b``) form
     :data:`CHAMBER_COUNT` or more compact, solid pieces of like size in one structure
     (:func:`heart_chambers`); ``first``: the dark pixels at the shallowest depth read, which
-    ``dark`` lies in."""
+    ``dark`` lies in; ``smooth``: the grey levels read and ``inside`` the pixels read (pieces in a
+    shadow, :func:`_shadowed`, do not count)."""
     m = min(a, b)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(dark.astype(np.uint8), connectivity=8)
     area = math.pi * a * b
@@ -937,7 +959,9 @@ def _chambered(dark: np.ndarray, first: np.ndarray, a: float, b: float) -> bool:
         # edge) crosses the threshold in ragged pieces
         outline = max(cv2.findContours((lab == k).astype(np.uint8), cv2.RETR_EXTERNAL,
                                        cv2.CHAIN_APPROX_NONE)[0], key=len)
-        if stats[k, cv2.CC_STAT_AREA] >= CHAMBER_SOLID * max(cv2.contourArea(cv2.convexHull(outline)), 1.0):
+        if stats[k, cv2.CC_STAT_AREA] < CHAMBER_SOLID * max(cv2.contourArea(cv2.convexHull(outline)), 1.0):
+            continue
+        if not _shadowed(lab == k, smooth, inside, m):
             keep.append(k)
     if len(keep) < CHAMBER_COUNT:
         return False
@@ -953,6 +977,33 @@ def _chambered(dark: np.ndarray, first: np.ndarray, a: float, b: float) -> bool:
         if sum(1 for s in sizes if s >= CHAMBER_SIMILAR * max(sizes)) >= CHAMBER_COUNT:
             return True
     return False
+
+
+def _shadowed(piece: np.ndarray, smooth: np.ndarray, inside: np.ndarray, m: float) -> bool:
+    """Whether a dark piece (bool, in the box of ``smooth``'s grey levels; ``inside`` the pixels
+    read, ``m`` the smaller semi-axis) is a darker core of an acoustic shadow, not a chamber
+    (:data:`CHAMBER_SHADOW`): the grey straight down the beam from it to the inside's end (or up
+    to its top, where too little lies below) is dark against the bands either side over the same
+    rows, and the piece is hardly darker than that shadow (grey levels above the inside's darkest,
+    :data:`CHAMBER_SHADOW_FLOOR`)."""
+    ys, xs = np.nonzero(piece)
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    rows = np.arange(smooth.shape[0])[:, None] > y1
+    cols = np.arange(smooth.shape[1])[None, :]
+    below = rows & inside & (cols >= x0) & (cols <= x1)
+    if below.sum() < CHAMBER_SHADOW_MIN * m * (x1 - x0 + 1):
+        rows = np.arange(smooth.shape[0])[:, None] < y0
+        below = rows & inside & (cols >= x0) & (cols <= x1)
+    gap, width = CHAMBER_SHADOW_GAP * m, CHAMBER_SHADOW_WIDTH * m
+    left = (cols < x0 - gap) & (cols >= x0 - gap - width)
+    right = (cols > x1 + gap) & (cols <= x1 + gap + width)
+    beside = rows & inside & (left | right)
+    if below.sum() < CHAMBER_SHADOW_MIN * m * (x1 - x0 + 1) or beside.sum() < 6:
+        return False
+    floor = float(np.percentile(smooth[inside], CHAMBER_SHADOW_FLOOR))
+    shade = float(smooth[below].mean()) - floor
+    return (shade <= CHAMBER_SHADOW * (float(smooth[beside].mean()) - floor)
+            and float(smooth[piece].mean()) - floor >= CHAMBER_SHADOW_CORE * shade)
 
 
 def edge_offset(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> str:
