@@ -10,7 +10,6 @@ every key and click can be tested without a display (the same split as napari's
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -602,11 +601,9 @@ class ViewerModel:
         # measured at the size of the image region holding the outline (a picture-in-picture's), and
         # an outline the fan's edge cut, its ellipse extrapolated past it (`fetaliqa ac` said so, the
         # window showed the number plain): said
-        region = getattr(ac, "spacing_note", "")
-        cut = self.extrapolated_note(ac, frame)
-        if (region or cut) and reading.ac_mm is not None:
-            reading = dataclasses.replace(reading, note="; ".join(t for t in (reading.note, cut, region) if t))
-        return reading
+        from fetaliqa_core.analysis.assessment import with_ac_notes
+
+        return with_ac_notes(reading, ac, self.extrapolated_note(ac, frame))
 
     def extrapolated_note(self, ac, frame: int | None = None) -> str:
         """Why part of an AC's ellipse was not seen: its outline cut by the field of view the frame is

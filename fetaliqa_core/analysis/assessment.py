@@ -504,9 +504,9 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
     for s, ((start, stop), b) in enumerate(zip(sweep.sweep_ranges, best)):
         frame = b.frame if (b is not None and b.passes) else -1
         m = ac_on(frame)
-        r = _with_region(read_ac(None if m is None else m.ac_mm, spacing_problem or _region_problem(m),
+        r = with_ac_notes(read_ac(None if m is None else m.ac_mm, spacing_problem or _region_problem(m),
                                  _mask_problem(choice, frame), _disagreement(p_cls, thresholds, frame, flags),
-                                 doubt_of_models), m, _cut_note(sweep, m, frame))
+                                 doubt_of_models), m, _cut_note(m))
         if frame < 0:
             why = _why_no_frame(flags, choice, start, stop)
             r = replace(r, note=why if why == "no frame scored" else why + _dim_frames(sweep, start, stop))
@@ -526,10 +526,10 @@ def assess(sweep, results, thresholds: Thresholds, models: str = "",
                    else ("optimal" if b.optimal else "suboptimal")),
             ac_extrapolated=bool(m.truncated) if m is not None and r.ac_mm is not None else None))
     chosen_m = ac_on(chosen)
-    chosen_reading = _with_region(read_ac(None if chosen_m is None else chosen_m.ac_mm,
+    chosen_reading = with_ac_notes(read_ac(None if chosen_m is None else chosen_m.ac_mm,
                                           spacing_problem or _region_problem(chosen_m), _mask_problem(choice, chosen),
                                           _disagreement(p_cls, thresholds, chosen, flags), doubt_of_models), chosen_m,
-                                  _cut_note(sweep, chosen_m, chosen))
+                                  _cut_note(chosen_m))
     if chosen >= 0 and chosen_m is None:
         chosen_reading = replace(chosen_reading, note=_why_no_ac(results, chosen))
     elif chosen < 0 and sweeps:
@@ -577,31 +577,24 @@ def _region_problem(m: ACMeasurement | None) -> str | None:
     return None if m is None else getattr(m, "spacing_problem", None)
 
 
-def _with_region(r, m: ACMeasurement | None, cut: str = ""):
+def with_ac_notes(r, m: ACMeasurement | None, cut: str = ""):
     """``r`` saying, with its length, that ``m``'s outline was cut by the field of view, its ellipse
     extrapolated past it (``cut``: :func:`_cut_note`), and that ``m`` was measured at the size of the
-    image region holding the outline, not at the sweep's (``ACMeasurement.spacing_note``); in the
-    order the viewer gives them: the reason, the cut, the region."""
+    image region holding the outline, not at the sweep's (``ACMeasurement.spacing_note``): the reason,
+    the cut, the region, in that order; the window's readings of any frame are said the same way."""
     note = "" if m is None else getattr(m, "spacing_note", "")
     if not (note or cut) or r.ac_mm is None:
         return r
     return replace(r, note="; ".join(t for t in (r.note, cut, note) if t))
 
 
-def _cut_note(sweep, m: ACMeasurement | None, frame: int) -> str:
-    """What is said beside an AC whose outline the field of view of ``frame`` cut (``m.truncated``):
-    `fetaliqa ac`'s and the window's words (:func:`~fetaliqa_core.analysis.ac.extrapolated_note`);
-    empty for a whole outline. An answer whose ellipse was partly extrapolated read as plainly as a
-    whole one in `score`'s lines, summary.json and summary.csv."""
-    if m is None or not getattr(m, "truncated", False):
-        return ""
-    from fetaliqa_core import acouslic
-
-    try:
-        fov = acouslic.frame_fov(sweep, frame)
-    except (AttributeError, TypeError, ValueError):  # (a stand-in sweep without frames: its ACs were
-        fov = "acouslic"  # measured in a field of view all the same, as every sweep's are)
-    return extrapolated_note(m, fov)
+def _cut_note(m: ACMeasurement | None) -> str:
+    """What is said beside an AC whose outline the field of view cut (``m.truncated``): `fetaliqa
+    ac`'s and the window's words (:func:`~fetaliqa_core.analysis.ac.extrapolated_note`); empty for a
+    whole outline. An answer whose ellipse was partly extrapolated read as plainly as a whole one in
+    `score`'s lines, summary.json and summary.csv. Every AC here is measured inside a field of view
+    (:func:`~fetaliqa_core.analysis.ac.measure_frame_ac`: the frame's own, never none)."""
+    return extrapolated_note(m, fov="the frame's")
 
 
 #: The field of view's name where the sweep's fan changes between frames (its depth or width changed
