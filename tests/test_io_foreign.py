@@ -1685,7 +1685,8 @@ def test_a_tiff_whose_pixels_are_placed_in_its_header_is_refused(tmp_path, to):
 @pytest.mark.parametrize("unit,per_unit,expected", [
     ("mm", (5.0, 4.0), (0.25, 0.2)), ("micron", (0.005, 0.005), (0.2, 0.2)), ("\\u00B5m", (0.004, 0.004), (0.25, 0.25)),
     ("\u00b5m", (0.004, 0.004), (0.25, 0.25)),  # raw UTF-8, as writers that copy ImageJ's format put it
-    ("millimetres", (4.0, 4.0), (0.25, 0.25)), ("pixel", (1.0, 1.0), None), ("furlong", (5.0, 5.0), "'furlong'"),
+    ("millimetres", (4.0, 4.0), (0.25, 0.25)), ("nm", (4e-6, 5e-6), (0.2, 0.25)),  # (was "not a length")
+    ("pixel", (1.0, 1.0), None), ("furlong", (5.0, 5.0), "'furlong'"),
     ("inch", (72.0, 72.0), "printing resolution"), ("cm", (40.0, 40.0), "printing resolution"),
     ("m", (4000.0, 4000.0), "'m', a length no ultrasound pixel is measured in here")])
 def test_a_tiff_scaled_in_imagej_keeps_its_calibration(tmp_path, unit, per_unit, expected):

@@ -780,10 +780,11 @@ def _raw_from_image(image: Any, path: Path, metadata: dict[str, str], dicom_file
 
 
 #: ImageJ's scales read (its ``unit=`` line, in any spelling :data:`_LENGTH_UNITS_MM` knows; it
-#: writes the micro sign escaped as ``\\u00B5m``): millimetres and micrometres, a calibration
-#: someone set. Inches and centimetres are not: ImageJ turns a picture's printing resolution into a
+#: writes the micro sign escaped as ``\\u00B5m``): millimetres, micrometres and nanometres (a
+#: microscope's habit), a calibration someone set (the pixel-size plausibility check judges its
+#: value). Inches and centimetres are not: ImageJ turns a picture's printing resolution into a
 #: scale in them (72 dpi became "unit=inch", 0.35 mm per pixel).
-_IMAGEJ_MM_PER_UNIT = (1.0, 1e-3)
+_IMAGEJ_MM_PER_UNIT = (1.0, 1e-3, 1e-6)
 _IMAGEJ_PRINT_MM_PER_UNIT = (10.0, 25.4)
 _IMAGEJ_DESCRIPTION_LIMIT = 1 << 16
 
@@ -866,12 +867,12 @@ def _imagej_calibration(pages: _TiffPages) -> tuple[tuple[float, float] | None, 
     if factor in _IMAGEJ_PRINT_MM_PER_UNIT:
         return None, (f"the TIFF's ImageJ scale is in '{unit[:20]}', the unit in which ImageJ also writes a "
                       "picture's printing resolution (dots per inch or per cm), so it may be no size in the body "
-                      "and is not used; a scale set in mm or micrometres (Analyze > Set Scale) is read, or give the "
-                      "pixel size with --spacing")
+                      "and is not used; a scale set in mm, micrometres or nanometres (Analyze > Set Scale) is read, "
+                      "or give the pixel size with --spacing")
     if factor not in _IMAGEJ_MM_PER_UNIT:
         what = "not a length" if factor is None else "a length no ultrasound pixel is measured in here"
-        return None, (f"the TIFF's ImageJ scale is in '{unit[:20]}', {what}: a scale set in mm or micrometres "
-                      "is read, or give the pixel size with --spacing")
+        return None, (f"the TIFF's ImageJ scale is in '{unit[:20]}', {what}: a scale set in mm, micrometres or "
+                      "nanometres is read, or give the pixel size with --spacing")
     try:
         per_col = float(xres)
         per_row = float(yres) if yres is not None else per_col
@@ -885,7 +886,7 @@ def _imagej_calibration(pages: _TiffPages) -> tuple[tuple[float, float] | None, 
         row_factor = _imagej_unit_mm(yunit)
         if row_factor is None:
             return None, (f"the TIFF's ImageJ scale gives its rows in '{yunit[:20]}', which is not a length: a scale "
-                          "set in mm or micrometres is read, or give the pixel size with --spacing")
+                          "set in mm, micrometres or nanometres is read, or give the pixel size with --spacing")
     return (float(f"{row_factor / per_row:.9g}"), float(f"{factor / per_col:.9g}")), ""
 
 
@@ -3271,6 +3272,7 @@ _LENGTH_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetr
                     "m": 1000.0, "meter": 1000.0, "meters": 1000.0, "metre": 1000.0, "metres": 1000.0,
                     "um": 1e-3, "\u00b5m": 1e-3, "\u03bcm": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3,
                     "micrometers": 1e-3, "micrometre": 1e-3, "micrometres": 1e-3,
+                    "nm": 1e-6, "nanometer": 1e-6, "nanometers": 1e-6, "nanometre": 1e-6, "nanometres": 1e-6,
                     "in": 25.4, "inch": 25.4, "inches": 25.4}
 _NRRD_NO_UNIT = {"", "???", "none", "unknown"}
 #: NRRD axis kinds that are not positions in space (their "units" entry is not a length).
