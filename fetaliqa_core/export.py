@@ -61,7 +61,10 @@ def scored_status(complete: bool) -> str:
 
 
 FRAMES_COLUMNS = ("frame", "sweep", "p_cls", "p_seg", "seg_area_px", "flagged", "threshold",
-                  "model_threshold")
+                  "model_threshold",
+                  # what scored (summary.json's and summary.csv's models): a frames.csv moved away from
+                  # its summary said nothing of the models whose scores it holds
+                  "models")
 
 
 def _score(v: float) -> str:
@@ -74,7 +77,8 @@ SCORED_BY_COLUMN = "scored_by"
 
 def frames_csv_text(sweep, results, assessment, teacher: np.ndarray | None = None) -> str:
     """``frames.csv``: one row per frame; empty cells where a model did not score the frame.
-    ``threshold`` / ``model_threshold`` repeat the operating point the ``flagged`` column used.
+    ``threshold`` / ``model_threshold`` repeat the operating point the ``flagged`` column used, and
+    ``models`` the models that scored (``summary.json``'s ``models``), on every row.
     ``teacher`` (a cascade's): per frame, whether the teacher re-scored it; a last column,
     ``scored_by``, says whose scores each row holds ("teacher" or "student"); a student's row is
     flagged by the same rule applied to the student's scores it shows (the answer is the teacher's
@@ -84,6 +88,7 @@ def frames_csv_text(sweep, results, assessment, teacher: np.ndarray | None = Non
     w.writerow(FRAMES_COLUMNS + (() if teacher is None else (SCORED_BY_COLUMN,)))
     t = assessment.thresholds
     thr, own = f"{t.value:.4f}", f"{t.model:.4f}"
+    models = str(getattr(assessment.summary, "models", "") or "")
     flagged = assessment.flagged
     if teacher is not None:
         from fetaliqa_core.analysis.assessment import flag_frames
@@ -95,7 +100,7 @@ def frames_csv_text(sweep, results, assessment, teacher: np.ndarray | None = Non
         area = int(results.seg_area_px[i])
         row = [i, sweep.sweep_index(i) + 1, _score(float(results.p_cls[i])),
                _score(float(results.p_seg[i])), "" if area < 0 else area,
-               int(bool(flagged[i])), thr, own]
+               int(bool(flagged[i])), thr, own, models]
         w.writerow(row if teacher is None else [*row, "teacher" if teacher[i] else "student"])
     return buf.getvalue()
 

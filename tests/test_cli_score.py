@@ -36,7 +36,7 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     rows = list(csv.DictReader(open(out / "frames.csv")))
     assert [r["frame"] for r in rows] == [str(i) for i in range(12)]
     assert list(rows[0]) == ["frame", "sweep", "p_cls", "p_seg", "seg_area_px", "flagged", "threshold",
-                             "model_threshold"]
+                             "model_threshold", "models"]
     assert {r["sweep"] for r in rows} == {"1", "2"}
     for r in rows:
         assert 0.0 <= float(r["p_cls"]) <= 1.0 and 0.0 <= float(r["p_seg"]) < 1.0
@@ -47,6 +47,9 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     assert summary["threshold"] == summary["model_threshold"] == pytest.approx(own)
     assert summary["threshold_score"] == "p_cls" and summary["threshold_changed"] is False
     assert all(float(r["threshold"]) == pytest.approx(own, abs=1e-4) for r in rows)
+    # the models that scored, named on every row as summary.json names them (a frames.csv on its own
+    # said nothing of them)
+    assert summary["models"] and {r["models"] for r in rows} == {summary["models"]}
     assert [s["sweep"] for s in summary["sweeps"]] == [1, 2]
     chosen = summary["chosen_frame"]
     written = int((out / "fetal-abdomen-frame-number.json").read_text())
