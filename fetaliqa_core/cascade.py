@@ -263,12 +263,13 @@ class CascadeEngine:
 
 def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, student_path,
                          challenge: bool = False, extra=None, complete: bool | None = None,
-                         teacher_planned: int | None = None) -> list:
+                         teacher_planned: int | None = None, layout: bool = True) -> list:
     """Write a cascade's scores as ``fetaliqa score --cascade`` and the app both do: ``frames.csv``
     from the merged results (the student's, the teacher's where it re-scored, as its last column
     ``scored_by`` says), the summary from
     ``assessment`` (made on the teacher's frames only) and ``cascade.json`` listing those frames.
-    ``extra(folder)`` may add files, as in :func:`fetaliqa_core.export.write_scores`.
+    ``extra(folder)`` may add files, and ``layout`` lays the challenge's files out, as in
+    :func:`fetaliqa_core.export.write_scores`.
     ``complete``: the teacher re-scored every frame handed to it (:attr:`CascadeEngine.complete`;
     None: the merged results' own). A run stopped in the teacher's pass has every frame scored by
     the student, yet its answer comes from part of the candidates: not complete, and the files say
@@ -304,7 +305,8 @@ def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, 
         if extra is not None:
             extra(folder)
 
-    return export.write_scores(out, sweep, merged, assessment, challenge=challenge, extra=hook, teacher=confirmed)
+    return export.write_scores(out, sweep, merged, assessment, challenge=challenge, extra=hook, teacher=confirmed,
+                               layout=layout)
 
 
 def stopped_note(merged, confirmed: np.ndarray, teacher_planned: int | None) -> str:
