@@ -12,6 +12,11 @@ from app.viewer_model import FlaggedFrames, ViewerModel
 from app.window_tools import fmt_p, score_cuts
 
 FRAME_ROLE = Qt.UserRole + 1
+#: What makes a frame a candidate (flagged), as `fetaliqa score --threshold` and frames.csv say it.
+CANDIDATES_RULE = ("Frames every model calls: p_cls at or above the threshold line, and the segmenter's mask "
+                   "at least 1 % of its input (p_seg ≥ 0.5); with one model, its own call. The chosen frame is "
+                   "one of them whose mask is shaped like an abdomen's outline, where there is one.")
+DISAGREE_RULE = "Frames one model calls and the other does not (the classifier at the threshold line)."
 
 
 class FlaggedPanel(QWidget):
@@ -47,6 +52,10 @@ class FlaggedPanel(QWidget):
             self.tree.addTopLevelItem(item)
             item.setFirstColumnSpanned(True)
             self._groups[key] = item
+        # what puts a frame in each list, said where the list is shown (the answer and these lists
+        # follow one rule: a frame the classifier does not call at the line is never a candidate)
+        self._groups["candidates"].setToolTip(0, CANDIDATES_RULE)
+        self._groups["disagreements"].setToolTip(0, DISAGREE_RULE)
         self._groups["best"].setExpanded(True)
         self._groups["disagreements"].setExpanded(True)
         self._shown: tuple | None = None

@@ -75,8 +75,9 @@ class FlaggedFrames:
     ``best``: per sweep its highest-scored frame (None before any is scored), passing or not
     (``best_passes``): the panel lists a failing one, dimmed; :meth:`chosen_best` is what
     ``fetaliqa score`` calls the sweep's best frame;
-    ``candidates``: frames whose score passes the threshold; ``disagreements``: scored frames
-    where the classifier and the segmenter disagree about passing.
+    ``candidates``: frames every model calls (``p_cls`` at or above the threshold line and the
+    segmenter's own call: ``FrameFlags.candidates``, the frames the answer is chosen from);
+    ``disagreements``: scored frames where the classifier and the segmenter disagree about passing.
     """
 
     best: list[int | None] = field(default_factory=list)

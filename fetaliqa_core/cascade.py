@@ -2,9 +2,10 @@
 
 1. A distilled student (``kind: "student"`` bundle, classifier and segmenter in one small network)
    scores every frame, progressively, as :class:`~fetaliqa_core.engine.ScoringEngine` does.
-2. In each sweep, the student's candidate frames (its combined score at or above the threshold)
-   form runs of consecutive frames; the best runs of each sweep, widened by a margin, are
-   re-scored by the teacher (the FetalCLIP classifier and segmenter the student learnt from).
+2. In each sweep, the student's candidate frames (its combined score at or above the threshold:
+   ``FrameFlags.near_candidates``, a wider net than the frames the window flags) form runs of
+   consecutive frames; the best runs of each sweep, widened by a margin, are re-scored by the teacher
+   (the FetalCLIP classifier and segmenter the student learnt from).
 
 3. Where a run of frames the teacher calls reaches the edge of what it was handed, the teacher
    follows it (:func:`follow_runs`, a few frames at a time) until the run ends, so the runs the
@@ -217,7 +218,9 @@ class CascadeEngine:
 
         r = self.student.results
         flags = flag_frames(r.p_cls, r.p_seg, self.thresholds.cls, self.thresholds.seg)
-        return candidate_runs(flags.combined, flags.candidates, self.sweep.sweep_ranges, **self.params)
+        # the wider net (the combined score at the threshold): a frame the student's classifier
+        # nearly calls and its segmenter calls strongly still reaches the teacher, who decides
+        return candidate_runs(flags.combined, flags.near_candidates, self.sweep.sweep_ranges, **self.params)
 
     def iter_batches(self) -> Iterator[CascadeBatch]:
         for batch in self.student.iter_batches():
@@ -260,12 +263,13 @@ class CascadeEngine:
 
 def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, student_path,
                          challenge: bool = False, extra=None, complete: bool | None = None,
-                         teacher_planned: int | None = None) -> list:
+                         teacher_planned: int | None = None, layout: bool = True) -> list:
     """Write a cascade's scores as ``fetaliqa score --cascade`` and the app both do: ``frames.csv``
     from the merged results (the student's, the teacher's where it re-scored, as its last column
     ``scored_by`` says), the summary from
     ``assessment`` (made on the teacher's frames only) and ``cascade.json`` listing those frames.
-    ``extra(folder)`` may add files, as in :func:`fetaliqa_core.export.write_scores`.
+    ``extra(folder)`` may add files, and ``layout`` lays the challenge's files out, as in
+    :func:`fetaliqa_core.export.write_scores`.
     ``complete``: the teacher re-scored every frame handed to it (:attr:`CascadeEngine.complete`;
     None: the merged results' own). A run stopped in the teacher's pass has every frame scored by
     the student, yet its answer comes from part of the candidates: not complete, and the files say
@@ -301,7 +305,8 @@ def write_cascade_scores(out, sweep, merged, confirmed: np.ndarray, assessment, 
         if extra is not None:
             extra(folder)
 
-    return export.write_scores(out, sweep, merged, assessment, challenge=challenge, extra=hook, teacher=confirmed)
+    return export.write_scores(out, sweep, merged, assessment, challenge=challenge, extra=hook, teacher=confirmed,
+                               layout=layout)
 
 
 def stopped_note(merged, confirmed: np.ndarray, teacher_planned: int | None) -> str:

@@ -23,9 +23,6 @@ SUMMARY_JSON = "summary.json"
 CHALLENGE_FRAME_FILE = "fetal-abdomen-frame-number.json"
 CHALLENGE_MASK_FILE = "fetal-abdomen-segmentation.mha"
 CASCADE_JSON = "cascade.json"  # written by cascade.write_cascade_scores
-#: Files a run writes only with some options (--challenge-output, --cascade): a later run without
-#: them removes those an earlier run wrote, or they would contradict its summary.
-OPTIONAL_OUTPUTS = (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, CASCADE_JSON)
 #: The challenge's algorithm interfaces: the input sweep, and the two outputs with where the
 #: algorithm writes each under its output folder (``/output`` in the challenge's container; the
 #: organisers' evaluator reads ``<job>/output/<relative path>`` for each job of predictions.json).
@@ -37,6 +34,15 @@ CHALLENGE_OUTPUTS = (
     ("fetal-abdomen-segmentation", "images/fetal-abdomen-segmentation", CHALLENGE_MASK_FILE,
      f"images/fetal-abdomen-segmentation/{CHALLENGE_MASK_FILE}"),
 )
+#: Where ``fetaliqa score SWEEP --challenge-output`` puts the mask in the sweep's results folder: as
+#: the challenge's algorithm writes it under its output folder, the frame number beside
+#: ``images/`` (an archive's case folders hold the two files side by side, and its ``challenge/``
+#: folder lays them out so, per case, under ``<case>/output/``).
+CHALLENGE_MASK_PATH = CHALLENGE_OUTPUTS[1][3]
+#: Files a run writes only with some options (--challenge-output, --cascade): a later run without
+#: them removes those an earlier run wrote, or they would contradict its summary (the mask of a
+#: run of an earlier version, side by side with the frame number, too).
+OPTIONAL_OUTPUTS = (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE, CHALLENGE_MASK_PATH, CASCADE_JSON)
 
 #: A sweep file's status in a results table: ``summary.csv`` of ``fetaliqa score FOLDER`` and
 #: ``cases.csv`` of an archive use these words and no others; what went wrong is in the table's
@@ -61,7 +67,10 @@ def scored_status(complete: bool) -> str:
 
 
 FRAMES_COLUMNS = ("frame", "sweep", "p_cls", "p_seg", "seg_area_px", "flagged", "threshold",
-                  "model_threshold")
+                  "model_threshold",
+                  # what scored (summary.json's and summary.csv's models): a frames.csv moved away from
+                  # its summary said nothing of the models whose scores it holds
+                  "models")
 
 
 def _score(v: float) -> str:
@@ -74,7 +83,8 @@ SCORED_BY_COLUMN = "scored_by"
 
 def frames_csv_text(sweep, results, assessment, teacher: np.ndarray | None = None) -> str:
     """``frames.csv``: one row per frame; empty cells where a model did not score the frame.
-    ``threshold`` / ``model_threshold`` repeat the operating point the ``flagged`` column used.
+    ``threshold`` / ``model_threshold`` repeat the operating point the ``flagged`` column used, and
+    ``models`` the models that scored (``summary.json``'s ``models``), on every row.
     ``teacher`` (a cascade's): per frame, whether the teacher re-scored it; a last column,
     ``scored_by``, says whose scores each row holds ("teacher" or "student"); a student's row is
     flagged by the same rule applied to the student's scores it shows (the answer is the teacher's
@@ -84,6 +94,7 @@ def frames_csv_text(sweep, results, assessment, teacher: np.ndarray | None = Non
     w.writerow(FRAMES_COLUMNS + (() if teacher is None else (SCORED_BY_COLUMN,)))
     t = assessment.thresholds
     thr, own = f"{t.value:.4f}", f"{t.model:.4f}"
+    models = str(getattr(assessment.summary, "models", "") or "")
     flagged = assessment.flagged
     if teacher is not None:
         from fetaliqa_core.analysis.assessment import flag_frames
@@ -95,7 +106,7 @@ def frames_csv_text(sweep, results, assessment, teacher: np.ndarray | None = Non
         area = int(results.seg_area_px[i])
         row = [i, sweep.sweep_index(i) + 1, _score(float(results.p_cls[i])),
                _score(float(results.p_seg[i])), "" if area < 0 else area,
-               int(bool(flagged[i])), thr, own]
+               int(bool(flagged[i])), thr, own, models]
         w.writerow(row if teacher is None else [*row, "teacher" if teacher[i] else "student"])
     return buf.getvalue()
 
@@ -152,18 +163,27 @@ def challenge_answer(sweep, results, assessment) -> tuple[int, np.ndarray | None
     return -1, None
 
 
-def write_challenge_files(folder: Path, sweep, results, assessment) -> int:
+def challenge_files(layout: bool = True) -> tuple[str, str]:
+    """The paths, in a results folder, of the challenge's frame number and mask: in the challenge's
+    output layout (the mask in ``images/fetal-abdomen-segmentation/``), or side by side as an
+    archive's case folders hold them (``layout`` False)."""
+    return CHALLENGE_FRAME_FILE, (CHALLENGE_MASK_PATH if layout else CHALLENGE_MASK_FILE)
+
+
+def write_challenge_files(folder: Path, sweep, results, assessment, layout: bool = False) -> int:
     """The challenge's outputs (see :func:`challenge_answer`): the frame number (-1 for none) and
-    a mask volume that is empty except on that frame, on the frames' own geometry. Returns the
-    frame written."""
+    a mask volume that is empty except on that frame, on the frames' own geometry, where
+    :func:`challenge_files` puts them. Returns the frame written."""
     from fetaliqa_core import io as fio
 
     frame, mask = challenge_answer(sweep, results, assessment)
-    atomic_write(folder / CHALLENGE_FRAME_FILE, f"{frame}\n")
+    frame_file, mask_file = (Path(folder) / name for name in challenge_files(layout))
+    atomic_write(frame_file, f"{frame}\n")
     volume = np.zeros((sweep.n_frames, sweep.height, sweep.width), dtype=np.uint8)
     if frame >= 0 and mask is not None:
         volume[frame] = mask
-    fio.write_volume(folder / CHALLENGE_MASK_FILE, volume, spacing_mm=sweep.spacing_mm, compress=True,
+    mask_file.parent.mkdir(parents=True, exist_ok=True)
+    fio.write_volume(mask_file, volume, spacing_mm=sweep.spacing_mm, compress=True,
                      metadata=challenge_mask_metadata(assessment, frame))
     return frame
 
@@ -259,12 +279,22 @@ def remove_earlier_outputs(out: str | Path) -> list[str]:
     if not isinstance(listed, list):
         return []
     removed = []
-    for name in [str(n) for n in listed if Path(str(n)).name == str(n)] + [OUTPUTS_FILE]:
+    # (names in the folder itself, and the challenge's mask in its layout: no other path is ours)
+    ours = [str(n) for n in listed if Path(str(n)).name == str(n) or str(n) == CHALLENGE_MASK_PATH]
+    for name in ours + [OUTPUTS_FILE]:
         path = out / name
-        if path.is_file() and not path.is_symlink():
+        # (never through a link: a file in the folder it points to is not ours)
+        if path.is_file() and not path.is_symlink() and not any(
+                (out / q).is_symlink() for q in Path(name).parents if q != Path(".")):
             path.unlink()
             if name != OUTPUTS_FILE:
                 removed.append(name)
+            for folder in path.relative_to(out).parents:  # the mask's folders, when it left them empty
+                if folder != Path("."):
+                    try:
+                        (out / folder).rmdir()
+                    except OSError:
+                        break
     return removed
 
 
@@ -339,14 +369,15 @@ def _ends_a_line(path: Path) -> bool:
 
 
 def refuse_writing_over_input(out: str | Path, source: str | Path, challenge: bool = False,
-                              cascade: bool = False) -> None:
+                              cascade: bool = False, layout: bool = True) -> None:
     """Before a sweep is scored: results written into ``out`` (or an earlier run's answer dropped
     from it) would replace ``source``, the sweep itself (``--challenge-output`` into the sweep's
-    folder when it is named as the challenge's mask, or any sweep named as a result file)."""
+    folder where the challenge's mask goes, or any sweep named as a result file; ``layout``: the
+    challenge's files laid out as :func:`challenge_files` says)."""
     from fetaliqa_core.files import is_protected
 
     names = [FRAMES_CSV, SUMMARY_JSON, OUTPUTS_FILE]
-    names += [CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE] if challenge else []
+    names += list(challenge_files(layout)) if challenge else []
     names += [CASCADE_JSON] if cascade else []
     names += [n for n in OPTIONAL_OUTPUTS if n in _previous_outputs(Path(out))]  # (dropped: see write_scores)
     for name in names:
@@ -356,10 +387,13 @@ def refuse_writing_over_input(out: str | Path, source: str | Path, challenge: bo
 
 
 def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = False,
-                 extra: Callable[[Path], None] | None = None, teacher: np.ndarray | None = None) -> list[Path]:
-    """Write ``frames.csv`` and ``summary.json`` (and with ``challenge`` the challenge's files)
-    into ``out`` at once: a failure leaves ``out`` as it was. ``extra(folder)`` may write more
-    files into the folder before it is put in place. Returns the files written here."""
+                 extra: Callable[[Path], None] | None = None, teacher: np.ndarray | None = None,
+                 layout: bool = True) -> list[Path]:
+    """Write ``frames.csv`` and ``summary.json`` (and with ``challenge`` the challenge's files, in
+    the challenge's output layout, or side by side with ``layout`` False, as an archive's case
+    folder holds them: :func:`challenge_files`) into ``out`` at once: a failure leaves ``out`` as
+    it was. ``extra(folder)`` may write more files into the folder before it is put in place.
+    Returns the files written here."""
     out = Path(out)
     # a folder scored before with --challenge-output or --cascade must not keep that run's answer
     # beside this one's summary; files of those names in any other folder are the user's own
@@ -371,12 +405,13 @@ def write_scores(out: str | Path, sweep, results, assessment, challenge: bool = 
         write_summary_json(tmp / SUMMARY_JSON, assessment)
         names = [FRAMES_CSV, SUMMARY_JSON]
         if challenge:
-            write_challenge_files(tmp, sweep, results, assessment)
-            names += [CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE]
+            write_challenge_files(tmp, sweep, results, assessment, layout=layout)
+            names += list(challenge_files(layout))
         if extra is not None:
             before = {q.name for q in tmp.iterdir()}
             extra(tmp)
             # (a cascade's cascade.json was written but not listed among the files written)
             names += sorted(q.name for q in tmp.iterdir() if q.name not in before)
-        write_json(tmp / OUTPUTS_FILE, sorted(p.name for p in tmp.iterdir()))
+        # (the files, by their paths in the folder: the mask's is in images/...)
+        write_json(tmp / OUTPUTS_FILE, sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()))
     return [out / n for n in names]

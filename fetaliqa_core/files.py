@@ -187,9 +187,12 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
     other files there are kept (a folder with other content is never deleted), except those
     named in ``drop`` that were not written this time: files of an earlier run of the same
     writer that would now contradict the new ones (e.g. a challenge answer beside a new summary;
-    the caller passes them only for a folder it knows it wrote). A folder where a file is to go
-    is refused, before anything is replaced: it is never deleted. So is a file in ``protect``
-    (the input being read) where a result file goes: it is neither replaced nor dropped.
+    the caller passes them only for a folder it knows it wrote; a name may be a path under
+    ``out``, and the folders it leaves empty go with it). Files written in a subfolder (the
+    challenge's ``images/...``) go into that subfolder of ``out``, beside what else it holds. A
+    folder where a file is to go, or a file or link where a folder is to go, is refused, before
+    anything is replaced: it is never deleted. So is a file in ``protect`` (the input being read)
+    where a result file goes: it is neither replaced nor dropped.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -207,24 +210,33 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
     try:
         yield tmp
         if tmp.parent == out:
-            written = {p.name for p in tmp.iterdir()}
+            written = {p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir()}
+            folders = sorted({q.as_posix() for n in written for q in Path(n).parents if q != Path(".")})
             in_the_way = sorted(n for n in written if (out / n).is_dir() and not (out / n).is_symlink())
             if in_the_way:
                 raise FetalIQAError(f"{out / in_the_way[0]} is a folder where a result file goes; nothing was "
                                     "written. Move it away, or choose another output folder.")
+            blocked = [n for n in folders if (out / n).is_symlink() or ((out / n).exists() and not (out / n).is_dir())]
+            if blocked:
+                raise FetalIQAError(f"{out / blocked[0]} is a file or a link where a folder of results goes; nothing "
+                                    "was written. Move it away, or choose another output folder.")
             inputs = sorted(n for n in written | set(drop) if is_protected(out / n, protect))
             if inputs:
                 raise FetalIQAError(f"{out / inputs[0]} is the file being read: the results would replace it; "
                                     "nothing was written. Choose another output folder.")
-            for p in tmp.iterdir():
-                target = out / p.name
+            for name in folders:
+                (out / name).mkdir(exist_ok=True)
+            for name in sorted(written):
+                target = out / name
                 if target.is_symlink() and target.is_dir():
                     target.unlink()  # the link itself, never what it points to
-                os.replace(p, target)
+                os.replace(tmp / name, target)
             for name in drop:
                 old = out / name
-                if name not in written and old.is_file() and not old.is_symlink():
+                through_link = any((out / q).is_symlink() for q in Path(name).parents if q != Path("."))
+                if name not in written and old.is_file() and not old.is_symlink() and not through_link:
                     old.unlink()
+                    _remove_empty_folders(old.parent, out)
             _fsync_dir(out)
         else:
             os.replace(tmp, out)
@@ -234,6 +246,17 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
+
+
+def _remove_empty_folders(folder: Path, top: Path) -> None:
+    """``folder`` and the folders above it up to ``top`` (kept), each while it is empty: what a
+    dropped result file in a subfolder leaves (a folder holding anything else stays)."""
+    while folder != top and top in folder.parents:
+        try:
+            folder.rmdir()  # (only an empty folder)
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def _name_the_target(exc: OSError, target: Path, staged: Path | None = None) -> None:

@@ -171,16 +171,33 @@ def test_flag_frames_candidates_and_disagreements():
     assert f.cls_call.tolist() == [True, True, False, False, True, False]
     assert f.seg_call.tolist() == [True, False, False, True, False, False]
     assert f.disagreements.tolist() == [False, True, False, False, False, False]
-    # frame 1: mean(0.9, 0.2) = 0.55 >= 0.5
-    assert f.candidates.tolist() == [True, True, False, True, True, False]
-    # per-model thresholds: candidate threshold is their mean where both scored
+    # flagged: every model that scored the frame calls it (frame 1: the segmenter does not)
+    assert f.candidates.tolist() == [True, False, False, True, True, False]
+    # the cascade's wider net: frame 1's mean(0.9, 0.2) = 0.55 reaches the thresholds' mean 0.5
+    assert f.near_candidates.tolist() == [True, True, False, True, True, False]
     g = an.flag_frames(p_cls, p_seg, threshold_cls=0.5, threshold_seg=0.7)
     assert g.candidates.tolist() == [True, False, False, False, True, False]
+    assert g.near_candidates.tolist() == [True, False, False, False, True, False]  # mean of 0.5 and 0.7
     assert g.disagreements.tolist() == [False, True, False, False, False, False]
     # an explicit segmenter call (area rule) overrides p_seg >= threshold
     h = an.flag_frames(p_cls, p_seg, seg_call=np.array([False, True, False, True, True, True]))
     assert h.seg_call.tolist() == [False, True, False, True, False, False]
     assert h.disagreements.tolist() == [True, False, False, False, False, False]
+
+
+def test_a_frame_the_classifier_does_not_call_at_the_line_is_never_flagged():
+    """The line dragged to 0.99: a frame of p_cls 0.64 and p_seg 0.90 (mean 0.77 over the thresholds'
+    mean 0.745) stayed a candidate, in the window's list, frames.csv and the review queue, while the
+    answer said no frame reached the classifier's threshold."""
+    p_cls = np.array([0.64, 0.995, 0.995, 0.2])
+    p_seg = np.array([0.90, 0.90, 0.30, 0.95])
+    f = an.flag_frames(p_cls, p_seg, threshold_cls=0.99, threshold_seg=0.5)
+    assert f.candidates.tolist() == [False, True, False, False]
+    assert f.disagreements.tolist() == [True, False, True, True]  # one model calls these: still listed
+    assert f.near_candidates.tolist() == [True, True, False, False]
+    # one model: its own call at its threshold
+    assert an.flag_frames(p_cls, None, threshold_cls=0.99).candidates.tolist() == [False, True, True, False]
+    assert an.flag_frames(None, p_seg, threshold_seg=0.92).candidates.tolist() == [False, False, False, True]
 
 
 def test_smooth_curve_stays_within_sweeps_and_skips_nan():

@@ -89,6 +89,25 @@ def test_cascade_teacher_sees_only_candidate_runs_and_decides_the_answer():
     assert assess(sweep, full, thresholds).summary.chosen_frame == answer.summary.chosen_frame
 
 
+def test_the_student_sends_the_teacher_its_near_misses_too():
+    """The frames a student hands its teacher are a wider net than the frames the window flags: a
+    run its classifier nearly calls (0.60 at 0.70) and its segmenter calls strongly (0.95) is
+    re-scored, though no frame of it is flagged (the teacher, not the student, decides it)."""
+    from fetaliqa_core.analysis.assessment import flag_frames
+
+    sweep = tiny_sweep(n_sweeps=1, per_sweep=80)
+    cls, seg = FakeModel("cls"), FakeModel("seg")
+    engine = CascadeEngine(sweep, FakeModel("joint"), cls, seg, cache=False, thresholds=Thresholds(0.7, 0.7),
+                           margin=0, max_fraction=1.0)
+    r = engine.student.results
+    r.p_cls[:], r.p_seg[:] = 0.1, 0.1
+    r.p_cls[10:14], r.p_seg[10:14] = 0.9, 0.9  # a run both models call
+    r.p_cls[50:54], r.p_seg[50:54] = 0.6, 0.95  # the classifier's near miss
+    r.done[:] = True
+    assert not flag_frames(r.p_cls, r.p_seg, 0.7, 0.5).candidates[50:54].any()
+    assert engine.teacher_frames().tolist() == [10, 11, 12, 13, 50, 51, 52, 53]
+
+
 def test_candidate_runs_a_few_frames_apart_are_one_run():
     n = 40
     ranges = [(0, 40)]

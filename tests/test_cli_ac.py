@@ -297,20 +297,21 @@ def test_score_challenge_mask_carries_the_demo_answers_doubt(tmp_path, capsys):
     capsys.readouterr()
     frame = int((out / "fetal-abdomen-frame-number.json").read_text())
     assert frame >= 0, "the demo model chose no frame on this case: choose another seed"
-    written = read_mask_volume(out / "fetal-abdomen-segmentation.mha")
+    mask = out / "images" / "fetal-abdomen-segmentation" / "fetal-abdomen-segmentation.mha"  # (the challenge's layout)
+    written = read_mask_volume(mask)
     assert written.metadata["FetalIQA_ACStatus"] == "doubtful"
     assert "demonstration" in written.metadata["FetalIQA_Source"]
     # the sweep's spacing is known: where it came from goes with the mask
     assert written.metadata["FetalIQA_PixelSpacing"] == "sweep: file header"
-    assert main(["ac", str(out / "fetal-abdomen-segmentation.mha")]) == 0
+    assert main(["ac", str(mask)]) == 0
     text = capsys.readouterr().out
     assert f"frame {frame}: " in text and "doubtful" in text and "GA" not in text
     assert "mm, the sweep's file header; on the whole frame)" in text  # (281 x 372: not ACOUSLIC's fan)
-    assert main(["ac", str(out / "fetal-abdomen-segmentation.mha"), "--json"]) == 0
+    assert main(["ac", str(mask), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["spacing_source"] == "file header"  # the sweep's, as recorded
     # another frame of it is empty: said as what it is, not as if the frame had no abdomen
     other = 0 if frame else 1
-    assert main(["ac", str(out / "fetal-abdomen-segmentation.mha"), "--frame", str(other)]) == 1
+    assert main(["ac", str(mask), "--frame", str(other)]) == 1
     assert f"holds the answer's chosen frame {frame} only" in capsys.readouterr().out
 
 

@@ -105,19 +105,31 @@ def test_score_out_below_a_file_gives_one_line(case, tmp_path, capsys):
 def test_results_never_replace_the_sweep_being_scored(case, tiny_bundle_dirs, tmp_path, capsys):
     """`score DIR/fetal-abdomen-segmentation.mha --out DIR --challenge-output` replaced the sweep
     with its own 1.5 KB answer and exited 0. Refused before scoring, the sweep untouched; and the
-    writer itself never replaces (nor drops) the file being read."""
+    writer itself never replaces (nor drops) the file being read. (The answer's mask now goes in
+    the challenge's layout, images/fetal-abdomen-segmentation/: a sweep there is the one in its way.)"""
+    import shutil
+
     from fetaliqa_core.files import atomic_output_dir
 
     folder = tmp_path / "case"
-    folder.mkdir()
-    sweep = folder / "fetal-abdomen-segmentation.mha"
+    where = folder / "images" / "fetal-abdomen-segmentation"
+    where.mkdir(parents=True)
+    sweep = where / "fetal-abdomen-segmentation.mha"
     sweep.write_bytes(case.read_bytes())
     before = sweep.read_bytes()
     rc = main(["score", str(sweep), "--cls", str(tiny_bundle_dirs["cls"]), "--seg", str(tiny_bundle_dirs["seg"]),
                "--out", str(folder), "--challenge-output", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "would replace this sweep itself" in err
-    assert sweep.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == [sweep.name]
+    assert sweep.read_bytes() == before and sorted(p.name for p in folder.rglob("*")) == [
+        "fetal-abdomen-segmentation", sweep.name, "images"]
+    with pytest.raises(FetalIQAError, match="is the file being read"):  # the writer itself, in a subfolder
+        with atomic_output_dir(folder, protect=(sweep,)) as tmp:
+            (tmp / "images" / "fetal-abdomen-segmentation").mkdir(parents=True)
+            (tmp / "images" / "fetal-abdomen-segmentation" / sweep.name).write_text("an answer")
+    assert sweep.read_bytes() == before
+    sweep = sweep.rename(folder / sweep.name)
+    shutil.rmtree(folder / "images")
     # without --challenge-output nothing would go over it: scored
     assert main(["score", str(sweep), "--cls", str(tiny_bundle_dirs["cls"]), "--out", str(folder), "--quiet"]) == 0
     assert sweep.read_bytes() == before and (folder / "summary.json").is_file()

@@ -36,7 +36,7 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     rows = list(csv.DictReader(open(out / "frames.csv")))
     assert [r["frame"] for r in rows] == [str(i) for i in range(12)]
     assert list(rows[0]) == ["frame", "sweep", "p_cls", "p_seg", "seg_area_px", "flagged", "threshold",
-                             "model_threshold"]
+                             "model_threshold", "models"]
     assert {r["sweep"] for r in rows} == {"1", "2"}
     for r in rows:
         assert 0.0 <= float(r["p_cls"]) <= 1.0 and 0.0 <= float(r["p_seg"]) < 1.0
@@ -47,10 +47,16 @@ def test_score_writes_frames_summary_and_challenge_files(case, tiny_bundle_dirs,
     assert summary["threshold"] == summary["model_threshold"] == pytest.approx(own)
     assert summary["threshold_score"] == "p_cls" and summary["threshold_changed"] is False
     assert all(float(r["threshold"]) == pytest.approx(own, abs=1e-4) for r in rows)
+    # the models that scored, named on every row as summary.json names them (a frames.csv on its own
+    # said nothing of them)
+    assert summary["models"] and {r["models"] for r in rows} == {summary["models"]}
     assert [s["sweep"] for s in summary["sweeps"]] == [1, 2]
     chosen = summary["chosen_frame"]
     written = int((out / "fetal-abdomen-frame-number.json").read_text())
-    mask = load_mask(out / "fetal-abdomen-segmentation.mha", like=load_sweep(case))
+    # in the challenge's output layout, as its algorithm writes /output (they were side by side)
+    mask = load_mask(out / "images" / "fetal-abdomen-segmentation" / "fetal-abdomen-segmentation.mha",
+                     like=load_sweep(case))
+    assert not (out / "fetal-abdomen-segmentation.mha").exists()
     filled = np.flatnonzero(mask.reshape(12, -1).any(axis=1))
     # never a frame index with an empty mask: the chosen frame, or a frame near it with a mask, or -1
     assert (written == -1 and filled.tolist() == []) or filled.tolist() == [written]
@@ -563,6 +569,12 @@ def test_a_folder_scored_again_keeps_no_answer_of_the_run_before(case, tiny_bund
     assert main(["score", str(case), *models, "--out", str(out), "--quiet", "--no-cache"]) == 0
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == ["frames.csv", "notes.txt", "summary.json"]  # the user's own file stays
+    # the mask's folders go with it, but not one holding a file of the user's
+    assert main(["score", str(case), *models, "--out", str(out), "--challenge-output", "--quiet"]) == 0
+    (out / "images" / "mine.txt").write_text("mine")
+    assert main(["score", str(case), *models, "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.name.startswith(".")) == [
+        "frames.csv", "images", "images/mine.txt", "notes.txt", "summary.json"]
 
 
 def test_results_stay_in_out_and_never_delete_the_user_s_files(case, tiny_bundle_dirs, tmp_path, capsys):

@@ -1019,9 +1019,10 @@ def test_a_score_results_folder_given_as_answers_is_told_how_to_lay_them_out(tin
     answered = _optimal_answers(tiny_data, tmp_path / "answers")
     uuid = next(iter(answered))
     results = tmp_path / "results"
-    results.mkdir()
+    # as `score --challenge-output` writes them: the frame number beside images/..., the challenge's layout
     for name in (CHALLENGE_FRAME_FILE, "images/fetal-abdomen-segmentation/" + CHALLENGE_MASK_FILE):
-        (results / Path(name).name).write_bytes((tmp_path / "answers" / uuid / "output" / name).read_bytes())
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        (results / name).write_bytes((tmp_path / "answers" / uuid / "output" / name).read_bytes())
     image = next(c.image_path for c in read_cases(tiny_data) if c.uuid == uuid)
     (results / "summary.json").write_text(json.dumps({"path": str(image), "chosen_frame": answered[uuid]}))
     capsys.readouterr()
@@ -1029,9 +1030,10 @@ def test_a_score_results_folder_given_as_answers_is_told_how_to_lay_them_out(tin
                  "--out", str(tmp_path / "o"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "holds no answer" in err
-    assert f"in a folder named after the case's id (as {results / uuid}/)" in err
+    assert f"put {CHALLENGE_FRAME_FILE} and images/fetal-abdomen-segmentation/ in a folder named after the case's id " \
+           f"(as {results / uuid}/)" in err
     (results / uuid).mkdir()  # laid out as said, it is evaluated
-    for name in (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE):
+    for name in (CHALLENGE_FRAME_FILE, "images"):
         (results / name).rename(results / uuid / name)
     assert main(["eval", "--data", str(tiny_data), "--predictions", str(results), "--split", "all",
                  "--out", str(tmp_path / "o"), "--quiet"]) == 0
@@ -1091,3 +1093,31 @@ def test_a_ratio_with_nothing_to_count_is_undefined_not_zero(capsys):
     none_positive = _frame_metrics(col, np.zeros(4, bool), 0.5, np.ones(4, bool))["cls"]
     assert np.isnan(none_positive["recall"]) and np.isnan(none_positive["f1"])
     assert none_positive["specificity"] == 1.0
+
+
+def test_results_folders_of_score_challenge_output_are_read_as_answers(tiny_data, tiny_bundle_dirs, tmp_path, capsys):
+    """`score SWEEP --challenge-output` wrote the challenge's two files side by side, not in the
+    challenge's output layout; it now writes them as the algorithm writes /output (the mask in
+    images/fetal-abdomen-segmentation/), and a folder of such results folders, each named after its
+    case, is what `eval --predictions` reads, the answer as score gave it."""
+    import csv
+
+    from fetaliqa_core.cli import main
+    from training.dataset import read_cases
+
+    case = read_cases(tiny_data)[0]
+    results = tmp_path / "results"
+    assert main(["score", str(case.image_path), "--cls", str(tiny_bundle_dirs["cls"]), "--seg",
+                 str(tiny_bundle_dirs["seg"]), "--out", str(results / case.uuid), "--challenge-output", "--quiet"]) == 0
+    answer = results / case.uuid
+    assert (answer / "images" / "fetal-abdomen-segmentation" / "fetal-abdomen-segmentation.mha").is_file()
+    assert not (answer / "fetal-abdomen-segmentation.mha").exists()
+    frame = int((answer / "fetal-abdomen-frame-number.json").read_text())
+    capsys.readouterr()
+    out = tmp_path / "o"
+    assert main(["eval", "--data", str(tiny_data), "--predictions", str(results), "--split", "all",
+                 "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "3 of the 4 case(s) have no answer" in err and case.uuid not in err  # its answer was found
+    rows = {r["uuid"]: r for r in csv.DictReader(open(out / "per_case.csv"))}
+    assert int(rows[case.uuid]["chosen_frame"]) == frame

@@ -803,7 +803,7 @@ def test_the_report_says_an_ac_whose_outline_the_field_of_view_cut_was_extrapola
     from fetaliqa_core.analysis import ramanujan_circumference
 
     cut = "outline cut by the field of view; ellipse extrapolated"
-    pages = {}
+    pages, tables = {}, {}
     for name, centre_y in (("cut", 188), ("whole", 140)):
         # a sector fan of radius 235 px; at 188 px below the apex the abdomen's lower edge runs past
         # its arc (black there: a few percent of the outline is cut), at 140 px it is whole
@@ -824,9 +824,40 @@ def test_the_report_says_an_ac_whose_outline_the_field_of_view_cut_was_extrapola
                         p, p, (p * 9000).astype(int), p >= 0.5, chosen_frame=3, ac_mm=ac_mm, masks={3: mask})
         pages[name] = build_report(s, tmp_path / f"{name}.html", sweep_loader=lambda path, fr=frames: fr).read_text(
             encoding="utf-8")
+        tables[name] = list(csv.DictReader(io.StringIO(build_report(
+            s, tmp_path / f"{name}.csv", sweep_loader=lambda path, fr=frames: fr).read_text(encoding="utf-8"))))
+        tables[name + " unread"] = list(csv.DictReader(io.StringIO(report_csv_text(s))))
         s.close()
     page = pages["cut"]
     # the number to act on is kept (the frame choice's verdict decides that); what was done is said
     assert re.search(r"<b>\d+\.\d mm</b> \(" + re.escape(cut) + r"\)", page), page
     assert re.search(r"AC \d+\.\d mm \(" + re.escape(cut) + r"\)", page) and "doubtful" not in page
     assert "extrapolated" not in pages["whole"] and re.search(r"AC \d+\.\d mm<", pages["whole"])
+    # the overview table at the top says it beside the AC too, and the CSV on the chosen frame's row
+    # (both gave the number plain where the picture said it)
+    overview = page.split("<h2")[0]
+    assert re.search(r"<td>\d+\.\d \(ellipse extrapolated\)</td>", overview), overview
+    assert re.search(r"<td>\d+\.\d</td>", pages["whole"].split("<h2")[0])
+    chosen = {name: [r for r in rows if r["chosen"] == "1"] for name, rows in tables.items()}
+    assert [(r["ac_status"], r["ac_extrapolated"]) for r in chosen["cut"]] == [("ok", "1")]
+    assert [(r["ac_status"], r["ac_extrapolated"]) for r in chosen["whole"]] == [("ok", "0")]
+    # without the sweep's frames it cannot be told: said by an empty cell, not by a 0
+    assert [r["ac_extrapolated"] for r in chosen["cut unread"]] == [""]
+    assert all(r["ac_extrapolated"] == "" for r in tables["cut"] if r["chosen"] != "1")
+
+
+def test_a_report_csv_written_before_it_said_whether_an_ellipse_was_extrapolated_is_replaced(tmp_path):
+    """A report CSV of the version before ``ac_extrapolated`` (its header ends at ``ac_status``) is an
+    earlier report of ours: writing the report again replaces it, where a table of someone else's
+    is still refused."""
+    from fetaliqa_core.errors import FetalIQAError
+    from fetaliqa_core.review.report import REPORT_CSV_COLUMNS, check_output
+
+    with ReviewStore(tmp_path / "r.sqlite3") as store:
+        earlier = tmp_path / "earlier.csv"
+        earlier.write_text(",".join(REPORT_CSV_COLUMNS[:-1]) + "\n")
+        check_output(earlier, store)  # (no refusal)
+        theirs = tmp_path / "theirs.csv"
+        theirs.write_text(",".join(REPORT_CSV_COLUMNS[:-2]) + "\n")
+        with pytest.raises(FetalIQAError, match="is not an earlier report CSV"):
+            check_output(theirs, store)

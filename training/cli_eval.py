@@ -20,9 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="no model: the challenge metrics of the answers in FOLDER, in the challenge's output layout "
                         "(<case>/output/fetal-abdomen-frame-number.json and output/images/fetal-abdomen-segmentation/"
                         "fetal-abdomen-segmentation.mha, <case> the case's id or as predictions.json names it: the "
-                        "challenge/ folder `score --archive ... --challenge-output` writes; a case folder of `score "
-                        "--challenge-output`, the two files side by side, is read too); a case without an answer is "
-                        "scored as -1 with no mask, with a note")
+                        "challenge/ folder `score --archive ... --challenge-output` writes; <case> may itself hold them "
+                        "in that layout, as a results folder of `score --challenge-output` does, or the two files "
+                        "side by side, as an archive's case folder does); a case without an answer is scored as -1 "
+                        "with no mask, with a note")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="which cases: a split of the training split (default test) or all (a held-out dataset)")
     p.add_argument("--split-seed", type=non_negative_int, default=None,

@@ -83,8 +83,9 @@ def _image_stem(name: str) -> str:
 
 def _answer_in(folder: Path) -> Answer | None:
     """The answer files in one folder: the challenge's layout under ``output/`` (the frame number,
-    and the mask in ``images/fetal-abdomen-segmentation/``), or the two files side by side, as a
-    case folder of ``fetaliqa score --challenge-output`` holds them. None without a frame number."""
+    and the mask in ``images/fetal-abdomen-segmentation/``), as a results folder of ``fetaliqa score
+    --challenge-output`` holds them, or the two files side by side, as an archive's case folder (and
+    ``score`` before it wrote the layout) holds them. None without a frame number."""
     frame = folder / CHALLENGE_FRAME_FILE
     if not frame.is_file():
         return None
@@ -251,8 +252,9 @@ def evaluate_predictions(settings: PredictionSettings, out_dir: Path | None = No
             todo = f"give {root / 'challenge'}, the answers folder there"
         elif (root / CHALLENGE_FRAME_FILE).is_file():
             # the results folder of `score SWEEP --challenge-output`: one answer, its case not named
+            mask = MASK_DIR + "/" if (root / MASK_DIR).is_dir() else CHALLENGE_MASK_FILE
             todo = (f"it holds one answer's files at its top, as `score --challenge-output` writes them for one "
-                    f"sweep: put {CHALLENGE_FRAME_FILE} and {CHALLENGE_MASK_FILE} in a folder named after the "
+                    f"sweep: put {CHALLENGE_FRAME_FILE} and {mask} in a folder named after the "
                     f"case's id (as {root / _scored_case(root)}/), and give the folder that holds it")
         else:
             todo = ("give the challenge/ folder `score --archive ... --challenge-output` wrote"

@@ -90,9 +90,16 @@ def smooth_curve(
 class FrameFlags:
     """Per-frame calls, all ``(N,)``. A model's call is False where it did not score the frame.
 
-    ``combined``: :func:`combined_score`. ``candidates``: combined score >= the threshold of the
-    models that scored the frame (their mean when both). ``disagreements``: both models scored
-    the frame and their calls differ.
+    ``combined``: :func:`combined_score`. ``candidates`` (the flagged frames): every model that
+    scored the frame calls it (``p_cls`` at or above the classifier's threshold, the line the
+    window's curve lets the user drag, and the segmenter's own call), as the answer's frames are
+    called (:func:`~fetaliqa_core.analysis.frame_choice.choose`). ``disagreements``: both models
+    scored the frame and their calls differ. ``near_candidates``: the combined score reaches the
+    threshold of the models that scored the frame (their mean when both), a wider net in which one
+    model's strong call carries the other's near miss: a cascade's student sends these frames to
+    its teacher (:func:`~fetaliqa_core.cascade.candidate_runs`); nothing shown calls them flagged.
+    (Flagged frames were once these: with the line dragged to 0.99 a frame of ``p_cls`` 0.64 and
+    ``p_seg`` 0.90 stayed a candidate while the answer said no frame reached the threshold.)
     """
 
     scored_cls: np.ndarray
@@ -102,6 +109,7 @@ class FrameFlags:
     combined: np.ndarray
     candidates: np.ndarray
     disagreements: np.ndarray
+    near_candidates: np.ndarray
 
 
 def flag_frames(
@@ -111,7 +119,8 @@ def flag_frames(
     threshold_seg: float = 0.5,
     seg_call: np.ndarray | None = None,
 ) -> FrameFlags:
-    """Candidate good frames and classifier/segmenter disagreements.
+    """Candidate good frames (flagged: every model that scored the frame calls it) and
+    classifier/segmenter disagreements (see :class:`FrameFlags`).
 
     p_cls, p_seg: ``(N,)`` scores in [0, 1], NaN where not scored (or None: no such model).
     seg_call: optional ``(N,)`` bool segmenter call (e.g. the 1 % area rule) used instead of
@@ -135,9 +144,11 @@ def flag_frames(
     thr_cnt = scored_cls.astype(int) + scored_seg.astype(int)
     with np.errstate(invalid="ignore", divide="ignore"):
         thr = np.where(thr_cnt > 0, thr_sum / np.maximum(thr_cnt, 1), np.inf)
-    candidates = np.isfinite(combined) & (np.where(np.isfinite(combined), combined, -np.inf) >= thr)
+    near = np.isfinite(combined) & (np.where(np.isfinite(combined), combined, -np.inf) >= thr)
+    # flagged: no model that scored the frame says no (a model that did not score it has no say)
+    candidates = (scored_cls | scored_seg) & (cls_call | ~scored_cls) & (s_call | ~scored_seg)
     disagreements = scored_cls & scored_seg & (cls_call != s_call)
-    return FrameFlags(scored_cls, scored_seg, cls_call, s_call, combined, candidates, disagreements)
+    return FrameFlags(scored_cls, scored_seg, cls_call, s_call, combined, candidates, disagreements, near)
 
 
 @dataclass(frozen=True)
@@ -796,7 +807,7 @@ def _why_none_scored(flags: FrameFlags, choice, start: int, stop: int) -> str:
         return (f"{n_calls} frame(s) above the classifier's threshold and {n_plaus} with a mask shaped like "
                 "an abdomen's outline, but never the same frame, so none is chosen")
     if cls_calls is not None:
-        # flagged frames (the two scores' mean) may exist all the same: the choice needs the call
+        # (frames are flagged only where the classifier calls them: none is, here)
         return ("no frame reaches the classifier's threshold" +
                 (" and no mask is shaped like an abdomen's outline" if plaus is not None else ""))
     return "no frame above threshold" if plaus is None else "no frame has a mask shaped like an abdomen's outline"

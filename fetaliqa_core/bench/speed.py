@@ -220,8 +220,9 @@ def chosen_runs(assessment) -> dict[str, tuple[int, int] | None]:
     the product has: ``"choice"``, the frame choice's run it took the frame from
     (:class:`~fetaliqa_core.analysis.frame_choice.Choice`: frames every model calls with a
     plausible mask, or those with a plausible mask when the models disagree everywhere), and
-    ``"candidates"``, the run of candidate frames the curve shows (combined score over the
-    threshold). None where there is no such run (or no chosen frame)."""
+    ``"candidates"``, the run of candidate frames as a cascade's student sends them to the teacher
+    (combined score over the threshold: ``FrameFlags.near_candidates``). None where there is no
+    such run (or no chosen frame)."""
     frame = assessment.summary.chosen_frame
     out: dict[str, tuple[int, int] | None] = {"choice": None, "candidates": None}
     if frame < 0:
@@ -231,7 +232,7 @@ def chosen_runs(assessment) -> dict[str, tuple[int, int] | None]:
         for a, b, _ in runs:
             if a <= frame < b:
                 out["choice"] = (int(a), int(b) - 1)
-    out["candidates"] = _runs(assessment.flags.candidates, frame)
+    out["candidates"] = _runs(assessment.flags.near_candidates, frame)
     return out
 
 

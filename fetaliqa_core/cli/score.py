@@ -40,8 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "number for square pixels, or width x height (0.3x0.4) for pixels that are not square; "
                         "without a known, plausible spacing no length in mm and no GA is given")
     p.add_argument("--challenge-output", action="store_true",
-                   help="also write the ACOUSLIC-AI challenge's output files (with --archive: a case "
-                        "scored earlier without them is scored again, every frame, to write them)")
+                   help="also write the ACOUSLIC-AI challenge's output files, in the challenge's output layout: "
+                        "the results folder holds them as the algorithm's /output folder does "
+                        "(fetal-abdomen-frame-number.json and images/fetal-abdomen-segmentation/"
+                        "fetal-abdomen-segmentation.mha), one such folder per sweep of a FOLDER; with --archive, "
+                        "OUT/challenge/<case>/output/... with predictions.json, and a case scored earlier without "
+                        "them is scored again, every frame, to write them. `fetaliqa eval --predictions` reads "
+                        "either")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write cached results")
     p.add_argument("--quiet", action="store_true",
                    help="no progress (a bar on a terminal, a line every 10 s into a pipe or a log); a "
@@ -142,6 +147,13 @@ def _stem(path: Path) -> str:
     return name
 
 
+def challenge_layout(args) -> bool:
+    """Whether the challenge's files go into a sweep's results folder in the challenge's output
+    layout (``score SWEEP`` and ``score FOLDER``), or side by side (an archive's case folders, which
+    its ``challenge/`` folder is gathered from: ``args.challenge_layout`` False)."""
+    return bool(getattr(args, "challenge_layout", True))
+
+
 def score_one(path: Path, out: Path, models, args, position: str = "", sweep=None, extra=None) -> dict:
     """Score one sweep into ``out`` (written atomically). Returns the summary as JSON.
 
@@ -155,7 +167,8 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
     from fetaliqa_core.engine import ScoringEngine
 
     export.refuse_writing_over_input(out, path, challenge=bool(args.challenge_output),
-                                     cascade=getattr(models, "student", None) is not None)
+                                     cascade=getattr(models, "student", None) is not None,
+                                     layout=challenge_layout(args))
     sweep = fio.load_sweep(path).in_memory() if sweep is None else sweep
     if getattr(args, "spacing", None) is not None:
         sweep = sweep.with_spacing(args.spacing, "given with --spacing")
@@ -176,7 +189,8 @@ def score_one(path: Path, out: Path, models, args, position: str = "", sweep=Non
 
     assessment = assess(sweep, results, thresholds, models.record(), provenance=provenance(models))
     hook = None if extra is None else (lambda folder: extra(folder, sweep, results, assessment))
-    export.write_scores(out, sweep, results, assessment, challenge=args.challenge_output, extra=hook)
+    export.write_scores(out, sweep, results, assessment, challenge=args.challenge_output, extra=hook,
+                        layout=challenge_layout(args))
     return assessment.summary.to_json()
 
 
@@ -228,6 +242,7 @@ def _score_cascade(sweep, path: Path, out: Path, models, args, thresholds, posit
     hook = None if extra is None else (lambda folder: extra(folder, sweep, merged, assessment))
     write_cascade_scores(out, sweep, merged, engine.confirmed, assessment, models.student.path,
                          challenge=args.challenge_output, extra=hook, complete=engine.complete,
+                         layout=challenge_layout(args),
                          teacher_planned=None if engine.teacher_plan is None else len(engine.teacher_plan))
     return assessment.summary.to_json()
 

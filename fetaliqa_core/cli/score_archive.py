@@ -310,6 +310,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     ar.clean_leftovers(out, [names[i] for i in mine])
     case_args = argparse.Namespace(**vars(args))
     case_args.quiet = args.quiet or ranks.distributed  # one progress bar per terminal at most
+    # a case folder holds the challenge's files side by side; OUT/challenge lays them out (ar.write_challenge_tree)
+    case_args.challenge_layout = False
 
     def prepare(item: ar.Item) -> None:
         try:

@@ -74,10 +74,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, bundles: bool = True, 
     if threshold:
         g.add_argument("--threshold", type=probability, default=None, metavar="P",
                        help="the classifier's threshold on p_cls (default: the classifier bundle's own); a frame "
-                            "is flagged when the mean of p_cls and p_seg reaches the mean of this and the "
-                            "segmenter's 0.5 (one model: its own score and threshold); with a segmenter alone, "
-                            "its threshold on p_seg (default 0.5, the paper's rule: mask >= 1 %% of the model "
-                            "input)")
+                            "is flagged when every model calls it: p_cls at or above this, and the segmenter's "
+                            "mask at least 1 %% of the model input (p_seg >= 0.5); with a segmenter alone, its "
+                            "threshold on p_seg (default 0.5, that same 1 %% rule)")
 
 
 def model_choice_from_args(args: argparse.Namespace, *, remembered: bool = False):

@@ -525,9 +525,11 @@ def check_output(out_path: str | Path, store: ReviewStore, kind: str = "report",
     except OSError as exc:
         raise FetalIQAError(f"{named} exists and cannot be read ({exc.strerror or exc}); name another "
                             "output file.") from None
-    # (a history written before verdicts could be withdrawn ends at "current": it is replaced too)
+    # (a history written before verdicts could be withdrawn ends at "current", a report before it
+    # said whether an ellipse was extrapolated at "ac_status": they are replaced too)
     columns = {"labels": [LABELS_CSV_COLUMNS],
-               "history": [HISTORY_CSV_COLUMNS, HISTORY_CSV_COLUMNS[:-1]]}.get(kind, [REPORT_CSV_COLUMNS])
+               "history": [HISTORY_CSV_COLUMNS, HISTORY_CSV_COLUMNS[:-1]]}.get(
+        kind, [REPORT_CSV_COLUMNS, REPORT_CSV_COLUMNS[:-1]])
     if not _looks_like_ours(head, out.suffix.lower(), columns):
         name = _CSV_KINDS[kind] if kind != "report" else {
             ".csv": "report CSV", ".html": "FetalIQA report", ".pdf": "PDF"}.get(out.suffix.lower(), "report")
@@ -593,7 +595,11 @@ def _note_text(note: str, limit: int | None) -> str:
 
 
 def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
-                   loader: SweepLoader | None, note_limit: int | None = None) -> str:
+                   loader: SweepLoader | None, note_limit: int | None = None,
+                   cuts: dict[int, str] | None = None) -> str:
+    """The sweep's part of the HTML report. ``cuts``: given, it receives ``sweep.id ->``
+    :func:`~fetaliqa_core.analysis.ac.extrapolated_note` of the chosen frame's outline (empty for
+    a whole one) where that outline was measured here, for the overview table to say it too."""
     run = store.latest_run(sweep.id)
     verdicts = store.verdicts(sweep.id)
     latest_by_frame: dict[int, Verdict] = {}
@@ -701,6 +707,8 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
                 ac, fov = _thumbnail_ac(mask, frames, sweep, view, f)
                 if f == run.chosen_frame and ac is not None and _lengths_shown(sweep):
                     parts[answer_at] = answer_grid(extrapolated_note(ac, fov))
+                    if cuts is not None:
+                        cuts[sweep.id] = extrapolated_note(ac, fov)
                 # an outline in an image region of another pixel size than the one the database
                 # keeps (a picture-in-picture): measured at that region's, or given no mm
                 outline_mm, outline_problem = _outline_spacing(calibrations, sweep, mask)
@@ -769,19 +777,24 @@ def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = Non
     if not sweeps:
         parts.append("<p><i>The review database holds no sweeps yet.</i></p>")
     else:
+        # the sections first: measuring each chosen frame's outline (on its sweep's frames) tells
+        # whether its ellipse was extrapolated, which the overview says beside the AC as the
+        # section does (the overview gave the number plain where its picture said it)
+        cuts: dict[int, str] = {}
+        sections = [_sweep_section(store, s, i, sweep_loader, note_limit, cuts) for i, s in enumerate(sweeps, 1)]
         rows = []
         for i, s in enumerate(sweeps, 1):
             run = store.latest_run(s.id)
             vs = store.verdicts(s.id)
+            ac = "–" if run is None or run.ac_mm is None else f"{run.ac_mm:.1f}" + (
+                f" ({CUT_WORDS})" if cuts.get(s.id) else "")
             rows.append([str(i), _e(clean_name(s.name)), str(s.n_frames),
                          "–" if run is None else str(int(run.flagged.sum())),
                          str(len(vs)), _e(", ".join(sorted({clean_name(v.reviewer) for v in vs})) or "–"),
-                         "–" if run is None or run.ac_mm is None else f"{run.ac_mm:.1f}",
-                         "–" if run is None else _e(_ga_text(ga_weeks_of(run)).split(" (")[0])])
+                         _e(ac), "–" if run is None else _e(_ga_text(ga_weeks_of(run)).split(" (")[0])])
         parts.append(_grid(["#", "Sweep", "Frames", "Flagged", "Verdicts", "Reviewers",
                             "AC (mm)", "GA"], rows, [4, 33, 9, 9, 9, 15, 10, 11]))
-        for i, s in enumerate(sweeps, 1):
-            parts.append(_sweep_section(store, s, i, sweep_loader, note_limit))
+        parts.extend(sections)
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -792,23 +805,54 @@ def render_report_html(store: ReviewStore, sweep_ids: Sequence[int] | None = Non
 REPORT_CSV_COLUMNS = [
     "content_hash", "path", "frame", "sub_sweep", "frame_in_sub_sweep", "p_cls", "p_seg",
     "seg_area_px", "flagged", "chosen", "ac_mm", "ga_weeks", "reviewer", "label", "label_code",
-    "agrees_with_model", "note", "time", "threshold", "model_threshold", "notice", "ac_status"]
+    "agrees_with_model", "note", "time", "threshold", "model_threshold", "notice", "ac_status",
+    "ac_extrapolated"]
 #: flagged and agrees_with_model are empty on a frame the run never scored (stopped part-way).
 #: ac_status on the chosen frame's rows: "ok" (ac_mm is a number to act on) or "not to act on"
 #: (doubtful, not measurable, or the pixel size unknown: the HTML report's picture of the frame
-#: says which); empty on the other rows.
+#: says which); empty on the other rows. ac_extrapolated beside an ac_mm to act on: 1 where the
+#: field of view cut the chosen frame's outline, its ellipse extrapolated past the cut (the HTML
+#: report's "ellipse extrapolated"), 0 for a whole outline; empty without such an AC, or where the
+#: sweep's frames could not be read to tell (the database keeps no word of it).
 AC_NOT_TO_ACT_ON = "not to act on"
+#: Said beside an AC whose ellipse was extrapolated past the field of view, where there is no room
+#: for the whole of :func:`~fetaliqa_core.analysis.ac.extrapolated_note` (the window's words).
+CUT_WORDS = "ellipse extrapolated"
 
 
-def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) -> str:
+def _chosen_cut(store: ReviewStore, sweep: SweepRecord, run: ModelRun, loader: SweepLoader | None) -> str | None:
+    """:func:`~fetaliqa_core.analysis.ac.extrapolated_note` of the chosen frame's outline, measured
+    as the HTML report's picture of it is (in the frame's field of view, on the sweep's frames):
+    empty for a whole outline; None where the run has no AC to act on or the frames cannot be read."""
+    f = run.chosen_frame
+    if f is None or f < 0 or run.ac_mm is None or not _lengths_shown(sweep) or loader is None:
+        return None
+    frames, loader_masks, _why, _regions = _load_frames(loader, sweep)
+    if frames is None:
+        return None
+    h, w = frames.shape[1:]
+    mask = store.run_mask(run.id, f, sizes=functools.partial(_mask_fits, h, w))
+    mask = mask_on_frame(mask, h, w) if mask is not None else None
+    if mask is None and loader_masks is not None:
+        mask = loader_masks[f]
+    view = SimpleNamespace(height=h, width=w, n_frames=frames.shape[0], frames=frames)
+    ac, fov = _thumbnail_ac(mask, frames, sweep, view, f)
+    return None if ac is None else extrapolated_note(ac, fov)
+
+
+def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None,
+                    sweep_loader: SweepLoader | None = None) -> str:
     """Report rows: every flagged, chosen or reviewed frame; one row per reviewer's latest
     verdict (a row with an empty reviewer for frames nobody reviewed). AC/GA on chosen rows. A
-    sweep with no such frame has one row with an empty frame (the HTML report lists it too)."""
+    sweep with no such frame has one row with an empty frame (the HTML report lists it too).
+    ``sweep_loader`` (as for the HTML report): reads the sweeps whose chosen frame has an AC to act
+    on, to say whether its ellipse was extrapolated (``ac_extrapolated``); without it, left empty."""
     buf = io.StringIO()
     writer = csv_writer(buf, lineterminator="\n")  # no cell runs as a spreadsheet formula
     writer.writerow(REPORT_CSV_COLUMNS)
     for sweep in _select_sweeps(store, sweep_ids):
         run = store.latest_run(sweep.id)
+        cut = None if run is None else _chosen_cut(store, sweep, run, sweep_loader)
         by_frame: dict[int, list[Verdict]] = {}
         for v in store.verdicts(sweep.id):
             by_frame.setdefault(v.frame, []).append(v)
@@ -821,12 +865,12 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
             t = None if run is None else run.thresholds
             thr = ["", "", ""] if t is None else [f"{t.value:.4f}", f"{t.model:.4f}",
                                                   run_notice(run)]
-            writer.writerow([sweep.content_hash, clean_name(sweep.path)] + [""] * 16 + thr + [""])
+            writer.writerow([sweep.content_hash, clean_name(sweep.path)] + [""] * 16 + thr + ["", ""])
         for f in sorted(frames):
             i = sweep.sweep_index(f)
             base = [sweep.content_hash, clean_name(sweep.path), f, i + 1,
                     f - sweep.sweep_ranges[i][0] if sweep.sweep_ranges else f]
-            status = ""
+            status = extrapolated = ""
             if run is None:
                 base += ["", "", "", "", "", "", ""]
                 thr = ["", "", ""]
@@ -843,14 +887,15 @@ def report_csv_text(store: ReviewStore, sweep_ids: Sequence[int] | None = None) 
                          _csv_num(_weeks_2(ga_weeks_of(run))) if chosen else ""]
                 if chosen:  # an empty ac_mm alone did not tell a doubtful AC from none
                     status = "ok" if _csv_num(run.ac_mm) else AC_NOT_TO_ACT_ON
+                    extrapolated = "" if cut is None or status != "ok" else str(int(bool(cut)))
             for v in by_frame.get(f) or [None]:
                 if v is None:
-                    writer.writerow(base + ["", "", "", "", "", ""] + thr + [status])
+                    writer.writerow(base + ["", "", "", "", "", ""] + thr + [status, extrapolated])
                 else:
                     agrees = _agrees(v, run)
                     agrees = "" if agrees is None else int(agrees)
                     writer.writerow(base + [clean_name(v.reviewer), v.label, v.code, agrees, v.note,
-                                            clean_name(v.time)] + thr + [status])
+                                            clean_name(v.time)] + thr + [status, extrapolated])
     return buf.getvalue()
 
 
@@ -965,7 +1010,7 @@ def render_report(store: ReviewStore, out_path: str | Path, sweep_ids: Sequence[
         raise FetalIQAError(f"Cannot tell the report format from {Path(out_path).name!r}: name the "
                             "output file .html, .pdf or .csv.")
     if ext == ".csv":
-        return report_csv_text(store, sweep_ids)
+        return report_csv_text(store, sweep_ids, sweep_loader)
     return render_report_html(store, sweep_ids, sweep_loader,
                               note_limit=PDF_NOTE_CHARS if ext == ".pdf" else None)
 
