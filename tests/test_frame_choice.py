@@ -1459,3 +1459,85 @@ def test_a_thorax_whose_heart_has_thin_septa_or_faint_chambers_is_not_an_abdomen
         abdomen, mask = _section("abdomen", axes=axes, angle=angle, gain=gain, offset=offset, seed=seed, fov=fov)
         a = fc.mask_shape(mask, fov, PX_MM, grey=abdomen)
         assert a.plausible and a.reason == "", a.reason
+
+
+# ------------------------------------------------------------------ the head's midline echo
+def _midline_scene(kind: str, axes=(110, 88), angle=20.0, seed=0, midline: str = "whole", model_size=False):
+    """A 480 x 360 frame (0.3 mm a pixel) drawn here, at a high display gain, of ``kind``:
+    ``"head"``: a skull ring 1 px wide round a brain brighter than the fluid around it (so no
+    bright ring round a darker inside shows), with the midline echo, a 1-px line along the long
+    axis over 0.85 of it either way (``midline`` ``"cavum"``: broken by the cavum septi pellucidi
+    over 0.25-0.37 of it); ``"abdomen"``: liver texture, a dark stomach, the umbilical vein as a
+    straight tube (a dark lumen between brighter walls) from the anterior wall inwards, and a bright
+    straight interface (the uterine wall) along the body just outside it. ``model_size``: shrunk to
+    the model's 224 px wide, as ``score`` reads it. Returns (uint8 frame, mask, mm a pixel)."""
+    rng = np.random.default_rng(seed)
+    shape, px = (360, 480), 0.3
+    c, t = (240, 190), math.radians(angle)
+
+    def along(s, across=0.0):  # a point s of the long semi-axis along it, across of the short one
+        return (int(round(c[0] + s * axes[0] * math.cos(t) - across * axes[1] * math.sin(t))),
+                int(round(c[1] + s * axes[0] * math.sin(t) + across * axes[1] * math.cos(t))))
+
+    img = _speckled(shape, 40.0, rng)
+    body = np.zeros(shape, np.uint8)
+    cv2.ellipse(body, c, axes, angle, 0, 360, 1, -1)
+    img[body > 0] = _speckled((int(body.sum()),), 130.0 if kind == "head" else 95.0, rng)
+    if kind == "head":
+        lines = np.zeros(shape, np.float32)
+        cv2.ellipse(lines, c, axes, angle, 0, 360, 1.0, 1, cv2.LINE_AA)
+        mid = np.zeros(shape, np.float32)
+        cv2.line(mid, along(-0.85), along(0.85), 1.0, 1, cv2.LINE_AA)
+        if midline == "cavum":
+            gap = np.zeros(shape, np.uint8)
+            cv2.line(gap, along(-0.85 + 1.7 * 0.25), along(-0.85 + 1.7 * 0.37), 1, 5)
+            mid[gap > 0] = 0.0
+        lines = np.maximum(lines, mid)
+        img = img * (1.0 - lines) + 255.0 * lines
+    else:
+        stomach = np.zeros(shape, np.uint8)
+        cv2.ellipse(stomach, along(0.1, -0.45), (axes[1] // 5, axes[1] // 7), angle, 0, 360, 1, -1)
+        img[stomach > 0] = 20.0
+        for width, grey in ((9, 170.0), (5, 25.0)):  # the vein's walls, then its lumen
+            tube = np.zeros(shape, np.uint8)
+            cv2.line(tube, along(0.9, 0.1), along(0.3, 0.25), 1, width)
+            img[tube > 0] = grey
+        wall = np.zeros(shape, np.uint8)
+        cv2.line(wall, along(-1.6, 1.05), along(1.6, 1.05), 1, 3)
+        img[wall > 0] = 240.0
+    img = np.clip(cv2.GaussianBlur(img.astype(np.float32), (0, 0), 0.8) * 1.6, 0, 255).astype(np.uint8)
+    if model_size:
+        img = cv2.resize(img, (S, S * shape[0] // shape[1]), interpolation=cv2.INTER_AREA)
+        body = cv2.resize(body, (S, S * shape[0] // shape[1]), interpolation=cv2.INTER_NEAREST)
+        px *= shape[1] / S
+    return img, body, px
+
+
+@pytest.mark.parametrize("model_size", [False, True], ids=["frame", "model-size"])
+@pytest.mark.parametrize("midline", ["whole", "cavum"])
+def test_a_head_with_a_thin_skull_shows_its_midline_and_is_not_an_abdomen(midline, model_size):
+    """A head whose skull ring is 1 px wide, at a high gain that makes the brain brighter than the
+    fluid round it, shows no bright ring round a darker inside: 10 of 110 such heads of an
+    independent generator read a plain AC with a GA. Its midline echo, a straight bright line
+    through its centre along its long axis, whole or broken by the cavum septi pellucidi, tells
+    it, on the frame and shrunk to the model's size alike."""
+    for seed, (axes, angle) in enumerate([((110, 88), 20.0), ((96, 84), -40.0), ((120, 100), 75.0)]):
+        head, mask, px = _midline_scene("head", axes, angle, seed, midline, model_size)
+        assert fc.mask_shape(mask, None, px).plausible  # the shape alone cannot tell
+        h = fc.mask_shape(mask, None, px, grey=head)
+        assert not h.plausible and h.reason == fc.MIDLINE_REASON and h.quality == 0.0, (seed, h.reason)
+        assert h.problem == fc.MIDLINE_REASON
+
+
+@pytest.mark.parametrize("model_size", [False, True], ids=["frame", "model-size"])
+def test_a_straight_vein_or_a_bright_wall_beside_an_abdomen_is_no_midline(model_size):
+    """The umbilical vein drawn as a straight tube with bright walls from the anterior wall inwards,
+    and a bright straight interface (the uterine wall) along the body just outside it, are no
+    midline echo: the abdomen reads plain (the head drawn alike does not)."""
+    for seed, (axes, angle) in enumerate([((110, 88), 20.0), ((96, 84), -40.0), ((120, 100), 75.0)]):
+        abdomen, mask, px = _midline_scene("abdomen", axes, angle, seed, model_size=model_size)
+        a = fc.mask_shape(mask, None, px, grey=abdomen)
+        assert a.plausible and a.reason == "", a.reason
+        assert fc.midline_lead(abdomen, None, a.ellipse) < fc.MIDLINE_LEAD / 2
+        head, mask, px = _midline_scene("head", axes, angle, seed, model_size=model_size)
+        assert fc.mask_shape(mask, None, px, grey=head).reason == fc.MIDLINE_REASON
