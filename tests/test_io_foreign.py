@@ -2201,6 +2201,25 @@ def test_a_local_metaimage_with_its_pixels_at_the_end_is_read(tmp_path):
         load_sweep(path)
 
 
+@pytest.mark.parametrize("header_size, said", [
+    ("9223372036854775000", r"HeaderSize is 9223372036854775000 \(bytes to skip at the start of its data file, "
+                            r"data.raw\), more than that file holds \(7680 bytes\): the header is wrong"),
+    ("-5", "HeaderSize is -5: no bytes can be skipped a negative number of times"),
+])
+def test_a_metaimage_header_size_that_means_nothing_blames_the_header(tmp_path, header_size, said):
+    """A HeaderSize past the end of the data file called the (good) data file truncated; one of -5
+    was read as none, and the sweep was scored without a word."""
+    arr = _grey(n=4).astype(np.uint8)
+    (tmp_path / "data.raw").write_bytes(arr.tobytes())
+    path = tmp_path / "sweep.mhd"
+    path.write_text(f"ObjectType = Image\nNDims = 3\nDimSize = {arr.shape[2]} {arr.shape[1]} {arr.shape[0]}\n"
+                    f"ElementType = MET_UCHAR\nHeaderSize = {header_size}\nElementSpacing = 0.25 0.3 1\n"
+                    "ElementDataFile = data.raw\n")
+    with pytest.raises(FetalIQAError, match=said) as caught:
+        load_sweep(path)
+    assert str(caught.value).startswith(str(path))
+
+
 @pytest.mark.parametrize("spacing", [None, [0, 0]])
 def test_palette_colour_is_read_through_its_table_on_every_path(tmp_path, spacing):
     """A palette image whose Pixel Spacing is no length goes through the second decoder, which

@@ -3861,6 +3861,10 @@ def _read_metaimage(path: Path) -> Raw | None:
         header_size = int(header.get("headersize", "0"))
     except ValueError:
         header_size = 0
+    if header_size < -1:  # (it was read as no HeaderSize, and the sweep scored without a word)
+        raise FetalIQAError(f"{path}: the header's HeaderSize is {header_size}: no bytes can be skipped a negative "
+                            "number of times, and -1 alone has a meaning (the pixel data end the data file). The "
+                            "header is wrong: fix it or export the file again.")
     if data_path == path:
         offset = data_offset
         if header_size == -1 and not compressed:  # MetaIO reads the pixels from the end of the file
@@ -3874,6 +3878,11 @@ def _read_metaimage(path: Path) -> Raw | None:
             offset = max(data_path.stat().st_size - expected, 0)
         elif header_size > 0:
             offset = header_size
+            size = data_path.stat().st_size
+            if header_size > size:  # (the data file was called truncated, for a header at fault)
+                raise FetalIQAError(f"{path}: the header's HeaderSize is {header_size} (bytes to skip at the start "
+                                    f"of its data file, {data_path.name}), more than that file holds ({size} bytes): "
+                                    "the header is wrong. Fix it or export the file again.")
     available = data_path.stat().st_size - offset
     hdr_desc = f"DimSize {' '.join(map(str, dims))}, {element_type}" + (
         f", {components} channels" if components > 1 else "")
