@@ -231,8 +231,12 @@ def run_window(sweep_path: str | Path | None, choice=None, screenshot: Path | No
         if scores_dir is not None:
             try:
                 state["scores"] = save_scores(win, Path(scores_dir))
-            except (FetalIQAError, OSError) as exc:
+            except FetalIQAError as exc:
                 state["message"] = f"scores not written to {scores_dir}: {exc}"
+            except OSError as exc:  # in score's words ("the disk is full; free disk space or write elsewhere")
+                from fetaliqa_core.paths import os_error_message
+
+                state["message"] = f"scores not written to {scores_dir}: {os_error_message(exc).rstrip('.')}"
         if exit_when_scored or max_seconds:
             win.close()
 

@@ -127,17 +127,26 @@ def available_memory_bytes() -> int | None:
             free = min(free, max(int(limit) - max(int(used) - _cgroup_reclaimable(), 0), 0))
     except OSError:
         pass
-    try:  # a limit on this process's address space (ulimit -v): what is left of it
+    left = address_space_left()
+    if left is not None:
+        free = left if free is None else min(free, left)
+    return free
+
+
+def address_space_left() -> int | None:
+    """What is left of a limit on this process's address space (ulimit -v), in bytes; None
+    without one (or where it cannot be read)."""
+    try:
         import resource
 
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-        if limit != resource.RLIM_INFINITY:
-            with open("/proc/self/status", encoding="ascii") as fh:
-                size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
-            free = max(limit - size, 0) if free is None else min(free, max(limit - size, 0))
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status", encoding="ascii") as fh:
+            size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+        return max(limit - size, 0)
     except (ImportError, OSError, ValueError, StopIteration):
-        pass
-    return free
+        return None
 
 
 def _cgroup_reclaimable() -> int:
@@ -170,6 +179,11 @@ def check_memory(source: str, needed: int, what: str, todo: str = _SWEEP_TODO, n
         raise FetalIQAError(f"{source}: {what} needs {_size_text(needed)} of memory, but this machine has "
                             f"{_size_text(available)}: {todo}")
     free = available_memory_bytes() if now else None
+    if free is not None and needed + MEMORY_MARGIN > free and free == address_space_left():
+        # the process's own limit, not the machine, is short: closing programs would not help
+        raise FetalIQAError(f"{source}: {what} needs {_size_text(needed)} of memory ({_size_text(needed + MEMORY_MARGIN)} "
+                            f"with what reading takes), but this process's address-space limit (ulimit -v) leaves "
+                            f"only {_size_text(free)} of it: raise the limit, or remove it, and try again.")
     if free is not None and needed + MEMORY_MARGIN > free:
         raise FetalIQAError(f"{source}: {what} needs {_size_text(needed)} of memory ({_size_text(needed + MEMORY_MARGIN)} "
                             f"with what reading takes), but this machine has only {_size_text(free)} available now: {_SWEEP_TODO_NOW if todo == _SWEEP_TODO else todo}")

@@ -248,6 +248,25 @@ def test_gui_never_writes_its_picture_or_scores_over_a_file_it_was_not_given(qtb
     assert sorted(p.name for p in tmp_path.iterdir()) == before and first[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_gui_save_scores_on_a_full_disk_says_so_as_score_does(qtbot, small_sweep, fast_models, tmp_path, monkeypatch,
+                                                               capsys):
+    """`gui --save-scores` on a full disk printed the system's "[Errno 28] No space left on device:
+    '.../frames.csv'" where `score` says "the disk is full; free disk space or write elsewhere"."""
+    import errno
+
+    from fetaliqa_core import export
+
+    def full(out_dir, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "frames.csv"))
+
+    monkeypatch.setattr(export, "write_scores", full)
+    out = tmp_path / "scores"
+    assert cli_main(["gui", str(small_sweep), "--exit-when-scored", "--save-scores", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "the disk is full; free disk space or write elsewhere" in err and "Errno" not in err, err
+    assert str(out / "frames.csv") in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_results_folder_on_a_file_leaves_nothing_behind(tmp_path):
     from fetaliqa_core.errors import FetalIQAError
     from fetaliqa_core.files import atomic_output_dir

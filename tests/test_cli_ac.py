@@ -565,6 +565,26 @@ def test_a_mask_of_another_frame_count_than_its_sweep_is_refused(tmp_path, capsy
     assert "the mask has one frame and the sweep 5" in capsys.readouterr().out
 
 
+def test_a_sweep_whose_header_states_another_frame_count_is_refused_before_its_pixels_are_read(
+        tmp_path, capsys, monkeypatch):
+    """A 34 MB sweep declaring 19,000 frames given with a 12-frame mask was read (7.8 GB over
+    92 s) to say "the sweep has 19000 frame(s), the mask 12": its header says so at once."""
+    from fetaliqa_core import io as fio
+
+    fio.write_volume(tmp_path / "sweep.mha", np.full((5, 120, 160), 40, np.uint8), spacing_mm=(0.3, 0.3))
+    masks = np.zeros((8, 120, 160), np.uint8)
+    cv2.ellipse(masks[6], (80, 60), (40, 30), 0, 0, 360, 1, -1)
+    path = _write(tmp_path, masks, "mask.mha", spacing=0.3)
+
+    def read(*args, **kwargs):
+        raise AssertionError("the sweep's pixels were read")
+
+    monkeypatch.setattr(fio, "load_sweep", read)
+    assert main(["ac", str(path), "--sweep", str(tmp_path / "sweep.mha")]) == 1
+    captured = capsys.readouterr()
+    assert "the sweep has 5 frame(s), the mask 8" in captured.err and "AC" not in captured.out
+
+
 def test_a_binary_mask_saved_as_0_and_255_is_measured_and_said(tmp_path, capsys):
     masks = np.zeros((2, H, W), np.uint8)
     cv2.ellipse(masks[1], (372, 300), BIG, 10, 0, 360, 255, -1)

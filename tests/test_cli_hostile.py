@@ -381,3 +381,53 @@ def test_a_utf8_name_read_under_an_ascii_locale_blames_the_setting_not_the_name(
     # bytes that are UTF-8 in no locale are still the name's fault
     with pytest.raises(FetalIQAError, match="Rename"):
         check_path_name(Path(b"bad\xff\xfe.mha".decode("ascii", "surrogateescape")))
+
+
+def test_model_libraries_that_cannot_be_mapped_for_lack_of_memory_are_one_line(tmp_path, case):
+    """Under `ulimit -v 2000000`, `fetaliqa score good.mha` gave a 27-line traceback ending in
+    "ImportError: libtorch_cpu.so: failed to map segment from shared object"."""
+    import resource
+
+    from fetaliqa_core.cli import run_guarded
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (2_000_000 * 1024, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "fetaliqa_core.cli", "score", str(case), "--out", str(tmp_path / "o"),
+                           "--quiet", "--no-cache"], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          cwd=ROOT, env=env, preexec_fn=limited, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "out of memory: the model libraries" in lines[0] and "ulimit -v" in lines[0]
+    # the loader's own wording, as an ImportError or an OSError, is told the same way
+    for exc in (ImportError("libtorch_cpu.so: failed to map segment from shared object"),
+                OSError(12, "libc10.so: cannot allocate memory")):
+        def fail(exc=exc):
+            raise exc
+        assert run_guarded(fail) == 1
+    with pytest.raises(ImportError):  # any other failed import is no memory problem
+        run_guarded(lambda: __import__("no_such_module_here"))
+
+
+def test_score_under_an_address_space_limit_loads_the_model_libraries_before_the_sweep(case, tmp_path, monkeypatch):
+    """Under `ulimit -v 10000000` a 7.9 GB sweep passed the memory check (which leaves 256 MB of
+    the limit), was read over 137 s, then the model libraries (3 GB of address space) could not be
+    loaded: loaded first, they are counted by the check, and a limit too small is said at once."""
+    import resource
+
+    from fetaliqa_core import io as fio
+    from fetaliqa_core.cli import score
+
+    order = []
+    monkeypatch.setattr(score, "_import_model_libraries", lambda: order.append("libraries"), raising=False)
+    real = fio.load_sweep
+    monkeypatch.setattr(fio, "load_sweep", lambda *a, **k: order.append("sweep") or real(*a, **k))
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (10_000_000 * 1024, resource.RLIM_INFINITY))
+    assert main(["score", str(case), "--out", str(tmp_path / "limited"), "--quiet", "--no-cache"]) == 0
+    assert order[:2] == ["libraries", "sweep"]
+    order.clear()
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert main(["score", str(case), "--out", str(tmp_path / "free"), "--quiet", "--no-cache"]) == 0
+    assert order[:1] == ["sweep"] and "libraries" not in order

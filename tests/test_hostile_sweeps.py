@@ -635,6 +635,18 @@ def test_the_memory_available_now_is_what_the_system_and_an_address_space_limit_
     assert 0 <= int(out.stdout) < 2 << 30
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and RLIMIT_AS are Linux's")
+def test_a_sweep_refused_for_an_address_space_limit_says_the_limit_not_the_machine():
+    """Under `ulimit -v`, a sweep too large for what the limit leaves was refused as "this machine
+    has only 6.3 GB available now: close other programs", which would not help."""
+    code = ("import resource; from fetaliqa_core import validate\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+            "try: validate.check_memory('s.mha', 3 << 30, 'a sweep', now=True)\n"
+            "except Exception as exc: print(exc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "address-space limit (ulimit -v) leaves only" in out.stdout and "close other programs" not in out.stdout
+
+
 def test_a_container_s_droppable_page_cache_is_not_counted_as_memory_in_use(monkeypatch):
     """In a container (cgroup v2), memory.current counts the page cache the kernel drops on demand:
     after reading earlier cases it reached the limit, and a 750 KB sweep was refused as "only 100 MB

@@ -2201,6 +2201,25 @@ def test_a_local_metaimage_with_its_pixels_at_the_end_is_read(tmp_path):
         load_sweep(path)
 
 
+@pytest.mark.parametrize("header_size, said", [
+    ("9223372036854775000", r"HeaderSize is 9223372036854775000 \(bytes to skip at the start of its data file, "
+                            r"data.raw\), more than that file holds \(7680 bytes\): the header is wrong"),
+    ("-5", "HeaderSize is -5: no bytes can be skipped a negative number of times"),
+])
+def test_a_metaimage_header_size_that_means_nothing_blames_the_header(tmp_path, header_size, said):
+    """A HeaderSize past the end of the data file called the (good) data file truncated; one of -5
+    was read as none, and the sweep was scored without a word."""
+    arr = _grey(n=4).astype(np.uint8)
+    (tmp_path / "data.raw").write_bytes(arr.tobytes())
+    path = tmp_path / "sweep.mhd"
+    path.write_text(f"ObjectType = Image\nNDims = 3\nDimSize = {arr.shape[2]} {arr.shape[1]} {arr.shape[0]}\n"
+                    f"ElementType = MET_UCHAR\nHeaderSize = {header_size}\nElementSpacing = 0.25 0.3 1\n"
+                    "ElementDataFile = data.raw\n")
+    with pytest.raises(FetalIQAError, match=said) as caught:
+        load_sweep(path)
+    assert str(caught.value).startswith(str(path))
+
+
 @pytest.mark.parametrize("spacing", [None, [0, 0]])
 def test_palette_colour_is_read_through_its_table_on_every_path(tmp_path, spacing):
     """A palette image whose Pixel Spacing is no length goes through the second decoder, which
@@ -3358,3 +3377,65 @@ def test_a_tiff_whose_width_is_a_pixel_short_is_refused_not_read_sheared(tmp_pat
     short.write_bytes(bytes(data))
     with pytest.raises(FetalIQAError, match=r"1 pixel more on every row than its width of 48 says.*ImageWidth is wrong"):
         load_sweep(short)
+
+
+def _count_header_reads(monkeypatch) -> list[Path]:
+    """Every DICOM header the readers parse, and the image library's folder scan made to fail."""
+    from fetaliqa_core.io import readers
+
+    read = []
+    real = readers.dcmread_bounded
+
+    def counted(path, **options):
+        read.append(Path(path))
+        return real(path, **options)
+
+    def no_scan(*args):
+        raise AssertionError("the folder was scanned")
+
+    monkeypatch.setattr(readers, "dcmread_bounded", counted)
+    monkeypatch.setattr(sitk.ImageSeriesReader, "GetGDCMSeriesIDs", staticmethod(no_scan))
+    return read
+
+
+def test_a_dicom_folder_of_too_many_files_is_refused_on_their_number_before_any_is_parsed(tmp_path, monkeypatch):
+    """A folder of 28,847 tiny DICOM files took 281 s (every header parsed, then the image library's
+    scan) to say it held more files than a sweep may have frames: their number says so at once."""
+    from fetaliqa_core import validate
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(7):
+        _dicom(folder / f"IM{k:05d}.dcm", _grey(n=1)[0], series="1.2.3.70", instance=k + 1)
+    monkeypatch.setattr(validate, "MAX_SERIES_FILES", 5)
+    read = _count_header_reads(monkeypatch)
+    with pytest.raises(FetalIQAError, match="holds 7 DICOM files, more than the 5 frames a sweep may have"):
+        load_sweep(folder)
+    assert not read
+
+
+def test_a_dicom_folder_of_many_tiny_frames_is_refused_from_its_first_files(tmp_path, monkeypatch):
+    """19,000 DICOM files of 8 x 8 pixels took 190 s (each parsed, then the scan) before "frames are
+    8 x 8": the first files' headers say it."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for k in range(40):
+        _dicom(folder / f"IM{k:05d}.dcm", np.full((8, 8), k, np.uint8), series="1.2.3.71", instance=k + 1)
+    read = _count_header_reads(monkeypatch)
+    with pytest.raises(FetalIQAError, match=r"frames are 8 x 8 pixels .* first 16 of its 40 DICOM files"):
+        load_sweep(folder)
+    assert len(read) <= 16
+
+
+def test_a_dicom_folder_of_one_file_gets_that_file_s_checks_before_the_scan(tmp_path, monkeypatch):
+    """A folder holding one DICOM file with gigabytes appended after its pixel data kept the image
+    library's scan busy for minutes, silent and deaf to Ctrl-C; the file chosen itself is refused at
+    once. The folder's file gets the same checks, before the scan."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    good = _dicom(tmp_path / "good.dcm", _grey().astype(np.uint8))
+    (folder / "huge.dcm").write_bytes(good.read_bytes() + struct.pack("<HH", 0x7FE0, 0x0020) + b"OB\0\0"
+                                      + struct.pack("<I", 0xC0000000))
+    _count_header_reads(monkeypatch)
+    with pytest.raises(FetalIQAError, match="goes on after its pixel data"):
+        load_sweep(folder)

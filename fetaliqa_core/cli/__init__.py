@@ -353,7 +353,12 @@ def run_guarded(run, interrupted: str = "interrupted") -> int:
     except KeyboardInterrupt:
         print(f"fetaliqa: {interrupted}", file=sys.stderr)
         return 130
-    except OSError as exc:
+    except (ImportError, OSError) as exc:
+        if libraries_out_of_memory(exc):
+            print(libraries_memory_line(exc), file=sys.stderr)
+            return 1
+        if not isinstance(exc, OSError):
+            raise
         from fetaliqa_core.cli._args import shown
 
         print(f"fetaliqa: {shown(os_error_message(exc))}", file=sys.stderr)
@@ -366,6 +371,43 @@ def run_guarded(run, interrupted: str = "interrupted") -> int:
             raise
         print(OUT_OF_MEMORY, file=sys.stderr)
         return 1
+
+
+def libraries_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a library (PyTorch's, loaded with the models) that could not be mapped
+    into memory: the system's loader says "failed to map segment from shared object" or "cannot
+    allocate memory" of a shared object where a limit on the process's address space (ulimit -v)
+    or the machine's free memory leaves too little for it. The user got a 27-line traceback."""
+    text = str(exc).lower()
+    return (isinstance(exc, (ImportError, OSError)) and (".so" in text or "shared object" in text)
+            and ("failed to map segment" in text or "cannot allocate memory" in text))
+
+
+def libraries_memory_line(exc: BaseException) -> str:
+    """The one line for :func:`libraries_out_of_memory`: what failed, and what to do (the limit
+    in force, where there is one)."""
+    import re
+
+    limit = None
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        limit = None if soft == resource.RLIM_INFINITY else soft
+    except (ImportError, OSError, ValueError):
+        pass
+    library = re.search(r"[\w.+-]+\.so\b[\w.]*", str(exc))
+    what = f" ({library.group(0)})" if library else ""
+    todo = (f"this process may use only {limit / (1 << 30):.1f} GB of address space (ulimit -v), and the model "
+            f"libraries alone take about {MODEL_LIBRARIES_GB} GB of it: raise the limit to {MODEL_LIBRARIES_GB * 2} GB "
+            f"or more (ulimit -v {MODEL_LIBRARIES_GB * 2 << 20}) or remove it, and try again" if limit is not None else
+            "close other programs, or use a machine with more memory")
+    return f"fetaliqa: out of memory: the model libraries{what} could not be loaded; {todo}."
+
+
+#: Address space the model libraries (PyTorch) take once loaded, in GB (3.1 measured, most of it
+#: mapped and never resident): what a limit on the process's address space must leave them.
+MODEL_LIBRARIES_GB = 4
 
 
 OUT_OF_MEMORY = ("fetaliqa: out of memory: this machine has not enough free memory for the file and the "

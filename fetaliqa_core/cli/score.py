@@ -403,6 +403,7 @@ def run(args, report=None) -> int:
     base_out = args.out or Path("fetaliqa-scores") / _stem(path)
     check_out_folder(base_out)
     if members is None:
+        _model_libraries_first()
         sweep = fio.load_sweep(path).in_memory()  # a bad input is reported before seconds of model loading
         base_out = _results_folder(base_out, path, sweep, given=args.out is not None)
         models = choice_mod.load_models(choice)
@@ -492,6 +493,25 @@ def _run_json(args) -> int:
     return rc
 
 
+def _model_libraries_first() -> None:
+    """Under a limit on the process's address space (ulimit -v), the model libraries are loaded
+    before a sweep is read, not after it with the models: they take about 3 GB of address space,
+    which the memory check before reading a sweep cannot otherwise count (it leaves 256 MB of what
+    is left of the limit), so a sweep it let in was read for minutes (7.9 GB over 137 s) only for
+    the models to fail to load. Loaded first, they are counted in what the check finds left, and
+    a limit too small for them is said at once, in one line (run_guarded). Without such a limit
+    nothing changes: the check judges the machine's free memory, and a bad sweep is still told
+    before the seconds the libraries take to load."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
+        _import_model_libraries()
+
+
+def _import_model_libraries() -> None:
+    import torch  # noqa: F401 - loaded for its address space to be counted (see _model_libraries_first)
+
+
 def _score_member(k: int, member: Path, out: Path, n_members: int, box: dict, choice, args, rows: list) -> int:
     """Score one member of a folder into ``out``, its rows appended to ``rows``; 1 when it failed
     (reported in its row; the others are scored). ``box["models"]``: loaded once, when the first
@@ -499,6 +519,8 @@ def _score_member(k: int, member: Path, out: Path, n_members: int, box: dict, ch
     from fetaliqa_core import io as fio
     from fetaliqa_core.models import choice as choice_mod
 
+    if box["models"] is None:
+        _model_libraries_first()
     try:
         sweep = fio.load_sweep(member).in_memory()
     except Exception as exc:  # noqa: BLE001 - one bad member is reported in its row

@@ -61,6 +61,7 @@ from fetaliqa_core.io.sweep import (
     orient_like,
     read_mask_volume,
     load_sweep,
+    stated_frames,
     write_volume,
 )
 
@@ -70,5 +71,5 @@ __all__ = [
     "SPACING_FROM_HEADER", "SPACING_FROM_IMAGEJ", "SPACING_FROM_US_REGION", "SPACING_FROM_USER", "SPACING_GIVEN",
     "SPACING_NONE", "SUPPORTED_FORMATS", "SWEEP_KINDS", "MaskVolume", "Sweep", "crop_like", "default_sweep_layout",
     "fmt_shape", "load_mask", "load_sweep", "orient_like", "looks_like_dicom_series", "multiframe_dicom_files", "quiet_itk",
-    "read_mask_volume", "write_volume",
+    "read_mask_volume", "stated_frames", "write_volume",
 ]

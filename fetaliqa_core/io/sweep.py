@@ -688,6 +688,18 @@ def _header_geometry(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tu
         return None
 
 
+def stated_frames(path: str | Path) -> int | None:
+    """The frames a sweep file's header states (1 for a 2-D image), read from the header alone,
+    without a pixel: None for a format whose header is not read so (DICOM, pictures) or one the
+    image reader cannot read (reading the sweep says why). A check against another file's frames
+    can then be made before gigabytes of a long sweep are read for nothing."""
+    geometry = _header_geometry(Path(path))
+    if geometry is None:
+        return None
+    size = geometry[3]
+    return int(size[2]) if len(size) == 3 else 1
+
+
 def _moved_by(direction: np.ndarray, origin: np.ndarray, spacing: np.ndarray, other: np.ndarray) -> str:
     """Where the origin ``other`` lies from ``origin``, in pixels and frames of the image whose axes
     are ``direction``'s columns, ``spacing`` apart, in words ("50 pixels to the right; 2 frames on,
