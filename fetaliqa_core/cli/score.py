@@ -502,9 +502,13 @@ def _model_libraries_first() -> None:
     a limit too small for them is said at once, in one line (run_guarded). Without such a limit
     nothing changes: the check judges the machine's free memory, and a bad sweep is still told
     before the seconds the libraries take to load."""
-    import resource
+    try:
+        import resource  # (POSIX only: elsewhere there is no such limit to count)
 
-    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
+        limited = resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY
+    except (ImportError, OSError, ValueError):
+        limited = False
+    if limited:
         _import_model_libraries()
 
 
