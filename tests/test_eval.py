@@ -1091,3 +1091,44 @@ def test_a_ratio_with_nothing_to_count_is_undefined_not_zero(capsys):
     none_positive = _frame_metrics(col, np.zeros(4, bool), 0.5, np.ones(4, bool))["cls"]
     assert np.isnan(none_positive["recall"]) and np.isnan(none_positive["f1"])
     assert none_positive["specificity"] == 1.0
+
+
+_READ_THEN_TRUNCATE = """
+import os, sys
+from pathlib import Path
+from training.dataset import read_cases
+from training.evaluate import _read_case
+
+data = Path(sys.argv[1])
+case = read_cases(data)[0]
+read = _read_case(case, data)
+for path in (case.image_path, case.mask_path):  # another program cuts the files short meanwhile
+    os.truncate(path, 1000)
+print(int(read.sweep.frames.sum()) >= 0 and int(read.gt.sum()) >= 0)
+"""
+
+
+def test_eval_reads_a_case_into_memory_so_a_file_cut_short_meanwhile_cannot_kill_it(tiny_data, tmp_path):
+    """`eval` kept an uncompressed case's frames mapped from its file while the models scored them:
+    another program truncating the file meanwhile killed it (SIGBUS, exit 135, no message, no
+    metrics). The case is read into memory as `score` reads a sweep."""
+    import shutil
+    import subprocess
+    import sys
+
+    from fetaliqa_core.io import load_mask, load_sweep, write_volume
+    from training.dataset import read_cases
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    case = read_cases(data)[0]
+    sweep = load_sweep(case.image_path)
+    mask = np.asarray(load_mask(case.mask_path))
+    write_volume(case.image_path, np.asarray(sweep.frames), sweep.spacing_mm, compress=False,
+                 sweep_ranges=sweep.sweep_ranges, sweep_kinds=sweep.sweep_kinds)
+    write_volume(case.mask_path, mask, sweep.spacing_mm, compress=False,
+                 sweep_ranges=sweep.sweep_ranges, sweep_kinds=sweep.sweep_kinds)
+    done = subprocess.run([sys.executable, "-c", _READ_THEN_TRUNCATE, str(data)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "True"

@@ -189,8 +189,10 @@ def _read_case(case, data) -> _Case:
     from fetaliqa_core import io as fio
     from training.dataset import _sweep_ranges
 
-    sweep = fio.load_sweep(case.image_path)
-    gt = fio.load_mask(case.mask_path, like=sweep)  # FetalIQAError when the shapes differ
+    # read into memory, as `score` reads a sweep: mapped from their files while the models score
+    # them, another program cutting a file short meanwhile killed eval (SIGBUS, no word, no metrics)
+    sweep = fio.load_sweep(case.image_path).in_memory()
+    gt = fio.load_mask(case.mask_path, like=sweep, in_memory=True)  # FetalIQAError when the shapes differ
     labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
     ranges = _sweep_ranges(case, sweep.n_frames)  # the file's own sweeps, as `score` reads them
     _check_reference_units(case, gt, ranges, sweep.spacing_mm, data)
