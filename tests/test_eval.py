@@ -1121,3 +1121,68 @@ def test_results_folders_of_score_challenge_output_are_read_as_answers(tiny_data
     assert "3 of the 4 case(s) have no answer" in err and case.uuid not in err  # its answer was found
     rows = {r["uuid"]: r for r in csv.DictReader(open(out / "per_case.csv"))}
     assert int(rows[case.uuid]["chosen_frame"]) == frame
+
+
+_READ_THEN_TRUNCATE = """
+import os, sys
+from pathlib import Path
+from training.dataset import read_cases
+from training.evaluate import _read_case
+
+data = Path(sys.argv[1])
+case = read_cases(data)[0]
+read = _read_case(case, data)
+for path in (case.image_path, case.mask_path):  # another program cuts the files short meanwhile
+    os.truncate(path, 1000)
+print(int(read.sweep.frames.sum()) >= 0 and int(read.gt.sum()) >= 0)
+"""
+
+
+def test_eval_reads_a_case_into_memory_so_a_file_cut_short_meanwhile_cannot_kill_it(tiny_data, tmp_path):
+    """`eval` kept an uncompressed case's frames mapped from its file while the models scored them:
+    another program truncating the file meanwhile killed it (SIGBUS, exit 135, no message, no
+    metrics). The case is read into memory as `score` reads a sweep."""
+    import shutil
+    import subprocess
+    import sys
+
+    from fetaliqa_core.io import load_mask, load_sweep, write_volume
+    from training.dataset import read_cases
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    case = read_cases(data)[0]
+    sweep = load_sweep(case.image_path)
+    mask = np.asarray(load_mask(case.mask_path))
+    write_volume(case.image_path, np.asarray(sweep.frames), sweep.spacing_mm, compress=False,
+                 sweep_ranges=sweep.sweep_ranges, sweep_kinds=sweep.sweep_kinds)
+    write_volume(case.mask_path, mask, sweep.spacing_mm, compress=False,
+                 sweep_ranges=sweep.sweep_ranges, sweep_kinds=sweep.sweep_kinds)
+    done = subprocess.run([sys.executable, "-c", _READ_THEN_TRUNCATE, str(data)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "True"
+
+
+def test_eval_tells_a_wrong_data_folder_before_loading_what_runs_the_models(tmp_path):
+    """`eval` with a --data folder missing a case's file loaded torch (and what runs the models)
+    first: 40 s and 650 MB on a busy machine before the one line. The folder is read first now."""
+    import subprocess
+    import sys
+
+    from training.dataset import CSV_RELPATH
+
+    data = tmp_path / "data"
+    (data / CSV_RELPATH).parent.mkdir(parents=True)
+    (data / CSV_RELPATH).write_text("uuid,subject_id,sweep_1_ac_mm\nabc,1,100\n")
+    demo = Path(__file__).resolve().parents[1] / "resources" / "demo"
+    script = (
+        "import sys\n"
+        "from fetaliqa_core.cli import main\n"
+        f"rc = main(['eval', '--data', {str(data)!r}, '--split', 'all', '--cls', {str(demo / 'cls')!r},\n"
+        f"           '--seg', {str(demo / 'seg')!r}, '--out', {str(tmp_path / 'out')!r}, '--quiet'])\n"
+        "print(rc, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.split() == ["1", "False"], (done.stdout, done.stderr[-2000:])
+    assert "are missing" in done.stderr

@@ -460,3 +460,91 @@ def test_a_database_the_user_may_not_read_is_called_unreadable_not_unwritable(tm
     text = str(caught.value)
     assert "Cannot read" in text and "permission denied" in text
     assert "writable" not in text
+
+
+_DIE_MID_WRITE = """
+import os, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode = DELETE")
+conn.execute("PRAGMA cache_size = 1")  # (the change spills into the file before its commit)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("DELETE FROM verdicts")
+conn.execute("CREATE TABLE junk (x)")
+conn.executemany("INSERT INTO junk VALUES (?)", [(os.urandom(500),) for _ in range(2000)])
+os._exit(0)  # killed in the middle of the change: its journal stays beside the file
+"""
+
+
+def _left_mid_write(folder: Path) -> Path:
+    """A review database holding five verdicts that another program was changing (in rollback
+    journal mode) when it was killed: the file holds pages of the unfinished change, and its
+    ``-journal`` the pages it replaced."""
+    folder.mkdir()
+    db = folder / "hot.sqlite3"
+    with ReviewStore(db) as store:
+        sid = store.add_sweep("ab" * 32, "/data/case.mha", 12)
+        for frame in range(5):
+            store.record_verdict(sid, frame, "alice", "optimal" if frame % 2 else "suboptimal")
+    subprocess.run([sys.executable, "-c", _DIE_MID_WRITE, str(db)], check=True)
+    assert (folder / "hot.sqlite3-journal").stat().st_size > 0
+    return db
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("folder_writable", [True, False])
+def test_a_database_left_in_the_middle_of_a_write_reads_its_verdicts_and_is_left_as_it_is(
+        tmp_path, monkeypatch, capsys, folder_writable):
+    """A review database beside the journal of a writer killed in the middle of a change read as
+    empty in `review list / labels / history / export` ("0 verdicts", "wrote 0 label(s)", exit 0):
+    the read-only connection cannot put the journal back, and the file was then read as unchanging,
+    with the unfinished change's pages. The verdicts of the last completed change are read now,
+    from a private copy, and the user's files stay as they were (a read-only folder too)."""
+    import tempfile
+
+    from fetaliqa_core.cli import main
+
+    db = _left_mid_write(tmp_path / "reviews")
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    before = _hashes(db.parent)
+    if not folder_writable:
+        db.parent.chmod(0o555)
+    try:
+        with ReviewStore(db, create=False, read_only=True) as store:
+            assert [(v.frame, v.label) for v in store.verdicts()] == [
+                (0, "suboptimal"), (1, "optimal"), (2, "suboptimal"), (3, "optimal"), (4, "suboptimal")]
+            assert [t[0] for t in store._conn.execute("SELECT name FROM sqlite_master")].count("junk") == 0
+        assert main(["review", "list", "--db", str(db)]) in (0, None)
+        assert "5 verdicts" in capsys.readouterr().out
+        out = tmp_path / "labels.csv"
+        assert main(["review", "labels", "--db", str(db), "--out", str(out)]) in (0, None)
+        assert len(out.read_text().splitlines()) == 1 + 5
+    finally:
+        db.parent.chmod(0o755)
+    assert _hashes(db.parent) == before  # the file and its journal untouched, nothing added
+    assert list(private.iterdir()) == []  # the private copy is gone once read
+    # a store that may write completes the change in place, as the window does
+    with ReviewStore(db) as store:
+        assert len(store.verdicts()) == 5
+    assert not (tmp_path / "reviews" / "hot.sqlite3-journal").exists()
+
+
+def test_a_database_left_in_the_middle_of_a_write_that_cannot_be_copied_says_what_to_do(
+        tmp_path, monkeypatch):
+    import shutil
+
+    db = _left_mid_write(tmp_path / "reviews")
+    before = _hashes(db.parent)
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", no_space)
+    with pytest.raises(FetalIQAError, match="unfinished change") as caught:
+        ReviewStore(db, create=False, read_only=True)
+    assert "hot.sqlite3-journal" in str(caught.value) and "write access" in str(caught.value)
+    assert _hashes(db.parent) == before

@@ -259,6 +259,74 @@ def test_a_bad_circumferences_csv_is_one_line_saying_where(tmp_path, csv_bytes, 
         ds.read_cases(layout)
 
 
+def test_a_circumferences_csv_far_larger_than_any_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A 1 GB circumferences CSV whose first row never ended was read whole (2.4 GB of memory, 78 s)
+    to be called "field larger than field limit": a file larger than any such CSV is refused from
+    its size, before a byte of it is read."""
+    import builtins
+
+    layout = tmp_path / "d"
+    csv_path = layout / ds.CSV_RELPATH
+    csv_path.parent.mkdir(parents=True)
+    with csv_path.open("wb") as fh:
+        fh.write(b"uuid,subject_id,sweep_1_ac_mm\nabc,1,100")
+        fh.truncate(1 << 30)  # 1 GB (sparse: no disk taken)
+    real_open = builtins.open
+
+    class Unread:
+        """The CSV's file, which must not be read (reading 1 GB of one row is what is refused)."""
+
+        def __init__(self, fh):
+            self._fh = fh
+
+        def __getattr__(self, name):
+            return getattr(self._fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._fh.__exit__(*exc)
+
+        def __iter__(self):
+            raise AssertionError("the CSV was read before its size was judged")
+
+        def read(self, *args):
+            raise AssertionError("the CSV was read before its size was judged")
+
+    def guarded_open(path, *args, **kwargs):
+        fh = real_open(path, *args, **kwargs)
+        return Unread(fh) if Path(path) == csv_path else fh
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    with pytest.raises(FetalIQAError) as info:
+        ds.read_cases(layout)
+    message = str(info.value)
+    assert "far more than a circumferences CSV" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device link", "folder"])
+def test_a_circumferences_csv_that_is_no_file_is_named_for_what_it_is(tmp_path, kind):
+    """A pipe, or a link to /dev/zero, given as the circumferences CSV was said to be missing."""
+    import os
+
+    layout = tmp_path / "d"
+    csv_path = layout / ds.CSV_RELPATH
+    csv_path.parent.mkdir(parents=True)
+    if kind == "fifo":
+        os.mkfifo(csv_path)
+    elif kind == "device link":
+        csv_path.symlink_to("/dev/zero")
+    else:
+        csv_path.mkdir()
+    with pytest.raises(FetalIQAError) as info:
+        ds.read_cases(layout)
+    message = str(info.value)
+    assert "missing" not in message and "cannot be read" in message
+    assert {"fifo": "a pipe (FIFO)", "device link": "a link to /dev/zero, a device",
+            "folder": "a folder"}[kind] in message
+
+
 def test_a_mask_that_does_not_match_its_image_is_refused_for_training(tiny_data, tmp_path):
     """Training takes the frame labels from the mask: a mask with more or fewer frames (or another
     size) than its image would pair labels with the wrong frames."""

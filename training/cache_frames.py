@@ -136,8 +136,9 @@ def cache_dataset(out: Path, data: Path | None = None, synth_cases: int = 0, syn
         for i, case in enumerate(read_cases(data)):
             if case.uuid in done:
                 continue
-            sweep = load_sweep(case.image_path)
-            mask = load_mask(case.mask_path, like=sweep)
+            # (in memory: mapped from their files, a file cut short meanwhile would end the run with SIGBUS)
+            sweep = load_sweep(case.image_path).in_memory()
+            mask = load_mask(case.mask_path, like=sweep, in_memory=True)
             _write(out, case.uuid, np.asarray(sweep.frames), np.asarray(mask), sweep.spacing_mm,
                    sweep.sweep_ranges, sweep.sweep_kinds, size)
             rows.append((case.uuid, case.subject_id, list(case.ac_mm)))

@@ -73,6 +73,10 @@ class CaseRecord:
 #: More rows than any fetal ultrasound dataset holds (ACOUSLIC-AI: 300 cases); a CSV with more
 #: is refused while it is read, before its rows fill the memory.
 MAX_CSV_CASES = 100_000
+#: More bytes than such a CSV takes (a row: a case id, a subject and six ACs, about 100 bytes; 300
+#: bytes allowed each). A larger file is refused before it is read: a 1 GB file whose first row
+#: never ended was read whole (2.4 GB of memory, over a minute) to be called a field too long.
+MAX_CSV_BYTES = MAX_CSV_CASES * 300
 #: A reference AC in mm is a length between 0 and this (a term abdomen is ~350 mm).
 MAX_REFERENCE_AC_MM = 1000.0
 
@@ -121,6 +125,10 @@ def read_cases(data_dir: str | Path) -> list[CaseRecord]:
         what = "is a file, not a folder" if data.exists() else "no such folder"
         raise FetalIQAError(f"--data {data}: {what}; give the folder that holds images/, masks/ and circumferences/")
     csv_path = data / CSV_RELPATH
+    if not csv_path.is_file() and (csv_path.exists() or csv_path.is_symlink()):
+        # (a pipe, or a link to /dev/zero, was called missing)
+        raise FetalIQAError(f"{csv_path} cannot be read: it is {_not_a_file(csv_path)}. Put the circumferences "
+                            "CSV file (one row per case: uuid, subject_id, sweep_1_ac_mm ...) in its place")
     if not csv_path.is_file():
         raise FetalIQAError(
             f"{csv_path} is missing: --data must be a folder in the ACOUSLIC-AI layout "
@@ -245,9 +253,29 @@ def _layout_hint(data: Path, rel: Path) -> str:
 
 
 def _not_a_file(path: Path) -> str:
+    """What ``path``, which is there but no regular file, is: a folder, a pipe, a device, a socket
+    (through a link, the link's target named too: a link to /dev/zero was "missing")."""
+    import os
+    import stat
+
     if path.is_symlink() and not path.exists():
         return "a link to nothing readable: its target is missing, or the link leads back to itself"
-    return "a folder" if path.is_dir() else "not a regular file: a pipe, device or socket"
+    if path.is_dir():
+        return "a folder"
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = 0
+    kind = ("a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "")
+    if not kind:
+        return "not a regular file: a pipe, device or socket"
+    if path.is_symlink():
+        try:
+            return f"a link to {os.path.realpath(path)}, {kind}, not a regular file"
+        except (OSError, ValueError):
+            pass
+    return f"{kind}, not a regular file"
 
 
 def unlisted_cases(data_dir: str | Path, cases: Sequence[CaseRecord]) -> list[str]:
@@ -347,6 +375,13 @@ def _read_csv_rows(csv_path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
     """``(line, row)`` of every row of the circumferences CSV and its sweep columns; every row must
     have as many cells as the header, and there may be at most :data:`MAX_CSV_CASES` rows."""
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        import os
+
+        size = os.fstat(fh.fileno()).st_size
+        if size > MAX_CSV_BYTES:
+            raise FetalIQAError(f"{csv_path}: the file holds {size / 1e6:,.0f} MB, far more than a circumferences CSV "
+                                f"takes (about 100 bytes a case; at most {MAX_CSV_CASES} cases are read). Check that "
+                                "this is the circumferences file.")
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in ("uuid", "subject_id") if c not in header]

@@ -137,7 +137,9 @@ def teacher_store(cases, cls_lm, seg_lm, budget: int, seed: int, log, mine: bool
     keys = ("grey", "t_cls", "t_soft", "t_labels", "flag")
     parts: dict[str, list] = {k: [] for k in ("grey", "t_cls", "t_soft", "t_labels", "gt_labels", "case")}
     for ci, case in enumerate(cases):
-        sweep = load_sweep(case.image_path)
+        # in memory while the teacher scores it (as `score` reads a sweep): mapped from its file,
+        # another program cutting the file short meanwhile killed the run with SIGBUS, without a word
+        sweep = load_sweep(case.image_path).in_memory()
         labels = frame_labels(case)
         todo = np.arange(sweep.n_frames) if mine else _pick_frames(labels, budget, rng)
         got: dict[str, list] = {k: [] for k in keys}
@@ -163,7 +165,7 @@ def teacher_store(cases, cls_lm, seg_lm, budget: int, seed: int, log, mine: bool
             idx = todo
         for k in keys[:-1]:
             parts[k].append(got[k])
-        mask = load_mask(case.mask_path, like=sweep)
+        mask = load_mask(case.mask_path, like=sweep, in_memory=True)
         parts["gt_labels"].append(preprocess_masks(np.ascontiguousarray(mask[idx])).numpy())
         parts["case"].append(np.full(len(idx), ci))
         log(f"teacher: {which + ' ' if which else ''}case {ci + 1}/{len(cases)} ({len(idx)} frames kept, "

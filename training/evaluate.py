@@ -189,8 +189,10 @@ def _read_case(case, data) -> _Case:
     from fetaliqa_core import io as fio
     from training.dataset import _sweep_ranges
 
-    sweep = fio.load_sweep(case.image_path)
-    gt = fio.load_mask(case.mask_path, like=sweep)  # FetalIQAError when the shapes differ
+    # read into memory, as `score` reads a sweep: mapped from their files while the models score
+    # them, another program cutting a file short meanwhile killed eval (SIGBUS, no word, no metrics)
+    sweep = fio.load_sweep(case.image_path).in_memory()
+    gt = fio.load_mask(case.mask_path, like=sweep, in_memory=True)  # FetalIQAError when the shapes differ
     labels = np.asarray(gt).reshape(gt.shape[0], -1).max(axis=1)
     ranges = _sweep_ranges(case, sweep.n_frames)  # the file's own sweeps, as `score` reads them
     _check_reference_units(case, gt, ranges, sweep.spacing_mm, data)
@@ -466,13 +468,6 @@ def _baseline_frame(results) -> int:
 
 def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> dict:
     """Run the evaluation; returns the metrics (also written to ``out_dir/metrics.json``)."""
-    from tqdm import tqdm
-
-    from fetaliqa_core import analysis as an
-    from fetaliqa_core.analysis.assessment import Thresholds, assess
-    from fetaliqa_core.engine import ScoringEngine
-    from fetaliqa_core.models.choice import ModelChoice, bundle_part, load_models
-    from fetaliqa_core.preprocess import mask_to_frame, preprocess_masks
     from training.dataset import case_digest, read_cases, split_cases, unlisted_cases
 
     if settings.cls is None and settings.seg is None:
@@ -481,7 +476,18 @@ def evaluate(settings: EvalSettings, out_dir: Path | None = None, log=print) -> 
                          f"--seg {demo / 'seg'}), or --predictions FOLDER to evaluate answers already written")
     if settings.split not in SPLITS:
         raise UsageError(f"--split {settings.split!r} is not one of {', '.join(SPLITS)}")
-    cases = read_cases(settings.data)  # a wrong --data is told before seconds of model loading
+    # A wrong --data is told before the models and what runs them are loaded: importing the
+    # latter alone (torch) took 40 s and 650 MB on a busy machine before the folder was looked at.
+    cases = read_cases(settings.data)
+
+    from tqdm import tqdm
+
+    from fetaliqa_core import analysis as an
+    from fetaliqa_core.analysis.assessment import Thresholds, assess
+    from fetaliqa_core.engine import ScoringEngine
+    from fetaliqa_core.models.choice import ModelChoice, bundle_part, load_models
+    from fetaliqa_core.preprocess import mask_to_frame, preprocess_masks
+
     choice = ModelChoice(model=None, cls=settings.cls, seg=settings.seg, base=settings.base,
                          device=settings.device, precision=settings.precision)
     models = load_models(choice)

@@ -805,10 +805,12 @@ def orient_like(labels: np.ndarray, mask_path: str | Path, sweep_path: str | Pat
                  "storage order before measuring"), swapped
 
 
-def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
+def load_mask(path: str | Path, like: Sweep | None = None, *, in_memory: bool = False) -> np.ndarray:
     """Read a label volume: ``(N, H, W)`` uint8 (read-only) with values 0 (background),
     1 (optimal plane) and 2 (suboptimal plane). With ``like``, the shape must equal the sweep's
-    frames' shape."""
+    frames' shape. ``in_memory``: labels mapped from an uncompressed file are read into memory,
+    as :meth:`Sweep.in_memory` reads a sweep's frames (for a mask used for a while: another
+    program cutting the file short meanwhile would kill the process with SIGBUS)."""
     path = Path(path).expanduser()
     labels = read_mask_volume(path).labels
     if like is not None and getattr(like, "path", None) is not None:
@@ -820,6 +822,12 @@ def load_mask(path: str | Path, like: Sweep | None = None) -> np.ndarray:
             f"{path}: the mask has shape {fmt_shape(labels.shape)} (frames x height x width) but the "
             f"sweep {like.path or ''} has {fmt_shape(like.frames.shape)}. Choose the mask made "
             "for this sweep.")
+    if in_memory and _mapped(labels):
+        from fetaliqa_core import validate
+
+        validate.check_memory(str(path), int(labels.nbytes), f"a mask of {fmt_shape(labels.shape)} pixels", now=True)
+        labels = _read_mapped(labels, path)
+        labels.flags.writeable = False
     return labels
 
 

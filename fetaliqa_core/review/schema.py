@@ -175,7 +175,8 @@ def recognise(path: Path) -> int | None:
     a file that is not an SQLite database, or that carries another program's application id, is
     refused without SQLite opening it at all. The rest is read through a read-only connection,
     which also sees what is still in a write-ahead log. A file in WAL mode with no log beside it
-    is read as immutable, so that no -wal / -shm files are left next to another program's file.
+    is read as immutable, so that no -wal / -shm files are left next to another program's file
+    (never with a journal beside it: an immutable read takes the pages of an unfinished change).
 
     Returns the number of schema objects (tables, indexes) the file holds, 0 for an empty
     (0-byte) file, or None when it cannot tell read-only (the store's own connection then
@@ -195,7 +196,7 @@ def recognise(path: Path) -> int | None:
     if int.from_bytes(header[68:72], "big", signed=True) not in (0, APPLICATION_ID):
         raise foreign_error(path)
     uri = sqlite_uri(path, "ro")
-    if header[18] == 2 and not path.with_name(path.name + "-wal").exists():
+    if header[18] == 2 and not any(path.with_name(path.name + end).exists() for end in ("-wal", "-journal")):
         uri += "&immutable=1"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)

@@ -161,6 +161,12 @@ def _file_size_limited() -> bool:
     return soft != resource.RLIM_INFINITY
 
 
+def _unfinished_write(exc: sqlite3.OperationalError) -> bool:
+    """Whether a read-only connection failed because a program stopped in the middle of a write
+    and left its rollback journal, which SQLite must put back before the file can be read."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY_ROLLBACK
+
+
 class DatabaseBusy(FetalIQAError):
     """Another program held the review database's write lock for longer than the wait allowed:
     nothing was changed, and the same change can be tried again."""
@@ -221,6 +227,8 @@ class ReviewStore:
         self._create = create = create and not read_only
         self._read_only = read_only
         self._only_reads = read_only  # (an earlier version's database is still updated: _migrate)
+        # a private folder holding a copy of the file read instead of it (_read_private_copy)
+        self._private_folder: Path | None = None
         if self.path.is_dir():
             raise FetalIQAError(f"The review database path {self.path} is a folder: "
                                 "give a file name, e.g. reviews.sqlite3.")
@@ -344,11 +352,22 @@ class ReviewStore:
     def _connect_read_only(self) -> sqlite3.Connection:
         """A connection that can only read (``read_only``: the export and list commands), so that a
         database on read-only media or in a folder one may not write still reports; when SQLite
-        cannot even keep its shared-memory file beside it, the file is read as unchanging."""
+        cannot even keep its shared-memory file beside it, the file is read as unchanging.
+
+        A file with an unfinished write left beside it (a ``-journal`` of a program that stopped
+        in the middle of a change) is read as it was before that change: SQLite must put the
+        journal back into the file first, which a connection that only reads may not do, and the
+        file itself then holds pages of the unfinished change. Read as unchanging, such a file
+        showed no verdicts at all, and an export wrote an empty labels file without a word. The
+        file and its journal are copied aside and the copy is completed and read
+        (:meth:`_read_private_copy`): the user's files stay as they are, and the next window or
+        command that writes to the database completes it in place."""
         last: sqlite3.OperationalError | None = None
         wal = self.path.with_name(self.path.name + "-wal")
-        # (immutable reads ignore a write-ahead log: only when there is none holding changes)
-        unchanging = not (wal.exists() and wal.stat().st_size > 0)
+        journal = self.path.with_name(self.path.name + "-journal")
+        # (immutable reads ignore a write-ahead log, and an unfinished write's journal: only
+        # when there is neither beside the file)
+        unchanging = not any(log.exists() and log.stat().st_size > 0 for log in (wal, journal))
         for extra in ("", "&immutable=1") if unchanging else ("",):
             conn = sqlite3.connect(sqlite_uri(self.path, "ro") + extra, timeout=BUSY_TIMEOUT_MS / 1000,
                                    uri=True, isolation_level=None, check_same_thread=False)
@@ -358,7 +377,64 @@ class ReviewStore:
             except sqlite3.OperationalError as exc:
                 conn.close()
                 last = exc
+                if _unfinished_write(exc):
+                    return self._read_private_copy(journal)
         raise last  # type: ignore[misc]
+
+    def _read_private_copy(self, journal: Path) -> sqlite3.Connection:
+        """A connection to a copy of the database and its unfinished write's ``journal``, made in
+        a private temporary folder and completed there (SQLite puts the journal back into the
+        copy as it opens it), so that the file reads as it was at its last completed change. The
+        folder goes when the store is closed."""
+        import tempfile
+
+        def unusable(cause: str) -> FetalIQAError:
+            return FetalIQAError(
+                f"The review database {self.path} has an unfinished change left beside it ({journal.name}, from "
+                f"a program that stopped while writing), and it cannot be read without completing it ({cause}). "
+                "Nothing was changed: open it once in the FetalIQA window, or with any command that records "
+                "verdicts, with write access to the file and its folder, then try again.")
+
+        def stamp(path: Path) -> tuple[int, int, int]:
+            st = path.stat()
+            return st.st_ino, st.st_size, st.st_mtime_ns
+
+        folder = Path(tempfile.mkdtemp(prefix="fetaliqa-review-"))
+        self._private_folder = folder
+        copy = folder / self.path.name
+        try:
+            for _ in range(3):
+                try:
+                    before = (stamp(self.path), stamp(journal))
+                    shutil.copyfile(journal, folder / journal.name)
+                    shutil.copyfile(self.path, copy)
+                    after = (stamp(self.path), stamp(journal))
+                except FileNotFoundError:
+                    # another program completed the change meanwhile: the file reads as it is
+                    self._remove_private_copy()
+                    return self._connect_read_only()
+                except OSError as exc:
+                    raise unusable(f"copying it aside failed: {paths.os_error_cause(exc)}") from None
+                if before == after:  # (not copied half-way through another program completing it)
+                    break
+            else:
+                raise unusable("another program kept changing it while it was copied")
+            conn = sqlite3.connect(copy, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            try:
+                read_identity(conn)  # (completes the copy)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise unusable(f"completing a copy of it failed: {exc}") from None
+            return conn
+        except BaseException:
+            self._remove_private_copy()
+            raise
+
+    def _remove_private_copy(self) -> None:
+        folder, self._private_folder = self._private_folder, None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     # -- lifecycle
 
@@ -370,6 +446,7 @@ class ReviewStore:
                     self._conn.close()
                 finally:
                     self._conn = None
+            self._remove_private_copy()
 
     def __enter__(self) -> ReviewStore:
         return self
