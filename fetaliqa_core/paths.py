@@ -129,13 +129,24 @@ def cache_dir() -> Path:
     return _optional_dir(cache_path(), "the cache folder")
 
 
+#: What the probe of a folder writes: an empty file is made on a full disk (it takes no block), and
+#: `score --out` on one scored every frame for minutes before its first write said the disk is full.
+PROBE_BYTES = 64 * 1024
+
+
 def probe_writable(folder: Path) -> None:
-    """Raises the OSError of writing a file in ``folder`` (a temporary one, removed at once)."""
+    """Raises the OSError of writing a file in ``folder`` (a temporary one of :data:`PROBE_BYTES`,
+    removed at once)."""
     import tempfile
 
     fd, probe = tempfile.mkstemp(prefix=".fetaliqa-probe-", dir=folder)
-    os.close(fd)
-    os.unlink(probe)
+    try:
+        view = memoryview(bytes(PROBE_BYTES))
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def out_not_writable(out: str | Path, exc: OSError, option: str = "--out"):

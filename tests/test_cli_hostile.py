@@ -431,3 +431,26 @@ def test_score_under_an_address_space_limit_loads_the_model_libraries_before_the
     monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     assert main(["score", str(case), "--out", str(tmp_path / "free"), "--quiet", "--no-cache"]) == 0
     assert order[:1] == ["sweep"] and "libraries" not in order
+
+
+def test_a_results_folder_that_takes_no_data_is_refused_before_the_frames_are_scored(case, tmp_path):
+    """On a full disk, `score --out` scored every frame (104 s) before its first write said the
+    disk is full: an empty probe file takes no block, so the folder passed the check. The probe
+    now writes data. Here a file size limit (ulimit -f 16 KB) stands in for the full disk: the
+    refusal comes before any model is loaded."""
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    code = ("import sys; from fetaliqa_core.cli import main; rc = main(sys.argv[1:]); "
+            "print('torch loaded' if 'torch' in sys.modules else 'no model loaded'); raise SystemExit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "score", str(case), "--out", str(tmp_path / "o"), "--quiet",
+                           "--no-cache"], capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=ROOT,
+                          env=env, preexec_fn=limited, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nothing can be written in" in lines[0] and "file size limit" in lines[0], lines
+    assert proc.stdout.strip() == "no model loaded"
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".fetaliqa-probe-*"))
