@@ -1078,6 +1078,15 @@ def test_a_frame_beside_skulls_is_a_head_not_the_answer():
     only[4] = round_
     c = fc.choose([(0, n)], np.where(np.arange(n) == 4, 0.9, 0.1), 0.5, only)
     assert c.basis != "all models" and "skull" in c.shapes[4].problem
+    # frames shown a head's by the midline echo (a thin skull ring with no bright ring to read) tell the
+    # same of the frame between them, whose midline did not show
+    midline = replace(round_, plausible=False, quality=0.0, reason=fc.MIDLINE_REASON)
+    shapes = [fc.NO_MASK] * n
+    shapes[3] = shapes[5] = midline
+    shapes[4] = round_
+    shapes[14] = round_
+    c = fc.choose([(0, n)], np.full(n, 0.9), 0.5, shapes)
+    assert c.shapes[4].reason == fc.BESIDE_SKULL_REASON and c.frame == 14
 
 
 def test_an_outline_inside_or_outside_the_body_s_edge_makes_its_ac_doubtful():

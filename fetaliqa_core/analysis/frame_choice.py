@@ -156,12 +156,13 @@ SKULL_REASON = "its outline is a bright ring around a darker inside, as a skull'
 #: The band around a body's real outline holds the body's own edge (0.8-1.0 of it), as bright as
 #: its inside: ~1; in the fluid around the body it is far darker.
 FLUID_RIM_RATIO = 0.5
-#: Frames this close to a frame whose outline is a skull's (same sweep) show the same head: a blind
-#: sweep moves ~1 mm a frame, and a head is centimetres from the abdomen. A head's frame whose own
-#: ring reads fainter (1.28, its neighbours 1.73 and 1.69) was the case's answer.
+#: Frames this close to a frame whose outline is a skull's, or crossed by the head's midline echo
+#: (same sweep), show the same head: a blind sweep moves ~1 mm a frame, and a head is centimetres
+#: from the abdomen. A head's frame whose own ring reads fainter (1.28, its neighbours 1.73 and
+#: 1.69) was the case's answer.
 SKULL_REACH = 2
-BESIDE_SKULL_REASON = ("beside frames whose outline is a bright ring around a darker inside, as a skull's "
-                       "is: a section of the head")
+BESIDE_SKULL_REASON = ("beside frames that show the head (a skull's bright ring around a darker inside, or "
+                       "the midline echo): a section of the head")
 FLUID_REASON = "its outline runs through the dark around the body, not along the body's edge"
 #: A limb's cross-section is round and of an abdomen's size late in pregnancy (a thigh 80-130 mm
 #: round), but its bone lies at its centre: the brightest echo inside the outline, with a shadow
@@ -1342,10 +1343,10 @@ def _beside_skulls(shapes: list[MaskShape], sweep_ranges: Sequence[tuple[int, in
                    reach: int = SKULL_REACH) -> list[MaskShape]:
     """``shapes`` with a plausible outline judged a head's too (:data:`BESIDE_SKULL_REASON`) where,
     within ``reach`` frames of it in the same sweep, more outlines at the same place (centres closer
-    than the larger's half-length) are skulls' than plausible ones: one frame judged a skull in a
+    than the larger's half-length) are skulls' (a bright ring, or the midline echo) than plausible ones: one frame judged a skull in a
     run of abdomens is the exception there, and a twin's head beside the other's abdomen lies
     elsewhere in the image."""
-    skull = [s.reason == SKULL_REASON and s.ellipse is not None for s in shapes]
+    skull = [s.reason in (SKULL_REASON, MIDLINE_REASON) and s.ellipse is not None for s in shapes]
     if not any(skull):
         return shapes
 
