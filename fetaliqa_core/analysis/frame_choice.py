@@ -871,8 +871,8 @@ def judge_outline(shape: MaskShape, grey: np.ndarray | None, fov: np.ndarray | N
     through the fluid around the body, and one whose :func:`edge_contrast` is below
     :data:`MIN_EDGE_CONTRAST` follows no edge; one crossed by a straight bright line along its long
     axis is a head's (:func:`midline_echo`), one with its brightest echo at its centre a limb's
-    (:func:`central_echo`), one holding the heart's chambers a thorax's (:func:`heart_chambers`);
-    none is an abdomen's outline (not plausible, with the reason). Unchanged when the shape is
+    (:func:`central_echo`), one holding the heart's chambers a thorax's (:func:`heart_chambers`), as
+    is one with ribs' echoes and their shadows all round it (:func:`rib_ring`); none is an abdomen's outline (not plausible, with the reason). Unchanged when the shape is
     already not plausible or there is no frame. Where ``fov`` leaves out the bands round the
     outline along most of it, the skull's ring is looked for without it."""
     if not shape.plausible or shape.ellipse is None or grey is None:
