@@ -1653,3 +1653,16 @@ def test_an_abdomen_with_a_short_rib_each_side_is_no_thorax(axes, angle):
         a = fc.mask_shape(mask, None, 0.3, grey=abdomen)
         assert a.plausible and a.reason == "", (seed, a.reason)
         assert not fc.rib_ring(abdomen, None, a.ellipse)
+
+
+@pytest.mark.parametrize("size", [(8.6, 8.0), (9.0, 9.0), (4.0, 4.0), (17.0, 15.0)])
+def test_a_mask_of_a_few_pixels_has_no_midline_to_read_and_no_error(size):
+    """A 9-pixel disc judged on a small frame without a pixel size (a plausible shape where the
+    field of view is small) raised an IndexError from the midline's reading: a traceback in score
+    and the window."""
+    rng = np.random.default_rng(1)
+    grey = rng.integers(60, 120, (64, 64)).astype(np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    cv2.ellipse(mask, ((32, 32), size, 0), 1, -1)
+    fc.mask_shape(mask, None, None, grey)  # no error
+    assert fc.midline_lead(grey, None, ((32.0, 32.0), size, 0.0)) < fc.MIDLINE_LEAD

@@ -1003,6 +1003,8 @@ def midline_lead(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> fl
     seen_img = np.ones(g.shape, np.float32) if fov is None else np.asarray(fov, bool).astype(np.float32)
     span = MIDLINE_SPAN * a
     us = np.arange(-span, span + 1e-6, 1.0, dtype=np.float32)  # along the line, 1 px apart
+    if len(us) < 2 * MIDLINE_SEGMENTS:  # (too short a chord for its pieces: a mask of a few pixels)
+        return -math.inf
     vs = np.arange(-0.5 * b, 0.5 * b + 1e-6, 0.5, dtype=np.float32)  # across it, half a pixel apart
     n = MIDLINE_SEGMENTS
     starts = np.searchsorted(np.minimum(((us + span) / (2.0 * span) * n).astype(int), n - 1), np.arange(n))
