@@ -133,6 +133,20 @@ def available_memory_bytes() -> int | None:
     return free
 
 
+def memory_bound() -> tuple[int | None, bool]:
+    """:func:`available_memory_bytes` and whether the process's own address-space limit is what
+    bounds it. The limit is read first: the process only grows meanwhile, so what is left of it
+    shrinks by as much between the two readings (compared exactly, a growing process's limit was
+    told as the machine's, once in 200 calls, advising to close other programs)."""
+    left = address_space_left()
+    free = available_memory_bytes()
+    return free, left is not None and free is not None and free >= left - _BOUND_SLACK
+
+
+#: What a process may grow by between the two readings of :func:`memory_bound`.
+_BOUND_SLACK = 64 << 20
+
+
 def address_space_left() -> int | None:
     """What is left of a limit on this process's address space (ulimit -v), in bytes; None
     without one (or where it cannot be read)."""
@@ -178,8 +192,8 @@ def check_memory(source: str, needed: int, what: str, todo: str = _SWEEP_TODO, n
     if available is not None and needed > MEMORY_SHARE * available:
         raise FetalIQAError(f"{source}: {what} needs {_size_text(needed)} of memory, but this machine has "
                             f"{_size_text(available)}: {todo}")
-    free = available_memory_bytes() if now else None
-    if free is not None and needed + MEMORY_MARGIN > free and free == address_space_left():
+    free, by_limit = memory_bound() if now else (None, False)
+    if free is not None and needed + MEMORY_MARGIN > free and by_limit:
         # the process's own limit, not the machine, is short: closing programs would not help
         raise FetalIQAError(f"{source}: {what} needs {_size_text(needed)} of memory ({_size_text(needed + MEMORY_MARGIN)} "
                             f"with what reading takes), but this process's address-space limit (ulimit -v) leaves "

@@ -454,3 +454,42 @@ def test_a_results_folder_that_takes_no_data_is_refused_before_the_frames_are_sc
     assert len(lines) == 1 and "nothing can be written in" in lines[0] and "file size limit" in lines[0], lines
     assert proc.stdout.strip() == "no model loaded"
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".fetaliqa-probe-*"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+@pytest.mark.parametrize("limit_kb", [3_250_000, 3_900_000])
+def test_a_limit_just_short_of_the_model_libraries_is_one_line_not_an_abort(case, tmp_path, limit_kb):
+    """Under `ulimit -v 3250000` PyTorch's loader aborted the process ("terminate called after
+    throwing an instance of 'std::bad_alloc'", status 134) as it mapped its libraries; a little
+    more (3.6-4.2 GB) and the models ran out while loading, told "close other programs". What the
+    limit leaves is now compared with what the libraries take before they are loaded."""
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit_kb * 1024, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "fetaliqa_core.cli", "score", str(case), "--out", str(tmp_path / "o"),
+                           "--quiet", "--no-cache"], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          cwd=ROOT, env=env, preexec_fn=limited, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ulimit -v" in lines[0] and "close other programs" not in lines[0], lines
+
+
+def test_running_out_under_an_address_space_limit_names_the_limit(monkeypatch, capsys):
+    """A MemoryError while the models loaded under `ulimit -v` said "Close other programs", which
+    would not help; without a limit the machine's advice stays."""
+    from fetaliqa_core import validate
+    from fetaliqa_core.cli import OUT_OF_MEMORY, run_guarded
+
+    def fail():
+        raise MemoryError
+
+    monkeypatch.setattr(validate, "address_space_left", lambda: 100 << 20)
+    assert run_guarded(fail) == 1
+    err = capsys.readouterr().err
+    assert "ulimit -v" in err and "close other programs" not in err.lower()
+    monkeypatch.setattr(validate, "address_space_left", lambda: None)
+    assert run_guarded(fail) == 1
+    assert capsys.readouterr().err.strip() == OUT_OF_MEMORY

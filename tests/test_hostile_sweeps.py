@@ -896,3 +896,15 @@ def test_segmented_colour_tables_expand_as_pydicom_expands_them(tmp_path, segmen
     expected = apply_color_lut(index, ds)
     expected = (expected >> 8).astype(np.uint8) if depth == 16 else expected
     assert np.array_equal(segmented_palette(Path("palette.dcm"), ds).apply(index), expected)
+
+
+def test_a_growing_process_s_address_space_limit_is_told_as_the_limit(monkeypatch):
+    """The refusal compared what is available (which read the process's size) with a second
+    reading of what the limit leaves: a process growing between the two (the window's threads)
+    was told "this machine has only ... available now: close other programs" once in 200 calls."""
+    left = iter(range(3 << 30, 0, -(1 << 20)))  # each reading finds 1 MB more of the limit taken
+    monkeypatch.setattr(validate, "address_space_left", lambda: next(left))
+    monkeypatch.setattr(validate, "machine_memory_bytes", lambda: 64 << 30)
+    with pytest.raises(FetalIQAError) as info:
+        validate.check_memory("s.mha", 8 << 30, "a sweep", now=True)
+    assert "address-space limit (ulimit -v)" in str(info.value) and "close other programs" not in str(info.value)

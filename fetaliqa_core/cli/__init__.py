@@ -364,12 +364,12 @@ def run_guarded(run, interrupted: str = "interrupted") -> int:
         print(f"fetaliqa: {shown(os_error_message(exc))}", file=sys.stderr)
         return 1
     except MemoryError:
-        print(OUT_OF_MEMORY, file=sys.stderr)
+        print(out_of_memory_line(), file=sys.stderr)
         return 1
     except RuntimeError as exc:  # PyTorch reports a failed allocation as a RuntimeError
         if "allocate" not in str(exc) and "out of memory" not in str(exc):
             raise
-        print(OUT_OF_MEMORY, file=sys.stderr)
+        print(out_of_memory_line(), file=sys.stderr)
         return 1
 
 
@@ -383,9 +383,9 @@ def libraries_out_of_memory(exc: BaseException) -> bool:
             and ("failed to map segment" in text or "cannot allocate memory" in text))
 
 
-def libraries_memory_line(exc: BaseException) -> str:
-    """The one line for :func:`libraries_out_of_memory`: what failed, and what to do (the limit
-    in force, where there is one)."""
+def libraries_memory_line(exc: BaseException | None) -> str:
+    """The one line for :func:`libraries_out_of_memory` (``exc``; None: said before trying): what
+    failed, and what to do (the limit in force, where there is one)."""
     import re
 
     limit = None
@@ -412,6 +412,18 @@ MODEL_LIBRARIES_GB = 4
 
 OUT_OF_MEMORY = ("fetaliqa: out of memory: this machine has not enough free memory for the file and the "
                  "models. Close other programs, or use a machine with more memory.")
+OUT_OF_MEMORY_LIMITED = ("fetaliqa: out of memory: this process's address-space limit (ulimit -v) leaves too little "
+                         "for the file and the models (closing other programs would not help): raise the limit to "
+                         f"{MODEL_LIBRARIES_GB * 2} GB or more, or remove it, and try again.")
+
+
+def out_of_memory_line() -> str:
+    """The line for an allocation that failed: under a limit on the process's address space, the
+    limit (with the machine's advice, "close other programs", a user under `ulimit -v` ran out while
+    the models loaded and was told what would not help)."""
+    from fetaliqa_core.validate import address_space_left
+
+    return OUT_OF_MEMORY if address_space_left() is None else OUT_OF_MEMORY_LIMITED
 
 
 if __name__ == "__main__":

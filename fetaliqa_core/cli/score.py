@@ -508,8 +508,18 @@ def _model_libraries_first() -> None:
         limited = resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY
     except (ImportError, OSError, ValueError):
         limited = False
-    if limited:
-        _import_model_libraries()
+    if not limited:
+        return
+    if "torch" not in sys.modules:
+        from fetaliqa_core.cli import MODEL_LIBRARIES_GB, libraries_memory_line
+        from fetaliqa_core.validate import address_space_left
+
+        left = address_space_left()
+        if left is not None and left < MODEL_LIBRARIES_GB << 30:
+            # (with too little left, PyTorch's loader may abort the process, "std::bad_alloc", as
+            # it maps its libraries, past any handler: said before trying)
+            raise FetalIQAError(libraries_memory_line(None).removeprefix("fetaliqa: "))
+    _import_model_libraries()
 
 
 def _import_model_libraries() -> None:
