@@ -2203,7 +2203,9 @@ def test_a_local_metaimage_with_its_pixels_at_the_end_is_read(tmp_path):
 
 @pytest.mark.parametrize("header_size, said", [
     ("9223372036854775000", r"HeaderSize is 9223372036854775000 \(bytes to skip at the start of its data file, "
-                            r"data.raw\), more than that file holds \(7680 bytes\): the header is wrong"),
+                            r"data.raw\), which leaves nothing of that file \(7680 bytes\) for the pixels: the header "
+                            "is wrong"),
+    ("7680", r"HeaderSize is 7680 \(bytes to skip .*leaves nothing of that file \(7680 bytes\)"),  # (was "truncated")
     ("-5", "HeaderSize is -5: no bytes can be skipped a negative number of times"),
 ])
 def test_a_metaimage_header_size_that_means_nothing_blames_the_header(tmp_path, header_size, said):

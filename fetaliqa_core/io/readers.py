@@ -3879,10 +3879,10 @@ def _read_metaimage(path: Path) -> Raw | None:
         elif header_size > 0:
             offset = header_size
             size = data_path.stat().st_size
-            if header_size > size:  # (the data file was called truncated, for a header at fault)
+            if header_size >= size:  # (the data file was called truncated, for a header at fault)
                 raise FetalIQAError(f"{path}: the header's HeaderSize is {header_size} (bytes to skip at the start "
-                                    f"of its data file, {data_path.name}), more than that file holds ({size} bytes): "
-                                    "the header is wrong. Fix it or export the file again.")
+                                    f"of its data file, {data_path.name}), which leaves nothing of that file ({size} "
+                                    "bytes) for the pixels: the header is wrong. Fix it or export the file again.")
     available = data_path.stat().st_size - offset
     hdr_desc = f"DimSize {' '.join(map(str, dims))}, {element_type}" + (
         f", {components} channels" if components > 1 else "")
