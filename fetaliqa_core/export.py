@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_output_dir, atomic_write, csv_writer, write_json
+from fetaliqa_core.files import atomic_output_dir, atomic_write, csv_writer, remove_empty_folders, write_json
 from fetaliqa_core.io import _common as fio_keys
 
 FRAMES_CSV = "frames.csv"
@@ -289,12 +289,7 @@ def remove_earlier_outputs(out: str | Path) -> list[str]:
             path.unlink()
             if name != OUTPUTS_FILE:
                 removed.append(name)
-            for folder in path.relative_to(out).parents:  # the mask's folders, when it left them empty
-                if folder != Path("."):
-                    try:
-                        (out / folder).rmdir()
-                    except OSError:
-                        break
+            remove_empty_folders(path.parent, out)  # the mask's folders, when it left them empty
     return removed
 
 

@@ -236,9 +236,13 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
                 through_link = any((out / q).is_symlink() for q in Path(name).parents if q != Path("."))
                 if name not in written and old.is_file() and not old.is_symlink() and not through_link:
                     old.unlink()
-                    _remove_empty_folders(old.parent, out)
+                    remove_empty_folders(old.parent, out)
+            for name in folders:  # (the challenge's mask lies in a folder of its own: its entry too)
+                _fsync_dir(out / name)
             _fsync_dir(out)
         else:
+            for folder in (p for p in tmp.rglob("*") if p.is_dir() and not p.is_symlink()):
+                _fsync_dir(folder)
             os.replace(tmp, out)
             _fsync_dir(out.parent)
     except OSError as exc:
@@ -248,7 +252,7 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
 
 
-def _remove_empty_folders(folder: Path, top: Path) -> None:
+def remove_empty_folders(folder: Path, top: Path) -> None:
     """``folder`` and the folders above it up to ``top`` (kept), each while it is empty: what a
     dropped result file in a subfolder leaves (a folder holding anything else stays)."""
     while folder != top and top in folder.parents:

@@ -114,3 +114,22 @@ def test_results_go_into_a_folder_on_another_disk_and_never_through_a_dangling_l
     with pytest.raises(FetalIQAError, match="is a link to nothing"):
         with atomic_output_dir(tmp_path / "gone"):
             pass
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_results_in_a_subfolder_have_their_folder_flushed_too(tmp_path, monkeypatch, exists):
+    """The challenge's mask lies in images/fetal-abdomen-segmentation/: only the results folder
+    itself was flushed, so after a crash the mask could be missing while the outputs list named it."""
+    from fetaliqa_core import files
+
+    flushed = []
+    monkeypatch.setattr(files, "_fsync_dir", lambda folder: flushed.append(Path(folder).name))
+    out = tmp_path / "results"
+    if exists:
+        out.mkdir()
+    with atomic_output_dir(out) as tmp:
+        (tmp / "images" / "mask").mkdir(parents=True)
+        (tmp / "images" / "mask" / "m.mha").write_bytes(b"x")
+        (tmp / "summary.json").write_text("{}")
+    assert (out / "images" / "mask" / "m.mha").read_bytes() == b"x"
+    assert {"images", "mask"} <= set(flushed)
