@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="report.html, report.pdf or report.csv")
     _sweep_argument(p)
     p.add_argument("--no-frames", action="store_true",
-                   help="do not load the sweep files (no thumbnails; faster)")
+                   help="do not load the sweep files: faster, but no thumbnails, and no word on whether an "
+                        "AC's outline was cut by the field of view (the CSV's ac_extrapolated left empty)")
     p = sub.add_parser("labels", help="write reviewer labels as a CSV for training",
                        description="Write reviewer labels (uuid_or_hash, path, frame, label "
                                    "1 optimal / 2 suboptimal / 0 not usable, reviewer, time, content_hash).")
