@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="labels.csv")
     _sweep_argument(p)
     p = sub.add_parser("history", help="write every verdict ever entered (replaced and withdrawn ones too) as a CSV",
-                       description="Write every verdict ever entered, and every withdrawal, oldest first "
+                       description="Write every verdict ever entered, and every withdrawal, by sweep, frame and reviewer, "
+                                   "each one's oldest first "
                                    "(content_hash, path, frame, reviewer, label, label_code, note, time, current: "
                                    "1 on the verdict that stands, 0 on those a later one replaced or withdrew; "
                                    "withdrawn: 1 on a withdrawal, its label the one withdrawn).")
