@@ -167,6 +167,15 @@ def _unfinished_write(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY_ROLLBACK
 
 
+def _log_needs_writing(exc: sqlite3.OperationalError) -> bool:
+    """Whether a read-only connection failed because SQLite could not make or set up the
+    shared-memory index (``-shm``) that reading a write-ahead log needs (the folder may not be
+    written): "unable to open database file", or "read-only" where an index it may not write is
+    there already."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+
+
 class DatabaseBusy(FetalIQAError):
     """Another program held the review database's write lock for longer than the wait allowed:
     nothing was changed, and the same change can be tried again."""
@@ -361,7 +370,13 @@ class ReviewStore:
         showed no verdicts at all, and an export wrote an empty labels file without a word. The
         file and its journal are copied aside and the copy is completed and read
         (:meth:`_read_private_copy`): the user's files stay as they are, and the next window or
-        command that writes to the database completes it in place."""
+        command that writes to the database completes it in place.
+
+        A file whose write-ahead log (``-wal``) holds changes not yet copied into it (a window or
+        command killed, or still running), in a folder the user may not write, and without the
+        log's shared-memory index (``-shm``), cannot be read in place: SQLite must make that index
+        beside it first. Every read command refused it with "Cannot write the review database",
+        though it only reads. The file and its log are copied aside and read the same way."""
         last: sqlite3.OperationalError | None = None
         wal = self.path.with_name(self.path.name + "-wal")
         journal = self.path.with_name(self.path.name + "-journal")
@@ -379,19 +394,28 @@ class ReviewStore:
                 last = exc
                 if _unfinished_write(exc):
                     return self._read_private_copy(journal)
+                if _log_needs_writing(exc) and wal.exists() and wal.stat().st_size > 0 \
+                        and os.access(self.path, os.R_OK) and os.access(wal, os.R_OK):
+                    return self._read_private_copy(wal)
         raise last  # type: ignore[misc]
 
     def _read_private_copy(self, journal: Path) -> sqlite3.Connection:
-        """A connection to a copy of the database and its unfinished write's ``journal``, made in
-        a private temporary folder and completed there (SQLite puts the journal back into the
-        copy as it opens it), so that the file reads as it was at its last completed change. The
-        folder goes when the store is closed."""
+        """A connection to a copy of the database and the log left beside it (``journal``: an
+        unfinished write's ``-journal``, or a ``-wal`` that could not be read in place), made in a
+        private temporary folder and completed there (SQLite puts the journal back into the copy,
+        or reads the log, as it opens it), so that the file reads as it was at its last completed
+        change. The folder goes when the store is closed."""
         import tempfile
 
         def unusable(cause: str) -> FetalIQAError:
+            if journal.name.endswith("-wal"):
+                left = (f"has changes in a write-ahead log beside it ({journal.name}) that can only be read where "
+                        "SQLite may write its index")
+            else:
+                left = (f"has an unfinished change left beside it ({journal.name}, from a program that stopped "
+                        "while writing), and it cannot be read without completing it")
             return FetalIQAError(
-                f"The review database {self.path} has an unfinished change left beside it ({journal.name}, from "
-                f"a program that stopped while writing), and it cannot be read without completing it ({cause}). "
+                f"The review database {self.path} {left} ({cause}). "
                 "Nothing was changed: open it once in the FetalIQA window, or with any command that records "
                 "verdicts, with write access to the file and its folder, then try again.")
 
