@@ -628,3 +628,62 @@ def test_a_database_with_a_write_ahead_log_in_a_folder_that_may_not_be_written_i
         db.parent.chmod(0o755)
     assert _hashes(db.parent) == before  # the file and its log untouched, no -shm added
     assert list(private.iterdir()) == []  # the private copy is gone once read
+
+
+_READ_AND_WAIT = """
+import sys, time
+from fetaliqa_core.review.store import ReviewStore
+store = ReviewStore(sys.argv[1], create=False, read_only=True)
+print(len(store.verdicts()), flush=True)
+time.sleep(60)  # killed with -9 meanwhile, its private copy still there
+"""
+
+
+def test_a_private_copy_left_by_a_read_killed_with_9_is_removed_by_the_next_read(tmp_path, monkeypatch):
+    """An export killed with -9 while it read a database through a private copy left the copy
+    in the temporary folder for good (reviewers' names, notes and patients' file paths). The
+    next read-only opening removes it: only folders of the copies' own name, owned by the user,
+    whose process is gone; never one of a running process, another user's, or through a link."""
+    import tempfile
+
+    db = _left_mid_write(tmp_path / "reviews")
+    private = tmp_path / "tmp"
+    private.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", _READ_AND_WAIT, str(db)], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "TMPDIR": str(private)})
+    try:
+        assert child.stdout.readline().strip() == "5"
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    (left,) = private.iterdir()
+    assert left.name.startswith(f"fetaliqa-review-{child.pid}-")
+    assert (left / "hot.sqlite3").is_file()
+    assert left.stat().st_mode & 0o777 == 0o700  # private to the user meanwhile
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    kept = {
+        f"fetaliqa-review-{running.pid}-abcd1234": None,  # a read still running
+        "fetaliqa-review-abcd1234": None,                   # not the copies' name
+        f"fetaliqa-review-{child.pid}-theirs_1": 65534,     # another user's
+    }
+    try:
+        for name, owner in kept.items():
+            (private / name).mkdir()
+            (private / name / "x.sqlite3").write_bytes(b"keep")
+            if owner is not None:
+                os.chown(private / name, owner, owner)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "x.sqlite3").write_bytes(b"keep")
+        (private / f"fetaliqa-review-{child.pid}-linked12").symlink_to(elsewhere)
+        monkeypatch.setattr(tempfile, "tempdir", str(private))
+        with ReviewStore(db, create=False, read_only=True) as store:
+            assert len(store.verdicts()) == 5
+    finally:
+        running.kill()
+        running.wait()
+    assert not left.exists()
+    assert sorted(p.name for p in private.iterdir()) == sorted([*kept, f"fetaliqa-review-{child.pid}-linked12"])
+    assert (elsewhere / "x.sqlite3").read_bytes() == b"keep"

@@ -59,8 +59,10 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 import unicodedata
@@ -174,6 +176,48 @@ def _log_needs_writing(exc: sqlite3.OperationalError) -> bool:
     there already."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and (code & 0xFF) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+
+
+#: The private folders a read takes a copy of the database into (:meth:`ReviewStore._read_private_copy`):
+#: ``fetaliqa-review-<pid>-<8 random characters>`` in the temporary folder, named by the process reading.
+_PRIVATE_PREFIX = "fetaliqa-review-"
+_PRIVATE_NAME = re.compile(r"fetaliqa-review-([0-9]{1,10})-[a-z0-9_]{8}")
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs now (one of another user's counts as running)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # (permission denied: it runs, as another user)
+        return False
+    return False
+
+
+def _remove_abandoned_copies(root: str | Path) -> None:
+    """Remove the private copies of review databases left in ``root`` by reads that were killed
+    (-9, a power cut) before they could remove them: each held the reviewers' names, their notes
+    and the patients' file paths, and stayed in the temporary folder for good. Only folders of
+    the exact name the reads give them, owned by this user, and whose process is gone; never
+    through a link."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        match = _PRIVATE_NAME.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or not _process_gone(int(match.group(1))):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
 
 
 class DatabaseBusy(FetalIQAError):
@@ -377,6 +421,9 @@ class ReviewStore:
         log's shared-memory index (``-shm``), cannot be read in place: SQLite must make that index
         beside it first. Every read command refused it with "Cannot write the review database",
         though it only reads. The file and its log are copied aside and read the same way."""
+        import tempfile
+
+        _remove_abandoned_copies(tempfile.gettempdir())
         last: sqlite3.OperationalError | None = None
         wal = self.path.with_name(self.path.name + "-wal")
         journal = self.path.with_name(self.path.name + "-journal")
@@ -404,7 +451,9 @@ class ReviewStore:
         unfinished write's ``-journal``, or a ``-wal`` that could not be read in place), made in a
         private temporary folder and completed there (SQLite puts the journal back into the copy,
         or reads the log, as it opens it), so that the file reads as it was at its last completed
-        change. The folder goes when the store is closed."""
+        change. The folder goes when the store is closed; it is private to the user (0700), and
+        one that a read killed before it could remove it goes at the next read-only opening
+        (:func:`_remove_abandoned_copies`: its name holds the reading process's id)."""
         import tempfile
 
         def unusable(cause: str) -> FetalIQAError:
@@ -423,7 +472,7 @@ class ReviewStore:
             st = path.stat()
             return st.st_ino, st.st_size, st.st_mtime_ns
 
-        folder = Path(tempfile.mkdtemp(prefix="fetaliqa-review-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{_PRIVATE_PREFIX}{os.getpid()}-"))  # (0700)
         self._private_folder = folder
         copy = folder / self.path.name
         try:
