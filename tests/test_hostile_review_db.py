@@ -548,3 +548,142 @@ def test_a_database_left_in_the_middle_of_a_write_that_cannot_be_copied_says_wha
         ReviewStore(db, create=False, read_only=True)
     assert "hot.sqlite3-journal" in str(caught.value) and "write access" in str(caught.value)
     assert _hashes(db.parent) == before
+
+
+_DIE_WITH_WAL = """
+import os, sys
+from fetaliqa_core.review.store import ReviewStore
+ReviewStore._empty_log = staticmethod(lambda conn: None)  # (its log is left as a killed writer leaves it)
+store = ReviewStore(sys.argv[1])
+sid = store.add_sweep("cd" * 32, "/data/case.mha", 12)
+for frame in range(7):
+    store.record_verdict(sid, frame, "bob", "optimal")
+os._exit(0)  # killed: its verdicts are in the -wal only, and its -shm is removed below
+"""
+
+
+def _left_in_wal(folder: Path) -> Path:
+    """A review database whose seven verdicts are in its write-ahead log only (a writer killed
+    with -9), with no shared-memory index beside it."""
+    folder.mkdir()
+    db = folder / "k.sqlite3"
+    subprocess.run([sys.executable, "-c", _DIE_WITH_WAL, str(db)], check=True)
+    (folder / "k.sqlite3-shm").unlink()
+    assert (folder / "k.sqlite3-wal").stat().st_size > 0
+    return db
+
+
+def _no_index_may_be_made(monkeypatch, db: Path) -> None:
+    """What SQLite does for a user who may not write ``db``'s folder (the tests run as root, who
+    may): a read-only connection to a database with a -wal and no -shm cannot make the -shm, and
+    fails with "unable to open database file"."""
+    import fetaliqa_core.review.store as store_module
+
+    real_connect = sqlite3.connect
+
+    class NoIndex(sqlite3.Connection):  # (SQLite opens the file at the first statement)
+        def execute(self, *args, **kwargs):
+            exc = sqlite3.OperationalError("unable to open database file")
+            exc.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN
+            raise exc
+
+    def connect(target, *args, **kwargs):
+        text = str(target)
+        if text.startswith("file:") and "mode=ro" in text and text.split("?")[0].endswith(db.name) \
+                and not db.with_name(db.name + "-shm").exists():
+            kwargs["factory"] = NoIndex
+        return real_connect(target, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.sqlite3, "connect", connect)
+
+
+def test_a_database_with_a_write_ahead_log_in_a_folder_that_may_not_be_written_is_read(
+        tmp_path, monkeypatch, capsys):
+    """A database with a -wal and no -shm (a writer killed with -9), in a folder the user may not
+    write, was refused by every read command (`review list / labels / history / export`) with
+    "Cannot write the review database ... check that the file and its folder are writable": a
+    command that only reads, told of writing. Its log is read from a private copy now, and the
+    user's files are left as they are."""
+    import tempfile
+
+    from fetaliqa_core.cli import main
+
+    db = _left_in_wal(tmp_path / "reviews")
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    before = _hashes(db.parent)
+    _no_index_may_be_made(monkeypatch, db)
+    db.parent.chmod(0o555)
+    try:
+        with ReviewStore(db, create=False, read_only=True) as store:
+            assert [(v.frame, v.label) for v in store.verdicts()] == [(f, "optimal") for f in range(7)]
+        assert main(["review", "list", "--db", str(db)]) in (0, None)
+        assert "7 verdicts" in capsys.readouterr().out
+        out = tmp_path / "labels.csv"
+        assert main(["review", "labels", "--db", str(db), "--out", str(out)]) in (0, None)
+        assert len(out.read_text().splitlines()) == 1 + 7
+        assert "writable" not in capsys.readouterr().err
+    finally:
+        db.parent.chmod(0o755)
+    assert _hashes(db.parent) == before  # the file and its log untouched, no -shm added
+    assert list(private.iterdir()) == []  # the private copy is gone once read
+
+
+_READ_AND_WAIT = """
+import sys, time
+from fetaliqa_core.review.store import ReviewStore
+store = ReviewStore(sys.argv[1], create=False, read_only=True)
+print(len(store.verdicts()), flush=True)
+time.sleep(60)  # killed with -9 meanwhile, its private copy still there
+"""
+
+
+def test_a_private_copy_left_by_a_read_killed_with_9_is_removed_by_the_next_read(tmp_path, monkeypatch):
+    """An export killed with -9 while it read a database through a private copy left the copy
+    in the temporary folder for good (reviewers' names, notes and patients' file paths). The
+    next read-only opening removes it: only folders of the copies' own name, owned by the user,
+    whose process is gone; never one of a running process, another user's, or through a link."""
+    import tempfile
+
+    db = _left_mid_write(tmp_path / "reviews")
+    private = tmp_path / "tmp"
+    private.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", _READ_AND_WAIT, str(db)], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "TMPDIR": str(private)})
+    try:
+        assert child.stdout.readline().strip() == "5"
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    (left,) = private.iterdir()
+    assert left.name.startswith(f"fetaliqa-review-{child.pid}-")
+    assert (left / "hot.sqlite3").is_file()
+    assert left.stat().st_mode & 0o777 == 0o700  # private to the user meanwhile
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    kept = {
+        f"fetaliqa-review-{running.pid}-abcd1234": None,  # a read still running
+        "fetaliqa-review-abcd1234": None,                   # not the copies' name
+        f"fetaliqa-review-{child.pid}-theirs_1": 65534,     # another user's
+    }
+    try:
+        for name, owner in kept.items():
+            (private / name).mkdir()
+            (private / name / "x.sqlite3").write_bytes(b"keep")
+            if owner is not None:
+                os.chown(private / name, owner, owner)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "x.sqlite3").write_bytes(b"keep")
+        (private / f"fetaliqa-review-{child.pid}-linked12").symlink_to(elsewhere)
+        monkeypatch.setattr(tempfile, "tempdir", str(private))
+        with ReviewStore(db, create=False, read_only=True) as store:
+            assert len(store.verdicts()) == 5
+    finally:
+        running.kill()
+        running.wait()
+    assert not left.exists()
+    assert sorted(p.name for p in private.iterdir()) == sorted([*kept, f"fetaliqa-review-{child.pid}-linked12"])
+    assert (elsewhere / "x.sqlite3").read_bytes() == b"keep"

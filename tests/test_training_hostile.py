@@ -250,3 +250,50 @@ def test_a_checkpoint_or_weights_file_cut_by_a_full_disk_is_one_os_error_and_lea
         assert line.split()[3] == str(out / target)  # the file named, not a temporary one
     # nothing half-written that a resume (or a --base) would trust
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == []
+
+
+def _write_mha(path: Path, frames: np.ndarray) -> None:
+    n, h, w = frames.shape
+    head = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+            f"CompressedData = False\nDimSize = {w} {h} {n}\nElementSpacing = 0.28 0.28 1\n"
+            "ElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(head.encode() + np.ascontiguousarray(frames, np.uint8).tobytes())
+
+
+def test_labels_of_a_sweep_last_opened_from_a_copy_say_why_they_name_no_case(tmp_path):
+    """Verdicts given at the dataset's file, on a sweep opened afterwards from a copy of the
+    file, are exported under the copy's name (one sweep per pixels, named by the path it was last
+    opened from). The line said "export them from sweeps at the dataset's own files", which is
+    what had been done; it says now under which name labels are exported and what to do, and
+    doing it relabels the frames."""
+    from fetaliqa_core.io import load_sweep
+    from fetaliqa_core.review.report import write_labels_csv
+    from fetaliqa_core.review.store import ReviewStore
+    from training.data import extra_labels_message
+
+    frames = np.random.default_rng(0).integers(0, 255, (6, 32, 40), dtype=np.uint8)
+    own, copy = tmp_path / "data" / "patient.mha", tmp_path / "desk" / "patient_copy.mha"
+    _write_mha(own, frames)
+    _write_mha(copy, frames)
+    sweep = load_sweep(own)
+    labels = tmp_path / "labels.csv"
+    with ReviewStore(tmp_path / "reviews.sqlite3") as store:
+        sid = store.add_sweep(sweep.content_hash, own, sweep.n_frames)
+        for frame in range(4):
+            store.record_verdict(sid, frame, "tA", "not_usable")
+        store.add_sweep(sweep.content_hash, copy, sweep.n_frames)  # the copy opened later
+        write_labels_csv(store, labels)
+    cases = [SimpleNamespace(uuid="patient", image_path=own)]
+    index = ds.FrameIndex(cases, np.zeros(6, np.int32), np.arange(6, dtype=np.int32), np.zeros(6, np.int16),
+                          np.ones(6, np.uint8))
+    line = extra_labels_message(labels, index, cases)
+    assert "0 training frame(s) relabelled" in line and "4 label(s) name no case in --data (patient_copy)" in line
+    assert "last opened from" in line and "from its file in --data" in line
+    assert "export them from sweeps at the dataset's own files" not in line
+    # what it says to do: the sweep opened again from the dataset's file, the labels exported again
+    with ReviewStore(tmp_path / "reviews.sqlite3") as store:
+        store.add_sweep(sweep.content_hash, own, sweep.n_frames)
+        write_labels_csv(store, labels)
+    line = extra_labels_message(labels, index, cases)
+    assert "4 training frame(s) relabelled" in line and "name no case" not in line

@@ -52,10 +52,18 @@ def apply_labels_file(labels_path, train_index, cases) -> tuple[str, dict]:
         n = sum(len(rows) for (case, _), rows in labels.rows.items() if case in elsewhere)
         text += f"; {n} label(s) on validation or test cases, which keep their masks' labels"
     if unknown:
+        # A sweep is one in the review database whatever file it was opened from (its pixels' hash),
+        # and its labels are exported under the name of the file it was last opened from: a copy
+        # opened once after the dataset's file renamed all its verdicts, and "export them from sweeps
+        # at the dataset's own files" told the trainers to do what they had done. The dataset's cases
+        # are not searched by hash: every case would be read whole (about a second each, and the
+        # cases of a dataset are alike in size and shape), for labels that may name other data.
         n = sum(len(rows) for (case, _), rows in labels.rows.items() if case in unknown)
         names = sorted(unknown)
         text += (f"; {n} label(s) name no case in --data ({', '.join(u[:24] for u in names[:3])}"
-                 f"{', …' if len(names) > 3 else ''}): export them from sweeps at the dataset's own files")
+                 f"{', …' if len(names) > 3 else ''}): labels are exported under the name of the file their sweep "
+                 "was last opened from, wherever they were given; if they are this dataset's, start a review "
+                 "of each such sweep once in the viewer from its file in --data, then export the labels again")
     return text, record
 
 

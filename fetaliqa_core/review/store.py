@@ -59,8 +59,10 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 import unicodedata
@@ -165,6 +167,57 @@ def _unfinished_write(exc: sqlite3.OperationalError) -> bool:
     """Whether a read-only connection failed because a program stopped in the middle of a write
     and left its rollback journal, which SQLite must put back before the file can be read."""
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY_ROLLBACK
+
+
+def _log_needs_writing(exc: sqlite3.OperationalError) -> bool:
+    """Whether a read-only connection failed because SQLite could not make or set up the
+    shared-memory index (``-shm``) that reading a write-ahead log needs (the folder may not be
+    written): "unable to open database file", or "read-only" where an index it may not write is
+    there already."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+
+
+#: The private folders a read takes a copy of the database into (:meth:`ReviewStore._read_private_copy`):
+#: ``fetaliqa-review-<pid>-<8 random characters>`` in the temporary folder, named by the process reading.
+_PRIVATE_PREFIX = "fetaliqa-review-"
+_PRIVATE_NAME = re.compile(r"fetaliqa-review-([0-9]{1,10})-[a-z0-9_]{8}")
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs now (one of another user's counts as running)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # (permission denied: it runs, as another user)
+        return False
+    return False
+
+
+def _remove_abandoned_copies(root: str | Path) -> None:
+    """Remove the private copies of review databases left in ``root`` by reads that were killed
+    (-9, a power cut) before they could remove them: each held the reviewers' names, their notes
+    and the patients' file paths, and stayed in the temporary folder for good. Only folders of
+    the exact name the reads give them, owned by this user, and whose process is gone; never
+    through a link."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        match = _PRIVATE_NAME.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or not _process_gone(int(match.group(1))):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
 
 
 class DatabaseBusy(FetalIQAError):
@@ -361,7 +414,16 @@ class ReviewStore:
         showed no verdicts at all, and an export wrote an empty labels file without a word. The
         file and its journal are copied aside and the copy is completed and read
         (:meth:`_read_private_copy`): the user's files stay as they are, and the next window or
-        command that writes to the database completes it in place."""
+        command that writes to the database completes it in place.
+
+        A file whose write-ahead log (``-wal``) holds changes not yet copied into it (a window or
+        command killed, or still running), in a folder the user may not write, and without the
+        log's shared-memory index (``-shm``), cannot be read in place: SQLite must make that index
+        beside it first. Every read command refused it with "Cannot write the review database",
+        though it only reads. The file and its log are copied aside and read the same way."""
+        import tempfile
+
+        _remove_abandoned_copies(tempfile.gettempdir())
         last: sqlite3.OperationalError | None = None
         wal = self.path.with_name(self.path.name + "-wal")
         journal = self.path.with_name(self.path.name + "-journal")
@@ -379,19 +441,30 @@ class ReviewStore:
                 last = exc
                 if _unfinished_write(exc):
                     return self._read_private_copy(journal)
+                if _log_needs_writing(exc) and wal.exists() and wal.stat().st_size > 0 \
+                        and os.access(self.path, os.R_OK) and os.access(wal, os.R_OK):
+                    return self._read_private_copy(wal)
         raise last  # type: ignore[misc]
 
     def _read_private_copy(self, journal: Path) -> sqlite3.Connection:
-        """A connection to a copy of the database and its unfinished write's ``journal``, made in
-        a private temporary folder and completed there (SQLite puts the journal back into the
-        copy as it opens it), so that the file reads as it was at its last completed change. The
-        folder goes when the store is closed."""
+        """A connection to a copy of the database and the log left beside it (``journal``: an
+        unfinished write's ``-journal``, or a ``-wal`` that could not be read in place), made in a
+        private temporary folder and completed there (SQLite puts the journal back into the copy,
+        or reads the log, as it opens it), so that the file reads as it was at its last completed
+        change. The folder goes when the store is closed; it is private to the user (0700), and
+        one that a read killed before it could remove it goes at the next read-only opening
+        (:func:`_remove_abandoned_copies`: its name holds the reading process's id)."""
         import tempfile
 
         def unusable(cause: str) -> FetalIQAError:
+            if journal.name.endswith("-wal"):
+                left = (f"has changes in a write-ahead log beside it ({journal.name}) that can only be read where "
+                        "SQLite may write its index")
+            else:
+                left = (f"has an unfinished change left beside it ({journal.name}, from a program that stopped "
+                        "while writing), and it cannot be read without completing it")
             return FetalIQAError(
-                f"The review database {self.path} has an unfinished change left beside it ({journal.name}, from "
-                f"a program that stopped while writing), and it cannot be read without completing it ({cause}). "
+                f"The review database {self.path} {left} ({cause}). "
                 "Nothing was changed: open it once in the FetalIQA window, or with any command that records "
                 "verdicts, with write access to the file and its folder, then try again.")
 
@@ -399,7 +472,7 @@ class ReviewStore:
             st = path.stat()
             return st.st_ino, st.st_size, st.st_mtime_ns
 
-        folder = Path(tempfile.mkdtemp(prefix="fetaliqa-review-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{_PRIVATE_PREFIX}{os.getpid()}-"))  # (0700)
         self._private_folder = folder
         copy = folder / self.path.name
         try:
