@@ -202,7 +202,10 @@ def _remove_abandoned_copies(root: str | Path) -> None:
     (-9, a power cut) before they could remove them: each held the reviewers' names, their notes
     and the patients' file paths, and stayed in the temporary folder for good. Only folders of
     the exact name the reads give them, owned by this user, and whose process is gone; never
-    through a link."""
+    through a link. POSIX only (elsewhere a process is not asked after this way: on Windows,
+    signal 0 is Ctrl+C)."""
+    if os.name != "posix":
+        return
     try:
         entries = list(os.scandir(root))
     except OSError:
