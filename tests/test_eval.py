@@ -1186,3 +1186,47 @@ def test_eval_tells_a_wrong_data_folder_before_loading_what_runs_the_models(tmp_
                           cwd=Path(__file__).resolve().parents[1])
     assert done.stdout.split() == ["1", "False"], (done.stdout, done.stderr[-2000:])
     assert "are missing" in done.stderr
+
+
+def test_an_archive_case_folder_holding_another_run_s_answer_is_not_read_as_its_own(tmp_path):
+    """Two runs' archive folders merged by `cp -r`: a case's record (a run without --challenge-output)
+    beside the answer files of another run; `eval --predictions ARCHIVE/cases` scored that other
+    run's frame (239 where the record says 238) without a word. An answer written with its record
+    is read as before."""
+    from fetaliqa_core import archive
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE
+    from training.evaluate_predictions import _answer_in
+
+    folder = tmp_path / "cases" / "case-a"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text('{"chosen_frame": 238}')
+
+    def seal():
+        record = {"format": archive.RECORD_FORMAT, "status": archive.STATUS_OK, "chosen_frame": 238,
+                  "files": archive.folder_files(folder)}
+        (folder / archive.RECORD_FILE).write_text(archive.record_json(record), encoding="utf-8")
+
+    seal()
+    (folder / CHALLENGE_FRAME_FILE).write_text("239")  # another run's answer, copied in
+    (folder / CHALLENGE_MASK_FILE).write_bytes(b"mask")
+    with pytest.raises(FetalIQAError, match="not written with its case.json .*not that of its case.json's run"):
+        _answer_in(folder)
+    seal()  # the answer written with the record: read
+    assert _answer_in(folder).frame_file == folder / CHALLENGE_FRAME_FILE
+    (tmp_path / "plain").mkdir()  # a folder without a record is read as it is
+    (tmp_path / "plain" / CHALLENGE_FRAME_FILE).write_text("5")
+    assert _answer_in(tmp_path / "plain") is not None
+
+
+def test_two_masks_of_one_answer_are_named_by_their_places(tmp_path):
+    """An old-layout mask kept beside the new layout's was named twice by the same file name."""
+    from fetaliqa_core.export import CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE
+    from training.evaluate_predictions import MASK_DIR, _answer_in
+
+    (tmp_path / CHALLENGE_FRAME_FILE).write_text("5")
+    (tmp_path / CHALLENGE_MASK_FILE).write_bytes(b"m")
+    (tmp_path / MASK_DIR).mkdir(parents=True)
+    (tmp_path / MASK_DIR / CHALLENGE_MASK_FILE).write_bytes(b"m")
+    with pytest.raises(FetalIQAError, match=rf"\({CHALLENGE_MASK_FILE}, {MASK_DIR}/{CHALLENGE_MASK_FILE}\) \("
+                                            rf"{CHALLENGE_MASK_FILE} beside it is the layout of results written before"):
+        _answer_in(tmp_path)

@@ -94,10 +94,33 @@ def _answer_in(folder: Path) -> Answer | None:
     if image_dir.is_dir():
         masks += sorted(p for p in image_dir.iterdir() if p.name.lower().endswith(MASK_SUFFIXES) and p.is_file())
     if len(masks) > 1:
-        shown = ", ".join(p.name for p in masks[:3])
-        raise FetalIQAError(f"{folder}: holds {len(masks)} masks for one answer ({shown}); keep the one that goes "
-                            f"with {CHALLENGE_FRAME_FILE}")
+        shown = ", ".join(p.relative_to(folder).as_posix() for p in masks[:3])
+        old = (f" ({CHALLENGE_MASK_FILE} beside it is the layout of results written before "
+               f"{MASK_DIR}/ held the mask)" if masks[0] == folder / CHALLENGE_MASK_FILE else "")
+        raise FetalIQAError(f"{folder}: holds {len(masks)} masks for one answer ({shown}){old}; keep the one that "
+                            f"goes with {CHALLENGE_FRAME_FILE}")
+    _check_archive_answer(folder, bool(masks))
     return Answer(frame, masks[0] if masks else None)
+
+
+def _check_archive_answer(folder: Path, with_mask: bool) -> None:
+    """An archive's case folder (its case.json lists the files written with it) whose answer
+    files are not among them holds another run's answer: two runs' folders merged by ``cp -r``
+    kept one run's record and results beside the other's answer files, and the answer scored was
+    the other run's, without a word. Refused; folders without such a record are read as they are."""
+    from fetaliqa_core import archive
+
+    if not (folder / archive.RECORD_FILE).is_file():
+        return
+    record = archive.read_record(folder)
+    if record is None or not isinstance(record.get("files"), dict):
+        return  # (not an archive's record, or one of a version that listed no files)
+    needed = (CHALLENGE_FRAME_FILE, CHALLENGE_MASK_FILE) if with_mask else (CHALLENGE_FRAME_FILE,)
+    problem = archive.folder_problem(folder, record, needed)
+    if problem:
+        raise FetalIQAError(f"{folder}: {problem}, so its answer is not that of its case.json's run; run the same "
+                            "`fetaliqa score ... --archive --challenge-output` again there to score the case anew, "
+                            "or give --predictions the archive's challenge/ folder")
 
 
 def find_answer(root: Path, uuid: str, image: Path, jobs: dict[str, Path]) -> Answer | None:
