@@ -915,7 +915,9 @@ def test_parts_scored_with_shard_merge_into_the_whole_table_without_scoring_agai
     for k, out in enumerate(parts, 1):
         assert main(args + ["--shard", f"{k}/2", "--out", str(out)]) == 0
         n = len(ar.shard_by_name(names, k, 2))
-        assert f"(part {k}/2 of 4 cases): {n} cases, {n} ok; scored {n} now" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert f"(part {k}/2 of 4 cases): {n} cases, {n} ok; scored {n} now" in printed
+        assert "other case(s) of the archive" not in printed  # (each part its own --out: nothing else there)
         assert [r["case"] for r in _table(out)] == [names[i] for i in ar.shard_by_name(names, k, 2)]
     assert sorted(r["case"] for out in parts for r in _table(out)) == sorted(names)
     merged = tmp_path / "merged"
@@ -925,6 +927,12 @@ def test_parts_scored_with_shard_merge_into_the_whole_table_without_scoring_agai
     printed = capsys.readouterr().out
     assert "4 cases, 4 ok; scored 0 now, 4 already scored" in printed
     assert _results(merged) == _results(reference) and _tree(merged) == _tree(reference)
+    # a part run again into the merged --out (as parts run one after another into one --out): its table
+    # and challenge/ hold its own cases only, and the others scored there are pointed out
+    assert main(args + ["--shard", "1/2", "--out", str(merged)]) == 0
+    others = 4 - len(ar.shard_by_name(names, 1, 2))
+    assert (f"note: {others} other case(s) of the archive scored in {merged / ar.CASES_DIR} (other parts) are not in "
+            "this part's table or challenge output: run the same command without --shard") in capsys.readouterr().out
 
 
 def test_a_full_disk_while_recording_a_failed_case_says_free_space(tmp_path, capsys, monkeypatch):

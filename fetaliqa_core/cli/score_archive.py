@@ -550,6 +550,14 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
         print(f"challenge output: {n} case(s) in {tree}" + (
             f"; {len(left_out)} without an answer (not 'ok' in the table, or scored without --challenge-output)"
             if left_out else ""))
+    if part and ranks.is_main:
+        # parts run one after another into one --out: each table and challenge/ hold that part's cases
+        # only, and a researcher who handed in challenge/ got -1 for the other half without a hint
+        others = [n for k, n in enumerate(names) if k not in set(mine) and ar.read_record(ar.case_dir(out, n)) is not None]
+        if others:
+            print(f"note: {len(others)} other case(s) of the archive scored in {out / ar.CASES_DIR} (other parts) are "
+                  f"not in this part's table" + (" or challenge output" if (out / ar.CHALLENGE_DIR).is_dir() else "")
+                  + ": run the same command without --shard there to have them all (nothing is scored again)")
     if ranks.distributed and not dead and ok < len(rows):
         # torchrun takes a non-zero exit for a crash and, with --max-restarts, would start every
         # rank again to retry the same bad files: the run itself finished, the table has the rest
