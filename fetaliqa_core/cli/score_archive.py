@@ -553,7 +553,8 @@ def _run(args, ranks: ar.Ranks, started: float, fio, score_cmd) -> int:
     if part and ranks.is_main:
         # parts run one after another into one --out: each table and challenge/ hold that part's cases
         # only, and a researcher who handed in challenge/ got -1 for the other half without a hint
-        others = [n for k, n in enumerate(names) if k not in set(mine) and ar.read_record(ar.case_dir(out, n)) is not None]
+        in_part = set(mine)
+        others = [n for k, n in enumerate(names) if k not in in_part and ar.read_record(ar.case_dir(out, n)) is not None]
         if others:
             print(f"note: {len(others)} other case(s) of the archive scored in {out / ar.CASES_DIR} (other parts) are "
                   f"not in this part's table" + (" or challenge output" if (out / ar.CHALLENGE_DIR).is_dir() else "")
