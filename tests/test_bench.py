@@ -260,14 +260,14 @@ def test_chosen_runs_are_the_choice_s_run_and_the_candidates_run_holding_the_fra
     cand[11:18] = True
     # the frame choice's runs (per sweep, [a, b) with strength) and the candidates' runs differ
     a = NS(summary=NS(chosen_frame=12), choice=NS(runs=[[(3, 8, 2.0)], [(10, 14, 1.0), (20, 22, 0.5)]]),
-           flags=NS(candidates=cand))
+           flags=NS(near_candidates=cand))
     assert chosen_runs(a) == {"choice": (10, 13), "candidates": (11, 17)}
     # an answer from the disagreement fallback may lie outside every candidate run
-    b = NS(summary=NS(chosen_frame=21), choice=NS(runs=[[(3, 8, 2.0)], [(20, 22, 0.5)]]), flags=NS(candidates=cand))
+    b = NS(summary=NS(chosen_frame=21), choice=NS(runs=[[(3, 8, 2.0)], [(20, 22, 0.5)]]), flags=NS(near_candidates=cand))
     assert chosen_runs(b) == {"choice": (20, 21), "candidates": None}
-    assert chosen_runs(NS(summary=NS(chosen_frame=5), choice=None, flags=NS(candidates=cand))) == {
+    assert chosen_runs(NS(summary=NS(chosen_frame=5), choice=None, flags=NS(near_candidates=cand))) == {
         "choice": None, "candidates": (4, 6)}
-    assert chosen_runs(NS(summary=NS(chosen_frame=-1), choice=None, flags=NS(candidates=cand))) == {
+    assert chosen_runs(NS(summary=NS(chosen_frame=-1), choice=None, flags=NS(near_candidates=cand))) == {
         "choice": None, "candidates": None}
 
 
