@@ -228,6 +228,16 @@ def _threshold_text(run: ModelRun) -> str:
     return text
 
 
+def _run_frame_mask(store: ReviewStore, run: ModelRun, frame: int, h: int, w: int, loader_masks):
+    """The model run's mask of ``frame`` on an ``h`` x ``w`` frame, else the loader's (a mask file
+    given beside the sweep), else None: what the report pictures and measures."""
+    mask = store.run_mask(run.id, frame, sizes=functools.partial(_mask_fits, h, w))
+    mask = mask_on_frame(mask, h, w) if mask is not None else None
+    if mask is None and loader_masks is not None:
+        mask = loader_masks[frame]
+    return mask
+
+
 def _thumbnail_ac(mask, frames, sweep, view, frame: int):
     """The AC ellipse on a thumbnail's mask, measured as the viewer does (inside the frame's field
     of view: the sweep's, or where its fan changes between frames, the fan of the frames like it);
@@ -700,10 +710,7 @@ def _sweep_section(store: ReviewStore, sweep: SweepRecord, number: int,
             # the short fan cut as whole, a plain AC 3.8 % short, where the window and score measure it cut)
             view = SimpleNamespace(height=h, width=w, n_frames=frames.shape[0], frames=frames)
             for f in thumbs:
-                mask = store.run_mask(run.id, f, sizes=functools.partial(_mask_fits, h, w))
-                mask = mask_on_frame(mask, h, w) if mask is not None else None
-                if mask is None and loader_masks is not None:
-                    mask = loader_masks[f]
+                mask = _run_frame_mask(store, run, f, h, w, loader_masks)
                 ac, fov = _thumbnail_ac(mask, frames, sweep, view, f)
                 if f == run.chosen_frame and ac is not None and _lengths_shown(sweep):
                     parts[answer_at] = answer_grid(extrapolated_note(ac, fov))
@@ -831,10 +838,7 @@ def _chosen_cut(store: ReviewStore, sweep: SweepRecord, run: ModelRun, loader: S
     if frames is None:
         return None
     h, w = frames.shape[1:]
-    mask = store.run_mask(run.id, f, sizes=functools.partial(_mask_fits, h, w))
-    mask = mask_on_frame(mask, h, w) if mask is not None else None
-    if mask is None and loader_masks is not None:
-        mask = loader_masks[f]
+    mask = _run_frame_mask(store, run, f, h, w, loader_masks)
     view = SimpleNamespace(height=h, width=w, n_frames=frames.shape[0], frames=frames)
     ac, fov = _thumbnail_ac(mask, frames, sweep, view, f)
     return None if ac is None else extrapolated_note(ac, fov)
