@@ -1199,7 +1199,7 @@ def rib_ring(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> bool:
     level = float(np.median(lift[inner]))
     spread = 1.4826 * float(np.median(np.abs(lift[inner] - level)))
     bright = band & seen & (lift > level + RIB_BRIGHT * max(spread, 1.0))
-    n, lab, stats, centres = cv2.connectedComponentsWithStats(bright.astype(np.uint8), connectivity=8)
+    n, _, stats, centres = cv2.connectedComponentsWithStats(bright.astype(np.uint8), connectivity=8)
     ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     rows = np.arange(smooth.shape[0])[:, None]
     cols = np.arange(smooth.shape[1])[None, :]
@@ -1210,8 +1210,9 @@ def rib_ring(grey: np.ndarray, fov: np.ndarray | None, ellipse: tuple) -> bool:
             continue
         if max(stats[k, cv2.CC_STAT_WIDTH], stats[k, cv2.CC_STAT_HEIGHT]) > RIB_LENGTH * m:
             continue  # a stretch of the skin's line, not a rib's short section
-        ys, xs = np.nonzero(lab == k)
-        x0, x1, y1 = int(xs.min()), int(xs.max()), int(ys.max())
+        x0 = int(stats[k, cv2.CC_STAT_LEFT])  # (its box, as the components' statistics give it)
+        x1 = x0 + int(stats[k, cv2.CC_STAT_WIDTH]) - 1
+        y1 = int(stats[k, cv2.CC_STAT_TOP]) + int(stats[k, cv2.CC_STAT_HEIGHT]) - 1
         # its shadow: straight below it (the beam runs down the frame), against the brighter side
         depth = (rows > y1) & (rows <= y1 + RIB_SHADOW_DEPTH * m) & near
         below = depth & (cols >= x0) & (cols <= x1)
