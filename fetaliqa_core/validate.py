@@ -147,19 +147,29 @@ def memory_bound() -> tuple[int | None, bool]:
 _BOUND_SLACK = 64 << 20
 
 
-def address_space_left() -> int | None:
-    """What is left of a limit on this process's address space (ulimit -v), in bytes; None
-    without one (or where it cannot be read)."""
+def address_space_limit() -> int | None:
+    """A limit on this process's address space (ulimit -v), in bytes; None without one, or where
+    there is no such limit to read (POSIX's resource module is not on every system)."""
     try:
         import resource
 
         limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-        if limit == resource.RLIM_INFINITY:
-            return None
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if limit == resource.RLIM_INFINITY else limit
+
+
+def address_space_left() -> int | None:
+    """What is left of a limit on this process's address space (ulimit -v), in bytes; None
+    without one (or where it cannot be read)."""
+    limit = address_space_limit()
+    if limit is None:
+        return None
+    try:
         with open("/proc/self/status", encoding="ascii") as fh:
             size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
         return max(limit - size, 0)
-    except (ImportError, OSError, ValueError, StopIteration):
+    except (OSError, ValueError, StopIteration):
         return None
 
 

@@ -388,14 +388,9 @@ def libraries_memory_line(exc: BaseException | None) -> str:
     failed, and what to do (the limit in force, where there is one)."""
     import re
 
-    limit = None
-    try:
-        import resource
+    from fetaliqa_core.validate import address_space_limit
 
-        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-        limit = None if soft == resource.RLIM_INFINITY else soft
-    except (ImportError, OSError, ValueError):
-        pass
+    limit = address_space_limit()
     library = re.search(r"[\w.+-]+\.so\b[\w.]*", str(exc))
     what = f" ({library.group(0)})" if library else ""
     todo = (f"this process may use only {limit / (1 << 30):.1f} GB of address space (ulimit -v), and the model "

@@ -502,17 +502,12 @@ def _model_libraries_first() -> None:
     a limit too small for them is said at once, in one line (run_guarded). Without such a limit
     nothing changes: the check judges the machine's free memory, and a bad sweep is still told
     before the seconds the libraries take to load."""
-    try:
-        import resource  # (POSIX only: elsewhere there is no such limit to count)
+    from fetaliqa_core.validate import address_space_left, address_space_limit
 
-        limited = resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY
-    except (ImportError, OSError, ValueError):
-        limited = False
-    if not limited:
+    if address_space_limit() is None:  # (POSIX only: elsewhere there is no such limit to count)
         return
     if "torch" not in sys.modules:
         from fetaliqa_core.cli import MODEL_LIBRARIES_GB, libraries_memory_line
-        from fetaliqa_core.validate import address_space_left
 
         left = address_space_left()
         if left is not None and left < MODEL_LIBRARIES_GB << 30:
