@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from fetaliqa_core.errors import FetalIQAError
-from fetaliqa_core.files import atomic_output_dir, atomic_write, csv_writer, remove_empty_folders, write_json
+from fetaliqa_core.files import (atomic_output_dir, atomic_write, csv_writer, reached_through_link,
+                                 remove_empty_folders, write_json)
 from fetaliqa_core.io import _common as fio_keys
 
 FRAMES_CSV = "frames.csv"
@@ -284,8 +285,7 @@ def remove_earlier_outputs(out: str | Path) -> list[str]:
     for name in ours + [OUTPUTS_FILE]:
         path = out / name
         # (never through a link: a file in the folder it points to is not ours)
-        if path.is_file() and not path.is_symlink() and not any(
-                (out / q).is_symlink() for q in Path(name).parents if q != Path(".")):
+        if path.is_file() and not path.is_symlink() and not reached_through_link(out, name):
             path.unlink()
             if name != OUTPUTS_FILE:
                 removed.append(name)

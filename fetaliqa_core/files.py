@@ -233,8 +233,8 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
                 os.replace(tmp / name, target)
             for name in drop:
                 old = out / name
-                through_link = any((out / q).is_symlink() for q in Path(name).parents if q != Path("."))
-                if name not in written and old.is_file() and not old.is_symlink() and not through_link:
+                if (name not in written and old.is_file() and not old.is_symlink()
+                        and not reached_through_link(out, name)):
                     old.unlink()
                     remove_empty_folders(old.parent, out)
             for name in folders:  # (the challenge's mask lies in a folder of its own: its entry too)
@@ -250,6 +250,12 @@ def atomic_output_dir(out: str | Path, drop: tuple[str, ...] = (),
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it became ``out``
+
+
+def reached_through_link(out: Path, name: str) -> bool:
+    """Whether the path ``name`` under ``out`` passes through a link on its way (a folder of it
+    that is a link): a file there lies in the folder the link points to, and is not ours."""
+    return any((out / q).is_symlink() for q in Path(name).parents if q != Path("."))
 
 
 def remove_empty_folders(folder: Path, top: Path) -> None:
